@@ -1,0 +1,1 @@
+"""Runnable benchmarks: `python -m benches.NAME` prints a table."""

@@ -1,0 +1,47 @@
+"""A thread-per-core cooperative dataflow kernel for asyncio.
+
+    from kernel import Dataflow, run
+
+    flow = Dataflow("wordcount")
+    counts = (flow.from_iterable(lines).flat_map(str.split)
+                  .key_by(lambda w: w).count().collect())
+    run(flow)
+    dict(counts.items)
+
+Three levels of API: the fluent `Dataflow` (high), `Operator` / `Source`
+subclasses plugged in with `stream.apply()` (mid), and `kernel.lowlevel`:
+`Kernel`, `spawn`, `cooperate` (low).
+"""
+
+from ._clock import SystemClock, VirtualClock
+
+# The fluent facade imports `operators`, which imports the modules above.
+from ._dataflow import Collected, Dataflow, KeyedStream, Stream
+from ._errors import ActivationError, KernelError, OperatorError, TaskError
+from ._kernel import Kernel, KernelContext, cooperate, current_kernel
+from ._launch import run, run_async
+from ._operator import Operator, Source
+from ._scheduler import LATENCY, THROUGHPUT
+
+__all__ = [
+    "LATENCY",
+    "THROUGHPUT",
+    "ActivationError",
+    "Collected",
+    "Dataflow",
+    "Kernel",
+    "KernelContext",
+    "KernelError",
+    "KeyedStream",
+    "Operator",
+    "OperatorError",
+    "Source",
+    "Stream",
+    "SystemClock",
+    "TaskError",
+    "VirtualClock",
+    "cooperate",
+    "current_kernel",
+    "run",
+    "run_async",
+]

@@ -1,0 +1,114 @@
+"""`python -m kernel.run pipeline.py[:name]`: run a Dataflow defined in a file.
+
+Exit codes: 0 success; 1 the pipeline failed (a user function raised, or the
+file raised while being imported); 2 bad usage (no such file, no such flow);
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from ._dataflow import Dataflow
+from ._errors import KernelError
+from ._launch import run
+
+_LIBRARY_DIRS = tuple(
+    str(Path(__file__).resolve().parent.parent / pkg) + os.sep
+    for pkg in ("kernel", "operators", "net", "state")
+)
+PIPELINE_MODULE = "__kernel_pipeline__"
+
+
+class UsageError(Exception):
+    """The command line names something that is not there."""
+
+
+class PipelineImportError(Exception):
+    """The pipeline file raised while being imported."""
+
+
+def split_target(target: str) -> tuple[Path, str]:
+    """`path.py:name` -> (path, name); the name defaults to `flow`."""
+    path, sep, name = target.rpartition(":")
+    if sep and name.isidentifier() and path:
+        return Path(path), name
+    return Path(target), "flow"
+
+
+def load_flow(path: Path, name: str) -> Dataflow:
+    if not path.is_file():
+        raise UsageError(f"pipeline file not found: {path}")
+    spec = importlib.util.spec_from_file_location(PIPELINE_MODULE, path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"cannot import {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PIPELINE_MODULE] = module
+    # Imports next to the pipeline file work, as with `python pipeline.py`.
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as exc:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise PipelineImportError(f"importing {path} raised {type(exc).__name__}: {exc}") from exc
+    flow = getattr(module, name, None)
+    if flow is None:
+        found = sorted(k for k, v in vars(module).items() if isinstance(v, Dataflow))
+        hint = f"; Dataflows defined there: {', '.join(found)}" if found else "; it defines no Dataflow"
+        raise UsageError(f"{path} has no {name!r}{hint}")
+    if not isinstance(flow, Dataflow):
+        raise UsageError(f"{path}:{name} is a {type(flow).__name__}, not a Dataflow")
+    return flow
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The traceback of `exc` without the library's own frames."""
+    frames = [
+        frame for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith(_LIBRARY_DIRS)
+    ]
+    lines = ["Traceback (most recent call last, library frames hidden):\n"]
+    lines += traceback.format_list(frames)
+    lines += traceback.format_exception_only(exc)
+    return "".join(lines)
+
+
+def _report(prefix: str, exc: BaseException) -> None:
+    print(f"error: {prefix}{exc}", file=sys.stderr)
+    cause = exc.__cause__
+    if cause is not None:
+        print("", file=sys.stderr)
+        print(user_traceback(cause), end="", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m kernel.run",
+        description="Run the Dataflow named NAME (default: flow) defined in a pipeline file.",
+    )
+    parser.add_argument("pipeline", metavar="PIPELINE.py[:NAME]")
+    parser.add_argument("--cores", type=int, default=1, help="kernels, one pinned process per core")
+    args = parser.parse_args(argv)
+    path, name = split_target(args.pipeline)
+    try:
+        flow = load_flow(path, name)
+        run(flow, cores=args.cores)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (PipelineImportError, KernelError) as exc:
+        _report("", exc)
+        return 1
+    except (ValueError, NotImplementedError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,60 @@
+"""Clocks: where the kernel reads time.
+
+Everything in the kernel that needs time (tick budgets, the stall detector,
+`cooperate()`, later watermark idle timeouts and processing-time timers) takes
+it from a clock object instead of calling `time` directly, so tests can swap in
+a `VirtualClock` and assert exact schedules without sleeping.
+
+A clock has two readings:
+
+* `monotonic()`: seconds from an arbitrary origin, never going backwards; used
+  for budgets and durations.
+* `now()`: wall time in float seconds since the Unix epoch; the domain of event
+  time and processing-time timers.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+class SystemClock:
+    """The real clock. `monotonic` is `time.perf_counter` itself (a C call),
+    because the scheduler reads it after every activation."""
+
+    __slots__ = ()
+
+    monotonic = staticmethod(time.perf_counter)
+    now = staticmethod(time.time)
+
+    def __repr__(self) -> str:
+        return "SystemClock()"
+
+
+class VirtualClock:
+    """A clock that moves only when told to.
+
+    `advance(dt)` moves both readings forward by `dt` seconds. Tests use it
+    inside operators to stand for work that takes time, which makes tick
+    budgets and fairness between task classes exact and instant.
+    """
+
+    __slots__ = ("_epoch", "_monotonic")
+
+    def __init__(self, start: float = 0.0, epoch: float = 1_700_000_000.0) -> None:
+        self._monotonic = float(start)
+        self._epoch = float(epoch)
+
+    def monotonic(self) -> float:
+        return self._monotonic
+
+    def now(self) -> float:
+        return self._epoch + self._monotonic
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError(f"a clock cannot go backwards (advance({seconds!r}))")
+        self._monotonic += seconds
+
+    def __repr__(self) -> str:
+        return f"VirtualClock(monotonic={self._monotonic!r})"

@@ -1,0 +1,199 @@
+"""The high-level API: `Dataflow`, `Stream`, `KeyedStream`.
+
+Each fluent method is a few lines that add a node built from an operator in
+`operators/`. This module is the one place where the kernel package touches
+the operator library (DESIGN.md: "one exception, kept thin"); the scheduler,
+runtime and launcher never import it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import operators as ops
+
+from ._graph import Edge, Graph, Node
+from ._operator import Operator, Source
+
+
+def _fn_name(fn) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+class Collected:
+    """The handle `collect()` returns. After a run, `items` holds every
+    record that reached it (from every kernel, kernel 0's first)."""
+
+    def __init__(self, flow: Dataflow, node: Node) -> None:
+        self._flow = flow
+        self.node = node
+        self.items: list = []
+
+    def __repr__(self) -> str:
+        return f"<Collected {self.node.label}: {len(self.items)} items>"
+
+
+class Dataflow:
+    """A dataflow graph under construction. Build it, then `run(flow)`.
+
+    >>> from kernel import Dataflow, run
+    >>> flow = Dataflow("squares")
+    >>> out = flow.from_iterable(range(5)).map(lambda x: x * x).collect()
+    >>> run(flow)
+    >>> out.items
+    [0, 1, 4, 9, 16]
+    """
+
+    def __init__(self, name: str = "flow") -> None:
+        self.name = name
+        self.graph = Graph(name)
+        self._collected: list[Collected] = []
+
+    def __repr__(self) -> str:
+        return f"<Dataflow {self.name!r}: {len(self.graph.nodes)} steps>"
+
+    # -- sources --------------------------------------------------------------
+
+    def from_iterable(self, iterable, *, batch_size: int = ops.DEFAULT_BATCH_SIZE, name=None) -> Stream:
+        """A bounded source reading `iterable` in batches of `batch_size`.
+
+        With several kernels each reads a disjoint share (record i goes to
+        kernel i % kernels), so the input must be re-iterable (a list, a
+        range, a file path reader...)."""
+        factory = functools.partial(ops.IterableSource, iterable, batch_size)
+        return self.source(factory, name=name or "from_iterable")
+
+    def from_async_iterable(
+        self, aiterable, *, batch_size: int = ops.DEFAULT_BATCH_SIZE, name=None
+    ) -> Stream:
+        """A source reading an async iterable (or a zero-argument callable
+        returning one, e.g. an async generator function) on a task."""
+        factory = functools.partial(ops.AsyncIterableSource, aiterable, batch_size)
+        return self.source(factory, name=name or "from_async_iterable")
+
+    def source(self, factory, *, name: str) -> Stream:
+        """A mid-level source: `factory()` returns a fresh `Source` per kernel."""
+        if isinstance(factory, Operator):
+            raise TypeError("pass a factory (the Source class or a function), not an instance")
+        node = self.graph.add(name, _checked(factory, Source, name), is_source=True)
+        return Stream(self, node)
+
+    def _results_delivered(self, per_kernel: list[dict[int, object]]) -> None:
+        for handle in self._collected:
+            handle.items = [
+                item for results in per_kernel for item in results.get(handle.node.id, ())
+            ]
+
+
+def _checked(factory, kind, name):
+    @functools.wraps(factory, assigned=("__doc__",))
+    def make():
+        op = factory()
+        if not isinstance(op, kind):
+            raise TypeError(f"{name}: factory returned {op!r}, not a {kind.__name__}")
+        return op
+
+    return make
+
+
+class Stream:
+    """A stream of records in a `Dataflow`."""
+
+    _exchange_out = False
+
+    def __init__(self, flow: Dataflow, node: Node) -> None:
+        self.flow = flow
+        self.node = node
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.node.label}>"
+
+    def _edge(self, port: int = 0) -> Edge:
+        return Edge(self.node, port, self._exchange_out)
+
+    def _then(self, name: str, factory, cls=None) -> Stream:
+        node = self.flow.graph.add(name, factory, [self._edge()])
+        return (cls or Stream)(self.flow, node)
+
+    def apply(self, factory, *, name: str | None = None, inputs: tuple[Stream, ...] = ()) -> Stream:
+        """A mid-level operator: `factory()` returns a fresh `Operator` per
+        kernel. Extra `inputs` streams arrive on ports 1, 2, ..."""
+        label = name or _fn_name(factory)
+        streams = (self, *inputs)
+        for other in inputs:
+            if other.flow is not self.flow:
+                raise ValueError(f"{other!r} belongs to another dataflow")
+        edges = [s._edge(port) for port, s in enumerate(streams)]
+        node = self.flow.graph.add(label, _checked(factory, Operator, label), edges)
+        return Stream(self.flow, node)
+
+    def map(self, fn, *, name: str | None = None) -> Stream:
+        """`fn(record)` for every record."""
+        return self._then(name or f"map({_fn_name(fn)})", functools.partial(ops.Map, fn))
+
+    def filter(self, fn, *, name: str | None = None) -> Stream:
+        """The records for which `fn(record)` is true."""
+        return self._then(name or f"filter({_fn_name(fn)})", functools.partial(ops.Filter, fn))
+
+    def flat_map(self, fn, *, name: str | None = None) -> Stream:
+        """Every item of the iterable `fn(record)`, for every record."""
+        return self._then(name or f"flat_map({_fn_name(fn)})", functools.partial(ops.FlatMap, fn))
+
+    def inspect(self, fn, *, name: str | None = None) -> Stream:
+        """Calls `fn(record)` for its side effect; the records pass unchanged."""
+        return self._then(name or f"inspect({_fn_name(fn)})", functools.partial(ops.Inspect, fn))
+
+    def key_by(self, fn, *, name: str | None = None) -> KeyedStream:
+        """`(fn(record), record)` pairs, each sent to the kernel that owns its key."""
+        return self._then(name or f"key_by({_fn_name(fn)})", functools.partial(ops.KeyBy, fn), KeyedStream)
+
+    def union(self, *others: Stream, name: str | None = None) -> Stream:
+        """The records of this stream and of `others`, merged."""
+        return self.apply(ops.Union, name=name or "union", inputs=others)
+
+    def collect(self, *, name: str | None = None) -> Collected:
+        """Gather every record back to the caller: read `.items` after the run."""
+        node = self.flow.graph.add(name or "collect", ops.Collect, [self._edge()])
+        handle = Collected(self.flow, node)
+        self.flow._collected.append(handle)
+        return handle
+
+    def sink(self, fn, *, name: str | None = None) -> None:
+        """Calls `fn(record)` for every record, on the kernel that holds it."""
+        self.flow.graph.add(name or f"sink({_fn_name(fn)})", functools.partial(ops.Sink, fn), [self._edge()])
+
+    def print(self, prefix: str = "", *, name: str | None = None) -> None:
+        """Writes every record to stdout, one line each, after `prefix`."""
+        self.flow.graph.add(name or "print", functools.partial(ops.Print, prefix), [self._edge()])
+
+
+class KeyedStream(Stream):
+    """A stream of `(key, value)` pairs, partitioned by key across kernels."""
+
+    _exchange_out = True
+
+    def _keyed(self, name: str, factory) -> KeyedStream:
+        stream = self._then(name, factory, KeyedStream)
+        stream._exchange_out = False  # already on the kernel that owns the key
+        return stream
+
+    def map_values(self, fn, *, name: str | None = None) -> KeyedStream:
+        """`(key, fn(value))` for every pair; stays keyed."""
+        return self._keyed(name or f"map_values({_fn_name(fn)})", functools.partial(ops.MapValues, fn))
+
+    def reduce(self, fn, *, name: str | None = None) -> KeyedStream:
+        """`(key, v1 ⊕ v2 ⊕ ...)` per key with `fn(acc, value)`, at end of input."""
+        return self._keyed(name or f"reduce({_fn_name(fn)})", functools.partial(ops.Reduce, fn))
+
+    def fold(self, init, fn, *, name: str | None = None) -> KeyedStream:
+        """`(key, fn(...fn(init, v1)..., vn))` per key, at end of input.
+        `init` is a start value or a zero-argument factory (`list`, `dict`)."""
+        return self._keyed(name or f"fold({_fn_name(fn)})", functools.partial(ops.Fold, init, fn))
+
+    def count(self, *, name: str | None = None) -> KeyedStream:
+        """`(key, number of records)` per key, at end of input."""
+        return self._keyed(name or "count", ops.Count)
+
+    def sum(self, *, name: str | None = None) -> KeyedStream:
+        """`(key, sum of values)` per key, at end of input."""
+        return self._keyed(name or "sum", ops.Sum)

@@ -1,0 +1,59 @@
+"""The logical dataflow graph: nodes (operator factories) and edges.
+
+A graph is a plan, built once by the fluent API and instantiated afresh on
+every kernel of every run, so it holds factories, never operator instances.
+Nodes are appended in creation order, which is always a topological order
+(a node can only consume nodes that already exist); kernels rely on that to
+build the same channels in the same order (timely's allocation by creation
+order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ._operator import Operator
+
+
+@dataclass(frozen=True)
+class Edge:
+    """An input of a node. `exchange` edges carry `(key, value)` pairs and
+    deliver each pair to the kernel that owns its key."""
+
+    source: Node
+    port: int
+    exchange: bool = False
+
+
+@dataclass(eq=False)
+class Node:
+    id: int
+    name: str
+    factory: Callable[[], Operator]
+    inputs: list[Edge] = field(default_factory=list)
+    is_source: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} (step {self.id})"
+
+
+class Graph:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.nodes: list[Node] = []
+        self._names: dict[str, int] = {}
+
+    def add(self, name: str, factory: Callable[[], Operator], inputs=(), *, is_source=False) -> Node:
+        node = Node(len(self.nodes), self._unique(name), factory, list(inputs), is_source)
+        for edge in node.inputs:
+            if edge.source.id >= node.id or self.nodes[edge.source.id] is not edge.source:
+                raise ValueError(f"{edge.source.label} belongs to another dataflow")
+        self.nodes.append(node)
+        return node
+
+    def _unique(self, name: str) -> str:
+        count = self._names.get(name, 0)
+        self._names[name] = count + 1
+        return name if count == 0 else f"{name}#{count + 1}"

@@ -1,0 +1,326 @@
+"""One kernel: a cooperative scheduler for one core.
+
+Design principles (the kernel is a microkernel):
+
+* A kernel owns an event loop's worth of cooperative work on one core: a
+  scheduler of ready activations (`_scheduler.py`), the low-level tasks spawned
+  on it, a clock, and the context its tasks share (index, peers, watermark,
+  epoch, logger). It knows nothing of what any operator computes.
+* Operators and tasks talk to the kernel through a small vocabulary:
+  `ready()` an activation, `spawn()` a task, `cooperate()`, `fail()`, and the
+  context. Nothing reaches into the kernel's fields.
+* `await` belongs where the outside world is. Batches move synchronously inside
+  ticks; the only awaits are in low-level tasks (sources doing I/O, transports
+  parking) and in `join()`.
+* A kernel runs on the loop it is given; it never looks for a global loop. The
+  current kernel is a context variable, set for the duration of `join()` and
+  reset in `finally`, so `cooperate()` finds it from any task it spawned.
+* Time comes from the injectable clock, never from `time` directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import types
+from collections.abc import Coroutine
+from typing import Any
+
+from ._clock import SystemClock
+from ._scheduler import THROUGHPUT, Activation, Scheduler
+
+_current_kernel: contextvars.ContextVar[Kernel | None] = contextvars.ContextVar(
+    "current_kernel", default=None
+)
+
+# cooperate() reads the clock only every this many calls: a clock read costs
+# about as much as the rest of the fast path, and the budget (1 ms) is
+# hundreds of cooperate() calls long anyway (benches/latency.py measures it).
+_POLLS_PER_CLOCK_READ = 16
+
+
+@types.coroutine
+def _yield_once():
+    """A real yield: the task goes to the back of the event loop's ready queue."""
+    yield
+
+
+class _KernelLogger(logging.LoggerAdapter):
+    """Tags every record with the kernel index (`record.kernel`) and a prefix."""
+
+    def process(self, msg, kwargs):
+        extra = kwargs.setdefault("extra", {})
+        extra.setdefault("kernel", self.extra["kernel"])
+        return f"[kernel {self.extra['kernel']}] {msg}", kwargs
+
+
+class KernelContext:
+    """What the tasks of one kernel share.
+
+    `watermark` is the kernel's event-time watermark (the minimum over its
+    sources' watermarks; -inf until a source says otherwise, +inf once every
+    source has ended). `epoch` is the current epoch number (0 until epochs
+    exist). `clock` is the kernel's clock. `logger` tags records with the
+    kernel index.
+    """
+
+    __slots__ = ("clock", "epoch", "index", "kernel", "logger", "peers", "watermark")
+
+    def __init__(self, kernel: Kernel, index: int, peers: int, clock, logger) -> None:
+        self.kernel = kernel
+        self.index = index
+        self.peers = peers
+        self.watermark = float("-inf")
+        self.epoch = 0
+        self.clock = clock
+        self.logger = logger
+
+    def __repr__(self) -> str:
+        return f"KernelContext(index={self.index}, peers={self.peers}, watermark={self.watermark})"
+
+
+class _TaskRef:
+    __slots__ = ("name", "task")
+
+    def __init__(self, task: asyncio.Task, name: str) -> None:
+        self.task = task
+        self.name = name
+
+
+class Kernel:
+    """A cooperative kernel for one core, on the event loop it is started on.
+
+    Low-level use::
+
+        kernel = Kernel()
+        kernel.spawn(worker())        # a coroutine that may `await cooperate()`
+        await kernel.join()           # returns when every task and activation is done
+
+    `budget` is the longest stretch, in seconds, that the kernel's work runs
+    before handing the loop back. `shares` maps the task classes
+    ("latency", "throughput") to their shares.
+    """
+
+    def __init__(
+        self,
+        *,
+        index: int = 0,
+        peers: int = 1,
+        clock=None,
+        budget: float = 0.001,
+        shares: dict[str, float] | None = None,
+        stall_threshold: float = 0.025,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.clock = clock if clock is not None else SystemClock()
+        self._monotonic = self.clock.monotonic
+        base_logger = logger or logging.getLogger("kernel")
+        self.logger = _KernelLogger(base_logger, {"kernel": index})
+        self.context = KernelContext(self, index, peers, self.clock, self.logger)
+        self._budget = budget
+        self._shares = shares
+        self._stall_threshold = stall_threshold
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduler: Scheduler | None = None
+        self._tasks: set[_TaskRef] = set()
+        self._pending_spawns: list[tuple[Coroutine, str]] = []
+        self._starters: list = []
+        self._busy = 0  # things other than tasks that keep the kernel alive
+        self._failure: BaseException | None = None
+        self._idle: asyncio.Future | None = None
+        self._ready_future: asyncio.Future | None = None
+        self._deadline = 0.0
+        self._polls = _POLLS_PER_CLOCK_READ
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is not None:
+            if self._loop is not loop:
+                raise RuntimeError("a kernel runs on one event loop only")
+            return
+        self._loop = loop
+        self._scheduler = Scheduler(
+            loop,
+            self._monotonic,
+            budget=self._budget,
+            shares=self._shares,
+            stall_threshold=self._stall_threshold,
+            logger=self.logger,
+            on_error=self._activation_failed,
+            on_slice_start=self._set_deadline,
+        )
+        self._ready_future = loop.create_future()
+        self._ready_future.set_result(None)
+        self._deadline = self._monotonic() + self._budget
+        self._idle = loop.create_future()
+        for coro, name in self._pending_spawns:
+            self._start_task(coro, name)
+        self._pending_spawns.clear()
+
+    def at_start(self, fn) -> None:
+        """Call `fn()` when the kernel starts running (inside `join()`), before
+        it waits; an exception there fails the run."""
+        self._starters.append(fn)
+
+    async def join(self) -> None:
+        """Run until every activation and task of this kernel is done.
+
+        Raises the first failure (an operator's or a task's exception); the
+        kernel then stops its scheduler and cancels its remaining tasks, so
+        nothing keeps running after a failure.
+        """
+        loop = asyncio.get_running_loop()
+        token = _current_kernel.set(self)
+        try:
+            self._attach(loop)
+            starters, self._starters = self._starters, []
+            for fn in starters:
+                try:
+                    fn()
+                except Exception as exc:
+                    self._activation_failed(fn, exc)
+                    break
+            self._check_idle()
+            try:
+                await self._idle
+            except asyncio.CancelledError:
+                self._shutdown()
+                raise
+            if self._failure is not None:
+                raise self._failure
+        finally:
+            _current_kernel.reset(token)
+
+    def fail(self, exc: BaseException) -> None:
+        """End the run with `exc` (the first failure wins)."""
+        if self._failure is not None:
+            return
+        self._failure = exc
+        self._shutdown()
+        if self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    @property
+    def failed(self) -> bool:
+        return self._failure is not None
+
+    def _shutdown(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.stop()
+        for ref in list(self._tasks):
+            ref.task.cancel()
+
+    # -- the vocabulary for operators and tasks ----------------------------
+
+    def ready(self, activation: Activation, task_class: str = THROUGHPUT) -> None:
+        """Queue an activation for a later tick."""
+        self._scheduler.ready(activation, task_class)
+
+    def hold(self) -> None:
+        """Keep the kernel alive until a matching `release()` (a dataflow
+        holds the kernel until all its operators have ended)."""
+        self._busy += 1
+
+    def release(self) -> None:
+        self._busy -= 1
+        self._check_idle()
+
+    def spawn(self, coro: Coroutine, *, name: str | None = None) -> asyncio.Task | None:
+        """Run a low-level task on this kernel.
+
+        The kernel's run lasts until the task returns; an exception in the task
+        fails the run. A task started before the kernel runs is started when it
+        does (and then `None` is returned instead of the task).
+        """
+        label = name or getattr(coro, "__qualname__", repr(coro))
+        if self._loop is None:
+            self._pending_spawns.append((coro, label))
+            return None
+        return self._start_task(coro, label)
+
+    def _start_task(self, coro: Coroutine, name: str) -> asyncio.Task:
+        token = _current_kernel.set(self)
+        try:
+            # the task copies the current context, so cooperate() inside it
+            # finds this kernel.
+            task = self._loop.create_task(coro, name=name)
+        finally:
+            _current_kernel.reset(token)
+        ref = _TaskRef(task, name)
+        self._tasks.add(ref)
+        task.add_done_callback(lambda t, ref=ref: self._task_done(ref))
+        return task
+
+    def _task_done(self, ref: _TaskRef) -> None:
+        self._tasks.discard(ref)
+        task = ref.task
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            from ._errors import TaskError
+
+            if not isinstance(exc, TaskError) and not getattr(exc, "_kernel_named", False):
+                wrapped = TaskError(ref.name, exc)
+                wrapped.__cause__ = exc
+                exc = wrapped
+            self.fail(exc)
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self._idle is None or self._idle.done():
+            return
+        if self._busy == 0 and not self._tasks and not self._scheduler.has_work():
+            self._idle.set_result(None)
+
+    def _activation_failed(self, activation: Activation, exc: BaseException) -> None:
+        from ._errors import ActivationError
+
+        if not getattr(exc, "_kernel_named", False):
+            name = getattr(activation, "name", repr(activation))
+            wrapped = ActivationError(name, exc)
+            wrapped.__cause__ = exc
+            exc = wrapped
+        self.fail(exc)
+
+    def _set_deadline(self, deadline: float) -> None:
+        self._deadline = deadline
+
+    # -- cooperation --------------------------------------------------------
+
+    def cooperate(self):
+        """Awaitable: nearly free while the kernel's budget lasts, a real
+        yield to the event loop once it is spent."""
+        self._polls -= 1
+        if self._polls:
+            return self._ready_future
+        self._polls = _POLLS_PER_CLOCK_READ
+        if self._monotonic() < self._deadline:
+            return self._ready_future
+        return self._yield_and_refill()
+
+    async def _yield_and_refill(self) -> None:
+        await _yield_once()
+        self._deadline = self._monotonic() + self._budget
+
+    def statistics(self) -> dict[str, Any]:
+        stats = self._scheduler.statistics() if self._scheduler else {}
+        stats["tasks"] = len(self._tasks)
+        return stats
+
+
+def current_kernel() -> Kernel | None:
+    """The kernel whose work is running now, or None outside any kernel."""
+    return _current_kernel.get()
+
+
+def cooperate():
+    """`await cooperate()`: give the event loop a turn if this kernel's budget
+    is spent; otherwise return at once (well under 100 ns).
+
+    Outside a kernel it is a plain yield, so code that calls it works anywhere.
+    """
+    kernel = _current_kernel.get()
+    if kernel is None or kernel._loop is None:
+        return _yield_once()
+    return kernel.cooperate()

@@ -1,0 +1,94 @@
+"""The mid-level operator protocol.
+
+Every built-in operator in `operators/` is written against these two classes,
+and users write their own the same way. An operator is a plain object with
+synchronous handlers; the kernel calls them inside its ticks:
+
+* ``on_batch(port, batch)``: a batch (a plain ``list``) arrived on input
+  ``port``. Treat it as read-only: the same list may be handed to several
+  downstream operators. Call ``self.emit(out)`` with a new list.
+* ``on_watermark(watermark)``: the minimum watermark over all inputs advanced.
+  It is called after every batch that arrived before the watermark, and the
+  kernel forwards the watermark downstream after the handler returns, so
+  anything emitted here is ahead of it.
+* ``on_end()``: every input has ended (after a final ``on_watermark(inf)``).
+  Aggregates emit their results here; end-of-input is forwarded after it.
+* ``open(context)``: called once on the kernel, before any data. ``context``
+  has ``index``, ``peers``, ``watermark``, ``epoch``, ``clock``, ``logger``.
+* ``result()``: a picklable value handed back to the caller after the run
+  (``collect`` returns its items this way). Default: None.
+
+A ``Source`` has no inputs; the kernel calls ``poll()`` whenever it is
+activated. ``poll`` emits zero or more batches and returns ``True`` to be
+polled again in a later tick, ``False`` once it is exhausted, or ``None`` to
+sleep until something calls ``self.wake()`` (an I/O task that filled a
+buffer, say).
+
+Helpers the kernel installs on every operator instance: ``emit(batch)``,
+``wake()``, ``advance_watermark(wm)`` (sources: set the output watermark),
+``name`` and ``context``.
+"""
+
+from __future__ import annotations
+
+from ._scheduler import THROUGHPUT
+
+
+class Operator:
+    """Base class of mid-level operators (see the module docstring).
+
+    Example, an operator that numbers its records::
+
+        class Numbered(Operator):
+            def open(self, context):
+                self.n = 0
+            def on_batch(self, port, batch):
+                start = self.n
+                self.n += len(batch)
+                self.emit(list(enumerate(batch, start)))
+
+        numbered = stream.apply(Numbered, name="numbered")
+    """
+
+    #: "throughput" (default) or "latency": which task class runs this operator.
+    task_class: str = THROUGHPUT
+    #: the step name, set by the kernel when the operator is instantiated.
+    name: str = "operator"
+    context = None
+
+    def open(self, context) -> None:
+        """Called once before any data, with the kernel's context."""
+
+    def on_batch(self, port: int, batch: list) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must define on_batch(port, batch)")
+
+    def on_watermark(self, watermark: float) -> None:
+        """The input watermark advanced to `watermark`."""
+
+    def on_end(self) -> None:
+        """Every input ended; emit final results here."""
+
+    def result(self):
+        """A picklable value gathered back to the caller after the run."""
+        return None
+
+    # Installed per instance by the kernel when the operator is wired; these
+    # placeholders only explain a misuse.
+    def emit(self, batch: list) -> None:
+        raise RuntimeError(f"{self.name}: emit() called before the operator was wired into a run")
+
+    def wake(self) -> None:
+        raise RuntimeError(f"{self.name}: wake() called before the operator was wired into a run")
+
+    def advance_watermark(self, watermark: float) -> None:
+        raise RuntimeError(f"{self.name}: advance_watermark() called before the operator was wired")
+
+
+class Source(Operator):
+    """Base class of mid-level sources: override `poll()`."""
+
+    def poll(self) -> bool | None:
+        raise NotImplementedError(f"{type(self).__name__} must define poll()")
+
+    def on_batch(self, port: int, batch: list) -> None:  # pragma: no cover - sources have no inputs
+        raise RuntimeError(f"source {self.name} has no inputs")

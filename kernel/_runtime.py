@@ -1,0 +1,256 @@
+"""A dataflow graph instantiated on one kernel: inboxes, activations, progress.
+
+Each graph node becomes an `_Instance`: the operator object, its inbox (a list
+of `(channel, payload)` in arrival order) and its activation. Upstream
+operators deliver into the inbox and mark the instance ready; the instance's
+activation drains the inbox through the operator's handlers.
+
+Progress is in-band. A channel's payload is a data batch (a `list`), a
+watermark (a `float`), or `END`. Because they share one ordered inbox, a
+watermark is seen after exactly the data that preceded it. An instance's input
+frontier is the minimum watermark over its channels (an ended channel counts
+as +inf); when it advances, `on_watermark` runs and the new frontier is
+forwarded downstream. When every channel has ended, `on_end` runs and `END` is
+forwarded. The run is over when every instance has ended: nothing polls.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ._errors import KernelError, OperatorError
+from ._graph import Graph, Node
+from ._operator import Operator
+
+END = "<end of input>"  # a str: never a list, never a float
+_INF = math.inf
+
+
+class _Instance:
+    __slots__ = (
+        "_ready",
+        "channel_ports",
+        "channel_watermarks",
+        "ended",
+        "frontier",
+        "is_source",
+        "name",
+        "op",
+        "open_channels",
+        "pending",
+        "runtime",
+        "scheduled",
+        "targets",
+        "task_class",
+    )
+
+    def __init__(self, node: Node, op: Operator, runtime: Runtime) -> None:
+        self.name = node.label
+        self.op = op
+        self.runtime = runtime
+        self.task_class = op.task_class
+        self.is_source = node.is_source
+        self.pending: list = []
+        self.scheduled = False
+        self.channel_ports: list[int] = []
+        self.channel_watermarks: list[float] = []
+        self.open_channels = 0
+        self.frontier = -_INF
+        self.ended = False
+        self.targets: list[tuple[_Instance, int]] = []
+        self._ready = runtime.kernel.ready
+
+    # -- wiring -------------------------------------------------------------
+
+    def add_channel(self, port: int) -> int:
+        self.channel_ports.append(port)
+        self.channel_watermarks.append(-_INF)
+        self.open_channels += 1
+        return len(self.channel_ports) - 1
+
+    def install_helpers(self) -> None:
+        """Give the operator its emit/wake/advance_watermark."""
+        op = self.op
+        targets = self.targets
+        if not targets:
+            op.emit = _discard
+        elif len(targets) == 1:
+            (target, channel), = targets
+            deliver = target.deliver
+
+            def emit(batch, deliver=deliver, channel=channel):
+                if batch:
+                    deliver(channel, batch)
+
+            op.emit = emit
+        else:
+
+            def emit(batch, targets=targets):
+                if batch:
+                    for target, channel in targets:
+                        target.deliver(channel, batch)
+
+            op.emit = emit
+        op.wake = self.wake
+        op.advance_watermark = self.advance_watermark
+
+    # -- the activation -----------------------------------------------------
+
+    def wake(self) -> None:
+        if not self.scheduled and not self.ended:
+            self.scheduled = True
+            self._ready(self, self.task_class)
+
+    def deliver(self, channel: int, payload) -> None:
+        self.pending.append((channel, payload))
+        if not self.scheduled:
+            self.scheduled = True
+            self._ready(self, self.task_class)
+
+    def activate(self) -> None:
+        self.scheduled = False
+        if self.is_source:
+            self._poll()
+            return
+        pending = self.pending
+        self.pending = []
+        on_batch = self.op.on_batch
+        ports = self.channel_ports
+        payload = None
+        try:
+            for channel, payload in pending:
+                if payload.__class__ is list:
+                    on_batch(ports[channel], payload)
+                elif payload is END:
+                    self._channel_ended(channel)
+                else:
+                    self._channel_watermark(channel, payload)
+        except KernelError:
+            raise
+        except Exception as exc:
+            handler = "on_batch" if payload.__class__ is list else "on_watermark/on_end"
+            raise OperatorError.wrap(
+                self.name, _Handler(self.op, handler), exc, has_record=False
+            ) from exc
+
+    def _poll(self) -> None:
+        if self.ended:
+            return
+        try:
+            more = self.op.poll()
+        except KernelError:
+            raise
+        except Exception as exc:
+            raise OperatorError.wrap(self.name, _Handler(self.op, "poll"), exc, has_record=False) from exc
+        if more:
+            self.wake()
+        elif more is False:
+            self.advance_watermark(_INF)
+            self._finish()
+
+    # -- progress -------------------------------------------------------------
+
+    def _channel_watermark(self, channel: int, watermark: float) -> None:
+        marks = self.channel_watermarks
+        if watermark > marks[channel]:
+            marks[channel] = watermark
+            self._advance_frontier(min(marks))
+
+    def _channel_ended(self, channel: int) -> None:
+        self.channel_watermarks[channel] = _INF
+        self.open_channels -= 1
+        self._advance_frontier(min(self.channel_watermarks))
+        if self.open_channels == 0:
+            self.op.on_end()
+            self._finish()
+
+    def _advance_frontier(self, frontier: float) -> None:
+        if frontier > self.frontier:
+            self.frontier = frontier
+            self.op.on_watermark(frontier)
+            self._forward(frontier)
+
+    def advance_watermark(self, watermark: float) -> None:
+        """A source's output watermark moves forward (never back)."""
+        if watermark > self.frontier:
+            self.frontier = watermark
+            self._forward(watermark)
+            self.runtime.source_watermark_moved()
+
+    def _forward(self, payload) -> None:
+        for target, channel in self.targets:
+            target.deliver(channel, payload)
+
+    def _finish(self) -> None:
+        self.ended = True
+        self._forward(END)
+        self.runtime.instance_ended()
+
+
+class _Handler:
+    """Names a handler of a user operator in an OperatorError."""
+
+    def __init__(self, op: Operator, method: str) -> None:
+        self.__qualname__ = f"{type(op).__qualname__}.{method}"
+        self.__module__ = type(op).__module__
+
+
+def _discard(batch) -> None:
+    pass
+
+
+class Runtime:
+    """The instances of one graph on one kernel."""
+
+    def __init__(self, graph: Graph, kernel) -> None:
+        self.graph = graph
+        self.kernel = kernel
+        self.instances: list[_Instance] = []
+        self._live = 0
+        for node in graph.nodes:
+            op = node.factory()
+            if not isinstance(op, Operator):
+                raise TypeError(f"{node.label}: factory returned {op!r}, not an Operator")
+            op.name = node.label
+            op.context = kernel.context
+            self.instances.append(_Instance(node, op, self))
+        for node, instance in zip(graph.nodes, self.instances):
+            for edge in node.inputs:
+                channel = instance.add_channel(edge.port)
+                self.instances[edge.source.id].targets.append((instance, channel))
+        for instance in self.instances:
+            instance.install_helpers()
+        self._sources = [i for i in self.instances if i.is_source]
+
+    def start(self) -> None:
+        """Open every operator and schedule the sources."""
+        for instance in self.instances:
+            try:
+                instance.op.open(self.kernel.context)
+            except KernelError:
+                raise
+            except Exception as exc:
+                raise OperatorError.wrap(
+                    instance.name, _Handler(instance.op, "open"), exc, has_record=False
+                ) from exc
+        self._live = len(self.instances)
+        if self._live:
+            self.kernel.hold()
+        for source in self._sources:
+            source.wake()
+
+    def instance_ended(self) -> None:
+        self._live -= 1
+        if self._live == 0:
+            self.kernel.context.watermark = _INF
+            self.kernel.release()
+
+    def source_watermark_moved(self) -> None:
+        self.kernel.context.watermark = min(s.frontier for s in self._sources)
+
+    def results(self) -> dict[int, object]:
+        return {
+            node.id: value
+            for node, instance in zip(self.graph.nodes, self.instances)
+            if (value := instance.op.result()) is not None
+        }

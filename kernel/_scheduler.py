@@ -1,0 +1,207 @@
+"""The run queue: ready activations executed in bounded ticks.
+
+Vocabulary
+----------
+activation
+    Anything with an ``activate()`` method and a ``name``: an operator that has
+    input waiting, a source that can produce, a waker for a low-level task.
+    Scheduling one twice before it runs is the caller's job to avoid (each
+    activation keeps its own "scheduled" flag), so the queues hold no
+    duplicates and need no set.
+tick
+    One pass over the activations of one task class that were ready when the
+    tick began. Whatever becomes ready during a tick (an operator that just
+    received a batch, a source that asks to run again) waits for a later tick,
+    so nothing can keep itself running by waking itself.
+slice
+    One event-loop callback. It runs ticks back to back until the time budget
+    (default 1 ms) is spent or nothing is ready, then hands control back to the
+    event loop so the host application's tasks and I/O run. Ticks inside one
+    slice are what keeps activation latency far below an event-loop round trip
+    (uvloop's `call_soon` hop alone costs ~0.7 us on our machines).
+
+Task classes
+------------
+Two classes, ``LATENCY`` and ``THROUGHPUT``, each with its own queue and a
+number of shares (glommio's and Seastar's task queues). When both have work,
+the next tick goes to the class with the smallest virtual runtime (time spent
+divided by shares), so over a busy stretch each class gets CPU time in
+proportion to its shares. A class that wakes up after idling starts from the
+smallest virtual runtime among busy classes instead of its stale one, so idling
+does not bank credit. A throughput tick also ends early when latency work
+arrives, so latency-sensitive activations wait at most one activation.
+
+The stall detector logs any single activation that runs longer than
+``stall_threshold`` (25 ms, as Seastar's blocked-reactor notice), naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+LATENCY = "latency"
+THROUGHPUT = "throughput"
+TASK_CLASSES = (LATENCY, THROUGHPUT)
+DEFAULT_SHARES = {LATENCY: 2, THROUGHPUT: 1}
+
+
+class Activation(Protocol):
+    name: str
+
+    def activate(self) -> None: ...
+
+
+class _TaskClass:
+    __slots__ = ("busy_time", "name", "queue", "shares", "vruntime")
+
+    def __init__(self, name: str, shares: float) -> None:
+        if shares <= 0:
+            raise ValueError(f"shares of task class {name!r} must be positive, got {shares!r}")
+        self.name = name
+        self.shares = shares
+        self.queue: deque[Activation] = deque()
+        self.vruntime = 0.0
+        self.busy_time = 0.0  # seconds spent running this class: statistics()
+
+
+class Scheduler:
+    """Runs activations in slices of bounded ticks on one event loop."""
+
+    def __init__(
+        self,
+        loop,
+        monotonic: Callable[[], float],
+        *,
+        budget: float = 0.001,
+        shares: dict[str, float] | None = None,
+        stall_threshold: float = 0.025,
+        logger: logging.Logger | logging.LoggerAdapter | None = None,
+        on_error: Callable[[Activation, BaseException], None],
+        on_slice_start: Callable[[float], None] | None = None,
+    ) -> None:
+        if budget <= 0:
+            raise ValueError(f"budget must be positive seconds, got {budget!r}")
+        merged = dict(DEFAULT_SHARES)
+        for key, value in (shares or {}).items():
+            if key not in merged:
+                raise ValueError(f"unknown task class {key!r}; classes are {TASK_CLASSES}")
+            merged[key] = value
+        self._loop = loop
+        self._monotonic = monotonic
+        self.budget = budget
+        self.stall_threshold = stall_threshold
+        self._logger = logger or logging.getLogger("kernel")
+        self._on_error = on_error
+        self._on_slice_start = on_slice_start
+        self._latency = _TaskClass(LATENCY, merged[LATENCY])
+        self._throughput = _TaskClass(THROUGHPUT, merged[THROUGHPUT])
+        self._classes = {LATENCY: self._latency, THROUGHPUT: self._throughput}
+        self._slice_pending = False
+        self._stopped = False
+        self.slices = 0
+        self.ticks = 0
+        self.activations = 0
+
+    # -- the small vocabulary the rest of the kernel uses ------------------
+
+    def ready(self, activation: Activation, task_class: str = THROUGHPUT) -> None:
+        """Queue `activation` to run in a later tick of `task_class`."""
+        cls = self._classes[task_class]
+        if not cls.queue:
+            self._catch_up(cls)
+        cls.queue.append(activation)
+        if not self._slice_pending and not self._stopped:
+            self._slice_pending = True
+            self._loop.call_soon(self._run_slice)
+
+    def stop(self) -> None:
+        """Run nothing more: used when the kernel fails or is cancelled."""
+        self._stopped = True
+        for cls in self._classes.values():
+            cls.queue.clear()
+
+    def has_work(self) -> bool:
+        return bool(self._latency.queue or self._throughput.queue)
+
+    def statistics(self) -> dict:
+        return {
+            "slices": self.slices,
+            "ticks": self.ticks,
+            "activations": self.activations,
+            "busy_time": {c.name: c.busy_time for c in self._classes.values()},
+            "queued": {c.name: len(c.queue) for c in self._classes.values()},
+        }
+
+    # -- internals ----------------------------------------------------------
+
+    def _catch_up(self, cls: _TaskClass) -> None:
+        other = self._throughput if cls is self._latency else self._latency
+        if other.queue and cls.vruntime < other.vruntime:
+            cls.vruntime = other.vruntime
+
+    def _pick_class(self) -> _TaskClass | None:
+        lat, thr = self._latency, self._throughput
+        if lat.queue:
+            if thr.queue and thr.vruntime < lat.vruntime:
+                return thr
+            return lat
+        return thr if thr.queue else None
+
+    def _run_slice(self) -> None:
+        self._slice_pending = False
+        if self._stopped:
+            return
+        now = self._monotonic
+        started = now()
+        deadline = started + self.budget
+        if self._on_slice_start is not None:
+            self._on_slice_start(deadline)
+        self.slices += 1
+        latency_queue = self._latency.queue
+        stall = self.stall_threshold
+        t = started
+        activation = None
+        try:
+            while True:
+                cls = self._pick_class()
+                if cls is None:
+                    break
+                self.ticks += 1
+                queue = cls.queue
+                preemptible = cls is self._throughput
+                tick_start = t
+                for _ in range(len(queue)):
+                    activation = queue.popleft()
+                    before = t
+                    activation.activate()
+                    self.activations += 1
+                    t = now()
+                    if t - before > stall:
+                        self._report_stall(activation, t - before)
+                    if t >= deadline or self._stopped:
+                        break
+                    if preemptible and latency_queue:
+                        break
+                spent = t - tick_start
+                cls.busy_time += spent
+                cls.vruntime += spent / cls.shares
+                if t >= deadline or self._stopped:
+                    break
+        except BaseException as exc:
+            self._on_error(activation, exc)
+            return
+        if not self._stopped and self.has_work():
+            self._slice_pending = True
+            self._loop.call_soon(self._run_slice)
+
+    def _report_stall(self, activation: Activation, seconds: float) -> None:
+        self._logger.warning(
+            "stall: %s ran %.1f ms without yielding (threshold %.1f ms); "
+            "the event loop and every other operator waited",
+            getattr(activation, "name", activation),
+            seconds * 1e3,
+            self.stall_threshold * 1e3,
+        )

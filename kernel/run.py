@@ -1,0 +1,24 @@
+"""`python -m kernel.run pipeline.py[:name] [--cores N]` (see `kernel._cli`).
+
+`kernel.run` is also the name of the blocking `run()` function. Importing
+this module binds the name `run` on the package to the module, so the module
+is made callable and forwards to the function: `kernel.run(flow)` keeps
+working after `import kernel.run`.
+"""
+
+import sys
+import types
+
+from kernel._cli import main
+from kernel._launch import run as _run_flow
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, flow, **options):
+        return _run_flow(flow, **options)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Per-key aggregates over a keyed stream of `(key, value)` pairs.
+
+On a bounded input each emits `(key, result)` for every key when the input
+ends, keys in first-seen order. The loops are explicit so a failure names its
+record directly.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from itertools import islice
+from operator import itemgetter
+
+from kernel._errors import KernelError, OperatorError
+from kernel._operator import Operator
+
+from ._calls import user_error
+
+_first = itemgetter(0)
+_count_elements = Counter.update  # dispatches to C's _count_elements for dicts
+_MISSING = object()
+EMIT_BATCH = 1024
+
+
+class _Aggregate(Operator):
+    def open(self, context):
+        self.state: dict = {}
+
+    def on_end(self):
+        items = iter(self.state.items())
+        while batch := list(islice(items, EMIT_BATCH)):
+            self.emit(batch)
+
+
+class Count(_Aggregate):
+    """Number of records per key."""
+
+    def open(self, context):
+        self.state = Counter()
+
+    def on_batch(self, port, batch):
+        it = iter(batch)
+        try:
+            _count_elements(self.state, map(_first, it))
+        except Exception as exc:
+            raise user_error(self.name, _KeyHash(), exc, batch, it) from exc
+
+
+class Sum(_Aggregate):
+    """Sum of the values per key (starting from the first value, so it works
+    for any type with `+`)."""
+
+    def on_batch(self, port, batch):
+        state = self.state
+        record = None
+        try:
+            for record in batch:
+                key = record[0]
+                if key in state:
+                    state[key] = state[key] + record[1]
+                else:
+                    state[key] = record[1]
+        except Exception as exc:
+            raise OperatorError.wrap(self.name, _Plus(), exc, record=record) from exc
+
+
+class Reduce(_Aggregate):
+    """`fn(accumulator, value)` per key, the first value as the start."""
+
+    def __init__(self, fn) -> None:
+        if not callable(fn):
+            raise TypeError(f"reduce needs a callable, got {fn!r}")
+        self.fn = fn
+
+    def on_batch(self, port, batch):
+        state = self.state
+        fn = self.fn
+        record = None
+        get = state.get
+        try:
+            for record in batch:
+                key = record[0]
+                acc = get(key, _MISSING)
+                state[key] = record[1] if acc is _MISSING else fn(acc, record[1])
+        except KernelError:
+            raise
+        except Exception as exc:
+            raise OperatorError.wrap(self.name, fn, exc, record=record) from exc
+
+
+class Fold(_Aggregate):
+    """`fn(accumulator, value)` per key, starting from `init`.
+
+    `init` is either a zero-argument factory called once per key (use `list`,
+    `dict`, `set` for mutable accumulators) or an immutable start value.
+    """
+
+    def __init__(self, init, fn) -> None:
+        if not callable(fn):
+            raise TypeError(f"fold needs a callable, got {fn!r}")
+        self.init = init if callable(init) else (lambda: init)
+        self.fn = fn
+
+    def on_batch(self, port, batch):
+        state = self.state
+        fn = self.fn
+        init = self.init
+        record = None
+        get = state.get
+        try:
+            for record in batch:
+                key = record[0]
+                acc = get(key, _MISSING)
+                state[key] = fn(init() if acc is _MISSING else acc, record[1])
+        except KernelError:
+            raise
+        except Exception as exc:
+            raise OperatorError.wrap(self.name, fn, exc, record=record) from exc
+
+
+class _KeyHash:
+    __qualname__ = "hash(key)"
+    __module__ = "builtins"
+
+
+class _Plus:
+    __qualname__ = "operator.add"
+    __module__ = "builtins"

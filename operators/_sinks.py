@@ -1,0 +1,57 @@
+"""Where streams end: collect, sink(fn), print."""
+
+from __future__ import annotations
+
+import sys
+
+from kernel._errors import KernelError
+from kernel._operator import Operator
+
+from ._calls import user_error
+
+
+class Collect(Operator):
+    """Gather every record; the caller reads them from the handle after the run."""
+
+    def open(self, context):
+        self.items: list = []
+
+    def on_batch(self, port, batch):
+        self.items.extend(batch)
+
+    def result(self):
+        return self.items
+
+
+class Sink(Operator):
+    """Call `fn(record)` for every record on the kernel that holds it."""
+
+    def __init__(self, fn) -> None:
+        if not callable(fn):
+            raise TypeError(f"sink needs a callable, got {fn!r}")
+        self.fn = fn
+
+    def on_batch(self, port, batch):
+        fn = self.fn
+        it = iter(batch)
+        try:
+            for record in it:
+                fn(record)
+        except KernelError:
+            raise
+        except Exception as exc:
+            raise user_error(self.name, fn, exc, batch, it) from exc
+
+
+class Print(Operator):
+    """Write every record's `str()` on its own line, one write per batch."""
+
+    def __init__(self, prefix: str = "", file=None) -> None:
+        self.prefix = prefix
+        self.file = file
+
+    def on_batch(self, port, batch):
+        out = self.file or sys.stdout
+        prefix = self.prefix
+        lines = [f"{prefix}{record}" for record in batch]
+        out.write("\n".join(lines) + "\n")
