@@ -7,7 +7,7 @@ record directly.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, _count_elements
 from itertools import islice
 from operator import itemgetter
 
@@ -17,7 +17,6 @@ from kernel._operator import Operator
 from ._calls import user_error
 
 _first = itemgetter(0)
-_count_elements = Counter.update  # dispatches to C's _count_elements for dicts
 _MISSING = object()
 EMIT_BATCH = 1024
 
@@ -36,8 +35,7 @@ class Count(_Aggregate):
     """Number of records per key."""
 
     def open(self, context):
-        self.state = Counter()
-
+        self.state = Counter()  # _count_elements is C code for dicts
     def on_batch(self, port, batch):
         it = iter(batch)
         try:
