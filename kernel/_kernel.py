@@ -150,6 +150,7 @@ class Kernel:
             logger=self.logger,
             on_error=self._activation_failed,
             on_slice_start=self._set_deadline,
+            on_drained=self._check_idle,
         )
         self._ready_future = loop.create_future()
         self._ready_future.set_result(None)

@@ -81,6 +81,7 @@ class Scheduler:
         logger: logging.Logger | logging.LoggerAdapter | None = None,
         on_error: Callable[[Activation, BaseException], None],
         on_slice_start: Callable[[float], None] | None = None,
+        on_drained: Callable[[], None] | None = None,
     ) -> None:
         if budget <= 0:
             raise ValueError(f"budget must be positive seconds, got {budget!r}")
@@ -96,10 +97,14 @@ class Scheduler:
         self._logger = logger or logging.getLogger("kernel")
         self._on_error = on_error
         self._on_slice_start = on_slice_start
+        self._on_drained = on_drained
         self._latency = _TaskClass(LATENCY, merged[LATENCY])
         self._throughput = _TaskClass(THROUGHPUT, merged[THROUGHPUT])
         self._classes = {LATENCY: self._latency, THROUGHPUT: self._throughput}
+        # True from the moment a slice is scheduled until it ends, so work
+        # readied during a slice never schedules a second one.
         self._slice_pending = False
+        self._running_class: _TaskClass | None = None
         self._stopped = False
         self.slices = 0
         self.ticks = 0
@@ -110,7 +115,7 @@ class Scheduler:
     def ready(self, activation: Activation, task_class: str = THROUGHPUT) -> None:
         """Queue `activation` to run in a later tick of `task_class`."""
         cls = self._classes[task_class]
-        if not cls.queue:
+        if not cls.queue and cls is not self._running_class:
             self._catch_up(cls)
         cls.queue.append(activation)
         if not self._slice_pending and not self._stopped:
@@ -139,7 +144,8 @@ class Scheduler:
 
     def _catch_up(self, cls: _TaskClass) -> None:
         other = self._throughput if cls is self._latency else self._latency
-        if other.queue and cls.vruntime < other.vruntime:
+        other_busy = other.queue or other is self._running_class
+        if other_busy and cls.vruntime < other.vruntime:
             cls.vruntime = other.vruntime
 
     def _pick_class(self) -> _TaskClass | None:
@@ -151,8 +157,8 @@ class Scheduler:
         return thr if thr.queue else None
 
     def _run_slice(self) -> None:
-        self._slice_pending = False
         if self._stopped:
+            self._slice_pending = False
             return
         now = self._monotonic
         started = now()
@@ -170,6 +176,7 @@ class Scheduler:
                 if cls is None:
                     break
                 self.ticks += 1
+                self._running_class = cls
                 queue = cls.queue
                 preemptible = cls is self._throughput
                 tick_start = t
@@ -185,6 +192,7 @@ class Scheduler:
                         break
                     if preemptible and latency_queue:
                         break
+                self._running_class = None
                 spent = t - tick_start
                 cls.busy_time += spent
                 cls.vruntime += spent / cls.shares
@@ -193,9 +201,13 @@ class Scheduler:
         except BaseException as exc:
             self._on_error(activation, exc)
             return
-        if not self._stopped and self.has_work():
+        if self._stopped:
+            return
+        if self.has_work():
             self._slice_pending = True
             self._loop.call_soon(self._run_slice)
+        elif self._on_drained is not None:
+            self._on_drained()
 
     def _report_stall(self, activation: Activation, seconds: float) -> None:
         self._logger.warning(
