@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 
@@ -80,7 +81,7 @@ async def test_cooperate_is_not_a_yield_while_the_budget_lasts():
         trace.append("host")
 
     async def worker():
-        for i in range(1000):
+        for _i in range(1000):
             await cooperate()
         trace.append("worker done")
 
@@ -119,7 +120,7 @@ async def test_cooperate_yields_once_the_budget_is_spent():
     # by then, it yields exactly at those calls: runs of 16 steps between
     # host turns.
     runs, current = [], 0
-    for a, b in zip(worker_steps, worker_steps[1:]):
+    for a, b in itertools.pairwise(worker_steps):
         current += 1
         if b != a + 1:
             runs.append(current)
@@ -171,7 +172,7 @@ async def test_host_loop_stays_responsive_under_run_async():
     stop.set()
     await hb
     during = [t for t in beats if started <= t <= finished]
-    gaps = [b - a for a, b in zip(during, during[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(during)]
     assert len(during) > 100  # the host ran all along, not just at the end
     # The budget is 1 ms; 50 ms leaves room for a noisy shared CI machine
     # while still catching a pipeline that holds the loop (this one runs
