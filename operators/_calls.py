@@ -36,7 +36,7 @@ def over_batch(operator: str, fn, batch: list, build: Callable) -> list:
     """`build(fn, iterator)` over `batch`, with failures named.
 
     `build` must consume the iterator record by record, calling `fn` on each
-    record right after taking it (`map`, `filter`, `zip` over `map`).
+    record right after taking it (`map`, `filter`, a comprehension over it).
     """
     it = iter(batch)
     try:

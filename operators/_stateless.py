@@ -8,15 +8,12 @@ record (benches/pipelines.py).
 from __future__ import annotations
 
 from itertools import chain
-from operator import itemgetter
 
 from kernel._errors import KernelError
 from kernel._operator import Operator
 
 from ._calls import over_batch, user_error
 
-_first = itemgetter(0)
-_second = itemgetter(1)
 _flatten = chain.from_iterable
 
 
@@ -62,27 +59,28 @@ class FlatMap(_UserFunction):
         self.emit(over_batch(self.name, self.fn, batch, _flat_map))
 
 
+def _key_by(fn, it):
+    # A comprehension beats list(zip(map(fn, it), batch)) by ~25% here: the
+    # pairs are built in one pass (benches/pipelines.py, word count).
+    return [(fn(x), x) for x in it]
+
+
+def _map_values(fn, it):
+    return [(k, fn(v)) for k, v in it]
+
+
 class KeyBy(_UserFunction):
     """Turn every record `x` into the pair `(fn(x), x)`."""
 
     def on_batch(self, port, batch):
-        self.emit(over_batch(self.name, self.fn, batch, _key_by(batch)))
-
-
-def _key_by(batch):
-    # zip takes the key (consuming the iterator) before the record itself.
-    return lambda fn, it: list(zip(map(fn, it), batch))
+        self.emit(over_batch(self.name, self.fn, batch, _key_by))
 
 
 class MapValues(_UserFunction):
     """Turn every pair `(k, v)` into `(k, fn(v))`."""
 
     def on_batch(self, port, batch):
-        self.emit(over_batch(self.name, self.fn, batch, _map_values(batch)))
-
-
-def _map_values(batch):
-    return lambda fn, it: list(zip(map(_first, batch), map(fn, map(_second, it))))
+        self.emit(over_batch(self.name, self.fn, batch, _map_values))
 
 
 class Inspect(_UserFunction):
