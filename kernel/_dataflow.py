@@ -13,7 +13,7 @@ import functools
 import operators as ops
 
 from ._graph import Edge, Graph, Node
-from ._operator import Operator, Source
+from ._operator import DEFAULT_BATCH_SIZE, Operator, Source
 
 
 def _fn_name(fn) -> str:
@@ -54,20 +54,22 @@ class Dataflow:
 
     # -- sources --------------------------------------------------------------
 
-    def from_iterable(self, iterable, *, batch_size: int = ops.DEFAULT_BATCH_SIZE, name=None) -> Stream:
+    def from_iterable(self, iterable, *, batch_size: int = DEFAULT_BATCH_SIZE, name=None) -> Stream:
         """A bounded source reading `iterable` in batches of `batch_size`.
 
         With several kernels each reads a disjoint share (record i goes to
         kernel i % kernels), so the input must be re-iterable (a list, a
         range, a file path reader...)."""
+        ops.check_batch_size(batch_size)
         factory = functools.partial(ops.IterableSource, iterable, batch_size)
         return self.source(factory, name=name or "from_iterable")
 
     def from_async_iterable(
-        self, aiterable, *, batch_size: int = ops.DEFAULT_BATCH_SIZE, name=None
+        self, aiterable, *, batch_size: int = DEFAULT_BATCH_SIZE, name=None
     ) -> Stream:
         """A source reading an async iterable (or a zero-argument callable
         returning one, e.g. an async generator function) on a task."""
+        ops.check_batch_size(batch_size)
         factory = functools.partial(ops.AsyncIterableSource, aiterable, batch_size)
         return self.source(factory, name=name or "from_async_iterable")
 

@@ -35,6 +35,9 @@ def shorten(text: str, limit: int = 300) -> str:
 
 
 def describe_function(fn: object) -> str:
+    """A user function's name for messages (a str is taken as the name)."""
+    if isinstance(fn, str):
+        return fn
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     if name is None:
         return repr(fn)

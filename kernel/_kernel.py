@@ -132,6 +132,7 @@ class Kernel:
         self._ready_future: asyncio.Future | None = None
         self._deadline = 0.0
         self._polls = _POLLS_PER_CLOCK_READ
+        self._spent = False
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -180,8 +181,8 @@ class Kernel:
             for fn in starters:
                 try:
                     fn()
-                except Exception as exc:
-                    self._activation_failed(fn, exc)
+                except Exception as exc:  # becomes the run's failure, as raised
+                    self.fail(exc)
                     break
             self._check_idle()
             try:
@@ -218,6 +219,11 @@ class Kernel:
     def ready(self, activation: Activation, task_class: str = THROUGHPUT) -> None:
         """Queue an activation for a later tick."""
         self._scheduler.ready(activation, task_class)
+
+    def ready_function(self, task_class: str = THROUGHPUT):
+        """`ready` for one task class, as a plain function: for hot paths that
+        ready activations of one class over and over."""
+        return self._scheduler.ready_function(task_class)
 
     def hold(self) -> None:
         """Keep the kernel alive until a matching `release()` (a dataflow
@@ -291,17 +297,27 @@ class Kernel:
 
     def cooperate(self):
         """Awaitable: nearly free while the kernel's budget lasts, a real
-        yield to the event loop once it is spent."""
+        yield to the event loop once it is spent.
+
+        The budget is the kernel's, shared by all its tasks: once one task
+        finds it spent, every task yields at its next `cooperate()` until the
+        loop has had its turn (`_refill` runs after the tasks that yielded).
+        A per-task budget would let N busy tasks hold the loop N budgets long.
+        """
+        if self._spent:
+            return _yield_once()
         self._polls -= 1
         if self._polls:
             return self._ready_future
         self._polls = _POLLS_PER_CLOCK_READ
         if self._monotonic() < self._deadline:
             return self._ready_future
-        return self._yield_and_refill()
+        self._spent = True
+        self._loop.call_soon(self._refill)
+        return _yield_once()
 
-    async def _yield_and_refill(self) -> None:
-        await _yield_once()
+    def _refill(self) -> None:
+        self._spent = False
         self._deadline = self._monotonic() + self._budget
 
     def statistics(self) -> dict[str, Any]:

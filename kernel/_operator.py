@@ -33,6 +33,9 @@ from __future__ import annotations
 
 from ._scheduler import THROUGHPUT
 
+#: records per batch that sources produce unless told otherwise
+DEFAULT_BATCH_SIZE = 1024
+
 
 class Operator:
     """Base class of mid-level operators (see the module docstring).

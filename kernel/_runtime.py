@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from ._errors import KernelError, OperatorError
+from ._errors import KernelError, OperatorError, describe_function
 from ._graph import Graph, Node
 from ._operator import Operator
 
@@ -58,7 +58,7 @@ class _Instance:
         self.frontier = -_INF
         self.ended = False
         self.targets: list[tuple[_Instance, int]] = []
-        self._ready = runtime.kernel.ready
+        self._ready = runtime.kernel.ready_function(self.task_class)
 
     # -- wiring -------------------------------------------------------------
 
@@ -99,13 +99,13 @@ class _Instance:
     def wake(self) -> None:
         if not self.scheduled and not self.ended:
             self.scheduled = True
-            self._ready(self, self.task_class)
+            self._ready(self)
 
     def deliver(self, channel: int, payload) -> None:
         self.pending.append((channel, payload))
         if not self.scheduled:
             self.scheduled = True
-            self._ready(self, self.task_class)
+            self._ready(self)
 
     def activate(self) -> None:
         self.scheduled = False
@@ -130,7 +130,7 @@ class _Instance:
         except Exception as exc:
             handler = "on_batch" if payload.__class__ is list else "on_watermark/on_end"
             raise OperatorError.wrap(
-                self.name, _Handler(self.op, handler), exc, has_record=False
+                self.name, _handler_name(self.op, handler), exc, has_record=False
             ) from exc
 
     def _poll(self) -> None:
@@ -141,7 +141,8 @@ class _Instance:
         except KernelError:
             raise
         except Exception as exc:
-            raise OperatorError.wrap(self.name, _Handler(self.op, "poll"), exc, has_record=False) from exc
+            handler = _handler_name(self.op, "poll")
+            raise OperatorError.wrap(self.name, handler, exc, has_record=False) from exc
         if more:
             self.wake()
         elif more is False:
@@ -187,12 +188,9 @@ class _Instance:
         self.runtime.instance_ended()
 
 
-class _Handler:
+def _handler_name(op: Operator, method: str) -> str:
     """Names a handler of a user operator in an OperatorError."""
-
-    def __init__(self, op: Operator, method: str) -> None:
-        self.__qualname__ = f"{type(op).__qualname__}.{method}"
-        self.__module__ = type(op).__module__
+    return f"{describe_function(type(op))}.{method}"
 
 
 def _discard(batch) -> None:
@@ -206,7 +204,12 @@ class Runtime:
         self.graph = graph
         self.kernel = kernel
         self.instances: list[_Instance] = []
+        self._sources: list[_Instance] = []
         self._live = 0
+
+    def _build(self) -> None:
+        """Instantiate every operator and wire the inboxes (on the running kernel)."""
+        graph, kernel = self.graph, self.kernel
         for node in graph.nodes:
             op = node.factory()
             if not isinstance(op, Operator):
@@ -223,7 +226,8 @@ class Runtime:
         self._sources = [i for i in self.instances if i.is_source]
 
     def start(self) -> None:
-        """Open every operator and schedule the sources."""
+        """Build, open every operator and schedule the sources."""
+        self._build()
         for instance in self.instances:
             try:
                 instance.op.open(self.kernel.context)
@@ -231,7 +235,7 @@ class Runtime:
                 raise
             except Exception as exc:
                 raise OperatorError.wrap(
-                    instance.name, _Handler(instance.op, "open"), exc, has_record=False
+                    instance.name, _handler_name(instance.op, "open"), exc, has_record=False
                 ) from exc
         self._live = len(self.instances)
         if self._live:

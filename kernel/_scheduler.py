@@ -55,7 +55,7 @@ class Activation(Protocol):
 
 
 class _TaskClass:
-    __slots__ = ("busy_time", "name", "queue", "shares", "vruntime")
+    __slots__ = ("busy_time", "idle", "name", "queue", "shares", "vruntime")
 
     def __init__(self, name: str, shares: float) -> None:
         if shares <= 0:
@@ -65,6 +65,9 @@ class _TaskClass:
         self.queue: deque[Activation] = deque()
         self.vruntime = 0.0
         self.busy_time = 0.0  # seconds spent running this class: statistics()
+        # True once the scheduler saw this class with nothing to do; cleared
+        # when it next gets a tick. Read only when both classes have work.
+        self.idle = False
 
 
 class Scheduler:
@@ -104,7 +107,6 @@ class Scheduler:
         # True from the moment a slice is scheduled until it ends, so work
         # readied during a slice never schedules a second one.
         self._slice_pending = False
-        self._running_class: _TaskClass | None = None
         self._stopped = False
         self.slices = 0
         self.ticks = 0
@@ -114,13 +116,21 @@ class Scheduler:
 
     def ready(self, activation: Activation, task_class: str = THROUGHPUT) -> None:
         """Queue `activation` to run in a later tick of `task_class`."""
-        cls = self._classes[task_class]
-        if not cls.queue and cls is not self._running_class:
-            self._catch_up(cls)
-        cls.queue.append(activation)
-        if not self._slice_pending and not self._stopped:
-            self._slice_pending = True
-            self._loop.call_soon(self._run_slice)
+        self._classes[task_class].queue.append(activation)
+        if not self._slice_pending:
+            self._schedule_slice()
+
+    def ready_function(self, task_class: str = THROUGHPUT) -> Callable[[Activation], None]:
+        """`ready` specialised for one class: what the runtime binds on its hot
+        path (one call and an append per hop; benches/latency.py section 3)."""
+        append = self._classes[task_class].queue.append
+
+        def ready(activation: Activation) -> None:
+            append(activation)
+            if not self._slice_pending:
+                self._schedule_slice()
+
+        return ready
 
     def stop(self) -> None:
         """Run nothing more: used when the kernel fails or is cancelled."""
@@ -142,19 +152,26 @@ class Scheduler:
 
     # -- internals ----------------------------------------------------------
 
-    def _catch_up(self, cls: _TaskClass) -> None:
-        other = self._throughput if cls is self._latency else self._latency
-        other_busy = other.queue or other is self._running_class
-        if other_busy and cls.vruntime < other.vruntime:
-            cls.vruntime = other.vruntime
+    def _schedule_slice(self) -> None:
+        if not self._stopped:
+            self._slice_pending = True
+            self._loop.call_soon(self._run_slice)
 
     def _pick_class(self) -> _TaskClass | None:
         lat, thr = self._latency, self._throughput
-        if lat.queue:
-            if thr.queue and thr.vruntime < lat.vruntime:
-                return thr
+        if not lat.queue:
+            lat.idle = True
+            return thr if thr.queue else None
+        if not thr.queue:
+            thr.idle = True
             return lat
-        return thr if thr.queue else None
+        # Both have work. A class that was idle starts from the other's
+        # virtual runtime: sleeping banks no credit.
+        if lat.idle and lat.vruntime < thr.vruntime:
+            lat.vruntime = thr.vruntime
+        elif thr.idle and thr.vruntime < lat.vruntime:
+            thr.vruntime = lat.vruntime
+        return thr if thr.vruntime < lat.vruntime else lat
 
     def _run_slice(self) -> None:
         if self._stopped:
@@ -167,47 +184,47 @@ class Scheduler:
             self._on_slice_start(deadline)
         self.slices += 1
         latency_queue = self._latency.queue
+        throughput = self._throughput
         stall = self.stall_threshold
         t = started
         activation = None
         try:
-            while True:
-                cls = self._pick_class()
-                if cls is None:
-                    break
+            while (cls := self._pick_class()) is not None:
                 self.ticks += 1
-                self._running_class = cls
+                cls.idle = False
                 queue = cls.queue
-                preemptible = cls is self._throughput
+                popleft = queue.popleft
+                preemptible = cls is throughput
                 tick_start = t
+                ran = 0
                 for _ in range(len(queue)):
-                    activation = queue.popleft()
-                    before = t
+                    activation = popleft()
                     activation.activate()
-                    self.activations += 1
-                    t = now()
+                    ran += 1
+                    before, t = t, now()
                     if t - before > stall:
                         self._report_stall(activation, t - before)
-                    if t >= deadline or self._stopped:
+                    if t >= deadline or self._stopped or (preemptible and latency_queue):
                         break
-                    if preemptible and latency_queue:
-                        break
-                self._running_class = None
+                self.activations += ran
+                cls.idle = not queue
                 spent = t - tick_start
                 cls.busy_time += spent
                 cls.vruntime += spent / cls.shares
                 if t >= deadline or self._stopped:
                     break
         except BaseException as exc:
+            self._slice_pending = False
             self._on_error(activation, exc)
             return
         if self._stopped:
-            return
-        if self.has_work():
-            self._slice_pending = True
+            self._slice_pending = False
+        elif self.has_work():
             self._loop.call_soon(self._run_slice)
-        elif self._on_drained is not None:
-            self._on_drained()
+        else:
+            self._slice_pending = False
+            if self._on_drained is not None:
+                self._on_drained()
 
     def _report_stall(self, activation: Activation, seconds: float) -> None:
         self._logger.warning(

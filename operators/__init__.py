@@ -9,7 +9,7 @@ from kernel._operator import Operator, Source
 
 from ._aggregates import Count, Fold, Reduce, Sum
 from ._sinks import Collect, Print, Sink
-from ._sources import DEFAULT_BATCH_SIZE, AsyncIterableSource, IterableSource
+from ._sources import DEFAULT_BATCH_SIZE, AsyncIterableSource, IterableSource, check_batch_size
 from ._stateless import Filter, FlatMap, Inspect, KeyBy, Map, MapValues, Union
 
 __all__ = [
@@ -32,4 +32,5 @@ __all__ = [
     "Source",
     "Sum",
     "Union",
+    "check_batch_size",
 ]

@@ -41,7 +41,7 @@ class Count(_Aggregate):
         try:
             _count_elements(self.state, map(_first, it))
         except Exception as exc:
-            raise user_error(self.name, _KeyHash(), exc, batch, it) from exc
+            raise user_error(self.name, "hash(key)", exc, batch, it) from exc
 
 
 class Sum(_Aggregate):
@@ -59,7 +59,7 @@ class Sum(_Aggregate):
                 else:
                     state[key] = record[1]
         except Exception as exc:
-            raise OperatorError.wrap(self.name, _Plus(), exc, record=record) from exc
+            raise OperatorError.wrap(self.name, "operator.add", exc, record=record) from exc
 
 
 class Reduce(_Aggregate):
@@ -114,13 +114,3 @@ class Fold(_Aggregate):
             raise
         except Exception as exc:
             raise OperatorError.wrap(self.name, fn, exc, record=record) from exc
-
-
-class _KeyHash:
-    __qualname__ = "hash(key)"
-    __module__ = "builtins"
-
-
-class _Plus:
-    __qualname__ = "operator.add"
-    __module__ = "builtins"

@@ -1,14 +1,15 @@
 """Running user functions over whole batches, and naming the record that failed.
 
-Hot loops hand the batch to C-level iteration (`map`, `filter`,
-`itertools.chain`, `zip`) over an explicit iterator. When the user function
-raises, the iterator has consumed exactly the records up to and including the
-failing one, so its remaining length tells which record it was, without
-replaying the batch (which would call side-effecting functions twice).
+Hot loops hand the batch to C-level iteration (`map`) or a comprehension over
+an explicit iterator. When the user function raises, the iterator has consumed
+exactly the records up to and including the failing one, so its remaining
+length tells which record it was, without replaying the batch (which would
+call side-effecting functions twice).
 
-The same bookkeeping catches a quiet data loss: a user function that raises
-`StopIteration` ends `map()` early instead of propagating. A batch whose
-iterator was not drained is reported as an error, never truncated.
+`map()` has one trap: a user function that raises `StopIteration` ends it
+early and silently. `call_each` compares the number of results with the
+batch, so such a batch is reported as an error, never truncated.
+(Comprehensions do not have the trap: there the exception propagates.)
 """
 
 from __future__ import annotations
@@ -32,20 +33,29 @@ def user_error(operator: str, fn, exc: BaseException, batch: list, iterator) -> 
     return OperatorError.wrap(operator, fn, exc, record=record, has_record=found)
 
 
-def over_batch(operator: str, fn, batch: list, build: Callable) -> list:
-    """`build(fn, iterator)` over `batch`, with failures named.
-
-    `build` must consume the iterator record by record, calling `fn` on each
-    record right after taking it (`map`, `filter`, a comprehension over it).
-    """
+def call_each(operator: str, fn, batch: list) -> list:
+    """`[fn(x) for x in batch]` at `map()` speed, failures named."""
     it = iter(batch)
     try:
-        out = build(fn, it)
+        results = list(map(fn, it))
     except KernelError:
         raise
     except Exception as exc:
         raise user_error(operator, fn, exc, batch, it) from exc
-    if length_hint(it):
+    if len(results) != len(batch):
         stop = RuntimeError("raised StopIteration, which would silently end the batch")
-        raise user_error(operator, fn, stop, batch, it)
-    return out
+        raise OperatorError.wrap(operator, fn, stop, record=batch[len(results)])
+    return results
+
+
+def over_batch(operator: str, fn, batch: list, build: Callable) -> list:
+    """`build(fn, iterator)` over `batch`, with failures named. `build` is a
+    comprehension that takes the records from the iterator one by one and
+    calls `fn` on each right after taking it."""
+    it = iter(batch)
+    try:
+        return build(fn, it)
+    except KernelError:
+        raise
+    except Exception as exc:
+        raise user_error(operator, fn, exc, batch, it) from exc

@@ -11,12 +11,10 @@ import asyncio
 from itertools import islice
 
 from kernel._errors import KernelError, OperatorError
-from kernel._operator import Source
-
-DEFAULT_BATCH_SIZE = 1024
+from kernel._operator import DEFAULT_BATCH_SIZE, Source
 
 
-def _check_batch_size(batch_size: int) -> int:
+def check_batch_size(batch_size: int) -> int:
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     return batch_size
@@ -27,7 +25,7 @@ class IterableSource(Source):
 
     def __init__(self, iterable, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
         self.iterable = iterable
-        self.batch_size = _check_batch_size(batch_size)
+        self.batch_size = check_batch_size(batch_size)
 
     def open(self, context):
         peers, index = context.peers, context.index
@@ -77,7 +75,7 @@ class AsyncIterableSource(Source):
 
     def __init__(self, aiterable, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
         self.aiterable = aiterable
-        self.batch_size = _check_batch_size(batch_size)
+        self.batch_size = check_batch_size(batch_size)
 
     def open(self, context):
         source = self.aiterable

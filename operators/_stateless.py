@@ -7,26 +7,12 @@ record (benches/pipelines.py).
 
 from __future__ import annotations
 
-from itertools import chain
+from itertools import compress
 
-from kernel._errors import KernelError
+from kernel._errors import KernelError, OperatorError
 from kernel._operator import Operator
 
-from ._calls import over_batch, user_error
-
-_flatten = chain.from_iterable
-
-
-def _map(fn, it):
-    return list(map(fn, it))
-
-
-def _filter(fn, it):
-    return list(filter(fn, it))
-
-
-def _flat_map(fn, it):
-    return list(_flatten(map(fn, it)))
+from ._calls import call_each, over_batch, user_error
 
 
 class _UserFunction(Operator):
@@ -42,21 +28,34 @@ class Map(_UserFunction):
     """Apply `fn` to every record: `stream.map(fn)`."""
 
     def on_batch(self, port, batch):
-        self.emit(over_batch(self.name, self.fn, batch, _map))
+        self.emit(call_each(self.name, self.fn, batch))
 
 
 class Filter(_UserFunction):
     """Keep the records for which `fn` is true: `stream.filter(fn)`."""
 
     def on_batch(self, port, batch):
-        self.emit(over_batch(self.name, self.fn, batch, _filter))
+        self.emit(list(compress(batch, call_each(self.name, self.fn, batch))))
 
 
 class FlatMap(_UserFunction):
     """Replace every record by the items of the iterable `fn` returns."""
 
     def on_batch(self, port, batch):
-        self.emit(over_batch(self.name, self.fn, batch, _flat_map))
+        parts = call_each(self.name, self.fn, batch)
+        out: list = []
+        extend = out.extend
+        # A plain loop rather than itertools.chain: when an iterable returned
+        # by fn raises while being read, `index` names its record.
+        index = 0
+        try:
+            for index, part in enumerate(parts):  # noqa: B007 - read in the except
+                extend(part)
+        except KernelError:
+            raise
+        except Exception as exc:
+            raise OperatorError.wrap(self.name, self.fn, exc, record=batch[index]) from exc
+        self.emit(out)
 
 
 def _key_by(fn, it):

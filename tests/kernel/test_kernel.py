@@ -193,3 +193,39 @@ def test_an_empty_dataflow_runs_and_ends():
 def test_cores_must_be_a_positive_int():
     with pytest.raises(ValueError, match="cores"):
         run(Dataflow(), cores=0)
+
+
+async def test_the_budget_is_shared_by_all_tasks_of_a_kernel():
+    """N busy tasks hold the loop about one budget, not N budgets."""
+    clock = VirtualClock()
+    trace = []
+    tasks = 10
+
+    async def busy(n):
+        for _ in range(100):
+            clock.advance(0.0001)  # a tenth of the budget per step
+            trace.append(n)
+            await cooperate()
+
+    async def host():
+        while True:
+            trace.append("host")
+            await asyncio.sleep(0)
+
+    kernel = Kernel(clock=clock, budget=0.001)
+    host_task = asyncio.create_task(host())
+    for n in range(tasks):
+        kernel.spawn(busy(n))
+    await kernel.join()
+    host_task.cancel()
+    steps_between_host_turns, current = [], 0
+    for item in trace:
+        if item == "host":
+            steps_between_host_turns.append(current)
+            current = 0
+        else:
+            current += 1
+    # The clock is read every 16th cooperate(); once the budget is found
+    # spent every task yields at its next call: at most 16 + one step per
+    # task between two host turns (a per-task budget would allow 10 x 16).
+    assert max(steps_between_host_turns) <= 16 + tasks
