@@ -183,40 +183,54 @@ class Scheduler:
         if self._on_slice_start is not None:
             self._on_slice_start(deadline)
         self.slices += 1
-        latency_queue = self._latency.queue
+        latency = self._latency
+        latency_queue = latency.queue
         throughput = self._throughput
         stall = self.stall_threshold
         t = started
         activation = None
+        ticks = ran = 0
         try:
             while (cls := self._pick_class()) is not None:
-                self.ticks += 1
                 cls.idle = False
                 queue = cls.queue
                 popleft = queue.popleft
+                other_queue = throughput.queue if cls is latency else latency_queue
                 preemptible = cls is throughput
-                tick_start = t
-                ran = 0
-                for _ in range(len(queue)):
-                    activation = popleft()
-                    activation.activate()
-                    ran += 1
-                    before, t = t, now()
-                    if t - before > stall:
-                        self._report_stall(activation, t - before)
-                    if t >= deadline or self._stopped or (preemptible and latency_queue):
+                run_start = t
+                # Ticks of one class back to back while the other has no work,
+                # so a quiet pipeline pays no class choice per hop. A tick is
+                # the activations ready when it began; `queue` only empties
+                # early if stop() cleared it.
+                while queue:
+                    ticks += 1
+                    remaining = len(queue)
+                    while remaining and queue:
+                        remaining -= 1
+                        activation = popleft()
+                        activation.activate()
+                        ran += 1
+                        before, t = t, now()
+                        if t - before > stall:
+                            self._report_stall(activation, t - before)
+                        if t >= deadline or (preemptible and latency_queue):
+                            break
+                    if t >= deadline or other_queue:
                         break
-                self.activations += ran
-                cls.idle = not queue
-                spent = t - tick_start
+                spent = t - run_start
                 cls.busy_time += spent
                 cls.vruntime += spent / cls.shares
+                cls.idle = not queue
                 if t >= deadline or self._stopped:
                     break
-        except BaseException as exc:
+        except BaseException as exc:  # the kernel decides what a failure means
             self._slice_pending = False
+            self.ticks += ticks
+            self.activations += ran
             self._on_error(activation, exc)
             return
+        self.ticks += ticks
+        self.activations += ran
         if self._stopped:
             self._slice_pending = False
         elif self.has_work():
