@@ -131,7 +131,7 @@ class Kernel:
         self._idle: asyncio.Future | None = None
         self._ready_future: asyncio.Future | None = None
         self._deadline = 0.0
-        self._polls = _POLLS_PER_CLOCK_READ
+        self._polls = 1  # every call takes the slow path until the kernel runs
         self._spent = False
 
     # -- lifecycle ----------------------------------------------------------
@@ -156,6 +156,7 @@ class Kernel:
         self._ready_future = loop.create_future()
         self._ready_future.set_result(None)
         self._deadline = self._monotonic() + self._budget
+        self._polls = _POLLS_PER_CLOCK_READ
         self._idle = loop.create_future()
         for coro, name in self._pending_spawns:
             self._start_task(coro, name)
@@ -304,26 +305,38 @@ class Kernel:
         loop has had its turn (`_refill` runs after the tasks that yielded).
         A per-task budget would let N busy tasks hold the loop N budgets long.
         """
-        if self._spent:
-            return _yield_once()
         self._polls -= 1
         if self._polls:
             return self._ready_future
-        self._polls = _POLLS_PER_CLOCK_READ
+        return self._cooperate_slow()
+
+    def _cooperate_slow(self):
+        # Every _POLLS_PER_CLOCK_READ-th call, and every call while the
+        # budget is spent (then `_polls` is kept at 1 so the fast path in
+        # `cooperate` needs no second test).
+        if self._spent or self._loop is None:
+            self._polls = 1
+            return _yield_once()
         if self._monotonic() < self._deadline:
+            self._polls = _POLLS_PER_CLOCK_READ
             return self._ready_future
         self._spent = True
+        self._polls = 1
         self._loop.call_soon(self._refill)
         return _yield_once()
 
     def _refill(self) -> None:
         self._spent = False
+        self._polls = _POLLS_PER_CLOCK_READ
         self._deadline = self._monotonic() + self._budget
 
     def statistics(self) -> dict[str, Any]:
         stats = self._scheduler.statistics() if self._scheduler else {}
         stats["tasks"] = len(self._tasks)
         return stats
+
+
+_get_current_kernel = _current_kernel.get
 
 
 def current_kernel() -> Kernel | None:
@@ -333,11 +346,16 @@ def current_kernel() -> Kernel | None:
 
 def cooperate():
     """`await cooperate()`: give the event loop a turn if this kernel's budget
-    is spent; otherwise return at once (well under 100 ns).
+    is spent; otherwise return at once.
 
     Outside a kernel it is a plain yield, so code that calls it works anywhere.
+    The fast path of `Kernel.cooperate` is repeated here rather than called:
+    a second Python call would be a third of the cost (benches/latency.py).
     """
-    kernel = _current_kernel.get()
-    if kernel is None or kernel._loop is None:
+    kernel = _get_current_kernel()
+    if kernel is None:
         return _yield_once()
-    return kernel.cooperate()
+    kernel._polls -= 1
+    if kernel._polls:
+        return kernel._ready_future
+    return kernel._cooperate_slow()
