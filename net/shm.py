@@ -1,0 +1,362 @@
+"""Shared-memory SPSC rings and the eventfd doorbells that wake parked kernels.
+
+`SpscRing`: one producer process, one consumer process, variable-size frames,
+wrap-around, no locks.
+
+Layout of a ring segment (a file in /dev/shm, mapped by both processes)::
+
+    offset   0: head  u64  bytes consumed so far (written by the consumer only)
+    offset  64: tail  u64  bytes produced so far (written by the producer only)
+    offset 128: capacity u64, magic u64
+    offset 192: producer_waiting u64 (the producer found the ring full)
+    offset 256: data, `capacity` bytes (a power of two)
+
+head and tail only grow; `position & (capacity - 1)` is the offset in the data
+area. They sit on separate cache lines so the two processes do not contend for
+one line on every frame. A frame is a u64 length followed by the payload,
+padded to 8 bytes, so every length word is 8-aligned. A frame that would cross
+the end of the data area is preceded by a wrap marker (length 2**64 - 1) and
+starts again at offset 0.
+
+Why the publication order is safe
+---------------------------------
+The producer writes the frame (length and payload), then stores the new tail;
+the consumer loads the tail, then reads the frame, then stores the new head.
+Both indices are 8-aligned u64 slots written through a memoryview cast to 'Q',
+which CPython stores with one 8-byte `memcpy` of a constant size, compiled to
+a single aligned `mov`, so no reader ever sees a torn index. On x86-64 (TSO),
+stores become visible to other cores in program order and loads are not
+reordered with older loads: a consumer that sees the new tail therefore sees
+the frame written before it, and a producer that sees the new head knows the
+consumer is done with the bytes before it (the consumer's reads of a frame
+precede its head store, and x86 does not reorder a store before an older
+load). We support x86-64 only: on weakly ordered CPUs (aarch64, POWER) the
+same code would need release/acquire fences that pure Python cannot issue, so
+`SpscRing.create` refuses to run there rather than corrupt data quietly.
+
+Parking
+-------
+A consumer with nothing to read spins briefly, then parks: it sets `parked`
+in its `Doorbell`, re-checks its rings, and waits on an eventfd registered
+with its event loop. A producer rings the doorbell (writes the eventfd) only
+when `parked` is set. That is the classic store-then-load handshake (Dekker):
+x86 may let a load overtake an older store, so both sides execute a full fence
+(a locked instruction: acquiring and releasing an uncontended
+`threading.Lock`) between their store and their load, which makes a lost
+wakeup impossible.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import platform
+import secrets
+import threading
+
+_SLOT_HEAD = 0
+_SLOT_TAIL = 8
+_SLOT_CAPACITY = 16
+_SLOT_MAGIC = 17
+_SLOT_PRODUCER_WAITING = 24
+_HEADER_BYTES = 256
+_MAGIC = 0x474E4952_43535053  # b"SPSCRING" read as a little-endian u64
+_WRAP = (1 << 64) - 1
+_SHM_DIR = "/dev/shm"
+_SUPPORTED_MACHINES = ("x86_64", "AMD64", "amd64")
+
+_fence_lock = threading.Lock()
+
+
+def full_fence() -> None:
+    """A full memory barrier (a lock-prefixed instruction on x86-64)."""
+    _fence_lock.acquire()
+    _fence_lock.release()
+
+
+def _check_platform() -> None:
+    if platform.machine() not in _SUPPORTED_MACHINES:
+        raise RuntimeError(
+            f"SpscRing needs x86-64's store ordering; this machine is {platform.machine()!r} "
+            "(see net/shm.py: weakly ordered CPUs need fences pure Python cannot issue)"
+        )
+
+
+def _new_name(prefix: str) -> str:
+    return f"{prefix}-{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def _create_segment(name: str, size: int) -> mmap.mmap:
+    path = os.path.join(_SHM_DIR, name)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        return mmap.mmap(fd, size)
+    except BaseException:
+        os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _attach_segment(name: str) -> mmap.mmap:
+    if "/" in name or not name:
+        raise ValueError(f"invalid shared-memory name {name!r}")
+    fd = os.open(os.path.join(_SHM_DIR, name), os.O_RDWR)
+    try:
+        return mmap.mmap(fd, 0)
+    finally:
+        os.close(fd)
+
+
+def unlink_segment(name: str) -> bool:
+    """Remove a segment by name; False if it was already gone."""
+    try:
+        os.unlink(os.path.join(_SHM_DIR, name))
+        return True
+    except FileNotFoundError:
+        return False
+
+
+class RingClosed(Exception):
+    """The ring was closed in this process."""
+
+
+class SpscRing:
+    """A single-producer single-consumer ring of byte frames in shared memory.
+
+    `push(data) -> bool` never blocks (False when full). `pop()` returns the
+    next frame as a memoryview into the ring, valid until the next `pop()`
+    (the space is released then, so decoding needs no copy), or None.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_head",
+        "_head_seen",
+        "_map",
+        "_mask",
+        "_pending_release",
+        "_slots",
+        "_tail",
+        "_tail_seen",
+        "_view",
+        "capacity",
+        "name",
+    )
+
+    def __init__(self, name: str, segment: mmap.mmap) -> None:
+        self.name = name
+        self._map = segment
+        self._view = memoryview(segment)
+        # One u64 view of the whole segment: header slots and frame lengths.
+        self._slots = self._view.cast("Q")
+        if self._slots[_SLOT_MAGIC] != _MAGIC:
+            self._release_views()
+            raise ValueError(f"{name!r} is not an SpscRing segment")
+        self.capacity = self._slots[_SLOT_CAPACITY]
+        self._mask = self.capacity - 1
+        self._tail = self._slots[_SLOT_TAIL]  # producer's own tail
+        self._head = self._slots[_SLOT_HEAD]  # consumer's own head
+        self._head_seen = self._head  # producer's last look at head
+        self._tail_seen = self._tail  # consumer's last look at tail
+        self._pending_release = 0
+        self._closed = False
+
+    # -- creation -------------------------------------------------------------
+
+    @classmethod
+    def create(cls, capacity_bytes: int, *, prefix: str = "spsc") -> SpscRing:
+        """A new ring with at least `capacity_bytes` of data space (rounded up
+        to a power of two, at least 64 bytes)."""
+        _check_platform()
+        if capacity_bytes <= 0:
+            raise ValueError(f"capacity must be positive, got {capacity_bytes!r}")
+        capacity = max(64, 1 << (int(capacity_bytes) - 1).bit_length())
+        name = _new_name(prefix)
+        segment = _create_segment(name, _HEADER_BYTES + capacity)
+        slots = memoryview(segment)[:_HEADER_BYTES].cast("Q")
+        slots[_SLOT_CAPACITY] = capacity
+        slots[_SLOT_MAGIC] = _MAGIC
+        slots.release()
+        return cls(name, segment)
+
+    @classmethod
+    def attach(cls, name: str) -> SpscRing:
+        """The ring called `name`, created by another process."""
+        _check_platform()
+        return cls(name, _attach_segment(name))
+
+    @property
+    def max_frame(self) -> int:
+        """The largest payload a push can ever accept."""
+        return self.capacity - 8
+
+    # -- producer side --------------------------------------------------------
+
+    def push(self, data) -> bool:
+        """Append one frame; False (and nothing written) when it does not fit now."""
+        n = len(data)
+        need = (n + 15) & ~7  # u64 length + payload, padded to 8
+        capacity = self.capacity
+        tail = self._tail
+        offset = tail & self._mask
+        skip = capacity - offset if offset + need > capacity else 0
+        if need + skip > capacity - (tail - self._head_seen):
+            if self._closed:
+                raise RingClosed(self.name)
+            if need > capacity:
+                raise ValueError(f"frame of {n} bytes exceeds ring capacity ({self.max_frame} max)")
+            self._head_seen = self._slots[_SLOT_HEAD]
+            free = capacity - (tail - self._head_seen)
+            if skip and skip <= free:
+                # Publish the wrap on its own, so the frame fits from offset 0
+                # as soon as the consumer drains, even if it does not fit now.
+                self._slots[(_HEADER_BYTES + offset) >> 3] = _WRAP
+                tail += skip
+                self._tail = tail
+                self._slots[_SLOT_TAIL] = tail
+                free -= skip
+                offset = 0
+                skip = 0
+            if need + skip > free:
+                self._slots[_SLOT_PRODUCER_WAITING] = 1
+                return False
+        view = self._view
+        if skip:
+            self._slots[(_HEADER_BYTES + offset) >> 3] = _WRAP
+            tail += skip
+            offset = 0
+        start = _HEADER_BYTES + offset
+        self._slots[start >> 3] = n
+        view[start + 8 : start + 8 + n] = data
+        tail += need
+        self._tail = tail
+        self._slots[_SLOT_TAIL] = tail  # publish: after the frame (x86 TSO)
+        return True
+
+    def producer_waiting(self) -> bool:
+        return bool(self._slots[_SLOT_PRODUCER_WAITING])
+
+    # -- consumer side --------------------------------------------------------
+
+    def pop(self):
+        """The next frame (a memoryview valid until the next pop), or None."""
+        head = self._head
+        if self._pending_release:
+            head += self._pending_release
+            self._pending_release = 0
+            self._head = head
+            self._slots[_SLOT_HEAD] = head  # release the previous frame's space
+        if head == self._tail_seen:
+            self._tail_seen = self._slots[_SLOT_TAIL]
+            if head == self._tail_seen:
+                return None
+        offset = head & self._mask
+        n = self._slots[(_HEADER_BYTES + offset) >> 3]
+        if n == _WRAP:
+            head += self.capacity - offset
+            self._head = head
+            self._slots[_SLOT_HEAD] = head
+            if head == self._tail_seen:
+                self._tail_seen = self._slots[_SLOT_TAIL]
+                if head == self._tail_seen:
+                    return None
+            offset = 0
+            n = self._slots[_HEADER_BYTES >> 3]
+        start = _HEADER_BYTES + offset + 8
+        self._pending_release = (n + 15) & ~7
+        return self._view[start : start + n]
+
+    def release(self) -> None:
+        """Give back the space of the frame returned by the last pop now."""
+        if self._pending_release:
+            self._head += self._pending_release
+            self._pending_release = 0
+            self._slots[_SLOT_HEAD] = self._head
+
+    def clear_producer_waiting(self) -> None:
+        self._slots[_SLOT_PRODUCER_WAITING] = 0
+
+    def is_empty(self) -> bool:
+        """Nothing unread (from the consumer's side)."""
+        head = self._head + self._pending_release
+        return head == self._slots[_SLOT_TAIL]
+
+    def used_bytes(self) -> int:
+        return self._slots[_SLOT_TAIL] - self._slots[_SLOT_HEAD]
+
+    # -- teardown -------------------------------------------------------------
+
+    def _release_views(self) -> None:
+        self._slots.release()
+        self._view.release()
+
+    def close(self) -> None:
+        """Unmap the ring in this process. A frame view from pop() that is
+        still referenced keeps the mapping alive until it is dropped."""
+        if self._closed:
+            return
+        self._closed = True
+        self._release_views()
+        try:
+            self._map.close()
+        except BufferError:
+            pass  # a caller still holds a frame view; the mapping goes with it
+
+    def unlink(self) -> bool:
+        """Remove the segment's name; mappings stay valid until closed."""
+        return unlink_segment(self.name)
+
+    def __repr__(self) -> str:
+        return f"SpscRing({self.name!r}, capacity={self.capacity})"
+
+
+class Doorbell:
+    """Wakes a parked consumer kernel: a shared `parked` flag and an eventfd.
+
+    Create it before forking so every process inherits the eventfd; the
+    consumer registers `fd` with its event loop.
+    """
+
+    __slots__ = ("_map", "_slots", "fd", "name")
+
+    def __init__(self) -> None:
+        self.name = _new_name("bell")
+        self._map = _create_segment(self.name, 64)
+        # The segment's name is only needed to create the mapping: unlink it
+        # at once so nothing can leak in /dev/shm whatever happens next.
+        unlink_segment(self.name)
+        self._slots = memoryview(self._map).cast("Q")
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def ring(self) -> None:
+        """Producer side: wake the consumer if it is parked."""
+        full_fence()
+        if self._slots[0]:
+            try:
+                os.eventfd_write(self.fd, 1)
+            except BlockingIOError:  # counter saturated: a wakeup is pending anyway
+                pass
+
+    def park(self) -> None:
+        """Consumer side: announce parking. Re-check the rings after this and
+        before waiting on `fd`."""
+        self._slots[0] = 1
+        full_fence()
+
+    def unpark(self) -> None:
+        self._slots[0] = 0
+        try:
+            os.eventfd_read(self.fd)
+        except BlockingIOError:
+            pass
+
+    @property
+    def parked(self) -> bool:
+        return bool(self._slots[0])
+
+    def close(self) -> None:
+        self._slots.release()
+        self._map.close()
+        os.close(self.fd)

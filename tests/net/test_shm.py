@@ -1,0 +1,211 @@
+"""SpscRing against a deque model, in one process and across two."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from net.shm import Doorbell, SpscRing
+
+
+def shm_names() -> set[str]:
+    return set(os.listdir("/dev/shm"))
+
+
+@pytest.fixture
+def ring():
+    r = SpscRing.create(256)
+    yield r
+    r.close()
+    r.unlink()
+
+
+def test_capacity_rounds_up_to_a_power_of_two():
+    r = SpscRing.create(1000)
+    try:
+        assert r.capacity == 1024
+        assert r.max_frame == 1016
+    finally:
+        r.close()
+        r.unlink()
+
+
+def test_empty_ring_pops_none(ring):
+    assert ring.pop() is None
+    assert ring.is_empty()
+
+
+def test_frames_keep_their_bytes_and_order(ring):
+    frames = [b"", b"a", b"hello", bytes(range(100))]
+    for frame in frames:
+        assert ring.push(frame)
+    got = [bytes(ring.pop()) for _ in frames]
+    assert got == frames
+    assert ring.pop() is None
+
+
+def test_full_ring_refuses_without_writing(ring):
+    pushed = 0
+    while ring.push(b"x" * 20):  # 8 + 20 -> 32 bytes a frame
+        pushed += 1
+    assert pushed == 256 // 32
+    assert ring.producer_waiting()
+    assert bytes(ring.pop()) == b"x" * 20
+    ring.release()
+    assert ring.push(b"y" * 20)
+
+
+def test_oversized_frame_is_an_error_not_a_hang(ring):
+    with pytest.raises(ValueError, match="exceeds ring capacity"):
+        ring.push(b"z" * 300)
+
+
+def test_attach_by_name_shares_the_data():
+    producer = SpscRing.create(128)
+    consumer = SpscRing.attach(producer.name)
+    try:
+        assert producer.push(b"across mappings")
+        assert bytes(consumer.pop()) == b"across mappings"
+    finally:
+        consumer.close()
+        producer.close()
+        producer.unlink()
+
+
+def test_attach_refuses_a_segment_that_is_not_a_ring(tmp_path):
+    path = "/dev/shm/not-a-ring-test"
+    with open(path, "wb") as f:
+        f.write(b"\0" * 512)
+    try:
+        with pytest.raises(ValueError, match="not an SpscRing"):
+            SpscRing.attach("not-a-ring-test")
+    finally:
+        os.unlink(path)
+
+
+def test_unlink_leaves_no_segment():
+    before = shm_names()
+    r = SpscRing.create(64)
+    assert r.name in shm_names()
+    r.close()
+    assert r.unlink() is True
+    assert r.unlink() is False
+    assert shm_names() == before
+
+
+# Operations: push a frame of a given size, or pop.
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("push"), st.integers(min_value=0, max_value=120)),
+        st.tuples(st.just("pop"), st.just(0)),
+    ),
+    max_size=300,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=operations, capacity=st.sampled_from([64, 128, 256]))
+def test_ring_behaves_like_a_bounded_deque(ops, capacity):
+    """Every push the ring accepts comes out once, in order, intact; a push
+    is refused only when the bytes really do not fit."""
+    r = SpscRing.create(capacity)
+    model: deque[bytes] = deque()
+    held = 0  # the last popped frame keeps its space until the next pop
+    counter = 0
+    try:
+        for op, size in ops:
+            if op == "push":
+                need = (size + 15) & ~7
+                if need > r.capacity:
+                    continue
+                counter += 1
+                frame = bytes([counter % 251]) * size
+                if r.push(frame):
+                    model.append(frame)
+                    continue
+                # Refused only when the bytes do not fit: what is queued, the
+                # frame, and at most one wrap gap (shorter than a frame).
+                queued = sum((len(f) + 15) & ~7 for f in model) + held
+                assert queued + need + 128 > r.capacity
+                if not model:
+                    # A drained ring takes any frame once the consumer has
+                    # stepped over a pending wrap marker.
+                    assert r.pop() is None
+                    held = 0
+                    assert r.push(frame)
+                    model.append(frame)
+            else:
+                got = r.pop()
+                if model:
+                    frame = model.popleft()
+                    assert got is not None and bytes(got) == frame
+                    held = (len(frame) + 15) & ~7
+                else:
+                    assert got is None
+                    held = 0
+        while model:
+            assert bytes(r.pop()) == model.popleft()
+        assert r.pop() is None
+    finally:
+        r.close()
+        r.unlink()
+
+
+def _consume(name: str, count: int, result) -> None:
+    ring = SpscRing.attach(name)
+    got = []
+    while len(got) < count:
+        frame = ring.pop()
+        if frame is not None:
+            got.append(bytes(frame))
+    ring.close()
+    result.send(got)
+
+
+@settings(max_examples=15, deadline=None)
+@given(sizes=st.lists(st.integers(min_value=0, max_value=200), min_size=1, max_size=2000))
+def test_a_second_process_reads_what_the_first_wrote(sizes):
+    """Real concurrency: a consumer process reads while the producer wraps a
+    small ring many times over."""
+    ring = SpscRing.create(512)
+    receiver, sender = multiprocessing.Pipe(duplex=False)
+    frames = [i.to_bytes(4, "little") * (size // 4 + 1) for i, size in enumerate(sizes)]
+    consumer = multiprocessing.get_context("fork").Process(
+        target=_consume, args=(ring.name, len(frames), sender)
+    )
+    consumer.start()
+    try:
+        for frame in frames:
+            while not ring.push(frame):
+                pass
+        assert receiver.poll(30), "consumer did not finish"
+        assert receiver.recv() == frames
+        consumer.join(10)
+        assert consumer.exitcode == 0
+    finally:
+        if consumer.is_alive():
+            consumer.kill()
+        ring.close()
+        ring.unlink()
+
+
+def test_doorbell_wakes_only_a_parked_consumer():
+    bell = Doorbell()
+    try:
+        bell.ring()
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(bell.fd)  # not parked: no signal
+        bell.park()
+        assert bell.parked
+        bell.ring()
+        assert os.eventfd_read(bell.fd) == 1
+        bell.unpark()
+        assert not bell.parked
+        assert bell.name not in shm_names()  # unlinked at creation
+    finally:
+        bell.close()
