@@ -206,6 +206,11 @@ class Kernel:
             self._idle.set_result(None)
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the kernel runs on (None until it runs)."""
+        return self._loop
+
+    @property
     def failed(self) -> bool:
         return self._failure is not None
 

@@ -1,5 +1,9 @@
-"""Running a dataflow: `run` (blocking, own uvloop) and `run_async` (the
-caller's loop)."""
+"""Running a dataflow: `run` (blocking) and `run_async` (the caller's loop).
+
+One core: a kernel on the caller's loop (`run_async`) or on a new uvloop
+(`run`). Several cores: one pinned kernel process per core (`_launcher.py`),
+the caller waiting for their results.
+"""
 
 from __future__ import annotations
 
@@ -12,36 +16,11 @@ import uvloop
 from ._kernel import Kernel
 from ._runtime import Runtime
 
-
-def _check_cores(cores: int) -> None:
-    if not isinstance(cores, int) or cores < 1:
-        raise ValueError(f"cores must be a positive int, got {cores!r}")
-    if cores != 1:
-        raise NotImplementedError("cores > 1 (one pinned kernel process per core) is not built yet")
-
-
-async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
-                    shares: dict[str, float] | None = None, stall_threshold: float = 0.025) -> None:
-    """Run `flow` on one kernel on the running event loop, sharing it.
-
-    The kernel hands the loop back at least every `budget` seconds, so the
-    host application's tasks and I/O keep running. Raises the first failure
-    (an `OperatorError` naming the operator, function and record). Afterwards
-    every `collect()` handle's `.items` holds the results.
-    """
-    _check_cores(cores)
-    kernel = Kernel(clock=clock, budget=budget, shares=shares, stall_threshold=stall_threshold)
-    runtime = Runtime(flow.graph, kernel)
-    kernel.at_start(runtime.start)
-    await kernel.join()
-    flow._results_delivered([runtime.results()])
-
-
 # A pipeline allocates short-lived containers (batches, pairs) by the
 # million; with CPython's default gen-0 threshold (700 allocations) the
 # collector runs thousands of times per second and costs 15-20% of word
-# count's time (benches/pipelines.py). A blocking run owns its thread's
-# work, so it raises the threshold for its duration and restores it after.
+# count's time (benches/pipelines.py). A blocking run and a kernel process
+# own their thread's work, so they raise the threshold while they run.
 DEFAULT_GC_THRESHOLD = 50_000
 
 
@@ -59,15 +38,81 @@ def gc_threshold(threshold: int | None):
         gc.set_threshold(*old)
 
 
-def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_GC_THRESHOLD,
-        **options) -> None:
-    """Run `flow` to completion on a new uvloop event loop (blocking).
+def _check_cores(cores: int) -> None:
+    if not isinstance(cores, int) or isinstance(cores, bool) or cores < 1:
+        raise ValueError(f"cores must be a positive int, got {cores!r}")
 
-    Options are those of `run_async`. Inside a running event loop use
+
+def _kernel_options(clock, budget, shares, stall_threshold) -> dict:
+    return {"clock": clock, "budget": budget, "shares": shares, "stall_threshold": stall_threshold}
+
+
+def kernel_process_main(get_flow, options: dict, gc_threshold_value: int | None):
+    """What each kernel process runs: build the flow's runtime on a kernel
+    with its transport, run it, hand back its results."""
+
+    async def run_kernel(index: int, peers: int, transport) -> dict:
+        flow = get_flow()
+        kernel = Kernel(index=index, peers=peers, **options)
+        runtime = Runtime(flow.graph, kernel, transport)
+        kernel.at_start(runtime.start)
+        with gc_threshold(gc_threshold_value):
+            try:
+                await kernel.join()
+            finally:
+                transport.close()
+        return runtime.results()
+
+    return run_kernel
+
+
+def run_on_cores(get_flow, cores: int, options: dict, gc_threshold_value: int | None) -> list[dict]:
+    from ._launcher import run_on_cores as launch
+
+    return launch(kernel_process_main(get_flow, options, gc_threshold_value), cores)
+
+
+async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
+                    shares: dict[str, float] | None = None, stall_threshold: float = 0.025) -> None:
+    """Run `flow` on the running event loop, sharing it.
+
+    With `cores=1` the kernel runs on this loop and hands it back at least
+    every `budget` seconds, so the host application's tasks and I/O keep
+    running. With `cores=N` the kernels run in N pinned processes and this
+    coroutine waits for them without blocking the loop. Raises the first
+    failure (an `OperatorError` naming the operator, function and record;
+    with several cores a `KernelProcessError` naming the kernel, with the
+    kernel's error as its cause). Afterwards every `collect()` handle's
+    `.items` holds the results.
+    """
+    _check_cores(cores)
+    options = _kernel_options(clock, budget, shares, stall_threshold)
+    if cores > 1:
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(
+            None, run_on_cores, lambda: flow, cores, options, DEFAULT_GC_THRESHOLD
+        )
+        flow._results_delivered(results)
+        return
+    kernel = Kernel(**options)
+    runtime = Runtime(flow.graph, kernel)
+    kernel.at_start(runtime.start)
+    await kernel.join()
+    flow._results_delivered([runtime.results()])
+
+
+def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_GC_THRESHOLD,
+        clock=None, budget: float = 0.001, shares: dict[str, float] | None = None,
+        stall_threshold: float = 0.025) -> None:
+    """Run `flow` to completion (blocking).
+
+    `cores=1`: one kernel on a new uvloop event loop in this thread.
+    `cores=N`: one kernel process per core, each pinned to its own CPU, with
+    exactly the results of one core. Inside a running event loop use
     `await run_async(flow)` instead. `gc_threshold_during_run` is the
     generation-0 GC threshold while the run lasts (None leaves the
-    process's GC settings alone); `run_async` never touches them, since it
-    shares its process with the host application.
+    process's GC settings alone); `run_async` with one core never touches
+    them, since it shares its process with the host application.
     """
     try:
         asyncio.get_running_loop()
@@ -77,5 +122,9 @@ def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_G
         raise RuntimeError("run() blocks and cannot be called from a running event loop; "
                            "use `await run_async(flow)` there")
     _check_cores(cores)
+    options = _kernel_options(clock, budget, shares, stall_threshold)
+    if cores > 1:
+        flow._results_delivered(run_on_cores(lambda: flow, cores, options, gc_threshold_during_run))
+        return
     with gc_threshold(gc_threshold_during_run):
-        uvloop.run(run_async(flow, cores=cores, **options))
+        uvloop.run(run_async(flow, **options))

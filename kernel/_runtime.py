@@ -78,6 +78,17 @@ class _Instance:
             op.emit = _discard
         elif len(targets) == 1:
             (target, channel), = targets
+            if not isinstance(target, _Instance):
+                deliver = target.deliver
+
+                def emit(batch, deliver=deliver, channel=channel):
+                    if batch:
+                        deliver(channel, batch)
+
+                op.emit = emit
+                op.wake = self.wake
+                op.advance_watermark = self.advance_watermark
+                return
             if target.chained:
                 op.emit = target.chained_emit(channel)
                 op.wake = self.wake
@@ -188,6 +199,9 @@ class _Instance:
     def _poll(self) -> None:
         if self.ended:
             return
+        if self.runtime.paused:
+            self.runtime.park_source(self)
+            return
         try:
             more = self.op.poll()
         except KernelError:
@@ -252,19 +266,72 @@ def _discard(batch) -> None:
     pass
 
 
-class Runtime:
-    """The instances of one graph on one kernel."""
+class _ExchangeOutput:
+    """The sending end of an exchange edge on one kernel: splits each batch
+    of `(key, value)` pairs by owner; the local share goes straight into the
+    consumer's inbox, the rest to the transport. Progress is broadcast."""
 
-    def __init__(self, graph: Graph, kernel) -> None:
+    chained = False
+
+    def __init__(self, edge_id, upstream, local, local_channel, partitioner, transport) -> None:
+        self.edge_id = edge_id
+        self.upstream = upstream
+        self.local = local
+        self.local_channel = local_channel
+        self.partitioner = partitioner
+        self.transport = transport
+        self.index = transport.index
+        self.peers = transport.peers
+
+    def deliver(self, _channel: int, payload) -> None:
+        transport, edge_id = self.transport, self.edge_id
+        if payload.__class__ is list:
+            try:
+                parts = self.partitioner.split(payload)
+            except TypeError as exc:
+                raise OperatorError.wrap(
+                    self.upstream.name, "key exchange (hash of the key)", exc, has_record=False
+                ) from exc
+            for dest, part in enumerate(parts):
+                if part:
+                    if dest == self.index:
+                        self.local.deliver(self.local_channel, part)
+                    else:
+                        transport.send_pairs(dest, edge_id, part)
+            return
+        self.local.deliver(self.local_channel, payload)
+        for dest in range(self.peers):
+            if dest != self.index:
+                if payload is END:
+                    transport.send_end(dest, edge_id)
+                else:
+                    transport.send_watermark(dest, edge_id, payload)
+
+
+class Runtime:
+    """The instances of one graph on one kernel.
+
+    With a `transport` (several kernels), exchange edges become one channel
+    per source kernel on the consuming instance: its own kernel's share
+    arrives by list, the others' through the transport, and the input
+    frontier is the minimum over all of them.
+    """
+
+    def __init__(self, graph: Graph, kernel, transport=None) -> None:
         self.graph = graph
         self.kernel = kernel
+        self.transport = transport
         self.instances: list[_Instance] = []
         self._sources: list[_Instance] = []
         self._live = 0
+        self._remote_inboxes: dict[tuple[int, int], tuple[_Instance, int]] = {}
+        self._exchange_edges = 0
+        self.paused = False  # sources wait while the transport is backed up
+        self._paused_sources: list[_Instance] = []
 
     def _build(self) -> None:
         """Instantiate every operator and wire the inboxes (on the running kernel)."""
-        graph, kernel = self.graph, self.kernel
+        graph, kernel, transport = self.graph, self.kernel, self.transport
         for node in graph.nodes:
             op = node.factory()
             if not isinstance(op, Operator):
@@ -272,16 +339,35 @@ class Runtime:
             op.name = node.label
             op.context = kernel.context
             self.instances.append(_Instance(node, op, self))
+        partitioner = None
         for node, instance in zip(graph.nodes, self.instances):
             for edge in node.inputs:
-                channel = instance.add_channel(edge.port)
-                self.instances[edge.source.id].targets.append((instance, channel))
+                upstream = self.instances[edge.source.id]
+                if not (edge.exchange and transport is not None and transport.peers > 1):
+                    upstream.targets.append((instance, instance.add_channel(edge.port)))
+                    continue
+                if partitioner is None:
+                    from net import Partitioner
+
+                    partitioner = Partitioner(transport.peers)
+                edge_id = self._exchange_edges
+                self._exchange_edges += 1
+                local_channel = None
+                for source in range(transport.peers):
+                    channel = instance.add_channel(edge.port)
+                    if source == transport.index:
+                        local_channel = channel
+                    else:
+                        self._remote_inboxes[(edge_id, source)] = (instance, channel)
+                output = _ExchangeOutput(edge_id, upstream, instance, local_channel, partitioner, transport)
+                upstream.targets.append((output, 0))
         for instance in self.instances:
             if len(instance.targets) == 1:
                 target, _ = instance.targets[0]
-                target.chained = (
-                    len(target.channel_ports) == 1 and target.task_class == instance.task_class
-                )
+                if isinstance(target, _Instance):
+                    target.chained = (
+                        len(target.channel_ports) == 1 and target.task_class == instance.task_class
+                    )
         for instance in self.instances:
             instance.install_helpers()
         self._sources = [i for i in self.instances if i.is_source]
@@ -301,13 +387,41 @@ class Runtime:
         self._live = len(self.instances)
         if self._live:
             self.kernel.hold()
+        if self.transport is not None:
+            self.transport.start(
+                ready=self.kernel.ready_function(),
+                loop=self.kernel.loop,
+                deliver=self._deliver_remote,
+                ends_expected=self._exchange_edges * (self.transport.peers - 1),
+                hold=self.kernel.hold,
+                release=self.kernel.release,
+                on_backpressure=self._backpressure,
+            )
+            if self._live == 0:
+                self.transport.finish_sending()
         for source in self._sources:
             source.wake()
+
+    def _deliver_remote(self, edge_id: int, source: int, payload) -> None:
+        instance, channel = self._remote_inboxes[(edge_id, source)]
+        instance.deliver(channel, END if payload is None else payload)
+
+    def _backpressure(self, blocked: bool) -> None:
+        self.paused = blocked
+        if not blocked:
+            paused, self._paused_sources = self._paused_sources, []
+            for source in paused:
+                source.wake()
+
+    def park_source(self, source: _Instance) -> None:
+        self._paused_sources.append(source)
 
     def instance_ended(self) -> None:
         self._live -= 1
         if self._live == 0:
             self.kernel.context.watermark = _INF
+            if self.transport is not None:
+                self.transport.finish_sending()
             self.kernel.release()
 
     def source_watermark_moved(self) -> None:

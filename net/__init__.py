@@ -1,8 +1,14 @@
 """Transports between kernels.
 
 Inside one kernel, operators hand batches to each other as plain lists
-(`kernel._runtime`). Shared-memory SPSC rings between cores and websocket
-links between machines live here as they are built (issues 3 and 6).
+(`kernel._runtime`). Between the kernels of one machine: `SpscRing` frames in
+shared memory (`net.shm`), multiplexed per pair of kernels by
+`ProcessTransport`, with keys routed by a stable hash (`Partitioner`).
+Websocket links between machines come in a later issue.
 """
 
-__all__: list[str] = []
+from ._exchange import Partitioner, stable_hash
+from ._transport import ProcessTransport
+from .shm import Doorbell, SpscRing
+
+__all__ = ["Doorbell", "Partitioner", "ProcessTransport", "SpscRing", "stable_hash"]

@@ -196,7 +196,13 @@ class SpscRing:
 
     def push(self, data) -> bool:
         """Append one frame; False (and nothing written) when it does not fit now."""
-        n = len(data)
+        return self.push2(b"", data)
+
+    def push2(self, head, data) -> bool:
+        """Append one frame made of `head + data` without joining them first
+        (a transport's small header and an encoded batch)."""
+        h = len(head)
+        n = h + len(data)
         need = (n + 15) & ~7  # u64 length + payload, padded to 8
         capacity = self.capacity
         tail = self._tail
@@ -227,9 +233,11 @@ class SpscRing:
             self._slots[(_HEADER_BYTES + offset) >> 3] = _WRAP
             tail += skip
             offset = 0
-        start = _HEADER_BYTES + offset
-        self._slots[start >> 3] = n
-        view[start + 8 : start + 8 + n] = data
+        start = _HEADER_BYTES + offset + 8
+        self._slots[(start - 8) >> 3] = n
+        if h:
+            view[start : start + h] = head
+        view[start + h : start + n] = data
         tail += need
         self._tail = tail
         self._slots[_SLOT_TAIL] = tail  # publish: after the frame (x86 TSO)

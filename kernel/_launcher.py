@@ -1,0 +1,215 @@
+"""Thread-per-core: one pinned kernel process per core, supervised.
+
+Why fork
+--------
+Kernel processes are started with `fork`. A flow built in a script or a test
+holds lambdas and closures; with fork every kernel inherits the flow, the
+rings and the doorbells as they are in memory, with no pickling at all (the
+alternative, cloudpickle over a spawned interpreter, fails on closures over
+unpicklable objects and adds a dependency and start-up time). The costs of
+fork are known and handled: the parent forks before it has started anything
+of its own (no loop running in it, no threads of ours); each child resets the
+state it must not share (the running-loop marker, signal handlers) and leaves
+with `os._exit`, so the parent's atexit handlers and buffered files are never
+run twice. The project is Linux-only anyway (`sched_setaffinity`, eventfd).
+
+Shared memory never leaks
+-------------------------
+The rings are created, mapped, and their names unlinked before any child is
+forked: children inherit the mappings, so nothing is left in /dev/shm whatever
+happens next, SIGKILL of every process included.
+
+Supervision
+-----------
+The parent waits on every child's result pipe and process sentinel at once.
+A child that raises sends its exception (pickled) and exits 1; a child that
+exits or is killed without a result is reported with its exit code or signal.
+Either way the parent kills the other kernels at once and raises
+`KernelProcessError` naming the kernel and the cause (the kernel's own
+exception, an `OperatorError` say, is its `__cause__`). Ctrl-C in the parent
+stops every kernel; the kernels themselves ignore SIGINT so a terminal's
+Ctrl-C reaches only the parent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import pickle
+import signal
+import traceback
+from multiprocessing.connection import wait
+
+import uvloop
+
+from ._errors import KernelError
+
+# Ring size per ordered pair of kernels. 4 MiB holds a few thousand batches
+# of word-count pairs; a full ring only pauses the producer's sources.
+RING_BYTES = 4 << 20
+
+
+class KernelProcessError(KernelError):
+    """A kernel process failed: raised, exited, or was killed."""
+
+    def __init__(self, kernel: int, cause: str) -> None:
+        super().__init__(kernel, cause)
+        self.kernel = kernel
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return f"kernel {self.kernel} {self.cause}"
+
+
+def _cpus_for(cores: int) -> list[int]:
+    available = sorted(os.sched_getaffinity(0))
+    return [available[i % len(available)] for i in range(cores)]
+
+
+def run_on_cores(build_runtime, cores: int, *, on_started=None) -> list[dict]:
+    """Run `cores` kernel processes; returns each kernel's results, in order.
+
+    `build_runtime(kernel_index, peers, transport)` is called in each child
+    and returns an awaitable that runs that kernel to completion and returns
+    its results (a picklable dict).
+    """
+    from net import Doorbell, ProcessTransport, SpscRing
+
+    context = multiprocessing.get_context("fork")
+    rings: dict[tuple[int, int], SpscRing] = {}
+    bells: list[Doorbell] = []
+    children: list = []
+    pipes: list = []
+    try:
+        for src in range(cores):
+            for dst in range(cores):
+                if src != dst:
+                    ring = SpscRing.create(RING_BYTES, prefix="kernel")
+                    ring.unlink()  # mapped here and inherited: nothing to leak
+                    rings[(src, dst)] = ring
+        bells = [Doorbell() for _ in range(cores)]
+        cpus = _cpus_for(cores)
+        for index in range(cores):
+            receiver, sender = context.Pipe(duplex=False)
+            transport = ProcessTransport(
+                index,
+                cores,
+                {dst: rings[(index, dst)] for dst in range(cores) if dst != index},
+                {src: rings[(src, index)] for src in range(cores) if src != index},
+                bells,
+            )
+            child = context.Process(
+                target=_kernel_main,
+                args=(index, cores, cpus[index], build_runtime, transport, sender),
+                name=f"kernel-{index}",
+                daemon=True,
+            )
+            child.start()
+            sender.close()
+            children.append(child)
+            pipes.append(receiver)
+        if on_started is not None:
+            on_started([child.pid for child in children])
+        return _supervise(children, pipes)
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.kill()
+        for child in children:
+            child.join(5)
+        for pipe in pipes:
+            pipe.close()
+        for ring in rings.values():
+            ring.close()
+        for bell in bells:
+            bell.close()
+
+
+def _supervise(children, pipes) -> list[dict]:
+    """Wait for every kernel's result; the first failure ends everything."""
+    results: list = [None] * len(children)
+    pending = set(range(len(children)))
+    while pending:
+        handles = {pipes[i]: i for i in pending}
+        handles.update({children[i].sentinel: i for i in pending})
+        for handle in wait(list(handles)):
+            index = handles[handle]
+            if index not in pending:
+                continue
+            # Readable pipe or exited child: either way the pipe now holds the
+            # result, an error, or end-of-file (died without a word).
+            try:
+                status, payload = pipes[index].recv()
+            except EOFError:
+                _kill_all(children)
+                raise KernelProcessError(index, _death(children[index])) from None
+            if status == "error":
+                _kill_all(children)
+                raise _kernel_error(index, payload)
+            results[index] = payload
+            pending.discard(index)
+    return results
+
+
+def _kill_all(children) -> None:
+    for child in children:
+        if child.is_alive():
+            child.kill()
+
+
+def _death(child) -> str:
+    child.join(5)
+    code = child.exitcode
+    if code is None:
+        return "stopped responding"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}"
+    return f"exited with status {code} before finishing"
+
+
+def _kernel_error(index: int, payload) -> KernelProcessError:
+    kind, blob, text = payload
+    cause = None
+    if blob is not None:
+        try:
+            cause = pickle.loads(blob)
+        except Exception:  # an exception that does not unpickle: keep its text
+            cause = None
+    err = KernelProcessError(index, f"failed: {kind}: {cause if cause is not None else text}")
+    if cause is not None:
+        err.__cause__ = cause
+    err.remote_traceback = text
+    return err
+
+
+def _kernel_main(index, peers, cpu, build_runtime, transport, conn) -> None:
+    """A kernel process: pinned, one uvloop, nothing else."""
+    status = 1
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        os.sched_setaffinity(0, {cpu})
+        asyncio.events._set_running_loop(None)  # the parent's marker survives fork on 3.11
+        results = uvloop.run(build_runtime(index, peers, transport))
+        conn.send(("ok", results))
+        status = 0
+    except BaseException as exc:  # everything goes back to the parent
+        text = "".join(traceback.format_exception(exc))
+        try:
+            blob = pickle.dumps(exc)
+            pickle.loads(blob)
+        except Exception:
+            blob = None
+        try:
+            conn.send(("error", (type(exc).__name__, blob, text)))
+        except Exception:
+            pass
+    finally:
+        try:
+            conn.close()
+        finally:
+            os._exit(status)

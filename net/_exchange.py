@@ -1,0 +1,70 @@
+"""Key exchange: which kernel owns a key, stably across processes and machines.
+
+`hash()` of a `str` or `bytes` is salted per process (PYTHONHASHSEED), so two
+kernels would disagree about who owns a word. `stable_hash` uses CRC-32 of the
+key's bytes for text and bytes, the integer itself for ints (so consecutive
+int keys spread evenly), and CRC-32 of a canonical encoding for everything
+else (tuples of those, floats, None...). A small per-partitioner cache keeps
+the cost of a repeated key to one dict lookup: real key sets repeat a lot
+(word count: 2,000,000 words, 10,000 distinct).
+"""
+
+from __future__ import annotations
+
+import pickle
+import zlib
+
+_CACHE_LIMIT = 1 << 20
+
+
+def stable_hash(key) -> int:
+    """A hash of `key` that is the same in every process, on every machine."""
+    cls = type(key)
+    if cls is str:
+        return zlib.crc32(key.encode("utf-8", "surrogatepass"))
+    if cls is int or cls is bool:
+        return key & 0xFFFFFFFFFFFFFFFF
+    if cls is bytes:
+        return zlib.crc32(key)
+    if cls is tuple:
+        h = 0x345678
+        for item in key:
+            h = (h * 1000003) ^ stable_hash(item)
+            h &= 0xFFFFFFFFFFFFFFFF
+        return h
+    if cls is float and key.is_integer():
+        return stable_hash(int(key))  # 1.0 == 1 must land where 1 does
+    # Protocol 4 pickles of these values are deterministic across processes.
+    return zlib.crc32(pickle.dumps(key, protocol=4))
+
+
+class Partitioner:
+    """Splits batches of `(key, value)` pairs by the kernel that owns each key."""
+
+    __slots__ = ("_cache", "peers")
+
+    def __init__(self, peers: int) -> None:
+        self.peers = peers
+        self._cache: dict = {}
+
+    def owner(self, key) -> int:
+        owner = self._cache.get(key)
+        if owner is None:
+            owner = stable_hash(key) % self.peers
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = owner
+        return owner
+
+    def split(self, pairs: list) -> list[list]:
+        """One list per kernel; pairs keep their relative order."""
+        parts: list[list] = [[] for _ in range(self.peers)]
+        appends = [part.append for part in parts]
+        get = self._cache.get
+        owner = self.owner
+        for pair in pairs:
+            kernel = get(pair[0])
+            if kernel is None:
+                kernel = owner(pair[0])
+            appends[kernel](pair)
+        return parts

@@ -1,0 +1,262 @@
+"""Moving exchange traffic between the kernels of one machine over SPSC rings.
+
+One ring per ordered pair of kernels carries every exchange channel between
+them (frames are tagged with the channel id, as timely multiplexes channels
+over one connection per pair of processes). Each kernel has one `Doorbell`.
+
+Sending (`send`) encodes a payload once and pushes it; when the ring is full
+the frame waits in a per-destination overflow queue, in order, and the
+transport reports backpressure so the kernel stops polling its sources until
+the overflow has drained. Nothing is dropped and memory stays bounded by what
+was already in flight.
+
+Receiving is one activation (`_Reader`) that drains every incoming ring into
+the kernel. With nothing to read it spins for a few ticks, then parks on its
+doorbell's eventfd, registered with the event loop: an idle kernel burns no
+CPU. A producer rings a consumer's doorbell only when the consumer is parked;
+a consumer that frees space in a ring whose producer found it full rings the
+producer's doorbell the same way. The store/fence/load order on both sides is
+explained in `net/shm.py`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from ._codec import HEADER, KIND_END, decode, encode_pairs, encode_watermark
+from .shm import Doorbell, SpscRing, full_fence
+
+END = None  # decode() returns None for an end-of-input frame
+_FRAMES_PER_RING_PER_ACTIVATION = 64  # bounds one activation's work
+_SPIN_ACTIVATIONS = 32  # empty polls before parking (a few tens of us)
+
+
+class _Writer:
+    """Frames to one destination kernel, with an overflow queue."""
+
+    __slots__ = ("bell", "overflow", "ring")
+
+    def __init__(self, ring: SpscRing, bell: Doorbell) -> None:
+        self.ring = ring
+        self.bell = bell
+        self.overflow: deque[tuple[bytes, bytes]] = deque()
+
+    def send(self, head: bytes, body: bytes) -> None:
+        if self.overflow or not self.ring.push2(head, body):
+            self.overflow.append((head, body))
+        else:
+            self.bell.ring()
+
+    def flush(self) -> bool:
+        """Push what overflowed; True when nothing is left."""
+        overflow = self.overflow
+        pushed = False
+        while overflow:
+            head, body = overflow[0]
+            if not self.ring.push2(head, body):
+                break
+            overflow.popleft()
+            pushed = True
+        if pushed:
+            self.bell.ring()
+        return not overflow
+
+
+class ProcessTransport:
+    """The rings of kernel `index` of `peers` on one machine."""
+
+    def __init__(
+        self,
+        index: int,
+        peers: int,
+        outgoing: dict[int, SpscRing],
+        incoming: dict[int, SpscRing],
+        bells: list[Doorbell],
+    ) -> None:
+        self.index = index
+        self.peers = peers
+        self._bells = bells
+        self._writers = {dest: _Writer(ring, bells[dest]) for dest, ring in outgoing.items()}
+        self._incoming = sorted(incoming.items())
+        self._reader: _Reader | None = None
+        self.blocked = False
+        self.sending_done = False
+        self._on_backpressure: Callable[[bool], None] = lambda blocked: None
+
+    # -- sending --------------------------------------------------------------
+
+    def send_pairs(self, dest: int, channel: int, pairs: list) -> None:
+        kind, body = encode_pairs(pairs)
+        self._send(dest, HEADER.pack(kind, channel), body)
+
+    def send_watermark(self, dest: int, channel: int, watermark: float) -> None:
+        kind, body = encode_watermark(watermark)
+        self._send(dest, HEADER.pack(kind, channel), body)
+
+    def send_end(self, dest: int, channel: int) -> None:
+        self._send(dest, HEADER.pack(KIND_END, channel), b"")
+
+    def _send(self, dest: int, head: bytes, body: bytes) -> None:
+        writer = self._writers[dest]
+        writer.send(head, body)
+        if writer.overflow and not self.blocked:
+            self.blocked = True
+            self._on_backpressure(True)
+            if self._reader is not None:
+                self._reader.wake()  # the reader also flushes
+
+    def _flush(self) -> None:
+        if not self.blocked:
+            return
+        if all(writer.flush() for writer in self._writers.values()):
+            self.blocked = False
+            self._on_backpressure(False)
+
+    # -- receiving ------------------------------------------------------------
+
+    def start(
+        self,
+        *,
+        ready: Callable,
+        loop,
+        deliver: Callable[[int, int, object], None],
+        ends_expected: int,
+        hold: Callable[[], None],
+        release: Callable[[], None],
+        on_backpressure: Callable[[bool], None],
+    ) -> None:
+        """Start receiving on a running kernel.
+
+        `deliver(channel, source, payload)` gets each decoded payload (a list,
+        a float watermark, or None for end of input). The transport holds the
+        kernel (`hold`/`release`) until `ends_expected` end frames have
+        arrived and its own overflow has drained.
+        """
+        self._on_backpressure = on_backpressure
+        self._reader = _Reader(self, ready, loop, deliver, ends_expected, release)
+        hold()
+        self._reader.begin()
+
+    def finish_sending(self) -> None:
+        """The kernel will send nothing more; the transport lets the kernel
+        go once its overflow has drained and every peer's end has arrived."""
+        self.sending_done = True
+        if self._reader is not None:
+            self._reader.wake()
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.stop()
+
+
+class _Reader:
+    """The activation that drains a kernel's incoming rings."""
+
+    name = "ring reader"
+
+    def __init__(self, transport: ProcessTransport, ready, loop, deliver, ends_expected, release):
+        self.transport = transport
+        self._ready = ready
+        self._loop = loop
+        self._deliver = deliver
+        self._ends_left = ends_expected
+        self._release = release
+        self._bell = transport._bells[transport.index]
+        self._bells = transport._bells
+        self._rings = transport._incoming
+        self.scheduled = False
+        self._empty_polls = 0
+        self._parked = False
+        self._done = False
+
+    def begin(self) -> None:
+        self._loop.add_reader(self._bell.fd, self._on_bell)
+        self.wake()
+
+    def wake(self) -> None:
+        if not self.scheduled and not self._done:
+            self.scheduled = True
+            self._ready(self)
+
+    def _on_bell(self) -> None:
+        self._parked = False
+        self._bell.unpark()
+        self.wake()
+
+    def activate(self) -> None:
+        self.scheduled = False
+        if self._parked:  # woken by something other than the bell
+            self._parked = False
+            self._bell.unpark()
+        transport = self.transport
+        deliver = self._deliver
+        got = 0
+        for source, ring in self._rings:
+            pop = ring.pop
+            for _ in range(_FRAMES_PER_RING_PER_ACTIVATION):
+                frame = pop()
+                if frame is None:
+                    break
+                kind, channel = HEADER.unpack_from(frame)
+                payload = decode(kind, frame[HEADER.size :])
+                got += 1
+                if payload is END:
+                    self._ends_left -= 1
+                deliver(channel, source, payload)
+            ring.release()
+        if got:
+            # Space was freed: a producer that found a ring full and parked
+            # must hear about it (fence: our head stores before its flag load).
+            full_fence()
+            for source, ring in self._rings:
+                if ring.producer_waiting():
+                    ring.clear_producer_waiting()
+                    self._bells[source].ring()
+        transport._flush()
+        if self._finished():
+            return
+        if got:
+            self._empty_polls = 0
+            self.wake()
+            return
+        self._empty_polls += 1
+        if self._empty_polls < _SPIN_ACTIVATIONS:
+            self.wake()
+        else:
+            self._park()
+
+    def _park(self) -> None:
+        self._bell.park()
+        # Re-check after announcing: a frame pushed before the producer saw
+        # the flag must not be slept on.
+        if any(not ring.is_empty() for _, ring in self._rings) or (
+            self.transport.blocked and self._space_freed()
+        ):
+            self._bell.unpark()
+            self._empty_polls = 0
+            self.wake()
+            return
+        self._parked = True
+        self._empty_polls = 0
+
+    def _space_freed(self) -> bool:
+        self.transport._flush()
+        return not self.transport.blocked
+
+    def _finished(self) -> bool:
+        transport = self.transport
+        if self._ends_left == 0 and transport.sending_done and not transport.blocked:
+            self.stop()
+            return True
+        return False
+
+    def stop(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._loop.remove_reader(self._bell.fd)
+        except Exception:  # the loop may already be closed
+            pass
+        self._release()
