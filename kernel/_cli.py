@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import sys
-import traceback
 from pathlib import Path
 
 from ._dataflow import Dataflow
-from ._errors import KernelError
-from ._launch import run
+from ._errors import KernelError, cause_traceback
+from ._launch import DEFAULT_GC_THRESHOLD, _check_cores, run, run_on_cores
+from ._launcher import KernelProcessError
 
-_LIBRARY_DIRS = tuple(
-    str(Path(__file__).resolve().parent.parent / pkg) + os.sep
-    for pkg in ("kernel", "operators", "net", "state")
-)
 PIPELINE_MODULE = "__kernel_pipeline__"
 
 
@@ -67,24 +62,12 @@ def load_flow(path: Path, name: str) -> Dataflow:
     return flow
 
 
-def user_traceback(exc: BaseException) -> str:
-    """The traceback of `exc` without the library's own frames."""
-    frames = [
-        frame for frame in traceback.extract_tb(exc.__traceback__)
-        if not frame.filename.startswith(_LIBRARY_DIRS)
-    ]
-    lines = ["Traceback (most recent call last, library frames hidden):\n"]
-    lines += traceback.format_list(frames)
-    lines += traceback.format_exception_only(exc)
-    return "".join(lines)
-
-
 def _report(prefix: str, exc: BaseException) -> None:
     print(f"error: {prefix}{exc}", file=sys.stderr)
-    cause = exc.__cause__
-    if cause is not None:
+    text = cause_traceback(exc)
+    if text:
         print("", file=sys.stderr)
-        print(user_traceback(cause), end="", file=sys.stderr)
+        print(text, end="", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,15 +80,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     path, name = split_target(args.pipeline)
     try:
-        flow = load_flow(path, name)
-        run(flow, cores=args.cores)
+        if args.cores == 1:
+            run(load_flow(path, name))
+        else:
+            _check_cores(args.cores)
+            if not path.is_file():
+                raise UsageError(f"pipeline file not found: {path}")
+            # Each kernel process imports the file itself: module-level state
+            # (open files, sockets, random generators) is its own.
+            run_on_cores(lambda: load_flow(path, name), args.cores, {}, DEFAULT_GC_THRESHOLD)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KernelProcessError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, UsageError):
+            print(f"error: {cause}", file=sys.stderr)
+            return 2
+        if isinstance(cause, (PipelineImportError, KernelError)):
+            _report(f"kernel {exc.kernel}: ", cause)
+        else:
+            _report("", exc)
+        return 1
     except (PipelineImportError, KernelError) as exc:
         _report("", exc)
         return 1
-    except (ValueError, NotImplementedError) as exc:
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

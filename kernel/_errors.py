@@ -8,7 +8,10 @@ processes unchanged.
 
 from __future__ import annotations
 
+import os
 import reprlib
+import traceback
+from pathlib import Path
 
 _record_repr = reprlib.Repr()
 _record_repr.maxstring = 200
@@ -111,3 +114,35 @@ class ActivationError(KernelError):
 
     def __str__(self) -> str:
         return f"{self.activation} raised {self.error}"
+
+
+_LIBRARY_DIRS = tuple(
+    str(Path(__file__).resolve().parent.parent / pkg) + os.sep
+    for pkg in ("kernel", "operators", "net", "state")
+)
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The traceback of `exc` without the library's own frames."""
+    frames = [
+        frame for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith(_LIBRARY_DIRS)
+    ]
+    lines = ["Traceback (most recent call last, library frames hidden):\n"]
+    lines += traceback.format_list(frames)
+    lines += traceback.format_exception_only(exc)
+    return "".join(lines)
+
+
+def keep_cause_traceback(exc: BaseException) -> None:
+    """Store the user's traceback of `exc.__cause__` as text on `exc`, so it
+    survives pickling to another process (which drops causes and tracebacks)."""
+    if exc.__cause__ is not None and not hasattr(exc, "cause_traceback_text"):
+        exc.cause_traceback_text = user_traceback(exc.__cause__)
+
+
+def cause_traceback(exc: BaseException) -> str:
+    """The user's traceback behind `exc`, live or carried from another process."""
+    if exc.__cause__ is not None:
+        return user_traceback(exc.__cause__)
+    return getattr(exc, "cause_traceback_text", "")

@@ -38,12 +38,13 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import traceback
 from multiprocessing.connection import wait
 
 import uvloop
 
-from ._errors import KernelError
+from ._errors import KernelError, keep_cause_traceback
 
 # Ring size per ordered pair of kernels. 4 MiB holds a few thousand batches
 # of word-count pairs; a full ring only pauses the producer's sources.
@@ -199,6 +200,7 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn) -> None:
         status = 0
     except BaseException as exc:  # everything goes back to the parent
         text = "".join(traceback.format_exception(exc))
+        keep_cause_traceback(exc)
         try:
             blob = pickle.dumps(exc)
             pickle.loads(blob)
@@ -209,6 +211,12 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn) -> None:
         except Exception:
             pass
     finally:
+        # os._exit skips interpreter shutdown: flush what print() buffered.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
         try:
             conn.close()
         finally:
