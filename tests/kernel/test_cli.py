@@ -1,0 +1,283 @@
+"""`python -m kernel.run pipeline.py[:name]`, run as a user would, in a subprocess."""
+
+from __future__ import annotations
+
+import runpy
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import kernel
+from kernel import Dataflow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(*args, cwd=REPO):
+    return subprocess.run(
+        [sys.executable, "-m", "kernel.run", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def write(tmp_path, name, source):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def line_of(path, text):
+    """1-based number of the line of `path` that contains `text`."""
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if text in line:
+            return number
+    raise AssertionError(f"{text!r} not in {path}")
+
+
+PIPELINE = """\
+from kernel import Dataflow
+
+flow = Dataflow("squares")
+flow.from_iterable(range(5), batch_size=2).map(lambda x: x * x).print("sq ")
+
+other = Dataflow("words")
+other.from_iterable(["b a", "c"]).flat_map(str.split).print()
+
+alpha = Dataflow("alpha")
+alpha.from_iterable([]).print()
+
+CONSTANT = 42
+"""
+
+
+def test_runs_the_flow_named_flow_by_default(tmp_path):
+    proc = cli(write(tmp_path, "pipeline.py", PIPELINE))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "sq 0\nsq 1\nsq 4\nsq 9\nsq 16\n"
+    assert proc.stderr == ""
+
+
+def test_path_colon_name_picks_another_flow(tmp_path):
+    proc = cli(f"{write(tmp_path, 'pipeline.py', PIPELINE)}:other")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "b\na\nc\n"
+
+
+def test_a_relative_path_from_another_directory(tmp_path):
+    write(tmp_path, "pipeline.py", PIPELINE)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kernel.run", "pipeline.py:other"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(REPO), "PATH": ""},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "b\na\nc\n"
+
+
+def test_a_pipeline_imports_modules_next_to_it(tmp_path):
+    write(tmp_path, "shout_helpers.py", "def shout(s):\n    return s.upper() + '!'\n")
+    path = write(
+        tmp_path,
+        "pipeline.py",
+        """\
+        from kernel import Dataflow
+        from shout_helpers import shout
+
+        flow = Dataflow()
+        flow.from_iterable(["hi", "yo"]).map(shout).print()
+        """,
+    )
+    proc = cli(path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "HI!\nYO!\n"
+
+
+def test_a_missing_file_is_a_usage_error(tmp_path):
+    missing = tmp_path / "nowhere.py"
+    proc = cli(missing)
+    assert proc.returncode == 2
+    assert "not found" in proc.stderr
+    assert str(missing) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_a_missing_name_lists_the_dataflows_found(tmp_path):
+    path = write(tmp_path, "pipeline.py", PIPELINE)
+    proc = cli(f"{path}:nope")
+    assert proc.returncode == 2
+    assert "'nope'" in proc.stderr
+    assert "Dataflows defined there: alpha, flow, other" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_a_file_without_any_dataflow(tmp_path):
+    path = write(tmp_path, "empty.py", "x = 1\n")
+    proc = cli(path)
+    assert proc.returncode == 2
+    assert "has no 'flow'" in proc.stderr
+    assert "defines no Dataflow" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_name_that_is_not_a_dataflow(tmp_path):
+    path = write(tmp_path, "pipeline.py", PIPELINE)
+    proc = cli(f"{path}:CONSTANT")
+    assert proc.returncode == 2
+    assert "CONSTANT is a int, not a Dataflow" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_a_file_that_raises_on_import(tmp_path):
+    path = write(
+        tmp_path,
+        "broken.py",
+        """\
+        from kernel import Dataflow
+
+        RATES = {"a": 1}
+        flow = Dataflow()
+        missing = RATES["b"]
+        """,
+    )
+    proc = cli(path)
+    assert proc.returncode == 1
+    assert f"importing {path} raised KeyError: 'b'" in proc.stderr
+    # The user's own line is shown, the launcher's frames are not.
+    assert f'File "{path}", line {line_of(path, "RATES[")}' in proc.stderr
+    assert 'missing = RATES["b"]' in proc.stderr
+    assert "_cli.py" not in proc.stderr
+    assert proc.stdout == ""
+
+
+FAILING = """\
+from kernel import Dataflow
+
+
+def check(x):
+    if x == 7:
+        raise ValueError(f"seven is not allowed: {x}")
+
+
+def parse(x):
+    check(x)
+    return x * 2
+
+
+flow = Dataflow()
+flow.from_iterable(range(20), batch_size=20).map(parse).print()
+
+long = Dataflow()
+long.from_iterable(["ok", "y" * 5000]).map(lambda s: int(s) if len(s) > 100 else 0).print()
+"""
+
+
+def test_a_user_function_that_raises(tmp_path):
+    path = write(tmp_path, "failing.py", FAILING)
+    proc = cli(path)
+    assert proc.returncode == 1
+    err = proc.stderr
+    assert (
+        "error: operator 'map(parse) (step 1)': function 'parse' raised "
+        "ValueError: seven is not allowed: 7\n  on record: 7\n"
+    ) in err
+    # The user's traceback: both of their frames, with their lines, in call order.
+    parse_frame = f'File "{path}", line {line_of(path, "    check(x)")}, in parse'
+    check_frame = f'File "{path}", line {line_of(path, "raise ValueError")}, in check'
+    assert parse_frame in err and check_frame in err
+    assert err.index(parse_frame) < err.index(check_frame)
+    assert "ValueError: seven is not allowed: 7" in err.splitlines()[-1]
+    assert "library frames hidden" in err
+    # ... and none of the library's.
+    for library_file in ("_runtime.py", "_scheduler.py", "_kernel.py", "_launch.py", "_calls.py",
+                         "_stateless.py", "_cli.py", "uvloop"):
+        assert library_file not in err
+    assert proc.stdout == ""  # the failing batch was never printed
+
+
+def test_a_long_record_is_truncated_in_the_report(tmp_path):
+    path = write(tmp_path, "failing.py", FAILING)
+    proc = cli(f"{path}:long")
+    assert proc.returncode == 1
+    err = proc.stderr
+    assert "function '<lambda>' raised ValueError: invalid literal for int()" in err
+    record_line = next(line for line in err.splitlines() if line.startswith("  on record: "))
+    assert record_line.startswith("  on record: 'yyyy")
+    assert "..." in record_line
+    assert len(record_line) < 250
+    assert "y" * 1000 not in err
+    assert f'File "{path}", line {line_of(path, "long.from_iterable")}, in <lambda>' in err
+
+
+@pytest.mark.parametrize(
+    ("cores", "message"), [("0", "cores must be a positive int"), ("-1", "cores must be a positive int")]
+)
+def test_bad_core_counts_are_usage_errors(tmp_path, cores, message):
+    proc = cli(write(tmp_path, "pipeline.py", PIPELINE), "--cores", cores)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_the_wordcount_example():
+    example = REPO / "examples" / "wordcount.py"
+    proc = cli("examples/wordcount.py")
+    assert proc.returncode == 0, proc.stderr
+    text = runpy.run_path(str(example))["TEXT"]
+    counts = Counter(word.lower() for word in text.split())
+    lines = proc.stdout.splitlines()
+    assert "the 6" in lines
+    assert counts["the"] == 6
+    assert lines == [f"{word} {n}" for word, n in counts.items()]
+
+
+# -- `kernel.run` is both a module and the blocking run() function ------------------
+
+
+def test_kernel_run_stays_callable_after_importing_the_cli_module():
+    import kernel.run as cli_module
+
+    assert kernel.run is cli_module  # importing the submodule rebinds the name ...
+    flow = Dataflow()
+    out = flow.from_iterable(range(4)).map(lambda x: x + 1).collect()
+    kernel.run(flow)  # ... and it still runs flows
+    assert out.items == [1, 2, 3, 4]
+    kernel.run(flow, cores=1)
+    assert out.items == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="cores"):
+        kernel.run(flow, cores=0)
+
+
+def test_kernel_run_callable_in_a_fresh_interpreter():
+    code = textwrap.dedent(
+        """\
+        import kernel
+        import kernel.run
+        from kernel import Dataflow, run
+
+        flow = Dataflow()
+        out = flow.from_iterable("abc").map(str.upper).collect()
+        kernel.run(flow)
+        print(out.items)
+        run(flow)
+        print(out.items, callable(kernel.run), kernel.run.main.__name__)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "['A', 'B', 'C']\n['A', 'B', 'C'] True main\n"

@@ -1,0 +1,317 @@
+"""The mid-level API: user `Operator` and `Source` subclasses, and the
+runnable examples in the docstrings."""
+
+from __future__ import annotations
+
+import asyncio
+import doctest
+import math
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kernel._dataflow
+from kernel import Dataflow, Operator, OperatorError, Source, run, run_async
+
+EXAMPLES = settings(max_examples=30, deadline=None)
+ints = st.lists(st.integers(-100, 100), max_size=50)
+batch_sizes = st.one_of(st.just(1), st.integers(1, 12), st.integers(60, 5000))
+
+
+class Numbered(Operator):
+    """The example of `Operator`'s docstring."""
+
+    def open(self, context):
+        self.n = 0
+
+    def on_batch(self, port, batch):
+        start = self.n
+        self.n += len(batch)
+        self.emit(list(enumerate(batch, start)))
+
+
+class Tag(Operator):
+    """Two (or more) inputs: tags every record with the port it came in on."""
+
+    def on_batch(self, port, batch):
+        self.emit([(port, x) for x in batch])
+
+
+class Total(Operator):
+    """Emits nothing until the input ends, then one record: the count and sum."""
+
+    def open(self, context):
+        self.count = 0
+        self.total = 0
+
+    def on_batch(self, port, batch):
+        self.count += len(batch)
+        self.total += sum(batch)
+
+    def on_end(self):
+        self.emit([("count", self.count), ("sum", self.total)])
+
+
+class Traced(Operator):
+    """Records every handler call, in order."""
+
+    def __init__(self, trace):
+        self.trace = trace
+
+    def open(self, context):
+        self.trace.append(("open", context.index, context.peers))
+
+    def on_batch(self, port, batch):
+        self.trace.append(("batch", port, list(batch)))
+        self.emit(batch)
+
+    def on_watermark(self, watermark):
+        self.trace.append(("watermark", watermark))
+
+    def on_end(self):
+        self.trace.append(("end",))
+
+
+@EXAMPLES
+@given(ints, batch_sizes)
+def test_apply_a_custom_operator(data, batch_size):
+    flow = Dataflow()
+    out = flow.from_iterable(data, batch_size=batch_size).apply(Numbered, name="numbered").collect()
+    run(flow)
+    assert out.items == list(enumerate(data))
+
+
+@EXAMPLES
+@given(ints, ints, batch_sizes, batch_sizes)
+def test_an_operator_with_two_inputs_sees_each_on_its_own_port(left, right, size_l, size_r):
+    flow = Dataflow()
+    a = flow.from_iterable(left, batch_size=size_l)
+    b = flow.from_iterable(right, batch_size=size_r)
+    out = a.apply(Tag, inputs=(b,)).collect()
+    run(flow)
+    assert Counter(out.items) == Counter([(0, x) for x in left] + [(1, x) for x in right])
+    assert [x for port, x in out.items if port == 0] == left
+    assert [x for port, x in out.items if port == 1] == right
+
+
+@EXAMPLES
+@given(ints, batch_sizes)
+def test_an_operator_that_emits_in_on_end(data, batch_size):
+    flow = Dataflow()
+    out = flow.from_iterable(data, batch_size=batch_size).apply(Total).map(list).collect()
+    run(flow)
+    assert out.items == [["count", len(data)], ["sum", sum(data)]]
+
+
+def test_handlers_run_in_protocol_order():
+    trace = []
+    flow = Dataflow()
+    a = flow.from_iterable([1, 2, 3], batch_size=2)
+    b = flow.from_iterable(["x"], batch_size=5)
+    a.apply(lambda: Traced(trace), inputs=(b,), name="traced").collect()
+    run(flow)
+    assert trace[0] == ("open", 0, 1)
+    batches = [t for t in trace if t[0] == "batch"]
+    assert sorted(batches, key=repr) == sorted(
+        [("batch", 0, [1, 2]), ("batch", 0, [3]), ("batch", 1, ["x"])], key=repr
+    )
+    assert [t for t in batches if t[1] == 0] == [("batch", 0, [1, 2]), ("batch", 0, [3])]
+    # One final watermark (the minimum over both inputs), after all data, then the end.
+    assert trace[-2:] == [("watermark", math.inf), ("end",)]
+    assert len(trace) == 1 + 3 + 2
+
+
+def test_operator_name_and_context_are_installed():
+    seen = {}
+
+    class Probe(Operator):
+        def open(self, context):
+            seen["name"] = self.name
+            seen["context"] = context is self.context
+
+        def on_batch(self, port, batch):
+            self.emit(batch)
+
+    flow = Dataflow()
+    flow.from_iterable([1]).apply(Probe, name="probe").collect()
+    run(flow)
+    assert seen == {"name": "probe (step 1)", "context": True}
+
+
+def test_apply_checks_what_the_factory_returns():
+    flow = Dataflow()
+    flow.from_iterable([1]).apply(lambda: object(), name="nothing").collect()
+    with pytest.raises(TypeError, match="nothing: factory returned"):
+        run(flow)
+
+
+def test_apply_refuses_a_stream_of_another_dataflow():
+    one, two = Dataflow("one"), Dataflow("two")
+    with pytest.raises(ValueError, match="another dataflow"):
+        one.from_iterable([1]).apply(Tag, inputs=(two.from_iterable([2]),))
+
+
+def test_operator_methods_explain_use_outside_a_run():
+    op = Numbered()
+    with pytest.raises(RuntimeError, match="before the operator was wired"):
+        op.emit([1])
+
+
+# -- custom sources ------------------------------------------------------------------
+
+
+class Countdown(Source):
+    """Polled again while it returns True; emits one batch per poll."""
+
+    def __init__(self, n, polls):
+        self.n = n
+        self.polls = polls
+
+    def poll(self):
+        self.polls.append(self.n)
+        if self.n == 0:
+            return False
+        self.emit([self.n])
+        self.n -= 1
+        return True
+
+
+class Inbox(Source):
+    """Sleeps (poll returns None) until its feeder task wakes it."""
+
+    def __init__(self, items, polls, *, chunk):
+        self.items = items
+        self.polls = polls
+        self.chunk = chunk
+
+    def open(self, context):
+        self.buffer = []
+        self.done = False
+        context.kernel.spawn(self.feed(), name="inbox feeder")
+
+    async def feed(self):
+        for start in range(0, len(self.items), self.chunk):
+            for _ in range(3):
+                await asyncio.sleep(0)  # poll must not run while nothing changed
+            self.buffer.extend(self.items[start : start + self.chunk])
+            self.wake()
+        await asyncio.sleep(0)
+        self.done = True
+        self.wake()
+
+    def poll(self):
+        self.polls.append(len(self.buffer))
+        if self.buffer:
+            batch, self.buffer = self.buffer, []
+            self.emit(batch)
+        return False if self.done else None
+
+
+@pytest.mark.parametrize("n", [0, 1, 5])
+def test_a_source_is_polled_while_it_returns_true(n):
+    polls = []
+    flow = Dataflow()
+    out = flow.source(lambda: Countdown(n, polls), name="countdown").collect()
+    run(flow)
+    assert out.items == list(range(n, 0, -1))
+    assert polls == [*range(n, 0, -1), 0]
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 100])
+async def test_a_sleeping_source_is_polled_only_when_woken(chunk):
+    items = list(range(10))
+    polls = []
+    flow = Dataflow()
+    out = flow.source(lambda: Inbox(items, polls, chunk=chunk), name="inbox").map(lambda x: x * 3).collect()
+    await run_async(flow)
+    assert out.items == [x * 3 for x in items]
+    chunks = math.ceil(len(items) / chunk)
+    # the first poll, one per wake with data, one for the final wake.
+    assert polls == [0] + [len(items[i : i + chunk]) for i in range(0, len(items), chunk)] + [0]
+    assert len(polls) == chunks + 2
+
+
+def test_a_sleeping_source_in_a_blocking_run():
+    polls = []
+    flow = Dataflow()
+    out = flow.source(lambda: Inbox(list("abcdefg"), polls, chunk=3), name="inbox").collect()
+    run(flow)
+    assert out.items == list("abcdefg")
+    assert polls == [0, 3, 3, 1, 0]
+
+
+def test_source_takes_a_factory_not_an_instance():
+    flow = Dataflow()
+    with pytest.raises(TypeError, match="factory"):
+        flow.source(Countdown(1, []), name="countdown")
+
+
+def test_a_source_factory_must_return_a_source():
+    flow = Dataflow()
+    flow.source(Numbered, name="not a source").collect()
+    with pytest.raises(TypeError, match="not a Source"):
+        run(flow)
+
+
+# -- failures in custom operators --------------------------------------------------
+
+
+class Explodes(Operator):
+    def __init__(self, when):
+        self.when = when
+
+    def open(self, context):
+        if self.when == "open":
+            raise KeyError("no config")
+
+    def on_batch(self, port, batch):
+        if self.when == "on_batch":
+            raise KeyError("bad batch")
+        self.emit(batch)
+
+    def on_end(self):
+        if self.when == "on_end":
+            raise KeyError("bad end")
+
+
+@pytest.mark.parametrize("when", ["open", "on_batch", "on_end"])
+def test_a_custom_operator_that_raises_is_named(when):
+    flow = Dataflow()
+    out = flow.from_iterable([1, 2, 3]).apply(lambda: Explodes(when), name="explodes").collect()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    err = info.value
+    assert err.operator == "explodes (step 1)"
+    # the class and the handler, e.g. "Explodes.on_batch" (maybe module-qualified)
+    owner, _, handler = err.function.rpartition("Explodes.")
+    assert owner in ("", f"{__name__}.")
+    assert when in handler
+    assert err.record is None
+    assert isinstance(err.__cause__, KeyError)
+    assert err.error.startswith("KeyError: ")
+    assert out.items == []
+
+
+def test_a_custom_source_whose_poll_raises_is_named():
+    class Broken(Source):
+        def poll(self):
+            raise OSError("device gone")
+
+    flow = Dataflow()
+    flow.source(Broken, name="broken").collect()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    assert info.value.operator == "broken (step 0)"
+    assert info.value.function.endswith("Broken.poll")
+    assert isinstance(info.value.__cause__, OSError)
+
+
+# -- docstring examples --------------------------------------------------------------
+
+
+def test_dataflow_docstring_example_runs():
+    results = doctest.testmod(kernel._dataflow, verbose=False)
+    assert results.attempted >= 5
+    assert results.failed == 0

@@ -1,0 +1,427 @@
+"""A user function that raises: the run fails with an `OperatorError` naming
+the step, the function and the exact record, and nothing keeps running."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from kernel import Dataflow, OperatorError, run, run_async
+
+
+class Boom(Exception):
+    pass
+
+
+class Failing:
+    """Builds user functions that raise on one chosen value and remember the
+    exception they raised (to check `__cause__` by identity)."""
+
+    def __init__(self, bad):
+        self.bad = bad
+        self.raised: list[BaseException] = []
+
+    def _raise(self, x):
+        exc = Boom(f"cannot handle {x!r}")
+        self.raised.append(exc)
+        raise exc
+
+    def unary(self):
+        def parse(x):
+            if x == self.bad:
+                self._raise(x)
+            return x
+
+        return parse
+
+    def binary(self):
+        def combine(acc, x):
+            if x == self.bad:
+                self._raise(x)
+            return acc + x
+
+        return combine
+
+
+def _parity(x):
+    return x % 2
+
+
+def _const(x):
+    return "k"
+
+
+def _listed(fn):
+    def parse(x):  # a flat_map function that calls the failing one
+        return [fn(x)]
+
+    return parse
+
+
+# step -> (the user function for a `Failing`, how to add the step, the step's
+# name, the record reported for value `v`: keyed steps see `(key, value)`).
+STEPS = {
+    "map": (Failing.unary, lambda s, f: s.map(f), "map(parse)", lambda v: v),
+    "filter": (Failing.unary, lambda s, f: s.filter(f), "filter(parse)", lambda v: v),
+    "flat_map": (
+        lambda failing: _listed(failing.unary()),
+        lambda s, f: s.flat_map(f),
+        "flat_map(parse)",
+        lambda v: v,
+    ),
+    "inspect": (Failing.unary, lambda s, f: s.inspect(f), "inspect(parse)", lambda v: v),
+    "sink": (Failing.unary, lambda s, f: s.sink(f), "sink(parse)", lambda v: v),
+    "key_by": (Failing.unary, lambda s, f: s.key_by(f), "key_by(parse)", lambda v: v),
+    "map_values": (
+        Failing.unary,
+        lambda s, f: s.key_by(_parity).map_values(f),
+        "map_values(parse)",
+        lambda v: (_parity(v), v),
+    ),
+    "reduce": (
+        Failing.binary,
+        lambda s, f: s.key_by(_const).reduce(f),
+        "reduce(combine)",
+        lambda v: ("k", v),
+    ),
+    "fold": (
+        Failing.binary,
+        lambda s, f: s.key_by(_const).fold(0, f),
+        "fold(combine)",
+        lambda v: ("k", v),
+    ),
+}
+
+
+def failing_flow(step, data, bad, batch_size):
+    """A flow `source -> step` (-> collect) whose function raises on `bad`;
+    returns (flow, failing, the user function)."""
+    failing = Failing(bad)
+    make_fn, build, _, _ = STEPS[step]
+    fn = make_fn(failing)
+    flow = Dataflow("failing")
+    stream = build(flow.from_iterable(data, batch_size=batch_size), fn)
+    if stream is not None:
+        stream.collect()
+    return flow, failing, fn
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+def test_error_names_step_function_and_the_seventh_record(step):
+    data = list(range(100, 120))  # one batch of 20; the 7th record fails
+    flow, failing, fn = failing_flow(step, data, bad=106, batch_size=20)
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    err = info.value
+    _, _, label, record_of = STEPS[step]
+    step_index = 2 if step in ("map_values", "reduce", "fold") else 1
+    assert err.operator == f"{label} (step {step_index})"
+    assert err.function in (fn.__qualname__, f"{__name__}.{fn.__qualname__}")
+    assert err.function.rsplit(".", 1)[-1] == label[label.index("(") + 1 : -1]
+    assert err.record == repr(record_of(106))
+    assert len(failing.raised) == 1
+    assert err.__cause__ is failing.raised[0]
+    assert err.error == "Boom: cannot handle 106"
+    assert str(err) == (
+        f"operator {err.operator!r}: function {err.function!r} raised Boom: cannot handle 106"
+        f"\n  on record: {err.record}"
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.sampled_from(list(STEPS)),
+    st.integers(1, 60),
+    st.data(),
+    st.one_of(st.just(1), st.integers(1, 15), st.integers(60, 500)),
+)
+def test_error_reports_exactly_the_failing_record(step, n, data, batch_size):
+    # reduce's function first runs on a key's second value.
+    low = 1 if step == "reduce" else 0
+    assume(n > low)
+    bad = data.draw(st.integers(low, n - 1), label="bad")
+    flow, failing, _ = failing_flow(step, list(range(n)), bad, batch_size)
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    _, _, label, record_of = STEPS[step]
+    assert info.value.record == repr(record_of(bad))
+    assert info.value.operator.startswith(label)
+    assert info.value.__cause__ is failing.raised[0]
+
+
+def test_flat_map_names_the_record_whose_iterable_raises_while_read():
+    boom = Boom("half way")
+
+    def expand(x):
+        yield x
+        if x == 6:
+            raise boom
+        yield -x
+
+    flow = Dataflow()
+    out = flow.from_iterable(range(20), batch_size=20).flat_map(expand).collect()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    assert info.value.operator == "flat_map(expand) (step 1)"
+    assert info.value.function.endswith("expand")
+    assert info.value.record == "6"
+    assert info.value.__cause__ is boom
+    assert out.items == []
+
+
+@pytest.mark.parametrize("step", ["map", "filter", "flat_map", "key_by", "map_values", "inspect", "sink"])
+def test_a_failure_in_a_later_batch_reports_that_batchs_record(step):
+    flow, _, _ = failing_flow(step, list(range(45)), bad=26, batch_size=10)
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    assert info.value.record == repr(STEPS[step][3](26))
+
+
+async def test_errors_raise_the_same_way_from_run_async():
+    flow, failing, _ = failing_flow("map", list(range(30)), bad=13, batch_size=7)
+    with pytest.raises(OperatorError) as info:
+        await run_async(flow)
+    assert info.value.operator == "map(parse) (step 1)"
+    assert info.value.record == "13"
+    assert info.value.__cause__ is failing.raised[0]
+
+
+def test_count_names_an_unhashable_key():
+    flow = Dataflow()
+    flow.from_iterable(range(20), batch_size=20).key_by(lambda x: [x] if x == 6 else x).count().collect()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    err = info.value
+    assert err.operator == "count (step 2)"
+    assert err.record == "([6], 6)"
+    assert isinstance(err.__cause__, TypeError)
+    assert err.function == "hash(key)"
+
+
+def test_sum_names_values_that_do_not_add():
+    values = [1] * 6 + ["one"] + [1] * 13
+    flow = Dataflow()
+    flow.from_iterable(values, batch_size=20).key_by(lambda v: "k").sum().collect()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    err = info.value
+    assert err.operator == "sum (step 2)"
+    assert err.record == "('k', 'one')"
+    assert isinstance(err.__cause__, TypeError)
+    assert err.function == "operator.add"
+
+
+# -- StopIteration must never end a batch quietly ------------------------------------
+
+
+def stop_at(bad):
+    def parse(x):
+        if x == bad:
+            raise StopIteration
+        return x
+
+    return parse
+
+
+STOP_STEPS = {
+    "map": lambda s, f: s.map(f),
+    "filter": lambda s, f: s.filter(f),
+    "flat_map": lambda s, f: s.flat_map(_listed(f)),
+    "key_by": lambda s, f: s.key_by(f),
+    "map_values": lambda s, f: s.key_by(_parity).map_values(f),
+    "inspect": lambda s, f: s.inspect(f),
+    "sink": lambda s, f: s.sink(f),
+}
+
+
+@pytest.mark.parametrize("step", list(STOP_STEPS))
+@pytest.mark.parametrize(
+    ("bad", "batch_size"),
+    [(3, 10), (0, 10), (9, 10), (5, 1)],
+    ids=["middle", "first", "last-of-batch", "batch-of-one"],
+)
+def test_stop_iteration_in_a_user_function_fails_the_run(step, bad, batch_size):
+    # StopIteration ends `map()`/`filter()` early instead of propagating: the
+    # operator must turn it into an error, whichever record of the batch raised it.
+    flow = Dataflow()
+    out = STOP_STEPS[step](flow.from_iterable(range(20), batch_size=batch_size), stop_at(bad))
+    if out is not None:
+        out.collect()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    err = info.value
+    assert "StopIteration" in err.error
+    expected = (_parity(bad), bad) if step == "map_values" else bad
+    assert err.record == repr(expected)
+
+
+# -- what the error shows of the record ----------------------------------------------
+
+
+def test_a_long_record_repr_is_truncated():
+    huge = "x" * 100_000
+
+    def parse(x):
+        raise ValueError("too long")
+
+    flow = Dataflow()
+    flow.from_iterable([huge]).map(parse).collect()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    record = info.value.record
+    assert len(record) <= 210
+    assert record.startswith("'xxxx") and record.endswith("xxxx'")
+    assert "..." in record
+    assert len(str(info.value)) < 500
+
+
+def test_a_big_container_record_is_truncated():
+    big = {"items": list(range(10_000)), "name": "y" * 5000}
+
+    def parse(x):
+        raise ValueError("nope")
+
+    flow = Dataflow()
+    flow.from_iterable([big]).map(parse).collect()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    assert len(info.value.record) < 400
+    assert info.value.record.startswith("{'items': [0, 1, 2")
+
+
+def test_a_record_whose_repr_raises_does_not_hide_the_error():
+    class Opaque:
+        def __repr__(self):
+            raise RuntimeError("no repr")
+
+    def parse(x):
+        raise ValueError("real problem")
+
+    flow = Dataflow()
+    flow.from_iterable([Opaque()]).map(parse).collect()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    # reprlib falls back to a placeholder naming the type.
+    assert info.value.record.startswith("<Opaque ")
+    assert info.value.error == "ValueError: real problem"
+
+
+def test_a_long_error_message_is_shortened():
+    def parse(x):
+        raise ValueError("m" * 5000)
+
+    flow = Dataflow()
+    flow.from_iterable([1]).map(parse).collect()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    assert info.value.error.startswith("ValueError: mmm")
+    assert len(info.value.error) <= 303
+    assert len(str(info.value.__cause__)) == 5000  # the cause keeps the full message
+
+
+def test_operator_error_pickles_with_its_fields():
+    import pickle
+
+    err = OperatorError("map(parse) (step 1)", "parse", "7", "ValueError: x")
+    copy = pickle.loads(pickle.dumps(err))
+    assert (copy.operator, copy.function, copy.record, copy.error) == (
+        "map(parse) (step 1)",
+        "parse",
+        "7",
+        "ValueError: x",
+    )
+    assert str(copy) == str(err)
+
+
+# -- nothing keeps running after a failure --------------------------------------------
+
+
+def test_nothing_after_the_failing_batch_reaches_downstream():
+    pulled = []
+    reached = []
+
+    def source():
+        for i in range(1000):
+            pulled.append(i)
+            yield i
+
+    def parse(x):
+        if x == 26:
+            raise ValueError("bad")
+        return x * 2
+
+    flow = Dataflow()
+    flow.from_iterable(source(), batch_size=10).map(parse).sink(reached.append)
+    with pytest.raises(OperatorError):
+        run(flow)
+    # map emits a batch only once all of it went through: the sink saw whole
+    # batches from before the failing one (records 20..29), in order, nothing later.
+    assert reached == [2 * x for x in range(len(reached))]
+    assert len(reached) in (0, 10, 20)
+    # The source stopped: it did not read the whole input.
+    assert len(pulled) < 1000
+
+
+async def test_a_failure_stops_an_endless_source_promptly():
+    pulled = itertools.count()
+    consumed = []
+
+    async def endless():
+        while True:
+            yield next(pulled)
+            await asyncio.sleep(0)
+
+    def parse(x):
+        if x == 50:
+            raise ValueError("bad")
+        return x
+
+    flow = Dataflow()
+    flow.from_async_iterable(endless, batch_size=8).map(parse).sink(consumed.append)
+    with pytest.raises(OperatorError) as info:
+        await asyncio.wait_for(run_async(flow), timeout=10)
+    assert info.value.record == "50"
+    after_failure = (next(pulled), len(consumed))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    # The reader task was cancelled and no operator ran since.
+    assert (next(pulled), len(consumed)) == (after_failure[0] + 1, after_failure[1])
+    assert consumed == list(range(len(consumed)))
+    assert len(consumed) <= 50
+
+
+async def test_a_failure_stops_a_sibling_branch_on_an_endless_iterable():
+    sibling = []
+
+    def parse(x):
+        if x == 5000:
+            raise ValueError("bad")
+        return x
+
+    flow = Dataflow()
+    s = flow.from_iterable(itertools.count(), batch_size=100)
+    s.map(parse).collect()
+    s.sink(sibling.append)
+    with pytest.raises(OperatorError) as info:
+        await asyncio.wait_for(run_async(flow), timeout=10)
+    assert info.value.record == "5000"
+    seen = len(sibling)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert len(sibling) == seen
+    assert sibling == list(range(seen))
+
+
+async def test_host_loop_survives_a_failed_flow():
+    flow, _, _ = failing_flow("map", list(range(10)), bad=3, batch_size=2)
+    with pytest.raises(OperatorError):
+        await run_async(flow)
+    # The loop is fine and a new flow runs on it.
+    ok = Dataflow()
+    out = ok.from_iterable(range(3)).map(str).collect()
+    await run_async(ok)
+    assert out.items == ["0", "1", "2"]

@@ -1,0 +1,96 @@
+"""Where streams end: collect, sink(fn), print."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kernel import Collected, Dataflow, run
+
+EXAMPLES = settings(max_examples=40, deadline=None)
+# capsys is function-scoped; each example reads (and so clears) what it printed.
+CAPTURED = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+records = st.lists(st.one_of(st.integers(), st.text(alphabet="ab, ()'", max_size=5)), max_size=50)
+# Printable lines: no line breaks inside a record.
+lines = st.lists(
+    st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=10), max_size=40
+)
+batch_sizes = st.one_of(st.just(1), st.integers(1, 12), st.integers(60, 5000))
+
+
+@EXAMPLES
+@given(records, batch_sizes)
+def test_collect_gathers_every_record_in_order(data, batch_size):
+    flow = Dataflow()
+    out = flow.from_iterable(data, batch_size=batch_size).collect()
+    assert isinstance(out, Collected)
+    assert out.items == []  # nothing before the run
+    run(flow)
+    assert out.items == data
+    assert repr(out) == f"<Collected collect (step 1): {len(data)} items>"
+
+
+@EXAMPLES
+@given(records, batch_sizes)
+def test_sink_calls_fn_once_per_record_in_order(data, batch_size):
+    got = []
+    flow = Dataflow()
+    result = flow.from_iterable(data, batch_size=batch_size).sink(got.append)
+    assert result is None
+    run(flow)
+    assert got == data
+
+
+@CAPTURED
+@given(records, batch_sizes)
+def test_print_writes_one_line_per_record(capsys, data, batch_size):
+    capsys.readouterr()
+    flow = Dataflow()
+    flow.from_iterable(data, batch_size=batch_size).print()
+    run(flow)
+    out = capsys.readouterr().out
+    assert out == "".join(f"{x}\n" for x in data)
+
+
+@CAPTURED
+@given(lines, st.text(alphabet="> :", max_size=3), batch_sizes)
+def test_print_prefixes_every_line(capsys, data, prefix, batch_size):
+    capsys.readouterr()
+    flow = Dataflow()
+    flow.from_iterable(data, batch_size=batch_size).print(prefix)
+    run(flow)
+    out = capsys.readouterr().out
+    if not data:
+        assert out == ""
+    else:
+        assert out.endswith("\n")
+        assert out[:-1].split("\n") == [prefix + line for line in data]
+
+
+def test_print_uses_str_not_repr(capsys):
+    flow = Dataflow()
+    flow.from_iterable(["a b", ("t", 1), 2.5, None], batch_size=3).print("> ")
+    run(flow)
+    assert capsys.readouterr().out == "> a b\n> ('t', 1)\n> 2.5\n> None\n"
+
+
+def test_print_of_an_empty_stream_prints_nothing(capsys):
+    flow = Dataflow()
+    flow.from_iterable([]).print("never ")
+    run(flow)
+    assert capsys.readouterr().out == ""
+
+
+def test_sinks_and_collect_on_branches_of_one_stream(capsys):
+    got = []
+    flow = Dataflow()
+    s = flow.from_iterable(range(6), batch_size=4).map(lambda x: x * x)
+    s.sink(got.append)
+    s.print("sq=")
+    out = s.collect()
+    run(flow)
+    assert got == out.items == [0, 1, 4, 9, 16, 25]
+    assert capsys.readouterr().out.splitlines() == [f"sq={x}" for x in got]

@@ -1,0 +1,242 @@
+"""Sources: bounded iterables and async iterables, blocking and on the caller's loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernel import Dataflow, Operator, OperatorError, run, run_async
+
+EXAMPLES = settings(max_examples=40, deadline=None)
+
+ints = st.lists(st.integers(-1000, 1000), max_size=60)
+batch_sizes = st.one_of(st.just(1), st.integers(1, 12), st.integers(60, 5000))
+
+
+class BatchSizes(Operator):
+    """Passes records on and records the length of every batch it sees."""
+
+    def __init__(self, sizes: list) -> None:
+        self.sizes = sizes
+
+    def on_batch(self, port, batch):
+        self.sizes.append(len(batch))
+        self.emit(batch)
+
+
+def collect_with_sizes(stream):
+    sizes: list = []
+    out = stream.apply(lambda: BatchSizes(sizes), name="sizes").collect()
+    return out, sizes
+
+
+# -- from_iterable --------------------------------------------------------------
+
+
+@EXAMPLES
+@given(ints, batch_sizes, st.sampled_from([list, tuple, iter, lambda d: (x for x in d)]))
+def test_from_iterable_reads_any_iterable_in_batches(data, batch_size, wrap):
+    flow = Dataflow()
+    out, sizes = collect_with_sizes(flow.from_iterable(wrap(data), batch_size=batch_size))
+    run(flow)
+    assert out.items == data
+    # Full batches, then the remainder; no empty batch travels.
+    full, rest = divmod(len(data), batch_size)
+    assert sizes == [batch_size] * full + ([rest] if rest else [])
+
+
+def test_from_iterable_reads_a_range():
+    flow = Dataflow()
+    out = flow.from_iterable(range(3, 30, 4), batch_size=2).collect()
+    run(flow)
+    assert out.items == list(range(3, 30, 4))
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "10"])
+def test_from_iterable_rejects_a_bad_batch_size(bad):
+    # Refused when the flow is built or at the latest when it runs.
+    with pytest.raises(ValueError, match="batch_size"):
+        flow = Dataflow()
+        flow.from_iterable([1, 2], batch_size=bad).collect()
+        run(flow)
+    with pytest.raises(ValueError, match="batch_size"):
+        flow = Dataflow()
+        flow.from_async_iterable(_nothing, batch_size=bad).collect()
+        run(flow)
+
+
+async def _nothing():
+    return
+    yield
+
+
+def test_from_iterable_of_a_non_iterable_names_the_source():
+    flow = Dataflow()
+    flow.from_iterable(42).collect()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    assert info.value.operator == "from_iterable (step 0)"
+    assert isinstance(info.value.__cause__, TypeError)
+
+
+def test_an_iterable_that_raises_midway_names_the_source():
+    boom = ValueError("disk on fire")
+
+    def lines():
+        yield "a"
+        yield "b"
+        raise boom
+
+    flow = Dataflow()
+    flow.from_iterable(lines(), batch_size=1, name="read_lines").collect()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    assert info.value.operator == "read_lines (step 0)"
+    assert info.value.record is None
+    assert info.value.__cause__ is boom
+
+
+# -- from_async_iterable ------------------------------------------------------------
+
+
+def make_agen(data, *, pause: bool):
+    async def agen():
+        for x in data:
+            if pause:
+                await asyncio.sleep(0)
+            yield x
+
+    return agen
+
+
+@EXAMPLES
+@given(ints, batch_sizes, st.booleans(), st.booleans())
+def test_from_async_iterable_blocking_run(data, batch_size, pause, as_object):
+    agen = make_agen(data, pause=pause)
+    flow = Dataflow()
+    source = agen() if as_object else agen
+    out, sizes = collect_with_sizes(flow.from_async_iterable(source, batch_size=batch_size))
+    run(flow)
+    assert out.items == data
+    assert all(0 < n <= batch_size for n in sizes)
+
+
+@pytest.mark.parametrize("as_object", [False, True], ids=["function", "object"])
+@pytest.mark.parametrize("pause", [False, True], ids=["eager", "sleep0"])
+@pytest.mark.parametrize("batch_size", [1, 3, 1000])
+async def test_from_async_iterable_on_the_callers_loop(as_object, pause, batch_size):
+    data = [f"r{i}" for i in range(25)]
+    agen = make_agen(data, pause=pause)
+    flow = Dataflow()
+    out, sizes = collect_with_sizes(
+        flow.from_async_iterable(agen() if as_object else agen, batch_size=batch_size).map(str.upper)
+    )
+    await run_async(flow)
+    assert out.items == [x.upper() for x in data]
+    assert all(0 < n <= batch_size for n in sizes)
+
+
+async def test_async_reader_pauses_when_a_batch_is_waiting():
+    # An eager generator (never awaits) would read everything at once; with
+    # batch_size 4 the reader must wait for the source to take each batch.
+    produced = []
+    consumed = []
+
+    async def agen():
+        for i in range(40):
+            produced.append((i, len(consumed)))
+            yield i
+
+    flow = Dataflow()
+    out, sizes = collect_with_sizes(flow.from_async_iterable(agen, batch_size=4).inspect(consumed.append))
+    await run_async(flow)
+    assert out.items == list(range(40))
+    assert sizes == [4] * 10
+    # Producing record i never runs far ahead of what the dataflow consumed.
+    lags = [i - seen for i, seen in produced]
+    assert max(lags) <= 2 * 4, lags
+
+
+async def test_a_flow_with_an_async_generator_function_runs_twice():
+    async def agen():
+        for i in range(5):
+            await asyncio.sleep(0)
+            yield i
+
+    flow = Dataflow()
+    out = flow.from_async_iterable(agen, batch_size=2).collect()
+    await run_async(flow)
+    first = list(out.items)
+    await run_async(flow)
+    assert first == out.items == [0, 1, 2, 3, 4]
+
+
+async def test_host_tasks_keep_running_while_an_async_source_reads():
+    ticks = []
+
+    async def host():
+        for i in range(5):
+            ticks.append(i)
+            await asyncio.sleep(0)
+
+    async def agen():
+        for i in range(50):
+            await asyncio.sleep(0)
+            yield i
+
+    flow = Dataflow()
+    out = flow.from_async_iterable(agen).collect()
+    host_task = asyncio.ensure_future(host())
+    await run_async(flow)
+    assert ticks == [0, 1, 2, 3, 4]  # interleaved with the flow, finished before it
+    await host_task
+    assert out.items == list(range(50))
+
+
+def test_from_async_iterable_of_a_non_async_iterable_fails_at_open():
+    flow = Dataflow()
+    flow.from_async_iterable([1, 2, 3], name="feed").collect()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    assert info.value.operator == "feed (step 0)"
+    assert info.value.function.endswith("AsyncIterableSource.open")
+    assert isinstance(info.value.__cause__, TypeError)
+    assert "not an async iterable" in str(info.value.__cause__)
+
+
+async def test_an_async_iterable_that_raises_names_the_source():
+    boom = RuntimeError("socket closed")
+
+    async def agen():
+        yield 1
+        await asyncio.sleep(0)
+        raise boom
+
+    flow = Dataflow()
+    flow.from_async_iterable(agen, name="socket").collect()
+    with pytest.raises(OperatorError) as info:
+        await run_async(flow)
+    assert info.value.operator == "socket (step 0)"
+    assert info.value.record is None
+    assert info.value.__cause__ is boom
+
+
+def test_run_refuses_to_block_a_running_loop():
+    async def main():
+        flow = Dataflow()
+        flow.from_iterable([1]).collect()
+        with pytest.raises(RuntimeError, match="run_async"):
+            run(flow)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("cores", [0, -2, "1"])
+def test_run_rejects_a_bad_core_count(cores):
+    flow = Dataflow()
+    flow.from_iterable([1]).collect()
+    with pytest.raises(ValueError, match="cores"):
+        run(flow, cores=cores)
