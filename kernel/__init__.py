@@ -32,6 +32,7 @@ __all__ = [
     "Kernel",
     "KernelContext",
     "KernelError",
+    "KernelProcessError",
     "KeyedStream",
     "Operator",
     "OperatorError",

@@ -46,6 +46,7 @@ LATENCY = "latency"
 THROUGHPUT = "throughput"
 TASK_CLASSES = (LATENCY, THROUGHPUT)
 DEFAULT_SHARES = {LATENCY: 2, THROUGHPUT: 1}
+STALL_REPORT_INTERVAL = 10.0  # seconds between two stall reports of one activation
 
 
 class Activation(Protocol):
@@ -108,6 +109,7 @@ class Scheduler:
         # readied during a slice never schedules a second one.
         self._slice_pending = False
         self._stopped = False
+        self._stall_reports: dict[str, tuple[float, int]] = {}
         self.slices = 0
         self.ticks = 0
         self.activations = 0
@@ -241,10 +243,21 @@ class Scheduler:
                 self._on_drained()
 
     def _report_stall(self, activation: Activation, seconds: float) -> None:
+        # One line per activation per STALL_REPORT_INTERVAL: a slow user
+        # function stalls every batch, and the log must stay readable.
+        name = getattr(activation, "name", repr(activation))
+        now = self._monotonic()
+        last, suppressed = self._stall_reports.get(name, (None, 0))
+        if last is not None and now - last < STALL_REPORT_INTERVAL:
+            self._stall_reports[name] = (last, suppressed + 1)
+            return
+        more = f" ({suppressed} more stalls since the last report)" if suppressed else ""
+        self._stall_reports[name] = (now, 0)
         self._logger.warning(
             "stall: %s ran %.1f ms without yielding (threshold %.1f ms); "
-            "the event loop and every other operator waited",
-            getattr(activation, "name", activation),
+            "the event loop and every other operator waited%s",
+            name,
             seconds * 1e3,
             self.stall_threshold * 1e3,
+            more,
         )

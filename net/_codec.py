@@ -43,7 +43,7 @@ def encode_batch(batch: list) -> tuple[int, bytes]:
     if _scalars_only(batch):
         try:
             return KIND_SCALARS, _encoder.encode(batch)
-        except (OverflowError, msgspec.EncodeError):
+        except Exception:  # anything msgpack cannot hold goes by pickle
             pass
     return KIND_PICKLE, pickle.dumps(batch, protocol=5)
 
@@ -55,7 +55,7 @@ def encode_pairs(pairs: list) -> tuple[int, bytes]:
     if _scalars_only(keys) and _scalars_only(values) and set(map(type, pairs)) == {tuple}:
         try:
             return KIND_PAIRS, _encoder.encode((keys, values))
-        except (OverflowError, msgspec.EncodeError):
+        except Exception:  # anything msgpack cannot hold goes by pickle
             pass
     return KIND_PICKLE, pickle.dumps(pairs, protocol=5)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import runpy
+import select
+import signal
 import subprocess
 import sys
 import textwrap
@@ -221,15 +223,59 @@ def test_a_long_record_is_truncated_in_the_report(tmp_path):
     assert f'File "{path}", line {line_of(path, "long.from_iterable")}, in <lambda>' in err
 
 
-@pytest.mark.parametrize(
-    ("cores", "message"), [("0", "cores must be a positive int"), ("-1", "cores must be a positive int")]
-)
-def test_bad_core_counts_are_usage_errors(tmp_path, cores, message):
+@pytest.mark.parametrize("cores", ["0", "-1"])
+def test_bad_core_counts_are_usage_errors(tmp_path, cores):
     proc = cli(write(tmp_path, "pipeline.py", PIPELINE), "--cores", cores)
     assert proc.returncode == 2
-    assert message in proc.stderr
+    assert "cores must be a positive int" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+# -- several kernel processes, each importing the pipeline file ---------------------
+
+
+def test_two_cores_print_every_record_once(tmp_path):
+    proc = cli(write(tmp_path, "pipeline.py", PIPELINE), "--cores", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stdout.splitlines()) == sorted(f"sq {x * x}" for x in range(5))
+
+
+def test_two_cores_usage_errors(tmp_path):
+    path = write(tmp_path, "pipeline.py", PIPELINE)
+    for target, message in [
+        (tmp_path / "nowhere.py", "not found"),
+        (f"{path}:nope", "Dataflows defined there: alpha, flow, other"),
+        (f"{path}:CONSTANT", "not a Dataflow"),
+    ]:
+        proc = cli(target, "--cores", "2")
+        assert proc.returncode == 2, (target, proc.stderr)
+        assert message in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_two_cores_a_user_function_that_raises(tmp_path):
+    path = write(tmp_path, "failing.py", FAILING)
+    proc = cli(path, "--cores", "2")
+    assert proc.returncode == 1
+    err = proc.stderr
+    # record 7 is kernel 1's share (7 % 2)
+    assert (
+        "error: kernel 1: operator 'map(parse) (step 1)': function 'parse' raised "
+        "ValueError: seven is not allowed: 7\n  on record: 7\n"
+    ) in err
+    assert f'File "{path}", line {line_of(path, "    check(x)")}, in parse' in err
+    assert f'File "{path}", line {line_of(path, "raise ValueError")}, in check' in err
+    for library_file in ("_runtime.py", "_launcher.py", "_calls.py", "_stateless.py", "_cli.py"):
+        assert library_file not in err
+
+
+def test_two_cores_a_file_that_raises_on_import(tmp_path):
+    path = write(tmp_path, "broken.py", "from kernel import Dataflow\nflow = Dataflow()\n1 / 0\n")
+    proc = cli(path, "--cores", "2")
+    assert proc.returncode == 1
+    assert f"importing {path} raised ZeroDivisionError" in proc.stderr
+    assert f'File "{path}", line 3' in proc.stderr
 
 
 def test_the_wordcount_example():
@@ -242,6 +288,64 @@ def test_the_wordcount_example():
     assert "the 6" in lines
     assert counts["the"] == 6
     assert lines == [f"{word} {n}" for word, n in counts.items()]
+
+
+def test_the_wordcount_example_on_two_cores():
+    proc = cli("examples/wordcount.py", "--cores", "2")
+    assert proc.returncode == 0, proc.stderr
+    text = runpy.run_path(str(REPO / "examples" / "wordcount.py"))["TEXT"]
+    counts = Counter(word.lower() for word in text.split())
+    lines = proc.stdout.splitlines()
+    assert len(lines) == len(counts)
+    assert sorted(lines) == sorted(f"{word} {n}" for word, n in counts.items())
+
+
+ENDLESS = """\
+import asyncio
+
+from kernel import Dataflow
+
+
+async def ticks():
+    n = 0
+    while True:
+        yield n
+        n += 1
+        await asyncio.sleep(0)
+
+
+def announce(x):
+    if x == 0:
+        print("started", flush=True)
+
+
+flow = Dataflow()
+flow.from_async_iterable(ticks).sink(announce)
+"""
+
+
+@pytest.mark.parametrize("cores", ["1", "2"])
+def test_ctrl_c_stops_an_endless_pipeline(tmp_path, cores):
+    path = write(tmp_path, "endless.py", ENDLESS)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kernel.run", str(path), "--cores", cores],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        readable, _, _ = select.select([proc.stdout], [], [], 30)
+        assert readable, "the pipeline never started"
+        assert proc.stdout.readline() == "started\n"  # the flow is running
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130
+    assert err == "interrupted\n"
+    assert out == ""
 
 
 # -- `kernel.run` is both a module and the blocking run() function ------------------

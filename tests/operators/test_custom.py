@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import doctest
+import importlib
 import math
+import pkgutil
 from collections import Counter
 
 import pytest
@@ -315,3 +317,13 @@ def test_dataflow_docstring_example_runs():
     results = doctest.testmod(kernel._dataflow, verbose=False)
     assert results.attempted >= 5
     assert results.failed == 0
+
+
+def test_every_docstring_example_of_the_operator_library_runs():
+    import operators
+
+    names = [m.name for m in pkgutil.iter_modules(operators.__path__, "operators.")]
+    assert "operators._stateless" in names
+    for name in names:
+        results = doctest.testmod(importlib.import_module(name), verbose=False)
+        assert results.failed == 0, name

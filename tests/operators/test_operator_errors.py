@@ -153,6 +153,19 @@ def test_error_reports_exactly_the_failing_record(step, n, data, batch_size):
     assert info.value.__cause__ is failing.raised[0]
 
 
+def test_flat_map_names_the_record_whose_result_is_not_iterable():
+    def expand(x):
+        return x if x == 6 else [x]
+
+    flow = Dataflow()
+    flow.from_iterable(range(20), batch_size=8).flat_map(expand).collect()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    assert info.value.operator == "flat_map(expand) (step 1)"
+    assert info.value.record == "6"
+    assert isinstance(info.value.__cause__, TypeError)
+
+
 def test_flat_map_names_the_record_whose_iterable_raises_while_read():
     boom = Boom("half way")
 
@@ -235,6 +248,7 @@ STOP_STEPS = {
     "map_values": lambda s, f: s.key_by(_parity).map_values(f),
     "inspect": lambda s, f: s.inspect(f),
     "sink": lambda s, f: s.sink(f),
+    "fold": lambda s, f: s.key_by(_const).fold(0, lambda acc, v: f(v)),
 }
 
 
@@ -255,7 +269,7 @@ def test_stop_iteration_in_a_user_function_fails_the_run(step, bad, batch_size):
         run(flow)
     err = info.value
     assert "StopIteration" in err.error
-    expected = (_parity(bad), bad) if step == "map_values" else bad
+    expected = {"map_values": (_parity(bad), bad), "fold": ("k", bad)}.get(step, bad)
     assert err.record == repr(expected)
 
 

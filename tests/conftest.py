@@ -1,0 +1,58 @@
+"""Shared fixtures: a check that a multi-core run leaves nothing behind."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import pytest
+
+SHM_DIR = "/dev/shm"
+
+
+def shm_names() -> set[str]:
+    return set(os.listdir(SHM_DIR))
+
+
+def child_pids(parent: int | None = None) -> set[int]:
+    """Live (or unreaped) processes whose parent is `parent` (default: us)."""
+    parent = os.getpid() if parent is None else parent
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as status:
+                for line in status:
+                    if line.startswith("PPid:"):
+                        if int(line.split()[1]) == parent:
+                            found.add(int(entry))
+                        break
+        except OSError:  # exited while we looked
+            continue
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    """True while `pid` exists, zombie or not (a reaped process is gone from /proc)."""
+    return os.path.exists(f"/proc/{pid}")
+
+
+@pytest.fixture
+def no_leaks():
+    """Fails the test if it left shared-memory segments or child processes.
+
+    Segments are counted when their name carries this process's pid: the
+    launcher names its rings `kernel-<parent pid>-<token>`, and other
+    programs on the machine may come and go in /dev/shm meanwhile.
+    """
+    me = os.getpid()
+    shm_before = shm_names()
+    children_before = child_pids(me)
+    yield
+    active = multiprocessing.active_children()  # also reaps finished ones
+    assert active == [], f"multiprocessing children still alive: {active}"
+    leftover = child_pids(me) - children_before
+    assert not leftover, f"child processes left behind: {sorted(leftover)}"
+    new_segments = {n for n in shm_names() - shm_before if f"-{me}-" in n}
+    assert not new_segments, f"shared memory left in {SHM_DIR}: {sorted(new_segments)}"

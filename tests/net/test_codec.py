@@ -1,0 +1,285 @@
+"""The batch codec: every record arrives exactly as it left, types included."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from net._codec import (
+    HEADER,
+    KIND_END,
+    KIND_PAIRS,
+    KIND_PICKLE,
+    KIND_SCALARS,
+    KIND_WATERMARK,
+    decode,
+    encode_batch,
+    encode_pairs,
+    encode_watermark,
+)
+
+
+def same(a, b) -> bool:
+    """Structural equality that also demands identical types at every level
+    (True is not 1, a tuple is not a list) and takes nan as equal to nan."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        if math.isnan(a):
+            return math.isnan(b)
+        # -0.0 == 0.0 but is not the same value.
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return len(a) == len(b) and all(
+            any(same(ka, kb) and same(va, vb) for kb, vb in b.items()) for ka, va in a.items()
+        )
+    if isinstance(a, (set, frozenset)):
+        return len(a) == len(b) and all(any(same(x, y) for y in b) for x in a)
+    return a == b
+
+
+def round_trip_batch(batch):
+    kind, body = encode_batch(batch)
+    assert isinstance(body, bytes)
+    return kind, decode(kind, body)
+
+
+def round_trip_pairs(pairs):
+    kind, body = encode_pairs(pairs)
+    assert isinstance(body, bytes)
+    return kind, decode(kind, body)
+
+
+# -- strategies ---------------------------------------------------------------
+
+big_ints = st.one_of(
+    st.integers(-(2**63), 2**64 - 1),  # what msgpack holds
+    st.integers(2**64, 2**200),  # beyond 64 bits: must fall back, not fail
+    st.integers(-(2**200), -(2**63) - 1),
+    st.sampled_from([2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1]),
+)
+floats = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 0.0, 5e-324, 1.7976931348623157e308]),
+)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    big_ints,
+    floats,
+    st.text(max_size=20),
+    st.binary(max_size=20),
+)
+hashables = st.recursive(
+    scalars, lambda inner: st.tuples(inner, inner) | st.frozensets(inner, max_size=3), max_leaves=6
+)
+records = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.tuples(inner),
+        st.tuples(inner, inner),
+        st.lists(inner, max_size=3).map(tuple),
+        st.dictionaries(st.text(max_size=5) | st.integers(), inner, max_size=3),
+    ),
+    max_leaves=12,
+)
+
+
+# -- batches of records ---------------------------------------------------------
+
+settings_ = settings(max_examples=150, deadline=None)
+
+
+@settings_
+@given(st.lists(records, max_size=30))
+def test_any_batch_round_trips_exactly(batch):
+    _, back = round_trip_batch(batch)
+    assert same(back, batch)
+
+
+@settings_
+@given(st.lists(scalars, max_size=30))
+def test_scalar_batches_round_trip_exactly(batch):
+    kind, back = round_trip_batch(batch)
+    assert kind in (KIND_SCALARS, KIND_PICKLE)
+    assert same(back, batch)
+
+
+@given(st.lists(st.integers(-(2**63), 2**64 - 1) | st.text() | st.booleans() | st.none(), max_size=20))
+def test_plain_scalars_take_the_msgpack_path(batch):
+    kind, back = round_trip_batch(batch)
+    assert kind == KIND_SCALARS
+    assert same(back, batch)
+
+
+def test_bools_stay_bools_and_ints_stay_ints():
+    batch = [True, 1, False, 0, 1.0, None, b"", ""]
+    kind, back = round_trip_batch(batch)
+    assert kind == KIND_SCALARS
+    assert [type(x) for x in back] == [bool, int, bool, int, float, type(None), bytes, str]
+    assert back == batch
+
+
+def test_ints_beyond_64_bits_fall_back_to_pickle():
+    batch = [1, 2**64, -(2**63) - 1, 2**100]
+    kind, back = round_trip_batch(batch)
+    assert kind == KIND_PICKLE
+    assert back == batch
+    assert all(type(x) is int for x in back)
+
+
+def test_the_64_bit_edges_stay_on_msgpack():
+    batch = [2**64 - 1, -(2**63), 2**63, 2**63 - 1]
+    kind, back = round_trip_batch(batch)
+    assert kind == KIND_SCALARS
+    assert back == batch
+
+
+def test_special_floats():
+    batch = [math.nan, math.inf, -math.inf, -0.0, 0.1, 5e-324]
+    kind, back = round_trip_batch(batch)
+    assert kind == KIND_SCALARS
+    assert same(back, batch)
+
+
+def test_tuples_and_lists_are_told_apart():
+    batch = [(1, 2), [1, 2], ((1,), [2]), [], (), {"a": (1,)}]
+    kind, back = round_trip_batch(batch)
+    assert kind == KIND_PICKLE
+    assert same(back, batch)
+
+
+def test_empty_batch():
+    kind, back = round_trip_batch([])
+    assert back == []
+    assert type(back) is list
+
+
+def test_strings_with_lone_surrogates_round_trip():
+    # A valid Python str (os.fsdecode of a non-UTF-8 file name gives these);
+    # stable_hash already accepts them ("surrogatepass"), so the codec must
+    # carry them too rather than fail the exchange.
+    batch = ["caf\udce9", "\ud800", "ok"]
+    kind, back = round_trip_batch(batch)
+    assert back == batch
+
+
+# -- batches of (key, value) pairs ----------------------------------------------
+
+
+@settings_
+@given(st.lists(st.tuples(hashables, records), max_size=30))
+def test_any_pairs_round_trip_exactly(pairs):
+    kind, back = round_trip_pairs(pairs)
+    assert same(back, pairs)
+    assert all(type(p) is tuple for p in back)
+
+
+@settings_
+@given(st.lists(st.tuples(scalars, scalars), max_size=30))
+def test_scalar_pairs_round_trip_exactly(pairs):
+    kind, back = round_trip_pairs(pairs)
+    assert kind in (KIND_PAIRS, KIND_PICKLE)
+    assert same(back, pairs)
+
+
+def test_scalar_pairs_take_the_msgpack_path_and_come_back_as_tuples():
+    pairs = [("a", 1), (2, "b"), (True, None), (b"k", 1.5), (None, False)]
+    kind, back = round_trip_pairs(pairs)
+    assert kind == KIND_PAIRS
+    assert same(back, pairs)
+
+
+def test_pairs_with_structured_values_fall_back_to_pickle():
+    pairs = [("a", (1, 2)), ("b", [1, 2]), (("x", 1), 2**70)]
+    kind, back = round_trip_pairs(pairs)
+    assert kind == KIND_PICKLE
+    assert same(back, pairs)
+
+
+def test_pairs_that_are_lists_stay_lists():
+    pairs = [["a", 1], ["b", 2]]
+    kind, back = round_trip_pairs(pairs)
+    assert same(back, pairs)
+
+
+def test_pair_keys_with_big_ints():
+    pairs = [(2**64, 1), (1, 2**64)]
+    kind, back = round_trip_pairs(pairs)
+    assert kind == KIND_PICKLE
+    assert same(back, pairs)
+
+
+def test_empty_pairs():
+    _, back = round_trip_pairs([])
+    assert back == []
+
+
+def test_pairs_with_lone_surrogates_round_trip():
+    pairs = [("caf\udce9", 1), ("x", "\ud800")]
+    _, back = round_trip_pairs(pairs)
+    assert back == pairs
+
+
+# -- progress frames and headers -------------------------------------------------
+
+
+@given(st.floats(allow_nan=False))
+def test_watermarks_round_trip(watermark):
+    kind, body = encode_watermark(watermark)
+    assert kind == KIND_WATERMARK
+    back = decode(kind, body)
+    assert type(back) is float
+    assert same(back, watermark)
+
+
+@pytest.mark.parametrize("watermark", [math.inf, -math.inf, 0.0, 1.5])
+def test_watermark_edges(watermark):
+    assert decode(*encode_watermark(watermark)) == watermark
+
+
+def test_end_frame_decodes_to_none():
+    assert decode(KIND_END, b"") is None
+
+
+def test_unknown_kind_is_an_error():
+    with pytest.raises(ValueError, match="unknown frame kind 99"):
+        decode(99, b"")
+
+
+@given(st.integers(0, 255), st.integers(0, 2**32 - 1))
+def test_header_round_trips(kind, channel):
+    head = HEADER.pack(kind, channel)
+    assert len(head) == HEADER.size == 5
+    assert HEADER.unpack_from(head + b"body") == (kind, channel)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(records, max_size=10), st.lists(st.tuples(scalars, scalars), max_size=10), st.floats())
+def test_whole_frames_decode_from_a_memoryview(batch, pairs, watermark):
+    """The transport hands decode() a slice of the frame it popped."""
+    frames = [
+        (*encode_batch(batch), batch),
+        (*encode_pairs(pairs), pairs),
+        (*encode_watermark(watermark), watermark),
+        (KIND_END, b"", None),
+    ]
+    for channel, (kind, body, expected) in enumerate(frames):
+        frame = memoryview(HEADER.pack(kind, channel) + body)
+        got_kind, got_channel = HEADER.unpack_from(frame)
+        assert (got_kind, got_channel) == (kind, channel)
+        assert same(decode(got_kind, frame[HEADER.size :]), expected)
+
+
+def test_pickle_bodies_are_protocol_5():
+    kind, body = encode_batch([(1,)])
+    assert kind == KIND_PICKLE
+    assert body[:2] == b"\x80\x05"
+    assert pickle.loads(body) == [(1,)]
