@@ -32,6 +32,9 @@ def stable_hash(key) -> int:
             h = (h * 1000003) ^ stable_hash(item)
             h &= 0xFFFFFFFFFFFFFFFF
         return h
+    if cls is frozenset:
+        # equal sets may iterate in different orders: combine order-free
+        return sum(stable_hash(item) for item in key) & 0xFFFFFFFFFFFFFFFF
     if cls is float and key.is_integer():
         return stable_hash(int(key))  # 1.0 == 1 must land where 1 does
     # Protocol 4 pickles of these values are deterministic across processes.
