@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import select
 import sys
 
 from kernel._errors import KernelError
 from kernel._operator import Operator
 
 from ._calls import user_error
+
+# Characters, not bytes: non-ASCII text can exceed it, which only loses the
+# atomicity guarantee for that chunk.
+_ATOMIC_WRITE = select.PIPE_BUF // 4 * 3
 
 
 class Collect(Operator):
@@ -53,5 +58,19 @@ class Print(Operator):
     def on_batch(self, port, batch):
         out = self.file or sys.stdout
         prefix = self.prefix
-        lines = [f"{prefix}{record}" for record in batch]
-        out.write("\n".join(lines) + "\n")
+        lines = [f"{prefix}{record}\n" for record in batch]
+        # Several kernel processes share one stdout: a write of at most
+        # PIPE_BUF bytes to a pipe is atomic, so flush whole lines in chunks
+        # below it and no line is ever torn by another kernel's output.
+        chunk: list[str] = []
+        size = 0
+        for line in lines:
+            if size + len(line) > _ATOMIC_WRITE and chunk:
+                out.write("".join(chunk))
+                out.flush()
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+        if chunk:
+            out.write("".join(chunk))
+            out.flush()

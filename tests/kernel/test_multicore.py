@@ -1,0 +1,655 @@
+"""Every operator on 1, 2 and 3 kernels (`run(flow, cores=n)`): exact results
+against plain Python, records that need pickle crossing the exchange, the
+host loop running while `run_async` waits, and bounded memory when a fast
+source feeds a slow consumer on another kernel."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import mmap
+import os
+import struct
+import time
+from collections import Counter
+from dataclasses import dataclass
+from fractions import Fraction
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kernel import Dataflow, KernelError, Operator, OperatorError, Source, run, run_async
+from kernel._launcher import RING_BYTES, KernelProcessError
+from net import Partitioner
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+CORES = [1, 2, 3]
+# Each example forks kernel processes: few examples, no deadline. The leak
+# check is per test, not per example, which is what the health check is about.
+FORKING = settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+ints = st.lists(st.integers(-1000, 1000), max_size=120)
+batch_sizes = st.sampled_from([1, 3, 7, 64, 1024])
+
+
+def multiset(items) -> Counter:
+    return Counter(map(repr, items))
+
+
+def same(a, b) -> bool:
+    """Equal, with identical types at every level (a tuple is not a list,
+    True is not 1)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(v, b[k]) for k, v in a.items())
+    return a == b
+
+
+# -- every operator, one table ----------------------------------------------------
+
+DATA = list(range(-30, 270))
+
+
+def grouped(pairs) -> dict:
+    groups: dict = {}
+    for key, value in pairs:
+        groups.setdefault(key, []).append(value)
+    return groups
+
+
+KEYED = [(x % 7, x) for x in DATA]
+
+STREAM_CASES = {
+    "map": (lambda s: s.map(lambda x: x * x + 1), [x * x + 1 for x in DATA]),
+    "filter": (lambda s: s.filter(lambda x: x % 3 == 0), [x for x in DATA if x % 3 == 0]),
+    "flat_map": (lambda s: s.flat_map(lambda x: [x] * (x % 4)), [x for x in DATA for _ in range(x % 4)]),
+    "inspect": (lambda s: s.inspect(lambda x: x + 1), DATA),
+    "key_by": (lambda s: s.key_by(lambda x: x % 7), KEYED),
+    "map_values": (lambda s: s.key_by(lambda x: x % 7).map_values(lambda x: -x), [(k, -v) for k, v in KEYED]),
+    "union": (lambda s: s.map(lambda x: ("a", x)).union(s.map(lambda x: ("b", x))),
+              [("a", x) for x in DATA] + [("b", x) for x in DATA]),
+    "union of keyed": (lambda s: s.key_by(lambda x: x % 7).union(s.key_by(lambda x: -x)),
+                       KEYED + [(-x, x) for x in DATA]),
+}
+
+AGGREGATE_CASES = {
+    "count": (lambda k: k.count(), {key: len(v) for key, v in grouped(KEYED).items()}),
+    "sum": (lambda k: k.sum(), {key: sum(v) for key, v in grouped(KEYED).items()}),
+    "reduce": (lambda k: k.reduce(max), {key: max(v) for key, v in grouped(KEYED).items()}),
+    "fold": (lambda k: k.fold(0, lambda acc, v: acc + v * v),
+             {key: sum(x * x for x in v) for key, v in grouped(KEYED).items()}),
+    "fold with a factory": (lambda k: k.fold(list, lambda acc, v: [*acc, v]).map_values(sorted),
+                            {key: sorted(v) for key, v in grouped(KEYED).items()}),
+    "map_values then sum": (lambda k: k.map_values(lambda v: v % 5).sum(),
+                            {key: sum(x % 5 for x in v) for key, v in grouped(KEYED).items()}),
+    "count then map_values": (lambda k: k.count().map_values(lambda n: n * 10),
+                              {key: len(v) * 10 for key, v in grouped(KEYED).items()}),
+}
+
+
+@pytest.mark.parametrize("cores", CORES)
+@pytest.mark.parametrize("case", list(STREAM_CASES))
+def test_stream_operator(case, cores):
+    build, expected = STREAM_CASES[case]
+    flow = Dataflow()
+    out = build(flow.from_iterable(DATA, batch_size=16)).collect()
+    run(flow, cores=cores)
+    assert len(out.items) == len(expected)
+    assert multiset(out.items) == multiset(expected)
+    assert all(same(a, b) for a, b in zip(sorted(out.items, key=repr), sorted(expected, key=repr)))
+
+
+@pytest.mark.parametrize("cores", CORES)
+@pytest.mark.parametrize("case", list(AGGREGATE_CASES))
+def test_keyed_aggregate(case, cores):
+    build, expected = AGGREGATE_CASES[case]
+    flow = Dataflow()
+    keyed = flow.from_iterable(DATA, batch_size=16).key_by(lambda x: x % 7).map_values(lambda x: x)
+    out = build(keyed).collect()
+    run(flow, cores=cores)
+    # One result per key: every record of a key met on one kernel.
+    assert len(out.items) == len(expected)
+    assert dict(out.items) == expected
+
+
+@pytest.mark.parametrize("cores", CORES)
+def test_collect_from_several_points_of_one_flow(cores):
+    flow = Dataflow()
+    source = flow.from_iterable(DATA, batch_size=10)
+    raw = source.collect()
+    doubled = source.map(lambda x: 2 * x).collect()
+    counts = source.key_by(lambda x: x % 2).count().collect()
+    run(flow, cores=cores)
+    assert sorted(raw.items) == DATA
+    assert sorted(doubled.items) == [2 * x for x in DATA]
+    assert dict(counts.items) == dict(Counter(x % 2 for x in DATA))
+
+
+@pytest.mark.parametrize("cores", CORES)
+def test_collect_of_a_bounded_source_keeps_each_kernels_share_in_order(cores):
+    flow = Dataflow()
+    out = flow.from_iterable(DATA, batch_size=9).collect()
+    run(flow, cores=cores)
+    # Record i is kernel (i % cores)'s; collect gathers kernel 0's first.
+    assert out.items == [x for k in range(cores) for x in DATA[k::cores]]
+
+
+@pytest.mark.parametrize("cores", [2, 3])
+def test_empty_input_and_more_kernels_than_records(cores):
+    flow = Dataflow()
+    empty = flow.from_iterable([]).key_by(lambda x: x).count().collect()
+    flow2 = Dataflow()
+    few = flow2.from_iterable(["only"]).key_by(lambda x: x).count().collect()
+    run(flow, cores=cores)
+    run(flow2, cores=cores)
+    assert empty.items == []
+    assert few.items == [("only", 1)]
+
+
+# -- sinks that run in the kernel processes --------------------------------------
+
+
+def file_writer(directory):
+    """A sink function that appends repr(record) to <directory>/<pid>.txt."""
+
+    def write(record):
+        with open(directory / f"{os.getpid()}.txt", "a") as f:
+            f.write(repr(record) + "\n")
+
+    return write
+
+
+def read_back(directory) -> dict[int, list]:
+    return {
+        int(path.stem): [ast.literal_eval(line) for line in path.read_text().splitlines()]
+        for path in directory.glob("*.txt")
+    }
+
+
+@pytest.mark.parametrize("cores", CORES)
+def test_sink_runs_in_each_kernel_process(tmp_path, cores):
+    flow = Dataflow()
+    flow.from_iterable(DATA, batch_size=8).key_by(lambda x: x % 11).sink(file_writer(tmp_path))
+    run(flow, cores=cores)
+    written = read_back(tmp_path)
+    everything = [record for records in written.values() for record in records]
+    assert multiset(everything) == multiset((x % 11, x) for x in DATA)
+    if cores == 1:
+        assert set(written) == {os.getpid()}
+    else:
+        # One file per kernel process, none of them this one.
+        assert len(written) == cores
+        assert os.getpid() not in written
+        # Each process saw whole keys: no key is written by two kernels.
+        owners = {key: pid for pid, records in written.items() for key, _ in records}
+        for pid, records in written.items():
+            assert {owners[key] for key, _ in records} == {pid}
+
+
+@pytest.mark.parametrize("cores", CORES)
+def test_inspect_sees_every_record_once_and_passes_it_on(tmp_path, cores):
+    flow = Dataflow()
+    out = flow.from_iterable(DATA, batch_size=5).inspect(file_writer(tmp_path)).map(lambda x: -x).collect()
+    run(flow, cores=cores)
+    seen = [record for records in read_back(tmp_path).values() for record in records]
+    assert sorted(seen) == DATA
+    assert sorted(out.items) == sorted(-x for x in DATA)
+    assert len(read_back(tmp_path)) == cores
+
+
+@pytest.mark.parametrize("cores", CORES)
+def test_print_writes_every_record_once(capfd, cores):
+    capfd.readouterr()
+    flow = Dataflow()
+    (flow.from_iterable(["alpha beta", "beta", "gamma alpha beta"] * 7, batch_size=2)
+         .flat_map(str.split).key_by(lambda w: w).count().print("n="))
+    flow.from_iterable(range(10), batch_size=3).print()
+    run(flow, cores=cores)
+    lines = capfd.readouterr().out.splitlines()
+    assert Counter(lines) == Counter(
+        ["n=('alpha', 14)", "n=('beta', 21)", "n=('gamma', 7)"] + [str(i) for i in range(10)]
+    )
+
+
+# -- chains, under hypothesis ----------------------------------------------------
+
+words = st.lists(st.text(alphabet="abcAB ", max_size=12), max_size=40)
+
+
+@FORKING
+@given(words, batch_sizes)
+def test_word_count_equals_counter(lines, batch_size):
+    expected = Counter(w for line in lines for w in line.split())
+    for cores in CORES:
+        flow = Dataflow()
+        out = (flow.from_iterable(lines, batch_size=batch_size)
+               .flat_map(str.split).key_by(lambda w: w).count().collect())
+        run(flow, cores=cores)
+        assert len(out.items) == len(expected), cores
+        assert dict(out.items) == expected, cores
+
+
+@FORKING
+@given(st.lists(st.tuples(st.sampled_from(["k1", "k2", "k3", 4, 5, (6, "x")]), st.integers(-99, 99)),
+                max_size=100), batch_sizes)
+def test_keyed_aggregates_after_map_values(pairs, batch_size):
+    groups = grouped(pairs)
+    for cores in CORES:
+        flow = Dataflow()
+        values = (flow.from_iterable(pairs, batch_size=batch_size)
+                  .key_by(lambda p: p[0]).map_values(lambda p: p[1]))
+        counts, sums = values.count().collect(), values.sum().collect()
+        lows = values.reduce(min).collect()
+        squares = values.map_values(lambda v: v * v).fold(0, lambda a, v: a + v).collect()
+        run(flow, cores=cores)
+        assert dict(counts.items) == {k: len(v) for k, v in groups.items()}
+        assert dict(sums.items) == {k: sum(v) for k, v in groups.items()}
+        assert dict(lows.items) == {k: min(v) for k, v in groups.items()}
+        assert dict(squares.items) == {k: sum(x * x for x in v) for k, v in groups.items()}
+        assert len(counts.items) == len(sums.items) == len(lows.items) == len(squares.items) == len(groups)
+
+
+@FORKING
+@given(ints, batch_sizes)
+def test_stateless_chain(data, batch_size):
+    expected = [y for x in data if x % 2 for y in (x, x * 10)]
+    for cores in CORES:
+        flow = Dataflow()
+        out = (flow.from_iterable(data, batch_size=batch_size)
+               .filter(lambda x: x % 2).flat_map(lambda x: (x, x * 10)).map(lambda x: x).collect())
+        run(flow, cores=cores)
+        assert Counter(out.items) == Counter(expected)
+
+
+@FORKING
+@given(words, batch_sizes)
+def test_two_exchanges_in_sequence(lines, batch_size):
+    """key_by word -> count -> key_by the word's length -> sum of counts."""
+    counts = Counter(w for line in lines for w in line.split())
+    expected: dict = {}
+    for word, n in counts.items():
+        expected[len(word)] = expected.get(len(word), 0) + n
+    for cores in CORES:
+        flow = Dataflow()
+        out = (flow.from_iterable(lines, batch_size=batch_size).flat_map(str.split)
+               .key_by(lambda w: w).count()
+               .key_by(lambda pair: len(pair[0])).map_values(lambda pair: pair[1]).sum()
+               .collect())
+        run(flow, cores=cores)
+        assert len(out.items) == len(expected)
+        assert dict(out.items) == expected
+
+
+@pytest.mark.parametrize("cores", CORES)
+def test_three_exchanges_and_a_union_of_keyed_streams(cores):
+    data = list(range(500))
+    flow = Dataflow()
+    src = flow.from_iterable(data, batch_size=17)
+    by_mod = src.key_by(lambda x: x % 10).count()  # (r, 50) for r in 0..9
+    by_parity = by_mod.key_by(lambda p: p[0] % 2).map_values(lambda p: p[1]).sum()  # (0, 250), (1, 250)
+    other = flow.from_iterable(["x", "y", "x"], batch_size=1).key_by(lambda w: w).count()
+    total = by_parity.union(other).key_by(lambda p: "all").map_values(lambda p: p[1]).sum().collect()
+    run(flow, cores=cores)
+    assert total.items == [("all", 503)]
+
+
+# -- records that need pickle cross the exchange exactly -------------------------
+
+
+class Point:
+    """A user class, defined at module level so that it pickles."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __eq__(self, other):
+        return type(other) is Point and (self.x, self.y) == (other.x, other.y)
+
+    def __hash__(self):
+        return hash((self.x, self.y))
+
+    def __repr__(self):
+        return f"Point({self.x!r}, {self.y!r})"
+
+
+@dataclass(frozen=True)
+class Tag:
+    name: str
+    weight: float
+
+
+RICH_RECORDS = [
+    (1, 2),
+    [1, 2],
+    ("nested", (1, (2, (3,))), [4, (5,)]),
+    2**64,
+    -(2**70) - 3,
+    (2**65, "big in a tuple"),
+    Point(1, (2, 3)),
+    Tag("t", 0.5),
+    {"a": (1, 2), "b": [Point(0, 0)]},
+    frozenset({1, 2}),
+    Fraction(1, 3),
+    b"\x00bytes",
+    None,
+    True,
+    1,
+    1.5,
+    "text",
+    (),
+]
+
+
+@pytest.mark.parametrize("cores", CORES)
+def test_records_needing_pickle_arrive_with_exact_types(cores):
+    data = RICH_RECORDS * 3
+    flow = Dataflow()
+    out = (flow.from_iterable(data, batch_size=4)
+           .key_by(lambda r: repr(r))  # spreads them over every kernel
+           .map_values(lambda r: (r, type(r).__name__))
+           .collect())
+    run(flow, cores=cores)
+    assert len(out.items) == len(data)
+    expected = sorted(((repr(r), (r, type(r).__name__)) for r in data), key=repr)
+    got = sorted(out.items, key=repr)
+    for a, b in zip(got, expected):
+        assert same(a, b), (a, b)
+
+
+@pytest.mark.parametrize("cores", CORES)
+def test_structured_and_big_keys_are_aggregated_exactly(cores):
+    keys = [(1, "a"), (1, ("b", 2)), 2**64 + 1, -(2**80), Point(3, 4), Tag("x", 1.0), b"k", None, (), 2.5]
+    data = [(k, i) for i, k in enumerate(keys * 4)]
+    flow = Dataflow()
+    pairs = flow.from_iterable(data, batch_size=3).key_by(lambda p: p[0]).map_values(lambda p: p[1])
+    sums = pairs.sum().collect()
+    lists = pairs.fold(list, lambda acc, v: [*acc, v]).map_values(tuple).collect()
+    run(flow, cores=cores)
+    assert len(sums.items) == len(keys)
+    assert dict(sums.items) == {k: sum(i for kk, i in data if kk == k) for k in keys}
+    for key, values in lists.items:
+        assert type(values) is tuple
+        assert sorted(values) == [i for kk, i in data if kk == key]
+    # The keys themselves came back with their own types.
+    assert sorted(map(repr, (k for k, _ in sums.items))) == sorted(map(repr, keys))
+    assert all(type(k) in {type(x) for x in keys} for k, _ in sums.items)
+
+
+@pytest.mark.parametrize("cores", CORES)
+def test_tuples_stay_tuples_and_bools_stay_bools(cores):
+    data = [("k", (1, 2)), ("k", [1, 2]), ("b", True), ("b", 1), ("n", None), ("f", 1.0)] * 5
+    flow = Dataflow()
+    out = flow.from_iterable(data, batch_size=2).key_by(lambda p: p[0]).map_values(lambda p: p[1]).collect()
+    run(flow, cores=cores)
+    got = sorted(out.items, key=repr)
+    expected = sorted(data, key=repr)
+    assert all(same(a, b) for a, b in zip(got, expected))
+    assert Counter(type(v).__name__ for _, v in out.items) == Counter(
+        {"tuple": 5, "list": 5, "bool": 5, "int": 5, "NoneType": 5, "float": 5}
+    )
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_strings_with_lone_surrogates_cross_the_exchange(cores):
+    # os.fsdecode() of a non-UTF-8 file name gives such strings; one core
+    # handles them, so several cores must too.
+    # Record i is read by kernel i % 2, so each name is read on both kernels
+    # and one of them must send it to the other.
+    names = ["caf\udce9.txt", "caf\udce9.txt", "ok.txt", "\udcff", "\udcff", "ok.txt"]
+    flow = Dataflow()
+    out = flow.from_iterable(names, batch_size=1).key_by(lambda n: n).count().collect()
+    run(flow, cores=cores)
+    assert dict(out.items) == {"caf\udce9.txt": 2, "ok.txt": 2, "\udcff": 2}
+
+
+# -- run_async: the host loop runs while the kernels do ---------------------------
+
+
+class AskTheHost(Source):
+    """Kernel 0 asks the host (a byte on one pipe) and waits for its answer
+    (a byte on another): the run can only end if the host loop ran meanwhile."""
+
+    def __init__(self, ask_fd, answer_fd):
+        self.ask_fd, self.answer_fd = ask_fd, answer_fd
+
+    def open(self, context):
+        self.deadline = time.monotonic() + 20
+        if context.index == 0:
+            os.write(self.ask_fd, b"?")
+
+    def poll(self):
+        if self.context.index != 0:
+            self.emit([f"kernel {self.context.index} done"])
+            return False
+        try:
+            answer = os.read(self.answer_fd, 1)
+        except BlockingIOError:
+            if time.monotonic() > self.deadline:
+                raise TimeoutError("the host loop never answered") from None
+            return True
+        self.emit([f"host said {answer.decode()}"])
+        return False
+
+
+async def test_run_async_on_two_cores_keeps_the_host_loop_running():
+    ask_r, ask_w = os.pipe()
+    answer_r, answer_w = os.pipe()
+    os.set_blocking(answer_r, False)
+    loop = asyncio.get_running_loop()
+    asked = loop.create_future()
+    ticks = 0
+
+    def on_ask():
+        loop.remove_reader(ask_r)
+        asked.set_result(os.read(ask_r, 1))
+
+    beat = asyncio.Event()
+
+    async def answer():
+        await asked
+        for _ in range(3):  # the heartbeat ticks while the kernels wait for us
+            beat.clear()
+            await beat.wait()
+        os.write(answer_w, b"!")
+
+    async def heartbeat():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.001)
+            ticks += 1
+            beat.set()
+
+    try:
+        loop.add_reader(ask_r, on_ask)
+        flow = Dataflow()
+        out = (flow.source(lambda: AskTheHost(ask_w, answer_r), name="ask")
+               .key_by(lambda s: s).count().collect())
+        beating = asyncio.create_task(heartbeat())
+        answering = asyncio.create_task(answer())
+        await asyncio.sleep(0)
+        ticks_before = ticks
+        await asyncio.wait_for(run_async(flow, cores=2), timeout=30)
+        ticks_during = ticks - ticks_before
+        beating.cancel()
+        # Kernel 0 could only finish once the host had answered, which it did
+        # after three heartbeats: the loop ran all along.
+        assert answering.done() and asked.result() == b"?"
+        assert sorted(out.items) == [("host said !", 1), ("kernel 1 done", 1)]
+        assert ticks_during >= 3
+    finally:
+        loop.remove_reader(ask_r)
+        for fd in (ask_r, ask_w, answer_r, answer_w):
+            os.close(fd)
+
+
+async def test_run_async_on_three_cores_gives_exact_results():
+    flow = Dataflow()
+    lines = ["a b", "b c", "c c"] * 20
+    out = flow.from_iterable(lines, batch_size=4).flat_map(str.split).key_by(str).count().collect()
+    await run_async(flow, cores=3)
+    assert dict(out.items) == {"a": 20, "b": 40, "c": 60}
+
+
+async def test_run_async_on_two_cores_raises_the_kernel_error():
+    flow = Dataflow()
+    (flow.from_iterable(range(10), batch_size=1)
+         .key_by(lambda x: x).map_values(lambda x: 1 // (x - 7)).collect())
+    with pytest.raises(KernelProcessError) as info:
+        await run_async(flow, cores=2)
+    assert info.value.kernel == Partitioner(2).owner(7)
+    assert isinstance(info.value.__cause__, OperatorError)
+    assert "ZeroDivisionError" in info.value.__cause__.error
+    assert info.value.__cause__.record == "(7, 7)"
+
+
+def test_run_from_a_running_loop_is_refused():
+    async def main():
+        flow = Dataflow()
+        flow.from_iterable([1]).collect()
+        with pytest.raises(RuntimeError, match="run_async"):
+            run(flow, cores=2)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("cores", [0, -1, True, 1.5, "2"])
+def test_bad_core_counts(cores):
+    flow = Dataflow()
+    flow.from_iterable([1]).collect()
+    with pytest.raises(ValueError, match="cores must be a positive int"):
+        run(flow, cores=cores)
+
+
+# -- bounded memory: a fast source, a slow consumer on another kernel ------------
+#
+# Kernel 0's source emits records forever, every one keyed to kernel 1, whose
+# consumer is slow. Without flow control kernel 0 would queue frames without
+# limit (the overflow behind a full ring). With it, kernel 0's sources wait
+# while the ring is full, so the producer can never be more than about a ring
+# (plus what the reader has handed over but the consumer not yet handled)
+# ahead of the consumer. The consumer checks that lead on every batch through
+# counters in an anonymous shared mapping, and stops the run by raising once it
+# has handled far more data than the bound.
+
+PAYLOAD = b"x" * 2000
+BATCH = 64
+RECORDS_TO_CONSUME = 100_000  # 200 MB through the exchange
+_SLOTS = struct.Struct("<8q")  # produced, consumed, max lead, pid0, rss0 at open, hwm0, hwm1, rss1 at open
+_KEY_ON_KERNEL_1 = next(k for k in range(10) if Partitioner(2).owner(k) == 1)
+
+
+def _memory_kb(pid="self") -> dict[str, int]:
+    with open(f"/proc/{pid}/status") as status:
+        return {
+            line.split(":")[0]: int(line.split()[1])
+            for line in status
+            if line.startswith(("VmRSS:", "VmHWM:"))
+        }
+
+
+class Enough(Exception):
+    pass
+
+
+class Forever(Source):
+    def __init__(self, shared):
+        self.shared = shared
+
+    def open(self, context):
+        # One bytes object 64 times: msgpack writes it out in full for every
+        # record (pickle would memoize it into a tiny frame).
+        self.batch = [PAYLOAD] * BATCH
+        if context.index == 0:
+            self._set(3, os.getpid())
+            self._set(4, _memory_kb()["VmRSS"])
+
+    def _get(self, slot):
+        return struct.unpack_from("<q", self.shared, slot * 8)[0]
+
+    def _set(self, slot, value):
+        struct.pack_into("<q", self.shared, slot * 8, value)
+
+    def poll(self):
+        if self.context.index != 0:
+            return False
+        self.emit(self.batch)
+        self._set(0, self._get(0) + BATCH)
+        return True
+
+
+class SlowConsumer(Operator):
+    def __init__(self, shared):
+        self.shared = shared
+
+    def open(self, context):
+        self.consumed = 0
+        self.max_lead = 0
+        if context.index == 1:
+            struct.pack_into("<q", self.shared, 7 * 8, _memory_kb()["VmRSS"])
+
+    def on_batch(self, port, batch):
+        assert self.context.index == 1, "every key belongs to kernel 1"
+        self.consumed += len(batch)
+        produced = struct.unpack_from("<q", self.shared, 0)[0]
+        self.max_lead = max(self.max_lead, produced - self.consumed)
+        struct.pack_into("<q", self.shared, 8, self.consumed)
+        struct.pack_into("<q", self.shared, 16, self.max_lead)
+        spin_until = time.perf_counter() + 0.0005  # CPU work: half a millisecond per batch
+        while time.perf_counter() < spin_until:
+            pass
+        if self.consumed >= RECORDS_TO_CONSUME:
+            pid0 = struct.unpack_from("<q", self.shared, 3 * 8)[0]
+            struct.pack_into("<q", self.shared, 5 * 8, _memory_kb(pid0)["VmHWM"])
+            struct.pack_into("<q", self.shared, 6 * 8, _memory_kb()["VmHWM"])
+            raise Enough(f"consumed {self.consumed}, producer at most {self.max_lead} ahead")
+
+
+def test_a_fast_source_waits_for_a_slow_consumer_on_another_kernel():
+    shared = mmap.mmap(-1, _SLOTS.size)  # MAP_SHARED: the forked kernels write here
+    try:
+        flow = Dataflow()
+        (flow.source(lambda: Forever(shared), name="forever")
+             .key_by(lambda r: _KEY_ON_KERNEL_1)
+             .apply(lambda: SlowConsumer(shared), name="slow consumer")
+             .collect())
+        started = time.monotonic()
+        with pytest.raises(KernelProcessError) as info:
+            run(flow, cores=2)
+        elapsed = time.monotonic() - started
+        produced, consumed, max_lead, _pid0, rss0, hwm0, hwm1, rss1 = _SLOTS.unpack_from(shared)
+    finally:
+        shared.close()
+
+    err = info.value
+    assert err.kernel == 1
+    cause = err.__cause__
+    assert isinstance(cause, OperatorError)
+    assert cause.operator.startswith("slow consumer")
+    assert cause.error.startswith("Enough: consumed ")
+    assert "on_batch" in cause.function
+    assert consumed >= RECORDS_TO_CONSUME
+    assert elapsed < 30
+
+    record_bytes = len(PAYLOAD)
+    ring_records = RING_BYTES // record_bytes
+    # The producer pushed far more than one ring...
+    assert produced >= RECORDS_TO_CONSUME > 20 * ring_records
+    # ...but was never more than a few rings ahead of the consumer: it waited.
+    assert max_lead <= 4 * ring_records, (max_lead, ring_records)
+    # And memory tells the same story: neither kernel grew by anything like
+    # the 200 MB that went through.
+    mib = 1024
+    assert hwm0 - rss0 < 64 * mib, (hwm0, rss0)
+    assert hwm1 - rss1 < 64 * mib, (hwm1, rss1)
+    assert hwm0 < 300 * mib and hwm1 < 300 * mib
+
+
+def test_kernel_error_base_class():
+    assert issubclass(KernelProcessError, KernelError)
