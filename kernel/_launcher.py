@@ -102,7 +102,7 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None) -> list[dict]:
             )
             child = context.Process(
                 target=_kernel_main,
-                args=(index, cores, cpus[index], build_runtime, transport, sender),
+                args=(index, cores, cpus[index], build_runtime, transport, sender, os.getpid()),
                 name=f"kernel-{index}",
                 daemon=True,
             )
@@ -188,7 +188,7 @@ def _kernel_error(index: int, payload) -> KernelProcessError:
     return err
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(launcher_pid: int) -> None:
     """Ask Linux to SIGKILL this kernel when the launcher dies, even by SIGKILL
     (prctl PR_SET_PDEATHSIG), so no kernel outlives its run."""
     import ctypes
@@ -196,16 +196,16 @@ def _die_with_parent() -> None:
     PR_SET_PDEATHSIG = 1
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() == 1:  # the launcher died before the prctl took effect
+    if os.getppid() != launcher_pid:  # it died before the prctl took effect
         os._exit(1)
 
 
-def _kernel_main(index, peers, cpu, build_runtime, transport, conn) -> None:
+def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid) -> None:
     """A kernel process: pinned, one uvloop, nothing else."""
     status = 1
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _die_with_parent()
+        _die_with_parent(launcher_pid)
         os.sched_setaffinity(0, {cpu})
         asyncio.events._set_running_loop(None)  # the parent's marker survives fork on 3.11
         results = uvloop.run(build_runtime(index, peers, transport))
