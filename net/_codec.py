@@ -50,13 +50,19 @@ def encode_batch(batch: list) -> tuple[int, bytes]:
 
 def encode_pairs(pairs: list) -> tuple[int, bytes]:
     """(kind, body) for a list of `(key, value)` tuples."""
-    keys = [p[0] for p in pairs]
-    values = [p[1] for p in pairs]
-    if _scalars_only(keys) and _scalars_only(values) and set(map(type, pairs)) == {tuple}:
+    if pairs and set(map(type, pairs)) == {tuple}:
         try:
-            return KIND_PAIRS, _encoder.encode((keys, values))
-        except Exception:  # anything msgpack cannot hold goes by pickle
-            pass
+            # strict: a record of another length must not lose fields
+            keys, values = zip(*pairs, strict=True)
+            if len(pairs[0]) != 2:
+                raise ValueError("not pairs")
+        except ValueError:
+            keys = values = None
+        if keys is not None and _scalars_only(keys) and _scalars_only(values):
+            try:
+                return KIND_PAIRS, _encoder.encode((list(keys), list(values)))
+            except Exception:  # anything msgpack cannot hold goes by pickle
+                pass
     return KIND_PICKLE, pickle.dumps(pairs, protocol=5)
 
 

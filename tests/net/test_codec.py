@@ -283,3 +283,10 @@ def test_pickle_bodies_are_protocol_5():
     assert kind == KIND_PICKLE
     assert body[:2] == b"\x80\x05"
     assert pickle.loads(body) == [(1,)]
+
+
+def test_records_that_are_not_pairs_keep_every_field():
+    # a 3-tuple sent as "pairs" used to lose its third field
+    for batch in ([(1, 2, 3)], [(1,)], [5], [(1, "a"), (2, "b", "c")]):
+        kind, body = encode_pairs(batch)
+        assert decode(kind, body) == batch
