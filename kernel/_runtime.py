@@ -145,14 +145,19 @@ class _Instance:
             for channel, payload in pending:
                 if payload.__class__ is list:
                     on_batch(ports[channel], payload)
-                elif payload is END:
-                    self._channel_ended(channel)
                 else:
-                    self._channel_watermark(channel, payload)
+                    self._progress(channel, payload)
         except KernelError:
             raise
         except Exception as exc:
             raise self._handler_error(payload, exc) from exc
+
+    def _progress(self, channel: int, payload) -> None:
+        """A watermark or END arrived on `channel` (inbox or chained edge)."""
+        if payload is END:
+            self._channel_ended(channel)
+        else:
+            self._channel_watermark(channel, payload)
 
     def _handler_error(self, payload, exc: Exception) -> OperatorError:
         handler = "on_batch" if payload.__class__ is list else "on_watermark/on_end"
@@ -187,10 +192,7 @@ class _Instance:
     def receive(self, channel: int, payload) -> None:
         """Handle one payload now (progress on a chained edge)."""
         try:
-            if payload is END:
-                self._channel_ended(channel)
-            else:
-                self._channel_watermark(channel, payload)
+            self._progress(channel, payload)
         except KernelError:
             raise
         except Exception as exc:
