@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import logging
-import types
 from collections.abc import Coroutine
 from typing import Any
 
@@ -33,6 +33,10 @@ from ._scheduler import THROUGHPUT, Activation, Scheduler
 _current_kernel: contextvars.ContextVar[Kernel | None] = contextvars.ContextVar(
     "current_kernel", default=None
 )
+# The current kernel's C-level `cooperate`, kept beside the kernel so the
+# module-level cooperate() is one lookup and one C call; outside any kernel,
+# every ticket is a plain yield.
+_current_tickets: contextvars.ContextVar = contextvars.ContextVar("current_cooperate")
 
 # cooperate() reads the clock only every this many calls: a clock read costs
 # about as much as the rest of the fast path, and the budget (1 ms) is
@@ -40,10 +44,32 @@ _current_kernel: contextvars.ContextVar[Kernel | None] = contextvars.ContextVar(
 _POLLS_PER_CLOCK_READ = 16
 
 
-@types.coroutine
-def _yield_once():
-    """A real yield: the task goes to the back of the event loop's ready queue."""
-    yield
+class _Yield:
+    """A reusable awaitable that yields once to the event loop."""
+
+    __slots__ = ()
+
+    def __await__(self):
+        yield
+
+
+_YIELD = _Yield()
+_OUTSIDE_ANY_KERNEL = itertools.repeat(_YIELD).__next__
+# An exhausted iterator is a reusable awaitable that completes at once.
+_NO_WAIT = iter(())
+
+
+class _BudgetCheck:
+    """The awaitable every _POLLS_PER_CLOCK_READ-th `cooperate()` returns: it
+    reads the clock and yields if the kernel's budget is spent."""
+
+    __slots__ = ("_kernel",)
+
+    def __init__(self, kernel: Kernel) -> None:
+        self._kernel = kernel
+
+    def __await__(self):
+        return self._kernel._check_budget()
 
 
 class _KernelLogger(logging.LoggerAdapter):
@@ -129,10 +155,21 @@ class Kernel:
         self._busy = 0  # things other than tasks that keep the kernel alive
         self._failure: BaseException | None = None
         self._idle: asyncio.Future | None = None
-        self._ready_future: asyncio.Future | None = None
         self._deadline = 0.0
-        self._polls = 1  # every call takes the slow path until the kernel runs
         self._spent = False
+        # cooperate() is a C-level call: the next "ticket" from an endless
+        # chain over a live list. While the budget lasts the list is one
+        # run of done futures (awaiting one costs a few tens of ns) ending in a
+        # budget check; once the budget is spent the list becomes [_YIELD], so
+        # every task yields at its next call until `_refill`. The list is
+        # changed in place, so a `cooperate` a task captured sees the change.
+        # (A Python-level cooperate() costs about twice as much:
+        # benches/latency.py.)
+        self._budget_check = _BudgetCheck(self)
+        self._tickets: list = [self._budget_check]  # always a check until the kernel runs
+        self._normal_tickets: list = []
+        self._next_ticket = itertools.chain.from_iterable(itertools.repeat(self._tickets)).__next__
+        self.cooperate = self._next_ticket
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -153,10 +190,11 @@ class Kernel:
             on_slice_start=self._set_deadline,
             on_drained=self._check_idle,
         )
-        self._ready_future = loop.create_future()
-        self._ready_future.set_result(None)
+        done = loop.create_future()
+        done.set_result(None)
+        self._normal_tickets = [done] * (_POLLS_PER_CLOCK_READ - 1) + [self._budget_check]
+        self._tickets[:] = self._normal_tickets
         self._deadline = self._monotonic() + self._budget
-        self._polls = _POLLS_PER_CLOCK_READ
         self._idle = loop.create_future()
         for coro, name in self._pending_spawns:
             self._start_task(coro, name)
@@ -176,6 +214,7 @@ class Kernel:
         """
         loop = asyncio.get_running_loop()
         token = _current_kernel.set(self)
+        tickets_token = _current_tickets.set(self._next_ticket)
         try:
             self._attach(loop)
             starters, self._starters = self._starters, []
@@ -194,6 +233,7 @@ class Kernel:
             if self._failure is not None:
                 raise self._failure
         finally:
+            _current_tickets.reset(tickets_token)
             _current_kernel.reset(token)
 
     def fail(self, exc: BaseException) -> None:
@@ -255,11 +295,13 @@ class Kernel:
 
     def _start_task(self, coro: Coroutine, name: str) -> asyncio.Task:
         token = _current_kernel.set(self)
+        tickets_token = _current_tickets.set(self._next_ticket)
         try:
             # the task copies the current context, so cooperate() inside it
             # finds this kernel.
             task = self._loop.create_task(coro, name=name)
         finally:
+            _current_tickets.reset(tickets_token)
             _current_kernel.reset(token)
         ref = _TaskRef(task, name)
         self._tasks.add(ref)
@@ -309,30 +351,28 @@ class Kernel:
         finds it spent, every task yields at its next `cooperate()` until the
         loop has had its turn (`_refill` runs after the tasks that yielded).
         A per-task budget would let N busy tasks hold the loop N budgets long.
-        """
-        self._polls -= 1
-        if self._polls:
-            return self._ready_future
-        return self._cooperate_slow()
+        The clock is read every _POLLS_PER_CLOCK_READ-th call.
 
-    def _cooperate_slow(self):
-        # Every _POLLS_PER_CLOCK_READ-th call, and every call while the
-        # budget is spent (then `_polls` is kept at 1 so the fast path in
-        # `cooperate` needs no second test).
+        (Each kernel replaces this method by a C-level callable in
+        `__init__`; this body is its reference behaviour and its docs.)
+        """
+        return self._next_ticket()
+
+    def _check_budget(self):
+        # the iterator `await` runs: none that completes at once, or a
+        # generator that yields once
         if self._spent or self._loop is None:
-            self._polls = 1
-            return _yield_once()
+            return _YIELD.__await__()
         if self._monotonic() < self._deadline:
-            self._polls = _POLLS_PER_CLOCK_READ
-            return self._ready_future
+            return _NO_WAIT
         self._spent = True
-        self._polls = 1
+        self._tickets[:] = (_YIELD,)
         self._loop.call_soon(self._refill)
-        return _yield_once()
+        return _YIELD.__await__()
 
     def _refill(self) -> None:
         self._spent = False
-        self._polls = _POLLS_PER_CLOCK_READ
+        self._tickets[:] = self._normal_tickets
         self._deadline = self._monotonic() + self._budget
 
     def statistics(self) -> dict[str, Any]:
@@ -341,7 +381,7 @@ class Kernel:
         return stats
 
 
-_get_current_kernel = _current_kernel.get
+_get_current_tickets = _current_tickets.get
 
 
 def current_kernel() -> Kernel | None:
@@ -354,13 +394,5 @@ def cooperate():
     is spent; otherwise return at once.
 
     Outside a kernel it is a plain yield, so code that calls it works anywhere.
-    The fast path of `Kernel.cooperate` is repeated here rather than called:
-    a second Python call would be a third of the cost (benches/latency.py).
     """
-    kernel = _get_current_kernel()
-    if kernel is None:
-        return _yield_once()
-    kernel._polls -= 1
-    if kernel._polls:
-        return kernel._ready_future
-    return kernel._cooperate_slow()
+    return _get_current_tickets(_OUTSIDE_ANY_KERNEL)()

@@ -195,17 +195,20 @@ def test_cores_must_be_a_positive_int():
         run(Dataflow(), cores=0)
 
 
-async def test_the_budget_is_shared_by_all_tasks_of_a_kernel():
-    """N busy tasks hold the loop about one budget, not N budgets."""
+@pytest.mark.parametrize("how", ["module-level", "captured"])
+async def test_the_budget_is_shared_by_all_tasks_of_a_kernel(how):
+    """N busy tasks hold the loop about one budget, not N budgets; a
+    `kernel.cooperate` captured while the budget lasted sees it spent too."""
     clock = VirtualClock()
     trace = []
     tasks = 10
 
     async def busy(n):
+        coop = cooperate if how == "module-level" else current_kernel().cooperate
         for _ in range(100):
             clock.advance(0.0001)  # a tenth of the budget per step
             trace.append(n)
-            await cooperate()
+            await coop()
 
     async def host():
         while True:
