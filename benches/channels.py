@@ -12,7 +12,7 @@ benchmark box: one core each) while the parent sleeps. Three sections:
    records are `(int, str)` pairs, `(i, f"word{i % 1000}")`, the shape
    `key_by` produces. The producer encodes each batch once and sends it; the
    consumer receives it and decodes it back into a list of tuples:
-   * ring: `net._codec.encode_pairs` + `HEADER`, `SpscRing.push2` (spinning
+   * ring: `net._codec.encode_batch` + `HEADER`, `SpscRing.push2` (spinning
      while the ring is full); the consumer spins on `pop()`, strips the 5-byte
      header and calls `net._codec.decode`;
    * ring, transport only: the same frames encoded once before the run and
@@ -51,7 +51,7 @@ from itertools import cycle, islice
 import msgspec
 
 from benches._report import machine, percentile, table
-from net._codec import HEADER, decode, encode_pairs
+from net._codec import HEADER, decode, encode_batch
 from net.shm import SpscRing
 
 try:
@@ -175,7 +175,7 @@ def _expected_last(pool: list, warm: int, n: int) -> list:
 def produce_ring(name: str, pool: list, warm: int, n: int, go) -> tuple[float, float]:
     ring = SpscRing.attach(name)
     try:
-        push2, pack, encode = ring.push2, HEADER.pack, encode_pairs
+        push2, pack, encode = ring.push2, HEADER.pack, encode_batch
         batches = cycle(pool)
         for batch in islice(batches, warm):
             kind, body = encode(batch)
@@ -227,7 +227,7 @@ def produce_ring_raw(name: str, pool: list, warm: int, n: int, go) -> tuple[floa
     ring = SpscRing.attach(name)
     try:
         push2 = ring.push2
-        frames = [(HEADER.pack(kind, 0), body) for kind, body in map(encode_pairs, pool)]
+        frames = [(HEADER.pack(kind, 0), body) for kind, body in map(encode_batch, pool)]
         it = cycle(frames)
         for head, body in islice(it, warm):
             while not push2(head, body):
@@ -393,7 +393,7 @@ class _Fifo:
 
 # label -> (resource, producer, consumer); None: not installed
 THROUGHPUT: dict[str, tuple | None] = {
-    "ours: SpscRing (encode_pairs + push2 / pop + decode)": (_Ring, produce_ring, consume_ring),
+    "ours: SpscRing (encode_batch + push2 / pop + decode)": (_Ring, produce_ring, consume_ring),
     "ours: SpscRing, transport only (pre-encoded, no decode)": (_Ring, produce_ring_raw,
                                                                 consume_ring_raw),
     "multiprocessing.Queue (put / get, pickle)": (_MpQueue, produce_mpq, consume_mpq),
@@ -466,7 +466,7 @@ def section_throughput(reps: int, records_per_run: dict[int, int]) -> list[str]:
 
 def codec_rate(pool: list, bodies: list, n: int, what: str) -> float:
     """records/s of `n` batches in this process: msgspec's decode alone
-    ("msgspec"), `net._codec.decode` ("decode") or `net._codec.encode_pairs`
+    ("msgspec"), `net._codec.decode` ("decode") or `net._codec.encode_batch`
     ("encode"), over the batches `pool` and their encodings `bodies`."""
     plain = msgspec.msgpack.Decoder().decode
     gc.collect()
@@ -475,7 +475,7 @@ def codec_rate(pool: list, bodies: list, n: int, what: str) -> float:
         start = perf()
         if what == "encode":
             for batch in islice(cycle(pool), n):
-                encode_pairs(batch)
+                encode_batch(batch)
         elif what == "decode":
             for kind, body in islice(cycle(bodies), n):
                 decode(kind, body)
@@ -490,7 +490,7 @@ def codec_rate(pool: list, bodies: list, n: int, what: str) -> float:
 def section_decode(reps: int, records_per_run: int) -> list[str]:
     size = 1000
     pool = make_pool(size)
-    bodies = [encode_pairs(batch) for batch in pool]
+    bodies = [encode_batch(batch) for batch in pool]
     n = records_per_run // size
     rates = interleaved(reps, {
         "msgspec": lambda: (codec_rate(pool, bodies, n, "msgspec"),),
@@ -507,7 +507,7 @@ def section_decode(reps: int, records_per_run: int) -> list[str]:
          "100%", "", ""],
         ["net._codec.decode (msgspec + list(zip) into tuples; the consumer's work), one process",
          rates["decode"], f"{rates['decode'] / base:.0%}", "", ""],
-        ["net._codec.encode_pairs (the producer's work), one process", rates["encode"],
+        ["net._codec.encode_batch (the producer's work), one process", rates["encode"],
          f"{rates['encode'] / base:.0%}", "", ""],
         ["ours: SpscRing end to end, producer -> consumer process", rates["ring"], f"{share:.0%}",
          f">= {TARGET_VS_DECODE:.0%}", verdict(share >= TARGET_VS_DECODE)],

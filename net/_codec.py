@@ -1,14 +1,15 @@
 """Encoding batches once per batch: msgspec where it is exact, pickle otherwise.
 
-msgpack (via msgspec) is several times faster than pickle for flat records,
+msgpack (via msgspec) encodes flat records several times faster than pickle,
 but it cannot tell a tuple from a list, so it is used only where the round
 trip is exact: a batch whose records are all plain scalars (`str`, `int`,
-`float`, `bool`, `None`, `bytes`), or a batch of `(key, value)` pairs whose
-keys and values are all plain scalars (sent as two arrays and zipped back
-into tuples). Anything else, or a scalar msgpack cannot hold (an int beyond
-64 bits), goes through pickle (protocol 5), so a record arrives on another
-kernel exactly as it left. Checking the types costs one C-level pass
-(`set(map(type, ...))`), far less than either encoding.
+`float`, `bool`, `None`, `bytes`), or a batch whose records are all tuples of
+plain scalars (the `(key, value)` pairs an exchange carries), decoded straight
+back into tuples by a typed decoder. Anything else, or a scalar msgpack cannot
+hold (an int beyond 64 bits), goes through pickle (protocol 5), so a record
+arrives on another kernel exactly as it left. Checking the types is C-level
+passes (`set(map(type, ...))`); it costs more than msgspec's encoding itself
+(benches/channels.py, section 2), but less than pickling.
 
 A frame is a 5-byte header, kind (u8) and channel (u32), then the body.
 """
@@ -17,11 +18,12 @@ from __future__ import annotations
 
 import pickle
 import struct
+from itertools import chain
 
 import msgspec
 
 KIND_SCALARS = 1  # msgpack array of scalars
-KIND_PAIRS = 2  # msgpack [keys, values], zipped back into tuples
+KIND_TUPLES = 2  # msgpack array of arrays, decoded as a list of tuples
 KIND_PICKLE = 3  # pickle of the list
 KIND_WATERMARK = 4  # float64
 KIND_END = 5  # no body
@@ -29,41 +31,53 @@ KIND_END = 5  # no body
 HEADER = struct.Struct("<BI")
 _WATERMARK = struct.Struct("<d")
 _SCALAR_TYPES = frozenset({str, int, float, bool, type(None), bytes})
+_JUST_TUPLES = {tuple}
 
 _encoder = msgspec.msgpack.Encoder()
 _decode = msgspec.msgpack.Decoder().decode
+_decode_tuples = msgspec.msgpack.Decoder(list[tuple]).decode
 
 
-def _scalars_only(values) -> bool:
-    return set(map(type, values)) <= _SCALAR_TYPES
+# Below this many records a plain loop checks the types faster than building
+# sets (whose fixed cost is a few hundred ns).
+_SMALL_BATCH = 4
+
+
+def _msgpack_kind(batch: list) -> int | None:
+    """KIND_SCALARS or KIND_TUPLES where msgpack carries `batch` exactly, else None."""
+    if len(batch) <= _SMALL_BATCH:
+        tuples = scalars = False
+        for record in batch:
+            cls = record.__class__
+            if cls is tuple:
+                tuples = True
+                for item in record:
+                    if item.__class__ not in _SCALAR_TYPES:
+                        return None
+            elif cls in _SCALAR_TYPES:
+                scalars = True
+            else:
+                return None
+        if tuples:
+            return None if scalars else KIND_TUPLES
+        return KIND_SCALARS
+    types = set(map(type, batch))
+    if types <= _SCALAR_TYPES:
+        return KIND_SCALARS
+    if types == _JUST_TUPLES and set(map(type, chain.from_iterable(batch))) <= _SCALAR_TYPES:
+        return KIND_TUPLES
+    return None
 
 
 def encode_batch(batch: list) -> tuple[int, bytes]:
     """(kind, body) for a list of records."""
-    if _scalars_only(batch):
+    kind = _msgpack_kind(batch)
+    if kind is not None:
         try:
-            return KIND_SCALARS, _encoder.encode(batch)
+            return kind, _encoder.encode(batch)
         except Exception:  # anything msgpack cannot hold goes by pickle
             pass
     return KIND_PICKLE, pickle.dumps(batch, protocol=5)
-
-
-def encode_pairs(pairs: list) -> tuple[int, bytes]:
-    """(kind, body) for a list of `(key, value)` tuples."""
-    if pairs and set(map(type, pairs)) == {tuple}:
-        try:
-            # strict: a record of another length must not lose fields
-            keys, values = zip(*pairs, strict=True)
-            if len(pairs[0]) != 2:
-                raise ValueError("not pairs")
-        except ValueError:
-            keys = values = None
-        if keys is not None and _scalars_only(keys) and _scalars_only(values):
-            try:
-                return KIND_PAIRS, _encoder.encode((list(keys), list(values)))
-            except Exception:  # anything msgpack cannot hold goes by pickle
-                pass
-    return KIND_PICKLE, pickle.dumps(pairs, protocol=5)
 
 
 def encode_watermark(watermark: float) -> tuple[int, bytes]:
@@ -72,9 +86,8 @@ def encode_watermark(watermark: float) -> tuple[int, bytes]:
 
 def decode(kind: int, body) -> list | float | None:
     """The payload of a frame: a list (data), a float (watermark), None (end)."""
-    if kind == KIND_PAIRS:
-        keys, values = _decode(body)
-        return list(zip(keys, values))
+    if kind == KIND_TUPLES:
+        return _decode_tuples(body)
     if kind == KIND_SCALARS:
         return _decode(body)
     if kind == KIND_PICKLE:

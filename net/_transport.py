@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from ._codec import HEADER, KIND_END, decode, encode_pairs, encode_watermark
+from ._codec import HEADER, KIND_END, decode, encode_batch, encode_watermark
 from .shm import Doorbell, SpscRing, full_fence
 
 END = None  # decode() returns None for an end-of-input frame
@@ -89,7 +89,7 @@ class ProcessTransport:
     # -- sending --------------------------------------------------------------
 
     def send_pairs(self, dest: int, channel: int, pairs: list) -> None:
-        kind, body = encode_pairs(pairs)
+        kind, body = encode_batch(pairs)
         self._send(dest, HEADER.pack(kind, channel), body)
 
     def send_watermark(self, dest: int, channel: int, watermark: float) -> None:

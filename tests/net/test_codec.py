@@ -12,13 +12,12 @@ from hypothesis import strategies as st
 from net._codec import (
     HEADER,
     KIND_END,
-    KIND_PAIRS,
     KIND_PICKLE,
     KIND_SCALARS,
+    KIND_TUPLES,
     KIND_WATERMARK,
     decode,
     encode_batch,
-    encode_pairs,
     encode_watermark,
 )
 
@@ -51,7 +50,7 @@ def round_trip_batch(batch):
 
 
 def round_trip_pairs(pairs):
-    kind, body = encode_pairs(pairs)
+    kind, body = encode_batch(pairs)
     assert isinstance(body, bytes)
     return kind, decode(kind, body)
 
@@ -186,14 +185,14 @@ def test_any_pairs_round_trip_exactly(pairs):
 @given(st.lists(st.tuples(scalars, scalars), max_size=30))
 def test_scalar_pairs_round_trip_exactly(pairs):
     kind, back = round_trip_pairs(pairs)
-    assert kind in (KIND_PAIRS, KIND_PICKLE)
+    assert kind in (KIND_TUPLES, KIND_PICKLE) or not pairs
     assert same(back, pairs)
 
 
 def test_scalar_pairs_take_the_msgpack_path_and_come_back_as_tuples():
     pairs = [("a", 1), (2, "b"), (True, None), (b"k", 1.5), (None, False)]
     kind, back = round_trip_pairs(pairs)
-    assert kind == KIND_PAIRS
+    assert kind == KIND_TUPLES
     assert same(back, pairs)
 
 
@@ -267,7 +266,7 @@ def test_whole_frames_decode_from_a_memoryview(batch, pairs, watermark):
     """The transport hands decode() a slice of the frame it popped."""
     frames = [
         (*encode_batch(batch), batch),
-        (*encode_pairs(pairs), pairs),
+        (*encode_batch(pairs), pairs),
         (*encode_watermark(watermark), watermark),
         (KIND_END, b"", None),
     ]
@@ -279,14 +278,39 @@ def test_whole_frames_decode_from_a_memoryview(batch, pairs, watermark):
 
 
 def test_pickle_bodies_are_protocol_5():
-    kind, body = encode_batch([(1,)])
+    kind, body = encode_batch([{1}])
     assert kind == KIND_PICKLE
     assert body[:2] == b"\x80\x05"
-    assert pickle.loads(body) == [(1,)]
+    assert pickle.loads(body) == [{1}]
+
+
+def test_tuples_of_scalars_of_any_length_take_the_msgpack_path():
+    batch = [(1,), (2, "b", None), (), (b"x", 1.5, True, -(2**63))]
+    kind, body = encode_batch(batch)
+    assert kind == KIND_TUPLES
+    assert same(decode(kind, body), batch)
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        [(1, "a"), [2, "b"]],  # a list among tuples
+        [(1, (2, 3))],  # a nested tuple would come back as a list
+        [(1, [2, 3])],
+        [("a", 2**64)],  # beyond msgpack
+        [(1, "a"), 5],  # a scalar among tuples
+    ],
+)
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_batches_msgpack_cannot_carry_exactly_go_by_pickle(batch, size):
+    batch = batch if size == "small" else batch * 5  # both ways of checking types
+    kind, body = encode_batch(batch)
+    assert kind == KIND_PICKLE
+    assert same(decode(kind, body), batch)
 
 
 def test_records_that_are_not_pairs_keep_every_field():
     # a 3-tuple sent as "pairs" used to lose its third field
     for batch in ([(1, 2, 3)], [(1,)], [5], [(1, "a"), (2, "b", "c")]):
-        kind, body = encode_pairs(batch)
+        kind, body = encode_batch(batch)
         assert decode(kind, body) == batch
