@@ -12,7 +12,7 @@ import functools
 
 import operators as ops
 
-from ._graph import Edge, Graph, Node
+from ._graph import Combiner, Edge, Graph, Node
 from ._operator import DEFAULT_BATCH_SIZE, Operator, Source
 
 
@@ -174,18 +174,31 @@ class KeyedStream(Stream):
 
     _exchange_out = True
 
-    def _keyed(self, name: str, factory) -> KeyedStream:
-        stream = self._then(name, factory, KeyedStream)
+    def _keyed(self, name: str, factory, combiner: Combiner | None = None) -> KeyedStream:
+        node = self.flow.graph.add(name, factory, [self._edge()], combiner=combiner)
+        stream = KeyedStream(self.flow, node)
         stream._exchange_out = False  # already on the kernel that owns the key
         return stream
 
     def map_values(self, fn, *, name: str | None = None) -> KeyedStream:
-        """`(key, fn(value))` for every pair; stays keyed."""
-        return self._keyed(name or f"map_values({_fn_name(fn)})", functools.partial(ops.MapValues, fn))
+        """`(key, fn(value))` for every pair; stays keyed.
+
+        It runs before the exchange (the key does not change), on the kernel
+        that read the record, so the exchange carries the smaller values and
+        an aggregate after it can pre-aggregate."""
+        label = name or f"map_values({_fn_name(fn)})"
+        node = self.flow.graph.add(label, functools.partial(ops.MapValues, fn), [Edge(self.node, 0)])
+        stream = KeyedStream(self.flow, node)
+        stream._exchange_out = self._exchange_out
+        return stream
 
     def reduce(self, fn, *, name: str | None = None) -> KeyedStream:
-        """`(key, v1 ⊕ v2 ⊕ ...)` per key with `fn(acc, value)`, at end of input."""
-        return self._keyed(name or f"reduce({_fn_name(fn)})", functools.partial(ops.Reduce, fn))
+        """`(key, v1 ⊕ v2 ⊕ ...)` per key with `fn(acc, value)`, at end of input.
+
+        `fn` must be associative: with several kernels each pre-reduces its
+        own values per key before the exchange, and the owner reduces those."""
+        reduce = functools.partial(ops.Reduce, fn)
+        return self._keyed(name or f"reduce({_fn_name(fn)})", reduce, Combiner(reduce, reduce))
 
     def fold(self, init, fn, *, name: str | None = None) -> KeyedStream:
         """`(key, fn(...fn(init, v1)..., vn))` per key, at end of input.
@@ -194,8 +207,8 @@ class KeyedStream(Stream):
 
     def count(self, *, name: str | None = None) -> KeyedStream:
         """`(key, number of records)` per key, at end of input."""
-        return self._keyed(name or "count", ops.Count)
+        return self._keyed(name or "count", ops.Count, Combiner(ops.Count, ops.Sum))
 
     def sum(self, *, name: str | None = None) -> KeyedStream:
         """`(key, sum of values)` per key, at end of input."""
-        return self._keyed(name or "sum", ops.Sum)
+        return self._keyed(name or "sum", ops.Sum, Combiner(ops.Sum, ops.Sum))

@@ -26,6 +26,18 @@ class Edge:
     exchange: bool = False
 
 
+@dataclass(frozen=True)
+class Combiner:
+    """How a per-key aggregate splits around an exchange (a combiner, in
+    MapReduce's words): `partial()` aggregates each kernel's own records
+    before they are sent, `merge()` replaces the aggregate on the owning
+    kernel and merges the partial results. Word count then sends one
+    `(word, n)` per distinct word and kernel, not one record per word."""
+
+    partial: Callable[[], Operator]
+    merge: Callable[[], Operator]
+
+
 @dataclass(eq=False)
 class Node:
     id: int
@@ -33,6 +45,7 @@ class Node:
     factory: Callable[[], Operator]
     inputs: list[Edge] = field(default_factory=list)
     is_source: bool = False
+    combiner: Combiner | None = None
 
     @property
     def label(self) -> str:
@@ -45,8 +58,16 @@ class Graph:
         self.nodes: list[Node] = []
         self._names: dict[str, int] = {}
 
-    def add(self, name: str, factory: Callable[[], Operator], inputs=(), *, is_source=False) -> Node:
-        node = Node(len(self.nodes), self._unique(name), factory, list(inputs), is_source)
+    def add(
+        self,
+        name: str,
+        factory: Callable[[], Operator],
+        inputs=(),
+        *,
+        is_source=False,
+        combiner: Combiner | None = None,
+    ) -> Node:
+        node = Node(len(self.nodes), self._unique(name), factory, list(inputs), is_source, combiner)
         for edge in node.inputs:
             if edge.source.id >= node.id or self.nodes[edge.source.id] is not edge.source:
                 raise ValueError(f"{edge.source.label} belongs to another dataflow")

@@ -333,21 +333,30 @@ class Runtime:
 
     def _build(self) -> None:
         """Instantiate every operator and wire the inboxes (on the running kernel)."""
-        graph, kernel, transport = self.graph, self.kernel, self.transport
+        graph, transport = self.graph, self.transport
+        exchanging = transport is not None and transport.peers > 1
         for node in graph.nodes:
-            op = node.factory()
-            if not isinstance(op, Operator):
-                raise TypeError(f"{node.label}: factory returned {op!r}, not an Operator")
-            op.name = node.label
-            op.context = kernel.context
-            self.instances.append(_Instance(node, op, self))
+            factory = node.factory
+            if exchanging and self._combines(node):
+                factory = node.combiner.merge
+            self.instances.append(self._instantiate(node, factory))
         partitioner = None
         for node, instance in zip(graph.nodes, self.instances):
             for edge in node.inputs:
                 upstream = self.instances[edge.source.id]
-                if not (edge.exchange and transport is not None and transport.peers > 1):
+                if not (edge.exchange and exchanging):
                     upstream.targets.append((instance, instance.add_channel(edge.port)))
                     continue
+                if self._combines(node):
+                    # the partial aggregate runs on this kernel, before the exchange
+                    partial = self._instantiate(
+                        Node(len(self.instances), f"{node.name}, partial", node.combiner.partial),
+                        node.combiner.partial,
+                        label=f"{node.label}, partial before the exchange",
+                    )
+                    self.instances.append(partial)
+                    upstream.targets.append((partial, partial.add_channel(0)))
+                    upstream = partial
                 if partitioner is None:
                     from net import Partitioner
 
@@ -373,6 +382,21 @@ class Runtime:
         for instance in self.instances:
             instance.install_helpers()
         self._sources = [i for i in self.instances if i.is_source]
+
+    def _instantiate(self, node: Node, factory, label: str | None = None) -> _Instance:
+        op = factory()
+        label = label or node.label
+        if not isinstance(op, Operator):
+            raise TypeError(f"{label}: factory returned {op!r}, not an Operator")
+        op.name = label
+        op.context = self.kernel.context
+        instance = _Instance(node, op, self)
+        instance.name = label
+        return instance
+
+    @staticmethod
+    def _combines(node: Node) -> bool:
+        return node.combiner is not None and len(node.inputs) == 1 and node.inputs[0].exchange
 
     def start(self) -> None:
         """Build, open every operator and schedule the sources."""

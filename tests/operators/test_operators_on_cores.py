@@ -139,3 +139,39 @@ def test_a_failure_in_a_kernel_process_carries_the_operator_error():
     assert cause.record == "7"
     assert cause.error == "ValueError: seven"
     assert "kernel 1" in str(err)  # record 7 is kernel 1's (7 % 2)
+
+
+def test_aggregates_pre_aggregate_before_the_exchange(tmp_path):
+    """With a combiner, the owner of a key merges one partial result per
+    kernel instead of every record: `fn` sees the partial sums."""
+    log = tmp_path / "merges"
+
+    def add(acc, value):
+        if value > 1:  # only a partial result is ever larger than 1
+            with open(log, "a") as f:
+                f.write(f"{acc} {value}\n")
+        return acc + value
+
+    flow = Dataflow()
+    out = flow.from_iterable([1] * 100, batch_size=10).key_by(lambda _: "k").reduce(add).collect()
+    run(flow, cores=2)
+    assert out.items == [("k", 100)]
+    # each kernel reduced its 50 ones; the owner merged the two partials once
+    assert log.read_text().splitlines() == ["50 50"]
+
+
+def test_a_failure_in_a_partial_aggregate_names_its_stage():
+    def pick(acc, value):
+        if value == 3:
+            raise ValueError("three")
+        return value
+
+    flow = Dataflow()
+    flow.from_iterable(range(8), batch_size=8).key_by(lambda v: v % 2).reduce(pick).collect()
+    with pytest.raises(KernelError) as info:
+        run(flow, cores=2)
+    err = info.value
+    cause = err.__cause__ if not isinstance(err, OperatorError) else err
+    assert isinstance(cause, OperatorError)
+    assert cause.operator == "reduce(pick) (step 2), partial before the exchange"
+    assert cause.record == "(1, 3)"
