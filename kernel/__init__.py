@@ -16,11 +16,11 @@ subclasses plugged in with `stream.apply()` (mid), and `kernel.lowlevel`:
 from ._clock import SystemClock, VirtualClock
 
 # The fluent facade imports `operators`, which imports the modules above.
-from ._dataflow import Collected, Dataflow, KeyedStream, Stream
+from ._dataflow import Collected, Dataflow, KeyedStream, LateCount, Stream, WindowedStream, WindowResults
 from ._errors import ActivationError, KernelError, OperatorError, TaskError
 from ._kernel import Kernel, KernelContext, cooperate, current_kernel
 from ._launch import run, run_async
-from ._operator import Operator, Source
+from ._operator import Operator, Source, TimedBatch
 from ._scheduler import LATENCY, THROUGHPUT
 
 __all__ = [
@@ -34,13 +34,17 @@ __all__ = [
     "KernelError",
     "KernelProcessError",
     "KeyedStream",
+    "LateCount",
     "Operator",
     "OperatorError",
     "Source",
     "Stream",
     "SystemClock",
     "TaskError",
+    "TimedBatch",
     "VirtualClock",
+    "WindowResults",
+    "WindowedStream",
     "cooperate",
     "current_kernel",
     "run",

@@ -15,6 +15,8 @@ A clock has two readings:
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import time
 
 
@@ -39,11 +41,13 @@ class VirtualClock:
     budgets and fairness between task classes exact and instant.
     """
 
-    __slots__ = ("_epoch", "_monotonic")
+    __slots__ = ("_epoch", "_monotonic", "_sequence", "_timers")
 
     def __init__(self, start: float = 0.0, epoch: float = 1_700_000_000.0) -> None:
         self._monotonic = float(start)
         self._epoch = float(epoch)
+        self._timers: list = []  # heap of [deadline, sequence, fn]
+        self._sequence = itertools.count()
 
     def monotonic(self) -> float:
         return self._monotonic
@@ -55,6 +59,29 @@ class VirtualClock:
         if seconds < 0:
             raise ValueError(f"a clock cannot go backwards (advance({seconds!r}))")
         self._monotonic += seconds
+        timers = self._timers
+        while timers and timers[0][0] <= self._monotonic:
+            _, _, fn = heapq.heappop(timers)
+            if fn is not None:
+                fn()
+
+    def call_later(self, delay: float, fn) -> _VirtualTimer:
+        """Call `fn()` once the clock has been advanced by `delay` seconds
+        (from inside the `advance` that gets there; timers fire in deadline
+        order, ties in the order they were set)."""
+        entry = [self._monotonic + max(delay, 0.0), next(self._sequence), fn]
+        heapq.heappush(self._timers, entry)
+        return _VirtualTimer(entry)
 
     def __repr__(self) -> str:
         return f"VirtualClock(monotonic={self._monotonic!r})"
+
+
+class _VirtualTimer:
+    __slots__ = ("_entry",)
+
+    def __init__(self, entry: list) -> None:
+        self._entry = entry
+
+    def cancel(self) -> None:
+        self._entry[2] = None

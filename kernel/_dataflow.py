@@ -33,6 +33,21 @@ class Collected:
         return f"<Collected {self.node.label}: {len(self.items)} items>"
 
 
+class LateCount:
+    """How many events a window found late, over every kernel (read
+    `.value` after the run): dropped, or passed on with `late=True`."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.value = 0
+
+    def _deliver(self, values: list) -> None:
+        self.value = sum(v["late"] for v in values if v)
+
+    def __repr__(self) -> str:
+        return f"<LateCount {self.node.label}: {self.value}>"
+
+
 class Dataflow:
     """A dataflow graph under construction. Build it, then `run(flow)`.
 
@@ -48,30 +63,70 @@ class Dataflow:
         self.name = name
         self.graph = Graph(name)
         self._collected: list[Collected] = []
+        self._late_counts: list[LateCount] = []
 
     def __repr__(self) -> str:
         return f"<Dataflow {self.name!r}: {len(self.graph.nodes)} steps>"
 
     # -- sources --------------------------------------------------------------
 
-    def from_iterable(self, iterable, *, batch_size: int = DEFAULT_BATCH_SIZE, name=None) -> Stream:
+    def from_iterable(
+        self,
+        iterable,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        timestamp=None,
+        max_delay: float = 0.0,
+        name=None,
+    ) -> Stream:
         """A bounded source reading `iterable` in batches of `batch_size`.
 
         With several kernels each reads a disjoint share (record i goes to
         kernel i % kernels), so the input must be re-iterable (a list, a
-        range, a file path reader...)."""
+        range, a file path reader...).
+
+        `timestamp=fn` gives records event time (`fn(record)`: float seconds
+        since the epoch, or a datetime); the watermark is then the largest
+        timestamp read so far minus `max_delay` (how far out of order events
+        may come)."""
         ops.check_batch_size(batch_size)
         factory = functools.partial(ops.IterableSource, iterable, batch_size)
-        return self.source(factory, name=name or "from_iterable")
+        return self._timed_source(factory, name or "from_iterable", timestamp, max_delay, None)
 
     def from_async_iterable(
-        self, aiterable, *, batch_size: int = DEFAULT_BATCH_SIZE, name=None
+        self,
+        aiterable,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        timestamp=None,
+        max_delay: float = 0.0,
+        idle_timeout: float | None = 5.0,
+        name=None,
     ) -> Stream:
         """A source reading an async iterable (or a zero-argument callable
-        returning one, e.g. an async generator function) on a task."""
+        returning one, e.g. an async generator function) on a task.
+
+        `timestamp` and `max_delay` as for `from_iterable`. With timestamps,
+        a source that yields nothing for `idle_timeout` seconds (of the
+        kernel's clock; None: never) is marked idle: its watermark stops
+        holding back windows fed by other sources or kernels, until it
+        yields again."""
         ops.check_batch_size(batch_size)
         factory = functools.partial(ops.AsyncIterableSource, aiterable, batch_size)
-        return self.source(factory, name=name or "from_async_iterable")
+        return self._timed_source(
+            factory, name or "from_async_iterable", timestamp, max_delay, idle_timeout
+        )
+
+    def _timed_source(self, factory, name, timestamp, max_delay, idle_timeout) -> Stream:
+        if timestamp is None:
+            ops.check_event_time(timestamp, max_delay, None)
+            return self.source(factory, name=name)
+        ops.check_event_time(timestamp, max_delay, idle_timeout)
+
+        def timed():
+            return ops.EventTimeSource(factory(), timestamp, max_delay, idle_timeout)
+
+        return self.source(timed, name=name)
 
     def source(self, factory, *, name: str) -> Stream:
         """A mid-level source: `factory()` returns a fresh `Source` per kernel."""
@@ -85,6 +140,8 @@ class Dataflow:
             handle.items = [
                 item for results in per_kernel for item in results.get(handle.node.id, ())
             ]
+        for count in self._late_counts:
+            count._deliver([results.get(count.node.id) for results in per_kernel])
 
 
 def _checked(factory, kind, name):
@@ -205,6 +262,30 @@ class KeyedStream(Stream):
         `init` is a start value or a zero-argument factory (`list`, `dict`)."""
         return self._keyed(name or f"fold({_fn_name(fn)})", functools.partial(ops.Fold, init, fn))
 
+    def window(self, window, *, late: bool = False) -> WindowedStream:
+        """Per-key event-time windows: `Tumbling(size)`, `Sliding(size, step)`
+        or `Session(gap)` (from `operators`). The records need timestamps
+        (the source's `timestamp=`). Late events are dropped and counted;
+        with `late=True` they come out of the aggregate's `.late` stream."""
+        ops.check_window(window)
+        return WindowedStream(self, window, late)
+
+    def join(
+        self, other: KeyedStream, window, *, late: bool = False, name: str | None = None
+    ) -> WindowResults:
+        """Windowed inner join: `(key, window, (left, right))` for every pair
+        of this stream's and `other`'s values with the same key in the same
+        window, when the window closes."""
+        if not isinstance(other, KeyedStream):
+            raise TypeError(f"join needs a keyed stream (key_by first), got {other!r}")
+        if other.flow is not self.flow:
+            raise ValueError(f"{other!r} belongs to another dataflow")
+        ops.check_window(window)
+        label = name or f"join {window!r}"
+        factory = functools.partial(ops.WindowJoin, window, late)
+        node = self.flow.graph.add(label, factory, [self._edge(0), other._edge(1)])
+        return WindowResults._around(self.flow, node, late)
+
     def count(self, *, name: str | None = None) -> KeyedStream:
         """`(key, number of records)` per key, at end of input."""
         return self._keyed(name or "count", ops.Count, Combiner(ops.Count, ops.Sum))
@@ -212,3 +293,80 @@ class KeyedStream(Stream):
     def sum(self, *, name: str | None = None) -> KeyedStream:
         """`(key, sum of values)` per key, at end of input."""
         return self._keyed(name or "sum", ops.Sum, Combiner(ops.Sum, ops.Sum))
+
+
+class WindowedStream:
+    """A keyed stream cut into event-time windows (`KeyedStream.window`).
+    Each aggregate emits `(key, window, result)` once the watermark passes
+    the window's end; `window.start` and `window.end` bound it, `[start, end)`."""
+
+    def __init__(self, keyed: KeyedStream, window, late: bool) -> None:
+        self._keyed = keyed
+        self.window = window
+        self._late = late
+
+    def __repr__(self) -> str:
+        return f"<WindowedStream {self._keyed.node.label} {self.window!r}>"
+
+    def _aggregate(self, label: str, aggregation) -> WindowResults:
+        keyed = self._keyed
+        factory = functools.partial(ops.WindowAggregate, self.window, aggregation, self._late)
+        node = keyed.flow.graph.add(f"{label} {self.window!r}", factory, [keyed._edge()])
+        return WindowResults._around(keyed.flow, node, self._late)
+
+    def reduce(self, fn, *, name: str | None = None) -> WindowResults:
+        """`fn(acc, value)` over each window's values (associative: sessions merge)."""
+        return self._aggregate(name or f"window reduce({_fn_name(fn)})", ops.ReduceAggregation(fn))
+
+    def fold(self, init, fn, *, name: str | None = None) -> WindowResults:
+        """`fn(...fn(init, v1)..., vn)` over each window's values, in arrival order."""
+        return self._aggregate(name or f"window fold({_fn_name(fn)})", ops.FoldAggregation(init, fn))
+
+    def count(self, *, name: str | None = None) -> WindowResults:
+        """The number of records in each window."""
+        return self._aggregate(name or "window count", ops.CountAggregation())
+
+    def sum(self, *, name: str | None = None) -> WindowResults:
+        """The sum of each window's values."""
+        return self._aggregate(name or "window sum", ops.SumAggregation())
+
+    def collect(self, *, name: str | None = None) -> WindowResults:
+        """Each window's values as a list, in timestamp order."""
+        return self._aggregate(name or "window collect", ops.CollectAggregation())
+
+
+class WindowResults(Stream):
+    """The `(key, window, result)` records of a windowed aggregate or join.
+
+    `.late_count.value` (after the run) is how many events came too late;
+    with `late=True`, `.late` is a stream of those events."""
+
+    late_count: LateCount
+    _late_stream: Stream | None = None
+
+    @classmethod
+    def _around(cls, flow: Dataflow, window_node: Node, late: bool) -> WindowResults:
+        count = LateCount(window_node)
+        flow._late_counts.append(count)
+        if not late:
+            results = cls(flow, window_node)
+        else:
+            graph, edge = flow.graph, Edge(window_node, 0)
+            results_node = graph.add(
+                f"{window_node.name}: results", functools.partial(ops.SelectBatches, False), [edge]
+            )
+            late_node = graph.add(
+                f"{window_node.name}: late", functools.partial(ops.SelectBatches, True), [edge]
+            )
+            results = cls(flow, results_node)
+            results._late_stream = Stream(flow, late_node)
+        results.late_count = count
+        return results
+
+    @property
+    def late(self) -> Stream:
+        if self._late_stream is None:
+            raise AttributeError(
+                "late events are dropped (and counted): ask for them with window(w, late=True)"
+            )
+        return self._late_stream

@@ -153,6 +153,7 @@ class Kernel:
         self._pending_spawns: list[tuple[Coroutine, str]] = []
         self._starters: list = []
         self._busy = 0  # things other than tasks that keep the kernel alive
+        self._timers: set = set()  # processing-time timers (call_later)
         self._failure: BaseException | None = None
         self._idle: asyncio.Future | None = None
         self._deadline = 0.0
@@ -233,6 +234,7 @@ class Kernel:
             if self._failure is not None:
                 raise self._failure
         finally:
+            self._cancel_timers()
             _current_tickets.reset(tickets_token)
             _current_kernel.reset(token)
 
@@ -261,6 +263,35 @@ class Kernel:
             ref.task.cancel()
 
     # -- the vocabulary for operators and tasks ----------------------------
+
+    def call_later(self, delay: float, fn):
+        """Call `fn()` on this kernel's loop after `delay` seconds of its
+        clock: real seconds with the system clock, `advance()`d ones with a
+        `VirtualClock` (due timers then run on the loop's next turn, in
+        deadline order). Returns a handle with `cancel()`. This is the
+        kernel's processing-time timer; timers still pending when the kernel
+        finishes are cancelled (they never keep a run alive)."""
+        if self._loop is None:
+            raise RuntimeError("call_later() needs a running kernel")
+        loop, timers = self._loop, self._timers
+        handle = None
+
+        def fire():
+            timers.discard(handle)
+            fn()
+
+        schedule = getattr(self.clock, "call_later", None)
+        if schedule is None:
+            handle = loop.call_later(delay, fire)
+        else:
+            handle = schedule(delay, lambda: loop.call_soon(fire))
+        timers.add(handle)
+        return handle
+
+    def _cancel_timers(self) -> None:
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
 
     def ready(self, activation: Activation, task_class: str = THROUGHPUT) -> None:
         """Queue an activation for a later tick."""

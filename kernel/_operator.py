@@ -13,6 +13,11 @@ synchronous handlers; the kernel calls them inside its ticks:
   anything emitted here is ahead of it.
 * ``on_end()``: every input has ended (after a final ``on_watermark(inf)``).
   Aggregates emit their results here; end-of-input is forwarded after it.
+* ``on_timer(event_time, data)``: an event-time timer set with
+  ``self.schedule(event_time, data)`` is due: the input watermark reached
+  ``event_time``. Due timers fire in time order (ties in the order they were
+  set), just before ``on_watermark`` for that watermark; all that are left
+  fire when the input ends (the watermark goes to +inf).
 * ``open(context)``: called once on the kernel, before any data. ``context``
   has ``index``, ``peers``, ``watermark``, ``epoch``, ``clock``, ``logger``.
 * ``result()``: a picklable value handed back to the caller after the run
@@ -24,14 +29,26 @@ polled again in a later tick, ``False`` once it is exhausted, or ``None`` to
 sleep until something calls ``self.wake()`` (an I/O task that filled a
 buffer, say).
 
+Event time: a batch from a source with ``timestamp=`` is a ``TimedBatch``, a
+``list`` with a parallel list ``timestamps`` (float seconds). An operator that
+keeps records one for one can pass the timestamps on with
+``TimedBatch(out, batch.timestamps)``; one that emits a plain list drops them.
+
 Helpers the kernel installs on every operator instance: ``emit(batch)``,
-``wake()``, ``advance_watermark(wm)`` (sources: set the output watermark),
-``name`` and ``context``.
+``wake()``, ``schedule(event_time, data=None)`` (an event-time timer),
+``advance_watermark(wm)`` and ``mark_idle()`` (sources: move the output
+watermark; say that no data is coming for now), ``name`` and ``context``.
+For processing-time timers use ``context.kernel.call_later(delay, fn)``: it
+runs on the kernel's clock (a ``VirtualClock`` in tests).
 """
 
 from __future__ import annotations
 
+from net import TimedBatch
+
 from ._scheduler import THROUGHPUT
+
+__all__ = ["DEFAULT_BATCH_SIZE", "Operator", "Source", "TimedBatch"]
 
 #: records per batch that sources produce unless told otherwise
 DEFAULT_BATCH_SIZE = 1024
@@ -71,6 +88,10 @@ class Operator:
     def on_end(self) -> None:
         """Every input ended; emit final results here."""
 
+    def on_timer(self, event_time: float, data) -> None:
+        """An event-time timer set with `schedule(event_time, data)` is due."""
+        raise NotImplementedError(f"{type(self).__name__} set a timer but defines no on_timer()")
+
     def result(self):
         """A picklable value gathered back to the caller after the run."""
         return None
@@ -85,6 +106,12 @@ class Operator:
 
     def advance_watermark(self, watermark: float) -> None:
         raise RuntimeError(f"{self.name}: advance_watermark() called before the operator was wired")
+
+    def schedule(self, event_time: float, data=None) -> None:
+        raise RuntimeError(f"{self.name}: schedule() called before the operator was wired into a run")
+
+    def mark_idle(self) -> None:
+        raise RuntimeError(f"{self.name}: mark_idle() called before the operator was wired into a run")
 
 
 class Source(Operator):

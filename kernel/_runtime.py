@@ -5,18 +5,26 @@ of `(channel, payload)` in arrival order) and its activation. Upstream
 operators deliver into the inbox and mark the instance ready; the instance's
 activation drains the inbox through the operator's handlers.
 
-Progress is in-band. A channel's payload is a data batch (a `list`), a
-watermark (a `float`), or `END`. Because they share one ordered inbox, a
-watermark is seen after exactly the data that preceded it. An instance's input
-frontier is the minimum watermark over its channels (an ended channel counts
-as +inf); when it advances, `on_watermark` runs and the new frontier is
-forwarded downstream. When every channel has ended, `on_end` runs and `END` is
+Progress is in-band. A channel's payload is a data batch (a `list`, or a
+`TimedBatch` list with event timestamps), a watermark (a `float`), `IDLE` or
+`END`. Because they share one ordered inbox, a watermark is seen after
+exactly the data that preceded it. An instance's input frontier is the
+minimum watermark over its channels (an ended channel counts as +inf, an idle
+one is left out until it sends a watermark again); it only moves forward.
+When it advances, due event-time timers fire (`on_timer`), then
+`on_watermark` runs, and the new frontier is forwarded downstream. An
+instance all of whose open inputs are idle is idle itself and says so
+downstream. When every channel has ended, `on_end` runs and `END` is
 forwarded. The run is over when every instance has ended: nothing polls.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
+
+from net import IDLE
 
 from ._errors import KernelError, OperatorError, describe_function
 from ._graph import Graph, Node
@@ -30,10 +38,13 @@ class _Instance:
     __slots__ = (
         "_ready",
         "chained",
+        "channel_idle",
         "channel_ports",
         "channel_watermarks",
         "ended",
         "frontier",
+        "idle",
+        "idle_channels",
         "is_source",
         "name",
         "op",
@@ -43,6 +54,7 @@ class _Instance:
         "scheduled",
         "targets",
         "task_class",
+        "timers",
     )
 
     def __init__(self, node: Node, op: Operator, runtime: Runtime) -> None:
@@ -55,6 +67,10 @@ class _Instance:
         self.scheduled = False
         self.channel_ports: list[int] = []
         self.channel_watermarks: list[float] = []
+        self.channel_idle: list[bool] = []
+        self.idle_channels = 0
+        self.idle = False  # every open input is idle (so this one says IDLE downstream)
+        self.timers: list = []  # heap of (event time, sequence, data) for on_timer
         self.open_channels = 0
         self.frontier = -_INF
         self.ended = False
@@ -67,6 +83,7 @@ class _Instance:
     def add_channel(self, port: int) -> int:
         self.channel_ports.append(port)
         self.channel_watermarks.append(-_INF)
+        self.channel_idle.append(False)
         self.open_channels += 1
         return len(self.channel_ports) - 1
 
@@ -88,11 +105,15 @@ class _Instance:
                 op.emit = emit
                 op.wake = self.wake
                 op.advance_watermark = self.advance_watermark
+                op.mark_idle = self.mark_idle
+                op.schedule = self.schedule
                 return
             if target.chained:
                 op.emit = target.chained_emit(channel)
                 op.wake = self.wake
                 op.advance_watermark = self.advance_watermark
+                op.mark_idle = self.mark_idle
+                op.schedule = self.schedule
                 return
             ready = target._ready
 
@@ -117,6 +138,8 @@ class _Instance:
             op.emit = emit
         op.wake = self.wake
         op.advance_watermark = self.advance_watermark
+        op.mark_idle = self.mark_idle
+        op.schedule = self.schedule
 
     # -- the activation -----------------------------------------------------
 
@@ -143,7 +166,7 @@ class _Instance:
         payload = None
         try:
             for channel, payload in pending:
-                if payload.__class__ is list:
+                if isinstance(payload, list):
                     on_batch(ports[channel], payload)
                 else:
                     self._progress(channel, payload)
@@ -153,14 +176,16 @@ class _Instance:
             raise self._handler_error(payload, exc) from exc
 
     def _progress(self, channel: int, payload) -> None:
-        """A watermark or END arrived on `channel` (inbox or chained edge)."""
+        """A watermark, IDLE or END arrived on `channel` (inbox or chained edge)."""
         if payload is END:
             self._channel_ended(channel)
+        elif payload is IDLE:
+            self._channel_went_idle(channel)
         else:
             self._channel_watermark(channel, payload)
 
     def _handler_error(self, payload, exc: Exception) -> OperatorError:
-        handler = "on_batch" if payload.__class__ is list else "on_watermark/on_end"
+        handler = "on_batch" if isinstance(payload, list) else "on_watermark"
         return OperatorError.wrap(self.name, _handler_name(self.op, handler), exc, has_record=False)
 
     # -- chaining -------------------------------------------------------------
@@ -221,30 +246,104 @@ class _Instance:
 
     def _channel_watermark(self, channel: int, watermark: float) -> None:
         marks = self.channel_watermarks
+        if self.channel_idle[channel]:
+            self.channel_idle[channel] = False
+            self.idle_channels -= 1
+            if self.idle:  # active again: downstream counts this input again
+                self.idle = False
+                self._forward(self.frontier)
         if watermark > marks[channel]:
             marks[channel] = watermark
-            self._advance_frontier(min(marks))
+            self._advance_frontier(self._active_minimum())
+
+    def _channel_went_idle(self, channel: int) -> None:
+        if self.channel_idle[channel] or self.channel_watermarks[channel] == _INF:
+            return
+        self.channel_idle[channel] = True
+        self.idle_channels += 1
+        if self.idle_channels == self.open_channels:
+            # nothing left to wait for: downstream must not wait on us either
+            if not self.idle:
+                self.idle = True
+                self._forward(IDLE)
+        else:
+            self._advance_frontier(self._active_minimum())
+
+    def _active_minimum(self) -> float:
+        if not self.idle_channels:
+            return min(self.channel_watermarks)
+        return min(
+            mark for mark, idle in zip(self.channel_watermarks, self.channel_idle) if not idle
+        )
 
     def _channel_ended(self, channel: int) -> None:
+        if self.channel_idle[channel]:
+            self.channel_idle[channel] = False
+            self.idle_channels -= 1
         self.channel_watermarks[channel] = _INF
         self.open_channels -= 1
-        self._advance_frontier(min(self.channel_watermarks))
+        if self.open_channels and self.idle_channels == self.open_channels:
+            self._channel_went_idle_all()
+        else:
+            self._advance_frontier(self._active_minimum())
         if self.open_channels == 0:
-            self.op.on_end()
+            self._call_handler("on_end")
             self._finish()
+
+    def _channel_went_idle_all(self) -> None:
+        if not self.idle:
+            self.idle = True
+            self._forward(IDLE)
 
     def _advance_frontier(self, frontier: float) -> None:
         if frontier > self.frontier:
             self.frontier = frontier
-            self.op.on_watermark(frontier)
+            if self.timers and self.timers[0][0] <= frontier:
+                self._call_handler("on_timer", frontier)
+            self._call_handler("on_watermark", frontier)
             self._forward(frontier)
+
+    def _call_handler(self, handler: str, frontier: float = _INF) -> None:
+        """Run a progress handler; a failure names that handler."""
+        try:
+            if handler == "on_watermark":
+                self.op.on_watermark(frontier)
+            elif handler == "on_timer":
+                timers, on_timer = self.timers, self.op.on_timer
+                while timers and timers[0][0] <= frontier:
+                    when, _, data = heapq.heappop(timers)
+                    on_timer(when, data)
+            else:
+                self.op.on_end()
+        except KernelError:
+            raise
+        except Exception as exc:
+            raise OperatorError.wrap(
+                self.name, _handler_name(self.op, handler), exc, has_record=False
+            ) from exc
+
+    def schedule(self, event_time: float, data=None) -> None:
+        """An event-time timer: `on_timer(event_time, data)` once the input
+        watermark reaches `event_time` (timers fire in time order, ties in
+        the order they were scheduled)."""
+        heapq.heappush(self.timers, (event_time, _next_sequence(), data))
 
     def advance_watermark(self, watermark: float) -> None:
         """A source's output watermark moves forward (never back)."""
+        if self.idle:
+            self.idle = False
+            self._forward(self.frontier)  # active again
         if watermark > self.frontier:
             self.frontier = watermark
             self._forward(watermark)
             self.runtime.source_watermark_moved()
+
+    def mark_idle(self) -> None:
+        """A source has had no data for a while: its watermark must not hold
+        anyone back until it advances again."""
+        if not self.idle and not self.ended:
+            self.idle = True
+            self._forward(IDLE)
 
     def _forward(self, payload) -> None:
         for target, channel in self.targets:
@@ -257,6 +356,9 @@ class _Instance:
         self.ended = True
         self._forward(END)
         self.runtime.instance_ended()
+
+
+_next_sequence = itertools.count().__next__
 
 
 def _handler_name(op: Operator, method: str) -> str:
@@ -287,7 +389,7 @@ class _ExchangeOutput:
 
     def deliver(self, _channel: int, payload) -> None:
         transport, edge_id = self.transport, self.edge_id
-        if payload.__class__ is list:
+        if isinstance(payload, list):
             try:
                 parts = self.partitioner.split(payload)
             except TypeError as exc:
@@ -299,13 +401,15 @@ class _ExchangeOutput:
                     if dest == self.index:
                         self.local.deliver(self.local_channel, part)
                     else:
-                        transport.send_pairs(dest, edge_id, part)
+                        transport.send_batch(dest, edge_id, part)
             return
         self.local.deliver(self.local_channel, payload)
         for dest in range(self.peers):
             if dest != self.index:
                 if payload is END:
                     transport.send_end(dest, edge_id)
+                elif payload is IDLE:
+                    transport.send_idle(dest, edge_id)
                 else:
                     transport.send_watermark(dest, edge_id, payload)
 

@@ -12,24 +12,33 @@ passes (`set(map(type, ...))`); it costs more than msgspec's encoding itself
 (benches/channels.py, section 2), but less than pickling.
 
 A frame is a 5-byte header, kind (u8) and channel (u32), then the body.
+A batch with event timestamps (`TimedBatch`) sets the TIMED bit of the kind;
+its body starts with the timestamps as float64s (count u32, then the array),
+then the records' body.
 """
 
 from __future__ import annotations
 
 import pickle
 import struct
+from array import array
 from itertools import chain
 
 import msgspec
+
+from ._batch import IDLE, TimedBatch
 
 KIND_SCALARS = 1  # msgpack array of scalars
 KIND_TUPLES = 2  # msgpack array of arrays, decoded as a list of tuples
 KIND_PICKLE = 3  # pickle of the list
 KIND_WATERMARK = 4  # float64
 KIND_END = 5  # no body
+KIND_IDLE = 6  # no body
+TIMED = 0x80  # flag: timestamps precede the records' body
 
 HEADER = struct.Struct("<BI")
 _WATERMARK = struct.Struct("<d")
+_COUNT = struct.Struct("<I")
 _SCALAR_TYPES = frozenset({str, int, float, bool, type(None), bytes})
 _JUST_TUPLES = {tuple}
 
@@ -70,7 +79,15 @@ def _msgpack_kind(batch: list) -> int | None:
 
 
 def encode_batch(batch: list) -> tuple[int, bytes]:
-    """(kind, body) for a list of records."""
+    """(kind, body) for a list of records (or a TimedBatch)."""
+    if batch.__class__ is TimedBatch:
+        kind, body = _encode_records(list(batch))
+        stamps = array("d", batch.timestamps).tobytes()
+        return kind | TIMED, b"".join((_COUNT.pack(len(batch)), stamps, body))
+    return _encode_records(batch)
+
+
+def _encode_records(batch: list) -> tuple[int, bytes]:
     kind = _msgpack_kind(batch)
     if kind is not None:
         try:
@@ -84,8 +101,15 @@ def encode_watermark(watermark: float) -> tuple[int, bytes]:
     return KIND_WATERMARK, _WATERMARK.pack(watermark)
 
 
-def decode(kind: int, body) -> list | float | None:
-    """The payload of a frame: a list (data), a float (watermark), None (end)."""
+def decode(kind: int, body):
+    """The payload of a frame: a list (data), a float (watermark), None
+    (end), or IDLE."""
+    if kind & TIMED:
+        (count,) = _COUNT.unpack_from(body)
+        stamps = array("d")
+        stamps.frombytes(body[4 : 4 + 8 * count])
+        records = decode(kind & ~TIMED, body[4 + 8 * count :])
+        return TimedBatch(records, stamps.tolist())
     if kind == KIND_TUPLES:
         return _decode_tuples(body)
     if kind == KIND_SCALARS:
@@ -96,4 +120,6 @@ def decode(kind: int, body) -> list | float | None:
         return _WATERMARK.unpack(body)[0]
     if kind == KIND_END:
         return None
+    if kind == KIND_IDLE:
+        return IDLE
     raise ValueError(f"unknown frame kind {kind}")

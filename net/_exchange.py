@@ -14,6 +14,8 @@ from __future__ import annotations
 import pickle
 import zlib
 
+from ._batch import TimedBatch
+
 _CACHE_LIMIT = 1 << 20
 
 
@@ -60,7 +62,10 @@ class Partitioner:
         return owner
 
     def split(self, pairs: list) -> list[list]:
-        """One list per kernel; pairs keep their relative order."""
+        """One list per kernel; pairs keep their relative order (and their
+        timestamps, for a TimedBatch)."""
+        if pairs.__class__ is TimedBatch:
+            return self._split_timed(pairs)
         parts: list[list] = [[] for _ in range(self.peers)]
         appends = [part.append for part in parts]
         get = self._cache.get
@@ -70,4 +75,18 @@ class Partitioner:
             if kernel is None:
                 kernel = owner(pair[0])
             appends[kernel](pair)
+        return parts
+
+    def _split_timed(self, pairs: TimedBatch) -> list[TimedBatch]:
+        parts = [TimedBatch() for _ in range(self.peers)]
+        appends = [part.append for part in parts]
+        stamp_appends = [part.timestamps.append for part in parts]
+        get = self._cache.get
+        owner = self.owner
+        for pair, stamp in zip(pairs, pairs.timestamps):
+            kernel = get(pair[0])
+            if kernel is None:
+                kernel = owner(pair[0])
+            appends[kernel](pair)
+            stamp_appends[kernel](stamp)
         return parts

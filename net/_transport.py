@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from ._codec import HEADER, KIND_END, decode, encode_batch, encode_watermark
+from ._codec import HEADER, KIND_END, KIND_IDLE, decode, encode_batch, encode_watermark
 from .shm import Doorbell, SpscRing, full_fence
 
 END = None  # decode() returns None for an end-of-input frame
@@ -88,9 +88,12 @@ class ProcessTransport:
 
     # -- sending --------------------------------------------------------------
 
-    def send_pairs(self, dest: int, channel: int, pairs: list) -> None:
-        kind, body = encode_batch(pairs)
+    def send_batch(self, dest: int, channel: int, batch: list) -> None:
+        kind, body = encode_batch(batch)
         self._send(dest, HEADER.pack(kind, channel), body)
+
+    def send_idle(self, dest: int, channel: int) -> None:
+        self._send(dest, HEADER.pack(KIND_IDLE, channel), b"")
 
     def send_watermark(self, dest: int, channel: int, watermark: float) -> None:
         kind, body = encode_watermark(watermark)

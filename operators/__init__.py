@@ -8,29 +8,64 @@ the same way (`stream.apply(MyOperator)`).
 from kernel._operator import Operator, Source
 
 from ._aggregates import Count, Fold, Reduce, Sum
+from ._event_time import EventTimeSource, check_event_time
 from ._sinks import Collect, Print, Sink
 from ._sources import DEFAULT_BATCH_SIZE, AsyncIterableSource, IterableSource, check_batch_size
 from ._stateless import Filter, FlatMap, Inspect, KeyBy, Map, MapValues, Union
+from ._windows import (
+    Aggregation,
+    CollectAggregation,
+    CountAggregation,
+    FoldAggregation,
+    LateBatch,
+    ReduceAggregation,
+    SelectBatches,
+    Session,
+    Sliding,
+    SumAggregation,
+    Tumbling,
+    Window,
+    WindowAggregate,
+    WindowJoin,
+    check_window,
+)
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "Aggregation",
     "AsyncIterableSource",
     "Collect",
+    "CollectAggregation",
     "Count",
+    "CountAggregation",
+    "EventTimeSource",
     "Filter",
     "FlatMap",
     "Fold",
+    "FoldAggregation",
     "Inspect",
     "IterableSource",
     "KeyBy",
+    "LateBatch",
     "Map",
     "MapValues",
     "Operator",
     "Print",
     "Reduce",
+    "ReduceAggregation",
+    "SelectBatches",
+    "Session",
     "Sink",
+    "Sliding",
     "Source",
     "Sum",
+    "SumAggregation",
+    "Tumbling",
     "Union",
+    "Window",
+    "WindowAggregate",
+    "WindowJoin",
     "check_batch_size",
+    "check_event_time",
+    "check_window",
 ]

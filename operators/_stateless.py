@@ -10,9 +10,10 @@ from __future__ import annotations
 from itertools import compress
 
 from kernel._errors import KernelError, OperatorError
-from kernel._operator import Operator
+from kernel._operator import Operator, TimedBatch
 
 from ._calls import call_each, over_batch, user_error
+from ._event_time import repeated_times, same_times
 
 
 class _UserFunction(Operator):
@@ -28,14 +29,18 @@ class Map(_UserFunction):
     """Apply `fn` to every record: `stream.map(fn)`."""
 
     def on_batch(self, port, batch):
-        self.emit(call_each(self.name, self.fn, batch))
+        self.emit(same_times(call_each(self.name, self.fn, batch), batch))
 
 
 class Filter(_UserFunction):
     """Keep the records for which `fn` is true: `stream.filter(fn)`."""
 
     def on_batch(self, port, batch):
-        self.emit(list(compress(batch, call_each(self.name, self.fn, batch))))
+        keep = call_each(self.name, self.fn, batch)
+        if batch.__class__ is TimedBatch:
+            self.emit(TimedBatch(compress(batch, keep), list(compress(batch.timestamps, keep))))
+        else:
+            self.emit(list(compress(batch, keep)))
 
 
 class FlatMap(_UserFunction):
@@ -45,16 +50,27 @@ class FlatMap(_UserFunction):
         parts = call_each(self.name, self.fn, batch)
         out: list = []
         extend = out.extend
+        timed = batch.__class__ is TimedBatch
+        sizes: list = []  # len(out) after each part, for the timestamps
+        mark = sizes.append if timed else None
         # A plain loop rather than itertools.chain: when an iterable returned
         # by fn raises while being read, `index` names its record.
         index = 0
         try:
-            for index, part in enumerate(parts):  # noqa: B007 - read in the except
-                extend(part)
+            if mark is None:
+                for index, part in enumerate(parts):  # noqa: B007 - read in the except
+                    extend(part)
+            else:
+                for index, part in enumerate(parts):  # noqa: B007 - read in the except
+                    extend(part)
+                    mark(len(out))
         except KernelError:
             raise
         except Exception as exc:
             raise OperatorError.wrap(self.name, self.fn, exc, record=batch[index]) from exc
+        if timed:
+            counts = [after - before for before, after in zip([0, *sizes], sizes)]
+            out = repeated_times(out, batch, counts)
         self.emit(out)
 
 
@@ -72,14 +88,14 @@ class KeyBy(_UserFunction):
     """Turn every record `x` into the pair `(fn(x), x)`."""
 
     def on_batch(self, port, batch):
-        self.emit(over_batch(self.name, self.fn, batch, _key_by))
+        self.emit(same_times(over_batch(self.name, self.fn, batch, _key_by), batch))
 
 
 class MapValues(_UserFunction):
     """Turn every pair `(k, v)` into `(k, fn(v))`."""
 
     def on_batch(self, port, batch):
-        self.emit(over_batch(self.name, self.fn, batch, _map_values))
+        self.emit(same_times(over_batch(self.name, self.fn, batch, _map_values), batch))
 
 
 class Inspect(_UserFunction):

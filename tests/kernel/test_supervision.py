@@ -161,7 +161,7 @@ def run_expecting_failure(flow, cores) -> tuple[KernelProcessError, float]:
 
 
 PHASES = ["open", "batch", "end"]
-HANDLERS = {"open": "Dier.open", "batch": "Dier.on_batch", "end": "Dier.on_watermark/on_end"}
+HANDLERS = {"open": "Dier.open", "batch": "Dier.on_batch", "end": "Dier.on_end"}
 
 
 @pytest.mark.parametrize("phase", PHASES)

@@ -1,0 +1,45 @@
+"""Batches that carry event time.
+
+A batch is a plain `list` of records. When a source has a `timestamp=`
+function, its batches are `TimedBatch`es: still lists (every operator and
+user function sees the records as they are), with a parallel list
+`timestamps` of float seconds, one per record. Operators that keep or drop
+records carry the timestamps along (`kernel.lowlevel.timed`); a window needs
+them. Timestamps travel beside the records, never inside them, so `map`
+and `map_values` can change records freely without losing their time.
+
+`IDLE` is a progress marker, like a watermark: the sender has had no data
+for a while, so its watermark must not hold anyone back (until it sends a
+watermark again).
+"""
+
+from __future__ import annotations
+
+
+class TimedBatch(list):
+    """A list of records with `timestamps[i]` the event time of `self[i]`."""
+
+    __slots__ = ("timestamps",)
+
+    def __init__(self, records=(), timestamps=None) -> None:
+        super().__init__(records)
+        self.timestamps = [] if timestamps is None else timestamps
+
+    def __repr__(self) -> str:
+        return f"TimedBatch({list.__repr__(self)}, timestamps={self.timestamps!r})"
+
+    def __reduce__(self):
+        return (TimedBatch, (list(self), self.timestamps))
+
+
+class _Idle:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "IDLE"
+
+    def __reduce__(self):
+        return "IDLE"
+
+
+IDLE = _Idle()

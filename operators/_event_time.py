@@ -1,0 +1,136 @@
+"""Event time at the sources: timestamps, watermarks, idleness.
+
+`EventTimeSource` wraps any `Source`: every batch it emits becomes a
+`TimedBatch` (the records unchanged, their timestamps beside them) and, after
+the batch, the source's watermark moves to the largest timestamp seen minus
+`max_delay` (bounded out-of-orderness). A source that emits nothing for
+`idle_timeout` seconds of the kernel's clock is marked idle, so it does not
+hold back the watermark of operators that also read other sources or other
+kernels; its next batch makes it active again. At the end of a bounded input
+the watermark goes to +inf (the kernel does that for every source).
+
+Timestamps are float seconds since the epoch; a timestamp function may return
+an `int`, a `float`, or a `datetime` (converted; a naive datetime is taken as
+UTC, so a pipeline means the same on every machine).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from itertools import repeat
+
+from kernel._operator import Source, TimedBatch
+
+from ._calls import call_each
+
+_UTC = _dt.UTC
+_NUMBERS = (float, int)
+
+
+def as_seconds(value) -> float:
+    """A timestamp as float seconds since the epoch."""
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_UTC)
+        return value.timestamp()
+    if isinstance(value, _NUMBERS) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"a timestamp must be a number of seconds or a datetime, not {type(value).__name__}")
+
+
+def _stamps(values: list) -> list:
+    """Float seconds for the timestamp function's results (numbers stay as
+    they are in the common case: one C-level pass to check)."""
+    kinds = set(map(type, values))
+    if kinds <= {float}:
+        return values
+    if kinds <= {float, int}:
+        return list(map(float, values))
+    return list(map(as_seconds, values))
+
+
+def check_event_time(timestamp, max_delay, idle_timeout) -> None:
+    if timestamp is not None and not callable(timestamp):
+        raise TypeError(f"timestamp must be a function of the record, got {timestamp!r}")
+    if not isinstance(max_delay, (int, float)) or not max_delay >= 0 or math.isinf(max_delay):
+        raise ValueError(f"max_delay must be a finite number of seconds >= 0, got {max_delay!r}")
+    if idle_timeout is not None and (not isinstance(idle_timeout, (int, float)) or not idle_timeout > 0):
+        raise ValueError(f"idle_timeout must be a number of seconds > 0 or None, got {idle_timeout!r}")
+    if timestamp is None and max_delay:
+        raise ValueError("max_delay needs timestamp=: without timestamps there is no event time")
+
+
+class EventTimeSource(Source):
+    """`inner`'s batches with event timestamps `timestamp(record)`."""
+
+    def __init__(self, inner: Source, timestamp, max_delay: float = 0.0, idle_timeout=None) -> None:
+        check_event_time(timestamp, max_delay, idle_timeout)
+        self.inner = inner
+        self.timestamp = timestamp
+        self.max_delay = float(max_delay)
+        self.idle_timeout = idle_timeout
+        self.task_class = inner.task_class
+
+    def open(self, context):
+        inner = self.inner
+        inner.name = self.name
+        inner.context = context
+        inner.emit = self._emit_timed
+        inner.wake = self.wake
+        inner.advance_watermark = self.advance_watermark
+        inner.mark_idle = self.mark_idle
+        inner.schedule = self.schedule
+        self._max_seen = -math.inf
+        self._active = False  # emitted since the last idle check
+        self._idle_timer = None
+        inner.open(context)
+        if self.idle_timeout is not None:
+            self._idle_timer = context.kernel.call_later(self.idle_timeout, self._check_idle)
+
+    def poll(self):
+        more = self.inner.poll()
+        if more is False and self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        return more
+
+    def result(self):
+        return self.inner.result()
+
+    def _emit_timed(self, batch: list) -> None:
+        if not batch:
+            return
+        stamps = _stamps(call_each(self.name, self.timestamp, batch))
+        newest = max(stamps)
+        self.emit(TimedBatch(batch, stamps))
+        self._active = True
+        if newest > self._max_seen:
+            self._max_seen = newest
+        self.advance_watermark(self._max_seen - self.max_delay)
+
+    def _check_idle(self) -> None:
+        if self._active:
+            self._active = False
+        else:
+            self.mark_idle()
+        self._idle_timer = self.context.kernel.call_later(self.idle_timeout, self._check_idle)
+
+
+# -- carrying timestamps through record-at-a-time operators ------------------------
+
+
+def same_times(out: list, batch: list) -> list:
+    """`out` (one record per record of `batch`) with `batch`'s timestamps."""
+    if batch.__class__ is TimedBatch:
+        return TimedBatch(out, batch.timestamps)
+    return out
+
+
+def repeated_times(out: list, batch: TimedBatch, counts) -> TimedBatch:
+    """`out` made of `counts[i]` records for record i of `batch`."""
+    stamps: list = []
+    extend = stamps.extend
+    for stamp, count in zip(batch.timestamps, counts):
+        extend(repeat(stamp, count))
+    return TimedBatch(out, stamps)

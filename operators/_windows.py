@@ -1,0 +1,544 @@
+"""Event-time windows over keyed streams, and windowed joins.
+
+`Tumbling(size)`, `Sliding(size, step)` and `Session(gap)` say which windows
+an event belongs to; `WindowAggregate` keeps one accumulator per key and
+window and emits `(key, window, result)` once the input watermark passes the
+window's end; `WindowJoin` pairs the two sides' values of a key and window.
+
+Conventions (the tests' brute-force references use the same ones):
+
+* A window is half-open, `[start, end)`. A watermark `w` promises that no
+  more events with a timestamp below `w` will come, so a window is complete,
+  and emitted, once the input watermark reaches its end (`w >= end`).
+* Tumbling windows start at multiples of `size`; sliding windows at
+  multiples of `step` (an event is in every window with
+  `start <= t < start + size`). A session starts at its first event and ends
+  at its last event plus `gap`; an event joins a session when it comes less
+  than `gap` after the session's previous event, or less than `gap` before
+  its first, and an event that bridges two sessions merges them.
+* An event is late when every window it belongs to has been emitted already
+  (for sliding windows: it still counts in those of its windows that are
+  open). Late events are dropped and counted, or, with `late=True`, passed
+  on in `LateBatch`es that the facade routes to a side stream.
+* Results of one watermark step come out by window end, then window start,
+  then key in first-seen order. `fold` and `reduce` see a window's values in
+  arrival order; `collect` gives them in timestamp order (ties in arrival
+  order).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from itertools import count
+from operator import itemgetter
+from typing import NamedTuple
+
+from kernel._errors import KernelError, OperatorError
+from kernel._operator import Operator, TimedBatch
+
+EMIT_BATCH = 1024
+_first = itemgetter(0)
+
+
+class Window(NamedTuple):
+    """An event-time window `[start, end)`. A tuple, so `json.dumps` and
+    msgpack write it as `[start, end]`."""
+
+    start: float
+    end: float
+
+    def __repr__(self) -> str:
+        return f"Window({self.start!r}, {self.end!r})"
+
+
+def _positive(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+class Tumbling:
+    """Back-to-back windows of `size` seconds: `[k*size, (k+1)*size)`."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: float) -> None:
+        self.size = _positive("Tumbling size", size)
+
+    def __repr__(self) -> str:
+        return f"Tumbling({self.size!r})"
+
+
+class Sliding:
+    """Windows of `size` seconds starting every `step` seconds (at multiples
+    of `step`); an event is in about `size / step` of them."""
+
+    __slots__ = ("size", "step")
+
+    def __init__(self, size: float, step: float) -> None:
+        self.size = _positive("Sliding size", size)
+        self.step = _positive("Sliding step", step)
+
+    def __repr__(self) -> str:
+        return f"Sliding({self.size!r}, {self.step!r})"
+
+
+class Session:
+    """Per-key bursts of activity separated by at least `gap` seconds."""
+
+    __slots__ = ("gap",)
+
+    def __init__(self, gap: float) -> None:
+        self.gap = _positive("Session gap", gap)
+
+    def __repr__(self) -> str:
+        return f"Session({self.gap!r})"
+
+
+def check_window(window) -> None:
+    if not isinstance(window, (Tumbling, Sliding, Session)):
+        raise TypeError(f"a window must be Tumbling, Sliding or Session, got {window!r}")
+
+
+def _aligned_start(t: float, step: float) -> float:
+    """The largest multiple of `step` that is <= t, exactly by the window
+    predicate `start <= t` (floor of a float quotient can be one off)."""
+    k = math.floor(t / step)
+    if k * step > t:
+        k -= 1
+    elif (k + 1) * step <= t:
+        k += 1
+    return k * step
+
+
+class LateBatch(list):
+    """Late records, passed on beside a window's results when `late=True`."""
+
+    __slots__ = ()
+
+
+# -- aggregations: how a window's accumulator grows -------------------------------
+
+
+class Aggregation:
+    """`create(value)` starts an accumulator, `add(acc, value)` grows it,
+    `merge(a, b)` joins two (sessions merging; None: keep the values and
+    aggregate at emit time), `result(acc)` is what is emitted."""
+
+    name = "aggregation"
+    function = None  # the user's function, named in errors
+
+    def create(self, value, stamp, port=0):
+        raise NotImplementedError
+
+    def add(self, acc, value, stamp, port=0):
+        raise NotImplementedError
+
+    merge = None
+
+    def result(self, acc):
+        return acc
+
+
+class CountAggregation(Aggregation):
+    name = "count"
+
+    def create(self, value, stamp, port=0):
+        return 1
+
+    def add(self, acc, value, stamp, port=0):
+        return acc + 1
+
+    @staticmethod
+    def merge(a, b):
+        return a + b
+
+
+class SumAggregation(Aggregation):
+    name = "sum"
+
+    def create(self, value, stamp, port=0):
+        return value
+
+    def add(self, acc, value, stamp, port=0):
+        return acc + value
+
+    @staticmethod
+    def merge(a, b):
+        return a + b
+
+
+class ReduceAggregation(Aggregation):
+    name = "reduce"
+
+    def __init__(self, fn) -> None:
+        if not callable(fn):
+            raise TypeError(f"reduce needs a callable, got {fn!r}")
+        self.function = fn
+        self.merge = fn  # associative, as for reduce without windows
+
+    def create(self, value, stamp, port=0):
+        return value
+
+    def add(self, acc, value, stamp, port=0):
+        return self.function(acc, value)
+
+
+class FoldAggregation(Aggregation):
+    """A fold has no merge: for sessions the values are kept (in arrival
+    order) and folded when the session is emitted."""
+
+    name = "fold"
+
+    def __init__(self, init, fn) -> None:
+        if not callable(fn):
+            raise TypeError(f"fold needs a callable, got {fn!r}")
+        self.init = init if callable(init) else (lambda: init)
+        self.function = fn
+
+    def create(self, value, stamp, port=0):
+        return self.function(self.init(), value)
+
+    def add(self, acc, value, stamp, port=0):
+        return self.function(acc, value)
+
+
+class CollectAggregation(Aggregation):
+    """The window's values, in timestamp order (ties in arrival order)."""
+
+    name = "collect"
+
+    def create(self, value, stamp, port=0):
+        return [(stamp, value)]
+
+    def add(self, acc, value, stamp, port=0):
+        acc.append((stamp, value))
+        return acc
+
+    @staticmethod
+    def merge(a, b):
+        return a + b
+
+    def result(self, acc):
+        acc.sort(key=_first)
+        return [value for _, value in acc]
+
+
+class _Values:
+    """A session's raw values, for aggregations without a merge."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: list) -> None:
+        self.values = values
+
+
+# -- the window operator ------------------------------------------------------------
+
+
+class _Windowing(Operator):
+    """What window aggregates and joins share: timestamps in, windows kept
+    per key, results emitted as the watermark passes, late events out."""
+
+    def __init__(self, window, late: bool) -> None:
+        check_window(window)
+        self.window = window
+        self.route_late = late
+        self.late = 0
+
+    def open(self, context):
+        self._frontier = -math.inf
+        self._out: list = []
+        self._late_out: list = []
+        window = self.window
+        if isinstance(window, Session):
+            self._sessions: dict = {}  # key -> list of [start, end, acc], by start
+            self._ends: list = []  # heap of (end, sequence, key, start): fire candidates
+            self._seq = count()
+        else:
+            self._open: dict = {}  # window start -> {key: acc}
+            self._starts: list = []  # heap of the starts in `_open`
+
+    # subclasses: _new(value, stamp, port) -> acc, _grow(acc, value, stamp, port) -> acc,
+    # _merge(a, b) -> acc, _results(key, window, acc) -> list of output records
+
+    def _stamps(self, batch):
+        if batch.__class__ is not TimedBatch:
+            raise KernelError(
+                f"{self.name}: windows need event time, but these records carry no timestamps: "
+                "give the source timestamp=... (from_iterable(data, timestamp=fn)), and keep the "
+                "path to the window on built-in operators (a custom operator must emit "
+                "TimedBatch(out, batch.timestamps) to pass them on)"
+            )
+        return batch.timestamps
+
+    def on_batch(self, port, batch):
+        stamps = self._stamps(batch)
+        if isinstance(self.window, Session):
+            self._add_to_sessions(port, batch, stamps)
+        elif isinstance(self.window, Tumbling):
+            self._add_tumbling(port, batch, stamps)
+        else:
+            self._add_sliding(port, batch, stamps)
+        self._flush()
+
+    # -- tumbling and sliding ------------------------------------------------------
+
+    def _add_tumbling(self, port, batch, stamps):
+        size = self.window.size
+        frontier = self._frontier
+        opened, starts = self._open, self._starts
+        new, grow = self._new, self._grow
+        floor = math.floor
+        late = self._late_out
+        record = None
+        try:
+            for record, stamp in zip(batch, stamps):
+                k = floor(stamp / size)
+                start = k * size
+                if start > stamp:
+                    start = (k - 1) * size
+                elif start + size <= stamp:
+                    start = (k + 1) * size
+                if start + size <= frontier:
+                    late.append(record)
+                    continue
+                keyed = opened.get(start)
+                if keyed is None:
+                    keyed = opened[start] = {}
+                    heapq.heappush(starts, start)
+                key = record[0]
+                acc = keyed.get(key, _MISSING)
+                if acc is _MISSING:
+                    keyed[key] = new(record[1], stamp, port)
+                else:
+                    keyed[key] = grow(acc, record[1], stamp, port)
+        except KernelError:
+            raise
+        except Exception as exc:
+            raise self._user_error(exc, record) from exc
+
+    def _add_sliding(self, port, batch, stamps):
+        size, step = self.window.size, self.window.step
+        frontier = self._frontier
+        opened, starts = self._open, self._starts
+        new, grow = self._new, self._grow
+        late = self._late_out
+        record = None
+        try:
+            for record, stamp in zip(batch, stamps):
+                start = _aligned_start(stamp, step)
+                placed = False
+                key = record[0]
+                # every window [s, s + size) with s <= stamp < s + size
+                while start + size > stamp:
+                    if start + size > frontier:
+                        keyed = opened.get(start)
+                        if keyed is None:
+                            keyed = opened[start] = {}
+                            heapq.heappush(starts, start)
+                        acc = keyed.get(key, _MISSING)
+                        if acc is _MISSING:
+                            keyed[key] = new(record[1], stamp, port)
+                        else:
+                            keyed[key] = grow(acc, record[1], stamp, port)
+                        placed = True
+                    start -= step
+                if not placed:
+                    late.append(record)
+        except KernelError:
+            raise
+        except Exception as exc:
+            raise self._user_error(exc, record) from exc
+
+    def _fire_aligned(self, frontier):
+        size = self.window.size
+        opened, starts = self._open, self._starts
+        out = self._out
+        while starts and starts[0] + size <= frontier:
+            start = heapq.heappop(starts)
+            window = Window(start, start + size)
+            for key, acc in opened.pop(start).items():
+                out.extend(self._results(key, window, acc))
+
+    # -- sessions --------------------------------------------------------------------
+
+    def _add_to_sessions(self, port, batch, stamps):
+        gap = self.window.gap
+        frontier = self._frontier
+        sessions, ends, seq = self._sessions, self._ends, self._seq
+        late = self._late_out
+        record = None
+        try:
+            for record, stamp in zip(batch, stamps):
+                key = record[0]
+                start, end = stamp, stamp + gap
+                mine = sessions.get(key)
+                if mine is None:
+                    mine = sessions[key] = []
+                # the open sessions this event touches: [s, e) overlapping [stamp, stamp + gap)
+                touching = [s for s in mine if s[0] < end and stamp < s[1]]
+                if not touching and end <= frontier:
+                    late.append(record)
+                    continue
+                acc = self._new_session_acc(record[1], stamp, port)
+                for s in touching:
+                    start = min(start, s[0])
+                    end = max(end, s[1])
+                    acc = self._merge_accs(s[2], acc)
+                    mine.remove(s)
+                merged = [start, end, acc]
+                mine.append(merged)
+                mine.sort(key=_first)
+                heapq.heappush(ends, (end, start, next(seq), key))
+        except KernelError:
+            raise
+        except Exception as exc:
+            raise self._user_error(exc, record) from exc
+
+    def _new_session_acc(self, value, stamp, port):
+        if self._merge is None:
+            return _Values([(value, port)])
+        return self._new(value, stamp, port)
+
+    def _merge_accs(self, older, newer):
+        if self._merge is None:
+            older.values.extend(newer.values)
+            return older
+        return self._merge(older, newer)
+
+    def _fire_sessions(self, frontier):
+        sessions, ends = self._sessions, self._ends
+        out = self._out
+        while ends and ends[0][0] <= frontier:
+            end, start, _, key = heapq.heappop(ends)
+            mine = sessions.get(key)
+            if not mine:
+                continue
+            for s in mine:
+                if s[0] == start and s[1] == end:
+                    break
+            else:
+                continue  # stale: that session grew or merged since
+            mine.remove(s)
+            if not mine:
+                del sessions[key]
+            acc = s[2]
+            if acc.__class__ is _Values:
+                acc = self._from_values(acc.values)
+            out.extend(self._results(key, Window(start, end), acc))
+
+    def _from_values(self, values):
+        (value, port), *rest = values
+        acc = self._new(value, math.nan, port)
+        for value, port in rest:
+            acc = self._grow(acc, value, math.nan, port)
+        return acc
+
+    # -- progress ------------------------------------------------------------------
+
+    def on_watermark(self, watermark):
+        self._frontier = watermark
+        try:
+            if isinstance(self.window, Session):
+                self._fire_sessions(watermark)
+            else:
+                self._fire_aligned(watermark)
+        except KernelError:
+            raise
+        except Exception as exc:
+            raise OperatorError.wrap(self.name, self._function(), exc, has_record=False) from exc
+        self._flush()
+
+    def on_end(self):
+        if self.late and not self.route_late:
+            self.context.logger.warning(
+                "%s: dropped %d late events (behind the watermark for windows already emitted); "
+                "window(..., late=True) passes them on instead",
+                self.name,
+                self.late,
+            )
+
+    def _flush(self):
+        out = self._out
+        while out:
+            self.emit(out[:EMIT_BATCH])
+            del out[:EMIT_BATCH]
+        late = self._late_out
+        if late:
+            self.late += len(late)
+            if self.route_late:
+                self.emit(LateBatch(late))
+            self._late_out = []
+
+    def result(self):
+        return {"late": self.late} if self.late else None
+
+    def _user_error(self, exc, record):
+        return OperatorError.wrap(self.name, self._function(), exc, record=record)
+
+    def _function(self):
+        return "window"
+
+
+_MISSING = object()
+
+
+class WindowAggregate(_Windowing):
+    """`(key, window, result)` per key and window of a keyed stream."""
+
+    def __init__(self, window, aggregation: Aggregation, late: bool = False) -> None:
+        super().__init__(window, late)
+        self.aggregation = aggregation
+        self._new = aggregation.create
+        self._grow = aggregation.add
+        self._merge = aggregation.merge
+
+    def _results(self, key, window, acc):
+        return ((key, window, self.aggregation.result(acc)),)
+
+    def _function(self):
+        return self.aggregation.function or f"window {self.aggregation.name}"
+
+
+class WindowJoin(_Windowing):
+    """Inner join of two keyed streams (ports 0 and 1) per key and window:
+    `(key, window, (left, right))` for every pair, in arrival order."""
+
+    def __init__(self, window, late: bool = False) -> None:
+        super().__init__(window, late)
+
+    def _new(self, value, stamp, port):
+        sides: tuple[list, list] = ([], [])
+        sides[port].append(value)
+        return sides
+
+    def _grow(self, acc, value, stamp, port):
+        acc[port].append(value)
+        return acc
+
+    @staticmethod
+    def _merge(a, b):
+        a[0].extend(b[0])
+        a[1].extend(b[1])
+        return a
+
+    def _results(self, key, window, acc):
+        lefts, rights = acc
+        return [(key, window, (left, right)) for left in lefts for right in rights]
+
+    def _function(self):
+        return "join"
+
+
+class SelectBatches(Operator):
+    """Passes on a window's result batches (`late=False`) or its late
+    records (`late=True`): the two outputs of a window with `late=True`."""
+
+    def __init__(self, late: bool) -> None:
+        self.late = late
+
+    def on_batch(self, port, batch):
+        if (batch.__class__ is LateBatch) is self.late:
+            self.emit(list(batch) if self.late else batch)
