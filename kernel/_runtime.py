@@ -262,12 +262,20 @@ class _Instance:
         self.channel_idle[channel] = True
         self.idle_channels += 1
         if self.idle_channels == self.open_channels:
-            # nothing left to wait for: downstream must not wait on us either
-            if not self.idle:
-                self.idle = True
-                self._forward(IDLE)
+            self._all_inputs_idle()
         else:
             self._advance_frontier(self._active_minimum())
+
+    def _all_inputs_idle(self) -> None:
+        # As Flink's watermark valve: with every input idle, nothing holds
+        # the frontier back but the idle inputs' own last watermarks, so it
+        # moves to the largest of them (events an input sends after that,
+        # behind the frontier, are late); then this instance is idle too.
+        marks = [m for m, idle in zip(self.channel_watermarks, self.channel_idle) if idle]
+        self._advance_frontier(max(marks))
+        if not self.idle:
+            self.idle = True
+            self._forward(IDLE)
 
     def _active_minimum(self) -> float:
         if not self.idle_channels:
@@ -283,17 +291,12 @@ class _Instance:
         self.channel_watermarks[channel] = _INF
         self.open_channels -= 1
         if self.open_channels and self.idle_channels == self.open_channels:
-            self._channel_went_idle_all()
+            self._all_inputs_idle()
         else:
             self._advance_frontier(self._active_minimum())
         if self.open_channels == 0:
             self._call_handler("on_end")
             self._finish()
-
-    def _channel_went_idle_all(self) -> None:
-        if not self.idle:
-            self.idle = True
-            self._forward(IDLE)
 
     def _advance_frontier(self, frontier: float) -> None:
         if frontier > self.frontier:

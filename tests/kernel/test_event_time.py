@@ -1,0 +1,254 @@
+"""Event time in the kernel: source watermarks, event-time timers (exact
+firing orders), processing-time timers on the virtual clock, idle sources."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import time
+
+import pytest
+
+from kernel import Dataflow, Kernel, KernelError, Operator, TimedBatch, VirtualClock, run, run_async
+from operators import Tumbling
+
+
+class Traced(Operator):
+    """Sets a timer at `record + 1` for every record and traces everything."""
+
+    trace: list = []
+
+    def on_batch(self, port, batch):
+        for record, stamp in zip(batch, batch.timestamps):
+            self.trace.append(("batch", record, stamp))
+            self.schedule(stamp + 1.0, record)
+
+    def on_timer(self, event_time, data):
+        self.trace.append(("timer", event_time, data))
+
+    def on_watermark(self, watermark):
+        self.trace.append(("wm", watermark))
+
+    def on_end(self):
+        self.trace.append(("end",))
+
+
+def test_event_time_timers_fire_in_time_order_before_the_watermark_moves_on():
+    Traced.trace = []
+    flow = Dataflow()
+    flow.from_iterable([1.0, 3.0, 2.0, 6.0], timestamp=lambda t: t, batch_size=1).apply(Traced)
+    run(flow, clock=VirtualClock())
+    assert Traced.trace == [
+        ("batch", 1.0, 1.0),
+        ("wm", 1.0),
+        ("batch", 3.0, 3.0),
+        ("timer", 2.0, 1.0),  # due at 2.0 <= 3.0
+        ("wm", 3.0),
+        ("batch", 2.0, 2.0),  # out of order: the watermark stays at 3.0
+        ("batch", 6.0, 6.0),
+        ("timer", 3.0, 2.0),  # set after the watermark passed it: fires at the next step
+        ("timer", 4.0, 3.0),
+        ("wm", 6.0),
+        ("timer", 7.0, 6.0),  # the rest fire when the input ends
+        ("wm", math.inf),
+        ("end",),
+    ]
+
+
+class Ties(Operator):
+    fired: list = []
+
+    def on_batch(self, port, batch):
+        for record in batch:
+            self.schedule(5.0, record)
+
+    def on_timer(self, event_time, data):
+        self.fired.append(data)
+
+
+def test_timers_at_the_same_time_fire_in_the_order_they_were_set():
+    Ties.fired = []
+    flow = Dataflow()
+    flow.from_iterable(["c", "a", "b", "a"], timestamp=lambda _: 0.0).apply(Ties)
+    run(flow)
+    assert Ties.fired == ["c", "a", "b", "a"]
+
+
+def test_source_watermark_is_max_seen_minus_max_delay():
+    seen = []
+
+    class Marks(Operator):
+        def on_batch(self, port, batch):
+            pass
+
+        def on_watermark(self, watermark):
+            seen.append(watermark)
+
+    flow = Dataflow()
+    (flow.from_iterable([10.0, 12.0, 11.0, 15.0], timestamp=lambda t: t, max_delay=1.5, batch_size=1)
+         .apply(Marks))
+    run(flow)
+    assert seen == [8.5, 10.5, 13.5, math.inf]
+
+
+def test_datetime_timestamps_are_seconds_since_the_epoch_naive_as_utc():
+    stamps = []
+
+    class Stamps(Operator):
+        def on_batch(self, port, batch):
+            stamps.extend(batch.timestamps)
+
+    aware = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    naive = dt.datetime(2026, 1, 1, 10, 0, 1)
+    flow = Dataflow()
+    flow.from_iterable([aware, naive, 7], timestamp=lambda t: t).apply(Stamps)
+    run(flow)
+    assert stamps == [aware.timestamp(), aware.timestamp() + 1.0, 7.0]
+
+
+def test_a_timestamp_that_is_not_a_time_is_a_clear_error():
+    flow = Dataflow()
+    flow.from_iterable(["x"], timestamp=lambda r: r).collect()
+    with pytest.raises(KernelError, match="timestamp must be a number of seconds or a datetime"):
+        run(flow)
+
+
+def test_bad_event_time_options_are_refused_when_the_flow_is_built():
+    flow = Dataflow()
+    with pytest.raises(ValueError, match="max_delay"):
+        flow.from_iterable([1], timestamp=float, max_delay=-1)
+    with pytest.raises(ValueError, match="max_delay needs timestamp"):
+        flow.from_iterable([1], max_delay=1.0)
+    with pytest.raises(TypeError, match="timestamp must be a function"):
+        flow.from_iterable([1], timestamp=3)
+    with pytest.raises(ValueError, match="idle_timeout"):
+        flow.from_async_iterable(lambda: None, timestamp=float, idle_timeout=0)
+
+
+class WithStamps(Operator):
+    """Emits `(record, its timestamp)`: makes timestamps visible to collect()."""
+
+    def on_batch(self, port, batch):
+        assert isinstance(batch, TimedBatch)
+        self.emit(list(zip(batch, batch.timestamps)))
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_timestamps_survive_map_filter_flat_map_and_the_exchange(cores):
+    events = [(f"k{i % 3}", float(i)) for i in range(40)]
+    flow = Dataflow()
+    out = (flow.from_iterable(events, timestamp=lambda e: e[1], batch_size=5)
+               .filter(lambda e: e[1] % 4 != 1)
+               .flat_map(lambda e: [e, e] if e[1] % 4 == 2 else [e])
+               .map(lambda e: (e[0], e[1] * 10))
+               .key_by(lambda e: e[0])
+               .map_values(lambda e: e[1])
+               .apply(WithStamps)
+               .collect())
+    run(flow, cores=cores)
+    assert all(value == stamp * 10 for (_key, value), stamp in out.items)
+    assert sorted(stamp for _, stamp in out.items) == sorted(
+        [float(i) for i in range(40) if i % 4 != 1] + [float(i) for i in range(40) if i % 4 == 2]
+    )
+
+
+# -- processing-time timers -----------------------------------------------------
+
+
+async def test_processing_time_timers_run_on_the_virtual_clock_in_deadline_order():
+    clock = VirtualClock()
+    kernel = Kernel(clock=clock)
+    fired = []
+
+    async def task():
+        kernel.call_later(1.0, lambda: fired.append("a"))
+        kernel.call_later(0.5, lambda: fired.append("b"))
+        kernel.call_later(1.0, lambda: fired.append("c"))
+        cancelled = kernel.call_later(0.7, lambda: fired.append("never"))
+        await asyncio.sleep(0)
+        assert fired == []  # the virtual clock has not moved
+        clock.advance(0.6)
+        await asyncio.sleep(0)
+        assert fired == ["b"]
+        cancelled.cancel()
+        clock.advance(0.4)
+        await asyncio.sleep(0)
+        assert fired == ["b", "a", "c"]
+
+    kernel.spawn(task())
+    await kernel.join()
+    assert fired == ["b", "a", "c"]
+
+
+async def test_timers_left_when_a_kernel_finishes_are_cancelled():
+    kernel = Kernel()
+    handles = []
+
+    async def task():
+        handles.append(kernel.call_later(3600.0, lambda: None))
+
+    kernel.spawn(task())
+    await kernel.join()
+    assert handles[0].cancelled()
+
+
+# -- idle sources ----------------------------------------------------------------
+
+
+async def test_an_idle_source_does_not_hold_back_the_windows_of_another():
+    """Two sources feed one window; one says nothing. Without idleness no
+    window could close before both sources end, and both wait for one."""
+    release = asyncio.Event()
+    emitted = []
+
+    async def busy():
+        for t in range(10):
+            yield ("k", float(t))
+        await release.wait()
+
+    async def silent():
+        await release.wait()
+        return
+        yield  # an async generator that yields nothing
+
+    def seen(result):
+        emitted.append(result)
+        release.set()
+
+    flow = Dataflow()
+    a = flow.from_async_iterable(busy, timestamp=lambda e: e[1], idle_timeout=0.05)
+    b = flow.from_async_iterable(silent, timestamp=lambda e: e[1], idle_timeout=0.05)
+    a.union(b).key_by(lambda e: e[0]).window(Tumbling(5.0)).count().sink(seen)
+    await asyncio.wait_for(run_async(flow), timeout=10)
+    # the window [0, 5) closed while the silent source was idle, before the end
+    assert emitted[0][1].end == 5.0 and emitted[0][2] == 5
+
+
+def test_an_idle_kernel_does_not_hold_back_the_windows_of_another(tmp_path):
+    """On two kernels, kernel 1 gets no events at all (every record of the
+    source is kernel 0's share); kernel 0's windows close anyway, long
+    before the sources end."""
+    log = tmp_path / "log"
+
+    async def events():
+        for t in range(0, 20, 2):
+            yield ("k", float(t))  # position i -> kernel i % 2: kernel 0 gets even positions
+            yield None  # kernel 1's share: dropped below
+        await asyncio.sleep(1.5)
+        with open(log, "a") as f:
+            f.write(f"source done {time.time()}\n")
+
+    def note(result):
+        with open(log, "a") as f:
+            f.write(f"window {time.time()}\n")
+
+    flow = Dataflow()
+    (flow.from_async_iterable(events, timestamp=lambda e: e[1] if e else 0.0, idle_timeout=0.1)
+         .filter(lambda e: e is not None)
+         .key_by(lambda e: e[0]).window(Tumbling(4.0)).count().sink(note))
+    run(flow, cores=2)
+    lines = log.read_text().splitlines()
+    first_window = min(float(line.split()[1]) for line in lines if line.startswith("window"))
+    source_done = min(float(line.split()[2]) for line in lines if line.startswith("source done"))
+    assert first_window < source_done - 0.5
