@@ -226,7 +226,8 @@ class CollectAggregation(Aggregation):
 
 
 class _Values:
-    """A session's raw values, for aggregations without a merge."""
+    """A session's raw values as (arrival sequence, value, port), for
+    aggregations without a merge (fold): folded when the session closes."""
 
     __slots__ = ("values",)
 
@@ -329,7 +330,7 @@ class _Windowing(Operator):
         try:
             for record, stamp in zip(batch, stamps):
                 start = _aligned_start(stamp, step)
-                placed = False
+                placed = start + size <= stamp  # in no window at all (step > size): not late
                 key = record[0]
                 # every window [s, s + size) with s <= stamp < s + size
                 while start + size > stamp:
@@ -382,12 +383,15 @@ class _Windowing(Operator):
                 if not touching and end <= frontier:
                     late.append(record)
                     continue
-                acc = self._new_session_acc(record[1], stamp, port)
-                for s in touching:
+                # merge what it bridges, oldest session first, then the event
+                acc = _MISSING
+                for s in touching:  # `mine` is sorted by start
                     start = min(start, s[0])
                     end = max(end, s[1])
-                    acc = self._merge_accs(s[2], acc)
+                    acc = s[2] if acc is _MISSING else self._merge_accs(acc, s[2])
                     mine.remove(s)
+                new = self._new_session_acc(record[1], stamp, port, next(seq))
+                acc = new if acc is _MISSING else self._merge_accs(acc, new)
                 merged = [start, end, acc]
                 mine.append(merged)
                 mine.sort(key=_first)
@@ -397,9 +401,9 @@ class _Windowing(Operator):
         except Exception as exc:
             raise self._user_error(exc, record) from exc
 
-    def _new_session_acc(self, value, stamp, port):
+    def _new_session_acc(self, value, stamp, port, sequence):
         if self._merge is None:
-            return _Values([(value, port)])
+            return _Values([(sequence, value, port)])
         return self._new(value, stamp, port)
 
     def _merge_accs(self, older, newer):
@@ -430,9 +434,10 @@ class _Windowing(Operator):
             out.extend(self._results(key, Window(start, end), acc))
 
     def _from_values(self, values):
-        (value, port), *rest = values
+        values.sort(key=_first)  # arrival order, across merged sessions
+        (_, value, port), *rest = values
         acc = self._new(value, math.nan, port)
-        for value, port in rest:
+        for _, value, port in rest:
             acc = self._grow(acc, value, math.nan, port)
         return acc
 
