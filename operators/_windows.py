@@ -291,25 +291,34 @@ class _Windowing(Operator):
         frontier = self._frontier
         opened, starts = self._open, self._starts
         new, grow = self._new, self._grow
+        adds = self._adds  # "sum" / "count": inlined below (no call per record)
         floor = math.floor
         late = self._late_out
         record = None
+        last_start = keyed = None  # consecutive events mostly share a window
         try:
             for record, stamp in zip(batch, stamps):
                 k = floor(stamp / size)
                 start = k * size
-                if start > stamp:
+                if start > stamp:  # the float quotient rounded across a boundary
                     start = (k - 1) * size
                 elif start + size <= stamp:
                     start = (k + 1) * size
-                if start + size <= frontier:
-                    late.append(record)
-                    continue
-                keyed = opened.get(start)
-                if keyed is None:
-                    keyed = opened[start] = {}
-                    heapq.heappush(starts, start)
+                if start != last_start:
+                    if start + size <= frontier:
+                        late.append(record)
+                        continue
+                    keyed = opened.get(start)
+                    if keyed is None:
+                        keyed = opened[start] = {}
+                        heapq.heappush(starts, start)
+                    last_start = start
                 key = record[0]
+                if adds is not None:
+                    acc = keyed.get(key, _MISSING)
+                    value = record[1] if adds == "sum" else 1
+                    keyed[key] = value if acc is _MISSING else acc + value
+                    continue
                 acc = keyed.get(key, _MISSING)
                 if acc is _MISSING:
                     keyed[key] = new(record[1], stamp, port)
@@ -356,12 +365,9 @@ class _Windowing(Operator):
     def _fire_aligned(self, frontier):
         size = self.window.size
         opened, starts = self._open, self._starts
-        out = self._out
         while starts and starts[0] + size <= frontier:
             start = heapq.heappop(starts)
-            window = Window(start, start + size)
-            for key, acc in opened.pop(start).items():
-                out.extend(self._results(key, window, acc))
+            self._emit_window(Window(start, start + size), opened.pop(start))
 
     # -- sessions --------------------------------------------------------------------
 
@@ -499,9 +505,18 @@ class WindowAggregate(_Windowing):
         self._new = aggregation.create
         self._grow = aggregation.add
         self._merge = aggregation.merge
+        kind = type(aggregation)
+        self._adds = {SumAggregation: "sum", CountAggregation: "count"}.get(kind)
 
     def _results(self, key, window, acc):
         return ((key, window, self.aggregation.result(acc)),)
+
+    def _emit_window(self, window, accs: dict) -> None:
+        if self._adds is not None:  # the accumulator is the result
+            self._out.extend([(key, window, acc) for key, acc in accs.items()])
+        else:
+            result = self.aggregation.result
+            self._out.extend([(key, window, result(acc)) for key, acc in accs.items()])
 
     def _function(self):
         return self.aggregation.function or f"window {self.aggregation.name}"
@@ -529,9 +544,15 @@ class WindowJoin(_Windowing):
         a[1].extend(b[1])
         return a
 
+    _adds = None
+
     def _results(self, key, window, acc):
         lefts, rights = acc
         return [(key, window, (left, right)) for left in lefts for right in rights]
+
+    def _emit_window(self, window, accs: dict) -> None:
+        for key, acc in accs.items():
+            self._out.extend(self._results(key, window, acc))
 
     def _function(self):
         return "join"
