@@ -315,7 +315,7 @@ class WindowedStream:
         return WindowResults._around(keyed.flow, node, self._late)
 
     def reduce(self, fn, *, name: str | None = None) -> WindowResults:
-        """`fn(acc, value)` over each window's values (associative: sessions merge)."""
+        """`fn(acc, value)` over each window's values, in arrival order."""
         return self._aggregate(name or f"window reduce({_fn_name(fn)})", ops.ReduceAggregation(fn))
 
     def fold(self, init, fn, *, name: str | None = None) -> WindowResults:

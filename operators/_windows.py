@@ -101,15 +101,38 @@ def check_window(window) -> None:
         raise TypeError(f"a window must be Tumbling, Sliding or Session, got {window!r}")
 
 
-def _aligned_start(t: float, step: float) -> float:
-    """The largest multiple of `step` that is <= t, exactly by the window
-    predicate `start <= t` (floor of a float quotient can be one off)."""
-    k = math.floor(t / step)
-    if k * step > t:
-        k -= 1
-    elif (k + 1) * step <= t:
-        k += 1
-    return k * step
+class _Aligned:
+    """Tumbling and sliding windows by number: window `j` is
+    `[j * step, end(j))`, where `end(j)` is `(j + m) * step` when the size is
+    `m` steps (tumbling: m = 1), so consecutive windows tile exactly in
+    floats (`5 * 0.1 + 0.1` is not `6 * 0.1`), else `j * step + size`.
+    Membership is decided by these same numbers, so every event lands in the
+    windows that hold it by the predicate `start <= t < end`."""
+
+    __slots__ = ("size", "span", "step")
+
+    def __init__(self, size: float, step: float) -> None:
+        self.size, self.step = size, step
+        span = round(size / step)
+        self.span = span if span >= 1 and span * step == size else None
+
+    def start(self, j: int) -> float:
+        return j * self.step
+
+    def end(self, j: int) -> float:
+        return (j + self.span) * self.step if self.span is not None else j * self.step + self.size
+
+    def last(self, t: float) -> int:
+        """The largest j with start(j) <= t."""
+        j = math.floor(t / self.step)
+        if j * self.step > t:
+            j -= 1
+        elif (j + 1) * self.step <= t:
+            j += 1
+        return j
+
+    def window(self, j: int) -> Window:
+        return Window(self.start(j), self.end(j))
 
 
 class LateBatch(list):
@@ -123,8 +146,10 @@ class LateBatch(list):
 
 class Aggregation:
     """`create(value)` starts an accumulator, `add(acc, value)` grows it,
-    `merge(a, b)` joins two (sessions merging; None: keep the values and
-    aggregate at emit time), `result(acc)` is what is emitted."""
+    `merge(a, b)` joins two when sessions merge (None: a session keeps its
+    raw values and aggregates them in arrival order when it closes, which
+    holds more memory but needs nothing of the function), `result(acc)` is
+    what is emitted."""
 
     name = "aggregation"
     function = None  # the user's function, named in errors
@@ -156,6 +181,9 @@ class CountAggregation(Aggregation):
 
 
 class SumAggregation(Aggregation):
+    """No merge: `+` need not be commutative (str, list) nor exact in any
+    order (float), so merged sessions add their values in arrival order."""
+
     name = "sum"
 
     def create(self, value, stamp, port=0):
@@ -164,19 +192,17 @@ class SumAggregation(Aggregation):
     def add(self, acc, value, stamp, port=0):
         return acc + value
 
-    @staticmethod
-    def merge(a, b):
-        return a + b
-
 
 class ReduceAggregation(Aggregation):
+    """No merge, as for sum: merged sessions reduce their values in arrival
+    order, so `fn` need not be commutative."""
+
     name = "reduce"
 
     def __init__(self, fn) -> None:
         if not callable(fn):
             raise TypeError(f"reduce needs a callable, got {fn!r}")
         self.function = fn
-        self.merge = fn  # associative, as for reduce without windows
 
     def create(self, value, stamp, port=0):
         return value
@@ -186,8 +212,8 @@ class ReduceAggregation(Aggregation):
 
 
 class FoldAggregation(Aggregation):
-    """A fold has no merge: for sessions the values are kept (in arrival
-    order) and folded when the session is emitted."""
+    """No merge: for sessions the values are kept (in arrival order) and
+    folded when the session is emitted."""
 
     name = "fold"
 
@@ -227,7 +253,7 @@ class CollectAggregation(Aggregation):
 
 class _Values:
     """A session's raw values as (arrival sequence, value, port), for
-    aggregations without a merge (fold): folded when the session closes."""
+    aggregations without a merge: aggregated when the session closes."""
 
     __slots__ = ("values",)
 
@@ -258,8 +284,10 @@ class _Windowing(Operator):
             self._ends: list = []  # heap of (end, sequence, key, start): fire candidates
             self._seq = count()
         else:
-            self._open: dict = {}  # window start -> {key: acc}
-            self._starts: list = []  # heap of the starts in `_open`
+            step = window.size if isinstance(window, Tumbling) else window.step
+            self._aligned = _Aligned(window.size, step)
+            self._open: dict = {}  # window number -> {key: acc}
+            self._numbers: list = []  # heap of the window numbers in `_open`
 
     # subclasses: _new(value, stamp, port) -> acc, _grow(acc, value, stamp, port) -> acc,
     # _merge(a, b) -> acc, _results(key, window, acc) -> list of output records
@@ -287,32 +315,32 @@ class _Windowing(Operator):
     # -- tumbling and sliding ------------------------------------------------------
 
     def _add_tumbling(self, port, batch, stamps):
-        size = self.window.size
+        aligned = self._aligned
+        size = aligned.size
         frontier = self._frontier
-        opened, starts = self._open, self._starts
+        opened, numbers = self._open, self._numbers
         new, grow = self._new, self._grow
         adds = self._adds  # "sum" / "count": inlined below (no call per record)
         floor = math.floor
         late = self._late_out
         record = None
-        last_start = keyed = None  # consecutive events mostly share a window
+        last_j = keyed = None  # consecutive events mostly share a window
         try:
             for record, stamp in zip(batch, stamps):
-                k = floor(stamp / size)
-                start = k * size
-                if start > stamp:  # the float quotient rounded across a boundary
-                    start = (k - 1) * size
-                elif start + size <= stamp:
-                    start = (k + 1) * size
-                if start != last_start:
-                    if start + size <= frontier:
+                j = floor(stamp / size)
+                if j * size > stamp:  # the float quotient rounded across a boundary
+                    j -= 1
+                elif (j + 1) * size <= stamp:
+                    j += 1
+                if j != last_j:
+                    if (j + 1) * size <= frontier:
                         late.append(record)
                         continue
-                    keyed = opened.get(start)
+                    keyed = opened.get(j)
                     if keyed is None:
-                        keyed = opened[start] = {}
-                        heapq.heappush(starts, start)
-                    last_start = start
+                        keyed = opened[j] = {}
+                        heapq.heappush(numbers, j)
+                    last_j = j
                 key = record[0]
                 if adds is not None:
                     acc = keyed.get(key, _MISSING)
@@ -330,32 +358,34 @@ class _Windowing(Operator):
             raise self._user_error(exc, record) from exc
 
     def _add_sliding(self, port, batch, stamps):
-        size, step = self.window.size, self.window.step
+        aligned = self._aligned
+        end = aligned.end
         frontier = self._frontier
-        opened, starts = self._open, self._starts
+        opened, numbers = self._open, self._numbers
         new, grow = self._new, self._grow
         late = self._late_out
         record = None
         try:
             for record, stamp in zip(batch, stamps):
-                start = _aligned_start(stamp, step)
-                placed = start + size <= stamp  # in no window at all (step > size): not late
+                j = aligned.last(stamp)
+                in_any = placed = False
                 key = record[0]
-                # every window [s, s + size) with s <= stamp < s + size
-                while start + size > stamp:
-                    if start + size > frontier:
-                        keyed = opened.get(start)
+                # every window j with start(j) <= stamp < end(j), newest first
+                while (window_end := end(j)) > stamp:
+                    in_any = True
+                    if window_end > frontier:
+                        keyed = opened.get(j)
                         if keyed is None:
-                            keyed = opened[start] = {}
-                            heapq.heappush(starts, start)
+                            keyed = opened[j] = {}
+                            heapq.heappush(numbers, j)
                         acc = keyed.get(key, _MISSING)
                         if acc is _MISSING:
                             keyed[key] = new(record[1], stamp, port)
                         else:
                             keyed[key] = grow(acc, record[1], stamp, port)
                         placed = True
-                    start -= step
-                if not placed:
+                    j -= 1
+                if in_any and not placed:  # in no window at all (step > size): not late
                     late.append(record)
         except KernelError:
             raise
@@ -363,11 +393,11 @@ class _Windowing(Operator):
             raise self._user_error(exc, record) from exc
 
     def _fire_aligned(self, frontier):
-        size = self.window.size
-        opened, starts = self._open, self._starts
-        while starts and starts[0] + size <= frontier:
-            start = heapq.heappop(starts)
-            self._emit_window(Window(start, start + size), opened.pop(start))
+        aligned = self._aligned
+        opened, numbers = self._open, self._numbers
+        while numbers and aligned.end(numbers[0]) <= frontier:
+            j = heapq.heappop(numbers)
+            self._emit_window(aligned.window(j), opened.pop(j))
 
     # -- sessions --------------------------------------------------------------------
 
