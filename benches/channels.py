@@ -47,6 +47,8 @@ import statistics
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import contextmanager
+from functools import partial
 from itertools import cycle, islice
 
 import msgspec
@@ -94,7 +96,9 @@ def records(n: int) -> list[tuple[int, str]]:
 
 
 def make_pool(batch: int) -> list[list[tuple[int, str]]]:
-    """The batches a producer sends, over and over."""
+    """The batches a producer sends, over and over: all of `batch` records
+    (DISTINCT_RECORDS is a multiple of every batch size), so a consumer counts
+    messages, not records."""
     recs = records(max(batch, DISTINCT_RECORDS))
     return [recs[i:i + batch] for i in range(0, len(recs), batch)]
 
@@ -113,6 +117,11 @@ def _child(fn: Callable, args: tuple, out, cpu: int | None) -> None:
         raise
     out.send(("ok", result))
     out.close()
+
+
+def _job_name(job: tuple[Callable, tuple]) -> str:
+    fn, args = job
+    return f"{fn.__name__}({type(args[0]).__name__})"  # e.g. produce(Ring)
 
 
 def run_pair(jobs: list[tuple[Callable, tuple]], timeout: float = TIMEOUT) -> list:
@@ -136,11 +145,11 @@ def run_pair(jobs: list[tuple[Callable, tuple]], timeout: float = TIMEOUT) -> li
         results = []
         for p, r in procs:
             if not r.poll(max(0.0, deadline - perf())):
-                raise TimeoutError(f"{p.name} ({jobs[len(results)][0].__name__}) gave no result "
+                raise TimeoutError(f"{p.name} ({_job_name(jobs[len(results)])}) gave no result "
                                    f"within {timeout:.0f} s")
             status, value = r.recv()
             if status != "ok":
-                raise RuntimeError(f"{jobs[len(results)][0].__name__} failed:\n{value}")
+                raise RuntimeError(f"{_job_name(jobs[len(results)])} failed:\n{value}")
             results.append(value)
         return results
     finally:
@@ -157,270 +166,293 @@ def run_pair(jobs: list[tuple[Callable, tuple]], timeout: float = TIMEOUT) -> li
             conn.close()
 
 
+# -- the channels -----------------------------------------------------------------------
+#
+# A channel is made in the parent, which closes it once the run is over (`with`);
+# the two forked processes inherit it and each opens its own end. A channel
+# supplies only its primitives, and the harness (`produce` / `consume` in
+# section 1, `ping` / `pong` in section 3) does the rest, the same for all:
+# warm-up, the 'go' barrier, the clocks and the check of what arrived.
+#
+# Section 1: `sending(pool)` gives the producer `send(batches)`, which sends every
+# batch of an iterable, and the messages to cycle through (the pool itself, or
+# frames made from it before the clock starts); `receiving()` gives the consumer
+# `receive(n)`, which takes `n` messages and returns the last, and `unpack(last)`
+# turns that into its batch once the clock has stopped. These are whole loops, not
+# one call per message, so that the ring's per-message work (encode, push2, spin /
+# pop, decode) runs inline, with no call of the harness's own in between.
+#
+# Section 3: `side(i, hot)` gives side i `send(message)` and `poll()`, the next
+# message or None: a spinning ("hot") poll returns None while nothing has arrived,
+# a blocking one waits and never does.
+
+
+class Channel:
+    """The parent's handle on a channel: a context manager that closes it."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        pass
+
+    @staticmethod
+    def unpack(message):
+        """The batch in a message from `receive`: most channels deliver batches."""
+        return message
+
+
+class Ring(Channel):
+    """ours: SpscRing. The producer encodes each batch (`encode_batch` + `HEADER`)
+    and pushes it with `push2`, spinning while the ring is full; the consumer
+    spins on `pop()` and decodes the body after the 5-byte header."""
+
+    def __init__(self, capacity: int = RING_BYTES) -> None:
+        self.ring = SpscRing.create(capacity, prefix=PREFIX)
+
+    def close(self) -> None:
+        self.ring.close()
+        self.ring.unlink()
+
+    @contextmanager
+    def attached(self):
+        """The ring as mapped by this process: each child attaches by name, as a kernel does."""
+        ring = SpscRing.attach(self.ring.name)
+        try:
+            yield ring
+        finally:
+            ring.close()
+
+    @contextmanager
+    def sending(self, pool: list):
+        with self.attached() as ring:
+            yield self.sender(ring.push2), self.messages(pool)
+
+    @contextmanager
+    def receiving(self):
+        with self.attached() as ring:
+            yield self.receiver(ring.pop)
+
+    @staticmethod
+    def messages(pool: list) -> list:
+        return pool
+
+    @staticmethod
+    def sender(push2: Callable) -> Callable:
+        pack, encode = HEADER.pack, encode_batch
+
+        def send(batches):
+            for batch in batches:
+                kind, body = encode(batch)
+                head = pack(kind, 0)
+                while not push2(head, body):  # full: spin until the consumer makes room
+                    pass
+
+        return send
+
+    @staticmethod
+    def receiver(pop: Callable) -> Callable:
+        def receive(n):
+            for _ in range(n):
+                while (frame := pop()) is None:  # empty: spin
+                    pass
+                batch = decode(frame[0], frame[5:])  # kind, then the body after the 5-byte header
+            return batch  # a new list: no view into the ring outlives this call
+
+        return receive
+
+
+class RingRaw(Ring):
+    """The ring, transport only: the frames are encoded before the clock starts
+    and never decoded, but for the last one, after the clock has stopped.
+
+    Ring's loops less the codec, rather than Ring's loops calling a codec hook
+    that does nothing here: a hook would add a call per message to both."""
+
+    @staticmethod
+    def messages(pool: list) -> list:
+        return [(HEADER.pack(kind, 0), body) for kind, body in map(encode_batch, pool)]
+
+    @staticmethod
+    def sender(push2: Callable) -> Callable:
+        def send(frames):
+            for head, body in frames:
+                while not push2(head, body):
+                    pass
+
+        return send
+
+    @staticmethod
+    def receiver(pop: Callable) -> Callable:
+        def receive(n):
+            for _ in range(n):
+                while (frame := pop()) is None:
+                    pass
+            return frame  # a view into the ring, valid until the next pop
+
+        return receive
+
+    @staticmethod
+    def unpack(frame):
+        return decode(frame[0], frame[5:])
+
+
+class Pickled(Channel):
+    """A channel that pickles each batch itself: the producer calls `put(batch)`
+    once a message, the consumer `get()`, which waits for the next one."""
+
+    put: Callable[[list], object]
+    get: Callable[[], list]
+
+    @contextmanager
+    def sending(self, pool: list):
+        put = self.put
+
+        def send(batches):
+            for batch in batches:
+                put(batch)
+
+        yield send, pool
+
+    @contextmanager
+    def receiving(self):
+        get = self.get
+
+        def receive(n):
+            for _ in range(n):
+                batch = get()
+            return batch
+
+        yield receive
+
+
+class MpQueue(Pickled):
+    """multiprocessing.Queue: `put(batch)` hands it to a feeder thread, which pickles it."""
+
+    def __init__(self) -> None:
+        self.q = CTX.Queue()
+        self.put, self.get = self.q.put, self.q.get
+
+    def close(self) -> None:
+        self.q.close()
+        self.q.join_thread()
+
+    @contextmanager
+    def sending(self, pool: list):
+        with super().sending(pool) as end:
+            yield end
+        # Still on the producer's clock: its feeder thread has pickled and
+        # written everything only once this returns.
+        self.close()
+
+
+class MpPipe(Pickled):
+    """multiprocessing.Pipe: a duplex pipe (a socket pair); `send` pickles, `recv` unpickles."""
+
+    def __init__(self) -> None:
+        self.conns = CTX.Pipe()
+        self.get, self.put = self.conns[0].recv, self.conns[1].send  # section 1: one way
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()
+
+    @contextmanager
+    def side(self, i: int, hot: bool):
+        conn = self.conns[i]  # section 3: both ways, one end each
+        if hot:  # spin on poll(), then recv() what has arrived
+            ready, recv = conn.poll, conn.recv
+            yield conn.send, lambda: recv() if ready() else None
+        else:
+            yield conn.send, conn.recv
+
+
+class Fifo(Pickled):
+    """faster-fifo Queue: `put(batch)` pickles; `get_many()` takes every message
+    waiting under one lock."""
+
+    def __init__(self, size: int = FIFO_BYTES) -> None:
+        self.q = faster_fifo.Queue(max_size_bytes=size)
+        self.put = partial(self.q.put, block=True, timeout=TIMEOUT)
+
+    def close(self) -> None:
+        self.q.close()
+
+    @contextmanager
+    def receiving(self):
+        get_many = self.q.get_many
+
+        def receive(n):
+            got = 0
+            while got < n:
+                batches = get_many(True, TIMEOUT, n - got)
+                got += len(batches)
+            return batches[-1]
+
+        yield receive
+
+
 # -- 1: throughput -----------------------------------------------------------------
 #
 # A run: the producer sends `warm` messages, the consumer receives them and sets
 # `go`; the producer then takes its start time and sends `n` messages; the
-# consumer takes its end time once it has decoded the last record.
+# consumer takes its end time once it has received (and, but for the transport-only
+# ring, decoded) the last message.
 # perf_counter is CLOCK_MONOTONIC, one clock for every process on the machine.
 
 
-def _expected_last(pool: list, warm: int, n: int) -> list:
-    return pool[(warm + n - 1) % len(pool)]
-
-
-# Producers return (start time, CPU seconds spent sending); consumers return
-# (end time, CPU seconds spent receiving, records received, last batch right).
-
-
-def produce_ring(name: str, pool: list, warm: int, n: int, go) -> tuple[float, float]:
-    ring = SpscRing.attach(name)
-    try:
-        push2, pack, encode = ring.push2, HEADER.pack, encode_batch
-        batches = cycle(pool)
-        for batch in islice(batches, warm):
-            kind, body = encode(batch)
-            head = pack(kind, 0)
-            while not push2(head, body):
-                pass
+def produce(channel, pool: list, warm: int, n: int, go) -> tuple[float, float]:
+    """The producer process: (start time, CPU seconds spent sending)."""
+    with channel.sending(pool) as (send, messages):
+        messages = cycle(messages)
+        send(islice(messages, warm))
         go.wait()
         start, cpu = perf(), cpu_time()
-        for batch in islice(batches, n):
-            kind, body = encode(batch)
-            head = pack(kind, 0)
-            while not push2(head, body):  # full: spin until the consumer makes room
-                pass
-        return start, cpu_time() - cpu
-    finally:
-        ring.close()
+        send(islice(messages, n))
+    return start, cpu_time() - cpu  # after the end is closed: mp.Queue flushes there
 
 
-def consume_ring(name: str, pool: list, warm: int, n: int, go) -> tuple[float, float, int, bool]:
-    ring = SpscRing.attach(name)
-    try:
-        pop = ring.pop
-        got = 0
-        while got < warm:
-            frame = pop()
-            if frame is not None:
-                decode(frame[0], frame[5:])
-                got += 1
+def consume(channel, pool: list, warm: int, n: int, go) -> tuple[float, float, bool]:
+    """The consumer process: (end time, CPU seconds spent receiving, whether
+    the last batch received is the last one sent)."""
+    with channel.receiving() as receive:
+        receive(warm)
         go.set()
         cpu = cpu_time()
-        total = n * len(pool[0])
-        count = 0
-        batch = None
-        while count < total:
-            frame = pop()
-            if frame is None:  # empty: spin
-                continue
-            batch = decode(frame[0], frame[5:])  # kind, then the body after the 5-byte header
-            count += len(batch)
+        last = receive(n)
         end, cpu = perf(), cpu_time() - cpu
-        del frame
-        return end, cpu, count, batch == _expected_last(pool, warm, n)
-    finally:
-        ring.close()
+        ok = channel.unpack(last) == pool[(warm + n - 1) % len(pool)]
+        del last  # it may be a view into the ring: let it go before the ring closes
+    return end, cpu, ok
 
 
-def produce_ring_raw(name: str, pool: list, warm: int, n: int, go) -> tuple[float, float]:
-    """Transport only: the frames are encoded before the clock starts."""
-    ring = SpscRing.attach(name)
-    try:
-        push2 = ring.push2
-        frames = [(HEADER.pack(kind, 0), body) for kind, body in map(encode_batch, pool)]
-        it = cycle(frames)
-        for head, body in islice(it, warm):
-            while not push2(head, body):
-                pass
-        go.wait()
-        start, cpu = perf(), cpu_time()
-        for head, body in islice(it, n):
-            while not push2(head, body):
-                pass
-        return start, cpu_time() - cpu
-    finally:
-        ring.close()
-
-
-def consume_ring_raw(name: str, pool: list, warm: int, n: int, go) -> tuple[float, float, int, bool]:
-    """Transport only: pops frames and counts them; decodes only the last one."""
-    ring = SpscRing.attach(name)
-    try:
-        pop = ring.pop
-        got = 0
-        while got < warm:
-            if pop() is not None:
-                got += 1
-        go.set()
-        cpu = cpu_time()
-        count = 0
-        last = None
-        while count < n:
-            frame = pop()
-            if frame is not None:
-                last = frame
-                count += 1
-        end, cpu = perf(), cpu_time() - cpu
-        ok = decode(last[0], last[5:]) == _expected_last(pool, warm, n)
-        del frame, last
-        return end, cpu, count * len(pool[0]), ok
-    finally:
-        ring.close()
-
-
-def produce_mpq(q, pool: list, warm: int, n: int, go) -> tuple[float, float]:
-    put = q.put
-    batches = cycle(pool)
-    for batch in islice(batches, warm):
-        put(batch)
-    go.wait()
-    start, cpu = perf(), cpu_time()
-    for batch in islice(batches, n):
-        put(batch)
-    q.close()
-    q.join_thread()  # the feeder thread has pickled and written everything
-    return start, cpu_time() - cpu
-
-
-def consume_mpq(q, pool: list, warm: int, n: int, go) -> tuple[float, float, int, bool]:
-    get = q.get
-    for _ in range(warm):
-        get()
-    go.set()
-    cpu = cpu_time()
-    total = n * len(pool[0])
-    count = 0
-    batch = None
-    while count < total:
-        batch = get()
-        count += len(batch)
-    return perf(), cpu_time() - cpu, count, batch == _expected_last(pool, warm, n)
-
-
-def produce_pipe(conns, pool: list, warm: int, n: int, go) -> tuple[float, float]:
-    send = conns[1].send
-    batches = cycle(pool)
-    for batch in islice(batches, warm):
-        send(batch)
-    go.wait()
-    start, cpu = perf(), cpu_time()
-    for batch in islice(batches, n):
-        send(batch)
-    return start, cpu_time() - cpu
-
-
-def consume_pipe(conns, pool: list, warm: int, n: int, go) -> tuple[float, float, int, bool]:
-    recv = conns[0].recv
-    for _ in range(warm):
-        recv()
-    go.set()
-    cpu = cpu_time()
-    total = n * len(pool[0])
-    count = 0
-    batch = None
-    while count < total:
-        batch = recv()
-        count += len(batch)
-    return perf(), cpu_time() - cpu, count, batch == _expected_last(pool, warm, n)
-
-
-def produce_fifo(q, pool: list, warm: int, n: int, go) -> tuple[float, float]:
-    put = q.put
-    batches = cycle(pool)
-    for batch in islice(batches, warm):
-        put(batch, True, TIMEOUT)
-    go.wait()
-    start, cpu = perf(), cpu_time()
-    for batch in islice(batches, n):
-        put(batch, True, TIMEOUT)
-    return start, cpu_time() - cpu
-
-
-def consume_fifo(q, pool: list, warm: int, n: int, go) -> tuple[float, float, int, bool]:
-    get_many = q.get_many
-    got = 0
-    while got < warm:
-        got += len(get_many(True, TIMEOUT, warm - got))
-    go.set()
-    cpu = cpu_time()
-    total = n * len(pool[0])
-    count = 0
-    batch = None
-    while count < total:
-        for batch in get_many(True, TIMEOUT):  # every message waiting, one lock
-            count += len(batch)
-    return perf(), cpu_time() - cpu, count, batch == _expected_last(pool, warm, n)
-
-
-class _Ring:
-    def __enter__(self):
-        self.ring = SpscRing.create(RING_BYTES, prefix=PREFIX)
-        return self.ring.name
-
-    def __exit__(self, *exc):
-        self.ring.close()
-        self.ring.unlink()
-
-
-class _MpQueue:
-    def __enter__(self):
-        self.q = CTX.Queue()
-        return self.q
-
-    def __exit__(self, *exc):
-        self.q.close()
-        self.q.join_thread()
-
-
-class _MpPipe:
-    def __enter__(self):
-        self.conns = CTX.Pipe()
-        return self.conns
-
-    def __exit__(self, *exc):
-        for conn in self.conns:
-            conn.close()
-
-
-class _Fifo:
-    def __enter__(self):
-        self.q = faster_fifo.Queue(max_size_bytes=FIFO_BYTES)
-        return self.q
-
-    def __exit__(self, *exc):
-        self.q.close()
-
-
-# label -> (resource, producer, consumer); None: not installed
-THROUGHPUT: dict[str, tuple | None] = {
-    "ours: SpscRing (encode_batch + push2 / pop + decode)": (_Ring, produce_ring, consume_ring),
-    "ours: SpscRing, transport only (pre-encoded, no decode)": (_Ring, produce_ring_raw,
-                                                                consume_ring_raw),
-    "multiprocessing.Queue (put / get, pickle)": (_MpQueue, produce_mpq, consume_mpq),
-    "multiprocessing.Pipe (send / recv, pickle)": (_MpPipe, produce_pipe, consume_pipe),
-    "faster-fifo Queue (put / get_many, pickle)": (
-        (_Fifo, produce_fifo, consume_fifo) if faster_fifo else None),
+# label -> channel; None: not installed
+THROUGHPUT: dict[str, type[Channel] | None] = {
+    "ours: SpscRing (encode_batch + push2 / pop + decode)": Ring,
+    "ours: SpscRing, transport only (pre-encoded, no decode)": RingRaw,
+    "multiprocessing.Queue (put / get, pickle)": MpQueue,
+    "multiprocessing.Pipe (send / recv, pickle)": MpPipe,
+    "faster-fifo Queue (put / get_many, pickle)": Fifo if faster_fifo else None,
 }
 RING = next(iter(THROUGHPUT))
 MPQ = "multiprocessing.Queue (put / get, pickle)"
 
 
-def throughput_run(entry: tuple, pool: list, n: int) -> tuple[float, float, float]:
+def throughput_run(make: type[Channel], pool: list, n: int) -> tuple[float, float, float]:
     """One producer -> consumer run of `n` messages: (records/s, the producer's
     CPU time / wall time, the consumer's CPU time / wall time)."""
-    resource, produce, consume = entry
     warm = max(5, min(1000, n // 20))
     go = CTX.Event()
-    with resource() as channel:
-        (start, cpu_p), (end, cpu_c, count, ok) = run_pair([
+    with make() as channel:
+        (start, cpu_p), (end, cpu_c, ok) = run_pair([
             (produce, (channel, pool, warm, n, go)), (consume, (channel, pool, warm, n, go))])
-    size = len(pool[0])
-    if count != n * size or not ok:
-        raise AssertionError(f"{produce.__name__}: got {count} records, expected {n * size}; "
-                             f"last batch {'matches' if ok else 'differs'}")
+    if not ok:
+        raise AssertionError(f"{make.__name__}: the last batch received is not the last one sent")
     wall = end - start
-    return count / wall, cpu_p / wall, cpu_c / wall
+    return n * len(pool[0]) / wall, cpu_p / wall, cpu_c / wall
 
 
 def interleaved(reps: int, fns: dict[str, Callable[[], tuple[float, ...]]]) -> dict[str, tuple]:
@@ -521,171 +553,114 @@ def section_decode(reps: int, records_per_run: int) -> list[str]:
 
 
 # -- 3: round-trip latency -------------------------------------------------------------
+#
+# The pinger (side 0) sends a message and waits for it to come back, `warm`
+# times unmeasured and then `rounds` times timed; the ponger (side 1) sends
+# every message straight back until STOP.
 
 MESSAGE = b"0123456789abcdef"  # 16 bytes
+STOP = b""
 
 
-def _samples(ping: Callable[[], None], warm: int, rounds: int) -> list[int]:
-    samples = []
-    for _ in range(warm + rounds):
-        start = perf_ns()
-        ping()
-        samples.append(perf_ns() - start)
+class RingPair(Channel):
+    """Two rings, one each way; side i pushes into `rings[i]`, pops from the other."""
+
+    def __init__(self) -> None:
+        self.rings = (Ring(4096), Ring(4096))
+
+    def close(self) -> None:
+        for ring in self.rings:
+            ring.close()
+
+    @contextmanager
+    def side(self, i: int, hot: bool):
+        assert hot, "pop() never waits: a ring side always spins"
+        with self.rings[i].attached() as out, self.rings[1 - i].attached() as inbox:
+            yield out.push, inbox.pop
+
+
+class QueuePair(Channel):
+    """Two queues (`MpQueue` or `Fifo`), one each way; side i puts into `queues[i]`,
+    gets from the other: blocking `get()`, or spinning on `get_nowait()` when hot."""
+
+    def __init__(self, make: Callable[[], MpQueue | Fifo]) -> None:
+        self.queues = (make(), make())
+
+    def close(self) -> None:
+        for q in self.queues:
+            q.close()
+
+    @contextmanager
+    def side(self, i: int, hot: bool):
+        inbox = self.queues[1 - i].q
+        yield self.queues[i].q.put, nowait(inbox) if hot else partial(inbox.get, True, TIMEOUT)
+
+
+def nowait(q) -> Callable[[], object]:
+    """poll() that spins on `q.get_nowait()`: None while the queue is empty."""
+    get, empty = q.get_nowait, queue.Empty
+
+    def poll():
+        try:
+            return get()
+        except empty:
+            return None
+
+    return poll
+
+
+def ping(channel, hot: bool, warm: int, rounds: int) -> list[int]:
+    """Side 0: the round-trip times (ns) of the last `rounds` of `warm + rounds` pings."""
+    with channel.side(0, hot) as (send, poll):
+        samples = []
+        for _ in range(warm + rounds):
+            start = perf_ns()
+            send(MESSAGE)
+            while poll() is None:  # spinning; a blocking poll waits inside instead
+                pass
+            samples.append(perf_ns() - start)
+        send(STOP)
     return samples[warm:]
 
 
-def ping_ring(names: tuple[str, str], warm: int, rounds: int) -> list[int]:
-    out, back = SpscRing.attach(names[0]), SpscRing.attach(names[1])
-    try:
-        push, pop = out.push, back.pop
-
-        def ping():
-            push(MESSAGE)
-            while pop() is None:
-                pass
-
-        samples = _samples(ping, warm, rounds)
-        push(b"")  # stop
-        return samples
-    finally:
-        out.close()
-        back.close()
+def pong(channel, hot: bool) -> None:
+    """Side 1: sends every message back until STOP."""
+    with channel.side(1, hot) as (send, poll):
+        _echo(send, poll)
 
 
-def pong_ring(names: tuple[str, str]) -> None:
-    inbox, out = SpscRing.attach(names[0]), SpscRing.attach(names[1])
-    try:
-        push, pop = out.push, inbox.pop
-        while True:
-            frame = pop()
-            if frame is None:
-                continue
-            if not len(frame):
-                break
-            push(frame)
-        del frame
-    finally:
-        inbox.close()
-        out.close()
-
-
-def ping_pipe(conns, warm: int, rounds: int, hot: bool) -> list[int]:
-    conn = conns[0]
-    send, recv, poll = conn.send, conn.recv, conn.poll
-
-    def ping():
-        send(MESSAGE)
-        if hot:
-            while not poll():
-                pass
-        recv()
-
-    samples = _samples(ping, warm, rounds)
-    send(None)
-    return samples
-
-
-def pong_pipe(conns, hot: bool) -> None:
-    conn = conns[1]
-    send, recv, poll = conn.send, conn.recv, conn.poll
+def _echo(send: Callable, poll: Callable) -> None:
+    # A function of its own so that the last ring frame it holds (a view into
+    # the ring) is dropped when it returns, before the ring closes.
     while True:
-        if hot:
-            while not poll():
-                pass
-        message = recv()
+        message = poll()
         if message is None:
-            break
+            continue
+        if not len(message):  # STOP
+            return
         send(message)
 
 
-def ping_queue(queues, warm: int, rounds: int, hot: bool) -> list[int]:
-    put, get = queues[0].put, queues[1].get
-    nowait = queues[1].get_nowait
-    empty = queue.Empty
+FIFO_PAIR = partial(QueuePair, partial(Fifo, 1 << 16))
 
-    def ping():
-        put(MESSAGE)
-        if hot:
-            while True:
-                try:
-                    return nowait()
-                except empty:
-                    pass
-        return get(True, TIMEOUT)
-
-    samples = _samples(ping, warm, rounds)
-    put(None)
-    return samples
-
-
-def pong_queue(queues, hot: bool) -> None:
-    get, put = queues[0].get, queues[1].put
-    nowait = queues[0].get_nowait
-    empty = queue.Empty
-    while True:
-        if hot:
-            while True:
-                try:
-                    message = nowait()
-                    break
-                except empty:
-                    pass
-        else:
-            message = get(True, TIMEOUT)
-        if message is None:
-            break
-        put(message)
-
-
-class _RingPair:
-    def __enter__(self):
-        self.rings = [SpscRing.create(4096, prefix=PREFIX) for _ in range(2)]
-        return tuple(r.name for r in self.rings)
-
-    def __exit__(self, *exc):
-        for r in self.rings:
-            r.close()
-            r.unlink()
-
-
-class _QueuePair:
-    def __init__(self, make: Callable[[], object]) -> None:
-        self.make = make
-
-    def __enter__(self):
-        self.queues = (self.make(), self.make())
-        return self.queues
-
-    def __exit__(self, *exc):
-        for q in self.queues:
-            q.close()
-            if hasattr(q, "join_thread"):
-                q.join_thread()
-
-
-# label -> (resource factory, ping, pong, extra args); None: not installed
-LATENCY: dict[str, tuple | None] = {
-    "ours: SpscRing pair, both sides spin on pop()": (_RingPair, ping_ring, pong_ring, ()),
-    "multiprocessing.Pipe, blocking recv()": (_MpPipe, ping_pipe, pong_pipe, (False,)),
-    "multiprocessing.Pipe, spin on poll() then recv()": (_MpPipe, ping_pipe, pong_pipe, (True,)),
-    "multiprocessing.Queue, blocking get()": (
-        lambda: _QueuePair(CTX.Queue), ping_queue, pong_queue, (False,)),
-    "faster-fifo Queue, blocking get()": (
-        (lambda: _QueuePair(lambda: faster_fifo.Queue(max_size_bytes=1 << 16)), ping_queue,
-         pong_queue, (False,)) if faster_fifo else None),
-    "faster-fifo Queue, spin on get_nowait()": (
-        (lambda: _QueuePair(lambda: faster_fifo.Queue(max_size_bytes=1 << 16)), ping_queue,
-         pong_queue, (True,)) if faster_fifo else None),
+# label -> (channel, hot); None: not installed
+LATENCY: dict[str, tuple[Callable[[], Channel], bool] | None] = {
+    "ours: SpscRing pair, both sides spin on pop()": (RingPair, True),
+    "multiprocessing.Pipe, blocking recv()": (MpPipe, False),
+    "multiprocessing.Pipe, spin on poll() then recv()": (MpPipe, True),
+    "multiprocessing.Queue, blocking get()": (partial(QueuePair, MpQueue), False),
+    "faster-fifo Queue, blocking get()": (FIFO_PAIR, False) if faster_fifo else None,
+    "faster-fifo Queue, spin on get_nowait()": (FIFO_PAIR, True) if faster_fifo else None,
 }
 RING_RTT = next(iter(LATENCY))
 PIPE_RTT = "multiprocessing.Pipe, blocking recv()"
 
 
-def round_trips(entry: tuple, warm: int, rounds: int) -> list[float]:
+def round_trips(entry: tuple[Callable[[], Channel], bool], warm: int, rounds: int) -> list[float]:
     """Round-trip times (us) of `rounds` pings after `warm` unmeasured ones."""
-    resource, ping, pong, extra = entry
-    with resource() as channel:
-        samples, _ = run_pair([(ping, (channel, warm, rounds, *extra)), (pong, (channel, *extra))])
+    make, hot = entry
+    with make() as channel:
+        samples, _ = run_pair([(ping, (channel, hot, warm, rounds)), (pong, (channel, hot))])
     assert len(samples) == rounds
     return [s / 1e3 for s in samples]
 
