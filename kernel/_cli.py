@@ -14,7 +14,15 @@ from pathlib import Path
 
 from ._dataflow import Dataflow
 from ._errors import KernelError, cause_traceback
-from ._launch import DEFAULT_GC_THRESHOLD, _check_cores, run, run_on_cores
+from ._launch import (
+    DEFAULT_EPOCH_INTERVAL,
+    DEFAULT_GC_THRESHOLD,
+    _already_done,
+    _check_cores,
+    _Snapshots,
+    run,
+    run_on_cores,
+)
 from ._launcher import KernelProcessError
 
 PIPELINE_MODULE = "__kernel_pipeline__"
@@ -77,18 +85,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("pipeline", metavar="PIPELINE.py[:NAME]")
     parser.add_argument("--cores", type=int, default=1, help="kernels, one pinned process per core")
+    parser.add_argument("--state-dir", default=None,
+                        help="snapshot every epoch there, and resume from it after a crash")
+    parser.add_argument("--epoch-interval", type=float, default=DEFAULT_EPOCH_INTERVAL,
+                        help=f"seconds between epoch snapshots (default {DEFAULT_EPOCH_INTERVAL})")
     args = parser.parse_args(argv)
     path, name = split_target(args.pipeline)
+    from state import StateError  # the facade's one reach into `state`
+
     try:
         if args.cores == 1:
-            run(load_flow(path, name))
+            run(load_flow(path, name), state_dir=args.state_dir, epoch_interval=args.epoch_interval)
         else:
             _check_cores(args.cores)
             if not path.is_file():
                 raise UsageError(f"pipeline file not found: {path}")
+            epochs = None
+            if args.state_dir is not None:
+                # the launcher imports the file too, for the flow's fingerprint
+                flow = load_flow(path, name)
+                snapshots = _Snapshots(flow, args.state_dir, args.epoch_interval, args.cores)
+                if _already_done(flow, snapshots):
+                    return 0
+                epochs = snapshots.for_processes()
             # Each kernel process imports the file itself: module-level state
             # (open files, sockets, random generators) is its own.
-            run_on_cores(lambda: load_flow(path, name), args.cores, {}, DEFAULT_GC_THRESHOLD)
+            run_on_cores(lambda: load_flow(path, name), args.cores, {}, DEFAULT_GC_THRESHOLD, epochs)
+    except StateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

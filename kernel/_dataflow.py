@@ -221,6 +221,16 @@ class Stream:
         """Calls `fn(record)` for every record, on the kernel that holds it."""
         self.flow.graph.add(name or f"sink({_fn_name(fn)})", functools.partial(ops.Sink, fn), [self._edge()])
 
+    def to_files(self, directory, *, name: str | None = None) -> None:
+        """Writes every record to JSON Lines files in `directory` (tuples and
+        windows as arrays), one file per kernel and epoch. With a
+        `state_dir`, a file becomes visible (renamed from a hidden name) only
+        once its epoch is complete on every kernel, so after a crash and a
+        resumed run the visible files hold every record exactly once.
+        Use one directory per `to_files`."""
+        factory = functools.partial(ops.ToFiles, directory)
+        self.flow.graph.add(name or f"to_files({directory})", factory, [self._edge()])
+
     def print(self, prefix: str = "", *, name: str | None = None) -> None:
         """Writes every record to stdout, one line each, after `prefix`."""
         self.flow.graph.add(name or "print", functools.partial(ops.Print, prefix), [self._edge()])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 from contextlib import contextmanager
 
 import uvloop
@@ -22,6 +23,9 @@ from ._runtime import Runtime
 # count's time (benches/pipelines.py). A blocking run and a kernel process
 # own their thread's work, so they raise the threshold while they run.
 DEFAULT_GC_THRESHOLD = 50_000
+DEFAULT_EPOCH_INTERVAL = 1.0
+
+log = logging.getLogger("kernel")
 
 
 @contextmanager
@@ -51,10 +55,10 @@ def kernel_process_main(get_flow, options: dict, gc_threshold_value: int | None)
     """What each kernel process runs: build the flow's runtime on a kernel
     with its transport, run it, hand back its results."""
 
-    async def run_kernel(index: int, peers: int, transport) -> dict:
+    async def run_kernel(index: int, peers: int, transport, coordinator=None) -> dict:
         flow = get_flow()
         kernel = Kernel(index=index, peers=peers, **options)
-        runtime = Runtime(flow.graph, kernel, transport)
+        runtime = Runtime(flow.graph, kernel, transport, coordinator)
         kernel.at_start(runtime.start)
         with gc_threshold(gc_threshold_value):
             try:
@@ -66,14 +70,65 @@ def kernel_process_main(get_flow, options: dict, gc_threshold_value: int | None)
     return run_kernel
 
 
-def run_on_cores(get_flow, cores: int, options: dict, gc_threshold_value: int | None) -> list[dict]:
+def run_on_cores(get_flow, cores: int, options: dict, gc_threshold_value: int | None,
+                 epochs=None) -> list[dict]:
     from ._launcher import run_on_cores as launch
 
-    return launch(kernel_process_main(get_flow, options, gc_threshold_value), cores)
+    return launch(kernel_process_main(get_flow, options, gc_threshold_value), cores, epochs=epochs)
+
+
+class _Snapshots:
+    """What a run with a `state_dir` starts from (opened in the caller)."""
+
+    def __init__(self, flow, state_dir, epoch_interval: float, cores: int) -> None:
+        # The one place the kernel reaches into `state`, kept to the facade
+        # (as `_dataflow.py` reaches into `operators`).
+        from state import SnapshotStore
+
+        if not (isinstance(epoch_interval, (int, float)) and 0 < epoch_interval < float("inf")):
+            raise ValueError(f"epoch_interval must be a positive number of seconds, got {epoch_interval!r}")
+        self.state_dir = state_dir
+        self.interval = float(epoch_interval)
+        self.store = SnapshotStore(state_dir)
+        self.store.claim(flow_fingerprint(flow), cores)
+        latest = self.store.latest(cores)
+        self.epoch, self.finished, self.blobs = latest if latest else (0, False, None)
+
+    def open_store(self):
+        from state import SnapshotStore
+
+        return SnapshotStore(self.state_dir)
+
+    def local(self):
+        from ._coordinate import LocalCoordinator
+
+        return LocalCoordinator(self.store, self.interval, self.blobs and self.blobs[0], self.epoch)
+
+    def for_processes(self) -> tuple:
+        return (self.open_store, self.interval, self.blobs, self.epoch, self.store)
+
+
+def flow_fingerprint(flow) -> str:
+    """Names the flow's shape: its steps and how they connect."""
+    import hashlib
+
+    shape = [(node.name, [(e.source.id, e.port, e.exchange) for e in node.inputs], node.is_source)
+             for node in flow.graph.nodes]
+    return hashlib.sha256(repr((flow.name, shape)).encode()).hexdigest()
+
+
+def _already_done(flow, snapshots) -> bool:
+    if snapshots is not None and snapshots.finished:
+        log.warning("state_dir %s: this flow already ran to the end (epoch %d); nothing to do",
+                    snapshots.state_dir, snapshots.epoch)
+        flow._results_delivered([])
+        return True
+    return False
 
 
 async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
-                    shares: dict[str, float] | None = None, stall_threshold: float = 0.025) -> None:
+                    shares: dict[str, float] | None = None, stall_threshold: float = 0.025,
+                    state_dir=None, epoch_interval: float = DEFAULT_EPOCH_INTERVAL) -> None:
     """Run `flow` on the running event loop, sharing it.
 
     With `cores=1` the kernel runs on this loop and hands it back at least
@@ -87,15 +142,19 @@ async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
     """
     _check_cores(cores)
     options = _kernel_options(clock, budget, shares, stall_threshold)
+    snapshots = None if state_dir is None else _Snapshots(flow, state_dir, epoch_interval, cores)
+    if _already_done(flow, snapshots):
+        return
     if cores > 1:
         loop = asyncio.get_running_loop()
+        epochs = None if snapshots is None else snapshots.for_processes()
         results = await loop.run_in_executor(
-            None, run_on_cores, lambda: flow, cores, options, DEFAULT_GC_THRESHOLD
+            None, run_on_cores, lambda: flow, cores, options, DEFAULT_GC_THRESHOLD, epochs
         )
         flow._results_delivered(results)
         return
     kernel = Kernel(**options)
-    runtime = Runtime(flow.graph, kernel)
+    runtime = Runtime(flow.graph, kernel, coordinator=None if snapshots is None else snapshots.local())
     kernel.at_start(runtime.start)
     await kernel.join()
     flow._results_delivered([runtime.results()])
@@ -103,7 +162,8 @@ async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
 
 def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_GC_THRESHOLD,
         clock=None, budget: float = 0.001, shares: dict[str, float] | None = None,
-        stall_threshold: float = 0.025) -> None:
+        stall_threshold: float = 0.025, state_dir=None,
+        epoch_interval: float = DEFAULT_EPOCH_INTERVAL) -> None:
     """Run `flow` to completion (blocking).
 
     `cores=1`: one kernel on a new uvloop event loop in this thread.
@@ -124,7 +184,12 @@ def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_G
     _check_cores(cores)
     options = _kernel_options(clock, budget, shares, stall_threshold)
     if cores > 1:
-        flow._results_delivered(run_on_cores(lambda: flow, cores, options, gc_threshold_during_run))
+        snapshots = None if state_dir is None else _Snapshots(flow, state_dir, epoch_interval, cores)
+        if _already_done(flow, snapshots):
+            return
+        epochs = None if snapshots is None else snapshots.for_processes()
+        flow._results_delivered(run_on_cores(lambda: flow, cores, options, gc_threshold_during_run,
+                                             epochs))
         return
     with gc_threshold(gc_threshold_during_run):
-        uvloop.run(run_async(flow, **options))
+        uvloop.run(run_async(flow, **options, state_dir=state_dir, epoch_interval=epoch_interval))

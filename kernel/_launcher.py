@@ -68,12 +68,15 @@ def _cpus_for(cores: int) -> list[int]:
     return [available[i % len(available)] for i in range(cores)]
 
 
-def run_on_cores(build_runtime, cores: int, *, on_started=None) -> list[dict]:
+def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None) -> list[dict]:
     """Run `cores` kernel processes; returns each kernel's results, in order.
 
-    `build_runtime(kernel_index, peers, transport)` is called in each child
-    and returns an awaitable that runs that kernel to completion and returns
-    its results (a picklable dict).
+    `build_runtime(kernel_index, peers, transport, coordinator)` is called in
+    each child and returns an awaitable that runs that kernel to completion
+    and returns its results (a picklable dict). `epochs`, when snapshots are
+    on, is `(open_store, interval, snapshots by kernel or None,
+    restored_epoch, launcher_store)`: each child opens its own store and
+    coordinates epochs with this process (kernel/_coordinate.py).
     """
     from net import Doorbell, ProcessTransport, SpscRing
 
@@ -82,6 +85,7 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None) -> list[dict]:
     bells: list[Doorbell] = []
     children: list = []
     pipes: list = []
+    commit_pipes: list = []
     try:
         for src in range(cores):
             for dst in range(cores):
@@ -93,6 +97,7 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None) -> list[dict]:
         cpus = _cpus_for(cores)
         for index in range(cores):
             receiver, sender = context.Pipe(duplex=False)
+            commits_in, commits_out = context.Pipe(duplex=False) if epochs else (None, None)
             transport = ProcessTransport(
                 index,
                 cores,
@@ -102,17 +107,33 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None) -> list[dict]:
             )
             child = context.Process(
                 target=_kernel_main,
-                args=(index, cores, cpus[index], build_runtime, transport, sender, os.getpid()),
+                args=(index, cores, cpus[index], build_runtime, transport, sender, os.getpid(),
+                      epochs, commits_in),
                 name=f"kernel-{index}",
                 daemon=True,
             )
             child.start()
             sender.close()
+            if commits_in is not None:
+                commits_in.close()
+                commit_pipes.append(commits_out)
             children.append(child)
             pipes.append(receiver)
         if on_started is not None:
             on_started([child.pid for child in children])
-        return _supervise(children, pipes)
+        coordinator = None
+        if epochs is not None:
+            from ._coordinate import LauncherSide
+
+            def send_commit(epoch: int, final: bool) -> None:
+                for pipe in commit_pipes:
+                    try:
+                        pipe.send((epoch, final))
+                    except OSError:
+                        pass  # that kernel is gone; supervision reports it
+
+            coordinator = LauncherSide(epochs[4], cores, epochs[3], send_commit)
+        return _supervise(children, pipes, coordinator)
     finally:
         for child in children:
             if child.is_alive():
@@ -121,14 +142,17 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None) -> list[dict]:
             child.join(5)
         for pipe in pipes:
             pipe.close()
+        for pipe in commit_pipes:
+            pipe.close()
         for ring in rings.values():
             ring.close()
         for bell in bells:
             bell.close()
 
 
-def _supervise(children, pipes) -> list[dict]:
-    """Wait for every kernel's result; the first failure ends everything."""
+def _supervise(children, pipes, coordinator=None) -> list[dict]:
+    """Wait for every kernel's result; the first failure ends everything.
+    Epoch messages on the way go to the `coordinator`."""
     results: list = [None] * len(children)
     pending = set(range(len(children)))
     while pending:
@@ -148,6 +172,9 @@ def _supervise(children, pipes) -> list[dict]:
             if status == "error":
                 _kill_all(children)
                 raise _kernel_error(index, payload)
+            if status in ("durable", "finished"):
+                coordinator.message(index, (status, payload))
+                continue
             results[index] = payload
             pending.discard(index)
     return results
@@ -200,7 +227,8 @@ def _die_with_parent(launcher_pid: int) -> None:
         os._exit(1)
 
 
-def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid) -> None:
+def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid,
+                 epochs=None, commits=None) -> None:
     """A kernel process: pinned, one uvloop, nothing else."""
     status = 1
     try:
@@ -208,7 +236,14 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
         _die_with_parent(launcher_pid)
         os.sched_setaffinity(0, {cpu})
         asyncio.events._set_running_loop(None)  # the parent's marker survives fork on 3.11
-        results = uvloop.run(build_runtime(index, peers, transport))
+        coordinator = None
+        if epochs is not None:
+            from ._coordinate import KernelSide
+
+            open_store, interval, snapshots, restored_epoch, _ = epochs
+            coordinator = KernelSide(open_store(), index, conn.send, commits, interval,
+                                     None if snapshots is None else snapshots[index], restored_epoch)
+        results = uvloop.run(build_runtime(index, peers, transport, coordinator))
         conn.send(("ok", results))
         status = 0
     except BaseException as exc:  # everything goes back to the parent

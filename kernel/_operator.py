@@ -22,6 +22,10 @@ synchronous handlers; the kernel calls them inside its ticks:
   has ``index``, ``peers``, ``watermark``, ``epoch``, ``clock``, ``logger``.
 * ``result()``: a picklable value handed back to the caller after the run
   (``collect`` returns its items this way). Default: None.
+* ``on_epoch(epoch) -> snapshot`` and ``restore(snapshot)``: the operator's
+  part of an epoch snapshot, and putting it back in a resumed run. The
+  defaults cover every keyed state made with ``state.value_state(self, ...)``,
+  ``map_state`` or ``list_state`` in ``open``.
 
 A ``Source`` has no inputs; the kernel calls ``poll()`` whenever it is
 activated. ``poll`` emits zero or more batches and returns ``True`` to be
@@ -95,6 +99,31 @@ class Operator:
     def result(self):
         """A picklable value gathered back to the caller after the run."""
         return None
+
+    def on_epoch(self, epoch: int):
+        """A picklable snapshot of this operator as of epoch marker `epoch`
+        (every input has delivered it, and nothing after it). The default
+        takes every keyed state created with `state.value_state(self, ...)`
+        and friends; override it (and `restore`) to add fields of your own."""
+        states = self.__dict__.get("_keyed_states")
+        if not states:
+            return None
+        return {name: state.snapshot() for name, state in states.items()}
+
+    def on_commit(self, epoch: int) -> None:
+        """Epoch `epoch` is complete on every kernel (every later epoch too,
+        at the end of a run): output held back for it may be published."""
+
+    def restore(self, snapshot) -> None:
+        """Put back what `on_epoch` returned (called after `open`, before any
+        data, when a run resumes from a snapshot)."""
+        if snapshot is None:
+            return
+        states = self.__dict__.get("_keyed_states") or {}
+        for name, data in snapshot.items():
+            if name not in states:
+                raise KeyError(f"{self.name}: the snapshot has a state {name!r} this operator did not create")
+            states[name].restore(data)
 
     # Installed per instance by the kernel when the operator is wired; these
     # placeholders only explain a misuse.

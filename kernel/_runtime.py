@@ -23,33 +23,41 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import pickle
 
-from net import IDLE
+from net import IDLE, EpochMarker
 
+from ._epochs import ENDED, EpochTracker
 from ._errors import KernelError, OperatorError, describe_function
 from ._graph import Graph, Node
 from ._operator import Operator
 
 END = "<end of input>"  # a str: never a list, never a float
+_FINAL_WITHOUT_EPOCHS = 2**62  # commit() at the end of a run without epochs: every epoch
 _INF = math.inf
 
 
 class _Instance:
     __slots__ = (
         "_ready",
+        "aligning",
+        "arrived",
         "chained",
         "channel_idle",
         "channel_ports",
         "channel_watermarks",
         "ended",
         "frontier",
+        "held",
         "idle",
         "idle_channels",
+        "index",
         "is_source",
         "name",
         "op",
         "open_channels",
         "pending",
+        "released",
         "runtime",
         "scheduled",
         "targets",
@@ -71,6 +79,14 @@ class _Instance:
         self.idle_channels = 0
         self.idle = False  # every open input is idle (so this one says IDLE downstream)
         self.timers: list = []  # heap of (event time, sequence, data) for on_timer
+        self.index = -1  # position in the runtime's instances
+        # epoch alignment: the channels that delivered the marker of epoch
+        # `aligning` (None: not aligning), what came behind it on them, and
+        # what to handle next once the alignment is done
+        self.aligning: int | None = None
+        self.arrived: set | None = None
+        self.held: list = []
+        self.released: list | None = None
         self.open_channels = 0
         self.frontier = -_INF
         self.ended = False
@@ -164,12 +180,20 @@ class _Instance:
         on_batch = self.op.on_batch
         ports = self.channel_ports
         payload = None
+        i = 0
         try:
-            for channel, payload in pending:
-                if isinstance(payload, list):
+            while i < len(pending):
+                channel, payload = pending[i]
+                i += 1
+                if self.arrived is not None and channel in self.arrived:
+                    self.held.append((channel, payload))  # behind an epoch marker: wait
+                elif isinstance(payload, list):
                     on_batch(ports[channel], payload)
                 else:
                     self._progress(channel, payload)
+                    if self.released:  # an alignment finished: what it held comes next
+                        pending[i:i] = self.released
+                        self.released = None
         except KernelError:
             raise
         except Exception as exc:
@@ -181,8 +205,29 @@ class _Instance:
             self._channel_ended(channel)
         elif payload is IDLE:
             self._channel_went_idle(channel)
+        elif payload.__class__ is EpochMarker:
+            self._channel_epoch(channel, payload.epoch)
         else:
             self._channel_watermark(channel, payload)
+
+    # -- epochs ---------------------------------------------------------------------
+
+    def _channel_epoch(self, channel: int, epoch: int) -> None:
+        if self.arrived is None:
+            self.arrived = set()
+            self.aligning = epoch
+        self.arrived.add(channel)
+        self._check_aligned()
+
+    def _check_aligned(self) -> None:
+        if self.arrived is None or len(self.arrived) < self.open_channels:
+            return
+        epoch = self.aligning
+        self.arrived = self.aligning = None
+        self.runtime.snapshot(self, epoch)
+        self._forward(EpochMarker(epoch))
+        if self.held:
+            self.released, self.held = self.held, []
 
     def _handler_error(self, payload, exc: Exception) -> OperatorError:
         handler = "on_batch" if isinstance(payload, list) else "on_watermark"
@@ -290,6 +335,8 @@ class _Instance:
             self.idle_channels -= 1
         self.channel_watermarks[channel] = _INF
         self.open_channels -= 1
+        if self.arrived is not None and self.open_channels:
+            self._check_aligned()  # an ended input has nothing more to deliver
         if self.open_channels and self.idle_channels == self.open_channels:
             self._all_inputs_idle()
         else:
@@ -358,7 +405,7 @@ class _Instance:
     def _finish(self) -> None:
         self.ended = True
         self._forward(END)
-        self.runtime.instance_ended()
+        self.runtime.instance_ended(self)
 
 
 _next_sequence = itertools.count().__next__
@@ -413,6 +460,8 @@ class _ExchangeOutput:
                     transport.send_end(dest, edge_id)
                 elif payload is IDLE:
                     transport.send_idle(dest, edge_id)
+                elif payload.__class__ is EpochMarker:
+                    transport.send_epoch(dest, edge_id, payload)
                 else:
                     transport.send_watermark(dest, edge_id, payload)
 
@@ -426,10 +475,15 @@ class Runtime:
     frontier is the minimum over all of them.
     """
 
-    def __init__(self, graph: Graph, kernel, transport=None) -> None:
+    def __init__(self, graph: Graph, kernel, transport=None, coordinator=None) -> None:
         self.graph = graph
         self.kernel = kernel
         self.transport = transport
+        # epochs (when a state_dir is given): the coordinator makes this
+        # kernel's snapshots durable and calls commit() when an epoch is
+        # complete everywhere (kernel/_coordinate.py)
+        self.coordinator = coordinator
+        self.epochs: EpochTracker | None = None
         self.instances: list[_Instance] = []
         self._sources: list[_Instance] = []
         self._live = 0
@@ -517,15 +571,20 @@ class Runtime:
                 raise OperatorError.wrap(
                     instance.name, _handler_name(instance.op, "open"), exc, has_record=False
                 ) from exc
+        for index, instance in enumerate(self.instances):
+            instance.index = index
         self._live = len(self.instances)
         if self._live:
             self.kernel.hold()
+        ended_before = 0
+        if self.coordinator is not None:
+            ended_before = self._start_epochs()
         if self.transport is not None:
             self.transport.start(
                 ready=self.kernel.ready_function(),
                 loop=self.kernel.loop,
                 deliver=self._deliver_remote,
-                ends_expected=self._exchange_edges * (self.transport.peers - 1),
+                ends_expected=self._exchange_edges * (self.transport.peers - 1) - ended_before,
                 hold=self.kernel.hold,
                 release=self.kernel.release,
                 on_backpressure=self._backpressure,
@@ -534,6 +593,89 @@ class Runtime:
                 self.transport.finish_sending()
         for source in self._sources:
             source.wake()
+
+    # -- epochs ---------------------------------------------------------------------
+
+    def _start_epochs(self) -> int:
+        """Set up epochs, restoring a snapshot if the coordinator has one;
+        returns how many remote channels had already ended in it."""
+        coordinator = self.coordinator
+        coordinator.attach(self)
+        self.epochs = EpochTracker(len(self.instances), coordinator.durable, coordinator.finished,
+                                   coordinator.first_epoch)
+        ended_remote = 0
+        if coordinator.snapshot is not None:
+            self._restore(pickle.loads(coordinator.snapshot))
+            ended_remote = sum(
+                1 for instance, channel in self._remote_inboxes.values()
+                if instance.ended or instance.channel_watermarks[channel] == _INF
+            )
+            coordinator.restored(self)
+        if self._live and any(not s.ended for s in self._sources):
+            self.kernel.call_later(coordinator.interval, self._next_epoch)
+        return ended_remote
+
+    def _restore(self, parts: dict) -> None:
+        for index, part in parts.items():
+            instance = self.instances[index]
+            if part == ENDED:
+                instance.ended = True
+                self._live -= 1
+                self.epochs.ended(index)
+                continue
+            frontier, marks, open_channels, timers, snapshot = pickle.loads(part)
+            instance.frontier = frontier
+            instance.channel_watermarks[:] = marks
+            instance.open_channels = open_channels
+            instance.timers[:] = timers
+            try:
+                instance.op.restore(snapshot)
+            except KernelError:
+                raise
+            except Exception as exc:
+                raise OperatorError.wrap(
+                    instance.name, _handler_name(instance.op, "restore"), exc, has_record=False
+                ) from exc
+        if self._live == 0:
+            self.kernel.release()
+
+    def _next_epoch(self) -> None:
+        live = [source for source in self._sources if not source.ended]
+        if not live or self.epochs is None:
+            return
+        epoch = self.epochs.take_epoch()
+        for source in live:
+            self.snapshot(source, epoch)
+            source._forward(EpochMarker(epoch))
+        self.kernel.call_later(self.coordinator.interval, self._next_epoch)
+
+    def snapshot(self, instance: _Instance, epoch: int) -> None:
+        """`instance` has aligned on `epoch`: its part of this kernel's snapshot."""
+        if self.epochs is None:
+            return
+        try:
+            snapshot = instance.op.on_epoch(epoch)
+        except KernelError:
+            raise
+        except Exception as exc:
+            raise OperatorError.wrap(
+                instance.name, _handler_name(instance.op, "on_epoch"), exc, has_record=False
+            ) from exc
+        part = (instance.frontier, list(instance.channel_watermarks), instance.open_channels,
+                list(instance.timers), snapshot)
+        self.epochs.part(instance.index, epoch, part)
+
+    def commit(self, epoch: int) -> None:
+        """`epoch` is complete on every kernel: operators may publish it."""
+        for instance in self.instances:
+            try:
+                instance.op.on_commit(epoch)
+            except KernelError:
+                raise
+            except Exception as exc:
+                raise OperatorError.wrap(
+                    instance.name, _handler_name(instance.op, "on_commit"), exc, has_record=False
+                ) from exc
 
     def _deliver_remote(self, edge_id: int, source: int, payload) -> None:
         instance, channel = self._remote_inboxes[(edge_id, source)]
@@ -549,7 +691,11 @@ class Runtime:
     def park_source(self, source: _Instance) -> None:
         self._paused_sources.append(source)
 
-    def instance_ended(self) -> None:
+    def instance_ended(self, instance: _Instance) -> None:
+        if self.epochs is not None:
+            self.epochs.ended(instance.index)
+        elif self._live == 1:
+            self.commit(_FINAL_WITHOUT_EPOCHS)  # no epochs: held-back output goes out at the end
         self._live -= 1
         if self._live == 0:
             self.kernel.context.watermark = _INF

@@ -7,9 +7,18 @@ shared memory (`net.shm`), multiplexed per pair of kernels by
 Websocket links between machines come in a later issue.
 """
 
-from ._batch import IDLE, TimedBatch
+from ._batch import IDLE, EpochMarker, TimedBatch
 from ._exchange import Partitioner, stable_hash
 from ._transport import ProcessTransport
 from .shm import Doorbell, SpscRing
 
-__all__ = ["IDLE", "Doorbell", "Partitioner", "ProcessTransport", "SpscRing", "TimedBatch", "stable_hash"]
+__all__ = [
+    "IDLE",
+    "Doorbell",
+    "EpochMarker",
+    "Partitioner",
+    "ProcessTransport",
+    "SpscRing",
+    "TimedBatch",
+    "stable_hash",
+]

@@ -43,3 +43,22 @@ class _Idle:
 
 
 IDLE = _Idle()
+
+
+class EpochMarker:
+    """Epoch `epoch` ends here: a progress marker, in band after the data of
+    that epoch. An operator snapshots once it has come on every input."""
+
+    __slots__ = ("epoch",)
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __repr__(self) -> str:
+        return f"EpochMarker({self.epoch})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, EpochMarker) and other.epoch == self.epoch
+
+    def __hash__(self) -> int:
+        return hash(("epoch", self.epoch))

@@ -26,7 +26,7 @@ from itertools import chain
 
 import msgspec
 
-from ._batch import IDLE, TimedBatch
+from ._batch import IDLE, EpochMarker, TimedBatch
 
 KIND_SCALARS = 1  # msgpack array of scalars
 KIND_TUPLES = 2  # msgpack array of arrays, decoded as a list of tuples
@@ -34,11 +34,13 @@ KIND_PICKLE = 3  # pickle of the list
 KIND_WATERMARK = 4  # float64
 KIND_END = 5  # no body
 KIND_IDLE = 6  # no body
+KIND_EPOCH = 7  # u64 epoch number
 TIMED = 0x80  # flag: timestamps precede the records' body
 
 HEADER = struct.Struct("<BI")
 _WATERMARK = struct.Struct("<d")
 _COUNT = struct.Struct("<I")
+_EPOCH = struct.Struct("<Q")
 _SCALAR_TYPES = frozenset({str, int, float, bool, type(None), bytes})
 _JUST_TUPLES = {tuple}
 
@@ -97,6 +99,10 @@ def _encode_records(batch: list) -> tuple[int, bytes]:
     return KIND_PICKLE, pickle.dumps(batch, protocol=5)
 
 
+def encode_epoch(marker: EpochMarker) -> tuple[int, bytes]:
+    return KIND_EPOCH, _EPOCH.pack(marker.epoch)
+
+
 def encode_watermark(watermark: float) -> tuple[int, bytes]:
     return KIND_WATERMARK, _WATERMARK.pack(watermark)
 
@@ -122,4 +128,6 @@ def decode(kind: int, body):
         return None
     if kind == KIND_IDLE:
         return IDLE
+    if kind == KIND_EPOCH:
+        return EpochMarker(_EPOCH.unpack(body)[0])
     raise ValueError(f"unknown frame kind {kind}")

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from ._codec import HEADER, KIND_END, KIND_IDLE, decode, encode_batch, encode_watermark
+from ._codec import HEADER, KIND_END, KIND_IDLE, decode, encode_batch, encode_epoch, encode_watermark
 from .shm import Doorbell, SpscRing, full_fence
 
 END = None  # decode() returns None for an end-of-input frame
@@ -90,6 +90,10 @@ class ProcessTransport:
 
     def send_batch(self, dest: int, channel: int, batch: list) -> None:
         kind, body = encode_batch(batch)
+        self._send(dest, HEADER.pack(kind, channel), body)
+
+    def send_epoch(self, dest: int, channel: int, marker) -> None:
+        kind, body = encode_epoch(marker)
         self._send(dest, HEADER.pack(kind, channel), body)
 
     def send_idle(self, dest: int, channel: int) -> None:

@@ -9,6 +9,7 @@ from kernel._operator import Operator, Source
 
 from ._aggregates import Count, Fold, Reduce, Sum
 from ._event_time import EventTimeSource, check_event_time
+from ._files import ToFiles
 from ._sinks import Collect, Print, Sink
 from ._sources import DEFAULT_BATCH_SIZE, AsyncIterableSource, IterableSource, check_batch_size
 from ._stateless import Filter, FlatMap, Inspect, KeyBy, Map, MapValues, Union
@@ -60,6 +61,7 @@ __all__ = [
     "Source",
     "Sum",
     "SumAggregation",
+    "ToFiles",
     "Tumbling",
     "Union",
     "Window",

@@ -7,12 +7,13 @@ record directly.
 
 from __future__ import annotations
 
-from collections import Counter, _count_elements
+from collections import _count_elements
 from itertools import islice
 from operator import itemgetter
 
 from kernel._errors import KernelError, OperatorError
 from kernel._operator import Operator
+from state import value_state
 
 from ._calls import user_error
 
@@ -23,7 +24,8 @@ EMIT_BATCH = 1024
 
 class _Aggregate(Operator):
     def open(self, context):
-        self.state: dict = {}
+        # keyed state: taken by epoch snapshots, put back on recovery
+        self.state = value_state(self, "accumulators")
 
     def on_end(self):
         items = iter(self.state.items())
@@ -34,8 +36,7 @@ class _Aggregate(Operator):
 class Count(_Aggregate):
     """Number of records per key."""
 
-    def open(self, context):
-        self.state = Counter()  # _count_elements is C code for dicts
+    # _count_elements is C code for dicts, and a ValueState is one
     def on_batch(self, port, batch):
         it = iter(batch)
         try:

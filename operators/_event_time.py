@@ -98,6 +98,13 @@ class EventTimeSource(Source):
     def result(self):
         return self.inner.result()
 
+    def on_epoch(self, epoch):
+        return {"inner": self.inner.on_epoch(epoch), "max_seen": self._max_seen}
+
+    def restore(self, snapshot):
+        self.inner.restore(snapshot["inner"])
+        self._max_seen = snapshot["max_seen"]
+
     def _emit_timed(self, batch: list) -> None:
         if not batch:
             return

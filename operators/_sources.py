@@ -37,11 +37,22 @@ class IterableSource(Source):
             self._iterator = None
         else:
             self._sequence = None
+            self._position = 0
             try:
                 it = iter(data)
             except TypeError as exc:
                 raise OperatorError.wrap(self.name, iter, exc, record=data) from exc
             self._iterator = it if peers == 1 else islice(it, index, None, peers)
+
+    # Resuming from a snapshot: the position in this kernel's share.
+    def on_epoch(self, epoch):
+        return {"position": self._position}
+
+    def restore(self, snapshot):
+        position = snapshot["position"]
+        if self._sequence is None and position:
+            next(islice(self._iterator, position - 1, position), None)  # skip what was read
+        self._position = position
 
     def poll(self):
         size = self.batch_size
@@ -52,6 +63,7 @@ class IterableSource(Source):
         else:
             try:
                 batch = list(islice(self._iterator, size))
+                self._position += len(batch)
             except KernelError:
                 raise
             except Exception as exc:
@@ -86,6 +98,8 @@ class AsyncIterableSource(Source):
         self._buffer: list = []
         self._exhausted = False
         self._space = None
+        self._emitted = 0  # records of this kernel's share handed on
+        self._skip = 0  # on a resumed run: how many of them to read past
         context.kernel.spawn(self._read(source), name=f"{self.name} reader")
 
     async def _read(self, source):
@@ -95,6 +109,10 @@ class AsyncIterableSource(Source):
         try:
             async for item in source:
                 if peers == 1 or position % peers == index:
+                    if self._skip:
+                        self._skip -= 1
+                        position += 1
+                        continue
                     self._buffer.append(item)
                     if len(self._buffer) >= size:
                         self.wake()
@@ -110,9 +128,19 @@ class AsyncIterableSource(Source):
         self._exhausted = True
         self.wake()
 
+    # Resuming: the async iterable is read again from its start and the
+    # records this kernel had handed on are skipped (the source must yield
+    # the same records in the same order again: a replayable input).
+    def on_epoch(self, epoch):
+        return {"emitted": self._emitted}
+
+    def restore(self, snapshot):
+        self._emitted = self._skip = snapshot["emitted"]
+
     def poll(self):
         if self._buffer:
             batch, self._buffer = self._buffer, []
+            self._emitted += len(batch)
             self.emit(batch)
             space = self._space
             if space is not None and not space.done():

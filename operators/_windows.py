@@ -36,6 +36,7 @@ from typing import NamedTuple
 
 from kernel._errors import KernelError, OperatorError
 from kernel._operator import Operator, TimedBatch
+from state import map_state, value_state
 
 EMIT_BATCH = 1024
 _first = itemgetter(0)
@@ -279,15 +280,34 @@ class _Windowing(Operator):
         self._out: list = []
         self._late_out: list = []
         window = self.window
+        # The windows live in keyed state (snapshots take them); the heaps
+        # that order them are rebuilt from it on restore.
         if isinstance(window, Session):
-            self._sessions: dict = {}  # key -> list of [start, end, acc], by start
-            self._ends: list = []  # heap of (end, sequence, key, start): fire candidates
+            self._sessions = value_state(self, "sessions")  # key -> [[start, end, acc]], by start
+            self._ends: list = []  # heap of (end, start, sequence, key): fire candidates
             self._seq = count()
         else:
             step = window.size if isinstance(window, Tumbling) else window.step
             self._aligned = _Aligned(window.size, step)
-            self._open: dict = {}  # window number -> {key: acc}
+            self._open = map_state(self, "windows")  # window number -> {key: acc}
             self._numbers: list = []  # heap of the window numbers in `_open`
+
+    def on_epoch(self, epoch):
+        sequence = next(self._seq) if isinstance(self.window, Session) else 0
+        return {"states": super().on_epoch(epoch), "frontier": self._frontier, "late": self.late,
+                "sequence": sequence}
+
+    def restore(self, snapshot):
+        super().restore(snapshot["states"])
+        self._frontier, self.late = snapshot["frontier"], snapshot["late"]
+        if isinstance(self.window, Session):
+            self._seq = count(snapshot["sequence"])
+            self._ends = [(end, start, next(self._seq), key)
+                          for key, sessions in self._sessions.items() for start, end, _ in sessions]
+            heapq.heapify(self._ends)
+        else:
+            self._numbers = list(self._open)
+            heapq.heapify(self._numbers)
 
     # subclasses: _new(value, stamp, port) -> acc, _grow(acc, value, stamp, port) -> acc,
     # _merge(a, b) -> acc, _results(key, window, acc) -> list of output records

@@ -1,0 +1,130 @@
+"""Completing epochs: a kernel's snapshot is durable, then every kernel's is.
+
+The runtime hands each of its whole snapshots to a coordinator
+(`durable(epoch, blob)`), and when all its work has ended, its last one
+(`finished(blob)`). An epoch is complete once every kernel has made it
+durable (a kernel that has finished counts for every later epoch: it takes
+part in none). Only then is it marked complete in the store, and only then
+do operators publish the output held back for it (`Runtime.commit`): the
+exactly-once file sink renames its hidden files then.
+
+* `LocalCoordinator`: one kernel in this process.
+* `KernelSide` / `LauncherSide`: kernels in processes. Each kernel writes
+  its own snapshots to the store (its own SQLite connection) and tells the
+  launcher over its result pipe; the launcher marks epochs complete and
+  sends `commit` back over a second pipe. A kernel that has finished waits
+  for the final commit before its process exits.
+
+The store is duck-typed (`write`, `mark_complete`, `FINAL`): the kernel's core
+never imports `state`.
+"""
+
+from __future__ import annotations
+
+
+class _Coordinator:
+    def __init__(self, interval: float, snapshot: bytes | None, restored_epoch: int) -> None:
+        self.interval = interval
+        self.snapshot = snapshot  # this kernel's part of the epoch a resumed run starts from
+        self.restored_epoch = restored_epoch  # 0: a fresh start
+        self.first_epoch = restored_epoch + 1
+        self.runtime = None
+
+    def restored(self, runtime) -> None:
+        """The runtime has put the snapshot back: what was complete stays
+        published, what was not is dropped (`commit` of the restored epoch)."""
+        runtime.commit(self.restored_epoch)
+
+    def attach(self, runtime) -> None:
+        self.runtime = runtime
+
+
+class LocalCoordinator(_Coordinator):
+    def __init__(self, store, interval: float, snapshot: bytes | None, restored_epoch: int) -> None:
+        super().__init__(interval, snapshot, restored_epoch)
+        self.store = store
+
+    def durable(self, epoch: int, blob: bytes) -> None:
+        self.store.write(epoch, 0, blob)
+        self.store.mark_complete(epoch)
+        self.runtime.commit(epoch)
+
+    def finished(self, blob: bytes) -> None:
+        self.store.write(self.store.FINAL, 0, blob)
+        final = self.runtime.epochs.next_epoch
+        self.store.mark_complete(final, final=True)
+        self.runtime.commit(final)
+
+
+class KernelSide(_Coordinator):
+    """In a kernel process: `report` sends to the launcher; `commits` is
+    the pipe the launcher answers on."""
+
+    def __init__(self, store, index: int, report, commits, interval: float,
+                 snapshot: bytes | None, restored_epoch: int) -> None:
+        super().__init__(interval, snapshot, restored_epoch)
+        self.store = store
+        self.index = index
+        self.report = report
+        self.commits = commits
+        self._waiting_final = False
+
+    def attach(self, runtime) -> None:
+        super().attach(runtime)
+        runtime.kernel.loop.add_reader(self.commits.fileno(), self._on_commit)
+
+    def durable(self, epoch: int, blob: bytes) -> None:
+        self.store.write(epoch, self.index, blob)
+        self.report(("durable", epoch))
+
+    def finished(self, blob: bytes) -> None:
+        self.store.write(self.store.FINAL, self.index, blob)
+        self._waiting_final = True
+        self.runtime.kernel.hold()  # until the launcher's final commit
+        self.report(("finished", self.runtime.epochs.next_epoch))
+
+    def _on_commit(self) -> None:
+        while self.commits.poll():
+            epoch, final = self.commits.recv()
+            self.runtime.commit(epoch)
+            if final and self._waiting_final:
+                self._waiting_final = False
+                self.runtime.kernel.loop.remove_reader(self.commits.fileno())
+                self.runtime.kernel.release()
+
+
+class LauncherSide:
+    """In the launcher: epochs complete once every kernel made them durable."""
+
+    def __init__(self, store, kernels: int, restored_epoch: int, send_commit) -> None:
+        self.store = store
+        self.kernels = kernels
+        self.last_complete = restored_epoch
+        self.send_commit = send_commit  # (epoch, final) -> every kernel
+        self._durable: dict[int, set[int]] = {}
+        self._finished: dict[int, int] = {}  # kernel -> its next epoch number
+
+    def message(self, kernel: int, message: tuple) -> None:
+        kind, epoch = message
+        if kind == "durable":
+            self._durable.setdefault(epoch, set()).add(kernel)
+        else:
+            self._finished[kernel] = epoch
+        self._advance()
+
+    def _advance(self) -> None:
+        everyone = set(range(self.kernels))
+        while True:
+            epoch = self.last_complete + 1
+            done = self._durable.get(epoch, set()) | set(self._finished)
+            if done != everyone or len(self._finished) == self.kernels:
+                break
+            self.store.mark_complete(epoch)
+            self._durable.pop(epoch, None)
+            self.last_complete = epoch
+            self.send_commit(epoch, False)
+        if len(self._finished) == self.kernels:
+            final = max([self.last_complete + 1, *self._finished.values()])
+            self.store.mark_complete(final, final=True)
+            self.last_complete = final
+            self.send_commit(final, True)

@@ -1,0 +1,109 @@
+"""`to_files(directory)`: JSON Lines output that a crash cannot duplicate.
+
+Each kernel writes the records of the current epoch to a hidden file,
+`.part-k{kernel}-e{epoch}.jsonl`. At the epoch's marker the file is flushed,
+fsynced and closed, and the next epoch's file begins. Only when the epoch is
+complete on every kernel (`on_commit`) is the file renamed to its visible
+name, `part-k{kernel}-e{epoch}.jsonl`, and the directory fsynced: a rename
+is atomic, so a reader sees a whole epoch or nothing.
+
+After a crash, a resumed run restores the snapshot of the last complete
+epoch E: hidden files of epochs up to E are published (their epoch was
+complete), hidden files after E are deleted (the resumed run writes those
+records again). So the visible files hold every record exactly once. Without
+a `state_dir` there are no epochs and the files are published when the run
+ends.
+
+Records are written with `json.dumps`: tuples (and windows) as arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from kernel._errors import OperatorError
+from kernel._operator import Operator
+
+_NAME = re.compile(r"^\.?part-k(\d+)-e(\d+)\.jsonl$")
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ToFiles(Operator):
+    def __init__(self, directory) -> None:
+        self.directory = os.fspath(directory)
+
+    def open(self, context):
+        os.makedirs(self.directory, exist_ok=True)
+        self.kernel = context.index
+        self.epoch = 1  # the epoch whose records are being written
+        self._file = None
+
+    def _path(self, epoch: int, hidden: bool) -> str:
+        name = f"part-k{self.kernel}-e{epoch:08d}.jsonl"
+        return os.path.join(self.directory, "." + name if hidden else name)
+
+    def on_batch(self, port, batch):
+        dumps = json.dumps
+        try:
+            lines = [dumps(record, ensure_ascii=False) for record in batch]
+        except (TypeError, ValueError) as exc:
+            bad = next(r for r in batch if not _serializable(r))
+            raise OperatorError.wrap(self.name, "json.dumps", exc, record=bad) from exc
+        if self._file is None:
+            self._file = open(self._path(self.epoch, hidden=True), "a", encoding="utf-8")
+        self._file.write("\n".join(lines) + "\n")
+
+    def _close_epoch(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+
+    def on_epoch(self, epoch):
+        self._close_epoch()  # the records of `epoch` are durable before its snapshot is
+        self.epoch = epoch + 1
+        return {"epoch": self.epoch}
+
+    def on_end(self):
+        self._close_epoch()  # published with the final commit
+
+    def restore(self, snapshot):
+        self.epoch = snapshot["epoch"]
+        # what was written after the snapshot is written again: drop it
+        for name, _kernel, epoch in self._own_files():
+            if name.startswith(".") and epoch >= self.epoch:
+                os.unlink(os.path.join(self.directory, name))
+
+    def on_commit(self, epoch):
+        renamed = False
+        for name, _kernel, file_epoch in self._own_files():
+            closed = file_epoch < self.epoch or self._file is None
+            if name.startswith(".") and file_epoch <= epoch and closed:
+                os.replace(os.path.join(self.directory, name), os.path.join(self.directory, name[1:]))
+                renamed = True
+        if renamed:
+            _fsync_directory(self.directory)
+
+    def _own_files(self):
+        for name in os.listdir(self.directory):
+            match = _NAME.match(name)
+            if match and int(match.group(1)) == self.kernel:
+                yield name, self.kernel, int(match.group(2))
+
+
+def _serializable(record) -> bool:
+    try:
+        json.dumps(record)
+    except (TypeError, ValueError):
+        return False
+    return True

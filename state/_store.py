@@ -1,0 +1,168 @@
+"""The durable snapshot store: one SQLite database under `state_dir`.
+
+Why SQLite: it is in the standard library (no extra dependency), an embedded
+store that survives `kill -9` and power loss when its commits are durable
+(WAL journal, `synchronous=FULL`: the commit returns after the log is
+fsynced), and several kernel processes can write to one database (writers
+serialize on a lock; a snapshot write is one short transaction).
+
+Tables:
+
+* `meta`: the flow's fingerprint and the number of kernels it ran on, so a
+  `state_dir` written by another flow (or for another number of kernels) is
+  refused with a clear error instead of being misread;
+* `snapshots(epoch, kernel, crc, blob)`: each kernel's snapshot of each
+  epoch, with a CRC-32 of the blob checked when it is read (SQLite does not
+  checksum its pages: a torn or bit-flipped blob must not be restored);
+* `complete(epoch, final)`: epochs every kernel has made durable. Only those
+  are ever restored; `final` marks the end of a run that finished.
+
+The two newest complete epochs are kept, so a snapshot found corrupt falls
+back to the previous complete epoch (with a warning).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import zlib
+
+log = logging.getLogger("kernel.state")
+
+FILE_NAME = "snapshots.sqlite"
+_KEEP_COMPLETE = 2
+# A kernel whose work has all ended writes its last snapshot under FINAL: it
+# stands for that kernel in every later epoch (it takes part in none).
+FINAL = 2**62
+
+
+class StateError(Exception):
+    """A `state_dir` that cannot be used (another flow's, unreadable, full)."""
+
+
+class CorruptSnapshot(StateError):
+    pass
+
+
+class SnapshotStore:
+    """A connection to the store of one `state_dir` (one per process: SQLite
+    connections must not cross a fork)."""
+
+    FINAL = FINAL
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = os.fspath(directory)
+        os.makedirs(self.directory, exist_ok=True)
+        self.path = os.path.join(self.directory, FILE_NAME)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(
+                """
+                CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                CREATE TABLE IF NOT EXISTS snapshots (
+                    epoch INTEGER NOT NULL, kernel INTEGER NOT NULL,
+                    crc INTEGER NOT NULL, blob BLOB NOT NULL, PRIMARY KEY (epoch, kernel));
+                CREATE TABLE IF NOT EXISTS complete (epoch INTEGER PRIMARY KEY, final INTEGER NOT NULL);
+                """
+            )
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"state_dir {self.directory!r}: cannot open {FILE_NAME}: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- which flow ------------------------------------------------------------------
+
+    def claim(self, fingerprint: str, kernels: int) -> None:
+        """Bind an empty store to this flow, or check that it is this flow's."""
+        rows = dict(self._db.execute("SELECT key, value FROM meta"))
+        if not rows:
+            self._write(
+                "INSERT INTO meta (key, value) VALUES (?, ?), (?, ?)",
+                ("flow", fingerprint, "kernels", str(kernels)),
+            )
+            return
+        if rows.get("flow") != fingerprint:
+            raise StateError(
+                f"state_dir {self.directory!r} holds the state of another flow "
+                "(its steps differ from this one's); use a fresh state_dir for this flow"
+            )
+        if rows.get("kernels") != str(kernels):
+            raise StateError(
+                f"state_dir {self.directory!r} was written by {rows.get('kernels')} kernels and this run "
+                f"has {kernels}: a resumed run needs the same number of kernels (keys are partitioned "
+                "by kernel count)"
+            )
+
+    # -- writing -------------------------------------------------------------------------
+
+    def write(self, epoch: int, kernel: int, blob: bytes) -> None:
+        """Make one kernel's snapshot of `epoch` durable (returns after fsync)."""
+        self._write(
+            "INSERT OR REPLACE INTO snapshots (epoch, kernel, crc, blob) VALUES (?, ?, ?, ?)",
+            (epoch, kernel, zlib.crc32(blob), sqlite3.Binary(blob)),
+        )
+
+    def mark_complete(self, epoch: int, final: bool = False) -> None:
+        """Every kernel has made `epoch` durable: it may be restored. Older
+        epochs than the two newest complete ones are deleted."""
+        self._write("INSERT OR REPLACE INTO complete (epoch, final) VALUES (?, ?)", (epoch, int(final)))
+        kept = [e for (e,) in self._db.execute(
+            "SELECT epoch FROM complete ORDER BY epoch DESC LIMIT ?", (_KEEP_COMPLETE,))]
+        oldest = kept[-1]
+        self._write("DELETE FROM snapshots WHERE epoch < ?", (oldest,))  # FINAL is larger: kept
+        self._write("DELETE FROM complete WHERE epoch < ?", (oldest,))
+
+    def _write(self, sql: str, args: tuple) -> None:
+        try:
+            self._db.execute(sql, args)
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc):
+                raise StateError(
+                    f"state_dir {self.directory!r}: the disk is full; this snapshot was not written, "
+                    "the previous complete epoch is intact"
+                ) from exc
+            raise StateError(f"state_dir {self.directory!r}: {exc}") from exc
+
+    # -- reading -------------------------------------------------------------------------
+
+    def completed(self) -> list[tuple[int, bool]]:
+        """(epoch, final) of the complete epochs, newest first."""
+        return [(e, bool(f)) for e, f in self._db.execute(
+            "SELECT epoch, final FROM complete ORDER BY epoch DESC")]
+
+    def read(self, epoch: int, kernel: int) -> bytes:
+        row = self._db.execute(
+            "SELECT crc, blob FROM snapshots WHERE epoch = ? AND kernel = ?", (epoch, kernel)
+        ).fetchone()
+        if row is None:
+            raise CorruptSnapshot(f"epoch {epoch} has no snapshot for kernel {kernel}")
+        crc, blob = row
+        if zlib.crc32(blob) != crc:
+            raise CorruptSnapshot(f"the snapshot of kernel {kernel} at epoch {epoch} fails its checksum")
+        return bytes(blob)
+
+    def _read_for(self, epoch: int, kernel: int) -> bytes:
+        try:
+            return self.read(epoch, kernel)
+        except CorruptSnapshot:
+            has_own = self._db.execute(
+                "SELECT 1 FROM snapshots WHERE epoch = ? AND kernel = ?", (epoch, kernel)).fetchone()
+            if has_own is not None:
+                raise
+            return self.read(FINAL, kernel)  # that kernel had ended before this epoch
+
+    def latest(self, kernels: int) -> tuple[int, bool, list[bytes]] | None:
+        """The newest complete epoch whose every kernel's snapshot reads back
+        intact: (epoch, final, blobs by kernel), or None (start afresh). A
+        corrupt one is skipped with a warning."""
+        for epoch, final in self.completed():
+            try:
+                return epoch, final, [self._read_for(epoch, k) for k in range(kernels)]
+            except CorruptSnapshot as exc:
+                log.warning("state_dir %s: %s; falling back to the previous complete epoch",
+                            self.directory, exc)
+        return None
