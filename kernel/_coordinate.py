@@ -21,6 +21,8 @@ never imports `state`.
 
 from __future__ import annotations
 
+from ._faults import crash_point
+
 
 class _Coordinator:
     def __init__(self, interval: float, snapshot: bytes | None, restored_epoch: int) -> None:
@@ -46,6 +48,7 @@ class LocalCoordinator(_Coordinator):
 
     def durable(self, epoch: int, blob: bytes) -> None:
         self.store.write(epoch, 0, blob)
+        crash_point("snapshot")
         self.store.mark_complete(epoch)
         self.runtime.commit(epoch)
 
@@ -75,6 +78,7 @@ class KernelSide(_Coordinator):
 
     def durable(self, epoch: int, blob: bytes) -> None:
         self.store.write(epoch, self.index, blob)
+        crash_point("snapshot", self.index)
         self.report(("durable", epoch))
 
     def finished(self, blob: bytes) -> None:

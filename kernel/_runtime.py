@@ -610,7 +610,7 @@ class Runtime:
                 1 for instance, channel in self._remote_inboxes.values()
                 if instance.ended or instance.channel_watermarks[channel] == _INF
             )
-            coordinator.restored(self)
+        coordinator.restored(self)  # also on a fresh start: a crashed run's leftovers go
         if self._live and any(not s.ended for s in self._sources):
             self.kernel.call_later(coordinator.interval, self._next_epoch)
         return ended_remote

@@ -24,6 +24,7 @@ import os
 import re
 
 from kernel._errors import OperatorError
+from kernel._faults import crash_point
 from kernel._operator import Operator
 
 _NAME = re.compile(r"^\.?part-k(\d+)-e(\d+)\.jsonl$")
@@ -46,6 +47,7 @@ class ToFiles(Operator):
         self.kernel = context.index
         self.epoch = 1  # the epoch whose records are being written
         self._file = None
+        self._first_commit = True
 
     def _path(self, epoch: int, hidden: bool) -> str:
         name = f"part-k{self.kernel}-e{epoch:08d}.jsonl"
@@ -59,8 +61,11 @@ class ToFiles(Operator):
             bad = next(r for r in batch if not _serializable(r))
             raise OperatorError.wrap(self.name, "json.dumps", exc, record=bad) from exc
         if self._file is None:
-            self._file = open(self._path(self.epoch, hidden=True), "a", encoding="utf-8")
-        self._file.write("\n".join(lines) + "\n")
+            self._file = open(self._path(self.epoch, hidden=True), "w", encoding="utf-8")
+        half = len(lines) // 2
+        self._file.write("".join(line + "\n" for line in lines[:half]))
+        crash_point("batch", self.kernel)  # tests: a crash with half a batch written
+        self._file.write("".join(line + "\n" for line in lines[half:]))
 
     def _close_epoch(self) -> None:
         if self._file is not None:
@@ -79,18 +84,24 @@ class ToFiles(Operator):
 
     def restore(self, snapshot):
         self.epoch = snapshot["epoch"]
-        # what was written after the snapshot is written again: drop it
-        for name, _kernel, epoch in self._own_files():
-            if name.startswith(".") and epoch >= self.epoch:
-                os.unlink(os.path.join(self.directory, name))
 
     def on_commit(self, epoch):
+        # The first commit of a run is the restored epoch (0 on a fresh
+        # start): hidden files after it are a crashed run's, written again
+        # now, so they go.
+        stale_after = epoch if self._first_commit else None
+        self._first_commit = False
         renamed = False
         for name, _kernel, file_epoch in self._own_files():
-            closed = file_epoch < self.epoch or self._file is None
-            if name.startswith(".") and file_epoch <= epoch and closed:
-                os.replace(os.path.join(self.directory, name), os.path.join(self.directory, name[1:]))
+            if not name.startswith("."):
+                continue
+            path = os.path.join(self.directory, name)
+            if stale_after is not None and file_epoch > stale_after:
+                os.unlink(path)
+            elif file_epoch <= epoch and (file_epoch < self.epoch or self._file is None):
+                os.replace(path, os.path.join(self.directory, name[1:]))
                 renamed = True
+                crash_point("commit", self.kernel)  # tests: a crash between renames
         if renamed:
             _fsync_directory(self.directory)
 
