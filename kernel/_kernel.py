@@ -278,7 +278,10 @@ class Kernel:
 
         def fire():
             timers.discard(handle)
-            fn()
+            try:
+                fn()
+            except BaseException as exc:  # a timer's failure is the run's, not the loop's
+                self.fail(exc)
 
         schedule = getattr(self.clock, "call_later", None)
         if schedule is None:

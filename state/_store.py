@@ -28,6 +28,8 @@ import os
 import sqlite3
 import zlib
 
+from kernel._errors import KernelError
+
 log = logging.getLogger("kernel.state")
 
 FILE_NAME = "snapshots.sqlite"
@@ -37,8 +39,9 @@ _KEEP_COMPLETE = 2
 FINAL = 2**62
 
 
-class StateError(Exception):
-    """A `state_dir` that cannot be used (another flow's, unreadable, full)."""
+class StateError(KernelError):
+    """A `state_dir` that cannot be used (another flow's, unreadable, full).
+    A KernelError, so it ends a run as itself, not blamed on an operator."""
 
 
 class CorruptSnapshot(StateError):

@@ -252,3 +252,15 @@ def test_an_idle_kernel_does_not_hold_back_the_windows_of_another(tmp_path):
     first_window = min(float(line.split()[1]) for line in lines if line.startswith("window"))
     source_done = min(float(line.split()[2]) for line in lines if line.startswith("source done"))
     assert first_window < source_done - 0.5
+
+
+async def test_a_processing_time_timer_that_raises_fails_the_run():
+    kernel = Kernel()
+
+    async def task():
+        kernel.call_later(0.0, lambda: 1 / 0)
+        await asyncio.sleep(3600)  # the failure ends the run long before
+
+    kernel.spawn(task())
+    with pytest.raises(ZeroDivisionError):
+        await asyncio.wait_for(kernel.join(), timeout=10)

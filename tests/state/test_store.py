@@ -1,0 +1,153 @@
+"""The snapshot store and keyed state: checksums, fallback to the previous
+complete epoch, another flow's state_dir, a full disk."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import subprocess
+import uuid
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernel import Dataflow, KernelError, Operator, run
+from state import (
+    CorruptSnapshot,
+    SnapshotStore,
+    StateError,
+    ValueState,
+    list_state,
+    map_state,
+    value_state,
+)
+
+
+def store_with_epochs(tmp_path, epochs=(1, 2), kernels=2) -> SnapshotStore:
+    store = SnapshotStore(tmp_path)
+    store.claim("flow-a", kernels)
+    for epoch in epochs:
+        for kernel in range(kernels):
+            store.write(epoch, kernel, f"epoch {epoch} kernel {kernel}".encode())
+        store.mark_complete(epoch)
+    return store
+
+
+def damage(store: SnapshotStore, epoch: int, kernel: int, blob: bytes) -> None:
+    db = sqlite3.connect(store.path)
+    db.execute("UPDATE snapshots SET blob = ? WHERE epoch = ? AND kernel = ?", (blob, epoch, kernel))
+    db.commit()
+    db.close()
+
+
+def test_the_newest_complete_epoch_is_restored(tmp_path):
+    store = store_with_epochs(tmp_path)
+    store.write(3, 0, b"epoch 3 kernel 0")  # epoch 3 never completed
+    assert store.latest(2) == (2, False, [b"epoch 2 kernel 0", b"epoch 2 kernel 1"])
+
+
+@pytest.mark.parametrize("how", ["flipped", "truncated", "empty"])
+def test_a_corrupt_snapshot_falls_back_to_the_previous_epoch_with_a_warning(tmp_path, caplog, how):
+    store = store_with_epochs(tmp_path)
+    good = b"epoch 2 kernel 1"
+    bad = {"flipped": b"epoch 2 kernel 9", "truncated": good[:7], "empty": b""}[how]
+    damage(store, 2, 1, bad)
+    with caplog.at_level(logging.WARNING, logger="kernel.state"):
+        assert store.latest(2) == (1, False, [b"epoch 1 kernel 0", b"epoch 1 kernel 1"])
+    assert "fails its checksum" in caplog.text and "previous complete epoch" in caplog.text
+    with pytest.raises(CorruptSnapshot):
+        store.read(2, 1)
+
+
+def test_only_the_two_newest_complete_epochs_are_kept(tmp_path):
+    store = store_with_epochs(tmp_path, epochs=(1, 2, 3, 4))
+    assert [epoch for epoch, _ in store.completed()] == [4, 3]
+    with pytest.raises(CorruptSnapshot, match="no snapshot"):
+        store.read(2, 0)
+
+
+def test_a_state_dir_of_another_flow_or_kernel_count_is_refused(tmp_path):
+    store_with_epochs(tmp_path)
+    with pytest.raises(StateError, match="another flow"):
+        SnapshotStore(tmp_path).claim("flow-b", 2)
+    with pytest.raises(StateError, match="written by 2 kernels and this run has 3"):
+        SnapshotStore(tmp_path).claim("flow-a", 3)
+
+
+def test_run_refuses_a_state_dir_written_by_another_flow(tmp_path):
+    first = Dataflow("one")
+    first.from_iterable([1, 2]).map(str).collect()
+    run(first, state_dir=tmp_path)
+    other = Dataflow("two")
+    other.from_iterable([1, 2]).filter(bool).collect()
+    with pytest.raises(StateError, match="another flow"):
+        run(other, state_dir=tmp_path)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.dictionaries(st.one_of(st.text(max_size=5), st.integers()), st.integers(), max_size=20))
+def test_keyed_state_snapshots_are_copies_and_restore_in_place(data):
+    class Holder(Operator):
+        pass
+
+    op = Holder()
+    values, maps, lists = value_state(op, "v"), map_state(op, "m"), list_state(op, "l")
+    values.update(data)
+    for key, number in data.items():
+        maps.entry(key)["n"] = number
+        lists.append(key, number)
+    snapshot = op.on_epoch(1)
+    values.clear()
+    for inner in maps.values():
+        inner["n"] = "changed"
+    held = values  # restore fills the same objects the operator holds
+    op.restore(snapshot)
+    assert held is op._keyed_states["v"] and dict(values) == data
+    assert {k: v["n"] for k, v in maps.items()} == data
+    assert {k: v for k, v in lists.items()} == {k: [n] for k, n in data.items()}
+    assert isinstance(values, ValueState)
+
+
+def test_two_states_of_one_name_are_refused():
+    op = Operator()
+    value_state(op, "x")
+    with pytest.raises(ValueError, match="a state named 'x' exists"):
+        map_state(op, "x")
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 192 KiB filesystem (tmpfs; CI runs as root)."""
+    mount = tmp_path / f"tiny-{uuid.uuid4().hex[:6]}"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_while_snapshotting_is_a_clear_error_and_the_previous_epoch_is_intact(tiny_disk):
+    """The state grows every epoch (a key per record) until a snapshot no
+    longer fits: the run ends with an error that says so, and the store
+    still restores the last epoch that was complete."""
+    import time
+
+    def slow(x):
+        if x % 200 == 0:
+            time.sleep(0.01)
+        return x
+
+    flow = Dataflow("growing")
+    keys = flow.from_iterable(range(60_000), batch_size=200).map(slow).key_by(lambda x: f"key-{x:08d}")
+    keys.count().collect()
+    with pytest.raises(KernelError, match="disk is full") as info:
+        run(flow, state_dir=tiny_disk / "state", epoch_interval=0.02)
+    assert "previous complete epoch is intact" in str(info.value)
+    store = SnapshotStore(tiny_disk / "state")
+    latest = store.latest(1)
+    assert latest is not None and latest[0] >= 1 and not latest[1]
+    # what it holds is a real snapshot of that epoch: the flow resumes from it
+    assert Counter(type(b) for b in latest[2]) == Counter({bytes: 1})
