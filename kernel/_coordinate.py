@@ -15,11 +15,18 @@ exactly-once file sink renames its hidden files then.
   sends `commit` back over a second pipe. A kernel that has finished waits
   for the final commit before its process exits.
 
+Writes go to the store on a writer thread of the coordinator's own (in
+order), so the kernel's loop never waits for an fsync: only the pickling of
+the snapshot happens on the kernel, when operators align. A failed write
+fails the run.
+
 The store is duck-typed (`write`, `mark_complete`, `FINAL`): the kernel's core
 never imports `state`.
 """
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 from ._faults import crash_point
 
@@ -39,6 +46,21 @@ class _Coordinator:
 
     def attach(self, runtime) -> None:
         self.runtime = runtime
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-writer")
+
+    def _in_background(self, work, then) -> None:
+        """`work()` on the writer thread, then `then()` on the kernel's loop."""
+        loop = self.runtime.kernel.loop
+        kernel = self.runtime.kernel
+
+        def done(future):
+            exc = future.exception()
+            loop.call_soon_threadsafe(kernel.fail if exc else then, *((exc,) if exc else ()))
+
+        self._writer.submit(work).add_done_callback(done)
+
+    def _close(self) -> None:
+        self._writer.shutdown(wait=False)
 
 
 class LocalCoordinator(_Coordinator):
@@ -47,16 +69,28 @@ class LocalCoordinator(_Coordinator):
         self.store = store
 
     def durable(self, epoch: int, blob: bytes) -> None:
-        self.store.write(epoch, 0, blob)
-        crash_point("snapshot")
-        self.store.mark_complete(epoch)
-        self.runtime.commit(epoch)
+        def work():
+            self.store.write(epoch, 0, blob)
+            crash_point("snapshot")
+            self.store.mark_complete(epoch)
+
+        self._in_background(work, lambda: self.runtime.commit(epoch))
 
     def finished(self, blob: bytes) -> None:
-        self.store.write(self.store.FINAL, 0, blob)
         final = self.runtime.epochs.next_epoch
-        self.store.mark_complete(final, final=True)
-        self.runtime.commit(final)
+        kernel = self.runtime.kernel
+        kernel.hold()  # the run ends when the last snapshot is written and committed
+
+        def work():
+            self.store.write(self.store.FINAL, 0, blob)
+            self.store.mark_complete(final, final=True)
+
+        def then():
+            self.runtime.commit(final)
+            self._close()
+            kernel.release()
+
+        self._in_background(work, then)
 
 
 class KernelSide(_Coordinator):
@@ -77,15 +111,18 @@ class KernelSide(_Coordinator):
         runtime.kernel.loop.add_reader(self.commits.fileno(), self._on_commit)
 
     def durable(self, epoch: int, blob: bytes) -> None:
-        self.store.write(epoch, self.index, blob)
-        crash_point("snapshot", self.index)
-        self.report(("durable", epoch))
+        def work():
+            self.store.write(epoch, self.index, blob)
+            crash_point("snapshot", self.index)
+
+        self._in_background(work, lambda: self.report(("durable", epoch)))
 
     def finished(self, blob: bytes) -> None:
-        self.store.write(self.store.FINAL, self.index, blob)
         self._waiting_final = True
         self.runtime.kernel.hold()  # until the launcher's final commit
-        self.report(("finished", self.runtime.epochs.next_epoch))
+        next_epoch = self.runtime.epochs.next_epoch
+        self._in_background(lambda: self.store.write(self.store.FINAL, self.index, blob),
+                            lambda: self.report(("finished", next_epoch)))
 
     def _on_commit(self) -> None:
         while self.commits.poll():
@@ -94,6 +131,7 @@ class KernelSide(_Coordinator):
             if final and self._waiting_final:
                 self._waiting_final = False
                 self.runtime.kernel.loop.remove_reader(self.commits.fileno())
+                self._close()
                 self.runtime.kernel.release()
 
 

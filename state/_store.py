@@ -59,7 +59,10 @@ class SnapshotStore:
         os.makedirs(self.directory, exist_ok=True)
         self.path = os.path.join(self.directory, FILE_NAME)
         try:
-            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            # one thread at a time, but not always the one that opened it
+            # (a kernel's snapshot writer thread)
+            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                                       check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(
