@@ -1,7 +1,7 @@
 """Crash and resume: a run killed (SIGKILL) at hypothesis-chosen points —
 mid-batch, mid-snapshot, mid-commit — on 1 and 2 kernels, then run again
 with the same state_dir, leaves visible files that hold every record exactly
-once and aggregates equal to a crash-free run's."""
+once, and aggregates and windows equal to a crash-free run's."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ PIPELINE = textwrap.dedent(
     """
     import os, time
     from kernel import Dataflow
+    from operators import Tumbling
 
     N = int(os.environ["N"])
     OUT = os.environ["OUT"]
@@ -32,9 +33,10 @@ PIPELINE = textwrap.dedent(
         return x
 
     flow = Dataflow("recovery")
-    numbers = flow.from_iterable(range(N), batch_size=25).map(slow)
+    numbers = flow.from_iterable(range(N), batch_size=25, timestamp=lambda x: x / 100).map(slow)
     numbers.to_files(os.path.join(OUT, "records"))
     numbers.key_by(lambda x: x % 5).sum().to_files(os.path.join(OUT, "sums"))
+    numbers.key_by(lambda x: x % 3).window(Tumbling(1.0)).count().to_files(os.path.join(OUT, "windows"))
     """
 )
 
@@ -59,6 +61,7 @@ def visible_lines(directory: Path) -> list:
 
 
 EXPECTED_SUMS = {k: sum(x for x in range(N) if x % 5 == k) for k in range(5)}
+EXPECTED_WINDOWS = Counter((x % 3, float(x // 100), float(x // 100 + 1)) for x in range(N))
 
 
 @settings(max_examples=8, deadline=None)
@@ -83,6 +86,9 @@ def test_a_crashed_run_resumes_and_publishes_every_record_exactly_once(tmp_path_
     assert Counter(records) == Counter(range(N))  # every record, exactly once
     assert dict(map(tuple, visible_lines(tmp / "out" / "sums"))) == EXPECTED_SUMS
     assert len(visible_lines(tmp / "out" / "sums")) == 5
+    windows = visible_lines(tmp / "out" / "windows")  # [key, [start, end], count], each once
+    assert Counter({(key, start, end): n for key, (start, end), n in windows}) == EXPECTED_WINDOWS
+    assert len(windows) == len(EXPECTED_WINDOWS)
     hidden = [p.name for p in (tmp / "out").rglob(".part-*")]
     assert hidden == []
 
