@@ -342,35 +342,18 @@ class _Instance:
         else:
             self._advance_frontier(self._active_minimum())
         if self.open_channels == 0:
-            self._call_handler("on_end")
+            _call(self, "on_end")
             self._finish()
 
     def _advance_frontier(self, frontier: float) -> None:
         if frontier > self.frontier:
             self.frontier = frontier
-            if self.timers and self.timers[0][0] <= frontier:
-                self._call_handler("on_timer", frontier)
-            self._call_handler("on_watermark", frontier)
+            timers = self.timers
+            while timers and timers[0][0] <= frontier:  # due event-time timers, in order
+                when, _, data = heapq.heappop(timers)
+                _call(self, "on_timer", when, data)
+            _call(self, "on_watermark", frontier)
             self._forward(frontier)
-
-    def _call_handler(self, handler: str, frontier: float = _INF) -> None:
-        """Run a progress handler; a failure names that handler."""
-        try:
-            if handler == "on_watermark":
-                self.op.on_watermark(frontier)
-            elif handler == "on_timer":
-                timers, on_timer = self.timers, self.op.on_timer
-                while timers and timers[0][0] <= frontier:
-                    when, _, data = heapq.heappop(timers)
-                    on_timer(when, data)
-            else:
-                self.op.on_end()
-        except KernelError:
-            raise
-        except Exception as exc:
-            raise OperatorError.wrap(
-                self.name, _handler_name(self.op, handler), exc, has_record=False
-            ) from exc
 
     def schedule(self, event_time: float, data=None) -> None:
         """An event-time timer: `on_timer(event_time, data)` once the input
@@ -409,6 +392,18 @@ class _Instance:
 
 
 _next_sequence = itertools.count().__next__
+
+
+def _call(instance: _Instance, handler: str, *args):
+    """`instance.op.<handler>(*args)`; a failure names the step and handler."""
+    try:
+        return getattr(instance.op, handler)(*args)
+    except KernelError:
+        raise
+    except Exception as exc:
+        raise OperatorError.wrap(
+            instance.name, _handler_name(instance.op, handler), exc, has_record=False
+        ) from exc
 
 
 def _handler_name(op: Operator, method: str) -> str:
@@ -563,14 +558,7 @@ class Runtime:
         """Build, open every operator and schedule the sources."""
         self._build()
         for instance in self.instances:
-            try:
-                instance.op.open(self.kernel.context)
-            except KernelError:
-                raise
-            except Exception as exc:
-                raise OperatorError.wrap(
-                    instance.name, _handler_name(instance.op, "open"), exc, has_record=False
-                ) from exc
+            _call(instance, "open", self.kernel.context)
         for index, instance in enumerate(self.instances):
             instance.index = index
         self._live = len(self.instances)
@@ -628,14 +616,7 @@ class Runtime:
             instance.channel_watermarks[:] = marks
             instance.open_channels = open_channels
             instance.timers[:] = timers
-            try:
-                instance.op.restore(snapshot)
-            except KernelError:
-                raise
-            except Exception as exc:
-                raise OperatorError.wrap(
-                    instance.name, _handler_name(instance.op, "restore"), exc, has_record=False
-                ) from exc
+            _call(instance, "restore", snapshot)
         if self._live == 0:
             self.kernel.release()
 
@@ -653,14 +634,7 @@ class Runtime:
         """`instance` has aligned on `epoch`: its part of this kernel's snapshot."""
         if self.epochs is None:
             return
-        try:
-            snapshot = instance.op.on_epoch(epoch)
-        except KernelError:
-            raise
-        except Exception as exc:
-            raise OperatorError.wrap(
-                instance.name, _handler_name(instance.op, "on_epoch"), exc, has_record=False
-            ) from exc
+        snapshot = _call(instance, "on_epoch", epoch)
         part = (instance.frontier, list(instance.channel_watermarks), instance.open_channels,
                 list(instance.timers), snapshot)
         self.epochs.part(instance.index, epoch, part)
@@ -668,14 +642,7 @@ class Runtime:
     def commit(self, epoch: int) -> None:
         """`epoch` is complete on every kernel: operators may publish it."""
         for instance in self.instances:
-            try:
-                instance.op.on_commit(epoch)
-            except KernelError:
-                raise
-            except Exception as exc:
-                raise OperatorError.wrap(
-                    instance.name, _handler_name(instance.op, "on_commit"), exc, has_record=False
-                ) from exc
+            _call(instance, "on_commit", epoch)
 
     def _deliver_remote(self, edge_id: int, source: int, payload) -> None:
         instance, channel = self._remote_inboxes[(edge_id, source)]
