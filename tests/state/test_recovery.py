@@ -13,7 +13,7 @@ import textwrap
 from collections import Counter
 from pathlib import Path
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 N = 3000
@@ -32,8 +32,15 @@ PIPELINE = textwrap.dedent(
             time.sleep(0.004)  # spread the run over many epochs
         return x
 
+    async def replay():  # an async input that yields the same records on every run
+        for x in range(N):
+            yield x
+
     flow = Dataflow("recovery")
-    numbers = flow.from_iterable(range(N), batch_size=25, timestamp=lambda x: x / 100).map(slow)
+    if os.environ.get("SOURCE") == "async":
+        numbers = flow.from_async_iterable(replay, batch_size=25, timestamp=lambda x: x / 100).map(slow)
+    else:
+        numbers = flow.from_iterable(range(N), batch_size=25, timestamp=lambda x: x / 100).map(slow)
     numbers.to_files(os.path.join(OUT, "records"))
     numbers.key_by(lambda x: x % 5).sum().to_files(os.path.join(OUT, "sums"))
     numbers.key_by(lambda x: x % 3).window(Tumbling(1.0)).count().to_files(os.path.join(OUT, "windows"))
@@ -41,8 +48,8 @@ PIPELINE = textwrap.dedent(
 )
 
 
-def run_cli(tmp: Path, cores: int, crash: str | None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, N=str(N), OUT=str(tmp / "out"))
+def run_cli(tmp: Path, cores: int, crash: str | None, source: str = "iterable"):
+    env = dict(os.environ, N=str(N), OUT=str(tmp / "out"), SOURCE=source)
     env.pop("KERNEL_CRASH_AT", None)
     if crash:
         env["KERNEL_CRASH_AT"] = crash
@@ -64,22 +71,27 @@ EXPECTED_SUMS = {k: sum(x for x in range(N) if x % 5 == k) for k in range(5)}
 EXPECTED_WINDOWS = Counter((x % 3, float(x // 100), float(x // 100 + 1)) for x in range(N))
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=10, deadline=None)
+@example(point="snapshot", nth=2, cores=2, source="async")
+@example(point="batch", nth=3, cores=1, source="async")
 @given(
     point=st.sampled_from(["batch", "snapshot", "commit"]),
     nth=st.integers(1, 4),
     cores=st.sampled_from([1, 2]),
+    source=st.sampled_from(["iterable", "async"]),
 )
-def test_a_crashed_run_resumes_and_publishes_every_record_exactly_once(tmp_path_factory, point, nth, cores):
+def test_a_crashed_run_resumes_and_publishes_every_record_exactly_once(
+    tmp_path_factory, point, nth, cores, source
+):
     tmp = tmp_path_factory.mktemp("recovery")
     (tmp / "pipeline.py").write_text(PIPELINE)
     crash = f"{point}:{nth}" + ("@1" if cores == 2 else "")
-    first = run_cli(tmp, cores, crash)
+    first = run_cli(tmp, cores, crash, source)
     assert first.returncode != 0, "the crash point was never reached"
     if cores == 2:
         assert "kernel 1" in first.stderr and "SIGKILL" in first.stderr
 
-    second = run_cli(tmp, cores, None)
+    second = run_cli(tmp, cores, None, source)
     assert second.returncode == 0, second.stderr
 
     records = visible_lines(tmp / "out" / "records")
