@@ -1,0 +1,294 @@
+"""Links between processes on different machines: one aiohttp websocket per
+pair of processes, every channel multiplexed on it.
+
+Start-up (timely's rule): process i dials the lower-numbered processes and
+accepts the higher ones. A dialer retries until its start-up timeout, so
+peers may start in any order.
+
+Authentication, before any data flows (HMAC-SHA256 challenge-response over a
+shared secret that never crosses the wire nor reaches a log):
+
+1. the server sends `{"process": its id, "nonce": 32 random bytes (hex)}`;
+2. the client answers `{"process": its id, "nonce": ..., "mac":
+   HMAC(secret, "client" | server nonce | client id)}`;
+3. the server checks the mac (constant-time) and answers `{"mac":
+   HMAC(secret, "server" | client nonce | server id)}`, or closes with code
+   4001 "authentication failed"; the client checks the server's mac the same
+   way. Either side that fails raises `AuthenticationFailed`.
+
+Frames: binary websocket messages, `<IB` (channel, kind) then the body (the
+codec's frames: data, watermark, end, idle, epoch). Flow control is
+credit-based per channel: a sender may have `window` frames of a channel
+unacknowledged; the receiver grants credit back (a CREDIT frame) as the
+consumer reports frames handled (`consumed`). A slow consumer therefore
+stops its sender instead of growing buffers.
+
+Bad input closes that connection and is logged; the server goes on:
+garbage or plain HTTP requests (aiohttp answers them with an error),
+frames larger than `max_frame`, text frames after the handshake, frames for
+a channel the link does not carry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import struct
+from collections.abc import Callable
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+log = logging.getLogger("kernel.links")
+
+PATH = "/kernel-link"
+FRAME = struct.Struct("<IB")
+KIND_CREDIT = 0x40  # body: u32 frames granted
+_CREDIT = struct.Struct("<I")
+AUTH_FAILED = 4001
+DEFAULT_WINDOW = 64
+DEFAULT_MAX_FRAME = 16 << 20
+
+
+class LinkError(Exception):
+    """A link that could not be made or broke."""
+
+
+class AuthenticationFailed(LinkError):
+    def __init__(self, peer: str) -> None:
+        super().__init__(f"authentication failed with {peer}: wrong or missing secret")
+
+
+def _mac(secret: bytes, role: bytes, nonce: str, process: int) -> str:
+    message = role + b"|" + nonce.encode() + b"|" + str(process).encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def _secret(secret: bytes | str) -> bytes:
+    if not secret:
+        raise ValueError("a link needs a shared secret (KERNEL_SECRET or --secret-file)")
+    return secret.encode() if isinstance(secret, str) else bytes(secret)
+
+
+class Link:
+    """One authenticated websocket to process `peer`.
+
+    `on_frame(channel, kind, body)` gets every frame of the channels in
+    `channels`; the consumer calls `consumed(channel, n)` once it has handled
+    n frames of a channel, which grants the sender that much credit again.
+    """
+
+    def __init__(self, ws, peer: int, channels, on_frame: Callable, window: int) -> None:
+        self.ws = ws
+        self.peer = peer
+        self.channels = frozenset(channels)
+        self.on_frame = on_frame
+        self.window = window
+        self._credit = dict.fromkeys(self.channels, window)
+        self._waiters: dict[int, asyncio.Future] = {}
+        self._handled = dict.fromkeys(self.channels, 0)
+        self._grants: set = set()  # credit frames on their way out
+        self.closed = asyncio.get_running_loop().create_future()
+
+    # -- sending ------------------------------------------------------------------
+
+    async def send(self, channel: int, kind: int, body: bytes = b"") -> None:
+        """Send one frame, waiting while the channel has no credit."""
+        while self._credit[channel] <= 0:
+            waiter = self._waiters.get(channel)
+            if waiter is None or waiter.done():
+                waiter = self._waiters[channel] = asyncio.get_running_loop().create_future()
+            await asyncio.wait({waiter, self.closed}, return_when=asyncio.FIRST_COMPLETED)
+            if self.closed.done():
+                raise LinkError(f"link to process {self.peer} closed")
+        self._credit[channel] -= 1
+        await self.ws.send_bytes(FRAME.pack(channel, kind) + body)
+
+    def credit(self, channel: int) -> int:
+        return self._credit[channel]
+
+    # -- receiving ---------------------------------------------------------------------
+
+    def consumed(self, channel: int, frames: int = 1) -> None:
+        """The consumer handled `frames` frames of `channel`: grant them back
+        (in one CREDIT frame per half window, so credit traffic stays small)."""
+        handled = self._handled[channel] + frames
+        if handled >= max(1, self.window // 2):
+            self._handled[channel] = 0
+            task = asyncio.ensure_future(self._grant(channel, handled))
+            self._grants.add(task)
+            task.add_done_callback(self._grants.discard)
+        else:
+            self._handled[channel] = handled
+
+    async def _grant(self, channel: int, frames: int) -> None:
+        try:
+            await self.ws.send_bytes(FRAME.pack(channel, KIND_CREDIT) + _CREDIT.pack(frames))
+        except (ConnectionError, RuntimeError):
+            pass  # closing: the reader reports it
+
+    async def run(self) -> None:
+        """Read frames until the connection closes; bad input closes it."""
+        try:
+            async for message in self.ws:
+                if message.type != aiohttp.WSMsgType.BINARY or len(message.data) < FRAME.size:
+                    raise LinkError(f"process {self.peer} sent a malformed frame ({message.type.name})")
+                channel, kind = FRAME.unpack_from(message.data)
+                if channel not in self.channels:
+                    raise LinkError(f"process {self.peer} sent a frame for unknown channel {channel}")
+                body = memoryview(message.data)[FRAME.size :]
+                if kind == KIND_CREDIT:
+                    self._credit[channel] += _CREDIT.unpack(body)[0]
+                    waiter = self._waiters.pop(channel, None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(None)
+                    continue
+                self.on_frame(channel, kind, body)
+            if self.ws.close_code not in (None, 1000):
+                raise LinkError(f"link to process {self.peer} closed: code {self.ws.close_code}")
+        except LinkError as exc:
+            log.warning("%s; closing that connection", exc)
+            await self.ws.close(code=1003, message=str(exc)[:100].encode())
+            raise
+        finally:
+            if not self.closed.done():
+                self.closed.set_result(None)
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+# -- the two ends of a connection -------------------------------------------------------
+
+
+class LinkServer:
+    """Accepts links from higher-numbered processes on `host:port`.
+
+    `on_link(link)` is called (on the loop) for every authenticated peer;
+    the server reads that link's frames until it closes.
+    """
+
+    def __init__(self, host: str, port: int, secret, process: int, channels, on_frame_for,
+                 on_link=None, window: int = DEFAULT_WINDOW, max_frame: int = DEFAULT_MAX_FRAME,
+                 ssl_context=None) -> None:
+        self.host, self.port = host, port
+        self._secret = _secret(secret)
+        self.process = process
+        self.channels = channels
+        self.on_frame_for = on_frame_for  # peer -> on_frame callback
+        self.on_link = on_link
+        self.window = window
+        self.max_frame = max_frame
+        self.ssl_context = ssl_context
+        self.links: dict[int, Link] = {}
+        self.failures: list[Exception] = []
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get(PATH, self._accept)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
+        await site.start()
+        if self.port == 0:
+            self.port = site._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _accept(self, request: web.Request):
+        ws = web.WebSocketResponse(max_msg_size=self.max_frame + FRAME.size, autoping=True)
+        await ws.prepare(request)
+        peer_address = request.remote
+        try:
+            peer = await asyncio.wait_for(self._handshake(ws, peer_address), timeout=10.0)
+        except (TimeoutError, AuthenticationFailed, LinkError, msgspec.DecodeError) as exc:
+            log.warning("refused a link from %s: %s", peer_address, exc)
+            self.failures.append(exc)
+            code = AUTH_FAILED if isinstance(exc, AuthenticationFailed) else 1002
+            await ws.close(code=code, message=b"authentication failed" if code == AUTH_FAILED else b"")
+            return ws
+        link = Link(ws, peer, self.channels, self.on_frame_for(peer), self.window)
+        self.links[peer] = link
+        if self.on_link is not None:
+            self.on_link(link)
+        try:
+            await link.run()
+        except LinkError as exc:
+            self.failures.append(exc)
+        finally:
+            self.links.pop(peer, None)
+        return ws
+
+    async def _handshake(self, ws, address) -> int:
+        nonce = os.urandom(32).hex()
+        await ws.send_str(msgspec.json.encode({"process": self.process, "nonce": nonce}).decode())
+        message = await ws.receive()
+        if message.type != aiohttp.WSMsgType.TEXT:
+            raise LinkError(f"{address} did not start the handshake")
+        hello = msgspec.json.decode(message.data)
+        if not isinstance(hello, dict) or not isinstance(hello.get("process"), int):
+            raise LinkError(f"{address} sent a malformed handshake")
+        peer = hello["process"]
+        expected = _mac(self._secret, b"client", nonce, peer)
+        if not hmac.compare_digest(str(hello.get("mac", "")), expected):
+            raise AuthenticationFailed(f"process {peer} at {address}")
+        their_nonce = str(hello.get("nonce", ""))
+        await ws.send_str(msgspec.json.encode(
+            {"mac": _mac(self._secret, b"server", their_nonce, self.process)}).decode())
+        return peer
+
+
+async def dial(url: str, secret, process: int, channels, on_frame, *, window: int = DEFAULT_WINDOW,
+               max_frame: int = DEFAULT_MAX_FRAME, timeout: float = 30.0, ssl=True,
+               session: aiohttp.ClientSession | None = None) -> tuple[Link, aiohttp.ClientSession]:
+    """Connect to the server at `url` (ws://host:port), retrying until
+    `timeout` seconds have passed; authenticate; return the link (run its
+    `run()` to read) and the client session (close it after the link)."""
+    key = _secret(secret)
+    own_session = session is None
+    session = session or aiohttp.ClientSession()
+    deadline = asyncio.get_running_loop().time() + timeout
+    delay = 0.05
+    try:
+        while True:
+            try:
+                ws = await session.ws_connect(url + PATH, max_msg_size=max_frame + FRAME.size, ssl=ssl)
+                break
+            except (aiohttp.ClientConnectionError, OSError) as exc:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    raise LinkError(f"could not reach {url} within {timeout:g} s: {exc}") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        peer = await _client_handshake(ws, key, process, url)
+        return Link(ws, peer, channels, on_frame, window), session
+    except BaseException:
+        if own_session:
+            await session.close()
+        raise
+
+
+async def _client_handshake(ws, key: bytes, process: int, url: str) -> int:
+    message = await ws.receive()
+    if message.type != aiohttp.WSMsgType.TEXT:
+        raise LinkError(f"{url} did not start the handshake")
+    hello = msgspec.json.decode(message.data)
+    peer, their_nonce = hello["process"], hello["nonce"]
+    nonce = os.urandom(32).hex()
+    await ws.send_str(msgspec.json.encode(
+        {"process": process, "nonce": nonce, "mac": _mac(key, b"client", their_nonce, process)}).decode())
+    answer = await ws.receive()
+    if answer.type != aiohttp.WSMsgType.TEXT:
+        await ws.close()
+        raise AuthenticationFailed(f"process {peer} at {url}")
+    mac = msgspec.json.decode(answer.data).get("mac", "")
+    if not hmac.compare_digest(str(mac), _mac(key, b"server", nonce, peer)):
+        await ws.close(code=AUTH_FAILED, message=b"authentication failed")
+        raise AuthenticationFailed(f"process {peer} at {url}")
+    return peer
