@@ -18,10 +18,11 @@ shared secret that never crosses the wire nor reaches a log):
 
 Frames: binary websocket messages, `<IB` (channel, kind) then the body (the
 codec's frames: data, watermark, end, idle, epoch). Flow control is
-credit-based per channel: a sender may have `window` frames of a channel
-unacknowledged; the receiver grants credit back (a CREDIT frame) as the
-consumer reports frames handled (`consumed`). A slow consumer therefore
-stops its sender instead of growing buffers.
+credit-based per channel, in bytes: a sender may have `window` bytes of a
+channel unacknowledged (a frame larger than the window goes alone); the
+receiver grants credit back (a CREDIT frame) as the consumer reports bytes
+handled (`consumed`), half a window at a time. A slow consumer therefore
+stops its sender, and a link holds at most a window per channel in flight.
 
 Bad input closes that connection and is logged; the server goes on:
 garbage or plain HTTP requests (aiohttp answers them with an error),
@@ -47,10 +48,10 @@ log = logging.getLogger("kernel.links")
 
 PATH = "/kernel-link"
 FRAME = struct.Struct("<IB")
-KIND_CREDIT = 0x40  # body: u32 frames granted
-_CREDIT = struct.Struct("<I")
+KIND_CREDIT = 0x40  # body: u64 bytes granted
+_CREDIT = struct.Struct("<Q")
 AUTH_FAILED = 4001
-DEFAULT_WINDOW = 64
+DEFAULT_WINDOW = 4 << 20  # bytes in flight per channel
 DEFAULT_MAX_FRAME = 16 << 20
 
 
@@ -78,8 +79,8 @@ class Link:
     """One authenticated websocket to process `peer`.
 
     `on_frame(channel, kind, body)` gets every frame of the channels in
-    `channels`; the consumer calls `consumed(channel, n)` once it has handled
-    n frames of a channel, which grants the sender that much credit again.
+    `channels`; the consumer calls `consumed(channel, Link.size(body))` once
+    it has handled a frame, which grants the sender that much credit again.
     """
 
     def __init__(self, ws, peer: int, channels, on_frame: Callable, window: int) -> None:
@@ -96,16 +97,23 @@ class Link:
 
     # -- sending ------------------------------------------------------------------
 
+    @staticmethod
+    def size(body) -> int:
+        """What a frame with this body counts against the window."""
+        return FRAME.size + len(body)
+
     async def send(self, channel: int, kind: int, body: bytes = b"") -> None:
-        """Send one frame, waiting while the channel has no credit."""
-        while self._credit[channel] <= 0:
+        """Send one frame, waiting while the channel lacks the credit for it
+        (a frame larger than the whole window waits for all of it)."""
+        size = FRAME.size + len(body)
+        while self._credit[channel] < min(size, self.window):
             waiter = self._waiters.get(channel)
             if waiter is None or waiter.done():
                 waiter = self._waiters[channel] = asyncio.get_running_loop().create_future()
             await asyncio.wait({waiter, self.closed}, return_when=asyncio.FIRST_COMPLETED)
             if self.closed.done():
                 raise LinkError(f"link to process {self.peer} closed")
-        self._credit[channel] -= 1
+        self._credit[channel] -= size
         await self.ws.send_bytes(FRAME.pack(channel, kind) + body)
 
     def credit(self, channel: int) -> int:
@@ -113,11 +121,12 @@ class Link:
 
     # -- receiving ---------------------------------------------------------------------
 
-    def consumed(self, channel: int, frames: int = 1) -> None:
-        """The consumer handled `frames` frames of `channel`: grant them back
-        (in one CREDIT frame per half window, so credit traffic stays small)."""
-        handled = self._handled[channel] + frames
-        if handled >= max(1, self.window // 2):
+    def consumed(self, channel: int, nbytes: int) -> None:
+        """The consumer handled `nbytes` (`Link.size(body)`) of `channel`:
+        grant them back (one CREDIT frame per half window, so credit
+        traffic stays small)."""
+        handled = self._handled[channel] + nbytes
+        if handled >= self.window // 2:
             self._handled[channel] = 0
             task = asyncio.ensure_future(self._grant(channel, handled))
             self._grants.add(task)
@@ -125,9 +134,9 @@ class Link:
         else:
             self._handled[channel] = handled
 
-    async def _grant(self, channel: int, frames: int) -> None:
+    async def _grant(self, channel: int, nbytes: int) -> None:
         try:
-            await self.ws.send_bytes(FRAME.pack(channel, KIND_CREDIT) + _CREDIT.pack(frames))
+            await self.ws.send_bytes(FRAME.pack(channel, KIND_CREDIT) + _CREDIT.pack(nbytes))
         except (ConnectionError, RuntimeError):
             pass  # closing: the reader reports it
 

@@ -70,19 +70,20 @@ async def test_frames_of_every_channel_arrive_in_order():
 
 async def test_a_slow_consumer_stops_its_sender_at_the_window():
     received = []
-    server = await start_server(received, window=8)
-    link, session, _reader = await connect(server, window=8)
+    frame = 100 - FRAME.size  # a body that makes a 100-byte frame
+    server = await start_server(received, window=800)
+    link, session, _reader = await connect(server, window=800)
     try:
-        sends = [asyncio.ensure_future(link.send(0, 1, b"x")) for _ in range(20)]
+        sends = [asyncio.ensure_future(link.send(0, 1, b"x" * frame)) for _ in range(20)]
         sender = asyncio.gather(*sends)
         await until(lambda: len(received) == 8)
         await asyncio.sleep(0.1)
         assert len(received) == 8 and not sender.done()  # no credit: the sender waits
         assert link.credit(0) == 0
         server_link = server.links[1]
-        server_link.consumed(0, 8)  # the consumer catches up: credit flows back
+        server_link.consumed(0, 800)  # the consumer catches up: credit flows back
         await until(lambda: len(received) == 16)
-        server_link.consumed(0, 8)
+        server_link.consumed(0, 800)
         await until(lambda: len(received) == 20)
         await asyncio.wait_for(sender, 5)
     finally:

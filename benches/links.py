@@ -1,0 +1,241 @@
+"""Links between processes: our authenticated, credit-controlled websocket
+link (net/_links.py) vs a raw aiohttp websocket, on loopback.
+
+    python -m benches.links            # full run (about a minute)
+    python -m benches.links --quick    # smoke test
+
+A receiver process and a sender process (forked, on uvloop), the same
+pre-encoded batches of `(int, str)` records (net._codec.encode_batch, once)
+either way:
+
+1. throughput: the sender sends the frames back to back, then a last one the
+   receiver answers; records/s at 1, 100 and 1000 records per frame. Ours:
+   `Link.send` (credit per channel, a 4 MiB window, granted back as the
+   receiver handles frames); raw: `ws.send_bytes` with nothing on top.
+2. round trip of a 16-byte frame, echoed by the receiver: p50 and p99.
+
+Targets (issue 6): our link >= 90% of raw aiohttp's records/s at 100 and
+1000 records per frame; round trip within 10% of raw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import socket
+import statistics
+import time
+
+import aiohttp
+import uvloop
+from aiohttp import web
+
+from benches._report import machine, percentile, table
+from net._codec import HEADER, encode_batch
+from net._links import LinkServer, dial
+
+SECRET = "bench-secret"
+CHANNEL = 0
+DATA, DONE, PING = 1, 2, 3
+
+
+def frames_for(batch_size: int, count: int) -> list[bytes]:
+    batch = [(i, f"word{i % 1000}") for i in range(batch_size)]
+    kind, body = encode_batch(batch)
+    return [HEADER.pack(kind, 0) + body] * count
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# -- receivers (a process each) ---------------------------------------------------------
+
+
+def receive_ours(port: int, ready) -> None:
+    async def main():
+        links = {}
+
+        def on_frame_for(peer):
+            def on_frame(channel, kind, body):
+                link = links[peer]
+                link.consumed(channel, link.size(body))
+                if kind in (DONE, PING):
+                    task = asyncio.ensure_future(link.send(channel, kind, bytes(body)))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+            return on_frame
+
+        pending: set = set()
+        server = LinkServer("127.0.0.1", port, SECRET, 0, {CHANNEL}, on_frame_for,
+                            on_link=lambda link: links.__setitem__(link.peer, link))
+        await server.start()
+        ready.set()
+        await asyncio.sleep(3600)
+
+    uvloop.run(main())
+
+
+def receive_raw(port: int, ready) -> None:
+    async def handler(request):
+        ws = web.WebSocketResponse(max_msg_size=64 << 20)
+        await ws.prepare(request)
+        async for message in ws:
+            data = message.data
+            if data[4] in (DONE, PING):
+                await ws.send_bytes(data)
+        return ws
+
+    async def main():
+        app = web.Application()
+        app.router.add_get("/raw", handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        ready.set()
+        await asyncio.sleep(3600)
+
+    uvloop.run(main())
+
+
+# -- senders (in a process each) ---------------------------------------------------------
+
+
+async def _ours_endpoint(port):
+    replies: asyncio.Queue = asyncio.Queue()
+    link, session = await dial(f"http://127.0.0.1:{port}", SECRET, 1, {CHANNEL},
+                               lambda channel, kind, body: replies.put_nowait(bytes(body)))
+    reader = asyncio.ensure_future(link.run())
+
+    async def send(frame: bytes, kind: int) -> None:
+        await link.send(CHANNEL, kind, frame)
+
+    async def reply() -> bytes:
+        body = await replies.get()
+        link.consumed(CHANNEL, link.size(body))
+        return body
+
+    async def close():
+        await link.close()
+        await session.close()
+        reader.cancel()
+
+    return send, reply, close
+
+
+async def _raw_endpoint(port):
+    session = aiohttp.ClientSession()
+    ws = await session.ws_connect(f"http://127.0.0.1:{port}/raw", max_msg_size=64 << 20)
+
+    async def send(frame: bytes, kind: int) -> None:
+        await ws.send_bytes(b"\0\0\0\0" + bytes([kind]) + frame)
+
+    async def reply() -> bytes:
+        return (await ws.receive()).data
+
+    async def close():
+        await ws.close()
+        await session.close()
+
+    return send, reply, close
+
+
+ENDPOINTS = {"ours": _ours_endpoint, "raw": _raw_endpoint}
+
+
+def send_batches(which: str, port: int, batch_size: int, count: int, out) -> None:
+    async def main():
+        send, reply, close = await ENDPOINTS[which](port)
+        frames = frames_for(batch_size, count)
+        await send(frames[0], DATA)  # warm
+        start = time.perf_counter()
+        for frame in frames:
+            await send(frame, DATA)
+        await send(b"done", DONE)
+        await reply()
+        elapsed = time.perf_counter() - start
+        await close()
+        out.send(batch_size * count / elapsed)
+
+    uvloop.run(main())
+
+
+def round_trips(which: str, port: int, rounds: int, out) -> None:
+    async def main():
+        send, reply, close = await ENDPOINTS[which](port)
+        samples = []
+        message = b"0123456789abcdef"
+        for i in range(rounds + 200):
+            start = time.perf_counter_ns()
+            await send(message, PING)
+            await reply()
+            if i >= 200:
+                samples.append((time.perf_counter_ns() - start) / 1000)
+        await close()
+        out.send(samples)
+
+    uvloop.run(main())
+
+
+def measure(which: str, job, *args):
+    context = multiprocessing.get_context("fork")
+    port = free_port()
+    ready = context.Event()
+    receiver = context.Process(target=receive_ours if which == "ours" else receive_raw,
+                               args=(port, ready), daemon=True)
+    receiver.start()
+    try:
+        ready.wait(10)
+        out_recv, out_send = context.Pipe(duplex=False)
+        sender = context.Process(target=job, args=(which, port, *args, out_send), daemon=True)
+        sender.start()
+        result = out_recv.recv()
+        sender.join(10)
+        return result
+    finally:
+        receiver.kill()
+        receiver.join(5)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller, faster run (smoke test)")
+    args = parser.parse_args(argv)
+    reps, records, rounds = (1, 20_000, 500) if args.quick else (5, 400_000, 5_000)
+    print(machine())
+    print()
+    rows = []
+    for batch_size in (1, 100, 1000):
+        count = max(1, records // batch_size) if batch_size > 1 else min(records, 50_000)
+        rates = {which: [] for which in ENDPOINTS}
+        for _ in range(reps):
+            for which in ENDPOINTS:  # interleaved
+                rates[which].append(measure(which, send_batches, batch_size, count))
+        ours, raw = statistics.median(rates["ours"]), statistics.median(rates["raw"])
+        target = ">= 90% of raw" if batch_size >= 100 else ""
+        verdict = ("PASS" if ours >= 0.9 * raw else "FAIL") if target else ""
+        rows.append([batch_size, "ours: Link.send (credits, auth)", ours, f"{ours / raw:.0%}", target,
+                     verdict])
+        rows.append([batch_size, "raw aiohttp ws.send_bytes", raw, "100%", "", ""])
+    print(table(f"1. throughput over loopback, records/s (median of {reps})",
+                ["records/frame", "link", "records/s", "vs raw", "target", "result"], rows))
+    print()
+    trips = {which: [] for which in ENDPOINTS}
+    for _ in range(reps):
+        for which in ENDPOINTS:
+            trips[which].append(measure(which, round_trips, rounds))
+    p50 = {w: statistics.median(percentile(s, 50) for s in trips[w]) for w in ENDPOINTS}
+    p99 = {w: statistics.median(percentile(s, 99) for s in trips[w]) for w in ENDPOINTS}
+    ok = p50["ours"] <= 1.1 * p50["raw"]
+    print(table(f"2. round trip of a 16-byte frame, us ({rounds:,} after 200 warm-up; median of {reps})",
+                ["link", "p50 us", "p99 us", "vs raw", "target", "result"],
+                [["ours: Link", p50["ours"], p99["ours"], f"{p50['ours'] / p50['raw']:.2f}x",
+                  "within 10% of raw", "PASS" if ok else "FAIL"],
+                 ["raw aiohttp", p50["raw"], p99["raw"], "1.00x", "", ""]]))
+
+
+if __name__ == "__main__":
+    main()
