@@ -567,6 +567,8 @@ class Runtime:
         ended_before = 0
         if self.coordinator is not None:
             ended_before = self._start_epochs()
+        else:
+            self.commit(0)  # nothing restored: output an earlier run held back is stale
         if self.transport is not None:
             self.transport.start(
                 ready=self.kernel.ready_function(),

@@ -151,3 +151,27 @@ def test_a_full_disk_while_snapshotting_is_a_clear_error_and_the_previous_epoch_
     assert latest is not None and latest[0] >= 1 and not latest[1]
     # what it holds is a real snapshot of that epoch: the flow resumes from it
     assert Counter(type(b) for b in latest[2]) == Counter({bytes: 1})
+
+
+def test_without_a_state_dir_files_appear_at_the_end_and_a_crashed_runs_leftovers_go(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".part-k0-e00000001.jsonl").write_text('"stale"\n')  # a crashed run's hidden file
+    flow = Dataflow()
+    flow.from_iterable([]).to_files(out)  # this run writes nothing at all
+    run(flow)
+    assert sorted(p.name for p in out.iterdir()) == []
+    flow = Dataflow()
+    flow.from_iterable([1, (2, "x")]).to_files(out)
+    run(flow)
+    assert [p.name for p in out.iterdir()] == ["part-k0-e00000001.jsonl"]
+    assert (out / "part-k0-e00000001.jsonl").read_text() == '1\n[2, "x"]\n'
+
+
+def test_a_record_json_cannot_write_is_a_clear_error(tmp_path):
+    flow = Dataflow()
+    flow.from_iterable([1, {2}]).to_files(tmp_path / "out")
+    with pytest.raises(KernelError) as info:
+        run(flow)
+    assert "to_files(" in str(info.value) and "json.dumps" in str(info.value)
+    assert "{2}" in str(info.value)
