@@ -365,7 +365,9 @@ class Kernel:
     def _activation_failed(self, activation: Activation, exc: BaseException) -> None:
         from ._errors import ActivationError
 
-        if not getattr(exc, "_kernel_named", False):
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            pass  # Ctrl-C or sys.exit() in a user function: the run ends as they mean
+        elif not getattr(exc, "_kernel_named", False):
             name = getattr(activation, "name", repr(activation))
             wrapped = ActivationError(name, exc)
             wrapped.__cause__ = exc

@@ -385,3 +385,22 @@ def test_kernel_run_callable_in_a_fresh_interpreter():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "['A', 'B', 'C']\n['A', 'B', 'C'] True main\n"
+
+
+def test_keyboard_interrupt_raised_by_a_user_function_exits_130(tmp_path):
+    """Ctrl-C that lands inside a user function (KeyboardInterrupt raised
+    there) ends the run as an interrupt, not as an operator error."""
+    path = write(tmp_path, "interrupted.py", """
+from kernel import Dataflow
+
+def work(x):
+    if x == 3:
+        raise KeyboardInterrupt
+    return x
+
+flow = Dataflow()
+flow.from_iterable(range(10)).map(work).collect()
+""")
+    result = cli(str(path))
+    assert result.returncode == 130
+    assert result.stderr == "interrupted\n"
