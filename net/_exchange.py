@@ -11,6 +11,7 @@ the cost of a repeated key to one dict lookup: real key sets repeat a lot
 
 from __future__ import annotations
 
+import numbers
 import pickle
 import zlib
 
@@ -20,7 +21,10 @@ _CACHE_LIMIT = 1 << 20
 
 
 def stable_hash(key) -> int:
-    """A hash of `key` that is the same in every process, on every machine."""
+    """A hash of `key` that is the same in every process, on every machine,
+    and the same for keys that are equal (1, 1.0, True, IntEnum 1,
+    Decimal(1) and Fraction(1) are one key in a dict, so they go to one
+    kernel; a namedtuple goes where the equal plain tuple goes)."""
     cls = type(key)
     if cls is str:
         return zlib.crc32(key.encode("utf-8", "surrogatepass"))
@@ -29,16 +33,48 @@ def stable_hash(key) -> int:
     if cls is bytes:
         return zlib.crc32(key)
     if cls is tuple:
-        h = 0x345678
-        for item in key:
-            h = (h * 1000003) ^ stable_hash(item)
-            h &= 0xFFFFFFFFFFFFFFFF
-        return h
-    if cls is frozenset:
+        return _combine(key)
+    if cls is float:
+        return _float_hash(key)
+    return _other_hash(key)
+
+
+def _combine(items) -> int:
+    h = 0x345678
+    for item in items:
+        h = (h * 1000003) ^ stable_hash(item)
+        h &= 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def _float_hash(key: float) -> int:
+    if key.is_integer():
+        return int(key) & 0xFFFFFFFFFFFFFFFF  # 1.0 == 1 must land where 1 does
+    return zlib.crc32(pickle.dumps(key, protocol=4))
+
+
+def _other_hash(key) -> int:
+    # subclasses and other numbers: hash them as the plain value they equal
+    if isinstance(key, str):
+        return zlib.crc32(str.encode(key, "utf-8", "surrogatepass"))
+    if isinstance(key, int):
+        return int(key) & 0xFFFFFFFFFFFFFFFF
+    if isinstance(key, bytes):
+        return zlib.crc32(bytes(key))
+    if isinstance(key, tuple):
+        return _combine(key)
+    if isinstance(key, frozenset):
         # equal sets may iterate in different orders: combine order-free
         return sum(stable_hash(item) for item in key) & 0xFFFFFFFFFFFFFFFF
-    if cls is float and key.is_integer():
-        return stable_hash(int(key))  # 1.0 == 1 must land where 1 does
+    if isinstance(key, numbers.Number) and not isinstance(key, complex):
+        try:
+            as_float = float(key)
+        except (TypeError, ValueError, OverflowError):
+            as_float = None
+        if as_float is not None and as_float == key:
+            return _float_hash(as_float)  # Decimal("0.5") == 0.5, Fraction(1) == 1
+        if key == int(key):
+            return int(key) & 0xFFFFFFFFFFFFFFFF  # integral but beyond a float's precision
     # Protocol 4 pickles of these values are deterministic across processes.
     return zlib.crc32(pickle.dumps(key, protocol=4))
 

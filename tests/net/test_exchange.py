@@ -224,3 +224,31 @@ def test_frozenset_keys_built_in_different_orders_are_counted_together():
     out = flow.from_iterable(data, batch_size=1).key_by(frozenset).count().collect()
     run(flow, cores=2)
     assert out.items == [(frozenset([a, b]), 10)]
+
+
+def test_equal_keys_of_different_types_go_to_the_same_kernel():
+    """A dict on one kernel treats these as one key, so the exchange must
+    send them to one kernel too."""
+    from collections import namedtuple
+    from decimal import Decimal
+    from enum import IntEnum, StrEnum
+    from fractions import Fraction
+
+    class Code(IntEnum):
+        ONE = 1
+
+    class Word(StrEnum):
+        A = "a"
+
+    Point = namedtuple("Point", "x y")
+    groups = [
+        [1, 1.0, True, Code.ONE, Decimal(1), Fraction(1)],
+        [0.5, Decimal("0.5"), Fraction(1, 2)],
+        ["a", Word.A],
+        [(1, "a"), Point(1, "a"), (True, Word.A)],
+        [frozenset({1, 2}), frozenset({2.0, True})],
+        [10**30, Decimal(10**30)],
+    ]
+    for group in groups:
+        assert all(key == group[0] for key in group)
+        assert len({stable_hash(key) for key in group}) == 1, group
