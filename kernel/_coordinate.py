@@ -55,9 +55,20 @@ class _Coordinator:
 
         def done(future):
             exc = future.exception()
-            loop.call_soon_threadsafe(kernel.fail if exc else then, *((exc,) if exc else ()))
+            if exc is not None:
+                loop.call_soon_threadsafe(kernel.fail, exc)
+            else:
+                loop.call_soon_threadsafe(self._guarded, then)
 
         self._writer.submit(work).add_done_callback(done)
+
+    def _guarded(self, fn, *args) -> None:
+        """Run `fn` from a loop callback: a failure (an operator's on_commit)
+        fails the run instead of going to the loop's exception handler."""
+        try:
+            fn(*args)
+        except BaseException as exc:
+            self.runtime.kernel.fail(exc)
 
     def _close(self) -> None:
         self._writer.shutdown(wait=False)
@@ -108,7 +119,7 @@ class KernelSide(_Coordinator):
 
     def attach(self, runtime) -> None:
         super().attach(runtime)
-        runtime.kernel.loop.add_reader(self.commits.fileno(), self._on_commit)
+        runtime.kernel.loop.add_reader(self.commits.fileno(), self._guarded, self._on_commit)
 
     def durable(self, epoch: int, blob: bytes) -> None:
         def work():

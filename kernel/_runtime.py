@@ -46,6 +46,7 @@ class _Instance:
         "channel_idle",
         "channel_ports",
         "channel_watermarks",
+        "closed_channels",
         "ended",
         "frontier",
         "held",
@@ -76,6 +77,7 @@ class _Instance:
         self.channel_ports: list[int] = []
         self.channel_watermarks: list[float] = []
         self.channel_idle: list[bool] = []
+        self.closed_channels: set[int] = set()  # channels whose END has come
         self.idle_channels = 0
         self.idle = False  # every open input is idle (so this one says IDLE downstream)
         self.timers: list = []  # heap of (event time, sequence, data) for on_timer
@@ -334,6 +336,7 @@ class _Instance:
             self.channel_idle[channel] = False
             self.idle_channels -= 1
         self.channel_watermarks[channel] = _INF
+        self.closed_channels.add(channel)
         self.open_channels -= 1
         if self.arrived is not None and self.open_channels:
             self._check_aligned()  # an ended input has nothing more to deliver
@@ -598,7 +601,7 @@ class Runtime:
             self._restore(pickle.loads(coordinator.snapshot))
             ended_remote = sum(
                 1 for instance, channel in self._remote_inboxes.values()
-                if instance.ended or instance.channel_watermarks[channel] == _INF
+                if instance.ended or channel in instance.closed_channels
             )
         coordinator.restored(self)  # also on a fresh start: a crashed run's leftovers go
         if self._live and any(not s.ended for s in self._sources):
@@ -613,11 +616,15 @@ class Runtime:
                 self._live -= 1
                 self.epochs.ended(index)
                 continue
-            frontier, marks, open_channels, timers, snapshot = pickle.loads(part)
+            frontier, marks, closed, timers, snapshot = pickle.loads(part)
             instance.frontier = frontier
             instance.channel_watermarks[:] = marks
-            instance.open_channels = open_channels
-            instance.timers[:] = timers
+            instance.closed_channels = set(closed)
+            instance.open_channels = len(marks) - len(closed)
+            # the sequence numbers are the crashed process's: number them
+            # again, in their order, from this process's counter
+            instance.timers[:] = [(when, _next_sequence(), data) for when, _, data in sorted(
+                timers, key=lambda timer: timer[:2])]
             _call(instance, "restore", snapshot)
         if self._live == 0:
             self.kernel.release()
@@ -637,7 +644,7 @@ class Runtime:
         if self.epochs is None:
             return
         snapshot = _call(instance, "on_epoch", epoch)
-        part = (instance.frontier, list(instance.channel_watermarks), instance.open_channels,
+        part = (instance.frontier, list(instance.channel_watermarks), sorted(instance.closed_channels),
                 list(instance.timers), snapshot)
         self.epochs.part(instance.index, epoch, part)
 

@@ -100,7 +100,11 @@ class AsyncIterableSource(Source):
         self._space = None
         self._emitted = 0  # records of this kernel's share handed on
         self._skip = 0  # on a resumed run: how many of them to read past
-        context.kernel.spawn(self._read(source), name=f"{self.name} reader")
+        # The reader starts at the first poll, not here: a source that a
+        # resumed run restores as ended is opened but never polled, and must
+        # not read (or hold the kernel open waiting to be polled).
+        self._source = source
+        self._reader_started = False
 
     async def _read(self, source):
         peers, index = self.context.peers, self.context.index
@@ -138,6 +142,10 @@ class AsyncIterableSource(Source):
         self._emitted = self._skip = snapshot["emitted"]
 
     def poll(self):
+        if not self._reader_started:
+            self._reader_started = True
+            self.context.kernel.spawn(self._read(self._source), name=f"{self.name} reader")
+            return None  # the reader wakes this source when it has records
         if self._buffer:
             batch, self._buffer = self._buffer, []
             self._emitted += len(batch)

@@ -112,3 +112,71 @@ def test_a_finished_run_is_not_run_again(tmp_path):
     assert again.returncode == 0
     assert "already ran to the end" in again.stderr
     assert Counter(visible_lines(tmp_path / "out" / "records")) == Counter(range(N))
+
+
+ENDED_ASYNC = textwrap.dedent(
+    """
+    import os, time
+    from kernel import Dataflow
+
+    OUT = os.environ["OUT"]
+
+    async def short():  # a replayable async input of several batches, done early
+        for x in range(200):
+            yield x
+
+    def slow(x):
+        time.sleep(0.002)
+        return x
+
+    flow = Dataflow("ended_async")
+    flow.from_async_iterable(short, batch_size=25).to_files(os.path.join(OUT, "a"))
+    flow.from_iterable(range(1000), batch_size=10).map(slow).to_files(os.path.join(OUT, "b"))
+    """
+)
+
+
+def test_a_source_that_had_ended_stays_ended_in_the_resumed_run(tmp_path):
+    """Found in review: the resumed run re-opened the ended async source,
+    whose reader read its input again and waited forever to be polled."""
+    (tmp_path / "pipeline.py").write_text(ENDED_ASYNC)
+    first = run_cli(tmp_path, 1, "batch:60")  # well after the async source ended
+    assert first.returncode != 0
+    second = run_cli(tmp_path, 1, None)
+    assert second.returncode == 0, second.stderr
+    assert Counter(visible_lines(tmp_path / "out" / "a")) == Counter(range(200))
+    assert Counter(visible_lines(tmp_path / "out" / "b")) == Counter(range(1000))
+
+
+TIMERS = textwrap.dedent(
+    """
+    import os, time
+    from kernel import Dataflow, Operator
+
+    OUT = os.environ["OUT"]
+
+    class Remind(Operator):
+        def on_batch(self, port, batch):
+            for x in batch:
+                self.schedule(1e12, {"record": x})  # payloads that cannot be ordered
+            time.sleep(0.005)
+
+        def on_timer(self, when, data):
+            self.emit([data["record"]])
+
+    flow = Dataflow("timers")
+    (flow.from_iterable(range(300), batch_size=5, timestamp=lambda x: float(x))
+         .apply(Remind).to_files(os.path.join(OUT, "r")))
+    """
+)
+
+
+def test_restored_timers_keep_their_order_with_new_ones(tmp_path):
+    """Found in review: restored timers kept the crashed process's sequence
+    numbers, so a new timer could tie with one and compare the payloads."""
+    (tmp_path / "pipeline.py").write_text(TIMERS)
+    first = run_cli(tmp_path, 1, "snapshot:5")
+    assert first.returncode != 0
+    second = run_cli(tmp_path, 1, None)
+    assert second.returncode == 0, second.stderr
+    assert visible_lines(tmp_path / "out" / "r") == list(range(300))  # fired in the order set

@@ -175,3 +175,23 @@ def test_a_record_json_cannot_write_is_a_clear_error(tmp_path):
         run(flow)
     assert "to_files(" in str(info.value) and "json.dumps" in str(info.value)
     assert "{2}" in str(info.value)
+
+
+def test_an_operator_whose_commit_fails_fails_the_run(tmp_path):
+    """Found in review: an on_commit error went to the loop's exception
+    handler (a failed final commit then hung the run)."""
+    import time
+
+    class Publisher(Operator):
+        def on_batch(self, port, batch):
+            time.sleep(0.005)
+
+        def on_commit(self, epoch):
+            if epoch >= 2:
+                raise RuntimeError(f"publish of epoch {epoch} failed")
+
+    flow = Dataflow("publishing")
+    flow.from_iterable(range(200), batch_size=10).apply(Publisher)
+    with pytest.raises(KernelError, match="publish of epoch 2 failed") as info:
+        run(flow, state_dir=tmp_path, epoch_interval=0.02)
+    assert "Publisher.on_commit" in str(info.value)
