@@ -594,6 +594,12 @@ class Runtime:
         returns how many remote channels had already ended in it."""
         coordinator = self.coordinator
         coordinator.attach(self)
+        for source in self._sources:
+            op = getattr(source.op, "inner", source.op)  # an event-time wrapper's source
+            if type(op).on_epoch is Operator.on_epoch and not op.__dict__.get("_keyed_states"):
+                self.kernel.logger.warning(
+                    "%s keeps no position (no on_epoch/restore): after a crash a resumed run "
+                    "reads it again from its start", source.name)
         self.epochs = EpochTracker(len(self.instances), coordinator.durable, coordinator.finished,
                                    coordinator.first_epoch)
         ended_remote = 0

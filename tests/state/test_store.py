@@ -195,3 +195,18 @@ def test_an_operator_whose_commit_fails_fails_the_run(tmp_path):
     with pytest.raises(KernelError, match="publish of epoch 2 failed") as info:
         run(flow, state_dir=tmp_path, epoch_interval=0.02)
     assert "Publisher.on_commit" in str(info.value)
+
+
+def test_a_source_without_a_position_is_warned_about(tmp_path, caplog):
+    from kernel import Source
+
+    class Once(Source):
+        def poll(self):
+            self.emit([1, 2, 3])
+            return False
+
+    flow = Dataflow("custom")
+    flow.source(Once, name="once").collect()
+    with caplog.at_level(logging.WARNING, logger="kernel"):
+        run(flow, state_dir=tmp_path)
+    assert "once (step 0) keeps no position" in caplog.text
