@@ -321,7 +321,11 @@ class WindowedStream:
     def _aggregate(self, label: str, aggregation) -> WindowResults:
         keyed = self._keyed
         factory = functools.partial(ops.WindowAggregate, self.window, aggregation, self._late)
-        node = keyed.flow.graph.add(f"{label} {self.window!r}", factory, [keyed._edge()])
+        # with several kernels, count/sum/reduce over tumbling or sliding
+        # windows pre-aggregate per kernel before the exchange
+        halves = ops.window_combiner(self.window, aggregation, self._late)
+        combiner = Combiner(*halves) if halves else None
+        node = keyed.flow.graph.add(f"{label} {self.window!r}", factory, [keyed._edge()], combiner=combiner)
         return WindowResults._around(keyed.flow, node, self._late)
 
     def reduce(self, fn, *, name: str | None = None) -> WindowResults:

@@ -486,6 +486,7 @@ class Runtime:
         self._sources: list[_Instance] = []
         self._live = 0
         self._remote_inboxes: dict[tuple[int, int], tuple[_Instance, int]] = {}
+        self._partial_for: dict[int, int] = {}  # partial instance index -> its node's id
         self._exchange_edges = 0
         self.paused = False  # sources wait while the transport is backed up
         self._paused_sources: list[_Instance] = []
@@ -514,6 +515,7 @@ class Runtime:
                         label=f"{node.label}, partial before the exchange",
                     )
                     self.instances.append(partial)
+                    self._partial_for[len(self.instances) - 1] = node.id
                     upstream.targets.append((partial, partial.add_channel(0)))
                     upstream = partial
                 if partitioner is None:
@@ -689,8 +691,16 @@ class Runtime:
         self.kernel.context.watermark = min(s.frontier for s in self._sources)
 
     def results(self) -> dict[int, object]:
-        return {
+        """Each node's `result()`; a partial aggregate's counts are added to
+        its node's (both report `{"late": n}`)."""
+        out = {
             node.id: value
             for node, instance in zip(self.graph.nodes, self.instances)
             if (value := instance.op.result()) is not None
         }
+        for index, node_id in self._partial_for.items():
+            value = self.instances[index].op.result()
+            if value is not None:
+                mine = out.get(node_id) or {"late": 0}
+                out[node_id] = {"late": mine["late"] + value["late"]}
+        return out

@@ -28,7 +28,9 @@ from ._windows import (
     Window,
     WindowAggregate,
     WindowJoin,
+    WindowMerge,
     check_window,
+    window_combiner,
 )
 
 __all__ = [
@@ -67,7 +69,9 @@ __all__ = [
     "Window",
     "WindowAggregate",
     "WindowJoin",
+    "WindowMerge",
     "check_batch_size",
     "check_event_time",
     "check_window",
+    "window_combiner",
 ]

@@ -549,9 +549,10 @@ _MISSING = object()
 class WindowAggregate(_Windowing):
     """`(key, window, result)` per key and window of a keyed stream."""
 
-    def __init__(self, window, aggregation: Aggregation, late: bool = False) -> None:
+    def __init__(self, window, aggregation: Aggregation, late: bool = False, flat: bool = False) -> None:
         super().__init__(window, late)
         self.aggregation = aggregation
+        self.flat = flat  # emit (key, start, end, acc): the partial half of a combiner
         self._new = aggregation.create
         self._grow = aggregation.add
         self._merge = aggregation.merge
@@ -562,7 +563,10 @@ class WindowAggregate(_Windowing):
         return ((key, window, self.aggregation.result(acc)),)
 
     def _emit_window(self, window, accs: dict) -> None:
-        if self._adds is not None:  # the accumulator is the result
+        if self.flat:  # a partial for WindowMerge: flat scalars cross the exchange by msgpack
+            start, end = window
+            self._out.extend([(key, start, end, acc) for key, acc in accs.items()])
+        elif self._adds is not None:  # the accumulator is the result
             self._out.extend([(key, window, acc) for key, acc in accs.items()])
         else:
             result = self.aggregation.result
@@ -606,6 +610,101 @@ class WindowJoin(_Windowing):
 
     def _function(self):
         return "join"
+
+
+class WindowMerge(Operator):
+    """The owner's half of a windowed aggregate split around an exchange:
+    each kernel aggregates its own events per key and window (a
+    `WindowAggregate`, emitting when its own watermark passes the window's
+    end) and sends `(key, start, end, partial)` (flat scalars, so msgpack
+    carries it); this merges the partials and emits once its watermark, the
+    minimum over every kernel, passes the end.
+    No partial can come late: a kernel sends a window's partial before the
+    watermark that closes it. (Which events count as late is then decided
+    by each kernel's own watermark.)"""
+
+    def __init__(self, window, aggregation: Aggregation) -> None:
+        self.window = window
+        self.aggregation = aggregation
+
+    def open(self, context):
+        self._windows = map_state(self, "windows")  # Window -> {key: acc}
+        self._ends: list = []  # heap of (end, start)
+        self._frontier = -math.inf
+
+    def on_batch(self, port, batch):
+        merge = self.aggregation.merge
+        windows, ends = self._windows, self._ends
+        record = None
+        try:
+            for record in batch:
+                key, start, end, partial = record
+                window = Window(start, end)
+                accs = windows.get(window)
+                if accs is None:
+                    accs = windows[window] = {}
+                    heapq.heappush(ends, (window.end, window.start))
+                acc = accs.get(key, _MISSING)
+                accs[key] = partial if acc is _MISSING else merge(acc, partial)
+        except KernelError:
+            raise
+        except Exception as exc:
+            raise OperatorError.wrap(self.name, self.aggregation.function or "merge", exc,
+                                     record=record) from exc
+
+    def on_watermark(self, watermark):
+        self._frontier = watermark
+        windows, ends = self._windows, self._ends
+        out: list = []
+        while ends and ends[0][0] <= watermark:
+            end, start = heapq.heappop(ends)
+            window = Window(start, end)
+            out.extend([(key, window, acc) for key, acc in windows.pop(window).items()])
+        while out:
+            self.emit(out[:EMIT_BATCH])
+            del out[:EMIT_BATCH]
+
+    def on_epoch(self, epoch):
+        return {"states": super().on_epoch(epoch), "frontier": self._frontier}
+
+    def restore(self, snapshot):
+        super().restore(snapshot["states"])
+        self._frontier = snapshot["frontier"]
+        self._ends = [(window.end, window.start) for window in self._windows]
+        heapq.heapify(self._ends)
+
+
+def window_combiner(window, aggregation: Aggregation, late: bool):
+    """(partial, merge) factories when the aggregate can pre-aggregate per
+    kernel before the exchange: tumbling or sliding windows, an aggregation
+    whose accumulators merge and are their own result (count, sum, reduce),
+    late events not routed (a late side stream must stay on its kernel).
+    Otherwise None."""
+    mergeable = isinstance(aggregation, (CountAggregation, SumAggregation, ReduceAggregation))
+    if late or isinstance(window, Session) or not mergeable:
+        return None
+    if isinstance(aggregation, ReduceAggregation):
+        merging = _Merging(aggregation.function)  # associative, as reduce after key_by
+    else:
+        merging = _Merging(None)  # partial counts and sums add up
+    return (
+        lambda: WindowAggregate(window, aggregation, late=False, flat=True),
+        lambda: WindowMerge(window, merging),
+    )
+
+
+class _Merging(Aggregation):
+    """How partial accumulators merge: the reduce function, or `+`."""
+
+    name = "merge"
+
+    def __init__(self, fn) -> None:
+        self.function = fn
+        self.merge = fn if fn is not None else _add
+
+
+def _add(a, b):
+    return a + b
 
 
 class SelectBatches(Operator):
