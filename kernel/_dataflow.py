@@ -25,7 +25,8 @@ class Collected:
     record that reached it (from every kernel, kernel 0's first)."""
 
     def __init__(self, flow: Dataflow, node: Node) -> None:
-        self._flow = flow
+        # no reference back to the flow: the flow holds its handles, and a
+        # cycle would keep a finished flow's results alive until a full GC
         self.node = node
         self.items: list = []
 
