@@ -404,3 +404,22 @@ flow.from_iterable(range(10)).map(work).collect()
     result = cli(str(path))
     assert result.returncode == 130
     assert result.stderr == "interrupted\n"
+
+
+def test_a_state_dir_of_another_flow_exits_1_with_a_clear_message(tmp_path):
+    first = write(tmp_path, "first.py", """
+from kernel import Dataflow
+flow = Dataflow("first")
+flow.from_iterable(range(5)).collect()
+""")
+    second = write(tmp_path, "second.py", """
+from kernel import Dataflow
+flow = Dataflow("second")
+flow.from_iterable(range(5)).map(str).collect()
+""")
+    state = tmp_path / "state"
+    assert cli(str(first), "--state-dir", state).returncode == 0
+    result = cli(str(second), "--state-dir", state)
+    assert result.returncode == 1
+    assert "holds the state of another flow" in result.stderr
+    assert "Traceback" not in result.stderr
