@@ -338,12 +338,17 @@ class _Instance:
         self.channel_watermarks[channel] = _INF
         self.closed_channels.add(channel)
         self.open_channels -= 1
-        if self.arrived is not None and self.open_channels:
-            self._check_aligned()  # an ended input has nothing more to deliver
         if self.open_channels and self.idle_channels == self.open_channels:
             self._all_inputs_idle()
         else:
             self._advance_frontier(self._active_minimum())
+        # An ended input has nothing more to deliver: that may complete an
+        # alignment. After the frontier moved: the END came before the marker
+        # on this channel, so what it released belongs to this epoch, and the
+        # snapshot holds the frontier it reached (the held channels' marks
+        # are still those from before their marker).
+        if self.arrived is not None and self.open_channels:
+            self._check_aligned()
         if self.open_channels == 0:
             _call(self, "on_end")
             self._finish()
