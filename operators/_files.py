@@ -48,6 +48,7 @@ class ToFiles(Operator):
         self.epoch = 1  # the epoch whose records are being written
         self._file = None
         self._first_commit = True
+        self._unpublished: set[int] = set()  # epochs of hidden files this run wrote
 
     def _path(self, epoch: int, hidden: bool) -> str:
         name = f"part-k{self.kernel}-e{epoch:08d}.jsonl"
@@ -62,6 +63,7 @@ class ToFiles(Operator):
             raise OperatorError.wrap(self.name, "json.dumps", exc, record=bad) from exc
         if self._file is None:
             self._file = open(self._path(self.epoch, hidden=True), "w", encoding="utf-8")
+            self._unpublished.add(self.epoch)
         half = len(lines) // 2
         self._file.write("".join(line + "\n" for line in lines[:half]))
         crash_point("batch", self.kernel)  # tests: a crash with half a batch written
@@ -87,21 +89,26 @@ class ToFiles(Operator):
 
     def on_commit(self, epoch):
         # The first commit of a run is the restored epoch (0 on a fresh
-        # start): hidden files after it are a crashed run's, written again
-        # now, so they go.
-        stale_after = epoch if self._first_commit else None
-        self._first_commit = False
+        # start): the directory is read once, and hidden files after that
+        # epoch are a crashed run's, written again now, so they go. Later
+        # commits publish the files this run wrote (no directory listing).
+        if self._first_commit:
+            self._first_commit = False
+            for name, _kernel, file_epoch in self._own_files():
+                if name.startswith("."):
+                    if file_epoch > epoch:
+                        os.unlink(os.path.join(self.directory, name))
+                    else:
+                        self._unpublished.add(file_epoch)
         renamed = False
-        for name, _kernel, file_epoch in self._own_files():
-            if not name.startswith("."):
-                continue
-            path = os.path.join(self.directory, name)
-            if stale_after is not None and file_epoch > stale_after:
-                os.unlink(path)
-            elif file_epoch <= epoch and (file_epoch < self.epoch or self._file is None):
-                os.replace(path, os.path.join(self.directory, name[1:]))
-                renamed = True
-                crash_point("commit", self.kernel)  # tests: a crash between renames
+        for file_epoch in sorted(self._unpublished):
+            if file_epoch > epoch or (file_epoch == self.epoch and self._file is not None):
+                continue  # not complete yet, or still being written
+            hidden = self._path(file_epoch, hidden=True)
+            os.replace(hidden, self._path(file_epoch, hidden=False))
+            self._unpublished.discard(file_epoch)
+            renamed = True
+            crash_point("commit", self.kernel)  # tests: a crash between renames
         if renamed:
             _fsync_directory(self.directory)
 
