@@ -8,18 +8,16 @@ record directly.
 from __future__ import annotations
 
 from collections import _count_elements
-from itertools import islice
 from operator import itemgetter
 
 from kernel._errors import KernelError, OperatorError
 from kernel._operator import Operator
 from state import value_state
 
-from ._calls import user_error
+from ._calls import emit_in_batches, user_error
 
 _first = itemgetter(0)
 _MISSING = object()
-EMIT_BATCH = 1024
 
 
 class _Aggregate(Operator):
@@ -28,9 +26,7 @@ class _Aggregate(Operator):
         self.state = value_state(self, "accumulators")
 
     def on_end(self):
-        items = iter(self.state.items())
-        while batch := list(islice(items, EMIT_BATCH)):
-            self.emit(batch)
+        emit_in_batches(self.emit, self.state.items())
 
 
 class Count(_Aggregate):

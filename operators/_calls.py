@@ -15,6 +15,7 @@ batch, so such a batch is reported as an error, never truncated.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import islice
 from operator import length_hint
 
 from kernel._errors import KernelError, OperatorError
@@ -59,3 +60,15 @@ def over_batch(operator: str, fn, batch: list, build: Callable) -> list:
         raise
     except Exception as exc:
         raise user_error(operator, fn, exc, batch, it) from exc
+
+
+#: records per batch that operators emit their results in (aggregates at end
+#: of input, windows when they close)
+EMIT_BATCH = 1024
+
+
+def emit_in_batches(emit: Callable[[list], None], records) -> None:
+    """Hand `records` (any iterable) on in batches of EMIT_BATCH."""
+    it = iter(records)
+    while batch := list(islice(it, EMIT_BATCH)):
+        emit(batch)

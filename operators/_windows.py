@@ -38,7 +38,8 @@ from kernel._errors import KernelError, OperatorError
 from kernel._operator import Operator, TimedBatch
 from state import map_state, value_state
 
-EMIT_BATCH = 1024
+from ._calls import emit_in_batches
+
 _first = itemgetter(0)
 
 
@@ -522,10 +523,9 @@ class _Windowing(Operator):
             )
 
     def _flush(self):
-        out = self._out
-        while out:
-            self.emit(out[:EMIT_BATCH])
-            del out[:EMIT_BATCH]
+        if self._out:
+            emit_in_batches(self.emit, self._out)
+            self._out.clear()
         late = self._late_out
         if late:
             self.late += len(late)
@@ -660,9 +660,7 @@ class WindowMerge(Operator):
             end, start = heapq.heappop(ends)
             window = Window(start, end)
             out.extend([(key, window, acc) for key, acc in windows.pop(window).items()])
-        while out:
-            self.emit(out[:EMIT_BATCH])
-            del out[:EMIT_BATCH]
+        emit_in_batches(self.emit, out)
 
     def on_epoch(self, epoch):
         return {"states": super().on_epoch(epoch), "frontier": self._frontier}
