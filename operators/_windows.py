@@ -342,6 +342,7 @@ class _Windowing(Operator):
         opened, numbers = self._open, self._numbers
         new, grow = self._new, self._grow
         adds = self._adds  # "sum" / "count": inlined below (no call per record)
+        count_one = adds == "count"  # decided once, not per record
         floor = math.floor
         late = self._late_out
         record = None
@@ -365,7 +366,7 @@ class _Windowing(Operator):
                 key = record[0]
                 if adds is not None:
                     acc = keyed.get(key, _MISSING)
-                    value = record[1] if adds == "sum" else 1
+                    value = 1 if count_one else record[1]
                     keyed[key] = value if acc is _MISSING else acc + value
                     continue
                 acc = keyed.get(key, _MISSING)
