@@ -457,16 +457,10 @@ class _ExchangeOutput:
                         transport.send_batch(dest, edge_id, part)
             return
         self.local.deliver(self.local_channel, payload)
+        wire = None if payload is END else payload  # the transport's end of input
         for dest in range(self.peers):
             if dest != self.index:
-                if payload is END:
-                    transport.send_end(dest, edge_id)
-                elif payload is IDLE:
-                    transport.send_idle(dest, edge_id)
-                elif payload.__class__ is EpochMarker:
-                    transport.send_epoch(dest, edge_id, payload)
-                else:
-                    transport.send_watermark(dest, edge_id, payload)
+                transport.send_progress(dest, edge_id, wire)
 
 
 class Runtime:

@@ -107,6 +107,18 @@ def encode_watermark(watermark: float) -> tuple[int, bytes]:
     return KIND_WATERMARK, _WATERMARK.pack(watermark)
 
 
+def encode_progress(payload) -> tuple[int, bytes]:
+    """(kind, body) for a progress payload, as `decode` gives them back: a
+    float (watermark), None (end), IDLE, or an EpochMarker."""
+    if payload is None:
+        return KIND_END, b""
+    if payload is IDLE:
+        return KIND_IDLE, b""
+    if payload.__class__ is EpochMarker:
+        return encode_epoch(payload)
+    return encode_watermark(payload)
+
+
 def decode(kind: int, body):
     """The payload of a frame: a list (data), a float (watermark), None
     (end), or IDLE."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from ._codec import HEADER, KIND_END, KIND_IDLE, decode, encode_batch, encode_epoch, encode_watermark
+from ._codec import HEADER, decode, encode_batch, encode_progress
 from .shm import Doorbell, SpscRing, full_fence
 
 END = None  # decode() returns None for an end-of-input frame
@@ -92,19 +92,10 @@ class ProcessTransport:
         kind, body = encode_batch(batch)
         self._send(dest, HEADER.pack(kind, channel), body)
 
-    def send_epoch(self, dest: int, channel: int, marker) -> None:
-        kind, body = encode_epoch(marker)
+    def send_progress(self, dest: int, channel: int, payload) -> None:
+        """A watermark (float), end of input (None), IDLE or an EpochMarker."""
+        kind, body = encode_progress(payload)
         self._send(dest, HEADER.pack(kind, channel), body)
-
-    def send_idle(self, dest: int, channel: int) -> None:
-        self._send(dest, HEADER.pack(KIND_IDLE, channel), b"")
-
-    def send_watermark(self, dest: int, channel: int, watermark: float) -> None:
-        kind, body = encode_watermark(watermark)
-        self._send(dest, HEADER.pack(kind, channel), body)
-
-    def send_end(self, dest: int, channel: int) -> None:
-        self._send(dest, HEADER.pack(KIND_END, channel), b"")
 
     def _send(self, dest: int, head: bytes, body: bytes) -> None:
         writer = self._writers[dest]

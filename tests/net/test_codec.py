@@ -314,3 +314,12 @@ def test_records_that_are_not_pairs_keep_every_field():
     for batch in ([(1, 2, 3)], [(1,)], [5], [(1, "a"), (2, "b", "c")]):
         kind, body = encode_batch(batch)
         assert decode(kind, body) == batch
+
+
+@pytest.mark.parametrize("payload", [None, 1.5, -math.inf, math.inf, "idle", "epoch"])
+def test_progress_payloads_round_trip(payload):
+    from net._batch import IDLE, EpochMarker
+    from net._codec import encode_progress
+
+    payload = {"idle": IDLE, "epoch": EpochMarker(7)}.get(payload, payload)
+    assert decode(*encode_progress(payload)) == payload
