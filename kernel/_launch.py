@@ -71,10 +71,29 @@ def kernel_process_main(get_flow, options: dict, gc_threshold_value: int | None)
 
 
 def run_on_cores(get_flow, cores: int, options: dict, gc_threshold_value: int | None,
-                 epochs=None) -> list[dict]:
+                 epochs=None, cluster=None) -> list[dict]:
     from ._launcher import run_on_cores as launch
 
-    return launch(kernel_process_main(get_flow, options, gc_threshold_value), cores, epochs=epochs)
+    return launch(kernel_process_main(get_flow, options, gc_threshold_value), cores, epochs=epochs,
+                  cluster=cluster)
+
+
+def _cluster(flow, cores: int, process_id, peers, secret, tls, startup_timeout):
+    """The checked ClusterPlan for `run(..., process_id=, peers=)`, or None."""
+    if peers is None:
+        if process_id is not None:
+            raise ValueError("process_id needs peers (every process's host:port)")
+        return None
+    from ._cluster import cluster_plan
+
+    return cluster_plan(0 if process_id is None else process_id, peers, cores, secret=secret, tls=tls,
+                        startup_timeout=startup_timeout, fingerprint=flow_fingerprint(flow))
+
+
+def _refuse_state_in_cluster(state_dir) -> None:
+    if state_dir is not None:
+        raise ValueError("state_dir is not supported with peers yet: a cluster run that loses a "
+                         "process ends with an error naming it, and starts again from the beginning")
 
 
 class _Snapshots:
@@ -128,7 +147,9 @@ def _already_done(flow, snapshots) -> bool:
 
 async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
                     shares: dict[str, float] | None = None, stall_threshold: float = 0.025,
-                    state_dir=None, epoch_interval: float = DEFAULT_EPOCH_INTERVAL) -> None:
+                    state_dir=None, epoch_interval: float = DEFAULT_EPOCH_INTERVAL,
+                    process_id: int | None = None, peers=None, secret=None, tls=None,
+                    startup_timeout: float = 30.0) -> None:
     """Run `flow` on the running event loop, sharing it.
 
     With `cores=1` the kernel runs on this loop and hands it back at least
@@ -138,10 +159,19 @@ async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
     failure (an `OperatorError` naming the operator, function and record;
     with several cores a `KernelProcessError` naming the kernel, with the
     kernel's error as its cause). Afterwards every `collect()` handle's
-    `.items` holds the results.
+    `.items` holds the results. `process_id` and `peers` make this process
+    one of a cluster (see `run`).
     """
     _check_cores(cores)
     options = _kernel_options(clock, budget, shares, stall_threshold)
+    cluster = _cluster(flow, cores, process_id, peers, secret, tls, startup_timeout)
+    if cluster is not None:
+        _refuse_state_in_cluster(state_dir)
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(
+            None, run_on_cores, lambda: flow, cores, options, DEFAULT_GC_THRESHOLD, None, cluster)
+        flow._results_delivered(results)
+        return
     snapshots = None if state_dir is None else _Snapshots(flow, state_dir, epoch_interval, cores)
     if _already_done(flow, snapshots):
         return
@@ -163,7 +193,8 @@ async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
 def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_GC_THRESHOLD,
         clock=None, budget: float = 0.001, shares: dict[str, float] | None = None,
         stall_threshold: float = 0.025, state_dir=None,
-        epoch_interval: float = DEFAULT_EPOCH_INTERVAL) -> None:
+        epoch_interval: float = DEFAULT_EPOCH_INTERVAL, process_id: int | None = None, peers=None,
+        secret=None, tls=None, startup_timeout: float = 30.0) -> None:
     """Run `flow` to completion (blocking).
 
     `cores=1`: one kernel on a new uvloop event loop in this thread.
@@ -173,6 +204,15 @@ def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_G
     generation-0 GC threshold while the run lasts (None leaves the
     process's GC settings alone); `run_async` with one core never touches
     them, since it shares its process with the host application.
+
+    A cluster: `peers` lists every process's `host:port` (a string
+    `"h0:p0,h1:p1"` or a list), `process_id` says which one this is. Each
+    process runs `cores` kernels, numbered across the cluster, linked by
+    authenticated websockets; the shared `secret` defaults to the
+    environment variable KERNEL_SECRET; `tls=(cert, key, ca)` turns on TLS;
+    peers may start in any order within `startup_timeout` seconds. Every
+    process must run the same flow with the same `cores`. `collect()`
+    results are gathered on process 0 (empty elsewhere).
     """
     try:
         asyncio.get_running_loop()
@@ -183,6 +223,12 @@ def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_G
                            "use `await run_async(flow)` there")
     _check_cores(cores)
     options = _kernel_options(clock, budget, shares, stall_threshold)
+    cluster = _cluster(flow, cores, process_id, peers, secret, tls, startup_timeout)
+    if cluster is not None:
+        _refuse_state_in_cluster(state_dir)
+        flow._results_delivered(run_on_cores(lambda: flow, cores, options, gc_threshold_during_run,
+                                             None, cluster))
+        return
     if cores > 1:
         snapshots = None if state_dir is None else _Snapshots(flow, state_dir, epoch_interval, cores)
         if _already_done(flow, snapshots):

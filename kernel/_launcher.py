@@ -29,6 +29,16 @@ Either way the parent kills the other kernels at once and raises
 exception, an `OperatorError` say, is its `__cause__`). Ctrl-C in the parent
 stops every kernel; the kernels themselves ignore SIGINT so a terminal's
 Ctrl-C reaches only the parent.
+
+Clusters
+--------
+With a `ClusterPlan` the kernels are numbered across the cluster and one
+more child, the link relay (`net/_relay.py`), holds this process's links to
+the others, with a pair of rings to each local kernel. It is supervised like
+a kernel: when the kernels have all finished, their results go to it, and
+its own result ends the run (on process 0: every kernel's results). A relay
+that fails (a peer lost, authentication failed) ends the run with its own
+error, which names the peer.
 """
 
 from __future__ import annotations
@@ -68,7 +78,7 @@ def _cpus_for(cores: int) -> list[int]:
     return [available[i % len(available)] for i in range(cores)]
 
 
-def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None) -> list[dict]:
+def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, cluster=None) -> list[dict]:
     """Run `cores` kernel processes; returns each kernel's results, in order.
 
     `build_runtime(kernel_index, peers, transport, coordinator)` is called in
@@ -76,9 +86,12 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None) -> 
     and returns its results (a picklable dict). `epochs`, when snapshots are
     on, is `(open_store, interval, snapshots by kernel or None,
     restored_epoch, launcher_store)`: each child opens its own store and
-    coordinates epochs with this process (kernel/_coordinate.py).
+    coordinates epochs with this process (kernel/_coordinate.py). `cluster`
+    (a `ClusterPlan`) makes this process one of several linked by websockets:
+    the results are every kernel's on process 0, none elsewhere.
     """
     from net import Doorbell, ProcessTransport, SpscRing
+    from net._transport import RelayEnds
 
     context = multiprocessing.get_context("fork")
     rings: dict[tuple[int, int], SpscRing] = {}
@@ -86,6 +99,9 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None) -> 
     children: list = []
     pipes: list = []
     commit_pipes: list = []
+    relay_rings: list = []
+    first = cluster.first_kernel if cluster else 0
+    peers = cluster.kernels if cluster else cores
     try:
         for src in range(cores):
             for dst in range(cores):
@@ -94,22 +110,34 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None) -> 
                     ring.unlink()  # mapped here and inherited: nothing to leak
                     rings[(src, dst)] = ring
         bells = [Doorbell() for _ in range(cores)]
+        if cluster is not None:
+            bells.append(Doorbell())  # the relay's
+            for _ in range(cores):
+                pair = tuple(SpscRing.create(RING_BYTES, prefix="relay") for _ in "io")
+                for ring in pair:
+                    ring.unlink()
+                relay_rings.append(pair)
+        local_bells = {first + k: bells[k] for k in range(cores)}
         cpus = _cpus_for(cores)
         for index in range(cores):
             receiver, sender = context.Pipe(duplex=False)
             commits_in, commits_out = context.Pipe(duplex=False) if epochs else (None, None)
+            relay = None
+            if cluster is not None:
+                relay = RelayEnds(*relay_rings[index], bells[cores], cluster.remote_kernels())
             transport = ProcessTransport(
-                index,
-                cores,
-                {dst: rings[(index, dst)] for dst in range(cores) if dst != index},
-                {src: rings[(src, index)] for src in range(cores) if src != index},
-                bells,
+                first + index,
+                peers,
+                {first + dst: rings[(index, dst)] for dst in range(cores) if dst != index},
+                {first + src: rings[(src, index)] for src in range(cores) if src != index},
+                local_bells,
+                relay,
             )
             child = context.Process(
                 target=_kernel_main,
-                args=(index, cores, cpus[index], build_runtime, transport, sender, os.getpid(),
+                args=(first + index, peers, cpus[index], build_runtime, transport, sender, os.getpid(),
                       epochs, commits_in),
-                name=f"kernel-{index}",
+                name=f"kernel-{first + index}",
                 daemon=True,
             )
             child.start()
@@ -117,6 +145,23 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None) -> 
             if commits_in is not None:
                 commits_in.close()
                 commit_pipes.append(commits_out)
+            children.append(child)
+            pipes.append(receiver)
+        handover = None
+        if cluster is not None:
+            receiver, sender = context.Pipe(duplex=False)
+            results_in, handover = context.Pipe(duplex=False)
+            child = context.Process(
+                target=_kernel_main,
+                args=(first, peers, None, _relay_runtime(cluster, relay_rings, bells, results_in), None,
+                      sender, os.getpid()),
+                name="links",
+                daemon=True,
+            )
+            child.start()
+            sender.close()
+            results_in.close()
+            commit_pipes.append(handover)  # closed with them
             children.append(child)
             pipes.append(receiver)
         if on_started is not None:
@@ -133,7 +178,9 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None) -> 
                         pass  # that kernel is gone; supervision reports it
 
             coordinator = LauncherSide(epochs[4], cores, epochs[3], send_commit)
-        return _supervise(children, pipes, coordinator)
+        if cluster is None:
+            return _supervise(children, pipes, coordinator)
+        return _supervise(children, pipes, coordinator, relay=(first, handover))
     finally:
         for child in children:
             if child.is_alive():
@@ -144,17 +191,20 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None) -> 
             pipe.close()
         for pipe in commit_pipes:
             pipe.close()
-        for ring in rings.values():
+        for ring in [*rings.values(), *(r for pair in relay_rings for r in pair)]:
             ring.close()
         for bell in bells:
             bell.close()
 
 
-def _supervise(children, pipes, coordinator=None) -> list[dict]:
+def _supervise(children, pipes, coordinator=None, relay=None) -> list[dict]:
     """Wait for every kernel's result; the first failure ends everything.
-    Epoch messages on the way go to the `coordinator`."""
+    Epoch messages on the way go to the `coordinator`. With a `relay`
+    (`(first kernel, handover pipe)`, the last child), the kernels' results
+    are handed to it once all are in, and its result is the run's."""
     results: list = [None] * len(children)
     pending = set(range(len(children)))
+    kernels = len(children) - (relay is not None)
     while pending:
         handles = {pipes[i]: i for i in pending}
         handles.update({children[i].sentinel: i for i in pending})
@@ -171,12 +221,19 @@ def _supervise(children, pipes, coordinator=None) -> list[dict]:
                 raise KernelProcessError(index, _death(children[index])) from None
             if status == "error":
                 _kill_all(children)
+                if index == kernels:
+                    raise _relay_error(payload)
                 raise _kernel_error(index, payload)
             if status in ("durable", "finished"):
                 coordinator.message(index, (status, payload))
                 continue
             results[index] = payload
             pending.discard(index)
+            if relay is not None and pending == {kernels}:
+                first, handover = relay
+                handover.send({first + k: results[k] for k in range(kernels)})
+    if relay is not None:
+        return results[kernels] or []
     return results
 
 
@@ -215,6 +272,41 @@ def _kernel_error(index: int, payload) -> KernelProcessError:
     return err
 
 
+def _relay_error(payload) -> BaseException:
+    """A failed relay's own error (`PeerLost`, `AuthenticationFailed`...):
+    it names the peer, which is what the user needs."""
+    kind, blob, text = payload
+    if blob is not None:
+        try:
+            return pickle.loads(blob)
+        except Exception:
+            pass
+    return KernelError(f"links process failed: {kind}: {text.strip().splitlines()[-1]}")
+
+
+def _relay_runtime(plan, ends, bells, results_in):
+    """What the relay child runs: link up, relay, and end with the results."""
+
+    async def run_relay(_index, _peers, _transport, _coordinator):
+        from net._relay import LinkRelay
+
+        loop = asyncio.get_running_loop()
+        local = loop.create_future()
+
+        def on_results() -> None:
+            loop.remove_reader(results_in.fileno())
+            try:
+                local.set_result(results_in.recv())
+            except EOFError:  # the launcher is gone; PDEATHSIG ends us anyway
+                local.set_exception(KernelError("the launcher closed the results pipe"))
+
+        loop.add_reader(results_in.fileno(), on_results)
+        relay = LinkRelay(plan, ends, bells[: len(ends)], bells[len(ends)])
+        return await relay.run(local)
+
+    return run_relay
+
+
 def _die_with_parent(launcher_pid: int) -> None:
     """Ask Linux to SIGKILL this kernel when the launcher dies, even by SIGKILL
     (prctl PR_SET_PDEATHSIG), so no kernel outlives its run."""
@@ -234,7 +326,8 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _die_with_parent(launcher_pid)
-        os.sched_setaffinity(0, {cpu})
+        if cpu is not None:  # the link relay is not pinned: it shares the kernels' CPUs
+            os.sched_setaffinity(0, {cpu})
         asyncio.events._set_running_loop(None)  # the parent's marker survives fork on 3.11
         coordinator = None
         if epochs is not None:

@@ -24,6 +24,19 @@ receiver grants credit back (a CREDIT frame) as the consumer reports bytes
 handled (`consumed`), half a window at a time. A slow consumer therefore
 stops its sender, and a link holds at most a window per channel in flight.
 
+Consumers either pull (`async for channel, kind, body in link`: no task
+between the socket and the caller, what the round-trip benchmark uses) or
+have `run()` push every frame to `on_frame`.
+
+Liveness: both ends send websocket pings every `heartbeat` seconds and drop
+a connection whose pong does not come within half of that, so a cut cable
+(no FIN, no RST) ends the link within about 1.5 heartbeats instead of TCP's
+minutes.
+
+Shape: after authentication each side sends `meta` (for a cluster: the
+flow's fingerprint and the cores per process); a peer whose meta differs is
+authenticated but incompatible, and both sides fail with `LinkMismatch`.
+
 Bad input closes that connection and is logged; the server goes on:
 garbage or plain HTTP requests (aiohttp answers them with an error),
 frames larger than `max_frame`, text frames after the handshake, frames for
@@ -53,6 +66,8 @@ _CREDIT = struct.Struct("<Q")
 AUTH_FAILED = 4001
 DEFAULT_WINDOW = 4 << 20  # bytes in flight per channel
 DEFAULT_MAX_FRAME = 16 << 20
+DEFAULT_HEARTBEAT = 5.0  # seconds between pings; a pong must come within half
+MISMATCH = 4002
 
 
 class LinkError(Exception):
@@ -62,6 +77,26 @@ class LinkError(Exception):
 class AuthenticationFailed(LinkError):
     def __init__(self, peer: str) -> None:
         super().__init__(f"authentication failed with {peer}: wrong or missing secret")
+        self.peer = peer
+
+    def __reduce__(self):  # crosses from the relay process to its launcher
+        return type(self), (self.peer,)
+
+
+class LinkMismatch(LinkError):
+    """An authenticated peer runs something else (another flow, other cores)."""
+
+
+def _check_meta(mine, theirs, peer: str) -> None:
+    if mine == theirs:
+        return
+    if isinstance(mine, dict) and isinstance(theirs, dict):
+        keys = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        differ = ", ".join(f"{k}={theirs.get(k)!r} there, {mine.get(k)!r} here" for k in keys)
+    else:
+        differ = f"{theirs!r} there, {mine!r} here"
+    raise LinkMismatch(f"{peer} is incompatible ({differ}): every process of a cluster must run "
+                       "the same flow with the same cores and peers")
 
 
 def _mac(secret: bytes, role: bytes, nonce: str, process: int) -> str:
@@ -93,6 +128,7 @@ class Link:
         self._waiters: dict[int, asyncio.Future] = {}
         self._handled = dict.fromkeys(self.channels, 0)
         self._grants: set = set()  # credit frames on their way out
+        self.error: LinkError | None = None  # why the link ended, when it was not a clean close
         self.closed = asyncio.get_running_loop().create_future()
 
     # -- sending ------------------------------------------------------------------
@@ -140,32 +176,45 @@ class Link:
         except (ConnectionError, RuntimeError):
             pass  # closing: the reader reports it
 
-    async def run(self) -> None:
-        """Read frames until the connection closes; bad input closes it."""
+    def __aiter__(self):
+        return self._frames()
+
+    async def _frames(self):
+        """Yield `(channel, kind, body)` for every data frame; credit frames
+        are handled on the way; bad input closes the connection."""
+        credit, waiters, channels = self._credit, self._waiters, self.channels
         try:
             async for message in self.ws:
                 if message.type != aiohttp.WSMsgType.BINARY or len(message.data) < FRAME.size:
                     raise LinkError(f"process {self.peer} sent a malformed frame ({message.type.name})")
                 channel, kind = FRAME.unpack_from(message.data)
-                if channel not in self.channels:
+                if channel not in channels:
                     raise LinkError(f"process {self.peer} sent a frame for unknown channel {channel}")
                 body = memoryview(message.data)[FRAME.size :]
                 if kind == KIND_CREDIT:
-                    self._credit[channel] += _CREDIT.unpack(body)[0]
-                    waiter = self._waiters.pop(channel, None)
+                    credit[channel] += _CREDIT.unpack(body)[0]
+                    waiter = waiters.pop(channel, None)
                     if waiter is not None and not waiter.done():
                         waiter.set_result(None)
                     continue
-                self.on_frame(channel, kind, body)
+                yield channel, kind, body
             if self.ws.close_code not in (None, 1000):
                 raise LinkError(f"link to process {self.peer} closed: code {self.ws.close_code}")
         except LinkError as exc:
+            self.error = exc
             log.warning("%s; closing that connection", exc)
             await self.ws.close(code=1003, message=str(exc)[:100].encode())
             raise
         finally:
             if not self.closed.done():
                 self.closed.set_result(None)
+
+    async def run(self) -> None:
+        """Read frames until the connection closes, handing each to
+        `on_frame`; bad input closes it."""
+        on_frame = self.on_frame
+        async for channel, kind, body in self:
+            on_frame(channel, kind, body)
 
     async def close(self) -> None:
         await self.ws.close()
@@ -178,12 +227,15 @@ class LinkServer:
     """Accepts links from higher-numbered processes on `host:port`.
 
     `on_link(link)` is called (on the loop) for every authenticated peer;
-    the server reads that link's frames until it closes.
+    the server reads that link's frames until it closes. `channels` is a
+    set, or a function of the peer's process id giving its set; `expected`,
+    when given, is the set of process ids that may connect (once each).
     """
 
     def __init__(self, host: str, port: int, secret, process: int, channels, on_frame_for,
                  on_link=None, window: int = DEFAULT_WINDOW, max_frame: int = DEFAULT_MAX_FRAME,
-                 ssl_context=None) -> None:
+                 ssl_context=None, heartbeat: float = DEFAULT_HEARTBEAT, meta=None,
+                 on_mismatch=None, expected=None) -> None:
         self.host, self.port = host, port
         self._secret = _secret(secret)
         self.process = process
@@ -193,6 +245,10 @@ class LinkServer:
         self.window = window
         self.max_frame = max_frame
         self.ssl_context = ssl_context
+        self.heartbeat = heartbeat
+        self.meta = meta
+        self.on_mismatch = on_mismatch  # called with the LinkMismatch
+        self.expected = expected
         self.links: dict[int, Link] = {}
         self.failures: list[Exception] = []
         self._runner: web.AppRunner | None = None
@@ -212,18 +268,32 @@ class LinkServer:
             await self._runner.cleanup()
 
     async def _accept(self, request: web.Request):
-        ws = web.WebSocketResponse(max_msg_size=self.max_frame + FRAME.size, autoping=True)
+        ws = web.WebSocketResponse(max_msg_size=self.max_frame + FRAME.size, autoping=True,
+                                   heartbeat=self.heartbeat)
         await ws.prepare(request)
         peer_address = request.remote
         try:
             peer = await asyncio.wait_for(self._handshake(ws, peer_address), timeout=10.0)
+        except LinkMismatch as exc:  # authenticated, but running something else
+            log.error("%s", exc)
+            self.failures.append(exc)
+            await ws.close(code=MISMATCH, message=b"incompatible peer")
+            if self.on_mismatch is not None:
+                self.on_mismatch(exc)
+            return ws
         except (TimeoutError, AuthenticationFailed, LinkError, msgspec.DecodeError) as exc:
             log.warning("refused a link from %s: %s", peer_address, exc)
             self.failures.append(exc)
             code = AUTH_FAILED if isinstance(exc, AuthenticationFailed) else 1002
             await ws.close(code=code, message=b"authentication failed" if code == AUTH_FAILED else b"")
             return ws
-        link = Link(ws, peer, self.channels, self.on_frame_for(peer), self.window)
+        if self.expected is not None and (peer not in self.expected or peer in self.links):
+            why = "is already linked" if peer in self.links else "is not a peer of this process"
+            log.warning("refused a link from %s: process %d %s", peer_address, peer, why)
+            await ws.close(code=1008, message=b"unexpected peer")
+            return ws
+        channels = self.channels(peer) if callable(self.channels) else self.channels
+        link = Link(ws, peer, channels, self.on_frame_for(peer), self.window)
         self.links[peer] = link
         if self.on_link is not None:
             self.on_link(link)
@@ -250,13 +320,15 @@ class LinkServer:
             raise AuthenticationFailed(f"process {peer} at {address}")
         their_nonce = str(hello.get("nonce", ""))
         await ws.send_str(msgspec.json.encode(
-            {"mac": _mac(self._secret, b"server", their_nonce, self.process)}).decode())
+            {"mac": _mac(self._secret, b"server", their_nonce, self.process), "meta": self.meta}).decode())
+        _check_meta(self.meta, hello.get("meta"), f"process {peer} at {address}")
         return peer
 
 
 async def dial(url: str, secret, process: int, channels, on_frame, *, window: int = DEFAULT_WINDOW,
                max_frame: int = DEFAULT_MAX_FRAME, timeout: float = 30.0, ssl=True,
-               session: aiohttp.ClientSession | None = None) -> tuple[Link, aiohttp.ClientSession]:
+               session: aiohttp.ClientSession | None = None, heartbeat: float = DEFAULT_HEARTBEAT,
+               meta=None) -> tuple[Link, aiohttp.ClientSession]:
     """Connect to the server at `url` (ws://host:port), retrying until
     `timeout` seconds have passed; authenticate; return the link (run its
     `run()` to read) and the client session (close it after the link)."""
@@ -268,14 +340,15 @@ async def dial(url: str, secret, process: int, channels, on_frame, *, window: in
     try:
         while True:
             try:
-                ws = await session.ws_connect(url + PATH, max_msg_size=max_frame + FRAME.size, ssl=ssl)
+                ws = await session.ws_connect(url + PATH, max_msg_size=max_frame + FRAME.size, ssl=ssl,
+                                              heartbeat=heartbeat)
                 break
             except (aiohttp.ClientConnectionError, OSError) as exc:
                 if asyncio.get_running_loop().time() + delay > deadline:
                     raise LinkError(f"could not reach {url} within {timeout:g} s: {exc}") from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
-        peer = await _client_handshake(ws, key, process, url)
+        peer = await _client_handshake(ws, key, process, url, meta)
         return Link(ws, peer, channels, on_frame, window), session
     except BaseException:
         if own_session:
@@ -283,21 +356,26 @@ async def dial(url: str, secret, process: int, channels, on_frame, *, window: in
         raise
 
 
-async def _client_handshake(ws, key: bytes, process: int, url: str) -> int:
+async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None) -> int:
     message = await ws.receive()
     if message.type != aiohttp.WSMsgType.TEXT:
         raise LinkError(f"{url} did not start the handshake")
     hello = msgspec.json.decode(message.data)
     peer, their_nonce = hello["process"], hello["nonce"]
     nonce = os.urandom(32).hex()
-    await ws.send_str(msgspec.json.encode(
-        {"process": process, "nonce": nonce, "mac": _mac(key, b"client", their_nonce, process)}).decode())
+    await ws.send_str(msgspec.json.encode({"process": process, "nonce": nonce, "meta": meta,
+                                           "mac": _mac(key, b"client", their_nonce, process)}).decode())
     answer = await ws.receive()
     if answer.type != aiohttp.WSMsgType.TEXT:
         await ws.close()
         raise AuthenticationFailed(f"process {peer} at {url}")
-    mac = msgspec.json.decode(answer.data).get("mac", "")
-    if not hmac.compare_digest(str(mac), _mac(key, b"server", nonce, peer)):
+    reply = msgspec.json.decode(answer.data)
+    if not hmac.compare_digest(str(reply.get("mac", "")), _mac(key, b"server", nonce, peer)):
         await ws.close(code=AUTH_FAILED, message=b"authentication failed")
         raise AuthenticationFailed(f"process {peer} at {url}")
+    try:
+        _check_meta(meta, reply.get("meta"), f"process {peer} at {url}")
+    except LinkMismatch:
+        await ws.close(code=MISMATCH, message=b"incompatible peer")
+        raise
     return peer

@@ -17,12 +17,20 @@ CPU. A producer rings a consumer's doorbell only when the consumer is parked;
 a consumer that frees space in a ring whose producer found it full rings the
 producer's doorbell the same way. The store/fence/load order on both sides is
 explained in `net/shm.py`.
+
+Kernels on other machines (a cluster) are reached through this process's
+link relay (`net/_relay.py`), as timely's network threads serve its workers:
+a kernel has one ring to the relay, whose frames start with the destination
+kernel (`ROUTE`, u32), and one ring from it, whose frames start with the
+source kernel. To the runtime a remote kernel is one more destination.
 """
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 from ._codec import HEADER, decode, encode_batch, encode_progress
 from .shm import Doorbell, SpscRing, full_fence
@@ -32,19 +40,32 @@ END = None  # decode() returns None for an end-of-input frame
 # records), and decoding 64 of them took ~300 ms in benches/pipelines.
 _FRAMES_PER_RING_PER_ACTIVATION = 4
 _SPIN_ACTIVATIONS = 32  # empty polls before parking (a few tens of us)
+ROUTE = struct.Struct("<I")  # the other kernel, before a relayed frame's HEADER
+
+
+class RelayEnds(NamedTuple):
+    """A kernel's two rings with its process's link relay."""
+
+    to_relay: SpscRing
+    from_relay: SpscRing
+    bell: Doorbell  # the relay's
+    remote: range | tuple  # the kernels reached through it
 
 
 class _Writer:
     """Frames to one destination kernel, with an overflow queue."""
 
-    __slots__ = ("bell", "overflow", "ring")
+    __slots__ = ("bell", "overflow", "prefix", "ring")
 
-    def __init__(self, ring: SpscRing, bell: Doorbell) -> None:
+    def __init__(self, ring: SpscRing, bell: Doorbell, prefix: bytes = b"") -> None:
         self.ring = ring
         self.bell = bell
+        self.prefix = prefix  # ROUTE of the destination, through a relay
         self.overflow: deque[tuple[bytes, bytes]] = deque()
 
     def send(self, head: bytes, body: bytes) -> None:
+        if self.prefix:
+            head = self.prefix + head
         if self.overflow or not self.ring.push2(head, body):
             self.overflow.append((head, body))
         else:
@@ -66,7 +87,9 @@ class _Writer:
 
 
 class ProcessTransport:
-    """The rings of kernel `index` of `peers` on one machine."""
+    """The rings of kernel `index` of `peers`: to the kernels of this
+    machine, and through `relay` (a cluster) to those of other machines.
+    `bells[k]` is local kernel k's doorbell."""
 
     def __init__(
         self,
@@ -74,13 +97,19 @@ class ProcessTransport:
         peers: int,
         outgoing: dict[int, SpscRing],
         incoming: dict[int, SpscRing],
-        bells: list[Doorbell],
+        bells,
+        relay: RelayEnds | None = None,
     ) -> None:
         self.index = index
         self.peers = peers
-        self._bells = bells
+        self._bell = bells[index]
         self._writers = {dest: _Writer(ring, bells[dest]) for dest, ring in outgoing.items()}
-        self._incoming = sorted(incoming.items())
+        # (source kernel or None for the relay's mixed ring, ring, its producer's bell)
+        self._incoming = [(source, ring, bells[source]) for source, ring in sorted(incoming.items())]
+        if relay is not None:
+            for dest in relay.remote:
+                self._writers[dest] = _Writer(relay.to_relay, relay.bell, ROUTE.pack(dest))
+            self._incoming.append((None, relay.from_relay, relay.bell))
         self._reader: _Reader | None = None
         self.blocked = False
         self.sending_done = False
@@ -162,8 +191,7 @@ class _Reader:
         self._deliver = deliver
         self._ends_left = ends_expected
         self._release = release
-        self._bell = transport._bells[transport.index]
-        self._bells = transport._bells
+        self._bell = transport._bell
         self._rings = transport._incoming
         self.scheduled = False
         self._empty_polls = 0
@@ -192,27 +220,32 @@ class _Reader:
         transport = self.transport
         deliver = self._deliver
         got = 0
-        for source, ring in self._rings:
+        for source, ring, _ in self._rings:
             pop = ring.pop
             for _ in range(_FRAMES_PER_RING_PER_ACTIVATION):
                 frame = pop()
                 if frame is None:
                     break
+                if source is None:  # through the relay: the source kernel first
+                    (sender,) = ROUTE.unpack_from(frame)
+                    frame = frame[ROUTE.size :]
+                else:
+                    sender = source
                 kind, channel = HEADER.unpack_from(frame)
                 payload = decode(kind, frame[HEADER.size :])
                 got += 1
                 if payload is END:
                     self._ends_left -= 1
-                deliver(channel, source, payload)
+                deliver(channel, sender, payload)
             ring.release()
         if got:
             # Space was freed: a producer that found a ring full and parked
             # must hear about it (fence: our head stores before its flag load).
             full_fence()
-            for source, ring in self._rings:
+            for _, ring, producer in self._rings:
                 if ring.producer_waiting():
                     ring.clear_producer_waiting()
-                    self._bells[source].ring()
+                    producer.ring()
         transport._flush()
         if self._finished():
             return
@@ -230,7 +263,7 @@ class _Reader:
         self._bell.park()
         # Re-check after announcing: a frame pushed before the producer saw
         # the flag must not be slept on.
-        if any(not ring.is_empty() for _, ring in self._rings) or (
+        if any(not ring.is_empty() for _, ring, _ in self._rings) or (
             self.transport.blocked and self._space_freed()
         ):
             self._bell.unpark()

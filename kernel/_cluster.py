@@ -1,0 +1,81 @@
+"""Cluster configuration: which process this is, where the others are, and
+the secret and TLS files that let them in (`run(..., process_id=, peers=)`,
+`python -m kernel.run ... --process-id I --peers host:port,...`).
+
+The links themselves live in `net/_relay.py`; this module only turns what a
+user typed into a checked `ClusterPlan`, with errors that say what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+
+from net._relay import ClusterPlan, TLSFiles
+
+SECRET_VARIABLE = "KERNEL_SECRET"
+DEFAULT_STARTUP_TIMEOUT = 30.0
+DEFAULT_HEARTBEAT = 5.0
+
+
+def parse_peers(peers) -> list[tuple[str, int]]:
+    """`"h0:p0,h1:p1"` or a sequence of `"host:port"` / `(host, port)` ->
+    [(host, port)]; IPv6 hosts in brackets (`[::1]:7000`)."""
+    items = [p.strip() for p in peers.split(",")] if isinstance(peers, str) else list(peers)
+    addresses = []
+    for item in items:
+        if isinstance(item, tuple) and len(item) == 2:
+            host, port = item
+        elif isinstance(item, str) and ":" in item:
+            host, _, port = item.rpartition(":")
+            host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        else:
+            raise ValueError(f"peers: {item!r} is not host:port")
+        try:
+            port = int(port)
+        except (TypeError, ValueError):
+            raise ValueError(f"peers: {item!r} has no port number") from None
+        if not host or not 0 < port < 65536:
+            raise ValueError(f"peers: {item!r} is not host:port with a port from 1 to 65535")
+        addresses.append((str(host), port))
+    if not addresses:
+        raise ValueError("peers: no addresses given")
+    if len(set(addresses)) != len(addresses):
+        raise ValueError("peers: an address is listed twice")
+    return addresses
+
+
+def read_secret(secret=None, secret_file=None) -> bytes:
+    """The shared secret: given, read from `secret_file`, or from the
+    environment variable KERNEL_SECRET, in that order."""
+    if secret is None and secret_file is not None:
+        try:
+            with open(secret_file, "rb") as f:
+                secret = f.read().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read the secret file {secret_file}: {exc.strerror}") from None
+    if secret is None:
+        secret = os.environ.get(SECRET_VARIABLE)
+    if not secret:
+        raise ValueError(f"a cluster needs a shared secret: set {SECRET_VARIABLE} or use --secret-file")
+    return secret.encode() if isinstance(secret, str) else bytes(secret)
+
+
+def cluster_plan(process_id, peers, cores: int, *, secret=None, secret_file=None, tls=None,
+                 startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
+                 heartbeat: float = DEFAULT_HEARTBEAT, fingerprint: str = "") -> ClusterPlan:
+    addresses = parse_peers(peers)
+    if not isinstance(process_id, int) or isinstance(process_id, bool) \
+            or not 0 <= process_id < len(addresses):
+        raise ValueError(f"process_id must be an int from 0 to {len(addresses) - 1} "
+                         f"(one per address in peers), got {process_id!r}")
+    if isinstance(tls, (tuple, list)):
+        tls = TLSFiles(*tls)
+    for path in () if tls is None else (tls.cert, tls.key, tls.ca):
+        if path is not None and not os.path.isfile(path):
+            raise ValueError(f"TLS file not found: {path}")
+    for name, value in (("startup_timeout", startup_timeout), ("heartbeat", heartbeat)):
+        if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
+            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return ClusterPlan(process_id, addresses, cores, read_secret(secret, secret_file),
+                       float(startup_timeout), float(heartbeat), tls,
+                       {"flow": fingerprint, "cores": cores, "processes": len(addresses)})

@@ -1,0 +1,433 @@
+"""A cluster process's links to the other processes: the link relay.
+
+In a cluster every process runs C kernels (one pinned process each) and one
+relay process, which holds the process's websocket links (`net/_links.py`):
+one per pair of processes, every kernel pair's traffic multiplexed on it, as
+timely's network threads serve the workers of a process. Kernels are
+numbered across the cluster: process p owns kernels p*C .. p*C+C-1.
+
+Each local kernel has two rings with the relay (`RelayEnds` in
+`net/_transport.py`). A frame from kernel s to a remote kernel d is pushed
+by s as `ROUTE(d) + HEADER + body`; the relay sends `HEADER + body` on the
+link to d's process, on link channel `s * kernels + d`; the relay there
+pushes `ROUTE(s) + HEADER + body` into d's ring. The relay never decodes a
+batch, and since every channel is one ordered (s, d) pair, in-band
+watermarks and end-of-input markers keep their place behind the data.
+
+Flow control end to end: link credit is per (s, d) channel and is granted
+back only once a frame is in d's ring. A frame that finds d's ring full
+waits in the relay (at most a window per channel) and other channels go
+on; a channel out of credit stops the relay taking frames from s's ring,
+which fills, which pauses s's sources: bounded memory everywhere, and no
+kernel ever stops draining its inputs, so no cycle of waits can form.
+
+Ending: when the launcher hands its kernels' results over (every local
+kernel finished), a relay sends them to process 0 (`RESULTS`). Process 0
+gathers every process's results, then sends `DONE`; each process answers
+`BYE` on every link and closes them. A link that ends any other way, before
+`DONE` (a dead process, a cut cable caught by the heartbeat, a peer that
+failed), ends the run with `PeerLost`, naming the process and its address.
+
+Trust: peers are authenticated by the shared secret; an authenticated peer's
+results are unpickled, as the codec unpickles records it cannot carry
+otherwise. The secret is the trust boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+import ssl
+from dataclasses import dataclass, field
+
+from ._links import FRAME, Link, LinkError, LinkMismatch, LinkServer, dial
+from ._transport import ROUTE
+from .shm import Doorbell, SpscRing, full_fence
+
+log = logging.getLogger("kernel.links")
+
+CONTROL = 0xFFFF_FFFF  # the relays' own link channel
+KIND_DATA = 1
+KIND_RESULTS = 2  # a chunk of the pickled results of a process's kernels
+KIND_RESULTS_END = 3  # the last chunk
+KIND_DONE = 4  # from process 0: every kernel of the cluster finished
+KIND_BYE = 5  # the sender closes this link on purpose
+_RESULTS_CHUNK = 1 << 20
+_FRAMES_PER_WAKE = 64  # frames a pump forwards before letting the loop run
+_CLOSE_TIMEOUT = 5.0
+
+
+class PeerLost(LinkError):
+    """A peer process went away (or never came) before the run finished."""
+
+    def __init__(self, process: int, address: str, why: str) -> None:
+        super().__init__(f"lost process {process} ({address}): {why}")
+        self.process = process
+        self.address = address
+        self.why = why
+
+    def __reduce__(self):  # crosses from the relay process to its launcher
+        return type(self), (self.process, self.address, self.why)
+
+
+@dataclass
+class TLSFiles:
+    """Paths for TLS on the links: this process's certificate and key
+    (presented as server and as client), and the CA that signs the peers'
+    (None: the system's trusted CAs, and no client certificates asked)."""
+
+    cert: str
+    key: str
+    ca: str | None = None
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert, self.key)
+        if self.ca is not None:
+            context.load_verify_locations(self.ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca)
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
+
+@dataclass
+class ClusterPlan:
+    """What one process of a cluster needs to link up (plain, picklable)."""
+
+    process: int
+    addresses: list[tuple[str, int]]
+    cores: int  # kernels per process
+    secret: bytes = field(repr=False)
+    startup_timeout: float = 30.0
+    heartbeat: float = 5.0
+    tls: TLSFiles | None = None
+    meta: dict | None = None  # must be equal on every process (flow, cores)
+
+    @property
+    def processes(self) -> int:
+        return len(self.addresses)
+
+    @property
+    def kernels(self) -> int:
+        return self.cores * self.processes
+
+    @property
+    def first_kernel(self) -> int:
+        return self.process * self.cores
+
+    def kernels_of(self, process: int) -> range:
+        return range(process * self.cores, (process + 1) * self.cores)
+
+    def address(self, process: int) -> str:
+        host, port = self.addresses[process]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def remote_kernels(self) -> list[int]:
+        mine = self.kernels_of(self.process)
+        return [k for k in range(self.kernels) if k not in mine]
+
+    def channels_with(self, peer: int) -> set[int]:
+        """Link channels between this process and `peer`: every ordered pair
+        of their kernels, both ways, and the relays' own."""
+        total = self.kernels
+        mine, theirs = self.kernels_of(self.process), self.kernels_of(peer)
+        channels = {s * total + d for s in mine for d in theirs}
+        channels |= {s * total + d for s in theirs for d in mine}
+        channels.add(CONTROL)
+        return channels
+
+
+class LinkRelay:
+    """The relay of one process: links to every other process, and the
+    rings of its local kernels (`ends[k] = (to_relay, from_relay)`)."""
+
+    def __init__(self, plan: ClusterPlan, ends: list[tuple[SpscRing, SpscRing]],
+                 kernel_bells: list[Doorbell], bell: Doorbell) -> None:
+        self.plan = plan
+        self.ends = ends
+        self.kernel_bells = kernel_bells
+        self.bell = bell
+        self.links: dict[int, Link] = {}
+        self._pending: list[list] = [[] for _ in ends]  # inbound frames waiting for ring space
+        self._wakeups: list[asyncio.Event] = []
+        self._results: dict[int, object] = {}
+        self._chunks: dict[int, list[bytes]] = {}
+        self._graceful: set[int] = set()  # peers that said BYE or DONE
+        self._finishing = False
+        self._tasks: list[asyncio.Task] = []
+        self._sessions: list = []
+        self._server: LinkServer | None = None
+
+    # -- the whole life of a relay ---------------------------------------------------
+
+    async def run(self, local_results) -> list | None:
+        """Link up, relay until every kernel everywhere finished, and return
+        every kernel's results (process 0) or None (the others).
+        `local_results` is an awaitable of this process's `{kernel: results}`."""
+        loop = asyncio.get_running_loop()
+        self._failure = loop.create_future()
+        self._all_results = loop.create_future()
+        self._done = loop.create_future()
+        self._wakeups = [asyncio.Event() for _ in self.ends]
+        self.bell.park()  # the relay always counts as parked: every push rings it
+        loop.add_reader(self.bell.fd, self._on_bell)
+        try:
+            await self._link_up()
+            self._tasks += [asyncio.ensure_future(self._pump(k)) for k in range(len(self.ends))]
+            local = await self._until(asyncio.ensure_future(local_results))
+            if self.plan.process == 0:
+                self._add_results(local)
+                await self._until(self._all_results)
+                self._finishing = True
+                for link in self.links.values():
+                    await self._send_quietly(link, KIND_DONE)
+                await self._links_closed()
+                return [self._results[k] for k in range(self.plan.kernels)]
+            await self._send_results(local)
+            await self._until(self._done)
+            self._finishing = True
+            for link in self.links.values():
+                await self._send_quietly(link, KIND_BYE)
+            return None
+        finally:
+            self._finishing = True
+            loop.remove_reader(self.bell.fd)
+            await self._close()
+
+    async def _until(self, future):
+        """Wait for `future`, unless the run fails first (then raise that)."""
+        await asyncio.wait({future, self._failure}, return_when=asyncio.FIRST_COMPLETED)
+        if self._failure.done():
+            raise self._failure.result()
+        return future.result()
+
+    def _fail(self, error: BaseException) -> None:
+        if not self._failure.done():
+            self._failure.set_result(error)
+
+    # -- start-up -------------------------------------------------------------------------
+
+    async def _link_up(self) -> None:
+        """Serve our address, dial the lower-numbered processes, accept the
+        higher-numbered ones, all within the start-up timeout."""
+        plan = self.plan
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + plan.startup_timeout
+        higher = set(range(plan.process + 1, plan.processes))
+        all_accepted = loop.create_future()
+
+        def on_link(link: Link) -> None:
+            self._add_link(link)
+            if higher <= self.links.keys() and not all_accepted.done():
+                all_accepted.set_result(None)
+
+        host, port = plan.addresses[plan.process]
+        server = self._server = LinkServer(
+            host, port, plan.secret, plan.process, plan.channels_with, self._on_frame_for,
+            on_link=on_link, ssl_context=plan.tls and plan.tls.server_context(),
+            heartbeat=plan.heartbeat, meta=plan.meta, expected=higher, on_mismatch=self._fail)
+        try:
+            await server.start()
+        except OSError as exc:
+            raise LinkError(f"process {plan.process} cannot listen on {plan.address(plan.process)}: "
+                            f"{exc.strerror or exc}") from None
+        if not higher:
+            all_accepted.set_result(None)
+        scheme = "https" if plan.tls else "http"
+        dials = []
+        for peer in range(plan.process):
+            host, port = plan.addresses[peer]
+            url = f"{scheme}://{plan.address(peer)}" if ":" not in host else f"{scheme}://[{host}]:{port}"
+            dials.append(asyncio.ensure_future(self._dial(peer, url, deadline)))
+        try:
+            await self._until(asyncio.gather(*dials))
+            remaining = max(0.0, deadline - loop.time())
+            try:
+                await asyncio.wait_for(self._until(all_accepted), remaining)
+            except TimeoutError:
+                missing = sorted(higher - self.links.keys())
+                names = ", ".join(f"process {p} ({plan.address(p)})" for p in missing)
+                why = f"{names} did not connect within {plan.startup_timeout:g} s"
+                refused = [str(e) for e in server.failures]
+                if refused:
+                    why += "; refused meanwhile: " + "; ".join(refused[-3:])
+                raise LinkError(why) from None
+        finally:
+            for task in dials:
+                task.cancel()
+
+    async def _dial(self, peer: int, url: str, deadline: float) -> None:
+        plan = self.plan
+        timeout = max(0.1, deadline - asyncio.get_running_loop().time())
+        link, session = await dial(
+            url, plan.secret, plan.process, plan.channels_with(peer), self._on_frame_for(peer),
+            timeout=timeout, ssl=plan.tls.client_context() if plan.tls else True,
+            heartbeat=plan.heartbeat, meta=plan.meta)
+        self._sessions.append(session)
+        if link.peer != peer:
+            await link.close()
+            raise LinkError(f"{plan.address(peer)} answered as process {link.peer}, not {peer}: "
+                            "check the order of --peers")
+        self._add_link(link)
+        self._tasks.append(asyncio.ensure_future(self._read(link)))
+
+    def _add_link(self, link: Link) -> None:
+        self.links[link.peer] = link
+        link.closed.add_done_callback(lambda _: self._link_ended(link))
+
+    async def _read(self, link: Link) -> None:
+        try:
+            await link.run()
+        except LinkError:
+            pass  # recorded on the link; _link_ended reports it
+
+    def _link_ended(self, link: Link) -> None:
+        if self._finishing or link.peer in self._graceful:
+            return
+        why = str(link.error) if link.error else "it closed the link"
+        if link.ws.close_code == 1006 or link.ws.close_code is None:
+            why = "the connection broke (peer dead, or no heartbeat answer)"
+        self._fail(PeerLost(link.peer, self.plan.address(link.peer), why + " before the run finished"))
+
+    # -- relaying -----------------------------------------------------------------------
+
+    def _on_bell(self) -> None:
+        try:
+            os.eventfd_read(self.bell.fd)
+        except BlockingIOError:
+            pass
+        for event in self._wakeups:
+            event.set()
+        self._flush_pending()
+
+    async def _pump(self, k: int) -> None:
+        """Forward kernel k's outgoing frames to the links."""
+        ring = self.ends[k][0]
+        wakeup = self._wakeups[k]
+        producer = self.kernel_bells[k]
+        source = self.plan.first_kernel + k
+        total = self.plan.kernels
+        cores = self.plan.cores
+        links = self.links
+        while True:
+            for _ in range(_FRAMES_PER_WAKE):
+                frame = ring.pop()
+                if frame is None:
+                    break
+                (dest,) = ROUTE.unpack_from(frame)
+                data = bytes(frame[ROUTE.size :])
+                ring.release()
+                full_fence()  # our head store before the producer's flag load (net/shm.py)
+                if ring.producer_waiting():
+                    ring.clear_producer_waiting()
+                    producer.ring()
+                try:
+                    await links[dest // cores].send(source * total + dest, KIND_DATA, data)
+                except (LinkError, ConnectionError, RuntimeError):
+                    return  # the link broke: _link_ended reports it
+            else:
+                await asyncio.sleep(0)  # a long burst: let the links read
+                continue
+            wakeup.clear()
+            if ring.is_empty():
+                await wakeup.wait()
+
+    def _on_frame_for(self, peer: int):
+        total = self.plan.kernels
+        first = self.plan.first_kernel
+
+        def on_frame(channel: int, kind: int, body) -> None:
+            if channel == CONTROL:
+                self._on_control(peer, kind, body)
+                return
+            source, dest = divmod(channel, total)
+            k = dest - first
+            pending = self._pending[k]
+            link = self.links[peer]
+            if not pending and self.ends[k][1].push2(ROUTE.pack(source), body):
+                self.kernel_bells[k].ring()
+                link.consumed(channel, FRAME.size + len(body))
+            else:
+                pending.append((source, channel, link, body))
+
+        return on_frame
+
+    def _flush_pending(self) -> None:
+        """Push inbound frames that waited for ring space (the kernel rang
+        our bell when it freed some)."""
+        for k, pending in enumerate(self._pending):
+            if not pending:
+                continue
+            ring = self.ends[k][1]
+            pushed = 0
+            for source, channel, link, body in pending:
+                if not ring.push2(ROUTE.pack(source), body):
+                    break
+                link.consumed(channel, FRAME.size + len(body))
+                pushed += 1
+            if pushed:
+                del pending[:pushed]
+                self.kernel_bells[k].ring()
+
+    # -- the relays' own messages --------------------------------------------------------
+
+    def _on_control(self, peer: int, kind: int, body) -> None:
+        self.links[peer].consumed(CONTROL, FRAME.size + len(body))
+        if kind in (KIND_RESULTS, KIND_RESULTS_END):
+            self._chunks.setdefault(peer, []).append(bytes(body))
+            if kind == KIND_RESULTS_END:
+                self._add_results(pickle.loads(b"".join(self._chunks.pop(peer))))
+        elif kind == KIND_DONE:
+            self._graceful.add(peer)
+            if not self._done.done():
+                self._done.set_result(None)
+        elif kind == KIND_BYE:
+            self._graceful.add(peer)
+
+    def _add_results(self, results: dict) -> None:
+        self._results.update(results)
+        if len(self._results) == self.plan.kernels and not self._all_results.done():
+            self._all_results.set_result(None)
+
+    async def _send_results(self, results: dict) -> None:
+        blob = pickle.dumps(results, protocol=5)
+        link = self.links[0]
+        chunks = [blob[i : i + _RESULTS_CHUNK] for i in range(0, len(blob), _RESULTS_CHUNK)] or [b""]
+        for i, chunk in enumerate(chunks):
+            last = i == len(chunks) - 1
+            await self._until(asyncio.ensure_future(
+                link.send(CONTROL, KIND_RESULTS_END if last else KIND_RESULTS, chunk)))
+
+    async def _send_quietly(self, link: Link, kind: int) -> None:
+        try:
+            await asyncio.wait_for(link.send(CONTROL, kind), _CLOSE_TIMEOUT)
+        except (LinkError, ConnectionError, RuntimeError, TimeoutError):
+            pass  # it is going away anyway
+
+    async def _links_closed(self) -> None:
+        """Process 0: wait (a little) for the others to close their links."""
+        waits = [link.closed for link in self.links.values()]
+        if waits:
+            await asyncio.wait(waits, timeout=_CLOSE_TIMEOUT)
+
+    async def _close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for link in list(self.links.values()):
+            try:
+                await asyncio.wait_for(link.close(), 1.0)
+            except Exception:
+                pass
+        for session in self._sessions:
+            await session.close()
+        if self._server is not None:
+            await self._server.stop()
+
+
+__all__ = ["ClusterPlan", "LinkMismatch", "LinkRelay", "PeerLost", "TLSFiles"]
