@@ -12,6 +12,9 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from net._links import LinkError
+
+from ._cluster import DEFAULT_STARTUP_TIMEOUT, cluster_plan
 from ._dataflow import Dataflow
 from ._errors import KernelError, cause_traceback
 from ._launch import (
@@ -20,6 +23,7 @@ from ._launch import (
     _already_done,
     _check_cores,
     _Snapshots,
+    flow_fingerprint,
     run,
     run_on_cores,
 )
@@ -78,6 +82,28 @@ def _report(prefix: str, exc: BaseException) -> None:
         print(text, end="", file=sys.stderr)
 
 
+def _run_cluster(args, path: Path, name: str) -> int:
+    """One process of a cluster: its kernels and its links to the others."""
+    if args.peers is None or args.process_id is None:
+        raise UsageError("a cluster needs both --process-id and --peers")
+    if args.state_dir is not None:
+        raise UsageError("--state-dir is not supported with --peers yet")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if args.tls_ca is not None and args.tls_cert is None:
+        raise UsageError("--tls-ca needs --tls-cert and --tls-key")
+    _check_cores(args.cores)
+    # The launcher imports the file too: every process checks that the
+    # others run the same flow (its fingerprint) before any data flows.
+    flow = load_flow(path, name)
+    tls = None if args.tls_cert is None else (args.tls_cert, args.tls_key, args.tls_ca)
+    plan = cluster_plan(args.process_id, args.peers, args.cores, secret_file=args.secret_file, tls=tls,
+                        startup_timeout=args.startup_timeout, fingerprint=flow_fingerprint(flow))
+    # Each kernel process imports the file itself, as with --cores.
+    run_on_cores(lambda: load_flow(path, name), args.cores, {}, DEFAULT_GC_THRESHOLD, None, plan)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m kernel.run",
@@ -89,11 +115,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="snapshot every epoch there, and resume from it after a crash")
     parser.add_argument("--epoch-interval", type=float, default=DEFAULT_EPOCH_INTERVAL,
                         help=f"seconds between epoch snapshots (default {DEFAULT_EPOCH_INTERVAL})")
+    cluster = parser.add_argument_group("cluster (several machines)")
+    cluster.add_argument("--process-id", type=int, default=None, metavar="I",
+                         help="this process's place in --peers (0-based)")
+    cluster.add_argument("--peers", default=None, metavar="HOST:PORT,...",
+                         help="every process's address, the same list on each")
+    cluster.add_argument("--secret-file", default=None,
+                         help="file holding the shared secret (default: the KERNEL_SECRET variable)")
+    cluster.add_argument("--startup-timeout", type=float, default=DEFAULT_STARTUP_TIMEOUT,
+                         help=f"seconds to wait for every peer (default {DEFAULT_STARTUP_TIMEOUT:g})")
+    cluster.add_argument("--tls-cert", default=None, help="this process's certificate (PEM): turns TLS on")
+    cluster.add_argument("--tls-key", default=None, help="the certificate's private key (PEM)")
+    cluster.add_argument("--tls-ca", default=None,
+                         help="CA that signs every peer's certificate (also required of clients)")
     args = parser.parse_args(argv)
     path, name = split_target(args.pipeline)
     from state import StateError  # the facade's one reach into `state`
 
     try:
+        if args.peers is not None or args.process_id is not None:
+            return _run_cluster(args, path, name)
         if args.cores == 1:
             run(load_flow(path, name), state_dir=args.state_dir, epoch_interval=args.epoch_interval)
         else:
@@ -117,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except LinkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KernelProcessError as exc:
         cause = exc.__cause__
         if isinstance(cause, UsageError):
