@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import enum
 import math
 import pickle
 
@@ -9,8 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from net._batch import TimedBatch
 from net._codec import (
     HEADER,
+    KIND_COLUMNS,
     KIND_END,
     KIND_PICKLE,
     KIND_SCALARS,
@@ -185,15 +189,16 @@ def test_any_pairs_round_trip_exactly(pairs):
 @given(st.lists(st.tuples(scalars, scalars), max_size=30))
 def test_scalar_pairs_round_trip_exactly(pairs):
     kind, back = round_trip_pairs(pairs)
-    assert kind in (KIND_TUPLES, KIND_PICKLE) or not pairs
+    assert kind in (KIND_TUPLES, KIND_COLUMNS, KIND_PICKLE) or not pairs
     assert same(back, pairs)
 
 
 def test_scalar_pairs_take_the_msgpack_path_and_come_back_as_tuples():
     pairs = [("a", 1), (2, "b"), (True, None), (b"k", 1.5), (None, False)]
-    kind, back = round_trip_pairs(pairs)
-    assert kind == KIND_TUPLES
-    assert same(back, pairs)
+    for batch in (pairs[:1], pairs[:4], pairs):  # one pair, a small batch, a large one
+        kind, back = round_trip_pairs(batch)
+        assert kind == (KIND_COLUMNS if len(batch) > 4 else KIND_TUPLES)
+        assert same(back, batch)
 
 
 def test_pairs_with_structured_values_fall_back_to_pickle():
@@ -323,3 +328,129 @@ def test_progress_payloads_round_trip(payload):
 
     payload = {"idle": IDLE, "epoch": EpochMarker(7)}.get(payload, payload)
     assert decode(*encode_progress(payload)) == payload
+
+
+# -- the fast paths: one pair inline, large batches of tuples by columns ----------
+
+class Colour(enum.IntEnum):
+    RED = 1
+
+
+class Name(enum.StrEnum):
+    ADA = "ada"
+
+
+class MyStr(str):
+    pass
+
+
+class MyInt(int):
+    pass
+
+
+class MyFloat(float):
+    pass
+
+
+class MyBytes(bytes):
+    pass
+
+
+Pair = collections.namedtuple("Pair", "key value")
+
+# Values that msgpack would carry, but not exactly (or not at all): each must send its batch by pickle.
+inexact = st.sampled_from(
+    [Colour.RED, Name.ADA, MyStr("s"), MyInt(3), MyFloat(1.5), MyBytes(b"b"), (1, 2), [1, 2],
+     {"a": 1}, frozenset({1}), bytearray(b"x"), 2**64, -(2**63) - 1, "\ud800"]
+)
+plain_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), floats,
+                          st.text(max_size=8), st.binary(max_size=8))
+
+
+@settings_
+@given(plain_scalars, plain_scalars)
+def test_one_pair_takes_the_msgpack_path(key, value):
+    kind, back = round_trip_batch([(key, value)])
+    assert kind == KIND_TUPLES
+    assert same(back, [(key, value)])
+
+
+@settings_
+@given(st.one_of(plain_scalars, inexact), st.one_of(plain_scalars, inexact))
+def test_one_pair_round_trips_exactly(key, value):
+    kind, back = round_trip_batch([(key, value)])
+    assert same(back, [(key, value)])
+    if kind != KIND_PICKLE:
+        assert all(type(x) in (str, int, float, bool, type(None), bytes) for x in (key, value))
+
+
+@pytest.mark.parametrize("record", [Pair(1, "a"), (1, "a", "b"), (1,), ["a", 1], "ab", 5, {1: 2}])
+def test_one_record_that_is_not_a_plain_pair_round_trips_exactly(record):
+    _kind, back = round_trip_batch([record])
+    assert same(back, [record])
+
+
+@settings_
+@given(st.integers(0, 4), st.lists(st.lists(plain_scalars, min_size=1, max_size=1), min_size=5, max_size=40),
+       st.data())
+def test_tuples_of_one_width_go_by_columns(width, seeds, data):
+    """Every record a tuple of `width` plain scalars: the columns path, whatever the mix of types."""
+    batch = [tuple(data.draw(st.lists(plain_scalars, min_size=width, max_size=width))) for _ in seeds]
+    kind, back = round_trip_batch(batch)
+    assert kind == (KIND_COLUMNS if width else KIND_TUPLES)
+    assert same(back, batch)
+    assert all(type(r) is tuple for r in back)
+
+
+@settings_
+@given(st.lists(st.tuples(plain_scalars, plain_scalars), min_size=5, max_size=40), st.data())
+def test_one_inexact_field_anywhere_sends_the_batch_by_pickle(pairs, data):
+    i = data.draw(st.integers(0, len(pairs) - 1))
+    column = data.draw(st.integers(0, 1))
+    bad = data.draw(inexact)
+    record = list(pairs[i])
+    record[column] = bad
+    pairs[i] = tuple(record)
+    kind, back = round_trip_batch(pairs)
+    assert kind == KIND_PICKLE
+    assert same(back, pairs)
+
+
+@settings_
+@given(st.lists(st.tuples(plain_scalars, plain_scalars), min_size=5, max_size=40), st.data())
+def test_one_record_of_another_shape_among_pairs_round_trips_exactly(pairs, data):
+    i = data.draw(st.integers(0, len(pairs) - 1))
+    pairs[i] = data.draw(st.sampled_from([(1, "a", "b"), (1,), (), Pair(1, "a"), [1, "a"], "ab", 5]))
+    kind, back = round_trip_batch(pairs)
+    assert same(back, pairs)
+    if type(pairs[i]) is tuple:  # other widths: still msgpack, as rows
+        assert kind == KIND_TUPLES
+    else:
+        assert kind == KIND_PICKLE
+
+
+def test_large_batches_of_empty_tuples_keep_their_length():
+    batch = [()] * 7
+    kind, back = round_trip_batch(batch)
+    assert kind == KIND_TUPLES
+    assert same(back, batch)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.tuples(plain_scalars, plain_scalars), st.tuples(plain_scalars, inexact)),
+                max_size=12), st.data())
+def test_timed_batches_round_trip_exactly(pairs, data):
+    stamps = data.draw(st.lists(st.floats(allow_nan=False), min_size=len(pairs), max_size=len(pairs)))
+    batch = TimedBatch(pairs, stamps)
+    kind, body = encode_batch(batch)
+    back = decode(kind, memoryview(body))
+    assert type(back) is TimedBatch
+    assert same(list(back), pairs)
+    assert back.timestamps == stamps
+
+
+def test_timed_progress_kinds_are_unknown():
+    from net._codec import TIMED
+
+    with pytest.raises(ValueError, match="unknown frame kind"):
+        decode(TIMED | KIND_WATERMARK, b"")
