@@ -59,6 +59,7 @@ from ._errors import KernelError, keep_cause_traceback
 # Ring size per ordered pair of kernels. 4 MiB holds a few thousand batches
 # of word-count pairs; a full ring only pauses the producer's sources.
 RING_BYTES = 4 << 20
+_ABORT_GRACE = 2.0  # seconds a relay gets to tell the peers why this process stops
 
 
 class KernelProcessError(KernelError):
@@ -100,6 +101,10 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
     pipes: list = []
     commit_pipes: list = []
     relay_rings: list = []
+    # Kernels of a cluster wait until its links are up (the relay closes the
+    # last write end of this pipe): nothing is computed for a cluster that
+    # never forms, and a failure can always be told to the peers.
+    gate = os.pipe() if cluster else None
     first = cluster.first_kernel if cluster else 0
     peers = cluster.kernels if cluster else cores
     try:
@@ -136,7 +141,7 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
             child = context.Process(
                 target=_kernel_main,
                 args=(first + index, peers, cpus[index], build_runtime, transport, sender, os.getpid(),
-                      epochs, commits_in),
+                      epochs, commits_in, gate),
                 name=f"kernel-{first + index}",
                 daemon=True,
             )
@@ -153,14 +158,17 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
             results_in, handover = context.Pipe(duplex=False)
             child = context.Process(
                 target=_kernel_main,
-                args=(first, peers, None, _relay_runtime(cluster, relay_rings, bells, results_in), None,
-                      sender, os.getpid()),
+                args=(first, peers, None, _relay_runtime(cluster, relay_rings, bells, results_in, gate),
+                      None, sender, os.getpid()),
                 name="links",
                 daemon=True,
             )
             child.start()
             sender.close()
             results_in.close()
+            for fd in gate:
+                os.close(fd)
+            gate = None
             commit_pipes.append(handover)  # closed with them
             children.append(child)
             pipes.append(receiver)
@@ -195,16 +203,20 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
             ring.close()
         for bell in bells:
             bell.close()
+        for fd in gate or ():
+            os.close(fd)
 
 
 def _supervise(children, pipes, coordinator=None, relay=None) -> list[dict]:
     """Wait for every kernel's result; the first failure ends everything.
     Epoch messages on the way go to the `coordinator`. With a `relay`
     (`(first kernel, handover pipe)`, the last child), the kernels' results
-    are handed to it once all are in, and its result is the run's."""
+    are handed to it once all are in, and its result is the run's; a kernel
+    that fails is reported to the peers through it before it is stopped."""
     results: list = [None] * len(children)
     pending = set(range(len(children)))
     kernels = len(children) - (relay is not None)
+    first = relay[0] if relay is not None else 0
     while pending:
         handles = {pipes[i]: i for i in pending}
         handles.update({children[i].sentinel: i for i in pending})
@@ -217,24 +229,44 @@ def _supervise(children, pipes, coordinator=None, relay=None) -> list[dict]:
             try:
                 status, payload = pipes[index].recv()
             except EOFError:
-                _kill_all(children)
-                raise KernelProcessError(index, _death(children[index])) from None
-            if status == "error":
-                _kill_all(children)
                 if index == kernels:
+                    _kill_all(children)
+                    raise KernelError(f"the links process {_death(children[index])}") from None
+                error = KernelProcessError(first + index, _death(children[index]))
+                _abort(children, relay, error)
+                raise error from None
+            if status == "error":
+                if index == kernels:
+                    _kill_all(children)
                     raise _relay_error(payload)
-                raise _kernel_error(index, payload)
+                error = _kernel_error(first + index, payload)
+                _abort(children, relay, error)
+                raise error
             if status in ("durable", "finished"):
                 coordinator.message(index, (status, payload))
                 continue
             results[index] = payload
             pending.discard(index)
             if relay is not None and pending == {kernels}:
-                first, handover = relay
-                handover.send({first + k: results[k] for k in range(kernels)})
+                relay[1].send(("results", {first + k: results[k] for k in range(kernels)}))
     if relay is not None:
         return results[kernels] or []
     return results
+
+
+def _abort(children, relay, error) -> None:
+    """Stop everything; with a relay, first let it tell the peers why (so
+    they report this process's error, not just a lost link)."""
+    if relay is None or not children[-1].is_alive():
+        _kill_all(children)
+        return
+    _kill_all(children[:-1])
+    try:
+        relay[1].send(("abort", str(error)))
+        children[-1].join(_ABORT_GRACE)
+    except OSError:
+        pass
+    _kill_all(children)
 
 
 def _kill_all(children) -> None:
@@ -284,24 +316,33 @@ def _relay_error(payload) -> BaseException:
     return KernelError(f"links process failed: {kind}: {text.strip().splitlines()[-1]}")
 
 
-def _relay_runtime(plan, ends, bells, results_in):
-    """What the relay child runs: link up, relay, and end with the results."""
+def _relay_runtime(plan, ends, bells, handover, gate):
+    """What the relay child runs: link up, open the kernels' gate, relay,
+    and end with the results (or tell the peers this process failed)."""
 
     async def run_relay(_index, _peers, _transport, _coordinator):
         from net._relay import LinkRelay
 
+        gate_in, gate_out = gate
+        os.close(gate_in)
         loop = asyncio.get_running_loop()
         local = loop.create_future()
+        relay = LinkRelay(plan, ends, bells[: len(ends)], bells[len(ends)],
+                          on_linked=lambda: os.close(gate_out))
 
-        def on_results() -> None:
-            loop.remove_reader(results_in.fileno())
+        def on_message() -> None:
             try:
-                local.set_result(results_in.recv())
+                kind, payload = handover.recv()
             except EOFError:  # the launcher is gone; PDEATHSIG ends us anyway
-                local.set_exception(KernelError("the launcher closed the results pipe"))
+                loop.remove_reader(handover.fileno())
+                return
+            if kind == "abort":
+                loop.remove_reader(handover.fileno())
+                relay.abort(payload)
+            elif not local.done():
+                local.set_result(payload)
 
-        loop.add_reader(results_in.fileno(), on_results)
-        relay = LinkRelay(plan, ends, bells[: len(ends)], bells[len(ends)])
+        loop.add_reader(handover.fileno(), on_message)
         return await relay.run(local)
 
     return run_relay
@@ -320,7 +361,7 @@ def _die_with_parent(launcher_pid: int) -> None:
 
 
 def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid,
-                 epochs=None, commits=None) -> None:
+                 epochs=None, commits=None, gate=None) -> None:
     """A kernel process: pinned, one uvloop, nothing else."""
     status = 1
     try:
@@ -329,6 +370,11 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
         if cpu is not None:  # the link relay is not pinned: it shares the kernels' CPUs
             os.sched_setaffinity(0, {cpu})
         asyncio.events._set_running_loop(None)  # the parent's marker survives fork on 3.11
+        if gate is not None:  # a cluster's kernel: wait for the links (end of file)
+            os.close(gate[1])
+            while os.read(gate[0], 1):
+                pass
+            os.close(gate[0])
         coordinator = None
         if epochs is not None:
             from ._coordinate import KernelSide

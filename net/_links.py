@@ -273,14 +273,7 @@ class LinkServer:
         await ws.prepare(request)
         peer_address = request.remote
         try:
-            peer = await asyncio.wait_for(self._handshake(ws, peer_address), timeout=10.0)
-        except LinkMismatch as exc:  # authenticated, but running something else
-            log.error("%s", exc)
-            self.failures.append(exc)
-            await ws.close(code=MISMATCH, message=b"incompatible peer")
-            if self.on_mismatch is not None:
-                self.on_mismatch(exc)
-            return ws
+            peer, meta = await asyncio.wait_for(self._handshake(ws, peer_address), timeout=10.0)
         except (TimeoutError, AuthenticationFailed, LinkError, msgspec.DecodeError) as exc:
             log.warning("refused a link from %s: %s", peer_address, exc)
             self.failures.append(exc)
@@ -291,6 +284,15 @@ class LinkServer:
             why = "is already linked" if peer in self.links else "is not a peer of this process"
             log.warning("refused a link from %s: process %d %s", peer_address, peer, why)
             await ws.close(code=1008, message=b"unexpected peer")
+            return ws
+        try:
+            _check_meta(self.meta, meta, f"process {peer} at {peer_address}")
+        except LinkMismatch as exc:  # authenticated and expected, but running something else
+            log.error("%s", exc)
+            self.failures.append(exc)
+            await ws.close(code=MISMATCH, message=b"incompatible peer")
+            if self.on_mismatch is not None:
+                self.on_mismatch(exc)
             return ws
         channels = self.channels(peer) if callable(self.channels) else self.channels
         link = Link(ws, peer, channels, self.on_frame_for(peer), self.window)
@@ -305,7 +307,7 @@ class LinkServer:
             self.links.pop(peer, None)
         return ws
 
-    async def _handshake(self, ws, address) -> int:
+    async def _handshake(self, ws, address) -> tuple[int, object]:
         nonce = os.urandom(32).hex()
         await ws.send_str(msgspec.json.encode({"process": self.process, "nonce": nonce}).decode())
         message = await ws.receive()
@@ -321,8 +323,7 @@ class LinkServer:
         their_nonce = str(hello.get("nonce", ""))
         await ws.send_str(msgspec.json.encode(
             {"mac": _mac(self._secret, b"server", their_nonce, self.process), "meta": self.meta}).decode())
-        _check_meta(self.meta, hello.get("meta"), f"process {peer} at {address}")
-        return peer
+        return peer, hello.get("meta")
 
 
 async def dial(url: str, secret, process: int, channels, on_frame, *, window: int = DEFAULT_WINDOW,

@@ -42,7 +42,7 @@ import pickle
 import ssl
 from dataclasses import dataclass, field
 
-from ._links import FRAME, Link, LinkError, LinkMismatch, LinkServer, dial
+from ._links import FRAME, AuthenticationFailed, Link, LinkError, LinkMismatch, LinkServer, dial
 from ._transport import ROUTE
 from .shm import Doorbell, SpscRing, full_fence
 
@@ -54,22 +54,39 @@ KIND_RESULTS = 2  # a chunk of the pickled results of a process's kernels
 KIND_RESULTS_END = 3  # the last chunk
 KIND_DONE = 4  # from process 0: every kernel of the cluster finished
 KIND_BYE = 5  # the sender closes this link on purpose
+KIND_ABORT = 6  # the sender's process failed; body: its error, as text
 _RESULTS_CHUNK = 1 << 20
 _FRAMES_PER_WAKE = 64  # frames a pump forwards before letting the loop run
 _CLOSE_TIMEOUT = 5.0
 
 
 class PeerLost(LinkError):
-    """A peer process went away (or never came) before the run finished."""
+    """A peer process went away before the run finished."""
 
     def __init__(self, process: int, address: str, why: str) -> None:
-        super().__init__(f"lost process {process} ({address}): {why}")
+        super().__init__(self._describe(process, address, why))
         self.process = process
         self.address = address
         self.why = why
 
     def __reduce__(self):  # crosses from the relay process to its launcher
         return type(self), (self.process, self.address, self.why)
+
+    @staticmethod
+    def _describe(process: int, address: str, why: str) -> str:
+        return f"lost process {process} ({address}): {why}"
+
+
+class PeerFailed(PeerLost):
+    """A peer process failed and said why (a kernel's error there)."""
+
+    @staticmethod
+    def _describe(process: int, address: str, why: str) -> str:
+        return f"process {process} ({address}) failed: {why}"
+
+
+class _Aborted(Exception):
+    """This process failed; the relay tells the peers and stops."""
 
 
 @dataclass
@@ -148,8 +165,9 @@ class LinkRelay:
     rings of its local kernels (`ends[k] = (to_relay, from_relay)`)."""
 
     def __init__(self, plan: ClusterPlan, ends: list[tuple[SpscRing, SpscRing]],
-                 kernel_bells: list[Doorbell], bell: Doorbell) -> None:
+                 kernel_bells: list[Doorbell], bell: Doorbell, on_linked=None) -> None:
         self.plan = plan
+        self.on_linked = on_linked  # called once every link is up
         self.ends = ends
         self.kernel_bells = kernel_bells
         self.bell = bell
@@ -179,6 +197,8 @@ class LinkRelay:
         loop.add_reader(self.bell.fd, self._on_bell)
         try:
             await self._link_up()
+            if self.on_linked is not None:
+                self.on_linked()
             self._tasks += [asyncio.ensure_future(self._pump(k)) for k in range(len(self.ends))]
             local = await self._until(asyncio.ensure_future(local_results))
             if self.plan.process == 0:
@@ -195,6 +215,12 @@ class LinkRelay:
             for link in self.links.values():
                 await self._send_quietly(link, KIND_BYE)
             return None
+        except _Aborted as exc:  # a kernel of ours failed: the launcher reports it
+            await self._tell_peers(str(exc))
+            return None
+        except LinkError as exc:  # a peer lost or failed: the others hear it from us too
+            await self._tell_peers(str(exc))
+            raise
         finally:
             self._finishing = True
             loop.remove_reader(self.bell.fd)
@@ -206,6 +232,10 @@ class LinkRelay:
         if self._failure.done():
             raise self._failure.result()
         return future.result()
+
+    def abort(self, why: str) -> None:
+        """This process failed (`why`): tell the peers, then stop."""
+        self._fail(_Aborted(why))
 
     def _fail(self, error: BaseException) -> None:
         if not self._failure.done():
@@ -265,10 +295,17 @@ class LinkRelay:
     async def _dial(self, peer: int, url: str, deadline: float) -> None:
         plan = self.plan
         timeout = max(0.1, deadline - asyncio.get_running_loop().time())
-        link, session = await dial(
-            url, plan.secret, plan.process, plan.channels_with(peer), self._on_frame_for(peer),
-            timeout=timeout, ssl=plan.tls.client_context() if plan.tls else True,
-            heartbeat=plan.heartbeat, meta=plan.meta)
+        try:
+            link, session = await dial(
+                url, plan.secret, plan.process, plan.channels_with(peer), self._on_frame_for(peer),
+                timeout=timeout, ssl=plan.tls.client_context() if plan.tls else True,
+                heartbeat=plan.heartbeat, meta=plan.meta)
+        except LinkError as exc:
+            unreachable = exc.__cause__
+            if unreachable is None or isinstance(exc, (AuthenticationFailed, LinkMismatch)):
+                raise
+            raise LinkError(f"could not reach process {peer} at {url} within "
+                            f"{plan.startup_timeout:g} s: {unreachable}") from None
         self._sessions.append(session)
         if link.peer != peer:
             await link.close()
@@ -389,6 +426,9 @@ class LinkRelay:
                 self._done.set_result(None)
         elif kind == KIND_BYE:
             self._graceful.add(peer)
+        elif kind == KIND_ABORT:
+            why = bytes(body).decode(errors="replace")
+            self._fail(PeerFailed(peer, self.plan.address(peer), why))
 
     def _add_results(self, results: dict) -> None:
         self._results.update(results)
@@ -404,9 +444,17 @@ class LinkRelay:
             await self._until(asyncio.ensure_future(
                 link.send(CONTROL, KIND_RESULTS_END if last else KIND_RESULTS, chunk)))
 
-    async def _send_quietly(self, link: Link, kind: int) -> None:
+    async def _tell_peers(self, why: str) -> None:
+        """This process stops: every peer still linked is told why (ABORT),
+        so each reports the first cause, not only a link that went away."""
+        self._finishing = True
+        body = why.encode()[:65536]
+        await asyncio.gather(*(self._send_quietly(link, KIND_ABORT, body)
+                               for link in self.links.values() if not link.closed.done()))
+
+    async def _send_quietly(self, link: Link, kind: int, body: bytes = b"") -> None:
         try:
-            await asyncio.wait_for(link.send(CONTROL, kind), _CLOSE_TIMEOUT)
+            await asyncio.wait_for(link.send(CONTROL, kind, body), _CLOSE_TIMEOUT)
         except (LinkError, ConnectionError, RuntimeError, TimeoutError):
             pass  # it is going away anyway
 
@@ -430,4 +478,4 @@ class LinkRelay:
             await self._server.stop()
 
 
-__all__ = ["ClusterPlan", "LinkMismatch", "LinkRelay", "PeerLost", "TLSFiles"]
+__all__ = ["ClusterPlan", "LinkMismatch", "LinkRelay", "PeerFailed", "PeerLost", "TLSFiles"]
