@@ -5,14 +5,13 @@ but it cannot tell a tuple from a list, so it is used only where the round
 trip is exact: a batch whose records are all plain scalars (`str`, `int`,
 `float`, `bool`, `None`, `bytes`), or a batch whose records are all tuples of
 plain scalars (the `(key, value)` pairs an exchange carries), decoded straight
-back into tuples (a batch of more than a few tuples of one width travels
-as its columns, zipped back on arrival). Anything else, or a scalar msgpack
-cannot hold (an int beyond 64 bits), goes through pickle (protocol 5), so a
-record arrives on another kernel exactly as it left: an IntEnum, a str
-subclass or a namedtuple does not silently become an int, a str or a tuple.
-Checking the types is C-level passes over the records and their columns
-(`list(map(type, ...)).count(cls)`); it costs more than msgspec's encoding
-itself (benches/channels.py, section 2), but less than pickling.
+back into tuples by a typed decoder. Anything else, or a scalar msgpack cannot
+hold (an int beyond 64 bits), goes through pickle (protocol 5), so a record
+arrives on another kernel exactly as it left: an IntEnum, a str subclass or a
+namedtuple does not silently become an int, a str or a tuple. Checking the
+types is C-level passes over the records and their fields (`list(map(type,
+...))`, compared or counted); it costs more than msgspec's encoding itself
+(benches/channels.py, section 2), but less than pickling.
 
 A frame is a 5-byte header, kind (u8) and channel (u32), then the body.
 A batch with event timestamps (`TimedBatch`) sets the TIMED bit of the kind;
@@ -25,7 +24,7 @@ from __future__ import annotations
 import pickle
 import struct
 from array import array
-from itertools import chain
+from collections import deque
 
 import msgspec
 
@@ -38,7 +37,6 @@ KIND_WATERMARK = 4  # float64
 KIND_END = 5  # no body
 KIND_IDLE = 6  # no body
 KIND_EPOCH = 7  # u64 epoch number
-KIND_COLUMNS = 8  # msgpack array of the columns of tuples of one width, zipped back into tuples
 TIMED = 0x80  # flag: timestamps precede the records' body
 
 HEADER = struct.Struct("<BI")
@@ -50,7 +48,6 @@ _SCALAR_TYPES = frozenset({str, int, float, bool, type(None), bytes})
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
 _decode_tuples = msgspec.msgpack.Decoder(list[tuple]).decode
-_decode_lists = msgspec.msgpack.Decoder(list[list]).decode
 
 
 def encode_batch(batch: list) -> tuple[int, bytes]:
@@ -75,10 +72,10 @@ def encode_batch(batch: list) -> tuple[int, bytes]:
 
 
 def _encode_records(batch: list) -> tuple[int, bytes]:
-    kind, shape = _small_shape(batch) if len(batch) <= _SMALL_BATCH else _large_shape(batch)
+    kind = _small_kind(batch) if len(batch) <= _SMALL_BATCH else _large_kind(batch)
     if kind is not None:
         try:
-            return kind, _encode(shape)
+            return kind, _encode(batch)
         except Exception:  # anything msgpack cannot hold goes by pickle
             pass
     return KIND_PICKLE, pickle.dumps(batch, protocol=5)
@@ -87,11 +84,10 @@ def _encode_records(batch: list) -> tuple[int, bytes]:
 # Below this many records a plain loop checks the types faster than building
 # lists and sets (whose fixed cost is a few hundred ns).
 _SMALL_BATCH = 4
-_NOT_EXACT = (None, None)
 
 
-def _small_shape(batch: list) -> tuple[int | None, object]:
-    """(kind, what to encode) where msgpack carries `batch` exactly, else (None, None)."""
+def _small_kind(batch: list) -> int | None:
+    """KIND_SCALARS or KIND_TUPLES where msgpack carries `batch` exactly, else None."""
     tuples = scalars = False
     for record in batch:
         cls = type(record)
@@ -99,47 +95,46 @@ def _small_shape(batch: list) -> tuple[int | None, object]:
             tuples = True
             for item in record:
                 if type(item) not in _SCALAR_TYPES:
-                    return _NOT_EXACT
+                    return None
         elif cls in _SCALAR_TYPES:
             scalars = True
         else:
-            return _NOT_EXACT
+            return None
     if tuples:
-        return _NOT_EXACT if scalars else (KIND_TUPLES, batch)
-    return KIND_SCALARS, batch
+        return None if scalars else KIND_TUPLES
+    return KIND_SCALARS
 
 
-def _large_shape(batch: list) -> tuple[int | None, object]:
-    """`_small_shape` for a batch of more records, checked by C-level passes.
+_exhaust = deque(maxlen=0).extend  # runs an iterator to its end, at C speed
 
-    A list of the records' types and `count` costs ~10 ns a record, a set of
-    them ~30 (benches/channels.py, section 2). Tuples of one width are
-    checked, and sent, column by column: `zip(*batch, strict=True)` proves
-    every record has that width and gives the columns, which msgpack encodes
-    in half the time of the rows (8 ns a record instead of 16).
+
+def _large_kind(batch: list) -> int | None:
+    """`_small_kind` for a batch of more records, checked by C-level passes.
+
+    Per record of a batch of 1000 `(int, str)` pairs, in one process
+    (benches/channels.py, section 2, and timeit): a list of the records'
+    types and `count` ~10 ns (a set of them ~30); every field into one flat
+    list by `list.extend` ~17 (`chain.from_iterable` ~36, `zip(*batch)` ~30:
+    an iterator per record); the fields' types, compared with the first
+    record's repeated, ~22. The check takes ~53 ns, msgspec's encoding ~16,
+    its decoding of the same records ~66.
     """
     n = len(batch)
     types = list(map(type, batch))
     first = types[0]
     if types.count(first) != n:  # records of several types: scalars only
-        return (KIND_SCALARS, batch) if set(types) <= _SCALAR_TYPES else _NOT_EXACT
+        return KIND_SCALARS if set(types) <= _SCALAR_TYPES else None
     if first is not tuple:
-        return (KIND_SCALARS, batch) if first in _SCALAR_TYPES else _NOT_EXACT
-    try:
-        columns = list(zip(*batch, strict=True))
-    except ValueError:  # tuples of several widths: every field at once
-        if set(map(type, chain.from_iterable(batch))) <= _SCALAR_TYPES:
-            return KIND_TUPLES, batch
-        return _NOT_EXACT
-    if not columns:  # empty tuples: the columns would not say how many
-        return KIND_TUPLES, batch
-    for column in columns:
-        cls = type(column[0])
-        if cls in _SCALAR_TYPES and list(map(type, column)).count(cls) == n:
-            continue
-        if not set(map(type, column)) <= _SCALAR_TYPES:
-            return _NOT_EXACT
-    return KIND_COLUMNS, columns
+        return KIND_SCALARS if first in _SCALAR_TYPES else None
+    fields: list = []
+    _exhaust(map(fields.extend, batch))
+    field_types = list(map(type, fields))
+    # Most batches repeat the first record's field types; which record a field
+    # belongs to does not matter, only that every one is a plain scalar.
+    pattern = list(map(type, batch[0]))
+    if field_types == pattern * n and _SCALAR_TYPES.issuperset(pattern):
+        return KIND_TUPLES
+    return KIND_TUPLES if set(field_types) <= _SCALAR_TYPES else None
 
 
 def encode_epoch(marker: EpochMarker) -> tuple[int, bytes]:
@@ -174,10 +169,6 @@ def decode(kind: int, body):
     return decoder(body)
 
 
-def _decode_columns(body) -> list[tuple]:
-    return list(zip(*_decode_lists(body)))
-
-
 def _timed(decode_records):
     def decode_timed(body) -> TimedBatch:
         (count,) = _COUNT.unpack_from(body)
@@ -191,7 +182,6 @@ def _timed(decode_records):
 _DECODERS = {
     KIND_SCALARS: _decode,
     KIND_TUPLES: _decode_tuples,
-    KIND_COLUMNS: _decode_columns,
     KIND_PICKLE: pickle.loads,
     KIND_WATERMARK: lambda body: _WATERMARK.unpack(body)[0],
     KIND_END: lambda body: None,
@@ -199,4 +189,4 @@ _DECODERS = {
     KIND_EPOCH: lambda body: EpochMarker(_EPOCH.unpack(body)[0]),
 }
 _DECODERS.update({kind | TIMED: _timed(_DECODERS[kind])
-                  for kind in (KIND_SCALARS, KIND_TUPLES, KIND_COLUMNS, KIND_PICKLE)})
+                  for kind in (KIND_SCALARS, KIND_TUPLES, KIND_PICKLE)})
