@@ -64,12 +64,11 @@ def receive_ours(port: int, ready) -> None:
                 link = links[peer]
                 link.consumed(channel, link.size(body))
                 if kind in (DONE, PING):
-                    task = asyncio.ensure_future(link.send(channel, kind, bytes(body)))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
+                    return link.send(channel, kind, body)  # awaited by the link, no task
+                return None
+
             return on_frame
 
-        pending: set = set()
         server = LinkServer("127.0.0.1", port, SECRET, 0, {CHANNEL}, on_frame_for,
                             on_link=lambda link: links.__setitem__(link.peer, link))
         await server.start()
@@ -104,29 +103,38 @@ def receive_raw(port: int, ready) -> None:
 # -- senders (in a process each) ---------------------------------------------------------
 
 
-async def _ours_endpoint(port):
+async def _ours_endpoint(port, pull: bool):
+    """Ours, as a consumer would use it: `pull` reads replies in the caller's
+    coroutine (`async for`: no task in between; what a round trip wants);
+    otherwise a reader task hands them over while the caller sends (what a
+    sender wants: it must read credit back while it sends)."""
     replies: asyncio.Queue = asyncio.Queue()
     link, session = await dial(f"http://127.0.0.1:{port}", SECRET, 1, {CHANNEL},
                                lambda channel, kind, body: replies.put_nowait(bytes(body)))
-    reader = asyncio.ensure_future(link.run())
+    frames = aiter(link)
+    reader = None if pull else asyncio.ensure_future(link.run())
 
     async def send(frame: bytes, kind: int) -> None:
         await link.send(CHANNEL, kind, frame)
 
     async def reply() -> bytes:
-        body = await replies.get()
+        if pull:
+            _channel, _kind, body = await anext(frames)
+        else:
+            body = await replies.get()
         link.consumed(CHANNEL, link.size(body))
         return body
 
     async def close():
         await link.close()
         await session.close()
-        reader.cancel()
+        if reader is not None:
+            reader.cancel()
 
     return send, reply, close
 
 
-async def _raw_endpoint(port):
+async def _raw_endpoint(port, _pull: bool):
     session = aiohttp.ClientSession()
     ws = await session.ws_connect(f"http://127.0.0.1:{port}/raw", max_msg_size=64 << 20)
 
@@ -148,7 +156,7 @@ ENDPOINTS = {"ours": _ours_endpoint, "raw": _raw_endpoint}
 
 def send_batches(which: str, port: int, batch_size: int, count: int, out) -> None:
     async def main():
-        send, reply, close = await ENDPOINTS[which](port)
+        send, reply, close = await ENDPOINTS[which](port, False)
         frames = frames_for(batch_size, count)
         await send(frames[0], DATA)  # warm
         start = time.perf_counter()
@@ -165,7 +173,7 @@ def send_batches(which: str, port: int, batch_size: int, count: int, out) -> Non
 
 def round_trips(which: str, port: int, rounds: int, out) -> None:
     async def main():
-        send, reply, close = await ENDPOINTS[which](port)
+        send, reply, close = await ENDPOINTS[which](port, True)
         samples = []
         message = b"0123456789abcdef"
         for i in range(rounds + 200):

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 
+from net._links import DEFAULT_HEARTBEAT
 from net._relay import ClusterPlan, TLSFiles
 
 SECRET_VARIABLE = "KERNEL_SECRET"
 DEFAULT_STARTUP_TIMEOUT = 30.0
-DEFAULT_HEARTBEAT = 5.0
 
 
 def parse_peers(peers) -> list[tuple[str, int]]:

@@ -28,10 +28,13 @@ Consumers either pull (`async for channel, kind, body in link`: no task
 between the socket and the caller, what the round-trip benchmark uses) or
 have `run()` push every frame to `on_frame`.
 
-Liveness: both ends send websocket pings every `heartbeat` seconds and drop
-a connection whose pong does not come within half of that, so a cut cable
-(no FIN, no RST) ends the link within about 1.5 heartbeats instead of TCP's
-minutes.
+Liveness: each end checks every `heartbeat` seconds whether anything came
+from the peer since the last check; after one silent period it sends a PING
+frame (answered by a PONG), after two the link is declared dead (`error`
+set, `closed` resolved). A cut cable (no FIN, no RST) thus ends a link
+within two heartbeats instead of TCP's minutes. (aiohttp's own heartbeat
+reschedules a timer on every message received: 2-3 us of each round trip
+in benches/links.py; this costs one attribute store per message.)
 
 Shape: after authentication each side sends `meta` (for a cluster: the
 flow's fingerprint and the cores per process); a peer whose meta differs is
@@ -62,12 +65,16 @@ log = logging.getLogger("kernel.links")
 PATH = "/kernel-link"
 FRAME = struct.Struct("<IB")
 KIND_CREDIT = 0x40  # body: u64 bytes granted
+KIND_PING = 0x41  # liveness, on any channel id; answered by KIND_PONG
+KIND_PONG = 0x42
 _CREDIT = struct.Struct("<Q")
 AUTH_FAILED = 4001
 DEFAULT_WINDOW = 4 << 20  # bytes in flight per channel
 DEFAULT_MAX_FRAME = 16 << 20
-DEFAULT_HEARTBEAT = 5.0  # seconds between pings; a pong must come within half
+DEFAULT_HEARTBEAT = 2.5  # seconds; a peer silent for two of them is dead
 MISMATCH = 4002
+_BINARY = aiohttp.WSMsgType.BINARY
+_ENDED = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
 
 
 class LinkError(Exception):
@@ -118,7 +125,8 @@ class Link:
     it has handled a frame, which grants the sender that much credit again.
     """
 
-    def __init__(self, ws, peer: int, channels, on_frame: Callable, window: int) -> None:
+    def __init__(self, ws, peer: int, channels, on_frame: Callable, window: int,
+                 heartbeat: float | None = DEFAULT_HEARTBEAT) -> None:
         self.ws = ws
         self.peer = peer
         self.channels = frozenset(channels)
@@ -130,6 +138,45 @@ class Link:
         self._grants: set = set()  # credit frames on their way out
         self.error: LinkError | None = None  # why the link ended, when it was not a clean close
         self.closed = asyncio.get_running_loop().create_future()
+        self._heard = True  # something came from the peer in this heartbeat period
+        self._pinged = False
+        self._heartbeat = heartbeat
+        if heartbeat:
+            asyncio.get_running_loop().call_later(heartbeat, self._check_alive)
+
+    def _check_alive(self) -> None:
+        if self.closed.done():
+            return
+        loop = asyncio.get_running_loop()
+        if self._heard:
+            self._heard = self._pinged = False
+        elif not self._pinged:
+            self._pinged = True
+            task = loop.create_task(self._send_control(KIND_PING))
+            self._grants.add(task)
+            task.add_done_callback(self._grants.discard)
+        else:
+            self.error = LinkError(f"process {self.peer} did not answer for "
+                                   f"{2 * self._heartbeat:g} s (peer dead or network cut)")
+            log.warning("%s; dropping the link", self.error)
+            self._ended()
+            task = loop.create_task(self._abort())
+            self._grants.add(task)
+            task.add_done_callback(self._grants.discard)
+            return
+        loop.call_later(self._heartbeat, self._check_alive)
+
+    async def _send_control(self, kind: int) -> None:
+        try:
+            await self.ws.send_bytes(FRAME.pack(0, kind))
+        except (ConnectionError, RuntimeError):
+            pass  # closing: the reader reports it
+
+    async def _abort(self) -> None:
+        try:
+            await asyncio.wait_for(self.ws.close(code=1001, message=b"no heartbeat"), 1.0)
+        except Exception:
+            pass
 
     # -- sending ------------------------------------------------------------------
 
@@ -142,14 +189,16 @@ class Link:
         """Send one frame, waiting while the channel lacks the credit for it
         (a frame larger than the whole window waits for all of it)."""
         size = FRAME.size + len(body)
-        while self._credit[channel] < min(size, self.window):
-            waiter = self._waiters.get(channel)
-            if waiter is None or waiter.done():
-                waiter = self._waiters[channel] = asyncio.get_running_loop().create_future()
-            await asyncio.wait({waiter, self.closed}, return_when=asyncio.FIRST_COMPLETED)
-            if self.closed.done():
-                raise LinkError(f"link to process {self.peer} closed")
-        self._credit[channel] -= size
+        credit = self._credit
+        if credit[channel] < size:  # the common case skips this (the round trip counts)
+            while credit[channel] < min(size, self.window):
+                waiter = self._waiters.get(channel)
+                if waiter is None or waiter.done():
+                    waiter = self._waiters[channel] = asyncio.get_running_loop().create_future()
+                await asyncio.wait({waiter, self.closed}, return_when=asyncio.FIRST_COMPLETED)
+                if self.closed.done():
+                    raise LinkError(f"link to process {self.peer} closed")
+        credit[channel] -= size
         await self.ws.send_bytes(FRAME.pack(channel, kind) + body)
 
     def credit(self, channel: int) -> int:
@@ -177,46 +226,64 @@ class Link:
             pass  # closing: the reader reports it
 
     def __aiter__(self):
-        return self._frames()
+        return self
 
-    async def _frames(self):
-        """Yield `(channel, kind, body)` for every data frame; credit frames
-        are handled on the way; bad input closes the connection."""
-        credit, waiters, channels = self._credit, self._waiters, self.channels
+    async def __anext__(self):
+        """The next data frame, `(channel, kind, body)`; credit frames are
+        handled on the way; bad input closes the connection. (A coroutine,
+        not an async generator: it is on every frame's path, and the round
+        trip in benches/links.py is shorter this way.)"""
+        ws = self.ws
         try:
-            async for message in self.ws:
-                if message.type != aiohttp.WSMsgType.BINARY or len(message.data) < FRAME.size:
+            while True:
+                message = await ws.receive()
+                self._heard = True
+                data = message.data
+                if message.type is not _BINARY or len(data) < FRAME.size:
+                    if message.type in _ENDED:
+                        break
                     raise LinkError(f"process {self.peer} sent a malformed frame ({message.type.name})")
-                channel, kind = FRAME.unpack_from(message.data)
-                if channel not in channels:
-                    raise LinkError(f"process {self.peer} sent a frame for unknown channel {channel}")
-                body = memoryview(message.data)[FRAME.size :]
-                if kind == KIND_CREDIT:
-                    credit[channel] += _CREDIT.unpack(body)[0]
-                    waiter = waiters.pop(channel, None)
-                    if waiter is not None and not waiter.done():
-                        waiter.set_result(None)
+                channel, kind = FRAME.unpack_from(data)
+                if kind == KIND_PING or kind == KIND_PONG:
+                    if kind == KIND_PING:
+                        await self._send_control(KIND_PONG)
                     continue
-                yield channel, kind, body
-            if self.ws.close_code not in (None, 1000):
-                raise LinkError(f"link to process {self.peer} closed: code {self.ws.close_code}")
+                if channel not in self.channels:
+                    raise LinkError(f"process {self.peer} sent a frame for unknown channel {channel}")
+                if kind != KIND_CREDIT:
+                    return channel, kind, memoryview(data)[FRAME.size :]
+                self._credit[channel] += _CREDIT.unpack_from(data, FRAME.size)[0]
+                waiter = self._waiters.pop(channel, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+            if ws.close_code not in (None, 1000):
+                raise LinkError(f"link to process {self.peer} closed: code {ws.close_code}")
         except LinkError as exc:
             self.error = exc
             log.warning("%s; closing that connection", exc)
-            await self.ws.close(code=1003, message=str(exc)[:100].encode())
+            await ws.close(code=1003, message=str(exc)[:100].encode())
+            self._ended()
             raise
-        finally:
-            if not self.closed.done():
-                self.closed.set_result(None)
+        self._ended()
+        raise StopAsyncIteration
+
+    def _ended(self) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     async def run(self) -> None:
         """Read frames until the connection closes, handing each to
-        `on_frame`; bad input closes it."""
+        `on_frame`; bad input closes it. An `on_frame` that returns an
+        awaitable (an echo's `send`, say) is awaited before the next frame
+        is read, with no task in between."""
         on_frame = self.on_frame
         async for channel, kind, body in self:
-            on_frame(channel, kind, body)
+            pending = on_frame(channel, kind, body)
+            if pending is not None:
+                await pending
 
     async def close(self) -> None:
+        self._ended()
         await self.ws.close()
 
 
@@ -268,8 +335,7 @@ class LinkServer:
             await self._runner.cleanup()
 
     async def _accept(self, request: web.Request):
-        ws = web.WebSocketResponse(max_msg_size=self.max_frame + FRAME.size, autoping=True,
-                                   heartbeat=self.heartbeat)
+        ws = web.WebSocketResponse(max_msg_size=self.max_frame + FRAME.size, autoping=True)
         await ws.prepare(request)
         peer_address = request.remote
         try:
@@ -295,7 +361,7 @@ class LinkServer:
                 self.on_mismatch(exc)
             return ws
         channels = self.channels(peer) if callable(self.channels) else self.channels
-        link = Link(ws, peer, channels, self.on_frame_for(peer), self.window)
+        link = Link(ws, peer, channels, self.on_frame_for(peer), self.window, self.heartbeat)
         self.links[peer] = link
         if self.on_link is not None:
             self.on_link(link)
@@ -341,8 +407,7 @@ async def dial(url: str, secret, process: int, channels, on_frame, *, window: in
     try:
         while True:
             try:
-                ws = await session.ws_connect(url + PATH, max_msg_size=max_frame + FRAME.size, ssl=ssl,
-                                              heartbeat=heartbeat)
+                ws = await session.ws_connect(url + PATH, max_msg_size=max_frame + FRAME.size, ssl=ssl)
                 break
             except (aiohttp.ClientConnectionError, OSError) as exc:
                 if asyncio.get_running_loop().time() + delay > deadline:
@@ -350,7 +415,7 @@ async def dial(url: str, secret, process: int, channels, on_frame, *, window: in
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
         peer = await _client_handshake(ws, key, process, url, meta)
-        return Link(ws, peer, channels, on_frame, window), session
+        return Link(ws, peer, channels, on_frame, window, heartbeat), session
     except BaseException:
         if own_session:
             await session.close()

@@ -42,7 +42,16 @@ import pickle
 import ssl
 from dataclasses import dataclass, field
 
-from ._links import FRAME, AuthenticationFailed, Link, LinkError, LinkMismatch, LinkServer, dial
+from ._links import (
+    DEFAULT_HEARTBEAT,
+    FRAME,
+    AuthenticationFailed,
+    Link,
+    LinkError,
+    LinkMismatch,
+    LinkServer,
+    dial,
+)
 from ._transport import ROUTE
 from .shm import Doorbell, SpscRing, full_fence
 
@@ -122,7 +131,7 @@ class ClusterPlan:
     cores: int  # kernels per process
     secret: bytes = field(repr=False)
     startup_timeout: float = 30.0
-    heartbeat: float = 5.0
+    heartbeat: float = DEFAULT_HEARTBEAT
     tls: TLSFiles | None = None
     meta: dict | None = None  # must be equal on every process (flow, cores)
 
@@ -327,9 +336,12 @@ class LinkRelay:
     def _link_ended(self, link: Link) -> None:
         if self._finishing or link.peer in self._graceful:
             return
-        why = str(link.error) if link.error else "it closed the link"
-        if link.ws.close_code == 1006 or link.ws.close_code is None:
-            why = "the connection broke (peer dead, or no heartbeat answer)"
+        if link.error is not None:
+            why = str(link.error)
+        elif link.ws.close_code in (None, 1006):
+            why = "the connection broke"
+        else:
+            why = f"it closed the link (code {link.ws.close_code})"
         self._fail(PeerLost(link.peer, self.plan.address(link.peer), why + " before the run finished"))
 
     # -- relaying -----------------------------------------------------------------------
