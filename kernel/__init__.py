@@ -20,6 +20,7 @@ from ._dataflow import Collected, Dataflow, KeyedStream, LateCount, Stream, Wind
 from ._errors import ActivationError, KernelError, OperatorError, TaskError
 from ._kernel import Kernel, KernelContext, cooperate, current_kernel
 from ._launch import run, run_async
+from ._launcher import KernelProcessError
 from ._operator import Operator, Source, TimedBatch
 from ._scheduler import LATENCY, THROUGHPUT
 

@@ -12,14 +12,12 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from net._links import LinkError
-
-from ._cluster import DEFAULT_STARTUP_TIMEOUT, cluster_plan
 from ._dataflow import Dataflow
 from ._errors import KernelError, cause_traceback
 from ._launch import (
     DEFAULT_EPOCH_INTERVAL,
     DEFAULT_GC_THRESHOLD,
+    DEFAULT_STARTUP_TIMEOUT,
     _already_done,
     _check_cores,
     _Snapshots,
@@ -84,6 +82,10 @@ def _report(prefix: str, exc: BaseException) -> None:
 
 def _run_cluster(args, path: Path, name: str) -> int:
     """One process of a cluster: its kernels and its links to the others."""
+    from net import LinkError  # (these import aiohttp: only a cluster pays for it)
+
+    from ._cluster import cluster_plan
+
     if args.peers is None or args.process_id is None:
         raise UsageError("a cluster needs both --process-id and --peers")
     if args.state_dir is not None:
@@ -99,8 +101,12 @@ def _run_cluster(args, path: Path, name: str) -> int:
     tls = None if args.tls_cert is None else (args.tls_cert, args.tls_key, args.tls_ca)
     plan = cluster_plan(args.process_id, args.peers, args.cores, secret_file=args.secret_file, tls=tls,
                         startup_timeout=args.startup_timeout, fingerprint=flow_fingerprint(flow))
-    # Each kernel process imports the file itself, as with --cores.
-    run_on_cores(lambda: load_flow(path, name), args.cores, {}, DEFAULT_GC_THRESHOLD, None, plan)
+    try:
+        # Each kernel process imports the file itself, as with --cores.
+        run_on_cores(lambda: load_flow(path, name), args.cores, {}, DEFAULT_GC_THRESHOLD, None, plan)
+    except LinkError as exc:  # it names the peer: that is the whole message
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -158,9 +164,6 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except LinkError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except KernelProcessError as exc:
         cause = exc.__cause__
         if isinstance(cause, UsageError):

@@ -13,8 +13,9 @@ import os
 from net._links import DEFAULT_HEARTBEAT
 from net._relay import ClusterPlan, TLSFiles
 
+from ._launch import DEFAULT_STARTUP_TIMEOUT
+
 SECRET_VARIABLE = "KERNEL_SECRET"
-DEFAULT_STARTUP_TIMEOUT = 30.0
 
 
 def parse_peers(peers) -> list[tuple[str, int]]:

@@ -24,6 +24,7 @@ from ._runtime import Runtime
 # own their thread's work, so they raise the threshold while they run.
 DEFAULT_GC_THRESHOLD = 50_000
 DEFAULT_EPOCH_INTERVAL = 1.0
+DEFAULT_STARTUP_TIMEOUT = 30.0  # seconds a cluster's processes have to find each other
 
 log = logging.getLogger("kernel")
 
@@ -149,7 +150,7 @@ async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
                     shares: dict[str, float] | None = None, stall_threshold: float = 0.025,
                     state_dir=None, epoch_interval: float = DEFAULT_EPOCH_INTERVAL,
                     process_id: int | None = None, peers=None, secret=None, tls=None,
-                    startup_timeout: float = 30.0) -> None:
+                    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT) -> None:
     """Run `flow` on the running event loop, sharing it.
 
     With `cores=1` the kernel runs on this loop and hands it back at least
@@ -194,7 +195,7 @@ def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_G
         clock=None, budget: float = 0.001, shares: dict[str, float] | None = None,
         stall_threshold: float = 0.025, state_dir=None,
         epoch_interval: float = DEFAULT_EPOCH_INTERVAL, process_id: int | None = None, peers=None,
-        secret=None, tls=None, startup_timeout: float = 30.0) -> None:
+        secret=None, tls=None, startup_timeout: float = DEFAULT_STARTUP_TIMEOUT) -> None:
     """Run `flow` to completion (blocking).
 
     `cores=1`: one kernel on a new uvloop event loop in this thread.

@@ -490,4 +490,5 @@ class LinkRelay:
             await self._server.stop()
 
 
-__all__ = ["ClusterPlan", "LinkMismatch", "LinkRelay", "PeerFailed", "PeerLost", "TLSFiles"]
+__all__ = ["AuthenticationFailed", "ClusterPlan", "LinkError", "LinkMismatch", "LinkRelay", "PeerFailed",
+           "PeerLost", "TLSFiles"]
