@@ -425,3 +425,69 @@ def test_counter_reference_is_sane():
     run(flow)
     assert dict(counts.items) == Counter(w for line in LINES for w in line.split() if w != "odd")
 
+
+
+# -- flow control across the link ---------------------------------------------------------
+
+
+def _flood():
+    """Every kernel reads an endless source; every record goes to kernel 0
+    (process 0), whose operator handles ~20,000 records/s: without flow
+    control the senders would buffer millions of records a second."""
+
+    def slowly(pair):
+        deadline = time.perf_counter() + 0.00005
+        while time.perf_counter() < deadline:
+            pass
+        return pair
+
+    flow = Dataflow("flood")
+    flow.from_iterable(ENDLESS).key_by(lambda n: 0).map(slowly).sink(lambda batch: None)
+    return flow, []
+
+
+class _Endless:
+    """Re-iterable and endless: each kernel process walks its own copy."""
+
+    def __iter__(self):
+        n = 0
+        while True:
+            yield n
+            n += 1
+
+
+ENDLESS = _Endless()
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of `pid` and all its descendants, in MB."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+    return total / 1e6
+
+
+def test_a_slow_consumer_bounds_the_senders_memory_across_the_link():
+    cluster = Cluster(_flood, 2)
+    try:
+        time.sleep(3.0)  # rings and link windows fill within the first second
+        first = {i: tree_rss_mb(child.pid) for i, child in cluster.children}
+        time.sleep(4.0)
+        later = {i: tree_rss_mb(child.pid) for i, child in cluster.children}
+        assert all(child.is_alive() for _, child in cluster.children), "the run should still be going"
+    finally:
+        cluster.close()
+    for i in first:
+        # each process: a launcher, a kernel, a relay (~45 MB each) plus at
+        # most its rings and link windows in flight. Measured: no growth at
+        # all; with Link.send's credit check taken out, process 0's relay
+        # grew 8.5 MB/s (34 MB in these four seconds)
+        assert later[i] - first[i] < 15, (first, later)
+        assert later[i] < 400, (first, later)
