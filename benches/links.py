@@ -14,6 +14,15 @@ either way:
    receiver handles frames); raw: `ws.send_bytes` with nothing on top.
 2. round trip of a 16-byte frame, echoed by the receiver: p50 and p99.
 
+Like with like: both senders put the same 5-byte `(channel, kind)` header
+in front of the same body the same way (`FRAME.pack(...) + body`; raw used
+to build it from three pieces, a little more work than ours), both
+receivers check the kind of every frame and echo a PING or DONE at once
+from the reading coroutine (no task), and both round-trip senders read the
+echo in their own coroutine. What only ours does is ours to pay for: the
+receiver strips the header and frames the echo again, and both ends account
+credit (`consumed`) for every frame.
+
 Targets (issue 6): our link >= 90% of raw aiohttp's records/s at 100 and
 1000 records per frame; round trip within 10% of raw.
 """
@@ -33,7 +42,7 @@ from aiohttp import web
 
 from benches._report import machine, percentile, table
 from net._codec import HEADER, encode_batch
-from net._links import LinkServer, dial
+from net._links import FRAME, LinkServer, dial
 
 SECRET = "bench-secret"
 CHANNEL = 0
@@ -139,7 +148,7 @@ async def _raw_endpoint(port, _pull: bool):
     ws = await session.ws_connect(f"http://127.0.0.1:{port}/raw", max_msg_size=64 << 20)
 
     async def send(frame: bytes, kind: int) -> None:
-        await ws.send_bytes(b"\0\0\0\0" + bytes([kind]) + frame)
+        await ws.send_bytes(FRAME.pack(CHANNEL, kind) + frame)  # the header as Link.send makes it
 
     async def reply() -> bytes:
         return (await ws.receive()).data

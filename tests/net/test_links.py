@@ -13,6 +13,7 @@ import pytest
 
 from net._links import (
     FRAME,
+    KIND_PING,
     AuthenticationFailed,
     LinkError,
     LinkServer,
@@ -188,3 +189,128 @@ async def test_a_peer_that_never_comes_is_a_clear_error_after_the_timeout():
         port = probe.getsockname()[1]
     with pytest.raises(LinkError, match=r"could not reach .* within 0.3 s"):
         await dial(f"http://127.0.0.1:{port}", SECRET, 1, CHANNELS, lambda *f: None, timeout=0.3)
+
+
+async def test_the_pull_api_yields_data_frames_and_handles_credit_on_the_way():
+    """`async for` over a link: data frames in order, CREDIT frames from a
+    consumer applied on the way (a small window keeps them flowing), PING
+    answered, kinds above the control range handed over as data, and the
+    iteration ends when the peer closes cleanly."""
+    window = 300
+    links = {}
+
+    def on_frame_for(peer):
+        def on_frame(channel, kind, body):  # an echo that grants credit as it goes
+            link = links[peer]
+            link.consumed(channel, link.size(body))
+            return link.send(channel, kind, bytes(body) + b"!")
+        return on_frame
+
+    server = LinkServer("127.0.0.1", 0, SECRET, 0, CHANNELS, on_frame_for, window=window,
+                        on_link=lambda link: links.__setitem__(link.peer, link))
+    await server.start()
+    link, session = await dial(url(server), SECRET, 1, CHANNELS, lambda *frame: None, window=window)
+    try:
+        frames = aiter(link)
+        for i in range(40):  # 40 x ~60 bytes: credit must come back several times
+            kind = 0x50 if i == 7 else 1
+            await link.send(i % 3, kind, b"%02d" % i + b"." * 50)
+            if i == 5:
+                await link.ws.send_bytes(FRAME.pack(0, KIND_PING))  # answered by a PONG, not yielded
+            channel, got_kind, body = await anext(frames)
+            assert (channel, got_kind, bytes(body)) == (i % 3, kind, b"%02d" % i + b"." * 50 + b"!")
+            link.consumed(channel, link.size(body))
+        assert link.credit(0) > 0
+        await links[1].close()
+        with pytest.raises(StopAsyncIteration):
+            await anext(frames)
+        assert link.closed.done() and link.error is None
+    finally:
+        await link.close()
+        await session.close()
+        await server.stop()
+
+
+async def test_a_frame_larger_than_the_window_goes_alone():
+    received = []
+    server = await start_server(received, window=100)
+    link, session, _reader = await connect(server, window=100)
+    try:
+        await link.send(0, 1, b"a" * 10)
+        sending = asyncio.ensure_future(link.send(0, 1, b"b" * 500))  # waits for the whole window
+        await until(lambda: len(received) == 1)
+        await asyncio.sleep(0.05)
+        assert not sending.done()
+        server.links[1].consumed(0, 50)  # half a window: a CREDIT frame of 50
+        await asyncio.wait_for(sending, 5)
+        await until(lambda: len(received) == 2)
+        assert received[1] == (1, 0, 1, b"b" * 500) and link.credit(0) < 0
+    finally:
+        await link.close()
+        await session.close()
+        await server.stop()
+
+
+async def test_a_sender_waiting_for_credit_fails_when_the_link_closes():
+    received = []
+    server = await start_server(received, window=100)
+    link, session, _reader = await connect(server, window=100)
+    try:
+        await link.send(0, 1, b"a" * 95)
+        sending = asyncio.ensure_future(link.send(0, 1, b"b"))
+        await asyncio.sleep(0.05)
+        assert not sending.done()
+        await link.close()
+        with pytest.raises(LinkError, match="closed"):
+            await asyncio.wait_for(sending, 5)
+    finally:
+        await session.close()
+        await server.stop()
+
+
+async def test_text_and_short_frames_after_the_handshake_close_the_connection(caplog):
+    received = []
+    server = await start_server(received)
+    try:
+        with caplog.at_level(logging.WARNING, logger="kernel.links"):
+            for bad in ("text", b"\x00\x01"):
+                link, session, reader_task = await connect(server)
+                if isinstance(bad, str):
+                    await link.ws.send_str(bad)
+                else:
+                    await link.ws.send_bytes(bad)
+                with pytest.raises(LinkError):
+                    await asyncio.wait_for(reader_task, 5)
+                await session.close()
+        assert "malformed frame (TEXT)" in caplog.text and "malformed frame (BINARY)" in caplog.text
+        link, session, _ = await connect(server)
+        await link.send(1, 1, b"still fine")
+        await until(lambda: (1, 1, 1, b"still fine") in received)
+        await link.close()
+        await session.close()
+    finally:
+        await server.stop()
+
+
+async def test_heartbeats_keep_a_quiet_link_alive_and_find_a_silent_peer_dead(caplog):
+    received = []
+    server = await start_server(received, heartbeat=0.05)
+    link, session, _reader = await connect(server, heartbeat=0.05)
+    try:
+        await asyncio.sleep(0.4)  # quiet for 8 heartbeats: PINGs and PONGs keep it up
+        assert not link.closed.done() and not server.links[1].closed.done()
+        await link.send(0, 1, b"after the quiet")
+        await until(lambda: len(received) == 1)
+    finally:
+        await link.close()
+        await session.close()
+    # a peer that authenticates but never reads answers no PING: dead after two heartbeats
+    silent, session = await dial(url(server), SECRET, 2, CHANNELS, lambda *frame: None, heartbeat=None)
+    try:
+        with caplog.at_level(logging.WARNING, logger="kernel.links"):
+            await until(lambda: 2 not in server.links, timeout=5)
+        assert "process 2 did not answer" in caplog.text
+    finally:
+        await silent.close()
+        await session.close()
+        await server.stop()
