@@ -6,7 +6,7 @@
 
 Every measurement runs a real producer process and a real consumer process
 (multiprocessing, "fork" context), pinned to one CPU each (the 2-core
-benchmark box: one core each) while the parent sleeps. Three sections:
+benchmark box: one core each) while the parent sleeps. Three sections (and 1b):
 
 1. throughput in records/s at 1, 10, 100 and 1000 records per message. The
    records are `(int, str)` pairs, `(i, f"word{i % 1000}")`, the shape
@@ -22,12 +22,14 @@ benchmark box: one core each) while the parent sleeps. Three sections:
    * faster-fifo (when installed): `put(batch)` (pickles), `get_many()`.
    The CPU column (CPU time / wall time of each process) shows whether a run
    had its two cores: other programs on a shared box take them away.
+   1b. at one record per message, each side's work timed alone in one process
+   (push2, or encode + push2; pop, or pop + decode): where a message's time goes.
 2. the ring at 1000 records per message against msgspec's own decode rate for
    the same records (`Decoder(list[tuple])` on msgspec's own encoding of
-   them as a list of arrays), in one
-   process: the consumer decodes every batch itself, so its decode rate
-   bounds the ring, and so does the producer's encode rate, type checks
-   included (both measured in one process for comparison).
+   them as a list of arrays), in one process: the consumer decodes every
+   batch itself, so its decode rate bounds the ring, and so does the
+   producer's encode rate, type checks included (both measured in one
+   process for comparison).
 3. round-trip latency of a 16-byte message between two processes, both sides
    spinning ("hot") for the ring, blocking or spinning for the others.
 
@@ -495,6 +497,76 @@ def section_throughput(reps: int, records_per_run: dict[int, int]) -> list[str]:
                           "CPU prod / cons", "target", "result"], rows)]
 
 
+# -- 1b: where a message's time goes at one record per message ---------------------
+#
+# One process fills a ring with `COST_MESSAGES` frames and drains it, in turn,
+# with and without the codec, so each side's work is timed alone (no spinning,
+# no second core): the producer's push2 of a pre-encoded frame, or
+# encode_batch + HEADER.pack + push2; the consumer's pop, or pop + the header
+# strip + decode.
+
+COST_MESSAGES = 5_000
+
+
+def _cost_loops(ring, batch: list) -> dict[str, Callable[[int], None]]:
+    push2, pop, pack, encode = ring.push2, ring.pop, HEADER.pack, encode_batch
+    kind, body = encode(batch)
+    head = pack(kind, 0)
+
+    def push_frame(n):
+        for _ in range(n):
+            push2(head, body)
+
+    def push_batch(n):
+        for _ in range(n):
+            kind, body = encode(batch)
+            push2(pack(kind, 0), body)
+
+    def pop_frame(n):
+        for _ in range(n):
+            pop()
+
+    def pop_batch(n):
+        for _ in range(n):
+            frame = pop()
+            decode(frame[0], frame[5:])
+
+    return {"push": push_frame, "encode + push": push_batch, "pop": pop_frame, "pop + decode": pop_batch}
+
+
+def section_costs(rounds: int) -> list[str]:
+    batch = make_pool(1)[0]
+    times: dict[str, list[float]] = {}
+    ring = SpscRing.create(RING_BYTES, prefix=PREFIX)
+    gc.collect()
+    gc.disable()
+    try:
+        loops = _cost_loops(ring, batch)
+        for _ in range(rounds):
+            for fill, drain in (("push", "pop"), ("encode + push", "pop + decode")):
+                for name in (fill, drain):
+                    start = perf()
+                    loops[name](COST_MESSAGES)
+                    times.setdefault(name, []).append((perf() - start) / COST_MESSAGES * 1e9)
+    finally:
+        gc.enable()
+        ring.close()
+        ring.unlink()
+    ns = {name: statistics.median(values) for name, values in times.items()}
+    rows = [
+        ["producer", "SpscRing.push2 of a pre-encoded frame", ns["push"], ""],
+        ["producer", "encode_batch + HEADER.pack + push2", ns["encode + push"],
+         ns["encode + push"] - ns["push"]],
+        ["consumer", "SpscRing.pop", ns["pop"], ""],
+        ["consumer", "pop + header strip (frame[5:]) + decode", ns["pop + decode"],
+         ns["pop + decode"] - ns["pop"]],
+    ]
+    return [table(
+        f"1b. one record per message: each side's work alone, in one process (ns a message; median of "
+        f"{rounds} rounds of {COST_MESSAGES:,} messages)",
+        ["side", "work", "ns / message", "of which codec"], rows)]
+
+
 # -- 2: the ring at 1000 records per message vs msgspec's decode rate ----------------
 
 
@@ -504,7 +576,7 @@ def codec_rate(pool: list, bodies: list, n: int, what: str) -> float:
     one by `Decoder(list[tuple])` ("msgspec"), `net._codec.decode` of their
     encodings `bodies` ("decode") or `net._codec.encode_batch` ("encode")."""
     plain = msgspec.msgpack.Decoder(list[tuple]).decode
-    rows = [msgspec.msgpack.encode(batch) for batch in pool]  # not `bodies`: the codec may send columns
+    rows = [msgspec.msgpack.encode(batch) for batch in pool]  # msgspec's own, whatever the codec sends
     gc.collect()
     gc.disable()
     try:
@@ -723,11 +795,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     PIN[0] = not args.no_pin
     if args.quick:
-        reps, per_run, decode_records, rtt_reps, warm, rounds = (
-            2, {1: 30_000, 10: 100_000, 100: 300_000, 1000: 500_000}, 500_000, 1, 300, 2_000)
+        reps, per_run, decode_records, rtt_reps, warm, rounds, cost_rounds = (
+            2, {1: 30_000, 10: 100_000, 100: 300_000, 1000: 500_000}, 500_000, 1, 300, 2_000, 5)
     else:
-        reps, per_run, decode_records, rtt_reps, warm, rounds = (
-            7, {1: 60_000, 10: 300_000, 100: 1_000_000, 1000: 2_000_000}, 2_000_000, 5, 1_000, 5_000)
+        reps, per_run, decode_records, rtt_reps, warm, rounds, cost_rounds = (
+            7, {1: 60_000, 10: 300_000, 100: 1_000_000, 1000: 2_000_000}, 2_000_000, 5, 1_000, 5_000, 31)
     print(machine())
     print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()),
           "; processes pinned to CPUs" if PIN[0] else "; processes not pinned", sep="")
@@ -738,6 +810,7 @@ def main(argv: list[str] | None = None) -> None:
     started = perf()
     try:
         sections = [lambda: section_throughput(reps, per_run),
+                    lambda: section_costs(cost_rounds),
                     lambda: section_decode(reps, decode_records),
                     lambda: section_latency(rtt_reps, warm, rounds),
                     section_targets]
