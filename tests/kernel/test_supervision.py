@@ -123,12 +123,19 @@ class Dier(Operator):
 
     def open(self, context):
         self.seen = 0
+        self.sources: set[int] = set()  # kernels whose records reached us
         if self.phase == "open" and context.index == self.victim:
             die(self.how, "open", context.index)
 
     def on_batch(self, port, batch):
         self.seen += len(batch)
-        if self.phase == "batch" and self.context.index == self.victim and self.seen >= self.after:
+        # Kernel i's source emits the ints congruent to i: a mid-run death
+        # waits until every kernel is up and has sent something here (on a
+        # loaded machine the victim's own records could otherwise suffice).
+        peers = self.context.peers
+        self.sources.update(x % peers for _, x in batch)
+        if (self.phase == "batch" and self.context.index == self.victim and self.seen >= self.after
+                and len(self.sources) == peers):
             die(self.how, "on_batch", self.context.index)
 
     def on_end(self):
