@@ -25,6 +25,7 @@ import pickle
 import struct
 from array import array
 from collections import deque
+from itertools import chain
 
 import msgspec
 
@@ -106,6 +107,10 @@ def _small_kind(batch: list) -> int | None:
 
 
 _exhaust = deque(maxlen=0).extend  # runs an iterator to its end, at C speed
+# From this many tuples on, one flat list of their fields checks them faster
+# than a set of the fields' types (timeit: 10 pairs 1.16 us by the set, 1.29 by
+# the list; 20 pairs 1.95 and 1.86; 100 pairs 7.9 and 6.6).
+_FLAT_FROM = 16
 
 
 def _large_kind(batch: list) -> int | None:
@@ -126,6 +131,8 @@ def _large_kind(batch: list) -> int | None:
         return KIND_SCALARS if set(types) <= _SCALAR_TYPES else None
     if first is not tuple:
         return KIND_SCALARS if first in _SCALAR_TYPES else None
+    if n < _FLAT_FROM:  # fewer steps, so less fixed cost, but ~30 ns a field
+        return KIND_TUPLES if set(map(type, chain.from_iterable(batch))) <= _SCALAR_TYPES else None
     fields: list = []
     _exhaust(map(fields.extend, batch))
     field_types = list(map(type, fields))
