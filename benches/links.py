@@ -15,7 +15,14 @@ either way:
 2. round trip of a 16-byte frame, echoed by the receiver: p50 and p99.
    One sender process holds both links and alternates blocks of round
    trips between them (it used to measure each in its own run, minutes
-   apart on a busy machine: the ratio moved by 0.2x from run to run).
+   apart on a busy machine: the ratio moved by 0.2x from run to run). The
+   sender and both receivers are pinned to one CPU: left to the scheduler,
+   each receiver landed on the sender's CPU (a round trip of ~30 us on the
+   2-core VM of benches/RESULTS.md) or on the other one (~85 us: a
+   cross-CPU wake-up each way) by chance, so one rep could compare ours in
+   one placement with raw in the other (2.8x). On one CPU the round trip is
+   the CPU work of both ends plus the syscalls, which is also where a
+   link's overhead shows most.
 
 Throughput runs send 50,000 / 10,000 / 4,000 frames (1 / 100 / 1000
 records each), 0.1-0.3 s a run: the 400,000 records they used to send at
@@ -39,6 +46,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import socket
 import statistics
 import time
@@ -222,20 +230,30 @@ def round_trips(ports: dict, rounds: int, out) -> None:
     uvloop.run(main())
 
 
+def _pinned(cpu: int | None, target, *args) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    target(*args)
+
+
 def measure_round_trips(rounds: int) -> dict:
-    """A receiver of each kind, then one sender process with both links."""
+    """A receiver of each kind, then one sender process with both links, all
+    three on one CPU (where the system can pin them)."""
     context = multiprocessing.get_context("fork")
+    cpu = max(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else None
     receivers, ports = [], {}
     try:
         for which, target in (("ours", receive_ours), ("raw", receive_raw)):
             ports[which] = free_port()
             ready = context.Event()
-            receiver = context.Process(target=target, args=(ports[which], ready), daemon=True)
+            receiver = context.Process(target=_pinned, args=(cpu, target, ports[which], ready),
+                                       daemon=True)
             receiver.start()
             receivers.append(receiver)
             ready.wait(10)
         out_recv, out_send = context.Pipe(duplex=False)
-        sender = context.Process(target=round_trips, args=(ports, rounds, out_send), daemon=True)
+        sender = context.Process(target=_pinned, args=(cpu, round_trips, ports, rounds, out_send),
+                                 daemon=True)
         sender.start()
         result = out_recv.recv()
         sender.join(10)
