@@ -194,7 +194,8 @@ class Link:
         what it returns. (Not itself a coroutine function: when the channel
         has the credit, the common case, it takes it now and returns the
         websocket's own `send_bytes` coroutine, one coroutine less on every
-        frame's path; otherwise a coroutine that waits for the credit.)"""
+        frame's path, and one never awaited keeps the credit it took;
+        otherwise a coroutine that waits for the credit.)"""
         size = _HEAD + len(body)
         credit = self._credit
         if credit[channel] >= size:
