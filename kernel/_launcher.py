@@ -49,6 +49,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import traceback
 from multiprocessing.connection import wait
 
@@ -330,19 +331,26 @@ def _relay_runtime(plan, ends, bells, handover, gate):
         relay = LinkRelay(plan, ends, bells[: len(ends)], bells[len(ends)],
                           on_linked=lambda: os.close(gate_out))
 
-        def on_message() -> None:
-            try:
-                kind, payload = handover.recv()
-            except EOFError:  # the launcher is gone; PDEATHSIG ends us anyway
-                loop.remove_reader(handover.fileno())
-                return
+        def on_message(kind, payload) -> None:
             if kind == "abort":
-                loop.remove_reader(handover.fileno())
                 relay.abort(payload)
             elif not local.done():
                 local.set_result(payload)
 
-        loop.add_reader(handover.fileno(), on_message)
+        def read_handover() -> None:
+            # A thread, not loop.add_reader: uvloop makes a reader's fd
+            # non-blocking, and a results message larger than the pipe's
+            # buffer then fails half-read (EAGAIN).
+            while True:
+                try:
+                    kind, payload = handover.recv()
+                except (EOFError, OSError):  # the launcher is gone; PDEATHSIG ends us
+                    return
+                loop.call_soon_threadsafe(on_message, kind, payload)
+                if kind == "abort":
+                    return
+
+        threading.Thread(target=read_handover, name="handover", daemon=True).start()
         return await relay.run(local)
 
     return run_relay

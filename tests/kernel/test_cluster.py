@@ -137,6 +137,24 @@ def test_a_cluster_gives_exactly_the_results_of_one_process(build, processes, co
         assert outcomes[i] == ("ok", [[] for _ in expected])
 
 
+def many_results():
+    flow = Dataflow("many")
+    # ~3 MB of results from each process: more than a pipe's buffer between
+    # a launcher and its relay, and more than one RESULTS chunk on the link
+    out = flow.from_iterable(range(60_000)).map(lambda n: (n, "x" * 40)).collect()
+    return flow, [out]
+
+
+def test_large_results_cross_to_process_0():
+    expected = run_alone(many_results)
+    cluster = Cluster(many_results, 2)
+    try:
+        outcomes = cluster.outcomes()
+    finally:
+        cluster.close()
+    assert outcomes[0] == ("ok", expected)
+
+
 def test_peers_may_start_in_reverse_order():
     expected = run_alone(word_count)
     cluster = Cluster(word_count, 3, delays={2: 0.0, 1: 0.7, 0: 1.4})
