@@ -74,6 +74,7 @@ DEFAULT_MAX_FRAME = 16 << 20
 DEFAULT_HEARTBEAT = 2.5  # seconds; a peer silent for two of them is dead
 MISMATCH = 4002
 _BINARY = aiohttp.WSMsgType.BINARY
+_ERROR = aiohttp.WSMsgType.ERROR
 _ENDED = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
 _HEAD = FRAME.size
 _pack, _unpack = FRAME.pack, FRAME.unpack_from
@@ -277,6 +278,11 @@ class Link:
                         raise LinkError(f"link to process {self.peer} closed: code {ws.close_code}")
                     self._ended()
                     raise StopAsyncIteration
+                if message.type is _ERROR:  # the connection broke: not the peer's doing
+                    self.error = LinkError(f"link to process {self.peer} broke: {ws.exception() or data}")
+                    log.warning("%s", self.error)
+                    self._ended()
+                    raise self.error
                 raise LinkError(f"process {self.peer} sent a malformed frame ({message.type.name})")
             channel, kind = _unpack(data)
             if kind == KIND_PING or kind == KIND_PONG:
