@@ -214,6 +214,14 @@ def _supervise(children, pipes, coordinator=None, relay=None) -> list[dict]:
     (`(first kernel, handover pipe)`, the last child), the kernels' results
     are handed to it once all are in, and its result is the run's; a kernel
     that fails is reported to the peers through it before it is stopped."""
+    try:
+        return _wait_for_results(children, pipes, coordinator, relay)
+    except KeyboardInterrupt:
+        _abort(children, relay, "interrupted (Ctrl-C)")
+        raise
+
+
+def _wait_for_results(children, pipes, coordinator, relay) -> list[dict]:
     results: list = [None] * len(children)
     pending = set(range(len(children)))
     kernels = len(children) - (relay is not None)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel import Dataflow, run
+from kernel import Dataflow, run, run_async
 from operators import Tumbling
 
 SECRET = "cluster-test-secret"
@@ -434,6 +434,69 @@ def test_the_cli_runs_a_cluster(tmp_path):
         [os.sys.executable, "-m", "kernel.run", str(pipeline), "--process-id", "0", "--peers", peers],
         capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 2 and "KERNEL_SECRET" in done.stderr
+
+
+def test_ctrl_c_on_one_process_tells_the_others(tmp_path):
+    pipeline = tmp_path / "endless.py"
+    pipeline.write_text(
+        "import asyncio\n"
+        "from kernel import Dataflow\n"
+        "async def forever():\n"
+        "    while True:\n"
+        "        yield 1\n"
+        "        await asyncio.sleep(0.01)\n"
+        "flow = Dataflow('endless')\n"
+        "flow.from_async_iterable(forever).key_by(lambda n: n).count().collect()\n")
+    peers = peers_for(free_ports(2))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "KERNEL_SECRET": SECRET}
+    procs = [subprocess.Popen(
+        [os.sys.executable, "-m", "kernel.run", str(pipeline), "--process-id", str(i), "--peers", peers],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+        for i in (0, 1)]
+    try:
+        time.sleep(2.5)  # linked and running (a bound, not a synchronisation: any moment will do)
+        assert all(p.poll() is None for p in procs)
+        os.killpg(procs[1].pid, signal.SIGINT)  # a terminal's Ctrl-C, on process 1
+        outs = [p.communicate(timeout=PROMPTLY) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    assert procs[1].returncode == 130 and outs[1][1].endswith("interrupted\n"), outs[1]
+    assert procs[0].returncode == 1, outs[0]
+    assert "error: process 1 (127.0.0.1:" in outs[0][1] and "failed: interrupted (Ctrl-C)" in outs[0][1]
+
+
+def _async_member(build, index, peers, out) -> None:
+    try:
+        flow, handles = build()
+        asyncio.run(run_async(flow, process_id=index, peers=peers, secret=SECRET))
+        out.send(("ok", [sorted(map(repr, h.items)) for h in handles]))
+    except BaseException as exc:
+        out.send(("error", type(exc).__name__, str(exc)))
+
+
+def test_run_async_joins_a_cluster_too():
+    expected = run_alone(word_count)
+    context = multiprocessing.get_context("fork")
+    peers = peers_for(free_ports(2))
+    pipes, children = [], []
+    for i in (1, 0):
+        receiver, sender = context.Pipe(duplex=False)
+        child = context.Process(target=_async_member, args=(word_count, i, peers, sender))
+        child.start()
+        sender.close()
+        pipes.append(receiver)
+        children.append(child)
+    try:
+        assert pipes[1].poll(60)
+        assert pipes[1].recv() == ("ok", expected)
+        assert pipes[0].poll(60)
+        assert pipes[0].recv()[0] == "ok"
+    finally:
+        for child in children:
+            child.kill()
+            child.join(10)
 
 
 def test_counter_reference_is_sane():
