@@ -463,3 +463,26 @@ def test_timed_progress_kinds_are_unknown():
 
     with pytest.raises(ValueError, match="unknown frame kind"):
         decode(TIMED | KIND_WATERMARK, b"")
+
+
+def test_batches_in_turn_do_not_borrow_each_others_check():
+    # a large batch's check remembers the last batch's field types: each of
+    # these must still be judged on its own fields
+    good = [(i, f"w{i}") for i in range(20)]
+    batches = [
+        good,
+        [*good[:1], (MyInt(1), "x"), *good[2:]],  # same first record, same length
+        good[:1] + [(1, Colour.RED)] * 19,
+        [(f"w{i}", i) for i in range(20)],
+        good[:1] + [("w", 1)] * 19,  # other scalar types than the first record's: still exact
+        [(1, [2]), *good[1:]],
+        good,
+        good[:19],
+    ]
+    kinds = []
+    for batch in batches:
+        kind, back = round_trip_batch(batch)
+        assert same(back, batch)
+        kinds.append(kind)
+    T, P = KIND_TUPLES, KIND_PICKLE
+    assert kinds == [T, P, P, T, T, P, T, T]
