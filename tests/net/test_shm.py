@@ -98,6 +98,18 @@ def test_unlink_leaves_no_segment():
     assert shm_names() == before
 
 
+def test_large_frames_with_a_head_round_trip():
+    ring = SpscRing.create(1 << 16)
+    try:
+        for size in (4090, 4096, 4097, 20_000):
+            body = bytes(i % 256 for i in range(size))
+            assert ring.push2(b"HEAD!", body)
+            assert bytes(ring.pop()) == b"HEAD!" + body
+    finally:
+        ring.close()
+        ring.unlink()
+
+
 # Operations: push a frame of a given size, or pop.
 operations = st.lists(
     st.one_of(
@@ -124,8 +136,12 @@ def test_ring_behaves_like_a_bounded_deque(ops, capacity):
                 if need > r.capacity:
                     continue
                 counter += 1
-                frame = bytes([counter % 251]) * size
-                if r.push(frame):
+                frame = bytes(range(counter % 200, counter % 200 + 50)) * (size // 50) + b"x" * (size % 50)
+                # push2 with the frame split in two: a head and a body, the
+                # body as bytes (one packed write) or a memoryview (slices)
+                cut = counter % 7 if size >= 7 else 0
+                body = frame[cut:] if counter % 3 else memoryview(frame)[cut:]
+                if r.push2(frame[:cut], body):
                     model.append(frame)
                     continue
                 # Refused only when the bytes do not fit: what is queued, the
