@@ -458,7 +458,7 @@ async def dial(url: str, secret, process: int, channels, on_frame, *, window: in
     own_session = session is None
     session = session or aiohttp.ClientSession()
     deadline = asyncio.get_running_loop().time() + timeout
-    delay = 0.05
+    delay = 0.01  # peers of one cluster start within moments of each other: retry soon
     try:
         while True:
             try:
@@ -468,7 +468,7 @@ async def dial(url: str, secret, process: int, channels, on_frame, *, window: in
                 if asyncio.get_running_loop().time() + delay > deadline:
                     raise LinkError(f"could not reach {url} within {timeout:g} s: {exc}") from exc
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                delay = min(delay * 2, 0.25)
         peer = await _client_handshake(ws, key, process, url, meta)
         return Link(ws, peer, channels, on_frame, window, heartbeat), session
     except BaseException:
