@@ -75,9 +75,11 @@ class KernelProcessError(KernelError):
         return f"kernel {self.kernel} {self.cause}"
 
 
-def _cpus_for(cores: int) -> list[int]:
+def _cpus_for(cores: int, skip: int = 0) -> list[int]:
+    """The CPUs for `cores` kernels: this process's allowed CPUs in order,
+    after the first `skip` (kernels of other cluster processes on this host)."""
     available = sorted(os.sched_getaffinity(0))
-    return [available[i % len(available)] for i in range(cores)]
+    return [available[(skip + i) % len(available)] for i in range(cores)]
 
 
 def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, cluster=None) -> list[dict]:
@@ -124,7 +126,7 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
                     ring.unlink()
                 relay_rings.append(pair)
         local_bells = {first + k: bells[k] for k in range(cores)}
-        cpus = _cpus_for(cores)
+        cpus = _cpus_for(cores, cluster.cores * cluster.rank_on_host if cluster else 0)
         for index in range(cores):
             receiver, sender = context.Pipe(duplex=False)
             commits_in, commits_out = context.Pipe(duplex=False) if epochs else (None, None)

@@ -154,6 +154,14 @@ class ClusterPlan:
         host, port = self.addresses[process]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
+    @property
+    def rank_on_host(self) -> int:
+        """How many lower-numbered processes share this process's host (as
+        written in the peers list): they pin their kernels to the first
+        CPUs, this one to the next ones."""
+        host = self.addresses[self.process][0]
+        return sum(1 for h, _ in self.addresses[: self.process] if h == host)
+
     def remote_kernels(self) -> list[int]:
         mine = self.kernels_of(self.process)
         return [k for k in range(self.kernels) if k not in mine]

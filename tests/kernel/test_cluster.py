@@ -155,6 +155,25 @@ def test_large_results_cross_to_process_0():
     assert outcomes[0] == ("ok", expected)
 
 
+def _cpus():
+    flow = Dataflow("cpus")
+    # one record per kernel (2 kernels): each reports the CPUs it is pinned to
+    out = flow.from_iterable(range(2)).map(lambda n: sorted(os.sched_getaffinity(0))).collect()
+    return flow, [out]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to tell them apart")
+def test_processes_on_one_host_pin_their_kernels_to_different_cpus():
+    cluster = Cluster(_cpus, 2)
+    try:
+        outcomes = cluster.outcomes()
+    finally:
+        cluster.close()
+    status, (pinned,) = outcomes[0]
+    assert status == "ok" and len(pinned) == 2
+    assert len(set(pinned)) == 2, pinned  # not both on the first CPU
+
+
 def test_peers_may_start_in_reverse_order():
     expected = run_alone(word_count)
     cluster = Cluster(word_count, 3, delays={2: 0.0, 1: 0.7, 0: 1.4})
