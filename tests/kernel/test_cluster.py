@@ -162,7 +162,6 @@ def _cpus():
     return flow, [out]
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to tell them apart")
 def test_processes_on_one_host_pin_their_kernels_to_different_cpus():
     cluster = Cluster(_cpus, 2)
     try:
