@@ -11,6 +11,7 @@ the cost of a repeated key to one dict lookup: real key sets repeat a lot
 
 from __future__ import annotations
 
+import io
 import numbers
 import pickle
 import zlib
@@ -75,8 +76,29 @@ def _other_hash(key) -> int:
             return _float_hash(as_float)  # Decimal("0.5") == 0.5, Fraction(1) == 1
         if key == int(key):
             return int(key) & 0xFFFFFFFFFFFFFFFF  # integral but beyond a float's precision
-    # Protocol 4 pickles of these values are deterministic across processes.
-    return zlib.crc32(pickle.dumps(key, protocol=4))
+    return _pickle_hash(key)
+
+
+class _SeedFreePickler(pickle.Pickler):
+    """Pickles a key with every set, frozenset and dict inside it replaced
+    by an order-free digest of its items. A set's pickle lists its items in
+    iteration order, which follows the process's hash seed: processes
+    started apart (a cluster) would send one key to two kernels. Dicts
+    (objects' attribute dicts too) are equal whatever their order."""
+
+    def persistent_id(self, obj):
+        if isinstance(obj, (set, frozenset)):
+            return ("set", sum(stable_hash(item) for item in obj) & 0xFFFFFFFFFFFFFFFF)
+        if isinstance(obj, dict):
+            return ("dict", sum(stable_hash(item) for item in obj.items()) & 0xFFFFFFFFFFFFFFFF)
+        return None
+
+
+def _pickle_hash(key) -> int:
+    """Any other key: its pickle (protocol 4), made independent of the hash seed."""
+    buffer = io.BytesIO()
+    _SeedFreePickler(buffer, protocol=4).dump(key)
+    return zlib.crc32(buffer.getbuffer())
 
 
 class Partitioner:

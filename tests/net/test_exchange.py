@@ -252,3 +252,41 @@ def test_equal_keys_of_different_types_go_to_the_same_kernel():
     for group in groups:
         assert all(key == group[0] for key in group)
         assert len({stable_hash(key) for key in group}) == 1, group
+
+
+_SEED_PROBE = """
+import dataclasses, sys
+sys.path.insert(0, {repo!r})
+from net._exchange import stable_hash
+
+@dataclasses.dataclass(frozen=True)
+class Tag:
+    words: frozenset
+    extra: tuple
+
+class Plain:
+    def __init__(self):
+        self.tags = {{"b", "a", "c", "d", "e"}}
+        self.table = {{"k1": 1, "k2": frozenset({{"x", "y", "z"}})}}
+
+keys = [Tag(frozenset(f"w{{i}}" for i in range(20)), ("s", frozenset({{"p", "q"}}))), Plain(),
+        frozenset({{("a", 1), ("b", 2), ("c", 3)}})]
+print([stable_hash(k) for k in keys])
+"""
+
+
+def test_keys_holding_sets_and_dicts_hash_alike_under_any_hash_seed():
+    """Cluster processes are started apart, each with its own hash seed: a key
+    whose pickle lists a set's items (in seed order) must still go to one kernel."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = _SEED_PROBE.format(repo=str(Path(__file__).resolve().parents[2]))
+    outputs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout
+        for seed in (1, 2, 3, 4, 5)
+    }
+    assert len(outputs) == 1, outputs
