@@ -391,6 +391,12 @@ class LinkRelay:
             else:
                 await asyncio.sleep(0)  # a long burst: let the links read
                 continue
+            # Nothing to forward. A pop that stepped over a wrap marker freed
+            # space without a frame: a kernel waiting for it must hear of it.
+            full_fence()
+            if ring.producer_waiting():
+                ring.clear_producer_waiting()
+                producer.ring()
             wakeup.clear()
             if ring.is_empty():
                 await wakeup.wait()
@@ -408,10 +414,12 @@ class LinkRelay:
             pending = self._pending[k]
             link = self.links[peer]
             if not pending and self.ends[k][1].push2(ROUTE.pack(source), body):
-                self.kernel_bells[k].ring()
                 link.consumed(channel, FRAME.size + len(body))
             else:
                 pending.append((source, channel, link, body))
+            # (also on a refusal: it may have published a wrap marker that
+            # only the kernel stepping over it turns into free space)
+            self.kernel_bells[k].ring()
 
         return on_frame
 
@@ -428,9 +436,8 @@ class LinkRelay:
                     break
                 link.consumed(channel, FRAME.size + len(body))
                 pushed += 1
-            if pushed:
-                del pending[:pushed]
-                self.kernel_bells[k].ring()
+            del pending[:pushed]
+            self.kernel_bells[k].ring()  # pushed, or refused (a wrap marker)
 
     # -- the relays' own messages --------------------------------------------------------
 

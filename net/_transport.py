@@ -66,23 +66,26 @@ class _Writer:
     def send(self, head: bytes, body: bytes) -> None:
         if self.prefix:
             head = self.prefix + head
-        if self.overflow or not self.ring.push2(head, body):
+        if self.overflow:
             self.overflow.append((head, body))
-        else:
-            self.bell.ring()
+            return
+        if not self.ring.push2(head, body):
+            self.overflow.append((head, body))
+        # Rung on a refusal too: a refused push may have published a wrap
+        # marker, and only a consumer stepping over it frees that space.
+        self.bell.ring()
 
     def flush(self) -> bool:
         """Push what overflowed; True when nothing is left."""
         overflow = self.overflow
-        pushed = False
+        tried = bool(overflow)
         while overflow:
             head, body = overflow[0]
             if not self.ring.push2(head, body):
                 break
             overflow.popleft()
-            pushed = True
-        if pushed:
-            self.bell.ring()
+        if tried:
+            self.bell.ring()  # pushed, or refused (a wrap marker, see send)
         return not overflow
 
 
@@ -260,7 +263,13 @@ class _Reader:
             self._park()
 
     def _park(self) -> None:
-        self._bell.park()
+        self._bell.park()  # (a full fence: our head stores before the loads below)
+        # A pop that stepped over a wrap marker freed space without a frame
+        # (got == 0 above): a producer waiting for that space must hear of it.
+        for _, ring, producer in self._rings:
+            if ring.producer_waiting():
+                ring.clear_producer_waiting()
+                producer.ring()
         # Re-check after announcing: a frame pushed before the producer saw
         # the flag must not be slept on.
         if any(not ring.is_empty() for _, ring, _ in self._rings) or (

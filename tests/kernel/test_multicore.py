@@ -10,6 +10,7 @@ import asyncio
 import mmap
 import os
 import struct
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -653,3 +654,20 @@ def test_a_fast_source_waits_for_a_slow_consumer_on_another_kernel():
 
 def test_kernel_error_base_class():
     assert issubclass(KernelProcessError, KernelError)
+
+
+def test_a_frame_that_must_wrap_around_a_full_ring_does_not_hang():
+    """A 3 MB frame after a 2.2 MB one cannot fit at the end of a 4 MiB ring:
+    the producer publishes a wrap marker and waits; the consumer, stepping
+    over the marker, frees the space without reading a frame, and must
+    still wake the producer (found in review: this hung forever)."""
+    flow = Dataflow("wrap")
+    out = (flow.from_iterable(["x" * 2_200_000, "-", "y" * 3_000_000, "-"], batch_size=1)
+           .key_by(lambda s: 1 if s[0] in "xy" else 0)  # the big ones go to kernel 1
+           .map(lambda kv: (kv[0], len(kv[1]))).collect())
+    result: list = []
+    runner = threading.Thread(target=lambda: result.append(run(flow, cores=2)), daemon=True)
+    runner.start()
+    runner.join(30)
+    assert not runner.is_alive(), "the run hung"
+    assert sorted(out.items) == [(0, 1), (0, 1), (1, 2_200_000), (1, 3_000_000)]
