@@ -21,7 +21,10 @@ codec's frames: data, watermark, end, idle, epoch). Flow control is
 credit-based per channel, in bytes: a sender may have `window` bytes of a
 channel unacknowledged (a frame larger than the window goes alone); the
 receiver grants credit back (a CREDIT frame) as the consumer reports bytes
-handled (`consumed`), half a window at a time. A slow consumer therefore
+handled (`consumed`), half a window at a time; a sender that lacks the
+credit for a frame asks (CREDIT_ASK), and the receiver then grants what it
+has handled at once (or at its next `consumed`), so no frame waits for
+bytes that were handled but not yet granted. A slow consumer therefore
 stops its sender, and a link holds at most a window per channel in flight.
 
 Consumers either pull (`async for channel, kind, body in link`: no task
@@ -67,6 +70,7 @@ FRAME = struct.Struct("<IB")
 KIND_CREDIT = 0x40  # body: u64 bytes granted
 KIND_PING = 0x41  # liveness, on any channel id; answered by KIND_PONG
 KIND_PONG = 0x42
+KIND_CREDIT_ASK = 0x43  # a sender waits for credit: grant what was handled now
 _CREDIT = struct.Struct("<Q")
 AUTH_FAILED = 4001
 DEFAULT_WINDOW = 4 << 20  # bytes in flight per channel
@@ -139,6 +143,7 @@ class Link:
         self._waiters: dict[int, asyncio.Future] = {}
         self._handled = dict.fromkeys(self.channels, 0)
         self._half = window // 2  # credit is granted back half a window at a time
+        self._asked: set[int] = set()  # channels whose sender waits for credit
         self._grants: set = set()  # credit frames on their way out
         self.error: LinkError | None = None  # why the link ended, when it was not a clean close
         self.closed = asyncio.get_running_loop().create_future()
@@ -170,9 +175,9 @@ class Link:
             return
         loop.call_later(self._heartbeat, self._check_alive)
 
-    async def _send_control(self, kind: int) -> None:
+    async def _send_control(self, kind: int, channel: int = 0) -> None:
         try:
-            await self.ws.send_bytes(FRAME.pack(0, kind))
+            await self.ws.send_bytes(FRAME.pack(channel, kind))
         except (ConnectionError, RuntimeError):
             pass  # closing: the reader reports it
 
@@ -210,6 +215,10 @@ class Link:
             waiter = self._waiters.get(channel)
             if waiter is None or waiter.done():
                 waiter = self._waiters[channel] = asyncio.get_running_loop().create_future()
+            # Credit comes back half a window at a time, so up to half a
+            # window of handled bytes can stay ungranted: ask for them (else
+            # a frame larger than what is left would wait forever).
+            await self._send_control(KIND_CREDIT_ASK, channel)
             await asyncio.wait({waiter, self.closed}, return_when=asyncio.FIRST_COMPLETED)
             if self.closed.done():
                 raise LinkError(f"link to process {self.peer} closed")
@@ -226,13 +235,17 @@ class Link:
         grant them back (one CREDIT frame per half window, so credit
         traffic stays small)."""
         handled = self._handled[channel] + nbytes
-        if handled >= self._half:
-            self._handled[channel] = 0
-            task = asyncio.ensure_future(self._grant(channel, handled))
-            self._grants.add(task)
-            task.add_done_callback(self._grants.discard)
+        if handled >= self._half or channel in self._asked:
+            self._asked.discard(channel)
+            self._grant_now(channel, handled)
         else:
             self._handled[channel] = handled
+
+    def _grant_now(self, channel: int, nbytes: int) -> None:
+        self._handled[channel] = 0
+        task = asyncio.ensure_future(self._grant(channel, nbytes))
+        self._grants.add(task)
+        task.add_done_callback(self._grants.discard)
 
     async def _grant(self, channel: int, nbytes: int) -> None:
         try:
@@ -291,6 +304,12 @@ class Link:
                 return None
             if channel not in self.channels:
                 raise LinkError(f"process {self.peer} sent a frame for unknown channel {channel}")
+            if kind == KIND_CREDIT_ASK:  # grant what was handled, or the next handled
+                if self._handled[channel]:
+                    self._grant_now(channel, self._handled[channel])
+                else:
+                    self._asked.add(channel)
+                return None
             if kind != KIND_CREDIT:
                 return channel, kind, memoryview(data)[_HEAD:]
             self._credit[channel] += _CREDIT.unpack_from(data, _HEAD)[0]
