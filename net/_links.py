@@ -70,6 +70,7 @@ FRAME = struct.Struct("<IB")
 KIND_CREDIT = 0x40  # body: u64 bytes granted
 KIND_PING = 0x41  # liveness, on any channel id; answered by KIND_PONG
 KIND_PONG = 0x42
+_HANDSHAKE_MIN = 2.0  # seconds a handshake gets even when the dial timeout is nearly spent
 KIND_CREDIT_ASK = 0x43  # a sender waits for credit: grant what was handled now
 _CREDIT = struct.Struct("<Q")
 AUTH_FAILED = 4001
@@ -478,17 +479,30 @@ async def dial(url: str, secret, process: int, channels, on_frame, *, window: in
     session = session or aiohttp.ClientSession()
     deadline = asyncio.get_running_loop().time() + timeout
     delay = 0.01  # peers of one cluster start within moments of each other: retry soon
+    loop = asyncio.get_running_loop()
     try:
         while True:
             try:
-                ws = await session.ws_connect(url + PATH, max_msg_size=max_frame + FRAME.size, ssl=ssl)
+                # bounded: a port that accepts and never answers (a stopped
+                # peer, another program) must not outlast the timeout
+                ws = await asyncio.wait_for(
+                    session.ws_connect(url + PATH, max_msg_size=max_frame + FRAME.size, ssl=ssl),
+                    max(0.01, deadline - loop.time()))
                 break
+            except TimeoutError:
+                silent = ConnectionError("it accepted the connection but never answered")
+                raise LinkError(f"could not reach {url} within {timeout:g} s: {silent}") from silent
             except (aiohttp.ClientConnectionError, OSError) as exc:
-                if asyncio.get_running_loop().time() + delay > deadline:
+                if loop.time() + delay > deadline:
                     raise LinkError(f"could not reach {url} within {timeout:g} s: {exc}") from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.25)
-        peer = await _client_handshake(ws, key, process, url, meta)
+        try:
+            peer = await asyncio.wait_for(_client_handshake(ws, key, process, url, meta),
+                                          max(_HANDSHAKE_MIN, deadline - loop.time()))
+        except TimeoutError:
+            await ws.close()
+            raise LinkError(f"{url} did not finish the handshake in time") from None
         return Link(ws, peer, channels, on_frame, window, heartbeat), session
     except BaseException:
         if own_session:

@@ -183,6 +183,7 @@ def test_a_peer_port_that_accepts_but_never_answers_respects_the_startup_timeout
         silent.close()
     assert outcomes[1][0] == "error", f"still waiting after {time.monotonic() - started:.0f} s: {outcomes}"
     assert "process 0" in outcomes[1][2]
+    assert "within 2 s: it accepted the connection but never answered" in outcomes[1][2]
 
 
 # -- key routing across processes --------------------------------------------------------
