@@ -217,7 +217,8 @@ class SpscRing:
             if self._closed:
                 raise RingClosed(self.name)
             if need > capacity:
-                raise ValueError(f"frame of {n} bytes exceeds ring capacity ({self.max_frame} max)")
+                raise ValueError(f"frame of {n} bytes exceeds ring capacity ({self.max_frame} max): a "
+                                 "batch crossing kernels must encode to less (lower its batch_size)")
             self._head_seen = self._slots[_SLOT_HEAD]
             free = capacity - (tail - self._head_seen)
             if skip and skip <= free:
