@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from _ports import free_ports
 
 from kernel import Dataflow, run, run_async
 from operators import Tumbling
@@ -25,17 +26,6 @@ SECRET = "cluster-test-secret"
 PROMPTLY = 20.0  # seconds: an upper bound, never a synchronisation
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def peers_for(ports: list[int]) -> str:

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _ports import free_ports
 
 from kernel import Dataflow, run
 
@@ -33,17 +34,6 @@ SECRET = "cluster-review-secret"
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _member(build, index, peers, options, out) -> None:
