@@ -72,11 +72,35 @@ def kernel_process_main(get_flow, options: dict, gc_threshold_value: int | None)
 
 
 def run_on_cores(get_flow, cores: int, options: dict, gc_threshold_value: int | None,
-                 epochs=None, cluster=None) -> list[dict]:
+                 epochs=None, cluster=None, cancel=None) -> list[dict]:
     from ._launcher import run_on_cores as launch
 
     return launch(kernel_process_main(get_flow, options, gc_threshold_value), cores, epochs=epochs,
-                  cluster=cluster)
+                  cluster=cluster, cancel=cancel)
+
+
+async def _in_thread(launch):
+    """Run `launch(cancel)` (a blocking launcher) on a thread; if this
+    coroutine is cancelled, the launcher is told through `cancel` (a pipe it
+    waits on with its kernels), stops them, and is waited for, so no kernel
+    process outlives the cancellation and the loop's executor can shut down."""
+    import multiprocessing
+
+    cancel_in, cancel_out = multiprocessing.Pipe(duplex=False)
+    loop = asyncio.get_running_loop()
+    launched = loop.run_in_executor(None, launch, cancel_in)
+    try:
+        return await asyncio.shield(launched)
+    except asyncio.CancelledError:
+        cancel_out.send("cancelled")
+        try:
+            await launched
+        except BaseException:  # it ends with the cancellation's error: ours is the cancellation
+            pass
+        raise
+    finally:
+        cancel_in.close()
+        cancel_out.close()
 
 
 def _cluster(flow, cores: int, process_id, peers, secret, tls, startup_timeout):
@@ -168,20 +192,17 @@ async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
     cluster = _cluster(flow, cores, process_id, peers, secret, tls, startup_timeout)
     if cluster is not None:
         _refuse_state_in_cluster(state_dir)
-        loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(
-            None, run_on_cores, lambda: flow, cores, options, DEFAULT_GC_THRESHOLD, None, cluster)
+        results = await _in_thread(lambda cancel: run_on_cores(
+            lambda: flow, cores, options, DEFAULT_GC_THRESHOLD, None, cluster, cancel))
         flow._results_delivered(results)
         return
     snapshots = None if state_dir is None else _Snapshots(flow, state_dir, epoch_interval, cores)
     if _already_done(flow, snapshots):
         return
     if cores > 1:
-        loop = asyncio.get_running_loop()
         epochs = None if snapshots is None else snapshots.for_processes()
-        results = await loop.run_in_executor(
-            None, run_on_cores, lambda: flow, cores, options, DEFAULT_GC_THRESHOLD, epochs
-        )
+        results = await _in_thread(lambda cancel: run_on_cores(
+            lambda: flow, cores, options, DEFAULT_GC_THRESHOLD, epochs, None, cancel))
         flow._results_delivered(results)
         return
     kernel = Kernel(**options)

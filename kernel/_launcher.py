@@ -82,7 +82,8 @@ def _cpus_for(cores: int, skip: int = 0) -> list[int]:
     return [available[(skip + i) % len(available)] for i in range(cores)]
 
 
-def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, cluster=None) -> list[dict]:
+def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, cluster=None,
+                 cancel=None) -> list[dict]:
     """Run `cores` kernel processes; returns each kernel's results, in order.
 
     `build_runtime(kernel_index, peers, transport, coordinator)` is called in
@@ -92,7 +93,8 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
     restored_epoch, launcher_store)`: each child opens its own store and
     coordinates epochs with this process (kernel/_coordinate.py). `cluster`
     (a `ClusterPlan`) makes this process one of several linked by websockets:
-    the results are every kernel's on process 0, none elsewhere.
+    the results are every kernel's on process 0, none elsewhere. `cancel`, a
+    connection, stops the run (`RunCancelled`) when it becomes readable.
     """
     from net import Doorbell, ProcessTransport, SpscRing
     from net._transport import RelayEnds
@@ -189,9 +191,8 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
                         pass  # that kernel is gone; supervision reports it
 
             coordinator = LauncherSide(epochs[4], cores, epochs[3], send_commit)
-        if cluster is None:
-            return _supervise(children, pipes, coordinator)
-        return _supervise(children, pipes, coordinator, relay=(first, handover))
+        relay = None if cluster is None else (first, handover)
+        return _supervise(children, pipes, coordinator, relay, cancel)
     finally:
         for child in children:
             if child.is_alive():
@@ -210,20 +211,24 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
             os.close(fd)
 
 
-def _supervise(children, pipes, coordinator=None, relay=None) -> list[dict]:
+class RunCancelled(KernelError):
+    """The caller cancelled the run (`run_async` was cancelled)."""
+
+
+def _supervise(children, pipes, coordinator=None, relay=None, cancel=None) -> list[dict]:
     """Wait for every kernel's result; the first failure ends everything.
     Epoch messages on the way go to the `coordinator`. With a `relay`
     (`(first kernel, handover pipe)`, the last child), the kernels' results
     are handed to it once all are in, and its result is the run's; a kernel
     that fails is reported to the peers through it before it is stopped."""
     try:
-        return _wait_for_results(children, pipes, coordinator, relay)
+        return _wait_for_results(children, pipes, coordinator, relay, cancel)
     except KeyboardInterrupt:
         _abort(children, relay, "interrupted (Ctrl-C)")
         raise
 
 
-def _wait_for_results(children, pipes, coordinator, relay) -> list[dict]:
+def _wait_for_results(children, pipes, coordinator, relay, cancel) -> list[dict]:
     results: list = [None] * len(children)
     pending = set(range(len(children)))
     kernels = len(children) - (relay is not None)
@@ -231,8 +236,14 @@ def _wait_for_results(children, pipes, coordinator, relay) -> list[dict]:
     while pending:
         handles = {pipes[i]: i for i in pending}
         handles.update({children[i].sentinel: i for i in pending})
+        if cancel is not None:
+            handles[cancel] = None
         for handle in wait(list(handles)):
             index = handles[handle]
+            if index is None:
+                error = RunCancelled("the run was cancelled")
+                _abort(children, relay, error)
+                raise error
             if index not in pending:
                 continue
             # Readable pipe or exited child: either way the pipe now holds the

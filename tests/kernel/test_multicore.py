@@ -671,3 +671,22 @@ def test_a_frame_that_must_wrap_around_a_full_ring_does_not_hang():
     runner.join(30)
     assert not runner.is_alive(), "the run hung"
     assert sorted(out.items) == [(0, 1), (0, 1), (1, 2_200_000), (1, 3_000_000)]
+
+
+async def test_cancelling_run_async_stops_its_kernel_processes():
+    """An application that cancels `await run_async(flow, cores=2)` (a
+    timeout, a shutdown) gets its cancellation, and no kernel runs on: the
+    launcher thread is told, kills its kernels and returns (no_leaks checks
+    that no child process is left)."""
+
+    async def forever():
+        while True:
+            yield 1
+            await asyncio.sleep(0.001)
+
+    flow = Dataflow("endless")
+    flow.from_async_iterable(forever).key_by(lambda n: n).count().collect()
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(run_async(flow, cores=2), 1.5)
+    assert time.monotonic() - started < 10
