@@ -18,6 +18,10 @@ a consumer that frees space in a ring whose producer found it full rings the
 producer's doorbell the same way. The store/fence/load order on both sides is
 explained in `net/shm.py`.
 
+A frame larger than a quarter of its ring goes in pieces (`KIND_PIECE`),
+joined again by the reader: a frame near the ring's size could only enter an
+empty ring, and one beyond it never.
+
 Kernels on other machines (a cluster) are reached through this process's
 link relay (`net/_relay.py`), as timely's network threads serve its workers:
 a kernel has one ring to the relay, whose frames start with the destination
@@ -41,6 +45,12 @@ END = None  # decode() returns None for an end-of-input frame
 _FRAMES_PER_RING_PER_ACTIVATION = 4
 _SPIN_ACTIVATIONS = 32  # empty polls before parking (a few tens of us)
 ROUTE = struct.Struct("<I")  # the other kernel, before a relayed frame's HEADER
+# A frame larger than a quarter of its ring travels in pieces: HEADER(kind
+# PIECE or LAST_PIECE, channel 0) + a slice of the whole frame (its HEADER
+# and body). Bit 0x40 is free in the codec's kinds (TIMED is 0x80).
+_PIECE_BIT = 0x40
+KIND_PIECE = 0x40
+KIND_LAST_PIECE = 0x41
 
 
 class RelayEnds(NamedTuple):
@@ -55,15 +65,28 @@ class RelayEnds(NamedTuple):
 class _Writer:
     """Frames to one destination kernel, with an overflow queue."""
 
-    __slots__ = ("bell", "overflow", "prefix", "ring")
+    __slots__ = ("bell", "overflow", "piece", "prefix", "ring")
 
     def __init__(self, ring: SpscRing, bell: Doorbell, prefix: bytes = b"") -> None:
         self.ring = ring
         self.bell = bell
         self.prefix = prefix  # ROUTE of the destination, through a relay
         self.overflow: deque[tuple[bytes, bytes]] = deque()
+        # Larger frames go in pieces of this size: a frame near the ring's
+        # size could only be pushed into an empty ring, and one beyond it never.
+        self.piece = ring.capacity // 4
 
     def send(self, head: bytes, body: bytes) -> None:
+        if len(head) + len(body) > self.piece:
+            whole = memoryview(head + body)
+            step = self.piece - HEADER.size
+            for start in range(0, len(whole), step):
+                kind = KIND_LAST_PIECE if start + step >= len(whole) else KIND_PIECE
+                self._send_one(HEADER.pack(kind, 0), bytes(whole[start : start + step]))
+            return
+        self._send_one(head, body)
+
+    def _send_one(self, head: bytes, body: bytes) -> None:
         if self.prefix:
             head = self.prefix + head
         if self.overflow:
@@ -200,6 +223,7 @@ class _Reader:
         self._empty_polls = 0
         self._parked = False
         self._done = False
+        self._pieces: dict[int, list[bytes]] = {}  # sender -> pieces of a large frame so far
 
     def begin(self) -> None:
         self._loop.add_reader(self._bell.fd, self._on_bell)
@@ -235,8 +259,13 @@ class _Reader:
                 else:
                     sender = source
                 kind, channel = HEADER.unpack_from(frame)
-                payload = decode(kind, frame[HEADER.size :])
                 got += 1
+                if kind & _PIECE_BIT:
+                    frame = self._piece(sender, kind, frame)
+                    if frame is None:
+                        continue
+                    kind, channel = HEADER.unpack_from(frame)
+                payload = decode(kind, frame[HEADER.size :])
                 if payload is END:
                     self._ends_left -= 1
                 deliver(channel, sender, payload)
@@ -261,6 +290,16 @@ class _Reader:
             self.wake()
         else:
             self._park()
+
+    def _piece(self, sender: int, kind: int, frame):
+        """Collect a piece of a large frame from `sender`; the whole frame
+        once its last piece has come, else None."""
+        pieces = self._pieces.setdefault(sender, [])
+        pieces.append(bytes(frame[HEADER.size :]))  # the ring's memory is reused after the next pop
+        if kind != KIND_LAST_PIECE:
+            return None
+        del self._pieces[sender]
+        return b"".join(pieces)
 
     def _park(self) -> None:
         self._bell.park()  # (a full fence: our head stores before the loads below)

@@ -237,8 +237,7 @@ class SpscRing:
             if self._closed:
                 raise RingClosed(self.name)
             if need > capacity:
-                raise ValueError(f"frame of {n} bytes exceeds ring capacity ({self.max_frame} max): a "
-                                 "batch crossing kernels must encode to less (lower its batch_size)")
+                raise ValueError(f"frame of {n} bytes exceeds ring capacity ({self.max_frame} max)")
             self._head_seen = self._slots[_SLOT_HEAD]
             free = capacity - (tail - self._head_seen)
             if skip and skip <= free:

@@ -163,6 +163,28 @@ def test_processes_on_one_host_pin_their_kernels_to_different_cpus():
     assert len(set(pinned)) == 2, pinned  # not both on the first CPU
 
 
+def big_records():
+    flow = Dataflow("big")
+    # 9 MB and 5 MB records, larger than a ring and than a link's window:
+    # they cross processes in pieces, each piece within the link's credit
+    # (records 0 and 2 are read by kernel 0 on process 0; key 1 belongs to
+    # kernel 1 on process 1, so the big ones cross)
+    records = ["a" * 9_000_000, "-", "b" * 5_000_000, "--"]
+    out = (flow.from_iterable(records, batch_size=1).key_by(lambda s: 1 if s[0] in "ab" else 0)
+           .map(lambda kv: (kv[0], len(kv[1]), kv[1][:3])).collect())
+    return flow, [out]
+
+
+def test_records_larger_than_a_ring_cross_processes():
+    expected = run_alone(big_records)
+    cluster = Cluster(big_records, 2)
+    try:
+        outcomes = cluster.outcomes()
+    finally:
+        cluster.close()
+    assert outcomes[0] == ("ok", expected)
+
+
 def test_peers_may_start_in_reverse_order():
     expected = run_alone(word_count)
     cluster = Cluster(word_count, 3, delays={2: 0.0, 1: 0.7, 0: 1.4})

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from kernel import Dataflow, KernelError, Operator, OperatorError, Source, run, run_async
 from kernel._launcher import RING_BYTES, KernelProcessError
 from net import Partitioner
+from operators import Tumbling
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -690,3 +691,23 @@ async def test_cancelling_run_async_stops_its_kernel_processes():
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(run_async(flow, cores=2), 1.5)
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("cores", [2, 3])
+def test_batches_larger_than_a_ring_cross_kernels_in_pieces(cores):
+    """A ring holds 4 MiB: a 9 MB record, and a batch of records that
+    encodes to ~6 MB, travel in pieces and arrive whole, in order with the
+    frames around them, watermarks included."""
+    big = "b" * 9_000_000
+    medium = [f"m{i:07d}" + "x" * 600 for i in range(10_000)]  # one batch of ~6 MB
+    records = [("big", 0.0, big), *(("medium", 1.0, m) for m in medium), ("small", 2.0, "s")]
+    flow = Dataflow("big")
+    out = (flow.from_iterable(records, timestamp=lambda r: r[1], batch_size=20_000)
+           .key_by(lambda r: r[0])  # every record of a key on one kernel
+           .map_values(lambda r: (len(r[2]), r[2][:8]))
+           .window(Tumbling(10.0)).collect().collect())
+    run(flow, cores=cores)
+    got = {key: values for key, _window, values in out.items}
+    assert got["big"] == [(9_000_000, "bbbbbbbb")]
+    assert sorted(got["medium"]) == [(608, m[:8]) for m in medium]  # (equal timestamps: any order)
+    assert got["small"] == [(1, "s")]
