@@ -289,8 +289,7 @@ class LinkRelay:
         scheme = "https" if plan.tls else "http"
         dials = []
         for peer in range(plan.process):
-            host, port = plan.addresses[peer]
-            url = f"{scheme}://{plan.address(peer)}" if ":" not in host else f"{scheme}://[{host}]:{port}"
+            url = f"{scheme}://{plan.address(peer)}"  # (address() brackets an IPv6 host)
             dials.append(asyncio.ensure_future(self._dial(peer, url, deadline)))
         try:
             await self._until(asyncio.gather(*dials))
