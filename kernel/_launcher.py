@@ -50,6 +50,7 @@ import pickle
 import signal
 import sys
 import threading
+import time
 import traceback
 from multiprocessing.connection import wait
 
@@ -106,9 +107,11 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
     pipes: list = []
     commit_pipes: list = []
     relay_rings: list = []
-    # Kernels of a cluster wait until its links are up (the relay closes the
-    # last write end of this pipe): nothing is computed for a cluster that
-    # never forms, and a failure can always be told to the peers.
+    # Kernels of a cluster wait until its links are up (the relay then writes
+    # one byte per kernel into this pipe): nothing is computed, opened or
+    # written for a cluster that never forms, and a failure can always be
+    # told to the peers. A relay that dies first leaves the kernels waiting
+    # (end of file, no byte) until the launcher, told of its error, stops them.
     gate = os.pipe() if cluster else None
     first = cluster.first_kernel if cluster else 0
     peers = cluster.kernels if cluster else cores
@@ -338,6 +341,12 @@ def _relay_error(payload) -> BaseException:
     return KernelError(f"links process failed: {kind}: {text.strip().splitlines()[-1]}")
 
 
+def _open_gate(gate_out: int, kernels: int) -> None:
+    """Every link is up: one byte for each kernel waiting on the gate."""
+    os.write(gate_out, b"g" * kernels)
+    os.close(gate_out)
+
+
 def _relay_runtime(plan, ends, bells, handover, gate):
     """What the relay child runs: link up, open the kernels' gate, relay,
     and end with the results (or tell the peers this process failed)."""
@@ -350,7 +359,7 @@ def _relay_runtime(plan, ends, bells, handover, gate):
         loop = asyncio.get_running_loop()
         local = loop.create_future()
         relay = LinkRelay(plan, ends, bells[: len(ends)], bells[len(ends)],
-                          on_linked=lambda: os.close(gate_out))
+                          on_linked=lambda: _open_gate(gate_out, len(ends)))
 
         def on_message(kind, payload) -> None:
             if kind == "abort":
@@ -399,10 +408,11 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
         if cpu is not None:  # the link relay is not pinned: it shares the kernels' CPUs
             os.sched_setaffinity(0, {cpu})
         asyncio.events._set_running_loop(None)  # the parent's marker survives fork on 3.11
-        if gate is not None:  # a cluster's kernel: wait for the links (end of file)
+        if gate is not None:  # a cluster's kernel: wait for the links
             os.close(gate[1])
-            while os.read(gate[0], 1):
-                pass
+            if not os.read(gate[0], 1):  # the relay failed: the launcher stops us
+                while True:
+                    time.sleep(3600)
             os.close(gate[0])
         coordinator = None
         if epochs is not None:

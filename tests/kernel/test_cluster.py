@@ -209,6 +209,26 @@ def test_a_wrong_secret_fails_both_sides_with_authentication_failed():
         assert "the-wrong-one" not in outcome[2] and SECRET not in outcome[2]
 
 
+def test_nothing_runs_in_a_cluster_that_never_forms(tmp_path):
+    """Kernels wait for the links: with a wrong secret no operator opens, so
+    not even a file sink's directory appears (the failed relay must not
+    release them either)."""
+
+    def build():
+        flow = Dataflow("files")
+        flow.from_iterable(range(100)).key_by(lambda n: n % 7).count().to_files(tmp_path / "out")
+        return flow, []
+
+    cluster = Cluster(build, 2, options_for=lambda i: {
+        "secret": "the-wrong-one" if i == 1 else SECRET, "startup_timeout": 3.0})
+    try:
+        outcomes = cluster.outcomes()
+    finally:
+        cluster.close()
+    assert [outcome[0] for outcome in outcomes.values()] == ["error", "error"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_processes_with_other_cores_are_refused_on_both_sides():
     context = multiprocessing.get_context("fork")
     peers = peers_for(free_ports(2))
