@@ -84,6 +84,15 @@ class Cluster:
             pipe.close()
 
 
+def outcomes_of(build, processes: int, cores: int = 1, **options) -> dict[int, tuple]:
+    """Run a cluster to its end: each process's ("ok", results) or ("error", ...)."""
+    cluster = Cluster(build, processes, cores, **options)
+    try:
+        return cluster.outcomes()
+    finally:
+        cluster.close()
+
+
 def run_alone(build) -> list:
     flow, handles = build()
     run(flow)
@@ -117,11 +126,7 @@ def windows_and_reduce():
 @pytest.mark.parametrize("build", [word_count, windows_and_reduce])
 def test_a_cluster_gives_exactly_the_results_of_one_process(build, processes, cores):
     expected = run_alone(build)
-    cluster = Cluster(build, processes, cores)
-    try:
-        outcomes = cluster.outcomes()
-    finally:
-        cluster.close()
+    outcomes = outcomes_of(build, processes, cores)
     assert outcomes[0] == ("ok", expected)
     for i in range(1, processes):  # collect() gathers on process 0
         assert outcomes[i] == ("ok", [[] for _ in expected])
@@ -137,11 +142,7 @@ def many_results():
 
 def test_large_results_cross_to_process_0():
     expected = run_alone(many_results)
-    cluster = Cluster(many_results, 2)
-    try:
-        outcomes = cluster.outcomes()
-    finally:
-        cluster.close()
+    outcomes = outcomes_of(many_results, 2)
     assert outcomes[0] == ("ok", expected)
 
 
@@ -153,11 +154,7 @@ def _cpus():
 
 
 def test_processes_on_one_host_pin_their_kernels_to_different_cpus():
-    cluster = Cluster(_cpus, 2)
-    try:
-        outcomes = cluster.outcomes()
-    finally:
-        cluster.close()
+    outcomes = outcomes_of(_cpus, 2)
     status, (pinned,) = outcomes[0]
     assert status == "ok" and len(pinned) == 2
     assert len(set(pinned)) == 2, pinned  # not both on the first CPU
@@ -177,31 +174,19 @@ def big_records():
 
 def test_records_larger_than_a_ring_cross_processes():
     expected = run_alone(big_records)
-    cluster = Cluster(big_records, 2)
-    try:
-        outcomes = cluster.outcomes()
-    finally:
-        cluster.close()
+    outcomes = outcomes_of(big_records, 2)
     assert outcomes[0] == ("ok", expected)
 
 
 def test_peers_may_start_in_reverse_order():
     expected = run_alone(word_count)
-    cluster = Cluster(word_count, 3, delays={2: 0.0, 1: 0.7, 0: 1.4})
-    try:
-        outcomes = cluster.outcomes()
-    finally:
-        cluster.close()
+    outcomes = outcomes_of(word_count, 3, delays={2: 0.0, 1: 0.7, 0: 1.4})
     assert outcomes[0] == ("ok", expected)
 
 
 def test_a_wrong_secret_fails_both_sides_with_authentication_failed():
-    cluster = Cluster(word_count, 2, options_for=lambda i: {
+    outcomes = outcomes_of(word_count, 2, options_for=lambda i: {
         "secret": "the-wrong-one" if i == 1 else SECRET, "startup_timeout": 4.0})
-    try:
-        outcomes = cluster.outcomes()
-    finally:
-        cluster.close()
     assert outcomes[1][0] == "error" and "authentication failed" in outcomes[1][2]
     assert outcomes[0][0] == "error" and "authentication failed" in outcomes[0][2]
     assert "did not connect" in outcomes[0][2]
@@ -219,12 +204,8 @@ def test_nothing_runs_in_a_cluster_that_never_forms(tmp_path):
         flow.from_iterable(range(100)).key_by(lambda n: n % 7).count().to_files(tmp_path / "out")
         return flow, []
 
-    cluster = Cluster(build, 2, options_for=lambda i: {
+    outcomes = outcomes_of(build, 2, options_for=lambda i: {
         "secret": "the-wrong-one" if i == 1 else SECRET, "startup_timeout": 3.0})
-    try:
-        outcomes = cluster.outcomes()
-    finally:
-        cluster.close()
     assert [outcome[0] for outcome in outcomes.values()] == ["error", "error"]
     assert not (tmp_path / "out").exists()
 
@@ -344,11 +325,7 @@ def _failing():
 
 
 def test_a_user_error_on_one_process_names_the_operator_there_and_the_peer_elsewhere():
-    cluster = Cluster(_failing, 2)
-    try:
-        outcomes = cluster.outcomes()
-    finally:
-        cluster.close()
+    outcomes = outcomes_of(_failing, 2)
     # record 3,333 is read by kernel 3333 % 2 = 1, i.e. process 1
     status, kind, message = outcomes[1]
     assert (status, kind) == ("error", "KernelProcessError")
@@ -398,11 +375,7 @@ def test_a_missing_secret_is_a_clear_error(monkeypatch):
 def test_the_secret_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("KERNEL_SECRET", SECRET)
     expected = run_alone(word_count)
-    cluster = Cluster(word_count, 2, options_for=lambda i: {"secret": None})
-    try:
-        outcomes = cluster.outcomes()
-    finally:
-        cluster.close()
+    outcomes = outcomes_of(word_count, 2, options_for=lambda i: {"secret": None})
     assert outcomes[0] == ("ok", expected)
 
 
@@ -432,23 +405,15 @@ def certificates(tmp_path_factory) -> dict[str, str]:
 def test_tls_links_give_the_same_results(certificates):
     expected = run_alone(word_count)
     tls = (certificates["node.pem"], certificates["node.key"], certificates["ca.pem"])
-    cluster = Cluster(word_count, 2, options_for=lambda i: {"tls": tls})
-    try:
-        outcomes = cluster.outcomes()
-    finally:
-        cluster.close()
+    outcomes = outcomes_of(word_count, 2, options_for=lambda i: {"tls": tls})
     assert outcomes[0] == ("ok", expected)
 
 
 def test_tls_refuses_a_peer_whose_certificate_the_ca_did_not_sign(certificates):
     good = (certificates["node.pem"], certificates["node.key"], certificates["ca.pem"])
     stranger = (certificates["other.pem"], certificates["other.key"], certificates["ca.pem"])
-    cluster = Cluster(word_count, 2, options_for=lambda i: {"tls": stranger if i == 1 else good,
+    outcomes = outcomes_of(word_count, 2, options_for=lambda i: {"tls": stranger if i == 1 else good,
                                                             "startup_timeout": 4.0})
-    try:
-        outcomes = cluster.outcomes()
-    finally:
-        cluster.close()
     assert outcomes[0][0] == "error" and "did not connect" in outcomes[0][2]
     assert outcomes[1][0] == "error" and "could not reach process 0" in outcomes[1][2]
 
