@@ -107,6 +107,7 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
     pipes: list = []
     commit_pipes: list = []
     relay_rings: list = []
+    handover = None  # launcher -> relay: the kernels' results, or why to abort
     # Kernels of a cluster wait until its links are up (the relay then writes
     # one byte per kernel into this pipe): nothing is computed, opened or
     # written for a cluster that never forms, and a failure can always be
@@ -160,7 +161,6 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
                 commit_pipes.append(commits_out)
             children.append(child)
             pipes.append(receiver)
-        handover = None
         if cluster is not None:
             receiver, sender = context.Pipe(duplex=False)
             results_in, handover = context.Pipe(duplex=False)
@@ -177,7 +177,6 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
             for fd in gate:
                 os.close(fd)
             gate = None
-            commit_pipes.append(handover)  # closed with them
             children.append(child)
             pipes.append(receiver)
         if on_started is not None:
@@ -206,6 +205,8 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
             pipe.close()
         for pipe in commit_pipes:
             pipe.close()
+        if handover is not None:
+            handover.close()
         for ring in [*rings.values(), *(r for pair in relay_rings for r in pair)]:
             ring.close()
         for bell in bells:
