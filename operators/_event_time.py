@@ -9,6 +9,15 @@ hold back the watermark of operators that also read other sources or other
 kernels; its next batch makes it active again. At the end of a bounded input
 the watermark goes to +inf (the kernel does that for every source).
 
+Idle means *had nothing when asked*, not *emitted nothing*: a source the
+kernel does not poll (its sources are paused while the exchange's rings are
+full, or its turn has not come) may have data waiting, and taking it for
+idle would let the windows downstream close ahead of that data, which then
+arrives late. So a period without output makes the source idle only if
+nothing woke it since its last poll (a wake says data came), and either that
+poll returned None (it waits for a wake) or it was polled during the period
+(a source that asks to be polled again and is not was held back).
+
 Timestamps are float seconds since the epoch; a timestamp function may return
 an `int`, a `float`, or a `datetime` (converted; a naive datetime is taken as
 UTC, so a pipeline means the same on every machine).
@@ -77,23 +86,37 @@ class EventTimeSource(Source):
         inner.name = self.name
         inner.context = context
         inner.emit = self._emit_timed
-        inner.wake = self.wake
+        inner.wake = self._inner_woke
         inner.advance_watermark = self.advance_watermark
         inner.mark_idle = self.mark_idle
         inner.schedule = self.schedule
         self._max_seen = -math.inf
-        self._active = False  # emitted since the last idle check
+        # since the last idle check: emitted a batch / was polled
+        self._emitted = self._polled = False
+        # since the last poll: woken (True at first: the kernel owes it its
+        # first poll) / the poll asked to be polled again
+        self._woken = True
+        self._again = False
         self._idle_timer = None
         inner.open(context)
         if self.idle_timeout is not None:
             self._idle_timer = context.kernel.call_later(self.idle_timeout, self._check_idle)
 
     def poll(self):
+        self._polled = True
+        self._woken = False  # a wake() during the poll sets it again
         more = self.inner.poll()
+        self._again = bool(more)
         if more is False and self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
         return more
+
+    def _inner_woke(self) -> None:
+        # The inner source has something to do (a reader task filled its
+        # buffer): until a poll finds nothing, it is not idle.
+        self._woken = True
+        self.wake()
 
     def result(self):
         return self.inner.result()
@@ -111,16 +134,18 @@ class EventTimeSource(Source):
         stamps = _stamps(call_each(self.name, self.timestamp, batch))
         newest = max(stamps)
         self.emit(TimedBatch(batch, stamps))
-        self._active = True
+        self._emitted = True
         if newest > self._max_seen:
             self._max_seen = newest
         self.advance_watermark(self._max_seen - self.max_delay)
 
     def _check_idle(self) -> None:
-        if self._active:
-            self._active = False
-        else:
+        # Woken and not polled since, or asked to be polled again and not
+        # polled all period: the kernel held the source back (backpressure,
+        # a long tick), and it may have data.
+        if not (self._emitted or self._woken) and (self._polled or not self._again):
             self.mark_idle()
+        self._emitted = self._polled = False
         self._idle_timer = self.context.kernel.call_later(self.idle_timeout, self._check_idle)
 
 
