@@ -12,9 +12,10 @@ benchmark box: one core each) while the parent sleeps. Three sections (and 1b):
    records are `(int, str)` pairs, `(i, f"word{i % 1000}")`, the shape
    `key_by` produces. The producer encodes each batch once and sends it; the
    consumer receives it and decodes it back into a list of tuples:
-   * ring: `net._codec.encode_batch` + `HEADER`, `SpscRing.push2` (spinning
-     while the ring is full); the consumer spins on `pop()`, strips the 5-byte
-     header and calls `net._codec.decode`;
+   * ring: `net._codec.encode_batch`, then `SpscRing.push_tagged(kind,
+     channel, body)` (spinning while the ring is full); the consumer spins on
+     `pop_many(DRAIN)`, at most as many frames a call as the kernel's ring
+     reader takes, and decodes each frame's body after its 5-byte tag;
    * ring, transport only: the same frames encoded once before the run and
      never decoded, to show how much of the ring's time is the codec's;
    * `multiprocessing.Queue`: `put(batch)` (its feeder thread pickles), `get()`;
@@ -23,7 +24,8 @@ benchmark box: one core each) while the parent sleeps. Three sections (and 1b):
    The CPU column (CPU time / wall time of each process) shows whether a run
    had its two cores: other programs on a shared box take them away.
    1b. at one record per message, each side's work timed alone in one process
-   (push2, or encode + push2; pop, or pop + decode): where a message's time goes.
+   (push, or encode + push; pop_many, or pop_many + decode): where a
+   message's time goes.
 2. the ring at 1000 records per message against msgspec's own decode rate for
    the same records (`Decoder(list[tuple])` on msgspec's own encoding of
    them as a list of arrays), in one process: the consumer decodes every
@@ -57,7 +59,8 @@ from itertools import cycle, islice
 import msgspec
 
 from benches._report import machine, percentile, table
-from net._codec import HEADER, decode, encode_batch
+from net._codec import DECODERS, decode, encode_batch
+from net._transport import FRAMES_PER_RING_PER_ACTIVATION as DRAIN
 from net.shm import SpscRing
 
 try:
@@ -182,7 +185,7 @@ def run_pair(jobs: list[tuple[Callable, tuple]], timeout: float = TIMEOUT) -> li
 # frames made from it before the clock starts); `receiving()` gives the consumer
 # `receive(n)`, which takes `n` messages and returns the last, and `unpack(last)`
 # turns that into its batch once the clock has stopped. These are whole loops, not
-# one call per message, so that the ring's per-message work (encode, push2, spin /
+# one call per message, so that the ring's per-message work (encode, push, spin /
 # pop, decode) runs inline, with no call of the harness's own in between.
 #
 # Section 3: `side(i, hot)` gives side i `send(message)` and `poll()`, the next
@@ -209,9 +212,10 @@ class Channel:
 
 
 class Ring(Channel):
-    """ours: SpscRing. The producer encodes each batch (`encode_batch` + `HEADER`)
-    and pushes it with `push2`, spinning while the ring is full; the consumer
-    spins on `pop()` and decodes the body after the 5-byte header."""
+    """ours: SpscRing, as the kernel's transport uses it. The producer encodes
+    each batch (`encode_batch`) and pushes it with `push_tagged`, spinning
+    while the ring is full; the consumer spins on `pop_many` and decodes each
+    body after the 5-byte tag."""
 
     def __init__(self, capacity: int = RING_BYTES) -> None:
         self.ring = SpscRing.create(capacity, prefix=PREFIX)
@@ -232,37 +236,42 @@ class Ring(Channel):
     @contextmanager
     def sending(self, pool: list):
         with self.attached() as ring:
-            yield self.sender(ring.push2), self.messages(pool)
+            yield self.sender(ring), self.messages(pool)
 
     @contextmanager
     def receiving(self):
         with self.attached() as ring:
-            yield self.receiver(ring.pop)
+            yield self.receiver(ring)
 
     @staticmethod
     def messages(pool: list) -> list:
         return pool
 
     @staticmethod
-    def sender(push2: Callable) -> Callable:
-        pack, encode = HEADER.pack, encode_batch
+    def sender(ring: SpscRing) -> Callable:
+        push, encode = ring.push_tagged, encode_batch
 
         def send(batches):
             for batch in batches:
                 kind, body = encode(batch)
-                head = pack(kind, 0)
-                while not push2(head, body):  # full: spin until the consumer makes room
+                while not push(kind, 0, body):  # full: spin until the consumer makes room
                     pass
 
         return send
 
     @staticmethod
-    def receiver(pop: Callable) -> Callable:
+    def receiver(ring: SpscRing) -> Callable:
+        # As the kernel's ring reader does: drain what is there (at most
+        # DRAIN frames a call), then decode each frame's body after its
+        # 5-byte tag by the decoder for its kind.
+        pop_many, decoders = ring.pop_many, DECODERS
+
         def receive(n):
-            for _ in range(n):
-                while (frame := pop()) is None:  # empty: spin
-                    pass
-                batch = decode(frame[0], frame[5:])  # kind, then the body after the 5-byte header
+            while n:
+                for frame in pop_many(min(n, DRAIN)):  # empty: spin
+                    batch = decoders[frame[0]](frame[5:])
+                    n -= 1
+            ring.release()
             return batch  # a new list: no view into the ring outlives this call
 
         return receive
@@ -277,24 +286,28 @@ class RingRaw(Ring):
 
     @staticmethod
     def messages(pool: list) -> list:
-        return [(HEADER.pack(kind, 0), body) for kind, body in map(encode_batch, pool)]
+        return list(map(encode_batch, pool))
 
     @staticmethod
-    def sender(push2: Callable) -> Callable:
+    def sender(ring: SpscRing) -> Callable:
+        push = ring.push_tagged
+
         def send(frames):
-            for head, body in frames:
-                while not push2(head, body):
+            for kind, body in frames:
+                while not push(kind, 0, body):
                     pass
 
         return send
 
     @staticmethod
-    def receiver(pop: Callable) -> Callable:
+    def receiver(ring: SpscRing) -> Callable:
+        pop_many = ring.pop_many
+
         def receive(n):
-            for _ in range(n):
-                while (frame := pop()) is None:
-                    pass
-            return frame  # a view into the ring, valid until the next pop
+            while n:
+                frames = pop_many(min(n, DRAIN))
+                n -= len(frames)
+            return frames[-1]  # a view into the ring, valid until the next pop
 
         return receive
 
@@ -434,7 +447,7 @@ def consume(channel, pool: list, warm: int, n: int, go) -> tuple[float, float, b
 
 # label -> channel; None: not installed
 THROUGHPUT: dict[str, type[Channel] | None] = {
-    "ours: SpscRing (encode_batch + push2 / pop + decode)": Ring,
+    "ours: SpscRing (encode_batch + push_tagged / pop_many + decode)": Ring,
     "ours: SpscRing, transport only (pre-encoded, no decode)": RingRaw,
     "multiprocessing.Queue (put / get, pickle)": MpQueue,
     "multiprocessing.Pipe (send / recv, pickle)": MpPipe,
@@ -501,35 +514,35 @@ def section_throughput(reps: int, records_per_run: dict[int, int]) -> list[str]:
 #
 # One process fills a ring with `COST_MESSAGES` frames and drains it, in turn,
 # with and without the codec, so each side's work is timed alone (no spinning,
-# no second core): the producer's push2 of a pre-encoded frame, or
-# encode_batch + HEADER.pack + push2; the consumer's pop, or pop + the header
+# no second core): the producer's push_tagged of a pre-encoded body, or
+# encode_batch + push_tagged; the consumer's pop_many, or pop_many + the tag
 # strip + decode.
 
 COST_MESSAGES = 5_000
 
 
 def _cost_loops(ring, batch: list) -> dict[str, Callable[[int], None]]:
-    push2, pop, pack, encode = ring.push2, ring.pop, HEADER.pack, encode_batch
+    push, pop_many, encode, decoders = ring.push_tagged, ring.pop_many, encode_batch, DECODERS
     kind, body = encode(batch)
-    head = pack(kind, 0)
 
     def push_frame(n):
         for _ in range(n):
-            push2(head, body)
+            push(kind, 0, body)
 
     def push_batch(n):
         for _ in range(n):
             kind, body = encode(batch)
-            push2(pack(kind, 0), body)
+            push(kind, 0, body)
 
     def pop_frame(n):
-        for _ in range(n):
-            pop()
+        while n:
+            n -= len(pop_many(min(n, DRAIN)))
 
     def pop_batch(n):
-        for _ in range(n):
-            frame = pop()
-            decode(frame[0], frame[5:])
+        while n:
+            for frame in pop_many(min(n, DRAIN)):
+                decoders[frame[0]](frame[5:])
+                n -= 1
 
     return {"push": push_frame, "encode + push": push_batch, "pop": pop_frame, "pop + decode": pop_batch}
 
@@ -554,11 +567,11 @@ def section_costs(rounds: int) -> list[str]:
         ring.unlink()
     ns = {name: statistics.median(values) for name, values in times.items()}
     rows = [
-        ["producer", "SpscRing.push2 of a pre-encoded frame", ns["push"], ""],
-        ["producer", "encode_batch + HEADER.pack + push2", ns["encode + push"],
+        ["producer", "SpscRing.push_tagged of a pre-encoded body", ns["push"], ""],
+        ["producer", "encode_batch + push_tagged", ns["encode + push"],
          ns["encode + push"] - ns["push"]],
-        ["consumer", "SpscRing.pop", ns["pop"], ""],
-        ["consumer", "pop + header strip (frame[5:]) + decode", ns["pop + decode"],
+        ["consumer", f"SpscRing.pop_many({DRAIN})", ns["pop"], ""],
+        ["consumer", "pop_many + tag strip (frame[5:]) + decode", ns["pop + decode"],
          ns["pop + decode"] - ns["pop"]],
     ]
     return [table(

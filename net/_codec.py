@@ -30,6 +30,7 @@ from itertools import chain
 import msgspec
 
 from ._batch import IDLE, EpochMarker, TimedBatch
+from .shm import TAG
 
 KIND_SCALARS = 1  # msgpack array of scalars
 KIND_TUPLES = 2  # msgpack array of arrays, decoded as a list of tuples
@@ -40,7 +41,7 @@ KIND_IDLE = 6  # no body
 KIND_EPOCH = 7  # u64 epoch number
 TIMED = 0x80  # flag: timestamps precede the records' body
 
-HEADER = struct.Struct("<BI")
+HEADER = TAG  # kind (u8), channel (u32): the ring packs it with a frame (push_tagged)
 _WATERMARK = struct.Struct("<d")
 _COUNT = struct.Struct("<I")
 _EPOCH = struct.Struct("<Q")
@@ -185,7 +186,7 @@ def decode(kind: int, body):
     # A dict of decoders by kind, rather than a chain of comparisons (timeit,
     # one pair with its header strip: 292 -> 259 ns; benches/channels.py).
     try:
-        decoder = _DECODERS[kind]
+        decoder = DECODERS[kind]
     except KeyError:
         raise ValueError(f"unknown frame kind {kind}") from None
     return decoder(body)
@@ -201,7 +202,7 @@ def _timed(decode_records):
     return decode_timed
 
 
-_DECODERS = {
+DECODERS = {
     KIND_SCALARS: _decode,
     KIND_TUPLES: _decode_tuples,
     KIND_PICKLE: pickle.loads,
@@ -210,5 +211,5 @@ _DECODERS = {
     KIND_IDLE: lambda body: IDLE,
     KIND_EPOCH: lambda body: EpochMarker(_EPOCH.unpack(body)[0]),
 }
-_DECODERS.update({kind | TIMED: _timed(_DECODERS[kind])
+DECODERS.update({kind | TIMED: _timed(DECODERS[kind])
                   for kind in (KIND_SCALARS, KIND_TUPLES, KIND_PICKLE)})

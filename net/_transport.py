@@ -36,13 +36,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
 
-from ._codec import HEADER, decode, encode_batch, encode_progress
+from ._codec import DECODERS, HEADER, decode, encode_batch, encode_progress
 from .shm import Doorbell, SpscRing, full_fence
 
 END = None  # decode() returns None for an end-of-input frame
 # Bounds one activation's work: a frame can hold a whole batch (thousands of
 # records), and decoding 64 of them took ~300 ms in benches/pipelines.
-_FRAMES_PER_RING_PER_ACTIVATION = 4
+FRAMES_PER_RING_PER_ACTIVATION = 4
 _SPIN_ACTIVATIONS = 32  # empty polls before parking (a few tens of us)
 ROUTE = struct.Struct("<I")  # the other kernel, before a relayed frame's HEADER
 # A frame larger than a quarter of its ring travels in pieces: HEADER(kind
@@ -65,46 +65,49 @@ class RelayEnds(NamedTuple):
 class _Writer:
     """Frames to one destination kernel, with an overflow queue."""
 
-    __slots__ = ("bell", "overflow", "piece", "prefix", "ring")
+    __slots__ = ("bell", "overflow", "piece", "prefix", "push", "ring")
 
     def __init__(self, ring: SpscRing, bell: Doorbell, prefix: bytes = b"") -> None:
         self.ring = ring
         self.bell = bell
         self.prefix = prefix  # ROUTE of the destination, through a relay
-        self.overflow: deque[tuple[bytes, bytes]] = deque()
+        # push(kind, channel, body) -> bool: the tag packed with the frame;
+        # through a relay, after the destination's ROUTE
+        self.push = self._push_routed if prefix else ring.push_tagged
+        self.overflow: deque[tuple[int, int, bytes]] = deque()
         # Larger frames go in pieces of this size: a frame near the ring's
         # size could only be pushed into an empty ring, and one beyond it never.
         self.piece = ring.capacity // 4
 
-    def send(self, head: bytes, body: bytes) -> None:
-        if len(head) + len(body) > self.piece:
-            whole = memoryview(head + body)
+    def send(self, kind: int, channel: int, body: bytes) -> None:
+        if HEADER.size + len(body) > self.piece:
+            whole = memoryview(HEADER.pack(kind, channel) + body)
             step = self.piece - HEADER.size
             for start in range(0, len(whole), step):
-                kind = KIND_LAST_PIECE if start + step >= len(whole) else KIND_PIECE
-                self._send_one(HEADER.pack(kind, 0), bytes(whole[start : start + step]))
+                piece = KIND_LAST_PIECE if start + step >= len(whole) else KIND_PIECE
+                self._send_one(piece, 0, bytes(whole[start : start + step]))
             return
-        self._send_one(head, body)
+        self._send_one(kind, channel, body)
 
-    def _send_one(self, head: bytes, body: bytes) -> None:
-        if self.prefix:
-            head = self.prefix + head
+    def _send_one(self, kind: int, channel: int, body: bytes) -> None:
         if self.overflow:
-            self.overflow.append((head, body))
+            self.overflow.append((kind, channel, body))
             return
-        if not self.ring.push2(head, body):
-            self.overflow.append((head, body))
+        if not self.push(kind, channel, body):
+            self.overflow.append((kind, channel, body))
         # Rung on a refusal too: a refused push may have published a wrap
         # marker, and only a consumer stepping over it frees that space.
         self.bell.ring()
+
+    def _push_routed(self, kind: int, channel: int, body: bytes) -> bool:
+        return self.ring.push2(self.prefix + HEADER.pack(kind, channel), body)
 
     def flush(self) -> bool:
         """Push what overflowed; True when nothing is left."""
         overflow = self.overflow
         tried = bool(overflow)
         while overflow:
-            head, body = overflow[0]
-            if not self.ring.push2(head, body):
+            if not self.push(*overflow[0]):
                 break
             overflow.popleft()
         if tried:
@@ -145,16 +148,16 @@ class ProcessTransport:
 
     def send_batch(self, dest: int, channel: int, batch: list) -> None:
         kind, body = encode_batch(batch)
-        self._send(dest, HEADER.pack(kind, channel), body)
+        self._send(dest, kind, channel, body)
 
     def send_progress(self, dest: int, channel: int, payload) -> None:
         """A watermark (float), end of input (None), IDLE or an EpochMarker."""
         kind, body = encode_progress(payload)
-        self._send(dest, HEADER.pack(kind, channel), body)
+        self._send(dest, kind, channel, body)
 
-    def _send(self, dest: int, head: bytes, body: bytes) -> None:
+    def _send(self, dest: int, kind: int, channel: int, body: bytes) -> None:
         writer = self._writers[dest]
-        writer.send(head, body)
+        writer.send(kind, channel, body)
         if writer.overflow and not self.blocked:
             self.blocked = True
             self._on_backpressure(True)
@@ -248,11 +251,7 @@ class _Reader:
         deliver = self._deliver
         got = 0
         for source, ring, _ in self._rings:
-            pop = ring.pop
-            for _ in range(_FRAMES_PER_RING_PER_ACTIVATION):
-                frame = pop()
-                if frame is None:
-                    break
+            for frame in ring.pop_many(FRAMES_PER_RING_PER_ACTIVATION):
                 if source is None:  # through the relay: the source kernel first
                     (sender,) = ROUTE.unpack_from(frame)
                     frame = frame[ROUTE.size :]
@@ -265,7 +264,10 @@ class _Reader:
                     if frame is None:
                         continue
                     kind, channel = HEADER.unpack_from(frame)
-                payload = decode(kind, frame[HEADER.size :])
+                try:
+                    payload = DECODERS[kind](frame[HEADER.size :])
+                except KeyError:  # decode() names an unknown kind
+                    payload = decode(kind, frame[HEADER.size :])
                 if payload is END:
                     self._ends_left -= 1
                 deliver(channel, sender, payload)

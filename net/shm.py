@@ -71,6 +71,10 @@ _fence_lock = threading.Lock()
 # (length, head length); larger ones by slice assignment (the copy dominates).
 _PACKED_FRAME_MAX = 4096
 _FRAME_LAYOUTS: dict[int, struct.Struct] = {}
+# The transport's frame header, a u8 kind and a u32 channel, which
+# `push_tagged` packs with the frame (net/_codec.py's HEADER is this one).
+TAG = struct.Struct("<BI")
+_TAGGED_LAYOUTS: dict[int, struct.Struct] = {}
 
 
 def full_fence() -> None:
@@ -278,6 +282,33 @@ class SpscRing:
         self._slots[_SLOT_TAIL] = tail  # publish: after the frame (x86 TSO)
         return True
 
+    def push_tagged(self, kind: int, channel: int, data) -> bool:
+        """`push2(TAG.pack(kind, channel), data)` with the 5-byte tag packed
+        into the frame in the same step as the data (the transport's frame
+        header: a u8 kind and a u32 channel), rather than built as bytes of
+        its own first: ~120 ns less a one-record message (timeit, encode +
+        push of one (int, str) pair: ~680 -> ~560 ns), a fifth of what the
+        1 us a message target allows (benches/channels.py)."""
+        n = len(data) + 5
+        need = (n + 15) & ~7
+        tail = self._tail
+        offset = tail & self._mask
+        if (
+            offset + need <= self.capacity
+            and tail + need - self._head_seen <= self.capacity
+            and data.__class__ is bytes
+            and n <= _PACKED_FRAME_MAX
+        ):
+            layout = _TAGGED_LAYOUTS.get(n)
+            if layout is None:
+                layout = _TAGGED_LAYOUTS[n] = struct.Struct(f"<QBI{n - 5}s")
+            layout.pack_into(self._view, _HEADER_BYTES + offset, n, kind, channel, data)
+            tail += need
+            self._tail = tail
+            self._slots[_SLOT_TAIL] = tail  # publish: after the frame (x86 TSO)
+            return True
+        return self._push_general(TAG.pack(kind, channel), data, 5, n)
+
     def producer_waiting(self) -> bool:
         return bool(self._slots[_SLOT_PRODUCER_WAITING])
 
@@ -310,6 +341,55 @@ class SpscRing:
         start = _HEADER_BYTES + offset + 8
         self._pending_release = (n + 15) & ~7
         return self._view[start : start + n]
+
+    def pop_many(self, limit: int):
+        """Up to `limit` frames, oldest first (an empty tuple when there is
+        none): memoryviews into the ring, valid until the next `pop`,
+        `pop_many` or `release`, which gives their space back.
+
+        A drain in one call: one load of the tail and one store of the head
+        for all of them, and no call per frame. At one record per message
+        the consumer's pop + decode went from ~610 to ~490 ns a message
+        (timeit, 5,000 frames; benches/channels.py)."""
+        head = self._head
+        if self._pending_release:
+            head += self._pending_release
+            self._pending_release = 0
+            self._head = head
+            self._slots[_SLOT_HEAD] = head  # release the previous frames' space
+        slots, view, mask = self._slots, self._view, self._mask
+        tail = self._tail_seen
+        frames: list = []
+        append = frames.append
+        while limit > 0:
+            if head == tail:  # caught up with the tail last seen: look again
+                tail = self._tail_seen = slots[_SLOT_TAIL]
+                if head == tail:
+                    break
+            offset = head & mask
+            # A drain stops at the end of the data area (offset 0 next, or a
+            # wrap marker): the frames it holds then lie in the tail's lap, so
+            # once they are all read a producer that finds the ring full can
+            # still publish its own wrap marker, as with one held frame.
+            if offset == 0 and frames:
+                break
+            n = slots[(_HEADER_BYTES + offset) >> 3]
+            if n == _WRAP:
+                if frames:
+                    break
+                # Stepped over first, the marker is freed at once, as pop does.
+                head += self.capacity - offset
+                self._head = head
+                slots[_SLOT_HEAD] = head
+                continue
+            start = _HEADER_BYTES + offset + 8
+            append(view[start : start + n])
+            head += (n + 15) & ~7
+            limit -= 1
+        if not frames:
+            return ()
+        self._pending_release = head - self._head
+        return frames
 
     def release(self) -> None:
         """Give back the space of the frame returned by the last pop now."""

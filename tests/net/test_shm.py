@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from net.shm import Doorbell, SpscRing
+from net._codec import HEADER
+from net.shm import TAG, Doorbell, SpscRing
 
 
 def shm_names() -> set[str]:
@@ -110,14 +111,58 @@ def test_large_frames_with_a_head_round_trip():
         ring.unlink()
 
 
-# Operations: push a frame of a given size, or pop.
+def test_push_tagged_is_the_transport_header_then_the_body():
+    ring = SpscRing.create(1 << 16)
+    try:
+        for size in (0, 3, 4090, 4091, 20_000):  # packed in one write, and beyond
+            body = bytes(i % 251 for i in range(size))
+            assert ring.push_tagged(0x82, 70_000, body)
+            assert ring.push_tagged(7, 1, memoryview(body))
+            assert ring.pop_many(9) == [HEADER.pack(0x82, 70_000) + body, HEADER.pack(7, 1) + body]
+            assert ring.pop_many(9) == ()
+    finally:
+        ring.close()
+        ring.unlink()
+
+
+def test_pop_many_releases_a_lone_wrap_marker_at_once():
+    """A drain that only steps over a wrap marker frees that space now: the
+    producer waiting for it must not wait for another pop."""
+    ring = SpscRing.create(128)
+    try:
+        assert ring.push(b"a" * 80)  # 88 bytes: the next 88-byte frame must wrap
+        assert bytes(ring.pop_many(1)[0]) == b"a" * 80
+        assert not ring.push(b"b" * 80)  # publishes the wrap marker; the frame waits
+        assert ring.pop_many(4) == ()  # frees both the first frame and the marker
+        assert ring.push(b"b" * 80)
+        assert [bytes(f) for f in ring.pop_many(4)] == [b"b" * 80]
+    finally:
+        ring.close()
+        ring.unlink()
+
+
+# Operations: push a frame of a given size, pop one, or pop up to k at once.
 operations = st.lists(
     st.one_of(
         st.tuples(st.just("push"), st.integers(min_value=0, max_value=120)),
         st.tuples(st.just("pop"), st.just(0)),
+        st.tuples(st.just("pop_many"), st.integers(min_value=1, max_value=6)),
     ),
     max_size=300,
 )
+
+
+def _push_some_way(r: SpscRing, frame: bytes, counter: int) -> bool:
+    """push2 with the frame split in two (a head and a body, the body as
+    bytes: one packed write, or a memoryview: slices), or push_tagged with
+    its first 5 bytes as the (kind, channel) tag."""
+    if counter % 4 == 0 and len(frame) >= 5:
+        kind, channel = TAG.unpack_from(frame)
+        body = frame[5:] if counter % 8 else memoryview(frame)[5:]
+        return r.push_tagged(kind, channel, body)
+    cut = counter % 7 if len(frame) >= 7 else 0
+    body = frame[cut:] if counter % 3 else memoryview(frame)[cut:]
+    return r.push2(frame[:cut], body)
 
 
 @settings(max_examples=200, deadline=None)
@@ -127,7 +172,9 @@ def test_ring_behaves_like_a_bounded_deque(ops, capacity):
     is refused only when the bytes really do not fit."""
     r = SpscRing.create(capacity)
     model: deque[bytes] = deque()
-    held = 0  # the last popped frame keeps its space until the next pop
+    held = 0  # the last popped frames keep their space until the next pop
+    # what the last pop / pop_many returned, with the bytes they must still hold
+    views: list[tuple[memoryview, bytes]] = []
     counter = 0
     try:
         for op, size in ops:
@@ -137,11 +184,7 @@ def test_ring_behaves_like_a_bounded_deque(ops, capacity):
                     continue
                 counter += 1
                 frame = bytes(range(counter % 200, counter % 200 + 50)) * (size // 50) + b"x" * (size % 50)
-                # push2 with the frame split in two: a head and a body, the
-                # body as bytes (one packed write) or a memoryview (slices)
-                cut = counter % 7 if size >= 7 else 0
-                body = frame[cut:] if counter % 3 else memoryview(frame)[cut:]
-                if r.push2(frame[:cut], body):
+                if _push_some_way(r, frame, counter):
                     model.append(frame)
                     continue
                 # Refused only when the bytes do not fit: what is queued, the
@@ -152,14 +195,31 @@ def test_ring_behaves_like_a_bounded_deque(ops, capacity):
                     # A drained ring takes any frame once the consumer has
                     # stepped over a pending wrap marker.
                     assert r.pop() is None
-                    held = 0
+                    held, views = 0, []
                     assert r.push(frame)
                     model.append(frame)
+                continue
+            # Pushes since the last pop did not write over what it returned.
+            for view, expected in views:
+                assert bytes(view) == expected
+            views = []
+            if op == "pop_many":
+                got = r.pop_many(size)
+                # All that is there, up to `size`, but a drain stops short at
+                # the end of the data area (where a wrap marker is).
+                assert (1 if model else 0) <= len(got) <= min(size, len(model))
+                held = 0
+                for view in got:
+                    frame = model.popleft()
+                    assert bytes(view) == frame
+                    views.append((view, frame))
+                    held += (len(frame) + 15) & ~7
             else:
                 got = r.pop()
                 if model:
                     frame = model.popleft()
                     assert got is not None and bytes(got) == frame
+                    views.append((got, frame))
                     held = (len(frame) + 15) & ~7
                 else:
                     assert got is None
@@ -176,9 +236,13 @@ def _consume(name: str, count: int, result) -> None:
     ring = SpscRing.attach(name)
     got = []
     while len(got) < count:
-        frame = ring.pop()
-        if frame is not None:
-            got.append(bytes(frame))
+        if len(got) % 2:  # by turns, one frame or a drain of up to 5
+            got.extend(bytes(frame) for frame in ring.pop_many(min(5, count - len(got))))
+        else:
+            frame = ring.pop()
+            if frame is not None:
+                got.append(bytes(frame))
+    ring.release()
     ring.close()
     result.send(got)
 
