@@ -14,8 +14,8 @@ benchmark box: one core each) while the parent sleeps. Three sections (and 1b):
    consumer receives it and decodes it back into a list of tuples:
    * ring: `net._codec.encode_batch`, then `SpscRing.push_tagged(kind,
      channel, body)` (spinning while the ring is full); the consumer spins on
-     `pop_many(DRAIN)`, at most as many frames a call as the kernel's ring
-     reader takes, and decodes each frame's body after its 5-byte tag;
+     `pop()` and decodes each frame's body after its 5-byte tag, as the
+     kernel's transport does;
    * ring, transport only: the same frames encoded once before the run and
      never decoded, to show how much of the ring's time is the codec's;
    * `multiprocessing.Queue`: `put(batch)` (its feeder thread pickles), `get()`;
@@ -24,8 +24,8 @@ benchmark box: one core each) while the parent sleeps. Three sections (and 1b):
    The CPU column (CPU time / wall time of each process) shows whether a run
    had its two cores: other programs on a shared box take them away.
    1b. at one record per message, each side's work timed alone in one process
-   (push, or encode + push; pop_many, or pop_many + decode): where a
-   message's time goes.
+   (push, or encode + push; pop, or pop + decode): where a message's time
+   goes.
 2. the ring at 1000 records per message against msgspec's own decode rate for
    the same records (`Decoder(list[tuple])` on msgspec's own encoding of
    them as a list of arrays), in one process: the consumer decodes every
@@ -60,7 +60,6 @@ import msgspec
 
 from benches._report import machine, percentile, table
 from net._codec import DECODERS, decode, encode_batch
-from net._transport import FRAMES_PER_RING_PER_ACTIVATION as DRAIN
 from net.shm import SpscRing
 
 try:
@@ -214,7 +213,7 @@ class Channel:
 class Ring(Channel):
     """ours: SpscRing, as the kernel's transport uses it. The producer encodes
     each batch (`encode_batch`) and pushes it with `push_tagged`, spinning
-    while the ring is full; the consumer spins on `pop_many` and decodes each
+    while the ring is full; the consumer spins on `pop()` and decodes each
     body after the 5-byte tag."""
 
     def __init__(self, capacity: int = RING_BYTES) -> None:
@@ -261,17 +260,15 @@ class Ring(Channel):
 
     @staticmethod
     def receiver(ring: SpscRing) -> Callable:
-        # As the kernel's ring reader does: drain what is there (at most
-        # DRAIN frames a call), then decode each frame's body after its
-        # 5-byte tag by the decoder for its kind.
-        pop_many, decoders = ring.pop_many, DECODERS
+        # As the kernel's ring reader does: the body after the 5-byte tag
+        # goes to the decoder for the frame's kind.
+        pop, decoders = ring.pop, DECODERS
 
         def receive(n):
-            while n:
-                for frame in pop_many(min(n, DRAIN)):  # empty: spin
-                    batch = decoders[frame[0]](frame[5:])
-                    n -= 1
-            ring.release()
+            for _ in range(n):
+                while (frame := pop()) is None:  # empty: spin
+                    pass
+                batch = decoders[frame[0]](frame[5:])
             return batch  # a new list: no view into the ring outlives this call
 
         return receive
@@ -301,13 +298,13 @@ class RingRaw(Ring):
 
     @staticmethod
     def receiver(ring: SpscRing) -> Callable:
-        pop_many = ring.pop_many
+        pop = ring.pop
 
         def receive(n):
-            while n:
-                frames = pop_many(min(n, DRAIN))
-                n -= len(frames)
-            return frames[-1]  # a view into the ring, valid until the next pop
+            for _ in range(n):
+                while (frame := pop()) is None:
+                    pass
+            return frame  # a view into the ring, valid until the next pop
 
         return receive
 
@@ -447,7 +444,7 @@ def consume(channel, pool: list, warm: int, n: int, go) -> tuple[float, float, b
 
 # label -> channel; None: not installed
 THROUGHPUT: dict[str, type[Channel] | None] = {
-    "ours: SpscRing (encode_batch + push_tagged / pop_many + decode)": Ring,
+    "ours: SpscRing (encode_batch + push_tagged / pop + decode)": Ring,
     "ours: SpscRing, transport only (pre-encoded, no decode)": RingRaw,
     "multiprocessing.Queue (put / get, pickle)": MpQueue,
     "multiprocessing.Pipe (send / recv, pickle)": MpPipe,
@@ -515,14 +512,14 @@ def section_throughput(reps: int, records_per_run: dict[int, int]) -> list[str]:
 # One process fills a ring with `COST_MESSAGES` frames and drains it, in turn,
 # with and without the codec, so each side's work is timed alone (no spinning,
 # no second core): the producer's push_tagged of a pre-encoded body, or
-# encode_batch + push_tagged; the consumer's pop_many, or pop_many + the tag
-# strip + decode.
+# encode_batch + push_tagged; the consumer's pop, or pop + the tag strip +
+# decode.
 
 COST_MESSAGES = 5_000
 
 
 def _cost_loops(ring, batch: list) -> dict[str, Callable[[int], None]]:
-    push, pop_many, encode, decoders = ring.push_tagged, ring.pop_many, encode_batch, DECODERS
+    push, pop, encode, decoders = ring.push_tagged, ring.pop, encode_batch, DECODERS
     kind, body = encode(batch)
 
     def push_frame(n):
@@ -535,14 +532,13 @@ def _cost_loops(ring, batch: list) -> dict[str, Callable[[int], None]]:
             push(kind, 0, body)
 
     def pop_frame(n):
-        while n:
-            n -= len(pop_many(min(n, DRAIN)))
+        for _ in range(n):
+            pop()
 
     def pop_batch(n):
-        while n:
-            for frame in pop_many(min(n, DRAIN)):
-                decoders[frame[0]](frame[5:])
-                n -= 1
+        for _ in range(n):
+            frame = pop()
+            decoders[frame[0]](frame[5:])
 
     return {"push": push_frame, "encode + push": push_batch, "pop": pop_frame, "pop + decode": pop_batch}
 
@@ -570,8 +566,8 @@ def section_costs(rounds: int) -> list[str]:
         ["producer", "SpscRing.push_tagged of a pre-encoded body", ns["push"], ""],
         ["producer", "encode_batch + push_tagged", ns["encode + push"],
          ns["encode + push"] - ns["push"]],
-        ["consumer", f"SpscRing.pop_many({DRAIN})", ns["pop"], ""],
-        ["consumer", "pop_many + tag strip (frame[5:]) + decode", ns["pop + decode"],
+        ["consumer", "SpscRing.pop", ns["pop"], ""],
+        ["consumer", "pop + tag strip (frame[5:]) + decode", ns["pop + decode"],
          ns["pop + decode"] - ns["pop"]],
     ]
     return [table(

@@ -42,7 +42,7 @@ from .shm import Doorbell, SpscRing, full_fence
 END = None  # decode() returns None for an end-of-input frame
 # Bounds one activation's work: a frame can hold a whole batch (thousands of
 # records), and decoding 64 of them took ~300 ms in benches/pipelines.
-FRAMES_PER_RING_PER_ACTIVATION = 4
+_FRAMES_PER_RING_PER_ACTIVATION = 4
 _SPIN_ACTIVATIONS = 32  # empty polls before parking (a few tens of us)
 ROUTE = struct.Struct("<I")  # the other kernel, before a relayed frame's HEADER
 # A frame larger than a quarter of its ring travels in pieces: HEADER(kind
@@ -251,7 +251,11 @@ class _Reader:
         deliver = self._deliver
         got = 0
         for source, ring, _ in self._rings:
-            for frame in ring.pop_many(FRAMES_PER_RING_PER_ACTIVATION):
+            pop = ring.pop
+            for _ in range(_FRAMES_PER_RING_PER_ACTIVATION):
+                frame = pop()
+                if frame is None:
+                    break
                 if source is None:  # through the relay: the source kernel first
                     (sender,) = ROUTE.unpack_from(frame)
                     frame = frame[ROUTE.size :]

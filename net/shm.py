@@ -342,55 +342,6 @@ class SpscRing:
         self._pending_release = (n + 15) & ~7
         return self._view[start : start + n]
 
-    def pop_many(self, limit: int):
-        """Up to `limit` frames, oldest first (an empty tuple when there is
-        none): memoryviews into the ring, valid until the next `pop`,
-        `pop_many` or `release`, which gives their space back.
-
-        A drain in one call: one load of the tail and one store of the head
-        for all of them, and no call per frame. At one record per message
-        the consumer's pop + decode went from ~610 to ~490 ns a message
-        (timeit, 5,000 frames; benches/channels.py)."""
-        head = self._head
-        if self._pending_release:
-            head += self._pending_release
-            self._pending_release = 0
-            self._head = head
-            self._slots[_SLOT_HEAD] = head  # release the previous frames' space
-        slots, view, mask = self._slots, self._view, self._mask
-        tail = self._tail_seen
-        frames: list = []
-        append = frames.append
-        while limit > 0:
-            if head == tail:  # caught up with the tail last seen: look again
-                tail = self._tail_seen = slots[_SLOT_TAIL]
-                if head == tail:
-                    break
-            offset = head & mask
-            # A drain stops at the end of the data area (offset 0 next, or a
-            # wrap marker): the frames it holds then lie in the tail's lap, so
-            # once they are all read a producer that finds the ring full can
-            # still publish its own wrap marker, as with one held frame.
-            if offset == 0 and frames:
-                break
-            n = slots[(_HEADER_BYTES + offset) >> 3]
-            if n == _WRAP:
-                if frames:
-                    break
-                # Stepped over first, the marker is freed at once, as pop does.
-                head += self.capacity - offset
-                self._head = head
-                slots[_SLOT_HEAD] = head
-                continue
-            start = _HEADER_BYTES + offset + 8
-            append(view[start : start + n])
-            head += (n + 15) & ~7
-            limit -= 1
-        if not frames:
-            return ()
-        self._pending_release = head - self._head
-        return frames
-
     def release(self) -> None:
         """Give back the space of the frame returned by the last pop now."""
         if self._pending_release:

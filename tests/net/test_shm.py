@@ -118,35 +118,19 @@ def test_push_tagged_is_the_transport_header_then_the_body():
             body = bytes(i % 251 for i in range(size))
             assert ring.push_tagged(0x82, 70_000, body)
             assert ring.push_tagged(7, 1, memoryview(body))
-            assert ring.pop_many(9) == [HEADER.pack(0x82, 70_000) + body, HEADER.pack(7, 1) + body]
-            assert ring.pop_many(9) == ()
+            assert ring.pop() == HEADER.pack(0x82, 70_000) + body
+            assert ring.pop() == HEADER.pack(7, 1) + body
+            assert ring.pop() is None
     finally:
         ring.close()
         ring.unlink()
 
 
-def test_pop_many_releases_a_lone_wrap_marker_at_once():
-    """A drain that only steps over a wrap marker frees that space now: the
-    producer waiting for it must not wait for another pop."""
-    ring = SpscRing.create(128)
-    try:
-        assert ring.push(b"a" * 80)  # 88 bytes: the next 88-byte frame must wrap
-        assert bytes(ring.pop_many(1)[0]) == b"a" * 80
-        assert not ring.push(b"b" * 80)  # publishes the wrap marker; the frame waits
-        assert ring.pop_many(4) == ()  # frees both the first frame and the marker
-        assert ring.push(b"b" * 80)
-        assert [bytes(f) for f in ring.pop_many(4)] == [b"b" * 80]
-    finally:
-        ring.close()
-        ring.unlink()
-
-
-# Operations: push a frame of a given size, pop one, or pop up to k at once.
+# Operations: push a frame of a given size, or pop.
 operations = st.lists(
     st.one_of(
         st.tuples(st.just("push"), st.integers(min_value=0, max_value=120)),
         st.tuples(st.just("pop"), st.just(0)),
-        st.tuples(st.just("pop_many"), st.integers(min_value=1, max_value=6)),
     ),
     max_size=300,
 )
@@ -172,8 +156,8 @@ def test_ring_behaves_like_a_bounded_deque(ops, capacity):
     is refused only when the bytes really do not fit."""
     r = SpscRing.create(capacity)
     model: deque[bytes] = deque()
-    held = 0  # the last popped frames keep their space until the next pop
-    # what the last pop / pop_many returned, with the bytes they must still hold
+    held = 0  # the last popped frame keeps its space until the next pop
+    # what the last pop returned, with the bytes it must still hold
     views: list[tuple[memoryview, bytes]] = []
     counter = 0
     try:
@@ -203,27 +187,15 @@ def test_ring_behaves_like_a_bounded_deque(ops, capacity):
             for view, expected in views:
                 assert bytes(view) == expected
             views = []
-            if op == "pop_many":
-                got = r.pop_many(size)
-                # All that is there, up to `size`, but a drain stops short at
-                # the end of the data area (where a wrap marker is).
-                assert (1 if model else 0) <= len(got) <= min(size, len(model))
-                held = 0
-                for view in got:
-                    frame = model.popleft()
-                    assert bytes(view) == frame
-                    views.append((view, frame))
-                    held += (len(frame) + 15) & ~7
+            got = r.pop()
+            if model:
+                frame = model.popleft()
+                assert got is not None and bytes(got) == frame
+                views.append((got, frame))
+                held = (len(frame) + 15) & ~7
             else:
-                got = r.pop()
-                if model:
-                    frame = model.popleft()
-                    assert got is not None and bytes(got) == frame
-                    views.append((got, frame))
-                    held = (len(frame) + 15) & ~7
-                else:
-                    assert got is None
-                    held = 0
+                assert got is None
+                held = 0
         while model:
             assert bytes(r.pop()) == model.popleft()
         assert r.pop() is None
@@ -236,13 +208,9 @@ def _consume(name: str, count: int, result) -> None:
     ring = SpscRing.attach(name)
     got = []
     while len(got) < count:
-        if len(got) % 2:  # by turns, one frame or a drain of up to 5
-            got.extend(bytes(frame) for frame in ring.pop_many(min(5, count - len(got))))
-        else:
-            frame = ring.pop()
-            if frame is not None:
-                got.append(bytes(frame))
-    ring.release()
+        frame = ring.pop()
+        if frame is not None:
+            got.append(bytes(frame))
     ring.close()
     result.send(got)
 
