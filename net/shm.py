@@ -71,6 +71,9 @@ _fence_lock = threading.Lock()
 # (length, head length); larger ones by slice assignment (the copy dominates).
 _PACKED_FRAME_MAX = 4096
 _FRAME_LAYOUTS: dict[int, struct.Struct] = {}
+# pop() returns frames up to this size as bytes (a copy), larger ones as a
+# view into the ring (no copy).
+_COPY_MAX = 512
 # The transport's frame header, a u8 kind and a u32 channel, which
 # `push_tagged` packs with the frame (net/_codec.py's HEADER is this one).
 TAG = struct.Struct("<BI")
@@ -135,8 +138,9 @@ class SpscRing:
     """A single-producer single-consumer ring of byte frames in shared memory.
 
     `push(data) -> bool` never blocks (False when full). `pop()` returns the
-    next frame as a memoryview into the ring, valid until the next `pop()`
-    (the space is released then, so decoding needs no copy), or None.
+    next frame, or None: a small frame (up to 512 bytes) as bytes, a larger
+    one as a memoryview into the ring, valid until the next `pop()` (the
+    space is released then, so decoding a large frame needs no copy).
     """
 
     __slots__ = (
@@ -315,7 +319,8 @@ class SpscRing:
     # -- consumer side --------------------------------------------------------
 
     def pop(self):
-        """The next frame (a memoryview valid until the next pop), or None."""
+        """The next frame (bytes, or for a frame over 512 bytes a memoryview
+        valid until the next pop), or None."""
         head = self._head
         if self._pending_release:
             head += self._pending_release
@@ -339,6 +344,16 @@ class SpscRing:
             offset = 0
             n = self._slots[_HEADER_BYTES >> 3]
         start = _HEADER_BYTES + offset + 8
+        if n <= _COPY_MAX:
+            # A small frame is copied out as bytes, and its space given back
+            # at once: slicing the mmap into bytes costs less than making a
+            # view, and so do the slices and decoding that follow (one-record
+            # frame, its 5-byte tag stripped and decoded: ~35 ns less).
+            frame = self._map[start : start + n]
+            head += (n + 15) & ~7
+            self._head = head
+            self._slots[_SLOT_HEAD] = head  # after the copy: the producer may reuse the space
+            return frame
         self._pending_release = (n + 15) & ~7
         return self._view[start : start + n]
 

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from net import shm
 from net._codec import HEADER
 from net.shm import TAG, Doorbell, SpscRing
 
@@ -149,11 +150,21 @@ def _push_some_way(r: SpscRing, frame: bytes, counter: int) -> bool:
     return r.push2(frame[:cut], body)
 
 
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    # hypothesis runs many examples per call of the test: a function-scoped
+    # monkeypatch would be shared by all of them anyway, so say so.
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
 @settings(max_examples=200, deadline=None)
-@given(ops=operations, capacity=st.sampled_from([64, 128, 256]))
-def test_ring_behaves_like_a_bounded_deque(ops, capacity):
+@given(ops=operations, capacity=st.sampled_from([64, 128, 256]), copy_max=st.sampled_from([0, 24, 512]))
+def test_ring_behaves_like_a_bounded_deque(ops, capacity, copy_max, monkeypatch_module):
     """Every push the ring accepts comes out once, in order, intact; a push
-    is refused only when the bytes really do not fit."""
+    is refused only when the bytes really do not fit. `copy_max`: pop copies
+    frames up to that size out as bytes, and gives larger ones as views."""
+    monkeypatch_module.setattr(shm, "_COPY_MAX", copy_max)
     r = SpscRing.create(capacity)
     model: deque[bytes] = deque()
     held = 0  # the last popped frame keeps its space until the next pop
@@ -192,7 +203,8 @@ def test_ring_behaves_like_a_bounded_deque(ops, capacity):
                 frame = model.popleft()
                 assert got is not None and bytes(got) == frame
                 views.append((got, frame))
-                held = (len(frame) + 15) & ~7
+                assert isinstance(got, bytes) == (len(frame) <= copy_max)
+                held = 0 if len(frame) <= copy_max else (len(frame) + 15) & ~7
             else:
                 assert got is None
                 held = 0
