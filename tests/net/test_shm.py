@@ -150,21 +150,13 @@ def _push_some_way(r: SpscRing, frame: bytes, counter: int) -> bool:
     return r.push2(frame[:cut], body)
 
 
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    # hypothesis runs many examples per call of the test: a function-scoped
-    # monkeypatch would be shared by all of them anyway, so say so.
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
-
-
 @settings(max_examples=200, deadline=None)
 @given(ops=operations, capacity=st.sampled_from([64, 128, 256]), copy_max=st.sampled_from([0, 24, 512]))
-def test_ring_behaves_like_a_bounded_deque(ops, capacity, copy_max, monkeypatch_module):
+def test_ring_behaves_like_a_bounded_deque(ops, capacity, copy_max):
     """Every push the ring accepts comes out once, in order, intact; a push
     is refused only when the bytes really do not fit. `copy_max`: pop copies
     frames up to that size out as bytes, and gives larger ones as views."""
-    monkeypatch_module.setattr(shm, "_COPY_MAX", copy_max)
+    saved, shm._COPY_MAX = shm._COPY_MAX, copy_max  # per example, not per test
     r = SpscRing.create(capacity)
     model: deque[bytes] = deque()
     held = 0  # the last popped frame keeps its space until the next pop
@@ -212,6 +204,7 @@ def test_ring_behaves_like_a_bounded_deque(ops, capacity, copy_max, monkeypatch_
             assert bytes(r.pop()) == model.popleft()
         assert r.pop() is None
     finally:
+        shm._COPY_MAX = saved
         r.close()
         r.unlink()
 
