@@ -256,8 +256,13 @@ def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_G
         if _already_done(flow, snapshots):
             return
         epochs = None if snapshots is None else snapshots.for_processes()
-        flow._results_delivered(run_on_cores(lambda: flow, cores, options, gc_threshold_during_run,
-                                             epochs))
+        # Here too: unpickling the kernels' results (a windowed sum's 126,000
+        # result triples) at the default threshold ran ~180 young and one
+        # full collection over the caller's heap, 20-50 ms of a ~350 ms run
+        # (benches/pipelines.py windowed sum on 2 kernels).
+        with gc_threshold(gc_threshold_during_run):
+            flow._results_delivered(run_on_cores(lambda: flow, cores, options, gc_threshold_during_run,
+                                                 epochs))
         return
     with gc_threshold(gc_threshold_during_run):
         uvloop.run(run_async(flow, **options, state_dir=state_dir, epoch_interval=epoch_interval))

@@ -328,17 +328,18 @@ class _Windowing(Operator):
         if isinstance(self.window, Session):
             self._add_to_sessions(port, batch, stamps)
         elif isinstance(self.window, Tumbling):
-            self._add_tumbling(port, batch, stamps)
+            self._add_tumbling(port, batch, stamps, self._frontier)
         else:
-            self._add_sliding(port, batch, stamps)
+            self._add_sliding(port, batch, stamps, self._frontier)
         self._flush()
 
     # -- tumbling and sliding ------------------------------------------------------
 
-    def _add_tumbling(self, port, batch, stamps):
+    # `frontier`: events of windows that end at or before it are late (the
+    # owner of a split aggregate passes -inf: its senders decided lateness).
+    def _add_tumbling(self, port, batch, stamps, frontier):
         aligned = self._aligned
         size = aligned.size
-        frontier = self._frontier
         opened, numbers = self._open, self._numbers
         new, grow = self._new, self._grow
         adds = self._adds  # "sum" / "count": inlined below (no call per record)
@@ -379,10 +380,9 @@ class _Windowing(Operator):
         except Exception as exc:
             raise self._user_error(exc, record) from exc
 
-    def _add_sliding(self, port, batch, stamps):
+    def _add_sliding(self, port, batch, stamps, frontier):
         aligned = self._aligned
         end = aligned.end
-        frontier = self._frontier
         opened, numbers = self._open, self._numbers
         new, grow = self._new, self._grow
         late = self._late_out
@@ -419,7 +419,7 @@ class _Windowing(Operator):
         opened, numbers = self._open, self._numbers
         while numbers and aligned.end(numbers[0]) <= frontier:
             j = heapq.heappop(numbers)
-            self._emit_window(aligned.window(j), opened.pop(j))
+            self._emit_window(j, opened.pop(j))
 
     # -- sessions --------------------------------------------------------------------
 
@@ -548,26 +548,97 @@ _MISSING = object()
 
 
 class WindowAggregate(_Windowing):
-    """`(key, window, result)` per key and window of a keyed stream."""
+    """`(key, window, result)` per key and window of a keyed stream.
+
+    With `flat=True` it is the partial half of a combiner (`window_combiner`):
+    it emits `(key, j, acc)` for window number `j` when its own watermark
+    passes the window's end, or, while its partials hardly shrink what it is
+    given, passes batches on unaggregated (see `_pass_on`)."""
 
     def __init__(self, window, aggregation: Aggregation, late: bool = False, flat: bool = False) -> None:
         super().__init__(window, late)
         self.aggregation = aggregation
-        self.flat = flat  # emit (key, start, end, acc): the partial half of a combiner
+        self.flat = flat
         self._new = aggregation.create
         self._grow = aggregation.add
         self._merge = aggregation.merge
         kind = type(aggregation)
         self._adds = {SumAggregation: "sum", CountAggregation: "count"}.get(kind)
 
+    def open(self, context):
+        super().open(context)
+        if self.flat:
+            self._passing = _START_PASSING  # passing batches on instead of aggregating them
+            self._passed = 0  # batches passed on since the last measurement
+            self._measured = [0, 0, 0]  # accumulators created, records added, windows fired
+            # a measurement spans this many emitted windows: a whole window's
+            # lifetime, so keys that repeat across batches count as repeats
+            self._windows_to_measure = math.ceil(self.window.size / self._aligned.step) + 1
+
+    # -- the partial half: pre-aggregate, or pass on when it does not pay ----------
+    # A partial costs its sender an aggregation and its owner a merge; it pays
+    # where it stands for several records. With 1,000 keys, ~1.6 events per
+    # key and window and 2 kernels, each kernel's partials were 79% of its
+    # records, and pre-aggregating made both kernels slower than one
+    # (benches/pipelines.py windowed sum, measured per kernel: ~260 ms of
+    # kernel time with partials, ~150 ms passing records on). So the partial
+    # half measures, over a window's lifetime, how many accumulators its
+    # records create, and above _PASS_ON_ABOVE per record passes batches on
+    # to the owner (`WindowMerge` aggregates them), going back to
+    # aggregating every _PASSED_BEFORE_PROBE batches to measure again.
+
+    def on_batch(self, port, batch):
+        if not self.flat:
+            super().on_batch(port, batch)
+            return
+        if self._passing and self._pass_on(batch):
+            return
+        opened = self._open
+        before = sum(map(len, opened.values()))
+        super().on_batch(port, batch)
+        measured = self._measured
+        measured[0] += sum(map(len, opened.values())) - before
+        measured[1] += len(batch)
+
+    def _pass_on(self, batch) -> bool:
+        """Emit `batch` as it is, if none of its events is (even in part) late
+        here: the owner then decides nothing about lateness, and the results
+        and late counts are those of pre-aggregating. An event at `t` is only
+        in windows that end after `t`, so `t >= frontier` keeps them all open."""
+        stamps = self._stamps(batch)
+        if not stamps or min(stamps) < self._frontier:
+            return False  # aggregated here, where lateness is decided
+        self.emit(batch)
+        self._passed += 1
+        if self._passed >= _PASSED_BEFORE_PROBE:
+            self._passing = False  # measure again
+            self._measured = [0, 0, 0]
+        return True
+
+    def on_watermark(self, watermark):
+        if not self.flat:
+            super().on_watermark(watermark)
+            return
+        open_windows = len(self._numbers)
+        super().on_watermark(watermark)
+        measured = self._measured
+        measured[2] += open_windows - len(self._numbers)
+        if self._passing or measured[2] < self._windows_to_measure or measured[1] < _MEASURE_AT_LEAST:
+            return
+        created, added = measured[0], measured[1]
+        self._passing = created > _PASS_ON_ABOVE * added
+        self._passed = 0
+        self._measured = [0, 0, 0]
+
     def _results(self, key, window, acc):
         return ((key, window, self.aggregation.result(acc)),)
 
-    def _emit_window(self, window, accs: dict) -> None:
+    def _emit_window(self, j, accs: dict) -> None:
         if self.flat:  # a partial for WindowMerge: flat scalars cross the exchange by msgpack
-            start, end = window
-            self._out.extend([(key, start, end, acc) for key, acc in accs.items()])
-        elif self._adds is not None:  # the accumulator is the result
+            self._out.extend([(key, j, acc) for key, acc in accs.items()])
+            return
+        window = self._aligned.window(j)
+        if self._adds is not None:  # the accumulator is the result
             self._out.extend([(key, window, acc) for key, acc in accs.items()])
         else:
             result = self.aggregation.result
@@ -575,6 +646,16 @@ class WindowAggregate(_Windowing):
 
     def _function(self):
         return self.aggregation.function or f"window {self.aggregation.name}"
+
+
+# The partial half passes batches on while its records create more than this
+# many accumulators each (over a window's lifetime). Both sides of the
+# exchange pay about as much per partial as per record, so a partial that
+# stands for fewer than two records costs more than it saves.
+_PASS_ON_ABOVE = 0.5
+_PASSED_BEFORE_PROBE = 64  # batches passed on before measuring again
+_MEASURE_AT_LEAST = 2048  # records a measurement needs
+_START_PASSING = False  # pre-aggregate until measured (tests start passing on)
 
 
 class WindowJoin(_Windowing):
@@ -605,7 +686,8 @@ class WindowJoin(_Windowing):
         lefts, rights = acc
         return [(key, window, (left, right)) for left in lefts for right in rights]
 
-    def _emit_window(self, window, accs: dict) -> None:
+    def _emit_window(self, j, accs: dict) -> None:
+        window = self._aligned.window(j)
         for key, acc in accs.items():
             self._out.extend(self._results(key, window, acc))
 
@@ -613,64 +695,49 @@ class WindowJoin(_Windowing):
         return "join"
 
 
-class WindowMerge(Operator):
-    """The owner's half of a windowed aggregate split around an exchange:
-    each kernel aggregates its own events per key and window (a
-    `WindowAggregate`, emitting when its own watermark passes the window's
-    end) and sends `(key, start, end, partial)` (flat scalars, so msgpack
-    carries it); this merges the partials and emits once its watermark, the
-    minimum over every kernel, passes the end.
-    No partial can come late: a kernel sends a window's partial before the
-    watermark that closes it. (Which events count as late is then decided
-    by each kernel's own watermark.)"""
+class WindowMerge(WindowAggregate):
+    """The owner's half of a windowed aggregate split around an exchange.
+    Each kernel's partial half (`WindowAggregate(flat=True)`) sends either
+    `(key, j, partial)` for window number `j` (plain lists), merged here with
+    `combine`, or its records unaggregated (`TimedBatch`es), aggregated here.
+    Results go out once this kernel's watermark, the minimum over every
+    kernel, passes a window's end.
+    Nothing that comes here is late: a kernel decides which of its events are
+    late by its own watermark, sends a window's partial before the watermark
+    that closes it, and passes on only records that no window has closed on
+    yet there."""
 
-    def __init__(self, window, aggregation: Aggregation) -> None:
-        self.window = window
-        self.aggregation = aggregation
-
-    def open(self, context):
-        self._windows = map_state(self, "windows")  # Window -> {key: acc}
-        self._ends: list = []  # heap of (end, start)
-        self._frontier = -math.inf
+    def __init__(self, window, aggregation: Aggregation, combine) -> None:
+        super().__init__(window, aggregation)
+        self.combine = combine
 
     def on_batch(self, port, batch):
-        merge = self.aggregation.merge
-        windows, ends = self._windows, self._ends
+        if batch.__class__ is TimedBatch:  # records a partial half passed on
+            if isinstance(self.window, Tumbling):
+                self._add_tumbling(port, batch, batch.timestamps, -math.inf)
+            else:
+                self._add_sliding(port, batch, batch.timestamps, -math.inf)
+            return
+        combine = self.combine
+        opened, numbers = self._open, self._numbers
         record = None
+        last_j = keyed = None  # a window's partials come together
         try:
             for record in batch:
-                key, start, end, partial = record
-                window = Window(start, end)
-                accs = windows.get(window)
-                if accs is None:
-                    accs = windows[window] = {}
-                    heapq.heappush(ends, (window.end, window.start))
-                acc = accs.get(key, _MISSING)
-                accs[key] = partial if acc is _MISSING else merge(acc, partial)
+                key, j, partial = record
+                if j != last_j:
+                    keyed = opened.get(j)
+                    if keyed is None:
+                        keyed = opened[j] = {}
+                        heapq.heappush(numbers, j)
+                    last_j = j
+                acc = keyed.get(key, _MISSING)
+                keyed[key] = partial if acc is _MISSING else combine(acc, partial)
         except KernelError:
             raise
         except Exception as exc:
             raise OperatorError.wrap(self.name, self.aggregation.function or "merge", exc,
                                      record=record) from exc
-
-    def on_watermark(self, watermark):
-        self._frontier = watermark
-        windows, ends = self._windows, self._ends
-        out: list = []
-        while ends and ends[0][0] <= watermark:
-            end, start = heapq.heappop(ends)
-            window = Window(start, end)
-            out.extend([(key, window, acc) for key, acc in windows.pop(window).items()])
-        emit_in_batches(self.emit, out)
-
-    def on_epoch(self, epoch):
-        return {"states": super().on_epoch(epoch), "frontier": self._frontier}
-
-    def restore(self, snapshot):
-        super().restore(snapshot["states"])
-        self._frontier = snapshot["frontier"]
-        self._ends = [(window.end, window.start) for window in self._windows]
-        heapq.heapify(self._ends)
 
 
 def window_combiner(window, aggregation: Aggregation, late: bool):
@@ -683,23 +750,13 @@ def window_combiner(window, aggregation: Aggregation, late: bool):
     if late or isinstance(window, Session) or not mergeable:
         return None
     if isinstance(aggregation, ReduceAggregation):
-        merging = _Merging(aggregation.function)  # associative, as reduce after key_by
+        combine = aggregation.function  # associative, as reduce after key_by
     else:
-        merging = _Merging(None)  # partial counts and sums add up
+        combine = _add  # partial counts and sums add up
     return (
         lambda: WindowAggregate(window, aggregation, late=False, flat=True),
-        lambda: WindowMerge(window, merging),
+        lambda: WindowMerge(window, aggregation, combine),
     )
-
-
-class _Merging(Aggregation):
-    """How partial accumulators merge: the reduce function, or `+`."""
-
-    name = "merge"
-
-    def __init__(self, fn) -> None:
-        self.function = fn
-        self.merge = fn if fn is not None else _add
 
 
 def _add(a, b):

@@ -1,0 +1,85 @@
+"""A windowed count, sum or reduce on several kernels pre-aggregates per
+kernel, or passes records on to the key's owner while pre-aggregating does
+not pay (`WindowAggregate(flat=True)` measures which). Whichever it does,
+batch by batch, the results and late counts are the same: each kernel decides
+which of its events are late by its own watermark, and passes on only
+batches none of whose events any window there has closed on.
+
+The modes are forced through the module's knobs (the kernel processes are
+forked, so they inherit them): always pre-aggregate, pass on from the start,
+and switch back and forth every batch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_windows import batch_sizes, by_window, keyed_values, members, source, streams
+
+import operators._windows as windows
+from kernel import Dataflow, run
+from operators import Sliding, Tumbling
+
+MODES = {
+    "pre-aggregate": {"_PASS_ON_ABOVE": math.inf},
+    "pass on": {"_PASS_ON_ABOVE": -1.0, "_START_PASSING": True, "_PASSED_BEFORE_PROBE": 10**9,
+                "_MEASURE_AT_LEAST": 0},
+    "switch every batch": {"_PASS_ON_ABOVE": -1.0, "_START_PASSING": True, "_PASSED_BEFORE_PROBE": 1,
+                           "_MEASURE_AT_LEAST": 0},
+}
+WINDOWS = [Tumbling(1.0), Tumbling(0.25), Sliding(2.0, 0.5), Sliding(0.75, 0.5), Sliding(0.5, 1.25)]
+
+
+def aggregates(window, events, batch_size, max_delay, cores, mode):
+    """{name: ({(key, window): result}, late count)} for count, sum and reduce(max)."""
+    flow = Dataflow()
+    w = keyed_values(source(flow, events, max_delay=max_delay, batch_size=batch_size)).window(window)
+    results = {"count": w.count(), "sum": w.sum(), "max": w.reduce(max)}
+    handles = {name: r.collect() for name, r in results.items()}
+    saved = {name: getattr(windows, name) for name in MODES[mode]}
+    try:
+        for name, value in MODES[mode].items():
+            setattr(windows, name, value)
+        run(flow, cores=cores)
+    finally:
+        for name, value in saved.items():
+            setattr(windows, name, value)
+    return {name: (by_window(handles[name].items), r.late_count.value) for name, r in results.items()}
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.sampled_from(WINDOWS), streams(max_size=60), batch_sizes, st.sampled_from([1, 2, 3]))
+def test_every_mode_gives_the_brute_force_results(window, events, batch_size, cores):
+    groups = members(window, events)
+    values = {kw: [events[i][2] for i in idx] for kw, idx in groups.items()}
+    for mode in MODES:
+        got = aggregates(window, events, batch_size, 0.5, cores, mode)
+        assert got["count"] == ({kw: len(v) for kw, v in values.items()}, 0), mode
+        assert got["sum"] == ({kw: sum(v) for kw, v in values.items()}, 0), mode
+        assert got["max"] == ({kw: max(v) for kw, v in values.items()}, 0), mode
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.sampled_from(WINDOWS), streams(disorder=4.0, max_size=60), st.sampled_from([1, 3, 8]),
+       st.sampled_from([0.0, 0.5]), st.sampled_from([2, 3]))
+def test_late_events_are_the_same_in_every_mode(window, events, batch_size, max_delay, cores):
+    reference = aggregates(window, events, batch_size, max_delay, cores, "pre-aggregate")
+    for mode in ("pass on", "switch every batch"):
+        assert aggregates(window, events, batch_size, max_delay, cores, mode) == reference, mode
+
+
+@pytest.mark.parametrize("keys, passing", [(10, False), (1000, True)])
+def test_the_partial_half_passes_on_only_where_partials_hardly_shrink(keys, passing):
+    """10 keys: a window's ~1,000 events make ~10 partials, pre-aggregated;
+    1,000 keys (the benchmark's ~1.6 events per key and window): passed on."""
+    op = windows.WindowAggregate(Tumbling(1.0), windows.SumAggregation(), flat=True)
+    op.open(None)
+    op.emit = lambda batch: None
+    for i in range(20):
+        batch = windows.TimedBatch([(f"k{(i * 1024 + n) % keys}", 1) for n in range(1024)],
+                                   [i + n / 1024 for n in range(1024)])
+        op.on_batch(0, batch)
+        op.on_watermark(i + 1.0)
+    assert op._passing is passing
