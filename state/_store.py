@@ -8,9 +8,11 @@ serialize on a lock; a snapshot write is one short transaction).
 
 Tables:
 
-* `meta`: the flow's fingerprint and the number of kernels it ran on, so a
-  `state_dir` written by another flow (or for another number of kernels) is
-  refused with a clear error instead of being misread;
+* `meta`: the flow's fingerprint, the number of kernels it ran on and the
+  layout of the operators' snapshots (`FORMAT`), so a `state_dir` written by
+  another flow, for another number of kernels or by a version of this
+  library whose operators saved their state differently is refused with a
+  clear error instead of being misread;
 * `snapshots(epoch, kernel, crc, blob)`: each kernel's snapshot of each
   epoch, with a CRC-32 of the blob checked when it is read (SQLite does not
   checksum its pages: a torn or bit-flipped blob must not be restored);
@@ -33,6 +35,10 @@ from kernel._errors import KernelError
 log = logging.getLogger("kernel.state")
 
 FILE_NAME = "snapshots.sqlite"
+# The layout of what operators put in their snapshots. Raised whenever a
+# built-in operator changes it: 2 = windowed aggregates keep their state by
+# window number (partials `(key, j, acc)`), not by `Window`.
+FORMAT = "2"
 _KEEP_COMPLETE = 2
 # A kernel whose work has all ended writes its last snapshot under FINAL: it
 # stands for that kernel in every later epoch (it takes part in none).
@@ -87,10 +93,16 @@ class SnapshotStore:
         rows = dict(self._db.execute("SELECT key, value FROM meta"))
         if not rows:
             self._write(
-                "INSERT INTO meta (key, value) VALUES (?, ?), (?, ?)",
-                ("flow", fingerprint, "kernels", str(kernels)),
+                "INSERT INTO meta (key, value) VALUES (?, ?), (?, ?), (?, ?)",
+                ("flow", fingerprint, "kernels", str(kernels), "format", FORMAT),
             )
             return
+        if rows.get("format") != FORMAT:
+            raise StateError(
+                f"state_dir {self.directory!r} holds snapshots in format {rows.get('format', '1')} "
+                f"and this version reads format {FORMAT} (its operators save their state "
+                "differently); finish that run with the version that wrote it, or use a fresh state_dir"
+            )
         if rows.get("flow") != fingerprint:
             raise StateError(
                 f"state_dir {self.directory!r} holds the state of another flow "

@@ -76,6 +76,17 @@ def test_a_state_dir_of_another_flow_or_kernel_count_is_refused(tmp_path):
         SnapshotStore(tmp_path).claim("flow-a", 3)
 
 
+def test_a_state_dir_in_another_snapshot_format_is_refused(tmp_path):
+    """A state_dir written before the operators' snapshots changed layout (no
+    format row, as format 1 stores had) is refused, not misread."""
+    store_with_epochs(tmp_path)
+    old = SnapshotStore(tmp_path)
+    old._write("DELETE FROM meta WHERE key = ?", ("format",))
+    old.close()
+    with pytest.raises(StateError, match="format 1 and this version reads format 2"):
+        SnapshotStore(tmp_path).claim("flow-a", 2)
+
+
 def test_run_refuses_a_state_dir_written_by_another_flow(tmp_path):
     first = Dataflow("one")
     first.from_iterable([1, 2]).map(str).collect()
