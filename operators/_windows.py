@@ -702,35 +702,47 @@ class WindowMerge(WindowAggregate):
     `combine`, or its records unaggregated (`TimedBatch`es), aggregated here.
     Results go out once this kernel's watermark, the minimum over every
     kernel, passes a window's end.
-    Nothing that comes here is late: a kernel decides which of its events are
-    late by its own watermark, sends a window's partial before the watermark
-    that closes it, and passes on only records that no window has closed on
-    yet there."""
+    A kernel decides which of its events are late by its own watermark, sends
+    a window's partial before the watermark that closes it, and passes on only
+    records that no window has closed on yet there; so in order, nothing that
+    comes here is late. But a kernel whose inputs were all idle lags behind:
+    the frontier here moved on without it, and what it sends when it wakes
+    may be for windows already emitted here. Those are late here, as they
+    would be on one kernel, and are dropped and counted (a partial as one
+    event: it does not say how many it stands for), never emitted twice."""
 
     def __init__(self, window, aggregation: Aggregation, combine) -> None:
         super().__init__(window, aggregation)
         self.combine = combine
 
     def on_batch(self, port, batch):
+        frontier = self._frontier
         if batch.__class__ is TimedBatch:  # records a partial half passed on
             if isinstance(self.window, Tumbling):
-                self._add_tumbling(port, batch, batch.timestamps, -math.inf)
+                self._add_tumbling(port, batch, batch.timestamps, frontier)
             else:
-                self._add_sliding(port, batch, batch.timestamps, -math.inf)
+                self._add_sliding(port, batch, batch.timestamps, frontier)
             return
         combine = self.combine
-        opened, numbers = self._open, self._numbers
+        opened, numbers, end = self._open, self._numbers, self._aligned.end
         record = None
         last_j = keyed = None  # a window's partials come together
+        dropped = 0
         try:
             for record in batch:
                 key, j, partial = record
                 if j != last_j:
-                    keyed = opened.get(j)
-                    if keyed is None:
-                        keyed = opened[j] = {}
-                        heapq.heappush(numbers, j)
                     last_j = j
+                    if end(j) <= frontier:  # emitted here already (see the class)
+                        keyed = None
+                    else:
+                        keyed = opened.get(j)
+                        if keyed is None:
+                            keyed = opened[j] = {}
+                            heapq.heappush(numbers, j)
+                if keyed is None:
+                    dropped += 1
+                    continue
                 acc = keyed.get(key, _MISSING)
                 keyed[key] = partial if acc is _MISSING else combine(acc, partial)
         except KernelError:
@@ -738,6 +750,7 @@ class WindowMerge(WindowAggregate):
         except Exception as exc:
             raise OperatorError.wrap(self.name, self.aggregation.function or "merge", exc,
                                      record=record) from exc
+        self.late += dropped
 
 
 def window_combiner(window, aggregation: Aggregation, late: bool):

@@ -83,3 +83,31 @@ def test_the_partial_half_passes_on_only_where_partials_hardly_shrink(keys, pass
         op.on_batch(0, batch)
         op.on_watermark(i + 1.0)
     assert op._passing is passing
+
+
+@pytest.mark.parametrize("window", [Tumbling(1.0), Sliding(2.0, 1.0)])
+def test_what_comes_for_a_window_the_owner_emitted_is_late_not_a_second_result(window):
+    """A kernel whose inputs were idle lags behind the owner's frontier; what
+    it sends when it wakes, partials or passed-on records, for a window the
+    owner has emitted is late there (as on one kernel), never a second
+    result for that window."""
+    op = windows.WindowMerge(window, windows.SumAggregation(), lambda a, b: a + b)
+    op.open(None)
+    out = []
+    op.emit = out.extend
+    last = window.size / window.step if isinstance(window, Sliding) else 1  # windows holding t=0.5
+    op.on_batch(0, [("k", 0, 5)])
+    op.on_watermark(10.0)
+    emitted = list(out)
+    assert [total for _, _, total in emitted] == [5]
+    op.on_batch(1, [("k", 0, 7), ("j", 0, 1)])  # a lagging kernel's partials for window 0
+    op.on_batch(1, windows.TimedBatch([("k", 3), ("k", 4)], [0.5, 0.6]))  # and its records
+    op.on_watermark(20.0)
+    assert out == emitted
+    assert op.late == 2 + 2 * 1  # two partials (one each), two records
+    # a window still open here takes them as before
+    op.on_batch(1, [("k", 25, 2)])
+    op.on_batch(1, windows.TimedBatch([("k", 3)], [25.5]))
+    op.on_watermark(40.0)
+    # (the partial is window 25's; the record is in every window holding 25.5)
+    assert sum(total for _, w, total in out[len(emitted):] if w.start <= 25.5 < w.end) == 2 + 3 * last
