@@ -335,8 +335,7 @@ class _Windowing(Operator):
 
     # -- tumbling and sliding ------------------------------------------------------
 
-    # `frontier`: events of windows that end at or before it are late (the
-    # owner of a split aggregate passes -inf: its senders decided lateness).
+    # `frontier`: events of windows that end at or before it are late.
     def _add_tumbling(self, port, batch, stamps, frontier):
         aligned = self._aligned
         size = aligned.size
@@ -722,6 +721,7 @@ class WindowMerge(WindowAggregate):
                 self._add_tumbling(port, batch, batch.timestamps, frontier)
             else:
                 self._add_sliding(port, batch, batch.timestamps, frontier)
+            self._flush()  # count the late ones now: a snapshot may come before the next watermark
             return
         combine = self.combine
         opened, numbers, end = self._open, self._numbers, self._aligned.end
