@@ -18,6 +18,11 @@ synchronous handlers; the kernel calls them inside its ticks:
   ``event_time``. Due timers fire in time order (ties in the order they were
   set), just before ``on_watermark`` for that watermark; all that are left
   fire when the input ends (the watermark goes to +inf).
+* ``on_idle()``: every input is idle (see "Idle sources" in the README):
+  downstream will stop waiting for this operator's watermark, so emit here
+  what an operator further on needs before it moves on without you (the
+  windowed combiner's partial half sends its partials). Called before the
+  idle signal is forwarded.
 * ``open(context)``: called once on the kernel, before any data. ``context``
   has ``index``, ``peers``, ``watermark``, ``epoch``, ``clock``, ``logger``.
 * ``result()``: a picklable value handed back to the caller after the run
@@ -91,6 +96,9 @@ class Operator:
 
     def on_end(self) -> None:
         """Every input ended; emit final results here."""
+
+    def on_idle(self) -> None:
+        """Every input is idle: emit what others must not move on without."""
 
     def on_timer(self, event_time: float, data) -> None:
         """An event-time timer set with `schedule(event_time, data)` is due."""

@@ -320,6 +320,9 @@ class _Instance:
         # behind the frontier, are late); then this instance is idle too.
         marks = [m for m, idle in zip(self.channel_watermarks, self.channel_idle) if idle]
         self._advance_frontier(max(marks))
+        # What the operator holds for others to complete (a combiner's
+        # partials) goes out before they are told to stop waiting for it.
+        _call(self, "on_idle")
         if not self.idle:
             self.idle = True
             self._forward(IDLE)

@@ -629,6 +629,19 @@ class WindowAggregate(_Windowing):
         self._passed = 0
         self._measured = [0, 0, 0]
 
+    def on_idle(self):
+        # The partial half's inputs all went idle: the owner stops waiting
+        # for this kernel and may emit windows that a partial held here
+        # belongs to, events that came in time. Send every partial now: the
+        # owner merges several partials of a window as well as one.
+        if not self.flat:
+            return
+        opened, numbers = self._open, self._numbers
+        while numbers:
+            j = heapq.heappop(numbers)
+            self._emit_window(j, opened.pop(j))
+        self._flush()
+
     def _results(self, key, window, acc):
         return ((key, window, self.aggregation.result(acc)),)
 

@@ -4,12 +4,14 @@ switch (commits after efe063c): what broke, and edges that held up."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import operators._windows as windows
-from kernel import TimedBatch
+from kernel import Dataflow, TimedBatch, run
 from net.shm import TAG, SpscRing
-from operators import Tumbling
+from operators import EventTimeSource, Source, Tumbling
 
 # -- the ring -------------------------------------------------------------------------
 
@@ -84,3 +86,50 @@ def test_window_merge_snapshot_counts_the_late_records_of_its_last_batch():
     op.on_watermark(10.0)
     op.on_batch(1, TimedBatch([("k", 3), ("k", 4)], [0.5, 0.6]))  # a lagging kernel's records
     assert op.on_epoch(1)["late"] == 2
+
+
+# Two kernels, each with its own share of a timed source, by the kernel's clock:
+# (seconds after the first poll, event or None for the end).
+_SCRIPT = {
+    0: [(0.0, ("k", 5.0)), (0.4, ("k", 7.0)), (0.5, None)],
+    1: [(0.0, ("k", 5.2)), (0.8, None)],  # then nothing: idle after ~0.05-0.1 s
+}
+
+
+class _Scripted(Source):
+    def open(self, context):
+        self.steps = list(_SCRIPT[context.index])
+        self.start = None
+
+    def poll(self):
+        now = time.monotonic()
+        if self.start is None:
+            self.start = now
+        while self.steps and self.steps[0][0] <= now - self.start:
+            _, event = self.steps.pop(0)
+            if event is None:
+                return False
+            self.emit([event])
+        self.context.kernel.call_later(self.steps[0][0] - (now - self.start) + 0.001, self.wake)
+        return None
+
+
+def test_a_kernel_whose_input_goes_idle_sends_its_partials_before_saying_so():
+    """Kernel 1 reads ("k", 5.2) on time, then its source goes idle. Its
+    partial half kept window [5, 6)'s partial until its own watermark passed
+    6, but told the owner it was idle at once: the owner emitted [5, 6) on
+    kernel 0's watermark alone (count 1), and kernel 1's partial, sent at its
+    end, was dropped as late. One core, and `collect()` of the same windows
+    (no combiner), count both events. A partial half whose inputs all go
+    idle must send what it holds (partials merge at the owner) first."""
+    flow = Dataflow()
+    stream = flow.source(lambda: EventTimeSource(_Scripted(), timestamp=lambda e: e[1], idle_timeout=0.05),
+                         name="scripted")
+    windowed = stream.key_by(lambda e: e[0]).window(Tumbling(1.0))
+    counts = windowed.count()
+    counted = counts.collect()
+    collected = windowed.collect().collect()
+    run(flow, cores=2)
+    assert sorted((k, w.start, len(v)) for k, w, v in collected.items) == [("k", 5.0, 2), ("k", 7.0, 1)]
+    assert sorted((k, w.start, n) for k, w, n in counted.items) == [("k", 5.0, 2), ("k", 7.0, 1)]
+    assert counts.late_count.value == 0
