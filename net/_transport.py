@@ -249,6 +249,7 @@ class _Reader:
             self._bell.unpark()
         transport = self.transport
         deliver = self._deliver
+        get_decoder = DECODERS.get
         got = 0
         for source, ring, _ in self._rings:
             pop = ring.pop
@@ -268,10 +269,10 @@ class _Reader:
                     if frame is None:
                         continue
                     kind, channel = HEADER.unpack_from(frame)
-                try:
-                    payload = DECODERS[kind](frame[HEADER.size :])
-                except KeyError:  # decode() names an unknown kind
-                    payload = decode(kind, frame[HEADER.size :])
+                decoder = get_decoder(kind)
+                if decoder is None:
+                    decode(kind, b"")  # raises, naming the unknown kind
+                payload = decoder(frame[HEADER.size :])
                 if payload is END:
                     self._ends_left -= 1
                 deliver(channel, sender, payload)
