@@ -711,3 +711,28 @@ def test_batches_larger_than_a_ring_cross_kernels_in_pieces(cores):
     assert got["big"] == [(9_000_000, "bbbbbbbb")]
     assert sorted(got["medium"]) == [(608, m[:8]) for m in medium]  # (equal timestamps: any order)
     assert got["small"] == [(1, "s")]
+
+
+def test_records_of_every_size_cross_small_rings_intact(monkeypatch):
+    """Held up: 4 KiB rings (pieces of 1 KiB), records whose frames fall on
+    both sides of the 512-byte copy limit, exactly a piece, several pieces,
+    and in backpressure: every record arrives once, intact, in order per
+    sender and key."""
+    import kernel._launcher as launcher
+
+    monkeypatch.setattr(launcher, "RING_BYTES", 4 << 10)
+    sizes = [0, 1, 490, 495, 496, 497, 498, 1010, 1011, 1012, 1019, 1020, 3000, 9000]
+    records = [(i % 5, i, "x" * sizes[i % len(sizes)] + str(i)) for i in range(700)]
+    flow = Dataflow()
+    out = (flow.from_iterable(records, batch_size=3)
+           .key_by(lambda r: r[0])
+           .fold(list, lambda acc, r: acc.append(r[1:]) or acc)
+           .collect())
+    run(flow, cores=2)
+    got = dict(out.items)
+    for key in range(5):
+        mine = [r[1:] for r in records if r[0] == key]
+        assert sorted(got[key]) == mine
+        for kernel in (0, 1):  # in order from each sender
+            share = [r for r in got[key] if r[0] % 2 == kernel]
+            assert share == sorted(share)

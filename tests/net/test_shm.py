@@ -262,3 +262,58 @@ def test_doorbell_wakes_only_a_parked_consumer():
         assert bell.name not in shm_names()  # unlinked at creation
     finally:
         bell.close()
+
+
+@pytest.fixture
+def small_ring():
+    r = SpscRing.create(1024)
+    yield r
+    r.close()
+    r.unlink()
+
+
+def test_push2_with_a_head_of_256_bytes_does_not_reuse_another_frames_layout(small_ring):
+    """push2 caches one struct layout per (frame length, head length), keyed
+    `(n << 8) | h`: a head of 256 bytes or more spills into the length's bits,
+    so (n=256, h=256) and (n=257, h=0) shared a key, and the second frame
+    was written with the first one's layout (zeros, its bytes cut off)."""
+    ring = small_ring
+    assert ring.push2(b"h" * 256, b"")
+    assert bytes(ring.pop()) == b"h" * 256
+    assert ring.push(b"y" * 257)
+    assert bytes(ring.pop()) == b"y" * 257
+    assert ring.push2(b"a" * 300, b"b" * 200)  # (500, 300) vs (501, 44): same old key
+    assert bytes(ring.pop()) == b"a" * 300 + b"b" * 200
+    assert ring.push2(b"c" * 44, b"d" * 457)
+    assert bytes(ring.pop()) == b"c" * 44 + b"d" * 457
+
+
+@pytest.mark.parametrize("body_len", [0, 1, 3, 506, 507, 508, 509, 600])
+def test_push_tagged_at_every_offset_copies_up_to_512_bytes_and_frees_it(body_len):
+    """Held up: frames ending exactly at the end of the data area, frames
+    that wrap, 512- and 513-byte frames (bytes vs view), bytes, bytearray and
+    memoryview bodies; after pop (+ release for a view) the ring is empty."""
+    body = bytes((i * 7) % 256 for i in range(body_len))
+    for lead in range(0, 1024, 8):
+        for make in (bytes, bytearray, memoryview):
+            r = SpscRing.create(1024)
+            try:
+                if lead:
+                    assert r.push(b"p" * (lead - 8))
+                    r.pop()
+                    r.release()
+                if not r.push_tagged(0x81, 70_000, make(body)):
+                    # it would cross the end: a wrap marker went in, and the
+                    # space before it is free once the consumer steps over it
+                    assert lead + ((body_len + 20) & ~7) > 1024
+                    assert r.pop() is None
+                    assert r.push_tagged(0x81, 70_000, make(body))
+                frame = r.pop()
+                assert bytes(frame) == TAG.pack(0x81, 70_000) + body
+                assert isinstance(frame, bytes) == (body_len + 5 <= 512)
+                r.release()
+                assert r.is_empty() and r.used_bytes() == 0
+                assert r.pop() is None
+            finally:
+                r.close()
+                r.unlink()
