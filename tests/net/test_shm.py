@@ -264,28 +264,24 @@ def test_doorbell_wakes_only_a_parked_consumer():
         bell.close()
 
 
-@pytest.fixture
-def small_ring():
-    r = SpscRing.create(1024)
-    yield r
-    r.close()
-    r.unlink()
-
-
-def test_push2_with_a_head_of_256_bytes_does_not_reuse_another_frames_layout(small_ring):
+def test_push2_with_a_head_of_256_bytes_does_not_reuse_another_frames_layout():
     """push2 caches one struct layout per (frame length, head length), keyed
     `(n << 8) | h`: a head of 256 bytes or more spills into the length's bits,
     so (n=256, h=256) and (n=257, h=0) shared a key, and the second frame
     was written with the first one's layout (zeros, its bytes cut off)."""
-    ring = small_ring
-    assert ring.push2(b"h" * 256, b"")
-    assert bytes(ring.pop()) == b"h" * 256
-    assert ring.push(b"y" * 257)
-    assert bytes(ring.pop()) == b"y" * 257
-    assert ring.push2(b"a" * 300, b"b" * 200)  # (500, 300) vs (501, 44): same old key
-    assert bytes(ring.pop()) == b"a" * 300 + b"b" * 200
-    assert ring.push2(b"c" * 44, b"d" * 457)
-    assert bytes(ring.pop()) == b"c" * 44 + b"d" * 457
+    ring = SpscRing.create(1024)
+    try:
+        assert ring.push2(b"h" * 256, b"")
+        assert bytes(ring.pop()) == b"h" * 256
+        assert ring.push(b"y" * 257)
+        assert bytes(ring.pop()) == b"y" * 257
+        assert ring.push2(b"a" * 300, b"b" * 200)  # (500, 300) vs (501, 44): same old key
+        assert bytes(ring.pop()) == b"a" * 300 + b"b" * 200
+        assert ring.push2(b"c" * 44, b"d" * 457)
+        assert bytes(ring.pop()) == b"c" * 44 + b"d" * 457
+    finally:
+        ring.close()
+        ring.unlink()
 
 
 @pytest.mark.parametrize("body_len", [0, 1, 3, 506, 507, 508, 509, 600])
