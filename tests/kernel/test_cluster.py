@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from _ports import free_ports
+from _procs import run_cli_processes
 
 from kernel import Dataflow, run, run_async
 from operators import Tumbling
@@ -432,16 +433,11 @@ def test_the_cli_runs_a_cluster(tmp_path):
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(repo)}
     env.pop("KERNEL_SECRET", None)
-    procs = [subprocess.Popen(
-        [os.sys.executable, "-m", "kernel.run", str(pipeline), "--cores", "2", "--process-id", str(i),
-         "--peers", peers, "--secret-file", str(secret_file), "--startup-timeout", "15"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in (1, 0)]
-    try:
-        outs = [p.communicate(timeout=60) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert [p.returncode for p in procs] == [0, 0], outs
+    codes, outs = run_cli_processes(
+        [[str(pipeline), "--cores", "2", "--process-id", str(i), "--peers", peers,
+          "--secret-file", str(secret_file), "--startup-timeout", "15"] for i in (1, 0)],
+        [env, env])
+    assert codes == [0, 0], outs
     printed = "".join(out for out, _ in outs)
     assert printed.strip() == str((1, sum(n for n in range(1000) if n % 3 == 1)))
     # and without any secret: a usage error, before anything starts

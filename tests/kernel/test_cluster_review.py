@@ -20,13 +20,12 @@ import asyncio
 import multiprocessing
 import os
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from _ports import free_ports
+from _procs import run_cli_processes
 
 from kernel import Dataflow, run
 
@@ -203,17 +202,11 @@ def test_a_key_whose_pickle_depends_on_the_hash_seed_goes_to_one_kernel(tmp_path
     pipeline = tmp_path / "tags.py"
     pipeline.write_text(PIPELINE)
     peers = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "kernel.run", str(pipeline), "--process-id", str(i), "--peers", peers,
-         "--startup-timeout", "15"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO), "KERNEL_SECRET": SECRET,
-             "PYTHONHASHSEED": str(i + 1)}) for i in (0, 1)]
-    try:
-        outs = [p.communicate(timeout=60) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert [p.returncode for p in procs] == [0, 0], outs
+    codes, outs = run_cli_processes(
+        [[str(pipeline), "--process-id", str(i), "--peers", peers, "--startup-timeout", "15"]
+         for i in (0, 1)],
+        [{**os.environ, "PYTHONPATH": str(REPO), "KERNEL_SECRET": SECRET, "PYTHONHASHSEED": str(i + 1)}
+         for i in (0, 1)])
+    assert codes == [0, 0], outs
     lines = sorted(line for out, _ in outs for line in out.splitlines())
     assert lines == [str((f"a{i}", 100)) for i in range(8)]
