@@ -89,7 +89,15 @@ class Dataflow:
         `timestamp=fn` gives records event time (`fn(record)`: float seconds
         since the epoch, or a datetime); the watermark is then the largest
         timestamp read so far minus `max_delay` (how far out of order events
-        may come)."""
+        may come).
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> out = flow.from_iterable(["a", "b", "c"], batch_size=2).collect()
+        >>> run(flow)
+        >>> out.items
+        ['a', 'b', 'c']
+        """
         ops.check_batch_size(batch_size)
         factory = functools.partial(ops.IterableSource, iterable, batch_size)
         return self._timed_source(factory, name or "from_iterable", timestamp, max_delay, None)
@@ -111,7 +119,20 @@ class Dataflow:
         a source that yields nothing for `idle_timeout` seconds (of the
         kernel's clock; None: never) is marked idle: its watermark stops
         holding back windows fed by other sources or kernels, until it
-        yields again."""
+        yields again.
+
+        >>> import asyncio
+        >>> from kernel import Dataflow, run
+        >>> async def ticks():
+        ...     for n in range(3):
+        ...         await asyncio.sleep(0)
+        ...         yield n
+        >>> flow = Dataflow()
+        >>> out = flow.from_async_iterable(ticks).map(lambda n: n * 10).collect()
+        >>> run(flow)
+        >>> out.items
+        [0, 10, 20]
+        """
         ops.check_batch_size(batch_size)
         factory = functools.partial(ops.AsyncIterableSource, aiterable, batch_size)
         return self._timed_source(
@@ -130,7 +151,22 @@ class Dataflow:
         return self.source(timed, name=name)
 
     def source(self, factory, *, name: str) -> Stream:
-        """A mid-level source: `factory()` returns a fresh `Source` per kernel."""
+        """A mid-level source: `factory()` returns a fresh `Source` per kernel.
+
+        >>> from kernel import Dataflow, Source, run
+        >>> class Countdown(Source):
+        ...     def open(self, context):
+        ...         self.n = 3
+        ...     def poll(self):
+        ...         self.emit([self.n])
+        ...         self.n -= 1
+        ...         return self.n > 0      # False: exhausted
+        >>> flow = Dataflow()
+        >>> out = flow.source(Countdown, name="countdown").collect()
+        >>> run(flow)
+        >>> out.items
+        [3, 2, 1]
+        """
         if isinstance(factory, Operator):
             raise TypeError("pass a factory (the Source class or a function), not an instance")
         node = self.graph.add(name, _checked(factory, Source, name), is_source=True)
@@ -177,7 +213,19 @@ class Stream:
 
     def apply(self, factory, *, name: str | None = None, inputs: tuple[Stream, ...] = ()) -> Stream:
         """A mid-level operator: `factory()` returns a fresh `Operator` per
-        kernel. Extra `inputs` streams arrive on ports 1, 2, ..."""
+        kernel. Extra `inputs` streams arrive on ports 1, 2, ...
+
+        >>> from kernel import Dataflow, Operator, run
+        >>> class Tagged(Operator):
+        ...     def on_batch(self, port, batch):
+        ...         self.emit([(port, r) for r in batch])
+        >>> flow = Dataflow()
+        >>> a, b = flow.from_iterable(["x"]), flow.from_iterable(["y"])
+        >>> out = a.apply(Tagged, inputs=(b,)).collect()
+        >>> run(flow)
+        >>> sorted(out.items)
+        [(0, 'x'), (1, 'y')]
+        """
         label = name or _fn_name(factory)
         streams = (self, *inputs)
         for other in inputs:
@@ -188,38 +236,104 @@ class Stream:
         return Stream(self.flow, node)
 
     def map(self, fn, *, name: str | None = None) -> Stream:
-        """`fn(record)` for every record."""
+        """`fn(record)` for every record.
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> out = flow.from_iterable([1, 2, 3]).map(lambda x: x * 2).collect()
+        >>> run(flow)
+        >>> out.items
+        [2, 4, 6]
+        """
         return self._then(name or f"map({_fn_name(fn)})", functools.partial(ops.Map, fn))
 
     def filter(self, fn, *, name: str | None = None) -> Stream:
-        """The records for which `fn(record)` is true."""
+        """The records for which `fn(record)` is true.
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> out = flow.from_iterable(range(10)).filter(lambda x: x % 3 == 0).collect()
+        >>> run(flow)
+        >>> out.items
+        [0, 3, 6, 9]
+        """
         return self._then(name or f"filter({_fn_name(fn)})", functools.partial(ops.Filter, fn))
 
     def flat_map(self, fn, *, name: str | None = None) -> Stream:
-        """Every item of the iterable `fn(record)`, for every record."""
+        """Every item of the iterable `fn(record)`, for every record.
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> out = flow.from_iterable(["to be", "or not"]).flat_map(str.split).collect()
+        >>> run(flow)
+        >>> out.items
+        ['to', 'be', 'or', 'not']
+        """
         return self._then(name or f"flat_map({_fn_name(fn)})", functools.partial(ops.FlatMap, fn))
 
     def inspect(self, fn, *, name: str | None = None) -> Stream:
-        """Calls `fn(record)` for its side effect; the records pass unchanged."""
+        """Calls `fn(record)` for its side effect; the records pass unchanged.
+
+        >>> from kernel import Dataflow, run
+        >>> seen = []
+        >>> flow = Dataflow()
+        >>> out = flow.from_iterable([1, 2]).inspect(seen.append).map(str).collect()
+        >>> run(flow)
+        >>> seen, out.items
+        ([1, 2], ['1', '2'])
+        """
         return self._then(name or f"inspect({_fn_name(fn)})", functools.partial(ops.Inspect, fn))
 
     def key_by(self, fn, *, name: str | None = None) -> KeyedStream:
-        """`(fn(record), record)` pairs, each sent to the kernel that owns its key."""
+        """`(fn(record), record)` pairs, each sent to the kernel that owns its key.
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> out = flow.from_iterable(["apple", "avocado", "banana"]).key_by(lambda w: w[0]).collect()
+        >>> run(flow)
+        >>> out.items
+        [('a', 'apple'), ('a', 'avocado'), ('b', 'banana')]
+        """
         return self._then(name or f"key_by({_fn_name(fn)})", functools.partial(ops.KeyBy, fn), KeyedStream)
 
     def union(self, *others: Stream, name: str | None = None) -> Stream:
-        """The records of this stream and of `others`, merged."""
+        """The records of this stream and of `others`, merged.
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> evens, odds = flow.from_iterable([0, 2]), flow.from_iterable([1, 3])
+        >>> out = evens.union(odds).collect()
+        >>> run(flow)
+        >>> sorted(out.items)
+        [0, 1, 2, 3]
+        """
         return self.apply(ops.Union, name=name or "union", inputs=others)
 
     def collect(self, *, name: str | None = None) -> Collected:
-        """Gather every record back to the caller: read `.items` after the run."""
+        """Gather every record back to the caller: read `.items` after the run.
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> out = flow.from_iterable(range(6)).collect()
+        >>> run(flow, cores=2)                 # every kernel's share, kernel 0's first
+        >>> out.items
+        [0, 2, 4, 1, 3, 5]
+        """
         node = self.flow.graph.add(name or "collect", ops.Collect, [self._edge()])
         handle = Collected(self.flow, node)
         self.flow._collected.append(handle)
         return handle
 
     def sink(self, fn, *, name: str | None = None) -> None:
-        """Calls `fn(record)` for every record, on the kernel that holds it."""
+        """Calls `fn(record)` for every record, on the kernel that holds it.
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> flow.from_iterable(["hello", "sink"]).sink(print)
+        >>> run(flow)
+        hello
+        sink
+        """
         self.flow.graph.add(name or f"sink({_fn_name(fn)})", functools.partial(ops.Sink, fn), [self._edge()])
 
     def to_files(self, directory, *, name: str | None = None) -> None:
@@ -228,12 +342,32 @@ class Stream:
         `state_dir`, a file becomes visible (renamed from a hidden name) only
         once its epoch is complete on every kernel, so after a crash and a
         resumed run the visible files hold every record exactly once.
-        Use one directory per `to_files`."""
+        Use one directory per `to_files`.
+
+        >>> import json, pathlib, tempfile
+        >>> from kernel import Dataflow, run
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "out"
+        >>> flow = Dataflow()
+        >>> flow.from_iterable([("a", 1), ("b", 2)]).to_files(out)
+        >>> run(flow)
+        >>> [f.name for f in out.iterdir()]
+        ['part-k0-e00000001.jsonl']
+        >>> [json.loads(line) for line in (out / "part-k0-e00000001.jsonl").read_text().splitlines()]
+        [['a', 1], ['b', 2]]
+        """
         factory = functools.partial(ops.ToFiles, directory)
         self.flow.graph.add(name or f"to_files({directory})", factory, [self._edge()])
 
     def print(self, prefix: str = "", *, name: str | None = None) -> None:
-        """Writes every record to stdout, one line each, after `prefix`."""
+        """Writes every record to stdout, one line each, after `prefix`.
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> flow.from_iterable([1, (2, "two")]).print("got: ")
+        >>> run(flow)
+        got: 1
+        got: (2, 'two')
+        """
         self.flow.graph.add(name or "print", functools.partial(ops.Print, prefix), [self._edge()])
 
 
@@ -253,7 +387,16 @@ class KeyedStream(Stream):
 
         It runs before the exchange (the key does not change), on the kernel
         that read the record, so the exchange carries the smaller values and
-        an aggregate after it can pre-aggregate."""
+        an aggregate after it can pre-aggregate.
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> keyed = flow.from_iterable(["a", "bb"]).key_by(len)
+        >>> out = keyed.map_values(str.upper).collect()
+        >>> run(flow)
+        >>> out.items
+        [(1, 'A'), (2, 'BB')]
+        """
         label = name or f"map_values({_fn_name(fn)})"
         node = self.flow.graph.add(label, functools.partial(ops.MapValues, fn), [Edge(self.node, 0)])
         stream = KeyedStream(self.flow, node)
@@ -264,20 +407,52 @@ class KeyedStream(Stream):
         """`(key, v1 ⊕ v2 ⊕ ...)` per key with `fn(acc, value)`, at end of input.
 
         `fn` must be associative: with several kernels each pre-reduces its
-        own values per key before the exchange, and the owner reduces those."""
+        own values per key before the exchange, and the owner reduces those.
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> keyed = flow.from_iterable([3, 8, 5, 1]).key_by(lambda n: n % 2)
+        >>> out = keyed.reduce(max).collect()
+        >>> run(flow, cores=2)
+        >>> sorted(out.items)
+        [(0, 8), (1, 5)]
+        """
         reduce = functools.partial(ops.Reduce, fn)
         return self._keyed(name or f"reduce({_fn_name(fn)})", reduce, Combiner(reduce, reduce))
 
     def fold(self, init, fn, *, name: str | None = None) -> KeyedStream:
         """`(key, fn(...fn(init, v1)..., vn))` per key, at end of input.
-        `init` is a start value or a zero-argument factory (`list`, `dict`)."""
+        `init` is a start value or a zero-argument factory (`list`, `dict`).
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> keyed = flow.from_iterable(["ant", "bee", "asp"]).key_by(lambda w: w[0])
+        >>> out = keyed.fold(list, lambda acc, w: acc + [w]).collect()
+        >>> run(flow)
+        >>> out.items
+        [('a', ['ant', 'asp']), ('b', ['bee'])]
+        """
         return self._keyed(name or f"fold({_fn_name(fn)})", functools.partial(ops.Fold, init, fn))
 
     def window(self, window, *, late: bool = False) -> WindowedStream:
         """Per-key event-time windows: `Tumbling(size)`, `Sliding(size, step)`
         or `Session(gap)` (from `operators`). The records need timestamps
         (the source's `timestamp=`). Late events are dropped and counted;
-        with `late=True` they come out of the aggregate's `.late` stream."""
+        with `late=True` they come out of the aggregate's `.late` stream.
+
+        >>> from kernel import Dataflow, run
+        >>> from operators import Tumbling
+        >>> events = [("a", 0.5), ("a", 1.5), ("b", 1.7), ("a", 0.2)]   # (key, time)
+        >>> flow = Dataflow()
+        >>> source = flow.from_iterable(events, timestamp=lambda e: e[1], batch_size=1)
+        >>> counts = source.key_by(lambda e: e[0]).window(Tumbling(1.0)).count()
+        >>> out = counts.collect()
+        >>> run(flow)
+        >>> [(k, w.start, w.end, n) for k, w, n in out.items]
+        [('a', 0.0, 1.0, 1), ('a', 1.0, 2.0, 1), ('b', 1.0, 2.0, 1)]
+        >>> counts.late_count.value          # ("a", 0.2) came after the watermark passed 1.0
+        1
+        """
         ops.check_window(window)
         return WindowedStream(self, window, late)
 
@@ -286,7 +461,20 @@ class KeyedStream(Stream):
     ) -> WindowResults:
         """Windowed inner join: `(key, window, (left, right))` for every pair
         of this stream's and `other`'s values with the same key in the same
-        window, when the window closes."""
+        window, when the window closes.
+
+        >>> from kernel import Dataflow, run
+        >>> from operators import Tumbling
+        >>> flow = Dataflow()
+        >>> clicks = flow.from_iterable([("ann", 0.1), ("bob", 0.4)], timestamp=lambda e: e[1])
+        >>> views = flow.from_iterable([("ann", 0.7), ("ann", 1.2)], timestamp=lambda e: e[1])
+        >>> left = clicks.key_by(lambda e: e[0]).map_values(lambda e: "click")
+        >>> right = views.key_by(lambda e: e[0]).map_values(lambda e: e[1])
+        >>> out = left.join(right, Tumbling(1.0)).collect()
+        >>> run(flow)
+        >>> out.items
+        [('ann', Window(0.0, 1.0), ('click', 0.7))]
+        """
         if not isinstance(other, KeyedStream):
             raise TypeError(f"join needs a keyed stream (key_by first), got {other!r}")
         if other.flow is not self.flow:
@@ -298,11 +486,29 @@ class KeyedStream(Stream):
         return WindowResults._around(self.flow, node, late)
 
     def count(self, *, name: str | None = None) -> KeyedStream:
-        """`(key, number of records)` per key, at end of input."""
+        """`(key, number of records)` per key, at end of input.
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> words = flow.from_iterable("the cat saw the dog".split())
+        >>> out = words.key_by(lambda w: w).count().collect()
+        >>> run(flow, cores=2)
+        >>> sorted(out.items)
+        [('cat', 1), ('dog', 1), ('saw', 1), ('the', 2)]
+        """
         return self._keyed(name or "count", ops.Count, Combiner(ops.Count, ops.Sum))
 
     def sum(self, *, name: str | None = None) -> KeyedStream:
-        """`(key, sum of values)` per key, at end of input."""
+        """`(key, sum of values)` per key, at end of input.
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> sales = flow.from_iterable([("tea", 3), ("jam", 5), ("tea", 4)])
+        >>> out = sales.key_by(lambda s: s[0]).map_values(lambda s: s[1]).sum().collect()
+        >>> run(flow)
+        >>> out.items
+        [('tea', 7), ('jam', 5)]
+        """
         return self._keyed(name or "sum", ops.Sum, Combiner(ops.Sum, ops.Sum))
 
 
@@ -330,23 +536,83 @@ class WindowedStream:
         return WindowResults._around(keyed.flow, node, self._late)
 
     def reduce(self, fn, *, name: str | None = None) -> WindowResults:
-        """`fn(acc, value)` over each window's values, in arrival order."""
+        """`fn(acc, value)` over each window's values, in arrival order.
+
+        >>> from kernel import Dataflow, run
+        >>> from operators import Tumbling
+        >>> flow = Dataflow()
+        >>> events = flow.from_iterable([("a", 0.1, 4), ("a", 0.6, 2), ("a", 1.3, 5)],
+        ...                             timestamp=lambda e: e[1])
+        >>> windows = events.key_by(lambda e: e[0]).map_values(lambda e: e[2]).window(Tumbling(1.0))
+        >>> out = windows.reduce(max).collect()
+        >>> run(flow)
+        >>> [(k, w.start, top) for k, w, top in out.items]
+        [('a', 0.0, 4), ('a', 1.0, 5)]
+        """
         return self._aggregate(name or f"window reduce({_fn_name(fn)})", ops.ReduceAggregation(fn))
 
     def fold(self, init, fn, *, name: str | None = None) -> WindowResults:
-        """`fn(...fn(init, v1)..., vn)` over each window's values, in arrival order."""
+        """`fn(...fn(init, v1)..., vn)` over each window's values, in arrival order.
+
+        >>> from kernel import Dataflow, run
+        >>> from operators import Tumbling
+        >>> flow = Dataflow()
+        >>> events = flow.from_iterable([("a", 0.1, 4), ("a", 0.6, 2), ("a", 1.3, 5)],
+        ...                             timestamp=lambda e: e[1])
+        >>> windows = events.key_by(lambda e: e[0]).map_values(lambda e: e[2]).window(Tumbling(1.0))
+        >>> out = windows.fold("", lambda acc, v: acc + str(v)).collect()
+        >>> run(flow)
+        >>> [(k, w.start, digits) for k, w, digits in out.items]
+        [('a', 0.0, '42'), ('a', 1.0, '5')]
+        """
         return self._aggregate(name or f"window fold({_fn_name(fn)})", ops.FoldAggregation(init, fn))
 
     def count(self, *, name: str | None = None) -> WindowResults:
-        """The number of records in each window."""
+        """The number of records in each window.
+
+        >>> from kernel import Dataflow, run
+        >>> from operators import Tumbling
+        >>> flow = Dataflow()
+        >>> events = flow.from_iterable([("a", 0.1, 4), ("a", 0.6, 2), ("a", 1.3, 5)],
+        ...                             timestamp=lambda e: e[1])
+        >>> windows = events.key_by(lambda e: e[0]).map_values(lambda e: e[2]).window(Tumbling(1.0))
+        >>> out = windows.count().collect()
+        >>> run(flow)
+        >>> [(k, w.start, n) for k, w, n in out.items]
+        [('a', 0.0, 2), ('a', 1.0, 1)]
+        """
         return self._aggregate(name or "window count", ops.CountAggregation())
 
     def sum(self, *, name: str | None = None) -> WindowResults:
-        """The sum of each window's values."""
+        """The sum of each window's values.
+
+        >>> from kernel import Dataflow, run
+        >>> from operators import Tumbling
+        >>> flow = Dataflow()
+        >>> events = flow.from_iterable([("a", 0.1, 4), ("a", 0.6, 2), ("a", 1.3, 5)],
+        ...                             timestamp=lambda e: e[1])
+        >>> windows = events.key_by(lambda e: e[0]).map_values(lambda e: e[2]).window(Tumbling(1.0))
+        >>> out = windows.sum().collect()
+        >>> run(flow)
+        >>> [(k, w.start, total) for k, w, total in out.items]
+        [('a', 0.0, 6), ('a', 1.0, 5)]
+        """
         return self._aggregate(name or "window sum", ops.SumAggregation())
 
     def collect(self, *, name: str | None = None) -> WindowResults:
-        """Each window's values as a list, in timestamp order."""
+        """Each window's values as a list, in timestamp order.
+
+        >>> from kernel import Dataflow, run
+        >>> from operators import Tumbling
+        >>> flow = Dataflow()
+        >>> events = flow.from_iterable([("a", 0.1, 4), ("a", 0.6, 2), ("a", 1.3, 5)],
+        ...                             timestamp=lambda e: e[1])
+        >>> windows = events.key_by(lambda e: e[0]).map_values(lambda e: e[2]).window(Tumbling(1.0))
+        >>> out = windows.collect().collect()
+        >>> run(flow)
+        >>> [(k, w.start, values) for k, w, values in out.items]
+        [('a', 0.0, [4, 2]), ('a', 1.0, [5])]
+        """
         return self._aggregate(name or "window collect", ops.CollectAggregation())
 
 

@@ -45,7 +45,13 @@ _first = itemgetter(0)
 
 class Window(NamedTuple):
     """An event-time window `[start, end)`. A tuple, so `json.dumps` and
-    msgpack write it as `[start, end]`."""
+    msgpack write it as `[start, end]`.
+
+    >>> import json
+    >>> w = Window(0.0, 2.5)
+    >>> w.start, w.end, json.dumps(w)
+    (0.0, 2.5, '[0.0, 2.5]')
+    """
 
     start: float
     end: float
@@ -61,7 +67,17 @@ def _positive(name: str, value) -> float:
 
 
 class Tumbling:
-    """Back-to-back windows of `size` seconds: `[k*size, (k+1)*size)`."""
+    """Back-to-back windows of `size` seconds: `[k*size, (k+1)*size)`.
+
+    >>> from kernel import Dataflow, run
+    >>> from operators import Tumbling
+    >>> flow = Dataflow()
+    >>> events = flow.from_iterable([("k", t) for t in (0.5, 1.5, 1.9, 4.0)], timestamp=lambda e: e[1])
+    >>> out = events.key_by(lambda e: e[0]).window(Tumbling(2.0)).count().collect()
+    >>> run(flow)
+    >>> [(w.start, w.end, n) for _, w, n in out.items]
+    [(0.0, 2.0, 3), (4.0, 6.0, 1)]
+    """
 
     __slots__ = ("size",)
 
@@ -74,7 +90,17 @@ class Tumbling:
 
 class Sliding:
     """Windows of `size` seconds starting every `step` seconds (at multiples
-    of `step`); an event is in about `size / step` of them."""
+    of `step`); an event is in about `size / step` of them.
+
+    >>> from kernel import Dataflow, run
+    >>> from operators import Sliding
+    >>> flow = Dataflow()
+    >>> events = flow.from_iterable([("k", t) for t in (0.5, 1.5)], timestamp=lambda e: e[1])
+    >>> out = events.key_by(lambda e: e[0]).window(Sliding(2.0, 1.0)).count().collect()
+    >>> run(flow)
+    >>> [(w.start, w.end, n) for _, w, n in out.items]
+    [(-1.0, 1.0, 1), (0.0, 2.0, 2), (1.0, 3.0, 1)]
+    """
 
     __slots__ = ("size", "step")
 
@@ -87,7 +113,18 @@ class Sliding:
 
 
 class Session:
-    """Per-key bursts of activity separated by at least `gap` seconds."""
+    """Per-key bursts of activity separated by at least `gap` seconds: a
+    session runs from its first event to its last event plus `gap`.
+
+    >>> from kernel import Dataflow, run
+    >>> from operators import Session
+    >>> flow = Dataflow()
+    >>> events = flow.from_iterable([("k", t) for t in (0.0, 0.5, 0.9, 5.0)], timestamp=lambda e: e[1])
+    >>> out = events.key_by(lambda e: e[0]).window(Session(1.0)).count().collect()
+    >>> run(flow)
+    >>> [(w.start, w.end, n) for _, w, n in out.items]
+    [(0.0, 1.9, 3), (5.0, 6.0, 1)]
+    """
 
     __slots__ = ("gap",)
 
