@@ -91,7 +91,7 @@ class Dataflow:
         timestamp read so far minus `max_delay` (how far out of order events
         may come)."""
         ops.check_batch_size(batch_size)
-        factory = functools.partial(ops.IterableSource, iterable, batch_size)
+        factory = ops.IterableSource.factory(iterable, batch_size)  # refuses a 2nd read of an iterator
         return self._timed_source(factory, name or "from_iterable", timestamp, max_delay, None)
 
     def from_async_iterable(
@@ -113,7 +113,7 @@ class Dataflow:
         holding back windows fed by other sources or kernels, until it
         yields again."""
         ops.check_batch_size(batch_size)
-        factory = functools.partial(ops.AsyncIterableSource, aiterable, batch_size)
+        factory = ops.AsyncIterableSource.factory(aiterable, batch_size)
         return self._timed_source(
             factory, name or "from_async_iterable", timestamp, max_delay, idle_timeout
         )

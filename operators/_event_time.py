@@ -49,8 +49,8 @@ def as_seconds(value) -> float:
     raise TypeError(f"a timestamp must be a number of seconds or a datetime, not {type(value).__name__}")
 
 
-TIMESTAMP_HINT = ("a timestamp must be a finite number of seconds since the epoch (an int or a "
-                  "float) or a datetime")
+TIMESTAMP_HINT = ("a timestamp must be a number of seconds or a datetime: a finite int or float, "
+                  "seconds since the epoch")
 
 
 def _usable(value) -> bool:
