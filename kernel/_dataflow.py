@@ -99,7 +99,7 @@ class Dataflow:
         ['a', 'b', 'c']
         """
         ops.check_batch_size(batch_size)
-        factory = functools.partial(ops.IterableSource, iterable, batch_size)
+        factory = ops.IterableSource.factory(iterable, batch_size)  # refuses a 2nd read of an iterator
         return self._timed_source(factory, name or "from_iterable", timestamp, max_delay, None)
 
     def from_async_iterable(
@@ -134,7 +134,7 @@ class Dataflow:
         [0, 10, 20]
         """
         ops.check_batch_size(batch_size)
-        factory = functools.partial(ops.AsyncIterableSource, aiterable, batch_size)
+        factory = ops.AsyncIterableSource.factory(aiterable, batch_size)
         return self._timed_source(
             factory, name or "from_async_iterable", timestamp, max_delay, idle_timeout
         )

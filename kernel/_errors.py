@@ -50,6 +50,31 @@ def describe_function(fn: object) -> str:
     return name
 
 
+# What the library needs of records and keys, said beside the errors that
+# break it (the `hint` line of an OperatorError).
+UNHASHABLE_KEY = (
+    "a key must be hashable (a str, a number, a tuple of those...: a tuple rather than a list, "
+    "a frozenset rather than a set); the key is what the function given to key_by returned"
+)
+UNPICKLABLE_RECORD = (
+    "records that cross kernels (key_by's output, sent to the kernel that owns the key, with "
+    "several kernels) must be picklable; plain scalars and tuples of them cross by msgpack"
+)
+UNHASHABLE_ACROSS_KERNELS = (
+    "a key that crosses kernels is hashed the same in every process: str, bytes, numbers, "
+    "tuples and frozensets of those directly, any other type by its pickle, so it must be picklable"
+)
+
+
+def is_unhashable(key: object) -> bool:
+    """Whether `hash(key)` fails (for error messages: the error path only)."""
+    try:
+        hash(key)
+    except Exception:
+        return True
+    return False
+
+
 class KernelError(Exception):
     """Base class of the errors a run raises."""
 
@@ -57,37 +82,54 @@ class KernelError(Exception):
 
 
 class OperatorError(KernelError):
-    """A user function (or a user operator's handler) raised.
+    """A user function (or a user operator's handler) raised, or returned
+    something the library cannot use.
 
     Attributes: `operator` (the step's name), `function` (the user function's
     name), `record` (a truncated repr of the record it was given, or None when
-    there was no single record), `error` (`TypeName: message` of the cause).
-    The original exception, with the user's traceback, is `__cause__`.
+    there was no single record), `error` (`TypeName: message` of the cause;
+    with `verb="returned"`, the repr of the value returned), `hint` (a line
+    saying what the library needs, or None). The original exception, with
+    the user's traceback, is `__cause__`.
     """
 
-    def __init__(self, operator: str, function: str, record: str | None, error: str) -> None:
-        super().__init__(operator, function, record, error)
+    def __init__(self, operator: str, function: str, record: str | None, error: str,
+                 hint: str | None = None, verb: str = "raised") -> None:
+        super().__init__(operator, function, record, error, hint, verb)
         self.operator = operator
         self.function = function
         self.record = record
         self.error = error
+        self.hint = hint
+        self.verb = verb
 
     def __str__(self) -> str:
-        text = f"operator {self.operator!r}: function {self.function!r} raised {self.error}"
+        text = f"operator {self.operator!r}: function {self.function!r} {self.verb} {self.error}"
         if self.record is not None:
             text += f"\n  on record: {self.record}"
+        if self.hint is not None:
+            text += f"\n  {self.hint}"
         return text
 
     @classmethod
-    def wrap(cls, operator: str, fn: object, exc: BaseException, *, record=None, has_record=True):
+    def wrap(cls, operator: str, fn: object, exc: BaseException, *, record=None, has_record=True,
+             hint: str | None = None):
         err = cls(
             operator,
             describe_function(fn),
             describe_record(record) if has_record else None,
             shorten(f"{type(exc).__name__}: {exc}"),
+            hint,
         )
         err.__cause__ = exc
         return err
+
+    @classmethod
+    def returned(cls, operator: str, fn: object, value: object, *, record, hint: str):
+        """`fn` returned `value`, which the library cannot use (no exception
+        behind it: `hint` says what it needs)."""
+        return cls(operator, describe_function(fn), describe_record(record), describe_record(value),
+                   hint, "returned")
 
 
 class TaskError(KernelError):

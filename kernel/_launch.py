@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 from contextlib import contextmanager
 
 import uvloop
@@ -46,6 +47,19 @@ def gc_threshold(threshold: int | None):
 def _check_cores(cores: int) -> None:
     if not isinstance(cores, int) or isinstance(cores, bool) or cores < 1:
         raise ValueError(f"cores must be a positive int, got {cores!r}")
+    _warn_if_oversubscribed(cores)
+
+
+def _warn_if_oversubscribed(cores: int) -> None:
+    """More kernels than CPUs this process may use works (kernels share
+    CPUs, an idle one sleeps) but is slower than fewer kernels, so it is
+    said, not refused: tests run several kernels on small machines, and a
+    cluster's processes must agree on `cores` even where CPUs differ."""
+    cpus = len(os.sched_getaffinity(0))
+    if cores > cpus:
+        log.warning("cores=%d, but this process may use only %d CPU%s (os.sched_getaffinity): "
+                    "the kernels will share CPUs, and run slower than with cores=%d",
+                    cores, cpus, "" if cpus == 1 else "s", cpus)
 
 
 def _kernel_options(clock, budget, shares, stall_threshold) -> dict:

@@ -26,9 +26,18 @@ import math
 import pickle
 
 from net import IDLE, EpochMarker
+from net._codec import UnpicklableRecord
 
 from ._epochs import ENDED, EpochTracker
-from ._errors import KernelError, OperatorError, describe_function
+from ._errors import (
+    UNHASHABLE_ACROSS_KERNELS,
+    UNHASHABLE_KEY,
+    UNPICKLABLE_RECORD,
+    KernelError,
+    OperatorError,
+    describe_function,
+    is_unhashable,
+)
 from ._graph import Graph, Node
 from ._operator import Operator
 
@@ -448,22 +457,41 @@ class _ExchangeOutput:
         if isinstance(payload, list):
             try:
                 parts = self.partitioner.split(payload)
-            except TypeError as exc:
-                raise OperatorError.wrap(
-                    self.upstream.name, "key exchange (hash of the key)", exc, has_record=False
-                ) from exc
+            except Exception as exc:
+                raise self._key_error(payload, exc) from exc
             for dest, part in enumerate(parts):
                 if part:
                     if dest == self.index:
                         self.local.deliver(self.local_channel, part)
                     else:
-                        transport.send_batch(dest, edge_id, part)
+                        try:
+                            transport.send_batch(dest, edge_id, part)
+                        except UnpicklableRecord as exc:
+                            raise self._unpicklable(exc) from exc.__cause__
             return
         self.local.deliver(self.local_channel, payload)
         wire = None if payload is END else payload  # the transport's end of input
         for dest in range(self.peers):
             if dest != self.index:
                 transport.send_progress(dest, edge_id, wire)
+
+
+    # The errors below name the step whose output crosses kernels (key_by,
+    # or what runs between it and the exchange) and the record at fault,
+    # found again only now, on the error path.
+
+    def _key_error(self, pairs: list, exc: Exception) -> OperatorError:
+        """A key the partitioner cannot place: unhashable, or without a stable hash."""
+        found, pair = self.partitioner.failing_pair(pairs)
+        if found and is_unhashable(pair[0]):
+            return OperatorError.wrap(self.upstream.name, "hash(key)", exc, record=pair,
+                                      hint=UNHASHABLE_KEY)
+        return OperatorError.wrap(self.upstream.name, "net.stable_hash(key)", exc, record=pair,
+                                  has_record=found, hint=UNHASHABLE_ACROSS_KERNELS)
+
+    def _unpicklable(self, exc: UnpicklableRecord) -> OperatorError:
+        return OperatorError.wrap(self.upstream.name, "pickle.dumps", exc.__cause__, record=exc.record,
+                                  has_record=exc.found, hint=UNPICKLABLE_RECORD)
 
 
 class Runtime:

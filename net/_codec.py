@@ -74,6 +74,20 @@ def encode_batch(batch: list) -> tuple[int, bytes]:
     return _encode_records(batch)
 
 
+class UnpicklableRecord(Exception):
+    """A batch that neither msgpack nor pickle can carry to another kernel.
+
+    `record` is the first record that pickle refuses on its own (`found`
+    False when none does: only the batch as a whole failed, too deep, say).
+    Pickle's own error is the `__cause__`.
+    """
+
+    def __init__(self, found: bool, record: object) -> None:
+        super().__init__("a record that crosses kernels cannot be pickled")
+        self.found = found
+        self.record = record
+
+
 def _encode_records(batch: list) -> tuple[int, bytes]:
     kind = _small_kind(batch) if len(batch) <= _SMALL_BATCH else _large_kind(batch)
     if kind is not None:
@@ -81,7 +95,21 @@ def _encode_records(batch: list) -> tuple[int, bytes]:
             return kind, _encode(batch)
         except Exception:  # anything msgpack cannot hold goes by pickle
             pass
-    return KIND_PICKLE, pickle.dumps(batch, protocol=5)
+    try:
+        return KIND_PICKLE, pickle.dumps(batch, protocol=5)
+    except Exception as exc:
+        raise UnpicklableRecord(*_first_unpicklable(batch)) from exc
+
+
+def _first_unpicklable(batch: list) -> tuple[bool, object]:
+    """(found, record): the batch's first record that pickle refuses. Only
+    on the error path: pickling record by record costs more than the batch."""
+    for record in batch:
+        try:
+            pickle.dumps(record, protocol=5)
+        except Exception:
+            return True, record
+    return False, None
 
 
 # Below this many records a plain loop checks the types faster than building

@@ -135,6 +135,17 @@ class Partitioner:
             appends[kernel](pair)
         return parts
 
+    def failing_pair(self, pairs: list) -> tuple[bool, object]:
+        """(found, pair): the first pair whose key `split` cannot place (an
+        unhashable key, one without a stable hash). For error messages: it
+        places the pairs again, one by one."""
+        for pair in pairs:
+            try:
+                self.owner(pair[0])
+            except Exception:
+                return True, pair
+        return False, None
+
     def _split_timed(self, pairs: TimedBatch) -> list[TimedBatch]:
         parts = [TimedBatch() for _ in range(self.peers)]
         appends = [part.append for part in parts]

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections import _count_elements
 from operator import itemgetter
 
-from kernel._errors import KernelError, OperatorError
+from kernel._errors import KernelError
 from kernel._operator import Operator
 from state import value_state
 
-from ._calls import emit_in_batches, user_error
+from ._calls import emit_in_batches, failing_record, keyed_error, user_error
 
 _first = itemgetter(0)
 _MISSING = object()
@@ -38,7 +38,10 @@ class Count(_Aggregate):
         try:
             _count_elements(self.state, map(_first, it))
         except Exception as exc:
-            raise user_error(self.name, "hash(key)", exc, batch, it) from exc
+            found, record = failing_record(batch, it)
+            if not found:
+                raise user_error(self.name, "hash(key)", exc, batch, it) from exc
+            raise keyed_error(self.name, "hash(key)", exc, record) from exc
 
 
 class Sum(_Aggregate):
@@ -56,7 +59,7 @@ class Sum(_Aggregate):
                 else:
                     state[key] = record[1]
         except Exception as exc:
-            raise OperatorError.wrap(self.name, "operator.add", exc, record=record) from exc
+            raise keyed_error(self.name, "operator.add", exc, record) from exc
 
 
 class Reduce(_Aggregate):
@@ -80,7 +83,7 @@ class Reduce(_Aggregate):
         except KernelError:
             raise
         except Exception as exc:
-            raise OperatorError.wrap(self.name, fn, exc, record=record) from exc
+            raise keyed_error(self.name, fn, exc, record) from exc
 
 
 class Fold(_Aggregate):
@@ -110,4 +113,4 @@ class Fold(_Aggregate):
         except KernelError:
             raise
         except Exception as exc:
-            raise OperatorError.wrap(self.name, fn, exc, record=record) from exc
+            raise keyed_error(self.name, fn, exc, record) from exc

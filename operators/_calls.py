@@ -18,7 +18,7 @@ from collections.abc import Callable
 from itertools import islice
 from operator import length_hint
 
-from kernel._errors import KernelError, OperatorError
+from kernel._errors import UNHASHABLE_KEY, KernelError, OperatorError, is_unhashable
 
 
 def failing_record(batch: list, iterator) -> tuple[bool, object]:
@@ -32,6 +32,17 @@ def failing_record(batch: list, iterator) -> tuple[bool, object]:
 def user_error(operator: str, fn, exc: BaseException, batch: list, iterator) -> OperatorError:
     found, record = failing_record(batch, iterator)
     return OperatorError.wrap(operator, fn, exc, record=record, has_record=found)
+
+
+def keyed_error(operator: str, fn, exc: BaseException, record) -> OperatorError:
+    """The error of a keyed step (an aggregate, a window, a join) on a
+    `(key, value)` record. Such a step hashes the key before it calls
+    anything else on the record, so when the key cannot be hashed, that is
+    what failed, whichever function was about to run (`+` for sum, the
+    user's for reduce)."""
+    if isinstance(record, tuple) and record and is_unhashable(record[0]):
+        return OperatorError.wrap(operator, "hash(key)", exc, record=record, hint=UNHASHABLE_KEY)
+    return OperatorError.wrap(operator, fn, exc, record=record)
 
 
 def call_each(operator: str, fn, batch: list) -> list:

@@ -29,6 +29,7 @@ import datetime as _dt
 import math
 from itertools import repeat
 
+from kernel._errors import OperatorError
 from kernel._operator import Source, TimedBatch
 
 from ._calls import call_each
@@ -46,6 +47,17 @@ def as_seconds(value) -> float:
     if isinstance(value, _NUMBERS) and not isinstance(value, bool):
         return float(value)
     raise TypeError(f"a timestamp must be a number of seconds or a datetime, not {type(value).__name__}")
+
+
+TIMESTAMP_HINT = ("a timestamp must be a number of seconds or a datetime: a finite int or float, "
+                  "seconds since the epoch")
+
+
+def _usable(value) -> bool:
+    try:
+        return math.isfinite(as_seconds(value))
+    except Exception:
+        return False
 
 
 def _stamps(values: list) -> list:
@@ -131,13 +143,32 @@ class EventTimeSource(Source):
     def _emit_timed(self, batch: list) -> None:
         if not batch:
             return
-        stamps = _stamps(call_each(self.name, self.timestamp, batch))
+        values = call_each(self.name, self.timestamp, batch)
+        try:
+            stamps = _stamps(values)
+        except Exception:  # not a number, an int too large for a float
+            stamps = None
+        # A NaN or an infinity would break the windows downstream much later
+        # (NaN compares false with everything): refused here, naming the
+        # record. One C-level pass finds out: the float sum of finite
+        # timestamps is finite (unless it overflows: then each is checked).
+        if stamps is None or not math.isfinite(sum(stamps)):
+            self._refuse_timestamps(batch, values)
         newest = max(stamps)
         self.emit(TimedBatch(batch, stamps))
         self._emitted = True
         if newest > self._max_seen:
             self._max_seen = newest
         self.advance_watermark(self._max_seen - self.max_delay)
+
+    def _refuse_timestamps(self, batch: list, values: list) -> None:
+        """Raise for the first record whose timestamp is not a finite number
+        or a datetime (returns when there is none: finite stamps whose sum
+        overflowed)."""
+        for record, value in zip(batch, values):
+            if not _usable(value):
+                raise OperatorError.returned(self.name, self.timestamp, value, record=record,
+                                             hint=TIMESTAMP_HINT)
 
     def _check_idle(self) -> None:
         # Woken and not polled since, or asked to be polled again and not

@@ -2,15 +2,26 @@
 
 With several kernels, each kernel reads a disjoint share of the input: record
 `i` belongs to kernel `i % peers`. That needs no coordination and works for
-any re-iterable input (each kernel process iterates it and keeps its share).
+any re-iterable input (each kernel process iterates it and keeps its share),
+and for an iterator too: each kernel process, forked from the one that built
+the flow or importing the pipeline file itself, reads its own copy. Not for
+a file object that kernels inherit by fork: their copies share one read
+position, so each would lose what the others read (refused).
+
+An iterator (a generator, `iter(list)`, a file object) can be read only
+once: the flow's `_Input` remembers that a run of this process read it, and
+a later run's source refuses to start rather than silently read nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
+import os
+from collections.abc import AsyncIterator, Iterator
 from itertools import islice
 
-from kernel._errors import KernelError, OperatorError
+from kernel._errors import KernelError, OperatorError, describe_record
 from kernel._operator import DEFAULT_BATCH_SIZE, Source
 
 
@@ -20,22 +31,61 @@ def check_batch_size(batch_size: int) -> int:
     return batch_size
 
 
+class _Input:
+    """A source's input as a flow holds it, shared by every run of the flow
+    in this process; calling it makes a fresh source (per run and kernel).
+
+    It outlives the runs, so it remembers whether a run of this process read
+    a one-shot input (an iterator): a later run would find it exhausted, or
+    read only what is left, and give wrong results without a word."""
+
+    def __init__(self, source_class, data, batch_size: int, one_shot: bool) -> None:
+        self.source_class = source_class
+        self.data = data
+        self.batch_size = check_batch_size(batch_size)
+        self.one_shot = one_shot
+        self.read = False  # a run in this process has read from `data`
+        self.built_in = os.getpid()  # the process that built the flow
+
+    def __call__(self) -> Source:
+        return self.source_class(self.data, self.batch_size, _input=self)
+
+    def refuse_if_read(self, name: str, remedy: str) -> None:
+        if self.one_shot and self.read:
+            raise KernelError(
+                f"{name}: its input {describe_record(self.data)} is an iterator that an earlier "
+                "run of this flow read, and an iterator can be read only once (this run would "
+                f"silently get what is left of it, if anything): {remedy}, or build the flow "
+                "again with a fresh iterator"
+            )
+
+
 class IterableSource(Source):
     """Reads a bounded iterable in batches of `batch_size` records."""
 
-    def __init__(self, iterable, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(self, iterable, batch_size: int = DEFAULT_BATCH_SIZE, *,
+                 _input: _Input | None = None) -> None:
         self.iterable = iterable
         self.batch_size = check_batch_size(batch_size)
+        self._input = _input
+
+    @classmethod
+    def factory(cls, iterable, batch_size: int = DEFAULT_BATCH_SIZE) -> _Input:
+        """What `from_iterable` adds to a flow: a fresh source per run and
+        kernel, and a second run over an iterator refused."""
+        return _Input(cls, iterable, batch_size, isinstance(iterable, Iterator))
 
     def open(self, context):
         peers, index = context.peers, context.index
         data = self.iterable
+        self._unread = None  # the one-shot input to mark as read when first read
         if isinstance(data, (list, tuple, range)):
             # Slicing a sequence is several times faster than islice.
             self._sequence = data if peers == 1 else data[index::peers]
             self._position = 0
             self._iterator = None
         else:
+            self._check_input(peers)
             self._sequence = None
             self._position = 0
             try:
@@ -44,6 +94,24 @@ class IterableSource(Source):
                 raise OperatorError.wrap(self.name, iter, exc, record=data) from exc
             self._iterator = it if peers == 1 else islice(it, index, None, peers)
 
+    def _check_input(self, peers: int) -> None:
+        shared = self._input
+        if shared is None:  # made directly, not by a flow: nothing to check against
+            return
+        shared.refuse_if_read(self.name, "give from_iterable a list, a range or another re-iterable "
+                                         "(an object whose __iter__ starts again)")
+        if shared.one_shot:
+            self._unread = shared
+        if peers > 1 and isinstance(self.iterable, io.IOBase) and shared.built_in != os.getpid():
+            raise KernelError(
+                f"{self.name}: its input {describe_record(self.iterable)} is a file object that "
+                f"the {peers} kernel processes inherit from the one that built the flow: they "
+                "would share its read position, each losing the lines the others read. Give "
+                "from_iterable an object that opens the file when iterated (whose __iter__ "
+                "returns open(path)), or run the pipeline file with `python -m kernel.run "
+                "--cores N`, where each kernel process opens the file itself"
+            )
+
     # Resuming from a snapshot: the position in this kernel's share.
     def on_epoch(self, epoch):
         return {"position": self._position}
@@ -51,8 +119,16 @@ class IterableSource(Source):
     def restore(self, snapshot):
         position = snapshot["position"]
         if self._sequence is None and position:
+            self._mark_read()
             next(islice(self._iterator, position - 1, position), None)  # skip what was read
         self._position = position
+
+    def _mark_read(self) -> None:
+        # When first read, not at open: a run that failed before reading
+        # leaves the input as it was, for the next run.
+        if self._unread is not None:
+            self._unread.read = True
+            self._unread = None
 
     def poll(self):
         size = self.batch_size
@@ -61,6 +137,8 @@ class IterableSource(Source):
             batch = self._sequence[start : start + size]
             self._position = start + len(batch)
         else:
+            if self._unread is not None:
+                self._mark_read()
             try:
                 batch = list(islice(self._iterator, size))
                 self._position += len(batch)
@@ -85,11 +163,22 @@ class AsyncIterableSource(Source):
     producer cannot outrun the dataflow.
     """
 
-    def __init__(self, aiterable, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(self, aiterable, batch_size: int = DEFAULT_BATCH_SIZE, *,
+                 _input: _Input | None = None) -> None:
         self.aiterable = aiterable
         self.batch_size = check_batch_size(batch_size)
+        self._input = _input
+
+    @classmethod
+    def factory(cls, aiterable, batch_size: int = DEFAULT_BATCH_SIZE) -> _Input:
+        """What `from_async_iterable` adds to a flow: a fresh source per run
+        and kernel, and a second run over an async iterator refused."""
+        return _Input(cls, aiterable, batch_size, isinstance(aiterable, AsyncIterator))
 
     def open(self, context):
+        if self._input is not None:
+            self._input.refuse_if_read(self.name, "give from_async_iterable a function that "
+                                                  "returns a fresh one (the async generator function)")
         source = self.aiterable
         if not hasattr(source, "__aiter__") and callable(source):
             source = source()
@@ -144,6 +233,8 @@ class AsyncIterableSource(Source):
     def poll(self):
         if not self._reader_started:
             self._reader_started = True
+            if self._input is not None and self._input.one_shot:
+                self._input.read = True
             self.context.kernel.spawn(self._read(self._source), name=f"{self.name} reader")
             return None  # the reader wakes this source when it has records
         if self._buffer:

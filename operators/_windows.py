@@ -38,7 +38,7 @@ from kernel._errors import KernelError, OperatorError
 from kernel._operator import Operator, TimedBatch
 from state import map_state, value_state
 
-from ._calls import emit_in_batches
+from ._calls import emit_in_batches, keyed_error
 
 _first = itemgetter(0)
 
@@ -574,7 +574,7 @@ class _Windowing(Operator):
         return {"late": self.late} if self.late else None
 
     def _user_error(self, exc, record):
-        return OperatorError.wrap(self.name, self._function(), exc, record=record)
+        return keyed_error(self.name, self._function(), exc, record)  # an unhashable key named as such
 
     def _function(self):
         return "window"

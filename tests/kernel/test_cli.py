@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import runpy
 import select
 import signal
@@ -239,6 +240,37 @@ def test_two_cores_print_every_record_once(tmp_path):
     proc = cli(write(tmp_path, "pipeline.py", PIPELINE), "--cores", "2")
     assert proc.returncode == 0, proc.stderr
     assert sorted(proc.stdout.splitlines()) == sorted(f"sq {x * x}" for x in range(5))
+
+
+def test_more_cores_than_cpus_run_with_a_warning_on_stderr(tmp_path):
+    cpu = min(os.sched_getaffinity(0))
+    proc = subprocess.run(
+        [sys.executable, "-m", "kernel.run", str(write(tmp_path, "pipeline.py", PIPELINE)), "--cores", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),  # the CLI may use one CPU
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stdout.splitlines()) == sorted(f"sq {x * x}" for x in range(5))
+    assert proc.stderr.splitlines() == [
+        "cores=2, but this process may use only 1 CPU (os.sched_getaffinity): the kernels will "
+        "share CPUs, and run slower than with cores=1"]
+
+
+FILE_PIPELINE = """\
+from kernel import Dataflow
+
+flow = Dataflow()
+flow.from_iterable(open(__file__.replace("pipeline.py", "lines.txt"))).map(str.strip).print()
+"""
+
+
+def test_two_cores_each_open_a_file_the_pipeline_opens(tmp_path):
+    # Each kernel process imports the file and so opens its own file object:
+    # not shared, every line read once (run(flow, cores=2) refuses it instead).
+    (tmp_path / "lines.txt").write_text("".join(f"{i}\n" for i in range(3000)))
+    proc = cli(write(tmp_path, "pipeline.py", FILE_PIPELINE), "--cores", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stdout.splitlines(), key=int) == [str(i) for i in range(3000)]
 
 
 def test_two_cores_usage_errors(tmp_path):

@@ -6,6 +6,7 @@ import collections
 import enum
 import math
 import pickle
+import threading
 
 import pytest
 from hypothesis import given, settings
@@ -19,6 +20,7 @@ from net._codec import (
     KIND_SCALARS,
     KIND_TUPLES,
     KIND_WATERMARK,
+    UnpicklableRecord,
     decode,
     encode_batch,
     encode_watermark,
@@ -311,6 +313,23 @@ def test_batches_msgpack_cannot_carry_exactly_go_by_pickle(batch, times):
     kind, body = encode_batch(batch)
     assert kind == KIND_PICKLE
     assert same(decode(kind, body), batch)
+
+
+@pytest.mark.parametrize("timed", [False, True])
+@pytest.mark.parametrize("size", [1, 3, 40])  # one pair, a small batch, a large one
+def test_a_batch_pickle_refuses_names_its_first_unpicklable_record(size, timed):
+    lock = threading.Lock()
+    batch = [(i, "x") for i in range(size)]
+    batch[size // 2] = (size // 2, lock)
+    batch.append((size, lock))
+    if timed:
+        batch = TimedBatch(batch, [float(i) for i in range(len(batch))])
+    with pytest.raises(UnpicklableRecord) as info:
+        encode_batch(batch)
+    assert info.value.found
+    assert info.value.record == (size // 2, lock)
+    assert isinstance(info.value.__cause__, TypeError)  # pickle's own error
+    assert "cannot pickle '_thread.lock' object" in str(info.value.__cause__)
 
 
 def test_records_that_are_not_pairs_keep_every_field():

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
+import threading
 
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from kernel import Dataflow, OperatorError, run, run_async
+from kernel import Dataflow, KernelProcessError, OperatorError, run, run_async
+from kernel._errors import UNHASHABLE_KEY, UNPICKLABLE_RECORD, describe_record
+from operators import Session, Sliding, Tumbling
+from operators._event_time import TIMESTAMP_HINT
 
 
 class Boom(Exception):
@@ -226,6 +231,153 @@ def test_sum_names_values_that_do_not_add():
     assert err.record == "('k', 'one')"
     assert isinstance(err.__cause__, TypeError)
     assert err.function == "operator.add"
+
+
+def run_and_get_error(flow, cores):
+    """The OperatorError a run ends with; on several kernels, the failed
+    kernel's (the cause of the KernelProcessError)."""
+    if cores == 1:
+        with pytest.raises(OperatorError) as info:
+            run(flow)
+        return info.value
+    with pytest.raises(KernelProcessError) as info:
+        run(flow, cores=cores)
+    assert isinstance(info.value.__cause__, OperatorError), info.value
+    return info.value.__cause__
+
+
+# -- a key that cannot be hashed -------------------------------------------------------
+
+
+def _list_key_at_6(x):
+    return [x] if x == 6 else x
+
+
+def _add(a, b):
+    return a + b
+
+
+# aggregate -> (how to add it after key_by, its step's name, whether it
+# pre-aggregates per kernel before the exchange on several kernels)
+KEYED_STEPS = {
+    "count": (lambda k: k.count(), "count (step 2)", True),
+    "sum": (lambda k: k.sum(), "sum (step 2)", True),
+    "reduce": (lambda k: k.reduce(_add), "reduce(_add) (step 2)", True),
+    "fold": (lambda k: k.fold(0, _add), "fold(_add) (step 2)", False),
+    "tumbling sum": (lambda k: k.window(Tumbling(4.0)).sum(), "window sum Tumbling(4.0) (step 2)", True),
+    "sliding count": (lambda k: k.window(Sliding(4.0, 2.0)).count(),
+                      "window count Sliding(4.0, 2.0) (step 2)", True),
+    "session collect": (lambda k: k.window(Session(1.5)).collect(),
+                        "window collect Session(1.5) (step 2)", False),
+    "join": (lambda k: k.join(k.flow.from_iterable(range(20), timestamp=float).key_by(str), Tumbling(4.0)),
+             "join Tumbling(4.0) (step 4)", False),
+}
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+@pytest.mark.parametrize("step", list(KEYED_STEPS))
+def test_an_unhashable_key_is_named_as_such_by_every_keyed_step(step, cores):
+    # Whatever runs into the key first (the aggregate's `+` or the user's
+    # function on one kernel, the partial aggregate or the exchange on two),
+    # the error says the key cannot be hashed, shows the record and says
+    # what a key must be; record 6 is read by kernel 0 on two kernels.
+    add_step, label, pre_aggregates = KEYED_STEPS[step]
+    flow = Dataflow()
+    keyed = flow.from_iterable(range(20), timestamp=float).key_by(_list_key_at_6, name="key_by(key)")
+    add_step(keyed).collect()
+    err = run_and_get_error(flow, cores)
+    if cores == 1:
+        assert err.operator == label
+    elif pre_aggregates:
+        assert err.operator == f"{label}, partial before the exchange"
+    else:
+        assert err.operator == "key_by(key) (step 1)"  # its output cannot be sent to the key's owner
+    assert (err.function, err.record, err.hint) == ("hash(key)", "([6], 6)", UNHASHABLE_KEY)
+    assert err.error == "TypeError: unhashable type: 'list'"
+    assert str(err).endswith(f"on record: ([6], 6)\n  {UNHASHABLE_KEY}")
+
+
+# -- records that cannot cross kernels -------------------------------------------------
+
+
+class Handle:
+    """A record field that cannot be pickled (it holds a lock), with a repr
+    that is the same in every process."""
+
+    def __init__(self, n):
+        self.n = n
+        self.lock = threading.Lock()
+
+    def __repr__(self):
+        return f"Handle({self.n})"
+
+
+def _with_handle_at_13(x):
+    return (x, Handle(x) if x == 13 else None)
+
+
+def _next_number(record):
+    return record[0] + 1
+
+
+def test_a_record_that_cannot_be_pickled_names_the_step_whose_output_crosses_kernels():
+    # Record 13 is read by kernel 1; its key 14 belongs to kernel 0, so it
+    # must cross, with the other odd records of its batch before it.
+    flow = Dataflow()
+    stream = flow.from_iterable(range(20)).map(_with_handle_at_13)
+    stream.key_by(_next_number).collect()
+    err = run_and_get_error(flow, 2)
+    assert err.operator == "key_by(_next_number) (step 2)"
+    assert err.function == "pickle.dumps"
+    assert err.record == "(14, (13, Handle(13)))"
+    assert err.error == "TypeError: cannot pickle '_thread.lock' object"
+    assert err.hint == UNPICKLABLE_RECORD
+    assert "must be picklable" in str(err)
+
+
+def test_a_record_that_cannot_be_pickled_is_fine_where_it_does_not_cross():
+    flow = Dataflow()
+    out = flow.from_iterable(range(20)).map(_with_handle_at_13).key_by(_next_number).collect()
+    run(flow)
+    assert [key for key, _ in out.items] == list(range(1, 21))
+
+
+# -- timestamps that are not finite numbers --------------------------------------------
+
+
+def _stamp(event):
+    return event[1]
+
+
+@pytest.mark.parametrize(
+    "bad", [math.nan, math.inf, -math.inf, "noon", 10**400, True],
+    ids=["nan", "inf", "-inf", "str", "int-beyond-float", "bool"])
+def test_a_timestamp_that_is_not_a_finite_number_is_refused_at_the_source(bad):
+    # Unchecked, NaN reached a window as `cannot convert float NaN to
+    # integer`; and without a window downstream it passed silently.
+    events = [("a", 1.0 + i) for i in range(30)]
+    events[17] = ("bad", bad)
+    flow = Dataflow()
+    flow.from_iterable(events, batch_size=10, timestamp=_stamp).collect()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    err = info.value
+    assert err.operator == "from_iterable (step 0)"
+    assert err.function.endswith("_stamp")
+    assert err.verb == "returned"
+    assert (err.error, err.record) == (describe_record(bad), describe_record(("bad", bad)))
+    assert err.hint == TIMESTAMP_HINT
+    assert str(err) == (f"operator 'from_iterable (step 0)': function {err.function!r} returned "
+                        f"{err.error}\n  on record: {err.record}\n  {TIMESTAMP_HINT}")
+
+
+def test_finite_timestamps_whose_sum_overflows_are_accepted():
+    # The check sums a batch's timestamps: an overflow to inf must not be
+    # taken for an infinite timestamp.
+    flow = Dataflow()
+    out = flow.from_iterable([1e308, 1.5e308, 1.7e308], timestamp=float).collect()
+    run(flow)
+    assert out.items == [1e308, 1.5e308, 1.7e308]
 
 
 # -- StopIteration must never end a batch quietly ------------------------------------

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+from contextlib import contextmanager
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernel import Dataflow, Operator, OperatorError, run, run_async
+from kernel import Dataflow, KernelError, KernelProcessError, Operator, OperatorError, run, run_async
 
 EXAMPLES = settings(max_examples=40, deadline=None)
 
@@ -97,6 +100,113 @@ def test_an_iterable_that_raises_midway_names_the_source():
     assert info.value.operator == "read_lines (step 0)"
     assert info.value.record is None
     assert info.value.__cause__ is boom
+
+
+# -- an iterator can be read once ----------------------------------------------------
+
+ONE_SHOT = {
+    "generator": lambda: (x * 10 for x in range(7)),
+    "iter(list)": lambda: iter([x * 10 for x in range(7)]),
+    "map": lambda: map((10).__mul__, range(7)),
+}
+
+
+def _refusal(flow, cores):
+    """The KernelError a run of `flow` is refused with (on several kernels,
+    the failed kernel's)."""
+    if cores == 1:
+        with pytest.raises(KernelError) as info:
+            run(flow)
+        return info.value
+    with pytest.raises(KernelProcessError) as info:
+        run(flow, cores=cores)
+    return info.value.__cause__
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+@pytest.mark.parametrize("kind", list(ONE_SHOT))
+def test_a_second_run_over_an_iterator_the_first_run_read_is_refused(kind, cores):
+    # It used to give no records at all, without a word.
+    flow = Dataflow()
+    out = flow.from_iterable(ONE_SHOT[kind](), batch_size=3, name="numbers").collect()
+    run(flow)
+    assert out.items == [x * 10 for x in range(7)]
+    err = _refusal(flow, cores)
+    assert type(err) is KernelError
+    assert str(err).startswith("numbers (step 0): its input <")
+    assert "is an iterator that an earlier run of this flow read" in str(err)
+    assert "a list, a range or another re-iterable" in str(err)
+
+
+def test_kernel_processes_read_their_own_copies_of_an_iterator():
+    # Forked kernel processes iterate copies: the caller's iterator stays
+    # unread, for another run on several kernels or one; after that, it is read.
+    flow = Dataflow()
+    out = flow.from_iterable((x for x in range(9)), batch_size=2).collect()
+    run(flow, cores=2)
+    assert sorted(out.items) == list(range(9))
+    run(flow, cores=2)
+    assert sorted(out.items) == list(range(9))
+    run(flow)
+    assert out.items == list(range(9))
+    assert "earlier run" in str(_refusal(flow, 1))
+
+
+def test_a_run_that_fails_before_reading_leaves_the_iterator_to_the_next():
+    opened = []
+
+    class FailsToOpenOnce(Operator):
+        def open(self, context):  # opened after the source
+            opened.append(True)
+            if len(opened) == 1:
+                raise RuntimeError("not ready yet")
+
+        def on_batch(self, port, batch):
+            self.emit(batch)
+
+    flow = Dataflow()
+    out = flow.from_iterable((x for x in range(5)), batch_size=2).apply(FailsToOpenOnce).collect()
+    with pytest.raises(OperatorError, match="not ready yet"):
+        run(flow)
+    run(flow)
+    assert out.items == [0, 1, 2, 3, 4]
+
+
+async def test_a_second_run_over_an_async_generator_object_is_refused():
+    async def agen():
+        for i in range(4):
+            yield i
+
+    flow = Dataflow()
+    out = flow.from_async_iterable(agen(), name="feed").collect()
+    await run_async(flow)
+    assert out.items == [0, 1, 2, 3]
+    with pytest.raises(KernelError, match=r"^feed \(step 0\): its input .* earlier run") as info:
+        await run_async(flow)
+    assert "the async generator function" in str(info.value)
+
+
+def test_a_file_object_that_kernel_processes_would_share_is_refused(tmp_path):
+    # Forked kernels share the file's read position: each read what the
+    # others skipped, and kept every other line of it (half the lines lost).
+    path = tmp_path / "lines.txt"
+    path.write_text("".join(f"{i}\n" for i in range(5000)))
+    with open(path) as lines:
+        flow = Dataflow()
+        flow.from_iterable(lines, name="lines").collect()
+        err = _refusal(flow, 2)
+    assert str(err).startswith("lines (step 0): its input <_io.TextIOWrapper")
+    assert "would share its read position" in str(err)
+
+
+def test_a_file_object_on_one_kernel_is_read_whole(tmp_path):
+    path = tmp_path / "lines.txt"
+    path.write_text("".join(f"{i}\n" for i in range(5000)))
+    with open(path) as lines:
+        flow = Dataflow()
+        out = flow.from_iterable(lines).map(int).collect()
+        run(flow)
+    assert out.items == list(range(5000))
 
 
 # -- from_async_iterable ------------------------------------------------------------
@@ -240,3 +350,45 @@ def test_run_rejects_a_bad_core_count(cores):
     flow.from_iterable([1]).collect()
     with pytest.raises(ValueError, match="cores"):
         run(flow, cores=cores)
+
+
+# -- more kernels than CPUs ---------------------------------------------------------
+
+
+@contextmanager
+def one_cpu():
+    """This thread (and the kernel processes it starts) on one CPU."""
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
+def _core_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "kernel" and "cores=" in r.getMessage()]
+
+
+def test_more_kernels_than_cpus_run_with_a_warning(caplog):
+    # Warned, not refused: kernels share CPUs correctly, only slower.
+    flow = Dataflow()
+    out = flow.from_iterable(range(6)).key_by(_mod3).count().collect()
+    with one_cpu(), caplog.at_level(logging.WARNING, logger="kernel"):
+        run(flow, cores=2)
+    assert sorted(out.items) == [(0, 2), (1, 2), (2, 2)]
+    assert _core_warnings(caplog) == [
+        "cores=2, but this process may use only 1 CPU (os.sched_getaffinity): the kernels will "
+        "share CPUs, and run slower than with cores=1"]
+
+
+def test_as_many_kernels_as_cpus_run_without_a_warning(caplog):
+    flow = Dataflow()
+    flow.from_iterable(range(6)).collect()
+    with one_cpu(), caplog.at_level(logging.WARNING, logger="kernel"):
+        run(flow, cores=1)
+    assert _core_warnings(caplog) == []
+
+
+def _mod3(x):
+    return x % 3
