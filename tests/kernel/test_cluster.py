@@ -669,7 +669,11 @@ def test_counter_reference_is_sane():
 # kernel 0's share) and from across the link (odd: kernel 1's). Shared
 # memory, inherited by the forked cluster processes and their kernels.
 _HANDLED = mmap.mmap(-1, 16)
-_PAD = "x" * 1000  # ~1 KB records: a link window (4 MiB) is ~0.2 s of the slow operator's work
+# ~1 KB records (a str each, so that msgpack carries all of it: pickle would
+# write a shared object once a batch): a link window (4 MiB) is ~0.2 s of
+# the slow operator's work, so a link that stops granting credit stalls
+# within the interval measured
+_PAD = "x" * 1000
 
 
 def handled() -> tuple[int, int]:
@@ -686,12 +690,13 @@ def _flood():
         deadline = time.perf_counter() + 0.00005
         while time.perf_counter() < deadline:
             pass
-        offset = 8 * (pair[1][0] % 2)
+        offset = 8 * (int(pair[1][:8]) % 2)
         struct.pack_into("<Q", _HANDLED, offset, struct.unpack_from("<Q", _HANDLED, offset)[0] + 1)
         return pair
 
     flow = Dataflow("flood")
-    flow.from_iterable(ENDLESS).map(lambda n: (n, _PAD)).key_by(lambda r: 0).map(slowly).sink(lambda b: None)
+    records = flow.from_iterable(ENDLESS).map(lambda n: f"{n:08d}{_PAD}")
+    records.key_by(lambda r: 0).map(slowly).sink(lambda batch: None)
     return flow, []
 
 
