@@ -537,6 +537,7 @@ class LinkServer:
         self.failures: deque[Exception] = deque(maxlen=16)
         self._runner: web.ServerRunner | None = None
         self._guard: _Guard | None = None
+        self._listener: asyncio.AbstractServer | None = None
 
     @property
     def pending(self) -> int:
@@ -550,12 +551,17 @@ class LinkServer:
                              max_headers=_HTTP_MAX_HEADERS)
         self._runner = web.ServerRunner(self._guard)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
-        await site.start()
+        # (not aiohttp's TCPSite: it leaves a TLS handshake asyncio's 60 s;
+        # the TLS handshake comes before the guard sees the connection)
+        tls_timeout = self.handshake_timeout if self.ssl_context is not None else None
+        self._listener = await asyncio.get_running_loop().create_server(
+            self._guard, self.host, self.port, ssl=self.ssl_context, ssl_handshake_timeout=tls_timeout)
         if self.port == 0:
-            self.port = site._server.sockets[0].getsockname()[1]
+            self.port = self._listener.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -698,8 +704,14 @@ async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None) -
     hello = msgspec.json.decode(message.data)
     peer, their_nonce = hello["process"], hello["nonce"]
     nonce = os.urandom(32).hex()
-    await ws.send_str(msgspec.json.encode({"process": process, "nonce": nonce, "meta": meta,
-                                           "mac": _mac(key, b"client", their_nonce, process)}).decode())
+    hello = msgspec.json.encode({"process": process, "nonce": nonce, "meta": meta,
+                                 "mac": _mac(key, b"client", their_nonce, process)})
+    if len(hello) > HANDSHAKE_MAX_MESSAGE:  # the server would refuse it at its head
+        await ws.close()
+        raise LinkError(f"the handshake to {url} would be {len(hello)} bytes (its meta "
+                        f"{len(msgspec.json.encode(meta))}), over the {HANDSHAKE_MAX_MESSAGE} bytes a "
+                        "server reads before authentication")
+    await ws.send_str(hello.decode())
     answer = await ws.receive()
     if answer.type != aiohttp.WSMsgType.TEXT:
         await ws.close()

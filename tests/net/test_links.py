@@ -10,7 +10,9 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import struct
+import subprocess
 import zlib
 
 import aiohttp
@@ -494,4 +496,33 @@ async def test_pending_handshakes_are_bounded_and_a_peer_still_links_among_them(
     finally:
         for _, writer in strangers:
             writer.close()
+        await server.stop()
+
+
+async def test_a_meta_too_large_for_the_handshake_is_a_clear_error():
+    server = await start_server([], meta="m" * 3000)
+    try:
+        with pytest.raises(LinkError, match=r"would be \d+ bytes \(its meta 5002\), over the 4096 bytes"):
+            await connect(server, meta="m" * 5000)
+        link, session, _ = await connect(server, meta="m" * 3000)  # a larger meta than any cluster's fits
+        await link.close()
+        await session.close()
+    finally:
+        await server.stop()
+
+
+async def test_a_tls_port_closes_a_connection_that_never_starts_tls(tmp_path):
+    """With TLS the guard sees a connection only after the TLS handshake,
+    which has the same time limit (asyncio's own is 60 s)."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-keyout", "key.pem",
+                    "-out", "cert.pem"], cwd=tmp_path, check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server = await start_server([], ssl_context=context, handshake_timeout=0.3)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        assert await closed_by_server(reader, within=3.0) == b""
+        writer.close()
+    finally:
         await server.stop()
