@@ -47,6 +47,12 @@ Bad input closes that connection and is logged; the server goes on:
 garbage or plain HTTP requests (aiohttp answers them with an error),
 frames larger than `max_frame`, text frames after the handshake, frames for
 a channel the link does not carry.
+
+Strangers: until a connection has authenticated it may cost the server
+little (`LinkServer`): messages of HANDSHAKE_MAX_MESSAGE bytes (a data
+frame's limit only after authentication), no compression, small HTTP header
+limits, MAX_PENDING such connections at once and HANDSHAKE_TIMEOUT seconds
+from connecting (TLS handshake included) to authenticated.
 """
 
 from __future__ import annotations
