@@ -391,17 +391,24 @@ class Link:
 
 
 class _Handler(RequestHandler):
-    """aiohttp's HTTP connection, which also logs the HTTP it cannot parse
-    (garbage on the port, headers over the limits): aiohttp answers 400 and
-    closes, but says so only at debug level."""
+    """aiohttp's HTTP connection, saying in one line of ours what was wrong
+    with HTTP it cannot parse (garbage on the port, headers over the
+    limits), where aiohttp logs garbage at debug level only and the rest as
+    an ERROR with a traceback; the answer is the same 400, and the
+    connection is closed."""
 
     __slots__ = ()
 
     def handle_error(self, request, status=500, exc=None, message=None):
-        if status < 500:
-            log.warning("refused a link from %s: malformed HTTP (%s)", request.remote,
-                        type(exc).__name__ if exc is not None else status)
-        return super().handle_error(request, status, exc, message)
+        if status >= 500:  # ours, not the peer's: aiohttp's report
+            return super().handle_error(request, status, exc, message)
+        what = type(exc).__name__ if exc is not None else str(status)
+        log.warning("refused a link from %s: malformed HTTP (%s)", request.remote, what)
+        if request.writer.output_size > 0:  # (as aiohttp: too late for an answer)
+            raise ConnectionError("malformed HTTP after the answer began")
+        response = web.Response(status=status, text=f"malformed HTTP ({what})\n")
+        response.force_close()
+        return response
 
 
 class _Guard(web.Server):
@@ -417,8 +424,9 @@ class _Guard(web.Server):
         self.max_pending = max_pending
         self.handshake_timeout = handshake_timeout
         self._pending: dict[RequestHandler, list] = {}  # -> [deadline, timer or None]
-        self._overflow = 0  # refusals not logged yet
-        self._overflow_logged = -_OVERFLOW_LOG_EVERY
+        self._overflow = 0  # refusals over max_pending not reported yet
+        self._overflow_from = ""  # the latest one's address
+        self._overflow_timer: asyncio.TimerHandle | None = None  # the next report, if any
 
     def __call__(self) -> RequestHandler:
         return _Handler(self, loop=self._loop, **self._kwargs)
@@ -430,8 +438,12 @@ class _Guard(web.Server):
     def connection_made(self, handler, transport) -> None:
         super().connection_made(handler, transport)
         if len(self._pending) >= self.max_pending:
-            transport.abort()
-            self._refused_over_limit(transport)
+            # (soon, not now: aiohttp's handler finishes setting up first)
+            self._loop.call_soon(transport.abort)
+            self._overflow += 1
+            self._overflow_from = _address(transport)
+            if self._overflow_timer is None:
+                self._report_overflow()
             return
         deadline = self._loop.time() + self.handshake_timeout
         timer = self._loop.call_at(deadline, self._expire, handler, transport)
@@ -448,14 +460,21 @@ class _Guard(web.Server):
 
     def handshake_deadline(self, handler) -> float:
         """The websocket is up: the handshake's own code enforces the rest of
-        the time (to say what was missing) and stops our timer."""
+        the time (to say what was missing) and stops our timer. (A handler
+        no longer pending has just expired: its deadline is now.)"""
         entry = self._pending.get(handler)
         if entry is None:
-            return self._loop.time() + self.handshake_timeout
+            return self._loop.time()
         if entry[1] is not None:
             entry[1].cancel()
             entry[1] = None
         return entry[0]
+
+    def close(self) -> None:
+        """The server stops: report the refusals not reported yet."""
+        if self._overflow_timer is not None:
+            self._overflow_timer.cancel()
+            self._report_overflow(again=False)
 
     def _expire(self, handler, transport) -> None:
         if self._pending.pop(handler, None) is None:
@@ -464,19 +483,20 @@ class _Guard(web.Server):
                     _no_handshake(self.handshake_timeout, "it sent no websocket upgrade"))
         transport.abort()
 
-    def _refused_over_limit(self, transport) -> None:
-        """Logged once, then at most every few seconds with a count: a flood
-        of connections must not become a flood of log lines."""
-        self._overflow += 1
-        now = self._loop.time()
-        if now - self._overflow_logged < _OVERFLOW_LOG_EVERY:
+    def _report_overflow(self, again: bool = True) -> None:
+        """Refusals over max_pending are reported at once, then counted and
+        reported at most every few seconds: a flood of connections must not
+        become a flood of log lines."""
+        self._overflow_timer = None
+        if not self._overflow:
             return
-        more = f" and {self._overflow - 1} more since the last report" if self._overflow > 1 else ""
-        log.warning("refused a connection from %s%s: %d handshakes already pending (more refusals "
-                    "are counted, logged at most every %g s)", _address(transport), more,
-                    len(self._pending), _OVERFLOW_LOG_EVERY)
+        what = (f"a connection from {self._overflow_from}" if self._overflow == 1 else
+                f"{self._overflow} connections (the latest from {self._overflow_from})")
+        log.warning("refused %s: %d handshakes already pending (such refusals are reported at most "
+                    "every %g s)", what, self.max_pending, _OVERFLOW_LOG_EVERY)
         self._overflow = 0
-        self._overflow_logged = now
+        if again:
+            self._overflow_timer = self._loop.call_later(_OVERFLOW_LOG_EVERY, self._report_overflow)
 
 
 def _address(transport) -> str:
@@ -568,6 +588,8 @@ class LinkServer:
     async def stop(self) -> None:
         if self._listener is not None:
             self._listener.close()
+        if self._guard is not None:
+            self._guard.close()
         if self._runner is not None:
             await self._runner.cleanup()
 

@@ -135,6 +135,11 @@ async def test_garbage_plain_http_and_bad_frames_close_that_connection_only(capl
             writer.write(b"\x00\xffthis is not http\r\n\r\n")
             assert (await closed_by_server(reader, within=5.0)).startswith(b"HTTP/1.0 400 Bad Request")
             writer.close()
+            # a header line far longer than an upgrade's (aiohttp's own limit is 8 KiB a line)
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /kernel-link HTTP/1.1\r\nX-Filler: " + b"f" * 2000 + b"\r\n\r\n")
+            assert (await closed_by_server(reader, within=5.0)).startswith(b"HTTP/1.0 400 Bad Request")
+            writer.close()
             # plain HTTP requests
             async with aiohttp.ClientSession() as plain:
                 async with plain.get(url(server) + "/kernel-link") as response:
@@ -143,6 +148,7 @@ async def test_garbage_plain_http_and_bad_frames_close_that_connection_only(capl
                     assert response.status == 404
             assert [r.getMessage() for r in caplog.records] == [
                 "refused a link from 127.0.0.1: malformed HTTP (BadHttpMethod)",
+                "refused a link from 127.0.0.1: malformed HTTP (LineTooLong)",
                 "refused a link from 127.0.0.1: GET without a websocket upgrade (Bad Request)",
                 "refused a link from 127.0.0.1: plain HTTP (GET /), not a link"]
             # an authenticated peer that sends an unknown channel, then one that sends too much
@@ -483,19 +489,25 @@ async def test_pending_handshakes_are_bounded_and_a_peer_still_links_among_them(
                 with contextlib.suppress(ConnectionResetError):
                     assert await closed_by_server(reader, within=2.0) == b""
                 writer.close()
-        refused = [r.getMessage() for r in caplog.records if "already pending" in r.getMessage()]
-        assert refused == ["refused a connection from 127.0.0.1: 4 handshakes already pending "
-                           "(more refusals are counted, logged at most every 5 s)"], refused
-        strangers.pop()[1].close()  # one goes: there is room again
-        await until(lambda: server.pending == 3)
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        await until(lambda: server.pending == 4)
-        writer.close()
-        await link.close()
-        await session.close()
-    finally:
-        for _, writer in strangers:
+            refused = [r.getMessage() for r in caplog.records if "already pending" in r.getMessage()]
+            assert refused == ["refused a connection from 127.0.0.1: 4 handshakes already pending "
+                               "(such refusals are reported at most every 5 s)"], refused
+            strangers.pop()[1].close()  # one goes: there is room again
+            await until(lambda: server.pending == 3)
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            await until(lambda: server.pending == 4)
             writer.close()
+            await link.close()
+            await session.close()
+            for _, stranger in strangers:
+                stranger.close()
+            await server.stop()  # the refusals counted since are reported
+            refused = [r.getMessage() for r in caplog.records if "already pending" in r.getMessage()]
+            assert refused[1:] == ["refused 2 connections (the latest from 127.0.0.1): 4 handshakes "
+                                   "already pending (such refusals are reported at most every 5 s)"], refused
+    finally:
+        for _, stranger in strangers:
+            stranger.close()
         await server.stop()
 
 
