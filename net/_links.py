@@ -52,7 +52,8 @@ Strangers: until a connection has authenticated it may cost the server
 little (`LinkServer`): messages of HANDSHAKE_MAX_MESSAGE bytes (a data
 frame's limit only after authentication), no compression, small HTTP header
 limits, MAX_PENDING such connections at once and HANDSHAKE_TIMEOUT seconds
-from connecting (TLS handshake included) to authenticated.
+from connecting to authenticated (with TLS, as long again for the TLS
+handshake, which comes before the server sees the connection).
 """
 
 from __future__ import annotations
@@ -534,7 +535,8 @@ class LinkServer:
     most HANDSHAKE_MAX_MESSAGE bytes, no compression (ever: frames are the
     codec's bytes), small HTTP header limits, at most `max_pending` such
     connections (the next is closed at once) and `handshake_timeout`
-    seconds from connecting to authenticated (then closed, and logged).
+    seconds from connecting to authenticated (then closed, and logged;
+    with TLS, the TLS handshake before gets as long again).
     """
 
     def __init__(self, host: str, port: int, secret, process: int, channels, on_frame_for,
@@ -732,14 +734,14 @@ async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None) -
     hello = msgspec.json.decode(message.data)
     peer, their_nonce = hello["process"], hello["nonce"]
     nonce = os.urandom(32).hex()
-    hello = msgspec.json.encode({"process": process, "nonce": nonce, "meta": meta,
-                                 "mac": _mac(key, b"client", their_nonce, process)})
-    if len(hello) > HANDSHAKE_MAX_MESSAGE:  # the server would refuse it at its head
+    ours = msgspec.json.encode({"process": process, "nonce": nonce, "meta": meta,
+                                "mac": _mac(key, b"client", their_nonce, process)})
+    if len(ours) > HANDSHAKE_MAX_MESSAGE:  # the server would refuse it at its head
         await ws.close()
-        raise LinkError(f"the handshake to {url} would be {len(hello)} bytes (its meta "
+        raise LinkError(f"the handshake to {url} would be {len(ours)} bytes (its meta "
                         f"{len(msgspec.json.encode(meta))}), over the {HANDSHAKE_MAX_MESSAGE} bytes a "
                         "server reads before authentication")
-    await ws.send_str(hello.decode())
+    await ws.send_str(ours.decode())
     answer = await ws.receive()
     if answer.type != aiohttp.WSMsgType.TEXT:
         await ws.close()
