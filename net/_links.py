@@ -47,6 +47,13 @@ Bad input closes that connection and is logged; the server goes on:
 garbage or plain HTTP requests (aiohttp answers them with an error),
 frames larger than `max_frame`, text frames after the handshake, frames for
 a channel the link does not carry.
+
+Strangers: until a connection has authenticated it may cost the server
+little (`LinkServer`): messages of HANDSHAKE_MAX_MESSAGE bytes (a data
+frame's limit only after authentication), no compression, small HTTP header
+limits, MAX_PENDING such connections at once and HANDSHAKE_TIMEOUT seconds
+from connecting to authenticated (with TLS, as long again for the TLS
+handshake, which comes before the server sees the connection).
 """
 
 from __future__ import annotations
@@ -57,11 +64,14 @@ import hmac
 import logging
 import os
 import struct
+from collections import deque
 from collections.abc import Callable, Coroutine
 
 import aiohttp
 import msgspec
 from aiohttp import web
+from aiohttp.http import WebSocketReader
+from aiohttp.web_protocol import RequestHandler
 
 log = logging.getLogger("kernel.links")
 
@@ -78,6 +88,19 @@ DEFAULT_WINDOW = 4 << 20  # bytes in flight per channel
 DEFAULT_MAX_FRAME = 16 << 20
 DEFAULT_HEARTBEAT = 2.5  # seconds; a peer silent for two of them is dead
 MISMATCH = 4002
+# Before a connection has authenticated (see LinkServer):
+HANDSHAKE_MAX_MESSAGE = 4096  # bytes in one message: the hello with its meta is ~300
+# Seconds from connecting to authenticated. Not the start-up timeout: that
+# covers peers starting at different times (the dialer retries), this one
+# connection, which on a cluster's network takes a few round trips (TCP, TLS,
+# the upgrade, two messages: milliseconds, a second on a slow WAN or a loaded
+# machine). A few seconds, so that silent connections are closed soon.
+HANDSHAKE_TIMEOUT = 5.0
+MAX_PENDING = 32  # unauthenticated connections at once (at least twice the expected peers)
+_HTTP_MAX_LINE = 1024  # HTTP request and header lines: an upgrade's are < 100 bytes
+_HTTP_MAX_HEADERS = 32  # aiohttp's client sends 8
+_OVERFLOW_LOG_EVERY = 5.0  # seconds between reports of refusals over MAX_PENDING
+_CLOSE_WAIT = 1.0  # seconds a closing server end waits for the peer's close frame
 _BINARY = aiohttp.WSMsgType.BINARY
 _ERROR = aiohttp.WSMsgType.ERROR
 _ENDED = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
@@ -150,6 +173,7 @@ class Link:
         self.closed = asyncio.get_running_loop().create_future()
         self._heard = True  # something came from the peer in this heartbeat period
         self._pinged = False
+        self.pongs = 0  # answers to our PINGs: quiet periods the peer was heard through
         self._heartbeat = heartbeat
         if heartbeat:
             asyncio.get_running_loop().call_later(heartbeat, self._check_alive)
@@ -299,9 +323,11 @@ class Link:
                     raise self.error
                 raise LinkError(f"process {self.peer} sent a malformed frame ({message.type.name})")
             channel, kind = _unpack(data)
-            if kind == KIND_PING or kind == KIND_PONG:
-                if kind == KIND_PING:
-                    await self._send_control(KIND_PONG)
+            if kind == KIND_PING:
+                await self._send_control(KIND_PONG)
+                return None
+            if kind == KIND_PONG:
+                self.pongs += 1
                 return None
             if channel not in self.channels:
                 raise LinkError(f"process {self.peer} sent a frame for unknown channel {channel}")
@@ -365,6 +391,138 @@ class Link:
 # -- the two ends of a connection -------------------------------------------------------
 
 
+class _Handler(RequestHandler):
+    """aiohttp's HTTP connection, saying in one line of ours what was wrong
+    with HTTP it cannot parse (garbage on the port, headers over the
+    limits), where aiohttp logs garbage at debug level only and the rest as
+    an ERROR with a traceback; the answer is the same 400, and the
+    connection is closed."""
+
+    __slots__ = ()
+
+    def handle_error(self, request, status=500, exc=None, message=None):
+        if status >= 500:  # ours, not the peer's: aiohttp's report
+            return super().handle_error(request, status, exc, message)
+        what = type(exc).__name__ if exc is not None else str(status)
+        log.warning("refused a link from %s: malformed HTTP (%s)", request.remote, what)
+        if request.writer.output_size > 0:  # (as aiohttp: too late for an answer)
+            raise ConnectionError("malformed HTTP after the answer began")
+        response = web.Response(status=status, text=f"malformed HTTP ({what})\n")
+        response.force_close()
+        return response
+
+
+class _Guard(web.Server):
+    """aiohttp's low-level server, guarding what a connection may cost before
+    it authenticates: at most `max_pending` such connections at once (the
+    next is closed as it arrives: no slot, no buffer), and each must finish
+    the handshake within `handshake_timeout` seconds of connecting, or it is
+    closed. The link handler reports a connection authenticated (it leaves
+    the count) and takes over the clock once a websocket is up."""
+
+    def __init__(self, handler, *, max_pending: int, handshake_timeout: float, **kwargs) -> None:
+        super().__init__(handler, **kwargs)
+        self.max_pending = max_pending
+        self.handshake_timeout = handshake_timeout
+        self._pending: dict[RequestHandler, list] = {}  # -> [deadline, timer or None]
+        self._overflow = 0  # refusals over max_pending not reported yet
+        self._overflow_from = ""  # the latest one's address
+        self._overflow_timer: asyncio.TimerHandle | None = None  # the next report, if any
+
+    def __call__(self) -> RequestHandler:
+        return _Handler(self, loop=self._loop, **self._kwargs)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def connection_made(self, handler, transport) -> None:
+        super().connection_made(handler, transport)
+        if len(self._pending) >= self.max_pending:
+            # (soon, not now: aiohttp's handler finishes setting up first)
+            self._loop.call_soon(transport.abort)
+            self._overflow += 1
+            self._overflow_from = _address(transport)
+            if self._overflow_timer is None:
+                self._report_overflow()
+            return
+        deadline = self._loop.time() + self.handshake_timeout
+        timer = self._loop.call_at(deadline, self._expire, handler, transport)
+        self._pending[handler] = [deadline, timer]
+
+    def connection_lost(self, handler, exc=None) -> None:
+        self.authenticated(handler)  # (or gone: either way no longer pending)
+        super().connection_lost(handler, exc)
+
+    def authenticated(self, handler) -> None:
+        entry = self._pending.pop(handler, None)
+        if entry is not None and entry[1] is not None:
+            entry[1].cancel()
+
+    def handshake_deadline(self, handler) -> float:
+        """The websocket is up: the handshake's own code enforces the rest of
+        the time (to say what was missing) and stops our timer. (A handler
+        no longer pending has just expired: its deadline is now.)"""
+        entry = self._pending.get(handler)
+        if entry is None:
+            return self._loop.time()
+        if entry[1] is not None:
+            entry[1].cancel()
+            entry[1] = None
+        return entry[0]
+
+    def close(self) -> None:
+        """The server stops: report the refusals not reported yet."""
+        if self._overflow_timer is not None:
+            self._overflow_timer.cancel()
+            self._report_overflow(again=False)
+
+    def _expire(self, handler, transport) -> None:
+        if self._pending.pop(handler, None) is None:
+            return
+        log.warning("refused a link from %s: %s", _address(transport),
+                    _no_handshake(self.handshake_timeout, "it sent no websocket upgrade"))
+        transport.abort()
+
+    def _report_overflow(self, again: bool = True) -> None:
+        """Refusals over max_pending are reported at once, then counted and
+        reported at most every few seconds: a flood of connections must not
+        become a flood of log lines."""
+        self._overflow_timer = None
+        if not self._overflow:
+            return
+        what = (f"a connection from {self._overflow_from}" if self._overflow == 1 else
+                f"{self._overflow} connections (the latest from {self._overflow_from})")
+        log.warning("refused %s: %d handshakes already pending (such refusals are reported at most "
+                    "every %g s)", what, self.max_pending, _OVERFLOW_LOG_EVERY)
+        self._overflow = 0
+        if again:
+            self._overflow_timer = self._loop.call_later(_OVERFLOW_LOG_EVERY, self._report_overflow)
+
+
+def _address(transport) -> str:
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if peer else "an unknown address"
+
+
+def _no_handshake(timeout: float, what: str) -> str:
+    return f"no handshake within {timeout:g} s of connecting ({what})"
+
+
+def _raise_message_limit(ws: web.WebSocketResponse, protocol, limit: int) -> None:
+    """After authentication: let the peer's messages be as large as a data
+    frame. aiohttp fixes the limit when the websocket is prepared (its C
+    reader keeps it private), so a new reader on the same message queue
+    takes the old one's place. Safe here: the peer sent its one handshake
+    message and waits for our answer, so the old reader holds no partial
+    frame (a peer that sent more anyway, with the secret, only breaks its
+    own link)."""
+    reader = WebSocketReader(ws._reader, limit, compress=False, decode_text=True)
+    protocol._payload_parser = None  # set_parser() insists on an empty place
+    protocol.set_parser(reader)
+    ws._parser = reader  # the response owns its reader (aiohttp keeps a weak reference)
+
+
 class LinkServer:
     """Accepts links from higher-numbered processes on `host:port`.
 
@@ -372,12 +530,20 @@ class LinkServer:
     the server reads that link's frames until it closes. `channels` is a
     set, or a function of the peer's process id giving its set; `expected`,
     when given, is the set of process ids that may connect (once each).
+
+    Before a connection authenticates it may cost little: messages of at
+    most HANDSHAKE_MAX_MESSAGE bytes, no compression (ever: frames are the
+    codec's bytes), small HTTP header limits, at most `max_pending` such
+    connections (the next is closed at once) and `handshake_timeout`
+    seconds from connecting to authenticated (then closed, and logged;
+    with TLS, the TLS handshake before gets as long again).
     """
 
     def __init__(self, host: str, port: int, secret, process: int, channels, on_frame_for,
                  on_link=None, window: int = DEFAULT_WINDOW, max_frame: int = DEFAULT_MAX_FRAME,
                  ssl_context=None, heartbeat: float = DEFAULT_HEARTBEAT, meta=None,
-                 on_mismatch=None, expected=None) -> None:
+                 on_mismatch=None, expected=None, max_pending: int | None = None,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
         self.host, self.port = host, port
         self._secret = _secret(secret)
         self.process = process
@@ -391,35 +557,74 @@ class LinkServer:
         self.meta = meta
         self.on_mismatch = on_mismatch  # called with the LinkMismatch
         self.expected = expected
+        # every expected peer may dial at once, and retry, without a refusal
+        self.max_pending = max_pending or max(MAX_PENDING, 2 * len(expected or ()))
+        self.handshake_timeout = handshake_timeout
         self.links: dict[int, Link] = {}
-        self.failures: list[Exception] = []
-        self._runner: web.AppRunner | None = None
+        # the latest refusals (a flood of strangers must not grow this)
+        self.failures: deque[Exception] = deque(maxlen=16)
+        self._runner: web.ServerRunner | None = None
+        self._guard: _Guard | None = None
+        self._listener: asyncio.AbstractServer | None = None
+
+    @property
+    def pending(self) -> int:
+        """Connections that have not authenticated yet."""
+        return 0 if self._guard is None else self._guard.pending
 
     async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get(PATH, self._accept)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._guard = _Guard(self._serve, max_pending=self.max_pending,
+                             handshake_timeout=self.handshake_timeout, access_log=None,
+                             max_line_size=_HTTP_MAX_LINE, max_field_size=_HTTP_MAX_LINE,
+                             max_headers=_HTTP_MAX_HEADERS)
+        self._runner = web.ServerRunner(self._guard)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
-        await site.start()
+        # (not aiohttp's TCPSite: it leaves a TLS handshake asyncio's 60 s;
+        # the TLS handshake comes before the guard sees the connection)
+        tls_timeout = self.handshake_timeout if self.ssl_context is not None else None
+        self._listener = await asyncio.get_running_loop().create_server(
+            self._guard, self.host, self.port, ssl=self.ssl_context, ssl_handshake_timeout=tls_timeout)
         if self.port == 0:
-            self.port = site._server.sockets[0].getsockname()[1]
+            self.port = self._listener.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        if self._guard is not None:
+            self._guard.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
-    async def _accept(self, request: web.Request):
-        ws = web.WebSocketResponse(max_msg_size=self.max_frame + FRAME.size, autoping=True)
-        await ws.prepare(request)
+    async def _serve(self, request: web.BaseRequest):
+        if request.path != PATH:
+            log.warning("refused a link from %s: plain HTTP (%s %s), not a link", request.remote,
+                        request.method, request.path[:100])
+            raise web.HTTPNotFound()
+        return await self._accept(request)
+
+    async def _accept(self, request: web.BaseRequest):
+        # No compression and a handshake-sized limit until the peer has
+        # authenticated (then _raise_message_limit): a stranger's message
+        # is refused at its head, not buffered (nor unfolded) first.
+        ws = web.WebSocketResponse(max_msg_size=HANDSHAKE_MAX_MESSAGE, compress=False,
+                                   autoping=True, timeout=_CLOSE_WAIT)
         peer_address = request.remote
         try:
-            peer, meta = await asyncio.wait_for(self._handshake(ws, peer_address), timeout=10.0)
-        except (TimeoutError, AuthenticationFailed, LinkError, msgspec.DecodeError) as exc:
-            log.warning("refused a link from %s: %s", peer_address, exc)
-            self.failures.append(exc)
-            code = AUTH_FAILED if isinstance(exc, AuthenticationFailed) else 1002
-            await ws.close(code=code, message=b"authentication failed" if code == AUTH_FAILED else b"")
+            await ws.prepare(request)
+        except web.HTTPException as exc:
+            log.warning("refused a link from %s: %s without a websocket upgrade (%s)",
+                        peer_address, request.method, exc.reason)
+            raise
+        deadline = self._guard.handshake_deadline(request.protocol)
+        try:
+            async with asyncio.timeout_at(deadline):
+                peer, meta = await self._handshake(ws, peer_address, request.protocol)
+        except TimeoutError:
+            await self._refuse(ws, peer_address, LinkError(
+                _no_handshake(self.handshake_timeout, "it did not answer the challenge")))
+            return ws
+        except (AuthenticationFailed, LinkError, msgspec.DecodeError) as exc:
+            await self._refuse(ws, peer_address, exc)
             return ws
         if self.expected is not None and (peer not in self.expected or peer in self.links):
             why = "is already linked" if peer in self.links else "is not a peer of this process"
@@ -448,10 +653,20 @@ class LinkServer:
             self.links.pop(peer, None)
         return ws
 
-    async def _handshake(self, ws, address) -> tuple[int, object]:
+    async def _refuse(self, ws, address: str, exc: Exception) -> None:
+        log.warning("refused a link from %s: %s", address, exc)
+        self.failures.append(exc)
+        if isinstance(exc, AuthenticationFailed):
+            await ws.close(code=AUTH_FAILED, message=b"authentication failed")
+        else:
+            await ws.close(code=1002)
+
+    async def _handshake(self, ws, address, protocol) -> tuple[int, object]:
         nonce = os.urandom(32).hex()
         await ws.send_str(msgspec.json.encode({"process": self.process, "nonce": nonce}).decode())
         message = await ws.receive()
+        if message.type is _ERROR:  # a message over the limit, compression, a broken frame
+            raise LinkError(f"{address} broke the handshake: {message.data}")
         if message.type != aiohttp.WSMsgType.TEXT:
             raise LinkError(f"{address} did not start the handshake")
         hello = msgspec.json.decode(message.data)
@@ -461,6 +676,8 @@ class LinkServer:
         expected = _mac(self._secret, b"client", nonce, peer)
         if not hmac.compare_digest(str(hello.get("mac", "")), expected):
             raise AuthenticationFailed(f"process {peer} at {address}")
+        self._guard.authenticated(protocol)
+        _raise_message_limit(ws, protocol, self.max_frame + FRAME.size)
         their_nonce = str(hello.get("nonce", ""))
         await ws.send_str(msgspec.json.encode(
             {"mac": _mac(self._secret, b"server", their_nonce, self.process), "meta": self.meta}).decode())
@@ -517,8 +734,14 @@ async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None) -
     hello = msgspec.json.decode(message.data)
     peer, their_nonce = hello["process"], hello["nonce"]
     nonce = os.urandom(32).hex()
-    await ws.send_str(msgspec.json.encode({"process": process, "nonce": nonce, "meta": meta,
-                                           "mac": _mac(key, b"client", their_nonce, process)}).decode())
+    ours = msgspec.json.encode({"process": process, "nonce": nonce, "meta": meta,
+                                "mac": _mac(key, b"client", their_nonce, process)})
+    if len(ours) > HANDSHAKE_MAX_MESSAGE:  # the server would refuse it at its head
+        await ws.close()
+        raise LinkError(f"the handshake to {url} would be {len(ours)} bytes (its meta "
+                        f"{len(msgspec.json.encode(meta))}), over the {HANDSHAKE_MAX_MESSAGE} bytes a "
+                        "server reads before authentication")
+    await ws.send_str(ours.decode())
     answer = await ws.receive()
     if answer.type != aiohttp.WSMsgType.TEXT:
         await ws.close()

@@ -1,8 +1,14 @@
-"""Free TCP ports on loopback for cluster tests."""
+"""Free TCP ports on loopback for cluster tests, and what /proc says about
+a port (listening, connections accepted, which process listens), so that a
+test waits for a cluster to be up instead of sleeping."""
 
 from __future__ import annotations
 
+import os
 import socket
+import time
+
+_LISTEN, _ESTABLISHED = "0A", "01"
 
 
 def free_ports(n: int) -> list[int]:
@@ -16,3 +22,68 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+def _sockets_on(port: int) -> list[tuple[str, str]]:
+    """(state, inode) of every TCP socket whose local port is `port`."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        found.append((fields[3], fields[9]))
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def listening(port: int) -> bool:
+    return any(state == _LISTEN for state, _ in _sockets_on(port))
+
+
+def wait_until(condition, timeout: float = 20.0, what: str = "the condition") -> None:
+    """Poll `condition` (cheap: /proc, a counter) until true; fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+        time.sleep(0.01)
+
+
+def listener_pid(port: int, root: int) -> int:
+    """The process, `root` or a descendant of it, that listens on `port`
+    (a cluster process's link relay)."""
+    inodes = {f"socket:[{inode}]" for state, inode in _sockets_on(port) if state == _LISTEN}
+    for pid in descendants(root):
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in os.listdir(f"/proc/{pid}/fd")):
+                return pid
+        except OSError:
+            continue
+    raise AssertionError(f"no process under {root} listens on port {port}")
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+    return found
+
+
+def memory_mb(pid: int, field: str = "VmRSS") -> float:
+    """A memory figure of `pid` from /proc/<pid>/status, in MB (VmRSS: now,
+    VmHWM: the peak since it started)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024 / 1e6
+    raise AssertionError(f"no {field} for process {pid}")

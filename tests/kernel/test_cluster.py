@@ -7,17 +7,24 @@ cause; strangers and garbage on the port change nothing."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import functools
+import logging
+import mmap
 import multiprocessing
 import os
 import signal
 import socket
+import struct
 import subprocess
 import time
+import zlib
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from _ports import free_ports
+from _ports import descendants, free_ports, listener_pid, listening, memory_mb, wait_until
 from _procs import run_cli_processes
 
 from kernel import Dataflow, run, run_async
@@ -33,8 +40,14 @@ def peers_for(ports: list[int]) -> str:
     return ",".join(f"127.0.0.1:{port}" for port in ports)
 
 
-def _member(build, index, peers, cores, options, out) -> None:
-    """One process of the cluster (a forked child of the test)."""
+def _member(build, index, peers, cores, options, out, log_path=None) -> None:
+    """One process of the cluster (a forked child of the test); with
+    `log_path`, its log records (and its kernels' and relay's, forked after
+    this) go to that file, one `LEVEL logger: message` a line."""
+    if log_path is not None:
+        handler = logging.FileHandler(log_path)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().handlers[:] = [handler]  # not pytest's, inherited by the fork
     try:
         flow, handles = build()
         run(flow, cores=cores, process_id=index, peers=peers, **options)
@@ -46,26 +59,40 @@ def _member(build, index, peers, cores, options, out) -> None:
 
 
 class Cluster:
-    """N forked processes, each running `run(flow, process_id=i, peers=...)`."""
+    """N forked processes, each running `run(flow, process_id=i, peers=...)`:
+    all started at once, or (`start=False`) each when the test says
+    (`start(i)`). With `logs` (a directory), process i logs to
+    `logs/process-i.log`."""
 
-    def __init__(self, build, processes: int, cores: int = 1, *, delays=None, options_for=None) -> None:
+    def __init__(self, build, processes: int, cores: int = 1, *, options_for=None, logs=None,
+                 start: bool = True) -> None:
         self.context = multiprocessing.get_context("fork")
+        self.build, self.cores, self.options_for, self.logs = build, cores, options_for, logs
         self.ports = free_ports(processes)
         self.peers = peers_for(self.ports)
         self.children, self.pipes = [], []
-        order = range(processes) if delays is None else sorted(range(processes), key=lambda i: delays[i])
-        for i in order:
-            if delays is not None:
-                time.sleep(delays[i] - (0 if i == order[0] else delays[order[order.index(i) - 1]]))
-            options = {"secret": SECRET, "startup_timeout": 15.0}
-            if options_for is not None:
-                options.update(options_for(i))
-            receiver, sender = self.context.Pipe(duplex=False)
-            child = self.context.Process(target=_member, args=(build, i, self.peers, cores, options, sender))
-            child.start()
-            sender.close()
-            self.children.append((i, child))
-            self.pipes.append((i, receiver))
+        if start:
+            for i in range(processes):
+                self.start(i)
+
+    def start(self, i: int) -> None:
+        options = {"secret": SECRET, "startup_timeout": 15.0}
+        if self.options_for is not None:
+            options.update(self.options_for(i))
+        log_path = None if self.logs is None else Path(self.logs, f"process-{i}.log")
+        receiver, sender = self.context.Pipe(duplex=False)
+        child = self.context.Process(target=_member, args=(self.build, i, self.peers, self.cores, options,
+                                                           sender, log_path))
+        child.start()
+        sender.close()
+        self.children.append((i, child))
+        self.pipes.append((i, receiver))
+
+    def pid(self, i: int) -> int:
+        return dict(self.children)[i].pid
+
+    def log(self, i: int) -> list[str]:
+        return Path(self.logs, f"process-{i}.log").read_text().splitlines()
 
     def outcomes(self, timeout: float = 60.0) -> dict[int, tuple]:
         deadline = time.monotonic() + timeout
@@ -180,8 +207,17 @@ def test_records_larger_than_a_ring_cross_processes():
 
 
 def test_peers_may_start_in_reverse_order():
+    """Process 2 first, then 1 once 2 listens (2 is retrying to dial 0 and
+    1 by then), then 0 once 1 listens."""
     expected = run_alone(word_count)
-    outcomes = outcomes_of(word_count, 3, delays={2: 0.0, 1: 0.7, 0: 1.4})
+    cluster = Cluster(word_count, 3, start=False)
+    try:
+        for i in (2, 1, 0):
+            cluster.start(i)
+            wait_until(lambda port=cluster.ports[i]: listening(port), what=f"process {i} to listen")
+        outcomes = cluster.outcomes()
+    finally:
+        cluster.close()
     assert outcomes[0] == ("ok", expected)
 
 
@@ -235,10 +271,26 @@ def test_processes_with_other_cores_are_refused_on_both_sides():
             child.join(10)
 
 
-def slow_numbers():
+def mark_started(directory) -> None:
+    """A kernel's source began reading: every link of its process is up
+    (kernels start only then). The test waits for these files."""
+    if directory is not None:
+        Path(directory, f"started-{os.getpid()}").touch()
+
+
+def started(directory) -> int:
+    return len(list(Path(directory).glob("started-*")))
+
+
+# what slow_numbers() collects, by a plain loop
+SLOW_NUMBERS_TOTALS = [sorted(repr((k, sum(n for n in range(40) if n % 3 == k))) for k in range(3))]
+
+
+def slow_numbers(started_in=None):
     """A source that runs for a few seconds (long enough to disturb it)."""
 
     async def numbers():
+        mark_started(started_in)
         for i in range(40):
             yield i
             await asyncio.sleep(0.05)
@@ -248,14 +300,14 @@ def slow_numbers():
     return flow, [totals]
 
 
-def test_garbage_plain_http_and_strangers_on_the_port_change_nothing():
-    expected = run_alone(slow_numbers)
-    cluster = Cluster(slow_numbers, 2)
+def test_garbage_plain_http_and_strangers_on_the_port_change_nothing(tmp_path):
+    cluster = Cluster(functools.partial(slow_numbers, tmp_path), 2, logs=tmp_path)
     try:
         port = cluster.ports[0]
-        time.sleep(0.8)  # running by now (an upper bound is not needed: any moment will do)
+        wait_until(lambda: started(tmp_path) == 2, what="the cluster to run")
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.sendall(b"\x00\xff garbage \r\n\r\n" * 10)
+            assert closed_by_server(s, within=2.0).startswith(b"HTTP/1.0 400 Bad Request")
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             assert s.recv(100).startswith(b"HTTP/1.1 404")
@@ -278,12 +330,103 @@ def test_garbage_plain_http_and_strangers_on_the_port_change_nothing():
         outcomes = cluster.outcomes()
     finally:
         cluster.close()
-    assert outcomes[0] == ("ok", expected)
+    assert outcomes[0] == ("ok", SLOW_NUMBERS_TOTALS)
     assert outcomes[1] == ("ok", [[]])
+    refusals = [line for line in cluster.log(0) if "refused" in line]
+    assert refusals == [
+        "WARNING kernel.links: refused a link from 127.0.0.1: malformed HTTP (BadHttpMethod)",
+        "WARNING kernel.links: refused a link from 127.0.0.1: plain HTTP (GET /), not a link",
+        "WARNING kernel.links: refused a link from 127.0.0.1: authentication failed with process 1 "
+        "at 127.0.0.1: wrong or missing secret",
+        "WARNING kernel.links: refused a link from 127.0.0.1: process 1 is already linked"], refusals
 
 
-def _endless():
+def closed_by_server(s: socket.socket, within: float = 5.0) -> bytes:
+    """What the server sent until it closed `s` (a reset counts as closed),
+    which it must do within `within` seconds."""
+    s.settimeout(within)
+    chunks = []
+    try:
+        while chunk := s.recv(1 << 16):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        raise AssertionError(f"the server kept the connection open for {within:g} s") from None
+    return b"".join(chunks)
+
+
+# -- strangers before authentication ------------------------------------------------------------
+
+
+def upgraded(port: int, deflate: bool = False) -> socket.socket:
+    """A raw websocket connection to the link port that never authenticates
+    (offering compression when `deflate`)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    key = base64.b64encode(os.urandom(16))
+    s.sendall(b"GET /kernel-link HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n"
+              + (b"Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else b"") + b"\r\n")
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += s.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+    return s
+
+
+def frame_head(length: int, opcode: int, compressed: bool = False) -> bytes:
+    """A client frame's head, masked with a zero key (the payload goes as is)."""
+    first = 0x80 | (0x40 if compressed else 0) | opcode
+    return struct.pack("!BBQ", first, 0x80 | 127, length) + b"\0\0\0\0"
+
+
+def test_strangers_before_authentication_cost_the_relay_little_memory(tmp_path):
+    """Issue 12: the link port applied its 16 MiB message limit and
+    compression before the handshake, so strangers without the secret grew
+    the relay by hundreds of MB. Here 16 strangers each send 15 KiB that
+    deflate would unfold into 15 MiB, 6 start a 15 MiB frame and send 4 MiB
+    of it, and 6 connect and never speak. The relay is refused, at the
+    frame's head, everything but the silent ones, and its peak memory stays
+    within a few MB; process 1 links while the silent ones are pending."""
+    cluster = Cluster(slow_numbers, 2, start=False)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    unfolding = (packer.compress(b"a" * (15 << 20)) + packer.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    strangers, silent = [], []
+    try:
+        cluster.start(0)
+        port = cluster.ports[0]
+        wait_until(lambda: listening(port), what="process 0 to listen")
+        relay = listener_pid(port, cluster.pid(0))
+        peak_before = memory_mb(relay, "VmHWM")
+        silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(6)]
+        for _ in range(6):
+            s = upgraded(port)
+            strangers.append(s)
+            with contextlib.suppress(OSError):  # (refused at the head, it is reset while sending)
+                s.sendall(frame_head(15 << 20, opcode=2) + b"p" * (4 << 20))
+        for _ in range(16):
+            s = upgraded(port, deflate=True)
+            strangers.append(s)
+            s.sendall(frame_head(len(unfolding), opcode=1, compressed=True) + unfolding)
+        for s in strangers:
+            closed_by_server(s, within=3.0)
+        grown = memory_mb(relay, "VmHWM") - peak_before
+        cluster.start(1)  # links while the silent strangers wait for their handshake
+        outcomes = cluster.outcomes()
+    finally:
+        for s in strangers + silent:
+            s.close()
+        cluster.close()
+    # Measured: under 1 MB; with the limit and compression of a data frame
+    # before authentication, hundreds of MB
+    print(f"the relay's peak memory grew by {grown:.1f} MB")
+    assert grown < 10, f"the relay's peak memory grew by {grown:.0f} MB"
+    assert outcomes[0] == ("ok", SLOW_NUMBERS_TOTALS)
+
+
+def _endless(started_in=None):
     async def forever():
+        mark_started(started_in)
         i = 0
         while True:
             yield i
@@ -295,10 +438,10 @@ def _endless():
     return flow, []
 
 
-def test_a_killed_peer_ends_the_others_promptly_naming_it():
-    cluster = Cluster(_endless, 3)
+def test_a_killed_peer_ends_the_others_promptly_naming_it(tmp_path):
+    cluster = Cluster(functools.partial(_endless, tmp_path), 3)
     try:
-        time.sleep(1.5)
+        wait_until(lambda: started(tmp_path) == 3, what="the cluster to run")
         victim = dict(cluster.children)[1]
         os.kill(victim.pid, signal.SIGKILL)  # its kernels and relay die with it (PDEATHSIG)
         killed = time.monotonic()
@@ -450,9 +593,10 @@ def test_the_cli_runs_a_cluster(tmp_path):
 def test_ctrl_c_on_one_process_tells_the_others(tmp_path):
     pipeline = tmp_path / "endless.py"
     pipeline.write_text(
-        "import asyncio\n"
+        "import asyncio, os, pathlib\n"
         "from kernel import Dataflow\n"
         "async def forever():\n"
+        f"    pathlib.Path({str(tmp_path)!r}, f'started-{{os.getpid()}}').touch()\n"
         "    while True:\n"
         "        yield 1\n"
         "        await asyncio.sleep(0.01)\n"
@@ -465,7 +609,7 @@ def test_ctrl_c_on_one_process_tells_the_others(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
         for i in (0, 1)]
     try:
-        time.sleep(2.5)  # linked and running (a bound, not a synchronisation: any moment will do)
+        wait_until(lambda: started(tmp_path) == 2, what="the cluster to run")
         assert all(p.poll() is None for p in procs)
         os.killpg(procs[1].pid, signal.SIGINT)  # a terminal's Ctrl-C, on process 1
         outs = [p.communicate(timeout=PROMPTLY) for p in procs]
@@ -521,20 +665,38 @@ def test_counter_reference_is_sane():
 
 # -- flow control across the link ---------------------------------------------------------
 
+# Records the slow operator handled, from its own process (even numbers:
+# kernel 0's share) and from across the link (odd: kernel 1's). Shared
+# memory, inherited by the forked cluster processes and their kernels.
+_HANDLED = mmap.mmap(-1, 16)
+# ~1 KB records (a str each, so that msgpack carries all of it: pickle would
+# write a shared object once a batch): a link window (4 MiB) is ~0.2 s of
+# the slow operator's work, so a link that stops granting credit stalls
+# within the interval measured
+_PAD = "x" * 1000
+
+
+def handled() -> tuple[int, int]:
+    """(local, remote) records the slow operator has handled so far."""
+    return struct.unpack_from("<QQ", _HANDLED)
+
 
 def _flood():
     """Every kernel reads an endless source; every record goes to kernel 0
     (process 0), whose operator handles ~20,000 records/s: without flow
-    control the senders would buffer millions of records a second."""
+    control the senders would buffer tens of MB a second."""
 
     def slowly(pair):
         deadline = time.perf_counter() + 0.00005
         while time.perf_counter() < deadline:
             pass
+        offset = 8 * (int(pair[1][:8]) % 2)
+        struct.pack_into("<Q", _HANDLED, offset, struct.unpack_from("<Q", _HANDLED, offset)[0] + 1)
         return pair
 
     flow = Dataflow("flood")
-    flow.from_iterable(ENDLESS).key_by(lambda n: 0).map(slowly).sink(lambda batch: None)
+    records = flow.from_iterable(ENDLESS).map(lambda n: f"{n:08d}{_PAD}")
+    records.key_by(lambda r: 0).map(slowly).sink(lambda batch: None)
     return flow, []
 
 
@@ -553,26 +715,27 @@ ENDLESS = _Endless()
 
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of `pid` and all its descendants, in MB."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                todo += [int(c) for c in f.read().split()]
-        except OSError:
-            continue
-    return total / 1e6
+    total = 0.0
+    for p in descendants(pid):
+        with contextlib.suppress(OSError, AssertionError):
+            total += memory_mb(p)
+    return total
 
 
 def test_a_slow_consumer_bounds_the_senders_memory_across_the_link():
+    """Memory stays flat while records keep flowing, from both processes:
+    the interval measured is the one in which the slow operator handled
+    another 20,000 records from across the link."""
+    struct.pack_into("<QQ", _HANDLED, 0, 0, 0)
     cluster = Cluster(_flood, 2)
     try:
-        time.sleep(3.0)  # rings and link windows fill within the first second
+        # rings and link windows fill within the first second
+        wait_until(lambda: min(handled()) >= 5_000, what="records from both processes")
         first = {i: tree_rss_mb(child.pid) for i, child in cluster.children}
-        time.sleep(4.0)
+        local, remote = handled()
+        wait_until(lambda: handled()[1] >= remote + 20_000, what="more records from across the link")
         later = {i: tree_rss_mb(child.pid) for i, child in cluster.children}
+        assert handled()[0] > local, "records of process 0 stopped"
         assert all(child.is_alive() for _, child in cluster.children), "the run should still be going"
     finally:
         cluster.close()

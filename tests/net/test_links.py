@@ -5,8 +5,15 @@ while the server goes on."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import logging
+import os
 import socket
+import ssl
+import struct
+import subprocess
+import zlib
 
 import aiohttp
 import pytest
@@ -120,22 +127,31 @@ async def test_a_missing_secret_is_a_clear_error():
 
 async def test_garbage_plain_http_and_bad_frames_close_that_connection_only(caplog):
     received = []
-    server = await start_server(received, max_frame=1024)
+    server = await start_server(received, max_frame=1024, handshake_timeout=60.0)
     try:
-        # garbage bytes on the socket
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b"\x00\xffthis is not http\r\n\r\n")
-        await writer.drain()
-        assert await asyncio.wait_for(reader.read(), 5) is not None
-        writer.close()
-        # a plain HTTP request
-        async with aiohttp.ClientSession() as plain:
-            async with plain.get(url(server) + "/kernel-link") as response:
-                assert response.status >= 400
-            async with plain.get(url(server) + "/") as response:
-                assert response.status == 404
-        # an authenticated peer that sends an unknown channel, then one that sends too much
         with caplog.at_level(logging.WARNING, logger="kernel.links"):
+            # garbage bytes on the socket: a 400, and we close (long before the handshake timeout)
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"\x00\xffthis is not http\r\n\r\n")
+            assert (await closed_by_server(reader, within=5.0)).startswith(b"HTTP/1.0 400 Bad Request")
+            writer.close()
+            # a header line far longer than an upgrade's (aiohttp's own limit is 8 KiB a line)
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /kernel-link HTTP/1.1\r\nX-Filler: " + b"f" * 2000 + b"\r\n\r\n")
+            assert (await closed_by_server(reader, within=5.0)).startswith(b"HTTP/1.0 400 Bad Request")
+            writer.close()
+            # plain HTTP requests
+            async with aiohttp.ClientSession() as plain:
+                async with plain.get(url(server) + "/kernel-link") as response:
+                    assert response.status == 400
+                async with plain.get(url(server) + "/") as response:
+                    assert response.status == 404
+            assert [r.getMessage() for r in caplog.records] == [
+                "refused a link from 127.0.0.1: malformed HTTP (BadHttpMethod)",
+                "refused a link from 127.0.0.1: malformed HTTP (LineTooLong)",
+                "refused a link from 127.0.0.1: GET without a websocket upgrade (Bad Request)",
+                "refused a link from 127.0.0.1: plain HTTP (GET /), not a link"]
+            # an authenticated peer that sends an unknown channel, then one that sends too much
             link, session, reader_task = await connect(server, max_frame=1 << 20)
             await link.ws.send_bytes(FRAME.pack(99, 1) + b"x")
             with pytest.raises(LinkError):
@@ -164,7 +180,7 @@ async def test_a_dialer_started_before_its_server_retries_until_it_is_up():
         port = probe.getsockname()[1]
 
     async def late_server():
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.2)  # the dialer is refused a few times first
         server = LinkServer("127.0.0.1", port, SECRET, 0, CHANNELS,
                             lambda peer: lambda *frame: received.append(frame))
         await server.start()
@@ -297,8 +313,10 @@ async def test_heartbeats_keep_a_quiet_link_alive_and_find_a_silent_peer_dead(ca
     server = await start_server(received, heartbeat=0.05)
     link, session, _reader = await connect(server, heartbeat=0.05)
     try:
-        await asyncio.sleep(0.4)  # quiet for 8 heartbeats: PINGs and PONGs keep it up
-        assert not link.closed.done() and not server.links[1].closed.done()
+        server_link = server.links[1]
+        # quiet through 4 silent periods (each a PING answered): the link stays up
+        await until(lambda: link.pongs + server_link.pongs >= 4 or link.closed.done())
+        assert not link.closed.done() and not server_link.closed.done()
         await link.send(0, 1, b"after the quiet")
         await until(lambda: len(received) == 1)
     finally:
@@ -313,4 +331,210 @@ async def test_heartbeats_keep_a_quiet_link_alive_and_find_a_silent_peer_dead(ca
     finally:
         await silent.close()
         await session.close()
+        await server.stop()
+
+
+# -- strangers: what a connection may cost before it authenticates --------------------------------
+
+
+def upgrade_request(deflate: bool = False) -> bytes:
+    """A websocket upgrade for the link path, as any client would send it
+    (offering compression when `deflate`)."""
+    key = base64.b64encode(os.urandom(16))
+    return (b"GET /kernel-link HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n"
+            + (b"Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else b"") + b"\r\n")
+
+
+def frame_head(length: int, opcode: int = 1, compressed: bool = False) -> bytes:
+    """A client frame's head, masked with a zero key (so the payload goes as is)."""
+    first = 0x80 | (0x40 if compressed else 0) | opcode
+    if length < 126:
+        head = struct.pack("!BB", first, 0x80 | length)
+    elif length < 1 << 16:
+        head = struct.pack("!BBH", first, 0x80 | 126, length)
+    else:
+        head = struct.pack("!BBQ", first, 0x80 | 127, length)
+    return head + b"\0\0\0\0"
+
+
+def deflated(data: bytes) -> bytes:
+    """`data` as a permessage-deflate payload (raw deflate, sync-flushed, tail cut)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return (packer.compress(data) + packer.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+async def upgraded_stranger(server, deflate: bool = False):
+    """A raw connection that upgrades to a websocket and has not authenticated:
+    (reader, writer, the server's answer's head)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(upgrade_request(deflate))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return reader, writer, head
+
+
+async def closed_by_server(reader, within: float) -> bytes:
+    """Everything the server sends until it closes the connection, which it
+    must do within `within` seconds (else TimeoutError)."""
+    chunks = []
+    async with asyncio.timeout(within):
+        while chunk := await reader.read(1 << 16):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def close_code(sent: bytes) -> int | None:
+    """The code of the close frame among the server's (unmasked) frames."""
+    at = sent.find(b"\r\n\r\n") + 4 if sent.startswith(b"HTTP/") else 0
+    while at + 2 <= len(sent):
+        opcode, length = sent[at] & 0x0F, sent[at + 1] & 0x7F
+        at += 2
+        if length == 126:
+            (length,), at = struct.unpack_from("!H", sent, at), at + 2
+        elif length == 127:
+            (length,), at = struct.unpack_from("!Q", sent, at), at + 8
+        if opcode == 0x8:
+            return struct.unpack_from("!H", sent, at)[0]
+        at += length
+    return None
+
+
+async def test_before_authenticating_a_connection_may_send_a_few_kib_and_no_compression(caplog):
+    """A stranger's message is refused at its head once it claims more than
+    the handshake needs (a few KiB), not buffered up to the 16 MiB a data
+    frame may have; compression is never agreed, so a small compressed
+    frame cannot unfold into megabytes either. A peer with the secret still
+    gets the full frame size after authenticating."""
+    received = []
+    server = await start_server(received)
+    try:
+        with caplog.at_level(logging.WARNING, logger="kernel.links"):
+            reader, writer, head = await upgraded_stranger(server, deflate=True)
+            assert b"sec-websocket-extensions" not in head.lower()  # no permessage-deflate
+            writer.write(frame_head(15 << 20))  # claims 15 MiB: refused at its head
+            sent = await closed_by_server(reader, within=2.0)
+            writer.close()
+            assert close_code(sent) == 1009  # message too big
+            reader, writer, _ = await upgraded_stranger(server, deflate=True)
+            payload = deflated(b"a" * (15 << 20))  # 15 KiB that would unfold into 15 MiB
+            writer.write(frame_head(len(payload), compressed=True) + payload)
+            sent = await closed_by_server(reader, within=2.0)
+            writer.close()
+            assert close_code(sent) == 1002  # protocol error: compression was not agreed
+        refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused a link")]
+        assert refusals == [
+            "refused a link from 127.0.0.1: 127.0.0.1 broke the handshake: "
+            "Message size 15728640 exceeds limit 4096",
+            "refused a link from 127.0.0.1: 127.0.0.1 broke the handshake: "
+            "Received frame with non-zero reserved bits"], refusals
+        link, session, _ = await connect(server)
+        await link.send(1, 1, b"z" * (8 << 20))  # the full frame size, once authenticated
+        await until(lambda: len(received) == 1)
+        assert received[0][3] == b"z" * (8 << 20)
+        await link.close()
+        await session.close()
+    finally:
+        await server.stop()
+
+
+async def test_connections_that_do_not_authenticate_in_time_are_closed_and_logged(caplog):
+    """A TCP connection that never speaks, one that sends plain HTTP and
+    stays, and a websocket that never answers the challenge are all closed
+    after the handshake timeout, each with a line that says what happened."""
+    server = await start_server([], handshake_timeout=0.3)
+    try:
+        with caplog.at_level(logging.WARNING, logger="kernel.links"):
+            silent_reader, silent = await asyncio.open_connection("127.0.0.1", server.port)
+            http_reader, http = await asyncio.open_connection("127.0.0.1", server.port)
+            http.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # a 404, then keep-alive
+            ws_reader, ws_writer, _ = await upgraded_stranger(server)
+            assert await closed_by_server(silent_reader, within=3.0) == b""
+            assert (await closed_by_server(http_reader, within=3.0)).startswith(b"HTTP/1.1 404")
+            await closed_by_server(ws_reader, within=3.0)
+            for writer in (silent, http, ws_writer):
+                writer.close()
+        refusals = sorted(r.getMessage() for r in caplog.records
+                          if r.getMessage().startswith("refused a link"))
+        assert refusals == sorted([
+            "refused a link from 127.0.0.1: plain HTTP (GET /), not a link",
+            "refused a link from 127.0.0.1: no handshake within 0.3 s of connecting "
+            "(it sent no websocket upgrade)",
+            "refused a link from 127.0.0.1: no handshake within 0.3 s of connecting "
+            "(it sent no websocket upgrade)",
+            "refused a link from 127.0.0.1: no handshake within 0.3 s of connecting "
+            "(it did not answer the challenge)"]), refusals
+        assert [str(e) for e in server.failures][-1:] == [
+            "no handshake within 0.3 s of connecting (it did not answer the challenge)"]
+    finally:
+        await server.stop()
+
+
+async def test_pending_handshakes_are_bounded_and_a_peer_still_links_among_them(caplog):
+    """At most `max_pending` connections may be unauthenticated at once: the
+    next is closed at once (and the refusals logged, not one line each); a
+    peer with the secret links while the strangers wait, and once one of
+    them goes, the next connection is accepted again."""
+    server = await start_server([], max_pending=4, handshake_timeout=30.0)
+    strangers = []
+    try:
+        for _ in range(3):
+            strangers.append(await asyncio.open_connection("127.0.0.1", server.port))
+        link, session, _ = await connect(server)  # the 4th pending, briefly: it gets in
+        assert link.peer == 0
+        strangers.append(await asyncio.open_connection("127.0.0.1", server.port))  # 4 pending now
+        with caplog.at_level(logging.WARNING, logger="kernel.links"):
+            for _ in range(3):  # over the bound: closed at once
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                with contextlib.suppress(ConnectionResetError):
+                    assert await closed_by_server(reader, within=2.0) == b""
+                writer.close()
+            refused = [r.getMessage() for r in caplog.records if "already pending" in r.getMessage()]
+            assert refused == ["refused a connection from 127.0.0.1: 4 handshakes already pending "
+                               "(such refusals are reported at most every 5 s)"], refused
+            strangers.pop()[1].close()  # one goes: there is room again
+            await until(lambda: server.pending == 3)
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            await until(lambda: server.pending == 4)
+            writer.close()
+            await link.close()
+            await session.close()
+            for _, stranger in strangers:
+                stranger.close()
+            await server.stop()  # the refusals counted since are reported
+            refused = [r.getMessage() for r in caplog.records if "already pending" in r.getMessage()]
+            assert refused[1:] == ["refused 2 connections (the latest from 127.0.0.1): 4 handshakes "
+                                   "already pending (such refusals are reported at most every 5 s)"], refused
+    finally:
+        for _, stranger in strangers:
+            stranger.close()
+        await server.stop()
+
+
+async def test_a_meta_too_large_for_the_handshake_is_a_clear_error():
+    server = await start_server([], meta="m" * 3000)
+    try:
+        with pytest.raises(LinkError, match=r"would be \d+ bytes \(its meta 5002\), over the 4096 bytes"):
+            await connect(server, meta="m" * 5000)
+        link, session, _ = await connect(server, meta="m" * 3000)  # a larger meta than any cluster's fits
+        await link.close()
+        await session.close()
+    finally:
+        await server.stop()
+
+
+async def test_a_tls_port_closes_a_connection_that_never_starts_tls(tmp_path):
+    """With TLS the guard sees a connection only after the TLS handshake,
+    which has the same time limit (asyncio's own is 60 s)."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-keyout", "key.pem",
+                    "-out", "cert.pem"], cwd=tmp_path, check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server = await start_server([], ssl_context=context, handshake_timeout=0.3)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        assert await closed_by_server(reader, within=3.0) == b""
+        writer.close()
+    finally:
         await server.stop()
