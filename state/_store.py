@@ -98,12 +98,13 @@ class SnapshotStore:
                     "the previous complete epoch is intact"
                 ) from exc
             if code in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or "malformed" in text:
-                raise StateError(
-                    f"state_dir {self.directory!r}: {FILE_NAME} is damaged ({text}), so none of its "
-                    "snapshots can be trusted; move the state_dir aside to run this flow afresh "
-                    "(its to_files output is then written again)"
-                ) from exc
+                raise StateError(self._damaged(text)) from exc
             raise StateError(f"state_dir {self.directory!r}: {doing}: {text}") from exc
+
+    def _damaged(self, detail: str) -> str:
+        return (f"state_dir {self.directory!r}: {FILE_NAME} is damaged ({detail}), so none of its "
+                "snapshots can be trusted; move the state_dir aside to run this flow afresh "
+                "(its to_files output is then written again)")
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._database(f"cannot read {FILE_NAME}"):
@@ -115,7 +116,9 @@ class SnapshotStore:
     # -- which flow ------------------------------------------------------------------
 
     def claim(self, fingerprint: str, kernels: int) -> None:
-        """Bind an empty store to this flow, or check that it is this flow's."""
+        """Bind an empty store to this flow, or check that it is this flow's
+        (and intact: see `_check_intact`)."""
+        self._check_intact()
         rows = dict(self._query("SELECT key, value FROM meta"))
         if not rows:
             self._write(
@@ -140,6 +143,16 @@ class SnapshotStore:
                 f"has {kernels}: a resumed run needs the same number of kernels (keys are partitioned "
                 "by kernel count)"
             )
+
+    def _check_intact(self) -> None:
+        """SQLite's own structural check of every page, before anything is
+        read from the store. A damaged page does not always fail the query
+        that reads it: a cell overwritten with garbage can read back as an
+        epoch that never was. ~15 ms for a 34 MB store."""
+        problems = self._query("PRAGMA quick_check")
+        if problems != [("ok",)]:
+            first = problems[0][0].replace("*** in database main ***", "").strip()
+            raise StateError(self._damaged(first))
 
     # -- writing -------------------------------------------------------------------------
 
