@@ -288,8 +288,13 @@ def test_a_source_that_had_ended_stays_ended_in_the_resumed_run(tmp_path):
     (tmp_path / "pipeline.py").write_text(ENDED_ASYNC)
     first = run_cli(tmp_path, 1, "batch:60")  # well after the async source ended
     assert first.returncode != 0
+    epoch, _ = newest_complete(tmp_path / "state")
+    kept = {name: files_up_to(tmp_path / "out" / name, epoch) for name in "ab"}
+    assert sum(len(data.splitlines()) for _, data in kept["a"].values()) == 200  # it had ended
     second = run_cli(tmp_path, 1, None)
     assert second.returncode == 0, second.stderr
+    assert f"resuming from epoch {epoch}\n" in second.stderr
+    assert {name: files_up_to(tmp_path / "out" / name, epoch) for name in "ab"} == kept
     assert Counter(visible_lines(tmp_path / "out" / "a")) == Counter(range(200))
     assert Counter(visible_lines(tmp_path / "out" / "b")) == Counter(range(1000))
 
@@ -300,6 +305,9 @@ TIMERS = textwrap.dedent(
     from kernel import Dataflow, Operator
 
     OUT = os.environ["OUT"]
+    """
+) + COUNT_READ + textwrap.dedent(
+    """
 
     class Remind(Operator):
         def on_batch(self, port, batch):
@@ -312,7 +320,7 @@ TIMERS = textwrap.dedent(
 
     flow = Dataflow("timers")
     (flow.from_iterable(range(300), batch_size=5, timestamp=lambda x: float(x))
-         .apply(Remind).to_files(os.path.join(OUT, "r")))
+         .apply(CountRead).apply(Remind).to_files(os.path.join(OUT, "r")))
     """
 )
 
@@ -323,8 +331,10 @@ def test_restored_timers_keep_their_order_with_new_ones(tmp_path):
     (tmp_path / "pipeline.py").write_text(TIMERS)
     first = run_cli(tmp_path, 1, "snapshot:5")
     assert first.returncode != 0
-    second = run_cli(tmp_path, 1, None)
+    second = run_cli(tmp_path, 1, None, run="resumed")
     assert second.returncode == 0, second.stderr
+    assert "resuming from epoch 4\n" in second.stderr
+    assert 0 < read_by(tmp_path / "out", "resumed") < 300  # the rest came from restored timers
     assert visible_lines(tmp_path / "out" / "r") == list(range(300))  # fired in the order set
 
 
@@ -337,6 +347,7 @@ from operators import Sliding, Tumbling
 # the partial halves pass on from the start and switch back every batch
 w._PASS_ON_ABOVE, w._START_PASSING, w._MEASURE_AT_LEAST, w._PASSED_BEFORE_PROBE = -1.0, True, 0, 1
 OUT = os.environ["OUT"]
+""" + COUNT_READ + """
 
 def slow(x):
     if x % 20 in (0, 1):
@@ -344,7 +355,8 @@ def slow(x):
     return x
 
 flow = Dataflow("recovery")
-numbers = flow.from_iterable(range(3000), batch_size=25, timestamp=lambda x: x / 100).map(slow)
+numbers = flow.from_iterable(range(3000), batch_size=25, timestamp=lambda x: x / 100)
+numbers = numbers.apply(CountRead).map(slow)
 numbers.key_by(lambda x: x % 7).window(Tumbling(1.0)).count().to_files(os.path.join(OUT, "tumbling"))
 numbers.key_by(lambda x: x % 7).window(Sliding(2.0, 0.5)).sum().to_files(os.path.join(OUT, "sliding"))
 """
@@ -353,11 +365,11 @@ numbers.key_by(lambda x: x % 7).window(Sliding(2.0, 0.5)).sum().to_files(os.path
 def test_a_crash_while_the_combiner_passes_records_on_resumes_to_the_right_windows(tmp_path):
     """Held up: the recovery tests' combiner never passes on (3 keys, 100
     events a window); here it does, and switches back every batch, and
-    kernel 1 is killed after its second snapshot."""
+    kernel 1 is killed after its third snapshot."""
     (tmp_path / "pipeline.py").write_text(_RECOVERY_PIPELINE)
 
-    def run_cli(crash):
-        env = dict(os.environ, OUT=str(tmp_path / "out"))
+    def run_cli(crash, run="first"):
+        env = dict(os.environ, OUT=str(tmp_path / "out"), RUN=run)
         env.pop("KERNEL_CRASH_AT", None)
         if crash:
             env["KERNEL_CRASH_AT"] = crash
@@ -366,9 +378,15 @@ def test_a_crash_while_the_combiner_passes_records_on_resumes_to_the_right_windo
              "--state-dir", str(tmp_path / "state"), "--epoch-interval", "0.02"],
             env=env, capture_output=True, text=True, timeout=120)
 
-    assert run_cli("snapshot:2@1").returncode != 0
-    second = run_cli(None)
+    assert run_cli("snapshot:3@1").returncode != 0
+    # kernel 1's third snapshot needed kernel 0's third marker: kernel 0 had
+    # long made its first epoch durable
+    epoch, _ = newest_complete(tmp_path / "state")
+    assert epoch >= 1
+    second = run_cli(None, run="resumed")
     assert second.returncode == 0, second.stderr
+    assert f"resuming from epoch {epoch}\n" in second.stderr
+    assert 0 < read_by(tmp_path / "out", "resumed") < 3000
 
     def visible(name):  # (key, start, end, result), each line once
         lines = [json.loads(line) for path in sorted((tmp_path / "out" / name).glob("part-*.jsonl"))
