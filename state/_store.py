@@ -20,7 +20,9 @@ Tables:
   are ever restored; `final` marks the end of a run that finished.
 
 The two newest complete epochs are kept, so a snapshot found corrupt falls
-back to the previous complete epoch (with a warning).
+back to the previous complete epoch (with a warning). A damaged database (a
+corrupted page, found by `PRAGMA quick_check` when a run claims the store or
+by any query) is refused as a whole: nothing in it can be trusted.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ FINAL = 2**62
 
 
 class StateError(KernelError):
-    """A `state_dir` that cannot be used (another flow's, unreadable, full).
+    """A `state_dir` that cannot be used (another flow's, damaged, unreadable, full).
     A KernelError, so it ends a run as itself, not blamed on an operator."""
 
 
