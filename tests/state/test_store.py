@@ -121,7 +121,8 @@ def test_the_fingerprint_is_the_flows_shape_not_its_paths_functions_or_names():
     def joined(swap: bool):
         flow = Dataflow("f")
         a, b = flow.from_iterable([1]), flow.from_iterable([2], timestamp=float)
-        a.union(b).collect() if not swap else b.union(a).collect()
+        first, second = (b, a) if swap else (a, b)
+        first.union(second).collect()
         return flow_fingerprint(flow)
 
     assert joined(False) != joined(True)  # the same steps, connected otherwise
@@ -163,7 +164,8 @@ def test_a_resumed_run_on_another_number_of_kernels_is_refused(tmp_path):
         "a resumed run needs the same number of kernels (keys are partitioned by kernel count)"]
 
 
-def root_page(path, table: str) -> int:
+def root_page(path, table: str) -> tuple[int, int]:
+    """The number of `table`'s first page in the database file, and the page size."""
     db = sqlite3.connect(path)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the file itself
     (page,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()
@@ -175,9 +177,8 @@ def root_page(path, table: str) -> int:
 @pytest.mark.parametrize("table", ["meta", "complete", "snapshots"])
 def test_a_corrupted_page_of_the_store_is_a_clear_error(tmp_path, table):
     """Found by a probe: a damaged page gave a raw sqlite3.DatabaseError
-    traceback. Each table's first page overwritten (claiming the store,
-    listing the epochs, reading a snapshot fail in turn): a StateError that
-    names the state_dir and says what to do."""
+    traceback. Any table's first page overwritten: a StateError that names
+    the state_dir and says what to do."""
     flow = Dataflow("damaged")
     flow.from_iterable(range(50), batch_size=5).key_by(lambda x: x % 3).sum().collect()
     state = tmp_path / "state"
