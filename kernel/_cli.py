@@ -18,7 +18,6 @@ from ._launch import (
     DEFAULT_EPOCH_INTERVAL,
     DEFAULT_GC_THRESHOLD,
     DEFAULT_STARTUP_TIMEOUT,
-    _already_done,
     _check_cores,
     _Snapshots,
     flow_fingerprint,
@@ -152,8 +151,6 @@ def main(argv: list[str] | None = None) -> int:
                 # the launcher imports the file too, for the flow's fingerprint
                 flow = load_flow(path, name)
                 snapshots = _Snapshots(flow, args.state_dir, args.epoch_interval, args.cores)
-                if _already_done(flow, snapshots):
-                    return 0
                 epochs = snapshots.for_processes()
             # Each kernel process imports the file itself: module-level state
             # (open files, sockets, random generators) is its own.

@@ -20,6 +20,12 @@ order), so the kernel's loop never waits for an fsync: only the pickling of
 the snapshot happens on the kernel, when operators align. A failed write
 fails the run.
 
+A flow that already ran to the end, run again, restores its final epoch:
+every operator has ended, so nothing runs, but the commit of that epoch
+still happens. It publishes what a crash during the final commit left
+hidden (the epoch was marked complete before the renames), and nothing new
+is written to the store.
+
 The store is duck-typed (`write`, `mark_complete`, `FINAL`): the kernel's core
 never imports `state`.
 """
@@ -32,17 +38,28 @@ from ._faults import crash_point
 
 
 class _Coordinator:
-    def __init__(self, interval: float, snapshot: bytes | None, restored_epoch: int) -> None:
+    def __init__(self, interval: float, snapshot: bytes | None, restored_epoch: int,
+                 finished_before: bool = False) -> None:
         self.interval = interval
         self.snapshot = snapshot  # this kernel's part of the epoch a resumed run starts from
         self.restored_epoch = restored_epoch  # 0: a fresh start
+        self.finished_before = finished_before  # the restored epoch is the end of a finished run
         self.first_epoch = restored_epoch + 1
         self.runtime = None
 
     def restored(self, runtime) -> None:
         """The runtime has put the snapshot back: what was complete stays
-        published, what was not is dropped (`commit` of the restored epoch)."""
+        published (and what a crash left hidden is published now), what was
+        not is dropped (`commit` of the restored epoch)."""
         runtime.commit(self.restored_epoch)
+        if self.finished_before:
+            self._close()  # every operator had ended: nothing more to coordinate
+
+    def finished(self, blob: bytes) -> None:
+        """This kernel's work has all ended: its last snapshot. A finished
+        run's rerun ends as soon as it is restored, with nothing to add."""
+        if not self.finished_before:
+            self._finish(blob)
 
     def attach(self, runtime) -> None:
         self.runtime = runtime
@@ -75,8 +92,9 @@ class _Coordinator:
 
 
 class LocalCoordinator(_Coordinator):
-    def __init__(self, store, interval: float, snapshot: bytes | None, restored_epoch: int) -> None:
-        super().__init__(interval, snapshot, restored_epoch)
+    def __init__(self, store, interval: float, snapshot: bytes | None, restored_epoch: int,
+                 finished_before: bool = False) -> None:
+        super().__init__(interval, snapshot, restored_epoch, finished_before)
         self.store = store
 
     def durable(self, epoch: int, blob: bytes) -> None:
@@ -87,7 +105,7 @@ class LocalCoordinator(_Coordinator):
 
         self._in_background(work, lambda: self.runtime.commit(epoch))
 
-    def finished(self, blob: bytes) -> None:
+    def _finish(self, blob: bytes) -> None:
         final = self.runtime.epochs.next_epoch
         kernel = self.runtime.kernel
         kernel.hold()  # the run ends when the last snapshot is written and committed
@@ -109,8 +127,8 @@ class KernelSide(_Coordinator):
     the pipe the launcher answers on."""
 
     def __init__(self, store, index: int, report, commits, interval: float,
-                 snapshot: bytes | None, restored_epoch: int) -> None:
-        super().__init__(interval, snapshot, restored_epoch)
+                 snapshot: bytes | None, restored_epoch: int, finished_before: bool = False) -> None:
+        super().__init__(interval, snapshot, restored_epoch, finished_before)
         self.store = store
         self.index = index
         self.report = report
@@ -128,12 +146,16 @@ class KernelSide(_Coordinator):
 
         self._in_background(work, lambda: self.report(("durable", epoch)))
 
-    def finished(self, blob: bytes) -> None:
+    def _finish(self, blob: bytes) -> None:
         self._waiting_final = True
         self.runtime.kernel.hold()  # until the launcher's final commit
         next_epoch = self.runtime.epochs.next_epoch
         self._in_background(lambda: self.store.write(self.store.FINAL, self.index, blob),
                             lambda: self.report(("finished", next_epoch)))
+
+    def _close(self) -> None:
+        self.runtime.kernel.loop.remove_reader(self.commits.fileno())
+        super()._close()
 
     def _on_commit(self) -> None:
         while self.commits.poll():
@@ -141,7 +163,6 @@ class KernelSide(_Coordinator):
             self.runtime.commit(epoch)
             if final and self._waiting_final:
                 self._waiting_final = False
-                self.runtime.kernel.loop.remove_reader(self.commits.fileno())
                 self._close()
                 self.runtime.kernel.release()
 

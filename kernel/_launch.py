@@ -151,6 +151,17 @@ class _Snapshots:
         self.store.claim(flow_fingerprint(flow), cores)
         latest = self.store.latest(cores)
         self.epoch, self.finished, self.blobs = latest if latest else (0, False, None)
+        self._tell()
+
+    def _tell(self) -> None:
+        """Say what this run starts from when it is not a fresh start. A
+        finished flow still runs, restored as ended: that publishes the
+        files a crash during its final commit left hidden."""
+        if self.finished:
+            log.warning("state_dir %s: this flow already ran to the end (epoch %d); nothing to do "
+                        "but publish any of its files left hidden", self.state_dir, self.epoch)
+        elif self.epoch:
+            log.warning("state_dir %s: resuming from epoch %d", self.state_dir, self.epoch)
 
     def open_store(self):
         from state import SnapshotStore
@@ -160,28 +171,58 @@ class _Snapshots:
     def local(self):
         from ._coordinate import LocalCoordinator
 
-        return LocalCoordinator(self.store, self.interval, self.blobs and self.blobs[0], self.epoch)
+        return LocalCoordinator(self.store, self.interval, self.blobs and self.blobs[0], self.epoch,
+                                self.finished)
 
     def for_processes(self) -> tuple:
-        return (self.open_store, self.interval, self.blobs, self.epoch, self.store)
+        return (self.open_store, self.interval, self.blobs, self.epoch, self.store, self.finished)
 
 
 def flow_fingerprint(flow) -> str:
-    """Names the flow's shape: its steps and how they connect."""
+    """Names what a flow's snapshots depend on: its name and, for each step,
+    what kind of operator it is and where its inputs come from (which step,
+    which port, exchanged by key or not). Not the steps' names or arguments:
+    a to_files directory can move, a function can be fixed or renamed, and
+    the run still resumes (or a cluster's processes still agree). Two
+    arguments do count, as part of the step's kind: a window (its state is
+    kept by window number) and a window aggregation (its accumulators)."""
     import hashlib
 
-    shape = [(node.name, [(e.source.id, e.port, e.exchange) for e in node.inputs], node.is_source)
-             for node in flow.graph.nodes]
+    shape = [(_step_kind(node.factory), node.is_source, node.combiner is not None,
+              [(e.source.id, e.port, e.exchange) for e in node.inputs]) for node in flow.graph.nodes]
     return hashlib.sha256(repr((flow.name, shape)).encode()).hexdigest()
 
 
-def _already_done(flow, snapshots) -> bool:
-    if snapshots is not None and snapshots.finished:
-        log.warning("state_dir %s: this flow already ran to the end (epoch %d); nothing to do",
-                    snapshots.state_dir, snapshots.epoch)
-        flow._results_delivered([])
-        return True
-    return False
+def _step_kind(factory) -> tuple:
+    """The operator class (or factory function) a step's factory makes, by
+    name, with the arguments that shape its state (`flow_fingerprint`)."""
+    import functools
+    import inspect
+
+    factory = inspect.unwrap(factory)  # the Dataflow's type-checking wrapper
+    if isinstance(factory, functools.partial):
+        shaping = [kind for arg in factory.args if (kind := _shaping_argument(arg)) is not None]
+        return (*_step_kind(factory.func), *shaping)
+    kind = (getattr(factory, "__qualname__", type(factory).__qualname__),)
+    for cell in getattr(factory, "__closure__", None) or ():
+        # an event-time source's factory wraps the source's own factory
+        try:
+            inner = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if isinstance(inner, functools.partial):
+            kind += _step_kind(inner)
+    return kind
+
+
+def _shaping_argument(arg) -> str | None:
+    from operators import Session, Sliding, Tumbling
+
+    if isinstance(arg, (Tumbling, Sliding, Session)):
+        return repr(arg)  # Tumbling(1.0)
+    if type(arg).__module__.startswith("operators."):  # a window aggregation
+        return type(arg).__qualname__
+    return None
 
 
 async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
@@ -211,8 +252,6 @@ async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
         flow._results_delivered(results)
         return
     snapshots = None if state_dir is None else _Snapshots(flow, state_dir, epoch_interval, cores)
-    if _already_done(flow, snapshots):
-        return
     if cores > 1:
         epochs = None if snapshots is None else snapshots.for_processes()
         results = await _in_thread(lambda cancel: run_on_cores(
@@ -267,8 +306,6 @@ def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_G
         return
     if cores > 1:
         snapshots = None if state_dir is None else _Snapshots(flow, state_dir, epoch_interval, cores)
-        if _already_done(flow, snapshots):
-            return
         epochs = None if snapshots is None else snapshots.for_processes()
         # Here too: unpickling the kernels' results (a windowed sum's 126,000
         # result triples) at the default threshold ran ~180 young and one

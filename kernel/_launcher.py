@@ -91,8 +91,9 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
     each child and returns an awaitable that runs that kernel to completion
     and returns its results (a picklable dict). `epochs`, when snapshots are
     on, is `(open_store, interval, snapshots by kernel or None,
-    restored_epoch, launcher_store)`: each child opens its own store and
-    coordinates epochs with this process (kernel/_coordinate.py). `cluster`
+    restored_epoch, launcher_store, finished_before)`: each child opens its
+    own store and coordinates epochs with this process
+    (kernel/_coordinate.py). `cluster`
     (a `ClusterPlan`) makes this process one of several linked by websockets:
     the results are every kernel's on process 0, none elsewhere. `cancel`, a
     connection, stops the run (`RunCancelled`) when it becomes readable.
@@ -432,9 +433,10 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
         if epochs is not None:
             from ._coordinate import KernelSide
 
-            open_store, interval, snapshots, restored_epoch, _ = epochs
+            open_store, interval, snapshots, restored_epoch, _, finished_before = epochs
             coordinator = KernelSide(open_store(), index, conn.send, commits, interval,
-                                     None if snapshots is None else snapshots[index], restored_epoch)
+                                     None if snapshots is None else snapshots[index], restored_epoch,
+                                     finished_before)
         results = uvloop.run(build_runtime(index, peers, transport, coordinator))
         conn.send(("ok", results))
         status = 0

@@ -9,10 +9,13 @@ is atomic, so a reader sees a whole epoch or nothing.
 
 After a crash, a resumed run restores the snapshot of the last complete
 epoch E: hidden files of epochs up to E are published (their epoch was
-complete), hidden files after E are deleted (the resumed run writes those
-records again). So the visible files hold every record exactly once. Without
-a `state_dir` there are no epochs and the files are published when the run
-ends.
+complete), files after E are deleted, hidden or visible (the resumed run
+writes those records again; visible ones are there when the newest snapshot
+was corrupt and the run fell back to an older one). So the visible files
+hold every record exactly once. A run that already finished, run again,
+publishes what its final epoch left hidden. Without a `state_dir` there are
+no epochs and the files are published when the run ends (an earlier run's
+files in the directory are replaced).
 
 Records are written with `json.dumps`: tuples (and windows) as arrays.
 """
@@ -89,17 +92,17 @@ class ToFiles(Operator):
 
     def on_commit(self, epoch):
         # The first commit of a run is the restored epoch (0 on a fresh
-        # start): the directory is read once, and hidden files after that
-        # epoch are a crashed run's, written again now, so they go. Later
-        # commits publish the files this run wrote (no directory listing).
+        # start): the directory is read once. Hidden files up to it were
+        # complete: they are published now. Every file after it, hidden or
+        # visible, is an earlier run's output for epochs this run writes
+        # again, so it goes: hidden ones never completed; visible ones
+        # exist when the newest snapshot failed its checksum and the run
+        # fell back to an older epoch (left in place, a file whose epoch the
+        # replay writes nothing to would repeat records written again later).
+        # Later commits publish the files this run wrote (no directory listing).
         if self._first_commit:
             self._first_commit = False
-            for name, _kernel, file_epoch in self._own_files():
-                if name.startswith("."):
-                    if file_epoch > epoch:
-                        os.unlink(os.path.join(self.directory, name))
-                    else:
-                        self._unpublished.add(file_epoch)
+            self._take_over_directory(epoch)
         renamed = False
         for file_epoch in sorted(self._unpublished):
             if file_epoch > epoch or (file_epoch == self.epoch and self._file is not None):
@@ -111,6 +114,19 @@ class ToFiles(Operator):
             crash_point("commit", self.kernel)  # tests: a crash between renames
         if renamed:
             _fsync_directory(self.directory)
+
+    def _take_over_directory(self, epoch: int) -> None:
+        """What earlier runs left for this kernel: files up to `epoch` stay
+        (hidden ones to be published), later ones go."""
+        removed = False
+        for name, _kernel, file_epoch in self._own_files():
+            if file_epoch > epoch:
+                os.unlink(os.path.join(self.directory, name))
+                removed = True
+            elif name.startswith("."):
+                self._unpublished.add(file_epoch)
+        if removed:
+            _fsync_directory(self.directory)  # gone before anything of this run is published
 
     def _own_files(self):
         for name in os.listdir(self.directory):

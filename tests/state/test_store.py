@@ -6,14 +6,16 @@ from __future__ import annotations
 import logging
 import sqlite3
 import subprocess
+import sys
 import uuid
-from collections import Counter
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernel import Dataflow, KernelError, Operator, run
+from kernel._launch import flow_fingerprint
+from operators import Sliding, Tumbling
 from state import (
     CorruptSnapshot,
     SnapshotStore,
@@ -87,6 +89,45 @@ def test_a_state_dir_in_another_snapshot_format_is_refused(tmp_path):
         SnapshotStore(tmp_path).claim("flow-a", 2)
 
 
+def test_the_fingerprint_is_the_flows_shape_not_its_paths_functions_or_names():
+    """What makes a state_dir "another flow's": the steps' kinds and how
+    they connect (and a window's size, which its state depends on), never
+    a to_files directory, a function or a step's name."""
+
+    def fingerprint(out="a", fn=abs, name=None, window=None, flow_name="f", extra=False,
+                    source="iterable", aggregate="count"):
+        window = window or Tumbling(1.0)
+        flow = Dataflow(flow_name)
+        if source == "iterable":
+            numbers = flow.from_iterable(range(9), timestamp=float)
+        else:
+            numbers = flow.from_async_iterable(range(9), timestamp=float)
+        numbers = numbers.map(fn, name=name)
+        if extra:
+            numbers = numbers.filter(bool)
+        windows = numbers.key_by(fn).window(window)
+        getattr(windows, aggregate)().to_files(out)
+        return flow_fingerprint(flow)
+
+    same = fingerprint()
+    assert fingerprint(out="elsewhere/b") == same
+    assert fingerprint(fn=lambda x: x) == same
+    assert fingerprint(name="renamed") == same
+    shapes = [fingerprint(window=Tumbling(2.0)), fingerprint(window=Sliding(1.0, 0.5)),
+              fingerprint(aggregate="sum"), fingerprint(extra=True), fingerprint(source="async"),
+              fingerprint(flow_name="g")]
+    assert len({same, *shapes}) == len(shapes) + 1
+
+    def joined(swap: bool):
+        flow = Dataflow("f")
+        a, b = flow.from_iterable([1]), flow.from_iterable([2], timestamp=float)
+        first, second = (b, a) if swap else (a, b)
+        first.union(second).collect()
+        return flow_fingerprint(flow)
+
+    assert joined(False) != joined(True)  # the same steps, connected otherwise
+
+
 def test_run_refuses_a_state_dir_written_by_another_flow(tmp_path):
     first = Dataflow("one")
     first.from_iterable([1, 2]).map(str).collect()
@@ -95,6 +136,85 @@ def test_run_refuses_a_state_dir_written_by_another_flow(tmp_path):
     other.from_iterable([1, 2]).filter(bool).collect()
     with pytest.raises(StateError, match="another flow"):
         run(other, state_dir=tmp_path)
+
+
+def test_a_resumed_run_on_another_number_of_kernels_is_refused(tmp_path):
+    """Through run(cores=) and the command line's --cores, not only the store."""
+    counted = Dataflow("counted")
+    counted.from_iterable(range(10)).key_by(lambda x: x % 3).count().collect()
+    run(counted, state_dir=tmp_path / "api")
+    with pytest.raises(StateError, match="written by 1 kernels and this run has 2"):
+        run(counted, state_dir=tmp_path / "api", cores=2)
+
+    (tmp_path / "pipeline.py").write_text(
+        "from kernel import Dataflow\n"
+        "flow = Dataflow('counted')\n"
+        "flow.from_iterable(range(10)).key_by(lambda x: x % 3).count().collect()\n")
+
+    def cli(cores: int):
+        return subprocess.run(
+            [sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"), "--cores", str(cores),
+             "--state-dir", str(tmp_path / "cli")], capture_output=True, text=True, timeout=60)
+
+    assert cli(2).returncode == 0
+    refused = cli(1)
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines() == [
+        f"error: state_dir {str(tmp_path / 'cli')!r} was written by 2 kernels and this run has 1: "
+        "a resumed run needs the same number of kernels (keys are partitioned by kernel count)"]
+
+
+def root_page(path, table: str) -> tuple[int, int]:
+    """The number of `table`'s first page in the database file, and the page size."""
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the file itself
+    (page,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+    (size,) = db.execute("PRAGMA page_size").fetchone()
+    db.close()
+    return page, size
+
+
+@pytest.mark.parametrize("table", ["meta", "complete", "snapshots"])
+def test_a_corrupted_page_of_the_store_is_a_clear_error(tmp_path, table):
+    """Found by a probe: a damaged page gave a raw sqlite3.DatabaseError
+    traceback. Any table's first page overwritten: a StateError that names
+    the state_dir and says what to do."""
+    flow = Dataflow("damaged")
+    flow.from_iterable(range(50), batch_size=5).key_by(lambda x: x % 3).sum().collect()
+    state = tmp_path / "state"
+    run(flow, state_dir=state, epoch_interval=0.001)
+    page, size = root_page(state / "snapshots.sqlite", table)
+    with open(state / "snapshots.sqlite", "r+b") as f:
+        f.seek((page - 1) * size)
+        f.write(bytes(range(256)) * (size // 256))
+    with pytest.raises(StateError) as info:
+        run(flow, state_dir=state)
+    message = str(info.value)
+    assert message.startswith(f"state_dir {str(state)!r}: snapshots.sqlite is damaged (")
+    assert "move the state_dir aside to run this flow afresh" in message
+
+
+def test_a_corrupted_store_is_one_clear_line_from_the_command_line(tmp_path):
+    (tmp_path / "pipeline.py").write_text(
+        "from kernel import Dataflow\n"
+        "flow = Dataflow('damaged')\n"
+        "flow.from_iterable(range(50), batch_size=5).key_by(lambda x: x % 3).sum().collect()\n")
+
+    def cli():
+        return subprocess.run(
+            [sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"), "--cores", "2",
+             "--state-dir", str(tmp_path / "state"), "--epoch-interval", "0.001"],
+            capture_output=True, text=True, timeout=60)
+
+    assert cli().returncode == 0
+    page, size = root_page(tmp_path / "state" / "snapshots.sqlite", "complete")
+    with open(tmp_path / "state" / "snapshots.sqlite", "r+b") as f:
+        f.seek((page - 1) * size + size // 2)  # half a page, in the middle of the file
+        f.write(b"\xff" * (size // 2))
+    damaged = cli()
+    assert damaged.returncode == 1
+    [line] = damaged.stderr.splitlines()
+    assert line.startswith(f"error: state_dir {str(tmp_path / 'state')!r}: snapshots.sqlite is damaged (")
 
 
 @settings(max_examples=25, deadline=None)
@@ -140,28 +260,43 @@ def tiny_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_a_full_disk_while_snapshotting_is_a_clear_error_and_the_previous_epoch_is_intact(tiny_disk):
+def test_a_full_disk_while_snapshotting_is_a_clear_error_and_the_run_resumes_from_the_previous_epoch(
+    tiny_disk, caplog
+):
     """The state grows every epoch (a key per record) until a snapshot no
-    longer fits: the run ends with an error that says so, and the store
-    still restores the last epoch that was complete."""
+    longer fits: the run ends with an error that says so. Given room again,
+    the same run resumes from the last epoch that was complete: it reads
+    only the records after that epoch's position, and counts every key once."""
     import time
 
+    read = []
+    slowly = [True]
+
     def slow(x):
-        if x % 200 == 0:
+        read.append(x)
+        if slowly[0] and x % 200 == 0:
             time.sleep(0.01)
         return x
 
     flow = Dataflow("growing")
     keys = flow.from_iterable(range(60_000), batch_size=200).map(slow).key_by(lambda x: f"key-{x:08d}")
-    keys.count().collect()
+    counts = keys.count().collect()
     with pytest.raises(KernelError, match="disk is full") as info:
         run(flow, state_dir=tiny_disk / "state", epoch_interval=0.02)
     assert "previous complete epoch is intact" in str(info.value)
     store = SnapshotStore(tiny_disk / "state")
-    latest = store.latest(1)
-    assert latest is not None and latest[0] >= 1 and not latest[1]
-    # what it holds is a real snapshot of that epoch: the flow resumes from it
-    assert Counter(type(b) for b in latest[2]) == Counter({bytes: 1})
+    epoch, finished, _ = store.latest(1)
+    store.close()
+    assert epoch >= 1 and not finished
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_disk)], check=True)
+    read.clear()
+    slowly[0] = False
+    with caplog.at_level(logging.WARNING, logger="kernel"):
+        run(flow, state_dir=tiny_disk / "state", epoch_interval=1.0)
+    assert f"resuming from epoch {epoch}" in caplog.text
+    assert 0 < read[0] and read == list(range(read[0], 60_000))  # from the snapshot's position on
+    assert sorted(counts.items) == [(f"key-{x:08d}", 1) for x in range(60_000)]
 
 
 def test_without_a_state_dir_files_appear_at_the_end_and_a_crashed_runs_leftovers_go(tmp_path):
@@ -177,6 +312,10 @@ def test_without_a_state_dir_files_appear_at_the_end_and_a_crashed_runs_leftover
     run(flow)
     assert [p.name for p in out.iterdir()] == ["part-k0-e00000001.jsonl"]
     assert (out / "part-k0-e00000001.jsonl").read_text() == '1\n[2, "x"]\n'
+    flow = Dataflow()
+    flow.from_iterable([]).to_files(out)  # a run of no records replaces that one's with none
+    run(flow)
+    assert list(out.iterdir()) == []
 
 
 def test_a_record_json_cannot_write_is_a_clear_error(tmp_path):
