@@ -24,7 +24,8 @@ What follows the reference generator (its defaults):
 * Strings (names, e-mails, descriptions, the `extra` padding that brings a
   bid to ~100 bytes, a person to ~200, an auction to ~500) have the
   reference's lengths; their letters are slices of one seeded random text
-  (making each letter costs more than the rest of an event).
+  (making each letter costs more than the rest of an event), and a bid's
+  `extra` is one of 4,096 such slices.
 
 Events are plain tuples, the kind first and the event time (int ms) second:
 
@@ -115,6 +116,18 @@ def _extra_length(current: int, average: int) -> tuple[int, int]:
 
 
 _BID_EXTRA = _extra_length(8 * 4, AVG_BID_BYTES)  # four 8-byte fields before it
+_BID_EXTRAS = 4096  # bids draw their `extra` from this many strings
+
+
+@functools.cache
+def _bid_extras(seed: int) -> tuple[str, ...]:
+    """The strings a bid's `extra` is one of: lengths as the reference's, cut
+    once (a slice per bid costs as much as a fifth of the rest of a bid)."""
+    rng = Random(seed + 1)
+    text = _text(seed)
+    low, spread = _BID_EXTRA
+    cuts = [(int(rng.random() * _TEXT_SIZE), low + int(rng.random() * spread)) for _ in range(_BID_EXTRAS)]
+    return tuple(text[at : at + length] for at, length in cuts)
 
 
 def price(u: float) -> int:
@@ -155,6 +168,7 @@ class Generator:
         rng = Random(self.seed << 32 | b)
         rand = rng.random
         text = _text(self.seed)
+        extras = _bid_extras(self.seed)
         rate = self.rate
         first = b * BLOCK
         stop = min(first + BLOCK, self.events)
@@ -189,7 +203,6 @@ class Generator:
             # past the hot share, the rest of a uniform r is uniform again
             auctions_scale = auctions_span / (1.0 - hot_auctions)
             people_scale = people_span / (1.0 - hot_bidders)
-            extra_min, extra_spread = _BID_EXTRA
             for n in range(n, end):  # noqa: B020 (the bids go on from the auctions' n)
                 r = rand()
                 if r < hot_auctions:
@@ -202,11 +215,8 @@ class Generator:
                 else:
                     bidder = people_from + int((r - hot_bidders) * people_scale)
                 amount = int(10.0 ** (rand() * 6.0) * 100.0 + 0.5)  # price()
-                u = rand() * extra_spread  # whole part: the length; fraction: where to cut
-                length = int(u)
-                at = int((u - length) * _TEXT_SIZE)
                 append((BID, BASE_TIME_MS + n * 1000 // rate, auction, bidder, amount,
-                        text[at : at + extra_min + length]))
+                        extras[int(rand() * _BID_EXTRAS)]))
         return out
 
     def _person(self, n: int, cycle: int, rand, text: str) -> tuple:
