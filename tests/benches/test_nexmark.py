@@ -185,3 +185,13 @@ def test_ties_for_the_top_of_a_window_are_all_reported():
         (1, 50, 1001, 1000), (2, 50, 1001, 4000), (3, 70, 1001, 12000)]
     assert sorted(hot.items) == sorted(reference.q5(bids))
     assert [(a, start, n) for a, start, n in sorted(hot.items) if start == 0.0] == [(1, 0.0, 2), (2, 0.0, 2)]
+
+
+@pytest.mark.parametrize("name", sorted(reference.QUERIES))
+def test_the_bytewax_queries_equal_the_references_too(expected, name):
+    """The benchmark compares like with like: Bytewax's queries return the
+    references' results (when Bytewax is installed)."""
+    bytewax = pytest.importorskip("benches._nexmark_bytewax")
+    sink = bytewax.ListSink()
+    bytewax.run_query(name, Generator(EVENTS, RATE), sink)
+    assert sorted(sink.items) == expected[name]
