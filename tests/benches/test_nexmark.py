@@ -100,7 +100,7 @@ def test_every_query_equals_its_reference(expected, cores):
 def test_the_queries_results_are_what_the_definitions_say(expected):
     """A few facts of the reference results, so that a reference and a
     query wrong in the same way would show."""
-    bids = [r for r in expected["q0"]]
+    bids = expected["q0"]
     assert len(bids) == EVENTS * 46 // 50 and all(b[0] == BID for b in bids)
     assert all(auction % 123 == 0 for auction, _ in expected["q2"])
     assert {state for _, _, state, _ in expected["q3"]} <= {"OR", "ID", "CA"}
