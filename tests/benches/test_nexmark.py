@@ -195,3 +195,17 @@ def test_the_bytewax_queries_equal_the_references_too(expected, name):
     sink = bytewax.ListSink()
     bytewax.run_query(name, Generator(EVENTS, RATE), sink)
     assert sorted(sink.items) == expected[name]
+
+
+def test_the_benchmark_runs_and_prints_its_table(capsys):
+    from benches import nexmark
+
+    nexmark.main(["--events", "3000", "--queries", "q0,q4", "--cores", "1,2", "--runs", "1", "--no-bytewax"])
+    out = capsys.readouterr().out
+    cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines()
+             if line.startswith("| q")]
+    rows = {row[0]: row for row in cells[1:]}  # the first is the header
+    assert sorted(rows) == ["q0", "q4"]
+    assert rows["q0"][1] == "2,760"  # results: every bid, the plain loop's count (checked in the run)
+    assert rows["q0"][-1] == "155,020" and rows["q4"][-1] == "34,330"  # Flink's figures beside ours
+    assert "Not the same set-up" in out
