@@ -9,15 +9,17 @@ What follows the reference generator (its defaults):
   auctions, then 46 bids in every 50 events.
 * Ids: person `n // 50 + 1000`; auction `3 * (n // 50) + k + 1000` for the
   k-th auction of its 50 events. Categories 10..14.
-* Bids go to a hot auction (the first of the last 100 auctions) half the
-  time, else to one of the last 100 auctions or 10 ahead of the newest (an id
-  not made yet); bidders are hot (the second of the last 100 people) 3 times
-  in 4, else one of the last 1,000 people or 10 ahead. Sellers are hot (the
-  first of the last 100 people) 3 times in 4.
+* Bids go to the hot auction (the first of the newest hundred: the newest
+  id that is a multiple of 100, counted from 1000) half the time, else to
+  one of the last 100 auctions or up to 10 ahead of the newest (an id not
+  made yet); bidders are the hot bidder (the second of the newest hundred
+  people) 3 times in 4, else one of the last 1,000 people or up to 10
+  ahead. Sellers are the hot seller (the first of the newest hundred
+  people) 3 times in 4.
 * Prices `round(10 ** (6u) * 100)` for `u` uniform in [0, 1): 1.00 to
   1,000,000.00 in cents, log-uniform. An auction's reserve is its initial bid
   plus another price; it expires 1 ms to twice the time 100 auctions take
-  (~333 ms at the default rate) after it opens.
+  (up to ~333 ms at the default rate, ~167 ms on average) after it opens.
 * Event time rises at a fixed rate: event `n` happens at
   `BASE_TIME_MS + n * 1000 // rate` milliseconds (10,000 events/s by
   default: 10 events share each millisecond), in order.
