@@ -102,8 +102,8 @@ class PartitionSource(Source):
             raise OperatorError.wrap(self.name, self._share_name(), exc, has_record=False) from exc
 
     def _share_name(self):
-        # a generator names itself after its function; anything else by its
-        # type, with make() beside it
+        # a generator names itself after its function; any other iterable is
+        # named by the make() that returned it
         if getattr(self._share, "__qualname__", None):
             return self._share
         return f"the share that {getattr(self.make, '__qualname__', repr(self.make))} returned"
