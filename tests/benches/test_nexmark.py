@@ -50,6 +50,12 @@ def test_an_event_depends_only_on_its_number():
     assert Generator(BLOCK + 7, seed=7).all() != longer[: BLOCK + 7]
 
 
+def test_every_block_draws_its_own_numbers(events):
+    prices = {tuple(e[4] for e in events[b * BLOCK : (b + 1) * BLOCK] if e[0] == BID)
+              for b in range(EVENTS // BLOCK)}
+    assert len(prices) == EVENTS // BLOCK
+
+
 def test_every_50_events_are_1_person_3_auctions_46_bids_with_rising_ids_and_times(events):
     kinds = [e[0] for e in events]
     assert kinds[:50] == [PERSON] + [AUCTION] * 3 + [BID] * 46
