@@ -102,6 +102,40 @@ class Dataflow:
         factory = ops.IterableSource.factory(iterable, batch_size)  # refuses a 2nd read of an iterator
         return self._timed_source(factory, name or "from_iterable", timestamp, max_delay, None)
 
+    def from_partitions(
+        self,
+        make,
+        *,
+        timestamp=None,
+        max_delay: float = 0.0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        name=None,
+    ) -> Stream:
+        """A bounded source whose kernels each make their own share:
+        `make(index, peers)` returns the iterable that kernel `index` (of
+        `peers`, numbered across the whole run) reads, in batches of
+        `batch_size`, lazily (a generator's records are made as they are
+        read). Nothing crosses from the caller to the kernels but `make`:
+        each kernel generates, opens or queries only its own part.
+
+        `timestamp` and `max_delay` as for `from_iterable`. After a crash, a
+        resumed run calls `make` again and reads past what was handed on, so
+        it must return the same share each time.
+
+        >>> from kernel import Dataflow, run
+        >>> def share(index, peers):            # kernel k of n: the numbers k, k+n, ...
+        ...     return (n * n for n in range(index, 8, peers))
+        >>> flow = Dataflow()
+        >>> out = flow.from_partitions(share).collect()
+        >>> run(flow, cores=2)                  # kernel 0's squares first
+        >>> out.items
+        [0, 4, 16, 36, 1, 9, 25, 49]
+        """
+        ops.check_make(make)
+        ops.check_batch_size(batch_size)
+        factory = functools.partial(ops.PartitionSource, make, batch_size)
+        return self._timed_source(factory, name or "from_partitions", timestamp, max_delay, None)
+
     def from_async_iterable(
         self,
         aiterable,

@@ -10,6 +10,7 @@ from kernel._operator import Operator, Source
 from ._aggregates import Count, Fold, Reduce, Sum
 from ._event_time import EventTimeSource, check_event_time
 from ._files import ToFiles
+from ._partitions import PartitionSource, check_make
 from ._sinks import Collect, Print, Sink
 from ._sources import DEFAULT_BATCH_SIZE, AsyncIterableSource, IterableSource, check_batch_size
 from ._stateless import Filter, FlatMap, Inspect, KeyBy, Map, MapValues, Union
@@ -53,6 +54,7 @@ __all__ = [
     "Map",
     "MapValues",
     "Operator",
+    "PartitionSource",
     "Print",
     "Reduce",
     "ReduceAggregation",
@@ -72,6 +74,7 @@ __all__ = [
     "WindowMerge",
     "check_batch_size",
     "check_event_time",
+    "check_make",
     "check_window",
     "window_combiner",
 ]

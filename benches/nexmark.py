@@ -1,0 +1,289 @@
+"""NEXMark q0-q8: ours on each kernel count, beside a plain loop, Bytewax 0.21 and Flink's figures.
+
+    python -m benches.nexmark                         # every query, 1 and 2 kernels (~1-2 minutes)
+    python -m benches.nexmark --quick                 # smoke run
+    python -m benches.nexmark --events 500000 --cores 1,2 --queries q0,q5
+    python -m benches.nexmark --profile prof/ --queries q5 --cores 2 --runs 1   # cProfile each kernel
+
+The events come from `_nexmark_generator` (after the Beam/Flink generator:
+1 person, 3 auctions and 46 bids in every 50 events, event time rising at
+10,000 events/s), made **inside each kernel**: `flow.from_partitions(
+generator.share)`, each kernel making only its own blocks of events, so
+nothing crosses `fork`. The queries are `_nexmark_queries` (q5: sliding
+windows of 10 s every 2 s; q7, q8: tumbling 10 s), their results counted by
+an operator in each kernel (not gathered item by item with `collect()`); a
+run's count must equal the plain loop's. The tests
+(tests/benches/test_nexmark.py) check every query's results exactly against
+the plain loops on 1, 2 and 3 kernels.
+
+Every engine pays for making the events (the plain loop and Bytewax run the
+same generator), as Flink's figures include its generator; the table's
+first line says how fast the generator alone is. Compared, in the same run,
+interleaved (plain, ours on each kernel count, Bytewax; repeated `--runs`
+times, medians), each run timed from a collected heap:
+
+* plain: the reference loop of `_nexmark_reference` over the generated
+  events, in this process (q4 and q6 keep the events in a list: they look at
+  every auction before every bid);
+* ours: `kernel.run(flow, cores=N)`, the whole call (process start-up
+  included);
+* Bytewax 0.21 (when installed): `_nexmark_bytewax` under `run_main` (one
+  worker), its own operators where it has them.
+
+Columns: events/s per core (events / wall seconds / kernels) on each
+kernel count; the speed-up of N kernels over one (events/s of the whole
+run); events per CPU-second (the CPU time of the kernel processes and the
+caller, from `getrusage`: what the run cost, whatever else the machine was
+doing, and the measure Flink's figures use); ours on the first kernel count
+against the plain loop and against Bytewax (wall); and Flink 1.13's
+published throughput per core (nexmark/nexmark README: 100 M events, 8
+TaskManagers of one slot on 3+ machines of 8 cores, RocksDB state,
+exactly-once checkpoints every 3 minutes, events per second per core of CPU
+measured busy). That is not the same set-up: other hardware, the JVM, SQL
+plans, far more events; it is there for scale, not as a contest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import cProfile
+import gc
+import importlib.util
+import multiprocessing
+import pstats
+import resource
+import statistics
+import time
+from pathlib import Path
+
+from benches import _nexmark_queries as queries
+from benches import _nexmark_reference as reference
+from benches._nexmark_generator import DEFAULT_RATE, Generator
+from benches._report import machine, table
+from kernel import Dataflow, Operator, run
+
+# Flink 1.13, nexmark/nexmark README: throughput per core (events/s); q6 is not in its suite
+FLINK_PER_CORE = {"q0": 155_020, "q1": 157_940, "q2": 175_210, "q3": 152_120, "q4": 34_330,
+                  "q5": 22_140, "q7": 12_330, "q8": 146_140}
+DEFAULT_EVENTS = 150_000
+QUICK_EVENTS = 20_000
+
+
+class CountResults(Operator):
+    """The sink: counts the results on each kernel, one number out at the end."""
+
+    def open(self, context):
+        self.count = 0
+
+    def on_batch(self, port, batch):
+        self.count += len(batch)
+
+    def on_end(self):
+        self.emit([self.count])
+
+
+def bytewax_available() -> bool:
+    return importlib.util.find_spec("bytewax") is not None
+
+
+# -- one run of each engine: the number of results -----------------------------------
+
+
+def plain(name: str, generator: Generator) -> int:
+    return sum(1 for _ in reference.QUERIES[name](generator.share(0, 1)))
+
+
+def ours(name: str, generator: Generator, cores: int) -> int:
+    flow = Dataflow(f"nexmark {name}")
+    timestamp = queries.event_time if name in queries.TIMED else None
+    events = flow.from_partitions(generator.share, timestamp=timestamp)
+    counts = queries.QUERIES[name](events).apply(CountResults, name="count").collect()
+    run(flow, cores=cores)
+    return sum(counts.items)
+
+
+def bytewax(name: str, generator: Generator) -> int:
+    from benches import _nexmark_bytewax
+
+    sink = _nexmark_bytewax.CountSink()
+    _nexmark_bytewax.run_query(name, generator, sink)
+    return sink.counts[0]
+
+
+def generate_only(generator: Generator) -> int:
+    return sum(1 for _ in generator.share(0, 1))
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its reaped children (the kernels)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(fn, expected: int | None) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, results) of one run of `fn`."""
+    gc.collect()
+    cpu = cpu_seconds()
+    start = time.perf_counter()
+    count = fn()
+    elapsed = time.perf_counter() - start
+    cpu = cpu_seconds() - cpu
+    if expected is not None and count != expected:
+        raise AssertionError(f"{count} results, the plain loop has {expected}")
+    return elapsed, cpu, count
+
+
+# -- profiling ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def profiled(directory: Path | None, label: str):
+    """Each kernel process (and a one-kernel run, in this process) writes a
+    cProfile of its run to `directory/label-kernel-N.prof` (`-caller.prof`).
+    It wraps the launcher's `uvloop.run`, which every kernel process calls
+    once. The clock is the process's CPU time, not the wall's: on a shared
+    machine a kernel waiting for a CPU would otherwise charge the wait to
+    whatever function it was in."""
+    if directory is None:
+        yield
+        return
+    import kernel._launcher as launcher
+
+    directory.mkdir(parents=True, exist_ok=True)
+    real = launcher.uvloop
+
+    class Profiled:
+        def run(self, main):
+            profile = cProfile.Profile(time.process_time)
+            profile.enable()
+            try:
+                return real.run(main)
+            finally:
+                profile.disable()
+                name = multiprocessing.current_process().name  # kernel-N
+                profile.dump_stats(directory / f"{label}-{name}.prof")
+
+    launcher.uvloop = Profiled()
+    in_process = cProfile.Profile(time.process_time)
+    in_process.enable()
+    try:
+        yield
+    finally:
+        in_process.disable()
+        launcher.uvloop = real
+        in_process.dump_stats(directory / f"{label}-caller.prof")
+
+
+def print_profiles(directory: Path, label: str, top: int) -> None:
+    for path in sorted(directory.glob(f"{label}-*.prof")):
+        print(f"\n--- {path.name}: top {top} by own time")
+        stats = pstats.Stats(str(path))
+        stats.sort_stats("tottime").print_stats(top)
+
+
+# -- the benchmark ----------------------------------------------------------------
+
+
+def measure(name: str, generator: Generator, cores_list: list[int], runs: int,
+            with_bytewax: bool, profile: Path | None) -> dict:
+    """Median wall and CPU seconds per engine (interleaved runs), and the
+    result count."""
+    expected = None
+    wall: dict[str, list[float]] = collections.defaultdict(list)
+    cpu: dict[str, list[float]] = collections.defaultdict(list)
+
+    def take(engine, fn):
+        nonlocal expected
+        elapsed, used, expected = timed(fn, expected)
+        wall[engine].append(elapsed)
+        cpu[engine].append(used)
+
+    for _ in range(runs):
+        take("plain", lambda: plain(name, generator))
+        for cores in cores_list:
+            with profiled(profile, f"{name}-{cores}k"):
+                take(f"ours{cores}", lambda c=cores: ours(name, generator, c))
+        if with_bytewax:
+            take("bytewax", lambda: bytewax(name, generator))
+    return {"wall": {engine: statistics.median(v) for engine, v in wall.items()},
+            "cpu": {engine: statistics.median(v) for engine, v in cpu.items()},
+            "results": expected}
+
+
+def rows_for(name: str, measured: dict, events: int, cores_list: list[int]) -> list:
+    rate = {engine: events / s for engine, s in measured["wall"].items()}
+    per_cpu = {engine: events / s for engine, s in measured["cpu"].items()}
+    row: list[object] = [name, measured["results"], rate["plain"]]
+    row += [rate[f"ours{c}"] / c for c in cores_list]
+    one = rate.get("ours1")
+    row += [f"{rate[f'ours{c}'] / one:.2f}x" if one else "" for c in cores_list if c > 1]
+    row += [per_cpu[f"ours{c}"] for c in cores_list]
+    first = f"ours{cores_list[0]}"
+    row.append(f"{rate[first] / rate['plain']:.0%}")
+    row.append(f"{rate[first] / rate['bytewax']:.1f}x" if "bytewax" in rate else "n/a")
+    row.append(rate.get("bytewax", float("nan")))
+    row.append(float(FLINK_PER_CORE[name]) if name in FLINK_PER_CORE else "not in its suite")
+    return row
+
+
+def header_for(cores_list: list[int]) -> list[str]:
+    first = cores_list[0]
+    return (["query", "results", "plain ev/s"]
+            + [f"ours {c}k ev/s/core" for c in cores_list]
+            + [f"{c}k vs 1k" for c in cores_list if c > 1]
+            + [f"ours {c}k ev/CPU-s" for c in cores_list]
+            + [f"ours {first}k vs plain", f"ours {first}k vs Bytewax", "Bytewax ev/s",
+               "Flink 1.13 ev/CPU-s"])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=None,
+                        help=f"events per run (default {DEFAULT_EVENTS:,})")
+    parser.add_argument("--rate", type=int, default=DEFAULT_RATE, help="events per second of event time")
+    parser.add_argument("--cores", default="1,2", help="kernel counts, comma-separated (default 1,2)")
+    parser.add_argument("--queries", default=",".join(queries.QUERIES), help="e.g. q0,q5")
+    parser.add_argument("--runs", type=int, default=None, help="runs per engine, medians (default 3)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few events, one run")
+    parser.add_argument("--no-bytewax", action="store_true", help="leave Bytewax out")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="write a cProfile per kernel and run to this directory, print the top")
+    args = parser.parse_args(argv)
+
+    events = args.events or (QUICK_EVENTS if args.quick else DEFAULT_EVENTS)
+    runs = args.runs or (1 if args.quick else 3)
+    cores_list = sorted({int(c) for c in args.cores.split(",")})
+    names = [n.strip() for n in args.queries.split(",")]
+    unknown = [n for n in names if n not in queries.QUERIES]
+    if unknown:
+        parser.error(f"unknown queries {unknown}; known: {', '.join(queries.QUERIES)}")
+    with_bytewax = bytewax_available() and not args.no_bytewax
+    generator = Generator(events, args.rate)
+
+    print(f"NEXMark: {events:,} events ({args.rate:,}/s of event time), kernels {cores_list}, "
+          f"median of {runs} run(s); {machine()}")
+    generating = statistics.median(timed(lambda: generate_only(generator), None)[0] for _ in range(runs))
+    print(f"the generator alone, in one process: {events / generating:,.0f} events/s")
+    if not with_bytewax:
+        print("Bytewax: not installed (pip install bytewax==0.21.1), or --no-bytewax")
+
+    rows = []
+    started = time.perf_counter()
+    for name in names:
+        measured = measure(name, generator, cores_list, runs, with_bytewax, args.profile)
+        rows.append(rows_for(name, measured, events, cores_list))
+        print(f"  {name}: done ({time.perf_counter() - started:.0f} s)", flush=True)
+        if args.profile:
+            for cores in cores_list:
+                print_profiles(args.profile, f"{name}-{cores}k", top=25)
+    print()
+    print(table("NEXMark, events/s (per core where it says so)", header_for(cores_list), rows))
+    print("\nFlink 1.13: nexmark/nexmark README, 100 M events on 3+ machines of 8 cores, parallelism 8,"
+          " RocksDB, exactly-once checkpoints; per core of measured CPU use. Not the same set-up:"
+          " beside ours for scale only.")
+
+
+if __name__ == "__main__":
+    main()
