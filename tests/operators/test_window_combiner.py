@@ -15,13 +15,13 @@ import math
 import time
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from test_windows import batch_sizes, by_window, keyed_values, members, source, streams
+from test_windows import batch_sizes, by_window, keyed_values, members, replay_per_kernel, source, streams
 
 import operators._windows as windows
 from kernel import Dataflow, TimedBatch, run
-from operators import EventTimeSource, Sliding, Source, Tumbling
+from operators import EventTimeSource, Sliding, Source, Tumbling, Window
 
 MODES = {
     "pre-aggregate": {"_PASS_ON_ABOVE": math.inf},
@@ -62,13 +62,53 @@ def test_every_mode_gives_the_brute_force_results(window, events, batch_size, co
         assert got["max"] == ({kw: max(v) for kw, v in values.items()}, 0), mode
 
 
+def expected_aggregates(window, events, batch_size, max_delay, cores):
+    """What `aggregates` must return, from the replay of each kernel's share."""
+    groups, late = replay_per_kernel(window, events, max_delay, batch_size, cores)
+    values = {kw: [events[i][2] for i in idx] for kw, idx in groups.items()}
+    n_late = sum(late)
+    return {
+        "count": ({kw: len(v) for kw, v in values.items()}, n_late),
+        "sum": ({kw: sum(v) for kw, v in values.items()}, n_late),
+        "max": ({kw: max(v) for kw, v in values.items()}, n_late),
+    }
+
+
 @settings(max_examples=15, deadline=None)
 @given(st.sampled_from(WINDOWS), streams(disorder=4.0, max_size=60), st.sampled_from([1, 3, 8]),
        st.sampled_from([0.0, 0.5]), st.sampled_from([2, 3]))
-def test_late_events_are_the_same_in_every_mode(window, events, batch_size, max_delay, cores):
-    reference = aggregates(window, events, batch_size, max_delay, cores, "pre-aggregate")
-    for mode in ("pass on", "switch every batch"):
-        assert aggregates(window, events, batch_size, max_delay, cores, mode) == reference, mode
+def test_late_events_in_every_mode_are_those_behind_their_own_kernels_watermark(
+        window, events, batch_size, max_delay, cores):
+    """Exact results and late counts on several kernels, in every mode,
+    against a replay of each kernel's share (record i is kernel i % cores'):
+    an event is late when its own kernel's watermark, after the batches
+    before it, has passed every window it belongs to."""
+    expected = expected_aggregates(window, events, batch_size, max_delay, cores)
+    for mode in MODES:
+        assert aggregates(window, events, batch_size, max_delay, cores, mode) == expected, mode
+    _, late = replay_per_kernel(window, events, max_delay, batch_size, cores)
+    event(f"kernels with late events: {len({i % cores for i, is_late in enumerate(late) if is_late})}")
+
+
+# Each kernel's share, in batches of one, with no delay allowed: kernel 0
+# reads t = 0.5, 2.5, 0.25, 3.5, 2.75 and kernel 1 t = 5.5, 1.5, 6.5, 5.25,
+# 7.5 (record i is kernel i % 2's). Behind their own kernel's watermark:
+# 0.25 (after 2.5) and 2.75 (after 3.5) on kernel 0, 1.5 (after 5.5) and
+# 5.25 (after 6.5) on kernel 1; 1.5 would be on time on kernel 0, 2.75 on
+# kernel 1. Values are powers of two, so a sum says which events it holds.
+_SHARES = ([0.5, 2.5, 0.25, 3.5, 2.75], [5.5, 1.5, 6.5, 5.25, 7.5])
+_INTERLEAVED = [t for pair in zip(*_SHARES) for t in pair]
+_TWO_SHARES = [("k", t, 2**i) for i, t in enumerate(_INTERLEAVED)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_kernel_drops_the_events_behind_its_own_watermark(mode):
+    got = aggregates(Tumbling(1.0), _TWO_SHARES, 1, 0.0, 2, mode)
+    late = {0.25, 2.75, 1.5, 5.25}
+    sums = {("k", Window(math.floor(t), math.floor(t) + 1.0)): v for _, t, v in _TWO_SHARES if t not in late}
+    assert got["sum"] == (sums, 4)
+    assert got["count"][1] == got["max"][1] == 4
+    assert expected_aggregates(Tumbling(1.0), _TWO_SHARES, 1, 0.0, 2) == got  # the replay agrees
 
 
 @pytest.mark.parametrize("keys, passing", [(10, False), (1000, True)])
