@@ -12,16 +12,26 @@ and switch back and forth every batch."""
 from __future__ import annotations
 
 import math
-import time
+import os
 
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from test_windows import batch_sizes, by_window, keyed_values, members, replay_per_kernel, source, streams
+from test_windows import (
+    Scripted,
+    SignalOnce,
+    batch_sizes,
+    by_window,
+    keyed_values,
+    members,
+    replay_per_kernel,
+    source,
+    streams,
+)
 
 import operators._windows as windows
 from kernel import Dataflow, TimedBatch, run
-from operators import EventTimeSource, Sliding, Source, Tumbling, Window
+from operators import EventTimeSource, Sliding, Tumbling, Window
 
 MODES = {
     "pre-aggregate": {"_PASS_ON_ABOVE": math.inf},
@@ -169,32 +179,6 @@ def test_window_merge_snapshot_counts_the_late_records_of_its_last_batch():
     assert op.on_epoch(1)["late"] == 2
 
 
-# Two kernels, each with its own share of a timed source, by the kernel's clock:
-# (seconds after the first poll, event or None for the end).
-_SCRIPT = {
-    0: [(0.0, ("k", 5.0)), (0.4, ("k", 7.0)), (0.5, None)],
-    1: [(0.0, ("k", 5.2)), (0.8, None)],  # then nothing: idle after ~0.05-0.1 s
-}
-
-
-class _Scripted(Source):
-    def open(self, context):
-        self.steps = list(_SCRIPT[context.index])
-        self.start = None
-
-    def poll(self):
-        now = time.monotonic()
-        if self.start is None:
-            self.start = now
-        while self.steps and self.steps[0][0] <= now - self.start:
-            _, event = self.steps.pop(0)
-            if event is None:
-                return False
-            self.emit([event])
-        self.context.kernel.call_later(self.steps[0][0] - (now - self.start) + 0.001, self.wake)
-        return None
-
-
 def test_a_kernel_whose_input_goes_idle_sends_its_partials_before_saying_so():
     """Kernel 1 reads ("k", 5.2) on time, then its source goes idle. Its
     partial half kept window [5, 6)'s partial until its own watermark passed
@@ -202,15 +186,34 @@ def test_a_kernel_whose_input_goes_idle_sends_its_partials_before_saying_so():
     kernel 0's watermark alone (count 1), and kernel 1's partial, sent at its
     end, was dropped as late. One core, and `collect()` of the same windows
     (no combiner), count both events. A partial half whose inputs all go
-    idle must send what it holds (partials merge at the owner) first."""
+    idle must send what it holds (partials merge at the owner) first.
+    Kernel 0 reads 5.0, then 7.0 once kernel 1 has gone idle; kernel 1 ends
+    once the count's [5, 6) has come out (pipes between them, no sleeps)."""
+    idle_read, idle_write = os.pipe()  # kernel 1's source went idle
+    out_read, out_write = os.pipe()  # the count emitted a window
+    for fd in (idle_read, out_read):
+        os.set_blocking(fd, False)
+    scripts = {
+        0: [("emit", [("k", 5.0)]), ("wait", idle_read, 1), ("emit", [("k", 7.0)])],
+        1: [("emit", [("k", 5.2)]), ("wait", out_read, 1)],
+    }
+
+    def scripted():
+        return EventTimeSource(Scripted(scripts), timestamp=lambda e: e[1], idle_timeout=0.05)
+
     flow = Dataflow()
-    stream = flow.source(lambda: EventTimeSource(_Scripted(), timestamp=lambda e: e[1], idle_timeout=0.05),
-                         name="scripted")
+    stream = flow.source(scripted, name="scripted").apply(
+        lambda: SignalOnce(idle_write, "idle", kernel=1), name="idle probe")
     windowed = stream.key_by(lambda e: e[0]).window(Tumbling(1.0))
     counts = windowed.count()
+    counts.apply(lambda: SignalOnce(out_write, "batch"), name="output probe")
     counted = counts.collect()
     collected = windowed.collect().collect()
-    run(flow, cores=2)
+    try:
+        run(flow, cores=2)
+    finally:
+        for fd in (idle_read, idle_write, out_read, out_write):
+            os.close(fd)
     assert sorted((k, w.start, len(v)) for k, w, v in collected.items) == [("k", 5.0, 2), ("k", 7.0, 1)]
     assert sorted((k, w.start, n) for k, w, n in counted.items) == [("k", 5.0, 2), ("k", 7.0, 1)]
     assert counts.late_count.value == 0

@@ -440,7 +440,7 @@ def test_late_events_two_kernels_come_out_once_and_only_from_behind_their_kernel
     event(f"late events: {'some' if late else 'none'}")
 
 
-class _Scripted(Source):
+class Scripted(Source):
     """One kernel's script: ("emit", records) emits one batch (its watermark
     moves after it); ("wait", fd, n) waits until n bytes came on a pipe
     (woken by the loop, failing after 10 s); ("signal", fd) writes a byte."""
@@ -485,16 +485,17 @@ class _Scripted(Source):
         return False
 
 
-class _SignalOnce(Operator):
-    """Writes a byte to `fd` at its first batch (`on="batch"`) or once its
-    watermark reaches `at` (`on="watermark"`): lets a scripted source wait
-    until an operator downstream has seen something."""
+class SignalOnce(Operator):
+    """Passes its batches on, and writes a byte to `fd` once: at its first
+    batch (`on="batch"`), once its watermark reaches `at` (`on="watermark"`),
+    or when its inputs all go idle (`on="idle"`); only on kernel `kernel`
+    if given. Lets a scripted source wait until an operator has seen that."""
 
-    def __init__(self, fd, on, at=None):
-        self.fd, self.on, self.at = fd, on, at
+    def __init__(self, fd, on, at=None, kernel=None):
+        self.fd, self.on, self.at, self.kernel = fd, on, at, kernel
 
     def open(self, context):
-        self.told = False
+        self.told = self.kernel is not None and context.index != self.kernel
 
     def _tell(self):
         if not self.told:
@@ -502,11 +503,16 @@ class _SignalOnce(Operator):
             os.write(self.fd, b"s")
 
     def on_batch(self, port, batch):
+        self.emit(batch)
         if self.on == "batch":
             self._tell()
 
     def on_watermark(self, watermark):
         if self.on == "watermark" and watermark >= self.at:
+            self._tell()
+
+    def on_idle(self):
+        if self.on == "idle":
             self._tell()
 
 
@@ -539,14 +545,14 @@ def test_which_events_are_late_on_two_kernels(combiner):
     }
     flow = Dataflow()
     def scripted():
-        return EventTimeSource(_Scripted(scripts), timestamp=lambda e: e[1])
+        return EventTimeSource(Scripted(scripts), timestamp=lambda e: e[1])
 
     stream = flow.source(scripted, name="scripted")
     windowed = keyed_values(stream).window(Tumbling(1.0), late=not combiner)
     sums = windowed.sum()
-    sums.apply(lambda: _SignalOnce(gate_write, "watermark", 6.0), name="gate")
+    sums.apply(lambda: SignalOnce(gate_write, "watermark", 6.0), name="gate")
     if not combiner:
-        sums.late.apply(lambda: _SignalOnce(go_write, "batch"), name="go")
+        sums.late.apply(lambda: SignalOnce(go_write, "batch"), name="go")
         late_out = sums.late.collect()
     out = sums.collect()
     try:
