@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
-import time
+import os
 
 import pytest
 
@@ -225,33 +225,58 @@ async def test_an_idle_source_does_not_hold_back_the_windows_of_another():
     assert emitted[0][1].end == 5.0 and emitted[0][2] == 5
 
 
-def test_an_idle_kernel_does_not_hold_back_the_windows_of_another(tmp_path):
+async def take_a_byte(fd: int, timeout: float) -> bool:
+    """Read one byte of a non-blocking pipe shared by several processes,
+    waiting (on the event loop) up to `timeout` seconds for one to come."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            return os.read(fd, 1) == b"w"
+        except BlockingIOError:
+            pass
+        readable = loop.create_future()
+        loop.add_reader(fd, lambda done=readable: done.done() or done.set_result(None))
+        try:
+            await asyncio.wait_for(readable, max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            return False
+        finally:
+            loop.remove_reader(fd)
+
+
+def test_an_idle_kernel_does_not_hold_back_the_windows_of_another():
     """On two kernels, kernel 1 gets no events at all (every record of the
-    source is kernel 0's share); kernel 0's windows close anyway, long
-    before the sources end."""
-    log = tmp_path / "log"
+    source is kernel 0's share); kernel 0's windows close anyway, while the
+    sources are still open: each source, after its last event, waits for a
+    window to come out (the sink writes to a pipe) before it ends."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
 
     async def events():
         for t in range(0, 20, 2):
             yield ("k", float(t))  # position i -> kernel i % 2: kernel 0 gets even positions
             yield None  # kernel 1's share: dropped below
-        await asyncio.sleep(1.5)
-        with open(log, "a") as f:
-            f.write(f"source done {time.time()}\n")
+        if not await take_a_byte(read_end, timeout=5.0):
+            yield ("timed out", 100.0)  # no window came out while the sources were open
 
     def note(result):
-        with open(log, "a") as f:
-            f.write(f"window {time.time()}\n")
+        os.write(write_end, b"ww")  # one byte for each kernel's source
 
     flow = Dataflow()
-    (flow.from_async_iterable(events, timestamp=lambda e: e[1] if e else 0.0, idle_timeout=0.1)
-         .filter(lambda e: e is not None)
-         .key_by(lambda e: e[0]).window(Tumbling(4.0)).count().sink(note))
-    run(flow, cores=2)
-    lines = log.read_text().splitlines()
-    first_window = min(float(line.split()[1]) for line in lines if line.startswith("window"))
-    source_done = min(float(line.split()[2]) for line in lines if line.startswith("source done"))
-    assert first_window < source_done - 0.5
+    windows = (flow.from_async_iterable(events, timestamp=lambda e: e[1] if e else 0.0, idle_timeout=0.1)
+                   .filter(lambda e: e is not None)
+                   .key_by(lambda e: e[0]).window(Tumbling(4.0)).count())
+    windows.sink(note)
+    out = windows.collect()
+    try:
+        run(flow, cores=2)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    got = sorted((key, w.start, n) for key, w, n in out.items)
+    assert got == [("k", float(t), 2) for t in range(0, 20, 4)]
+    assert windows.late_count.value == 0
 
 
 async def test_a_processing_time_timer_that_raises_fails_the_run():

@@ -678,19 +678,39 @@ async def test_cancelling_run_async_stops_its_kernel_processes():
     """An application that cancels `await run_async(flow, cores=2)` (a
     timeout, a shutdown) gets its cancellation, and no kernel runs on: the
     launcher thread is told, kills its kernels and returns (no_leaks checks
-    that no child process is left)."""
+    that no child process is left). Cancelled once both kernels are reading
+    (each says so on a pipe), not after a fixed wait."""
+    running_r, running_w = os.pipe()
 
     async def forever():
+        os.write(running_w, b"r")
         while True:
             yield 1
             await asyncio.sleep(0.001)
 
     flow = Dataflow("endless")
     flow.from_async_iterable(forever).key_by(lambda n: n).count().collect()
-    started = time.monotonic()
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(run_async(flow, cores=2), 1.5)
-    assert time.monotonic() - started < 10
+    loop = asyncio.get_running_loop()
+    both_running = loop.create_future()
+    said = bytearray()
+
+    def on_running():
+        said.extend(os.read(running_r, 2))
+        if len(said) == 2 and not both_running.done():
+            both_running.set_result(None)
+
+    loop.add_reader(running_r, on_running)
+    run_task = asyncio.create_task(run_async(flow, cores=2))
+    try:
+        await asyncio.wait_for(both_running, 20)
+        run_task.cancel()
+        done, _ = await asyncio.wait({run_task}, timeout=10)
+        assert done == {run_task}, "run_async did not end within 10 s of its cancellation"
+        assert run_task.cancelled()
+    finally:
+        loop.remove_reader(running_r)
+        os.close(running_r)
+        os.close(running_w)
 
 
 @pytest.mark.parametrize("cores", [2, 3])

@@ -40,16 +40,6 @@ def pid_alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
 
 
-def pid_running(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie (an orphan's zombie waits
-    for whoever adopted it; it runs nothing)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 # -- a registry of kernel pids in shared memory -----------------------------------
 
 
@@ -428,19 +418,40 @@ def test_ctrl_c_stops_every_kernel(tmp_path, whole_group):
     assert not {n for n in shm_names() - shm_before if f"-{proc.pid}-" in n}
 
 
+def wait_for_exit(pids, timeout: float) -> list[int]:
+    """Wait until every pid has exited (a pidfd becomes readable when its
+    process ends, parent or not); returns those still running at the timeout."""
+    fds = {}
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            fds[os.pidfd_open(pid)] = pid
+    deadline = time.monotonic() + timeout
+    try:
+        waiting = set(fds)
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select(list(waiting), [], [], left)
+            waiting -= set(ready)
+        return sorted(fds[fd] for fd in waiting)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def test_kernels_do_not_outlive_a_killed_launcher(tmp_path):
     """SIGKILL (or the OOM killer) on the launcher leaves no handler to run:
     the kernels must notice that their parent is gone and stop, or they spin
-    on their cores forever as orphans."""
+    on their cores forever as orphans. Nothing of it may stay in /dev/shm
+    either: no clean-up of the launcher's runs, so its rings must have been
+    unlinked before the kernels were forked (mapped, nameless)."""
     path = write(tmp_path, "forever.py", INFINITE)
     with started_pipeline(path) as (proc, kernel_pids):
-        os.kill(proc.pid, signal.SIGKILL)
+        launcher = proc.pid
+        os.kill(launcher, signal.SIGKILL)
         proc.wait(timeout=PROMPTLY)
-        deadline = time.monotonic() + 5.0
-        while any(pid_running(pid) for pid in kernel_pids) and time.monotonic() < deadline:
-            time.sleep(0.05)  # not our children: nothing to wait on but /proc
-        survivors = [pid for pid in kernel_pids if pid_running(pid)]
+        survivors = wait_for_exit(kernel_pids, 5.0)
         assert survivors == [], "kernels still running 5 s after their launcher died"
+    left = sorted(n for n in shm_names() if f"-{launcher}-" in n)
+    assert left == [], f"the killed launcher's segments stayed in /dev/shm: {left}"
 
 
 WORDS = """\

@@ -7,7 +7,7 @@ import os
 from collections import deque
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from net import shm
@@ -150,63 +150,119 @@ def _push_some_way(r: SpscRing, frame: bytes, counter: int) -> bool:
     return r.push2(frame[:cut], body)
 
 
-@settings(max_examples=200, deadline=None)
+class RingModel:
+    """The ring's byte accounting, written from its documented layout: a
+    frame takes an 8-byte length word plus its payload, padded to 8 bytes; a
+    frame that would cross the end of the data area is preceded by a wrap
+    marker that fills the rest of it and starts at offset 0. `tail` and
+    `head` count bytes produced and released; a push fits when the wrap gap
+    and the frame fit in `capacity - (tail - head)`. A push that does not
+    fit still publishes its wrap marker when the gap alone fits (so the frame
+    can start at 0 as soon as the consumer drains). A popped frame's space
+    is released at once when it is copied out, else at the next pop."""
+
+    def __init__(self, capacity: int, copy_max: int) -> None:
+        self.capacity, self.copy_max = capacity, copy_max
+        self.tail = self.head = 0
+        self.pending = 0  # space of the frame the last pop returned as a view
+        self.queue: deque = deque()  # ("wrap", gap) and ("frame", bytes), oldest first
+
+    def push(self, frame: bytes) -> bool:
+        need = 8 + (len(frame) + 7) // 8 * 8
+        offset = self.tail % self.capacity
+        gap = self.capacity - offset if offset + need > self.capacity else 0
+        free = self.capacity - (self.tail - self.head)
+        if gap + need > free:
+            if gap and gap <= free:
+                self.queue.append(("wrap", gap))
+                self.tail += gap
+            return False
+        if gap:
+            self.queue.append(("wrap", gap))
+            self.tail += gap
+        self.queue.append(("frame", frame))
+        self.tail += need
+        return True
+
+    def pop(self) -> bytes | None:
+        self.head += self.pending
+        self.pending = 0
+        if self.queue and self.queue[0][0] == "wrap":
+            self.head += self.queue.popleft()[1]
+        if not self.queue:
+            return None
+        _, frame = self.queue.popleft()
+        need = 8 + (len(frame) + 7) // 8 * 8
+        if len(frame) <= self.copy_max:
+            self.head += need
+        else:
+            self.pending = need
+        return frame
+
+
+@settings(max_examples=300, deadline=None)
 @given(ops=operations, capacity=st.sampled_from([64, 128, 256]), copy_max=st.sampled_from([0, 24, 512]))
 def test_ring_behaves_like_a_bounded_deque(ops, capacity, copy_max):
-    """Every push the ring accepts comes out once, in order, intact; a push
-    is refused only when the bytes really do not fit. `copy_max`: pop copies
-    frames up to that size out as bytes, and gives larger ones as views."""
+    """Every push the ring accepts comes out once, in order, intact, and a
+    push is refused exactly when the model's byte accounting says it does not
+    fit (frame header, padding, wrap marker): a wrongly refused push fails,
+    as does a wrongly accepted one. `copy_max`: pop copies frames up to that
+    size out as bytes, and gives larger ones as views."""
     saved, shm._COPY_MAX = shm._COPY_MAX, copy_max  # per example, not per test
     r = SpscRing.create(capacity)
-    model: deque[bytes] = deque()
-    held = 0  # the last popped frame keeps its space until the next pop
+    model = RingModel(r.capacity, copy_max)
     # what the last pop returned, with the bytes it must still hold
     views: list[tuple[memoryview, bytes]] = []
-    counter = 0
+    counter = refused = 0
     try:
         for op, size in ops:
             if op == "push":
-                need = (size + 15) & ~7
-                if need > r.capacity:
-                    continue
+                if 8 + (size + 7) // 8 * 8 > r.capacity:
+                    continue  # an error, not a refusal: test_oversized_frame_is_an_error_not_a_hang
                 counter += 1
                 frame = bytes(range(counter % 200, counter % 200 + 50)) * (size // 50) + b"x" * (size % 50)
-                if _push_some_way(r, frame, counter):
-                    model.append(frame)
-                    continue
-                # Refused only when the bytes do not fit: what is queued, the
-                # frame, and at most one wrap gap (shorter than a frame).
-                queued = sum((len(f) + 15) & ~7 for f in model) + held
-                assert queued + need + 128 > r.capacity
-                if not model:
-                    # A drained ring takes any frame once the consumer has
-                    # stepped over a pending wrap marker.
-                    assert r.pop() is None
-                    held, views = 0, []
-                    assert r.push(frame)
-                    model.append(frame)
-                continue
-            # Pushes since the last pop did not write over what it returned.
-            for view, expected in views:
-                assert bytes(view) == expected
-            views = []
-            got = r.pop()
-            if model:
-                frame = model.popleft()
-                assert got is not None and bytes(got) == frame
-                views.append((got, frame))
-                assert isinstance(got, bytes) == (len(frame) <= copy_max)
-                held = 0 if len(frame) <= copy_max else (len(frame) + 15) & ~7
+                before = f"push of {size} bytes at tail {model.tail}, head {model.head}"
+                fits = model.push(frame)
+                assert _push_some_way(r, frame, counter) == fits, (
+                    f"{before}: the model says {'it fits' if fits else 'it does not fit'}")
+                refused += not fits
             else:
-                assert got is None
-                held = 0
-        while model:
-            assert bytes(r.pop()) == model.popleft()
+                # Pushes since the last pop did not write over what it returned.
+                for view, expected in views:
+                    assert bytes(view) == expected
+                views = []
+                got, expected = r.pop(), model.pop()
+                if expected is None:
+                    assert got is None
+                else:
+                    assert got is not None and bytes(got) == expected
+                    views.append((got, expected))
+                    assert isinstance(got, bytes) == (len(expected) <= copy_max)
+            assert r.used_bytes() == model.tail - model.head
+        while (expected := model.pop()) is not None:
+            assert bytes(r.pop()) == expected
         assert r.pop() is None
+        event(f"refused pushes: {'some' if refused else 'none'}")
     finally:
         shm._COPY_MAX = saved
         r.close()
         r.unlink()
+
+
+def test_the_ring_model_refuses_and_wraps_where_the_layout_says():
+    """The model itself, by hand, on a 64-byte ring: frames of 8 + 24 bytes."""
+    model = RingModel(64, 512)
+    assert model.push(b"a" * 24) and model.push(b"b" * 24)  # 32 + 32: full
+    assert not model.push(b"")  # 8 bytes do not fit in 0
+    assert model.pop() == b"a" * 24
+    assert not model.push(b"c" * 32)  # 40 bytes: the 32 free are at offset 0
+    assert model.push(b"c" * 24)  # 32 bytes from offset 0, no wrap needed
+    assert model.pop() == b"b" * 24 and model.pop() == b"c" * 24
+    assert (model.tail, model.head) == (96, 96)  # offset 32
+    assert not model.push(b"d" * 40)  # 48 bytes cross the end: a 32-byte wrap gap, then 48 > 32
+    assert model.tail == 128  # the wrap marker went in anyway
+    assert model.pop() is None  # the consumer steps over it
+    assert model.push(b"d" * 40)
 
 
 def _consume(name: str, count: int, result) -> None:

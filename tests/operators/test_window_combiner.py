@@ -12,16 +12,26 @@ and switch back and forth every batch."""
 from __future__ import annotations
 
 import math
-import time
+import os
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from test_windows import batch_sizes, by_window, keyed_values, members, source, streams
+from test_windows import (
+    Scripted,
+    SignalOnce,
+    batch_sizes,
+    by_window,
+    keyed_values,
+    members,
+    replay_per_kernel,
+    source,
+    streams,
+)
 
 import operators._windows as windows
 from kernel import Dataflow, TimedBatch, run
-from operators import EventTimeSource, Sliding, Source, Tumbling
+from operators import EventTimeSource, Sliding, Tumbling, Window
 
 MODES = {
     "pre-aggregate": {"_PASS_ON_ABOVE": math.inf},
@@ -62,13 +72,53 @@ def test_every_mode_gives_the_brute_force_results(window, events, batch_size, co
         assert got["max"] == ({kw: max(v) for kw, v in values.items()}, 0), mode
 
 
+def expected_aggregates(window, events, batch_size, max_delay, cores):
+    """What `aggregates` must return, from the replay of each kernel's share."""
+    groups, late = replay_per_kernel(window, events, max_delay, batch_size, cores)
+    values = {kw: [events[i][2] for i in idx] for kw, idx in groups.items()}
+    n_late = sum(late)
+    return {
+        "count": ({kw: len(v) for kw, v in values.items()}, n_late),
+        "sum": ({kw: sum(v) for kw, v in values.items()}, n_late),
+        "max": ({kw: max(v) for kw, v in values.items()}, n_late),
+    }
+
+
 @settings(max_examples=15, deadline=None)
 @given(st.sampled_from(WINDOWS), streams(disorder=4.0, max_size=60), st.sampled_from([1, 3, 8]),
        st.sampled_from([0.0, 0.5]), st.sampled_from([2, 3]))
-def test_late_events_are_the_same_in_every_mode(window, events, batch_size, max_delay, cores):
-    reference = aggregates(window, events, batch_size, max_delay, cores, "pre-aggregate")
-    for mode in ("pass on", "switch every batch"):
-        assert aggregates(window, events, batch_size, max_delay, cores, mode) == reference, mode
+def test_late_events_in_every_mode_are_those_behind_their_own_kernels_watermark(
+        window, events, batch_size, max_delay, cores):
+    """Exact results and late counts on several kernels, in every mode,
+    against a replay of each kernel's share (record i is kernel i % cores'):
+    an event is late when its own kernel's watermark, after the batches
+    before it, has passed every window it belongs to."""
+    expected = expected_aggregates(window, events, batch_size, max_delay, cores)
+    for mode in MODES:
+        assert aggregates(window, events, batch_size, max_delay, cores, mode) == expected, mode
+    _, late = replay_per_kernel(window, events, max_delay, batch_size, cores)
+    event(f"kernels with late events: {len({i % cores for i, is_late in enumerate(late) if is_late})}")
+
+
+# Each kernel's share, in batches of one, with no delay allowed: kernel 0
+# reads t = 0.5, 2.5, 0.25, 3.5, 2.75 and kernel 1 t = 5.5, 1.5, 6.5, 5.25,
+# 7.5 (record i is kernel i % 2's). Behind their own kernel's watermark:
+# 0.25 (after 2.5) and 2.75 (after 3.5) on kernel 0, 1.5 (after 5.5) and
+# 5.25 (after 6.5) on kernel 1; 1.5 would be on time on kernel 0, 2.75 on
+# kernel 1. Values are powers of two, so a sum says which events it holds.
+_SHARES = ([0.5, 2.5, 0.25, 3.5, 2.75], [5.5, 1.5, 6.5, 5.25, 7.5])
+_INTERLEAVED = [t for pair in zip(*_SHARES) for t in pair]
+_TWO_SHARES = [("k", t, 2**i) for i, t in enumerate(_INTERLEAVED)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_kernel_drops_the_events_behind_its_own_watermark(mode):
+    got = aggregates(Tumbling(1.0), _TWO_SHARES, 1, 0.0, 2, mode)
+    late = {0.25, 2.75, 1.5, 5.25}
+    sums = {("k", Window(math.floor(t), math.floor(t) + 1.0)): v for _, t, v in _TWO_SHARES if t not in late}
+    assert got["sum"] == (sums, 4)
+    assert got["count"][1] == got["max"][1] == 4
+    assert expected_aggregates(Tumbling(1.0), _TWO_SHARES, 1, 0.0, 2) == got  # the replay agrees
 
 
 @pytest.mark.parametrize("keys, passing", [(10, False), (1000, True)])
@@ -129,32 +179,6 @@ def test_window_merge_snapshot_counts_the_late_records_of_its_last_batch():
     assert op.on_epoch(1)["late"] == 2
 
 
-# Two kernels, each with its own share of a timed source, by the kernel's clock:
-# (seconds after the first poll, event or None for the end).
-_SCRIPT = {
-    0: [(0.0, ("k", 5.0)), (0.4, ("k", 7.0)), (0.5, None)],
-    1: [(0.0, ("k", 5.2)), (0.8, None)],  # then nothing: idle after ~0.05-0.1 s
-}
-
-
-class _Scripted(Source):
-    def open(self, context):
-        self.steps = list(_SCRIPT[context.index])
-        self.start = None
-
-    def poll(self):
-        now = time.monotonic()
-        if self.start is None:
-            self.start = now
-        while self.steps and self.steps[0][0] <= now - self.start:
-            _, event = self.steps.pop(0)
-            if event is None:
-                return False
-            self.emit([event])
-        self.context.kernel.call_later(self.steps[0][0] - (now - self.start) + 0.001, self.wake)
-        return None
-
-
 def test_a_kernel_whose_input_goes_idle_sends_its_partials_before_saying_so():
     """Kernel 1 reads ("k", 5.2) on time, then its source goes idle. Its
     partial half kept window [5, 6)'s partial until its own watermark passed
@@ -162,15 +186,34 @@ def test_a_kernel_whose_input_goes_idle_sends_its_partials_before_saying_so():
     kernel 0's watermark alone (count 1), and kernel 1's partial, sent at its
     end, was dropped as late. One core, and `collect()` of the same windows
     (no combiner), count both events. A partial half whose inputs all go
-    idle must send what it holds (partials merge at the owner) first."""
+    idle must send what it holds (partials merge at the owner) first.
+    Kernel 0 reads 5.0, then 7.0 once kernel 1 has gone idle; kernel 1 ends
+    once the count's [5, 6) has come out (pipes between them, no sleeps)."""
+    idle_read, idle_write = os.pipe()  # kernel 1's source went idle
+    out_read, out_write = os.pipe()  # the count emitted a window
+    for fd in (idle_read, out_read):
+        os.set_blocking(fd, False)
+    scripts = {
+        0: [("emit", [("k", 5.0)]), ("wait", idle_read, 1), ("emit", [("k", 7.0)])],
+        1: [("emit", [("k", 5.2)]), ("wait", out_read, 1)],
+    }
+
+    def scripted():
+        return EventTimeSource(Scripted(scripts), timestamp=lambda e: e[1], idle_timeout=0.05)
+
     flow = Dataflow()
-    stream = flow.source(lambda: EventTimeSource(_Scripted(), timestamp=lambda e: e[1], idle_timeout=0.05),
-                         name="scripted")
+    stream = flow.source(scripted, name="scripted").apply(
+        lambda: SignalOnce(idle_write, "idle", kernel=1), name="idle probe")
     windowed = stream.key_by(lambda e: e[0]).window(Tumbling(1.0))
     counts = windowed.count()
+    counts.apply(lambda: SignalOnce(out_write, "batch"), name="output probe")
     counted = counts.collect()
     collected = windowed.collect().collect()
-    run(flow, cores=2)
+    try:
+        run(flow, cores=2)
+    finally:
+        for fd in (idle_read, idle_write, out_read, out_write):
+            os.close(fd)
     assert sorted((k, w.start, len(v)) for k, w, v in collected.items) == [("k", 5.0, 2), ("k", 7.0, 1)]
     assert sorted((k, w.start, n) for k, w, n in counted.items) == [("k", 5.0, 2), ("k", 7.0, 1)]
     assert counts.late_count.value == 0

@@ -198,13 +198,32 @@ def test_late_events_are_dropped_counted_and_can_be_routed(events, window, batch
 
 
 @TWO_CORES
-@given(event_streams(max_delay=4.0), st.sampled_from([1, 3]))
-def test_on_two_kernels_every_event_is_counted_or_late(events, batch_size):
+@given(event_streams(max_delay=4.0), st.sampled_from([Tumbling(1.0), Sliding(2.0, 0.5)]),
+       st.sampled_from([1, 3]))
+def test_on_two_kernels_each_kernel_drops_what_is_behind_its_own_watermark(events, window, batch_size):
+    """A windowed count() pre-aggregates per kernel (README, "Pre-aggregation"):
+    an event is late when its own kernel's watermark (record i is kernel
+    i % 2's) had passed every window of it before its batch; the others
+    count in each of their windows that was still open there."""
+    late = [False] * len(events)
+    open_windows: Counter = Counter()  # (key, window) -> events counted in it
+    for kernel in (0, 1):
+        share = list(range(kernel, len(events), 2))
+        flags = replay_lateness(window, [events[i] for i in share], 0.0, batch_size)
+        for position, (i, is_late) in enumerate(zip(share, flags)):
+            late[i] = is_late
+            key, t, _v = events[i]
+            # what the kernel's watermark was before this event's batch
+            before = [events[j][1] for j in share[: position - position % batch_size]]
+            watermark = max(before, default=-math.inf)
+            open_windows.update((key, w) for w in windows_of(window, t) if w.end > watermark)
     flow = Dataflow()
-    counts = build(flow, events, 0.0, batch_size).window(Tumbling(1.0)).count()
+    windowed = build(flow, events, 0.0, batch_size).window(window)
+    counts = windowed.count()
     out = counts.collect()
     run(flow, cores=2)
-    assert sum(n for _k, _w, n in out.items) + counts.late_count.value == len(events)
+    assert as_dict(out.items) == dict(open_windows)
+    assert counts.late_count.value == sum(late)
 
 
 # -- joins ----------------------------------------------------------------------------------

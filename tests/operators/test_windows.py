@@ -20,14 +20,16 @@ import datetime as dt
 import json
 import math
 import operator
+import os
+import time
 from collections import Counter, defaultdict
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from kernel import Dataflow, KernelError, run
-from operators import Session, Sliding, Tumbling, Window
+from kernel import Dataflow, KernelError, Operator, Source, run
+from operators import EventTimeSource, Session, Sliding, Tumbling, Window
 
 ONE = settings(max_examples=60, deadline=None)
 TWO = settings(max_examples=20, deadline=None)
@@ -320,6 +322,24 @@ def replay(window, events, max_delay, batch_size):
     return dict(results), late
 
 
+def replay_per_kernel(window, events, max_delay, batch_size, kernels):
+    """`replay` for each kernel's share on its own (record i is kernel
+    i % kernels'), its results merged: what a windowed count, sum or reduce
+    with its combiner computes, where each kernel decides which of its
+    events are late by its own batches and watermark. Returns
+    ({(key, window): [indices]}, late flags), indices into `events`."""
+    results: dict[tuple, list[int]] = defaultdict(list)
+    late = [False] * len(events)
+    for kernel in range(kernels):
+        share = list(range(kernel, len(events), kernels))
+        got, flags = replay(window, [events[i] for i in share], max_delay, batch_size)
+        for kw, indices in got.items():
+            results[kw].extend(share[i] for i in indices)
+        for i, is_late in zip(share, flags):
+            late[i] = is_late
+    return dict(results), late
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     st.sampled_from([*TUMBLINGS, *SLIDINGS, *SESSIONS]),
@@ -382,21 +402,172 @@ def test_late_sliding_event_still_counts_in_its_open_windows():
 
 @TWO
 @given(
-    st.sampled_from([Tumbling(1.0), Tumbling(0.25), Session(0.5), Session(2.0)]),
-    streams(disorder=4.0),
+    st.sampled_from([Tumbling(1.0), Tumbling(0.25), Sliding(2.0, 0.5), Session(0.5), Session(2.0)]),
+    streams(disorder=4.0, max_size=60),
     st.sampled_from([1, 3, 8]),
     st.sampled_from([0.0, 0.5]),
 )
-def test_late_events_two_kernels_conserve_counts(window, events, batch_size, max_delay):
+def test_late_events_two_kernels_come_out_once_and_only_from_behind_their_kernels_watermark(
+        window, events, batch_size, max_delay):
+    """With `late=True` (no combiner) the key's owner decides, by its
+    watermark: the minimum over both kernels. Which of the events behind
+    their own kernel's watermark are late then depends on how far the other
+    kernel has got (see the scripted test below for exact cases); but an
+    event on time on its own kernel is never late (that kernel's watermark
+    reaches the owner after it), every late event comes out of `.late`
+    once, and every other one is in its windows: for tumbling windows,
+    exactly the brute-force windows of the events that were not late."""
+    events = [(key, t, i) for i, (key, t, _) in enumerate(events)]  # a value says which event it is
     flow = Dataflow()
-    ev = source(flow, events, max_delay=max_delay, batch_size=batch_size)
-    counts = keyed_values(ev).window(window, late=True).count()
-    out, late_out = counts.collect(), counts.late.collect()
+    windowed = keyed_values(source(flow, events, max_delay=max_delay, batch_size=batch_size))
+    collected = windowed.window(window, late=True).collect()
+    out, late_out = collected.collect(), collected.late.collect()
     run(flow, cores=2)
-    by_window(out.items)
-    assert sum(n for _, _, n in out.items) + counts.late_count.value == len(events)
-    assert len(late_out.items) == counts.late_count.value
-    assert Counter(late_out.items) <= Counter((k, v) for k, _, v in events)
+    late = sorted(i for _, i in late_out.items)
+    assert len(late) == len(set(late)) == collected.late_count.value
+    assert all(events[i][0] == key for key, i in late_out.items)
+    _, behind_their_own = replay_per_kernel(window, events, max_delay, batch_size, 2)
+    assert set(late) <= {i for i, behind in enumerate(behind_their_own) if behind}
+    results = by_window(out.items)
+    counted = {i for values in results.values() for i in values}
+    assert counted | set(late) == set(range(len(events)))
+    if isinstance(window, Tumbling):
+        on_time = [e if i not in late else None for i, e in enumerate(events)]
+        expected = members(window, [e for e in on_time if e is not None])
+        kept = [i for i, e in enumerate(on_time) if e is not None]
+        assert {kw: sorted(values) for kw, values in results.items()} == {
+            kw: sorted(kept[j] for j in idx) for kw, idx in expected.items()}
+    event(f"late events: {'some' if late else 'none'}")
+
+
+class Scripted(Source):
+    """One kernel's script: ("emit", records) emits one batch (its watermark
+    moves after it); ("wait", fd, n) waits until n bytes came on a pipe
+    (woken by the loop, failing after 10 s); ("signal", fd) writes a byte."""
+
+    def __init__(self, scripts):
+        self.scripts = scripts
+
+    def open(self, context):
+        self.steps = list(self.scripts[context.index])
+        self.deadline = None
+
+    def poll(self):
+        while self.steps:
+            step = self.steps[0]
+            if step[0] == "emit":
+                self.steps.pop(0)
+                self.emit(list(step[1]))
+                return True
+            if step[0] == "signal":
+                self.steps.pop(0)
+                os.write(step[1], b"s")
+                continue
+            _, fd, wanted = step
+            try:
+                got = len(os.read(fd, wanted))
+            except BlockingIOError:
+                got = 0
+            loop = self.context.kernel.loop
+            if got == wanted:
+                loop.remove_reader(fd)
+                self.steps.pop(0)
+                self.deadline = None
+                continue
+            self.steps[0] = ("wait", fd, wanted - got)
+            if self.deadline is None:
+                self.deadline = time.monotonic() + 10.0
+                loop.add_reader(fd, self.wake)
+                self.context.kernel.call_later(10.0, self.wake)
+            elif time.monotonic() > self.deadline:
+                raise RuntimeError(f"kernel {self.context.index}: no signal on fd {fd} in 10 s")
+            return None
+        return False
+
+
+class SignalOnce(Operator):
+    """Passes its batches on, and writes a byte to `fd` once: at its first
+    batch (`on="batch"`), once its watermark reaches `at` (`on="watermark"`),
+    or when its inputs all go idle (`on="idle"`); only on kernel `kernel`
+    if given. Lets a scripted source wait until an operator has seen that."""
+
+    def __init__(self, fd, on, at=None, kernel=None):
+        self.fd, self.on, self.at, self.kernel = fd, on, at, kernel
+
+    def open(self, context):
+        self.told = self.kernel is not None and context.index != self.kernel
+
+    def _tell(self):
+        if not self.told:
+            self.told = True
+            os.write(self.fd, b"s")
+
+    def on_batch(self, port, batch):
+        self.emit(batch)
+        if self.on == "batch":
+            self._tell()
+
+    def on_watermark(self, watermark):
+        if self.on == "watermark" and watermark >= self.at:
+            self._tell()
+
+    def on_idle(self):
+        if self.on == "idle":
+            self._tell()
+
+
+# (t, value) of a scripted run on two kernels; a value says which event it is.
+_VALUE = {10.0: 1, 0.5: 2, 5.5: 4, 6.5: 8, 9.5: 16, 6.0: 32, 5.75: 64, 6.25: 128}
+
+
+@pytest.mark.parametrize("combiner", [False, True], ids=["owner decides", "combiner"])
+def test_which_events_are_late_on_two_kernels(combiner):
+    """Kernel 1 reads 6.0 (watermark 6), kernel 0 reads 10.0 (watermark
+    10). Once the window's watermark is 6 on both kernels, kernel 0 reads
+    0.5, 5.5, 6.5, 9.5 in one batch, all behind its own watermark; then
+    (kernel 1 waits for that batch to have reached the window) kernel 1
+    reads 5.75 and 6.25. Without a combiner (late=True) the window's
+    watermark, the minimum over the kernels, is 6 for both late batches:
+    0.5, 5.5 and 5.75 are late, 6.5 and 9.5 count (their windows end after
+    6). With the combiner (count, sum: README, "Pre-aggregation") each kernel
+    decides by its own watermark: kernel 0 drops its whole batch (10 >= 7,
+    10 >= 10), kernel 1 drops 5.75."""
+    gate_read, gate_write = os.pipe()  # the window's watermark reached 6 (one byte per kernel)
+    go_read, go_write = os.pipe()  # kernel 0's late batch reached the window
+    os.set_blocking(gate_read, False)
+    os.set_blocking(go_read, False)
+    late_batch = [("k", t, _VALUE[t]) for t in (0.5, 5.5, 6.5, 9.5)]
+    scripts = {
+        0: [("emit", [("k", 10.0, 1)]), ("wait", gate_read, 2), ("emit", late_batch)]
+           + ([("signal", go_write)] if combiner else []),  # its own watermark decides: no need to wait
+        1: [("emit", [("k", 6.0, 32)]), ("wait", go_read, 1),
+            ("emit", [("k", 5.75, 64), ("k", 6.25, 128)])],
+    }
+    flow = Dataflow()
+    def scripted():
+        return EventTimeSource(Scripted(scripts), timestamp=lambda e: e[1])
+
+    stream = flow.source(scripted, name="scripted")
+    windowed = keyed_values(stream).window(Tumbling(1.0), late=not combiner)
+    sums = windowed.sum()
+    sums.apply(lambda: SignalOnce(gate_write, "watermark", 6.0), name="gate")
+    if not combiner:
+        sums.late.apply(lambda: SignalOnce(go_write, "batch"), name="go")
+        late_out = sums.late.collect()
+    out = sums.collect()
+    try:
+        run(flow, cores=2)
+    finally:
+        for fd in (gate_read, gate_write, go_read, go_write):
+            os.close(fd)
+    got = {w.start: total for _, w, total in out.items}
+    if combiner:
+        assert got == {6.0: 32 + 128, 10.0: 1}
+        assert sums.late_count.value == 5
+    else:
+        assert got == {6.0: 32 + 8 + 128, 9.0: 16, 10.0: 1}
+        assert sums.late_count.value == 3
+        assert sorted(late_out.items) == [("k", 2), ("k", 4), ("k", 64)]
 
 
 # -- 3. joins ---------------------------------------------------------------------------------
