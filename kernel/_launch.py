@@ -200,6 +200,9 @@ def _step_kind(factory) -> tuple:
     import inspect
 
     factory = inspect.unwrap(factory)  # the Dataflow's type-checking wrapper
+    source_class = getattr(factory, "source_class", None)  # a from_iterable's input (_Input)
+    if source_class is not None:
+        return (source_class.__qualname__,)
     if isinstance(factory, functools.partial):
         shaping = [kind for arg in factory.args if (kind := _shaping_argument(arg)) is not None]
         return (*_step_kind(factory.func), *shaping)
@@ -210,7 +213,7 @@ def _step_kind(factory) -> tuple:
             inner = cell.cell_contents
         except ValueError:  # an empty cell
             continue
-        if isinstance(inner, functools.partial):
+        if isinstance(inner, functools.partial) or hasattr(inner, "source_class"):
             kind += _step_kind(inner)
     return kind
 
