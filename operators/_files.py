@@ -48,6 +48,7 @@ class ToFiles(Operator):
     def open(self, context):
         os.makedirs(self.directory, exist_ok=True)
         self.kernel = context.index
+        self.peers = context.peers
         self.epoch = 1  # the epoch whose records are being written
         self._file = None
         self._first_commit = True
@@ -119,8 +120,8 @@ class ToFiles(Operator):
         """What earlier runs left for this kernel: files up to `epoch` stay
         (hidden ones to be published), later ones go."""
         removed = False
-        for name, _kernel, file_epoch in self._own_files():
-            if file_epoch > epoch:
+        for name, kernel, file_epoch in self._files_to_take_over():
+            if file_epoch > epoch or kernel >= self.peers:
                 os.unlink(os.path.join(self.directory, name))
                 removed = True
             elif name.startswith("."):
@@ -128,11 +129,16 @@ class ToFiles(Operator):
         if removed:
             _fsync_directory(self.directory)  # gone before anything of this run is published
 
-    def _own_files(self):
+    def _files_to_take_over(self):
+        """This kernel's files; kernel 0 also takes those of kernels this run
+        does not have (an earlier run on more kernels wrote them: a resumed
+        run has as many kernels as the run it resumes, so they are stale)."""
         for name in os.listdir(self.directory):
             match = _NAME.match(name)
-            if match and int(match.group(1)) == self.kernel:
-                yield name, self.kernel, int(match.group(2))
+            if match:
+                kernel = int(match.group(1))
+                if kernel == self.kernel or (self.kernel == 0 and kernel >= self.peers):
+                    yield name, kernel, int(match.group(2))
 
 
 def _serializable(record) -> bool:

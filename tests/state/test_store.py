@@ -3,6 +3,7 @@ complete epoch, another flow's state_dir, a full disk."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import subprocess
@@ -85,7 +86,11 @@ def test_a_state_dir_in_another_snapshot_format_is_refused(tmp_path):
     old = SnapshotStore(tmp_path)
     old._write("DELETE FROM meta WHERE key = ?", ("format",))
     old.close()
-    with pytest.raises(StateError, match="format 1 and this version reads format 2"):
+    with pytest.raises(StateError, match="format 1 and this version reads format 3"):
+        SnapshotStore(tmp_path).claim("flow-a", 2)
+    written_by_the_previous_version = SnapshotStore(tmp_path)
+    written_by_the_previous_version._write("INSERT INTO meta (key, value) VALUES (?, ?)", ("format", "2"))
+    with pytest.raises(StateError, match="format 2 and this version reads format 3"):
         SnapshotStore(tmp_path).claim("flow-a", 2)
 
 
@@ -316,6 +321,20 @@ def test_without_a_state_dir_files_appear_at_the_end_and_a_crashed_runs_leftover
     flow.from_iterable([]).to_files(out)  # a run of no records replaces that one's with none
     run(flow)
     assert list(out.iterdir()) == []
+
+
+def test_a_run_on_fewer_kernels_replaces_the_output_of_one_on_more(tmp_path):
+    """The files of kernels a run does not have are an earlier run's: gone,
+    with or without a state_dir (a resumed run has as many kernels as the
+    run it resumes)."""
+    out = tmp_path / "out"
+    for cores, state_dir in ((3, None), (1, None), (2, tmp_path / "state"), (1, tmp_path / "state1")):
+        flow = Dataflow()
+        flow.from_iterable(range(10)).to_files(out)
+        run(flow, cores=cores, state_dir=state_dir)
+        written = sorted(json.loads(line) for f in out.glob("part-*.jsonl") for line in f.read_text().split())
+        assert written == list(range(10)), (cores, state_dir)
+        assert {f.name.split("-")[1] for f in out.glob("*part-*")} == {f"k{k}" for k in range(cores)}
 
 
 def test_a_record_json_cannot_write_is_a_clear_error(tmp_path):
