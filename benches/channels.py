@@ -57,10 +57,10 @@ from functools import partial
 from itertools import cycle, islice
 
 import msgspec
+from kernel.net._codec import DECODERS, decode, encode_batch
+from kernel.net.shm import SpscRing
 
 from benches._report import machine, percentile, table
-from net._codec import DECODERS, decode, encode_batch
-from net.shm import SpscRing
 
 try:
     import faster_fifo

@@ -31,7 +31,8 @@ from collections import Counter
 
 # net._relay imports aiohttp (~150 ms): once per process, as in a long-lived
 # member of a cluster, not once per timed run.
-import net._relay  # noqa: F401
+import kernel.net._relay  # noqa: F401
+
 from benches._report import machine, table
 from benches.pipelines import heavy, make_lines, plain_heavy, plain_wordcount, timed_rate
 from kernel import Dataflow, run

@@ -54,10 +54,10 @@ import time
 import aiohttp
 import uvloop
 from aiohttp import web
+from kernel.net._codec import HEADER, encode_batch
+from kernel.net._links import FRAME, LinkServer, dial
 
 from benches._report import machine, percentile, table
-from net._codec import HEADER, encode_batch
-from net._links import FRAME, LinkServer, dial
 
 SECRET = "bench-secret"
 CHANNEL = 0

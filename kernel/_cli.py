@@ -81,7 +81,7 @@ def _report(prefix: str, exc: BaseException) -> None:
 
 def _run_cluster(args, path: Path, name: str) -> int:
     """One process of a cluster: its kernels and its links to the others."""
-    from net import LinkError  # (these import aiohttp: only a cluster pays for it)
+    from kernel.net import LinkError  # (these import aiohttp: only a cluster pays for it)
 
     from ._cluster import cluster_plan
 
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                          help="CA that signs every peer's certificate (also required of clients)")
     args = parser.parse_args(argv)
     path, name = split_target(args.pipeline)
-    from state import StateError  # the facade's one reach into `state`
+    from kernel.state import StateError  # the facade's one reach into `state`
 
     try:
         if args.peers is not None or args.process_id is not None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 
-from net._links import DEFAULT_HEARTBEAT
-from net._relay import ClusterPlan, TLSFiles
+from kernel.net._links import DEFAULT_HEARTBEAT
+from kernel.net._relay import ClusterPlan, TLSFiles
 
 from ._launch import DEFAULT_STARTUP_TIMEOUT
 

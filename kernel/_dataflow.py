@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 
-import operators as ops
+from kernel import operators as ops
 
 from ._graph import Combiner, Edge, Graph, Node
 from ._operator import DEFAULT_BATCH_SIZE, Operator, Source

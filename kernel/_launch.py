@@ -141,7 +141,7 @@ class _Snapshots:
     def __init__(self, flow, state_dir, epoch_interval: float, cores: int) -> None:
         # The one place the kernel reaches into `state`, kept to the facade
         # (as `_dataflow.py` reaches into `operators`).
-        from state import SnapshotStore
+        from kernel.state import SnapshotStore
 
         if not (isinstance(epoch_interval, (int, float)) and 0 < epoch_interval < float("inf")):
             raise ValueError(f"epoch_interval must be a positive number of seconds, got {epoch_interval!r}")
@@ -164,7 +164,7 @@ class _Snapshots:
             log.warning("state_dir %s: resuming from epoch %d", self.state_dir, self.epoch)
 
     def open_store(self):
-        from state import SnapshotStore
+        from kernel.state import SnapshotStore
 
         return SnapshotStore(self.state_dir)
 
@@ -219,11 +219,11 @@ def _step_kind(factory) -> tuple:
 
 
 def _shaping_argument(arg) -> str | None:
-    from operators import Session, Sliding, Tumbling
+    from kernel.operators import Session, Sliding, Tumbling
 
     if isinstance(arg, (Tumbling, Sliding, Session)):
         return repr(arg)  # Tumbling(1.0)
-    if type(arg).__module__.startswith("operators."):  # a window aggregation
+    if type(arg).__module__.startswith("kernel.operators."):  # a window aggregation
         return type(arg).__qualname__
     return None
 

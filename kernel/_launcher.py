@@ -98,8 +98,8 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
     the results are every kernel's on process 0, none elsewhere. `cancel`, a
     connection, stops the run (`RunCancelled`) when it becomes readable.
     """
-    from net import Doorbell, ProcessTransport, SpscRing
-    from net._transport import RelayEnds
+    from kernel.net import Doorbell, ProcessTransport, SpscRing
+    from kernel.net._transport import RelayEnds
 
     context = multiprocessing.get_context("fork")
     _libc()  # inherited by every child
@@ -355,7 +355,7 @@ def _relay_runtime(plan, ends, bells, handover, gate):
     and end with the results (or tell the peers this process failed)."""
 
     async def run_relay(_index, _peers, _transport, _coordinator):
-        from net._relay import LinkRelay
+        from kernel.net._relay import LinkRelay
 
         gate_in, gate_out = gate
         os.close(gate_in)

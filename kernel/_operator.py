@@ -53,7 +53,7 @@ runs on the kernel's clock (a ``VirtualClock`` in tests).
 
 from __future__ import annotations
 
-from net import TimedBatch
+from kernel.net import TimedBatch
 
 from ._scheduler import THROUGHPUT
 

@@ -25,8 +25,8 @@ import itertools
 import math
 import pickle
 
-from net import IDLE, EpochMarker
-from net._codec import UnpicklableRecord
+from kernel.net import IDLE, EpochMarker
+from kernel.net._codec import UnpicklableRecord
 
 from ._epochs import ENDED, EpochTracker
 from ._errors import (
@@ -549,7 +549,7 @@ class Runtime:
                     upstream.targets.append((partial, partial.add_channel(0)))
                     upstream = partial
                 if partitioner is None:
-                    from net import Partitioner
+                    from kernel.net import Partitioner
 
                     partitioner = Partitioner(transport.peers)
                 edge_id = self._exchange_edges

@@ -10,10 +10,22 @@ cluster run can end with are exported here: `LinkError` and its kinds
 `AuthenticationFailed`, `LinkMismatch`, `PeerLost` and `PeerFailed`.
 """
 
-from ._batch import IDLE, EpochMarker, TimedBatch
-from ._exchange import Partitioner, stable_hash
-from ._transport import ProcessTransport
-from .shm import Doorbell, SpscRing
+import sys
+
+if __name__ != "kernel.net":
+    # `import net` with this folder on sys.path (running from a checkout)
+    # would load the package a second time, with classes of its own: be
+    # `kernel.net` itself instead (as the installed aliases/net.py is).
+    # The imports below then only fill the module thrown away.
+    import kernel.net
+
+    sys.modules[__name__] = kernel.net
+
+
+from kernel.net._batch import IDLE, EpochMarker, TimedBatch
+from kernel.net._exchange import Partitioner, stable_hash
+from kernel.net._transport import ProcessTransport
+from kernel.net.shm import Doorbell, SpscRing
 
 _LINK_ERRORS = {"AuthenticationFailed", "LinkError", "LinkMismatch", "PeerFailed", "PeerLost"}
 
@@ -22,7 +34,7 @@ def __getattr__(name: str):
     # The link errors live beside aiohttp, which costs ~0.2 s to import: only
     # a cluster run (or code that catches them) pays for it.
     if name in _LINK_ERRORS:
-        from . import _relay
+        from kernel.net import _relay
 
         return getattr(_relay, name)
     raise AttributeError(f"module 'net' has no attribute {name!r}")

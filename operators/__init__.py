@@ -5,16 +5,31 @@ classes are public so custom operators can be written, composed and tested
 the same way (`stream.apply(MyOperator)`).
 """
 
-from kernel._operator import Operator, Source
+import sys
 
-from ._aggregates import Count, Fold, Reduce, Sum
-from ._event_time import EventTimeSource, check_event_time
-from ._files import ToFiles
-from ._partitions import PartitionSource, check_make
-from ._sinks import Collect, Print, Sink
-from ._sources import DEFAULT_BATCH_SIZE, AsyncIterableSource, IterableSource, check_batch_size
-from ._stateless import Filter, FlatMap, Inspect, KeyBy, Map, MapValues, Union
-from ._windows import (
+if __name__ != "kernel.operators":
+    # `import operators` with this folder on sys.path (running from a checkout)
+    # would load the package a second time, with classes of its own: be
+    # `kernel.operators` itself instead (as the installed aliases/operators.py is).
+    # The imports below then only fill the module thrown away.
+    import kernel.operators
+
+    sys.modules[__name__] = kernel.operators
+
+
+from kernel.operators._aggregates import Count, Fold, Reduce, Sum
+from kernel.operators._event_time import EventTimeSource, check_event_time
+from kernel.operators._files import ToFiles
+from kernel.operators._partitions import PartitionSource, check_make
+from kernel.operators._sinks import Collect, Print, Sink
+from kernel.operators._sources import (
+    DEFAULT_BATCH_SIZE,
+    AsyncIterableSource,
+    IterableSource,
+    check_batch_size,
+)
+from kernel.operators._stateless import Filter, FlatMap, Inspect, KeyBy, Map, MapValues, Union
+from kernel.operators._windows import (
     Aggregation,
     CollectAggregation,
     CountAggregation,
@@ -33,6 +48,8 @@ from ._windows import (
     check_window,
     window_combiner,
 )
+
+from kernel._operator import Operator, Source
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections import _count_elements
 from operator import itemgetter
 
+from kernel.state import value_state
+
 from kernel._errors import KernelError
 from kernel._operator import Operator
-from state import value_state
 
 from ._calls import emit_in_batches, failing_record, keyed_error, user_error
 

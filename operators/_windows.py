@@ -34,9 +34,10 @@ from itertools import count
 from operator import itemgetter
 from typing import NamedTuple
 
+from kernel.state import map_state, value_state
+
 from kernel._errors import KernelError, OperatorError
 from kernel._operator import Operator, TimedBatch
-from state import map_state, value_state
 
 from ._calls import emit_in_batches, keyed_error
 

@@ -8,8 +8,20 @@
   them durable, verified by checksum when read.
 """
 
-from ._keyed import ListState, MapState, ValueState, list_state, map_state, value_state
-from ._store import FINAL, CorruptSnapshot, SnapshotStore, StateError
+import sys
+
+if __name__ != "kernel.state":
+    # `import state` with this folder on sys.path (running from a checkout)
+    # would load the package a second time, with classes of its own: be
+    # `kernel.state` itself instead (as the installed aliases/state.py is).
+    # The imports below then only fill the module thrown away.
+    import kernel.state
+
+    sys.modules[__name__] = kernel.state
+
+
+from kernel.state._keyed import ListState, MapState, ValueState, list_state, map_state, value_state
+from kernel.state._store import FINAL, CorruptSnapshot, SnapshotStore, StateError
 
 __all__ = [
     "FINAL",

@@ -313,7 +313,7 @@ def test_garbage_plain_http_and_strangers_on_the_port_change_nothing(tmp_path):
             assert s.recv(100).startswith(b"HTTP/1.1 404")
 
         async def stranger(secret):
-            from net._links import LinkError, dial
+            from kernel.net._links import LinkError, dial
 
             try:
                 link, session = await dial(f"http://127.0.0.1:{port}", secret, 1, {0}, lambda *a: None,

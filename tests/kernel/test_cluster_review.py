@@ -107,7 +107,7 @@ def test_a_big_frame_after_ungranted_credit_is_sent():
     than the credit left (window minus those bytes) waits for credit that
     never comes (`_send_when_credited` waits for min(size, window)). Frames
     up to the ring size (4 MiB, the window) do cross a cluster's links."""
-    from net._links import Link, LinkServer, dial
+    from kernel.net._links import Link, LinkServer, dial
 
     async def scenario():
         accepted: dict = {}

@@ -11,9 +11,8 @@ import threading
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from net._batch import TimedBatch
-from net._codec import (
+from kernel.net._batch import TimedBatch
+from kernel.net._codec import (
     HEADER,
     KIND_END,
     KIND_PICKLE,
@@ -341,8 +340,8 @@ def test_records_that_are_not_pairs_keep_every_field():
 
 @pytest.mark.parametrize("payload", [None, 1.5, -math.inf, math.inf, "idle", "epoch"])
 def test_progress_payloads_round_trip(payload):
-    from net._batch import IDLE, EpochMarker
-    from net._codec import encode_progress
+    from kernel.net._batch import IDLE, EpochMarker
+    from kernel.net._codec import encode_progress
 
     payload = {"idle": IDLE, "epoch": EpochMarker(7)}.get(payload, payload)
     assert decode(*encode_progress(payload)) == payload
@@ -478,7 +477,7 @@ def test_timed_batches_round_trip_exactly(pairs, data):
 
 
 def test_timed_progress_kinds_are_unknown():
-    from net._codec import TIMED
+    from kernel.net._codec import TIMED
 
     with pytest.raises(ValueError, match="unknown frame kind"):
         decode(TIMED | KIND_WATERMARK, b"")

@@ -167,7 +167,7 @@ def test_split_of_an_unhashable_key_raises_type_error():
 
 
 def test_owner_cache_is_bounded(monkeypatch):
-    import net._exchange as exchange
+    import kernel.net._exchange as exchange
 
     monkeypatch.setattr(exchange, "_CACHE_LIMIT", 8)
     part = Partitioner(3)
@@ -257,7 +257,7 @@ def test_equal_keys_of_different_types_go_to_the_same_kernel():
 _SEED_PROBE = """
 import dataclasses, sys
 sys.path.insert(0, {repo!r})
-from net._exchange import stable_hash
+from kernel.net._exchange import stable_hash
 
 @dataclasses.dataclass(frozen=True)
 class Tag:

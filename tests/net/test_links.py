@@ -17,8 +17,7 @@ import zlib
 
 import aiohttp
 import pytest
-
-from net._links import (
+from kernel.net._links import (
     FRAME,
     KIND_PING,
     AuthenticationFailed,

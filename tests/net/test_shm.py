@@ -9,10 +9,9 @@ from collections import deque
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-
-from net import shm
-from net._codec import HEADER
-from net.shm import TAG, Doorbell, SpscRing
+from kernel.net import shm
+from kernel.net._codec import HEADER
+from kernel.net.shm import TAG, Doorbell, SpscRing
 
 
 def shm_names() -> set[str]:

@@ -11,11 +11,11 @@ import threading
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from kernel.operators._event_time import TIMESTAMP_HINT
 
 from kernel import Dataflow, KernelProcessError, OperatorError, run, run_async
 from kernel._errors import UNHASHABLE_KEY, UNPICKLABLE_RECORD, describe_record
 from operators import Session, Sliding, Tumbling
-from operators._event_time import TIMESTAMP_HINT
 
 
 class Boom(Exception):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 
+import kernel.operators._windows as windows
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
@@ -29,7 +30,6 @@ from test_windows import (
     streams,
 )
 
-import operators._windows as windows
 from kernel import Dataflow, TimedBatch, run
 from operators import EventTimeSource, Sliding, Tumbling, Window
 

@@ -1,0 +1,10 @@
+"""`import net`: the public name of `kernel.net`, the very same module.
+
+The library itself imports only `kernel.net`, which a user's own `net.py`
+or `net/` folder cannot shadow (see README, "Import names")."""
+
+import sys
+
+import kernel.net
+
+sys.modules[__name__] = kernel.net
