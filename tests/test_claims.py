@@ -1820,8 +1820,8 @@ class ClusterRun:
             self.pids = [cluster.pid(0), cluster.pid(1)]
         finally:
             cluster.close()
-        status, results = self.outcomes[0]
-        assert status == "ok", self.outcomes
+        assert self.outcomes[0][0] == "ok", self.outcomes
+        results = self.outcomes[0][1]
         self.where, self.owners, self.counts = (list(map(ast.literal_eval, items)) for items in results)
 
 
