@@ -43,10 +43,10 @@ import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import kernel.net._relay
 import pytest
 
 import kernel._faults
-import net._relay  # noqa: F401  (aiohttp: imported once here, not again in each forked cluster process)
 from kernel import (
     LATENCY,
     THROUGHPUT,
@@ -1444,8 +1444,9 @@ def test_the_ring_works_between_processes_records_keep_their_types_and_idle_kern
     Two kernels waiting a quarter second burn almost no CPU. The figures
     are benches/RESULTS.md's. The rest: tests/net/test_shm.py, tests/net/test_codec.py,
     tests/kernel/test_multicore.py::test_records_needing_pickle_arrive_with_exact_types."""
+    from kernel.net._codec import KIND_PICKLE, KIND_TUPLES, encode_batch
+
     from net import SpscRing
-    from net._codec import KIND_PICKLE, KIND_TUPLES, encode_batch
 
     ring = SpscRing.create(1024)
     try:
@@ -1631,9 +1632,10 @@ def test_a_batch_over_a_quarter_ring_crosses_in_1_mib_pieces_and_arrives_whole(t
     tests/kernel/test_multicore.py::test_batches_larger_than_a_ring_cross_kernels_in_pieces,
     ::test_records_of_every_size_cross_small_rings_intact,
     tests/kernel/test_cluster.py::test_records_larger_than_a_ring_cross_processes."""
+    from kernel.net._transport import KIND_PIECE, _Writer
+
     from kernel._launcher import RING_BYTES
     from net import SpscRing
-    from net._transport import KIND_PIECE, _Writer
 
     ring = SpscRing.create(RING_BYTES)
     try:
@@ -2046,9 +2048,8 @@ async def test_a_link_holds_at_most_4_mib_in_flight_per_channel_until_the_consum
     rest goes. The rest: tests/net/test_links.py::test_a_slow_consumer_stops_its_sender_at_the_window,
     tests/kernel/test_cluster.py::test_a_slow_consumer_bounds_the_senders_memory_across_the_link
     (a cluster: credit granted once frames are in the kernel's ring, sources paused, memory bounded)."""
+    from kernel.net._links import DEFAULT_WINDOW, FRAME
     from test_links import connect, start_server, until
-
-    from net._links import DEFAULT_WINDOW, FRAME
 
     assert DEFAULT_WINDOW == 4 << 20
     received = []
@@ -2109,7 +2110,7 @@ def test_a_dead_peer_ends_the_others_with_peer_lost_and_a_failed_one_is_reported
     tests/net/test_links.py::test_heartbeats_keep_a_quiet_link_alive_and_find_a_silent_peer_dead,
     tests/kernel/test_cluster_netns.py::test_a_cut_cable_ends_both_processes_naming_the_peer,
     tests/kernel/test_cluster.py::test_ctrl_c_on_one_process_tells_the_others (the CLI's exit 1)."""
-    from net._links import DEFAULT_HEARTBEAT
+    from kernel.net._links import DEFAULT_HEARTBEAT
 
     assert DEFAULT_HEARTBEAT == 2.5
     cluster = Cluster(_failing_on_process_1, 2)
