@@ -27,7 +27,7 @@ from collections.abc import Callable, Coroutine
 
 import uvloop
 
-import kernel._kernel as kernel_internals
+import kernel.scheduling._kernel as kernel_internals
 from benches._report import machine, median_of, percentile, table
 from kernel import Dataflow, Operator, Source, run_async
 from kernel.lowlevel import Kernel, cooperate, current_kernel

@@ -75,7 +75,7 @@ from multiprocessing.connection import wait
 
 from benches._report import machine, table
 from kernel import Dataflow, run
-from kernel._launcher import _cpus_for
+from kernel.execution._cores import _cpus_for
 from operators import Tumbling
 
 VOCABULARY = 10_000

@@ -13,16 +13,24 @@ subclasses plugged in with `stream.apply()` (mid), and `kernel.lowlevel`:
 `Kernel`, `spawn`, `cooperate` (low).
 """
 
-from ._clock import SystemClock, VirtualClock
+from kernel._facade import run, run_async
 
 # The fluent facade imports `operators`, which imports the modules above.
-from ._dataflow import Collected, Dataflow, KeyedStream, LateCount, Stream, WindowedStream, WindowResults
-from ._errors import ActivationError, KernelError, OperatorError, TaskError
-from ._kernel import Kernel, KernelContext, cooperate, current_kernel
-from ._launch import run, run_async
-from ._launcher import KernelProcessError
-from ._operator import Operator, Source, TimedBatch
-from ._scheduler import LATENCY, THROUGHPUT
+from kernel.dataflow._api import (
+    Collected,
+    Dataflow,
+    KeyedStream,
+    LateCount,
+    Stream,
+    WindowedStream,
+    WindowResults,
+)
+from kernel.dataflow._errors import ActivationError, KernelError, OperatorError, TaskError
+from kernel.dataflow._operator import Operator, Source, TimedBatch
+from kernel.execution._cores import KernelProcessError
+from kernel.scheduling._clock import SystemClock, VirtualClock
+from kernel.scheduling._kernel import Kernel, KernelContext, cooperate, current_kernel
+from kernel.scheduling._scheduler import LATENCY, THROUGHPUT
 
 __all__ = [
     "LATENCY",

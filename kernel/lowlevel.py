@@ -12,9 +12,9 @@
     await kernel.join()
 """
 
-from ._clock import SystemClock, VirtualClock
-from ._kernel import Kernel, KernelContext, cooperate, current_kernel
-from ._scheduler import LATENCY, THROUGHPUT, Scheduler
+from kernel.scheduling._clock import SystemClock, VirtualClock
+from kernel.scheduling._kernel import Kernel, KernelContext, cooperate, current_kernel
+from kernel.scheduling._scheduler import LATENCY, THROUGHPUT, Scheduler
 
 __all__ = [
     "LATENCY",

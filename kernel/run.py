@@ -1,4 +1,4 @@
-"""`python -m kernel.run pipeline.py[:name] [--cores N]` (see `kernel._cli`).
+"""`python -m kernel.run pipeline.py[:name] [--cores N]` (see `kernel.cli._run`).
 
 `kernel.run` is also the name of the blocking `run()` function. Importing
 this module binds the name `run` on the package to the module, so the module
@@ -9,8 +9,8 @@ working after `import kernel.run`.
 import sys
 import types
 
-from kernel._cli import main
-from kernel._launch import run as _run_flow
+from kernel._facade import run as _run_flow
+from kernel.cli._run import main
 
 
 class _CallableModule(types.ModuleType):

@@ -1,7 +1,7 @@
 """Transports between kernels.
 
 Inside one kernel, operators hand batches to each other as plain lists
-(`kernel._runtime`). Between the kernels of one machine: `SpscRing` frames in
+(`kernel.runtime._runtime`). Between the kernels of one machine: `SpscRing` frames in
 shared memory (`net.shm`), multiplexed per pair of kernels by
 `ProcessTransport`, with keys routed by a stable hash (`Partitioner`).
 Between machines: authenticated websocket links (`net._links`), one per pair

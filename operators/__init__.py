@@ -49,7 +49,7 @@ from kernel.operators._windows import (
     window_combiner,
 )
 
-from kernel._operator import Operator, Source
+from kernel.dataflow._operator import Operator, Source
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",

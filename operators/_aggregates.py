@@ -12,8 +12,8 @@ from operator import itemgetter
 
 from kernel.state import value_state
 
-from kernel._errors import KernelError
-from kernel._operator import Operator
+from kernel.dataflow._errors import KernelError
+from kernel.dataflow._operator import Operator
 
 from ._calls import emit_in_batches, failing_record, keyed_error, user_error
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from itertools import islice
 from operator import length_hint
 
-from kernel._errors import UNHASHABLE_KEY, KernelError, OperatorError, is_unhashable
+from kernel.dataflow._errors import UNHASHABLE_KEY, KernelError, OperatorError, is_unhashable
 
 
 def failing_record(batch: list, iterator) -> tuple[bool, object]:

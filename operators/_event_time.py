@@ -29,8 +29,8 @@ import datetime as _dt
 import math
 from itertools import repeat
 
-from kernel._errors import OperatorError
-from kernel._operator import Source, TimedBatch
+from kernel.dataflow._errors import OperatorError
+from kernel.dataflow._operator import Source, TimedBatch
 
 from ._calls import call_each
 

@@ -26,9 +26,9 @@ import json
 import os
 import re
 
-from kernel._errors import OperatorError
 from kernel._faults import crash_point
-from kernel._operator import Operator
+from kernel.dataflow._errors import OperatorError
+from kernel.dataflow._operator import Operator
 
 _NAME = re.compile(r"^\.?part-k(\d+)-e(\d+)\.jsonl$")
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from itertools import islice
 
-from kernel._errors import KernelError, OperatorError
-from kernel._operator import DEFAULT_BATCH_SIZE, Source
+from kernel.dataflow._errors import KernelError, OperatorError
+from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Source
 
 from ._sources import check_batch_size
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import select
 import sys
 
-from kernel._errors import KernelError
-from kernel._operator import Operator
+from kernel.dataflow._errors import KernelError
+from kernel.dataflow._operator import Operator
 
 from ._calls import user_error
 

@@ -21,8 +21,8 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from itertools import islice
 
-from kernel._errors import KernelError, OperatorError, describe_record
-from kernel._operator import DEFAULT_BATCH_SIZE, Source
+from kernel.dataflow._errors import KernelError, OperatorError, describe_record
+from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Source
 
 
 def check_batch_size(batch_size: int) -> int:

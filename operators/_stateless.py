@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from itertools import compress
 
-from kernel._errors import KernelError, OperatorError
-from kernel._operator import Operator, TimedBatch
+from kernel.dataflow._errors import KernelError, OperatorError
+from kernel.dataflow._operator import Operator, TimedBatch
 
 from ._calls import call_each, over_batch, user_error
 from ._event_time import repeated_times, same_times

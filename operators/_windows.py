@@ -36,8 +36,8 @@ from typing import NamedTuple
 
 from kernel.state import map_state, value_state
 
-from kernel._errors import KernelError, OperatorError
-from kernel._operator import Operator, TimedBatch
+from kernel.dataflow._errors import KernelError, OperatorError
+from kernel.dataflow._operator import Operator, TimedBatch
 
 from ._calls import emit_in_batches, keyed_error
 

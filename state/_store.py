@@ -33,7 +33,7 @@ import sqlite3
 import zlib
 from contextlib import contextmanager
 
-from kernel._errors import KernelError
+from kernel.dataflow._errors import KernelError
 
 log = logging.getLogger("kernel.state")
 

@@ -1604,9 +1604,9 @@ def test_a_full_ring_pauses_the_senders_sources_so_an_endless_source_runs_in_bou
     and the source was never more than a few rings ahead. The rest:
     tests/kernel/test_multicore.py::test_a_fast_source_waits_for_a_slow_consumer_on_another_kernel
     (4 MiB rings, memory measured)."""
-    import kernel._launcher
+    import kernel.execution._cores
 
-    monkeypatch.setattr(kernel._launcher, "RING_BYTES", 64 << 10)
+    monkeypatch.setattr(kernel.execution._cores, "RING_BYTES", 64 << 10)
     ring_records = (64 << 10) // len(PAYLOAD)
     enough = 20 * ring_records
     shared = mmap.mmap(-1, 16)  # MAP_SHARED: the forked kernels write here
@@ -1634,7 +1634,7 @@ def test_a_batch_over_a_quarter_ring_crosses_in_1_mib_pieces_and_arrives_whole(t
     tests/kernel/test_cluster.py::test_records_larger_than_a_ring_cross_processes."""
     from kernel.net._transport import KIND_PIECE, _Writer
 
-    from kernel._launcher import RING_BYTES
+    from kernel.execution._cores import RING_BYTES
     from net import SpscRing
 
     ring = SpscRing.create(RING_BYTES)
@@ -1924,7 +1924,7 @@ async def test_links_authenticate_by_hmac_of_fresh_nonces_never_send_the_secret_
     from aiohttp import web
     from test_links import connect, start_server, until
 
-    from kernel._cluster import cluster_plan
+    from kernel.execution._cluster import cluster_plan
     from net import AuthenticationFailed, LinkMismatch
 
     sent = []
@@ -2164,7 +2164,7 @@ def test_a_state_dir_with_peers_is_refused_clearly_from_python_and_from_the_comm
     is not supported with peers yet, and `--state-dir` with `--peers` exits
     2 with one line saying so, before anything runs or is written. The rest:
     tests/kernel/test_cluster.py::test_bad_cluster_arguments_are_clear_errors."""
-    from kernel._cli import main
+    from kernel.cli._run import main
 
     flow = Dataflow()
     flow.from_iterable(range(3)).collect()

@@ -149,7 +149,7 @@ def test_in_a_checkout_the_public_names_are_the_packages_themselves():
         assert net is kernel.net and operators is kernel.operators and state is kernel.state
         assert net.SpscRing is kernel.net.SpscRing and state.StateError is kernel.state.StateError
         from operators import Tumbling
-        from kernel._dataflow import ops
+        from kernel.dataflow._api import ops
         assert Tumbling is ops.Tumbling
         """)
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)

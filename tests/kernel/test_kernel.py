@@ -22,7 +22,7 @@ from kernel import (
     run,
     run_async,
 )
-from kernel._scheduler import Scheduler
+from kernel.scheduling._scheduler import Scheduler
 
 
 async def test_join_waits_for_every_spawned_task():

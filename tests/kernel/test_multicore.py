@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kernel import Dataflow, KernelError, Operator, OperatorError, Source, run, run_async
-from kernel._launcher import RING_BYTES, KernelProcessError
+from kernel.execution._cores import RING_BYTES, KernelProcessError
 from net import Partitioner
 from operators import Tumbling
 
@@ -738,7 +738,7 @@ def test_records_of_every_size_cross_small_rings_intact(monkeypatch):
     both sides of the 512-byte copy limit, exactly a piece, several pieces,
     and in backpressure: every record arrives once, intact, in order per
     sender and key."""
-    import kernel._launcher as launcher
+    import kernel.execution._cores as launcher
 
     monkeypatch.setattr(launcher, "RING_BYTES", 4 << 10)
     sizes = [0, 1, 490, 495, 496, 497, 498, 1010, 1011, 1012, 1019, 1020, 3000, 9000]

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import kernel._dataflow
+import kernel.dataflow._api
 from kernel import Dataflow, Operator, OperatorError, Source, run, run_async
 
 EXAMPLES = settings(max_examples=30, deadline=None)
@@ -339,7 +339,7 @@ def test_every_public_operator_has_a_runnable_example(name, member):
 def test_every_docstring_example_of_the_library_runs():
     import operators
 
-    modules = [kernel._dataflow] + [
+    modules = [kernel.dataflow._api] + [
         importlib.import_module(m.name) for m in pkgutil.iter_modules(operators.__path__, "operators.")]
     with_examples = 0
     for module in modules:

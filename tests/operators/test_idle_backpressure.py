@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 
-import kernel._launcher as launcher
+import kernel.execution._cores as launcher
 from kernel import Dataflow, Operator, run
 from net import Partitioner
 from operators import EventTimeSource, Source, Tumbling

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from kernel.operators._event_time import TIMESTAMP_HINT
 
 from kernel import Dataflow, KernelProcessError, OperatorError, run, run_async
-from kernel._errors import UNHASHABLE_KEY, UNPICKLABLE_RECORD, describe_record
+from kernel.dataflow._errors import UNHASHABLE_KEY, UNPICKLABLE_RECORD, describe_record
 from operators import Session, Sliding, Tumbling
 
 

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernel import Dataflow, KernelError, Operator, run
-from kernel._launch import flow_fingerprint
+from kernel._facade import flow_fingerprint
 from operators import Sliding, Tumbling
 from state import (
     CorruptSnapshot,

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from ._faults import crash_point
+from kernel._faults import crash_point
 
 
 class _Coordinator:

@@ -12,9 +12,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from ._dataflow import Dataflow
-from ._errors import KernelError, cause_traceback
-from ._launch import (
+from kernel._facade import (
     DEFAULT_EPOCH_INTERVAL,
     DEFAULT_GC_THRESHOLD,
     DEFAULT_STARTUP_TIMEOUT,
@@ -24,7 +22,9 @@ from ._launch import (
     run,
     run_on_cores,
 )
-from ._launcher import KernelProcessError
+from kernel.dataflow._api import Dataflow
+from kernel.dataflow._errors import KernelError, cause_traceback
+from kernel.execution._cores import KernelProcessError
 
 PIPELINE_MODULE = "__kernel_pipeline__"
 
@@ -81,9 +81,8 @@ def _report(prefix: str, exc: BaseException) -> None:
 
 def _run_cluster(args, path: Path, name: str) -> int:
     """One process of a cluster: its kernels and its links to the others."""
+    from kernel.execution._cluster import cluster_plan
     from kernel.net import LinkError  # (these import aiohttp: only a cluster pays for it)
-
-    from ._cluster import cluster_plan
 
     if args.peers is None or args.process_id is None:
         raise UsageError("a cluster needs both --process-id and --peers")

@@ -11,9 +11,8 @@ from __future__ import annotations
 import functools
 
 from kernel import operators as ops
-
-from ._graph import Combiner, Edge, Graph, Node
-from ._operator import DEFAULT_BATCH_SIZE, Operator, Source
+from kernel.dataflow._graph import Combiner, Edge, Graph, Node
+from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Operator, Source
 
 
 def _fn_name(fn) -> str:

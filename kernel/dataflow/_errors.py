@@ -158,9 +158,13 @@ class ActivationError(KernelError):
         return f"{self.activation} raised {self.error}"
 
 
+# The library's folders: `kernel/` (which, installed, holds `kernel/net/` and
+# the others too) and, in a checkout, the folders `kernel.net`,
+# `kernel.operators` and `kernel.state` are built from, beside it.
+_KERNEL_DIR = Path(__file__).resolve().parents[1]
 _LIBRARY_DIRS = tuple(
-    str(Path(__file__).resolve().parent.parent / pkg) + os.sep
-    for pkg in ("kernel", "operators", "net", "state")
+    str(path) + os.sep
+    for path in (_KERNEL_DIR, *(_KERNEL_DIR.parent / pkg for pkg in ("operators", "net", "state")))
 )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ._operator import Operator
+from kernel.dataflow._operator import Operator
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from ._clock import SystemClock
-from ._scheduler import THROUGHPUT, Activation, Scheduler
+from kernel.scheduling._clock import SystemClock
+from kernel.scheduling._scheduler import THROUGHPUT, Activation, Scheduler
 
 _current_kernel: contextvars.ContextVar[Kernel | None] = contextvars.ContextVar(
     "current_kernel", default=None
@@ -347,7 +347,7 @@ class Kernel:
         task = ref.task
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
-            from ._errors import TaskError
+            from kernel.dataflow._errors import TaskError
 
             if not isinstance(exc, TaskError) and not getattr(exc, "_kernel_named", False):
                 wrapped = TaskError(ref.name, exc)
@@ -363,7 +363,7 @@ class Kernel:
             self._idle.set_result(None)
 
     def _activation_failed(self, activation: Activation, exc: BaseException) -> None:
-        from ._errors import ActivationError
+        from kernel.dataflow._errors import ActivationError
 
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             pass  # Ctrl-C or sys.exit() in a user function: the run ends as they mean

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 
 import uvloop
 
-from ._kernel import Kernel
-from ._runtime import Runtime
+from kernel.runtime._runtime import Runtime
+from kernel.scheduling._kernel import Kernel
 
 # A pipeline allocates short-lived containers (batches, pairs) by the
 # million; with CPython's default gen-0 threshold (700 allocations) the
@@ -87,7 +87,7 @@ def kernel_process_main(get_flow, options: dict, gc_threshold_value: int | None)
 
 def run_on_cores(get_flow, cores: int, options: dict, gc_threshold_value: int | None,
                  epochs=None, cluster=None, cancel=None) -> list[dict]:
-    from ._launcher import run_on_cores as launch
+    from kernel.execution._cores import run_on_cores as launch
 
     return launch(kernel_process_main(get_flow, options, gc_threshold_value), cores, epochs=epochs,
                   cluster=cluster, cancel=cancel)
@@ -123,7 +123,7 @@ def _cluster(flow, cores: int, process_id, peers, secret, tls, startup_timeout):
         if process_id is not None:
             raise ValueError("process_id needs peers (every process's host:port)")
         return None
-    from ._cluster import cluster_plan
+    from kernel.execution._cluster import cluster_plan
 
     return cluster_plan(0 if process_id is None else process_id, peers, cores, secret=secret, tls=tls,
                         startup_timeout=startup_timeout, fingerprint=flow_fingerprint(flow))
@@ -169,7 +169,7 @@ class _Snapshots:
         return SnapshotStore(self.state_dir)
 
     def local(self):
-        from ._coordinate import LocalCoordinator
+        from kernel.runtime._coordinate import LocalCoordinator
 
         return LocalCoordinator(self.store, self.interval, self.blobs and self.blobs[0], self.epoch,
                                 self.finished)

@@ -25,11 +25,7 @@ import itertools
 import math
 import pickle
 
-from kernel.net import IDLE, EpochMarker
-from kernel.net._codec import UnpicklableRecord
-
-from ._epochs import ENDED, EpochTracker
-from ._errors import (
+from kernel.dataflow._errors import (
     UNHASHABLE_ACROSS_KERNELS,
     UNHASHABLE_KEY,
     UNPICKLABLE_RECORD,
@@ -38,8 +34,11 @@ from ._errors import (
     describe_function,
     is_unhashable,
 )
-from ._graph import Graph, Node
-from ._operator import Operator
+from kernel.dataflow._graph import Graph, Node
+from kernel.dataflow._operator import Operator
+from kernel.net import IDLE, EpochMarker
+from kernel.net._codec import UnpicklableRecord
+from kernel.runtime._epochs import ENDED, EpochTracker
 
 END = "<end of input>"  # a str: never a list, never a float
 _FINAL_WITHOUT_EPOCHS = 2**62  # commit() at the end of a run without epochs: every epoch

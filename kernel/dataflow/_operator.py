@@ -54,8 +54,7 @@ runs on the kernel's clock (a ``VirtualClock`` in tests).
 from __future__ import annotations
 
 from kernel.net import TimedBatch
-
-from ._scheduler import THROUGHPUT
+from kernel.scheduling._scheduler import THROUGHPUT
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Operator", "Source", "TimedBatch"]
 

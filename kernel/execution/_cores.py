@@ -56,7 +56,7 @@ from multiprocessing.connection import wait
 
 import uvloop
 
-from ._errors import KernelError, keep_cause_traceback
+from kernel.dataflow._errors import KernelError, keep_cause_traceback
 
 # Ring size per ordered pair of kernels. 4 MiB holds a few thousand batches
 # of word-count pairs; a full ring only pauses the producer's sources.
@@ -185,7 +185,7 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
             on_started([child.pid for child in children])
         coordinator = None
         if epochs is not None:
-            from ._coordinate import LauncherSide
+            from kernel.runtime._coordinate import LauncherSide
 
             def send_commit(epoch: int, final: bool) -> None:
                 for pipe in commit_pipes:
@@ -431,7 +431,7 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
             os.close(gate[0])
         coordinator = None
         if epochs is not None:
-            from ._coordinate import KernelSide
+            from kernel.runtime._coordinate import KernelSide
 
             open_store, interval, snapshots, restored_epoch, _, finished_before = epochs
             coordinator = KernelSide(open_store(), index, conn.send, commits, interval,

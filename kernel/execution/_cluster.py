@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 
+from kernel._facade import DEFAULT_STARTUP_TIMEOUT
 from kernel.net._links import DEFAULT_HEARTBEAT
 from kernel.net._relay import ClusterPlan, TLSFiles
-
-from ._launch import DEFAULT_STARTUP_TIMEOUT
 
 SECRET_VARIABLE = "KERNEL_SECRET"
 
