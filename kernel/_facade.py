@@ -179,53 +179,8 @@ class _Snapshots:
 
 
 def flow_fingerprint(flow) -> str:
-    """Names what a flow's snapshots depend on: its name and, for each step,
-    what kind of operator it is and where its inputs come from (which step,
-    which port, exchanged by key or not). Not the steps' names or arguments:
-    a to_files directory can move, a function can be fixed or renamed, and
-    the run still resumes (or a cluster's processes still agree). Two
-    arguments do count, as part of the step's kind: a window (its state is
-    kept by window number) and a window aggregation (its accumulators)."""
-    import hashlib
-
-    shape = [(_step_kind(node.factory), node.is_source, node.combiner is not None,
-              [(e.source.id, e.port, e.exchange) for e in node.inputs]) for node in flow.graph.nodes]
-    return hashlib.sha256(repr((flow.name, shape)).encode()).hexdigest()
-
-
-def _step_kind(factory) -> tuple:
-    """The operator class (or factory function) a step's factory makes, by
-    name, with the arguments that shape its state (`flow_fingerprint`)."""
-    import functools
-    import inspect
-
-    factory = inspect.unwrap(factory)  # the Dataflow's type-checking wrapper
-    source_class = getattr(factory, "source_class", None)  # a from_iterable's input (_Input)
-    if source_class is not None:
-        return (source_class.__qualname__,)
-    if isinstance(factory, functools.partial):
-        shaping = [kind for arg in factory.args if (kind := _shaping_argument(arg)) is not None]
-        return (*_step_kind(factory.func), *shaping)
-    kind = (getattr(factory, "__qualname__", type(factory).__qualname__),)
-    for cell in getattr(factory, "__closure__", None) or ():
-        # an event-time source's factory wraps the source's own factory
-        try:
-            inner = cell.cell_contents
-        except ValueError:  # an empty cell
-            continue
-        if isinstance(inner, functools.partial) or hasattr(inner, "source_class"):
-            kind += _step_kind(inner)
-    return kind
-
-
-def _shaping_argument(arg) -> str | None:
-    from kernel.operators import Session, Sliding, Tumbling
-
-    if isinstance(arg, (Tumbling, Sliding, Session)):
-        return repr(arg)  # Tumbling(1.0)
-    if type(arg).__module__.startswith("kernel.operators."):  # a window aggregation
-        return type(arg).__qualname__
-    return None
+    """The flow's fingerprint (`Graph.fingerprint`): what its snapshots depend on."""
+    return flow.graph.fingerprint()
 
 
 async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,

@@ -99,7 +99,8 @@ class Dataflow:
         """
         ops.check_batch_size(batch_size)
         factory = ops.IterableSource.factory(iterable, batch_size)  # refuses a 2nd read of an iterator
-        return self._timed_source(factory, name or "from_iterable", timestamp, max_delay, None)
+        return self._timed_source(factory, name or "from_iterable", timestamp, max_delay, None,
+                                  ("IterableSource",))
 
     def from_partitions(
         self,
@@ -133,7 +134,8 @@ class Dataflow:
         ops.check_make(make)
         ops.check_batch_size(batch_size)
         factory = functools.partial(ops.PartitionSource, make, batch_size)
-        return self._timed_source(factory, name or "from_partitions", timestamp, max_delay, None)
+        return self._timed_source(factory, name or "from_partitions", timestamp, max_delay, None,
+                                  ("PartitionSource",))
 
     def from_async_iterable(
         self,
@@ -169,19 +171,20 @@ class Dataflow:
         ops.check_batch_size(batch_size)
         factory = ops.AsyncIterableSource.factory(aiterable, batch_size)
         return self._timed_source(
-            factory, name or "from_async_iterable", timestamp, max_delay, idle_timeout
+            factory, name or "from_async_iterable", timestamp, max_delay, idle_timeout,
+            ("AsyncIterableSource",)
         )
 
-    def _timed_source(self, factory, name, timestamp, max_delay, idle_timeout) -> Stream:
+    def _timed_source(self, factory, name, timestamp, max_delay, idle_timeout, kind) -> Stream:
         if timestamp is None:
             ops.check_event_time(timestamp, max_delay, None)
-            return self.source(factory, name=name)
+            return self._source(factory, name, kind)
         ops.check_event_time(timestamp, max_delay, idle_timeout)
 
         def timed():
             return ops.EventTimeSource(factory(), timestamp, max_delay, idle_timeout)
 
-        return self.source(timed, name=name)
+        return self._source(timed, name, ("EventTimeSource", *kind))
 
     def source(self, factory, *, name: str) -> Stream:
         """A mid-level source: `factory()` returns a fresh `Source` per kernel.
@@ -202,7 +205,10 @@ class Dataflow:
         """
         if isinstance(factory, Operator):
             raise TypeError("pass a factory (the Source class or a function), not an instance")
-        node = self.graph.add(name, _checked(factory, Source, name), is_source=True)
+        return self._source(factory, name, None)
+
+    def _source(self, factory, name: str, kind) -> Stream:
+        node = self.graph.add(name, _checked(factory, Source, name), is_source=True, kind=kind)
         return Stream(self, node)
 
     def _results_delivered(self, per_kernel: list[dict[int, object]]) -> None:
@@ -515,7 +521,8 @@ class KeyedStream(Stream):
         ops.check_window(window)
         label = name or f"join {window!r}"
         factory = functools.partial(ops.WindowJoin, window, late)
-        node = self.flow.graph.add(label, factory, [self._edge(0), other._edge(1)])
+        node = self.flow.graph.add(label, factory, [self._edge(0), other._edge(1)],
+                                   kind=("WindowJoin", repr(window)))
         return WindowResults._around(self.flow, node, late)
 
     def count(self, *, name: str | None = None) -> KeyedStream:
@@ -565,7 +572,9 @@ class WindowedStream:
         # windows pre-aggregate per kernel before the exchange
         halves = ops.window_combiner(self.window, aggregation, self._late)
         combiner = Combiner(*halves) if halves else None
-        node = keyed.flow.graph.add(f"{label} {self.window!r}", factory, [keyed._edge()], combiner=combiner)
+        kind = ("WindowAggregate", repr(self.window), type(aggregation).__qualname__)
+        node = keyed.flow.graph.add(f"{label} {self.window!r}", factory, [keyed._edge()],
+                                    combiner=combiner, kind=kind)
         return WindowResults._around(keyed.flow, node, self._late)
 
     def reduce(self, fn, *, name: str | None = None) -> WindowResults:

@@ -10,6 +10,8 @@ order).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -46,6 +48,9 @@ class Node:
     inputs: list[Edge] = field(default_factory=list)
     is_source: bool = False
     combiner: Combiner | None = None
+    # What the step is, for snapshots: the operator's class and the arguments
+    # that shape its state (a window), never its name, functions or paths.
+    kind: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -66,15 +71,40 @@ class Graph:
         *,
         is_source=False,
         combiner: Combiner | None = None,
+        kind: tuple[str, ...] | None = None,
     ) -> Node:
-        node = Node(len(self.nodes), self._unique(name), factory, list(inputs), is_source, combiner)
+        node = Node(len(self.nodes), self._unique(name), factory, list(inputs), is_source, combiner,
+                    kind or factory_kind(factory))
         for edge in node.inputs:
             if edge.source.id >= node.id or self.nodes[edge.source.id] is not edge.source:
                 raise ValueError(f"{edge.source.label} belongs to another dataflow")
         self.nodes.append(node)
         return node
 
+    def fingerprint(self) -> str:
+        """Names what the flow's snapshots depend on: its name and, for each
+        step, its kind and where its inputs come from (which step, which
+        port, exchanged by key or not). Not the steps' names or arguments: a
+        to_files directory can move, a function can be fixed or renamed, and
+        a run still resumes (and a cluster's processes still agree)."""
+        shape = [(node.kind, node.is_source, node.combiner is not None,
+                  [(e.source.id, e.port, e.exchange) for e in node.inputs]) for node in self.nodes]
+        return hashlib.sha256(repr((self.name, shape)).encode()).hexdigest()
+
     def _unique(self, name: str) -> str:
         count = self._names.get(name, 0)
         self._names[name] = count + 1
         return name if count == 0 else f"{name}#{count + 1}"
+
+
+def factory_kind(factory) -> tuple[str, ...]:
+    """The kind of a step made by `factory` (a class, a function, or a
+    `functools.partial` of one): its qualified name."""
+    while True:
+        if isinstance(factory, functools.partial):
+            factory = factory.func
+        elif hasattr(factory, "__wrapped__"):  # a checking wrapper (functools.wraps)
+            factory = factory.__wrapped__
+        else:
+            break
+    return (getattr(factory, "__qualname__", type(factory).__qualname__),)
