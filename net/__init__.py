@@ -24,6 +24,7 @@ if __name__ != "kernel.net":
 
 from kernel.net._batch import IDLE, EpochMarker, TimedBatch
 from kernel.net._exchange import Partitioner, stable_hash
+from kernel.net._protocol import LocalTransport, Receiver, Transport
 from kernel.net._transport import ProcessTransport
 from kernel.net.shm import Doorbell, SpscRing
 
@@ -46,11 +47,14 @@ __all__ = [
     "EpochMarker",
     "LinkError",
     "LinkMismatch",
+    "LocalTransport",
     "Partitioner",
     "PeerFailed",
     "PeerLost",
     "ProcessTransport",
+    "Receiver",
     "SpscRing",
     "TimedBatch",
+    "Transport",
     "stable_hash",
 ]

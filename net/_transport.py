@@ -140,6 +140,7 @@ class ProcessTransport:
                 self._writers[dest] = _Writer(relay.to_relay, relay.bell, ROUTE.pack(dest))
             self._incoming.append((None, relay.from_relay, relay.bell))
         self._reader: _Reader | None = None
+        self._channels = 0  # exchange channels allocated so far
         self.blocked = False
         self.sending_done = False
         self._on_backpressure: Callable[[bool], None] = lambda blocked: None
@@ -173,27 +174,27 @@ class ProcessTransport:
 
     # -- receiving ------------------------------------------------------------
 
-    def start(
-        self,
-        *,
-        ready: Callable,
-        loop,
-        deliver: Callable[[int, int, object], None],
-        ends_expected: int,
-        hold: Callable[[], None],
-        release: Callable[[], None],
-        on_backpressure: Callable[[bool], None],
-    ) -> None:
-        """Start receiving on a running kernel.
+    def allocate(self) -> int:
+        """The next exchange channel (every kernel allocates them in the same
+        order, so a number names the same channel everywhere)."""
+        self._channels += 1
+        return self._channels - 1
 
-        `deliver(channel, source, payload)` gets each decoded payload (a list,
-        a float watermark, or None for end of input). The transport holds the
-        kernel (`hold`/`release`) until `ends_expected` end frames have
-        arrived and its own overflow has drained.
+    def start(self, kernel, receiver, ended: int = 0) -> None:
+        """Start receiving on a running kernel (`_protocol.Transport.start`).
+
+        `receiver.deliver(channel, source, payload)` gets each decoded
+        payload (a list, a float watermark, IDLE, an epoch marker, or None
+        for end of input). The transport holds the kernel until every other
+        kernel's end frame has arrived on every allocated channel (`ended`
+        of them had come before a restored snapshot) and its own overflow
+        has drained.
         """
-        self._on_backpressure = on_backpressure
-        self._reader = _Reader(self, ready, loop, deliver, ends_expected, release)
-        hold()
+        self._on_backpressure = receiver.backpressure
+        ends_expected = self._channels * (self.peers - 1) - ended
+        self._reader = _Reader(self, kernel.ready_function(), kernel.loop, receiver.deliver,
+                               ends_expected, kernel.release)
+        kernel.hold()
         self._reader.begin()
 
     def finish_sending(self) -> None:

@@ -89,11 +89,7 @@ class ListState(_KeyedState):
 
 
 def _register(operator, state: _KeyedState) -> _KeyedState:
-    states = operator.__dict__.setdefault("_keyed_states", {})
-    if state.name in states:
-        raise ValueError(f"{getattr(operator, 'name', operator)!s}: a state named {state.name!r} exists")
-    states[state.name] = state
-    return state
+    return operator.register_state(state)  # Operator.register_state: its snapshots take it
 
 
 def value_state(operator, name: str) -> ValueState:

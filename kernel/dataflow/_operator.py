@@ -107,12 +107,33 @@ class Operator:
         """A picklable value gathered back to the caller after the run."""
         return None
 
+    # -- keyed state ----------------------------------------------------------------
+    # The registry `state.value_state(self, name)` and friends put their
+    # states in: anything with a `name`, `snapshot()` and `restore(data)`.
+    # Epoch snapshots take what is registered here (`on_epoch`), a resumed
+    # run puts it back (`restore`).
+
+    def register_state(self, state):
+        """Register a keyed state under `state.name` (unique per operator);
+        returns it. Called by `state.value_state`, `map_state`, `list_state`."""
+        states = self.__dict__.setdefault("_states", {})
+        if state.name in states:
+            raise ValueError(f"{self.name}: a state named {state.name!r} exists")
+        states[state.name] = state
+        return state
+
+    @property
+    def keyed_states(self) -> dict:
+        """The states registered on this operator, by name (read them, don't
+        add to them: use `register_state`)."""
+        return self.__dict__.get("_states", {})
+
     def on_epoch(self, epoch: int):
         """A picklable snapshot of this operator as of epoch marker `epoch`
         (every input has delivered it, and nothing after it). The default
         takes every keyed state created with `state.value_state(self, ...)`
         and friends; override it (and `restore`) to add fields of your own."""
-        states = self.__dict__.get("_keyed_states")
+        states = self.keyed_states
         if not states:
             return None
         return {name: state.snapshot() for name, state in states.items()}
@@ -126,7 +147,7 @@ class Operator:
         data, when a run resumes from a snapshot)."""
         if snapshot is None:
             return
-        states = self.__dict__.get("_keyed_states") or {}
+        states = self.keyed_states
         for name, data in snapshot.items():
             if name not in states:
                 raise KeyError(f"{self.name}: the snapshot has a state {name!r} this operator did not create")

@@ -240,7 +240,7 @@ def test_keyed_state_snapshots_are_copies_and_restore_in_place(data):
         inner["n"] = "changed"
     held = values  # restore fills the same objects the operator holds
     op.restore(snapshot)
-    assert held is op._keyed_states["v"] and dict(values) == data
+    assert held is op.keyed_states["v"] and dict(values) == data
     assert {k: v["n"] for k, v in maps.items()} == data
     assert {k: v for k, v in lists.items()} == {k: [n] for k, n in data.items()}
     assert isinstance(values, ValueState)
