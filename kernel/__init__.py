@@ -28,7 +28,7 @@ from kernel.dataflow._api import (
 from kernel.dataflow._errors import ActivationError, KernelError, OperatorError, TaskError
 from kernel.dataflow._operator import Operator, Source, TimedBatch
 from kernel.execution._cores import KernelProcessError
-from kernel.scheduling._clock import SystemClock, VirtualClock
+from kernel.scheduling._clock import Clock, SystemClock, VirtualClock
 from kernel.scheduling._kernel import Kernel, KernelContext, cooperate, current_kernel
 from kernel.scheduling._scheduler import LATENCY, THROUGHPUT
 
@@ -36,6 +36,7 @@ __all__ = [
     "LATENCY",
     "THROUGHPUT",
     "ActivationError",
+    "Clock",
     "Collected",
     "Dataflow",
     "Kernel",

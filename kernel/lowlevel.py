@@ -12,16 +12,19 @@
     await kernel.join()
 """
 
-from kernel.scheduling._clock import SystemClock, VirtualClock
-from kernel.scheduling._kernel import Kernel, KernelContext, cooperate, current_kernel
-from kernel.scheduling._scheduler import LATENCY, THROUGHPUT, Scheduler
+from kernel.scheduling._clock import Clock, SystemClock, VirtualClock
+from kernel.scheduling._kernel import Kernel, KernelContext, KernelStatistics, cooperate, current_kernel
+from kernel.scheduling._scheduler import LATENCY, THROUGHPUT, Scheduler, SchedulerStatistics
 
 __all__ = [
     "LATENCY",
     "THROUGHPUT",
+    "Clock",
     "Kernel",
     "KernelContext",
+    "KernelStatistics",
     "Scheduler",
+    "SchedulerStatistics",
     "SystemClock",
     "VirtualClock",
     "cooperate",

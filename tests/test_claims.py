@@ -1032,7 +1032,7 @@ async def test_a_tick_runs_what_was_ready_when_it_began_and_what_it_readies_wait
 
     await run_kernel(kernel, setup)
     assert trace == ["a", "b", "c", "a", "a", "a"]
-    assert kernel.statistics()["ticks"] == 4
+    assert kernel.statistics().ticks == 4
 
 
 @promise(SCHEDULE, "Ticks run back to")
@@ -1073,7 +1073,7 @@ async def test_ticks_run_back_to_back_in_one_callback_until_the_one_millisecond_
 
     await run_kernel(kernel, chain)
     assert hops == [f"hop {i}" for i in range(5)]
-    assert kernel.statistics()["slices"] == 1 and kernel.statistics()["ticks"] == 5
+    assert kernel.statistics().slices == 1 and kernel.statistics().ticks == 5
 
 
 @promise(SCHEDULE, "Two task classes")
@@ -1102,7 +1102,7 @@ async def test_latency_and_throughput_share_cpu_two_to_one_by_default_and_latenc
         k.ready(worker(k, LATENCY), LATENCY)
 
     await run_kernel(kernel, setup)
-    busy = kernel.statistics()["busy_time"]
+    busy = kernel.statistics().busy_time
     assert busy[LATENCY] / busy[THROUGHPUT] == pytest.approx(2.0, rel=0.05)
     assert counts[LATENCY] / counts[THROUGHPUT] == pytest.approx(2.0, rel=0.05)
 

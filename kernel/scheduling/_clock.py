@@ -18,6 +18,22 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections.abc import Callable
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """What the kernel asks of a clock (yours may be anything that has these)."""
+
+    def monotonic(self) -> float:
+        """Seconds from an arbitrary origin, never going backwards."""
+
+    def now(self) -> float:
+        """Wall time, float seconds since the Unix epoch."""
+
+    def timer(self, loop, delay: float, fn: Callable[[], None]):
+        """Call `fn()` on `loop` once `delay` seconds of this clock have
+        passed; returns a handle with `cancel()`."""
 
 
 class SystemClock:
@@ -28,6 +44,10 @@ class SystemClock:
 
     monotonic = staticmethod(time.perf_counter)
     now = staticmethod(time.time)
+
+    @staticmethod
+    def timer(loop, delay: float, fn: Callable[[], None]):
+        return loop.call_later(delay, fn)
 
     def __repr__(self) -> str:
         return "SystemClock()"
@@ -72,6 +92,11 @@ class VirtualClock:
         entry = [self._monotonic + max(delay, 0.0), next(self._sequence), fn]
         heapq.heappush(self._timers, entry)
         return _VirtualTimer(entry)
+
+    def timer(self, loop, delay: float, fn: Callable[[], None]) -> _VirtualTimer:
+        """`fn()` on `loop`'s next turn once the clock has been advanced by
+        `delay` (the kernel's processing-time timers)."""
+        return self.call_later(delay, lambda: loop.call_soon(fn))
 
     def __repr__(self) -> str:
         return f"VirtualClock(monotonic={self._monotonic!r})"

@@ -25,10 +25,10 @@ import contextvars
 import itertools
 import logging
 from collections.abc import Coroutine
-from typing import Any
+from dataclasses import dataclass
 
-from kernel.scheduling._clock import SystemClock
-from kernel.scheduling._scheduler import THROUGHPUT, Activation, Scheduler
+from kernel.scheduling._clock import Clock, SystemClock
+from kernel.scheduling._scheduler import THROUGHPUT, Activation, Scheduler, SchedulerStatistics
 
 _current_kernel: contextvars.ContextVar[Kernel | None] = contextvars.ContextVar(
     "current_kernel", default=None
@@ -70,6 +70,31 @@ class _BudgetCheck:
 
     def __await__(self):
         return self._kernel._check_budget()
+
+
+@dataclass(frozen=True)
+class KernelStatistics:
+    """A kernel's `statistics()`: its scheduler's (None before it runs) and
+    how many low-level tasks are alive."""
+
+    scheduler: SchedulerStatistics | None
+    tasks: int
+
+    @property
+    def slices(self) -> int:
+        return self.scheduler.slices if self.scheduler else 0
+
+    @property
+    def ticks(self) -> int:
+        return self.scheduler.ticks if self.scheduler else 0
+
+    @property
+    def activations(self) -> int:
+        return self.scheduler.activations if self.scheduler else 0
+
+    @property
+    def busy_time(self) -> dict[str, float]:
+        return self.scheduler.busy_time if self.scheduler else {}
 
 
 class _KernelLogger(logging.LoggerAdapter):
@@ -139,7 +164,7 @@ class Kernel:
         stall_threshold: float = 0.025,
         logger: logging.Logger | None = None,
     ) -> None:
-        self.clock = clock if clock is not None else SystemClock()
+        self.clock: Clock = clock if clock is not None else SystemClock()
         self._monotonic = self.clock.monotonic
         base_logger = logger or logging.getLogger("kernel")
         self.logger = _KernelLogger(base_logger, {"kernel": index})
@@ -283,11 +308,7 @@ class Kernel:
             except BaseException as exc:  # a timer's failure is the run's, not the loop's
                 self.fail(exc)
 
-        schedule = getattr(self.clock, "call_later", None)
-        if schedule is None:
-            handle = loop.call_later(delay, fire)
-        else:
-            handle = schedule(delay, lambda: loop.call_soon(fire))
+        handle = self.clock.timer(loop, delay, fire)
         timers.add(handle)
         return handle
 
@@ -411,10 +432,11 @@ class Kernel:
         self._tickets[:] = self._normal_tickets
         self._deadline = self._monotonic() + self._budget
 
-    def statistics(self) -> dict[str, Any]:
-        stats = self._scheduler.statistics() if self._scheduler else {}
-        stats["tasks"] = len(self._tasks)
-        return stats
+    def statistics(self) -> KernelStatistics:
+        """What this kernel has done so far: its scheduler's figures and its
+        live low-level tasks."""
+        scheduler = self._scheduler.statistics() if self._scheduler else None
+        return KernelStatistics(scheduler=scheduler, tasks=len(self._tasks))
 
 
 _get_current_tickets = _current_tickets.get

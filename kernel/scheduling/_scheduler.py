@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 LATENCY = "latency"
@@ -47,6 +48,17 @@ THROUGHPUT = "throughput"
 TASK_CLASSES = (LATENCY, THROUGHPUT)
 DEFAULT_SHARES = {LATENCY: 2, THROUGHPUT: 1}
 STALL_REPORT_INTERVAL = 10.0  # seconds between two stall reports of one activation
+
+
+@dataclass(frozen=True)
+class SchedulerStatistics:
+    """What a scheduler has done so far (as trio's `RunStatistics`)."""
+
+    slices: int  # event-loop callbacks: each ran ticks until the budget was spent
+    ticks: int  # passes over what was ready when they began
+    activations: int
+    busy_time: dict[str, float]  # seconds spent running each task class
+    queued: dict[str, int]  # activations waiting, per task class
 
 
 class Activation(Protocol):
@@ -143,14 +155,14 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self._latency.queue or self._throughput.queue)
 
-    def statistics(self) -> dict:
-        return {
-            "slices": self.slices,
-            "ticks": self.ticks,
-            "activations": self.activations,
-            "busy_time": {c.name: c.busy_time for c in self._classes.values()},
-            "queued": {c.name: len(c.queue) for c in self._classes.values()},
-        }
+    def statistics(self) -> SchedulerStatistics:
+        return SchedulerStatistics(
+            slices=self.slices,
+            ticks=self.ticks,
+            activations=self.activations,
+            busy_time={c.name: c.busy_time for c in self._classes.values()},
+            queued={c.name: len(c.queue) for c in self._classes.values()},
+        )
 
     # -- internals ----------------------------------------------------------
 

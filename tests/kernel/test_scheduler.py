@@ -47,8 +47,8 @@ async def test_work_readied_during_a_tick_runs_in_a_later_tick():
     # the tick began) even though it was readied first.
     assert trace == ["a", "b", "c"]
     stats = kernel.statistics()
-    assert stats["ticks"] == 2
-    assert stats["slices"] == 1  # both ticks fit in one budget: no loop round trip
+    assert stats.ticks == 2
+    assert stats.slices == 1  # both ticks fit in one budget: no loop round trip
 
 
 async def test_a_spent_budget_hands_the_loop_to_the_host_between_activations():
@@ -75,7 +75,7 @@ async def test_a_spent_budget_hands_the_loop_to_the_host_between_activations():
     # budget, a, b, c spend 1.2 ms and the loop runs the host; d and e
     # (already ready, same tick) go first in the next slice.
     assert trace == ["host", "a", "b", "c", "host", "d", "e", "host"]
-    assert kernel.statistics()["slices"] == 2
+    assert kernel.statistics().slices == 2
 
 
 async def test_self_rescheduling_activation_cannot_starve_the_loop():
@@ -129,7 +129,7 @@ async def test_task_classes_share_cpu_time_by_their_shares():
         k.ready(worker(k, LATENCY), LATENCY)
 
     await run_kernel(kernel, setup)
-    busy = kernel.statistics()["busy_time"]
+    busy = kernel.statistics().busy_time
     # both workers are queued when the limit is reached: one may run once more
     assert limit <= counts[LATENCY] + counts[THROUGHPUT] <= limit + 1
     assert counts[LATENCY] / counts[THROUGHPUT] == pytest.approx(3.0, rel=0.05)
