@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -16,11 +17,8 @@ from kernel._facade import (
     DEFAULT_EPOCH_INTERVAL,
     DEFAULT_GC_THRESHOLD,
     DEFAULT_STARTUP_TIMEOUT,
-    _check_cores,
-    _Snapshots,
-    flow_fingerprint,
-    run,
-    run_on_cores,
+    execute,
+    plan_for,
 )
 from kernel.dataflow._api import Dataflow
 from kernel.dataflow._errors import KernelError, cause_traceback
@@ -79,11 +77,7 @@ def _report(prefix: str, exc: BaseException) -> None:
         print(text, end="", file=sys.stderr)
 
 
-def _run_cluster(args, path: Path, name: str) -> int:
-    """One process of a cluster: its kernels and its links to the others."""
-    from kernel.execution._cluster import cluster_plan
-    from kernel.net import LinkError  # (these import aiohttp: only a cluster pays for it)
-
+def _check_cluster_options(args) -> None:
     if args.peers is None or args.process_id is None:
         raise UsageError("a cluster needs both --process-id and --peers")
     if args.state_dir is not None:
@@ -92,16 +86,44 @@ def _run_cluster(args, path: Path, name: str) -> int:
         raise UsageError("--tls-cert and --tls-key go together")
     if args.tls_ca is not None and args.tls_cert is None:
         raise UsageError("--tls-ca needs --tls-cert and --tls-key")
-    _check_cores(args.cores)
-    # The launcher imports the file too: every process checks that the
-    # others run the same flow (its fingerprint) before any data flows.
-    flow = load_flow(path, name)
+
+
+def _flow_loader(path: Path, name: str):
+    """`get_flow` for the run plan: the pipeline file imported once per
+    process that asks. The launcher imports it only when the plan needs the
+    flow (one kernel; a state_dir's or a cluster's fingerprint); each kernel
+    process imports it itself, so module-level state (open files, sockets,
+    random generators) is its own, not a forked copy of the launcher's."""
+    loaded: dict[int, Dataflow] = {}
+
+    def get_flow() -> Dataflow:
+        pid = os.getpid()
+        if pid not in loaded:
+            loaded[pid] = load_flow(path, name)
+        return loaded[pid]
+
+    return get_flow
+
+
+def _run(args, path: Path, name: str) -> int:
+    in_cluster = args.peers is not None or args.process_id is not None
+    if in_cluster:
+        _check_cluster_options(args)
+    if not path.is_file():
+        raise UsageError(f"pipeline file not found: {path}")
+    get_flow = _flow_loader(path, name)
     tls = None if args.tls_cert is None else (args.tls_cert, args.tls_key, args.tls_ca)
-    plan = cluster_plan(args.process_id, args.peers, args.cores, secret_file=args.secret_file, tls=tls,
-                        startup_timeout=args.startup_timeout, fingerprint=flow_fingerprint(flow))
+    plan = plan_for(get_flow, cores=args.cores, gc_threshold=DEFAULT_GC_THRESHOLD,
+                    state_dir=args.state_dir, epoch_interval=args.epoch_interval,
+                    process_id=args.process_id, peers=args.peers, secret_file=args.secret_file, tls=tls,
+                    startup_timeout=args.startup_timeout)
+    if not in_cluster:
+        execute(plan, get_flow)
+        return 0
+    from kernel.net import LinkError  # (these import aiohttp: only a cluster pays for it)
+
     try:
-        # Each kernel process imports the file itself, as with --cores.
-        run_on_cores(lambda: load_flow(path, name), args.cores, {}, DEFAULT_GC_THRESHOLD, None, plan)
+        execute(plan, get_flow)
     except LinkError as exc:  # it names the peer: that is the whole message
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -137,23 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     from kernel.state import StateError  # the facade's one reach into `state`
 
     try:
-        if args.peers is not None or args.process_id is not None:
-            return _run_cluster(args, path, name)
-        if args.cores == 1:
-            run(load_flow(path, name), state_dir=args.state_dir, epoch_interval=args.epoch_interval)
-        else:
-            _check_cores(args.cores)
-            if not path.is_file():
-                raise UsageError(f"pipeline file not found: {path}")
-            epochs = None
-            if args.state_dir is not None:
-                # the launcher imports the file too, for the flow's fingerprint
-                flow = load_flow(path, name)
-                snapshots = _Snapshots(flow, args.state_dir, args.epoch_interval, args.cores)
-                epochs = snapshots.for_processes()
-            # Each kernel process imports the file itself: module-level state
-            # (open files, sockets, random generators) is its own.
-            run_on_cores(lambda: load_flow(path, name), args.cores, {}, DEFAULT_GC_THRESHOLD, epochs)
+        return _run(args, path, name)
     except StateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

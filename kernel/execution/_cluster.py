@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from kernel._facade import DEFAULT_STARTUP_TIMEOUT
+from kernel.execution._plan import DEFAULT_STARTUP_TIMEOUT
 from kernel.net._links import DEFAULT_HEARTBEAT
 from kernel.net._relay import ClusterPlan, TLSFiles
 

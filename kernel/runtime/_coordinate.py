@@ -46,6 +46,7 @@ class _Coordinator:
         self.finished_before = finished_before  # the restored epoch is the end of a finished run
         self.first_epoch = restored_epoch + 1
         self.runtime = None
+        self._closed = False
 
     def restored(self, runtime) -> None:
         """The runtime has put the snapshot back: what was complete stays
@@ -71,6 +72,8 @@ class _Coordinator:
         kernel = self.runtime.kernel
 
         def done(future):
+            if self._closed:  # the run is over (failed): nothing more to tell it
+                return
             exc = future.exception()
             if exc is not None:
                 loop.call_soon_threadsafe(kernel.fail, exc)
@@ -82,6 +85,8 @@ class _Coordinator:
     def _guarded(self, fn, *args) -> None:
         """Run `fn` from a loop callback: a failure (an operator's on_commit)
         fails the run instead of going to the loop's exception handler."""
+        if self._closed:
+            return
         try:
             fn(*args)
         except BaseException as exc:
@@ -89,6 +94,15 @@ class _Coordinator:
 
     def _close(self) -> None:
         self._writer.shutdown(wait=False)
+
+    def close(self) -> None:
+        """The run is over, however it ended: wait for the snapshot writes in
+        flight (so nothing is written after the run returns) and drop what
+        they would have told the runtime (its loop may be closing)."""
+        self._closed = True
+        writer = getattr(self, "_writer", None)
+        if writer is not None:
+            writer.shutdown(wait=True)
 
 
 class LocalCoordinator(_Coordinator):

@@ -484,3 +484,36 @@ def test_a_moved_output_directory_resumes(tmp_path):
     assert second.returncode == 0, second.stderr
     assert_it_resumed(tmp_path, second, 2, False, kept, out=tmp_path / "new", n=n)
     assert_exactly_once(tmp_path / "new", n)
+
+
+def test_a_failed_run_on_one_kernel_writes_nothing_after_it_returns(tmp_path, capfd):
+    """Found in review: a one-kernel run with a state_dir that failed left its
+    snapshot writer running: writes still in flight finished after run()
+    returned (marking epochs complete behind the caller's back) and told a
+    closed loop about it ("Event loop is closed" tracebacks on stderr)."""
+    import threading
+    import time
+
+    from kernel import Dataflow, OperatorError, run
+
+    def slow_until_broken(n):
+        if n == 600:
+            raise ValueError("broken record")
+        time.sleep(0.0001)  # spreads the run over many 1 ms epochs
+        return n
+
+    flow = Dataflow("fails")
+    flow.from_iterable(range(1_000), batch_size=10).map(slow_until_broken).key_by(
+        lambda n: n % 3).count().collect()
+    with pytest.raises(OperatorError, match="broken record"):
+        run(flow, state_dir=tmp_path / "state", epoch_interval=0.001)
+    assert [t.name for t in threading.enumerate() if t.name.startswith("snapshot-writer")] == []
+    store = SnapshotStore(tmp_path / "state")
+    try:
+        completed = store.completed()
+        assert completed and completed[0][0] > 1  # it did snapshot before it failed
+        time.sleep(0.05)  # a write still in flight would land now
+        assert store.completed() == completed
+    finally:
+        store.close()
+    assert "Event loop is closed" not in capfd.readouterr().err

@@ -1,0 +1,64 @@
+"""The run plan: everything that decides how a run executes, in one value.
+
+`run`, `run_async` and the command line each build a `RunPlan`
+(`kernel._facade.plan_for`: it checks the options, opens the snapshot store
+and the cluster's configuration), and `execute` / `execute_async`
+(`_execute.py`) carry it out. The mode follows from the plan, as timely's
+three configurations: one kernel in this thread, one pinned kernel process
+per core, or one process of a cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# A pipeline allocates short-lived containers (batches, pairs) by the
+# million; with CPython's default gen-0 threshold (700 allocations) the
+# collector runs thousands of times per second and costs 15-20% of word
+# count's time (benches/pipelines.py). A blocking run and a kernel process
+# own their thread's work, so they raise the threshold while they run.
+DEFAULT_GC_THRESHOLD = 50_000
+DEFAULT_EPOCH_INTERVAL = 1.0
+DEFAULT_STARTUP_TIMEOUT = 30.0  # seconds a cluster's processes have to find each other
+
+THREAD, PROCESS, CLUSTER = "thread", "process", "cluster"
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """How each kernel schedules (see `kernel.lowlevel.Kernel`)."""
+
+    clock: Any = None  # None: the system clock
+    budget: float = 0.001
+    shares: dict[str, float] | None = None
+    stall_threshold: float = 0.025
+
+    def as_kwargs(self) -> dict:
+        return {"clock": self.clock, "budget": self.budget, "shares": self.shares,
+                "stall_threshold": self.stall_threshold}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """How one run executes.
+
+    `snapshots` (with a `state_dir`) is what the run starts from and where it
+    writes its epochs: `local()` gives a one-kernel coordinator,
+    `for_processes()` what kernel processes need (the facade opens it: the
+    execution layer never imports `kernel.state`). `cluster` (a
+    `ClusterPlan`) makes this process one of several. `gc_threshold` is the
+    generation-0 GC threshold of every thread that runs kernels and of a
+    blocking caller (None: leave GC alone)."""
+
+    cores: int = 1
+    kernel: KernelOptions = field(default_factory=KernelOptions)
+    gc_threshold: int | None = DEFAULT_GC_THRESHOLD
+    snapshots: Any = None
+    cluster: Any = None
+
+    @property
+    def mode(self) -> str:
+        if self.cluster is not None:
+            return CLUSTER
+        return PROCESS if self.cores > 1 else THREAD
