@@ -28,6 +28,8 @@ import statistics
 import tempfile
 import time
 
+from kernel.operators import SNAPSHOT_LAYOUT
+
 from benches._report import machine, table
 from benches.pipelines import make_events, ours_window_sums
 from kernel import Dataflow, run
@@ -94,7 +96,7 @@ def section_million_keys(keys: int, reps: int) -> str:
         counts = value_state(op, "accumulators")
         counts.update((f"key-{i:08d}", i % 97) for i in range(keys))
         store = SnapshotStore(directory)
-        store.claim("bench", 1)
+        store.claim("bench", 1, SNAPSHOT_LAYOUT)
         take, write, read, restore, sizes = [], [], [], [], []
         for epoch in range(1, reps + 1):
             start = time.perf_counter()

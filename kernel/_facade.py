@@ -89,7 +89,9 @@ class Snapshots:
         self.state_dir = state_dir
         self.interval = float(epoch_interval)
         self.store = SnapshotStore(state_dir)
-        self.store.claim(flow_fingerprint(flow), cores)
+        from kernel.operators import SNAPSHOT_LAYOUT
+
+        self.store.claim(flow_fingerprint(flow), cores, SNAPSHOT_LAYOUT)
         latest = self.store.latest(cores)
         self.epoch, self.finished, self.blobs = latest if latest else (0, False, None)
         self._tell()

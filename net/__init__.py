@@ -22,7 +22,7 @@ if __name__ != "kernel.net":
     sys.modules[__name__] = kernel.net
 
 
-from kernel.net._batch import IDLE, EpochMarker, TimedBatch
+from kernel.net._channel import IDLE, EpochMarker, TimedBatch
 from kernel.net._exchange import Partitioner, stable_hash
 from kernel.net._protocol import LocalTransport, Receiver, Transport
 from kernel.net._transport import ProcessTransport

@@ -29,7 +29,7 @@ from itertools import chain
 
 import msgspec
 
-from ._batch import IDLE, EpochMarker, TimedBatch
+from ._channel import IDLE, EpochMarker, TimedBatch
 from .shm import TAG
 
 KIND_SCALARS = 1  # msgpack array of scalars

@@ -16,7 +16,7 @@ import numbers
 import pickle
 import zlib
 
-from ._batch import TimedBatch
+from ._channel import TimedBatch
 
 _CACHE_LIMIT = 1 << 20
 

@@ -51,8 +51,18 @@ from kernel.operators._windows import (
 
 from kernel.dataflow._operator import Operator, Source
 
+# How the built-in operators (and the runtime around them) lay out what
+# they put in epoch snapshots; a snapshot store records it and refuses a
+# state_dir written with another. Raised whenever that changes: 2 =
+# windowed aggregates keep their state by window number (partials
+# `(key, j, acc)`), not by `Window`; 3 = the library's classes pickle under
+# `kernel.*` module names (`kernel.operators...`), and flows are
+# fingerprinted by their steps' kinds, not their names.
+SNAPSHOT_LAYOUT = "3"
+
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "SNAPSHOT_LAYOUT",
     "Aggregation",
     "AsyncIterableSource",
     "Collect",

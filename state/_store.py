@@ -9,7 +9,7 @@ serialize on a lock; a snapshot write is one short transaction).
 Tables:
 
 * `meta`: the flow's fingerprint, the number of kernels it ran on and the
-  layout of the operators' snapshots (`FORMAT`), so a `state_dir` written by
+  layout of the operators' snapshots (given by the caller), so a `state_dir` written by
   another flow, for another number of kernels or by a version of this
   library whose operators saved their state differently is refused with a
   clear error instead of being misread;
@@ -33,21 +33,17 @@ import sqlite3
 import zlib
 from contextlib import contextmanager
 
+from kernel.dataflow import EVERY_EPOCH
 from kernel.dataflow._errors import KernelError
 
 log = logging.getLogger("kernel.state")
 
 FILE_NAME = "snapshots.sqlite"
-# The layout of what operators put in their snapshots. Raised whenever a
-# built-in operator changes it: 2 = windowed aggregates keep their state by
-# window number (partials `(key, j, acc)`), not by `Window`; 3 = the library's
-# classes pickle under `kernel.*` module names (`kernel.operators...`), and
-# flows are fingerprinted by their steps' kinds, not their names.
-FORMAT = "3"
 _KEEP_COMPLETE = 2
-# A kernel whose work has all ended writes its last snapshot under FINAL: it
-# stands for that kernel in every later epoch (it takes part in none).
-FINAL = 2**62
+# A kernel whose work has all ended writes its last snapshot under FINAL (an
+# epoch number after every epoch): it stands for that kernel in every later
+# epoch (it takes part in none).
+FINAL = EVERY_EPOCH
 
 
 class StateError(KernelError):
@@ -119,21 +115,23 @@ class SnapshotStore:
 
     # -- which flow ------------------------------------------------------------------
 
-    def claim(self, fingerprint: str, kernels: int) -> None:
+    def claim(self, fingerprint: str, kernels: int, layout: str) -> None:
         """Bind an empty store to this flow, or check that it is this flow's
-        (and intact: see `_check_intact`)."""
+        (and intact: see `_check_intact`). `layout` names how the snapshots
+        are laid out (what the operators put in them: `kernel.operators.
+        SNAPSHOT_LAYOUT`): the store only compares it, as text."""
         self._check_intact()
         rows = dict(self._query("SELECT key, value FROM meta"))
         if not rows:
             self._write(
                 "INSERT INTO meta (key, value) VALUES (?, ?), (?, ?), (?, ?)",
-                ("flow", fingerprint, "kernels", str(kernels), "format", FORMAT),
+                ("flow", fingerprint, "kernels", str(kernels), "format", layout),
             )
             return
-        if rows.get("format") != FORMAT:
+        if rows.get("format") != layout:
             raise StateError(
                 f"state_dir {self.directory!r} holds snapshots in format {rows.get('format', '1')} "
-                f"and this version reads format {FORMAT} (its operators save their state "
+                f"and this version reads format {layout} (its operators save their state "
                 "differently); finish that run with the version that wrote it, or use a fresh state_dir"
             )
         if rows.get("flow") != fingerprint:

@@ -10,3 +10,7 @@ type; `_api.py` alone also imports `kernel.operators`, whose operators its
 fluent methods make (DESIGN.md's one thin exception). Never the runtime,
 execution or `kernel.state`.
 """
+
+from kernel.net._channel import EVERY_EPOCH, IDLE, EpochMarker, TimedBatch
+
+__all__ = ["EVERY_EPOCH", "IDLE", "EpochMarker", "TimedBatch"]

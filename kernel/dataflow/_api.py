@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 
-from kernel import operators as ops
+import kernel.operators as ops
 from kernel.dataflow._graph import Combiner, Edge, Graph, Node
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Operator, Source
 

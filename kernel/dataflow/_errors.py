@@ -13,6 +13,10 @@ import reprlib
 import traceback
 from pathlib import Path
 
+from kernel.scheduling._errors import ActivationError, KernelError, TaskError
+
+__all__ = ["ActivationError", "KernelError", "OperatorError", "TaskError"]
+
 _record_repr = reprlib.Repr()
 _record_repr.maxstring = 200
 _record_repr.maxother = 200
@@ -75,12 +79,6 @@ def is_unhashable(key: object) -> bool:
     return False
 
 
-class KernelError(Exception):
-    """Base class of the errors a run raises."""
-
-    _kernel_named = True
-
-
 class OperatorError(KernelError):
     """A user function (or a user operator's handler) raised, or returned
     something the library cannot use.
@@ -130,32 +128,6 @@ class OperatorError(KernelError):
         behind it: `hint` says what it needs)."""
         return cls(operator, describe_function(fn), describe_record(record), describe_record(value),
                    hint, "returned")
-
-
-class TaskError(KernelError):
-    """A low-level task spawned on a kernel raised."""
-
-    def __init__(self, task: str, error: BaseException | str) -> None:
-        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        super().__init__(task, text)
-        self.task = task
-        self.error = text
-
-    def __str__(self) -> str:
-        return f"task {self.task!r} raised {self.error}"
-
-
-class ActivationError(KernelError):
-    """An activation raised something that did not name itself."""
-
-    def __init__(self, activation: str, error: BaseException | str) -> None:
-        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        super().__init__(activation, text)
-        self.activation = activation
-        self.error = text
-
-    def __str__(self) -> str:
-        return f"{self.activation} raised {self.error}"
 
 
 # The library's folders: `kernel/` (which, installed, holds `kernel/net/` and

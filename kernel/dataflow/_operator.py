@@ -53,7 +53,7 @@ runs on the kernel's clock (a ``VirtualClock`` in tests).
 
 from __future__ import annotations
 
-from kernel.net import TimedBatch
+from kernel.net._channel import TimedBatch
 from kernel.scheduling._scheduler import THROUGHPUT
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Operator", "Source", "TimedBatch"]

@@ -28,10 +28,10 @@ import heapq
 import itertools
 import math
 
+from kernel.dataflow import IDLE, EpochMarker
 from kernel.dataflow._errors import KernelError, OperatorError, describe_function
 from kernel.dataflow._graph import Node
 from kernel.dataflow._operator import Operator
-from kernel.net import IDLE, EpochMarker
 
 from ._progress import Frontier
 

@@ -21,15 +21,15 @@ from __future__ import annotations
 import math
 import pickle
 
+from kernel.dataflow import EVERY_EPOCH, EpochMarker
 from kernel.dataflow._graph import Graph, Node
 from kernel.dataflow._operator import Operator
-from kernel.net import EpochMarker, LocalTransport, Partitioner
+from kernel.net import LocalTransport, Partitioner
 
 from ._epochs import ENDED, EpochTracker
 from ._exchange import ExchangeOutput
 from ._instance import END, Instance, _call
 
-_FINAL_WITHOUT_EPOCHS = 2**62  # commit() at the end of a run without epochs: every epoch
 _INF = math.inf
 
 
@@ -161,7 +161,7 @@ class Runtime:
         if self.epochs is not None:
             self.epochs.ended(instance.index)
         elif self._live == 1:
-            self.commit(_FINAL_WITHOUT_EPOCHS)  # no epochs: held-back output goes out at the end
+            self.commit(EVERY_EPOCH)  # no epochs: held-back output goes out at the end
         self._live -= 1
         if self._live == 0:
             self.kernel.context.watermark = _INF

@@ -28,6 +28,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 
 from kernel.scheduling._clock import Clock, SystemClock
+from kernel.scheduling._errors import ActivationError, TaskError
 from kernel.scheduling._scheduler import THROUGHPUT, Activation, Scheduler, SchedulerStatistics
 
 _current_kernel: contextvars.ContextVar[Kernel | None] = contextvars.ContextVar(
@@ -368,8 +369,6 @@ class Kernel:
         task = ref.task
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
-            from kernel.dataflow._errors import TaskError
-
             if not isinstance(exc, TaskError) and not getattr(exc, "_kernel_named", False):
                 wrapped = TaskError(ref.name, exc)
                 wrapped.__cause__ = exc
@@ -384,8 +383,6 @@ class Kernel:
             self._idle.set_result(None)
 
     def _activation_failed(self, activation: Activation, exc: BaseException) -> None:
-        from kernel.dataflow._errors import ActivationError
-
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             pass  # Ctrl-C or sys.exit() in a user function: the run ends as they mean
         elif not getattr(exc, "_kernel_named", False):

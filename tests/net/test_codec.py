@@ -11,7 +11,7 @@ import threading
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kernel.net._batch import TimedBatch
+from kernel.net._channel import TimedBatch
 from kernel.net._codec import (
     HEADER,
     KIND_END,
@@ -340,7 +340,7 @@ def test_records_that_are_not_pairs_keep_every_field():
 
 @pytest.mark.parametrize("payload", [None, 1.5, -math.inf, math.inf, "idle", "epoch"])
 def test_progress_payloads_round_trip(payload):
-    from kernel.net._batch import IDLE, EpochMarker
+    from kernel.net._channel import IDLE, EpochMarker
     from kernel.net._codec import encode_progress
 
     payload = {"idle": IDLE, "epoch": EpochMarker(7)}.get(payload, payload)

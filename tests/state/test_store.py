@@ -13,6 +13,7 @@ import uuid
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel.operators import SNAPSHOT_LAYOUT
 
 from kernel import Dataflow, KernelError, Operator, run
 from kernel._facade import flow_fingerprint
@@ -30,7 +31,7 @@ from state import (
 
 def store_with_epochs(tmp_path, epochs=(1, 2), kernels=2) -> SnapshotStore:
     store = SnapshotStore(tmp_path)
-    store.claim("flow-a", kernels)
+    store.claim("flow-a", kernels, SNAPSHOT_LAYOUT)
     for epoch in epochs:
         for kernel in range(kernels):
             store.write(epoch, kernel, f"epoch {epoch} kernel {kernel}".encode())
@@ -74,9 +75,9 @@ def test_only_the_two_newest_complete_epochs_are_kept(tmp_path):
 def test_a_state_dir_of_another_flow_or_kernel_count_is_refused(tmp_path):
     store_with_epochs(tmp_path)
     with pytest.raises(StateError, match="another flow"):
-        SnapshotStore(tmp_path).claim("flow-b", 2)
+        SnapshotStore(tmp_path).claim("flow-b", 2, SNAPSHOT_LAYOUT)
     with pytest.raises(StateError, match="written by 2 kernels and this run has 3"):
-        SnapshotStore(tmp_path).claim("flow-a", 3)
+        SnapshotStore(tmp_path).claim("flow-a", 3, SNAPSHOT_LAYOUT)
 
 
 def test_a_state_dir_in_another_snapshot_format_is_refused(tmp_path):
@@ -87,11 +88,11 @@ def test_a_state_dir_in_another_snapshot_format_is_refused(tmp_path):
     old._write("DELETE FROM meta WHERE key = ?", ("format",))
     old.close()
     with pytest.raises(StateError, match="format 1 and this version reads format 3"):
-        SnapshotStore(tmp_path).claim("flow-a", 2)
+        SnapshotStore(tmp_path).claim("flow-a", 2, SNAPSHOT_LAYOUT)
     written_by_the_previous_version = SnapshotStore(tmp_path)
     written_by_the_previous_version._write("INSERT INTO meta (key, value) VALUES (?, ?)", ("format", "2"))
     with pytest.raises(StateError, match="format 2 and this version reads format 3"):
-        SnapshotStore(tmp_path).claim("flow-a", 2)
+        SnapshotStore(tmp_path).claim("flow-a", 2, SNAPSHOT_LAYOUT)
 
 
 def test_the_fingerprint_is_the_flows_shape_not_its_paths_functions_or_names():

@@ -1,4 +1,14 @@
-"""Batches that carry event time.
+"""What a channel carries: batches (plain lists, or `TimedBatch`es with event
+time) and the progress markers that travel in band behind them (`IDLE`, an
+`EpochMarker`; a watermark is a float, end of input the transport's own).
+
+This is the vocabulary every transport and the runtime share, the wire
+protocol of a channel, so it lives at the bottom, here, where the codec
+(`_codec.py`) and the key exchange (`_exchange.py`) can read it; the dataflow
+layer (`kernel.dataflow`) re-exports it as part of the model operators are
+written against.
+
+Batches that carry event time.
 
 A batch is a plain `list` of records. When a source has a `timestamp=`
 function, its batches are `TimedBatch`es: still lists (every operator and
@@ -62,3 +72,9 @@ class EpochMarker:
 
     def __hash__(self) -> int:
         return hash(("epoch", self.epoch))
+
+
+# An epoch number after every epoch: committing it publishes everything held
+# back (the end of a run without epochs); a kernel that has ended stores its
+# last snapshot under it (it stands for that kernel in every later epoch).
+EVERY_EPOCH = 2**62
