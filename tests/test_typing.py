@@ -43,7 +43,7 @@ def installed_layout(base: Path) -> Path:
     """The checkout as a wheel installs it, made of symbolic links: the folders
     that pyproject.toml's [tool.setuptools.package-dir] maps under `kernel`
     (net/, operators/, state/) become its sub-packages, and the alias modules
-    sit at the top. A type checker cannot follow the editable install's
+    sit at the top with their stub packages. A type checker cannot follow the editable install's
     import hook, so this is how it finds `kernel.operators` from a checkout."""
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     folders = setuptools["package-dir"]
@@ -59,6 +59,9 @@ def installed_layout(base: Path) -> Path:
         (top / name).symlink_to(folder)
     for module in setuptools.get("py-modules", ()):
         (site / f"{module}.py").symlink_to(ROOT / folders[""] / f"{module}.py")
+    for package in setuptools["packages"]:  # the aliases' stub packages
+        if package.split(".")[0] != "kernel":
+            (site / package).symlink_to(ROOT / folders[""] / package)
     return site
 
 

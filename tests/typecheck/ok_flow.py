@@ -12,8 +12,6 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any, assert_type
 
-from kernel.operators import Session, Sliding, Tumbling, Window
-
 from kernel import (
     Collected,
     Dataflow,
@@ -25,6 +23,7 @@ from kernel import (
     WindowResults,
     run,
 )
+from operators import Session, Sliding, Tumbling, Window  # the alias, as the README writes it
 
 Event = tuple[str, float, int]  # (user, time, amount)
 EVENTS: list[Event] = [("ann", 0.1, 4), ("bob", 0.4, 1), ("ann", 0.6, 2), ("ann", 1.3, 5), ("bob", 0.2, 7)]
