@@ -20,7 +20,7 @@ import functools
 import os
 from collections.abc import AsyncIterable, Callable, Iterable
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar, overload
+from typing import Any, Generic, Protocol, TypeGuard, TypeVar, overload
 
 from kernel import operators as ops
 from kernel.dataflow._graph import Combiner, Edge, Graph, Node
@@ -340,8 +340,15 @@ class Stream(Generic[T_co]):
         """
         return Stream(self.flow, self._then(name or f"map({_fn_name(fn)})", functools.partial(ops.Map, fn)))
 
-    def filter(self, fn: Callable[[T_co], object], *, name: str | None = None) -> Stream[T_co]:
-        """The records for which `fn(record)` is true.
+    @overload
+    def filter(self, fn: Callable[[T_co], TypeGuard[U]], *, name: str | None = None) -> Stream[U]: ...
+
+    @overload
+    def filter(self, fn: Callable[[T_co], object], *, name: str | None = None) -> Stream[T_co]: ...
+
+    def filter(self, fn: Callable[[Any], object], *, name: str | None = None) -> Stream[Any]:
+        """The records for which `fn(record)` is true. (A `TypeGuard[U]`
+        function narrows the type: `Stream[U]`.)
 
         >>> from kernel import Dataflow, run
         >>> flow = Dataflow()
@@ -649,7 +656,7 @@ class WindowedStream(Generic[K_co, V_co]):
     def __repr__(self) -> str:
         return f"<WindowedStream {self._keyed.node.label} {self.window!r}>"
 
-    def _aggregate(self, label: str, aggregation: ops.Aggregation) -> WindowResults[K_co, V_co, Any]:
+    def _aggregate(self, label: str, aggregation: ops.Aggregation) -> WindowResults[Any, Any, Any]:
         keyed = self._keyed
         factory = functools.partial(ops.WindowAggregate, self.window, aggregation, self._late)
         # with several kernels, count/sum/reduce over tumbling or sliding

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
-from typing import Any, assert_type
+from typing import Any, TypeGuard, assert_type
 
 from kernel import (
     Collected,
@@ -114,6 +114,10 @@ def joins() -> tuple[Dataflow, Collected[tuple[str, Window, tuple[str, float]]]]
     return flow, joined.collect()
 
 
+def is_datetime(record: object) -> TypeGuard[datetime]:
+    return isinstance(record, datetime)
+
+
 def share(index: int, peers: int) -> Iterator[int]:
     return iter(range(index, 6, peers))
 
@@ -152,11 +156,13 @@ def sources() -> tuple[Dataflow, dict[str, Collected[Any]]]:
     assert_type(stamped, Stream[datetime])
     mixed = parts.union(stamped)
     assert_type(mixed, Stream[int | datetime])
+    assert_type(mixed.filter(is_datetime), Stream[datetime])  # a TypeGuard narrows
     # mid level: the records' type is the user's to state
     counted: Stream[int] = flow.source(Countdown, name="countdown")
     doubled: Stream[int] = counted.apply(Doubled)
     assert_type(scale(doubled), Stream[float])
     return flow, {"parts": parts.union(doubled).collect(), "mixed": mixed.collect(),
+                  "stamps": mixed.filter(is_datetime).collect(),
                   "scaled": scale(doubled).collect()}
 
 
