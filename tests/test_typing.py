@@ -17,8 +17,8 @@ under --strict (`Dataflow("x")` with an untyped `__init__`: "Call to untyped
 function"), where a lax run says nothing. A result that is `Any` would pass
 every check after it; the `assert_type`s catch those.
 
-mypy starts cold each time (its cache in a fresh temporary folder): a few
-seconds, most of it reading the standard library's stubs and the kernel.
+mypy starts cold (its cache in a fresh temporary folder, shared by the two
+runs): a few seconds, most of it reading the standard library's stubs.
 """
 
 from __future__ import annotations
@@ -108,12 +108,19 @@ def marked_lines(path: Path) -> dict[int, str]:
 
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory) -> dict[Path, list[str]]:
-    """One mypy run over both files (they share its start-up and the stdlib)."""
+def layout(tmp_path_factory) -> tuple[Path, Path]:
+    """The installed layout, and a mypy cache the runs share (the standard
+    library's part of it, read once)."""
     base = tmp_path_factory.mktemp("typing")
-    site = installed_layout(base)
+    return installed_layout(base), base / "mypy_cache"
+
+
+@pytest.fixture(scope="module")
+def reports(layout) -> dict[Path, list[str]]:
+    """One mypy run over both files (they share its start-up and the stdlib)."""
+    site, cache = layout
     ok, bad = CASES / "ok_flow.py", CASES / "bad_flow.py"
-    lines, elapsed = mypy(site, base / "mypy_cache", ok, bad)
+    lines, elapsed = mypy(site, cache, ok, bad)
     print(f"mypy --strict, cold cache: {elapsed:.1f} s")
     by_file: dict[Path, list[str]] = {ok: [], bad: []}
     for line in lines:
@@ -140,13 +147,13 @@ def test_every_marked_mistake_is_reported_and_nothing_else(reports):
     assert not unmarked, f"errors on lines not marked: {unmarked}"
 
 
-def test_the_api_module_checks_clean_under_strict(tmp_path):
+def test_the_api_module_checks_clean_under_strict(layout):
     """The annotations agree with the code under them (a method declared to
     give a `KeyedStream[K, int]` builds one). Only this module is checked:
     the modules it imports are read for their types, their errors left out."""
-    site = installed_layout(tmp_path)
+    site, cache = layout
     paths = {"MYPYPATH": str(site)}  # as source, not as an installed package
-    lines, _ = _mypy(paths, tmp_path / "mypy_cache", "--follow-imports=silent", "-p", "kernel.dataflow._api")
+    lines, _ = _mypy(paths, cache, "--follow-imports=silent", "-p", "kernel.dataflow._api")
     assert lines == []
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeGuard, TypeVar, overload
 
@@ -301,7 +301,7 @@ class Stream(Generic[T_co]):
         factory: Callable[[], Operator],
         *,
         name: str | None = None,
-        inputs: tuple[Stream[Any], ...] = (),
+        inputs: Sequence[Stream[Any]] = (),
     ) -> Stream[Any]:
         """A mid-level operator: `factory()` returns a fresh `Operator` per
         kernel. Extra `inputs` streams arrive on ports 1, 2, ... What it
