@@ -9,7 +9,9 @@ its `py.typed` marker, and its own modules' errors are not the user's:
   `Any` from the API (`Collected.items` is a `list[T]`, not a `list`), and
   its `assert_type`s pin each method's result type;
 - every line of `bad_flow.py` marked `# E: text` must be reported with an
-  error containing `text`, and no other line may be.
+  error containing `text`, and no other line may be;
+- kernel/dataflow/_api.py itself checks clean (its annotations agree with
+  its code), and ok_flow's flows, run, emit what its types claim.
 
 `--strict` because a user who type-checks can ask for it, and the API must
 not fail them there: a call to an API function left unannotated is an error
