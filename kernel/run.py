@@ -21,4 +21,12 @@ class _CallableModule(types.ModuleType):
 sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
+    # A program, not the library: the kernel's warnings (more kernels than
+    # CPUs, a resumed state_dir, a refused link...) go to stderr through
+    # Python's last-resort handler, unless the pipeline configures logging.
+    import logging
+
+    import kernel
+
+    logging.getLogger("kernel").removeHandler(kernel._LIBRARY_HANDLER)
     sys.exit(main())

@@ -127,6 +127,10 @@ def test_the_wheel_installs_kernel_and_the_three_aliases_only(wheel_python, tmp_
         import kernel.net, kernel.operators, kernel.state
         assert net is kernel.net and operators is kernel.operators and state is kernel.state
         assert "site-packages" in kernel.__file__, kernel.__file__
+        import os, site  # PEP 561: type checkers read the installed annotations
+        assert os.path.isfile(os.path.join(os.path.dirname(kernel.__file__), "py.typed"))
+        for alias in ("net", "operators", "state"):  # single files: a stub package each
+            assert os.path.isfile(os.path.join(site.getsitepackages()[0], alias + "-stubs", "__init__.pyi"))
         assert importlib.util.find_spec("benches") is None, "benches must not be installed"
         print(kernel.net.__file__)
         """)

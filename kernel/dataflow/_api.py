@@ -4,22 +4,59 @@ Each fluent method is a few lines that add a node built from an operator in
 `operators/`. This module is the one place where the kernel package touches
 the operator library (DESIGN.md: "one exception, kept thin"); the scheduler,
 runtime and launcher never import it.
+
+The streams are generic in their records' types, so a type checker follows
+a pipeline through: `Stream[T]` (records of type T), `KeyedStream[K, V]` (a
+`Stream[tuple[K, V]]` partitioned by key), `WindowedStream[K, V]` and
+`WindowResults[K, V, R]` (a `Stream[tuple[K, Window, R]]`). The streams are
+build-time objects: their type parameters cost nothing when records flow.
+They are covariant, as a stream only hands its records on: a
+`Stream[bool]` is a `Stream[int]`.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any, Generic, Protocol, TypeGuard, TypeVar, overload
 
 import kernel.operators as ops
 from kernel.dataflow._graph import Combiner, Edge, Graph, Node
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Operator, Source
 
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)  # a stream's records
+K_co = TypeVar("K_co", covariant=True)  # a keyed stream's keys
+V_co = TypeVar("V_co", covariant=True)  # a keyed stream's values
+R_co = TypeVar("R_co", covariant=True)  # a window's result
+U = TypeVar("U")  # what a function makes of a record or value
+W = TypeVar("W")  # the values of the other side of a join
+A = TypeVar("A")  # a fold's accumulator
+K = TypeVar("K")  # the keys key_by makes
 
-def _fn_name(fn) -> str:
+
+class _SupportsAdd(Protocol):
+    """What `sum()` needs of the values: it starts from the first value
+    and adds the next ones with `+` (numbers, strings, lists, timedeltas...).
+    `sum()` asks it of `self` (`self: KeyedStream[Any, _SupportsAdd]`), which
+    the streams' covariance allows, rather than through a bounded type
+    variable: mypy (2.4) does not check the bound of one in a `self`
+    annotation, and would let `sum()` of any values through."""
+
+    def __add__(self, other: Any, /) -> Any: ...
+
+
+# What a `timestamp=` function may return: seconds since the epoch, or a datetime.
+Timestamp = float | datetime
+
+
+def _fn_name(fn: object) -> str:
     return getattr(fn, "__name__", None) or type(fn).__name__
 
 
-class Collected:
+class Collected(Generic[T]):
     """The handle `collect()` returns. After a run, `items` holds every
     record that reached it (from every kernel, kernel 0's first)."""
 
@@ -27,7 +64,7 @@ class Collected:
         # no reference back to the flow: the flow holds its handles, and a
         # cycle would keep a finished flow's results alive until a full GC
         self.node = node
-        self.items: list = []
+        self.items: list[T] = []
 
     def __repr__(self) -> str:
         return f"<Collected {self.node.label}: {len(self.items)} items>"
@@ -41,7 +78,7 @@ class LateCount:
         self.node = node
         self.value = 0
 
-    def _deliver(self, values: list) -> None:
+    def _deliver(self, values: list[Any]) -> None:
         self.value = sum(v["late"] for v in values if v)
 
     def __repr__(self) -> str:
@@ -62,7 +99,7 @@ class Dataflow:
     def __init__(self, name: str = "flow") -> None:
         self.name = name
         self.graph = Graph(name)
-        self._collected: list[Collected] = []
+        self._collected: list[Collected[Any]] = []
         self._late_counts: list[LateCount] = []
 
     def __repr__(self) -> str:
@@ -72,13 +109,13 @@ class Dataflow:
 
     def from_iterable(
         self,
-        iterable,
+        iterable: Iterable[T],
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        timestamp=None,
+        timestamp: Callable[[T], Timestamp] | None = None,
         max_delay: float = 0.0,
-        name=None,
-    ) -> Stream:
+        name: str | None = None,
+    ) -> Stream[T]:
         """A bounded source reading `iterable` in batches of `batch_size`.
 
         With several kernels each reads a disjoint share (record i goes to
@@ -104,13 +141,13 @@ class Dataflow:
 
     def from_partitions(
         self,
-        make,
+        make: Callable[[int, int], Iterable[T]],
         *,
-        timestamp=None,
+        timestamp: Callable[[T], Timestamp] | None = None,
         max_delay: float = 0.0,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        name=None,
-    ) -> Stream:
+        name: str | None = None,
+    ) -> Stream[T]:
         """A bounded source whose kernels each make their own share:
         `make(index, peers)` returns the iterable that kernel `index` (of
         `peers`, numbered across the whole run) reads, in batches of
@@ -139,14 +176,14 @@ class Dataflow:
 
     def from_async_iterable(
         self,
-        aiterable,
+        aiterable: AsyncIterable[T] | Callable[[], AsyncIterable[T]],
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        timestamp=None,
+        timestamp: Callable[[T], Timestamp] | None = None,
         max_delay: float = 0.0,
         idle_timeout: float | None = 5.0,
-        name=None,
-    ) -> Stream:
+        name: str | None = None,
+    ) -> Stream[T]:
         """A source reading an async iterable (or a zero-argument callable
         returning one, e.g. an async generator function) on a task.
 
@@ -175,19 +212,29 @@ class Dataflow:
             ("AsyncIterableSource",)
         )
 
-    def _timed_source(self, factory, name, timestamp, max_delay, idle_timeout, kind) -> Stream:
+    def _timed_source(
+        self,
+        factory: Callable[[], Source],
+        name: str,
+        timestamp: Callable[[Any], Timestamp] | None,
+        max_delay: float,
+        idle_timeout: float | None,
+        kind: tuple[str, ...],
+    ) -> Stream[Any]:
         if timestamp is None:
             ops.check_event_time(timestamp, max_delay, None)
             return self._source(factory, name, kind)
         ops.check_event_time(timestamp, max_delay, idle_timeout)
 
-        def timed():
+        def timed() -> Source:
             return ops.EventTimeSource(factory(), timestamp, max_delay, idle_timeout)
 
         return self._source(timed, name, ("EventTimeSource", *kind))
 
-    def source(self, factory, *, name: str) -> Stream:
+    def source(self, factory: Callable[[], Source], *, name: str) -> Stream[Any]:
         """A mid-level source: `factory()` returns a fresh `Source` per kernel.
+        Its records' type is not known (`Stream[Any]`): annotate the result
+        (`stream: Stream[int] = flow.source(...)`) to have it checked from there.
 
         >>> from kernel import Dataflow, Source, run
         >>> class Countdown(Source):
@@ -207,11 +254,11 @@ class Dataflow:
             raise TypeError("pass a factory (the Source class or a function), not an instance")
         return self._source(factory, name, None)
 
-    def _source(self, factory, name: str, kind) -> Stream:
+    def _source(self, factory: Callable[[], Source], name: str, kind: tuple[str, ...] | None) -> Stream[Any]:
         node = self.graph.add(name, _checked(factory, Source, name), is_source=True, kind=kind)
         return Stream(self, node)
 
-    def _results_delivered(self, per_kernel: list[dict[int, object]]) -> None:
+    def _results_delivered(self, per_kernel: list[dict[int, Any]]) -> None:
         for handle in self._collected:
             handle.items = [
                 item for results in per_kernel for item in results.get(handle.node.id, ())
@@ -220,9 +267,9 @@ class Dataflow:
             count._deliver([results.get(count.node.id) for results in per_kernel])
 
 
-def _checked(factory, kind, name):
+def _checked(factory: Callable[[], Operator], kind: type[Operator], name: str) -> Callable[[], Operator]:
     @functools.wraps(factory, assigned=("__doc__",))
-    def make():
+    def make() -> Operator:
         op = factory()
         if not isinstance(op, kind):
             raise TypeError(f"{name}: factory returned {op!r}, not a {kind.__name__}")
@@ -231,8 +278,8 @@ def _checked(factory, kind, name):
     return make
 
 
-class Stream:
-    """A stream of records in a `Dataflow`."""
+class Stream(Generic[T_co]):
+    """A stream of records of type `T_co` in a `Dataflow`."""
 
     _exchange_out = False
 
@@ -246,13 +293,20 @@ class Stream:
     def _edge(self, port: int = 0) -> Edge:
         return Edge(self.node, port, self._exchange_out)
 
-    def _then(self, name: str, factory, cls=None) -> Stream:
-        node = self.flow.graph.add(name, factory, [self._edge()])
-        return (cls or Stream)(self.flow, node)
+    def _then(self, name: str, factory: Callable[[], Operator]) -> Node:
+        return self.flow.graph.add(name, factory, [self._edge()])
 
-    def apply(self, factory, *, name: str | None = None, inputs: tuple[Stream, ...] = ()) -> Stream:
+    def apply(
+        self,
+        factory: Callable[[], Operator],
+        *,
+        name: str | None = None,
+        inputs: Sequence[Stream[Any]] = (),
+    ) -> Stream[Any]:
         """A mid-level operator: `factory()` returns a fresh `Operator` per
-        kernel. Extra `inputs` streams arrive on ports 1, 2, ...
+        kernel. Extra `inputs` streams arrive on ports 1, 2, ... What it
+        emits is not known (`Stream[Any]`): annotate the result to have it
+        checked from there.
 
         >>> from kernel import Dataflow, Operator, run
         >>> class Tagged(Operator):
@@ -274,7 +328,7 @@ class Stream:
         node = self.flow.graph.add(label, _checked(factory, Operator, label), edges)
         return Stream(self.flow, node)
 
-    def map(self, fn, *, name: str | None = None) -> Stream:
+    def map(self, fn: Callable[[T_co], U], *, name: str | None = None) -> Stream[U]:
         """`fn(record)` for every record.
 
         >>> from kernel import Dataflow, run
@@ -284,10 +338,17 @@ class Stream:
         >>> out.items
         [2, 4, 6]
         """
-        return self._then(name or f"map({_fn_name(fn)})", functools.partial(ops.Map, fn))
+        return Stream(self.flow, self._then(name or f"map({_fn_name(fn)})", functools.partial(ops.Map, fn)))
 
-    def filter(self, fn, *, name: str | None = None) -> Stream:
-        """The records for which `fn(record)` is true.
+    @overload
+    def filter(self, fn: Callable[[T_co], TypeGuard[U]], *, name: str | None = None) -> Stream[U]: ...
+
+    @overload
+    def filter(self, fn: Callable[[T_co], object], *, name: str | None = None) -> Stream[T_co]: ...
+
+    def filter(self, fn: Callable[[Any], object], *, name: str | None = None) -> Stream[Any]:
+        """The records for which `fn(record)` is true. (A `TypeGuard[U]`
+        function narrows the type: `Stream[U]`.)
 
         >>> from kernel import Dataflow, run
         >>> flow = Dataflow()
@@ -296,9 +357,10 @@ class Stream:
         >>> out.items
         [0, 3, 6, 9]
         """
-        return self._then(name or f"filter({_fn_name(fn)})", functools.partial(ops.Filter, fn))
+        factory = functools.partial(ops.Filter, fn)
+        return Stream(self.flow, self._then(name or f"filter({_fn_name(fn)})", factory))
 
-    def flat_map(self, fn, *, name: str | None = None) -> Stream:
+    def flat_map(self, fn: Callable[[T_co], Iterable[U]], *, name: str | None = None) -> Stream[U]:
         """Every item of the iterable `fn(record)`, for every record.
 
         >>> from kernel import Dataflow, run
@@ -308,9 +370,10 @@ class Stream:
         >>> out.items
         ['to', 'be', 'or', 'not']
         """
-        return self._then(name or f"flat_map({_fn_name(fn)})", functools.partial(ops.FlatMap, fn))
+        factory = functools.partial(ops.FlatMap, fn)
+        return Stream(self.flow, self._then(name or f"flat_map({_fn_name(fn)})", factory))
 
-    def inspect(self, fn, *, name: str | None = None) -> Stream:
+    def inspect(self, fn: Callable[[T_co], object], *, name: str | None = None) -> Stream[T_co]:
         """Calls `fn(record)` for its side effect; the records pass unchanged.
 
         >>> from kernel import Dataflow, run
@@ -321,9 +384,10 @@ class Stream:
         >>> seen, out.items
         ([1, 2], ['1', '2'])
         """
-        return self._then(name or f"inspect({_fn_name(fn)})", functools.partial(ops.Inspect, fn))
+        factory = functools.partial(ops.Inspect, fn)
+        return Stream(self.flow, self._then(name or f"inspect({_fn_name(fn)})", factory))
 
-    def key_by(self, fn, *, name: str | None = None) -> KeyedStream:
+    def key_by(self, fn: Callable[[T_co], K], *, name: str | None = None) -> KeyedStream[K, T_co]:
         """`(fn(record), record)` pairs, each sent to the kernel that owns its key.
 
         >>> from kernel import Dataflow, run
@@ -333,10 +397,12 @@ class Stream:
         >>> out.items
         [('a', 'apple'), ('a', 'avocado'), ('b', 'banana')]
         """
-        return self._then(name or f"key_by({_fn_name(fn)})", functools.partial(ops.KeyBy, fn), KeyedStream)
+        factory = functools.partial(ops.KeyBy, fn)
+        return KeyedStream(self.flow, self._then(name or f"key_by({_fn_name(fn)})", factory))
 
-    def union(self, *others: Stream, name: str | None = None) -> Stream:
-        """The records of this stream and of `others`, merged.
+    def union(self, *others: Stream[U], name: str | None = None) -> Stream[T_co | U]:
+        """The records of this stream and of `others`, merged (streams of
+        other types give a stream of either).
 
         >>> from kernel import Dataflow, run
         >>> flow = Dataflow()
@@ -348,7 +414,7 @@ class Stream:
         """
         return self.apply(ops.Union, name=name or "union", inputs=others)
 
-    def collect(self, *, name: str | None = None) -> Collected:
+    def collect(self, *, name: str | None = None) -> Collected[T_co]:
         """Gather every record back to the caller: read `.items` after the run.
 
         >>> from kernel import Dataflow, run
@@ -359,11 +425,11 @@ class Stream:
         [0, 2, 4, 1, 3, 5]
         """
         node = self.flow.graph.add(name or "collect", ops.Collect, [self._edge()])
-        handle = Collected(self.flow, node)
+        handle: Collected[T_co] = Collected(self.flow, node)
         self.flow._collected.append(handle)
         return handle
 
-    def sink(self, fn, *, name: str | None = None) -> None:
+    def sink(self, fn: Callable[[T_co], object], *, name: str | None = None) -> None:
         """Calls `fn(record)` for every record, on the kernel that holds it.
 
         >>> from kernel import Dataflow, run
@@ -375,7 +441,7 @@ class Stream:
         """
         self.flow.graph.add(name or f"sink({_fn_name(fn)})", functools.partial(ops.Sink, fn), [self._edge()])
 
-    def to_files(self, directory, *, name: str | None = None) -> None:
+    def to_files(self, directory: str | os.PathLike[str], *, name: str | None = None) -> None:
         """Writes every record to JSON Lines files in `directory` (tuples and
         windows as arrays), one file per kernel and epoch. With a
         `state_dir`, a file becomes visible (renamed from a hidden name) only
@@ -410,18 +476,20 @@ class Stream:
         self.flow.graph.add(name or "print", functools.partial(ops.Print, prefix), [self._edge()])
 
 
-class KeyedStream(Stream):
+class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
     """A stream of `(key, value)` pairs, partitioned by key across kernels."""
 
     _exchange_out = True
 
-    def _keyed(self, name: str, factory, combiner: Combiner | None = None) -> KeyedStream:
+    def _keyed(
+        self, name: str, factory: Callable[[], Operator], combiner: Combiner | None = None
+    ) -> KeyedStream[K_co, Any]:
         node = self.flow.graph.add(name, factory, [self._edge()], combiner=combiner)
-        stream = KeyedStream(self.flow, node)
+        stream: KeyedStream[K_co, Any] = KeyedStream(self.flow, node)
         stream._exchange_out = False  # already on the kernel that owns the key
         return stream
 
-    def map_values(self, fn, *, name: str | None = None) -> KeyedStream:
+    def map_values(self, fn: Callable[[V_co], U], *, name: str | None = None) -> KeyedStream[K_co, U]:
         """`(key, fn(value))` for every pair; stays keyed.
 
         It runs before the exchange (the key does not change), on the kernel
@@ -438,11 +506,11 @@ class KeyedStream(Stream):
         """
         label = name or f"map_values({_fn_name(fn)})"
         node = self.flow.graph.add(label, functools.partial(ops.MapValues, fn), [Edge(self.node, 0)])
-        stream = KeyedStream(self.flow, node)
+        stream: KeyedStream[K_co, U] = KeyedStream(self.flow, node)
         stream._exchange_out = self._exchange_out
         return stream
 
-    def reduce(self, fn, *, name: str | None = None) -> KeyedStream:
+    def reduce(self, fn: Callable[[V_co, V_co], V_co], *, name: str | None = None) -> KeyedStream[K_co, V_co]:
         """`(key, v1 ⊕ v2 ⊕ ...)` per key with `fn(acc, value)`, at end of input.
 
         `fn` must be associative: with several kernels each pre-reduces its
@@ -459,7 +527,19 @@ class KeyedStream(Stream):
         reduce = functools.partial(ops.Reduce, fn)
         return self._keyed(name or f"reduce({_fn_name(fn)})", reduce, Combiner(reduce, reduce))
 
-    def fold(self, init, fn, *, name: str | None = None) -> KeyedStream:
+    @overload
+    def fold(
+        self, init: Callable[[], A], fn: Callable[[A, V_co], A], *, name: str | None = None
+    ) -> KeyedStream[K_co, A]: ...
+
+    @overload
+    def fold(
+        self, init: A, fn: Callable[[A, V_co], A], *, name: str | None = None
+    ) -> KeyedStream[K_co, A]: ...
+
+    def fold(
+        self, init: Any, fn: Callable[[Any, V_co], Any], *, name: str | None = None
+    ) -> KeyedStream[K_co, Any]:
         """`(key, fn(...fn(init, v1)..., vn))` per key, at end of input.
         `init` is a start value or a zero-argument factory (`list`, `dict`).
 
@@ -473,7 +553,9 @@ class KeyedStream(Stream):
         """
         return self._keyed(name or f"fold({_fn_name(fn)})", functools.partial(ops.Fold, init, fn))
 
-    def window(self, window, *, late: bool = False) -> WindowedStream:
+    def window(
+        self, window: ops.Tumbling | ops.Sliding | ops.Session, *, late: bool = False
+    ) -> WindowedStream[K_co, V_co]:
         """Per-key event-time windows: `Tumbling(size)`, `Sliding(size, step)`
         or `Session(gap)` (from `operators`). The records need timestamps
         (the source's `timestamp=`). Late events are dropped and counted;
@@ -496,11 +578,17 @@ class KeyedStream(Stream):
         return WindowedStream(self, window, late)
 
     def join(
-        self, other: KeyedStream, window, *, late: bool = False, name: str | None = None
-    ) -> WindowResults:
+        self,
+        other: KeyedStream[K_co, W],
+        window: ops.Tumbling | ops.Sliding | ops.Session,
+        *,
+        late: bool = False,
+        name: str | None = None,
+    ) -> WindowResults[K_co, V_co | W, tuple[V_co, W]]:
         """Windowed inner join: `(key, window, (left, right))` for every pair
         of this stream's and `other`'s values with the same key in the same
-        window, when the window closes.
+        window, when the window closes. Late events (`late=True`) come from
+        either side.
 
         >>> from kernel import Dataflow, run
         >>> from operators import Tumbling
@@ -525,7 +613,7 @@ class KeyedStream(Stream):
                                    kind=("WindowJoin", repr(window)))
         return WindowResults._around(self.flow, node, late)
 
-    def count(self, *, name: str | None = None) -> KeyedStream:
+    def count(self, *, name: str | None = None) -> KeyedStream[K_co, int]:
         """`(key, number of records)` per key, at end of input.
 
         >>> from kernel import Dataflow, run
@@ -538,8 +626,9 @@ class KeyedStream(Stream):
         """
         return self._keyed(name or "count", ops.Count, Combiner(ops.Count, ops.Sum))
 
-    def sum(self, *, name: str | None = None) -> KeyedStream:
-        """`(key, sum of values)` per key, at end of input.
+    def sum(self: KeyedStream[Any, _SupportsAdd], *, name: str | None = None) -> KeyedStream[K_co, V_co]:
+        """`(key, sum of values)` per key, at end of input (the first value
+        plus the next ones, so any values with `+`).
 
         >>> from kernel import Dataflow, run
         >>> flow = Dataflow()
@@ -552,12 +641,14 @@ class KeyedStream(Stream):
         return self._keyed(name or "sum", ops.Sum, Combiner(ops.Sum, ops.Sum))
 
 
-class WindowedStream:
+class WindowedStream(Generic[K_co, V_co]):
     """A keyed stream cut into event-time windows (`KeyedStream.window`).
     Each aggregate emits `(key, window, result)` once the watermark passes
     the window's end; `window.start` and `window.end` bound it, `[start, end)`."""
 
-    def __init__(self, keyed: KeyedStream, window, late: bool) -> None:
+    def __init__(
+        self, keyed: KeyedStream[K_co, V_co], window: ops.Tumbling | ops.Sliding | ops.Session, late: bool
+    ) -> None:
         self._keyed = keyed
         self.window = window
         self._late = late
@@ -565,7 +656,7 @@ class WindowedStream:
     def __repr__(self) -> str:
         return f"<WindowedStream {self._keyed.node.label} {self.window!r}>"
 
-    def _aggregate(self, label: str, aggregation) -> WindowResults:
+    def _aggregate(self, label: str, aggregation: ops.Aggregation) -> WindowResults[Any, Any, Any]:
         keyed = self._keyed
         factory = functools.partial(ops.WindowAggregate, self.window, aggregation, self._late)
         # with several kernels, count/sum/reduce over tumbling or sliding
@@ -577,7 +668,9 @@ class WindowedStream:
                                     combiner=combiner, kind=kind)
         return WindowResults._around(keyed.flow, node, self._late)
 
-    def reduce(self, fn, *, name: str | None = None) -> WindowResults:
+    def reduce(
+        self, fn: Callable[[V_co, V_co], V_co], *, name: str | None = None
+    ) -> WindowResults[K_co, V_co, V_co]:
         """`fn(acc, value)` over each window's values, in arrival order.
 
         >>> from kernel import Dataflow, run
@@ -593,8 +686,21 @@ class WindowedStream:
         """
         return self._aggregate(name or f"window reduce({_fn_name(fn)})", ops.ReduceAggregation(fn))
 
-    def fold(self, init, fn, *, name: str | None = None) -> WindowResults:
+    @overload
+    def fold(
+        self, init: Callable[[], A], fn: Callable[[A, V_co], A], *, name: str | None = None
+    ) -> WindowResults[K_co, V_co, A]: ...
+
+    @overload
+    def fold(
+        self, init: A, fn: Callable[[A, V_co], A], *, name: str | None = None
+    ) -> WindowResults[K_co, V_co, A]: ...
+
+    def fold(
+        self, init: Any, fn: Callable[[Any, V_co], Any], *, name: str | None = None
+    ) -> WindowResults[K_co, V_co, Any]:
         """`fn(...fn(init, v1)..., vn)` over each window's values, in arrival order.
+        `init` is a start value or a zero-argument factory (`list`, `dict`).
 
         >>> from kernel import Dataflow, run
         >>> from operators import Tumbling
@@ -609,7 +715,7 @@ class WindowedStream:
         """
         return self._aggregate(name or f"window fold({_fn_name(fn)})", ops.FoldAggregation(init, fn))
 
-    def count(self, *, name: str | None = None) -> WindowResults:
+    def count(self, *, name: str | None = None) -> WindowResults[K_co, V_co, int]:
         """The number of records in each window.
 
         >>> from kernel import Dataflow, run
@@ -625,8 +731,10 @@ class WindowedStream:
         """
         return self._aggregate(name or "window count", ops.CountAggregation())
 
-    def sum(self, *, name: str | None = None) -> WindowResults:
-        """The sum of each window's values.
+    def sum(
+        self: WindowedStream[Any, _SupportsAdd], *, name: str | None = None
+    ) -> WindowResults[K_co, V_co, V_co]:
+        """The sum of each window's values (the first plus the next ones).
 
         >>> from kernel import Dataflow, run
         >>> from operators import Tumbling
@@ -641,7 +749,7 @@ class WindowedStream:
         """
         return self._aggregate(name or "window sum", ops.SumAggregation())
 
-    def collect(self, *, name: str | None = None) -> WindowResults:
+    def collect(self, *, name: str | None = None) -> WindowResults[K_co, V_co, list[V_co]]:
         """Each window's values as a list, in timestamp order.
 
         >>> from kernel import Dataflow, run
@@ -658,17 +766,18 @@ class WindowedStream:
         return self._aggregate(name or "window collect", ops.CollectAggregation())
 
 
-class WindowResults(Stream):
-    """The `(key, window, result)` records of a windowed aggregate or join.
+class WindowResults(Stream[tuple[K_co, ops.Window, R_co]], Generic[K_co, V_co, R_co]):
+    """The `(key, window, result)` records of a windowed aggregate or join
+    of values `V_co` per key `K_co` into results `R_co`.
 
     `.late_count.value` (after the run) is how many events came too late;
-    with `late=True`, `.late` is a stream of those events."""
+    with `late=True`, `.late` is a stream of those events, `(key, value)`."""
 
     late_count: LateCount
-    _late_stream: Stream | None = None
+    _late_stream: Stream[tuple[K_co, V_co]] | None = None
 
     @classmethod
-    def _around(cls, flow: Dataflow, window_node: Node, late: bool) -> WindowResults:
+    def _around(cls, flow: Dataflow, window_node: Node, late: bool) -> WindowResults[Any, Any, Any]:
         count = LateCount(window_node)
         flow._late_counts.append(count)
         if not late:
@@ -687,7 +796,7 @@ class WindowResults(Stream):
         return results
 
     @property
-    def late(self) -> Stream:
+    def late(self) -> Stream[tuple[K_co, V_co]]:
         if self._late_stream is None:
             raise AttributeError(
                 "late events are dropped (and counted): ask for them with window(w, late=True)"
