@@ -13,8 +13,7 @@ subclasses plugged in with `stream.apply()` (mid), and `kernel.lowlevel`:
 `Kernel`, `spawn`, `cooperate` (low).
 """
 
-import logging
-
+import kernel._logging  # noqa: F401  (a NullHandler on the library's loggers)
 from kernel._facade import run, run_async
 
 # The fluent facade imports `operators`, which imports the modules above.
@@ -33,15 +32,6 @@ from kernel.execution._cores import KernelProcessError
 from kernel.scheduling._clock import Clock, SystemClock, VirtualClock
 from kernel.scheduling._kernel import Kernel, KernelContext, cooperate, current_kernel
 from kernel.scheduling._scheduler import LATENCY, THROUGHPUT
-
-# The library's loggers (`kernel`, and below it `kernel.state`, `kernel.links`)
-# print nothing until the program configures logging, as the logging HOWTO
-# asks of libraries: without a handler on the way up, Python's last-resort
-# handler would print their warnings on the stderr of every program that
-# imports the kernel. The command line is a program: `python -m kernel.run`
-# takes this handler off again (kernel/run.py), and prints them.
-_LIBRARY_HANDLER = logging.NullHandler()
-logging.getLogger("kernel").addHandler(_LIBRARY_HANDLER)
 
 __all__ = [
     "LATENCY",

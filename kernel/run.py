@@ -26,7 +26,7 @@ if __name__ == "__main__":
     # Python's last-resort handler, unless the pipeline configures logging.
     import logging
 
-    import kernel
+    from kernel._logging import LIBRARY_HANDLER
 
-    logging.getLogger("kernel").removeHandler(kernel._LIBRARY_HANDLER)
+    logging.getLogger("kernel").removeHandler(LIBRARY_HANDLER)
     sys.exit(main())
