@@ -149,7 +149,7 @@ def profiled(directory: Path | None, label: str):
     if directory is None:
         yield
         return
-    import kernel.execution._cores as launcher
+    import kernel.execution._child as launcher
 
     directory.mkdir(parents=True, exist_ok=True)
     real = launcher.uvloop

@@ -28,7 +28,7 @@ from kernel.dataflow._api import (
 )
 from kernel.dataflow._errors import ActivationError, KernelError, OperatorError, TaskError
 from kernel.dataflow._operator import Operator, Source, TimedBatch
-from kernel.execution._cores import KernelProcessError
+from kernel.execution._supervisor import KernelProcessError
 from kernel.scheduling._clock import Clock, SystemClock, VirtualClock
 from kernel.scheduling._kernel import Kernel, KernelContext, cooperate, current_kernel
 from kernel.scheduling._scheduler import LATENCY, THROUGHPUT

@@ -22,7 +22,7 @@ from kernel._facade import (
 )
 from kernel.dataflow._api import Dataflow
 from kernel.dataflow._errors import KernelError, cause_traceback
-from kernel.execution._cores import KernelProcessError
+from kernel.execution._supervisor import KernelProcessError
 
 PIPELINE_MODULE = "__kernel_pipeline__"
 

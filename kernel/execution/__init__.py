@@ -1,6 +1,8 @@
-"""Executing a run: one kernel in this thread, pinned kernel processes on
-one machine (`_cores.py`: rings, supervision, the kernel processes), or one
-process of a cluster (`_cluster.py`: its configuration).
+"""Executing a run (`_plan.py`: the one `RunPlan`; `_execute.py`: carrying
+it out): one kernel in this thread, or pinned kernel processes on one
+machine (`_cores.py`: the rings between them and forking them;
+`_supervisor.py`: waiting for them, failures; `_child.py`: what each runs),
+or one process of a cluster (`_cluster.py`: its configuration).
 
 Imports the runtime, scheduling, dataflow and `kernel.net`; never
 `kernel.operators` or `kernel.state`.

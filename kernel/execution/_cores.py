@@ -46,34 +46,14 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-import pickle
-import signal
-import sys
 import threading
-import time
-import traceback
-from multiprocessing.connection import wait
 
-import uvloop
-
-from kernel.dataflow._errors import KernelError, keep_cause_traceback
+from ._child import _kernel_main, _libc
+from ._supervisor import _supervise
 
 # Ring size per ordered pair of kernels. 4 MiB holds a few thousand batches
 # of word-count pairs; a full ring only pauses the producer's sources.
 RING_BYTES = 4 << 20
-_ABORT_GRACE = 2.0  # seconds a relay gets to tell the peers why this process stops
-
-
-class KernelProcessError(KernelError):
-    """A kernel process failed: raised, exited, or was killed."""
-
-    def __init__(self, kernel: int, cause: str) -> None:
-        super().__init__(kernel, cause)
-        self.kernel = kernel
-        self.cause = cause
-
-    def __str__(self) -> str:
-        return f"kernel {self.kernel} {self.cause}"
 
 
 def _cpus_for(cores: int, skip: int = 0) -> list[int]:
@@ -217,133 +197,6 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
             os.close(fd)
 
 
-class RunCancelled(KernelError):
-    """The caller cancelled the run (`run_async` was cancelled)."""
-
-
-def _supervise(children, pipes, coordinator=None, relay=None, cancel=None) -> list[dict]:
-    """Wait for every kernel's result; the first failure ends everything.
-    Epoch messages on the way go to the `coordinator`. With a `relay`
-    (`(first kernel, handover pipe)`, the last child), the kernels' results
-    are handed to it once all are in, and its result is the run's; a kernel
-    that fails is reported to the peers through it before it is stopped."""
-    try:
-        return _wait_for_results(children, pipes, coordinator, relay, cancel)
-    except KeyboardInterrupt:
-        _abort(children, relay, "interrupted (Ctrl-C)")
-        raise
-
-
-def _wait_for_results(children, pipes, coordinator, relay, cancel) -> list[dict]:
-    results: list = [None] * len(children)
-    pending = set(range(len(children)))
-    kernels = len(children) - (relay is not None)
-    first = relay[0] if relay is not None else 0
-    while pending:
-        handles = {pipes[i]: i for i in pending}
-        handles.update({children[i].sentinel: i for i in pending})
-        if cancel is not None:
-            handles[cancel] = None
-        for handle in wait(list(handles)):
-            index = handles[handle]
-            if index is None:
-                error = RunCancelled("the run was cancelled")
-                _abort(children, relay, error)
-                raise error
-            if index not in pending:
-                continue
-            # Readable pipe or exited child: either way the pipe now holds the
-            # result, an error, or end-of-file (died without a word).
-            try:
-                status, payload = pipes[index].recv()
-            except EOFError:
-                if index == kernels:
-                    _kill_all(children)
-                    raise KernelError(f"the links process {_death(children[index])}") from None
-                error = KernelProcessError(first + index, _death(children[index]))
-                _abort(children, relay, error)
-                raise error from None
-            if status == "error":
-                if index == kernels:
-                    _kill_all(children)
-                    raise _relay_error(payload)
-                error = _kernel_error(first + index, payload)
-                _abort(children, relay, error)
-                raise error
-            if status in ("durable", "finished"):
-                coordinator.message(index, (status, payload))
-                continue
-            results[index] = payload
-            pending.discard(index)
-            if relay is not None and pending == {kernels}:
-                relay[1].send(("results", {first + k: results[k] for k in range(kernels)}))
-    if relay is not None:
-        return results[kernels] or []
-    return results
-
-
-def _abort(children, relay, error) -> None:
-    """Stop everything; with a relay, first let it tell the peers why (so
-    they report this process's error, not just a lost link)."""
-    if relay is None or not children[-1].is_alive():
-        _kill_all(children)
-        return
-    _kill_all(children[:-1])
-    try:
-        relay[1].send(("abort", str(error)))
-        children[-1].join(_ABORT_GRACE)
-    except OSError:
-        pass
-    _kill_all(children)
-
-
-def _kill_all(children) -> None:
-    for child in children:
-        if child.is_alive():
-            child.kill()
-
-
-def _death(child) -> str:
-    child.join(5)
-    code = child.exitcode
-    if code is None:
-        return "stopped responding"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"was killed by {name}"
-    return f"exited with status {code} before finishing"
-
-
-def _kernel_error(index: int, payload) -> KernelProcessError:
-    kind, blob, text = payload
-    cause = None
-    if blob is not None:
-        try:
-            cause = pickle.loads(blob)
-        except Exception:  # an exception that does not unpickle: keep its text
-            cause = None
-    err = KernelProcessError(index, f"failed: {kind}: {cause if cause is not None else text}")
-    if cause is not None:
-        err.__cause__ = cause
-    err.remote_traceback = text
-    return err
-
-
-def _relay_error(payload) -> BaseException:
-    """A failed relay's own error (`PeerLost`, `AuthenticationFailed`...):
-    it names the peer, which is what the user needs."""
-    kind, blob, text = payload
-    if blob is not None:
-        try:
-            return pickle.loads(blob)
-        except Exception:
-            pass
-    return KernelError(f"links process failed: {kind}: {text.strip().splitlines()[-1]}")
-
-
 def _open_gate(gate_out: int, kernels: int) -> None:
     """Every link is up: one byte for each kernel waiting on the gate."""
     os.write(gate_out, b"g" * kernels)
@@ -389,77 +242,3 @@ def _relay_runtime(plan, ends, bells, handover, gate):
     return run_relay
 
 
-_libc_handle = None
-
-
-def _libc():
-    """libc through ctypes, loaded once in the launcher before it forks: in
-    each kernel, importing ctypes and loading libc took ~2.3 ms of its
-    start-up (a two-kernel run of a tiny flow: ~16 ms in all)."""
-    global _libc_handle
-    if _libc_handle is None:
-        import ctypes
-
-        _libc_handle = ctypes.CDLL(None, use_errno=True)
-    return _libc_handle
-
-
-def _die_with_parent(launcher_pid: int) -> None:
-    """Ask Linux to SIGKILL this kernel when the launcher dies, even by SIGKILL
-    (prctl PR_SET_PDEATHSIG), so no kernel outlives its run."""
-    PR_SET_PDEATHSIG = 1
-    _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != launcher_pid:  # it died before the prctl took effect
-        os._exit(1)
-
-
-def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid,
-                 epochs=None, commits=None, gate=None) -> None:
-    """A kernel process: pinned, one uvloop, nothing else."""
-    status = 1
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _die_with_parent(launcher_pid)
-        if cpu is not None:  # the link relay is not pinned: it shares the kernels' CPUs
-            os.sched_setaffinity(0, {cpu})
-        asyncio.events._set_running_loop(None)  # the parent's marker survives fork on 3.11
-        if gate is not None:  # a cluster's kernel: wait for the links
-            os.close(gate[1])
-            if not os.read(gate[0], 1):  # the relay failed: the launcher stops us
-                while True:
-                    time.sleep(3600)
-            os.close(gate[0])
-        coordinator = None
-        if epochs is not None:
-            from kernel.runtime._coordinate import KernelSide
-
-            open_store, interval, snapshots, restored_epoch, _, finished_before = epochs
-            coordinator = KernelSide(open_store(), index, conn.send, commits, interval,
-                                     None if snapshots is None else snapshots[index], restored_epoch,
-                                     finished_before)
-        results = uvloop.run(build_runtime(index, peers, transport, coordinator))
-        conn.send(("ok", results))
-        status = 0
-    except BaseException as exc:  # everything goes back to the parent
-        text = "".join(traceback.format_exception(exc))
-        keep_cause_traceback(exc)
-        try:
-            blob = pickle.dumps(exc)
-            pickle.loads(blob)
-        except Exception:
-            blob = None
-        try:
-            conn.send(("error", (type(exc).__name__, blob, text)))
-        except Exception:
-            pass
-    finally:
-        # os._exit skips interpreter shutdown: flush what print() buffered.
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
-        try:
-            conn.close()
-        finally:
-            os._exit(status)

@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kernel import Dataflow, KernelError, Operator, OperatorError, Source, run, run_async
-from kernel.execution._cores import RING_BYTES, KernelProcessError
+from kernel.execution._cores import RING_BYTES
+from kernel.execution._supervisor import KernelProcessError
 from net import Partitioner
 from operators import Tumbling
 

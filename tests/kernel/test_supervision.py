@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from kernel import Dataflow, KernelError, Operator, OperatorError, Source, run
-from kernel.execution._cores import KernelProcessError
+from kernel.execution._supervisor import KernelProcessError
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPTLY = 10.0  # seconds: an upper bound, never a synchronisation

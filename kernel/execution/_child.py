@@ -1,0 +1,92 @@
+"""What a kernel process (or a cluster's link relay) runs after `fork`:
+pinned to its CPU, dying with its launcher, one uvloop and nothing else,
+its result or its error sent back over a pipe."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+import sys
+import time
+import traceback
+
+import uvloop
+
+from kernel.dataflow._errors import keep_cause_traceback
+
+_libc_handle = None
+
+
+def _libc():
+    """libc through ctypes, loaded once in the launcher before it forks: in
+    each kernel, importing ctypes and loading libc took ~2.3 ms of its
+    start-up (a two-kernel run of a tiny flow: ~16 ms in all)."""
+    global _libc_handle
+    if _libc_handle is None:
+        import ctypes
+
+        _libc_handle = ctypes.CDLL(None, use_errno=True)
+    return _libc_handle
+
+
+def _die_with_parent(launcher_pid: int) -> None:
+    """Ask Linux to SIGKILL this kernel when the launcher dies, even by SIGKILL
+    (prctl PR_SET_PDEATHSIG), so no kernel outlives its run."""
+    PR_SET_PDEATHSIG = 1
+    _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != launcher_pid:  # it died before the prctl took effect
+        os._exit(1)
+
+
+def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid,
+                 epochs=None, commits=None, gate=None) -> None:
+    """A kernel process: pinned, one uvloop, nothing else."""
+    status = 1
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _die_with_parent(launcher_pid)
+        if cpu is not None:  # the link relay is not pinned: it shares the kernels' CPUs
+            os.sched_setaffinity(0, {cpu})
+        asyncio.events._set_running_loop(None)  # the parent's marker survives fork on 3.11
+        if gate is not None:  # a cluster's kernel: wait for the links
+            os.close(gate[1])
+            if not os.read(gate[0], 1):  # the relay failed: the launcher stops us
+                while True:
+                    time.sleep(3600)
+            os.close(gate[0])
+        coordinator = None
+        if epochs is not None:
+            from kernel.runtime._coordinate import KernelSide
+
+            open_store, interval, snapshots, restored_epoch, _, finished_before = epochs
+            coordinator = KernelSide(open_store(), index, conn.send, commits, interval,
+                                     None if snapshots is None else snapshots[index], restored_epoch,
+                                     finished_before)
+        results = uvloop.run(build_runtime(index, peers, transport, coordinator))
+        conn.send(("ok", results))
+        status = 0
+    except BaseException as exc:  # everything goes back to the parent
+        text = "".join(traceback.format_exception(exc))
+        keep_cause_traceback(exc)
+        try:
+            blob = pickle.dumps(exc)
+            pickle.loads(blob)
+        except Exception:
+            blob = None
+        try:
+            conn.send(("error", (type(exc).__name__, blob, text)))
+        except Exception:
+            pass
+    finally:
+        # os._exit skips interpreter shutdown: flush what print() buffered.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        try:
+            conn.close()
+        finally:
+            os._exit(status)

@@ -1,0 +1,160 @@
+"""Supervising kernel processes: the launcher waits on every child's result
+pipe and process sentinel at once. A child that raises sends its exception
+(pickled) and exits 1; a child that exits or is killed without a result is
+reported with its exit code or signal. Either way the launcher kills the
+other kernels at once and raises `KernelProcessError` naming the kernel and
+the cause (the kernel's own exception, an `OperatorError` say, is its
+`__cause__`). Ctrl-C in the launcher stops every kernel. With a cluster's
+link relay (the last child), a failure is first told to the peers through it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+from multiprocessing.connection import wait
+
+from kernel.scheduling._errors import KernelError
+
+_ABORT_GRACE = 2.0  # seconds a relay gets to tell the peers why this process stops
+
+
+class KernelProcessError(KernelError):
+    """A kernel process failed: raised, exited, or was killed."""
+
+    def __init__(self, kernel: int, cause: str) -> None:
+        super().__init__(kernel, cause)
+        self.kernel = kernel
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return f"kernel {self.kernel} {self.cause}"
+
+
+class RunCancelled(KernelError):
+    """The caller cancelled the run (`run_async` was cancelled)."""
+
+
+def _supervise(children, pipes, coordinator=None, relay=None, cancel=None) -> list[dict]:
+    """Wait for every kernel's result; the first failure ends everything.
+    Epoch messages on the way go to the `coordinator`. With a `relay`
+    (`(first kernel, handover pipe)`, the last child), the kernels' results
+    are handed to it once all are in, and its result is the run's; a kernel
+    that fails is reported to the peers through it before it is stopped."""
+    try:
+        return _wait_for_results(children, pipes, coordinator, relay, cancel)
+    except KeyboardInterrupt:
+        _abort(children, relay, "interrupted (Ctrl-C)")
+        raise
+
+
+def _wait_for_results(children, pipes, coordinator, relay, cancel) -> list[dict]:
+    results: list = [None] * len(children)
+    pending = set(range(len(children)))
+    kernels = len(children) - (relay is not None)
+    first = relay[0] if relay is not None else 0
+    while pending:
+        handles = {pipes[i]: i for i in pending}
+        handles.update({children[i].sentinel: i for i in pending})
+        if cancel is not None:
+            handles[cancel] = None
+        for handle in wait(list(handles)):
+            index = handles[handle]
+            if index is None:
+                error = RunCancelled("the run was cancelled")
+                _abort(children, relay, error)
+                raise error
+            if index not in pending:
+                continue
+            # Readable pipe or exited child: either way the pipe now holds the
+            # result, an error, or end-of-file (died without a word).
+            try:
+                status, payload = pipes[index].recv()
+            except EOFError:
+                if index == kernels:
+                    _kill_all(children)
+                    raise KernelError(f"the links process {_death(children[index])}") from None
+                error = KernelProcessError(first + index, _death(children[index]))
+                _abort(children, relay, error)
+                raise error from None
+            if status == "error":
+                if index == kernels:
+                    _kill_all(children)
+                    raise _relay_error(payload)
+                error = _kernel_error(first + index, payload)
+                _abort(children, relay, error)
+                raise error
+            if status in ("durable", "finished"):
+                coordinator.message(index, (status, payload))
+                continue
+            results[index] = payload
+            pending.discard(index)
+            if relay is not None and pending == {kernels}:
+                relay[1].send(("results", {first + k: results[k] for k in range(kernels)}))
+    if relay is not None:
+        return results[kernels] or []
+    return results
+
+
+def _abort(children, relay, error) -> None:
+    """Stop everything; with a relay, first let it tell the peers why (so
+    they report this process's error, not just a lost link)."""
+    if relay is None or not children[-1].is_alive():
+        _kill_all(children)
+        return
+    _kill_all(children[:-1])
+    try:
+        relay[1].send(("abort", str(error)))
+        children[-1].join(_ABORT_GRACE)
+    except OSError:
+        pass
+    _kill_all(children)
+
+
+def _kill_all(children) -> None:
+    for child in children:
+        if child.is_alive():
+            child.kill()
+
+
+def _death(child) -> str:
+    child.join(5)
+    code = child.exitcode
+    if code is None:
+        return "stopped responding"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}"
+    return f"exited with status {code} before finishing"
+
+
+def _kernel_error(index: int, payload) -> KernelProcessError:
+    kind, blob, text = payload
+    cause = None
+    if blob is not None:
+        try:
+            cause = pickle.loads(blob)
+        except Exception:  # an exception that does not unpickle: keep its text
+            cause = None
+    err = KernelProcessError(index, f"failed: {kind}: {cause if cause is not None else text}")
+    if cause is not None:
+        err.__cause__ = cause
+    err.remote_traceback = text
+    return err
+
+
+def _relay_error(payload) -> BaseException:
+    """A failed relay's own error (`PeerLost`, `AuthenticationFailed`...):
+    it names the peer, which is what the user needs."""
+    kind, blob, text = payload
+    if blob is not None:
+        try:
+            return pickle.loads(blob)
+        except Exception:
+            pass
+    return KernelError(f"links process failed: {kind}: {text.strip().splitlines()[-1]}")
+
+
