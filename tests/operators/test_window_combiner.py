@@ -130,7 +130,7 @@ def test_the_partial_half_passes_on_only_where_partials_hardly_shrink(keys, pass
     op.emit = lambda batch: None
     for i in range(20):
         batch = TimedBatch([(f"k{(i * 1024 + n) % keys}", 1) for n in range(1024)],
-                                   [i + n / 1024 for n in range(1024)])
+                           [i + n / 1024 for n in range(1024)])
         op.on_batch(0, batch)
         op.on_watermark(i + 1.0)
     assert op._pass_on.passing is passing
