@@ -29,7 +29,7 @@ from kernel.operators._sources import (
     check_batch_size,
 )
 from kernel.operators._stateless import Filter, FlatMap, Inspect, KeyBy, Map, MapValues, Union
-from kernel.operators._windows import (
+from kernel.operators.windows import (
     Aggregation,
     CollectAggregation,
     CountAggregation,

@@ -340,7 +340,7 @@ def test_every_docstring_example_of_the_library_runs():
     import operators
 
     modules = [kernel.dataflow._api] + [
-        importlib.import_module(m.name) for m in pkgutil.iter_modules(operators.__path__, "operators.")]
+        importlib.import_module(m.name) for m in pkgutil.walk_packages(operators.__path__, "operators.")]
     with_examples = 0
     for module in modules:
         tests = doctest.DocTestFinder().find(module)

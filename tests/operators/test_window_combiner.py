@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 
-import kernel.operators._windows as windows
+import kernel.operators.windows._pass_on as pass_on
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
@@ -31,7 +31,7 @@ from test_windows import (
 )
 
 from kernel import Dataflow, TimedBatch, run
-from operators import EventTimeSource, Sliding, Tumbling, Window
+from operators import EventTimeSource, Sliding, SumAggregation, Tumbling, Window, WindowAggregate, WindowMerge
 
 MODES = {
     "pre-aggregate": {"_PASS_ON_ABOVE": math.inf},
@@ -49,14 +49,14 @@ def aggregates(window, events, batch_size, max_delay, cores, mode):
     w = keyed_values(source(flow, events, max_delay=max_delay, batch_size=batch_size)).window(window)
     results = {"count": w.count(), "sum": w.sum(), "max": w.reduce(max)}
     handles = {name: r.collect() for name, r in results.items()}
-    saved = {name: getattr(windows, name) for name in MODES[mode]}
+    saved = {name: getattr(pass_on, name) for name in MODES[mode]}
     try:
         for name, value in MODES[mode].items():
-            setattr(windows, name, value)
+            setattr(pass_on, name, value)
         run(flow, cores=cores)
     finally:
         for name, value in saved.items():
-            setattr(windows, name, value)
+            setattr(pass_on, name, value)
     return {name: (by_window(handles[name].items), r.late_count.value) for name, r in results.items()}
 
 
@@ -125,15 +125,15 @@ def test_each_kernel_drops_the_events_behind_its_own_watermark(mode):
 def test_the_partial_half_passes_on_only_where_partials_hardly_shrink(keys, passing):
     """10 keys: a window's ~1,000 events make ~10 partials, pre-aggregated;
     1,000 keys (the benchmark's ~1.6 events per key and window): passed on."""
-    op = windows.WindowAggregate(Tumbling(1.0), windows.SumAggregation(), flat=True)
+    op = WindowAggregate(Tumbling(1.0), SumAggregation(), flat=True)
     op.open(None)
     op.emit = lambda batch: None
     for i in range(20):
-        batch = windows.TimedBatch([(f"k{(i * 1024 + n) % keys}", 1) for n in range(1024)],
-                                   [i + n / 1024 for n in range(1024)])
+        batch = TimedBatch([(f"k{(i * 1024 + n) % keys}", 1) for n in range(1024)],
+                           [i + n / 1024 for n in range(1024)])
         op.on_batch(0, batch)
         op.on_watermark(i + 1.0)
-    assert op._passing is passing
+    assert op._pass_on.passing is passing
 
 
 @pytest.mark.parametrize("window", [Tumbling(1.0), Sliding(2.0, 1.0)])
@@ -142,7 +142,7 @@ def test_what_comes_for_a_window_the_owner_emitted_is_late_not_a_second_result(w
     it sends when it wakes, partials or passed-on records, for a window the
     owner has emitted is late there (as on one kernel), never a second
     result for that window."""
-    op = windows.WindowMerge(window, windows.SumAggregation(), lambda a, b: a + b)
+    op = WindowMerge(window, SumAggregation(), lambda a, b: a + b)
     op.open(None)
     out = []
     op.emit = out.extend
@@ -152,13 +152,13 @@ def test_what_comes_for_a_window_the_owner_emitted_is_late_not_a_second_result(w
     emitted = list(out)
     assert [total for _, _, total in emitted] == [5]
     op.on_batch(1, [("k", 0, 7), ("j", 0, 1)])  # a lagging kernel's partials for window 0
-    op.on_batch(1, windows.TimedBatch([("k", 3), ("k", 4)], [0.5, 0.6]))  # and its records
+    op.on_batch(1, TimedBatch([("k", 3), ("k", 4)], [0.5, 0.6]))  # and its records
     op.on_watermark(20.0)
     assert out == emitted
     assert op.late == 2 + 2 * 1  # two partials (one each), two records
     # a window still open here takes them as before
     op.on_batch(1, [("k", 25, 2)])
-    op.on_batch(1, windows.TimedBatch([("k", 3)], [25.5]))
+    op.on_batch(1, TimedBatch([("k", 3)], [25.5]))
     op.on_watermark(40.0)
     # (the partial is window 25's; the record is in every window holding 25.5)
     assert sum(total for _, w, total in out[len(emitted):] if w.start <= 25.5 < w.end) == 2 + 3 * last
@@ -170,7 +170,7 @@ def test_window_merge_snapshot_counts_the_late_records_of_its_last_batch():
     taken between (the epoch marker right after that batch) left them out,
     and a run resumed from it reported fewer late events than a crash-free
     one."""
-    op = windows.WindowMerge(Tumbling(1.0), windows.SumAggregation(), lambda a, b: a + b)
+    op = WindowMerge(Tumbling(1.0), SumAggregation(), lambda a, b: a + b)
     op.open(None)
     op.emit = lambda batch: None
     op.on_batch(0, [("k", 0, 5)])

@@ -340,7 +340,7 @@ def test_restored_timers_keep_their_order_with_new_ones(tmp_path):
 
 _RECOVERY_PIPELINE = """
 import os, time
-import kernel.operators._windows as w
+import kernel.operators.windows._pass_on as w
 from kernel import Dataflow
 from operators import Sliding, Tumbling
 

@@ -1,0 +1,102 @@
+"""`WindowAggregate`: one accumulator per key and window, `(key, window,
+result)` out once the watermark passes the window's end; with `flat=True`,
+the partial half of a window combiner."""
+
+from __future__ import annotations
+
+import math
+
+from ._aggregations import Aggregation, CountAggregation, SumAggregation
+from ._pass_on import PassOnPolicy
+from ._windowing import Windowing
+
+
+class WindowAggregate(Windowing):
+    """`(key, window, result)` per key and window of a keyed stream.
+
+    With `flat=True` it is the partial half of a combiner (`window_combiner`):
+    it emits `(key, j, acc)` for window number `j` when its own watermark
+    passes the window's end, or, while its partials hardly shrink what it is
+    given, passes batches on unaggregated (`PassOnPolicy`)."""
+
+    def __init__(self, window, aggregation: Aggregation, late: bool = False, flat: bool = False) -> None:
+        super().__init__(window, late)
+        if flat and not window.pre_aggregates:
+            raise ValueError(f"{window!r} windows cannot be pre-aggregated per kernel")
+        self.aggregation = aggregation
+        self.flat = flat
+        self._new = aggregation.create
+        self._grow = aggregation.add
+        self._merge = aggregation.merge
+        kind = type(aggregation)
+        self._adds = {SumAggregation: "sum", CountAggregation: "count"}.get(kind)
+
+    def open(self, context):
+        super().open(context)
+        self._pass_on = None
+        if self.flat:
+            windows = self._windows  # by number: the AlignedWindows interface
+            self._pass_on = PassOnPolicy(math.ceil(windows.size / windows.step) + 1)
+
+    # -- the partial half: pre-aggregate, or pass on when it does not pay ----------
+
+    def on_batch(self, port, batch):
+        policy = self._pass_on
+        if policy is None:
+            super().on_batch(port, batch)
+            return
+        if policy.passing and self._pass_on_whole(batch):
+            policy.passed_on()
+            return
+        windows = self._windows
+        before = windows.accumulators()
+        super().on_batch(port, batch)
+        policy.aggregated(windows.accumulators() - before, len(batch))
+
+    def _pass_on_whole(self, batch) -> bool:
+        """Emit `batch` as it is, if none of its events is (even in part) late
+        here: the owner then decides nothing about lateness, and the results
+        and late counts are those of pre-aggregating. An event at `t` is only
+        in windows that end after `t`, so `t >= frontier` keeps them all open."""
+        stamps = self._stamps(batch)
+        if not stamps or min(stamps) < self._frontier:
+            return False  # aggregated here, where lateness is decided
+        self.emit(batch)
+        return True
+
+    def on_watermark(self, watermark):
+        policy = self._pass_on
+        if policy is None:
+            super().on_watermark(watermark)
+            return
+        windows = self._windows
+        open_windows = windows.open_windows()
+        super().on_watermark(watermark)
+        policy.windows_fired(open_windows - windows.open_windows())
+
+    def on_idle(self):
+        # The partial half's inputs all went idle: the owner stops waiting
+        # for this kernel and may emit windows that a partial held here
+        # belongs to, events that came in time. Send every partial now: the
+        # owner merges several partials of a window as well as one.
+        if not self.flat:
+            return
+        self._windows.fire(math.inf)  # every window, whatever its end
+        self._flush()
+
+    def _results(self, key, window, acc):
+        return ((key, window, self.aggregation.result(acc)),)
+
+    def _emit_window(self, j, accs: dict) -> None:
+        if self.flat:  # a partial for WindowMerge: flat scalars cross the exchange by msgpack
+            self._out.extend([(key, j, acc) for key, acc in accs.items()])
+            return
+        window = self._windows.window(j)
+        if self._adds is not None:  # the accumulator is the result
+            self._out.extend([(key, window, acc) for key, acc in accs.items()])
+        else:
+            result = self.aggregation.result
+            self._out.extend([(key, window, result(acc)) for key, acc in accs.items()])
+
+    def _function(self):
+        return self.aggregation.function or f"window {self.aggregation.name}"

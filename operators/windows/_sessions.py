@@ -1,0 +1,126 @@
+"""Session windows, kept per key.
+
+A session starts at its first event and ends at its last event plus `gap`;
+an event joins a session when it comes less than `gap` after the session's
+previous event, or less than `gap` before its first, and an event that
+bridges two sessions merges them. An aggregation without a merge keeps a
+session's raw values (`_Values`) and aggregates them, in arrival order, when
+the session closes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from itertools import count
+from operator import itemgetter
+
+from kernel.state import value_state
+
+from kernel.dataflow._errors import KernelError
+
+from .._windows import Window, _Values
+from ._strategy import WindowStrategy
+
+_first = itemgetter(0)
+_MISSING = object()
+
+
+class SessionWindows(WindowStrategy):
+    """`sessions` (keyed state, key -> [[start, end, acc]] by start) and a
+    heap of (end, start, sequence, key) fire candidates, rebuilt from it on
+    restore; a candidate whose session grew or merged since is stale."""
+
+    __slots__ = ("_grow", "_merge", "_new", "_out", "_results", "_user_error", "ends", "gap", "seq",
+                 "sessions")
+
+    def __init__(self, operator, gap: float) -> None:
+        self.gap = gap
+        self.sessions = value_state(operator, "sessions")  # key -> [[start, end, acc]], by start
+        self.ends: list = []  # heap of (end, start, sequence, key): fire candidates
+        self.seq = count()
+        self._new, self._grow, self._merge = operator._new, operator._grow, operator._merge
+        self._results, self._out, self._user_error = operator._results, operator._out, operator._user_error
+
+    def add(self, port, batch, stamps, frontier, late):
+        gap = self.gap
+        sessions, ends, seq = self.sessions, self.ends, self.seq
+        record = None
+        try:
+            for record, stamp in zip(batch, stamps):
+                key = record[0]
+                start, end = stamp, stamp + gap
+                mine = sessions.get(key)
+                if mine is None:
+                    mine = sessions[key] = []
+                # the open sessions this event touches: [s, e) overlapping [stamp, stamp + gap)
+                touching = [s for s in mine if s[0] < end and stamp < s[1]]
+                if not touching and end <= frontier:
+                    late.append(record)
+                    continue
+                # merge what it bridges, oldest session first, then the event
+                acc = _MISSING
+                for s in touching:  # `mine` is sorted by start
+                    start = min(start, s[0])
+                    end = max(end, s[1])
+                    acc = s[2] if acc is _MISSING else self._merge_accs(acc, s[2])
+                    mine.remove(s)
+                new = self._new_acc(record[1], stamp, port, next(seq))
+                acc = new if acc is _MISSING else self._merge_accs(acc, new)
+                merged = [start, end, acc]
+                mine.append(merged)
+                mine.sort(key=_first)
+                heapq.heappush(ends, (end, start, next(seq), key))
+        except KernelError:
+            raise
+        except Exception as exc:
+            raise self._user_error(exc, record) from exc
+
+    def _new_acc(self, value, stamp, port, sequence):
+        if self._merge is None:
+            return _Values([(sequence, value, port)])
+        return self._new(value, stamp, port)
+
+    def _merge_accs(self, older, newer):
+        if self._merge is None:
+            older.values.extend(newer.values)
+            return older
+        return self._merge(older, newer)
+
+    def fire(self, frontier: float) -> None:
+        sessions, ends = self.sessions, self.ends
+        out, results = self._out, self._results
+        while ends and ends[0][0] <= frontier:
+            end, start, _, key = heapq.heappop(ends)
+            mine = sessions.get(key)
+            if not mine:
+                continue
+            for s in mine:
+                if s[0] == start and s[1] == end:
+                    break
+            else:
+                continue  # stale: that session grew or merged since
+            mine.remove(s)
+            if not mine:
+                del sessions[key]
+            acc = s[2]
+            if acc.__class__ is _Values:
+                acc = self._from_values(acc.values)
+            out.extend(results(key, Window(start, end), acc))
+
+    def _from_values(self, values):
+        values.sort(key=_first)  # arrival order, across merged sessions
+        (_, value, port), *rest = values
+        acc = self._new(value, math.nan, port)
+        for _, value, port in rest:
+            acc = self._grow(acc, value, math.nan, port)
+        return acc
+
+    def sequence(self) -> int:
+        return next(self.seq)
+
+    def restored(self, sequence: int) -> None:
+        self.seq = count(sequence)
+        self.ends = [(end, start, next(self.seq), key)
+                     for key, sessions in self.sessions.items() for start, end, _ in sessions]
+        heapq.heapify(self.ends)

@@ -1,0 +1,51 @@
+"""What a window strategy is: the per-operator logic of one kind of window.
+
+A window operator (`WindowAggregate`, `WindowJoin`, `WindowMerge`) knows
+what goes *into* a window (an aggregation's accumulator, a join's two
+sides) and when time moves (its frontier); the strategy its spec builds when
+it opens (`WindowKind.strategy`) knows *which* windows there are: it keeps
+them, in keyed state registered on the operator so that the operator's
+snapshot takes them, and owns the loops over a batch's records, so the kind
+is decided once per operator, and the hot loops bind what they call once
+per batch.
+
+The strategy reaches back into its operator for what goes into a window,
+read once when it is built:
+
+* `_new(value, stamp, port) -> acc`, `_grow(acc, value, stamp, port) -> acc`
+  and `_merge(a, b) -> acc` (None: the values are kept and aggregated when
+  the window closes), and `_adds`: "sum" or "count" when the accumulator
+  is a plain running total (the tumbling loop inlines it), else None;
+* what a closed window emits: `_emit_window(j, {key: acc})` for windows by
+  number, `_results(key, window, acc)` (a list of records, put in `_out`)
+  for sessions;
+* `_user_error(exc, record)`: the error that names a failing record.
+"""
+
+from __future__ import annotations
+
+
+class WindowStrategy:
+    """The interface of a window kind's per-operator logic (see the module)."""
+
+    __slots__ = ()
+
+    def add(self, port: int, batch: list, stamps: list, frontier: float, late: list) -> None:
+        """Put each record of `batch` (timestamps `stamps`) in its windows.
+        Records whose windows all end at or before `frontier` (emitted
+        already) are appended to `late` instead."""
+        raise NotImplementedError
+
+    def fire(self, frontier: float) -> None:
+        """Emit, through the operator, and forget every window that ends at
+        or before `frontier`."""
+        raise NotImplementedError
+
+    def sequence(self) -> int:
+        """The arrival counter, for the operator's snapshot ("sequence")."""
+        raise NotImplementedError
+
+    def restored(self, sequence: int) -> None:
+        """The keyed state was put back from a snapshot: rebuild what is
+        derived from it, and resume the arrival counter at `sequence`."""
+        raise NotImplementedError

@@ -1,0 +1,115 @@
+"""What window aggregates and joins share: timestamps in, windows kept per
+key by the window kind's strategy, results emitted as the watermark passes,
+late events counted and, with `late=True`, passed on beside the results."""
+
+from __future__ import annotations
+
+import math
+
+from kernel.dataflow._errors import KernelError, OperatorError
+from kernel.dataflow._operator import Operator, TimedBatch
+
+from .._calls import emit_in_batches, keyed_error
+from ._specs import check_window
+
+
+class LateBatch(list):
+    """Late records, passed on beside a window's results when `late=True`."""
+
+    __slots__ = ()
+
+
+class SelectBatches(Operator):
+    """Passes on a window's result batches (`late=False`) or its late
+    records (`late=True`): the two outputs of a window with `late=True`."""
+
+    def __init__(self, late: bool) -> None:
+        self.late = late
+
+    def on_batch(self, port, batch):
+        if (batch.__class__ is LateBatch) is self.late:
+            self.emit(list(batch) if self.late else batch)
+
+
+class Windowing(Operator):
+    """The base of the window operators. A subclass says what goes into a
+    window (`_new`, `_grow`, `_merge`, `_adds`) and what a closed one emits
+    (`_emit_window`, `_results`): the interface its strategy uses (see
+    `_strategy.py`). The strategy is built when the operator opens."""
+
+    def __init__(self, window, late: bool) -> None:
+        check_window(window)
+        self.window = window
+        self.route_late = late
+        self.late = 0
+
+    def open(self, context):
+        self._frontier = -math.inf  # events of windows that end at or before it are late
+        self._out: list = []
+        self._late_out: list = []
+        # The windows live in keyed state (snapshots take them); what orders
+        # them is rebuilt from it on restore.
+        self._windows = self.window.strategy(self)
+
+    def on_epoch(self, epoch):
+        return {"states": super().on_epoch(epoch), "frontier": self._frontier, "late": self.late,
+                "sequence": self._windows.sequence()}
+
+    def restore(self, snapshot):
+        super().restore(snapshot["states"])
+        self._frontier, self.late = snapshot["frontier"], snapshot["late"]
+        self._windows.restored(snapshot["sequence"])
+
+    def _stamps(self, batch):
+        if batch.__class__ is not TimedBatch:
+            raise KernelError(
+                f"{self.name}: windows need event time, but these records carry no timestamps: "
+                "give the source timestamp=... (from_iterable(data, timestamp=fn)), and keep the "
+                "path to the window on built-in operators (a custom operator must emit "
+                "TimedBatch(out, batch.timestamps) to pass them on)"
+            )
+        return batch.timestamps
+
+    def on_batch(self, port, batch):
+        stamps = self._stamps(batch)
+        self._windows.add(port, batch, stamps, self._frontier, self._late_out)
+        self._flush()
+
+    def on_watermark(self, watermark):
+        self._frontier = watermark
+        try:
+            self._windows.fire(watermark)
+        except KernelError:
+            raise
+        except Exception as exc:
+            raise OperatorError.wrap(self.name, self._function(), exc, has_record=False) from exc
+        self._flush()
+
+    def on_end(self):
+        if self.late and not self.route_late:
+            self.context.logger.warning(
+                "%s: dropped %d late events (behind the watermark for windows already emitted); "
+                "window(..., late=True) passes them on instead",
+                self.name,
+                self.late,
+            )
+
+    def _flush(self):
+        if self._out:
+            emit_in_batches(self.emit, self._out)
+            self._out.clear()
+        late = self._late_out
+        if late:
+            self.late += len(late)
+            if self.route_late:
+                self.emit(LateBatch(late))
+            self._late_out = []
+
+    def result(self):
+        return {"late": self.late} if self.late else None
+
+    def _user_error(self, exc, record):
+        return keyed_error(self.name, self._function(), exc, record)  # an unhashable key named as such
+
+    def _function(self):
+        return "window"
