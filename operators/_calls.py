@@ -21,12 +21,17 @@ from operator import length_hint
 from kernel.dataflow._errors import UNHASHABLE_KEY, KernelError, OperatorError, is_unhashable
 
 
+def failing_index(batch: list, iterator) -> int | None:
+    """The index of the record at which `iterator` (over `batch`) stopped
+    at a failure, or None."""
+    index = len(batch) - length_hint(iterator) - 1
+    return index if 0 <= index < len(batch) else None
+
+
 def failing_record(batch: list, iterator) -> tuple[bool, object]:
     """(found, record) for a batch whose `iterator` stopped at a failure."""
-    index = len(batch) - length_hint(iterator) - 1
-    if 0 <= index < len(batch):
-        return True, batch[index]
-    return False, None
+    index = failing_index(batch, iterator)
+    return (False, None) if index is None else (True, batch[index])
 
 
 def user_error(operator: str, fn, exc: BaseException, batch: list, iterator) -> OperatorError:

@@ -107,6 +107,19 @@ class Operator:
         """A picklable value gathered back to the caller after the run."""
         return None
 
+    def fuse_upstream(self, upstream: Operator):
+        """Operator fusion (optional): `upstream`'s only output is this
+        operator, on this kernel, in the same activation (a chained edge).
+        Return a handler `on_batch(port, batch)` that does `upstream`'s work
+        and this operator's in one pass over `upstream`'s input, to take the
+        place of `upstream.on_batch` (this operator's own `on_batch` then
+        never sees a batch), or None to stay apart (the default). The
+        handler must give the results the two steps would, and the same
+        errors, each naming the step whose function failed and its record.
+        Progress (watermarks, end of input) still reaches this operator
+        through `upstream` as before."""
+        return None
+
     # -- keyed state ----------------------------------------------------------------
     # The registry `state.value_state(self, name)` and friends put their
     # states in: anything with a `name`, `snapshot()` and `restore(data)`.
