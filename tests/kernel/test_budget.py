@@ -412,7 +412,7 @@ async def test_the_kernel_sits_out_a_few_turns_while_the_host_works():
     idle = trace[: trace.index("host works")]
     assert "slice slice" not in " ".join(idle)  # one turn for the host between two slices...
     assert "host host" not in " ".join(idle[2:])  # ...and no more while it does nothing
-    assert kernel.statistics()["host_turns"] >= 3 * HOST_TURNS
+    assert kernel.statistics().host_turns >= 3 * HOST_TURNS
 
 
 # -- the host's heap --------------------------------------------------------------------------
