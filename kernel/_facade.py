@@ -162,8 +162,10 @@ def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_G
     exactly the results of one core. Inside a running event loop use
     `await run_async(flow)` instead. `gc_threshold_during_run` is the
     generation-0 GC threshold while the run lasts (None leaves the
-    process's GC settings alone); `run_async` with one core never touches
-    them, since it shares its process with the host application.
+    process's GC settings alone); `run_async` with one core leaves the
+    thresholds alone, since it shares its process with the host
+    application (it only keeps the host's heap out of full collections
+    while it runs: `kernel/execution/_host_gc.py`).
 
     A cluster: `peers` lists every process's `host:port` (a string
     `"h0:p0,h1:p1"` or a list), `process_id` says which one this is. Each

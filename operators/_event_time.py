@@ -117,6 +117,7 @@ class EventTimeSource(Source):
     def poll(self):
         self._polled = True
         self._woken = False  # a wake() during the poll sets it again
+        self.inner.records_wanted = self.records_wanted
         more = self.inner.poll()
         self._again = bool(more)
         if more is False and self._idle_timer is not None:

@@ -41,9 +41,10 @@ def check_make(make) -> None:
 
 
 class PartitionSource(Source):
-    """Reads `make(index, peers)`, this kernel's share, in batches of
-    `batch_size` records. The share is made at the first poll (a resumed run
-    whose share had ended never makes it)."""
+    """Reads `make(index, peers)`, this kernel's share, in batches of at most
+    `batch_size` records (fewer when the kernel wants fewer). The share is
+    made at the first poll (a resumed run whose share had ended never makes
+    it)."""
 
     def __init__(self, make, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
         check_make(make)
@@ -111,7 +112,7 @@ class PartitionSource(Source):
     def poll(self):
         if not self._made:
             self._make_share()
-        size = self.batch_size
+        size = min(self.batch_size, self.records_wanted)
         start = self._position
         if self._sequence is not None:
             batch = self._sequence[start : start + size]

@@ -61,7 +61,8 @@ class _Input:
 
 
 class IterableSource(Source):
-    """Reads a bounded iterable in batches of `batch_size` records."""
+    """Reads a bounded iterable in batches of at most `batch_size` records
+    (fewer when the kernel wants fewer: `records_wanted`)."""
 
     def __init__(self, iterable, batch_size: int = DEFAULT_BATCH_SIZE, *,
                  _input: _Input | None = None) -> None:
@@ -131,7 +132,7 @@ class IterableSource(Source):
             self._unread = None
 
     def poll(self):
-        size = self.batch_size
+        size = min(self.batch_size, self.records_wanted)
         if self._sequence is not None:
             start = self._position
             batch = self._sequence[start : start + size]
@@ -158,8 +159,9 @@ class AsyncIterableSource(Source):
     `aiterable` may also be a zero-argument callable returning one, so that a
     flow can be run more than once and each kernel gets its own iterator.
     The reader task appends to a buffer and wakes the source; the source
-    emits the whole buffer as one batch. When `batch_size` records are
-    waiting, the reader pauses until the source has taken them, so a fast
+    emits what the buffer holds as one batch (at most `records_wanted`
+    records; the rest at the next poll). When `batch_size` records are
+    waiting, the reader pauses until the source has taken some, so a fast
     producer cannot outrun the dataflow.
     """
 
@@ -237,13 +239,21 @@ class AsyncIterableSource(Source):
                 self._input.read = True
             self.context.kernel.spawn(self._read(self._source), name=f"{self.name} reader")
             return None  # the reader wakes this source when it has records
-        if self._buffer:
-            batch, self._buffer = self._buffer, []
+        buffer = self._buffer
+        if buffer:
+            wanted = self.records_wanted
+            if len(buffer) <= wanted:
+                batch, self._buffer = buffer, []
+            else:
+                batch = buffer[:wanted]
+                del buffer[:wanted]
             self._emitted += len(batch)
             self.emit(batch)
             space = self._space
-            if space is not None and not space.done():
+            if space is not None and not space.done() and len(self._buffer) < self.batch_size:
                 space.set_result(None)
+            if self._buffer:
+                return True  # more is waiting: the next tick takes it
         if self._exhausted:
             return False
         return None

@@ -185,7 +185,17 @@ class Operator:
 
 
 class Source(Operator):
-    """Base class of mid-level sources: override `poll()`."""
+    """Base class of mid-level sources: override `poll()`.
+
+    Before each poll the kernel sets `records_wanted`: how many records it
+    would like this poll to emit, so that the poll and the operators chained
+    after it fit in what is left of the kernel's budget (it learns what a
+    record costs from the polls before). The built-in sources emit at most
+    that many (and at most their `batch_size`); yours may read it too.
+    """
+
+    #: records the kernel would like the next poll to emit (set before each poll)
+    records_wanted: int = DEFAULT_BATCH_SIZE
 
     def poll(self) -> bool | None:
         raise NotImplementedError(f"{type(self).__name__} must define poll()")

@@ -21,6 +21,7 @@ import uvloop
 from kernel.runtime._runtime import Runtime
 from kernel.scheduling._kernel import Kernel
 
+from ._host_gc import host_heap_frozen
 from ._plan import THREAD, RunPlan
 
 
@@ -39,9 +40,11 @@ def execute(plan: RunPlan, get_flow) -> list[dict]:
 
 async def execute_async(plan: RunPlan, get_flow) -> list[dict]:
     """Run to the end on the running loop, sharing it (the caller's GC
-    settings are left as they are: it is the host application's process)."""
+    thresholds are left as they are: it is the host application's process;
+    only its heap is kept out of full collections meanwhile, `_host_gc.py`)."""
     if plan.mode == THREAD:
-        return [await _one_kernel(plan, get_flow())]
+        with host_heap_frozen():  # full collections walk the run's objects, not the host's heap
+            return [await _one_kernel(plan, get_flow())]
     return await _in_thread(lambda cancel: _on_cores(plan, get_flow, cancel))
 
 

@@ -20,6 +20,27 @@ Epoch markers align (`_channel_epoch`): once the marker of an epoch has come
 on every open input, the instance takes its snapshot and forwards the
 marker; what arrives on a channel behind its marker meanwhile is held back,
 then handled in order (Chandy-Lamport's aligned snapshots, as Flink's).
+
+The budget (the kernel hands the loop back every `budget` seconds) holds
+for an activation and the chain it runs, in three ways:
+
+* a source sizes its batches from what its polls cost (`_Pace`): the
+  runtime tells it how many records it wants (`records_wanted`) so that a
+  poll, the chained operators after it included, fits in what is left of
+  the slice's budget;
+* a chained edge whose batch finds the budget spent hands it to the
+  operator's inbox for a later tick instead of calling it (and everything
+  on that edge then goes through the inbox behind it, in order);
+* a source whose chain has work handed on waiting is not polled until it
+  is done, so it cannot outrun it;
+* a source whose poll would not fit in the last quarter of a slice
+  declines it (`LATER`): it runs first in the next slice, so the kernel
+  neither overruns its deadline with a poll started late nor leaves a
+  second source only the slice's leftovers.
+
+An activation still drains its whole inbox: an inbox holds what one tick
+delivered, and the exchange's backpressure counts on that (its reader
+delivers every tick; inboxes drained only in part would grow unbounded).
 """
 
 from __future__ import annotations
@@ -32,11 +53,17 @@ from kernel.dataflow import IDLE, EpochMarker
 from kernel.dataflow._errors import KernelError, OperatorError, describe_function
 from kernel.dataflow._graph import Node
 from kernel.dataflow._operator import Operator
+from kernel.scheduling._scheduler import LATER
 
 from ._progress import Frontier
 
 END = "<end of input>"  # a str: never a list, never a float
 _INF = math.inf
+
+# A chained hop reads the clock (~0.1 us) before a batch of at least this
+# many records: well under 1% of what handling them costs anywhere, while a
+# one-record hop (the activation-latency path) stays a plain call.
+CHECK_CLOCK_AT = 64
 
 
 class Instance:
@@ -44,7 +71,11 @@ class Instance:
         "_ready",
         "aligning",
         "arrived",
+        "budget_spent",
+        "chain",
         "chained",
+        "drain_waiter",
+        "emitted",
         "ended",
         "held",
         "idle",
@@ -53,6 +84,7 @@ class Instance:
         "name",
         "op",
         "output_watermark",
+        "pace",
         "pending",
         "ports",
         "progress",
@@ -88,7 +120,13 @@ class Instance:
         self.ended = False
         self.targets: list[tuple[Instance, int]] = []
         self.chained = False  # runs inside its upstream's activation (see Runtime)
-        self._ready = runtime.kernel.ready_function(self.task_class)
+        self.chain: list[Instance] = []  # a source's: the instances its polls run (chained)
+        self.drain_waiter: Instance | None = None  # a source to wake once the inbox is empty
+        self.emitted = 0  # a source's: records emitted by the poll under way
+        kernel = runtime.kernel
+        self.pace = _Pace(kernel) if node.is_source else None
+        self.budget_spent = kernel.budget_spent
+        self._ready = kernel.ready_function(self.task_class)
 
     @property
     def frontier(self) -> float:
@@ -110,6 +148,27 @@ class Instance:
         op.mark_idle = self.mark_idle
         op.schedule = self.schedule
         op.emit = self._emit_function()
+        if self.is_source:
+            op.emit = self._counted(op.emit)
+            self.chain = self._chained_after()
+
+    def _counted(self, emit):
+        """A source's emit, counting the records each poll hands on (its pace)."""
+
+        def counted(batch):
+            self.emitted += len(batch)
+            emit(batch)
+
+        return counted
+
+    def _chained_after(self) -> list[Instance]:
+        """The instances that run inside this instance's activation: the
+        chain of single forward edges after it."""
+        chain, at = [], self
+        while len(at.targets) == 1 and getattr(at.targets[0][0], "chained", False):
+            at = at.targets[0][0]
+            chain.append(at)
+        return chain
 
     def _emit_function(self):
         targets = self.targets
@@ -161,11 +220,10 @@ class Instance:
             self.scheduled = True
             self._ready(self)
 
-    def activate(self) -> None:
+    def activate(self):
         self.scheduled = False
         if self.is_source:
-            self._poll()
-            return
+            return self._poll()
         pending = self.pending
         self.pending = []
         on_batch = self.op.on_batch
@@ -189,6 +247,9 @@ class Instance:
             raise
         except Exception as exc:
             raise self._handler_error(payload, exc) from exc
+        if self.drain_waiter is not None and not self.pending:
+            waiter, self.drain_waiter = self.drain_waiter, None
+            waiter.wake()  # a source held back until its chain caught up
 
     def _progress(self, channel: int, payload) -> None:
         """A watermark, IDLE, an epoch marker or END arrived on `channel`
@@ -283,19 +344,27 @@ class Instance:
     # An operator whose only input comes from an upstream whose only output
     # is this operator (a forward edge, same task class) is *chained*: the
     # upstream's emit calls its handlers directly, inside the upstream's
-    # activation, as Flink chains operators on forward edges. Order is kept
-    # (everything on the edge is handled synchronously, data and progress
-    # alike); the chain is one activation for the budget and the stall
-    # detector (which names the chain's head); a hop costs a function call
-    # instead of a run-queue round trip (benches/latency.py section 3).
+    # activation, as Flink chains operators on forward edges; a hop costs a
+    # function call instead of a run-queue round trip (benches/latency.py
+    # section 3). The chain runs as one activation for the stall detector
+    # (which names its head), but not past the budget: a batch that finds
+    # the budget spent goes to the operator's inbox instead, and so does
+    # everything on the edge after it while the inbox holds anything, so
+    # data and progress keep their order.
 
     def chained_emit(self, channel: int):
         on_batch = self.op.on_batch
         port = self.ports[channel]
         handler_error = self._handler_error
+        spent = self.budget_spent
+        deliver = self.deliver
+        target = self
 
         def emit(batch):
             if batch:
+                if target.pending or (len(batch) >= CHECK_CLOCK_AT and spent()):
+                    deliver(channel, batch)  # behind what waits, or the budget is spent
+                    return
                 try:
                     on_batch(port, batch)
                 except KernelError:
@@ -320,13 +389,30 @@ class Instance:
         if self.runtime.paused:
             self.runtime.park_source(self)
             return
+        for member in self.chain:
+            if member.pending:  # work this source's chain handed to a later tick
+                member.drain_waiter = self
+                return
+        op, pace = self.op, self.pace
+        monotonic = pace.monotonic
+        started = monotonic()
+        wanted = pace.hint(started)
+        if not wanted:  # the poll would not fit in what is left: first in the next slice
+            self.scheduled = True
+            return LATER
+        op.records_wanted = wanted
+        self.emitted = 0  # counted by the source's emit
         try:
-            more = self.op.poll()
+            more = op.poll()
         except KernelError:
             raise
         except Exception as exc:
             handler = _handler_name(self.op, "poll")
             raise OperatorError.wrap(self.name, handler, exc, has_record=False) from exc
+        elapsed = monotonic() - started
+        if self.emitted:
+            # A poll whose chain handed work on measured only part of its cost.
+            pace.learn(elapsed, self.emitted, not any(member.pending for member in self.chain))
         if more:
             self.wake()
         elif more is False:
@@ -360,9 +446,9 @@ class Instance:
 
     def _forward(self, payload) -> None:
         for target, channel in self.targets:
-            if target.chained:
+            if target.chained and not target.pending and not self.budget_spent():
                 target.receive(channel, payload)
-            else:
+            else:  # not chained, behind what its inbox holds, or the budget is spent
                 target.deliver(channel, payload)
 
     def _finish(self) -> None:
@@ -372,6 +458,94 @@ class Instance:
 
 
 _next_sequence = itertools.count().__next__
+
+
+class _Pace:
+    """How many records a source's next poll should emit.
+
+    A poll runs the chain after the source too, so its cost per record is
+    what the whole chain costs. The hint is what fits in the time left of
+    the slice (the kernel's deadline): the poll that starts a slice gets the
+    whole budget, so batches stay as large as the budget allows (a batch
+    has costs of its own: a watermark through the chain, a frame across
+    kernels); one that would start in the last quarter of a slice and could
+    not take a full batch there is declined (0: `LATER`), so that no poll
+    starts too late to end near the deadline, and a second source is not
+    left only the leftovers of the first's slices.
+
+    The first poll is asked for FIRST records, and the hint is never more
+    than twice the largest batch of the last polls (a start that does not
+    trust what a few records measured, and a guard against a wrong
+    estimate); on a clock that does not move (a `VirtualClock`) batches
+    grow 16, 32, 64...
+
+    The estimate learns from the smaller of the last two polls' costs per
+    record: a pause that only inflates the clock (the process preempted, a
+    garbage collection, one record that exploded into many) lands in one
+    poll and is not taken for the chain's cost, while a chain that really
+    got dearer shows in two polls in a row and is taken at once. It falls
+    slowly (FALL of the way per poll), so that one cheap moment does not
+    make the next batch too large.
+
+    A chain whose cost is per batch (an operator that flushes, sleeps or
+    sends per batch) would drive that to one record per poll, each still
+    over the budget: when two polls of one record in a row took more than
+    the budget and the last poll of several records took less than twice
+    as long, smaller batches cannot hold the budget and only cost
+    throughput, and the hint goes back up (doubling) to the source's
+    batch_size.
+    """
+
+    FIRST = 16
+    FALL = 0.25
+
+    __slots__ = ("budget", "cost", "kernel", "largest", "last", "monotonic", "per_batch", "several",
+                 "single", "single_before")
+
+    def __init__(self, kernel) -> None:
+        self.kernel = kernel
+        self.budget = kernel.budget
+        self.monotonic = kernel.clock.monotonic
+        self.largest = self.FIRST / 2  # the largest batch lately (decaying)
+        self.cost = 0.0  # seconds per record; 0: nothing measured (or free)
+        self.last = _INF  # the last poll's cost per record
+        self.single = self.single_before = 0.0  # the last two one-record polls' seconds
+        self.several = _INF  # the last poll of several records: its seconds
+        self.per_batch = False  # the chain's cost is per batch, over the budget
+
+    def hint(self, now: float) -> int:
+        """Records for a poll that starts at `now`; 0: not in this slice."""
+        limit = int(2 * self.largest)
+        cost = self.cost
+        if cost <= 0.0 or self.per_batch:
+            return limit
+        left = self.kernel.deadline - now
+        fits = left / cost + 1e-9  # (on a virtual clock 0.001 / 0.0001 is 9.99...)
+        if fits >= limit:
+            return limit
+        if left < 0.25 * self.budget:
+            return 0
+        return max(1, int(fits))
+
+    def learn(self, elapsed: float, emitted: int, whole: bool = True) -> None:
+        """A poll emitted `emitted` records in `elapsed` seconds, its chain
+        included (`whole`), or up to where the chain handed work on (then
+        the cost is at least that: it may only raise the estimate)."""
+        self.largest = max(float(emitted), self.largest * 0.9)
+        cost = elapsed / emitted
+        sample = min(cost, self.last)
+        self.last = cost
+        estimate = self.cost
+        if sample > estimate:
+            self.cost = sample
+        elif whole:
+            self.cost = estimate + (sample - estimate) * self.FALL
+        if emitted == 1:
+            self.single_before, self.single = self.single, elapsed
+        elif emitted >= 4:
+            self.several = elapsed
+        single = min(self.single, self.single_before)
+        self.per_batch = single >= self.budget and self.several < 2 * single
 
 
 def _call(instance: Instance, handler: str, *args):

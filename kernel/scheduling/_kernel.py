@@ -94,6 +94,10 @@ class KernelStatistics:
         return self.scheduler.activations if self.scheduler else 0
 
     @property
+    def host_turns(self) -> int:
+        return self.scheduler.host_turns if self.scheduler else 0
+
+    @property
     def busy_time(self) -> dict[str, float]:
         return self.scheduler.busy_time if self.scheduler else {}
 
@@ -394,6 +398,23 @@ class Kernel:
 
     def _set_deadline(self, deadline: float) -> None:
         self._deadline = deadline
+
+    @property
+    def budget(self) -> float:
+        """Seconds of work the kernel runs before handing the loop back."""
+        return self._budget
+
+    @property
+    def deadline(self) -> float:
+        """When (on the clock's `monotonic()`) the current stretch of work
+        has used up its budget."""
+        return self._deadline
+
+    def budget_spent(self) -> bool:
+        """True once the current stretch of work (a slice of activations, or
+        tasks' turn between two loop turns) has used up its budget: work that
+        can wait should then go to a later tick."""
+        return self._monotonic() >= self._deadline
 
     # -- cooperation --------------------------------------------------------
 

@@ -5,6 +5,8 @@ Vocabulary
 activation
     Anything with an ``activate()`` method and a ``name``: an operator that has
     input waiting, a source that can produce, a waker for a low-level task.
+    ``activate()`` may return ``LATER`` to decline what is left of a slice:
+    it keeps its place at the head of its queue and the slice ends.
     Scheduling one twice before it runs is the caller's job to avoid (each
     activation keeps its own "scheduled" flag), so the queues hold no
     duplicates and need no set.
@@ -31,6 +33,22 @@ smallest virtual runtime among busy classes instead of its stale one, so idling
 does not bank credit. A throughput tick also ends early when latency work
 arrives, so latency-sensitive activations wait at most one activation.
 
+Host turns
+----------
+A slice ends by handing the loop back, but what the host's callbacks
+schedule during that turn runs only in the next one, after the kernel's
+next slice: a request to a web server on the same loop goes through a few
+turns (its data read, its handler's task, the reply), and would wait a
+slice at each. So when the host did work between two slices (the gap
+between them is more than an idle loop turn takes: twice the shortest gap
+seen, plus a little), the kernel sits the next turn out, up to
+``HOST_TURNS`` in a row, and what the host scheduled runs first. A turn sat
+out costs a few microseconds, and the kernel still runs at least one slice
+in every ``HOST_TURNS + 1`` turns. Only between slices that follow each
+other (work was left when the last one ended): a kernel that had nothing
+to do starts its next slice at once. On a clock that does not move (a
+`VirtualClock`) the gap is always zero: no turn is sat out.
+
 The stall detector logs any single activation that runs longer than
 ``stall_threshold`` (25 ms, as Seastar's blocked-reactor notice), naming it.
 """
@@ -48,6 +66,22 @@ THROUGHPUT = "throughput"
 TASK_CLASSES = (LATENCY, THROUGHPUT)
 DEFAULT_SHARES = {LATENCY: 2, THROUGHPUT: 1}
 STALL_REPORT_INTERVAL = 10.0  # seconds between two stall reports of one activation
+HOST_TURNS = 3  # loop turns in a row the kernel sits out while the host works
+_HOST_WORK = 2e-6  # seconds: a gap this much over twice an idle turn's is the host's work
+
+
+class _Later:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "LATER"
+
+
+#: What `activate()` returns to say "not in what is left of this slice" (a
+#: source whose next poll does not fit): the activation keeps its place at
+#: the head of its queue, so it runs first in the next slice, and this
+#: slice ends, the rest of its budget left to the host.
+LATER = _Later()
 
 
 @dataclass(frozen=True)
@@ -57,6 +91,7 @@ class SchedulerStatistics:
     slices: int  # event-loop callbacks: each ran ticks until the budget was spent
     ticks: int  # passes over what was ready when they began
     activations: int
+    host_turns: int  # loop turns sat out while the host worked (see "Host turns")
     busy_time: dict[str, float]  # seconds spent running each task class
     queued: dict[str, int]  # activations waiting, per task class
 
@@ -64,7 +99,7 @@ class SchedulerStatistics:
 class Activation(Protocol):
     name: str
 
-    def activate(self) -> None: ...
+    def activate(self) -> object: ...  # None, or LATER
 
 
 class _TaskClass:
@@ -120,11 +155,19 @@ class Scheduler:
         # True from the moment a slice is scheduled until it ends, so work
         # readied during a slice never schedules a second one.
         self._slice_pending = False
+        # host turns: whether the last slice left work (the next follows
+        # it), when it ended, the shortest gap between two such slices (an
+        # idle loop turn), and the turns sat out in a row
+        self._continued = False
+        self._slice_ended = 0.0
+        self._idle_turn = float("inf")
+        self._sat_out = 0
         self._stopped = False
         self._stall_reports: dict[str, tuple[float, int]] = {}
         self.slices = 0
         self.ticks = 0
         self.activations = 0
+        self.host_turns = 0  # turns sat out for the host
 
     # -- the small vocabulary the rest of the kernel uses ------------------
 
@@ -160,6 +203,7 @@ class Scheduler:
             slices=self.slices,
             ticks=self.ticks,
             activations=self.activations,
+            host_turns=self.host_turns,
             busy_time={c.name: c.busy_time for c in self._classes.values()},
             queued={c.name: len(c.queue) for c in self._classes.values()},
         )
@@ -193,6 +237,10 @@ class Scheduler:
             return
         now = self._monotonic
         started = now()
+        if self._continued and self._host_worked(started):
+            self._slice_ended = started
+            self._loop.call_soon(self._run_slice)  # the host's turn: the next one is ours
+            return
         deadline = started + self.budget
         if self._on_slice_start is not None:
             self._on_slice_start(deadline)
@@ -222,7 +270,9 @@ class Scheduler:
                     while remaining and queue:
                         remaining -= 1
                         activation = popleft()
-                        activation.activate()
+                        if activation.activate() is LATER:  # keeps its place; the slice ends
+                            queue.appendleft(activation)
+                            deadline = t
                         ran += 1
                         before, t = t, now()
                         if t - before > stall:
@@ -245,14 +295,33 @@ class Scheduler:
             return
         self.ticks += ticks
         self.activations += ran
+        self._slice_ended = t
+        self._continued = False
         if self._stopped:
             self._slice_pending = False
         elif self.has_work():
+            self._continued = True
             self._loop.call_soon(self._run_slice)
         else:
             self._slice_pending = False
             if self._on_drained is not None:
                 self._on_drained()
+
+    def _host_worked(self, started: float) -> bool:
+        """Did the host work since the last slice, so that this turn is
+        better left to what it scheduled (see "Host turns")?"""
+        gap = started - self._slice_ended
+        idle = self._idle_turn
+        if gap < idle:
+            self._idle_turn = gap
+        elif idle < float("inf"):
+            self._idle_turn = idle + (gap - idle) * 0.001  # a machine that got slower
+        if gap > 2 * idle + _HOST_WORK and self._sat_out < HOST_TURNS:
+            self._sat_out += 1
+            self.host_turns += 1
+            return True
+        self._sat_out = 0
+        return False
 
     def _report_stall(self, activation: Activation, seconds: float) -> None:
         # One line per activation per STALL_REPORT_INTERVAL: a slow user

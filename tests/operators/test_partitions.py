@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernel import Dataflow, KernelProcessError, Operator, OperatorError, run
+from kernel import Dataflow, KernelProcessError, Operator, OperatorError, VirtualClock, run
 from operators import Tumbling
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,9 +128,9 @@ def test_a_share_is_read_in_batches_as_it_goes():
     flow = Dataflow()
     flow.from_partitions(endless, batch_size=64).apply(lambda: Sizes(sizes)).apply(StopAfter, name="stop")
     with pytest.raises(OperatorError, match="enough") as info:
-        run(flow)
+        run(flow, clock=VirtualClock())  # the chain costs nothing: batches grow to batch_size
     assert info.value.operator.startswith("stop")
-    assert sizes[:16] == [64] * 16  # full batches, one per poll
+    assert sizes[:16] == [16, 32] + [64] * 14  # one batch per poll, from 16 records up to batch_size
     assert len(made) <= 1024 + 2 * 64  # an endless share: nothing made ahead
 
 
@@ -234,8 +234,7 @@ RECOVERY = textwrap.dedent(
         return (n for n in range(index, {N}, peers))  # read past the offset
 
     def slow(n):
-        if n % 40 < 2:
-            time.sleep(0.004)  # spread the run over many epochs
+        time.sleep(0.0003)  # spread the run over many epochs (and one record per batch)
         return n
 
     flow = Dataflow("partitions")
@@ -257,7 +256,10 @@ def test_a_crashed_run_resumes_each_share_at_its_offset(tmp_path):
              "--state-dir", str(tmp_path / "state"), "--epoch-interval", "0.02"],
             env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
 
-    first = run_cli("batch:12@1")  # kernel 1 killed in its 12th batch, epochs in
+    # Kernel 1 killed in its 250th batch, epochs in: a record costs more than
+    # half the budget, so after the first poll (16 records) every batch is
+    # one record, and batch 250 comes ~80 ms into the run, of ~300.
+    first = run_cli("batch:250@1")
     assert first.returncode != 0, "the crash point was never reached"
     published = [json.loads(line) for f in (tmp_path / "out" / "r").glob("part-*.jsonl")
                  for line in f.read_text().splitlines()]

@@ -11,7 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernel import Dataflow, KernelError, KernelProcessError, Operator, OperatorError, run, run_async
+from kernel import (
+    Dataflow,
+    KernelError,
+    KernelProcessError,
+    Operator,
+    OperatorError,
+    VirtualClock,
+    run,
+    run_async,
+)
 
 EXAMPLES = settings(max_examples=40, deadline=None)
 
@@ -44,11 +53,22 @@ def collect_with_sizes(stream):
 def test_from_iterable_reads_any_iterable_in_batches(data, batch_size, wrap):
     flow = Dataflow()
     out, sizes = collect_with_sizes(flow.from_iterable(wrap(data), batch_size=batch_size))
-    run(flow)
+    run(flow, clock=VirtualClock())  # the chain costs nothing: batches grow to batch_size
     assert out.items == data
-    # Full batches, then the remainder; no empty batch travels.
-    full, rest = divmod(len(data), batch_size)
-    assert sizes == [batch_size] * full + ([rest] if rest else [])
+    # The first poll reads 16 records (batch_size if fewer), each next twice
+    # as many up to batch_size, then the remainder; no empty batch travels.
+    assert sizes == ramp(len(data), batch_size)
+
+
+def ramp(records: int, batch_size: int, first: int = 16) -> list[int]:
+    """The batch sizes a source reads `records` in when its chain costs nothing."""
+    sizes, wanted = [], first
+    while records > 0:
+        size = min(batch_size, wanted, records)
+        sizes.append(size)
+        records -= size
+        wanted *= 2
+    return sizes
 
 
 def test_from_iterable_reads_a_range():

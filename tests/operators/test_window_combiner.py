@@ -30,7 +30,7 @@ from test_windows import (
     streams,
 )
 
-from kernel import Dataflow, TimedBatch, run
+from kernel import Dataflow, TimedBatch, VirtualClock, run
 from operators import EventTimeSource, Sliding, SumAggregation, Tumbling, Window, WindowAggregate, WindowMerge
 
 MODES = {
@@ -53,7 +53,7 @@ def aggregates(window, events, batch_size, max_delay, cores, mode):
     try:
         for name, value in MODES[mode].items():
             setattr(pass_on, name, value)
-        run(flow, cores=cores)
+        run(flow, cores=cores, clock=VirtualClock())  # batches as replayed (test_windows.replay)
     finally:
         for name, value in saved.items():
             setattr(pass_on, name, value)

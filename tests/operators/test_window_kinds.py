@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernel import Dataflow, KernelError, run
+from kernel import Dataflow, KernelError, VirtualClock, run
 from operators import Session, Sliding, Tumbling, Window
 
 ONE_CORE = settings(max_examples=40, deadline=None)
@@ -177,7 +177,7 @@ def test_late_events_are_dropped_counted_and_can_be_routed(events, window, batch
     dropped_out = dropped.collect()
     routed = values.window(window, late=True).count()
     routed_out, late_out = routed.collect(), routed.late.collect()
-    run(flow)
+    run(flow, clock=VirtualClock())  # batches as replayed (test_windows.replay)
     # the on-time events, in every window of theirs that was still open
     on_time_counts: Counter = Counter()
     for (key, t, _v), is_late in zip(events, late):
@@ -221,7 +221,7 @@ def test_on_two_kernels_each_kernel_drops_what_is_behind_its_own_watermark(event
     windowed = build(flow, events, 0.0, batch_size).window(window)
     counts = windowed.count()
     out = counts.collect()
-    run(flow, cores=2)
+    run(flow, cores=2, clock=VirtualClock())  # batches as replayed
     assert as_dict(out.items) == dict(open_windows)
     assert counts.late_count.value == sum(late)
 

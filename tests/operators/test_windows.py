@@ -28,7 +28,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from kernel import Dataflow, KernelError, Operator, Source, run
+from kernel import Dataflow, KernelError, Operator, Source, VirtualClock, run
 from operators import EventTimeSource, Session, Sliding, Tumbling, Window
 
 ONE = settings(max_examples=60, deadline=None)
@@ -279,6 +279,14 @@ def test_an_event_near_a_float_boundary_is_in_a_window_that_holds_it(window, t):
 # -- 2. late events ---------------------------------------------------------------------------
 
 
+# Which events are late depends on where the source's batches end (the
+# watermark moves after each), and a source sizes its batches from what
+# they cost on the kernel's clock: on a virtual clock that never moves
+# they cost nothing, so a batch_size up to 16 is every batch's size (the
+# first poll reads 16), as `replay` assumes. Runs checked against it pass
+# `clock=VirtualClock()`.
+
+
 def replay(window, events, max_delay, batch_size):
     """What one kernel does: the watermark moves after each source batch to
     the largest timestamp so far minus max_delay; windows whose end <= the
@@ -354,7 +362,7 @@ def test_late_events_one_kernel(window, events, batch_size, max_delay):
     dropped = keyed_values(ev).window(window).count()
     routed = keyed_stamped(ev).window(window, late=True).collect()
     dropped_out, routed_out, late_out = dropped.collect(), routed.collect(), routed.late.collect()
-    run(flow)
+    run(flow, clock=VirtualClock())
 
     n_late = sum(late)
     assert dropped.late_count.value == n_late
@@ -422,7 +430,7 @@ def test_late_events_two_kernels_come_out_once_and_only_from_behind_their_kernel
     windowed = keyed_values(source(flow, events, max_delay=max_delay, batch_size=batch_size))
     collected = windowed.window(window, late=True).collect()
     out, late_out = collected.collect(), collected.late.collect()
-    run(flow, cores=2)
+    run(flow, cores=2, clock=VirtualClock())
     late = sorted(i for _, i in late_out.items)
     assert len(late) == len(set(late)) == collected.late_count.value
     assert all(events[i][0] == key for key, i in late_out.items)
