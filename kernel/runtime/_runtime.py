@@ -38,7 +38,7 @@ FUSION = True
 class Runtime:
     """The instances of one graph on one kernel."""
 
-    def __init__(self, graph: Graph, kernel, transport=None, coordinator=None) -> None:
+    def __init__(self, graph: Graph, kernel, transport=None, coordinator=None, metrics: bool = False) -> None:
         self.graph = graph
         self.kernel = kernel
         self.transport = transport if transport is not None else LocalTransport()
@@ -51,6 +51,9 @@ class Runtime:
         self._partial_for: dict[int, int] = {}  # partial instance index -> its node's id
         self.paused = False  # sources wait while the transport is backed up
         self._paused_sources: list[Instance] = []
+        self.metrics = metrics  # count records per batch for `metrics_snapshot`
+        self.backpressured = 0.0  # seconds the sources were paused by the transport
+        self._paused_at: float | None = None
 
     # -- wiring -------------------------------------------------------------------
 
@@ -78,6 +81,9 @@ class Runtime:
                     target.chained = len(target.ports) == 1 and target.task_class == instance.task_class
         if FUSION:
             self._fuse()
+        if self.metrics:
+            for instance in self.instances:
+                instance.count_records()
         for instance in self.instances:
             instance.install_helpers()
         self._sources = [i for i in self.instances if i.is_source]
@@ -94,6 +100,7 @@ class Runtime:
                 handler = target.op.fuse_upstream(instance.op)
                 if handler is not None:
                     instance.op.on_batch = handler
+                    instance.fused_into = target
 
     def _partial_before_exchange(self, node: Node, upstream: Instance) -> Instance:
         """The combiner's partial aggregate, on this kernel, before the exchange."""
@@ -165,6 +172,13 @@ class Runtime:
         instance.deliver(inbox, END if payload is None else payload)
 
     def backpressure(self, blocked: bool) -> None:
+        if self.metrics and blocked != self.paused:
+            now = self.kernel.clock.monotonic()
+            if blocked:
+                self._paused_at = now
+            elif self._paused_at is not None:
+                self.backpressured += now - self._paused_at
+                self._paused_at = None
         self.paused = blocked
         if not blocked:
             paused, self._paused_sources = self._paused_sources, []
@@ -184,6 +198,37 @@ class Runtime:
             self.kernel.context.watermark = _INF
             self.transport.finish_sending()
             self.kernel.release()
+
+    def metrics_snapshot(self) -> dict:
+        """What this kernel has done so far, as plain data (`kernel.metrics`
+        renders it): per instance `[step, records in (None: a source),
+        records out (None: a sink), watermark (None: none yet), late events (None: not a
+        window)]`, and the kernel's busy seconds per task class, stalls and
+        backpressured seconds."""
+        steps = []
+        for instance in self.instances:
+            watermark = instance.frontier
+            late = getattr(instance.op, "late", None)
+            steps.append([
+                instance.name,
+                None if instance.is_source else instance.records_in,
+                instance.records_out if instance.targets else None,  # None: a sink emits nothing
+                None if watermark == -_INF else watermark,
+                late if type(late) is int else None,  # a window's count (not SelectBatches' flag)
+            ])
+        backpressured = self.backpressured
+        if self._paused_at is not None:
+            backpressured += self.kernel.clock.monotonic() - self._paused_at
+        scheduler = self.kernel.statistics().scheduler
+        snapshot = {
+            "kernel": self.kernel.context.index,
+            "steps": steps,
+            "busy": dict(scheduler.busy_time) if scheduler else {},
+            "stalls": scheduler.stalls if scheduler else 0,
+        }
+        if self.transport.peers > 1:  # one kernel alone is never backpressured
+            snapshot["backpressured"] = backpressured
+        return snapshot
 
     def source_watermark_moved(self) -> None:
         self.kernel.context.watermark = min(s.output_watermark for s in self._sources)

@@ -94,6 +94,7 @@ class SchedulerStatistics:
     host_turns: int  # loop turns sat out while the host worked (see "Host turns")
     busy_time: dict[str, float]  # seconds spent running each task class
     queued: dict[str, int]  # activations waiting, per task class
+    stalls: int = 0  # activations that ran past the stall threshold (reported or not)
 
 
 class Activation(Protocol):
@@ -168,6 +169,7 @@ class Scheduler:
         self.ticks = 0
         self.activations = 0
         self.host_turns = 0  # turns sat out for the host
+        self.stalls = 0  # every stall, also those the log folds into a later report
 
     # -- the small vocabulary the rest of the kernel uses ------------------
 
@@ -206,6 +208,7 @@ class Scheduler:
             host_turns=self.host_turns,
             busy_time={c.name: c.busy_time for c in self._classes.values()},
             queued={c.name: len(c.queue) for c in self._classes.values()},
+            stalls=self.stalls,
         )
 
     # -- internals ----------------------------------------------------------
@@ -326,6 +329,7 @@ class Scheduler:
     def _report_stall(self, activation: Activation, seconds: float) -> None:
         # One line per activation per STALL_REPORT_INTERVAL: a slow user
         # function stalls every batch, and the log must stay readable.
+        self.stalls += 1
         name = getattr(activation, "name", repr(activation))
         now = self._monotonic()
         last, suppressed = self._stall_reports.get(name, (None, 0))
