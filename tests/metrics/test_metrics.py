@@ -11,14 +11,15 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from _metrics_helpers import free_port, held_source, parse, per_step, scrape, scrape_until
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from kernel import Dataflow, run, run_async
+from kernel import Dataflow, Operator, run, run_async
 from kernel.metrics import render
 from kernel.metrics._server import MetricsServerError
 from operators import Tumbling
@@ -171,6 +172,7 @@ def test_one_kernel_counts_per_batch_exactly(records, batch_size):
     counts=st.lists(st.integers(0, 2**53), min_size=5, max_size=5),
     watermark=st.one_of(st.none(), st.floats(allow_nan=False)),
 )
+@example(names=['say "hi"', "back\\slash\\", "new\nline", "\\n"], counts=[0, 1, 2, 3, 4], watermark=1.5)
 def test_the_exposition_reads_back_exactly(names, counts, watermark):
     """Any step name (quotes, backslashes, newlines), counts and watermarks
     (+Inf included) come back as they went in through prometheus_client's parser."""
@@ -190,8 +192,9 @@ def test_the_exposition_reads_back_exactly(names, counts, watermark):
     assert samples[("streamkernel_busy_seconds_total", (("class", "throughput"), ("kernel", "3")))] == 1.5
     assert samples[("streamkernel_stalls_total", (("kernel", "3"),))] == counts[0]
     assert samples[("streamkernel_backpressured_seconds_total", (("kernel", "3"),))] == 0.125
-    assert math.isinf(parse(render([{**snapshot, "steps": [["s", 1, 1, math.inf, None]]}]))[
-        ("streamkernel_watermark_seconds", (("kernel", "3"), ("step", "s")))])
+    at_the_end = render([{**snapshot, "steps": [["s", 1, 1, math.inf, None]]}])
+    assert 'streamkernel_watermark_seconds{step="s",kernel="3"} +Inf\n' in at_the_end  # the format's spelling
+    assert parse(at_the_end)[("streamkernel_watermark_seconds", (("kernel", "3"), ("step", "s")))] == math.inf
 
 
 @pytest.mark.parametrize("value, says", [
@@ -207,9 +210,17 @@ def test_a_malformed_dashboard_is_refused(value, says):
 
 @pytest.mark.parametrize("cores", [1, 2])
 def test_a_port_in_use_fails_before_anything_runs(cores, tmp_path, no_leaks):
-    touched = tmp_path / "ran"
+    touched = tmp_path / "opened"
+
+    class Opens(Operator):
+        def open(self, context):
+            touched.touch()
+
+        def on_batch(self, port, batch):
+            self.emit(batch)
+
     flow = Dataflow()
-    flow.from_iterable([1, 2]).inspect(lambda n: touched.touch()).collect()
+    flow.from_iterable([1, 2]).apply(Opens).collect()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -258,3 +269,33 @@ def test_metrics_imports_only_the_microkernel():
     assert any(name.startswith("kernel.metrics") for name in MODULES)
     assert violations(lambda m, t: not _under(m, "kernel.metrics")
                       or _under(t, "kernel.metrics", "kernel.scheduling")) == []
+
+
+def test_stalls_count_every_activation_past_the_threshold(tmp_path):
+    """Three records, one batch each, through a map that blocks 60 ms:
+    three stalls (the log folds the later two into one line, the count does not)."""
+    gate = tmp_path / "release"
+
+    async def spaced():
+        for n in range(3):
+            await asyncio.sleep(0.08)  # one record a poll
+            yield n
+        while not gate.exists():
+            await asyncio.sleep(0.005)
+
+    def blocking(n):
+        time.sleep(0.06)
+        return n
+
+    flow = Dataflow("stalls")
+    flow.from_async_iterable(spaced, batch_size=1, name="spaced").map(blocking, name="blocking").collect()
+    port = free_port()
+    thread, errors = _in_background(lambda: run(flow, stall_threshold=0.02, dashboard=f"127.0.0.1:{port}"))
+    try:
+        samples = scrape_until(port, lambda s: per_step(s, "streamkernel_records_out_total").get("blocking")
+                               == 3)
+    finally:
+        gate.touch()
+        thread.join()
+    assert not errors
+    assert samples[("streamkernel_stalls_total", (("kernel", "0"),))] == 3
