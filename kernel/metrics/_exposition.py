@@ -21,6 +21,8 @@ _FAMILIES = (
     ("streamkernel_late_events_total", "counter", "Events a window step found behind its watermark."),
     ("streamkernel_busy_seconds_total", "counter",
      "Seconds a kernel spent running operators, per task class."),
+    ("streamkernel_idle_seconds_total", "counter",
+     "Seconds in which a kernel had no operator ready to run (waiting for input)."),
     ("streamkernel_stalls_total", "counter",
      "Activations that ran longer than the stall threshold without yielding."),
     ("streamkernel_backpressured_seconds_total", "counter",
@@ -58,6 +60,7 @@ def _kernel_samples(snapshot: dict, samples: dict[str, list[str]]) -> None:
             add("late_events_total", labels, late)
     for task_class, seconds in sorted(snapshot["busy"].items()):
         add("busy_seconds_total", _labels(kernel=kernel, task_class=task_class), seconds)
+    add("idle_seconds_total", _labels(kernel=kernel), snapshot["idle"])
     add("stalls_total", _labels(kernel=kernel), snapshot["stalls"])
     if "backpressured" in snapshot:  # only kernels with peers can be backpressured
         add("backpressured_seconds_total", _labels(kernel=kernel), snapshot["backpressured"])

@@ -203,8 +203,8 @@ class Runtime:
         """What this kernel has done so far, as plain data (`kernel.metrics`
         renders it): per instance `[step, records in (None: a source),
         records out (None: a sink), watermark (None: none yet), late events (None: not a
-        window)]`, and the kernel's busy seconds per task class, stalls and
-        backpressured seconds."""
+        window)]`, and the kernel's busy seconds per task class, stalls, idle
+        seconds and backpressured seconds."""
         steps = []
         for instance in self.instances:
             watermark = instance.frontier
@@ -225,6 +225,7 @@ class Runtime:
             "steps": steps,
             "busy": dict(scheduler.busy_time) if scheduler else {},
             "stalls": scheduler.stalls if scheduler else 0,
+            "idle": scheduler.idle_time if scheduler else 0.0,
         }
         if self.transport.peers > 1:  # one kernel alone is never backpressured
             snapshot["backpressured"] = backpressured

@@ -19,7 +19,7 @@ from _metrics_helpers import free_port, held_source, parse, per_step, scrape, sc
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from kernel import Dataflow, Operator, run, run_async
+from kernel import Dataflow, Operator, VirtualClock, run, run_async
 from kernel.metrics import render
 from kernel.metrics._server import MetricsServerError
 from operators import Tumbling
@@ -176,7 +176,7 @@ def test_one_kernel_counts_per_batch_exactly(records, batch_size):
 def test_the_exposition_reads_back_exactly(names, counts, watermark):
     """Any step name (quotes, backslashes, newlines), counts and watermarks
     (+Inf included) come back as they went in through prometheus_client's parser."""
-    snapshot = {"kernel": 3, "busy": {"latency": 0.25, "throughput": 1.5}, "stalls": counts[0],
+    snapshot = {"kernel": 3, "busy": {"latency": 0.25, "throughput": 1.5}, "stalls": counts[0], "idle": 2.5,
                 "backpressured": 0.125,
                 "steps": [[name, counts[1], counts[2], watermark, counts[3]] for name in names]}
     samples = parse(render([snapshot]))
@@ -191,6 +191,7 @@ def test_the_exposition_reads_back_exactly(names, counts, watermark):
             assert samples[("streamkernel_watermark_seconds", labels)] == watermark
     assert samples[("streamkernel_busy_seconds_total", (("class", "throughput"), ("kernel", "3")))] == 1.5
     assert samples[("streamkernel_stalls_total", (("kernel", "3"),))] == counts[0]
+    assert samples[("streamkernel_idle_seconds_total", (("kernel", "3"),))] == 2.5
     assert samples[("streamkernel_backpressured_seconds_total", (("kernel", "3"),))] == 0.125
     at_the_end = render([{**snapshot, "steps": [["s", 1, 1, math.inf, None]]}])
     assert 'streamkernel_watermark_seconds{step="s",kernel="3"} +Inf\n' in at_the_end  # the format's spelling
@@ -299,3 +300,38 @@ def test_stalls_count_every_activation_past_the_threshold(tmp_path):
         thread.join()
     assert not errors
     assert samples[("streamkernel_stalls_total", (("kernel", "0"),))] == 3
+
+
+def test_idle_seconds_are_the_time_with_nothing_ready():
+    """On a VirtualClock the kernel's time moves only when told: 2.5 s
+    advanced while the source waits are 2.5 s idle, and none before."""
+
+    async def scenario():
+        clock, release = VirtualClock(), asyncio.Event()
+
+        async def source():
+            yield 1
+            await release.wait()
+
+        flow = Dataflow("idle")
+        flow.from_async_iterable(source, name="src").collect()
+        port = free_port()
+        run = asyncio.create_task(run_async(flow, clock=clock, dashboard=f"127.0.0.1:{port}"))
+        idle = ("streamkernel_idle_seconds_total", (("kernel", "0"),))
+        samples: dict = {}
+        for _ in range(500):
+            await asyncio.sleep(0.005)
+            try:
+                samples = parse(await asyncio.to_thread(scrape, port))
+            except OSError:
+                continue
+            if per_step(samples, "streamkernel_records_in_total").get("collect") == 1:
+                break
+        before = samples[idle]
+        clock.advance(2.5)
+        after = parse(await asyncio.to_thread(scrape, port))[idle]
+        release.set()
+        await run
+        assert (before, after) == (0.0, 2.5)
+
+    asyncio.run(scenario())
