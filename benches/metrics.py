@@ -208,12 +208,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (smoke test)")
     parser.add_argument("--cores", default="1,2", help="comma-separated kernel counts (default 1,2)")
+    parser.add_argument("--reps", type=int, default=15, help="runs of each variant (default 15)")
     args = parser.parse_args(argv)
     cores_list = sorted({int(c) for c in args.cores.split(",") if c.strip()})
     if args.quick:
         reps, sizes, scrapes = 3, (20_000, 2_000, 20_000), 20
     else:
-        reps, sizes, scrapes = 9, (200_000, 100_000, 200_000), 200
+        reps, sizes, scrapes = args.reps, (200_000, 100_000, 200_000), 200
     print(machine())
     print()
     print(table("Metrics off vs on (scraped every 100 ms by another process); medians of interleaved runs",
