@@ -335,3 +335,31 @@ def test_idle_seconds_are_the_time_with_nothing_ready():
         assert (before, after) == (0.0, 2.5)
 
     asyncio.run(scenario())
+
+
+def test_a_full_ring_counts_as_backpressure(tmp_path, no_leaks):
+    """Every record goes to one key's kernel, whose operator blocks until
+    released: the other kernel fills its ring to it (4 MiB of 100 kB
+    records), its sources pause, and that time is counted while it lasts."""
+    gate = tmp_path / "release"
+
+    def blocked(pair):
+        while not gate.exists():
+            time.sleep(0.005)
+        return pair
+
+    flow = Dataflow("backpressure")
+    (flow.from_iterable(range(200)).map(lambda n: "x" * 100_000)
+     .key_by(lambda text: 0).map(blocked, name="blocked").collect())
+    port = free_port()
+    started = time.monotonic()
+    thread, errors = _in_background(lambda: run(flow, cores=2, dashboard=f"127.0.0.1:{port}"))
+    name = "streamkernel_backpressured_seconds_total"
+    try:
+        samples = scrape_until(port, lambda s: sum(v for (n, _), v in s.items() if n == name) > 0.05)
+        waited = time.monotonic() - started
+    finally:
+        gate.touch()
+        thread.join()
+    assert not errors
+    assert 0.05 < sum(v for (n, _), v in samples.items() if n == name) < waited
