@@ -25,6 +25,9 @@ _FAMILIES = (
      "Seconds in which a kernel had no operator ready to run (waiting for input)."),
     ("streamkernel_stalls_total", "counter",
      "Activations that ran longer than the stall threshold without yielding."),
+    ("streamkernel_epoch_seconds", "histogram",
+     "Seconds from an epoch's start on a kernel to its whole snapshot (aligned and pickled)."),
+    ("streamkernel_snapshot_bytes", "gauge", "Size of the last snapshot a kernel took."),
     ("streamkernel_backpressured_seconds_total", "counter",
      "Seconds a kernel's sources were paused because a channel to another kernel was full."),
 )
@@ -62,6 +65,18 @@ def _kernel_samples(snapshot: dict, samples: dict[str, list[str]]) -> None:
         add("busy_seconds_total", _labels(kernel=kernel, task_class=task_class), seconds)
     add("idle_seconds_total", _labels(kernel=kernel), snapshot["idle"])
     add("stalls_total", _labels(kernel=kernel), snapshot["stalls"])
+    if "epochs" in snapshot:  # a run with a state_dir, once it has taken a snapshot
+        bounds, counts, seconds = snapshot["epochs"]
+        total = 0
+        for bound, count in zip([*bounds, math.inf], counts):
+            total += count  # cumulative, as the format's buckets are
+            labels = _labels(kernel=kernel, le=_number(float(bound)))
+            samples["streamkernel_epoch_seconds"].append(f"streamkernel_epoch_seconds_bucket{labels} {total}")
+        samples["streamkernel_epoch_seconds"].append(
+            f"streamkernel_epoch_seconds_sum{_labels(kernel=kernel)} {_number(seconds)}")
+        samples["streamkernel_epoch_seconds"].append(
+            f"streamkernel_epoch_seconds_count{_labels(kernel=kernel)} {total}")
+        add("snapshot_bytes", _labels(kernel=kernel), snapshot["snapshot_bytes"])
     if "backpressured" in snapshot:  # only kernels with peers can be backpressured
         add("backpressured_seconds_total", _labels(kernel=kernel), snapshot["backpressured"])
 

@@ -18,6 +18,7 @@ calls `commit(epoch)` once an epoch is complete on every kernel.
 
 from __future__ import annotations
 
+import bisect
 import math
 import pickle
 
@@ -33,6 +34,8 @@ from ._instance import END, Instance, _call
 _INF = math.inf
 # Operator fusion on chained edges (`_fuse`); tests turn it off to compare.
 FUSION = True
+# streamkernel_epoch_seconds's buckets (seconds from an epoch's start to its snapshot)
+EPOCH_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 
 
 class Runtime:
@@ -54,6 +57,10 @@ class Runtime:
         self.metrics = metrics  # count records per batch for `metrics_snapshot`
         self.backpressured = 0.0  # seconds the sources were paused by the transport
         self._paused_at: float | None = None
+        self._epoch_started: dict[int, float] = {}  # metrics: when each epoch began here
+        self._epoch_buckets = [0] * (len(EPOCH_BUCKETS) + 1)  # per bucket (the last: above them all)
+        self._epoch_seconds = 0.0
+        self.snapshot_bytes: int | None = None  # the last snapshot this kernel took
 
     # -- wiring -------------------------------------------------------------------
 
@@ -229,6 +236,9 @@ class Runtime:
         }
         if self.transport.peers > 1:  # one kernel alone is never backpressured
             snapshot["backpressured"] = backpressured
+        if self.snapshot_bytes is not None:  # a run with a state_dir that took a snapshot
+            snapshot["epochs"] = [list(EPOCH_BUCKETS), list(self._epoch_buckets), self._epoch_seconds]
+            snapshot["snapshot_bytes"] = self.snapshot_bytes
         return snapshot
 
     def source_watermark_moved(self) -> None:
@@ -262,7 +272,8 @@ class Runtime:
                 self.kernel.logger.warning(
                     "%s keeps no position (no on_epoch/restore): after a crash a resumed run "
                     "reads it again from its start", source.name)
-        self.epochs = EpochTracker(len(self.instances), coordinator.durable, coordinator.finished,
+        durable = self._measured(coordinator.durable) if self.metrics else coordinator.durable
+        self.epochs = EpochTracker(len(self.instances), durable, coordinator.finished,
                                    coordinator.first_epoch)
         ended_remote = 0
         if coordinator.snapshot is not None:
@@ -293,10 +304,29 @@ class Runtime:
         if not live or self.epochs is None:
             return
         epoch = self.epochs.take_epoch()
+        if self.metrics:
+            self._epoch_started[epoch] = self.kernel.clock.monotonic()
         for source in live:
             self.snapshot(source, epoch)
             source._forward(EpochMarker(epoch))
         self.kernel.call_later(self.coordinator.interval, self._next_epoch)
+
+    def _measured(self, durable):
+        """The coordinator's `durable`, noting each epoch's duration (from
+        its start on this kernel to its whole snapshot: alignment and
+        pickling; the write to disk follows on the coordinator's thread)
+        and the snapshot's size."""
+
+        def measured(epoch: int, blob: bytes) -> None:
+            started = self._epoch_started.pop(epoch, None)
+            if started is not None:
+                seconds = self.kernel.clock.monotonic() - started
+                self._epoch_seconds += seconds
+                self._epoch_buckets[bisect.bisect_left(EPOCH_BUCKETS, seconds)] += 1
+            self.snapshot_bytes = len(blob)
+            durable(epoch, blob)
+
+        return measured
 
     def snapshot(self, instance: Instance, epoch: int) -> None:
         """`instance` has aligned on `epoch`: its part of this kernel's snapshot."""

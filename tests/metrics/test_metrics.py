@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -177,6 +178,7 @@ def test_the_exposition_reads_back_exactly(names, counts, watermark):
     """Any step name (quotes, backslashes, newlines), counts and watermarks
     (+Inf included) come back as they went in through prometheus_client's parser."""
     snapshot = {"kernel": 3, "busy": {"latency": 0.25, "throughput": 1.5}, "stalls": counts[0], "idle": 2.5,
+                "epochs": [[0.1, 1.0], [2, 0, 1], 7.5], "snapshot_bytes": counts[4],
                 "backpressured": 0.125,
                 "steps": [[name, counts[1], counts[2], watermark, counts[3]] for name in names]}
     samples = parse(render([snapshot]))
@@ -192,6 +194,11 @@ def test_the_exposition_reads_back_exactly(names, counts, watermark):
     assert samples[("streamkernel_busy_seconds_total", (("class", "throughput"), ("kernel", "3")))] == 1.5
     assert samples[("streamkernel_stalls_total", (("kernel", "3"),))] == counts[0]
     assert samples[("streamkernel_idle_seconds_total", (("kernel", "3"),))] == 2.5
+    assert samples[("streamkernel_snapshot_bytes", (("kernel", "3"),))] == counts[4]
+    assert [samples[("streamkernel_epoch_seconds_bucket", (("kernel", "3"), ("le", le)))]
+            for le in ("0.1", "1.0", "+Inf")] == [2, 2, 3]  # cumulative
+    assert samples[("streamkernel_epoch_seconds_count", (("kernel", "3"),))] == 3
+    assert samples[("streamkernel_epoch_seconds_sum", (("kernel", "3"),))] == 7.5
     assert samples[("streamkernel_backpressured_seconds_total", (("kernel", "3"),))] == 0.125
     at_the_end = render([{**snapshot, "steps": [["s", 1, 1, math.inf, None]]}])
     assert 'streamkernel_watermark_seconds{step="s",kernel="3"} +Inf\n' in at_the_end  # the format's spelling
@@ -363,3 +370,44 @@ def test_a_full_ring_counts_as_backpressure(tmp_path, no_leaks):
         thread.join()
     assert not errors
     assert 0.05 < sum(v for (n, _), v in samples.items() if n == name) < waited
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_epochs_and_snapshot_bytes(cores, tmp_path, no_leaks):
+    """With a state_dir: a histogram of epoch durations per kernel, and the
+    size of the last snapshot, which is the blob the store holds for it."""
+    gate = tmp_path / "release"
+    flow = Dataflow("epochs")
+    (flow.from_async_iterable(held_source(list(range(100)), gate), name="src")
+     .key_by(lambda n: n % 7).count().collect())
+    port = free_port()
+    state = tmp_path / "state"
+    thread, errors = _in_background(lambda: run(flow, cores=cores, state_dir=state, epoch_interval=0.2,
+                                                dashboard=f"127.0.0.1:{port}"))
+    kernels = [(("kernel", str(k)),) for k in range(cores)]
+    try:
+        samples = scrape_until(port, lambda s: all(
+            s.get(("streamkernel_epoch_seconds_count", k), 0) >= 2 for k in kernels))
+        with sqlite3.connect(state / "snapshots.sqlite") as db:
+            for k, labels in enumerate(kernels):
+                epoch = samples[("streamkernel_epoch_seconds_count", labels)]
+                row = None
+                for _ in range(200):  # written on the coordinator's thread, after the count moved
+                    row = db.execute("SELECT length(blob) FROM snapshots WHERE epoch = ? AND kernel = ?",
+                                     (int(epoch), k)).fetchone()
+                    if row:
+                        break
+                    time.sleep(0.01)
+                assert row == (samples[("streamkernel_snapshot_bytes", labels)],)
+    finally:
+        gate.touch()
+        thread.join()
+    assert not errors
+    for labels in kernels:
+        kernel = labels[0][1]
+        buckets = sorted((float(dict(key)["le"]), v) for (name, key), v in samples.items()
+                         if name == "streamkernel_epoch_seconds_bucket" and dict(key)["kernel"] == kernel)
+        counts = [v for _, v in buckets]
+        assert buckets[-1][0] == math.inf and counts == sorted(counts)  # cumulative
+        assert counts[-1] == samples[("streamkernel_epoch_seconds_count", labels)] >= 2
+        assert 0 < samples[("streamkernel_epoch_seconds_sum", labels)] < 5
