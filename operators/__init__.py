@@ -21,6 +21,7 @@ from kernel.operators._aggregates import Count, Fold, Reduce, Sum
 from kernel.operators._event_time import EventTimeSource, check_event_time
 from kernel.operators._files import ToFiles
 from kernel.operators._partitions import PartitionSource, check_make
+from kernel.operators._redis import RedisEntry, RedisStreamSource, ToRedisStream, check_redis_installed
 from kernel.operators._sinks import Collect, Print, Sink
 from kernel.operators._sources import (
     DEFAULT_BATCH_SIZE,
@@ -83,6 +84,8 @@ __all__ = [
     "Operator",
     "PartitionSource",
     "Print",
+    "RedisEntry",
+    "RedisStreamSource",
     "Reduce",
     "ReduceAggregation",
     "SelectBatches",
@@ -93,6 +96,7 @@ __all__ = [
     "Sum",
     "SumAggregation",
     "ToFiles",
+    "ToRedisStream",
     "Tumbling",
     "Union",
     "Window",
@@ -102,6 +106,7 @@ __all__ = [
     "check_batch_size",
     "check_event_time",
     "check_make",
+    "check_redis_installed",
     "check_window",
     "window_combiner",
 ]
