@@ -341,6 +341,29 @@ def test_the_sink_adds_every_record_in_order_per_kernel(client, url, cores):
         assert mine == sorted(mine)
 
 
+def test_the_sink_writes_what_comes_after_its_writer_caught_up(client, url):
+    """Records come in bursts, each once Redis holds the one before: the
+    writer empties its buffer and waits between them, and writes every
+    burst; the run ends only once the last is acknowledged."""
+    async def bursts():
+        check = redis.asyncio.Redis.from_url(url)
+        try:
+            for burst in range(3):
+                for n in range(burst * 10, burst * 10 + 10):
+                    yield {"n": n}
+                deadline = time.monotonic() + 5
+                while await check.xlen("out") < burst * 10 + 10:
+                    assert time.monotonic() < deadline, f"burst {burst} never reached Redis"
+                    await asyncio.sleep(0.001)
+        finally:
+            await check.aclose()
+
+    flow = Dataflow()
+    flow.from_async_iterable(bursts).to_redis_stream(url, "out")
+    run(flow)
+    assert [int(f["n"]) for _, f in entries(client, "out")] == list(range(30))
+
+
 def test_copying_a_stream_keeps_its_fields_and_maxlen_trims(client, url):
     fill(client, "src", range(300))
     flow = Dataflow()
