@@ -146,6 +146,20 @@ def test_a_bounded_read_ends_at_the_entry_last_when_it_started(client, url):
     assert out.items == ids
 
 
+async def test_a_bounded_read_ends_when_its_last_entries_are_deleted_meanwhile(client, url):
+    """The end it took is deleted (XDEL) while it reads: it ends at what is left."""
+    ids = fill(client, "s", range(40))
+
+    def delete_tail(entry):
+        if entry.id == ids[0]:
+            redis.Redis.from_url(url).xdel("s", *ids[30:])
+
+    flow = Dataflow()
+    out = flow.from_redis_stream(url, "s", batch_size=4).inspect(delete_tail).map(lambda e: e.id).collect()
+    await asyncio.wait_for(run_async(flow), 10)
+    assert out.items == ids[:30]
+
+
 def test_start_after_an_id_and_missing_streams(client, url):
     ids = fill(client, "s", range(20))
     flow = Dataflow()
@@ -431,12 +445,14 @@ def test_a_server_that_never_answers_is_an_error_after_the_timeout(side):
         assert url in str(info.value)
 
 
-@pytest.mark.parametrize("side", ["source", "sink"])
+@pytest.mark.parametrize("side", ["source", "following source", "sink"])
 def test_a_key_of_another_type_says_so(client, url, side):
     client.set("s", "not a stream")
     flow = Dataflow()
-    if side == "source":
+    if side == "source":  # its first command: XREVRANGE, for the end
         flow.from_redis_stream(url, "s").collect()
+    elif side == "following source":  # XREAD
+        flow.from_redis_stream(url, "s", follow=True).collect()
     else:
         flow.from_iterable([{"n": 1}]).to_redis_stream(url, "s")
     with pytest.raises(OperatorError, match="WRONGTYPE") as info:
