@@ -147,6 +147,9 @@ class RedisStreamSource(Source):
         self._ends: dict[str, str | None] | None = None  # a bounded read's last ids
         self._chunks: list[tuple[str, list]] = []  # (stream, [entries]) read, not yet handed on
         self._buffered = 0
+        # Two batches: the reader's next XREAD is under way while the
+        # kernel hands on the one before, so neither waits for the other.
+        self._buffer_limit = 2 * self.batch_size
         self._space: asyncio.Future | None = None
         self._reader_started = False
         self._done = False  # the reader read everything there is to read
@@ -172,7 +175,7 @@ class RedisStreamSource(Source):
         if self._chunks:
             self._hand_on(min(self.batch_size, self.records_wanted))
             space = self._space
-            if space is not None and not space.done() and self._buffered < self.batch_size:
+            if space is not None and not space.done() and self._buffered < self._buffer_limit:
                 space.set_result(None)
             if self._chunks:
                 return True
@@ -275,7 +278,7 @@ class RedisStreamSource(Source):
 
     async def _buffer(self, stream: str, entries: list) -> None:
         """Hand `entries` (redis-py's `(id, fields)` pairs) to the source;
-        wait while a full batch is waiting, so a fast stream cannot outrun
+        wait while two batches are waiting, so a fast stream cannot outrun
         the dataflow."""
         if not entries:
             return
@@ -286,7 +289,7 @@ class RedisStreamSource(Source):
         self._chunks.append((stream, records))
         self._buffered += len(records)
         self.wake()
-        while self._buffered >= self.batch_size:
+        while self._buffered >= self._buffer_limit:
             self._space = asyncio.get_running_loop().create_future()
             await self._space
 
