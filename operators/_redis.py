@@ -94,6 +94,18 @@ def _streams(stream) -> list[str]:
     return names
 
 
+def check_url(url, operator: str) -> None:
+    """A URL redis-py cannot parse is refused when the flow is built."""
+    from redis.connection import parse_url
+
+    if not isinstance(url, str):
+        raise TypeError(f"{operator} needs a Redis URL (redis://host:port/db), got {url!r}")
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise ValueError(f"{operator}: {url!r} is not a Redis URL: {exc}") from None
+
+
 def check_timeout(timeout) -> None:
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
         raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
@@ -130,6 +142,7 @@ class RedisStreamSource(Source):
 
     def __init__(self, url: str, stream, batch_size: int = DEFAULT_BATCH_SIZE, *, follow: bool = False,
                  start: str = "0", decode: bool = True, timeout: float = 5.0, block: float = 0.5) -> None:
+        check_url(url, "from_redis_stream")
         self.url = url
         self.all_streams = _streams(stream)
         self.batch_size = check_batch_size(batch_size)
@@ -308,6 +321,7 @@ class ToRedisStream(Operator):
         if maxlen is not None and (not isinstance(maxlen, int) or maxlen < 1):
             raise ValueError(f"maxlen must be a positive int or None, got {maxlen!r}")
         check_timeout(timeout)
+        check_url(url, "to_redis_stream")
         self.url = url
         self.stream = stream
         self.batch_size = check_batch_size(batch_size)

@@ -93,12 +93,15 @@ def test_every_entry_comes_once_in_stream_order(client, url, lengths, batch_size
     assert got == expected
 
 
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lengths=st.lists(st.integers(0, 30), min_size=3, max_size=3))
 @pytest.mark.parametrize("cores", [2, 3])
-def test_kernel_i_reads_streams_i_mod_n(client, url, cores):
+def test_kernel_i_reads_streams_i_mod_n(client, url, cores, lengths):
     """Three streams over `cores` kernels: kernel i reads streams[i::cores],
     each entry once (collect gathers kernel 0's first)."""
+    client.flushdb()
     names = ["a", "b", "c"]
-    ids = {name: fill(client, name, range(10 * (i + 1))) for i, name in enumerate(names)}
+    ids = {name: fill(client, name, range(length)) for name, length in zip(names, lengths)}
     flow = Dataflow()
     out = flow.from_redis_stream(url, names, batch_size=7).map(lambda e: (e.stream, e.id)).collect()
     run(flow, cores=cores)
@@ -472,10 +475,12 @@ def test_an_error_on_another_kernel_names_it(client, url):
 
 @pytest.mark.parametrize("arguments, says", [
     ({"stream": []}, "stream name"), ({"stream": ["a", "a"]}, "named twice"),
-    ({"stream": "s", "timeout": 0}, "timeout"), ({"stream": "s", "batch_size": 0}, "batch_size")])
+    ({"stream": "s", "timeout": 0}, "timeout"), ({"stream": "s", "batch_size": 0}, "batch_size"),
+    ({"stream": "s", "url": "http://127.0.0.1:1"}, "'http://127.0.0.1:1' is not a Redis URL")])
 def test_bad_arguments_are_refused_when_the_flow_is_built(arguments, says):
+    arguments = {"url": "redis://127.0.0.1:1/0", **arguments}
     with pytest.raises(ValueError, match=says):
-        Dataflow().from_redis_stream("redis://127.0.0.1:1/0", **arguments)
+        Dataflow().from_redis_stream(**arguments)
 
 
 def test_bad_sink_arguments_are_refused_when_the_flow_is_built():
@@ -484,6 +489,8 @@ def test_bad_sink_arguments_are_refused_when_the_flow_is_built():
         stream.to_redis_stream("redis://127.0.0.1:1/0", "s", maxlen=0)
     with pytest.raises(ValueError, match="stream name"):
         stream.to_redis_stream("redis://127.0.0.1:1/0", "")
+    with pytest.raises(ValueError, match="to_redis_stream: 'localhost' is not a Redis URL"):
+        stream.to_redis_stream("localhost", "s")
 
 
 # -- the README ---------------------------------------------------------------------------
