@@ -33,6 +33,7 @@ twice. Redis assigns the ids (`*`).
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any, NamedTuple
 
 from kernel.dataflow._errors import KernelError, OperatorError
@@ -106,6 +107,15 @@ def check_url(url, operator: str) -> None:
         raise ValueError(f"{operator}: {url!r} is not a Redis URL: {exc}") from None
 
 
+_ENTRY_ID = re.compile(r"^\d+(-\d+)?$")
+
+
+def check_start(start) -> None:
+    if start != "$" and not (isinstance(start, str) and _ENTRY_ID.match(start)):
+        raise ValueError(f"from_redis_stream: start must be an entry id ('0', '1700000000000-0') "
+                         f"or '$', got {start!r}")
+
+
 def check_timeout(timeout) -> None:
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
         raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
@@ -147,6 +157,7 @@ class RedisStreamSource(Source):
         self.all_streams = _streams(stream)
         self.batch_size = check_batch_size(batch_size)
         self.follow = follow
+        check_start(start)
         self.start = start
         self.decode = decode
         check_timeout(timeout)

@@ -476,7 +476,9 @@ def test_an_error_on_another_kernel_names_it(client, url):
 @pytest.mark.parametrize("arguments, says", [
     ({"stream": []}, "stream name"), ({"stream": ["a", "a"]}, "named twice"),
     ({"stream": "s", "timeout": 0}, "timeout"), ({"stream": "s", "batch_size": 0}, "batch_size"),
-    ({"stream": "s", "url": "http://127.0.0.1:1"}, "'http://127.0.0.1:1' is not a Redis URL")])
+    ({"stream": "s", "url": "http://127.0.0.1:1"}, "'http://127.0.0.1:1' is not a Redis URL"),
+    ({"stream": "s", "start": "last"}, "start must be an entry id"),
+    ({"stream": "s", "start": 0}, "start must be an entry id")])
 def test_bad_arguments_are_refused_when_the_flow_is_built(arguments, says):
     arguments = {"url": "redis://127.0.0.1:1/0", **arguments}
     with pytest.raises(ValueError, match=says):
