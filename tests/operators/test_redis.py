@@ -429,7 +429,7 @@ def test_an_unreachable_server_is_an_error_naming_url_and_operator(side):
 
 
 @pytest.mark.parametrize("side", ["source", "sink"])
-def test_a_server_that_never_answers_is_an_error_after_the_timeout(side):
+async def test_a_server_that_never_answers_is_an_error_after_the_timeout(side):
     """A socket that accepts connections (the kernel's backlog) and never
     replies: the timeout ends the run, rather than a hang."""
     with socket.socket() as silent:
@@ -443,7 +443,7 @@ def test_a_server_that_never_answers_is_an_error_after_the_timeout(side):
             flow.from_iterable([{"n": 1}]).to_redis_stream(url, "s", timeout=0.2)
         started = time.monotonic()
         with pytest.raises(OperatorError, match="Timeout") as info:
-            run(flow)
+            await asyncio.wait_for(run_async(flow), 5)  # a hang fails here, as TimeoutError
         assert time.monotonic() - started < 3
         assert url in str(info.value)
 
