@@ -20,7 +20,7 @@ import functools
 import os
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeGuard, TypeVar, overload
+from typing import Any, Generic, Literal, Protocol, TypeGuard, TypeVar, overload
 
 import kernel.operators as ops
 from kernel.dataflow._graph import Combiner, Edge, Graph, Node
@@ -190,6 +190,42 @@ class Dataflow:
         return self._timed_source(factory, name or "from_partitions", timestamp, max_delay, None,
                                   ("PartitionSource",))
 
+    @overload
+    def from_files(
+        self,
+        pattern: str | os.PathLike[str],
+        *,
+        format: Literal["lines"] = "lines",
+        follow: bool = False,
+        on_error: str = "raise",
+        header: bool = False,
+        encoding: str = "utf-8",
+        poll_interval: float = 0.1,
+        timestamp: Callable[[Any], Timestamp] | None = None,
+        max_delay: float = 0.0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        chunk_bytes: int = ops.FILE_CHUNK_BYTES,
+        name: str | None = None,
+    ) -> FileStream[str]: ...
+
+    @overload
+    def from_files(
+        self,
+        pattern: str | os.PathLike[str],
+        *,
+        format: str,
+        follow: bool = False,
+        on_error: str = "raise",
+        header: bool = False,
+        encoding: str = "utf-8",
+        poll_interval: float = 0.1,
+        timestamp: Callable[[Any], Timestamp] | None = None,
+        max_delay: float = 0.0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        chunk_bytes: int = ops.FILE_CHUNK_BYTES,
+        name: str | None = None,
+    ) -> FileStream[Any]: ...
+
     def from_files(
         self,
         pattern: str | os.PathLike[str],
@@ -246,7 +282,7 @@ class Dataflow:
             encoding=encoding, poll_interval=poll_interval, chunk_bytes=chunk_bytes, batch_size=batch_size)
         stream = self._timed_source(factory, name or f"from_files({format})", timestamp, max_delay, None,
                                     ("FileSource", format))
-        files = FileStream(self, stream.node)
+        files: FileStream[Any] = FileStream(self, stream.node)
         files.skipped_count = SkippedCount(stream.node)
         self._skipped_counts.append(files.skipped_count)
         return files
