@@ -343,3 +343,31 @@ def test_a_file_truncated_while_followed_is_an_error(tmp_path):
 
     with pytest.raises(OperatorError, match=r"a\.log' was truncated while following: it has 2 bytes, 8"):
         asyncio.run(main())
+
+
+def test_a_followed_run_stopped_and_started_again_reads_on_from_its_positions(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    expected = []
+
+    def published():
+        return sorted(json.loads(line) for f in (tmp_path / "out").glob("part-*.jsonl")
+                      for line in f.read_text().splitlines())
+
+    async def one_run(round_):
+        flow = Dataflow("ship")
+        flow.from_files(logs / "*.log", follow=True, poll_interval=0.01).to_files(tmp_path / "out")
+        task = asyncio.ensure_future(run_async(flow, state_dir=tmp_path / "state", epoch_interval=0.02))
+        for name in ("app", f"new{round_}"):
+            lines = [f"{name}-{round_}-{n}" for n in range(40)]
+            with open(logs / f"{name}.log", "a") as f:
+                f.write("".join(line + "\n" for line in lines))
+            expected.extend(lines)
+        await wait_for(lambda: published() == sorted(expected))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    for round_ in range(3):
+        asyncio.run(one_run(round_))
+    assert published() == sorted(expected)
