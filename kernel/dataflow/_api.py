@@ -203,6 +203,7 @@ class Dataflow:
         poll_interval: float = 0.1,
         timestamp: Callable[[Any], Timestamp] | None = None,
         max_delay: float = 0.0,
+        idle_timeout: float | None = 5.0,
         batch_size: int = DEFAULT_BATCH_SIZE,
         chunk_bytes: int = ops.FILE_CHUNK_BYTES,
         name: str | None = None,
@@ -221,6 +222,7 @@ class Dataflow:
         poll_interval: float = 0.1,
         timestamp: Callable[[Any], Timestamp] | None = None,
         max_delay: float = 0.0,
+        idle_timeout: float | None = 5.0,
         batch_size: int = DEFAULT_BATCH_SIZE,
         chunk_bytes: int = ops.FILE_CHUNK_BYTES,
         name: str | None = None,
@@ -238,6 +240,7 @@ class Dataflow:
         poll_interval: float = 0.1,
         timestamp: Callable[[Any], Timestamp] | None = None,
         max_delay: float = 0.0,
+        idle_timeout: float | None = 5.0,
         batch_size: int = DEFAULT_BATCH_SIZE,
         chunk_bytes: int = ops.FILE_CHUNK_BYTES,
         name: str | None = None,
@@ -257,6 +260,11 @@ class Dataflow:
         ones (each file whole, on one kernel), looking every
         `poll_interval` seconds: the run then never ends by itself (cancel
         `run_async`, or Ctrl-C).
+
+        `timestamp` and `max_delay` as for `from_iterable`; a followed
+        source that reads nothing new for `idle_timeout` seconds is idle
+        (as for `from_async_iterable`). `chunk_bytes`: how much each read
+        takes (a line longer than that is read whole all the same).
 
         A malformed line (JSON or CSV that does not parse, bytes that do
         not decode) ends the run with an `OperatorError` naming the file
@@ -280,8 +288,8 @@ class Dataflow:
         factory = functools.partial(
             ops.FileSource, checked, format, follow=follow, on_error=on_error, header=header,
             encoding=encoding, poll_interval=poll_interval, chunk_bytes=chunk_bytes, batch_size=batch_size)
-        stream = self._timed_source(factory, name or f"from_files({format})", timestamp, max_delay, None,
-                                    ("FileSource", format))
+        stream = self._timed_source(factory, name or f"from_files({format})", timestamp, max_delay,
+                                    idle_timeout if follow else None, ("FileSource", format))
         files: FileStream[Any] = FileStream(self, stream.node)
         files.skipped_count = SkippedCount(stream.node)
         self._skipped_counts.append(files.skipped_count)

@@ -99,6 +99,15 @@ def test_a_large_file_is_cut_at_line_boundaries_between_kernels(tmp_path):
     assert by_kernel.items == lines
 
 
+@pytest.mark.parametrize("cores", [2, 3])
+def test_a_span_starting_exactly_at_a_line_start_keeps_that_line(tmp_path, cores):
+    # 6 lines of 5 bytes: the spans of 2 (or 3) kernels start at byte 15 (10, 20),
+    # each the first byte of a line, which belongs to the span starting there
+    lines = [f"ab{n:02d}" for n in range(6)]
+    write_files(tmp_path, [lines])
+    assert read_all(tmp_path / "*.txt", cores) == lines
+
+
 def test_windows_line_endings_and_a_path_object(tmp_path):
     (tmp_path / "a.txt").write_bytes(b"one\r\ntwo\r\n\r\nthree")
     assert read_all(tmp_path / "a.txt", 1) == ["one", "two", "", "three"]
@@ -339,7 +348,7 @@ def test_a_file_truncated_while_followed_is_an_error(tmp_path):
         await wait_for(lambda: len(seen) == 2)
         with open(tmp_path / "a.log", "r+") as f:
             f.truncate(2)
-        await task
+        await asyncio.wait_for(task, 20)  # the run ends with the error
 
     with pytest.raises(OperatorError, match=r"a\.log' was truncated while following: it has 2 bytes, 8"):
         asyncio.run(main())
