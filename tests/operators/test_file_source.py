@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernel import Dataflow, KernelProcessError, OperatorError, run, run_async
+from kernel import Dataflow, KernelProcessError, Operator, OperatorError, run, run_async
 from operators._file_source import plan_spans
 
 REPO = Path(__file__).resolve().parents[2]
@@ -111,6 +111,38 @@ def test_a_span_starting_exactly_at_a_line_start_keeps_that_line(tmp_path, cores
 def test_windows_line_endings_and_a_path_object(tmp_path):
     (tmp_path / "a.txt").write_bytes(b"one\r\ntwo\r\n\r\nthree")
     assert read_all(tmp_path / "a.txt", 1) == ["one", "two", "", "three"]
+
+
+class Sizes(Operator):
+    """Notes every batch's length."""
+
+    def __init__(self, sizes: list) -> None:
+        self.sizes = sizes
+
+    def on_batch(self, port, batch):
+        self.sizes.append(len(batch))
+
+
+def test_polls_read_what_the_kernel_wants_and_at_most_batch_size(tmp_path):
+    write_files(tmp_path, [[f"l{n}" for n in range(300)]])
+    sizes: list = []
+    flow = Dataflow()
+    flow.from_files(tmp_path / "*.txt", batch_size=100).apply(lambda: Sizes(sizes))
+    run(flow)
+    assert sum(sizes) == 300
+    assert sizes[0] == 16  # the kernel's first poll asks for 16 records (README: the budget)
+    assert max(sizes) <= 100
+
+
+def test_undecodable_bytes_are_a_malformed_line_or_skipped(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"ok\n\xff\xfe\nfine\n")
+    with pytest.raises(OperatorError, match=r"a\.txt, line 2: malformed lines line: UnicodeDecodeError"):
+        read_all(tmp_path / "*.txt", 1)
+    flow = Dataflow()
+    stream = flow.from_files(tmp_path / "*.txt", on_error="skip")
+    out = stream.collect()
+    run(flow)
+    assert out.items == ["ok", "fine"] and stream.skipped_count.value == 1
 
 
 # -- JSON Lines and CSV -------------------------------------------------------------------
