@@ -251,6 +251,8 @@ class FileSource(Source):
             chunk.taken = start + len(batch)
             if chunk.taken >= len(chunk.records):
                 self._retire(cursor)
+                if self.follow:
+                    self._current += 1  # a chunk per file in turn: a busy log starves no other
             self.emit(batch)
             return True
         if not self.follow:
