@@ -412,3 +412,38 @@ def test_a_followed_run_stopped_and_started_again_reads_on_from_its_positions(tm
     for round_ in range(3):
         asyncio.run(one_run(round_))
     assert published() == sorted(expected)
+
+
+def test_a_file_replaced_while_followed_is_an_error(tmp_path):
+    (tmp_path / "a.log").write_text("one\n")
+    seen = []
+    flow = Dataflow("tail")
+    flow.from_files(tmp_path / "*.log", follow=True, poll_interval=0.01).sink(seen.append)
+
+    async def main():
+        task = asyncio.ensure_future(run_async(flow))
+        await wait_for(lambda: seen == ["one"])
+        (tmp_path / "a.log").rename(tmp_path / "a.log.1")  # rotated by renaming
+        (tmp_path / "a.log").write_text("two\n")
+        await asyncio.wait_for(task, 20)
+
+    with pytest.raises(OperatorError, match=r"a\.log' was replaced while following"):
+        asyncio.run(main())
+
+
+def test_records_read_from_files_carry_event_time_into_windows(tmp_path):
+    from operators import Tumbling
+
+    events = [{"user": f"u{n % 3}", "t": n * 0.25} for n in range(40)]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events[:25]))
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events[25:]))
+    flow = Dataflow()
+    stream = flow.from_files(tmp_path / "*.jsonl", format="jsonl", timestamp=lambda e: e["t"], chunk_bytes=64)
+    counts = stream.key_by(lambda e: e["user"]).window(Tumbling(2.0)).count().collect()
+    run(flow, cores=2)
+    expected: dict = {}
+    for e in events:
+        key = (e["user"], int(e["t"] // 2.0) * 2.0)
+        expected[key] = expected.get(key, 0) + 1
+    got = sorted((k, w.start, n) for k, w, n in counts.items)
+    assert got == sorted((k, s, n) for (k, s), n in expected.items())
