@@ -319,8 +319,6 @@ class FileSource(Source):
         if not self.follow and cursor.offset == cursor.start and cursor.start > 0:
             # the span's first line is the one starting at or after `start`
             cursor.offset = self._line_start_at_or_after(cursor, cursor.start)
-        if self.header and cursor.path not in self._headers:
-            self._read_header(cursor)
 
     def _pread(self, cursor, size: int, offset: int) -> bytes:
         try:
@@ -339,15 +337,23 @@ class FileSource(Source):
                 return offset + newline + 1
             offset += len(data)
 
-    def _read_header(self, cursor) -> None:
-        data, _ = self._complete_lines(cursor, 0, None, at_eof_too=True)
+    def _read_header(self, cursor) -> bool:
+        """The file's first line, the CSV header; False while a followed
+        file has none yet."""
+        data, _ = self._complete_lines(cursor, 0, None, at_eof_too=not self.follow)
         first = data.split(b"\n", 1)[0]
-        row = self._parse_csv_line(cursor, first, 0) if first else None
+        if not first and self.follow:
+            return False
+        try:
+            row = self._parse_csv_line(cursor, first, 0) if first else None
+        except (ValueError, csv.Error) as exc:
+            raise self._malformed(cursor, 0, data, 0, first, exc) from exc
         if row is None:
             raise self._error(f"{cursor.path!r} has no header line (header=True)")
         self._headers[cursor.path] = row
         if cursor.offset == 0:
             cursor.offset = len(first) + 1
+        return True
 
     def _complete_lines(self, cursor, offset: int, end, at_eof_too: bool) -> tuple[bytes, bool]:
         """The complete lines from `offset` (at least one when there is one),
@@ -380,6 +386,8 @@ class FileSource(Source):
             self._open(cursor)
         if self.follow:
             self._check_not_truncated(cursor)
+        if self.header and cursor.path not in self._headers and not self._read_header(cursor):
+            return False
         while not cursor.done:
             data, last = self._complete_lines(cursor, cursor.offset, cursor.end, at_eof_too=not self.follow)
             if last and not self.follow:

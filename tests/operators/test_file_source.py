@@ -447,3 +447,25 @@ def test_records_read_from_files_carry_event_time_into_windows(tmp_path):
         expected[key] = expected.get(key, 0) + 1
     got = sorted((k, w.start, n) for k, w, n in counts.items)
     assert got == sorted((k, s, n) for (k, s), n in expected.items())
+
+
+def test_a_followed_csv_file_waits_for_its_header(tmp_path):
+    (tmp_path / "a.csv").write_text("")
+    seen = []
+    flow = Dataflow("tail")
+    flow.from_files(tmp_path / "*.csv", format="csv", header=True, follow=True,
+                    poll_interval=0.01).sink(seen.append)
+
+    async def main():
+        task = asyncio.ensure_future(run_async(flow))
+        with open(tmp_path / "a.csv", "a") as f:
+            f.write("user,ms")  # the header, not yet complete
+            f.flush()
+            await asyncio.sleep(0.05)  # polls find no complete header line: nothing, and no error
+            f.write("\nann,12\n")
+        await wait_for(lambda: seen == [{"user": "ann", "ms": "12"}])
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
