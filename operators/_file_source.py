@@ -345,7 +345,7 @@ class FileSource(Source):
         if not first and self.follow:
             return False
         try:
-            row = self._parse_csv_line(cursor, first, 0) if first else None
+            row = self._parse_csv_line(cursor, first) if first else None
         except (ValueError, csv.Error) as exc:
             raise self._malformed(cursor, 0, data, 0, first, exc) from exc
         if row is None:
@@ -454,7 +454,7 @@ class FileSource(Source):
                         continue
                     record = self._decoder.decode(raw)
                 else:
-                    record = self._parse_csv_line(cursor, raw, base)
+                    record = self._parse_csv_line(cursor, raw)
                     if record is None:
                         continue
             except (ValueError, UnicodeDecodeError, csv.Error) as exc:
@@ -467,7 +467,7 @@ class FileSource(Source):
             line_of.append(number)
         return _Chunk(base, data, records, line_of, skipped)
 
-    def _parse_csv_line(self, cursor, raw: bytes, base: int):
+    def _parse_csv_line(self, cursor, raw: bytes):
         """One CSV row (a dict with header=True), or None for a blank line."""
         text = raw.decode(self.encoding)
         if text.endswith("\r"):
