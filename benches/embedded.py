@@ -41,6 +41,7 @@ import urllib.request
 import uvloop
 
 from benches._report import machine, percentile, table
+from benches.pipelines import make_lines, plain_wordcount, word_key
 from kernel import Dataflow, run_async
 
 LINES = 120_000
@@ -49,26 +50,6 @@ TARGET_P99_MS = 3.0
 
 
 # -- the server ------------------------------------------------------------------
-
-
-def make_lines(n: int, words: int = WORDS_PER_LINE) -> list[str]:
-    import random
-
-    rng = random.Random(42)
-    vocabulary = [f"w{i}" for i in range(10_000)]
-    return [" ".join(rng.choices(vocabulary, k=words)) for _ in range(n)]
-
-
-def plain_wordcount(lines: list[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for line in lines:
-        for word in line.split():
-            counts[word] = counts.get(word, 0) + 1
-    return counts
-
-
-def word_key(word: str) -> str:
-    return word
 
 
 class Collections:
@@ -135,7 +116,7 @@ class Pipelines:
 async def serve() -> None:
     from aiohttp import web
 
-    pipelines = Pipelines(make_lines(LINES))
+    pipelines = Pipelines(make_lines(LINES, WORDS_PER_LINE))
     await pipelines.run_once()  # warm: every module imported, every code path run once
     gc.collect()  # and what the set-up left behind collected before anything is measured
     hello = web.Response(text="hello")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import random
 import statistics
 import time
 from collections.abc import Callable, Coroutine
@@ -33,6 +32,7 @@ import uvloop
 
 import kernel.scheduling._kernel as kernel_internals
 from benches._report import machine, median_of, percentile, table
+from benches.pipelines import make_lines, plain_wordcount, word_key
 from kernel import Dataflow, Operator, Source, run_async
 from kernel.lowlevel import Kernel, cooperate, current_kernel
 
@@ -415,27 +415,9 @@ def _pipeline(n: int):
 WORDCOUNT_LINES, WORDS_PER_LINE = 120_000, 13
 
 
-def _lines(n: int) -> list[str]:
-    rng = random.Random(42)
-    vocabulary = [f"w{i}" for i in range(10_000)]
-    return [" ".join(rng.choices(vocabulary, k=WORDS_PER_LINE)) for _ in range(n)]
-
-
-def _word(word: str) -> str:
-    return word
-
-
 def _wordcount(lines: list[str]):
     flow = Dataflow("wordcount")
-    return flow, flow.from_iterable(lines).flat_map(str.split).key_by(_word).count().collect()
-
-
-def _plain_wordcount(lines: list[str]) -> dict:
-    counts: dict = {}
-    for line in lines:
-        for word in line.split():
-            counts[word] = counts.get(word, 0) + 1
-    return counts
+    return flow, flow.from_iterable(lines).flat_map(str.split).key_by(word_key).count().collect()
 
 
 def _plain(n: int) -> dict:
@@ -484,7 +466,7 @@ async def _stalls(n: int, what: str) -> tuple[list[float], float]:
     running[0] = False
     await beat
     if result is not None:
-        assert result == (_plain_wordcount(_words(n)) if what == "wordcount" else _plain_reference(n))
+        assert result == (plain_wordcount(_words(n)) if what == "wordcount" else _plain_reference(n))
     return gaps, wall
 
 
@@ -494,7 +476,7 @@ _word_lines: dict[int, list[str]] = {}
 
 def _words(n: int) -> list[str]:
     if n not in _word_lines:
-        _word_lines[n] = _lines(n)
+        _word_lines[n] = make_lines(n, WORDS_PER_LINE)
     return _word_lines[n]
 
 

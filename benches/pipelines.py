@@ -87,10 +87,12 @@ WINDOW_KEYS = 1_000
 EPOCH_BASE = 1_700_000_000.0  # event times in seconds since the epoch
 
 
-def make_lines(n: int) -> list[str]:
+def make_lines(n: int, words: int = WORDS_PER_LINE) -> list[str]:
+    """`n` lines of `words` words each, from a 10,000-word vocabulary, seeded
+    (benches/latency.py and benches/embedded.py count 13-word lines)."""
     rng = random.Random(42)
     vocabulary = [f"w{i}" for i in range(VOCABULARY)]
-    return [" ".join(rng.choices(vocabulary, k=WORDS_PER_LINE)) for _ in range(n)]
+    return [" ".join(rng.choices(vocabulary, k=words)) for _ in range(n)]
 
 
 # Module-level functions rather than lambdas: a multi-core run has to ship

@@ -19,6 +19,8 @@ if __name__ != "kernel.operators":
 
 from kernel.operators._aggregates import Count, Fold, Reduce, Sum
 from kernel.operators._event_time import EventTimeSource, check_event_time
+from kernel.operators._file_source import CHUNK_BYTES as FILE_CHUNK_BYTES
+from kernel.operators._file_source import FileSource, check_file_options
 from kernel.operators._files import ToFiles
 from kernel.operators._partitions import PartitionSource, check_make
 from kernel.operators._redis import RedisEntry, RedisStreamSource, ToRedisStream, check_redis_installed
@@ -63,6 +65,7 @@ SNAPSHOT_LAYOUT = "3"
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "FILE_CHUNK_BYTES",
     "SNAPSHOT_LAYOUT",
     "Aggregation",
     "AsyncIterableSource",
@@ -71,6 +74,7 @@ __all__ = [
     "Count",
     "CountAggregation",
     "EventTimeSource",
+    "FileSource",
     "Filter",
     "FlatMap",
     "Fold",
@@ -105,6 +109,7 @@ __all__ = [
     "WindowMerge",
     "check_batch_size",
     "check_event_time",
+    "check_file_options",
     "check_make",
     "check_redis_installed",
     "check_window",

@@ -1244,20 +1244,20 @@ async def test_a_source_reads_what_its_chain_can_handle_within_the_budget_and_gr
 
 @promise(SCHEDULE, "Host turns")
 async def test_the_kernel_leaves_a_working_host_up_to_three_turns_and_an_idle_one_a_single_turn():
-    """A kernel with endless work beside a host that works in its turns
-    (50 us of the virtual clock): three host turns between two slices,
-    never more; a host that does nothing gets one turn between slices. The
-    rest: tests/kernel/test_budget.py::test_the_kernel_sits_out_a_few_turns_while_the_host_works."""
+    """A kernel with endless work beside a host that works in some of its
+    turns (50 us of the virtual clock each): while the host works, three
+    turns sat out between two slices, never more; while it does nothing,
+    one host turn between two slices, before and after."""
     clock = VirtualClock()
     kernel = Kernel(clock=clock)
-    trace, left, working = [], [40], [False]
+    trace, left, working = [], [60], [False]
 
     class Busy:
         name = "busy"
 
         def activate(self):
             trace.append("slice")
-            clock.advance(0.001)
+            clock.advance(0.001)  # a whole budget: one activation per slice
             left[0] -= 1
             if left[0]:
                 kernel.ready(self)
@@ -1278,16 +1278,20 @@ async def test_the_kernel_leaves_a_working_host_up_to_three_turns_and_an_idle_on
     kernel.at_start(start)
     hosting = asyncio.create_task(host())
     joined = asyncio.create_task(kernel.join())
-    while trace.count("slice") < 10:
-        await asyncio.sleep(0)
-    working[0] = True
+    for slices, host_works in ((10, True), (30, False)):
+        while trace.count("slice") < slices:
+            await asyncio.sleep(0)
+        working[0] = host_works
     await joined
     await hosting
-    idle = " ".join(trace[: trace.index("work")]).split("slice")[1:-1]
-    busy = " ".join(trace[trace.index("work"):]).split("slice")[2:-1]
-    assert idle and all(between.split() == ["idle"] for between in idle)
-    assert busy and all(between.split() == ["work"] * 4 for between in busy)  # 3 sat out + the one after
-    assert kernel.statistics().host_turns >= 3 * len(busy)
+    text = " ".join(trace)
+    first_work, last_work = text.index("work"), text.rindex("work")
+    before, during, after = (part.split("slice")[1:-1] for part in
+                             (text[:first_work], text[first_work:last_work], text[last_work + 4:]))
+    assert before and all(between.split() == ["idle"] for between in before)
+    assert during[1:] and all(between.split() == ["work"] * 4 for between in during[1:])  # 3 sat out + 1
+    assert after and all(between.split() == ["idle"] for between in after[1:])
+    assert kernel.statistics().host_turns >= 3 * len(during[1:])
 
 
 @promise(SCHEDULE, "Garbage collection under run_async")

@@ -20,7 +20,7 @@ import functools
 import os
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeGuard, TypeVar, overload
+from typing import Any, Generic, Literal, Protocol, TypeGuard, TypeVar, overload
 
 import kernel.operators as ops
 from kernel.dataflow._graph import Combiner, Edge, Graph, Node
@@ -85,6 +85,21 @@ class LateCount:
         return f"<LateCount {self.node.label}: {self.value}>"
 
 
+class SkippedCount:
+    """How many malformed lines a `from_files(..., on_error="skip")` source
+    skipped, over every kernel (read `.value` after the run)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.value = 0
+
+    def _deliver(self, values: list[Any]) -> None:
+        self.value = sum(v["skipped"] for v in values if v)
+
+    def __repr__(self) -> str:
+        return f"<SkippedCount {self.node.label}: {self.value}>"
+
+
 class Dataflow:
     """A dataflow graph under construction. Build it, then `run(flow)`.
 
@@ -101,6 +116,7 @@ class Dataflow:
         self.graph = Graph(name)
         self._collected: list[Collected[Any]] = []
         self._late_counts: list[LateCount] = []
+        self._skipped_counts: list[SkippedCount] = []
 
     def __repr__(self) -> str:
         return f"<Dataflow {self.name!r}: {len(self.graph.nodes)} steps>"
@@ -173,6 +189,111 @@ class Dataflow:
         factory = functools.partial(ops.PartitionSource, make, batch_size)
         return self._timed_source(factory, name or "from_partitions", timestamp, max_delay, None,
                                   ("PartitionSource",))
+
+    @overload
+    def from_files(
+        self,
+        pattern: str | os.PathLike[str],
+        *,
+        format: Literal["lines"] = "lines",
+        follow: bool = False,
+        on_error: str = "raise",
+        header: bool = False,
+        encoding: str = "utf-8",
+        poll_interval: float = 0.1,
+        timestamp: Callable[[Any], Timestamp] | None = None,
+        max_delay: float = 0.0,
+        idle_timeout: float | None = 5.0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        chunk_bytes: int = ops.FILE_CHUNK_BYTES,
+        name: str | None = None,
+    ) -> FileStream[str]: ...
+
+    @overload
+    def from_files(
+        self,
+        pattern: str | os.PathLike[str],
+        *,
+        format: str,
+        follow: bool = False,
+        on_error: str = "raise",
+        header: bool = False,
+        encoding: str = "utf-8",
+        poll_interval: float = 0.1,
+        timestamp: Callable[[Any], Timestamp] | None = None,
+        max_delay: float = 0.0,
+        idle_timeout: float | None = 5.0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        chunk_bytes: int = ops.FILE_CHUNK_BYTES,
+        name: str | None = None,
+    ) -> FileStream[Any]: ...
+
+    def from_files(
+        self,
+        pattern: str | os.PathLike[str],
+        *,
+        format: str = "lines",
+        follow: bool = False,
+        on_error: str = "raise",
+        header: bool = False,
+        encoding: str = "utf-8",
+        poll_interval: float = 0.1,
+        timestamp: Callable[[Any], Timestamp] | None = None,
+        max_delay: float = 0.0,
+        idle_timeout: float | None = 5.0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        chunk_bytes: int = ops.FILE_CHUNK_BYTES,
+        name: str | None = None,
+    ) -> FileStream[Any]:
+        """The records of the files matching the glob `pattern` (`**` spans
+        directories): `format="lines"` gives each line as a `str` (without
+        its newline), `"jsonl"` each line decoded as JSON (msgspec; blank
+        lines are passed over), `"csv"` each row as a list of `str`, or with
+        `header=True` as a dict keyed by the file's first line.
+
+        The files are shared among the kernels by bytes (a kernel reads
+        whole files and pieces of large ones, cut at line boundaries) and
+        read lazily, a chunk at a time. With a `state_dir`, snapshots hold
+        each kernel's byte positions: a resumed run reads each line once.
+        A bounded run refuses a pattern that matches no file (here, when
+        the flow is built). `follow=True` tails the files and takes on new
+        ones (each file whole, on one kernel), looking every
+        `poll_interval` seconds: the run then never ends by itself (cancel
+        `run_async`, or Ctrl-C).
+
+        `timestamp` and `max_delay` as for `from_iterable`; a followed
+        source that reads nothing new for `idle_timeout` seconds is idle
+        (as for `from_async_iterable`). `chunk_bytes`: how much each read
+        takes (a line longer than that is read whole all the same).
+
+        A malformed line (JSON or CSV that does not parse, bytes that do
+        not decode) ends the run with an `OperatorError` naming the file
+        and the line number; with `on_error="skip"` it is skipped, logged
+        once per file, and counted: `.skipped_count.value` after the run.
+
+        >>> import pathlib, tempfile
+        >>> from kernel import Dataflow, run
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (folder / "a.jsonl").write_text('{"n": 1}\\n{"n": 2}\\nnot json\\n')
+        >>> flow = Dataflow()
+        >>> records = flow.from_files(folder / "*.jsonl", format="jsonl", on_error="skip")
+        >>> out = records.map(lambda r: r["n"]).collect()
+        >>> run(flow, cores=2)
+        >>> sorted(out.items), records.skipped_count.value
+        ([1, 2], 1)
+        """
+        ops.check_batch_size(batch_size)
+        checked = ops.check_file_options(pattern, format, on_error, follow, poll_interval, chunk_bytes,
+                                         header)
+        factory = functools.partial(
+            ops.FileSource, checked, format, follow=follow, on_error=on_error, header=header,
+            encoding=encoding, poll_interval=poll_interval, chunk_bytes=chunk_bytes, batch_size=batch_size)
+        stream = self._timed_source(factory, name or f"from_files({format})", timestamp, max_delay,
+                                    idle_timeout if follow else None, ("FileSource", format))
+        files: FileStream[Any] = FileStream(self, stream.node)
+        files.skipped_count = SkippedCount(stream.node)
+        self._skipped_counts.append(files.skipped_count)
+        return files
 
     def from_async_iterable(
         self,
@@ -308,6 +429,8 @@ class Dataflow:
             ]
         for count in self._late_counts:
             count._deliver([results.get(count.node.id) for results in per_kernel])
+        for skipped in self._skipped_counts:
+            skipped._deliver([results.get(skipped.node.id) for results in per_kernel])
 
 
 def _checked(factory: Callable[[], Operator], kind: type[Operator], name: str) -> Callable[[], Operator]:
@@ -871,3 +994,10 @@ class WindowResults(Stream[tuple[K_co, ops.Window, R_co]], Generic[K_co, V_co, R
                 "late events are dropped (and counted): ask for them with window(w, late=True)"
             )
         return self._late_stream
+
+
+class FileStream(Stream[T_co]):
+    """The stream `from_files` returns: a `Stream` whose `.skipped_count.value`
+    (after the run) is how many malformed lines were skipped (`on_error="skip"`)."""
+
+    skipped_count: SkippedCount

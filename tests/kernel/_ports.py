@@ -87,3 +87,15 @@ def memory_mb(pid: int, field: str = "VmRSS") -> float:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024 / 1e6
     raise AssertionError(f"no {field} for process {pid}")
+
+
+def proportional_mb(pid: int) -> float:
+    """`pid`'s proportional set size in MB (/proc/<pid>/smaps_rollup: each
+    page shared with other processes counted as its share). Unlike VmRSS
+    it does not count a forked child's untouched copy of its parent's heap
+    in full, so a tree's sum does not grow with the test process's size."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024 / 1e6
+    raise AssertionError(f"no Pss for process {pid}")

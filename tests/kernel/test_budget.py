@@ -1,9 +1,9 @@
 """The budget held: sources pace their batches by what their chain costs, a
-chain whose work outgrows the budget hands the rest to a later tick, the
-host gets the turns its requests need, and full collections leave the
-host's heap alone. Exact on a virtual clock, where operators advance the
-clock by what their work "costs"; one check on the real clock, in this
-thread's CPU time."""
+chain whose work outgrows the budget hands the rest to a later tick, and
+full collections leave the host's heap alone (the host's turns are tested
+in tests/test_claims.py, "Host turns"). Exact on a virtual clock, where
+operators advance the clock by what their work "costs"; one check on the
+real clock, in this thread's CPU time."""
 
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernel import Dataflow, Kernel, Operator, Source, VirtualClock, run_async
-from kernel.scheduling._scheduler import HOST_TURNS
+from kernel import Dataflow, Operator, Source, VirtualClock, run_async
 
 HOST = "host"
 BUDGET = 0.001
@@ -357,62 +356,6 @@ async def test_a_source_waits_while_its_chain_has_work_handed_on():
 
 
 # -- the host's turns -----------------------------------------------------------------------
-
-
-async def test_the_kernel_sits_out_a_few_turns_while_the_host_works():
-    """A busy kernel and a host that works (advances the clock 50 us) in
-    some turns: after an idle stretch, each turn in which the host worked
-    is followed by one the kernel leaves to the host, at most HOST_TURNS in
-    a row; when the host does nothing, a slice runs in every turn."""
-    clock = VirtualClock()
-    kernel = Kernel(clock=clock, budget=BUDGET)
-    trace = []
-    left = [60]
-
-    class Busy:
-        name = "busy"
-
-        def activate(self):
-            trace.append("slice")
-            clock.advance(BUDGET)  # a whole budget: one activation per slice
-            left[0] -= 1
-            if left[0]:
-                kernel.ready(self)
-            else:
-                kernel.release()
-
-    working = [False]
-
-    async def host():
-        while left[0]:
-            trace.append("host works" if working[0] else "host")
-            if working[0]:
-                clock.advance(50e-6)
-            await asyncio.sleep(0)
-
-    def start():
-        kernel.hold()
-        kernel.ready(Busy())
-
-    kernel.at_start(start)
-    hosting = asyncio.create_task(host())
-    joined = asyncio.create_task(kernel.join())
-    while trace.count("slice") < 10:
-        await asyncio.sleep(0)
-    working[0] = True
-    while trace.count("slice") < 20:
-        await asyncio.sleep(0)
-    working[0] = False
-    await joined
-    await hosting
-    tail = trace[trace.index("host works"):]
-    busy = tail[: next(i for i, entry in enumerate(tail) if entry == "host" and "host works" in tail[:i])]
-    runs = [run for run in " ".join(busy).split("slice") if run.strip()]
-    assert all(run.split() == ["host", "works"] * (HOST_TURNS + 1) for run in runs[1:-1])
-    idle = trace[: trace.index("host works")]
-    assert "slice slice" not in " ".join(idle)  # one turn for the host between two slices...
-    assert "host host" not in " ".join(idle[2:])  # ...and no more while it does nothing
-    assert kernel.statistics().host_turns >= 3 * HOST_TURNS
 
 
 # -- the host's heap --------------------------------------------------------------------------
