@@ -23,6 +23,7 @@ from kernel.operators._file_source import CHUNK_BYTES as FILE_CHUNK_BYTES
 from kernel.operators._file_source import FileSource, check_file_options
 from kernel.operators._files import ToFiles
 from kernel.operators._partitions import PartitionSource, check_make
+from kernel.operators._redis import RedisEntry, RedisStreamSource, ToRedisStream, check_redis_installed
 from kernel.operators._sinks import Collect, Print, Sink
 from kernel.operators._sources import (
     DEFAULT_BATCH_SIZE,
@@ -87,6 +88,8 @@ __all__ = [
     "Operator",
     "PartitionSource",
     "Print",
+    "RedisEntry",
+    "RedisStreamSource",
     "Reduce",
     "ReduceAggregation",
     "SelectBatches",
@@ -97,6 +100,7 @@ __all__ = [
     "Sum",
     "SumAggregation",
     "ToFiles",
+    "ToRedisStream",
     "Tumbling",
     "Union",
     "Window",
@@ -107,6 +111,7 @@ __all__ = [
     "check_event_time",
     "check_file_options",
     "check_make",
+    "check_redis_installed",
     "check_window",
     "window_combiner",
 ]

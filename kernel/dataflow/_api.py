@@ -333,6 +333,49 @@ class Dataflow:
             ("AsyncIterableSource",)
         )
 
+    def from_redis_stream(
+        self,
+        url: str,
+        stream: str | Sequence[str],
+        *,
+        follow: bool = False,
+        start: str = "0",
+        decode: bool = True,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        timeout: float = 5.0,
+        timestamp: Callable[[ops.RedisEntry], Timestamp] | None = None,
+        max_delay: float = 0.0,
+        idle_timeout: float | None = 5.0,
+        name: str | None = None,
+    ) -> Stream[ops.RedisEntry]:
+        """Entries of the Redis stream `stream` (or of several: kernel `i`
+        of `n` reads `streams[i::n]`; one stream is read by kernel 0) at
+        `url` (`redis://host:port/db`), as `RedisEntry(stream, id, fields)`
+        records, read with `XREAD` in batches of `batch_size` on the
+        kernel's loop (redis-py's asyncio client: `pip install
+        'streamkernel[redis]'`).
+
+        From the entry after `start` (an entry id; "0": the beginning, "$":
+        what comes after the run starts). With `follow=False` the read ends
+        at the entry that was last in each stream when the run started;
+        with `follow=True` it waits for new entries, forever. The position
+        in each stream (the id last handed on) is in epoch snapshots: a
+        resumed run goes on after it, so with `to_files` every entry is
+        written exactly once. `decode=False` gives the fields as bytes.
+        `timeout` (seconds) bounds connecting and every reply: an unreachable
+        server is an error, not a hang. `timestamp=lambda e: e.time` gives
+        the entries event time (when Redis added them); `max_delay` and
+        `idle_timeout` as for `from_async_iterable`.
+        """
+        ops.check_batch_size(batch_size)
+        ops.check_redis_installed()
+        factory = functools.partial(ops.RedisStreamSource, url, stream, batch_size, follow=follow,
+                                    start=start, decode=decode, timeout=timeout)
+        label = name or f"from_redis_stream({stream if isinstance(stream, str) else ','.join(stream)})"
+        factory()  # the arguments are checked here, when the flow is built
+        return self._timed_source(factory, label, timestamp, max_delay, idle_timeout,
+                                  ("RedisStreamSource",))
+
     def _timed_source(
         self,
         factory: Callable[[], Source],
@@ -585,6 +628,32 @@ class Stream(Generic[T_co]):
         """
         factory = functools.partial(ops.ToFiles, directory)
         self.flow.graph.add(name or f"to_files({directory})", factory, [self._edge()])
+
+    def to_redis_stream(
+        self,
+        url: str,
+        stream: str,
+        *,
+        maxlen: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        timeout: float = 5.0,
+        name: str | None = None,
+    ) -> None:
+        """Appends every record to the Redis stream `stream` at `url` with
+        `XADD` (ids assigned by Redis), pipelined in batches of
+        `batch_size` on the kernel's loop. A record is a non-empty dict of
+        fields to str, bytes, int or float values, or a `RedisEntry` (its
+        fields are copied). `maxlen` trims the stream to about that many
+        entries (`MAXLEN ~`). At least once: after a crash, a resumed run
+        adds again what Redis had not acknowledged at the last complete
+        epoch, so some entries may come twice. The run ends once Redis
+        has acknowledged every entry.
+        """
+        ops.check_redis_installed()
+        factory = functools.partial(ops.ToRedisStream, url, stream, batch_size, maxlen=maxlen,
+                                    timeout=timeout)
+        factory()  # the arguments are checked here, when the flow is built
+        self.flow.graph.add(name or f"to_redis_stream({stream})", factory, [self._edge()])
 
     def print(self, prefix: str = "", *, name: str | None = None) -> None:
         """Writes every record to stdout, one line each, after `prefix`.
