@@ -366,6 +366,17 @@ class Dataflow:
         server is an error, not a hang. `timestamp=lambda e: e.time` gives
         the entries event time (when Redis added them); `max_delay` and
         `idle_timeout` as for `from_async_iterable`.
+
+        >>> from kernel import Dataflow, run
+        >>> url = redis_url  # a running server's, e.g. "redis://localhost:6379/0"
+        >>> flow = Dataflow()
+        >>> flow.from_iterable([{"user": "ann"}, {"user": "bob"}]).to_redis_stream(url, "logins")
+        >>> run(flow)
+        >>> flow = Dataflow()
+        >>> users = flow.from_redis_stream(url, "logins").map(lambda e: e.fields["user"]).collect()
+        >>> run(flow)
+        >>> users.items
+        ['ann', 'bob']
         """
         ops.check_batch_size(batch_size)
         ops.check_redis_installed()
@@ -648,6 +659,15 @@ class Stream(Generic[T_co]):
         adds again what Redis had not acknowledged at the last complete
         epoch, so some entries may come twice. The run ends once Redis
         has acknowledged every entry.
+
+        >>> import redis
+        >>> from kernel import Dataflow, run
+        >>> url = redis_url  # a running server's, e.g. "redis://localhost:6379/0"
+        >>> flow = Dataflow()
+        >>> flow.from_iterable([{"n": 1}, {"n": 2}, {"n": 3}]).to_redis_stream(url, "numbers")
+        >>> run(flow)
+        >>> [fields for _id, fields in redis.Redis.from_url(url).xrange("numbers")]
+        [{b'n': b'1'}, {b'n': b'2'}, {b'n': b'3'}]
         """
         ops.check_redis_installed()
         factory = functools.partial(ops.ToRedisStream, url, stream, batch_size, maxlen=maxlen,
