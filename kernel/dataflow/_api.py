@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any, Generic, Protocol, TypeGuard, TypeVar, overload
 
 import kernel.operators as ops
+from kernel.dataflow._errors import KernelError
 from kernel.dataflow._graph import Combiner, Edge, Graph, Node
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Operator, Source
 
@@ -54,6 +55,86 @@ Timestamp = float | datetime
 
 def _fn_name(fn: object) -> str:
     return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+# -- where event time is lost, found at build time ----------------------------------
+
+# Steps that pass their input's event time on (or, windows and joins, give
+# their results the time of their window); everything downstream of a timed
+# source through these keeps timestamps.
+_KEEPS_TIME = frozenset({
+    "Map", "Filter", "FlatMap", "KeyBy", "MapValues", "Inspect", "Union", "WindowAggregate",
+    "WindowJoin", "StatefulMap", "KeyedJoin", "Distinct", "WindowTop",
+})
+# Built-in steps that certainly emit records without event time.
+_DROPS_TIME = {
+    "IterableSource": "a source without timestamp=",
+    "PartitionSource": "a source without timestamp=",
+    "AsyncIterableSource": "a source without timestamp=",
+    "Count": "a keyed aggregate (its results carry no event time)",
+    "Sum": "a keyed aggregate (its results carry no event time)",
+    "Reduce": "a keyed aggregate (its results carry no event time)",
+    "Fold": "a keyed aggregate (its results carry no event time)",
+}
+
+
+def _is_late_stream(node: Node) -> bool:
+    # a window's `.late` side stream: plain (key, value) records
+    factory = node.factory
+    return (node.kind == ("SelectBatches",) and isinstance(factory, functools.partial)
+            and factory.args == (True,))
+
+
+def _check_event_time(stream: Stream[Any], step: str) -> str | None:
+    """Refuse, naming the step, a window over records that certainly carry
+    no event time (a source without `timestamp=`, a keyed aggregate, a
+    window's late stream on the way). Returns a hint naming the custom steps
+    on the way, which may drop it (known only when records flow)."""
+    lost: list[str] = []
+    unknown: list[str] = []
+    seen: set[int] = set()
+    pending = [stream.node]
+    while pending:
+        node = pending.pop()
+        if node.id in seen:
+            continue
+        seen.add(node.id)
+        kind = node.kind[0] if node.kind else ""
+        if kind == "EventTimeSource":
+            continue
+        if kind in _DROPS_TIME:
+            lost.append(f"{node.label}, {_DROPS_TIME[kind]}")
+        elif _is_late_stream(node):
+            lost.append(f"{node.label}, a window's late events (they carry no event time)")
+        elif kind in _KEEPS_TIME:
+            pending.extend(edge.source for edge in node.inputs)
+        else:
+            unknown.append(node.label)
+    if lost:
+        raise KernelError(
+            f"{step}: windows need event time, but it is lost on the way at step "
+            f"{' and '.join(sorted(lost))}: give the source timestamp=..., and window only what "
+            "comes from it through steps that keep event time (map, filter, flat_map, key_by, "
+            "map_values, union, window results, stateful_map, join, distinct)")
+    if unknown:
+        return f"; steps on the way that may drop them: {', '.join(sorted(unknown))}"
+    return None
+
+
+def _hinted(factory: Callable[[], Any], hint: str | None) -> Callable[[], Any]:
+    """`factory` whose window operator names `hint`'s steps when its records
+    come without timestamps."""
+    if hint is None:
+        return factory
+
+    @functools.wraps(factory, assigned=())
+    def make() -> Any:
+        op = factory()
+        op.time_hint = hint
+        return op
+
+    make.__wrapped__ = factory  # type: ignore[attr-defined]  # the step's kind is factory's
+    return make
 
 
 class Collected(Generic[T]):
@@ -575,7 +656,9 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         1
         """
         ops.check_window(window)
-        return WindowedStream(self, window, late)
+        stream = WindowedStream(self, window, late)
+        stream._time_hint = _check_event_time(self, f"window({window!r})")
+        return stream
 
     def join(
         self,
@@ -608,7 +691,8 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
             raise ValueError(f"{other!r} belongs to another dataflow")
         ops.check_window(window)
         label = name or f"join {window!r}"
-        factory = functools.partial(ops.WindowJoin, window, late)
+        hint = _check_event_time(self, label) or _check_event_time(other, label)
+        factory = _hinted(functools.partial(ops.WindowJoin, window, late), hint)
         node = self.flow.graph.add(label, factory, [self._edge(0), other._edge(1)],
                                    kind=("WindowJoin", repr(window)))
         return WindowResults._around(self.flow, node, late)
@@ -652,17 +736,19 @@ class WindowedStream(Generic[K_co, V_co]):
         self._keyed = keyed
         self.window = window
         self._late = late
+        self._time_hint: str | None = None  # custom steps on the way (see _check_event_time)
 
     def __repr__(self) -> str:
         return f"<WindowedStream {self._keyed.node.label} {self.window!r}>"
 
     def _aggregate(self, label: str, aggregation: ops.Aggregation) -> WindowResults[Any, Any, Any]:
         keyed = self._keyed
-        factory = functools.partial(ops.WindowAggregate, self.window, aggregation, self._late)
+        hint = self._time_hint
+        factory = _hinted(functools.partial(ops.WindowAggregate, self.window, aggregation, self._late), hint)
         # with several kernels, count/sum/reduce over tumbling or sliding
         # windows pre-aggregate per kernel before the exchange
         halves = ops.window_combiner(self.window, aggregation, self._late)
-        combiner = Combiner(*halves) if halves else None
+        combiner = Combiner(*(_hinted(half, hint) for half in halves)) if halves else None
         kind = ("WindowAggregate", repr(self.window), type(aggregation).__qualname__)
         node = keyed.flow.graph.add(f"{label} {self.window!r}", factory, [keyed._edge()],
                                     combiner=combiner, kind=kind)
