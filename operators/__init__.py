@@ -28,6 +28,7 @@ from kernel.operators._sources import (
     IterableSource,
     check_batch_size,
 )
+from kernel.operators._stateful import StatefulMap
 from kernel.operators._stateless import Filter, FlatMap, Inspect, KeyBy, Map, MapValues, Union
 from kernel.operators.windows import (
     Aggregation,
@@ -90,6 +91,7 @@ __all__ = [
     "Sink",
     "Sliding",
     "Source",
+    "StatefulMap",
     "Sum",
     "SumAggregation",
     "ToFiles",

@@ -634,6 +634,30 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         """
         return self._keyed(name or f"fold({_fn_name(fn)})", functools.partial(ops.Fold, init, fn))
 
+    def stateful_map(
+        self, fn: Callable[[A | None, V_co], tuple[A | None, U]], *, name: str | None = None
+    ) -> KeyedStream[K_co, U]:
+        """`(key, out)` at once for every pair, where `fn(state, value)`
+        returns `(state, out)` and the state is kept per key: None the first
+        time a key is seen; returning None as the state forgets the key. The
+        states are in epoch snapshots: a resumed run goes on from them. The
+        output keeps the records' event time.
+
+        >>> from kernel import Dataflow, run
+        >>> def running_total(total, amount):
+        ...     total = (total or 0) + amount
+        ...     return total, total
+        >>> flow = Dataflow()
+        >>> sales = flow.from_iterable([("tea", 3), ("jam", 5), ("tea", 4)]).key_by(lambda s: s[0])
+        >>> out = sales.map_values(lambda s: s[1]).stateful_map(running_total).collect()
+        >>> run(flow, cores=2)
+        >>> sorted(out.items)
+        [('jam', 5), ('tea', 3), ('tea', 7)]
+        """
+        ops.StatefulMap(fn)  # checks fn now, when the flow is built
+        factory = functools.partial(ops.StatefulMap, fn)
+        return self._keyed(name or f"stateful_map({_fn_name(fn)})", factory)
+
     def window(
         self, window: ops.Tumbling | ops.Sliding | ops.Session, *, late: bool = False
     ) -> WindowedStream[K_co, V_co]:
