@@ -17,7 +17,7 @@ if __name__ != "kernel.operators":
     sys.modules[__name__] = kernel.operators
 
 
-from kernel.operators._aggregates import Count, Fold, Reduce, Sum
+from kernel.operators._aggregates import Count, Fold, Reduce, Sum, check_emit
 from kernel.operators._event_time import EventTimeSource, check_event_time
 from kernel.operators._files import ToFiles
 from kernel.operators._partitions import PartitionSource, check_make
@@ -102,6 +102,7 @@ __all__ = [
     "WindowJoin",
     "WindowMerge",
     "check_batch_size",
+    "check_emit",
     "check_event_time",
     "check_make",
     "check_window",

@@ -137,6 +137,17 @@ def _hinted(factory: Callable[[], Any], hint: str | None) -> Callable[[], Any]:
     return make
 
 
+def _combiner(emit: str, partial: Callable[..., Operator], merge: Callable[[], Operator]) -> Combiner:
+    """A keyed aggregate's halves around the exchange. For final results the
+    partial half aggregates its kernel's whole input; for updates it hands
+    on each batch's partials (`emit="deltas"`), so the owner's updates never
+    wait for an input to end."""
+    ops.check_emit(emit)
+    if emit == "final":
+        return Combiner(partial, merge)
+    return Combiner(functools.partial(partial, emit="deltas"), merge)
+
+
 class Collected(Generic[T]):
     """The handle `collect()` returns. After a run, `items` holds every
     record that reached it (from every kernel, kernel 0's first)."""
@@ -591,8 +602,12 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         stream._exchange_out = self._exchange_out
         return stream
 
-    def reduce(self, fn: Callable[[V_co, V_co], V_co], *, name: str | None = None) -> KeyedStream[K_co, V_co]:
-        """`(key, v1 ⊕ v2 ⊕ ...)` per key with `fn(acc, value)`, at end of input.
+    def reduce(
+        self, fn: Callable[[V_co, V_co], V_co], *, emit: str = "final", name: str | None = None
+    ) -> KeyedStream[K_co, V_co]:
+        """`(key, v1 ⊕ v2 ⊕ ...)` per key with `fn(acc, value)`, at end of input
+        (`emit="final"`), or the key's value so far after every batch that
+        changed it (`emit="updates"`: a running aggregate, for endless inputs).
 
         `fn` must be associative: with several kernels each pre-reduces its
         own values per key before the exchange, and the owner reduces those.
@@ -605,24 +620,28 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         >>> sorted(out.items)
         [(0, 8), (1, 5)]
         """
-        reduce = functools.partial(ops.Reduce, fn)
-        return self._keyed(name or f"reduce({_fn_name(fn)})", reduce, Combiner(reduce, reduce))
+        reduce = functools.partial(ops.Reduce, fn, emit=emit)
+        return self._keyed(name or f"reduce({_fn_name(fn)})", reduce,
+                           _combiner(emit, functools.partial(ops.Reduce, fn), reduce))
 
     @overload
     def fold(
-        self, init: Callable[[], A], fn: Callable[[A, V_co], A], *, name: str | None = None
+        self, init: Callable[[], A], fn: Callable[[A, V_co], A], *, emit: str = "final",
+        name: str | None = None
     ) -> KeyedStream[K_co, A]: ...
 
     @overload
     def fold(
-        self, init: A, fn: Callable[[A, V_co], A], *, name: str | None = None
+        self, init: A, fn: Callable[[A, V_co], A], *, emit: str = "final", name: str | None = None
     ) -> KeyedStream[K_co, A]: ...
 
     def fold(
-        self, init: Any, fn: Callable[[Any, V_co], Any], *, name: str | None = None
+        self, init: Any, fn: Callable[[Any, V_co], Any], *, emit: str = "final", name: str | None = None
     ) -> KeyedStream[K_co, Any]:
-        """`(key, fn(...fn(init, v1)..., vn))` per key, at end of input.
-        `init` is a start value or a zero-argument factory (`list`, `dict`).
+        """`(key, fn(...fn(init, v1)..., vn))` per key, at end of input, or
+        with `emit="updates"` the key's value so far after every batch that
+        changed it. `init` is a start value or a zero-argument factory
+        (`list`, `dict`).
 
         >>> from kernel import Dataflow, run
         >>> flow = Dataflow()
@@ -632,7 +651,8 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         >>> out.items
         [('a', ['ant', 'asp']), ('b', ['bee'])]
         """
-        return self._keyed(name or f"fold({_fn_name(fn)})", functools.partial(ops.Fold, init, fn))
+        ops.check_emit(emit)
+        return self._keyed(name or f"fold({_fn_name(fn)})", functools.partial(ops.Fold, init, fn, emit=emit))
 
     def stateful_map(
         self, fn: Callable[[A | None, V_co], tuple[A | None, U]], *, name: str | None = None
@@ -721,8 +741,9 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
                                    kind=("WindowJoin", repr(window)))
         return WindowResults._around(self.flow, node, late)
 
-    def count(self, *, name: str | None = None) -> KeyedStream[K_co, int]:
-        """`(key, number of records)` per key, at end of input.
+    def count(self, *, emit: str = "final", name: str | None = None) -> KeyedStream[K_co, int]:
+        """`(key, number of records)` per key, at end of input, or with
+        `emit="updates"` the key's count so far after every batch with it.
 
         >>> from kernel import Dataflow, run
         >>> flow = Dataflow()
@@ -731,12 +752,22 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         >>> run(flow, cores=2)
         >>> sorted(out.items)
         [('cat', 1), ('dog', 1), ('saw', 1), ('the', 2)]
+        >>> flow = Dataflow()
+        >>> words = flow.from_iterable("the cat saw the dog".split(), batch_size=2)
+        >>> running = words.key_by(lambda w: w).count(emit="updates").collect()
+        >>> run(flow)
+        >>> running.items                  # after each batch of two words
+        [('the', 1), ('cat', 1), ('saw', 1), ('the', 2), ('dog', 1)]
         """
-        return self._keyed(name or "count", ops.Count, Combiner(ops.Count, ops.Sum))
+        count, add_counts = functools.partial(ops.Count, emit=emit), functools.partial(ops.Sum, emit=emit)
+        return self._keyed(name or "count", count, _combiner(emit, ops.Count, add_counts))
 
-    def sum(self: KeyedStream[Any, _SupportsAdd], *, name: str | None = None) -> KeyedStream[K_co, V_co]:
+    def sum(
+        self: KeyedStream[Any, _SupportsAdd], *, emit: str = "final", name: str | None = None
+    ) -> KeyedStream[K_co, V_co]:
         """`(key, sum of values)` per key, at end of input (the first value
-        plus the next ones, so any values with `+`).
+        plus the next ones, so any values with `+`), or with `emit="updates"`
+        the key's sum so far after every batch that changed it.
 
         >>> from kernel import Dataflow, run
         >>> flow = Dataflow()
@@ -746,7 +777,8 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         >>> out.items
         [('tea', 7), ('jam', 5)]
         """
-        return self._keyed(name or "sum", ops.Sum, Combiner(ops.Sum, ops.Sum))
+        total = functools.partial(ops.Sum, emit=emit)
+        return self._keyed(name or "sum", total, _combiner(emit, ops.Sum, total))
 
 
 class WindowedStream(Generic[K_co, V_co]):
