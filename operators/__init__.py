@@ -20,6 +20,7 @@ if __name__ != "kernel.operators":
 from kernel.operators._aggregates import Count, Fold, Reduce, Sum, check_emit
 from kernel.operators._event_time import EventTimeSource, check_event_time
 from kernel.operators._files import ToFiles
+from kernel.operators._join import KeyedJoin, check_ttl
 from kernel.operators._partitions import PartitionSource, check_make
 from kernel.operators._sinks import Collect, Print, Sink
 from kernel.operators._sources import (
@@ -78,6 +79,7 @@ __all__ = [
     "Inspect",
     "IterableSource",
     "KeyBy",
+    "KeyedJoin",
     "LateBatch",
     "Map",
     "MapValues",
@@ -105,6 +107,7 @@ __all__ = [
     "check_emit",
     "check_event_time",
     "check_make",
+    "check_ttl",
     "check_window",
     "window_combiner",
 ]

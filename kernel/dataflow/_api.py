@@ -85,7 +85,7 @@ def _is_late_stream(node: Node) -> bool:
             and factory.args == (True,))
 
 
-def _check_event_time(stream: Stream[Any], step: str) -> str | None:
+def _check_event_time(stream: Stream[Any], step: str, needs: str = "windows need event time") -> str | None:
     """Refuse, naming the step, a window over records that certainly carry
     no event time (a source without `timestamp=`, a keyed aggregate, a
     window's late stream on the way). Returns a hint naming the custom steps
@@ -112,8 +112,8 @@ def _check_event_time(stream: Stream[Any], step: str) -> str | None:
             unknown.append(node.label)
     if lost:
         raise KernelError(
-            f"{step}: windows need event time, but it is lost on the way at step "
-            f"{' and '.join(sorted(lost))}: give the source timestamp=..., and window only what "
+            f"{step}: {needs}, but it is lost on the way at step "
+            f"{' and '.join(sorted(lost))}: give the source timestamp=..., and take only what "
             "comes from it through steps that keep event time (map, filter, flat_map, key_by, "
             "map_values, union, window results, stateful_map, join, distinct)")
     if unknown:
@@ -704,6 +704,17 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         stream._time_hint = _check_event_time(self, f"window({window!r})")
         return stream
 
+    @overload
+    def join(
+        self,
+        other: KeyedStream[K_co, W],
+        window: None = None,
+        *,
+        ttl: float | None = None,
+        name: str | None = None,
+    ) -> JoinResults[K_co, tuple[V_co, W]]: ...
+
+    @overload
     def join(
         self,
         other: KeyedStream[K_co, W],
@@ -711,11 +722,25 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         *,
         late: bool = False,
         name: str | None = None,
-    ) -> WindowResults[K_co, V_co | W, tuple[V_co, W]]:
+    ) -> WindowResults[K_co, V_co | W, tuple[V_co, W]]: ...
+
+    def join(
+        self,
+        other: KeyedStream[K_co, W],
+        window: ops.Tumbling | ops.Sliding | ops.Session | None = None,
+        *,
+        late: bool = False,
+        ttl: float | None = None,
+        name: str | None = None,
+    ) -> Any:
         """Windowed inner join: `(key, window, (left, right))` for every pair
         of this stream's and `other`'s values with the same key in the same
         window, when the window closes. Late events (`late=True`) come from
         either side.
+
+        Without a window, the incremental join: `(key, (left, right))` at
+        once, as the second of a pair arrives; with `ttl=seconds`, an
+        interval join (see `_join_unwindowed`).
 
         >>> from kernel import Dataflow, run
         >>> from operators import Tumbling
@@ -725,14 +750,23 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         >>> left = clicks.key_by(lambda e: e[0]).map_values(lambda e: "click")
         >>> right = views.key_by(lambda e: e[0]).map_values(lambda e: e[1])
         >>> out = left.join(right, Tumbling(1.0)).collect()
+        >>> pairs = left.join(right).collect()                    # no window
         >>> run(flow)
         >>> out.items
         [('ann', Window(0.0, 1.0), ('click', 0.7))]
+        >>> pairs.items
+        [('ann', ('click', 0.7)), ('ann', ('click', 1.2))]
         """
         if not isinstance(other, KeyedStream):
             raise TypeError(f"join needs a keyed stream (key_by first), got {other!r}")
         if other.flow is not self.flow:
             raise ValueError(f"{other!r} belongs to another dataflow")
+        if window is None:
+            if late:
+                raise ValueError("late= is for a windowed join; a join with ttl= counts its late values")
+            return self._join_unwindowed(other, ttl, name)
+        if ttl is not None:
+            raise ValueError("ttl= is for a join without a window (a window's end bounds its state)")
         ops.check_window(window)
         label = name or f"join {window!r}"
         hint = _check_event_time(self, label) or _check_event_time(other, label)
@@ -740,6 +774,44 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         node = self.flow.graph.add(label, factory, [self._edge(0), other._edge(1)],
                                    kind=("WindowJoin", repr(window)))
         return WindowResults._around(self.flow, node, late)
+
+    def _join_unwindowed(
+        self, other: KeyedStream[K_co, W], ttl: float | None, name: str | None
+    ) -> JoinResults[K_co, tuple[V_co, W]]:
+        """Incremental inner join: `(key, (left, right))` at once for every
+        pair of this stream's and `other`'s values with the same key, as the
+        second of the two arrives (each side's values are kept per key, in
+        snapshots). The pair's event time is the later of its two.
+
+        With `ttl=seconds` (an interval join, which needs event time): a
+        pair joins when its times are at most `ttl` apart, and a value is
+        forgotten once the watermark passes its time plus `ttl`, so memory
+        stays bounded on endless inputs. A value behind the watermark when
+        it comes is late: dropped and counted (`late_count.value`).
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> people = flow.from_iterable([(1, "ann"), (2, "bob")]).key_by(lambda p: p[0])
+        >>> auctions = flow.from_iterable([(1, "lamp"), (1, "vase"), (3, "rug")]).key_by(lambda a: a[0])
+        >>> pairs = people.map_values(lambda p: p[1]).join(auctions.map_values(lambda a: a[1]))
+        >>> out = pairs.collect()
+        >>> run(flow, cores=2)
+        >>> sorted(out.items)
+        [(1, ('ann', 'lamp')), (1, ('ann', 'vase'))]
+        """
+        ops.check_ttl(ttl)
+        label = name or ("join" if ttl is None else f"join ttl={ttl!r}")
+        hint = None
+        if ttl is not None:
+            needs = "a join with ttl= needs event time"
+            hint = _check_event_time(self, label, needs) or _check_event_time(other, label, needs)
+        factory = _hinted(functools.partial(ops.KeyedJoin, ttl), hint)
+        node = self.flow.graph.add(label, factory, [self._edge(0), other._edge(1)], kind=("KeyedJoin",))
+        results: JoinResults[K_co, tuple[V_co, W]] = JoinResults(self.flow, node)
+        results._exchange_out = False  # on the kernel that owns the key
+        results.late_count = LateCount(node)
+        self.flow._late_counts.append(results.late_count)
+        return results
 
     def count(self, *, emit: str = "final", name: str | None = None) -> KeyedStream[K_co, int]:
         """`(key, number of records)` per key, at end of input, or with
@@ -779,6 +851,14 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         """
         total = functools.partial(ops.Sum, emit=emit)
         return self._keyed(name or "sum", total, _combiner(emit, ops.Sum, total))
+
+
+class JoinResults(KeyedStream[K_co, V_co]):
+    """The `(key, (left, right))` pairs of a join without a window: a keyed
+    stream; `.late_count.value` (after the run) is how many values a join
+    with `ttl=` found late."""
+
+    late_count: LateCount
 
 
 class WindowedStream(Generic[K_co, V_co]):
