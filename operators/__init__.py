@@ -18,6 +18,7 @@ if __name__ != "kernel.operators":
 
 
 from kernel.operators._aggregates import Count, Fold, Reduce, Sum, check_emit
+from kernel.operators._distinct import Distinct, check_within
 from kernel.operators._event_time import EventTimeSource, check_event_time
 from kernel.operators._files import ToFiles
 from kernel.operators._join import KeyedJoin, check_ttl
@@ -42,6 +43,7 @@ from kernel.operators.windows import (
     Session,
     Sliding,
     SumAggregation,
+    TopAggregation,
     Tumbling,
     Window,
     WindowAggregate,
@@ -71,6 +73,7 @@ __all__ = [
     "CollectAggregation",
     "Count",
     "CountAggregation",
+    "Distinct",
     "EventTimeSource",
     "Filter",
     "FlatMap",
@@ -97,6 +100,7 @@ __all__ = [
     "Sum",
     "SumAggregation",
     "ToFiles",
+    "TopAggregation",
     "Tumbling",
     "Union",
     "Window",
@@ -109,5 +113,6 @@ __all__ = [
     "check_make",
     "check_ttl",
     "check_window",
+    "check_within",
     "window_combiner",
 ]

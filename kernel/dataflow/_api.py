@@ -137,6 +137,10 @@ def _hinted(factory: Callable[[], Any], hint: str | None) -> Callable[[], Any]:
     return make
 
 
+def _itself(record: T) -> T:
+    return record
+
+
 def _combiner(emit: str, partial: Callable[..., Operator], merge: Callable[[], Operator]) -> Combiner:
     """A keyed aggregate's halves around the exchange. For final results the
     partial half aggregates its kernel's whole input; for updates it hands
@@ -506,6 +510,24 @@ class Stream(Generic[T_co]):
         """
         return self.apply(ops.Union, name=name or "union", inputs=others)
 
+    def distinct(self, *, within: ops.Tumbling | None = None, name: str | None = None) -> Stream[T_co]:
+        """Each record the first time it comes, at once (records must be
+        hashable; equal records meet on the kernel that owns them). With
+        `within=Tumbling(size)`, the first in each window of event time; a
+        window's records are forgotten once the watermark passes its end,
+        and a record whose window has ended is late: dropped (and counted in
+        the log). The output keeps the records' event time.
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> out = flow.from_iterable(["b", "a", "b", "c", "a"]).distinct().collect()
+        >>> run(flow)
+        >>> out.items
+        ['b', 'a', 'c']
+        """
+        label = name or ("distinct" if within is None else f"distinct within {within!r}")
+        return self.key_by(_itself, name=f"{label}: by record")._distinct(label, within, values_only=True)
+
     def collect(self, *, name: str | None = None) -> Collected[T_co]:
         """Gather every record back to the caller: read `.items` after the run.
 
@@ -653,6 +675,38 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         """
         ops.check_emit(emit)
         return self._keyed(name or f"fold({_fn_name(fn)})", functools.partial(ops.Fold, init, fn, emit=emit))
+
+    def distinct(  # type: ignore[override]  # keyed: distinct (key, value) pairs
+        self, *, within: ops.Tumbling | None = None, name: str | None = None
+    ) -> KeyedStream[K_co, V_co]:
+        """Each `(key, value)` the first time it comes, at once (values must
+        be hashable). `within=Tumbling(size)` as for `Stream.distinct`.
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> bids = flow.from_iterable([("lamp", "ann"), ("lamp", "bob"), ("lamp", "ann"), ("rug", "ann")])
+        >>> out = bids.key_by(lambda b: b[0]).map_values(lambda b: b[1]).distinct().collect()
+        >>> run(flow, cores=2)
+        >>> sorted(out.items)                       # who bid on what
+        [('lamp', 'ann'), ('lamp', 'bob'), ('rug', 'ann')]
+        """
+        label = name or ("distinct" if within is None else f"distinct within {within!r}")
+        stream: KeyedStream[K_co, V_co] = self._distinct(label, within, values_only=False)
+        return stream
+
+    def _distinct(self, label: str, within: ops.Tumbling | None, values_only: bool) -> Any:
+        ops.check_within(within)
+        hint = None
+        if within is not None:
+            hint = _check_event_time(self, label, "distinct(within=...) needs event time")
+        factory = _hinted(functools.partial(ops.Distinct, within, values_only), hint)
+        node = self.flow.graph.add(label, factory, [self._edge()],
+                                   kind=("Distinct",) if within is None else ("Distinct", repr(within)))
+        if values_only:
+            return Stream(self.flow, node)
+        stream: KeyedStream[K_co, V_co] = KeyedStream(self.flow, node)
+        stream._exchange_out = False  # on the kernel that owns the key
+        return stream
 
     def stateful_map(
         self, fn: Callable[[A | None, V_co], tuple[A | None, U]], *, name: str | None = None
@@ -970,6 +1024,26 @@ class WindowedStream(Generic[K_co, V_co]):
         [('a', 0.0, 6), ('a', 1.0, 5)]
         """
         return self._aggregate(name or "window sum", ops.SumAggregation())
+
+    def top(
+        self, k: int, *, by: Callable[[V_co], Any] | None = None, name: str | None = None
+    ) -> WindowResults[K_co, V_co, list[V_co]]:
+        """The `k` largest values of each key and window, largest first, by
+        `by(value)` (default: the values themselves); of equal ones, the
+        earlier arrival first.
+
+        >>> from kernel import Dataflow, run
+        >>> from operators import Tumbling
+        >>> flow = Dataflow()
+        >>> bids = flow.from_iterable([("lamp", 0.1, 5), ("lamp", 0.3, 9), ("lamp", 0.6, 7),
+        ...                            ("lamp", 1.2, 1)], timestamp=lambda b: b[1])
+        >>> windows = bids.key_by(lambda b: b[0]).window(Tumbling(1.0))
+        >>> out = windows.top(2, by=lambda b: b[2]).collect()
+        >>> run(flow)
+        >>> [(k, w.start, [b[2] for b in best]) for k, w, best in out.items]
+        [('lamp', 0.0, [9, 7]), ('lamp', 1.0, [1])]
+        """
+        return self._aggregate(name or f"window top({k})", ops.TopAggregation(k, by))
 
     def collect(self, *, name: str | None = None) -> WindowResults[K_co, V_co, list[V_co]]:
         """Each window's values as a list, in timestamp order.
