@@ -133,7 +133,7 @@ def _hinted(factory: Callable[[], Any], hint: str | None) -> Callable[[], Any]:
         op.time_hint = hint
         return op
 
-    make.__wrapped__ = factory  # type: ignore[attr-defined]  # the step's kind is factory's
+    make.__wrapped__ = factory  # the step's kind is factory's
     return make
 
 
@@ -526,7 +526,9 @@ class Stream(Generic[T_co]):
         ['b', 'a', 'c']
         """
         label = name or ("distinct" if within is None else f"distinct within {within!r}")
-        return self.key_by(_itself, name=f"{label}: by record")._distinct(label, within, values_only=True)
+        stream: Stream[T_co] = self.key_by(_itself, name=f"{label}: by record")._distinct(
+            label, within, values_only=True)
+        return stream
 
     def collect(self, *, name: str | None = None) -> Collected[T_co]:
         """Gather every record back to the caller: read `.items` after the run.
@@ -676,7 +678,7 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         ops.check_emit(emit)
         return self._keyed(name or f"fold({_fn_name(fn)})", functools.partial(ops.Fold, init, fn, emit=emit))
 
-    def distinct(  # type: ignore[override]  # keyed: distinct (key, value) pairs
+    def distinct(  # keyed: distinct (key, value) pairs
         self, *, within: ops.Tumbling | None = None, name: str | None = None
     ) -> KeyedStream[K_co, V_co]:
         """Each `(key, value)` the first time it comes, at once (values must
