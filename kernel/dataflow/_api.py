@@ -64,7 +64,8 @@ def _fn_name(fn: object) -> str:
 # source through these keeps timestamps.
 _KEEPS_TIME = frozenset({
     "Map", "Filter", "FlatMap", "KeyBy", "MapValues", "Inspect", "Union", "WindowAggregate",
-    "WindowJoin", "StatefulMap", "KeyedJoin", "Distinct", "WindowTop",
+    "WindowJoin", "StatefulMap", "KeyedJoin", "Distinct",
+    "SelectBatches",  # a window's results beside its late stream (that one: _is_late_stream)
 })
 # Built-in steps that certainly emit records without event time.
 _DROPS_TIME = {
@@ -104,7 +105,7 @@ def _check_event_time(stream: Stream[Any], step: str, needs: str = "windows need
             continue
         if kind in _DROPS_TIME:
             lost.append(f"{node.label}, {_DROPS_TIME[kind]}")
-        elif _is_late_stream(node):
+        elif _is_late_stream(node):  # before _KEEPS_TIME: the same kind as the results
             lost.append(f"{node.label}, a window's late events (they carry no event time)")
         elif kind in _KEEPS_TIME:
             pending.extend(edge.source for edge in node.inputs)
@@ -133,8 +134,7 @@ def _hinted(factory: Callable[[], Any], hint: str | None) -> Callable[[], Any]:
         op.time_hint = hint
         return op
 
-    make.__wrapped__ = factory  # the step's kind is factory's
-    return make
+    return make  # wraps sets make.__wrapped__: the step's kind is factory's
 
 
 def _itself(record: T) -> T:

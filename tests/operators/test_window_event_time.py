@@ -132,3 +132,14 @@ def test_a_custom_step_that_drops_event_time_is_named_when_records_flow(cores):
     source.apply(Untimed, name="untimed").key_by(lambda e: e[0]).window(Tumbling(2.0)).count().collect()
     with pytest.raises(KernelError, match=r"carry no timestamps.*may drop them: untimed \(step 1\)"):
         run(flow, cores=cores)
+
+
+def test_the_results_of_a_window_with_late_true_can_be_windowed_again():
+    flow = Dataflow()
+    source = flow.from_iterable([("a", 0.5), ("a", 1.5), ("b", 2.5)], timestamp=lambda e: e[1])
+    counts = source.key_by(lambda e: e[0]).window(Tumbling(1.0), late=True).count()
+    windowed = counts.key_by(lambda r: "all").map_values(lambda r: r[2]).window(Tumbling(2.0))
+    assert windowed._time_hint is None  # nothing on the way may drop event time
+    out = windowed.sum().collect()
+    run(flow)
+    assert sorted((w.start, n) for _, w, n in out.items) == [(0.0, 2), (2.0, 1)]
