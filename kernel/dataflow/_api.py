@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any, Generic, Literal, Protocol, TypeGuard, TypeVar, overload
 
 import kernel.operators as ops
+from kernel.dataflow._errors import KernelError
 from kernel.dataflow._graph import Combiner, Edge, Graph, Node
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Operator, Source
 
@@ -54,6 +55,101 @@ Timestamp = float | datetime
 
 def _fn_name(fn: object) -> str:
     return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+# -- where event time is lost, found at build time ----------------------------------
+
+# Steps that pass their input's event time on (or, windows and joins, give
+# their results the time of their window); everything downstream of a timed
+# source through these keeps timestamps.
+_KEEPS_TIME = frozenset({
+    "Map", "Filter", "FlatMap", "KeyBy", "MapValues", "Inspect", "Union", "WindowAggregate",
+    "WindowJoin", "StatefulMap", "KeyedJoin", "Distinct",
+    "SelectBatches",  # a window's results beside its late stream (that one: _is_late_stream)
+})
+# Built-in steps that certainly emit records without event time.
+_DROPS_TIME = {
+    "IterableSource": "a source without timestamp=",
+    "PartitionSource": "a source without timestamp=",
+    "AsyncIterableSource": "a source without timestamp=",
+    "Count": "a keyed aggregate (its results carry no event time)",
+    "Sum": "a keyed aggregate (its results carry no event time)",
+    "Reduce": "a keyed aggregate (its results carry no event time)",
+    "Fold": "a keyed aggregate (its results carry no event time)",
+}
+
+
+def _is_late_stream(node: Node) -> bool:
+    # a window's `.late` side stream: plain (key, value) records
+    factory = node.factory
+    return (node.kind == ("SelectBatches",) and isinstance(factory, functools.partial)
+            and factory.args == (True,))
+
+
+def _check_event_time(stream: Stream[Any], step: str, needs: str = "windows need event time") -> str | None:
+    """Refuse, naming the step, a window over records that certainly carry
+    no event time (a source without `timestamp=`, a keyed aggregate, a
+    window's late stream on the way). Returns a hint naming the custom steps
+    on the way, which may drop it (known only when records flow)."""
+    lost: list[str] = []
+    unknown: list[str] = []
+    seen: set[int] = set()
+    pending = [stream.node]
+    while pending:
+        node = pending.pop()
+        if node.id in seen:
+            continue
+        seen.add(node.id)
+        kind = node.kind[0] if node.kind else ""
+        if kind == "EventTimeSource":
+            continue
+        if kind in _DROPS_TIME:
+            lost.append(f"{node.label}, {_DROPS_TIME[kind]}")
+        elif _is_late_stream(node):  # before _KEEPS_TIME: the same kind as the results
+            lost.append(f"{node.label}, a window's late events (they carry no event time)")
+        elif kind in _KEEPS_TIME:
+            pending.extend(edge.source for edge in node.inputs)
+        else:
+            unknown.append(node.label)
+    if lost:
+        raise KernelError(
+            f"{step}: {needs}, but it is lost on the way at step "
+            f"{' and '.join(sorted(lost))}: give the source timestamp=..., and take only what "
+            "comes from it through steps that keep event time (map, filter, flat_map, key_by, "
+            "map_values, union, window results, stateful_map, join, distinct)")
+    if unknown:
+        return f"; steps on the way that may drop them: {', '.join(sorted(unknown))}"
+    return None
+
+
+def _hinted(factory: Callable[[], Any], hint: str | None) -> Callable[[], Any]:
+    """`factory` whose window operator names `hint`'s steps when its records
+    come without timestamps."""
+    if hint is None:
+        return factory
+
+    @functools.wraps(factory, assigned=())
+    def make() -> Any:
+        op = factory()
+        op.time_hint = hint
+        return op
+
+    return make  # wraps sets make.__wrapped__: the step's kind is factory's
+
+
+def _itself(record: T) -> T:
+    return record
+
+
+def _combiner(emit: str, partial: Callable[..., Operator], merge: Callable[[], Operator]) -> Combiner:
+    """A keyed aggregate's halves around the exchange. For final results the
+    partial half aggregates its kernel's whole input; for updates it hands
+    on each batch's partials (`emit="deltas"`), so the owner's updates never
+    wait for an input to end."""
+    ops.check_emit(emit)
+    if emit == "final":
+        return Combiner(partial, merge)
+    return Combiner(functools.partial(partial, emit="deltas"), merge)
 
 
 class Collected(Generic[T]):
@@ -591,6 +687,26 @@ class Stream(Generic[T_co]):
         """
         return self.apply(ops.Union, name=name or "union", inputs=others)
 
+    def distinct(self, *, within: ops.Tumbling | None = None, name: str | None = None) -> Stream[T_co]:
+        """Each record the first time it comes, at once (records must be
+        hashable; equal records meet on the kernel that owns them). With
+        `within=Tumbling(size)`, the first in each window of event time; a
+        window's records are forgotten once the watermark passes its end,
+        and a record whose window has ended is late: dropped (and counted in
+        the log). The output keeps the records' event time.
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> out = flow.from_iterable(["b", "a", "b", "c", "a"]).distinct().collect()
+        >>> run(flow)
+        >>> out.items
+        ['b', 'a', 'c']
+        """
+        label = name or ("distinct" if within is None else f"distinct within {within!r}")
+        stream: Stream[T_co] = self.key_by(_itself, name=f"{label}: by record")._distinct(
+            label, within, values_only=True)
+        return stream
+
     def collect(self, *, name: str | None = None) -> Collected[T_co]:
         """Gather every record back to the caller: read `.items` after the run.
 
@@ -722,8 +838,12 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         stream._exchange_out = self._exchange_out
         return stream
 
-    def reduce(self, fn: Callable[[V_co, V_co], V_co], *, name: str | None = None) -> KeyedStream[K_co, V_co]:
-        """`(key, v1 ⊕ v2 ⊕ ...)` per key with `fn(acc, value)`, at end of input.
+    def reduce(
+        self, fn: Callable[[V_co, V_co], V_co], *, emit: str = "final", name: str | None = None
+    ) -> KeyedStream[K_co, V_co]:
+        """`(key, v1 ⊕ v2 ⊕ ...)` per key with `fn(acc, value)`, at end of input
+        (`emit="final"`), or the key's value so far after every batch that
+        changed it (`emit="updates"`: a running aggregate, for endless inputs).
 
         `fn` must be associative: with several kernels each pre-reduces its
         own values per key before the exchange, and the owner reduces those.
@@ -736,24 +856,28 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         >>> sorted(out.items)
         [(0, 8), (1, 5)]
         """
-        reduce = functools.partial(ops.Reduce, fn)
-        return self._keyed(name or f"reduce({_fn_name(fn)})", reduce, Combiner(reduce, reduce))
+        reduce = functools.partial(ops.Reduce, fn, emit=emit)
+        return self._keyed(name or f"reduce({_fn_name(fn)})", reduce,
+                           _combiner(emit, functools.partial(ops.Reduce, fn), reduce))
 
     @overload
     def fold(
-        self, init: Callable[[], A], fn: Callable[[A, V_co], A], *, name: str | None = None
+        self, init: Callable[[], A], fn: Callable[[A, V_co], A], *, emit: str = "final",
+        name: str | None = None
     ) -> KeyedStream[K_co, A]: ...
 
     @overload
     def fold(
-        self, init: A, fn: Callable[[A, V_co], A], *, name: str | None = None
+        self, init: A, fn: Callable[[A, V_co], A], *, emit: str = "final", name: str | None = None
     ) -> KeyedStream[K_co, A]: ...
 
     def fold(
-        self, init: Any, fn: Callable[[Any, V_co], Any], *, name: str | None = None
+        self, init: Any, fn: Callable[[Any, V_co], Any], *, emit: str = "final", name: str | None = None
     ) -> KeyedStream[K_co, Any]:
-        """`(key, fn(...fn(init, v1)..., vn))` per key, at end of input.
-        `init` is a start value or a zero-argument factory (`list`, `dict`).
+        """`(key, fn(...fn(init, v1)..., vn))` per key, at end of input, or
+        with `emit="updates"` the key's value so far after every batch that
+        changed it. `init` is a start value or a zero-argument factory
+        (`list`, `dict`).
 
         >>> from kernel import Dataflow, run
         >>> flow = Dataflow()
@@ -763,7 +887,64 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         >>> out.items
         [('a', ['ant', 'asp']), ('b', ['bee'])]
         """
-        return self._keyed(name or f"fold({_fn_name(fn)})", functools.partial(ops.Fold, init, fn))
+        ops.check_emit(emit)
+        return self._keyed(name or f"fold({_fn_name(fn)})", functools.partial(ops.Fold, init, fn, emit=emit))
+
+    def distinct(  # keyed: distinct (key, value) pairs
+        self, *, within: ops.Tumbling | None = None, name: str | None = None
+    ) -> KeyedStream[K_co, V_co]:
+        """Each `(key, value)` the first time it comes, at once (values must
+        be hashable). `within=Tumbling(size)` as for `Stream.distinct`.
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> bids = flow.from_iterable([("lamp", "ann"), ("lamp", "bob"), ("lamp", "ann"), ("rug", "ann")])
+        >>> out = bids.key_by(lambda b: b[0]).map_values(lambda b: b[1]).distinct().collect()
+        >>> run(flow, cores=2)
+        >>> sorted(out.items)                       # who bid on what
+        [('lamp', 'ann'), ('lamp', 'bob'), ('rug', 'ann')]
+        """
+        label = name or ("distinct" if within is None else f"distinct within {within!r}")
+        stream: KeyedStream[K_co, V_co] = self._distinct(label, within, values_only=False)
+        return stream
+
+    def _distinct(self, label: str, within: ops.Tumbling | None, values_only: bool) -> Any:
+        ops.check_within(within)
+        hint = None
+        if within is not None:
+            hint = _check_event_time(self, label, "distinct(within=...) needs event time")
+        factory = _hinted(functools.partial(ops.Distinct, within, values_only), hint)
+        node = self.flow.graph.add(label, factory, [self._edge()],
+                                   kind=("Distinct",) if within is None else ("Distinct", repr(within)))
+        if values_only:
+            return Stream(self.flow, node)
+        stream: KeyedStream[K_co, V_co] = KeyedStream(self.flow, node)
+        stream._exchange_out = False  # on the kernel that owns the key
+        return stream
+
+    def stateful_map(
+        self, fn: Callable[[A | None, V_co], tuple[A | None, U]], *, name: str | None = None
+    ) -> KeyedStream[K_co, U]:
+        """`(key, out)` at once for every pair, where `fn(state, value)`
+        returns `(state, out)` and the state is kept per key: None the first
+        time a key is seen; returning None as the state forgets the key. The
+        states are in epoch snapshots: a resumed run goes on from them. The
+        output keeps the records' event time.
+
+        >>> from kernel import Dataflow, run
+        >>> def running_total(total, amount):
+        ...     total = (total or 0) + amount
+        ...     return total, total
+        >>> flow = Dataflow()
+        >>> sales = flow.from_iterable([("tea", 3), ("jam", 5), ("tea", 4)]).key_by(lambda s: s[0])
+        >>> out = sales.map_values(lambda s: s[1]).stateful_map(running_total).collect()
+        >>> run(flow, cores=2)
+        >>> sorted(out.items)
+        [('jam', 5), ('tea', 3), ('tea', 7)]
+        """
+        ops.StatefulMap(fn)  # checks fn now, when the flow is built
+        factory = functools.partial(ops.StatefulMap, fn)
+        return self._keyed(name or f"stateful_map({_fn_name(fn)})", factory)
 
     def window(
         self, window: ops.Tumbling | ops.Sliding | ops.Session, *, late: bool = False
@@ -787,8 +968,21 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         1
         """
         ops.check_window(window)
-        return WindowedStream(self, window, late)
+        stream = WindowedStream(self, window, late)
+        stream._time_hint = _check_event_time(self, f"window({window!r})")
+        return stream
 
+    @overload
+    def join(
+        self,
+        other: KeyedStream[K_co, W],
+        window: None = None,
+        *,
+        ttl: float | None = None,
+        name: str | None = None,
+    ) -> JoinResults[K_co, tuple[V_co, W]]: ...
+
+    @overload
     def join(
         self,
         other: KeyedStream[K_co, W],
@@ -796,11 +990,25 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         *,
         late: bool = False,
         name: str | None = None,
-    ) -> WindowResults[K_co, V_co | W, tuple[V_co, W]]:
+    ) -> WindowResults[K_co, V_co | W, tuple[V_co, W]]: ...
+
+    def join(
+        self,
+        other: KeyedStream[K_co, W],
+        window: ops.Tumbling | ops.Sliding | ops.Session | None = None,
+        *,
+        late: bool = False,
+        ttl: float | None = None,
+        name: str | None = None,
+    ) -> Any:
         """Windowed inner join: `(key, window, (left, right))` for every pair
         of this stream's and `other`'s values with the same key in the same
         window, when the window closes. Late events (`late=True`) come from
         either side.
+
+        Without a window, the incremental join: `(key, (left, right))` at
+        once, as the second of a pair arrives; with `ttl=seconds`, an
+        interval join (see `_join_unwindowed`).
 
         >>> from kernel import Dataflow, run
         >>> from operators import Tumbling
@@ -810,23 +1018,72 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         >>> left = clicks.key_by(lambda e: e[0]).map_values(lambda e: "click")
         >>> right = views.key_by(lambda e: e[0]).map_values(lambda e: e[1])
         >>> out = left.join(right, Tumbling(1.0)).collect()
+        >>> pairs = left.join(right).collect()                    # no window
         >>> run(flow)
         >>> out.items
         [('ann', Window(0.0, 1.0), ('click', 0.7))]
+        >>> pairs.items
+        [('ann', ('click', 0.7)), ('ann', ('click', 1.2))]
         """
         if not isinstance(other, KeyedStream):
             raise TypeError(f"join needs a keyed stream (key_by first), got {other!r}")
         if other.flow is not self.flow:
             raise ValueError(f"{other!r} belongs to another dataflow")
+        if window is None:
+            if late:
+                raise ValueError("late= is for a windowed join; a join with ttl= counts its late values")
+            return self._join_unwindowed(other, ttl, name)
+        if ttl is not None:
+            raise ValueError("ttl= is for a join without a window (a window's end bounds its state)")
         ops.check_window(window)
         label = name or f"join {window!r}"
-        factory = functools.partial(ops.WindowJoin, window, late)
+        hint = _check_event_time(self, label) or _check_event_time(other, label)
+        factory = _hinted(functools.partial(ops.WindowJoin, window, late), hint)
         node = self.flow.graph.add(label, factory, [self._edge(0), other._edge(1)],
                                    kind=("WindowJoin", repr(window)))
         return WindowResults._around(self.flow, node, late)
 
-    def count(self, *, name: str | None = None) -> KeyedStream[K_co, int]:
-        """`(key, number of records)` per key, at end of input.
+    def _join_unwindowed(
+        self, other: KeyedStream[K_co, W], ttl: float | None, name: str | None
+    ) -> JoinResults[K_co, tuple[V_co, W]]:
+        """Incremental inner join: `(key, (left, right))` at once for every
+        pair of this stream's and `other`'s values with the same key, as the
+        second of the two arrives (each side's values are kept per key, in
+        snapshots). The pair's event time is the later of its two.
+
+        With `ttl=seconds` (an interval join, which needs event time): a
+        pair joins when its times are at most `ttl` apart, and a value is
+        forgotten once the watermark passes its time plus `ttl`, so memory
+        stays bounded on endless inputs. A value behind the watermark when
+        it comes is late: dropped and counted (`late_count.value`).
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> people = flow.from_iterable([(1, "ann"), (2, "bob")]).key_by(lambda p: p[0])
+        >>> auctions = flow.from_iterable([(1, "lamp"), (1, "vase"), (3, "rug")]).key_by(lambda a: a[0])
+        >>> pairs = people.map_values(lambda p: p[1]).join(auctions.map_values(lambda a: a[1]))
+        >>> out = pairs.collect()
+        >>> run(flow, cores=2)
+        >>> sorted(out.items)
+        [(1, ('ann', 'lamp')), (1, ('ann', 'vase'))]
+        """
+        ops.check_ttl(ttl)
+        label = name or ("join" if ttl is None else f"join ttl={ttl!r}")
+        hint = None
+        if ttl is not None:
+            needs = "a join with ttl= needs event time"
+            hint = _check_event_time(self, label, needs) or _check_event_time(other, label, needs)
+        factory = _hinted(functools.partial(ops.KeyedJoin, ttl), hint)
+        node = self.flow.graph.add(label, factory, [self._edge(0), other._edge(1)], kind=("KeyedJoin",))
+        results: JoinResults[K_co, tuple[V_co, W]] = JoinResults(self.flow, node)
+        results._exchange_out = False  # on the kernel that owns the key
+        results.late_count = LateCount(node)
+        self.flow._late_counts.append(results.late_count)
+        return results
+
+    def count(self, *, emit: str = "final", name: str | None = None) -> KeyedStream[K_co, int]:
+        """`(key, number of records)` per key, at end of input, or with
+        `emit="updates"` the key's count so far after every batch with it.
 
         >>> from kernel import Dataflow, run
         >>> flow = Dataflow()
@@ -835,12 +1092,22 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         >>> run(flow, cores=2)
         >>> sorted(out.items)
         [('cat', 1), ('dog', 1), ('saw', 1), ('the', 2)]
+        >>> flow = Dataflow()
+        >>> words = flow.from_iterable("the cat saw the dog".split(), batch_size=2)
+        >>> running = words.key_by(lambda w: w).count(emit="updates").collect()
+        >>> run(flow)
+        >>> running.items                  # after each batch of two words
+        [('the', 1), ('cat', 1), ('saw', 1), ('the', 2), ('dog', 1)]
         """
-        return self._keyed(name or "count", ops.Count, Combiner(ops.Count, ops.Sum))
+        count, add_counts = functools.partial(ops.Count, emit=emit), functools.partial(ops.Sum, emit=emit)
+        return self._keyed(name or "count", count, _combiner(emit, ops.Count, add_counts))
 
-    def sum(self: KeyedStream[Any, _SupportsAdd], *, name: str | None = None) -> KeyedStream[K_co, V_co]:
+    def sum(
+        self: KeyedStream[Any, _SupportsAdd], *, emit: str = "final", name: str | None = None
+    ) -> KeyedStream[K_co, V_co]:
         """`(key, sum of values)` per key, at end of input (the first value
-        plus the next ones, so any values with `+`).
+        plus the next ones, so any values with `+`), or with `emit="updates"`
+        the key's sum so far after every batch that changed it.
 
         >>> from kernel import Dataflow, run
         >>> flow = Dataflow()
@@ -850,7 +1117,16 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         >>> out.items
         [('tea', 7), ('jam', 5)]
         """
-        return self._keyed(name or "sum", ops.Sum, Combiner(ops.Sum, ops.Sum))
+        total = functools.partial(ops.Sum, emit=emit)
+        return self._keyed(name or "sum", total, _combiner(emit, ops.Sum, total))
+
+
+class JoinResults(KeyedStream[K_co, V_co]):
+    """The `(key, (left, right))` pairs of a join without a window: a keyed
+    stream; `.late_count.value` (after the run) is how many values a join
+    with `ttl=` found late."""
+
+    late_count: LateCount
 
 
 class WindowedStream(Generic[K_co, V_co]):
@@ -864,17 +1140,19 @@ class WindowedStream(Generic[K_co, V_co]):
         self._keyed = keyed
         self.window = window
         self._late = late
+        self._time_hint: str | None = None  # custom steps on the way (see _check_event_time)
 
     def __repr__(self) -> str:
         return f"<WindowedStream {self._keyed.node.label} {self.window!r}>"
 
     def _aggregate(self, label: str, aggregation: ops.Aggregation) -> WindowResults[Any, Any, Any]:
         keyed = self._keyed
-        factory = functools.partial(ops.WindowAggregate, self.window, aggregation, self._late)
+        hint = self._time_hint
+        factory = _hinted(functools.partial(ops.WindowAggregate, self.window, aggregation, self._late), hint)
         # with several kernels, count/sum/reduce over tumbling or sliding
         # windows pre-aggregate per kernel before the exchange
         halves = ops.window_combiner(self.window, aggregation, self._late)
-        combiner = Combiner(*halves) if halves else None
+        combiner = Combiner(*(_hinted(half, hint) for half in halves)) if halves else None
         kind = ("WindowAggregate", repr(self.window), type(aggregation).__qualname__)
         node = keyed.flow.graph.add(f"{label} {self.window!r}", factory, [keyed._edge()],
                                     combiner=combiner, kind=kind)
@@ -960,6 +1238,26 @@ class WindowedStream(Generic[K_co, V_co]):
         [('a', 0.0, 6), ('a', 1.0, 5)]
         """
         return self._aggregate(name or "window sum", ops.SumAggregation())
+
+    def top(
+        self, k: int, *, by: Callable[[V_co], Any] | None = None, name: str | None = None
+    ) -> WindowResults[K_co, V_co, list[V_co]]:
+        """The `k` largest values of each key and window, largest first, by
+        `by(value)` (default: the values themselves); of equal ones, the
+        earlier arrival first.
+
+        >>> from kernel import Dataflow, run
+        >>> from operators import Tumbling
+        >>> flow = Dataflow()
+        >>> bids = flow.from_iterable([("lamp", 0.1, 5), ("lamp", 0.3, 9), ("lamp", 0.6, 7),
+        ...                            ("lamp", 1.2, 1)], timestamp=lambda b: b[1])
+        >>> windows = bids.key_by(lambda b: b[0]).window(Tumbling(1.0))
+        >>> out = windows.top(2, by=lambda b: b[2]).collect()
+        >>> run(flow)
+        >>> [(k, w.start, [b[2] for b in best]) for k, w, best in out.items]
+        [('lamp', 0.0, [9, 7]), ('lamp', 1.0, [1])]
+        """
+        return self._aggregate(name or f"window top({k})", ops.TopAggregation(k, by))
 
     def collect(self, *, name: str | None = None) -> WindowResults[K_co, V_co, list[V_co]]:
         """Each window's values as a list, in timestamp order.
