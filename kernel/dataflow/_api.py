@@ -17,6 +17,7 @@ They are covariant, as a stream only hands its records on: a
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from datetime import datetime
@@ -26,6 +27,8 @@ import kernel.operators as ops
 from kernel.dataflow._errors import KernelError
 from kernel.dataflow._graph import Combiner, Edge, Graph, Node
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Operator, Source
+
+log = logging.getLogger("kernel")
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)  # a stream's records
@@ -120,6 +123,30 @@ def _check_event_time(stream: Stream[Any], step: str, needs: str = "windows need
     if unknown:
         return f"; steps on the way that may drop them: {', '.join(sorted(unknown))}"
     return None
+
+
+def _warn_if_never_emitting(node: Node) -> None:
+    """An aggregate that emits when its input ends, after a source that
+    never ends (follow=True), would never emit: allowed (a run may be
+    cancelled and its state kept), but said once, when the flow is built."""
+    endless = sorted(source.label for source in _upstream(node) if source.endless)
+    if endless:
+        log.warning("%s: emits its results when its input ends, and %s never end%s (follow=True): "
+                    "it will emit nothing; emit='updates' gives each key's value as it changes, "
+                    "a window gives results as windows close", node.label, " and ".join(endless),
+                    "s" if len(endless) == 1 else "")
+
+
+def _upstream(node: Node) -> list[Node]:
+    """Every node `node` reads from, directly or not."""
+    seen: dict[int, Node] = {}
+    pending = [edge.source for edge in node.inputs]
+    while pending:
+        at = pending.pop()
+        if at.id not in seen:
+            seen[at.id] = at
+            pending.extend(edge.source for edge in at.inputs)
+    return list(seen.values())
 
 
 def _hinted(factory: Callable[[], Any], hint: str | None) -> Callable[[], Any]:
@@ -386,6 +413,7 @@ class Dataflow:
             encoding=encoding, poll_interval=poll_interval, chunk_bytes=chunk_bytes, batch_size=batch_size)
         stream = self._timed_source(factory, name or f"from_files({format})", timestamp, max_delay,
                                     idle_timeout if follow else None, ("FileSource", format))
+        stream.node.endless = follow
         files: FileStream[Any] = FileStream(self, stream.node)
         files.skipped_count = SkippedCount(stream.node)
         self._skipped_counts.append(files.skipped_count)
@@ -480,8 +508,10 @@ class Dataflow:
                                     start=start, decode=decode, timeout=timeout)
         label = name or f"from_redis_stream({stream if isinstance(stream, str) else ','.join(stream)})"
         factory()  # the arguments are checked here, when the flow is built
-        return self._timed_source(factory, label, timestamp, max_delay, idle_timeout,
-                                  ("RedisStreamSource",))
+        stream = self._timed_source(factory, label, timestamp, max_delay, idle_timeout,
+                                    ("RedisStreamSource",))
+        stream.node.endless = follow
+        return stream
 
     def _timed_source(
         self,
@@ -810,9 +840,12 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
     _exchange_out = True
 
     def _keyed(
-        self, name: str, factory: Callable[[], Operator], combiner: Combiner | None = None
+        self, name: str, factory: Callable[[], Operator], combiner: Combiner | None = None,
+        emit: str | None = None,
     ) -> KeyedStream[K_co, Any]:
         node = self.flow.graph.add(name, factory, [self._edge()], combiner=combiner)
+        if emit == "final":
+            _warn_if_never_emitting(node)
         stream: KeyedStream[K_co, Any] = KeyedStream(self.flow, node)
         stream._exchange_out = False  # already on the kernel that owns the key
         return stream
@@ -858,7 +891,7 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         """
         reduce = functools.partial(ops.Reduce, fn, emit=emit)
         return self._keyed(name or f"reduce({_fn_name(fn)})", reduce,
-                           _combiner(emit, functools.partial(ops.Reduce, fn), reduce))
+                           _combiner(emit, functools.partial(ops.Reduce, fn), reduce), emit=emit)
 
     @overload
     def fold(
@@ -888,7 +921,8 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         [('a', ['ant', 'asp']), ('b', ['bee'])]
         """
         ops.check_emit(emit)
-        return self._keyed(name or f"fold({_fn_name(fn)})", functools.partial(ops.Fold, init, fn, emit=emit))
+        return self._keyed(name or f"fold({_fn_name(fn)})", functools.partial(ops.Fold, init, fn, emit=emit),
+                           emit=emit)
 
     def distinct(  # keyed: distinct (key, value) pairs
         self, *, within: ops.Tumbling | None = None, name: str | None = None
@@ -1100,7 +1134,7 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         [('the', 1), ('cat', 1), ('saw', 1), ('the', 2), ('dog', 1)]
         """
         count, add_counts = functools.partial(ops.Count, emit=emit), functools.partial(ops.Sum, emit=emit)
-        return self._keyed(name or "count", count, _combiner(emit, ops.Count, add_counts))
+        return self._keyed(name or "count", count, _combiner(emit, ops.Count, add_counts), emit=emit)
 
     def sum(
         self: KeyedStream[Any, _SupportsAdd], *, emit: str = "final", name: str | None = None
@@ -1118,7 +1152,7 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         [('tea', 7), ('jam', 5)]
         """
         total = functools.partial(ops.Sum, emit=emit)
-        return self._keyed(name or "sum", total, _combiner(emit, ops.Sum, total))
+        return self._keyed(name or "sum", total, _combiner(emit, ops.Sum, total), emit=emit)
 
 
 class JoinResults(KeyedStream[K_co, V_co]):
