@@ -508,10 +508,10 @@ class Dataflow:
                                     start=start, decode=decode, timeout=timeout)
         label = name or f"from_redis_stream({stream if isinstance(stream, str) else ','.join(stream)})"
         factory()  # the arguments are checked here, when the flow is built
-        stream = self._timed_source(factory, label, timestamp, max_delay, idle_timeout,
-                                    ("RedisStreamSource",))
-        stream.node.endless = follow
-        return stream
+        entries = self._timed_source(factory, label, timestamp, max_delay, idle_timeout,
+                                     ("RedisStreamSource",))
+        entries.node.endless = follow
+        return entries
 
     def _timed_source(
         self,
