@@ -59,3 +59,16 @@ def test_a_followed_source_anywhere_upstream_counts(logs, caplog):
         bounded.union(followed).map(str.upper).key_by(len).count(name="n").collect()
     (message,) = warnings_of(caplog)
     assert "n (step 5)" in message and "tail (step 0) never ends" in message
+
+
+def test_a_followed_redis_stream_counts_too(caplog):
+    """Built, not run: no server is needed to build the flow."""
+    flow = Dataflow()
+    entries = flow.from_redis_stream("redis://127.0.0.1:1/0", "clicks", follow=True, name="clicks")
+    bounded = Dataflow().from_redis_stream("redis://127.0.0.1:1/0", "clicks")
+    with caplog.at_level(logging.WARNING, logger="kernel"):
+        entries.key_by(lambda e: e.stream).count(name="n").collect()
+        bounded.key_by(lambda e: e.stream).count(name="n").collect()
+    (message,) = warnings_of(caplog)
+    assert message.startswith("n (step 2): emits its results when its input ends, "
+                              "and clicks (step 0) never ends")
