@@ -17,10 +17,15 @@ if __name__ != "kernel.operators":
     sys.modules[__name__] = kernel.operators
 
 
-from kernel.operators._aggregates import Count, Fold, Reduce, Sum
+from kernel.operators._aggregates import Count, Fold, Reduce, Sum, check_emit
+from kernel.operators._distinct import Distinct, check_within
 from kernel.operators._event_time import EventTimeSource, check_event_time
+from kernel.operators._file_source import CHUNK_BYTES as FILE_CHUNK_BYTES
+from kernel.operators._file_source import FileSource, check_file_options
 from kernel.operators._files import ToFiles
+from kernel.operators._join import KeyedJoin, check_ttl
 from kernel.operators._partitions import PartitionSource, check_make
+from kernel.operators._redis import RedisEntry, RedisStreamSource, ToRedisStream, check_redis_installed
 from kernel.operators._sinks import Collect, Print, Sink
 from kernel.operators._sources import (
     DEFAULT_BATCH_SIZE,
@@ -28,6 +33,7 @@ from kernel.operators._sources import (
     IterableSource,
     check_batch_size,
 )
+from kernel.operators._stateful import StatefulMap
 from kernel.operators._stateless import Filter, FlatMap, Inspect, KeyBy, Map, MapValues, Union
 from kernel.operators.windows import (
     Aggregation,
@@ -40,6 +46,7 @@ from kernel.operators.windows import (
     Session,
     Sliding,
     SumAggregation,
+    TopAggregation,
     Tumbling,
     Window,
     WindowAggregate,
@@ -62,6 +69,7 @@ SNAPSHOT_LAYOUT = "3"
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "FILE_CHUNK_BYTES",
     "SNAPSHOT_LAYOUT",
     "Aggregation",
     "AsyncIterableSource",
@@ -69,7 +77,9 @@ __all__ = [
     "CollectAggregation",
     "Count",
     "CountAggregation",
+    "Distinct",
     "EventTimeSource",
+    "FileSource",
     "Filter",
     "FlatMap",
     "Fold",
@@ -77,12 +87,15 @@ __all__ = [
     "Inspect",
     "IterableSource",
     "KeyBy",
+    "KeyedJoin",
     "LateBatch",
     "Map",
     "MapValues",
     "Operator",
     "PartitionSource",
     "Print",
+    "RedisEntry",
+    "RedisStreamSource",
     "Reduce",
     "ReduceAggregation",
     "SelectBatches",
@@ -90,9 +103,12 @@ __all__ = [
     "Sink",
     "Sliding",
     "Source",
+    "StatefulMap",
     "Sum",
     "SumAggregation",
     "ToFiles",
+    "ToRedisStream",
+    "TopAggregation",
     "Tumbling",
     "Union",
     "Window",
@@ -100,8 +116,13 @@ __all__ = [
     "WindowJoin",
     "WindowMerge",
     "check_batch_size",
+    "check_emit",
     "check_event_time",
+    "check_file_options",
     "check_make",
+    "check_redis_installed",
+    "check_ttl",
     "check_window",
+    "check_within",
     "window_combiner",
 ]

@@ -10,6 +10,13 @@ aggregate takes the records themselves: their keys are computed in one pass
 and no `(key, record)` pair is built (word count's 2,000,000 pairs were a
 third of its time on one kernel: benches/pipelines.py). The errors are
 key_by's and the aggregate's own, as if the two ran apart.
+
+`emit="updates"` (running aggregates, for endless inputs): after each batch,
+`(key, value)` for every key the batch changed, in the order the batch first
+changed them, and nothing more at the end. Split around an exchange, the
+partial half then runs with `emit="deltas"`: it aggregates one batch, hands
+on that batch's partials and keeps nothing, so the owner's updates never
+wait on an input that does not end.
 """
 
 from __future__ import annotations
@@ -33,27 +40,56 @@ def _keys(fn, it):
     return [fn(x) for x in it]
 
 
+EMIT_MODES = ("final", "updates")
+
+
+def check_emit(emit) -> None:
+    if emit not in EMIT_MODES:
+        raise ValueError(f"emit must be 'final' (when the input ends) or 'updates' (after each batch), "
+                         f"got {emit!r}")
+
+
 class _Aggregate(Operator):
+    def __init__(self, emit: str = "final") -> None:
+        if emit != "deltas":  # the partial half of an updating aggregate (internal)
+            check_emit(emit)
+        self.emit_mode = emit
+
     def open(self, context):
         # keyed state: taken by epoch snapshots, put back on recovery
         self.state = value_state(self, "accumulators")
+        self._add_batch = {"final": self._add, "updates": self._add_and_update,
+                           "deltas": self._add_and_hand_on}[self.emit_mode]
 
     def on_end(self):
-        emit_in_batches(self.emit, self.state.items())
+        if self.emit_mode == "final":
+            emit_in_batches(self.emit, self.state.items())
 
     def on_batch(self, port, batch):
-        self._add(batch, None)
+        self._add_batch(batch, None)
 
     def fuse_upstream(self, upstream):
         if type(upstream) is not KeyBy:
             return None
-        key_of, key_step, add = upstream.fn, upstream.name, self._add
+        key_of, key_step = upstream.fn, upstream.name
 
         def key_by_then_aggregate(port, batch):
             # the keys as key_by computes them: its errors, naming its step
-            add(over_batch(key_step, key_of, batch, _keys), batch)
+            # (_add_batch is set in open, after fusion)
+            self._add_batch(over_batch(key_step, key_of, batch, _keys), batch)
 
         return key_by_then_aggregate
+
+    def _add_and_update(self, keys: list, values: list | None) -> None:
+        self._add(keys, values)
+        changed = dict.fromkeys(keys if values is not None else map(_first, keys))
+        state = self.state
+        emit_in_batches(self.emit, [(key, state[key]) for key in changed])
+
+    def _add_and_hand_on(self, keys: list, values: list | None) -> None:
+        self._add(keys, values)
+        emit_in_batches(self.emit, self.state.items())
+        self.state.clear()
 
     def _add(self, keys: list, values: list | None) -> None:
         """Aggregate `values[i]` under `keys[i]`; with `values` None, `keys`
@@ -105,7 +141,8 @@ class Sum(_Aggregate):
 class Reduce(_Aggregate):
     """`fn(accumulator, value)` per key, the first value as the start."""
 
-    def __init__(self, fn) -> None:
+    def __init__(self, fn, emit: str = "final") -> None:
+        super().__init__(emit)
         if not callable(fn):
             raise TypeError(f"reduce needs a callable, got {fn!r}")
         self.fn = fn
@@ -132,7 +169,8 @@ class Fold(_Aggregate):
     `dict`, `set` for mutable accumulators) or an immutable start value.
     """
 
-    def __init__(self, init, fn) -> None:
+    def __init__(self, init, fn, emit: str = "final") -> None:
+        super().__init__(emit)
         if not callable(fn):
             raise TypeError(f"fold needs a callable, got {fn!r}")
         self.init = init if callable(init) else (lambda: init)

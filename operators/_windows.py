@@ -13,6 +13,7 @@ both versions in one cluster understand each other's records.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 
@@ -28,6 +29,19 @@ class Window(NamedTuple):
 
     start: float
     end: float
+
+    @property
+    def max_timestamp(self) -> float:
+        """The event time of the window's result: the largest float below
+        `end`, the last instant inside `[start, end)` (Flink's `end - 1` ms,
+        for float seconds), so a result lands in the window that holds it
+        when it is windowed again, and is never late for the watermark that
+        closed its window.
+
+        >>> Window(0.0, 2.0).max_timestamp < 2.0 <= Window(0.0, 2.0).max_timestamp + 1e-15
+        True
+        """
+        return math.nextafter(self.end, -math.inf)
 
     def __repr__(self) -> str:
         return f"Window({self.start!r}, {self.end!r})"

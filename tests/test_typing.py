@@ -200,6 +200,16 @@ def test_the_types_ok_flow_claims_are_what_its_flows_emit():
 
     assert found["joins"] == [("ann", module.Window(0.0, 1.0), ("click", 0.7))]
 
+    stateful = found["stateful"]  # EVENTS: ann 4, bob 1, ann 2, ann 5, bob 7 (one batch)
+    assert stateful["totals"] == [("ann", 4), ("bob", 1), ("ann", 6), ("ann", 11), ("bob", 8)]
+    assert stateful["running"] == [("ann", 3), ("bob", 2)]
+    assert sorted(stateful["pairs"]) == sorted((u, (a, t)) for u, ta, a in events for v, t, _ in events
+                                               if u == v and abs(ta - t) <= 1.0)
+    assert stateful["users"] == ["ann", "bob"]
+    assert sorted((k, w.start, best) for k, w, best in stateful["top"]) == [
+        ("ann", 0.0, [4]), ("ann", 1.0, [5]), ("bob", 0.0, [7])]
+    assert stateful["distinct"] == [(u, a) for u, _, a in events]
+
     sources = found["sources"]
     assert sorted(sources["parts"]) == sorted([*range(6), 6, 4, 2])
     assert sorted(sources["scaled"]) == [3.0, 6.0, 9.0]

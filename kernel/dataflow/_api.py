@@ -17,14 +17,18 @@ They are covariant, as a stream only hands its records on: a
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeGuard, TypeVar, overload
+from typing import Any, Generic, Literal, Protocol, TypeGuard, TypeVar, overload
 
 import kernel.operators as ops
+from kernel.dataflow._errors import KernelError
 from kernel.dataflow._graph import Combiner, Edge, Graph, Node
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Operator, Source
+
+log = logging.getLogger("kernel")
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)  # a stream's records
@@ -56,6 +60,125 @@ def _fn_name(fn: object) -> str:
     return getattr(fn, "__name__", None) or type(fn).__name__
 
 
+# -- where event time is lost, found at build time ----------------------------------
+
+# Steps that pass their input's event time on (or, windows and joins, give
+# their results the time of their window); everything downstream of a timed
+# source through these keeps timestamps.
+_KEEPS_TIME = frozenset({
+    "Map", "Filter", "FlatMap", "KeyBy", "MapValues", "Inspect", "Union", "WindowAggregate",
+    "WindowJoin", "StatefulMap", "KeyedJoin", "Distinct",
+    "SelectBatches",  # a window's results beside its late stream (that one: _is_late_stream)
+})
+# Built-in steps that certainly emit records without event time.
+_DROPS_TIME = {
+    "IterableSource": "a source without timestamp=",
+    "PartitionSource": "a source without timestamp=",
+    "AsyncIterableSource": "a source without timestamp=",
+    "Count": "a keyed aggregate (its results carry no event time)",
+    "Sum": "a keyed aggregate (its results carry no event time)",
+    "Reduce": "a keyed aggregate (its results carry no event time)",
+    "Fold": "a keyed aggregate (its results carry no event time)",
+}
+
+
+def _is_late_stream(node: Node) -> bool:
+    # a window's `.late` side stream: plain (key, value) records
+    factory = node.factory
+    return (node.kind == ("SelectBatches",) and isinstance(factory, functools.partial)
+            and factory.args == (True,))
+
+
+def _check_event_time(stream: Stream[Any], step: str, needs: str = "windows need event time") -> str | None:
+    """Refuse, naming the step, a window over records that certainly carry
+    no event time (a source without `timestamp=`, a keyed aggregate, a
+    window's late stream on the way). Returns a hint naming the custom steps
+    on the way, which may drop it (known only when records flow)."""
+    lost: list[str] = []
+    unknown: list[str] = []
+    seen: set[int] = set()
+    pending = [stream.node]
+    while pending:
+        node = pending.pop()
+        if node.id in seen:
+            continue
+        seen.add(node.id)
+        kind = node.kind[0] if node.kind else ""
+        if kind == "EventTimeSource":
+            continue
+        if kind in _DROPS_TIME:
+            lost.append(f"{node.label}, {_DROPS_TIME[kind]}")
+        elif _is_late_stream(node):  # before _KEEPS_TIME: the same kind as the results
+            lost.append(f"{node.label}, a window's late events (they carry no event time)")
+        elif kind in _KEEPS_TIME:
+            pending.extend(edge.source for edge in node.inputs)
+        else:
+            unknown.append(node.label)
+    if lost:
+        raise KernelError(
+            f"{step}: {needs}, but it is lost on the way at step "
+            f"{' and '.join(sorted(lost))}: give the source timestamp=..., and take only what "
+            "comes from it through steps that keep event time (map, filter, flat_map, key_by, "
+            "map_values, union, window results, stateful_map, join, distinct)")
+    if unknown:
+        return f"; steps on the way that may drop them: {', '.join(sorted(unknown))}"
+    return None
+
+
+def _warn_if_never_emitting(node: Node) -> None:
+    """An aggregate that emits when its input ends, after a source that
+    never ends (follow=True), would never emit: allowed (a run may be
+    cancelled and its state kept), but said once, when the flow is built."""
+    endless = sorted(source.label for source in _upstream(node) if source.endless)
+    if endless:
+        log.warning("%s: emits its results when its input ends, and %s never end%s (follow=True): "
+                    "it will emit nothing; emit='updates' gives each key's value as it changes, "
+                    "a window gives results as windows close", node.label, " and ".join(endless),
+                    "s" if len(endless) == 1 else "")
+
+
+def _upstream(node: Node) -> list[Node]:
+    """Every node `node` reads from, directly or not."""
+    seen: dict[int, Node] = {}
+    pending = [edge.source for edge in node.inputs]
+    while pending:
+        at = pending.pop()
+        if at.id not in seen:
+            seen[at.id] = at
+            pending.extend(edge.source for edge in at.inputs)
+    return list(seen.values())
+
+
+def _hinted(factory: Callable[[], Any], hint: str | None) -> Callable[[], Any]:
+    """`factory` whose window operator names `hint`'s steps when its records
+    come without timestamps."""
+    if hint is None:
+        return factory
+
+    @functools.wraps(factory, assigned=())
+    def make() -> Any:
+        op = factory()
+        op.time_hint = hint
+        return op
+
+    return make  # wraps sets make.__wrapped__: the step's kind is factory's
+
+
+def _itself(record: T) -> T:
+    return record
+
+
+def _combiner(emit: str, partial: Callable[..., Operator], merge: Callable[[], Operator]) -> Combiner:
+    """A keyed aggregate's halves around the exchange. For final results the
+    partial half aggregates its kernel's whole input; for updates it hands
+    on each batch's partials (`emit="deltas"`), so the owner's updates never
+    wait for an input to end."""
+    ops.check_emit(emit)
+    if emit == "final":
+        return Combiner(partial, merge)
+    return Combiner(functools.partial(partial, emit="deltas"), merge)
+
+
 class Collected(Generic[T]):
     """The handle `collect()` returns. After a run, `items` holds every
     record that reached it (from every kernel, kernel 0's first)."""
@@ -85,6 +208,21 @@ class LateCount:
         return f"<LateCount {self.node.label}: {self.value}>"
 
 
+class SkippedCount:
+    """How many malformed lines a `from_files(..., on_error="skip")` source
+    skipped, over every kernel (read `.value` after the run)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.value = 0
+
+    def _deliver(self, values: list[Any]) -> None:
+        self.value = sum(v["skipped"] for v in values if v)
+
+    def __repr__(self) -> str:
+        return f"<SkippedCount {self.node.label}: {self.value}>"
+
+
 class Dataflow:
     """A dataflow graph under construction. Build it, then `run(flow)`.
 
@@ -101,6 +239,7 @@ class Dataflow:
         self.graph = Graph(name)
         self._collected: list[Collected[Any]] = []
         self._late_counts: list[LateCount] = []
+        self._skipped_counts: list[SkippedCount] = []
 
     def __repr__(self) -> str:
         return f"<Dataflow {self.name!r}: {len(self.graph.nodes)} steps>"
@@ -174,6 +313,112 @@ class Dataflow:
         return self._timed_source(factory, name or "from_partitions", timestamp, max_delay, None,
                                   ("PartitionSource",))
 
+    @overload
+    def from_files(
+        self,
+        pattern: str | os.PathLike[str],
+        *,
+        format: Literal["lines"] = "lines",
+        follow: bool = False,
+        on_error: str = "raise",
+        header: bool = False,
+        encoding: str = "utf-8",
+        poll_interval: float = 0.1,
+        timestamp: Callable[[Any], Timestamp] | None = None,
+        max_delay: float = 0.0,
+        idle_timeout: float | None = 5.0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        chunk_bytes: int = ops.FILE_CHUNK_BYTES,
+        name: str | None = None,
+    ) -> FileStream[str]: ...
+
+    @overload
+    def from_files(
+        self,
+        pattern: str | os.PathLike[str],
+        *,
+        format: str,
+        follow: bool = False,
+        on_error: str = "raise",
+        header: bool = False,
+        encoding: str = "utf-8",
+        poll_interval: float = 0.1,
+        timestamp: Callable[[Any], Timestamp] | None = None,
+        max_delay: float = 0.0,
+        idle_timeout: float | None = 5.0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        chunk_bytes: int = ops.FILE_CHUNK_BYTES,
+        name: str | None = None,
+    ) -> FileStream[Any]: ...
+
+    def from_files(
+        self,
+        pattern: str | os.PathLike[str],
+        *,
+        format: str = "lines",
+        follow: bool = False,
+        on_error: str = "raise",
+        header: bool = False,
+        encoding: str = "utf-8",
+        poll_interval: float = 0.1,
+        timestamp: Callable[[Any], Timestamp] | None = None,
+        max_delay: float = 0.0,
+        idle_timeout: float | None = 5.0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        chunk_bytes: int = ops.FILE_CHUNK_BYTES,
+        name: str | None = None,
+    ) -> FileStream[Any]:
+        """The records of the files matching the glob `pattern` (`**` spans
+        directories): `format="lines"` gives each line as a `str` (without
+        its newline), `"jsonl"` each line decoded as JSON (msgspec; blank
+        lines are passed over), `"csv"` each row as a list of `str`, or with
+        `header=True` as a dict keyed by the file's first line.
+
+        The files are shared among the kernels by bytes (a kernel reads
+        whole files and pieces of large ones, cut at line boundaries) and
+        read lazily, a chunk at a time. With a `state_dir`, snapshots hold
+        each kernel's byte positions: a resumed run reads each line once.
+        A bounded run refuses a pattern that matches no file (here, when
+        the flow is built). `follow=True` tails the files and takes on new
+        ones (each file whole, on one kernel), looking every
+        `poll_interval` seconds: the run then never ends by itself (cancel
+        `run_async`, or Ctrl-C).
+
+        `timestamp` and `max_delay` as for `from_iterable`; a followed
+        source that reads nothing new for `idle_timeout` seconds is idle
+        (as for `from_async_iterable`). `chunk_bytes`: how much each read
+        takes (a line longer than that is read whole all the same).
+
+        A malformed line (JSON or CSV that does not parse, bytes that do
+        not decode) ends the run with an `OperatorError` naming the file
+        and the line number; with `on_error="skip"` it is skipped, logged
+        once per file, and counted: `.skipped_count.value` after the run.
+
+        >>> import pathlib, tempfile
+        >>> from kernel import Dataflow, run
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (folder / "a.jsonl").write_text('{"n": 1}\\n{"n": 2}\\nnot json\\n')
+        >>> flow = Dataflow()
+        >>> records = flow.from_files(folder / "*.jsonl", format="jsonl", on_error="skip")
+        >>> out = records.map(lambda r: r["n"]).collect()
+        >>> run(flow, cores=2)
+        >>> sorted(out.items), records.skipped_count.value
+        ([1, 2], 1)
+        """
+        ops.check_batch_size(batch_size)
+        checked = ops.check_file_options(pattern, format, on_error, follow, poll_interval, chunk_bytes,
+                                         header)
+        factory = functools.partial(
+            ops.FileSource, checked, format, follow=follow, on_error=on_error, header=header,
+            encoding=encoding, poll_interval=poll_interval, chunk_bytes=chunk_bytes, batch_size=batch_size)
+        stream = self._timed_source(factory, name or f"from_files({format})", timestamp, max_delay,
+                                    idle_timeout if follow else None, ("FileSource", format))
+        stream.node.endless = follow
+        files: FileStream[Any] = FileStream(self, stream.node)
+        files.skipped_count = SkippedCount(stream.node)
+        self._skipped_counts.append(files.skipped_count)
+        return files
+
     def from_async_iterable(
         self,
         aiterable: AsyncIterable[T] | Callable[[], AsyncIterable[T]],
@@ -211,6 +456,62 @@ class Dataflow:
             factory, name or "from_async_iterable", timestamp, max_delay, idle_timeout,
             ("AsyncIterableSource",)
         )
+
+    def from_redis_stream(
+        self,
+        url: str,
+        stream: str | Sequence[str],
+        *,
+        follow: bool = False,
+        start: str = "0",
+        decode: bool = True,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        timeout: float = 5.0,
+        timestamp: Callable[[ops.RedisEntry], Timestamp] | None = None,
+        max_delay: float = 0.0,
+        idle_timeout: float | None = 5.0,
+        name: str | None = None,
+    ) -> Stream[ops.RedisEntry]:
+        """Entries of the Redis stream `stream` (or of several: kernel `i`
+        of `n` reads `streams[i::n]`; one stream is read by kernel 0) at
+        `url` (`redis://host:port/db`), as `RedisEntry(stream, id, fields)`
+        records, read with `XREAD` in batches of `batch_size` on the
+        kernel's loop (redis-py's asyncio client: `pip install
+        'streamkernel[redis]'`).
+
+        From the entry after `start` (an entry id; "0": the beginning, "$":
+        what comes after the run starts). With `follow=False` the read ends
+        at the entry that was last in each stream when the run started;
+        with `follow=True` it waits for new entries, forever. The position
+        in each stream (the id last handed on) is in epoch snapshots: a
+        resumed run goes on after it, so with `to_files` every entry is
+        written exactly once. `decode=False` gives the fields as bytes.
+        `timeout` (seconds) bounds connecting and every reply: an unreachable
+        server is an error, not a hang. `timestamp=lambda e: e.time` gives
+        the entries event time (when Redis added them); `max_delay` and
+        `idle_timeout` as for `from_async_iterable`.
+
+        >>> from kernel import Dataflow, run
+        >>> url = redis_url  # a running server's, e.g. "redis://localhost:6379/0"
+        >>> flow = Dataflow()
+        >>> flow.from_iterable([{"user": "ann"}, {"user": "bob"}]).to_redis_stream(url, "logins")
+        >>> run(flow)
+        >>> flow = Dataflow()
+        >>> users = flow.from_redis_stream(url, "logins").map(lambda e: e.fields["user"]).collect()
+        >>> run(flow)
+        >>> users.items
+        ['ann', 'bob']
+        """
+        ops.check_batch_size(batch_size)
+        ops.check_redis_installed()
+        factory = functools.partial(ops.RedisStreamSource, url, stream, batch_size, follow=follow,
+                                    start=start, decode=decode, timeout=timeout)
+        label = name or f"from_redis_stream({stream if isinstance(stream, str) else ','.join(stream)})"
+        factory()  # the arguments are checked here, when the flow is built
+        entries = self._timed_source(factory, label, timestamp, max_delay, idle_timeout,
+                                     ("RedisStreamSource",))
+        entries.node.endless = follow
+        return entries
 
     def _timed_source(
         self,
@@ -265,6 +566,8 @@ class Dataflow:
             ]
         for count in self._late_counts:
             count._deliver([results.get(count.node.id) for results in per_kernel])
+        for skipped in self._skipped_counts:
+            skipped._deliver([results.get(skipped.node.id) for results in per_kernel])
 
 
 def _checked(factory: Callable[[], Operator], kind: type[Operator], name: str) -> Callable[[], Operator]:
@@ -414,6 +717,26 @@ class Stream(Generic[T_co]):
         """
         return self.apply(ops.Union, name=name or "union", inputs=others)
 
+    def distinct(self, *, within: ops.Tumbling | None = None, name: str | None = None) -> Stream[T_co]:
+        """Each record the first time it comes, at once (records must be
+        hashable; equal records meet on the kernel that owns them). With
+        `within=Tumbling(size)`, the first in each window of event time; a
+        window's records are forgotten once the watermark passes its end,
+        and a record whose window has ended is late: dropped (and counted in
+        the log). The output keeps the records' event time.
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> out = flow.from_iterable(["b", "a", "b", "c", "a"]).distinct().collect()
+        >>> run(flow)
+        >>> out.items
+        ['b', 'a', 'c']
+        """
+        label = name or ("distinct" if within is None else f"distinct within {within!r}")
+        stream: Stream[T_co] = self.key_by(_itself, name=f"{label}: by record")._distinct(
+            label, within, values_only=True)
+        return stream
+
     def collect(self, *, name: str | None = None) -> Collected[T_co]:
         """Gather every record back to the caller: read `.items` after the run.
 
@@ -463,6 +786,41 @@ class Stream(Generic[T_co]):
         factory = functools.partial(ops.ToFiles, directory)
         self.flow.graph.add(name or f"to_files({directory})", factory, [self._edge()])
 
+    def to_redis_stream(
+        self,
+        url: str,
+        stream: str,
+        *,
+        maxlen: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        timeout: float = 5.0,
+        name: str | None = None,
+    ) -> None:
+        """Appends every record to the Redis stream `stream` at `url` with
+        `XADD` (ids assigned by Redis), pipelined in batches of
+        `batch_size` on the kernel's loop. A record is a non-empty dict of
+        fields to str, bytes, int or float values, or a `RedisEntry` (its
+        fields are copied). `maxlen` trims the stream to about that many
+        entries (`MAXLEN ~`). At least once: after a crash, a resumed run
+        adds again what Redis had not acknowledged at the last complete
+        epoch, so some entries may come twice. The run ends once Redis
+        has acknowledged every entry.
+
+        >>> import redis
+        >>> from kernel import Dataflow, run
+        >>> url = redis_url  # a running server's, e.g. "redis://localhost:6379/0"
+        >>> flow = Dataflow()
+        >>> flow.from_iterable([{"n": 1}, {"n": 2}, {"n": 3}]).to_redis_stream(url, "numbers")
+        >>> run(flow)
+        >>> [fields for _id, fields in redis.Redis.from_url(url).xrange("numbers")]
+        [{b'n': b'1'}, {b'n': b'2'}, {b'n': b'3'}]
+        """
+        ops.check_redis_installed()
+        factory = functools.partial(ops.ToRedisStream, url, stream, batch_size, maxlen=maxlen,
+                                    timeout=timeout)
+        factory()  # the arguments are checked here, when the flow is built
+        self.flow.graph.add(name or f"to_redis_stream({stream})", factory, [self._edge()])
+
     def print(self, prefix: str = "", *, name: str | None = None) -> None:
         """Writes every record to stdout, one line each, after `prefix`.
 
@@ -482,9 +840,12 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
     _exchange_out = True
 
     def _keyed(
-        self, name: str, factory: Callable[[], Operator], combiner: Combiner | None = None
+        self, name: str, factory: Callable[[], Operator], combiner: Combiner | None = None,
+        emit: str | None = None,
     ) -> KeyedStream[K_co, Any]:
         node = self.flow.graph.add(name, factory, [self._edge()], combiner=combiner)
+        if emit == "final":
+            _warn_if_never_emitting(node)
         stream: KeyedStream[K_co, Any] = KeyedStream(self.flow, node)
         stream._exchange_out = False  # already on the kernel that owns the key
         return stream
@@ -510,8 +871,12 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         stream._exchange_out = self._exchange_out
         return stream
 
-    def reduce(self, fn: Callable[[V_co, V_co], V_co], *, name: str | None = None) -> KeyedStream[K_co, V_co]:
-        """`(key, v1 ⊕ v2 ⊕ ...)` per key with `fn(acc, value)`, at end of input.
+    def reduce(
+        self, fn: Callable[[V_co, V_co], V_co], *, emit: str = "final", name: str | None = None
+    ) -> KeyedStream[K_co, V_co]:
+        """`(key, v1 ⊕ v2 ⊕ ...)` per key with `fn(acc, value)`, at end of input
+        (`emit="final"`), or the key's value so far after every batch that
+        changed it (`emit="updates"`: a running aggregate, for endless inputs).
 
         `fn` must be associative: with several kernels each pre-reduces its
         own values per key before the exchange, and the owner reduces those.
@@ -524,24 +889,28 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         >>> sorted(out.items)
         [(0, 8), (1, 5)]
         """
-        reduce = functools.partial(ops.Reduce, fn)
-        return self._keyed(name or f"reduce({_fn_name(fn)})", reduce, Combiner(reduce, reduce))
+        reduce = functools.partial(ops.Reduce, fn, emit=emit)
+        return self._keyed(name or f"reduce({_fn_name(fn)})", reduce,
+                           _combiner(emit, functools.partial(ops.Reduce, fn), reduce), emit=emit)
 
     @overload
     def fold(
-        self, init: Callable[[], A], fn: Callable[[A, V_co], A], *, name: str | None = None
+        self, init: Callable[[], A], fn: Callable[[A, V_co], A], *, emit: str = "final",
+        name: str | None = None
     ) -> KeyedStream[K_co, A]: ...
 
     @overload
     def fold(
-        self, init: A, fn: Callable[[A, V_co], A], *, name: str | None = None
+        self, init: A, fn: Callable[[A, V_co], A], *, emit: str = "final", name: str | None = None
     ) -> KeyedStream[K_co, A]: ...
 
     def fold(
-        self, init: Any, fn: Callable[[Any, V_co], Any], *, name: str | None = None
+        self, init: Any, fn: Callable[[Any, V_co], Any], *, emit: str = "final", name: str | None = None
     ) -> KeyedStream[K_co, Any]:
-        """`(key, fn(...fn(init, v1)..., vn))` per key, at end of input.
-        `init` is a start value or a zero-argument factory (`list`, `dict`).
+        """`(key, fn(...fn(init, v1)..., vn))` per key, at end of input, or
+        with `emit="updates"` the key's value so far after every batch that
+        changed it. `init` is a start value or a zero-argument factory
+        (`list`, `dict`).
 
         >>> from kernel import Dataflow, run
         >>> flow = Dataflow()
@@ -551,7 +920,65 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         >>> out.items
         [('a', ['ant', 'asp']), ('b', ['bee'])]
         """
-        return self._keyed(name or f"fold({_fn_name(fn)})", functools.partial(ops.Fold, init, fn))
+        ops.check_emit(emit)
+        return self._keyed(name or f"fold({_fn_name(fn)})", functools.partial(ops.Fold, init, fn, emit=emit),
+                           emit=emit)
+
+    def distinct(  # keyed: distinct (key, value) pairs
+        self, *, within: ops.Tumbling | None = None, name: str | None = None
+    ) -> KeyedStream[K_co, V_co]:
+        """Each `(key, value)` the first time it comes, at once (values must
+        be hashable). `within=Tumbling(size)` as for `Stream.distinct`.
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> bids = flow.from_iterable([("lamp", "ann"), ("lamp", "bob"), ("lamp", "ann"), ("rug", "ann")])
+        >>> out = bids.key_by(lambda b: b[0]).map_values(lambda b: b[1]).distinct().collect()
+        >>> run(flow, cores=2)
+        >>> sorted(out.items)                       # who bid on what
+        [('lamp', 'ann'), ('lamp', 'bob'), ('rug', 'ann')]
+        """
+        label = name or ("distinct" if within is None else f"distinct within {within!r}")
+        stream: KeyedStream[K_co, V_co] = self._distinct(label, within, values_only=False)
+        return stream
+
+    def _distinct(self, label: str, within: ops.Tumbling | None, values_only: bool) -> Any:
+        ops.check_within(within)
+        hint = None
+        if within is not None:
+            hint = _check_event_time(self, label, "distinct(within=...) needs event time")
+        factory = _hinted(functools.partial(ops.Distinct, within, values_only), hint)
+        node = self.flow.graph.add(label, factory, [self._edge()],
+                                   kind=("Distinct",) if within is None else ("Distinct", repr(within)))
+        if values_only:
+            return Stream(self.flow, node)
+        stream: KeyedStream[K_co, V_co] = KeyedStream(self.flow, node)
+        stream._exchange_out = False  # on the kernel that owns the key
+        return stream
+
+    def stateful_map(
+        self, fn: Callable[[A | None, V_co], tuple[A | None, U]], *, name: str | None = None
+    ) -> KeyedStream[K_co, U]:
+        """`(key, out)` at once for every pair, where `fn(state, value)`
+        returns `(state, out)` and the state is kept per key: None the first
+        time a key is seen; returning None as the state forgets the key. The
+        states are in epoch snapshots: a resumed run goes on from them. The
+        output keeps the records' event time.
+
+        >>> from kernel import Dataflow, run
+        >>> def running_total(total, amount):
+        ...     total = (total or 0) + amount
+        ...     return total, total
+        >>> flow = Dataflow()
+        >>> sales = flow.from_iterable([("tea", 3), ("jam", 5), ("tea", 4)]).key_by(lambda s: s[0])
+        >>> out = sales.map_values(lambda s: s[1]).stateful_map(running_total).collect()
+        >>> run(flow, cores=2)
+        >>> sorted(out.items)
+        [('jam', 5), ('tea', 3), ('tea', 7)]
+        """
+        ops.StatefulMap(fn)  # checks fn now, when the flow is built
+        factory = functools.partial(ops.StatefulMap, fn)
+        return self._keyed(name or f"stateful_map({_fn_name(fn)})", factory)
 
     def window(
         self, window: ops.Tumbling | ops.Sliding | ops.Session, *, late: bool = False
@@ -575,8 +1002,21 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         1
         """
         ops.check_window(window)
-        return WindowedStream(self, window, late)
+        stream = WindowedStream(self, window, late)
+        stream._time_hint = _check_event_time(self, f"window({window!r})")
+        return stream
 
+    @overload
+    def join(
+        self,
+        other: KeyedStream[K_co, W],
+        window: None = None,
+        *,
+        ttl: float | None = None,
+        name: str | None = None,
+    ) -> JoinResults[K_co, tuple[V_co, W]]: ...
+
+    @overload
     def join(
         self,
         other: KeyedStream[K_co, W],
@@ -584,11 +1024,25 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         *,
         late: bool = False,
         name: str | None = None,
-    ) -> WindowResults[K_co, V_co | W, tuple[V_co, W]]:
+    ) -> WindowResults[K_co, V_co | W, tuple[V_co, W]]: ...
+
+    def join(
+        self,
+        other: KeyedStream[K_co, W],
+        window: ops.Tumbling | ops.Sliding | ops.Session | None = None,
+        *,
+        late: bool = False,
+        ttl: float | None = None,
+        name: str | None = None,
+    ) -> Any:
         """Windowed inner join: `(key, window, (left, right))` for every pair
         of this stream's and `other`'s values with the same key in the same
         window, when the window closes. Late events (`late=True`) come from
         either side.
+
+        Without a window, the incremental join: `(key, (left, right))` at
+        once, as the second of a pair arrives; with `ttl=seconds`, an
+        interval join (see `_join_unwindowed`).
 
         >>> from kernel import Dataflow, run
         >>> from operators import Tumbling
@@ -598,23 +1052,72 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         >>> left = clicks.key_by(lambda e: e[0]).map_values(lambda e: "click")
         >>> right = views.key_by(lambda e: e[0]).map_values(lambda e: e[1])
         >>> out = left.join(right, Tumbling(1.0)).collect()
+        >>> pairs = left.join(right).collect()                    # no window
         >>> run(flow)
         >>> out.items
         [('ann', Window(0.0, 1.0), ('click', 0.7))]
+        >>> pairs.items
+        [('ann', ('click', 0.7)), ('ann', ('click', 1.2))]
         """
         if not isinstance(other, KeyedStream):
             raise TypeError(f"join needs a keyed stream (key_by first), got {other!r}")
         if other.flow is not self.flow:
             raise ValueError(f"{other!r} belongs to another dataflow")
+        if window is None:
+            if late:
+                raise ValueError("late= is for a windowed join; a join with ttl= counts its late values")
+            return self._join_unwindowed(other, ttl, name)
+        if ttl is not None:
+            raise ValueError("ttl= is for a join without a window (a window's end bounds its state)")
         ops.check_window(window)
         label = name or f"join {window!r}"
-        factory = functools.partial(ops.WindowJoin, window, late)
+        hint = _check_event_time(self, label) or _check_event_time(other, label)
+        factory = _hinted(functools.partial(ops.WindowJoin, window, late), hint)
         node = self.flow.graph.add(label, factory, [self._edge(0), other._edge(1)],
                                    kind=("WindowJoin", repr(window)))
         return WindowResults._around(self.flow, node, late)
 
-    def count(self, *, name: str | None = None) -> KeyedStream[K_co, int]:
-        """`(key, number of records)` per key, at end of input.
+    def _join_unwindowed(
+        self, other: KeyedStream[K_co, W], ttl: float | None, name: str | None
+    ) -> JoinResults[K_co, tuple[V_co, W]]:
+        """Incremental inner join: `(key, (left, right))` at once for every
+        pair of this stream's and `other`'s values with the same key, as the
+        second of the two arrives (each side's values are kept per key, in
+        snapshots). The pair's event time is the later of its two.
+
+        With `ttl=seconds` (an interval join, which needs event time): a
+        pair joins when its times are at most `ttl` apart, and a value is
+        forgotten once the watermark passes its time plus `ttl`, so memory
+        stays bounded on endless inputs. A value behind the watermark when
+        it comes is late: dropped and counted (`late_count.value`).
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> people = flow.from_iterable([(1, "ann"), (2, "bob")]).key_by(lambda p: p[0])
+        >>> auctions = flow.from_iterable([(1, "lamp"), (1, "vase"), (3, "rug")]).key_by(lambda a: a[0])
+        >>> pairs = people.map_values(lambda p: p[1]).join(auctions.map_values(lambda a: a[1]))
+        >>> out = pairs.collect()
+        >>> run(flow, cores=2)
+        >>> sorted(out.items)
+        [(1, ('ann', 'lamp')), (1, ('ann', 'vase'))]
+        """
+        ops.check_ttl(ttl)
+        label = name or ("join" if ttl is None else f"join ttl={ttl!r}")
+        hint = None
+        if ttl is not None:
+            needs = "a join with ttl= needs event time"
+            hint = _check_event_time(self, label, needs) or _check_event_time(other, label, needs)
+        factory = _hinted(functools.partial(ops.KeyedJoin, ttl), hint)
+        node = self.flow.graph.add(label, factory, [self._edge(0), other._edge(1)], kind=("KeyedJoin",))
+        results: JoinResults[K_co, tuple[V_co, W]] = JoinResults(self.flow, node)
+        results._exchange_out = False  # on the kernel that owns the key
+        results.late_count = LateCount(node)
+        self.flow._late_counts.append(results.late_count)
+        return results
+
+    def count(self, *, emit: str = "final", name: str | None = None) -> KeyedStream[K_co, int]:
+        """`(key, number of records)` per key, at end of input, or with
+        `emit="updates"` the key's count so far after every batch with it.
 
         >>> from kernel import Dataflow, run
         >>> flow = Dataflow()
@@ -623,12 +1126,22 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         >>> run(flow, cores=2)
         >>> sorted(out.items)
         [('cat', 1), ('dog', 1), ('saw', 1), ('the', 2)]
+        >>> flow = Dataflow()
+        >>> words = flow.from_iterable("the cat saw the dog".split(), batch_size=2)
+        >>> running = words.key_by(lambda w: w).count(emit="updates").collect()
+        >>> run(flow)
+        >>> running.items                  # after each batch of two words
+        [('the', 1), ('cat', 1), ('saw', 1), ('the', 2), ('dog', 1)]
         """
-        return self._keyed(name or "count", ops.Count, Combiner(ops.Count, ops.Sum))
+        count, add_counts = functools.partial(ops.Count, emit=emit), functools.partial(ops.Sum, emit=emit)
+        return self._keyed(name or "count", count, _combiner(emit, ops.Count, add_counts), emit=emit)
 
-    def sum(self: KeyedStream[Any, _SupportsAdd], *, name: str | None = None) -> KeyedStream[K_co, V_co]:
+    def sum(
+        self: KeyedStream[Any, _SupportsAdd], *, emit: str = "final", name: str | None = None
+    ) -> KeyedStream[K_co, V_co]:
         """`(key, sum of values)` per key, at end of input (the first value
-        plus the next ones, so any values with `+`).
+        plus the next ones, so any values with `+`), or with `emit="updates"`
+        the key's sum so far after every batch that changed it.
 
         >>> from kernel import Dataflow, run
         >>> flow = Dataflow()
@@ -638,7 +1151,16 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         >>> out.items
         [('tea', 7), ('jam', 5)]
         """
-        return self._keyed(name or "sum", ops.Sum, Combiner(ops.Sum, ops.Sum))
+        total = functools.partial(ops.Sum, emit=emit)
+        return self._keyed(name or "sum", total, _combiner(emit, ops.Sum, total), emit=emit)
+
+
+class JoinResults(KeyedStream[K_co, V_co]):
+    """The `(key, (left, right))` pairs of a join without a window: a keyed
+    stream; `.late_count.value` (after the run) is how many values a join
+    with `ttl=` found late."""
+
+    late_count: LateCount
 
 
 class WindowedStream(Generic[K_co, V_co]):
@@ -652,17 +1174,19 @@ class WindowedStream(Generic[K_co, V_co]):
         self._keyed = keyed
         self.window = window
         self._late = late
+        self._time_hint: str | None = None  # custom steps on the way (see _check_event_time)
 
     def __repr__(self) -> str:
         return f"<WindowedStream {self._keyed.node.label} {self.window!r}>"
 
     def _aggregate(self, label: str, aggregation: ops.Aggregation) -> WindowResults[Any, Any, Any]:
         keyed = self._keyed
-        factory = functools.partial(ops.WindowAggregate, self.window, aggregation, self._late)
+        hint = self._time_hint
+        factory = _hinted(functools.partial(ops.WindowAggregate, self.window, aggregation, self._late), hint)
         # with several kernels, count/sum/reduce over tumbling or sliding
         # windows pre-aggregate per kernel before the exchange
         halves = ops.window_combiner(self.window, aggregation, self._late)
-        combiner = Combiner(*halves) if halves else None
+        combiner = Combiner(*(_hinted(half, hint) for half in halves)) if halves else None
         kind = ("WindowAggregate", repr(self.window), type(aggregation).__qualname__)
         node = keyed.flow.graph.add(f"{label} {self.window!r}", factory, [keyed._edge()],
                                     combiner=combiner, kind=kind)
@@ -749,6 +1273,26 @@ class WindowedStream(Generic[K_co, V_co]):
         """
         return self._aggregate(name or "window sum", ops.SumAggregation())
 
+    def top(
+        self, k: int, *, by: Callable[[V_co], Any] | None = None, name: str | None = None
+    ) -> WindowResults[K_co, V_co, list[V_co]]:
+        """The `k` largest values of each key and window, largest first, by
+        `by(value)` (default: the values themselves); of equal ones, the
+        earlier arrival first.
+
+        >>> from kernel import Dataflow, run
+        >>> from operators import Tumbling
+        >>> flow = Dataflow()
+        >>> bids = flow.from_iterable([("lamp", 0.1, 5), ("lamp", 0.3, 9), ("lamp", 0.6, 7),
+        ...                            ("lamp", 1.2, 1)], timestamp=lambda b: b[1])
+        >>> windows = bids.key_by(lambda b: b[0]).window(Tumbling(1.0))
+        >>> out = windows.top(2, by=lambda b: b[2]).collect()
+        >>> run(flow)
+        >>> [(k, w.start, [b[2] for b in best]) for k, w, best in out.items]
+        [('lamp', 0.0, [9, 7]), ('lamp', 1.0, [1])]
+        """
+        return self._aggregate(name or f"window top({k})", ops.TopAggregation(k, by))
+
     def collect(self, *, name: str | None = None) -> WindowResults[K_co, V_co, list[V_co]]:
         """Each window's values as a list, in timestamp order.
 
@@ -802,3 +1346,10 @@ class WindowResults(Stream[tuple[K_co, ops.Window, R_co]], Generic[K_co, V_co, R
                 "late events are dropped (and counted): ask for them with window(w, late=True)"
             )
         return self._late_stream
+
+
+class FileStream(Stream[T_co]):
+    """The stream `from_files` returns: a `Stream` whose `.skipped_count.value`
+    (after the run) is how many malformed lines were skipped (`on_error="skip"`)."""
+
+    skipped_count: SkippedCount

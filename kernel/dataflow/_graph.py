@@ -51,6 +51,9 @@ class Node:
     # What the step is, for snapshots: the operator's class and the arguments
     # that shape its state (a window), never its name, functions or paths.
     kind: tuple[str, ...] = ()
+    # A source that never ends by itself (a followed file or stream): an
+    # aggregate emitting at the end of its input after it would never emit.
+    endless: bool = False
 
     @property
     def label(self) -> str:

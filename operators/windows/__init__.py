@@ -46,6 +46,7 @@ from ._aggregations import (
     FoldAggregation,
     ReduceAggregation,
     SumAggregation,
+    TopAggregation,
 )
 from ._combiner import WindowMerge, window_combiner
 from ._join import WindowJoin
@@ -63,6 +64,7 @@ __all__ = [
     "Session",
     "Sliding",
     "SumAggregation",
+    "TopAggregation",
     "Tumbling",
     "Window",
     "WindowAggregate",

@@ -116,6 +116,41 @@ class FoldAggregation(Aggregation):
         return self.function(acc, value)
 
 
+class TopAggregation(Aggregation):
+    """The `k` largest values by `by(value)`, largest first; of equal ones
+    the earlier arrival first. The accumulator is `[(by(v), v)]` in that
+    order, at most `k` long. No merge: for sessions the values are kept and
+    ranked in arrival order when the session closes."""
+
+    name = "top"
+
+    def __init__(self, k: int, by=None) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"top(k) needs a whole number k >= 1, got {k!r}")
+        if by is not None and not callable(by):
+            raise TypeError(f"top(by=...) needs a function of the value, got {by!r}")
+        self.k = k
+        self.by = by
+        self.function = by  # named in errors (None: the values are compared themselves)
+
+    def create(self, value, stamp, port=0):
+        return [(value if self.by is None else self.by(value), value)]
+
+    def add(self, acc, value, stamp, port=0):
+        rank = value if self.by is None else self.by(value)
+        # after every entry ranked >= it: ties keep arrival order
+        i = len(acc)
+        while i and acc[i - 1][0] < rank:
+            i -= 1
+        if i < self.k:
+            acc.insert(i, (rank, value))
+            del acc[self.k:]
+        return acc
+
+    def result(self, acc):
+        return [value for _, value in acc]
+
+
 class CollectAggregation(Aggregation):
     """The window's values, in timestamp order (ties in arrival order)."""
 

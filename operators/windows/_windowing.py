@@ -9,7 +9,7 @@ import math
 from kernel.dataflow._errors import KernelError, OperatorError
 from kernel.dataflow._operator import Operator, TimedBatch
 
-from .._calls import emit_in_batches, keyed_error
+from .._calls import EMIT_BATCH, keyed_error
 from ._specs import check_window
 
 
@@ -36,6 +36,12 @@ class Windowing(Operator):
     window (`_new`, `_grow`, `_merge`, `_adds`) and what a closed one emits
     (`_emit_window`, `_results`): the interface its strategy uses (see
     `_strategy.py`). The strategy is built when the operator opens."""
+
+    #: partial results for a merge downstream (`(key, j, acc)`), not results
+    flat = False
+    #: set at build time: which steps on the path to this window may drop
+    #: event time (custom operators), for the error when records come untimed
+    time_hint: str | None = None
 
     def __init__(self, window, late: bool) -> None:
         check_window(window)
@@ -66,7 +72,7 @@ class Windowing(Operator):
                 f"{self.name}: windows need event time, but these records carry no timestamps: "
                 "give the source timestamp=... (from_iterable(data, timestamp=fn)), and keep the "
                 "path to the window on built-in operators (a custom operator must emit "
-                "TimedBatch(out, batch.timestamps) to pass them on)"
+                "TimedBatch(out, batch.timestamps) to pass them on)" + (self.time_hint or "")
             )
         return batch.timestamps
 
@@ -95,15 +101,34 @@ class Windowing(Operator):
             )
 
     def _flush(self):
-        if self._out:
-            emit_in_batches(self.emit, self._out)
-            self._out.clear()
+        out = self._out
+        if out:
+            if self.flat:
+                for i in range(0, len(out), EMIT_BATCH):
+                    self.emit(out[i:i + EMIT_BATCH])
+            else:
+                self._emit_timed(out)
+            out.clear()
         late = self._late_out
         if late:
             self.late += len(late)
             if self.route_late:
                 self.emit(LateBatch(late))
             self._late_out = []
+
+    def _emit_timed(self, results: list) -> None:
+        """Results `(key, window, result)` with event time: each at its
+        window's `max_timestamp` (just before its end), so they can be keyed
+        and windowed again."""
+        stamps = []
+        last_window = stamp = None
+        for record in results:
+            window = record[1]
+            if window is not last_window:  # a window's results come together
+                last_window, stamp = window, window.max_timestamp
+            stamps.append(stamp)
+        for i in range(0, len(results), EMIT_BATCH):
+            self.emit(TimedBatch(results[i:i + EMIT_BATCH], stamps[i:i + EMIT_BATCH]))
 
     def result(self):
         return {"late": self.late} if self.late else None

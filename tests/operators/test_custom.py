@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import doctest
 import importlib
+import importlib.util
 import math
 import pkgutil
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -325,9 +327,30 @@ _PUBLIC_OPERATORS = sorted(
 ) + [(name, getattr(_operators_api, name)) for name in ("Tumbling", "Sliding", "Session", "Window")]
 
 
+@pytest.fixture(scope="module")
+def _redis_server_url():
+    path = Path(__file__).parents[1] / "_redis_server.py"
+    spec = importlib.util.spec_from_file_location("_redis_server", path)
+    server = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(server)
+    with server.redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_url(_redis_server_url):
+    """A real redis-server, emptied, for the Redis connector's examples,
+    which name the server they use `redis_url` (tests/_redis_server.py)."""
+    import redis
+
+    with redis.Redis.from_url(_redis_server_url) as client:
+        client.flushall()
+    return _redis_server_url
+
+
 @pytest.mark.parametrize("name, member", _PUBLIC_OPERATORS, ids=[n for n, _ in _PUBLIC_OPERATORS])
-def test_every_public_operator_has_a_runnable_example(name, member):
-    globs = dict(vars(importlib.import_module(member.__module__)))
+def test_every_public_operator_has_a_runnable_example(name, member, redis_url):
+    globs = dict(vars(importlib.import_module(member.__module__)), redis_url=redis_url)
     examples = doctest.DocTestFinder(recurse=False).find(member, name, globs=globs)
     assert examples and examples[0].examples, f"{name} has no >>> example in its docstring"
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
@@ -336,7 +359,7 @@ def test_every_public_operator_has_a_runnable_example(name, member):
     assert runner.summarize(verbose=False) == (0, len(examples[0].examples))
 
 
-def test_every_docstring_example_of_the_library_runs():
+def test_every_docstring_example_of_the_library_runs(redis_url):
     import operators
 
     modules = [kernel.dataflow._api] + [
@@ -345,6 +368,6 @@ def test_every_docstring_example_of_the_library_runs():
     for module in modules:
         tests = doctest.DocTestFinder().find(module)
         with_examples += sum(1 for t in tests if t.examples)
-        results = doctest.testmod(module, verbose=False)
+        results = doctest.testmod(module, verbose=False, extraglobs={"redis_url": redis_url})
         assert results.failed == 0, module.__name__
     assert with_examples > len(_PUBLIC_OPERATORS)  # theirs, and the module and class examples

@@ -45,7 +45,7 @@ words.key_by(len).map_values(lambda w: object()).sum()  # E: Invalid self argume
 keyed.window(1.0)  # E: Argument 1 to "window" of "KeyedStream" has incompatible type "float"
 
 # a join needs a keyed stream, keyed by the same type
-keyed.join(words, Tumbling(1.0))  # E: to "join" of "KeyedStream" has incompatible type "Stream[str]"
+keyed.join(words, Tumbling(1.0))  # E: of "KeyedStream" matches argument types "Stream[str]", "Tumbling"
 by_word = words.key_by(str)
 keyed.join(by_word, Tumbling(1.0))  # E: incompatible type "KeyedStream[str, str]"; expected "KeyedStream[int
 

@@ -166,13 +166,38 @@ def sources() -> tuple[Dataflow, dict[str, Collected[Any]]]:
                   "scaled": scale(doubled).collect()}
 
 
+def running_total(total: int | None, amount: int) -> tuple[int, int]:
+    total = (total or 0) + amount
+    return total, total
+
+
+def stateful() -> tuple[Dataflow, dict[str, Collected[Any]]]:
+    """Running state, joins without a window, distinct, top(k)."""
+    flow = Dataflow("stateful")
+    source = flow.from_iterable(EVENTS, timestamp=event_time)
+    amounts = source.key_by(lambda e: e[0]).map_values(lambda e: e[2])
+    totals = amounts.stateful_map(running_total)
+    assert_type(totals, KeyedStream[str, int])
+    running = amounts.count(emit="updates")
+    assert_type(running, KeyedStream[str, int])
+    times = source.key_by(lambda e: e[0]).map_values(lambda e: e[1])
+    pairs = amounts.join(times, ttl=1.0)
+    assert_type(pairs.collect().items, list[tuple[str, tuple[int, float]]])
+    users = source.map(lambda e: e[0]).distinct()
+    assert_type(users, Stream[str])
+    top = amounts.window(Tumbling(1.0)).top(1)
+    assert_type(top, WindowResults[str, int, list[int]])
+    return flow, {"totals": totals.collect(), "running": running.collect(), "pairs": pairs.collect(),
+                  "users": users.collect(), "top": top.collect(), "distinct": amounts.distinct().collect()}
+
+
 def run_all() -> dict[str, Any]:
     """Runs every flow above; returns what came out, for the test to compare."""
     found: dict[str, Any] = {}
     flow, counts, lengths = words()
     run(flow)
     found["words"] = (counts.items, lengths.items)
-    for build in (aggregates, windows, sources):
+    for build in (aggregates, windows, sources, stateful):
         flow, outs = build()
         run(flow)
         found[flow.name] = {name: out.items for name, out in outs.items()}

@@ -1,0 +1,144 @@
+"""`Distinct`: the first of equal `(key, value)` records, passed on at once.
+
+On the kernel that owns the key (the facade keys a plain stream by the
+record itself), each key's values seen so far are kept (keyed state, in
+snapshots), so a record goes on only the first time, with its event time.
+
+With `within=Tumbling(size)` a record is a duplicate only of one in the same
+window (by event time), and each window's values are forgotten once the
+watermark passes its end, so memory stays bounded on endless inputs. A
+record whose window has ended already is late: dropped and counted, as
+windows do (its window's values are gone, so passing it on would make the
+output depend on when watermarks came).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+from kernel.state import value_state
+
+from kernel.dataflow._errors import KernelError
+from kernel.dataflow._operator import Operator, TimedBatch
+
+from ._calls import keyed_error
+from .windows import Tumbling
+
+
+def check_within(within) -> None:
+    if within is not None and not isinstance(within, Tumbling):
+        raise TypeError(f"distinct(within=...) takes a Tumbling window (each record in one window), "
+                        f"got {within!r}")
+
+
+class Distinct(Operator):
+    """Passes on the first `(key, value)` of its kind (per window with
+    `within`); with `values_only`, only its value (`Stream.distinct`)."""
+
+    #: set at build time: custom steps on the way that may drop event time
+    time_hint: str | None = None
+
+    def __init__(self, within: Tumbling | None = None, values_only: bool = False) -> None:
+        check_within(within)
+        self.within = within
+        self.values_only = values_only
+        self.late = 0
+
+    def open(self, context):
+        # without a window: key -> {values}; with one: window number -> {(key, value)}
+        self.seen = value_state(self, "seen")
+        self._frontier = -math.inf
+        self._numbers: list = []  # heap of the window numbers in `seen`
+
+    def on_epoch(self, epoch):
+        return {"states": super().on_epoch(epoch), "frontier": self._frontier, "late": self.late}
+
+    def restore(self, snapshot):
+        super().restore(snapshot["states"])
+        self._frontier, self.late = snapshot["frontier"], snapshot["late"]
+        if self.within is not None:
+            self._numbers = list(self.seen)
+            heapq.heapify(self._numbers)
+
+    def on_batch(self, port, batch):
+        if self.within is None:
+            kept = self._first_ever(batch)
+        else:
+            kept = self._first_in_window(batch)
+        if not kept:
+            return
+        values_only = self.values_only
+        out = [batch[i][1] if values_only else batch[i] for i in kept]
+        if batch.__class__ is TimedBatch:
+            stamps = batch.timestamps
+            out = TimedBatch(out, [stamps[i] for i in kept])
+        self.emit(out)
+
+    def _first_ever(self, batch) -> list[int]:
+        seen = self.seen
+        kept = []
+        record = None
+        try:
+            for i, record in enumerate(batch):
+                key, value = record
+                values = seen.get(key)
+                if values is None:
+                    seen[key] = {value}
+                elif value in values:
+                    continue
+                else:
+                    values.add(value)
+                kept.append(i)
+        except KernelError:
+            raise
+        except Exception as exc:
+            raise keyed_error(self.name, "hash(value)", exc, record) from exc
+        return kept
+
+    def _first_in_window(self, batch) -> list[int]:
+        if batch.__class__ is not TimedBatch:
+            raise KernelError(f"{self.name}: distinct(within=...) needs event time, but these records "
+                              "carry no timestamps: give the source timestamp=..." + (self.time_hint or ""))
+        size, seen, frontier = self.within.size, self.seen, self._frontier
+        kept = []
+        record = None
+        try:
+            for i, (record, stamp) in enumerate(zip(batch, batch.timestamps)):
+                j = math.floor(stamp / size)
+                if j * size > stamp:  # the float quotient rounded across a boundary
+                    j -= 1
+                elif (j + 1) * size <= stamp:
+                    j += 1
+                if (j + 1) * size <= frontier:
+                    self.late += 1
+                    continue
+                pairs = seen.get(j)
+                if pairs is None:
+                    pairs = seen[j] = set()
+                    heapq.heappush(self._numbers, j)
+                if record in pairs:
+                    continue
+                pairs.add(record)
+                kept.append(i)
+        except KernelError:
+            raise
+        except Exception as exc:
+            raise keyed_error(self.name, "hash(value)", exc, record) from exc
+        return kept
+
+    def on_watermark(self, watermark):
+        self._frontier = watermark
+        if self.within is None:
+            return
+        size, numbers, seen = self.within.size, self._numbers, self.seen
+        while numbers and (numbers[0] + 1) * size <= watermark:
+            seen.pop(heapq.heappop(numbers), None)
+
+    def on_end(self):
+        if self.late:
+            self.context.logger.warning("%s: dropped %d late records (their window had ended)",
+                                        self.name, self.late)
+
+    def result(self):
+        return {"late": self.late} if self.late else None

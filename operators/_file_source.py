@@ -1,0 +1,523 @@
+"""`Dataflow.from_files(pattern, ...)`: lines, JSON Lines or CSV rows of files.
+
+Sharing the files among kernels. A bounded run (`follow=False`) lists the
+files matching the pattern once, sorted, and lays them end to end: kernel
+`k` of `n` reads the bytes `[k*S//n, (k+1)*S//n)` of that concatenation (`S`
+the total size). So each kernel reads one contiguous span (whole files, and
+at most two pieces of files at its ends), and the kernels' work is even
+however the sizes fall. A span owns the lines that *start* inside it (the
+rule of Hadoop's line reader): it skips a line begun before its start and
+finishes the one it started past its end, so each line is read once.
+Every kernel computes the same plan from the same listing (the files must
+not change during a bounded run), and the plan goes into the snapshot, so a
+resumed run reads the spans the crashed one had.
+
+Following (`follow=True`) files grow, so they are not cut: each file goes
+whole to the kernel `crc32(path) % n`, and each kernel looks for new files
+(glob) whenever it has read all of its own, at most every `poll_interval`
+seconds of the kernel's clock. Only complete lines (ending in a newline) are
+read while following: a writer's half-written line waits for its newline.
+
+Reading: a span is read in chunks of `chunk_bytes` (`os.pread`, cut at the
+last newline; a longer line reads on until its end), each decoded in one go
+(`bytes.decode` and `str.split` for lines, `msgspec`'s `decode_lines` for
+JSON Lines, `csv.reader` for CSV), and handed on `records_wanted` records
+per poll, so memory stays at a chunk per kernel whatever the file sizes.
+
+Positions: a snapshot holds, per span (or followed file), the byte offset of
+the first line not yet handed on, and how many malformed lines were skipped
+before it; a resumed run reads on from there, so each line is read exactly
+once. Line numbers (for errors) are counted only when needed, by counting
+the newlines before the line's offset.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import math
+import os
+import zlib
+
+import msgspec
+
+from kernel.dataflow._errors import OperatorError
+from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Source
+
+from ._sources import check_batch_size
+
+FORMATS = ("lines", "jsonl", "csv")
+ON_ERROR = ("raise", "skip")
+CHUNK_BYTES = 1 << 16
+
+
+def check_file_options(pattern, format, on_error, follow, poll_interval, chunk_bytes, header) -> str:
+    """Refuses bad options at build time; returns the pattern as a str."""
+    if not isinstance(pattern, (str, os.PathLike)):
+        raise TypeError(f"from_files needs a glob pattern (a str or a path), got {pattern!r}")
+    pattern = os.fspath(pattern)
+    if format not in FORMATS:
+        raise ValueError(f"from_files: format must be one of {', '.join(map(repr, FORMATS))}, got {format!r}")
+    if on_error not in ON_ERROR:
+        raise ValueError(f"from_files: on_error must be 'raise' or 'skip', got {on_error!r}")
+    if header and format != "csv":
+        raise ValueError(f"from_files: header=True is for format='csv', not {format!r}")
+    if not (isinstance(poll_interval, (int, float)) and poll_interval > 0 and math.isfinite(poll_interval)):
+        raise ValueError(f"from_files: poll_interval must be a number of seconds > 0, got {poll_interval!r}")
+    if not (isinstance(chunk_bytes, int) and chunk_bytes >= 1):
+        raise ValueError(f"from_files: chunk_bytes must be an int >= 1, got {chunk_bytes!r}")
+    if not follow and not matching_files(pattern):
+        raise FileNotFoundError(f"from_files: no file matches {pattern!r}")
+    return pattern
+
+
+def matching_files(pattern: str) -> list[str]:
+    """The paths matching `pattern` (`**` spans directories), sorted; not
+    directories (a broken link stays, to be reported as unreadable)."""
+    return sorted(p for p in glob.glob(pattern, recursive=True) if not os.path.isdir(p))
+
+
+def plan_spans(sized: list[tuple[str, int]], index: int, peers: int) -> list[tuple[str, int, int]]:
+    """Kernel `index`'s spans `(path, start, end)`: its share of the files laid
+    end to end, cut evenly by bytes."""
+    total = sum(size for _, size in sized)
+    low, high = index * total // peers, (index + 1) * total // peers
+    spans = []
+    offset = 0  # where the file starts in the concatenation
+    for path, size in sized:
+        start, end = max(low, offset), min(high, offset + size)
+        if start < end:
+            spans.append((path, start - offset, end - offset))
+        offset += size
+    return spans
+
+
+def follow_owner(path: str, peers: int) -> int:
+    """The kernel that follows `path` (stable across processes and runs)."""
+    return zlib.crc32(path.encode("utf-8", "surrogateescape")) % peers
+
+
+class FileError(Exception):
+    """A file the source cannot read as asked (the cause of its OperatorError)."""
+
+
+class _Chunk:
+    """Records decoded from the complete lines `data` read at byte `base`.
+    `line_of[i]` is the line (of `data`) of record i, None when record i is
+    line i (no blank or skipped line in the chunk); `skipped` the lines
+    dropped as malformed."""
+
+    __slots__ = ("base", "data", "line_of", "records", "skipped", "taken")
+
+    def __init__(self, base, data, records, line_of=None, skipped=()):
+        self.base = base
+        self.data = data
+        self.records = records
+        self.line_of = line_of
+        self.skipped = skipped
+        self.taken = 0
+
+    def resume_point(self) -> tuple[int, int]:
+        """(byte offset of the next record's line, skipped lines before it)."""
+        records, taken = self.records, self.taken
+        if taken >= len(records):
+            return self.base + len(self.data), len(self.skipped)
+        line = taken if self.line_of is None else self.line_of[taken]
+        offset = 0
+        for _ in range(line):
+            offset = self.data.index(b"\n", offset) + 1
+        return self.base + offset, sum(1 for s in self.skipped if s < line)
+
+
+class _Cursor:
+    """Reading one span `[start, end)` of one file (end None: following)."""
+
+    __slots__ = ("chunk", "done", "end", "fd", "inode", "logged", "offset", "path", "skipped", "start")
+
+    def __init__(self, path, start, end, offset=None, skipped=0):
+        self.path = path
+        self.start = start
+        self.end = end
+        self.offset = start if offset is None else offset  # the next line to decode
+        self.skipped = skipped  # malformed lines skipped before `offset`
+        self.fd = None
+        self.done = False
+        self.logged = False
+        self.chunk = None
+        self.inode = None
+
+    def position(self) -> tuple[int, int]:
+        if self.chunk is not None:
+            offset, skipped_in_chunk = self.chunk.resume_point()
+            return offset, self.skipped + skipped_in_chunk
+        return self.offset, self.skipped
+
+
+class FileSource(Source):
+    """This kernel's share of the files matching `pattern` (see the module
+    docstring). `result()` reports `{"skipped": n}`, the malformed lines
+    skipped with `on_error="skip"`."""
+
+    def __init__(self, pattern, format="lines", *, follow=False, on_error="raise", header=False,
+                 encoding="utf-8", poll_interval=0.1, chunk_bytes=CHUNK_BYTES,
+                 batch_size=DEFAULT_BATCH_SIZE) -> None:
+        self.pattern = check_file_options(pattern, format, on_error, True, poll_interval, chunk_bytes, header)
+        self.format = format
+        self.follow = follow
+        self.on_error = on_error
+        self.header = header
+        self.encoding = encoding
+        self.poll_interval = poll_interval
+        self.chunk_bytes = chunk_bytes
+        self.batch_size = check_batch_size(batch_size)
+        self._decoder = msgspec.json.Decoder()
+
+    def open(self, context):
+        self._cursors = None  # planned at the first poll (or restored)
+        self._current = 0  # the cursor being read
+        self._headers: dict[str, list[str]] = {}
+        self._rescan_due = True
+        self._rescan_timer = None
+        self._told_nothing_matches = False
+
+    # -- snapshots ----------------------------------------------------------------
+
+    def on_epoch(self, epoch):
+        if self._cursors is None:
+            return None
+        spans = [(c.path, c.start, c.end, *c.position()) for c in self._cursors]
+        return {"spans": spans, "current": self._current}
+
+    def restore(self, snapshot):
+        if snapshot is None:
+            return
+        self._cursors = [_Cursor(path, start, end, offset, skipped)
+                         for path, start, end, offset, skipped in snapshot["spans"]]
+        self._current = snapshot["current"]
+
+    @property
+    def skipped(self) -> int:
+        """Malformed lines skipped before each cursor's position (a resumed
+        run's count includes the crashed run's, up to the snapshot)."""
+        return sum(c.position()[1] for c in self._cursors or ())
+
+    def result(self):
+        return {"skipped": self.skipped}
+
+    # -- planning -----------------------------------------------------------------
+
+    def _plan(self) -> None:
+        index, peers = self.context.index, self.context.peers
+        if self.follow:
+            self._cursors = []
+            return
+        paths = matching_files(self.pattern)
+        if not paths:
+            raise self._error(f"no file matches {self.pattern!r}")
+        sized = []
+        for path in paths:
+            try:
+                sized.append((path, os.stat(path).st_size))
+            except OSError as exc:
+                raise self._error(f"cannot read {path!r}: {exc}") from exc
+        self._cursors = [_Cursor(path, start, end) for path, start, end in plan_spans(sized, index, peers)]
+
+    def _rescan(self) -> None:
+        """Following: take on the files matching the pattern that are new and ours."""
+        known = {c.path for c in self._cursors}
+        peers, index = self.context.peers, self.context.index
+        found = [p for p in matching_files(self.pattern) if p not in known]
+        for path in found:
+            if follow_owner(path, peers) == index:
+                self._cursors.append(_Cursor(path, 0, None))
+        if not known and not found and not self._told_nothing_matches:
+            self._told_nothing_matches = True
+            self.context.logger.warning("%s: no file matches %r yet; waiting for one",
+                                        self.name, self.pattern)
+
+    # -- polling --------------------------------------------------------------------
+
+    def poll(self):
+        if self._cursors is None:
+            self._plan()
+        if self.follow:
+            self._look_again_later()  # new files are looked for even while old ones keep growing
+        want = min(self.batch_size, self.records_wanted)
+        cursor = self._next_with_records()
+        if cursor is not None:
+            chunk = cursor.chunk
+            start = chunk.taken
+            batch = chunk.records[start : start + want]
+            chunk.taken = start + len(batch)
+            if chunk.taken >= len(chunk.records):
+                self._retire(cursor)
+                if self.follow:
+                    self._current += 1  # a chunk per file in turn: a busy log starves no other
+            self.emit(batch)
+            return True
+        if not self.follow:
+            self._close_all()
+            return False
+        return None  # woken by the timer that looks again
+
+    def _next_with_records(self):
+        """The cursor with records to hand on (decoding its next chunk when
+        needed), or None when every span is read (following: for now)."""
+        cursors = self._cursors
+        tried = 0
+        if self.follow and self._rescan_due:
+            self._rescan_due = False
+            self._rescan()
+        while tried < len(cursors):
+            if self._current >= len(cursors):
+                self._current = 0
+            cursor = cursors[self._current]
+            if cursor.chunk is not None:
+                return cursor
+            if not cursor.done and self._read_chunk(cursor):
+                return cursor
+            if cursor.done:
+                self._close(cursor)
+            self._current += 1
+            tried += 1
+        return None
+
+    def _retire(self, cursor) -> None:
+        """The cursor's chunk is handed on: its offset moves past it."""
+        chunk = cursor.chunk
+        cursor.offset = chunk.base + len(chunk.data)
+        cursor.skipped += len(chunk.skipped)
+        cursor.chunk = None
+
+    def _look_again_later(self) -> None:
+        if self._rescan_timer is None:
+            self._rescan_timer = self.context.kernel.call_later(self.poll_interval, self._look_again)
+
+    def _look_again(self) -> None:
+        self._rescan_timer = None
+        self._rescan_due = True
+        self.wake()
+
+    def _close(self, cursor) -> None:
+        if cursor.fd is not None:
+            os.close(cursor.fd)
+            cursor.fd = None
+
+    def _close_all(self) -> None:
+        for cursor in self._cursors or ():
+            self._close(cursor)
+
+    # -- reading a chunk --------------------------------------------------------------
+
+    def _open(self, cursor) -> None:
+        try:
+            cursor.fd = os.open(cursor.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            info = os.fstat(cursor.fd)
+        except OSError as exc:
+            raise self._error(f"cannot read {cursor.path!r}: {exc}") from exc
+        cursor.inode = (info.st_dev, info.st_ino)
+        if not self.follow and cursor.offset == cursor.start and cursor.start > 0:
+            # the span's first line is the one starting at or after `start`
+            cursor.offset = self._line_start_at_or_after(cursor, cursor.start)
+
+    def _pread(self, cursor, size: int, offset: int) -> bytes:
+        try:
+            return os.pread(cursor.fd, size, offset)
+        except OSError as exc:
+            raise self._error(f"cannot read {cursor.path!r}: {exc}") from exc
+
+    def _line_start_at_or_after(self, cursor, position: int) -> int:
+        offset = position - 1  # a newline just before `position` starts a line there
+        while True:
+            data = self._pread(cursor, self.chunk_bytes, offset)
+            if not data:
+                return offset
+            newline = data.find(b"\n")
+            if newline != -1:
+                return offset + newline + 1
+            offset += len(data)
+
+    def _read_header(self, cursor) -> bool:
+        """The file's first line, the CSV header; False while a followed
+        file has none yet."""
+        data, _ = self._complete_lines(cursor, 0, None, at_eof_too=not self.follow)
+        first = data.split(b"\n", 1)[0]
+        if not first and self.follow:
+            return False
+        try:
+            row = self._parse_csv_line(cursor, first) if first else None
+        except (ValueError, csv.Error) as exc:
+            raise self._malformed(cursor, 0, data, 0, first, exc) from exc
+        if row is None:
+            raise self._error(f"{cursor.path!r} has no header line (header=True)")
+        self._headers[cursor.path] = row
+        if cursor.offset == 0:
+            cursor.offset = len(first) + 1
+        return True
+
+    def _complete_lines(self, cursor, offset: int, end, at_eof_too: bool) -> tuple[bytes, bool]:
+        """The complete lines from `offset` (at least one when there is one),
+        lines starting at or after `end` excluded; and whether the span ends
+        with them. At the end of the file, a last line without its newline
+        counts when `at_eof_too`."""
+        if end is not None and offset >= end:
+            return b"", True  # the span's lines are read (or it starts no line)
+        size = self.chunk_bytes
+        while True:
+            data = self._pread(cursor, size, offset)
+            short = len(data) < size
+            if end is not None and offset + len(data) >= end:
+                # the line holding byte end-1 is the span's last
+                newline = data.find(b"\n", max(end - offset - 1, 0))
+                if newline != -1:
+                    return data[: newline + 1], True
+            cut = data.rfind(b"\n")
+            if short:  # at the end of the file (for now)
+                if at_eof_too:
+                    return data, True
+                return data[: cut + 1], False
+            if cut != -1:
+                return data[: cut + 1], False
+            size *= 2  # a line longer than a chunk
+
+    def _read_chunk(self, cursor) -> bool:
+        """Decodes the cursor's next chunk; False when there is none (now)."""
+        if cursor.fd is None:
+            self._open(cursor)
+        if self.follow:
+            self._check_not_truncated(cursor)
+        if self.header and cursor.path not in self._headers and not self._read_header(cursor):
+            return False
+        while not cursor.done:
+            data, last = self._complete_lines(cursor, cursor.offset, cursor.end, at_eof_too=not self.follow)
+            if last and not self.follow:
+                cursor.done = True
+            if not data:
+                return False
+            chunk = self._decode(cursor, cursor.offset, data)
+            if chunk.records:
+                cursor.chunk = chunk
+                return True
+            cursor.offset += len(data)  # only blank or skipped lines
+            cursor.skipped += len(chunk.skipped)
+        return False
+
+    def _check_not_truncated(self, cursor) -> None:
+        try:
+            info = os.stat(cursor.path)
+        except FileNotFoundError:
+            return  # removed: what was written is still readable through the open fd
+        if (info.st_dev, info.st_ino) != cursor.inode:
+            raise self._error(
+                f"{cursor.path!r} was replaced while following (another file now has its name); "
+                "following reads files that are appended to: give rotated logs new names")
+        if info.st_size < cursor.offset:
+            raise self._error(
+                f"{cursor.path!r} was truncated while following: it has {info.st_size} bytes, "
+                f"{cursor.offset} had been read")
+
+    # -- decoding ---------------------------------------------------------------------
+
+    def _decode(self, cursor, base: int, data: bytes) -> _Chunk:
+        try:
+            if self.format == "lines":
+                return _Chunk(base, data, self._split_lines(data))
+            if self.format == "jsonl":
+                records = self._decoder.decode_lines(data)
+                if len(records) == data.count(b"\n") + (not data.endswith(b"\n")):
+                    return _Chunk(base, data, records)
+        except (ValueError, UnicodeDecodeError):
+            pass  # the slow path finds the line
+        return self._decode_each(cursor, base, data)
+
+    def _split_lines(self, data: bytes) -> list[str]:
+        text = data.decode(self.encoding)
+        lines = text.split("\n")
+        if text.endswith("\n"):
+            lines.pop()
+        if "\r" in text:
+            lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+        return lines
+
+    def _decode_each(self, cursor, base: int, data: bytes) -> _Chunk:
+        """Line by line: the line numbers of blank and malformed lines."""
+        lines = data.split(b"\n")
+        if data.endswith(b"\n"):
+            lines.pop()
+        records, line_of, skipped = [], [], []
+        for number, raw in enumerate(lines):
+            try:
+                if self.format == "lines":
+                    record = self._split_lines(raw)[0] if raw else ""
+                elif self.format == "jsonl":
+                    if not raw.strip():
+                        continue
+                    record = self._decoder.decode(raw)
+                else:
+                    record = self._parse_csv_line(cursor, raw)
+                    if record is None:
+                        continue
+            except (ValueError, UnicodeDecodeError, csv.Error) as exc:
+                if self.on_error == "raise":
+                    raise self._malformed(cursor, base, data, number, raw, exc) from exc
+                self._note_skipped(cursor, base, data, number, exc)
+                skipped.append(number)
+                continue
+            records.append(record)
+            line_of.append(number)
+        return _Chunk(base, data, records, line_of, skipped)
+
+    def _parse_csv_line(self, cursor, raw: bytes):
+        """One CSV row (a dict with header=True), or None for a blank line."""
+        text = raw.decode(self.encoding)
+        if text.endswith("\r"):
+            text = text[:-1]
+        if not text:
+            return None
+        row = next(csv.reader([text], strict=True))
+        header = self._headers.get(cursor.path)
+        if header is None or not self.header:
+            return row
+        if len(row) != len(header):
+            raise csv.Error(f"{len(row)} fields where the header has {len(header)}")
+        return dict(zip(header, row))
+
+    # -- errors -------------------------------------------------------------------------
+
+    def _line_number(self, cursor, offset: int) -> int:
+        """1 + the newlines before byte `offset` of the file."""
+        count, position = 0, 0
+        while position < offset:
+            data = self._pread(cursor, min(1 << 20, offset - position), position)
+            if not data:
+                break
+            count += data.count(b"\n")
+            position += len(data)
+        return count + 1
+
+    def _offset_of_line(self, data: bytes, base: int, number: int) -> int:
+        offset = 0
+        for _ in range(number):
+            offset = data.index(b"\n", offset) + 1
+        return base + offset
+
+    def _malformed(self, cursor, base, data, number, raw, exc) -> OperatorError:
+        line = self._line_number(cursor, self._offset_of_line(data, base, number))
+        problem = FileError(f"{cursor.path}, line {line}: malformed {self.format} line: "
+                            f"{type(exc).__name__}: {exc}")
+        error = OperatorError.wrap(self.name, f"{self.format} decoding", problem, record=raw)
+        error.__cause__ = exc
+        return error
+
+    def _note_skipped(self, cursor, base, data, number, exc) -> None:
+        if cursor.logged:
+            return
+        cursor.logged = True  # once per file (and span): the count tells the rest
+        line = self._line_number(cursor, self._offset_of_line(data, base, number))
+        self.context.logger.warning(
+            "%s: skipped malformed %s line %d of %s (%s: %s); further malformed lines of this file "
+            "are counted (skipped_count), not logged", self.name, self.format, line, cursor.path,
+            type(exc).__name__, exc)
+
+    def _error(self, message: str) -> OperatorError:
+        return OperatorError.wrap(self.name, "from_files", FileError(message), has_record=False)

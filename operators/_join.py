@@ -1,0 +1,130 @@
+"""`KeyedJoin`: the incremental inner join of two keyed streams, no window.
+
+Each side's values are kept per key (list state, in epoch snapshots); a value
+arriving on one side pairs at once with every value the other side holds
+for its key, `(key, (left, right))`, in arrival order. The output's event
+time is the later of the pair's two times (Flink's interval join), so it can
+be windowed again; inputs without event time give output without it.
+
+With `ttl=seconds` it is an interval join: a pair joins when its two times
+are at most `ttl` apart, and a value is dropped once the input watermark
+passes its time plus `ttl` (no value on time can pair with it any more), so
+memory stays bounded on endless inputs. A value behind the watermark when it
+comes could have partners already dropped, so it is late: dropped and
+counted (`late_count`), as windows do, and the result never depends on
+when watermarks came.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+
+from kernel.state import list_state
+
+from kernel.dataflow._errors import KernelError
+from kernel.dataflow._operator import Operator, TimedBatch
+
+from ._calls import EMIT_BATCH, keyed_error
+
+
+def check_ttl(ttl) -> None:
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
+                            or not 0 <= ttl < math.inf):
+        raise ValueError(f"ttl must be a finite number of seconds >= 0 or None, got {ttl!r}")
+
+
+class KeyedJoin(Operator):
+    """Inner join of ports 0 (left) and 1 (right) by key, as pairs meet."""
+
+    #: set at build time: custom steps on the way that may drop event time
+    time_hint: str | None = None
+
+    def __init__(self, ttl: float | None = None) -> None:
+        check_ttl(ttl)
+        self.ttl = ttl
+        self.late = 0
+
+    def open(self, context):
+        # per side: key -> [(time or None, value)] in arrival order
+        self.sides = (list_state(self, "left"), list_state(self, "right"))
+        self._frontier = -math.inf
+        self._expiries: list = []  # heap of (time + ttl, sequence, side, key)
+        self._sequence = itertools.count()
+
+    def on_epoch(self, epoch):
+        return {"states": super().on_epoch(epoch), "frontier": self._frontier, "late": self.late}
+
+    def restore(self, snapshot):
+        super().restore(snapshot["states"])
+        self._frontier, self.late = snapshot["frontier"], snapshot["late"]
+        if self.ttl is not None:
+            for side, values in enumerate(self.sides):
+                for key, entries in values.items():
+                    for stamp, _ in entries:
+                        self._expire_at(stamp, side, key)
+
+    def on_batch(self, port, batch):
+        timed = batch.__class__ is TimedBatch
+        if self.ttl is not None and not timed:
+            raise KernelError(f"{self.name}: a join with ttl= needs event time, but these records carry "
+                              "no timestamps: give the sources timestamp=..." + (self.time_hint or ""))
+        stamps = batch.timestamps if timed else itertools.repeat(None)
+        mine, theirs = self.sides[port], self.sides[1 - port]
+        ttl, frontier = self.ttl, self._frontier
+        out: list = []
+        out_stamps: list = []
+        record = None
+        try:
+            for record, stamp in zip(batch, stamps):
+                key, value = record
+                if ttl is not None and stamp < frontier:
+                    self.late += 1
+                    continue
+                for other_stamp, other in theirs.get(key, ()):
+                    if ttl is not None and abs(stamp - other_stamp) > ttl:
+                        continue
+                    out.append((key, (value, other) if port == 0 else (other, value)))
+                    out_stamps.append(None if stamp is None or other_stamp is None
+                                      else max(stamp, other_stamp))
+                mine.append(key, (stamp, value))
+                if ttl is not None:
+                    self._expire_at(stamp, port, key)
+        except KernelError:
+            raise
+        except Exception as exc:
+            raise keyed_error(self.name, "join", exc, record) from exc
+        self._emit(out, out_stamps)
+
+    def _emit(self, out: list, stamps: list) -> None:
+        if not out:
+            return
+        timed = None not in stamps
+        for i in range(0, len(out), EMIT_BATCH):
+            part = out[i:i + EMIT_BATCH]
+            self.emit(TimedBatch(part, stamps[i:i + EMIT_BATCH]) if timed else part)
+
+    def _expire_at(self, stamp: float, side: int, key) -> None:
+        heapq.heappush(self._expiries, (stamp + self.ttl, next(self._sequence), side, key))
+
+    def on_watermark(self, watermark):
+        self._frontier = watermark
+        expiries = self._expiries
+        while expiries and expiries[0][0] < watermark:
+            _, _, side, key = heapq.heappop(expiries)
+            values = self.sides[side]
+            kept = [entry for entry in values.get(key, ()) if entry[0] + self.ttl >= watermark]
+            if kept:
+                values[key] = kept
+            else:
+                values.pop(key, None)
+
+    def on_end(self):
+        if self.late:
+            self.context.logger.warning(
+                "%s: dropped %d late values (behind the watermark: their partners may have expired)",
+                self.name, self.late)
+
+    def result(self):
+        return {"late": self.late} if self.late else None

@@ -1,0 +1,421 @@
+"""Redis Streams: `from_redis_stream` (a source) and `to_redis_stream` (a sink).
+
+Both talk to Redis with redis-py's asyncio client on the kernel's own loop
+(the optional extra `streamkernel[redis]`), in batches: the source reads
+with `XREAD ... COUNT batch_size` on a reader task that fills a buffer and
+wakes the source; the sink's writer task sends `XADD`s in pipelines of
+`batch_size`. Nothing on the data path awaits per record.
+
+Sharing over kernels. A Redis stream is one ordered log with no partitions,
+so the unit of parallelism is the stream: with several streams, kernel `i` of
+`n` reads `streams[i::n]` (shard a topic over `orders:0 .. orders:7`, the
+usual Redis practice, for parallel reading). A single stream is read by
+kernel 0 alone; the other kernels end their share at once, and a `key_by`
+downstream spreads the records over every kernel. (Reading one stream on
+every kernel and keeping every n-th entry would move the whole stream n
+times; consumer groups hand entries out first-come, which no snapshot can
+replay.)
+
+Positions. An entry id (`1700000000000-0`) orders a stream, so the position
+in each stream is the id of the last entry handed on; `XREAD` from it gives
+the entries after it. Snapshots hold those ids, so a resumed run goes on
+after the last entry of the last complete epoch: with `to_files`, every entry
+exactly once. A bounded read (`follow=False`) ends at the entry that was last
+in each stream when the run started; that end is in the snapshot too, so a
+resumed run finishes the same read, not a longer one.
+
+The sink is at least once: an epoch's snapshot holds the entries handed to
+the writer and not yet acknowledged by Redis (buffered or in flight), and a
+resumed run sends them again first; entries acknowledged meanwhile then come
+twice. Redis assigns the ids (`*`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any, NamedTuple
+
+from kernel.dataflow._errors import KernelError, OperatorError
+from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Operator, Source
+
+from ._sources import check_batch_size
+
+# What XADD takes as a field or a value (redis-py's encoder refuses the rest:
+# a bool, None, a list...): exact types, so a bool never passes as an int.
+_ENCODABLE = frozenset((str, bytes, int, float))
+
+INSTALL_HINT = "the Redis connector needs redis-py: pip install 'streamkernel[redis]'"
+
+
+class RedisEntry(NamedTuple):
+    """A stream entry as `from_redis_stream` emits it: the stream's name, the
+    entry id (`"1700000000000-0"`) and its fields (str, or bytes with
+    `decode=False`). `json.dumps` writes it as `[stream, id, fields]`."""
+
+    stream: str
+    id: str
+    fields: dict
+
+    @property
+    def time(self) -> float:
+        """When Redis added the entry (seconds since the epoch): the id's
+        first part. `timestamp=lambda e: e.time` gives event time."""
+        return int(self.id.partition("-")[0]) / 1000.0
+
+
+def _redis_asyncio():
+    try:
+        import redis.asyncio
+    except ImportError as exc:  # pragma: no cover - the dev extra installs it
+        raise KernelError(INSTALL_HINT) from exc
+    return redis.asyncio
+
+
+def check_redis_installed() -> None:
+    """At build time: a flow that uses Redis without redis-py fails at once."""
+    _redis_asyncio()
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _as_str(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _streams(stream) -> list[str]:
+    names = [stream] if isinstance(stream, str) else list(stream)
+    if not names or not all(isinstance(s, str) and s for s in names):
+        raise ValueError(f"from_redis_stream needs a stream name or a list of them, got {stream!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"from_redis_stream: a stream is named twice in {names!r}")
+    return names
+
+
+def check_url(url, operator: str) -> None:
+    """A URL redis-py cannot parse is refused when the flow is built."""
+    from redis.connection import parse_url
+
+    if not isinstance(url, str):
+        raise TypeError(f"{operator} needs a Redis URL (redis://host:port/db), got {url!r}")
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise ValueError(f"{operator}: {url!r} is not a Redis URL: {exc}") from None
+
+
+_ENTRY_ID = re.compile(r"^\d+(-\d+)?$")
+
+
+def check_start(start) -> None:
+    if start != "$" and not (isinstance(start, str) and _ENTRY_ID.match(start)):
+        raise ValueError(f"from_redis_stream: start must be an entry id ('0', '1700000000000-0') "
+                         f"or '$', got {start!r}")
+
+
+def check_timeout(timeout) -> None:
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
+        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+
+
+def _connect(url: str, timeout: float, decode: bool, block_s: float = 0.0):
+    # socket_timeout bounds every reply (an unanswering server is an error
+    # after `timeout`, not a hang); a blocking XREAD may take `block_s` more.
+    # No retries: a connection refused is reported at once.
+    return _redis_asyncio().Redis.from_url(
+        url, decode_responses=decode, socket_connect_timeout=timeout,
+        socket_timeout=timeout + block_s, retry=None,
+    )
+
+
+def _redis_error(operator: str, url: str, command: str, stream, exc: BaseException) -> OperatorError:
+    """An error from Redis (unreachable, a key of another type...), naming
+    the operator, the server, the command and the stream."""
+    import redis.exceptions as errors
+
+    where = f"{command} on {url} stream {stream!r}"
+    if isinstance(exc, (errors.ConnectionError, errors.TimeoutError, OSError, asyncio.TimeoutError)):
+        hint = f"is a Redis server running at {url}? (no answer within the timeout, or refused)"
+    elif "WRONGTYPE" in str(exc):
+        hint = f"the key {stream!r} holds another type than a stream"
+    else:
+        hint = None
+    return OperatorError.wrap(operator, where, exc, has_record=False, hint=hint)
+
+
+class RedisStreamSource(Source):
+    """Reads this kernel's streams (`streams[index::peers]`) from their
+    positions, in batches of at most `batch_size` (and `records_wanted`)."""
+
+    def __init__(self, url: str, stream, batch_size: int = DEFAULT_BATCH_SIZE, *, follow: bool = False,
+                 start: str = "0", decode: bool = True, timeout: float = 5.0, block: float = 0.5) -> None:
+        check_url(url, "from_redis_stream")
+        self.url = url
+        self.all_streams = _streams(stream)
+        self.batch_size = check_batch_size(batch_size)
+        self.follow = follow
+        check_start(start)
+        self.start = start
+        self.decode = decode
+        check_timeout(timeout)
+        self.timeout = timeout
+        self.block = block  # seconds one XREAD of a followed stream waits for new entries
+
+    def open(self, context):
+        self.streams = self.all_streams[context.index :: context.peers]
+        # The last id handed on, per stream ("$": the end as the reader finds it).
+        self._positions: dict[str, str] = dict.fromkeys(self.streams, self.start)
+        self._ends: dict[str, str | None] | None = None  # a bounded read's last ids
+        self._chunks: list[tuple[str, list]] = []  # (stream, [entries]) read, not yet handed on
+        self._buffered = 0
+        # Two batches: the reader's next XREAD is under way while the
+        # kernel hands on the one before, so neither waits for the other.
+        self._buffer_limit = 2 * self.batch_size
+        self._space: asyncio.Future | None = None
+        self._reader_started = False
+        self._done = False  # the reader read everything there is to read
+
+    # -- positions -------------------------------------------------------------
+
+    def on_epoch(self, epoch):
+        return {"positions": dict(self._positions), "ends": self._ends}
+
+    def restore(self, snapshot):
+        self._positions = snapshot["positions"]
+        self._ends = snapshot["ends"]
+
+    # -- the kernel's side -----------------------------------------------------
+
+    def poll(self):
+        if not self.streams:
+            return False  # this kernel's share is empty (fewer streams than kernels)
+        if not self._reader_started:
+            self._reader_started = True
+            self.context.kernel.spawn(self._read(), name=f"{self.name} reader")
+            return None  # the reader wakes the source
+        if self._chunks:
+            self._hand_on(min(self.batch_size, self.records_wanted))
+            space = self._space
+            if space is not None and not space.done() and self._buffered < self._buffer_limit:
+                space.set_result(None)
+            if self._chunks:
+                return True
+        return False if self._done else None
+
+    def _hand_on(self, wanted: int) -> None:
+        """Emit up to `wanted` buffered entries, oldest first, and move the
+        positions of their streams to the last of them."""
+        batch: list = []
+        chunks, positions = self._chunks, self._positions
+        while chunks and len(batch) < wanted:
+            stream, entries = chunks[0]
+            room = wanted - len(batch)
+            if len(entries) <= room:
+                taken = entries
+                del chunks[0]
+            else:
+                taken = entries[:room]
+                del entries[:room]
+            batch += taken
+            positions[stream] = taken[-1][1]
+        self._buffered -= len(batch)
+        self.emit(batch)
+
+    # -- the reader task -------------------------------------------------------
+
+    async def _read(self) -> None:
+        client = _connect(self.url, self.timeout, self.decode, self.block if self.follow else 0.0)
+        try:
+            await self._resolve_start(client)
+            cursors = dict(self._positions)  # the last id read, per stream
+            if self.follow:
+                await self._follow(client, cursors)
+            else:
+                await self._read_to_ends(client, cursors)
+        finally:
+            await client.aclose()
+        self._done = True
+        self.wake()
+
+    async def _last_ids(self, client, streams) -> dict[str, str | None]:
+        """Each stream's last entry id now (None: empty or missing)."""
+        pipe = client.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xrevrange(stream, "+", "-", count=1)
+        try:
+            replies = await pipe.execute()
+        except Exception as exc:
+            raise _redis_error(self.name, self.url, "XREVRANGE", streams, exc) from exc
+        return {s: _as_str(r[0][0]) if r else None for s, r in zip(streams, replies)}
+
+    async def _resolve_start(self, client) -> None:
+        """`start="$"` (the end as it is now) becomes an id, so that
+        positions and snapshots hold real ids; a bounded read's ends are
+        taken now, unless a resumed run restored them."""
+        pending = [s for s, p in self._positions.items() if p == "$"]
+        if pending:
+            last = await self._last_ids(client, pending)
+            for stream in pending:
+                self._positions[stream] = last[stream] or "0-0"
+        if not self.follow and self._ends is None:
+            self._ends = await self._last_ids(client, self.streams)
+
+    async def _xread(self, client, cursors: dict[str, str], block_ms: int | None):
+        try:
+            return await client.xread(cursors, count=self.batch_size, block=block_ms)
+        except Exception as exc:
+            raise _redis_error(self.name, self.url, "XREAD", list(cursors), exc) from exc
+
+    async def _read_to_ends(self, client, cursors: dict[str, str]) -> None:
+        ends = self._ends or {}
+        active = {s: c for s, c in cursors.items()
+                  if ends.get(s) is not None and _id_key(c) < _id_key(ends[s])}
+        while active:
+            replies = await self._xread(client, active, None)
+            got = set()
+            for name, entries in replies:
+                stream = _as_str(name)
+                end = _id_key(ends[stream])
+                last = _as_str(entries[-1][0])
+                if _id_key(last) >= end:  # the end is in this reply: keep up to it, then stop
+                    entries = [e for e in entries if _id_key(_as_str(e[0])) <= end]
+                    del active[stream]
+                else:
+                    active[stream] = last
+                    got.add(stream)
+                await self._buffer(stream, entries)
+            for stream in list(active):
+                if stream not in got:  # nothing after the cursor: trimmed or deleted up to the end
+                    del active[stream]
+
+    async def _follow(self, client, cursors: dict[str, str]) -> None:
+        block_ms = max(1, int(self.block * 1000))
+        while True:
+            replies = await self._xread(client, cursors, block_ms)
+            for name, entries in replies:
+                stream = _as_str(name)
+                cursors[stream] = _as_str(entries[-1][0])
+                await self._buffer(stream, entries)
+
+    async def _buffer(self, stream: str, entries: list) -> None:
+        """Hand `entries` (redis-py's `(id, fields)` pairs) to the source;
+        wait while two batches are waiting, so a fast stream cannot outrun
+        the dataflow."""
+        if not entries:
+            return
+        if self.decode:
+            records = [RedisEntry(stream, entry_id, fields) for entry_id, fields in entries]
+        else:
+            records = [RedisEntry(stream, entry_id.decode(), fields) for entry_id, fields in entries]
+        self._chunks.append((stream, records))
+        self._buffered += len(records)
+        self.wake()
+        while self._buffered >= self._buffer_limit:
+            self._space = asyncio.get_running_loop().create_future()
+            await self._space
+
+
+class ToRedisStream(Operator):
+    """Appends every record to a Redis stream with `XADD`, pipelined in
+    batches of `batch_size`, at least once after a crash (see the module).
+
+    A record is a mapping of fields to values (str, bytes, int or float), or
+    a `RedisEntry` (its fields: copying a stream)."""
+
+    def __init__(self, url: str, stream: str, batch_size: int = DEFAULT_BATCH_SIZE, *,
+                 maxlen: int | None = None, timeout: float = 5.0) -> None:
+        if not isinstance(stream, str) or not stream:
+            raise ValueError(f"to_redis_stream needs a stream name, got {stream!r}")
+        if maxlen is not None and (not isinstance(maxlen, int) or maxlen < 1):
+            raise ValueError(f"maxlen must be a positive int or None, got {maxlen!r}")
+        check_timeout(timeout)
+        check_url(url, "to_redis_stream")
+        self.url = url
+        self.stream = stream
+        self.batch_size = check_batch_size(batch_size)
+        self.maxlen = maxlen
+        self.timeout = timeout
+
+    def open(self, context):
+        self._pending: list[dict] = []  # fields to add, oldest first; dropped once acknowledged
+        self._writer_started = False
+        self._ready: asyncio.Future | None = None
+        self._ended = False
+
+    def on_batch(self, port, batch):
+        pending = self._pending
+        for record in batch:
+            if isinstance(record, RedisEntry):
+                record = record.fields
+            if not _encodable(record):
+                raise _unencodable(self.name, self.stream, record)
+            pending.append(record)
+        self._kick()
+
+    def on_end(self):
+        self._ended = True
+        self._kick()
+
+    def _kick(self) -> None:
+        if not self._writer_started:
+            if not self._pending:
+                return  # nothing to write: no connection, no task holding the run open
+            self._writer_started = True
+            self.context.kernel.spawn(self._write(), name=f"{self.name} writer")
+        ready = self._ready
+        if ready is not None and not ready.done():
+            ready.set_result(None)
+
+    # At least once: what Redis has not acknowledged is in the snapshot.
+    def on_epoch(self, epoch):
+        return {"pending": list(self._pending)}
+
+    def restore(self, snapshot):
+        self._pending = list(snapshot["pending"])
+        self._kick()
+
+    async def _write(self) -> None:
+        client = _connect(self.url, self.timeout, decode=False)
+        try:
+            while True:
+                pending = self._pending
+                if not pending:
+                    if self._ended:
+                        return
+                    self._ready = asyncio.get_running_loop().create_future()
+                    await self._ready
+                    continue
+                chunk = pending[: self.batch_size]
+                await self._xadd(client, chunk)
+                del self._pending[: len(chunk)]  # acknowledged: out of the next snapshot
+        finally:
+            await client.aclose()
+
+    async def _xadd(self, client, chunk: list[dict]) -> None:
+        pipe = client.pipeline(transaction=False)
+        stream, maxlen = self.stream, self.maxlen
+        for fields in chunk:
+            pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
+        try:
+            await pipe.execute()
+        except Exception as exc:
+            raise _redis_error(self.name, self.url, "XADD", stream, exc) from exc
+
+
+def _encodable(record) -> bool:
+    if not isinstance(record, dict) or not record:
+        return False
+    kinds = _ENCODABLE
+    return all(type(k) in kinds and type(v) in kinds for k, v in record.items())
+
+
+def _unencodable(operator: str, stream: str, record: Any) -> OperatorError:
+    problem = TypeError(f"cannot XADD {type(record).__name__} to stream {stream!r}")
+    return OperatorError.wrap(
+        operator, "XADD", problem, record=record,
+        hint="a record for to_redis_stream is a non-empty dict of fields to str, bytes, int or float "
+             "values (map it into one first: .map(lambda r: {'data': json.dumps(r)}))",
+    )

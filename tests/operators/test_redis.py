@@ -1,0 +1,508 @@
+"""The Redis Streams connector against a real `redis-server` (started on a
+free port in a temporary directory by tests/_redis_server.py): every entry
+read once and in order per stream, streams split by kernel, bounded and
+followed reads, the kernel's pace, recovery exactly once into files, the
+sink at least once, and errors that name the operator, the server, the
+stream or the record."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kernel import Dataflow, KernelProcessError, Operator, OperatorError, run, run_async
+from operators import RedisEntry
+
+REPO = Path(__file__).resolve().parents[2]
+
+# tests/ is not a package (and its `kernel/` folder would shadow the library): load the helper by path
+_spec = importlib.util.spec_from_file_location("_redis_server", REPO / "tests" / "_redis_server.py")
+_redis_server = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_redis_server)
+
+
+@pytest.fixture(scope="module")
+def url():
+    with _redis_server.redis_server() as address:
+        yield address
+
+
+@pytest.fixture
+def client(url):
+    connection = redis.Redis.from_url(url, decode_responses=True)
+    connection.flushdb()
+    yield connection
+    connection.close()
+
+
+def fill(client, stream: str, values) -> list[str]:
+    """Adds one entry `{"n": value}` per value (a plain pipeline); their ids."""
+    pipe = client.pipeline(transaction=False)
+    for value in values:
+        pipe.xadd(stream, {"n": value})
+    return list(pipe.execute())
+
+
+def entries(client, stream: str) -> list[tuple[str, dict]]:
+    return client.xrange(stream)
+
+
+class Sizes(Operator):
+    """Passes records on and notes every batch's length."""
+
+    def __init__(self, sizes: list) -> None:
+        self.sizes = sizes
+
+    def on_batch(self, port, batch):
+        self.sizes.append(len(batch))
+        self.emit(batch)
+
+
+# -- reading ------------------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lengths=st.lists(st.integers(0, 40), min_size=1, max_size=3), batch_size=st.integers(1, 9))
+def test_every_entry_comes_once_in_stream_order(client, url, lengths, batch_size):
+    client.flushdb()
+    names = [f"s{i}" for i in range(len(lengths))]
+    expected = {name: list(zip(fill(client, name, range(length)), map(str, range(length))))
+                for name, length in zip(names, lengths) if length}
+    flow = Dataflow()
+    out = flow.from_redis_stream(url, names, batch_size=batch_size).collect()
+    run(flow)
+    got: dict[str, list] = {}
+    for entry in out.items:
+        assert isinstance(entry, RedisEntry)
+        got.setdefault(entry.stream, []).append((entry.id, entry.fields["n"]))
+    assert got == expected
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lengths=st.lists(st.integers(0, 30), min_size=3, max_size=3))
+@pytest.mark.parametrize("cores", [2, 3])
+def test_kernel_i_reads_streams_i_mod_n(client, url, cores, lengths):
+    """Three streams over `cores` kernels: kernel i reads streams[i::cores],
+    each entry once (collect gathers kernel 0's first)."""
+    client.flushdb()
+    names = ["a", "b", "c"]
+    ids = {name: fill(client, name, range(length)) for name, length in zip(names, lengths)}
+    flow = Dataflow()
+    out = flow.from_redis_stream(url, names, batch_size=7).map(lambda e: (e.stream, e.id)).collect()
+    run(flow, cores=cores)
+    order = [name for i in range(cores) for name in names[i::cores]]
+    expected = [(name, entry_id) for name in order for entry_id in ids[name]]
+    # within a kernel the streams interleave as XREAD returns them: compare per kernel, in order per stream
+    assert sorted(out.items) == sorted(expected)
+    assert len(out.items) == len(expected)
+    kernel0 = {pair for name in names[0::cores] for pair in ((name, i) for i in ids[name])}
+    assert set(out.items[: len(kernel0)]) == kernel0
+    for name in names:
+        assert [i for s, i in out.items if s == name] == ids[name]
+
+
+def test_one_stream_is_read_by_kernel_0_and_key_by_spreads_it(client, url):
+    fill(client, "one", range(100))
+    flow = Dataflow()
+    stream = flow.from_redis_stream(url, "one")
+    readers = stream.map(lambda e: 1).apply(KernelTag, name="tag").collect()
+    counts = stream.key_by(lambda e: int(e.fields["n"]) % 5).count().collect()
+    run(flow, cores=2)
+    assert set(readers.items) == {0}
+    assert sorted(counts.items) == [(k, 20) for k in range(5)]
+
+
+class KernelTag(Operator):
+    def on_batch(self, port, batch):
+        self.emit([self.context.index] * len(batch))
+
+
+def test_a_bounded_read_ends_at_the_entry_last_when_it_started(client, url):
+    """Entries added while the run reads (here by the pipeline itself, at its
+    first record) are not read: the run ends at the end it found."""
+    ids = fill(client, "s", range(50))
+    added = []
+
+    def add_more(entry):
+        if not added:
+            added.extend(fill(redis.Redis.from_url(url), "s", range(50, 80)))
+
+    flow = Dataflow()
+    out = flow.from_redis_stream(url, "s", batch_size=8).inspect(add_more).map(lambda e: e.id).collect()
+    run(flow)
+    assert len(added) == 30 and client.xlen("s") == 80
+    assert out.items == ids
+
+
+async def test_a_bounded_read_ends_when_its_last_entries_are_deleted_meanwhile(client, url):
+    """The end it took is deleted (XDEL) while it reads: it ends at what is left."""
+    ids = fill(client, "s", range(40))
+
+    def delete_tail(entry):
+        if entry.id == ids[0]:
+            redis.Redis.from_url(url).xdel("s", *ids[30:])
+
+    flow = Dataflow()
+    out = flow.from_redis_stream(url, "s", batch_size=4).inspect(delete_tail).map(lambda e: e.id).collect()
+    await asyncio.wait_for(run_async(flow), 10)
+    assert out.items == ids[:30]
+
+
+def test_start_after_an_id_and_missing_streams(client, url):
+    ids = fill(client, "s", range(20))
+    flow = Dataflow()
+    after = flow.from_redis_stream(url, "s", start=ids[11]).map(lambda e: e.id).collect()
+    missing = flow.from_redis_stream(url, ["nothing", "here"]).collect()
+    run(flow)
+    assert after.items == ids[12:]
+    assert missing.items == []
+
+
+def test_decode_false_gives_bytes(client, url):
+    client.xadd("s", {"k": "é"})
+    flow = Dataflow()
+    out = flow.from_redis_stream(url, "s", decode=False).collect()
+    run(flow)
+    [entry] = out.items
+    assert entry.fields == {b"k": "é".encode()} and isinstance(entry.id, str) and entry.stream == "s"
+
+
+def test_entry_time_gives_event_time(client, url):
+    client.xadd("s", {"n": 1}, id="1500-0")
+    client.xadd("s", {"n": 2}, id="2500-3")
+    flow = Dataflow()
+    out = flow.from_redis_stream(url, "s", timestamp=lambda e: e.time).map(lambda e: e.time).collect()
+    run(flow)
+    assert out.items == [1.5, 2.5]
+
+
+def test_the_source_emits_no_more_than_the_kernel_wants(client, url):
+    """A record costs more than half the 1 ms budget: after the first poll
+    (16 records) the kernel asks for one at a time, and the source hands
+    on no more, though its reader has a full batch of 500 buffered."""
+    fill(client, "s", range(120))
+    sizes: list[int] = []
+
+    def slow(entry):
+        time.sleep(0.0006)
+        return entry
+
+    flow = Dataflow()
+    out = (flow.from_redis_stream(url, "s", batch_size=500)
+           .apply(lambda: Sizes(sizes), name="sizes").map(slow).collect())
+    run(flow)
+    assert len(out.items) == 120 and sum(sizes) == 120
+    assert sizes[0] <= 16 and max(sizes[1:]) <= 2, sizes
+
+
+async def test_follow_reads_entries_added_while_it_runs(client, url):
+    """`follow=True` from "$": what was there before is skipped; entries added
+    while the run waits come through, in order; the run goes on until cancelled."""
+    fill(client, "s", range(5))
+    seen: list[str] = []
+    enough = asyncio.Event()
+
+    def note(entry):
+        seen.append(entry.fields["n"])
+        if len(seen) == 6:
+            enough.set()
+
+    flow = Dataflow()
+    flow.from_redis_stream(url, "s", follow=True, start="$", batch_size=4).inspect(note).sink(
+        lambda e: None)
+    task = asyncio.ensure_future(run_async(flow))
+    writer = redis.asyncio.Redis.from_url(url, decode_responses=True)
+    try:
+        # "$" means the end as the reader finds it (its XREVRANGE): wait until
+        # the reader is blocked in its XREAD, past that, as Redis reports it
+        deadline = time.monotonic() + 10
+        while not any(c.get("cmd") == "xread" for c in await writer.client_list()):
+            assert time.monotonic() < deadline, "the source never blocked in XREAD"
+            await asyncio.sleep(0.002)
+        for n in range(5, 11):
+            await writer.xadd("s", {"n": n})
+        await asyncio.wait_for(enough.wait(), 10)
+        assert not task.done()  # following: it does not end by itself
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await writer.aclose()
+    assert seen == [str(n) for n in range(5, 11)]
+
+
+# -- recovery ---------------------------------------------------------------------------
+
+N = 1200
+RECOVERY = textwrap.dedent(
+    """
+    import os, time
+    from kernel import Dataflow
+
+    def slow(entry):
+        time.sleep(0.0003)  # spread the run over many epochs (and one record per batch)
+        return [entry.stream, entry.id, entry.fields["n"]]
+
+    flow = Dataflow("redis recovery")
+    (flow.from_redis_stream(os.environ["REDIS_URL"], ["a", "b"], batch_size=25)
+         .map(slow).to_files(os.path.join(os.environ["OUT"], "r")))
+    """
+)
+
+
+def _run_cli(tmp_path, url, crash):
+    env = dict(os.environ, OUT=str(tmp_path / "out"), REDIS_URL=url)
+    env.pop("KERNEL_CRASH_AT", None)
+    if crash:
+        env["KERNEL_CRASH_AT"] = crash
+    return subprocess.run(
+        [sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"), "--cores", "2",
+         "--state-dir", str(tmp_path / "state"), "--epoch-interval", "0.02"],
+        env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
+def _published(directory: Path) -> list:
+    records = [json.loads(line) for f in sorted(directory.glob("part-*.jsonl"))
+               for line in f.read_text().splitlines()]
+    return [tuple(r) if isinstance(r, list) else r for r in records]
+
+
+def test_a_crashed_run_resumes_each_stream_after_its_last_id(client, url, tmp_path):
+    """Kernel 1 (stream "b") killed mid-run; the resumed run goes on from the
+    ids in the last complete snapshot and ends where the first run would
+    have: entries added after the crash are not read. Every entry once."""
+    (tmp_path / "pipeline.py").write_text(RECOVERY)
+    expected = Counter()
+    for name in ("a", "b"):
+        ids = fill(client, name, range(N // 2))
+        expected.update((name, entry_id, str(n)) for n, entry_id in enumerate(ids))
+    first = _run_cli(tmp_path, url, "batch:250@1")
+    assert first.returncode != 0, "the crash point was never reached"
+    assert _published(tmp_path / "out" / "r"), "no epoch completed before the crash"
+    fill(client, "a", range(10))  # after the run began: not part of its bounded read
+    fill(client, "b", range(10))
+    second = _run_cli(tmp_path, url, None)
+    assert second.returncode == 0, second.stderr
+    assert "resuming from epoch" in second.stderr
+    assert Counter(_published(tmp_path / "out" / "r")) == expected
+
+
+SINK_RECOVERY = textwrap.dedent(
+    """
+    import os, time
+    from kernel import Dataflow
+
+    def slow(n):
+        time.sleep(0.0003)
+        return n
+
+    flow = Dataflow("redis sink recovery")
+    numbers = flow.from_partitions(lambda i, peers: range(i, {N}, peers), batch_size=25).map(slow)
+    numbers.map(lambda n: {{"n": n}}).to_redis_stream(os.environ["REDIS_URL"], "out")
+    numbers.to_files(os.path.join(os.environ["OUT"], "r"))   # where the crash point is
+    """
+).format(N=N)
+
+
+def test_the_sink_is_at_least_once_after_a_crash(client, url, tmp_path):
+    """While Redis holds every write back (CLIENT PAUSE WRITE), epochs complete
+    with the entries the sink handed its writer unacknowledged; the crash
+    loses the writes in flight. The resumed run sends those again from the
+    snapshot: every record reaches the stream (here exactly once, as
+    nothing was acknowledged before the crash)."""
+    (tmp_path / "pipeline.py").write_text(SINK_RECOVERY)
+    client.execute_command("CLIENT", "PAUSE", "60000", "WRITE")
+    try:
+        first = _run_cli(tmp_path, url, "batch:250@1")
+    finally:
+        client.execute_command("CLIENT", "UNPAUSE")
+    assert first.returncode != 0, "the crash point was never reached"
+    assert _published(tmp_path / "out" / "r"), "no epoch completed before the crash"
+    assert client.xlen("out") == 0
+    second = _run_cli(tmp_path, url, None)
+    assert second.returncode == 0, second.stderr
+    written = Counter(int(fields["n"]) for _, fields in entries(client, "out"))
+    assert set(written) == set(range(N))
+    assert all(count == 1 for count in written.values())
+
+
+# -- the sink ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_the_sink_adds_every_record_in_order_per_kernel(client, url, cores):
+    records = [{"n": n, "half": n / 2, "name": f"r{n}", "raw": bytes([n % 256])} for n in range(500)]
+    flow = Dataflow()
+    flow.from_iterable(records, batch_size=37).to_redis_stream(url, "out", batch_size=64)
+    run(flow, cores=cores)  # returns once Redis acknowledged every entry
+    got = [fields for _, fields in redis.Redis.from_url(url).xrange("out")]
+    expected = [{b"n": str(r["n"]).encode(), b"half": repr(r["half"]).encode(),
+                 b"name": r["name"].encode(), b"raw": r["raw"]} for r in records]
+    assert sorted(got, key=lambda f: int(f[b"n"])) == expected
+    for k in range(cores):  # kernel k's share (record i % cores == k) keeps its order
+        mine = [int(f[b"n"]) for f in got if int(f[b"n"]) % cores == k]
+        assert mine == sorted(mine)
+
+
+def test_the_sink_writes_what_comes_after_its_writer_caught_up(client, url):
+    """Records come in bursts, each once Redis holds the one before: the
+    writer empties its buffer and waits between them, and writes every
+    burst; the run ends only once the last is acknowledged."""
+    async def bursts():
+        check = redis.asyncio.Redis.from_url(url)
+        try:
+            for burst in range(3):
+                for n in range(burst * 10, burst * 10 + 10):
+                    yield {"n": n}
+                deadline = time.monotonic() + 5
+                while await check.xlen("out") < burst * 10 + 10:
+                    assert time.monotonic() < deadline, f"burst {burst} never reached Redis"
+                    await asyncio.sleep(0.001)
+        finally:
+            await check.aclose()
+
+    flow = Dataflow()
+    flow.from_async_iterable(bursts).to_redis_stream(url, "out")
+    run(flow)
+    assert [int(f["n"]) for _, f in entries(client, "out")] == list(range(30))
+
+
+def test_copying_a_stream_keeps_its_fields_and_maxlen_trims(client, url):
+    fill(client, "src", range(300))
+    flow = Dataflow()
+    source = flow.from_redis_stream(url, "src")
+    source.to_redis_stream(url, "copy")
+    source.to_redis_stream(url, "short", maxlen=10)
+    run(flow)
+    assert [f for _, f in entries(client, "copy")] == [f for _, f in entries(client, "src")]
+    assert 10 <= client.xlen("short") < 300  # MAXLEN ~: trimmed by whole nodes
+    assert entries(client, "short")[-1][1] == {"n": "299"}
+
+
+# -- errors -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [{"a": None}, {"a": True}, {"a": [1]}, {}, ["a", 1], "text", {1.5: object()}])
+def test_a_record_xadd_cannot_take_names_the_operator_and_the_record(client, url, bad):
+    flow = Dataflow()
+    flow.from_iterable([{"ok": 1}, bad]).to_redis_stream(url, "out", name="to orders")
+    with pytest.raises(OperatorError, match="non-empty dict of fields") as info:
+        run(flow)
+    assert info.value.operator.startswith("to orders")
+    assert repr(bad)[:20] in str(info.value)
+
+
+def _closed_port_url() -> str:
+    return f"redis://127.0.0.1:{_redis_server.free_port()}/0"
+
+
+@pytest.mark.parametrize("side", ["source", "sink"])
+def test_an_unreachable_server_is_an_error_naming_url_and_operator(side):
+    url = _closed_port_url()
+    flow = Dataflow()
+    if side == "source":
+        flow.from_redis_stream(url, "s", name="orders in").collect()
+        name = "orders in"
+    else:
+        flow.from_iterable([{"n": 1}]).to_redis_stream(url, "s", name="orders out")
+        name = "orders out"
+    started = time.monotonic()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    assert time.monotonic() - started < 5
+    message = str(info.value)
+    assert info.value.operator.startswith(name) and url in message and "Redis server running" in message
+
+
+@pytest.mark.parametrize("side", ["source", "sink"])
+async def test_a_server_that_never_answers_is_an_error_after_the_timeout(side):
+    """A socket that accepts connections (the kernel's backlog) and never
+    replies: the timeout ends the run, rather than a hang."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        flow = Dataflow()
+        if side == "source":
+            flow.from_redis_stream(url, "s", timeout=0.2).collect()
+        else:
+            flow.from_iterable([{"n": 1}]).to_redis_stream(url, "s", timeout=0.2)
+        started = time.monotonic()
+        with pytest.raises(OperatorError, match="Timeout") as info:
+            await asyncio.wait_for(run_async(flow), 5)  # a hang fails here, as TimeoutError
+        assert time.monotonic() - started < 3
+        assert url in str(info.value)
+
+
+@pytest.mark.parametrize("side", ["source", "following source", "sink"])
+def test_a_key_of_another_type_says_so(client, url, side):
+    client.set("s", "not a stream")
+    flow = Dataflow()
+    if side == "source":  # its first command: XREVRANGE, for the end
+        flow.from_redis_stream(url, "s").collect()
+    elif side == "following source":  # XREAD
+        flow.from_redis_stream(url, "s", follow=True).collect()
+    else:
+        flow.from_iterable([{"n": 1}]).to_redis_stream(url, "s")
+    with pytest.raises(OperatorError, match="WRONGTYPE") as info:
+        run(flow)
+    assert "holds another type than a stream" in str(info.value) and "'s'" in str(info.value)
+
+
+def test_an_error_on_another_kernel_names_it(client, url):
+    client.set("b", "not a stream")
+    fill(client, "a", range(3))
+    flow = Dataflow()
+    flow.from_redis_stream(url, ["a", "b"]).collect()
+    with pytest.raises(KernelProcessError, match="kernel 1") as info:
+        run(flow, cores=2)
+    assert isinstance(info.value.__cause__, OperatorError)
+
+
+@pytest.mark.parametrize("arguments, says", [
+    ({"stream": []}, "stream name"), ({"stream": ["a", "a"]}, "named twice"),
+    ({"stream": "s", "timeout": 0}, "timeout"), ({"stream": "s", "batch_size": 0}, "batch_size"),
+    ({"stream": "s", "url": "http://127.0.0.1:1"}, "'http://127.0.0.1:1' is not a Redis URL"),
+    ({"stream": "s", "start": "last"}, "start must be an entry id"),
+    ({"stream": "s", "start": 0}, "start must be an entry id")])
+def test_bad_arguments_are_refused_when_the_flow_is_built(arguments, says):
+    arguments = {"url": "redis://127.0.0.1:1/0", **arguments}
+    with pytest.raises(ValueError, match=says):
+        Dataflow().from_redis_stream(**arguments)
+
+
+def test_bad_sink_arguments_are_refused_when_the_flow_is_built():
+    stream = Dataflow().from_iterable([{"n": 1}])
+    with pytest.raises(ValueError, match="maxlen"):
+        stream.to_redis_stream("redis://127.0.0.1:1/0", "s", maxlen=0)
+    with pytest.raises(ValueError, match="stream name"):
+        stream.to_redis_stream("redis://127.0.0.1:1/0", "")
+    with pytest.raises(ValueError, match="to_redis_stream: 'localhost' is not a Redis URL"):
+        stream.to_redis_stream("localhost", "s")
+
+
+# -- the README ---------------------------------------------------------------------------
+
+
+def test_the_readme_redis_example_runs(url):
+    """The README's Redis example (a ```py block: tests/test_readme.py runs
+    the ```python ones, which need no server) against the test's server."""
+    readme = (REPO / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```py\n(.*?)```", readme, re.S) if "redis" in b]
+    redis.Redis.from_url(url).flushdb()
+    namespace = {"__name__": "readme"}
+    exec(compile(block.replace("redis://localhost:6379/0", url), "README.md", "exec"), namespace)
