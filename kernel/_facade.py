@@ -33,12 +33,17 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
              stall_threshold: float = 0.025, state_dir=None,
              epoch_interval: float = DEFAULT_EPOCH_INTERVAL, process_id: int | None = None,
              peers=None, secret=None, secret_file=None, tls=None,
-             startup_timeout: float = DEFAULT_STARTUP_TIMEOUT) -> RunPlan:
+             startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, dashboard: str | None = None) -> RunPlan:
     """The checked plan of a run of the flow `get_flow()` returns (called
     only when the plan needs the flow: its fingerprint, for a state_dir or a
     cluster). Bad options raise ValueError; a state_dir that cannot be used,
     StateError."""
     check_cores(cores)
+    address = None
+    if dashboard is not None:
+        from kernel.metrics import parse_address
+
+        address = parse_address(dashboard)
     cluster = None
     if peers is not None:
         if state_dir is not None:
@@ -55,7 +60,7 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
     if state_dir is not None:
         snapshots = Snapshots(get_flow(), state_dir, epoch_interval, cores)
     return RunPlan(cores=cores, kernel=KernelOptions(clock, budget, shares, stall_threshold),
-                   gc_threshold=gc_threshold, snapshots=snapshots, cluster=cluster)
+                   gc_threshold=gc_threshold, snapshots=snapshots, cluster=cluster, dashboard=address)
 
 
 def check_cores(cores: int) -> None:
@@ -130,7 +135,7 @@ async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
                     shares: dict[str, float] | None = None, stall_threshold: float = 0.025,
                     state_dir=None, epoch_interval: float = DEFAULT_EPOCH_INTERVAL,
                     process_id: int | None = None, peers=None, secret=None, tls=None,
-                    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT) -> None:
+                    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, dashboard: str | None = None) -> None:
     """Run `flow` on the running event loop, sharing it.
 
     With `cores=1` the kernel runs on this loop and hands it back at least
@@ -141,12 +146,12 @@ async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
     with several cores a `KernelProcessError` naming the kernel, with the
     kernel's error as its cause). Afterwards every `collect()` handle's
     `.items` holds the results. `process_id` and `peers` make this process
-    one of a cluster (see `run`).
+    one of a cluster (see `run`); `dashboard` serves metrics (see `run`).
     """
     plan = plan_for(lambda: flow, cores=cores, clock=clock, budget=budget, shares=shares,
                     stall_threshold=stall_threshold, state_dir=state_dir, epoch_interval=epoch_interval,
                     process_id=process_id, peers=peers, secret=secret, tls=tls,
-                    startup_timeout=startup_timeout)
+                    startup_timeout=startup_timeout, dashboard=dashboard)
     flow._results_delivered(await execute_async(plan, lambda: flow))
 
 
@@ -154,7 +159,8 @@ def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_G
         clock=None, budget: float = 0.001, shares: dict[str, float] | None = None,
         stall_threshold: float = 0.025, state_dir=None,
         epoch_interval: float = DEFAULT_EPOCH_INTERVAL, process_id: int | None = None, peers=None,
-        secret=None, tls=None, startup_timeout: float = DEFAULT_STARTUP_TIMEOUT) -> None:
+        secret=None, tls=None, startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
+        dashboard: str | None = None) -> None:
     """Run `flow` to completion (blocking).
 
     `cores=1`: one kernel on a new uvloop event loop in this thread.
@@ -175,6 +181,11 @@ def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_G
     peers may start in any order within `startup_timeout` seconds. Every
     process must run the same flow with the same `cores`. `collect()`
     results are gathered on process 0 (empty elsewhere).
+
+    `dashboard="HOST:PORT"` serves the run's metrics at
+    `http://HOST:PORT/metrics` (Prometheus's text format) while it runs; a
+    malformed address raises ValueError, one that cannot be listened on
+    (a port in use) `kernel.metrics.MetricsServerError`, before anything runs.
     """
     try:
         asyncio.get_running_loop()
@@ -186,5 +197,5 @@ def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_G
     plan = plan_for(lambda: flow, cores=cores, gc_threshold=gc_threshold_during_run, clock=clock,
                     budget=budget, shares=shares, stall_threshold=stall_threshold, state_dir=state_dir,
                     epoch_interval=epoch_interval, process_id=process_id, peers=peers, secret=secret,
-                    tls=tls, startup_timeout=startup_timeout)
+                    tls=tls, startup_timeout=startup_timeout, dashboard=dashboard)
     flow._results_delivered(execute(plan, lambda: flow))

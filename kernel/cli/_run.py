@@ -116,7 +116,7 @@ def _run(args, path: Path, name: str) -> int:
     plan = plan_for(get_flow, cores=args.cores, gc_threshold=DEFAULT_GC_THRESHOLD,
                     state_dir=args.state_dir, epoch_interval=args.epoch_interval,
                     process_id=args.process_id, peers=args.peers, secret_file=args.secret_file, tls=tls,
-                    startup_timeout=args.startup_timeout)
+                    startup_timeout=args.startup_timeout, dashboard=args.dashboard)
     if not in_cluster:
         execute(plan, get_flow)
         return 0
@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="snapshot every epoch there, and resume from it after a crash")
     parser.add_argument("--epoch-interval", type=float, default=DEFAULT_EPOCH_INTERVAL,
                         help=f"seconds between epoch snapshots (default {DEFAULT_EPOCH_INTERVAL})")
+    parser.add_argument("--dashboard", default=None, metavar="HOST:PORT",
+                        help="serve the run's metrics at http://HOST:PORT/metrics (Prometheus format)")
     cluster = parser.add_argument_group("cluster (several machines)")
     cluster.add_argument("--process-id", type=int, default=None, metavar="I",
                          help="this process's place in --peers (0-based)")

@@ -51,13 +51,20 @@ async def execute_async(plan: RunPlan, get_flow) -> list[dict]:
 async def _one_kernel(plan: RunPlan, flow) -> dict:
     kernel = Kernel(**plan.kernel.as_kwargs())
     coordinator = None if plan.snapshots is None else plan.snapshots.local()
-    runtime = Runtime(flow.graph, kernel, coordinator=coordinator)
+    runtime = Runtime(flow.graph, kernel, coordinator=coordinator, metrics=plan.dashboard is not None)
+    server = None
+    if plan.dashboard is not None:  # on this loop, reading the runtime when scraped
+        from kernel.metrics import listen, serve_on_loop
+
+        server = await serve_on_loop(listen(plan.dashboard), lambda: [runtime.metrics_snapshot()])
     kernel.at_start(runtime.start)
     try:
         await kernel.join()
     finally:
         if coordinator is not None:
             coordinator.close()  # a failed run's snapshot writes end before it returns
+        if server is not None:
+            await server.cleanup()
     return runtime.results()
 
 
@@ -65,28 +72,65 @@ def _on_cores(plan: RunPlan, get_flow, cancel=None) -> list[dict]:
     from ._cores import run_on_cores
 
     epochs = None if plan.snapshots is None else plan.snapshots.for_processes()
-    return run_on_cores(_kernel_process(get_flow, plan), plan.cores, epochs=epochs,
-                        cluster=plan.cluster, cancel=cancel)
+    if plan.dashboard is None:
+        return run_on_cores(_kernel_process(get_flow, plan), plan.cores, epochs=epochs,
+                            cluster=plan.cluster, cancel=cancel)
+    from kernel.metrics import MetricsBlock, MetricsServerThread, listen
+
+    # Bound before the kernels fork (a port in use fails the run before it
+    # starts); served from a thread started after they have forked, so no
+    # kernel inherits a thread's locks.
+    sock = listen(plan.dashboard)
+    blocks = [MetricsBlock() for _ in range(plan.cores)]
+    server = MetricsServerThread(sock, lambda: [s for b in blocks if (s := b.read()) is not None])
+    try:
+        return run_on_cores(_kernel_process(get_flow, plan, blocks), plan.cores, epochs=epochs,
+                            cluster=plan.cluster, cancel=cancel, on_started=lambda _pids: server.start())
+    finally:
+        server.stop()
+        for block in blocks:
+            block.close()
 
 
-def _kernel_process(get_flow, plan: RunPlan):
+def _kernel_process(get_flow, plan: RunPlan, blocks=None):
     """What each kernel process runs: build the flow's runtime on a kernel
-    with its transport, run it, hand back its results."""
+    with its transport, run it, hand back its results. With metrics
+    `blocks` (one per kernel of this process), it publishes its metrics in
+    its own."""
     options = plan.kernel.as_kwargs()
+    first = plan.cluster.first_kernel if plan.cluster is not None else 0
 
     async def run_kernel(index: int, peers: int, transport, coordinator=None) -> dict:
         flow = get_flow()
         kernel = Kernel(index=index, peers=peers, **options)
-        runtime = Runtime(flow.graph, kernel, transport, coordinator)
+        runtime = Runtime(flow.graph, kernel, transport, coordinator, metrics=blocks is not None)
         kernel.at_start(runtime.start)
+        block = None if blocks is None else blocks[index - first]
+        if block is not None:
+            kernel.at_start(lambda: _publish_metrics(kernel, runtime, block))
         with gc_threshold(plan.gc_threshold):
             try:
                 await kernel.join()
             finally:
                 transport.close()
+                if block is not None:
+                    block.write(runtime.metrics_snapshot())  # the final counts, also of a failed run
         return runtime.results()
 
     return run_kernel
+
+
+def _publish_metrics(kernel, runtime, block) -> None:
+    """Write the runtime's snapshot into its block now and every
+    PUBLISH_INTERVAL after (a processing-time timer: it never keeps the run
+    alive)."""
+    from kernel.metrics import PUBLISH_INTERVAL
+
+    if not block.write(runtime.metrics_snapshot()):
+        kernel.logger.warning("metrics: the snapshot of %d steps does not fit its block; not published",
+                              len(runtime.instances))
+        return
+    kernel.call_later(PUBLISH_INTERVAL, lambda: _publish_metrics(kernel, runtime, block))
 
 
 @contextmanager

@@ -49,13 +49,15 @@ class RunPlan:
     execution layer never imports `kernel.state`). `cluster` (a
     `ClusterPlan`) makes this process one of several. `gc_threshold` is the
     generation-0 GC threshold of every thread that runs kernels and of a
-    blocking caller (None: leave GC alone)."""
+    blocking caller (None: leave GC alone). `dashboard`, an address,
+    serves the run's metrics in Prometheus's format while it runs."""
 
     cores: int = 1
     kernel: KernelOptions = field(default_factory=KernelOptions)
     gc_threshold: int | None = DEFAULT_GC_THRESHOLD
     snapshots: Any = None
     cluster: Any = None
+    dashboard: tuple[str, int] | None = None  # (host, port): serve /metrics there (kernel.metrics)
 
     @property
     def mode(self) -> str:

@@ -74,9 +74,11 @@ class Instance:
         "budget_spent",
         "chain",
         "chained",
+        "counting",
         "drain_waiter",
         "emitted",
         "ended",
+        "fused_into",
         "held",
         "idle",
         "index",
@@ -88,6 +90,8 @@ class Instance:
         "pending",
         "ports",
         "progress",
+        "records_in",
+        "records_out",
         "released",
         "runtime",
         "scheduled",
@@ -123,6 +127,11 @@ class Instance:
         self.chain: list[Instance] = []  # a source's: the instances its polls run (chained)
         self.drain_waiter: Instance | None = None  # a source to wake once the inbox is empty
         self.emitted = 0  # a source's: records emitted by the poll under way
+        # metrics (`count_records`): records handed to on_batch and emitted,
+        # counted per batch, and only when a run serves metrics
+        self.counting = False
+        self.records_in = self.records_out = 0
+        self.fused_into: Instance | None = None  # the operator whose handler now does ours too
         kernel = runtime.kernel
         self.pace = _Pace(kernel) if node.is_source else None
         self.budget_spent = kernel.budget_spent
@@ -148,9 +157,49 @@ class Instance:
         op.mark_idle = self.mark_idle
         op.schedule = self.schedule
         op.emit = self._emit_function()
+        if self.counting:
+            op.emit = self._counting_out(op.emit)
         if self.is_source:
             op.emit = self._counted(op.emit)
             self.chain = self._chained_after()
+
+    def count_records(self) -> None:
+        """Count records in and out, per batch (for metrics): wraps the
+        operator's on_batch here, and its emit in `install_helpers`, so a
+        run without metrics pays nothing. Called before any upstream takes
+        its on_batch for a chained edge.
+
+        A fused upstream's handler (`Runtime._fuse`) does the downstream
+        operator's work too, so the records between them never exist as a
+        batch: they are counted as the records the fused handler was given
+        (one to one, as `key_by`, the only operator fused today, maps)."""
+        self.counting = True
+        if self.is_source:
+            return
+        op = self.op
+        on_batch = op.on_batch
+        fused = self.fused_into
+
+        if fused is None:
+            def counted_batch(port, batch):
+                self.records_in += len(batch)
+                on_batch(port, batch)
+        else:
+            def counted_batch(port, batch):
+                n = len(batch)
+                self.records_in += n
+                self.records_out += n
+                fused.records_in += n
+                on_batch(port, batch)
+
+        op.on_batch = counted_batch
+
+    def _counting_out(self, emit):
+        def counted_out(batch):
+            self.records_out += len(batch)
+            emit(batch)
+
+        return counted_out
 
     def _counted(self, emit):
         """A source's emit, counting the records each poll hands on (its pace)."""

@@ -18,6 +18,7 @@ calls `commit(epoch)` once an epoch is complete on every kernel.
 
 from __future__ import annotations
 
+import bisect
 import math
 import pickle
 
@@ -33,12 +34,14 @@ from ._instance import END, Instance, _call
 _INF = math.inf
 # Operator fusion on chained edges (`_fuse`); tests turn it off to compare.
 FUSION = True
+# streamkernel_epoch_seconds's buckets (seconds from an epoch's start to its snapshot)
+EPOCH_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 
 
 class Runtime:
     """The instances of one graph on one kernel."""
 
-    def __init__(self, graph: Graph, kernel, transport=None, coordinator=None) -> None:
+    def __init__(self, graph: Graph, kernel, transport=None, coordinator=None, metrics: bool = False) -> None:
         self.graph = graph
         self.kernel = kernel
         self.transport = transport if transport is not None else LocalTransport()
@@ -51,6 +54,13 @@ class Runtime:
         self._partial_for: dict[int, int] = {}  # partial instance index -> its node's id
         self.paused = False  # sources wait while the transport is backed up
         self._paused_sources: list[Instance] = []
+        self.metrics = metrics  # count records per batch for `metrics_snapshot`
+        self.backpressured = 0.0  # seconds the sources were paused by the transport
+        self._paused_at: float | None = None
+        self._epoch_started: dict[int, float] = {}  # metrics: when each epoch began here
+        self._epoch_buckets = [0] * (len(EPOCH_BUCKETS) + 1)  # per bucket (the last: above them all)
+        self._epoch_seconds = 0.0
+        self.snapshot_bytes: int | None = None  # the last snapshot this kernel took
 
     # -- wiring -------------------------------------------------------------------
 
@@ -78,6 +88,9 @@ class Runtime:
                     target.chained = len(target.ports) == 1 and target.task_class == instance.task_class
         if FUSION:
             self._fuse()
+        if self.metrics:
+            for instance in self.instances:
+                instance.count_records()
         for instance in self.instances:
             instance.install_helpers()
         self._sources = [i for i in self.instances if i.is_source]
@@ -94,6 +107,7 @@ class Runtime:
                 handler = target.op.fuse_upstream(instance.op)
                 if handler is not None:
                     instance.op.on_batch = handler
+                    instance.fused_into = target
 
     def _partial_before_exchange(self, node: Node, upstream: Instance) -> Instance:
         """The combiner's partial aggregate, on this kernel, before the exchange."""
@@ -165,6 +179,13 @@ class Runtime:
         instance.deliver(inbox, END if payload is None else payload)
 
     def backpressure(self, blocked: bool) -> None:
+        if self.metrics and blocked != self.paused:
+            now = self.kernel.clock.monotonic()
+            if blocked:
+                self._paused_at = now
+            elif self._paused_at is not None:
+                self.backpressured += now - self._paused_at
+                self._paused_at = None
         self.paused = blocked
         if not blocked:
             paused, self._paused_sources = self._paused_sources, []
@@ -184,6 +205,41 @@ class Runtime:
             self.kernel.context.watermark = _INF
             self.transport.finish_sending()
             self.kernel.release()
+
+    def metrics_snapshot(self) -> dict:
+        """What this kernel has done so far, as plain data (`kernel.metrics`
+        renders it): per instance `[step, records in (None: a source),
+        records out (None: a sink), watermark (None: none yet), late events (None: not a
+        window)]`, and the kernel's busy seconds per task class, stalls, idle
+        seconds and backpressured seconds."""
+        steps = []
+        for instance in self.instances:
+            watermark = instance.frontier
+            late = getattr(instance.op, "late", None)
+            steps.append([
+                instance.name,
+                None if instance.is_source else instance.records_in,
+                instance.records_out if instance.targets else None,  # None: a sink emits nothing
+                None if watermark == -_INF else watermark,
+                late if type(late) is int else None,  # a window's count (not SelectBatches' flag)
+            ])
+        backpressured = self.backpressured
+        if self._paused_at is not None:
+            backpressured += self.kernel.clock.monotonic() - self._paused_at
+        scheduler = self.kernel.statistics().scheduler
+        snapshot = {
+            "kernel": self.kernel.context.index,
+            "steps": steps,
+            "busy": dict(scheduler.busy_time) if scheduler else {},
+            "stalls": scheduler.stalls if scheduler else 0,
+            "idle": scheduler.idle_time if scheduler else 0.0,
+        }
+        if self.transport.peers > 1:  # one kernel alone is never backpressured
+            snapshot["backpressured"] = backpressured
+        if self.snapshot_bytes is not None:  # a run with a state_dir that took a snapshot
+            snapshot["epochs"] = [list(EPOCH_BUCKETS), list(self._epoch_buckets), self._epoch_seconds]
+            snapshot["snapshot_bytes"] = self.snapshot_bytes
+        return snapshot
 
     def source_watermark_moved(self) -> None:
         self.kernel.context.watermark = min(s.output_watermark for s in self._sources)
@@ -216,7 +272,8 @@ class Runtime:
                 self.kernel.logger.warning(
                     "%s keeps no position (no on_epoch/restore): after a crash a resumed run "
                     "reads it again from its start", source.name)
-        self.epochs = EpochTracker(len(self.instances), coordinator.durable, coordinator.finished,
+        durable = self._measured(coordinator.durable) if self.metrics else coordinator.durable
+        self.epochs = EpochTracker(len(self.instances), durable, coordinator.finished,
                                    coordinator.first_epoch)
         ended_remote = 0
         if coordinator.snapshot is not None:
@@ -247,10 +304,29 @@ class Runtime:
         if not live or self.epochs is None:
             return
         epoch = self.epochs.take_epoch()
+        if self.metrics:
+            self._epoch_started[epoch] = self.kernel.clock.monotonic()
         for source in live:
             self.snapshot(source, epoch)
             source._forward(EpochMarker(epoch))
         self.kernel.call_later(self.coordinator.interval, self._next_epoch)
+
+    def _measured(self, durable):
+        """The coordinator's `durable`, noting each epoch's duration (from
+        its start on this kernel to its whole snapshot: alignment and
+        pickling; the write to disk follows on the coordinator's thread)
+        and the snapshot's size."""
+
+        def measured(epoch: int, blob: bytes) -> None:
+            started = self._epoch_started.pop(epoch, None)
+            if started is not None:
+                seconds = self.kernel.clock.monotonic() - started
+                self._epoch_seconds += seconds
+                self._epoch_buckets[bisect.bisect_left(EPOCH_BUCKETS, seconds)] += 1
+            self.snapshot_bytes = len(blob)
+            durable(epoch, blob)
+
+        return measured
 
     def snapshot(self, instance: Instance, epoch: int) -> None:
         """`instance` has aligned on `epoch`: its part of this kernel's snapshot."""

@@ -94,6 +94,8 @@ class SchedulerStatistics:
     host_turns: int  # loop turns sat out while the host worked (see "Host turns")
     busy_time: dict[str, float]  # seconds spent running each task class
     queued: dict[str, int]  # activations waiting, per task class
+    stalls: int = 0  # activations that ran past the stall threshold (reported or not)
+    idle_time: float = 0.0  # seconds with nothing ready to run, since the first slice
 
 
 class Activation(Protocol):
@@ -168,6 +170,8 @@ class Scheduler:
         self.ticks = 0
         self.activations = 0
         self.host_turns = 0  # turns sat out for the host
+        self.stalls = 0  # every stall, also those the log folds into a later report
+        self._idle_time = 0.0  # gaps after a slice that drained every queue (see statistics)
 
     # -- the small vocabulary the rest of the kernel uses ------------------
 
@@ -206,7 +210,16 @@ class Scheduler:
             host_turns=self.host_turns,
             busy_time={c.name: c.busy_time for c in self._classes.values()},
             queued={c.name: len(c.queue) for c in self._classes.values()},
+            stalls=self.stalls,
+            idle_time=self.idle_time(),
         )
+
+    def idle_time(self) -> float:
+        """Seconds in which nothing was ready to run: from each slice that
+        drained every queue to the next slice (or to now, while idle)."""
+        if self._slice_pending or not self.slices:
+            return self._idle_time
+        return self._idle_time + max(0.0, self._monotonic() - self._slice_ended)
 
     # -- internals ----------------------------------------------------------
 
@@ -241,6 +254,8 @@ class Scheduler:
             self._slice_ended = started
             self._loop.call_soon(self._run_slice)  # the host's turn: the next one is ours
             return
+        if not self._continued and self.slices:  # the last slice left nothing ready: idle since
+            self._idle_time += max(0.0, started - self._slice_ended)
         deadline = started + self.budget
         if self._on_slice_start is not None:
             self._on_slice_start(deadline)
@@ -326,6 +341,7 @@ class Scheduler:
     def _report_stall(self, activation: Activation, seconds: float) -> None:
         # One line per activation per STALL_REPORT_INTERVAL: a slow user
         # function stalls every batch, and the log must stay readable.
+        self.stalls += 1
         name = getattr(activation, "name", repr(activation))
         now = self._monotonic()
         last, suppressed = self._stall_reports.get(name, (None, 0))

@@ -1,0 +1,125 @@
+"""The `/metrics` endpoint of a run with `dashboard="HOST:PORT"`.
+
+The address is checked and its socket bound before anything runs (and
+before a launcher forks its kernels), so a bad value or a port in use is an
+error at once. One kernel: the server runs on the run's own loop and reads
+the runtime at scrape time. Kernel processes: it runs on a thread of the
+launcher, with a loop of its own, and reads the kernels' blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+
+from kernel.scheduling._errors import KernelError
+
+from ._exposition import CONTENT_TYPE, render
+
+
+class MetricsServerError(KernelError):
+    """The metrics endpoint cannot listen where it was asked to."""
+
+
+def parse_address(value) -> tuple[str, int]:
+    """`"HOST:PORT"` (`"[::1]:9464"` for IPv6) -> (host, port); ValueError otherwise."""
+    example = "e.g. '127.0.0.1:9464'"
+    if not isinstance(value, str):
+        raise ValueError(f"dashboard must be a 'HOST:PORT' string ({example}), got {value!r}")
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"dashboard must be 'HOST:PORT' ({example}), got {value!r}: no port")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"dashboard {value!r}: the port must be a number from 0 to 65535, got {port!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def listen(address: tuple[str, int]) -> socket.socket:
+    """A socket listening on `address`; MetricsServerError (saying why) if it cannot."""
+    host, port = address
+    where = f"dashboard {host}:{port}"
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise MetricsServerError(f"{where}: unknown host ({exc.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # not a listening port's: see bind
+        sock.bind(sockaddr)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise MetricsServerError(f"{where}: cannot listen there: {exc.strerror or exc}") from None
+    return sock
+
+
+def bound_address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def serve_on_loop(sock: socket.socket, collect):
+    """Serve `/metrics` from `sock` on the running loop; `collect()` gives
+    the kernels' snapshots. Returns the aiohttp runner (`await
+    runner.cleanup()` stops it and closes the socket)."""
+    from aiohttp import web  # only a run with metrics pays for importing it
+
+    async def metrics(_request):
+        return web.Response(body=render(collect()).encode(), headers={"Content-Type": CONTENT_TYPE})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    return runner
+
+
+class MetricsServerThread:
+    """`/metrics` on a thread of its own (a launcher blocked on its kernels)."""
+
+    def __init__(self, sock: socket.socket, collect) -> None:
+        self._sock = sock
+        self._collect = collect
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._serve, name="metrics", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._started.wait()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join()
+        self._sock.close()
+
+    def _serve(self) -> None:
+        loop = self._loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._main())
+        finally:
+            loop.close()
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        try:
+            runner = await serve_on_loop(self._sock, self._collect)
+        except BaseException as exc:
+            self._error = exc
+            self._started.set()
+            return
+        self._started.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
