@@ -75,6 +75,7 @@ class Instance:
         "chain",
         "chained",
         "counting",
+        "declined",
         "drain_waiter",
         "emitted",
         "ended",
@@ -126,6 +127,7 @@ class Instance:
         self.chained = False  # runs inside its upstream's activation (see Runtime)
         self.chain: list[Instance] = []  # a source's: the instances its polls run (chained)
         self.drain_waiter: Instance | None = None  # a source to wake once the inbox is empty
+        self.declined = False  # a source's: its last activation declined the rest of a slice
         self.emitted = 0  # a source's: records emitted by the poll under way
         # metrics (`count_records`): records handed to on_batch and emitted,
         # counted per batch, and only when a run serves metrics
@@ -446,9 +448,17 @@ class Instance:
         monotonic = pace.monotonic
         started = monotonic()
         wanted = pace.hint(started)
-        if not wanted:  # the poll would not fit in what is left: first in the next slice
-            self.scheduled = True
-            return LATER
+        if not wanted:
+            if not self.declined:  # the poll would not fit in what is left: first in the next slice
+                self.declined = True
+                self.scheduled = True
+                return LATER
+            # Declined once already, and again with no room: the slices
+            # never leave it any (other work runs first in each, or the
+            # budget is tiny). Declining on would starve it for good; it
+            # goes on a record at a time instead.
+            wanted = 1
+        self.declined = False
         op.records_wanted = wanted
         self.emitted = 0  # counted by the source's emit
         try:
@@ -495,7 +505,13 @@ class Instance:
 
     def _forward(self, payload) -> None:
         for target, channel in self.targets:
-            if target.chained and not target.pending and not self.budget_spent():
+            if target is self.fused_into:
+                # Our handler does the target's work on records directly,
+                # never through its inbox: progress queued there would be
+                # overtaken by the records after it (an epoch's snapshot
+                # holding records its source's position does not).
+                target.receive(channel, payload)
+            elif target.chained and not target.pending and not self.budget_spent():
                 target.receive(channel, payload)
             else:  # not chained, behind what its inbox holds, or the budget is spent
                 target.deliver(channel, payload)

@@ -476,3 +476,15 @@ async def test_a_word_count_on_the_hosts_loop_gives_it_a_turn_every_budget_or_so
     assert sum(n for _, n in out.items) == 30_000 * 13
     assert len(gaps) > 50
     assert max(gaps) <= 3 * BUDGET, sorted(gaps)[-5:]
+
+
+async def test_a_source_no_slice_leaves_room_for_still_goes_on():
+    """A poll that would not fit in what is left of a slice is declined
+    once, to run first in the next; when that slice has no room either (a
+    budget of a nanosecond here; in a run, other work first in every
+    slice), the source goes on a record at a time rather than declining
+    for ever (it did: this run never ended)."""
+    flow = Dataflow("tiny budget")
+    out = flow.from_iterable(range(300)).map(lambda n: n * 2).collect()
+    await asyncio.wait_for(run_async(flow, budget=1e-9), timeout=30)
+    assert out.items == [n * 2 for n in range(300)]
