@@ -39,23 +39,11 @@ import time
 import msgspec
 
 from benches._report import machine, table
-from kernel import Dataflow, Operator, run
+from benches._sinks import CountRecords
+from kernel import Dataflow, run
 
 WORDS = ["GET", "POST", "/api/v1/items", "/login", "200", "404", "500", "user", "cache", "miss",
          "hit", "ms", "db", "query", "slow", "ok"]
-
-
-class CountRecords(Operator):
-    """Counts the records it is given; emits the count when the input ends."""
-
-    def open(self, context):
-        self.n = 0
-
-    def on_batch(self, port, batch):
-        self.n += len(batch)
-
-    def on_end(self):
-        self.emit([self.n])
 
 
 def write_lines(path: str, count: int) -> None:

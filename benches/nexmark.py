@@ -65,26 +65,14 @@ from benches import _nexmark_queries as queries
 from benches import _nexmark_reference as reference
 from benches._nexmark_generator import DEFAULT_RATE, Generator
 from benches._report import machine, table
-from kernel import Dataflow, Operator, run
+from benches._sinks import CountRecords
+from kernel import Dataflow, run
 
 # Flink 1.13, nexmark/nexmark README: throughput per core (events/s); q6 is not in its suite
 FLINK_PER_CORE = {"q0": 155_020, "q1": 157_940, "q2": 175_210, "q3": 152_120, "q4": 34_330,
                   "q5": 22_140, "q7": 12_330, "q8": 146_140}
 DEFAULT_EVENTS = 150_000
 QUICK_EVENTS = 20_000
-
-
-class CountResults(Operator):
-    """The sink: counts the results on each kernel, one number out at the end."""
-
-    def open(self, context):
-        self.count = 0
-
-    def on_batch(self, port, batch):
-        self.count += len(batch)
-
-    def on_end(self):
-        self.emit([self.count])
 
 
 def bytewax_available() -> bool:
@@ -102,7 +90,7 @@ def ours(name: str, generator: Generator, cores: int, versions: dict = queries.Q
     flow = Dataflow(f"nexmark {name}")
     timestamp = queries.event_time if name in queries.TIMED else None
     events = flow.from_partitions(generator.share, timestamp=timestamp)
-    counts = versions[name](events).apply(CountResults, name="count").collect()
+    counts = versions[name](events).apply(CountRecords, name="count").collect()
     run(flow, cores=cores)
     return sum(counts.items)
 

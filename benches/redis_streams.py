@@ -30,22 +30,12 @@ import time
 import redis
 
 from benches._report import machine, table
-from kernel import Dataflow, Operator, run
+from benches._sinks import CountRecords
+from kernel import Dataflow, run
 from tests._redis_server import redis_server
 
 BATCH = 1024
 PAD = b"0123456789abcdef"
-
-
-class CountOnly(Operator):
-    def open(self, context):
-        self.n = 0
-
-    def on_batch(self, port, batch):
-        self.n += len(batch)
-
-    def result(self):
-        return self.n
 
 
 def fill(url: str, streams: list[str], n: int) -> None:
@@ -66,7 +56,7 @@ def fill(url: str, streams: list[str], n: int) -> None:
 
 def ours_read(url: str, streams: list[str], n: int) -> float:
     flow = Dataflow("redis read")
-    flow.from_redis_stream(url, streams, batch_size=BATCH).apply(CountOnly, name="count")
+    flow.from_redis_stream(url, streams, batch_size=BATCH).apply(CountRecords, name="count")
     start = time.perf_counter()
     run(flow, cores=len(streams))
     return n / (time.perf_counter() - start)
