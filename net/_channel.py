@@ -18,6 +18,8 @@ records carry the timestamps along (`kernel.lowlevel.timed`); a window needs
 them. Timestamps travel beside the records, never inside them, so `map`
 and `map_values` can change records freely without losing their time.
 
+`RoundMarker` ends a round of a loop (kernel/runtime/_loops.py).
+
 `IDLE` is a progress marker, like a watermark: the sender has had no data
 for a while, so its watermark must not hold anyone back (until it sends a
 watermark again).
@@ -72,6 +74,31 @@ class EpochMarker:
 
     def __hash__(self) -> int:
         return hash(("epoch", self.epoch))
+
+
+class RoundMarker:
+    """Round `round` of loop `loop` ends here on this channel: a progress
+    marker inside an iterative dataflow (`Stream.iterate`), in band after
+    that round's data. `count` is used by the marker a loop's feedback step
+    sends back to the loop's head on every kernel: how many records it fed
+    back in that round (0 on every kernel: the loop is done)."""
+
+    __slots__ = ("count", "loop", "round")
+
+    def __init__(self, loop: int, round: int, count: int = 0) -> None:
+        self.loop = loop
+        self.round = round
+        self.count = count
+
+    def __repr__(self) -> str:
+        return f"RoundMarker(loop={self.loop}, round={self.round}, count={self.count})"
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, RoundMarker) and
+                (other.loop, other.round, other.count) == (self.loop, self.round, self.count))
+
+    def __hash__(self) -> int:
+        return hash(("round", self.loop, self.round, self.count))
 
 
 # An epoch number after every epoch: committing it publishes everything held

@@ -29,7 +29,7 @@ from itertools import chain
 
 import msgspec
 
-from ._channel import IDLE, EpochMarker, TimedBatch
+from ._channel import IDLE, EpochMarker, RoundMarker, TimedBatch
 from .shm import TAG
 
 KIND_SCALARS = 1  # msgpack array of scalars
@@ -39,12 +39,14 @@ KIND_WATERMARK = 4  # float64
 KIND_END = 5  # no body
 KIND_IDLE = 6  # no body
 KIND_EPOCH = 7  # u64 epoch number
+KIND_ROUND = 8  # u32 loop, u64 round, u64 count
 TIMED = 0x80  # flag: timestamps precede the records' body
 
 HEADER = TAG  # kind (u8), channel (u32): the ring packs it with a frame (push_tagged)
 _WATERMARK = struct.Struct("<d")
 _COUNT = struct.Struct("<I")
 _EPOCH = struct.Struct("<Q")
+_ROUND = struct.Struct("<IQQ")
 _SCALAR_TYPES = frozenset({str, int, float, bool, type(None), bytes})
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -198,13 +200,15 @@ def encode_watermark(watermark: float) -> tuple[int, bytes]:
 
 def encode_progress(payload) -> tuple[int, bytes]:
     """(kind, body) for a progress payload, as `decode` gives them back: a
-    float (watermark), None (end), IDLE, or an EpochMarker."""
+    float (watermark), None (end), IDLE, an EpochMarker or a RoundMarker."""
     if payload is None:
         return KIND_END, b""
     if payload is IDLE:
         return KIND_IDLE, b""
     if payload.__class__ is EpochMarker:
         return encode_epoch(payload)
+    if payload.__class__ is RoundMarker:
+        return KIND_ROUND, _ROUND.pack(payload.loop, payload.round, payload.count)
     return encode_watermark(payload)
 
 
@@ -238,6 +242,7 @@ DECODERS = {
     KIND_END: lambda body: None,
     KIND_IDLE: lambda body: IDLE,
     KIND_EPOCH: lambda body: EpochMarker(_EPOCH.unpack(body)[0]),
+    KIND_ROUND: lambda body: RoundMarker(*_ROUND.unpack(body)),
 }
 DECODERS.update({kind | TIMED: _timed(DECODERS[kind])
                   for kind in (KIND_SCALARS, KIND_TUPLES, KIND_PICKLE)})

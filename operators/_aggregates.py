@@ -11,6 +11,9 @@ and no `(key, record)` pair is built (word count's 2,000,000 pairs were a
 third of its time on one kernel: benches/pipelines.py). The errors are
 key_by's and the aggregate's own, as if the two ran apart.
 
+Inside a loop (`Stream.iterate`) a final aggregate emits at the end of
+every round (`on_round`), over that round's records.
+
 `emit="updates"` (running aggregates, for endless inputs): after each batch,
 `(key, value)` for every key the batch changed, in the order the batch first
 changed them, and nothing more at the end. Split around an exchange, the
@@ -64,6 +67,14 @@ class _Aggregate(Operator):
     def on_end(self):
         if self.emit_mode == "final":
             emit_in_batches(self.emit, self.state.items())
+
+    def on_round(self, round):
+        # Inside a loop each round is its own time (timely's product
+        # timestamps): its results cover its records, and go out when it is
+        # complete, before its end is passed on.
+        if self.emit_mode == "final":
+            emit_in_batches(self.emit, self.state.items())
+            self.state.clear()
 
     def on_batch(self, port, batch):
         self._add_batch(batch, None)

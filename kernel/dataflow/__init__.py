@@ -11,6 +11,6 @@ fluent methods make (DESIGN.md's one thin exception). Never the runtime,
 execution or `kernel.state`.
 """
 
-from kernel.net._channel import EVERY_EPOCH, IDLE, EpochMarker, TimedBatch
+from kernel.net._channel import EVERY_EPOCH, IDLE, EpochMarker, RoundMarker, TimedBatch
 
-__all__ = ["EVERY_EPOCH", "IDLE", "EpochMarker", "TimedBatch"]
+__all__ = ["EVERY_EPOCH", "IDLE", "EpochMarker", "RoundMarker", "TimedBatch"]

@@ -26,6 +26,7 @@ from typing import Any, Generic, Literal, Protocol, TypeGuard, TypeVar, overload
 import kernel.operators as ops
 from kernel.dataflow._errors import KernelError
 from kernel.dataflow._graph import Combiner, Edge, Graph, Node
+from kernel.dataflow._loops import LoopFeedback, LoopHead, LoopLeave
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Operator, Source
 
 log = logging.getLogger("kernel")
@@ -135,6 +136,13 @@ def _warn_if_never_emitting(node: Node) -> None:
                     "it will emit nothing; emit='updates' gives each key's value as it changes, "
                     "a window gives results as windows close", node.label, " and ".join(endless),
                     "s" if len(endless) == 1 else "")
+
+
+def _refuse_in_loop(stream: Stream[Any], step: str, why: str) -> None:
+    """Refuse, when the flow is built, a step a loop's body cannot hold."""
+    loop = stream.flow.graph.scope
+    if loop is not None:
+        raise KernelError(f"{step}: not inside a loop ({loop.name}): {why}; put it after the loop")
 
 
 def _upstream(node: Node) -> list[Node]:
@@ -834,6 +842,74 @@ class Stream(Generic[T_co]):
         self.flow.graph.add(name or "print", functools.partial(ops.Print, prefix), [self._edge()])
 
 
+    def iterate(
+        self,
+        body: Callable[[Any], tuple[Stream[Any], Stream[Any]]],
+        *,
+        max_rounds: int | None = None,
+        max_in_flight: int | None = None,
+        name: str | None = None,
+    ) -> Any:
+        """A loop: `body(loop_input)` builds the steps of one round and
+        returns `(feedback, out)`. Round 0's `loop_input` is this stream's
+        records; round r+1's is what `feedback` carried in round r. `out`
+        leaves the loop: the result is the union of `out` over every round.
+        The loop ends when a round feeds nothing back, on every kernel, or
+        after `max_rounds` rounds (what the last one feeds back is dropped).
+
+        Inside `body`, streams from outside the loop may be used (joined,
+        unioned): their records enter in round 0, and operators keep their
+        state from round to round (a join keeps them). A keyed aggregate
+        (`count`, `sum`, `reduce`, `fold`) emits once per round, when the
+        round is complete on every kernel, over that round's records. Loops
+        nest. See "## Loops" in the README.
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> def halve(numbers):
+        ...     halved = numbers.filter(lambda n: n > 1).map(lambda n: n // 2)
+        ...     return halved, halved
+        >>> out = flow.from_iterable([8, 3]).iterate(halve).collect()
+        >>> run(flow, cores=2)
+        >>> sorted(out.items)
+        [1, 1, 2, 4]
+        """
+        if max_rounds is not None and (not isinstance(max_rounds, int) or isinstance(max_rounds, bool)
+                                       or max_rounds < 1):
+            raise ValueError(f"max_rounds must be a positive int or None, got {max_rounds!r}")
+        if max_in_flight is not None:
+            raise ValueError("max_in_flight is not supported yet")
+        if not callable(body):
+            raise TypeError(f"iterate needs a callable body(loop_input) -> (feedback, out), got {body!r}")
+        label = name or f"iterate({_fn_name(body)})"
+        graph = self.flow.graph
+        scope = graph.open_loop(label, max_rounds, max_in_flight)
+        try:
+            head = graph.add(f"{label}: input", LoopHead, [Edge(self.node, 0)], kind=("LoopHead",),
+                             loop=scope, role="head")
+            loop_input = self._like(head, exchange=self._exchange_out or isinstance(self, KeyedStream))
+            result = body(loop_input)
+            if not (isinstance(result, tuple) and len(result) == 2
+                    and all(isinstance(s, Stream) and s.flow is self.flow for s in result)):
+                raise TypeError(f"{label}: body must return (feedback, out), two streams of this "
+                                f"dataflow, got {result!r}")
+            feedback, out = result
+            back = graph.add(f"{label}: feedback", LoopFeedback, [Edge(feedback.node, 0)],
+                             kind=("LoopFeedback",), loop=scope, role="feedback")
+            graph.connect_feedback(head, back)
+        finally:
+            graph.close_loop(scope)
+        leave = graph.add(f"{label}: out", LoopLeave, [Edge(out.node, 0)], kind=("LoopLeave",),
+                          loop=scope, role="leave")
+        return out._like(leave, exchange=out._exchange_out)
+
+    def _like(self, node: Node, *, exchange: bool) -> Any:
+        """A stream of this one's kind (keyed or not) over `node`'s records."""
+        stream = (KeyedStream if isinstance(self, KeyedStream) else Stream)(self.flow, node)
+        stream._exchange_out = exchange
+        return stream
+
+
 class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
     """A stream of `(key, value)` pairs, partitioned by key across kernels."""
 
@@ -1002,6 +1078,8 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         1
         """
         ops.check_window(window)
+        _refuse_in_loop(self, f"window({window!r})",
+                        "a window needs event time, and a loop's rounds have none")
         stream = WindowedStream(self, window, late)
         stream._time_hint = _check_event_time(self, f"window({window!r})")
         return stream

@@ -5,7 +5,9 @@ every kernel of every run, so it holds factories, never operator instances.
 Nodes are appended in creation order, which is always a topological order
 (a node can only consume nodes that already exist); kernels rely on that to
 build the same channels in the same order (timely's allocation by creation
-order).
+order). The one exception is a loop's back edge (`Edge.feedback`, from its
+feedback step to its head: `_loops.py`), added when the loop's body is
+built; `check_cycles` refuses every cycle without one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from kernel.dataflow._errors import KernelError
+from kernel.dataflow._loops import ENTER, FEEDBACK, HEAD, LEAVE, LoopEnter, LoopScope, scope_within
 from kernel.dataflow._operator import Operator
 
 
@@ -26,6 +30,8 @@ class Edge:
     source: Node
     port: int
     exchange: bool = False
+    # a loop's back edge, from its feedback step to its head: a round later
+    feedback: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,10 +60,26 @@ class Node:
     # A source that never ends by itself (a followed file or stream): an
     # aggregate emitting at the end of its input after it would never emit.
     endless: bool = False
+    # the innermost loop the step is in (None: none), and what it does at a
+    # loop's border (None: inside it; or _loops.HEAD, ENTER, FEEDBACK, LEAVE)
+    loop: LoopScope | None = None
+    role: str | None = None
 
     @property
     def label(self) -> str:
         return f"{self.name} (step {self.id})"
+
+    @property
+    def input_scope(self) -> LoopScope | None:
+        """The loop its inputs are in: a head's and an enter's come from outside."""
+        if self.role in (HEAD, ENTER):
+            return self.loop.parent
+        return self.loop
+
+    @property
+    def output_scope(self) -> LoopScope | None:
+        """The loop its output is in: a leave's goes outside."""
+        return self.loop.parent if self.role == LEAVE else self.loop
 
 
 class Graph:
@@ -65,6 +87,9 @@ class Graph:
         self.name = name
         self.nodes: list[Node] = []
         self._names: dict[str, int] = {}
+        self.loops: list[LoopScope] = []
+        self.scope: LoopScope | None = None  # the loop whose body is being built
+        self._entered: dict[tuple[int, int], Node] = {}  # (step, loop) -> its enter step
 
     def add(
         self,
@@ -75,14 +100,107 @@ class Graph:
         is_source=False,
         combiner: Combiner | None = None,
         kind: tuple[str, ...] | None = None,
+        loop: LoopScope | None = None,
+        role: str | None = None,
     ) -> Node:
-        node = Node(len(self.nodes), self._unique(name), factory, list(inputs), is_source, combiner,
-                    kind or factory_kind(factory))
-        for edge in node.inputs:
-            if edge.source.id >= node.id or self.nodes[edge.source.id] is not edge.source:
+        # A source made inside a loop's body is outside the loop (it has no
+        # rounds); its records enter the loop where a step in it reads them.
+        if role is None:
+            loop = None if is_source else self.scope
+        inputs = list(inputs)
+        for edge in inputs:
+            if edge.source.id >= len(self.nodes) or self.nodes[edge.source.id] is not edge.source:
                 raise ValueError(f"{edge.source.label} belongs to another dataflow")
+        probe = Node(-1, name, factory, loop=loop, role=role)
+        inputs = [self._into_scope(edge, probe.input_scope, name) for edge in inputs]
+        node = Node(len(self.nodes), self._unique(name), factory, inputs, is_source, combiner,
+                    kind or factory_kind(factory), loop=loop, role=role)
         self.nodes.append(node)
         return node
+
+    # -- loops ----------------------------------------------------------------------
+
+    def open_loop(self, name: str, max_rounds: int | None, max_in_flight: int | None = None) -> LoopScope:
+        """Start building a loop's body: steps added until `close_loop` are in it."""
+        scope = LoopScope(len(self.loops), self.scope, name, max_rounds, max_in_flight)
+        self.loops.append(scope)
+        self.scope = scope
+        return scope
+
+    def close_loop(self, scope: LoopScope) -> None:
+        self.scope = scope.parent
+
+    def connect_feedback(self, head: Node, feedback: Node) -> None:
+        """The loop's back edge: `feedback` goes to `head`'s port 1."""
+        head.inputs.append(Edge(feedback, 1, feedback=True))
+
+    def _into_scope(self, edge: Edge, scope: LoopScope | None, consumer: str) -> Edge:
+        """`edge` as a step in `scope` reads it: a stream from outside the
+        loop goes through an enter step per loop it enters (one per stream
+        and loop, shared); a stream from inside a loop cannot be read from
+        outside it (only what `body` returns as `out` leaves)."""
+        source = edge.source
+        outer = source.output_scope
+        if outer is scope:
+            return edge
+        if not scope_within(scope, outer):
+            where = f"inside the loop {outer.name!r}" if outer is not None else "outside every loop"
+            raise KernelError(
+                f"{consumer}: reads {source.label}, which is {where}: a loop's steps are seen "
+                "outside it only through what its body returns as out (iterate's result)")
+        entering = []
+        at = scope
+        while at is not outer:
+            entering.append(at)
+            at = at.parent
+        for loop in reversed(entering):  # outermost first
+            key = (source.id, loop.id)
+            enter = self._entered.get(key)
+            if enter is None:
+                enter = Node(len(self.nodes), self._unique(f"{loop.name}: enter {source.name}"), LoopEnter,
+                             [Edge(source, 0)], kind=("LoopEnter",), loop=loop, role=ENTER)
+                self.nodes.append(enter)
+                self._entered[key] = enter
+            source = enter
+        return Edge(source, edge.port, edge.exchange)
+
+    def check_cycles(self) -> None:
+        """Refuse a cycle that does not pass a loop's back edge (made by
+        hand, not by `iterate`): it has no round to count, so its progress
+        could never be decided. The error names the steps around it."""
+        for node in self.nodes:
+            for edge in node.inputs:
+                if edge.feedback and not (edge.source.role == FEEDBACK and node.role == HEAD
+                                          and edge.source.loop is node.loop):
+                    raise KernelError(f"{node.label}: a back edge from {edge.source.label} that is not "
+                                      "a loop's feedback (loops are made with Stream.iterate)")
+        state: dict[int, int] = {}  # 1: on the path, 2: done
+        for start in self.nodes:
+            if start.id in state:
+                continue
+            path = [start]
+            pending = [iter(start.inputs)]
+            state[start.id] = 1
+            while pending:
+                edge = next(pending[-1], None)
+                if edge is None:
+                    pending.pop()
+                    state[path.pop().id] = 2
+                    continue
+                if edge.feedback:
+                    continue
+                source = edge.source
+                mark = state.get(source.id)
+                if mark == 1:
+                    cycle = path[[n.id for n in path].index(source.id):]
+                    steps = " <- ".join(n.label for n in [*cycle, source])
+                    raise KernelError(
+                        f"a cycle without a round: {steps} (each reads the next); a dataflow may "
+                        "loop only through Stream.iterate, whose feedback counts the rounds")
+                if mark is None:
+                    state[source.id] = 1
+                    path.append(source)
+                    pending.append(iter(source.inputs))
 
     def fingerprint(self) -> str:
         """Names what the flow's snapshots depend on: its name and, for each
@@ -92,6 +210,8 @@ class Graph:
         a run still resumes (and a cluster's processes still agree)."""
         shape = [(node.kind, node.is_source, node.combiner is not None,
                   [(e.source.id, e.port, e.exchange) for e in node.inputs]) for node in self.nodes]
+        if self.loops:  # (a flow without loops keeps the fingerprint it had)
+            shape.append([(n.loop.id if n.loop else None, n.role) for n in self.nodes])
         return hashlib.sha256(repr((self.name, shape)).encode()).hexdigest()
 
     def _unique(self, name: str) -> str:

@@ -23,6 +23,13 @@ synchronous handlers; the kernel calls them inside its ticks:
   what an operator further on needs before it moves on without you (the
   windowed combiner's partial half sends its partials). Called before the
   idle signal is forwarded.
+* ``on_round(round)``: inside a loop (``Stream.iterate``), round ``round``
+  of the innermost loop around the operator is complete: every input has
+  delivered all of that round's records, on every kernel's side. It is
+  called once per round, in order, before the round's end is passed on, so
+  anything emitted here belongs to the same round (the keyed aggregates
+  emit their per-round results here). The operator object, and its state,
+  lives on from round to round and from run to run.
 * ``open(context)``: called once on the kernel, before any data. ``context``
   has ``index``, ``peers``, ``watermark``, ``epoch``, ``clock``, ``logger``.
 * ``result()``: a picklable value handed back to the caller after the run
@@ -98,6 +105,10 @@ class Operator:
 
     def on_idle(self) -> None:
         """Every input is idle: emit what others must not move on without."""
+
+    def on_round(self, round: int) -> None:
+        """Inside a loop: round `round` is complete on every input (of every
+        kernel); emit what belongs to it before its end is passed on."""
 
     def on_timer(self, event_time: float, data) -> None:
         """An event-time timer set with `schedule(event_time, data)` is due."""

@@ -49,7 +49,7 @@ import heapq
 import itertools
 import math
 
-from kernel.dataflow import IDLE, EpochMarker
+from kernel.dataflow import IDLE, EpochMarker, RoundMarker
 from kernel.dataflow._errors import KernelError, OperatorError, describe_function
 from kernel.dataflow._graph import Node
 from kernel.dataflow._operator import Operator
@@ -84,6 +84,7 @@ class Instance:
         "idle",
         "index",
         "is_source",
+        "loop",
         "name",
         "op",
         "output_watermark",
@@ -115,6 +116,7 @@ class Instance:
         self.idle = False  # a source that said IDLE downstream
         self.timers: list = []  # heap of (event time, sequence, data) for on_timer
         self.index = -1  # position in the runtime's instances
+        self.loop = None  # inside loops: how it takes their round markers (_loops.Membership)
         # epoch alignment: the channels that delivered the marker of epoch
         # `aligning` (None: not aligning), what came behind it on them, and
         # what to handle next once the alignment is done
@@ -308,6 +310,9 @@ class Instance:
         progress = self.progress
         if payload.__class__ is EpochMarker:
             self._channel_epoch(channel, payload.epoch)
+            return
+        if payload.__class__ is RoundMarker:  # inside a loop (_loops.py)
+            self.loop.marker(self, payload)
             return
         if payload is END:
             change = progress.observe_end(channel)

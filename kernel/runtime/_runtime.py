@@ -30,6 +30,7 @@ from kernel.net import LocalTransport, Partitioner
 from ._epochs import ENDED, EpochTracker
 from ._exchange import ExchangeOutput
 from ._instance import END, Instance, _call
+from ._loops import INSTANCE_CLASSES, back_edge, wire_loops
 
 _INF = math.inf
 # Operator fusion on chained edges (`_fuse`); tests turn it off to compare.
@@ -61,12 +62,14 @@ class Runtime:
         self._epoch_buckets = [0] * (len(EPOCH_BUCKETS) + 1)  # per bucket (the last: above them all)
         self._epoch_seconds = 0.0
         self.snapshot_bytes: int | None = None  # the last snapshot this kernel took
+        self.loops: dict = {}  # loop id -> its LoopControl on this kernel (_loops.py)
 
     # -- wiring -------------------------------------------------------------------
 
     def _build(self) -> None:
         """Instantiate every operator and wire the inboxes (on the running kernel)."""
         graph, transport = self.graph, self.transport
+        graph.check_cycles()
         exchanging = transport.peers > 1
         for node in graph.nodes:
             factory = node.combiner.merge if exchanging and self._combines(node) else node.factory
@@ -75,12 +78,19 @@ class Runtime:
         for node, instance in zip(graph.nodes, self.instances):
             for edge in node.inputs:
                 upstream = self.instances[edge.source.id]
+                if edge.feedback:  # a loop's back edge (_loops.py)
+                    upstream.targets.append((back_edge(self, instance, edge.port), 0))
+                    continue
                 if not (edge.exchange and exchanging):
                     upstream.targets.append((instance, instance.add_channel(edge.port)))
                     continue
                 if self._combines(node):
                     upstream = self._partial_before_exchange(node, upstream)
                 upstream.targets.append((self._exchange(edge.port, upstream, instance, partitioner), 0))
+        if graph.loops:
+            nodes = [*graph.nodes, *(graph.nodes[self._partial_for[i]]
+                                     for i in range(len(graph.nodes), len(self.instances)))]
+            self.loops = wire_loops(graph, self.instances, nodes)
         for instance in self.instances:
             if len(instance.targets) == 1:
                 target, _ = instance.targets[0]
@@ -112,7 +122,7 @@ class Runtime:
     def _partial_before_exchange(self, node: Node, upstream: Instance) -> Instance:
         """The combiner's partial aggregate, on this kernel, before the exchange."""
         partial = self._instantiate(
-            Node(len(self.instances), f"{node.name}, partial", node.combiner.partial),
+            Node(len(self.instances), f"{node.name}, partial", node.combiner.partial, loop=node.loop),
             node.combiner.partial,
             label=f"{node.label}, partial before the exchange",
         )
@@ -141,7 +151,7 @@ class Runtime:
             raise TypeError(f"{label}: factory returned {op!r}, not an Operator")
         op.name = label
         op.context = self.kernel.context
-        instance = Instance(node, op, self)
+        instance = INSTANCE_CLASSES.get(node.role, Instance)(node, op, self)
         instance.name = label
         return instance
 

@@ -1,0 +1,92 @@
+"""Loops in the dataflow model: scopes and the steps at their borders.
+
+`Stream.iterate(body)` opens a *loop scope*; every step `body` makes lives
+in it. A record's time inside a loop is the pair (outer time, round), as
+timely's `Product` timestamps; here the round is not carried by each record
+but by `RoundMarker`s, in band after each round's data, as watermarks are.
+
+Four kinds of steps sit at a loop's borders (`Node.role`), each a plain
+pass-through operator here; the runtime gives them their behaviour
+(kernel/runtime/_loops.py):
+
+* ``head``: the loop's input (port 0, from outside) and its feedback (port
+  1, the back edge, the only edge of a graph that points to an earlier
+  step); what `body` receives as `loop_input`.
+* ``enter``: a stream from outside the loop used inside it (timely's
+  `enter`): its records come in round 0. Made by `Graph.add` when a step in
+  a loop reads a step outside it, once per stream and loop.
+* ``feedback``: what `body` returns as `feedback`: it goes back to the head
+  and is the next round's input.
+* ``leave``: what `body` returns as `out`: it leaves the loop.
+
+A cycle is allowed only through a back edge (feedback -> head): every trip
+around it is a round later. `Graph.check_cycles` refuses any other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kernel.dataflow._operator import Operator
+
+HEAD, ENTER, FEEDBACK, LEAVE = "head", "enter", "feedback", "leave"
+
+
+@dataclass(eq=False)
+class LoopScope:
+    """One `iterate` call: its number (in creation order, as the graph's
+    steps are), the scope around it (None: the top level), its name and
+    `max_rounds` (None: until a round feeds nothing back)."""
+
+    id: int
+    parent: LoopScope | None
+    name: str
+    max_rounds: int | None = None
+    max_in_flight: int | None = None
+
+    def chain(self) -> list[LoopScope]:
+        """This scope and every scope around it, innermost first."""
+        scopes, at = [], self
+        while at is not None:
+            scopes.append(at)
+            at = at.parent
+        return scopes
+
+    def within(self, other: LoopScope | None) -> bool:
+        """This scope is `other` or inside it (everything is inside None)."""
+        return other is None or other in self.chain()
+
+
+def scope_within(scope: LoopScope | None, other: LoopScope | None) -> bool:
+    return other is None or (scope is not None and scope.within(other))
+
+
+class PassThrough(Operator):
+    """A loop border's operator: hands every batch on as it is (the runtime
+    decides when: kernel/runtime/_loops.py)."""
+
+    def on_batch(self, port, batch):
+        self.emit(batch)
+
+
+class LoopHead(PassThrough):
+    """The loop's input and feedback, merged: `loop_input`."""
+
+
+class LoopEnter(PassThrough):
+    """A stream from outside the loop, entering it in round 0."""
+
+
+class LoopFeedback(PassThrough):
+    """What goes back to the head for the next round (`fed`: records in
+    this round so far)."""
+
+    fed = 0
+
+    def on_batch(self, port, batch):
+        self.fed += len(batch)
+        self.emit(batch)
+
+
+class LoopLeave(PassThrough):
+    """What leaves the loop."""
