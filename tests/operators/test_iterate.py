@@ -1,0 +1,376 @@
+"""Loops (`Stream.iterate`): graph algorithms against their textbook
+references, exact on 1, 2 and 3 kernels; rounds that end by themselves;
+per-round aggregates; nested loops; what is refused when the flow is built."""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernel import Dataflow, KernelError, Operator, run
+from kernel.dataflow._graph import Edge
+
+EXAMPLES = settings(max_examples=8, deadline=None)
+cores = st.sampled_from([1, 2, 3])
+batch_sizes = st.sampled_from([1, 3, 1024])
+
+graphs = st.integers(1, 24).flatmap(
+    lambda n: st.tuples(st.just(n), st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)),
+                                              max_size=3 * n)))
+
+
+# -- connected components by label propagation vs union-find ------------------------
+
+def label_propagation(flow, vertices, edges, batch_size):
+    """Each vertex's component: the least vertex it is connected to."""
+    both_ways = flow.from_iterable([*edges, *((v, u) for u, v in edges)], batch_size=batch_size)
+    neighbours = both_ways.key_by(lambda e: e[0]).map_values(lambda e: e[1])
+
+    def round_(labels):
+        least = labels.key_by(lambda p: p[0]).map_values(lambda p: p[1]).reduce(min)
+        improved = least.stateful_map(
+            lambda best, label: (label, label) if best is None or label < best else (best, None)
+        ).filter(lambda p: p[1] is not None)
+        spread = improved.key_by(lambda p: p[0]).map_values(lambda p: p[1]).join(neighbours).map(lambda p: (p[1][1], p[1][0]))
+        return spread, improved
+
+    start = flow.from_iterable([(v, v) for v in vertices], batch_size=batch_size)
+    return start.iterate(round_).key_by(lambda p: p[0]).map_values(lambda p: p[1]).reduce(min).collect()
+
+
+def union_find(vertices, edges):
+    parent = {v: v for v in vertices}
+
+    def find(v):
+        while parent[v] != v:
+            parent[v] = parent[parent[v]]
+            v = parent[v]
+        return v
+
+    for u, v in edges:
+        a, b = find(u), find(v)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    return {v: find(v) for v in vertices}
+
+
+@EXAMPLES
+@given(graphs, batch_sizes, cores)
+def test_connected_components_equal_union_find(graph, batch_size, n):
+    size, edges = graph
+    flow = Dataflow()
+    out = label_propagation(flow, range(size), edges, batch_size)
+    run(flow, cores=n)
+    assert len(out.items) == size
+    assert dict(out.items) == union_find(range(size), edges)
+
+
+# -- single-source shortest paths vs Dijkstra ----------------------------------------
+
+weighted = st.integers(1, 20).flatmap(
+    lambda n: st.tuples(st.just(n), st.lists(
+        st.tuples(st.integers(0, n - 1), st.integers(0, n - 1), st.integers(0, 9)), max_size=4 * n)))
+
+
+def dijkstra(size, edges, source):
+    adjacent: dict = {}
+    for u, v, w in edges:
+        adjacent.setdefault(u, []).append((v, w))
+    best = {source: 0}
+    queue = [(0, source)]
+    while queue:
+        d, u = heapq.heappop(queue)
+        if d > best[u]:
+            continue
+        for v, w in adjacent.get(u, ()):
+            if d + w < best.get(v, d + w + 1):
+                best[v] = d + w
+                heapq.heappush(queue, (d + w, v))
+    return best
+
+
+@EXAMPLES
+@given(weighted, batch_sizes, cores)
+def test_shortest_paths_equal_dijkstra(graph, batch_size, n):
+    size, edges = graph
+    flow = Dataflow()
+    out_edges = flow.from_iterable(edges, batch_size=batch_size).key_by(lambda e: e[0]).map_values(
+        lambda e: (e[1], e[2]))
+
+    def relax(distances):
+        least = distances.key_by(lambda p: p[0]).map_values(lambda p: p[1]).reduce(min)
+        shorter = least.stateful_map(
+            lambda best, d: (d, d) if best is None or d < best else (best, None)
+        ).filter(lambda p: p[1] is not None)
+        further = shorter.key_by(lambda p: p[0]).map_values(lambda p: p[1]).join(out_edges).map(lambda p: (p[1][1][0], p[1][0] + p[1][1][1]))
+        return further, shorter
+
+    found = flow.from_iterable([(0, 0)]).iterate(relax)
+    out = found.key_by(lambda p: p[0]).map_values(lambda p: p[1]).reduce(min).collect()
+    run(flow, cores=n)
+    assert dict(out.items) == dijkstra(size, edges, 0)
+
+
+# -- PageRank for a fixed number of rounds vs a plain loop ----------------------------
+
+DAMPING = 0.85
+
+
+def pagerank_reference(size, edges, rounds):
+    out_degree = Counter(u for u, _ in edges)
+    ranks = {v: 1.0 / size for v in range(size)}
+    for _ in range(rounds):
+        incoming = dict.fromkeys(range(size), 0.0)
+        for u, v in edges:
+            incoming[v] += ranks[u] / out_degree[u]
+        ranks = {v: (1 - DAMPING) / size + DAMPING * incoming[v] for v in range(size)}
+    return ranks
+
+
+def pagerank_flow(flow, size, edges, rounds, batch_size=1024):
+    out_degree = Counter(u for u, _ in edges)
+    links = flow.from_iterable(edges, batch_size=batch_size).key_by(lambda e: e[0]).map_values(
+        lambda e: (e[1], 1.0 / out_degree[e[0]]))
+
+    def step(ranks):  # ranks: (vertex, rank, rounds done)
+        keyed = ranks.key_by(lambda r: r[0]).map_values(lambda r: (r[1], r[2]))
+        shares = keyed.join(links).map(lambda p: ((p[1][1][0], p[1][0][1]), p[1][0][0] * p[1][1][1]))
+        own = ranks.map(lambda r: ((r[0], r[2]), 0.0))  # every vertex, with or without links in
+        summed = shares.union(own).key_by(lambda p: p[0]).map_values(lambda p: p[1]).sum()
+        new = summed.map(lambda p: (p[0][0], (1 - DAMPING) / size + DAMPING * p[1], p[0][1] + 1))
+        return new.filter(lambda r: r[2] < rounds), new.filter(lambda r: r[2] == rounds)
+
+    start = flow.from_iterable([(v, 1.0 / size, 0) for v in range(size)], batch_size=batch_size)
+    return start.iterate(step)
+
+
+@EXAMPLES
+@given(graphs, st.integers(1, 6), cores)
+def test_pagerank_equals_a_plain_loop(graph, rounds, n):
+    size, edges = graph
+    flow = Dataflow()
+    out = pagerank_flow(flow, size, edges, rounds).collect()
+    run(flow, cores=n)
+    expected = pagerank_reference(size, edges, rounds)
+    got = {v: rank for v, rank, _ in out.items}
+    assert len(out.items) == size
+    assert got.keys() == expected.keys()
+    assert all(abs(got[v] - expected[v]) <= 1e-9 for v in expected)
+
+
+# -- loops that end by themselves, per-round aggregates -------------------------------
+
+def collatz_steps(n):
+    steps = 0
+    while n != 1:
+        n = n // 2 if n % 2 == 0 else 3 * n + 1
+        steps += 1
+    return steps
+
+
+@EXAMPLES
+@given(st.lists(st.integers(1, 500), max_size=40), batch_sizes, cores)
+def test_collatz_steps_the_loop_ends_by_itself(numbers, batch_size, n):
+    def step(walks):  # (start, now, steps)
+        on = walks.map(lambda w: (w[0], w[1] // 2 if w[1] % 2 == 0 else 3 * w[1] + 1, w[2] + 1))
+        return on.filter(lambda w: w[1] != 1), on.filter(lambda w: w[1] == 1)
+
+    flow = Dataflow()
+    start = flow.from_iterable(numbers, batch_size=batch_size)
+    ones = start.filter(lambda x: x == 1).map(lambda x: (x, x, 0))  # already there
+    done = start.filter(lambda x: x != 1).map(lambda x: (x, x, 0)).iterate(step)
+    out = done.union(ones).map(lambda w: (w[0], w[2])).collect()
+    run(flow, cores=n)
+    assert sorted(out.items) == sorted((x, collatz_steps(x)) for x in numbers)
+
+
+def rounds_of(records, step):
+    """The records of each round of a loop whose round is `step` (a plain
+    function from one round's records to the next's)."""
+    rounds = []
+    while records:
+        rounds.append(records)
+        records = step(records)
+    return rounds
+
+
+@EXAMPLES
+@given(st.lists(st.integers(0, 12), max_size=40), batch_sizes, cores)
+def test_a_count_inside_a_loop_emits_once_per_round(numbers, batch_size, n):
+    def body(values):
+        counts = values.key_by(lambda v: v % 3).count()
+        tagged = counts.map(lambda c: ("count", c))
+        return values.filter(lambda v: v > 0).map(lambda v: v - 1), tagged
+
+    flow = Dataflow()
+    out = flow.from_iterable(numbers, batch_size=batch_size).iterate(body).collect()
+    run(flow, cores=n)
+    expected = []
+    for records in rounds_of(numbers, lambda rs: [v - 1 for v in rs if v > 0]):
+        expected.extend(("count", item) for item in Counter(v % 3 for v in records).items())
+    assert sorted(out.items) == sorted(expected)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_on_round_is_told_each_round_in_order(n):
+    class Rounds(Operator):
+        def open(self, context):
+            self.seen = 0
+
+        def on_batch(self, port, batch):
+            self.seen += len(batch)
+
+        def on_round(self, round):
+            self.emit([(round, self.seen)])  # state kept from round to round
+
+    def body(values):
+        return values.filter(lambda v: v > 0).map(lambda v: v - 1), values.apply(Rounds)
+
+    flow = Dataflow()
+    out = flow.from_iterable(range(6)).iterate(body).collect()
+    run(flow, cores=n)
+    # each kernel's operator: one (round, records so far) per round, rounds in order
+    per_kernel: dict = {}
+    for round_, seen in out.items:
+        per_kernel.setdefault(round_, []).append(seen)
+    assert sorted(per_kernel) == list(range(6))
+    assert all(len(seen) == n for seen in per_kernel.values())
+    # over the kernels, the records so far: 6 + 5 + ... in round 0, 1, ...
+    assert [sum(per_kernel[r]) for r in range(6)] == [sum(range(6, 5 - r, -1)) for r in range(6)]
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_max_rounds_stops_an_endless_loop(n):
+    flow = Dataflow()
+    out = flow.from_iterable(["x"]).iterate(lambda s: (s, s), max_rounds=5).collect()
+    run(flow, cores=n)
+    assert out.items == ["x"] * 5
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_an_empty_input_runs_one_empty_round(n):
+    flow = Dataflow()
+    out = flow.from_iterable([]).iterate(lambda s: (s.map(lambda x: x), s)).collect()
+    run(flow, cores=n)
+    assert out.items == []
+
+
+# -- loops inside loops ---------------------------------------------------------------
+
+@EXAMPLES
+@given(st.lists(st.integers(0, 30), max_size=20), cores)
+def test_a_nested_loop_runs_to_its_fixpoint_in_every_outer_round(numbers, n):
+    # outer round: every number x > 0 goes on as x - 1; inner loop, per
+    # outer round: x halves down to 0, a count per inner round
+    def inner(values):
+        halves = values.filter(lambda v: v > 0).map(lambda v: v // 2)
+        return halves, values.key_by(lambda v: v % 2).count()
+
+    def outer(values):
+        counted = values.iterate(inner)
+        return values.filter(lambda v: v > 0).map(lambda v: v - 1), counted
+
+    flow = Dataflow()
+    out = flow.from_iterable(numbers).iterate(outer).collect()
+    run(flow, cores=n)
+    expected = []
+    for outer_round in rounds_of(numbers, lambda rs: [v - 1 for v in rs if v > 0]):
+        for inner_round in rounds_of(outer_round, lambda rs: [v // 2 for v in rs if v > 0]):
+            expected.extend(Counter(v % 2 for v in inner_round).items())
+    assert sorted(out.items) == sorted(expected)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_an_outside_stream_enters_a_nested_loop_in_round_zero_of_both(n):
+    flow = Dataflow()
+    tags = flow.from_iterable(["t"])
+
+    def inner(values):
+        return values.filter(lambda v: v > 0).map(lambda v: v - 1), values.union(tags)
+
+    def outer(values):
+        return values.filter(lambda v: v > 0).map(lambda v: v - 1), values.iterate(inner)
+
+    out = flow.from_iterable([2]).iterate(outer).collect()
+    run(flow, cores=n)
+    # outer rounds see 2, 1, 0; the tag's time is (0, 0, 0), as timely's
+    # enter gives it: the first inner run's round 0, in outer round 0
+    assert sorted(out.items, key=str) == sorted([2, 1, 0, 1, 0, 0, "t"], key=str)
+
+
+# -- refused when the flow is built ---------------------------------------------------
+
+def test_a_cycle_without_a_round_is_refused_naming_its_steps():
+    flow = Dataflow()
+    source = flow.from_iterable([1])
+    first = source.map(lambda x: x, name="first")
+    second = first.map(lambda x: x, name="second")
+    out = second.collect()
+    first.node.inputs.append(Edge(second.node, 1))  # wired around by hand
+    with pytest.raises(KernelError, match=r"a cycle without a round: first \(step 1\) <- second "
+                                          r"\(step 2\) <- first \(step 1\)"):
+        run(flow)
+    assert out.items == []
+
+
+def test_a_back_edge_that_is_not_a_loops_feedback_is_refused():
+    flow = Dataflow()
+    first = flow.from_iterable([1]).map(lambda x: x, name="first")
+    second = first.map(lambda x: x, name="second")
+    first.node.inputs.append(Edge(second.node, 1, feedback=True))
+    with pytest.raises(KernelError, match=r"first \(step 1\): a back edge from second \(step 2\)"):
+        run(flow)
+
+
+def test_a_step_inside_a_loop_is_not_seen_outside_it():
+    flow = Dataflow()
+    inside = []
+
+    def body(values):
+        inside.append(values.map(lambda x: x, name="inner"))
+        return values.filter(lambda x: False), values
+
+    flow.from_iterable([1]).iterate(body)
+    with pytest.raises(KernelError, match=r"late: reads inner \(step \d+\), which is inside the loop "
+                                          r"'iterate\(body\)'"):
+        inside[0].map(lambda x: x, name="late")
+
+
+def test_bad_bodies_and_options_are_refused():
+    flow = Dataflow()
+    numbers = flow.from_iterable([1])
+    with pytest.raises(TypeError, match="body must return \\(feedback, out\\)"):
+        numbers.iterate(lambda s: s)
+    with pytest.raises(TypeError, match="needs a callable body"):
+        numbers.iterate(42)
+    with pytest.raises(ValueError, match="max_rounds must be a positive int"):
+        numbers.iterate(lambda s: (s, s), max_rounds=0)
+    with pytest.raises(KernelError, match="not inside a loop"):
+        from operators import Tumbling
+
+        numbers.iterate(lambda s: (s, s.key_by(str).window(Tumbling(1.0)).count()))
+    # a failed body leaves the flow usable, outside every loop
+    assert numbers.map(str).node.loop is None
+
+
+def test_snapshots_of_loops_are_refused_for_now(tmp_path):
+    flow = Dataflow()
+    flow.from_iterable([1]).iterate(lambda s: (s.filter(lambda x: False), s)).collect()
+    with pytest.raises(ValueError, match="epoch snapshots of a flow with loops are not supported"):
+        run(flow, state_dir=tmp_path)
+
+
+def test_a_source_made_inside_the_body_enters_the_loop():
+    flow = Dataflow()
+
+    def body(values):
+        extra = flow.from_iterable(["e"])
+        return values.filter(lambda x: False), values.union(extra)
+
+    out = flow.from_iterable(["v"]).iterate(body).collect()
+    run(flow)
+    assert sorted(out.items) == ["e", "v"]
