@@ -81,24 +81,35 @@ class RoundMarker:
     marker inside an iterative dataflow (`Stream.iterate`), in band after
     that round's data. `count` is used by the marker a loop's feedback step
     sends back to the loop's head on every kernel: how many records it fed
-    back in that round (0 on every kernel: the loop is done)."""
+    back in that round (0 on every kernel: the loop is done), and `final`
+    whether that kernel's loop inputs have all ended. Two rounds are no
+    rounds: START asks every kernel to start run `count` of a loop, JOIN
+    is a kernel's answer, with its outer watermark `frontier` and `final`.)"""
 
-    __slots__ = ("count", "loop", "round")
+    __slots__ = ("count", "final", "frontier", "loop", "round")
 
-    def __init__(self, loop: int, round: int, count: int = 0) -> None:
+    START = 2**64 - 1
+    JOIN = 2**64 - 2
+
+    def __init__(self, loop: int, round: int, count: int = 0, final: bool = False,
+                 frontier: float = float("-inf")) -> None:
         self.loop = loop
         self.round = round
         self.count = count
+        self.final = final
+        self.frontier = frontier
+
+    def _fields(self) -> tuple:
+        return self.loop, self.round, self.count, self.final, self.frontier
 
     def __repr__(self) -> str:
-        return f"RoundMarker(loop={self.loop}, round={self.round}, count={self.count})"
+        return "RoundMarker(loop={}, round={}, count={}, final={}, frontier={})".format(*self._fields())
 
     def __eq__(self, other) -> bool:
-        return (isinstance(other, RoundMarker) and
-                (other.loop, other.round, other.count) == (self.loop, self.round, self.count))
+        return isinstance(other, RoundMarker) and other._fields() == self._fields()
 
     def __hash__(self) -> int:
-        return hash(("round", self.loop, self.round, self.count))
+        return hash(("round", *self._fields()))
 
 
 # An epoch number after every epoch: committing it publishes everything held

@@ -35,34 +35,54 @@ and the end of input (+inf) comes after the last run.
 
 from __future__ import annotations
 
-from kernel.dataflow import EpochMarker, RoundMarker
+import math
+
+from kernel.dataflow import IDLE, EpochMarker, RoundMarker, TimedBatch
 from kernel.dataflow._errors import KernelError
 from kernel.dataflow._loops import ENTER, FEEDBACK, HEAD
 
 from ._instance import END, Instance, _call
+from ._progress import Frontier
+
+_INF = math.inf
 
 
 class LoopControl:
     """One loop on one kernel: counts its members' rounds, starts rounds,
-    ends runs (see the module docstring)."""
+    starts and ends runs (see the module docstring)."""
 
     def __init__(self, scope) -> None:
         self.id = scope.id
         self.name = scope.name
         self.max_rounds = scope.max_rounds
+        self.top = scope.parent is None  # runs start on watermarks (else: enclosing rounds)
         self.members = 0  # instances that have every round's marker on every input
         self.done: dict[int, int] = {}  # round -> members whose inputs all had its marker
         self.entries: list[Entry] = []  # this kernel's head and enter steps
         self.closed = 0  # entries whose outer time has ended in this run
         self.feedback: FeedbackInstance | None = None
+        self.back: BackEdge | None = None  # the feedback's sending end
         self.head: Head | None = None
-        self.rounds = 0  # rounds run, every run (for tests and benches)
+        self.running = False  # a run is under way here
+        self.runs = 0  # runs started (or lapsed) here
+        # a loop at the top level: the latest run a kernel asked for, the
+        # latest this kernel answered, the answers so far (run -> [kernels,
+        # least watermark, all ended]), the watermark the last run went up to
+        self.asked = self.joined = 0
+        self.answers: dict[int, list] = {}
+        self.frontier = -_INF
+        self.final = False  # this run ends every input (its entries end after it)
+        self.finished = False  # the final run has started
+        self.rounds = 0  # rounds completed here, over every run (benches)
 
     def member_done(self, round: int) -> None:
         self.done[round] = self.done.get(round, 0) + 1
         self._check(round)
 
     def entry_closed(self) -> None:
+        if not self.running:  # a loop inside another: the first entry's outer time ended
+            self.running = True
+            self.runs += 1
         self.closed += 1
         self._check(0)
 
@@ -71,6 +91,74 @@ class LoopControl:
             del self.done[round]
             self.rounds += 1
             self.feedback.end_round(round)
+
+    # -- runs of a loop at the top level: agreed by every kernel ---------------------
+    # A kernel whose outer watermark moved asks every kernel for the next run
+    # (START); each answers once it is between runs (JOIN, with its own
+    # watermark and whether its inputs have all ended); with every answer
+    # in, each kernel decides alike: the run goes up to the least watermark
+    # F, and takes in what came with a time below F (a record without time:
+    # whatever came), or nothing moved and the attempt lapses.
+
+    def outer_moved(self) -> None:
+        """An entry's outer watermark moved (or its input ended)."""
+        if self.running or self.asked > self.runs or self.finished:
+            return
+        if self._outer_frontier() > self.frontier or self._ended():
+            self.asked = self.runs + 1
+            self.back.deliver(0, RoundMarker(self.id, RoundMarker.START, self.asked))
+
+    def run_asked(self, run: int) -> None:
+        """A kernel (maybe this one) asks for run `run`."""
+        self.asked = max(self.asked, run)
+        self._join()
+
+    def joined_by(self, run: int, frontier: float, final: bool) -> None:
+        """A kernel's answer for run `run`."""
+        answer = self.answers.setdefault(run, [0, _INF, True])
+        answer[0] += 1
+        answer[1] = min(answer[1], frontier)
+        answer[2] = answer[2] and final
+        self._decide()
+
+    def _join(self) -> None:
+        run = self.runs + 1
+        if not self.running and self.asked >= run and self.joined < run and not self.finished:
+            self.joined = run
+            self.back.deliver(0, RoundMarker(self.id, RoundMarker.JOIN, run, self._ended(),
+                                             self._outer_frontier()))
+
+    def _decide(self) -> None:
+        run = self.runs + 1
+        answer = self.answers.get(run)
+        if self.joined < run or answer is None or answer[0] < self.head.peers:
+            return
+        del self.answers[run]
+        self.runs = run
+        frontier, final = answer[1], answer[2]
+        if frontier > self.frontier or final:
+            self.running = True
+            self.frontier = frontier
+            self.final = self.finished = final
+            for entry in self.entries:
+                entry.admit(frontier)
+            for entry in self.entries:
+                entry._close(END if final else frontier)
+        else:  # nothing moved everywhere: the attempt lapses
+            self._between_runs()
+
+    def _between_runs(self) -> None:
+        self._join()
+        self._decide()
+        self.outer_moved()
+
+    def _outer_frontier(self) -> float:
+        return min(entry.outer.value for entry in self.entries)
+
+    def _ended(self) -> bool:
+        return all(entry.outer.ended for entry in self.entries)
+
+    # -- rounds --------------------------------------------------------------------------
 
     def round_complete(self, round: int, fed_back: int) -> None:
         """Round `round` is complete on every kernel; `fed_back` records
@@ -82,8 +170,12 @@ class LoopControl:
             return
         self.head.drop()
         self.closed = 0
+        self.running = False
+        final, self.final = self.final, False
         for entry in self.entries:
-            entry.end_run()
+            entry.end_run(final)
+        if self.top:
+            self._between_runs()
 
 
 class Membership:
@@ -116,21 +208,77 @@ class Membership:
 
 
 class Entry(Instance):
-    """A head or enter step: passes its outside input on as round 0, and
-    closes the round when its outer time ends (see the module docstring)."""
+    """A head or enter step: passes its outside input on as the next run's
+    round 0 (holding it while a run is under way), and closes round 0 when
+    the run starts (see the module docstring)."""
 
-    __slots__ = ("boundary", "control", "controls", "outer_seen", "outside", "outside_open")
+    __slots__ = ("boundary", "control", "controls", "held_outside", "outer", "outer_index",
+                 "outer_seen", "outside_open")
 
-    def setup(self, control: LoopControl, controls: dict, outside: set) -> None:
+    # never chained: outside input may have to wait (`held_outside`), so it
+    # goes through the inbox, where `activate` sees its channel
+    @property
+    def chained(self) -> bool:
+        return False
+
+    @chained.setter
+    def chained(self, value: bool) -> None:
+        pass
+
+    def setup(self, control: LoopControl, controls: dict, outside: list[int]) -> None:
         self.control = control
         self.controls = controls
-        self.outside = outside  # the channel numbers from outside the loop
+        self.outer = Frontier()  # the outside channels' watermarks
+        self.outer_index = {channel: self.outer.add_channel() for channel in outside}
         self.outside_open = len(outside)
         self.outer_seen: dict[tuple[int, int], int] = {}
-        self.boundary = None  # what ended the outer time of this run: an enclosing RoundMarker or END
+        self.held_outside: list = []  # what came from outside during a run
+        self.boundary = None  # what ended the outer time of this run
 
-    def _progress(self, channel: int, payload) -> None:
+    def activate(self):
+        self.scheduled = False
+        pending, self.pending = self.pending, []
+        top = self.control.top
+        for channel, payload in pending:
+            if channel not in self.outer_index:
+                self._back(channel, payload)
+            elif isinstance(payload, list):
+                if top:
+                    self.held_outside.append(payload)  # until a run takes its time in
+                else:  # a loop inside another: outside data comes only between runs
+                    self.op.emit(payload)
+            else:
+                self._outside(channel, payload)
+
+    def _back(self, channel: int, payload) -> None:  # (only a head has a back edge)
+        raise AssertionError(f"{self.name}: input on channel {channel} from nowhere")
+
+    def admit(self, frontier: float) -> None:
+        """A run up to `frontier` starts: what came from outside with a time
+        below it (and what came without time) goes on as its round 0."""
+        held, self.held_outside = self.held_outside, []
+        emit = self.op.emit
+        for batch in held:
+            if batch.__class__ is not TimedBatch or frontier == _INF:
+                emit(batch)
+                continue
+            stamps = batch.timestamps
+            now = [i for i, t in enumerate(stamps) if t < frontier]
+            if len(now) == len(batch):
+                emit(batch)
+            elif now:
+                later = [i for i, t in enumerate(stamps) if t >= frontier]
+                emit(TimedBatch([batch[i] for i in now], [stamps[i] for i in now]))
+                self.held_outside.append(TimedBatch([batch[i] for i in later], [stamps[i] for i in later]))
+            else:
+                self.held_outside.append(batch)
+
+    def _outside(self, channel: int, payload) -> None:
         cls = payload.__class__
+        if cls is EpochMarker:  # refused when the run is planned (kernel._facade)
+            raise KernelError(f"{self.name}: epoch snapshots of loops are not supported")
+        outer = self.outer
+        index = self.outer_index[channel]
         if cls is RoundMarker:  # an enclosing loop's round ended on this channel
             key = (payload.loop, payload.round)
             seen = self.outer_seen.get(key, 0) + 1
@@ -139,27 +287,43 @@ class Entry(Instance):
                 return
             self.outer_seen.pop(key, None)
             self._close(payload)
-        elif payload is END:
+            return
+        if payload is END:
+            outer.observe_end(index)
             self.outside_open -= 1
-            if self.outside_open == 0:
-                self._close(END)
-        elif cls is EpochMarker:  # refused when the run is planned (kernel._facade)
-            raise KernelError(f"{self.name}: epoch snapshots of loops are not supported")
-        # a watermark or IDLE: rounds have no event time (module docstring)
+            if not self.control.top:
+                if self.outside_open == 0:
+                    self._close(END)
+                return
+        elif payload is IDLE:
+            outer.observe_idle(index)
+        else:
+            if not self.control.top:  # (between runs of a loop inside another)
+                self._forward(payload)
+                return
+            outer.observe_watermark(index, payload)
+        if not self.ended:
+            self.control.outer_moved()
 
     def _close(self, boundary) -> None:
+        """Round 0 of the run ends here; `boundary` goes on after the run."""
         self.boundary = boundary
         self._forward(RoundMarker(self.control.id, 0))
         self.control.entry_closed()
 
-    def end_run(self) -> None:
+    def end_run(self, final: bool) -> None:
         """The run is over: hand on what ended its outer time."""
         boundary, self.boundary = self.boundary, None
         if boundary is END:
-            self._end()
-        else:
+            if final or not self.control.top:
+                self._end()
+            else:  # this kernel's input ended, another's not yet
+                self._forward(_INF)
+        elif boundary.__class__ is RoundMarker:
             self._forward(boundary)
             self.controls[boundary.loop].member_done(boundary.round)
+        elif boundary > -_INF:
+            self._forward(boundary)  # the outer watermark passes the loop
 
     def _end(self) -> None:
         self._finish()
@@ -170,7 +334,8 @@ class Head(Entry):
     feedback step: what comes back is held, by the round it was fed back
     in, until that round is complete everywhere."""
 
-    __slots__ = ("arrived", "back_open", "back_rounds", "fed_back", "held", "peers", "waiting_end")
+    __slots__ = ("arrived", "back_open", "back_rounds", "fed_back", "held", "peers",
+                 "waiting_end")
 
     def setup_back(self, back: list[int]) -> None:
         self.back_rounds = dict.fromkeys(back, 0)  # channel -> markers it has delivered this run
@@ -181,23 +346,10 @@ class Head(Entry):
         self.fed_back: dict[int, int] = {}  # round -> records fed back, so far
         self.waiting_end = False  # END went on; the back edges' ends are still to come
 
-    def activate(self):
-        self.scheduled = False
-        pending, self.pending = self.pending, []
-        back_rounds = self.back_rounds
-        emit = self.op.emit
-        for channel, payload in pending:
-            if channel in back_rounds:
-                if isinstance(payload, list):
-                    self.held.setdefault(back_rounds[channel] + 1, []).append(payload)
-                else:
-                    self._back_progress(channel, payload)
-            elif isinstance(payload, list):
-                emit(payload)
-            else:
-                self._progress(channel, payload)
-
-    def _back_progress(self, channel: int, payload) -> None:
+    def _back(self, channel: int, payload) -> None:
+        if isinstance(payload, list):
+            self.held.setdefault(self.back_rounds[channel] + 1, []).append(payload)
+            return
         if payload is END:
             self.back_open -= 1
             if self.back_open == 0 and self.waiting_end:
@@ -205,8 +357,14 @@ class Head(Entry):
                 self.runtime.instance_ended(self)
             return
         if payload.__class__ is not RoundMarker:
-            return  # the watermark the end of input brings (+inf)
+            return  # a watermark the feedback passes on (rounds have no event time)
         round = payload.round
+        if round == RoundMarker.START:
+            self.control.run_asked(payload.count)
+            return
+        if round == RoundMarker.JOIN:
+            self.control.joined_by(payload.count, payload.frontier, payload.final)
+            return
         self.back_rounds[channel] += 1
         self.fed_back[round] = self.fed_back.get(round, 0) + payload.count
         arrived = self.arrived[round] = self.arrived.get(round, 0) + 1
@@ -301,7 +459,7 @@ def wire_loops(graph, instances: list[Instance], nodes: list) -> dict[int, LoopC
             controls[loop.id].members += 1
         control = controls[node.loop.id]
         if node.role in (HEAD, ENTER):
-            outside = {c for c, port in enumerate(instance.ports) if port == 0}
+            outside = [c for c, port in enumerate(instance.ports) if port == 0]
             instance.setup(control, controls, outside)
             control.entries.append(instance)
             if node.role == HEAD:
@@ -311,6 +469,7 @@ def wire_loops(graph, instances: list[Instance], nodes: list) -> dict[int, LoopC
         if node.role == FEEDBACK:
             instance.control = control
             control.feedback = instance
+            control.back = instance.targets[0][0]
             passes = frozenset()
         else:  # inside the loop, or leaving it (its output is outside)
             out = node.output_scope

@@ -35,7 +35,8 @@ def label_propagation(flow, vertices, edges, batch_size):
         improved = least.stateful_map(
             lambda best, label: (label, label) if best is None or label < best else (best, None)
         ).filter(lambda p: p[1] is not None)
-        spread = improved.key_by(lambda p: p[0]).map_values(lambda p: p[1]).join(neighbours).map(lambda p: (p[1][1], p[1][0]))
+        rekeyed = improved.key_by(lambda p: p[0]).map_values(lambda p: p[1])
+        spread = rekeyed.join(neighbours).map(lambda p: (p[1][1], p[1][0]))
         return spread, improved
 
     start = flow.from_iterable([(v, v) for v in vertices], batch_size=batch_size)
@@ -106,7 +107,8 @@ def test_shortest_paths_equal_dijkstra(graph, batch_size, n):
         shorter = least.stateful_map(
             lambda best, d: (d, d) if best is None or d < best else (best, None)
         ).filter(lambda p: p[1] is not None)
-        further = shorter.key_by(lambda p: p[0]).map_values(lambda p: p[1]).join(out_edges).map(lambda p: (p[1][1][0], p[1][0] + p[1][1][1]))
+        rekeyed = shorter.key_by(lambda p: p[0]).map_values(lambda p: p[1])
+        further = rekeyed.join(out_edges).map(lambda p: (p[1][1][0], p[1][0] + p[1][1][1]))
         return further, shorter
 
     found = flow.from_iterable([(0, 0)]).iterate(relax)
@@ -374,3 +376,84 @@ def test_a_source_made_inside_the_body_enters_the_loop():
     out = flow.from_iterable(["v"]).iterate(body).collect()
     run(flow)
     assert sorted(out.items) == ["e", "v"]
+
+
+# -- event time: each outer time to its fixpoint, windows after the loop exact --------
+
+def collatz_body(walks):  # (start, now, steps); map and filter keep event time
+    on = walks.map(lambda w: (w[0], w[1] // 2 if w[1] % 2 == 0 else 3 * w[1] + 1, w[2] + 1))
+    return on.filter(lambda w: w[1] != 1), on.filter(lambda w: w[1] == 1)
+
+
+@EXAMPLES
+@given(st.lists(st.tuples(st.floats(0, 20, allow_nan=False), st.integers(2, 300)), max_size=40),
+       st.sampled_from([1, 2, 5]), cores)
+def test_windows_after_a_loop_over_event_time_are_exact(events, batch_size, n):
+    events = sorted(events)  # in time order: none is late at the source
+    flow = Dataflow()
+    timed = flow.from_iterable(events, timestamp=lambda e: e[0], batch_size=batch_size)
+    done = timed.map(lambda e: (e[1], e[1], 0)).iterate(collatz_body)
+    from operators import Tumbling
+
+    sums = done.key_by(lambda w: "all").map_values(lambda w: w[2]).window(Tumbling(2.0)).sum()
+    out = sums.collect()
+    run(flow, cores=n)
+    expected: Counter = Counter()
+    for t, x in events:
+        expected[2.0 * (t // 2.0)] += collatz_steps(x)
+    assert sums.late_count.value == 0  # the watermark never passed the loop ahead of its results
+    assert {w.start: total for _, w, total in out.items} == dict(expected)
+    assert len(out.items) == len(expected)
+
+
+def test_an_endless_source_gets_results_through_a_loop_before_it_ends():
+    """The outer watermark passes the loop once every round for the times
+    before it is done: a window after the loop closes while the source
+    still waits (for that very result)."""
+    import asyncio
+
+    seen = asyncio.Event()
+    waited: list = []
+
+    async def events():
+        for t in (0.1, 0.5, 1.2):  # the watermark reaches 1.2: the window [0, 1) may close
+            yield (t, 27)
+        try:
+            await asyncio.wait_for(seen.wait(), 10)
+            waited.append("window closed before the input ended")
+        except TimeoutError:
+            waited.append("timed out")
+        yield (5.0, 7)
+
+    from operators import Tumbling
+
+    flow = Dataflow()
+    timed = flow.from_async_iterable(events, timestamp=lambda e: e[0], batch_size=1)
+    done = timed.map(lambda e: (e[1], e[1], 0)).iterate(collatz_body)
+    windows = done.key_by(lambda w: "all").map_values(lambda w: w[2]).window(Tumbling(1.0)).sum()
+    out = windows.inspect(lambda r: seen.set()).collect()
+    run(flow)
+    assert waited == ["window closed before the input ended"]
+    assert [(w.start, total) for _, w, total in out.items] == [
+        (0.0, 2 * collatz_steps(27)), (1.0, collatz_steps(27)), (5.0, collatz_steps(7))]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_each_outer_time_iterates_to_its_own_fixpoint(n):
+    """Times far apart, a batch each, run as the watermark passes them
+    (several may share a run): a count keyed by time, per round, is each
+    time's own, as if it ran alone."""
+    events = [(float(t), x) for t in range(0, 40, 4) for x in (3, 4, 5)]
+
+    def body(values):  # (time, x): x counts down; per round, how many of each time
+        counted = values.key_by(lambda v: v[0]).count()
+        return values.filter(lambda v: v[1] > 0).map(lambda v: (v[0], v[1] - 1)), counted
+
+    flow = Dataflow()
+    out = flow.from_iterable(events, timestamp=lambda e: e[0], batch_size=3).iterate(body).collect()
+    run(flow, cores=n)
+    expected = []
+    for t in range(0, 40, 4):
+        for records in rounds_of([3, 4, 5], lambda rs: [x - 1 for x in rs if x > 0]):
+            expected.append((float(t), len(records)))
+    assert sorted(out.items) == sorted(expected)
