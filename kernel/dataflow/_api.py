@@ -856,6 +856,9 @@ class Stream(Generic[T_co]):
         leaves the loop: the result is the union of `out` over every round.
         The loop ends when a round feeds nothing back, on every kernel, or
         after `max_rounds` rounds (what the last one feeds back is dropped).
+        With `max_in_flight=N` (Faucet's flow control), each kernel lets at
+        most N of this stream's records into a run; the others wait at the
+        loop's entry for the next run, so what circulates stays bounded.
 
         Inside `body`, streams from outside the loop may be used (joined,
         unioned): their records enter in round 0, and operators keep their
@@ -874,11 +877,9 @@ class Stream(Generic[T_co]):
         >>> sorted(out.items)
         [1, 1, 2, 4]
         """
-        if max_rounds is not None and (not isinstance(max_rounds, int) or isinstance(max_rounds, bool)
-                                       or max_rounds < 1):
-            raise ValueError(f"max_rounds must be a positive int or None, got {max_rounds!r}")
-        if max_in_flight is not None:
-            raise ValueError("max_in_flight is not supported yet")
+        for option, value in (("max_rounds", max_rounds), ("max_in_flight", max_in_flight)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{option} must be a positive int or None, got {value!r}")
         if not callable(body):
             raise TypeError(f"iterate needs a callable body(loop_input) -> (feedback, out), got {body!r}")
         label = name or f"iterate({_fn_name(body)})"
@@ -905,7 +906,7 @@ class Stream(Generic[T_co]):
 
     def _like(self, node: Node, *, exchange: bool) -> Any:
         """A stream of this one's kind (keyed or not) over `node`'s records."""
-        stream = (KeyedStream if isinstance(self, KeyedStream) else Stream)(self.flow, node)
+        stream: Stream[Any] = (KeyedStream if isinstance(self, KeyedStream) else Stream)(self.flow, node)
         stream._exchange_out = exchange
         return stream
 

@@ -71,6 +71,9 @@ class LoopControl:
         self.asked = self.joined = 0
         self.answers: dict[int, list] = {}
         self.frontier = -_INF
+        self.reported = None  # this kernel's last answer's (watermark, ended, held, earliest)
+        # records admitted into a run, per kernel (Faucet: the rest wait at the entries)
+        self.in_flight = _INF if scope.max_in_flight is None else scope.max_in_flight
         self.final = False  # this run ends every input (its entries end after it)
         self.finished = False  # the final run has started
         self.rounds = 0  # rounds completed here, over every run (benches)
@@ -101,10 +104,15 @@ class LoopControl:
     # whatever came), or nothing moved and the attempt lapses.
 
     def outer_moved(self) -> None:
-        """An entry's outer watermark moved (or its input ended)."""
+        """An entry's outer watermark moved, its input ended, or a run left
+        records waiting (max_in_flight): ask for a run if that may start one."""
         if self.running or self.asked > self.runs or self.finished:
             return
-        if self._outer_frontier() > self.frontier or self._ended():
+        state = self._state()
+        if state == self.reported:
+            return  # what this kernel said last time lapsed, and nothing changed
+        frontier, ended, _, earliest = state
+        if frontier > self.frontier or ended or earliest < frontier:
             self.asked = self.runs + 1
             self.back.deliver(0, RoundMarker(self.id, RoundMarker.START, self.asked))
 
@@ -113,20 +121,23 @@ class LoopControl:
         self.asked = max(self.asked, run)
         self._join()
 
-    def joined_by(self, run: int, frontier: float, final: bool) -> None:
-        """A kernel's answer for run `run`."""
-        answer = self.answers.setdefault(run, [0, _INF, True])
+    def joined_by(self, marker: RoundMarker) -> None:
+        """A kernel's answer for run `marker.count`."""
+        answer = self.answers.setdefault(marker.count, [0, _INF, True, 0, _INF])
         answer[0] += 1
-        answer[1] = min(answer[1], frontier)
-        answer[2] = answer[2] and final
+        answer[1] = min(answer[1], marker.frontier)
+        answer[2] = answer[2] and marker.final
+        answer[3] = max(answer[3], marker.held)
+        answer[4] = min(answer[4], marker.earliest)
         self._decide()
 
     def _join(self) -> None:
         run = self.runs + 1
         if not self.running and self.asked >= run and self.joined < run and not self.finished:
             self.joined = run
-            self.back.deliver(0, RoundMarker(self.id, RoundMarker.JOIN, run, self._ended(),
-                                             self._outer_frontier()))
+            self.reported = state = self._state()
+            frontier, ended, held, earliest = state
+            self.back.deliver(0, RoundMarker(self.id, RoundMarker.JOIN, run, ended, frontier, held, earliest))
 
     def _decide(self) -> None:
         run = self.runs + 1
@@ -135,15 +146,20 @@ class LoopControl:
             return
         del self.answers[run]
         self.runs = run
-        frontier, final = answer[1], answer[2]
-        if frontier > self.frontier or final:
+        _, frontier, ended, held, earliest = answer
+        final = ended and held <= self.in_flight
+        if frontier > self.frontier or final or earliest < frontier:
             self.running = True
             self.frontier = frontier
             self.final = self.finished = final
+            budget = self.in_flight
             for entry in self.entries:
-                entry.admit(frontier)
+                budget -= entry.admit(frontier, budget)
+            # records with a time below the frontier still wait (max_in_flight):
+            # the watermark must not pass them
+            waiting = self._state()[3] < frontier
             for entry in self.entries:
-                entry._close(END if final else frontier)
+                entry._close(END if final else -_INF if waiting else frontier)
         else:  # nothing moved everywhere: the attempt lapses
             self._between_runs()
 
@@ -151,6 +167,15 @@ class LoopControl:
         self._join()
         self._decide()
         self.outer_moved()
+
+    def _state(self) -> tuple:
+        """(outer watermark, inputs all ended, records waiting, their earliest time)."""
+        held, earliest = 0, _INF
+        for entry in self.entries:
+            n, first = entry.waiting()
+            held += n
+            earliest = min(earliest, first)
+        return self._outer_frontier(), self._ended(), held, earliest
 
     def _outer_frontier(self) -> float:
         return min(entry.outer.value for entry in self.entries)
@@ -253,25 +278,53 @@ class Entry(Instance):
     def _back(self, channel: int, payload) -> None:  # (only a head has a back edge)
         raise AssertionError(f"{self.name}: input on channel {channel} from nowhere")
 
-    def admit(self, frontier: float) -> None:
+    def admit(self, frontier: float, budget: float) -> int:
         """A run up to `frontier` starts: what came from outside with a time
-        below it (and what came without time) goes on as its round 0."""
+        below it (and what came without time), at most `budget` records,
+        goes on as its round 0; returns how many."""
         held, self.held_outside = self.held_outside, []
+        keep = self.held_outside.append
         emit = self.op.emit
+        admitted = 0
         for batch in held:
-            if batch.__class__ is not TimedBatch or frontier == _INF:
-                emit(batch)
-                continue
-            stamps = batch.timestamps
-            now = [i for i, t in enumerate(stamps) if t < frontier]
-            if len(now) == len(batch):
-                emit(batch)
-            elif now:
-                later = [i for i, t in enumerate(stamps) if t >= frontier]
-                emit(TimedBatch([batch[i] for i in now], [stamps[i] for i in now]))
-                self.held_outside.append(TimedBatch([batch[i] for i in later], [stamps[i] for i in later]))
+            room = budget - admitted
+            if room <= 0:
+                keep(batch)
+            elif batch.__class__ is not TimedBatch:
+                if len(batch) <= room:
+                    emit(batch)
+                    admitted += len(batch)
+                else:
+                    emit(batch[:room])
+                    keep(batch[room:])
+                    admitted += room
             else:
-                self.held_outside.append(batch)
+                stamps = batch.timestamps
+                now = [i for i, t in enumerate(stamps) if t < frontier][:int(min(room, len(batch)))]
+                if len(now) == len(batch):
+                    emit(batch)
+                elif now:
+                    taken = set(now)
+                    later = [i for i in range(len(batch)) if i not in taken]
+                    emit(TimedBatch([batch[i] for i in now], [stamps[i] for i in now]))
+                    keep(TimedBatch([batch[i] for i in later], [stamps[i] for i in later]))
+                else:
+                    keep(batch)
+                admitted += len(now)
+        return admitted
+
+    def waiting(self) -> tuple[int, float]:
+        """Records waiting for a run, and their earliest time (-inf: some
+        have no time)."""
+        count, earliest = 0, _INF
+        for batch in self.held_outside:
+            count += len(batch)
+            if batch.__class__ is TimedBatch:
+                if batch.timestamps:
+                    earliest = min(earliest, min(batch.timestamps))
+            elif batch:
+                earliest = -_INF
+        return count, earliest
 
     def _outside(self, channel: int, payload) -> None:
         cls = payload.__class__
@@ -363,7 +416,7 @@ class Head(Entry):
             self.control.run_asked(payload.count)
             return
         if round == RoundMarker.JOIN:
-            self.control.joined_by(payload.count, payload.frontier, payload.final)
+            self.control.joined_by(payload)
             return
         self.back_rounds[channel] += 1
         self.fed_back[round] = self.fed_back.get(round, 0) + payload.count

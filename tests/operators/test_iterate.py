@@ -387,12 +387,12 @@ def collatz_body(walks):  # (start, now, steps); map and filter keep event time
 
 @EXAMPLES
 @given(st.lists(st.tuples(st.floats(0, 20, allow_nan=False), st.integers(2, 300)), max_size=40),
-       st.sampled_from([1, 2, 5]), cores)
-def test_windows_after_a_loop_over_event_time_are_exact(events, batch_size, n):
+       st.sampled_from([1, 2, 5]), cores, st.sampled_from([None, 1, 3]))
+def test_windows_after_a_loop_over_event_time_are_exact(events, batch_size, n, max_in_flight):
     events = sorted(events)  # in time order: none is late at the source
     flow = Dataflow()
     timed = flow.from_iterable(events, timestamp=lambda e: e[0], batch_size=batch_size)
-    done = timed.map(lambda e: (e[1], e[1], 0)).iterate(collatz_body)
+    done = timed.map(lambda e: (e[1], e[1], 0)).iterate(collatz_body, max_in_flight=max_in_flight)
     from operators import Tumbling
 
     sums = done.key_by(lambda w: "all").map_values(lambda w: w[2]).window(Tumbling(2.0)).sum()
@@ -457,3 +457,46 @@ def test_each_outer_time_iterates_to_its_own_fixpoint(n):
         for records in rounds_of([3, 4, 5], lambda rs: [x - 1 for x in rs if x > 0]):
             expected.append((float(t), len(records)))
     assert sorted(out.items) == sorted(expected)
+
+
+# -- flow control (Faucet) --------------------------------------------------------------
+
+class RoundSizes(Operator):
+    """Emits, at the end of each round, how many records it saw in it."""
+
+    def open(self, context):
+        self.seen = 0
+
+    def on_batch(self, port, batch):
+        self.seen += len(batch)
+
+    def on_round(self, round):
+        self.emit([("size", self.seen)])
+        self.seen = 0
+
+
+def fan_out_flow(roots, max_in_flight, n):
+    """Each root (name, depth 3) splits in 4 every round down to depth 0."""
+    def body(nodes):
+        children = nodes.filter(lambda v: v[1] > 0).flat_map(lambda v: [(v[0], v[1] - 1)] * 4)
+        leaves = nodes.filter(lambda v: v[1] == 0)
+        return children, leaves.union(nodes.apply(RoundSizes))
+
+    flow = Dataflow()
+    out = flow.from_iterable([(r, 3) for r in roots], batch_size=7).iterate(
+        body, max_in_flight=max_in_flight).collect()
+    run(flow, cores=n)
+    sizes = [size for tag, size in out.items if tag == "size"]
+    leaves = Counter(root for root, depth in out.items if root != "size")
+    return sizes, leaves
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_max_in_flight_bounds_what_circulates_and_loses_nothing(n):
+    roots = list(range(60))
+    sizes, leaves = fan_out_flow(roots, 2, n)
+    assert leaves == {root: 4 ** 3 for root in roots}  # every root's 64 leaves, exactly
+    assert max(sizes) <= 2 * 4 ** 3  # a kernel's round: at most 2 roots' worth
+    unbounded, same = fan_out_flow(roots, None, n)
+    assert same == leaves
+    assert max(unbounded) > 2 * 4 ** 3  # without it, a round holds them all at once
