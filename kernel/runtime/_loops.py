@@ -1,36 +1,46 @@
-"""Loops on one kernel: rounds, and when one is complete on every kernel.
+"""Loops on one kernel: runs, rounds, and when one is complete on every kernel.
 
-A loop (`Stream.iterate`, kernel/dataflow/_loops.py) runs in *runs* and
-*rounds*. A run starts when the loop's outer time moves on: its input
-has ended, or (a loop inside another) the enclosing loop's round has ended
-on every input. The run's round 0 is what came in before that; round r+1 is
-what the feedback carried in round r. Records carry no round: a
-`RoundMarker(loop, r)` follows each round's data on every channel, as a
-watermark follows its data. Rounds go in lockstep: round r+1 starts only
-once round r is complete on every kernel, so between two markers a channel
-holds one round's data, and an operator's round is complete once the marker
-has come on all its inputs (it is then told: `Operator.on_round`).
+A loop (`Stream.iterate`, kernel/dataflow/_loops.py) runs in *runs* of
+*rounds*. A run takes in what came from outside up to an outer time; its
+round 0 is those records, round r+1 what the feedback carried in round r,
+and it ends when a round feeds nothing back on any kernel. Records carry no
+round: a `RoundMarker(loop, r)` follows each round's data on every channel,
+as a watermark follows its data. Rounds go in lockstep: round r+1 starts
+only once round r is complete on every kernel, so between two markers a
+channel holds one round's data, and an operator's round is complete once
+its marker has come on every input (it is then told: `Operator.on_round`).
 
-Deciding that a round is complete everywhere (timely's progress tracking of
-pointstamps, made coarse by the lockstep): on each kernel a `LoopControl`
-counts the loop's steps (its *members*: every instance inside the loop, the
-feedback and the leaving steps too) that have had the round's marker on every
-input. When all have, and in round 0 every entry (head and enter steps) has
-closed its input, the kernel's feedback step sends `RoundMarker(loop, r,
-count)` to the head on every kernel, `count` being the records it fed back
-in round r, after them on the back edge. A head that has that marker from
-every kernel knows that round r is complete everywhere and how much was fed
-back in all: nothing (or `max_rounds` reached) ends the run, and every
-kernel's head, seeing the same markers, decides the same. Then the entries
-hand on what ended their outer time (the enclosing round's marker, or the
-end of input) and the run is over.
+Deciding that a round is complete everywhere (timely's progress tracking,
+made coarse by the lockstep): on each kernel a `LoopControl` counts the
+loop's *members* (every instance inside the loop, its feedback and leaving
+steps too) that have had the round's marker on every input. When all have
+(and in round 0 every entry, head or enter step, has closed its input), the
+kernel's feedback step sends `RoundMarker(loop, r, count)` to the head on
+every kernel, after the records it fed back in round r (`count` of them).
+A head with that marker from every kernel knows round r is complete
+everywhere and how much came back in all: nothing (or `max_rounds`) ends
+the run, and every kernel's head, seeing the same markers, decides alike.
 
-Within a run nothing new comes from outside: a nested loop's input is an
-enclosing round's data, and the enclosing round waits for the nested run
-(its entries pass the enclosing marker on only at the run's end); a loop at
-the top runs once, when its input ends. Outer watermarks (event time) are not
-carried into a loop (rounds have no event time): its entries hold them back,
-and the end of input (+inf) comes after the last run.
+When runs start:
+
+* A loop inside another: its entries' outer time is the enclosing loop's
+  round. An entry closes round 0 when the enclosing round's marker has come
+  on all its inputs (or the end of input), and hands that marker on at the
+  run's end; the enclosing round waits for the run, so nothing comes from
+  outside while it lasts.
+* A loop at the top level runs as the outer watermark moves (event time).
+  Its entries hold what comes from outside. A kernel whose watermark moved
+  (or whose input ended, or which still holds records a run may take)
+  asks every kernel for the next run (`START` on the back edge); each
+  answers once it is between runs (`JOIN`: its watermark, whether its
+  inputs ended, what it holds). With every answer in, each kernel decides
+  alike: the run goes up to the least watermark F and takes in what came
+  with a time below F (a record without time: whatever came), at most
+  `max_in_flight` records per kernel (Faucet); the rest waits. At the run's
+  end the entries pass F on (none while records below F still wait), so a
+  window after the loop sees it only after every round for earlier times;
+  after the run that takes in the end of every input, the end of input.
+  Without event time, the watermark moves only at the end: one run.
 """
 
 from __future__ import annotations
