@@ -884,6 +884,7 @@ class Stream(Generic[T_co]):
             raise TypeError(f"iterate needs a callable body(loop_input) -> (feedback, out), got {body!r}")
         label = name or f"iterate({_fn_name(body)})"
         graph = self.flow.graph
+        steps = len(graph.nodes)
         scope = graph.open_loop(label, max_rounds, max_in_flight)
         try:
             head = graph.add(f"{label}: input", LoopHead, [Edge(self.node, 0)], kind=("LoopHead",),
@@ -898,8 +899,10 @@ class Stream(Generic[T_co]):
             back = graph.add(f"{label}: feedback", LoopFeedback, [Edge(feedback.node, 0)],
                              kind=("LoopFeedback",), loop=scope, role="feedback")
             graph.connect_feedback(head, back)
-        finally:
-            graph.close_loop(scope)
+        except BaseException:
+            graph.abandon_loop(scope, steps)
+            raise
+        graph.close_loop(scope)
         leave = graph.add(f"{label}: out", LoopLeave, [Edge(out.node, 0)], kind=("LoopLeave",),
                           loop=scope, role="leave")
         return out._like(leave, exchange=out._exchange_out)

@@ -130,6 +130,18 @@ class Graph:
     def close_loop(self, scope: LoopScope) -> None:
         self.scope = scope.parent
 
+    def abandon_loop(self, scope: LoopScope, steps: int) -> None:
+        """A loop whose body failed to build: its steps (every step from
+        `steps` on) and the loop go, so the flow can still be run."""
+        self.scope = scope.parent
+        for node in self.nodes[steps:]:
+            count = self._names.get(node.name, 0)
+            if count:
+                self._names[node.name] = count - 1
+        del self.nodes[steps:]
+        self.loops = [loop for loop in self.loops if loop.id < scope.id]
+        self._entered = {key: node for key, node in self._entered.items() if node.id < steps}
+
     def connect_feedback(self, head: Node, feedback: Node) -> None:
         """The loop's back edge: `feedback` goes to `head`'s port 1."""
         head.inputs.append(Edge(feedback, 1, feedback=True))

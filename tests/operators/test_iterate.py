@@ -355,8 +355,12 @@ def test_bad_bodies_and_options_are_refused():
         from operators import Tumbling
 
         numbers.iterate(lambda s: (s, s.key_by(str).window(Tumbling(1.0)).count()))
-    # a failed body leaves the flow usable, outside every loop
+    # a failed body leaves the flow usable, outside every loop, without its steps
     assert numbers.map(str).node.loop is None
+    out = numbers.map(lambda x: x + 1).collect()
+    run(flow)
+    assert out.items == [2]
+    assert not flow.graph.loops
 
 
 def test_snapshots_of_loops_are_refused_for_now(tmp_path):
