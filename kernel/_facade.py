@@ -58,11 +58,7 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
         raise ValueError("process_id needs peers (every process's host:port)")
     snapshots = None
     if state_dir is not None:
-        flow = get_flow()
-        if flow.graph.loops:  # (issue 20: not yet)
-            raise ValueError(f"state_dir: epoch snapshots of a flow with loops are not supported yet "
-                             f"({', '.join(loop.name for loop in flow.graph.loops)})")
-        snapshots = Snapshots(flow, state_dir, epoch_interval, cores)
+        snapshots = Snapshots(get_flow(), state_dir, epoch_interval, cores)
     return RunPlan(cores=cores, kernel=KernelOptions(clock, budget, shares, stall_threshold),
                    gc_threshold=gc_threshold, snapshots=snapshots, cluster=cluster, dashboard=address)
 

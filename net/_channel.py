@@ -85,16 +85,18 @@ class RoundMarker:
     whether that kernel's loop inputs have all ended. Two rounds are no
     rounds: START asks every kernel to start run `count` of a loop, JOIN
     is a kernel's answer, with its outer watermark `frontier`, `final`, and
-    how many records wait at its entries (`held`) and the earliest time
-    among them (`earliest`).)"""
+    how many records wait at its entries (`held`), the earliest time
+    among them (`earliest`), and the latest epoch whose marker has come
+    on every input of its entries (`epoch`).)"""
 
-    __slots__ = ("count", "earliest", "final", "frontier", "held", "loop", "round")
+    __slots__ = ("count", "earliest", "epoch", "final", "frontier", "held", "loop", "round")
 
     START = 2**64 - 1
     JOIN = 2**64 - 2
 
     def __init__(self, loop: int, round: int, count: int = 0, final: bool = False,
-                 frontier: float = float("-inf"), held: int = 0, earliest: float = float("inf")) -> None:
+                 frontier: float = float("-inf"), held: int = 0, earliest: float = float("inf"),
+                 epoch: int = 0) -> None:
         self.loop = loop
         self.round = round
         self.count = count
@@ -102,13 +104,15 @@ class RoundMarker:
         self.frontier = frontier
         self.held = held
         self.earliest = earliest
+        self.epoch = epoch
 
     def _fields(self) -> tuple:
-        return self.loop, self.round, self.count, self.final, self.frontier, self.held, self.earliest
+        return (self.loop, self.round, self.count, self.final, self.frontier, self.held, self.earliest,
+                self.epoch)
 
     def __repr__(self) -> str:
         return ("RoundMarker(loop={}, round={}, count={}, final={}, frontier={}, held={}, "
-                "earliest={})").format(*self._fields())
+                "earliest={}, epoch={})").format(*self._fields())
 
     def __eq__(self, other) -> bool:
         return isinstance(other, RoundMarker) and other._fields() == self._fields()

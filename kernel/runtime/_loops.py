@@ -41,20 +41,33 @@ When runs start:
   window after the loop sees it only after every round for earlier times;
   after the run that takes in the end of every input, the end of input.
   Without event time, the watermark moves only at the end: one run.
+
+Snapshots (a run with a `state_dir`): an entry aligns an epoch's marker
+over its outside inputs and notes where it came among its waiting records
+(`_Mark`); the record behind it waits. The marker goes into the loop when
+a run starts, if every kernel's entries have it (JOIN says which they
+have): the loop is then between runs everywhere, so the loop's steps
+snapshot with nothing in flight (their `Instance` alignment, as outside
+loops), and the entry's own part is the records that came before the marker
+and still wait, its outer watermarks then, and the loop's run count. A run
+takes in no record behind a marker not yet in the loop. Markers that never
+reach every kernel (one kernel's inputs ended first) are dropped when the
+last run starts; the loop's steps end after it, which stands for them.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 
 from kernel.dataflow import IDLE, EpochMarker, RoundMarker, TimedBatch
-from kernel.dataflow._errors import KernelError
 from kernel.dataflow._loops import ENTER, FEEDBACK, HEAD
 
 from ._instance import END, Instance, _call
 from ._progress import Frontier
 
 _INF = math.inf
+_UNTIMED = sys.float_info.max  # a record without event time: below +inf only
 
 
 class LoopControl:
@@ -82,6 +95,7 @@ class LoopControl:
         self.answers: dict[int, list] = {}
         self.frontier = -_INF
         self.reported = None  # this kernel's last answer's (watermark, ended, held, earliest)
+        self.epoch_done = 0  # epoch markers up to this one went into the loop
         # records admitted into a run, per kernel (Faucet: the rest wait at the entries)
         self.in_flight = _INF if scope.max_in_flight is None else scope.max_in_flight
         self.final = False  # this run ends every input (its entries end after it)
@@ -133,12 +147,13 @@ class LoopControl:
 
     def joined_by(self, marker: RoundMarker) -> None:
         """A kernel's answer for run `marker.count`."""
-        answer = self.answers.setdefault(marker.count, [0, _INF, True, 0, _INF])
+        answer = self.answers.setdefault(marker.count, [0, _INF, True, 0, _INF, 2**64 - 1])
         answer[0] += 1
         answer[1] = min(answer[1], marker.frontier)
         answer[2] = answer[2] and marker.final
         answer[3] = max(answer[3], marker.held)
         answer[4] = min(answer[4], marker.earliest)
+        answer[5] = min(answer[5], marker.epoch)
         self._decide()
 
     def _join(self) -> None:
@@ -147,7 +162,9 @@ class LoopControl:
             self.joined = run
             self.reported = state = self._state()
             frontier, ended, held, earliest = state
-            self.back.deliver(0, RoundMarker(self.id, RoundMarker.JOIN, run, ended, frontier, held, earliest))
+            epoch = min(entry.ready_epoch for entry in self.entries)
+            self.back.deliver(0, RoundMarker(self.id, RoundMarker.JOIN, run, ended, frontier, held, earliest,
+                                             epoch))
 
     def _decide(self) -> None:
         run = self.runs + 1
@@ -156,9 +173,23 @@ class LoopControl:
             return
         del self.answers[run]
         self.runs = run
-        _, frontier, ended, held, earliest = answer
+        _, frontier, ended, held, earliest, epoch = answer
         final = ended and held <= self.in_flight
-        if frontier > self.frontier or final or earliest < frontier:
+        if frontier > self.frontier or final or earliest < frontier or epoch > self.epoch_done:
+            # epoch markers every kernel's entries have go into the loop first,
+            # each with its entry's snapshot: the loop is still between runs
+            before = (self.frontier, run - 1)
+            if epoch > self.epoch_done:
+                for entry in self.entries:
+                    entry.pass_epochs(epoch, before)
+                self.epoch_done = epoch
+            if final:
+                # epochs some kernel's inputs ended before never come
+                # everywhere, and would hold the loop's steps (whose inputs end
+                # only after this run) aligning forever: their markers go, and
+                # the steps' ends stand in for them (`EpochTracker.ended`)
+                for entry in self.entries:
+                    entry.drop_epochs()
             self.running = True
             self.frontier = frontier
             self.final = self.finished = final
@@ -172,6 +203,12 @@ class LoopControl:
                 entry._close(END if final else -_INF if waiting else frontier)
         else:  # nothing moved everywhere: the attempt lapses
             self._between_runs()
+
+    def restore(self, state) -> None:
+        """Back to what a snapshot taken between runs held (`pass_epochs`):
+        the last run's watermark, the runs so far, the epoch of the snapshot."""
+        self.frontier, runs, self.epoch_done = state
+        self.runs = self.asked = self.joined = runs
 
     def _between_runs(self) -> None:
         self._join()
@@ -247,8 +284,8 @@ class Entry(Instance):
     round 0 (holding it while a run is under way), and closes round 0 when
     the run starts (see the module docstring)."""
 
-    __slots__ = ("boundary", "control", "controls", "held_outside", "outer", "outer_index",
-                 "outer_seen", "outside_open")
+    __slots__ = ("behind", "boundary", "control", "controls", "epoch_aligning", "epoch_arrived", "extra",
+                 "held_outside", "outer", "outer_index", "outer_seen", "outside_open", "ready_epoch")
 
     # never chained: outside input may have to wait (`held_outside`), so it
     # goes through the inbox, where `activate` sees its channel
@@ -267,40 +304,124 @@ class Entry(Instance):
         self.outer_index = {channel: self.outer.add_channel() for channel in outside}
         self.outside_open = len(outside)
         self.outer_seen: dict[tuple[int, int], int] = {}
-        self.held_outside: list = []  # what came from outside during a run
+        self.held_outside: list = []  # outside data (and _Marks) waiting for a run
         self.boundary = None  # what ended the outer time of this run
+        # epoch alignment over the outside channels (as Instance's), what came
+        # behind the marker meanwhile, the latest epoch aligned, and the
+        # entry's own part of the snapshot being taken
+        self.epoch_arrived: set | None = None
+        self.epoch_aligning = 0
+        self.behind: list = []
+        self.ready_epoch = 0
+        self.extra = None
 
     def activate(self):
         self.scheduled = False
         pending, self.pending = self.pending, []
-        top = self.control.top
         for channel, payload in pending:
-            if channel not in self.outer_index:
-                self._back(channel, payload)
-            elif isinstance(payload, list):
-                if top:
-                    self.held_outside.append(payload)  # until a run takes its time in
-                else:  # a loop inside another: outside data comes only between runs
-                    self.op.emit(payload)
-            else:
-                self._outside(channel, payload)
+            self._take(channel, payload)
+
+    def _take(self, channel: int, payload) -> None:
+        if channel not in self.outer_index:
+            self._back(channel, payload)
+        elif self.epoch_arrived is not None and channel in self.epoch_arrived:
+            self.behind.append((channel, payload))  # behind its epoch marker: waits for the others'
+        elif isinstance(payload, list):
+            if self.control.top:
+                self.held_outside.append(payload)  # until a run takes its time in
+            else:  # a loop inside another: outside data comes only between runs
+                self.op.emit(payload)
+        else:
+            self._outside(channel, payload)
+
+    # -- epochs: snapshots between runs ------------------------------------------------
+
+    def _epoch_marker(self, channel: int, epoch: int) -> None:
+        if self.epoch_arrived is None:
+            self.epoch_arrived = set()
+            self.epoch_aligning = epoch
+        self.epoch_arrived.add(channel)
+        self._check_epoch()
+
+    def _check_epoch(self) -> None:
+        if self.epoch_arrived is None or len(self.epoch_arrived) < self.outside_open:
+            return
+        epoch = self.epoch_aligning
+        self.epoch_arrived = None
+        if self.control.top:  # goes in at the start of a run every kernel has it for
+            self.held_outside.append(_Mark(epoch, self.outer.snapshot()))
+            self.ready_epoch = epoch
+        else:  # a loop inside another is between runs when an epoch comes
+            self._pass_epoch(epoch, [], self.outer.snapshot(), None)
+        behind, self.behind = self.behind, []
+        for channel, payload in behind:
+            self._take(channel, payload)
+        if self.control.top and not self.ended:
+            self.control.outer_moved()
+
+    def pass_epochs(self, upto: int, control_state) -> None:
+        """Epoch markers up to `upto` go into the loop (a run is about to
+        start; the last one ended everywhere), each with this entry's
+        snapshot: the data still waiting that came before it."""
+        items, self.held_outside = self.held_outside, []
+        before: list = []
+        for at, item in enumerate(items):
+            if item.__class__ is not _Mark:
+                before.append(item)
+                continue
+            if item.epoch > upto:
+                self.held_outside = before + items[at:]
+                return
+            self._pass_epoch(item.epoch, before, item.outer, control_state)
+        self.held_outside = before
+
+    def drop_epochs(self) -> None:
+        self.held_outside = [item for item in self.held_outside if item.__class__ is not _Mark]
+
+    def _pass_epoch(self, epoch: int, held: list, outer, control_state) -> None:
+        if control_state is not None:
+            control_state = (*control_state, epoch)
+        self.extra = (held, outer, control_state)
+        self.runtime.snapshot(self, epoch)
+        self.extra = None
+        self._forward(EpochMarker(epoch))
+
+    def snapshot_part(self, operator_snapshot) -> tuple:
+        return (*super().snapshot_part(operator_snapshot), self.extra)
+
+    def restore_part(self, part: tuple):
+        *part, (held, outer, control_state) = part
+        self.held_outside = list(held)
+        self.outer.restore(*outer)
+        self.outside_open = self.outer.open
+        if control_state is not None:
+            self.ready_epoch = control_state[-1]
+        if control_state is not None:
+            self.control.restore(control_state)
+        return super().restore_part(tuple(part))
 
     def _back(self, channel: int, payload) -> None:  # (only a head has a back edge)
         raise AssertionError(f"{self.name}: input on channel {channel} from nowhere")
 
     def admit(self, frontier: float, budget: float) -> int:
         """A run up to `frontier` starts: what came from outside with a time
-        below it (and what came without time), at most `budget` records,
-        goes on as its round 0; returns how many."""
+        below it (records without time: only once every input has ended),
+        at most `budget` records, goes on as its round 0; returns how many."""
         held, self.held_outside = self.held_outside, []
         keep = self.held_outside.append
         emit = self.op.emit
         admitted = 0
-        for batch in held:
+        for at, batch in enumerate(held):
             room = budget - admitted
+            if batch.__class__ is _Mark:  # an epoch not yet in the loop: what follows waits
+                self.held_outside.extend(held[at:])
+                break
             if room <= 0:
                 keep(batch)
             elif batch.__class__ is not TimedBatch:
+                if not _UNTIMED < frontier:
+                    keep(batch)
+                    continue
                 if len(batch) <= room:
                     emit(batch)
                     admitted += len(batch)
@@ -324,22 +445,25 @@ class Entry(Instance):
         return admitted
 
     def waiting(self) -> tuple[int, float]:
-        """Records waiting for a run, and their earliest time (-inf: some
-        have no time)."""
+        """Records waiting for a run, and their earliest time (records
+        without time count as the largest float: only the end lets them in)."""
         count, earliest = 0, _INF
         for batch in self.held_outside:
+            if batch.__class__ is _Mark:
+                continue
             count += len(batch)
             if batch.__class__ is TimedBatch:
                 if batch.timestamps:
                     earliest = min(earliest, min(batch.timestamps))
             elif batch:
-                earliest = -_INF
+                earliest = min(earliest, _UNTIMED)
         return count, earliest
 
     def _outside(self, channel: int, payload) -> None:
         cls = payload.__class__
-        if cls is EpochMarker:  # refused when the run is planned (kernel._facade)
-            raise KernelError(f"{self.name}: epoch snapshots of loops are not supported")
+        if cls is EpochMarker:
+            self._epoch_marker(channel, payload.epoch)
+            return
         outer = self.outer
         index = self.outer_index[channel]
         if cls is RoundMarker:  # an enclosing loop's round ended on this channel
@@ -354,6 +478,7 @@ class Entry(Instance):
         if payload is END:
             outer.observe_end(index)
             self.outside_open -= 1
+            self._check_epoch()  # an ended channel has nothing more to align
             if not self.control.top:
                 if self.outside_open == 0:
                     self._close(END)
@@ -390,6 +515,17 @@ class Entry(Instance):
 
     def _end(self) -> None:
         self._finish()
+
+
+class _Mark:
+    """Where an epoch's marker came among an entry's waiting records, with
+    the entry's outer frontier then (`Frontier.snapshot()`)."""
+
+    __slots__ = ("epoch", "outer")
+
+    def __init__(self, epoch: int, outer: tuple) -> None:
+        self.epoch = epoch
+        self.outer = outer
 
 
 class Head(Entry):

@@ -363,13 +363,6 @@ def test_bad_bodies_and_options_are_refused():
     assert not flow.graph.loops
 
 
-def test_snapshots_of_loops_are_refused_for_now(tmp_path):
-    flow = Dataflow()
-    flow.from_iterable([1]).iterate(lambda s: (s.filter(lambda x: False), s)).collect()
-    with pytest.raises(ValueError, match="epoch snapshots of a flow with loops are not supported"):
-        run(flow, state_dir=tmp_path)
-
-
 def test_a_source_made_inside_the_body_enters_the_loop():
     flow = Dataflow()
 
