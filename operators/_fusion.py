@@ -21,8 +21,12 @@ and a step alone, run as themselves between such comprehensions (see
 
 Errors stay the steps' own. Each clause is on a line of its own, so when a
 user function raises, the comprehension's frame in the traceback says by
-its line which step was running, and by its locals which record that step
-had (its input, as the step alone would name it; nothing is called twice).
+its line which step was running, and on Python 3.11 by its locals which
+record that step had (its input, as the step alone would name it; nothing
+is called twice). Python 3.12 inlines comprehensions (PEP 709) and their
+variables are gone with the exception: there the record is worked out
+again from the batch's failing record, calling the record-changing steps
+before the failing one (map, key_by, map_values) on it once more.
 A `StopIteration` from the function of a `map` or a `filter` is reported as
 those steps report it apart (they use `map()`, which it would silently end).
 """
@@ -35,6 +39,8 @@ from typing import NamedTuple
 
 from kernel.dataflow._errors import KernelError, OperatorError
 from kernel.dataflow._operator import TimedBatch
+
+from ._calls import failing_index
 
 # step kind -> its clauses, one a line ({f}: the function, {v}: the input
 # variable, {o}: the output variable, {i}: the step's number), and whether
@@ -54,6 +60,7 @@ _ONE_TO_ONE = frozenset(("map", "map_values", "key_by", "inspect"))
 _MAPPED = frozenset(("map", "filter"))
 _STOP = "raised StopIteration, which would silently end the batch"
 _chains = itertools.count()
+_READ_FRAME_LOCALS = True  # tests turn it off to take 3.12's way on 3.11
 
 
 class Stage(NamedTuple):
@@ -146,9 +153,9 @@ class _Comprehension:
         except KernelError:
             raise
         except Exception as exc:
-            raise self._error(exc) from exc
+            raise self._error(exc, batch, it) from exc
 
-    def _error(self, exc: BaseException) -> OperatorError:
+    def _error(self, exc: BaseException, batch: list, it) -> OperatorError:
         """The error the failing step would raise apart: its name, its
         function and the record it was given."""
         where = None
@@ -163,8 +170,30 @@ class _Comprehension:
         line, frame = where
         index, variable = self.line_stage[line]
         stage = self.stages[index]
-        record = frame.f_locals.get(variable)
+        local = frame.f_locals
+        if _READ_FRAME_LOCALS and variable in local:  # 3.11: the comprehension's frame, as it failed
+            record = local[variable]
+        else:  # 3.12 inlines comprehensions, and their variables go with the exception
+            record = self._input_of(index, batch, it)
         problem = exc
         if isinstance(exc, StopIteration) and stage.kind in _MAPPED:
             problem = RuntimeError(_STOP)
         return OperatorError.wrap(stage.name, stage.fn, problem, record=record)
+
+    def _input_of(self, step: int, batch: list, it):
+        """What step `step` was given, from the batch's failing record (the
+        iterator stopped at it): the steps before it that change a record
+        (map, key_by, map_values) are called on it again; filters and
+        inspects, which let it by, are not."""
+        index = failing_index(batch, it)
+        if index is None:
+            return None
+        value = batch[index]
+        for stage in self.stages[:step]:
+            if stage.kind == "map":
+                value = stage.fn(value)
+            elif stage.kind == "key_by":
+                value = (stage.fn(value), value)
+            elif stage.kind == "map_values":
+                value = (value[0], stage.fn(value[1]))
+        return value
