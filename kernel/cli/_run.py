@@ -130,9 +130,9 @@ def _run(args, path: Path, name: str) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m kernel.run") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m kernel.run",
+        prog=prog,
         description="Run the Dataflow named NAME (default: flow) defined in a pipeline file.",
     )
     parser.add_argument("pipeline", metavar="PIPELINE.py[:NAME]")
