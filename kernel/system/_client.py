@@ -11,19 +11,28 @@ import time
 from pathlib import Path
 
 from kernel.system._catalog import TERMINAL
-from kernel.system._wire import CLIENT, dial
+from kernel.system._wire import CLIENT, ConnectionLost, dial
+
+RECONNECT_FOR = 30.0  # seconds `submit --wait` waits for a coordinator that went away
 
 
 class Client:
-    def __init__(self, address: tuple[str, int], secret: bytes, tls=None, timeout: float = 10.0) -> None:
+    def __init__(self, address: tuple[str, int], secret: bytes, tls=None, timeout: float = 5.0) -> None:
         self.address, self.secret, self.tls, self.timeout = address, secret, tls, timeout
         self._session = self._http = self._reader = None
 
     async def __aenter__(self) -> Client:
-        self._session, self._http = await dial(self.address, self.secret, CLIENT, _no_requests,
-                                               tls=self.tls, timeout=self.timeout)
-        self._reader = asyncio.ensure_future(self._session.run())
+        await self._connect(self.timeout)
         return self
+
+    async def _connect(self, timeout: float) -> None:
+        self._session, self._http = await dial(self.address, self.secret, CLIENT, _no_requests,
+                                               tls=self.tls, timeout=timeout)
+        self._reader = asyncio.ensure_future(self._session.run())
+
+    async def reconnect(self, timeout: float) -> None:
+        await self.__aexit__()
+        await self._connect(timeout)
 
     async def __aexit__(self, *exc) -> None:
         await self._session.close()
@@ -65,13 +74,23 @@ async def submit(client: Client, target: str, *, processes, cores, executors, st
     print(job, flush=True)  # the first line: what scripts read
     if not wait:
         return 0
-    while True:
-        state = await client.request("wait", timeout=None, job=job)
-        if state["status"] in TERMINAL:
-            break
+    state = await wait_for(client, job)
     message = f": {state['message']}" if state.get("message") and state["status"] != "completed" else ""
     print(f"{job} {state['status']}{message}", flush=True)
     return 0 if state["status"] == "completed" else 1
+
+
+async def wait_for(client: Client, job: str) -> dict:
+    """The job once it has ended. A coordinator that goes away meanwhile
+    (restarted) is reconnected to, for up to RECONNECT_FOR seconds."""
+    while True:
+        try:
+            state = await client.request("wait", timeout=None, job=job)
+        except ConnectionLost:
+            await client.reconnect(RECONNECT_FOR)
+            continue
+        if state["status"] in TERMINAL:
+            return state
 
 
 async def status(client: Client, as_json: bool) -> int:

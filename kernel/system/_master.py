@@ -339,16 +339,17 @@ class JobMaster:
                 session = self.connected[executor_id].session
                 self._spawn(session.request("stop", timeout=STOP_TIMEOUT, job=p["job"], attempt=p["attempt"]))
         for job in self.jobs.values():
-            if job.status != "running":
-                continue
+            if job.status not in ("starting", "running") or self._lock(job.id).locked():
+                continue  # (a job being started now is not one to adopt)
             for i, place in enumerate(job.placement):
                 if place["executor"] == executor_id and (job.id, i) not in reported:
                     self._spawn(self._lost_process(job, job.attempt, i, executor_id))
 
-    async def _lost_process(self, job: Job, attempt: int, process: int, executor_id: str) -> None:
+    async def _lost_process(self, job: Job, attempt: int, process: int | None, executor_id: str) -> None:
+        why = (f"executor {executor_id} is not connected" if process is None else
+               f"executor {executor_id} no longer runs process {process} (it restarted)")
         async with self._lock(job.id):
-            await self._restart_locked(job, attempt, f"executor {executor_id} no longer runs process "
-                                                     f"{process} (it restarted)")
+            await self._restart_locked(job, attempt, why)
         self.reconcile()
 
     def heard_from(self, executor_id: str) -> None:
@@ -379,7 +380,19 @@ class JobMaster:
                     if executor.state == "reconnecting":
                         await self.executor_lost(executor.id, "it did not come back to the restarted "
                                                               "coordinator")
+                self._orphans()
             self.reconcile()
+
+    def _orphans(self) -> None:
+        """A backstop: a job placed on an executor that is not connected
+        (a coordinator killed between losing the executor and restarting
+        the job) is restarted."""
+        for job in self.jobs.values():
+            if job.status not in ("starting", "running") or self._lock(job.id).locked():
+                continue
+            away = [p["executor"] for p in job.placement if p["executor"] not in self.connected]
+            if away:
+                self._spawn(self._lost_process(job, job.attempt, None, away[0]))
 
     # -- as data ----------------------------------------------------------------------------
 

@@ -5,9 +5,12 @@ Results are checked against plain Python; failures are caused for real
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
+import subprocess
+import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -40,6 +43,14 @@ def slow(n):
 
 flow = Dataflow("slow")
 flow.from_iterable(range({count}), batch_size=50).map(slow).to_files({out!r})
+"""
+
+
+NOOP = """\
+from kernel import Dataflow
+
+flow = Dataflow("noop")
+flow.from_iterable(range(10)).sink(id)
 """
 
 
@@ -161,18 +172,24 @@ def test_an_executor_killed_mid_run_the_job_restarts_and_writes_every_record_onc
 
 
 def test_a_restarted_coordinator_keeps_the_catalog_and_adopts_the_running_job(fresh, tmp_path):
-    out, count = tmp_path / "out", 2500
+    out, count = tmp_path / "out", 5000
     pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.001, count=count, out=str(out)))
-    job = fresh.cli("submit", pipeline).stdout.splitlines()[0]
-    wait_until(lambda: fresh.job(job)["status"] == "running", what="the job to run")
-    before = fresh.job(job)
-    fresh.coordinator.send_signal(signal.SIGKILL)
-    fresh.coordinator.wait()
-    fresh.start_coordinator()
-    after = fresh.job(job)
-    assert (after["status"], after["placement"], after["attempt"]) == ("running", before["placement"], 1)
-    wait_until(lambda: fresh.job(job)["status"] in ("completed", "failed"), timeout=60,
-               what="the adopted job to end", every=0.2)
+    # a client following the job with --wait, through the coordinator's restart
+    follower = subprocess.Popen([sys.executable, "-m", "kernel", "submit", pipeline, "--wait"],
+                                env=fresh.env, cwd=fresh.root, stdout=subprocess.PIPE, text=True)
+    try:
+        job = follower.stdout.readline().strip()
+        wait_until(lambda: fresh.job(job)["status"] == "running", what="the job to run")
+        before = fresh.job(job)
+        fresh.coordinator.send_signal(signal.SIGKILL)
+        fresh.coordinator.wait()
+        fresh.start_coordinator()
+        after = fresh.job(job)
+        assert (after["status"], after["placement"], after["attempt"]) == ("running", before["placement"], 1)
+        assert follower.wait(timeout=60) == 0
+        assert follower.stdout.read().splitlines()[-1] == f"{job} completed"
+    finally:
+        follower.kill()
     state = fresh.job(job)
     assert (state["status"], state["restarts"]) == ("completed", 0), state
     assert Counter(records(out)) == Counter(range(count))
@@ -212,3 +229,92 @@ def test_bad_usage_gets_a_clear_error(system, tmp_path):
     for args, env, code, message in cases:
         done = system.cli(*args, env=dict(system.env, **env))
         assert (done.returncode, message in done.stderr) == (code, True), (args, done.stderr)
+
+
+def test_logs_follow_prints_the_output_as_it_comes_until_the_job_ends(system, tmp_path):
+    pipeline = write(tmp_path / "ticks.py", """\
+        import time
+        from kernel import Dataflow
+
+        def tick(n):
+            print(f"tick {n}", flush=True)
+            time.sleep(0.05)
+            return n
+
+        flow = Dataflow("ticks")
+        flow.from_iterable(range(20), batch_size=1).map(tick).sink(id)
+        """)
+    job = system.cli("submit", pipeline).stdout.splitlines()[0]
+    follow = system.cli("logs", job, "--follow")
+    assert follow.returncode == 0
+    ticks = [line for line in follow.stdout.splitlines() if line.startswith("tick")]
+    assert ticks == [f"tick {n}" for n in range(20)]
+    assert system.job(job)["status"] == "completed"
+
+
+def test_a_job_that_does_not_fit_yet_waits_as_submitted_and_runs_when_cores_are_free(system, tmp_path):
+    pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.01, count=10**9, out=str(tmp_path / "o")))
+    quick = write(tmp_path / "noop.py", NOOP)
+    hogs = [system.cli("submit", pipeline, "--cores", "2").stdout.splitlines()[0] for _ in range(2)]
+    for hog in hogs:
+        wait_until(lambda hog=hog: system.job(hog)["status"] == "running", what="the hog to run")
+    waiting = system.cli("submit", quick).stdout.splitlines()[0]
+    for _ in range(3):  # (several of the coordinator's rounds)
+        assert system.job(waiting)["status"] == "submitted"
+    assert system.cli("kill", hogs[0]).returncode == 0
+    wait_until(lambda: system.job(waiting)["status"] == "completed", what="the waiting job to run")
+    assert system.cli("kill", hogs[1]).returncode == 0
+    assert all(e["free"] == e["cores"] for e in system.status()["executors"])
+
+
+def test_a_job_of_two_processes_restarts_from_the_beginning_on_the_executor_left(fresh, tmp_path):
+    out, count = tmp_path / "out", 4000
+    pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.001, count=count, out=str(out)))
+    job = fresh.cli("submit", pipeline, "--processes", "2").stdout.splitlines()[0]
+    wait_until(lambda: fresh.job(job)["status"] == "running", what="the job to run")
+    first, _ = fresh.job(job)["placement"]
+    victim = next(p for p in fresh.executors if fresh.executor_id(p) == first)
+    victim.send_signal(signal.SIGKILL)
+    wait_until(lambda: fresh.job(job)["status"] in ("completed", "failed"), timeout=60,
+               what="the restarted job", every=0.2)
+    state = fresh.job(job)
+    assert (state["status"], state["restarts"], state["processes"]) == ("completed", 1, 1), state
+    assert first not in state["placement"]
+    assert Counter(records(out)) == Counter(range(count))
+
+
+def test_an_executor_with_a_wrong_secret_is_refused(system, tmp_path):
+    before = system.status()["executors"]
+    stranger = subprocess.Popen(
+        [sys.executable, "-m", "kernel", "executor", "--cores", "4", "--workdir", tmp_path / "w"],
+        env=dict(system.env, KERNEL_SECRET="wrong"), stderr=subprocess.PIPE, text=True)
+    try:
+        line = wait_until(lambda: stranger.stderr.readline(), what="the executor's complaint")
+        assert "cannot reach the coordinator" in line and "authentication failed" in line
+    finally:
+        stranger.kill()
+        stranger.wait()
+    assert system.status()["executors"] == before or \
+        [e["id"] for e in system.status()["executors"]] == [e["id"] for e in before]
+
+
+def test_an_authenticated_client_sending_garbage_is_closed_and_nothing_changes(system):
+    from kernel.system._wire import CLIENT, dial
+
+    async def garbage():
+        session, http = await dial(("127.0.0.1", system.port), b"system-test-secret", CLIENT, None)
+        try:
+            await session.ws.send_str("[1, 2, 3]")
+            message = await asyncio.wait_for(session.ws.receive(), 5)
+            return message.type
+        finally:
+            await session.ws.close()
+            await http.close()
+
+    before = system.status()
+    import aiohttp
+
+    assert asyncio.run(garbage()) in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    assert "sent a malformed message (not a JSON object); closing the connection" in \
+        system.coordinator_log.read_text()
+    assert system.status()["jobs"] == before["jobs"]
