@@ -48,8 +48,9 @@ class System:
     """`start_coordinator()`, `start_executor(cores)`, `cli(...)`, `status()`;
     `close()` kills everything it started."""
 
-    def __init__(self, root: Path, secret: str = SECRET) -> None:
+    def __init__(self, root: Path, secret: str = SECRET, options: list[str] = ()) -> None:
         self.root = root
+        self.options = list(options)  # after the command, for every process (--tls-cert ...)
         self.port = free_port()
         self.env = dict(os.environ, KERNEL_SECRET=secret, KERNEL_COORDINATOR=f"127.0.0.1:{self.port}")
         self.coordinator: subprocess.Popen | None = None
@@ -59,8 +60,8 @@ class System:
     def _spawn(self, args: list[str], log: Path, env=None) -> subprocess.Popen:
         out = open(log, "ab")
         try:
-            return subprocess.Popen([sys.executable, "-m", "kernel", *args], stdout=out, stderr=out,
-                                    env=env or self.env, cwd=self.root)
+            return subprocess.Popen([sys.executable, "-m", "kernel", *args, *self.options], stdout=out,
+                                    stderr=out, env=env or self.env, cwd=self.root)
         finally:
             out.close()
 
@@ -90,9 +91,11 @@ class System:
         wait_until(path.exists, what=f"executor {n} to register")
         return json.loads(path.read_text())["id"]
 
-    def cli(self, *args, timeout: float = 60, env=None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "kernel", *map(str, args)], capture_output=True,
-                              text=True, timeout=timeout, env=env or self.env, cwd=self.root)
+    def cli(self, *args, timeout: float = 60, env=None, options=None) -> subprocess.CompletedProcess:
+        options = self.options if options is None else options
+        return subprocess.run([sys.executable, "-m", "kernel", *map(str, args), *options],
+                              capture_output=True, text=True, timeout=timeout, env=env or self.env,
+                              cwd=self.root)
 
     def status(self) -> dict:
         done = self.cli("status", "--json")
