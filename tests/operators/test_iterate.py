@@ -497,3 +497,43 @@ def test_max_in_flight_bounds_what_circulates_and_loses_nothing(n):
     unbounded, same = fan_out_flow(roots, None, n)
     assert same == leaves
     assert max(unbounded) > 2 * 4 ** 3  # without it, a round holds them all at once
+
+
+@EXAMPLES
+@given(st.lists(st.integers(0, 9), max_size=30), cores)
+def test_sum_reduce_and_fold_inside_a_loop_emit_each_rounds_result(numbers, n):
+    def body(values):
+        keyed = values.key_by(lambda v: v % 3)
+        sums = keyed.sum().map(lambda p: ("sum", p))
+        maxima = keyed.reduce(max).map(lambda p: ("max", p))
+        lists = keyed.fold(list, lambda acc, v: [*acc, v]).map(lambda p: ("fold", (p[0], sorted(p[1]))))
+        return values.filter(lambda v: v > 0).map(lambda v: v - 1), sums.union(maxima, lists)
+
+    flow = Dataflow()
+    out = flow.from_iterable(numbers, batch_size=4).iterate(body).collect()
+    run(flow, cores=n)
+    expected = []
+    for records in rounds_of(numbers, lambda rs: [v - 1 for v in rs if v > 0]):
+        groups: dict = {}
+        for v in records:
+            groups.setdefault(v % 3, []).append(v)
+        for key, values in groups.items():
+            expected += [("sum", (key, sum(values))), ("max", (key, max(values))),
+                         ("fold", (key, sorted(values)))]
+    assert sorted(out.items) == sorted(expected)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_keyed_stream_iterates_and_stays_keyed(n):
+    flow = Dataflow()
+    keyed = flow.from_iterable(["aa", "b", "ccc"]).key_by(len)
+
+    def body(pairs):  # (length, word): shorten each word until it is gone
+        shorter = pairs.map_values(lambda w: w[1:]).filter(lambda p: p[1] != "")
+        return shorter, pairs
+
+    result = keyed.iterate(body)
+    out = result.count().collect()  # a KeyedStream: aggregates follow directly
+    run(flow, cores=n)
+    assert type(result).__name__ == "KeyedStream"
+    assert sorted(out.items) == [(1, 1), (2, 2), (3, 3)]
