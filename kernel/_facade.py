@@ -148,6 +148,7 @@ async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
     `.items` holds the results. `process_id` and `peers` make this process
     one of a cluster (see `run`); `dashboard` serves metrics (see `run`).
     """
+    flow.graph.check_cycles()
     plan = plan_for(lambda: flow, cores=cores, clock=clock, budget=budget, shares=shares,
                     stall_threshold=stall_threshold, state_dir=state_dir, epoch_interval=epoch_interval,
                     process_id=process_id, peers=peers, secret=secret, tls=tls,
@@ -194,6 +195,7 @@ def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_G
     else:
         raise RuntimeError("run() blocks and cannot be called from a running event loop; "
                            "use `await run_async(flow)` there")
+    flow.graph.check_cycles()  # a cycle wired by hand, refused before any kernel starts
     plan = plan_for(lambda: flow, cores=cores, gc_threshold=gc_threshold_during_run, clock=clock,
                     budget=budget, shares=shares, stall_threshold=stall_threshold, state_dir=state_dir,
                     epoch_interval=epoch_interval, process_id=process_id, peers=peers, secret=secret,
