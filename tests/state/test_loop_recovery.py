@@ -113,7 +113,7 @@ def assert_exactly_once(out: Path) -> None:
     assert not list(out.rglob(".part-*"))
 
 
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=3, deadline=None)
 @example(nth=3, cores=2)
 @given(nth=st.integers(1, 6), cores=st.sampled_from([1, 2]))
 def test_a_crashed_run_with_a_loop_resumes_and_publishes_every_result_once(tmp_path_factory, nth, cores):
