@@ -78,6 +78,7 @@ class Instance:
         "declined",
         "drain_waiter",
         "emitted",
+        "end_due",
         "ended",
         "fused_into",
         "held",
@@ -123,6 +124,7 @@ class Instance:
         self.held: list = []
         self.released: list | None = None
         self.ended = False
+        self.end_due = False  # on_end's future is done: end in the next activation
         self.targets: list[tuple[Instance, int]] = []
         self.chained = False  # runs inside its upstream's activation (see Runtime)
         self.chain: list[Instance] = []  # a source's: the instances its polls run (chained)
@@ -283,10 +285,20 @@ class Instance:
             self.scheduled = True
             self._ready(self)
 
+    def _end_due(self, _future) -> None:
+        self.end_due = True
+        if not self.scheduled:
+            self.scheduled = True
+            self._ready(self)
+
     def activate(self):
         self.scheduled = False
         if self.is_source:
             return self._poll()
+        if self.end_due:
+            self.end_due = False
+            self._finish()
+            return
         pending = self.pending
         self.pending = []
         on_batch = self.op.on_batch
@@ -349,8 +361,11 @@ class Instance:
             if self.arrived is not None and progress.open:
                 self._check_aligned()
             if progress.open == 0:
-                _call(self, "on_end")
-                self._finish()
+                draining = _call(self, "on_end")
+                if draining is None:
+                    self._finish()
+                else:  # work of its own still under way (a sink's writes): end once it is done
+                    draining.add_done_callback(self._end_due)
 
     def _advance(self, frontier: float) -> None:
         timers = self.timers
