@@ -51,7 +51,7 @@ def _kernel_samples(snapshot: dict, samples: dict[str, list[str]]) -> None:
     def add(name: str, labels: str, value) -> None:
         samples[f"streamkernel_{name}"].append(f"streamkernel_{name}{labels} {_number(value)}")
 
-    for step, records_in, records_out, watermark, late in snapshot["steps"]:
+    for step, records_in, records_out, watermark, late, *_ in snapshot["steps"]:
         labels = _labels(step=step, kernel=kernel)
         if records_in is not None:
             add("records_in_total", labels, records_in)
