@@ -105,7 +105,8 @@ class Graph:
                 {"id": node.id, "name": node.name, "label": node.label,
                  "kind": node.kind[0] if node.kind else "", "source": node.is_source,
                  "combiner": node.combiner is not None,
-                 "inputs": [{"from": e.source.id, "port": e.port, "exchange": e.exchange} for e in node.inputs]}
+                 "inputs": [{"from": e.source.id, "port": e.port, "exchange": e.exchange}
+                            for e in node.inputs]}
                 for node in self.nodes
             ],
         }

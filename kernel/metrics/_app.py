@@ -25,6 +25,7 @@ from aiohttp import web
 from ._dashboard import dashboard_state
 from ._exposition import CONTENT_TYPE, render
 
+NO_CACHE = {"Cache-Control": "no-cache"}  # a new version of the package serves a new page
 UPDATE_INTERVAL = 0.5  # seconds between two states a dashboard is sent
 STATIC = Path(__file__).with_name("_static")
 PAGES = {  # path -> (file, content type)
@@ -58,7 +59,7 @@ def dashboard_app(collect, describe) -> web.Application:
         return web.Response(body=state(), content_type="application/json")
 
     async def events(request):
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **NO_CACHE})
         await response.prepare(request)
         try:
             while not stopping.is_set():
@@ -77,7 +78,7 @@ def dashboard_app(collect, describe) -> web.Application:
         body = (STATIC / name).read_bytes()
 
         async def handler(_request):
-            return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-cache"})
+            return web.Response(body=body, headers={"Content-Type": content_type, **NO_CACHE})
 
         return handler
 

@@ -36,7 +36,8 @@ def dashboard_state(snapshots: list[dict], now: float) -> dict:
             step["out"] = _add(step["out"], records_out)
             step["late"] = _add(step["late"], late)
             if watermark is not None:
-                step["watermark"] = watermark if step["watermark"] is None else min(step["watermark"], watermark)
+                lowest = step["watermark"]
+                step["watermark"] = watermark if lowest is None else min(lowest, watermark)
         kernels.append(_kernel_state(snapshot))
         complete.append(snapshot.get("complete"))
         for epoch, at, seconds in snapshot.get("epoch_log", ()):

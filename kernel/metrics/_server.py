@@ -16,7 +16,6 @@ import threading
 from kernel.scheduling._errors import KernelError
 
 
-
 class MetricsServerError(KernelError):
     """The metrics endpoint cannot listen where it was asked to."""
 

@@ -226,7 +226,8 @@ def test_a_combiners_partial_half_counts_as_its_steps_input():
                           ["count (step 1), partial before the exchange", 40, 5, None, None, 1, True]]}
     other = {**snapshot, "kernel": 1, "complete": 3, "epoch_log": [[4, 11.5, 0.001]]}
     state = dashboard_state([snapshot, other], 0.0)
-    assert state["steps"] == [{"id": 1, "in": 10, "out": 4, "watermark": None, "late": None, "partial_in": 80}]
+    assert state["steps"] == [
+        {"id": 1, "in": 10, "out": 4, "watermark": None, "late": None, "partial_in": 80}]
     # complete on every kernel: the lowest; each epoch as slow as its slowest kernel
     assert state["epochs"] == {"complete": 3, "timeline": [[3, 10.0, 0.002], [4, 11.5, 0.003]]}
 
