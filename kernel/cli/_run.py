@@ -105,6 +105,15 @@ def _flow_loader(path: Path, name: str):
     return get_flow
 
 
+def _progress(args):
+    """The live progress line, on a terminal only and unless --quiet."""
+    if args.quiet or not sys.stdout.isatty():
+        return None
+    from ._progress import ProgressLine
+
+    return ProgressLine(sys.stdout)
+
+
 def _run(args, path: Path, name: str) -> int:
     in_cluster = args.peers is not None or args.process_id is not None
     if in_cluster:
@@ -116,7 +125,8 @@ def _run(args, path: Path, name: str) -> int:
     plan = plan_for(get_flow, cores=args.cores, gc_threshold=DEFAULT_GC_THRESHOLD,
                     state_dir=args.state_dir, epoch_interval=args.epoch_interval,
                     process_id=args.process_id, peers=args.peers, secret_file=args.secret_file, tls=tls,
-                    startup_timeout=args.startup_timeout, dashboard=args.dashboard)
+                    startup_timeout=args.startup_timeout, dashboard=args.dashboard,
+                    progress=_progress(args))
     if not in_cluster:
         execute(plan, get_flow)
         return 0
@@ -142,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epoch-interval", type=float, default=DEFAULT_EPOCH_INTERVAL,
                         help=f"seconds between epoch snapshots (default {DEFAULT_EPOCH_INTERVAL})")
     parser.add_argument("--dashboard", default=None, metavar="HOST:PORT",
-                        help="serve the run's metrics at http://HOST:PORT/metrics (Prometheus format)")
+                        help="serve the run's metrics at http://HOST:PORT/metrics (Prometheus format) "
+                             "and its dashboard at http://HOST:PORT/")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no live progress line (there is none when stdout is not a terminal)")
     cluster = parser.add_argument_group("cluster (several machines)")
     cluster.add_argument("--process-id", type=int, default=None, metavar="I",
                          help="this process's place in --peers (0-based)")
