@@ -70,11 +70,24 @@ def load_flow(path: Path, name: str) -> Dataflow:
 
 
 def _report(prefix: str, exc: BaseException) -> None:
-    print(f"error: {prefix}{exc}", file=sys.stderr)
-    text = cause_traceback(exc)
-    if text:
+    _error(f"{prefix}{exc}", cause_traceback(exc))
+
+
+_json_errors = False  # --log-format json: the command's own error is a JSON line too
+
+
+def _error(message: str, traceback: str = "") -> None:
+    """The command's last word on stderr: `error: ...` and the user's
+    traceback, or with --log-format json one JSON object."""
+    if _json_errors:
+        from kernel._logging import json_line
+
+        print(json_line("ERROR", message, traceback=traceback or None, logger="kernel.run"), file=sys.stderr)
+        return
+    print(f"error: {message}", file=sys.stderr)
+    if traceback:
         print("", file=sys.stderr)
-        print(text, end="", file=sys.stderr)
+        print(traceback, end="", file=sys.stderr)
 
 
 def _check_cluster_options(args) -> None:
@@ -135,7 +148,7 @@ def _run(args, path: Path, name: str) -> int:
     try:
         execute(plan, get_flow)
     except LinkError as exc:  # it names the peer: that is the whole message
-        print(f"error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 1
     return 0
 
@@ -169,22 +182,31 @@ def main(argv: list[str] | None = None) -> int:
     cluster.add_argument("--tls-key", default=None, help="the certificate's private key (PEM)")
     cluster.add_argument("--tls-ca", default=None,
                          help="CA that signs every peer's certificate (also required of clients)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="json: the kernels' warnings (and the command's error) as one JSON object a "
+                             "line: time, level, message, kernel, step, job")
     args = parser.parse_args(argv)
     path, name = split_target(args.pipeline)
+    global _json_errors
+    _json_errors = args.log_format == "json"
+    if _json_errors:
+        from kernel._logging import use_json_logs
+
+        use_json_logs(sys.stderr, job=f"{path.name}:{name}")
     from kernel.state import StateError  # the facade's one reach into `state`
 
     try:
         return _run(args, path, name)
     except StateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 1
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 2
     except KernelProcessError as exc:
         cause = exc.__cause__
         if isinstance(cause, UsageError):
-            print(f"error: {cause}", file=sys.stderr)
+            _error(str(cause))
             return 2
         if isinstance(cause, (PipelineImportError, KernelError)):
             _report(f"kernel {exc.kernel}: ", cause)
@@ -195,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         _report("", exc)
         return 1
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

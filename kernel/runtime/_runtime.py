@@ -65,6 +65,8 @@ class Runtime:
         self.snapshot_bytes: int | None = None  # the last snapshot this kernel took
         self._epoch_log: list[list] = []  # [epoch, wall time at its snapshot, seconds], the last EPOCH_LOG
         self.complete: int | None = None  # the last epoch complete on every kernel (`commit`)
+        if isinstance(getattr(kernel.logger, "extra", None), dict):  # structured logs name the job
+            kernel.logger.extra["job"] = graph.name
         self.observers: list = []  # metrics of this kernel's transport: () -> {"ring_used_bytes": ...}
 
     # -- wiring -------------------------------------------------------------------
@@ -286,7 +288,7 @@ class Runtime:
             if type(op).on_epoch is Operator.on_epoch and not op.keyed_states:
                 self.kernel.logger.warning(
                     "%s keeps no position (no on_epoch/restore): after a crash a resumed run "
-                    "reads it again from its start", source.name)
+                    "reads it again from its start", source.name, extra={"step": source.name})
         durable = self._measured(coordinator.durable) if self.metrics else coordinator.durable
         self.epochs = EpochTracker(len(self.instances), durable, coordinator.finished,
                                    coordinator.first_epoch)
