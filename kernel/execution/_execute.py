@@ -166,6 +166,8 @@ def _kernel_process(get_flow, plan: RunPlan, blocks=None, graph_block=None):
         if graph_block is not None and index == first:
             graph_block.write(flow.graph.describe())
         if block is not None:
+            if hasattr(transport, "ring_used_bytes"):  # rings between kernel processes
+                runtime.observers.append(lambda: {"ring_used_bytes": transport.ring_used_bytes()})
             kernel.at_start(lambda: _publish_metrics(kernel, runtime, block))
         with gc_threshold(plan.gc_threshold):
             try:

@@ -30,6 +30,8 @@ _FAMILIES = (
     ("streamkernel_snapshot_bytes", "gauge", "Size of the last snapshot a kernel took."),
     ("streamkernel_backpressured_seconds_total", "counter",
      "Seconds a kernel's sources were paused because a channel to another kernel was full."),
+    ("streamkernel_ring_used_bytes", "gauge",
+     "Bytes a kernel has written into its ring to another kernel (peer) or the link relay, not yet read."),
 )
 
 
@@ -79,6 +81,8 @@ def _kernel_samples(snapshot: dict, samples: dict[str, list[str]]) -> None:
         add("snapshot_bytes", _labels(kernel=kernel), snapshot["snapshot_bytes"])
     if "backpressured" in snapshot:  # only kernels with peers can be backpressured
         add("backpressured_seconds_total", _labels(kernel=kernel), snapshot["backpressured"])
+    for peer, used in sorted(snapshot.get("ring_used_bytes", {}).items()):  # kernel processes only
+        add("ring_used_bytes", _labels(kernel=kernel, peer=peer), used)
 
 
 def _labels(**labels: str) -> str:
