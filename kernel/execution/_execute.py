@@ -98,9 +98,21 @@ def _on_cores(plan: RunPlan, get_flow, cancel=None) -> list[dict]:
     sock = None if plan.dashboard is None else listen(plan.dashboard)  # the server thread closes it
     blocks = [MetricsBlock() for _ in range(plan.cores)]
     graph_block = MetricsBlock()
+    # a cluster's relay reports what its links sent in a block of its own
+    links_block = MetricsBlock(1 << 16) if plan.cluster is not None else None
+    link_report = None
+    if links_block is not None:
+        process = plan.cluster.process
+
+        def link_report(sent: dict) -> None:
+            links_block.write({"process": process, "sent": sent})
 
     def collect() -> list[dict]:
-        return [s for b in blocks if (s := b.read()) is not None]
+        snapshots = [s for b in blocks if (s := b.read()) is not None]
+        links = links_block.read() if links_block is not None else None
+        if links is not None and snapshots:  # carried by this process's first kernel's snapshot
+            snapshots[0] = {**snapshots[0], "links": links}
+        return snapshots
 
     threads = []
     if sock is not None:
@@ -114,13 +126,13 @@ def _on_cores(plan: RunPlan, get_flow, cancel=None) -> list[dict]:
 
     try:
         return run_on_cores(_kernel_process(get_flow, plan, blocks, graph_block), plan.cores, epochs=epochs,
-                            cluster=plan.cluster, cancel=cancel, on_started=started)
+                            cluster=plan.cluster, cancel=cancel, on_started=started, link_report=link_report)
     finally:
         for thread in threads:
             thread.stop()
         if plan.progress is not None:
             plan.progress(collect(), True)
-        for block in [*blocks, graph_block]:
+        for block in [*blocks, graph_block, *([links_block] if links_block is not None else [])]:
             block.close()
 
 

@@ -69,8 +69,8 @@ def _kernel_state(snapshot: dict) -> dict:
         "snapshot_bytes": snapshot.get("snapshot_bytes"),
         "ring_used_bytes": sum(snapshot.get("ring_used_bytes", {}).values()) if "ring_used_bytes" in snapshot
         else None,
-        "link_sent_bytes": sum(snapshot.get("link_sent_bytes", {}).values()) if "link_sent_bytes" in snapshot
-        else None,
+        # a cluster process's links, shown on its first kernel
+        "link_sent_bytes": sum(snapshot["links"]["sent"].values()) if "links" in snapshot else None,
     }
 
 

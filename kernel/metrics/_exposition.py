@@ -32,6 +32,8 @@ _FAMILIES = (
      "Seconds a kernel's sources were paused because a channel to another kernel was full."),
     ("streamkernel_ring_used_bytes", "gauge",
      "Bytes a kernel has written into its ring to another kernel (peer) or the link relay, not yet read."),
+    ("streamkernel_link_sent_bytes_total", "counter",
+     "Bytes of frames a cluster process sent on its link to another process (peer)."),
 )
 
 
@@ -83,6 +85,10 @@ def _kernel_samples(snapshot: dict, samples: dict[str, list[str]]) -> None:
         add("backpressured_seconds_total", _labels(kernel=kernel), snapshot["backpressured"])
     for peer, used in sorted(snapshot.get("ring_used_bytes", {}).items()):  # kernel processes only
         add("ring_used_bytes", _labels(kernel=kernel, peer=peer), used)
+    if "links" in snapshot:  # a cluster's process: its relay's links (on its first kernel's snapshot)
+        process = str(snapshot["links"]["process"])
+        for peer, sent in sorted(snapshot["links"]["sent"].items()):
+            add("link_sent_bytes_total", _labels(process=process, peer=peer), sent)
 
 
 def _labels(**labels: str) -> str:
