@@ -158,6 +158,7 @@ class Instance:
         op.advance_watermark = self.advance_watermark
         op.mark_idle = self.mark_idle
         op.schedule = self.schedule
+        op.pause_input = self.pause_input
         op.emit = self._emit_function()
         if self.counting:
             op.emit = self._counting_out(op.emit)
@@ -259,6 +260,9 @@ class Instance:
         return emit
 
     # -- the activation -----------------------------------------------------
+
+    def pause_input(self, paused: bool = True) -> None:
+        self.runtime.hold_input(self, paused)
 
     def wake(self) -> None:
         if not self.scheduled and not self.ended:
