@@ -11,6 +11,7 @@ import base64
 import json
 import math
 import threading
+import time
 import tomllib
 import urllib.error
 import urllib.request
@@ -58,8 +59,6 @@ def _get(port: int, path: str) -> tuple[int, bytes, str]:
 
 def _wait_for_graph(port: int, timeout: float = 20.0) -> dict:
     """/api/graph once the server is up and a kernel has described it."""
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -240,3 +239,42 @@ def test_the_package_ships_the_page():
     shipped = {p for pattern in patterns for p in (ROOT / "kernel" / "metrics").glob(pattern)}
     assert {STATIC / name for name, _ in PAGES.values()} <= shipped
     assert "kernel.metrics" in config["tool"]["setuptools"]["packages"]
+
+
+def test_the_epoch_timeline_of_a_run_with_a_state_dir(tmp_path):
+    """With a state_dir the state has the epochs each kernel snapshotted
+    (in order, each with its time and a duration) and the last epoch
+    complete on every kernel (committed: at most the last snapshotted)."""
+    gate = tmp_path / "release"
+    flow = _paced_flow(gate)
+    port = free_port()
+    errors: list = []
+
+    def body():
+        try:
+            run(flow, cores=2, dashboard=f"127.0.0.1:{port}", state_dir=tmp_path / "state",
+                epoch_interval=0.05)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    try:
+        _wait_for_graph(port)
+        deadline = time.monotonic() + 20
+        state = {}
+        while time.monotonic() < deadline:
+            state = json.loads(_get(port, "/api/state")[1])["epochs"]
+            if state["complete"] is not None and len(state["timeline"]) >= 3:
+                break
+            time.sleep(0.02)
+    finally:
+        gate.touch()
+        thread.join()
+    assert not errors, errors
+    timeline = state["timeline"]
+    assert len(timeline) >= 3, state
+    epochs, times, seconds = zip(*timeline)
+    assert list(epochs) == sorted(set(epochs)) and list(times) == sorted(times)
+    assert all(0 < s < 10 for s in seconds)
+    assert state["complete"] <= epochs[-1]
