@@ -278,3 +278,39 @@ def test_the_epoch_timeline_of_a_run_with_a_state_dir(tmp_path):
     assert list(epochs) == sorted(set(epochs)) and list(times) == sorted(times)
     assert all(0 < s < 10 for s in seconds)
     assert state["complete"] <= epochs[-1]
+
+
+async def test_run_async_serves_the_dashboard_on_the_callers_loop(tmp_path):
+    """run_async(dashboard=...) on the caller's loop: the same page and
+    graph, and a live stream that ends with the run, with the loop's other
+    work going on (this test's client runs on it)."""
+    import aiohttp
+
+    from kernel import run_async
+
+    gate = tmp_path / "release"
+    flow = _paced_flow(gate)
+    port = free_port()
+    job = asyncio.ensure_future(run_async(flow, dashboard=f"127.0.0.1:{port}"))
+    events = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(500):
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/api/graph") as response:
+                    graph = await response.json()
+                break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.01)
+        async with session.get(f"http://127.0.0.1:{port}/") as response:
+            page = await response.read()
+        async with session.get(f"http://127.0.0.1:{port}/api/events") as response:
+            async for line in response.content:
+                if line.startswith(b"event: "):
+                    events.append(line.strip().decode())
+                elif line.startswith(b"data: "):
+                    events.append("data")
+                    if events.count("data") == 2:
+                        gate.touch()
+    await job
+    assert graph == flow.graph.describe() and page == (STATIC / "index.html").read_bytes()
+    assert events[:2] == ["data", "data"] and events[-2:] == ["event: end", "data"]
