@@ -18,7 +18,7 @@ EPOCH_TIMELINE = 64  # epochs the timeline keeps (the newest)
 def dashboard_state(snapshots: list[dict], now: float) -> dict:
     """Every kernel's snapshot as one state: `time` (wall seconds),
     `steps` (per graph step: records in and out summed over kernels, the
-    lowest watermark, late events), `kernels` (busy, idle, backpressured
+    lowest watermark, late events, seconds in its on_batch), `kernels` (busy, idle, backpressured
     seconds, stalls, ring and link bytes), `epochs` (the last complete
     epoch on every kernel, and a timeline of snapshot durations)."""
     steps: dict[int, dict] = {}
@@ -26,9 +26,10 @@ def dashboard_state(snapshots: list[dict], now: float) -> dict:
     timeline: dict[int, list] = {}
     complete: list[int | None] = []
     for snapshot in sorted(snapshots, key=lambda s: s["kernel"]):
-        for _name, records_in, records_out, watermark, late, node, partial in snapshot["steps"]:
+        for _name, records_in, records_out, watermark, late, node, partial, busy in snapshot["steps"]:
             step = steps.setdefault(node, {"id": node, "in": None, "out": None, "watermark": None,
-                                           "late": None, "partial_in": None})
+                                           "late": None, "partial_in": None, "busy": None})
+            step["busy"] = _add(step["busy"], busy)  # a partial half's time is its step's work too
             if partial:  # the records the aggregate was given, before they were combined
                 step["partial_in"] = _add(step["partial_in"], records_in)
                 continue

@@ -69,6 +69,7 @@ class Runtime:
         self.complete: int | None = None  # the last epoch complete on every kernel (`commit`)
         if isinstance(getattr(kernel.logger, "extra", None), dict):  # structured logs name the job
             kernel.logger.extra["job"] = graph.name
+        self.nested_time = [0.0]  # metrics: see Instance.count_records
         self.observers: list = []  # metrics of this kernel's transport: () -> {"ring_used_bytes": ...}
 
     # -- wiring -------------------------------------------------------------------
@@ -236,11 +237,13 @@ class Runtime:
     def metrics_snapshot(self) -> dict:
         """What this kernel has done so far, as plain data (`kernel.metrics`
         renders it): per instance `[step, records in (None: a source),
-        records out (None: a sink), watermark (None: none yet), late events (None: not a
-        window), the id of its graph node, whether it is a
-        combiner's partial half]`, and the kernel's busy seconds per task class, stalls, idle
-        seconds and backpressured seconds; with epochs, the last complete
-        epoch and the last few epochs' snapshot times (the dashboard's timeline)."""
+        records out (None: a sink), watermark (None: none yet), late events
+        (None: not a window), the id of its graph node, whether it is a
+        combiner's partial half, seconds in its on_batch (None: a
+        source)]`, and the kernel's busy seconds per task class, stalls,
+        idle seconds and backpressured seconds; with epochs, the last
+        complete epoch and the last few epochs' snapshot times (the
+        dashboard's timeline)."""
         steps = []
         nodes = len(self.graph.nodes)
         for index, instance in enumerate(self.instances):
@@ -254,6 +257,7 @@ class Runtime:
                 late if type(late) is int else None,  # a window's count (not SelectBatches' flag)
                 index if index < nodes else self._partial_for[index],  # the graph's step (Graph.describe)
                 index >= nodes,  # a combiner's partial half, before the exchange
+                None if instance.is_source else instance.busy,  # seconds in its on_batch
             ])
         backpressured = self.backpressured
         if self._paused_at is not None:

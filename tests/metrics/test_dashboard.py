@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from _chromium import Chromium
-from _metrics_helpers import free_port
+from _metrics_helpers import free_port, held_source
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -202,7 +202,7 @@ def test_state_is_the_snapshots_summed(kernels):
     kernels (None where no kernel has that count), the lowest watermark
     ("end" when it is +inf)."""
     snapshots = [
-        {"kernel": k, "steps": [[f"s{i}", *step, i, False] for i, step in enumerate(steps)],
+        {"kernel": k, "steps": [[f"s{i}", *step, i, False, 0.5] for i, step in enumerate(steps)],
          "busy": {"throughput": 1.0}, "idle": 0.5, "stalls": k}
         for k, steps in enumerate(kernels)
     ]
@@ -214,6 +214,7 @@ def test_state_is_the_snapshots_summed(kernels):
         marks = [steps[i][2] for steps in kernels if steps[i][2] is not None]
         expected = min(marks) if marks else None
         assert got["watermark"] == ("end" if expected == math.inf else expected)
+        assert got["busy"] == 0.5 * len(kernels)
     assert [k["stalls"] for k in state["kernels"]] == list(range(len(kernels)))
     assert json.loads(json.dumps(state, allow_nan=False)) == state
 
@@ -221,12 +222,12 @@ def test_state_is_the_snapshots_summed(kernels):
 def test_a_combiners_partial_half_counts_as_its_steps_input():
     snapshot = {"kernel": 0, "busy": {}, "idle": 0.0, "stalls": 0, "complete": 4,
                 "epoch_log": [[3, 10.0, 0.002], [4, 11.0, 0.003]],
-                "steps": [["count (step 1)", 5, 2, None, None, 1, False],
-                          ["count (step 1), partial before the exchange", 40, 5, None, None, 1, True]]}
+                "steps": [["count (step 1)", 5, 2, None, None, 1, False, 0.25],
+                          ["count (step 1), partial before the exchange", 40, 5, None, None, 1, True, 0.5]]}
     other = {**snapshot, "kernel": 1, "complete": 3, "epoch_log": [[4, 11.5, 0.001]]}
     state = dashboard_state([snapshot, other], 0.0)
     assert state["steps"] == [
-        {"id": 1, "in": 10, "out": 4, "watermark": None, "late": None, "partial_in": 80}]
+        {"id": 1, "in": 10, "out": 4, "watermark": None, "late": None, "partial_in": 80, "busy": 1.5}]
     # complete on every kernel: the lowest; each epoch as slow as its slowest kernel
     assert state["epochs"] == {"complete": 3, "timeline": [[3, 10.0, 0.002], [4, 11.5, 0.003]]}
 
@@ -314,3 +315,37 @@ async def test_run_async_serves_the_dashboard_on_the_callers_loop(tmp_path):
     await job
     assert graph == flow.graph.describe() and page == (STATIC / "index.html").read_bytes()
     assert events[:2] == ["data", "data"] and events[-2:] == ["event: end", "data"]
+
+
+def test_a_steps_busy_time_is_its_own_handlers(tmp_path):
+    """Each step's busy seconds are the time in its on_batch less the steps
+    it called: a slow step chained after a fast one has the sleeps, the
+    fast one (whose emit ran the slow one) not."""
+    gate = tmp_path / "release"
+    records, pause = list(range(2000)), 0.003
+    sleeps = sum(1 for n in records if n % 100 == 0)
+
+    def slow(n):
+        if n % 100 == 0:
+            time.sleep(pause)
+        return n
+
+    flow = Dataflow("busy")
+    (flow.from_async_iterable(held_source(records, gate), batch_size=100, name="numbers")
+         .map(lambda n: n + 1, name="fast").map(slow, name="slow").collect())
+    port, thread, errors = _running(flow, tmp_path, cores=1)
+    try:
+        _wait_for_graph(port)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            steps = {s["id"]: s for s in json.loads(_get(port, "/api/state")[1])["steps"]}
+            if steps[2]["in"] == len(records):
+                break
+            time.sleep(0.02)
+    finally:
+        gate.touch()
+        thread.join()
+    assert not errors, errors
+    assert steps[2]["in"] == len(records)
+    assert sleeps * pause <= steps[2]["busy"] < sleeps * pause + 0.5
+    assert steps[1]["busy"] < sleeps * pause / 4 and steps[0]["busy"] is None

@@ -135,7 +135,7 @@ function drawGraph(graph) {
     row.dataset.step = step.id;
     cell(row, step.label);
     cell(row, step.kind, "text");
-    for (let i = 0; i < 7; i++) cell(row, "-");
+    for (let i = 0; i < 8; i++) cell(row, "-");
     rowsBody.appendChild(row);
   }
 }
@@ -145,7 +145,7 @@ function clip(text, n) {
 }
 
 function drawBadge(badge, x, y, share) {
-  // a bar of the kernels' busy / backpressured / idle share at the box's bottom edge
+  // a bar of the step's busy / backpressured / idle share at the box's bottom edge
   badge.replaceChildren();
   let at = x + 8;
   const w = BOX_W - 16;
@@ -154,8 +154,18 @@ function drawBadge(badge, x, y, share) {
     badge.appendChild(el("rect", { x: at, y: y + BOX_H - 11, width, height: 6, class: name }));
     at += width;
   }
-  badge.appendChild(el("title", {}, `kernels: busy ${pct(share.busy)}, backpressured ${pct(share.backpressured)}, ` +
-                                    `idle ${pct(share.idle)}`));
+  badge.appendChild(el("title", {}, share.text));
+}
+
+function stepShare(step, r, kernels) {
+  // a step: the time in its handler; a source (its time is not measured
+  // apart from its chain's): how long the kernels paused it, backpressured
+  if (step.source) {
+    const bp = Math.max(0, kernels.backpressured);
+    return { busy: 0, backpressured: bp, idle: 1 - bp, text: `kernels paused the source (backpressure) ${pct(bp)}` };
+  }
+  const busy = Math.max(0, r.busy ?? 0);
+  return { busy, backpressured: 0, idle: 1 - busy, text: `busy ${pct(busy)} of each kernel's time, idle ${pct(1 - busy)}` };
 }
 
 function pct(x) {
@@ -169,7 +179,10 @@ function stepRates(now, before) {
   for (const step of now.steps) {
     const prev = old.get(step.id);
     const r = (key) => (dt > 0 && prev && step[key] !== null && prev[key] !== null ? (step[key] - prev[key]) / dt : null);
-    out.set(step.id, { in: r("partial_in") ?? r("in"), out: r("out") });
+    // busy: the share of one kernel's time spent in the step's handler, averaged over the kernels
+    const busy = r("busy");
+    out.set(step.id, { in: r("partial_in") ?? r("in"), out: r("out"),
+                       busy: busy === null ? null : busy / Math.max(1, now.kernels.length) });
   }
   return out;
 }
@@ -210,7 +223,7 @@ function update(state) {
         : `in ${rate(r.in)}/s \u00b7 ${count(input)}`;
       box.wm.textContent = figures.watermark === null ? "no watermark yet"
         : `wm lag ${lag(figures.watermark, state.time)}`;
-      drawBadge(box.badge, box.x, box.y, mean);
+      drawBadge(box.badge, box.x, box.y, stepShare(step, r, mean));
       const row = document.querySelector(`#steps tr[data-step="${step.id}"]`);
       const cells = row.children;
       cells[2].textContent = rate(r.in);
@@ -220,6 +233,7 @@ function update(state) {
       cells[6].textContent = watermarkText(figures.watermark);
       cells[7].textContent = lag(figures.watermark, state.time);
       cells[8].textContent = count(figures.late);
+      cells[9].textContent = step.source ? "-" : pct(r.busy ?? 0);
     }
   }
   document.getElementById("elapsed").textContent = seconds(state.time - state.started);
