@@ -177,7 +177,7 @@ class Instance:
         A fused upstream's handler (`Runtime._fuse`) does the downstream
         operator's work too, so the records between them never exist as a
         batch: they are counted as the records the fused handler was given
-        (one to one, as `key_by`, the only operator fused today, maps).
+        (one to one: a run that counts fuses no step that filters).
 
         It also times each on_batch (two clock reads a batch): `busy` is the
         time in it less the time of the downstream on_batch calls it made
@@ -209,11 +209,19 @@ class Instance:
                 self.records_in += len(batch)
                 timed(port, batch)
         else:
+            # every step the handler does, but the last, hands on what it
+            # was given (a run that counts fuses no other: `Runtime._fuse`)
+            steps = [self]
+            while steps[-1].fused_into is not None:
+                steps.append(steps[-1].fused_into)
+            passing, last = steps[:-1], steps[-1]
+
             def counted_batch(port, batch):
                 n = len(batch)
-                self.records_in += n
-                self.records_out += n
-                fused.records_in += n
+                for step in passing:
+                    step.records_in += n
+                    step.records_out += n
+                last.records_in += n
                 timed(port, batch)
 
         op.on_batch = counted_batch

@@ -108,13 +108,21 @@ class Runtime:
     def _fuse(self) -> None:
         """Offer each chained operator its upstream (`Operator.fuse_upstream`):
         a keyed aggregate right after `key_by` counts keys straight from the
-        records, with no pairs built (benches/pipelines.py word count)."""
-        for instance in self.instances:
+        records, with no pairs built (benches/pipelines.py word count), and
+        stateless steps run as one comprehension. From the end of each
+        chain back, so a step offered its upstream has taken (or been taken
+        by) the steps after it already. A run that counts records per step
+        (metrics) keeps steps apart whose record counts differ (a filter):
+        counts are per batch, and a fused chain has no batch between them."""
+        for instance in reversed(self.instances):
             if instance.is_source or len(instance.targets) != 1:
                 continue
             target, _ = instance.targets[0]
             if isinstance(target, Instance) and target.chained:
                 handler = target.op.fuse_upstream(instance.op)
+                if handler is not None and self.metrics and not getattr(handler, "one_to_one", True):
+                    instance.op.__dict__.pop("_fusion", None)
+                    continue
                 if handler is not None:
                     instance.op.on_batch = handler
                     instance.fused_into = target
