@@ -183,7 +183,8 @@ class Instance:
         time in it less the time of the downstream on_batch calls it made
         (a chained step runs inside its upstream's emit). `nested` (the
         runtime's, one cell for every instance of the kernel) carries the
-        time of those inner calls out to the one that made them."""
+        time of those inner calls out to the one that made them. A fused
+        handler's time is all its first step's."""
         self.counting = True
         if self.is_source:
             return
