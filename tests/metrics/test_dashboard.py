@@ -95,6 +95,12 @@ _UPDATES_AFTER = """new Promise((done, fail) => {
   })();
 })"""
 
+# before the page's own script: what it throws, and what fails to load
+_CATCH_ERRORS = """window.pageErrors = [];
+window.addEventListener("error",
+  (e) => window.pageErrors.push(String(e.message || e.target.src || e.type)), true);
+window.addEventListener("unhandledrejection", (e) => window.pageErrors.push(String(e.reason)));"""
+
 _STEP_ROWS = """Array.from(document.querySelectorAll('#steps tbody tr')).map(
   (row) => Array.from(row.children).map((td) => td.textContent))"""
 
@@ -107,6 +113,7 @@ async def test_a_browser_sees_the_steps_and_moving_counts(tmp_path):
         await asyncio.to_thread(_wait_for_graph, port)
         async with Chromium() as page:
             await page.call("Page.enable")
+            await page.call("Page.addScriptToEvaluateOnNewDocument", source=_CATCH_ERRORS)
             await page.call("Page.navigate", url=f"http://127.0.0.1:{port}/")
             first = await page.evaluate(_UPDATES_AFTER % 0)
             rows_before = await page.evaluate(_STEP_ROWS)
@@ -116,10 +123,12 @@ async def test_a_browser_sees_the_steps_and_moving_counts(tmp_path):
             boxes = await page.evaluate("document.querySelectorAll('#graph g.box').length")
             exchanges = await page.evaluate("document.querySelectorAll('#graph path.edge.exchange').length")
             shot = await page.call("Page.captureScreenshot", format="png")
+            page_errors = await page.evaluate("window.pageErrors")
     finally:
         gate.touch()
         await asyncio.to_thread(thread.join)
     assert not errors, errors
+    assert page_errors == [], page_errors  # the script threw nothing, nothing failed to load
     for step in flow.graph.nodes:
         assert step.label in text, (step.label, text)
     assert boxes == len(flow.graph.nodes) and exchanges == 1
