@@ -33,11 +33,13 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
              stall_threshold: float = 0.025, state_dir=None,
              epoch_interval: float = DEFAULT_EPOCH_INTERVAL, process_id: int | None = None,
              peers=None, secret=None, secret_file=None, tls=None,
-             startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, dashboard: str | None = None) -> RunPlan:
+             startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, dashboard: str | None = None,
+             progress=None) -> RunPlan:
     """The checked plan of a run of the flow `get_flow()` returns (called
     only when the plan needs the flow: its fingerprint, for a state_dir or a
     cluster). Bad options raise ValueError; a state_dir that cannot be used,
-    StateError."""
+    StateError. `progress(snapshots, final)` is told the kernels' metrics
+    while the run runs (the command line's live line)."""
     check_cores(cores)
     address = None
     if dashboard is not None:
@@ -60,7 +62,8 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
     if state_dir is not None:
         snapshots = Snapshots(get_flow(), state_dir, epoch_interval, cores)
     return RunPlan(cores=cores, kernel=KernelOptions(clock, budget, shares, stall_threshold),
-                   gc_threshold=gc_threshold, snapshots=snapshots, cluster=cluster, dashboard=address)
+                   gc_threshold=gc_threshold, snapshots=snapshots, cluster=cluster, dashboard=address,
+                   progress=progress)
 
 
 def check_cores(cores: int) -> None:

@@ -182,9 +182,13 @@ class LinkRelay:
     rings of its local kernels (`ends[k] = (to_relay, from_relay)`)."""
 
     def __init__(self, plan: ClusterPlan, ends: list[tuple[SpscRing, SpscRing]],
-                 kernel_bells: list[Doorbell], bell: Doorbell, on_linked=None) -> None:
+                 kernel_bells: list[Doorbell], bell: Doorbell, on_linked=None, report=None,
+                 report_interval: float = 0.1) -> None:
         self.plan = plan
         self.on_linked = on_linked  # called once every link is up
+        # report(sent_bytes()) every report_interval and once at the end (metrics)
+        self.report = report
+        self.report_interval = report_interval
         self.ends = ends
         self.kernel_bells = kernel_bells
         self.bell = bell
@@ -217,6 +221,8 @@ class LinkRelay:
             if self.on_linked is not None:
                 self.on_linked()
             self._tasks += [asyncio.ensure_future(self._pump(k)) for k in range(len(self.ends))]
+            if self.report is not None:
+                self._tasks.append(asyncio.ensure_future(self._report_every()))
             local = await self._until(asyncio.ensure_future(local_results))
             if self.plan.process == 0:
                 self._add_results(local)
@@ -242,6 +248,17 @@ class LinkRelay:
             self._finishing = True
             loop.remove_reader(self.bell.fd)
             await self._close()
+            if self.report is not None:
+                self.report(self.sent_bytes())
+
+    def sent_bytes(self) -> dict[str, int]:
+        """Bytes of frames sent on each link so far, by peer process."""
+        return {str(peer): link.sent_bytes for peer, link in sorted(self.links.items())}
+
+    async def _report_every(self) -> None:
+        while True:
+            self.report(self.sent_bytes())
+            await asyncio.sleep(self.report_interval)
 
     async def _until(self, future):
         """Wait for `future`, unless the run fails first (then raise that)."""

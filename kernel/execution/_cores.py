@@ -64,7 +64,7 @@ def _cpus_for(cores: int, skip: int = 0) -> list[int]:
 
 
 def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, cluster=None,
-                 cancel=None) -> list[dict]:
+                 cancel=None, link_report=None) -> list[dict]:
     """Run `cores` kernel processes; returns each kernel's results, in order.
 
     `build_runtime(kernel_index, peers, transport, coordinator)` is called in
@@ -77,6 +77,8 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
     (a `ClusterPlan`) makes this process one of several linked by websockets:
     the results are every kernel's on process 0, none elsewhere. `cancel`, a
     connection, stops the run (`RunCancelled`) when it becomes readable.
+    `link_report(sent bytes by peer process)`, in a cluster's relay, is
+    told what its links have sent, now and then (metrics).
     """
     from kernel.net import Doorbell, ProcessTransport, SpscRing
     from kernel.net._transport import RelayEnds
@@ -148,7 +150,8 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
             results_in, handover = context.Pipe(duplex=False)
             child = context.Process(
                 target=_kernel_main,
-                args=(first, peers, None, _relay_runtime(cluster, relay_rings, bells, results_in, gate),
+                args=(first, peers, None, _relay_runtime(cluster, relay_rings, bells, results_in, gate,
+                                                             link_report),
                       None, sender, os.getpid()),
                 name="links",
                 daemon=True,
@@ -203,9 +206,10 @@ def _open_gate(gate_out: int, kernels: int) -> None:
     os.close(gate_out)
 
 
-def _relay_runtime(plan, ends, bells, handover, gate):
+def _relay_runtime(plan, ends, bells, handover, gate, report=None):
     """What the relay child runs: link up, open the kernels' gate, relay,
-    and end with the results (or tell the peers this process failed)."""
+    and end with the results (or tell the peers this process failed).
+    `report(sent bytes by peer)`: the links' metrics, now and then."""
 
     async def run_relay(_index, _peers, _transport, _coordinator):
         from kernel.net._relay import LinkRelay
@@ -215,7 +219,7 @@ def _relay_runtime(plan, ends, bells, handover, gate):
         loop = asyncio.get_running_loop()
         local = loop.create_future()
         relay = LinkRelay(plan, ends, bells[: len(ends)], bells[len(ends)],
-                          on_linked=lambda: _open_gate(gate_out, len(ends)))
+                          on_linked=lambda: _open_gate(gate_out, len(ends)), report=report)
 
         def on_message(kind, payload) -> None:
             if kind == "abort":
