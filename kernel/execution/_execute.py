@@ -72,9 +72,11 @@ def _on_cores(plan: RunPlan, get_flow, cancel=None) -> list[dict]:
     from ._cores import run_on_cores
 
     epochs = None if plan.snapshots is None else plan.snapshots.for_processes()
+    # a cluster's processes agree on the epoch they resume from once linked
+    agreement = None if epochs is None or plan.cluster is None else plan.snapshots.agreement()
     if plan.dashboard is None:
         return run_on_cores(_kernel_process(get_flow, plan), plan.cores, epochs=epochs,
-                            cluster=plan.cluster, cancel=cancel)
+                            cluster=plan.cluster, cancel=cancel, agreement=agreement)
     from kernel.metrics import MetricsBlock, MetricsServerThread, listen
 
     # Bound before the kernels fork (a port in use fails the run before it
@@ -85,7 +87,8 @@ def _on_cores(plan: RunPlan, get_flow, cancel=None) -> list[dict]:
     server = MetricsServerThread(sock, lambda: [s for b in blocks if (s := b.read()) is not None])
     try:
         return run_on_cores(_kernel_process(get_flow, plan, blocks), plan.cores, epochs=epochs,
-                            cluster=plan.cluster, cancel=cancel, on_started=lambda _pids: server.start())
+                            cluster=plan.cluster, cancel=cancel, on_started=lambda _pids: server.start(),
+                            agreement=agreement)
     finally:
         server.stop()
         for block in blocks:
