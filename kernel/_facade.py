@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pathlib
 
 from kernel.execution._execute import execute, execute_async
 from kernel.execution._plan import (
@@ -92,6 +93,14 @@ class Snapshots:
             raise ValueError(f"epoch_interval must be a positive number of seconds, got {epoch_interval!r}")
         self.state_dir = state_dir
         self.interval = float(epoch_interval)
+        cluster_files = sorted(p.name for p in pathlib.Path(state_dir).glob("snapshots-process*.sqlite"))
+        if cluster_files:
+            from kernel.state import StateError
+
+            raise StateError(
+                f"state_dir {os.fspath(state_dir)!r} holds {', '.join(cluster_files)}, written by a cluster, "
+                "and this run is one process: a resumed run needs the same processes and cores per "
+                "process (resuming on another number of kernels is not supported yet)")
         self.store = SnapshotStore(state_dir)
         from kernel.operators import SNAPSHOT_LAYOUT
 
@@ -150,13 +159,30 @@ class ClusterSnapshots:
         self.store = None
         try:  # refused on process 0, for every process, naming this one
             self.store = SnapshotStore(self.state_dir, self.name)
-            self.store.claim(flow_fingerprint(flow), cluster.kernels, SNAPSHOT_LAYOUT)
+            self._refuse_other_layouts(cluster)
+            self.store.claim(flow_fingerprint(flow), cluster.kernels, SNAPSHOT_LAYOUT,
+                             f"process {cluster.process} of {cluster.processes}, {cluster.cores} "
+                             f"core{'s' if cluster.cores > 1 else ''} each")
             completed = self.store.completed()
             offer["latest"] = completed[0] if completed else (0, False)
             offer["restorable"] = self.store.restorable(cluster.kernels_of(cluster.process))
         except StateError as exc:
             offer["error"] = str(exc)
         self._offer = offer
+
+    def _refuse_other_layouts(self, cluster) -> None:
+        """A one-process run's store, or a bigger cluster's, in this state_dir."""
+        from kernel.state import StateError
+
+        found = sorted(p.name for p in pathlib.Path(self.state_dir).glob("snapshots*.sqlite"))
+        mine = {f"snapshots-process{p}.sqlite" for p in range(cluster.processes)}
+        others = [name for name in found if name not in mine]
+        if others:
+            raise StateError(
+                f"state_dir {self.state_dir!r} holds {', '.join(others)}, written by "
+                f"{'one process' if others == ['snapshots.sqlite'] else 'a cluster of more processes'}, "
+                f"and this run is a cluster of {cluster.processes}: a resumed run needs the same processes "
+                "and cores per process (resuming on another number of kernels is not supported yet)")
 
     def open_store(self):
         from kernel.state import SnapshotStore

@@ -116,11 +116,13 @@ class SnapshotStore:
 
     # -- which flow ------------------------------------------------------------------
 
-    def claim(self, fingerprint: str, kernels: int, layout: str) -> None:
+    def claim(self, fingerprint: str, kernels: int, layout: str, placement: str | None = None) -> None:
         """Bind an empty store to this flow, or check that it is this flow's
         (and intact: see `_check_intact`). `layout` names how the snapshots
         are laid out (what the operators put in them: `kernel.operators.
-        SNAPSHOT_LAYOUT`): the store only compares it, as text."""
+        SNAPSHOT_LAYOUT`): the store only compares it, as text. A cluster's
+        process gives its `placement` ("process 1 of 2, 2 cores each"):
+        kernels are numbered by it, so it must not change either."""
         self._check_intact()
         rows = dict(self._query("SELECT key, value FROM meta"))
         if not rows:
@@ -128,6 +130,8 @@ class SnapshotStore:
                 "INSERT INTO meta (key, value) VALUES (?, ?), (?, ?), (?, ?)",
                 ("flow", fingerprint, "kernels", str(kernels), "format", layout),
             )
+            if placement is not None:
+                self._write("INSERT INTO meta (key, value) VALUES (?, ?)", ("placement", placement))
             return
         if rows.get("format") != layout:
             raise StateError(
@@ -145,6 +149,12 @@ class SnapshotStore:
                 f"state_dir {self.directory!r} was written by {rows.get('kernels')} kernels and this run "
                 f"has {kernels}: a resumed run needs the same number of kernels (keys are partitioned "
                 "by kernel count)"
+            )
+        if rows.get("placement") != placement:
+            raise StateError(
+                f"state_dir {self.directory!r} was written as {rows.get('placement') or 'one process'} "
+                f"and this run is {placement or 'one process'}: a resumed run needs the same processes "
+                "and cores per process (kernels are numbered by them)"
             )
 
     def _check_intact(self) -> None:

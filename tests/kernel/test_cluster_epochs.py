@@ -79,3 +79,15 @@ def test_a_process_that_cannot_resume_is_named():
         ClusterSnapshots.decide({0: offer(0, (3, False), [3]), 1: offer(1, (5, False), [5])})
     with pytest.raises(StateError, match=r"^process 1: damaged"):
         ClusterSnapshots.decide({0: offer(0), 1: offer(1, error="damaged")})
+
+
+def test_a_store_refuses_another_placement_of_the_same_number_of_kernels(tmp_path):
+    """2 processes of 2 cores -> 4 processes of 1: four kernels either way,
+    numbered otherwise."""
+    store = SnapshotStore(tmp_path, "snapshots-process1.sqlite")
+    store.claim("f", 4, "L", "process 1 of 2, 2 cores each")
+    store.claim("f", 4, "L", "process 1 of 2, 2 cores each")  # the same: fine
+    with pytest.raises(StateError, match=r"was written as process 1 of 2, 2 cores each and this run is "
+                                         r"process 1 of 4, 1 core each: a resumed run needs the same"):
+        store.claim("f", 4, "L", "process 1 of 4, 1 core each")
+    store.close()

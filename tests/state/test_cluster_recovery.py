@@ -79,7 +79,7 @@ def complete_epochs(path: Path) -> list[tuple[int, bool]]:
 
 
 def start_cluster(tmp: Path, *, shared: bool, crash: tuple[int, str] | None = None, n: int = N,
-                  pipeline: str = "pipeline.py", dirs=None, interval: str = "0.02") -> list:
+                  pipeline: str = "pipeline.py", dirs=None, interval: str = "0.02", cores: int = 1) -> list:
     """Both processes, started at once; `crash=(process, spec)` sets
     KERNEL_CRASH_AT for that process only."""
     peers = ",".join(f"127.0.0.1:{port}" for port in free_ports(2))
@@ -93,7 +93,7 @@ def start_cluster(tmp: Path, *, shared: bool, crash: tuple[int, str] | None = No
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "kernel.run", str(tmp / pipeline), "--state-dir", str(directory),
              "--epoch-interval", interval, "--process-id", str(p), "--peers", peers,
-             "--startup-timeout", "20"],
+             "--startup-timeout", "20", "--cores", str(cores)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return procs
 
@@ -230,3 +230,35 @@ def test_a_state_dir_missing_on_one_machine_is_refused_naming_the_process(tmp_pa
     second = finish(start_cluster(tmp_path, shared=False))
     assert [code for code, _ in second] == [0, 0], second
     assert_exactly_once(tmp_path / "out")
+
+
+def test_another_number_of_processes_or_cores_is_refused_before_anything_runs(tmp_path):
+    """Resuming on another number of kernels is not supported yet: a
+    cluster's shared state_dir resumed by one process, one process's by a
+    cluster, and a cluster's with more cores each, are refused with a
+    StateError saying so (naming the process, on a cluster)."""
+    (tmp_path / "pipeline.py").write_text(PIPELINE)
+    shared = tmp_path / "state"
+    first = finish(start_cluster(tmp_path, shared=True, n=200))
+    assert [code for code, _ in first] == [0, 0], first
+    env = dict(os.environ, N="200", OUT=str(tmp_path / "out"))
+    alone = subprocess.run([sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"),
+                            "--state-dir", str(shared), "--cores", "2"],
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert alone.returncode == 1
+    assert alone.stderr == (f"error: state_dir '{shared}' holds snapshots-process0.sqlite, "
+                            "snapshots-process1.sqlite, written by a cluster, and this run is one process: "
+                            "a resumed run needs the same processes and cores per process (resuming on "
+                            "another number of kernels is not supported yet)\n")
+
+    single = tmp_path / "single"
+    assert subprocess.run([sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"),
+                           "--state-dir", str(single)], env=env, timeout=60).returncode == 0
+    for code, err in finish(start_cluster(tmp_path, shared=True, n=200, dirs=[single, single])):
+        assert code == 1, err
+        assert f"error: process 0: state_dir '{single}' holds snapshots.sqlite, written by one process" in err
+
+    more_cores = start_cluster(tmp_path, shared=True, n=200, cores=2)
+    for code, err in finish(more_cores):
+        assert code == 1, err
+        assert f"error: process 0: state_dir '{shared}' was written by 2 kernels and this run has 4" in err
