@@ -155,7 +155,7 @@ class ClusterSnapshots:
         self.process = cluster.process
         self.name = f"snapshots-process{cluster.process}.sqlite"
         offer = {"process": cluster.process, "state_dir": self.state_dir, "error": None,
-                 "latest": (0, False), "restorable": []}
+                 "latest": (0, False), "restorable": [], "ended_after": None}
         self.store = None
         try:  # refused on process 0, for every process, naming this one
             self.store = SnapshotStore(self.state_dir, self.name)
@@ -165,7 +165,10 @@ class ClusterSnapshots:
                              f"core{'s' if cluster.cores > 1 else ''} each")
             completed = self.store.completed()
             offer["latest"] = completed[0] if completed else (0, False)
-            offer["restorable"] = self.store.restorable(cluster.kernels_of(cluster.process))
+            mine = cluster.kernels_of(cluster.process)
+            offer["restorable"] = self.store.restorable(mine)
+            if self.store.all_ended(mine):  # any later epoch reads their FINAL snapshots
+                offer["ended_after"] = completed[-1][0] if completed else 0
         except StateError as exc:
             offer["error"] = str(exc)
         self._offer = offer
@@ -219,7 +222,10 @@ class ClusterSnapshots:
             return pickle.dumps((0, False), protocol=5)
         for p in sorted(offers):
             offer = offers[p]
-            if epoch not in offer["restorable"]:
+            ended_after = offer.get("ended_after")
+            # (every kernel there had finished: process 0 completed the final
+            # epoch, and this process was lost before it heard)
+            if epoch not in offer["restorable"] and not (ended_after is not None and epoch >= ended_after):
                 what = ("holds no snapshots of this flow" if not offer["restorable"]
                         else f"lacks the snapshots of epoch {epoch}")
                 raise StateError(

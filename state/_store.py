@@ -215,6 +215,11 @@ class SnapshotStore:
         return sorted((e for e in candidates if all(k in have.get(e, ()) or k in ended for k in kernels)),
                       reverse=True)
 
+    def all_ended(self, kernels) -> bool:
+        """Whether each of `kernels` has written its FINAL snapshot."""
+        ended = {k for (k,) in self._query("SELECT kernel FROM snapshots WHERE epoch = ?", (FINAL,))}
+        return all(k in ended for k in kernels)
+
     def snapshot_for(self, epoch: int, kernel: int) -> bytes:
         """`kernel`'s snapshot of `epoch`: its own, or its FINAL one when it
         had ended before that epoch (checksum checked)."""

@@ -91,3 +91,16 @@ def test_a_store_refuses_another_placement_of_the_same_number_of_kernels(tmp_pat
                                          r"process 1 of 4, 1 core each: a resumed run needs the same"):
         store.claim("f", 4, "L", "process 1 of 4, 1 core each")
     store.close()
+
+
+def test_a_process_lost_before_it_heard_the_final_epoch_resumes_from_it():
+    """Its kernels had all written their FINAL snapshots and it had
+    reported, process 0 completed the final epoch 9; it never heard, so its
+    store's newest complete epoch is 6 and no snapshot is numbered 9."""
+    decided = ClusterSnapshots.decide({0: pickle.dumps({"process": 0, "state_dir": "/st0", "error": None,
+                                                        "latest": (9, True), "restorable": [9, 8],
+                                                        "ended_after": None}),
+                                       1: pickle.dumps({"process": 1, "state_dir": "/st1", "error": None,
+                                                        "latest": (6, False), "restorable": [6, 5],
+                                                        "ended_after": 5})})
+    assert pickle.loads(decided) == (9, True)
