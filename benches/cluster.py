@@ -188,6 +188,9 @@ def section_snapshot_cost(n: int, reps: int) -> str:
                  ["run", "events/s", "cost vs no snapshots", "target", "result"], rows)
 
 
+TAIL = 24_000
+
+
 def keyed_count_flow(data):
     """A count per key over `keys` distinct keys, then a slow tail over
     which epochs complete; with `fail`, a record of the tail raises."""
@@ -214,17 +217,15 @@ def keyed_count_flow(data):
             with open(os.path.join(marks, f"restored-k{self.kernel}"), "w") as f:
                 f.write(f"{_time.time()} {len(self.counts)}")
 
-    def tail(i):
+    def tail(i):  # after the keys, batches that each take ~0.3 s: epochs complete between them
         if i >= keys:
-            _time.sleep(0.01)
-            if fail and i == keys + 150:
+            _time.sleep(0.0003)
+            if fail and i == keys + TAIL - 1000:
                 raise RuntimeError("the planned failure")
         return i
 
     flow = Dataflow("cluster-recovery")
-    records = flow.from_iterable(range(keys), batch_size=1000)
-    slow_tail = flow.from_iterable(range(keys, keys + 200), batch_size=2)  # epochs pass between its batches
-    out = (records.union(slow_tail).map(tail)
+    out = (flow.from_iterable(range(keys + TAIL), batch_size=1000).map(tail)
                .key_by(lambda i: f"key-{i:08d}").apply(CountKeys).collect())
     return flow, out, lambda items: len(items)
 
@@ -242,7 +243,7 @@ def section_recovery(keys: int, reps: int) -> str:
         os.makedirs(marks)
         try:
             options = lambda i, directory=directory: {  # noqa: E731
-                "state_dir": os.path.join(directory, f"state{i}"), "epoch_interval": 0.2}
+                "state_dir": os.path.join(directory, f"state{i}"), "epoch_interval": 1.0}
             failed = on_two_processes_with(keyed_count_flow, (keys, True, marks), options)
             assert failed == ("failed", "PeerFailed") or failed[0] == "failed", failed
             start = time.time()
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     print(table(f"cluster on one machine: throughput (median of {reps})",
                 ["pipeline", "run as", "rate", "vs plain", "vs 1 core"], rows))
     print()
-    print(section_snapshot_cost(100_000 if args.quick else 4_000_000, reps))
+    print(section_snapshot_cost(100_000 if args.quick else 16_000_000, reps))
     print()
     print(section_recovery(20_000 if args.quick else 1_000_000, 1 if args.quick else 3))
 
