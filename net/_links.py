@@ -404,7 +404,7 @@ class _Handler(RequestHandler):
         if status >= 500:  # ours, not the peer's: aiohttp's report
             return super().handle_error(request, status, exc, message)
         what = type(exc).__name__ if exc is not None else str(status)
-        log.warning("refused a link from %s: malformed HTTP (%s)", request.remote, what)
+        log.warning("refused %s from %s: malformed HTTP (%s)", self._manager.noun, request.remote, what)
         if request.writer.output_size > 0:  # (as aiohttp: too late for an answer)
             raise ConnectionError("malformed HTTP after the answer began")
         response = web.Response(status=status, text=f"malformed HTTP ({what})\n")
@@ -420,8 +420,10 @@ class _Guard(web.Server):
     closed. The link handler reports a connection authenticated (it leaves
     the count) and takes over the clock once a websocket is up."""
 
-    def __init__(self, handler, *, max_pending: int, handshake_timeout: float, **kwargs) -> None:
+    def __init__(self, handler, *, max_pending: int, handshake_timeout: float, noun: str = "a link",
+                 **kwargs) -> None:
         super().__init__(handler, **kwargs)
+        self.noun = noun  # what the log says was refused: "a link", "a system connection"
         self.max_pending = max_pending
         self.handshake_timeout = handshake_timeout
         self._pending: dict[RequestHandler, list] = {}  # -> [deadline, timer or None]
@@ -480,7 +482,7 @@ class _Guard(web.Server):
     def _expire(self, handler, transport) -> None:
         if self._pending.pop(handler, None) is None:
             return
-        log.warning("refused a link from %s: %s", _address(transport),
+        log.warning("refused %s from %s: %s", self.noun, _address(transport),
                     _no_handshake(self.handshake_timeout, "it sent no websocket upgrade"))
         transport.abort()
 
@@ -523,44 +525,34 @@ def _raise_message_limit(ws: web.WebSocketResponse, protocol, limit: int) -> Non
     ws._parser = reader  # the response owns its reader (aiohttp keeps a weak reference)
 
 
-class LinkServer:
-    """Accepts links from higher-numbered processes on `host:port`.
+class AuthenticatedServer:
+    """A websocket server on `host:port` (at `path`) that lets in only
+    clients that prove they hold the shared secret (the challenge-response
+    above, both ways), guarded against strangers: before a connection
+    authenticates it may cost little: messages of at most
+    HANDSHAKE_MAX_MESSAGE bytes, no compression (ever), small HTTP header
+    limits, at most `max_pending` such connections (the next is closed at
+    once) and `handshake_timeout` seconds from connecting to authenticated
+    (then closed, and logged; with TLS, the TLS handshake before gets as
+    long again). Every refusal is logged as `refused {noun} from ADDRESS:
+    why`. After authentication messages may be `max_frame` bytes, and
+    `_session(ws, peer, meta, address)` serves the connection (the links
+    between cluster processes; the coordinator of `kernel.system`)."""
 
-    `on_link(link)` is called (on the loop) for every authenticated peer;
-    the server reads that link's frames until it closes. `channels` is a
-    set, or a function of the peer's process id giving its set; `expected`,
-    when given, is the set of process ids that may connect (once each).
+    noun = "a connection"
+    path = PATH
 
-    Before a connection authenticates it may cost little: messages of at
-    most HANDSHAKE_MAX_MESSAGE bytes, no compression (ever: frames are the
-    codec's bytes), small HTTP header limits, at most `max_pending` such
-    connections (the next is closed at once) and `handshake_timeout`
-    seconds from connecting to authenticated (then closed, and logged;
-    with TLS, the TLS handshake before gets as long again).
-    """
-
-    def __init__(self, host: str, port: int, secret, process: int, channels, on_frame_for,
-                 on_link=None, window: int = DEFAULT_WINDOW, max_frame: int = DEFAULT_MAX_FRAME,
-                 ssl_context=None, heartbeat: float = DEFAULT_HEARTBEAT, meta=None,
-                 on_mismatch=None, expected=None, max_pending: int | None = None,
+    def __init__(self, host: str, port: int, secret, process: int, *, max_frame: int = DEFAULT_MAX_FRAME,
+                 ssl_context=None, meta=None, max_pending: int | None = None,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
         self.host, self.port = host, port
         self._secret = _secret(secret)
         self.process = process
-        self.channels = channels
-        self.on_frame_for = on_frame_for  # peer -> on_frame callback
-        self.on_link = on_link
-        self.window = window
         self.max_frame = max_frame
         self.ssl_context = ssl_context
-        self.heartbeat = heartbeat
         self.meta = meta
-        self.on_mismatch = on_mismatch  # called with the LinkMismatch
-        self.expected = expected
-        # every expected peer may dial at once, and retry, without a refusal
-        self.max_pending = max_pending or max(MAX_PENDING, 2 * len(expected or ()))
+        self.max_pending = max_pending or MAX_PENDING
         self.handshake_timeout = handshake_timeout
-        self.links: dict[int, Link] = {}
         # the latest refusals (a flood of strangers must not grow this)
         self.failures: deque[Exception] = deque(maxlen=16)
         self._runner: web.ServerRunner | None = None
@@ -574,7 +566,7 @@ class LinkServer:
 
     async def start(self) -> None:
         self._guard = _Guard(self._serve, max_pending=self.max_pending,
-                             handshake_timeout=self.handshake_timeout, access_log=None,
+                             handshake_timeout=self.handshake_timeout, noun=self.noun, access_log=None,
                              max_line_size=_HTTP_MAX_LINE, max_field_size=_HTTP_MAX_LINE,
                              max_headers=_HTTP_MAX_HEADERS)
         self._runner = web.ServerRunner(self._guard)
@@ -596,9 +588,9 @@ class LinkServer:
             await self._runner.cleanup()
 
     async def _serve(self, request: web.BaseRequest):
-        if request.path != PATH:
-            log.warning("refused a link from %s: plain HTTP (%s %s), not a link", request.remote,
-                        request.method, request.path[:100])
+        if request.path != self.path:
+            log.warning("refused %s from %s: plain HTTP (%s %s), not %s", self.noun, request.remote,
+                        request.method, request.path[:100], self.noun)
             raise web.HTTPNotFound()
         return await self._accept(request)
 
@@ -612,8 +604,8 @@ class LinkServer:
         try:
             await ws.prepare(request)
         except web.HTTPException as exc:
-            log.warning("refused a link from %s: %s without a websocket upgrade (%s)",
-                        peer_address, request.method, exc.reason)
+            log.warning("refused %s from %s: %s without a websocket upgrade (%s)",
+                        self.noun, peer_address, request.method, exc.reason)
             raise
         deadline = self._guard.handshake_deadline(request.protocol)
         try:
@@ -626,35 +618,11 @@ class LinkServer:
         except (AuthenticationFailed, LinkError, msgspec.DecodeError) as exc:
             await self._refuse(ws, peer_address, exc)
             return ws
-        if self.expected is not None and (peer not in self.expected or peer in self.links):
-            why = "is already linked" if peer in self.links else "is not a peer of this process"
-            log.warning("refused a link from %s: process %d %s", peer_address, peer, why)
-            await ws.close(code=1008, message=b"unexpected peer")
-            return ws
-        try:
-            _check_meta(self.meta, meta, f"process {peer} at {peer_address}")
-        except LinkMismatch as exc:  # authenticated and expected, but running something else
-            log.error("%s", exc)
-            self.failures.append(exc)
-            await ws.close(code=MISMATCH, message=b"incompatible peer")
-            if self.on_mismatch is not None:
-                self.on_mismatch(exc)
-            return ws
-        channels = self.channels(peer) if callable(self.channels) else self.channels
-        link = Link(ws, peer, channels, self.on_frame_for(peer), self.window, self.heartbeat)
-        self.links[peer] = link
-        if self.on_link is not None:
-            self.on_link(link)
-        try:
-            await link.run()
-        except LinkError as exc:
-            self.failures.append(exc)
-        finally:
-            self.links.pop(peer, None)
+        await self._session(ws, peer, meta, peer_address)
         return ws
 
     async def _refuse(self, ws, address: str, exc: Exception) -> None:
-        log.warning("refused a link from %s: %s", address, exc)
+        log.warning("refused %s from %s: %s", self.noun, address, exc)
         self.failures.append(exc)
         if isinstance(exc, AuthenticationFailed):
             await ws.close(code=AUTH_FAILED, message=b"authentication failed")
@@ -683,6 +651,68 @@ class LinkServer:
             {"mac": _mac(self._secret, b"server", their_nonce, self.process), "meta": self.meta}).decode())
         return peer, hello.get("meta")
 
+    async def _session(self, ws, peer: int, meta, address: str) -> None:
+        raise NotImplementedError
+
+
+class LinkServer(AuthenticatedServer):
+    """Accepts links from higher-numbered processes on `host:port`.
+
+    `on_link(link)` is called (on the loop) for every authenticated peer;
+    the server reads that link's frames until it closes. `channels` is a
+    set, or a function of the peer's process id giving its set; `expected`,
+    when given, is the set of process ids that may connect (once each).
+    Strangers cost it little (`AuthenticatedServer`).
+    """
+
+    noun = "a link"
+
+    def __init__(self, host: str, port: int, secret, process: int, channels, on_frame_for,
+                 on_link=None, window: int = DEFAULT_WINDOW, max_frame: int = DEFAULT_MAX_FRAME,
+                 ssl_context=None, heartbeat: float = DEFAULT_HEARTBEAT, meta=None,
+                 on_mismatch=None, expected=None, max_pending: int | None = None,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+        # every expected peer may dial at once, and retry, without a refusal
+        super().__init__(host, port, secret, process, max_frame=max_frame, ssl_context=ssl_context,
+                         meta=meta, max_pending=max_pending or max(MAX_PENDING, 2 * len(expected or ())),
+                         handshake_timeout=handshake_timeout)
+        self.channels = channels
+        self.on_frame_for = on_frame_for  # peer -> on_frame callback
+        self.on_link = on_link
+        self.window = window
+        self.heartbeat = heartbeat
+        self.on_mismatch = on_mismatch  # called with the LinkMismatch
+        self.expected = expected
+        self.links: dict[int, Link] = {}
+
+
+    async def _session(self, ws, peer: int, meta, peer_address: str) -> None:
+        if self.expected is not None and (peer not in self.expected or peer in self.links):
+            why = "is already linked" if peer in self.links else "is not a peer of this process"
+            log.warning("refused a link from %s: process %d %s", peer_address, peer, why)
+            await ws.close(code=1008, message=b"unexpected peer")
+            return
+        try:
+            _check_meta(self.meta, meta, f"process {peer} at {peer_address}")
+        except LinkMismatch as exc:  # authenticated and expected, but running something else
+            log.error("%s", exc)
+            self.failures.append(exc)
+            await ws.close(code=MISMATCH, message=b"incompatible peer")
+            if self.on_mismatch is not None:
+                self.on_mismatch(exc)
+            return
+        channels = self.channels(peer) if callable(self.channels) else self.channels
+        link = Link(ws, peer, channels, self.on_frame_for(peer), self.window, self.heartbeat)
+        self.links[peer] = link
+        if self.on_link is not None:
+            self.on_link(link)
+        try:
+            await link.run()
+        except LinkError as exc:
+            self.failures.append(exc)
+        finally:
+            self.links.pop(peer, None)
+
 
 async def dial(url: str, secret, process: int, channels, on_frame, *, window: int = DEFAULT_WINDOW,
                max_frame: int = DEFAULT_MAX_FRAME, timeout: float = 30.0, ssl=True,
@@ -691,6 +721,20 @@ async def dial(url: str, secret, process: int, channels, on_frame, *, window: in
     """Connect to the server at `url` (ws://host:port), retrying until
     `timeout` seconds have passed; authenticate; return the link (run its
     `run()` to read) and the client session (close it after the link)."""
+    ws, peer, _, session = await connect(url, secret, process, max_frame=max_frame, timeout=timeout,
+                                         ssl=ssl, session=session, meta=meta)
+    return Link(ws, peer, channels, on_frame, window, heartbeat), session
+
+
+async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame: int = DEFAULT_MAX_FRAME,
+                  timeout: float = 30.0, ssl=True, session: aiohttp.ClientSession | None = None,
+                  meta=None, check_meta: bool = True):
+    """Connect to an `AuthenticatedServer` at `url` (http://host:port, its
+    websocket at `path`), retrying until `timeout` seconds have passed, and
+    authenticate both ways. Returns `(ws, the server's process id, the
+    server's meta, the client session)` (close the session after the
+    websocket). With `check_meta`, a server whose meta differs from `meta`
+    is refused (`LinkMismatch`)."""
     key = _secret(secret)
     own_session = session is None
     session = session or aiohttp.ClientSession()
@@ -703,7 +747,7 @@ async def dial(url: str, secret, process: int, channels, on_frame, *, window: in
                 # bounded: a port that accepts and never answers (a stopped
                 # peer, another program) must not outlast the timeout
                 ws = await asyncio.wait_for(
-                    session.ws_connect(url + PATH, max_msg_size=max_frame + FRAME.size, ssl=ssl),
+                    session.ws_connect(url + path, max_msg_size=max_frame + FRAME.size, ssl=ssl),
                     max(0.01, deadline - loop.time()))
                 break
             except TimeoutError:
@@ -715,19 +759,21 @@ async def dial(url: str, secret, process: int, channels, on_frame, *, window: in
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.25)
         try:
-            peer = await asyncio.wait_for(_client_handshake(ws, key, process, url, meta),
-                                          max(_HANDSHAKE_MIN, deadline - loop.time()))
+            peer, their_meta = await asyncio.wait_for(
+                _client_handshake(ws, key, process, url, meta, check_meta),
+                max(_HANDSHAKE_MIN, deadline - loop.time()))
         except TimeoutError:
             await ws.close()
             raise LinkError(f"{url} did not finish the handshake in time") from None
-        return Link(ws, peer, channels, on_frame, window, heartbeat), session
+        return ws, peer, their_meta, session
     except BaseException:
         if own_session:
             await session.close()
         raise
 
 
-async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None) -> int:
+async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None,
+                            check_meta: bool = True) -> tuple[int, object]:
     message = await ws.receive()
     if message.type != aiohttp.WSMsgType.TEXT:
         raise LinkError(f"{url} did not start the handshake")
@@ -750,9 +796,10 @@ async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None) -
     if not hmac.compare_digest(str(reply.get("mac", "")), _mac(key, b"server", nonce, peer)):
         await ws.close(code=AUTH_FAILED, message=b"authentication failed")
         raise AuthenticationFailed(f"process {peer} at {url}")
-    try:
-        _check_meta(meta, reply.get("meta"), f"process {peer} at {url}")
-    except LinkMismatch:
-        await ws.close(code=MISMATCH, message=b"incompatible peer")
-        raise
-    return peer
+    if check_meta:
+        try:
+            _check_meta(meta, reply.get("meta"), f"process {peer} at {url}")
+        except LinkMismatch:
+            await ws.close(code=MISMATCH, message=b"incompatible peer")
+            raise
+    return peer, reply.get("meta")

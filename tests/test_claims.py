@@ -35,6 +35,7 @@ import os
 import pickle
 import re
 import signal
+import socket
 import sqlite3
 import struct
 import sys
@@ -2405,3 +2406,65 @@ def test_a_cluster_that_lost_a_process_resumes_from_the_epoch_complete_on_both_e
         assert code == 0, err
         assert f"resuming from epoch {epoch}\n" in err
     rec.assert_exactly_once(tmp_path / "out")
+
+
+# -- issue 17: a running system (coordinator, executors, jobs) ------------------------------
+
+sys.path[:0] = [str(ROOT / "tests" / "system")]
+from _system import System  # noqa: E402
+
+
+@promise("A running system: coordinator, executors, jobs", "Security")
+def test_claim_the_system_lets_in_only_the_secret(tmp_path):
+    """A client with a wrong secret and garbage on the port are refused and
+    logged, and the catalog is untouched; the right secret gets in.
+    (tests/system/test_system.py::test_a_wrong_secret_and_garbage_are_refused_logged_and_change_nothing
+    adds plain HTTP and executors.)"""
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+        before = system.status()
+        wrong = system.cli("status", env=dict(system.env, KERNEL_SECRET="wrong"))
+        assert wrong.returncode == 1 and "authentication failed" in wrong.stderr
+        with socket.create_connection(("127.0.0.1", system.port), timeout=5) as s:
+            s.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.")
+        log = system.coordinator_log.read_text()
+        assert "refused a system connection from 127.0.0.1: authentication failed" in log
+        assert "refused a system connection from 127.0.0.1: malformed HTTP" in log
+        assert system.status() == before and system.coordinator.poll() is None
+    finally:
+        system.close()
+
+
+@promise("A running system: coordinator, executors, jobs", "Restarts")
+def test_claim_a_job_whose_executor_is_lost_runs_again_within_seconds(tmp_path):
+    """Its executor SIGKILLed, a running job is running again on the other
+    executor within a few seconds, its restart counted.
+    (tests/system/test_system.py::test_an_executor_killed_mid_run_the_job_restarts_and_writes_every_record_once
+    checks the resumed output.)"""
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+        executors = [system.start_executor(cores=1), system.start_executor(cores=1)]
+        system.executors_up(2)
+        pipeline = tmp_path / "endless.py"
+        pipeline.write_text("import time\nfrom kernel import Dataflow\nflow = Dataflow('endless')\n"
+                            "flow.from_iterable(range(10**9))"
+                            ".map(lambda n: time.sleep(0.01) or n).sink(id)\n")
+        job = system.cli("submit", pipeline).stdout.splitlines()[0]
+        wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
+        (first,) = system.job(job)["placement"]
+        victim = next(p for p in executors if system.executor_id(p) == first)
+        victim.send_signal(signal.SIGKILL)
+        lost = time.monotonic()
+        def elsewhere():
+            state = system.job(job)
+            return state["status"] == "running" and state["placement"] != [first]
+
+        wait_until(elsewhere, timeout=10, what="the job running again elsewhere")
+        assert time.monotonic() - lost < 5.0
+        assert system.job(job)["restarts"] == 1
+        assert system.cli("kill", job).returncode == 0
+    finally:
+        system.close()

@@ -160,3 +160,10 @@ def test_the_checks_can_fail():
     """A cycle and a forbidden import, made up, are found."""
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_nothing_below_the_system_imports_it():
+    """`kernel.system` (issue 17: coordinator, executors) sits on top: only
+    `python -m kernel` (kernel/__main__.py) reaches it."""
+    assert violations(lambda m, t: _under(m, "kernel.system") or m == "kernel.__main__"
+                      or not _under(t, "kernel.system")) == []

@@ -103,7 +103,28 @@ def _flow_loader(path: Path, name: str):
     return get_flow
 
 
+def _resolve_placement(args) -> None:
+    """--slurm / --peers-from-env: the process id and peers from a resource
+    manager's environment (kernel/cli/_resource_managers.py)."""
+    if not (args.slurm or args.peers_from_env):
+        return
+    from kernel.cli._resource_managers import ResourceManagerError, from_kubernetes, from_slurm
+
+    if args.slurm and args.peers_from_env:
+        raise UsageError("--slurm and --peers-from-env exclude each other")
+    if args.peers is not None or args.process_id is not None:
+        raise UsageError("--slurm and --peers-from-env take the place of --process-id and --peers")
+    try:
+        if args.slurm:
+            args.process_id, args.peers = from_slurm(os.environ, args.port_base)
+        else:
+            args.process_id, args.peers = from_kubernetes(os.environ)
+    except ResourceManagerError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _run(args, path: Path, name: str) -> int:
+    _resolve_placement(args)
     in_cluster = args.peers is not None or args.process_id is not None
     if in_cluster:
         _check_cluster_options(args)
@@ -128,9 +149,9 @@ def _run(args, path: Path, name: str) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m kernel.run") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m kernel.run",
+        prog=prog,
         description="Run the Dataflow named NAME (default: flow) defined in a pipeline file.",
     )
     parser.add_argument("pipeline", metavar="PIPELINE.py[:NAME]")
@@ -150,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
                          help="file holding the shared secret (default: the KERNEL_SECRET variable)")
     cluster.add_argument("--startup-timeout", type=float, default=DEFAULT_STARTUP_TIMEOUT,
                          help=f"seconds to wait for every peer (default {DEFAULT_STARTUP_TIMEOUT:g})")
+    cluster.add_argument("--slurm", action="store_true",
+                         help="process id and peers from Slurm (srun): SLURM_PROCID, SLURM_STEP_NODELIST...")
+    cluster.add_argument("--port-base", type=int, default=7000, metavar="P",
+                         help="with --slurm: the first port on each node (default 7000)")
+    cluster.add_argument("--peers-from-env", action="store_true",
+                         help="process id and peers of a Kubernetes StatefulSet's pod (deploy/kubernetes/)")
     cluster.add_argument("--tls-cert", default=None, help="this process's certificate (PEM): turns TLS on")
     cluster.add_argument("--tls-key", default=None, help="the certificate's private key (PEM)")
     cluster.add_argument("--tls-ca", default=None,

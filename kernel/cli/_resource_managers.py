@@ -1,0 +1,151 @@
+"""A cluster's process id and peers from a resource manager's environment,
+instead of `--process-id` and `--peers` typed by hand:
+
+* `--slurm` (`srun -n M python -m kernel run pipeline.py --slurm`): the
+  process id is SLURM_PROCID, the process count SLURM_NTASKS, the hosts
+  SLURM_STEP_NODELIST (hostlist syntax, `node[1-3,5]`) with
+  SLURM_STEP_TASKS_PER_NODE (`2(x3),1`) tasks each, placed in blocks (Slurm's
+  default distribution: tasks 0..k-1 on the first node, ...); the task
+  with local index l on its node listens on `--port-base` + l.
+* `--peers-from-env` (a Kubernetes StatefulSet, deploy/kubernetes/): the pod
+  is `NAME-ORDINAL` (HOSTNAME), the process id its ordinal; peers are the
+  pods' stable DNS names `NAME-i.SERVICE.NAMESPACE.svc.cluster.local:PORT`
+  for i < KERNEL_REPLICAS, with KERNEL_SERVICE (the headless Service),
+  KERNEL_NAMESPACE (default `default`) and KERNEL_PORT (default 7000).
+"""
+
+from __future__ import annotations
+
+import re
+
+DEFAULT_PORT_BASE = 7000
+
+
+class ResourceManagerError(ValueError):
+    """The environment does not describe a cluster we can run (says what is missing)."""
+
+
+def expand_hostlist(text: str) -> list[str]:
+    """Slurm's hostlist syntax: `node[1-3,5],gpu[01-02]x,login` ->
+    node1 node2 node3 node5 gpu01x gpu02x login (zero padding kept;
+    several bracket groups in one name multiply out)."""
+    hosts: list[str] = []
+    for item in _split_top(text):
+        if not item:
+            continue
+        hosts += _expand_one(item)
+    return hosts
+
+
+def _split_top(text: str) -> list[str]:
+    """Split at commas outside brackets."""
+    parts, depth, current = [], 0, []
+    for ch in text:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise ResourceManagerError(f"malformed Slurm hostlist {text!r}: unbalanced ']'")
+        if ch == "," and depth == 0:
+            parts.append("".join(current).strip())
+            current = []
+        else:
+            current.append(ch)
+    if depth:
+        raise ResourceManagerError(f"malformed Slurm hostlist {text!r}: unbalanced '['")
+    parts.append("".join(current).strip())
+    return parts
+
+
+def _expand_one(item: str) -> list[str]:
+    match = re.search(r"\[([^\]]*)\]", item)
+    if match is None:
+        return [item]
+    head, tail = item[: match.start()], item[match.end():]
+    names = []
+    for piece in match.group(1).split(","):
+        low, dash, high = piece.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            raise ResourceManagerError(f"malformed Slurm hostlist range [{match.group(1)}] in {item!r}")
+        width = len(low)
+        for n in range(int(low), int(high if dash else low) + 1):
+            names.append(f"{head}{n:0{width}d}")
+    return [name + rest for name in names for rest in _expand_one(tail)] if "[" in tail else \
+        [name + tail for name in names]
+
+
+def tasks_per_node(text: str) -> list[int]:
+    """SLURM_STEP_TASKS_PER_NODE: `2(x3),1` -> [2, 2, 2, 1]."""
+    counts = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
+        if match is None:
+            raise ResourceManagerError(f"malformed tasks per node {text!r}")
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    return counts
+
+
+def _need(env, *names: str) -> str:
+    for name in names:
+        if env.get(name):
+            return env[name]
+    raise ResourceManagerError(f"--slurm: {' or '.join(names)} is not set (run under srun)")
+
+
+def _int(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ResourceManagerError(f"{name}={value!r} is not a number") from None
+
+
+def from_slurm(env, port_base: int = DEFAULT_PORT_BASE) -> tuple[int, str]:
+    """(process id, peers) of this Slurm task."""
+    process = _int(_need(env, "SLURM_PROCID"), "SLURM_PROCID")
+    ntasks = _int(_need(env, "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS"), "SLURM_NTASKS")
+    nodes = expand_hostlist(_need(env, "SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"))
+    per_node_text = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
+    if per_node_text:
+        per_node = tasks_per_node(per_node_text)
+    else:  # spread as evenly as Slurm's block distribution does
+        base, extra = divmod(ntasks, len(nodes))
+        per_node = [base + (i < extra) for i in range(len(nodes))]
+    if len(per_node) != len(nodes) or sum(per_node) != ntasks:
+        raise ResourceManagerError(f"--slurm: {ntasks} tasks do not match {per_node_text!r} tasks per node "
+                                   f"on {len(nodes)} node(s)")
+    distribution = env.get("SLURM_DISTRIBUTION", "block")
+    if not distribution.startswith("block"):
+        raise ResourceManagerError(f"--slurm: only the block distribution is supported (got "
+                                   f"SLURM_DISTRIBUTION={distribution})")
+    if not 0 <= process < ntasks:
+        raise ResourceManagerError(f"--slurm: SLURM_PROCID={process} is not below SLURM_NTASKS={ntasks}")
+    if not 0 < port_base < 65536 - max(per_node):
+        raise ResourceManagerError(f"--port-base {port_base} leaves no room for {max(per_node)} ports")
+    peers = [f"{_url_host(node)}:{port_base + local}" for node, count in zip(nodes, per_node)
+             for local in range(count)]
+    return process, ",".join(peers)
+
+
+def from_kubernetes(env) -> tuple[int, str]:
+    """(process id, peers) of this pod of a StatefulSet."""
+    pod = env.get("HOSTNAME") or env.get("POD_NAME") or ""
+    name, _, ordinal = pod.rpartition("-")
+    if not name or not ordinal.isdigit():
+        raise ResourceManagerError(f"--peers-from-env: the pod name {pod!r} (HOSTNAME) is not "
+                                   "STATEFULSET-ORDINAL")
+    for variable in ("KERNEL_REPLICAS", "KERNEL_SERVICE"):
+        if not env.get(variable):
+            raise ResourceManagerError(f"--peers-from-env: {variable} is not set")
+    replicas = _int(env["KERNEL_REPLICAS"], "KERNEL_REPLICAS")
+    port = _int(env.get("KERNEL_PORT") or "7000", "KERNEL_PORT")
+    namespace = env.get("KERNEL_NAMESPACE") or "default"
+    if not 0 <= int(ordinal) < replicas:
+        raise ResourceManagerError(f"--peers-from-env: pod {pod} is not one of {replicas} replicas")
+    peers = [f"{name}-{i}.{env['KERNEL_SERVICE']}.{namespace}.svc.cluster.local:{port}"
+             for i in range(replicas)]
+    return int(ordinal), ",".join(peers)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,177 @@
+"""The coordinator's catalog: executors, jobs (with their pipeline files),
+and the tables topics, publications and subscriptions that jobs
+publishing streams to each other will fill, kept in SQLite so that a
+restarted coordinator loses nothing.
+
+Every change is committed at once (WAL, synchronous=FULL): the catalog is
+small and changes a few times per job, so durability costs nothing that
+matters. `snapshot()` reads the whole catalog as plain data (the `catalog`
+request, `status --json`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ACTIVE = ("submitted", "starting", "running", "restarting")
+TERMINAL = ("completed", "failed", "killed")
+STATES = ACTIVE + TERMINAL
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS executors (
+    id TEXT PRIMARY KEY, host TEXT NOT NULL, cores INTEGER NOT NULL,
+    state TEXT NOT NULL, registered REAL NOT NULL, last_seen REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS pipelines (
+    hash TEXT PRIMARY KEY, filename TEXT NOT NULL, content BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, seq INTEGER NOT NULL, name TEXT NOT NULL, flow TEXT NOT NULL,
+    pipeline TEXT NOT NULL REFERENCES pipelines(hash),
+    processes INTEGER NOT NULL, cores INTEGER NOT NULL, executors TEXT,
+    state_dir TEXT, epoch_interval REAL, max_restarts INTEGER NOT NULL,
+    status TEXT NOT NULL, message TEXT, restarts INTEGER NOT NULL DEFAULT 0,
+    attempt INTEGER NOT NULL DEFAULT 0, placement TEXT NOT NULL DEFAULT '[]',
+    ran_on TEXT NOT NULL DEFAULT '[]',
+    submitted REAL NOT NULL, started REAL, ended REAL);
+-- Streams between jobs (issue 18 fills these): a topic a job publishes,
+-- where each of its processes serves it, and who reads it.
+CREATE TABLE IF NOT EXISTS topics (
+    name TEXT PRIMARY KEY, job TEXT NOT NULL, created REAL NOT NULL, schema TEXT);
+CREATE TABLE IF NOT EXISTS publications (
+    topic TEXT NOT NULL, job TEXT NOT NULL, process INTEGER NOT NULL, address TEXT NOT NULL,
+    PRIMARY KEY (topic, job, process));
+CREATE TABLE IF NOT EXISTS subscriptions (
+    topic TEXT NOT NULL, job TEXT NOT NULL, process INTEGER NOT NULL,
+    PRIMARY KEY (topic, job, process));
+"""
+
+
+@dataclass
+class Job:
+    id: str
+    name: str  # the pipeline file's name and the flow: "wordcount.py:flow"
+    flow: str
+    pipeline: str  # the file's SHA-256 (pipelines table)
+    processes: int
+    cores: int
+    executors: list[str] | None  # the executors asked for, or None: the coordinator picks
+    state_dir: str | None
+    epoch_interval: float | None
+    max_restarts: int
+    status: str = "submitted"
+    message: str | None = None
+    restarts: int = 0
+    attempt: int = 0
+    # process p of the current attempt: {"executor": id, "host": h, "port": n}
+    placement: list[dict] = field(default_factory=list)
+    ran_on: list[str] = field(default_factory=list)  # every executor that ran it (their logs)
+    submitted: float = 0.0
+    started: float | None = None
+    ended: float | None = None
+    seq: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+
+@dataclass
+class Executor:
+    id: str
+    host: str
+    cores: int
+    state: str  # "up" (connected), "lost"
+    registered: float
+    last_seen: float
+
+
+_JSON_FIELDS = ("executors", "placement", "ran_on")
+
+
+class Catalog:
+    def __init__(self, data_dir: str | Path) -> None:
+        self.path = Path(data_dir) / "catalog.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- pipelines ------------------------------------------------------------------
+
+    def add_pipeline(self, digest: str, filename: str, content: bytes) -> None:
+        self._db.execute("INSERT OR IGNORE INTO pipelines VALUES (?, ?, ?)", (digest, filename, content))
+
+    def pipeline(self, digest: str) -> tuple[str, bytes]:
+        filename, content = self._db.execute(
+            "SELECT filename, content FROM pipelines WHERE hash = ?", (digest,)).fetchone()
+        return filename, bytes(content)
+
+    # -- jobs -----------------------------------------------------------------------
+
+    def new_job(self, **fields) -> Job:
+        seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
+        job = Job(id=f"job-{seq}", seq=seq, submitted=time.time(), **fields)
+        row = asdict(job)
+        for key in _JSON_FIELDS:
+            row[key] = json.dumps(row[key])
+        names = ", ".join(row)
+        self._db.execute(f"INSERT INTO jobs ({names}) VALUES ({', '.join('?' * len(row))})",
+                         tuple(row.values()))
+        return job
+
+    def save(self, job: Job) -> None:
+        row = asdict(job)
+        for key in _JSON_FIELDS:
+            row[key] = json.dumps(row[key])
+        sets = ", ".join(f"{k} = ?" for k in row if k != "id")
+        self._db.execute(f"UPDATE jobs SET {sets} WHERE id = ?",
+                         (*(v for k, v in row.items() if k != "id"), job.id))
+
+    def jobs(self) -> list[Job]:
+        cursor = self._db.execute("SELECT * FROM jobs ORDER BY seq")
+        names = [d[0] for d in cursor.description]
+        found = []
+        for values in cursor.fetchall():
+            row = dict(zip(names, values))
+            for key in _JSON_FIELDS:
+                row[key] = json.loads(row[key]) if row[key] is not None else None
+            found.append(Job(**row))
+        return found
+
+    # -- executors ------------------------------------------------------------------
+
+    def new_executor_id(self) -> str:
+        n = self._db.execute("SELECT COUNT(*) FROM executors").fetchone()[0] + 1
+        while self._db.execute("SELECT 1 FROM executors WHERE id = ?", (f"e{n}",)).fetchone():
+            n += 1
+        return f"e{n}"
+
+    def save_executor(self, executor: Executor) -> None:
+        self._db.execute("INSERT OR REPLACE INTO executors VALUES (?, ?, ?, ?, ?, ?)",
+                         (executor.id, executor.host, executor.cores, executor.state,
+                          executor.registered, executor.last_seen))
+
+    def executors(self) -> list[Executor]:
+        return [Executor(*row) for row in self._db.execute("SELECT * FROM executors ORDER BY registered")]
+
+    # -- as data ----------------------------------------------------------------------
+
+    def topics(self) -> list[dict]:
+        cursor = self._db.execute("SELECT * FROM topics ORDER BY name")
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def table(self, name: str) -> list[dict]:
+        cursor = self._db.execute(f"SELECT * FROM {name}")  # (names from TABLES only)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+TABLES = ("executors", "jobs", "topics", "publications", "subscriptions")

@@ -1,0 +1,193 @@
+"""`python -m kernel coordinator|executor|submit|status|logs|kill ...`.
+
+Exit status: 0 done (`submit --wait`: the job completed); 1 the job failed
+or was killed (`submit --wait`), the coordinator refused the request, could
+not be reached, or refused us (a wrong secret); 2 bad usage (a malformed
+address, no secret, a missing file); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+COORDINATOR_VARIABLE = "KERNEL_COORDINATOR"
+COMMANDS = ("coordinator", "executor", "submit", "status", "logs", "kill")
+
+
+class _Usage(Exception):
+    pass
+
+
+def _address(text: str | None, what: str) -> tuple[str, int]:
+    from kernel.execution._cluster import parse_peers
+
+    if not text:
+        raise _Usage(f"{what}: no address given (HOST:PORT)")
+    try:
+        (address,) = parse_peers(text)
+    except ValueError as exc:
+        raise _Usage(f"{what}: {str(exc).removeprefix('peers: ')}") from None
+    return address
+
+
+def _secret(args) -> bytes:
+    from kernel.execution._cluster import read_secret
+
+    try:
+        return read_secret(None, args.secret_file)
+    except ValueError as exc:
+        if "needs a shared secret" in str(exc):
+            raise _Usage("the system needs a shared secret: set KERNEL_SECRET or use --secret-file") from None
+        raise _Usage(str(exc)) from None
+
+
+def _tls(args):
+    from kernel.net._relay import TLSFiles
+
+    if args.tls_cert is None and args.tls_key is None:
+        if args.tls_ca is not None:
+            raise _Usage("--tls-ca needs --tls-cert and --tls-key")
+        return None
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise _Usage("--tls-cert and --tls-key go together")
+    for path in (args.tls_cert, args.tls_key, args.tls_ca):
+        if path is not None and not os.path.isfile(path):
+            raise _Usage(f"TLS file not found: {path}")
+    return TLSFiles(args.tls_cert, args.tls_key, args.tls_ca)
+
+
+def _common(parser: argparse.ArgumentParser, coordinator: bool = True) -> None:
+    if coordinator:
+        parser.add_argument("--coordinator", default=os.environ.get(COORDINATOR_VARIABLE),
+                            metavar="HOST:PORT",
+                            help=f"the coordinator (default: the {COORDINATOR_VARIABLE} variable)")
+    parser.add_argument("--secret-file", default=None,
+                        help="file holding the shared secret (default: the KERNEL_SECRET variable)")
+    parser.add_argument("--tls-cert", default=None, help="this process's certificate (PEM): turns TLS on")
+    parser.add_argument("--tls-key", default=None, help="the certificate's private key (PEM)")
+    parser.add_argument("--tls-ca", default=None, help="CA that signs the other side's certificate")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kernel", description="streamkernel: run pipelines, "
+                                     "or a system of a coordinator and executors that jobs are submitted to")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("run", help="run a pipeline file (python -m kernel run --help)", add_help=False)
+    p = commands.add_parser("coordinator", help="hold the catalog and place jobs")
+    p.add_argument("--listen", required=True, metavar="HOST:PORT")
+    p.add_argument("--data", default="kernel-coordinator", metavar="DIR",
+                   help="where the catalog (SQLite) is kept (default: ./kernel-coordinator)")
+    _common(p, coordinator=False)
+    p = commands.add_parser("executor", help="run job processes on this machine")
+    p.add_argument("--cores", type=int, required=True, metavar="N", help="cores this executor offers")
+    p.add_argument("--workdir", default="kernel-executor", metavar="DIR",
+                   help="pipelines, logs and job directories (default: ./kernel-executor)")
+    p.add_argument("--host", default=None, metavar="NAME",
+                   help="the name or address other machines reach this one by (default: the host name)")
+    _common(p)
+    p = commands.add_parser("submit", help="submit a pipeline file as a job; prints the job id first")
+    p.add_argument("pipeline", metavar="FILE[:NAME]")
+    p.add_argument("--processes", type=int, default=None, metavar="M", help="processes, one per executor")
+    p.add_argument("--cores", type=int, default=1, metavar="N", help="kernels per process")
+    p.add_argument("--executors", default=None, metavar="ID,...", help="run on these executors")
+    p.add_argument("--state-dir", default=None, metavar="DIR",
+                   help="snapshots, on the executors' machines (restarts resume from them)")
+    p.add_argument("--epoch-interval", type=float, default=None, metavar="S")
+    p.add_argument("--max-restarts", type=int, default=3, metavar="K")
+    p.add_argument("--wait", action="store_true", help="follow the job: exit 0 if it completed, else 1")
+    _common(p)
+    p = commands.add_parser("status", help="executors, jobs and topics")
+    p.add_argument("--json", action="store_true")
+    _common(p)
+    p = commands.add_parser("logs", help="a job's output")
+    p.add_argument("job")
+    p.add_argument("--follow", "-f", action="store_true", help="until the job ends")
+    _common(p)
+    p = commands.add_parser("kill", help="stop a job and free its cores")
+    p.add_argument("job")
+    _common(p)
+    return parser
+
+
+def _configure_logging() -> None:
+    from kernel._logging import LIBRARY_HANDLER
+
+    logging.getLogger("kernel").removeHandler(LIBRARY_HANDLER)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "run":
+        from kernel._logging import LIBRARY_HANDLER
+        from kernel.cli._run import main as run_main
+
+        # as `python -m kernel.run`: the kernel's warnings go to stderr
+        logging.getLogger("kernel").removeHandler(LIBRARY_HANDLER)
+        return run_main(argv[1:], prog="python -m kernel run")
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    try:
+        return asyncio.run(_command(args))
+    except _Usage as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+async def _command(args) -> int:
+    from kernel.net._links import LinkError
+    from kernel.system import _client
+    from kernel.system._wire import KernelSystemError
+
+    secret, tls = _secret(args), _tls(args)
+    if args.command == "coordinator":
+        from kernel.system._coordinator import serve
+
+        _configure_logging()
+        host, port = _address(args.listen, "--listen")
+        await serve(host, port, secret, args.data, tls=tls)
+        return 0
+    address = _address(args.coordinator, "--coordinator")
+    if args.command == "executor":
+        from kernel.system._executor import ExecutorDaemon
+
+        if args.cores < 1:
+            raise _Usage("--cores must be at least 1")
+        _configure_logging()
+        daemon = ExecutorDaemon(address, secret, args.cores, args.workdir, args.host, tls=tls)
+        try:
+            await daemon.run()
+        finally:
+            await daemon.close()
+        return 0
+    try:
+        async with _client.Client(address, secret, tls) as client:
+            if args.command == "submit":
+                from kernel.cli._run import UsageError
+
+                executors = args.executors.split(",") if args.executors else None
+                try:
+                    return await _client.submit(
+                        client, args.pipeline, processes=args.processes, cores=args.cores,
+                        executors=executors, state_dir=args.state_dir, epoch_interval=args.epoch_interval,
+                        max_restarts=args.max_restarts, wait=args.wait)
+                except UsageError as exc:
+                    raise _Usage(str(exc)) from None
+            if args.command == "status":
+                return await _client.status(client, args.json)
+            if args.command == "logs":
+                return await _client.logs(client, args.job, args.follow)
+            return await _client.kill(client, args.job)
+    except (LinkError, KernelSystemError, TimeoutError) as exc:
+        print(f"error: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1

@@ -1,0 +1,150 @@
+"""The client commands: `submit`, `status`, `logs`, `kill` (one
+authenticated connection to the coordinator each)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from kernel.system._catalog import TERMINAL
+from kernel.system._wire import CLIENT, ConnectionLost, dial
+
+RECONNECT_FOR = 30.0  # seconds `submit --wait` waits for a coordinator that went away
+
+
+class Client:
+    def __init__(self, address: tuple[str, int], secret: bytes, tls=None, timeout: float = 5.0) -> None:
+        self.address, self.secret, self.tls, self.timeout = address, secret, tls, timeout
+        self._session = self._http = self._reader = None
+
+    async def __aenter__(self) -> Client:
+        await self._connect(self.timeout)
+        return self
+
+    async def _connect(self, timeout: float) -> None:
+        self._session, self._http = await dial(self.address, self.secret, CLIENT, _no_requests,
+                                               tls=self.tls, timeout=timeout)
+        self._reader = asyncio.ensure_future(self._session.run())
+
+    async def reconnect(self, timeout: float) -> None:
+        await self.__aexit__()
+        await self._connect(timeout)
+
+    async def __aexit__(self, *exc) -> None:
+        await self._session.close()
+        await asyncio.wait([self._reader], timeout=2)
+        await self._http.close()
+
+    async def request(self, op: str, timeout: float | None = 60.0, **fields) -> dict:
+        return await self._session.request(op, timeout=timeout, **fields)
+
+
+async def _no_requests(op, message):
+    return None
+
+
+def pipeline_payload(target: str) -> dict:
+    """`FILE[:NAME]` -> the file's name, text and SHA-256, and the flow's name."""
+    from kernel.cli._run import UsageError, split_target
+
+    path, flow = split_target(target)
+    if not path.is_file():
+        raise UsageError(f"pipeline file not found: {path}")
+    data = path.read_bytes()
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text") from None
+    return {"filename": path.name, "content": text, "digest": hashlib.sha256(data).hexdigest(), "flow": flow}
+
+
+async def submit(client: Client, target: str, *, processes, cores, executors, state_dir, epoch_interval,
+                 max_restarts, wait: bool) -> int:
+    payload = pipeline_payload(target)
+    if state_dir is not None:
+        state_dir = str(Path(state_dir).absolute())  # a path on the executors' machines
+    reply = await client.request("submit", **payload, processes=processes, cores=cores,
+                                 executors=executors, state_dir=state_dir, epoch_interval=epoch_interval,
+                                 max_restarts=max_restarts)
+    job = reply["job"]
+    print(job, flush=True)  # the first line: what scripts read
+    if not wait:
+        return 0
+    state = await wait_for(client, job)
+    message = f": {state['message']}" if state.get("message") and state["status"] != "completed" else ""
+    print(f"{job} {state['status']}{message}", flush=True)
+    return 0 if state["status"] == "completed" else 1
+
+
+async def wait_for(client: Client, job: str) -> dict:
+    """The job once it has ended. A coordinator that goes away meanwhile
+    (restarted) is reconnected to, for up to RECONNECT_FOR seconds."""
+    while True:
+        try:
+            state = await client.request("wait", timeout=None, job=job)
+        except ConnectionLost:
+            await client.reconnect(RECONNECT_FOR)
+            continue
+        if state["status"] in TERMINAL:
+            return state
+
+
+async def status(client: Client, as_json: bool) -> int:
+    state = await client.request("status")
+    if as_json:
+        print(json.dumps(state, indent=2))
+        return 0
+    print("executors:")
+    _table(["ID", "HOST", "CORES", "FREE", "STATE"],
+           [[e["id"], e["host"], e["cores"], e["free"], e["state"]] for e in state["executors"]])
+    print("jobs:")
+    _table(["ID", "NAME", "STATUS", "PLACEMENT", "RESTARTS", "STARTED", "MESSAGE"],
+           [[j["id"], j["name"], j["status"], ",".join(j["placement"]) or "-", j["restarts"],
+             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["started"])) if j["started"] else "-",
+             (j["message"] or "")[:200]] for j in state["jobs"]])
+    print("topics:")
+    _table(["NAME", "JOB"], [[t["name"], t["job"]] for t in state["topics"]])
+    return 0
+
+
+def _table(header: list[str], rows: list[list]) -> None:
+    if not rows:
+        print("  (none)")
+        return
+    cells = [header] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+async def logs(client: Client, job: str, follow: bool) -> int:
+    offsets: dict[str, int] = {}
+    while True:
+        reply = await client.request("logs", job=job, offsets=offsets)
+        chunks = reply["chunks"]
+        several = len(chunks) > 1
+        for executor, chunk in sorted(chunks.items()):
+            offsets[executor] = chunk["offset"]
+            text = chunk["text"]
+            if several and text:
+                text = "".join(f"[{executor}] {line}" for line in text.splitlines(keepends=True))
+            sys.stdout.write(text)
+        sys.stdout.flush()
+        got_more = any(chunk["text"] for chunk in chunks.values())
+        if not follow or (reply["status"] in TERMINAL and not got_more):
+            if reply["unreachable"]:
+                print(f"(logs on executor(s) {', '.join(reply['unreachable'])} are unreachable)",
+                      file=sys.stderr)
+            return 0
+        if not got_more:
+            await asyncio.sleep(0.2)
+
+
+async def kill(client: Client, job: str) -> int:
+    reply = await client.request("kill", job=job)
+    print(f"{reply['job']} {reply['status']}")
+    return 0

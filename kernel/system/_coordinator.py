@@ -1,0 +1,169 @@
+"""`python -m kernel coordinator --listen HOST:PORT [--data DIR]`: the
+catalog and the job master behind one authenticated websocket server.
+
+Who may connect: whoever proves the shared secret (the links' handshake,
+`kernel.net._links.AuthenticatedServer`, with its guard against strangers).
+An executor registers and then keeps its connection (heartbeats, its
+processes' exits; the coordinator asks it to start and stop processes and
+for their logs); a client sends requests (`_client.py`). Everything else is
+refused and logged (`refused a system connection from ...`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from pathlib import Path
+
+from kernel.net._links import AuthenticatedServer
+from kernel.system._catalog import TABLES, TERMINAL, Catalog
+from kernel.system._master import JobMaster
+from kernel.system._wire import CLIENT, COORDINATOR, EXECUTOR, MAX_MESSAGE, PATH, RequestError, Session
+
+log = logging.getLogger("kernel.system")
+
+_MAX_WAIT = 30.0  # seconds a `wait` request is held before the client asks again
+
+
+class CoordinatorServer(AuthenticatedServer):
+    noun = "a system connection"
+    path = PATH
+
+    def __init__(self, host: str, port: int, secret: bytes, master: JobMaster, *, ssl_context=None) -> None:
+        super().__init__(host, port, secret, COORDINATOR, max_frame=MAX_MESSAGE, ssl_context=ssl_context,
+                         meta={"role": "coordinator"})
+        self.master = master
+        self.requests = 0  # served, for the benchmark and the tests
+
+    async def _session(self, ws, peer: int, meta, address: str) -> None:
+        if peer not in (EXECUTOR, CLIENT):
+            log.warning("refused %s from %s: unknown role %r", self.noun, address, peer)
+            await ws.close(code=1008, message=b"unknown role")
+            return
+        state: dict = {"executor": None}
+        session = Session(ws, None, f"{'executor' if peer == EXECUTOR else 'client'} at {address}")
+        session.handler = (lambda op, m: self._executor_request(session, state, op, m)) \
+            if peer == EXECUTOR else self._client_request
+        try:
+            await session.run()
+        finally:
+            if state["executor"] is not None:
+                self.master.disconnected(state["executor"], session)
+
+    # -- an executor's requests ---------------------------------------------------------
+
+    async def _executor_request(self, session: Session, state: dict, op: str, m: dict):
+        master = self.master
+        if op == "register":
+            executor = master.register(session, m)
+            state["executor"] = executor.id
+            return {"executor": executor.id}
+        if state["executor"] is None:
+            raise RequestError(f"{op} before register")
+        master.heard_from(state["executor"])
+        if op == "heartbeat":
+            return None
+        if op == "exited":
+            await master.process_exited(m["job"], m["attempt"], m["process"], m["code"], m.get("error"))
+            return {}
+        raise RequestError(f"unknown request {op!r}")
+
+    # -- a client's requests ------------------------------------------------------------
+
+    async def _client_request(self, op: str, m: dict):
+        self.requests += 1
+        master = self.master
+        if op == "status":
+            return master.status()
+        if op == "catalog":
+            return {name: master.catalog.table(name) for name in TABLES}
+        if op == "submit":
+            return {"job": self._submit(m).id}
+        if op == "job":
+            return master.job_status(str(m.get("job")))
+        if op == "wait":
+            return await self._wait(str(m.get("job")), float(m.get("timeout", _MAX_WAIT)))
+        if op == "kill":
+            job = await master.kill(str(m.get("job")))
+            return {"job": job.id, "status": job.status}
+        if op == "logs":
+            return await self._logs(str(m.get("job")), m.get("offsets") or {})
+        raise RequestError(f"unknown request {op!r}")
+
+    def _submit(self, m: dict):
+        filename, content, digest = m.get("filename"), m.get("content"), m.get("digest")
+        if not isinstance(filename, str) or not isinstance(content, str) or "/" in filename \
+                or not filename.endswith(".py"):
+            raise RequestError("submit: a pipeline file name (NAME.py) and its text are needed")
+        data = content.encode()
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise RequestError("submit: the pipeline's content does not match its hash")
+        flow = m.get("flow") or "flow"
+        if not isinstance(flow, str) or not flow.isidentifier():
+            raise RequestError(f"submit: {flow!r} is not a flow name")
+        checks = {"processes": (m.get("processes"), 1, True), "cores": (m.get("cores", 1), 1, False),
+                  "max_restarts": (m.get("max_restarts", 3), 0, False)}
+        for name, (value, least, optional) in checks.items():
+            if (value is None and optional) or (isinstance(value, int) and value >= least):
+                continue
+            raise RequestError(f"submit: --{name.replace('_', '-')} must be an integer >= {least}")
+        interval = m.get("epoch_interval")
+        if interval is not None and not (isinstance(interval, (int, float)) and interval > 0):
+            raise RequestError("submit: --epoch-interval must be a positive number of seconds")
+        executors = m.get("executors")
+        if executors is not None and not (isinstance(executors, list)
+                                          and all(isinstance(e, str) for e in executors)):
+            raise RequestError("submit: --executors is a list of executor ids")
+        state_dir = m.get("state_dir")
+        if state_dir is not None and not isinstance(state_dir, str):
+            raise RequestError("submit: --state-dir is a path")
+        return self.master.submit(filename=filename, content=data, digest=digest, flow=flow,
+                                  processes=m.get("processes"), cores=m.get("cores", 1), executors=executors,
+                                  state_dir=state_dir, epoch_interval=interval,
+                                  max_restarts=m.get("max_restarts", 3))
+
+    async def _wait(self, job_id: str, timeout: float) -> dict:
+        """The job once it has ended, or as it is after `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(timeout, _MAX_WAIT)
+        while True:
+            job = self.master.job_status(job_id)
+            left = deadline - loop.time()
+            if job["status"] in TERMINAL or left <= 0:
+                return job
+            await self.master.wait_for_change(left)
+
+    async def _logs(self, job_id: str, offsets: dict) -> dict:
+        job = self.master._job(job_id)
+        chunks, missing = {}, []
+        for executor_id in job.ran_on:
+            entry = self.master.connected.get(executor_id)
+            if entry is None:
+                missing.append(executor_id)
+                continue
+            reply = await entry.session.request("logs", job=job_id, offset=int(offsets.get(executor_id, 0)))
+            chunks[executor_id] = reply
+        return {"chunks": chunks, "unreachable": missing, "status": job.status}
+
+
+async def serve(host: str, port: int, secret: bytes, data_dir: str | Path, *, tls=None,
+                ready=None, adopt_grace: float = 5.0, executor_timeout: float = 5.0) -> None:
+    """Run a coordinator until cancelled. `ready(port)` is called once it listens."""
+    catalog = Catalog(data_dir)
+    master = JobMaster(catalog, adopt_grace=adopt_grace, executor_timeout=executor_timeout)
+    server = CoordinatorServer(host, port, secret, master,
+                               ssl_context=tls.server_context() if tls is not None else None)
+    await server.start()
+    log.info("coordinator listening on %s:%d (catalog %s)", host, server.port, catalog.path)
+    if ready is not None:
+        ready(server.port)
+    watcher = asyncio.ensure_future(master.watch())
+    try:
+        master.reconcile()
+        await asyncio.Future()
+    finally:
+        watcher.cancel()
+        await master.close()
+        await server.stop()
+        catalog.close()

@@ -1,0 +1,281 @@
+"""`python -m kernel executor --coordinator HOST:PORT --cores N [--workdir DIR] [--host NAME]`.
+
+Registers with the coordinator and keeps its connection: a heartbeat every
+HEARTBEAT seconds, its processes' exits as they happen. On request it
+starts a job's process (`python -m kernel run FILE:FLOW --cores N ...`,
+with `--process-id`/`--peers` when the job has several), stops one, finds
+a free port for one, and serves its log.
+
+The pipeline file comes with the request and is kept under
+`WORKDIR/pipelines/SHA256/NAME.py` (checked against its hash): no shared
+file system. Each job's output (stdout and stderr of every attempt that ran
+here) goes to `WORKDIR/logs/JOB.log`.
+
+A job process dies with its executor (PR_SET_PDEATHSIG), so a lost
+executor leaves nothing running that the coordinator would start again
+elsewhere. When the coordinator goes away, the processes keep running: the
+executor reconnects (every RECONNECT seconds), registers under the same id
+(kept in `WORKDIR/executor.json`) and lists its processes, running and
+ended, so a restarted coordinator adopts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kernel.system._wire import EXECUTOR, ConnectionLost, RequestError, dial
+
+log = logging.getLogger("kernel.system")
+
+HEARTBEAT = 1.0
+RECONNECT = 0.5
+STOP_GRACE = 3.0  # seconds between SIGINT and SIGKILL when stopping a process
+_LOG_CHUNK = 1 << 20
+_KEEP_ENDED = 256  # ended processes remembered for a coordinator that reconnects
+
+
+@dataclass
+class JobProcess:
+    job: str
+    attempt: int
+    process: int
+    proc: asyncio.subprocess.Process
+    log_path: Path
+    log_start: int  # where this attempt's output starts in the log
+    code: int | None = None
+    error: str | None = None
+    ended_at: float | None = None
+
+    def report(self) -> dict:
+        return {"job": self.job, "attempt": self.attempt, "process": self.process,
+                "code": self.code, "error": self.error}
+
+
+def _die_with_executor() -> None:
+    """In the job process before exec: SIGKILL it when the executor dies
+    (even by SIGKILL), as the kernels die with their launcher."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def last_error(path: Path, start: int) -> str | None:
+    """The last `error: ...` line `kernel run` printed after `start`."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(start, os.path.getsize(path) - (256 << 10)))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    errors = [line[len("error: "):] for line in text.splitlines() if line.startswith("error: ")]
+    return errors[-1][:2000] if errors else None
+
+
+class ExecutorDaemon:
+    def __init__(self, address: tuple[str, int], secret: bytes, cores: int, workdir: str | Path,
+                 host: str | None = None, tls=None) -> None:
+        self.address = address
+        self.secret = secret
+        self.cores = cores
+        self.workdir = Path(workdir).resolve()
+        self.host = host or socket.gethostname()
+        self.tls = tls
+        self.processes: dict[tuple[str, int, int], JobProcess] = {}
+        self.session = None
+        self._unsent: list[JobProcess] = []
+        self._tasks: set[asyncio.Task] = set()
+        for sub in ("pipelines", "logs", "jobs"):
+            (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        self._id_file = self.workdir / "executor.json"
+
+    @property
+    def executor_id(self) -> str | None:
+        try:
+            return json.loads(self._id_file.read_text())["id"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    async def run(self, ready=None) -> None:
+        """Serve the coordinator until cancelled, reconnecting when it goes."""
+        announced = False
+        while True:
+            try:
+                session, http = await dial(self.address, self.secret, EXECUTOR, self._request,
+                                           tls=self.tls, timeout=RECONNECT * 4)
+            except Exception as exc:  # not there (yet), refused: try again
+                if not announced:
+                    log.warning("executor: cannot reach the coordinator at %s:%d: %s; retrying",
+                                *self.address, exc)
+                    announced = True
+                await asyncio.sleep(RECONNECT)
+                continue
+            announced = False
+            try:
+                reader = asyncio.ensure_future(session.run())
+                reply = await session.request(
+                    "register", executor=self.executor_id, host=self.host, cores=self.cores,
+                    processes=[p.report() for p in self.processes.values()])
+                self._id_file.write_text(json.dumps({"id": reply["executor"]}))
+                log.info("executor %s registered with the coordinator at %s:%d (%s, %d cores)",
+                         reply["executor"], *self.address, self.host, self.cores)
+                self.session = session
+                if ready is not None:
+                    ready(reply["executor"])
+                    ready = None
+                beat = asyncio.ensure_future(self._heartbeat(session))
+                try:
+                    await reader
+                finally:
+                    beat.cancel()
+                    self.session = None
+                log.warning("executor: the coordinator went away; reconnecting")
+            except (ConnectionLost, RequestError) as exc:
+                log.warning("executor: %s; reconnecting", exc)
+            finally:
+                await session.close()
+                await http.close()
+            await asyncio.sleep(RECONNECT)
+
+    async def _heartbeat(self, session) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            try:
+                await session.notify("heartbeat")
+            except ConnectionLost:
+                return
+
+    # -- the coordinator's requests ---------------------------------------------------
+
+    async def _request(self, op: str, m: dict):
+        if op == "prepare":
+            return {"port": _free_port(self.host)}
+        if op == "start":
+            return await self._start(m)
+        if op == "stop":
+            await self._stop(m["job"], m.get("attempt"))
+            return {}
+        if op == "logs":
+            return self._log(str(m["job"]), int(m.get("offset", 0)))
+        raise RequestError(f"unknown request {op!r}")
+
+    def _pipeline(self, m: dict) -> Path:
+        digest, filename, content = m["digest"], m["filename"], m["content"].encode()
+        if hashlib.sha256(content).hexdigest() != digest or "/" in filename or filename.startswith("."):
+            raise RequestError("the pipeline file does not match its hash")
+        path = self.workdir / "pipelines" / digest / filename
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".partial")
+            partial.write_bytes(content)
+            partial.rename(path)
+        return path
+
+    async def _start(self, m: dict) -> dict:
+        job, attempt, process = m["job"], int(m["attempt"]), int(m["process"])
+        key = (job, attempt, process)
+        if key in self.processes:
+            raise RequestError(f"{job} attempt {attempt} process {process} already runs here")
+        pipeline = self._pipeline(m)
+        argv = [sys.executable, "-m", "kernel", "run", f"{pipeline}:{m['flow']}", "--cores", str(m["cores"])]
+        if m.get("state_dir"):
+            argv += ["--state-dir", m["state_dir"]]
+        if m.get("epoch_interval"):
+            argv += ["--epoch-interval", str(m["epoch_interval"])]
+        if m.get("peers"):
+            argv += ["--process-id", str(process), "--peers", m["peers"]]
+        log_path = self.workdir / "logs" / f"{job}.log"
+        run_dir = self.workdir / "jobs" / job
+        run_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, KERNEL_SECRET=self.secret.decode(errors="surrogateescape"),
+                   PYTHONUNBUFFERED="1")
+        with open(log_path, "ab") as out:
+            out.write(f"--- {job} attempt {attempt}, process {process} on executor "
+                      f"{self.executor_id} ({time.strftime('%Y-%m-%d %H:%M:%S')}) ---\n".encode())
+            out.flush()
+            start = out.tell()
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, cwd=run_dir, env=env,
+                start_new_session=True, preexec_fn=_die_with_executor)
+        entry = JobProcess(job, attempt, process, proc, log_path, start)
+        self.processes[key] = entry
+        log.info("executor: started %s attempt %d process %d (pid %d)", job, attempt, process, proc.pid)
+        task = asyncio.ensure_future(self._follow(entry))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return {"pid": proc.pid}
+
+    async def _follow(self, entry: JobProcess) -> None:
+        entry.code = await entry.proc.wait()
+        entry.ended_at = time.time()
+        entry.error = last_error(entry.log_path, entry.log_start) if entry.code else None
+        log.info("executor: %s attempt %d process %d exited %d", entry.job, entry.attempt,
+                 entry.process, entry.code)
+        self._forget_old()
+        session = self.session
+        if session is None:
+            return  # the next register lists it
+        try:
+            await session.request("exited", **entry.report())
+        except (ConnectionLost, RequestError, TimeoutError):
+            pass  # the next register lists it
+
+    def _forget_old(self) -> None:
+        ended = sorted((p for p in self.processes.values() if p.code is not None), key=lambda p: p.ended_at)
+        for entry in ended[: max(0, len(ended) - _KEEP_ENDED)]:
+            del self.processes[(entry.job, entry.attempt, entry.process)]
+
+    async def _stop(self, job: str, attempt: int | None) -> None:
+        targets = [p for p in self.processes.values() if p.job == job and p.code is None
+                   and (attempt is None or p.attempt == attempt)]
+        await asyncio.gather(*(self._stop_one(p) for p in targets))
+
+    async def _stop_one(self, entry: JobProcess) -> None:
+        for sig, wait in ((signal.SIGINT, STOP_GRACE), (signal.SIGKILL, None)):
+            try:
+                os.killpg(entry.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                await asyncio.wait_for(entry.proc.wait(), wait)
+                break
+            except TimeoutError:
+                continue
+        # the process group: a kernel or relay that outlived its launcher
+        try:
+            os.killpg(entry.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _log(self, job: str, offset: int) -> dict:
+        path = self.workdir / "logs" / f"{job}.log"
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read(_LOG_CHUNK)
+        except FileNotFoundError:
+            data = b""
+        return {"text": data.decode(errors="replace"), "offset": offset + len(data)}
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self._stop_one(p) for p in self.processes.values() if p.code is None))
+
+
+def _free_port(host: str) -> int:
+    """A port free on this machine a moment ago, for a job process's links."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, 0))
+        except OSError:
+            s.bind(("", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,421 @@
+"""The job master: places jobs on executors, starts them, follows their
+processes, restarts a job whose process or executor was lost, and ends it.
+
+A job's life: `submitted` -> `starting` (placed: each executor asked for a
+port, then to start its process with the whole peer list) -> `running` ->
+`completed` (every process exited 0). A process that exits because a user
+function raised (any failure that is not a lost peer) makes it `failed`,
+with that process's `error:` line as its message; `kill` makes it
+`killed`. A process killed by a signal, a process that lost its peer, or
+an executor that went away makes it `restarting`: the other processes are
+stopped and the job is placed again, on the executors that are left (a
+job without a state_dir on fewer processes when fewer executors have room),
+at most `max_restarts` times. Every transition of a job runs under the
+job's lock, so events about it (exits, a lost executor, kill) never
+interleave; events of an attempt that is no longer current are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from kernel.system._catalog import ACTIVE, TERMINAL, Catalog, Executor, Job
+from kernel.system._wire import ConnectionLost, RequestError, Session
+
+log = logging.getLogger("kernel.system")
+
+STOP_TIMEOUT = 10.0  # seconds an executor may take to stop a process (it SIGKILLs after 3)
+# The `error:` lines of a process that ended because a peer went away
+# (kernel.net.PeerLost, or a peer that never came): the job is restarted.
+_LOST_PEER = ("lost process ", "could not reach ", "peers never came", "no peer ")
+
+
+def classify(code: int, error: str | None) -> str:
+    """`ok`, `lost` (restart it) or `failed` (a user function raised, the
+    file is broken: restarting would fail again) for a process's exit."""
+    if code == 0:
+        return "ok"
+    if code < 0 or code in (128 + 9, 128 + 15):  # killed by a signal (OOM, an operator's kill)
+        return "lost"
+    if error and error.startswith(_LOST_PEER):
+        return "lost"
+    return "failed"
+
+
+@dataclass
+class Connected:
+    """An executor with a live connection."""
+
+    record: Executor
+    session: Session
+
+
+class JobMaster:
+    def __init__(self, catalog: Catalog, *, adopt_grace: float = 5.0, executor_timeout: float = 5.0) -> None:
+        self.catalog = catalog
+        self.jobs: dict[str, Job] = {job.id: job for job in catalog.jobs()}
+        self.executors: dict[str, Executor] = {e.id: e for e in catalog.executors()}
+        for executor in self.executors.values():
+            if executor.state == "up":  # until it connects to this coordinator again
+                executor.state = "reconnecting"
+        self.connected: dict[str, Connected] = {}
+        # the exits of each active job's current attempt: process -> (code, error)
+        self.exits: dict[str, dict[int, tuple[int, str | None]]] = {
+            job.id: {} for job in self.jobs.values() if job.active}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._changed = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self.adopt_grace = adopt_grace
+        self.executor_timeout = executor_timeout
+        self._started = time.monotonic()
+
+    # -- bookkeeping ------------------------------------------------------------------
+
+    def _lock(self, job_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(job_id, asyncio.Lock())
+
+    def _save(self, job: Job) -> None:
+        self.catalog.save(job)
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job master: %s", task.exception(), exc_info=task.exception())
+
+    def free_cores(self, executor_id: str) -> int:
+        used = sum(job.cores for job in self.jobs.values() if job.active
+                   and any(p["executor"] == executor_id for p in job.placement))
+        return self.executors[executor_id].cores - used
+
+    async def wait_for_change(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    # -- submitting ---------------------------------------------------------------
+
+    def submit(self, *, filename: str, content: bytes, digest: str, flow: str, processes: int | None,
+               cores: int, executors: list[str] | None, state_dir: str | None,
+               epoch_interval: float | None, max_restarts: int) -> Job:
+        if executors:
+            unknown = [e for e in executors if e not in self.executors]
+            if unknown:
+                raise RequestError(f"no such executor: {', '.join(unknown)} "
+                                   f"(known: {', '.join(self.executors) or 'none'})")
+            if len(set(executors)) != len(executors):
+                raise RequestError("--executors names an executor twice (one process per executor)")
+            processes = processes or len(executors)
+            if processes != len(executors):
+                raise RequestError(f"--processes {processes} but {len(executors)} executors named")
+            small = [e for e in executors if self.executors[e].cores < cores]
+            if small:
+                raise RequestError(f"executor {small[0]} has {self.executors[small[0]].cores} cores, "
+                                   f"fewer than --cores {cores}")
+        processes = processes or 1
+        fit = sum(1 for e in self.executors.values() if e.state != "lost" and e.cores >= cores)
+        if fit < processes:
+            raise RequestError(f"the job needs {processes} executor(s) with {cores} core(s) each; "
+                               f"the system has {fit}")
+        self.catalog.add_pipeline(digest, filename, content)
+        job = self.catalog.new_job(
+            name=f"{filename}:{flow}", flow=flow, pipeline=digest, processes=processes, cores=cores,
+            executors=executors or None, state_dir=state_dir, epoch_interval=epoch_interval,
+            max_restarts=max_restarts)
+        self.jobs[job.id] = job
+        self.exits[job.id] = {}
+        log.info("%s submitted: %s, %d process(es) of %d core(s)", job.id, job.name, processes, cores)
+        self._changed.set()
+        self.reconcile()
+        return job
+
+    # -- placing and starting -----------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Start every job waiting for a place that now has one."""
+        for job in self.jobs.values():
+            if job.status in ("submitted", "restarting") and not self._lock(job.id).locked():
+                if self._place(job) is not None:
+                    self._spawn(self._launch(job.id))
+
+    def _place(self, job: Job) -> list[str] | None:
+        up = [e for e in self.connected if self.free_cores(e) >= job.cores]
+        if job.executors:
+            return list(job.executors) if all(e in up for e in job.executors) else None
+        up.sort(key=lambda e: (-self.free_cores(e), self.executors[e].registered))
+        if len(up) >= job.processes:
+            return up[: job.processes]
+        if job.status == "restarting" and job.state_dir is None and up:
+            return up  # rescaled: a job without state starts over on what is left
+        return None
+
+    async def _launch(self, job_id: str) -> None:
+        job = self.jobs[job_id]
+        async with self._lock(job_id):
+            if job.status not in ("submitted", "restarting"):
+                return
+            chosen = self._place(job)
+            if chosen is None:
+                return
+            if len(chosen) != job.processes:
+                log.warning("%s: rescaled from %d to %d process(es): only %d executor(s) have room",
+                            job.id, job.processes, len(chosen), len(chosen))
+                job.processes = len(chosen)
+            job.attempt += 1
+            job.status = "starting"
+            job.placement = [{"executor": e, "host": self.executors[e].host, "port": None} for e in chosen]
+            job.ran_on = sorted(set(job.ran_on) | set(chosen))
+            self.exits[job.id] = {}
+            self._save(job)
+            attempt = job.attempt
+            try:
+                sessions = [self.connected[e].session for e in chosen]
+            except KeyError as exc:
+                return await self._restart_locked(job, attempt, f"executor {exc.args[0]} went away")
+            filename, content = self.catalog.pipeline(job.pipeline)
+            try:
+                if job.processes > 1:
+                    ports = await asyncio.gather(*(s.request("prepare") for s in sessions))
+                    for place, reply in zip(job.placement, ports):
+                        place["port"] = reply["port"]
+                    peers = ",".join(f"{_host(p['host'])}:{p['port']}" for p in job.placement)
+                else:
+                    peers = None
+                await asyncio.gather(*(s.request(
+                    "start", job=job.id, attempt=attempt, process=i, peers=peers, flow=job.flow,
+                    filename=filename, content=content.decode(), digest=job.pipeline, cores=job.cores,
+                    state_dir=job.state_dir, epoch_interval=job.epoch_interval)
+                    for i, s in enumerate(sessions)))
+            except (ConnectionLost, RequestError, TimeoutError) as exc:
+                return await self._restart_locked(job, attempt, f"could not start: {exc}")
+            if job.status == "starting" and job.attempt == attempt:
+                job.status = "running"
+                job.started = job.started or time.time()
+                self._save(job)
+                log.info("%s running on %s (attempt %d)", job.id, ", ".join(chosen), attempt)
+
+    # -- what happens to a job ----------------------------------------------------------------
+
+    async def process_exited(self, job_id: str, attempt: int, process: int, code: int,
+                             error: str | None) -> None:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
+        async with self._lock(job_id):
+            if job.status not in ("starting", "running") or job.attempt != attempt:
+                return
+            self.exits[job_id][process] = (code, error)
+            kind = classify(code, error)
+            where = f"process {process} on executor {job.placement[process]['executor']}"
+            if kind == "ok":
+                if len(self.exits[job_id]) == job.processes and all(
+                        c == 0 for c, _ in self.exits[job_id].values()):
+                    await self._end(job, "completed", None)
+            elif kind == "failed":
+                await self._end(job, "failed", error or f"{where} exited with code {code}")
+            else:
+                why = error or f"{where} was killed (exit {code})"
+                await self._restart_locked(job, attempt, why)
+        self.reconcile()
+
+    async def executor_lost(self, executor_id: str, why: str) -> None:
+        executor = self.executors.get(executor_id)
+        if executor is None:
+            return
+        executor.state = "lost"
+        self.catalog.save_executor(executor)
+        log.warning("executor %s lost: %s", executor_id, why)
+        for job in list(self.jobs.values()):
+            if job.status in ("starting", "running") and any(
+                    p["executor"] == executor_id for p in job.placement):
+                attempt = job.attempt
+                async with self._lock(job.id):
+                    await self._restart_locked(job, attempt, f"lost executor {executor_id} ({why})")
+        self._changed.set()
+        self.reconcile()
+
+    async def kill(self, job_id: str) -> Job:
+        job = self._job(job_id)
+        async with self._lock(job_id):
+            if not job.active:
+                raise RequestError(f"{job_id} is already {job.status}")
+            await self._end(job, "killed", "killed by request")
+        self.reconcile()
+        return job
+
+    def _job(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise RequestError(f"no such job: {job_id}")
+        return job
+
+    async def _end(self, job: Job, status: str, message: str | None) -> None:
+        placement, attempt = list(job.placement), job.attempt
+        job.status = status
+        job.message = message
+        job.ended = time.time()
+        self._save(job)
+        log.info("%s %s%s", job.id, status, f": {message}" if message else "")
+        await self._stop(job.id, attempt, placement)
+
+    async def _restart_locked(self, job: Job, attempt: int, why: str) -> None:
+        if job.attempt != attempt or job.status not in ("starting", "running"):
+            return  # an event of an attempt already over
+        if job.restarts >= job.max_restarts:
+            return await self._end(job, "failed", f"{why}; gave up after {job.restarts} restart(s)")
+        placement = list(job.placement)
+        job.restarts += 1
+        job.status = "restarting"
+        job.message = why
+        job.placement = []
+        self._save(job)
+        log.warning("%s restarting (%d of at most %d): %s", job.id, job.restarts, job.max_restarts, why)
+        await self._stop(job.id, attempt, placement)  # before another attempt may use its state_dir
+        self._spawn(self._after(0))
+
+    async def _after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self.reconcile()
+
+    async def _stop(self, job_id: str, attempt: int, placement: list[dict]) -> None:
+        stops = [self.connected[p["executor"]].session.request(
+            "stop", timeout=STOP_TIMEOUT, job=job_id, attempt=attempt)
+            for p in placement if p["executor"] in self.connected]
+        for result in await asyncio.gather(*stops, return_exceptions=True):
+            if isinstance(result, Exception):
+                log.warning("%s: stopping attempt %d: %s", job_id, attempt, result)
+
+    # -- executors --------------------------------------------------------------------------
+
+    def register(self, session: Session, message: dict) -> Executor:
+        executor_id = message.get("executor")
+        cores, host = message["cores"], message["host"]
+        if not isinstance(cores, int) or cores < 1 or not isinstance(host, str) or not host:
+            raise RequestError("register: cores must be a positive int and host a name")
+        now = time.time()
+        if executor_id not in self.executors:
+            executor_id = self.catalog.new_executor_id() if not executor_id else executor_id
+            self.executors[executor_id] = Executor(executor_id, host, cores, "up", now, now)
+        executor = self.executors[executor_id]
+        executor.host, executor.cores, executor.state, executor.last_seen = host, cores, "up", now
+        self.catalog.save_executor(executor)
+        old = self.connected.get(executor_id)
+        if old is not None and old.session is not session:
+            self._spawn(old.session.close())
+        self.connected[executor_id] = Connected(executor, session)
+        session.name = f"executor {executor_id} at {host}"
+        log.info("executor %s registered: %s, %d core(s)", executor_id, host, cores)
+        self._adopt(executor_id, message.get("processes") or [])
+        self._changed.set()
+        self.reconcile()
+        return executor
+
+    def _adopt(self, executor_id: str, processes: list[dict]) -> None:
+        """An executor (re)connected and listed its processes: keep those of
+        current attempts, take in the exits we missed, stop the stale ones,
+        and restart the jobs whose process it no longer has."""
+        reported = set()
+        for p in processes:
+            job = self.jobs.get(p["job"])
+            current = (job is not None and job.status in ("starting", "running")
+                       and job.attempt == p["attempt"] and p["process"] < len(job.placement)
+                       and job.placement[p["process"]]["executor"] == executor_id)
+            if current:
+                reported.add((job.id, p["process"]))
+                if p.get("code") is not None:
+                    self._spawn(self.process_exited(job.id, p["attempt"], p["process"], p["code"],
+                                                    p.get("error")))
+            elif p.get("code") is None:
+                session = self.connected[executor_id].session
+                self._spawn(session.request("stop", timeout=STOP_TIMEOUT, job=p["job"], attempt=p["attempt"]))
+        for job in self.jobs.values():
+            if job.status not in ("starting", "running") or self._lock(job.id).locked():
+                continue  # (a job being started now is not one to adopt)
+            for i, place in enumerate(job.placement):
+                if place["executor"] == executor_id and (job.id, i) not in reported:
+                    self._spawn(self._lost_process(job, job.attempt, i, executor_id))
+
+    async def _lost_process(self, job: Job, attempt: int, process: int | None, executor_id: str) -> None:
+        why = (f"executor {executor_id} is not connected" if process is None else
+               f"executor {executor_id} no longer runs process {process} (it restarted)")
+        async with self._lock(job.id):
+            await self._restart_locked(job, attempt, why)
+        self.reconcile()
+
+    def heard_from(self, executor_id: str) -> None:
+        executor = self.executors.get(executor_id)
+        if executor is not None:
+            executor.last_seen = time.time()
+
+    def disconnected(self, executor_id: str, session: Session) -> None:
+        entry = self.connected.get(executor_id)
+        if entry is None or entry.session is not session:
+            return  # replaced by a newer connection
+        del self.connected[executor_id]
+        self._spawn(self.executor_lost(executor_id, "its connection closed"))
+
+    async def watch(self, interval: float = 1.0) -> None:
+        """Executors silent for `executor_timeout` are lost; after the
+        adoption grace, so are those that never came back to a restarted
+        coordinator (and their jobs restart)."""
+        while True:
+            await asyncio.sleep(interval)
+            now = time.time()
+            for executor_id, entry in list(self.connected.items()):
+                if now - entry.record.last_seen > self.executor_timeout:
+                    log.warning("executor %s silent for %.1f s", executor_id, now - entry.record.last_seen)
+                    self._spawn(entry.session.close())
+            if time.monotonic() - self._started > self.adopt_grace:
+                for executor in list(self.executors.values()):
+                    if executor.state == "reconnecting":
+                        await self.executor_lost(executor.id, "it did not come back to the restarted "
+                                                              "coordinator")
+                self._orphans()
+            self.reconcile()
+
+    def _orphans(self) -> None:
+        """A backstop: a job placed on an executor that is not connected
+        (a coordinator killed between losing the executor and restarting
+        the job) is restarted."""
+        for job in self.jobs.values():
+            if job.status not in ("starting", "running") or self._lock(job.id).locked():
+                continue
+            away = [p["executor"] for p in job.placement if p["executor"] not in self.connected]
+            if away:
+                self._spawn(self._lost_process(job, job.attempt, None, away[0]))
+
+    # -- as data ----------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        executors = [{"id": e.id, "host": e.host, "cores": e.cores, "free": self.free_cores(e.id),
+                      "state": e.state, "last_seen": e.last_seen} for e in self.executors.values()]
+        jobs = [{"id": j.id, "name": j.name, "status": j.status, "message": j.message,
+                 "placement": [p["executor"] for p in j.placement], "processes": j.processes,
+                 "cores": j.cores, "restarts": j.restarts, "attempt": j.attempt,
+                 "submitted": j.submitted, "started": j.started, "ended": j.ended}
+                for j in self.jobs.values()]
+        return {"executors": executors, "jobs": jobs, "topics": self.catalog.topics()}
+
+    def job_status(self, job_id: str) -> dict:
+        return next(j for j in self.status()["jobs"] if j["id"] == self._job(job_id).id)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+__all__ = ["ACTIVE", "TERMINAL", "JobMaster", "classify"]

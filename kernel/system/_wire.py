@@ -1,0 +1,168 @@
+"""The system's connections: JSON requests and replies over one
+authenticated websocket (`kernel.net._links`: the links' challenge-response
+over the shared secret, and their guard against strangers).
+
+Every connection to a coordinator (an executor's, a client's) is a websocket
+at PATH that has passed the handshake; after it, each side may send the
+other text messages, JSON objects:
+
+* a request `{"rid": N, "op": NAME, "body": {...}}`, answered by one reply
+  `{"re": N, "body": {...}}` or `{"re": N, "error": TEXT}`;
+* a notice `{"op": NAME, "body": {...}}` (no rid), answered by nothing.
+
+Requests are served each on a task of its own, so a long one (a client
+waiting for its job to end) holds up nothing else on the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+
+import aiohttp
+import msgspec
+
+log = logging.getLogger("kernel.system")
+
+PATH = "/kernel-system"
+MAX_MESSAGE = 64 << 20  # a submitted pipeline file travels in one message
+# The handshake's "process" field says who speaks (its MAC covers it).
+COORDINATOR, EXECUTOR, CLIENT = 0, 1, 2
+ROLES = {EXECUTOR: "executor", CLIENT: "client"}
+
+
+class KernelSystemError(Exception):
+    """Base of the system's errors."""
+
+
+class RequestError(KernelSystemError):
+    """A request the other side refused, with its reason (`no such job j-9`)."""
+
+
+class ConnectionLost(KernelSystemError):
+    """The connection closed before the reply came."""
+
+
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+
+
+class Session:
+    """One authenticated connection, seen from either end.
+
+    `handler(op, message)` serves the other side's requests and notices
+    (a coroutine; a request's reply is what it returns, a dict; raising
+    `RequestError` answers with its text)."""
+
+    def __init__(self, ws, handler, name: str) -> None:
+        self.ws = ws
+        self.handler = handler
+        self.name = name  # for logs: "executor e1 at 10.0.0.2"
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self.closed = asyncio.get_running_loop().create_future()
+
+    async def request(self, op: str, timeout: float | None = 30.0, **fields) -> dict:
+        if self.closed.done():
+            raise ConnectionLost(f"{self.name}: connection closed")
+        number = next(self._ids)
+        reply = self._waiting[number] = asyncio.get_running_loop().create_future()
+        try:
+            await self.ws.send_str(_encode({"rid": number, "op": op, "body": fields}).decode())
+            async with asyncio.timeout(timeout):
+                answer = await reply
+        except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
+            raise ConnectionLost(f"{self.name}: {exc}") from exc
+        finally:
+            self._waiting.pop(number, None)
+        if "error" in answer:
+            raise RequestError(answer["error"])
+        return answer.get("body") or {}
+
+    async def notify(self, op: str, **fields) -> None:
+        try:
+            await self.ws.send_str(_encode({"op": op, "body": fields}).decode())
+        except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
+            raise ConnectionLost(f"{self.name}: {exc}") from exc
+
+    async def run(self) -> None:
+        """Read messages until the connection closes; a malformed one (not a
+        JSON object, no op) closes it, logged."""
+        try:
+            async for message in self.ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    if message.type == aiohttp.WSMsgType.ERROR:
+                        log.warning("%s: %s; closing the connection", self.name, message.data)
+                        break
+                    continue
+                try:
+                    body = _decode(message.data)
+                    if not isinstance(body, dict):
+                        raise ValueError("not a JSON object")
+                    if "re" in body:
+                        waiter = self._waiting.get(body["re"])
+                        if waiter is not None and not waiter.done():
+                            waiter.set_result(body)
+                        continue
+                    if not isinstance(body.get("op"), str) or not isinstance(body.get("body", {}), dict):
+                        raise ValueError("no op, or a body that is not an object")
+                except (msgspec.DecodeError, ValueError) as exc:
+                    log.warning("%s sent a malformed message (%s); closing the connection", self.name, exc)
+                    break
+                task = asyncio.ensure_future(self._serve(body))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        finally:
+            if not self.closed.done():
+                self.closed.set_result(None)
+            for waiter in self._waiting.values():
+                if not waiter.done():
+                    waiter.set_exception(ConnectionLost(f"{self.name}: connection closed"))
+            await self.ws.close()
+
+    async def _serve(self, body: dict) -> None:
+        number = body.get("rid")
+        try:
+            answer = await self.handler(body["op"], body.get("body", {}))
+            reply = {"body": {} if answer is None else answer}
+        except RequestError as exc:
+            reply = {"error": str(exc)}
+        except (KeyError, TypeError, ValueError) as exc:  # a request without the fields it needs
+            reply = {"error": f"malformed {body['op']!r} request: {type(exc).__name__}: {exc}"}
+        except (ConnectionLost, asyncio.CancelledError):
+            return
+        except Exception as exc:
+            log.exception("%s: request %r failed", self.name, body.get("op"))
+            reply = {"error": f"internal error: {type(exc).__name__}: {exc}"}
+        if number is None:
+            return
+        try:
+            await self.ws.send_str(_encode({"re": number, **reply}).decode())
+        except (ConnectionError, RuntimeError):
+            pass  # the connection closed meanwhile: run() reports it
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self.ws.close()
+
+
+async def dial(address: tuple[str, int], secret: bytes, role: int, handler, *, tls=None,
+               timeout: float = 10.0, name: str = "coordinator") -> tuple[Session, aiohttp.ClientSession]:
+    """Connect to the coordinator at `address` and authenticate (both ways):
+    a Session (run its `run()`), and the client session to close after it."""
+    from kernel.net._links import connect
+
+    host, port = address
+    scheme = "https" if tls is not None else "http"
+    url = f"{scheme}://{_url_host(host)}:{port}"
+    ws, _, _, http = await connect(url, secret, role, path=PATH, max_frame=MAX_MESSAGE, timeout=timeout,
+                                   ssl=tls.client_context() if tls is not None else True,
+                                   meta={"role": ROLES[role]}, check_meta=False)
+    return Session(ws, handler, f"{name} at {host}:{port}"), http
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

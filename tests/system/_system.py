@@ -1,0 +1,120 @@
+"""A coordinator and executors as real processes on loopback, and the CLI
+as a user runs it, for the system's tests and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SECRET = "system-test-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition, timeout: float = 30.0, what: str = "the condition", every: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+        time.sleep(every)
+
+
+def descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+    return found
+
+
+class System:
+    """`start_coordinator()`, `start_executor(cores)`, `cli(...)`, `status()`;
+    `close()` kills everything it started."""
+
+    def __init__(self, root: Path, secret: str = SECRET, options: list[str] = ()) -> None:
+        self.root = root
+        self.options = list(options)  # after the command, for every process (--tls-cert ...)
+        self.port = free_port()
+        self.env = dict(os.environ, KERNEL_SECRET=secret, KERNEL_COORDINATOR=f"127.0.0.1:{self.port}")
+        self.coordinator: subprocess.Popen | None = None
+        self.executors: list[subprocess.Popen] = []
+        self._started = 0
+
+    def _spawn(self, args: list[str], log: Path, env=None) -> subprocess.Popen:
+        out = open(log, "ab")
+        try:
+            return subprocess.Popen([sys.executable, "-m", "kernel", *args, *self.options], stdout=out,
+                                    stderr=out, env=env or self.env, cwd=self.root)
+        finally:
+            out.close()
+
+    @property
+    def coordinator_log(self) -> Path:
+        return self.root / "coordinator.log"
+
+    def start_coordinator(self, **extra_env) -> subprocess.Popen:
+        self.coordinator = self._spawn(["coordinator", "--listen", f"127.0.0.1:{self.port}",
+                                        "--data", str(self.root / "data")], self.coordinator_log,
+                                       env=dict(self.env, **extra_env))
+        wait_until(lambda: "coordinator listening" in self.coordinator_log.read_text(errors="replace"),
+                   what="the coordinator to listen")
+        return self.coordinator
+
+    def start_executor(self, cores: int = 2) -> subprocess.Popen:
+        self._started += 1
+        n = self._started
+        proc = self._spawn(["executor", "--cores", str(cores), "--workdir", str(self.root / f"executor{n}"),
+                            "--host", "127.0.0.1"], self.root / f"executor{n}.log")
+        self.executors.append(proc)
+        return proc
+
+    def executor_id(self, proc: subprocess.Popen) -> str:
+        n = self.executors.index(proc) + 1
+        path = self.root / f"executor{n}" / "executor.json"
+        wait_until(path.exists, what=f"executor {n} to register")
+        return json.loads(path.read_text())["id"]
+
+    def cli(self, *args, timeout: float = 60, env=None, options=None) -> subprocess.CompletedProcess:
+        options = self.options if options is None else options
+        return subprocess.run([sys.executable, "-m", "kernel", *map(str, args), *options],
+                              capture_output=True, text=True, timeout=timeout, env=env or self.env,
+                              cwd=self.root)
+
+    def status(self) -> dict:
+        done = self.cli("status", "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def job(self, job_id: str) -> dict:
+        return next(j for j in self.status()["jobs"] if j["id"] == job_id)
+
+    def executors_up(self, n: int) -> None:
+        wait_until(lambda: sum(e["state"] == "up" for e in self.status()["executors"]) >= n,
+                   what=f"{n} executors up", every=0.1)
+
+    def close(self) -> None:
+        for proc in [self.coordinator, *self.executors]:
+            if proc is not None and proc.poll() is None:
+                for pid in reversed(descendants(proc.pid)):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                proc.wait()

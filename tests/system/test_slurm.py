@@ -1,0 +1,154 @@
+"""`srun -n M python -m kernel run pipeline.py --slurm`: a real one-node
+Slurm (Debian's slurm-wlm and munge: munged, slurmctld and slurmd with a
+generated slurm.conf in a temporary directory) runs a 2-task job whose
+results are exact; the environment parsing (hostlists, tasks per node) is
+checked against Slurm's own documented examples."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+
+import pytest
+from _system import free_port, wait_until
+
+from kernel.cli._resource_managers import (
+    ResourceManagerError,
+    expand_hostlist,
+    from_slurm,
+    tasks_per_node,
+)
+
+CONF = """\
+ClusterName=streamkernel
+SlurmctldHost={host}(127.0.0.1)
+AuthType=auth/munge
+AuthInfo=socket={d}/munge.sock
+CredType=cred/munge
+SlurmUser=root
+SlurmdUser=root
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
+StateSaveLocation={d}/state
+SlurmdSpoolDir={d}/spool
+SlurmctldPidFile={d}/slurmctld.pid
+SlurmdPidFile={d}/slurmd.pid
+SlurmctldLogFile={d}/slurmctld.log
+SlurmdLogFile={d}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SchedulerType=sched/builtin
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=none
+ReturnToService=2
+NodeName={host} NodeAddr=127.0.0.1 CPUs=2 State=UNKNOWN
+PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A one-node Slurm of our own; its SLURM_CONF environment."""
+    for program in ("munged", "slurmctld", "slurmd", "srun"):
+        assert shutil.which(program), f"{program} is missing: apt-get install slurm-wlm munge (.ci/run does)"
+    d = tmp_path_factory.mktemp("slurm")
+    (d / "state").mkdir()
+    (d / "spool").mkdir()
+    (d / "munge.key").write_bytes(os.urandom(1024))
+    (d / "munge.key").chmod(0o400)
+    conf = d / "slurm.conf"
+    conf.write_text(CONF.format(host=socket.gethostname(), d=d, ctld_port=free_port(), d_port=free_port()))
+    env = dict(os.environ, SLURM_CONF=str(conf))
+    daemons = []
+    try:
+        log = open(d / "daemons.log", "ab")
+        daemons.append(subprocess.Popen(
+            ["munged", "-F", "-f", f"--key-file={d}/munge.key", f"--socket={d}/munge.sock",
+             f"--pid-file={d}/munged.pid", f"--log-file={d}/munged.log", f"--seed-file={d}/munged.seed"],
+            stdout=log, stderr=log))
+        wait_until((d / "munge.sock").exists, what="munged's socket")
+        for daemon in ("slurmctld", "slurmd"):
+            daemons.append(subprocess.Popen([daemon, "-D", "-f", str(conf)], stdout=log, stderr=log, env=env))
+        wait_until(lambda: subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True,
+                                          env=env).stdout.strip() == "idle",
+                   timeout=60, what="the Slurm node to be idle", every=0.2)
+        yield env
+    finally:
+        for proc in reversed(daemons):
+            proc.send_signal(signal.SIGTERM)
+        for proc in reversed(daemons):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_srun_runs_a_two_task_job_with_exact_results(slurm, tmp_path):
+    out = tmp_path / "out"
+    pipeline = tmp_path / "mod7.py"
+    pipeline.write_text(textwrap.dedent(f"""\
+        from kernel import Dataflow
+
+        flow = Dataflow("mod7")
+        numbers = flow.from_iterable(range(30_000), batch_size=500)
+        numbers.key_by(lambda n: n % 7).map_values(lambda n: n * n).sum().to_files({str(out)!r})
+        """))
+    done = subprocess.run(
+        ["srun", "-n", "2", sys.executable, "-m", "kernel", "run", str(pipeline), "--slurm",
+         "--port-base", str(free_port())], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env=dict(slurm, KERNEL_SECRET="slurm-test-secret"))
+    assert done.returncode == 0, done.stderr
+    expected = Counter()
+    for n in range(30_000):
+        expected[n % 7] += n * n
+    files = sorted(out.glob("part-*.jsonl"))
+    assert len(files) == 2  # one per task: both ran, as one cluster
+    got = [tuple(json.loads(line)) for f in files for line in f.read_text().splitlines()]
+    assert sorted(got) == sorted(expected.items())
+
+
+def test_hostlists_expand_as_slurm_writes_them():
+    assert expand_hostlist("node[1-3,5]") == ["node1", "node2", "node3", "node5"]
+    assert expand_hostlist("gpu[08-10]x,login") == ["gpu08x", "gpu09x", "gpu10x", "login"]
+    assert expand_hostlist("rack[1-2]-n[1-2]") == ["rack1-n1", "rack1-n2", "rack2-n1", "rack2-n2"]
+    assert expand_hostlist("vm") == ["vm"]
+    assert tasks_per_node("2(x3),1") == [2, 2, 2, 1]
+    for bad in ("node[1-3", "node]1[", "node[a-b]"):
+        with pytest.raises(ResourceManagerError):
+            expand_hostlist(bad)
+
+
+def test_slurm_tasks_get_their_place_in_block_order():
+    env = {"SLURM_NTASKS": "5", "SLURM_STEP_NODELIST": "n[1-2],m7", "SLURM_STEP_TASKS_PER_NODE": "2(x2),1"}
+    peers = "n1:7000,n1:7001,n2:7000,n2:7001,m7:7000"
+    for procid in range(5):
+        assert from_slurm(dict(env, SLURM_PROCID=str(procid))) == (procid, peers)
+    cases = [({}, "SLURM_PROCID"), ({"SLURM_PROCID": "5"}, "not below"),
+             ({"SLURM_PROCID": "0", "SLURM_STEP_TASKS_PER_NODE": "2"}, "do not match"),
+             ({"SLURM_PROCID": "0", "SLURM_DISTRIBUTION": "cyclic"}, "block distribution")]
+    for extra, message in cases:
+        with pytest.raises(ResourceManagerError, match=message):
+            from_slurm({k: v for k, v in {**env, **extra}.items() if k != "SLURM_PROCID" or extra})
+
+
+def test_the_cli_says_what_is_missing_outside_slurm(tmp_path):
+    pipeline = tmp_path / "p.py"
+    pipeline.write_text("from kernel import Dataflow\nflow = Dataflow()\nflow.from_iterable([1]).print()\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    done = subprocess.run([sys.executable, "-m", "kernel", "run", str(pipeline), "--slurm"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2 and "--slurm: SLURM_PROCID is not set (run under srun)" in done.stderr
+    both = subprocess.run([sys.executable, "-m", "kernel", "run", str(pipeline), "--slurm", "--peers", "a:1"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert both.returncode == 2 and "take the place of --process-id and --peers" in both.stderr

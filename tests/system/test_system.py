@@ -1,0 +1,320 @@
+"""The running system end to end, as a user runs it: a coordinator and two
+executors (real processes on loopback), jobs submitted with the CLI.
+Results are checked against plain Python; failures are caused for real
+(SIGKILL of an executor, of the coordinator)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from _system import System, descendants, wait_until
+
+EXACT = """\
+from kernel import Dataflow
+
+flow = Dataflow("mod7")
+numbers = flow.from_iterable(range(20_000), batch_size=500)
+numbers.key_by(lambda n: n % 7).map_values(lambda n: n * n).sum().to_files({out!r})
+
+bad = Dataflow("bad")
+def check(n):
+    if n == 7:
+        raise ValueError(f"bad record {{n}}")
+    return n
+bad.from_iterable(range(10)).map(check).print()
+"""
+
+SLOW = """\
+import time
+from kernel import Dataflow
+
+def slow(n):
+    time.sleep({pause})
+    return n
+
+flow = Dataflow("slow")
+flow.from_iterable(range({count}), batch_size=50).map(slow).to_files({out!r})
+"""
+
+
+NOOP = """\
+from kernel import Dataflow
+
+flow = Dataflow("noop")
+flow.from_iterable(range(10)).sink(id)
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def records(directory: Path) -> list:
+    return [json.loads(line) for f in sorted(directory.glob("part-*.jsonl"))
+            for line in f.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    system = System(tmp_path_factory.mktemp("system"))
+    try:
+        system.start_coordinator()
+        system.start_executor(cores=2)
+        system.start_executor(cores=2)
+        system.executors_up(2)
+        yield system
+    finally:
+        system.close()
+
+
+@pytest.fixture
+def fresh(tmp_path):
+    """A system of its own, for tests that kill parts of it."""
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+        system.start_executor(cores=2)
+        system.start_executor(cores=2)
+        system.executors_up(2)
+        yield system
+    finally:
+        system.close()
+
+
+def test_a_job_on_two_executors_completes_with_exact_results(system, tmp_path):
+    out = tmp_path / "out"
+    pipeline = write(tmp_path / "mod7.py", EXACT.format(out=str(out)))
+    done = system.cli("submit", pipeline, "--processes", "2", "--wait")
+    assert done.returncode == 0, done.stderr
+    job = done.stdout.splitlines()[0]
+    assert done.stdout.splitlines()[1] == f"{job} completed"
+    expected = Counter()
+    for n in range(20_000):
+        expected[n % 7] += n * n
+    assert sorted(map(tuple, records(out))) == sorted(expected.items())
+    state = system.job(job)
+    assert state["status"] == "completed" and state["restarts"] == 0
+    assert len(set(state["placement"])) == 2 and state["started"] is not None
+
+
+def test_the_job_id_is_the_first_line_and_status_lists_it(system, tmp_path):
+    pipeline = write(tmp_path / "mod7.py", EXACT.format(out=str(tmp_path / "out")))
+    done = system.cli("submit", f"{pipeline}:flow")
+    assert done.returncode == 0, done.stderr
+    job = done.stdout.splitlines()[0]
+    assert job.startswith("job-")
+    wait_until(lambda: system.job(job)["status"] == "completed", what="the job to complete")
+    text = system.cli("status").stdout
+    assert "executors:" in text and "jobs:" in text and "topics:" in text
+    line = next(line for line in text.splitlines() if line.split()[:1] == [job])
+    assert "mod7.py:flow" in line and "completed" in line
+
+
+def test_a_job_whose_function_raises_is_failed_with_its_message_and_not_restarted(system, tmp_path):
+    pipeline = write(tmp_path / "mod7.py", EXACT.format(out=str(tmp_path / "out")))
+    done = system.cli("submit", f"{pipeline}:bad", "--wait")
+    assert done.returncode == 1
+    job = done.stdout.splitlines()[0]
+    state = system.job(job)
+    assert state["status"] == "failed" and state["restarts"] == 0
+    assert "function 'check' raised ValueError: bad record 7" in state["message"]
+    assert "bad record 7" in done.stdout.splitlines()[1]
+    logs = system.cli("logs", job)
+    assert logs.returncode == 0 and "ValueError: bad record 7" in logs.stdout
+
+
+def test_kill_stops_a_job_and_frees_its_cores(system, tmp_path):
+    pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.01, count=10**9, out=str(tmp_path / "o")))
+    job = system.cli("submit", pipeline, "--cores", "2").stdout.splitlines()[0]
+    wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
+    (executor,) = system.job(job)["placement"]
+    free = {e["id"]: e["free"] for e in system.status()["executors"]}
+    assert free[executor] == 0
+    procs = {system.executor_id(p): p for p in system.executors}
+    assert len(descendants(procs[executor].pid)) > 1  # the job's processes
+    done = system.cli("kill", job)
+    assert done.returncode == 0 and done.stdout.strip() == f"{job} killed"
+    assert system.job(job)["status"] == "killed"
+    assert {e["id"]: e["free"] for e in system.status()["executors"]}[executor] == 2
+    assert descendants(procs[executor].pid) == [procs[executor].pid]  # nothing left running
+    again = system.cli("kill", job)
+    assert again.returncode == 1 and "already killed" in again.stderr
+
+
+def test_an_executor_killed_mid_run_the_job_restarts_and_writes_every_record_once(fresh, tmp_path):
+    out, count = tmp_path / "out", 3000
+    pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.001, count=count, out=str(out)))
+    job = fresh.cli("submit", pipeline, "--state-dir", tmp_path / "state", "--epoch-interval", "0.2",
+                    ).stdout.splitlines()[0]
+    wait_until(lambda: list(out.glob("part-*.jsonl")), what="a first complete epoch")
+    (executor,) = fresh.job(job)["placement"]
+    victim = next(p for p in fresh.executors if fresh.executor_id(p) == executor)
+    victim.send_signal(signal.SIGKILL)
+    wait_until(lambda: fresh.job(job)["status"] in ("completed", "failed"), timeout=60,
+               what="the restarted job", every=0.2)
+    state = fresh.job(job)
+    assert state["status"] == "completed", state
+    assert state["restarts"] == 1 and state["placement"] != [executor]
+    assert Counter(records(out)) == Counter(range(count))
+    assert "resuming from epoch" in fresh.cli("logs", job).stdout
+    lost = next(e for e in fresh.status()["executors"] if e["id"] == executor)
+    assert lost["state"] == "lost"
+
+
+def test_a_restarted_coordinator_keeps_the_catalog_and_adopts_the_running_job(fresh, tmp_path):
+    out, count = tmp_path / "out", 5000
+    pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.001, count=count, out=str(out)))
+    # a client following the job with --wait, through the coordinator's restart
+    follower = subprocess.Popen([sys.executable, "-m", "kernel", "submit", pipeline, "--wait"],
+                                env=fresh.env, cwd=fresh.root, stdout=subprocess.PIPE, text=True)
+    try:
+        job = follower.stdout.readline().strip()
+        wait_until(lambda: fresh.job(job)["status"] == "running", what="the job to run")
+        before = fresh.job(job)
+        fresh.coordinator.send_signal(signal.SIGKILL)
+        fresh.coordinator.wait()
+        fresh.start_coordinator()
+        after = fresh.job(job)
+        assert (after["status"], after["placement"], after["attempt"]) == ("running", before["placement"], 1)
+        assert follower.wait(timeout=60) == 0
+        assert follower.stdout.read().splitlines()[-1] == f"{job} completed"
+    finally:
+        follower.kill()
+    state = fresh.job(job)
+    assert (state["status"], state["restarts"]) == ("completed", 0), state
+    assert Counter(records(out)) == Counter(range(count))
+
+
+def test_a_wrong_secret_and_garbage_are_refused_logged_and_change_nothing(system):
+    before = system.status()
+    wrong = system.cli("status", env=dict(system.env, KERNEL_SECRET="not-the-secret"))
+    assert wrong.returncode == 1 and "authentication failed" in wrong.stderr
+    assert "not-the-secret" not in system.coordinator_log.read_text()
+    for garbage in (b"\x00\xff\xfe garbage\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", system.port), timeout=5) as s:
+            s.sendall(garbage)
+            answer = s.recv(1000)
+            assert answer.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400", b"HTTP/1.1 404"))
+    log = system.coordinator_log.read_text()
+    assert "refused a system connection from 127.0.0.1: authentication failed" in log
+    assert "refused a system connection from 127.0.0.1: malformed HTTP" in log
+    assert "refused a system connection from 127.0.0.1: plain HTTP (GET /)" in log
+    after = system.status()
+    assert after["jobs"] == before["jobs"] and [e["id"] for e in after["executors"]] == \
+        [e["id"] for e in before["executors"]]
+    assert system.coordinator.poll() is None
+
+
+def test_bad_usage_gets_a_clear_error(system, tmp_path):
+    cases = [
+        (["status"], {"KERNEL_SECRET": ""}, 2, "needs a shared secret"),
+        (["status", "--coordinator", "nohost"], {}, 2, "not host:port"),
+        (["submit", tmp_path / "missing.py"], {}, 2, "pipeline file not found"),
+        (["submit", Path(__file__), "--executors", "e99"], {}, 1, "no such executor: e99"),
+        (["submit", Path(__file__), "--processes", "5"], {}, 1, "needs 5 executor(s)"),
+        (["submit", Path(__file__), "--cores", "0"], {}, 1, "--cores must be an integer >= 1"),
+        (["logs", "job-999"], {}, 1, "no such job: job-999"),
+        (["kill", "job-999"], {}, 1, "no such job: job-999"),
+    ]
+    for args, env, code, message in cases:
+        done = system.cli(*args, env=dict(system.env, **env))
+        assert (done.returncode, message in done.stderr) == (code, True), (args, done.stderr)
+
+
+def test_logs_follow_prints_the_output_as_it_comes_until_the_job_ends(system, tmp_path):
+    pipeline = write(tmp_path / "ticks.py", """\
+        import time
+        from kernel import Dataflow
+
+        def tick(n):
+            print(f"tick {n}", flush=True)
+            time.sleep(0.05)
+            return n
+
+        flow = Dataflow("ticks")
+        flow.from_iterable(range(20), batch_size=1).map(tick).sink(id)
+        """)
+    job = system.cli("submit", pipeline).stdout.splitlines()[0]
+    follow = system.cli("logs", job, "--follow")
+    assert follow.returncode == 0
+    ticks = [line for line in follow.stdout.splitlines() if line.startswith("tick")]
+    assert ticks == [f"tick {n}" for n in range(20)]
+    assert system.job(job)["status"] == "completed"
+
+
+def test_a_job_that_does_not_fit_yet_waits_as_submitted_and_runs_when_cores_are_free(system, tmp_path):
+    pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.01, count=10**9, out=str(tmp_path / "o")))
+    quick = write(tmp_path / "noop.py", NOOP)
+    hogs = [system.cli("submit", pipeline, "--cores", "2").stdout.splitlines()[0] for _ in range(2)]
+    for hog in hogs:
+        wait_until(lambda hog=hog: system.job(hog)["status"] == "running", what="the hog to run")
+    waiting = system.cli("submit", quick).stdout.splitlines()[0]
+    for _ in range(3):  # (several of the coordinator's rounds)
+        assert system.job(waiting)["status"] == "submitted"
+    assert system.cli("kill", hogs[0]).returncode == 0
+    wait_until(lambda: system.job(waiting)["status"] == "completed", what="the waiting job to run")
+    assert system.cli("kill", hogs[1]).returncode == 0
+    assert all(e["free"] == e["cores"] for e in system.status()["executors"])
+
+
+def test_a_job_of_two_processes_restarts_from_the_beginning_on_the_executor_left(fresh, tmp_path):
+    out, count = tmp_path / "out", 4000
+    pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.001, count=count, out=str(out)))
+    job = fresh.cli("submit", pipeline, "--processes", "2").stdout.splitlines()[0]
+    wait_until(lambda: fresh.job(job)["status"] == "running", what="the job to run")
+    first, _ = fresh.job(job)["placement"]
+    victim = next(p for p in fresh.executors if fresh.executor_id(p) == first)
+    victim.send_signal(signal.SIGKILL)
+    wait_until(lambda: fresh.job(job)["status"] in ("completed", "failed"), timeout=60,
+               what="the restarted job", every=0.2)
+    state = fresh.job(job)
+    assert (state["status"], state["restarts"], state["processes"]) == ("completed", 1, 1), state
+    assert first not in state["placement"]
+    assert Counter(records(out)) == Counter(range(count))
+
+
+def test_an_executor_with_a_wrong_secret_is_refused(system, tmp_path):
+    before = system.status()["executors"]
+    stranger = subprocess.Popen(
+        [sys.executable, "-m", "kernel", "executor", "--cores", "4", "--workdir", tmp_path / "w"],
+        env=dict(system.env, KERNEL_SECRET="wrong"), stderr=subprocess.PIPE, text=True)
+    try:
+        line = wait_until(lambda: stranger.stderr.readline(), what="the executor's complaint")
+        assert "cannot reach the coordinator" in line and "authentication failed" in line
+    finally:
+        stranger.kill()
+        stranger.wait()
+    assert system.status()["executors"] == before or \
+        [e["id"] for e in system.status()["executors"]] == [e["id"] for e in before]
+
+
+def test_an_authenticated_client_sending_garbage_is_closed_and_nothing_changes(system):
+    from kernel.system._wire import CLIENT, dial
+
+    async def garbage():
+        session, http = await dial(("127.0.0.1", system.port), b"system-test-secret", CLIENT, None)
+        try:
+            await session.ws.send_str("[1, 2, 3]")
+            message = await asyncio.wait_for(session.ws.receive(), 5)
+            return message.type
+        finally:
+            await session.ws.close()
+            await http.close()
+
+    before = system.status()
+    import aiohttp
+
+    assert asyncio.run(garbage()) in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    assert "sent a malformed message (not a JSON object); closing the connection" in \
+        system.coordinator_log.read_text()
+    assert system.status()["jobs"] == before["jobs"]
