@@ -36,8 +36,9 @@ refuses the run on every process with its exception. (A cluster with a
 `state_dir` agrees this way on the epoch it resumes from.)
 
 Messages between launchers (`send_message(process, body)`, delivered to
-`on_message(process, body)` there) travel on the relays' own channel, in
-order, behind nothing of the kernels' data.
+`on_message(process, body)` there: a cluster's epochs, durable here,
+complete everywhere) travel in order on the relays' own channel, never
+waiting behind the kernels' data (their channels have credit of their own).
 
 Trust: peers are authenticated by the shared secret; an authenticated peer's
 results are unpickled, as the codec unpickles records it cannot carry
