@@ -86,9 +86,11 @@ def _on_cores(plan: RunPlan, get_flow, cancel=None) -> list[dict]:
     from ._cores import run_on_cores
 
     epochs = None if plan.snapshots is None else plan.snapshots.for_processes()
+    # a cluster's processes agree on the epoch they resume from once linked
+    agreement = None if epochs is None or plan.cluster is None else plan.snapshots.agreement()
     if not plan.observed:
         return run_on_cores(_kernel_process(get_flow, plan), plan.cores, epochs=epochs,
-                            cluster=plan.cluster, cancel=cancel)
+                            cluster=plan.cluster, cancel=cancel, agreement=agreement)
     from kernel.metrics import MetricsBlock, MetricsServerThread, listen
 
     # Bound before the kernels fork (a port in use fails the run before it
@@ -126,7 +128,8 @@ def _on_cores(plan: RunPlan, get_flow, cancel=None) -> list[dict]:
 
     try:
         return run_on_cores(_kernel_process(get_flow, plan, blocks, graph_block), plan.cores, epochs=epochs,
-                            cluster=plan.cluster, cancel=cancel, on_started=started, link_report=link_report)
+                            cluster=plan.cluster, cancel=cancel, on_started=started, link_report=link_report,
+                            agreement=agreement)
     finally:
         for thread in threads:
             thread.stop()
