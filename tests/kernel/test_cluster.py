@@ -150,8 +150,20 @@ def windows_and_reduce():
     return flow, [sums, biggest]
 
 
+def loop_with_rounds():  # issue 20: a loop's rounds agreed across processes
+    flow = Dataflow("loops")
+
+    def walk(walks):  # Collatz: (start, now, steps), and a count per round
+        on = walks.map(lambda w: (w[0], w[1] // 2 if w[1] % 2 == 0 else 3 * w[1] + 1, w[2] + 1))
+        per_round = on.key_by(lambda w: w[0] % 3).count()
+        return on.filter(lambda w: w[1] != 1), on.filter(lambda w: w[1] == 1).union(per_round)
+
+    out = flow.from_iterable([(n, n, 0) for n in range(2, 400)]).iterate(walk).collect()
+    return flow, [out]
+
+
 @pytest.mark.parametrize(("processes", "cores"), [(2, 1), (2, 2), (3, 1)])
-@pytest.mark.parametrize("build", [word_count, windows_and_reduce])
+@pytest.mark.parametrize("build", [word_count, windows_and_reduce, loop_with_rounds])
 def test_a_cluster_gives_exactly_the_results_of_one_process(build, processes, cores):
     expected = run_alone(build)
     outcomes = outcomes_of(build, processes, cores)
