@@ -188,3 +188,24 @@ def test_epochs_pass_a_nested_loop_and_a_loop_with_an_outside_stream(tmp_path):
     finally:
         store.close()
     assert completed and completed[0][1]  # the run finished, its epochs complete
+
+
+def test_a_cluster_with_a_loop_that_lost_a_process_resumes_and_publishes_every_result_once(tmp_path):
+    """Two `python -m kernel.run` processes on loopback, one killed at a
+    snapshot: the same commands run again resume from the epoch complete on
+    both, and publish what a crash-free run does (the cluster's snapshots
+    take the loop as one process's do)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_cluster_recovery import complete_epochs, finish, start_cluster, store_file
+
+    (tmp_path / "pipeline.py").write_text(PIPELINE)
+    first = finish(start_cluster(tmp_path, shared=False, crash=(1, "snapshot:4@1"), n=N))
+    assert all(code != 0 for code, _ in first), first
+    epoch, finished = (complete_epochs(store_file(tmp_path, 0, False)) or [(0, False)])[0]
+    assert not finished
+    second = finish(start_cluster(tmp_path, shared=False, n=N))
+    for code, err in second:
+        assert code == 0, err
+        if epoch:
+            assert f"resuming from epoch {epoch}\n" in err
+    assert_exactly_once(tmp_path / "out")
