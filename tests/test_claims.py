@@ -2683,7 +2683,8 @@ def test_a_run_with_a_loop_killed_after_a_snapshot_resumes_and_publishes_every_r
     with the same state_dir: it resumes from a complete epoch, and the
     files hold each Collatz walk's result once, as a crash-free run's. The
     rest: tests/state/test_loop_recovery.py (hypothesis-chosen crash points
-    on 1 and 2 kernels, a state kept inside the loop, windows after it)."""
+    on 1 and 2 kernels, a state kept inside the loop, windows after it, a
+    two-process cluster)."""
     import time as _time
 
     def slow(x):
