@@ -160,7 +160,14 @@ def test_errors_are_the_same_where_the_comprehensions_variables_are_gone(records
 @settings(max_examples=8, deadline=None)
 @given(st.lists(st.integers(0, 20), max_size=40), chains())
 def test_two_kernels_fuse_each_kernels_chain_and_agree(records, chain):
-    assert outcome(records, chain, 2, True, 5) == outcome(records, chain, 1, False, 5)
+    """Results as one kernel's apart. A failing chain fails on two kernels
+    too, but with the error of whichever kernel failed first (each has
+    its own share of the records): that error's text is not compared."""
+    fused, apart = outcome(records, chain, 2, True, 5), outcome(records, chain, 1, False, 5)
+    if apart[0] == "ok":
+        assert fused == apart
+    else:
+        assert fused[0] == "error"
 
 
 @pytest.mark.parametrize("batch_size", [3, 1])
