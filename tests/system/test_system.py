@@ -318,3 +318,30 @@ def test_an_authenticated_client_sending_garbage_is_closed_and_nothing_changes(s
     assert "sent a malformed message (not a JSON object); closing the connection" in \
         system.coordinator_log.read_text()
     assert system.status()["jobs"] == before["jobs"]
+
+
+def test_a_silent_executor_is_lost_its_job_restarts_and_its_stale_process_is_stopped_later(fresh, tmp_path):
+    """SIGSTOP: the executor's connection stays open but its heartbeats
+    stop (as behind a cut cable); after SIGCONT it reconnects, lists the
+    process it still runs, and is told to stop it."""
+    pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.01, count=10**9, out=str(tmp_path / "o")))
+    job = fresh.cli("submit", pipeline).stdout.splitlines()[0]
+    wait_until(lambda: fresh.job(job)["status"] == "running", what="the job to run")
+    (first,) = fresh.job(job)["placement"]
+    silent = next(p for p in fresh.executors if fresh.executor_id(p) == first)
+    silent.send_signal(signal.SIGSTOP)
+    try:
+        def elsewhere():
+            state = fresh.job(job)
+            return state["status"] == "running" and state["placement"] != [first]
+
+        wait_until(elsewhere, timeout=20, what="the job to run on the other executor", every=0.2)
+        assert len(descendants(silent.pid)) > 1  # its process of attempt 1 still runs
+    finally:
+        silent.send_signal(signal.SIGCONT)
+    wait_until(lambda: descendants(silent.pid) == [silent.pid], timeout=20,
+               what="the stale process to be stopped", every=0.1)
+    state = fresh.job(job)
+    assert (state["status"], state["restarts"], state["attempt"]) == ("running", 1, 2)
+    assert "silent for" in fresh.coordinator_log.read_text()
+    assert fresh.cli("kill", job).returncode == 0
