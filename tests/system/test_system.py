@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -345,3 +346,27 @@ def test_a_silent_executor_is_lost_its_job_restarts_and_its_stale_process_is_sto
     assert (state["status"], state["restarts"], state["attempt"]) == ("running", 1, 2)
     assert "silent for" in fresh.coordinator_log.read_text()
     assert fresh.cli("kill", job).returncode == 0
+
+
+def test_a_killed_job_process_is_restarted(system, tmp_path):
+    pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.01, count=10**9, out=str(tmp_path / "o")))
+    job = system.cli("submit", pipeline).stdout.splitlines()[0]
+    wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
+    (executor,) = system.job(job)["placement"]
+    proc = next(p for p in system.executors if system.executor_id(p) == executor)
+    launcher = wait_until(lambda: descendants(proc.pid)[1:2], what="the job's process")[0]
+    os.kill(launcher, signal.SIGKILL)
+    wait_until(lambda: system.job(job)["attempt"] == 2 and system.job(job)["status"] == "running",
+               what="the job to run again")
+    state = system.job(job)
+    assert state["restarts"] == 1 and "was killed (exit -9)" in state["message"]
+    assert system.cli("kill", job).returncode == 0
+
+
+def test_a_job_of_two_processes_whose_function_raises_is_failed_with_its_message(system, tmp_path):
+    pipeline = write(tmp_path / "mod7.py", EXACT.format(out=str(tmp_path / "out")))
+    done = system.cli("submit", f"{pipeline}:bad", "--processes", "2", "--wait")
+    assert done.returncode == 1
+    state = system.job(done.stdout.splitlines()[0])
+    assert (state["status"], state["restarts"]) == ("failed", 0)
+    assert "ValueError: bad record 7" in state["message"]
