@@ -6,6 +6,7 @@ Results are checked against plain Python; failures are caused for real
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -370,3 +371,25 @@ def test_a_job_of_two_processes_whose_function_raises_is_failed_with_its_message
     state = system.job(done.stdout.splitlines()[0])
     assert (state["status"], state["restarts"]) == ("failed", 0)
     assert "ValueError: bad record 7" in state["message"]
+
+
+def test_the_catalog_is_readable_as_data_from_a_program(system, tmp_path):
+    from kernel.system import Client, RequestError
+
+    pipeline = write(tmp_path / "mod7.py", EXACT.format(out=str(tmp_path / "out")))
+    job = system.cli("submit", pipeline, "--wait").stdout.splitlines()[0]
+
+    async def read():
+        async with Client(("127.0.0.1", system.port), b"system-test-secret") as client:
+            catalog = await client.request("catalog")
+            with pytest.raises(RequestError, match="unknown request 'drop tables'"):
+                await client.request("drop tables")
+            return catalog
+
+    catalog = asyncio.run(read())
+    assert set(catalog) == {"executors", "jobs", "topics", "publications", "subscriptions"}
+    row = next(r for r in catalog["jobs"] if r["id"] == job)
+    assert row["status"] == "completed" and row["name"] == "mod7.py:flow"
+    assert len(json.loads(row["placement"])) == 1
+    assert row["pipeline"] == hashlib.sha256(pipeline.read_bytes()).hexdigest()
+    assert {e["id"] for e in catalog["executors"]} == {e["id"] for e in system.status()["executors"]}
