@@ -70,6 +70,11 @@ class Transport(Protocol):
     def finish_sending(self) -> None:
         """This kernel will push nothing more."""
 
+    def hold_reading(self, held: bool) -> None:
+        """Stop (True) or resume (False) draining incoming frames: an
+        operator of this kernel that cannot keep up holds back the kernels
+        sending to it, whose rings then fill and whose sources pause."""
+
     def close(self) -> None: ...
 
 
@@ -96,6 +101,9 @@ class LocalTransport:
 
     def finish_sending(self) -> None:
         pass
+
+    def hold_reading(self, held: bool) -> None:
+        pass  # nothing comes from elsewhere
 
     def close(self) -> None:
         pass

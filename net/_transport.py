@@ -142,6 +142,7 @@ class ProcessTransport:
         self._reader: _Reader | None = None
         self._channels = 0  # exchange channels allocated so far
         self.blocked = False
+        self.reading_held = False  # an operator here cannot keep up: leave the rings full
         self.sending_done = False
         self._on_backpressure: Callable[[bool], None] = lambda blocked: None
 
@@ -197,6 +198,11 @@ class ProcessTransport:
         kernel.hold()
         self._reader.begin()
 
+    def hold_reading(self, held: bool) -> None:
+        self.reading_held = held
+        if not held and self._reader is not None:
+            self._reader.wake()
+
     def finish_sending(self) -> None:
         """The kernel will send nothing more; the transport lets the kernel
         go once its overflow has drained and every peer's end has arrived."""
@@ -249,6 +255,11 @@ class _Reader:
             self._parked = False
             self._bell.unpark()
         transport = self.transport
+        if transport.reading_held:
+            # Frames stay in the rings, whose producers then find them full
+            # and stop: `hold_reading(False)` wakes this activation again.
+            transport._flush()
+            return
         deliver = self._deliver
         get_decoder = DECODERS.get
         got = 0

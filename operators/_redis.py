@@ -27,7 +27,9 @@ resumed run finishes the same read, not a longer one.
 The sink is at least once: an epoch's snapshot holds the entries handed to
 the writer and not yet acknowledged by Redis (buffered or in flight), and a
 resumed run sends them again first; entries acknowledged meanwhile then come
-twice. Redis assigns the ids (`*`).
+twice. Redis assigns the ids (`*`). At most four batches wait for Redis:
+beyond that the sink pauses the kernel's input (`pause_input`) until its
+writer has caught up.
 """
 
 from __future__ import annotations
@@ -341,6 +343,10 @@ class ToRedisStream(Operator):
 
     def open(self, context):
         self._pending: list[dict] = []  # fields to add, oldest first; dropped once acknowledged
+        # Redis slower than the flow: past this many entries the kernel's
+        # input pauses until the writer has sent all but a batch or two.
+        self._pause_at = 4 * self.batch_size
+        self._paused = False
         self._writer_started = False
         self._ready: asyncio.Future | None = None
         self._ended = False
@@ -353,6 +359,9 @@ class ToRedisStream(Operator):
             if not _encodable(record):
                 raise _unencodable(self.name, self.stream, record)
             pending.append(record)
+        if len(pending) >= self._pause_at and not self._paused:
+            self._paused = True
+            self.pause_input(True)
         self._kick()
 
     def on_end(self):
@@ -391,6 +400,9 @@ class ToRedisStream(Operator):
                 chunk = pending[: self.batch_size]
                 await self._xadd(client, chunk)
                 del self._pending[: len(chunk)]  # acknowledged: out of the next snapshot
+                if self._paused and len(self._pending) <= 2 * self.batch_size:
+                    self._paused = False
+                    self.pause_input(False)
         finally:
             await client.aclose()
 

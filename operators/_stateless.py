@@ -14,39 +14,85 @@ from kernel.dataflow._operator import Operator, TimedBatch
 
 from ._calls import call_each, over_batch, user_error
 from ._event_time import repeated_times, same_times
+from ._fusion import FusedChain, Stage, one_to_one
 
 
 class _UserFunction(Operator):
-    """An operator built around one user function."""
+    """An operator built around one user function. Chained after another
+    (on one kernel), it fuses with it (`_fusion.py`): the two, and any
+    fused after them, run as one generated comprehension per batch."""
+
+    kind = ""  # the step kind in _fusion
 
     def __init__(self, fn) -> None:
         if not callable(fn):
             raise TypeError(f"{type(self).__name__.lower()} needs a callable, got {fn!r}")
         self.fn = fn
 
+    def transform(self, batch: list) -> list:
+        """This step's output for `batch` (a TimedBatch keeps its times)."""
+        raise NotImplementedError
+
+    def on_batch(self, port, batch):
+        self.emit(self.transform(batch))
+
+    def _stage(self) -> Stage:
+        return Stage(self.kind, self.fn, self.name, self.transform)
+
+    def fuse_upstream(self, upstream):
+        # The runtime offers fusions from the end of a chain back, so this
+        # step may have taken the steps after it already (`_fusion`), or
+        # have been taken by an operator after it (an aggregate after
+        # key_by: its handler now stands in `on_batch`).
+        if not isinstance(upstream, _UserFunction):
+            return None
+        fusion = self.__dict__.get("_fusion")
+        if fusion is not None:
+            stages, tail, then = fusion
+        elif "on_batch" in self.__dict__:
+            stages, tail, then = [], None, self.on_batch
+        else:
+            stages, tail, then = [self._stage()], self, None
+        stages = [upstream._stage(), *stages]
+        upstream._fusion = (stages, tail, then)
+        run = FusedChain(stages).run
+        if then is None:
+            def fused_chain(port, batch):
+                tail.emit(run(batch))  # the chain's last step emits (looked up now: installed later)
+        else:
+            def fused_chain(port, batch):
+                then(port, run(batch))
+        fused_chain.one_to_one = one_to_one(stages)
+        return fused_chain
+
 
 class Map(_UserFunction):
     """Apply `fn` to every record: `stream.map(fn)`."""
 
-    def on_batch(self, port, batch):
-        self.emit(same_times(call_each(self.name, self.fn, batch), batch))
+    kind = "map"
+
+    def transform(self, batch):
+        return same_times(call_each(self.name, self.fn, batch), batch)
 
 
 class Filter(_UserFunction):
     """Keep the records for which `fn` is true: `stream.filter(fn)`."""
 
-    def on_batch(self, port, batch):
+    kind = "filter"
+
+    def transform(self, batch):
         keep = call_each(self.name, self.fn, batch)
         if batch.__class__ is TimedBatch:
-            self.emit(TimedBatch(compress(batch, keep), list(compress(batch.timestamps, keep))))
-        else:
-            self.emit(list(compress(batch, keep)))
+            return TimedBatch(compress(batch, keep), list(compress(batch.timestamps, keep)))
+        return list(compress(batch, keep))
 
 
 class FlatMap(_UserFunction):
     """Replace every record by the items of the iterable `fn` returns."""
 
-    def on_batch(self, port, batch):
+    kind = "flat_map"
+
+    def transform(self, batch):
         parts = call_each(self.name, self.fn, batch)
         out: list = []
         extend = out.extend
@@ -71,7 +117,7 @@ class FlatMap(_UserFunction):
         if timed:
             counts = [after - before for before, after in zip([0, *sizes], sizes)]
             out = repeated_times(out, batch, counts)
-        self.emit(out)
+        return out
 
 
 def _key_by(fn, it):
@@ -87,21 +133,27 @@ def _map_values(fn, it):
 class KeyBy(_UserFunction):
     """Turn every record `x` into the pair `(fn(x), x)`."""
 
-    def on_batch(self, port, batch):
-        self.emit(same_times(over_batch(self.name, self.fn, batch, _key_by), batch))
+    kind = "key_by"
+
+    def transform(self, batch):
+        return same_times(over_batch(self.name, self.fn, batch, _key_by), batch)
 
 
 class MapValues(_UserFunction):
     """Turn every pair `(k, v)` into `(k, fn(v))`."""
 
-    def on_batch(self, port, batch):
-        self.emit(same_times(over_batch(self.name, self.fn, batch, _map_values), batch))
+    kind = "map_values"
+
+    def transform(self, batch):
+        return same_times(over_batch(self.name, self.fn, batch, _map_values), batch)
 
 
 class Inspect(_UserFunction):
     """Call `fn` on every record for its side effect and pass records on."""
 
-    def on_batch(self, port, batch):
+    kind = "inspect"
+
+    def transform(self, batch):
         fn = self.fn
         it = iter(batch)
         try:
@@ -111,7 +163,7 @@ class Inspect(_UserFunction):
             raise
         except Exception as exc:
             raise user_error(self.name, fn, exc, batch, it) from exc
-        self.emit(batch)
+        return batch
 
 
 class Union(Operator):

@@ -717,13 +717,16 @@ class Stream(Generic[T_co]):
         """
         return self.apply(ops.Union, name=name or "union", inputs=others)
 
-    def distinct(self, *, within: ops.Tumbling | None = None, name: str | None = None) -> Stream[T_co]:
+    def distinct(
+        self, *, within: ops.Tumbling | None = None, name: str | None = None
+    ) -> DistinctStream[T_co]:
         """Each record the first time it comes, at once (records must be
         hashable; equal records meet on the kernel that owns them). With
         `within=Tumbling(size)`, the first in each window of event time; a
         window's records are forgotten once the watermark passes its end,
-        and a record whose window has ended is late: dropped (and counted in
-        the log). The output keeps the records' event time.
+        and a record whose window has ended is late: dropped, logged, and
+        counted in `.late_count.value` (after the run). The output keeps
+        the records' event time.
 
         >>> from kernel import Dataflow, run
         >>> flow = Dataflow()
@@ -733,7 +736,7 @@ class Stream(Generic[T_co]):
         ['b', 'a', 'c']
         """
         label = name or ("distinct" if within is None else f"distinct within {within!r}")
-        stream: Stream[T_co] = self.key_by(_itself, name=f"{label}: by record")._distinct(
+        stream: DistinctStream[T_co] = self.key_by(_itself, name=f"{label}: by record")._distinct(
             label, within, values_only=True)
         return stream
 
@@ -926,9 +929,10 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
 
     def distinct(  # keyed: distinct (key, value) pairs
         self, *, within: ops.Tumbling | None = None, name: str | None = None
-    ) -> KeyedStream[K_co, V_co]:
+    ) -> KeyedDistinctStream[K_co, V_co]:
         """Each `(key, value)` the first time it comes, at once (values must
-        be hashable). `within=Tumbling(size)` as for `Stream.distinct`.
+        be hashable). `within=Tumbling(size)` and `.late_count` as for
+        `Stream.distinct`.
 
         >>> from kernel import Dataflow, run
         >>> flow = Dataflow()
@@ -939,7 +943,7 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         [('lamp', 'ann'), ('lamp', 'bob'), ('rug', 'ann')]
         """
         label = name or ("distinct" if within is None else f"distinct within {within!r}")
-        stream: KeyedStream[K_co, V_co] = self._distinct(label, within, values_only=False)
+        stream: KeyedDistinctStream[K_co, V_co] = self._distinct(label, within, values_only=False)
         return stream
 
     def _distinct(self, label: str, within: ops.Tumbling | None, values_only: bool) -> Any:
@@ -950,10 +954,15 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         factory = _hinted(functools.partial(ops.Distinct, within, values_only), hint)
         node = self.flow.graph.add(label, factory, [self._edge()],
                                    kind=("Distinct",) if within is None else ("Distinct", repr(within)))
+        late_count = LateCount(node)
+        self.flow._late_counts.append(late_count)
         if values_only:
-            return Stream(self.flow, node)
-        stream: KeyedStream[K_co, V_co] = KeyedStream(self.flow, node)
+            distinct: DistinctStream[Any] = DistinctStream(self.flow, node)
+            distinct.late_count = late_count
+            return distinct
+        stream: KeyedDistinctStream[K_co, V_co] = KeyedDistinctStream(self.flow, node)
         stream._exchange_out = False  # on the kernel that owns the key
+        stream.late_count = late_count
         return stream
 
     def stateful_map(
@@ -1153,6 +1162,20 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         """
         total = functools.partial(ops.Sum, emit=emit)
         return self._keyed(name or "sum", total, _combiner(emit, ops.Sum, total), emit=emit)
+
+
+class DistinctStream(Stream[T_co]):
+    """What `Stream.distinct` gives: a stream; `.late_count.value` (after
+    the run) is how many records `within=` found late."""
+
+    late_count: LateCount
+
+
+class KeyedDistinctStream(KeyedStream[K_co, V_co], DistinctStream[tuple[K_co, V_co]]):
+    """What `KeyedStream.distinct` gives: a keyed stream with `.late_count`
+    as `DistinctStream`."""
+
+    late_count: LateCount
 
 
 class JoinResults(KeyedStream[K_co, V_co]):

@@ -46,7 +46,12 @@ keeps records one for one can pass the timestamps on with
 Helpers the kernel installs on every operator instance: ``emit(batch)``,
 ``wake()``, ``schedule(event_time, data=None)`` (an event-time timer),
 ``advance_watermark(wm)`` and ``mark_idle()`` (sources: move the output
-watermark; say that no data is coming for now), ``name`` and ``context``.
+watermark; say that no data is coming for now), ``pause_input(paused)``
+(an operator whose work goes on in a task of its own, a sink writing to
+a broker say, and whose buffer is full: ``pause_input(True)`` pauses this
+kernel's sources and stops it reading what other kernels send, whose own
+sources then pause as their rings fill; ``pause_input(False)`` once the
+buffer has drained; memory stays bounded), ``name`` and ``context``.
 For processing-time timers use ``context.kernel.call_later(delay, fn)``: it
 runs on the kernel's clock (a ``VirtualClock`` in tests).
 """
@@ -182,6 +187,9 @@ class Operator:
 
     def mark_idle(self) -> None:
         raise RuntimeError(f"{self.name}: mark_idle() called before the operator was wired into a run")
+
+    def pause_input(self, paused: bool = True) -> None:
+        raise RuntimeError(f"{self.name}: pause_input() called before the operator was wired into a run")
 
 
 class Source(Operator):

@@ -158,6 +158,7 @@ class Instance:
         op.advance_watermark = self.advance_watermark
         op.mark_idle = self.mark_idle
         op.schedule = self.schedule
+        op.pause_input = self.pause_input
         op.emit = self._emit_function()
         if self.counting:
             op.emit = self._counting_out(op.emit)
@@ -174,7 +175,7 @@ class Instance:
         A fused upstream's handler (`Runtime._fuse`) does the downstream
         operator's work too, so the records between them never exist as a
         batch: they are counted as the records the fused handler was given
-        (one to one, as `key_by`, the only operator fused today, maps)."""
+        (one to one: a run that counts fuses no step that filters)."""
         self.counting = True
         if self.is_source:
             return
@@ -187,11 +188,19 @@ class Instance:
                 self.records_in += len(batch)
                 on_batch(port, batch)
         else:
+            # every step the handler does, but the last, hands on what it
+            # was given (a run that counts fuses no other: `Runtime._fuse`)
+            steps = [self]
+            while steps[-1].fused_into is not None:
+                steps.append(steps[-1].fused_into)
+            passing, last = steps[:-1], steps[-1]
+
             def counted_batch(port, batch):
                 n = len(batch)
-                self.records_in += n
-                self.records_out += n
-                fused.records_in += n
+                for step in passing:
+                    step.records_in += n
+                    step.records_out += n
+                last.records_in += n
                 on_batch(port, batch)
 
         op.on_batch = counted_batch
@@ -259,6 +268,9 @@ class Instance:
         return emit
 
     # -- the activation -----------------------------------------------------
+
+    def pause_input(self, paused: bool = True) -> None:
+        self.runtime.hold_input(self, paused)
 
     def wake(self) -> None:
         if not self.scheduled and not self.ended:

@@ -52,7 +52,9 @@ class Runtime:
         self._live = 0
         self._remote_inboxes: dict[tuple[int, int], tuple[Instance, int]] = {}
         self._partial_for: dict[int, int] = {}  # partial instance index -> its node's id
-        self.paused = False  # sources wait while the transport is backed up
+        self.paused = False  # sources wait while the transport is backed up or an operator holds them
+        self._transport_blocked = False
+        self._input_holders: set = set()  # instances that called pause_input(True)
         self._paused_sources: list[Instance] = []
         self.metrics = metrics  # count records per batch for `metrics_snapshot`
         self.backpressured = 0.0  # seconds the sources were paused by the transport
@@ -98,13 +100,21 @@ class Runtime:
     def _fuse(self) -> None:
         """Offer each chained operator its upstream (`Operator.fuse_upstream`):
         a keyed aggregate right after `key_by` counts keys straight from the
-        records, with no pairs built (benches/pipelines.py word count)."""
-        for instance in self.instances:
+        records, with no pairs built (benches/pipelines.py word count), and
+        stateless steps run as one comprehension. From the end of each
+        chain back, so a step offered its upstream has taken (or been taken
+        by) the steps after it already. A run that counts records per step
+        (metrics) keeps steps apart whose record counts differ (a filter):
+        counts are per batch, and a fused chain has no batch between them."""
+        for instance in reversed(self.instances):
             if instance.is_source or len(instance.targets) != 1:
                 continue
             target, _ = instance.targets[0]
             if isinstance(target, Instance) and target.chained:
                 handler = target.op.fuse_upstream(instance.op)
+                if handler is not None and self.metrics and not getattr(handler, "one_to_one", True):
+                    instance.op.__dict__.pop("_fusion", None)
+                    continue
                 if handler is not None:
                     instance.op.on_batch = handler
                     instance.fused_into = target
@@ -179,6 +189,24 @@ class Runtime:
         instance.deliver(inbox, END if payload is None else payload)
 
     def backpressure(self, blocked: bool) -> None:
+        self._transport_blocked = blocked
+        self._set_paused(blocked or bool(self._input_holders))
+
+    def hold_input(self, holder: Instance, held: bool) -> None:
+        """`holder`'s operator cannot keep up (an asynchronous sink's
+        buffer is full): pause this kernel's sources and stop reading what
+        other kernels send, until every holder lets go."""
+        holders = self._input_holders
+        was_holding = bool(holders)
+        if held:
+            holders.add(holder)
+        else:
+            holders.discard(holder)
+        if bool(holders) != was_holding:
+            self.transport.hold_reading(bool(holders))
+        self._set_paused(self._transport_blocked or bool(holders))
+
+    def _set_paused(self, blocked: bool) -> None:
         if self.metrics and blocked != self.paused:
             now = self.kernel.clock.monotonic()
             if blocked:

@@ -92,6 +92,48 @@ def test_distinct_within_a_window_is_the_first_of_each_value_per_window(events, 
         assert [(v, tumbling_number(size, s)) for v, s in out.items] == first
 
 
+def late_by_loop(events, size: float, max_delay: float) -> int:
+    """One kernel, one record a batch: a record is late when its window
+    ended at or before the watermark (the largest time so far less the
+    delay) that the records before it set."""
+    watermark, late = -math.inf, 0
+    for _, t in events:
+        if (tumbling_number(size, t) + 1) * size <= watermark:
+            late += 1
+        watermark = max(watermark, t - max_delay)
+    return late
+
+
+@settings(max_examples=15, deadline=None)
+@given(timed(VALUES, max_delay=3.0), st.sampled_from([0.5, 1.0]))
+def test_late_count_is_the_records_whose_window_had_ended(events, size):
+    """The source allows 0.25 s of disorder, the events have up to 3 s:
+    one kernel counts exactly the late records of a plain loop; two and
+    three kernels (whose watermark at the owner can only lag) no more."""
+    counts = {}
+    for cores in (1, 2, 3):
+        flow = Dataflow()
+        source = flow.from_iterable(events, timestamp=lambda e: e[1], max_delay=0.25, batch_size=1)
+        distinct = source.map(lambda e: e[0]).distinct(within=Tumbling(size))
+        out = distinct.apply(Stamped).collect()
+        run(flow, cores=cores)
+        counts[cores] = distinct.late_count.value
+        assert {(v, tumbling_number(size, s)) for v, s in out.items} <= {
+            (v, tumbling_number(size, t)) for v, t in events}
+    assert counts[1] == late_by_loop(events, size, 0.25)
+    assert 0 <= counts[2] <= counts[1] and 0 <= counts[3] <= counts[1]
+
+
+def test_a_keyed_distinct_counts_late_pairs_too():
+    flow = Dataflow()
+    events = [("k", 0.5), ("k", 3.0), ("k", 0.7), ("j", 0.9)]  # the last two: window [0, 1) ended at 2.0
+    source = flow.from_iterable(events, timestamp=lambda e: e[1], max_delay=1.0, batch_size=1)
+    distinct = source.key_by(lambda e: e[0]).map_values(lambda e: "v").distinct(within=Tumbling(1.0))
+    out = distinct.collect()
+    run(flow)
+    assert out.items == [("k", "v"), ("k", "v")] and distinct.late_count.value == 2
+
+
 # -- the operator: windows forgotten, late records --------------------------------------
 
 

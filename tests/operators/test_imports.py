@@ -27,3 +27,14 @@ def test_operators_import_first_in_a_fresh_interpreter(code):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "Map\n"
+
+
+@pytest.mark.parametrize("package", ["operators", "kernel.operators"])
+def test_the_connectors_module_holds_the_same_classes_as_the_package(package):
+    code = (f"import {package}.connectors as c, kernel.operators as o; "
+            "names = ['FileSource', 'PartitionSource', 'RedisEntry', 'RedisStreamSource', 'ToFiles', "
+            "'ToRedisStream']; assert sorted(c.__all__) == names; "
+            "assert all(getattr(c, n) is getattr(o, n) for n in names); print('Map')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "Map\n"

@@ -381,6 +381,44 @@ def test_the_sink_writes_what_comes_after_its_writer_caught_up(client, url):
     assert [int(f["n"]) for _, f in entries(client, "out")] == list(range(30))
 
 
+class AcknowledgedNone(Operator):
+    """Passes records on to the sink after it, and fails the run when more
+    than `bound` of them went by while Redis had acknowledged none."""
+
+    def __init__(self, url: str, bound: int) -> None:
+        self.url, self.bound = url, bound
+
+    def open(self, context):
+        self.redis = redis.Redis.from_url(self.url)
+        self.passed = 0
+
+    def on_batch(self, port, batch):
+        self.passed += len(batch)
+        if self.passed > self.bound and self.redis.xlen("out") == 0:  # XLEN is a read: not paused
+            raise AssertionError(f"{self.passed} records went to the sink while Redis had acknowledged none")
+        self.emit([value for _, value in batch] if batch and isinstance(batch[0], tuple) else batch)
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_a_slow_redis_pauses_the_flow_in_bounded_memory(client, url, cores):
+    """Redis refuses writes for a second (`CLIENT PAUSE ... WRITE`) while a
+    fast source has 60,000 records for the sink: the sink's buffer stops at
+    4 batches, the flow pauses (on two kernels every record goes to one
+    kernel's sink, and the other kernel's source pauses as its ring to it
+    fills), and once Redis writes again every record arrives."""
+    n, batch = 60_000, 64
+    flow = Dataflow()
+    stream = flow.from_iterable(({"n": i} for i in range(n)), batch_size=batch)
+    if cores > 1:
+        stream = stream.key_by(lambda record: 0)  # all on one kernel: the other only sends
+    bound = 4 * batch + batch + (4 * batch if cores > 1 else 0)  # + what one read of a ring delivers
+    watched = stream.apply(lambda: AcknowledgedNone(url, bound), name="watch")
+    watched.to_redis_stream(url, "out", batch_size=batch)
+    client.execute_command("CLIENT", "PAUSE", 1000, "WRITE")
+    run(flow, cores=cores)
+    assert sorted(int(f["n"]) for _, f in entries(client, "out")) == list(range(n))
+
+
 def test_copying_a_stream_keeps_its_fields_and_maxlen_trims(client, url):
     fill(client, "src", range(300))
     flow = Dataflow()

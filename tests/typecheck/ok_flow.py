@@ -184,7 +184,8 @@ def stateful() -> tuple[Dataflow, dict[str, Collected[Any]]]:
     pairs = amounts.join(times, ttl=1.0)
     assert_type(pairs.collect().items, list[tuple[str, tuple[int, float]]])
     users = source.map(lambda e: e[0]).distinct()
-    assert_type(users, Stream[str])
+    assert_type(users.map(str.upper), Stream[str])  # a stream, with its late count:
+    assert_type(users.late_count.value, int)
     top = amounts.window(Tumbling(1.0)).top(1)
     assert_type(top, WindowResults[str, int, list[int]])
     return flow, {"totals": totals.collect(), "running": running.collect(), "pairs": pairs.collect(),
