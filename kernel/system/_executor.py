@@ -148,11 +148,18 @@ class ExecutorDaemon:
             await asyncio.sleep(RECONNECT)
 
     async def _heartbeat(self, session) -> None:
+        """A heartbeat a second, answered: a coordinator that does not answer
+        five (gone without a word: a cut cable) is dropped, and the executor
+        dials again until it is back."""
         while True:
             await asyncio.sleep(HEARTBEAT)
             try:
-                await session.notify("heartbeat")
+                await session.request("heartbeat", timeout=5 * HEARTBEAT)
             except ConnectionLost:
+                return
+            except TimeoutError:
+                log.warning("executor: the coordinator did not answer for %g s; reconnecting", 5 * HEARTBEAT)
+                await session.close()
                 return
 
     # -- the coordinator's requests ---------------------------------------------------

@@ -48,20 +48,27 @@ class System:
     """`start_coordinator()`, `start_executor(cores)`, `cli(...)`, `status()`;
     `close()` kills everything it started."""
 
-    def __init__(self, root: Path, secret: str = SECRET, options: list[str] = ()) -> None:
+    def __init__(self, root: Path, secret: str = SECRET, options: list[str] = (), switch=None) -> None:
         self.root = root
         self.options = list(options)  # after the command, for every process (--tls-cert ...)
-        self.port = free_port()
-        self.env = dict(os.environ, KERNEL_SECRET=secret, KERNEL_COORDINATOR=f"127.0.0.1:{self.port}")
+        # with a network-namespace Switch (tests/kernel/_netns.py): the coordinator
+        # and the CLI on host 0, executor n on host n
+        self.switch = switch
+        self.host = switch.addresses[0] if switch else "127.0.0.1"
+        self.port = 7700 if switch else free_port()
+        self.env = dict(os.environ, KERNEL_SECRET=secret, KERNEL_COORDINATOR=f"{self.host}:{self.port}")
         self.coordinator: subprocess.Popen | None = None
         self.executors: list[subprocess.Popen] = []
         self._started = 0
 
-    def _spawn(self, args: list[str], log: Path, env=None) -> subprocess.Popen:
+    def _on(self, host: int) -> list[str]:
+        return self.switch.exec_prefix(host) if self.switch else []
+
+    def _spawn(self, args: list[str], log: Path, env=None, host: int = 0) -> subprocess.Popen:
         out = open(log, "ab")
         try:
-            return subprocess.Popen([sys.executable, "-m", "kernel", *args, *self.options], stdout=out,
-                                    stderr=out, env=env or self.env, cwd=self.root)
+            return subprocess.Popen([*self._on(host), sys.executable, "-m", "kernel", *args, *self.options],
+                                    stdout=out, stderr=out, env=env or self.env, cwd=self.root)
         finally:
             out.close()
 
@@ -70,7 +77,7 @@ class System:
         return self.root / "coordinator.log"
 
     def start_coordinator(self, **extra_env) -> subprocess.Popen:
-        self.coordinator = self._spawn(["coordinator", "--listen", f"127.0.0.1:{self.port}",
+        self.coordinator = self._spawn(["coordinator", "--listen", f"{self.host}:{self.port}",
                                         "--data", str(self.root / "data")], self.coordinator_log,
                                        env=dict(self.env, **extra_env))
         wait_until(lambda: "coordinator listening" in self.coordinator_log.read_text(errors="replace"),
@@ -80,8 +87,10 @@ class System:
     def start_executor(self, cores: int = 2) -> subprocess.Popen:
         self._started += 1
         n = self._started
+        host = n if self.switch else 0
+        address = self.switch.addresses[host] if self.switch else "127.0.0.1"
         proc = self._spawn(["executor", "--cores", str(cores), "--workdir", str(self.root / f"executor{n}"),
-                            "--host", "127.0.0.1"], self.root / f"executor{n}.log")
+                            "--host", address], self.root / f"executor{n}.log", host=host)
         self.executors.append(proc)
         return proc
 
@@ -93,7 +102,7 @@ class System:
 
     def cli(self, *args, timeout: float = 60, env=None, options=None) -> subprocess.CompletedProcess:
         options = self.options if options is None else options
-        return subprocess.run([sys.executable, "-m", "kernel", *map(str, args), *options],
+        return subprocess.run([*self._on(0), sys.executable, "-m", "kernel", *map(str, args), *options],
                               capture_output=True, text=True, timeout=timeout, env=env or self.env,
                               cwd=self.root)
 
