@@ -393,3 +393,32 @@ def test_the_catalog_is_readable_as_data_from_a_program(system, tmp_path):
     assert len(json.loads(row["placement"])) == 1
     assert row["pipeline"] == hashlib.sha256(pipeline.read_bytes()).hexdigest()
     assert {e["id"] for e in catalog["executors"]} == {e["id"] for e in system.status()["executors"]}
+
+
+def test_executors_drop_a_silent_coordinator_and_come_back_when_it_answers_again(fresh, tmp_path):
+    fresh.coordinator.send_signal(signal.SIGSTOP)
+    try:
+        logs = [fresh.root / f"executor{n}.log" for n in (1, 2)]
+        wait_until(lambda: all("the coordinator did not answer for 5 s; reconnecting" in log.read_text()
+                               for log in logs), timeout=20, what="both executors to give up", every=0.2)
+    finally:
+        fresh.coordinator.send_signal(signal.SIGCONT)
+    fresh.executors_up(2)
+    pipeline = write(tmp_path / "noop.py", NOOP)
+    done = fresh.cli("submit", pipeline, "--wait")
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_streamkernel_script_is_python_m_kernel():
+    script = Path(sys.executable).parent / "streamkernel"
+    assert script.exists(), "pip install -e . installs the streamkernel script"
+    helped = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    for command in ("run", "coordinator", "executor", "submit", "status", "logs", "kill"):
+        assert f"    {command}" in helped.stdout
+    repo = Path(__file__).resolve().parents[2]
+    ran = subprocess.run([script, "run", repo / "examples/wordcount.py"], capture_output=True, text=True,
+                         timeout=60)
+    old = subprocess.run([sys.executable, "-m", "kernel.run", repo / "examples/wordcount.py"],
+                         capture_output=True, text=True, timeout=60)
+    assert ran.returncode == old.returncode == 0
+    assert sorted(ran.stdout.splitlines()) == sorted(old.stdout.splitlines()) and "the 6" in ran.stdout
