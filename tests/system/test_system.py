@@ -422,3 +422,26 @@ def test_the_streamkernel_script_is_python_m_kernel():
                          capture_output=True, text=True, timeout=60)
     assert ran.returncode == old.returncode == 0
     assert sorted(ran.stdout.splitlines()) == sorted(old.stdout.splitlines()) and "the 6" in ran.stdout
+
+
+def test_a_job_without_state_is_rescaled_to_the_cores_left(tmp_path):
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+        big, small = system.start_executor(cores=2), system.start_executor(cores=1)
+        system.executors_up(2)
+        out, count = tmp_path / "out", 3000
+        pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.001, count=count, out=str(out)))
+        job = system.cli("submit", pipeline, "--cores", "2").stdout.splitlines()[0]
+        wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
+        assert system.job(job)["placement"] == [system.executor_id(big)]
+        big.send_signal(signal.SIGKILL)
+        wait_until(lambda: system.job(job)["status"] in ("completed", "failed"), timeout=60,
+                   what="the rescaled job to end", every=0.2)
+        state = system.job(job)
+        assert (state["status"], state["restarts"], state["cores"]) == ("completed", 1, 1), state
+        assert state["placement"] == [system.executor_id(small)]
+        assert Counter(records(out)) == Counter(range(count))
+        assert "rescaled from 1 process(es) of 2 core(s) to 1 of 1" in system.coordinator_log.read_text()
+    finally:
+        system.close()
