@@ -373,7 +373,7 @@ class JobMaster:
         del self.connected[executor_id]
         self._spawn(self.executor_lost(executor_id, "its connection closed"))
 
-    async def watch(self, interval: float = 1.0) -> None:
+    async def watch(self, interval: float = 0.25) -> None:
         """Executors silent for `executor_timeout` are lost; after the
         adoption grace, so are those that never came back to a restarted
         coordinator (and their jobs restart)."""
