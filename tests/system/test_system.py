@@ -450,3 +450,32 @@ def test_a_job_without_state_is_rescaled_to_the_cores_left(tmp_path):
         assert "rescaled from 1 process(es) of 2 core(s) to 1 of 1" in system.coordinator_log.read_text()
     finally:
         system.close()
+
+
+def test_a_job_of_two_processes_with_a_state_dir_resumes_on_the_executors_left(tmp_path):
+    """Cluster snapshots (issue 16): the two-process job's executor killed
+    mid-run, it is placed again on two of the executors left, resumes from
+    its last complete epoch, and its output holds every record once."""
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+        for _ in range(3):
+            system.start_executor(cores=1)
+        system.executors_up(3)
+        out, count = tmp_path / "out", 3000
+        pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.002, count=count, out=str(out)))
+        job = system.cli("submit", pipeline, "--processes", "2", "--state-dir", tmp_path / "state",
+                         "--epoch-interval", "0.2").stdout.splitlines()[0]
+        wait_until(lambda: list(out.glob("part-*.jsonl")), what="a first complete epoch")
+        first = system.job(job)["placement"][0]
+        victim = next(p for p in system.executors if system.executor_id(p) == first)
+        victim.send_signal(signal.SIGKILL)
+        wait_until(lambda: system.job(job)["status"] in ("completed", "failed"), timeout=90,
+                   what="the restarted job to end", every=0.2)
+        state = system.job(job)
+        assert (state["status"], state["restarts"], state["processes"]) == ("completed", 1, 2), state
+        assert first not in state["placement"]
+        assert Counter(records(out)) == Counter(range(count))
+        assert "resuming from epoch" in system.cli("logs", job).stdout
+    finally:
+        system.close()
