@@ -2440,7 +2440,7 @@ def test_claim_the_system_lets_in_only_the_secret(tmp_path):
 @promise("A running system: coordinator, executors, jobs", "Restarts")
 def test_claim_a_job_whose_executor_is_lost_runs_again_within_seconds(tmp_path):
     """Its executor SIGKILLed, a running job is running again on the other
-    executor within a few seconds, its restart counted.
+    executor, its restart counted; the 24 ms is benches/RESULTS.md's.
     (tests/system/test_system.py::test_an_executor_killed_mid_run_the_job_restarts_and_writes_every_record_once
     checks the resumed output.)"""
     system = System(tmp_path)
@@ -2463,14 +2463,18 @@ def test_claim_a_job_whose_executor_is_lost_runs_again_within_seconds(tmp_path):
             return state["status"] == "running" and state["placement"] != [first]
 
         wait_until(elsewhere, timeout=10, what="the job running again elsewhere")
-        assert time.monotonic() - lost < 5.0
+        assert time.monotonic() - lost < 5.0  # (CLI polls included; the figure is the bench's)
         assert system.job(job)["restarts"] == 1
         assert system.cli("kill", job).returncode == 0
     finally:
         system.close()
+    results = RESULTS.read_text()
+    assert "| restart after a lost executor (SIGKILL to running elsewhere) | 24 ms |" in results
+    assert "--quick" in (ROOT / "benches" / "system.py").read_text()
 
 
-# == Loops (issue 20) ============================================================================
+# == Loops (issue 20) =====================================================================
+
 
 LOOPS = "Loops"
 

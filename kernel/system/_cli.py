@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", required=True, metavar="HOST:PORT")
     p.add_argument("--data", default="kernel-coordinator", metavar="DIR",
                    help="where the catalog (SQLite) is kept (default: ./kernel-coordinator)")
+    p.add_argument("--executor-timeout", type=float, default=5.0, metavar="S",
+                   help="an executor silent this long is lost, and its jobs restart (default 5)")
     _common(p, coordinator=False)
     p = commands.add_parser("executor", help="run job processes on this machine")
     p.add_argument("--cores", type=int, required=True, metavar="N", help="cores this executor offers")
@@ -88,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="pipelines, logs and job directories (default: ./kernel-executor)")
     p.add_argument("--host", default=None, metavar="NAME",
                    help="the name or address other machines reach this one by (default: the host name)")
+    p.add_argument("--heartbeat", type=float, default=1.0, metavar="S",
+                   help="seconds between heartbeats; a coordinator that leaves 5 unanswered is dialled "
+                        "again (default 1)")
     _common(p)
     p = commands.add_parser("submit", help="submit a pipeline file as a job; prints the job id first")
     p.add_argument("pipeline", metavar="FILE[:NAME]")
@@ -155,7 +160,10 @@ async def _command(args) -> int:
 
         _configure_logging()
         host, port = _address(args.listen, "--listen")
-        await serve(host, port, secret, args.data, tls=tls)
+        if not args.executor_timeout > 0:
+            raise _Usage("--executor-timeout must be a positive number of seconds")
+        await serve(host, port, secret, args.data, tls=tls, executor_timeout=args.executor_timeout,
+                    adopt_grace=args.executor_timeout)
         return 0
     address = _address(args.coordinator, "--coordinator")
     if args.command == "executor":
@@ -163,8 +171,11 @@ async def _command(args) -> int:
 
         if args.cores < 1:
             raise _Usage("--cores must be at least 1")
+        if not args.heartbeat > 0:
+            raise _Usage("--heartbeat must be a positive number of seconds")
         _configure_logging()
-        daemon = ExecutorDaemon(address, secret, args.cores, args.workdir, args.host, tls=tls)
+        daemon = ExecutorDaemon(address, secret, args.cores, args.workdir, args.host, tls=tls,
+                                heartbeat=args.heartbeat)
         try:
             await daemon.run()
         finally:

@@ -17,7 +17,7 @@ RECONNECT_FOR = 30.0  # seconds `submit --wait` waits for a coordinator that wen
 
 
 class Client:
-    def __init__(self, address: tuple[str, int], secret: bytes, tls=None, timeout: float = 5.0) -> None:
+    def __init__(self, address: tuple[str, int], secret: bytes, tls=None, timeout: float = 2.0) -> None:
         self.address, self.secret, self.tls, self.timeout = address, secret, tls, timeout
         self._session = self._http = self._reader = None
 

@@ -1,7 +1,7 @@
 """`python -m kernel executor --coordinator HOST:PORT --cores N [--workdir DIR] [--host NAME]`.
 
 Registers with the coordinator and keeps its connection: a heartbeat every
-HEARTBEAT seconds, its processes' exits as they happen. On request it
+`--heartbeat` seconds (1), its processes' exits as they happen. On request it
 starts a job's process (`python -m kernel run FILE:FLOW --cores N ...`,
 with `--process-id`/`--peers` when the job has several), stops one, finds
 a free port for one, and serves its log.
@@ -37,7 +37,8 @@ from kernel.system._wire import EXECUTOR, ConnectionLost, RequestError, dial
 
 log = logging.getLogger("kernel.system")
 
-HEARTBEAT = 1.0
+HEARTBEAT = 1.0  # seconds between heartbeats (--heartbeat)
+SILENT_BEATS = 5  # heartbeats a coordinator may leave unanswered before it is dropped
 RECONNECT = 0.5
 STOP_GRACE = 3.0  # seconds between SIGINT and SIGKILL when stopping a process
 _LOG_CHUNK = 1 << 20
@@ -61,13 +62,17 @@ class JobProcess:
                 "code": self.code, "error": self.error}
 
 
-def _die_with_executor() -> None:
+def _job_process_setup() -> None:
     """In the job process before exec: SIGKILL it when the executor dies
-    (even by SIGKILL), as the kernels die with their launcher."""
+    (even by SIGKILL), as the kernels die with their launcher; and let
+    SIGINT stop it (Ctrl-C's way, what `stop` sends first) even when the
+    executor was started with SIGINT ignored (a shell's background job),
+    which an exec would pass on."""
     import ctypes
 
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def last_error(path: Path, start: int) -> str | None:
@@ -84,8 +89,9 @@ def last_error(path: Path, start: int) -> str | None:
 
 class ExecutorDaemon:
     def __init__(self, address: tuple[str, int], secret: bytes, cores: int, workdir: str | Path,
-                 host: str | None = None, tls=None) -> None:
+                 host: str | None = None, tls=None, heartbeat: float = HEARTBEAT) -> None:
         self.address = address
+        self.heartbeat = heartbeat
         self.secret = secret
         self.cores = cores
         self.workdir = Path(workdir).resolve()
@@ -148,11 +154,19 @@ class ExecutorDaemon:
             await asyncio.sleep(RECONNECT)
 
     async def _heartbeat(self, session) -> None:
+        """Heartbeats, answered: a coordinator that leaves SILENT_BEATS
+        unanswered (gone without a word: a cut cable) is dropped, and the
+        executor dials again until it is back."""
+        silence = SILENT_BEATS * self.heartbeat
         while True:
-            await asyncio.sleep(HEARTBEAT)
+            await asyncio.sleep(self.heartbeat)
             try:
-                await session.notify("heartbeat")
+                await session.request("heartbeat", timeout=silence)
             except ConnectionLost:
+                return
+            except TimeoutError:
+                log.warning("executor: the coordinator did not answer for %g s; reconnecting", silence)
+                await session.close()
                 return
 
     # -- the coordinator's requests ---------------------------------------------------
@@ -206,7 +220,7 @@ class ExecutorDaemon:
             start = out.tell()
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, cwd=run_dir, env=env,
-                start_new_session=True, preexec_fn=_die_with_executor)
+                start_new_session=True, preexec_fn=_job_process_setup)
         entry = JobProcess(job, attempt, process, proc, log_path, start)
         self.processes[key] = entry
         log.info("executor: started %s attempt %d process %d (pid %d)", job, attempt, process, proc.pid)

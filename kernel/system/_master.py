@@ -148,29 +148,38 @@ class JobMaster:
                 if self._place(job) is not None:
                     self._spawn(self._launch(job.id))
 
-    def _place(self, job: Job) -> list[str] | None:
+    def _place(self, job: Job) -> tuple[list[str], int] | None:
+        """(executors, cores per process) for the job now, or None: it waits.
+        A restarting job without a state_dir starts over, so it may be
+        rescaled to what is left: fewer processes, fewer cores each."""
         up = [e for e in self.connected if self.free_cores(e) >= job.cores]
         if job.executors:
-            return list(job.executors) if all(e in up for e in job.executors) else None
+            return (list(job.executors), job.cores) if all(e in up for e in job.executors) else None
         up.sort(key=lambda e: (-self.free_cores(e), self.executors[e].registered))
         if len(up) >= job.processes:
-            return up[: job.processes]
-        if job.status == "restarting" and job.state_dir is None and up:
-            return up  # rescaled: a job without state starts over on what is left
-        return None
+            return up[: job.processes], job.cores
+        if job.status != "restarting" or job.state_dir is not None:
+            return None
+        some = sorted((e for e in self.connected if self.free_cores(e) >= 1),
+                      key=lambda e: (-self.free_cores(e), self.executors[e].registered))[: job.processes]
+        if not some:
+            return None
+        return some, min(job.cores, *(self.free_cores(e) for e in some))
 
     async def _launch(self, job_id: str) -> None:
         job = self.jobs[job_id]
         async with self._lock(job_id):
             if job.status not in ("submitted", "restarting"):
                 return
-            chosen = self._place(job)
-            if chosen is None:
+            placed = self._place(job)
+            if placed is None:
                 return
-            if len(chosen) != job.processes:
-                log.warning("%s: rescaled from %d to %d process(es): only %d executor(s) have room",
-                            job.id, job.processes, len(chosen), len(chosen))
-                job.processes = len(chosen)
+            chosen, cores = placed
+            if (len(chosen), cores) != (job.processes, job.cores):
+                log.warning("%s: rescaled from %d process(es) of %d core(s) to %d of %d: that is what "
+                            "the executors left have room for", job.id, job.processes, job.cores,
+                            len(chosen), cores)
+                job.processes, job.cores = len(chosen), cores
             job.attempt += 1
             job.status = "starting"
             job.placement = [{"executor": e, "host": self.executors[e].host, "port": None} for e in chosen]
@@ -364,7 +373,7 @@ class JobMaster:
         del self.connected[executor_id]
         self._spawn(self.executor_lost(executor_id, "its connection closed"))
 
-    async def watch(self, interval: float = 1.0) -> None:
+    async def watch(self, interval: float = 0.25) -> None:
         """Executors silent for `executor_timeout` are lost; after the
         adoption grace, so are those that never came back to a restarted
         coordinator (and their jobs restart)."""

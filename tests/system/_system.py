@@ -3,6 +3,7 @@ as a user runs it, for the system's tests and benchmarks."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -13,6 +14,10 @@ import time
 from pathlib import Path
 
 SECRET = "system-test-secret"
+# Shorter than the defaults (5 s, 1 s), so that losses are seen in ~2 s:
+# 5 missed heartbeats either way, as with the defaults.
+EXECUTOR_TIMEOUT = 2.0
+HEARTBEAT = 0.4
 
 
 def free_port() -> int:
@@ -48,20 +53,32 @@ class System:
     """`start_coordinator()`, `start_executor(cores)`, `cli(...)`, `status()`;
     `close()` kills everything it started."""
 
-    def __init__(self, root: Path, secret: str = SECRET, options: list[str] = ()) -> None:
+    def __init__(self, root: Path, secret: str = SECRET, options: list[str] = (), switch=None) -> None:
         self.root = root
         self.options = list(options)  # after the command, for every process (--tls-cert ...)
-        self.port = free_port()
-        self.env = dict(os.environ, KERNEL_SECRET=secret, KERNEL_COORDINATOR=f"127.0.0.1:{self.port}")
+        # with a network-namespace Switch (tests/kernel/_netns.py): the coordinator
+        # and the CLI on host 0, executor n on host n
+        self.switch = switch
+        self.host = switch.addresses[0] if switch else "127.0.0.1"
+        self.port = 7700 if switch else free_port()
+        self.env = dict(os.environ, KERNEL_SECRET=secret, KERNEL_COORDINATOR=f"{self.host}:{self.port}")
         self.coordinator: subprocess.Popen | None = None
         self.executors: list[subprocess.Popen] = []
         self._started = 0
 
-    def _spawn(self, args: list[str], log: Path, env=None) -> subprocess.Popen:
+    def _on(self, host: int) -> list[str]:
+        return self.switch.exec_prefix(host) if self.switch else []
+
+    def _spawn(self, args: list[str], log: Path, env=None, host: int = 0,
+               ignore_sigint: bool = False) -> subprocess.Popen:
         out = open(log, "ab")
         try:
-            return subprocess.Popen([sys.executable, "-m", "kernel", *args, *self.options], stdout=out,
-                                    stderr=out, env=env or self.env, cwd=self.root)
+            # an executor as a shell's background job starts it: SIGINT ignored
+            # (which its job processes must not inherit)
+            setup = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
+            return subprocess.Popen([*self._on(host), sys.executable, "-m", "kernel", *args, *self.options],
+                                    stdout=out, stderr=out, env=env or self.env, cwd=self.root,
+                                    preexec_fn=setup)
         finally:
             out.close()
 
@@ -70,7 +87,8 @@ class System:
         return self.root / "coordinator.log"
 
     def start_coordinator(self, **extra_env) -> subprocess.Popen:
-        self.coordinator = self._spawn(["coordinator", "--listen", f"127.0.0.1:{self.port}",
+        self.coordinator = self._spawn(["coordinator", "--listen", f"{self.host}:{self.port}",
+                                        "--executor-timeout", str(EXECUTOR_TIMEOUT),
                                         "--data", str(self.root / "data")], self.coordinator_log,
                                        env=dict(self.env, **extra_env))
         wait_until(lambda: "coordinator listening" in self.coordinator_log.read_text(errors="replace"),
@@ -80,8 +98,11 @@ class System:
     def start_executor(self, cores: int = 2) -> subprocess.Popen:
         self._started += 1
         n = self._started
+        host = n if self.switch else 0
+        address = self.switch.addresses[host] if self.switch else "127.0.0.1"
         proc = self._spawn(["executor", "--cores", str(cores), "--workdir", str(self.root / f"executor{n}"),
-                            "--host", "127.0.0.1"], self.root / f"executor{n}.log")
+                            "--host", address, "--heartbeat", str(HEARTBEAT)], self.root / f"executor{n}.log",
+                           host=host, ignore_sigint=True)
         self.executors.append(proc)
         return proc
 
@@ -93,14 +114,30 @@ class System:
 
     def cli(self, *args, timeout: float = 60, env=None, options=None) -> subprocess.CompletedProcess:
         options = self.options if options is None else options
-        return subprocess.run([sys.executable, "-m", "kernel", *map(str, args), *options],
+        return subprocess.run([*self._on(0), sys.executable, "-m", "kernel", *map(str, args), *options],
                               capture_output=True, text=True, timeout=timeout, env=env or self.env,
                               cwd=self.root)
 
     def status(self) -> dict:
-        done = self.cli("status", "--json")
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
+        """`status --json`'s answer, asked from this process (a CLI process
+        per poll would cost ~0.3 s of start-up each; tests run the CLI itself)."""
+        if self.switch is not None:  # (the coordinator is on a host of its own)
+            done = self.cli("status", "--json")
+            assert done.returncode == 0, done.stderr
+            return json.loads(done.stdout)
+        from kernel.net._relay import TLSFiles
+
+        from kernel.system import Client
+
+        options = dict(zip(self.options[::2], self.options[1::2]))
+        tls = TLSFiles(options["--tls-cert"], options["--tls-key"], options.get("--tls-ca")) \
+            if "--tls-cert" in options else None
+
+        async def ask():
+            async with Client((self.host, self.port), self.env["KERNEL_SECRET"].encode(), tls) as client:
+                return await client.request("status")
+
+        return asyncio.run(ask())
 
     def job(self, job_id: str) -> dict:
         return next(j for j in self.status()["jobs"] if j["id"] == job_id)

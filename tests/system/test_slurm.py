@@ -18,6 +18,8 @@ from collections import Counter
 
 import pytest
 from _system import free_port, wait_until
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kernel.cli._resource_managers import (
     ResourceManagerError,
@@ -152,3 +154,23 @@ def test_the_cli_says_what_is_missing_outside_slurm(tmp_path):
     both = subprocess.run([sys.executable, "-m", "kernel", "run", str(pipeline), "--slurm", "--peers", "a:1"],
                           capture_output=True, text=True, timeout=60, env=env)
     assert both.returncode == 2 and "take the place of --process-id and --peers" in both.stderr
+
+
+@given(st.lists(st.tuples(st.sampled_from(["node", "gpu", "rack-a", "x"]), st.integers(1, 3),
+                          st.sets(st.integers(0, 120), min_size=1, max_size=12)), min_size=1, max_size=4))
+def test_hostlists_expand_to_what_they_abbreviate(groups):
+    """Hostlists written from sets of numbered hosts (runs of consecutive
+    numbers as ranges, zero-padded to a width) expand back to those hosts,
+    in order: the reference is the plain list."""
+    text, expected = [], []
+    for prefix, width, numbers in groups:
+        ordered = sorted(numbers)
+        runs, start = [], ordered[0]
+        for previous, n in zip(ordered, [*ordered[1:], None]):
+            if n != previous + 1:
+                first, last = f"{start:0{width}d}", f"{previous:0{width}d}"
+                runs.append(first if start == previous else f"{first}-{last}")
+                start = n
+        text.append(f"{prefix}[{','.join(runs)}]")
+        expected += [f"{prefix}{n:0{width}d}" for n in ordered]
+    assert expand_hostlist(",".join(text)) == expected

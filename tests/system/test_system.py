@@ -6,12 +6,15 @@ Results are checked against plain Python; failures are caused for real
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -142,8 +145,12 @@ def test_kill_stops_a_job_and_frees_its_cores(system, tmp_path):
     assert free[executor] == 0
     procs = {system.executor_id(p): p for p in system.executors}
     assert len(descendants(procs[executor].pid)) > 1  # the job's processes
+    started = time.monotonic()
     done = system.cli("kill", job)
     assert done.returncode == 0 and done.stdout.strip() == f"{job} killed"
+    # stopped by SIGINT, as Ctrl-C stops `kernel run` (not by the SIGKILL 3 s later)
+    assert time.monotonic() - started < 3.0
+    assert system.cli("logs", job).stdout.splitlines()[-1] == "interrupted"
     assert system.job(job)["status"] == "killed"
     assert {e["id"]: e["free"] for e in system.status()["executors"]}[executor] == 2
     assert descendants(procs[executor].pid) == [procs[executor].pid]  # nothing left running
@@ -318,3 +325,157 @@ def test_an_authenticated_client_sending_garbage_is_closed_and_nothing_changes(s
     assert "sent a malformed message (not a JSON object); closing the connection" in \
         system.coordinator_log.read_text()
     assert system.status()["jobs"] == before["jobs"]
+
+
+def test_a_silent_executor_is_lost_its_job_restarts_and_its_stale_process_is_stopped_later(fresh, tmp_path):
+    """SIGSTOP: the executor's connection stays open but its heartbeats
+    stop (as behind a cut cable); after SIGCONT it reconnects, lists the
+    process it still runs, and is told to stop it."""
+    pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.01, count=10**9, out=str(tmp_path / "o")))
+    job = fresh.cli("submit", pipeline).stdout.splitlines()[0]
+    wait_until(lambda: fresh.job(job)["status"] == "running", what="the job to run")
+    (first,) = fresh.job(job)["placement"]
+    silent = next(p for p in fresh.executors if fresh.executor_id(p) == first)
+    silent.send_signal(signal.SIGSTOP)
+    try:
+        def elsewhere():
+            state = fresh.job(job)
+            return state["status"] == "running" and state["placement"] != [first]
+
+        wait_until(elsewhere, timeout=20, what="the job to run on the other executor", every=0.2)
+        assert len(descendants(silent.pid)) > 1  # its process of attempt 1 still runs
+    finally:
+        silent.send_signal(signal.SIGCONT)
+    wait_until(lambda: descendants(silent.pid) == [silent.pid], timeout=20,
+               what="the stale process to be stopped", every=0.1)
+    state = fresh.job(job)
+    assert (state["status"], state["restarts"], state["attempt"]) == ("running", 1, 2)
+    assert "silent for" in fresh.coordinator_log.read_text()
+    assert fresh.cli("kill", job).returncode == 0
+
+
+def test_a_killed_job_process_is_restarted(system, tmp_path):
+    pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.01, count=10**9, out=str(tmp_path / "o")))
+    job = system.cli("submit", pipeline).stdout.splitlines()[0]
+    wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
+    (executor,) = system.job(job)["placement"]
+    proc = next(p for p in system.executors if system.executor_id(p) == executor)
+    launcher = wait_until(lambda: descendants(proc.pid)[1:2], what="the job's process")[0]
+    os.kill(launcher, signal.SIGKILL)
+    wait_until(lambda: system.job(job)["attempt"] == 2 and system.job(job)["status"] == "running",
+               what="the job to run again")
+    state = system.job(job)
+    assert state["restarts"] == 1 and "was killed (exit -9)" in state["message"]
+    assert system.cli("kill", job).returncode == 0
+
+
+def test_a_job_of_two_processes_whose_function_raises_is_failed_with_its_message(system, tmp_path):
+    pipeline = write(tmp_path / "mod7.py", EXACT.format(out=str(tmp_path / "out")))
+    done = system.cli("submit", f"{pipeline}:bad", "--processes", "2", "--wait")
+    assert done.returncode == 1
+    state = system.job(done.stdout.splitlines()[0])
+    assert (state["status"], state["restarts"]) == ("failed", 0)
+    assert "ValueError: bad record 7" in state["message"]
+
+
+def test_the_catalog_is_readable_as_data_from_a_program(system, tmp_path):
+    from kernel.system import Client, RequestError
+
+    pipeline = write(tmp_path / "mod7.py", EXACT.format(out=str(tmp_path / "out")))
+    job = system.cli("submit", pipeline, "--wait").stdout.splitlines()[0]
+
+    async def read():
+        async with Client(("127.0.0.1", system.port), b"system-test-secret") as client:
+            catalog = await client.request("catalog")
+            with pytest.raises(RequestError, match="unknown request 'drop tables'"):
+                await client.request("drop tables")
+            return catalog
+
+    catalog = asyncio.run(read())
+    assert set(catalog) == {"executors", "jobs", "topics", "publications", "subscriptions"}
+    row = next(r for r in catalog["jobs"] if r["id"] == job)
+    assert row["status"] == "completed" and row["name"] == "mod7.py:flow"
+    assert len(json.loads(row["placement"])) == 1
+    assert row["pipeline"] == hashlib.sha256(pipeline.read_bytes()).hexdigest()
+    assert {e["id"] for e in catalog["executors"]} == {e["id"] for e in system.status()["executors"]}
+
+
+def test_executors_drop_a_silent_coordinator_and_come_back_when_it_answers_again(fresh, tmp_path):
+    fresh.coordinator.send_signal(signal.SIGSTOP)
+    try:
+        logs = [fresh.root / f"executor{n}.log" for n in (1, 2)]
+        wait_until(lambda: all("the coordinator did not answer for 2 s; reconnecting" in log.read_text()
+                               for log in logs), timeout=20, what="both executors to give up", every=0.2)
+    finally:
+        fresh.coordinator.send_signal(signal.SIGCONT)
+    fresh.executors_up(2)
+    pipeline = write(tmp_path / "noop.py", NOOP)
+    done = fresh.cli("submit", pipeline, "--wait")
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_streamkernel_script_is_python_m_kernel():
+    script = Path(sys.executable).parent / "streamkernel"
+    assert script.exists(), "pip install -e . installs the streamkernel script"
+    helped = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    for command in ("run", "coordinator", "executor", "submit", "status", "logs", "kill"):
+        assert f"    {command}" in helped.stdout
+    repo = Path(__file__).resolve().parents[2]
+    ran = subprocess.run([script, "run", repo / "examples/wordcount.py"], capture_output=True, text=True,
+                         timeout=60)
+    old = subprocess.run([sys.executable, "-m", "kernel.run", repo / "examples/wordcount.py"],
+                         capture_output=True, text=True, timeout=60)
+    assert ran.returncode == old.returncode == 0
+    assert sorted(ran.stdout.splitlines()) == sorted(old.stdout.splitlines()) and "the 6" in ran.stdout
+
+
+def test_a_job_without_state_is_rescaled_to_the_cores_left(tmp_path):
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+        big, small = system.start_executor(cores=2), system.start_executor(cores=1)
+        system.executors_up(2)
+        out, count = tmp_path / "out", 3000
+        pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.001, count=count, out=str(out)))
+        job = system.cli("submit", pipeline, "--cores", "2").stdout.splitlines()[0]
+        wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
+        assert system.job(job)["placement"] == [system.executor_id(big)]
+        big.send_signal(signal.SIGKILL)
+        wait_until(lambda: system.job(job)["status"] in ("completed", "failed"), timeout=60,
+                   what="the rescaled job to end", every=0.2)
+        state = system.job(job)
+        assert (state["status"], state["restarts"], state["cores"]) == ("completed", 1, 1), state
+        assert state["placement"] == [system.executor_id(small)]
+        assert Counter(records(out)) == Counter(range(count))
+        assert "rescaled from 1 process(es) of 2 core(s) to 1 of 1" in system.coordinator_log.read_text()
+    finally:
+        system.close()
+
+
+def test_a_job_of_two_processes_with_a_state_dir_resumes_on_the_executors_left(tmp_path):
+    """Cluster snapshots (issue 16): the two-process job's executor killed
+    mid-run, it is placed again on two of the executors left, resumes from
+    its last complete epoch, and its output holds every record once."""
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+        for _ in range(3):
+            system.start_executor(cores=1)
+        system.executors_up(3)
+        out, count = tmp_path / "out", 3000
+        pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.002, count=count, out=str(out)))
+        job = system.cli("submit", pipeline, "--processes", "2", "--state-dir", tmp_path / "state",
+                         "--epoch-interval", "0.2").stdout.splitlines()[0]
+        wait_until(lambda: list(out.glob("part-*.jsonl")), what="a first complete epoch")
+        first = system.job(job)["placement"][0]
+        victim = next(p for p in system.executors if system.executor_id(p) == first)
+        victim.send_signal(signal.SIGKILL)
+        wait_until(lambda: system.job(job)["status"] in ("completed", "failed"), timeout=90,
+                   what="the restarted job to end", every=0.2)
+        state = system.job(job)
+        assert (state["status"], state["restarts"], state["processes"]) == ("completed", 1, 2), state
+        assert first not in state["placement"]
+        assert Counter(records(out)) == Counter(range(count))
+        assert "resuming from epoch" in system.cli("logs", job).stdout
+    finally:
+        system.close()

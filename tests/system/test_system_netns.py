@@ -1,0 +1,89 @@
+"""The system on network-namespace "hosts" (tests/kernel/_netns.py: one
+switch, an address each): the coordinator and the CLI on 10.231.0.1,
+executors on .2 and .3, so a job's processes link across the switch as on
+machines of their own; a pulled cable makes the executor behind it lost
+(no close, only silence), its job restarts on the other host, and once the
+cable is back the stale process is stopped."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from _system import System, descendants, wait_until
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernel"))
+from _netns import Switch
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    switch = Switch(3).open()  # (root is needed: the tests fail, not skip, without it)
+    system = System(tmp_path, switch=switch)
+    try:
+        system.start_coordinator()
+        system.start_executor(cores=1)
+        system.start_executor(cores=1)
+        system.executors_up(2)
+        yield system
+    finally:
+        system.close()
+        switch.close()
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_a_job_on_two_hosts_completes_with_exact_results(hosts, tmp_path):
+    out = tmp_path / "out"
+    pipeline = write(tmp_path / "words.py", f"""\
+        from kernel import Dataflow
+
+        flow = Dataflow("words")
+        words = flow.from_iterable([f"w{{n % 13}} w{{n % 5}}" for n in range(5000)], batch_size=100)
+        words.flat_map(str.split).key_by(lambda w: w).count().to_files({str(out)!r})
+        """)
+    done = hosts.cli("submit", pipeline, "--processes", "2", "--wait")
+    assert done.returncode == 0, done.stderr
+    expected = Counter(w for n in range(5000) for w in (f"w{n % 13}", f"w{n % 5}"))
+    got = [tuple(json.loads(line)) for f in sorted(out.glob("part-*.jsonl"))
+           for line in f.read_text().splitlines()]
+    assert sorted(got) == sorted(expected.items())
+    state = hosts.job(done.stdout.splitlines()[0])
+    assert sorted(state["placement"]) == sorted(e["id"] for e in hosts.status()["executors"])
+
+
+def test_a_pulled_cable_loses_the_executor_and_its_job_restarts_on_the_other_host(hosts, tmp_path):
+    pipeline = write(tmp_path / "endless.py", """\
+        import time
+        from kernel import Dataflow
+
+        flow = Dataflow("endless")
+        flow.from_iterable(range(10**9)).map(lambda n: time.sleep(0.01) or n).sink(id)
+        """)
+    job = hosts.cli("submit", pipeline).stdout.splitlines()[0]
+    wait_until(lambda: hosts.job(job)["status"] == "running", what="the job to run")
+    (first,) = hosts.job(job)["placement"]
+    behind = next(i for i, p in enumerate(hosts.executors) if hosts.executor_id(p) == first)
+    hosts.switch.cut(behind + 1)
+
+    def elsewhere():
+        state = hosts.job(job)
+        return state["status"] == "running" and state["placement"] != [first]
+
+    wait_until(elsewhere, timeout=30, what="the job to run on the other host", every=0.2)
+    assert "silent for" in hosts.coordinator_log.read_text()
+    stale = hosts.executors[behind]
+    assert len(descendants(stale.pid)) > 1  # cut off, its process still runs
+    subprocess.run(["ip", "-n", hosts.switch.hub, "link", "set", f"v{behind + 1}", "up"], check=True)
+    wait_until(lambda: descendants(stale.pid) == [stale.pid], timeout=30,
+               what="the stale process to be stopped once the cable is back", every=0.2)
+    assert hosts.job(job)["restarts"] == 1
+    assert hosts.cli("kill", job).returncode == 0
