@@ -83,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="where the catalog (SQLite) is kept (default: ./kernel-coordinator)")
     p.add_argument("--executor-timeout", type=float, default=5.0, metavar="S",
                    help="an executor silent this long is lost, and its jobs restart (default 5)")
+    p.add_argument("--dashboard", default=None, metavar="HOST:PORT",
+                   help="serve the system's dashboard (executors, jobs, topics) there")
     _common(p, coordinator=False)
     p = commands.add_parser("executor", help="run job processes on this machine")
     p.add_argument("--cores", type=int, required=True, metavar="N", help="cores this executor offers")
@@ -90,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="pipelines, logs and job directories (default: ./kernel-executor)")
     p.add_argument("--host", default=None, metavar="NAME",
                    help="the name or address other machines reach this one by (default: the host name)")
+    p.add_argument("--dashboard-host", default="127.0.0.1", metavar="HOST",
+                   help="each job process serves its dashboard on a free port of this address "
+                        "(default 127.0.0.1); the system's dashboard links to it")
+    p.add_argument("--no-dashboard", action="store_true", help="job processes serve no dashboard")
     p.add_argument("--heartbeat", type=float, default=1.0, metavar="S",
                    help="seconds between heartbeats; a coordinator that leaves 5 unanswered is dialled "
                         "again (default 1)")
@@ -162,8 +168,9 @@ async def _command(args) -> int:
         host, port = _address(args.listen, "--listen")
         if not args.executor_timeout > 0:
             raise _Usage("--executor-timeout must be a positive number of seconds")
+        dashboard = None if args.dashboard is None else _address(args.dashboard, "--dashboard")
         await serve(host, port, secret, args.data, tls=tls, executor_timeout=args.executor_timeout,
-                    adopt_grace=args.executor_timeout)
+                    adopt_grace=args.executor_timeout, dashboard=dashboard)
         return 0
     address = _address(args.coordinator, "--coordinator")
     if args.command == "executor":
@@ -175,7 +182,8 @@ async def _command(args) -> int:
             raise _Usage("--heartbeat must be a positive number of seconds")
         _configure_logging()
         daemon = ExecutorDaemon(address, secret, args.cores, args.workdir, args.host, tls=tls,
-                                heartbeat=args.heartbeat)
+                                heartbeat=args.heartbeat,
+                                dashboard_host=None if args.no_dashboard else args.dashboard_host)
         try:
             await daemon.run()
         finally:

@@ -147,9 +147,24 @@ class CoordinatorServer(AuthenticatedServer):
         return {"chunks": chunks, "unreachable": missing, "status": job.status}
 
 
+def system_state(master: JobMaster, catalog: Catalog) -> dict:
+    """What the system's dashboard shows: the job master's status, each
+    topic with its publishing job and the jobs subscribed to it."""
+    state = master.status()
+    subscribers: dict[str, set] = {}
+    for row in catalog.table("subscriptions"):
+        subscribers.setdefault(row["topic"], set()).add(row["job"])
+    state["topics"] = [{**topic, "publisher": topic.get("job"),
+                        "subscribers": sorted(subscribers.get(topic.get("name"), ()))}
+                       for topic in state["topics"]]
+    return state
+
+
 async def serve(host: str, port: int, secret: bytes, data_dir: str | Path, *, tls=None,
-                ready=None, adopt_grace: float = 5.0, executor_timeout: float = 5.0) -> None:
-    """Run a coordinator until cancelled. `ready(port)` is called once it listens."""
+                ready=None, adopt_grace: float = 5.0, executor_timeout: float = 5.0,
+                dashboard: tuple[str, int] | None = None) -> None:
+    """Run a coordinator until cancelled. `ready(port)` is called once it
+    listens; `dashboard` (host, port): serve the system's dashboard there."""
     catalog = Catalog(data_dir)
     master = JobMaster(catalog, adopt_grace=adopt_grace, executor_timeout=executor_timeout)
     server = CoordinatorServer(host, port, secret, master,
@@ -159,10 +174,18 @@ async def serve(host: str, port: int, secret: bytes, data_dir: str | Path, *, tl
     if ready is not None:
         ready(server.port)
     watcher = asyncio.ensure_future(master.watch())
+    page = None
     try:
+        if dashboard is not None:
+            from kernel.system._dashboard import serve_dashboard
+
+            page = await serve_dashboard(*dashboard, lambda: system_state(master, catalog))
+            log.info("coordinator dashboard on http://%s:%d/", *dashboard)
         master.reconcile()
         await asyncio.Future()
     finally:
+        if page is not None:
+            await page.cleanup()
         watcher.cancel()
         await master.close()
         await server.stop()

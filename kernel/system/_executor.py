@@ -89,8 +89,11 @@ def last_error(path: Path, start: int) -> str | None:
 
 class ExecutorDaemon:
     def __init__(self, address: tuple[str, int], secret: bytes, cores: int, workdir: str | Path,
-                 host: str | None = None, tls=None, heartbeat: float = HEARTBEAT) -> None:
+                 host: str | None = None, tls=None, heartbeat: float = HEARTBEAT,
+                 dashboard_host: str | None = None) -> None:
         self.address = address
+        # each job process serves its dashboard (and /metrics) on a free port of this address
+        self.dashboard_host = dashboard_host
         self.heartbeat = heartbeat
         self.secret = secret
         self.cores = cores
@@ -208,6 +211,11 @@ class ExecutorDaemon:
             argv += ["--epoch-interval", str(m["epoch_interval"])]
         if m.get("peers"):
             argv += ["--process-id", str(process), "--peers", m["peers"]]
+        dashboard = None
+        if self.dashboard_host is not None:
+            host = self.dashboard_host
+            dashboard = f"{f'[{host}]' if ':' in host else host}:{_free_port(host)}"
+            argv += ["--dashboard", dashboard]
         log_path = self.workdir / "logs" / f"{job}.log"
         run_dir = self.workdir / "jobs" / job
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -227,7 +235,7 @@ class ExecutorDaemon:
         task = asyncio.ensure_future(self._follow(entry))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return {"pid": proc.pid}
+        return {"pid": proc.pid, "dashboard": None if dashboard is None else f"http://{dashboard}/"}
 
     async def _follow(self, entry: JobProcess) -> None:
         entry.code = await entry.proc.wait()

@@ -200,11 +200,13 @@ class JobMaster:
                     peers = ",".join(f"{_host(p['host'])}:{p['port']}" for p in job.placement)
                 else:
                     peers = None
-                await asyncio.gather(*(s.request(
+                started = await asyncio.gather(*(s.request(
                     "start", job=job.id, attempt=attempt, process=i, peers=peers, flow=job.flow,
                     filename=filename, content=content.decode(), digest=job.pipeline, cores=job.cores,
                     state_dir=job.state_dir, epoch_interval=job.epoch_interval)
                     for i, s in enumerate(sessions)))
+                for place, reply in zip(job.placement, started):
+                    place["dashboard"] = reply.get("dashboard")  # the process's own page, if any
             except (ConnectionLost, RequestError, TimeoutError) as exc:
                 return await self._restart_locked(job, attempt, f"could not start: {exc}")
             if job.status == "starting" and job.attempt == attempt:
@@ -410,6 +412,7 @@ class JobMaster:
                       "state": e.state, "last_seen": e.last_seen} for e in self.executors.values()]
         jobs = [{"id": j.id, "name": j.name, "status": j.status, "message": j.message,
                  "placement": [p["executor"] for p in j.placement], "processes": j.processes,
+                 "dashboards": [p.get("dashboard") for p in j.placement],
                  "cores": j.cores, "restarts": j.restarts, "attempt": j.attempt,
                  "submitted": j.submitted, "started": j.started, "ended": j.ended}
                 for j in self.jobs.values()]

@@ -86,22 +86,23 @@ class System:
     def coordinator_log(self) -> Path:
         return self.root / "coordinator.log"
 
-    def start_coordinator(self, **extra_env) -> subprocess.Popen:
+    def start_coordinator(self, *options: str, **extra_env) -> subprocess.Popen:
         self.coordinator = self._spawn(["coordinator", "--listen", f"{self.host}:{self.port}",
                                         "--executor-timeout", str(EXECUTOR_TIMEOUT),
-                                        "--data", str(self.root / "data")], self.coordinator_log,
+                                        "--data", str(self.root / "data"), *options], self.coordinator_log,
                                        env=dict(self.env, **extra_env))
         wait_until(lambda: "coordinator listening" in self.coordinator_log.read_text(errors="replace"),
                    what="the coordinator to listen")
         return self.coordinator
 
-    def start_executor(self, cores: int = 2) -> subprocess.Popen:
+    def start_executor(self, cores: int = 2, *options: str) -> subprocess.Popen:
         self._started += 1
         n = self._started
         host = n if self.switch else 0
         address = self.switch.addresses[host] if self.switch else "127.0.0.1"
         proc = self._spawn(["executor", "--cores", str(cores), "--workdir", str(self.root / f"executor{n}"),
-                            "--host", address, "--heartbeat", str(HEARTBEAT)], self.root / f"executor{n}.log",
+                            "--host", address, "--heartbeat", str(HEARTBEAT), *options],
+                           self.root / f"executor{n}.log",
                            host=host, ignore_sigint=True)
         self.executors.append(proc)
         return proc

@@ -1,0 +1,74 @@
+"""The system's dashboard: `python -m kernel coordinator --dashboard HOST:PORT`.
+
+    /             the page (`_static/system.html`: plain HTML and script
+                  shipped with the package, nothing fetched from elsewhere)
+    /api/system   the catalog as the job master sees it: executors, jobs
+                  (with each process's own dashboard, where its executor
+                  gave it one), topics with their publishers and subscribers
+    /api/events   the same as server-sent events, every UPDATE_INTERVAL
+
+Read-only, and unauthenticated as a job's own dashboard is (what it shows
+is what `status` prints): bind it where those who may see it can reach it
+(the default of the command is none, and 127.0.0.1 is a good choice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from aiohttp import web
+
+UPDATE_INTERVAL = 1.0  # seconds between two states the page is sent
+PAGE = Path(__file__).with_name("_static") / "system.html"
+NO_CACHE = {"Cache-Control": "no-cache"}
+
+
+def system_app(state) -> web.Application:
+    """`state()`: the system as plain data (`JobMaster.status()` and the
+    catalog's topic tables)."""
+    stopping = asyncio.Event()
+    page_body = PAGE.read_bytes()
+
+    def encoded() -> bytes:
+        return json.dumps(state(), allow_nan=False).encode()
+
+    async def page(_request):
+        return web.Response(body=page_body, headers={"Content-Type": "text/html; charset=utf-8", **NO_CACHE})
+
+    async def current(_request):
+        return web.Response(body=encoded(), content_type="application/json")
+
+    async def events(request):
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **NO_CACHE})
+        await response.prepare(request)
+        try:
+            while not stopping.is_set():
+                await response.write(b"data: " + encoded() + b"\n\n")
+                try:
+                    await asyncio.wait_for(stopping.wait(), UPDATE_INTERVAL)
+                except TimeoutError:
+                    pass
+        except ConnectionResetError:  # the page went away
+            pass
+        return response
+
+    async def on_shutdown(_app):
+        stopping.set()
+
+    app = web.Application()
+    app.on_shutdown.append(on_shutdown)
+    app.router.add_get("/", page)
+    app.router.add_get("/api/system", current)
+    app.router.add_get("/api/events", events)
+    return app
+
+
+async def serve_dashboard(host: str, port: int, state) -> web.AppRunner:
+    """Start serving; the caller cleans the returned runner up."""
+    runner = web.AppRunner(system_app(state), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return runner
