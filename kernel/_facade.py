@@ -135,7 +135,8 @@ async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
                     shares: dict[str, float] | None = None, stall_threshold: float = 0.025,
                     state_dir=None, epoch_interval: float = DEFAULT_EPOCH_INTERVAL,
                     process_id: int | None = None, peers=None, secret=None, tls=None,
-                    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, dashboard: str | None = None) -> None:
+                    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, dashboard: str | None = None,
+        coordinator: str | None = None) -> None:
     """Run `flow` on the running event loop, sharing it.
 
     With `cores=1` the kernel runs on this loop and hands it back at least
@@ -148,6 +149,7 @@ async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
     `.items` holds the results. `process_id` and `peers` make this process
     one of a cluster (see `run`); `dashboard` serves metrics (see `run`).
     """
+    _topics_coordinator(flow, coordinator)
     plan = plan_for(lambda: flow, cores=cores, clock=clock, budget=budget, shares=shares,
                     stall_threshold=stall_threshold, state_dir=state_dir, epoch_interval=epoch_interval,
                     process_id=process_id, peers=peers, secret=secret, tls=tls,
@@ -160,7 +162,8 @@ def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_G
         stall_threshold: float = 0.025, state_dir=None,
         epoch_interval: float = DEFAULT_EPOCH_INTERVAL, process_id: int | None = None, peers=None,
         secret=None, tls=None, startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
-        dashboard: str | None = None) -> None:
+        dashboard: str | None = None,
+        coordinator: str | None = None) -> None:
     """Run `flow` to completion (blocking).
 
     `cores=1`: one kernel on a new uvloop event loop in this thread.
@@ -194,8 +197,19 @@ def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_G
     else:
         raise RuntimeError("run() blocks and cannot be called from a running event loop; "
                            "use `await run_async(flow)` there")
+    _topics_coordinator(flow, coordinator)
     plan = plan_for(lambda: flow, cores=cores, gc_threshold=gc_threshold_during_run, clock=clock,
                     budget=budget, shares=shares, stall_threshold=stall_threshold, state_dir=state_dir,
                     epoch_interval=epoch_interval, process_id=process_id, peers=peers, secret=secret,
                     tls=tls, startup_timeout=startup_timeout, dashboard=dashboard)
     flow._results_delivered(execute(plan, lambda: flow))
+
+
+def _topics_coordinator(flow, coordinator: str | None) -> None:
+    """`coordinator="HOST:PORT"`: where the flow's topics and services are
+    registered and looked up (issue 18; else KERNEL_COORDINATOR). Kept on
+    the flow, which every kernel process inherits."""
+    if coordinator is not None:
+        if not isinstance(coordinator, str) or ":" not in coordinator:
+            raise ValueError(f"coordinator must be 'HOST:PORT', got {coordinator!r}")
+        flow._topics_coordinator = coordinator

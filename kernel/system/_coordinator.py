@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 from kernel.net._links import AuthenticatedServer
+from kernel.system import _topics
 from kernel.system._catalog import TABLES, TERMINAL, Catalog
 from kernel.system._master import JobMaster
 from kernel.system._wire import CLIENT, COORDINATOR, EXECUTOR, MAX_MESSAGE, PATH, RequestError, Session
@@ -89,6 +90,8 @@ class CoordinatorServer(AuthenticatedServer):
             return {"job": job.id, "status": job.status}
         if op == "logs":
             return await self._logs(str(m.get("job")), m.get("offsets") or {})
+        if op in _topics.OPS:  # issue 18: jobs publishing streams and services
+            return _topics.request(master.catalog, op, m)
         raise RequestError(f"unknown request {op!r}")
 
     def _submit(self, m: dict):
