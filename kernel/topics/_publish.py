@@ -275,6 +275,8 @@ class Publish(Operator):
         if self.ended:
             sub.active = sub.done = True
             self._queue(sub, encode_progress(None))
+        elif self.records == 0 and self.epoch == 0:
+            sub.active = True  # nothing published yet: its first epoch is whole
         elif self.retain:
             # at once, from the oldest retained epoch's start
             sub.active = True

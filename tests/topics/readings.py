@@ -14,7 +14,8 @@ TOPIC = os.environ.get("TOPIC", "readings")
 BATCH = int(os.environ.get("BATCH", "10"))
 RATE = float(os.environ.get("RATE", "100"))  # batches a second
 COUNT = int(os.environ.get("COUNT", "0"))
-DT = 0.01  # event seconds between readings
+DT = 1 / 64  # event seconds between readings (exact in binary: window bounds are too)
+PAYLOAD = int(os.environ.get("PAYLOAD", "0"))  # a string of this many bytes in each reading
 
 
 def value(seq: int) -> int:
@@ -28,13 +29,15 @@ class Readings(Source):
 
     def poll(self):
         now = self.context.clock.monotonic()
-        if now < self.due:
+        if RATE and now < self.due:
             self.context.kernel.call_later(self.due - now, self.wake)
             return None
-        self.due += 1 / RATE
+        self.due += 1 / RATE if RATE else 0
         seqs = range(self.seq, self.seq + BATCH if not COUNT else min(self.seq + BATCH, COUNT))
         self.seq += len(seqs)
-        self.emit(TimedBatch([(s, s * DT, value(s)) for s in seqs], [s * DT for s in seqs]))
+        pad = "x" * PAYLOAD
+        records = [(s, s * DT, value(s), pad) if PAYLOAD else (s, s * DT, value(s)) for s in seqs]
+        self.emit(TimedBatch(records, [s * DT for s in seqs]))
         self.advance_watermark(self.seq * DT - DT)
         return not (COUNT and self.seq >= COUNT)
 
@@ -44,8 +47,9 @@ def build():
     stream = flow.source(Readings, name="readings")
     stream.publish(TOPIC, epoch_interval=float(os.environ.get("EPOCH", "0.2")),
                    retain=int(os.environ["RETAIN"]) if os.environ.get("RETAIN") else None,
-                   slow=os.environ.get("SLOW", "backpressure"),
-                   partitions=os.environ.get("PARTITIONS", "per-kernel"))
+                   slow=os.environ.get("SLOW_MODE", "backpressure"),
+                   partitions=os.environ.get("PARTITIONS", "per-kernel"),
+                   record_type=tuple if os.environ.get("TYPED") else None)
     return flow
 
 
@@ -54,4 +58,5 @@ if __name__ == "__main__":
     logging.getLogger("kernel.topics").setLevel(logging.DEBUG)
     print("started", flush=True)
     run(build(), coordinator=sys.argv[1], cores=int(os.environ.get("CORES", "1")))
-    print("ended", flush=True)
+    peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    print("ended", int(peak.split()[1]) * 1024, flush=True)  # the peak resident bytes

@@ -6,9 +6,21 @@ Run: python sums.py COORDINATOR."""
 import json
 import os
 import sys
+import time
 
-from kernel import Dataflow, run
 from kernel.operators import Tumbling
+
+from kernel import Dataflow, Operator, run
+
+
+class Slow(Operator):
+    def __init__(self, pause):
+        self.pause = pause
+
+    def on_batch(self, port, batch):
+        time.sleep(self.pause)
+        self.emit(batch)
+
 
 TOPIC = os.environ.get("TOPIC", "readings")
 WINDOW = float(os.environ.get("WINDOW", "0.5"))
@@ -17,7 +29,10 @@ WINDOW = float(os.environ.get("WINDOW", "0.5"))
 def build():
     flow = Dataflow("sums")
     readings = flow.subscribe(TOPIC, timeout=float(os.environ.get("TIMEOUT", "20")),
-                              on_lost=os.environ.get("ON_LOST", "fail"))
+                              on_lost=os.environ.get("ON_LOST", "fail"),
+                              record_type=dict if os.environ.get("TYPED") else None)
+    if os.environ.get("SLOW"):  # seconds each batch takes: a slow subscriber
+        readings = readings.apply(lambda: Slow(float(os.environ["SLOW"])), name="slow")
     seqs = readings.map(lambda r: r[0]).collect()
     sums = (readings.key_by(lambda r: "all").map_values(lambda r: r[2])
             .window(Tumbling(WINDOW)).sum().collect())
