@@ -39,6 +39,7 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
     cluster). Bad options raise ValueError; a state_dir that cannot be used,
     StateError."""
     check_cores(cores)
+    _name_the_run()
     address = None
     if dashboard is not None:
         from kernel.metrics import parse_address
@@ -213,3 +214,12 @@ def _topics_coordinator(flow, coordinator: str | None) -> None:
         if not isinstance(coordinator, str) or ":" not in coordinator:
             raise ValueError(f"coordinator must be 'HOST:PORT', got {coordinator!r}")
         flow._topics_coordinator = coordinator
+
+
+
+def _name_the_run() -> None:
+    """Topics (issue 18): every kernel of a run registers its partitions
+    under one publisher id, fixed here before kernel processes fork."""
+    from kernel.topics._directory import new_run
+
+    new_run()

@@ -50,10 +50,24 @@ def secret() -> bytes:
     return value.encode(errors="surrogateescape")
 
 
+_run: tuple[str, str] | None = None  # (publisher id, job name) of this run: new_run()
+
+
+def new_run() -> None:
+    """A run starts (plan_for, in the launcher, before kernel processes fork):
+    its publisher id, one for all its kernels and new for every run (an
+    executor gives a job's attempt one: KERNEL_RUN), and who it is: the
+    system's job id (KERNEL_JOB, set by its executor) or this process (an
+    app, a job run by hand)."""
+    global _run
+    _run = (os.environ.get("KERNEL_RUN") or uuid.uuid4().hex,
+            os.environ.get("KERNEL_JOB") or f"app:{socket.gethostname()}:{os.getpid()}")
+
+
 def job_name() -> str:
-    """Who publishes: the system's job id (KERNEL_JOB, set by its executor),
-    or this process (an app or a job run by hand)."""
-    return os.environ.get("KERNEL_JOB") or f"app:{socket.gethostname()}:{os.getpid()}"
+    if _run is None:
+        new_run()
+    return _run[1]
 
 
 def advertised_host() -> str:
@@ -63,7 +77,10 @@ def advertised_host() -> str:
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """This run's publisher id (`new_run`)."""
+    if _run is None:
+        new_run()
+    return _run[0]
 
 
 def url_of(host: str, port: int) -> str:

@@ -333,3 +333,22 @@ def test_a_job_submitted_to_the_system_publishes_through_its_executor(system):
                        what="the service to be registered")
     assert topic["job"] == job
     system.cli("kill", job)
+
+
+@pytest.mark.parametrize("partitions", ["per-kernel", "merged"])
+def test_two_kernels_publish_to_two_kernels(system, partitions):
+    """Per-kernel: A's two partitions, one per subscribing kernel; merged:
+    one partition (kernel 0's), read by B's kernel 0. Either way B gets
+    whole epochs of every partition and exact windows (the watermark the
+    least of its partitions')."""
+    b = Job(system, "sums.py", "b", CORES=2)
+    wait_until(lambda: "subscribing" in b.out.read_text(), what="B to start")
+    a = Job(system, "readings.py", "a", COUNT=1000, CORES=2, PARTITIONS=partitions)
+    seqs, sums = results(b)
+    a.finish()
+    # readings.py on two kernels: each kernel makes the same readings 0..999
+    counts = defaultdict(int)
+    for s in seqs:
+        counts[s] += 1
+    assert set(counts.values()) <= {1, 2} and max(counts) == 999
+    assert sums == brute_sums(seqs)
