@@ -27,11 +27,12 @@ from collections import deque
 
 from kernel.dataflow._operator import Source
 from kernel.net._channel import IDLE, EpochMarker
-from kernel.net._codec import decode
+from kernel.net._codec import KIND_END, decode
 from kernel.topics import _directory
 from kernel.topics._errors import PublisherLost, SubscriberTooSlow, TopicError
 from kernel.topics._publish import TOO_SLOW, TOPIC_PATH, WINDOW, record_type_info, same_record_type
 
+_HEAD = 5  # what a frame's header counts against the window (net._links.FRAME)
 CONNECT_TIMEOUT = 5.0  # seconds to reach a registered publisher before it counts as lost
 
 
@@ -44,7 +45,7 @@ class Subscribe(Source):
         self.coordinator = coordinator  # a function: the address run() was given, or None
 
     def open(self, context) -> None:
-        self._buffer: deque = deque()  # (partition, payload, size, link)
+        self._buffer: deque = deque()  # (partition, kind, body, link): frames not yet handed on
         self._watermarks: dict[int, float] = {}
         self._ended: set[int] = set()
         self._watermark = float("-inf")
@@ -65,7 +66,8 @@ class Subscribe(Source):
         wanted = self.records_wanted
         handed = 0
         while buffer and handed < wanted:
-            partition, payload, size, link = buffer.popleft()
+            partition, kind, body, link = buffer.popleft()
+            payload = decode(kind, body)
             if payload.__class__ is float:
                 self._watermarks[partition] = max(self._watermarks.get(partition, payload), payload)
                 self._advance()
@@ -77,8 +79,7 @@ class Subscribe(Source):
             elif payload is not IDLE:
                 handed += len(payload)
                 self.emit(payload)
-            if link is not None:
-                link.consumed(0, size)
+            link.consumed(0, _HEAD + len(body))
         if buffer:
             return True
         return False if self._done else None
@@ -141,10 +142,10 @@ class Subscribe(Source):
                 else:
                     link = Link(ws, partition, {0}, None, WINDOW)
                     async for _, kind, body in link:
-                        payload = decode(kind, body)
-                        self._buffer.append((partition, payload, Link.size(body), link))
+                        # decoded when handed on (poll): what waits here is bytes, no objects
+                        self._buffer.append((partition, kind, body, link))
                         self.wake()
-                        if payload is None:
+                        if kind == KIND_END:
                             await link.close()
                             return  # the publisher ended the stream
                     if ws.close_code == TOO_SLOW:
