@@ -91,7 +91,7 @@ class CoordinatorServer(AuthenticatedServer):
         if op == "logs":
             return await self._logs(str(m.get("job")), m.get("offsets") or {})
         if op in _topics.OPS:  # issue 18: jobs publishing streams and services
-            return _topics.request(master.catalog, op, m)
+            return await _topics.request(master.catalog, op, m)
         raise RequestError(f"unknown request {op!r}")
 
     def _submit(self, m: dict):

@@ -20,6 +20,7 @@ Rows: `topics(name, job, created, schema)` with `schema` a JSON object
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -43,7 +44,7 @@ def _name(m: dict) -> str:
     return name
 
 
-def request(catalog: Catalog, op: str, m: dict) -> dict:
+async def request(catalog: Catalog, op: str, m: dict) -> dict:
     name = _name(m)
     db = catalog._db
     if op == "topic_lookup":
@@ -59,7 +60,7 @@ def request(catalog: Catalog, op: str, m: dict) -> dict:
         uid, job, partition = str(m["id"]), str(m["job"]), int(m["partition"])
         row = _row(catalog, name)
         if row is not None and row.get("id") != uid:
-            if row["job"] != job and _job_active(catalog, row["job"]):
+            if row["job"] != job and await _still_published(catalog, name, row["job"]):
                 raise RequestError(f"topic {name!r} is published by {row['job']}, which is running")
             db.execute("DELETE FROM topics WHERE name = ?", (name,))
             db.execute("DELETE FROM publications WHERE topic = ?", (name,))
@@ -89,9 +90,22 @@ def request(catalog: Catalog, op: str, m: dict) -> dict:
     raise RequestError(f"unknown request {op!r}")
 
 
-def _job_active(catalog: Catalog, job: str) -> bool:
+async def _still_published(catalog: Catalog, name: str, job: str) -> bool:
+    """Does `job` still publish `name`? A job of the system: while it is
+    active. An app: while its publisher's address still accepts connections
+    (a killed app's registration stays behind; the next publisher replaces it)."""
     row = catalog._db.execute("SELECT status FROM jobs WHERE id = ?", (job,)).fetchone()
-    return row is not None and row[0] in ACTIVE
+    if row is not None:
+        return row[0] in ACTIVE
+    for (address,) in catalog._db.execute("SELECT address FROM publications WHERE topic = ?", (name,)):
+        host, _, port = address.rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), 1.0)
+        except (OSError, TimeoutError, ValueError):
+            continue
+        writer.close()
+        return True
+    return False
 
 
 def listing(catalog: Catalog) -> list[dict]:

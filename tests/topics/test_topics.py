@@ -352,3 +352,46 @@ def test_two_kernels_publish_to_two_kernels(system, partitions):
         counts[s] += 1
     assert set(counts.values()) <= {1, 2} and max(counts) == 999
     assert sums == brute_sums(seqs)
+
+
+def test_bad_arguments_are_refused_when_the_flow_is_built():
+    from kernel import Dataflow
+
+    flow = Dataflow()
+    stream = flow.from_iterable(range(3))
+    cases = [
+        (lambda: stream.publish(""), ValueError, "publish needs a name"),
+        (lambda: stream.publish("t", partitions="all"), ValueError, "'per-kernel' or 'merged'"),
+        (lambda: stream.publish("t", retain=0), ValueError, "retain must be a number of epochs >= 1"),
+        (lambda: stream.publish("t", slow="drop"), ValueError, "'backpressure' or 'disconnect'"),
+        (lambda: stream.publish("t", epoch_interval=0), ValueError, "epoch_interval must be a positive"),
+        (lambda: stream.publish("t", record_type="tuple"), TypeError, "record_type must be a class"),
+        (lambda: flow.subscribe("t", on_lost="retry"), ValueError, "on_lost must be 'fail' or 'wait'"),
+        (lambda: flow.subscribe("t", timeout=-1), ValueError, "timeout must be a number of seconds"),
+        (lambda: flow.serve("s", "not a function"), TypeError, "the handler must be callable"),
+    ]
+    for build, error, message in cases:
+        with pytest.raises(error, match=re.escape(message)):
+            build()
+
+
+def test_a_coordinator_address_that_is_not_host_port_is_refused():
+    from kernel import Dataflow, run
+
+    with pytest.raises(ValueError, match="coordinator must be 'HOST:PORT'"):
+        run(Dataflow(), coordinator="localhost")
+
+
+def test_a_name_published_by_a_running_app_is_refused_and_a_dead_ones_is_taken_over(system):
+    first = Job(system, "readings.py", "a1", COUNT=0)
+    first.wait_epoch(1)
+    second = Job(system, "readings.py", "a2", COUNT=0)
+    second.proc.wait(30)
+    assert second.proc.returncode != 0
+    assert "topic 'readings' is published by app:" in second.text()
+    first.kill()  # its registration stays behind; the next publisher replaces it
+    third = Job(system, "readings.py", "a3", COUNT=0)
+    third.wait_epoch(1)
+    [topic] = system.status()["topics"]
+    assert topic["job"].endswith(f":{third.proc.pid}")
+    third.kill()
