@@ -543,7 +543,16 @@ class Dataflow:
         when the publisher ends it; a publisher that dies raises
         `kernel.topics.PublisherLost` (`on_lost="fail"`) or is waited for
         (`on_lost="wait"`: the restarted publisher's next whole epoch on).
-        `record_type` given and unlike the topic's: `TopicError` at once."""
+        `record_type` given and unlike the topic's: `TopicError` at once.
+        Without a coordinator it says what is missing:
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> readings = flow.subscribe("readings", timeout=5).collect()
+        >>> run(flow)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        kernel.dataflow._errors.OperatorError: ... TopicError: topics and services need a coordinator, ...
+        """
         from kernel.topics import _api
 
         return self._source(_api.subscriber(self, name, timeout, on_lost, record_type), f"subscribe({name})",
@@ -553,7 +562,15 @@ class Dataflow:
         """Serve requests under `name` on this job's kernel 0: `handler(request)`
         (a function or a coroutine function) returns the reply; request and
         reply are msgspec-encodable. Call it with `kernel.services`. A job
-        that serves runs until it is killed."""
+        that serves runs until it is killed; it needs a coordinator:
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> flow.serve("square", lambda n: n * n)
+        >>> run(flow)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        kernel.scheduling._errors.TaskError: ... TopicError: topics and services need a coordinator, ...
+        """
         from kernel.topics import _api
 
         self._source(_api.server(self, name, handler), f"serve({name})", ("Serve",))
@@ -860,7 +877,16 @@ class Stream(Generic[T_co]):
         epochs for late subscribers; `slow`: "backpressure" (a slow
         subscriber slows this job) or "disconnect" (it is dropped);
         `epoch_interval`: seconds between the topic's epoch boundaries;
-        `record_type`: the records' class, registered and checked."""
+        `record_type`: the records' class, registered and checked. It needs
+        a coordinator (`run(flow, coordinator="HOST:PORT")`):
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> flow.from_iterable(range(3)).publish("numbers", retain=2)
+        >>> run(flow)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        kernel.scheduling._errors.TaskError: ... TopicError: topics and services need a coordinator, ...
+        """
         from kernel.topics import _api
 
         stream, factory = _api.publisher(self, name, partitions, retain, slow, epoch_interval, record_type)
