@@ -4,18 +4,21 @@ arguments checked when the flow is built, and the operator factories."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 
-def _coordinator_of(flow):
+def _coordinator_of(flow: Any) -> Callable[[], str | None]:
     return lambda: getattr(flow, "_topics_coordinator", None)
 
 
-def _check_name(name, what: str) -> None:
+def _check_name(name: object, what: str) -> None:
     if not isinstance(name, str) or not name or len(name) > 200:
         raise ValueError(f"{what} needs a name (a non-empty string), got {name!r}")
 
 
-def publisher(stream, name, partitions, retain, slow, epoch_interval, record_type):
+def publisher(stream: Any, name: str, partitions: str, retain: int | None, slow: str, epoch_interval: float,
+              record_type: type | None) -> tuple[Any, Callable[[], Any]]:
     from kernel.topics._publish import Publish
 
     _check_name(name, "publish")
@@ -39,11 +42,12 @@ def publisher(stream, name, partitions, retain, slow, epoch_interval, record_typ
     return stream, factory
 
 
-def _to_kernel_0(record) -> int:
+def _to_kernel_0(record: object) -> int:
     return 0
 
 
-def subscriber(flow, name, timeout, on_lost, record_type):
+def subscriber(flow: Any, name: str, timeout: float | None, on_lost: str,
+               record_type: type | None) -> Callable[[], Any]:
     from kernel.topics._subscribe import Subscribe
 
     _check_name(name, "subscribe")
@@ -57,7 +61,7 @@ def subscriber(flow, name, timeout, on_lost, record_type):
                              coordinator=_coordinator_of(flow))
 
 
-def server(flow, name, handler):
+def server(flow: Any, name: str, handler: Callable[[Any], Any]) -> Callable[[], Any]:
     from kernel.topics._services import Serve
 
     _check_name(name, "serve")
