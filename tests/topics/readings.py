@@ -53,10 +53,12 @@ def build():
     return flow
 
 
+flow = build()  # (for `python -m kernel submit readings.py`: the coordinator from its executor)
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
     logging.getLogger("kernel.topics").setLevel(logging.DEBUG)
     print("started", flush=True)
-    run(build(), coordinator=sys.argv[1], cores=int(os.environ.get("CORES", "1")))
+    run(flow, coordinator=sys.argv[1], cores=int(os.environ.get("CORES", "1")))
     peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
     print("ended", int(peak.split()[1]) * 1024, flush=True)  # the peak resident bytes

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import re
 import signal
 import subprocess
@@ -395,3 +396,39 @@ def test_a_name_published_by_a_running_app_is_refused_and_a_dead_ones_is_taken_o
     [topic] = system.status()["topics"]
     assert topic["job"].endswith(f":{third.proc.pid}")
     third.kill()
+
+
+def test_on_lost_wait_goes_on_after_the_job_master_restarts_the_publishing_job(system):
+    """A publishing job submitted to the system, its process SIGKILLed: the
+    job master starts it again (attempt 2, a new publisher id), and the
+    subscriber with on_lost="wait" goes on from its next whole epoch."""
+    from _system import descendants
+
+    executor = system.start_executor(cores=2)
+    system.executors_up(1)
+    # (the job's environment is its executor's: the count goes in the file)
+    text = (HERE / "readings.py").read_text()
+    (system.root / "readings.py").write_text(text.replace('get("COUNT", "0")', 'get("COUNT", "3000")'))
+    done = system.cli("submit", "readings.py")
+    assert done.returncode == 0, done.stderr
+    job = done.stdout.split()[0]
+    b = Job(system, "sums.py", "b", ON_LOST="wait")
+    wait_until(lambda: any(t["subscribers"] for t in system.status()["topics"]), what="B to subscribe")
+    time.sleep(0.5)  # B reads a while from the first attempt
+
+    def job_process():
+        for pid in descendants(executor.pid):
+            try:
+                if b"readings.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return pid
+            except OSError:
+                continue
+        return None
+
+    os.kill(wait_until(job_process, what="the job's process"), signal.SIGKILL)
+    seqs, _ = results(b)
+    assert system.job(job)["restarts"] == 1
+    cut = next(i for i in range(1, len(seqs)) if seqs[i] != seqs[i - 1] + 1)
+    before, after = seqs[:cut], seqs[cut:]
+    assert before == list(range(before[0], before[-1] + 1))
+    assert after == list(range(after[0], 3000))  # the second attempt, from a boundary to its end
