@@ -83,8 +83,35 @@ def new_id() -> str:
     return _run[0]
 
 
+def tls():
+    """TLS for every topic connection (the coordinator's, the topics', the
+    services'): KERNEL_TLS=CERT,KEY[,CA], the links' files (`--tls-cert`,
+    `--tls-key`, `--tls-ca`); None (unset): plain websockets."""
+    text = os.environ.get("KERNEL_TLS")
+    if not text:
+        return None
+    from kernel.net._relay import TLSFiles
+
+    parts = text.split(",")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise TopicError(f"KERNEL_TLS={text!r}: expected CERT,KEY or CERT,KEY,CA (paths of PEM files)")
+    return TLSFiles(*parts)
+
+
 def url_of(host: str, port: int) -> str:
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    scheme = "https" if os.environ.get("KERNEL_TLS") else "http"
+    return f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def client_ssl():
+    """What `connect(..., ssl=)` takes: the client context, or True (plain)."""
+    files = tls()
+    return files.client_context() if files is not None else True
+
+
+def server_ssl():
+    files = tls()
+    return files.server_context() if files is not None else None
 
 
 class Directory:
@@ -103,7 +130,7 @@ class Directory:
         try:
             self._ws, _, _, self._http = await connect(
                 url_of(host, port), self.key, CLIENT, path=SYSTEM_PATH, max_frame=_MAX_MESSAGE,
-                timeout=self.timeout, meta={"role": "client"}, check_meta=False)
+                timeout=self.timeout, meta={"role": "client"}, check_meta=False, ssl=client_ssl())
         except Exception as exc:
             raise TopicError(f"cannot reach the coordinator at {host}:{port}: {exc}") from exc
 

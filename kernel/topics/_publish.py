@@ -105,7 +105,7 @@ def _make_server(publisher: Publish, host: str, key: bytes, meta: dict):
         async def _session(self, ws, peer: int, meta, address: str) -> None:
             await publisher._serve_subscriber(ws, peer, meta, address)
 
-    return TopicServer(host, 0, key, meta["partition"], meta=meta)
+    return TopicServer(host, 0, key, meta["partition"], meta=meta, ssl_context=_directory.server_ssl())
 
 
 class Publish(Operator):

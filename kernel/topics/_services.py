@@ -77,7 +77,7 @@ class Serve(Source):
                 await serve._session(ws)
 
         server = ServiceServer(host, 0, key, 0, max_frame=_MAX_MESSAGE,
-                               meta={"service": self.service, "id": uid})
+                               meta={"service": self.service, "id": uid}, ssl_context=_directory.server_ssl())
         await server.start()
         directory = _directory.Directory(address, key)
         try:
@@ -158,7 +158,8 @@ class ServiceClient:
         try:
             self._ws, _, _, self._http = await connect(
                 _directory.url_of(host, int(port)), key, 0, path=SERVICE_PATH, max_frame=_MAX_MESSAGE,
-                timeout=self.timeout or 10.0, meta={"service": self.name}, check_meta=False)
+                timeout=self.timeout or 10.0, meta={"service": self.name}, check_meta=False,
+                ssl=_directory.client_ssl())
         except LinkError as exc:
             raise ServiceError(f"service {self.name!r}: {exc}") from exc
         self._reader = asyncio.ensure_future(self._read())

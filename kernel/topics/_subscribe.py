@@ -135,7 +135,7 @@ class Subscribe(Source):
             try:
                 ws, _, meta, http = await connect(url, key, self.context.index, path=TOPIC_PATH,
                                                   timeout=CONNECT_TIMEOUT, meta={"topic": self.topic},
-                                                  check_meta=False)
+                                                  check_meta=False, ssl=_directory.client_ssl())
                 if not isinstance(meta, dict) or meta.get("id") != found["id"]:
                     await ws.close()
                     why = f"{url} serves another publisher now"

@@ -20,6 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "system"))
 from _system import System, wait_until
+from test_system_tls import certificates  # noqa: F401  (a fixture: the CA and certificates)
 
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
@@ -432,3 +433,37 @@ def test_on_lost_wait_goes_on_after_the_job_master_restarts_the_publishing_job(s
     before, after = seqs[:cut], seqs[cut:]
     assert before == list(range(before[0], before[-1] + 1))
     assert after == list(range(after[0], 3000))  # the second attempt, from a boundary to its end
+
+
+def test_topics_over_tls(tmp_path, certificates):  # noqa: F811  (the fixture imported above)
+    """KERNEL_TLS=CERT,KEY,CA: the coordinator's connection, the topic's
+    and the subscriber's all over TLS; a plain connection to the topic is
+    refused."""
+    from kernel.net._links import LinkError, connect
+
+    from kernel.topics._publish import TOPIC_PATH
+
+    tls = ["--tls-cert", certificates["node.pem"], "--tls-key", certificates["node.key"],
+           "--tls-ca", certificates["ca.pem"]]
+    system = System(tmp_path, options=tls)
+    system.env["KERNEL_TLS"] = ",".join(certificates[n] for n in ("node.pem", "node.key", "ca.pem"))
+    try:
+        system.start_coordinator()
+        a = Job(system, "readings.py", "a", COUNT=2000)
+        a.wait_epoch(2)
+        b = Job(system, "sums.py", "b")
+        wait_until(lambda: any(t["subscribers"] for t in system.status()["topics"]), what="B to subscribe")
+        address = system.status()["topics"][0]["publisher"][0]
+
+        async def plain():
+            with pytest.raises(LinkError):
+                await connect(f"http://{address}", system.env["KERNEL_SECRET"], 0, path=TOPIC_PATH,
+                              timeout=2, meta={"topic": "readings"}, check_meta=False)
+
+        asyncio.run(plain())
+        seqs, sums = results(b)
+        assert_whole_epochs(seqs, a.boundaries(), 2000)
+        assert sums == brute_sums(seqs)
+        a.finish()
+    finally:
+        system.close()
