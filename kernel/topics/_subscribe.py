@@ -105,10 +105,16 @@ class Subscribe(Source):
                 self._check_type(found)
                 self._mine = list(range(self.context.index, found["partitions"], self.context.peers))
                 if self._mine:
-                    await directory.request("topic_subscribe", name=self.topic, job=_directory.job_name(),
-                                            process=self.context.index)
-                    await asyncio.gather(*(self._read_partition(directory, key, found, p)
-                                           for p in self._mine))
+                    who = {"name": self.topic, "job": _directory.job_name(), "process": self.context.index}
+                    await directory.request("topic_subscribe", **who)
+                    try:
+                        await asyncio.gather(*(self._read_partition(directory, key, found, p)
+                                               for p in self._mine))
+                    finally:
+                        try:
+                            await directory.request("topic_unsubscribe", **who)
+                        except (TopicError, OSError):
+                            pass  # the coordinator went away: a stale row in `status`, nothing more
             finally:
                 await directory.close()
         except TopicError as exc:

@@ -467,3 +467,21 @@ def test_topics_over_tls(tmp_path, certificates):  # noqa: F811  (the fixture im
         a.finish()
     finally:
         system.close()
+
+
+def test_run_async_in_an_app_subscribes_and_unsubscribes_at_the_end(system, monkeypatch):
+    from kernel import Dataflow, run_async
+
+    monkeypatch.setenv("KERNEL_SECRET", system.env["KERNEL_SECRET"])
+    a = Job(system, "readings.py", "a", COUNT=1500)
+    a.wait_epoch(1)
+    flow = Dataflow("app")
+    seqs = flow.subscribe("readings", timeout=10).map(lambda r: r[0]).collect()
+
+    async def app():
+        await run_async(flow, coordinator=f"127.0.0.1:{system.port}")
+
+    asyncio.run(app())
+    assert_whole_epochs(seqs.items, a.boundaries(), 1500)
+    a.finish()
+    assert system.status()["topics"] == []  # the publisher ended (unpublished); nobody subscribes
