@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pathlib
 
 from kernel.execution._execute import execute, execute_async
 from kernel.execution._plan import (
@@ -33,11 +34,13 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
              stall_threshold: float = 0.025, state_dir=None,
              epoch_interval: float = DEFAULT_EPOCH_INTERVAL, process_id: int | None = None,
              peers=None, secret=None, secret_file=None, tls=None,
-             startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, dashboard: str | None = None) -> RunPlan:
+             startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, dashboard: str | None = None,
+             progress=None) -> RunPlan:
     """The checked plan of a run of the flow `get_flow()` returns (called
     only when the plan needs the flow: its fingerprint, for a state_dir or a
     cluster). Bad options raise ValueError; a state_dir that cannot be used,
-    StateError."""
+    StateError. `progress(snapshots, final)` is told the kernels' metrics
+    while the run runs (the command line's live line)."""
     check_cores(cores)
     _name_the_run()
     address = None
@@ -47,9 +50,6 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
         address = parse_address(dashboard)
     cluster = None
     if peers is not None:
-        if state_dir is not None:
-            raise ValueError("state_dir is not supported with peers yet: a cluster run that loses a "
-                             "process ends with an error naming it, and starts again from the beginning")
         from kernel.execution._cluster import cluster_plan
 
         cluster = cluster_plan(0 if process_id is None else process_id, peers, cores, secret=secret,
@@ -58,10 +58,13 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
     elif process_id is not None:
         raise ValueError("process_id needs peers (every process's host:port)")
     snapshots = None
-    if state_dir is not None:
+    if state_dir is not None and cluster is not None:
+        snapshots = ClusterSnapshots(get_flow(), state_dir, epoch_interval, cluster)
+    elif state_dir is not None:
         snapshots = Snapshots(get_flow(), state_dir, epoch_interval, cores)
     return RunPlan(cores=cores, kernel=KernelOptions(clock, budget, shares, stall_threshold),
-                   gc_threshold=gc_threshold, snapshots=snapshots, cluster=cluster, dashboard=address)
+                   gc_threshold=gc_threshold, snapshots=snapshots, cluster=cluster, dashboard=address,
+                   progress=progress)
 
 
 def check_cores(cores: int) -> None:
@@ -94,6 +97,14 @@ class Snapshots:
             raise ValueError(f"epoch_interval must be a positive number of seconds, got {epoch_interval!r}")
         self.state_dir = state_dir
         self.interval = float(epoch_interval)
+        cluster_files = sorted(p.name for p in pathlib.Path(state_dir).glob("snapshots-process*.sqlite"))
+        if cluster_files:
+            from kernel.state import StateError
+
+            raise StateError(
+                f"state_dir {os.fspath(state_dir)!r} holds {', '.join(cluster_files)}, written by a cluster, "
+                "and this run is one process: a resumed run needs the same processes and cores per "
+                "process (resuming on another number of kernels is not supported yet)")
         self.store = SnapshotStore(state_dir)
         from kernel.operators import SNAPSHOT_LAYOUT
 
@@ -125,6 +136,109 @@ class Snapshots:
 
     def for_processes(self) -> tuple:
         return (self.open_store, self.interval, self.blobs, self.epoch, self.store, self.finished)
+
+
+class ClusterSnapshots:
+    """What one process of a cluster with a `state_dir` starts from.
+
+    Each process keeps its own store file, `snapshots-process{P}.sqlite`,
+    so the state_dir may be a local directory at the same path on every
+    machine or one directory they all share (SQLite's locking is not to be
+    trusted on a network file system; separate files need none). Which epoch
+    the run resumes from is agreed once the processes have linked up: each
+    offers what its store holds (`offer`), process 0 decides (`decide`)."""
+
+    def __init__(self, flow, state_dir, epoch_interval: float, cluster) -> None:
+        from kernel.operators import SNAPSHOT_LAYOUT
+        from kernel.state import SnapshotStore, StateError
+
+        if not (isinstance(epoch_interval, (int, float)) and 0 < epoch_interval < float("inf")):
+            raise ValueError(f"epoch_interval must be a positive number of seconds, got {epoch_interval!r}")
+        self.state_dir = os.fspath(state_dir)
+        self.interval = float(epoch_interval)
+        self.process = cluster.process
+        self.name = f"snapshots-process{cluster.process}.sqlite"
+        offer = {"process": cluster.process, "state_dir": self.state_dir, "error": None,
+                 "latest": (0, False), "restorable": [], "ended_after": None}
+        self.store = None
+        try:  # refused on process 0, for every process, naming this one
+            self.store = SnapshotStore(self.state_dir, self.name)
+            self._refuse_other_layouts(cluster)
+            self.store.claim(flow_fingerprint(flow), cluster.kernels, SNAPSHOT_LAYOUT,
+                             f"process {cluster.process} of {cluster.processes}, {cluster.cores} "
+                             f"core{'s' if cluster.cores > 1 else ''} each")
+            completed = self.store.completed()
+            offer["latest"] = completed[0] if completed else (0, False)
+            mine = cluster.kernels_of(cluster.process)
+            offer["restorable"] = self.store.restorable(mine)
+            if self.store.all_ended(mine):  # any later epoch reads their FINAL snapshots
+                offer["ended_after"] = completed[-1][0] if completed else 0
+        except StateError as exc:
+            offer["error"] = str(exc)
+        self._offer = offer
+
+    def _refuse_other_layouts(self, cluster) -> None:
+        """A one-process run's store, or a bigger cluster's, in this state_dir."""
+        from kernel.state import StateError
+
+        found = sorted(p.name for p in pathlib.Path(self.state_dir).glob("snapshots*.sqlite"))
+        mine = {f"snapshots-process{p}.sqlite" for p in range(cluster.processes)}
+        others = [name for name in found if name not in mine]
+        if others:
+            raise StateError(
+                f"state_dir {self.state_dir!r} holds {', '.join(others)}, written by "
+                f"{'one process' if others == ['snapshots.sqlite'] else 'a cluster of more processes'}, "
+                f"and this run is a cluster of {cluster.processes}: a resumed run needs the same processes "
+                "and cores per process (resuming on another number of kernels is not supported yet)")
+
+    def open_store(self):
+        from kernel.state import SnapshotStore
+
+        return SnapshotStore(self.state_dir, self.name)
+
+    def for_processes(self) -> tuple:
+        # the snapshots and restored epoch come from the agreement (kernel/execution/_child.py)
+        return (self.open_store, self.interval, None, None, self.store, None)
+
+    def agreement(self) -> tuple:
+        import pickle
+
+        return pickle.dumps(self._offer, protocol=5), ClusterSnapshots.decide
+
+    @staticmethod
+    def decide(offers: dict[int, bytes]) -> bytes:
+        """Process 0: the epoch every process resumes from, `(epoch,
+        finished)` pickled, or StateError naming the process that cannot.
+        It is the newest epoch complete anywhere: process 0 completes an
+        epoch first (when it is durable on every process) and tells the
+        others after, so theirs may lag; they still hold its snapshots."""
+        import pickle
+
+        from kernel.state import StateError
+
+        offers = {p: pickle.loads(blob) for p, blob in offers.items()}
+        for p in sorted(offers):
+            if offers[p]["error"] is not None:
+                raise StateError(f"process {p}: {offers[p]['error']}")
+        newest = max(offers, key=lambda p: offers[p]["latest"])
+        epoch, finished = offers[newest]["latest"]
+        if epoch == 0:
+            return pickle.dumps((0, False), protocol=5)
+        for p in sorted(offers):
+            offer = offers[p]
+            ended_after = offer.get("ended_after")
+            # (every kernel there had finished: process 0 completed the final
+            # epoch, and this process was lost before it heard)
+            if epoch not in offer["restorable"] and not (ended_after is not None and epoch >= ended_after):
+                what = ("holds no snapshots of this flow" if not offer["restorable"]
+                        else f"lacks the snapshots of epoch {epoch}")
+                raise StateError(
+                    f"process {p}: state_dir {offer['state_dir']!r} {what}, but process {newest}'s "
+                    f"is at epoch {epoch}: it is missing or another one on that machine (each process "
+                    "resumes from its own snapshots, in a state_dir at the same path on every machine "
+                    "or one they share); restore it, or move every process's state_dir aside to run "
+                    "this flow afresh")
+        return pickle.dumps((epoch, finished), protocol=5)
 
 
 def flow_fingerprint(flow) -> str:

@@ -174,6 +174,7 @@ class Link:
         self._heard = True  # something came from the peer in this heartbeat period
         self._pinged = False
         self.pongs = 0  # answers to our PINGs: quiet periods the peer was heard through
+        self.sent_bytes = 0  # frames handed to `send` (Link.size each): streamkernel_link_sent_bytes_total
         self._heartbeat = heartbeat
         if heartbeat:
             asyncio.get_running_loop().call_later(heartbeat, self._check_alive)
@@ -228,6 +229,7 @@ class Link:
         frame's path, and one never awaited keeps the credit it took;
         otherwise a coroutine that waits for the credit.)"""
         size = _HEAD + len(body)
+        self.sent_bytes += size
         credit = self._credit
         if credit[channel] >= size:
             credit[channel] -= size

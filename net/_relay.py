@@ -28,6 +28,18 @@ gathers every process's results, then sends `DONE`; each process answers
 `DONE` (a dead process, a cut cable caught by the heartbeat, a peer that
 failed), ends the run with `PeerLost`, naming the process and its address.
 
+Start-up agreement (with `agreement=(offer, decide)`): once every link is
+up, each process sends its `offer` (bytes) to process 0, which calls
+`decide({process: offer})` and sends the decision (bytes) to everyone;
+`on_linked(decision)` then lets the kernels start. A `decide` that raises
+refuses the run on every process with its exception. (A cluster with a
+`state_dir` agrees this way on the epoch it resumes from.)
+
+Messages between launchers (`send_message(process, body)`, delivered to
+`on_message(process, body)` there: a cluster's epochs, durable here,
+complete everywhere) travel in order on the relays' own channel, never
+waiting behind the kernels' data (their channels have credit of their own).
+
 Trust: peers are authenticated by the shared secret; an authenticated peer's
 results are unpickled, as the codec unpickles records it cannot carry
 otherwise. The secret is the trust boundary.
@@ -64,6 +76,9 @@ KIND_RESULTS_END = 3  # the last chunk
 KIND_DONE = 4  # from process 0: every kernel of the cluster finished
 KIND_BYE = 5  # the sender closes this link on purpose
 KIND_ABORT = 6  # the sender's process failed; body: its error, as text
+KIND_MESSAGE = 7  # between the processes' launchers (epochs); body: opaque bytes
+KIND_AGREE = 8  # start-up agreement: a process's offer to process 0, or its decision
+KIND_REFUSE = 9  # from process 0: the agreement failed; body: the pickled exception
 _RESULTS_CHUNK = 1 << 20
 _FRAMES_PER_WAKE = 64  # frames a pump forwards before letting the loop run
 _CLOSE_TIMEOUT = 5.0
@@ -182,9 +197,17 @@ class LinkRelay:
     rings of its local kernels (`ends[k] = (to_relay, from_relay)`)."""
 
     def __init__(self, plan: ClusterPlan, ends: list[tuple[SpscRing, SpscRing]],
-                 kernel_bells: list[Doorbell], bell: Doorbell, on_linked=None) -> None:
+                 kernel_bells: list[Doorbell], bell: Doorbell, on_linked=None, agreement=None,
+                 on_message=None, report=None, report_interval: float = 0.1) -> None:
         self.plan = plan
-        self.on_linked = on_linked  # called once every link is up
+        self.on_linked = on_linked  # called once every link is up (and agreed)
+        self.agreement = agreement  # (offer, decide) or None
+        self.on_message = on_message  # (process, body): a launcher's message for ours
+        self._offers: dict[int, bytes] = {}
+        self._outbox: asyncio.Queue | None = None
+        # report(sent_bytes()) every report_interval and once at the end (metrics)
+        self.report = report
+        self.report_interval = report_interval
         self.ends = ends
         self.kernel_bells = kernel_bells
         self.bell = bell
@@ -209,14 +232,21 @@ class LinkRelay:
         self._failure = loop.create_future()
         self._all_results = loop.create_future()
         self._done = loop.create_future()
+        self._all_offers = loop.create_future()
+        self._decision = loop.create_future()
+        self._outbox = asyncio.Queue()
         self._wakeups = [asyncio.Event() for _ in self.ends]
         self.bell.park()  # the relay always counts as parked: every push rings it
         loop.add_reader(self.bell.fd, self._on_bell)
         try:
             await self._link_up()
+            decision = None if self.agreement is None else await self._agree()
             if self.on_linked is not None:
-                self.on_linked()
+                self.on_linked() if self.agreement is None else self.on_linked(decision)
+            self._tasks.append(asyncio.ensure_future(self._send_messages()))
             self._tasks += [asyncio.ensure_future(self._pump(k)) for k in range(len(self.ends))]
+            if self.report is not None:
+                self._tasks.append(asyncio.ensure_future(self._report_every()))
             local = await self._until(asyncio.ensure_future(local_results))
             if self.plan.process == 0:
                 self._add_results(local)
@@ -242,6 +272,17 @@ class LinkRelay:
             self._finishing = True
             loop.remove_reader(self.bell.fd)
             await self._close()
+            if self.report is not None:
+                self.report(self.sent_bytes())
+
+    def sent_bytes(self) -> dict[str, int]:
+        """Bytes of frames sent on each link so far, by peer process."""
+        return {str(peer): link.sent_bytes for peer, link in sorted(self.links.items())}
+
+    async def _report_every(self) -> None:
+        while True:
+            self.report(self.sent_bytes())
+            await asyncio.sleep(self.report_interval)
 
     async def _until(self, future):
         """Wait for `future`, unless the run fails first (then raise that)."""
@@ -438,6 +479,48 @@ class LinkRelay:
             del pending[:pushed]
             self.kernel_bells[k].ring()  # pushed, or refused (a wrap marker)
 
+    # -- start-up agreement, launchers' messages -------------------------------------------
+
+    async def _agree(self) -> bytes:
+        offer, decide = self.agreement
+        if self.plan.process != 0:
+            await self._until(asyncio.ensure_future(self.links[0].send(CONTROL, KIND_AGREE, offer)))
+            return await self._until(self._decision)
+        self._add_offer(0, offer)
+        offers = await self._until(self._all_offers)
+        try:
+            decision = decide(offers)
+        except Exception as exc:  # every process ends with this error
+            blob = pickle.dumps(exc, protocol=5)
+            await asyncio.gather(*(self._send_quietly(link, KIND_REFUSE, blob)
+                                   for link in self.links.values()))
+            self._finishing = True
+            raise
+        for link in self.links.values():
+            await self._until(asyncio.ensure_future(link.send(CONTROL, KIND_AGREE, decision)))
+        return decision
+
+    def _add_offer(self, process: int, offer: bytes) -> None:
+        self._offers[process] = offer
+        if len(self._offers) == self.plan.processes and not self._all_offers.done():
+            self._all_offers.set_result(dict(self._offers))
+
+    def send_message(self, process: int, body: bytes) -> None:
+        """A message from our launcher for `process`'s (ours: back to it)."""
+        if process == self.plan.process:
+            self.on_message(process, body)
+        else:
+            self._outbox.put_nowait((process, body))
+
+    async def _send_messages(self) -> None:
+        """One sender, so messages to a process keep their order."""
+        while True:
+            process, body = await self._outbox.get()
+            try:
+                await self.links[process].send(CONTROL, KIND_MESSAGE, body)
+            except (LinkError, ConnectionError, RuntimeError):
+                continue  # the link broke: _link_ended reports it
+
     # -- the relays' own messages --------------------------------------------------------
 
     def _on_control(self, peer: int, kind: int, body) -> None:
@@ -452,6 +535,16 @@ class LinkRelay:
                 self._done.set_result(None)
         elif kind == KIND_BYE:
             self._graceful.add(peer)
+        elif kind == KIND_MESSAGE:
+            self.on_message(peer, bytes(body))
+        elif kind == KIND_AGREE:
+            if self.plan.process == 0:
+                self._add_offer(peer, bytes(body))
+            elif not self._decision.done():
+                self._decision.set_result(bytes(body))
+        elif kind == KIND_REFUSE:
+            self._graceful.add(peer)
+            self._fail(pickle.loads(bytes(body)))
         elif kind == KIND_ABORT:
             why = bytes(body).decode(errors="replace")
             self._fail(PeerFailed(peer, self.plan.address(peer), why))

@@ -173,6 +173,14 @@ class ProcessTransport:
             self.blocked = False
             self._on_backpressure(False)
 
+    def ring_used_bytes(self) -> dict[str, int]:
+        """Bytes written into each of this kernel's outgoing rings and not
+        yet read, by reader: a kernel's index, or "relay" (the one ring to
+        this process's link relay). What waits in a writer's overflow, not
+        yet in its ring, is not counted (metrics)."""
+        return {("relay" if writer.prefix else str(dest)): writer.ring.used_bytes()
+                for dest, writer in self._writers.items()}
+
     # -- receiving ------------------------------------------------------------
 
     def allocate(self) -> int:

@@ -138,7 +138,7 @@ class Distinct(Operator):
     def on_end(self):
         if self.late:
             self.context.logger.warning("%s: dropped %d late records (their window had ended)",
-                                        self.name, self.late)
+                                        self.name, self.late, extra={"step": self.name})
 
     def result(self):
         return {"late": self.late} if self.late else None

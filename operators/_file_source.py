@@ -233,7 +233,7 @@ class FileSource(Source):
         if not known and not found and not self._told_nothing_matches:
             self._told_nothing_matches = True
             self.context.logger.warning("%s: no file matches %r yet; waiting for one",
-                                        self.name, self.pattern)
+                                        self.name, self.pattern, extra={"step": self.name})
 
     # -- polling --------------------------------------------------------------------
 
@@ -517,7 +517,7 @@ class FileSource(Source):
         self.context.logger.warning(
             "%s: skipped malformed %s line %d of %s (%s: %s); further malformed lines of this file "
             "are counted (skipped_count), not logged", self.name, self.format, line, cursor.path,
-            type(exc).__name__, exc)
+            type(exc).__name__, exc, extra={"step": self.name})
 
     def _error(self, message: str) -> OperatorError:
         return OperatorError.wrap(self.name, "from_files", FileError(message), has_record=False)

@@ -23,7 +23,9 @@ Errors stay the steps' own. Each clause is on a line of its own, so when a
 user function raises, the comprehension's frame in the traceback says by
 its line which step was running, and on Python 3.11 by its locals which
 record that step had (its input, as the step alone would name it; nothing
-is called twice). Python 3.12 inlines comprehensions (PEP 709) and their
+is called twice; and where a step before it would fail on a later record
+of the batch, that error, which it would have been apart: `_fail_as_apart`).
+Python 3.12 inlines comprehensions (PEP 709) and their
 variables are gone with the exception: there the record is worked out
 again from the batch's failing record, calling the record-changing steps
 before the failing one (map, key_by, map_values) on it once more.
@@ -175,10 +177,26 @@ class _Comprehension:
             record = local[variable]
         else:  # 3.12 inlines comprehensions, and their variables go with the exception
             record = self._input_of(index, batch, it)
+        self._fail_as_apart(index, batch, it)
         problem = exc
         if isinstance(exc, StopIteration) and stage.kind in _MAPPED:
             problem = RuntimeError(_STOP)
         return OperatorError.wrap(stage.name, stage.fn, problem, record=record)
+
+    def _fail_as_apart(self, step: int, batch: list, it) -> None:
+        """Apart, each step takes the whole batch before the next begins:
+        a step before `step` that fails on a record after the one that
+        failed here would have failed first. Run those steps, apart, on the
+        records the comprehension had not reached (each function is called
+        on each record once, as apart), raising the first such error."""
+        index = failing_index(batch, it)
+        if index is None or step == 0:
+            return
+        rest = list(batch[index + 1 :])
+        for stage in self.stages[:step]:
+            if not rest:
+                return
+            rest = stage.transform(rest)
 
     def _input_of(self, step: int, batch: list, it):
         """What step `step` was given, from the batch's failing record (the

@@ -124,7 +124,7 @@ class KeyedJoin(Operator):
         if self.late:
             self.context.logger.warning(
                 "%s: dropped %d late values (behind the watermark: their partners may have expired)",
-                self.name, self.late)
+                self.name, self.late, extra={"step": self.name})
 
     def result(self):
         return {"late": self.late} if self.late else None

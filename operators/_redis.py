@@ -342,6 +342,7 @@ class ToRedisStream(Operator):
         self.timeout = timeout
 
     def open(self, context):
+        self._writer = None  # the writer task, once started
         self._pending: list[dict] = []  # fields to add, oldest first; dropped once acknowledged
         # Redis slower than the flow: past this many entries the kernel's
         # input pauses until the writer has sent all but a batch or two.
@@ -367,13 +368,18 @@ class ToRedisStream(Operator):
     def on_end(self):
         self._ended = True
         self._kick()
+        # The step ends once Redis has acknowledged everything: an epoch
+        # taken on another kernel meanwhile must hold what is unwritten
+        # here, not count this step as ended (its writes would be lost to
+        # a crash before them).
+        return self._writer
 
     def _kick(self) -> None:
         if not self._writer_started:
             if not self._pending:
                 return  # nothing to write: no connection, no task holding the run open
             self._writer_started = True
-            self.context.kernel.spawn(self._write(), name=f"{self.name} writer")
+            self._writer = self.context.kernel.spawn(self._write(), name=f"{self.name} writer")
         ready = self._ready
         if ready is not None and not ready.done():
             ready.set_result(None)

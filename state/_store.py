@@ -61,11 +61,12 @@ class SnapshotStore:
 
     FINAL = FINAL
 
-    def __init__(self, directory: str | os.PathLike) -> None:
+    def __init__(self, directory: str | os.PathLike, name: str = FILE_NAME) -> None:
         self.directory = os.fspath(directory)
         os.makedirs(self.directory, exist_ok=True)
-        self.path = os.path.join(self.directory, FILE_NAME)
-        with self._database(f"cannot open {FILE_NAME}"):
+        self.name = name
+        self.path = os.path.join(self.directory, name)
+        with self._database(f"cannot open {name}"):
             # one thread at a time, but not always the one that opened it
             # (a kernel's snapshot writer thread)
             self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
@@ -102,12 +103,12 @@ class SnapshotStore:
             raise StateError(f"state_dir {self.directory!r}: {doing}: {text}") from exc
 
     def _damaged(self, detail: str) -> str:
-        return (f"state_dir {self.directory!r}: {FILE_NAME} is damaged ({detail}), so none of its "
+        return (f"state_dir {self.directory!r}: {self.name} is damaged ({detail}), so none of its "
                 "snapshots can be trusted; move the state_dir aside to run this flow afresh "
                 "(its to_files output is then written again)")
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._database(f"cannot read {FILE_NAME}"):
+        with self._database(f"cannot read {self.name}"):
             return self._db.execute(sql, args).fetchall()
 
     def close(self) -> None:
@@ -115,11 +116,13 @@ class SnapshotStore:
 
     # -- which flow ------------------------------------------------------------------
 
-    def claim(self, fingerprint: str, kernels: int, layout: str) -> None:
+    def claim(self, fingerprint: str, kernels: int, layout: str, placement: str | None = None) -> None:
         """Bind an empty store to this flow, or check that it is this flow's
         (and intact: see `_check_intact`). `layout` names how the snapshots
         are laid out (what the operators put in them: `kernel.operators.
-        SNAPSHOT_LAYOUT`): the store only compares it, as text."""
+        SNAPSHOT_LAYOUT`): the store only compares it, as text. A cluster's
+        process gives its `placement` ("process 1 of 2, 2 cores each"):
+        kernels are numbered by it, so it must not change either."""
         self._check_intact()
         rows = dict(self._query("SELECT key, value FROM meta"))
         if not rows:
@@ -127,6 +130,8 @@ class SnapshotStore:
                 "INSERT INTO meta (key, value) VALUES (?, ?), (?, ?), (?, ?)",
                 ("flow", fingerprint, "kernels", str(kernels), "format", layout),
             )
+            if placement is not None:
+                self._write("INSERT INTO meta (key, value) VALUES (?, ?)", ("placement", placement))
             return
         if rows.get("format") != layout:
             raise StateError(
@@ -144,6 +149,12 @@ class SnapshotStore:
                 f"state_dir {self.directory!r} was written by {rows.get('kernels')} kernels and this run "
                 f"has {kernels}: a resumed run needs the same number of kernels (keys are partitioned "
                 "by kernel count)"
+            )
+        if rows.get("placement") != placement:
+            raise StateError(
+                f"state_dir {self.directory!r} was written as {rows.get('placement') or 'one process'} "
+                f"and this run is {placement or 'one process'}: a resumed run needs the same processes "
+                "and cores per process (kernels are numbered by them)"
             )
 
     def _check_intact(self) -> None:
@@ -176,7 +187,7 @@ class SnapshotStore:
         self._write("DELETE FROM complete WHERE epoch < ?", (oldest,))
 
     def _write(self, sql: str, args: tuple) -> None:
-        with self._database(f"cannot write to {FILE_NAME}"):
+        with self._database(f"cannot write to {self.name}"):
             self._db.execute(sql, args)
 
     # -- reading -------------------------------------------------------------------------
@@ -185,6 +196,34 @@ class SnapshotStore:
         """(epoch, final) of the complete epochs, newest first."""
         return [(e, bool(f)) for e, f in self._query(
             "SELECT epoch, final FROM complete ORDER BY epoch DESC")]
+
+    def restorable(self, kernels) -> list[int]:
+        """The epochs (newest first) for which each of `kernels` has a
+        snapshot, its own or its FINAL one, and that are complete or newer
+        than the newest complete one: what a cluster's process can resume
+        from (an epoch made durable here, maybe completed elsewhere). The
+        checksums are checked when a kernel reads its snapshot."""
+        kernels = list(kernels)
+        rows = self._query("SELECT epoch, kernel FROM snapshots")
+        have: dict[int, set[int]] = {}
+        for epoch, kernel in rows:
+            have.setdefault(epoch, set()).add(kernel)
+        ended = have.pop(FINAL, set())
+        completed = [e for e, _ in self.completed()]
+        newest = completed[0] if completed else 0
+        candidates = set(completed) | {e for e in have if e > newest}
+        return sorted((e for e in candidates if all(k in have.get(e, ()) or k in ended for k in kernels)),
+                      reverse=True)
+
+    def all_ended(self, kernels) -> bool:
+        """Whether each of `kernels` has written its FINAL snapshot."""
+        ended = {k for (k,) in self._query("SELECT kernel FROM snapshots WHERE epoch = ?", (FINAL,))}
+        return all(k in ended for k in kernels)
+
+    def snapshot_for(self, epoch: int, kernel: int) -> bytes:
+        """`kernel`'s snapshot of `epoch`: its own, or its FINAL one when it
+        had ended before that epoch (checksum checked)."""
+        return self._read_for(epoch, kernel)
 
     def read(self, epoch: int, kernel: int) -> bytes:
         rows = self._query(

@@ -2347,26 +2347,65 @@ def test_the_link_and_cluster_figures_are_those_benches_results_records():
     assert "(p50 31.4/31.4/31.1 us vs 29.3/29.3/29.0 us: 1.07x each time)" in results
 
 
-@promise(MACHINES, "Not yet")
-def test_a_state_dir_with_peers_is_refused_clearly_from_python_and_from_the_command_line(tmp_path, capsys):
-    """`run(..., peers=..., state_dir=...)` raises ValueError saying state_dir
-    is not supported with peers yet, and `--state-dir` with `--peers` exits
-    2 with one line saying so, before anything runs or is written. The rest:
-    tests/kernel/test_cluster.py::test_bad_cluster_arguments_are_clear_errors."""
-    from kernel.cli._run import main
+@promise(MACHINES, "Recovery across machines")
+def test_a_cluster_with_a_state_dir_snapshots_and_a_rerun_of_a_finished_one_runs_nothing(tmp_path):
+    """`run(..., peers=..., state_dir=...)` on two processes: each writes
+    its own store file, process 0 gathers the results, and a rerun of the
+    finished flow restores its final epoch on both and runs nothing. The
+    rest (a lost process, refusals): the "On a cluster" claim below and
+    tests/state/test_cluster_recovery.py."""
 
-    flow = Dataflow()
-    flow.from_iterable(range(3)).collect()
-    with pytest.raises(ValueError, match="state_dir is not supported with peers yet"):
-        run(flow, process_id=0, peers="127.0.0.1:7001,127.0.0.1:7002", secret=SECRET,
-            state_dir=tmp_path / "st")
-    pipeline = tmp_path / "pipeline.py"
-    pipeline.write_text("raise SystemExit('never imported')\n")
-    code = main([str(pipeline), "--state-dir", str(tmp_path / "st"), "--process-id", "0",
-                 "--peers", "127.0.0.1:7001,127.0.0.1:7002"])
-    assert code == 2
-    assert capsys.readouterr().err == "error: --state-dir is not supported with --peers yet\n"
-    assert not (tmp_path / "st").exists()
+    def build():
+        flow = Dataflow("claims_cluster_state")
+        counts = flow.from_iterable(range(1000)).key_by(lambda x: x % 7).count().collect()
+        return flow, [counts]
+
+    expected = [sorted(repr((k, sum(1 for x in range(1000) if x % 7 == k))) for k in range(7))]
+    for attempt in ("first", "again"):
+        outcomes = Cluster(build, 2, options_for=lambda i: {"state_dir": tmp_path / "st",
+                                                            "epoch_interval": 0.05}).outcomes()
+        assert outcomes[0] == ("ok", expected if attempt == "first" else [[]]), outcomes
+        assert outcomes[1] == ("ok", [[]])
+    stores = sorted(p.name for p in (tmp_path / "st").glob("*.sqlite"))
+    assert stores == ["snapshots-process0.sqlite", "snapshots-process1.sqlite"]
+    for p in range(2):
+        store = SnapshotStore(tmp_path / "st", f"snapshots-process{p}.sqlite")
+        assert store.completed()[0][1]  # the final epoch, on both
+        store.close()
+
+
+# -- issue 16: cluster snapshots and recovery ---------------------------------------------
+
+
+@promise(STATE, "On a cluster")
+def test_a_cluster_that_lost_a_process_resumes_from_the_epoch_complete_on_both_exactly_once(tmp_path):
+    """Two `python -m kernel.run` processes sharing one state_dir; process
+    1's launcher is killed (SIGKILL) once its store holds two complete
+    epochs: process 0 stops too, no file of an epoch process 0 had not
+    completed is visible, and the same commands resume from process 0's
+    newest complete epoch, saying so on both, with every record once and
+    the keyed count and windowed sums of a plain loop. The rest (hypothesis
+    over which process dies and when, local dirs, the refusals naming the
+    process): tests/state/test_cluster_recovery.py and
+    tests/kernel/test_cluster_epochs.py."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_cluster_recovery", ROOT / "tests" / "state" / "test_cluster_recovery.py")
+    rec = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rec)
+    (tmp_path / "pipeline.py").write_text(rec.PIPELINE)
+    procs = rec.start_cluster(tmp_path, shared=True)
+    rec.kill_after(procs, tmp_path, 1, True, 2)
+    first = rec.finish(procs)
+    assert first[1][0] == -signal.SIGKILL and first[0][0] == 1
+    assert "lost process 1" in first[0][1]
+    epoch = rec.complete_epochs(rec.store_file(tmp_path, 0, True))[0][0]
+    assert epoch >= 2 and max(rec.visible_epochs(tmp_path / "out"), default=0) <= epoch
+    for code, err in rec.finish(rec.start_cluster(tmp_path, shared=True)):
+        assert code == 0, err
+        assert f"resuming from epoch {epoch}\n" in err
+    rec.assert_exactly_once(tmp_path / "out")
 
 
 # -- issue 17: a running system (coordinator, executors, jobs) ------------------------------

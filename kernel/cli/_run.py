@@ -70,18 +70,29 @@ def load_flow(path: Path, name: str) -> Dataflow:
 
 
 def _report(prefix: str, exc: BaseException) -> None:
-    print(f"error: {prefix}{exc}", file=sys.stderr)
-    text = cause_traceback(exc)
-    if text:
+    _error(f"{prefix}{exc}", cause_traceback(exc))
+
+
+_json_errors = False  # --log-format json: the command's own error is a JSON line too
+
+
+def _error(message: str, traceback: str = "") -> None:
+    """The command's last word on stderr: `error: ...` and the user's
+    traceback, or with --log-format json one JSON object."""
+    if _json_errors:
+        from kernel._logging import json_line
+
+        print(json_line("ERROR", message, traceback=traceback or None, logger="kernel.run"), file=sys.stderr)
+        return
+    print(f"error: {message}", file=sys.stderr)
+    if traceback:
         print("", file=sys.stderr)
-        print(text, end="", file=sys.stderr)
+        print(traceback, end="", file=sys.stderr)
 
 
 def _check_cluster_options(args) -> None:
     if args.peers is None or args.process_id is None:
         raise UsageError("a cluster needs both --process-id and --peers")
-    if args.state_dir is not None:
-        raise UsageError("--state-dir is not supported with --peers yet")
     if (args.tls_cert is None) != (args.tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     if args.tls_ca is not None and args.tls_cert is None:
@@ -103,6 +114,15 @@ def _flow_loader(path: Path, name: str):
         return loaded[pid]
 
     return get_flow
+
+
+def _progress(args):
+    """The live progress line, on a terminal only and unless --quiet."""
+    if args.quiet or not sys.stdout.isatty():
+        return None
+    from ._progress import ProgressLine
+
+    return ProgressLine(sys.stdout)
 
 
 def _resolve_placement(args) -> None:
@@ -137,7 +157,8 @@ def _run(args, path: Path, name: str) -> int:
     plan = plan_for(get_flow, cores=args.cores, gc_threshold=DEFAULT_GC_THRESHOLD,
                     state_dir=args.state_dir, epoch_interval=args.epoch_interval,
                     process_id=args.process_id, peers=args.peers, secret_file=args.secret_file, tls=tls,
-                    startup_timeout=args.startup_timeout, dashboard=args.dashboard)
+                    startup_timeout=args.startup_timeout, dashboard=args.dashboard,
+                    progress=_progress(args))
     if not in_cluster:
         execute(plan, get_flow)
         return 0
@@ -146,7 +167,7 @@ def _run(args, path: Path, name: str) -> int:
     try:
         execute(plan, get_flow)
     except LinkError as exc:  # it names the peer: that is the whole message
-        print(f"error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 1
     return 0
 
@@ -163,7 +184,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m kernel.run") -> i
     parser.add_argument("--epoch-interval", type=float, default=DEFAULT_EPOCH_INTERVAL,
                         help=f"seconds between epoch snapshots (default {DEFAULT_EPOCH_INTERVAL})")
     parser.add_argument("--dashboard", default=None, metavar="HOST:PORT",
-                        help="serve the run's metrics at http://HOST:PORT/metrics (Prometheus format)")
+                        help="serve the run's metrics at http://HOST:PORT/metrics (Prometheus format) "
+                             "and its dashboard at http://HOST:PORT/")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no live progress line (there is none when stdout is not a terminal)")
     cluster = parser.add_argument_group("cluster (several machines)")
     cluster.add_argument("--process-id", type=int, default=None, metavar="I",
                          help="this process's place in --peers (0-based)")
@@ -183,22 +207,31 @@ def main(argv: list[str] | None = None, prog: str = "python -m kernel.run") -> i
     cluster.add_argument("--tls-key", default=None, help="the certificate's private key (PEM)")
     cluster.add_argument("--tls-ca", default=None,
                          help="CA that signs every peer's certificate (also required of clients)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="json: the kernels' warnings (and the command's error) as one JSON object a "
+                             "line: time, level, message, kernel, step, job")
     args = parser.parse_args(argv)
     path, name = split_target(args.pipeline)
+    global _json_errors
+    _json_errors = args.log_format == "json"
+    if _json_errors:
+        from kernel._logging import use_json_logs
+
+        use_json_logs(sys.stderr, job=f"{path.name}:{name}")
     from kernel.state import StateError  # the facade's one reach into `state`
 
     try:
         return _run(args, path, name)
     except StateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 1
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 2
     except KernelProcessError as exc:
         cause = exc.__cause__
         if isinstance(cause, UsageError):
-            print(f"error: {cause}", file=sys.stderr)
+            _error(str(cause))
             return 2
         if isinstance(cause, (PipelineImportError, KernelError)):
             _report(f"kernel {exc.kernel}: ", cause)
@@ -209,7 +242,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m kernel.run") -> i
         _report("", exc)
         return 1
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -94,6 +94,23 @@ class Graph:
                   [(e.source.id, e.port, e.exchange) for e in node.inputs]) for node in self.nodes]
         return hashlib.sha256(repr((self.name, shape)).encode()).hexdigest()
 
+    def describe(self) -> dict:
+        """The graph as plain data (JSON- and msgpack-ready), for the
+        dashboard: each step's id, name, label, kind, whether it is a
+        source or splits around an exchange (a combiner), and its inputs
+        (from which step, which port, exchanged by key or not)."""
+        return {
+            "name": self.name,
+            "steps": [
+                {"id": node.id, "name": node.name, "label": node.label,
+                 "kind": node.kind[0] if node.kind else "", "source": node.is_source,
+                 "combiner": node.combiner is not None,
+                 "inputs": [{"from": e.source.id, "port": e.port, "exchange": e.exchange}
+                            for e in node.inputs]}
+                for node in self.nodes
+            ],
+        }
+
     def _unique(self, name: str) -> str:
         count = self._names.get(name, 0)
         self._names[name] = count + 1

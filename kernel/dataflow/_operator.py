@@ -13,6 +13,11 @@ synchronous handlers; the kernel calls them inside its ticks:
   anything emitted here is ahead of it.
 * ``on_end()``: every input has ended (after a final ``on_watermark(inf)``).
   Aggregates emit their results here; end-of-input is forwarded after it.
+  An operator with work still under way in a task of its own (a sink whose
+  writes are not all acknowledged) returns an ``asyncio`` future (its
+  task): the step ends once it is done, so until then epoch snapshots
+  still take its state (what it has not written) rather than count it as
+  ended.
 * ``on_timer(event_time, data)``: an event-time timer set with
   ``self.schedule(event_time, data)`` is due: the input watermark reached
   ``event_time``. Due timers fire in time order (ties in the order they were
@@ -98,8 +103,9 @@ class Operator:
     def on_watermark(self, watermark: float) -> None:
         """The input watermark advanced to `watermark`."""
 
-    def on_end(self) -> None:
-        """Every input ended; emit final results here."""
+    def on_end(self):
+        """Every input ended; emit final results here. Return None, or a
+        future (an asyncio task) that the step's end waits for."""
 
     def on_idle(self) -> None:
         """Every input is idle: emit what others must not move on without."""

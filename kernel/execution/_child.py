@@ -8,6 +8,7 @@ import asyncio
 import os
 import pickle
 import signal
+import struct
 import sys
 import time
 import traceback
@@ -17,6 +18,9 @@ import uvloop
 from kernel.dataflow._errors import keep_cause_traceback
 
 _libc_handle = None
+# What a cluster's kernel reads from its gate: the epoch the run restores
+# (0: a fresh start) and whether it was the end of a finished run.
+GATE_RECORD = struct.Struct("<qB")
 
 
 def _libc():
@@ -40,6 +44,16 @@ def _die_with_parent(launcher_pid: int) -> None:
         os._exit(1)
 
 
+def _wait_at_gate(fd: int) -> tuple[int, bool]:
+    """Wait until the relay has linked up: (restored epoch, finished)."""
+    record = os.read(fd, GATE_RECORD.size)
+    if len(record) < GATE_RECORD.size:  # the relay failed: the launcher stops us
+        while True:
+            time.sleep(3600)
+    epoch, finished = GATE_RECORD.unpack(record)
+    return epoch, bool(finished)
+
+
 def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid,
                  epochs=None, commits=None, gate=None) -> None:
     """A kernel process: pinned, one uvloop, nothing else."""
@@ -50,19 +64,23 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
         if cpu is not None:  # the link relay is not pinned: it shares the kernels' CPUs
             os.sched_setaffinity(0, {cpu})
         asyncio.events._set_running_loop(None)  # the parent's marker survives fork on 3.11
+        agreed = None
         if gate is not None:  # a cluster's kernel: wait for the links
             os.close(gate[1])
-            if not os.read(gate[0], 1):  # the relay failed: the launcher stops us
-                while True:
-                    time.sleep(3600)
+            agreed = _wait_at_gate(gate[0])
             os.close(gate[0])
         coordinator = None
         if epochs is not None:
             from kernel.runtime._coordinate import KernelSide
 
             open_store, interval, snapshots, restored_epoch, _, finished_before = epochs
-            coordinator = KernelSide(open_store(), index, conn.send, commits, interval,
-                                     None if snapshots is None else snapshots[index], restored_epoch,
+            store = open_store()
+            if restored_epoch is None:  # a cluster: the epoch its processes agreed on
+                restored_epoch, finished_before = agreed
+                snapshot = store.snapshot_for(restored_epoch, index) if restored_epoch else None
+            else:
+                snapshot = None if snapshots is None else snapshots[index]
+            coordinator = KernelSide(store, index, conn.send, commits, interval, snapshot, restored_epoch,
                                      finished_before)
         results = uvloop.run(build_runtime(index, peers, transport, coordinator))
         conn.send(("ok", results))

@@ -46,9 +46,10 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import pickle
 import threading
 
-from ._child import _kernel_main, _libc
+from ._child import GATE_RECORD, _kernel_main, _libc
 from ._supervisor import _supervise
 
 # Ring size per ordered pair of kernels. 4 MiB holds a few thousand batches
@@ -64,7 +65,7 @@ def _cpus_for(cores: int, skip: int = 0) -> list[int]:
 
 
 def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, cluster=None,
-                 cancel=None) -> list[dict]:
+                 cancel=None, link_report=None, agreement=None) -> list[dict]:
     """Run `cores` kernel processes; returns each kernel's results, in order.
 
     `build_runtime(kernel_index, peers, transport, coordinator)` is called in
@@ -77,6 +78,13 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
     (a `ClusterPlan`) makes this process one of several linked by websockets:
     the results are every kernel's on process 0, none elsewhere. `cancel`, a
     connection, stops the run (`RunCancelled`) when it becomes readable.
+    `link_report(sent bytes by peer process)`, in a cluster's relay, is
+    told what its links have sent, now and then (metrics).
+    On a cluster with snapshots, `epochs`' snapshots and restored epoch are
+    None: the processes agree on the epoch when they have linked up
+    (`agreement`, `(offer, decide)`: see `net/_relay.py`), the relay tells
+    the launcher and writes it into the kernels' gate, and each kernel
+    reads its own snapshot of it.
     """
     from kernel.net import Doorbell, ProcessTransport, SpscRing
     from kernel.net._transport import RelayEnds
@@ -148,7 +156,8 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
             results_in, handover = context.Pipe(duplex=False)
             child = context.Process(
                 target=_kernel_main,
-                args=(first, peers, None, _relay_runtime(cluster, relay_rings, bells, results_in, gate),
+                args=(first, peers, None, _relay_runtime(cluster, relay_rings, bells, results_in, gate,
+                                                         sender, agreement, link_report),
                       None, sender, os.getpid()),
                 name="links",
                 daemon=True,
@@ -174,7 +183,19 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
                     except OSError:
                         pass  # that kernel is gone; supervision reports it
 
-            coordinator = LauncherSide(epochs[4], cores, epochs[3], send_commit)
+            if cluster is None:
+                coordinator = LauncherSide(epochs[4], cores, epochs[3], send_commit)
+            else:
+                from kernel.runtime._cluster_epochs import ClusterLauncherSide
+
+                def send(process: int, message: tuple) -> None:
+                    try:
+                        handover.send(("message", (process, message)))
+                    except OSError:
+                        pass  # the relay is gone; supervision reports it
+
+                coordinator = ClusterLauncherSide(epochs[4], cores, cluster.process, cluster.processes,
+                                                  send, send_commit)
         relay = None if cluster is None else (first, handover)
         return _supervise(children, pipes, coordinator, relay, cancel)
     finally:
@@ -197,15 +218,21 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
             os.close(fd)
 
 
-def _open_gate(gate_out: int, kernels: int) -> None:
-    """Every link is up: one byte for each kernel waiting on the gate."""
-    os.write(gate_out, b"g" * kernels)
+def _open_gate(gate_out: int, kernels: int, epoch: int = 0, finished: bool = False) -> None:
+    """Every link is up: one record for each kernel waiting on the gate,
+    the epoch the run restores (0: none) and whether it was the end of a
+    finished run. One write of all the records (atomic: at most PIPE_BUF
+    bytes for up to 455 kernels), so each kernel's read gets a whole one."""
+    os.write(gate_out, GATE_RECORD.pack(epoch, finished) * kernels)
     os.close(gate_out)
 
 
-def _relay_runtime(plan, ends, bells, handover, gate):
-    """What the relay child runs: link up, open the kernels' gate, relay,
-    and end with the results (or tell the peers this process failed)."""
+def _relay_runtime(plan, ends, bells, handover, gate, launcher=None, agreement=None, report=None):
+    """What the relay child runs: link up (agreeing on the restored epoch,
+    with an `agreement`), open the kernels' gate, relay, and end with the
+    results (or tell the peers this process failed). The launchers' epoch
+    messages pass through it both ways (`launcher`: its result pipe).
+    `report(sent bytes by peer)`: the links' metrics, now and then."""
 
     async def run_relay(_index, _peers, _transport, _coordinator):
         from kernel.net._relay import LinkRelay
@@ -214,12 +241,27 @@ def _relay_runtime(plan, ends, bells, handover, gate):
         os.close(gate_in)
         loop = asyncio.get_running_loop()
         local = loop.create_future()
-        relay = LinkRelay(plan, ends, bells[: len(ends)], bells[len(ends)],
-                          on_linked=lambda: _open_gate(gate_out, len(ends)))
+
+        def on_linked(decision=None) -> None:
+            if decision is None:
+                _open_gate(gate_out, len(ends))
+                return
+            epoch, finished = pickle.loads(decision)
+            launcher.send(("restored", (epoch, finished)))
+            _open_gate(gate_out, len(ends), epoch, finished)
+
+        def to_launcher(process: int, body: bytes) -> None:
+            launcher.send(("message", (process, pickle.loads(body))))
+
+        relay = LinkRelay(plan, ends, bells[: len(ends)], bells[len(ends)], on_linked=on_linked,
+                          agreement=agreement, on_message=to_launcher, report=report)
 
         def on_message(kind, payload) -> None:
             if kind == "abort":
                 relay.abort(payload)
+            elif kind == "message":
+                process, message = payload
+                relay.send_message(process, pickle.dumps(message, protocol=5))
             elif not local.done():
                 local.set_result(payload)
 

@@ -22,7 +22,7 @@ from kernel.runtime._runtime import Runtime
 from kernel.scheduling._kernel import Kernel
 
 from ._host_gc import host_heap_frozen
-from ._plan import THREAD, RunPlan
+from ._plan import PROGRESS_INTERVAL, THREAD, RunPlan
 
 
 def execute(plan: RunPlan, get_flow) -> list[dict]:
@@ -51,13 +51,17 @@ async def execute_async(plan: RunPlan, get_flow) -> list[dict]:
 async def _one_kernel(plan: RunPlan, flow) -> dict:
     kernel = Kernel(**plan.kernel.as_kwargs())
     coordinator = None if plan.snapshots is None else plan.snapshots.local()
-    runtime = Runtime(flow.graph, kernel, coordinator=coordinator, metrics=plan.dashboard is not None)
+    runtime = Runtime(flow.graph, kernel, coordinator=coordinator, metrics=plan.observed)
     server = None
     if plan.dashboard is not None:  # on this loop, reading the runtime when scraped
         from kernel.metrics import listen, serve_on_loop
 
-        server = await serve_on_loop(listen(plan.dashboard), lambda: [runtime.metrics_snapshot()])
+        graph = flow.graph.describe()
+        server = await serve_on_loop(listen(plan.dashboard), lambda: [runtime.metrics_snapshot()],
+                                     lambda: graph)
     kernel.at_start(runtime.start)
+    if plan.progress is not None:
+        kernel.at_start(lambda: _tell_progress(kernel, runtime, plan.progress))
     try:
         await kernel.join()
     finally:
@@ -65,38 +69,106 @@ async def _one_kernel(plan: RunPlan, flow) -> dict:
             coordinator.close()  # a failed run's snapshot writes end before it returns
         if server is not None:
             await server.cleanup()
+        if plan.progress is not None:
+            plan.progress([runtime.metrics_snapshot()], True)
     return runtime.results()
+
+
+def _tell_progress(kernel, runtime, progress) -> None:
+    """One kernel: hand `progress` this kernel's snapshot now and every
+    PROGRESS_INTERVAL after (a processing-time timer: it never keeps the
+    run alive)."""
+    progress([runtime.metrics_snapshot()], False)
+    kernel.call_later(PROGRESS_INTERVAL, lambda: _tell_progress(kernel, runtime, progress))
 
 
 def _on_cores(plan: RunPlan, get_flow, cancel=None) -> list[dict]:
     from ._cores import run_on_cores
 
     epochs = None if plan.snapshots is None else plan.snapshots.for_processes()
-    if plan.dashboard is None:
+    # a cluster's processes agree on the epoch they resume from once linked
+    agreement = None if epochs is None or plan.cluster is None else plan.snapshots.agreement()
+    if not plan.observed:
         return run_on_cores(_kernel_process(get_flow, plan), plan.cores, epochs=epochs,
-                            cluster=plan.cluster, cancel=cancel)
+                            cluster=plan.cluster, cancel=cancel, agreement=agreement)
     from kernel.metrics import MetricsBlock, MetricsServerThread, listen
 
     # Bound before the kernels fork (a port in use fails the run before it
     # starts); served from a thread started after they have forked, so no
-    # kernel inherits a thread's locks.
-    sock = listen(plan.dashboard)
+    # kernel inherits a thread's locks. The first kernel describes the
+    # graph in a block of its own (the launcher need not import the flow).
+    sock = None if plan.dashboard is None else listen(plan.dashboard)  # the server thread closes it
     blocks = [MetricsBlock() for _ in range(plan.cores)]
-    server = MetricsServerThread(sock, lambda: [s for b in blocks if (s := b.read()) is not None])
+    graph_block = MetricsBlock()
+    # a cluster's relay reports what its links sent in a block of its own
+    links_block = MetricsBlock(1 << 16) if plan.cluster is not None else None
+    link_report = None
+    if links_block is not None:
+        process = plan.cluster.process
+
+        def link_report(sent: dict) -> None:
+            links_block.write({"process": process, "sent": sent})
+
+    def collect() -> list[dict]:
+        snapshots = [s for b in blocks if (s := b.read()) is not None]
+        links = links_block.read() if links_block is not None else None
+        if links is not None and snapshots:  # carried by this process's first kernel's snapshot
+            snapshots[0] = {**snapshots[0], "links": links}
+        return snapshots
+
+    threads = []
+    if sock is not None:
+        threads.append(MetricsServerThread(sock, collect, graph_block.read))
+    if plan.progress is not None:
+        threads.append(_Ticker(PROGRESS_INTERVAL, lambda: plan.progress(collect(), False)))
+
+    def started(_pids) -> None:
+        for thread in threads:
+            thread.start()
+
     try:
-        return run_on_cores(_kernel_process(get_flow, plan, blocks), plan.cores, epochs=epochs,
-                            cluster=plan.cluster, cancel=cancel, on_started=lambda _pids: server.start())
+        return run_on_cores(_kernel_process(get_flow, plan, blocks, graph_block), plan.cores, epochs=epochs,
+                            cluster=plan.cluster, cancel=cancel, on_started=started, link_report=link_report,
+                            agreement=agreement)
     finally:
-        server.stop()
-        for block in blocks:
+        for thread in threads:
+            thread.stop()
+        if plan.progress is not None:
+            plan.progress(collect(), True)
+        for block in [*blocks, graph_block, *([links_block] if links_block is not None else [])]:
             block.close()
 
 
-def _kernel_process(get_flow, plan: RunPlan, blocks=None):
+class _Ticker:
+    """Calls `fn()` every `interval` seconds on a thread of the launcher, until stopped."""
+
+    def __init__(self, interval: float, fn) -> None:
+        import threading
+
+        self._interval = interval
+        self._fn = fn
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._tick, name="progress", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _tick(self) -> None:
+        while not self._stopped.wait(self._interval):
+            self._fn()
+
+
+def _kernel_process(get_flow, plan: RunPlan, blocks=None, graph_block=None):
     """What each kernel process runs: build the flow's runtime on a kernel
     with its transport, run it, hand back its results. With metrics
     `blocks` (one per kernel of this process), it publishes its metrics in
-    its own."""
+    its own, and the process's first kernel describes the graph in
+    `graph_block`."""
     options = plan.kernel.as_kwargs()
     first = plan.cluster.first_kernel if plan.cluster is not None else 0
 
@@ -106,7 +178,11 @@ def _kernel_process(get_flow, plan: RunPlan, blocks=None):
         runtime = Runtime(flow.graph, kernel, transport, coordinator, metrics=blocks is not None)
         kernel.at_start(runtime.start)
         block = None if blocks is None else blocks[index - first]
+        if graph_block is not None and index == first:
+            graph_block.write(flow.graph.describe())
         if block is not None:
+            if hasattr(transport, "ring_used_bytes"):  # rings between kernel processes
+                runtime.observers.append(lambda: {"ring_used_bytes": transport.ring_used_bytes()})
             kernel.at_start(lambda: _publish_metrics(kernel, runtime, block))
         with gc_threshold(plan.gc_threshold):
             try:

@@ -21,6 +21,7 @@ from typing import Any
 DEFAULT_GC_THRESHOLD = 50_000
 DEFAULT_EPOCH_INTERVAL = 1.0
 DEFAULT_STARTUP_TIMEOUT = 30.0  # seconds a cluster's processes have to find each other
+PROGRESS_INTERVAL = 0.5  # seconds between two calls of a plan's `progress`
 
 THREAD, PROCESS, CLUSTER = "thread", "process", "cluster"
 
@@ -50,7 +51,8 @@ class RunPlan:
     `ClusterPlan`) makes this process one of several. `gc_threshold` is the
     generation-0 GC threshold of every thread that runs kernels and of a
     blocking caller (None: leave GC alone). `dashboard`, an address,
-    serves the run's metrics in Prometheus's format while it runs."""
+    serves the run's metrics in Prometheus's format and its dashboard while
+    it runs; `progress` is told them (the command line's live line)."""
 
     cores: int = 1
     kernel: KernelOptions = field(default_factory=KernelOptions)
@@ -58,6 +60,14 @@ class RunPlan:
     snapshots: Any = None
     cluster: Any = None
     dashboard: tuple[str, int] | None = None  # (host, port): serve /metrics there (kernel.metrics)
+    # progress(snapshots, final): called with every kernel's metrics snapshot
+    # every PROGRESS_INTERVAL while the run runs, and once (final=True) at its end
+    progress: Any = None
+
+    @property
+    def observed(self) -> bool:
+        """Whether the kernels count their records (metrics, for a dashboard or progress)."""
+        return self.dashboard is not None or self.progress is not None
 
     @property
     def mode(self) -> str:

@@ -87,6 +87,12 @@ def _wait_for_results(children, pipes, coordinator, relay, cancel) -> list[dict]
             if status in ("durable", "finished"):
                 coordinator.message(index, (status, payload))
                 continue
+            if status == "restored":  # a cluster's relay: the epoch every process resumes from
+                coordinator.restored(*payload)
+                continue
+            if status == "message":  # a cluster's relay: another process's launcher said
+                coordinator.remote(*payload)
+                continue
             results[index] = payload
             pending.discard(index)
             if relay is not None and pending == {kernels}:

@@ -7,8 +7,11 @@
   small shared-memory block every `PUBLISH_INTERVAL` seconds (and once at
   its end); its launcher reads every kernel's block when scraped.
 * `render` (`_exposition.py`) writes snapshots as the text exposition format.
-* `_server.py`: the `/metrics` endpoint (aiohttp), on the run's own loop for
-  one kernel, on a thread of the launcher for kernel processes.
+* `_server.py`: the server (aiohttp), on the run's own loop for one
+  kernel, on a thread of the launcher for kernel processes; `_app.py` its
+  routes: `/metrics`, and the dashboard at `/` (`_static/`: the page, its
+  script and style) with its JSON (`/api/graph`: `Graph.describe()`,
+  `/api/state`, `/api/events`: `_dashboard.py`'s state, live).
 
 This package imports nothing else of the library but the error type of
 `kernel.scheduling`: the runtime and execution layers use it, not the other

@@ -30,6 +30,10 @@ _FAMILIES = (
     ("streamkernel_snapshot_bytes", "gauge", "Size of the last snapshot a kernel took."),
     ("streamkernel_backpressured_seconds_total", "counter",
      "Seconds a kernel's sources were paused because a channel to another kernel was full."),
+    ("streamkernel_ring_used_bytes", "gauge",
+     "Bytes a kernel has written into its ring to another kernel (peer) or the link relay, not yet read."),
+    ("streamkernel_link_sent_bytes_total", "counter",
+     "Bytes of frames a cluster process sent on its link to another process (peer)."),
 )
 
 
@@ -51,7 +55,7 @@ def _kernel_samples(snapshot: dict, samples: dict[str, list[str]]) -> None:
     def add(name: str, labels: str, value) -> None:
         samples[f"streamkernel_{name}"].append(f"streamkernel_{name}{labels} {_number(value)}")
 
-    for step, records_in, records_out, watermark, late in snapshot["steps"]:
+    for step, records_in, records_out, watermark, late, *_ in snapshot["steps"]:
         labels = _labels(step=step, kernel=kernel)
         if records_in is not None:
             add("records_in_total", labels, records_in)
@@ -79,6 +83,12 @@ def _kernel_samples(snapshot: dict, samples: dict[str, list[str]]) -> None:
         add("snapshot_bytes", _labels(kernel=kernel), snapshot["snapshot_bytes"])
     if "backpressured" in snapshot:  # only kernels with peers can be backpressured
         add("backpressured_seconds_total", _labels(kernel=kernel), snapshot["backpressured"])
+    for peer, used in sorted(snapshot.get("ring_used_bytes", {}).items()):  # kernel processes only
+        add("ring_used_bytes", _labels(kernel=kernel, peer=peer), used)
+    if "links" in snapshot:  # a cluster's process: its relay's links (on its first kernel's snapshot)
+        process = str(snapshot["links"]["process"])
+        for peer, sent in sorted(snapshot["links"]["sent"].items()):
+            add("link_sent_bytes_total", _labels(process=process, peer=peer), sent)
 
 
 def _labels(**labels: str) -> str:

@@ -1,4 +1,4 @@
-"""The `/metrics` endpoint of a run with `dashboard="HOST:PORT"`.
+"""The server of a run with `dashboard="HOST:PORT"`: `/metrics` and the dashboard.
 
 The address is checked and its socket bound before anything runs (and
 before a launcher forks its kernels), so a bad value or a port in use is an
@@ -14,8 +14,6 @@ import socket
 import threading
 
 from kernel.scheduling._errors import KernelError
-
-from ._exposition import CONTENT_TYPE, render
 
 
 class MetricsServerError(KernelError):
@@ -62,29 +60,30 @@ def bound_address(sock: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def serve_on_loop(sock: socket.socket, collect):
-    """Serve `/metrics` from `sock` on the running loop; `collect()` gives
-    the kernels' snapshots. Returns the aiohttp runner (`await
-    runner.cleanup()` stops it and closes the socket)."""
+async def serve_on_loop(sock: socket.socket, collect, describe=None):
+    """Serve `/metrics` and the dashboard (`_app.py`) from `sock` on the
+    running loop; `collect()` gives the kernels' snapshots, `describe()`
+    the graph (`Graph.describe()`, None while not known yet). Returns the
+    aiohttp runner (`await runner.cleanup()` stops it, ends the dashboards'
+    live streams and closes the socket)."""
     from aiohttp import web  # only a run with metrics pays for importing it
 
-    async def metrics(_request):
-        return web.Response(body=render(collect()).encode(), headers={"Content-Type": CONTENT_TYPE})
+    from ._app import dashboard_app
 
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, access_log=None)
+    app = dashboard_app(collect, describe or (lambda: None))
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     await web.SockSite(runner, sock).start()
     return runner
 
 
 class MetricsServerThread:
-    """`/metrics` on a thread of its own (a launcher blocked on its kernels)."""
+    """`/metrics` and the dashboard on a thread of its own (a launcher blocked on its kernels)."""
 
-    def __init__(self, sock: socket.socket, collect) -> None:
+    def __init__(self, sock: socket.socket, collect, describe=None) -> None:
         self._sock = sock
         self._collect = collect
+        self._describe = describe
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()
@@ -113,7 +112,7 @@ class MetricsServerThread:
     async def _main(self) -> None:
         self._stop = asyncio.Event()
         try:
-            runner = await serve_on_loop(self._sock, self._collect)
+            runner = await serve_on_loop(self._sock, self._collect, self._describe)
         except BaseException as exc:
             self._error = exc
             self._started.set()

@@ -181,38 +181,58 @@ class KernelSide(_Coordinator):
                 self.runtime.kernel.release()
 
 
+class EpochGather:
+    """Epochs complete once every member (a kernel, or a cluster's process)
+    has made them durable; a member that has finished counts for every
+    later epoch. `complete(epoch, final)` is called for each complete epoch
+    in order, and once (final=True) when every member has finished."""
+
+    def __init__(self, members: int, restored_epoch: int, complete) -> None:
+        self.members = members
+        self.last_complete = restored_epoch
+        self.complete = complete
+        self._durable: dict[int, set[int]] = {}
+        self._finished: dict[int, int] = {}  # member -> its next epoch number
+
+    def message(self, member: int, message: tuple) -> None:
+        kind, epoch = message
+        if kind == "durable":
+            self._durable.setdefault(epoch, set()).add(member)
+        else:
+            self._finished[member] = epoch
+        self._advance()
+
+    def _advance(self) -> None:
+        everyone = set(range(self.members))
+        while True:
+            epoch = self.last_complete + 1
+            done = self._durable.get(epoch, set()) | set(self._finished)
+            if done != everyone or len(self._finished) == self.members:
+                break
+            self._durable.pop(epoch, None)
+            self.last_complete = epoch
+            self.complete(epoch, False)
+        if len(self._finished) == self.members:
+            final = max([self.last_complete + 1, *self._finished.values()])
+            self.last_complete = final
+            self.complete(final, True)
+
+
 class LauncherSide:
     """In the launcher: epochs complete once every kernel made them durable."""
 
     def __init__(self, store, kernels: int, restored_epoch: int, send_commit) -> None:
         self.store = store
-        self.kernels = kernels
-        self.last_complete = restored_epoch
         self.send_commit = send_commit  # (epoch, final) -> every kernel
-        self._durable: dict[int, set[int]] = {}
-        self._finished: dict[int, int] = {}  # kernel -> its next epoch number
+        self._gather = EpochGather(kernels, restored_epoch, self._complete)
+
+    @property
+    def last_complete(self) -> int:
+        return self._gather.last_complete
 
     def message(self, kernel: int, message: tuple) -> None:
-        kind, epoch = message
-        if kind == "durable":
-            self._durable.setdefault(epoch, set()).add(kernel)
-        else:
-            self._finished[kernel] = epoch
-        self._advance()
+        self._gather.message(kernel, message)
 
-    def _advance(self) -> None:
-        everyone = set(range(self.kernels))
-        while True:
-            epoch = self.last_complete + 1
-            done = self._durable.get(epoch, set()) | set(self._finished)
-            if done != everyone or len(self._finished) == self.kernels:
-                break
-            self.store.mark_complete(epoch)
-            self._durable.pop(epoch, None)
-            self.last_complete = epoch
-            self.send_commit(epoch, False)
-        if len(self._finished) == self.kernels:
-            final = max([self.last_complete + 1, *self._finished.values()])
-            self.store.mark_complete(final, final=True)
-            self.last_complete = final
-            self.send_commit(final, True)
+    def _complete(self, epoch: int, final: bool) -> None:
+        self.store.mark_complete(epoch, final=final)
+        self.send_commit(epoch, final)

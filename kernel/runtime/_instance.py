@@ -72,12 +72,14 @@ class Instance:
         "aligning",
         "arrived",
         "budget_spent",
+        "busy",
         "chain",
         "chained",
         "counting",
         "declined",
         "drain_waiter",
         "emitted",
+        "end_due",
         "ended",
         "fused_into",
         "held",
@@ -123,6 +125,7 @@ class Instance:
         self.held: list = []
         self.released: list | None = None
         self.ended = False
+        self.end_due = False  # on_end's future is done: end in the next activation
         self.targets: list[tuple[Instance, int]] = []
         self.chained = False  # runs inside its upstream's activation (see Runtime)
         self.chain: list[Instance] = []  # a source's: the instances its polls run (chained)
@@ -133,6 +136,7 @@ class Instance:
         # counted per batch, and only when a run serves metrics
         self.counting = False
         self.records_in = self.records_out = 0
+        self.busy = 0.0  # seconds in this operator's on_batch, less the steps it called (metrics)
         self.fused_into: Instance | None = None  # the operator whose handler now does ours too
         kernel = runtime.kernel
         self.pace = _Pace(kernel) if node.is_source else None
@@ -175,18 +179,38 @@ class Instance:
         A fused upstream's handler (`Runtime._fuse`) does the downstream
         operator's work too, so the records between them never exist as a
         batch: they are counted as the records the fused handler was given
-        (one to one: a run that counts fuses no step that filters)."""
+        (one to one: a run that counts fuses no step that filters).
+
+        It also times each on_batch (two clock reads a batch): `busy` is the
+        time in it less the time of the downstream on_batch calls it made
+        (a chained step runs inside its upstream's emit). `nested` (the
+        runtime's, one cell for every instance of the kernel) carries the
+        time of those inner calls out to the one that made them. A fused
+        handler's time is all its first step's."""
         self.counting = True
         if self.is_source:
             return
         op = self.op
         on_batch = op.on_batch
         fused = self.fused_into
+        clock = self.runtime.kernel.clock.monotonic
+        nested = self.runtime.nested_time
+
+        def timed(port, batch):
+            outer = nested[0]
+            nested[0] = 0.0
+            started = clock()
+            try:
+                on_batch(port, batch)
+            finally:
+                spent = clock() - started
+                self.busy += spent - nested[0]
+                nested[0] = outer + spent
 
         if fused is None:
             def counted_batch(port, batch):
                 self.records_in += len(batch)
-                on_batch(port, batch)
+                timed(port, batch)
         else:
             # every step the handler does, but the last, hands on what it
             # was given (a run that counts fuses no other: `Runtime._fuse`)
@@ -201,7 +225,7 @@ class Instance:
                     step.records_in += n
                     step.records_out += n
                 last.records_in += n
-                on_batch(port, batch)
+                timed(port, batch)
 
         op.on_batch = counted_batch
 
@@ -283,10 +307,20 @@ class Instance:
             self.scheduled = True
             self._ready(self)
 
+    def _end_due(self, _future) -> None:
+        self.end_due = True
+        if not self.scheduled:
+            self.scheduled = True
+            self._ready(self)
+
     def activate(self):
         self.scheduled = False
         if self.is_source:
             return self._poll()
+        if self.end_due:
+            self.end_due = False
+            self._finish()
+            return
         pending = self.pending
         self.pending = []
         on_batch = self.op.on_batch
@@ -349,8 +383,11 @@ class Instance:
             if self.arrived is not None and progress.open:
                 self._check_aligned()
             if progress.open == 0:
-                _call(self, "on_end")
-                self._finish()
+                draining = _call(self, "on_end")
+                if draining is None:
+                    self._finish()
+                else:  # work of its own still under way (a sink's writes): end once it is done
+                    draining.add_done_callback(self._end_due)
 
     def _advance(self, frontier: float) -> None:
         timers = self.timers

@@ -36,6 +36,8 @@ _INF = math.inf
 FUSION = True
 # streamkernel_epoch_seconds's buckets (seconds from an epoch's start to its snapshot)
 EPOCH_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+# the dashboard's timeline: the last epochs a kernel snapshotted (epoch, wall time, seconds)
+EPOCH_LOG = 64
 
 
 class Runtime:
@@ -63,6 +65,12 @@ class Runtime:
         self._epoch_buckets = [0] * (len(EPOCH_BUCKETS) + 1)  # per bucket (the last: above them all)
         self._epoch_seconds = 0.0
         self.snapshot_bytes: int | None = None  # the last snapshot this kernel took
+        self._epoch_log: list[list] = []  # [epoch, wall time at its snapshot, seconds], the last EPOCH_LOG
+        self.complete: int | None = None  # the last epoch complete on every kernel (`commit`)
+        if isinstance(getattr(kernel.logger, "extra", None), dict):  # structured logs name the job
+            kernel.logger.extra["job"] = graph.name
+        self.nested_time = [0.0]  # metrics: see Instance.count_records
+        self.observers: list = []  # metrics of this kernel's transport: () -> {"ring_used_bytes": ...}
 
     # -- wiring -------------------------------------------------------------------
 
@@ -237,11 +245,16 @@ class Runtime:
     def metrics_snapshot(self) -> dict:
         """What this kernel has done so far, as plain data (`kernel.metrics`
         renders it): per instance `[step, records in (None: a source),
-        records out (None: a sink), watermark (None: none yet), late events (None: not a
-        window)]`, and the kernel's busy seconds per task class, stalls, idle
-        seconds and backpressured seconds."""
+        records out (None: a sink), watermark (None: none yet), late events
+        (None: not a window), the id of its graph node, whether it is a
+        combiner's partial half, seconds in its on_batch (None: a
+        source)]`, and the kernel's busy seconds per task class, stalls,
+        idle seconds and backpressured seconds; with epochs, the last
+        complete epoch and the last few epochs' snapshot times (the
+        dashboard's timeline)."""
         steps = []
-        for instance in self.instances:
+        nodes = len(self.graph.nodes)
+        for index, instance in enumerate(self.instances):
             watermark = instance.frontier
             late = getattr(instance.op, "late", None)
             steps.append([
@@ -250,6 +263,9 @@ class Runtime:
                 instance.records_out if instance.targets else None,  # None: a sink emits nothing
                 None if watermark == -_INF else watermark,
                 late if type(late) is int else None,  # a window's count (not SelectBatches' flag)
+                index if index < nodes else self._partial_for[index],  # the graph's step (Graph.describe)
+                index >= nodes,  # a combiner's partial half, before the exchange
+                None if instance.is_source else instance.busy,  # seconds in its on_batch
             ])
         backpressured = self.backpressured
         if self._paused_at is not None:
@@ -267,6 +283,11 @@ class Runtime:
         if self.snapshot_bytes is not None:  # a run with a state_dir that took a snapshot
             snapshot["epochs"] = [list(EPOCH_BUCKETS), list(self._epoch_buckets), self._epoch_seconds]
             snapshot["snapshot_bytes"] = self.snapshot_bytes
+            snapshot["epoch_log"] = self._epoch_log
+        if self.complete is not None:
+            snapshot["complete"] = self.complete
+        for observe in self.observers:
+            snapshot.update(observe())
         return snapshot
 
     def source_watermark_moved(self) -> None:
@@ -299,7 +320,7 @@ class Runtime:
             if type(op).on_epoch is Operator.on_epoch and not op.keyed_states:
                 self.kernel.logger.warning(
                     "%s keeps no position (no on_epoch/restore): after a crash a resumed run "
-                    "reads it again from its start", source.name)
+                    "reads it again from its start", source.name, extra={"step": source.name})
         durable = self._measured(coordinator.durable) if self.metrics else coordinator.durable
         self.epochs = EpochTracker(len(self.instances), durable, coordinator.finished,
                                    coordinator.first_epoch)
@@ -351,6 +372,8 @@ class Runtime:
                 seconds = self.kernel.clock.monotonic() - started
                 self._epoch_seconds += seconds
                 self._epoch_buckets[bisect.bisect_left(EPOCH_BUCKETS, seconds)] += 1
+                self._epoch_log.append([epoch, self.kernel.clock.now(), seconds])
+                del self._epoch_log[:-EPOCH_LOG]
             self.snapshot_bytes = len(blob)
             durable(epoch, blob)
 
@@ -364,5 +387,7 @@ class Runtime:
 
     def commit(self, epoch: int) -> None:
         """`epoch` is complete on every kernel: operators may publish it."""
+        if self.epochs is not None and epoch != EVERY_EPOCH:
+            self.complete = epoch
         for instance in self.instances:
             _call(instance, "on_commit", epoch)

@@ -103,11 +103,14 @@ class KernelStatistics:
 
 
 class _KernelLogger(logging.LoggerAdapter):
-    """Tags every record with the kernel index (`record.kernel`) and a prefix."""
+    """Tags every record with the kernel index (`record.kernel`) and a
+    prefix, and with whatever else its `extra` holds (the runtime adds the
+    `job`)."""
 
     def process(self, msg, kwargs):
         extra = kwargs.setdefault("extra", {})
-        extra.setdefault("kernel", self.extra["kernel"])
+        for key, value in self.extra.items():
+            extra.setdefault(key, value)
         return f"[kernel {self.extra['kernel']}] {msg}", kwargs
 
 

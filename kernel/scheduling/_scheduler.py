@@ -357,4 +357,5 @@ class Scheduler:
             seconds * 1e3,
             self.stall_threshold * 1e3,
             more,
+            extra={"step": name},
         )

@@ -98,6 +98,7 @@ class Windowing(Operator):
                 "window(..., late=True) passes them on instead",
                 self.name,
                 self.late,
+                extra={"step": self.name},
             )
 
     def _flush(self):

@@ -88,6 +88,10 @@ class Switch:
         """Pull host `host`'s cable (its port on the switch goes down)."""
         _ip("-n", self.hub, "link", "set", f"v{host}", "down")
 
+    def plug(self, host: int) -> None:
+        """Put host `host`'s cable back."""
+        _ip("-n", self.hub, "link", "set", f"v{host}", "up")
+
     def close(self) -> None:
         """Delete every namespace created (their veths and bridge go with them)."""
         errors = []

@@ -500,7 +500,6 @@ def test_a_peer_that_never_comes_is_a_clear_error():
     ({"process_id": 0, "peers": "127.0.0.1:http"}, "has no port number"),
     ({"process_id": 0, "peers": "h:1,h:1"}, "listed twice"),
     ({"process_id": 0}, "process_id needs peers"),
-    ({"process_id": 0, "peers": "127.0.0.1:7001", "state_dir": "x"}, "state_dir is not supported"),
     ({"process_id": 0, "peers": "127.0.0.1:7001", "tls": ("/no/cert", "/no/key")}, "TLS file not found"),
 ])
 def test_bad_cluster_arguments_are_clear_errors(kwargs, message):

@@ -336,3 +336,79 @@ def test_a_wrong_secret_fails_on_both_hosts(tmp_path, two_hosts, cluster):
         assert node.stdout == ""
     assert time.monotonic() - started < 15
     assert not (tmp_path / "out").exists(), "no record may flow between unauthenticated peers"
+
+
+RECOVERABLE = """\
+import os, time
+from pathlib import Path
+
+from kernel import Dataflow
+from operators import Tumbling
+
+OUT = Path(__file__).parent / "out"
+
+
+def slow(x):
+    if x % 10 == 0:
+        time.sleep(0.01)  # ~3 s in all: epochs complete, then the cable is cut
+    return x
+
+
+flow = Dataflow("recoverable")
+numbers = flow.from_iterable(range(4000), batch_size=20, timestamp=lambda x: x / 100).map(slow)
+numbers.key_by(lambda x: x % 7).count().to_files(OUT / "counts")
+numbers.key_by(lambda x: x % 3).window(Tumbling(1.0)).sum().to_files(OUT / "sums")
+"""
+
+
+def test_a_cluster_cut_off_mid_run_resumes_once_plugged_back_exactly_once(tmp_path, two_hosts, cluster):
+    """Issue 16: with a --state-dir (one directory both hosts share, each
+    process its own file in it), a cable cut mid-run ends both processes;
+    plugged back, the same commands resume from the epoch complete on both,
+    and the files hold every count and windowed sum once."""
+    import sqlite3
+
+    pipeline = tmp_path / f"recoverable_{os.getpid()}_{time.monotonic_ns()}.py"
+    pipeline.write_text(RECOVERABLE)
+    extra = ("--state-dir", str(tmp_path / "state"), "--epoch-interval", "0.1")
+    nodes = [cluster(two_hosts, pipeline, i, hosts=2, extra=extra) for i in range(2)]
+    store = tmp_path / "state" / "snapshots-process0.sqlite"
+
+    def complete() -> int:
+        try:
+            db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+            try:
+                return max([e for (e,) in db.execute("SELECT epoch FROM complete")], default=0)
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return 0
+
+    deadline = time.monotonic() + 20
+    while complete() < 3:
+        assert all(node.proc.poll() is None for node in nodes), [node.stderr for node in nodes]
+        assert time.monotonic() < deadline, "no complete epochs within 20 s"
+        time.sleep(0.02)
+    two_hosts.cut(1)
+    for node in nodes:
+        code = node.wait(20)
+        assert code == 1, node.stderr
+        assert "error: lost process" in node.stderr, node.stderr
+    epoch = complete()
+    two_hosts.plug(1)
+
+    nodes = [cluster(two_hosts, pipeline, i, hosts=2, extra=extra) for i in range(2)]
+    for node in nodes:
+        assert node.wait(RUN_TIMEOUT) == 0, node.stderr
+        assert f"resuming from epoch {epoch}\n" in node.stderr, node.stderr
+
+    def lines(name: str) -> list:
+        return [json.loads(line) for path in sorted((tmp_path / "out" / name).glob("part-*.jsonl"))
+                for line in path.read_text().splitlines()]
+
+    assert sorted(map(tuple, lines("counts"))) == sorted(Counter(x % 7 for x in range(4000)).items())
+    sums = Counter()
+    for x in range(4000):
+        sums[(x % 3, float(x // 100), float(x // 100 + 1))] += x
+    assert sorted((k, s, e, t) for k, (s, e), t in lines("sums")) == sorted((*k, t) for k, t in sums.items())
+    assert list((tmp_path / "out").rglob(".part-*")) == []

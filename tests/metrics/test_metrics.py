@@ -96,6 +96,11 @@ def test_counters_equal_a_plain_count(cores, tmp_path, no_leaks):
     assert len(stalls) == cores
     backpressured = [k for (name, k) in samples if name == "streamkernel_backpressured_seconds_total"]
     assert len(backpressured) == (cores if cores > 1 else 0)  # one kernel alone is never backpressured
+    # one ring to every other kernel (values: tests/net/test_ring_metrics.py), none on one kernel
+    rings = {dict(k)["kernel"]: (dict(k)["peer"], v) for (name, k), v in samples.items()
+             if name == "streamkernel_ring_used_bytes"}
+    assert {k: peer for k, (peer, _) in rings.items()} == ({"0": "1", "1": "0"} if cores == 2 else {})
+    assert all(0 <= used < 1 << 30 for _, used in rings.values())
     assert sorted(counts.items) == sorted({k: sum(1 for n in evens if n % 5 == k) for k in range(5)}.items())
 
 

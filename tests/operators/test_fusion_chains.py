@@ -163,6 +163,20 @@ def test_two_kernels_fuse_each_kernels_chain_and_agree(records, chain):
     assert outcome(records, chain, 2, True, 5) == outcome(records, chain, 1, False, 5)
 
 
+@pytest.mark.parametrize("batch_size", [3, 1])
+def test_a_later_record_failing_an_earlier_step_fails_first_as_apart(batch_size):
+    """inspect fails at 2, filter at 0: apart, the inspect takes the whole
+    batch [0, 2] first and fails at 2; the comprehension meets the filter's
+    failure at 0 first, and must still report the inspect's."""
+    note, by_note = int_steps(2)["inspect"]
+    odd, by_odd = int_steps(0)["filter"]
+    chain = [("inspect", note, by_note), ("filter", odd, by_odd)]
+    fused = outcome([0, 2], chain, 1, True, batch_size)
+    assert fused == outcome([0, 2], chain, 1, False, batch_size)
+    failing = "inspect 0" if batch_size == 3 else "filter 1"  # one record a batch: 0 fails the filter first
+    assert fused[0] == "error" and f"operator '{failing}" in fused[1]
+
+
 def stops(x):
     raise StopIteration
 

@@ -340,6 +340,47 @@ def test_the_sink_is_at_least_once_after_a_crash(client, url, tmp_path):
     assert all(count == 1 for count in written.values())
 
 
+SINK_ENDED_EARLY = textwrap.dedent(
+    """
+    import os, time
+    from kernel import Dataflow
+
+    def slow(n):
+        time.sleep(0.0003)
+        return n
+
+    def share(i, peers):  # kernel 0's share ends at once, kernel 1's takes a while
+        return range(0, 50) if i == 0 else range(50, {N})
+
+    flow = Dataflow("redis sink ended early")
+    numbers = flow.from_partitions(share, batch_size=25).map(slow)
+    numbers.map(lambda n: {{"n": n}}).to_redis_stream(os.environ["REDIS_URL"], "out")
+    numbers.to_files(os.path.join(os.environ["OUT"], "r"))   # where the crash point is
+    """
+).format(N=N)
+
+
+def test_a_sink_whose_input_ended_keeps_its_unwritten_entries_in_later_epochs(client, url, tmp_path):
+    """Kernel 0's input ends early while Redis holds writes back: its sink
+    does not end (and count as ended in the epochs kernel 1 goes on
+    taking) before Redis has its entries, so the crash of kernel 1 later
+    on loses none of kernel 0's: the resumed run sends them from the
+    snapshot. Before, kernel 0's sink was ended in every later epoch and
+    its 50 entries never reached the stream."""
+    (tmp_path / "pipeline.py").write_text(SINK_ENDED_EARLY)
+    client.execute_command("CLIENT", "PAUSE", "60000", "WRITE")
+    try:
+        first = _run_cli(tmp_path, url, "batch:40@1")
+    finally:
+        client.execute_command("CLIENT", "UNPAUSE")
+    assert first.returncode != 0, "the crash point was never reached"
+    assert client.xlen("out") == 0
+    second = _run_cli(tmp_path, url, None)
+    assert second.returncode == 0, second.stderr
+    written = Counter(int(fields["n"]) for _, fields in entries(client, "out"))
+    assert set(written) == set(range(N))
+
+
 # -- the sink ---------------------------------------------------------------------------
 
 

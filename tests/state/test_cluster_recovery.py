@@ -1,0 +1,264 @@
+"""Cluster snapshots and recovery: two real `python -m kernel.run` processes
+on loopback, with a `--state-dir` each (or one they share). Hypothesis picks
+which process is killed (SIGKILL: one of its kernels at a crash point, or
+its whole launcher once its store holds a few complete epochs); the same
+commands run again resume from the epoch complete on both, and the visible
+files hold every record exactly once, equal to a plain loop's results.
+
+Before the rerun, no file of an epoch that process 0 (which completes epochs
+for the cluster) had not completed is visible on either machine: files are
+published only once their epoch is durable everywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "kernel"))
+from _ports import free_ports  # noqa: E402
+
+N = 3000
+SECRET = "cluster-recovery-secret"
+
+PIPELINE = textwrap.dedent(
+    """
+    import os, time
+    from kernel import Dataflow
+    from operators import Tumbling
+
+    N = int(os.environ["N"])
+    OUT = os.environ["OUT"]
+
+    def slow(x):
+        if x % 20 in (0, 1):  # on both kernels (record i is kernel i % 2)
+            time.sleep(0.004)  # spread the run over many epochs
+        return x
+
+    flow = Dataflow("cluster_recovery")
+    numbers = flow.from_iterable(range(N), batch_size=25, timestamp=lambda x: x / 100).map(slow)
+    numbers.to_files(os.path.join(OUT, "records"))
+    numbers.key_by(lambda x: x % 5).count().to_files(os.path.join(OUT, "counts"))
+    numbers.key_by(lambda x: x % 3).window(Tumbling(1.0)).sum().to_files(os.path.join(OUT, "windows"))
+    """
+)
+
+
+def state_dir(tmp: Path, process: int, shared: bool) -> Path:
+    return tmp / "state" if shared else tmp / f"state{process}"
+
+
+def store_file(tmp: Path, process: int, shared: bool) -> Path:
+    return state_dir(tmp, process, shared) / f"snapshots-process{process}.sqlite"
+
+
+def complete_epochs(path: Path) -> list[tuple[int, bool]]:
+    """(epoch, final) of a store's complete epochs, newest first (read-only)."""
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        return [(e, bool(f)) for e, f in db.execute("SELECT epoch, final FROM complete ORDER BY epoch DESC")]
+    except sqlite3.OperationalError:  # not created yet
+        return []
+    finally:
+        db.close()
+
+
+def start_cluster(tmp: Path, *, shared: bool, crash: tuple[int, str] | None = None, n: int = N,
+                  pipeline: str = "pipeline.py", dirs=None, interval: str = "0.02", cores: int = 1) -> list:
+    """Both processes, started at once; `crash=(process, spec)` sets
+    KERNEL_CRASH_AT for that process only."""
+    peers = ",".join(f"127.0.0.1:{port}" for port in free_ports(2))
+    procs = []
+    for p in range(2):
+        env = dict(os.environ, N=str(n), OUT=str(tmp / "out"), KERNEL_SECRET=SECRET)
+        env.pop("KERNEL_CRASH_AT", None)
+        if crash is not None and crash[0] == p:
+            env["KERNEL_CRASH_AT"] = crash[1]
+        directory = dirs[p] if dirs is not None else state_dir(tmp, p, shared)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "kernel.run", str(tmp / pipeline), "--state-dir", str(directory),
+             "--epoch-interval", interval, "--process-id", str(p), "--peers", peers,
+             "--startup-timeout", "20", "--cores", str(cores)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def finish(procs, timeout: float = 90) -> list[tuple[int, str]]:
+    try:
+        outs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    return [(p.returncode, err) for p, (_, err) in zip(procs, outs, strict=True)]
+
+
+def kill_after(procs, tmp: Path, process: int, shared: bool, epochs: int) -> None:
+    """SIGKILL `process`'s launcher (its kernels and relay die with it) once
+    its store holds `epochs` complete epochs."""
+    path = store_file(tmp, process, shared)
+    deadline = time.monotonic() + 60
+    while not complete_epochs(path) or complete_epochs(path)[0][0] < epochs:
+        assert procs[process].poll() is None, "the run ended before the kill"
+        assert time.monotonic() < deadline, "no complete epochs"
+        time.sleep(0.005)
+    os.kill(procs[process].pid, signal.SIGKILL)
+
+
+_PART = re.compile(r"^\.?part-k(\d+)-e(\d+)\.jsonl$")
+
+
+def visible_epochs(out: Path) -> set[int]:
+    return {int(_PART.match(p.name).group(2)) for p in out.rglob("part-*.jsonl")}
+
+
+def visible_lines(directory: Path) -> list:
+    lines = []
+    for path in sorted(directory.glob("part-*.jsonl")):
+        lines += [json.loads(line) for line in path.read_text().splitlines()]
+    return lines
+
+
+def assert_exactly_once(out: Path, n: int = N) -> None:
+    """PIPELINE's outputs for `n` records, each exactly once, against a plain loop."""
+    assert Counter(visible_lines(out / "records")) == Counter(range(n))
+    counts = Counter(x % 5 for x in range(n))
+    assert sorted(map(tuple, visible_lines(out / "counts"))) == sorted(counts.items())
+    sums = Counter()
+    for x in range(n):
+        sums[(x % 3, float(x // 100), float(x // 100 + 1))] += x
+    windows = [(key, start, end, total) for key, (start, end), total in visible_lines(out / "windows")]
+    assert sorted(windows) == sorted((*k, v) for k, v in sums.items())
+    assert list(out.rglob(".part-*")) == []
+
+
+@settings(max_examples=4, deadline=None)
+@example(victim=1, how="launcher", nth=2, shared=False)
+@example(victim=0, how="snapshot", nth=3, shared=True)
+@given(
+    victim=st.sampled_from([0, 1]),
+    how=st.sampled_from(["batch", "snapshot", "commit", "launcher"]),
+    nth=st.integers(1, 4),
+    shared=st.booleans(),
+)
+def test_a_cluster_that_lost_a_process_resumes_and_publishes_every_record_once(
+    tmp_path_factory, victim, how, nth, shared
+):
+    tmp = tmp_path_factory.mktemp("cluster_recovery")
+    (tmp / "pipeline.py").write_text(PIPELINE)
+    if how == "launcher":
+        procs = start_cluster(tmp, shared=shared)
+        kill_after(procs, tmp, victim, shared, nth)
+    else:  # kernel `victim` (one kernel per process) kills itself at the nth crash point
+        procs = start_cluster(tmp, shared=shared, crash=(victim, f"{how}:{nth}@{victim}"))
+    first = finish(procs)
+    assert all(code != 0 for code, _ in first), first
+    epoch, finished = (complete_epochs(store_file(tmp, 0, shared)) or [(0, False)])[0]
+    assert not finished
+    # published only once durable everywhere: process 0 had completed them
+    assert max(visible_epochs(tmp / "out"), default=0) <= epoch
+
+    second = finish(start_cluster(tmp, shared=shared))
+    for code, err in second:
+        assert code == 0, err
+        if epoch:
+            assert f"resuming from epoch {epoch}\n" in err
+    assert_exactly_once(tmp / "out")
+
+
+def test_a_finished_cluster_run_is_not_run_again(tmp_path):
+    (tmp_path / "pipeline.py").write_text(PIPELINE)
+    first = finish(start_cluster(tmp_path, shared=False, n=500))
+    assert [code for code, _ in first] == [0, 0], first
+    assert_exactly_once(tmp_path / "out", 500)
+    (epoch, final), *_ = complete_epochs(store_file(tmp_path, 0, False))
+    assert final
+    assert complete_epochs(store_file(tmp_path, 1, False))[0] == (epoch, True)
+    before = {p.name: p.stat().st_ino for p in (tmp_path / "out").rglob("part-*")}
+    again = finish(start_cluster(tmp_path, shared=False, n=500))
+    for code, err in again:
+        assert code == 0, err
+        assert f"already ran to the end (epoch {epoch})" in err
+    assert {p.name: p.stat().st_ino for p in (tmp_path / "out").rglob("part-*")} == before
+    assert_exactly_once(tmp_path / "out", 500)
+
+
+OTHER_FLOW = PIPELINE.replace('Dataflow("cluster_recovery")', 'Dataflow("another")')
+
+
+def test_a_state_dir_of_another_flow_on_one_machine_is_refused_naming_the_process(tmp_path):
+    (tmp_path / "pipeline.py").write_text(PIPELINE)
+    (tmp_path / "other.py").write_text(OTHER_FLOW)
+    assert [c for c, _ in finish(start_cluster(tmp_path, shared=False, n=100, pipeline="other.py"))] == [0, 0]
+    os.replace(tmp_path / "state0", tmp_path / "kept0")  # process 0's is fresh, process 1's another flow's
+    results = finish(start_cluster(tmp_path, shared=False, n=100))
+    for code, err in results:
+        assert code == 1, err
+        assert "error: process 1: state_dir" in err and "holds the state of another flow" in err
+        assert "Traceback" not in err
+
+
+def test_a_state_dir_missing_on_one_machine_is_refused_naming_the_process(tmp_path):
+    (tmp_path / "pipeline.py").write_text(PIPELINE)
+    first = finish(start_cluster(tmp_path, shared=False, crash=(0, "snapshot:6@0")))
+    assert all(code != 0 for code, _ in first)
+    epoch = complete_epochs(store_file(tmp_path, 0, False))[0][0]
+    assert epoch >= 1
+    os.replace(tmp_path / "state1", tmp_path / "elsewhere")  # as if on another machine's disk
+    refused = finish(start_cluster(tmp_path, shared=False))
+    for code, err in refused:
+        assert code == 1, err
+        assert (f"error: process 1: state_dir '{tmp_path / 'state1'}' holds no snapshots of this flow, "
+                f"but process 0's is at epoch {epoch}") in err
+    # put back, the same commands resume
+    shutil.rmtree(tmp_path / "state1")  # what the refused run claimed
+    os.replace(tmp_path / "elsewhere", tmp_path / "state1")
+    second = finish(start_cluster(tmp_path, shared=False))
+    assert [code for code, _ in second] == [0, 0], second
+    assert_exactly_once(tmp_path / "out")
+
+
+def test_another_number_of_processes_or_cores_is_refused_before_anything_runs(tmp_path):
+    """Resuming on another number of kernels is not supported yet: a
+    cluster's shared state_dir resumed by one process, one process's by a
+    cluster, and a cluster's with more cores each, are refused with a
+    StateError saying so (naming the process, on a cluster)."""
+    (tmp_path / "pipeline.py").write_text(PIPELINE)
+    shared = tmp_path / "state"
+    first = finish(start_cluster(tmp_path, shared=True, n=200))
+    assert [code for code, _ in first] == [0, 0], first
+    env = dict(os.environ, N="200", OUT=str(tmp_path / "out"))
+    alone = subprocess.run([sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"),
+                            "--state-dir", str(shared), "--cores", "2"],
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert alone.returncode == 1
+    assert alone.stderr == (f"error: state_dir '{shared}' holds snapshots-process0.sqlite, "
+                            "snapshots-process1.sqlite, written by a cluster, and this run is one process: "
+                            "a resumed run needs the same processes and cores per process (resuming on "
+                            "another number of kernels is not supported yet)\n")
+
+    single = tmp_path / "single"
+    assert subprocess.run([sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"),
+                           "--state-dir", str(single)], env=env, timeout=60).returncode == 0
+    for code, err in finish(start_cluster(tmp_path, shared=True, n=200, dirs=[single, single])):
+        assert code == 1, err
+        assert f"error: process 0: state_dir '{single}' holds snapshots.sqlite, written by one process" in err
+
+    more_cores = start_cluster(tmp_path, shared=True, n=200, cores=2)
+    for code, err in finish(more_cores):
+        assert code == 1, err
+        assert f"error: process 0: state_dir '{shared}' was written by 2 kernels and this run has 4" in err
