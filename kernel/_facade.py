@@ -42,6 +42,7 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
     StateError. `progress(snapshots, final)` is told the kernels' metrics
     while the run runs (the command line's live line)."""
     check_cores(cores)
+    _name_the_run()
     address = None
     if dashboard is not None:
         from kernel.metrics import parse_address
@@ -249,7 +250,8 @@ async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
                     shares: dict[str, float] | None = None, stall_threshold: float = 0.025,
                     state_dir=None, epoch_interval: float = DEFAULT_EPOCH_INTERVAL,
                     process_id: int | None = None, peers=None, secret=None, tls=None,
-                    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, dashboard: str | None = None) -> None:
+                    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, dashboard: str | None = None,
+        coordinator: str | None = None) -> None:
     """Run `flow` on the running event loop, sharing it.
 
     With `cores=1` the kernel runs on this loop and hands it back at least
@@ -263,6 +265,7 @@ async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
     one of a cluster (see `run`); `dashboard` serves metrics (see `run`).
     """
     flow.graph.check_cycles()
+    _topics_coordinator(flow, coordinator)
     plan = plan_for(lambda: flow, cores=cores, clock=clock, budget=budget, shares=shares,
                     stall_threshold=stall_threshold, state_dir=state_dir, epoch_interval=epoch_interval,
                     process_id=process_id, peers=peers, secret=secret, tls=tls,
@@ -275,7 +278,8 @@ def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_G
         stall_threshold: float = 0.025, state_dir=None,
         epoch_interval: float = DEFAULT_EPOCH_INTERVAL, process_id: int | None = None, peers=None,
         secret=None, tls=None, startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
-        dashboard: str | None = None) -> None:
+        dashboard: str | None = None,
+        coordinator: str | None = None) -> None:
     """Run `flow` to completion (blocking).
 
     `cores=1`: one kernel on a new uvloop event loop in this thread.
@@ -310,8 +314,28 @@ def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_G
         raise RuntimeError("run() blocks and cannot be called from a running event loop; "
                            "use `await run_async(flow)` there")
     flow.graph.check_cycles()  # a cycle wired by hand, refused before any kernel starts
+    _topics_coordinator(flow, coordinator)
     plan = plan_for(lambda: flow, cores=cores, gc_threshold=gc_threshold_during_run, clock=clock,
                     budget=budget, shares=shares, stall_threshold=stall_threshold, state_dir=state_dir,
                     epoch_interval=epoch_interval, process_id=process_id, peers=peers, secret=secret,
                     tls=tls, startup_timeout=startup_timeout, dashboard=dashboard)
     flow._results_delivered(execute(plan, lambda: flow))
+
+
+def _topics_coordinator(flow, coordinator: str | None) -> None:
+    """`coordinator="HOST:PORT"`: where the flow's topics and services are
+    registered and looked up (issue 18; else KERNEL_COORDINATOR). Kept on
+    the flow, which every kernel process inherits."""
+    if coordinator is not None:
+        if not isinstance(coordinator, str) or ":" not in coordinator:
+            raise ValueError(f"coordinator must be 'HOST:PORT', got {coordinator!r}")
+        flow._topics_coordinator = coordinator
+
+
+
+def _name_the_run() -> None:
+    """Topics (issue 18): every kernel of a run registers its partitions
+    under one publisher id, fixed here before kernel processes fork."""
+    from kernel.topics._directory import new_run
+
+    new_run()

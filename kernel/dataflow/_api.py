@@ -540,6 +540,49 @@ class Dataflow:
 
         return self._source(timed, name, ("EventTimeSource", *kind))
 
+    def subscribe(self, name: str, *, timeout: float | None = None, on_lost: str = "fail",
+                  record_type: type | None = None) -> Stream[Any]:
+        """The records another running job publishes as topic `name`
+        (`stream.publish`), from the publisher's next whole epoch on, with
+        its event time and watermarks, spread over this job's kernels
+        (partition p on kernel p mod n). Waits up to `timeout` seconds (None:
+        for ever) for the topic to appear in the coordinator's catalog
+        (`run(flow, coordinator=...)` or KERNEL_COORDINATOR). The stream ends
+        when the publisher ends it; a publisher that dies raises
+        `kernel.topics.PublisherLost` (`on_lost="fail"`) or is waited for
+        (`on_lost="wait"`: the restarted publisher's next whole epoch on).
+        `record_type` given and unlike the topic's: `TopicError` at once.
+        Without a coordinator it says what is missing:
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> readings = flow.subscribe("readings", timeout=5).collect()
+        >>> run(flow)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        kernel.dataflow._errors.OperatorError: ... TopicError: topics and services need a coordinator, ...
+        """
+        from kernel.topics import _api
+
+        return self._source(_api.subscriber(self, name, timeout, on_lost, record_type), f"subscribe({name})",
+                            ("EventTimeSource", "Subscribe"))
+
+    def serve(self, name: str, handler: Callable[[Any], Any]) -> None:
+        """Serve requests under `name` on this job's kernel 0: `handler(request)`
+        (a function or a coroutine function) returns the reply; request and
+        reply are msgspec-encodable. Call it with `kernel.services`. A job
+        that serves runs until it is killed; it needs a coordinator:
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> flow.serve("square", lambda n: n * n)
+        >>> run(flow)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        kernel.scheduling._errors.TaskError: ... TopicError: topics and services need a coordinator, ...
+        """
+        from kernel.topics import _api
+
+        self._source(_api.server(self, name, handler), f"serve({name})", ("Serve",))
+
     def source(self, factory: Callable[[], Source], *, name: str) -> Stream[Any]:
         """A mid-level source: `factory()` returns a fresh `Source` per kernel.
         Its records' type is not known (`Stream[Any]`): annotate the result
@@ -831,6 +874,31 @@ class Stream(Generic[T_co]):
                                     timeout=timeout)
         factory()  # the arguments are checked here, when the flow is built
         self.flow.graph.add(name or f"to_redis_stream({stream})", factory, [self._edge()])
+
+    def publish(self, name: str, *, partitions: str = "per-kernel", retain: int | None = None,
+                slow: str = "backpressure", epoch_interval: float = 1.0,
+                record_type: type | None = None) -> None:
+        """Publish this stream as topic `name` while the job runs: other
+        jobs `flow.subscribe(name)` to it (see README "Topics between
+        jobs"). `partitions`: "per-kernel" (each kernel serves its share) or
+        "merged" (kernel 0 serves everything); `retain=N` keeps the last N
+        epochs for late subscribers; `slow`: "backpressure" (a slow
+        subscriber slows this job) or "disconnect" (it is dropped);
+        `epoch_interval`: seconds between the topic's epoch boundaries;
+        `record_type`: the records' class, registered and checked. It needs
+        a coordinator (`run(flow, coordinator="HOST:PORT")`):
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> flow.from_iterable(range(3)).publish("numbers", retain=2)
+        >>> run(flow)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        kernel.scheduling._errors.TaskError: ... TopicError: topics and services need a coordinator, ...
+        """
+        from kernel.topics import _api
+
+        stream, factory = _api.publisher(self, name, partitions, retain, slow, epoch_interval, record_type)
+        stream.flow.graph.add(f"publish({name})", factory, [stream._edge()])
 
     def print(self, prefix: str = "", *, name: str | None = None) -> None:
         """Writes every record to stdout, one line each, after `prefix`.

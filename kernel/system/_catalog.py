@@ -164,9 +164,9 @@ class Catalog:
     # -- as data ----------------------------------------------------------------------
 
     def topics(self) -> list[dict]:
-        cursor = self._db.execute("SELECT * FROM topics ORDER BY name")
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row)) for row in cursor.fetchall()]
+        from kernel.system._topics import listing  # (it imports this module)
+
+        return listing(self)
 
     def table(self, name: str) -> list[dict]:
         cursor = self._db.execute(f"SELECT * FROM {name}")  # (names from TABLES only)

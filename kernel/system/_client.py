@@ -107,7 +107,9 @@ async def status(client: Client, as_json: bool) -> int:
              time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["started"])) if j["started"] else "-",
              (j["message"] or "")[:200]] for j in state["jobs"]])
     print("topics:")
-    _table(["NAME", "JOB"], [[t["name"], t["job"]] for t in state["topics"]])
+    _table(["NAME", "KIND", "JOB", "PUBLISHER", "SUBSCRIBERS"],
+           [[t["name"], t.get("kind", "stream"), t["job"], ",".join(t.get("publisher", ())) or "-",
+             ",".join(t.get("subscribers", ())) or "-"] for t in state["topics"]])
     return 0
 
 

@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 from kernel.net._links import AuthenticatedServer
+from kernel.system import _topics
 from kernel.system._catalog import TABLES, TERMINAL, Catalog
 from kernel.system._master import JobMaster
 from kernel.system._wire import CLIENT, COORDINATOR, EXECUTOR, MAX_MESSAGE, PATH, RequestError, Session
@@ -89,6 +90,8 @@ class CoordinatorServer(AuthenticatedServer):
             return {"job": job.id, "status": job.status}
         if op == "logs":
             return await self._logs(str(m.get("job")), m.get("offsets") or {})
+        if op in _topics.OPS:  # issue 18: jobs publishing streams and services
+            return await _topics.request(master.catalog, op, m)
         raise RequestError(f"unknown request {op!r}")
 
     def _submit(self, m: dict):
@@ -147,19 +150,6 @@ class CoordinatorServer(AuthenticatedServer):
         return {"chunks": chunks, "unreachable": missing, "status": job.status}
 
 
-def system_state(master: JobMaster, catalog: Catalog) -> dict:
-    """What the system's dashboard shows: the job master's status, each
-    topic with its publishing job and the jobs subscribed to it."""
-    state = master.status()
-    subscribers: dict[str, set] = {}
-    for row in catalog.table("subscriptions"):
-        subscribers.setdefault(row["topic"], set()).add(row["job"])
-    state["topics"] = [{**topic, "publisher": topic.get("job"),
-                        "subscribers": sorted(subscribers.get(topic.get("name"), ()))}
-                       for topic in state["topics"]]
-    return state
-
-
 async def serve(host: str, port: int, secret: bytes, data_dir: str | Path, *, tls=None,
                 ready=None, adopt_grace: float = 5.0, executor_timeout: float = 5.0,
                 dashboard: tuple[str, int] | None = None) -> None:
@@ -179,7 +169,7 @@ async def serve(host: str, port: int, secret: bytes, data_dir: str | Path, *, tl
         if dashboard is not None:
             from kernel.system._dashboard import serve_dashboard
 
-            page = await serve_dashboard(*dashboard, lambda: system_state(master, catalog))
+            page = await serve_dashboard(*dashboard, master.status)  # topics with publishers, subscribers
             log.info("coordinator dashboard on http://%s:%d/", *dashboard)
         master.reconcile()
         await asyncio.Future()

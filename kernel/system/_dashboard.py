@@ -26,8 +26,7 @@ NO_CACHE = {"Cache-Control": "no-cache"}
 
 
 def system_app(state) -> web.Application:
-    """`state()`: the system as plain data (`JobMaster.status()` and the
-    catalog's topic tables)."""
+    """`state()`: the system as plain data (`JobMaster.status()`)."""
     stopping = asyncio.Event()
     page_body = PAGE.read_bytes()
 

@@ -220,7 +220,10 @@ class ExecutorDaemon:
         run_dir = self.workdir / "jobs" / job
         run_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, KERNEL_SECRET=self.secret.decode(errors="surrogateescape"),
-                   PYTHONUNBUFFERED="1")
+                   PYTHONUNBUFFERED="1",
+                   # topics (issue 18): the job finds its coordinator and names itself
+                   KERNEL_COORDINATOR=f"{self.address[0]}:{self.address[1]}", KERNEL_JOB=job,
+                   KERNEL_RUN=f"{job}.{attempt}")
         with open(log_path, "ab") as out:
             out.write(f"--- {job} attempt {attempt}, process {process} on executor "
                       f"{self.executor_id} ({time.strftime('%Y-%m-%d %H:%M:%S')}) ---\n".encode())

@@ -1,0 +1,125 @@
+"""The catalog's topics (issue 18): the coordinator's side of the requests a
+publishing or subscribing job sends (`kernel.topics._directory`).
+
+* `topic_publish {name, id, job, kind, record_type, partitions, partition,
+  address}`: partition `partition` of topic `name` (publisher `id`, unique
+  per run of the publishing operator) is served at `address`. A new `id`
+  under a known name replaces the old publisher (a restarted job), unless
+  the name belongs to another job that is still active in the system.
+* `topic_lookup {name}`: `{found, id, kind, record_type, partitions,
+  addresses, job}`: found once every partition of the current publisher has
+  registered.
+* `topic_subscribe` / `topic_unsubscribe {name, job, process}`: who reads.
+* `topic_unpublish {name, id}`: the publisher ended its stream.
+
+Rows: `topics(name, job, created, schema)` with `schema` a JSON object
+(`id`, `kind` "stream" or "service", `record_type`, `partitions`),
+`publications(topic, job, process = the partition, address)`,
+`subscriptions(topic, job, process = the subscriber's kernel)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from kernel.system._catalog import ACTIVE, Catalog
+from kernel.system._wire import RequestError
+
+OPS = ("topic_publish", "topic_lookup", "topic_subscribe", "topic_unsubscribe", "topic_unpublish")
+
+
+def _row(catalog: Catalog, name: str) -> dict | None:
+    row = catalog._db.execute("SELECT job, schema FROM topics WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        return None
+    return {"job": row[0], **json.loads(row[1] or "{}")}
+
+
+def _name(m: dict) -> str:
+    name = m.get("name")
+    if not isinstance(name, str) or not name:
+        raise RequestError("a topic request needs the topic's name")
+    return name
+
+
+async def request(catalog: Catalog, op: str, m: dict) -> dict:
+    name = _name(m)
+    db = catalog._db
+    if op == "topic_lookup":
+        row = _row(catalog, name)
+        if row is None:
+            return {"found": False}
+        addresses = [a for (a,) in db.execute(
+            "SELECT address FROM publications WHERE topic = ? ORDER BY process", (name,))]
+        if len(addresses) < row.get("partitions", 1):
+            return {"found": False}
+        return {"found": True, "addresses": addresses, **row}
+    if op == "topic_publish":
+        uid, job, partition = str(m["id"]), str(m["job"]), int(m["partition"])
+        row = _row(catalog, name)
+        if row is not None and row.get("id") != uid:
+            if row["job"] != job and await _still_published(catalog, name, row["job"]):
+                raise RequestError(f"topic {name!r} is published by {row['job']}, which is running")
+            db.execute("DELETE FROM topics WHERE name = ?", (name,))
+            db.execute("DELETE FROM publications WHERE topic = ?", (name,))
+            row = None
+        if row is None:
+            schema = {"id": uid, "kind": str(m.get("kind", "stream")), "record_type": m.get("record_type"),
+                      "partitions": int(m.get("partitions", 1))}
+            db.execute("INSERT INTO topics VALUES (?, ?, ?, ?)", (name, job, time.time(), json.dumps(schema)))
+        db.execute("INSERT OR REPLACE INTO publications VALUES (?, ?, ?, ?)",
+                   (name, job, partition, str(m["address"])))
+        return {}
+    if op == "topic_unpublish":
+        row = _row(catalog, name)
+        if row is not None and row.get("id") == m.get("id"):
+            db.execute("DELETE FROM topics WHERE name = ?", (name,))
+            db.execute("DELETE FROM publications WHERE topic = ?", (name,))
+            db.execute("DELETE FROM subscriptions WHERE topic = ?", (name,))
+        return {}
+    if op == "topic_subscribe":
+        db.execute("INSERT OR IGNORE INTO subscriptions VALUES (?, ?, ?)",
+                   (name, str(m["job"]), int(m.get("process", 0))))
+        return {}
+    if op == "topic_unsubscribe":
+        db.execute("DELETE FROM subscriptions WHERE topic = ? AND job = ? AND process = ?",
+                   (name, str(m["job"]), int(m.get("process", 0))))
+        return {}
+    raise RequestError(f"unknown request {op!r}")
+
+
+async def _still_published(catalog: Catalog, name: str, job: str) -> bool:
+    """Does `job` still publish `name`? A job of the system: while it is
+    active. An app: while its publisher's address still accepts connections
+    (a killed app's registration stays behind; the next publisher replaces it)."""
+    row = catalog._db.execute("SELECT status FROM jobs WHERE id = ?", (job,)).fetchone()
+    if row is not None:
+        return row[0] in ACTIVE
+    for (address,) in catalog._db.execute("SELECT address FROM publications WHERE topic = ?", (name,)):
+        host, _, port = address.rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), 1.0)
+        except (OSError, TimeoutError, ValueError):
+            continue
+        writer.close()
+        return True
+    return False
+
+
+def listing(catalog: Catalog) -> list[dict]:
+    """Every topic with its publisher (job and addresses) and subscribers
+    (`status`)."""
+    db = catalog._db
+    found = []
+    for name, job, created, schema in db.execute("SELECT * FROM topics ORDER BY name").fetchall():
+        info = json.loads(schema or "{}")
+        addresses = [a for (a,) in db.execute(
+            "SELECT address FROM publications WHERE topic = ? ORDER BY process", (name,))]
+        subscribers = sorted({j for (j,) in db.execute(
+            "SELECT job FROM subscriptions WHERE topic = ?", (name,))})
+        found.append({"name": name, "job": job, "created": created, "kind": info.get("kind", "stream"),
+                      "record_type": info.get("record_type"), "partitions": info.get("partitions", 1),
+                      "publisher": addresses, "subscribers": subscribers})
+    return found

@@ -1,0 +1,182 @@
+"""Finding topics: a small client of the coordinator's request protocol
+(`kernel.system._wire`: JSON `{"rid", "op", "body"}` requests on a websocket
+at /kernel-system, authenticated as a client), for the requests
+`topic_publish`, `topic_lookup`, `topic_subscribe` and `topic_unpublish`
+(served by `kernel.system._topics`).
+
+The coordinator comes from, in this order: `run(flow, coordinator=...)`
+(kept on the flow), `coordinator=` of a services call, the environment
+variable KERNEL_COORDINATOR (an executor sets it for the jobs it starts).
+The secret is KERNEL_SECRET's. Without a coordinator a topic cannot be
+published nor found: a `TopicError` says what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import uuid
+
+import msgspec
+
+from kernel.topics._errors import TopicError
+
+SYSTEM_PATH = "/kernel-system"  # kernel.system._wire.PATH
+CLIENT = 2  # kernel.system._wire.CLIENT: the handshake's role
+_MAX_MESSAGE = 1 << 20
+LOOKUP_EVERY = 0.05  # seconds between lookups of a topic that does not exist yet
+
+
+def coordinator_address(explicit: str | None = None) -> tuple[str, int]:
+    text = explicit or os.environ.get("KERNEL_COORDINATOR")
+    if not text:
+        raise TopicError("topics and services need a coordinator, and none is known: pass "
+                         "run(flow, coordinator='HOST:PORT') (or coordinator= to kernel.services), "
+                         "set KERNEL_COORDINATOR=HOST:PORT, or submit the job with "
+                         "`python -m kernel submit` (its executor sets it)")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise TopicError(f"coordinator address {text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def secret() -> bytes:
+    value = os.environ.get("KERNEL_SECRET")
+    if not value:
+        raise TopicError("topics and services need the shared secret: set KERNEL_SECRET "
+                         "(the coordinator's)")
+    return value.encode(errors="surrogateescape")
+
+
+_run: tuple[str, str] | None = None  # (publisher id, job name) of this run: new_run()
+
+
+def new_run() -> None:
+    """A run starts (plan_for, in the launcher, before kernel processes fork):
+    its publisher id, one for all its kernels and new for every run (an
+    executor gives a job's attempt one: KERNEL_RUN), and who it is: the
+    system's job id (KERNEL_JOB, set by its executor) or this process (an
+    app, a job run by hand)."""
+    global _run
+    _run = (os.environ.get("KERNEL_RUN") or uuid.uuid4().hex,
+            os.environ.get("KERNEL_JOB") or f"app:{socket.gethostname()}:{os.getpid()}")
+
+
+def job_name() -> str:
+    if _run is None:
+        new_run()
+    return _run[1]
+
+
+def advertised_host() -> str:
+    """The host a publisher listens on and gives subscribers: KERNEL_TOPIC_HOST,
+    or 127.0.0.1 (one machine; set it to a reachable name on a cluster)."""
+    return os.environ.get("KERNEL_TOPIC_HOST") or "127.0.0.1"
+
+
+def new_id() -> str:
+    """This run's publisher id (`new_run`)."""
+    if _run is None:
+        new_run()
+    return _run[0]
+
+
+def tls():
+    """TLS for every topic connection (the coordinator's, the topics', the
+    services'): KERNEL_TLS=CERT,KEY[,CA], the links' files (`--tls-cert`,
+    `--tls-key`, `--tls-ca`); None (unset): plain websockets."""
+    text = os.environ.get("KERNEL_TLS")
+    if not text:
+        return None
+    from kernel.net._relay import TLSFiles
+
+    parts = text.split(",")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise TopicError(f"KERNEL_TLS={text!r}: expected CERT,KEY or CERT,KEY,CA (paths of PEM files)")
+    return TLSFiles(*parts)
+
+
+def url_of(host: str, port: int) -> str:
+    scheme = "https" if os.environ.get("KERNEL_TLS") else "http"
+    return f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def client_ssl():
+    """What `connect(..., ssl=)` takes: the client context, or True (plain)."""
+    files = tls()
+    return files.client_context() if files is not None else True
+
+
+def server_ssl():
+    files = tls()
+    return files.server_context() if files is not None else None
+
+
+class Directory:
+    """One connection to the coordinator, one request at a time."""
+
+    def __init__(self, address: tuple[str, int], key: bytes, timeout: float = 10.0) -> None:
+        self.address, self.key, self.timeout = address, key, timeout
+        self._ws = self._http = None
+        self._ids = itertools.count(1)
+        self._lock = asyncio.Lock()
+
+    async def _connect(self) -> None:
+        from kernel.net._links import connect
+
+        host, port = self.address
+        try:
+            self._ws, _, _, self._http = await connect(
+                url_of(host, port), self.key, CLIENT, path=SYSTEM_PATH, max_frame=_MAX_MESSAGE,
+                timeout=self.timeout, meta={"role": "client"}, check_meta=False, ssl=client_ssl())
+        except Exception as exc:
+            raise TopicError(f"cannot reach the coordinator at {host}:{port}: {exc}") from exc
+
+    async def request(self, op: str, **fields) -> dict:
+        async with self._lock:
+            if self._ws is None or self._ws.closed:
+                await self.close()
+                await self._connect()
+            number = next(self._ids)
+            await self._ws.send_str(msgspec.json.encode({"rid": number, "op": op, "body": fields}).decode())
+            while True:
+                message = await self._ws.receive()
+                if message.type.name != "TEXT":
+                    await self.close()
+                    raise TopicError(f"the coordinator at {self.address[0]}:{self.address[1]} closed "
+                                     f"the connection during {op!r}")
+                reply = msgspec.json.decode(message.data)
+                if reply.get("re") == number:
+                    break
+        if "error" in reply:
+            raise TopicError(reply["error"])
+        return reply.get("body") or {}
+
+    async def lookup(self, name: str, timeout: float | None, kind: str = "stream",
+                     not_id: str | None = None) -> dict:
+        """The topic `name` once it is published whole (every partition),
+        waiting up to `timeout` seconds (None: for ever); `not_id`: a
+        publisher to wait past (one that was lost)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            found = await self.request("topic_lookup", name=name)
+            if found.get("found") and found["id"] != not_id:
+                if found.get("kind", "stream") != kind:
+                    raise TopicError(f"{name!r} is a {found.get('kind')} topic, not a {kind}")
+                return found
+            if deadline is not None and loop.time() >= deadline:
+                what = "service" if kind == "service" else "topic"
+                raise TopicError(f"no {what} {name!r} was published within {timeout:g} s "
+                                 "(is the publishing job running, with the same coordinator?)")
+            await asyncio.sleep(LOOKUP_EVERY)
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+            self._ws = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None

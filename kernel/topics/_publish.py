@@ -1,0 +1,336 @@
+"""`stream.publish(name)`: the publishing end of a topic, one `Publish`
+operator per kernel of the publishing job.
+
+Partitions. With `partitions="per-kernel"` every kernel's share is a
+partition of its own, served by that kernel (no records move between the
+publisher's kernels); with `"merged"` the fluent API routes every record to
+kernel 0 first (a constant key), which serves the one partition. Each
+partition is served on an authenticated websocket server of its own
+(`TopicServer`, the links' `AuthenticatedServer`), on the kernel's loop, and
+registered in the coordinator's catalog.
+
+Epochs. Subscribers see whole epochs only. The publisher cuts its stream
+into epochs of its own, every `epoch_interval` seconds of its kernel's
+clock, between two batches, and sends the epoch marker in band (the codec's
+EPOCH frame). These are the topic's epochs whether or not the job has a
+state_dir (the job's snapshot epochs are a matter of its own durability).
+A subscriber that connects is held until the next boundary and then gets
+the watermark as it stands there, then everything after it; with
+`retain=N` the frames of the last N whole epochs (and of the one in
+progress) are kept, and a new subscriber starts at the oldest of them at
+once (memory: N epochs of the topic's batches, encoded).
+
+Frames. A batch is encoded once (`encode_batch`) and the same bytes go to
+every subscriber; watermarks, the epoch markers and end of input follow in
+band, in order. Each subscriber has a queue and a writer task that sends on
+its `Link` (credit-based flow control: at most a window in flight). A
+subscriber whose queue passes `max_queue` bytes either pauses the
+publisher's input (`slow="backpressure"`, the default, until every queue
+is under half of it again) or is dropped (`slow="disconnect"`, close code
+4003, its source raises `SubscriberTooSlow`). Nothing grows without bound.
+
+End. When the publisher's input ends every subscriber gets END after the
+rest of its queue; the run lasts until the queues have gone out, then the
+topic is taken out of the catalog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from kernel.dataflow._operator import Operator
+from kernel.net._channel import EpochMarker, TimedBatch
+from kernel.net._codec import encode_batch, encode_epoch, encode_progress, encode_watermark
+from kernel.topics import _directory
+from kernel.topics._errors import TopicError
+
+log = logging.getLogger("kernel.topics")
+
+TOPIC_PATH = "/kernel-topic"
+TOO_SLOW = 4003  # close code: the subscriber fell too far behind (slow="disconnect")
+DEFAULT_EPOCH_INTERVAL = 1.0
+DEFAULT_MAX_QUEUE = 8 << 20  # bytes queued for one subscriber
+WINDOW = 4 << 20  # bytes in flight per subscriber (the links' default window)
+_HEAD = 5  # what a frame's header counts (net._links.FRAME)
+
+
+def record_type_info(record_type) -> dict | None:
+    """How a record type is registered: its qualified name, and for a
+    msgspec Struct its JSON schema (compared instead of the name)."""
+    if record_type is None:
+        return None
+    if not isinstance(record_type, type):
+        raise TypeError(f"record_type must be a class, got {record_type!r}")
+    info = {"name": f"{record_type.__module__}.{record_type.__qualname__}", "schema": None}
+    try:
+        import msgspec
+
+        if issubclass(record_type, msgspec.Struct):
+            info["schema"] = msgspec.json.schema(record_type)
+    except Exception:  # pragma: no cover - a class msgspec cannot describe
+        pass
+    return info
+
+
+def same_record_type(ours: dict, theirs: dict) -> bool:
+    if ours["schema"] is not None or theirs["schema"] is not None:
+        return ours["schema"] == theirs["schema"]
+    # a class of the pipeline file is `__main__.X` in one job, `pipeline.X` in another
+    return ours["name"].rpartition(".")[2] == theirs["name"].rpartition(".")[2]
+
+
+class _Subscriber:
+    __slots__ = ("active", "address", "done", "link", "queue", "queued", "ready", "writer")
+
+    def __init__(self, link, address: str) -> None:
+        self.link = link
+        self.address = address
+        self.queue: deque = deque()  # (kind, body), oldest first
+        self.queued = 0  # bytes in the queue
+        self.active = False  # False: waiting for the next epoch boundary
+        self.ready: asyncio.Future | None = None  # the writer waits on it for frames
+        self.writer: asyncio.Task | None = None
+        self.done = False  # END queued: the writer stops after it
+
+
+def _make_server(publisher: Publish, host: str, key: bytes, meta: dict):
+    from kernel.net._links import AuthenticatedServer
+
+    class TopicServer(AuthenticatedServer):
+        noun = "a topic subscriber"
+        path = TOPIC_PATH
+
+        async def _session(self, ws, peer: int, meta, address: str) -> None:
+            await publisher._serve_subscriber(ws, peer, meta, address)
+
+    return TopicServer(host, 0, key, meta["partition"], meta=meta, ssl_context=_directory.server_ssl())
+
+
+class Publish(Operator):
+    def __init__(self, topic: str, *, merged: bool, retain: int | None, slow: str, epoch_interval: float,
+                 record_type, coordinator, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
+        self.topic = topic
+        self.merged = merged
+        self.retain = retain
+        self.slow = slow
+        self.epoch_interval = epoch_interval
+        self.record_type = record_type
+        self.coordinator = coordinator  # a function: the address run() was given, or None
+        self.max_queue = max_queue
+
+    def open(self, context) -> None:
+        self.serving = not self.merged or context.index == 0
+        self.partition = 0 if self.merged else context.index
+        self.partitions = 1 if self.merged else context.peers
+        self.subscribers: list[_Subscriber] = []
+        self.watermark = float("-inf")
+        self.epoch = 0
+        self.records = 0  # published so far (the log says where each epoch ends)
+        self.paused = False
+        self.ended = False
+        self.dropped = 0  # subscribers dropped as too slow
+        self._closing: set = set()  # their connections, closing
+        self._finished = None  # the serving task's future: set once the input ended
+        # retain: (watermark at its start, frames) of the last whole epochs, and the current one
+        self._retained: deque = deque(maxlen=self.retain or 1)
+        self._current: list = []
+        self._current_start = float("-inf")
+        self._timer = None
+        if self.serving:
+            self.context.kernel.spawn(self._serve(), name=f"{self.name} server")
+            self._timer = context.kernel.call_later(self.epoch_interval, self._cut)
+
+    # -- the data path ------------------------------------------------------------
+
+    def on_batch(self, port: int, batch: list) -> None:
+        if self.merged:
+            timed = type(batch) is TimedBatch
+            records = [value for _, value in batch]
+            batch = TimedBatch(records, batch.timestamps) if timed else records
+            if not self.serving:  # (the constant key sends everything to kernel 0)
+                raise TopicError(f"{self.name}: a merged topic's records reached kernel {self.context.index}")
+        self.records += len(batch)
+        if not batch or not (self.subscribers or self.retain):
+            return  # nobody to send to, nothing to keep: not even encoded
+        if self.record_type is not None and not isinstance(batch[0], self.record_type):
+            raise TopicError(f"{self.name}: topic {self.topic!r} was published with record_type="
+                             f"{self.record_type.__qualname__}, but a record is {batch[0]!r}")
+        self._push(encode_batch(batch))
+
+    def on_watermark(self, watermark: float) -> None:
+        self.watermark = watermark
+        if self.serving and (self.subscribers or self.retain) and watermark != float("inf"):
+            self._push(encode_watermark(watermark))
+
+    def on_end(self) -> None:
+        self.ended = True
+        if not self.serving:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        end = encode_progress(None)
+        for sub in list(self.subscribers):
+            sub.active = True
+            self._queue(sub, end)
+            sub.done = True
+        if self._finished is not None and not self._finished.done():
+            self._finished.set_result(None)
+
+    def _push(self, frame) -> None:
+        if self.retain:
+            self._current.append(frame)
+        for sub in tuple(self.subscribers):  # (a slow one may be dropped on the way)
+            if sub.active:
+                self._queue(sub, frame)
+                if sub.queued > self.max_queue:
+                    self._too_slow(sub)
+
+    def _queue(self, sub: _Subscriber, frame) -> None:
+        sub.queue.append(frame)
+        sub.queued += _HEAD + len(frame[1])
+        ready = sub.ready
+        if ready is not None and not ready.done():
+            ready.set_result(None)
+
+    def _too_slow(self, sub: _Subscriber) -> None:
+        if self.slow == "disconnect":
+            self.dropped += 1
+            log.warning("topic %r: dropping the subscriber at %s: %d bytes behind (slow='disconnect')",
+                        self.topic, sub.address, sub.queued)
+            self._forget(sub)
+            closing = asyncio.ensure_future(sub.link.ws.close(code=TOO_SLOW, message=b"subscriber too slow"))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+        elif not self.paused:
+            self.paused = True
+            self.pause_input(True)
+
+    def _drained(self) -> None:
+        """A writer sent something: resume the input once every queue is under half."""
+        if self.paused and all(s.queued <= self.max_queue // 2 for s in self.subscribers):
+            self.paused = False
+            self.pause_input(False)
+
+    def _cut(self) -> None:
+        """An epoch boundary: the marker in band; waiting subscribers start here."""
+        if self.ended:
+            return
+        self.epoch += 1
+        log.debug("topic %r partition %d: epoch %d ends after %d records", self.topic, self.partition,
+                  self.epoch, self.records)
+        marker = encode_epoch(EpochMarker(self.epoch))
+        self._push(marker)
+        if self.retain:
+            self._retained.append((self._current_start, self._current))
+            self._current = []
+            self._current_start = self.watermark
+        for sub in self.subscribers:
+            if not sub.active:
+                sub.active = True
+                if self.watermark > float("-inf"):
+                    self._queue(sub, encode_watermark(self.watermark))
+        self._timer = self.context.kernel.call_later(self.epoch_interval, self._cut)
+
+    # -- the server ---------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._finished = loop.create_future()
+        if self.ended:
+            self._finished.set_result(None)
+        address = _directory.coordinator_address(self.coordinator())
+        key = _directory.secret()
+        self.id = _directory.new_id()
+        host = _directory.advertised_host()
+        meta = {"topic": self.topic, "id": self.id, "partition": self.partition,
+                "partitions": self.partitions}
+        server = _make_server(self, host, key, meta)
+        await server.start()
+        directory = _directory.Directory(address, key)
+        try:
+            await directory.request(
+                "topic_publish", name=self.topic, id=self.id, job=_directory.job_name(), kind="stream",
+                record_type=record_type_info(self.record_type), partitions=self.partitions,
+                partition=self.partition, address=f"{host}:{server.port}")
+            log.info("topic %r partition %d served at %s:%d", self.topic, self.partition, host, server.port)
+            await self._finished
+            writers = [s.writer for s in self.subscribers if s.writer is not None]
+            if writers:
+                await asyncio.wait(writers)
+            await directory.request("topic_unpublish", name=self.topic, id=self.id)
+        finally:
+            await directory.close()
+            await server.stop()
+
+    async def _serve_subscriber(self, ws, peer: int, meta, address: str) -> None:
+        from kernel.net._links import Link, LinkError
+
+        if not isinstance(meta, dict) or meta.get("topic") != self.topic:
+            await ws.close(code=1008, message=b"no such topic here")
+            return
+        link = Link(ws, peer, {0}, _ignore, WINDOW)
+        sub = _Subscriber(link, address)
+        if self.ended:
+            sub.active = sub.done = True
+            self._queue(sub, encode_progress(None))
+        elif self.records == 0 and self.epoch == 0:
+            sub.active = True  # nothing published yet: its first epoch is whole
+        elif self.retain:
+            # at once, from the oldest retained epoch's start
+            sub.active = True
+            start = self._retained[0][0] if self._retained else self._current_start
+            if start > float("-inf"):
+                self._queue(sub, encode_watermark(start))
+            for _, frames in self._retained:
+                for frame in frames:
+                    self._queue(sub, frame)
+            for frame in self._current:
+                self._queue(sub, frame)
+        self.subscribers.append(sub)
+        sub.writer = asyncio.ensure_future(self._write(sub))
+        try:
+            await link.run()
+        except LinkError:
+            pass
+        finally:
+            self._forget(sub)
+            if not sub.writer.done() and not sub.done:
+                sub.writer.cancel()
+
+    def _forget(self, sub: _Subscriber) -> None:
+        if sub in self.subscribers:
+            self.subscribers.remove(sub)
+            sub.queue.clear()
+            sub.queued = 0
+            self._drained()
+
+    async def _write(self, sub: _Subscriber) -> None:
+        from kernel.net._links import LinkError
+
+        link = sub.link
+        queue = sub.queue
+        try:
+            while True:
+                while queue:
+                    kind, body = queue.popleft()
+                    sub.queued -= _HEAD + len(body)
+                    await link.send(0, kind, body)
+                    if self.paused:
+                        self._drained()
+                    if kind == _END_KIND:
+                        return
+                if sub not in self.subscribers:
+                    return
+                sub.ready = asyncio.get_running_loop().create_future()
+                await sub.ready
+        except (LinkError, ConnectionError, RuntimeError):
+            self._forget(sub)
+
+
+_END_KIND = encode_progress(None)[0]
+
+
+def _ignore(channel, kind, body) -> None:
+    """A subscriber sends nothing but credit."""

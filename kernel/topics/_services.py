@@ -1,0 +1,244 @@
+"""Service topics: `flow.serve(name, handler)` answers requests on the job's
+kernel 0; `kernel.services.call` and `kernel.services.connect` call it from
+any job or app.
+
+Wire: after the links' handshake (path /kernel-service), binary messages
+`<QB` (request id, status) then msgpack: a request (status 0), a reply
+(status 0) or an error's text (status 1). Requests are pipelined on one
+connection: a client may send many before the first reply; a synchronous
+handler answers each as it is read, an async one runs per request as a
+task, and replies come back as they are ready, matched by id.
+
+A job that serves runs until it is killed (its service source never ends);
+the service is registered in the coordinator's catalog as a topic of kind
+"service".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import struct
+import threading
+
+import msgspec
+
+from kernel.dataflow._operator import Source
+from kernel.topics import _directory
+from kernel.topics._errors import ServiceError, TopicError
+
+log = logging.getLogger("kernel.topics")
+
+SERVICE_PATH = "/kernel-service"
+_HEAD = struct.Struct("<QB")
+OK, FAILED = 0, 1
+_MAX_MESSAGE = 16 << 20
+_encode = msgspec.msgpack.encode
+_decode = msgspec.msgpack.decode
+
+
+class Serve(Source):
+    def __init__(self, service: str, handler, *, coordinator) -> None:
+        if not callable(handler):
+            raise TypeError(f"serve({service!r}, handler): the handler must be callable, got {handler!r}")
+        self.service = service
+        self.handler = handler
+        self.is_async = inspect.iscoroutinefunction(handler)
+        self.coordinator = coordinator
+        self.served = 0
+
+    def open(self, context) -> None:
+        self._started = False
+
+    def poll(self):
+        if self.context.index != 0:
+            return False  # the service runs on kernel 0
+        if not self._started:
+            self._started = True
+            self.context.kernel.spawn(self._serve(), name=f"{self.name} server")
+        return None
+
+    async def _serve(self) -> None:
+        from kernel.net._links import AuthenticatedServer
+
+        address = _directory.coordinator_address(self.coordinator())
+        key = _directory.secret()
+        uid = _directory.new_id()
+        host = _directory.advertised_host()
+        serve = self
+
+        class ServiceServer(AuthenticatedServer):
+            noun = "a service client"
+            path = SERVICE_PATH
+
+            async def _session(self, ws, peer, meta, address):
+                await serve._session(ws)
+
+        server = ServiceServer(host, 0, key, 0, max_frame=_MAX_MESSAGE,
+                               meta={"service": self.service, "id": uid}, ssl_context=_directory.server_ssl())
+        await server.start()
+        directory = _directory.Directory(address, key)
+        try:
+            await directory.request("topic_publish", name=self.service, id=uid, job=_directory.job_name(),
+                                    kind="service", record_type=None, partitions=1, partition=0,
+                                    address=f"{host}:{server.port}")
+            await directory.close()
+            log.info("service %r served at %s:%d", self.service, host, server.port)
+            await asyncio.Future()  # until the job is killed
+        finally:
+            await directory.close()
+            await server.stop()
+
+    async def _session(self, ws) -> None:
+        tasks: set[asyncio.Task] = set()
+        async for message in ws:
+            if message.type.name != "BINARY" or len(message.data) < _HEAD.size:
+                break
+            rid, _ = _HEAD.unpack_from(message.data)
+            try:
+                request = _decode(memoryview(message.data)[_HEAD.size:])
+            except msgspec.DecodeError as exc:
+                await ws.send_bytes(_HEAD.pack(rid, FAILED) + _encode(f"malformed request: {exc}"))
+                continue
+            if self.is_async:
+                task = asyncio.ensure_future(self._answer_async(ws, rid, request))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            else:
+                await ws.send_bytes(self._answer(rid, request))
+        for task in tasks:
+            task.cancel()
+
+    def _answer(self, rid: int, request) -> bytes:
+        try:
+            reply = self.handler(request)
+            self.served += 1
+            return _HEAD.pack(rid, OK) + _encode(reply)
+        except Exception as exc:
+            return _HEAD.pack(rid, FAILED) + _encode(f"{type(exc).__name__}: {exc}")
+
+    async def _answer_async(self, ws, rid: int, request) -> None:
+        try:
+            reply = await self.handler(request)
+            self.served += 1
+            answer = _HEAD.pack(rid, OK) + _encode(reply)
+        except Exception as exc:
+            answer = _HEAD.pack(rid, FAILED) + _encode(f"{type(exc).__name__}: {exc}")
+        try:
+            await ws.send_bytes(answer)
+        except (ConnectionError, RuntimeError):
+            pass
+
+
+class ServiceClient:
+    """One connection to service `name`; `await call(request)` may be
+    called many times at once (pipelined)."""
+
+    def __init__(self, name: str, *, coordinator: str | None = None, timeout: float | None = 10.0) -> None:
+        self.name = name
+        self.coordinator = coordinator
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future] = {}
+        self._ws = self._http = self._reader = None
+
+    async def __aenter__(self) -> ServiceClient:
+        from kernel.net._links import LinkError, connect
+
+        address = _directory.coordinator_address(self.coordinator)
+        key = _directory.secret()
+        directory = _directory.Directory(address, key)
+        try:
+            found = await directory.lookup(self.name, self.timeout, kind="service")
+        finally:
+            await directory.close()
+        host, _, port = found["addresses"][0].rpartition(":")
+        try:
+            self._ws, _, _, self._http = await connect(
+                _directory.url_of(host, int(port)), key, 0, path=SERVICE_PATH, max_frame=_MAX_MESSAGE,
+                timeout=self.timeout or 10.0, meta={"service": self.name}, check_meta=False,
+                ssl=_directory.client_ssl())
+        except LinkError as exc:
+            raise ServiceError(f"service {self.name!r}: {exc}") from exc
+        self._reader = asyncio.ensure_future(self._read())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            await asyncio.wait([self._reader], timeout=2)
+        if self._http is not None:
+            await self._http.close()
+
+    async def call(self, request):
+        """Send `request` (msgspec-encodable) and wait for the reply (as
+        msgpack decodes it: dicts, lists, scalars)."""
+        rid = next(self._ids)
+        future = self._waiting[rid] = asyncio.get_running_loop().create_future()
+        try:
+            await self._ws.send_bytes(_HEAD.pack(rid, OK) + _encode(request))
+            return await future
+        finally:
+            self._waiting.pop(rid, None)
+
+    async def _read(self) -> None:
+        why = "the connection closed"
+        try:
+            async for message in self._ws:
+                if message.type.name != "BINARY":
+                    break
+                rid, status = _HEAD.unpack_from(message.data)
+                body = _decode(memoryview(message.data)[_HEAD.size:])
+                future = self._waiting.get(rid)
+                if future is None or future.done():
+                    continue
+                if status == OK:
+                    future.set_result(body)
+                else:
+                    future.set_exception(ServiceError(f"service {self.name!r} failed: {body}"))
+        except Exception as exc:  # pragma: no cover - a broken connection
+            why = str(exc)
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(ServiceError(f"service {self.name!r}: {why}"))
+
+
+def connect(name: str, *, coordinator: str | None = None, timeout: float | None = 10.0) -> ServiceClient:
+    """`async with connect(name) as svc: await svc.call(request)`."""
+    return ServiceClient(name, coordinator=coordinator, timeout=timeout)
+
+
+def call(name: str, request, *, coordinator: str | None = None, timeout: float | None = 10.0):
+    """Call service `name` once and return its reply (blocking). Inside a
+    running event loop (an operator's function, say) the call runs on a
+    thread of its own, so it works there too; in async code prefer
+    `connect`."""
+
+    async def once():
+        async with connect(name, coordinator=coordinator, timeout=timeout) as svc:
+            return await svc.call(request)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(once())
+    outcome: dict = {}
+
+    def in_thread() -> None:
+        try:
+            outcome["reply"] = asyncio.run(once())
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=in_thread, name=f"service call {name}")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["reply"]
+
+
+__all__ = ["ServiceClient", "ServiceError", "TopicError", "call", "connect"]

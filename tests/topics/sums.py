@@ -1,0 +1,52 @@
+"""Job B of the topic tests: subscribes to TOPIC and prints, as JSON lines,
+every reading it received (`{"seq": [...]}`) and its tumbling sums of
+WINDOW event seconds (`{"sums": [[start, sum], ...]}`).
+Run: python sums.py COORDINATOR."""
+
+import json
+import os
+import sys
+import time
+
+from kernel.operators import Tumbling
+
+from kernel import Dataflow, Operator, run
+
+
+class Slow(Operator):
+    def __init__(self, pause):
+        self.pause = pause
+
+    def on_batch(self, port, batch):
+        time.sleep(self.pause)
+        self.emit(batch)
+
+
+TOPIC = os.environ.get("TOPIC", "readings")
+WINDOW = float(os.environ.get("WINDOW", "0.5"))
+
+
+def build():
+    flow = Dataflow("sums")
+    readings = flow.subscribe(TOPIC, timeout=float(os.environ.get("TIMEOUT", "20")),
+                              on_lost=os.environ.get("ON_LOST", "fail"),
+                              record_type=dict if os.environ.get("TYPED") else None)
+    if os.environ.get("SLOW"):  # seconds each batch takes: a slow subscriber
+        readings = readings.apply(lambda: Slow(float(os.environ["SLOW"])), name="slow")
+    seqs = readings.map(lambda r: r[0]).collect()
+    sums = (readings.key_by(lambda r: "all").map_values(lambda r: r[2])
+            .window(Tumbling(WINDOW)).sum().collect())
+    return flow, seqs, sums
+
+
+if __name__ == "__main__":
+    flow, seqs, sums = build()
+    print("subscribing", flush=True)
+    try:
+        run(flow, coordinator=sys.argv[1], cores=int(os.environ.get("CORES", "1")))
+    except Exception as exc:
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}",
+                          "cause": repr(exc.__cause__)}), flush=True)
+        sys.exit(3)
+    print(json.dumps({"seq": seqs.items}), flush=True)
+    print(json.dumps({"sums": sorted([w.start, s] for _, w, s in sums.items)}), flush=True)

@@ -1,0 +1,487 @@
+"""Topics between jobs (issue 18), with real processes and sockets: a
+coordinator (`python -m kernel coordinator`), job A publishing timestamped
+readings (readings.py), jobs B subscribing (sums.py), services."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "system"))
+from _system import System, wait_until
+from test_system_tls import certificates  # noqa: F401  (a fixture: the CA and certificates)
+
+HERE = Path(__file__).resolve().parent
+PYTHON = sys.executable
+DT = 1 / 64  # readings.py's event seconds between readings
+WINDOW = 0.5
+
+
+def value(seq: int) -> int:
+    return (seq * 7919) % 101
+
+
+@pytest.fixture
+def system(tmp_path):
+    found = System(tmp_path)
+    found.start_coordinator()
+    yield found
+    found.close()
+
+
+class Job:
+    """A script of this folder run as a process of its own."""
+
+    def __init__(self, system: System, script: str, name: str, **env) -> None:
+        self.log = system.root / f"{name}.log"
+        self.out = system.root / f"{name}.out"
+        environ = dict(system.env, **{k: str(v) for k, v in env.items()})
+        with open(self.log, "wb") as err, open(self.out, "wb") as out:
+            self.proc = subprocess.Popen([PYTHON, str(HERE / script), f"127.0.0.1:{system.port}"],
+                                         stdout=out, stderr=err, env=environ, cwd=system.root)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def boundaries(self) -> dict[int, int]:
+        """epoch -> the readings published before its end (A's debug log)."""
+        return {int(e): int(n) for e, n in re.findall(r"epoch (\d+) ends after (\d+) records", self.text())}
+
+    def wait_epoch(self, epoch: int) -> None:
+        wait_until(lambda: epoch in self.boundaries() or self.proc.poll() is not None, timeout=30,
+                   what=f"epoch {epoch}")
+        assert epoch in self.boundaries(), self.text()
+
+    def finish(self, timeout: float = 60) -> list[dict | str]:
+        self.proc.wait(timeout)
+        lines = self.out.read_text().splitlines()
+        return [json.loads(line) if line.startswith("{") else line for line in lines]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+
+def results(job: Job) -> tuple[list[int], list[list]]:
+    lines = job.finish()
+    found = {k: v for line in lines if isinstance(line, dict) for k, v in line.items()}
+    assert "seq" in found, (lines, job.text())
+    return found["seq"], found["sums"]
+
+
+def brute_sums(seqs: list[int]) -> list[list]:
+    sums: dict[float, int] = defaultdict(int)
+    for s in seqs:
+        sums[math.floor(s * DT / WINDOW) * WINDOW] += value(s)
+    return sorted([start, total] for start, total in sums.items())
+
+
+def assert_whole_epochs(seqs: list[int], boundaries: dict[int, int], count: int) -> int:
+    """B's readings are everything from one of A's epoch boundaries to A's end."""
+    assert seqs, "the subscriber received nothing"
+    first = seqs[0]
+    assert first in {0, *boundaries.values()}, f"{first} is not an epoch boundary of A: {boundaries}"
+    assert seqs == list(range(first, count))
+    return first
+
+
+def test_a_late_subscriber_gets_whole_epochs_and_exact_windows_two_at_once(system):
+    a = Job(system, "readings.py", "a", COUNT=3000)
+    a.wait_epoch(3)
+    joined = max(a.boundaries().values())
+    b1 = Job(system, "sums.py", "b1")
+    b2 = Job(system, "sums.py", "b2")
+    for b in (b1, b2):
+        seqs, sums = results(b)
+        first = assert_whole_epochs(seqs, a.boundaries(), 3000)
+        assert first > joined  # what was published before B joined is not delivered
+        assert sums == brute_sums(seqs)
+    assert a.finish()[-1].startswith("ended")
+
+
+def test_subscribe_before_the_topic_exists_waits_for_it(system):
+    b = Job(system, "sums.py", "b")
+    wait_until(lambda: "subscribing" in b.out.read_text(), what="B to start")
+    time.sleep(0.5)  # B is looking the topic up (it is not there yet)
+    a = Job(system, "readings.py", "a", COUNT=1000)
+    seqs, sums = results(b)
+    # from one of A's epoch boundaries (A's source starts as the topic is registered)
+    assert_whole_epochs(seqs, a.boundaries(), 1000)
+    assert sums == brute_sums(seqs)
+    a.finish()
+
+
+def test_a_subscriber_of_a_topic_that_never_comes_fails_after_its_timeout(system):
+    b = Job(system, "sums.py", "b", TOPIC="nothing", TIMEOUT=0.3)
+    lines = b.finish()
+    assert b.proc.returncode == 3
+    assert "no topic 'nothing' was published within 0.3 s" in lines[-1]["error"]
+
+
+def test_a_record_type_unlike_the_topics_is_refused_at_subscribe_time(system):
+    a = Job(system, "readings.py", "a", COUNT=100_000, TYPED=1)
+    a.wait_epoch(1)
+    b = Job(system, "sums.py", "b", TYPED=1)
+    lines = b.finish()
+    a.kill()
+    assert "record_type=dict): the topic's records are builtins.tuple" in lines[-1]["error"]
+
+
+def test_a_killed_publisher_ends_its_subscribers_with_publisher_lost(system):
+    a = Job(system, "readings.py", "a", COUNT=0)
+    a.wait_epoch(2)
+    b = Job(system, "sums.py", "b")
+    wait_until(lambda: len(a.boundaries()) >= 8, what="A to go on")
+    a.kill()
+    lines = b.finish()
+    assert b.proc.returncode == 3
+    assert "PublisherLost: topic 'readings': the publisher was lost" in lines[-1]["error"]
+
+
+def test_on_lost_wait_goes_on_after_the_publishers_restart(system):
+    a = Job(system, "readings.py", "a", COUNT=0)
+    a.wait_epoch(2)
+    b = Job(system, "sums.py", "b", ON_LOST="wait")
+    wait_until(lambda: len(a.boundaries()) >= 8, what="A to go on")
+    a.kill()
+    again = Job(system, "readings.py", "a2", COUNT=2000)
+    seqs, _ = results(b)
+    again.finish()
+    # two whole stretches: from a boundary of the first A to where it died,
+    # then from a boundary of the restarted A (its own numbering) to its end
+    cut = next(i for i in range(1, len(seqs)) if seqs[i] != seqs[i - 1] + 1)
+    before, after = seqs[:cut], seqs[cut:]
+    assert before == list(range(before[0], before[-1] + 1)) and before[0] in a.boundaries().values()
+    assert after == list(range(after[0], 2000))
+    assert after[0] in {0, *again.boundaries().values()}
+
+
+def test_retain_lets_a_late_subscriber_start_at_the_oldest_retained_epoch(system):
+    # A keeps more epochs than it will have: B, joining after A's 6th epoch,
+    # starts at the very beginning (without retain, after the 6th)
+    a = Job(system, "readings.py", "a", COUNT=3000, RETAIN=50)
+    a.wait_epoch(6)
+    b = Job(system, "sums.py", "b")
+    seqs, sums = results(b)
+    assert seqs == list(range(3000))
+    assert sums == brute_sums(seqs)
+    a.finish()
+
+
+MB = 1 << 20
+
+
+@pytest.mark.parametrize("slow", ["backpressure", "disconnect"])
+def test_a_slow_subscriber_never_makes_the_publisher_grow(system, slow):
+    # A: 100 batches a second of 100 readings of 20 KB (200 MB/s, 200 MB in
+    # all); B takes 50 ms a batch (40 MB/s): it would fall 150 MB behind
+    # (A's peak ~60 MB with backpressure, ~170 MB without)
+    b = Job(system, "sums.py", "b", SLOW=0.05)
+    wait_until(lambda: "subscribing" in b.out.read_text(), what="B to start")
+    a = Job(system, "readings.py", "a", COUNT=10_000, RATE=100, BATCH=100, PAYLOAD=20_000,
+            SLOW_MODE=slow)
+    if slow == "backpressure":
+        seqs, _ = results(b)
+        assert_whole_epochs(seqs, a.boundaries(), 10_000)
+    else:
+        lines = b.finish()
+        assert b.proc.returncode == 3
+        assert "SubscriberTooSlow: topic 'readings': this subscriber was too slow" in lines[-1]["error"]
+    ended = a.finish()[-1]
+    assert ended.startswith("ended"), a.text()
+    peak = int(ended.split()[1])
+    assert peak < 100 * MB, f"A's peak resident memory {peak / MB:.0f} MB"
+
+
+def test_the_status_lists_topics_with_publisher_and_subscribers(system):
+    a = Job(system, "readings.py", "a", COUNT=100_000)
+    a.wait_epoch(1)
+    b = Job(system, "sums.py", "b")
+    wait_until(lambda: any(t["subscribers"] for t in system.status()["topics"]), what="B to subscribe")
+    [topic] = system.status()["topics"]
+    assert topic["name"] == "readings" and topic["kind"] == "stream"
+    assert topic["publisher"][0].startswith("127.0.0.1:") and topic["job"].startswith("app:")
+    assert len(topic["subscribers"]) == 1
+    table = system.cli("status").stdout
+    assert re.search(r"readings\s+stream\s+app:\S+\s+127\.0\.0\.1:\d+\s+app:", table), table
+    a.kill()
+    b.finish()
+
+
+def test_without_a_coordinator_a_topic_is_a_clear_error(monkeypatch):
+    from kernel import Dataflow, OperatorError, run
+
+    monkeypatch.delenv("KERNEL_COORDINATOR", raising=False)
+    flow = Dataflow()
+    flow.subscribe("anything").collect()
+    with pytest.raises(OperatorError, match="topics and services need a coordinator, and none is known"):
+        run(flow)
+
+
+SERVICE = """\
+import asyncio, sys
+from kernel import Dataflow, run
+
+async def slow_square(n):
+    await asyncio.sleep(0.01 * (n % 3))   # replies come back out of order
+    return {"n": n, "square": n * n}
+
+def config(request):
+    if request == "boom":
+        raise ValueError("no such key")
+    return {"key": request, "value": len(request)}
+
+flow = Dataflow("services")
+flow.serve("square", slow_square)
+flow.serve("config", config)
+run(flow, coordinator=sys.argv[1], cores=2)
+"""
+
+CALLER = """\
+import sys
+import kernel.services
+from kernel import Dataflow, run
+
+flow = Dataflow("caller")
+out = flow.from_iterable(["alpha", "be"]).map(
+    lambda key: kernel.services.call("config", key)["value"]).collect()
+run(flow, coordinator=sys.argv[1])
+print(out.items)
+"""
+
+
+def test_a_service_called_from_an_app_pipelined_and_from_another_job(system, monkeypatch):
+    import kernel.services
+    from kernel.topics import ServiceError
+
+    (system.root / "service.py").write_text(SERVICE)
+    (system.root / "caller.py").write_text(CALLER)
+    server = subprocess.Popen([PYTHON, "service.py", f"127.0.0.1:{system.port}"], env=system.env,
+                              cwd=system.root, stderr=subprocess.PIPE)
+    try:
+        monkeypatch.setenv("KERNEL_SECRET", system.env["KERNEL_SECRET"])
+        coordinator = f"127.0.0.1:{system.port}"
+        assert kernel.services.call("config", "abc", coordinator=coordinator) == {"key": "abc", "value": 3}
+        with pytest.raises(ServiceError, match="ValueError: no such key"):
+            kernel.services.call("config", "boom", coordinator=coordinator)
+
+        async def pipelined():
+            async with kernel.services.connect("square", coordinator=coordinator) as svc:
+                return await asyncio.gather(*(svc.call(n) for n in range(100)))
+
+        assert asyncio.run(pipelined()) == [{"n": n, "square": n * n} for n in range(100)]
+        caller = subprocess.run([PYTHON, "caller.py", coordinator], env=system.env, cwd=system.root,
+                                capture_output=True, text=True, timeout=60)
+        assert caller.stdout.strip() == "[5, 2]", caller.stderr
+        kinds = {t["name"]: t["kind"] for t in system.status()["topics"]}
+        assert kinds == {"square": "service", "config": "service"}
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_a_wrong_secret_is_refused_by_the_topic_server(system):
+    from kernel.net._links import AuthenticationFailed, connect
+
+    from kernel.topics._directory import Directory
+    from kernel.topics._publish import TOPIC_PATH
+
+    a = Job(system, "readings.py", "a", COUNT=100_000)
+    a.wait_epoch(1)
+
+    async def attempt():
+        directory = Directory(("127.0.0.1", system.port), system.env["KERNEL_SECRET"].encode())
+        try:
+            found = await directory.lookup("readings", 5)
+        finally:
+            await directory.close()
+        with pytest.raises(AuthenticationFailed):
+            await connect(f"http://{found['addresses'][0]}", b"not the secret", 0, path=TOPIC_PATH,
+                          timeout=5, meta={"topic": "readings"}, check_meta=False)
+
+    try:
+        asyncio.run(attempt())
+        wait_until(lambda: "refused a topic subscriber" in a.text(), what="A to log the refusal")
+    finally:
+        a.kill()
+
+
+def test_a_job_submitted_to_the_system_publishes_through_its_executor(system):
+    """The executor tells the job its coordinator (KERNEL_COORDINATOR) and
+    name (KERNEL_JOB): the topic is registered under the job's id."""
+    system.start_executor(cores=2)
+    system.executors_up(1)
+    pipeline = system.root / "pub.py"
+    pipeline.write_text("from kernel import Dataflow\n"
+                        "flow = Dataflow('pub')\n"
+                        "flow.from_iterable(range(10)).publish('numbers')\n"
+                        "flow.serve('hold', lambda r: r)\n")  # (a serving job runs until killed)
+    done = system.cli("submit", "pub.py")
+    assert done.returncode == 0, done.stderr
+    job = done.stdout.split()[0]
+    topic = wait_until(lambda: {t["name"]: t for t in system.status()["topics"]}.get("hold"),
+                       what="the service to be registered")
+    assert topic["job"] == job
+    system.cli("kill", job)
+
+
+@pytest.mark.parametrize("partitions", ["per-kernel", "merged"])
+def test_two_kernels_publish_to_two_kernels(system, partitions):
+    """Per-kernel: A's two partitions, one per subscribing kernel; merged:
+    one partition (kernel 0's), read by B's kernel 0. Either way B gets
+    whole epochs of every partition and exact windows (the watermark the
+    least of its partitions')."""
+    b = Job(system, "sums.py", "b", CORES=2)
+    wait_until(lambda: "subscribing" in b.out.read_text(), what="B to start")
+    a = Job(system, "readings.py", "a", COUNT=1000, CORES=2, PARTITIONS=partitions)
+    seqs, sums = results(b)
+    a.finish()
+    # readings.py on two kernels: each kernel makes the same readings 0..999
+    counts = defaultdict(int)
+    for s in seqs:
+        counts[s] += 1
+    assert set(counts.values()) <= {1, 2} and max(counts) == 999
+    assert sums == brute_sums(seqs)
+
+
+def test_bad_arguments_are_refused_when_the_flow_is_built():
+    from kernel import Dataflow
+
+    flow = Dataflow()
+    stream = flow.from_iterable(range(3))
+    cases = [
+        (lambda: stream.publish(""), ValueError, "publish needs a name"),
+        (lambda: stream.publish("t", partitions="all"), ValueError, "'per-kernel' or 'merged'"),
+        (lambda: stream.publish("t", retain=0), ValueError, "retain must be a number of epochs >= 1"),
+        (lambda: stream.publish("t", slow="drop"), ValueError, "'backpressure' or 'disconnect'"),
+        (lambda: stream.publish("t", epoch_interval=0), ValueError, "epoch_interval must be a positive"),
+        (lambda: stream.publish("t", record_type="tuple"), TypeError, "record_type must be a class"),
+        (lambda: flow.subscribe("t", on_lost="retry"), ValueError, "on_lost must be 'fail' or 'wait'"),
+        (lambda: flow.subscribe("t", timeout=-1), ValueError, "timeout must be a number of seconds"),
+        (lambda: flow.serve("s", "not a function"), TypeError, "the handler must be callable"),
+    ]
+    for build, error, message in cases:
+        with pytest.raises(error, match=re.escape(message)):
+            build()
+
+
+def test_a_coordinator_address_that_is_not_host_port_is_refused():
+    from kernel import Dataflow, run
+
+    with pytest.raises(ValueError, match="coordinator must be 'HOST:PORT'"):
+        run(Dataflow(), coordinator="localhost")
+
+
+def test_a_name_published_by_a_running_app_is_refused_and_a_dead_ones_is_taken_over(system):
+    first = Job(system, "readings.py", "a1", COUNT=0)
+    first.wait_epoch(1)
+    second = Job(system, "readings.py", "a2", COUNT=0)
+    second.proc.wait(30)
+    assert second.proc.returncode != 0
+    assert "topic 'readings' is published by app:" in second.text()
+    first.kill()  # its registration stays behind; the next publisher replaces it
+    third = Job(system, "readings.py", "a3", COUNT=0)
+    third.wait_epoch(1)
+    [topic] = system.status()["topics"]
+    assert topic["job"].endswith(f":{third.proc.pid}")
+    third.kill()
+
+
+def test_on_lost_wait_goes_on_after_the_job_master_restarts_the_publishing_job(system):
+    """A publishing job submitted to the system, its process SIGKILLed: the
+    job master starts it again (attempt 2, a new publisher id), and the
+    subscriber with on_lost="wait" goes on from its next whole epoch."""
+    from _system import descendants
+
+    executor = system.start_executor(cores=2)
+    system.executors_up(1)
+    # (the job's environment is its executor's: the count goes in the file)
+    text = (HERE / "readings.py").read_text()
+    (system.root / "readings.py").write_text(text.replace('get("COUNT", "0")', 'get("COUNT", "3000")'))
+    done = system.cli("submit", "readings.py")
+    assert done.returncode == 0, done.stderr
+    job = done.stdout.split()[0]
+    b = Job(system, "sums.py", "b", ON_LOST="wait")
+    wait_until(lambda: any(t["subscribers"] for t in system.status()["topics"]), what="B to subscribe")
+    time.sleep(0.5)  # B reads a while from the first attempt
+
+    def job_process():
+        for pid in descendants(executor.pid):
+            try:
+                if b"readings.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return pid
+            except OSError:
+                continue
+        return None
+
+    os.kill(wait_until(job_process, what="the job's process"), signal.SIGKILL)
+    seqs, _ = results(b)
+    assert system.job(job)["restarts"] == 1
+    cut = next(i for i in range(1, len(seqs)) if seqs[i] != seqs[i - 1] + 1)
+    before, after = seqs[:cut], seqs[cut:]
+    assert before == list(range(before[0], before[-1] + 1))
+    assert after == list(range(after[0], 3000))  # the second attempt, from a boundary to its end
+
+
+def test_topics_over_tls(tmp_path, certificates):  # noqa: F811  (the fixture imported above)
+    """KERNEL_TLS=CERT,KEY,CA: the coordinator's connection, the topic's
+    and the subscriber's all over TLS; a plain connection to the topic is
+    refused."""
+    from kernel.net._links import LinkError, connect
+
+    from kernel.topics._publish import TOPIC_PATH
+
+    tls = ["--tls-cert", certificates["node.pem"], "--tls-key", certificates["node.key"],
+           "--tls-ca", certificates["ca.pem"]]
+    system = System(tmp_path, options=tls)
+    system.env["KERNEL_TLS"] = ",".join(certificates[n] for n in ("node.pem", "node.key", "ca.pem"))
+    try:
+        system.start_coordinator()
+        a = Job(system, "readings.py", "a", COUNT=2000)
+        a.wait_epoch(2)
+        b = Job(system, "sums.py", "b")
+        wait_until(lambda: any(t["subscribers"] for t in system.status()["topics"]), what="B to subscribe")
+        address = system.status()["topics"][0]["publisher"][0]
+
+        async def plain():
+            with pytest.raises(LinkError):
+                await connect(f"http://{address}", system.env["KERNEL_SECRET"], 0, path=TOPIC_PATH,
+                              timeout=2, meta={"topic": "readings"}, check_meta=False)
+
+        asyncio.run(plain())
+        seqs, sums = results(b)
+        assert_whole_epochs(seqs, a.boundaries(), 2000)
+        assert sums == brute_sums(seqs)
+        a.finish()
+    finally:
+        system.close()
+
+
+def test_run_async_in_an_app_subscribes_and_unsubscribes_at_the_end(system, monkeypatch):
+    from kernel import Dataflow, run_async
+
+    monkeypatch.setenv("KERNEL_SECRET", system.env["KERNEL_SECRET"])
+    a = Job(system, "readings.py", "a", COUNT=1500)
+    a.wait_epoch(1)
+    flow = Dataflow("app")
+    seqs = flow.subscribe("readings", timeout=10).map(lambda r: r[0]).collect()
+
+    async def app():
+        await run_async(flow, coordinator=f"127.0.0.1:{system.port}")
+
+    asyncio.run(app())
+    assert_whole_epochs(seqs.items, a.boundaries(), 1500)
+    a.finish()
+    assert system.status()["topics"] == []  # the publisher ended (unpublished); nobody subscribes
