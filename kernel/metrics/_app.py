@@ -35,6 +35,26 @@ PAGES = {  # path -> (file, content type)
 }
 
 
+async def server_sent_events(request, encoded, stopping: asyncio.Event, interval: float,
+                             last_event: str | None = None) -> web.StreamResponse:
+    """Send `encoded()` (JSON bytes) as an event every `interval` seconds
+    until `stopping` is set, then once more as `last_event` if given."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **NO_CACHE})
+    await response.prepare(request)
+    try:
+        while not stopping.is_set():
+            await response.write(b"data: " + encoded() + b"\n\n")
+            try:
+                await asyncio.wait_for(stopping.wait(), interval)
+            except TimeoutError:
+                pass
+        if last_event is not None:
+            await response.write(f"event: {last_event}\ndata: ".encode() + encoded() + b"\n\n")
+    except ConnectionResetError:  # the page went away
+        pass
+    return response
+
+
 def dashboard_app(collect, describe) -> web.Application:
     """`collect()`: the kernels' metrics snapshots; `describe()`: the graph
     as plain data, or None while no kernel has described it yet."""
@@ -59,20 +79,8 @@ def dashboard_app(collect, describe) -> web.Application:
         return web.Response(body=state(), content_type="application/json")
 
     async def events(request):
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **NO_CACHE})
-        await response.prepare(request)
-        try:
-            while not stopping.is_set():
-                await response.write(b"data: " + state() + b"\n\n")
-                try:
-                    await asyncio.wait_for(stopping.wait(), UPDATE_INTERVAL)
-                except TimeoutError:
-                    pass
-            # the run has ended: its last figures, then the page stops listening
-            await response.write(b"event: end\ndata: " + state() + b"\n\n")
-        except ConnectionResetError:  # the page went away
-            pass
-        return response
+        # when the run has ended: its last figures, then the page stops listening
+        return await server_sent_events(request, state, stopping, UPDATE_INTERVAL, last_event="end")
 
     def page(name: str, content_type: str):
         body = (STATIC / name).read_bytes()

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from kernel.metrics._app import NO_CACHE, server_sent_events
+
 UPDATE_INTERVAL = 1.0  # seconds between two states the page is sent
 PAGE = Path(__file__).with_name("_static") / "system.html"
-NO_CACHE = {"Cache-Control": "no-cache"}
 
 
 def system_app(state) -> web.Application:
@@ -40,18 +41,7 @@ def system_app(state) -> web.Application:
         return web.Response(body=encoded(), content_type="application/json")
 
     async def events(request):
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **NO_CACHE})
-        await response.prepare(request)
-        try:
-            while not stopping.is_set():
-                await response.write(b"data: " + encoded() + b"\n\n")
-                try:
-                    await asyncio.wait_for(stopping.wait(), UPDATE_INTERVAL)
-                except TimeoutError:
-                    pass
-        except ConnectionResetError:  # the page went away
-            pass
-        return response
+        return await server_sent_events(request, encoded, stopping, UPDATE_INTERVAL)
 
     async def on_shutdown(_app):
         stopping.set()
