@@ -152,6 +152,11 @@ def _run(args, path: Path, name: str) -> int:
         _check_cluster_options(args)
     if not path.is_file():
         raise UsageError(f"pipeline file not found: {path}")
+    if args.coordinator is not None:
+        if ":" not in args.coordinator:
+            raise UsageError(f"--coordinator must be HOST:PORT, got {args.coordinator!r}")
+        # as KERNEL_COORDINATOR, which the topics read and the kernels inherit
+        os.environ["KERNEL_COORDINATOR"] = args.coordinator
     get_flow = _flow_loader(path, name)
     tls = None if args.tls_cert is None else (args.tls_cert, args.tls_key, args.tls_ca)
     plan = plan_for(get_flow, cores=args.cores, gc_threshold=DEFAULT_GC_THRESHOLD,
@@ -186,6 +191,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m kernel.run") -> i
     parser.add_argument("--dashboard", default=None, metavar="HOST:PORT",
                         help="serve the run's metrics at http://HOST:PORT/metrics (Prometheus format) "
                              "and its dashboard at http://HOST:PORT/")
+    parser.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                        help="where the flow's topics and services are registered and looked up "
+                             "(default: the KERNEL_COORDINATOR variable)")
     parser.add_argument("--quiet", action="store_true",
                         help="no live progress line (there is none when stdout is not a terminal)")
     cluster = parser.add_argument_group("cluster (several machines)")

@@ -34,6 +34,7 @@ def coordinator_address(explicit: str | None = None) -> tuple[str, int]:
     if not text:
         raise TopicError("topics and services need a coordinator, and none is known: pass "
                          "run(flow, coordinator='HOST:PORT') (or coordinator= to kernel.services), "
+                         "`python -m kernel run ... --coordinator HOST:PORT`, "
                          "set KERNEL_COORDINATOR=HOST:PORT, or submit the job with "
                          "`python -m kernel submit` (its executor sets it)")
     host, sep, port = text.rpartition(":")

@@ -130,6 +130,25 @@ def test_a_subscriber_of_a_topic_that_never_comes_fails_after_its_timeout(system
     assert "no topic 'nothing' was published within 0.3 s" in lines[-1]["error"]
 
 
+def test_kernel_run_finds_the_coordinator_from_its_coordinator_flag(system, tmp_path):
+    """`python -m kernel run ... --coordinator HOST:PORT` with no
+    KERNEL_COORDINATOR: the subscription asks that coordinator (its lookup
+    times out there), where without the flag no coordinator is known."""
+    pipeline = tmp_path / "subscriber.py"
+    pipeline.write_text("from kernel import Dataflow\nflow = Dataflow('sub')\n"
+                        "flow.subscribe('nothing', timeout=0.3).collect()\n")
+    env = {k: v for k, v in system.env.items() if k != "KERNEL_COORDINATOR"}
+    command = [PYTHON, "-m", "kernel", "run", str(pipeline)]
+    with_flag = subprocess.run([*command, "--coordinator", f"{system.host}:{system.port}"], env=env,
+                               capture_output=True, text=True, timeout=60)
+    without = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert with_flag.returncode == 1 and "no topic 'nothing' was published within 0.3 s" in with_flag.stderr
+    assert without.returncode == 1 and "none is known" in without.stderr
+    bad = subprocess.run([*command, "--coordinator", "nowhere"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "--coordinator must be HOST:PORT" in bad.stderr
+
+
 def test_a_record_type_unlike_the_topics_is_refused_at_subscribe_time(system):
     a = Job(system, "readings.py", "a", COUNT=100_000, TYPED=1)
     a.wait_epoch(1)
