@@ -168,6 +168,17 @@ class Catalog:
 
         return listing(self)
 
+    def forget_topics_of(self, job_id: str) -> None:
+        """A job of the system has ended: the topics it published go (a
+        subscriber looking one up then waits for a publisher, rather than
+        dialling addresses nobody serves)."""
+        names = [n for (n,) in self._db.execute("SELECT name FROM topics WHERE job = ?", (job_id,))]
+        for name in names:
+            self._db.execute("DELETE FROM topics WHERE name = ?", (name,))
+            self._db.execute("DELETE FROM publications WHERE topic = ?", (name,))
+            self._db.execute("DELETE FROM subscriptions WHERE topic = ?", (name,))
+        self._db.execute("DELETE FROM subscriptions WHERE job = ?", (job_id,))
+
     def table(self, name: str) -> list[dict]:
         cursor = self._db.execute(f"SELECT * FROM {name}")  # (names from TABLES only)
         names = [d[0] for d in cursor.description]

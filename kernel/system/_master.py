@@ -276,6 +276,7 @@ class JobMaster:
         job.message = message
         job.ended = time.time()
         self._save(job)
+        self.catalog.forget_topics_of(job.id)
         log.info("%s %s%s", job.id, status, f": {message}" if message else "")
         await self._stop(job.id, attempt, placement)
 

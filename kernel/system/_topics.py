@@ -49,6 +49,9 @@ async def request(catalog: Catalog, op: str, m: dict) -> dict:
     db = catalog._db
     if op == "topic_lookup":
         row = _row(catalog, name)
+        if row is not None and _ended_job(catalog, row["job"]):  # left behind (a coordinator restarted)
+            catalog.forget_topics_of(row["job"])
+            row = None
         if row is None:
             return {"found": False}
         addresses = [a for (a,) in db.execute(
@@ -88,6 +91,12 @@ async def request(catalog: Catalog, op: str, m: dict) -> dict:
                    (name, str(m["job"]), int(m.get("process", 0))))
         return {}
     raise RequestError(f"unknown request {op!r}")
+
+
+def _ended_job(catalog: Catalog, job: str) -> bool:
+    """Is `job` a job of the system that has ended?"""
+    row = catalog._db.execute("SELECT status FROM jobs WHERE id = ?", (job,)).fetchone()
+    return row is not None and row[0] not in ACTIVE
 
 
 async def _still_published(catalog: Catalog, name: str, job: str) -> bool:

@@ -353,7 +353,14 @@ def test_a_job_submitted_to_the_system_publishes_through_its_executor(system):
     topic = wait_until(lambda: {t["name"]: t for t in system.status()["topics"]}.get("hold"),
                        what="the service to be registered")
     assert topic["job"] == job
-    system.cli("kill", job)
+    assert system.cli("kill", job).returncode == 0
+    # killed, its topics go from the catalog: a subscriber waits for a new
+    # publisher (and times out) instead of dialling the dead one's address
+    assert system.status()["topics"] == []
+    b = Job(system, "sums.py", "b", TOPIC="numbers", TIMEOUT=0.3)
+    lines = b.finish()
+    assert b.proc.returncode == 3
+    assert "no topic 'numbers' was published within 0.3 s" in lines[-1]["error"]
 
 
 @pytest.mark.parametrize("partitions", ["per-kernel", "merged"])
@@ -504,3 +511,28 @@ def test_run_async_in_an_app_subscribes_and_unsubscribes_at_the_end(system, monk
     assert_whole_epochs(seqs.items, a.boundaries(), 1500)
     a.finish()
     assert system.status()["topics"] == []  # the publisher ended (unpublished); nobody subscribes
+
+
+@pytest.mark.parametrize("status, found", [("running", True), ("restarting", True), ("killed", False)])
+def test_a_lookup_forgets_a_topic_left_behind_by_an_ended_job(tmp_path, status, found):
+    """A catalog that kept the rows of a job since ended (the coordinator
+    went down in between): looking the topic up removes them."""
+    import json as _json
+
+    from kernel.system._catalog import Catalog
+    from kernel.system._topics import request
+
+    catalog = Catalog(tmp_path / "data")
+    try:
+        db = catalog._db
+        db.execute("INSERT INTO pipelines VALUES ('h', 'p.py', x'00')")
+        db.execute("INSERT INTO jobs (id, seq, name, flow, pipeline, processes, cores, max_restarts, status, "
+                   "submitted) VALUES ('job-1', 1, 'p.py:flow', 'flow', 'h', 1, 1, 3, ?, 0)", (status,))
+        schema = _json.dumps({"id": "x", "partitions": 1})
+        db.execute("INSERT INTO topics VALUES ('t', 'job-1', 0, ?)", (schema,))
+        db.execute("INSERT INTO publications VALUES ('t', 'job-1', 0, '127.0.0.1:9')")
+        reply = asyncio.run(request(catalog, "topic_lookup", {"name": "t"}))
+        assert reply["found"] is found
+        assert [t["name"] for t in catalog.topics()] == (["t"] if found else [])
+    finally:
+        catalog.close()
