@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import socket
 import uuid
@@ -26,6 +27,7 @@ from kernel.topics._errors import TopicError
 SYSTEM_PATH = "/kernel-system"  # kernel.system._wire.PATH
 CLIENT = 2  # kernel.system._wire.CLIENT: the handshake's role
 _MAX_MESSAGE = 1 << 20
+log = logging.getLogger("kernel.topics")
 LOOKUP_EVERY = 0.05  # seconds between lookups of a topic that does not exist yet
 
 
@@ -162,12 +164,17 @@ class Directory:
         publisher to wait past (one that was lost)."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        waiting = False
         while True:
             found = await self.request("topic_lookup", name=name)
             if found.get("found") and found["id"] != not_id:
                 if found.get("kind", "stream") != kind:
                     raise TopicError(f"{name!r} is a {found.get('kind')} topic, not a {kind}")
                 return found
+            if not waiting:
+                waiting = True
+                log.info("waiting for %s to be published", repr(name) if not_id is None else
+                         f"{name!r} (a new publisher)")
             if deadline is not None and loop.time() >= deadline:
                 what = "service" if kind == "service" else "topic"
                 raise TopicError(f"no {what} {name!r} was published within {timeout:g} s "

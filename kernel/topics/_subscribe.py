@@ -23,6 +23,7 @@ its next whole epoch, the watermark never going back.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 
 from kernel.dataflow._operator import Source
@@ -32,6 +33,7 @@ from kernel.topics import _directory
 from kernel.topics._errors import PublisherLost, SubscriberTooSlow, TopicError
 from kernel.topics._publish import TOO_SLOW, TOPIC_PATH, WINDOW, record_type_info, same_record_type
 
+log = logging.getLogger("kernel.topics")
 _HEAD = 5  # what a frame's header counts against the window (net._links.FRAME)
 CONNECT_TIMEOUT = 5.0  # seconds to reach a registered publisher before it counts as lost
 
@@ -76,6 +78,7 @@ class Subscribe(Source):
                 self._ended.add(partition)
             elif payload.__class__ is EpochMarker:
                 self.epochs.append((partition, payload.epoch))
+                log.debug("topic %r partition %d: epoch %d received", self.topic, partition, payload.epoch)
             elif payload is not IDLE:
                 handed += len(payload)
                 self.emit(payload)

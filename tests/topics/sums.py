@@ -40,6 +40,11 @@ def build():
 
 
 if __name__ == "__main__":
+    import logging
+
+    # the subscriber says when it waits for the topic and each epoch it gets (tests wait on them)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
+    logging.getLogger("kernel.topics").setLevel(logging.DEBUG)
     flow, seqs, sums = build()
     print("subscribing", flush=True)
     try:

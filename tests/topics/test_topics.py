@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -113,8 +112,7 @@ def test_a_late_subscriber_gets_whole_epochs_and_exact_windows_two_at_once(syste
 
 def test_subscribe_before_the_topic_exists_waits_for_it(system):
     b = Job(system, "sums.py", "b")
-    wait_until(lambda: "subscribing" in b.out.read_text(), what="B to start")
-    time.sleep(0.5)  # B is looking the topic up (it is not there yet)
+    wait_until(lambda: "waiting for 'readings' to be published" in b.text(), what="B to look the topic up")
     a = Job(system, "readings.py", "a", COUNT=1000)
     seqs, sums = results(b)
     # from one of A's epoch boundaries (A's source starts as the topic is registered)
@@ -441,7 +439,9 @@ def test_on_lost_wait_goes_on_after_the_job_master_restarts_the_publishing_job(s
     job = done.stdout.split()[0]
     b = Job(system, "sums.py", "b", ON_LOST="wait")
     wait_until(lambda: any(t["subscribers"] for t in system.status()["topics"]), what="B to subscribe")
-    time.sleep(0.5)  # B reads a while from the first attempt
+    # B has read a whole epoch of the first attempt once it has two of its markers
+    wait_until(lambda: len(re.findall(r"epoch \d+ received", b.text())) >= 2,
+               what="B to read from the first attempt")
 
     def job_process():
         for pid in descendants(executor.pid):
