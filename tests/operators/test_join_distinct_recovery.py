@@ -5,10 +5,8 @@ value twice; a record replayed into a restored state, a pair twice)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -37,15 +35,14 @@ PIPELINE = textwrap.dedent(
 )
 
 
+_spec = importlib.util.spec_from_file_location(
+    "_crash_runs", Path(__file__).resolve().parents[1] / "_crash_runs.py")
+_crash_runs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_crash_runs)
+
+
 def run_cli(tmp: Path, cores: int, crash: str | None):
-    env = dict(os.environ, N=str(N), M=str(M), KEYS=str(KEYS), DISTINCT=str(DISTINCT), OUT=str(tmp / "out"))
-    env.pop("KERNEL_CRASH_AT", None)
-    if crash:
-        env["KERNEL_CRASH_AT"] = crash
-    return subprocess.run(
-        [sys.executable, "-m", "kernel.run", str(tmp / "pipeline.py"), "--cores", str(cores),
-         "--state-dir", str(tmp / "state"), "--epoch-interval", "0.02"],
-        env=env, capture_output=True, text=True, timeout=120)
+    return _crash_runs.run_cli(tmp, cores, crash, N=N, M=M, KEYS=KEYS, DISTINCT=DISTINCT, OUT=tmp / "out")
 
 
 def lines(folder: Path) -> list:
