@@ -266,8 +266,9 @@ class Dataflow:
         """A bounded source reading `iterable` in batches of `batch_size`.
 
         With several kernels each reads a disjoint share (record i goes to
-        kernel i % kernels), so the input must be re-iterable (a list, a
-        range, a file path reader...).
+        kernel i % kernels, when that divides the run's key groups: see the
+        README's "Several cores"), so the input must be re-iterable (a list,
+        a range, a file path reader...).
 
         `timestamp=fn` gives records event time (`fn(record)`: float seconds
         since the epoch, or a datetime); the watermark is then the largest

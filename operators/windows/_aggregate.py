@@ -84,6 +84,14 @@ class WindowAggregate(Windowing):
         self._windows.fire(math.inf)  # every window, whatever its end
         self._flush()
 
+    def flush_partials(self):
+        # The partial half, at each epoch marker: every partial goes on
+        # (as on_idle), so no snapshot holds partials; the owner merges
+        # several partials of a window as well as one.
+        if self.flat:
+            self._windows.fire(math.inf)
+            self._flush()
+
     def _results(self, key, window, acc):
         return ((key, window, self.aggregation.result(acc)),)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 from kernel.dataflow._errors import KernelError, OperatorError
-from kernel.dataflow._operator import Operator, TimedBatch
+from kernel.dataflow._operator import Operator, TimedBatch, rescale_fields
 
 from .._calls import EMIT_BATCH, keyed_error
 from ._specs import check_window
@@ -65,6 +65,11 @@ class Windowing(Operator):
         super().restore(snapshot["states"])
         self._frontier, self.late = snapshot["frontier"], snapshot["late"]
         self._windows.restored(snapshot["sequence"])
+
+    def rescale(self, snapshots, owns):
+        # tumbling and sliding windows keep {window number: {key: acc}}
+        return rescale_fields(snapshots, owns, self.context.index == 0, nested=("windows",),
+                              states="states", frontier="min", late="sum_first", sequence="max")
 
     def _stamps(self, batch):
         if batch.__class__ is not TimedBatch:
