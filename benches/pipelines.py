@@ -48,10 +48,19 @@ Word count on several cores pre-aggregates per kernel before the exchange
 (one `(word, n)` per distinct word and kernel crosses a ring). The windowed
 sum's keys hardly repeat within a window (~1.6 events per key and window), so
 its kernels pass their events on to the owners unaggregated; its 2-core row
-stays below the 1-core one: each kernel pays fixed costs one core does not
-(~20 ms of copy-on-write faults touching its share of the forked input,
-~50-70 ms to pickle, send and unpickle the ~126,000 result triples, the
-exchange itself) against ~140 ms of kernel time.
+stays below the 1-core one. Issue 13 measured why (CPU time per step,
+timers around each batch, benches/RESULTS.md): the two kernels together
+spend ~2.5x the CPU of one kernel's whole run. The window work itself
+halves, but each kernel also pays ~20 ms of copy-on-write faults slicing its
+share of the forked input (record i is on kernel i % N, so every page of
+the events is copied in both kernels; more such faults hide in the steps
+that read the events' fields), ~40 ms of exchange (split by owner, encode,
+decode), ~12-24 ms pickling its ~63,000 results for the caller, which then
+unpickles both kernels' one after the other (~10 ms each), and a young
+collection over those results.
+
+Select pipelines with `--only wordcount,heavy,windows` and the number of
+runs with `--reps N`.
 
 Figures are medians over several runs, each timed from a freshly collected
 heap (`gc.collect()` before it, untimed): the benchmark machine is a shared,
