@@ -615,7 +615,7 @@ class Dataflow:
             # `extend` per kernel, not a comprehension over every item: the
             # caller waits for this after the run (126,000 window results:
             # ~8 ms -> ~1 ms)
-            items: list = []
+            items: list[Any] = []
             for results in per_kernel:
                 items.extend(results.get(handle.node.id, ()))
             handle.items = items
