@@ -969,6 +969,13 @@ def test_a_run_killed_on_two_kernels_resumes_on_three_with_every_result_exact(tm
     assert Counter({(k, start): total for k, (start, _end), total in lines(out / "windows")}) == sums
     assert len(lines(out / "windows")) == len(sums)
 
+    assert_recorded(bullet(STATE, "Rescale on resume"), {
+        "cut and restored on 3 in 686 ms": "| resume on 3 kernels: unpickle both parts + cut by key group + "
+                                           "restore (slowest kernel) | 686 ms |",
+        "147 ms to resume on 2 as written": "| resume on 2 kernels, as written: unpickle + restore one "
+                                            "kernel's part | 147 ms |",
+    }, ["state"])
+
     (tmp_path / "own").mkdir()
     crash_on_two_kernels(tmp_path / "own", tmp_path / "own-state", own=True)
     with pytest.raises(KernelError, match=r"countdown.*cannot be moved to another number of kernels"):
