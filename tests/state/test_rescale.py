@@ -129,3 +129,27 @@ def test_key_groups_are_contiguous_ranges_and_keyed_state_is_cut_by_them():
         "windows": {3: {"a": 1, "c": 3}, 4: {"a": 9}}, "plain": {"a": 5, "c": 7}}
     pairs = [{"seen": {0: {("a", 1), ("b", 1)}}}, {"seen": {0: {("c", 2)}}}]
     assert merge_keyed_states(pairs, mine, nested=("seen",)) == {"seen": {0: {("a", 1), ("c", 2)}}}
+
+
+def test_a_flow_with_loops_is_not_rescaled(tmp_path):
+    """A loop's round state is kept per kernel, not by key: its state_dir
+    resumes on as many kernels as wrote it, and another count is refused
+    before anything runs, saying why."""
+    from kernel import Dataflow, run
+    from state import StateError
+
+    def halving():
+        flow = Dataflow("halving")
+
+        def halve(numbers):
+            halved = numbers.filter(lambda n: n > 1).map(lambda n: n // 2)
+            return halved, halved
+
+        return flow, flow.from_iterable([8, 3]).iterate(halve).collect()
+
+    flow, out = halving()
+    run(flow, cores=2, state_dir=tmp_path)
+    assert sorted(out.items) == [1, 1, 2, 4]
+    with pytest.raises(StateError, match=r"written by 2 kernels and this run has 1: a flow with loops"):
+        run(halving()[0], cores=1, state_dir=tmp_path)
+    run(halving()[0], cores=2, state_dir=tmp_path)  # as many kernels: the finished run is found
