@@ -73,16 +73,8 @@ def test_source_partitions_move_to_any_kernel_count_exactly(n, groups, old, new,
     data = list(range(n))
     snapshots, consumed = [], set()
     for k in range(old):
-        share, got, it = Share(k, old, groups), [], iter(data)
-        limit, ended = rng.randint(0, n), False
-        while len(got) < limit and not ended:
-            if iterator:
-                batch, ended = share.take_from(it, rng.randint(1, 50))
-            else:
-                batch = share.take(data, rng.randint(1, 50))
-                ended = share.next >= n
-            got += batch
-        assert got == sorted(got)
+        share = Share(k, old, groups)
+        got, ended = read(share, data, iterator, rng, most=50, limit=rng.randint(0, n))
         mine = [x for x in data if (x % groups) % old == k]  # the brute-force share
         assert got == mine[:len(got)]
         if ended and rng.random() < 0.3:
@@ -92,22 +84,28 @@ def test_source_partitions_move_to_any_kernel_count_exactly(n, groups, old, new,
         snapshots.append(share.snapshot())
         consumed.update(got)
     merged = merge_consumed(snapshots, "ended", groups)
-    read = []
+    everything = []
     for k in range(new):
-        share, it, out = Share(k, new, groups), iter(data), []
+        share = Share(k, new, groups)
         share.restore({"consumed": merged})
-        while True:
-            if iterator:
-                batch, ended = share.take_from(it, rng.randint(1, 300))
-            else:
-                batch = share.take(data, rng.randint(1, 300))
-                ended = share.next >= n
-            out += batch
-            if ended:
-                break
+        out, _ = read(share, data, iterator, rng, most=300, limit=n + 1)
         assert out == sorted(out)
-        read += out
-    assert sorted(read) == sorted(set(data) - consumed)
+        everything += out
+    assert sorted(everything) == sorted(set(data) - consumed)
+
+
+def read(share: Share, data: list, iterator: bool, rng, most: int, limit: int) -> tuple[list, bool]:
+    """Batches of 1 to `most` records of `share` until `limit` or the end:
+    (records, ended)."""
+    got, ended, it = [], False, iter(data)
+    while len(got) < limit and not ended:
+        if iterator:
+            batch, ended = share.take_from(it, rng.randint(1, most))
+        else:
+            batch = share.take(data, rng.randint(1, most))
+            ended = share.next >= len(data)
+        got += batch
+    return got, ended
 
 
 def test_key_groups_are_contiguous_ranges_and_keyed_state_is_cut_by_them():
