@@ -199,8 +199,10 @@ def test_every_record_of_a_key_arrives_at_one_kernel(cores):
         kernels.setdefault(key, set()).add(index)
     assert set(kernels) == set(words)
     assert all(len(where) == 1 for where in kernels.values()), kernels
-    # ...and it is the kernel the partitioner names.
-    part = Partitioner(cores)
+    # ...and it is the kernel the run's partitioner names (by key group).
+    from kernel.dataflow._key_groups import default_key_groups, owner_table
+
+    part = Partitioner(cores, owner_table(cores, default_key_groups(cores)))
     assert {key: where.pop() for key, where in kernels.items()} == {key: part.owner(key) for key in kernels}
     # Every kernel got some keys.
     assert {index for _, index in seen.items} == set(range(cores))
