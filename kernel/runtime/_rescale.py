@@ -17,7 +17,9 @@ gathers that step's parts from all of them and:
 
 A combiner's partial half holds nothing in a snapshot (it hands its
 partials on at each marker), so a run with and without partial halves (one
-kernel or several) restore the same steps. Loops keep per-kernel round
+kernel or several) restore the same steps; only the late events a windowed
+aggregate's partial halves counted are kept, and a run on one kernel (no
+partial halves) adds them to the step's count on kernel 0. Loops keep per-kernel round
 state that is not cut by key: a flow with loops resumes on as many kernels
 as the run that wrote its state (refused before the run starts).
 """
@@ -67,6 +69,11 @@ def restore_rescaled(runtime, rescaled: Rescaled) -> None:
         ended[index] = all(part == ENDED for part in parts)
     me = runtime.kernel.context.index
     owns = runtime.partitioner.owned_by(me) if runtime.partitioner is not None else _everything
+    # Partial halves this run does not have (it runs on one kernel): the
+    # late events they had counted go to their node's count on kernel 0.
+    orphan_late = {} if me != 0 else {
+        node_id: _late_of([kernel_parts.get(old_index, ENDED) for kernel_parts in old])
+        for node_id, old_index in old_partial_index.items() if node_id not in runtime._partial_for.values()}
 
     for index, instance in enumerate(runtime.instances):
         if ended[index]:
@@ -75,12 +82,13 @@ def restore_rescaled(runtime, rescaled: Rescaled) -> None:
         parts = [part if part == ENDED else pickle.loads(part) for part in parts_of[index] or []]
         live = [part for part in parts if part != ENDED]
         snapshots = [Operator.ENDED if part == ENDED else part[4] for part in parts]
-        _restore_one(runtime, instance, live, snapshots, ended, owns, me)
+        _restore_one(runtime, instance, live, snapshots, ended, owns, me, orphan_late.get(index, 0))
     if runtime._live == 0:
         runtime.kernel.release()
 
 
-def _restore_one(runtime, instance, live: list, snapshots: list, ended: dict, owns, me: int) -> None:
+def _restore_one(runtime, instance, live: list, snapshots: list, ended: dict, owns, me: int,
+                 late: int = 0) -> None:
     progress = instance.progress
     frontier = min((part[0] for part in live), default=progress.value)
     closed = sorted(inbox for inbox in range(len(progress.marks))
@@ -91,8 +99,22 @@ def _restore_one(runtime, instance, live: list, snapshots: list, ended: dict, ow
         instance.restore_part((frontier, marks, closed, timers, None))
         return
     operator_snapshot = _call(instance, "rescale", snapshots, owns)
+    if late and isinstance(operator_snapshot, dict) and "late" in operator_snapshot:
+        operator_snapshot["late"] += late
     instance.restore_part((frontier, marks, closed, timers, operator_snapshot))
     _call(instance, "restore", operator_snapshot)
+
+
+def _late_of(parts: list) -> int:
+    """The late events a step's old partial halves had counted (a
+    windowed aggregate's partial half counts those its kernel found late)."""
+    total = 0
+    for part in parts:
+        if part != ENDED:
+            snapshot = pickle.loads(part)[4]
+            if isinstance(snapshot, dict):
+                total += snapshot.get("late", 0)
+    return total
 
 
 def _everything(key) -> bool:
