@@ -9,7 +9,8 @@ gathers that step's parts from all of them and:
   new one: whether a step ended is the same for the whole run, so the
   channels it feeds are closed alike on every kernel);
 * its timers go to the kernel that owns their data as a key (timers set
-  with `schedule(t, key)`; data that is not a key goes to kernel 0);
+  with `schedule(t, key)`; data that is not a key goes to kernel 0), and
+  a timer without data (`schedule(t)`) to every kernel, once per time;
 * its input frontier (a source's output watermark) is the lowest of the old
   kernels': the safe one, no window fires early;
 * its operator cuts its own snapshot (`Operator.rescale(snapshots, owns)`):
@@ -94,7 +95,17 @@ def _restore_one(runtime, instance, live: list, snapshots: list, ended: dict, ow
     closed = sorted(inbox for inbox in range(len(progress.marks))
                     if ended[runtime.upstream_of[(id(instance), inbox)].index])
     marks = [progress._top if inbox in closed else frontier for inbox in range(len(progress.marks))]
-    timers = [timer for part in live for timer in part[3] if _timer_is_mine(timer[2], owns, me)]
+    timers = [timer for part in live for timer in part[3]
+              if timer[2] is not None and _timer_is_mine(timer[2], owns, me)]
+    # A timer without data (`schedule(t)`) is its kernel's, not a key's: it
+    # may be due to flush keys that are now on any kernel, so every kernel
+    # gets one per time.
+    unkeyed: dict = {}
+    for part in live:
+        for when, sequence, data in part[3]:
+            if data is None:
+                unkeyed[when] = min(sequence, unkeyed.get(when, sequence))
+    timers += [(when, sequence, None) for when, sequence in unkeyed.items()]
     if not snapshots:  # a partial half the old run did not have: it starts empty
         instance.restore_part((frontier, marks, closed, timers, None))
         return

@@ -207,3 +207,86 @@ def test_late_events_counted_by_partial_halves_survive_a_resume_on_one_kernel(tm
     expected = Counter((x % 3, float(x // 100)) for x in range(_N_LATE) if not _is_late(x))
     assert Counter({(key, window.start): n for key, window, n in counts.items}) - Counter() <= expected
     assert late.value == sum(map(_is_late, range(_N_LATE))) == 10
+
+
+def _sums_by_second_flow(out):
+    """A keyed operator of our own that sums values per key and second of
+    event time, with one data-less timer per second per kernel
+    (`schedule(end)`) that flushes every key's sum for that second."""
+    import math
+    import time
+
+    from kernel import Dataflow, Operator, TimedBatch
+    from state import map_state
+
+    class SumsBySecond(Operator):
+        def open(self, context):
+            self.acc = map_state(self, "acc")  # key -> {end: sum}
+            self.scheduled = set()  # the ends this kernel has a timer for
+
+        def restore(self, snapshot):
+            super().restore(snapshot)
+            self.scheduled = {end for ends in self.acc.values() for end in ends}
+
+        def on_batch(self, port, batch):
+            for (key, value), stamp in zip(batch, batch.timestamps):
+                end = math.floor(stamp) + 1.0
+                mine = self.acc.entry(key)
+                mine[end] = mine.get(end, 0) + value
+                if end not in self.scheduled:
+                    self.scheduled.add(end)
+                    self.schedule(end)
+
+        def on_timer(self, when, data):
+            self.scheduled.discard(when)
+            out = []
+            for key in list(self.acc):
+                mine = self.acc[key]
+                if when in mine:
+                    out.append((key, when, mine.pop(when)))
+                if not mine:
+                    del self.acc[key]
+            self.emit(TimedBatch(out, [when] * len(out)))
+
+    def pace(x):
+        if x % 5 == 0:
+            time.sleep(0.003)
+        return x
+
+    flow = Dataflow("review-timers")
+    numbers = flow.from_iterable(range(_N_TIMERS), batch_size=25, timestamp=lambda x: x / 100).map(pace)
+    numbers.key_by(lambda x: x % 6).apply(SumsBySecond, name="sums").to_files(out)
+    return flow
+
+
+_N_TIMERS = 1500
+
+
+def test_timers_without_data_reach_every_kernel_of_a_rescaled_run(tmp_path):
+    """Found in review: a data-less timer (`schedule(t)`, the operator's
+    flush of every key due at t) went to the one kernel owning the key None,
+    so on 2 -> 3 the windows open at the restored epoch were never emitted
+    on the other kernels (7 sums of 120 missing). Every kernel now gets one
+    per time, and the files hold every sum once, as a plain loop's."""
+    import json
+    import math
+
+    import kernel._faults
+    from kernel import KernelProcessError, run
+
+    out, state = tmp_path / "out", tmp_path / "state"
+    kernel._faults._SPEC = "snapshot:10@1"
+    try:
+        with pytest.raises(KernelProcessError):
+            run(_sums_by_second_flow(out), cores=2, state_dir=state, epoch_interval=0.01)
+    finally:
+        kernel._faults._SPEC = None
+    assert newest_complete(state)[0] > 0
+    run(_sums_by_second_flow(out), cores=3, state_dir=state, epoch_interval=0.01)
+    got = Counter(tuple(json.loads(line)) for path in out.glob("part-*")
+                  for line in path.read_text().splitlines())
+    sums = Counter()
+    for x in range(_N_TIMERS):
+        sums[(x % 6, math.floor(x / 100) + 1.0)] += x
+    assert got == Counter({(key, end, total): 1 for (key, end), total in sums.items()})
+    assert not list(out.glob(".part-*"))
