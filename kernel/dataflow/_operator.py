@@ -48,8 +48,9 @@ synchronous handlers; the kernel calls them inside its ticks:
   of the run that wrote them (``Operator.ENDED`` where the step had ended
   there); return this kernel's snapshot, to be handed to ``restore``, keeping
   the keys ``owns(key)`` says are this kernel's (whole key groups move
-  between kernels). The default merges the keyed states; an operator that
-  overrides ``on_epoch`` overrides ``rescale`` too, or such a resume is
+  between kernels). The default merges the keyed states (and refuses the
+  same key on two old kernels: state not partitioned by key); an operator
+  that overrides ``on_epoch`` overrides ``rescale`` too, or such a resume is
   refused with an error naming it.
 
 A ``Source`` has no inputs; the kernel calls ``poll()`` whenever it is
@@ -261,7 +262,7 @@ def merge_keyed_states(snapshots: list, owns, nested=()) -> dict | None:
     number): `{outer: {key: value}}` or `{outer: {(key, value), ...}}`,
     cut inside and merged by `outer`."""
     merged: dict = {}
-    for snapshot in snapshots:
+    for kernel, snapshot in enumerate(snapshots):
         if snapshot is None or snapshot == Operator.ENDED:
             continue
         for name, entries in snapshot.items():
@@ -271,14 +272,40 @@ def merge_keyed_states(snapshots: list, owns, nested=()) -> dict | None:
                     if isinstance(inner, dict):
                         kept = {key: value for key, value in inner.items() if owns(key)}
                         if kept:
-                            mine.setdefault(outer, {}).update(kept)
+                            _merge_apart(mine.setdefault(outer, {}), kept, name, snapshots[:kernel])
                     else:
                         kept = {pair for pair in inner if owns(pair[0])}
                         if kept:
                             mine.setdefault(outer, set()).update(kept)
                 continue
-            mine.update({key: value for key, value in entries.items() if owns(key)})
+            _merge_apart(mine, {key: value for key, value in entries.items() if owns(key)}, name,
+                         snapshots[:kernel])
     return merged or None
+
+
+def _merge_apart(merged: dict, kept: dict, name: str, earlier: list) -> None:
+    """`merged.update(kept)`, where no key may be in both: a key is on one
+    kernel, its owner's. The same key on two old kernels is state that was
+    not partitioned by key (an operator of a stream without key_by): which
+    kernel's value would win is arbitrary, and the others' would be lost."""
+    before = len(merged)
+    merged.update(kept)
+    if len(merged) != before + len(kept):
+        where = [k for k, s in enumerate(earlier) if isinstance(s, dict) and _holds(s.get(name), kept)]
+        key = next(key for key in kept if any(_holds(earlier[k].get(name), {key: None}) for k in where))
+        raise ValueError(
+            f"keyed state {name!r} has the key {repr(key)[:40]} on kernels {where[0]} and {len(earlier)} of "
+            "the run that wrote the state_dir: not partitioned by key (a stream without key_by?), so it "
+            "cannot move to another number of kernels; resume on as many kernels as wrote it")
+
+
+def _holds(entries, keys: dict) -> bool:
+    """Whether a state's snapshot (maybe nested by a window's number) has any of `keys`."""
+    if not isinstance(entries, dict):
+        return False
+    if any(key in entries for key in keys):
+        return True
+    return any(isinstance(inner, dict) and any(key in inner for key in keys) for inner in entries.values())
 
 
 def rescale_fields(snapshots: list, owns, first: bool, nested=(), **how) -> dict | None:

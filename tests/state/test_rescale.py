@@ -290,3 +290,55 @@ def test_timers_without_data_reach_every_kernel_of_a_rescaled_run(tmp_path):
         sums[(x % 6, math.floor(x / 100) + 1.0)] += x
     assert got == Counter({(key, end, total): 1 for (key, end), total in sums.items()})
     assert not list(out.glob(".part-*"))
+
+
+def _totals_flow():
+    """A count per kernel of a stream without key_by, in keyed state under
+    one constant key: each kernel counts its own share."""
+    import time
+
+    from kernel import Dataflow, Operator
+    from state import value_state
+
+    class Total(Operator):
+        def open(self, context):
+            self.n = value_state(self, "n")
+
+        def on_batch(self, port, batch):
+            self.n["total"] = self.n.get("total", 0) + len(batch)
+
+        def on_end(self):
+            self.emit([self.n.get("total", 0)])
+
+    def pace(x):
+        if x % 5 == 0:
+            time.sleep(0.003)
+        return x
+
+    flow = Dataflow("review-totals")
+    totals = flow.from_iterable(range(1000), batch_size=25).map(pace).apply(Total, name="total").collect()
+    return flow, totals
+
+
+def test_keyed_state_of_a_stream_without_key_by_is_refused_a_rescaled_resume(tmp_path):
+    """Found in review: the same key on two old kernels (state not
+    partitioned by key) was merged by dict.update, the last kernel's value
+    winning: on 2 -> 1 a per-kernel count lost the other's share silently
+    (1850 of 2000). Now refused, naming the step and the state; the same
+    state_dir then resumes on 2 kernels, exact."""
+    import kernel._faults
+    from kernel import KernelError, KernelProcessError, run
+
+    kernel._faults._SPEC = "snapshot:6@1"
+    try:
+        with pytest.raises(KernelProcessError):
+            run(_totals_flow()[0], cores=2, state_dir=tmp_path, epoch_interval=0.01)
+    finally:
+        kernel._faults._SPEC = None
+    assert newest_complete(tmp_path)[0] > 0
+    with pytest.raises(KernelError, match=r"total.*keyed state 'n' has the key 'total' on kernels 0 and 1 "
+                                          r".*not partitioned by key"):
+        run(_totals_flow()[0], cores=1, state_dir=tmp_path, epoch_interval=0.01)
+    flow, totals = _totals_flow()
+    run(flow, cores=2, state_dir=tmp_path, epoch_interval=0.01)
+    assert sum(totals.items) == 1000 and len(totals.items) == 2
