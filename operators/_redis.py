@@ -194,17 +194,19 @@ class RedisStreamSource(Source):
         positions = snapshot["positions"]
         self._positions = {s: positions.get(s, self.start) for s in self.streams}
         ends = snapshot["ends"]
+        # the streams whose ends were never taken have none here: taken when the reader starts
         self._ends = None if ends is None else {s: ends[s] for s in self.streams if s in ends}
-        if ends is not None and len(self._ends) < len(self.streams):
-            self._ends = None  # some streams' ends were never taken: take them all now
 
     def rescale(self, snapshots, owns):
         # Streams are the partitions (`streams[index::peers]`): merge every
         # old kernel's positions; a kernel that had ended read its streams
         # to their ends, which this run must not read again.
         old = len(snapshots)
+        # A kernel that had not taken its streams' ends yet (its reader had
+        # not started) gives none: only those streams' ends are taken anew,
+        # the others keep theirs.
         positions: dict = {}
-        ends: dict | None = {}
+        ends: dict = {}
         done: list = []
         for k, snapshot in enumerate(snapshots):
             if snapshot == self.ENDED:
@@ -212,10 +214,7 @@ class RedisStreamSource(Source):
                 continue
             positions.update(snapshot["positions"])
             done += snapshot.get("done", ())
-            if snapshot["ends"] is None or ends is None:
-                ends = None
-            else:
-                ends.update(snapshot["ends"])
+            ends.update(snapshot["ends"] or {})
         return {"positions": positions, "ends": ends, "done": done}
 
     # -- the kernel's side -----------------------------------------------------
@@ -291,8 +290,10 @@ class RedisStreamSource(Source):
             last = await self._last_ids(client, pending)
             for stream in pending:
                 self._positions[stream] = last[stream] or "0-0"
-        if not self.follow and self._ends is None:
-            self._ends = await self._last_ids(client, self.streams)
+        if not self.follow:
+            missing = [s for s in self.streams if self._ends is None or s not in self._ends]
+            if missing:
+                self._ends = {**(self._ends or {}), **await self._last_ids(client, missing)}
 
     async def _xread(self, client, cursors: dict[str, str], block_ms: int | None):
         try:

@@ -342,3 +342,43 @@ def test_keyed_state_of_a_stream_without_key_by_is_refused_a_rescaled_resume(tmp
     flow, totals = _totals_flow()
     run(flow, cores=2, state_dir=tmp_path, epoch_interval=0.01)
     assert sum(totals.items) == 1000 and len(totals.items) == 2
+
+
+async def test_a_redis_stream_whose_end_was_not_taken_leaves_the_other_streams_their_ends():
+    """Found in review: a bounded Redis read snapshotted before one kernel's
+    reader had taken its stream's end (`ends` None there) made a rescaled
+    run take every stream's end anew, so entries added after the first run
+    began were read on every stream (6 extra entries on 3 -> 2 -> 1). Now
+    only that kernel's streams take their ends when the resumed reader starts."""
+    import importlib.util
+    from pathlib import Path
+
+    import redis
+    from kernel.operators._redis import RedisStreamSource, _connect
+
+    path = Path(__file__).resolve().parents[1] / "_redis_server.py"
+    spec = importlib.util.spec_from_file_location("_redis_server", path)
+    server = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(server)
+
+    class Context:
+        index, peers = 0, 1
+
+    with server.redis_server() as url:
+        writer = redis.Redis.from_url(url, decode_responses=True)
+        first = {name: [writer.xadd(name, {"n": n}) for n in range(3)] for name in "abc"}
+        later = {name: writer.xadd(name, {"n": "later"}) for name in "abc"}  # after the first run began
+        writer.close()
+        source = RedisStreamSource(url, ["a", "b", "c"])
+        source.open(Context())
+        old = [{"positions": {"a": first["a"][0]}, "ends": {"a": first["a"][-1]}, "done": []},
+               {"positions": {"b": "0"}, "ends": None, "done": []},  # its reader had not started
+               {"positions": {"c": first["c"][1]}, "ends": {"c": first["c"][-1]}, "done": []}]
+        source.restore(source.rescale(old, None))
+        client = _connect(url, 5.0, True, 0.0)
+        try:
+            await source._resolve_start(client)
+        finally:
+            await client.aclose()
+    assert source._ends == {"a": first["a"][-1], "b": later["b"], "c": first["c"][-1]}
+    assert source._positions == {"a": first["a"][0], "b": "0", "c": first["c"][1]}
