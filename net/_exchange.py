@@ -51,7 +51,7 @@ _PAIR_START = 0x345678 * 1000003  # _combine's h after its first multiplication 
 
 def _combine(items) -> int:
     # A tuple key that is new to a partitioner's cache is hashed every time
-    # (PageRank's (vertex, round) keys: 1,000,000 a round, benches/loops.py),
+    # (PageRank's (vertex, round) keys: 100,000 a round, benches/loops.py),
     # so ints and strs, the usual fields, are hashed here without a call
     # each (and a pair of ints in stable_hash itself): 970 -> ~580 ns
     # for a pair of ints on the shared test machine, the same values.
