@@ -90,6 +90,10 @@ class Job:
         """epoch -> the readings published before its end (A's debug log)."""
         return {int(e): int(n) for e, n in re.findall(r"epoch (\d+) ends after (\d+) records", self.text())}
 
+    def epochs_received(self) -> int:
+        """Epoch markers this subscriber received (B's debug log)."""
+        return len(re.findall(r"epoch \d+ received", self.text()))
+
     def wait_epoch(self, epoch: int) -> None:
         wait_until(lambda: epoch in self.boundaries() or self.proc.poll() is not None, timeout=30,
                    what=f"epoch {epoch}")
@@ -194,7 +198,7 @@ def test_a_killed_publisher_ends_its_subscribers_with_publisher_lost(system):
     a = Job(system, "readings.py", "a", COUNT=0)
     a.wait_epoch(2)
     b = Job(system, "sums.py", "b")
-    wait_until(lambda: len(a.boundaries()) >= 8, what="A to go on")
+    wait_until(lambda: b.epochs_received() >= 2, what="B to read whole epochs of A")
     a.kill()
     lines = b.finish()
     assert b.proc.returncode == 3
@@ -205,7 +209,7 @@ def test_on_lost_wait_goes_on_after_the_publishers_restart(system):
     a = Job(system, "readings.py", "a", COUNT=0)
     a.wait_epoch(2)
     b = Job(system, "sums.py", "b", ON_LOST="wait")
-    wait_until(lambda: len(a.boundaries()) >= 8, what="A to go on")
+    wait_until(lambda: b.epochs_received() >= 2, what="B to read whole epochs of A")
     a.kill()
     again = Job(system, "readings.py", "a2", COUNT=2000)
     seqs, _ = results(b)
@@ -478,8 +482,7 @@ def test_on_lost_wait_goes_on_after_the_job_master_restarts_the_publishing_job(o
     b = Job(system, "sums.py", "b", ON_LOST="wait")
     wait_until(lambda: any(t["subscribers"] for t in system.status()["topics"]), what="B to subscribe")
     # B has read a whole epoch of the first attempt once it has two of its markers
-    wait_until(lambda: len(re.findall(r"epoch \d+ received", b.text())) >= 2,
-               what="B to read from the first attempt")
+    wait_until(lambda: b.epochs_received() >= 2, what="B to read from the first attempt")
 
     def job_process():
         for pid in descendants(executor.pid):
