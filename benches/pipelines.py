@@ -48,10 +48,19 @@ Word count on several cores pre-aggregates per kernel before the exchange
 (one `(word, n)` per distinct word and kernel crosses a ring). The windowed
 sum's keys hardly repeat within a window (~1.6 events per key and window), so
 its kernels pass their events on to the owners unaggregated; its 2-core row
-stays below the 1-core one: each kernel pays fixed costs one core does not
-(~20 ms of copy-on-write faults touching its share of the forked input,
-~50-70 ms to pickle, send and unpickle the ~126,000 result triples, the
-exchange itself) against ~140 ms of kernel time.
+stays below the 1-core one. Issue 13 measured why (CPU time per step,
+timers around each batch, benches/RESULTS.md): the two kernels together
+spend ~2.5x the CPU of one kernel's whole run. The window work itself
+halves, but each kernel also pays ~20 ms of copy-on-write faults slicing its
+share of the forked input (record i is on kernel i % N, so every page of
+the events is copied in both kernels; more such faults hide in the steps
+that read the events' fields), ~40 ms of exchange (split by owner, encode,
+decode), ~12-24 ms pickling its ~63,000 results for the caller, which then
+unpickles both kernels' one after the other (~10 ms each), and a young
+collection over those results.
+
+Select pipelines with `--only wordcount,heavy,windows` and the number of
+runs with `--reps N`.
 
 Figures are medians over several runs, each timed from a freshly collected
 heap (`gc.collect()` before it, untimed): the benchmark machine is a shared,
@@ -85,6 +94,7 @@ TARGET_SPEEDUP_2_CORES = 1.7  # CPU-heavy map on 2 kernels vs 1
 TARGET_VS_BYTEWAX_WINDOWS = 10.0  # windowed sum, ours on 1 core vs Bytewax fold_window
 WINDOW_KEYS = 1_000
 EPOCH_BASE = 1_700_000_000.0  # event times in seconds since the epoch
+PIPELINES = ("wordcount", "heavy", "windows")  # --only
 
 
 def make_lines(n: int, words: int = WORDS_PER_LINE) -> list[str]:
@@ -336,17 +346,44 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (smoke test)")
     parser.add_argument("--cores", default="1", help="comma-separated kernel counts, e.g. 1,2 (default 1)")
     parser.add_argument("--no-bytewax", action="store_true", help="skip the Bytewax row")
+    parser.add_argument("--only", default=",".join(PIPELINES),
+                        help=f"comma-separated pipelines to run, of {', '.join(PIPELINES)} (default: all)")
+    parser.add_argument("--reps", type=int, default=None, help="runs of each engine (default 7; --quick 3)")
     args = parser.parse_args(argv)
     cores_list = sorted({int(c) for c in args.cores.split(",") if c.strip()} | {1})
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(only) - set(PIPELINES))
+    if unknown or not only:
+        parser.error(f"--only takes some of {', '.join(PIPELINES)}, got {args.only!r}")
     if args.quick:
         n_lines, n_heavy, n_events, reps, bytewax_reps = 20_000, 2_000, 20_000, 3, 1
     else:
         n_lines, n_heavy, n_events, reps, bytewax_reps = 200_000, 100_000, 200_000, 7, 3
+    if args.reps is not None:
+        if args.reps < 1:
+            parser.error(f"--reps must be at least 1, got {args.reps}")
+        reps = args.reps
 
     print(machine())
     print()
 
-    # -- word count
+    rows: list[list[object]] = []
+    if "wordcount" in only:
+        rows += wordcount_rows(args, cores_list, n_lines, reps, bytewax_reps)
+    if "heavy" in only:
+        rows += heavy_rows(cores_list, n_heavy, reps)
+    if "windows" in only:
+        rows += window_rows(args, cores_list, n_events, reps, bytewax_reps)
+    print(table(
+        f"Pipelines: throughput (median of {reps} runs; Bytewax {bytewax_reps}); word count in lines/s, "
+        "CPU-heavy map in records/s, windowed sum in events/s",
+        ["pipeline", "engine", "cores", "per second", "vs plain", "vs 1 core", "vs ceiling", "target",
+         "result"],
+        rows,
+    ))
+
+
+def wordcount_rows(args, cores_list: list[int], n_lines: int, reps: int, bytewax_reps: int) -> list:
     lines = make_lines(n_lines)
     reference = plain_wordcount(lines)
     assert sum(reference.values()) == n_lines * WORDS_PER_LINE
@@ -372,7 +409,10 @@ def main(argv: list[str] | None = None) -> None:
         bw = interleaved_rates(bytewax_reps, n_lines, {"bw": lambda: bytewax_wordcount(lines)}, same_counts)
         rows.append(row(name, "Bytewax 0.21 run_main", 1, bw["bw"], plain))
 
-    # -- CPU-heavy map
+    return rows
+
+
+def heavy_rows(cores_list: list[int], n_heavy: int, reps: int) -> list:
     records = range(n_heavy)
     heavy_reference = plain_heavy(records)
 
@@ -390,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
     hv = interleaved_rates(reps, n_heavy, fns, same_records)
     name = f"CPU-heavy map, {n_heavy:,} records x sum of 200 squares"
     plain = hv["plain"]
-    rows.append(row(name, "plain list comprehension", 1, plain, plain))
+    rows = [row(name, "plain list comprehension", 1, plain, plain)]
     rows += ours_rows(name, hv, cores_list, plain, {
         2: (f">= {TARGET_SPEEDUP_2_CORES}x 1 core", lambda rate, one: rate >= TARGET_SPEEDUP_2_CORES * one),
     })
@@ -400,7 +440,10 @@ def main(argv: list[str] | None = None) -> None:
                         hv[f"ceiling{cores}"], plain, plain))
         rows.append(row(name, "multiprocessing.Pool(N).map", cores, hv[f"pool{cores}"], plain, plain))
 
-    # -- windowed sum
+    return rows
+
+
+def window_rows(args, cores_list: list[int], n_events: int, reps: int, bytewax_reps: int) -> list:
     events = make_events(n_events)
     window_reference = plain_window_sums(events)
 
@@ -413,7 +456,7 @@ def main(argv: list[str] | None = None) -> None:
     ws = interleaved_rates(reps, n_events, fns, same_sums)
     name = f"windowed sum, {n_events:,} events, {WINDOW_KEYS:,} keys, 1 s tumbling"
     plain = ws["plain"]
-    rows.append(row(name, "plain dict loop", 1, plain, plain))
+    rows = [row(name, "plain dict loop", 1, plain, plain)]
     if args.no_bytewax or not bytewax_available():
         why = "skipped" if args.no_bytewax else "not installed"
         rows += ours_rows(name, ws, cores_list, plain, {
@@ -430,14 +473,7 @@ def main(argv: list[str] | None = None) -> None:
             1: (target, lambda rate, _: rate >= TARGET_VS_BYTEWAX_WINDOWS * bw),
         })
         rows.append(row(name, "Bytewax 0.21 fold_window", 1, bw, plain))
-
-    print(table(
-        f"Pipelines: throughput (median of {reps} runs; Bytewax {bytewax_reps}); word count in lines/s, "
-        "CPU-heavy map in records/s, windowed sum in events/s",
-        ["pipeline", "engine", "cores", "per second", "vs plain", "vs 1 core", "vs ceiling", "target",
-         "result"],
-        rows,
-    ))
+    return rows
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@
    `on_epoch`, pickling, the durable SQLite write), and the time to recover
    it (read and checksum, unpickle, `restore` into the operator's state) —
    the steps a snapshot and a resumed run go through, timed one by one.
+3. Rescale: the same 1,000,000 keys written by 2 kernels, resumed on 3
+   (each new kernel cuts both old snapshots by key group), against a
+   resume on 2.
 
 Medians of several runs (a shared, noisy 2-core machine).
 """
@@ -32,7 +35,7 @@ from kernel.operators import SNAPSHOT_LAYOUT
 
 from benches._report import machine, table
 from benches.pipelines import make_events, ours_window_sums
-from kernel import Dataflow, run
+from kernel import Dataflow, Operator, run
 from operators import Tumbling
 from state import SnapshotStore, value_state
 
@@ -83,7 +86,7 @@ def section_overhead(n_events: int, reps: int) -> str:
         ["run", "events/s", "cost vs no snapshots", "target", "result"], rows)
 
 
-class _Counts:
+class _Counts(Operator):
     """Stands for a count() operator: keyed state registered on it."""
 
     name = "count"
@@ -135,6 +138,49 @@ def section_million_keys(keys: int, reps: int) -> str:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def section_rescale(keys: int, reps: int) -> str:
+    """What a resumed run on 3 kernels does with the snapshots of 2: each
+    new kernel unpickles both old kernels' parts and keeps the keys its
+    key groups own (`Operator.rescale`, the owner test through the
+    exchange's partitioner), then restores them; against one kernel
+    restoring its own part as before (same-count resume)."""
+    from kernel.net import Partitioner
+
+    from kernel.dataflow._key_groups import default_key_groups, owner_table
+
+    groups = default_key_groups(2)
+    old_owner = Partitioner(2, owner_table(2, groups)).owner
+    old = [{}, {}]
+    for i in range(keys):
+        key = f"key-{i:08d}"
+        old[old_owner(key)][key] = i % 97
+    blobs = [pickle.dumps({"accumulators": part}, protocol=5) for part in old]
+    same, cut = [], []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fresh = _Counts()
+        value_state(fresh, "accumulators").restore(pickle.loads(blobs[0])["accumulators"])
+        same.append(time.perf_counter() - start)
+        per_kernel = []
+        for kernel in range(3):
+            owns = Partitioner(3, owner_table(3, groups)).owned_by(kernel)
+            start = time.perf_counter()
+            fresh = _Counts()
+            state = value_state(fresh, "accumulators")
+            snapshot = fresh.rescale([pickle.loads(blob) for blob in blobs], owns)
+            state.restore(snapshot["accumulators"])
+            per_kernel.append(time.perf_counter() - start)
+        cut.append(max(per_kernel))  # the kernels restore in parallel: the slowest one
+    ms = lambda values: statistics.median(values) * 1000  # noqa: E731
+    rows = [
+        ["resume on 2 kernels, as written: unpickle + restore one kernel's part", f"{ms(same):.0f} ms"],
+        ["resume on 3 kernels: unpickle both parts + cut by key group + restore (slowest kernel)",
+         f"{ms(cut):.0f} ms"],
+    ]
+    return table(f"3. rescale 2 -> 3 kernels with {keys:,} keys ({groups} key groups): median of {reps}",
+                 ["what", "measured"], rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (smoke test)")
@@ -145,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     print(section_overhead(n_events, reps))
     print()
     print(section_million_keys(keys, min(reps, 3)))
+    print()
+    print(section_rescale(keys, min(reps, 3)))
 
 
 if __name__ == "__main__":

@@ -104,14 +104,35 @@ class Snapshots:
             raise StateError(
                 f"state_dir {os.fspath(state_dir)!r} holds {', '.join(cluster_files)}, written by a cluster, "
                 "and this run is one process: a resumed run needs the same processes and cores per "
-                "process (resuming on another number of kernels is not supported yet)")
+                "process (a one-process run resumes a one-process run's state_dir, on any number of "
+                "kernels)")
         self.store = SnapshotStore(state_dir)
         from kernel.operators import SNAPSHOT_LAYOUT
 
         self.store.claim(flow_fingerprint(flow), cores, SNAPSHOT_LAYOUT)
-        latest = self.store.latest(cores)
+        latest = self.store.latest()
         self.epoch, self.finished, self.blobs = latest if latest else (0, False, None)
+        if self.blobs is not None and len(self.blobs) != cores:
+            self.blobs = self._rescaled(flow, cores)
         self._tell()
+
+    def _rescaled(self, flow, cores: int) -> list:
+        """Every kernel of this run starts from all the old kernels'
+        snapshots, cut by key group (kernel/runtime/_rescale.py)."""
+        from kernel.runtime._rescale import Rescaled
+        from kernel.state import StateError
+
+        old = len(self.blobs)
+        if flow.graph.loops:
+            raise StateError(
+                f"state_dir {os.fspath(self.state_dir)!r} was written by {old} "
+                f"kernel{'s' if old > 1 else ''} and this run has {cores}: a flow with loops "
+                "(Stream.iterate) resumes on as many kernels as the run that wrote its state "
+                "(its rounds' state is kept per kernel, not by key)")
+        log.warning("state_dir %s: epoch %d was written by %d kernel%s; this run has %d: keyed state, "
+                    "timers and source positions move by key group (%d groups)", self.state_dir, self.epoch,
+                    old, "s" if old > 1 else "", cores, self.store.key_groups)
+        return [Rescaled(self.blobs)] * cores
 
     def _tell(self) -> None:
         """Say what this run starts from when it is not a fresh start. A
@@ -188,8 +209,9 @@ class ClusterSnapshots:
             raise StateError(
                 f"state_dir {self.state_dir!r} holds {', '.join(others)}, written by "
                 f"{'one process' if others == ['snapshots.sqlite'] else 'a cluster of more processes'}, "
-                f"and this run is a cluster of {cluster.processes}: a resumed run needs the same processes "
-                "and cores per process (resuming on another number of kernels is not supported yet)")
+                f"and this run is a cluster of {cluster.processes}: a cluster resumes with the same "
+                "processes and cores per process (only a one-process run resumes on another number of "
+                "kernels)")
 
     def open_store(self):
         from kernel.state import SnapshotStore

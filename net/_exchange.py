@@ -102,22 +102,39 @@ def _pickle_hash(key) -> int:
 
 
 class Partitioner:
-    """Splits batches of `(key, value)` pairs by the kernel that owns each key."""
+    """Splits batches of `(key, value)` pairs by the kernel that owns each key.
 
-    __slots__ = ("_cache", "peers")
+    `owners[g]` is the kernel that owns key group `g` (a key's group is
+    `stable_hash(key) % len(owners)`: `kernel.dataflow._key_groups`, which
+    lets a resumed run move whole groups between kernels); without it each
+    kernel is one group, `stable_hash(key) % peers`."""
 
-    def __init__(self, peers: int) -> None:
+    __slots__ = ("_cache", "_groups", "_owners", "peers")
+
+    def __init__(self, peers: int, owners: list[int] | None = None) -> None:
         self.peers = peers
+        self._owners = list(range(peers)) if owners is None else list(owners)
+        self._groups = len(self._owners)
         self._cache: dict = {}
 
     def owner(self, key) -> int:
         owner = self._cache.get(key)
         if owner is None:
-            owner = stable_hash(key) % self.peers
+            owner = self._owners[stable_hash(key) % self._groups]
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             self._cache[key] = owner
         return owner
+
+    def owned_by(self, kernel: int):
+        """`owns(key)`: whether `kernel` owns `key`. Uncached: for cutting a
+        snapshot, where each key comes once (the cache would only cost)."""
+        owners, groups = self._owners, self._groups
+
+        def owns(key) -> bool:
+            return owners[stable_hash(key) % groups] == kernel
+
+        return owns
 
     def split(self, pairs: list) -> list[list]:
         """One list per kernel; pairs keep their relative order (and their

@@ -64,8 +64,11 @@ from kernel.dataflow._operator import Operator, Source
 # windowed aggregates keep their state by window number (partials
 # `(key, j, acc)`), not by `Window`; 3 = the library's classes pickle under
 # `kernel.*` module names (`kernel.operators...`), and flows are
-# fingerprinted by their steps' kinds, not their names.
-SNAPSHOT_LAYOUT = "3"
+# fingerprinted by their steps' kinds, not their names; 4 = keys and the
+# bounded sources' records are partitioned by key group (the store records
+# how many), source positions are kept per partition, and snapshots record
+# their run's kernel count (a resumed run may have another).
+SNAPSHOT_LAYOUT = "4"
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",

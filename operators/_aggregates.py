@@ -79,6 +79,14 @@ class _Aggregate(Operator):
     def on_batch(self, port, batch):
         self._add_batch(batch, None)
 
+    def flush_partials(self):
+        # As a combiner's partial half, at each epoch marker: hand on what
+        # it holds, so no snapshot keeps partials (a resumed run may have
+        # no partial half to give them to); the owner merges them.
+        if self.state:
+            emit_in_batches(self.emit, self.state.items())
+            self.state.clear()
+
     def fuse_upstream(self, upstream):
         if type(upstream) is not KeyBy:
             return None

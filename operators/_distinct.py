@@ -20,7 +20,7 @@ import math
 from kernel.state import value_state
 
 from kernel.dataflow._errors import KernelError
-from kernel.dataflow._operator import Operator, TimedBatch
+from kernel.dataflow._operator import Operator, TimedBatch, rescale_fields
 
 from ._calls import keyed_error
 from .windows import Tumbling
@@ -60,6 +60,12 @@ class Distinct(Operator):
         if self.within is not None:
             self._numbers = list(self.seen)
             heapq.heapify(self._numbers)
+
+    def rescale(self, snapshots, owns):
+        # with `within`: {window number: {(key, value), ...}}
+        nested = ("seen",) if self.within is not None else ()
+        return rescale_fields(snapshots, owns, self.context.index == 0, nested=nested,
+                              states="states", frontier="min", late="sum_first")
 
     def on_batch(self, port, batch):
         if self.within is None:

@@ -141,6 +141,13 @@ class EventTimeSource(Source):
         self.inner.restore(snapshot["inner"])
         self._max_seen = snapshot["max_seen"]
 
+    def rescale(self, snapshots, owns):
+        # the lowest timestamp seen is the safe one: no event is late for it
+        live = [s for s in snapshots if s != self.ENDED]
+        inner = [self.ENDED if s == self.ENDED else s["inner"] for s in snapshots]
+        return {"inner": self.inner.rescale(inner, owns),
+                "max_seen": min((s["max_seen"] for s in live), default=-math.inf)}
+
     def _emit_timed(self, batch: list) -> None:
         if not batch:
             return

@@ -91,6 +91,11 @@ class ToFiles(Operator):
     def restore(self, snapshot):
         self.epoch = snapshot["epoch"]
 
+    def rescale(self, snapshots, owns):
+        # every kernel writes the same epoch numbers; the files of kernels
+        # this run does not have are taken over by kernel 0 (`on_commit`)
+        return {"epoch": max(s["epoch"] for s in snapshots if s != self.ENDED)}
+
     def on_commit(self, epoch):
         # The first commit of a run is the restored epoch (0 on a fresh
         # start): the directory is read once. Hidden files up to it were
@@ -118,21 +123,25 @@ class ToFiles(Operator):
 
     def _take_over_directory(self, epoch: int) -> None:
         """What earlier runs left for this kernel: files up to `epoch` stay
-        (hidden ones to be published), later ones go."""
-        removed = False
+        (hidden ones to be published), later ones go. Kernel 0 also takes
+        the files of kernels this run does not have (a run resumed on fewer
+        kernels): their hidden files up to `epoch` are published now."""
+        changed = False
         for name, kernel, file_epoch in self._files_to_take_over():
-            if file_epoch > epoch or kernel >= self.peers:
+            if file_epoch > epoch:
                 os.unlink(os.path.join(self.directory, name))
-                removed = True
+                changed = True
+            elif name.startswith(".") and kernel != self.kernel:
+                os.replace(os.path.join(self.directory, name), os.path.join(self.directory, name[1:]))
+                changed = True
             elif name.startswith("."):
                 self._unpublished.add(file_epoch)
-        if removed:
+        if changed:
             _fsync_directory(self.directory)  # gone before anything of this run is published
 
     def _files_to_take_over(self):
         """This kernel's files; kernel 0 also takes those of kernels this run
-        does not have (an earlier run on more kernels wrote them: a resumed
-        run has as many kernels as the run it resumes, so they are stale)."""
+        does not have (an earlier run on more kernels wrote them)."""
         for name in os.listdir(self.directory):
             match = _NAME.match(name)
             if match:

@@ -24,7 +24,7 @@ import math
 from kernel.state import list_state
 
 from kernel.dataflow._errors import KernelError
-from kernel.dataflow._operator import Operator, TimedBatch
+from kernel.dataflow._operator import Operator, TimedBatch, rescale_fields
 
 from ._calls import EMIT_BATCH, keyed_error
 
@@ -64,6 +64,10 @@ class KeyedJoin(Operator):
                 for key, entries in values.items():
                     for stamp, _ in entries:
                         self._expire_at(stamp, side, key)
+
+    def rescale(self, snapshots, owns):
+        return rescale_fields(snapshots, owns, self.context.index == 0,
+                              states="states", frontier="min", late="sum_first")
 
     def on_batch(self, port, batch):
         timed = batch.__class__ is TimedBatch

@@ -179,15 +179,44 @@ class RedisStreamSource(Source):
         self._space: asyncio.Future | None = None
         self._reader_started = False
         self._done = False  # the reader read everything there is to read
+        self._done_streams: list = []  # see restore
 
     # -- positions -------------------------------------------------------------
 
     def on_epoch(self, epoch):
-        return {"positions": dict(self._positions), "ends": self._ends}
+        return {"positions": dict(self._positions), "ends": self._ends, "done": self._done_streams}
 
     def restore(self, snapshot):
-        self._positions = snapshot["positions"]
-        self._ends = snapshot["ends"]
+        # streams that kernels of a run on another number of kernels had read to the end
+        self._done_streams = list(snapshot.get("done", ()))
+        done = set(self._done_streams)
+        self.streams = [s for s in self.streams if s not in done]
+        positions = snapshot["positions"]
+        self._positions = {s: positions.get(s, self.start) for s in self.streams}
+        ends = snapshot["ends"]
+        self._ends = None if ends is None else {s: ends[s] for s in self.streams if s in ends}
+        if ends is not None and len(self._ends) < len(self.streams):
+            self._ends = None  # some streams' ends were never taken: take them all now
+
+    def rescale(self, snapshots, owns):
+        # Streams are the partitions (`streams[index::peers]`): merge every
+        # old kernel's positions; a kernel that had ended read its streams
+        # to their ends, which this run must not read again.
+        old = len(snapshots)
+        positions: dict = {}
+        ends: dict | None = {}
+        done: list = []
+        for k, snapshot in enumerate(snapshots):
+            if snapshot == self.ENDED:
+                done += self.all_streams[k::old]
+                continue
+            positions.update(snapshot["positions"])
+            done += snapshot.get("done", ())
+            if snapshot["ends"] is None or ends is None:
+                ends = None
+            else:
+                ends.update(snapshot["ends"])
+        return {"positions": positions, "ends": ends, "done": done}
 
     # -- the kernel's side -----------------------------------------------------
 
@@ -391,6 +420,12 @@ class ToRedisStream(Operator):
     def restore(self, snapshot):
         self._pending = list(snapshot["pending"])
         self._kick()
+
+    def rescale(self, snapshots, owns):
+        # not keyed: every old kernel's unacknowledged entries to kernel 0
+        if self.context.index != 0:
+            return {"pending": []}
+        return {"pending": [entry for s in snapshots if s != self.ENDED for entry in s["pending"]]}
 
     async def _write(self) -> None:
         client = _connect(self.url, self.timeout, decode=False)

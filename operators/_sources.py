@@ -1,7 +1,10 @@
 """Sources: bounded iterables and async iterables.
 
 With several kernels, each kernel reads a disjoint share of the input: record
-`i` belongs to kernel `i % peers`. That needs no coordination and works for
+`i` is in partition `i % key_groups`, and kernel `k` of `n` reads partitions
+`k, k + n, ...` (`_shares.py`: record `i` to kernel `i % n` when `n` divides
+the key groups), so positions move by partition when a run is resumed on
+another number of kernels. That needs no coordination and works for
 any re-iterable input (each kernel process iterates it and keeps its share),
 and for an iterator too: each kernel process, forked from the one that built
 the flow or importing the pipeline file itself, reads its own copy. Not for
@@ -19,10 +22,11 @@ import asyncio
 import io
 import os
 from collections.abc import AsyncIterator, Iterator
-from itertools import islice
 
 from kernel.dataflow._errors import KernelError, OperatorError, describe_record
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Source
+
+from ._shares import Share, merge_consumed
 
 
 def check_batch_size(batch_size: int) -> int:
@@ -77,23 +81,21 @@ class IterableSource(Source):
         return _Input(cls, iterable, batch_size, isinstance(iterable, Iterator))
 
     def open(self, context):
-        peers, index = context.peers, context.index
+        peers = context.peers
         data = self.iterable
         self._unread = None  # the one-shot input to mark as read when first read
+        self._share = Share(context.index, peers, context.key_groups)
         if isinstance(data, (list, tuple, range)):
             # Slicing a sequence is several times faster than islice.
-            self._sequence = data if peers == 1 else data[index::peers]
-            self._position = 0
+            self._sequence = data
             self._iterator = None
         else:
             self._check_input(peers)
             self._sequence = None
-            self._position = 0
             try:
-                it = iter(data)
+                self._iterator = iter(data)
             except TypeError as exc:
                 raise OperatorError.wrap(self.name, iter, exc, record=data) from exc
-            self._iterator = it if peers == 1 else islice(it, index, None, peers)
 
     def _check_input(self, peers: int) -> None:
         shared = self._input
@@ -113,16 +115,16 @@ class IterableSource(Source):
                 "--cores N`, where each kernel process opens the file itself"
             )
 
-    # Resuming from a snapshot: the position in this kernel's share.
+    # Resuming from a snapshot: how much of each partition was read (an
+    # iterator is read again from its start, past what was).
     def on_epoch(self, epoch):
-        return {"position": self._position}
+        return self._share.snapshot()
 
     def restore(self, snapshot):
-        position = snapshot["position"]
-        if self._sequence is None and position:
-            self._mark_read()
-            next(islice(self._iterator, position - 1, position), None)  # skip what was read
-        self._position = position
+        self._share.restore(snapshot)
+
+    def rescale(self, snapshots, owns):
+        return {"consumed": merge_consumed(snapshots, self.ENDED, self.context.key_groups)}
 
     def _mark_read(self) -> None:
         # When first read, not at open: a run that failed before reading
@@ -133,24 +135,23 @@ class IterableSource(Source):
 
     def poll(self):
         size = min(self.batch_size, self.records_wanted)
+        share = self._share
         if self._sequence is not None:
-            start = self._position
-            batch = self._sequence[start : start + size]
-            self._position = start + len(batch)
+            batch = share.take(self._sequence, size)
+            more = share.next < len(self._sequence)
         else:
             if self._unread is not None:
                 self._mark_read()
             try:
-                batch = list(islice(self._iterator, size))
-                self._position += len(batch)
+                batch, exhausted = share.take_from(self._iterator, size)
             except KernelError:
                 raise
             except Exception as exc:
                 raise OperatorError.wrap(self.name, self.iterable, exc, has_record=False) from exc
-        if not isinstance(batch, list):
-            batch = list(batch)
-        self.emit(batch)
-        return len(batch) == size
+            more = not exhausted
+        if batch:
+            self.emit(batch)
+        return more
 
 
 class AsyncIterableSource(Source):
@@ -189,8 +190,8 @@ class AsyncIterableSource(Source):
         self._buffer: list = []
         self._exhausted = False
         self._space = None
-        self._emitted = 0  # records of this kernel's share handed on
-        self._skip = 0  # on a resumed run: how many of them to read past
+        self._share = Share(context.index, context.peers, context.key_groups)
+        self._positions: list[int] = []  # the input position of each buffered record
         # The reader starts at the first poll, not here: a source that a
         # resumed run restores as ended is opened but never polled, and must
         # not read (or hold the kernel open waiting to be polled).
@@ -198,17 +199,14 @@ class AsyncIterableSource(Source):
         self._reader_started = False
 
     async def _read(self, source):
-        peers, index = self.context.peers, self.context.index
+        keeps = self._share.keeps
         position = 0
         size = self.batch_size
         try:
             async for item in source:
-                if peers == 1 or position % peers == index:
-                    if self._skip:
-                        self._skip -= 1
-                        position += 1
-                        continue
+                if keeps(position):
                     self._buffer.append(item)
+                    self._positions.append(position)
                     if len(self._buffer) >= size:
                         self.wake()
                         self._space = asyncio.get_running_loop().create_future()
@@ -224,13 +222,17 @@ class AsyncIterableSource(Source):
         self.wake()
 
     # Resuming: the async iterable is read again from its start and the
-    # records this kernel had handed on are skipped (the source must yield
-    # the same records in the same order again: a replayable input).
+    # records of this kernel's partitions it had handed on are skipped (the
+    # source must yield the same records in the same order again: a
+    # replayable input).
     def on_epoch(self, epoch):
-        return {"emitted": self._emitted}
+        return self._share.snapshot()
 
     def restore(self, snapshot):
-        self._emitted = self._skip = snapshot["emitted"]
+        self._share.restore(snapshot)
+
+    def rescale(self, snapshots, owns):
+        return {"consumed": merge_consumed(snapshots, self.ENDED, self.context.key_groups)}
 
     def poll(self):
         if not self._reader_started:
@@ -242,12 +244,16 @@ class AsyncIterableSource(Source):
         buffer = self._buffer
         if buffer:
             wanted = self.records_wanted
+            positions = self._positions
             if len(buffer) <= wanted:
                 batch, self._buffer = buffer, []
+                self._share.next = positions[-1] + 1
+                positions.clear()
             else:
                 batch = buffer[:wanted]
                 del buffer[:wanted]
-            self._emitted += len(batch)
+                self._share.next = positions[wanted - 1] + 1
+                del positions[:wanted]
             self.emit(batch)
             space = self._space
             if space is not None and not space.done() and len(self._buffer) < self.batch_size:

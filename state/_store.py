@@ -8,16 +8,22 @@ serialize on a lock; a snapshot write is one short transaction).
 
 Tables:
 
-* `meta`: the flow's fingerprint, the number of kernels it ran on and the
-  layout of the operators' snapshots (given by the caller), so a `state_dir` written by
-  another flow, for another number of kernels or by a version of this
-  library whose operators saved their state differently is refused with a
-  clear error instead of being misread;
-* `snapshots(epoch, kernel, crc, blob)`: each kernel's snapshot of each
-  epoch, with a CRC-32 of the blob checked when it is read (SQLite does not
-  checksum its pages: a torn or bit-flipped blob must not be restored);
-* `complete(epoch, final)`: epochs every kernel has made durable. Only those
-  are ever restored; `final` marks the end of a run that finished.
+* `meta`: the flow's fingerprint, the layout of the operators' snapshots
+  (given by the caller), the number of key groups (fixed at the first run:
+  keyed state moves between kernels by whole groups) and the number of
+  kernels of the latest run, so a `state_dir` written by another flow or by
+  a version of this library whose operators saved their state differently
+  is refused with a clear error instead of being misread;
+* `snapshots(epoch, kernel, kernels, crc, blob)`: each kernel's snapshot of
+  each epoch (`kernels`: how many the run that wrote it had), with a CRC-32
+  of the blob checked when it is read (SQLite does not checksum its pages:
+  a torn or bit-flipped blob must not be restored);
+* `complete(epoch, final, kernels)`: epochs every kernel has made durable,
+  and on how many kernels. Only those are ever restored; `final` marks the
+  end of a run that finished. A run resumed on another number of kernels
+  reads every old kernel's snapshot of the epoch and cuts them by key group
+  (`Operator.rescale`); until its own first epoch is complete, the old
+  epoch (and its kernels' FINAL snapshots) is what a crash falls back to.
 
 The two newest complete epochs are kept, so a snapshot found corrupt falls
 back to the previous complete epoch (with a warning). A damaged database (a
@@ -32,9 +38,11 @@ import os
 import sqlite3
 import zlib
 from contextlib import contextmanager
+from functools import cached_property
 
 from kernel.dataflow import EVERY_EPOCH
 from kernel.dataflow._errors import KernelError
+from kernel.dataflow._key_groups import default_key_groups
 
 log = logging.getLogger("kernel.state")
 
@@ -77,9 +85,10 @@ class SnapshotStore:
                 """
                 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
                 CREATE TABLE IF NOT EXISTS snapshots (
-                    epoch INTEGER NOT NULL, kernel INTEGER NOT NULL,
-                    crc INTEGER NOT NULL, blob BLOB NOT NULL, PRIMARY KEY (epoch, kernel));
-                CREATE TABLE IF NOT EXISTS complete (epoch INTEGER PRIMARY KEY, final INTEGER NOT NULL);
+                    epoch INTEGER NOT NULL, kernel INTEGER NOT NULL, kernels INTEGER NOT NULL,
+                    crc INTEGER NOT NULL, blob BLOB NOT NULL, PRIMARY KEY (epoch, kernel, kernels));
+                CREATE TABLE IF NOT EXISTS complete (epoch INTEGER PRIMARY KEY, final INTEGER NOT NULL,
+                                                     kernels INTEGER NOT NULL);
                 """
             )
 
@@ -122,16 +131,21 @@ class SnapshotStore:
         are laid out (what the operators put in them: `kernel.operators.
         SNAPSHOT_LAYOUT`): the store only compares it, as text. A cluster's
         process gives its `placement` ("process 1 of 2, 2 cores each"):
-        kernels are numbered by it, so it must not change either."""
+        its store file holds only its own kernels' snapshots, so that must
+        not change. Another number of `kernels` is a rescaled resume: the
+        store keeps the old epochs' kernel counts, and refuses more kernels
+        than it has key groups."""
         self._check_intact()
         rows = dict(self._query("SELECT key, value FROM meta"))
         if not rows:
+            groups = default_key_groups(kernels)
             self._write(
-                "INSERT INTO meta (key, value) VALUES (?, ?), (?, ?), (?, ?)",
-                ("flow", fingerprint, "kernels", str(kernels), "format", layout),
+                "INSERT INTO meta (key, value) VALUES (?, ?), (?, ?), (?, ?), (?, ?)",
+                ("flow", fingerprint, "kernels", str(kernels), "format", layout, "key_groups", str(groups)),
             )
             if placement is not None:
                 self._write("INSERT INTO meta (key, value) VALUES (?, ?)", ("placement", placement))
+            self.kernels, self.key_groups = kernels, groups
             return
         if rows.get("format") != layout:
             raise StateError(
@@ -144,18 +158,32 @@ class SnapshotStore:
                 f"state_dir {self.directory!r} holds the state of another flow "
                 "(its steps differ from this one's); use a fresh state_dir for this flow"
             )
-        if rows.get("kernels") != str(kernels):
-            raise StateError(
-                f"state_dir {self.directory!r} was written by {rows.get('kernels')} kernels and this run "
-                f"has {kernels}: a resumed run needs the same number of kernels (keys are partitioned "
-                "by kernel count)"
-            )
         if rows.get("placement") != placement:
             raise StateError(
                 f"state_dir {self.directory!r} was written as {rows.get('placement') or 'one process'} "
-                f"and this run is {placement or 'one process'}: a resumed run needs the same processes "
-                "and cores per process (kernels are numbered by them)"
+                f"and this run is {placement or 'one process'}: a cluster resumes with the same processes "
+                "and cores per process (a one-process run may change its number of kernels)"
             )
+        groups = int(rows["key_groups"])
+        if kernels > groups:
+            raise StateError(
+                f"state_dir {self.directory!r} has {groups} key groups (fixed at its first run) and this run "
+                f"has {kernels} kernels: keyed state moves between kernels by whole groups, so a run can "
+                f"have at most {groups} kernels"
+            )
+        if rows.get("kernels") != str(kernels):
+            self._write("UPDATE meta SET value = ? WHERE key = 'kernels'", (str(kernels),))
+        self.kernels, self.key_groups = kernels, groups
+
+    @cached_property
+    def kernels(self) -> int:
+        """How many kernels the run using this store has (set by `claim`;
+        a kernel process's own connection reads what its launcher claimed)."""
+        return int(dict(self._query("SELECT key, value FROM meta"))["kernels"])
+
+    @cached_property
+    def key_groups(self) -> int:
+        return int(dict(self._query("SELECT key, value FROM meta"))["key_groups"])
 
     def _check_intact(self) -> None:
         """SQLite's own structural check of every page, before anything is
@@ -172,18 +200,23 @@ class SnapshotStore:
     def write(self, epoch: int, kernel: int, blob: bytes) -> None:
         """Make one kernel's snapshot of `epoch` durable (returns after fsync)."""
         self._write(
-            "INSERT OR REPLACE INTO snapshots (epoch, kernel, crc, blob) VALUES (?, ?, ?, ?)",
-            (epoch, kernel, zlib.crc32(blob), sqlite3.Binary(blob)),
+            "INSERT OR REPLACE INTO snapshots (epoch, kernel, kernels, crc, blob) VALUES (?, ?, ?, ?, ?)",
+            (epoch, kernel, self.kernels, zlib.crc32(blob), sqlite3.Binary(blob)),
         )
 
     def mark_complete(self, epoch: int, final: bool = False) -> None:
         """Every kernel has made `epoch` durable: it may be restored. Older
-        epochs than the two newest complete ones are deleted."""
-        self._write("INSERT OR REPLACE INTO complete (epoch, final) VALUES (?, ?)", (epoch, int(final)))
-        kept = [e for (e,) in self._query(
-            "SELECT epoch FROM complete ORDER BY epoch DESC LIMIT ?", (_KEEP_COMPLETE,))]
-        oldest = kept[-1]
+        epochs than the two newest complete ones are deleted, and the FINAL
+        snapshots of kernel counts neither of them has."""
+        self._write("INSERT OR REPLACE INTO complete (epoch, final, kernels) VALUES (?, ?, ?)",
+                    (epoch, int(final), self.kernels))
+        kept = self._query("SELECT epoch, kernels FROM complete ORDER BY epoch DESC LIMIT ?",
+                           (_KEEP_COMPLETE,))
+        oldest = kept[-1][0]
+        counts = sorted({k for _, k in kept})
         self._write("DELETE FROM snapshots WHERE epoch < ?", (oldest,))  # FINAL is larger: kept
+        marks = ",".join("?" * len(counts))
+        self._write(f"DELETE FROM snapshots WHERE epoch = ? AND kernels NOT IN ({marks})", (FINAL, *counts))
         self._write("DELETE FROM complete WHERE epoch < ?", (oldest,))
 
     def _write(self, sql: str, args: tuple) -> None:
@@ -194,8 +227,10 @@ class SnapshotStore:
 
     def completed(self) -> list[tuple[int, bool]]:
         """(epoch, final) of the complete epochs, newest first."""
-        return [(e, bool(f)) for e, f in self._query(
-            "SELECT epoch, final FROM complete ORDER BY epoch DESC")]
+        return [(e, bool(f)) for e, f, _ in self._completed()]
+
+    def _completed(self) -> list[tuple[int, int, int]]:
+        return self._query("SELECT epoch, final, kernels FROM complete ORDER BY epoch DESC")
 
     def restorable(self, kernels) -> list[int]:
         """The epochs (newest first) for which each of `kernels` has a
@@ -204,7 +239,7 @@ class SnapshotStore:
         from (an epoch made durable here, maybe completed elsewhere). The
         checksums are checked when a kernel reads its snapshot."""
         kernels = list(kernels)
-        rows = self._query("SELECT epoch, kernel FROM snapshots")
+        rows = self._query("SELECT epoch, kernel FROM snapshots WHERE kernels = ?", (self.kernels,))
         have: dict[int, set[int]] = {}
         for epoch, kernel in rows:
             have.setdefault(epoch, set()).add(kernel)
@@ -217,17 +252,20 @@ class SnapshotStore:
 
     def all_ended(self, kernels) -> bool:
         """Whether each of `kernels` has written its FINAL snapshot."""
-        ended = {k for (k,) in self._query("SELECT kernel FROM snapshots WHERE epoch = ?", (FINAL,))}
+        ended = {k for (k,) in self._query("SELECT kernel FROM snapshots WHERE epoch = ? AND kernels = ?",
+                                           (FINAL, self.kernels))}
         return all(k in ended for k in kernels)
 
     def snapshot_for(self, epoch: int, kernel: int) -> bytes:
-        """`kernel`'s snapshot of `epoch`: its own, or its FINAL one when it
-        had ended before that epoch (checksum checked)."""
-        return self._read_for(epoch, kernel)
+        """`kernel`'s snapshot of `epoch` (written by a run of this store's
+        kernel count): its own, or its FINAL one when it had ended before
+        that epoch (checksum checked)."""
+        return self._read_for(epoch, kernel, self.kernels)
 
-    def read(self, epoch: int, kernel: int) -> bytes:
-        rows = self._query(
-            "SELECT crc, blob FROM snapshots WHERE epoch = ? AND kernel = ?", (epoch, kernel))
+    def read(self, epoch: int, kernel: int, kernels: int | None = None) -> bytes:
+        kernels = self.kernels if kernels is None else kernels
+        rows = self._query("SELECT crc, blob FROM snapshots WHERE epoch = ? AND kernel = ? AND kernels = ?",
+                           (epoch, kernel, kernels))
         if not rows:
             raise CorruptSnapshot(f"epoch {epoch} has no snapshot for kernel {kernel}")
         [(crc, blob)] = rows
@@ -235,23 +273,24 @@ class SnapshotStore:
             raise CorruptSnapshot(f"the snapshot of kernel {kernel} at epoch {epoch} fails its checksum")
         return bytes(blob)
 
-    def _read_for(self, epoch: int, kernel: int) -> bytes:
+    def _read_for(self, epoch: int, kernel: int, kernels: int) -> bytes:
         try:
-            return self.read(epoch, kernel)
+            return self.read(epoch, kernel, kernels)
         except CorruptSnapshot:
-            has_own = self._query(
-                "SELECT 1 FROM snapshots WHERE epoch = ? AND kernel = ?", (epoch, kernel))
+            has_own = self._query("SELECT 1 FROM snapshots WHERE epoch = ? AND kernel = ? AND kernels = ?",
+                                  (epoch, kernel, kernels))
             if has_own:
                 raise
-            return self.read(FINAL, kernel)  # that kernel had ended before this epoch
+            return self.read(FINAL, kernel, kernels)  # that kernel had ended before this epoch
 
-    def latest(self, kernels: int) -> tuple[int, bool, list[bytes]] | None:
+    def latest(self, kernels: int | None = None) -> tuple[int, bool, list[bytes]] | None:
         """The newest complete epoch whose every kernel's snapshot reads back
-        intact: (epoch, final, blobs by kernel), or None (start afresh). A
-        corrupt one is skipped with a warning."""
-        for epoch, final in self.completed():
+        intact: (epoch, final, blobs by kernel, as many as the run that wrote
+        it had), or None (start afresh). A corrupt one is skipped with a
+        warning. (`kernels` is not needed: each epoch knows its own.)"""
+        for epoch, final, count in self._completed():
             try:
-                return epoch, final, [self._read_for(epoch, k) for k in range(kernels)]
+                return epoch, bool(final), [self._read_for(epoch, k, count) for k in range(count)]
             except CorruptSnapshot as exc:
                 log.warning("state_dir %s: %s; falling back to the previous complete epoch",
                             self.directory, exc)

@@ -43,6 +43,14 @@ synchronous handlers; the kernel calls them inside its ticks:
   part of an epoch snapshot, and putting it back in a resumed run. The
   defaults cover every keyed state made with ``state.value_state(self, ...)``,
   ``map_state`` or ``list_state`` in ``open``.
+* ``rescale(snapshots, owns) -> snapshot``: a run resumed on another number
+  of kernels. ``snapshots[k]`` is what ``on_epoch`` returned on kernel ``k``
+  of the run that wrote them (``Operator.ENDED`` where the step had ended
+  there); return this kernel's snapshot, to be handed to ``restore``, keeping
+  the keys ``owns(key)`` says are this kernel's (whole key groups move
+  between kernels). The default merges the keyed states; an operator that
+  overrides ``on_epoch`` overrides ``rescale`` too, or such a resume is
+  refused with an error naming it.
 
 A ``Source`` has no inputs; the kernel calls ``poll()`` whenever it is
 activated. ``poll`` emits zero or more batches and returns ``True`` to be
@@ -70,6 +78,7 @@ runs on the kernel's clock (a ``VirtualClock`` in tests).
 
 from __future__ import annotations
 
+from kernel.dataflow._errors import KernelError
 from kernel.net._channel import TimedBatch
 from kernel.scheduling._scheduler import THROUGHPUT
 
@@ -173,6 +182,22 @@ class Operator:
             return None
         return {name: state.snapshot() for name, state in states.items()}
 
+    #: what `rescale` is given for a kernel where the step had ended
+    ENDED = "ended"
+
+    def rescale(self, snapshots: list, owns):
+        """This kernel's snapshot, cut from every old kernel's (`snapshots`,
+        `ENDED` where the step had ended there) for a run resumed on another
+        number of kernels: the keys `owns(key)` is true for. The default
+        merges the keyed states made with `state.value_state(self, ...)` and
+        friends; an operator whose `on_epoch` keeps more says how to cut it."""
+        if type(self).on_epoch is not Operator.on_epoch:
+            raise KernelError(
+                f"{self.name}: its snapshot cannot be moved to another number of kernels (it overrides "
+                "on_epoch but not rescale(snapshots, owns)): resume it on as many kernels as the run "
+                "that wrote the state_dir, or give the operator a rescale method")
+        return merge_keyed_states(snapshots, owns)
+
     def on_commit(self, epoch: int) -> None:
         """Epoch `epoch` is complete on every kernel (every later epoch too,
         at the end of a run): output held back for it may be published."""
@@ -227,3 +252,55 @@ class Source(Operator):
 
     def on_batch(self, port: int, batch: list) -> None:  # pragma: no cover - sources have no inputs
         raise RuntimeError(f"source {self.name} has no inputs")
+
+
+def merge_keyed_states(snapshots: list, owns, nested=()) -> dict | None:
+    """The default snapshots (`{state name: {key: value}}`) of every old
+    kernel merged into one, keeping the keys `owns(key)` is true for. The
+    states named in `nested` are kept by something else first (a window's
+    number): `{outer: {key: value}}` or `{outer: {(key, value), ...}}`,
+    cut inside and merged by `outer`."""
+    merged: dict = {}
+    for snapshot in snapshots:
+        if snapshot is None or snapshot == Operator.ENDED:
+            continue
+        for name, entries in snapshot.items():
+            mine = merged.setdefault(name, {})
+            if name in nested:
+                for outer, inner in entries.items():
+                    if isinstance(inner, dict):
+                        kept = {key: value for key, value in inner.items() if owns(key)}
+                        if kept:
+                            mine.setdefault(outer, {}).update(kept)
+                    else:
+                        kept = {pair for pair in inner if owns(pair[0])}
+                        if kept:
+                            mine.setdefault(outer, set()).update(kept)
+                continue
+            mine.update({key: value for key, value in entries.items() if owns(key)})
+    return merged or None
+
+
+def rescale_fields(snapshots: list, owns, first: bool, nested=(), **how) -> dict | None:
+    """Cut a snapshot dict of named fields (the built-in keyed operators':
+    `{"states": ..., "frontier": ..., "late": ...}`) by `how[field]`:
+    `"states"` keyed states cut by owner, `"min"`/`"max"` over the old
+    kernels, `"sum_first"` summed onto the first kernel (a count reported
+    once). Old kernels where the step had ended are passed over."""
+    live = [s for s in snapshots if s is not None and s != Operator.ENDED]
+    if not live:
+        return None
+    out = {}
+    for field, rule in how.items():
+        values = [s[field] for s in live]
+        if rule == "states":
+            out[field] = merge_keyed_states(values, owns, nested)
+        elif rule == "min":
+            out[field] = min(values)
+        elif rule == "max":
+            out[field] = max(values)
+        elif rule == "sum_first":
+            out[field] = sum(values) if first else 0
+        else:
+            raise ValueError(f"no rescale rule {rule!r}")
+    return out

@@ -48,6 +48,11 @@ class _Coordinator:
         self.runtime = None
         self._closed = False
 
+    @property
+    def key_groups(self) -> int:
+        """The run's key groups: fixed when its store was first claimed."""
+        return self.store.key_groups
+
     def restored(self, runtime) -> None:
         """The runtime has put the snapshot back: what was complete stays
         published (and what a crash left hidden is published now), what was

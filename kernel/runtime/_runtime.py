@@ -24,6 +24,7 @@ import pickle
 
 from kernel.dataflow import EVERY_EPOCH, EpochMarker
 from kernel.dataflow._graph import Graph, Node
+from kernel.dataflow._key_groups import default_key_groups, owner_table
 from kernel.dataflow._operator import Operator
 from kernel.net import LocalTransport, Partitioner
 
@@ -31,6 +32,7 @@ from ._epochs import ENDED, EpochTracker
 from ._exchange import ExchangeOutput
 from ._instance import END, Instance, _call
 from ._loops import INSTANCE_CLASSES, back_edge, wire_loops
+from ._rescale import Rescaled, restore_rescaled
 
 _INF = math.inf
 # Operator fusion on chained edges (`_fuse`); tests turn it off to compare.
@@ -49,12 +51,19 @@ class Runtime:
         self.kernel = kernel
         self.transport = transport if transport is not None else LocalTransport()
         self.coordinator = coordinator  # None: no epochs
+        # Keys (and the bounded sources' records) are partitioned by key
+        # group; a run with a state_dir keeps the count its store was made with.
+        peers = self.transport.peers
+        self.key_groups = getattr(coordinator, "key_groups", None) or default_key_groups(peers)
+        kernel.context.key_groups = self.key_groups
         self.epochs: EpochTracker | None = None
         self.instances: list[Instance] = []
         self._sources: list[Instance] = []
         self._live = 0
         self._remote_inboxes: dict[tuple[int, int], tuple[Instance, int]] = {}
         self._partial_for: dict[int, int] = {}  # partial instance index -> its node's id
+        # (id(consumer), input channel) -> the instance feeding it (here, or its twin on another kernel)
+        self.upstream_of: dict[tuple[int, int], Instance] = {}
         self.paused = False  # sources wait while the transport is backed up or an operator holds them
         self._transport_blocked = False
         self._input_holders: set = set()  # instances that called pause_input(True)
@@ -84,7 +93,9 @@ class Runtime:
         for node in graph.nodes:
             factory = node.combiner.merge if exchanging and self._combines(node) else node.factory
             self.instances.append(self._instantiate(node, factory))
-        partitioner = Partitioner(transport.peers) if exchanging else None
+        partitioner = (Partitioner(transport.peers, owner_table(transport.peers, self.key_groups))
+                       if exchanging else None)
+        self.partitioner = partitioner
         for node, instance in zip(graph.nodes, self.instances):
             for edge in node.inputs:
                 upstream = self.instances[edge.source.id]
@@ -92,7 +103,7 @@ class Runtime:
                     upstream.targets.append((back_edge(self, instance, edge.port), 0))
                     continue
                 if not (edge.exchange and exchanging):
-                    upstream.targets.append((instance, instance.add_channel(edge.port)))
+                    upstream.targets.append((instance, self._add_channel(instance, edge.port, upstream)))
                     continue
                 if self._combines(node):
                     upstream = self._partial_before_exchange(node, upstream)
@@ -146,7 +157,7 @@ class Runtime:
         )
         self.instances.append(partial)
         self._partial_for[len(self.instances) - 1] = node.id
-        upstream.targets.append((partial, partial.add_channel(0)))
+        upstream.targets.append((partial, self._add_channel(partial, 0, upstream)))
         return partial
 
     def _exchange(self, port: int, upstream: Instance, consumer: Instance, partitioner) -> ExchangeOutput:
@@ -155,12 +166,18 @@ class Runtime:
         channel = transport.allocate()
         local_channel = None
         for source in range(transport.peers):
-            inbox = consumer.add_channel(port)
+            inbox = self._add_channel(consumer, port, upstream)
             if source == transport.index:
                 local_channel = inbox
             else:
                 self._remote_inboxes[(channel, source)] = (consumer, inbox)
         return ExchangeOutput(channel, upstream, consumer, local_channel, partitioner, transport)
+
+    def _add_channel(self, consumer: Instance, port: int, upstream: Instance) -> int:
+        """An input channel of `consumer` fed by `upstream` (on some kernel)."""
+        inbox = consumer.add_channel(port)
+        self.upstream_of[(id(consumer), inbox)] = upstream
+        return inbox
 
     def _instantiate(self, node: Node, factory, label: str | None = None) -> Instance:
         op = factory()
@@ -335,7 +352,9 @@ class Runtime:
         self.epochs = EpochTracker(len(self.instances), durable, coordinator.finished,
                                    coordinator.first_epoch)
         ended_remote = 0
-        if coordinator.snapshot is not None:
+        if isinstance(coordinator.snapshot, Rescaled):
+            restore_rescaled(self, coordinator.snapshot)
+        elif coordinator.snapshot is not None:
             self._restore(pickle.loads(coordinator.snapshot))
             ended_remote = sum(
                 1 for instance, inbox in self._remote_inboxes.values()
@@ -350,13 +369,17 @@ class Runtime:
         for index, part in parts.items():
             instance = self.instances[index]
             if part == ENDED:
-                instance.ended = True
-                self._live -= 1
-                self.epochs.ended(index)
+                self.restored_ended(instance)
                 continue
             _call(instance, "restore", instance.restore_part(pickle.loads(part)))
         if self._live == 0:
             self.kernel.release()
+
+    def restored_ended(self, instance: Instance) -> None:
+        """`instance` had ended in the run a resumed one restores."""
+        instance.ended = True
+        self._live -= 1
+        self.epochs.ended(instance.index)
 
     def _next_epoch(self) -> None:
         live = [source for source in self._sources if not source.ended]
@@ -393,6 +416,11 @@ class Runtime:
         """`instance` has aligned on `epoch`: its part of this kernel's snapshot."""
         if self.epochs is None:
             return
+        if instance.index in self._partial_for and hasattr(instance.op, "flush_partials"):
+            # A combiner's partial half sends what it holds on ahead of the
+            # marker, so no snapshot holds partials: a run resumed on one
+            # kernel has no partial half to give them to.
+            _call(instance, "flush_partials")
         self.epochs.part(instance.index, epoch, instance.snapshot_part(_call(instance, "on_epoch", epoch)))
 
     def commit(self, epoch: int) -> None:

@@ -124,12 +124,15 @@ class KernelContext:
     kernel index.
     """
 
-    __slots__ = ("clock", "epoch", "index", "kernel", "logger", "peers", "watermark")
+    __slots__ = ("clock", "epoch", "index", "kernel", "key_groups", "logger", "peers", "watermark")
 
     def __init__(self, kernel: Kernel, index: int, peers: int, clock, logger) -> None:
         self.kernel = kernel
         self.index = index
         self.peers = peers
+        # how many key groups the run has (set by the runtime: it partitions
+        # keys and the bounded sources' input by them; kernel.dataflow._key_groups)
+        self.key_groups = 1
         self.watermark = float("-inf")
         self.epoch = 0
         self.clock = clock

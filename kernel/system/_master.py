@@ -9,7 +9,8 @@ with that process's `error:` line as its message; `kill` makes it
 `killed`. A process killed by a signal, a process that lost its peer, or
 an executor that went away makes it `restarting`: the other processes are
 stopped and the job is placed again, on the executors that are left (a
-job without a state_dir on fewer processes when fewer executors have room),
+job without a state_dir on fewer processes when fewer executors have room,
+and any job of one process on fewer cores: its state moves by key group),
 at most `max_restarts` times. Every transition of a job runs under the
 job's lock, so events about it (exits, a lost executor, kill) never
 interleave; events of an attempt that is no longer current are ignored.
@@ -151,14 +152,17 @@ class JobMaster:
     def _place(self, job: Job) -> tuple[list[str], int] | None:
         """(executors, cores per process) for the job now, or None: it waits.
         A restarting job without a state_dir starts over, so it may be
-        rescaled to what is left: fewer processes, fewer cores each."""
+        rescaled to what is left: fewer processes, fewer cores each. One
+        with a state_dir resumes from its snapshots: a one-process job may
+        have fewer cores (a resumed run moves keyed state by key group),
+        a cluster keeps its shape."""
         up = [e for e in self.connected if self.free_cores(e) >= job.cores]
         if job.executors:
             return (list(job.executors), job.cores) if all(e in up for e in job.executors) else None
         up.sort(key=lambda e: (-self.free_cores(e), self.executors[e].registered))
         if len(up) >= job.processes:
             return up[: job.processes], job.cores
-        if job.status != "restarting" or job.state_dir is not None:
+        if job.status != "restarting" or (job.state_dir is not None and job.processes > 1):
             return None
         some = sorted((e for e in self.connected if self.free_cores(e) >= 1),
                       key=lambda e: (-self.free_cores(e), self.executors[e].registered))[: job.processes]

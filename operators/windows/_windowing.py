@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 from kernel.dataflow._errors import KernelError, OperatorError
-from kernel.dataflow._operator import Operator, TimedBatch
+from kernel.dataflow._operator import Operator, TimedBatch, rescale_fields
 
 from .._calls import EMIT_BATCH, keyed_error
 from ._specs import check_window
@@ -52,6 +52,9 @@ class Windowing(Operator):
     def open(self, context):
         self._frontier = -math.inf  # events of windows that end at or before it are late
         self._out: list = []
+        # the event times of `_out`'s results, where `_emit_window` knew
+        # them (a window's results, one stamp repeated); else empty
+        self._out_stamps: list = []
         self._late_out: list = []
         # The windows live in keyed state (snapshots take them); what orders
         # them is rebuilt from it on restore.
@@ -65,6 +68,11 @@ class Windowing(Operator):
         super().restore(snapshot["states"])
         self._frontier, self.late = snapshot["frontier"], snapshot["late"]
         self._windows.restored(snapshot["sequence"])
+
+    def rescale(self, snapshots, owns):
+        # tumbling and sliding windows keep {window number: {key: acc}}
+        return rescale_fields(snapshots, owns, self.context.index == 0, nested=("windows",),
+                              states="states", frontier="min", late="sum_first", sequence="max")
 
     def _stamps(self, batch):
         if batch.__class__ is not TimedBatch:
@@ -108,8 +116,9 @@ class Windowing(Operator):
                 for i in range(0, len(out), EMIT_BATCH):
                     self.emit(out[i:i + EMIT_BATCH])
             else:
-                self._emit_timed(out)
+                self._emit_timed(out, self._out_stamps)
             out.clear()
+            self._out_stamps.clear()
         late = self._late_out
         if late:
             self.late += len(late)
@@ -117,17 +126,19 @@ class Windowing(Operator):
                 self.emit(LateBatch(late))
             self._late_out = []
 
-    def _emit_timed(self, results: list) -> None:
+    def _emit_timed(self, results: list, stamps: list) -> None:
         """Results `(key, window, result)` with event time: each at its
         window's `max_timestamp` (just before its end), so they can be keyed
-        and windowed again."""
-        stamps = []
-        last_window = stamp = None
-        for record in results:
-            window = record[1]
-            if window is not last_window:  # a window's results come together
-                last_window, stamp = window, window.max_timestamp
-            stamps.append(stamp)
+        and windowed again. `stamps` are theirs when they came with them
+        (one per result), else they are worked out here."""
+        if len(stamps) != len(results):
+            stamps = []
+            last_window = stamp = None
+            for record in results:
+                window = record[1]
+                if window is not last_window:  # a window's results come together
+                    last_window, stamp = window, window.max_timestamp
+                stamps.append(stamp)
         for i in range(0, len(results), EMIT_BATCH):
             self.emit(TimedBatch(results[i:i + EMIT_BATCH], stamps[i:i + EMIT_BATCH]))
 

@@ -18,6 +18,8 @@ def wired(tmp_path, kernels: int = 2):
     """Process 0 and 1, messages delivered at once; what each committed."""
     commits = {0: [], 1: []}
     stores = {p: SnapshotStore(tmp_path / f"s{p}", f"snapshots-process{p}.sqlite") for p in (0, 1)}
+    for p, store in stores.items():
+        store.claim("f", 2 * kernels, "L", f"process {p} of 2, {kernels} cores each")
     sides = {}
 
     def send_from(p):
@@ -88,7 +90,7 @@ def test_a_store_refuses_another_placement_of_the_same_number_of_kernels(tmp_pat
     store.claim("f", 4, "L", "process 1 of 2, 2 cores each")
     store.claim("f", 4, "L", "process 1 of 2, 2 cores each")  # the same: fine
     with pytest.raises(StateError, match=r"was written as process 1 of 2, 2 cores each and this run is "
-                                         r"process 1 of 4, 1 core each: a resumed run needs the same"):
+                                         r"process 1 of 4, 1 core each: a cluster resumes with the same"):
         store.claim("f", 4, "L", "process 1 of 4, 1 core each")
     store.close()
 

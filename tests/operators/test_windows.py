@@ -261,6 +261,60 @@ def test_inexact_sizes_still_put_events_in_windows_that_hold_them(window, tenths
         assert set(seen.values()) <= {1}
 
 
+def tumbling_number(size: float, t: float) -> int:
+    """The j with j * size <= t < (j + 1) * size, by search (not floor and corrections)."""
+    j = math.floor(t / size) - 2
+    while not t < (j + 1) * size:
+        j += 1
+    assert j * size <= t
+    return j
+
+
+@pytest.mark.parametrize("size", [0.1, 0.3, 0.7])
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("ab"), st.integers(-2, 2), st.sampled_from("=<>|")), max_size=60),
+       st.sampled_from([1, 3, 64]))
+def test_sum_and_count_near_inexact_boundaries_equal_a_search(size, draws, batch_size):
+    # Issue 13: a tumbling sum or count places a record that falls inside
+    # the previous record's window bounds without recomputing its window.
+    # A walk over window bounds k * size (the very products: "="), a float
+    # step below or above one ("<", ">") and window middles ("|"), so that
+    # consecutive records stay in a window or cross its bounds by the least
+    # amount: each must land where a search for j * size <= t < (j + 1) *
+    # size puts it.
+    events, k = [], 0
+    for i, (key, step, where) in enumerate(draws):
+        k += step
+        bound = k * size
+        t = {"=": bound, "<": math.nextafter(bound, -math.inf), ">": math.nextafter(bound, math.inf),
+             "|": bound + size / 2}[where]
+        events.append((key, t, i))
+    expected_sums: Counter = Counter()
+    expected_counts: Counter = Counter()
+    for key, t, value in events:
+        j = tumbling_number(size, t)
+        expected_sums[(key, j)] += value
+        expected_counts[(key, j)] += 1
+    window = Tumbling(size)
+    flow = Dataflow()
+    keyed = keyed_values(source(flow, events, max_delay=100.0, batch_size=batch_size))
+    sums, counts = keyed.window(window).sum(), keyed.window(window).count()
+    out_sums, out_counts = sums.collect(), counts.collect()
+    run(flow)
+    assert sums.late_count.value == counts.late_count.value == 0
+
+    def by_number(items) -> dict:
+        out = {}
+        for key, w, result in items:
+            j = tumbling_number(size, w.start)
+            assert w == Window(j * size, (j + 1) * size)
+            out[(key, j)] = result
+        return out
+
+    assert by_number(out_sums.items) == dict(expected_sums)
+    assert by_number(out_counts.items) == dict(expected_counts)
+
+
 @pytest.mark.parametrize("window", [Tumbling(0.1), Sliding(0.1, 0.1)])
 @pytest.mark.parametrize("t", [0.6, 0.3, 11.1])
 def test_an_event_near_a_float_boundary_is_in_a_window_that_holds_it(window, t):

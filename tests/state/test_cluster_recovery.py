@@ -233,10 +233,11 @@ def test_a_state_dir_missing_on_one_machine_is_refused_naming_the_process(tmp_pa
 
 
 def test_another_number_of_processes_or_cores_is_refused_before_anything_runs(tmp_path):
-    """Resuming on another number of kernels is not supported yet: a
-    cluster's shared state_dir resumed by one process, one process's by a
-    cluster, and a cluster's with more cores each, are refused with a
-    StateError saying so (naming the process, on a cluster)."""
+    """A cluster resumes on the processes and cores that wrote its state
+    (only a one-process run rescales, for now): a cluster's shared state_dir
+    resumed by one process, one process's by a cluster, and a cluster's
+    with more cores each, are refused with a StateError saying so (naming
+    the process, on a cluster)."""
     (tmp_path / "pipeline.py").write_text(PIPELINE)
     shared = tmp_path / "state"
     first = finish(start_cluster(tmp_path, shared=True, n=200))
@@ -248,8 +249,8 @@ def test_another_number_of_processes_or_cores_is_refused_before_anything_runs(tm
     assert alone.returncode == 1
     assert alone.stderr == (f"error: state_dir '{shared}' holds snapshots-process0.sqlite, "
                             "snapshots-process1.sqlite, written by a cluster, and this run is one process: "
-                            "a resumed run needs the same processes and cores per process (resuming on "
-                            "another number of kernels is not supported yet)\n")
+                            "a resumed run needs the same processes and cores per process (a one-process "
+                            "run resumes a one-process run's state_dir, on any number of kernels)\n")
 
     single = tmp_path / "single"
     assert subprocess.run([sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"),
@@ -261,4 +262,5 @@ def test_another_number_of_processes_or_cores_is_refused_before_anything_runs(tm
     more_cores = start_cluster(tmp_path, shared=True, n=200, cores=2)
     for code, err in finish(more_cores):
         assert code == 1, err
-        assert f"error: process 0: state_dir '{shared}' was written by 2 kernels and this run has 4" in err
+        assert (f"error: process 0: state_dir '{shared}' was written as process 0 of 2, 1 core each and this "
+                "run is process 0 of 2, 2 cores each: a cluster resumes with the same processes") in err

@@ -1,0 +1,117 @@
+"""Resuming on another number of kernels: every old kernel's snapshot of the
+restored epoch, cut by key group for this kernel.
+
+Each kernel of the resumed run is handed the snapshots of every kernel of
+the run that wrote the epoch (`Rescaled`). For each of its instances it
+gathers that step's parts from all of them and:
+
+* the step stays ended if it had ended on every old kernel (and so on every
+  new one: whether a step ended is the same for the whole run, so the
+  channels it feeds are closed alike on every kernel);
+* its timers go to the kernel that owns their data as a key (timers set
+  with `schedule(t, key)`; data that is not a key goes to kernel 0);
+* its input frontier (a source's output watermark) is the lowest of the old
+  kernels': the safe one, no window fires early;
+* its operator cuts its own snapshot (`Operator.rescale(snapshots, owns)`):
+  keyed state by key group, source positions by the sources' partitions.
+
+A combiner's partial half holds nothing in a snapshot (it hands its
+partials on at each marker), so a run with and without partial halves (one
+kernel or several) restore the same steps. Loops keep per-kernel round
+state that is not cut by key: a flow with loops resumes on as many kernels
+as the run that wrote its state (refused before the run starts).
+"""
+
+from __future__ import annotations
+
+import pickle
+
+from kernel.dataflow._operator import Operator
+
+from ._epochs import ENDED
+from ._instance import _call
+
+
+class Rescaled:
+    """The snapshots of every kernel of the run being resumed (in the
+    place of one kernel's own snapshot)."""
+
+    __slots__ = ("blobs",)
+
+    def __init__(self, blobs: list[bytes]) -> None:
+        self.blobs = blobs
+
+    def __len__(self) -> int:
+        return len(self.blobs)
+
+
+def restore_rescaled(runtime, rescaled: Rescaled) -> None:
+    """Restore `runtime`'s instances from every old kernel's snapshot."""
+    old = [pickle.loads(blob) for blob in rescaled.blobs]
+    graph_nodes = len(runtime.graph.nodes)
+    old_partial_index = _old_partials(runtime, len(old))
+    parts_of: dict[int, list] = {}
+    for index in range(len(runtime.instances)):
+        if index < graph_nodes:
+            parts_of[index] = [kernel_parts.get(index, ENDED) for kernel_parts in old]
+        else:  # a partial half: its parts in the old run, if that had them
+            old_index = old_partial_index.get(runtime._partial_for[index])
+            parts_of[index] = (None if old_index is None else
+                               [kernel_parts.get(old_index, ENDED) for kernel_parts in old])
+    ended = {}
+    for index in range(len(runtime.instances)):
+        parts = parts_of[index]
+        if parts is None:  # no old partial half: it ended if what feeds it had
+            upstream = runtime.upstream_of[(id(runtime.instances[index]), 0)]
+            parts = parts_of[upstream.index]
+        ended[index] = all(part == ENDED for part in parts)
+    me = runtime.kernel.context.index
+    owns = runtime.partitioner.owned_by(me) if runtime.partitioner is not None else _everything
+
+    for index, instance in enumerate(runtime.instances):
+        if ended[index]:
+            runtime.restored_ended(instance)
+            continue
+        parts = [part if part == ENDED else pickle.loads(part) for part in parts_of[index] or []]
+        live = [part for part in parts if part != ENDED]
+        snapshots = [Operator.ENDED if part == ENDED else part[4] for part in parts]
+        _restore_one(runtime, instance, live, snapshots, ended, owns, me)
+    if runtime._live == 0:
+        runtime.kernel.release()
+
+
+def _restore_one(runtime, instance, live: list, snapshots: list, ended: dict, owns, me: int) -> None:
+    progress = instance.progress
+    frontier = min((part[0] for part in live), default=progress.value)
+    closed = sorted(inbox for inbox in range(len(progress.marks))
+                    if ended[runtime.upstream_of[(id(instance), inbox)].index])
+    marks = [progress._top if inbox in closed else frontier for inbox in range(len(progress.marks))]
+    timers = [timer for part in live for timer in part[3] if _timer_is_mine(timer[2], owns, me)]
+    if not snapshots:  # a partial half the old run did not have: it starts empty
+        instance.restore_part((frontier, marks, closed, timers, None))
+        return
+    operator_snapshot = _call(instance, "rescale", snapshots, owns)
+    instance.restore_part((frontier, marks, closed, timers, operator_snapshot))
+    _call(instance, "restore", operator_snapshot)
+
+
+def _everything(key) -> bool:
+    return True  # one kernel owns every key
+
+
+def _timer_is_mine(data, owns, me: int) -> bool:
+    try:
+        return owns(data)
+    except Exception:  # not a key (unhashable, no stable hash): kernel 0 keeps it
+        return me == 0
+
+
+def _old_partials(runtime, old_kernels: int) -> dict[int, int]:
+    """node id -> the index its partial half had in the old run's
+    snapshots: after the graph's nodes, in the order the runtime makes them
+    (only when that run had several kernels)."""
+    if old_kernels == 1:
+        return {}
+    combining = [node.id for node in runtime.graph.nodes if runtime._combines(node)]
+    first = len(runtime.graph.nodes)
+    return {node_id: first + rank for rank, node_id in enumerate(combining)}
