@@ -134,11 +134,15 @@ def assert_whole_epochs(seqs: list[int], boundaries: dict[int, int], count: int)
 
 
 def test_a_late_subscriber_gets_whole_epochs_and_exact_windows_two_at_once(system):
-    a = Job(system, "readings.py", "a", COUNT=3000)
+    go = system.root / "go"
+    a = Job(system, "readings.py", "a", COUNT=3000, GO=go)
     a.wait_epoch(3)
     joined = max(a.boundaries().values())
     b1 = Job(system, "sums.py", "b1")
     b2 = Job(system, "sums.py", "b2")
+    # once both read whole epochs of A, A may go at full speed to its end
+    wait_until(lambda: b1.epochs_received() and b2.epochs_received(), what="both B to read from A")
+    go.touch()
     for b in (b1, b2):
         seqs, sums = results(b)
         first = assert_whole_epochs(seqs, a.boundaries(), 3000)
@@ -226,9 +230,12 @@ def test_on_lost_wait_goes_on_after_the_publishers_restart(system):
 def test_retain_lets_a_late_subscriber_start_at_the_oldest_retained_epoch(system):
     # A keeps more epochs than it will have: B, joining after A's 6th epoch,
     # starts at the very beginning (without retain, after the 6th)
-    a = Job(system, "readings.py", "a", COUNT=3000, RETAIN=50)
+    go = system.root / "go"
+    a = Job(system, "readings.py", "a", COUNT=3000, RETAIN=50, GO=go)
     a.wait_epoch(6)
     b = Job(system, "sums.py", "b")
+    wait_until(b.epochs_received, what="B to read from A")  # (then A may go at full speed)
+    go.touch()
     seqs, sums = results(b)
     assert seqs == list(range(3000))
     assert sums == brute_sums(seqs)
