@@ -524,7 +524,8 @@ def test_topics_over_tls(tmp_path, certificates):  # noqa: F811  (the fixture im
     system.env["KERNEL_TLS"] = ",".join(certificates[n] for n in ("node.pem", "node.key", "ca.pem"))
     try:
         system.start_coordinator()
-        a = Job(system, "readings.py", "a", COUNT=2000)
+        go = tmp_path / "go"
+        a = Job(system, "readings.py", "a", COUNT=2000, GO=go)
         a.wait_epoch(2)
         b = Job(system, "sums.py", "b")
         wait_until(lambda: any(t["subscribers"] for t in system.status()["topics"]), what="B to subscribe")
@@ -533,9 +534,11 @@ def test_topics_over_tls(tmp_path, certificates):  # noqa: F811  (the fixture im
         async def plain():
             with pytest.raises(LinkError):
                 await connect(f"http://{address}", system.env["KERNEL_SECRET"], 0, path=TOPIC_PATH,
-                              timeout=2, meta={"topic": "readings"}, check_meta=False)
+                              timeout=1, meta={"topic": "readings"}, check_meta=False)
 
         asyncio.run(plain())
+        wait_until(b.epochs_received, what="B to read from A")  # (then A may go at full speed)
+        go.touch()
         seqs, sums = results(b)
         assert_whole_epochs(seqs, a.boundaries(), 2000)
         assert sums == brute_sums(seqs)
