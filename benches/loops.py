@@ -16,13 +16,19 @@
 3. The overhead of a round: a loop that feeds one record back for R
    rounds, on 1, 2 and 3 kernels: seconds per round.
 
-Wall seconds, median of --runs runs (a shared, noisy 2-core machine).
+Wall seconds, median of --runs runs (a shared, noisy 2-core machine), and
+the CPU seconds of the same run (this process's and its kernel processes',
+user + system): on a machine other work shares, a kernel waits for a CPU
+and each round waits for the slowest kernel, so the wall clock says as much
+about the neighbours as about the run; the CPU seconds say what the run
+itself cost. `--only components,pagerank,empty` runs some sections.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import resource
 import statistics
 import time
 from collections import Counter
@@ -140,29 +146,48 @@ def empty_loop_flow(rounds: int) -> Dataflow:
 
 # -- running ------------------------------------------------------------------------------------
 
+def cpu_seconds() -> float:
+    """User + system seconds of this process and of its children waited for
+    (the kernel processes of a run on cores, once it has returned)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
 def run_seconds(flow: Dataflow, cores: int) -> float:
+    return run_measured(flow, cores)[0]
+
+
+def run_measured(flow: Dataflow, cores: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one run."""
+    cpu = cpu_seconds()
     start = time.perf_counter()
     run(flow, cores=cores)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, cpu_seconds() - cpu
 
 
-def median_run(runs: int, make, check, cores: int) -> float:
-    times = []
+def median_run(runs: int, make, check, cores: int) -> tuple[float, float]:
+    """Median wall seconds, and the CPU seconds of that run."""
+    measured = []
     for _ in range(runs):
         flow, out = make()
-        times.append(run_seconds(flow, cores))
+        measured.append(run_measured(flow, cores))
         check(out.items)
-    return statistics.median(times)
+    return sorted(measured)[(len(measured) - 1) // 2]
 
 
-def median_plain(runs: int, fn, check) -> float:
-    times = []
+def median_plain(runs: int, fn, check) -> tuple[float, float]:
+    """Median wall seconds of `fn()`, and the CPU seconds of that run."""
+    measured = []
     for _ in range(runs):
+        cpu = time.process_time()
         start = time.perf_counter()
         result = fn()
-        times.append(time.perf_counter() - start)
+        measured.append((time.perf_counter() - start, time.process_time() - cpu))
         check(result)
-    return statistics.median(times)
+    return sorted(measured)[(len(measured) - 1) // 2]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -170,7 +195,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="20,000 edges, fewer rounds (smoke test)")
     parser.add_argument("--edges", type=int, default=None, help="edges of the random graph (1,000,000)")
     parser.add_argument("--runs", type=int, default=None, help="runs per figure (median)")
+    parser.add_argument("--only", default="components,pagerank,empty",
+                        help="sections to run, comma-separated (components, pagerank, empty)")
     args = parser.parse_args(argv)
+    sections = set(args.only.split(","))
+    if not sections <= {"components", "pagerank", "empty"}:
+        parser.error(f"--only: unknown sections {sorted(sections - {'components', 'pagerank', 'empty'})}")
     edges_count = args.edges or (20_000 if args.quick else 1_000_000)
     runs = args.runs or (1 if args.quick else 3)
     vertices, edges = random_graph(edges_count)
@@ -180,30 +210,42 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         networkx = None
 
+    if "components" in sections:
+        components(runs, vertices, edges, networkx)
+    if "pagerank" in sections:
+        pagerank(runs, vertices, edges, networkx)
+    if "empty" in sections:
+        empty_loop(runs, 200 if args.quick else 2_000)
+
+
+def components(runs: int, vertices: int, edges: list, networkx) -> None:
     expected = union_find(vertices, edges)
 
     def same_components(items):
         assert dict(items) == expected
 
     rows = []
-    plain = median_plain(runs, lambda: plain_label_propagation(vertices, edges),
-                         lambda r: r == expected or same_components(r.items()))
-    rows.append(["plain-Python label propagation", 1, plain, 1.0])
-    rows.append(["union-find (plain Python)", 1, median_plain(runs, lambda: union_find(vertices, edges),
-                                                              lambda r: None), float("nan")])
+    plain, cpu = median_plain(runs, lambda: plain_label_propagation(vertices, edges),
+                              lambda r: r == expected or same_components(r.items()))
+    rows.append(["plain-Python label propagation", 1, plain, cpu, 1.0])
+    rows.append(["union-find (plain Python)", 1,
+                 *median_plain(runs, lambda: union_find(vertices, edges), lambda r: None), float("nan")])
     if networkx is not None:
         def nx_components():
             graph = networkx.Graph()
             graph.add_nodes_from(range(vertices))
             graph.add_edges_from(edges)
             return list(networkx.connected_components(graph))
-        rows.append(["networkx connected_components", 1, median_plain(runs, nx_components, lambda r: None),
+        rows.append(["networkx connected_components", 1, *median_plain(runs, nx_components, lambda r: None),
                      float("nan")])
     for cores in (1, 2):
-        took = median_run(runs, lambda: components_flow(vertices, edges), same_components, cores)
-        rows.append(["iterate (label propagation)", cores, took, plain / took])
-    print(table("Connected components", ["", "kernels", "seconds", "speed vs plain loop"], rows))
+        took, cpu = median_run(runs, lambda: components_flow(vertices, edges), same_components, cores)
+        rows.append(["iterate (label propagation)", cores, took, cpu, plain / took])
+    print(table("Connected components", ["", "kernels", "seconds", "CPU seconds", "speed vs plain loop"],
+                rows))
 
+
+def pagerank(runs: int, vertices: int, edges: list, networkx) -> None:
     reference = plain_pagerank(vertices, edges, PAGERANK_ROUNDS)
 
     def same_ranks(items):
@@ -212,23 +254,25 @@ def main(argv: list[str] | None = None) -> None:
         assert all(abs(got[v] - reference[v]) <= 1e-9 for v in reference)
 
     rows = []
-    plain = median_plain(runs, lambda: plain_pagerank(vertices, edges, PAGERANK_ROUNDS), lambda r: None)
-    rows.append(["plain-Python loop", 1, plain, 1.0])
+    plain, cpu = median_plain(runs, lambda: plain_pagerank(vertices, edges, PAGERANK_ROUNDS), lambda r: None)
+    rows.append(["plain-Python loop", 1, plain, cpu, 1.0])
     if networkx is not None:
         def nx_pagerank():
             graph = networkx.DiGraph()
             graph.add_nodes_from(range(vertices))
             graph.add_edges_from(edges)
             return networkx.pagerank(graph, alpha=DAMPING)
-        rows.append(["networkx pagerank (to tolerance)", 1, median_plain(runs, nx_pagerank, lambda r: None),
+        rows.append(["networkx pagerank (to tolerance)", 1, *median_plain(runs, nx_pagerank, lambda r: None),
                      float("nan")])
     for cores in (1, 2):
-        took = median_run(runs, lambda: pagerank_flow(vertices, edges, PAGERANK_ROUNDS), same_ranks, cores)
-        rows.append(["iterate", cores, took, plain / took])
-    print(table(f"PageRank, {PAGERANK_ROUNDS} rounds", ["", "kernels", "seconds", "speed vs plain loop"],
-                rows))
+        took, cpu = median_run(runs, lambda: pagerank_flow(vertices, edges, PAGERANK_ROUNDS), same_ranks,
+                               cores)
+        rows.append(["iterate", cores, took, cpu, plain / took])
+    print(table(f"PageRank, {PAGERANK_ROUNDS} rounds",
+                ["", "kernels", "seconds", "CPU seconds", "speed vs plain loop"], rows))
 
-    rounds = 200 if args.quick else 2_000
+
+def empty_loop(runs: int, rounds: int) -> None:
     rows = []
     for cores in (1, 2, 3):
         took = statistics.median(run_seconds(empty_loop_flow(rounds), cores) for _ in range(runs))

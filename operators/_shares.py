@@ -143,6 +143,10 @@ class Share:
         base = block * groups
         return [record(j) for j in indices if consumed[j - base] <= block]
 
+    def takes_everything(self) -> bool:
+        """One kernel reading its input from the start: every record is its own."""
+        return self.stride == 1 and not any(self.consumed.values())
+
     def keeps(self, position: int) -> bool:
         """Whether record `position` of the input is this kernel's to read
         (record by record: the async source)."""

@@ -200,11 +200,12 @@ class AsyncIterableSource(Source):
 
     async def _read(self, source):
         keeps = self._share.keeps
+        everything = self._share.takes_everything()  # one kernel, nothing read before: no test
         position = 0
         size = self.batch_size
         try:
             async for item in source:
-                if keeps(position):
+                if everything or keeps(position):
                     self._buffer.append(item)
                     self._positions.append(position)
                     if len(self._buffer) >= size:

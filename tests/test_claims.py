@@ -2091,17 +2091,19 @@ def cluster_run(tmp_path_factory):
 def test_process_p_runs_kernels_p_times_c_onwards_and_each_key_has_one_owner_in_the_cluster(cluster_run):
     """Two processes of two kernels: process p's launcher runs kernels
     2p and 2p + 1; record i is read by kernel i % 4 wherever it is; every
-    word reaches one kernel of one machine, stable_hash(word) % 4; the counts
-    are a Counter's. The rest: tests/kernel/test_cluster.py::
+    word reaches one kernel of one machine, the owner of its key group; the
+    counts are a Counter's. The rest: tests/kernel/test_cluster.py::
     test_a_cluster_gives_exactly_the_results_of_one_process
     (against one process, 2 and 3 processes), tests/kernel/test_cluster_netns.py (real network namespaces)."""
+    from kernel.dataflow._key_groups import owner_table
     from net import stable_hash
 
+    owner = owner_table(4, 128)
     assert sorted(cluster_run.where) == [(n, n % 4, cluster_run.pids[(n % 4) // 2]) for n in range(40)]
     owners = defaultdict(set)
     for word, index in cluster_run.owners:
         owners[word].add(index)
-    assert dict(owners) == {w: {stable_hash(w) % 4} for w in owners} and len(owners) == 7
+    assert dict(owners) == {w: {owner[stable_hash(w) % 128]} for w in owners} and len(owners) == 7
     assert sorted(cluster_run.counts) == sorted(Counter(f"w{n % 7}" for n in range(40)).items())
 
 

@@ -356,6 +356,7 @@ class Runtime:
             restore_rescaled(self, coordinator.snapshot)
         elif coordinator.snapshot is not None:
             self._restore(pickle.loads(coordinator.snapshot))
+        if coordinator.snapshot is not None:
             ended_remote = sum(
                 1 for instance, inbox in self._remote_inboxes.values()
                 if instance.ended or inbox in instance.progress.closed

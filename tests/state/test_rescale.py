@@ -11,7 +11,10 @@ files by kernel 0 taking over those of kernels the run no longer has."""
 
 from __future__ import annotations
 
+import json
 import random
+from collections import Counter
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -151,3 +154,45 @@ def test_a_flow_with_loops_is_not_rescaled(tmp_path):
     with pytest.raises(StateError, match=r"written by 2 kernels and this run has 1: a flow with loops"):
         run(halving()[0], cores=1, state_dir=tmp_path)
     run(halving()[0], cores=2, state_dir=tmp_path)  # as many kernels: the finished run is found
+
+
+JOIN = """
+import os, time
+from kernel import Dataflow
+
+N = int(os.environ["N"])
+OUT = os.environ["OUT"]
+
+def slow(x):
+    if x % 20 == 0:
+        time.sleep(0.004)  # spread the run over many epochs
+    return x
+
+flow = Dataflow("rescaled-join")
+left = flow.from_iterable(range(20)).key_by(lambda x: x % 4)  # ends at once, on every kernel
+right = flow.from_iterable(range(N), batch_size=25).map(slow).key_by(lambda x: x % 4)
+left.join(right).to_files(os.path.join(OUT, "pairs"))
+"""
+
+
+def test_a_step_that_had_ended_everywhere_stays_ended_and_its_channels_closed(tmp_path):
+    """The join's left input had ended on every kernel before the crash:
+    resumed on 3 kernels it is restored ended, every kernel counts its
+    channels from the other kernels as closed (else the run would wait
+    for their end for ever), and the pairs are each written once."""
+    (tmp_path / "pipeline.py").write_text(JOIN)
+    assert run_cli(tmp_path, 2, "snapshot:3@1", n=2000).returncode != 0
+    epoch, _ = newest_complete(tmp_path / "state")
+    assert epoch
+    resumed = run_cli(tmp_path, 3, None, run="resumed", n=2000)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "was written by 2 kernels; this run has 3" in resumed.stderr
+    pairs = visible(tmp_path / "out" / "pairs")  # [key, [left, right]]
+    expected = [[right % 4, [left, right]] for right in range(2000) for left in range(20)
+                if left % 4 == right % 4]
+    assert Counter(map(json.dumps, pairs)) == Counter(map(json.dumps, expected))
+
+
+def visible(directory: Path) -> list:
+    return [json.loads(line) for path in sorted(directory.glob("part-*.jsonl"))
+            for line in path.read_text().splitlines()]
