@@ -14,8 +14,29 @@ Imports `kernel.net`, `kernel.execution` and `kernel.cli`; nothing below
 it (the kernel's core, `net`, `operators`, `state`) imports it.
 """
 
+from typing import TYPE_CHECKING
+
 from kernel.system._cli import COMMANDS, main
-from kernel.system._client import Client
-from kernel.system._wire import ConnectionLost, KernelSystemError, RequestError
+
+if TYPE_CHECKING:
+    from kernel.system._client import Client
+    from kernel.system._wire import ConnectionLost, KernelSystemError, RequestError
+
+# The client and the wire cost aiohttp (~0.2 s of start-up): imported when
+# first asked for, so that `python -m kernel run` (every job an executor
+# starts) and the CLI's usage errors do without it.
+_LAZY = {"Client": "kernel.system._client", "ConnectionLost": "kernel.system._wire",
+         "KernelSystemError": "kernel.system._wire", "RequestError": "kernel.system._wire"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["COMMANDS", "Client", "ConnectionLost", "KernelSystemError", "RequestError", "main"]

@@ -455,3 +455,42 @@ flow.from_iterable(range(5)).map(str).collect()
     assert result.returncode == 1
     assert "holds the state of another flow" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- start-up (h-suite) ----------------------------------------------------------------------
+
+
+def test_python_m_kernel_run_starts_without_the_systems_client(tmp_path):
+    """`python -m kernel run` (each job an executor starts) does without
+    aiohttp (~0.2 s of start-up) unless the run needs it (a cluster, a
+    dashboard, topics): kernel.system's client is imported when asked for."""
+    path = write(tmp_path, "plain.py", """
+import atexit
+import sys
+from kernel import Dataflow
+
+atexit.register(lambda: print("aiohttp at the end:", "aiohttp" in sys.modules))
+print("aiohttp when loaded:", "aiohttp" in sys.modules)
+flow = Dataflow()
+flow.from_iterable(range(10)).map(str).collect()
+""")
+    done = subprocess.run([sys.executable, "-m", "kernel", "run", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["aiohttp when loaded: False", "aiohttp at the end: False"]
+
+
+def test_the_systems_commands_start_without_the_fluent_api():
+    """`import kernel.system` (the CLI's commands) imports neither the
+    fluent API nor aiohttp; the names of `kernel` and `kernel.system` are
+    there when asked for."""
+    probe = ("import sys, kernel.system\n"
+             "heavy = ('aiohttp', 'kernel._facade', 'kernel.dataflow._api')\n"
+             "print(sorted(m for m in heavy if m in sys.modules))\n"
+             "from kernel.system import Client, RequestError\n"
+             "from kernel import Dataflow, run\n"
+             "print(Client.__module__, RequestError.__module__, Dataflow.__module__, run.__module__)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "[]", "kernel.system._client kernel.system._wire kernel.dataflow._api kernel._facade"]

@@ -126,6 +126,22 @@ def cluster(tmp_path):
         node.kill()
 
 
+def listening_on_its_host(pid: int, port: int) -> bool:
+    """Something listens on TCP `port` in the network namespace of process
+    `pid` (its /proc/PID/net tables are its namespace's)."""
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # LISTEN
+                        return True
+        except OSError:
+            continue
+    return False
+
+
 def processes_running(marker: str) -> list[int]:
     """Pids of live processes whose command line contains `marker`."""
     found = []
@@ -226,9 +242,13 @@ def test_wordcount_on_three_hosts_started_in_reverse(tmp_path, three_hosts, clus
     pipeline, reference, watch = write_wordcount(tmp_path)
     nodes = []
     for i in (2, 1, 0):  # the dialers come first and must wait for the others
-        nodes.append(cluster(three_hosts, pipeline, i, hosts=3))
-        if i:
-            time.sleep(1.0)
+        node = cluster(three_hosts, pipeline, i, hosts=3)
+        nodes.append(node)
+        deadline = time.monotonic() + 20
+        while i and not listening_on_its_host(node.proc.pid, PORT):  # (it is up, dialling the others)
+            assert node.proc.poll() is None, f"process {i} ended early:\n{node.stderr}"
+            assert time.monotonic() < deadline, f"process {i} did not listen within 20 s"
+            time.sleep(0.02)
     check_wordcount(sorted(nodes, key=lambda n: n.process_id), tmp_path, reference, watch)
 
 

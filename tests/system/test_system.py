@@ -37,11 +37,13 @@ bad.from_iterable(range(10)).map(check).print()
 """
 
 SLOW = """\
+import os
 import time
 from kernel import Dataflow
 
 def slow(n):
-    time.sleep({pause})
+    if not os.path.exists({go!r}):  # slow until the test lets it go (once it has disturbed it)
+        time.sleep({pause})
     return n
 
 flow = Dataflow("slow")
@@ -62,6 +64,13 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def slow(tmp_path: Path, pause: float, count: int, out: Path) -> tuple[Path, Path]:
+    """SLOW's pipeline file, and the file that makes it go at full speed
+    when the test creates it (after the failure it causes)."""
+    go = tmp_path / "go"
+    return write(tmp_path / "slow.py", SLOW.format(pause=pause, count=count, out=str(out), go=str(go))), go
+
+
 def records(directory: Path) -> list:
     return [json.loads(line) for f in sorted(directory.glob("part-*.jsonl"))
             for line in f.read_text().splitlines()]
@@ -80,18 +89,26 @@ def system(tmp_path_factory):
         system.close()
 
 
+def start_system(root: Path, *executor_options: str) -> System:
+    """A coordinator and two executors of 2 cores, up."""
+    system = System(root)
+    try:
+        system.start_coordinator()
+        system.start_executor(2, *executor_options)
+        system.start_executor(2, *executor_options)
+        system.executors_up(2)
+    except BaseException:
+        system.close()
+        raise
+    return system
+
+
 @pytest.fixture
 def fresh(tmp_path):
     """A system of its own, for tests that kill parts of it."""
-    system = System(tmp_path)
-    try:
-        system.start_coordinator()
-        system.start_executor(cores=2)
-        system.start_executor(cores=2)
-        system.executors_up(2)
-        yield system
-    finally:
-        system.close()
+    system = start_system(tmp_path)
+    yield system
+    system.close()
 
 
 def test_a_job_on_two_executors_completes_with_exact_results(system, tmp_path):
@@ -137,7 +154,7 @@ def test_a_job_whose_function_raises_is_failed_with_its_message_and_not_restarte
 
 
 def test_kill_stops_a_job_and_frees_its_cores(system, tmp_path):
-    pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.01, count=10**9, out=str(tmp_path / "o")))
+    pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
     job = system.cli("submit", pipeline, "--cores", "2").stdout.splitlines()[0]
     wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
     (executor,) = system.job(job)["placement"]
@@ -160,13 +177,14 @@ def test_kill_stops_a_job_and_frees_its_cores(system, tmp_path):
 
 def test_an_executor_killed_mid_run_the_job_restarts_and_writes_every_record_once(fresh, tmp_path):
     out, count = tmp_path / "out", 3000
-    pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.001, count=count, out=str(out)))
+    pipeline, go = slow(tmp_path, pause=0.001, count=count, out=out)
     job = fresh.cli("submit", pipeline, "--state-dir", tmp_path / "state", "--epoch-interval", "0.2",
                     ).stdout.splitlines()[0]
     wait_until(lambda: list(out.glob("part-*.jsonl")), what="a first complete epoch")
     (executor,) = fresh.job(job)["placement"]
     victim = next(p for p in fresh.executors if fresh.executor_id(p) == executor)
     victim.send_signal(signal.SIGKILL)
+    go.touch()
     wait_until(lambda: fresh.job(job)["status"] in ("completed", "failed"), timeout=60,
                what="the restarted job", every=0.2)
     state = fresh.job(job)
@@ -180,7 +198,7 @@ def test_an_executor_killed_mid_run_the_job_restarts_and_writes_every_record_onc
 
 def test_a_restarted_coordinator_keeps_the_catalog_and_adopts_the_running_job(fresh, tmp_path):
     out, count = tmp_path / "out", 5000
-    pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.001, count=count, out=str(out)))
+    pipeline, go = slow(tmp_path, pause=0.001, count=count, out=out)
     # a client following the job with --wait, through the coordinator's restart
     follower = subprocess.Popen([sys.executable, "-m", "kernel", "submit", pipeline, "--wait"],
                                 env=fresh.env, cwd=fresh.root, stdout=subprocess.PIPE, text=True)
@@ -193,6 +211,7 @@ def test_a_restarted_coordinator_keeps_the_catalog_and_adopts_the_running_job(fr
         fresh.start_coordinator()
         after = fresh.job(job)
         assert (after["status"], after["placement"], after["attempt"]) == ("running", before["placement"], 1)
+        go.touch()
         assert follower.wait(timeout=60) == 0
         assert follower.stdout.read().splitlines()[-1] == f"{job} completed"
     finally:
@@ -260,7 +279,7 @@ def test_logs_follow_prints_the_output_as_it_comes_until_the_job_ends(system, tm
 
 
 def test_a_job_that_does_not_fit_yet_waits_as_submitted_and_runs_when_cores_are_free(system, tmp_path):
-    pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.01, count=10**9, out=str(tmp_path / "o")))
+    pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
     quick = write(tmp_path / "noop.py", NOOP)
     hogs = [system.cli("submit", pipeline, "--cores", "2").stdout.splitlines()[0] for _ in range(2)]
     for hog in hogs:
@@ -276,12 +295,13 @@ def test_a_job_that_does_not_fit_yet_waits_as_submitted_and_runs_when_cores_are_
 
 def test_a_job_of_two_processes_restarts_from_the_beginning_on_the_executor_left(fresh, tmp_path):
     out, count = tmp_path / "out", 4000
-    pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.001, count=count, out=str(out)))
+    pipeline, go = slow(tmp_path, pause=0.001, count=count, out=out)
     job = fresh.cli("submit", pipeline, "--processes", "2").stdout.splitlines()[0]
     wait_until(lambda: fresh.job(job)["status"] == "running", what="the job to run")
     first, _ = fresh.job(job)["placement"]
     victim = next(p for p in fresh.executors if fresh.executor_id(p) == first)
     victim.send_signal(signal.SIGKILL)
+    go.touch()
     wait_until(lambda: fresh.job(job)["status"] in ("completed", "failed"), timeout=60,
                what="the restarted job", every=0.2)
     state = fresh.job(job)
@@ -331,7 +351,7 @@ def test_a_silent_executor_is_lost_its_job_restarts_and_its_stale_process_is_sto
     """SIGSTOP: the executor's connection stays open but its heartbeats
     stop (as behind a cut cable); after SIGCONT it reconnects, lists the
     process it still runs, and is told to stop it."""
-    pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.01, count=10**9, out=str(tmp_path / "o")))
+    pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
     job = fresh.cli("submit", pipeline).stdout.splitlines()[0]
     wait_until(lambda: fresh.job(job)["status"] == "running", what="the job to run")
     (first,) = fresh.job(job)["placement"]
@@ -355,7 +375,7 @@ def test_a_silent_executor_is_lost_its_job_restarts_and_its_stale_process_is_sto
 
 
 def test_a_killed_job_process_is_restarted(system, tmp_path):
-    pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.01, count=10**9, out=str(tmp_path / "o")))
+    pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
     job = system.cli("submit", pipeline).stdout.splitlines()[0]
     wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
     (executor,) = system.job(job)["placement"]
@@ -400,18 +420,23 @@ def test_the_catalog_is_readable_as_data_from_a_program(system, tmp_path):
     assert {e["id"] for e in catalog["executors"]} == {e["id"] for e in system.status()["executors"]}
 
 
-def test_executors_drop_a_silent_coordinator_and_come_back_when_it_answers_again(fresh, tmp_path):
-    fresh.coordinator.send_signal(signal.SIGSTOP)
+def test_executors_drop_a_silent_coordinator_and_come_back_when_it_answers_again(tmp_path):
+    # heartbeats every 0.2 s: the executors give up after 1 s (5 unanswered) rather than 2
+    fresh = start_system(tmp_path, "--heartbeat", "0.2")
     try:
-        logs = [fresh.root / f"executor{n}.log" for n in (1, 2)]
-        wait_until(lambda: all("the coordinator did not answer for 2 s; reconnecting" in log.read_text()
-                               for log in logs), timeout=20, what="both executors to give up", every=0.2)
+        fresh.coordinator.send_signal(signal.SIGSTOP)
+        try:
+            logs = [fresh.root / f"executor{n}.log" for n in (1, 2)]
+            wait_until(lambda: all("the coordinator did not answer for 1 s; reconnecting" in log.read_text()
+                                   for log in logs), timeout=20, what="both executors to give up", every=0.1)
+        finally:
+            fresh.coordinator.send_signal(signal.SIGCONT)
+        fresh.executors_up(2)
+        pipeline = write(tmp_path / "noop.py", NOOP)
+        done = fresh.cli("submit", pipeline, "--wait")
+        assert done.returncode == 0, done.stderr
     finally:
-        fresh.coordinator.send_signal(signal.SIGCONT)
-    fresh.executors_up(2)
-    pipeline = write(tmp_path / "noop.py", NOOP)
-    done = fresh.cli("submit", pipeline, "--wait")
-    assert done.returncode == 0, done.stderr
+        fresh.close()
 
 
 def test_the_streamkernel_script_is_python_m_kernel():
@@ -436,11 +461,12 @@ def test_a_job_without_state_is_rescaled_to_the_cores_left(tmp_path):
         big, small = system.start_executor(cores=2), system.start_executor(cores=1)
         system.executors_up(2)
         out, count = tmp_path / "out", 3000
-        pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.001, count=count, out=str(out)))
+        pipeline, go = slow(tmp_path, pause=0.001, count=count, out=out)
         job = system.cli("submit", pipeline, "--cores", "2").stdout.splitlines()[0]
         wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
         assert system.job(job)["placement"] == [system.executor_id(big)]
         big.send_signal(signal.SIGKILL)
+        go.touch()
         wait_until(lambda: system.job(job)["status"] in ("completed", "failed"), timeout=60,
                    what="the rescaled job to end", every=0.2)
         state = system.job(job)
@@ -463,13 +489,14 @@ def test_a_job_of_two_processes_with_a_state_dir_resumes_on_the_executors_left(t
             system.start_executor(cores=1)
         system.executors_up(3)
         out, count = tmp_path / "out", 3000
-        pipeline = write(tmp_path / "slow.py", SLOW.format(pause=0.002, count=count, out=str(out)))
+        pipeline, go = slow(tmp_path, pause=0.002, count=count, out=out)
         job = system.cli("submit", pipeline, "--processes", "2", "--state-dir", tmp_path / "state",
                          "--epoch-interval", "0.2").stdout.splitlines()[0]
         wait_until(lambda: list(out.glob("part-*.jsonl")), what="a first complete epoch")
         first = system.job(job)["placement"][0]
         victim = next(p for p in system.executors if system.executor_id(p) == first)
         victim.send_signal(signal.SIGKILL)
+        go.touch()
         wait_until(lambda: system.job(job)["status"] in ("completed", "failed"), timeout=90,
                    what="the restarted job to end", every=0.2)
         state = system.job(job)

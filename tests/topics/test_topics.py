@@ -5,6 +5,8 @@ readings (readings.py), jobs B subscribing (sums.py), services."""
 from __future__ import annotations
 
 import asyncio
+import copy
+import itertools
 import json
 import math
 import os
@@ -31,12 +33,43 @@ def value(seq: int) -> int:
     return (seq * 7919) % 101
 
 
-@pytest.fixture
-def system(tmp_path):
-    found = System(tmp_path)
+@pytest.fixture(scope="module")
+def coordinator(tmp_path_factory):
+    """One coordinator for the tests that need nothing else of the system
+    (each publishes under a topic name of its own)."""
+    found = System(tmp_path_factory.mktemp("topics"))
     found.start_coordinator()
     yield found
     found.close()
+
+
+_topics = itertools.count(1)
+
+
+@pytest.fixture
+def system(coordinator, tmp_path):
+    """The module's coordinator, as seen from this test: its own folder
+    (logs, outputs) and its own `topic` name, which readings.py and sums.py
+    publish and subscribe to (a publisher a test kills leaves its
+    registration behind; another test's name is not disturbed by it)."""
+    view = copy.copy(coordinator)
+    view.root = tmp_path
+    view.topic = f"readings-{next(_topics)}"
+    return view
+
+
+@pytest.fixture
+def own_system(tmp_path):
+    """A coordinator of its own, for tests that start executors on it."""
+    found = System(tmp_path)
+    found.topic = "readings"
+    found.start_coordinator()
+    yield found
+    found.close()
+
+
+def topics_named(system: System, name: str) -> list[dict]:
+    return [t for t in system.status()["topics"] if t["name"] == name]
 
 
 class Job:
@@ -45,7 +78,7 @@ class Job:
     def __init__(self, system: System, script: str, name: str, **env) -> None:
         self.log = system.root / f"{name}.log"
         self.out = system.root / f"{name}.out"
-        environ = dict(system.env, **{k: str(v) for k, v in env.items()})
+        environ = dict(system.env, **{k: str(v) for k, v in {"TOPIC": system.topic, **env}.items()})
         with open(self.log, "wb") as err, open(self.out, "wb") as out:
             self.proc = subprocess.Popen([PYTHON, str(HERE / script), f"127.0.0.1:{system.port}"],
                                          stdout=out, stderr=err, env=environ, cwd=system.root)
@@ -56,6 +89,10 @@ class Job:
     def boundaries(self) -> dict[int, int]:
         """epoch -> the readings published before its end (A's debug log)."""
         return {int(e): int(n) for e, n in re.findall(r"epoch (\d+) ends after (\d+) records", self.text())}
+
+    def epochs_received(self) -> int:
+        """Epoch markers this subscriber received (B's debug log)."""
+        return len(re.findall(r"epoch \d+ received", self.text()))
 
     def wait_epoch(self, epoch: int) -> None:
         wait_until(lambda: epoch in self.boundaries() or self.proc.poll() is not None, timeout=30,
@@ -97,11 +134,15 @@ def assert_whole_epochs(seqs: list[int], boundaries: dict[int, int], count: int)
 
 
 def test_a_late_subscriber_gets_whole_epochs_and_exact_windows_two_at_once(system):
-    a = Job(system, "readings.py", "a", COUNT=3000)
+    go = system.root / "go"
+    a = Job(system, "readings.py", "a", COUNT=3000, GO=go)
     a.wait_epoch(3)
     joined = max(a.boundaries().values())
     b1 = Job(system, "sums.py", "b1")
     b2 = Job(system, "sums.py", "b2")
+    # once both read whole epochs of A, A may go at full speed to its end
+    wait_until(lambda: b1.epochs_received() and b2.epochs_received(), what="both B to read from A")
+    go.touch()
     for b in (b1, b2):
         seqs, sums = results(b)
         first = assert_whole_epochs(seqs, a.boundaries(), 3000)
@@ -112,7 +153,8 @@ def test_a_late_subscriber_gets_whole_epochs_and_exact_windows_two_at_once(syste
 
 def test_subscribe_before_the_topic_exists_waits_for_it(system):
     b = Job(system, "sums.py", "b")
-    wait_until(lambda: "waiting for 'readings' to be published" in b.text(), what="B to look the topic up")
+    wait_until(lambda: f"waiting for '{system.topic}' to be published" in b.text(),
+               what="B to look the topic up")
     a = Job(system, "readings.py", "a", COUNT=1000)
     seqs, sums = results(b)
     # from one of A's epoch boundaries (A's source starts as the topic is registered)
@@ -160,18 +202,18 @@ def test_a_killed_publisher_ends_its_subscribers_with_publisher_lost(system):
     a = Job(system, "readings.py", "a", COUNT=0)
     a.wait_epoch(2)
     b = Job(system, "sums.py", "b")
-    wait_until(lambda: len(a.boundaries()) >= 8, what="A to go on")
+    wait_until(lambda: b.epochs_received() >= 2, what="B to read whole epochs of A")
     a.kill()
     lines = b.finish()
     assert b.proc.returncode == 3
-    assert "PublisherLost: topic 'readings': the publisher was lost" in lines[-1]["error"]
+    assert f"PublisherLost: topic '{system.topic}': the publisher was lost" in lines[-1]["error"]
 
 
 def test_on_lost_wait_goes_on_after_the_publishers_restart(system):
     a = Job(system, "readings.py", "a", COUNT=0)
     a.wait_epoch(2)
     b = Job(system, "sums.py", "b", ON_LOST="wait")
-    wait_until(lambda: len(a.boundaries()) >= 8, what="A to go on")
+    wait_until(lambda: b.epochs_received() >= 2, what="B to read whole epochs of A")
     a.kill()
     again = Job(system, "readings.py", "a2", COUNT=2000)
     seqs, _ = results(b)
@@ -188,9 +230,12 @@ def test_on_lost_wait_goes_on_after_the_publishers_restart(system):
 def test_retain_lets_a_late_subscriber_start_at_the_oldest_retained_epoch(system):
     # A keeps more epochs than it will have: B, joining after A's 6th epoch,
     # starts at the very beginning (without retain, after the 6th)
-    a = Job(system, "readings.py", "a", COUNT=3000, RETAIN=50)
+    go = system.root / "go"
+    a = Job(system, "readings.py", "a", COUNT=3000, RETAIN=50, GO=go)
     a.wait_epoch(6)
     b = Job(system, "sums.py", "b")
+    wait_until(b.epochs_received, what="B to read from A")  # (then A may go at full speed)
+    go.touch()
     seqs, sums = results(b)
     assert seqs == list(range(3000))
     assert sums == brute_sums(seqs)
@@ -215,7 +260,8 @@ def test_a_slow_subscriber_never_makes_the_publisher_grow(system, slow):
     else:
         lines = b.finish()
         assert b.proc.returncode == 3
-        assert "SubscriberTooSlow: topic 'readings': this subscriber was too slow" in lines[-1]["error"]
+        too_slow = f"SubscriberTooSlow: topic '{system.topic}': this subscriber was too slow"
+        assert too_slow in lines[-1]["error"]
     ended = a.finish()[-1]
     assert ended.startswith("ended"), a.text()
     peak = int(ended.split()[1])
@@ -226,13 +272,14 @@ def test_the_status_lists_topics_with_publisher_and_subscribers(system):
     a = Job(system, "readings.py", "a", COUNT=100_000)
     a.wait_epoch(1)
     b = Job(system, "sums.py", "b")
-    wait_until(lambda: any(t["subscribers"] for t in system.status()["topics"]), what="B to subscribe")
-    [topic] = system.status()["topics"]
-    assert topic["name"] == "readings" and topic["kind"] == "stream"
+    wait_until(lambda: any(t["subscribers"] for t in topics_named(system, system.topic)),
+               what="B to subscribe")
+    [topic] = topics_named(system, system.topic)
+    assert topic["kind"] == "stream"
     assert topic["publisher"][0].startswith("127.0.0.1:") and topic["job"].startswith("app:")
     assert len(topic["subscribers"]) == 1
     table = system.cli("status").stdout
-    assert re.search(r"readings\s+stream\s+app:\S+\s+127\.0\.0\.1:\d+\s+app:", table), table
+    assert re.search(rf"{system.topic}\s+stream\s+app:\S+\s+127\.0\.0\.1:\d+\s+app:", table), table
     a.kill()
     b.finish()
 
@@ -302,7 +349,7 @@ def test_a_service_called_from_an_app_pipelined_and_from_another_job(system, mon
         caller = subprocess.run([PYTHON, "caller.py", coordinator], env=system.env, cwd=system.root,
                                 capture_output=True, text=True, timeout=60)
         assert caller.stdout.strip() == "[5, 2]", caller.stderr
-        kinds = {t["name"]: t["kind"] for t in system.status()["topics"]}
+        kinds = {t["name"]: t["kind"] for t in system.status()["topics"] if t["name"] in ("square", "config")}
         assert kinds == {"square": "service", "config": "service"}
     finally:
         server.kill()
@@ -321,12 +368,12 @@ def test_a_wrong_secret_is_refused_by_the_topic_server(system):
     async def attempt():
         directory = Directory(("127.0.0.1", system.port), system.env["KERNEL_SECRET"].encode())
         try:
-            found = await directory.lookup("readings", 5)
+            found = await directory.lookup(system.topic, 5)
         finally:
             await directory.close()
         with pytest.raises(AuthenticationFailed):
             await connect(f"http://{found['addresses'][0]}", b"not the secret", 0, path=TOPIC_PATH,
-                          timeout=5, meta={"topic": "readings"}, check_meta=False)
+                          timeout=5, meta={"topic": system.topic}, check_meta=False)
 
     try:
         asyncio.run(attempt())
@@ -335,9 +382,10 @@ def test_a_wrong_secret_is_refused_by_the_topic_server(system):
         a.kill()
 
 
-def test_a_job_submitted_to_the_system_publishes_through_its_executor(system):
+def test_a_job_submitted_to_the_system_publishes_through_its_executor(own_system):
     """The executor tells the job its coordinator (KERNEL_COORDINATOR) and
     name (KERNEL_JOB): the topic is registered under the job's id."""
+    system = own_system
     system.start_executor(cores=2)
     system.executors_up(1)
     pipeline = system.root / "pub.py"
@@ -414,21 +462,22 @@ def test_a_name_published_by_a_running_app_is_refused_and_a_dead_ones_is_taken_o
     second = Job(system, "readings.py", "a2", COUNT=0)
     second.proc.wait(30)
     assert second.proc.returncode != 0
-    assert "topic 'readings' is published by app:" in second.text()
+    assert f"topic '{system.topic}' is published by app:" in second.text()
     first.kill()  # its registration stays behind; the next publisher replaces it
     third = Job(system, "readings.py", "a3", COUNT=0)
     third.wait_epoch(1)
-    [topic] = system.status()["topics"]
+    [topic] = topics_named(system, system.topic)
     assert topic["job"].endswith(f":{third.proc.pid}")
     third.kill()
 
 
-def test_on_lost_wait_goes_on_after_the_job_master_restarts_the_publishing_job(system):
+def test_on_lost_wait_goes_on_after_the_job_master_restarts_the_publishing_job(own_system):
     """A publishing job submitted to the system, its process SIGKILLed: the
     job master starts it again (attempt 2, a new publisher id), and the
     subscriber with on_lost="wait" goes on from its next whole epoch."""
     from _system import descendants
 
+    system = own_system
     executor = system.start_executor(cores=2)
     system.executors_up(1)
     # (the job's environment is its executor's: the count goes in the file)
@@ -440,8 +489,7 @@ def test_on_lost_wait_goes_on_after_the_job_master_restarts_the_publishing_job(s
     b = Job(system, "sums.py", "b", ON_LOST="wait")
     wait_until(lambda: any(t["subscribers"] for t in system.status()["topics"]), what="B to subscribe")
     # B has read a whole epoch of the first attempt once it has two of its markers
-    wait_until(lambda: len(re.findall(r"epoch \d+ received", b.text())) >= 2,
-               what="B to read from the first attempt")
+    wait_until(lambda: b.epochs_received() >= 2, what="B to read from the first attempt")
 
     def job_process():
         for pid in descendants(executor.pid):
@@ -472,10 +520,12 @@ def test_topics_over_tls(tmp_path, certificates):  # noqa: F811  (the fixture im
     tls = ["--tls-cert", certificates["node.pem"], "--tls-key", certificates["node.key"],
            "--tls-ca", certificates["ca.pem"]]
     system = System(tmp_path, options=tls)
+    system.topic = "readings"
     system.env["KERNEL_TLS"] = ",".join(certificates[n] for n in ("node.pem", "node.key", "ca.pem"))
     try:
         system.start_coordinator()
-        a = Job(system, "readings.py", "a", COUNT=2000)
+        go = tmp_path / "go"
+        a = Job(system, "readings.py", "a", COUNT=2000, GO=go)
         a.wait_epoch(2)
         b = Job(system, "sums.py", "b")
         wait_until(lambda: any(t["subscribers"] for t in system.status()["topics"]), what="B to subscribe")
@@ -484,9 +534,11 @@ def test_topics_over_tls(tmp_path, certificates):  # noqa: F811  (the fixture im
         async def plain():
             with pytest.raises(LinkError):
                 await connect(f"http://{address}", system.env["KERNEL_SECRET"], 0, path=TOPIC_PATH,
-                              timeout=2, meta={"topic": "readings"}, check_meta=False)
+                              timeout=1, meta={"topic": "readings"}, check_meta=False)
 
         asyncio.run(plain())
+        wait_until(b.epochs_received, what="B to read from A")  # (then A may go at full speed)
+        go.touch()
         seqs, sums = results(b)
         assert_whole_epochs(seqs, a.boundaries(), 2000)
         assert sums == brute_sums(seqs)
@@ -502,7 +554,7 @@ def test_run_async_in_an_app_subscribes_and_unsubscribes_at_the_end(system, monk
     a = Job(system, "readings.py", "a", COUNT=1500)
     a.wait_epoch(1)
     flow = Dataflow("app")
-    seqs = flow.subscribe("readings", timeout=10).map(lambda r: r[0]).collect()
+    seqs = flow.subscribe(system.topic, timeout=10).map(lambda r: r[0]).collect()
 
     async def app():
         await run_async(flow, coordinator=f"127.0.0.1:{system.port}")
@@ -510,7 +562,7 @@ def test_run_async_in_an_app_subscribes_and_unsubscribes_at_the_end(system, monk
     asyncio.run(app())
     assert_whole_epochs(seqs.items, a.boundaries(), 1500)
     a.finish()
-    assert system.status()["topics"] == []  # the publisher ended (unpublished); nobody subscribes
+    assert topics_named(system, system.topic) == []  # the publisher ended (unpublished); nobody subscribes
 
 
 @pytest.mark.parametrize("status, found", [("running", True), ("restarting", True), ("killed", False)])
