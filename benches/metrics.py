@@ -82,10 +82,10 @@ class Scraper:
         "    time.sleep(every)\n"
     )
 
-    def __init__(self) -> None:
+    def __init__(self, every: float = SCRAPE_EVERY) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-c", self.CODE, f"http://127.0.0.1:{self.port}/metrics", str(SCRAPE_EVERY)])
+            [sys.executable, "-c", self.CODE, f"http://127.0.0.1:{self.port}/metrics", str(every)])
 
     def close(self) -> None:
         self.process.kill()
@@ -132,7 +132,8 @@ def window_sums(events, cores, dashboard=None):
     return {(key, window.start): total for key, window, total in out.items}
 
 
-def overhead_rows(reps: int, n_lines: int, n_heavy: int, n_events: int, cores_list) -> list[list]:
+def overhead_rows(reps: int, n_lines: int, n_heavy: int, n_events: int, cores_list,
+                  scrape_every: float = SCRAPE_EVERY) -> list[list]:
     """Off and on in turn, `reps` times each; medians of wall-clock
     records/s and of CPU seconds (the kernels' included), the latter much
     less disturbed by other work on a shared machine."""
@@ -142,7 +143,7 @@ def overhead_rows(reps: int, n_lines: int, n_heavy: int, n_events: int, cores_li
         ("CPU-heavy map", n_heavy, heavy_map, records, plain_heavy(records)),
         ("windowed sum", n_events, window_sums, events, plain_window_sums(events)),
     ]
-    scraper = Scraper()
+    scraper = Scraper(scrape_every)
     dashboard = f"127.0.0.1:{scraper.port}"
     rows = []
     try:
@@ -261,7 +262,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (smoke test)")
     parser.add_argument("--cores", default="1,2", help="comma-separated kernel counts (default 1,2)")
     parser.add_argument("--reps", type=int, default=15, help="runs of each variant (default 15)")
+    parser.add_argument("--scrape-every", type=float, default=SCRAPE_EVERY,
+                        help="seconds between two scrapes while metrics are on (default 0.1: far more "
+                             "often than Prometheus's usual 15 s, to show the cost of serving them)")
     args = parser.parse_args(argv)
+    if not args.scrape_every > 0:
+        parser.error("--scrape-every must be a positive number of seconds")
     cores_list = sorted({int(c) for c in args.cores.split(",") if c.strip()})
     if args.quick:
         reps, sizes, scrapes = 3, (20_000, 2_000, 20_000), 20
@@ -269,10 +275,11 @@ def main(argv: list[str] | None = None) -> None:
         reps, sizes, scrapes = args.reps, (200_000, 100_000, 200_000), 200
     print(machine())
     print()
-    print(table("Metrics off vs on (scraped every 100 ms by another process); medians of interleaved runs",
+    print(table(f"Metrics off vs on (scraped every {args.scrape_every:g} s by another process); medians "
+                "of interleaved runs",
                 ["pipeline", "kernels", "records/s off", "on", "cost", "CPU s off", "on", "cost",
                  "CPU cost <= 2%"],
-                overhead_rows(reps, *sizes, cores_list)))
+                overhead_rows(reps, *sizes, cores_list, args.scrape_every)))
     print()
     with sixteen_step_job() as port:
         scrape = scrape_row(port, scrapes)

@@ -1,0 +1,31 @@
+"""benches/metrics.py's `--scrape-every` (issue 19): how often the other
+process scrapes while metrics are on; a
+scrape interval that is not a positive number is a usage error."""
+
+from __future__ import annotations
+
+import pytest
+
+from benches import metrics
+
+
+def test_the_scrape_interval_reaches_the_scraper(monkeypatch):
+    seen = []
+
+    class Recorded(metrics.Scraper):
+        def __init__(self, every=metrics.SCRAPE_EVERY):
+            seen.append(every)
+            super().__init__(every)
+
+    monkeypatch.setattr(metrics, "Scraper", Recorded)
+    rows = metrics.overhead_rows(1, 200, 20, 200, [1], scrape_every=15.0)
+    assert seen == [15.0]
+    assert [row[:2] for row in rows] == [["word count", 1], ["CPU-heavy map", 1], ["windowed sum", 1]]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_a_scrape_interval_that_is_not_positive_is_a_usage_error(capsys, value):
+    with pytest.raises(SystemExit) as exit_:
+        metrics.main(["--scrape-every", value])
+    assert exit_.value.code == 2
+    assert "--scrape-every must be a positive number of seconds" in capsys.readouterr().err
