@@ -138,30 +138,20 @@ class TumblingWindows(AlignedWindows):
         if self._adds is not None:
             self._add_running(batch, stamps, frontier, late, self._adds == "count")
             return
-        size = self.size
-        opened, numbers = self.opened, self.numbers
+        size, enter = self.size, self._enter
         new, grow = self._new, self._grow
-        floor = math.floor
         record = None
         low = high = math.inf  # the bounds of the last record's window (none yet)
         keyed = None
         try:
             for record, stamp in zip(batch, stamps):
                 if not low <= stamp < high:
-                    j = floor(stamp / size)
-                    if j * size > stamp:  # the float quotient rounded across a boundary
-                        j -= 1
-                    elif (j + 1) * size <= stamp:
-                        j += 1
-                    if (j + 1) * size <= frontier:
+                    j, keyed = enter(stamp, frontier)
+                    if keyed is None:
                         late.append(record)
                         low = high = math.inf  # the next record decides afresh
                         continue
                     low, high = j * size, (j + 1) * size
-                    keyed = opened.get(j)
-                    if keyed is None:
-                        keyed = opened[j] = {}
-                        heapq.heappush(numbers, j)
                 key = record[0]
                 acc = keyed.get(key, _MISSING)
                 if acc is _MISSING:
@@ -173,31 +163,35 @@ class TumblingWindows(AlignedWindows):
         except Exception as exc:
             raise self._user_error(exc, record) from exc
 
+    def _enter(self, stamp: float, frontier: float) -> tuple[int, dict | None]:
+        """A record leaves the last record's window: the number of its window
+        and that window's accumulators (opened now if new), or None when the
+        window has closed (the record is late). Once per change of window,
+        not per record."""
+        j = self.last(stamp)
+        if (j + 1) * self.size <= frontier:
+            return j, None
+        keyed = self.opened.get(j)
+        if keyed is None:
+            keyed = self.opened[j] = {}
+            heapq.heappush(self.numbers, j)
+        return j, keyed
+
     def _add_running(self, batch, stamps, frontier, late, count_one: bool) -> None:
         """`add` for a running sum (`count_one`: a count), the `+` inlined."""
-        size = self.size
-        opened, numbers = self.opened, self.numbers
-        floor = math.floor
+        size, enter = self.size, self._enter
         record = None
         low = high = math.inf
         get = keyed = None
         try:
             for record, stamp in zip(batch, stamps):
                 if not low <= stamp < high:
-                    j = floor(stamp / size)
-                    if j * size > stamp:  # the float quotient rounded across a boundary
-                        j -= 1
-                    elif (j + 1) * size <= stamp:
-                        j += 1
-                    if (j + 1) * size <= frontier:
+                    j, keyed = enter(stamp, frontier)
+                    if keyed is None:
                         late.append(record)
                         low = high = math.inf
                         continue
                     low, high = j * size, (j + 1) * size
-                    keyed = opened.get(j)
-                    if keyed is None:
-                        keyed = opened[j] = {}
-                        heapq.heappush(numbers, j)
                     get = keyed.get
                 key = record[0]
                 acc = get(key, _MISSING)
