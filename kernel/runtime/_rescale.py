@@ -44,9 +44,6 @@ class Rescaled:
     def __init__(self, blobs: list[bytes]) -> None:
         self.blobs = blobs
 
-    def __len__(self) -> int:
-        return len(self.blobs)
-
 
 def restore_rescaled(runtime, rescaled: Rescaled) -> None:
     """Restore `runtime`'s instances from every old kernel's snapshot."""
