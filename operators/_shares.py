@@ -1,19 +1,27 @@
 """Which records of a bounded input each kernel reads, by partition.
 
-Record `i` of a `from_iterable` / `from_async_iterable` input is in
-partition `i % groups` (as many partitions as the run has key groups:
-`kernel.dataflow._key_groups`), and kernel `k` of `n` reads the partitions
-`k, k + n, k + 2n, ...`, in record order. When `n` divides the number of
-partitions (any power of two up to 128) that is record `i` to kernel
-`i % n`, a plain slice `data[k::n]`; otherwise one slice per block of
-`groups` records.
+A bounded input is cut into *runs* of `run` consecutive records, and run
+`u` is in partition `u % groups` (as many partitions as the run has key
+groups: `kernel.dataflow._key_groups`); kernel `k` of `n` reads the
+partitions `k, k + n, k + 2n, ...`, in record order. With `run == 1`
+(small inputs, one kernel, iterators) that is record `i` to kernel `i % n`
+when `n` divides the number of partitions (any power of two up to 128), a
+plain slice `data[k::n]`; otherwise one slice per block of `groups` runs.
+
+Why runs: kernels inherit a list by `fork`, and reading a record writes its
+reference count, so every page a kernel reads from is copied (a minor
+fault, 4-5 us here). Record by record, every kernel reads from every page
+of the input; by runs of a few hundred records each page is read by one
+kernel (`sequence_run`; benches/pipelines.py windowed sum, 2 kernels:
+8,066 -> 4,656 faults and ~45 -> ~30 ms a kernel for its 100,000 events).
 
 A snapshot keeps, per partition, how many of its records were consumed
-(`{partition: count}`): record `i` was consumed when `i // groups <
-count[i % groups]`. That is what lets a run resumed on another number of
-kernels hand partitions, with their positions, to other kernels: each new
-kernel takes the counts of its own partitions from every old kernel's
-snapshot (`merge_consumed`), and reads what is left of them.
+(`{partition: count}`) and the run length: record `i` was consumed when its
+place in its partition, `(i // run // groups) * run + i % run`, is below
+`count[(i // run) % groups]`. That is what lets a run resumed on another
+number of kernels hand partitions, with their positions, to other kernels:
+each new kernel takes the counts of its own partitions from every old
+kernel's snapshot (`merge_consumed`), and reads what is left of them.
 """
 
 from __future__ import annotations
@@ -23,24 +31,43 @@ from itertools import islice
 #: a partition read to its end (its kernel's source had ended)
 ALL = 1 << 62
 
+# Runs of at least this many records, or none (`run == 1`): shorter runs
+# would cost a slice each for a few records, and a small input (a test's)
+# keeps being dealt out record by record.
+_SHORTEST_RUN = 64
+_LONGEST_RUN = 1024  # bounds how far one kernel's share runs ahead of another's in record order
 
-def consumed_before(position: int, group: int, groups: int) -> int:
+
+def sequence_run(length: int, peers: int, groups: int) -> int:
+    """The run length for a sequence of `length` records read by `peers`
+    kernels: about a quarter of a partition's share, between _SHORTEST_RUN
+    and _LONGEST_RUN records, or 1 (record by record) where that would be
+    shorter and on one kernel (where nothing is shared)."""
+    run = min(_LONGEST_RUN, length // (4 * groups))
+    return run if peers > 1 and run >= _SHORTEST_RUN else 1
+
+
+def consumed_before(position: int, group: int, groups: int, run: int = 1) -> int:
     """How many records of partition `group` come before record `position`."""
-    return (position - group + groups - 1) // groups if position > group else 0
+    unit, offset = divmod(position, run)
+    block, place = divmod(unit, groups)
+    return block * run + (run if place > group else offset if place == group else 0)
 
 
 def merge_consumed(snapshots: list, ended, groups: int) -> dict:
-    """`{partition: consumed}` from every old kernel's snapshot (a source's:
-    `{"consumed": {...}}`); a kernel whose source had ended (`ended`) had
-    read all of its partitions."""
+    """A snapshot for the new kernels, `{"consumed": {partition: count},
+    "run": run}`, from every old kernel's snapshot (a source's); a kernel
+    whose source had ended (`ended`) had read all of its partitions."""
     old = len(snapshots)
     merged: dict = {}
+    run = 1
     for kernel, snapshot in enumerate(snapshots):
         if snapshot == ended:
             merged.update(dict.fromkeys(range(kernel, groups, old), ALL))
         elif snapshot is not None:
             merged.update(snapshot["consumed"])
-    return merged
+            run = snapshot.get("run", 1)
+    return {"consumed": merged, "run": run}
 
 
 class Share:
@@ -50,13 +77,13 @@ class Share:
     this kernel's partitions before it was handed on (or consumed by the
     run this one resumes)."""
 
-    __slots__ = ("consumed", "first", "groups", "next", "pulled", "ragged_until", "stride")
+    __slots__ = ("consumed", "first", "groups", "next", "pulled", "ragged_until", "run", "stride")
 
-    def __init__(self, index: int, peers: int, groups: int) -> None:
-        self.groups, self.first, self.stride = groups, index, peers
+    def __init__(self, index: int, peers: int, groups: int, run: int = 1) -> None:
+        self.groups, self.first, self.stride, self.run = groups, index, peers, run
         self.consumed: dict[int, int] = {}  # partition -> records consumed before this run
         self.ragged_until = 0  # blocks below it have partitions consumed further than others
-        self.next = index
+        self.next = index * run
         self.pulled = 0  # (iterators) records read from the input so far
 
     def partitions(self) -> range:
@@ -65,26 +92,34 @@ class Share:
     # -- positions ----------------------------------------------------------------
 
     def snapshot(self) -> dict:
-        groups, position, consumed = self.groups, self.next, self.consumed
-        return {"consumed": {g: max(consumed.get(g, 0), consumed_before(position, g, groups))
-                             for g in self.partitions()}}
+        groups, position, consumed, run = self.groups, self.next, self.consumed, self.run
+        counts = {g: max(consumed.get(g, 0), consumed_before(position, g, groups, run))
+                  for g in self.partitions()}
+        return {"consumed": counts, "run": run} if run != 1 else {"consumed": counts}
 
     def restore(self, snapshot: dict) -> None:
-        counts = snapshot["consumed"]
+        """Go on from `snapshot`, whose run length this share takes (the
+        same input gives the same; a resumed run must read by the runs its
+        positions count)."""
+        counts, run = snapshot["consumed"], snapshot.get("run", 1)
+        self.run = run
         self.consumed = {g: counts.get(g, 0) for g in self.partitions()}
         values = self.consumed.values()
         low, high = (min(values), max(values)) if self.consumed else (0, 0)
-        # Blocks from `low` to `high` hold records of some partitions only:
-        # those are read record by record (and every block, when some
-        # partitions were read to their end: a rescaled run's rare case).
-        self.ragged_until = high if high < ALL else (ALL if low < ALL else 0)
-        self.next = low * self.groups + self.first if low < ALL else ALL
+        # Blocks (of `groups` runs) from `low`'s to `high`'s hold records of
+        # some partitions only: those are cut run by run (and every block,
+        # when some partitions were read to their end: a rescaled run's rare
+        # case).
+        self.ragged_until = -(-high // run) if high < ALL else (ALL if low < ALL else 0)
+        self.next = (low // run * self.groups + self.first) * run if low < ALL else ALL
 
     # -- reading --------------------------------------------------------------------
 
     def take(self, data, size: int) -> list:
-        """Up to `size` (a block's worth more in a ragged stretch) of the
-        next records of this share of the sequence `data`."""
+        """Up to `size` (a block's worth more in a ragged stretch, record by
+        record) of the next records of this share of the sequence `data`."""
+        if self.run != 1:
+            return self._take_runs(data, size)
         out: list = []
         i, n, groups, stride, first = self.next, len(data), self.groups, self.stride, self.first
         even = groups % stride == 0  # the share is every `stride`-th record from `first`
@@ -102,6 +137,30 @@ class Share:
             i += len(taken) * stride
             if not even and i >= block_end:
                 i = block_end + first
+        self.next = i
+        return out
+
+    def _take_runs(self, data, size: int) -> list:
+        """`take` by runs: a slice of each run of this share's partitions,
+        past what the resumed run had consumed of it."""
+        out: list = []
+        i, n, groups, stride, first, run = self.next, len(data), self.groups, self.stride, self.first, self.run
+        ragged_end = self.ragged_until * groups * run
+        consumed = self.consumed
+        while len(out) < size and i < n:
+            unit = i // run
+            start = unit * run
+            if i < ragged_end:  # skip what the resumed run had consumed of this run
+                block, place = divmod(unit, groups)
+                i = max(i, start + consumed.get(place, 0) - block * run)
+            run_end = start + run
+            if i < run_end:
+                end = min(n, run_end, i + size - len(out))
+                out += data[i:end]
+                i = end
+            if i >= run_end:  # this kernel's next run
+                place = unit % groups
+                i = (unit + stride if place + stride < groups else (unit // groups + 1) * groups + first) * run
         self.next = i
         return out
 

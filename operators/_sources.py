@@ -1,10 +1,10 @@
 """Sources: bounded iterables and async iterables.
 
-With several kernels, each kernel reads a disjoint share of the input: record
-`i` is in partition `i % key_groups`, and kernel `k` of `n` reads partitions
-`k, k + n, ...` (`_shares.py`: record `i` to kernel `i % n` when `n` divides
-the key groups), so positions move by partition when a run is resumed on
-another number of kernels. That needs no coordination and works for
+With several kernels, each kernel reads a disjoint share of the input: a
+list's records in runs of a few hundred, run `u` in partition `u %
+key_groups` (an iterator's and a small list's record by record), and kernel
+`k` of `n` reads partitions `k, k + n, ...` (`_shares.py`), so positions
+move by partition when a run is resumed on another number of kernels. That needs no coordination and works for
 any re-iterable input (each kernel process iterates it and keeps its share),
 and for an iterator too: each kernel process, forked from the one that built
 the flow or importing the pipeline file itself, reads its own copy. Not for
@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Iterator
 from kernel.dataflow._errors import KernelError, OperatorError, describe_record
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Source
 
-from ._shares import Share, merge_consumed
+from ._shares import Share, merge_consumed, sequence_run
 
 
 def check_batch_size(batch_size: int) -> int:
@@ -84,12 +84,14 @@ class IterableSource(Source):
         peers = context.peers
         data = self.iterable
         self._unread = None  # the one-shot input to mark as read when first read
-        self._share = Share(context.index, peers, context.key_groups)
         if isinstance(data, (list, tuple, range)):
             # Slicing a sequence is several times faster than islice.
+            self._share = Share(context.index, peers, context.key_groups,
+                                sequence_run(len(data), peers, context.key_groups))
             self._sequence = data
             self._iterator = None
         else:
+            self._share = Share(context.index, peers, context.key_groups)
             self._check_input(peers)
             self._sequence = None
             try:
@@ -124,7 +126,7 @@ class IterableSource(Source):
         self._share.restore(snapshot)
 
     def rescale(self, snapshots, owns):
-        return {"consumed": merge_consumed(snapshots, self.ENDED, self.context.key_groups)}
+        return merge_consumed(snapshots, self.ENDED, self.context.key_groups)
 
     def _mark_read(self) -> None:
         # When first read, not at open: a run that failed before reading
@@ -233,7 +235,7 @@ class AsyncIterableSource(Source):
         self._share.restore(snapshot)
 
     def rescale(self, snapshots, owns):
-        return {"consumed": merge_consumed(snapshots, self.ENDED, self.context.key_groups)}
+        return merge_consumed(snapshots, self.ENDED, self.context.key_groups)
 
     def poll(self):
         if not self._reader_started:

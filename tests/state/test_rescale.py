@@ -64,21 +64,24 @@ def test_a_run_resumed_on_other_kernel_counts_after_crashes_is_exact(tmp_path, k
     assert_exactly_once(tmp_path / "out")
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(n=st.integers(0, 1500), groups=st.sampled_from([4, 8, 128]), old=st.integers(1, 6),
-       new=st.integers(1, 6), iterator=st.booleans(), seed=st.integers(0, 2**32 - 1))
-def test_source_partitions_move_to_any_kernel_count_exactly(n, groups, old, new, iterator, seed):
+       new=st.integers(1, 6), iterator=st.booleans(), run=st.sampled_from([1, 1, 2, 3, 7, 64]),
+       seed=st.integers(0, 2**32 - 1))
+def test_source_partitions_move_to_any_kernel_count_exactly(n, groups, old, new, iterator, run, seed):
     """Old kernels each read a random prefix of their share (some to the
-    end, as ended sources); the new kernels, given the merged positions,
-    read exactly the records no old kernel had, each share in order."""
+    end, as ended sources), a list's by runs of `run` records; the new
+    kernels, given the merged positions, read exactly the records no old
+    kernel had, each share in order."""
     old, new = min(old, groups), min(new, groups)
+    run = 1 if iterator else run
     rng = random.Random(seed)
     data = list(range(n))
     snapshots, consumed = [], set()
     for k in range(old):
-        share = Share(k, old, groups)
+        share = Share(k, old, groups, run)
         got, ended = read(share, data, iterator, rng, most=50, limit=rng.randint(0, n))
-        mine = [x for x in data if (x % groups) % old == k]  # the brute-force share
+        mine = [x for x in data if (x // run % groups) % old == k]  # the brute-force share
         assert got == mine[:len(got)]
         if ended and rng.random() < 0.3:
             snapshots.append("ended")
@@ -90,7 +93,7 @@ def test_source_partitions_move_to_any_kernel_count_exactly(n, groups, old, new,
     everything = []
     for k in range(new):
         share = Share(k, new, groups)
-        share.restore({"consumed": merged})
+        share.restore(merged)
         out, _ = read(share, data, iterator, rng, most=300, limit=n + 1)
         assert out == sorted(out)
         everything += out
