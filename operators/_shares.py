@@ -144,7 +144,8 @@ class Share:
         """`take` by runs: a slice of each run of this share's partitions,
         past what the resumed run had consumed of it."""
         out: list = []
-        i, n, groups, stride, first, run = self.next, len(data), self.groups, self.stride, self.first, self.run
+        i, n, run = self.next, len(data), self.run
+        groups, stride, first = self.groups, self.stride, self.first
         ragged_end = self.ragged_until * groups * run
         consumed = self.consumed
         while len(out) < size and i < n:
@@ -159,8 +160,8 @@ class Share:
                 out += data[i:end]
                 i = end
             if i >= run_end:  # this kernel's next run
-                place = unit % groups
-                i = (unit + stride if place + stride < groups else (unit // groups + 1) * groups + first) * run
+                block, place = divmod(unit, groups)
+                i = (unit + stride if place + stride < groups else (block + 1) * groups + first) * run
         self.next = i
         return out
 
