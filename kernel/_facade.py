@@ -18,6 +18,7 @@ from kernel.execution._execute import execute, execute_async
 from kernel.execution._plan import (
     DEFAULT_EPOCH_INTERVAL,
     DEFAULT_GC_THRESHOLD,
+    DEFAULT_HEARTBEAT,
     DEFAULT_STARTUP_TIMEOUT,
     KernelOptions,
     RunPlan,
@@ -25,8 +26,8 @@ from kernel.execution._plan import (
 
 log = logging.getLogger("kernel")
 
-__all__ = ["DEFAULT_EPOCH_INTERVAL", "DEFAULT_GC_THRESHOLD", "DEFAULT_STARTUP_TIMEOUT", "RunPlan",
-           "execute", "flow_fingerprint", "plan_for", "run", "run_async"]
+__all__ = ["DEFAULT_EPOCH_INTERVAL", "DEFAULT_GC_THRESHOLD", "DEFAULT_HEARTBEAT", "DEFAULT_STARTUP_TIMEOUT",
+           "RunPlan", "execute", "flow_fingerprint", "plan_for", "run", "run_async"]
 
 
 def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_THRESHOLD,
@@ -34,14 +35,15 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
              stall_threshold: float = 0.025, state_dir=None,
              epoch_interval: float = DEFAULT_EPOCH_INTERVAL, process_id: int | None = None,
              peers=None, secret=None, secret_file=None, tls=None,
-             startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, dashboard: str | None = None,
-             progress=None) -> RunPlan:
+             startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, heartbeat: float = DEFAULT_HEARTBEAT,
+             dashboard: str | None = None, progress=None) -> RunPlan:
     """The checked plan of a run of the flow `get_flow()` returns (called
     only when the plan needs the flow: its fingerprint, for a state_dir or a
     cluster). Bad options raise ValueError; a state_dir that cannot be used,
     StateError. `progress(snapshots, final)` is told the kernels' metrics
     while the run runs (the command line's live line)."""
     check_cores(cores)
+    check_heartbeat(heartbeat)  # (used by a cluster only, but refused at once anywhere)
     _name_the_run()
     address = None
     if dashboard is not None:
@@ -54,7 +56,7 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
 
         cluster = cluster_plan(0 if process_id is None else process_id, peers, cores, secret=secret,
                                secret_file=secret_file, tls=tls, startup_timeout=startup_timeout,
-                               fingerprint=flow_fingerprint(get_flow()))
+                               heartbeat=heartbeat, fingerprint=flow_fingerprint(get_flow()))
     elif process_id is not None:
         raise ValueError("process_id needs peers (every process's host:port)")
     snapshots = None
@@ -65,6 +67,13 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
     return RunPlan(cores=cores, kernel=KernelOptions(clock, budget, shares, stall_threshold),
                    gc_threshold=gc_threshold, snapshots=snapshots, cluster=cluster, dashboard=address,
                    progress=progress)
+
+
+def check_heartbeat(heartbeat) -> None:
+    """A cluster link's heartbeat: a positive, finite number of seconds."""
+    number = isinstance(heartbeat, (int, float)) and not isinstance(heartbeat, bool)
+    if not (number and 0 < heartbeat < float("inf")):
+        raise ValueError(f"heartbeat must be a positive number of seconds, got {heartbeat!r}")
 
 
 def check_cores(cores: int) -> None:
@@ -272,8 +281,8 @@ async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
                     shares: dict[str, float] | None = None, stall_threshold: float = 0.025,
                     state_dir=None, epoch_interval: float = DEFAULT_EPOCH_INTERVAL,
                     process_id: int | None = None, peers=None, secret=None, tls=None,
-                    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, dashboard: str | None = None,
-        coordinator: str | None = None) -> None:
+                    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, heartbeat: float = DEFAULT_HEARTBEAT,
+                    dashboard: str | None = None, coordinator: str | None = None) -> None:
     """Run `flow` on the running event loop, sharing it.
 
     With `cores=1` the kernel runs on this loop and hands it back at least
@@ -291,7 +300,7 @@ async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
     plan = plan_for(lambda: flow, cores=cores, clock=clock, budget=budget, shares=shares,
                     stall_threshold=stall_threshold, state_dir=state_dir, epoch_interval=epoch_interval,
                     process_id=process_id, peers=peers, secret=secret, tls=tls,
-                    startup_timeout=startup_timeout, dashboard=dashboard)
+                    startup_timeout=startup_timeout, heartbeat=heartbeat, dashboard=dashboard)
     flow._results_delivered(await execute_async(plan, lambda: flow))
 
 
@@ -300,7 +309,7 @@ def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_G
         stall_threshold: float = 0.025, state_dir=None,
         epoch_interval: float = DEFAULT_EPOCH_INTERVAL, process_id: int | None = None, peers=None,
         secret=None, tls=None, startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
-        dashboard: str | None = None,
+        heartbeat: float = DEFAULT_HEARTBEAT, dashboard: str | None = None,
         coordinator: str | None = None) -> None:
     """Run `flow` to completion (blocking).
 
@@ -319,7 +328,9 @@ def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_G
     process runs `cores` kernels, numbered across the cluster, linked by
     authenticated websockets; the shared `secret` defaults to the
     environment variable KERNEL_SECRET; `tls=(cert, key, ca)` turns on TLS;
-    peers may start in any order within `startup_timeout` seconds. Every
+    peers may start in any order within `startup_timeout` seconds; each
+    link checks every `heartbeat` seconds that it heard from its peer and
+    gives the peer up after two silent periods (a cut cable). Every
     process must run the same flow with the same `cores`. `collect()`
     results are gathered on process 0 (empty elsewhere).
 
@@ -340,7 +351,7 @@ def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_G
     plan = plan_for(lambda: flow, cores=cores, gc_threshold=gc_threshold_during_run, clock=clock,
                     budget=budget, shares=shares, stall_threshold=stall_threshold, state_dir=state_dir,
                     epoch_interval=epoch_interval, process_id=process_id, peers=peers, secret=secret,
-                    tls=tls, startup_timeout=startup_timeout, dashboard=dashboard)
+                    tls=tls, startup_timeout=startup_timeout, heartbeat=heartbeat, dashboard=dashboard)
     flow._results_delivered(execute(plan, lambda: flow))
 
 

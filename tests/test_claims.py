@@ -2365,6 +2365,8 @@ def test_a_dead_peer_ends_the_others_with_peer_lost_and_a_failed_one_is_reported
     endless run: process 0 ends within seconds with PeerLost, `lost process 1
     (host:port): ...`. Links check every 2.5 s by default. The rest:
     tests/net/test_links.py::test_heartbeats_keep_a_quiet_link_alive_and_find_a_silent_peer_dead,
+    tests/kernel/test_cluster.py::test_the_heartbeat_option_gives_up_a_silent_peer_after_two_of_its_periods
+    (`heartbeat=`; `--heartbeat` in the cut-cable test below),
     tests/kernel/test_cluster_netns.py::test_a_cut_cable_ends_both_processes_naming_the_peer,
     tests/kernel/test_cluster.py::test_ctrl_c_on_one_process_tells_the_others (the CLI's exit 1)."""
     from kernel.net._links import DEFAULT_HEARTBEAT

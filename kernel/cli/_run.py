@@ -16,6 +16,7 @@ from pathlib import Path
 from kernel._facade import (
     DEFAULT_EPOCH_INTERVAL,
     DEFAULT_GC_THRESHOLD,
+    DEFAULT_HEARTBEAT,
     DEFAULT_STARTUP_TIMEOUT,
     execute,
     plan_for,
@@ -162,7 +163,7 @@ def _run(args, path: Path, name: str) -> int:
     plan = plan_for(get_flow, cores=args.cores, gc_threshold=DEFAULT_GC_THRESHOLD,
                     state_dir=args.state_dir, epoch_interval=args.epoch_interval,
                     process_id=args.process_id, peers=args.peers, secret_file=args.secret_file, tls=tls,
-                    startup_timeout=args.startup_timeout, dashboard=args.dashboard,
+                    startup_timeout=args.startup_timeout, heartbeat=args.heartbeat, dashboard=args.dashboard,
                     progress=_progress(args))
     if not in_cluster:
         execute(plan, get_flow)
@@ -205,6 +206,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m kernel.run") -> i
                          help="file holding the shared secret (default: the KERNEL_SECRET variable)")
     cluster.add_argument("--startup-timeout", type=float, default=DEFAULT_STARTUP_TIMEOUT,
                          help=f"seconds to wait for every peer (default {DEFAULT_STARTUP_TIMEOUT:g})")
+    cluster.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT, metavar="S",
+                         help="seconds between a link's liveness checks; a peer silent for two of them "
+                              f"is lost (default {DEFAULT_HEARTBEAT:g})")
     cluster.add_argument("--slurm", action="store_true",
                          help="process id and peers from Slurm (srun): SLURM_PROCID, SLURM_STEP_NODELIST...")
     cluster.add_argument("--port-base", type=int, default=7000, metavar="P",

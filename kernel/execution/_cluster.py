@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import os
 
-from kernel.execution._plan import DEFAULT_STARTUP_TIMEOUT
-from kernel.net._links import DEFAULT_HEARTBEAT
+from kernel.execution._plan import DEFAULT_HEARTBEAT, DEFAULT_STARTUP_TIMEOUT
 from kernel.net._relay import ClusterPlan, TLSFiles
 
 SECRET_VARIABLE = "KERNEL_SECRET"

@@ -21,6 +21,11 @@ from typing import Any
 DEFAULT_GC_THRESHOLD = 50_000
 DEFAULT_EPOCH_INTERVAL = 1.0
 DEFAULT_STARTUP_TIMEOUT = 30.0  # seconds a cluster's processes have to find each other
+# Seconds between a cluster link's liveness checks: a peer silent for two of
+# them is dead. net/_links.py's DEFAULT_HEARTBEAT, repeated here so that a
+# run without peers need not import the links (aiohttp); a test checks that
+# the two agree.
+DEFAULT_HEARTBEAT = 2.5
 PROGRESS_INTERVAL = 0.5  # seconds between two calls of a plan's `progress`
 
 THREAD, PROCESS, CLUSTER = "thread", "process", "cluster"

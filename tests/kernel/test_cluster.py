@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import functools
+import inspect
 import logging
 import mmap
 import multiprocessing
@@ -469,6 +470,44 @@ def test_a_killed_peer_ends_the_others_promptly_naming_it(tmp_path):
         cluster.close()
 
 
+def test_the_heartbeat_option_gives_up_a_silent_peer_after_two_of_its_periods(tmp_path):
+    """`run(..., heartbeat=0.3)`: process 1 frozen (SIGSTOP: its sockets
+    stay open and nothing answers, as behind a cut cable) is given up by
+    process 0 after two silent periods of 0.3 s. With the default (2.5 s)
+    that takes at least 5 s; the message names the heartbeat used."""
+    cluster = Cluster(functools.partial(_endless, tmp_path), 2, options_for=lambda i: {"heartbeat": 0.3})
+    frozen: list[int] = []
+    try:
+        wait_until(lambda: started(tmp_path) == 2, what="the cluster to run")
+        frozen = descendants(cluster.pid(1))  # the process, its kernel and its relay
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        pipe = dict(cluster.pipes)[0]
+        assert pipe.poll(PROMPTLY), "process 0 did not notice"
+        status, kind, message = pipe.recv()
+        took = time.monotonic() - stopped
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        cluster.close()
+    assert (status, kind) == ("error", "PeerLost"), message
+    assert message.startswith(f"lost process 1 (127.0.0.1:{cluster.ports[1]}): ")
+    assert "did not answer for 0.6 s (peer dead or network cut)" in message
+    assert took < 4, f"{took:.1f} s to give up a silent peer"
+
+
+def test_the_runs_heartbeat_default_is_the_links():
+    """kernel.execution repeats net's default so that a run without peers
+    need not import the links: the two must agree."""
+    from kernel.net._links import DEFAULT_HEARTBEAT as link_default
+
+    from kernel.execution._plan import DEFAULT_HEARTBEAT as plan_default
+
+    assert plan_default == link_default == inspect.signature(run).parameters["heartbeat"].default
+
+
 def _failing():
     def check(n):
         if n == 3_333:
@@ -514,6 +553,11 @@ def test_a_peer_that_never_comes_is_a_clear_error():
     ({"process_id": 0, "peers": "h:1,h:1"}, "listed twice"),
     ({"process_id": 0}, "process_id needs peers"),
     ({"process_id": 0, "peers": "127.0.0.1:7001", "tls": ("/no/cert", "/no/key")}, "TLS file not found"),
+    ({"process_id": 0, "peers": "127.0.0.1:7001", "heartbeat": 0}, "heartbeat must be a positive number"),
+    ({"heartbeat": -1.0}, r"heartbeat must be a positive number of seconds, got -1\.0"),
+    ({"heartbeat": float("inf")}, "heartbeat must be a positive number"),
+    ({"heartbeat": "2"}, "heartbeat must be a positive number"),
+    ({"heartbeat": True}, "heartbeat must be a positive number"),
 ])
 def test_bad_cluster_arguments_are_clear_errors(kwargs, message):
     flow, _ = word_count()
@@ -600,6 +644,12 @@ def test_the_cli_runs_a_cluster(tmp_path):
         [os.sys.executable, "-m", "kernel.run", str(pipeline), "--process-id", "0", "--peers", peers],
         capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 2 and "KERNEL_SECRET" in done.stderr
+    done = subprocess.run(
+        [os.sys.executable, "-m", "kernel.run", str(pipeline), "--process-id", "0", "--peers", peers,
+         "--secret-file", str(secret_file), "--heartbeat", "0"],
+        capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr == "error: heartbeat must be a positive number of seconds, got 0.0\n"
 
 
 def test_ctrl_c_on_one_process_tells_the_others(tmp_path):
@@ -637,7 +687,7 @@ def test_ctrl_c_on_one_process_tells_the_others(tmp_path):
 def _async_member(build, index, peers, out) -> None:
     try:
         flow, handles = build()
-        asyncio.run(run_async(flow, process_id=index, peers=peers, secret=SECRET))
+        asyncio.run(run_async(flow, process_id=index, peers=peers, secret=SECRET, heartbeat=1.0))
         out.send(("ok", [sorted(map(repr, h.items)) for h in handles]))
     except BaseException as exc:
         out.send(("error", type(exc).__name__, str(exc)))
