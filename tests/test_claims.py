@@ -2472,7 +2472,7 @@ def test_a_cluster_that_lost_a_process_resumes_from_the_epoch_complete_on_both_e
     assert "lost process 1" in first[0][1]
     epoch = rec.complete_epochs(rec.store_file(tmp_path, 0, True))[0][0]
     assert epoch >= 2 and max(rec.visible_epochs(tmp_path / "out"), default=0) <= epoch
-    for code, err in rec.finish(rec.start_cluster(tmp_path, shared=True)):
+    for code, err in rec.finish(rec.start_cluster(tmp_path, shared=True, resumed=True)):
         assert code == 0, err
         assert f"resuming from epoch {epoch}\n" in err
     rec.assert_exactly_once(tmp_path / "out")

@@ -42,8 +42,13 @@ PIPELINE = textwrap.dedent(
     N = int(os.environ["N"])
     OUT = os.environ["OUT"]
 
+    # A run that is killed must span many epochs (up to 6 of them before
+    # the kill, well before its end); the run that resumes it, only a few
+    # of its own, at a fifth of the sleeps.
+    EVERY = 100 if os.environ.get("RUN") == "resumed" else 20
+
     def slow(x):
-        if x % 20 in (0, 1):  # on both kernels (record i is kernel i % 2)
+        if x % EVERY in (0, 1):  # on both kernels
             time.sleep(0.004)  # spread the run over many epochs
         return x
 
@@ -79,13 +84,15 @@ def complete_epochs(path: Path) -> list[tuple[int, bool]]:
 
 def start_cluster(tmp: Path, *, shared: bool, crash: tuple[int, str] | None = None, n: int = N,
                   pipeline: str = "pipeline.py", dirs=None, interval: str = "0.02", cores: int = 1,
-                  processes: int = 2) -> list:
+                  processes: int = 2, resumed: bool = False) -> list:
     """Every process, started at once; `crash=(process, spec)` sets
-    KERNEL_CRASH_AT for that process only."""
+    KERNEL_CRASH_AT for that process only; `resumed`: a run that resumes a
+    killed one and only has to finish (PIPELINE sleeps less)."""
     peers = ",".join(f"127.0.0.1:{port}" for port in free_ports(processes))
     procs = []
     for p in range(processes):
-        env = dict(os.environ, N=str(n), OUT=str(tmp / "out"), KERNEL_SECRET=SECRET)
+        env = dict(os.environ, N=str(n), OUT=str(tmp / "out"), KERNEL_SECRET=SECRET,
+                   RUN="resumed" if resumed else "first")
         env.pop("KERNEL_CRASH_AT", None)
         if crash is not None and crash[0] == p:
             env["KERNEL_CRASH_AT"] = crash[1]
@@ -172,12 +179,14 @@ def test_a_cluster_that_lost_a_process_resumes_and_publishes_every_record_once(
     # published only once durable everywhere: process 0 had completed them
     assert max(visible_epochs(tmp / "out"), default=0) <= epoch
 
-    second = finish(start_cluster(tmp, shared=shared))
+    second = finish(start_cluster(tmp, shared=shared, resumed=True))
     for code, err in second:
         assert code == 0, err
         if epoch:
             assert f"resuming from epoch {epoch}\n" in err
     assert_exactly_once(tmp / "out")
+    final, done = complete_epochs(store_file(tmp, 0, shared))[0]
+    assert done and final >= epoch + 3, (epoch, final)  # the resumed run took epochs of its own
 
 
 def test_a_finished_cluster_run_is_not_run_again(tmp_path):
@@ -227,14 +236,16 @@ def test_a_state_dir_missing_on_one_machine_is_refused_naming_the_process(tmp_pa
     # put back, the same commands resume
     assert not (tmp_path / "state1").exists()  # the refused run wrote nothing
     os.replace(tmp_path / "elsewhere", tmp_path / "state1")
-    second = finish(start_cluster(tmp_path, shared=False))
+    second = finish(start_cluster(tmp_path, shared=False, resumed=True))
     assert [code for code, _ in second] == [0, 0], second
     assert_exactly_once(tmp_path / "out")
 
 
-def run_alone(tmp: Path, state: Path, cores: int, crash: str | None = None, n: int = N):
-    """The pipeline on one process of `cores` kernels (`crash`: KERNEL_CRASH_AT)."""
-    env = dict(os.environ, N=str(n), OUT=str(tmp / "out"))
+def run_alone(tmp: Path, state: Path, cores: int, crash: str | None = None, n: int = N,
+              resumed: bool = False):
+    """The pipeline on one process of `cores` kernels (`crash`: KERNEL_CRASH_AT;
+    `resumed`: as start_cluster's)."""
+    env = dict(os.environ, N=str(n), OUT=str(tmp / "out"), RUN="resumed" if resumed else "first")
     env.pop("KERNEL_CRASH_AT", None)
     if crash:
         env["KERNEL_CRASH_AT"] = crash
@@ -270,7 +281,7 @@ def test_a_run_resumed_on_other_processes_and_cores_from_a_shared_state_dir_is_e
         assert any(f"resuming from epoch {epoch}\n" in err and "move by key group" in err
                    for _, err in results), results
     epoch = newest_anywhere(state)
-    last = run_alone(tmp_path, state, 1)
+    last = run_alone(tmp_path, state, 1, resumed=True)
     assert last.returncode == 0, last.stderr
     assert f"resuming from epoch {epoch}\n" in last.stderr
     assert_exactly_once(tmp_path / "out")
@@ -295,6 +306,6 @@ def test_another_shape_from_state_dirs_of_their_own_is_refused_naming_the_proces
                 "processes with 1 core each: a cluster resumes on another number of processes or cores only "
                 "from a state_dir that every process shares") in err
     assert not dirs[2].exists()
-    again = finish(start_cluster(tmp_path, shared=False))
+    again = finish(start_cluster(tmp_path, shared=False, resumed=True))
     assert [code for code, _ in again] == [0, 0], again
     assert_exactly_once(tmp_path / "out")

@@ -30,8 +30,12 @@ PIPELINE = textwrap.dedent(
     N = int(os.environ["N"])
     OUT = os.environ["OUT"]
 
+    # A run that a crash point ends must span many epochs (up to 6 of them
+    # before its crash); the run that resumes it, a few, at a fifth of the sleeps.
+    EVERY = 100 if os.environ.get("RUN") == "resumed" else 20
+
     def slow(x):
-        if x % 20 in (0, 1):
+        if x % EVERY in (0, 1):
             time.sleep(0.004)  # spread the run over many epochs
         return x
 
@@ -67,8 +71,9 @@ _crash_runs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_crash_runs)
 
 
-def run_cli(tmp: Path, cores: int, crash: str | None):
-    return _crash_runs.run_cli(tmp, cores, crash, N=N, OUT=tmp / "out")
+def run_cli(tmp: Path, cores: int, crash: str | None, resumed: bool = False):
+    """`resumed`: a run that resumes a crashed one and only has to finish (PIPELINE sleeps less)."""
+    return _crash_runs.run_cli(tmp, cores, crash, N=N, OUT=tmp / "out", RUN="resumed" if resumed else "first")
 
 
 def newest_complete(state: Path) -> int:
@@ -120,11 +125,13 @@ def test_a_crashed_run_with_a_loop_resumes_and_publishes_every_result_once(tmp_p
     first = run_cli(tmp, cores, crash)
     assert first.returncode != 0, "the crash point was never reached"
     epoch = newest_complete(tmp / "state")
-    second = run_cli(tmp, cores, None)
+    second = run_cli(tmp, cores, None, resumed=True)
     assert second.returncode == 0, second.stderr
     if epoch:  # it resumed from the newest complete epoch
         assert f"resuming from epoch {epoch}\n" in second.stderr
     assert_exactly_once(tmp / "out")
+    final = newest_complete(tmp / "state")
+    assert final >= epoch + 3, (epoch, final)  # the resumed run took epochs of its own
 
 
 def test_a_run_with_a_loop_and_a_state_dir_equals_one_without(tmp_path):
@@ -200,7 +207,7 @@ def test_a_cluster_with_a_loop_that_lost_a_process_resumes_and_publishes_every_r
     assert all(code != 0 for code, _ in first), first
     epoch, finished = (complete_epochs(store_file(tmp_path, 0, False)) or [(0, False)])[0]
     assert not finished
-    second = finish(start_cluster(tmp_path, shared=False, n=N))
+    second = finish(start_cluster(tmp_path, shared=False, n=N, resumed=True))
     for code, err in second:
         assert code == 0, err
         if epoch:

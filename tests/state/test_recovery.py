@@ -59,8 +59,14 @@ PIPELINE = textwrap.dedent(
     """
 ) + COUNT_READ + textwrap.dedent(
     """
+    # A run that a crash point ends must span many epochs (up to 4 of them
+    # before its crash, well before its end); the run that resumes it, only
+    # a few of its own (the test checks it takes some), at a fifth of the
+    # sleeps: ~0.25 s of them on one kernel, not 1.2 s.
+    EVERY = 100 if os.environ["RUN"] == "resumed" else 20
+
     def slow(x):
-        if x % 20 in (0, 1):  # on both kernels (record i is kernel i % 2)
+        if x % EVERY in (0, 1):  # on both kernels
             time.sleep(0.004)  # spread the run over many epochs
         return x
 
@@ -187,6 +193,8 @@ def test_a_crashed_run_resumes_and_publishes_every_record_exactly_once(
     assert second.returncode == 0, second.stderr
     assert_it_resumed(tmp, second, epoch, finished, kept)
     assert_exactly_once(tmp / "out")
+    final, done = newest_complete(tmp / "state")
+    assert done and (finished or final >= epoch + 3), (epoch, final)  # the resumed run took epochs of its own
 
 
 def test_a_run_killed_after_its_third_snapshot_resumes_from_its_second_epoch(tmp_path):
