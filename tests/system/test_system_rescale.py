@@ -13,11 +13,13 @@ from collections import Counter
 from _system import System, wait_until
 
 SLOW = """\
+import os
 import time
 from kernel import Dataflow
 
 def slow(n):
-    time.sleep({pause})
+    if not os.path.exists({go!r}):  # slow until the test lets it go (once it has killed an executor)
+        time.sleep({pause})
     return n
 
 flow = Dataflow("slow")
@@ -41,12 +43,13 @@ def test_a_job_with_state_restarts_on_fewer_cores_and_resumes_exactly(tmp_path):
         out, counts, count = tmp_path / "out", tmp_path / "counts", 3000
         pipeline = tmp_path / "slow.py"
         pipeline.write_text(textwrap.dedent(SLOW.format(pause=0.001, count=count, out=str(out),
-                                                        counts=str(counts))))
+                                                        counts=str(counts), go=str(tmp_path / "go"))))
         job = system.cli("submit", pipeline, "--cores", "2", "--state-dir", tmp_path / "state",
                          "--epoch-interval", "0.2").stdout.splitlines()[0]
         wait_until(lambda: list(out.glob("part-*.jsonl")), what="a first complete epoch")
         assert system.job(job)["placement"] == [system.executor_id(big)]
         big.send_signal(signal.SIGKILL)
+        (tmp_path / "go").touch()  # the restarted run need not be slow
         wait_until(lambda: system.job(job)["status"] in ("completed", "failed"), timeout=60,
                    what="the rescaled job to end", every=0.2)
         state = system.job(job)
@@ -72,12 +75,13 @@ def test_a_job_of_two_processes_with_state_restarts_as_one_on_the_same_host(tmp_
         out, counts, count = tmp_path / "out", tmp_path / "counts", 3000
         pipeline = tmp_path / "slow.py"
         pipeline.write_text(textwrap.dedent(SLOW.format(pause=0.001, count=count, out=str(out),
-                                                        counts=str(counts))))
+                                                        counts=str(counts), go=str(tmp_path / "go"))))
         job = system.cli("submit", pipeline, "--processes", "2", "--cores", "1", "--state-dir",
                          tmp_path / "state", "--epoch-interval", "0.2").stdout.splitlines()[0]
         wait_until(lambda: list(out.glob("part-*.jsonl")), what="a first complete epoch")
         assert len(system.job(job)["placement"]) == 2
         second.send_signal(signal.SIGKILL)
+        (tmp_path / "go").touch()  # the restarted run need not be slow
         wait_until(lambda: system.job(job)["status"] in ("completed", "failed"), timeout=60,
                    what="the rescaled job to end", every=0.2)
         state = system.job(job)
