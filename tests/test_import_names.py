@@ -107,8 +107,10 @@ def wheel_python(tmp_path_factory) -> str:
     install's finder lives there as a .pth too, but a directory added by a
     path file has its own .pth files ignored."""
     base = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(base / "dist"),
-                    str(ROOT)], check=True, capture_output=True, timeout=300)
+    # with this environment's setuptools (a dev dependency, the version
+    # [build-system] asks for), not one pip installs afresh in isolation
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(base / "dist"), str(ROOT)], check=True, capture_output=True, timeout=300)
     wheel, = (base / "dist").glob("streamkernel-*.whl")
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
