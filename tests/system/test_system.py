@@ -16,6 +16,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -252,8 +253,10 @@ def test_bad_usage_gets_a_clear_error(system, tmp_path):
         (["logs", "job-999"], {}, 1, "no such job: job-999"),
         (["kill", "job-999"], {}, 1, "no such job: job-999"),
     ]
-    for args, env, code, message in cases:
-        done = system.cli(*args, env=dict(system.env, **env))
+    # independent CLI processes, run two at a time (each is mostly its ~0.4 s of start-up)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda case: system.cli(*case[0], env=dict(system.env, **case[1])), cases))
+    for (args, _, code, message), done in zip(cases, results):
         assert (done.returncode, message in done.stderr) == (code, True), (args, done.stderr)
 
 
