@@ -299,14 +299,16 @@ def started(directory) -> int:
 SLOW_NUMBERS_TOTALS = [sorted(repr((k, sum(n for n in range(40) if n % 3 == k))) for k in range(3))]
 
 
-def slow_numbers(started_in=None):
-    """A source that runs for a few seconds (long enough to disturb it)."""
+def slow_numbers(started_in=None, go=None):
+    """A source that runs for a few seconds (long enough to disturb it), or
+    at full speed once the file `go` exists (the test is done disturbing it)."""
 
     async def numbers():
         mark_started(started_in)
         for i in range(40):
             yield i
-            await asyncio.sleep(0.05)
+            if go is None or not go.exists():
+                await asyncio.sleep(0.05)
 
     flow = Dataflow("slow")
     totals = flow.from_async_iterable(numbers()).key_by(lambda n: n % 3).sum().collect()
@@ -314,7 +316,8 @@ def slow_numbers(started_in=None):
 
 
 def test_garbage_plain_http_and_strangers_on_the_port_change_nothing(tmp_path):
-    cluster = Cluster(functools.partial(slow_numbers, tmp_path), 2, logs=tmp_path)
+    go = tmp_path / "go"
+    cluster = Cluster(functools.partial(slow_numbers, tmp_path, go), 2, logs=tmp_path)
     try:
         port = cluster.ports[0]
         wait_until(lambda: started(tmp_path) == 2, what="the cluster to run")
@@ -340,6 +343,7 @@ def test_garbage_plain_http_and_strangers_on_the_port_change_nothing(tmp_path):
         assert asyncio.run(stranger("not-the-secret")) == "AuthenticationFailed"
         # the right secret, but process 1 is already linked: refused too
         assert asyncio.run(stranger(SECRET)) != "joined"
+        go.touch()  # disturbed enough: the run may end
         outcomes = cluster.outcomes()
     finally:
         cluster.close()
@@ -401,7 +405,8 @@ def test_strangers_before_authentication_cost_the_relay_little_memory(tmp_path):
     of it, and 6 connect and never speak. The relay is refused, at the
     frame's head, everything but the silent ones, and its peak memory stays
     within a few MB; process 1 links while the silent ones are pending."""
-    cluster = Cluster(slow_numbers, 2, start=False)
+    (tmp_path / "go").touch()  # nothing disturbs the run itself: no need for it to be slow
+    cluster = Cluster(functools.partial(slow_numbers, go=tmp_path / "go"), 2, start=False)
     packer = zlib.compressobj(9, zlib.DEFLATED, -15)
     unfolding = (packer.compress(b"a" * (15 << 20)) + packer.flush(zlib.Z_SYNC_FLUSH))[:-4]
     strangers, silent = [], []
