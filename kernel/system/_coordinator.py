@@ -59,7 +59,8 @@ class CoordinatorServer(AuthenticatedServer):
         if op == "register":
             executor = master.register(session, m)
             state["executor"] = executor.id
-            return {"executor": executor.id}
+            # (the executor stops its job processes when cut off for most of it: fencing)
+            return {"executor": executor.id, "executor_timeout": master.executor_timeout}
         if state["executor"] is None:
             raise RequestError(f"{op} before register")
         master.heard_from(state["executor"])
