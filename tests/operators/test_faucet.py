@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kernel import Dataflow, Operator, run
@@ -139,8 +139,8 @@ def test_a_loop_whose_waiting_input_would_flood_memory_runs_in_little():
     bounded, reports = fan_out(make, 2, 4, 20, 1, batch_size=64)
     (peak, growth), = reports.values()
     assert bounded == Counter({name: 16 for name in range(4000)})
-    assert peak <= 20 + 2 * 64
     assert growth < 16 << 20
+    assert peak <= 20 + 2 * 64
     unbounded, reports = fan_out(make, 2, 4, None, 1, batch_size=64)
     (peak, growth), = reports.values()
     assert unbounded == bounded
@@ -193,6 +193,10 @@ def leaves_of(roots, ways):
 
 
 @EXAMPLES
+# (a deadlock once: after a run, as many records waited as before it, new ones,
+# and the kernel took that for nothing new and never asked for another run)
+@example(roots=[(i % 21, 2) for i in range(48)], ways=3, max_in_flight=6, batch_size=3, cores=1,
+         exchanged=False, timed=False)
 @given(st.lists(st.tuples(st.integers(0, 20), st.integers(0, 3)), max_size=60),
        st.integers(1, 6), st.integers(1, 7), st.sampled_from([1, 3, 64]), st.sampled_from([1, 2, 3]),
        st.booleans(), st.booleans())
