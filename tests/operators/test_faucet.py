@@ -284,3 +284,33 @@ def test_a_crashed_run_with_flow_control_resumes_and_publishes_every_result_once
     for path in sorted((tmp_path / "out" / "out").glob("part-*.jsonl")):
         lines += [tuple(json.loads(line)) for line in path.read_text().splitlines()]
     assert Counter(lines) == Counter((x + 2, _collatz_steps(x + 2)) for x in range(count))
+
+
+def test_max_in_flight_on_a_loop_inside_another_is_refused_naming_both():
+    """An inner loop's runs take in a round of the outer loop at once, so a
+    max_in_flight there would bound nothing: refused when the flow is
+    built, naming the loops; on the outer loop it is taken."""
+    flow = Dataflow()
+    numbers = flow.from_iterable([5, 3])
+
+    def inner(values):
+        return values.filter(lambda v: v > 1).map(lambda v: v - 1), values
+
+    def outer(values):
+        return values.filter(lambda v: v > 4).map(lambda v: v - 4), values.iterate(
+            inner, max_in_flight=2, name="inner")
+
+    with pytest.raises(ValueError, match=r"inner: max_in_flight bounds a loop at the top level only; "
+                                         r"this one is inside iterate\(outer\)"):
+        numbers.iterate(outer)
+    flow = Dataflow()
+    out = flow.from_iterable([5, 3]).iterate(
+        lambda values: (values.filter(lambda v: v > 4).map(lambda v: v - 4), values.iterate(inner)),
+        max_in_flight=1).collect()
+    run(flow)
+    expected, outer_round = [], [5, 3]
+    while outer_round:
+        for value in outer_round:
+            expected += range(value, 0, -1)  # the inner loop's out: every round's values
+        outer_round = [v - 4 for v in outer_round if v > 4]
+    assert sorted(out.items) == sorted(expected)
