@@ -51,10 +51,10 @@ snapshot with nothing in flight (their `Instance` alignment, as outside
 loops), and the entry's own part is the records that came before the marker
 and still wait, its outer watermarks then, and the loop's run count. A run
 takes in no record behind a marker not yet in the loop. Markers that never
-reach every kernel (one kernel's inputs ended first) are dropped when a run
-starts after every kernel's inputs ended (with `max_in_flight`, several may
-follow, taking in the records behind them); the loop's steps end after the
-last, which stands for them.
+reach every kernel (those after the last one a kernel got before its inputs
+all ended: JOIN says so) are dropped by the next run to start, on every
+kernel alike, which then takes in the records behind them; the loop's steps
+end after the last run, which stands for them.
 
 Flow control (Faucet, `max_in_flight`): besides what a run takes in, what
 waits at the entries is bounded, by pausing sources (`check_room`). A
@@ -66,8 +66,8 @@ into runs before the input ends. A kernel whose entries hold that many
 that the next run takes in (below the last run's frontier) says so to every
 kernel (`RoundMarker.FULL` on the back edge): records from their sources may
 wait there (an exchange before the loop), so they pause too, until it says
-it has room. Records not counted (behind an epoch's marker not yet in the
-loop, or with a time the watermark has not passed) are not bounded.
+it has room. Records with a time the outer watermark has not passed are
+not counted, nor bounded.
 """
 
 from __future__ import annotations
@@ -159,8 +159,12 @@ class LoopControl:
         state = self._state()
         if state == self.reported:
             return  # what this kernel said last time lapsed, and nothing changed
-        frontier, ended, _, earliest = state
-        if frontier > self.frontier or ended or _takes(earliest, frontier):
+        frontier, ended, _, earliest, epoch = state
+        # (max_in_flight: a kernel whose sources wait for records behind an
+        # epoch's mark needs a run once every kernel has that epoch, and
+        # only the last to get it knows)
+        if (frontier > self.frontier or ended or _takes(earliest, frontier)
+                or (self.faucet and epoch > self.epoch_done)):
             self.asked = self.runs + 1
             self.back.deliver(0, RoundMarker(self.id, RoundMarker.START, self.asked))
 
@@ -171,13 +175,15 @@ class LoopControl:
 
     def joined_by(self, marker: RoundMarker) -> None:
         """A kernel's answer for run `marker.count`."""
-        answer = self.answers.setdefault(marker.count, [0, _INF, True, 0, _INF, 2**64 - 1])
+        answer = self.answers.setdefault(marker.count, [0, _INF, True, 0, _INF, 2**64 - 1, 2**64 - 1])
         answer[0] += 1
         answer[1] = min(answer[1], marker.frontier)
         answer[2] = answer[2] and marker.final
         answer[3] = max(answer[3], marker.held)
         answer[4] = min(answer[4], marker.earliest)
         answer[5] = min(answer[5], marker.epoch)
+        if marker.final:  # that kernel's inputs have all ended: it gets no later epoch
+            answer[6] = min(answer[6], marker.epoch)
         self._decide()
 
     def _join(self) -> None:
@@ -185,8 +191,7 @@ class LoopControl:
         if not self.running and self.asked >= run and self.joined < run and not self.finished:
             self.joined = run
             self.reported = state = self._state()
-            frontier, ended, held, earliest = state
-            epoch = min(entry.ready_epoch for entry in self.entries)
+            frontier, ended, held, earliest, epoch = state
             self.back.deliver(0, RoundMarker(self.id, RoundMarker.JOIN, run, ended, frontier, held, earliest,
                                              epoch))
 
@@ -197,7 +202,7 @@ class LoopControl:
             return
         del self.answers[run]
         self.runs = run
-        _, frontier, ended, held, earliest, epoch = answer
+        _, frontier, ended, held, earliest, epoch, last_everywhere = answer
         final = ended and held <= self.in_flight
         if frontier > self.frontier or final or _takes(earliest, frontier) or epoch > self.epoch_done:
             # epoch markers every kernel's entries have go into the loop first,
@@ -208,15 +213,15 @@ class LoopControl:
                 for entry in self.entries:
                     entry.pass_epochs(epoch, before)
                 self.epoch_done = epoch
-            if ended:
-                # epochs some kernel's inputs ended before never come
-                # everywhere, and would hold the loop's steps (whose inputs end
-                # only after the last run) aligning forever, and the records
-                # behind them waiting (max_in_flight: runs after this one):
-                # their markers go, and the steps' ends stand in for them
-                # (`EpochTracker.ended`)
+            if last_everywhere < 2**64 - 1:
+                # epochs after the last one a kernel whose inputs have all
+                # ended got never come everywhere, and would hold the loop's
+                # steps (whose inputs end only after the last run) aligning
+                # forever, and the records behind them waiting: their markers
+                # go, on every kernel alike, and the steps' ends stand in for
+                # them (`EpochTracker.ended`)
                 for entry in self.entries:
-                    entry.drop_epochs()
+                    news = entry.drop_epochs(last_everywhere) or news
             self.running = True
             self.frontier = frontier
             self.final = self.finished = final
@@ -251,7 +256,8 @@ class LoopControl:
     def _state(self) -> tuple:
         """(outer watermark, inputs all ended, records waiting, their earliest
         time: _NOW when records without time wait and max_in_flight lets
-        any run take them)."""
+        any run take them, the latest epoch every entry here has: a new one
+        is news, for a run may now take in the records behind it)."""
         held, earliest, untimed = 0, _INF, False
         for entry in self.entries:
             n, first, without_time = entry.waiting()
@@ -260,7 +266,8 @@ class LoopControl:
             untimed = untimed or without_time
         if untimed and self.faucet:
             earliest = _NOW
-        return self._outer_frontier(), self._ended(), held, earliest
+        epoch = min(entry.ready_epoch for entry in self.entries)
+        return self._outer_frontier(), self._ended(), held, earliest, epoch
 
     def _earliest(self) -> float:
         """The earliest time among the records waiting (without time: _UNTIMED)."""
@@ -268,14 +275,19 @@ class LoopControl:
 
     # -- Faucet: this kernel's sources wait while enough records wait ----------------
     # Only records the loop is sure to take in count, or a pause could wait
-    # for what it stops: here, those before the first epoch mark not yet in
-    # the loop, without event time, or with a time below this kernel's outer
-    # watermark (the next runs go up to it: the kernel with the least
-    # watermark pauses only for records every kernel's watermark passed). A
-    # kernel counts only those below the last run's frontier (or without
-    # time) to tell every kernel that it is full: they pause too, as records
-    # from their sources may come to its entries (an exchange before the
-    # loop), and those records need no watermark to move to go in.
+    # for what it stops: here, those without event time, or with a time
+    # below this kernel's outer watermark (the next runs go up to it: the
+    # kernel with the least watermark pauses only for records every
+    # kernel's watermark passed). Records behind an epoch's mark count too:
+    # every kernel's entries get that epoch's marker (the sources send one
+    # every interval, paused or not; the last kernel to get it asks for a
+    # run) and a run takes it in, or a kernel's inputs have all ended
+    # before it, and the next run drops the mark on every kernel. A kernel
+    # counts only those below the last run's frontier (or without time),
+    # before any mark, to tell every kernel that it is full: they pause
+    # too, as records from their sources may come to its entries (an
+    # exchange before the loop), and those records need nothing else to
+    # move to go in.
 
     def check_room(self) -> None:
         """Pause or resume this kernel's sources, and tell every kernel when
@@ -464,8 +476,11 @@ class Entry(Instance):
             self._pass_epoch(item.epoch, before, item.outer, control_state)
         self.held_outside = before
 
-    def drop_epochs(self) -> None:
-        self.held_outside = [item for item in self.held_outside if item.__class__ is not _Mark]
+    def drop_epochs(self, after: int) -> bool:
+        """Epoch marks after `after` go (see `LoopControl._decide`); any?"""
+        held = self.held_outside
+        self.held_outside = [item for item in held if item.__class__ is not _Mark or item.epoch <= after]
+        return len(self.held_outside) < len(held)
 
     def _pass_epoch(self, epoch: int, held: list, outer, control_state) -> None:
         if control_state is not None:
@@ -554,21 +569,25 @@ class Entry(Instance):
         """Records waiting that runs are sure to take in (Faucet: see
         `LoopControl.check_room`): those with a time below `local` (this
         kernel's outer watermark), and those below `agreed` (the last run's
-        frontier), records without time in both; before the first epoch
-        mark; counted until the second reaches `limit`."""
+        frontier) and before the first epoch mark, records without time in
+        both; counted until the second reaches `limit`."""
         mine = everywhere = 0
+        marked = False  # past a mark: only the first count goes on
         for batch in self.held_outside:
             cls = batch.__class__
             if cls is _Mark:
-                break
+                marked = True
+                continue
             if cls is TimedBatch:
                 stamps = batch.timestamps
                 if stamps and min(stamps) < local:
                     mine += sum(1 for t in stamps if t < local)
-                    everywhere += sum(1 for t in stamps if t < agreed)
+                    if not marked:
+                        everywhere += sum(1 for t in stamps if t < agreed)
             else:
                 mine += len(batch)
-                everywhere += len(batch)
+                if not marked:
+                    everywhere += len(batch)
             if everywhere >= limit:
                 break
         return mine, everywhere
