@@ -427,9 +427,10 @@ class Entry(Instance):
         elif isinstance(payload, list):
             if self.control.top:
                 self.held_outside.append(payload)  # until a run takes its time in
-                if self.control.faucet:  # records without time go in as they come
+                if self.control.faucet:
                     self.control.check_room()
-                    self.control.outer_moved()
+                    if payload.__class__ is not TimedBatch:  # records without time go in as they come
+                        self.control.outer_moved()
             else:  # a loop inside another: outside data comes only between runs
                 self.op.emit(payload)
         else:
