@@ -11,7 +11,8 @@ entry (R x 16 KB a kernel); with `max_in_flight=N` a kernel's sources pause
 while N records wait that runs will take in. For each setting and number of
 kernels: the peak growth of each kernel's resident memory during the run
 (sampled at every batch inside the loop, against its size when the flow
-opened; the largest over the kernels), the peak number of records waiting
+opened; the largest over the kernels; each run in a fresh interpreter, so
+that no earlier run's freed heap hides the growth), the peak number of records waiting
 before the loop on a kernel, and the wall seconds. Every run's leaves are
 checked against the plain count (64 a record).
 """
@@ -19,7 +20,10 @@ checked against the plain count (64 a record).
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import time
 
 from benches._report import machine, table
@@ -99,12 +103,24 @@ def measure(records: int, max_in_flight: int | None, cores: int) -> tuple[int, i
     return max(r[1] for r in reports), max(r[2] for r in reports), seconds
 
 
+def measure_fresh(records: int, max_in_flight: int | None, cores: int) -> tuple[int, int, float]:
+    """`measure` in a new interpreter."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benches.faucet", "--measure", json.dumps([records, max_in_flight, cores])],
+        capture_output=True, text=True, check=True)
+    return tuple(json.loads(done.stdout.splitlines()[-1]))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2,000 records a kernel (smoke test)")
     parser.add_argument("--records", type=int, default=None, help="records a kernel (20,000)")
     parser.add_argument("--max-in-flight", type=int, default=100, help="N for the bounded runs (100)")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # one run: [records, max_in_flight, cores]
     args = parser.parse_args(argv)
+    if args.measure:
+        print(json.dumps(measure(*json.loads(args.measure))))
+        return
     if args.records is not None and args.records < 1:
         parser.error("--records must be a positive int")
     if args.max_in_flight < 1:
@@ -115,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for cores in (1, 2):
         for limit in (None, args.max_in_flight):
-            waiting, growth, seconds = measure(records, limit, cores)
+            waiting, growth, seconds = measure_fresh(records, limit, cores)
             rows.append([cores, "none" if limit is None else f"max_in_flight={limit}",
                          f"{waiting:,}", f"{growth / 2**20:.1f}", f"{seconds:.2f}"])
     print(table("A loop whose input would flood memory",

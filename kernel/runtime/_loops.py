@@ -589,7 +589,7 @@ class Entry(Instance):
                 mine += len(batch)
                 if not marked:
                     everywhere += len(batch)
-            if everywhere >= limit:
+            if everywhere >= limit or (marked and mine >= limit):  # (the second stops at a mark)
                 break
         return mine, everywhere
 
