@@ -932,12 +932,21 @@ def rescale_flow(out: Path, own: bool = False):
 
 
 def crash_on_two_kernels(out: Path, state: Path, own: bool = False) -> None:
-    kernel._faults._SPEC = "snapshot:4@1"  # as KERNEL_CRASH_AT, for the forked kernels
+    """Killed on kernel 1's 6th snapshot, once an epoch is complete (the
+    launcher may see the crash before the last reports of durable epochs:
+    with too early a crash, under load, none was complete, and the resume
+    had nothing to rescale)."""
+    kernel._faults._SPEC = "snapshot:6@1"  # as KERNEL_CRASH_AT, for the forked kernels
     try:
         with pytest.raises(KernelProcessError):
             run(rescale_flow(out, own)[0], cores=2, state_dir=state, epoch_interval=0.01)
     finally:
         kernel._faults._SPEC = None
+    store = SnapshotStore(state)
+    try:
+        assert store.completed(), "no epoch was complete when kernel 1 was killed"
+    finally:
+        store.close()
 
 
 @promise(STATE, "Rescale on resume")
@@ -2510,7 +2519,9 @@ def test_claim_a_job_whose_executor_is_lost_runs_again_within_seconds(tmp_path):
     """Its executor SIGKILLed, a running job is running again on the other
     executor, its restart counted; the 24 ms is benches/RESULTS.md's.
     (tests/system/test_system.py::test_an_executor_killed_mid_run_the_job_restarts_and_writes_every_record_once
-    checks the resumed output.)"""
+    checks the resumed output; tests/system/test_system_netns.py::
+    test_a_pulled_cable_loses_the_executor_and_its_job_restarts_on_the_other_host
+    the fencing, test_system.py's coordinator restart the adoption.)"""
     system = System(tmp_path)
     try:
         system.start_coordinator()
