@@ -87,12 +87,16 @@ class RoundMarker:
     is a kernel's answer, with its outer watermark `frontier`, `final`, and
     how many records wait at its entries (`held`), the earliest time
     among them (`earliest`), and the latest epoch whose marker has come
-    on every input of its entries (`epoch`).)"""
+    on every input of its entries (`epoch`). A third, FULL, says whether
+    that kernel's entries hold `max_in_flight` records that the next run
+    takes in (`count` 1) or no longer (`count` 0): every kernel pauses its
+    sources while one is full (Faucet's flow control).)"""
 
     __slots__ = ("count", "earliest", "epoch", "final", "frontier", "held", "loop", "round")
 
     START = 2**64 - 1
     JOIN = 2**64 - 2
+    FULL = 2**64 - 3
 
     def __init__(self, loop: int, round: int, count: int = 0, final: bool = False,
                  frontier: float = float("-inf"), held: int = 0, earliest: float = float("inf"),

@@ -2705,33 +2705,69 @@ def test_windows_after_a_loop_are_exact_and_come_while_the_input_goes_on():
 
 
 @promise(LOOPS, "Flow control")
-def test_max_in_flight_keeps_a_fanning_out_loop_bounded():
-    """Each record fans out 8 ways for 3 rounds: with max_in_flight=2 no
-    round on a kernel holds more than 2 records' worth (2 * 8**2), and every
-    leaf comes out. The rest:
+def test_max_in_flight_keeps_what_circulates_and_what_waits_bounded():
+    """Two kernels, each making 3,000 records lazily, each fanning out 8 ways
+    for 2 rounds, max_in_flight=20: no round on a kernel holds more than
+    20 records' worth (20 * 8**2), no more than 20 + three source batches
+    (64 each: a batch or two, as the kernel schedules them) ever wait
+    before the loop on a kernel (what the step before the loop handed on,
+    less what came into a run's round 0, counted by the loop head's only
+    step, chained to it), and every leaf comes out. The
+    rest: tests/operators/test_faucet.py (memory growth, an
+    exchange before the loop, event time, max_in_flight below a batch,
+    hypothesis against plain Python, a crash-resume) and
     tests/operators/test_iterate.py::test_max_in_flight_bounds_what_circulates_and_loses_nothing."""
+    counts: dict = {}  # per kernel process: [handed on, taken into round 0, peak waiting]
 
-    class Largest(Operator):
+    class HandedOn(Operator):
         def open(self, context):
+            self.counts = counts[context.index] = [0, 0, 0]
+
+        def on_batch(self, port, batch):
+            self.counts[0] += len(batch)
+            self.counts[2] = max(self.counts[2], self.counts[0] - self.counts[1])
+            self.emit(batch)
+
+    class Rounds(Operator):
+        def open(self, context):
+            self.counts = counts[context.index]
             self.now = 0
 
         def on_batch(self, port, batch):
             self.now += len(batch)
+            self.counts[1] += sum(1 for v in batch if v[1] == 2)
+            self.emit(batch)
 
         def on_round(self, round):
             self.emit([("round", self.now)])
             self.now = 0
 
-    def body(nodes):
-        children = nodes.filter(lambda v: v[1] > 0).flat_map(lambda v: [(v[0], v[1] - 1)] * 8)
-        return children, nodes.filter(lambda v: v[1] == 0).union(nodes.apply(Largest))
+    class Peak(Operator):
+        def open(self, context):
+            self.counts = counts[context.index]
+
+        def on_batch(self, port, batch):
+            self.emit(batch)
+
+        def on_end(self):
+            self.emit([("waiting", self.counts[2])])
+
+    def body(entering):
+        nodes = entering.apply(Rounds)  # the records, and ("round", its size) at each round's end
+        children = nodes.filter(lambda v: v[0] != "round" and v[1] > 0).flat_map(
+            lambda v: [(v[0], v[1] - 1)] * 8)
+        return children, nodes.filter(lambda v: v[0] == "round" or v[1] == 0)
 
     flow = Dataflow()
-    out = flow.from_iterable([(r, 2) for r in range(30)]).iterate(body, max_in_flight=2).collect()
+    roots = flow.from_partitions(lambda k, n: ((k * 3000 + i, 2) for i in range(3000)), batch_size=64)
+    out = roots.apply(HandedOn).iterate(body, max_in_flight=20).apply(Peak).collect()
     run(flow, cores=2)
     rounds = [n for tag, n in out.items if tag == "round"]
-    assert max(rounds) <= 2 * 8 ** 2
-    assert Counter(root for root, _ in out.items if root != "round") == {r: 64 for r in range(30)}
+    waiting = [n for tag, n in out.items if tag == "waiting"]
+    assert max(rounds) <= 20 * 8 ** 2
+    assert len(waiting) == 2 and max(waiting) <= 20 + 3 * 64
+    assert Counter(root for root, _ in out.items if root not in ("round", "waiting")) == {
+        r: 64 for r in range(6000)}
 
 
 @promise(LOOPS, "Refused when the flow is built")
@@ -2739,7 +2775,8 @@ def test_loops_refuse_hand_made_cycles_and_misplaced_steps_naming_them():
     """The cycle and a step outside reading a loop's step, each named; a
     window inside a body; bad options. The rest:
     tests/operators/test_iterate.py (test_a_cycle_..., test_a_step_inside_...,
-    test_bad_bodies_and_options_are_refused)."""
+    test_bad_bodies_and_options_are_refused), tests/operators/test_faucet.py
+    (test_max_in_flight_on_a_loop_inside_another_is_refused_naming_both)."""
     from kernel.dataflow._graph import Edge
     from operators import Tumbling
 

@@ -932,9 +932,12 @@ class Stream(Generic[T_co]):
         leaves the loop: the result is the union of `out` over every round.
         The loop ends when a round feeds nothing back, on every kernel, or
         after `max_rounds` rounds (what the last one feeds back is dropped).
-        With `max_in_flight=N` (Faucet's flow control), each kernel lets at
-        most N of this stream's records into a run; the others wait at the
-        loop's entry for the next run, so what circulates stays bounded.
+        With `max_in_flight=N` (Faucet's flow control, a loop at the top
+        level only), each kernel lets at most N of this stream's records
+        into a run; the others wait at the loop's entry for the next runs,
+        and the kernel's sources pause while N wait there that runs will
+        take in, so what circulates and what waits stay bounded (records
+        without event time go in as they come, not at the end of input).
 
         Inside `body`, streams from outside the loop may be used (joined,
         unioned): their records enter in round 0, and operators keep their
@@ -960,6 +963,11 @@ class Stream(Generic[T_co]):
             raise TypeError(f"iterate needs a callable body(loop_input) -> (feedback, out), got {body!r}")
         label = name or f"iterate({_fn_name(body)})"
         graph = self.flow.graph
+        if max_in_flight is not None and graph.scope is not None:
+            # an inner loop's runs take in what a round of the outer one
+            # brings, all at once: the outer loop's max_in_flight bounds it
+            raise ValueError(f"{label}: max_in_flight bounds a loop at the top level only; this one is "
+                             f"inside {graph.scope.name} (give max_in_flight to that loop)")
         steps = len(graph.nodes)
         scope = graph.open_loop(label, max_rounds, max_in_flight)
         try:

@@ -51,8 +51,23 @@ snapshot with nothing in flight (their `Instance` alignment, as outside
 loops), and the entry's own part is the records that came before the marker
 and still wait, its outer watermarks then, and the loop's run count. A run
 takes in no record behind a marker not yet in the loop. Markers that never
-reach every kernel (one kernel's inputs ended first) are dropped when the
-last run starts; the loop's steps end after it, which stands for them.
+reach every kernel (those after the last one a kernel got before its inputs
+all ended: JOIN says so) are dropped by the next run to start, on every
+kernel alike, which then takes in the records behind them; the loop's steps
+end after the last run, which stands for them.
+
+Flow control (Faucet, `max_in_flight`): besides what a run takes in, what
+waits at the entries is bounded, by pausing sources (`check_room`). A
+kernel's sources pause, as under backpressure but without holding what
+other kernels send (the loop's START, JOIN and round markers come that
+way), while its entries hold `max_in_flight` records that runs are sure to
+take in without anything else moving; records without event time then go
+into runs before the input ends. A kernel whose entries hold that many
+that the next run takes in (below the last run's frontier) says so to every
+kernel (`RoundMarker.FULL` on the back edge): records from their sources may
+wait there (an exchange before the loop), so they pause too, until it says
+it has room. Records with a time the outer watermark has not passed are
+not counted, nor bounded.
 """
 
 from __future__ import annotations
@@ -68,6 +83,7 @@ from ._progress import Frontier
 
 _INF = math.inf
 _UNTIMED = sys.float_info.max  # a record without event time: below +inf only
+_NOW = -_INF  # (a JOIN's `earliest`) records without event time that any run may take (max_in_flight)
 
 
 class LoopControl:
@@ -98,6 +114,14 @@ class LoopControl:
         self.epoch_done = 0  # epoch markers up to this one went into the loop
         # records admitted into a run, per kernel (Faucet: the rest wait at the entries)
         self.in_flight = _INF if scope.max_in_flight is None else scope.max_in_flight
+        # Faucet at the top level: records without event time go into runs
+        # before the input ends, and this kernel's sources pause while an
+        # entry here, or on another kernel, holds as many records as a run
+        # takes in (`check_room`)
+        self.faucet = scope.max_in_flight is not None and self.top
+        self.holding = False  # this kernel's sources are paused by this loop
+        self.full = False  # what this kernel last told every kernel (RoundMarker.FULL)
+        self.full_peers: set[int] = set()  # back-edge channels whose kernel said it is full
         self.final = False  # this run ends every input (its entries end after it)
         self.finished = False  # the final run has started
         self.rounds = 0  # rounds completed here, over every run (benches)
@@ -135,8 +159,12 @@ class LoopControl:
         state = self._state()
         if state == self.reported:
             return  # what this kernel said last time lapsed, and nothing changed
-        frontier, ended, _, earliest = state
-        if frontier > self.frontier or ended or earliest < frontier:
+        frontier, ended, _, earliest, epoch = state
+        # (max_in_flight: a kernel whose sources wait for records behind an
+        # epoch's mark needs a run once every kernel has that epoch, and
+        # only the last to get it knows)
+        if (frontier > self.frontier or ended or _takes(earliest, frontier)
+                or (self.faucet and epoch > self.epoch_done)):
             self.asked = self.runs + 1
             self.back.deliver(0, RoundMarker(self.id, RoundMarker.START, self.asked))
 
@@ -147,13 +175,15 @@ class LoopControl:
 
     def joined_by(self, marker: RoundMarker) -> None:
         """A kernel's answer for run `marker.count`."""
-        answer = self.answers.setdefault(marker.count, [0, _INF, True, 0, _INF, 2**64 - 1])
+        answer = self.answers.setdefault(marker.count, [0, _INF, True, 0, _INF, 2**64 - 1, 2**64 - 1])
         answer[0] += 1
         answer[1] = min(answer[1], marker.frontier)
         answer[2] = answer[2] and marker.final
         answer[3] = max(answer[3], marker.held)
         answer[4] = min(answer[4], marker.earliest)
         answer[5] = min(answer[5], marker.epoch)
+        if marker.final:  # that kernel's inputs have all ended: it gets no later epoch
+            answer[6] = min(answer[6], marker.epoch)
         self._decide()
 
     def _join(self) -> None:
@@ -161,8 +191,7 @@ class LoopControl:
         if not self.running and self.asked >= run and self.joined < run and not self.finished:
             self.joined = run
             self.reported = state = self._state()
-            frontier, ended, held, earliest = state
-            epoch = min(entry.ready_epoch for entry in self.entries)
+            frontier, ended, held, earliest, epoch = state
             self.back.deliver(0, RoundMarker(self.id, RoundMarker.JOIN, run, ended, frontier, held, earliest,
                                              epoch))
 
@@ -173,34 +202,43 @@ class LoopControl:
             return
         del self.answers[run]
         self.runs = run
-        _, frontier, ended, held, earliest, epoch = answer
+        _, frontier, ended, held, earliest, epoch, last_everywhere = answer
         final = ended and held <= self.in_flight
-        if frontier > self.frontier or final or earliest < frontier or epoch > self.epoch_done:
+        if frontier > self.frontier or final or _takes(earliest, frontier) or epoch > self.epoch_done:
             # epoch markers every kernel's entries have go into the loop first,
             # each with its entry's snapshot: the loop is still between runs
             before = (self.frontier, run - 1)
+            news = epoch > self.epoch_done  # this run changes what waits here
             if epoch > self.epoch_done:
                 for entry in self.entries:
                     entry.pass_epochs(epoch, before)
                 self.epoch_done = epoch
-            if final:
-                # epochs some kernel's inputs ended before never come
-                # everywhere, and would hold the loop's steps (whose inputs end
-                # only after this run) aligning forever: their markers go, and
-                # the steps' ends stand in for them (`EpochTracker.ended`)
+            if last_everywhere < 2**64 - 1:
+                # epochs after the last one a kernel whose inputs have all
+                # ended got never come everywhere, and would hold the loop's
+                # steps (whose inputs end only after the last run) aligning
+                # forever, and the records behind them waiting: their markers
+                # go, on every kernel alike, and the steps' ends stand in for
+                # them (`EpochTracker.ended`)
                 for entry in self.entries:
-                    entry.drop_epochs()
+                    news = entry.drop_epochs(last_everywhere) or news
             self.running = True
             self.frontier = frontier
             self.final = self.finished = final
             budget = self.in_flight
             for entry in self.entries:
-                budget -= entry.admit(frontier, budget)
+                admitted = entry.admit(frontier, budget)
+                budget -= admitted
+                news = news or admitted > 0
+            if news:  # what waits after the run may equal what this kernel said, yet be new
+                self.reported = None
             # records with a time below the frontier still wait (max_in_flight):
             # the watermark must not pass them
-            waiting = self._state()[3] < frontier
+            waiting = self._earliest() < frontier
             for entry in self.entries:
                 entry._close(END if final else -_INF if waiting else frontier)
+            if self.faucet:
+                self.check_room()
         else:  # nothing moved everywhere: the attempt lapses
             self._between_runs()
 
@@ -216,13 +254,68 @@ class LoopControl:
         self.outer_moved()
 
     def _state(self) -> tuple:
-        """(outer watermark, inputs all ended, records waiting, their earliest time)."""
-        held, earliest = 0, _INF
+        """(outer watermark, inputs all ended, records waiting, their earliest
+        time: _NOW when records without time wait and max_in_flight lets
+        any run take them, the latest epoch every entry here has: a new one
+        is news, for a run may now take in the records behind it)."""
+        held, earliest, untimed = 0, _INF, False
         for entry in self.entries:
-            n, first = entry.waiting()
+            n, first, without_time = entry.waiting()
             held += n
             earliest = min(earliest, first)
-        return self._outer_frontier(), self._ended(), held, earliest
+            untimed = untimed or without_time
+        if untimed and self.faucet:
+            earliest = _NOW
+        epoch = min(entry.ready_epoch for entry in self.entries)
+        return self._outer_frontier(), self._ended(), held, earliest, epoch
+
+    def _earliest(self) -> float:
+        """The earliest time among the records waiting (without time: _UNTIMED)."""
+        return min((entry.waiting()[1] for entry in self.entries), default=_INF)
+
+    # -- Faucet: this kernel's sources wait while enough records wait ----------------
+    # Only records the loop is sure to take in count, or a pause could wait
+    # for what it stops: here, those without event time, or with a time
+    # below this kernel's outer watermark (the next runs go up to it: the
+    # kernel with the least watermark pauses only for records every
+    # kernel's watermark passed). Records behind an epoch's mark count too:
+    # every kernel's entries get that epoch's marker (the sources send one
+    # every interval, paused or not; the last kernel to get it asks for a
+    # run) and a run takes it in, or a kernel's inputs have all ended
+    # before it, and the next run drops the mark on every kernel. A kernel
+    # counts only those below the last run's frontier (or without time),
+    # before any mark, to tell every kernel that it is full: they pause
+    # too, as records from their sources may come to its entries (an
+    # exchange before the loop), and those records need nothing else to
+    # move to go in.
+
+    def check_room(self) -> None:
+        """Pause or resume this kernel's sources, and tell every kernel when
+        this one becomes full or has room again."""
+        limit = self.in_flight
+        mine = everywhere = 0
+        if not self.finished:
+            local, agreed = self._outer_frontier(), self.frontier
+            for entry in self.entries:
+                counts = entry.ready(local, agreed, limit - everywhere)
+                mine += counts[0]
+                everywhere += counts[1]
+        full = everywhere >= limit
+        if full != self.full:
+            self.full = full
+            self.back.deliver(0, RoundMarker(self.id, RoundMarker.FULL, int(full)))
+        holding = mine >= limit or bool(self.full_peers)
+        if holding != self.holding:
+            self.holding = holding
+            self.head.runtime.hold_sources(self, holding)
+
+    def peer_full(self, channel: int, full: bool) -> None:
+        """The kernel behind back-edge `channel` is full, or has room again."""
+        if full:
+            self.full_peers.add(channel)
+        else:
+            self.full_peers.discard(channel)
+        self.check_room()
 
     def _outer_frontier(self) -> float:
         return min(entry.outer.value for entry in self.entries)
@@ -248,6 +341,11 @@ class LoopControl:
             entry.end_run(final)
         if self.top:
             self._between_runs()
+
+
+def _takes(earliest: float, frontier: float) -> bool:
+    """A run up to `frontier` takes in records waiting since `earliest`."""
+    return earliest < frontier or earliest == _NOW
 
 
 class Membership:
@@ -329,6 +427,10 @@ class Entry(Instance):
         elif isinstance(payload, list):
             if self.control.top:
                 self.held_outside.append(payload)  # until a run takes its time in
+                if self.control.faucet:
+                    self.control.check_room()
+                    if payload.__class__ is not TimedBatch:  # records without time go in as they come
+                        self.control.outer_moved()
             else:  # a loop inside another: outside data comes only between runs
                 self.op.emit(payload)
         else:
@@ -375,8 +477,11 @@ class Entry(Instance):
             self._pass_epoch(item.epoch, before, item.outer, control_state)
         self.held_outside = before
 
-    def drop_epochs(self) -> None:
-        self.held_outside = [item for item in self.held_outside if item.__class__ is not _Mark]
+    def drop_epochs(self, after: int) -> bool:
+        """Epoch marks after `after` go (see `LoopControl._decide`); any?"""
+        held = self.held_outside
+        self.held_outside = [item for item in held if item.__class__ is not _Mark or item.epoch <= after]
+        return len(self.held_outside) < len(held)
 
     def _pass_epoch(self, epoch: int, held: list, outer, control_state) -> None:
         if control_state is not None:
@@ -419,7 +524,7 @@ class Entry(Instance):
             if room <= 0:
                 keep(batch)
             elif batch.__class__ is not TimedBatch:
-                if not _UNTIMED < frontier:
+                if not (_UNTIMED < frontier or self.control.faucet):
                     keep(batch)
                     continue
                 if len(batch) <= room:
@@ -444,10 +549,11 @@ class Entry(Instance):
                 admitted += len(now)
         return admitted
 
-    def waiting(self) -> tuple[int, float]:
-        """Records waiting for a run, and their earliest time (records
-        without time count as the largest float: only the end lets them in)."""
-        count, earliest = 0, _INF
+    def waiting(self) -> tuple[int, float, bool]:
+        """Records waiting for a run, their earliest time (records without
+        time count as the largest float: without max_in_flight only the end
+        lets them in), and whether some have no time."""
+        count, earliest, untimed = 0, _INF, False
         for batch in self.held_outside:
             if batch.__class__ is _Mark:
                 continue
@@ -457,7 +563,35 @@ class Entry(Instance):
                     earliest = min(earliest, min(batch.timestamps))
             elif batch:
                 earliest = min(earliest, _UNTIMED)
-        return count, earliest
+                untimed = True
+        return count, earliest, untimed
+
+    def ready(self, local: float, agreed: float, limit: float) -> tuple[int, int]:
+        """Records waiting that runs are sure to take in (Faucet: see
+        `LoopControl.check_room`): those with a time below `local` (this
+        kernel's outer watermark), and those below `agreed` (the last run's
+        frontier) and before the first epoch mark, records without time in
+        both; counted until the second reaches `limit`."""
+        mine = everywhere = 0
+        marked = False  # past a mark: only the first count goes on
+        for batch in self.held_outside:
+            cls = batch.__class__
+            if cls is _Mark:
+                marked = True
+                continue
+            if cls is TimedBatch:
+                stamps = batch.timestamps
+                if stamps and min(stamps) < local:
+                    mine += sum(1 for t in stamps if t < local)
+                    if not marked:
+                        everywhere += sum(1 for t in stamps if t < agreed)
+            else:
+                mine += len(batch)
+                if not marked:
+                    everywhere += len(batch)
+            if everywhere >= limit or (marked and mine >= limit):  # (the second stops at a mark)
+                break
+        return mine, everywhere
 
     def _outside(self, channel: int, payload) -> None:
         cls = payload.__class__
@@ -490,6 +624,8 @@ class Entry(Instance):
                 self._forward(payload)
                 return
             outer.observe_watermark(index, payload)
+            if self.control.faucet:  # more records may be below the watermark now
+                self.control.check_room()
         if not self.ended:
             self.control.outer_moved()
 
@@ -563,6 +699,9 @@ class Head(Entry):
             return
         if round == RoundMarker.JOIN:
             self.control.joined_by(payload)
+            return
+        if round == RoundMarker.FULL:
+            self.control.peer_full(channel, bool(payload.count))
             return
         self.back_rounds[channel] += 1
         self.fed_back[round] = self.fed_back.get(round, 0) + payload.count

@@ -67,6 +67,7 @@ class Runtime:
         self.paused = False  # sources wait while the transport is backed up or an operator holds them
         self._transport_blocked = False
         self._input_holders: set = set()  # instances that called pause_input(True)
+        self._source_holders: set = set()  # loops whose entries are full (hold_sources)
         self._paused_sources: list[Instance] = []
         self.metrics = metrics  # count records per batch for `metrics_snapshot`
         self.backpressured = 0.0  # seconds the sources were paused by the transport
@@ -229,7 +230,7 @@ class Runtime:
 
     def backpressure(self, blocked: bool) -> None:
         self._transport_blocked = blocked
-        self._set_paused(blocked or bool(self._input_holders))
+        self._set_paused(self._blocked())
 
     def hold_input(self, holder: Instance, held: bool) -> None:
         """`holder`'s operator cannot keep up (an asynchronous sink's
@@ -243,7 +244,22 @@ class Runtime:
             holders.discard(holder)
         if bool(holders) != was_holding:
             self.transport.hold_reading(bool(holders))
-        self._set_paused(self._transport_blocked or bool(holders))
+        self._set_paused(self._blocked())
+
+    def hold_sources(self, holder, held: bool) -> None:
+        """`holder` (a loop's control, max_in_flight) has enough records
+        waiting: pause this kernel's sources only, until every holder lets
+        go. Unlike `hold_input`, what other kernels send is still read: a
+        loop's own control messages come that way, and the records waiting
+        go into runs only as they flow."""
+        if held:
+            self._source_holders.add(holder)
+        else:
+            self._source_holders.discard(holder)
+        self._set_paused(self._blocked())
+
+    def _blocked(self) -> bool:
+        return self._transport_blocked or bool(self._input_holders) or bool(self._source_holders)
 
     def _set_paused(self, blocked: bool) -> None:
         if self.metrics and blocked != self.paused:

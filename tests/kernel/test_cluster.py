@@ -618,7 +618,8 @@ def test_a_tls_cluster_that_finishes_says_nothing_about_its_links_closing(certif
     """Found by a system test: over TLS, process 1 may exit before its
     websocket close frame is out, and process 0 logged `link to process 1
     closed: code 1006` on every successful run. A peer that said goodbye
-    (BYE, DONE) may end its connection any way: the run's stderr is empty."""
+    (BYE, DONE) may end its connection any way: the run's stderr says nothing
+    about links."""
     pipeline = tmp_path / "pipeline.py"
     pipeline.write_text("from kernel import Dataflow\nflow = Dataflow('tls')\n"
                         "flow.from_iterable(range(1000)).key_by(lambda n: n % 3).count().collect()\n")
@@ -630,7 +631,8 @@ def test_a_tls_cluster_that_finishes_says_nothing_about_its_links_closing(certif
         codes, outs = run_cli_processes(
             [[str(pipeline), "--process-id", str(i), "--peers", peers, *tls] for i in (0, 1)], [env, env])
         assert codes == [0, 0], outs
-        assert [err for _, err in outs] == ["", ""]
+        # (under load a stall warning may be there too: only the links' words matter)
+        assert [line for _, err in outs for line in err.splitlines() if "link" in line] == [], outs
 
 
 def test_tls_refuses_a_peer_whose_certificate_the_ca_did_not_sign(certificates):

@@ -1,0 +1,30 @@
+"""benches/faucet.py (issue 20): its --quick run checks every run's leaves
+and shows the bounded runs' memory beside the unbounded ones'; bad values
+are usage errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from benches import faucet
+
+
+def test_quick_run_bounds_what_waits_and_checks_the_leaves(capsys):
+    faucet.main(["--quick", "--records", "600", "--max-in-flight", "20"])
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| 1") or
+            line.startswith("| 2")]
+    waiting = {(row[1].strip(), row[2].strip()): int(row[3].strip().replace(",", "")) for row in rows}
+    assert waiting[("1", "none")] == waiting[("2", "none")] == 600
+    assert waiting[("1", "max_in_flight=20")] <= 20 + 3 * 64
+    assert waiting[("2", "max_in_flight=20")] <= 20 + 3 * 64
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--records", "0"], "--records must be a positive int"),
+    (["--max-in-flight", "0"], "--max-in-flight must be a positive int"),
+])
+def test_bad_values_are_usage_errors(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        faucet.main(args)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,348 @@
+"""Flow control for loops (Faucet, `iterate(..., max_in_flight=N)`): what
+waits at a loop's entry stays bounded, not only what circulates, and the
+results stay exact (against plain Python), on 1, 2 and 3 kernels.
+
+How the waiting records are measured: `Produced`, the step just before the
+loop, counts the records it hands to the loop's entry on its kernel;
+`Admitted`, inside the loop, counts those that came in as a run's round 0
+(they carry their depth): it is the loop head's only step, chained to it,
+so it counts them as a run takes them in. Their difference, at each batch `Produced` sees,
+is what waits between them (the entry's inbox and the records it holds):
+its peak comes back through `Report`, after the loop, on the same kernel
+(the three share a module-level dict in the kernel's process)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from kernel import Dataflow, Operator, run
+from state import SnapshotStore
+
+EXAMPLES = settings(max_examples=8, deadline=None)
+# What a kernel's sources emit before their pause takes hold, in batches: the
+# one after which the entry is full, and one or two more that the scheduler
+# may run before the entry has seen the first (two seen, rarely)
+SLACK = 3
+_PROBES: dict[int, dict] = {}  # kernel index -> its counts, in that kernel's process
+
+
+def _probe(context) -> dict:
+    return _PROBES.setdefault(context.index, {"produced": 0, "admitted": 0, "peak": 0, "rss": 0,
+                                              "rss_peak": 0})
+
+
+def _rss() -> int:
+    with open(f"/proc/{os.getpid()}/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class Produced(Operator):
+    """Before the loop: counts what goes to the entry; the peak waiting."""
+
+    def open(self, context):
+        _PROBES.pop(context.index, None)  # a fresh run in a reused process
+        self.probe = _probe(context)
+        self.probe["rss"] = self.probe["rss_peak"] = _rss()
+
+    def on_batch(self, port, batch):
+        probe = self.probe
+        probe["produced"] += len(batch)
+        probe["peak"] = max(probe["peak"], probe["produced"] - probe["admitted"])
+        self.emit(batch)
+
+
+class Admitted(Operator):
+    """Inside the loop: counts round-0 records (depth `top`), samples the
+    kernel's resident memory, hands every record on."""
+
+    def __init__(self, top):
+        self.top = top
+
+    def open(self, context):
+        self.probe = _probe(context)
+
+    def on_batch(self, port, batch):
+        probe = self.probe
+        probe["admitted"] += sum(1 for record in batch if record[1] == self.top)
+        probe["rss_peak"] = max(probe["rss_peak"], _rss())
+        self.emit(batch)
+
+
+class Report(Operator):
+    """After the loop: this kernel's peak waiting records and memory growth."""
+
+    def open(self, context):
+        self.probe = _probe(context)
+        self.index = context.index
+
+    def on_batch(self, port, batch):
+        self.emit(batch)
+
+    def on_end(self):
+        probe = self.probe
+        self.emit([("report", self.index, probe["peak"], probe["rss_peak"] - probe["rss"])])
+
+
+def fan_out(make, depth, ways, max_in_flight, cores, batch_size=256, to=None, timestamp=None, **options):
+    """Each record (name, depth, payload) splits `ways` ways a round, down
+    to depth 0 (its children drop the payload); returns the leaves per name
+    and each kernel's (peak waiting, memory growth). `to(record)`: a key
+    to exchange the records by before the loop (`Produced` counts them on
+    the kernel they go to); `options`: `run`'s."""
+    def body(entering):
+        nodes = entering.apply(lambda: Admitted(depth))
+        children = nodes.filter(lambda v: v[1] > 0).flat_map(lambda v: [(v[0], v[1] - 1, None)] * ways)
+        return children, nodes.filter(lambda v: v[1] == 0).map(lambda v: v[0])
+
+    flow = Dataflow()
+    source = flow.from_partitions(make, batch_size=batch_size, timestamp=timestamp)
+    if to is not None:
+        source = source.key_by(to).map(lambda pair: pair[1])
+    out = source.apply(Produced).iterate(body, max_in_flight=max_in_flight).apply(Report).collect()
+    run(flow, cores=cores, **options)
+    reports = {item[1]: item[2:] for item in out.items if isinstance(item, tuple)}
+    leaves = Counter(item for item in out.items if not isinstance(item, tuple))
+    return leaves, reports
+
+
+def numbered(count, depth, payload=0):
+    """`count` records per kernel, made lazily: (name, depth, payload)."""
+    def make(index, peers):
+        return ((index * count + i, depth, " " * payload + str(i)) for i in range(count))
+    return make
+
+
+@pytest.mark.parametrize("cores", [1, 2, 3])
+def test_records_waiting_at_the_entry_stay_bounded(cores):
+    """4,000 records a kernel, each 4**3 leaves: with max_in_flight=50 no
+    more than 50 + SLACK source batches (256 each) ever wait before the
+    loop on a kernel (without a bound on waiting, all 4,000 do: the sources run
+    ahead of the loop), and every leaf comes out once."""
+    leaves, reports = fan_out(numbered(4000, 3), 3, 4, 50, cores)
+    assert leaves == Counter({name: 4 ** 3 for name in range(4000 * cores)})
+    assert sorted(reports) == list(range(cores))
+    assert max(peak for peak, _ in reports.values()) <= 50 + SLACK * 256
+
+
+def _fan_out_fresh(count, payload, max_in_flight, batch_size):
+    """`fan_out` (depth 2, 4 ways, one kernel) in a new interpreter: a
+    process that ran other tests has freed heap that hides the growth.
+    Returns (leaves per name, (peak waiting, memory growth))."""
+    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"from test_faucet import fan_out, numbered; "
+            f"leaves, reports = fan_out(numbered({count}, 2, payload={payload}), 2, 4, {max_in_flight}, 1, "
+            f"batch_size={batch_size}); print(json.dumps([sorted(leaves.items()), reports[0]]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    leaves, report = json.loads(done.stdout.splitlines()[-1])
+    return Counter(dict(leaves)), tuple(report)
+
+
+def test_a_loop_whose_waiting_input_would_flood_memory_runs_in_little():
+    """The timely book's example, scaled down: 4,000 records of 16 KB each
+    (64 MB) made lazily by the source, each fanning out to 4**2 leaves,
+    each run in a fresh interpreter.
+    Without flow control the source runs ahead and the whole input waits
+    for the loop: the kernel's resident memory grows by more than 48 MB.
+    With max_in_flight=20 it grows by less than 16 MB (about 20 records in
+    a run, and 20 + a batch or two of 64 waiting), and the leaves are the same."""
+    bounded, (peak, growth) = _fan_out_fresh(4000, 16 * 1024, 20, 64)
+    assert bounded == Counter({name: 16 for name in range(4000)})
+    assert growth < 16 << 20
+    assert peak <= 20 + SLACK * 64
+    unbounded, (peak, growth) = _fan_out_fresh(4000, 16 * 1024, None, 64)
+    assert unbounded == bounded
+    assert peak == 4000 and growth > 48 << 20
+
+
+@pytest.mark.parametrize("cores", [2, 3])
+def test_a_kernel_full_with_records_from_other_kernels_pauses_their_sources(cores):
+    """Every record is exchanged to one kernel (key 0) before the loop: its
+    entry fills with records the other kernels' sources made, and those
+    never fill their own entries, so they pause only because it tells them
+    (RoundMarker.FULL). What waits there is then max_in_flight and what
+    the others had sent before they heard: up to a ring of 4 MB each (here
+    ~4,000 records of 1 KB), and what their sources made meanwhile (1,300
+    to 5,600 records in all here), not all they make (without the message,
+    nearly all their 16,000 records a kernel wait there)."""
+    count = 16000
+    leaves, reports = fan_out(numbered(count, 2, payload=1024), 2, 4, 40, cores, batch_size=64,
+                              to=lambda r: 0)
+    assert leaves == Counter({name: 16 for name in range(count * cores)})
+    assert max(peak for peak, _ in reports.values()) <= (cores - 1) * count // 2
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_records_behind_an_epoch_marker_count_too(cores, tmp_path):
+    """With a state_dir and an epoch every 5 ms, most records come behind
+    an epoch's marker that no run has taken into the loop yet: they count
+    (every kernel gets that epoch, and the last to get it asks for a run;
+    or a kernel's inputs ended before it, and the next run drops it
+    everywhere), so the bound holds as without snapshots (uncounted, up to
+    all 4,000 records a kernel waited)."""
+    leaves, reports = fan_out(numbered(4000, 3), 3, 4, 50, cores, state_dir=tmp_path / "state",
+                              epoch_interval=0.005)
+    assert leaves == Counter({name: 4 ** 3 for name in range(4000 * cores)})
+    assert max(peak for peak, _ in reports.values()) <= 50 + SLACK * 256
+
+
+@pytest.mark.parametrize("cores", [1, 2, 3])
+def test_records_with_event_time_waiting_at_the_entry_stay_bounded(cores):
+    """An event-time source (time = the record's number, watermark right
+    behind): the records a run can take in are those below the outer
+    watermark, and the sources pause on them as on records without time."""
+    leaves, reports = fan_out(numbered(3000, 2), 2, 4, 40, cores, batch_size=64,
+                              timestamp=lambda r: float(r[0] // 3))
+    assert leaves == Counter({name: 16 for name in range(3000 * cores)})
+    assert max(peak for peak, _ in reports.values()) <= 40 + SLACK * 64
+
+
+@pytest.mark.parametrize("cores", [1, 3])
+def test_max_in_flight_below_a_batch_and_a_heavy_fan_out_finish_exact(cores):
+    """max_in_flight=1 with batches of 256 (a run takes one record of a
+    batch at a time); each record 30**2 leaves: neither deadlocks."""
+    leaves, _ = fan_out(numbered(200, 2), 2, 30, 1, cores)
+    assert leaves == Counter({name: 900 for name in range(200 * cores)})
+
+
+def leaves_of(roots, ways):
+    """Plain Python: leaves per name of each (name, depth) root."""
+    leaves: Counter = Counter()
+    for name, depth in roots:
+        leaves[name] += ways ** depth
+    return leaves
+
+
+@EXAMPLES
+# (a deadlock once: after a run, as many records waited as before it, new ones,
+# and the kernel took that for nothing new and never asked for another run)
+@example(roots=[(i % 21, 2) for i in range(48)], ways=3, max_in_flight=6, batch_size=3, cores=1,
+         exchanged=False, timed=False)
+@given(st.lists(st.tuples(st.integers(0, 20), st.integers(0, 3)), max_size=60),
+       st.integers(1, 6), st.integers(1, 7), st.sampled_from([1, 3, 64]), st.sampled_from([1, 2, 3]),
+       st.booleans(), st.booleans())
+def test_results_are_exact_against_plain_python(roots, ways, max_in_flight, batch_size, cores,
+                                                exchanged, timed):
+    """Any input, fan-out, max_in_flight, batch size, number of kernels,
+    with or without an exchange before the loop, with or without event
+    time: every leaf once, as the plain loop counts them."""
+    def make(index, peers):
+        return ((name, depth, "") for name, depth in roots[index::peers])
+
+    def body(nodes):
+        children = nodes.filter(lambda v: v[1] > 0).flat_map(lambda v: [(v[0], v[1] - 1)] * ways)
+        return children, nodes.filter(lambda v: v[1] == 0).map(lambda v: v[0])
+
+    flow = Dataflow()
+    source = flow.from_partitions(make, batch_size=batch_size,
+                                  timestamp=(lambda r: float(r[0])) if timed else None,
+                                  max_delay=2.0 if timed else 0.0)
+    if exchanged:
+        source = source.key_by(lambda r: r[0]).map(lambda pair: pair[1])
+    out = source.iterate(body, max_in_flight=max_in_flight).collect()
+    run(flow, cores=cores)
+    assert Counter(out.items) == leaves_of(roots, ways)
+
+
+# -- snapshots: a crashed run with flow control resumes exactly ----------------------
+
+RECOVERY = textwrap.dedent(
+    """
+    import os, time
+    from kernel import Dataflow
+
+    def slow(x):
+        if x % 10 in (0, 1):  # (both kernels: record i is read by kernel i % 2)
+            time.sleep(0.004)  # spread the run over many epochs
+        return x
+
+    def walk(walks):  # (start, now, steps): Collatz
+        on = walks.map(lambda w: (w[0], w[1] // 2 if w[1] % 2 == 0 else 3 * w[1] + 1, w[2] + 1))
+        return on.filter(lambda w: w[1] != 1), on.filter(lambda w: w[1] == 1)
+
+    flow = Dataflow("faucet-recovery")
+    numbers = flow.from_iterable(range(int(os.environ["N"])), batch_size=20).map(slow)
+    out = numbers.map(lambda x: (x + 2, x + 2, 0)).iterate(walk, max_in_flight=16)
+    out.map(lambda w: [w[0], w[2]]).to_files(os.path.join(os.environ["OUT"], "out"))
+    """
+)
+
+
+def _collatz_steps(n: int) -> int:
+    steps = 0
+    while n != 1:
+        n, steps = (n // 2 if n % 2 == 0 else 3 * n + 1), steps + 1
+    return steps
+
+
+def _crash_runs():
+    spec = importlib.util.spec_from_file_location(
+        "_crash_runs", Path(__file__).resolve().parents[1] / "_crash_runs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_crashed_run_with_flow_control_resumes_and_publishes_every_result_once(tmp_path):
+    """2 kernels, records without event time going into runs of at most 16
+    while the source is paused and resumed, kernel 1 killed after its 3rd
+    snapshot: the resumed run publishes every Collatz walk's steps once."""
+    count = 600
+    (tmp_path / "pipeline.py").write_text(RECOVERY)
+    run_cli = _crash_runs().run_cli
+    first = run_cli(tmp_path, 2, "snapshot:3@1", N=count, OUT=tmp_path / "out")
+    assert first.returncode != 0, "the crash point was never reached"
+    store = SnapshotStore(tmp_path / "state")
+    try:
+        completed = store.completed()
+    finally:
+        store.close()
+    second = run_cli(tmp_path, 2, None, N=count, OUT=tmp_path / "out")
+    assert second.returncode == 0, second.stderr
+    if completed:  # it resumed from the newest complete epoch
+        assert f"resuming from epoch {completed[0][0]}\n" in second.stderr
+    lines = []
+    for path in sorted((tmp_path / "out" / "out").glob("part-*.jsonl")):
+        lines += [tuple(json.loads(line)) for line in path.read_text().splitlines()]
+    assert Counter(lines) == Counter((x + 2, _collatz_steps(x + 2)) for x in range(count))
+
+
+def test_max_in_flight_on_a_loop_inside_another_is_refused_naming_both():
+    """An inner loop's runs take in a round of the outer loop at once, so a
+    max_in_flight there would bound nothing: refused when the flow is
+    built, naming the loops; on the outer loop it is taken."""
+    flow = Dataflow()
+    numbers = flow.from_iterable([5, 3])
+
+    def inner(values):
+        return values.filter(lambda v: v > 1).map(lambda v: v - 1), values
+
+    def outer(values):
+        return values.filter(lambda v: v > 4).map(lambda v: v - 4), values.iterate(
+            inner, max_in_flight=2, name="inner")
+
+    with pytest.raises(ValueError, match=r"inner: max_in_flight bounds a loop at the top level only; "
+                                         r"this one is inside iterate\(outer\)"):
+        numbers.iterate(outer)
+    flow = Dataflow()
+    out = flow.from_iterable([5, 3]).iterate(
+        lambda values: (values.filter(lambda v: v > 4).map(lambda v: v - 4), values.iterate(inner)),
+        max_in_flight=1).collect()
+    run(flow)
+    expected, outer_round = [], [5, 3]
+    while outer_round:
+        for value in outer_round:
+            expected += range(value, 0, -1)  # the inner loop's out: every round's values
+        outer_round = [v - 4 for v in outer_round if v > 4]
+    assert sorted(out.items) == sorted(expected)
