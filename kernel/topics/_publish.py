@@ -56,6 +56,7 @@ from kernel.net import _codec
 from kernel.net._channel import EpochMarker, TimedBatch
 from kernel.net._codec import encode_batch, encode_epoch, encode_progress, encode_watermark
 from kernel.topics import _directory
+from kernel.topics._coalesce import JOINABLE, take
 from kernel.topics._errors import TopicError
 
 log = logging.getLogger("kernel.topics")
@@ -394,10 +395,17 @@ class Publish(Operator):
             while True:
                 while queue:
                     kind, body = queue.popleft()
-                    sub.queued -= _HEAD + len(body)
+                    sent = _HEAD + len(body)
+                    if kind in JOINABLE and queue:  # batches waiting behind it: one frame (_coalesce)
+                        frames, taken = take(kind, body, queue)
+                        sent += sum(_HEAD + len(b) for _, b in taken)
+                    else:
+                        frames = ((kind, body),)
+                    sub.queued -= sent
                     if sub.replaying:
-                        sub.replaying = max(0, sub.replaying - _HEAD - len(body))
-                    await link.send(0, kind, body)
+                        sub.replaying = max(0, sub.replaying - sent)
+                    for kind, body in frames:
+                        await link.send(0, kind, body)
                     if self.paused:
                         self._drained()
                     if kind == _codec.KIND_END:
