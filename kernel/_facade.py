@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import pathlib
 
 from kernel.execution._execute import execute, execute_async
 from kernel.execution._plan import (
@@ -91,27 +90,35 @@ class Snapshots:
     def __init__(self, flow, state_dir, epoch_interval: float, cores: int) -> None:
         # The one place the kernel reaches into `state`, kept to the facade
         # (as `_dataflow.py` reaches into `operators`).
+        from kernel.operators import SNAPSHOT_LAYOUT
         from kernel.state import SnapshotStore
+        from kernel.state._generations import Generation, newest_checked, read_old_epoch
 
         if not (isinstance(epoch_interval, (int, float)) and 0 < epoch_interval < float("inf")):
             raise ValueError(f"epoch_interval must be a positive number of seconds, got {epoch_interval!r}")
         self.state_dir = state_dir
         self.interval = float(epoch_interval)
-        cluster_files = sorted(p.name for p in pathlib.Path(state_dir).glob("snapshots-process*.sqlite"))
-        if cluster_files:
-            from kernel.state import StateError
-
-            raise StateError(
-                f"state_dir {os.fspath(state_dir)!r} holds {', '.join(cluster_files)}, written by a cluster, "
-                "and this run is one process: a resumed run needs the same processes and cores per "
-                "process (a one-process run resumes a one-process run's state_dir, on any number of "
-                "kernels)")
-        self.store = SnapshotStore(state_dir)
-        from kernel.operators import SNAPSHOT_LAYOUT
-
-        self.store.claim(flow_fingerprint(flow), cores, SNAPSHOT_LAYOUT)
-        latest = self.store.latest()
-        self.epoch, self.finished, self.blobs = latest if latest else (0, False, None)
+        fingerprint = flow_fingerprint(flow)
+        # The newest complete epoch of every generation of store files here
+        # (state/_generations.py): a one-process run goes on writing a
+        # one-process generation, and starts one after a cluster's.
+        source = newest_checked(state_dir, fingerprint, SNAPSHOT_LAYOUT)
+        after_cluster = source is not None and source[0].cluster
+        generation = Generation(source[1][0], False) if after_cluster else (source[0] if source else
+                                                                            Generation(0, False))
+        self.name = generation.file_name()
+        self.store = SnapshotStore(state_dir, self.name)
+        self.store.claim(fingerprint, cores, SNAPSHOT_LAYOUT, key_groups=source[2] if after_cluster else None)
+        if after_cluster:
+            old, (epoch, final, kernels), _ = source
+            self.epoch, self.finished = epoch, final
+            self.blobs = read_old_epoch(state_dir, old, epoch, kernels,
+                                        "a run resumes a cluster's state on one process only where the "
+                                        "state_dir holds every process's files (a directory they shared, or "
+                                        "their files copied into it)")
+        else:
+            latest = self.store.latest()
+            self.epoch, self.finished, self.blobs = latest if latest else (0, False, None)
         if self.blobs is not None and len(self.blobs) != cores:
             self.blobs = self._rescaled(flow, cores)
         self._tell()
@@ -147,7 +154,7 @@ class Snapshots:
     def open_store(self):
         from kernel.state import SnapshotStore
 
-        return SnapshotStore(self.state_dir)
+        return SnapshotStore(self.state_dir, self.name)
 
     def local(self):
         from kernel.runtime._coordinate import LocalCoordinator
@@ -167,100 +174,161 @@ class ClusterSnapshots:
     machine or one directory they all share (SQLite's locking is not to be
     trusted on a network file system; separate files need none). Which epoch
     the run resumes from is agreed once the processes have linked up: each
-    offers what its store holds (`offer`), process 0 decides (`decide`)."""
+    offers what its state_dir holds (`offer`: every generation of store
+    files, `kernel.state._generations`), process 0 decides (`decide`), and
+    each claims its file of the generation the run writes (`prepare`). A
+    cluster of another shape than the one that wrote the epoch (other
+    processes, other cores each, or one process before) starts a new
+    generation and reads every old kernel's snapshot: only where each
+    process sees them all, in a state_dir they share."""
 
     def __init__(self, flow, state_dir, epoch_interval: float, cluster) -> None:
         from kernel.operators import SNAPSHOT_LAYOUT
-        from kernel.state import SnapshotStore, StateError
+        from kernel.state import StateError
+        from kernel.state._generations import generations, look, newest_checked
 
         if not (isinstance(epoch_interval, (int, float)) and 0 < epoch_interval < float("inf")):
             raise ValueError(f"epoch_interval must be a positive number of seconds, got {epoch_interval!r}")
         self.state_dir = os.fspath(state_dir)
         self.interval = float(epoch_interval)
         self.process = cluster.process
-        self.name = f"snapshots-process{cluster.process}.sqlite"
+        self.cluster = cluster
+        self.fingerprint = flow_fingerprint(flow)
+        self.layout = SNAPSHOT_LAYOUT
+        self.placement = (f"process {cluster.process} of {cluster.processes}, {cluster.cores} "
+                          f"core{'s' if cluster.cores > 1 else ''} each")
         offer = {"process": cluster.process, "state_dir": self.state_dir, "error": None,
-                 "latest": (0, False), "restorable": [], "ended_after": None}
-        self.store = None
+                 "shape": (cluster.processes, cluster.cores), "loops": bool(flow.graph.loops),
+                 "generations": {}}
         try:  # refused on process 0, for every process, naming this one
-            self.store = SnapshotStore(self.state_dir, self.name)
-            self._refuse_other_layouts(cluster)
-            self.store.claim(flow_fingerprint(flow), cluster.kernels, SNAPSHOT_LAYOUT,
-                             f"process {cluster.process} of {cluster.processes}, {cluster.cores} "
-                             f"core{'s' if cluster.cores > 1 else ''} each")
-            completed = self.store.completed()
-            offer["latest"] = completed[0] if completed else (0, False)
-            mine = cluster.kernels_of(cluster.process)
-            offer["restorable"] = self.store.restorable(mine)
-            if self.store.all_ended(mine):  # any later epoch reads their FINAL snapshots
-                offer["ended_after"] = completed[-1][0] if completed else 0
+            newest_checked(self.state_dir, self.fingerprint, SNAPSHOT_LAYOUT)  # this flow's, intact
+            for generation, files in generations(self.state_dir).items():
+                seen = look(self.state_dir, files)
+                offer["generations"][generation] = {
+                    "complete": seen.complete, "rows": seen.rows, "shape": _shape(seen.meta),
+                    "key_groups": int(seen.meta["key_groups"]) if seen.meta else None}
         except StateError as exc:
             offer["error"] = str(exc)
         self._offer = offer
 
-    def _refuse_other_layouts(self, cluster) -> None:
-        """A one-process run's store, or a bigger cluster's, in this state_dir."""
-        from kernel.state import StateError
-
-        found = sorted(p.name for p in pathlib.Path(self.state_dir).glob("snapshots*.sqlite"))
-        mine = {f"snapshots-process{p}.sqlite" for p in range(cluster.processes)}
-        others = [name for name in found if name not in mine]
-        if others:
-            raise StateError(
-                f"state_dir {self.state_dir!r} holds {', '.join(others)}, written by "
-                f"{'one process' if others == ['snapshots.sqlite'] else 'a cluster of more processes'}, "
-                f"and this run is a cluster of {cluster.processes}: a cluster resumes with the same "
-                "processes and cores per process (only a one-process run resumes on another number of "
-                "kernels)")
-
-    def open_store(self):
+    def open_store(self, generation: int = 0):
+        """This process's store file of the generation this cluster writes,
+        which started at epoch `generation` (0: a fresh start)."""
         from kernel.state import SnapshotStore
+        from kernel.state._generations import Generation
 
-        return SnapshotStore(self.state_dir, self.name)
+        shape = None if generation == 0 else (self.cluster.processes, self.cluster.cores)
+        return SnapshotStore(self.state_dir, Generation(generation, True, shape).file_name(self.process))
+
+    def prepare(self, plan) -> None:
+        """In the relay, once agreed: claim this process's store file of the
+        generation the run writes, before any kernel opens it."""
+        written, source = plan
+        store = self.open_store(written)
+        try:
+            store.claim(self.fingerprint, self.cluster.kernels, self.layout, self.placement,
+                        key_groups=None if source is None else source[2])
+        finally:
+            store.close()
+
+    def snapshot_for(self, store, index: int, epoch: int, plan):
+        """In kernel `index`: its snapshot of the restored `epoch`, from its
+        own store (the same generation), or cut from every old kernel's."""
+        if plan[1] is None:
+            return store.snapshot_for(epoch, index)
+        from kernel.runtime._rescale import Rescaled
+        from kernel.state._generations import Generation, read_old_epoch
+
+        source, kernels = plan[1][:2]
+        blobs = read_old_epoch(self.state_dir, Generation(*source), epoch, kernels,
+                               "a cluster resumes on another shape only from a state_dir its processes share")
+        return blobs[index] if kernels == self.cluster.kernels else Rescaled(blobs)
 
     def for_processes(self) -> tuple:
         # the snapshots and restored epoch come from the agreement (kernel/execution/_child.py)
-        return (self.open_store, self.interval, None, None, self.store, None)
+        return (self.open_store, self.interval, self.snapshot_for, None, self.open_store, None)
 
     def agreement(self) -> tuple:
         import pickle
 
-        return pickle.dumps(self._offer, protocol=5), ClusterSnapshots.decide
+        return pickle.dumps(self._offer, protocol=5), ClusterSnapshots.decide, self.prepare
 
     @staticmethod
     def decide(offers: dict[int, bytes]) -> bytes:
-        """Process 0: the epoch every process resumes from, `(epoch,
-        finished)` pickled, or StateError naming the process that cannot.
-        It is the newest epoch complete anywhere: process 0 completes an
-        epoch first (when it is durable on every process) and tells the
-        others after, so theirs may lag; they still hold its snapshots."""
+        """Process 0: the epoch every process resumes from and where its
+        snapshots are, `(epoch, finished, (generation written, source))`
+        pickled, or StateError naming the process that cannot. It is the
+        newest epoch complete anywhere: process 0 completes an epoch first
+        (when it is durable on every process) and tells the others after,
+        so theirs may lag; they still hold its snapshots. `source` is None
+        when this cluster's shape wrote it, else `((epoch, cluster, shape),
+        kernels, key groups)` of the generation every kernel reads it from
+        (`kernel.state._generations.Generation`'s fields)."""
         import pickle
 
-        from kernel.state import StateError
+        from kernel.state import FINAL, StateError
 
         offers = {p: pickle.loads(blob) for p, blob in offers.items()}
         for p in sorted(offers):
             if offers[p]["error"] is not None:
                 raise StateError(f"process {p}: {offers[p]['error']}")
-        newest = max(offers, key=lambda p: offers[p]["latest"])
-        epoch, finished = offers[newest]["latest"]
-        if epoch == 0:
-            return pickle.dumps((0, False), protocol=5)
+        best = None
         for p in sorted(offers):
-            offer = offers[p]
-            ended_after = offer.get("ended_after")
-            # (every kernel there had finished: process 0 completed the final
-            # epoch, and this process was lost before it heard)
-            if epoch not in offer["restorable"] and not (ended_after is not None and epoch >= ended_after):
-                what = ("holds no snapshots of this flow" if not offer["restorable"]
+            for generation, seen in offers[p]["generations"].items():
+                if seen["complete"] and (best is None or seen["complete"][0] > best[1]):
+                    best = (generation, seen["complete"][0], p, seen)
+        if best is None:
+            return pickle.dumps((0, False, (0, None)), protocol=5)
+        generation, (epoch, finished, kernels), newest, about = best
+        processes, cores = offers[0]["shape"]
+        same = generation.cluster and about["shape"] == (processes, cores)
+        for p in sorted(offers):
+            seen = offers[p]["generations"].get(generation, {"rows": set()})
+            have = {k for e, k, n in seen["rows"] if n == kernels and e in (epoch, FINAL)}
+            needed = range(p * cores, (p + 1) * cores) if same else range(kernels)
+            if all(k in have for k in needed):
+                continue
+            if same:
+                what = ("holds no snapshots of this flow" if not seen["rows"]
                         else f"lacks the snapshots of epoch {epoch}")
                 raise StateError(
-                    f"process {p}: state_dir {offer['state_dir']!r} {what}, but process {newest}'s "
+                    f"process {p}: state_dir {offers[p]['state_dir']!r} {what}, but process {newest}'s "
                     f"is at epoch {epoch}: it is missing or another one on that machine (each process "
                     "resumes from its own snapshots, in a state_dir at the same path on every machine "
                     "or one they share); restore it, or move every process's state_dir aside to run "
                     "this flow afresh")
-        return pickle.dumps((epoch, finished), protocol=5)
+            missing = [k for k in needed if k not in have]
+            raise StateError(
+                f"process {p}: state_dir {offers[p]['state_dir']!r} lacks the snapshots of kernel"
+                f"{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} of epoch {epoch}, written "
+                f"by {_described(about['shape'], kernels)}, and this run is a cluster of {processes} "
+                f"process{'es' if processes > 1 else ''} with {cores} core{'s' if cores > 1 else ''} each: a "
+                "cluster resumes on another number of processes or cores only from a state_dir that every "
+                "process shares (each kernel reads every old kernel's snapshot)")
+        if same:
+            return pickle.dumps((epoch, finished, (generation.epoch, None)), protocol=5)
+        if offers[0]["loops"] and kernels != processes * cores:
+            raise StateError(
+                f"process 0: state_dir {offers[0]['state_dir']!r} was written by {kernels} kernels and this "
+                f"run has {processes * cores}: a flow with loops (Stream.iterate) resumes on as many kernels "
+                "as the run that wrote its state (its rounds' state is kept per kernel, not by key)")
+        source = ((generation.epoch, generation.cluster, generation.shape), kernels, about["key_groups"])
+        return pickle.dumps((epoch, finished, (epoch, source)), protocol=5)
+
+
+def _shape(meta: dict) -> tuple[int, int] | None:
+    """(processes, cores each) of a cluster's store file, from its placement
+    ("process 1 of 2, 2 cores each"); None for one process's."""
+    import re
+
+    match = re.match(r"process \d+ of (\d+), (\d+) cores? each$", meta.get("placement", ""))
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _described(shape, kernels: int) -> str:
+    if shape is None:
+        return f"one process of {kernels} kernel{'s' if kernels > 1 else ''}"
+    return f"a cluster of {shape[0]} processes with {shape[1]} core{'s' if shape[1] > 1 else ''} each"
 
 
 def flow_fingerprint(flow) -> str:

@@ -63,6 +63,22 @@ class CorruptSnapshot(StateError):
     pass
 
 
+def check_meta(directory, rows: dict[str, str], fingerprint: str, layout: str) -> None:
+    """Refuse a store (its `meta` rows) written by another flow or in
+    another snapshot layout."""
+    if rows.get("format") != layout:
+        raise StateError(
+            f"state_dir {os.fspath(directory)!r} holds snapshots in format {rows.get('format', '1')} "
+            f"and this version reads format {layout} (its operators save their state "
+            "differently); finish that run with the version that wrote it, or use a fresh state_dir"
+        )
+    if rows.get("flow") != fingerprint:
+        raise StateError(
+            f"state_dir {os.fspath(directory)!r} holds the state of another flow "
+            "(its steps differ from this one's); use a fresh state_dir for this flow"
+        )
+
+
 class SnapshotStore:
     """A connection to the store of one `state_dir` (one per process: SQLite
     connections must not cross a fork)."""
@@ -74,6 +90,7 @@ class SnapshotStore:
         os.makedirs(self.directory, exist_ok=True)
         self.name = name
         self.path = os.path.join(self.directory, name)
+        self._retired = False  # whether other generations' files were removed (`mark_complete`)
         with self._database(f"cannot open {name}"):
             # one thread at a time, but not always the one that opened it
             # (a kernel's snapshot writer thread)
@@ -125,20 +142,23 @@ class SnapshotStore:
 
     # -- which flow ------------------------------------------------------------------
 
-    def claim(self, fingerprint: str, kernels: int, layout: str, placement: str | None = None) -> None:
+    def claim(self, fingerprint: str, kernels: int, layout: str, placement: str | None = None,
+              key_groups: int | None = None) -> None:
         """Bind an empty store to this flow, or check that it is this flow's
-        (and intact: see `_check_intact`). `layout` names how the snapshots
+        (and intact: see `check_intact`). `layout` names how the snapshots
         are laid out (what the operators put in them: `kernel.operators.
         SNAPSHOT_LAYOUT`): the store only compares it, as text. A cluster's
         process gives its `placement` ("process 1 of 2, 2 cores each"):
         its store file holds only its own kernels' snapshots, so that must
         not change. Another number of `kernels` is a rescaled resume: the
         store keeps the old epochs' kernel counts, and refuses more kernels
-        than it has key groups."""
-        self._check_intact()
+        than it has key groups. `key_groups`: those of the generation a new
+        one resumes (`_generations.py`; fixed at a flow's first run)."""
+        self.check_intact()
         rows = dict(self._query("SELECT key, value FROM meta"))
         if not rows:
-            groups = default_key_groups(kernels)
+            groups = default_key_groups(kernels) if key_groups is None else key_groups
+            self._refuse_more_kernels_than(groups, kernels)
             self._write(
                 "INSERT INTO meta (key, value) VALUES (?, ?), (?, ?), (?, ?), (?, ?)",
                 ("flow", fingerprint, "kernels", str(kernels), "format", layout, "key_groups", str(groups)),
@@ -147,17 +167,7 @@ class SnapshotStore:
                 self._write("INSERT INTO meta (key, value) VALUES (?, ?)", ("placement", placement))
             self.kernels, self.key_groups = kernels, groups
             return
-        if rows.get("format") != layout:
-            raise StateError(
-                f"state_dir {self.directory!r} holds snapshots in format {rows.get('format', '1')} "
-                f"and this version reads format {layout} (its operators save their state "
-                "differently); finish that run with the version that wrote it, or use a fresh state_dir"
-            )
-        if rows.get("flow") != fingerprint:
-            raise StateError(
-                f"state_dir {self.directory!r} holds the state of another flow "
-                "(its steps differ from this one's); use a fresh state_dir for this flow"
-            )
+        check_meta(self.directory, rows, fingerprint, layout)
         if rows.get("placement") != placement:
             raise StateError(
                 f"state_dir {self.directory!r} was written as {rows.get('placement') or 'one process'} "
@@ -165,15 +175,18 @@ class SnapshotStore:
                 "and cores per process (a one-process run may change its number of kernels)"
             )
         groups = int(rows["key_groups"])
+        self._refuse_more_kernels_than(groups, kernels)
+        if rows.get("kernels") != str(kernels):
+            self._write("UPDATE meta SET value = ? WHERE key = 'kernels'", (str(kernels),))
+        self.kernels, self.key_groups = kernels, groups
+
+    def _refuse_more_kernels_than(self, groups: int, kernels: int) -> None:
         if kernels > groups:
             raise StateError(
                 f"state_dir {self.directory!r} has {groups} key groups (fixed at its first run) and this run "
                 f"has {kernels} kernels: keyed state moves between kernels by whole groups, so a run can "
                 f"have at most {groups} kernels"
             )
-        if rows.get("kernels") != str(kernels):
-            self._write("UPDATE meta SET value = ? WHERE key = 'kernels'", (str(kernels),))
-        self.kernels, self.key_groups = kernels, groups
 
     @cached_property
     def kernels(self) -> int:
@@ -185,7 +198,7 @@ class SnapshotStore:
     def key_groups(self) -> int:
         return int(dict(self._query("SELECT key, value FROM meta"))["key_groups"])
 
-    def _check_intact(self) -> None:
+    def check_intact(self) -> None:
         """SQLite's own structural check of every page, before anything is
         read from the store. A damaged page does not always fail the query
         that reads it: a cell overwritten with garbage can read back as an
@@ -218,6 +231,21 @@ class SnapshotStore:
         marks = ",".join("?" * len(counts))
         self._write(f"DELETE FROM snapshots WHERE epoch = ? AND kernels NOT IN ({marks})", (FINAL, *counts))
         self._write("DELETE FROM complete WHERE epoch < ?", (oldest,))
+        if len(kept) >= _KEEP_COMPLETE and not self._retired:
+            self._retire_other_generations()
+
+    def _retire_other_generations(self) -> None:
+        """This store's generation has two complete epochs of its own: every
+        other generation's files here are superseded (`_generations.py`)."""
+        from ._generations import generation_of, retire_others
+
+        self._retired = True
+        mine = generation_of(self.name)
+        if mine is None:
+            return
+        gone = retire_others(self.directory, mine)
+        if gone:
+            log.info("state_dir %s: removed %s, superseded by %s", self.directory, ", ".join(gone), self.name)
 
     def _write(self, sql: str, args: tuple) -> None:
         with self._database(f"cannot write to {self.name}"):

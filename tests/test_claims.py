@@ -932,12 +932,21 @@ def rescale_flow(out: Path, own: bool = False):
 
 
 def crash_on_two_kernels(out: Path, state: Path, own: bool = False) -> None:
-    kernel._faults._SPEC = "snapshot:4@1"  # as KERNEL_CRASH_AT, for the forked kernels
+    """Killed on kernel 1's 6th snapshot, once an epoch is complete (the
+    launcher may see the crash before the last reports of durable epochs:
+    with too early a crash, under load, none was complete, and the resume
+    had nothing to rescale)."""
+    kernel._faults._SPEC = "snapshot:6@1"  # as KERNEL_CRASH_AT, for the forked kernels
     try:
         with pytest.raises(KernelProcessError):
             run(rescale_flow(out, own)[0], cores=2, state_dir=state, epoch_interval=0.01)
     finally:
         kernel._faults._SPEC = None
+    store = SnapshotStore(state)
+    try:
+        assert store.completed(), "no epoch was complete when kernel 1 was killed"
+    finally:
+        store.close()
 
 
 @promise(STATE, "Rescale on resume")

@@ -19,8 +19,13 @@ from kernel.dataflow._errors import keep_cause_traceback
 
 _libc_handle = None
 # What a cluster's kernel reads from its gate: the epoch the run restores
-# (0: a fresh start) and whether it was the end of a finished run.
-GATE_RECORD = struct.Struct("<qB")
+# (0: a fresh start), whether it was the end of a finished run, the
+# generation of store files this run writes (the epoch it started from:
+# `kernel.state._generations`), and the one it reads the restored epoch
+# from when that is another (its epoch, -1 when the same; whether a
+# cluster's; its shape, processes and cores, 0 for none; how many kernels
+# wrote it).
+GATE_RECORD = struct.Struct("<qBqqBIII")
 
 
 def _libc():
@@ -44,14 +49,25 @@ def _die_with_parent(launcher_pid: int) -> None:
         os._exit(1)
 
 
-def _wait_at_gate(fd: int) -> tuple[int, bool]:
-    """Wait until the relay has linked up: (restored epoch, finished)."""
+def _wait_at_gate(fd: int) -> tuple:
+    """Wait until the relay has linked up: (restored epoch, finished,
+    plan), as `gate_record` packed them."""
     record = os.read(fd, GATE_RECORD.size)
     if len(record) < GATE_RECORD.size:  # the relay failed: the launcher stops us
         while True:
             time.sleep(3600)
-    epoch, finished = GATE_RECORD.unpack(record)
-    return epoch, bool(finished)
+    epoch, finished, written, source, cluster, processes, cores, kernels = GATE_RECORD.unpack(record)
+    shape = (processes, cores) if processes else None
+    return epoch, bool(finished), (written, None if source < 0 else ((source, bool(cluster), shape), kernels))
+
+
+def gate_record(epoch: int = 0, finished: bool = False, plan=None) -> bytes:
+    """One kernel's record of the gate: `plan` is (generation written,
+    ((source epoch, cluster, shape), kernels, ...) or None), None on a
+    fresh start."""
+    written, source = plan or (0, None)
+    (src, cluster, shape), kernels = source[:2] if source else ((-1, False, None), 0)
+    return GATE_RECORD.pack(epoch, finished, written, src, cluster, *(shape or (0, 0)), kernels)
 
 
 def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid,
@@ -74,11 +90,12 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
             from kernel.runtime._coordinate import KernelSide
 
             open_store, interval, snapshots, restored_epoch, _, finished_before = epochs
-            store = open_store()
             if restored_epoch is None:  # a cluster: the epoch its processes agreed on
-                restored_epoch, finished_before = agreed
-                snapshot = store.snapshot_for(restored_epoch, index) if restored_epoch else None
+                restored_epoch, finished_before, plan = agreed
+                store = open_store(plan[0])
+                snapshot = snapshots(store, index, restored_epoch, plan) if restored_epoch else None
             else:
+                store = open_store()
                 snapshot = None if snapshots is None else snapshots[index]
             coordinator = KernelSide(store, index, conn.send, commits, interval, snapshot, restored_epoch,
                                      finished_before)

@@ -49,7 +49,7 @@ import os
 import pickle
 import threading
 
-from ._child import GATE_RECORD, _kernel_main, _libc
+from ._child import _kernel_main, _libc, gate_record
 from ._supervisor import _supervise
 
 # Ring size per ordered pair of kernels. 4 MiB holds a few thousand batches
@@ -82,7 +82,8 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
     told what its links have sent, now and then (metrics).
     On a cluster with snapshots, `epochs`' snapshots and restored epoch are
     None: the processes agree on the epoch when they have linked up
-    (`agreement`, `(offer, decide)`: see `net/_relay.py`), the relay tells
+    (`agreement`, `(offer, decide, prepare)`: see `net/_relay.py`; the
+    relay calls `prepare(plan)` with the decision's plan), the relay tells
     the launcher and writes it into the kernels' gate, and each kernel
     reads its own snapshot of it.
     """
@@ -218,12 +219,13 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
             os.close(fd)
 
 
-def _open_gate(gate_out: int, kernels: int, epoch: int = 0, finished: bool = False) -> None:
+def _open_gate(gate_out: int, kernels: int, epoch: int = 0, finished: bool = False, plan=None) -> None:
     """Every link is up: one record for each kernel waiting on the gate,
-    the epoch the run restores (0: none) and whether it was the end of a
-    finished run. One write of all the records (atomic: at most PIPE_BUF
-    bytes for up to 455 kernels), so each kernel's read gets a whole one."""
-    os.write(gate_out, GATE_RECORD.pack(epoch, finished) * kernels)
+    the epoch the run restores (0: none), whether it was the end of a
+    finished run, and which store files hold it (`gate_record`). One write
+    of all the records (atomic: at most PIPE_BUF bytes for up to 136
+    kernels a process), so each kernel's read gets a whole one."""
+    os.write(gate_out, gate_record(epoch, finished, plan) * kernels)
     os.close(gate_out)
 
 
@@ -246,15 +248,16 @@ def _relay_runtime(plan, ends, bells, handover, gate, launcher=None, agreement=N
             if decision is None:
                 _open_gate(gate_out, len(ends))
                 return
-            epoch, finished = pickle.loads(decision)
-            launcher.send(("restored", (epoch, finished)))
-            _open_gate(gate_out, len(ends), epoch, finished)
+            epoch, finished, plan = pickle.loads(decision)
+            agreement[2](plan)  # this process's store file of the generation written, claimed
+            launcher.send(("restored", (epoch, finished, plan)))
+            _open_gate(gate_out, len(ends), epoch, finished, plan)
 
         def to_launcher(process: int, body: bytes) -> None:
             launcher.send(("message", (process, pickle.loads(body))))
 
         relay = LinkRelay(plan, ends, bells[: len(ends)], bells[len(ends)], on_linked=on_linked,
-                          agreement=agreement, on_message=to_launcher, report=report)
+                          agreement=agreement and agreement[:2], on_message=to_launcher, report=report)
 
         def on_message(kind, payload) -> None:
             if kind == "abort":

@@ -74,6 +74,7 @@ def _wait_for_results(children, pipes, coordinator, relay, cancel) -> list[dict]
                 if index == kernels:
                     _kill_all(children)
                     raise KernelError(f"the links process {_death(children[index])}") from None
+                _read_epoch_reports(pipes, pending - {index}, coordinator)
                 error = KernelProcessError(first + index, _death(children[index]))
                 _abort(children, relay, error)
                 raise error from None
@@ -100,6 +101,22 @@ def _wait_for_results(children, pipes, coordinator, relay, cancel) -> list[dict]
     if relay is not None:
         return results[kernels] or []
     return results
+
+
+def _read_epoch_reports(pipes, others, coordinator) -> None:
+    """A kernel died: the epoch reports the others had already sent still
+    count (an epoch durable on every kernel is complete whatever happens
+    next), so the resumed run restores the newest epoch it can."""
+    if coordinator is None:
+        return
+    for index in sorted(others):
+        try:
+            while pipes[index].poll(0):
+                status, payload = pipes[index].recv()
+                if status in ("durable", "finished"):
+                    coordinator.message(index, (status, payload))
+        except (EOFError, OSError):
+            continue
 
 
 def _abort(children, relay, error) -> None:

@@ -35,8 +35,12 @@ log = logging.getLogger("kernel")
 
 
 class ClusterLauncherSide:
-    def __init__(self, store, kernels: int, process: int, processes: int, send, send_commit) -> None:
-        self.store = store
+    """`open_store(generation)`: this process's store file of the generation
+    the run writes (known once the processes have agreed: `restored`)."""
+
+    def __init__(self, open_store, kernels: int, process: int, processes: int, send, send_commit) -> None:
+        self.open_store = open_store
+        self.store = None
         self.kernels = kernels
         self.process = process
         self.processes = processes
@@ -46,8 +50,16 @@ class ClusterLauncherSide:
         self._cluster: EpochGather | None = None
         self._waiting: list[tuple[int, tuple]] = []  # kernel messages before `restored`
 
-    def restored(self, epoch: int, finished: bool) -> None:
-        """The run starts from `epoch` (agreed by every process at start-up)."""
+    def restored(self, epoch: int, finished: bool, plan) -> None:
+        """The run starts from `epoch` (agreed by every process at start-up),
+        and writes the generation `plan[0]` (`kernel.state._generations`)."""
+        self.store = self.open_store(plan[0])
+        if plan[1] is not None:
+            (_, cluster, _), kernels = plan[1][:2]
+            log.warning("state_dir %s: epoch %d was written by %d kernel%s (%s); this run has %d: keyed "
+                        "state, timers and source positions move by key group", self.store.directory, epoch,
+                        kernels, "s" if kernels > 1 else "", "a cluster" if cluster else "one process",
+                        self.kernels * self.processes)
         if finished:
             log.warning("state_dir %s: this flow already ran to the end (epoch %d); nothing to do "
                         "but publish any of its files left hidden", self.store.directory, epoch)

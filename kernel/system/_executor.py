@@ -3,7 +3,9 @@
 Registers with the coordinator and keeps its connection: a heartbeat every
 `--heartbeat` seconds (1), its processes' exits as they happen. On request it
 starts a job's process (`python -m kernel run FILE:FLOW --cores N ...`,
-with `--process-id`/`--peers` when the job has several), stops one, finds
+with `--process-id`/`--peers` when the job has several, and the executor's
+own `--tls-cert`/`--tls-key`/`--tls-ca` for their links when it has
+them), stops one, finds
 a free port for one, and serves its log.
 
 The pipeline file comes with the request and is kept under
@@ -211,6 +213,11 @@ class ExecutorDaemon:
             argv += ["--epoch-interval", str(m["epoch_interval"])]
         if m.get("peers"):
             argv += ["--process-id", str(process), "--peers", m["peers"]]
+            if self.tls is not None:  # the job's links as the system's own connections: over TLS
+                # (absolute: the job runs in its own directory)
+                files = {"--tls-cert": self.tls.cert, "--tls-key": self.tls.key, "--tls-ca": self.tls.ca}
+                argv += [part for flag, path in files.items() if path is not None
+                         for part in (flag, os.path.abspath(path))]
         dashboard = None
         if self.dashboard_host is not None:
             host = self.dashboard_host

@@ -10,7 +10,8 @@ with that process's `error:` line as its message; `kill` makes it
 an executor that went away makes it `restarting`: the other processes are
 stopped and the job is placed again, on the executors that are left (a
 job without a state_dir on fewer processes when fewer executors have room,
-and any job of one process on fewer cores: its state moves by key group),
+and any job of one process on fewer cores, or of several on one host:
+its state moves by key group),
 at most `max_restarts` times. Every transition of a job runs under the
 job's lock, so events about it (exits, a lost executor, kill) never
 interleave; events of an attempt that is no longer current are ignored.
@@ -154,19 +155,25 @@ class JobMaster:
         A restarting job without a state_dir starts over, so it may be
         rescaled to what is left: fewer processes, fewer cores each. One
         with a state_dir resumes from its snapshots: a one-process job may
-        have fewer cores (a resumed run moves keyed state by key group),
-        a cluster keeps its shape."""
+        have fewer cores (a resumed run moves keyed state by key group), and
+        so may a cluster whose executors, those it ran on and those it would
+        run on, are all on one host (its state_dir, the same path on each,
+        is then one directory, which a cluster needs to change its shape);
+        elsewhere a cluster keeps its shape."""
         up = [e for e in self.connected if self.free_cores(e) >= job.cores]
         if job.executors:
             return (list(job.executors), job.cores) if all(e in up for e in job.executors) else None
         up.sort(key=lambda e: (-self.free_cores(e), self.executors[e].registered))
         if len(up) >= job.processes:
             return up[: job.processes], job.cores
-        if job.status != "restarting" or (job.state_dir is not None and job.processes > 1):
+        if job.status != "restarting":
             return None
         some = sorted((e for e in self.connected if self.free_cores(e) >= 1),
                       key=lambda e: (-self.free_cores(e), self.executors[e].registered))[: job.processes]
         if not some:
+            return None
+        if job.state_dir is not None and job.processes > 1 and len(
+                {self.executors[e].host for e in [*job.ran_on, *some] if e in self.executors}) > 1:
             return None
         return some, min(job.cores, *(self.free_cores(e) for e in some))
 

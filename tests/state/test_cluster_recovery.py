@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -79,12 +78,13 @@ def complete_epochs(path: Path) -> list[tuple[int, bool]]:
 
 
 def start_cluster(tmp: Path, *, shared: bool, crash: tuple[int, str] | None = None, n: int = N,
-                  pipeline: str = "pipeline.py", dirs=None, interval: str = "0.02", cores: int = 1) -> list:
-    """Both processes, started at once; `crash=(process, spec)` sets
+                  pipeline: str = "pipeline.py", dirs=None, interval: str = "0.02", cores: int = 1,
+                  processes: int = 2) -> list:
+    """Every process, started at once; `crash=(process, spec)` sets
     KERNEL_CRASH_AT for that process only."""
-    peers = ",".join(f"127.0.0.1:{port}" for port in free_ports(2))
+    peers = ",".join(f"127.0.0.1:{port}" for port in free_ports(processes))
     procs = []
-    for p in range(2):
+    for p in range(processes):
         env = dict(os.environ, N=str(n), OUT=str(tmp / "out"), KERNEL_SECRET=SECRET)
         env.pop("KERNEL_CRASH_AT", None)
         if crash is not None and crash[0] == p:
@@ -225,42 +225,76 @@ def test_a_state_dir_missing_on_one_machine_is_refused_naming_the_process(tmp_pa
         assert (f"error: process 1: state_dir '{tmp_path / 'state1'}' holds no snapshots of this flow, "
                 f"but process 0's is at epoch {epoch}") in err
     # put back, the same commands resume
-    shutil.rmtree(tmp_path / "state1")  # what the refused run claimed
+    assert not (tmp_path / "state1").exists()  # the refused run wrote nothing
     os.replace(tmp_path / "elsewhere", tmp_path / "state1")
     second = finish(start_cluster(tmp_path, shared=False))
     assert [code for code, _ in second] == [0, 0], second
     assert_exactly_once(tmp_path / "out")
 
 
-def test_another_number_of_processes_or_cores_is_refused_before_anything_runs(tmp_path):
-    """A cluster resumes on the processes and cores that wrote its state
-    (only a one-process run rescales, for now): a cluster's shared state_dir
-    resumed by one process, one process's by a cluster, and a cluster's
-    with more cores each, are refused with a StateError saying so (naming
-    the process, on a cluster)."""
+def run_alone(tmp: Path, state: Path, cores: int, crash: str | None = None, n: int = N):
+    """The pipeline on one process of `cores` kernels (`crash`: KERNEL_CRASH_AT)."""
+    env = dict(os.environ, N=str(n), OUT=str(tmp / "out"))
+    env.pop("KERNEL_CRASH_AT", None)
+    if crash:
+        env["KERNEL_CRASH_AT"] = crash
+    return subprocess.run([sys.executable, "-m", "kernel.run", str(tmp / "pipeline.py"), "--state-dir",
+                           str(state), "--epoch-interval", "0.02", "--cores", str(cores)],
+                          env=env, capture_output=True, text=True, timeout=90)
+
+
+def newest_anywhere(state: Path) -> int:
+    return max((complete_epochs(path)[:1] or [(0, False)])[0][0] for path in state.glob("snapshots*.sqlite"))
+
+
+def test_a_run_resumed_on_other_processes_and_cores_from_a_shared_state_dir_is_exact(tmp_path):
+    """One process of 2 kernels, then clusters of 2 and 3 processes, then one
+    process of one kernel, in one shared state_dir: each run but the last is
+    killed (SIGKILL, on its last kernel, after its third snapshot) and the
+    next resumes from the newest epoch complete anywhere, reading every old
+    kernel's snapshot and cutting it by key group. The visible files hold
+    every record once, the counts and window sums are a plain loop's, and
+    once the last run has completed epochs of its own, the files of every
+    earlier generation are gone."""
     (tmp_path / "pipeline.py").write_text(PIPELINE)
-    shared = tmp_path / "state"
-    first = finish(start_cluster(tmp_path, shared=True, n=200))
-    assert [code for code, _ in first] == [0, 0], first
-    env = dict(os.environ, N="200", OUT=str(tmp_path / "out"))
-    alone = subprocess.run([sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"),
-                            "--state-dir", str(shared), "--cores", "2"],
-                           env=env, capture_output=True, text=True, timeout=60)
-    assert alone.returncode == 1
-    assert alone.stderr == (f"error: state_dir '{shared}' holds snapshots-process0.sqlite, "
-                            "snapshots-process1.sqlite, written by a cluster, and this run is one process: "
-                            "a resumed run needs the same processes and cores per process (a one-process "
-                            "run resumes a one-process run's state_dir, on any number of kernels)\n")
+    state = tmp_path / "state"
+    first = run_alone(tmp_path, state, 2, crash="snapshot:3@1")
+    assert first.returncode != 0, "the crash point was never reached"
+    shapes = [(2, "snapshot:3@1"), (3, "snapshot:3@2")]
+    for processes, crash in shapes:
+        epoch = newest_anywhere(state)
+        assert epoch >= 1
+        results = finish(start_cluster(tmp_path, shared=True, processes=processes,
+                                       crash=(processes - 1, crash)))
+        assert all(code != 0 for code, _ in results), results
+        assert any(f"resuming from epoch {epoch}\n" in err and "move by key group" in err
+                   for _, err in results), results
+    epoch = newest_anywhere(state)
+    last = run_alone(tmp_path, state, 1)
+    assert last.returncode == 0, last.stderr
+    assert f"resuming from epoch {epoch}\n" in last.stderr
+    assert_exactly_once(tmp_path / "out")
+    generations = sorted(p.name for p in state.glob("snapshots*.sqlite"))
+    assert generations == [f"snapshots-e{epoch}.sqlite"], generations
 
-    single = tmp_path / "single"
-    assert subprocess.run([sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"),
-                           "--state-dir", str(single)], env=env, timeout=60).returncode == 0
-    for code, err in finish(start_cluster(tmp_path, shared=True, n=200, dirs=[single, single])):
-        assert code == 1, err
-        assert f"error: process 0: state_dir '{single}' holds snapshots.sqlite, written by one process" in err
 
-    more_cores = start_cluster(tmp_path, shared=True, n=200, cores=2)
-    for code, err in finish(more_cores):
+def test_another_shape_from_state_dirs_of_their_own_is_refused_naming_the_process(tmp_path):
+    """A cluster's processes with a state_dir each (on their own machines)
+    cannot resume on another shape: no process sees every old kernel's
+    snapshot. Refused before anything runs, naming the process and saying
+    what would do; the same shape then resumes as before."""
+    (tmp_path / "pipeline.py").write_text(PIPELINE)
+    first = finish(start_cluster(tmp_path, shared=False, crash=(1, "snapshot:3@1")))
+    assert all(code != 0 for code, _ in first)
+    epoch = complete_epochs(store_file(tmp_path, 0, False))[0][0]
+    dirs = [tmp_path / f"state{p}" for p in range(3)]
+    for code, err in finish(start_cluster(tmp_path, shared=False, processes=3, dirs=dirs)):
         assert code == 1, err
-        assert (f"error: process 0: state_dir '{shared}' was written as process 0 of 2, 1 core each and this "
-                "run is process 0 of 2, 2 cores each: a cluster resumes with the same processes") in err
+        assert (f"error: process 0: state_dir '{dirs[0]}' lacks the snapshots of kernel 1 of epoch {epoch}, "
+                "written by a cluster of 2 processes with 1 core each, and this run is a cluster of 3 "
+                "processes with 1 core each: a cluster resumes on another number of processes or cores only "
+                "from a state_dir that every process shares") in err
+    assert not dirs[2].exists()
+    again = finish(start_cluster(tmp_path, shared=False))
+    assert [code for code, _ in again] == [0, 0], again
+    assert_exactly_once(tmp_path / "out")

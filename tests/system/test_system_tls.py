@@ -1,15 +1,19 @@
 """The system over TLS (`--tls-cert`, `--tls-key`, `--tls-ca` on every
 process, the links' options): a job completes; a client without TLS, or
-with a certificate the CA did not sign, is refused."""
+with a certificate the CA did not sign, is refused; a job of two processes
+links them over TLS too (the executors hand their files on)."""
 
 from __future__ import annotations
 
+import socket
+import ssl
 import subprocess
+import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from _system import System
+from _system import System, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -56,5 +60,80 @@ def test_a_system_over_tls_runs_a_job_and_refuses_clients_without_it(certificate
         assert plain.returncode == 1 and "error:" in plain.stderr
         assert stranger.returncode == 1 and "error:" in stranger.stderr
         assert system.coordinator.poll() is None and system.cli("status").returncode == 0
+    finally:
+        system.close()
+
+
+def link_addresses(under: Path) -> set[tuple[str, int]]:
+    """The link addresses of the job processes started under `under` (their
+    `--peers`, read from /proc: the processes themselves say where they listen)."""
+    ports = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        if "--peers" in argv and any(str(under) in arg for arg in argv):
+            for peer in argv[argv.index("--peers") + 1].split(","):
+                host, port = peer.rsplit(":", 1)
+                ports.add((host.strip("[]"), int(port)))
+    return ports
+
+
+def listening(address) -> bool:
+    try:
+        socket.create_connection(address, timeout=5).close()
+    except ConnectionRefusedError:
+        return False
+    return True
+
+
+def test_a_job_of_two_processes_links_them_over_tls(certificates, tmp_path):
+    """While the job runs, each of its processes' link port answers a TLS
+    handshake with the executors' certificate (signed by the CA, for
+    127.0.0.1): the links do not speak plain HTTP. The job then completes
+    with the same results as without TLS."""
+    tls = ["--tls-cert", certificates["node.pem"], "--tls-key", certificates["node.key"],
+           "--tls-ca", certificates["ca.pem"]]
+    system = System(tmp_path, options=tls)
+    try:
+        system.start_coordinator()
+        system.start_executor(cores=1), system.start_executor(cores=1)
+        system.executors_up(2)
+        go = tmp_path / "go"
+        pipeline = tmp_path / "p.py"
+        pipeline.write_text(textwrap.dedent(f"""
+            import os, time
+            from kernel import Dataflow
+
+            def held(n):
+                while not os.path.exists({str(go)!r}):  # until the test has looked at the links
+                    time.sleep(0.01)
+                return n * 2
+
+            flow = Dataflow('p')
+            flow.from_iterable(range(100)).map(held).key_by(lambda n: n % 3).count().print('c ')
+        """))
+        job = system.cli("submit", pipeline, "--processes", "2").stdout.splitlines()[0]
+        wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
+        context = ssl.create_default_context(cafile=certificates["ca.pem"])
+        context.load_cert_chain(certificates["node.pem"], certificates["node.key"])
+        addresses = link_addresses(tmp_path)
+        assert len(addresses) == 2, addresses
+        for address in addresses:  # (each process listens once it has started up)
+            wait_until(lambda address=address: listening(address), what=f"a link server at {address}")
+            with socket.create_connection(address, timeout=10) as raw, \
+                    context.wrap_socket(raw, server_hostname="127.0.0.1") as link:
+                assert dict(x[0] for x in link.getpeercert()["subject"])["commonName"] == "127.0.0.1"
+        go.write_text("")
+        wait_until(lambda: system.job(job)["status"] in ("completed", "failed"), timeout=60,
+                   what="the job to end")
+        assert system.job(job)["status"] == "completed", system.cli("logs", job).stdout
+        log = system.cli("logs", job).stdout
+        printed = sorted(line.split("] ", 1)[1] for line in log.splitlines() if "] c " in line)
+        counts = {}
+        for n in range(100):
+            counts[2 * n % 3] = counts.get(2 * n % 3, 0) + 1
+        assert printed == sorted(f"c {pair}" for pair in counts.items()), log
     finally:
         system.close()

@@ -1,0 +1,235 @@
+"""Generations of store files in a `state_dir`: which file a run writes, and
+where a resumed run reads the epoch it resumes from.
+
+A *generation* is the store files that runs of one shape write, one after
+another, each resuming the last:
+
+* `snapshots.sqlite`: a one-process run's (on any number of kernels: that
+  store keeps each epoch's kernel count and cuts by key group itself);
+* `snapshots-process{P}.sqlite`: process P of a cluster's (one file each,
+  so the `state_dir` may be local to each machine or shared).
+
+A run resumed on another shape (one process after a cluster, a cluster after
+one process, another number of processes or of cores each) starts a new
+generation named after the epoch it resumes from (and a cluster's shape),
+`snapshots-e{E}.sqlite` or `snapshots-e{E}-{processes}x{cores}-process{P}.sqlite`,
+and reads that epoch from the old
+generation's files: every old kernel's snapshot, cut by key group
+(`kernel/runtime/_rescale.py`). A cluster can do that only where every
+process sees every old file: a `state_dir` they share. New files rather than
+the old ones rewritten: the old epoch stays readable until the new
+generation has completed epochs of its own, and no old kernel's rows (a
+FINAL snapshot, say) can be taken for a new kernel's. Once the new
+generation has two complete epochs, the files of every other generation are
+deleted (`retire_others`).
+
+The newest complete epoch of all generations is the one a run resumes from:
+epochs count on across generations, and only one generation ever completes
+a given epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from dataclasses import dataclass
+
+_NAME = re.compile(r"^snapshots(?:-e(\d+))?(?:-(\d+)x(\d+))?(?:-process(\d+))?\.sqlite$")
+_SIDE_FILES = ("", "-wal", "-shm", "-journal")
+
+
+@dataclass(frozen=True, order=True)
+class Generation:
+    """`epoch`: the epoch it started from (0: a fresh start); `cluster`:
+    whether a cluster's processes write it (one file each); `shape`: a
+    resumed cluster's (processes, cores each), part of its files' names
+    (None: a fresh start's or one process's)."""
+
+    epoch: int
+    cluster: bool
+    shape: tuple[int, int] | None = None
+
+    def file_name(self, process: int | None = None) -> str:
+        stem = "snapshots" if self.epoch == 0 else f"snapshots-e{self.epoch}"
+        if self.shape is not None:
+            stem += f"-{self.shape[0]}x{self.shape[1]}"
+        return f"{stem}-process{process}.sqlite" if self.cluster else f"{stem}.sqlite"
+
+    def describe(self) -> str:
+        since = f" since epoch {self.epoch}" if self.epoch else ""
+        return f"{'a cluster' if self.cluster else 'one process'}'s snapshots{since}"
+
+
+def generation_of(name: str) -> Generation | None:
+    """The generation a store file of this name belongs to (None: not a store file)."""
+    match = _NAME.match(name)
+    if match is None:
+        return None
+    epoch, processes, cores, process = match.groups()
+    shape = None if processes is None else (int(processes), int(cores))
+    return Generation(int(epoch or 0), process is not None, shape)
+
+
+def generations(directory) -> dict[Generation, dict[int | None, str]]:
+    """The generations whose files are in `directory`: {generation: {process
+    (None for one process): file name}}."""
+    found: dict[Generation, dict[int | None, str]] = {}
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return found
+    for name in names:
+        generation = generation_of(name)
+        if generation is not None:
+            process = _NAME.match(name).group(4)
+            found.setdefault(generation, {})[None if process is None else int(process)] = name
+    return found
+
+
+@dataclass
+class Seen:
+    """What one generation's files in one directory hold (read-only):
+    `complete` (epoch, final, kernels) newest first, merged over its files
+    (process 0's marks an epoch complete first); `rows` the (epoch, kernel,
+    kernels) snapshots there (FINAL too); `meta` the first file's."""
+
+    complete: list[tuple[int, bool, int]]
+    rows: set[tuple[int, int, int]]
+    meta: dict[str, str]
+
+
+def look(directory, files: dict[int | None, str]) -> Seen:
+    complete: dict[int, tuple[int, bool, int]] = {}
+    rows: set[tuple[int, int, int]] = set()
+    meta: dict[str, str] = {}
+    for process in sorted(files, key=lambda p: -1 if p is None else p):
+        db = _read_only(os.path.join(directory, files[process]))
+        try:
+            for epoch, final, kernels in _rows(db, "SELECT epoch, final, kernels FROM complete"):
+                complete[epoch] = (epoch, bool(final) or complete.get(epoch, (0, False, 0))[1], kernels)
+            rows.update(_rows(db, "SELECT epoch, kernel, kernels FROM snapshots"))
+            meta = meta or dict(_rows(db, "SELECT key, value FROM meta"))
+        finally:
+            db.close()
+    return Seen(sorted(complete.values(), reverse=True), rows, meta)
+
+
+def newest(directory) -> tuple[Generation, tuple[int, bool, int]] | None:
+    """The generation holding the newest complete epoch in `directory`, and
+    that epoch's (epoch, final, kernels); None when none is complete."""
+    best = None
+    for generation, files in generations(directory).items():
+        seen = look(directory, files)
+        if seen.complete and (best is None or seen.complete[0] > best[1]):
+            best = (generation, seen.complete[0])
+    return best
+
+
+def read_epoch(directory, generation: Generation, epoch: int, kernels: int, read) -> list[bytes]:
+    """Every one of `kernels` old kernels' snapshot of `epoch` from the
+    generation's files here: its own, or its FINAL one when it had ended
+    before (`read(store file name, epoch, kernel, kernels)` reads one,
+    checksum checked). Raises LookupError naming the kernels none holds."""
+    from ._store import FINAL
+
+    where: dict[tuple[int, int], str] = {}  # (epoch or FINAL, kernel) -> the file holding it
+    for name in generations(directory).get(generation, {}).values():
+        db = _read_only(os.path.join(directory, name))
+        try:
+            for at, kernel in _rows(db, "SELECT epoch, kernel FROM snapshots WHERE epoch IN (?, ?) AND "
+                                        "kernels = ?", (epoch, FINAL, kernels)):
+                where[(at, kernel)] = name
+        finally:
+            db.close()
+    found = [(epoch, k) if (epoch, k) in where else (FINAL, k) for k in range(kernels)]
+    missing = [k for at, k in found if (at, k) not in where]
+    if missing:
+        raise LookupError(missing)
+    return [read(where[(at, k)], at, k, kernels) for at, k in found]
+
+
+def retire_others(directory, mine: Generation) -> list[str]:
+    """Delete the files of every generation but `mine` (superseded: `mine`
+    has complete epochs newer than any of theirs). Another process sharing
+    the directory may be deleting them too."""
+    gone = []
+    for generation, files in generations(directory).items():
+        if generation == mine:
+            continue
+        for name in files.values():
+            for suffix in _SIDE_FILES:
+                try:
+                    os.unlink(os.path.join(directory, name + suffix))
+                except FileNotFoundError:
+                    continue
+            gone.append(name)
+    return sorted(gone)
+
+
+def _read_only(path: str) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+
+
+def _rows(db: sqlite3.Connection, sql: str, args: tuple = ()) -> list[tuple]:
+    try:
+        return db.execute(sql, args).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):  # created and not yet claimed
+            return []
+        raise
+
+
+def newest_checked(directory, fingerprint: str, layout: str):
+    """`newest`, each generation's files checked to be this flow's, in this
+    layout (StateError otherwise, as `SnapshotStore.claim`), and a damaged
+    file refused as a StateError: (generation, (epoch, final, kernels),
+    key_groups) or None."""
+    from ._store import SnapshotStore, StateError, check_meta
+
+    best = None
+    try:
+        for generation, files in generations(directory).items():
+            for name in files.values():  # a damaged page can read back as rows that never were
+                store = SnapshotStore(directory, name)
+                try:
+                    store.check_intact()
+                finally:
+                    store.close()
+            seen = look(directory, files)
+            if seen.meta:
+                check_meta(directory, seen.meta, fingerprint, layout)
+            if seen.complete and (best is None or seen.complete[0] > best[1]):
+                best = (generation, seen.complete[0], int(seen.meta["key_groups"]))
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"state_dir {os.fspath(directory)!r}: cannot read its snapshots ({exc}); move it "
+                         "aside to run this flow afresh") from exc
+    return best
+
+
+def read_old_epoch(directory, generation: Generation, epoch: int, kernels: int, why: str) -> list[bytes]:
+    """`read_epoch` with the store's checksums, and StateError naming the
+    kernels whose snapshots are not here (`why`: what to do about it)."""
+    from ._store import SnapshotStore, StateError
+
+    stores: dict[str, SnapshotStore] = {}
+
+    def read(name: str, epoch: int, kernel: int, count: int) -> bytes:
+        if name not in stores:
+            stores[name] = SnapshotStore(directory, name)
+        return stores[name].read(epoch, kernel, count)
+
+    try:
+        return read_epoch(directory, generation, epoch, kernels, read)
+    except LookupError as exc:
+        (missing,) = exc.args
+        plural = "s" if len(missing) > 1 else ""
+        raise StateError(
+            f"state_dir {os.fspath(directory)!r} lacks the snapshots of kernel{plural} "
+            f"{', '.join(map(str, missing))} of epoch {epoch} ({generation.describe()}, {kernels} "
+            f"kernel{'s' if kernels > 1 else ''}): {why}") from None
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"state_dir {os.fspath(directory)!r}: cannot read epoch {epoch} ({exc})") from exc
+    finally:
+        for store in stores.values():
+            store.close()
