@@ -672,15 +672,17 @@ def test_on_lost_wait_follows_a_publisher_restarted_with_another_partition_count
     wait_until(lambda: "subscribing" in b.out.read_text(), what="B to start")
     a1 = Job(system, "readings.py", "a1", COUNT=0, CORES=before, SPLIT=1)
     received = lambda p: re.search(rf"partition {p}: epoch \d+ received", b.text())  # noqa: E731
-    wait_until(lambda: all(received(p) for p in range(before)), what="B to read whole epochs of A")
+    connected = lambda: sum(map(len, starts(b).values()))  # noqa: E731  (B's connections so far)
+    # both kernels of B connected (to a partition, or to the progress of all), whole epochs read
+    wait_until(lambda: connected() == max(before, 2) and all(received(p) for p in range(before)),
+               what="B to read whole epochs of A")
     a1.kill()
     go = system.root / "go"
     a2 = Job(system, "readings.py", "a2", COUNT=3000, CORES=after, SPLIT=1, START=NEW, HOLD=hold, GO=go,
              RATE=20)
     # every kernel of B reads the new A (its own partitions, or their
     # progress) before A goes at full speed: B's connections to A1, then A2
-    connections = max(before, 2) + max(after, 2)
-    wait_until(lambda: sum(map(len, starts(b).values())) == connections, what="B to read from the new A")
+    wait_until(lambda: connected() == max(before, 2) + max(after, 2), what="B to read from the new A")
     go.touch()
     closed = lambda: [float(w) for w in re.findall(r"window (\S+)", b.text())]  # noqa: E731
     wait_until(lambda: a2.text().count("holding") == after, what="the new A to publish everything")
