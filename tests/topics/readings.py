@@ -18,6 +18,7 @@ DT = 1 / 64  # event seconds between readings (exact in binary: window bounds ar
 PAYLOAD = int(os.environ.get("PAYLOAD", "0"))  # a string of this many bytes in each reading
 GO = os.environ.get("GO")  # a file: once it exists, the readings come at full speed
 HOLD = os.environ.get("HOLD")  # a file: after COUNT readings the source waits for it, then ends
+WAIT = os.environ.get("WAIT")  # a file: the source makes no reading until it exists
 START = int(os.environ.get("START", "0"))  # the first reading's seq (a restart's resuming point)
 # SPLIT: kernel k of n makes seqs START + k, START + k + n, ... (else each
 # kernel makes every seq); COUNT counts the seqs of every kernel together
@@ -39,6 +40,9 @@ class Readings(Source):
     def poll(self):
         if self.seq >= self.end:
             return self.hold()
+        if WAIT and not os.path.exists(WAIT):
+            self.context.kernel.call_later(0.02, self.wake)
+            return None
         now = self.context.clock.monotonic()
         if RATE and now < self.due and not (GO and os.path.exists(GO)):
             self.context.kernel.call_later(self.due - now, self.wake)

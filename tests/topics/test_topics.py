@@ -230,12 +230,14 @@ def test_on_lost_wait_goes_on_after_the_publishers_restart(system):
 def test_retain_lets_a_late_subscriber_start_at_the_oldest_retained_epoch(system):
     # A keeps more epochs than it will have: B, joining after A's 6th epoch,
     # starts at the very beginning (without retain, after the 6th)
-    go = system.root / "go"
-    a = Job(system, "readings.py", "a", COUNT=3000, RETAIN=50, GO=go)
+    # (A holds its end until B has joined: a slow start of B must not find A ended)
+    go, hold = system.root / "go", system.root / "hold"
+    a = Job(system, "readings.py", "a", COUNT=3000, RETAIN=1000, GO=go, HOLD=hold)
     a.wait_epoch(6)
     b = Job(system, "sums.py", "b")
     wait_until(b.epochs_received, what="B to read from A")  # (then A may go at full speed)
     go.touch()
+    hold.touch()
     seqs, sums = results(b)
     assert seqs == list(range(3000))
     assert sums == brute_sums(seqs)
@@ -678,10 +680,9 @@ def test_on_lost_wait_follows_a_publisher_restarted_with_another_partition_count
                what="B to read whole epochs of A")
     a1.kill()
     go = system.root / "go"
-    a2 = Job(system, "readings.py", "a2", COUNT=3000, CORES=after, SPLIT=1, START=NEW, HOLD=hold, GO=go,
-             RATE=20)
+    a2 = Job(system, "readings.py", "a2", COUNT=3000, CORES=after, SPLIT=1, START=NEW, HOLD=hold, WAIT=go)
     # every kernel of B reads the new A (its own partitions, or their
-    # progress) before A goes at full speed: B's connections to A1, then A2
+    # progress) before A makes its readings: B's connections to A1, then A2
     wait_until(lambda: connected() == max(before, 2) + max(after, 2), what="B to read from the new A")
     go.touch()
     closed = lambda: [float(w) for w in re.findall(r"window (\S+)", b.text())]  # noqa: E731
