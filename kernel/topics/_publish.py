@@ -337,7 +337,8 @@ class Publish(Operator):
             writers = [s.writer for s in self.subscribers if s.writer is not None]
             if writers:
                 await asyncio.wait(writers)
-            await directory.request("topic_unpublish", name=self.topic, id=self.id)
+            await directory.request("topic_unpublish", name=self.topic, id=self.id, partition=self.partition)
+            log.debug("topic %r partition %d: ended and unpublished", self.topic, self.partition)
         finally:
             await directory.close()
             await server.stop()

@@ -188,10 +188,16 @@ class Subscribe(Source):
 
     async def _read_partition(self, key: bytes, found: dict, at: tuple[int, int], progress: bool) -> None:
         """Read one partition of one publisher into the buffer until its END
-        (returns) or a loss (`_Lost`, with why)."""
+        (returns) or a loss (`_Lost`, with why). A partition that had ended
+        when the topic was looked up (its server gone) ends here at once."""
         from kernel.net._links import Link, LinkError, connect
 
         partition = at[1]
+        if found["addresses"][partition] == ENDED:
+            log.debug("topic %r partition %d: ended before this subscriber connected", self.topic, partition)
+            self._buffer.append((at, KIND_END, b"", _NO_LINK))
+            self.wake()
+            return
         url = _directory.url_of(*_split(found["addresses"][partition]))
         http = None
         meta = {"topic": self.topic, "progress": True} if progress else {"topic": self.topic}
@@ -237,6 +243,19 @@ class Subscribe(Source):
 
 class _Lost(Exception):
     """A partition's connection ended without the stream's end: why."""
+
+
+class _NoLink:
+    """The credit of a frame no connection carried (a partition's end read
+    from the catalog)."""
+
+    @staticmethod
+    def consumed(channel: int, nbytes: int) -> None:
+        pass
+
+
+_NO_LINK = _NoLink()
+ENDED = "ended"  # a publication's address once its partition has ended (kernel.system._topics)
 
 
 async def _first_loss(readers: list) -> str | None:

@@ -19,6 +19,9 @@ PAYLOAD = int(os.environ.get("PAYLOAD", "0"))  # a string of this many bytes in 
 GO = os.environ.get("GO")  # a file: once it exists, the readings come at full speed
 HOLD = os.environ.get("HOLD")  # a file: after COUNT readings the source waits for it, then ends
 WAIT = os.environ.get("WAIT")  # a file: the source makes no reading until it exists
+# the kernels WAIT applies to, e.g. "1" (default: every one)
+WAIT_KERNELS = set(map(int, os.environ["WAIT_KERNELS"].split(","))) if os.environ.get("WAIT_KERNELS") \
+    else None
 START = int(os.environ.get("START", "0"))  # the first reading's seq (a restart's resuming point)
 # SPLIT: kernel k of n makes seqs START + k, START + k + n, ... (else each
 # kernel makes every seq); COUNT counts the seqs of every kernel together
@@ -36,11 +39,12 @@ class Readings(Source):
         self.end = START + COUNT if COUNT else float("inf")
         self.due = context.clock.monotonic()
         self.held = False
+        self.waits = WAIT_KERNELS is None or context.index in WAIT_KERNELS
 
     def poll(self):
         if self.seq >= self.end:
             return self.hold()
-        if WAIT and not os.path.exists(WAIT):
+        if WAIT and self.waits and not os.path.exists(WAIT):
             self.context.kernel.call_later(0.02, self.wake)
             return None
         now = self.context.clock.monotonic()

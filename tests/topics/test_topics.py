@@ -704,3 +704,22 @@ def test_on_lost_wait_follows_a_publisher_restarted_with_another_partition_count
             assert mine[0] in {first + p + n * r for r in boundaries[p]}, "not from an epoch boundary"
             end = mine[-1] + 1 if job is a1 else first + 3000  # (a1 died somewhere)
             assert mine == list(range(mine[0], end, n))
+
+
+def test_a_partition_that_ended_early_ends_for_a_subscriber_joining_later(system):
+    """A's kernel 0 ends its share (and unpublishes its partition) while
+    kernel 1 has not begun: B, subscribing then on two kernels, reads
+    partition 0's end from the catalog (its server is gone) and all of
+    partition 1, and ends without error. (The first partition to end used
+    to take the whole topic out of the catalog: B found nothing.)"""
+    go = system.root / "go"
+    a = Job(system, "readings.py", "a", COUNT=400, CORES=2, SPLIT=1, WAIT=go, WAIT_KERNELS="1")
+    wait_until(lambda: "partition 0: ended and unpublished" in a.text(), what="A's kernel 0 to end")
+    b = Job(system, "sums.py", "b", CORES=2, TIMEOUT=5)
+    wait_until(lambda: 1 in starts(b) or b.proc.poll() is not None, what="B to read partition 1")
+    go.touch()
+    seqs, sums = results(b)
+    a.finish()
+    assert "partition 0: ended before this subscriber connected" in b.text()
+    assert seqs == list(range(1, 400, 2))
+    assert sums == brute_sums(seqs)
