@@ -92,7 +92,7 @@ class Snapshots:
         # (as `_dataflow.py` reaches into `operators`).
         from kernel.operators import SNAPSHOT_LAYOUT
         from kernel.state import SnapshotStore
-        from kernel.state._generations import Generation, newest_checked, read_old_epoch
+        from kernel.state._generations import Generation, newest, read_old_epoch
 
         if not (isinstance(epoch_interval, (int, float)) and 0 < epoch_interval < float("inf")):
             raise ValueError(f"epoch_interval must be a positive number of seconds, got {epoch_interval!r}")
@@ -102,7 +102,7 @@ class Snapshots:
         # The newest complete epoch of every generation of store files here
         # (state/_generations.py): a one-process run goes on writing a
         # one-process generation, and starts one after a cluster's.
-        source = newest_checked(state_dir, fingerprint, SNAPSHOT_LAYOUT)
+        source = newest(state_dir, fingerprint, SNAPSHOT_LAYOUT)
         after_cluster = source is not None and source[0].cluster
         generation = Generation(source[1][0], False) if after_cluster else (source[0] if source else
                                                                             Generation(0, False))
@@ -185,7 +185,7 @@ class ClusterSnapshots:
     def __init__(self, flow, state_dir, epoch_interval: float, cluster) -> None:
         from kernel.operators import SNAPSHOT_LAYOUT
         from kernel.state import StateError
-        from kernel.state._generations import generations, look, newest_checked
+        from kernel.state._generations import generations, look, newest
 
         if not (isinstance(epoch_interval, (int, float)) and 0 < epoch_interval < float("inf")):
             raise ValueError(f"epoch_interval must be a positive number of seconds, got {epoch_interval!r}")
@@ -201,7 +201,7 @@ class ClusterSnapshots:
                  "shape": (cluster.processes, cluster.cores), "loops": bool(flow.graph.loops),
                  "generations": {}}
         try:  # refused on process 0, for every process, naming this one
-            newest_checked(self.state_dir, self.fingerprint, SNAPSHOT_LAYOUT)  # this flow's, intact
+            newest(self.state_dir, self.fingerprint, SNAPSHOT_LAYOUT)  # this flow's, intact
             for generation, files in generations(self.state_dir).items():
                 seen = look(self.state_dir, files)
                 offer["generations"][generation] = {

@@ -175,6 +175,10 @@ class Link:
         self._pinged = False
         self.pongs = 0  # answers to our PINGs: quiet periods the peer was heard through
         self.sent_bytes = 0  # frames handed to `send` (Link.size each): streamkernel_link_sent_bytes_total
+        # the peer said it is done with this link (the relay's BYE or DONE): how
+        # the connection then ends is no error (over TLS the peer's process may
+        # exit before its close frame is out: code 1006)
+        self.goodbye = False
         self._heartbeat = heartbeat
         if heartbeat:
             asyncio.get_running_loop().call_later(heartbeat, self._check_alive)
@@ -314,7 +318,7 @@ class Link:
             data = message.data
             if message.type is not _BINARY or len(data) < _HEAD:
                 if message.type in _ENDED:
-                    if ws.close_code not in (None, 1000):
+                    if ws.close_code not in (None, 1000) and not self.goodbye:
                         raise LinkError(f"link to process {self.peer} closed: code {ws.close_code}")
                     self._ended()
                     raise StopAsyncIteration

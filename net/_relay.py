@@ -531,10 +531,12 @@ class LinkRelay:
                 self._add_results(pickle.loads(b"".join(self._chunks.pop(peer))))
         elif kind == KIND_DONE:
             self._graceful.add(peer)
+            self.links[peer].goodbye = True
             if not self._done.done():
                 self._done.set_result(None)
         elif kind == KIND_BYE:
             self._graceful.add(peer)
+            self.links[peer].goodbye = True
         elif kind == KIND_MESSAGE:
             self.on_message(peer, bytes(body))
         elif kind == KIND_AGREE:

@@ -108,6 +108,15 @@ def one_to_one(stages) -> bool:
     return all(stage.kind in _ONE_TO_ONE for stage in stages)
 
 
+def changes_counts_at(stages) -> int | None:
+    """The one stage whose output may have another number of records than
+    its input (a filter, a flat_map), or None when every stage hands on
+    what it was given; -1 when several may (metrics then cannot tell the
+    records between them: `kernel.runtime.Runtime._fuse`)."""
+    at = [i for i, stage in enumerate(stages) if stage.kind not in _ONE_TO_ONE]
+    return at[0] if len(at) == 1 else (None if not at else -1)
+
+
 class _Comprehension:
     """The generated comprehension over `stages`, plain and timed."""
 

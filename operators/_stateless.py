@@ -14,7 +14,7 @@ from kernel.dataflow._operator import Operator, TimedBatch
 
 from ._calls import call_each, over_batch, user_error
 from ._event_time import repeated_times, same_times
-from ._fusion import FusedChain, Stage, one_to_one
+from ._fusion import FusedChain, Stage, changes_counts_at, one_to_one
 
 
 class _UserFunction(Operator):
@@ -58,11 +58,17 @@ class _UserFunction(Operator):
         run = FusedChain(stages).run
         if then is None:
             def fused_chain(port, batch):
-                tail.emit(run(batch))  # the chain's last step emits (looked up now: installed later)
+                out = run(batch)
+                fused_chain.handed_on = len(out)  # (metrics: the records after a filtering step)
+                tail.emit(out)  # the chain's last step emits (looked up now: installed later)
         else:
             def fused_chain(port, batch):
-                then(port, run(batch))
+                out = run(batch)
+                fused_chain.handed_on = len(out)
+                then(port, out)
         fused_chain.one_to_one = one_to_one(stages)
+        fused_chain.changes_counts_at = changes_counts_at(stages)
+        fused_chain.handed_on = 0
         return fused_chain
 
 

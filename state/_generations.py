@@ -11,11 +11,10 @@ another, each resuming the last:
 
 A run resumed on another shape (one process after a cluster, a cluster after
 one process, another number of processes or of cores each) starts a new
-generation named after the epoch it resumes from (and a cluster's shape),
-`snapshots-e{E}.sqlite` or `snapshots-e{E}-{processes}x{cores}-process{P}.sqlite`,
-and reads that epoch from the old
-generation's files: every old kernel's snapshot, cut by key group
-(`kernel/runtime/_rescale.py`). A cluster can do that only where every
+generation named after the epoch it resumes from (and a cluster's shape:
+`snapshots-e{E}.sqlite`, `snapshots-e{E}-{processes}x{cores}-process{P}.sqlite`)
+and reads that epoch from the old generation's files: every old kernel's
+snapshot, cut by key group (`kernel/runtime/_rescale.py`). A cluster can do that only where every
 process sees every old file: a `state_dir` they share. New files rather than
 the old ones rewritten: the old epoch stays readable until the new
 generation has completed epochs of its own, and no old kernel's rows (a
@@ -115,17 +114,6 @@ def look(directory, files: dict[int | None, str]) -> Seen:
     return Seen(sorted(complete.values(), reverse=True), rows, meta)
 
 
-def newest(directory) -> tuple[Generation, tuple[int, bool, int]] | None:
-    """The generation holding the newest complete epoch in `directory`, and
-    that epoch's (epoch, final, kernels); None when none is complete."""
-    best = None
-    for generation, files in generations(directory).items():
-        seen = look(directory, files)
-        if seen.complete and (best is None or seen.complete[0] > best[1]):
-            best = (generation, seen.complete[0])
-    return best
-
-
 def read_epoch(directory, generation: Generation, epoch: int, kernels: int, read) -> list[bytes]:
     """Every one of `kernels` old kernels' snapshot of `epoch` from the
     generation's files here: its own, or its FINAL one when it had ended
@@ -180,11 +168,12 @@ def _rows(db: sqlite3.Connection, sql: str, args: tuple = ()) -> list[tuple]:
         raise
 
 
-def newest_checked(directory, fingerprint: str, layout: str):
-    """`newest`, each generation's files checked to be this flow's, in this
-    layout (StateError otherwise, as `SnapshotStore.claim`), and a damaged
-    file refused as a StateError: (generation, (epoch, final, kernels),
-    key_groups) or None."""
+def newest(directory, fingerprint: str, layout: str):
+    """The generation holding the newest complete epoch in `directory`:
+    (generation, that epoch's (epoch, final, kernels), its key groups), or
+    None when no epoch is complete. Every generation's files are checked to
+    be this flow's, in this layout (StateError otherwise, as
+    `SnapshotStore.claim`), and intact (a damaged file is a StateError)."""
     from ._store import SnapshotStore, StateError, check_meta
 
     best = None

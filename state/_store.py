@@ -260,30 +260,6 @@ class SnapshotStore:
     def _completed(self) -> list[tuple[int, int, int]]:
         return self._query("SELECT epoch, final, kernels FROM complete ORDER BY epoch DESC")
 
-    def restorable(self, kernels) -> list[int]:
-        """The epochs (newest first) for which each of `kernels` has a
-        snapshot, its own or its FINAL one, and that are complete or newer
-        than the newest complete one: what a cluster's process can resume
-        from (an epoch made durable here, maybe completed elsewhere). The
-        checksums are checked when a kernel reads its snapshot."""
-        kernels = list(kernels)
-        rows = self._query("SELECT epoch, kernel FROM snapshots WHERE kernels = ?", (self.kernels,))
-        have: dict[int, set[int]] = {}
-        for epoch, kernel in rows:
-            have.setdefault(epoch, set()).add(kernel)
-        ended = have.pop(FINAL, set())
-        completed = [e for e, _ in self.completed()]
-        newest = completed[0] if completed else 0
-        candidates = set(completed) | {e for e in have if e > newest}
-        return sorted((e for e in candidates if all(k in have.get(e, ()) or k in ended for k in kernels)),
-                      reverse=True)
-
-    def all_ended(self, kernels) -> bool:
-        """Whether each of `kernels` has written its FINAL snapshot."""
-        ended = {k for (k,) in self._query("SELECT kernel FROM snapshots WHERE epoch = ? AND kernels = ?",
-                                           (FINAL, self.kernels))}
-        return all(k in ended for k in kernels)
-
     def snapshot_for(self, epoch: int, kernel: int) -> bytes:
         """`kernel`'s snapshot of `epoch` (written by a run of this store's
         kernel count): its own, or its FINAL one when it had ended before

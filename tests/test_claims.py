@@ -2519,7 +2519,9 @@ def test_claim_a_job_whose_executor_is_lost_runs_again_within_seconds(tmp_path):
     """Its executor SIGKILLed, a running job is running again on the other
     executor, its restart counted; the 24 ms is benches/RESULTS.md's.
     (tests/system/test_system.py::test_an_executor_killed_mid_run_the_job_restarts_and_writes_every_record_once
-    checks the resumed output.)"""
+    checks the resumed output; tests/system/test_system_netns.py::
+    test_a_pulled_cable_loses_the_executor_and_its_job_restarts_on_the_other_host
+    the fencing, test_system.py's coordinator restart the adoption.)"""
     system = System(tmp_path)
     try:
         system.start_coordinator()

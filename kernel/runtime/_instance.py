@@ -214,20 +214,44 @@ class Instance:
                 self.records_in += len(batch)
                 timed(port, batch)
         else:
-            # every step the handler does, but the last, hands on what it
-            # was given (a run that counts fuses no other: `Runtime._fuse`)
+            # every step the handler does hands on what it was given, but
+            # at most one (a filter, a flat_map: `Runtime._fuse`): the steps
+            # before it see the batch's records, those after it what the
+            # handler handed on
             steps = [self]
             while steps[-1].fused_into is not None:
                 steps.append(steps[-1].fused_into)
-            passing, last = steps[:-1], steps[-1]
+            at = getattr(on_batch, "changes_counts_at", None)
+            if at is None or at < 0:
+                passing, last = steps[:-1], steps[-1]
 
-            def counted_batch(port, batch):
-                n = len(batch)
-                for step in passing:
-                    step.records_in += n
-                    step.records_out += n
-                last.records_in += n
-                timed(port, batch)
+                def counted_batch(port, batch):
+                    n = len(batch)
+                    for step in passing:
+                        step.records_in += n
+                        step.records_out += n
+                    last.records_in += n
+                    timed(port, batch)
+            else:
+                before, changing, after, last = steps[:at], steps[at], steps[at + 1:-1], steps[-1]
+                handler = on_batch
+
+                def counted_batch(port, batch):
+                    n = len(batch)
+                    for step in before:
+                        step.records_in += n
+                        step.records_out += n
+                    timed(port, batch)
+                    handed = handler.handed_on
+                    if changing is last:
+                        changing.records_in += n
+                        return  # its out is counted where it emits
+                    changing.records_in += n
+                    changing.records_out += handed
+                    for step in after:
+                        step.records_in += handed
+                        step.records_out += handed
+                    last.records_in += handed
 
         op.on_batch = counted_batch
 

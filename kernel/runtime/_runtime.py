@@ -133,15 +133,19 @@ class Runtime:
         stateless steps run as one comprehension. From the end of each
         chain back, so a step offered its upstream has taken (or been taken
         by) the steps after it already. A run that counts records per step
-        (metrics) keeps steps apart whose record counts differ (a filter):
-        counts are per batch, and a fused chain has no batch between them."""
+        (metrics) fuses a chain with at most one step whose record counts
+        differ (a filter, a flat_map): counts are per batch, and a fused
+        chain has no batch between its steps, but the records before that
+        step are the chain's input and those after it its output
+        (`Instance.count_records`); between two such steps they are not
+        known, so those stay apart."""
         for instance in reversed(self.instances):
             if instance.is_source or len(instance.targets) != 1:
                 continue
             target, _ = instance.targets[0]
             if isinstance(target, Instance) and target.chained:
                 handler = target.op.fuse_upstream(instance.op)
-                if handler is not None and self.metrics and not getattr(handler, "one_to_one", True):
+                if handler is not None and self.metrics and getattr(handler, "changes_counts_at", None) == -1:
                     instance.op.__dict__.pop("_fusion", None)
                     continue
                 if handler is not None:

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     status TEXT NOT NULL, message TEXT, restarts INTEGER NOT NULL DEFAULT 0,
     attempt INTEGER NOT NULL DEFAULT 0, placement TEXT NOT NULL DEFAULT '[]',
     ran_on TEXT NOT NULL DEFAULT '[]',
-    submitted REAL NOT NULL, started REAL, ended REAL);
+    submitted REAL NOT NULL, started REAL, ended REAL,
+    shared_state INTEGER NOT NULL DEFAULT 0);
 -- Streams between jobs (issue 18 fills these): a topic a job publishes,
 -- where each of its processes serves it, and who reads it.
 CREATE TABLE IF NOT EXISTS topics (
@@ -61,6 +62,7 @@ class Job:
     state_dir: str | None
     epoch_interval: float | None
     max_restarts: int
+    shared_state: bool = False  # --shared-state-dir: one directory every executor's machine sees
     status: str = "submitted"
     message: str | None = None
     restarts: int = 0
@@ -99,6 +101,9 @@ class Catalog:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "shared_state" not in columns:  # a catalog written before --shared-state-dir
+            self._db.execute("ALTER TABLE jobs ADD COLUMN shared_state INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         self._db.close()
@@ -142,6 +147,7 @@ class Catalog:
             row = dict(zip(names, values))
             for key in _JSON_FIELDS:
                 row[key] = json.loads(row[key]) if row[key] is not None else None
+            row["shared_state"] = bool(row["shared_state"])
             found.append(Job(**row))
         return found
 

@@ -107,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--executors", default=None, metavar="ID,...", help="run on these executors")
     p.add_argument("--state-dir", default=None, metavar="DIR",
                    help="snapshots, on the executors' machines (restarts resume from them)")
+    p.add_argument("--shared-state-dir", action="store_true",
+                   help="the --state-dir is one directory every executor's machine sees (a network file "
+                        "system): a job of several processes may then restart on fewer")
     p.add_argument("--epoch-interval", type=float, default=None, metavar="S")
     p.add_argument("--max-restarts", type=int, default=3, metavar="K")
     p.add_argument("--wait", action="store_true", help="follow the job: exit 0 if it completed, else 1")
@@ -199,7 +202,7 @@ async def _command(args) -> int:
                     return await _client.submit(
                         client, args.pipeline, processes=args.processes, cores=args.cores,
                         executors=executors, state_dir=args.state_dir, epoch_interval=args.epoch_interval,
-                        max_restarts=args.max_restarts, wait=args.wait)
+                        max_restarts=args.max_restarts, wait=args.wait, shared_state=args.shared_state_dir)
                 except UsageError as exc:
                     raise _Usage(str(exc)) from None
             if args.command == "status":

@@ -63,13 +63,17 @@ def pipeline_payload(target: str) -> dict:
 
 
 async def submit(client: Client, target: str, *, processes, cores, executors, state_dir, epoch_interval,
-                 max_restarts, wait: bool) -> int:
+                 max_restarts, wait: bool, shared_state: bool = False) -> int:
     payload = pipeline_payload(target)
     if state_dir is not None:
         state_dir = str(Path(state_dir).absolute())  # a path on the executors' machines
+    elif shared_state:
+        from kernel.cli._run import UsageError
+
+        raise UsageError("--shared-state-dir needs --state-dir")
     reply = await client.request("submit", **payload, processes=processes, cores=cores,
                                  executors=executors, state_dir=state_dir, epoch_interval=epoch_interval,
-                                 max_restarts=max_restarts)
+                                 max_restarts=max_restarts, shared_state=shared_state)
     job = reply["job"]
     print(job, flush=True)  # the first line: what scripts read
     if not wait:

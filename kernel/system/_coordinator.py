@@ -59,7 +59,8 @@ class CoordinatorServer(AuthenticatedServer):
         if op == "register":
             executor = master.register(session, m)
             state["executor"] = executor.id
-            return {"executor": executor.id}
+            # (the executor stops its job processes when cut off for most of it: fencing)
+            return {"executor": executor.id, "executor_timeout": master.executor_timeout}
         if state["executor"] is None:
             raise RequestError(f"{op} before register")
         master.heard_from(state["executor"])
@@ -121,10 +122,13 @@ class CoordinatorServer(AuthenticatedServer):
         state_dir = m.get("state_dir")
         if state_dir is not None and not isinstance(state_dir, str):
             raise RequestError("submit: --state-dir is a path")
+        shared_state = m.get("shared_state", False)
+        if not isinstance(shared_state, bool) or (shared_state and state_dir is None):
+            raise RequestError("submit: --shared-state-dir is a flag, and needs --state-dir")
         return self.master.submit(filename=filename, content=data, digest=digest, flow=flow,
                                   processes=m.get("processes"), cores=m.get("cores", 1), executors=executors,
                                   state_dir=state_dir, epoch_interval=interval,
-                                  max_restarts=m.get("max_restarts", 3))
+                                  max_restarts=m.get("max_restarts", 3), shared_state=shared_state)
 
     async def _wait(self, job_id: str, timeout: float) -> dict:
         """The job once it has ended, or as it is after `timeout` seconds."""

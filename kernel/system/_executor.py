@@ -18,7 +18,10 @@ executor leaves nothing running that the coordinator would start again
 elsewhere. When the coordinator goes away, the processes keep running: the
 executor reconnects (every RECONNECT seconds), registers under the same id
 (kept in `WORKDIR/executor.json`) and lists its processes, running and
-ended, so a restarted coordinator adopts them.
+ended, so a restarted coordinator adopts them. Unless it stays away for
+FENCE_SHARE of its executor timeout: cut off that long, the executor kills
+its job processes (`_fence`), before the coordinator, which counts it lost
+at the timeout, starts them elsewhere.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ HEARTBEAT = 1.0  # seconds between heartbeats (--heartbeat)
 SILENT_BEATS = 5  # heartbeats a coordinator may leave unanswered before it is dropped
 RECONNECT = 0.5
 STOP_GRACE = 3.0  # seconds between SIGINT and SIGKILL when stopping a process
+# Fencing: cut off from the coordinator for this share of its executor
+# timeout (which it sends at registration), the executor kills its job
+# processes, before the coordinator counts it lost and starts them elsewhere.
+FENCE_SHARE = 0.8
 _LOG_CHUNK = 1 << 20
 _KEEP_ENDED = 256  # ended processes remembered for a coordinator that reconnects
 
@@ -104,6 +111,8 @@ class ExecutorDaemon:
         self.tls = tls
         self.processes: dict[tuple[str, int, int], JobProcess] = {}
         self.session = None
+        self._fence_after: float | None = None  # seconds without an answer before fencing
+        self._answered = time.monotonic()  # when the coordinator last answered
         self._unsent: list[JobProcess] = []
         self._tasks: set[asyncio.Task] = set()
         for sub in ("pipelines", "logs", "jobs"):
@@ -120,43 +129,50 @@ class ExecutorDaemon:
     async def run(self, ready=None) -> None:
         """Serve the coordinator until cancelled, reconnecting when it goes."""
         announced = False
-        while True:
-            try:
-                session, http = await dial(self.address, self.secret, EXECUTOR, self._request,
-                                           tls=self.tls, timeout=RECONNECT * 4)
-            except Exception as exc:  # not there (yet), refused: try again
-                if not announced:
-                    log.warning("executor: cannot reach the coordinator at %s:%d: %s; retrying",
-                                *self.address, exc)
-                    announced = True
-                await asyncio.sleep(RECONNECT)
-                continue
-            announced = False
-            try:
-                reader = asyncio.ensure_future(session.run())
-                reply = await session.request(
-                    "register", executor=self.executor_id, host=self.host, cores=self.cores,
-                    processes=[p.report() for p in self.processes.values()])
-                self._id_file.write_text(json.dumps({"id": reply["executor"]}))
-                log.info("executor %s registered with the coordinator at %s:%d (%s, %d cores)",
-                         reply["executor"], *self.address, self.host, self.cores)
-                self.session = session
-                if ready is not None:
-                    ready(reply["executor"])
-                    ready = None
-                beat = asyncio.ensure_future(self._heartbeat(session))
+        fence = asyncio.ensure_future(self._fence())
+        try:
+            while True:
                 try:
-                    await reader
+                    session, http = await dial(self.address, self.secret, EXECUTOR, self._request,
+                                               tls=self.tls, timeout=RECONNECT * 4)
+                except Exception as exc:  # not there (yet), refused: try again
+                    if not announced:
+                        log.warning("executor: cannot reach the coordinator at %s:%d: %s; retrying",
+                                    *self.address, exc)
+                        announced = True
+                    await asyncio.sleep(RECONNECT)
+                    continue
+                announced = False
+                try:
+                    reader = asyncio.ensure_future(session.run())
+                    reply = await session.request(
+                        "register", executor=self.executor_id, host=self.host, cores=self.cores,
+                        processes=[p.report() for p in self.processes.values()])
+                    self._id_file.write_text(json.dumps({"id": reply["executor"]}))
+                    self._answered = time.monotonic()
+                    if reply.get("executor_timeout"):
+                        self._fence_after = FENCE_SHARE * float(reply["executor_timeout"])
+                    log.info("executor %s registered with the coordinator at %s:%d (%s, %d cores)",
+                             reply["executor"], *self.address, self.host, self.cores)
+                    self.session = session
+                    if ready is not None:
+                        ready(reply["executor"])
+                        ready = None
+                    beat = asyncio.ensure_future(self._heartbeat(session))
+                    try:
+                        await reader
+                    finally:
+                        beat.cancel()
+                        self.session = None
+                    log.warning("executor: the coordinator went away; reconnecting")
+                except (ConnectionLost, RequestError) as exc:
+                    log.warning("executor: %s; reconnecting", exc)
                 finally:
-                    beat.cancel()
-                    self.session = None
-                log.warning("executor: the coordinator went away; reconnecting")
-            except (ConnectionLost, RequestError) as exc:
-                log.warning("executor: %s; reconnecting", exc)
-            finally:
-                await session.close()
-                await http.close()
-            await asyncio.sleep(RECONNECT)
+                    await session.close()
+                    await http.close()
+                await asyncio.sleep(RECONNECT)
+        finally:
+            fence.cancel()
 
     async def _heartbeat(self, session) -> None:
         """Heartbeats, answered: a coordinator that leaves SILENT_BEATS
@@ -167,12 +183,38 @@ class ExecutorDaemon:
             await asyncio.sleep(self.heartbeat)
             try:
                 await session.request("heartbeat", timeout=silence)
+                self._answered = time.monotonic()
             except ConnectionLost:
                 return
             except TimeoutError:
                 log.warning("executor: the coordinator did not answer for %g s; reconnecting", silence)
                 await session.close()
                 return
+
+    async def _fence(self) -> None:
+        """Kill the job processes once the coordinator has not answered for
+        `_fence_after` seconds: cut off (a pulled cable, a partition), this
+        executor cannot tell a dead coordinator from one that has counted it
+        lost and started its jobs elsewhere, and two attempts of a job must
+        not run at once (as Flink's task managers cancel their tasks when
+        they lose the job manager). A coordinator back sooner (restarted)
+        adopts them still running."""
+        while True:
+            await asyncio.sleep(min(0.1, self.heartbeat))
+            running = [p for p in self.processes.values() if p.code is None]
+            silent = time.monotonic() - self._answered
+            if not running or self._fence_after is None or silent <= self._fence_after:
+                continue
+            which = ", ".join(f"{p.job} attempt {p.attempt} process {p.process}" for p in running)
+            log.warning("executor: no answer from the coordinator for over %g s: stopping %d job process(es) "
+                        "(%s), which it starts elsewhere after %g s without a word", self._fence_after,
+                        len(running), which, self._fence_after / FENCE_SHARE)
+            for entry in running:
+                try:
+                    os.killpg(entry.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            await asyncio.gather(*(p.proc.wait() for p in running))
 
     # -- the coordinator's requests ---------------------------------------------------
 

@@ -109,7 +109,7 @@ class JobMaster:
 
     def submit(self, *, filename: str, content: bytes, digest: str, flow: str, processes: int | None,
                cores: int, executors: list[str] | None, state_dir: str | None,
-               epoch_interval: float | None, max_restarts: int) -> Job:
+               epoch_interval: float | None, max_restarts: int, shared_state: bool = False) -> Job:
         if executors:
             unknown = [e for e in executors if e not in self.executors]
             if unknown:
@@ -133,7 +133,7 @@ class JobMaster:
         job = self.catalog.new_job(
             name=f"{filename}:{flow}", flow=flow, pipeline=digest, processes=processes, cores=cores,
             executors=executors or None, state_dir=state_dir, epoch_interval=epoch_interval,
-            max_restarts=max_restarts)
+            max_restarts=max_restarts, shared_state=shared_state)
         self.jobs[job.id] = job
         self.exits[job.id] = {}
         log.info("%s submitted: %s, %d process(es) of %d core(s)", job.id, job.name, processes, cores)
@@ -156,10 +156,10 @@ class JobMaster:
         rescaled to what is left: fewer processes, fewer cores each. One
         with a state_dir resumes from its snapshots: a one-process job may
         have fewer cores (a resumed run moves keyed state by key group), and
-        so may a cluster whose executors, those it ran on and those it would
-        run on, are all on one host (its state_dir, the same path on each,
-        is then one directory, which a cluster needs to change its shape);
-        elsewhere a cluster keeps its shape."""
+        so may a cluster whose state_dir is one directory, which a cluster
+        needs to change its shape: submitted with --shared-state-dir, or on
+        executors, those it ran on and those it would run on, all on one
+        host (the same path on each); elsewhere a cluster keeps its shape."""
         up = [e for e in self.connected if self.free_cores(e) >= job.cores]
         if job.executors:
             return (list(job.executors), job.cores) if all(e in up for e in job.executors) else None
@@ -172,7 +172,7 @@ class JobMaster:
                       key=lambda e: (-self.free_cores(e), self.executors[e].registered))[: job.processes]
         if not some:
             return None
-        if job.state_dir is not None and job.processes > 1 and len(
+        if job.state_dir is not None and job.processes > 1 and not job.shared_state and len(
                 {self.executors[e].host for e in [*job.ran_on, *some] if e in self.executors}) > 1:
             return None
         return some, min(job.cores, *(self.free_cores(e) for e in some))

@@ -6,6 +6,7 @@ function and the record that step was given."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import threading
 from pathlib import Path
@@ -225,8 +226,11 @@ _spec.loader.exec_module(_metrics)
 
 def test_a_run_that_counts_records_fuses_one_to_one_steps_and_counts_each(tmp_path):
     """With metrics on, map -> inspect -> key_by -> count still fuse (every
-    step hands on what it was given), and each step's counts are exact; a
-    filter stays apart and counts what it kept."""
+    step hands on what it was given), and so do chains with one step that
+    changes the number of records (filter -> map, map -> flat_map ->
+    key_by -> count: before it the chain's input, after it its output),
+    each step's counts exact; two filters stay apart, each counting what it
+    kept."""
     records = list(range(1000))
     kept = [n for n in records if n % 3]
     gate = tmp_path / "release"
@@ -235,8 +239,16 @@ def test_a_run_that_counts_records_fuses_one_to_one_steps_and_counts_each(tmp_pa
     (numbers.map(lambda n: n * 2, name="double").inspect(lambda n: None, name="look")
      .key_by(lambda n: n % 5, name="by5").count(name="count").collect())
     numbers.filter(lambda n: n % 3, name="thin").map(str, name="text").collect()
+    (numbers.map(lambda n: n + 1, name="plus").flat_map(lambda n: [n] * (n % 3), name="copies")
+     .key_by(lambda n: n % 2, name="by2").count(name="count2").collect())
+    numbers.filter(lambda n: n % 2, name="odd").filter(lambda n: n % 5, name="no5").collect()
+    copies = sum((n + 1) % 3 for n in records)
+    odd = [n for n in records if n % 2]
     expected = {"double": (1000, 1000), "look": (1000, 1000), "by5": (1000, 1000), "count": (1000, 0),
-                "thin": (1000, len(kept)), "text": (len(kept), len(kept))}
+                "thin": (1000, len(kept)), "text": (len(kept), len(kept)),
+                "plus": (1000, 1000), "copies": (1000, copies), "by2": (copies, copies),
+                "count2": (copies, 0),
+                "odd": (1000, len(odd)), "no5": (len(odd), len([n for n in odd if n % 5]))}
     port = _metrics.free_port()
     errors: list = []
 
@@ -261,3 +273,26 @@ def test_a_run_that_counts_records_fuses_one_to_one_steps_and_counts_each(tmp_pa
         thread.join()
     assert not errors
     assert seen(samples) == expected
+
+
+def test_with_metrics_a_chain_fuses_across_one_step_that_changes_counts_not_two():
+    """Which steps a run that counts records fuses (the instances' fused_into)."""
+    from kernel.runtime._runtime import Runtime
+    from kernel.scheduling._kernel import Kernel
+
+    flow = Dataflow("fusing")
+    numbers = flow.from_iterable(range(10), name="numbers")
+    numbers.map(str, name="a").flat_map(list, name="b").key_by(len, name="c").count(name="d").collect()
+    numbers.filter(bool, name="e").filter(bool, name="f").map(str, name="g").collect()
+
+    async def run_it():
+        kernel = Kernel()
+        runtime = Runtime(flow.graph, kernel, metrics=True)
+        kernel.at_start(runtime.start)
+        await kernel.join()
+        return runtime
+
+    runtime = asyncio.run(run_it())
+    step = {i: i.name.split(" (")[0] for i in runtime.instances}  # "a (step 1)" -> "a"
+    fused = {step[i]: step.get(i.fused_into) for i in runtime.instances}
+    assert [fused[n] for n in "abcefg"] == ["b", "c", "d", None, "g", None]

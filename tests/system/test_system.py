@@ -249,6 +249,7 @@ def test_bad_usage_gets_a_clear_error(system, tmp_path):
         (["submit", Path(__file__), "--executors", "e99"], {}, 1, "no such executor: e99"),
         (["submit", Path(__file__), "--processes", "5"], {}, 1, "needs 5 executor(s)"),
         (["submit", Path(__file__), "--cores", "0"], {}, 1, "--cores must be an integer >= 1"),
+        (["submit", Path(__file__), "--shared-state-dir"], {}, 2, "--shared-state-dir needs --state-dir"),
         (["logs", "job-999"], {}, 1, "no such job: job-999"),
         (["kill", "job-999"], {}, 1, "no such job: job-999"),
     ]

@@ -1,0 +1,32 @@
+"""A coordinator's catalog written before a column was added (here
+`jobs.shared_state`, --shared-state-dir) opens: the column is added with
+its default, and the jobs in it load."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from kernel.system import _catalog
+
+
+def test_a_catalog_from_before_shared_state_dir_opens_and_keeps_its_jobs(tmp_path):
+    old = _catalog._SCHEMA.replace(",\n    shared_state INTEGER NOT NULL DEFAULT 0);", ");")
+    assert old != _catalog._SCHEMA
+    db = sqlite3.connect(tmp_path / "catalog.sqlite")
+    db.executescript(old)
+    db.execute("INSERT INTO pipelines VALUES ('h', 'p.py', x'00')")
+    db.execute("INSERT INTO jobs (id, seq, name, flow, pipeline, processes, cores, max_restarts, status, "
+               "submitted) VALUES ('job-1', 1, 'p.py:flow', 'flow', 'h', 2, 1, 3, 'running', 0)")
+    db.commit()
+    db.close()
+    catalog = _catalog.Catalog(tmp_path)
+    try:
+        (job,) = catalog.jobs()
+        assert (job.id, job.status, job.shared_state) == ("job-1", "running", False)
+        catalog.add_pipeline("h2", "q.py", b"x")
+        new = catalog.new_job(name="q.py:flow", flow="flow", pipeline="h2", processes=2, cores=1,
+                              executors=None,
+                              state_dir="/st", epoch_interval=None, max_restarts=3, shared_state=True)
+        assert [j.shared_state for j in catalog.jobs()] == [False, True] and new.shared_state
+    finally:
+        catalog.close()
