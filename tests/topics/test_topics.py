@@ -716,10 +716,13 @@ def test_a_partition_that_ended_early_ends_for_a_subscriber_joining_later(system
     a = Job(system, "readings.py", "a", COUNT=400, CORES=2, SPLIT=1, WAIT=go, WAIT_KERNELS="1")
     wait_until(lambda: "partition 0: ended and unpublished" in a.text(), what="A's kernel 0 to end")
     b = Job(system, "sums.py", "b", CORES=2, TIMEOUT=5)
-    wait_until(lambda: 1 in starts(b) or b.proc.poll() is not None, what="B to read partition 1")
+    # both of B's kernels have read the catalog (kernel 0: partition 0's end)
+    # before A's kernel 1 begins: ended too, A's topic leaves the catalog
+    ended = "partition 0: ended before this subscriber connected"
+    wait_until(lambda: (1 in starts(b) and ended in b.text()) or b.proc.poll() is not None,
+               what="B to read partition 1 and partition 0's end")
     go.touch()
     seqs, sums = results(b)
     a.finish()
-    assert "partition 0: ended before this subscriber connected" in b.text()
     assert seqs == list(range(1, 400, 2))
     assert sums == brute_sums(seqs)
