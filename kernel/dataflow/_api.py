@@ -882,13 +882,15 @@ class Stream(Generic[T_co]):
 
     def publish(self, name: str, *, partitions: str = "per-kernel", retain: int | None = None,
                 slow: str = "backpressure", epoch_interval: float = 1.0,
-                record_type: type | None = None) -> None:
+                record_type: type | None = None, retain_bytes: int | None = None) -> None:
         """Publish this stream as topic `name` while the job runs: other
         jobs `flow.subscribe(name)` to it (see README "Topics between
         jobs"). `partitions`: "per-kernel" (each kernel serves its share) or
         "merged" (kernel 0 serves everything); `retain=N` keeps the last N
-        epochs for late subscribers; `slow`: "backpressure" (a slow
-        subscriber slows this job) or "disconnect" (it is dropped);
+        epochs for late subscribers, at most `retain_bytes` of them (64 MiB
+        by default: the oldest epochs are dropped whole); `slow`:
+        "backpressure" (a slow subscriber slows this job) or "disconnect"
+        (it is dropped);
         `epoch_interval`: seconds between the topic's epoch boundaries;
         `record_type`: the records' class, registered and checked. It needs
         a coordinator (`run(flow, coordinator="HOST:PORT")`):
@@ -902,7 +904,8 @@ class Stream(Generic[T_co]):
         """
         from kernel.topics import _api
 
-        stream, factory = _api.publisher(self, name, partitions, retain, slow, epoch_interval, record_type)
+        stream, factory = _api.publisher(self, name, partitions, retain, slow, epoch_interval, record_type,
+                                         retain_bytes)
         stream.flow.graph.add(f"publish({name})", factory, [stream._edge()])
 
     def print(self, prefix: str = "", *, name: str | None = None) -> None:

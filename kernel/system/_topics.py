@@ -10,7 +10,11 @@ publishing or subscribing job sends (`kernel.topics._directory`).
   addresses, job}`: found once every partition of the current publisher has
   registered.
 * `topic_subscribe` / `topic_unsubscribe {name, job, process}`: who reads.
-* `topic_unpublish {name, id}`: the publisher ended its stream.
+* `topic_unpublish {name, id, partition}`: that partition of the publisher
+  has ended its stream. Its row stays, with the address `ended` (a
+  subscriber joining later reads its end from the catalog, as its server
+  is gone), until every partition has ended; then the topic goes. (Without
+  `partition`: the whole topic goes at once.)
 
 Rows: `topics(name, job, created, schema)` with `schema` a JSON object
 (`id`, `kind` "stream" or "service", `record_type`, `partitions`),
@@ -27,6 +31,7 @@ import time
 from kernel.system._catalog import ACTIVE, Catalog
 from kernel.system._wire import RequestError
 
+ENDED = "ended"  # a publication's address once its partition has ended
 OPS = ("topic_publish", "topic_lookup", "topic_subscribe", "topic_unsubscribe", "topic_unpublish")
 
 
@@ -78,6 +83,13 @@ async def request(catalog: Catalog, op: str, m: dict) -> dict:
     if op == "topic_unpublish":
         row = _row(catalog, name)
         if row is not None and row.get("id") == m.get("id"):
+            if m.get("partition") is not None:
+                db.execute("UPDATE publications SET address = ? WHERE topic = ? AND process = ?",
+                           (ENDED, name, int(m["partition"])))
+                ended = db.execute("SELECT COUNT(*) FROM publications WHERE topic = ? AND address = ?",
+                                   (name, ENDED)).fetchone()[0]
+                if ended < row.get("partitions", 1):
+                    return {}  # other partitions still publish
             db.execute("DELETE FROM topics WHERE name = ?", (name,))
             db.execute("DELETE FROM publications WHERE topic = ?", (name,))
             db.execute("DELETE FROM subscriptions WHERE topic = ?", (name,))

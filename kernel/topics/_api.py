@@ -18,7 +18,7 @@ def _check_name(name: object, what: str) -> None:
 
 
 def publisher(stream: Any, name: str, partitions: str, retain: int | None, slow: str, epoch_interval: float,
-              record_type: type | None) -> tuple[Any, Callable[[], Any]]:
+              record_type: type | None, retain_bytes: int | None = None) -> tuple[Any, Callable[[], Any]]:
     from kernel.topics._publish import Publish
 
     _check_name(name, "publish")
@@ -26,6 +26,12 @@ def publisher(stream: Any, name: str, partitions: str, retain: int | None, slow:
         raise ValueError(f"publish: partitions must be 'per-kernel' or 'merged', got {partitions!r}")
     if retain is not None and (not isinstance(retain, int) or isinstance(retain, bool) or retain < 1):
         raise ValueError(f"publish: retain must be a number of epochs >= 1 or None, got {retain!r}")
+    if retain_bytes is not None:
+        if not isinstance(retain_bytes, int) or isinstance(retain_bytes, bool) or retain_bytes < 1:
+            raise ValueError(f"publish: retain_bytes must be a number of bytes >= 1 or None, "
+                             f"got {retain_bytes!r}")
+        if retain is None:
+            raise ValueError("publish: retain_bytes bounds what retain=N keeps: give retain too")
     if slow not in ("backpressure", "disconnect"):
         raise ValueError(f"publish: slow must be 'backpressure' or 'disconnect', got {slow!r}")
     if not isinstance(epoch_interval, (int, float)) or not 0 < epoch_interval < float("inf"):
@@ -36,8 +42,8 @@ def publisher(stream: Any, name: str, partitions: str, retain: int | None, slow:
     merged = partitions == "merged"
     if merged:  # every record to kernel 0 (stable_hash(0) == 0), which serves the one partition
         stream = stream.key_by(_to_kernel_0, name=f"publish({name}) to kernel 0")
-    factory = functools.partial(Publish, name, merged=merged, retain=retain, slow=slow,
-                                epoch_interval=float(epoch_interval), record_type=record_type,
+    factory = functools.partial(Publish, name, merged=merged, retain=retain, retain_bytes=retain_bytes,
+                                slow=slow, epoch_interval=float(epoch_interval), record_type=record_type,
                                 coordinator=_coordinator_of(stream.flow))
     return stream, factory
 

@@ -18,7 +18,18 @@ A subscriber that connects is held until the next boundary and then gets
 the watermark as it stands there, then everything after it; with
 `retain=N` the frames of the last N whole epochs (and of the one in
 progress) are kept, and a new subscriber starts at the oldest of them at
-once (memory: N epochs of the topic's batches, encoded).
+once. Retention is bounded in bytes as well (`retain_bytes`, 64 MiB by
+default, counted as the frames' wire size): past it the oldest epochs are
+dropped whole, and an epoch in progress that alone outgrows it is not kept
+at all (a subscriber joining during it waits for the next boundary, as
+without retain). Every connection's first frame is the epoch marker of
+the epoch before its first one (`EpochMarker(k)`: it starts at epoch
+k + 1), so a subscriber knows where it starts.
+
+A subscriber may ask for progress only (`{"progress": True}` in its
+handshake): it gets the markers, watermarks and end, never a batch (a
+subscribing kernel with no partition of its own follows the publisher's
+progress that way, `_subscribe.py`).
 
 Frames. A batch is encoded once (`encode_batch`) and the same bytes go to
 every subscriber; watermarks, the epoch markers and end of input follow in
@@ -41,9 +52,11 @@ import logging
 from collections import deque
 
 from kernel.dataflow._operator import Operator
+from kernel.net import _codec
 from kernel.net._channel import EpochMarker, TimedBatch
 from kernel.net._codec import encode_batch, encode_epoch, encode_progress, encode_watermark
 from kernel.topics import _directory
+from kernel.topics._coalesce import JOINABLE, take
 from kernel.topics._errors import TopicError
 
 log = logging.getLogger("kernel.topics")
@@ -52,6 +65,7 @@ TOPIC_PATH = "/kernel-topic"
 TOO_SLOW = 4003  # close code: the subscriber fell too far behind (slow="disconnect")
 DEFAULT_EPOCH_INTERVAL = 1.0
 DEFAULT_MAX_QUEUE = 8 << 20  # bytes queued for one subscriber
+DEFAULT_RETAIN_BYTES = 64 << 20  # retain=N's bound in bytes, unless retain_bytes= says otherwise
 WINDOW = 4 << 20  # bytes in flight per subscriber (the links' default window)
 _HEAD = 5  # what a frame's header counts (net._links.FRAME)
 
@@ -81,14 +95,35 @@ def same_record_type(ours: dict, theirs: dict) -> bool:
     return ours["name"].rpartition(".")[2] == theirs["name"].rpartition(".")[2]
 
 
-class _Subscriber:
-    __slots__ = ("active", "address", "done", "link", "queue", "queued", "ready", "writer")
+class _Epoch:
+    """A whole epoch kept for late subscribers (retain)."""
 
-    def __init__(self, link, address: str) -> None:
+    __slots__ = ("frames", "number", "size", "start")
+
+    def __init__(self, number: int, start: float, frames: list, size: int) -> None:
+        self.number = number  # the publisher's epoch number (1 is the first)
+        self.start = start  # the watermark at its start
+        self.frames = frames
+        self.size = size  # bytes, as _frame_size counts them
+
+
+def _frame_size(frame) -> int:
+    return _HEAD + len(frame[1])
+
+
+class _Subscriber:
+    __slots__ = ("active", "address", "done", "link", "progress", "queue", "queued", "ready", "replaying",
+                 "writer")
+
+    def __init__(self, link, address: str, progress: bool = False) -> None:
         self.link = link
         self.address = address
+        self.progress = progress  # markers, watermarks and end only: no batch
         self.queue: deque = deque()  # (kind, body), oldest first
         self.queued = 0  # bytes in the queue
+        # of which retained epochs replayed to it (held by the publisher
+        # anyway): not counted against max_queue, as they are sent (_behind)
+        self.replaying = 0
         self.active = False  # False: waiting for the next epoch boundary
         self.ready: asyncio.Future | None = None  # the writer waits on it for frames
         self.writer: asyncio.Task | None = None
@@ -110,10 +145,12 @@ def _make_server(publisher: Publish, host: str, key: bytes, meta: dict):
 
 class Publish(Operator):
     def __init__(self, topic: str, *, merged: bool, retain: int | None, slow: str, epoch_interval: float,
-                 record_type, coordinator, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
+                 record_type, coordinator, max_queue: int = DEFAULT_MAX_QUEUE,
+                 retain_bytes: int | None = None) -> None:
         self.topic = topic
         self.merged = merged
         self.retain = retain
+        self.retain_bytes = retain_bytes or DEFAULT_RETAIN_BYTES
         self.slow = slow
         self.epoch_interval = epoch_interval
         self.record_type = record_type
@@ -133,9 +170,13 @@ class Publish(Operator):
         self.dropped = 0  # subscribers dropped as too slow
         self._closing: set = set()  # their connections, closing
         self._finished = None  # the serving task's future: set once the input ended
-        # retain: (watermark at its start, frames) of the last whole epochs, and the current one
-        self._retained: deque = deque(maxlen=self.retain or 1)
+        # retain: the last whole epochs (oldest first) and the one in progress,
+        # together at most retain_bytes (_keep)
+        self._retained: deque[_Epoch] = deque()
+        self._retained_size = 0
         self._current: list = []
+        self._current_size = 0
+        self._current_whole = True  # False: it outgrew retain_bytes and is not kept
         self._current_start = float("-inf")
         self._timer = None
         if self.serving:
@@ -172,22 +213,25 @@ class Publish(Operator):
             self._timer.cancel()
         end = encode_progress(None)
         for sub in list(self.subscribers):
-            sub.active = True
+            if not sub.active:
+                self._start(sub, self.epoch)
             self._queue(sub, end)
             sub.done = True
         if self._finished is not None and not self._finished.done():
             self._finished.set_result(None)
 
     def _push(self, frame) -> None:
-        if self.retain:
-            self._current.append(frame)
+        if self.retain and self._current_whole:
+            self._keep(frame)
         for sub in tuple(self.subscribers):  # (a slow one may be dropped on the way)
             if sub.active:
                 self._queue(sub, frame)
-                if sub.queued > self.max_queue:
+                if _behind(sub) > self.max_queue:
                     self._too_slow(sub)
 
     def _queue(self, sub: _Subscriber, frame) -> None:
+        if sub.progress and frame[0] not in _PROGRESS_KINDS:
+            return
         sub.queue.append(frame)
         sub.queued += _HEAD + len(frame[1])
         ready = sub.ready
@@ -209,7 +253,7 @@ class Publish(Operator):
 
     def _drained(self) -> None:
         """A writer sent something: resume the input once every queue is under half."""
-        if self.paused and all(s.queued <= self.max_queue // 2 for s in self.subscribers):
+        if self.paused and all(_behind(s) <= self.max_queue // 2 for s in self.subscribers):
             self.paused = False
             self.pause_input(False)
 
@@ -223,15 +267,49 @@ class Publish(Operator):
         marker = encode_epoch(EpochMarker(self.epoch))
         self._push(marker)
         if self.retain:
-            self._retained.append((self._current_start, self._current))
+            if self._current_whole:
+                whole = _Epoch(self.epoch, self._current_start, self._current, self._current_size)
+                self._retained.append(whole)
+                self._retained_size += self._current_size
+                if len(self._retained) > self.retain:
+                    self._retained_size -= self._retained.popleft().size
             self._current = []
+            self._current_size = 0
+            self._current_whole = True
             self._current_start = self.watermark
         for sub in self.subscribers:
             if not sub.active:
-                sub.active = True
-                if self.watermark > float("-inf"):
-                    self._queue(sub, encode_watermark(self.watermark))
+                self._start(sub, self.epoch)
         self._timer = self.context.kernel.call_later(self.epoch_interval, self._cut)
+
+    def _keep(self, frame) -> None:
+        """Retain a frame of the epoch in progress, within retain_bytes:
+        the oldest whole epochs go first; an epoch in progress that alone
+        outgrows the bound is not kept (nobody can start at its start)."""
+        self._current.append(frame)
+        self._current_size += _frame_size(frame)
+        while self._retained and self._retained_size + self._current_size > self.retain_bytes:
+            dropped = self._retained.popleft()
+            self._retained_size -= dropped.size
+            log.debug("topic %r partition %d: epoch %d no longer retained (retain_bytes=%d)", self.topic,
+                      self.partition, dropped.number, self.retain_bytes)
+        if self._current_size > self.retain_bytes:
+            log.debug("topic %r partition %d: epoch %d outgrew retain_bytes=%d: not retained", self.topic,
+                      self.partition, self.epoch + 1, self.retain_bytes)
+            self._current = []
+            self._current_size = 0
+            self._current_whole = False
+
+    def _start(self, sub: _Subscriber, after: int, watermark: float | None = None) -> None:
+        """`sub` starts at epoch `after` + 1, at `watermark` (now's by
+        default): the marker of the epoch before, then the watermark."""
+        sub.active = True
+        self._queue(sub, encode_epoch(EpochMarker(after)))
+        watermark = self.watermark if watermark is None else watermark
+        if watermark > float("-inf"):
+            self._queue(sub, encode_watermark(watermark))
+        log.debug("topic %r partition %d: the subscriber at %s starts at epoch %d", self.topic,
+                  self.partition, sub.address, after + 1)
 
     # -- the server ---------------------------------------------------------------------
 
@@ -259,7 +337,8 @@ class Publish(Operator):
             writers = [s.writer for s in self.subscribers if s.writer is not None]
             if writers:
                 await asyncio.wait(writers)
-            await directory.request("topic_unpublish", name=self.topic, id=self.id)
+            await directory.request("topic_unpublish", name=self.topic, id=self.id, partition=self.partition)
+            log.debug("topic %r partition %d: ended and unpublished", self.topic, self.partition)
         finally:
             await directory.close()
             await server.stop()
@@ -271,23 +350,25 @@ class Publish(Operator):
             await ws.close(code=1008, message=b"no such topic here")
             return
         link = Link(ws, peer, {0}, _ignore, WINDOW)
-        sub = _Subscriber(link, address)
+        sub = _Subscriber(link, address, progress=meta.get("progress") is True)
         if self.ended:
-            sub.active = sub.done = True
+            self._start(sub, self.epoch)
             self._queue(sub, encode_progress(None))
+            sub.done = True
         elif self.records == 0 and self.epoch == 0:
-            sub.active = True  # nothing published yet: its first epoch is whole
-        elif self.retain:
+            self._start(sub, 0)  # nothing published yet: its first epoch is whole
+        elif self.retain and (self._retained or self._current_whole):
             # at once, from the oldest retained epoch's start
-            sub.active = True
-            start = self._retained[0][0] if self._retained else self._current_start
-            if start > float("-inf"):
-                self._queue(sub, encode_watermark(start))
-            for _, frames in self._retained:
-                for frame in frames:
+            if self._retained:
+                self._start(sub, self._retained[0].number - 1, self._retained[0].start)
+            else:
+                self._start(sub, self.epoch, self._current_start)
+            for epoch in self._retained:
+                for frame in epoch.frames:
                     self._queue(sub, frame)
             for frame in self._current:
                 self._queue(sub, frame)
+            sub.replaying = sub.queued
         self.subscribers.append(sub)
         sub.writer = asyncio.ensure_future(self._write(sub))
         try:
@@ -315,11 +396,20 @@ class Publish(Operator):
             while True:
                 while queue:
                     kind, body = queue.popleft()
-                    sub.queued -= _HEAD + len(body)
-                    await link.send(0, kind, body)
+                    sent = _HEAD + len(body)
+                    if kind in JOINABLE and queue:  # batches waiting behind it: one frame (_coalesce)
+                        frames, taken = take(kind, body, queue)
+                        sent += sum(_HEAD + len(b) for _, b in taken)
+                    else:
+                        frames = ((kind, body),)
+                    sub.queued -= sent
+                    if sub.replaying:
+                        sub.replaying = max(0, sub.replaying - sent)
+                    for kind, body in frames:
+                        await link.send(0, kind, body)
                     if self.paused:
                         self._drained()
-                    if kind == _END_KIND:
+                    if kind == _codec.KIND_END:
                         return
                 if sub not in self.subscribers:
                     return
@@ -329,7 +419,13 @@ class Publish(Operator):
             self._forget(sub)
 
 
-_END_KIND = encode_progress(None)[0]
+# what a progress-only subscriber gets
+_PROGRESS_KINDS = frozenset((_codec.KIND_WATERMARK, _codec.KIND_EPOCH, _codec.KIND_END))
+
+
+def _behind(sub: _Subscriber) -> int:
+    """The bytes queued for `sub` that count against max_queue."""
+    return sub.queued - sub.replaying
 
 
 def _ignore(channel, kind, body) -> None:

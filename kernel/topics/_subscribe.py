@@ -18,11 +18,32 @@ that ends otherwise is a lost publisher: `on_lost="fail"` raises
 `PublisherLost(topic)` from the source; `on_lost="wait"` looks the topic up
 again until a new publisher (another id) is registered, and goes on from
 its next whole epoch, the watermark never going back.
+
+Generations. Each publisher (a run of the publishing job) is a
+generation, with a partition count of its own: a job master may restart a
+publishing job on another number of kernels. On a loss every partition of
+the generation is read as far as it goes until the new publisher is
+registered; then the old connections are dropped and this kernel reads
+its share of the new one's partitions (`i, i + n, ...` of the new count).
+Frames and watermarks are kept per (generation, partition), so a
+partition the new publisher no longer has never holds the watermark
+back, and one it adds is read by exactly one kernel. A kernel with no
+partition of its own (more subscribing kernels than partitions) follows
+every partition's progress (markers, watermarks, end: no batch) instead
+of ending, with `on_lost="wait"`: its watermark then follows the
+publisher's, and a later generation with more partitions finds it there
+to read its share. (With `on_lost="fail"` there is no later generation:
+it ends at once.)
+
+Every connection's first frame is the publisher's epoch marker of the
+epoch before the subscriber's first: where it starts (logged, and in
+`result()`'s `starts`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import deque
 
@@ -47,15 +68,16 @@ class Subscribe(Source):
         self.coordinator = coordinator  # a function: the address run() was given, or None
 
     def open(self, context) -> None:
-        self._buffer: deque = deque()  # (partition, kind, body, link): frames not yet handed on
-        self._watermarks: dict[int, float] = {}
-        self._ended: set[int] = set()
+        # (generation, partition) -> ...: a generation is a publisher (_read)
+        self._buffer: deque = deque()  # ((generation, partition), kind, body, link): not yet handed on
+        self._watermarks: dict[tuple[int, int], float] = {}
+        self._reading: list[tuple[int, int]] = []  # the current generation's partitions this kernel reads
         self._watermark = float("-inf")
         self._error: BaseException | None = None
         self._started = False
         self._done = False  # every partition of this kernel has ended
-        self._mine: list[int] = []  # the partitions this kernel reads
         self.epochs: list[tuple[int, int]] = []  # (partition, epoch) markers seen, in order
+        self.starts: list[tuple[int, int]] = []  # (partition, epoch) each connection started at
 
     def poll(self):
         if self._error is not None:
@@ -68,17 +90,17 @@ class Subscribe(Source):
         wanted = self.records_wanted
         handed = 0
         while buffer and handed < wanted:
-            partition, kind, body, link = buffer.popleft()
+            key, kind, body, link = buffer.popleft()
             payload = decode(kind, body)
             if payload.__class__ is float:
-                self._watermarks[partition] = max(self._watermarks.get(partition, payload), payload)
+                self._watermarks[key] = max(self._watermarks.get(key, payload), payload)
                 self._advance()
             elif payload is None:
-                self._watermarks[partition] = float("inf")
-                self._ended.add(partition)
+                self._watermarks[key] = float("inf")
+                self._advance()
             elif payload.__class__ is EpochMarker:
-                self.epochs.append((partition, payload.epoch))
-                log.debug("topic %r partition %d: epoch %d received", self.topic, partition, payload.epoch)
+                self.epochs.append((key[1], payload.epoch))
+                log.debug("topic %r partition %d: epoch %d received", self.topic, key[1], payload.epoch)
             elif payload is not IDLE:
                 handed += len(payload)
                 self.emit(payload)
@@ -88,13 +110,15 @@ class Subscribe(Source):
         return False if self._done else None
 
     def _advance(self) -> None:
-        low = min((self._watermarks.get(p, float("-inf")) for p in self._mine), default=float("-inf"))
+        """The output watermark: the least of the current generation's
+        partitions' (one not heard from yet: -inf), never going back."""
+        low = min((self._watermarks.get(k, float("-inf")) for k in self._reading), default=float("-inf"))
         if low > self._watermark and low != float("inf"):
             self._watermark = low
             self.advance_watermark(low)
 
     def result(self):
-        return {"epochs": self.epochs}
+        return {"epochs": self.epochs, "starts": self.starts}
 
     # -- the reader task ------------------------------------------------------------
 
@@ -106,24 +130,52 @@ class Subscribe(Source):
             try:
                 found = await directory.lookup(self.topic, self.timeout)
                 self._check_type(found)
-                self._mine = list(range(self.context.index, found["partitions"], self.context.peers))
-                if self._mine:
-                    who = {"name": self.topic, "job": _directory.job_name(), "process": self.context.index}
-                    await directory.request("topic_subscribe", **who)
-                    try:
-                        await asyncio.gather(*(self._read_partition(directory, key, found, p)
-                                               for p in self._mine))
-                    finally:
-                        try:
-                            await directory.request("topic_unsubscribe", **who)
-                        except (TopicError, OSError):
-                            pass  # the coordinator went away: a stale row in `status`, nothing more
+                await self._follow(directory, key, found)
             finally:
                 await directory.close()
         except TopicError as exc:
             self._error = exc
         self._done = True
         self.wake()
+
+    async def _follow(self, directory, key: bytes, found: dict) -> None:
+        """Read this kernel's share of each generation (publisher) in turn,
+        until one ends the stream."""
+        who = {"name": self.topic, "job": _directory.job_name(), "process": self.context.index}
+        subscribed = False
+        try:
+            for generation in itertools.count():
+                mine = list(range(self.context.index, found["partitions"], self.context.peers))
+                if not mine and self.on_lost != "wait":
+                    return  # nothing to read, and no later publisher will give it anything
+                if not subscribed:
+                    await directory.request("topic_subscribe", **who)
+                    subscribed = True
+                reading = mine or list(range(found["partitions"]))  # none of its own: their progress
+                self._reading = [(generation, p) for p in reading]
+                readers = [asyncio.ensure_future(self._read_partition(key, found, at, not mine))
+                           for at in self._reading]
+                try:
+                    why = await _first_loss(readers)
+                    if why is None:
+                        return  # the publisher ended the stream
+                    if self.on_lost != "wait":
+                        raise PublisherLost(self.topic, why)
+                    # (the other partitions go on as far as they go meanwhile)
+                    found = await directory.lookup(self.topic, None, not_id=found["id"])
+                    self._check_type(found)
+                    log.info("topic %r: a new publisher, with %d partition(s)", self.topic,
+                             found["partitions"])
+                finally:
+                    for reader in readers:
+                        reader.cancel()
+                    await asyncio.gather(*readers, return_exceptions=True)
+        finally:
+            if subscribed:
+                try:
+                    await directory.request("topic_unsubscribe", **who)
+                except (TopicError, OSError):
+                    pass  # the coordinator went away: a stale row in `status`, nothing more
 
     def _check_type(self, found: dict) -> None:
         theirs = found.get("record_type")
@@ -134,42 +186,92 @@ class Subscribe(Source):
                          f"topic's records are {theirs['name']}" + (" (another msgspec schema)"
                                                                      if theirs.get("schema") else ""))
 
-    async def _read_partition(self, directory, key: bytes, found: dict, partition: int) -> None:
+    async def _read_partition(self, key: bytes, found: dict, at: tuple[int, int], progress: bool) -> None:
+        """Read one partition of one publisher into the buffer until its END
+        (returns) or a loss (`_Lost`, with why). A partition that had ended
+        when the topic was looked up (its server gone) ends here at once."""
         from kernel.net._links import Link, LinkError, connect
 
-        while True:
-            url = _directory.url_of(*_split(found["addresses"][partition]))
-            why = ""
-            http = None
-            try:
-                ws, _, meta, http = await connect(url, key, self.context.index, path=TOPIC_PATH,
-                                                  timeout=CONNECT_TIMEOUT, meta={"topic": self.topic},
-                                                  check_meta=False, ssl=_directory.client_ssl())
-                if not isinstance(meta, dict) or meta.get("id") != found["id"]:
-                    await ws.close()
-                    why = f"{url} serves another publisher now"
-                else:
-                    link = Link(ws, partition, {0}, None, WINDOW)
-                    async for _, kind, body in link:
-                        # decoded when handed on (poll): what waits here is bytes, no objects
-                        self._buffer.append((partition, kind, body, link))
-                        self.wake()
-                        if kind == KIND_END:
-                            await link.close()
-                            return  # the publisher ended the stream
-                    if ws.close_code == TOO_SLOW:
-                        raise SubscriberTooSlow(self.topic)
-                    why = f"the connection to {url} closed without the stream's end"
-            except LinkError as exc:
-                if ws_code(exc) == TOO_SLOW:
-                    raise SubscriberTooSlow(self.topic) from None
-                why = str(exc)
-            finally:
-                if http is not None:
-                    await http.close()
-            if self.on_lost != "wait":
-                raise PublisherLost(self.topic, why)
-            found = await directory.lookup(self.topic, None, not_id=found["id"])
+        partition = at[1]
+        if found["addresses"][partition] == ENDED:
+            log.debug("topic %r partition %d: ended before this subscriber connected", self.topic, partition)
+            self._buffer.append((at, KIND_END, b"", _NO_LINK))
+            self.wake()
+            return
+        url = _directory.url_of(*_split(found["addresses"][partition]))
+        http = None
+        meta = {"topic": self.topic, "progress": True} if progress else {"topic": self.topic}
+        try:
+            ws, _, theirs, http = await connect(url, key, self.context.index, path=TOPIC_PATH,
+                                                timeout=CONNECT_TIMEOUT, meta=meta,
+                                                check_meta=False, ssl=_directory.client_ssl())
+            if not isinstance(theirs, dict) or theirs.get("id") != found["id"]:
+                await ws.close()
+                raise _Lost(f"{url} serves another publisher now")
+            link = Link(ws, partition, {0}, None, WINDOW)
+            first = True
+            async for _, kind, body in link:
+                if first:  # the publisher's marker of the epoch before this connection's first
+                    first = False
+                    self._started_at(partition, decode(kind, body), link, _HEAD + len(body))
+                    continue
+                # decoded when handed on (poll): what waits here is bytes, no objects
+                self._buffer.append((at, kind, body, link))
+                self.wake()
+                if kind == KIND_END:
+                    await link.close()
+                    return  # the publisher ended the stream
+            if ws.close_code == TOO_SLOW:
+                raise SubscriberTooSlow(self.topic)
+            raise _Lost(f"the connection to {url} closed without the stream's end")
+        except LinkError as exc:
+            if ws_code(exc) == TOO_SLOW:
+                raise SubscriberTooSlow(self.topic) from None
+            raise _Lost(str(exc)) from None
+        finally:
+            if http is not None:
+                await http.close()
+
+    def _started_at(self, partition: int, marker, link, size: int) -> None:
+        if marker.__class__ is not EpochMarker:
+            raise TopicError(f"topic {self.topic!r}: the publisher did not say where this subscriber "
+                             "starts (a publisher of another version?)")
+        self.starts.append((partition, marker.epoch + 1))
+        log.info("topic %r partition %d: starts at epoch %d", self.topic, partition, marker.epoch + 1)
+        link.consumed(0, size)
+
+
+class _Lost(Exception):
+    """A partition's connection ended without the stream's end: why."""
+
+
+class _NoLink:
+    """The credit of a frame no connection carried (a partition's end read
+    from the catalog)."""
+
+    @staticmethod
+    def consumed(channel: int, nbytes: int) -> None:
+        pass
+
+
+_NO_LINK = _NoLink()
+ENDED = "ended"  # a publication's address once its partition has ended (kernel.system._topics)
+
+
+async def _first_loss(readers: list) -> str | None:
+    """Wait for the readers of a generation: None once every one has ended
+    its partition, or why the first lost one was lost (the rest still
+    reading). Other errors are raised."""
+    pending = set(readers)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for reader in done:
+            error = reader.exception()
+            if isinstance(error, _Lost):
+                return str(error)
+            if error is not None:
+                raise error
+    return None
 
 
 def ws_code(exc: Exception) -> int | None:

@@ -2,7 +2,7 @@
 `RATE` batches of `BATCH` a second, published as topic TOPIC (every
 setting from the environment), until `COUNT` records (0: for ever).
 Run: python readings.py COORDINATOR. Its log (stderr, DEBUG for
-kernel.topics) says where each epoch ends."""
+kernel.topics) says where each epoch of each partition ends."""
 
 import logging
 import os
@@ -17,6 +17,15 @@ COUNT = int(os.environ.get("COUNT", "0"))
 DT = 1 / 64  # event seconds between readings (exact in binary: window bounds are too)
 PAYLOAD = int(os.environ.get("PAYLOAD", "0"))  # a string of this many bytes in each reading
 GO = os.environ.get("GO")  # a file: once it exists, the readings come at full speed
+HOLD = os.environ.get("HOLD")  # a file: after COUNT readings the source waits for it, then ends
+WAIT = os.environ.get("WAIT")  # a file: the source makes no reading until it exists
+# the kernels WAIT applies to, e.g. "1" (default: every one)
+WAIT_KERNELS = set(map(int, os.environ["WAIT_KERNELS"].split(","))) if os.environ.get("WAIT_KERNELS") \
+    else None
+START = int(os.environ.get("START", "0"))  # the first reading's seq (a restart's resuming point)
+# SPLIT: kernel k of n makes seqs START + k, START + k + n, ... (else each
+# kernel makes every seq); COUNT counts the seqs of every kernel together
+SPLIT = bool(os.environ.get("SPLIT"))
 
 
 def value(seq: int) -> int:
@@ -25,22 +34,40 @@ def value(seq: int) -> int:
 
 class Readings(Source):
     def open(self, context):
-        self.seq = 0
+        self.first, self.step = (context.index, context.peers) if SPLIT else (0, 1)
+        self.seq = START + self.first  # the next one
+        self.end = START + COUNT if COUNT else float("inf")
         self.due = context.clock.monotonic()
+        self.held = False
+        self.waits = WAIT_KERNELS is None or context.index in WAIT_KERNELS
 
     def poll(self):
+        if self.seq >= self.end:
+            return self.hold()
+        if WAIT and self.waits and not os.path.exists(WAIT):
+            self.context.kernel.call_later(0.02, self.wake)
+            return None
         now = self.context.clock.monotonic()
         if RATE and now < self.due and not (GO and os.path.exists(GO)):
             self.context.kernel.call_later(self.due - now, self.wake)
             return None
         self.due += 1 / RATE if RATE else 0
-        seqs = range(self.seq, self.seq + BATCH if not COUNT else min(self.seq + BATCH, COUNT))
-        self.seq += len(seqs)
+        seqs = range(self.seq, min(self.seq + BATCH * self.step, self.end), self.step)
+        self.seq += len(seqs) * self.step
         pad = "x" * PAYLOAD
         records = [(s, s * DT, value(s), pad) if PAYLOAD else (s, s * DT, value(s)) for s in seqs]
         self.emit(TimedBatch(records, [s * DT for s in seqs]))
-        self.advance_watermark(self.seq * DT - DT)
-        return not (COUNT and self.seq >= COUNT)
+        self.advance_watermark(seqs[-1] * DT)
+        return True if self.seq < self.end or HOLD else False
+
+    def hold(self):
+        if not HOLD or os.path.exists(HOLD):
+            return False
+        if not self.held:
+            self.held = True
+            print(f"holding {self.context.index}", file=sys.stderr, flush=True)
+        self.context.kernel.call_later(0.02, self.wake)
+        return None
 
 
 def build():
@@ -48,6 +75,7 @@ def build():
     stream = flow.source(Readings, name="readings")
     stream.publish(TOPIC, epoch_interval=float(os.environ.get("EPOCH", "0.2")),
                    retain=int(os.environ["RETAIN"]) if os.environ.get("RETAIN") else None,
+                   retain_bytes=int(os.environ["RETAIN_BYTES"]) if os.environ.get("RETAIN_BYTES") else None,
                    slow=os.environ.get("SLOW_MODE", "backpressure"),
                    partitions=os.environ.get("PARTITIONS", "per-kernel"),
                    record_type=tuple if os.environ.get("TYPED") else None)

@@ -1,6 +1,7 @@
 """Job B of the topic tests: subscribes to TOPIC and prints, as JSON lines,
 every reading it received (`{"seq": [...]}`) and its tumbling sums of
-WINDOW event seconds (`{"sums": [[start, sum], ...]}`).
+WINDOW event seconds (`{"sums": [[start, sum], ...]}`); its log says where
+it started on each partition and each window as it closes.
 Run: python sums.py COORDINATOR."""
 
 import json
@@ -35,8 +36,15 @@ def build():
         readings = readings.apply(lambda: Slow(float(os.environ["SLOW"])), name="slow")
     seqs = readings.map(lambda r: r[0]).collect()
     sums = (readings.key_by(lambda r: "all").map_values(lambda r: r[2])
-            .window(Tumbling(WINDOW)).sum().collect())
+            .window(Tumbling(WINDOW)).sum().map(said).collect())
     return flow, seqs, sums
+
+
+def said(result):
+    """Each window's result as it comes (its start, on stderr): the tests
+    see windows close while the publisher runs, as watermarks move."""
+    print(f"window {result[1].start}", file=sys.stderr, flush=True)
+    return result
 
 
 if __name__ == "__main__":

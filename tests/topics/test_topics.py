@@ -230,12 +230,14 @@ def test_on_lost_wait_goes_on_after_the_publishers_restart(system):
 def test_retain_lets_a_late_subscriber_start_at_the_oldest_retained_epoch(system):
     # A keeps more epochs than it will have: B, joining after A's 6th epoch,
     # starts at the very beginning (without retain, after the 6th)
-    go = system.root / "go"
-    a = Job(system, "readings.py", "a", COUNT=3000, RETAIN=50, GO=go)
+    # (A holds its end until B has joined: a slow start of B must not find A ended)
+    go, hold = system.root / "go", system.root / "hold"
+    a = Job(system, "readings.py", "a", COUNT=3000, RETAIN=1000, GO=go, HOLD=hold)
     a.wait_epoch(6)
     b = Job(system, "sums.py", "b")
     wait_until(b.epochs_received, what="B to read from A")  # (then A may go at full speed)
     go.touch()
+    hold.touch()
     seqs, sums = results(b)
     assert seqs == list(range(3000))
     assert sums == brute_sums(seqs)
@@ -437,6 +439,9 @@ def test_bad_arguments_are_refused_when_the_flow_is_built():
         (lambda: stream.publish(""), ValueError, "publish needs a name"),
         (lambda: stream.publish("t", partitions="all"), ValueError, "'per-kernel' or 'merged'"),
         (lambda: stream.publish("t", retain=0), ValueError, "retain must be a number of epochs >= 1"),
+        (lambda: stream.publish("t", retain=2, retain_bytes=0), ValueError,
+         "retain_bytes must be a number of bytes >= 1"),
+        (lambda: stream.publish("t", retain_bytes=1 << 20), ValueError, "bounds what retain=N keeps"),
         (lambda: stream.publish("t", slow="drop"), ValueError, "'backpressure' or 'disconnect'"),
         (lambda: stream.publish("t", epoch_interval=0), ValueError, "epoch_interval must be a positive"),
         (lambda: stream.publish("t", record_type="tuple"), TypeError, "record_type must be a class"),
@@ -588,3 +593,136 @@ def test_a_lookup_forgets_a_topic_left_behind_by_an_ended_job(tmp_path, status, 
         assert [t["name"] for t in catalog.topics()] == (["t"] if found else [])
     finally:
         catalog.close()
+
+
+# -- retain bounded in bytes; a publisher restarted with another partition count -----------
+
+
+def partition_boundaries(job: Job) -> dict[int, set[int]]:
+    """partition -> how many readings its kernel had published at each of
+    its epoch ends, and 0 (A's debug log)."""
+    found: dict[int, set[int]] = defaultdict(lambda: {0})
+    for p, n in re.findall(r"partition (\d+): epoch \d+ ends after (\d+) records", job.text()):
+        found[int(p)].add(int(n))
+    return found
+
+
+def starts(job: Job) -> dict[int, list[int]]:
+    """partition -> the epochs B's connections to it started at (B's log)."""
+    found: dict[int, list[int]] = defaultdict(list)
+    for p, e in re.findall(r"partition (\d+): starts at epoch (\d+)", job.text()):
+        found[int(p)].append(int(e))
+    return found
+
+
+def test_retain_bytes_drops_the_oldest_epochs_whole_and_says_where_a_late_subscriber_starts(system):
+    """A publishes 54 MB in ~6 MB epochs with retain=1000 and
+    retain_bytes=20 MiB, then holds: B, joining then, is told the epoch it
+    starts at, the oldest epoch that fits the bound (one more would not),
+    and gets everything from that epoch's start, exactly. B is slow and A's
+    slow="disconnect": the replayed epochs (held by A anyway) do not count
+    against its queue, and B is not dropped."""
+    hold = system.root / "hold"
+    bound, payload, count = 20 * MB, 20_000, 2700
+    a = Job(system, "readings.py", "a", COUNT=count, BATCH=15, PAYLOAD=payload, RETAIN=1000,
+            RETAIN_BYTES=bound, SLOW_MODE="disconnect", HOLD=hold)
+    wait_until(lambda: "holding" in a.text() or a.proc.poll() is not None, what="A to publish everything")
+    b = Job(system, "sums.py", "b", SLOW=0.01)
+    wait_until(lambda: starts(b) or b.proc.poll() is not None, what="B to start")
+    # A goes on cutting epochs (pushing their markers to B's queue) until B
+    # has caught up: with the replay counted, the first push drops B
+    later = max(a.boundaries()) + 2
+    wait_until(lambda: f"epoch {later} received" in b.text() or b.proc.poll() is not None,
+               what="B to catch up with A")
+    hold.touch()
+    seqs, sums = results(b)
+    a.finish()
+    [start] = starts(b)[0]
+    boundaries = {0: 0, **a.boundaries()}
+    assert start > 1, "nothing was dropped"
+    assert seqs == list(range(boundaries[start - 1], count))
+    assert sums == brute_sums(seqs)
+    # what B got fits the bound; with the epoch before, it would not have
+    assert (count - boundaries[start - 1]) * payload <= bound
+    assert (count - boundaries[start - 2]) * (payload + 200) > bound
+
+
+def test_retain_is_bounded_in_bytes_by_default(system):
+    """retain=1000 epochs of 200 MB published: A keeps at most 64 MiB."""
+    a = Job(system, "readings.py", "a", COUNT=10_000, BATCH=100, PAYLOAD=20_000, RATE=0, RETAIN=1000)
+    ended = a.finish()[-1]
+    assert ended.startswith("ended"), a.text()
+    peak = int(ended.split()[1])
+    assert peak < 150 * MB, f"A's peak resident memory {peak / MB:.0f} MB"
+
+
+NEW = 100_000  # the restarted A's first seq (as if it resumed there)
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 3)])
+def test_on_lost_wait_follows_a_publisher_restarted_with_another_partition_count(system, before, after):
+    """B on two kernels, on_lost="wait". A publishes `before` partitions
+    (each kernel its own readings), is killed, and comes back with `after`
+    partitions (as a job master restarting it on other kernels), its
+    readings resuming at seq NEW. B gets each partition's readings from one
+    of its epoch boundaries on, every one exactly once; its windows close
+    while the new A runs (a partition gone does not hold the watermark
+    back, a kernel left without a partition follows A's progress) and equal
+    a brute-force sum."""
+    hold = system.root / "hold"
+    b = Job(system, "sums.py", "b", CORES=2, ON_LOST="wait")
+    wait_until(lambda: "subscribing" in b.out.read_text(), what="B to start")
+    a1 = Job(system, "readings.py", "a1", COUNT=0, CORES=before, SPLIT=1)
+    received = lambda p: re.search(rf"partition {p}: epoch \d+ received", b.text())  # noqa: E731
+    connected = lambda: sum(map(len, starts(b).values()))  # noqa: E731  (B's connections so far)
+    # both kernels of B connected (to a partition, or to the progress of all), whole epochs read
+    wait_until(lambda: connected() == max(before, 2) and all(received(p) for p in range(before)),
+               what="B to read whole epochs of A")
+    a1.kill()
+    go = system.root / "go"
+    a2 = Job(system, "readings.py", "a2", COUNT=3000, CORES=after, SPLIT=1, START=NEW, HOLD=hold, WAIT=go)
+    # every kernel of B reads the new A (its own partitions, or their
+    # progress) before A makes its readings: B's connections to A1, then A2
+    wait_until(lambda: connected() == max(before, 2) + max(after, 2), what="B to read from the new A")
+    go.touch()
+    closed = lambda: [float(w) for w in re.findall(r"window (\S+)", b.text())]  # noqa: E731
+    wait_until(lambda: a2.text().count("holding") == after, what="the new A to publish everything")
+    wait_until(lambda: any(w >= NEW * DT for w in closed()) or b.proc.poll() is not None, timeout=20,
+               what="B's windows of the new A to close while it runs")
+    assert b.proc.poll() is None, b.text()
+    hold.touch()
+    seqs, sums = results(b)
+    a2.finish()
+    assert len(seqs) == len(set(seqs)), "a reading received twice"
+    assert sums == brute_sums(seqs)
+    for job, first, n in ((a1, 0, before), (a2, NEW, after)):
+        got = [s for s in seqs if first <= s < first + NEW]
+        boundaries = partition_boundaries(job)
+        for p in range(n):
+            mine = sorted(s for s in got if (s - first) % n == p)
+            assert mine, f"nothing of {job.log.stem}'s partition {p}"
+            assert mine[0] in {first + p + n * r for r in boundaries[p]}, "not from an epoch boundary"
+            end = mine[-1] + 1 if job is a1 else first + 3000  # (a1 died somewhere)
+            assert mine == list(range(mine[0], end, n))
+
+
+def test_a_partition_that_ended_early_ends_for_a_subscriber_joining_later(system):
+    """A's kernel 0 ends its share (and unpublishes its partition) while
+    kernel 1 has not begun: B, subscribing then on two kernels, reads
+    partition 0's end from the catalog (its server is gone) and all of
+    partition 1, and ends without error. (The first partition to end used
+    to take the whole topic out of the catalog: B found nothing.)"""
+    go = system.root / "go"
+    a = Job(system, "readings.py", "a", COUNT=400, CORES=2, SPLIT=1, WAIT=go, WAIT_KERNELS="1")
+    wait_until(lambda: "partition 0: ended and unpublished" in a.text(), what="A's kernel 0 to end")
+    b = Job(system, "sums.py", "b", CORES=2, TIMEOUT=5)
+    # both of B's kernels have read the catalog (kernel 0: partition 0's end)
+    # before A's kernel 1 begins: ended too, A's topic leaves the catalog
+    ended = "partition 0: ended before this subscriber connected"
+    wait_until(lambda: (1 in starts(b) and ended in b.text()) or b.proc.poll() is not None,
+               what="B to read partition 1 and partition 0's end")
+    go.touch()
+    seqs, sums = results(b)
+    a.finish()
+    assert seqs == list(range(1, 400, 2))
+    assert sums == brute_sums(seqs)
