@@ -186,7 +186,8 @@ def test_a_cluster_that_lost_a_process_resumes_and_publishes_every_record_once(
             assert f"resuming from epoch {epoch}\n" in err
     assert_exactly_once(tmp / "out")
     final, done = complete_epochs(store_file(tmp, 0, shared))[0]
-    assert done and final >= epoch + 3, (epoch, final)  # the resumed run took epochs of its own
+    # the resumed run took epochs of its own (with no sleeps it is 1 past)
+    assert done and final >= epoch + 2, (epoch, final)
 
 
 def test_a_finished_cluster_run_is_not_run_again(tmp_path):

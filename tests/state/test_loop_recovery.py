@@ -131,7 +131,9 @@ def test_a_crashed_run_with_a_loop_resumes_and_publishes_every_result_once(tmp_p
         assert f"resuming from epoch {epoch}\n" in second.stderr
     assert_exactly_once(tmp / "out")
     final = newest_complete(tmp / "state")
-    assert final >= epoch + 3, (epoch, final)  # the resumed run took epochs of its own
+    # the resumed run took epochs of its own (with no sleeps it is 1 past; 3 was
+    # too many once, after a late crash on 2 kernels: 5 -> 7)
+    assert final >= epoch + 2, (epoch, final)
 
 
 def test_a_run_with_a_loop_and_a_state_dir_equals_one_without(tmp_path):

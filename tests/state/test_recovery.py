@@ -194,7 +194,8 @@ def test_a_crashed_run_resumes_and_publishes_every_record_exactly_once(
     assert_it_resumed(tmp, second, epoch, finished, kept)
     assert_exactly_once(tmp / "out")
     final, done = newest_complete(tmp / "state")
-    assert done and (finished or final >= epoch + 3), (epoch, final)  # the resumed run took epochs of its own
+    # the resumed run took epochs of its own (with no sleeps it is 1 past)
+    assert done and (finished or final >= epoch + 2), (epoch, final)
 
 
 def test_a_run_killed_after_its_third_snapshot_resumes_from_its_second_epoch(tmp_path):
