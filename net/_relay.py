@@ -204,6 +204,7 @@ class LinkRelay:
         self.agreement = agreement  # (offer, decide) or None
         self.on_message = on_message  # (process, body): a launcher's message for ours
         self._offers: dict[int, bytes] = {}
+        self._refusal: bytes | None = None  # process 0's refusal of the agreement, as it came
         self._outbox: asyncio.Queue | None = None
         # report(sent_bytes()) every report_interval and once at the end (metrics)
         self.report = report
@@ -271,6 +272,14 @@ class LinkRelay:
         finally:
             self._finishing = True
             loop.remove_reader(self.bell.fd)
+            if self._refusal is not None:
+                # Process 0 refused the agreement: the other peers hear it from us
+                # too, before our link to them closes. Otherwise, of three or
+                # more, one could see this link close before process 0's refusal
+                # came, and report a lost process instead of the refusal.
+                others = [link for p, link in self.links.items() if p != 0 and not link.closed.done()]
+                refusal = self._refusal
+                await asyncio.gather(*(self._send_quietly(link, KIND_REFUSE, refusal) for link in others))
             await self._close()
             if self.report is not None:
                 self.report(self.sent_bytes())
@@ -546,6 +555,8 @@ class LinkRelay:
                 self._decision.set_result(bytes(body))
         elif kind == KIND_REFUSE:
             self._graceful.add(peer)
+            if self._refusal is None:  # passed on before this process closes its links (`run`)
+                self._refusal = bytes(body)
             self._fail(pickle.loads(bytes(body)))
         elif kind == KIND_ABORT:
             why = bytes(body).decode(errors="replace")
