@@ -203,6 +203,20 @@ def visible(directory: Path) -> list:
 
 # review (issue 16)
 
+def killed_on_two_kernels(flow, state, nth: int) -> None:
+    """Run `flow` on 2 kernels with snapshots until kernel 1 kills itself
+    at its `nth` snapshot (KERNEL_CRASH_AT, set for the forked kernels)."""
+    import kernel._faults
+    from kernel import KernelProcessError, run
+
+    kernel._faults._SPEC = f"snapshot:{nth}@1"
+    try:
+        with pytest.raises(KernelProcessError):
+            run(flow, cores=2, state_dir=state, epoch_interval=0.01)
+    finally:
+        kernel._faults._SPEC = None
+
+
 def _late_flow():
     """A windowed count (split around the exchange on several kernels: its
     partial halves find the late events) of records some of which are far
@@ -238,18 +252,12 @@ def test_late_events_counted_by_partial_halves_survive_a_resume_on_one_kernel(tm
     """Found in review: on several kernels a windowed count's partial halves
     count the late events; a run resumed on one kernel has no partial halves,
     and dropped their counts (late_count 1 of 10 after 2 -> 1)."""
-    import kernel._faults
-    from kernel import KernelProcessError, run
+    from kernel import run
 
     # long after the late events (as KERNEL_CRASH_AT): at the 20th, under a
     # heavy load (8 on 2 cores), only 9 epochs were complete once (kernel 0's
     # fsyncs lagging), too few to hold the late counts
-    kernel._faults._SPEC = "snapshot:30@1"
-    try:
-        with pytest.raises(KernelProcessError):
-            run(_late_flow()[0], cores=2, state_dir=tmp_path, epoch_interval=0.01)
-    finally:
-        kernel._faults._SPEC = None
+    killed_on_two_kernels(_late_flow()[0], tmp_path, 30)
     epoch, _ = newest_complete(tmp_path)
     assert epoch > 10
     flow, counts, late = _late_flow()
@@ -321,16 +329,10 @@ def test_timers_without_data_reach_every_kernel_of_a_rescaled_run(tmp_path):
     import json
     import math
 
-    import kernel._faults
-    from kernel import KernelProcessError, run
+    from kernel import run
 
     out, state = tmp_path / "out", tmp_path / "state"
-    kernel._faults._SPEC = "snapshot:10@1"
-    try:
-        with pytest.raises(KernelProcessError):
-            run(_sums_by_second_flow(out), cores=2, state_dir=state, epoch_interval=0.01)
-    finally:
-        kernel._faults._SPEC = None
+    killed_on_two_kernels(_sums_by_second_flow(out), state, 10)
     assert newest_complete(state)[0] > 0
     run(_sums_by_second_flow(out), cores=3, state_dir=state, epoch_interval=0.01)
     got = Counter(tuple(json.loads(line)) for path in out.glob("part-*")
@@ -376,15 +378,9 @@ def test_keyed_state_of_a_stream_without_key_by_is_refused_a_rescaled_resume(tmp
     winning: on 2 -> 1 a per-kernel count lost the other's share silently
     (1850 of 2000). Now refused, naming the step and the state; the same
     state_dir then resumes on 2 kernels, exact."""
-    import kernel._faults
-    from kernel import KernelError, KernelProcessError, run
+    from kernel import KernelError, run
 
-    kernel._faults._SPEC = "snapshot:6@1"
-    try:
-        with pytest.raises(KernelProcessError):
-            run(_totals_flow()[0], cores=2, state_dir=tmp_path, epoch_interval=0.01)
-    finally:
-        kernel._faults._SPEC = None
+    killed_on_two_kernels(_totals_flow()[0], tmp_path, 6)
     assert newest_complete(tmp_path)[0] > 0
     with pytest.raises(KernelError, match=r"total.*keyed state 'n' has the key 'total' on kernels 0 and 1 "
                                           r".*not partitioned by key"):
