@@ -1583,10 +1583,12 @@ def test_more_kernels_than_allowed_cpus_run_sharing_them_with_a_warning(monkeypa
 
 @promise(CORES, "key_by exchanges records")
 def test_key_by_sends_each_key_to_the_kernel_its_crc32_names_and_aggregates_give_the_one_core_result():
-    """On two kernels every record of a text key reaches the kernel
-    crc32(key) % 2 (not hash(), which a process salts), and a count equals
-    a Counter. The rest: tests/net/test_exchange.py (stable hashes of every
-    key type, under other hash seeds), tests/kernel/test_multicore.py (aggregates)."""
+    """On two kernels every record of a text key reaches the kernel its
+    CRC-32 names (not hash(), which a process salts): the top bit of
+    crc32(key) x 2**64 / golden ratio (Fibonacci hashing into key groups),
+    and a count equals a Counter. The rest: tests/net/test_exchange.py
+    (stable hashes of every key type, under other hash seeds; key groups),
+    tests/kernel/test_multicore.py (aggregates)."""
     words = [f"w{i % 13}" for i in range(300)] + ["été", "naïve", "日本"]
     flow = Dataflow()
     keyed = flow.from_iterable(words, batch_size=7).key_by(lambda w: w)
@@ -1596,9 +1598,15 @@ def test_key_by_sends_each_key_to_the_kernel_its_crc32_names_and_aggregates_give
     owners = defaultdict(set)
     for word, index in where.items:
         owners[word].add(index)
-    assert dict(owners) == {w: {zlib.crc32(w.encode()) % 2} for w in set(words)}
+    assert dict(owners) == {w: {crc32_owner_of_2(w)} for w in set(words)}
     assert len({min(k) for k in owners.values()}) == 2  # both kernels own some
     assert sorted(counts.items) == sorted(Counter(words).items())
+
+
+def crc32_owner_of_2(key: str) -> int:
+    """The kernel of 2 that owns a text key: the top bit of its CRC-32 times
+    2**64 / golden ratio, modulo 2**64 (README "Rescale on resume")."""
+    return zlib.crc32(key.encode()) * 0x9E3779B97F4A7C15 % 2**64 >> 63
 
 
 @pytest.fixture
@@ -1638,8 +1646,7 @@ def test_count_sum_and_reduce_send_one_partial_per_key_and_kernel_fold_and_sessi
     events = [(i, f"k{i % 9}", i * 0.01) for i in range(600)]  # (position, key, time)
     shares = [events[r::2] for r in range(2)]
 
-    def owner(key):
-        return zlib.crc32(key.encode()) % 2
+    owner = crc32_owner_of_2
 
     def flow_with(aggregate):
         flow = Dataflow()
@@ -2107,15 +2114,16 @@ def test_process_p_runs_kernels_p_times_c_onwards_and_each_key_has_one_owner_in_
     counts are a Counter's. The rest: tests/kernel/test_cluster.py::
     test_a_cluster_gives_exactly_the_results_of_one_process
     (against one process, 2 and 3 processes), tests/kernel/test_cluster_netns.py (real network namespaces)."""
+    from kernel.net._exchange import key_group
+
     from kernel.dataflow._key_groups import owner_table
-    from net import stable_hash
 
     owner = owner_table(4, 128)
     assert sorted(cluster_run.where) == [(n, n % 4, cluster_run.pids[(n % 4) // 2]) for n in range(40)]
     owners = defaultdict(set)
     for word, index in cluster_run.owners:
         owners[word].add(index)
-    assert dict(owners) == {w: {owner[stable_hash(w) % 128]} for w in owners} and len(owners) == 7
+    assert dict(owners) == {w: {owner[key_group(w, 128)]} for w in owners} and len(owners) == 7
     assert sorted(cluster_run.counts) == sorted(Counter(f"w{n % 7}" for n in range(40)).items())
 
 
