@@ -94,7 +94,8 @@ class Report(Operator):
         self.emit([("report", self.index, probe["peak"], probe["rss_peak"] - probe["rss"])])
 
 
-def fan_out(make, depth, ways, max_in_flight, cores, batch_size=256, to=None, timestamp=None, **options):
+def fan_out(make, depth, ways, max_in_flight, cores, batch_size=256, to=None, timestamp=None, max_delay=0.0,
+            **options):
     """Each record (name, depth, payload) splits `ways` ways a round, down
     to depth 0 (its children drop the payload); returns the leaves per name
     and each kernel's (peak waiting, memory growth). `to(record)`: a key
@@ -106,7 +107,7 @@ def fan_out(make, depth, ways, max_in_flight, cores, batch_size=256, to=None, ti
         return children, nodes.filter(lambda v: v[1] == 0).map(lambda v: v[0])
 
     flow = Dataflow()
-    source = flow.from_partitions(make, batch_size=batch_size, timestamp=timestamp)
+    source = flow.from_partitions(make, batch_size=batch_size, timestamp=timestamp, max_delay=max_delay)
     if to is not None:
         source = source.key_by(to).map(lambda pair: pair[1])
     out = source.apply(Produced).iterate(body, max_in_flight=max_in_flight).apply(Report).collect()
@@ -206,6 +207,94 @@ def test_records_with_event_time_waiting_at_the_entry_stay_bounded(cores):
                               timestamp=lambda r: float(r[0] // 3))
     assert leaves == Counter({name: 16 for name in range(3000 * cores)})
     assert max(peak for peak, _ in reports.values()) <= 40 + SLACK * 64
+
+
+# -- records ahead of the outer watermark (issue 20) ---------------------------------
+
+def _in_child(call: str, timeout: float = 60) -> object:
+    """`call` (an expression over this module's names) in a new
+    interpreter: a run that deadlocks fails after `timeout` seconds
+    instead of hanging the suite. Returns its value (through JSON)."""
+    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"from test_faucet import *; print(json.dumps({call}))")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{call} did not finish in {timeout} s (a deadlock?)")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def far_behind(cores, max_in_flight, count=3000):
+    """`fan_out` (depth 2, 4 ways) over records with event time whose
+    source's watermark lags a whole input behind (max_delay 1e9): no run
+    takes any record in by its time before the input ends. Returns
+    (leaves exact, peak waiting per kernel)."""
+    leaves, reports = fan_out(numbered(count, 2), 2, 4, max_in_flight, cores, batch_size=64,
+                              timestamp=lambda r: float(r[0] % count), max_delay=1e9)
+    exact = leaves == Counter({name: 16 for name in range(count * cores)})
+    return exact, [reports[k][0] for k in sorted(reports)]
+
+
+@pytest.mark.parametrize("cores", [1, 2, 3])
+def test_records_ahead_of_the_outer_watermark_stay_bounded(cores):
+    """The outer watermark passes no record before the input ends, so runs
+    by time would take nothing in until then (without the bound all 3,000
+    records a kernel waited): with max_in_flight=40 the sources pause once
+    40 wait and the next run takes them in early, so at most 40 + SLACK
+    batches wait; pausing without taking them in early would wait forever
+    for the watermark the paused source moves (the child times out)."""
+    exact, peaks = _in_child(f"far_behind({cores}, 40)")
+    assert exact
+    assert len(peaks) == cores
+    assert max(peaks) <= 40 + SLACK * 64
+
+
+def lagging_kernels(cores, max_in_flight, count=1500):
+    """Records exchanged by name before the loop; kernel k's event time
+    moves k + 1 times slower than kernel 0's, and every source lags 100 s
+    (max_delay): every entry's watermark is the slowest kernel's, and
+    records from the faster ones wait ahead of it. After the loop, leaves
+    per 50 s tumbling window. Returns (windows exact, none late, peak
+    waiting per kernel)."""
+    from operators import Tumbling
+
+    def make(index, peers):
+        return ((index * count + i, 2, i / (index + 1)) for i in range(count))
+
+    def body(entering):
+        nodes = entering.apply(lambda: Admitted(2))
+        children = nodes.filter(lambda v: v[1] > 0).flat_map(lambda v: [(v[0], v[1] - 1, v[2])] * 4)
+        return children, nodes.filter(lambda v: v[1] == 0)
+
+    flow = Dataflow()
+    source = flow.from_partitions(make, batch_size=64, timestamp=lambda r: r[2], max_delay=100.0)
+    exchanged = source.key_by(lambda r: r[0]).map(lambda pair: pair[1])
+    out = exchanged.apply(Produced).iterate(body, max_in_flight=max_in_flight)
+    reports = out.apply(Report).filter(lambda r: r[0] == "report").collect()
+    windows = out.key_by(lambda leaf: "all").map_values(lambda leaf: 1).window(Tumbling(50.0)).sum()
+    got = windows.collect()
+    run(flow, cores=cores)
+    expected: Counter = Counter()
+    for index in range(cores):
+        for i in range(count):
+            expected[50.0 * ((i / (index + 1)) // 50.0)] += 16
+    per_window = Counter({w.start: total for _, w, total in got.items})
+    exact = per_window == expected and len(got.items) == len(expected)
+    peaks = {r[1]: r[2] for r in reports.items}
+    return exact, windows.late_count.value == 0, [peaks[k] for k in sorted(peaks)]
+
+
+@pytest.mark.parametrize("cores", [1, 2, 3])
+def test_a_lagging_kernel_pauses_no_source_for_good_and_windows_after_the_loop_stay_exact(cores):
+    """Every entry waits for the slowest kernel's watermark while the
+    others' records pile up ahead of it: they go into runs early once 40
+    wait, no pause waits for a watermark it stops, and the leaves per
+    window after the loop equal the plain count, none late (what runs take
+    in early is still ahead of the watermark they pass on)."""
+    exact, none_late, peaks = _in_child(f"lagging_kernels({cores}, 40)")
+    assert exact and none_late
+    assert len(peaks) == cores
 
 
 @pytest.mark.parametrize("cores", [1, 3])
