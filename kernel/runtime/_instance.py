@@ -77,10 +77,11 @@ class Instance:
         "chained",
         "counting",
         "declined",
-        "drain_waiter",
+        "drain_waiters",
         "emitted",
         "end_due",
         "ended",
+        "feeds",
         "fused_into",
         "held",
         "idle",
@@ -131,7 +132,10 @@ class Instance:
         self.targets: list[tuple[Instance, int]] = []
         self.chained = False  # runs inside its upstream's activation (see Runtime)
         self.chain: list[Instance] = []  # a source's: the instances its polls run (chained)
-        self.drain_waiter: Instance | None = None  # a source to wake once the inbox is empty
+        self.drain_waiters: list[Instance] = []  # sources to wake once the inbox is empty
+        # a source's: the instances on its way to a loop's entry with
+        # max_in_flight, that entry too (`Runtime._feeding_faucets`)
+        self.feeds: list[Instance] = []
         self.declined = False  # a source's: its last activation declined the rest of a slice
         self.emitted = 0  # a source's: records emitted by the poll under way
         # metrics (`count_records`): records handed to on_batch and emitted,
@@ -370,9 +374,15 @@ class Instance:
             raise
         except Exception as exc:
             raise self._handler_error(payload, exc) from exc
-        if self.drain_waiter is not None and not self.pending:
-            waiter, self.drain_waiter = self.drain_waiter, None
-            waiter.wake()  # a source held back until its chain caught up
+        if self.drain_waiters and not self.pending:
+            self.wake_drain_waiters()
+
+    def wake_drain_waiters(self) -> None:
+        """Sources held back until their chain (or their way to a loop's
+        entry with max_in_flight) caught up: the inbox here is empty."""
+        waiters, self.drain_waiters = self.drain_waiters, []
+        for waiter in waiters:
+            waiter.wake()
 
     def _progress(self, channel: int, payload) -> None:
         """A watermark, IDLE, an epoch marker or END arrived on `channel`
@@ -520,7 +530,14 @@ class Instance:
             return
         for member in self.chain:
             if member.pending:  # work this source's chain handed to a later tick
-                member.drain_waiter = self
+                member.drain_waiters.append(self)
+                return
+        for member in self.feeds:
+            # (max_in_flight) what the last poll emitted has not yet reached
+            # the loop's entry: polling again before the entry has counted
+            # it, and paused the sources if that filled it, would let more in
+            if member.pending:
+                member.drain_waiters.append(self)
                 return
         op, pace = self.op, self.pace
         monotonic = pace.monotonic

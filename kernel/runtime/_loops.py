@@ -435,6 +435,8 @@ class Entry(Instance):
         pending, self.pending = self.pending, []
         for channel, payload in pending:
             self._take(channel, payload)
+        if self.drain_waiters and not self.pending:  # sources waiting for it to count their records
+            self.wake_drain_waiters()
 
     def _take(self, channel: int, payload) -> None:
         if channel not in self.outer_index:
