@@ -27,6 +27,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kernel import Dataflow, Operator, run
+from kernel.execution._cores import RING_BYTES
 from state import SnapshotStore
 
 EXAMPLES = settings(max_examples=8, deadline=None)
@@ -215,16 +216,21 @@ def test_a_kernel_full_with_records_from_other_kernels_pauses_their_sources(core
     """Every record is exchanged to one kernel (key 0) before the loop: its
     entry fills with records the other kernels' sources made, and those
     never fill their own entries, so they pause only because it tells them
-    (RoundMarker.FULL). What waits there is then max_in_flight and what
-    the others had sent before they heard: up to a ring of 4 MB each (here
-    ~4,000 records of 1 KB), and what their sources made meanwhile (1,300
-    to 5,600 records in all here), not all they make (without the message,
-    nearly all their 16,000 records a kernel wait there)."""
+    (RoundMarker.FULL, on the ring from it). What waits there is then what
+    its own sources may leave (`bound`) and, per other kernel, what that
+    one had sent it before it read the message: its ring (4 MB, here
+    ~4,000 records of 1 KB: a full ring pauses its sources too) and what
+    its sources emitted before it read the message (its reader drains the
+    rings every tick while it is busy: a few polls; 8 batches allowed).
+    Seen: 1,600 to 4,050 records on 2 kernels (the bound: 4,711), 3,600
+    to 6,900 on 3 (9,319); without the message, nearly all the others'
+    16,000 records a kernel wait there (15,888 and 31,853)."""
     count = 16000
     leaves, reports = fan_out(numbered(count, 2, payload=1024), 2, 4, 40, cores, batch_size=64,
                               to=lambda r: 0)
     assert leaves == Counter({name: 16 for name in range(count * cores)})
-    assert max(peak for peak, _ in reports.values()) <= (cores - 1) * count // 2
+    ring_records = RING_BYTES // 1024  # each record takes more than 1 KB there
+    assert max(peak for peak, _ in reports.values()) <= bound(40, 64) + (cores - 1) * (ring_records + 8 * 64)
 
 
 @pytest.mark.parametrize("cores", [1, 2])
