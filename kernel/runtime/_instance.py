@@ -78,9 +78,11 @@ class Instance:
         "counting",
         "declined",
         "drain_waiters",
+        "drained",
         "emitted",
         "end_due",
         "ended",
+        "feed_at",
         "feeds",
         "fused_into",
         "held",
@@ -134,8 +136,12 @@ class Instance:
         self.chain: list[Instance] = []  # a source's: the instances its polls run (chained)
         self.drain_waiters: list[Instance] = []  # sources to wake once the inbox is empty
         # a source's: the instances on its way to a loop's entry with
-        # max_in_flight, that entry too (`Runtime._feeding_faucets`)
+        # max_in_flight, that entry too, upstream first
+        # (`Runtime._feeding_faucets`); the one its last poll's records may
+        # still be in; the last to wake it having drained its inbox
         self.feeds: list[Instance] = []
+        self.feed_at = 0
+        self.drained: Instance | None = None
         self.declined = False  # a source's: its last activation declined the rest of a slice
         self.emitted = 0  # a source's: records emitted by the poll under way
         # metrics (`count_records`): records handed to on_batch and emitted,
@@ -382,6 +388,7 @@ class Instance:
         entry with max_in_flight) caught up: the inbox here is empty."""
         waiters, self.drain_waiters = self.drain_waiters, []
         for waiter in waiters:
+            waiter.drained = self
             waiter.wake()
 
     def _progress(self, channel: int, payload) -> None:
@@ -532,13 +539,8 @@ class Instance:
             if member.pending:  # work this source's chain handed to a later tick
                 member.drain_waiters.append(self)
                 return
-        for member in self.feeds:
-            # (max_in_flight) what the last poll emitted has not yet reached
-            # the loop's entry: polling again before the entry has counted
-            # it, and paused the sources if that filled it, would let more in
-            if member.pending:
-                member.drain_waiters.append(self)
-                return
+        if self.feeds and self._feeding():
+            return
         op, pace = self.op, self.pace
         monotonic = pace.monotonic
         started = monotonic()
@@ -572,6 +574,28 @@ class Instance:
         elif more is False:
             self.advance_watermark(_INF)
             self._finish()
+
+    def _feeding(self) -> bool:
+        """(max_in_flight) Is what the last poll emitted still on its way
+        to the loop's entry? Polling again before the entry has counted it,
+        and paused the sources if that filled it, would let more in. The
+        way is walked upstream first, waiting for each step whose inbox
+        holds anything to empty it once: records only move downstream, so
+        none of the poll's are behind the step reached, and records that
+        come after (other kernels', through an exchange) hold it up at no
+        step more than once."""
+        feeds, at = self.feeds, self.feed_at
+        while at < len(feeds):
+            member = feeds[at]
+            if member.pending and self.drained is not member:
+                self.feed_at = at
+                if self not in member.drain_waiters:
+                    member.drain_waiters.append(self)
+                return True
+            self.drained = None
+            at += 1
+        self.feed_at = 0
+        return False
 
     # -- a source's output progress -------------------------------------------
 

@@ -153,16 +153,7 @@ class Runtime:
         for source in self._sources:
             if not leads_to(source):
                 continue
-            feeds, seen, todo = [], set(), [source]
-            while todo:  # the instances reachable from the source that lead to such an entry
-                at = todo.pop()
-                for target in _local_targets(at):
-                    if id(target) not in seen and leads[id(target)]:
-                        seen.add(id(target))
-                        feeds.append(target)
-                        if not isinstance(target, Entry):
-                            todo.append(target)
-            source.feeds = feeds
+            source.feeds = _upstream_first(source, leads)
 
     def _fuse(self) -> None:
         """Offer each chained operator its upstream (`Operator.fuse_upstream`):
@@ -487,6 +478,24 @@ class Runtime:
             self.complete = epoch
         for instance in self.instances:
             _call(instance, "on_commit", epoch)
+
+
+def _upstream_first(source: Instance, leads: dict[int, bool]) -> list[Instance]:
+    """The instances reachable from `source` (up to a loop's entry) that
+    `leads` marks, upstream first: depth first, reversed postorder."""
+    order: list[Instance] = []
+    seen: set[int] = set()
+
+    def visit(at: Instance) -> None:
+        for target in _local_targets(at):
+            if id(target) not in seen and leads[id(target)]:
+                seen.add(id(target))
+                if not isinstance(target, Entry):
+                    visit(target)
+                order.append(target)
+
+    visit(source)
+    return order[::-1]
 
 
 def _local_targets(instance: Instance) -> list[Instance]:
