@@ -379,15 +379,17 @@ def leaves_of(roots, ways):
 # (a deadlock once: after a run, as many records waited as before it, new ones,
 # and the kernel took that for nothing new and never asked for another run)
 @example(roots=[(i % 21, 2) for i in range(48)], ways=3, max_in_flight=6, batch_size=3, cores=1,
-         exchanged=False, timed=False)
+         exchanged=False, timed=None)
 @given(st.lists(st.tuples(st.integers(0, 20), st.integers(0, 3)), max_size=60),
        st.integers(1, 6), st.integers(1, 7), st.sampled_from([1, 3, 64]), st.sampled_from([1, 2, 3]),
-       st.booleans(), st.booleans())
+       st.booleans(), st.sampled_from([None, 2.0, 1e9]))
 def test_results_are_exact_against_plain_python(roots, ways, max_in_flight, batch_size, cores,
                                                 exchanged, timed):
     """Any input, fan-out, max_in_flight, batch size, number of kernels,
-    with or without an exchange before the loop, with or without event
-    time: every leaf once, as the plain loop counts them."""
+    with or without an exchange before the loop, without event time or
+    with it (`timed`: the max_delay; 1e9: the watermark passes nothing
+    before the end, so the runs take records in early): every leaf once,
+    as the plain loop counts them."""
     def make(index, peers):
         return ((name, depth, "") for name, depth in roots[index::peers])
 
@@ -397,8 +399,8 @@ def test_results_are_exact_against_plain_python(roots, ways, max_in_flight, batc
 
     flow = Dataflow()
     source = flow.from_partitions(make, batch_size=batch_size,
-                                  timestamp=(lambda r: float(r[0])) if timed else None,
-                                  max_delay=2.0 if timed else 0.0)
+                                  timestamp=(lambda r: float(r[0])) if timed is not None else None,
+                                  max_delay=timed or 0.0)
     if exchanged:
         source = source.key_by(lambda r: r[0]).map(lambda pair: pair[1])
     out = source.iterate(body, max_in_flight=max_in_flight).collect()
