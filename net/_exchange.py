@@ -153,8 +153,9 @@ class Partitioner:
         self._cache: dict = {}
 
     def _group(self, key) -> int:
-        # key_group's arithmetic inline: it runs for every key new to the
-        # cache (PageRank's (vertex, round) keys are all new each round)
+        """`key_group(key, groups)`, or `stable_hash(key) % peers` without
+        owners; ~100 ns more than the residue alone, for each key new to
+        the cache (a 128-bit product)."""
         if self._shift is None:
             return stable_hash(key) % self._groups
         return ((stable_hash(key) * _GOLDEN) & _MASK) >> self._shift
