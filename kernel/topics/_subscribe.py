@@ -17,7 +17,11 @@ A publisher that ends sends END: that partition has ended. A connection
 that ends otherwise is a lost publisher: `on_lost="fail"` raises
 `PublisherLost(topic)` from the source; `on_lost="wait"` looks the topic up
 again until a new publisher (another id) is registered, and goes on from
-its next whole epoch, the watermark never going back.
+its next whole epoch, the watermark never going back. With
+`on_lost="wait"` each partition's frames are held until their epoch is
+whole (its marker or the end) and then handed on together, so that the
+epoch a lost publisher was in the middle of is dropped whole, not handed
+on in part (`_hold`; records come an epoch later).
 
 Generations. Each publisher (a run of the publishing job) is a
 generation, with a partition count of its own: a job master may restart a
@@ -49,7 +53,7 @@ from collections import deque
 
 from kernel.dataflow._operator import Source
 from kernel.net._channel import IDLE, EpochMarker
-from kernel.net._codec import KIND_END, decode
+from kernel.net._codec import KIND_END, KIND_EPOCH, decode
 from kernel.topics import _directory
 from kernel.topics._errors import PublisherLost, SubscriberTooSlow, TopicError
 from kernel.topics._publish import TOO_SLOW, TOPIC_PATH, WINDOW, record_type_info, same_record_type
@@ -78,6 +82,11 @@ class Subscribe(Source):
         self._done = False  # every partition of this kernel has ended
         self.epochs: list[tuple[int, int]] = []  # (partition, epoch) markers seen, in order
         self.starts: list[tuple[int, int]] = []  # (partition, epoch) each connection started at
+        # on_lost="wait" (_hold): bytes of whole epochs in the buffer whose
+        # credit was granted as they came, and the credit owed meanwhile
+        self._ready = 0
+        self._owed: list = []  # (link, bytes)
+        self._early = _Early(self._handed_early)
 
     def poll(self):
         if self._error is not None:
@@ -200,6 +209,7 @@ class Subscribe(Source):
             return
         url = _directory.url_of(*_split(found["addresses"][partition]))
         http = None
+        held: list = []  # on_lost="wait": the epoch in progress, handed on whole (_hold)
         meta = {"topic": self.topic, "progress": True} if progress else {"topic": self.topic}
         try:
             ws, _, theirs, http = await connect(url, key, self.context.index, path=TOPIC_PATH,
@@ -216,8 +226,11 @@ class Subscribe(Source):
                     self._started_at(partition, decode(kind, body), link, _HEAD + len(body))
                     continue
                 # decoded when handed on (poll): what waits here is bytes, no objects
-                self._buffer.append((at, kind, body, link))
-                self.wake()
+                if self.on_lost == "wait":
+                    self._hold(held, at, kind, body, link)
+                else:
+                    self._buffer.append((at, kind, body, link))
+                    self.wake()
                 if kind == KIND_END:
                     await link.close()
                     return  # the publisher ended the stream
@@ -229,8 +242,41 @@ class Subscribe(Source):
                 raise SubscriberTooSlow(self.topic) from None
             raise _Lost(str(exc)) from None
         finally:
+            if held:
+                log.info("topic %r partition %d: %d frame(s) of an epoch the publisher did not finish "
+                         "dropped", self.topic, partition, len(held))
             if http is not None:
                 await http.close()
+
+    def _hold(self, held: list, at: tuple[int, int], kind: int, body, link) -> None:
+        """on_lost="wait": a partition's frames wait in `held` until their
+        epoch is whole (its marker, or the end), then go to the buffer
+        together, so that a publisher lost in the middle of an epoch leaves
+        none of it handed on (the reader drops `held` with the connection).
+        Held frames are granted their credit as they come (an epoch may be
+        bigger than the window: it must come whole to be handed on); what
+        bounds memory then is the whole epochs waiting in the buffer: past a
+        window of them (`_ready`), credit is owed until `poll` has handed
+        them on (`_handed_early`)."""
+        size = _HEAD + len(body)
+        if self._ready <= WINDOW:
+            link.consumed(0, size)
+        else:
+            self._owed.append((link, size))
+        held.append((at, kind, body, self._early))
+        if kind == KIND_EPOCH or kind == KIND_END:
+            self._ready += sum(_HEAD + len(entry[2]) for entry in held)
+            self._buffer.extend(held)
+            held.clear()
+            self.wake()
+
+    def _handed_early(self, channel: int, size: int) -> None:
+        """A frame whose credit `_hold` granted (or owes) was handed on."""
+        self._ready -= size
+        if self._owed and self._ready <= WINDOW:
+            owed, self._owed = self._owed, []
+            for link, nbytes in owed:
+                link.consumed(0, nbytes)
 
     def _started_at(self, partition: int, marker, link, size: int) -> None:
         if marker.__class__ is not EpochMarker:
@@ -243,6 +289,16 @@ class Subscribe(Source):
 
 class _Lost(Exception):
     """A partition's connection ended without the stream's end: why."""
+
+
+class _Early:
+    """The credit of a held frame (`Subscribe._hold`): already granted or
+    owed; handing it on tells the subscriber."""
+
+    __slots__ = ("consumed",)
+
+    def __init__(self, handed) -> None:
+        self.consumed = handed
 
 
 class _NoLink:

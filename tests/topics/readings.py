@@ -26,6 +26,19 @@ START = int(os.environ.get("START", "0"))  # the first reading's seq (a restart'
 # SPLIT: kernel k of n makes seqs START + k, START + k + n, ... (else each
 # kernel makes every seq); COUNT counts the seqs of every kernel together
 SPLIT = bool(os.environ.get("SPLIT"))
+# RESTARTED=N: a job submitted to the system, whose attempts the job master
+# starts (the executor names the attempt in KERNEL_RUN, "JOB.ATTEMPT"):
+# attempt 1 runs for ever, attempt a >= 2 makes COUNT readings from seq
+# (a - 1) * N (as if it resumed there: event times past attempt 1's)
+if os.environ.get("RESTARTED"):
+    ATTEMPT = int(os.environ["KERNEL_RUN"].rpartition(".")[2])
+    START = (ATTEMPT - 1) * int(os.environ["RESTARTED"])
+    COUNT = COUNT if ATTEMPT > 1 else 0
+if os.environ.get("LOG_TOPICS"):  # (a submitted job: its log says where its epochs end)
+    _handler = logging.StreamHandler(sys.stderr)
+    _handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+    logging.getLogger("kernel.topics").addHandler(_handler)
+    logging.getLogger("kernel.topics").setLevel(logging.DEBUG)
 
 
 def value(seq: int) -> int:

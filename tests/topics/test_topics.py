@@ -476,24 +476,42 @@ def test_a_name_published_by_a_running_app_is_refused_and_a_dead_ones_is_taken_o
     third.kill()
 
 
+def attempt_boundaries(log: Path, job: str) -> dict[int, dict[int, int]]:
+    """attempt -> {epoch: readings published before its end} of a submitted
+    readings.py (its executor's log of the job, an attempt after another)."""
+    found: dict[int, dict[int, int]] = defaultdict(dict)
+    attempt = 0
+    for line in log.read_text(errors="replace").splitlines():
+        if header := re.match(rf"--- {job} attempt (\d+),", line):
+            attempt = int(header[1])
+        elif ended := re.search(r"epoch (\d+) ends after (\d+) records", line):
+            found[attempt][int(ended[1])] = int(ended[2])
+    return found
+
+
 def test_on_lost_wait_goes_on_after_the_job_master_restarts_the_publishing_job(own_system):
-    """A publishing job submitted to the system, its process SIGKILLed: the
-    job master starts it again (attempt 2, a new publisher id), and the
-    subscriber with on_lost="wait" goes on from its next whole epoch."""
+    """A publishing job submitted to the system, its process SIGKILLed
+    mid-epoch: the job master starts it again (attempt 2, a new publisher
+    id, its readings from seq NEW on), and the subscriber with
+    on_lost="wait" goes on from a whole epoch of it. What the subscriber
+    got is whole epochs only: of attempt 1, from one of its epoch
+    boundaries to another (the epoch it was in the middle of when it died
+    is not handed on), then of attempt 2 from a boundary to its end, each
+    reading once; its tumbling sums equal a brute-force sum over them."""
     from _system import descendants
 
     system = own_system
+    # (a submitted job's environment is its executor's)
+    system.env.update(TOPIC=system.topic, RESTARTED=str(NEW), COUNT="1500", LOG_TOPICS="1")
     executor = system.start_executor(cores=2)
     system.executors_up(1)
-    # (the job's environment is its executor's: the count goes in the file)
-    text = (HERE / "readings.py").read_text()
-    (system.root / "readings.py").write_text(text.replace('get("COUNT", "0")', 'get("COUNT", "3000")'))
+    (system.root / "readings.py").write_text((HERE / "readings.py").read_text())
     done = system.cli("submit", "readings.py")
     assert done.returncode == 0, done.stderr
     job = done.stdout.split()[0]
+    log = system.root / "executor1" / "logs" / f"{job}.log"
     b = Job(system, "sums.py", "b", ON_LOST="wait")
-    wait_until(lambda: any(t["subscribers"] for t in system.status()["topics"]), what="B to subscribe")
-    # B has read a whole epoch of the first attempt once it has two of its markers
+    # B has read a whole epoch of attempt 1 once it has two of its markers
     wait_until(lambda: b.epochs_received() >= 2, what="B to read from the first attempt")
 
     def job_process():
@@ -506,12 +524,17 @@ def test_on_lost_wait_goes_on_after_the_job_master_restarts_the_publishing_job(o
         return None
 
     os.kill(wait_until(job_process, what="the job's process"), signal.SIGKILL)
-    seqs, _ = results(b)
+    seqs, sums = results(b)
     assert system.job(job)["restarts"] == 1
-    cut = next(i for i in range(1, len(seqs)) if seqs[i] != seqs[i - 1] + 1)
-    before, after = seqs[:cut], seqs[cut:]
-    assert before == list(range(before[0], before[-1] + 1))
-    assert after == list(range(after[0], 3000))  # the second attempt, from a boundary to its end
+    attempts = attempt_boundaries(log, job)
+    before, after = [s for s in seqs if s < NEW], [s for s in seqs if s >= NEW]
+    assert len(seqs) == len(set(seqs)), "a reading received twice"
+    assert before and before == list(range(before[0], before[-1] + 1))
+    assert before[0] in {0, *attempts[1].values()}, "attempt 1's readings not from an epoch boundary"
+    assert before[-1] + 1 in attempts[1].values(), "half of attempt 1's last epoch was handed on"
+    assert after and after == list(range(after[0], NEW + 1500))  # attempt 2, from a boundary to its end
+    assert after[0] - NEW in {0, *attempts[2].values()}, "attempt 2's readings not from an epoch boundary"
+    assert sums == brute_sums(seqs)
 
 
 def test_topics_over_tls(tmp_path, certificates):  # noqa: F811  (the fixture imported above)
