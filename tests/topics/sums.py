@@ -63,3 +63,5 @@ if __name__ == "__main__":
         sys.exit(3)
     print(json.dumps({"seq": seqs.items}), flush=True)
     print(json.dumps({"sums": sorted([w.start, s] for _, w, s in sums.items)}), flush=True)
+    peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    print(json.dumps({"peak": int(peak.split()[1]) * 1024}), flush=True)  # the peak resident bytes

@@ -270,6 +270,25 @@ def test_a_slow_subscriber_never_makes_the_publisher_grow(system, slow):
     assert peak < 100 * MB, f"A's peak resident memory {peak / MB:.0f} MB"
 
 
+def test_a_slow_subscriber_that_waits_for_lost_publishers_stays_bounded_too(system):
+    """on_lost="wait": B holds each epoch until it is whole, granting its
+    credit as it comes; whole epochs waiting past a window make it owe the
+    credit, so A is slowed and B does not grow. A: 200 MB in 0.05 s epochs
+    (~10 MB at full speed) to B taking 50 ms a batch, as above. (Peaks
+    seen: A 60 MB, B 64 MB; B 129 MB when held frames are always credited.)"""
+    b = Job(system, "sums.py", "b", SLOW=0.05, ON_LOST="wait")
+    wait_until(lambda: "subscribing" in b.out.read_text(), what="B to start")
+    a = Job(system, "readings.py", "a", COUNT=10_000, RATE=100, BATCH=100, PAYLOAD=20_000, EPOCH=0.05)
+    lines = b.finish()
+    found = {k: v for line in lines if isinstance(line, dict) for k, v in line.items()}
+    assert "seq" in found, (lines, b.text())
+    assert_whole_epochs(found["seq"], a.boundaries(), 10_000)
+    ended = a.finish()[-1]
+    assert ended.startswith("ended"), a.text()
+    for who, peak in (("A", int(ended.split()[1])), ("B", found["peak"])):
+        assert peak < 100 * MB, f"{who}'s peak resident memory {peak / MB:.0f} MB"
+
+
 def test_the_status_lists_topics_with_publisher_and_subscribers(system):
     a = Job(system, "readings.py", "a", COUNT=100_000)
     a.wait_epoch(1)
