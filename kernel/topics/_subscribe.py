@@ -47,6 +47,7 @@ epoch before the subscriber's first: where it starts (logged, and in
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 from collections import deque
@@ -61,6 +62,7 @@ from kernel.topics._publish import TOO_SLOW, TOPIC_PATH, WINDOW, record_type_inf
 log = logging.getLogger("kernel.topics")
 _HEAD = 5  # what a frame's header counts against the window (net._links.FRAME)
 CONNECT_TIMEOUT = 5.0  # seconds to reach a registered publisher before it counts as lost
+RECHECK_AFTER = 0.5  # seconds of trying before the catalog is asked whether the partition ended
 
 
 class Subscribe(Source):
@@ -162,10 +164,11 @@ class Subscribe(Source):
                     subscribed = True
                 reading = mine or list(range(found["partitions"]))  # none of its own: their progress
                 self._reading = [(generation, p) for p in reading]
-                readers = [asyncio.ensure_future(self._read_partition(key, found, at, not mine))
-                           for at in self._reading]
+                ended = functools.partial(self._ended_meanwhile, directory, found)
+                readers = {asyncio.ensure_future(self._read_partition(key, found, at, not mine, ended)): at
+                           for at in self._reading}
                 try:
-                    why = await _first_loss(readers)
+                    why = await _first_loss(readers, ended)
                     if why is None:
                         return  # the publisher ended the stream
                     if self.on_lost != "wait":
@@ -186,6 +189,19 @@ class Subscribe(Source):
                 except (TopicError, OSError):
                     pass  # the coordinator went away: a stale row in `status`, nothing more
 
+    async def _ended_meanwhile(self, directory, found: dict, at: tuple[int, int]) -> bool:
+        """A partition's server could not be reached (or closed before the
+        first frame): had it ended between the lookup and the connection
+        (its server stops once it has ended)? Then that is its end, as the
+        catalog says, not a lost publisher."""
+        again = await directory.request("topic_lookup", name=self.topic, job=_directory.job_name())
+        if not again.get("found") or again["id"] != found["id"] or again["addresses"][at[1]] != ENDED:
+            return False
+        log.debug("topic %r partition %d: ended before this subscriber connected", self.topic, at[1])
+        self._buffer.append((at, KIND_END, b"", _NO_LINK))
+        self.wake()
+        return True
+
     def _check_type(self, found: dict) -> None:
         theirs = found.get("record_type")
         ours = record_type_info(self.record_type)
@@ -195,7 +211,8 @@ class Subscribe(Source):
                          f"topic's records are {theirs['name']}" + (" (another msgspec schema)"
                                                                      if theirs.get("schema") else ""))
 
-    async def _read_partition(self, key: bytes, found: dict, at: tuple[int, int], progress: bool) -> None:
+    async def _read_partition(self, key: bytes, found: dict, at: tuple[int, int], progress: bool,
+                              ended) -> None:
         """Read one partition of one publisher into the buffer until its END
         (returns) or a loss (`_Lost`, with why). A partition that had ended
         when the topic was looked up (its server gone) ends here at once."""
@@ -209,17 +226,24 @@ class Subscribe(Source):
             return
         url = _directory.url_of(*_split(found["addresses"][partition]))
         http = None
+        first = True  # nothing received yet
         held: list = []  # on_lost="wait": the epoch in progress, handed on whole (_hold)
         meta = {"topic": self.topic, "progress": True} if progress else {"topic": self.topic}
         try:
-            ws, _, theirs, http = await connect(url, key, self.context.index, path=TOPIC_PATH,
-                                                timeout=CONNECT_TIMEOUT, meta=meta,
-                                                check_meta=False, ssl=_directory.client_ssl())
+            try:  # (a first try, short: a partition that has just ended has no server to reach)
+                ws, _, theirs, http = await connect(url, key, self.context.index, path=TOPIC_PATH,
+                                                    timeout=RECHECK_AFTER, meta=meta,
+                                                    check_meta=False, ssl=_directory.client_ssl())
+            except LinkError:
+                if await ended(at):
+                    return
+                ws, _, theirs, http = await connect(url, key, self.context.index, path=TOPIC_PATH,
+                                                    timeout=CONNECT_TIMEOUT, meta=meta,
+                                                    check_meta=False, ssl=_directory.client_ssl())
             if not isinstance(theirs, dict) or theirs.get("id") != found["id"]:
                 await ws.close()
-                raise _Lost(f"{url} serves another publisher now")
+                raise _Lost(f"{url} serves another publisher now", before_start=True)
             link = Link(ws, partition, {0}, None, WINDOW)
-            first = True
             async for _, kind, body in link:
                 if first:  # the publisher's marker of the epoch before this connection's first
                     first = False
@@ -236,11 +260,11 @@ class Subscribe(Source):
                     return  # the publisher ended the stream
             if ws.close_code == TOO_SLOW:
                 raise SubscriberTooSlow(self.topic)
-            raise _Lost(f"the connection to {url} closed without the stream's end")
+            raise _Lost(f"the connection to {url} closed without the stream's end", before_start=first)
         except LinkError as exc:
             if ws_code(exc) == TOO_SLOW:
                 raise SubscriberTooSlow(self.topic) from None
-            raise _Lost(str(exc)) from None
+            raise _Lost(str(exc), before_start=first) from None
         finally:
             if held:
                 log.info("topic %r partition %d: %d frame(s) of an epoch the publisher did not finish "
@@ -288,7 +312,13 @@ class Subscribe(Source):
 
 
 class _Lost(Exception):
-    """A partition's connection ended without the stream's end: why."""
+    """A partition's connection ended without the stream's end: why;
+    `before_start`: before its first frame (the partition may have ended
+    meanwhile: `Subscribe._ended_meanwhile`)."""
+
+    def __init__(self, why: str, before_start: bool = False) -> None:
+        super().__init__(why)
+        self.before_start = before_start
 
 
 class _Early:
@@ -314,16 +344,20 @@ _NO_LINK = _NoLink()
 ENDED = "ended"  # a publication's address once its partition has ended (kernel.system._topics)
 
 
-async def _first_loss(readers: list) -> str | None:
-    """Wait for the readers of a generation: None once every one has ended
-    its partition, or why the first lost one was lost (the rest still
-    reading). Other errors are raised."""
+async def _first_loss(readers: dict, ended_meanwhile) -> str | None:
+    """Wait for the readers of a generation (reader -> its partition): None
+    once every one has ended its partition, or why the first lost one was
+    lost (the rest still reading). A reader lost before its first frame is
+    no loss if `ended_meanwhile(partition)` says the partition had ended.
+    Other errors are raised."""
     pending = set(readers)
     while pending:
         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         for reader in done:
             error = reader.exception()
             if isinstance(error, _Lost):
+                if error.before_start and await ended_meanwhile(readers[reader]):
+                    continue
                 return str(error)
             if error is not None:
                 raise error

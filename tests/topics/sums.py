@@ -40,6 +40,26 @@ def build():
     return flow, seqs, sums
 
 
+def gate(path):
+    """Kernel 1's subscription looks the topic up only once `path` exists
+    (the tests order it against the publisher's end); each kernel says
+    when it looks up."""
+    import asyncio
+
+    from kernel.topics import _subscribe
+
+    read = _subscribe.Subscribe._read
+
+    async def gated(self):
+        if self.context.index == 1:
+            while not os.path.exists(path):
+                await asyncio.sleep(0.02)
+        print(f"kernel {self.context.index} looks up", file=sys.stderr, flush=True)
+        await read(self)
+
+    _subscribe.Subscribe._read = gated
+
+
 def said(result):
     """Each window's result as it comes (its start, on stderr): the tests
     see windows close while the publisher runs, as watermarks move."""
@@ -53,6 +73,8 @@ if __name__ == "__main__":
     # the subscriber says when it waits for the topic and each epoch it gets (tests wait on them)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
     logging.getLogger("kernel.topics").setLevel(logging.DEBUG)
+    if os.environ.get("GATE"):
+        gate(os.environ["GATE"])
     flow, seqs, sums = build()
     print("subscribing", flush=True)
     try:

@@ -768,3 +768,56 @@ def test_a_partition_that_ended_early_ends_for_a_subscriber_joining_later(system
     a.finish()
     assert seqs == list(range(1, 400, 2))
     assert sums == brute_sums(seqs)
+
+
+# -- timing edges: a subscribing kernel looks up after the topic's end, or connects as it ends ---------
+
+
+def test_a_subscribing_kernel_that_looks_up_after_the_topic_ended_ends_too(system):
+    """B on two kernels; A has one partition, read by B's kernel 0.
+    Kernel 1 looks the topic up only after A has ended whole (its topic
+    gone from the catalog): it finds it still, ended, because kernel 0 of
+    the same job had found it, and B ends with all of A's readings. (It
+    used to wait for a publisher until its timeout: TopicError.) Another
+    job looking it up now waits for a new publisher."""
+    go, gate = system.root / "go", system.root / "gate"
+    b = Job(system, "sums.py", "b", CORES=2, GATE=gate, TIMEOUT=3)
+    wait_until(lambda: "kernel 0 looks up" in b.text(), what="B's kernel 0 to look up")
+    a = Job(system, "readings.py", "a", COUNT=200, WAIT=go)
+    wait_until(lambda: 0 in starts(b) or b.proc.poll() is not None, what="B's kernel 0 to read A")
+    go.touch()
+    assert a.finish()[-1].startswith("ended")
+    wait_until(lambda: topics_named(system, system.topic) == [], what="A's topic to leave the catalog")
+    gate.touch()
+    seqs, sums = results(b)
+    assert seqs == list(range(200))
+    assert sums == brute_sums(seqs)
+    late = Job(system, "sums.py", "late", TIMEOUT=0.3)
+    assert "no topic" in late.finish()[-1]["error"]
+
+
+def test_a_partition_that_ends_as_a_subscriber_connects_is_its_end_not_a_loss(system, monkeypatch):
+    """B looks the topic up while A's partition is served, and connects
+    only after it has ended and its server stopped: the connection is
+    refused, the catalog says the partition ended, and B ends normally
+    (it used to count it a lost publisher: PublisherLost)."""
+    import kernel.topics._subscribe as subscribe
+    from kernel import Dataflow, run
+
+    go = system.root / "go"
+    a = Job(system, "readings.py", "a", COUNT=100, WAIT=go)
+    a.wait_epoch(1)
+    read_partition = subscribe.Subscribe._read_partition
+
+    async def after_the_end(self, *args):
+        go.touch()  # A makes its readings and ends; its server stops
+        await asyncio.get_running_loop().run_in_executor(None, a.finish)
+        return await read_partition(self, *args)
+
+    monkeypatch.setattr(subscribe.Subscribe, "_read_partition", after_the_end)
+    monkeypatch.setenv("KERNEL_SECRET", system.env["KERNEL_SECRET"])
+    flow = Dataflow("late")
+    seqs = flow.subscribe(system.topic, timeout=10).map(lambda r: r[0]).collect()
+    run(flow, coordinator=f"127.0.0.1:{system.port}")
+    assert seqs.items == []
+    assert a.proc.returncode == 0
