@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections import deque
 
 from kernel.dataflow._operator import Operator
@@ -68,6 +69,9 @@ DEFAULT_MAX_QUEUE = 8 << 20  # bytes queued for one subscriber
 DEFAULT_RETAIN_BYTES = 64 << 20  # retain=N's bound in bytes, unless retain_bytes= says otherwise
 WINDOW = 4 << 20  # bytes in flight per subscriber (the links' default window)
 _HEAD = 5  # what a frame's header counts (net._links.FRAME)
+_WATERMARK = struct.Struct("<d")  # a watermark frame's body (net._codec)
+_EPOCH = struct.Struct("<Q")  # an epoch marker's body
+RESUME_EPOCHS = 10  # epochs a restarted publisher keeps what it restored, for subscribers coming back
 
 
 def record_type_info(record_type) -> dict | None:
@@ -96,15 +100,17 @@ def same_record_type(ours: dict, theirs: dict) -> bool:
 
 
 class _Epoch:
-    """A whole epoch kept for late subscribers (retain)."""
+    """A whole epoch kept for late subscribers (retain), or (with
+    snapshots) until it is complete and every subscriber has it."""
 
-    __slots__ = ("frames", "number", "size", "start")
+    __slots__ = ("frames", "number", "records", "size", "start")
 
     def __init__(self, number: int, start: float, frames: list, size: int) -> None:
         self.number = number  # the publisher's epoch number (1 is the first)
         self.start = start  # the watermark at its start
         self.frames = frames
         self.size = size  # bytes, as _frame_size counts them
+        self.records = 0  # (with snapshots) the records the operator had had by its end
 
 
 def _frame_size(frame) -> int:
@@ -112,8 +118,8 @@ def _frame_size(frame) -> int:
 
 
 class _Subscriber:
-    __slots__ = ("active", "address", "done", "link", "progress", "queue", "queued", "ready", "replaying",
-                 "writer")
+    __slots__ = ("active", "address", "done", "has", "link", "marks", "progress", "queue", "queued", "ready",
+                 "replaying", "writer")
 
     def __init__(self, link, address: str, progress: bool = False) -> None:
         self.link = link
@@ -128,6 +134,10 @@ class _Subscriber:
         self.ready: asyncio.Future | None = None  # the writer waits on it for frames
         self.writer: asyncio.Task | None = None
         self.done = False  # END queued: the writer stops after it
+        # with snapshots: the epoch markers sent, (link bytes sent through
+        # it, epoch), until the subscriber's credit says it has them (`has`)
+        self.marks: deque = deque()
+        self.has = -1  # the last epoch whose marker it is known to have (-1: none yet)
 
 
 def _make_server(publisher: Publish, host: str, key: bytes, meta: dict):
@@ -179,9 +189,19 @@ class Publish(Operator):
         self._current_whole = True  # False: it outgrew retain_bytes and is not kept
         self._current_start = float("-inf")
         self._timer = None
+        # A job with snapshots (a state_dir): the topic's epochs are its
+        # snapshots' epochs, and an epoch goes out once it is complete
+        # (on_commit); see "Exactly once" above
+        self.snapshots = bool(getattr(context, "snapshots", False))
+        self._open: list = []  # the frames since the last epoch marker
+        self._pending: deque[_Epoch] = deque()  # whole epochs, not yet complete
+        self._released: deque[_Epoch] = deque()  # out, and kept until every subscriber has them
+        self._last_epoch = 0  # the last epoch this operator snapshotted (or restored)
+        self._restored = False  # restore() gave it epochs to keep (_prune)
         if self.serving:
             self.context.kernel.spawn(self._serve(), name=f"{self.name} server")
-            self._timer = context.kernel.call_later(self.epoch_interval, self._cut)
+            if not self.snapshots:
+                self._timer = context.kernel.call_later(self.epoch_interval, self._cut)
 
     # -- the data path ------------------------------------------------------------
 
@@ -193,7 +213,7 @@ class Publish(Operator):
             if not self.serving:  # (the constant key sends everything to kernel 0)
                 raise TopicError(f"{self.name}: a merged topic's records reached kernel {self.context.index}")
         self.records += len(batch)
-        if not batch or not (self.subscribers or self.retain):
+        if not batch or not (self.subscribers or self.retain or self.snapshots):
             return  # nobody to send to, nothing to keep: not even encoded
         if self.record_type is not None and not isinstance(batch[0], self.record_type):
             raise TopicError(f"{self.name}: topic {self.topic!r} was published with record_type="
@@ -201,11 +221,23 @@ class Publish(Operator):
         self._push(encode_batch(batch))
 
     def on_watermark(self, watermark: float) -> None:
+        if self.snapshots:  # (self.watermark: what has gone out, _send)
+            if self.serving and watermark != float("inf"):
+                self._open.append(encode_watermark(watermark))
+            return
         self.watermark = watermark
         if self.serving and (self.subscribers or self.retain) and watermark != float("inf"):
             self._push(encode_watermark(watermark))
 
     def on_end(self) -> None:
+        if self.snapshots:
+            # the stream's end goes out with the first complete epoch past
+            # the last one this operator took part in (on_commit)
+            self._ending = True
+            return
+        self._end()
+
+    def _end(self) -> None:
         self.ended = True
         if not self.serving:
             return
@@ -221,6 +253,15 @@ class Publish(Operator):
             self._finished.set_result(None)
 
     def _push(self, frame) -> None:
+        if self.snapshots:
+            self._open.append(frame)  # (out when its epoch is complete: on_commit)
+        else:
+            self._send(frame)
+
+    def _send(self, frame) -> None:
+        """A frame goes out: retained, and queued for every active subscriber."""
+        if self.snapshots and frame[0] == _codec.KIND_WATERMARK:
+            self.watermark = _WATERMARK.unpack(frame[1])[0]
         if self.retain and self._current_whole:
             self._keep(frame)
         for sub in tuple(self.subscribers):  # (a slow one may be dropped on the way)
@@ -257,15 +298,15 @@ class Publish(Operator):
             self.paused = False
             self.pause_input(False)
 
-    def _cut(self) -> None:
-        """An epoch boundary: the marker in band; waiting subscribers start here."""
+    def _cut(self, epoch: int | None = None, records: int | None = None) -> None:
+        """An epoch boundary: the marker in band; waiting subscribers start
+        here. (The next by the timer; with snapshots, `epoch`, complete.)"""
         if self.ended:
             return
-        self.epoch += 1
+        self.epoch = self.epoch + 1 if epoch is None else epoch
         log.debug("topic %r partition %d: epoch %d ends after %d records", self.topic, self.partition,
-                  self.epoch, self.records)
-        marker = encode_epoch(EpochMarker(self.epoch))
-        self._push(marker)
+                  self.epoch, self.records if records is None else records)
+        self._send(encode_epoch(EpochMarker(self.epoch)))
         if self.retain:
             if self._current_whole:
                 whole = _Epoch(self.epoch, self._current_start, self._current, self._current_size)
@@ -280,7 +321,8 @@ class Publish(Operator):
         for sub in self.subscribers:
             if not sub.active:
                 self._start(sub, self.epoch)
-        self._timer = self.context.kernel.call_later(self.epoch_interval, self._cut)
+        if not self.snapshots:
+            self._timer = self.context.kernel.call_later(self.epoch_interval, self._cut)
 
     def _keep(self, frame) -> None:
         """Retain a frame of the epoch in progress, within retain_bytes:
@@ -311,6 +353,100 @@ class Publish(Operator):
         log.debug("topic %r partition %d: the subscriber at %s starts at epoch %d", self.topic,
                   self.partition, sub.address, after + 1)
 
+    # -- snapshots: exactly once across a restart ------------------------------------
+
+    def on_epoch(self, epoch: int):
+        """The job's epoch `epoch` reached this operator: the frames since
+        the last one are that epoch, whole; they go out once it is complete
+        (on_commit). The snapshot keeps them, and every epoch gone out
+        that a subscriber may not have yet, for a restarted publisher to
+        send again from where each subscriber is (`_resume`)."""
+        self._last_epoch = epoch
+        if not self.serving:
+            return None
+        size = sum(map(_frame_size, self._open))
+        whole = _Epoch(epoch, float("-inf"), self._open, size)
+        whole.records = self.records
+        self._pending.append(whole)
+        self._open = []
+        self._prune()
+        return {"epochs": [(e.number, e.frames) for e in (*self._released, *self._pending)]}
+
+    def restore(self, snapshot) -> None:
+        """A resumed run (the snapshot of epoch R): the epochs it kept are
+        pending again; R's commit, next, puts them out (to nobody yet) and
+        keeps them for subscribers coming back (`_resume`)."""
+        if snapshot is None:
+            return
+        for number, frames in snapshot["epochs"]:
+            self._pending.append(_Epoch(number, float("-inf"), frames, sum(map(_frame_size, frames))))
+            self._last_epoch = max(self._last_epoch, number)
+        # (kept RESUME_EPOCHS more epochs: its subscribers come back when they find it)
+        self._restored = bool(self._pending)
+
+    def rescale(self, snapshots: list, owns):
+        """A resume on another number of kernels: partitions are not the
+        old ones, so nothing is kept to send again (subscribers coming back
+        start at the next epoch out; README: Topics, item 4)."""
+        return None
+
+    def on_commit(self, epoch: int) -> None:
+        if not self.snapshots or not self.serving or self.ended:
+            if self.snapshots:
+                self._last_epoch = max(self._last_epoch, epoch)
+            return
+        while self._pending and self._pending[0].number <= epoch:
+            whole = self._pending.popleft()
+            for frame in whole.frames:
+                self._send(frame)
+            self._cut(whole.number, whole.records)
+            self._released.append(whole)
+        if getattr(self, "_ending", False) and epoch > self._last_epoch:
+            # a complete epoch past this operator's last: its end is in it
+            for frame in self._open:
+                self._send(frame)
+            self._open = []
+            self._end()
+        self._prune()
+
+    def _prune(self) -> None:
+        """Drop the epochs gone out that every subscriber has (its credit
+        says it has had their markers)."""
+        if not self._released:
+            return
+        has = min((self._has(s) for s in self.subscribers if s.active), default=self.epoch)
+        has = min(has, self.epoch - RESUME_EPOCHS) if self._restored else has
+        while self._released and self._released[0].number <= has:
+            self._released.popleft()
+
+    @staticmethod
+    def _has(sub: _Subscriber) -> int:
+        link = sub.link
+        received = link.sent_bytes - (link.window - link.credit(0))
+        marks = sub.marks
+        while marks and marks[0][0] <= received:
+            sub.has = marks.popleft()[1]
+        return sub.has
+
+    def _resume(self, sub: _Subscriber, after: int) -> bool:
+        """A subscriber coming back (a restarted publisher: this one), that
+        has every epoch up to `after`: it starts right after it, with the
+        kept epochs it lacks. False: they are not all kept here."""
+        if after >= self.epoch:
+            self._start(sub, after, float("-inf"))
+            return True
+        first = self._released[0].number if self._released else self.epoch + 1
+        if after + 1 < first:
+            return False
+        self._start(sub, after, float("-inf"))
+        for whole in self._released:
+            if whole.number > after:
+                for frame in whole.frames:
+                    self._queue(sub, frame)
+                self._queue(sub, encode_epoch(EpochMarker(whole.number)))
+        sub.replaying = sub.queued
+        return True
+
     # -- the server ---------------------------------------------------------------------
 
     async def _serve(self) -> None:
@@ -323,7 +459,7 @@ class Publish(Operator):
         self.id = _directory.new_id()
         host = _directory.advertised_host()
         meta = {"topic": self.topic, "id": self.id, "partition": self.partition,
-                "partitions": self.partitions}
+                "partitions": self.partitions, "snapshots": self.snapshots}
         server = _make_server(self, host, key, meta)
         await server.start()
         directory = _directory.Directory(address, key)
@@ -351,10 +487,16 @@ class Publish(Operator):
             return
         link = Link(ws, peer, {0}, _ignore, WINDOW)
         sub = _Subscriber(link, address, progress=meta.get("progress") is True)
+        # a subscriber coming back to a restarted publisher: every epoch up to `after` it has
+        after = meta.get("after") if self.snapshots else None
+        resumed = type(after) is int and self._resume(sub, after)
         if self.ended:
-            self._start(sub, self.epoch)
+            if not resumed:
+                self._start(sub, self.epoch)
             self._queue(sub, encode_progress(None))
             sub.done = True
+        elif resumed:
+            pass
         elif self.records == 0 and self.epoch == 0:
             self._start(sub, 0)  # nothing published yet: its first epoch is whole
         elif self.retain and (self._retained or self._current_whole):
@@ -407,6 +549,8 @@ class Publish(Operator):
                         sub.replaying = max(0, sub.replaying - sent)
                     for kind, body in frames:
                         await link.send(0, kind, body)
+                    if kind == _codec.KIND_EPOCH and self.snapshots:  # (what _has reads)
+                        sub.marks.append((link.sent_bytes, _EPOCH.unpack(body)[0]))
                     if self.paused:
                         self._drained()
                     if kind == _codec.KIND_END:

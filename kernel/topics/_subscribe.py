@@ -57,7 +57,7 @@ from kernel.net._channel import IDLE, EpochMarker
 from kernel.net._codec import KIND_END, KIND_EPOCH, decode
 from kernel.topics import _directory
 from kernel.topics._errors import PublisherLost, SubscriberTooSlow, TopicError
-from kernel.topics._publish import TOO_SLOW, TOPIC_PATH, WINDOW, record_type_info, same_record_type
+from kernel.topics._publish import _EPOCH, TOO_SLOW, TOPIC_PATH, WINDOW, record_type_info, same_record_type
 
 log = logging.getLogger("kernel.topics")
 _HEAD = 5  # what a frame's header counts against the window (net._links.FRAME)
@@ -89,6 +89,11 @@ class Subscribe(Source):
         self._ready = 0
         self._owed: list = []  # (link, bytes)
         self._early = _Early(self._handed_early)
+        # a publisher with snapshots (exactly once across its restarts):
+        # partition -> the last epoch this kernel has whole of it, told to a
+        # restarted publisher (`after`), which sends what comes after it
+        self._whole: dict[int, int] = {}
+        self._partitions = None  # the current generation's partition count
 
     def poll(self):
         if self._error is not None:
@@ -156,6 +161,9 @@ class Subscribe(Source):
         subscribed = False
         try:
             for generation in itertools.count():
+                if found["partitions"] != self._partitions:  # (epochs had are per partition)
+                    self._partitions = found["partitions"]
+                    self._whole.clear()
                 mine = list(range(self.context.index, found["partitions"], self.context.peers))
                 if not mine and self.on_lost != "wait":
                     return  # nothing to read, and no later publisher will give it anything
@@ -229,6 +237,9 @@ class Subscribe(Source):
         first = True  # nothing received yet
         held: list = []  # on_lost="wait": the epoch in progress, handed on whole (_hold)
         meta = {"topic": self.topic, "progress": True} if progress else {"topic": self.topic}
+        floor = self._whole.get(partition) if self.on_lost == "wait" else None
+        if floor is not None:
+            meta["after"] = floor  # (a publisher with snapshots starts it right after it)
         try:
             try:  # (a first try, short: a partition that has just ended has no server to reach)
                 ws, _, theirs, http = await connect(url, key, self.context.index, path=TOPIC_PATH,
@@ -243,15 +254,19 @@ class Subscribe(Source):
             if not isinstance(theirs, dict) or theirs.get("id") != found["id"]:
                 await ws.close()
                 raise _Lost(f"{url} serves another publisher now", before_start=True)
+            if theirs.get("snapshots") is not True:  # its epochs are its own: nothing to compare
+                floor = None
+                self._whole.pop(partition, None)
             link = Link(ws, partition, {0}, None, WINDOW)
             async for _, kind, body in link:
                 if first:  # the publisher's marker of the epoch before this connection's first
                     first = False
-                    self._started_at(partition, decode(kind, body), link, _HEAD + len(body))
+                    self._started_at(partition, decode(kind, body), link, _HEAD + len(body), floor,
+                                     theirs.get("snapshots") is True)
                     continue
                 # decoded when handed on (poll): what waits here is bytes, no objects
                 if self.on_lost == "wait":
-                    self._hold(held, at, kind, body, link)
+                    self._hold(held, at, kind, body, link, floor)
                 else:
                     self._buffer.append((at, kind, body, link))
                     self.wake()
@@ -272,7 +287,7 @@ class Subscribe(Source):
             if http is not None:
                 await http.close()
 
-    def _hold(self, held: list, at: tuple[int, int], kind: int, body, link) -> None:
+    def _hold(self, held: list, at: tuple[int, int], kind: int, body, link, floor: int | None) -> None:
         """on_lost="wait": a partition's frames wait in `held` until their
         epoch is whole (its marker, or the end), then go to the buffer
         together, so that a publisher lost in the middle of an epoch leaves
@@ -281,13 +296,22 @@ class Subscribe(Source):
         bigger than the window: it must come whole to be handed on); what
         bounds memory then is the whole epochs waiting in the buffer: past a
         window of them (`_ready`), credit is owed until `poll` has handed
-        them on (`_handed_early`)."""
+        them on (`_handed_early`). With a publisher that has snapshots, an
+        epoch up to `floor` (this kernel had it whole from the publisher
+        before) is dropped: a restarted publisher sending it again."""
         size = _HEAD + len(body)
         if self._ready <= WINDOW:
             link.consumed(0, size)
         else:
             self._owed.append((link, size))
         held.append((at, kind, body, self._early))
+        if kind == KIND_EPOCH and at[1] in self._whole:
+            epoch = _EPOCH.unpack(body)[0]
+            if floor is not None and epoch <= floor:
+                log.info("topic %r partition %d: epoch %d again: dropped", self.topic, at[1], epoch)
+                held.clear()
+                return
+            self._whole[at[1]] = epoch
         if kind == KIND_EPOCH or kind == KIND_END:
             self._ready += sum(_HEAD + len(entry[2]) for entry in held)
             self._buffer.extend(held)
@@ -302,10 +326,16 @@ class Subscribe(Source):
             for link, nbytes in owed:
                 link.consumed(0, nbytes)
 
-    def _started_at(self, partition: int, marker, link, size: int) -> None:
+    def _started_at(self, partition: int, marker, link, size: int, floor: int | None = None,
+                    snapshots: bool = False) -> None:
         if marker.__class__ is not EpochMarker:
             raise TopicError(f"topic {self.topic!r}: the publisher did not say where this subscriber "
                              "starts (a publisher of another version?)")
+        if snapshots and self.on_lost == "wait":
+            if floor is not None and marker.epoch > floor:
+                log.warning("topic %r partition %d: epochs %d to %d were not delivered (the restarted "
+                            "publisher no longer had them)", self.topic, partition, floor + 1, marker.epoch)
+            self._whole[partition] = max(marker.epoch, -1 if floor is None else floor)
         self.starts.append((partition, marker.epoch + 1))
         log.info("topic %r partition %d: starts at epoch %d", self.topic, partition, marker.epoch + 1)
         link.consumed(0, size)

@@ -26,6 +26,7 @@ START = int(os.environ.get("START", "0"))  # the first reading's seq (a restart'
 # SPLIT: kernel k of n makes seqs START + k, START + k + n, ... (else each
 # kernel makes every seq); COUNT counts the seqs of every kernel together
 SPLIT = bool(os.environ.get("SPLIT"))
+RESUMABLE = bool(os.environ.get("RESUMABLE"))
 # RESTARTED=N: a job submitted to the system, whose attempts the job master
 # starts (the executor names the attempt in KERNEL_RUN, "JOB.ATTEMPT"):
 # attempt 1 runs for ever, attempt a >= 2 makes COUNT readings from seq
@@ -72,6 +73,15 @@ class Readings(Source):
         self.emit(TimedBatch(records, [s * DT for s in seqs]))
         self.advance_watermark(seqs[-1] * DT)
         return True if self.seq < self.end or HOLD else False
+
+    def on_epoch(self, epoch):
+        # RESUMABLE: its position is in the job's snapshots (a job with a
+        # state_dir resumes from it, as a real source would)
+        return self.seq if RESUMABLE else None
+
+    def restore(self, snapshot):
+        if snapshot is not None:
+            self.seq = snapshot
 
     def hold(self):
         if not HOLD or os.path.exists(HOLD):
