@@ -121,8 +121,8 @@ class KernelContext:
     sources' watermarks; -inf until a source says otherwise, +inf once every
     source has ended). `epoch` is the current epoch number (0 until epochs
     exist); `snapshots` says whether the run takes epoch snapshots (a
-    state_dir: then operators get `on_epoch` and `on_commit`). `clock` is the kernel's clock. `logger` tags records with the
-    kernel index.
+    state_dir: then operators get `on_epoch` and `on_commit`). `clock` is
+    the kernel's clock. `logger` tags records with the kernel index.
     """
 
     __slots__ = ("clock", "epoch", "index", "kernel", "key_groups", "logger", "peers", "snapshots",

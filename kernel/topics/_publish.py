@@ -12,8 +12,8 @@ registered in the coordinator's catalog.
 Epochs. Subscribers see whole epochs only. The publisher cuts its stream
 into epochs of its own, every `epoch_interval` seconds of its kernel's
 clock, between two batches, and sends the epoch marker in band (the codec's
-EPOCH frame). These are the topic's epochs whether or not the job has a
-state_dir (the job's snapshot epochs are a matter of its own durability).
+EPOCH frame); in a job with snapshots the job's epochs are the topic's
+(below).
 A subscriber that connects is held until the next boundary and then gets
 the watermark as it stands there, then everything after it; with
 `retain=N` the frames of the last N whole epochs (and of the one in
@@ -39,6 +39,20 @@ subscriber whose queue passes `max_queue` bytes either pauses the
 publisher's input (`slow="backpressure"`, the default, until every queue
 is under half of it again) or is dropped (`slow="disconnect"`, close code
 4003, its source raises `SubscriberTooSlow`). Nothing grows without bound.
+
+Exactly once (a job with snapshots: a state_dir). The frames of an epoch
+wait in `_open` until the job's marker reaches the operator (`on_epoch`),
+then in `_pending` until the epoch is complete on every kernel
+(`on_commit`), and only then go out, with the job's epoch number as the
+marker. An epoch out stays in `_released` until every subscriber's credit
+shows it has had its marker (`_has`: the link's bytes acknowledged against
+where each marker went). A snapshot takes `_released` and `_pending`: a
+publisher resumed from the snapshot of epoch R has out, at most, epochs up
+to R (nothing of R + 1 on was out before: not complete), and keeps every
+epoch a subscriber may lack. A subscriber coming back says the last epoch
+it has whole (`after` in its handshake; `_resume`), and gets the kept
+epochs after it, then the new ones. What a restore gives back is kept
+RESUME_EPOCHS epochs for the subscribers to come back.
 
 End. When the publisher's input ends every subscriber gets END after the
 rest of its queue; the run lasts until the queues have gone out, then the
@@ -197,7 +211,8 @@ class Publish(Operator):
         self._pending: deque[_Epoch] = deque()  # whole epochs, not yet complete
         self._released: deque[_Epoch] = deque()  # out, and kept until every subscriber has them
         self._last_epoch = 0  # the last epoch this operator snapshotted (or restored)
-        self._restored = False  # restore() gave it epochs to keep (_prune)
+        self._ending = False  # (with snapshots) the input ended: the end goes out with a complete epoch
+        self._restored = None  # (first, last) of the epochs restore() gave it to keep (_prune)
         if self.serving:
             self.context.kernel.spawn(self._serve(), name=f"{self.name} server")
             if not self.snapshots:
@@ -381,8 +396,9 @@ class Publish(Operator):
         for number, frames in snapshot["epochs"]:
             self._pending.append(_Epoch(number, float("-inf"), frames, sum(map(_frame_size, frames))))
             self._last_epoch = max(self._last_epoch, number)
-        # (kept RESUME_EPOCHS more epochs: its subscribers come back when they find it)
-        self._restored = bool(self._pending)
+        # (kept for RESUME_EPOCHS more epochs: its subscribers come back when they find it)
+        if self._pending:
+            self._restored = (self._pending[0].number, self._pending[-1].number)
 
     def rescale(self, snapshots: list, owns):
         """A resume on another number of kernels: partitions are not the
@@ -401,7 +417,9 @@ class Publish(Operator):
                 self._send(frame)
             self._cut(whole.number, whole.records)
             self._released.append(whole)
-        if getattr(self, "_ending", False) and epoch > self._last_epoch:
+        if epoch > self.epoch and not self._ending:
+            self.epoch = epoch  # (complete, and nothing of it here: a new subscriber starts after it)
+        if self._ending and epoch > self._last_epoch:
             # a complete epoch past this operator's last: its end is in it
             for frame in self._open:
                 self._send(frame)
@@ -415,7 +433,8 @@ class Publish(Operator):
         if not self._released:
             return
         has = min((self._has(s) for s in self.subscribers if s.active), default=self.epoch)
-        has = min(has, self.epoch - RESUME_EPOCHS) if self._restored else has
+        if self._restored is not None and self.epoch < self._restored[1] + RESUME_EPOCHS:
+            has = min(has, self._restored[0] - 1)  # what it restored waits for its subscribers
         while self._released and self._released[0].number <= has:
             self._released.popleft()
 
