@@ -21,11 +21,14 @@ class Slow(Operator):
     def on_batch(self, port, batch):
         if not (FAST and os.path.exists(FAST)):
             time.sleep(self.pause)
+            while STALL and os.path.exists(STALL) and not os.path.exists(FAST):
+                time.sleep(0.01)  # stalled: this kernel reads nothing more until FAST exists
         self.emit(batch)
 
 
 TOPIC = os.environ.get("TOPIC", "readings")
 FAST = os.environ.get("FAST")  # a file: once it exists, SLOW no longer slows
+STALL = os.environ.get("STALL")  # a file: once it exists, SLOW stops B until FAST exists
 WINDOW = float(os.environ.get("WINDOW", "0.5"))
 
 
