@@ -211,6 +211,8 @@ class Publish(Operator):
         self._pending: deque[_Epoch] = deque()  # whole epochs, not yet complete
         self._released: deque[_Epoch] = deque()  # out, and kept until every subscriber has them
         self._last_epoch = 0  # the last epoch this operator snapshotted (or restored)
+        self._committed = False  # on_commit has been called (the first: right after open, or restore)
+        self._restored_any = False  # restore() was called (a resumed run; else it had ended there)
         self._ending = False  # (with snapshots) the input ended: the end goes out with a complete epoch
         self._restored = None  # (first, last) of the epochs restore() gave it to keep (_prune)
         if self.serving:
@@ -391,6 +393,7 @@ class Publish(Operator):
         """A resumed run (the snapshot of epoch R): the epochs it kept are
         pending again; R's commit, next, puts them out (to nobody yet) and
         keeps them for subscribers coming back (`_resume`)."""
+        self._restored_any = True
         if snapshot is None:
             return
         for number, frames in snapshot["epochs"]:
@@ -407,6 +410,17 @@ class Publish(Operator):
         return None
 
     def on_commit(self, epoch: int) -> None:
+        if self.snapshots and self.serving and not self.ended and epoch > 0 and not self._committed \
+                and not self._restored_any:
+            # a resumed run's first commit, and nothing restored: this step
+            # had ended in the snapshot (its end had gone out, or was about
+            # to: what it had not delivered then is lost, README Topics 9)
+            log.warning("topic %r partition %d: the publisher had ended in the snapshot resumed from",
+                        self.topic, self.partition)
+            self._committed = True
+            self._end()
+            return
+        self._committed = True
         if not self.snapshots or not self.serving or self.ended:
             if self.snapshots:
                 self._last_epoch = max(self._last_epoch, epoch)

@@ -893,3 +893,62 @@ def test_a_subscriber_gets_each_reading_once_across_a_publisher_resumed_from_its
     assert seqs == list(range(seqs[0], count))
     assert seqs[0] in {0, *first.values()}, "not from an epoch boundary"
     assert sums == brute_sums(seqs)
+
+
+ENDED_PUBLISHER = """\
+import logging, os, sys
+from kernel import Dataflow, Source, run
+
+class Wait(Source):
+    # keeps the run going until the GO file exists
+    def poll(self):
+        if os.path.exists(os.environ["GO"]):
+            return False
+        self.context.kernel.call_later(0.02, self.wake)
+        return None
+
+    def on_epoch(self, epoch):
+        return 0
+
+    def restore(self, snapshot):
+        pass
+
+logging.basicConfig(level=logging.WARNING, format="%(name)s %(message)s")
+logging.getLogger("kernel.topics").setLevel(logging.DEBUG)
+flow = Dataflow("ended")
+flow.from_iterable(range(100)).publish(os.environ["TOPIC"])
+flow.source(Wait, name="wait").collect()
+run(flow, coordinator=sys.argv[1], state_dir=os.environ["STATE"], epoch_interval=0.05)
+print("finished", flush=True)
+"""
+
+
+def test_a_run_resumed_where_its_publisher_had_ended_ends_that_publisher(system):
+    """A job with a state_dir whose publishing branch has ended (its end
+    out, in a complete epoch) while another branch runs on, is killed and
+    run again from its state_dir: its publisher, ended in the snapshot,
+    ends again at once and the run finishes (it used to wait for an end
+    that never came, for ever)."""
+    script, go = system.root / "ended.py", system.root / "go"
+    script.write_text(ENDED_PUBLISHER)
+    env = dict(system.env, TOPIC=system.topic, GO=str(go), STATE=str(system.root / "state"))
+
+    def start(name):
+        with open(system.root / f"{name}.log", "wb") as log:
+            return subprocess.Popen([PYTHON, str(script), f"127.0.0.1:{system.port}"], env=env, stderr=log,
+                                    stdout=subprocess.PIPE, text=True, cwd=system.root)
+
+    first = start("first")
+    wait_until(lambda: "ended and unpublished" in (system.root / "first.log").read_text(),
+               what="the publishing branch to end")
+    first.kill()
+    first.wait()
+    go.touch()
+    second = start("second")
+    try:
+        out, _ = second.communicate(timeout=30)
+    finally:
+        second.kill()
+    assert second.returncode == 0 and "finished" in out, (system.root / "second.log").read_text()
+    assert "the publisher had ended in the snapshot" in (system.root / "second.log").read_text()
+    assert topics_named(system, system.topic) == []
