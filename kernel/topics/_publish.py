@@ -133,7 +133,7 @@ def _frame_size(frame) -> int:
 
 class _Subscriber:
     __slots__ = ("active", "address", "done", "has", "link", "marks", "progress", "queue", "queued", "ready",
-                 "replaying", "writer")
+                 "replaying", "sent", "writer")
 
     def __init__(self, link, address: str, progress: bool = False) -> None:
         self.link = link
@@ -152,6 +152,7 @@ class _Subscriber:
         # it, epoch), until the subscriber's credit says it has them (`has`)
         self.marks: deque = deque()
         self.has = -1  # the last epoch whose marker it is known to have (-1: none yet)
+        self.sent = 0  # bytes of the frames sent to it (Link.size each)
 
 
 def _make_server(publisher: Publish, host: str, key: bytes, meta: dict):
@@ -454,8 +455,10 @@ class Publish(Operator):
 
     @staticmethod
     def _has(sub: _Subscriber) -> int:
+        # (sent: counted once a frame has taken its credit and gone, so
+        # a frame waiting for credit counts in neither)
         link = sub.link
-        received = link.sent_bytes - (link.window - link.credit(0))
+        received = sub.sent - (link.window - link.credit(0))
         marks = sub.marks
         while marks and marks[0][0] <= received:
             sub.has = marks.popleft()[1]
@@ -582,8 +585,9 @@ class Publish(Operator):
                         sub.replaying = max(0, sub.replaying - sent)
                     for kind, body in frames:
                         await link.send(0, kind, body)
+                        sub.sent += _HEAD + len(body)
                     if kind == _codec.KIND_EPOCH and self.snapshots:  # (what _has reads)
-                        sub.marks.append((link.sent_bytes, _EPOCH.unpack(body)[0]))
+                        sub.marks.append((sub.sent, _EPOCH.unpack(body)[0]))
                     if self.paused:
                         self._drained()
                     if kind == _codec.KIND_END:
