@@ -1934,7 +1934,10 @@ def test_collect_gathers_kernel_0s_items_first_and_sink_and_print_run_in_the_ker
     """On two kernels collect() gives kernel 0's share, then kernel 1's, in
     the caller; sink and print run in each kernel process (not the caller).
     The rest: tests/kernel/test_multicore.py::test_sink_runs_in_each_kernel_process,
-    ::test_print_writes_every_record_once."""
+    ::test_print_writes_every_record_once, and for the encoding and the
+    error ::test_collected_records_come_back_exactly_from_kernel_processes,
+    ::test_a_collected_record_that_cannot_be_pickled_names_its_step_and_the_record;
+    the figures: benches/RESULTS.md, "collect() against a sink"."""
     flow = Dataflow()
     numbers = flow.from_iterable(range(6), batch_size=2)
     out = numbers.collect()

@@ -49,6 +49,8 @@ import os
 import pickle
 import threading
 
+from kernel.scheduling._from_threads import call_soon_from_thread
+
 from ._child import _kernel_main, _libc, gate_record
 from ._supervisor import _supervise
 
@@ -277,8 +279,7 @@ def _relay_runtime(plan, ends, bells, handover, gate, launcher=None, agreement=N
                     kind, payload = handover.recv()
                 except (EOFError, OSError):  # the launcher is gone; PDEATHSIG ends us
                     return
-                loop.call_soon_threadsafe(on_message, kind, payload)
-                if kind == "abort":
+                if not call_soon_from_thread(loop, on_message, kind, payload) or kind == "abort":
                     return
 
         threading.Thread(target=read_handover, name="handover", daemon=True).start()

@@ -23,6 +23,8 @@ from kernel.scheduling._kernel import Kernel
 
 from ._host_gc import host_heap_frozen
 from ._plan import PROGRESS_INTERVAL, THREAD, RunPlan
+from ._results import pack as pack_results
+from ._results import unpack as unpack_results
 
 
 def execute(plan: RunPlan, get_flow) -> list[dict]:
@@ -89,8 +91,8 @@ def _on_cores(plan: RunPlan, get_flow, cancel=None) -> list[dict]:
     # a cluster's processes agree on the epoch they resume from once linked
     agreement = None if epochs is None or plan.cluster is None else plan.snapshots.agreement()
     if not plan.observed:
-        return run_on_cores(_kernel_process(get_flow, plan), plan.cores, epochs=epochs,
-                            cluster=plan.cluster, cancel=cancel, agreement=agreement)
+        return unpack_results(run_on_cores(_kernel_process(get_flow, plan), plan.cores, epochs=epochs,
+                                           cluster=plan.cluster, cancel=cancel, agreement=agreement))
     from kernel.metrics import MetricsBlock, MetricsServerThread, listen
 
     # Bound before the kernels fork (a port in use fails the run before it
@@ -127,9 +129,10 @@ def _on_cores(plan: RunPlan, get_flow, cancel=None) -> list[dict]:
             thread.start()
 
     try:
-        return run_on_cores(_kernel_process(get_flow, plan, blocks, graph_block), plan.cores, epochs=epochs,
-                            cluster=plan.cluster, cancel=cancel, on_started=started, link_report=link_report,
-                            agreement=agreement)
+        per_kernel = run_on_cores(_kernel_process(get_flow, plan, blocks, graph_block), plan.cores,
+                                  epochs=epochs, cluster=plan.cluster, cancel=cancel, on_started=started,
+                                  link_report=link_report, agreement=agreement)
+        return unpack_results(per_kernel)
     finally:
         for thread in threads:
             thread.stop()
@@ -191,7 +194,8 @@ def _kernel_process(get_flow, plan: RunPlan, blocks=None, graph_block=None):
                 transport.close()
                 if block is not None:
                     block.write(runtime.metrics_snapshot())  # the final counts, also of a failed run
-        return runtime.results()
+        # encoded here, in parallel, and named by step should a record not pickle
+        return pack_results(runtime.results(), {node.id: node.name for node in flow.graph.nodes})
 
     return run_kernel
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from kernel._faults import crash_point
+from kernel.scheduling._from_threads import call_soon_from_thread
 
 
 class _Coordinator:
@@ -81,9 +82,9 @@ class _Coordinator:
                 return
             exc = future.exception()
             if exc is not None:
-                loop.call_soon_threadsafe(kernel.fail, exc)
+                call_soon_from_thread(loop, kernel.fail, exc)
             else:
-                loop.call_soon_threadsafe(self._guarded, then)
+                call_soon_from_thread(loop, self._guarded, then)
 
         self._writer.submit(work).add_done_callback(done)
 

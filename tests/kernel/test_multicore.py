@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from enum import IntEnum
 from fractions import Fraction
 
 import pytest
@@ -365,6 +366,54 @@ def test_records_needing_pickle_arrive_with_exact_types(cores):
     got = sorted(out.items, key=repr)
     for a, b in zip(got, expected):
         assert same(a, b), (a, b)
+
+
+class Level(IntEnum):
+    LOW = 1
+
+
+class Word(str):
+    pass
+
+
+scalars = st.one_of(st.integers(-(2**70), 2**70), st.floats(allow_nan=False), st.text(max_size=5),
+                    st.binary(max_size=4), st.booleans(), st.none())
+# msgpack's lookalikes: an IntEnum is an int, a str subclass a str, a
+# namedtuple a tuple, to msgpack; they must come back as what they were
+lookalikes = st.sampled_from([Level.LOW, Word("w"), Fraction(1, 2), (Level.LOW, 1), ("w", Word("w"))])
+flat_records = st.one_of(scalars, st.tuples(scalars, scalars), st.tuples(scalars, scalars, scalars))
+
+
+@FORKING
+@given(records=st.lists(st.one_of(flat_records, lookalikes), max_size=80)
+       | st.lists(flat_records, max_size=80))
+def test_collected_records_come_back_exactly_from_kernel_processes(records):
+    """What `collect()` gathered in each kernel process comes back encoded
+    once per step (msgpack where exact, else pickle): each record exactly,
+    types included, whatever mix a kernel holds."""
+    flow = Dataflow()
+    out = flow.from_iterable(records, batch_size=7).collect()
+    run(flow, cores=2)
+    assert Counter(map(typed, out.items)) == Counter(map(typed, records))
+
+
+def typed(record):
+    """A record's value with the type of each of its parts (a tuple is not
+    a list, True is not 1, an IntEnum is not an int, -0.0 is not 0.0)."""
+    if isinstance(record, tuple):
+        return (type(record).__name__, tuple(map(typed, record)))
+    return (type(record).__name__, repr(record))
+
+
+def test_a_collected_record_that_cannot_be_pickled_names_its_step_and_the_record():
+    flow = Dataflow()
+    flow.from_iterable(range(4)).map(lambda i: (i, threading.Lock())).collect(name="locks")
+    with pytest.raises(KernelProcessError) as caught:
+        run(flow, cores=2)
+    message = str(caught.value)
+    assert "locks: a record it collected cannot be pickled back to the caller's process" in message
+    assert "cannot pickle '_thread.lock' object" in message
+    assert "_thread.lock object at" in message  # the record itself
 
 
 @pytest.mark.parametrize("cores", CORES)

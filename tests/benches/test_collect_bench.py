@@ -1,0 +1,32 @@
+"""benches/collect.py (issue 13, part 3): a short run checks every
+collected run's count and prints each row; bad values are usage errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from benches import collect
+
+
+def test_short_run_prints_every_shape_and_end(capsys):
+    collect.main(["--quick"])
+    out = capsys.readouterr().out
+    rows = [[cell.strip() for cell in line.split("|")[1:4]] for line in out.splitlines()
+            if line.startswith("| int") or line.startswith("| (int")]
+    per_shape = [("1", "sink"), ("1", "collect"), ("2", "sink"), ("2", "collect"), ("2", "collect, pickled")]
+    assert [(row[1], row[2]) for row in rows] == per_shape * 2
+    assert [row[0] for row in rows] == ["int"] * 5 + ["(int, str, float)"] * 5
+
+
+def test_pickled_rows_leave_the_encoding_in_place():
+    encoded = collect._execute.pack_results
+    collect.main(["--records", "100", "--reps", "1"])
+    assert collect._execute.pack_results is encoded
+
+
+@pytest.mark.parametrize("args", [["--records", "0"], ["--reps", "0"]])
+def test_bad_values_are_usage_errors(capsys, args):
+    with pytest.raises(SystemExit) as exit_:
+        collect.main(args)
+    assert exit_.value.code == 2
+    assert "--records and --reps must be positive ints" in capsys.readouterr().err
