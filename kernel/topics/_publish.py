@@ -248,7 +248,7 @@ class Publish(Operator):
             self._push(encode_watermark(watermark))
 
     def on_end(self) -> None:
-        if self.snapshots:
+        if self.snapshots and self.serving:
             # the stream's end goes out with the first complete epoch past
             # the last one this operator took part in (on_commit)
             self._ending = True
