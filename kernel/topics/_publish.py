@@ -435,7 +435,12 @@ class Publish(Operator):
         if epoch > self.epoch and not self._ending:
             self.epoch = epoch  # (complete, and nothing of it here: a new subscriber starts after it)
         if self._ending and epoch > self._last_epoch:
-            # a complete epoch past this operator's last: its end is in it
+            # a complete epoch past this operator's last: its end is in it.
+            # What follows the last marker goes out whole, as an epoch: a
+            # subscriber waiting for a boundary starts before it
+            for sub in self.subscribers:
+                if not sub.active:
+                    self._start(sub, self.epoch)
             for frame in self._open:
                 self._send(frame)
             self._open = []
@@ -523,6 +528,8 @@ class Publish(Operator):
             return
         link = Link(ws, peer, {0}, _ignore, WINDOW)
         sub = _Subscriber(link, address, progress=meta.get("progress") is True)
+        log.debug("topic %r partition %d: a subscriber connected from %s", self.topic, self.partition,
+                  address)
         # a subscriber coming back to a restarted publisher: every epoch up to `after` it has
         after = meta.get("after") if self.snapshots else None
         resumed = type(after) is int and self._resume(sub, after)

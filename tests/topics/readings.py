@@ -111,6 +111,11 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
     logging.getLogger("kernel.topics").setLevel(logging.DEBUG)
     print("started", flush=True)
-    run(flow, coordinator=sys.argv[1], cores=int(os.environ.get("CORES", "1")))
+    # STATE_DIR: snapshots every JOB_EPOCH seconds (the topic's epochs are then the job's)
+    snapshots = {}
+    if os.environ.get("STATE_DIR"):
+        snapshots = {"state_dir": os.environ["STATE_DIR"],
+                     "epoch_interval": float(os.environ.get("JOB_EPOCH", "0.2"))}
+    run(flow, coordinator=sys.argv[1], cores=int(os.environ.get("CORES", "1")), **snapshots)
     peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
     print("ended", int(peak.split()[1]) * 1024, flush=True)  # the peak resident bytes

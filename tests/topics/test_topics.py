@@ -501,15 +501,16 @@ def test_a_name_published_by_a_running_app_is_refused_and_a_dead_ones_is_taken_o
     third.kill()
 
 
-def attempt_boundaries(log: Path, job: str) -> dict[int, dict[int, int]]:
-    """attempt -> {epoch: readings published before its end} of a submitted
-    readings.py (its executor's log of the job, an attempt after another)."""
+def attempt_boundaries(log: Path, job: str, partition: int = 0) -> dict[int, dict[int, int]]:
+    """attempt -> {epoch: readings published before its end} of a
+    partition of a submitted readings.py (its executor's log of the job, an
+    attempt after another)."""
     found: dict[int, dict[int, int]] = defaultdict(dict)
     attempt = 0
     for line in log.read_text(errors="replace").splitlines():
         if header := re.match(rf"--- {job} attempt (\d+),", line):
             attempt = int(header[1])
-        elif ended := re.search(r"epoch (\d+) ends after (\d+) records", line):
+        elif ended := re.search(rf"partition {partition}: epoch (\d+) ends after (\d+) records", line):
             found[attempt][int(ended[1])] = int(ended[2])
     return found
 
@@ -832,8 +833,8 @@ def test_a_partition_that_ends_as_a_subscriber_connects_is_its_end_not_a_loss(sy
 # -- exactly once across a publisher restarted from its snapshot ---------------------------------
 
 
-@pytest.mark.parametrize("slow", [False, True])
-def test_a_subscriber_gets_each_reading_once_across_a_publisher_resumed_from_its_snapshot(own_system, slow):
+@pytest.mark.parametrize("case", ["keeping up", "behind", "two kernels"])
+def test_a_subscriber_gets_each_reading_once_across_a_publisher_resumed_from_its_snapshot(own_system, case):
     """A job with a state_dir publishes (its source keeps its position in
     the snapshots); its process is SIGKILLed mid-epoch and the job master
     resumes it from its last complete epoch. The topic's epochs are the
@@ -843,26 +844,30 @@ def test_a_subscriber_gets_each_reading_once_across_a_publisher_resumed_from_its
     boundaries to the end exactly once, and its sums equal a brute-force
     sum. (Without it the resumed A published again what followed its
     snapshot, and B got it twice.) A stalled B is epochs behind when A
-    dies: the resumed A sends it again the epochs it kept for it."""
+    dies: the resumed A sends it again the epochs it kept for it. A on two
+    kernels: two partitions, each its own readings, each exactly once."""
     from _system import descendants
 
     system = own_system
-    count = 4000 if slow else 2000
+    slow, kernels = case == "behind", 2 if case == "two kernels" else 1
+    count = 4000 if slow or kernels == 2 else 2000  # (A makes 1,000 readings a second a kernel)
     system.env.update(TOPIC=system.topic, COUNT=str(count), LOG_TOPICS="1", RESUMABLE="1")
     if slow:
         system.env.update(PAYLOAD="5000")  # (about 1 MB an epoch: B's window is 4 of them)
+    if kernels == 2:
+        system.env.update(SPLIT="1")  # kernel k of 2 makes seqs k, k + 2, ...
     executor = system.start_executor(cores=2)
     system.executors_up(1)
     (system.root / "readings.py").write_text((HERE / "readings.py").read_text())
     done = system.cli("submit", "readings.py", "--state-dir", system.root / "state",
-                      "--epoch-interval", "0.2")
+                      "--epoch-interval", "0.2", "--cores", kernels)
     assert done.returncode == 0, done.stderr
     job = done.stdout.split()[0]
     log = system.root / "executor1" / "logs" / f"{job}.log"
     fast, stall = system.root / "fast", system.root / "stall"
     b = Job(system, "sums.py", "b", ON_LOST="wait", **({"SLOW": 0.001, "FAST": fast, "STALL": stall}
                                                          if slow else {}))
-    wait_until(lambda: b.epochs_received() >= 3, what="B to read from the first attempt")
+    wait_until(lambda: b.epochs_received() >= 3 * kernels, what="B to read from the first attempt")
     if slow:
         # B stops reading (its kernel stalls at its next batch): A sends it
         # at most a window (~4 epochs), queues ~8 more for it, and each goes
@@ -888,10 +893,12 @@ def test_a_subscriber_gets_each_reading_once_across_a_publisher_resumed_from_its
     resumed = int(re.search(r"resuming from epoch (\d+)", log.read_text())[1])
     if slow:  # B had fewer epochs than A's snapshot: A sent it again those it lacked
         assert starts(b)[0][1] <= resumed, (starts(b), resumed)
-    first = attempt_boundaries(log, job)[1]
     assert len(seqs) == len(set(seqs)), f"{len(seqs) - len(set(seqs))} readings received twice"
-    assert seqs == list(range(seqs[0], count))
-    assert seqs[0] in {0, *first.values()}, "not from an epoch boundary"
+    for p in range(kernels):
+        mine = sorted(s for s in seqs if s % kernels == p)
+        assert mine == list(range(mine[0], count, kernels))
+        first = attempt_boundaries(log, job, p)[1]
+        assert mine[0] in {p + kernels * n for n in (0, *first.values())}, "not from an epoch boundary"
     assert sums == brute_sums(seqs)
 
 
@@ -952,3 +959,22 @@ def test_a_run_resumed_where_its_publisher_had_ended_ends_that_publisher(system)
     assert second.returncode == 0 and "finished" in out, (system.root / "second.log").read_text()
     assert "the publisher had ended in the snapshot" in (system.root / "second.log").read_text()
     assert topics_named(system, system.topic) == []
+
+
+def test_a_subscriber_waiting_for_a_boundary_gets_the_last_records_of_a_job_with_snapshots(system):
+    """A job with a state_dir and epochs longer than the test: its
+    readings wait for an epoch to complete, and the end is the first
+    boundary. B connects after A has made them (so it waits for a
+    boundary), then A ends: B gets them all, as a whole epoch (they went
+    out before B was started, and B got only the end)."""
+    hold = system.root / "hold"
+    a = Job(system, "readings.py", "a", COUNT=200, HOLD=hold, STATE_DIR=system.root / "state", JOB_EPOCH=60)
+    wait_until(lambda: "holding" in a.text() or a.proc.poll() is not None, what="A to make its readings")
+    b = Job(system, "sums.py", "b", ON_LOST="wait")
+    wait_until(lambda: "a subscriber connected" in a.text() or b.proc.poll() is not None,
+               what="B to connect")
+    hold.touch()
+    seqs, sums = results(b)
+    assert a.finish()[-1].startswith("ended")
+    assert seqs == list(range(200))
+    assert sums == brute_sums(seqs)
