@@ -8,8 +8,11 @@ kernel, lazily (`from_partitions` with a generator), and each fans out 4
 ways a round for 3 rounds (64 small leaves a record) in a loop. Without flow
 control the source runs ahead of the loop and the whole input waits at its
 entry (R x 16 KB a kernel); with `max_in_flight=N` a kernel's sources pause
-while N records wait that runs will take in. For each setting and number of
-kernels: the peak growth of each kernel's resident memory during the run
+while N records wait. A third setting gives the records event time with a
+watermark that lags the whole input (`max_delay` 1e12): no run takes a record
+in by its time before the input ends, so with N waiting the runs take them
+in early. For each setting and number of kernels: the peak growth of each
+kernel's resident memory during the run
 (sampled at every batch inside the loop, against its size when the flow
 opened; the largest over the kernels; each run in a fresh interpreter, so
 that no earlier run's freed heap hides the growth), the peak number of records waiting
@@ -78,9 +81,11 @@ class _Report(Operator):
         self.emit([("report", counts[2], counts[4] - counts[3])])
 
 
-def measure(records: int, max_in_flight: int | None, cores: int) -> tuple[int, int, float]:
+def measure(records: int, max_in_flight: int | None, cores: int,
+            lagging: bool = False) -> tuple[int, int, float]:
     """(peak records waiting on a kernel, peak memory growth of a kernel in
-    bytes, wall seconds) of one run."""
+    bytes, wall seconds) of one run; `lagging`: event time, the watermark
+    a whole input behind."""
     def make(index, peers):
         return ((index * records + i, DEPTH, str(i).rjust(PAYLOAD)) for i in range(records))
 
@@ -90,7 +95,8 @@ def measure(records: int, max_in_flight: int | None, cores: int) -> tuple[int, i
         return children, nodes.filter(lambda v: v[1] == 0)
 
     flow = Dataflow("faucet")
-    source = flow.from_partitions(make, batch_size=64).apply(_HandedOn)
+    timed = {"timestamp": lambda r: float(r[0]), "max_delay": 1e12} if lagging else {}
+    source = flow.from_partitions(make, batch_size=64, **timed).apply(_HandedOn)
     out = source.iterate(body, max_in_flight=max_in_flight).apply(_Report).collect()
     start = time.perf_counter()
     run(flow, cores=cores)
@@ -103,10 +109,12 @@ def measure(records: int, max_in_flight: int | None, cores: int) -> tuple[int, i
     return max(r[1] for r in reports), max(r[2] for r in reports), seconds
 
 
-def measure_fresh(records: int, max_in_flight: int | None, cores: int) -> tuple[int, int, float]:
+def measure_fresh(records: int, max_in_flight: int | None, cores: int,
+                  lagging: bool = False) -> tuple[int, int, float]:
     """`measure` in a new interpreter."""
     done = subprocess.run(
-        [sys.executable, "-m", "benches.faucet", "--measure", json.dumps([records, max_in_flight, cores])],
+        [sys.executable, "-m", "benches.faucet", "--measure",
+         json.dumps([records, max_in_flight, cores, lagging])],
         capture_output=True, text=True, check=True)
     return tuple(json.loads(done.stdout.splitlines()[-1]))
 
@@ -116,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="2,000 records a kernel (smoke test)")
     parser.add_argument("--records", type=int, default=None, help="records a kernel (20,000)")
     parser.add_argument("--max-in-flight", type=int, default=100, help="N for the bounded runs (100)")
-    parser.add_argument("--measure", help=argparse.SUPPRESS)  # one run: [records, max_in_flight, cores]
+    # one run: [records, max_in_flight, cores, lagging]
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
         print(json.dumps(measure(*json.loads(args.measure))))
@@ -130,9 +139,10 @@ def main(argv: list[str] | None = None) -> None:
           f"each {WAYS ** DEPTH} leaves ({WAYS} ways, {DEPTH} rounds)")
     rows = []
     for cores in (1, 2):
-        for limit in (None, args.max_in_flight):
-            waiting, growth, seconds = measure_fresh(records, limit, cores)
-            rows.append([cores, "none" if limit is None else f"max_in_flight={limit}",
+        for limit, lagging in ((None, False), (args.max_in_flight, False), (args.max_in_flight, True)):
+            waiting, growth, seconds = measure_fresh(records, limit, cores, lagging)
+            setting = "none" if limit is None else f"max_in_flight={limit}"
+            rows.append([cores, setting + (", watermark behind" if lagging else ""),
                          f"{waiting:,}", f"{growth / 2**20:.1f}", f"{seconds:.2f}"])
     print(table("A loop whose input would flood memory",
                 ["kernels", "flow control", "peak records waiting (a kernel)",

@@ -120,26 +120,49 @@ def _pickle_hash(key) -> int:
     return zlib.crc32(buffer.getbuffer())
 
 
+_GOLDEN = 0x9E3779B97F4A7C15  # 2**64 / the golden ratio, odd
+
+
+def key_group(key, groups: int) -> int:
+    """The key group of `key` among `groups` (a power of two): the top bits
+    of `stable_hash(key)` times 2**64 / golden ratio, modulo 2**64
+    (Fibonacci hashing: they depend on every bit of the hash, so keys with a
+    stride spread; `kernel.dataflow._key_groups`)."""
+    return ((stable_hash(key) * _GOLDEN) & _MASK) >> (64 - (groups.bit_length() - 1))
+
+
 class Partitioner:
     """Splits batches of `(key, value)` pairs by the kernel that owns each key.
 
-    `owners[g]` is the kernel that owns key group `g` (a key's group is
-    `stable_hash(key) % len(owners)`: `kernel.dataflow._key_groups`, which
-    lets a resumed run move whole groups between kernels); without it each
-    kernel is one group, `stable_hash(key) % peers`."""
+    `owners[g]` is the kernel that owns key group `g` (`key_group(key,
+    len(owners))`, `len(owners)` a power of two: `kernel.dataflow._key_groups`,
+    which lets a resumed run move whole groups between kernels); without it
+    each kernel is one group, `stable_hash(key) % peers`."""
 
-    __slots__ = ("_cache", "_groups", "_owners", "peers")
+    __slots__ = ("_cache", "_groups", "_owners", "_shift", "peers")
 
     def __init__(self, peers: int, owners: list[int] | None = None) -> None:
         self.peers = peers
         self._owners = list(range(peers)) if owners is None else list(owners)
-        self._groups = len(self._owners)
+        self._groups = groups = len(self._owners)
+        self._shift = None  # `stable_hash(key) % peers`
+        if owners is not None:
+            if groups & (groups - 1) or groups < 2:
+                raise ValueError(f"key groups must be a power of two of at least 2, got {groups}")
+            self._shift = 64 - (groups.bit_length() - 1)
         self._cache: dict = {}
+
+    def _group(self, key) -> int:
+        # key_group's arithmetic inline: it runs for every key new to the
+        # cache (PageRank's (vertex, round) keys are all new each round)
+        if self._shift is None:
+            return stable_hash(key) % self._groups
+        return ((stable_hash(key) * _GOLDEN) & _MASK) >> self._shift
 
     def owner(self, key) -> int:
         owner = self._cache.get(key)
         if owner is None:
-            owner = self._owners[stable_hash(key) % self._groups]
+            owner = self._owners[self._group(key)]
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             self._cache[key] = owner
@@ -148,10 +171,10 @@ class Partitioner:
     def owned_by(self, kernel: int):
         """`owns(key)`: whether `kernel` owns `key`. Uncached: for cutting a
         snapshot, where each key comes once (the cache would only cost)."""
-        owners, groups = self._owners, self._groups
+        owners, group = self._owners, self._group
 
         def owns(key) -> bool:
-            return owners[stable_hash(key) % groups] == kernel
+            return owners[group(key)] == kernel
 
         return owns
 

@@ -67,8 +67,11 @@ from kernel.dataflow._operator import Operator, Source
 # fingerprinted by their steps' kinds, not their names; 4 = keys and the
 # bounded sources' records are partitioned by key group (the store records
 # how many), source positions are kept per partition, and snapshots record
-# their run's kernel count (a resumed run may have another).
-SNAPSHOT_LAYOUT = "4"
+# their run's kernel count (a resumed run may have another); 5 = a key's
+# group is the top bits of its stable hash times 2**64 / golden ratio
+# (Fibonacci hashing), not the hash's residue with its bits reversed, so
+# keys move to other kernels than in layout 4.
+SNAPSHOT_LAYOUT = "5"
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",

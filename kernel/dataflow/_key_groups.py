@@ -2,25 +2,27 @@
 resumed run has another number of kernels (Flink's key groups).
 
 A run has a fixed number of key groups (a power of two), chosen at its
-first run and kept in its snapshot store. A key's group is `group_of(
-stable_hash(key) % groups)`: the residue with its bits reversed. Kernel `k`
-of `n` owns the contiguous range of groups `range_of(k, n, groups)`, so the
-owner of group `g` is `g * n // groups`. Growing from 2 kernels to 3 moves
-a third of each kernel's groups, not every key, and a snapshot taken on
-any number of kernels can be cut by group for any other number (up to
-`groups` kernels).
+first run and kept in its snapshot store. A key's group is the top bits of
+`stable_hash(key)` times 2**64 / golden ratio (Fibonacci hashing,
+`net._exchange.key_group`). Kernel `k` of `n` owns the contiguous range of
+groups `range_of(k, n, groups)`, so the owner of group `g` is `g * n //
+groups`. Growing from 2 kernels to 3 moves a third of each kernel's
+groups, not every key, and a snapshot taken on any number of kernels can
+be cut by group for any other number (up to `groups` kernels).
 
-Why reversed: `stable_hash` of an int is the int, and small int keys are
-common (`key_by(lambda n: n % 7)`). Plain residues would put keys 0-63 all
-in the first half of the groups: on kernel 0 of 2. Reversed, consecutive
-residues spread evenly over the groups (a van der Corput sequence): on
-`2**j` kernels keys `i` and `i + 2**j` share a kernel and any `2**j`
-consecutive ones are on all of them, as round robin would put them; on
-other counts, nearly so.
+Why Fibonacci hashing: `stable_hash` of an int is the int. Its plain
+residue (an earlier layout reversed its bits) decides the owner by the
+key's low bits, so keys with a stride share a kernel: NEXMark's hot
+auctions, ids that are multiples of 100, all went to kernel 0 of 2 and
+made it do three quarters of a join (`benches/RESULTS.md`). The top bits
+of the product depend on every bit of the key, and consecutive keys spread
+as evenly as round robin would, nearly (the multiples of the golden
+ratio's fraction are a low-discrepancy sequence): keys 0-6 fall 4/3 on 2
+kernels, 3/2/2 on 3.
 
-The bounded sources partition their input the same way: record `i` of a
-`from_iterable` input is in partition `i % groups`, read by the kernel that
-owns that group, so their positions move with the groups too.
+The bounded sources partition their input by position, not by key: as
+many partitions as key groups, partition `p` read by kernel `p % n`
+(`operators/_shares.py`); their positions move by partition.
 """
 
 from __future__ import annotations
@@ -39,16 +41,9 @@ def default_key_groups(kernels: int) -> int:
     return min(max(groups, MIN_KEY_GROUPS), MAX_KEY_GROUPS)
 
 
-def group_of(residue: int, groups: int) -> int:
-    """The key group of a key whose `stable_hash(key) % groups` is `residue`
-    (`groups` a power of two): its bits reversed."""
-    bits = groups.bit_length() - 1
-    return int(format(residue, f"0{bits}b")[::-1], 2) if bits else 0
-
-
 def owner_table(kernels: int, groups: int) -> list[int]:
-    """`table[stable_hash(key) % groups]`: the kernel that owns `key`."""
-    return [group_of(residue, groups) * kernels // groups for residue in range(groups)]
+    """`table[key_group(key, groups)]`: the kernel that owns `key`."""
+    return [group * kernels // groups for group in range(groups)]
 
 
 def range_of(kernel: int, kernels: int, groups: int) -> range:

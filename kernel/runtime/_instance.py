@@ -77,10 +77,13 @@ class Instance:
         "chained",
         "counting",
         "declined",
-        "drain_waiter",
+        "drain_waiters",
+        "drained",
         "emitted",
         "end_due",
         "ended",
+        "feed_at",
+        "feeds",
         "fused_into",
         "held",
         "idle",
@@ -131,7 +134,14 @@ class Instance:
         self.targets: list[tuple[Instance, int]] = []
         self.chained = False  # runs inside its upstream's activation (see Runtime)
         self.chain: list[Instance] = []  # a source's: the instances its polls run (chained)
-        self.drain_waiter: Instance | None = None  # a source to wake once the inbox is empty
+        self.drain_waiters: list[Instance] = []  # sources to wake once the inbox is empty
+        # a source's: the instances on its way to a loop's entry with
+        # max_in_flight, that entry too, upstream first
+        # (`Runtime._feeding_faucets`); the one its last poll's records may
+        # still be in; the last to wake it having drained its inbox
+        self.feeds: list[Instance] = []
+        self.feed_at = 0
+        self.drained: Instance | None = None
         self.declined = False  # a source's: its last activation declined the rest of a slice
         self.emitted = 0  # a source's: records emitted by the poll under way
         # metrics (`count_records`): records handed to on_batch and emitted,
@@ -370,9 +380,16 @@ class Instance:
             raise
         except Exception as exc:
             raise self._handler_error(payload, exc) from exc
-        if self.drain_waiter is not None and not self.pending:
-            waiter, self.drain_waiter = self.drain_waiter, None
-            waiter.wake()  # a source held back until its chain caught up
+        if self.drain_waiters and not self.pending:
+            self.wake_drain_waiters()
+
+    def wake_drain_waiters(self) -> None:
+        """Sources held back until their chain (or their way to a loop's
+        entry with max_in_flight) caught up: the inbox here is empty."""
+        waiters, self.drain_waiters = self.drain_waiters, []
+        for waiter in waiters:
+            waiter.drained = self
+            waiter.wake()
 
     def _progress(self, channel: int, payload) -> None:
         """A watermark, IDLE, an epoch marker or END arrived on `channel`
@@ -520,8 +537,10 @@ class Instance:
             return
         for member in self.chain:
             if member.pending:  # work this source's chain handed to a later tick
-                member.drain_waiter = self
+                member.drain_waiters.append(self)
                 return
+        if self.feeds and self._feeding():
+            return
         op, pace = self.op, self.pace
         monotonic = pace.monotonic
         started = monotonic()
@@ -555,6 +574,28 @@ class Instance:
         elif more is False:
             self.advance_watermark(_INF)
             self._finish()
+
+    def _feeding(self) -> bool:
+        """(max_in_flight) Is what the last poll emitted still on its way
+        to the loop's entry? Polling again before the entry has counted it,
+        and paused the sources if that filled it, would let more in. The
+        way is walked upstream first, waiting for each step whose inbox
+        holds anything to empty it once: records only move downstream, so
+        none of the poll's are behind the step reached, and records that
+        come after (other kernels', through an exchange) hold it up at no
+        step more than once."""
+        feeds, at = self.feeds, self.feed_at
+        while at < len(feeds):
+            member = feeds[at]
+            if member.pending and self.drained is not member:
+                self.feed_at = at
+                if self not in member.drain_waiters:
+                    member.drain_waiters.append(self)
+                return True
+            self.drained = None
+            at += 1
+        self.feed_at = 0
+        return False
 
     # -- a source's output progress -------------------------------------------
 

@@ -60,14 +60,15 @@ Flow control (Faucet, `max_in_flight`): besides what a run takes in, what
 waits at the entries is bounded, by pausing sources (`check_room`). A
 kernel's sources pause, as under backpressure but without holding what
 other kernels send (the loop's START, JOIN and round markers come that
-way), while its entries hold `max_in_flight` records that runs are sure to
-take in without anything else moving; records without event time then go
-into runs before the input ends. A kernel whose entries hold that many
-that the next run takes in (below the last run's frontier) says so to every
-kernel (`RoundMarker.FULL` on the back edge): records from their sources may
-wait there (an exchange before the loop), so they pause too, until it says
-it has room. Records with a time the outer watermark has not passed are
-not counted, nor bounded.
+way), while its entries hold `max_in_flight` records, whatever their time;
+records without event time go into runs as they come, and with as many
+records waiting as a run takes in, the next run takes them in even ahead
+of the outer watermark (a pause must not wait for a watermark that the
+paused sources would move). A kernel whose entries hold that many that a
+run can take in now (before any epoch mark) says so to every kernel
+(`RoundMarker.FULL` on the back edge): records from their sources may wait
+there (an exchange before the loop), so they pause too, until it says it
+has room, which its own next runs make.
 """
 
 from __future__ import annotations
@@ -226,8 +227,11 @@ class LoopControl:
             self.frontier = frontier
             self.final = self.finished = final
             budget = self.in_flight
+            # Faucet: with as many records waiting here as a run takes in,
+            # this run takes them whatever their time (`check_room`)
+            early = self.faucet and self._waiting()[0] >= budget
             for entry in self.entries:
-                admitted = entry.admit(frontier, budget)
+                admitted = entry.admit(frontier, budget, early)
                 budget -= admitted
                 news = news or admitted > 0
             if news:  # what waits after the run may equal what this kernel said, yet be new
@@ -255,39 +259,53 @@ class LoopControl:
 
     def _state(self) -> tuple:
         """(outer watermark, inputs all ended, records waiting, their earliest
-        time: _NOW when records without time wait and max_in_flight lets
-        any run take them, the latest epoch every entry here has: a new one
-        is news, for a run may now take in the records behind it)."""
+        time: _NOW when max_in_flight lets any run take them (records
+        without time wait, or as many as a run takes in: `check_room`), the
+        latest epoch every entry here has: a new one is news, for a run may
+        now take in the records behind it)."""
         held, earliest, untimed = 0, _INF, False
         for entry in self.entries:
             n, first, without_time = entry.waiting()
             held += n
             earliest = min(earliest, first)
             untimed = untimed or without_time
-        if untimed and self.faucet:
+        if self.faucet and (untimed or (held and self._waiting()[1] >= self.in_flight)):
             earliest = _NOW
         epoch = min(entry.ready_epoch for entry in self.entries)
         return self._outer_frontier(), self._ended(), held, earliest, epoch
+
+    def _waiting(self) -> tuple[int, int]:
+        """Records waiting here: all, and those before the first epoch mark
+        (a run may take them in now)."""
+        every = takeable = 0
+        for entry in self.entries:
+            counts = entry.counts(_INF)
+            every += counts[0]
+            takeable += counts[1]
+        return every, takeable
 
     def _earliest(self) -> float:
         """The earliest time among the records waiting (without time: _UNTIMED)."""
         return min((entry.waiting()[1] for entry in self.entries), default=_INF)
 
     # -- Faucet: this kernel's sources wait while enough records wait ----------------
-    # Only records the loop is sure to take in count, or a pause could wait
-    # for what it stops: here, those without event time, or with a time
-    # below this kernel's outer watermark (the next runs go up to it: the
-    # kernel with the least watermark pauses only for records every
-    # kernel's watermark passed). Records behind an epoch's mark count too:
-    # every kernel's entries get that epoch's marker (the sources send one
-    # every interval, paused or not; the last kernel to get it asks for a
-    # run) and a run takes it in, or a kernel's inputs have all ended
-    # before it, and the next run drops the mark on every kernel. A kernel
-    # counts only those below the last run's frontier (or without time),
-    # before any mark, to tell every kernel that it is full: they pause
-    # too, as records from their sources may come to its entries (an
-    # exchange before the loop), and those records need nothing else to
-    # move to go in.
+    # Every record waiting at this kernel's entries counts, whatever its
+    # time: once N (max_in_flight) wait, the sources pause, and the next
+    # run takes N in even if the outer watermark has not passed their time
+    # (`_state` asks for it, `admit` takes them early), so a pause never
+    # waits for a watermark that the paused sources would move. Records
+    # taken early are still ahead of the watermark the run passes on (it
+    # goes up to the least watermark, below their time), so windows after
+    # the loop stay exact; only a run may hold records of later times.
+    # Records behind an epoch's mark count too: every kernel's entries get
+    # that epoch's marker (the sources send one every interval, paused or
+    # not; the last kernel to get it asks for a run) and a run takes it in,
+    # or a kernel's inputs have all ended before it, and the next run drops
+    # the mark on every kernel. A kernel that holds N records before any
+    # mark tells every kernel that it is full: they pause too, as records
+    # from their sources may come to its entries (an exchange before the
+    # loop); its own next run takes N of them in, so it has room again
+    # whatever they do.
 
     def check_room(self) -> None:
         """Pause or resume this kernel's sources, and tell every kernel when
@@ -295,9 +313,8 @@ class LoopControl:
         limit = self.in_flight
         mine = everywhere = 0
         if not self.finished:
-            local, agreed = self._outer_frontier(), self.frontier
             for entry in self.entries:
-                counts = entry.ready(local, agreed, limit - everywhere)
+                counts = entry.counts(limit - everywhere)
                 mine += counts[0]
                 everywhere += counts[1]
         full = everywhere >= limit
@@ -418,6 +435,8 @@ class Entry(Instance):
         pending, self.pending = self.pending, []
         for channel, payload in pending:
             self._take(channel, payload)
+        if self.drain_waiters and not self.pending:  # sources waiting for it to count their records
+            self.wake_drain_waiters()
 
     def _take(self, channel: int, payload) -> None:
         if channel not in self.outer_index:
@@ -428,9 +447,10 @@ class Entry(Instance):
             if self.control.top:
                 self.held_outside.append(payload)  # until a run takes its time in
                 if self.control.faucet:
+                    # records without time go in as they come, the rest
+                    # once as many wait as a run takes in (`check_room`)
                     self.control.check_room()
-                    if payload.__class__ is not TimedBatch:  # records without time go in as they come
-                        self.control.outer_moved()
+                    self.control.outer_moved()
             else:  # a loop inside another: outside data comes only between runs
                 self.op.emit(payload)
         else:
@@ -508,10 +528,13 @@ class Entry(Instance):
     def _back(self, channel: int, payload) -> None:  # (only a head has a back edge)
         raise AssertionError(f"{self.name}: input on channel {channel} from nowhere")
 
-    def admit(self, frontier: float, budget: float) -> int:
+    def admit(self, frontier: float, budget: float, early: bool = False) -> int:
         """A run up to `frontier` starts: what came from outside with a time
         below it (records without time: only once every input has ended),
-        at most `budget` records, goes on as its round 0; returns how many."""
+        at most `budget` records, goes on as its round 0; returns how many.
+        `early` (Faucet, as many records waiting as a run takes in): then
+        records ahead of `frontier` too, in the order they came, up to
+        `budget`."""
         held, self.held_outside = self.held_outside, []
         keep = self.held_outside.append
         emit = self.op.emit
@@ -547,6 +570,35 @@ class Entry(Instance):
                 else:
                     keep(batch)
                 admitted += len(now)
+        if early and admitted < budget:
+            admitted += self._admit_early(budget - admitted)
+        return admitted
+
+    def _admit_early(self, room: float) -> int:
+        """Up to `room` records waiting before the first epoch mark, in the
+        order they came, whatever their time, go on; returns how many."""
+        held, self.held_outside = self.held_outside, []
+        keep = self.held_outside.append
+        emit = self.op.emit
+        admitted = 0
+        for at, batch in enumerate(held):
+            left = room - admitted
+            if batch.__class__ is _Mark or left <= 0:
+                self.held_outside.extend(held[at:])
+                break
+            if len(batch) <= left:
+                emit(batch)
+                admitted += len(batch)
+                continue
+            left = int(left)
+            if batch.__class__ is TimedBatch:
+                stamps = batch.timestamps
+                emit(TimedBatch(batch[:left], stamps[:left]))
+                keep(TimedBatch(batch[left:], stamps[left:]))
+            else:
+                emit(batch[:left])
+                keep(batch[left:])
+            admitted += left
         return admitted
 
     def waiting(self) -> tuple[int, float, bool]:
@@ -566,32 +618,25 @@ class Entry(Instance):
                 untimed = True
         return count, earliest, untimed
 
-    def ready(self, local: float, agreed: float, limit: float) -> tuple[int, int]:
-        """Records waiting that runs are sure to take in (Faucet: see
-        `LoopControl.check_room`): those with a time below `local` (this
-        kernel's outer watermark), and those below `agreed` (the last run's
-        frontier) and before the first epoch mark, records without time in
-        both; counted until the second reaches `limit`."""
-        mine = everywhere = 0
+    def counts(self, limit: float) -> tuple[int, int]:
+        """Records waiting (Faucet: see `LoopControl.check_room`): all of
+        them, and those before the first epoch mark (a run can take them
+        in without another epoch going in first); counted until the second
+        reaches `limit`, or the first past a mark."""
+        every = takeable = 0
         marked = False  # past a mark: only the first count goes on
         for batch in self.held_outside:
-            cls = batch.__class__
-            if cls is _Mark:
+            if batch.__class__ is _Mark:
                 marked = True
                 continue
-            if cls is TimedBatch:
-                stamps = batch.timestamps
-                if stamps and min(stamps) < local:
-                    mine += sum(1 for t in stamps if t < local)
-                    if not marked:
-                        everywhere += sum(1 for t in stamps if t < agreed)
-            else:
-                mine += len(batch)
-                if not marked:
-                    everywhere += len(batch)
-            if everywhere >= limit or (marked and mine >= limit):  # (the second stops at a mark)
+            every += len(batch)
+            if not marked:
+                takeable += len(batch)
+                if takeable >= limit:
+                    break
+            elif every >= limit:
                 break
-        return mine, everywhere
+        return every, takeable
 
     def _outside(self, channel: int, payload) -> None:
         cls = payload.__class__
@@ -624,8 +669,6 @@ class Entry(Instance):
                 self._forward(payload)
                 return
             outer.observe_watermark(index, payload)
-            if self.control.faucet:  # more records may be below the watermark now
-                self.control.check_room()
         if not self.ended:
             self.control.outer_moved()
 

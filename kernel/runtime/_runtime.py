@@ -31,7 +31,7 @@ from kernel.net import LocalTransport, Partitioner
 from ._epochs import ENDED, EpochTracker
 from ._exchange import ExchangeOutput
 from ._instance import END, Instance, _call
-from ._loops import INSTANCE_CLASSES, back_edge, wire_loops
+from ._loops import INSTANCE_CLASSES, Entry, back_edge, wire_loops
 from ._rescale import Rescaled, restore_rescaled
 
 _INF = math.inf
@@ -126,6 +126,34 @@ class Runtime:
         for instance in self.instances:
             instance.install_helpers()
         self._sources = [i for i in self.instances if i.is_source]
+        if any(control.faucet for control in self.loops.values()):
+            self._feeding_faucets()
+
+    def _feeding_faucets(self) -> None:
+        """Each source's `feeds`: the instances on this kernel between it
+        and a loop's entry with max_in_flight, and that entry. A source
+        polls again only once they have handed on all it emitted, so the
+        entry counts each poll's records (and pauses the sources, if they
+        fill it) before the next poll: what the sources emit past the bound
+        is one poll's records each, however many steps lie in between.
+        (What goes to another kernel is not waited for: `check_room`.)"""
+        leads: dict[int, bool] = {}  # id(instance) -> it leads to such an entry
+
+        def leads_to(instance) -> bool:
+            key = id(instance)
+            if key not in leads:
+                leads[key] = False  # (no cycle outside a loop; the back edge is no Instance)
+                if isinstance(instance, Entry):  # the way ends at a loop's entry
+                    leads[key] = instance.control.faucet
+                else:
+                    found = [leads_to(to) for to in _local_targets(instance)]
+                    leads[key] = any(found)  # (every target visited: the walk below reads them all)
+            return leads[key]
+
+        for source in self._sources:
+            if not leads_to(source):
+                continue
+            source.feeds = _upstream_first(source, leads)
 
     def _fuse(self) -> None:
         """Offer each chained operator its upstream (`Operator.fuse_upstream`):
@@ -451,3 +479,34 @@ class Runtime:
             self.complete = epoch
         for instance in self.instances:
             _call(instance, "on_commit", epoch)
+
+
+def _upstream_first(source: Instance, leads: dict[int, bool]) -> list[Instance]:
+    """The instances reachable from `source` (up to a loop's entry) that
+    `leads` marks, upstream first: depth first, reversed postorder."""
+    order: list[Instance] = []
+    seen: set[int] = set()
+
+    def visit(at: Instance) -> None:
+        for target in _local_targets(at):
+            if id(target) not in seen and leads[id(target)]:
+                seen.add(id(target))
+                if not isinstance(target, Entry):
+                    visit(target)
+                order.append(target)
+
+    visit(source)
+    return order[::-1]
+
+
+def _local_targets(instance: Instance) -> list[Instance]:
+    """The instances on this kernel that `instance` hands records to: its
+    targets, and through an exchange its own kernel's share's consumer
+    (not a loop's back edge)."""
+    found = []
+    for target, _ in instance.targets:
+        if isinstance(target, Instance):
+            found.append(target)
+        elif isinstance(target, ExchangeOutput):
+            found.append(target.local)
+    return found

@@ -6,11 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from kernel.net._exchange import key_group
 
 from kernel import Dataflow, Operator, run
 from net import Partitioner, stable_hash
@@ -319,3 +321,39 @@ _fields = st.one_of(st.integers(min_value=-(2**70), max_value=2**70), st.boolean
 @example((True, 2**64 + 5))
 def test_tuple_keys_hash_as_their_fields_folded_in_order(key):
     assert stable_hash(key) == _combined(key)
+
+
+# -- key groups: Fibonacci hashing -------------------------------------------------
+
+
+@given(st.one_of(st.integers(-(2**70), 2**70), st.text(max_size=8), st.tuples(st.integers(), st.integers())),
+       st.sampled_from([2, 128, 256, 32768]))
+def test_a_keys_group_is_the_top_bits_of_its_hash_times_the_golden_ratio(key, groups):
+    """The reference, in exact integer arithmetic: floor(frac(h * 2**64 / phi
+    rounded to an odd int, over 2**64) * groups)."""
+    h = stable_hash(key)
+    expected = (h * 0x9E3779B97F4A7C15 % 2**64) * groups // 2**64
+    assert key_group(key, groups) == expected
+    part = Partitioner(2, [0] * (groups // 2) + [1] * (groups // 2))
+    assert part.owner(key) == (expected >= groups // 2) == part.owned_by(1)(key)
+
+
+def test_keys_with_a_stride_spread_over_the_kernels():
+    """Multiples of 100 (NEXMark's hot auctions) and of 128 share their low
+    bits: by the hash's residue they were all on one kernel of 2 or 4;
+    consecutive keys stay nearly round robin."""
+    from kernel.dataflow._key_groups import owner_table
+
+    for kernels in (2, 3, 4):
+        part = Partitioner(kernels, owner_table(kernels, 128))
+        for stride in (1, 2, 100, 128, 1000):
+            placed = Counter(part.owner(stride * i) for i in range(1, 1001))
+            assert len(placed) == kernels, (kernels, stride, placed)
+            assert min(placed.values()) > 1000 / kernels * 0.8, (kernels, stride, placed)
+        small = Counter(part.owner(i) for i in range(7))
+        assert max(small.values()) - min(small.values()) <= 1 if kernels < 4 else len(small) == 4
+
+
+def test_key_groups_must_be_a_power_of_two():
+    with pytest.raises(ValueError, match="key groups must be a power of two of at least 2, got 96"):
+        Partitioner(2, [0] * 48 + [1] * 48)

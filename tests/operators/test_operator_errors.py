@@ -15,6 +15,7 @@ from kernel.operators._event_time import TIMESTAMP_HINT
 
 from kernel import Dataflow, KernelProcessError, OperatorError, run, run_async
 from kernel.dataflow._errors import UNHASHABLE_KEY, UNPICKLABLE_RECORD, describe_record
+from net import Partitioner
 from operators import Session, Sliding, Tumbling
 
 
@@ -320,16 +321,23 @@ def _next_number(record):
     return record[0] + 1
 
 
+def _plus_two(record):
+    return record[0] + 2
+
+
 def test_a_record_that_cannot_be_pickled_names_the_step_whose_output_crosses_kernels():
-    # Record 13 is read by kernel 1; its key 14 belongs to kernel 0, so it
-    # must cross, with the other odd records of its batch before it.
+    # Record 13 is read by kernel 1; its key 15 belongs to kernel 0, so it
+    # must cross, with the other records of its batch for kernel 0.
+    from kernel.dataflow._key_groups import default_key_groups, owner_table
+
+    assert Partitioner(2, owner_table(2, default_key_groups(2))).owner(15) == 0
     flow = Dataflow()
     stream = flow.from_iterable(range(20)).map(_with_handle_at_13)
-    stream.key_by(_next_number).collect()
+    stream.key_by(_plus_two).collect()
     err = run_and_get_error(flow, 2)
-    assert err.operator == "key_by(_next_number) (step 2)"
+    assert err.operator == "key_by(_plus_two) (step 2)"
     assert err.function == "pickle.dumps"
-    assert err.record == "(14, (13, Handle(13)))"
+    assert err.record == "(15, (13, Handle(13)))"
     assert err.error == "TypeError: cannot pickle '_thread.lock' object"
     assert err.hint == UNPICKLABLE_RECORD
     assert "must be picklable" in str(err)

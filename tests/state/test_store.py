@@ -96,11 +96,11 @@ def test_a_state_dir_in_another_snapshot_format_is_refused(tmp_path):
     old = SnapshotStore(tmp_path)
     old._write("DELETE FROM meta WHERE key = ?", ("format",))
     old.close()
-    with pytest.raises(StateError, match="format 1 and this version reads format 4"):
+    with pytest.raises(StateError, match="format 1 and this version reads format 5"):
         SnapshotStore(tmp_path).claim("flow-a", 2, SNAPSHOT_LAYOUT)
     written_by_the_previous_version = SnapshotStore(tmp_path)
-    written_by_the_previous_version._write("INSERT INTO meta (key, value) VALUES (?, ?)", ("format", "3"))
-    with pytest.raises(StateError, match="format 3 and this version reads format 4"):
+    written_by_the_previous_version._write("INSERT INTO meta (key, value) VALUES (?, ?)", ("format", "4"))
+    with pytest.raises(StateError, match="format 4 and this version reads format 5"):
         SnapshotStore(tmp_path).claim("flow-a", 2, SNAPSHOT_LAYOUT)
 
 
