@@ -232,6 +232,7 @@ class Runtime:
     def start(self) -> None:
         """Build, open every operator and schedule the sources."""
         self._build()
+        self.kernel.context.snapshots = self.coordinator is not None
         for instance in self.instances:
             _call(instance, "open", self.kernel.context)
         for index, instance in enumerate(self.instances):

@@ -120,11 +120,13 @@ class KernelContext:
     `watermark` is the kernel's event-time watermark (the minimum over its
     sources' watermarks; -inf until a source says otherwise, +inf once every
     source has ended). `epoch` is the current epoch number (0 until epochs
-    exist). `clock` is the kernel's clock. `logger` tags records with the
-    kernel index.
+    exist); `snapshots` says whether the run takes epoch snapshots (a
+    state_dir: then operators get `on_epoch` and `on_commit`). `clock` is
+    the kernel's clock. `logger` tags records with the kernel index.
     """
 
-    __slots__ = ("clock", "epoch", "index", "kernel", "key_groups", "logger", "peers", "watermark")
+    __slots__ = ("clock", "epoch", "index", "kernel", "key_groups", "logger", "peers", "snapshots",
+                 "watermark")
 
     def __init__(self, kernel: Kernel, index: int, peers: int, clock, logger) -> None:
         self.kernel = kernel
@@ -135,6 +137,7 @@ class KernelContext:
         self.key_groups = 1
         self.watermark = float("-inf")
         self.epoch = 0
+        self.snapshots = False  # set by the runtime before operators open
         self.clock = clock
         self.logger = logger
 

@@ -6,9 +6,16 @@ publishing or subscribing job sends (`kernel.topics._directory`).
   per run of the publishing operator) is served at `address`. A new `id`
   under a known name replaces the old publisher (a restarted job), unless
   the name belongs to another job that is still active in the system.
-* `topic_lookup {name}`: `{found, id, kind, record_type, partitions,
+* `topic_lookup {name, job}`: `{found, id, kind, record_type, partitions,
   addresses, job}`: found once every partition of the current publisher has
-  registered.
+  registered. A topic whose every partition has ended is gone, but for
+  the subscribing jobs that had found it (`job` of their lookups): they
+  find it still, every partition `ended`, for as long as the coordinator
+  runs (its last ENDED_KEPT such topics, in memory) or until the name is
+  published again. So a job whose kernels look it up one after the other
+  (one before its end, one after) ends on all of them, rather than one
+  reading it whole and the others waiting for a publisher that never
+  comes.
 * `topic_subscribe` / `topic_unsubscribe {name, job, process}`: who reads.
 * `topic_unpublish {name, id, partition}`: that partition of the publisher
   has ended its stream. Its row stays, with the address `ended` (a
@@ -58,11 +65,15 @@ async def request(catalog: Catalog, op: str, m: dict) -> dict:
             catalog.forget_topics_of(row["job"])
             row = None
         if row is None:
+            ended = _ended(catalog).get(name)
+            if ended is not None and m.get("job") in ended["readers"]:
+                return {"found": True, **ended["topic"]}
             return {"found": False}
         addresses = [a for (a,) in db.execute(
             "SELECT address FROM publications WHERE topic = ? ORDER BY process", (name,))]
         if len(addresses) < row.get("partitions", 1):
             return {"found": False}
+        _readers(catalog, name, row["id"]).add(m.get("job"))
         return {"found": True, "addresses": addresses, **row}
     if op == "topic_publish":
         uid, job, partition = str(m["id"]), str(m["job"]), int(m["partition"])
@@ -74,6 +85,7 @@ async def request(catalog: Catalog, op: str, m: dict) -> dict:
             db.execute("DELETE FROM publications WHERE topic = ?", (name,))
             row = None
         if row is None:
+            _ended(catalog).pop(name, None)  # published again: the ended one is forgotten
             schema = {"id": uid, "kind": str(m.get("kind", "stream")), "record_type": m.get("record_type"),
                       "partitions": int(m.get("partitions", 1))}
             db.execute("INSERT INTO topics VALUES (?, ?, ?, ?)", (name, job, time.time(), json.dumps(schema)))
@@ -90,6 +102,7 @@ async def request(catalog: Catalog, op: str, m: dict) -> dict:
                                    (name, ENDED)).fetchone()[0]
                 if ended < row.get("partitions", 1):
                     return {}  # other partitions still publish
+                _keep_ended(catalog, name, row)
             db.execute("DELETE FROM topics WHERE name = ?", (name,))
             db.execute("DELETE FROM publications WHERE topic = ?", (name,))
             db.execute("DELETE FROM subscriptions WHERE topic = ?", (name,))
@@ -103,6 +116,34 @@ async def request(catalog: Catalog, op: str, m: dict) -> dict:
                    (name, str(m["job"]), int(m.get("process", 0))))
         return {}
     raise RequestError(f"unknown request {op!r}")
+
+
+ENDED_KEPT = 1000  # ended topics remembered for the jobs that had found them (topic_lookup)
+
+
+def _ended(catalog: Catalog) -> dict:
+    """name -> {"topic": what a lookup answers, every partition ended;
+    "readers": the jobs that had found it}, the last ENDED_KEPT topics to
+    end (in memory: lost when the coordinator restarts)."""
+    return catalog.__dict__.setdefault("_ended_topics", {})
+
+
+def _readers(catalog: Catalog, name: str, uid: str) -> set:
+    """The jobs that found publisher `uid` of topic `name`."""
+    readers = catalog.__dict__.setdefault("_topic_readers", {})
+    if name not in readers or readers[name][0] != uid:
+        readers[name] = (uid, set())
+    return readers[name][1]
+
+
+def _keep_ended(catalog: Catalog, name: str, row: dict) -> None:
+    readers = _readers(catalog, name, row["id"])
+    catalog.__dict__["_topic_readers"].pop(name, None)
+    ended = _ended(catalog)
+    ended.pop(name, None)
+    ended[name] = {"topic": {**row, "addresses": [ENDED] * row.get("partitions", 1)}, "readers": readers}
+    while len(ended) > ENDED_KEPT:
+        del ended[next(iter(ended))]
 
 
 def _ended_job(catalog: Catalog, job: str) -> bool:

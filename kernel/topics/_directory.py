@@ -166,7 +166,8 @@ class Directory:
         deadline = None if timeout is None else loop.time() + timeout
         waiting = False
         while True:
-            found = await self.request("topic_lookup", name=name)
+            # (job: a topic that ends is still found, ended, by the jobs that had found it)
+            found = await self.request("topic_lookup", name=name, job=job_name())
             if found.get("found") and found["id"] != not_id:
                 if found.get("kind", "stream") != kind:
                     raise TopicError(f"{name!r} is a {found.get('kind')} topic, not a {kind}")

@@ -12,8 +12,8 @@ registered in the coordinator's catalog.
 Epochs. Subscribers see whole epochs only. The publisher cuts its stream
 into epochs of its own, every `epoch_interval` seconds of its kernel's
 clock, between two batches, and sends the epoch marker in band (the codec's
-EPOCH frame). These are the topic's epochs whether or not the job has a
-state_dir (the job's snapshot epochs are a matter of its own durability).
+EPOCH frame); in a job with snapshots the job's epochs are the topic's
+(below).
 A subscriber that connects is held until the next boundary and then gets
 the watermark as it stands there, then everything after it; with
 `retain=N` the frames of the last N whole epochs (and of the one in
@@ -40,6 +40,20 @@ publisher's input (`slow="backpressure"`, the default, until every queue
 is under half of it again) or is dropped (`slow="disconnect"`, close code
 4003, its source raises `SubscriberTooSlow`). Nothing grows without bound.
 
+Exactly once (a job with snapshots: a state_dir). The frames of an epoch
+wait in `_open` until the job's marker reaches the operator (`on_epoch`),
+then in `_pending` until the epoch is complete on every kernel
+(`on_commit`), and only then go out, with the job's epoch number as the
+marker. An epoch out stays in `_released` until every subscriber's credit
+shows it has had its marker (`_has`: the link's bytes acknowledged against
+where each marker went). A snapshot takes `_released` and `_pending`: a
+publisher resumed from the snapshot of epoch R has out, at most, epochs up
+to R (nothing of R + 1 on was out before: not complete), and keeps every
+epoch a subscriber may lack. A subscriber coming back says the last epoch
+it has whole (`after` in its handshake; `_resume`), and gets the kept
+epochs after it, then the new ones. What a restore gives back is kept
+RESUME_EPOCHS epochs for the subscribers to come back.
+
 End. When the publisher's input ends every subscriber gets END after the
 rest of its queue; the run lasts until the queues have gone out, then the
 topic is taken out of the catalog.
@@ -49,6 +63,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections import deque
 
 from kernel.dataflow._operator import Operator
@@ -68,6 +83,9 @@ DEFAULT_MAX_QUEUE = 8 << 20  # bytes queued for one subscriber
 DEFAULT_RETAIN_BYTES = 64 << 20  # retain=N's bound in bytes, unless retain_bytes= says otherwise
 WINDOW = 4 << 20  # bytes in flight per subscriber (the links' default window)
 _HEAD = 5  # what a frame's header counts (net._links.FRAME)
+_WATERMARK = struct.Struct("<d")  # a watermark frame's body (net._codec)
+_EPOCH = struct.Struct("<Q")  # an epoch marker's body
+RESUME_EPOCHS = 10  # epochs a restarted publisher keeps what it restored, for subscribers coming back
 
 
 def record_type_info(record_type) -> dict | None:
@@ -96,15 +114,17 @@ def same_record_type(ours: dict, theirs: dict) -> bool:
 
 
 class _Epoch:
-    """A whole epoch kept for late subscribers (retain)."""
+    """A whole epoch kept for late subscribers (retain), or (with
+    snapshots) until it is complete and every subscriber has it."""
 
-    __slots__ = ("frames", "number", "size", "start")
+    __slots__ = ("frames", "number", "records", "size", "start")
 
     def __init__(self, number: int, start: float, frames: list, size: int) -> None:
         self.number = number  # the publisher's epoch number (1 is the first)
         self.start = start  # the watermark at its start
         self.frames = frames
         self.size = size  # bytes, as _frame_size counts them
+        self.records = 0  # (with snapshots) the records the operator had had by its end
 
 
 def _frame_size(frame) -> int:
@@ -112,8 +132,8 @@ def _frame_size(frame) -> int:
 
 
 class _Subscriber:
-    __slots__ = ("active", "address", "done", "link", "progress", "queue", "queued", "ready", "replaying",
-                 "writer")
+    __slots__ = ("active", "address", "done", "has", "link", "marks", "progress", "queue", "queued", "ready",
+                 "replaying", "sent", "writer")
 
     def __init__(self, link, address: str, progress: bool = False) -> None:
         self.link = link
@@ -128,6 +148,11 @@ class _Subscriber:
         self.ready: asyncio.Future | None = None  # the writer waits on it for frames
         self.writer: asyncio.Task | None = None
         self.done = False  # END queued: the writer stops after it
+        # with snapshots: the epoch markers sent, (link bytes sent through
+        # it, epoch), until the subscriber's credit says it has them (`has`)
+        self.marks: deque = deque()
+        self.has = -1  # the last epoch whose marker it is known to have (-1: none yet)
+        self.sent = 0  # bytes of the frames sent to it (Link.size each)
 
 
 def _make_server(publisher: Publish, host: str, key: bytes, meta: dict):
@@ -179,9 +204,22 @@ class Publish(Operator):
         self._current_whole = True  # False: it outgrew retain_bytes and is not kept
         self._current_start = float("-inf")
         self._timer = None
+        # A job with snapshots (a state_dir): the topic's epochs are its
+        # snapshots' epochs, and an epoch goes out once it is complete
+        # (on_commit); see "Exactly once" above
+        self.snapshots = bool(getattr(context, "snapshots", False))
+        self._open: list = []  # the frames since the last epoch marker
+        self._pending: deque[_Epoch] = deque()  # whole epochs, not yet complete
+        self._released: deque[_Epoch] = deque()  # out, and kept until every subscriber has them
+        self._last_epoch = 0  # the last epoch this operator snapshotted (or restored)
+        self._committed = False  # on_commit has been called (the first: right after open, or restore)
+        self._restored_any = False  # restore() was called (a resumed run; else it had ended there)
+        self._ending = False  # (with snapshots) the input ended: the end goes out with a complete epoch
+        self._restored = None  # (first, last) of the epochs restore() gave it to keep (_prune)
         if self.serving:
             self.context.kernel.spawn(self._serve(), name=f"{self.name} server")
-            self._timer = context.kernel.call_later(self.epoch_interval, self._cut)
+            if not self.snapshots:
+                self._timer = context.kernel.call_later(self.epoch_interval, self._cut)
 
     # -- the data path ------------------------------------------------------------
 
@@ -193,7 +231,7 @@ class Publish(Operator):
             if not self.serving:  # (the constant key sends everything to kernel 0)
                 raise TopicError(f"{self.name}: a merged topic's records reached kernel {self.context.index}")
         self.records += len(batch)
-        if not batch or not (self.subscribers or self.retain):
+        if not batch or not (self.subscribers or self.retain or self.snapshots):
             return  # nobody to send to, nothing to keep: not even encoded
         if self.record_type is not None and not isinstance(batch[0], self.record_type):
             raise TopicError(f"{self.name}: topic {self.topic!r} was published with record_type="
@@ -201,11 +239,23 @@ class Publish(Operator):
         self._push(encode_batch(batch))
 
     def on_watermark(self, watermark: float) -> None:
+        if self.snapshots:  # (self.watermark: what has gone out, _send)
+            if self.serving and watermark != float("inf"):
+                self._open.append(encode_watermark(watermark))
+            return
         self.watermark = watermark
         if self.serving and (self.subscribers or self.retain) and watermark != float("inf"):
             self._push(encode_watermark(watermark))
 
     def on_end(self) -> None:
+        if self.snapshots and self.serving:
+            # the stream's end goes out with the first complete epoch past
+            # the last one this operator took part in (on_commit)
+            self._ending = True
+            return
+        self._end()
+
+    def _end(self) -> None:
         self.ended = True
         if not self.serving:
             return
@@ -221,6 +271,15 @@ class Publish(Operator):
             self._finished.set_result(None)
 
     def _push(self, frame) -> None:
+        if self.snapshots:
+            self._open.append(frame)  # (out when its epoch is complete: on_commit)
+        else:
+            self._send(frame)
+
+    def _send(self, frame) -> None:
+        """A frame goes out: retained, and queued for every active subscriber."""
+        if self.snapshots and frame[0] == _codec.KIND_WATERMARK:
+            self.watermark = _WATERMARK.unpack(frame[1])[0]
         if self.retain and self._current_whole:
             self._keep(frame)
         for sub in tuple(self.subscribers):  # (a slow one may be dropped on the way)
@@ -257,15 +316,15 @@ class Publish(Operator):
             self.paused = False
             self.pause_input(False)
 
-    def _cut(self) -> None:
-        """An epoch boundary: the marker in band; waiting subscribers start here."""
+    def _cut(self, epoch: int | None = None, records: int | None = None) -> None:
+        """An epoch boundary: the marker in band; waiting subscribers start
+        here. (The next by the timer; with snapshots, `epoch`, complete.)"""
         if self.ended:
             return
-        self.epoch += 1
+        self.epoch = self.epoch + 1 if epoch is None else epoch
         log.debug("topic %r partition %d: epoch %d ends after %d records", self.topic, self.partition,
-                  self.epoch, self.records)
-        marker = encode_epoch(EpochMarker(self.epoch))
-        self._push(marker)
+                  self.epoch, self.records if records is None else records)
+        self._send(encode_epoch(EpochMarker(self.epoch)))
         if self.retain:
             if self._current_whole:
                 whole = _Epoch(self.epoch, self._current_start, self._current, self._current_size)
@@ -280,7 +339,8 @@ class Publish(Operator):
         for sub in self.subscribers:
             if not sub.active:
                 self._start(sub, self.epoch)
-        self._timer = self.context.kernel.call_later(self.epoch_interval, self._cut)
+        if not self.snapshots:
+            self._timer = self.context.kernel.call_later(self.epoch_interval, self._cut)
 
     def _keep(self, frame) -> None:
         """Retain a frame of the epoch in progress, within retain_bytes:
@@ -311,6 +371,123 @@ class Publish(Operator):
         log.debug("topic %r partition %d: the subscriber at %s starts at epoch %d", self.topic,
                   self.partition, sub.address, after + 1)
 
+    # -- snapshots: exactly once across a restart ------------------------------------
+
+    def on_epoch(self, epoch: int):
+        """The job's epoch `epoch` reached this operator: the frames since
+        the last one are that epoch, whole; they go out once it is complete
+        (on_commit). The snapshot keeps them, and every epoch gone out
+        that a subscriber may not have yet, for a restarted publisher to
+        send again from where each subscriber is (`_resume`)."""
+        self._last_epoch = epoch
+        if not self.serving:
+            return None
+        size = sum(map(_frame_size, self._open))
+        whole = _Epoch(epoch, float("-inf"), self._open, size)
+        whole.records = self.records
+        self._pending.append(whole)
+        self._open = []
+        self._prune()
+        return {"epochs": [(e.number, e.frames) for e in (*self._released, *self._pending)]}
+
+    def restore(self, snapshot) -> None:
+        """A resumed run (the snapshot of epoch R): the epochs it kept are
+        pending again; R's commit, next, puts them out (to nobody yet) and
+        keeps them for subscribers coming back (`_resume`)."""
+        self._restored_any = True
+        if snapshot is None:
+            return
+        for number, frames in snapshot["epochs"]:
+            self._pending.append(_Epoch(number, float("-inf"), frames, sum(map(_frame_size, frames))))
+            self._last_epoch = max(self._last_epoch, number)
+        # (kept for RESUME_EPOCHS more epochs: its subscribers come back when they find it)
+        if self._pending:
+            self._restored = (self._pending[0].number, self._pending[-1].number)
+
+    def rescale(self, snapshots: list, owns):
+        """A resume on another number of kernels: partitions are not the
+        old ones, so nothing is kept to send again (subscribers coming back
+        start at the next epoch out; README: Topics, item 4)."""
+        return None
+
+    def on_commit(self, epoch: int) -> None:
+        if self.snapshots and self.serving and not self.ended and epoch > 0 and not self._committed \
+                and not self._restored_any:
+            # a resumed run's first commit, and nothing restored: this step
+            # had ended in the snapshot (its end had gone out, or was about
+            # to: what it had not delivered then is lost, README Topics 9)
+            log.warning("topic %r partition %d: the publisher had ended in the snapshot resumed from",
+                        self.topic, self.partition)
+            self._committed = True
+            self._end()
+            return
+        self._committed = True
+        if not self.snapshots or not self.serving or self.ended:
+            if self.snapshots:
+                self._last_epoch = max(self._last_epoch, epoch)
+            return
+        while self._pending and self._pending[0].number <= epoch:
+            whole = self._pending.popleft()
+            for frame in whole.frames:
+                self._send(frame)
+            self._cut(whole.number, whole.records)
+            self._released.append(whole)
+        if epoch > self.epoch and not self._ending:
+            self.epoch = epoch  # (complete, and nothing of it here: a new subscriber starts after it)
+        if self._ending and epoch > self._last_epoch:
+            # a complete epoch past this operator's last: its end is in it.
+            # What follows the last marker goes out whole, as an epoch: a
+            # subscriber waiting for a boundary starts before it
+            for sub in self.subscribers:
+                if not sub.active:
+                    self._start(sub, self.epoch)
+            for frame in self._open:
+                self._send(frame)
+            self._open = []
+            self._end()
+        self._prune()
+
+    def _prune(self) -> None:
+        """Drop the epochs gone out that every subscriber has (its credit
+        says it has had their markers)."""
+        if not self._released:
+            return
+        has = min((self._has(s) for s in self.subscribers if s.active), default=self.epoch)
+        if self._restored is not None and self.epoch < self._restored[1] + RESUME_EPOCHS:
+            has = min(has, self._restored[0] - 1)  # what it restored waits for its subscribers
+        while self._released and self._released[0].number <= has:
+            self._released.popleft()
+
+    @staticmethod
+    def _has(sub: _Subscriber) -> int:
+        # (sent: counted once a frame has taken its credit and gone, so
+        # a frame waiting for credit counts in neither)
+        link = sub.link
+        received = sub.sent - (link.window - link.credit(0))
+        marks = sub.marks
+        while marks and marks[0][0] <= received:
+            sub.has = marks.popleft()[1]
+        return sub.has
+
+    def _resume(self, sub: _Subscriber, after: int) -> bool:
+        """A subscriber coming back (a restarted publisher: this one), that
+        has every epoch up to `after`: it starts right after it, with the
+        kept epochs it lacks. False: they are not all kept here."""
+        if after >= self.epoch:
+            self._start(sub, after, float("-inf"))
+            return True
+        first = self._released[0].number if self._released else self.epoch + 1
+        if after + 1 < first:
+            return False
+        self._start(sub, after, float("-inf"))
+        for whole in self._released:
+            if whole.number > after:
+                for frame in whole.frames:
+                    self._queue(sub, frame)
+                self._queue(sub, encode_epoch(EpochMarker(whole.number)))
+        sub.replaying = sub.queued
+        return True
+
     # -- the server ---------------------------------------------------------------------
 
     async def _serve(self) -> None:
@@ -323,7 +500,7 @@ class Publish(Operator):
         self.id = _directory.new_id()
         host = _directory.advertised_host()
         meta = {"topic": self.topic, "id": self.id, "partition": self.partition,
-                "partitions": self.partitions}
+                "partitions": self.partitions, "snapshots": self.snapshots}
         server = _make_server(self, host, key, meta)
         await server.start()
         directory = _directory.Directory(address, key)
@@ -351,10 +528,18 @@ class Publish(Operator):
             return
         link = Link(ws, peer, {0}, _ignore, WINDOW)
         sub = _Subscriber(link, address, progress=meta.get("progress") is True)
+        log.debug("topic %r partition %d: a subscriber connected from %s", self.topic, self.partition,
+                  address)
+        # a subscriber coming back to a restarted publisher: every epoch up to `after` it has
+        after = meta.get("after") if self.snapshots else None
+        resumed = type(after) is int and self._resume(sub, after)
         if self.ended:
-            self._start(sub, self.epoch)
+            if not resumed:
+                self._start(sub, self.epoch)
             self._queue(sub, encode_progress(None))
             sub.done = True
+        elif resumed:
+            pass
         elif self.records == 0 and self.epoch == 0:
             self._start(sub, 0)  # nothing published yet: its first epoch is whole
         elif self.retain and (self._retained or self._current_whole):
@@ -407,6 +592,9 @@ class Publish(Operator):
                         sub.replaying = max(0, sub.replaying - sent)
                     for kind, body in frames:
                         await link.send(0, kind, body)
+                        sub.sent += _HEAD + len(body)
+                    if kind == _codec.KIND_EPOCH and self.snapshots:  # (what _has reads)
+                        sub.marks.append((sub.sent, _EPOCH.unpack(body)[0]))
                     if self.paused:
                         self._drained()
                     if kind == _codec.KIND_END:

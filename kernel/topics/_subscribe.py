@@ -17,7 +17,11 @@ A publisher that ends sends END: that partition has ended. A connection
 that ends otherwise is a lost publisher: `on_lost="fail"` raises
 `PublisherLost(topic)` from the source; `on_lost="wait"` looks the topic up
 again until a new publisher (another id) is registered, and goes on from
-its next whole epoch, the watermark never going back.
+its next whole epoch, the watermark never going back. With
+`on_lost="wait"` each partition's frames are held until their epoch is
+whole (its marker or the end) and then handed on together, so that the
+epoch a lost publisher was in the middle of is dropped whole, not handed
+on in part (`_hold`; records come an epoch later).
 
 Generations. Each publisher (a run of the publishing job) is a
 generation, with a partition count of its own: a job master may restart a
@@ -43,20 +47,22 @@ epoch before the subscriber's first: where it starts (logged, and in
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 from collections import deque
 
 from kernel.dataflow._operator import Source
 from kernel.net._channel import IDLE, EpochMarker
-from kernel.net._codec import KIND_END, decode
+from kernel.net._codec import KIND_END, KIND_EPOCH, decode
 from kernel.topics import _directory
 from kernel.topics._errors import PublisherLost, SubscriberTooSlow, TopicError
-from kernel.topics._publish import TOO_SLOW, TOPIC_PATH, WINDOW, record_type_info, same_record_type
+from kernel.topics._publish import _EPOCH, TOO_SLOW, TOPIC_PATH, WINDOW, record_type_info, same_record_type
 
 log = logging.getLogger("kernel.topics")
 _HEAD = 5  # what a frame's header counts against the window (net._links.FRAME)
 CONNECT_TIMEOUT = 5.0  # seconds to reach a registered publisher before it counts as lost
+RECHECK_AFTER = 0.5  # seconds of trying before the catalog is asked whether the partition ended
 
 
 class Subscribe(Source):
@@ -78,6 +84,16 @@ class Subscribe(Source):
         self._done = False  # every partition of this kernel has ended
         self.epochs: list[tuple[int, int]] = []  # (partition, epoch) markers seen, in order
         self.starts: list[tuple[int, int]] = []  # (partition, epoch) each connection started at
+        # on_lost="wait" (_hold): bytes of whole epochs in the buffer whose
+        # credit was granted as they came, and the credit owed meanwhile
+        self._ready = 0
+        self._owed: list = []  # (link, bytes)
+        self._early = _Early(self._handed_early)
+        # a publisher with snapshots (exactly once across its restarts):
+        # partition -> the last epoch this kernel has whole of it, told to a
+        # restarted publisher (`after`), which sends what comes after it
+        self._whole: dict[int, int] = {}
+        self._partitions = None  # the current generation's partition count
 
     def poll(self):
         if self._error is not None:
@@ -145,6 +161,9 @@ class Subscribe(Source):
         subscribed = False
         try:
             for generation in itertools.count():
+                if found["partitions"] != self._partitions:  # (epochs had are per partition)
+                    self._partitions = found["partitions"]
+                    self._whole.clear()
                 mine = list(range(self.context.index, found["partitions"], self.context.peers))
                 if not mine and self.on_lost != "wait":
                     return  # nothing to read, and no later publisher will give it anything
@@ -153,10 +172,11 @@ class Subscribe(Source):
                     subscribed = True
                 reading = mine or list(range(found["partitions"]))  # none of its own: their progress
                 self._reading = [(generation, p) for p in reading]
-                readers = [asyncio.ensure_future(self._read_partition(key, found, at, not mine))
-                           for at in self._reading]
+                ended = functools.partial(self._ended_meanwhile, directory, found)
+                readers = {asyncio.ensure_future(self._read_partition(key, found, at, not mine, ended)): at
+                           for at in self._reading}
                 try:
-                    why = await _first_loss(readers)
+                    why = await _first_loss(readers, ended)
                     if why is None:
                         return  # the publisher ended the stream
                     if self.on_lost != "wait":
@@ -177,6 +197,19 @@ class Subscribe(Source):
                 except (TopicError, OSError):
                     pass  # the coordinator went away: a stale row in `status`, nothing more
 
+    async def _ended_meanwhile(self, directory, found: dict, at: tuple[int, int]) -> bool:
+        """A partition's server could not be reached (or closed before the
+        first frame): had it ended between the lookup and the connection
+        (its server stops once it has ended)? Then that is its end, as the
+        catalog says, not a lost publisher."""
+        again = await directory.request("topic_lookup", name=self.topic, job=_directory.job_name())
+        if not again.get("found") or again["id"] != found["id"] or again["addresses"][at[1]] != ENDED:
+            return False
+        log.debug("topic %r partition %d: ended before this subscriber connected", self.topic, at[1])
+        self._buffer.append((at, KIND_END, b"", _NO_LINK))
+        self.wake()
+        return True
+
     def _check_type(self, found: dict) -> None:
         theirs = found.get("record_type")
         ours = record_type_info(self.record_type)
@@ -186,7 +219,8 @@ class Subscribe(Source):
                          f"topic's records are {theirs['name']}" + (" (another msgspec schema)"
                                                                      if theirs.get("schema") else ""))
 
-    async def _read_partition(self, key: bytes, found: dict, at: tuple[int, int], progress: bool) -> None:
+    async def _read_partition(self, key: bytes, found: dict, at: tuple[int, int], progress: bool,
+                              ended) -> None:
         """Read one partition of one publisher into the buffer until its END
         (returns) or a loss (`_Lost`, with why). A partition that had ended
         when the topic was looked up (its server gone) ends here at once."""
@@ -200,49 +234,131 @@ class Subscribe(Source):
             return
         url = _directory.url_of(*_split(found["addresses"][partition]))
         http = None
+        first = True  # nothing received yet
+        held: list = []  # on_lost="wait": the epoch in progress, handed on whole (_hold)
         meta = {"topic": self.topic, "progress": True} if progress else {"topic": self.topic}
+        floor = self._whole.get(partition) if self.on_lost == "wait" else None
+        if floor is not None:
+            meta["after"] = floor  # (a publisher with snapshots starts it right after it)
         try:
-            ws, _, theirs, http = await connect(url, key, self.context.index, path=TOPIC_PATH,
-                                                timeout=CONNECT_TIMEOUT, meta=meta,
-                                                check_meta=False, ssl=_directory.client_ssl())
+            try:  # (a first try, short: a partition that has just ended has no server to reach)
+                ws, _, theirs, http = await connect(url, key, self.context.index, path=TOPIC_PATH,
+                                                    timeout=RECHECK_AFTER, meta=meta,
+                                                    check_meta=False, ssl=_directory.client_ssl())
+            except LinkError:
+                if await ended(at):
+                    return
+                ws, _, theirs, http = await connect(url, key, self.context.index, path=TOPIC_PATH,
+                                                    timeout=CONNECT_TIMEOUT, meta=meta,
+                                                    check_meta=False, ssl=_directory.client_ssl())
             if not isinstance(theirs, dict) or theirs.get("id") != found["id"]:
                 await ws.close()
-                raise _Lost(f"{url} serves another publisher now")
+                raise _Lost(f"{url} serves another publisher now", before_start=True)
+            if theirs.get("snapshots") is not True:  # its epochs are its own: nothing to compare
+                floor = None
+                self._whole.pop(partition, None)
             link = Link(ws, partition, {0}, None, WINDOW)
-            first = True
             async for _, kind, body in link:
                 if first:  # the publisher's marker of the epoch before this connection's first
                     first = False
-                    self._started_at(partition, decode(kind, body), link, _HEAD + len(body))
+                    self._started_at(partition, decode(kind, body), link, _HEAD + len(body), floor,
+                                     theirs.get("snapshots") is True)
                     continue
                 # decoded when handed on (poll): what waits here is bytes, no objects
-                self._buffer.append((at, kind, body, link))
-                self.wake()
+                if self.on_lost == "wait":
+                    self._hold(held, at, kind, body, link, floor)
+                else:
+                    self._buffer.append((at, kind, body, link))
+                    self.wake()
                 if kind == KIND_END:
                     await link.close()
                     return  # the publisher ended the stream
             if ws.close_code == TOO_SLOW:
                 raise SubscriberTooSlow(self.topic)
-            raise _Lost(f"the connection to {url} closed without the stream's end")
+            raise _Lost(f"the connection to {url} closed without the stream's end", before_start=first)
         except LinkError as exc:
             if ws_code(exc) == TOO_SLOW:
                 raise SubscriberTooSlow(self.topic) from None
-            raise _Lost(str(exc)) from None
+            raise _Lost(str(exc), before_start=first) from None
         finally:
+            if held:
+                log.info("topic %r partition %d: %d frame(s) of an epoch the publisher did not finish "
+                         "dropped", self.topic, partition, len(held))
             if http is not None:
                 await http.close()
 
-    def _started_at(self, partition: int, marker, link, size: int) -> None:
+    def _hold(self, held: list, at: tuple[int, int], kind: int, body, link, floor: int | None) -> None:
+        """on_lost="wait": a partition's frames wait in `held` until their
+        epoch is whole (its marker, or the end), then go to the buffer
+        together, so that a publisher lost in the middle of an epoch leaves
+        none of it handed on (the reader drops `held` with the connection).
+        Held frames are granted their credit as they come (an epoch may be
+        bigger than the window: it must come whole to be handed on); what
+        bounds memory then is the whole epochs waiting in the buffer: past a
+        window of them (`_ready`), credit is owed until `poll` has handed
+        them on (`_handed_early`). With a publisher that has snapshots, an
+        epoch up to `floor` (this kernel had it whole from the publisher
+        before) is dropped: a restarted publisher sending it again."""
+        size = _HEAD + len(body)
+        if self._ready <= WINDOW:
+            link.consumed(0, size)
+        else:
+            self._owed.append((link, size))
+        held.append((at, kind, body, self._early))
+        if kind == KIND_EPOCH and at[1] in self._whole:
+            epoch = _EPOCH.unpack(body)[0]
+            if floor is not None and epoch <= floor:
+                log.info("topic %r partition %d: epoch %d again: dropped", self.topic, at[1], epoch)
+                held.clear()
+                return
+            self._whole[at[1]] = epoch
+        if kind == KIND_EPOCH or kind == KIND_END:
+            self._ready += sum(_HEAD + len(entry[2]) for entry in held)
+            self._buffer.extend(held)
+            held.clear()
+            self.wake()
+
+    def _handed_early(self, channel: int, size: int) -> None:
+        """A frame whose credit `_hold` granted (or owes) was handed on."""
+        self._ready -= size
+        if self._owed and self._ready <= WINDOW:
+            owed, self._owed = self._owed, []
+            for link, nbytes in owed:
+                link.consumed(0, nbytes)
+
+    def _started_at(self, partition: int, marker, link, size: int, floor: int | None = None,
+                    snapshots: bool = False) -> None:
         if marker.__class__ is not EpochMarker:
             raise TopicError(f"topic {self.topic!r}: the publisher did not say where this subscriber "
                              "starts (a publisher of another version?)")
+        if snapshots and self.on_lost == "wait":
+            if floor is not None and marker.epoch > floor:
+                log.warning("topic %r partition %d: epochs %d to %d were not delivered (the restarted "
+                            "publisher no longer had them)", self.topic, partition, floor + 1, marker.epoch)
+            self._whole[partition] = max(marker.epoch, -1 if floor is None else floor)
         self.starts.append((partition, marker.epoch + 1))
         log.info("topic %r partition %d: starts at epoch %d", self.topic, partition, marker.epoch + 1)
         link.consumed(0, size)
 
 
 class _Lost(Exception):
-    """A partition's connection ended without the stream's end: why."""
+    """A partition's connection ended without the stream's end: why;
+    `before_start`: before its first frame (the partition may have ended
+    meanwhile: `Subscribe._ended_meanwhile`)."""
+
+    def __init__(self, why: str, before_start: bool = False) -> None:
+        super().__init__(why)
+        self.before_start = before_start
+
+
+class _Early:
+    """The credit of a held frame (`Subscribe._hold`): already granted or
+    owed; handing it on tells the subscriber."""
+
+    __slots__ = ("consumed",)
+
+    def __init__(self, handed) -> None:
+        self.consumed = handed
 
 
 class _NoLink:
@@ -258,16 +374,20 @@ _NO_LINK = _NoLink()
 ENDED = "ended"  # a publication's address once its partition has ended (kernel.system._topics)
 
 
-async def _first_loss(readers: list) -> str | None:
-    """Wait for the readers of a generation: None once every one has ended
-    its partition, or why the first lost one was lost (the rest still
-    reading). Other errors are raised."""
+async def _first_loss(readers: dict, ended_meanwhile) -> str | None:
+    """Wait for the readers of a generation (reader -> its partition): None
+    once every one has ended its partition, or why the first lost one was
+    lost (the rest still reading). A reader lost before its first frame is
+    no loss if `ended_meanwhile(partition)` says the partition had ended.
+    Other errors are raised."""
     pending = set(readers)
     while pending:
         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         for reader in done:
             error = reader.exception()
             if isinstance(error, _Lost):
+                if error.before_start and await ended_meanwhile(readers[reader]):
+                    continue
                 return str(error)
             if error is not None:
                 raise error

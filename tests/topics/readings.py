@@ -26,6 +26,20 @@ START = int(os.environ.get("START", "0"))  # the first reading's seq (a restart'
 # SPLIT: kernel k of n makes seqs START + k, START + k + n, ... (else each
 # kernel makes every seq); COUNT counts the seqs of every kernel together
 SPLIT = bool(os.environ.get("SPLIT"))
+RESUMABLE = bool(os.environ.get("RESUMABLE"))
+# RESTARTED=N: a job submitted to the system, whose attempts the job master
+# starts (the executor names the attempt in KERNEL_RUN, "JOB.ATTEMPT"):
+# attempt 1 runs for ever, attempt a >= 2 makes COUNT readings from seq
+# (a - 1) * N (as if it resumed there: event times past attempt 1's)
+if os.environ.get("RESTARTED"):
+    ATTEMPT = int(os.environ["KERNEL_RUN"].rpartition(".")[2])
+    START = (ATTEMPT - 1) * int(os.environ["RESTARTED"])
+    COUNT = COUNT if ATTEMPT > 1 else 0
+if os.environ.get("LOG_TOPICS"):  # (a submitted job: its log says where its epochs end)
+    _handler = logging.StreamHandler(sys.stderr)
+    _handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+    logging.getLogger("kernel.topics").addHandler(_handler)
+    logging.getLogger("kernel.topics").setLevel(logging.DEBUG)
 
 
 def value(seq: int) -> int:
@@ -60,6 +74,15 @@ class Readings(Source):
         self.advance_watermark(seqs[-1] * DT)
         return True if self.seq < self.end or HOLD else False
 
+    def on_epoch(self, epoch):
+        # RESUMABLE: its position is in the job's snapshots (a job with a
+        # state_dir resumes from it, as a real source would)
+        return self.seq if RESUMABLE else None
+
+    def restore(self, snapshot):
+        if snapshot is not None:
+            self.seq = snapshot
+
     def hold(self):
         if not HOLD or os.path.exists(HOLD):
             return False
@@ -88,6 +111,11 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
     logging.getLogger("kernel.topics").setLevel(logging.DEBUG)
     print("started", flush=True)
-    run(flow, coordinator=sys.argv[1], cores=int(os.environ.get("CORES", "1")))
+    # STATE_DIR: snapshots every JOB_EPOCH seconds (the topic's epochs are then the job's)
+    snapshots = {}
+    if os.environ.get("STATE_DIR"):
+        snapshots = {"state_dir": os.environ["STATE_DIR"],
+                     "epoch_interval": float(os.environ.get("JOB_EPOCH", "0.2"))}
+    run(flow, coordinator=sys.argv[1], cores=int(os.environ.get("CORES", "1")), **snapshots)
     peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
     print("ended", int(peak.split()[1]) * 1024, flush=True)  # the peak resident bytes

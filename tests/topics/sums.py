@@ -19,11 +19,16 @@ class Slow(Operator):
         self.pause = pause
 
     def on_batch(self, port, batch):
-        time.sleep(self.pause)
+        if not (FAST and os.path.exists(FAST)):
+            time.sleep(self.pause)
+            while STALL and os.path.exists(STALL) and not os.path.exists(FAST):
+                time.sleep(0.01)  # stalled: this kernel reads nothing more until FAST exists
         self.emit(batch)
 
 
 TOPIC = os.environ.get("TOPIC", "readings")
+FAST = os.environ.get("FAST")  # a file: once it exists, SLOW no longer slows
+STALL = os.environ.get("STALL")  # a file: once it exists, SLOW stops B until FAST exists
 WINDOW = float(os.environ.get("WINDOW", "0.5"))
 
 
@@ -40,6 +45,26 @@ def build():
     return flow, seqs, sums
 
 
+def gate(path):
+    """Kernel 1's subscription looks the topic up only once `path` exists
+    (the tests order it against the publisher's end); each kernel says
+    when it looks up."""
+    import asyncio
+
+    from kernel.topics import _subscribe
+
+    read = _subscribe.Subscribe._read
+
+    async def gated(self):
+        if self.context.index == 1:
+            while not os.path.exists(path):
+                await asyncio.sleep(0.02)
+        print(f"kernel {self.context.index} looks up", file=sys.stderr, flush=True)
+        await read(self)
+
+    _subscribe.Subscribe._read = gated
+
+
 def said(result):
     """Each window's result as it comes (its start, on stderr): the tests
     see windows close while the publisher runs, as watermarks move."""
@@ -53,6 +78,8 @@ if __name__ == "__main__":
     # the subscriber says when it waits for the topic and each epoch it gets (tests wait on them)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
     logging.getLogger("kernel.topics").setLevel(logging.DEBUG)
+    if os.environ.get("GATE"):
+        gate(os.environ["GATE"])
     flow, seqs, sums = build()
     print("subscribing", flush=True)
     try:
@@ -63,3 +90,5 @@ if __name__ == "__main__":
         sys.exit(3)
     print(json.dumps({"seq": seqs.items}), flush=True)
     print(json.dumps({"sums": sorted([w.start, s] for _, w, s in sums.items)}), flush=True)
+    peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    print(json.dumps({"peak": int(peak.split()[1]) * 1024}), flush=True)  # the peak resident bytes

@@ -270,6 +270,25 @@ def test_a_slow_subscriber_never_makes_the_publisher_grow(system, slow):
     assert peak < 100 * MB, f"A's peak resident memory {peak / MB:.0f} MB"
 
 
+def test_a_slow_subscriber_that_waits_for_lost_publishers_stays_bounded_too(system):
+    """on_lost="wait": B holds each epoch until it is whole, granting its
+    credit as it comes; whole epochs waiting past a window make it owe the
+    credit, so A is slowed and B does not grow. A: 200 MB in 0.05 s epochs
+    (~10 MB at full speed) to B taking 50 ms a batch, as above. (Peaks
+    seen: A 60 MB, B 64 MB; B 129 MB when held frames are always credited.)"""
+    b = Job(system, "sums.py", "b", SLOW=0.05, ON_LOST="wait")
+    wait_until(lambda: "subscribing" in b.out.read_text(), what="B to start")
+    a = Job(system, "readings.py", "a", COUNT=10_000, RATE=100, BATCH=100, PAYLOAD=20_000, EPOCH=0.05)
+    lines = b.finish()
+    found = {k: v for line in lines if isinstance(line, dict) for k, v in line.items()}
+    assert "seq" in found, (lines, b.text())
+    assert_whole_epochs(found["seq"], a.boundaries(), 10_000)
+    ended = a.finish()[-1]
+    assert ended.startswith("ended"), a.text()
+    for who, peak in (("A", int(ended.split()[1])), ("B", found["peak"])):
+        assert peak < 100 * MB, f"{who}'s peak resident memory {peak / MB:.0f} MB"
+
+
 def test_the_status_lists_topics_with_publisher_and_subscribers(system):
     a = Job(system, "readings.py", "a", COUNT=100_000)
     a.wait_epoch(1)
@@ -419,14 +438,20 @@ def test_two_kernels_publish_to_two_kernels(system, partitions):
     least of its partitions')."""
     b = Job(system, "sums.py", "b", CORES=2)
     wait_until(lambda: "subscribing" in b.out.read_text(), what="B to start")
-    a = Job(system, "readings.py", "a", COUNT=1000, CORES=2, PARTITIONS=partitions)
+    # A makes its readings once B reads every partition (under load B's
+    # connections came after A's 1 s run, once: B got nothing)
+    go = system.root / "go"
+    a = Job(system, "readings.py", "a", COUNT=1000, CORES=2, PARTITIONS=partitions, WAIT=go)
+    read = 2 if partitions == "per-kernel" else 1
+    wait_until(lambda: len(starts(b)) == read or b.proc.poll() is not None, what="B to read every partition")
+    go.touch()
     seqs, sums = results(b)
     a.finish()
     # readings.py on two kernels: each kernel makes the same readings 0..999
     counts = defaultdict(int)
     for s in seqs:
         counts[s] += 1
-    assert set(counts.values()) <= {1, 2} and max(counts) == 999
+    assert counts == dict.fromkeys(range(1000), 2)
     assert sums == brute_sums(seqs)
 
 
@@ -476,24 +501,43 @@ def test_a_name_published_by_a_running_app_is_refused_and_a_dead_ones_is_taken_o
     third.kill()
 
 
+def attempt_boundaries(log: Path, job: str, partition: int = 0) -> dict[int, dict[int, int]]:
+    """attempt -> {epoch: readings published before its end} of a
+    partition of a submitted readings.py (its executor's log of the job, an
+    attempt after another)."""
+    found: dict[int, dict[int, int]] = defaultdict(dict)
+    attempt = 0
+    for line in log.read_text(errors="replace").splitlines():
+        if header := re.match(rf"--- {job} attempt (\d+),", line):
+            attempt = int(header[1])
+        elif ended := re.search(rf"partition {partition}: epoch (\d+) ends after (\d+) records", line):
+            found[attempt][int(ended[1])] = int(ended[2])
+    return found
+
+
 def test_on_lost_wait_goes_on_after_the_job_master_restarts_the_publishing_job(own_system):
-    """A publishing job submitted to the system, its process SIGKILLed: the
-    job master starts it again (attempt 2, a new publisher id), and the
-    subscriber with on_lost="wait" goes on from its next whole epoch."""
+    """A publishing job submitted to the system, its process SIGKILLed
+    mid-epoch: the job master starts it again (attempt 2, a new publisher
+    id, its readings from seq NEW on), and the subscriber with
+    on_lost="wait" goes on from a whole epoch of it. What the subscriber
+    got is whole epochs only: of attempt 1, from one of its epoch
+    boundaries to another (the epoch it was in the middle of when it died
+    is not handed on), then of attempt 2 from a boundary to its end, each
+    reading once; its tumbling sums equal a brute-force sum over them."""
     from _system import descendants
 
     system = own_system
+    # (a submitted job's environment is its executor's)
+    system.env.update(TOPIC=system.topic, RESTARTED=str(NEW), COUNT="1500", LOG_TOPICS="1")
     executor = system.start_executor(cores=2)
     system.executors_up(1)
-    # (the job's environment is its executor's: the count goes in the file)
-    text = (HERE / "readings.py").read_text()
-    (system.root / "readings.py").write_text(text.replace('get("COUNT", "0")', 'get("COUNT", "3000")'))
+    (system.root / "readings.py").write_text((HERE / "readings.py").read_text())
     done = system.cli("submit", "readings.py")
     assert done.returncode == 0, done.stderr
     job = done.stdout.split()[0]
+    log = system.root / "executor1" / "logs" / f"{job}.log"
     b = Job(system, "sums.py", "b", ON_LOST="wait")
-    wait_until(lambda: any(t["subscribers"] for t in system.status()["topics"]), what="B to subscribe")
-    # B has read a whole epoch of the first attempt once it has two of its markers
+    # B has read a whole epoch of attempt 1 once it has two of its markers
     wait_until(lambda: b.epochs_received() >= 2, what="B to read from the first attempt")
 
     def job_process():
@@ -506,12 +550,17 @@ def test_on_lost_wait_goes_on_after_the_job_master_restarts_the_publishing_job(o
         return None
 
     os.kill(wait_until(job_process, what="the job's process"), signal.SIGKILL)
-    seqs, _ = results(b)
+    seqs, sums = results(b)
     assert system.job(job)["restarts"] == 1
-    cut = next(i for i in range(1, len(seqs)) if seqs[i] != seqs[i - 1] + 1)
-    before, after = seqs[:cut], seqs[cut:]
-    assert before == list(range(before[0], before[-1] + 1))
-    assert after == list(range(after[0], 3000))  # the second attempt, from a boundary to its end
+    attempts = attempt_boundaries(log, job)
+    before, after = [s for s in seqs if s < NEW], [s for s in seqs if s >= NEW]
+    assert len(seqs) == len(set(seqs)), "a reading received twice"
+    assert before and before == list(range(before[0], before[-1] + 1))
+    assert before[0] in {0, *attempts[1].values()}, "attempt 1's readings not from an epoch boundary"
+    assert before[-1] + 1 in attempts[1].values(), "half of attempt 1's last epoch was handed on"
+    assert after and after == list(range(after[0], NEW + 1500))  # attempt 2, from a boundary to its end
+    assert after[0] - NEW in {0, *attempts[2].values()}, "attempt 2's readings not from an epoch boundary"
+    assert sums == brute_sums(seqs)
 
 
 def test_topics_over_tls(tmp_path, certificates):  # noqa: F811  (the fixture imported above)
@@ -725,4 +774,207 @@ def test_a_partition_that_ended_early_ends_for_a_subscriber_joining_later(system
     seqs, sums = results(b)
     a.finish()
     assert seqs == list(range(1, 400, 2))
+    assert sums == brute_sums(seqs)
+
+
+# -- timing edges: a subscribing kernel looks up after the topic's end, or connects as it ends ---------
+
+
+def test_a_subscribing_kernel_that_looks_up_after_the_topic_ended_ends_too(system):
+    """B on two kernels; A has one partition, read by B's kernel 0.
+    Kernel 1 looks the topic up only after A has ended whole (its topic
+    gone from the catalog): it finds it still, ended, because kernel 0 of
+    the same job had found it, and B ends with all of A's readings. (It
+    used to wait for a publisher until its timeout: TopicError.) Another
+    job looking it up now waits for a new publisher."""
+    go, gate = system.root / "go", system.root / "gate"
+    b = Job(system, "sums.py", "b", CORES=2, GATE=gate, TIMEOUT=3)
+    wait_until(lambda: "kernel 0 looks up" in b.text(), what="B's kernel 0 to look up")
+    a = Job(system, "readings.py", "a", COUNT=200, WAIT=go)
+    wait_until(lambda: 0 in starts(b) or b.proc.poll() is not None, what="B's kernel 0 to read A")
+    go.touch()
+    assert a.finish()[-1].startswith("ended")
+    wait_until(lambda: topics_named(system, system.topic) == [], what="A's topic to leave the catalog")
+    gate.touch()
+    seqs, sums = results(b)
+    assert seqs == list(range(200))
+    assert sums == brute_sums(seqs)
+    late = Job(system, "sums.py", "late", TIMEOUT=0.3)
+    assert "no topic" in late.finish()[-1]["error"]
+
+
+def test_a_partition_that_ends_as_a_subscriber_connects_is_its_end_not_a_loss(system, monkeypatch):
+    """B looks the topic up while A's partition is served, and connects
+    only after it has ended and its server stopped: the connection is
+    refused, the catalog says the partition ended, and B ends normally
+    (it used to count it a lost publisher: PublisherLost)."""
+    import kernel.topics._subscribe as subscribe
+    from kernel import Dataflow, run
+
+    go = system.root / "go"
+    a = Job(system, "readings.py", "a", COUNT=100, WAIT=go)
+    a.wait_epoch(1)
+    read_partition = subscribe.Subscribe._read_partition
+
+    async def after_the_end(self, *args):
+        go.touch()  # A makes its readings and ends; its server stops
+        await asyncio.get_running_loop().run_in_executor(None, a.finish)
+        return await read_partition(self, *args)
+
+    monkeypatch.setattr(subscribe.Subscribe, "_read_partition", after_the_end)
+    monkeypatch.setenv("KERNEL_SECRET", system.env["KERNEL_SECRET"])
+    flow = Dataflow("late")
+    seqs = flow.subscribe(system.topic, timeout=10).map(lambda r: r[0]).collect()
+    run(flow, coordinator=f"127.0.0.1:{system.port}")
+    assert seqs.items == []
+    assert a.proc.returncode == 0
+
+
+# -- exactly once across a publisher restarted from its snapshot ---------------------------------
+
+
+@pytest.mark.parametrize("case", ["keeping up", "behind", "two kernels"])
+def test_a_subscriber_gets_each_reading_once_across_a_publisher_resumed_from_its_snapshot(own_system, case):
+    """A job with a state_dir publishes (its source keeps its position in
+    the snapshots); its process is SIGKILLed mid-epoch and the job master
+    resumes it from its last complete epoch. The topic's epochs are the
+    job's: an epoch goes out once complete, the restarted publisher sends
+    a subscriber coming back what comes after the last epoch it has
+    whole. B (on_lost="wait") gets every reading from one of A's epoch
+    boundaries to the end exactly once, and its sums equal a brute-force
+    sum. (Without it the resumed A published again what followed its
+    snapshot, and B got it twice.) A stalled B is epochs behind when A
+    dies: the resumed A sends it again the epochs it kept for it. A on two
+    kernels: two partitions, each its own readings, each exactly once."""
+    from _system import descendants
+
+    system = own_system
+    slow, kernels = case == "behind", 2 if case == "two kernels" else 1
+    count = 4000 if slow or kernels == 2 else 2000  # (A makes 1,000 readings a second a kernel)
+    system.env.update(TOPIC=system.topic, COUNT=str(count), LOG_TOPICS="1", RESUMABLE="1")
+    if slow:
+        system.env.update(PAYLOAD="5000")  # (about 1 MB an epoch: B's window is 4 of them)
+    if kernels == 2:
+        system.env.update(SPLIT="1")  # kernel k of 2 makes seqs k, k + 2, ...
+    executor = system.start_executor(cores=2)
+    system.executors_up(1)
+    (system.root / "readings.py").write_text((HERE / "readings.py").read_text())
+    done = system.cli("submit", "readings.py", "--state-dir", system.root / "state",
+                      "--epoch-interval", "0.2", "--cores", kernels)
+    assert done.returncode == 0, done.stderr
+    job = done.stdout.split()[0]
+    log = system.root / "executor1" / "logs" / f"{job}.log"
+    fast, stall = system.root / "fast", system.root / "stall"
+    b = Job(system, "sums.py", "b", ON_LOST="wait", **({"SLOW": 0.001, "FAST": fast, "STALL": stall}
+                                                         if slow else {}))
+    wait_until(lambda: b.epochs_received() >= 3 * kernels, what="B to read from the first attempt")
+    if slow:
+        # B stops reading (its kernel stalls at its next batch): A sends it
+        # at most a window (~4 epochs), queues ~8 more for it, and each goes
+        # into A's snapshots until B has it; after 9 A dies
+        released = lambda: max(attempt_boundaries(log, job)[1], default=0)  # noqa: E731
+        stalled_at = released()
+        stall.touch()
+        wait_until(lambda: released() >= stalled_at + 9, what="A to go on without B")
+
+    def job_process():
+        for pid in descendants(executor.pid):
+            try:
+                if b"readings.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return pid
+            except OSError:
+                continue
+        return None
+
+    os.kill(wait_until(job_process, what="the job's process"), signal.SIGKILL)
+    fast.touch()  # (B has fallen behind A: now it may catch up)
+    seqs, sums = results(b)
+    assert system.job(job)["restarts"] == 1
+    resumed = int(re.search(r"resuming from epoch (\d+)", log.read_text())[1])
+    if slow:  # B had fewer epochs than A's snapshot: A sent it again those it lacked
+        assert starts(b)[0][1] <= resumed, (starts(b), resumed)
+    assert len(seqs) == len(set(seqs)), f"{len(seqs) - len(set(seqs))} readings received twice"
+    for p in range(kernels):
+        mine = sorted(s for s in seqs if s % kernels == p)
+        assert mine == list(range(mine[0], count, kernels))
+        first = attempt_boundaries(log, job, p)[1]
+        assert mine[0] in {p + kernels * n for n in (0, *first.values())}, "not from an epoch boundary"
+    assert sums == brute_sums(seqs)
+
+
+ENDED_PUBLISHER = """\
+import logging, os, sys
+from kernel import Dataflow, Source, run
+
+class Wait(Source):
+    # keeps the run going until the GO file exists
+    def poll(self):
+        if os.path.exists(os.environ["GO"]):
+            return False
+        self.context.kernel.call_later(0.02, self.wake)
+        return None
+
+    def on_epoch(self, epoch):
+        return 0
+
+    def restore(self, snapshot):
+        pass
+
+logging.basicConfig(level=logging.WARNING, format="%(name)s %(message)s")
+logging.getLogger("kernel.topics").setLevel(logging.DEBUG)
+flow = Dataflow("ended")
+flow.from_iterable(range(100)).publish(os.environ["TOPIC"])
+flow.source(Wait, name="wait").collect()
+run(flow, coordinator=sys.argv[1], state_dir=os.environ["STATE"], epoch_interval=0.05)
+print("finished", flush=True)
+"""
+
+
+def test_a_run_resumed_where_its_publisher_had_ended_ends_that_publisher(system):
+    """A job with a state_dir whose publishing branch has ended (its end
+    out, in a complete epoch) while another branch runs on, is killed and
+    run again from its state_dir: its publisher, ended in the snapshot,
+    ends again at once and the run finishes (it used to wait for an end
+    that never came, for ever)."""
+    script, go = system.root / "ended.py", system.root / "go"
+    script.write_text(ENDED_PUBLISHER)
+    env = dict(system.env, TOPIC=system.topic, GO=str(go), STATE=str(system.root / "state"))
+
+    def start(name):
+        with open(system.root / f"{name}.log", "wb") as log:
+            return subprocess.Popen([PYTHON, str(script), f"127.0.0.1:{system.port}"], env=env, stderr=log,
+                                    stdout=subprocess.PIPE, text=True, cwd=system.root)
+
+    first = start("first")
+    wait_until(lambda: "ended and unpublished" in (system.root / "first.log").read_text(),
+               what="the publishing branch to end")
+    first.kill()
+    first.wait()
+    go.touch()
+    second = start("second")
+    try:
+        out, _ = second.communicate(timeout=30)
+    finally:
+        second.kill()
+    assert second.returncode == 0 and "finished" in out, (system.root / "second.log").read_text()
+    assert "the publisher had ended in the snapshot" in (system.root / "second.log").read_text()
+    assert topics_named(system, system.topic) == []
+
+
+def test_a_subscriber_waiting_for_a_boundary_gets_the_last_records_of_a_job_with_snapshots(system):
+    """A job with a state_dir and epochs longer than the test: its
+    readings wait for an epoch to complete, and the end is the first
+    boundary. B connects after A has made them (so it waits for a
+    boundary), then A ends: B gets them all, as a whole epoch (they went
+    out before B was started, and B got only the end)."""
+    hold = system.root / "hold"
+    a = Job(system, "readings.py", "a", COUNT=200, HOLD=hold, STATE_DIR=system.root / "state", JOB_EPOCH=60)
+    wait_until(lambda: "holding" in a.text() or a.proc.poll() is not None, what="A to make its readings")
+    b = Job(system, "sums.py", "b", ON_LOST="wait")
+    wait_until(lambda: "a subscriber connected" in a.text() or b.proc.poll() is not None,
+               what="B to connect")
+    hold.touch()
+    seqs, sums = results(b)
+    assert a.finish()[-1].startswith("ended")
+    assert seqs == list(range(200))
     assert sums == brute_sums(seqs)
