@@ -1,11 +1,11 @@
 """What `collect()` costs: the same flow ending in `collect()` and in a
-`sink` that drops its records, on 1 and 2 kernels (issue 13, part 3).
+step that drops its batches, on 1 and 2 kernels (issue 13, part 3).
 
     python -m benches.collect [--quick] [--records N] [--reps R]
 
 Each kernel makes its share of N records itself (`from_partitions`, nothing
 crosses `fork`) and maps them to the record shape of the row: plain ints,
-or `(int, str, float)` tuples. "overhead" is (collect - sink) / N: what
+or `(int, str, float)` tuples. "overhead" is (collect - drop) / N: what
 gathering the records in each kernel and handing them to the caller as one
 list costs, per record. The "pickled" rows send each kernel's list back by
 pickle with the rest of its answer, as before the kernels encoded their
@@ -27,7 +27,7 @@ import time
 
 import kernel.execution._execute as _execute
 from benches._report import machine, table
-from kernel import Dataflow, run
+from kernel import Dataflow, Operator, run
 
 SHAPES = {"int": None, "(int, str, float)": lambda x: (x, "w", 1.5)}
 
@@ -44,9 +44,9 @@ def one_run(records: int, shape: str, cores: int, end: str) -> float:
     stream = flow.from_partitions(_share(records))
     if SHAPES[shape] is not None:
         stream = stream.map(SHAPES[shape])
-    out = stream.collect() if end != "sink" else None
+    out = stream.collect() if end != "drop" else None
     if out is None:
-        stream.sink(_drop)
+        stream.apply(_Drop, name="drop")
     gc.collect()
     start = time.perf_counter()
     run(flow, cores=cores)
@@ -56,8 +56,12 @@ def one_run(records: int, shape: str, cores: int, end: str) -> float:
     return elapsed
 
 
-def _drop(record) -> None:
-    pass
+class _Drop(Operator):
+    """Takes each batch and keeps nothing (a `sink` would call a function
+    for every record: ~50 ns a record that collect() does not pay)."""
+
+    def on_batch(self, port, batch) -> None:
+        pass
 
 
 def _pickled(results: dict, names: dict) -> dict:
@@ -78,7 +82,7 @@ def main(argv=None) -> None:
     rows = []
     for shape in SHAPES:
         for cores in (1, 2):
-            ends = ["sink", "collect"] + (["collect, pickled"] if cores > 1 else [])
+            ends = ["drop", "collect"] + (["collect, pickled"] if cores > 1 else [])
             times: dict[str, list[float]] = {end: [] for end in ends}
             for _ in range(args.reps):
                 for end in ends:
@@ -87,14 +91,15 @@ def main(argv=None) -> None:
                         times[end].append(one_run(args.records, shape, cores, end))
                     finally:
                         _execute.pack_results = encoded
-            sink = statistics.median(times["sink"])
+            drop = statistics.median(times["drop"])
             for end in ends:
                 median = statistics.median(times[end])
                 rows.append([shape, cores, end, f"{median * 1000:.0f}",
-                             "" if end == "sink" else f"{(median - sink) / args.records * 1e6:.3f}"])
+                             "" if end == "drop" else f"{(median - drop) / args.records * 1e6:.3f}"])
     print(machine())
     print()
-    print(table(f"collect() against a sink, {args.records:,} records (median of {args.reps})",
+    print(table(f"collect() against a step that drops its batches, {args.records:,} records "
+                f"(median of {args.reps})",
                 ["records", "kernels", "end", "ms", "overhead us/record"], rows))
 
 

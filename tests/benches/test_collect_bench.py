@@ -13,7 +13,7 @@ def test_short_run_prints_every_shape_and_end(capsys):
     out = capsys.readouterr().out
     rows = [[cell.strip() for cell in line.split("|")[1:4]] for line in out.splitlines()
             if line.startswith("| int") or line.startswith("| (int")]
-    per_shape = [("1", "sink"), ("1", "collect"), ("2", "sink"), ("2", "collect"), ("2", "collect, pickled")]
+    per_shape = [("1", "drop"), ("1", "collect"), ("2", "drop"), ("2", "collect"), ("2", "collect, pickled")]
     assert [(row[1], row[2]) for row in rows] == per_shape * 2
     assert [row[0] for row in rows] == ["int"] * 5 + ["(int, str, float)"] * 5
 
