@@ -501,6 +501,19 @@ def test_a_name_published_by_a_running_app_is_refused_and_a_dead_ones_is_taken_o
     third.kill()
 
 
+def readings_process(executor):
+    """The pid of the executor's job process running readings.py, or None."""
+    from _system import descendants
+
+    for pid in descendants(executor.pid):
+        try:
+            if b"readings.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+        except OSError:
+            continue
+    return None
+
+
 def attempt_boundaries(log: Path, job: str, partition: int = 0) -> dict[int, dict[int, int]]:
     """attempt -> {epoch: readings published before its end} of a
     partition of a submitted readings.py (its executor's log of the job, an
@@ -524,8 +537,6 @@ def test_on_lost_wait_goes_on_after_the_job_master_restarts_the_publishing_job(o
     boundaries to another (the epoch it was in the middle of when it died
     is not handed on), then of attempt 2 from a boundary to its end, each
     reading once; its tumbling sums equal a brute-force sum over them."""
-    from _system import descendants
-
     system = own_system
     # (a submitted job's environment is its executor's)
     system.env.update(TOPIC=system.topic, RESTARTED=str(NEW), COUNT="1500", LOG_TOPICS="1")
@@ -540,16 +551,7 @@ def test_on_lost_wait_goes_on_after_the_job_master_restarts_the_publishing_job(o
     # B has read a whole epoch of attempt 1 once it has two of its markers
     wait_until(lambda: b.epochs_received() >= 2, what="B to read from the first attempt")
 
-    def job_process():
-        for pid in descendants(executor.pid):
-            try:
-                if b"readings.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    return pid
-            except OSError:
-                continue
-        return None
-
-    os.kill(wait_until(job_process, what="the job's process"), signal.SIGKILL)
+    os.kill(wait_until(lambda: readings_process(executor), what="the job's process"), signal.SIGKILL)
     seqs, sums = results(b)
     assert system.job(job)["restarts"] == 1
     attempts = attempt_boundaries(log, job)
@@ -846,8 +848,6 @@ def test_a_subscriber_gets_each_reading_once_across_a_publisher_resumed_from_its
     snapshot, and B got it twice.) A stalled B is epochs behind when A
     dies: the resumed A sends it again the epochs it kept for it. A on two
     kernels: two partitions, each its own readings, each exactly once."""
-    from _system import descendants
-
     system = own_system
     slow, kernels = case == "behind", 2 if case == "two kernels" else 1
     count = 4000 if slow or kernels == 2 else 2000  # (A makes 1,000 readings a second a kernel)
@@ -877,16 +877,7 @@ def test_a_subscriber_gets_each_reading_once_across_a_publisher_resumed_from_its
         stall.touch()
         wait_until(lambda: released() >= stalled_at + 9, what="A to go on without B")
 
-    def job_process():
-        for pid in descendants(executor.pid):
-            try:
-                if b"readings.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    return pid
-            except OSError:
-                continue
-        return None
-
-    os.kill(wait_until(job_process, what="the job's process"), signal.SIGKILL)
+    os.kill(wait_until(lambda: readings_process(executor), what="the job's process"), signal.SIGKILL)
     fast.touch()  # (B has fallen behind A: now it may catch up)
     seqs, sums = results(b)
     assert system.job(job)["restarts"] == 1
