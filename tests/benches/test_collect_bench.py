@@ -19,14 +19,14 @@ def test_short_run_prints_every_shape_and_end(capsys):
 
 
 def test_pickled_rows_leave_the_encoding_in_place():
-    encoded = collect._execute.pack_results
+    # against the function itself: a run that left it swapped would have
+    # swapped it for every test after it
+    from kernel.execution._results import pack
+
     collect.main(["--records", "100", "--reps", "1"])
-    assert collect._execute.pack_results is encoded
+    assert collect._execute.pack_results is pack
 
 
 @pytest.mark.parametrize("args", [["--records", "0"], ["--reps", "0"]])
-def test_bad_values_are_usage_errors(capsys, args):
-    with pytest.raises(SystemExit) as exit_:
-        collect.main(args)
-    assert exit_.value.code == 2
-    assert "--records and --reps must be positive ints" in capsys.readouterr().err
+def test_bad_values_are_usage_errors(usage_error, args):
+    assert "--records and --reps must be positive ints" in usage_error(collect.main, args)
