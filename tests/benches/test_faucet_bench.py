@@ -24,8 +24,5 @@ def test_quick_run_bounds_what_waits_and_checks_the_leaves(capsys):
     (["--records", "0"], "--records must be a positive int"),
     (["--max-in-flight", "0"], "--max-in-flight must be a positive int"),
 ])
-def test_bad_values_are_usage_errors(capsys, args, message):
-    with pytest.raises(SystemExit) as exit_:
-        faucet.main(args)
-    assert exit_.value.code == 2
-    assert message in capsys.readouterr().err
+def test_bad_values_are_usage_errors(usage_error, args, message):
+    assert message in usage_error(faucet.main, args)

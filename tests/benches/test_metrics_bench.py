@@ -24,8 +24,6 @@ def test_the_scrape_interval_reaches_the_scraper(monkeypatch):
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan"])
-def test_a_scrape_interval_that_is_not_positive_is_a_usage_error(capsys, value):
-    with pytest.raises(SystemExit) as exit_:
-        metrics.main(["--scrape-every", value])
-    assert exit_.value.code == 2
-    assert "--scrape-every must be a positive number of seconds" in capsys.readouterr().err
+def test_a_scrape_interval_that_is_not_positive_is_a_usage_error(usage_error, value):
+    said = usage_error(metrics.main, ["--scrape-every", value])
+    assert "--scrape-every must be a positive number of seconds" in said

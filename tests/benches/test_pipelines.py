@@ -22,8 +22,5 @@ def test_only_windows_prints_the_windowed_sum_rows_alone(capsys):
     (["--only", ","], "--only takes some of"),
     (["--reps", "0"], "--reps must be at least 1, got 0"),
 ])
-def test_bad_selections_are_usage_errors(capsys, argv, says):
-    with pytest.raises(SystemExit) as exit_:
-        pipelines.main(argv)
-    assert exit_.value.code == 2
-    assert says in capsys.readouterr().err
+def test_bad_selections_are_usage_errors(usage_error, argv, says):
+    assert says in usage_error(pipelines.main, argv)
