@@ -416,3 +416,43 @@ def test_epochs_and_snapshot_bytes(cores, tmp_path, no_leaks):
         assert buckets[-1][0] == math.inf and counts == sorted(counts)  # cumulative
         assert counts[-1] == samples[("streamkernel_epoch_seconds_count", labels)] >= 2
         assert 0 < samples[("streamkernel_epoch_seconds_sum", labels)] < 5
+
+
+# -- the launcher's server thread sets up only for a client ------------------------
+
+
+def _server_thread():
+    from kernel.metrics import MetricsServerThread, listen
+
+    sock = listen(("127.0.0.1", 0))
+    snapshot = {"kernel": 0, "steps": [["only step", 3, 3, None, None, 0, False, 0.0]],
+                "busy": {}, "stalls": 0, "idle": 0.0}
+    return sock, MetricsServerThread(sock, lambda: [snapshot])
+
+
+def test_a_server_thread_never_connected_to_stops_without_setting_up():
+    """A run nobody scrapes pays no loop and no aiohttp runner: the thread
+    waits on the socket, and stop() ends it from there (and closes the
+    socket). Stopped at once or a little later, it never hangs."""
+    for delay in (0.0, 0.0, 0.001, 0.01):
+        sock, server = _server_thread()
+        server.start()
+        time.sleep(delay)  # stop() before or after the thread reached its wait: both must end it
+        server.stop()
+        assert not server._thread.is_alive()
+        assert server._loop is None, "the server was set up though no client came"
+        assert sock.fileno() == -1
+
+
+def test_a_server_thread_serves_its_first_client_and_stops():
+    sock, server = _server_thread()
+    port = sock.getsockname()[1]
+    server.start()
+    try:
+        text = scrape(port)  # connects first: the thread sets up for it
+        assert 'streamkernel_records_in_total{step="only step",kernel="0"} 3' in text
+        assert scrape(port) == text  # and goes on serving
+    finally:
+        server.stop()
+    assert not server._thread.is_alive()
+    assert sock.fileno() == -1
