@@ -134,7 +134,8 @@ def window_sums(events, cores, dashboard=None):
 
 def overhead_rows(reps: int, n_lines: int, n_heavy: int, n_events: int, cores_list,
                   scrape_every: float = SCRAPE_EVERY) -> list[list]:
-    """Off and on in turn, `reps` times each; medians of wall-clock
+    """Off and on in turn (off first in even reps, on first in odd ones),
+    `reps` times each; medians of wall-clock
     records/s and of CPU seconds (the kernels' included), the latter much
     less disturbed by other work on a shared machine."""
     lines, records, events = make_lines(n_lines), range(n_heavy), make_events(n_events)
@@ -150,8 +151,11 @@ def overhead_rows(reps: int, n_lines: int, n_heavy: int, n_events: int, cores_li
         for name, units, flow, data, reference in cases:
             for cores in cores_list:
                 runs: dict[str, list] = {"off": [], "on": []}
-                for _ in range(reps):
-                    for variant, address in (("off", None), ("on", dashboard)):
+                for rep in range(reps):
+                    # off-on, then on-off: whatever a run leaves the next one
+                    # (its heap, warm caches) falls on both alike
+                    order = (("off", None), ("on", dashboard))
+                    for variant, address in (order if rep % 2 == 0 else order[::-1]):
                         def once(flow=flow, data=data, cores=cores, address=address):
                             return flow(data, cores, address)
 
