@@ -1,0 +1,219 @@
+"""Where a kernel's CPU goes: one kernel, two kernels, and two independent one-kernel runs.
+
+    python -m benches.anatomy --pipeline q8            # NEXMark q8, 500,000 events
+    python -m benches.anatomy --pipeline windows       # benches/pipelines.py's windowed sum
+    python -m benches.anatomy --quick                  # smoke run (q8, 20,000 events)
+
+For a pipeline slower on two kernels than on one (issue 13), this says
+which part of a kernel's time grows. Each configuration runs in a forked
+child of its own, so none inherits another's heap:
+
+* one kernel, every event;
+* two kernels (`run(flow, cores=2)`), every event;
+* two independent one-kernel runs at once, each pinned to a CPU of its own
+  and given half the events (NEXMark: a generator of half as many events;
+  the windowed sum: every other event): the same work per kernel as two
+  kernels without anything crossing between them, on a machine just as
+  busy.
+
+In every kernel, each activation's CPU time (`time.thread_time`, which a
+process descheduled by the machine does not count) is summed by what ran:
+each step's instance, the ring reader (two kernels), and, inside those,
+the exchange's `deliver` and the transport's sends. The kernel's own total
+runs from the runtime's start to its end (results not packed yet).
+Instrumenting costs ~1.5 us a call (two clock reads of ~0.8 us each on the
+VM of benches/RESULTS.md), so rows of many short calls read high.
+
+What it found (benches/RESULTS.md, issue 13, fifth session): on q8 each of
+two kernels spends ~300 ms more CPU than an independent kernel on the same
+half, in the exchanges' sends and the ring reader and in more, smaller
+activations of the join and the distinct, though only ~16,000 records a
+kernel cross.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import pickle
+import tempfile
+import time
+
+from benches._report import machine, table
+
+DEFAULT_EVENTS = 500_000
+QUICK_EVENTS = 20_000
+WINDOW_EVENTS = 200_000
+PIPELINES = ("q0", "q1", "q2", "q3", "q4", "q5", "q6", "q7", "q8", "windows")
+CONFIGURATIONS = ("one kernel", "two kernels", "two independent kernels, half each")
+
+
+class Probe:
+    """Per-kernel CPU by what ran, kept in each kernel process and written
+    to `folder` (one file per kernel) when its runtime has ended."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.seconds: dict[str, float] = collections.defaultdict(float)
+        self.calls: collections.Counter = collections.Counter()
+        self.started = 0.0
+
+    def install(self) -> None:
+        from kernel.net import _transport
+
+        from kernel.execution import _execute
+        from kernel.runtime import _exchange, _instance
+        from kernel.runtime._runtime import Runtime
+
+        inside = "  inside: "  # calls made within an activation timed above
+        self._time(_instance.Instance, "activate", lambda i: f"step {i.name}")
+        self._time(_transport._Reader, "activate", lambda _: "ring reader")
+        self._time(_exchange.ExchangeOutput, "deliver", lambda e: f"{inside}exchange after {e.upstream.name}")
+        self._time(_transport.ProcessTransport, "send_batch", lambda _: f"{inside}transport send_batch")
+        self._time(_transport.ProcessTransport, "send_progress", lambda _: f"{inside}transport send_progress")
+        probe, start, pack = self, Runtime.start, _execute.pack_results
+
+        def started(runtime):
+            probe.seconds.clear()
+            probe.calls.clear()
+            probe.started = time.thread_time()
+            return start(runtime)
+
+        def packed(results, names):  # a kernel process's runtime has ended
+            probe.dump()
+            return pack(results, names)
+
+        Runtime.start = started
+        _execute.pack_results = packed
+
+    def _time(self, cls, method: str, label) -> None:
+        original, seconds, calls, clock = getattr(cls, method), self.seconds, self.calls, time.thread_time
+
+        def timed(obj, *args):
+            began = clock()
+            try:
+                return original(obj, *args)
+            finally:
+                key = label(obj)
+                seconds[key] += clock() - began
+                calls[key] += 1
+
+        setattr(cls, method, timed)
+
+    def dump(self) -> None:
+        total = time.thread_time() - self.started
+        with open(os.path.join(self.folder, f"kernel-{os.getpid()}"), "wb") as out:
+            pickle.dump((total, dict(self.seconds), dict(self.calls)), out)
+
+    def read(self) -> list[tuple[float, dict, dict]]:
+        kernels = []
+        for name in sorted(os.listdir(self.folder)):
+            with open(os.path.join(self.folder, name), "rb") as file:
+                kernels.append(pickle.load(file))
+            os.remove(os.path.join(self.folder, name))
+        return kernels
+
+
+def workload(pipeline: str, events: int):
+    """`run_one(cores, half)`: the pipeline over every event, or (half) over
+    half of them, on `cores` kernels; returns the number of results."""
+    if pipeline == "windows":
+        from benches.pipelines import make_events, ours_window_sums
+
+        data = make_events(events)
+
+        def run_windows(cores: int, half: bool) -> int:
+            return len(ours_window_sums(data[::2] if half else data, cores))
+
+        return run_windows
+    from benches import nexmark
+    from benches._nexmark_generator import Generator
+
+    def run_query(cores: int, half: bool) -> int:
+        return nexmark.ours(pipeline, Generator(events // 2 if half else events), cores)
+
+    return run_query
+
+
+def in_child(fn, cpu: int | None = None) -> int:
+    """Fork; the child (pinned to `cpu`) runs `fn` and exits; returns its pid."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        status = 1
+        try:
+            if cpu is not None:
+                os.sched_setaffinity(0, {cpu})
+            fn()
+            status = 0
+        finally:
+            os._exit(status)
+    return pid
+
+
+def measure(pipeline: str, events: int) -> dict[str, list]:
+    """Each configuration's kernels: (total CPU, seconds by what ran, calls)."""
+    run_one = workload(pipeline, events)
+    found = {}
+    with tempfile.TemporaryDirectory(prefix="anatomy-") as folder:
+        probe = Probe(folder)
+        probe.install()
+
+        def one_kernel():
+            run_one(1, False)
+            probe.dump()  # one kernel runs in this process: no results packed
+
+        def independent():
+            run_one(1, True)
+            probe.dump()
+
+        cpus = sorted(os.sched_getaffinity(0))
+        plans = {
+            CONFIGURATIONS[0]: [(one_kernel, None)],
+            CONFIGURATIONS[1]: [(lambda: run_one(2, False), None)],
+            CONFIGURATIONS[2]: [(independent, cpus[0]), (independent, cpus[1 % len(cpus)])],
+        }
+        for name, children in plans.items():
+            pids = [in_child(fn, cpu) for fn, cpu in children]
+            for pid in pids:
+                _, status = os.waitpid(pid, 0)
+                if status != 0:
+                    raise RuntimeError(f"{name}: the run failed (status {status})")
+            found[name] = probe.read()
+    return found
+
+
+def rows_of(kernels: list) -> tuple[list[str], list[list]]:
+    header = ["what ran"] + [f"kernel {k}: calls" if i % 2 == 0 else f"kernel {k}: ms"
+                             for k in range(len(kernels)) for i in range(2)]
+    keys = sorted({key for _, seconds, _ in kernels for key in seconds},
+                  key=lambda key: -max(seconds.get(key, 0.0) for _, seconds, _ in kernels))
+    rows = [["kernel's CPU, start to end"]
+            + [cell for total, _, _ in kernels for cell in ("", f"{total * 1e3:,.1f}")]]
+    for key in keys:
+        rows.append([key] + [cell for _, seconds, calls in kernels
+                             for cell in (f"{calls.get(key, 0):,}", f"{seconds.get(key, 0.0) * 1e3:,.1f}")])
+    return header, rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pipeline", choices=PIPELINES, default="q8")
+    parser.add_argument("--events", type=int, default=None,
+                        help=f"events (default {DEFAULT_EVENTS:,}; the windowed sum {WINDOW_EVENTS:,})")
+    parser.add_argument("--quick", action="store_true", help=f"a smoke run ({QUICK_EVENTS:,} events)")
+    args = parser.parse_args(argv)
+    if args.events is not None and args.events < 2:
+        parser.error(f"--events must be at least 2, got {args.events}")
+    events = args.events or (QUICK_EVENTS if args.quick else
+                             WINDOW_EVENTS if args.pipeline == "windows" else DEFAULT_EVENTS)
+    print(machine())
+    for name, kernels in measure(args.pipeline, events).items():
+        header, rows = rows_of(kernels)
+        print()
+        title = f"{args.pipeline}, {events:,} events: {name} (CPU ms by what ran, thread_time)"
+        print(table(title, header, rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""benches/anatomy.py: each configuration's tables have the kernels they
+should (1, 2, 2), only two kernels show the exchange and the ring reader,
+and no step took more CPU than its kernel had."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benches.anatomy import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tables(output: str) -> dict[str, list[list[str]]]:
+    tables: dict[str, list[list[str]]] = {}
+    title = None
+    for line in output.splitlines():
+        if line.startswith("### "):
+            title = re.search(r": (.*) \(CPU ms", line).group(1)
+            tables[title] = []
+        elif title and line.startswith("| ") and not line.startswith("| what ran"):
+            tables[title].append([cell.strip() for cell in line.strip("|").split("|")])
+    return tables
+
+
+def _ms(cell: str) -> float:
+    return float(cell.replace(",", "")) if cell else 0.0
+
+
+@pytest.mark.parametrize("pipeline", ["q8", "windows"])
+def test_each_configuration_shows_its_kernels_and_what_ran(pipeline):
+    events = "20000" if pipeline == "q8" else "6000"
+    command = [sys.executable, "-m", "benches.anatomy", "--pipeline", pipeline, "--events", events]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    tables = _tables(done.stdout)
+    assert list(tables) == ["one kernel", "two kernels", "two independent kernels, half each"]
+    for name, rows in tables.items():
+        kernels = 1 if name == "one kernel" else 2
+        assert all(len(row) == 1 + 2 * kernels for row in rows), name
+        total, steps = rows[0], [row for row in rows[1:] if row[0].startswith("step ")]
+        assert steps, f"{name}: no step was timed"
+        for k in range(kernels):
+            # a step runs inside another's activation where it is chained
+            # (counted in both), so only each row is bounded by the total
+            largest = max(_ms(row[2 + 2 * k]) for row in steps)
+            assert 0 < largest <= _ms(total[2 + 2 * k]), (name, k, largest, total)
+        crossing = [row[0] for row in rows if row[0] == "ring reader" or "inside: exchange" in row[0]]
+        assert bool(crossing) == (name == "two kernels"), (name, crossing)
+
+
+def test_too_few_events_is_a_usage_error(usage_error):
+    assert "--events must be at least 2" in usage_error(main, ["--events", "1"])
