@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import socket
 import sqlite3
 import subprocess
@@ -456,3 +457,28 @@ def test_a_server_thread_serves_its_first_client_and_stops():
         server.stop()
     assert not server._thread.is_alive()
     assert sock.fileno() == -1
+
+
+def test_a_server_thread_works_with_descriptors_past_1023():
+    """A process with many files open (an application embedding runs): the
+    thread's wait must not be `select()`, which refuses descriptors >= 1024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(2048, hard), hard))
+    spare = [os.dup(0) for _ in range(1100)]
+    try:
+        sock, server = _server_thread()
+        assert sock.fileno() > 1023
+        server.start()
+        try:
+            text = scrape(sock.getsockname()[1])
+            assert 'streamkernel_records_in_total{step="only step",kernel="0"} 3' in text
+        finally:
+            server.stop()
+        assert not server._thread.is_alive()
+    finally:
+        for fd in spare:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
