@@ -114,7 +114,10 @@ class MetricsServerThread:
             if loop is None:
                 os.write(self._wake_in, b"\0")
             else:  # queued even if the loop has not started yet: it stops right after its setup
-                loop.call_soon_threadsafe(stop.set)
+                try:
+                    loop.call_soon_threadsafe(stop.set)
+                except RuntimeError:  # its setup failed and the loop has closed meanwhile
+                    pass
             self._thread.join()
         self._sock.close()
         os.close(self._wake_out)
