@@ -64,3 +64,51 @@ def _fmt(value: object) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
+
+
+# The machine's parallel ceiling right now: on the 2-vCPU VM of
+# benches/RESULTS.md the two vCPUs sometimes run at full speed each and
+# sometimes at half speed whenever both are busy (a plain loop: ~105-135 ms
+# alone on either, ~200 ms on each when both run), so "2 kernels vs 1"
+# means little without what the machine allowed at that moment.
+_CEILING_LOOPS = 1_500_000
+
+
+def _spin(loops: int) -> float:
+    started = time.perf_counter()
+    total = 0
+    for i in range(loops):
+        total += i
+    return time.perf_counter() - started
+
+
+def parallel_ceiling(processes: int, loops: int = _CEILING_LOOPS) -> float:
+    """How many times the work of one process `processes` forked processes,
+    each pinned to its own CPU (as kernels are), get through in the same
+    time: `processes * t_one / t_all` for a plain Python loop (`processes`
+    at best)."""
+    cpus = sorted(os.sched_getaffinity(0))
+
+    def at_once(count: int) -> float:
+        reads, pids = [], []
+        for i in range(count):
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover (the child)
+                try:
+                    os.sched_setaffinity(0, {cpus[i % len(cpus)]})
+                    os.write(write, repr(_spin(loops)).encode())
+                finally:
+                    os._exit(0)
+            os.close(write)
+            reads.append(read)
+            pids.append(pid)
+        took = []
+        for read in reads:
+            with os.fdopen(read, "rb") as pipe:
+                took.append(float(pipe.read()))
+        for pid in pids:
+            os.waitpid(pid, 0)
+        return max(took)
+
+    return processes * at_once(1) / at_once(processes)

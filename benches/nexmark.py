@@ -35,7 +35,12 @@ times, medians), each run timed from a collected heap:
 
 Columns: events/s per core (events / wall seconds / kernels) on each
 kernel count; the speed-up of N kernels over one (events/s of the whole
-run); events per CPU-second (the CPU time of the kernel processes and the
+run); what the machine allowed meanwhile, "machine, N vs 1": how many
+times one process's work N pinned processes of a plain loop got through
+in the same time, measured before each run of the query (medians; on the
+2-vCPU VM of benches/RESULTS.md this moved between ~1.1 and ~2.0 within
+an hour: its two vCPUs sometimes run at half speed each whenever both are
+busy); events per CPU-second (the CPU time of the kernel processes and the
 caller, from `getrusage`: what the run cost, whatever else the machine was
 doing, and the measure Flink's figures use); ours on the first kernel count
 against the plain loop and against Bytewax (wall); and Flink 1.13's
@@ -64,7 +69,7 @@ from pathlib import Path
 from benches import _nexmark_queries as queries
 from benches import _nexmark_reference as reference
 from benches._nexmark_generator import DEFAULT_RATE, Generator
-from benches._report import machine, table
+from benches._report import machine, parallel_ceiling, table
 from benches._sinks import CountRecords
 from kernel import Dataflow, run
 
@@ -195,7 +200,11 @@ def measure(name: str, generator: Generator, cores_list: list[int], runs: int,
         wall[engine].append(elapsed)
         cpu[engine].append(used)
 
+    ceilings: dict[int, list[float]] = collections.defaultdict(list)
     for _ in range(runs):
+        for cores in cores_list:  # what the machine allows now, beside each run
+            if cores > 1:
+                ceilings[cores].append(parallel_ceiling(cores))
         take("plain", lambda: plain(name, generator))
         for cores in cores_list:
             with profiled(profile, f"{name}-{cores}k"):
@@ -206,6 +215,7 @@ def measure(name: str, generator: Generator, cores_list: list[int], runs: int,
             take("bytewax", lambda: bytewax(name, generator))
     return {"wall": {engine: statistics.median(v) for engine, v in wall.items()},
             "cpu": {engine: statistics.median(v) for engine, v in cpu.items()},
+            "ceiling": {cores: statistics.median(v) for cores, v in ceilings.items()},
             "results": expected}
 
 
@@ -216,6 +226,7 @@ def rows_for(name: str, measured: dict, events: int, cores_list: list[int]) -> l
     row += [rate[f"ours{c}"] / c for c in cores_list]
     one = rate.get("ours1")
     row += [f"{rate[f'ours{c}'] / one:.2f}x" if one else "" for c in cores_list if c > 1]
+    row += [f"{measured['ceiling'][c]:.2f}x" for c in cores_list if c > 1]
     row += [per_cpu[f"ours{c}"] for c in cores_list]
     first = f"ours{cores_list[0]}"
     row.append(f"{rate[first] / rate['plain']:.0%}")
@@ -246,6 +257,7 @@ def header_for(cores_list: list[int]) -> list[str]:
     return (["query", "results", "plain ev/s"]
             + [f"ours {c}k ev/s/core" for c in cores_list]
             + [f"{c}k vs 1k" for c in cores_list if c > 1]
+            + [f"machine, {c} vs 1" for c in cores_list if c > 1]
             + [f"ours {c}k ev/CPU-s" for c in cores_list]
             + [f"ours {first}k vs plain", f"ours {first}k vs Bytewax", "Bytewax ev/s",
                "Flink 1.13 ev/CPU-s"])

@@ -230,3 +230,18 @@ def test_the_benchmark_runs_and_prints_its_table(capsys):
     assert rows["q0"][1] == "2,760"  # results: every bid, the plain loop's count (checked in the run)
     assert rows["q0"][-1] == "155,020" and rows["q4"][-1] == "34,330"  # Flink's figures beside ours
     assert "Not the same set-up" in out
+    # what the machine allowed two pinned processes meanwhile, beside "2k vs 1k"
+    header = cells[0]
+    ceiling = header.index("machine, 2 vs 1")
+    assert header[ceiling - 1] == "2k vs 1k"
+    for row in rows.values():
+        assert 0.5 < float(row[ceiling].rstrip("x")) <= 2.5, row
+
+
+def test_the_parallel_ceiling_is_one_process_against_itself():
+    """`parallel_ceiling(1)` times the same loop in one process twice: ~1,
+    whatever the machine's speed (a ceiling that compared unlike work, or
+    forgot to wait for its children, would be far off)."""
+    from benches._report import parallel_ceiling
+
+    assert 0.6 < parallel_ceiling(1) < 1.6
