@@ -215,7 +215,11 @@ def test_on_lost_wait_goes_on_after_the_publishers_restart(system):
     b = Job(system, "sums.py", "b", ON_LOST="wait")
     wait_until(lambda: b.epochs_received() >= 2, what="B to read whole epochs of A")
     a.kill()
-    again = Job(system, "readings.py", "a2", COUNT=2000)
+    # the new A's pace only made the run long: once B reads from it, it goes at full speed
+    go = system.root / "go"
+    again = Job(system, "readings.py", "a2", COUNT=2000, GO=go)
+    wait_until(lambda: len(starts(b)[0]) >= 2 or b.proc.poll() is not None, what="B to read from the new A")
+    go.touch()
     seqs, _ = results(b)
     again.finish()
     # two whole stretches: from a boundary of the first A to where it died,
@@ -539,7 +543,8 @@ def test_on_lost_wait_goes_on_after_the_job_master_restarts_the_publishing_job(o
     reading once; its tumbling sums equal a brute-force sum over them."""
     system = own_system
     # (a submitted job's environment is its executor's)
-    system.env.update(TOPIC=system.topic, RESTARTED=str(NEW), COUNT="1500", LOG_TOPICS="1")
+    go = system.root / "go"  # (attempt 2 makes its readings at full speed once B reads from it)
+    system.env.update(TOPIC=system.topic, RESTARTED=str(NEW), COUNT="1500", LOG_TOPICS="1", GO=str(go))
     executor = system.start_executor(cores=2)
     system.executors_up(1)
     (system.root / "readings.py").write_text((HERE / "readings.py").read_text())
@@ -552,6 +557,8 @@ def test_on_lost_wait_goes_on_after_the_job_master_restarts_the_publishing_job(o
     wait_until(lambda: b.epochs_received() >= 2, what="B to read from the first attempt")
 
     os.kill(wait_until(lambda: readings_process(executor), what="the job's process"), signal.SIGKILL)
+    wait_until(lambda: len(starts(b)[0]) >= 2 or b.proc.poll() is not None, what="B to read from attempt 2")
+    go.touch()
     seqs, sums = results(b)
     assert system.job(job)["restarts"] == 1
     attempts = attempt_boundaries(log, job)
@@ -732,7 +739,9 @@ def test_on_lost_wait_follows_a_publisher_restarted_with_another_partition_count
                what="B to read whole epochs of A")
     a1.kill()
     go = system.root / "go"
-    a2 = Job(system, "readings.py", "a2", COUNT=3000, CORES=after, SPLIT=1, START=NEW, HOLD=hold, WAIT=go)
+    # (once go exists, at full speed: its pace would only make the run long)
+    a2 = Job(system, "readings.py", "a2", COUNT=3000, CORES=after, SPLIT=1, START=NEW, HOLD=hold, WAIT=go,
+             GO=go)
     # every kernel of B reads the new A (its own partitions, or their
     # progress) before A makes its readings: B's connections to A1, then A2
     wait_until(lambda: connected() == max(before, 2) + max(after, 2), what="B to read from the new A")
@@ -853,7 +862,8 @@ def test_a_subscriber_gets_each_reading_once_across_a_publisher_resumed_from_its
     system = own_system
     slow, kernels = case == "behind", 2 if case == "two kernels" else 1
     count = 4000 if slow or kernels == 2 else 2000  # (A makes 1,000 readings a second a kernel)
-    system.env.update(TOPIC=system.topic, COUNT=str(count), LOG_TOPICS="1", RESUMABLE="1")
+    go = system.root / "go"  # (the resumed A makes its readings at full speed once B reads from it)
+    system.env.update(TOPIC=system.topic, COUNT=str(count), LOG_TOPICS="1", RESUMABLE="1", GO=str(go))
     if slow:
         system.env.update(PAYLOAD="5000")  # (about 1 MB an epoch: B's window is 4 of them)
     if kernels == 2:
@@ -881,6 +891,9 @@ def test_a_subscriber_gets_each_reading_once_across_a_publisher_resumed_from_its
 
     os.kill(wait_until(lambda: readings_process(executor), what="the job's process"), signal.SIGKILL)
     fast.touch()  # (B has fallen behind A: now it may catch up)
+    wait_until(lambda: all(len(starts(b)[p]) >= 2 for p in range(kernels)) or b.proc.poll() is not None,
+               what="B to read from the resumed A")
+    go.touch()
     seqs, sums = results(b)
     assert system.job(job)["restarts"] == 1
     resumed = int(re.search(r"resuming from epoch (\d+)", log.read_text())[1])
