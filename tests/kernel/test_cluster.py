@@ -236,7 +236,7 @@ def test_peers_may_start_in_reverse_order():
 
 def test_a_wrong_secret_fails_both_sides_with_authentication_failed():
     outcomes = outcomes_of(word_count, 2, options_for=lambda i: {
-        "secret": "the-wrong-one" if i == 1 else SECRET, "startup_timeout": 2.0})
+        "secret": "the-wrong-one" if i == 1 else SECRET, "startup_timeout": 1.0})
     assert outcomes[1][0] == "error" and "authentication failed" in outcomes[1][2]
     assert outcomes[0][0] == "error" and "authentication failed" in outcomes[0][2]
     assert "did not connect" in outcomes[0][2]
@@ -255,7 +255,7 @@ def test_nothing_runs_in_a_cluster_that_never_forms(tmp_path):
         return flow, []
 
     outcomes = outcomes_of(build, 2, options_for=lambda i: {
-        "secret": "the-wrong-one" if i == 1 else SECRET, "startup_timeout": 2.0})
+        "secret": "the-wrong-one" if i == 1 else SECRET, "startup_timeout": 1.0})
     assert [outcome[0] for outcome in outcomes.values()] == ["error", "error"]
     assert not (tmp_path / "out").exists()
 
@@ -639,7 +639,7 @@ def test_tls_refuses_a_peer_whose_certificate_the_ca_did_not_sign(certificates):
     good = (certificates["node.pem"], certificates["node.key"], certificates["ca.pem"])
     stranger = (certificates["other.pem"], certificates["other.key"], certificates["ca.pem"])
     outcomes = outcomes_of(word_count, 2, options_for=lambda i: {"tls": stranger if i == 1 else good,
-                                                            "startup_timeout": 2.0})
+                                                            "startup_timeout": 1.0})
     assert outcomes[0][0] == "error" and "did not connect" in outcomes[0][2]
     assert outcomes[1][0] == "error" and "could not reach process 0" in outcomes[1][2]
 
