@@ -443,11 +443,11 @@ class AcknowledgedNone(Operator):
 @pytest.mark.parametrize("cores", [1, 2])
 def test_a_slow_redis_pauses_the_flow_in_bounded_memory(client, url, cores):
     """Redis refuses writes for a second (`CLIENT PAUSE ... WRITE`) while a
-    fast source has 60,000 records for the sink: the sink's buffer stops at
+    fast source has 6,000 records for the sink: the sink's buffer stops at
     4 batches, the flow pauses (on two kernels every record goes to one
     kernel's sink, and the other kernel's source pauses as its ring to it
     fills), and once Redis writes again every record arrives."""
-    n, batch = 60_000, 64
+    n, batch = 6_000, 64
     flow = Dataflow()
     stream = flow.from_iterable(({"n": i} for i in range(n)), batch_size=batch)
     if cores > 1:
