@@ -6,6 +6,7 @@ from __future__ import annotations
 import compileall
 import multiprocessing
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,12 @@ def pytest_configure(config):
     is up to date)."""
     for folder in ("kernel", "net", "operators", "state", "aliases", "benches"):
         compileall.compile_dir(ROOT / folder, quiet=1)
+    # A background job of a non-interactive shell (`pytest ... &` in a
+    # script) starts with SIGINT ignored, and every process a test starts
+    # would inherit that across exec: the Ctrl-C tests then wait out their
+    # timeouts. A handled SIGINT is reset to the default across exec.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def shm_names() -> set[str]:
