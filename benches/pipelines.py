@@ -82,7 +82,7 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import wait
 
-from benches._report import machine, table
+from benches._report import machine, parallel_ceiling, table
 from kernel import Dataflow, run
 from kernel.execution._cores import _cpus_for
 from operators import Tumbling
@@ -382,13 +382,23 @@ def main(argv: list[str] | None = None) -> None:
     print(machine())
     print()
 
+    ceilings: dict[int, list[float]] = {c: [] for c in cores_list if c > 1}
+
+    def sample_ceilings() -> None:
+        for c, found in ceilings.items():
+            found.append(parallel_ceiling(c))
+
     rows: list[list[object]] = []
     if "wordcount" in only:
+        sample_ceilings()
         rows += wordcount_rows(args, cores_list, n_lines, reps, bytewax_reps)
     if "heavy" in only:
+        sample_ceilings()
         rows += heavy_rows(cores_list, n_heavy, reps)
     if "windows" in only:
+        sample_ceilings()
         rows += window_rows(args, cores_list, n_events, reps, bytewax_reps)
+    sample_ceilings()
     print(table(
         f"Pipelines: throughput (median of {reps} runs; Bytewax {bytewax_reps}); word count in lines/s, "
         "CPU-heavy map in records/s, windowed sum in events/s",
@@ -396,6 +406,13 @@ def main(argv: list[str] | None = None) -> None:
          "result"],
         rows,
     ))
+    for c, found in ceilings.items():
+        # what "vs 1 core" could be at best on this machine meanwhile
+        # (benches/RESULTS.md: this VM's vCPUs sometimes halve their speed
+        # whenever both are busy)
+        print(f"\nmachine, {c} vs 1 (a plain loop in {c} pinned processes against one, "
+              f"before each pipeline and after): median {statistics.median(found):.2f}x, "
+              f"{min(found):.2f}x-{max(found):.2f}x")
 
 
 def wordcount_rows(args, cores_list: list[int], n_lines: int, reps: int, bytewax_reps: int) -> list:

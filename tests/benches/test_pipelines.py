@@ -15,6 +15,9 @@ def test_only_windows_prints_the_windowed_sum_rows_alone(capsys):
     assert rows and all("windowed sum" in row for row in rows)
     assert "median of 1 runs" in out
     assert [row.split("|")[3].strip() for row in rows if "kernel.run" in row] == ["1", "2"]
+    # the machine's own 2-vs-1 beside them, sampled before the pipeline and after
+    ceiling = [line for line in out.splitlines() if line.startswith("machine, 2 vs 1")]
+    assert len(ceiling) == 1 and "median" in ceiling[0], out
 
 
 @pytest.mark.parametrize("argv, says", [
