@@ -554,9 +554,10 @@ class Entry(Instance):
                     emit(batch)
                     admitted += len(batch)
                 else:
-                    emit(batch[:room])
-                    keep(batch[room:])
-                    admitted += room
+                    head, rest = _head_and_rest(batch, int(room))
+                    emit(head)
+                    keep(rest)
+                    admitted += len(head)
             else:
                 stamps = batch.timestamps
                 now = [i for i, t in enumerate(stamps) if t < frontier][:int(min(room, len(batch)))]
@@ -590,15 +591,10 @@ class Entry(Instance):
                 emit(batch)
                 admitted += len(batch)
                 continue
-            left = int(left)
-            if batch.__class__ is TimedBatch:
-                stamps = batch.timestamps
-                emit(TimedBatch(batch[:left], stamps[:left]))
-                keep(TimedBatch(batch[left:], stamps[left:]))
-            else:
-                emit(batch[:left])
-                keep(batch[left:])
-            admitted += left
+            head, rest = _head_and_rest(batch, int(left))
+            emit(head)
+            keep(rest)
+            admitted += len(head)
         return admitted
 
     def waiting(self) -> tuple[int, float, bool]:
@@ -857,3 +853,12 @@ def wire_loops(graph, instances: list[Instance], nodes: list) -> dict[int, LoopC
             passes = frozenset(loop.id for loop in out.chain()) if out is not None else frozenset()
         instance.loop = Membership(controls, scope.id, passes, len(instance.ports))
     return controls
+
+
+def _head_and_rest(batch: list, n: int) -> tuple[list, list]:
+    """The first `n` records of `batch` and the others, each a TimedBatch
+    with its stamps when `batch` is one."""
+    if batch.__class__ is TimedBatch:
+        stamps = batch.timestamps
+        return TimedBatch(batch[:n], stamps[:n]), TimedBatch(batch[n:], stamps[n:])
+    return batch[:n], batch[n:]
