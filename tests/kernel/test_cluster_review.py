@@ -167,12 +167,12 @@ def test_a_peer_port_that_accepts_but_never_answers_respects_the_startup_timeout
     try:
         peers = f"127.0.0.1:{silent.getsockname()[1]},127.0.0.1:{free_ports(1)[0]}"
         started = time.monotonic()
-        outcomes = run_members(_tiny, (1,), peers, deadline=12.0, options={"startup_timeout": 1.0})
+        outcomes = run_members(_tiny, (1,), peers, deadline=12.0, options={"startup_timeout": 0.5})
     finally:
         silent.close()
     assert outcomes[1][0] == "error", f"still waiting after {time.monotonic() - started:.0f} s: {outcomes}"
     assert "process 0" in outcomes[1][2]
-    assert "within 1 s: it accepted the connection but never answered" in outcomes[1][2]
+    assert "within 0.5 s: it accepted the connection but never answered" in outcomes[1][2]
 
 
 # -- key routing across processes --------------------------------------------------------
