@@ -77,6 +77,7 @@ from kernel.topics._errors import TopicError
 log = logging.getLogger("kernel.topics")
 
 TOPIC_PATH = "/kernel-topic"
+_CLOSE_GRACE = 5.0  # seconds the subscribers have to close after END before the server stops
 TOO_SLOW = 4003  # close code: the subscriber fell too far behind (slow="disconnect")
 DEFAULT_EPOCH_INTERVAL = 1.0
 DEFAULT_MAX_QUEUE = 8 << 20  # bytes queued for one subscriber
@@ -516,6 +517,13 @@ class Publish(Operator):
                 await asyncio.wait(writers)
             await directory.request("topic_unpublish", name=self.topic, id=self.id, partition=self.partition)
             log.debug("topic %r partition %d: ended and unpublished", self.topic, self.partition)
+            # Each subscriber closes its connection once it has read END:
+            # waited for, since stopping the server stops reading them, and a
+            # close left unanswered ended only when the heartbeat gave the
+            # link up (5-7 s more of an ended job, behind a slow subscriber)
+            closing = [s.link.closed for s in self.subscribers if s.done]
+            if closing:
+                await asyncio.wait(closing, timeout=_CLOSE_GRACE)
         finally:
             await directory.close()
             await server.stop()
