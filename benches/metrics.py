@@ -8,8 +8,12 @@ Overhead: each pipeline of benches/pipelines.py (the same data, the same
 flows), run alternately without metrics and with `dashboard=` while a
 client scrapes /metrics every 100 ms (far more often than Prometheus's
 usual 15 s; on one kernel the scrape runs on the kernel's own loop);
-medians of interleaved runs, so a slow stretch of the shared machine hits
-both alike. Target: <= 2% fewer records/s with metrics.
+each rep runs both, side by side, and its cost is the pair's ratio, so a
+slow stretch of the shared machine hits both alike; the table gives the
+median pair and, for the CPU cost, a 95% confidence interval of that
+median (distribution-free, from order statistics). Target: <= 2% more CPU
+with metrics, shown only when the whole interval is within it; with 15
+reps the interval spans the 4th to the 12th of 15 pairs.
 
 Scrape: a job of 16 steps (a held-open source, 14 maps, a collect) on 2
 kernels, scraped 200 times by an HTTP client in the launcher's process:
@@ -26,6 +30,7 @@ import argparse
 import asyncio
 import gc
 import itertools
+import math
 import resource
 import socket
 import statistics
@@ -38,7 +43,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from benches._report import machine, percentile, table
+from benches._report import machine, median_ci, percentile, table
 from benches.pipelines import (
     _event_key,
     _event_time,
@@ -132,12 +137,24 @@ def window_sums(events, cores, dashboard=None):
     return {(key, window.start): total for key, window, total in out.items}
 
 
+def verdict(low: float, high: float) -> str:
+    """Whether the CPU cost is within TARGET_OVERHEAD, by its confidence
+    interval: "yes" when all of it is, "NO" when none of it is, otherwise
+    "not shown" (more reps, or a quieter machine, would tell)."""
+    if high <= TARGET_OVERHEAD:
+        return "yes"
+    if low > TARGET_OVERHEAD:
+        return "NO"
+    return "not shown"
+
+
 def overhead_rows(reps: int, n_lines: int, n_heavy: int, n_events: int, cores_list,
                   scrape_every: float = SCRAPE_EVERY) -> list[list]:
     """Off and on in turn (off first in even reps, on first in odd ones),
-    `reps` times each; medians of wall-clock
-    records/s and of CPU seconds (the kernels' included), the latter much
-    less disturbed by other work on a shared machine."""
+    `reps` times each; medians of wall-clock records/s and of CPU seconds
+    (the kernels' included); the costs are medians of each rep's pair of
+    runs, on over off, the CPU cost with its 95% confidence interval
+    (`median_ci`) and the verdict on it (`verdict`)."""
     lines, records, events = make_lines(n_lines), range(n_heavy), make_events(n_events)
     cases = [
         ("word count", n_lines, wordcount, lines, plain_wordcount(lines)),
@@ -162,10 +179,15 @@ def overhead_rows(reps: int, n_lines: int, n_heavy: int, n_events: int, cores_li
                         runs[variant].append(measure(once, lambda result, ref=reference: result == ref))
                 wall = {v: units / statistics.median(w for w, _ in runs[v]) for v in runs}
                 cpu = {v: statistics.median(c for _, c in runs[v]) for v in runs}
-                wall_cost, cpu_cost = 1 - wall["on"] / wall["off"], cpu["on"] / cpu["off"] - 1
+                # each rep's two runs were side by side: their ratio is the
+                # cost, the drift of the machine mostly cancelled
+                pairs = list(zip(runs["off"], runs["on"]))
+                wall_cost = statistics.median(1 - off_wall / on_wall for (off_wall, _), (on_wall, _) in pairs)
+                cpu_cost, low, high = median_ci([on_cpu / off_cpu - 1 for (_, off_cpu), (_, on_cpu) in pairs])
                 rows.append([name, cores, f"{wall['off']:,.0f}", f"{wall['on']:,.0f}", f"{wall_cost:+.1%}",
                              f"{cpu['off']:.3f}", f"{cpu['on']:.3f}", f"{cpu_cost:+.1%}",
-                             "yes" if cpu_cost <= TARGET_OVERHEAD else "NO"])
+                             "too few reps" if math.isinf(low) else f"{low:+.1%} .. {high:+.1%}",
+                             verdict(low, high)])
     finally:
         scraper.close()
     return rows
@@ -281,8 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(table(f"Metrics off vs on (scraped every {args.scrape_every:g} s by another process); medians "
                 "of interleaved runs",
-                ["pipeline", "kernels", "records/s off", "on", "cost", "CPU s off", "on", "cost",
-                 "CPU cost <= 2%"],
+                ["pipeline", "kernels", "records/s off", "on", "cost", "CPU s off", "on", "CPU cost",
+                 "95% interval", "CPU cost <= 2%"],
                 overhead_rows(reps, *sizes, cores_list, args.scrape_every)))
     print()
     with sixteen_step_job() as port:

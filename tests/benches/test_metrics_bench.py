@@ -21,6 +21,8 @@ def test_the_scrape_interval_reaches_the_scraper(monkeypatch):
     rows = metrics.overhead_rows(1, 200, 20, 200, [1], scrape_every=15.0)
     assert seen == [15.0]
     assert [row[:2] for row in rows] == [["word count", 1], ["CPU-heavy map", 1], ["windowed sum", 1]]
+    # one pair of runs proves nothing either way: no interval, no verdict
+    assert [row[-2:] for row in rows] == [["too few reps", "not shown"]] * 3
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan"])
