@@ -3,6 +3,7 @@
 
     python -m benches.metrics                 # word count, heavy map, windowed sum on 1 and 2 kernels
     python -m benches.metrics --quick         # smoke test
+    python -m benches.metrics --cores 2 --only heavy,windows --reps 201 --scrape-every 15
 
 Overhead: each pipeline of benches/pipelines.py (the same data, the same
 flows), run alternately without metrics and with `dashboard=` while a
@@ -45,6 +46,7 @@ from tempfile import TemporaryDirectory
 
 from benches._report import machine, median_ci, percentile, table
 from benches.pipelines import (
+    PIPELINES,
     _event_key,
     _event_time,
     _event_value,
@@ -149,18 +151,22 @@ def verdict(low: float, high: float) -> str:
 
 
 def overhead_rows(reps: int, n_lines: int, n_heavy: int, n_events: int, cores_list,
-                  scrape_every: float = SCRAPE_EVERY) -> list[list]:
+                  scrape_every: float = SCRAPE_EVERY, only=PIPELINES) -> list[list]:
     """Off and on in turn (off first in even reps, on first in odd ones),
     `reps` times each; medians of wall-clock records/s and of CPU seconds
     (the kernels' included); the costs are medians of each rep's pair of
     runs, on over off, the CPU cost with its 95% confidence interval
     (`median_ci`) and the verdict on it (`verdict`)."""
-    lines, records, events = make_lines(n_lines), range(n_heavy), make_events(n_events)
-    cases = [
-        ("word count", n_lines, wordcount, lines, plain_wordcount(lines)),
-        ("CPU-heavy map", n_heavy, heavy_map, records, plain_heavy(records)),
-        ("windowed sum", n_events, window_sums, events, plain_window_sums(events)),
-    ]
+    cases = []
+    if "wordcount" in only:
+        lines = make_lines(n_lines)
+        cases.append(("word count", n_lines, wordcount, lines, plain_wordcount(lines)))
+    if "heavy" in only:
+        records = range(n_heavy)
+        cases.append(("CPU-heavy map", n_heavy, heavy_map, records, plain_heavy(records)))
+    if "windows" in only:
+        events = make_events(n_events)
+        cases.append(("windowed sum", n_events, window_sums, events, plain_window_sums(events)))
     scraper = Scraper(scrape_every)
     dashboard = f"127.0.0.1:{scraper.port}"
     rows = []
@@ -288,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (smoke test)")
     parser.add_argument("--cores", default="1,2", help="comma-separated kernel counts (default 1,2)")
     parser.add_argument("--reps", type=int, default=15, help="runs of each variant (default 15)")
+    parser.add_argument("--only", default=",".join(PIPELINES),
+                        help=f"comma-separated pipelines to run, of {', '.join(PIPELINES)} (default: all)")
     parser.add_argument("--scrape-every", type=float, default=SCRAPE_EVERY,
                         help="seconds between two scrapes while metrics are on (default 0.1: far more "
                              "often than Prometheus's usual 15 s, to show the cost of serving them)")
@@ -295,6 +303,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.scrape_every > 0:
         parser.error("--scrape-every must be a positive number of seconds")
     cores_list = sorted({int(c) for c in args.cores.split(",") if c.strip()})
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    if not only or set(only) - set(PIPELINES):
+        parser.error(f"--only takes some of {', '.join(PIPELINES)}, got {args.only!r}")
     if args.quick:
         reps, sizes, scrapes = 3, (20_000, 2_000, 20_000), 20
     else:
@@ -305,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
                 "of interleaved runs",
                 ["pipeline", "kernels", "records/s off", "on", "cost", "CPU s off", "on", "CPU cost",
                  "95% interval", "CPU cost <= 2%"],
-                overhead_rows(reps, *sizes, cores_list, args.scrape_every)))
+                overhead_rows(reps, *sizes, cores_list, args.scrape_every, only)))
     print()
     with sixteen_step_job() as port:
         scrape = scrape_row(port, scrapes)
