@@ -31,8 +31,18 @@ def test_a_scrape_interval_that_is_not_positive_is_a_usage_error(usage_error, va
     assert "--scrape-every must be a positive number of seconds" in said
 
 
+class _NoScraper:
+    port = 0  # the runs with metrics listen on a free port each, scraped by nobody
+
+    def __init__(self, every) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def test_only_runs_the_pipelines_it_names(monkeypatch):
-    monkeypatch.setattr(metrics, "Scraper", lambda every: type("S", (), {"port": 0, "close": lambda self: None})())
+    monkeypatch.setattr(metrics, "Scraper", _NoScraper)
     rows = metrics.overhead_rows(1, 200, 20, 200, [1], scrape_every=15.0, only=("windows", "heavy"))
     assert [row[:2] for row in rows] == [["CPU-heavy map", 1], ["windowed sum", 1]]
 
