@@ -50,12 +50,14 @@ from benches.pipelines import (
     _event_key,
     _event_time,
     _event_value,
+    add_only_argument,
     heavy,
     make_events,
     make_lines,
     plain_heavy,
     plain_window_sums,
     plain_wordcount,
+    selected_pipelines,
     word_key,
 )
 from kernel import Dataflow, run
@@ -294,8 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (smoke test)")
     parser.add_argument("--cores", default="1,2", help="comma-separated kernel counts (default 1,2)")
     parser.add_argument("--reps", type=int, default=15, help="runs of each variant (default 15)")
-    parser.add_argument("--only", default=",".join(PIPELINES),
-                        help=f"comma-separated pipelines to run, of {', '.join(PIPELINES)} (default: all)")
+    add_only_argument(parser)
     parser.add_argument("--scrape-every", type=float, default=SCRAPE_EVERY,
                         help="seconds between two scrapes while metrics are on (default 0.1: far more "
                              "often than Prometheus's usual 15 s, to show the cost of serving them)")
@@ -303,9 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.scrape_every > 0:
         parser.error("--scrape-every must be a positive number of seconds")
     cores_list = sorted({int(c) for c in args.cores.split(",") if c.strip()})
-    only = [name.strip() for name in args.only.split(",") if name.strip()]
-    if not only or set(only) - set(PIPELINES):
-        parser.error(f"--only takes some of {', '.join(PIPELINES)}, got {args.only!r}")
+    only = selected_pipelines(parser, args.only)
     if args.quick:
         reps, sizes, scrapes = 3, (20_000, 2_000, 20_000), 20
     else:

@@ -97,6 +97,20 @@ EPOCH_BASE = 1_700_000_000.0  # event times in seconds since the epoch
 PIPELINES = ("wordcount", "heavy", "windows")  # --only
 
 
+def add_only_argument(parser: argparse.ArgumentParser) -> None:
+    """`--only`: which of PIPELINES to run (this benchmark's and benches/metrics.py's)."""
+    parser.add_argument("--only", default=",".join(PIPELINES),
+                        help=f"comma-separated pipelines to run, of {', '.join(PIPELINES)} (default: all)")
+
+
+def selected_pipelines(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """The pipelines `--only` names; anything else is a usage error."""
+    only = [name.strip() for name in text.split(",") if name.strip()]
+    if not only or set(only) - set(PIPELINES):
+        parser.error(f"--only takes some of {', '.join(PIPELINES)}, got {text!r}")
+    return only
+
+
 def make_lines(n: int, words: int = WORDS_PER_LINE) -> list[str]:
     """`n` lines of `words` words each, from a 10,000-word vocabulary, seeded
     (benches/latency.py and benches/embedded.py count 13-word lines)."""
@@ -361,15 +375,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run (smoke test)")
     parser.add_argument("--cores", default="1", help="comma-separated kernel counts, e.g. 1,2 (default 1)")
     parser.add_argument("--no-bytewax", action="store_true", help="skip the Bytewax row")
-    parser.add_argument("--only", default=",".join(PIPELINES),
-                        help=f"comma-separated pipelines to run, of {', '.join(PIPELINES)} (default: all)")
+    add_only_argument(parser)
     parser.add_argument("--reps", type=int, default=None, help="runs of each engine (default 7; --quick 3)")
     args = parser.parse_args(argv)
     cores_list = sorted({int(c) for c in args.cores.split(",") if c.strip()} | {1})
-    only = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = sorted(set(only) - set(PIPELINES))
-    if unknown or not only:
-        parser.error(f"--only takes some of {', '.join(PIPELINES)}, got {args.only!r}")
+    only = selected_pipelines(parser, args.only)
     if args.quick:
         n_lines, n_heavy, n_events, reps, bytewax_reps = 20_000, 2_000, 20_000, 3, 1
     else:
