@@ -5,7 +5,9 @@ step that drops its batches, on 1 and 2 kernels (issue 13, part 3).
 
 Each kernel makes its share of N records itself (`from_partitions`, nothing
 crosses `fork`) and maps them to the record shape of the row: plain ints,
-or `(int, str, float)` tuples. "overhead" is (collect - drop) / N: what
+`(int, str, float)` tuples, or a windowed aggregate's results, `(key,
+Window, sum)`: a key string made for each record (as a window's keys come
+from its events), one `Window` for 300 records in a row. "overhead" is (collect - drop) / N: what
 gathering the records in each kernel and handing them to the caller as one
 list costs, per record. The "pickled" rows send each kernel's list back by
 pickle with the rest of its answer, as before the kernels encoded their
@@ -21,15 +23,28 @@ objects), which no encoding removes.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import statistics
 import time
+
+from kernel.operators import Window
 
 import kernel.execution._execute as _execute
 from benches._report import machine, table
 from kernel import Dataflow, Operator, run
 
-SHAPES = {"int": None, "(int, str, float)": lambda x: (x, "w", 1.5)}
+
+@functools.cache
+def _window(number: int) -> Window:
+    return Window(float(number), float(number + 1))
+
+
+def _window_result(x: int) -> tuple:
+    return (f"k{x % 1000}", _window(x // 300), x % 10)
+
+
+SHAPES = {"int": None, "(int, str, float)": lambda x: (x, "w", 1.5), "(str, Window, int)": _window_result}
 
 
 def _share(records: int):

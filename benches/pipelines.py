@@ -55,9 +55,11 @@ halves, but each kernel also pays ~20 ms of copy-on-write faults slicing its
 share of the forked input (record i is on kernel i % N, so every page of
 the events is copied in both kernels; more such faults hide in the steps
 that read the events' fields), ~40 ms of exchange (split by owner, encode,
-decode), ~12-24 ms pickling its ~63,000 results for the caller, which then
-unpickles both kernels' one after the other (~10 ms each), and a young
-collection over those results.
+decode), ~12-24 ms encoding its ~31,000 results for the caller, which then
+decodes both kernels' one after the other (~10 ms each), and a young
+collection over those results. (The results went by pickle then; they go
+as msgpack columns now, `net/_codec.py`: 2 kernels 0.55-0.57x -> 0.60x of
+one on a faster day, benches/RESULTS.md, seventh session.)
 
 Select pipelines with `--only wordcount,heavy,windows` and the number of
 runs with `--reps N`.

@@ -5,8 +5,11 @@ but it cannot tell a tuple from a list, so it is used only where the round
 trip is exact: a batch whose records are all plain scalars (`str`, `int`,
 `float`, `bool`, `None`, `bytes`), or a batch whose records are all tuples of
 plain scalars (the `(key, value)` pairs an exchange carries), decoded straight
-back into tuples by a typed decoder. Anything else, or a scalar msgpack cannot
-hold (an int beyond 64 bits), goes through pickle (protocol 5), so a record
+back into tuples by a typed decoder. A batch of tuples of one width whose
+fields are plain scalars but one, a namedtuple of plain scalars in runs of
+one object (a windowed aggregate's `(key, Window, sum)` results), goes as
+msgpack columns (`_encode_named_runs`). Anything else, or a scalar msgpack
+cannot hold (an int beyond 64 bits), goes through pickle (protocol 5), so a record
 arrives on another kernel exactly as it left: an IntEnum, a str subclass or a
 namedtuple does not silently become an int, a str or a tuple. Checking the
 types is C-level passes over the records and their fields (`list(map(type,
@@ -21,11 +24,13 @@ then the records' body.
 
 from __future__ import annotations
 
+import importlib
 import pickle
 import struct
 from array import array
 from collections import deque
-from itertools import chain
+from itertools import accumulate, chain, groupby, repeat
+from operator import itemgetter
 
 import msgspec
 
@@ -40,6 +45,7 @@ KIND_END = 5  # no body
 KIND_IDLE = 6  # no body
 KIND_EPOCH = 7  # u64 epoch number
 KIND_ROUND = 8  # u32 loop, u64 round, u64 count, u8 final, f64 frontier, u64 held, f64 earliest, u64 epoch
+KIND_NAMED_RUNS = 9  # msgpack columns: tuples with a namedtuple field in runs (_encode_named_runs)
 TIMED = 0x80  # flag: timestamps precede the records' body
 
 HEADER = TAG  # kind (u8), channel (u32): the ring packs it with a frame (push_tagged)
@@ -94,7 +100,9 @@ def _encode_records(batch: list) -> tuple[int, bytes]:
     kind = _small_kind(batch) if len(batch) <= _SMALL_BATCH else _large_kind(batch)
     if kind is not None:
         try:
-            return kind, _encode(batch)
+            body = _encode_named_runs(batch) if kind == KIND_NAMED_RUNS else _encode(batch)
+            if body is not None:
+                return kind, body
         except Exception:  # anything msgpack cannot hold goes by pickle
             pass
     try:
@@ -171,12 +179,13 @@ def _large_kind(batch: list) -> int | None:
     if first is not tuple:
         return KIND_SCALARS if first in _SCALAR_TYPES else None
     # The first record settles a batch whose records are not all plain:
-    # pickle it is, without a pass over every field first (a window's
-    # `(key, Window, sum)` results, collected: ~25 of a 63,000-triple
-    # batch's ~60 ms went into the pass that then failed).
+    # pickle, or columns where one field is a namedtuple
+    # (`_encode_named_runs` checks every record then), without a pass over
+    # every field first (a window's `(key, Window, sum)` results, collected:
+    # ~25 of a 63,000-triple batch's ~60 ms went into the pass that then failed).
     pattern = list(map(type, batch[0]))
     if not _SCALAR_TYPES.issuperset(pattern):
-        return None
+        return KIND_NAMED_RUNS if _named_field(pattern) is not None else None
     if n < _FLAT_FROM:  # fewer steps, so less fixed cost, but ~30 ns a field
         return KIND_TUPLES if set(map(type, chain.from_iterable(batch))) <= _SCALAR_TYPES else None
     fields: list = []
@@ -192,6 +201,133 @@ def _large_kind(batch: list) -> int | None:
     if field_types == expected:
         return KIND_TUPLES
     return KIND_TUPLES if set(field_types) <= _SCALAR_TYPES else None
+
+
+# -- tuples with a namedtuple field in runs ------------------------------------------
+#
+# A windowed aggregate's results, `(key, Window, sum)`, share one `Window` a
+# window fired, in a run of consecutive records, and their keys repeat from
+# one window to the next. Pickle carries them exactly, but writes every key
+# string again (they are distinct objects, from distinct events) and the
+# caller's process builds a str for each: in a two-kernel windowed sum
+# (benches/pipelines.py) the kernels' ~31,000 results took ~19 ms each to
+# pickle and the caller ~22 ms to unpickle both kernels', most of it page
+# faults on fresh memory. So: the other fields as columns, a column of str
+# as a table of its distinct strings and an index per record, the
+# namedtuples once a run with its length, rebuilt as pickle would
+# (`cls.__new__(cls, *fields)`) and put together by `zip`: C-level passes,
+# Python only per run and per distinct string. Where runs are short, pickle.
+
+_RECORDS_A_RUN = 4  # fewer records a run on average: pickle
+
+# class -> "module:qualname" when its instances may go by their fields, None when not
+_NAMED_CLASSES: dict[type, str | None] = {}
+_CLASSES_BY_NAME: dict[str, type] = {}  # the decoder's: resolved once
+
+
+def _named_field(pattern: list) -> int | None:
+    """The place of the one field type in `pattern` (a record's) that is a
+    namedtuple carried by its fields (`_carried_name`), the others plain
+    scalars; None otherwise."""
+    at = None
+    for i, cls in enumerate(pattern):
+        if cls in _SCALAR_TYPES:
+            continue
+        if at is not None or _carried_name(cls) is None:
+            return None
+        at = i
+    return at
+
+
+def _carried_name(cls: type) -> str | None:
+    """`cls`'s "module:qualname" where its instances round-trip as their
+    fields: a namedtuple that pickles as one (no instance dict, no reduce or
+    state of its own), found again by its name (not a class made inside a
+    function); else None."""
+    try:
+        return _NAMED_CLASSES[cls]
+    except KeyError:
+        pass
+    name = None
+    if (issubclass(cls, tuple) and isinstance(getattr(cls, "_fields", None), tuple)
+            and cls.__dictoffset__ == 0
+            and cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__
+            and cls.__getstate__ is object.__getstate__):
+        candidate = f"{cls.__module__}:{cls.__qualname__}"
+        try:
+            found = _class_named(candidate)
+        except Exception:  # not importable by its name: pickle would fail on it too, or find another
+            found = None
+        if found is cls:
+            name = candidate
+    _NAMED_CLASSES[cls] = name
+    return name
+
+
+def _class_named(name: str) -> type:
+    try:
+        return _CLASSES_BY_NAME[name]
+    except KeyError:
+        pass
+    module, _, qualname = name.partition(":")
+    found = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    _CLASSES_BY_NAME[name] = found
+    return found
+
+
+def _encode_named_runs(batch: list) -> bytes | None:
+    """The body of a KIND_NAMED_RUNS frame, or None (pickle it): `batch`'s
+    records are tuples of one width; the field where the first record has
+    a namedtuple is an instance of that class with plain scalar fields in
+    every record, in runs of one object of at least _RECORDS_A_RUN records
+    on average; every other field is a plain scalar. Runs are of one
+    object (`id`), not of equal ones: `Window(0, 1)` equals
+    `Window(0.0, 1.0)` but must not come back as it. Likewise only a column
+    of nothing but `str` becomes a table (1 == 1.0 == True as dict keys)."""
+    first = batch[0]
+    width = len(first)
+    at = _named_field(list(map(type, first)))
+    if at is None or set(map(len, batch)) != {width}:
+        return None
+    named = list(map(itemgetter(at), batch))
+    cls = type(named[0])
+    if set(map(type, named)) != {cls}:
+        return None
+    lengths = [len(list(run)) for _, run in groupby(map(id, named))]
+    if len(lengths) * _RECORDS_A_RUN > len(batch):
+        return None
+    heads = [tuple(named[start]) for start in accumulate(lengths[:-1], initial=0)]
+    if not _SCALAR_TYPES.issuperset(map(type, chain.from_iterable(heads))):
+        return None
+    columns, tables = [], []
+    for i in range(width):
+        if i == at:
+            continue
+        column = list(map(itemgetter(i), batch))
+        types = set(map(type, column))
+        table = None
+        if types == {str}:
+            table = list(dict.fromkeys(column))
+            column = list(map({text: n for n, text in enumerate(table)}.__getitem__, column))
+        elif not _SCALAR_TYPES.issuperset(types):
+            return None
+        columns.append(column)
+        tables.append(table)
+    return _encode((_carried_name(cls), at, lengths, heads, columns, tables))
+
+
+def _decode_named_runs(body) -> list:
+    name, at, lengths, heads, columns, tables = _decode(body)
+    cls = _class_named(name)
+    new = cls.__new__
+    for i, table in enumerate(tables):
+        if table is not None:
+            columns[i] = list(map(table.__getitem__, columns[i]))
+    named = [new(cls, *fields) for fields in heads]
+    columns.insert(at, list(chain.from_iterable(map(repeat, named, lengths))))
+    return list(zip(*columns))
 
 
 def encode_epoch(marker: EpochMarker) -> tuple[int, bytes]:
@@ -247,6 +383,7 @@ DECODERS = {
     KIND_IDLE: lambda body: IDLE,
     KIND_EPOCH: lambda body: EpochMarker(_EPOCH.unpack(body)[0]),
     KIND_ROUND: lambda body: RoundMarker(*_ROUND.unpack(body)),
+    KIND_NAMED_RUNS: _decode_named_runs,
 }
 DECODERS.update({kind | TIMED: _timed(DECODERS[kind])
-                  for kind in (KIND_SCALARS, KIND_TUPLES, KIND_PICKLE)})
+                  for kind in (KIND_SCALARS, KIND_TUPLES, KIND_PICKLE, KIND_NAMED_RUNS)})

@@ -2,7 +2,8 @@
 
 What `collect()` gathered leaves each kernel process as one encoded batch
 (`net._codec`): msgpack where the round trip is exact (scalars, tuples of
-scalars), pickle otherwise, so a record comes back exactly as it was. The
+scalars, and as columns a windowed aggregate's `(key, Window, result)`),
+pickle otherwise, so a record comes back exactly as it was. The
 caller's process decodes each batch once, after the run.
 
 Why not pickle the results as they are, with the rest of the kernel's
