@@ -28,11 +28,10 @@ import gc
 import statistics
 import time
 
-from kernel.operators import Window
-
 import kernel.execution._execute as _execute
 from benches._report import machine, table
 from kernel import Dataflow, Operator, run
+from operators import Window
 
 
 @functools.cache
