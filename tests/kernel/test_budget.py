@@ -474,7 +474,10 @@ async def test_a_word_count_on_the_hosts_loop_gives_it_a_turn_every_budget_or_so
     running = False
     await task
     assert sum(n for _, n in out.items) == 30_000 * 13
-    assert len(gaps) > 50
+    # the run lasted many budgets (so the bound below means something) and
+    # the host had its turns all along: on a fast machine ~45 turns, ~60 ms
+    # (a count of turns alone, > 50, failed there as the run got shorter)
+    assert sum(gaps) > 10 * BUDGET and len(gaps) > 10, (len(gaps), sum(gaps))
     assert max(gaps) <= 3 * BUDGET, sorted(gaps)[-5:]
 
 
