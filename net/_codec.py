@@ -29,7 +29,7 @@ import pickle
 import struct
 from array import array
 from collections import deque
-from itertools import accumulate, chain, groupby, repeat
+from itertools import accumulate, chain, groupby, islice, repeat
 from operator import itemgetter
 
 import msgspec
@@ -219,6 +219,7 @@ def _large_kind(batch: list) -> int | None:
 # Python only per run and per distinct string. Where runs are short, pickle.
 
 _RECORDS_A_RUN = 4  # fewer records a run on average: pickle
+_CACHED_CLASSES = 1024  # classes either cache below holds at most (then it starts again)
 
 # class -> "module:qualname" when its instances may go by their fields, None when not
 _NAMED_CLASSES: dict[type, str | None] = {}
@@ -260,6 +261,8 @@ def _carried_name(cls: type) -> str | None:
             found = None
         if found is cls:
             name = candidate
+    if len(_NAMED_CLASSES) >= _CACHED_CLASSES:  # classes made on the fly must not pile up here
+        _NAMED_CLASSES.clear()
     _NAMED_CLASSES[cls] = name
     return name
 
@@ -273,6 +276,8 @@ def _class_named(name: str) -> type:
     found = importlib.import_module(module)
     for part in qualname.split("."):
         found = getattr(found, part)
+    if len(_CLASSES_BY_NAME) >= _CACHED_CLASSES:
+        _CLASSES_BY_NAME.clear()
     _CLASSES_BY_NAME[name] = found
     return found
 
@@ -295,8 +300,13 @@ def _encode_named_runs(batch: list) -> bytes | None:
     cls = type(named[0])
     if set(map(type, named)) != {cls}:
         return None
-    lengths = [len(list(run)) for _, run in groupby(map(id, named))]
-    if len(lengths) * _RECORDS_A_RUN > len(batch):
+    # too many runs: given up on before a step per run (a session window's
+    # results have a Window each), first by distinct objects at C speed
+    most = len(batch) // _RECORDS_A_RUN
+    if len(set(map(id, named))) > most:
+        return None
+    lengths = [len(list(run)) for _, run in islice(groupby(map(id, named)), most + 1)]
+    if len(lengths) > most:
         return None
     heads = [tuple(named[start]) for start in accumulate(lengths[:-1], initial=0)]
     if not _SCALAR_TYPES.issuperset(map(type, chain.from_iterable(heads))):

@@ -569,7 +569,8 @@ def test_a_column_of_str_is_a_table_but_equal_keys_of_other_types_stay_apart():
 
 
 @pytest.mark.parametrize("case", ["short runs", "str subclass", "inexact field", "unlike class",
-                                  "custom reduce", "other width", "nested field", "a list record"])
+                                  "custom reduce", "other width", "nested field", "a list record",
+                                  "alternating"])
 def test_batches_the_columns_cannot_carry_exactly_go_by_pickle(case):
     span = Span(0.0, 1.0)
     batch = [("k", span, i) for i in range(8)]
@@ -591,6 +592,9 @@ def test_batches_the_columns_cannot_carry_exactly_go_by_pickle(case):
         batch = [("k", nested, i) for i in range(8)]
     elif case == "a list record":
         batch[6] = ["k", span, 6]
+    elif case == "alternating":  # two objects only, but a run each record
+        other = Span(2.0, 3.0)
+        batch = [("k", (span, other)[i % 2], i) for i in range(8)]
     kind, back = round_trip_batch(batch)
     assert kind == KIND_PICKLE
     assert same(back, batch)
@@ -614,3 +618,14 @@ def test_the_library_windows_results_go_by_columns_in_timed_batches_too():
     back = decode(kind, memoryview(body))
     assert type(back) is TimedBatch and back.timestamps == batch.timestamps
     assert same(list(back), list(batch))
+
+
+def test_namedtuple_classes_made_on_the_fly_do_not_pile_up_in_the_codec():
+    from kernel.net import _codec
+
+    for i in range(_codec._CACHED_CLASSES + 100):
+        made = collections.namedtuple(f"Made{i}", "start")  # its module holds no such name: pickle
+        one = made(1.0)
+        with pytest.raises(UnpicklableRecord):
+            encode_batch([("k", one, n) for n in range(8)])
+        assert len(_codec._NAMED_CLASSES) <= _codec._CACHED_CLASSES
