@@ -7,9 +7,9 @@ Each kernel makes its share of N records itself (`from_partitions`, nothing
 crosses `fork`) and maps them to the record shape of the row: plain ints,
 `(int, str, float)` tuples, or a windowed aggregate's results, `(key,
 Window, sum)`: a key string made for each record (as a window's keys come
-from its events), one `Window` for 300 records in a row. "overhead" is (collect - drop) / N: what
-gathering the records in each kernel and handing them to the caller as one
-list costs, per record. The "pickled" rows send each kernel's list back by
+from its events), one `Window` for 300 records in a row. "overhead" is
+(collect - drop) / N: what gathering the records in each kernel and
+handing them to the caller as one list costs, per record. The "pickled" rows send each kernel's list back by
 pickle with the rest of its answer, as before the kernels encoded their
 results with the codec (`kernel/execution/_results.py`), measured in the same
 run (interleaved runs, medians).
