@@ -61,6 +61,27 @@ collection over those results. (The results went by pickle then; they go
 as msgpack columns now, `net/_codec.py`: 2 kernels 0.55-0.57x -> 0.60x of
 one on a faster day, benches/RESULTS.md, seventh session.)
 
+Beside word count and the windowed sum, two rows of what a user could
+write by hand instead of a flow, in the same interleaved runs, results
+checked equal:
+
+* "batched loop, the flow's functions": the flow's own work in a plain
+  loop over batches of the kernel's size, calling the flow's functions as
+  the kernel must (`word_key` per word; `_event_time`, `_event_key`,
+  `_event_value` per event) and, for the windowed sum, emitting
+  `(key, Window, sum)` triples as windows close. This is as fast as one
+  kernel can get: the plain loop inlines what the flow calls, ~25 ns a
+  call, which is most of the gap between ours and it (seventh session:
+  ours at 99% of this row on word count and 88-97% on the windowed sum);
+* "plain loop in forked processes, merged" (N > 1): the plain loop over
+  `data[i::N]` in N forked, pinned processes, each result sent back by a
+  pipe and merged (dicts added key by key): map-reduce by hand. Its "vs 1
+  core" is against the plain loop. For the windowed sum it is *slower* on 2
+  cores than on 1 (0.34x, benches/RESULTS.md): each process's ~79,000
+  partial sums must come back and be merged, and its half of the events
+  costs less than that. Ours on 2 kernels, 0.38x of the plain loop in that
+  run, beats it.
+
 Select pipelines with `--only wordcount,heavy,windows` and the number of
 runs with `--reps N`.
 
@@ -81,13 +102,16 @@ import os
 import random
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable
+from itertools import chain
 from multiprocessing.connection import wait
 
 from benches._report import machine, parallel_ceiling, table
 from kernel import Dataflow, run
+from kernel.dataflow._operator import DEFAULT_BATCH_SIZE as BATCH
 from kernel.execution._cores import _cpus_for
-from operators import Tumbling
+from operators import Tumbling, Window
 
 VOCABULARY = 10_000
 WORDS_PER_LINE = 10
@@ -143,6 +167,19 @@ def plain_wordcount(lines: list[str]) -> dict[str, int]:
     return counts
 
 
+def batched_wordcount(lines: list[str]) -> dict[str, int]:
+    """Word count as our flow runs it, written by hand: batches of the
+    kernel's default size, `str.split` and the flow's key function
+    `word_key` called on every word, counted by C code (`Counter.update`).
+    It pays what the plain loop does not: a call of the user's key function
+    per word."""
+    counts: Counter = Counter()
+    for start in range(0, len(lines), BATCH):
+        words = list(chain.from_iterable(map(str.split, lines[start : start + BATCH])))
+        counts.update(map(word_key, words))
+    return dict(counts)
+
+
 def ours_wordcount(lines: list[str], cores: int) -> dict[str, int]:
     flow = Dataflow("wordcount")
     out = flow.from_iterable(lines).flat_map(str.split).key_by(word_key).count().collect()
@@ -185,31 +222,54 @@ def ours_heavy(records: range, cores: int) -> list[int]:
     return out.items
 
 
-def _ceiling_worker(share: range, cpu: int, sender) -> None:
+def _forked_worker(loop: Callable, share, cpu: int, sender) -> None:
     os.sched_setaffinity(0, {cpu})
-    sender.send(plain_heavy(share))
+    sender.send(loop(share))
 
 
-def ceiling_heavy(records: range, cores: int) -> list[int]:
-    """The plain loop in `cores` forked processes pinned as our kernels are."""
+def forked_plain(loop: Callable, data, cores: int, merge: Callable) -> object:
+    """`loop` over `data[i::cores]` in `cores` forked processes pinned as our
+    kernels are (each reads its share of the inherited input, as ours do),
+    each process's result sent back by a pipe (pickled) and the results
+    merged in this one: `merge(results)`, in the order they finish. What a
+    user would write by hand to put a plain loop on several cores."""
     context = multiprocessing.get_context("fork")
     children, pending = [], []
     for i, cpu in enumerate(_cpus_for(cores)):
         receiver, sender = context.Pipe(duplex=False)
-        child = context.Process(target=_ceiling_worker, args=(records[i::cores], cpu, sender))
+        child = context.Process(target=_forked_worker, args=(loop, data[i::cores], cpu, sender))
         child.start()
         sender.close()
         children.append(child)
         pending.append(receiver)
-    results: list[int] = []
+    results: list = []
     while pending:  # whichever finishes first, so that no child waits on a full pipe
         for receiver in wait(pending):
-            results += receiver.recv()
+            results.append(receiver.recv())
             receiver.close()
             pending.remove(receiver)
     for child in children:
         child.join()
-    return results
+    return merge(results)
+
+
+def concatenated(parts: list[list]) -> list:
+    return [item for part in parts for item in part]
+
+
+def summed(parts: list[dict]) -> dict:
+    """Dicts of numbers merged by key, values added."""
+    total = parts[0]
+    for part in parts[1:]:
+        get = total.get
+        for key, value in part.items():
+            total[key] = get(key, 0) + value
+    return total
+
+
+def ceiling_heavy(records: range, cores: int) -> list[int]:
+    """The plain loop in `cores` forked processes pinned as our kernels are."""
+    return forked_plain(plain_heavy, records, cores, concatenated)
 
 
 def pool_heavy(records: range, cores: int) -> list[int]:
@@ -236,6 +296,35 @@ def plain_window_sums(events: list) -> dict[tuple[str, float], int]:
         slot = (key, float(floor(t)))
         sums[slot] = sums.get(slot, 0) + value
     return sums
+
+
+def batched_window_sums(events: list) -> list:
+    """The windowed sum as our flow runs it, written by hand: batches of the
+    kernel's default size; the flow's three functions (`_event_time`,
+    `_event_key`, `_event_value`) called on every event; the watermark
+    (largest time so far less 0.5 s) checked after each batch; results as
+    ours are, `(key, Window, sum)` triples, one `Window` per window. What
+    it pays beyond the plain loop is those calls and those triples."""
+    sums: dict[int, dict] = {}
+    out: list = []
+    watermark = -math.inf
+    floor = math.floor
+    for start in range(0, len(events), BATCH):
+        batch = events[start : start + BATCH]
+        stamps = list(map(_event_time, batch))
+        for key, value, t in zip(map(_event_key, batch), map(_event_value, batch), stamps):
+            keyed = sums.get(j := floor(t))
+            if keyed is None:
+                keyed = sums[j] = {}
+            keyed[key] = keyed.get(key, 0) + value
+        watermark = max(watermark, max(stamps) - 0.5)
+        for j in sorted(j for j in sums if j + 1 <= watermark):
+            window = Window(float(j), float(j + 1))
+            out += [(key, window, total) for key, total in sums.pop(j).items()]
+    for j in sorted(sums):
+        window = Window(float(j), float(j + 1))
+        out += [(key, window, total) for key, total in sums.pop(j).items()]
+    return out
 
 
 def ours_window_sums(events: list, cores: int) -> list:
@@ -427,6 +516,18 @@ def main(argv: list[str] | None = None) -> None:
               f"{min(found):.2f}x-{max(found):.2f}x")
 
 
+def by_hand_rows(name: str, rates: dict[str, float], cores_list: list[int], plain: float) -> list:
+    """The rows of what a user could write by hand instead: the batched
+    loop calling the flow's functions (the most our one kernel can reach),
+    and the plain loop on several cores in forked processes, merged (its
+    "vs 1 core" is against the plain loop on one)."""
+    rows = [row(name, "batched loop, the flow's functions", 1, rates["batched"], plain)]
+    for cores in cores_list[1:]:
+        rows.append(row(name, "plain loop in forked processes, merged", cores, rates[f"forked{cores}"],
+                        plain, plain))
+    return rows
+
+
 def wordcount_rows(args, cores_list: list[int], n_lines: int, reps: int, bytewax_reps: int) -> list:
     lines = make_lines(n_lines)
     reference = plain_wordcount(lines)
@@ -435,13 +536,16 @@ def wordcount_rows(args, cores_list: list[int], n_lines: int, reps: int, bytewax
     def same_counts(result) -> bool:
         return result == reference
 
-    fns: dict[str, Callable[[], object]] = {"plain": lambda: plain_wordcount(lines)}
+    fns: dict[str, Callable[[], object]] = {"plain": lambda: plain_wordcount(lines),
+                                            "batched": lambda: batched_wordcount(lines)}
     for cores in cores_list:
         fns[f"ours{cores}"] = lambda cores=cores: ours_wordcount(lines, cores)
+    for cores in cores_list[1:]:
+        fns[f"forked{cores}"] = lambda cores=cores: forked_plain(plain_wordcount, lines, cores, summed)
     wc = interleaved_rates(reps, n_lines, fns, same_counts)
     name = f"word count, {n_lines:,} lines x {WORDS_PER_LINE} words"
     plain = wc["plain"]
-    rows = [row(name, "plain dict loop", 1, plain, plain)]
+    rows = [row(name, "plain dict loop", 1, plain, plain), *by_hand_rows(name, wc, cores_list, plain)]
     rows += ours_rows(name, wc, cores_list, plain, {
         1: (f">= {TARGET_VS_PLAIN:.0%} of plain", lambda rate, _: rate >= TARGET_VS_PLAIN * plain),
     })
@@ -494,13 +598,15 @@ def window_rows(args, cores_list: list[int], n_events: int, reps: int, bytewax_r
     def same_sums(result) -> bool:
         return (result if type(result) is dict else sums_by_slot(result)) == window_reference
 
-    fns = {"plain": lambda: plain_window_sums(events)}
+    fns = {"plain": lambda: plain_window_sums(events), "batched": lambda: batched_window_sums(events)}
     for cores in cores_list:
         fns[f"ours{cores}"] = lambda cores=cores: ours_window_sums(events, cores)
+    for cores in cores_list[1:]:
+        fns[f"forked{cores}"] = lambda cores=cores: forked_plain(plain_window_sums, events, cores, summed)
     ws = interleaved_rates(reps, n_events, fns, same_sums)
     name = f"windowed sum, {n_events:,} events, {WINDOW_KEYS:,} keys, 1 s tumbling"
     plain = ws["plain"]
-    rows = [row(name, "plain dict loop", 1, plain, plain)]
+    rows = [row(name, "plain dict loop", 1, plain, plain), *by_hand_rows(name, ws, cores_list, plain)]
     if args.no_bytewax or not bytewax_available():
         why = "skipped" if args.no_bytewax else "not installed"
         rows += ours_rows(name, ws, cores_list, plain, {
