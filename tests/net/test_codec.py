@@ -8,6 +8,7 @@ import math
 import pickle
 import threading
 from typing import NamedTuple
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -457,6 +458,63 @@ def test_one_record_of_another_shape_among_pairs_round_trips_exactly(pairs, data
         assert kind == KIND_TUPLES
     else:
         assert kind == KIND_PICKLE
+
+
+# A batch of more than _CHECKED_AT_ONCE records is checked a slice at a
+# time: whatever slice holds the one record msgpack cannot carry exactly,
+# the whole batch goes by pickle. Slices of 8 here, so that a few dozen
+# records span many of them.
+
+def round_trip_in_slices_of_8(batch):
+    import kernel.net._codec as codec
+
+    with mock.patch.object(codec, "_CHECKED_AT_ONCE", 8):
+        return round_trip_batch(batch)
+
+
+@settings_
+@given(st.lists(st.tuples(plain_scalars, plain_scalars), min_size=9, max_size=60), st.data())
+def test_one_inexact_field_in_any_slice_sends_the_batch_by_pickle(pairs, data):
+    i = data.draw(st.integers(0, len(pairs) - 1))
+    record = list(pairs[i])
+    record[data.draw(st.integers(0, 1))] = data.draw(inexact)
+    pairs[i] = tuple(record)
+    kind, back = round_trip_in_slices_of_8(pairs)
+    assert kind == KIND_PICKLE
+    assert same(back, pairs)
+
+
+@settings_
+@given(st.lists(st.tuples(plain_scalars, plain_scalars), min_size=9, max_size=60), st.data())
+def test_a_record_of_another_kind_in_any_slice_round_trips_exactly(pairs, data):
+    i = data.draw(st.integers(0, len(pairs) - 1))
+    pairs[i] = data.draw(st.sampled_from([(1, "a", "b"), (1,), (), Pair(1, "a"), [1, "a"], "ab", 5, True]))
+    kind, back = round_trip_in_slices_of_8(pairs)
+    assert same(back, pairs)
+    assert kind == (KIND_TUPLES if type(pairs[i]) is tuple else KIND_PICKLE)
+
+
+@settings_
+@given(st.lists(plain_scalars, min_size=9, max_size=60), st.data())
+def test_scalars_in_slices_stay_scalars_unless_one_slice_holds_something_else(batch, data):
+    kind, back = round_trip_in_slices_of_8(batch)
+    assert kind == KIND_SCALARS and same(back, batch)
+    batch[data.draw(st.integers(0, len(batch) - 1))] = data.draw(st.sampled_from([(1, 2), [1], MyInt(3)]))
+    kind, back = round_trip_in_slices_of_8(batch)
+    assert kind == KIND_PICKLE and same(back, batch)
+
+
+def test_a_batch_of_many_slices_is_checked_to_its_last_record():
+    pairs = [(n, f"k{n}") for n in range(10_000)]  # three slices of the real size
+    kind, back = round_trip_batch(pairs)
+    assert kind == KIND_TUPLES and same(back, pairs)
+    for last in ((9_999, ["k"]), (9_999, MyStr("k")), [9_999, "k"]):
+        batch = [*pairs[:-1], last]
+        kind, back = round_trip_batch(batch)
+        assert kind == KIND_PICKLE and same(back, batch)
+    numbers = [*range(9_999), True]
+    kind, back = round_trip_batch(numbers)
+    assert kind == KIND_SCALARS and same(back, numbers)
 
 
 def test_large_batches_of_empty_tuples_keep_their_length():
