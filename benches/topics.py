@@ -21,7 +21,9 @@ job and a subscribing job, each a process of its own (forked, one core).
    difference. p50 and p99.
 3. a service call's round trip (`kernel.services.connect`, one call at a
    time, a small dict echoed by a sync handler) vs a raw aiohttp websocket
-   request/response of the same msgpack bytes.
+   request/response of the same msgpack bytes. The client, the serving job
+   and the raw server are all pinned to one CPU, so that neither side of
+   the comparison gets a cross-CPU wake-up the other does not.
 
 Target (issue 18): topic throughput >= 80% of the link's at 100 and 1000
 records a batch. "topic, a frame a batch": the same with the publisher's
@@ -324,9 +326,18 @@ def link_with_codec(batch_size: int, count: int) -> float:
 # -- services ---------------------------------------------------------------------------------
 
 
+def _one_cpu() -> int:
+    """The CPU the round trips of section 3 run on, every process of them:
+    left to the scheduler, the server landed on the client's CPU or on the
+    other one by chance (a cross-CPU wake-up each way: 17 against 109 us at
+    the median in one run), as benches/links.py found for its round trip."""
+    return min(os.sched_getaffinity(0))
+
+
 def service_job(port: int) -> None:
     from kernel import Dataflow, run
 
+    os.sched_setaffinity(0, {_one_cpu()})
     _env(port)
     flow = Dataflow("bench-service")
     flow.serve("echo", lambda request: request)
@@ -335,6 +346,8 @@ def service_job(port: int) -> None:
 
 def raw_echo_server(port: int, ready) -> None:
     from aiohttp import web
+
+    os.sched_setaffinity(0, {_one_cpu()})
 
     async def handler(request):
         ws = web.WebSocketResponse()
@@ -395,9 +408,12 @@ def service_round_trips(coordinator: Coordinator, rounds: int) -> dict[str, list
             await ws.close()
         return samples
 
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {_one_cpu()})  # the client beside its servers
     try:
         return uvloop.run(main())
     finally:
+        os.sched_setaffinity(0, allowed)
         for proc in (job, raw):
             proc.kill()
             proc.join(5)
