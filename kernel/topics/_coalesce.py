@@ -6,7 +6,9 @@ top of encoding its records. At 100 records a batch that write was a
 quarter of the publisher's CPU (py-spy, benches/topics.py), and it is paid
 again for every subscriber. When a subscriber's queue holds several
 batches (the writer is behind: throughput, not latency, is what counts
-then) they go as one frame of up to MAX_BYTES. Nothing is re-encoded: the
+then) they go as one frame of up to MAX_BYTES, where each is small
+(JOIN_BELOW: a larger frame's write is a small part of its cost, and
+joined frames cost the subscriber more). Nothing is re-encoded: the
 codec's msgpack arrays are joined under one array header, and the
 timestamps of timed batches laid end to end.
 
@@ -27,6 +29,13 @@ from collections import deque
 from kernel.net._codec import KIND_SCALARS, KIND_TUPLES, KIND_WATERMARK, TIMED
 
 MAX_BYTES = 256 << 10  # a joined frame's body at most (about; the last batch may pass it)
+# A frame this large or larger goes alone. Its write is a small part of its
+# cost already, and joined frames cost the subscriber more a record: at
+# 1,000 `(int, str)` a batch (~11 kB frames) joining up to 256 KiB gave
+# 12.0 M records/s against 13.8 M a frame a batch, the subscriber 84 against
+# 72 ns a record (benches/topics.py --joining 7; up to 64 KiB, 12.3 against
+# 14.0 M); at 100 a batch (~1 kB) joining pays, +16-23%.
+JOIN_BELOW = 4 << 10
 JOINABLE = frozenset((KIND_SCALARS, KIND_TUPLES, KIND_SCALARS | TIMED, KIND_TUPLES | TIMED))
 _COUNT = struct.Struct("<I")  # a timed body's record count (net._codec)
 _WATERMARK = struct.Struct("<d")
@@ -41,6 +50,8 @@ def take(kind: int, body, queue: deque) -> tuple[list, list]:
     taken: list = []
     parts = [body]
     size = len(body)
+    if size >= JOIN_BELOW:
+        return [(kind, body)], taken
     crossed = None  # the last watermark crossed: sent after the joined frame
     floor = float("-inf")  # its value: no record joined after it may be below it
     timed = kind & TIMED

@@ -116,11 +116,27 @@ def plain(payload):
 def test_large_arrays_and_pickled_batches():
     many = [(i, str(i)) for i in range(70_000)]  # msgpack's 32-bit array header once joined
     frames = [encode_batch(many[:40_000]), encode_batch(many[40_000:])]
-    _coalesce.MAX_BYTES, saved = 1 << 30, _coalesce.MAX_BYTES
+    saved = _coalesce.MAX_BYTES, _coalesce.JOIN_BELOW
+    _coalesce.MAX_BYTES = _coalesce.JOIN_BELOW = 1 << 30
     try:
         [joined] = writer(frames)
     finally:
-        _coalesce.MAX_BYTES = saved
+        _coalesce.MAX_BYTES, _coalesce.JOIN_BELOW = saved
     assert decode(*joined) == many
     pickled = [encode_batch([{1: 2}]), encode_batch([{3: 4}])]
     assert pickled[0][0] == _codec.KIND_PICKLE and writer(pickled) == pickled  # not joined
+
+
+def test_a_frame_of_join_below_bytes_or_more_goes_alone():
+    """Batches of 1,000 pairs (~11 kB a frame) go a frame each; batches of
+    100 behind one another still join, and a large batch behind a small
+    one joins it (what is joined is decided by the frame taken first)."""
+    big = [encode_batch([(i, f"k{i}") for i in range(j, j + 1000)]) for j in range(0, 3000, 1000)]
+    assert all(len(body) >= _coalesce.JOIN_BELOW for _, body in big)
+    assert writer(big) == big
+    small = [encode_batch([(i, f"k{i}") for i in range(j, j + 100)]) for j in range(0, 300, 100)]
+    assert all(len(body) < _coalesce.JOIN_BELOW for _, body in small)
+    [joined] = writer(small)
+    assert decode(*joined) == [(i, f"k{i}") for i in range(300)]
+    [joined] = writer([small[0], big[0]])
+    assert decode(*joined) == [(i, f"k{i}") for i in range(100)] + [(i, f"k{i}") for i in range(1000)]
