@@ -71,7 +71,7 @@ checked equal:
   `_event_value` per event) and, for the windowed sum, emitting
   `(key, Window, sum)` triples as windows close. This is as fast as one
   kernel can get: the plain loop inlines what the flow calls, ~25 ns a
-  call, which is most of the gap between ours and it (seventh session:
+  call, which is most of the gap between ours and it (eighth session:
   ours at 99% of this row on word count and 88-97% on the windowed sum);
 * "plain loop in forked processes, merged" (N > 1): the plain loop over
   `data[i::N]` in N forked, pinned processes, each result sent back by a
