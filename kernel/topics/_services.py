@@ -35,6 +35,7 @@ SERVICE_PATH = "/kernel-service"
 _HEAD = struct.Struct("<QB")
 OK, FAILED = 0, 1
 _MAX_MESSAGE = 16 << 20
+_REACH_TRY = 1.0  # seconds a client tries the address it looked up before looking the service up again
 _encode = msgspec.msgpack.encode
 _decode = msgspec.msgpack.decode
 
@@ -145,23 +146,51 @@ class ServiceClient:
         self._ws = self._http = self._reader = None
 
     async def __aenter__(self) -> ServiceClient:
-        from kernel.net._links import LinkError, connect
+        """Look the service up and connect. Where the address the catalog
+        gave does not answer (its job was killed, and maybe restarted
+        elsewhere: a new registration replaces the old one), or answers
+        with another service (its port taken since), the service is
+        looked up again, every _REACH_TRY seconds, until the timeout."""
+        from kernel.net._links import AuthenticationFailed, LinkError, LinkMismatch, connect
 
         address = _directory.coordinator_address(self.coordinator)
         key = _directory.secret()
+        loop = asyncio.get_running_loop()
+        deadline = None if self.timeout is None else loop.time() + self.timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - loop.time())
+
         directory = _directory.Directory(address, key)
         try:
-            found = await directory.lookup(self.name, self.timeout, kind="service")
+            while True:
+                found = await directory.lookup(self.name, left(), kind="service")
+                host, _, port = found["addresses"][0].rpartition(":")
+                url = _directory.url_of(host, int(port))
+                remaining = left()
+                try:
+                    ws, _, meta, http = await connect(
+                        url, key, 0, path=SERVICE_PATH, max_frame=_MAX_MESSAGE,
+                        timeout=_REACH_TRY if remaining is None else max(0.01, min(_REACH_TRY, remaining)),
+                        meta={"service": self.name}, check_meta=False, ssl=_directory.client_ssl())
+                except (AuthenticationFailed, LinkMismatch) as exc:
+                    raise ServiceError(f"service {self.name!r}: {exc}") from exc
+                except LinkError as exc:
+                    if left() == 0.0:
+                        raise ServiceError(f"service {self.name!r}: nothing answered at {url}, where it is "
+                                           f"registered, within {self.timeout:g} s ({exc.__cause__ or exc})"
+                                           ) from exc
+                    continue  # registered again since, elsewhere? the next lookup says
+                if isinstance(meta, dict) and meta.get("service") == self.name:
+                    self._ws, self._http = ws, http
+                    break
+                await ws.close()
+                await http.close()
+                if left() == 0.0:
+                    raise ServiceError(f"service {self.name!r}: {url} serves {meta!r}, not this service")
+                await asyncio.sleep(_directory.LOOKUP_EVERY)
         finally:
             await directory.close()
-        host, _, port = found["addresses"][0].rpartition(":")
-        try:
-            self._ws, _, _, self._http = await connect(
-                _directory.url_of(host, int(port)), key, 0, path=SERVICE_PATH, max_frame=_MAX_MESSAGE,
-                timeout=self.timeout or 10.0, meta={"service": self.name}, check_meta=False,
-                ssl=_directory.client_ssl())
-        except LinkError as exc:
-            raise ServiceError(f"service {self.name!r}: {exc}") from exc
         self._reader = asyncio.ensure_future(self._read())
         return self
 

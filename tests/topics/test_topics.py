@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "system"))
-from _system import System, wait_until
+from _system import System, free_port, wait_until
 from test_system_tls import certificates  # noqa: F401  (a fixture: the CA and certificates)
 
 HERE = Path(__file__).resolve().parent
@@ -380,6 +380,88 @@ def test_a_service_called_from_an_app_pipelined_and_from_another_job(system, mon
         assert caller.stdout.strip() == "[5, 2]", caller.stderr
         kinds = {t["name"]: t["kind"] for t in system.status()["topics"] if t["name"] in ("square", "config")}
         assert kinds == {"square": "service", "config": "service"}
+    finally:
+        server.kill()
+        server.wait()
+
+
+ECHO = """\
+import sys
+from kernel import Dataflow, run
+
+flow = Dataflow("echo")
+flow.serve(sys.argv[2], lambda request: {"from": sys.argv[2], "echo": request})
+run(flow, coordinator=sys.argv[1])
+"""
+
+
+def _register_service(system, name: str, address: str) -> None:
+    """A registration left behind by an app that is gone: `name` served at `address`."""
+    from kernel.topics._directory import Directory
+
+    async def register():
+        directory = Directory(("127.0.0.1", system.port), system.env["KERNEL_SECRET"].encode())
+        try:
+            await directory.request("topic_publish", name=name, id="gone", job="app:gone", kind="service",
+                                    record_type=None, partitions=1, partition=0, address=address)
+        finally:
+            await directory.close()
+
+    asyncio.run(register())
+
+
+def test_a_client_looks_a_dead_services_address_up_again_and_reaches_its_new_server(system, monkeypatch):
+    """A killed serving app's registration stays behind until the next one
+    replaces it. A client that found the dead address does not keep to
+    it until its timeout: it looks the service up again, and reaches the
+    job that serves it now."""
+    import kernel.services
+    from kernel.topics import ServiceError
+
+    name = f"echo-{next(_topics)}"
+    _register_service(system, name, f"127.0.0.1:{free_port()}")  # nothing listens there
+    (system.root / "echo.py").write_text(ECHO)
+    monkeypatch.setenv("KERNEL_SECRET", system.env["KERNEL_SECRET"])
+    coordinator = f"127.0.0.1:{system.port}"
+    with pytest.raises(ServiceError, match=rf"service '{name}': nothing answered at http://127\.0\.0\.1:\d+, "
+                                           r"where it is registered, within 1 s"):
+        kernel.services.call(name, "hi", coordinator=coordinator, timeout=1)
+
+    async def call_while_it_comes_back():
+        calling = asyncio.ensure_future(asyncio.to_thread(
+            kernel.services.call, name, "hi", coordinator=coordinator, timeout=20))
+        await asyncio.sleep(0.5)  # the client has found the dead address and tries it
+        server = subprocess.Popen([PYTHON, "echo.py", coordinator, name], env=system.env, cwd=system.root,
+                                  stderr=subprocess.PIPE)
+        try:
+            return await calling
+        finally:
+            server.kill()
+            server.wait()
+
+    assert asyncio.run(call_while_it_comes_back()) == {"from": name, "echo": "hi"}
+
+
+def test_a_client_refuses_an_address_that_now_serves_another_service(system, monkeypatch):
+    """The port of a dead registration may be another service's by now: the
+    client sees the server's own name in the handshake, and fails with a
+    clear error at its timeout instead of sending its requests there."""
+    import kernel.services
+    from kernel.topics import ServiceError
+
+    other = f"other-{next(_topics)}"
+    (system.root / "echo.py").write_text(ECHO)
+    coordinator = f"127.0.0.1:{system.port}"
+    server = subprocess.Popen([PYTHON, "echo.py", coordinator, other], env=system.env, cwd=system.root,
+                              stderr=subprocess.PIPE)
+    try:
+        [served] = wait_until(lambda: [t for t in system.status()["topics"] if t["name"] == other],
+                              what="the other service to be registered")
+        name = f"echo-{next(_topics)}"
+        _register_service(system, name, served["publisher"][0])
+        monkeypatch.setenv("KERNEL_SECRET", system.env["KERNEL_SECRET"])
+        with pytest.raises(ServiceError, match=rf"{name}.*serves .*{other}.*not this service"):
+            kernel.services.call(name, "hi", coordinator=coordinator, timeout=2)
     finally:
         server.kill()
         server.wait()
