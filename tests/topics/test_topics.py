@@ -12,6 +12,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections import defaultdict
@@ -427,10 +428,19 @@ def test_a_client_looks_a_dead_services_address_up_again_and_reaches_its_new_ser
                                            r"where it is registered, within 1 s"):
         kernel.services.call(name, "hi", coordinator=coordinator, timeout=1)
 
+    # Now registered where this test listens: the server starts only once
+    # the client has tried that address (its connection accepted), and that
+    # address then goes dead (the connection dropped, nothing listening).
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(20)
+    _register_service(system, name, f"127.0.0.1:{listener.getsockname()[1]}")
+
     async def call_while_it_comes_back():
         calling = asyncio.ensure_future(asyncio.to_thread(
             kernel.services.call, name, "hi", coordinator=coordinator, timeout=20))
-        await asyncio.sleep(0.5)  # the client has found the dead address and tries it
+        with listener:
+            tried, _ = await asyncio.to_thread(listener.accept)
+            tried.close()
         server = subprocess.Popen([PYTHON, "echo.py", coordinator, name], env=system.env, cwd=system.root,
                                   stderr=subprocess.PIPE)
         try:
