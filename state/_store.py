@@ -205,8 +205,14 @@ class SnapshotStore:
         epoch that never was. ~15 ms for a 34 MB store."""
         problems = self._query("PRAGMA quick_check")
         if problems != [("ok",)]:
-            first = problems[0][0].replace("*** in database main ***", "").strip()
-            raise StateError(self._damaged(first))
+            # SQLite gives every problem it found, a line each, in one row
+            # (after a "*** in database main ***" line), and may add more
+            # rows: the error names the first and counts the rest, so that
+            # it stays one line however many cells a damaged page held
+            found = [line.strip() for row in problems for line in row[0].splitlines()
+                     if line.strip() and line.strip() != "*** in database main ***"]
+            more = f" and {len(found) - 1} more problem{'s' * (len(found) > 2)}" if len(found) > 1 else ""
+            raise StateError(self._damaged(found[0] + more))
 
     # -- writing -------------------------------------------------------------------------
 

@@ -214,6 +214,23 @@ def test_a_corrupted_page_of_the_store_is_a_clear_error(tmp_path, table):
     assert "move the state_dir aside to run this flow afresh" in message
 
 
+def test_a_page_with_many_damaged_cells_is_still_a_one_line_error(tmp_path):
+    """SQLite reports every damaged cell of a page, a line each, in one
+    result: the error names the first and counts the others."""
+    store = store_with_epochs(tmp_path, epochs=range(1, 4), kernels=10)
+    store.close()
+    page, size = root_page(store.path, "snapshots")
+    with open(store.path, "r+b") as f:
+        f.seek((page - 1) * size + size // 2)  # the cells at the end of the page, zeroed
+        f.write(bytes(size // 2))
+    with pytest.raises(StateError) as info:
+        SnapshotStore(tmp_path).check_intact()
+    message = str(info.value)
+    assert "\n" not in message
+    first_and_count = r"is damaged \(On tree page \d+ cell \d+: [^()]+ and \d\d+ more problems\)"
+    assert re.search(first_and_count, message), message
+
+
 def test_a_corrupted_store_is_one_clear_line_from_the_command_line(tmp_path):
     (tmp_path / "pipeline.py").write_text(
         "from kernel import Dataflow\n"
