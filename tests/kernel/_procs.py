@@ -1,9 +1,29 @@
-"""Running several `python -m kernel.run` processes of one cluster to their end."""
+"""Running several `python -m kernel.run` processes of one cluster to their
+end; their output less the kernels' stall reports."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+
+# A kernel's stall report, as the command line prints it (Python's
+# last-resort handler: the message alone) or through a handler of the
+# pipeline's (`prefix`: its format's text before the message).
+_STALL_REPORT = re.compile(
+    r"\[kernel \d+\] stall: .+ ran [\d.]+ ms without yielding \(threshold [\d.]+ ms\); "
+    r"the event loop and every other operator waited( \(\d+ more stalls since the last report\))?")
+
+
+def without_stall_reports(text: str, prefix: str = "") -> str:
+    """`text` (a run's stderr, or whatever its logging writes to) without
+    the lines that report a kernel's stall (an activation that ran over the
+    25 ms threshold), each after `prefix`. On a loaded machine any activation
+    may be preempted that long, and the report is then the kernel's due:
+    a test of what else a run prints leaves them out, and only them."""
+    return "".join(line for line in text.splitlines(keepends=True)
+                   if not (line.startswith(prefix)
+                           and _STALL_REPORT.fullmatch(line[len(prefix):].rstrip("\n"))))
 
 
 def run_cli_processes(arguments: list[list[str]], envs: list[dict], timeout: float = 60):

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from _procs import without_stall_reports
 
 import kernel
 from kernel import Dataflow
@@ -64,7 +65,8 @@ def test_runs_the_flow_named_flow_by_default(tmp_path):
     proc = cli(write(tmp_path, "pipeline.py", PIPELINE))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "sq 0\nsq 1\nsq 4\nsq 9\nsq 16\n"
-    assert proc.stderr == ""
+    # nothing on stderr (but a stall report: a loaded machine may preempt a kernel mid-activation)
+    assert without_stall_reports(proc.stderr) == ""
 
 
 def test_path_colon_name_picks_another_flow(tmp_path):
@@ -251,7 +253,7 @@ def test_more_cores_than_cpus_run_with_a_warning_on_stderr(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert sorted(proc.stdout.splitlines()) == sorted(f"sq {x * x}" for x in range(5))
-    assert proc.stderr.splitlines() == [
+    assert without_stall_reports(proc.stderr).splitlines() == [  # (two kernels on one CPU may stall)
         "cores=2, but this process may use only 1 CPU (os.sched_getaffinity): the kernels will "
         "share CPUs, and run slower than with cores=1"]
 
@@ -376,7 +378,8 @@ def test_ctrl_c_stops_an_endless_pipeline(tmp_path, cores):
         proc.kill()
         proc.wait()
     assert proc.returncode == 130
-    assert err == "interrupted\n"
+    # (a kernel running flat out may stall on a loaded machine)
+    assert without_stall_reports(err) == "interrupted\n"
     assert out == ""
 
 
@@ -435,7 +438,7 @@ flow.from_iterable(range(10)).map(work).collect()
 """)
     result = cli(str(path))
     assert result.returncode == 130
-    assert result.stderr == "interrupted\n"
+    assert without_stall_reports(result.stderr) == "interrupted\n"
 
 
 def test_a_state_dir_of_another_flow_exits_1_with_a_clear_message(tmp_path):

@@ -15,6 +15,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from _procs import without_stall_reports
+
 REPO = Path(__file__).resolve().parents[2]
 WARNING = ("cores=2, but this process may use only 1 CPU (os.sched_getaffinity): the kernels will "
            "share CPUs, and run slower than with cores=1")
@@ -58,7 +60,9 @@ def test_a_program_that_configures_logging_gets_the_kernels_warnings():
         """)
     proc = on_one_cpu("-c", program)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == [f"WARNING kernel: {WARNING}", "WARNING kernel.state: below kernel"]
+    # (two kernels on one CPU may also report a stall: a warning of theirs too, but not the one tested)
+    assert without_stall_reports(proc.stdout, "WARNING kernel: ").splitlines() == [
+        f"WARNING kernel: {WARNING}", "WARNING kernel.state: below kernel"]
     assert proc.stderr == ""
 
 
@@ -79,9 +83,12 @@ def test_the_cli_prints_warnings_once_when_the_pipeline_configures_logging(tmp_p
     state = tmp_path / "st"
     first = subprocess.run([sys.executable, "-m", "kernel.run", str(pipeline), "--state-dir", str(state)],
                            cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert (first.returncode, first.stdout, first.stderr) == (0, "0\n1\n2\n", "")
+    # (a loaded machine may make a kernel report a stall: through the pipeline's handler)
+    assert (first.returncode, first.stdout, without_stall_reports(first.stderr, "pipeline's log: ")) == (
+        0, "0\n1\n2\n", "")
     again = subprocess.run([sys.executable, "-m", "kernel.run", str(pipeline), "--state-dir", str(state)],
                            cwd=REPO, capture_output=True, text=True, timeout=60)
     assert (again.returncode, again.stdout) == (0, ""), again.stderr
-    line, = again.stderr.splitlines()  # once: through the pipeline's handler, not also the CLI's
+    # once: through the pipeline's handler, not also the CLI's
+    line, = without_stall_reports(again.stderr, "pipeline's log: ").splitlines()
     assert line.startswith(f"pipeline's log: state_dir {state}: this flow already ran to the end (epoch ")

@@ -60,10 +60,11 @@ def test_warnings_are_json_lines_with_kernel_step_and_job(tmp_path):
     proc = _cli(tmp_path, STALLING, "--cores", "2", "--log-format", "json")
     assert proc.returncode == 0, proc.stderr
     objects = _objects(proc.stderr)
+    # the stall of record 0's sleep: kernel 0's source (reported once); on a loaded machine
+    # another activation may be preempted past the threshold too, and reported as well
     stalls = [o for o in objects if o["message"].startswith("stall: ")]
-    assert len(stalls) == 1, objects
-    stall = stalls[0]
-    assert stall["kernel"] == 0 and stall["step"] == "from_iterable (step 0)" and stall["job"] == "stalling"
+    [stall] = [o for o in stalls if o.get("kernel") == 0 and o.get("step") == "from_iterable (step 0)"]
+    assert stall["job"] == "stalling"
     assert stall["logger"] == "kernel" and not stall["message"].startswith("[kernel")
     mine = [o for o in objects if o["logger"] == "mine"]
     # imported by each of the two kernel processes; no kernel there: the pipeline's job

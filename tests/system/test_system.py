@@ -90,11 +90,11 @@ def system(tmp_path_factory):
         system.close()
 
 
-def start_system(root: Path, *executor_options: str) -> System:
+def start_system(root: Path, *executor_options: str, coordinator_options: tuple[str, ...] = ()) -> System:
     """A coordinator and two executors of 2 cores, up."""
     system = System(root)
     try:
-        system.start_coordinator()
+        system.start_coordinator(*coordinator_options)
         system.start_executor(2, *executor_options)
         system.start_executor(2, *executor_options)
         system.executors_up(2)
@@ -197,7 +197,22 @@ def test_an_executor_killed_mid_run_the_job_restarts_and_writes_every_record_onc
     assert lost["state"] == "lost"
 
 
-def test_a_restarted_coordinator_keeps_the_catalog_and_adopts_the_running_job(fresh, tmp_path):
+# An executor stops its jobs once the coordinator has not answered for 0.8 x its
+# --executor-timeout: 1.6 s with the tests' 2 s, which a coordinator's restart took on a
+# loaded machine (its job was then restarted, not adopted). 8 s here.
+PATIENT = ("--executor-timeout", "10")
+
+
+@pytest.fixture
+def patient(tmp_path):
+    """A system of its own whose executors keep their jobs through a coordinator's restart."""
+    system = start_system(tmp_path, coordinator_options=PATIENT)
+    yield system
+    system.close()
+
+
+def test_a_restarted_coordinator_keeps_the_catalog_and_adopts_the_running_job(patient, tmp_path):
+    fresh = patient
     out, count = tmp_path / "out", 5000
     pipeline, go = slow(tmp_path, pause=0.001, count=count, out=out)
     # a client following the job with --wait, through the coordinator's restart
@@ -209,7 +224,7 @@ def test_a_restarted_coordinator_keeps_the_catalog_and_adopts_the_running_job(fr
         before = fresh.job(job)
         fresh.coordinator.send_signal(signal.SIGKILL)
         fresh.coordinator.wait()
-        fresh.start_coordinator()
+        fresh.start_coordinator(*PATIENT)
         after = fresh.job(job)
         assert (after["status"], after["placement"], after["attempt"]) == ("running", before["placement"], 1)
         go.touch()

@@ -18,7 +18,7 @@ DT = 1 / 64  # event seconds between readings (exact in binary: window bounds ar
 PAYLOAD = int(os.environ.get("PAYLOAD", "0"))  # a string of this many bytes in each reading
 GO = os.environ.get("GO")  # a file: once it exists, the readings come at full speed
 HOLD = os.environ.get("HOLD")  # a file: after COUNT readings the source waits for it, then ends
-WAIT = os.environ.get("WAIT")  # a file: the source makes no reading until it exists
+WAIT = os.environ.get("WAIT")  # a file: the source makes no reading until it exists (its RATE from then)
 # the kernels WAIT applies to, e.g. "1" (default: every one)
 WAIT_KERNELS = set(map(int, os.environ["WAIT_KERNELS"].split(","))) if os.environ.get("WAIT_KERNELS") \
     else None
@@ -60,6 +60,7 @@ class Readings(Source):
             return self.hold()
         if WAIT and self.waits and not os.path.exists(WAIT):
             self.context.kernel.call_later(0.02, self.wake)
+            self.due = self.context.clock.monotonic()  # its pace starts once WAIT exists (no burst)
             return None
         now = self.context.clock.monotonic()
         if RATE and now < self.due and not (GO and os.path.exists(GO)):

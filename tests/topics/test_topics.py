@@ -100,6 +100,14 @@ class Job:
                    what=f"epoch {epoch}")
         assert epoch in self.boundaries(), self.text()
 
+    def wait_published(self) -> None:
+        """Until the coordinator has registered A's topic (its log says
+        where it is served: A's first epochs may end before that), or A
+        has ended."""
+        wait_until(lambda: " served at " in self.text() or self.proc.poll() is not None, timeout=30,
+                   what="the topic to be registered")
+        assert " served at " in self.text(), self.text()
+
     def finish(self, timeout: float = 60) -> list[dict | str]:
         self.proc.wait(timeout)
         lines = self.out.read_text().splitlines()
@@ -136,17 +144,19 @@ def assert_whole_epochs(seqs: list[int], boundaries: dict[int, int], count: int)
 
 def test_a_late_subscriber_gets_whole_epochs_and_exact_windows_two_at_once(system):
     go = system.root / "go"
-    a = Job(system, "readings.py", "a", COUNT=3000, GO=go)
+    # B joins A mid-stream: A's readings at its pace would take 30 s, time for both B to join
+    # however loaded the machine (with 3,000, 3 s, they once joined after A's end, and got
+    # nothing); once both read whole epochs of A, A goes at full speed to its end
+    a = Job(system, "readings.py", "a", COUNT=30_000, GO=go)
     a.wait_epoch(3)
     joined = max(a.boundaries().values())
     b1 = Job(system, "sums.py", "b1")
     b2 = Job(system, "sums.py", "b2")
-    # once both read whole epochs of A, A may go at full speed to its end
     wait_until(lambda: b1.epochs_received() and b2.epochs_received(), what="both B to read from A")
     go.touch()
     for b in (b1, b2):
         seqs, sums = results(b)
-        first = assert_whole_epochs(seqs, a.boundaries(), 3000)
+        first = assert_whole_epochs(seqs, a.boundaries(), 30_000)
         assert first > joined  # what was published before B joined is not delivered
         assert sums == brute_sums(seqs)
     assert a.finish()[-1].startswith("ended")
@@ -156,9 +166,14 @@ def test_subscribe_before_the_topic_exists_waits_for_it(system):
     b = Job(system, "sums.py", "b")
     wait_until(lambda: f"waiting for '{system.topic}' to be published" in b.text(),
                what="B to look the topic up")
-    a = Job(system, "readings.py", "a", COUNT=1000)
+    # A makes its readings once B has connected (its source may start before its topic is
+    # registered: under load A's 1 s of readings were over before B found the topic)
+    go = system.root / "go"
+    a = Job(system, "readings.py", "a", COUNT=1000, WAIT=go)
+    wait_until(lambda: starts(b)[0] or b.proc.poll() is not None, what="B to connect to A")
+    go.touch()
     seqs, sums = results(b)
-    # from one of A's epoch boundaries (A's source starts as the topic is registered)
+    # from one of A's epoch boundaries
     assert_whole_epochs(seqs, a.boundaries(), 1000)
     assert sums == brute_sums(seqs)
     a.finish()
@@ -259,8 +274,13 @@ def test_a_slow_subscriber_never_makes_the_publisher_grow(system, slow):
     # (A's peak ~60 MB with backpressure, ~170 MB without)
     b = Job(system, "sums.py", "b", SLOW=0.05)
     wait_until(lambda: "subscribing" in b.out.read_text(), what="B to start")
+    # A makes its readings once B has connected (its source may start before its topic is
+    # registered: under load A's readings were over before B found the topic)
+    go = system.root / "go"
     a = Job(system, "readings.py", "a", COUNT=10_000, RATE=100, BATCH=100, PAYLOAD=20_000,
-            SLOW_MODE=slow)
+            SLOW_MODE=slow, WAIT=go)
+    wait_until(lambda: starts(b)[0] or b.proc.poll() is not None, what="B to connect to A")
+    go.touch()
     if slow == "backpressure":
         seqs, _ = results(b)
         assert_whole_epochs(seqs, a.boundaries(), 10_000)
@@ -283,7 +303,11 @@ def test_a_slow_subscriber_that_waits_for_lost_publishers_stays_bounded_too(syst
     seen: A 60 MB, B 64 MB; B 129 MB when held frames are always credited.)"""
     b = Job(system, "sums.py", "b", SLOW=0.05, ON_LOST="wait")
     wait_until(lambda: "subscribing" in b.out.read_text(), what="B to start")
-    a = Job(system, "readings.py", "a", COUNT=10_000, RATE=100, BATCH=100, PAYLOAD=20_000, EPOCH=0.05)
+    go = system.root / "go"  # (A makes its readings once B has connected: as above)
+    a = Job(system, "readings.py", "a", COUNT=10_000, RATE=100, BATCH=100, PAYLOAD=20_000, EPOCH=0.05,
+            WAIT=go)
+    wait_until(lambda: starts(b)[0] or b.proc.poll() is not None, what="B to connect to A")
+    go.touch()
     lines = b.finish()
     found = {k: v for line in lines if isinstance(line, dict) for k, v in line.items()}
     assert "seq" in found, (lines, b.text())
@@ -588,14 +612,14 @@ def test_a_coordinator_address_that_is_not_host_port_is_refused():
 
 def test_a_name_published_by_a_running_app_is_refused_and_a_dead_ones_is_taken_over(system):
     first = Job(system, "readings.py", "a1", COUNT=0)
-    first.wait_epoch(1)
+    first.wait_published()
     second = Job(system, "readings.py", "a2", COUNT=0)
     second.proc.wait(30)
     assert second.proc.returncode != 0
     assert f"topic '{system.topic}' is published by app:" in second.text()
     first.kill()  # its registration stays behind; the next publisher replaces it
     third = Job(system, "readings.py", "a3", COUNT=0)
-    third.wait_epoch(1)
+    third.wait_published()  # (not its first epoch: under load that may end before the catalog answers)
     [topic] = topics_named(system, system.topic)
     assert topic["job"].endswith(f":{third.proc.pid}")
     third.kill()
@@ -683,8 +707,10 @@ def test_topics_over_tls(tmp_path, certificates):  # noqa: F811  (the fixture im
     system.env["KERNEL_TLS"] = ",".join(certificates[n] for n in ("node.pem", "node.key", "ca.pem"))
     try:
         system.start_coordinator()
-        go = tmp_path / "go"
-        a = Job(system, "readings.py", "a", COUNT=2000, GO=go)
+        go, subscribed = tmp_path / "go", tmp_path / "subscribed"
+        # A makes no reading until B has subscribed (its 2,000 take A 2 s: on a loaded
+        # machine B started later than that, and found A ended)
+        a = Job(system, "readings.py", "a", COUNT=2000, GO=go, WAIT=subscribed)
         a.wait_epoch(2)
         b = Job(system, "sums.py", "b")
         wait_until(lambda: any(t["subscribers"] for t in system.status()["topics"]), what="B to subscribe")
@@ -696,6 +722,7 @@ def test_topics_over_tls(tmp_path, certificates):  # noqa: F811  (the fixture im
                               timeout=1, meta={"topic": "readings"}, check_meta=False)
 
         asyncio.run(plain())
+        subscribed.touch()
         wait_until(b.epochs_received, what="B to read from A")  # (then A may go at full speed)
         go.touch()
         seqs, sums = results(b)
@@ -959,7 +986,11 @@ def test_a_subscriber_gets_each_reading_once_across_a_publisher_resumed_from_its
     slow, kernels = case == "behind", 2 if case == "two kernels" else 1
     count = 4000 if slow or kernels == 2 else 2000  # (A makes 1,000 readings a second a kernel)
     go = system.root / "go"  # (the resumed A makes its readings at full speed once B reads from it)
-    system.env.update(TOPIC=system.topic, COUNT=str(count), LOG_TOPICS="1", RESUMABLE="1", GO=str(go))
+    # A makes no reading until B has subscribed (its readings take A 2 s: on a loaded
+    # machine B started later than that, and found A ended)
+    subscribed = system.root / "subscribed"
+    system.env.update(TOPIC=system.topic, COUNT=str(count), LOG_TOPICS="1", RESUMABLE="1", GO=str(go),
+                      WAIT=str(subscribed))
     if slow:
         system.env.update(PAYLOAD="5000")  # (about 1 MB an epoch: B's window is 4 of them)
     if kernels == 2:
@@ -975,7 +1006,10 @@ def test_a_subscriber_gets_each_reading_once_across_a_publisher_resumed_from_its
     fast, stall = system.root / "fast", system.root / "stall"
     b = Job(system, "sums.py", "b", ON_LOST="wait", **({"SLOW": 0.001, "FAST": fast, "STALL": stall}
                                                          if slow else {}))
-    wait_until(lambda: b.epochs_received() >= 3 * kernels, what="B to read from the first attempt")
+    wait_until(lambda: all(starts(b)[p] for p in range(kernels)), what="B to subscribe to the first attempt")
+    subscribed.touch()
+    read = b.epochs_received()  # (epochs A ended before it made a reading)
+    wait_until(lambda: b.epochs_received() >= read + 3 * kernels, what="B to read from the first attempt")
     if slow:
         # B stops reading (its kernel stalls at its next batch): A sends it
         # at most a window (~4 epochs), queues ~8 more for it, and each goes
