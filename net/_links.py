@@ -71,7 +71,9 @@ import aiohttp
 import msgspec
 from aiohttp import web
 from aiohttp.http import WebSocketReader
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import EMPTY_PAYLOAD
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 log = logging.getLogger("kernel.links")
 
@@ -397,14 +399,56 @@ class Link:
 # -- the two ends of a connection -------------------------------------------------------
 
 
+class _StopAtFirstError:
+    """aiohttp's HTTP parser for one connection, stopping at its first error.
+    aiohttp goes on reading and parsing after an error, queueing an error per
+    read until its answer closes the connection, and each queued error's
+    traceback holds that read's bytes in a reference cycle (the parse
+    frame): a stranger's garbage kept megabytes a connection until a full
+    garbage collection. Here the first error stops the reading (the 400
+    and the close follow as before), comes without a traceback (nothing
+    holds the bytes), and anything read after it is dropped unparsed. Only
+    the HTTP requests before a websocket upgrade pass here, never a frame."""
+
+    __slots__ = ("_failed", "_handler", "_parser")
+
+    def __init__(self, parser, handler: RequestHandler) -> None:
+        self._parser = parser
+        self._handler = handler
+        self._failed = False
+
+    def feed_data(self, data):
+        if self._failed:
+            return (), False, b""
+        try:
+            return self._parser.feed_data(data)
+        except HttpProcessingError as exc:
+            self._failed = True
+            handler = self._handler
+            handler._reading_paused = True  # (aiohttp resumes a transport it paused itself, not this)
+            handler._pause_transport_reading()
+            exc.__traceback__ = None
+            exc.message = exc.message[:200]  # (the C parser's message quotes every byte it was given)
+            # what aiohttp's data_received makes of the error (answered by handle_error below)
+            return [(_ErrInfo(status=400, exc=exc, message=exc.message), EMPTY_PAYLOAD)], False, b""
+
+    def __getattr__(self, name: str):
+        return getattr(self._parser, name)  # the rest as the parser has it (message_consumed, ...)
+
+
 class _Handler(RequestHandler):
     """aiohttp's HTTP connection, saying in one line of ours what was wrong
     with HTTP it cannot parse (garbage on the port, headers over the
     limits), where aiohttp logs garbage at debug level only and the rest as
     an ERROR with a traceback; the answer is the same 400, and the
-    connection is closed."""
+    connection is closed. It stops reading at the first such error
+    (`_StopAtFirstError`)."""
 
     __slots__ = ()
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._parser = _StopAtFirstError(self._parser, self)
 
     def handle_error(self, request, status=500, exc=None, message=None):
         if status >= 500:  # ours, not the peer's: aiohttp's report
@@ -594,10 +638,15 @@ class AuthenticatedServer:
             await self._runner.cleanup()
 
     async def _serve(self, request: web.BaseRequest):
+        # A refused request's answer closes the connection (`force_close`:
+        # `Connection: close`): else a stranger could pipeline thousands of
+        # requests on one keep-alive connection, each answered and logged.
         if request.path != self.path:
             log.warning("refused %s from %s: plain HTTP (%s %s), not %s", self.noun, request.remote,
                         request.method, request.path[:100], self.noun)
-            raise web.HTTPNotFound()
+            refusal = web.HTTPNotFound()
+            refusal.force_close()
+            raise refusal
         return await self._accept(request)
 
     async def _accept(self, request: web.BaseRequest):
@@ -612,6 +661,7 @@ class AuthenticatedServer:
         except web.HTTPException as exc:
             log.warning("refused %s from %s: %s without a websocket upgrade (%s)",
                         self.noun, peer_address, request.method, exc.reason)
+            exc.force_close()  # (as in _serve)
             raise
         deadline = self._guard.handshake_deadline(request.protocol)
         try:
@@ -771,6 +821,13 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
         except TimeoutError:
             await ws.close()
             raise LinkError(f"{url} did not finish the handshake in time") from None
+        except (aiohttp.ClientError, ConnectionError, msgspec.DecodeError, KeyError, TypeError,
+                AttributeError) as exc:
+            # the connection broke mid-handshake (a peer that died, or reset it), or the peer's
+            # handshake was garbage: a LinkError as every other way of not reaching it, never
+            # aiohttp's own error
+            await ws.close()
+            raise LinkError(f"{url} broke the handshake ({type(exc).__name__}: {exc})") from exc
         return ws, peer, their_meta, session
     except BaseException:
         if own_session:
