@@ -86,6 +86,7 @@ async def request(catalog: Catalog, op: str, m: dict) -> dict:
             row = None
         if row is None:
             _ended(catalog).pop(name, None)  # published again: the ended one is forgotten
+            _carry_readers(catalog, name, uid)
             schema = {"id": uid, "kind": str(m.get("kind", "stream")), "record_type": m.get("record_type"),
                       "partitions": int(m.get("partitions", 1))}
             db.execute("INSERT INTO topics VALUES (?, ?, ?, ?)", (name, job, time.time(), json.dumps(schema)))
@@ -134,6 +135,20 @@ def _readers(catalog: Catalog, name: str, uid: str) -> set:
     if name not in readers or readers[name][0] != uid:
         readers[name] = (uid, set())
     return readers[name][1]
+
+
+def _carry_readers(catalog: Catalog, name: str, new: str) -> None:
+    """A new publisher `new` of `name` after one that did not end its
+    stream (a restarted job, whose registration it replaces or which its
+    job's end took out of the catalog): the jobs that had found the old one
+    count as having found the new one. A subscriber
+    waiting for it (on_lost="wait") that looks it up only after it has
+    ended whole then finds it ended, and ends, rather than waiting for
+    ever (its lookups are answered "not found" for a topic that ended
+    before it had found it)."""
+    readers = catalog.__dict__.setdefault("_topic_readers", {})
+    if name in readers and readers[name][0] != new:  # (an ended one's are gone: _keep_ended)
+        readers[name] = (new, readers[name][1])
 
 
 def _keep_ended(catalog: Catalog, name: str, row: dict) -> None:

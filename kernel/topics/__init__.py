@@ -15,6 +15,6 @@ reaches it lazily; it imports neither `kernel.operators` nor
 `kernel.system`.
 """
 
-from kernel.topics._errors import PublisherLost, ServiceError, SubscriberTooSlow, TopicError
+from kernel.topics._errors import ConnectionLost, PublisherLost, ServiceError, SubscriberTooSlow, TopicError
 
-__all__ = ["PublisherLost", "ServiceError", "SubscriberTooSlow", "TopicError"]
+__all__ = ["ConnectionLost", "PublisherLost", "ServiceError", "SubscriberTooSlow", "TopicError"]

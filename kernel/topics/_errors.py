@@ -21,6 +21,27 @@ class PublisherLost(TopicError):
         return type(self), (self.topic, self.why)
 
 
+class ConnectionLost(TopicError):
+    """The connection to the publisher of `topic` broke while the publisher
+    still ran (a reset connection, or the subscribing kernel blocked past
+    the links' heartbeat), with on_lost="fail": what the publisher sent
+    meanwhile is lost to this subscriber, which had handed on part of an
+    epoch. (on_lost="wait" reads the publisher again from its next whole
+    epoch instead.)"""
+
+    def __init__(self, topic: str, partition: int, why: str = "") -> None:
+        super().__init__(f"topic {topic!r} partition {partition}: the connection to the publisher broke"
+                         + (f" ({why})" if why else "") + " while the publisher still runs; what it sent "
+                         "meanwhile is lost; subscribe with on_lost='wait' to read it again from its next "
+                         "whole epoch")
+        self.topic = topic
+        self.partition = partition
+        self.why = why
+
+    def __reduce__(self):
+        return type(self), (self.topic, self.partition, self.why)
+
+
 class SubscriberTooSlow(TopicError):
     """The publisher of `topic` (slow="disconnect") dropped this subscriber:
     it fell more than the publisher's queue behind."""

@@ -56,7 +56,7 @@ from kernel.dataflow._operator import Source
 from kernel.net._channel import IDLE, EpochMarker
 from kernel.net._codec import KIND_END, KIND_EPOCH, decode
 from kernel.topics import _directory
-from kernel.topics._errors import PublisherLost, SubscriberTooSlow, TopicError
+from kernel.topics._errors import ConnectionLost, PublisherLost, SubscriberTooSlow, TopicError
 from kernel.topics._publish import _EPOCH, TOO_SLOW, TOPIC_PATH, WINDOW, record_type_info, same_record_type
 
 log = logging.getLogger("kernel.topics")
@@ -223,16 +223,53 @@ class Subscribe(Source):
                               ended) -> None:
         """Read one partition of one publisher into the buffer until its END
         (returns) or a loss (`_Lost`, with why). A partition that had ended
-        when the topic was looked up (its server gone) ends here at once."""
-        from kernel.net._links import Link, LinkError, connect
+        when the topic was looked up (its server gone) ends here at once.
 
+        A connection that breaks is not yet a lost publisher: the publisher
+        may still run (a reset connection, or this kernel blocked past the
+        links' heartbeat, which made the publisher drop it). So the same
+        publisher is tried again: where it answers, on_lost="wait" goes on
+        with it from its next whole epoch (as after a restart: the epoch in
+        progress is dropped whole), and on_lost="fail" ends with
+        `ConnectionLost`, not `PublisherLost` (what it sent meanwhile is
+        lost to this subscriber, which has handed on part of an epoch).
+        Where it does not answer within the time a registered publisher is
+        given (CONNECT_TIMEOUT; RECHECK_AFTER with "fail", whose loss is
+        final anyway), it is lost."""
         partition = at[1]
         if found["addresses"][partition] == ENDED:
-            log.debug("topic %r partition %d: ended before this subscriber connected", self.topic, partition)
+            if at[0] > 0:  # a publisher after a lost one, which ended before this subscriber was back
+                log.warning("topic %r partition %d: the new publisher had ended before this subscriber "
+                            "reached it: what it published is not delivered", self.topic, partition)
+            else:
+                log.debug("topic %r partition %d: ended before this subscriber connected", self.topic,
+                          partition)
             self._buffer.append((at, KIND_END, b"", _NO_LINK))
             self.wake()
             return
         url = _directory.url_of(*_split(found["addresses"][partition]))
+        broken = None  # why the last connection to this publisher broke while it seemed to run
+        while True:
+            try:
+                await self._read_connection(key, found, at, url, progress, ended, broken)
+                return
+            except _Lost as lost:
+                if lost.before_start:  # (a second try that failed is one)
+                    raise
+                broken = lost
+            log.warning("topic %r partition %d: the connection to the publisher broke (%s); trying it "
+                        "again", self.topic, partition, broken)
+
+    async def _read_connection(self, key: bytes, found: dict, at: tuple[int, int], url: str,
+                               progress: bool, ended, broken) -> None:
+        """One connection to partition `at` of publisher `found`: read it
+        until its END (returns) or its loss (`_Lost`). `broken`: why the
+        last connection to it broke (this one is a second try)."""
+        import aiohttp
+
+        from kernel.net._links import Link, LinkError, connect
+
+        partition = at[1]
         http = None
         first = True  # nothing received yet
         held: list = []  # on_lost="wait": the epoch in progress, handed on whole (_hold)
@@ -241,19 +278,28 @@ class Subscribe(Source):
         if floor is not None:
             meta["after"] = floor  # (a publisher with snapshots starts it right after it)
         try:
-            try:  # (a first try, short: a partition that has just ended has no server to reach)
-                ws, _, theirs, http = await connect(url, key, self.context.index, path=TOPIC_PATH,
-                                                    timeout=RECHECK_AFTER, meta=meta,
-                                                    check_meta=False, ssl=_directory.client_ssl())
-            except LinkError:
-                if await ended(at):
-                    return
-                ws, _, theirs, http = await connect(url, key, self.context.index, path=TOPIC_PATH,
-                                                    timeout=CONNECT_TIMEOUT, meta=meta,
-                                                    check_meta=False, ssl=_directory.client_ssl())
+            if broken is not None:  # does the publisher still answer?
+                ws, theirs, http = await self._try_again(key, url, meta, broken)
+                if isinstance(theirs, dict) and theirs.get("id") == found["id"] and self.on_lost != "wait":
+                    await ws.close()
+                    raise ConnectionLost(self.topic, partition, str(broken))
+            else:
+                try:  # (a first try, short: a partition that has just ended has no server to reach)
+                    ws, _, theirs, http = await connect(url, key, self.context.index, path=TOPIC_PATH,
+                                                        timeout=RECHECK_AFTER, meta=meta,
+                                                        check_meta=False, ssl=_directory.client_ssl())
+                except LinkError:
+                    if await ended(at):
+                        return
+                    ws, _, theirs, http = await connect(url, key, self.context.index, path=TOPIC_PATH,
+                                                        timeout=CONNECT_TIMEOUT, meta=meta,
+                                                        check_meta=False, ssl=_directory.client_ssl())
             if not isinstance(theirs, dict) or theirs.get("id") != found["id"]:
                 await ws.close()
                 raise _Lost(f"{url} serves another publisher now", before_start=True)
+            if broken is not None:
+                log.warning("topic %r partition %d: the publisher still runs: reading it again, from its "
+                            "next whole epoch", self.topic, partition)
             if theirs.get("snapshots") is not True:  # its epochs are its own: nothing to compare
                 floor = None
                 self._whole.pop(partition, None)
@@ -276,16 +322,41 @@ class Subscribe(Source):
             if ws.close_code == TOO_SLOW:
                 raise SubscriberTooSlow(self.topic)
             raise _Lost(f"the connection to {url} closed without the stream's end", before_start=first)
-        except LinkError as exc:
+        except (LinkError, aiohttp.ClientError, ConnectionError) as exc:
+            # (a send that fails, a credit grant say, may raise aiohttp's own error before the reader
+            # sees the end)
             if ws_code(exc) == TOO_SLOW:
                 raise SubscriberTooSlow(self.topic) from None
-            raise _Lost(str(exc), before_start=first) from None
+            raise _Lost(str(exc) or type(exc).__name__, before_start=first) from None
         finally:
             if held:
                 log.info("topic %r partition %d: %d frame(s) of an epoch the publisher did not finish "
                          "dropped", self.topic, partition, len(held))
             if http is not None:
                 await http.close()
+
+    async def _try_again(self, key: bytes, url: str, meta: dict, broken: _Lost):
+        """Connect again to a publisher whose connection broke: `(ws, its
+        meta, session)`, or `_Lost` (before_start: it may have ended since)
+        where nothing answers: at once where nothing listens there any more
+        (its process is gone), after CONNECT_TIMEOUT where something does
+        but does not answer (only RECHECK_AFTER with on_lost="fail")."""
+        import aiohttp
+
+        from kernel.net._links import LinkError, connect
+
+        tries = (RECHECK_AFTER, CONNECT_TIMEOUT) if self.on_lost == "wait" else (RECHECK_AFTER,)
+        for timeout in tries:
+            try:
+                ws, _, theirs, http = await connect(url, key, self.context.index, path=TOPIC_PATH, meta=meta,
+                                                    check_meta=False, timeout=timeout,
+                                                    ssl=_directory.client_ssl())
+                return ws, theirs, http
+            except LinkError as exc:
+                error = exc
+                if isinstance(exc.__cause__, aiohttp.ClientConnectorError):
+                    break  # nothing listens there (or the host is unreachable): gone
+        raise _Lost(f"{broken}; then {error}", before_start=True)
 
     def _hold(self, held: list, at: tuple[int, int], kind: int, body, link, floor: int | None) -> None:
         """on_lost="wait": a partition's frames wait in `held` until their

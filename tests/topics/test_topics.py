@@ -247,6 +247,71 @@ def test_on_lost_wait_goes_on_after_the_publishers_restart(system):
     assert after[0] in {0, *again.boundaries().values()}
 
 
+@pytest.mark.parametrize("on_lost", ["wait", "fail"])
+def test_a_connection_dropped_while_the_publisher_runs_is_no_lost_publisher(system, on_lost):
+    """B's kernel blocks (its operator sleeps) past the links' heartbeat, so
+    A drops B's connection while A runs on. B then tries A again: with
+    on_lost="wait" it reads A from A's next whole epoch (it used to wait
+    for ever for a new publisher); with "fail" it ends with ConnectionLost,
+    not PublisherLost (A was never lost)."""
+    go, stall, fast = system.root / "go", system.root / "stall", system.root / "fast"
+    a = Job(system, "readings.py", "a", COUNT=20_000, GO=go)
+    a.wait_published()
+    b = Job(system, "sums.py", "b", ON_LOST=on_lost, SLOW=0.001, STALL=stall, FAST=fast)
+    wait_until(lambda: b.epochs_received() >= 2, what="B to read whole epochs of A")
+    stall.touch()
+    wait_until(lambda: "dropping the link" in a.text(), timeout=30, what="A to drop the stalled B")
+    fast.touch()
+    if on_lost == "fail":
+        lines = b.finish()
+        assert b.proc.returncode == 3
+        assert f"ConnectionLost: topic '{system.topic}' partition 0: the connection to the publisher broke" \
+            in lines[-1]["error"], lines
+        assert a.proc.poll() is None  # A goes on
+        a.kill()
+        return
+    wait_until(lambda: len(starts(b)[0]) >= 2 or b.proc.poll() is not None, what="B to read A again")
+    go.touch()
+    seqs, sums = results(b)
+    a.finish()
+    assert "the publisher still runs: reading it again" in b.text()
+    # two whole stretches of A: from a boundary to where B was dropped, then
+    # from a later boundary to A's end
+    boundaries = {0, *a.boundaries().values()}
+    cut = next(i for i in range(1, len(seqs)) if seqs[i] != seqs[i - 1] + 1)
+    before, after = seqs[:cut], seqs[cut:]
+    assert before[0] in boundaries and before[-1] + 1 in boundaries
+    assert before == list(range(before[0], before[-1] + 1))
+    assert after[0] in boundaries and after == list(range(after[0], 20_000))
+    assert sums == brute_sums(seqs)
+
+
+def test_a_waiting_subscriber_ends_when_the_new_publisher_ended_before_it_was_back(system):
+    """A is killed while B (on_lost="wait") is stopped, and A2, its
+    restart, publishes and ends whole before B runs again: B finds A2
+    ended and ends too, saying what it missed (it used to wait for ever:
+    the catalog answered "not found" for a topic that ended before B had
+    found it)."""
+    a = Job(system, "readings.py", "a", COUNT=0)
+    a.wait_published()
+    b = Job(system, "sums.py", "b", ON_LOST="wait")
+    wait_until(lambda: b.epochs_received() >= 2, what="B to read whole epochs of A")
+    b.proc.send_signal(signal.SIGSTOP)
+    try:
+        a.kill()
+        a2 = Job(system, "readings.py", "a2", COUNT=200, RATE=0)
+        a2.finish()
+        assert a2.proc.returncode == 0, a2.text()
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+    seqs, sums = results(b)
+    assert b.proc.returncode == 0
+    assert "the new publisher had ended before this subscriber reached it" in b.text()
+    assert seqs == list(range(seqs[0], seqs[-1] + 1))  # A's whole epochs only, none of A2
+    assert seqs[0] in {0, *a.boundaries().values()} and seqs[-1] + 1 in a.boundaries().values()
+    assert sums == brute_sums(seqs)
+
+
 def test_retain_lets_a_late_subscriber_start_at_the_oldest_retained_epoch(system):
     # A keeps more epochs than it will have: B, joining after A's 6th epoch,
     # starts at the very beginning (without retain, after the 6th)
