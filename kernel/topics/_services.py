@@ -6,8 +6,11 @@ Wire: after the links' handshake (path /kernel-service), binary messages
 `<QB` (request id, status) then msgpack: a request (status 0), a reply
 (status 0) or an error's text (status 1). Requests are pipelined on one
 connection: a client may send many before the first reply; a synchronous
-handler answers each as it is read, an async one runs per request as a
-task, and replies come back as they are ready, matched by id.
+handler answers each as it is read, one that returns an awaitable (a
+coroutine function, say) has it awaited per request as a task, and replies
+come back as they are ready, matched by id. A request or reply is at most
+_MAX_MESSAGE bytes (msgpack): a bigger one is refused by whoever would
+send it, and only its call fails.
 
 A job that serves runs until it is killed (its service source never ends);
 the service is registered in the coordinator's catalog as a topic of kind
@@ -34,7 +37,8 @@ log = logging.getLogger("kernel.topics")
 SERVICE_PATH = "/kernel-service"
 _HEAD = struct.Struct("<QB")
 OK, FAILED = 0, 1
-_MAX_MESSAGE = 16 << 20
+_MAX_MESSAGE = 16 << 20  # bytes of a request or reply, encoded (a message is _HEAD more)
+_MAX_FRAME = _MAX_MESSAGE + _HEAD.size  # what each side lets the other send
 _REACH_TRY = 1.0  # seconds a client tries the address it looked up before looking the service up again
 _encode = msgspec.msgpack.encode
 _decode = msgspec.msgpack.decode
@@ -46,7 +50,6 @@ class Serve(Source):
             raise TypeError(f"serve({service!r}, handler): the handler must be callable, got {handler!r}")
         self.service = service
         self.handler = handler
-        self.is_async = inspect.iscoroutinefunction(handler)
         self.coordinator = coordinator
         self.served = 0
 
@@ -77,7 +80,7 @@ class Serve(Source):
             async def _session(self, ws, peer, meta, address):
                 await serve._session(ws)
 
-        server = ServiceServer(host, 0, key, 0, max_frame=_MAX_MESSAGE,
+        server = ServiceServer(host, 0, key, 0, max_frame=_MAX_FRAME,
                                meta={"service": self.service, "id": uid}, ssl_context=_directory.server_ssl())
         await server.start()
         directory = _directory.Directory(address, key)
@@ -103,34 +106,52 @@ class Serve(Source):
             except msgspec.DecodeError as exc:
                 await ws.send_bytes(_HEAD.pack(rid, FAILED) + _encode(f"malformed request: {exc}"))
                 continue
-            if self.is_async:
-                task = asyncio.ensure_future(self._answer_async(ws, rid, request))
+            try:
+                reply = self.handler(request)
+            except Exception as exc:
+                await ws.send_bytes(_failed(rid, exc))
+                continue
+            # Whatever returns an awaitable is awaited, not only a coroutine
+            # function: an object with `async def __call__`, a lambda that
+            # returns a coroutine. Each in a task of its own, so that the
+            # requests after it are read (and answered) meanwhile; a
+            # synchronous handler's reply goes out at once, no task.
+            if inspect.isawaitable(reply):
+                task = asyncio.ensure_future(self._answer_later(ws, rid, reply))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             else:
-                await ws.send_bytes(self._answer(rid, request))
+                await ws.send_bytes(self._answer(rid, reply))
         for task in tasks:
             task.cancel()
 
-    def _answer(self, rid: int, request) -> bytes:
+    def _answer(self, rid: int, reply) -> bytes:
         try:
-            reply = self.handler(request)
-            self.served += 1
-            return _HEAD.pack(rid, OK) + _encode(reply)
+            answer = _encode(reply)
         except Exception as exc:
-            return _HEAD.pack(rid, FAILED) + _encode(f"{type(exc).__name__}: {exc}")
+            return _failed(rid, exc)
+        if len(answer) > _MAX_MESSAGE:
+            # Sent, it would break the connection (the client refuses it at
+            # its head) and with it every call pipelined there: only this
+            # call fails, with what went wrong.
+            return _HEAD.pack(rid, FAILED) + _encode(f"a reply of {len(answer)} bytes exceeds the "
+                                                     f"{_MAX_MESSAGE >> 20} MiB limit")
+        self.served += 1
+        return _HEAD.pack(rid, OK) + answer
 
-    async def _answer_async(self, ws, rid: int, request) -> None:
+    async def _answer_later(self, ws, rid: int, awaitable) -> None:
         try:
-            reply = await self.handler(request)
-            self.served += 1
-            answer = _HEAD.pack(rid, OK) + _encode(reply)
+            answer = self._answer(rid, await awaitable)
         except Exception as exc:
-            answer = _HEAD.pack(rid, FAILED) + _encode(f"{type(exc).__name__}: {exc}")
+            answer = _failed(rid, exc)
         try:
             await ws.send_bytes(answer)
         except (ConnectionError, RuntimeError):
             pass
+
+
+def _failed(rid: int, exc: Exception) -> bytes:
+    return _HEAD.pack(rid, FAILED) + _encode(f"{type(exc).__name__}: {exc}")
 
 
 class ServiceClient:
@@ -144,6 +165,7 @@ class ServiceClient:
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future] = {}
         self._ws = self._http = self._reader = None
+        self._closed: str | None = None  # once the connection has ended: why, if known ("" if not)
 
     async def __aenter__(self) -> ServiceClient:
         """Look the service up and connect. Where the address the catalog
@@ -170,7 +192,7 @@ class ServiceClient:
                 remaining = left()
                 try:
                     ws, _, meta, http = await connect(
-                        url, key, 0, path=SERVICE_PATH, max_frame=_MAX_MESSAGE,
+                        url, key, 0, path=SERVICE_PATH, max_frame=_MAX_FRAME,
                         timeout=_REACH_TRY if remaining is None else max(0.01, min(_REACH_TRY, remaining)),
                         meta={"service": self.name}, check_meta=False, ssl=_directory.client_ssl())
                 except (AuthenticationFailed, LinkMismatch) as exc:
@@ -204,19 +226,46 @@ class ServiceClient:
 
     async def call(self, request):
         """Send `request` (msgspec-encodable) and wait for the reply (as
-        msgpack decodes it: dicts, lists, scalars)."""
+        msgpack decodes it: dicts, lists, scalars), at most `timeout`
+        seconds (None: for ever); a reply that comes later is dropped."""
+        if self._ws is None:
+            raise ServiceError(f"service {self.name!r}: not connected (use `async with connect(...)`)")
+        if self._closed is not None:
+            raise ServiceError(f"service {self.name!r}: the connection is closed{self._closed}")
+        body = _encode(request)
+        if len(body) > _MAX_MESSAGE:
+            # Sent, it would break the connection (the server refuses it at
+            # its head) and with it every call pipelined there.
+            raise ServiceError(f"service {self.name!r}: a request of {len(body)} bytes exceeds the "
+                               f"{_MAX_MESSAGE >> 20} MiB limit")
         rid = next(self._ids)
         future = self._waiting[rid] = asyncio.get_running_loop().create_future()
         try:
-            await self._ws.send_bytes(_HEAD.pack(rid, OK) + _encode(request))
-            return await future
+            # A stopped server, a handler that never returns: the wait for
+            # the reply is bounded too, and so is the send (a big request
+            # waits for room in the socket). aiohttp has written the whole
+            # message out before it waits for room: a send cut short here
+            # leaves the connection whole for the other calls.
+            async with asyncio.timeout(self.timeout):
+                try:
+                    await self._ws.send_bytes(_HEAD.pack(rid, OK) + body)
+                except ConnectionError as exc:  # (aiohttp's ClientConnectionResetError among them)
+                    raise ServiceError(f"service {self.name!r}: the connection is closed ({exc})") from None
+                return await future
+        except TimeoutError:
+            raise ServiceError(f"service {self.name!r} did not answer within {self.timeout:g} s") from None
         finally:
-            self._waiting.pop(rid, None)
+            self._waiting.pop(rid, None)  # (a reply that comes later is dropped)
+            if future.done() and not future.cancelled():
+                future.exception()  # failed by the reader while the send failed: not "never retrieved"
 
     async def _read(self) -> None:
-        why = "the connection closed"
+        why = ""
         try:
             async for message in self._ws:
+                if message.type.name == "ERROR":  # a message over the limit, a broken frame
+                    why = f" ({message.data})"
+                    break
                 if message.type.name != "BINARY":
                     break
                 rid, status = _HEAD.unpack_from(message.data)
@@ -229,10 +278,11 @@ class ServiceClient:
                 else:
                     future.set_exception(ServiceError(f"service {self.name!r} failed: {body}"))
         except Exception as exc:  # pragma: no cover - a broken connection
-            why = str(exc)
+            why = f" ({exc})"
+        self._closed = why  # (the calls after fail at once, not at their timeout)
         for future in self._waiting.values():
             if not future.done():
-                future.set_exception(ServiceError(f"service {self.name!r}: {why}"))
+                future.set_exception(ServiceError(f"service {self.name!r}: the connection closed{why}"))
 
 
 def connect(name: str, *, coordinator: str | None = None, timeout: float | None = 10.0) -> ServiceClient:

@@ -1,0 +1,270 @@
+"""Services when things go wrong: a service that does not answer, a
+request or reply over the message limit, a dropped connection, a handler
+that returns an awaitable without being a coroutine function.
+
+The server here is the real one (`Serve`'s websocket server, registered
+with a real coordinator process) run in the test's own event loop, so that
+a test controls its handler with events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import itertools
+import signal
+import subprocess
+import sys
+
+import msgspec
+import pytest
+from test_topics import coordinator, system  # noqa: F401  (fixtures: the module's coordinator, a view of it)
+
+from kernel.topics import ServiceError
+from kernel.topics._services import _MAX_MESSAGE, Serve, ServiceClient
+
+_names = itertools.count(1)
+
+
+@pytest.fixture
+def where(system, monkeypatch):  # noqa: F811
+    """The coordinator's address, with its secret in the environment."""
+    monkeypatch.setenv("KERNEL_SECRET", system.env["KERNEL_SECRET"])
+    return f"127.0.0.1:{system.port}"
+
+
+class Served:
+    """Service `name` answered by `handler` in this event loop, by `Serve`'s
+    server (registered with the coordinator) until `stop()`."""
+
+    def __init__(self, where: str, handler) -> None:
+        self.name = f"robust-{next(_names)}"
+        self._task = asyncio.ensure_future(Serve(self.name, handler, coordinator=lambda: where)._serve())
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def serving(where: str, handler):
+    service = Served(where, handler)
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+def run(scenario):
+    """`asyncio.run(scenario())`, failing on anything the loop reports
+    (a "Future exception was never retrieved", say)."""
+    reported = []
+
+    async def main():
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: reported.append(context))
+        try:
+            return await scenario()
+        finally:
+            gc.collect()  # (a future that dropped an exception reports it when collected)
+
+    outcome = asyncio.run(main())
+    assert reported == []
+    return outcome
+
+
+def test_a_call_the_service_does_not_answer_fails_after_the_timeout_and_the_connection_goes_on(where):
+    """The client's `timeout` bounds each call's wait for its reply too (a
+    stopped server, a handler that never returns): the call fails naming the
+    service, the reply that comes late is dropped, and other calls on the
+    connection still work."""
+
+    async def scenario():
+        release = asyncio.Event()
+
+        async def handler(request):
+            if request == "hang":
+                await release.wait()
+                return "late"
+            return request
+
+        async with serving(where, handler) as service:
+            async with ServiceClient(service.name, coordinator=where, timeout=0.5) as svc:
+                silent = rf"service '{service.name}' did not answer within 0\.5 s"
+                with pytest.raises(ServiceError, match=silent):
+                    await asyncio.wait_for(svc.call("hang"), 4)
+                release.set()  # its reply comes now, late, and is dropped
+                assert await asyncio.wait_for(svc.call("next"), 4) == "next"
+
+    run(scenario)
+
+
+def test_services_call_fails_after_its_timeout_when_the_service_does_not_answer(where):
+    import kernel.services
+
+    async def scenario():
+        async def handler(request):
+            await asyncio.Future()  # never answers
+
+        async with serving(where, handler) as service:
+            calling = asyncio.to_thread(kernel.services.call, service.name, "hi", coordinator=where,
+                                        timeout=0.5)
+            with pytest.raises(ServiceError, match=rf"service '{service.name}' did not answer within 0\.5 s"):
+                await asyncio.wait_for(calling, 4)
+
+    run(scenario)
+
+
+def test_a_request_over_the_limit_is_refused_before_it_is_sent_and_the_connection_goes_on(where):
+    big = "x" * _MAX_MESSAGE
+    size = len(msgspec.msgpack.encode(big))
+
+    async def scenario():
+        release = asyncio.Event()
+
+        async def handler(request):
+            if request == "wait":
+                await release.wait()
+            return len(request)
+
+        async with serving(where, handler) as service:
+            async with ServiceClient(service.name, coordinator=where, timeout=4) as svc:
+                waiting = asyncio.ensure_future(svc.call("wait"))  # pipelined, before the big one
+                refused = rf"service '{service.name}': a request of {size} bytes exceeds the 16 MiB limit"
+                with pytest.raises(ServiceError, match=refused):
+                    await svc.call(big)
+                release.set()
+                assert await waiting == 4
+                assert await svc.call("after") == 5
+                # the most there is room for goes through
+                assert await svc.call("x" * (_MAX_MESSAGE - 5)) == _MAX_MESSAGE - 5
+
+    run(scenario)
+
+
+def test_a_reply_over_the_limit_fails_that_call_only(where):
+    async def scenario():
+        release = asyncio.Event()
+
+        async def handler(request):
+            if request == "big":
+                return "x" * _MAX_MESSAGE
+            if request == "wait":
+                await release.wait()
+            return request
+
+        async with serving(where, handler) as service:
+            async with ServiceClient(service.name, coordinator=where, timeout=4) as svc:
+                waiting = asyncio.ensure_future(svc.call("wait"))
+                with pytest.raises(ServiceError, match=rf"service '{service.name}' failed: a reply of "
+                                                       rf"{_MAX_MESSAGE + 5} bytes exceeds the 16 MiB limit"):
+                    await svc.call("big")
+                release.set()
+                assert await waiting == "wait"
+                assert await svc.call("after") == "after"
+
+    run(scenario)
+
+
+HANGING = """\
+import asyncio, sys
+from kernel import Dataflow, run
+
+async def handler(request):
+    if request == "hang":
+        await asyncio.Future()  # never answers
+    return request
+
+flow = Dataflow("hanging")
+flow.serve(sys.argv[2], handler)
+run(flow, coordinator=sys.argv[1])
+"""
+
+
+@pytest.fixture
+def job(system, where):  # noqa: F811
+    """A job serving (its name) as a process: "hang" is never answered, the rest echoed."""
+    name = f"job-{next(_names)}"
+    (system.root / "hanging.py").write_text(HANGING)
+    with open(system.root / f"{name}.log", "wb") as log:
+        server = subprocess.Popen([sys.executable, "hanging.py", where, name], env=system.env,
+                                  cwd=system.root, stdout=log, stderr=log)
+    try:
+        yield server, name
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_a_stopped_serving_job_fails_the_call_at_the_timeout_and_the_connection_goes_on(job, where):
+    server, name = job
+
+    async def scenario():
+        async with ServiceClient(name, coordinator=where, timeout=0.5) as svc:
+            assert await svc.call("before") == "before"
+            server.send_signal(signal.SIGSTOP)
+            try:
+                silent = rf"service '{name}' did not answer within 0\.5 s"
+                with pytest.raises(ServiceError, match=silent):
+                    await asyncio.wait_for(svc.call("stopped"), 4)
+                with pytest.raises(ServiceError, match=silent):  # (its send waits for room, bounded too)
+                    await asyncio.wait_for(svc.call("x" * (_MAX_MESSAGE - 5)), 4)
+            finally:
+                server.send_signal(signal.SIGCONT)
+            assert await asyncio.wait_for(svc.call("after"), 4) == "after"
+
+    run(scenario)
+
+
+def test_a_call_on_a_dropped_connection_is_a_service_error(job, where):
+    server, name = job
+
+    async def scenario():
+        async with ServiceClient(name, coordinator=where, timeout=4) as svc:
+            assert await svc.call("before") == "before"
+            pending = asyncio.ensure_future(svc.call("hang"))
+            server.kill()  # the connection drops
+            # (failed by the reader's end; or at its send, if the drop came first)
+            with pytest.raises(ServiceError, match=rf"service '{name}': the connection (is )?closed"):
+                await pending
+            with pytest.raises(ServiceError, match=rf"service '{name}': the connection is closed"):
+                await svc.call("after")
+
+    run(scenario)
+
+
+def test_a_call_before_connecting_is_a_service_error():
+    async def scenario():
+        with pytest.raises(ServiceError, match=r"service 'nowhere': not connected"):
+            await ServiceClient("nowhere").call("hi")
+
+    run(scenario)
+
+
+class Lookup:
+    """A handler that is not a coroutine function but returns awaitables."""
+
+    async def __call__(self, request):
+        return await answer(request)
+
+
+_released: dict[str, asyncio.Event] = {}
+
+
+async def answer(request):
+    if request == "wait":  # answered only once the next request is read: requests stay pipelined
+        _released["wait"] = asyncio.Event()
+        await _released["wait"].wait()
+    elif request == "release":
+        _released["wait"].set()
+    return {"got": request}
+
+
+@pytest.mark.parametrize("handler", [Lookup(), lambda request: answer(request)], ids=["instance", "lambda"])
+def test_a_handler_that_returns_an_awaitable_is_awaited(where, handler):
+    async def scenario():
+        async with serving(where, handler) as service:
+            async with ServiceClient(service.name, coordinator=where, timeout=4) as svc:
+                assert await asyncio.gather(svc.call("wait"), svc.call("release")) == [
+                    {"got": "wait"}, {"got": "release"}]
+
+    run(scenario)
