@@ -98,6 +98,41 @@ def test_a_call_the_service_does_not_answer_fails_after_the_timeout_and_the_conn
     run(scenario)
 
 
+def test_pipelined_calls_each_expire_at_their_own_deadline_while_answered_ones_pass(where):
+    """One timer serves every call's deadline (`_expire_at`): calls made at
+    different times that the service never answers each fail at their own
+    deadline, in order, not before; calls answered meanwhile return their
+    replies."""
+
+    async def scenario():
+        async def handler(request):
+            if request.startswith("hang"):
+                await asyncio.Event().wait()
+            return request
+
+        async with serving(where, handler) as service:
+            async with ServiceClient(service.name, coordinator=where, timeout=0.4) as svc:
+                loop = asyncio.get_running_loop()
+                failed_at = {}
+
+                async def hang(n):
+                    started = loop.time()
+                    with pytest.raises(ServiceError, match=r"did not answer within 0\.4 s"):
+                        await asyncio.wait_for(svc.call(f"hang{n}"), 4)
+                    failed_at[n] = loop.time() - started
+
+                hangs = []
+                for n in range(3):
+                    hangs.append(asyncio.ensure_future(hang(n)))
+                    assert await svc.call(f"ok{n}") == f"ok{n}"
+                    await asyncio.sleep(0.1)
+                await asyncio.gather(*hangs)
+                assert all(0.39 <= took < 1.5 for took in failed_at.values()), failed_at
+                assert await svc.call("after") == "after"
+
+    run(scenario)
+
+
 def test_services_call_fails_after_its_timeout_when_the_service_does_not_answer(where):
     import kernel.services
 
