@@ -88,7 +88,26 @@ _CREDIT = struct.Struct("<Q")
 AUTH_FAILED = 4001
 DEFAULT_WINDOW = 4 << 20  # bytes in flight per channel
 DEFAULT_MAX_FRAME = 16 << 20
-DEFAULT_HEARTBEAT = 2.5  # seconds; a peer silent for two of them is dead
+
+
+def _heartbeat_from_environment(default: float = 2.5) -> float:
+    """KERNEL_HEARTBEAT (seconds, > 0) where set: a network whose pauses are
+    longer than two heartbeats, or kernels that may block longer (a slow
+    user function), want it longer; a test of dropped links, shorter."""
+    text = os.environ.get("KERNEL_HEARTBEAT", "")
+    if not text:
+        return default
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        log.warning("KERNEL_HEARTBEAT=%r is not a positive number of seconds: %g s used", text, default)
+        return default
+    return seconds
+
+
+DEFAULT_HEARTBEAT = _heartbeat_from_environment()  # seconds; a peer silent for two of them is dead
 MISMATCH = 4002
 # Before a connection has authenticated (see LinkServer):
 HANDSHAKE_MAX_MESSAGE = 4096  # bytes in one message: the hello with its meta is ~300
@@ -854,7 +873,11 @@ async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None,
     answer = await ws.receive()
     if answer.type != aiohttp.WSMsgType.TEXT:
         await ws.close()
-        raise AuthenticationFailed(f"process {peer} at {url}")
+        if ws.close_code == AUTH_FAILED:  # the server's word: our secret is not its
+            raise AuthenticationFailed(f"process {peer} at {url}")
+        # a server going away mid-handshake (reset, or closed with another code): not
+        # a wrong secret, which a caller takes as final
+        raise LinkError(f"{url} broke the handshake (closed, code {ws.close_code}, before answering)")
     reply = msgspec.json.decode(answer.data)
     if not hmac.compare_digest(str(reply.get("mac", "")), _mac(key, b"server", nonce, peer)):
         await ws.close(code=AUTH_FAILED, message=b"authentication failed")

@@ -208,24 +208,31 @@ async def test_a_peer_that_never_comes_is_a_clear_error_after_the_timeout():
         await dial(f"http://127.0.0.1:{port}", SECRET, 1, CHANNELS, lambda *f: None, timeout=0.3)
 
 
-@pytest.mark.parametrize("then", ["reset", "garbage"])
+@pytest.mark.parametrize("then", ["reset", "garbage", "read then reset", "read then going away"])
 async def test_a_peer_that_breaks_the_handshake_is_a_link_error(then):
     """A server that says hello and then resets the connection (a peer
-    dying mid-handshake), or whose hello is garbage: `connect` raises
-    LinkError, as for every other peer it cannot link to (aiohttp's own
-    ClientConnectionResetError escaped: a topic subscriber took it for a
-    bug, not a lost publisher)."""
+    dying mid-handshake), whose hello is garbage, or that reads the
+    client's answer and then resets or closes with 1001 (a server going
+    away): `connect` raises LinkError, as for every other peer it cannot
+    link to, and not AuthenticationFailed (a wrong secret, final for a
+    services client). aiohttp's own ClientConnectionResetError escaped: a
+    topic subscriber took it for a bug, not a lost publisher."""
     from aiohttp import web
 
     async def hello_then(request):
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        if then == "reset":
-            await ws.send_str('{"process": 0, "nonce": "ab"}')
-            request.transport.abort()
-        else:
+        if then == "garbage":
             await ws.send_str("not json")
             await ws.receive()
+            return ws
+        await ws.send_str('{"process": 0, "nonce": "ab"}')
+        if then.startswith("read"):
+            await ws.receive()
+        if then == "read then going away":
+            await ws.close(code=1001)
+        else:
+            request.transport.abort()
         return ws
 
     app = web.Application()
@@ -236,8 +243,9 @@ async def test_a_peer_that_breaks_the_handshake_is_a_link_error(then):
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     try:
-        with pytest.raises(LinkError, match=r"broke the handshake"):
+        with pytest.raises(LinkError, match=r"broke the handshake") as raised:
             await links_connect(f"http://127.0.0.1:{port}", SECRET, 1, timeout=2)
+        assert not isinstance(raised.value, AuthenticationFailed)
     finally:
         await runner.cleanup()
 
@@ -652,3 +660,17 @@ async def test_pipelined_plain_http_on_one_connection_is_one_refusal_and_closed(
             "refused a link from 127.0.0.1: GET without a websocket upgrade (Bad Request)"], refusals[:5]
     finally:
         await server.stop()
+
+
+def test_kernel_heartbeat_sets_the_links_heartbeat_and_a_bad_one_is_said(monkeypatch, caplog):
+    from kernel.net._links import _heartbeat_from_environment
+
+    monkeypatch.setenv("KERNEL_HEARTBEAT", "0.4")
+    assert _heartbeat_from_environment() == 0.4
+    for bad in ("soon", "0", "-1", "inf", "nan"):
+        monkeypatch.setenv("KERNEL_HEARTBEAT", bad)
+        with caplog.at_level(logging.WARNING, logger="kernel.links"):
+            assert _heartbeat_from_environment() == 2.5
+        assert f"KERNEL_HEARTBEAT={bad!r} is not a positive number of seconds: 2.5 s used" in caplog.text
+    monkeypatch.delenv("KERNEL_HEARTBEAT")
+    assert _heartbeat_from_environment() == 2.5
