@@ -217,6 +217,9 @@ class Publish(Operator):
         self._restored_any = False  # restore() was called (a resumed run; else it had ended there)
         self._ending = False  # (with snapshots) the input ended: the end goes out with a complete epoch
         self._restored = None  # (first, last) of the epochs restore() gave it to keep (_prune)
+        # subscribers whose connection broke (not ended): (the last epoch each had, kept until which
+        # epoch) for _prune: it may come back (`after`) and must find what it lacks
+        self._absent: list[tuple[int, int]] = []
         if self.serving:
             self.context.kernel.spawn(self._serve(), name=f"{self.name} server")
             if not self.snapshots:
@@ -456,6 +459,9 @@ class Publish(Operator):
         has = min((self._has(s) for s in self.subscribers if s.active), default=self.epoch)
         if self._restored is not None and self.epoch < self._restored[1] + RESUME_EPOCHS:
             has = min(has, self._restored[0] - 1)  # what it restored waits for its subscribers
+        if self._absent:
+            self._absent = [(had, until) for had, until in self._absent if self.epoch < until]
+            has = min([has, *(had for had, _ in self._absent)])
         while self._released and self._released[0].number <= has:
             self._released.popleft()
 
@@ -576,6 +582,11 @@ class Publish(Operator):
     def _forget(self, sub: _Subscriber) -> None:
         if sub in self.subscribers:
             self.subscribers.remove(sub)
+            if self.snapshots and sub.active and not sub.done and not sub.progress:
+                # its connection broke, the stream not ended: it may come back (a reset, its kernel
+                # blocked past the heartbeat), saying what it has; what it lacks is kept for
+                # RESUME_EPOCHS epochs, as for a restarted publisher's subscribers
+                self._absent.append((self._has(sub), self.epoch + RESUME_EPOCHS))
             sub.queue.clear()
             sub.queued = 0
             self._drained()

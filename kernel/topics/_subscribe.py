@@ -93,6 +93,9 @@ class Subscribe(Source):
         # partition -> the last epoch this kernel has whole of it, told to a
         # restarted publisher (`after`), which sends what comes after it
         self._whole: dict[int, int] = {}
+        # on_lost="wait": (generation, partition) -> the last epoch this kernel has whole of it
+        # (a connection to the same publisher again drops what it sends of them)
+        self._had: dict[tuple[int, int], int] = {}
         self._partitions = None  # the current generation's partition count
 
     def poll(self):
@@ -173,7 +176,8 @@ class Subscribe(Source):
                 reading = mine or list(range(found["partitions"]))  # none of its own: their progress
                 self._reading = [(generation, p) for p in reading]
                 ended = functools.partial(self._ended_meanwhile, directory, found)
-                readers = {asyncio.ensure_future(self._read_partition(key, found, at, not mine, ended)): at
+                readers = {asyncio.ensure_future(self._read_partition(key, found, at, not mine, ended,
+                                                                      directory)): at
                            for at in self._reading}
                 try:
                     why = await _first_loss(readers, ended)
@@ -202,8 +206,7 @@ class Subscribe(Source):
         first frame): had it ended between the lookup and the connection
         (its server stops once it has ended)? Then that is its end, as the
         catalog says, not a lost publisher."""
-        again = await directory.request("topic_lookup", name=self.topic, job=_directory.job_name())
-        if not again.get("found") or again["id"] != found["id"] or again["addresses"][at[1]] != ENDED:
+        if await _in_catalog(directory, self.topic, found, at) != ENDED:
             return False
         log.debug("topic %r partition %d: ended before this subscriber connected", self.topic, at[1])
         self._buffer.append((at, KIND_END, b"", _NO_LINK))
@@ -220,7 +223,7 @@ class Subscribe(Source):
                                                                      if theirs.get("schema") else ""))
 
     async def _read_partition(self, key: bytes, found: dict, at: tuple[int, int], progress: bool,
-                              ended) -> None:
+                              ended, directory) -> None:
         """Read one partition of one publisher into the buffer until its END
         (returns) or a loss (`_Lost`, with why). A partition that had ended
         when the topic was looked up (its server gone) ends here at once.
@@ -228,14 +231,12 @@ class Subscribe(Source):
         A connection that breaks is not yet a lost publisher: the publisher
         may still run (a reset connection, or this kernel blocked past the
         links' heartbeat, which made the publisher drop it). So the same
-        publisher is tried again: where it answers, on_lost="wait" goes on
-        with it from its next whole epoch (as after a restart: the epoch in
-        progress is dropped whole), and on_lost="fail" ends with
+        publisher is tried again (`_try_again`): where it answers,
+        on_lost="wait" goes on with it from its next whole epoch (as after a
+        restart: the epoch in progress is dropped whole, and an epoch it
+        sends again, retained, is dropped too), and on_lost="fail" ends with
         `ConnectionLost`, not `PublisherLost` (what it sent meanwhile is
-        lost to this subscriber, which has handed on part of an epoch).
-        Where it does not answer within the time a registered publisher is
-        given (CONNECT_TIMEOUT; RECHECK_AFTER with "fail", whose loss is
-        final anyway), it is lost."""
+        lost to this subscriber, which has handed on part of an epoch)."""
         partition = at[1]
         if found["addresses"][partition] == ENDED:
             if at[0] > 0:  # a publisher after a lost one, which ended before this subscriber was back
@@ -251,17 +252,17 @@ class Subscribe(Source):
         broken = None  # why the last connection to this publisher broke while it seemed to run
         while True:
             try:
-                await self._read_connection(key, found, at, url, progress, ended, broken)
+                await self._read_connection(key, found, at, url, progress, ended, broken, directory)
                 return
             except _Lost as lost:
-                if lost.before_start:  # (a second try that failed is one)
+                if lost.before_start or lost.final:
                     raise
                 broken = lost
             log.warning("topic %r partition %d: the connection to the publisher broke (%s); trying it "
                         "again", self.topic, partition, broken)
 
     async def _read_connection(self, key: bytes, found: dict, at: tuple[int, int], url: str,
-                               progress: bool, ended, broken) -> None:
+                               progress: bool, ended, broken, directory) -> None:
         """One connection to partition `at` of publisher `found`: read it
         until its END (returns) or its loss (`_Lost`). `broken`: why the
         last connection to it broke (this one is a second try)."""
@@ -279,7 +280,10 @@ class Subscribe(Source):
             meta["after"] = floor  # (a publisher with snapshots starts it right after it)
         try:
             if broken is not None:  # does the publisher still answer?
-                ws, theirs, http = await self._try_again(key, url, meta, broken)
+                again = await self._try_again(key, url, meta, broken, directory, found, at)
+                if again is None:
+                    return  # it had ended meanwhile (and said so)
+                ws, theirs, http = again
                 if isinstance(theirs, dict) and theirs.get("id") == found["id"] and self.on_lost != "wait":
                     await ws.close()
                     raise ConnectionLost(self.topic, partition, str(broken))
@@ -303,6 +307,10 @@ class Subscribe(Source):
             if theirs.get("snapshots") is not True:  # its epochs are its own: nothing to compare
                 floor = None
                 self._whole.pop(partition, None)
+            if broken is not None and self._had.get(at) is not None:
+                # the same publisher again: an epoch it sends that this kernel has whole (retained,
+                # replayed to every new connection) is dropped, not handed on twice
+                floor = max(self._had[at], -1 if floor is None else floor)
             link = Link(ws, partition, {0}, None, WINDOW)
             async for _, kind, body in link:
                 if first:  # the publisher's marker of the epoch before this connection's first
@@ -335,28 +343,53 @@ class Subscribe(Source):
             if http is not None:
                 await http.close()
 
-    async def _try_again(self, key: bytes, url: str, meta: dict, broken: _Lost):
+    async def _try_again(self, key: bytes, url: str, meta: dict, broken: _Lost, directory, found: dict,
+                         at: tuple[int, int]):
         """Connect again to a publisher whose connection broke: `(ws, its
-        meta, session)`, or `_Lost` (before_start: it may have ended since)
-        where nothing answers: at once where nothing listens there any more
-        (its process is gone), after CONNECT_TIMEOUT where something does
-        but does not answer (only RECHECK_AFTER with on_lost="fail")."""
+        meta, session)`; None where it had ended meanwhile (its END is in
+        the buffer, and what came after the break is lost: on_lost="fail"
+        raises ConnectionLost for it); `_Lost` (final) where it is gone:
+        nothing listens there any more (its process is gone), or the
+        catalog no longer lists it. Where something listens but does not
+        answer (a publisher blocked, or stopped), each round of tries
+        (RECHECK_AFTER, then CONNECT_TIMEOUT seconds) is followed by a look
+        at the catalog: on_lost="wait" tries again for as long as the
+        catalog lists this publisher; "fail" gives up after one round."""
         import aiohttp
 
         from kernel.net._links import LinkError, connect
 
-        tries = (RECHECK_AFTER, CONNECT_TIMEOUT) if self.on_lost == "wait" else (RECHECK_AFTER,)
-        for timeout in tries:
-            try:
-                ws, _, theirs, http = await connect(url, key, self.context.index, path=TOPIC_PATH, meta=meta,
-                                                    check_meta=False, timeout=timeout,
-                                                    ssl=_directory.client_ssl())
-                return ws, theirs, http
-            except LinkError as exc:
-                error = exc
-                if isinstance(exc.__cause__, aiohttp.ClientConnectorError):
-                    break  # nothing listens there (or the host is unreachable): gone
-        raise _Lost(f"{broken}; then {error}", before_start=True)
+        partition, waiting = at[1], False
+        while True:
+            gone = False
+            for timeout in (RECHECK_AFTER, CONNECT_TIMEOUT):
+                try:
+                    ws, _, theirs, http = await connect(url, key, self.context.index, path=TOPIC_PATH,
+                                                        meta=meta, check_meta=False, timeout=timeout,
+                                                        ssl=_directory.client_ssl())
+                    return ws, theirs, http
+                except LinkError as exc:
+                    error = exc
+                    if isinstance(exc.__cause__, aiohttp.ClientConnectorError):
+                        gone = True  # nothing listens there (or the host is unreachable)
+                        break
+            listed = await _in_catalog(directory, self.topic, found, at)
+            if listed == ENDED:
+                if self.on_lost != "wait":
+                    raise ConnectionLost(self.topic, partition, f"{broken}; the publisher has ended since")
+                log.warning("topic %r partition %d: the publisher ended while this subscriber was cut off "
+                            "from it: what it sent after the break (%s) is not delivered", self.topic,
+                            partition, broken)
+                self._buffer.append((at, KIND_END, b"", _NO_LINK))
+                self.wake()
+                return None
+            if gone or listed != "listed" or self.on_lost != "wait":
+                raise _Lost(f"{broken}; then {error}", final=True)
+            if not waiting:
+                waiting = True
+                log.warning("topic %r partition %d: the publisher does not answer at %s but is still "
+                            "registered: trying it again until it answers or is replaced", self.topic,
+                            partition, url)
 
     def _hold(self, held: list, at: tuple[int, int], kind: int, body, link, floor: int | None) -> None:
         """on_lost="wait": a partition's frames wait in `held` until their
@@ -376,13 +409,15 @@ class Subscribe(Source):
         else:
             self._owed.append((link, size))
         held.append((at, kind, body, self._early))
-        if kind == KIND_EPOCH and at[1] in self._whole:
+        if kind == KIND_EPOCH:
             epoch = _EPOCH.unpack(body)[0]
             if floor is not None and epoch <= floor:
                 log.info("topic %r partition %d: epoch %d again: dropped", self.topic, at[1], epoch)
                 held.clear()
                 return
-            self._whole[at[1]] = epoch
+            self._had[at] = epoch
+            if at[1] in self._whole:
+                self._whole[at[1]] = epoch
         if kind == KIND_EPOCH or kind == KIND_END:
             self._ready += sum(_HEAD + len(entry[2]) for entry in held)
             self._buffer.extend(held)
@@ -415,11 +450,13 @@ class Subscribe(Source):
 class _Lost(Exception):
     """A partition's connection ended without the stream's end: why;
     `before_start`: before its first frame (the partition may have ended
-    meanwhile: `Subscribe._ended_meanwhile`)."""
+    meanwhile: `Subscribe._ended_meanwhile`); `final`: after trying the
+    publisher again (`Subscribe._try_again`)."""
 
-    def __init__(self, why: str, before_start: bool = False) -> None:
+    def __init__(self, why: str, before_start: bool = False, final: bool = False) -> None:
         super().__init__(why)
         self.before_start = before_start
+        self.final = final  # the publisher was tried again, and is gone
 
 
 class _Early:
@@ -443,6 +480,16 @@ class _NoLink:
 
 _NO_LINK = _NoLink()
 ENDED = "ended"  # a publication's address once its partition has ended (kernel.system._topics)
+
+
+async def _in_catalog(directory, topic: str, found: dict, at: tuple[int, int]) -> str:
+    """What the catalog says now of partition `at` of publisher `found`:
+    ENDED, "listed" (still this publisher's), or "gone" (another publisher,
+    or none)."""
+    again = await directory.request("topic_lookup", name=topic, job=_directory.job_name())
+    if not again.get("found") or again["id"] != found["id"]:
+        return "gone"
+    return ENDED if again["addresses"][at[1]] == ENDED else "listed"
 
 
 async def _first_loss(readers: dict, ended_meanwhile) -> str | None:

@@ -247,17 +247,28 @@ def test_on_lost_wait_goes_on_after_the_publishers_restart(system):
     assert after[0] in {0, *again.boundaries().values()}
 
 
-@pytest.mark.parametrize("on_lost", ["wait", "fail"])
-def test_a_connection_dropped_while_the_publisher_runs_is_no_lost_publisher(system, on_lost):
+HEARTBEAT = 0.5  # KERNEL_HEARTBEAT of the dropped-connection tests: A drops a stalled B within ~1-1.5 s
+
+
+@pytest.mark.parametrize("on_lost, publisher", [("wait", "plain"), ("wait", "retain"), ("wait", "snapshots"),
+                                                ("fail", "plain")])
+def test_a_connection_dropped_while_the_publisher_runs_is_no_lost_publisher(system, on_lost, publisher):
     """B's kernel blocks (its operator sleeps) past the links' heartbeat, so
     A drops B's connection while A runs on. B then tries A again: with
     on_lost="wait" it reads A from A's next whole epoch (it used to wait
-    for ever for a new publisher); with "fail" it ends with ConnectionLost,
-    not PublisherLost (A was never lost)."""
+    for ever for a new publisher); an A with `retain` replays its retained
+    epochs to the new connection, and those B has are dropped (they were
+    handed on twice); an A with snapshots keeps what B lacks for it (it
+    dropped it once B's connection was gone) and B misses nothing. With
+    "fail" B ends with ConnectionLost, not PublisherLost (A was never
+    lost)."""
     go, stall, fast = system.root / "go", system.root / "stall", system.root / "fast"
-    a = Job(system, "readings.py", "a", COUNT=20_000, GO=go)
+    options = {"retain": {"RETAIN": 100}, "snapshots": {"STATE_DIR": system.root / "state", "RESUMABLE": 1},
+               "plain": {}}[publisher]
+    a = Job(system, "readings.py", "a", COUNT=20_000, GO=go, KERNEL_HEARTBEAT=HEARTBEAT, **options)
     a.wait_published()
-    b = Job(system, "sums.py", "b", ON_LOST=on_lost, SLOW=0.001, STALL=stall, FAST=fast)
+    b = Job(system, "sums.py", "b", ON_LOST=on_lost, SLOW=0.001, STALL=stall, FAST=fast,
+            KERNEL_HEARTBEAT=HEARTBEAT)
     wait_until(lambda: b.epochs_received() >= 2, what="B to read whole epochs of A")
     stall.touch()
     wait_until(lambda: "dropping the link" in a.text(), timeout=30, what="A to drop the stalled B")
@@ -275,14 +286,74 @@ def test_a_connection_dropped_while_the_publisher_runs_is_no_lost_publisher(syst
     seqs, sums = results(b)
     a.finish()
     assert "the publisher still runs: reading it again" in b.text()
+    assert sums == brute_sums(seqs)
+    boundaries = {0, *a.boundaries().values()}
+    if publisher != "plain":  # every reading once, from where B started to A's end
+        assert seqs == list(range(seqs[0], 20_000)) and seqs[0] in boundaries
+        return
     # two whole stretches of A: from a boundary to where B was dropped, then
     # from a later boundary to A's end
-    boundaries = {0, *a.boundaries().values()}
     cut = next(i for i in range(1, len(seqs)) if seqs[i] != seqs[i - 1] + 1)
     before, after = seqs[:cut], seqs[cut:]
     assert before[0] in boundaries and before[-1] + 1 in boundaries
     assert before == list(range(before[0], before[-1] + 1))
     assert after[0] in boundaries and after == list(range(after[0], 20_000))
+
+
+@pytest.mark.parametrize("on_lost", ["wait", "fail"])
+def test_a_publisher_that_ends_while_its_subscriber_is_cut_off_is_no_silent_end(system, on_lost):
+    """B is dropped (stalled past the heartbeat) and A runs to its end and
+    exits before B is back. What A sent after the break is lost to B: with
+    "fail" B ends with ConnectionLost saying A has ended since; with "wait"
+    B ends, warning what it did not get, with whole epochs only (it ended
+    as if nothing were missing: the catalog said "ended", read as a
+    partition that had ended before B connected)."""
+    go, stall, fast = system.root / "go", system.root / "stall", system.root / "fast"
+    a = Job(system, "readings.py", "a", COUNT=20_000, GO=go, KERNEL_HEARTBEAT=HEARTBEAT)
+    a.wait_published()
+    b = Job(system, "sums.py", "b", ON_LOST=on_lost, SLOW=0.001, STALL=stall, FAST=fast,
+            KERNEL_HEARTBEAT=HEARTBEAT)
+    wait_until(lambda: b.epochs_received() >= 2, what="B to read whole epochs of A")
+    stall.touch()
+    wait_until(lambda: "dropping the link" in a.text(), timeout=30, what="A to drop the stalled B")
+    go.touch()
+    a.finish()
+    assert a.proc.returncode == 0, a.text()
+    fast.touch()
+    if on_lost == "fail":
+        lines = b.finish()
+        assert b.proc.returncode == 3
+        assert (f"ConnectionLost: topic '{system.topic}' partition 0: the connection to the publisher broke"
+                in lines[-1]["error"] and "the publisher has ended since" in lines[-1]["error"]), lines
+        return
+    seqs, sums = results(b)
+    assert "the publisher ended while this subscriber was cut off from it" in b.text()
+    boundaries = {0, *a.boundaries().values()}
+    assert seqs == list(range(seqs[0], seqs[-1] + 1)) and seqs[0] in boundaries and seqs[-1] + 1 in boundaries
+    assert seqs[-1] < 19_999
+    assert sums == brute_sums(seqs)
+
+
+def test_a_waiting_subscriber_waits_for_a_registered_publisher_that_does_not_answer(system):
+    """A is stopped (SIGSTOP) long enough that B's link to it dies and B's
+    tries to connect again time out; A is still registered, so B (on_lost=
+    "wait") keeps trying it, and goes on once A runs again (it used to
+    count A lost and wait for ever for another publisher)."""
+    go = system.root / "go"
+    a = Job(system, "readings.py", "a", COUNT=20_000, GO=go, KERNEL_HEARTBEAT=HEARTBEAT)
+    a.wait_published()
+    b = Job(system, "sums.py", "b", ON_LOST="wait", KERNEL_HEARTBEAT=HEARTBEAT)
+    wait_until(lambda: b.epochs_received() >= 2, what="B to read whole epochs of A")
+    a.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: "does not answer at" in b.text(), timeout=30, what="B to find A silent")
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: len(starts(b)[0]) >= 2 or b.proc.poll() is not None, what="B to read A again")
+    go.touch()
+    seqs, sums = results(b)
+    a.finish()
+    assert b.proc.returncode == 0 and seqs[-1] == 19_999
     assert sums == brute_sums(seqs)
 
 
