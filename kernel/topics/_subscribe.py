@@ -96,6 +96,7 @@ class Subscribe(Source):
         # on_lost="wait": (generation, partition) -> the last epoch this kernel has whole of it
         # (a connection to the same publisher again drops what it sends of them)
         self._had: dict[tuple[int, int], int] = {}
+        self._reached: set[tuple[int, int]] = set()  # (generation, partition) a first frame came from
         self._partitions = None  # the current generation's partition count
 
     def poll(self):
@@ -255,9 +256,9 @@ class Subscribe(Source):
                 await self._read_connection(key, found, at, url, progress, ended, broken, directory)
                 return
             except _Lost as lost:
-                if lost.before_start or lost.final:
-                    raise
-                broken = lost
+                if lost.final or (lost.before_start and not lost.connected):
+                    raise  # gone, or never reached (the catalog is asked: _first_loss)
+                broken = lost  # (one that broke before its first frame too: held for a boundary)
             log.warning("topic %r partition %d: the connection to the publisher broke (%s); trying it "
                         "again", self.topic, partition, broken)
 
@@ -273,6 +274,7 @@ class Subscribe(Source):
         partition = at[1]
         http = None
         first = True  # nothing received yet
+        connected = False  # to this publisher (a break is then tried again: _read_partition)
         held: list = []  # on_lost="wait": the epoch in progress, handed on whole (_hold)
         meta = {"topic": self.topic, "progress": True} if progress else {"topic": self.topic}
         floor = self._whole.get(partition) if self.on_lost == "wait" else None
@@ -284,7 +286,8 @@ class Subscribe(Source):
                 if again is None:
                     return  # it had ended meanwhile (and said so)
                 ws, theirs, http = again
-                if isinstance(theirs, dict) and theirs.get("id") == found["id"] and self.on_lost != "wait":
+                if isinstance(theirs, dict) and theirs.get("id") == found["id"] and self.on_lost != "wait" \
+                        and at in self._reached:  # (before any frame, nothing is lost: read on)
                     await ws.close()
                     raise ConnectionLost(self.topic, partition, str(broken))
             else:
@@ -301,6 +304,7 @@ class Subscribe(Source):
             if not isinstance(theirs, dict) or theirs.get("id") != found["id"]:
                 await ws.close()
                 raise _Lost(f"{url} serves another publisher now", before_start=True)
+            connected = True
             if broken is not None:
                 log.warning("topic %r partition %d: the publisher still runs: reading it again, from its "
                             "next whole epoch", self.topic, partition)
@@ -315,6 +319,7 @@ class Subscribe(Source):
             async for _, kind, body in link:
                 if first:  # the publisher's marker of the epoch before this connection's first
                     first = False
+                    self._reached.add(at)
                     self._started_at(partition, decode(kind, body), link, _HEAD + len(body), floor,
                                      theirs.get("snapshots") is True)
                     continue
@@ -329,13 +334,14 @@ class Subscribe(Source):
                     return  # the publisher ended the stream
             if ws.close_code == TOO_SLOW:
                 raise SubscriberTooSlow(self.topic)
-            raise _Lost(f"the connection to {url} closed without the stream's end", before_start=first)
+            raise _Lost(f"the connection to {url} closed without the stream's end", before_start=first,
+                        connected=True)
         except (LinkError, aiohttp.ClientError, ConnectionError) as exc:
             # (a send that fails, a credit grant say, may raise aiohttp's own error before the reader
             # sees the end)
             if ws_code(exc) == TOO_SLOW:
                 raise SubscriberTooSlow(self.topic) from None
-            raise _Lost(str(exc) or type(exc).__name__, before_start=first) from None
+            raise _Lost(str(exc) or type(exc).__name__, before_start=first, connected=connected) from None
         finally:
             if held:
                 log.info("topic %r partition %d: %d frame(s) of an epoch the publisher did not finish "
@@ -374,6 +380,12 @@ class Subscribe(Source):
                         gone = True  # nothing listens there (or the host is unreachable)
                         break
             listed = await _in_catalog(directory, self.topic, found, at)
+            if listed == ENDED and at not in self._reached:  # nothing of it had come: just its end
+                log.debug("topic %r partition %d: ended before this subscriber's first frame", self.topic,
+                          partition)
+                self._buffer.append((at, KIND_END, b"", _NO_LINK))
+                self.wake()
+                return None
             if listed == ENDED:
                 if self.on_lost != "wait":
                     raise ConnectionLost(self.topic, partition, f"{broken}; the publisher has ended since")
@@ -453,10 +465,12 @@ class _Lost(Exception):
     meanwhile: `Subscribe._ended_meanwhile`); `final`: after trying the
     publisher again (`Subscribe._try_again`)."""
 
-    def __init__(self, why: str, before_start: bool = False, final: bool = False) -> None:
+    def __init__(self, why: str, before_start: bool = False, final: bool = False,
+                 connected: bool = False) -> None:
         super().__init__(why)
         self.before_start = before_start
         self.final = final  # the publisher was tried again, and is gone
+        self.connected = connected  # it broke after the handshake with this publisher
 
 
 class _Early:

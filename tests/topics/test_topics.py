@@ -334,6 +334,33 @@ def test_a_publisher_that_ends_while_its_subscriber_is_cut_off_is_no_silent_end(
     assert sums == brute_sums(seqs)
 
 
+@pytest.mark.parametrize("on_lost", ["wait", "fail"])
+def test_a_connection_dropped_before_its_first_frame_is_tried_again(system, on_lost):
+    """B connects mid-epoch (A holds it until its next boundary, 5 s
+    epochs) and is dropped before its first frame (stopped past the
+    heartbeat): nothing of A had come, so in either mode B connects again
+    and reads A from a boundary to its end (it counted A lost: "wait"
+    waited for ever for another publisher, "fail" raised PublisherLost)."""
+    go = system.root / "go"
+    a = Job(system, "readings.py", "a", COUNT=20_000, GO=go, EPOCH=5, KERNEL_HEARTBEAT=HEARTBEAT)
+    a.wait_published()
+    b = Job(system, "sums.py", "b", ON_LOST=on_lost, KERNEL_HEARTBEAT=HEARTBEAT)
+    wait_until(lambda: "a subscriber connected from" in a.text(), what="B to connect")
+    b.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: "dropping the link" in a.text(), what="A to drop the stopped B")
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: starts(b)[0] or b.proc.poll() is not None, what="B to read A")
+    go.touch()
+    seqs, sums = results(b)
+    a.finish()
+    log = b.text()
+    assert "trying it again" in log and log.index("trying it again") < log.index("starts at epoch"), log
+    assert seqs == list(range(seqs[0], 20_000)) and seqs[0] in {0, *a.boundaries().values()}
+    assert sums == brute_sums(seqs)
+
+
 def test_a_waiting_subscriber_waits_for_a_registered_publisher_that_does_not_answer(system):
     """A is stopped (SIGSTOP) long enough that B's link to it dies and B's
     tries to connect again time out; A is still registered, so B (on_lost=
