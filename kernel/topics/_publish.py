@@ -306,7 +306,7 @@ class Publish(Operator):
             self.dropped += 1
             log.warning("topic %r: dropping the subscriber at %s: %d bytes behind (slow='disconnect')",
                         self.topic, sub.address, sub.queued)
-            self._forget(sub)
+            self._forget(sub, may_return=False)  # (dropped for its queue: nothing kept for it either)
             closing = asyncio.ensure_future(sub.link.ws.close(code=TOO_SLOW, message=b"subscriber too slow"))
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
@@ -368,6 +368,10 @@ class Publish(Operator):
         """`sub` starts at epoch `after` + 1, at `watermark` (now's by
         default): the marker of the epoch before, then the watermark."""
         sub.active = True
+        # it needs nothing up to `after` (it has it, coming back; or starts past it): what _prune keeps
+        # for it, active or dropped, starts after it (-1 kept every epoch for a subscriber dropped
+        # before its first marker's credit came back, again and again)
+        sub.has = max(sub.has, after)
         self._queue(sub, encode_epoch(EpochMarker(after)))
         watermark = self.watermark if watermark is None else watermark
         if watermark > float("-inf"):
@@ -579,10 +583,10 @@ class Publish(Operator):
             if not sub.writer.done() and not sub.done:
                 sub.writer.cancel()
 
-    def _forget(self, sub: _Subscriber) -> None:
+    def _forget(self, sub: _Subscriber, may_return: bool = True) -> None:
         if sub in self.subscribers:
             self.subscribers.remove(sub)
-            if self.snapshots and sub.active and not sub.done and not sub.progress:
+            if may_return and self.snapshots and sub.active and not sub.done and not sub.progress:
                 # its connection broke, the stream not ended: it may come back (a reset, its kernel
                 # blocked past the heartbeat), saying what it has; what it lacks is kept for
                 # RESUME_EPOCHS epochs, as for a restarted publisher's subscribers
