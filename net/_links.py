@@ -828,6 +828,9 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
             except TimeoutError:
                 silent = ConnectionError("it accepted the connection but never answered")
                 raise LinkError(f"could not reach {url} within {timeout:g} s: {silent}") from silent
+            except aiohttp.ClientResponseError as exc:  # (an HTTP answer, no websocket: not our server)
+                raise LinkError(f"{url} answered, but not as a kernel server ({exc.status} "
+                                f"{exc.message})") from exc
             except (aiohttp.ClientConnectionError, OSError) as exc:
                 if loop.time() + delay > deadline:
                     raise LinkError(f"could not reach {url} within {timeout:g} s: {exc}") from exc

@@ -63,6 +63,9 @@ log = logging.getLogger("kernel.topics")
 _HEAD = 5  # what a frame's header counts against the window (net._links.FRAME)
 CONNECT_TIMEOUT = 5.0  # seconds to reach a registered publisher before it counts as lost
 RECHECK_AFTER = 0.5  # seconds of trying before the catalog is asked whether the partition ended
+# connections in a row to a publisher that break before their first frame, after which it counts as
+# lost (one that closes every connection at once would be dialled for ever), each after a pause
+EARLY_BREAKS = 3
 
 
 class Subscribe(Source):
@@ -209,10 +212,31 @@ class Subscribe(Source):
         catalog says, not a lost publisher."""
         if await _in_catalog(directory, self.topic, found, at) != ENDED:
             return False
-        log.debug("topic %r partition %d: ended before this subscriber connected", self.topic, at[1])
+        self._ended_unread(at)
+        return True
+
+    def _ended_unread(self, at: tuple[int, int]) -> None:
+        """Partition `at` ended before anything of it reached this kernel:
+        its END, from the catalog. Of a publisher after a lost one, what it
+        published is lost to this subscriber: said (README, Topics 4)."""
+        if at[0] > 0:
+            log.warning("topic %r partition %d: the new publisher had ended before this subscriber "
+                        "reached it: what it published is not delivered", self.topic, at[1])
+        else:
+            log.debug("topic %r partition %d: ended before this subscriber connected", self.topic, at[1])
         self._buffer.append((at, KIND_END, b"", _NO_LINK))
         self.wake()
-        return True
+
+    def _ended_cut_off(self, at: tuple[int, int], broken) -> None:
+        """Partition `at` ended while this kernel was cut off from it, after
+        some of it had come: what it sent after the break is lost. "fail":
+        ConnectionLost; "wait": a warning, and its END."""
+        if self.on_lost != "wait":
+            raise ConnectionLost(self.topic, at[1], f"{broken}; the publisher has ended since")
+        log.warning("topic %r partition %d: the publisher ended while this subscriber was cut off from it: "
+                    "what it sent after the break (%s) is not delivered", self.topic, at[1], broken)
+        self._buffer.append((at, KIND_END, b"", _NO_LINK))
+        self.wake()
 
     def _check_type(self, found: dict) -> None:
         theirs = found.get("record_type")
@@ -240,25 +264,32 @@ class Subscribe(Source):
         lost to this subscriber, which has handed on part of an epoch)."""
         partition = at[1]
         if found["addresses"][partition] == ENDED:
-            if at[0] > 0:  # a publisher after a lost one, which ended before this subscriber was back
-                log.warning("topic %r partition %d: the new publisher had ended before this subscriber "
-                            "reached it: what it published is not delivered", self.topic, partition)
-            else:
-                log.debug("topic %r partition %d: ended before this subscriber connected", self.topic,
-                          partition)
-            self._buffer.append((at, KIND_END, b"", _NO_LINK))
-            self.wake()
+            self._ended_unread(at)
             return
         url = _directory.url_of(*_split(found["addresses"][partition]))
         broken = None  # why the last connection to this publisher broke while it seemed to run
+        early = 0  # connections in a row that broke before their first frame
         while True:
             try:
                 await self._read_connection(key, found, at, url, progress, ended, broken, directory)
                 return
             except _Lost as lost:
-                if lost.final or (lost.before_start and not lost.connected):
-                    raise  # gone, or never reached (the catalog is asked: _first_loss)
-                broken = lost  # (one that broke before its first frame too: held for a boundary)
+                if lost.final:
+                    raise  # tried again, and gone (the catalog was asked: _try_again)
+                if lost.before_start and (not lost.connected or early >= EARLY_BREAKS):
+                    if at not in self._reached:
+                        raise  # never reached: the catalog is asked (_first_loss), ended or lost
+                    # a later connection of a partition that had come: not "ended before connecting"
+                    if await _in_catalog(directory, self.topic, found, at) == ENDED:
+                        self._ended_cut_off(at, lost)
+                        return
+                    raise _Lost(str(lost), final=True) from None
+                if lost.before_start:  # held for a boundary and dropped, or closed at once: a pause
+                    early += 1
+                    await asyncio.sleep(RECHECK_AFTER)
+                else:
+                    early = 0
+                broken = lost
             log.warning("topic %r partition %d: the connection to the publisher broke (%s); trying it "
                         "again", self.topic, partition, broken)
 
@@ -380,20 +411,11 @@ class Subscribe(Source):
                         gone = True  # nothing listens there (or the host is unreachable)
                         break
             listed = await _in_catalog(directory, self.topic, found, at)
-            if listed == ENDED and at not in self._reached:  # nothing of it had come: just its end
-                log.debug("topic %r partition %d: ended before this subscriber's first frame", self.topic,
-                          partition)
-                self._buffer.append((at, KIND_END, b"", _NO_LINK))
-                self.wake()
-                return None
             if listed == ENDED:
-                if self.on_lost != "wait":
-                    raise ConnectionLost(self.topic, partition, f"{broken}; the publisher has ended since")
-                log.warning("topic %r partition %d: the publisher ended while this subscriber was cut off "
-                            "from it: what it sent after the break (%s) is not delivered", self.topic,
-                            partition, broken)
-                self._buffer.append((at, KIND_END, b"", _NO_LINK))
-                self.wake()
+                if at in self._reached:
+                    self._ended_cut_off(at, broken)
+                else:  # nothing of it had come: just its end
+                    self._ended_unread(at)
                 return None
             if gone or listed != "listed" or self.on_lost != "wait":
                 raise _Lost(f"{broken}; then {error}", final=True)

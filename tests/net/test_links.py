@@ -250,6 +250,24 @@ async def test_a_peer_that_breaks_the_handshake_is_a_link_error(then):
         await runner.cleanup()
 
 
+async def test_a_plain_http_server_is_a_link_error_not_aiohttps():
+    """Another program on the port (a plain HTTP server, 404 to the
+    upgrade): LinkError naming it (aiohttp's WSServerHandshakeError
+    escaped, which a topic subscriber took for the end of a partition)."""
+    from aiohttp import web
+
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(LinkError, match=r"answered, but not as a kernel server \(404"):
+            await links_connect(f"http://127.0.0.1:{port}", SECRET, 1, timeout=2)
+    finally:
+        await runner.cleanup()
+
+
 async def test_the_pull_api_yields_data_frames_and_handles_credit_on_the_way():
     """`async for` over a link: data frames in order, CREDIT frames from a
     consumer applied on the way (a small window keeps them flowing), PING

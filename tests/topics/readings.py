@@ -108,6 +108,15 @@ def build():
 
 flow = build()  # (for `python -m kernel submit readings.py`: the coordinator from its executor)
 
+if os.environ.get("CLOSE_SUBSCRIBERS"):  # a broken publisher: it closes every connection after the handshake
+    from kernel.topics import _publish
+
+    async def _close_at_once(self, ws, peer, meta, address):
+        print("closing a subscriber", file=sys.stderr, flush=True)
+        await ws.close()
+
+    _publish.Publish._serve_subscriber = _close_at_once
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
     logging.getLogger("kernel.topics").setLevel(logging.DEBUG)

@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "system"))
 from _system import System, free_port, wait_until
 from test_system_tls import certificates  # noqa: F401  (a fixture: the CA and certificates)
 
+from kernel.topics._subscribe import EARLY_BREAKS
+
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
 DT = 1 / 64  # readings.py's event seconds between readings
@@ -300,14 +302,16 @@ def test_a_connection_dropped_while_the_publisher_runs_is_no_lost_publisher(syst
     assert after[0] in boundaries and after == list(range(after[0], 20_000))
 
 
+@pytest.mark.parametrize("port", ["closed", "taken"])
 @pytest.mark.parametrize("on_lost", ["wait", "fail"])
-def test_a_publisher_that_ends_while_its_subscriber_is_cut_off_is_no_silent_end(system, on_lost):
+def test_a_publisher_that_ends_while_its_subscriber_is_cut_off_is_no_silent_end(system, on_lost, port):
     """B is dropped (stalled past the heartbeat) and A runs to its end and
-    exits before B is back. What A sent after the break is lost to B: with
-    "fail" B ends with ConnectionLost saying A has ended since; with "wait"
-    B ends, warning what it did not get, with whole epochs only (it ended
-    as if nothing were missing: the catalog said "ended", read as a
-    partition that had ended before B connected)."""
+    exits before B is back (its port closed, or taken since by a plain
+    HTTP server). What A sent after the break is lost to B: with "fail" B
+    ends with ConnectionLost saying A has ended since; with "wait" B ends,
+    warning what it did not get, with whole epochs only (it ended as if
+    nothing were missing: the catalog said "ended", read as a partition
+    that had ended before B connected)."""
     go, stall, fast = system.root / "go", system.root / "stall", system.root / "fast"
     a = Job(system, "readings.py", "a", COUNT=20_000, GO=go, KERNEL_HEARTBEAT=HEARTBEAT)
     a.wait_published()
@@ -319,14 +323,27 @@ def test_a_publisher_that_ends_while_its_subscriber_is_cut_off_is_no_silent_end(
     go.touch()
     a.finish()
     assert a.proc.returncode == 0, a.text()
-    fast.touch()
+    other = None
+    if port == "taken":
+        served = int(re.search(r"served at [^:]+:(\d+)", a.text())[1])
+        other = subprocess.Popen([PYTHON, "-m", "http.server", str(served), "--bind", "127.0.0.1"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: _accepts(served), what="the HTTP server to listen")
+    try:
+        fast.touch()
+        if on_lost == "fail":
+            lines = b.finish()
+        else:
+            seqs, sums = results(b)
+    finally:
+        if other is not None:
+            other.kill()
+            other.wait()
     if on_lost == "fail":
-        lines = b.finish()
         assert b.proc.returncode == 3
         assert (f"ConnectionLost: topic '{system.topic}' partition 0: the connection to the publisher broke"
                 in lines[-1]["error"] and "the publisher has ended since" in lines[-1]["error"]), lines
         return
-    seqs, sums = results(b)
     assert "the publisher ended while this subscriber was cut off from it" in b.text()
     boundaries = {0, *a.boundaries().values()}
     assert seqs == list(range(seqs[0], seqs[-1] + 1)) and seqs[0] in boundaries and seqs[-1] + 1 in boundaries
@@ -359,6 +376,29 @@ def test_a_connection_dropped_before_its_first_frame_is_tried_again(system, on_l
     assert "trying it again" in log and log.index("trying it again") < log.index("starts at epoch"), log
     assert seqs == list(range(seqs[0], 20_000)) and seqs[0] in {0, *a.boundaries().values()}
     assert sums == brute_sums(seqs)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_a_publisher_that_closes_every_connection_at_once_is_tried_a_few_times_only(system):
+    """A (broken) closes every subscriber's connection right after the
+    handshake: B (on_lost="fail") tries it again a few times, a pause
+    apart, then ends with PublisherLost (it dialled A thousands of times a
+    second, for ever)."""
+    a = Job(system, "readings.py", "a", COUNT=0, CLOSE_SUBSCRIBERS=1)
+    a.wait_published()
+    b = Job(system, "sums.py", "b")
+    lines = b.finish()
+    a.kill()
+    assert b.proc.returncode == 3
+    assert f"PublisherLost: topic '{system.topic}': the publisher was lost" in lines[-1]["error"], lines
+    assert a.text().count("closing a subscriber") == 1 + EARLY_BREAKS
 
 
 def test_a_waiting_subscriber_waits_for_a_registered_publisher_that_does_not_answer(system):
