@@ -252,6 +252,21 @@ def test_on_lost_wait_goes_on_after_the_publishers_restart(system):
 HEARTBEAT = 0.5  # KERNEL_HEARTBEAT of the dropped-connection tests: A drops a stalled B within ~1-1.5 s
 
 
+def _subscriber_dropped(system, on_lost: str, **options):
+    """A publishing 20,000 readings (at full speed once `go` exists), B
+    reading whole epochs of it, then B's kernel stalled until `fast` exists
+    and dropped by A (its heartbeat): (a, b, go, fast)."""
+    go, stall, fast = system.root / "go", system.root / "stall", system.root / "fast"
+    a = Job(system, "readings.py", "a", COUNT=20_000, GO=go, KERNEL_HEARTBEAT=HEARTBEAT, **options)
+    a.wait_published()
+    b = Job(system, "sums.py", "b", ON_LOST=on_lost, SLOW=0.001, STALL=stall, FAST=fast,
+            KERNEL_HEARTBEAT=HEARTBEAT)
+    wait_until(lambda: b.epochs_received() >= 2, what="B to read whole epochs of A")
+    stall.touch()
+    wait_until(lambda: "dropping the link" in a.text(), timeout=30, what="A to drop the stalled B")
+    return a, b, go, fast
+
+
 @pytest.mark.parametrize("on_lost, publisher", [("wait", "plain"), ("wait", "retain"), ("wait", "snapshots"),
                                                 ("fail", "plain")])
 def test_a_connection_dropped_while_the_publisher_runs_is_no_lost_publisher(system, on_lost, publisher):
@@ -264,16 +279,9 @@ def test_a_connection_dropped_while_the_publisher_runs_is_no_lost_publisher(syst
     dropped it once B's connection was gone) and B misses nothing. With
     "fail" B ends with ConnectionLost, not PublisherLost (A was never
     lost)."""
-    go, stall, fast = system.root / "go", system.root / "stall", system.root / "fast"
     options = {"retain": {"RETAIN": 100}, "snapshots": {"STATE_DIR": system.root / "state", "RESUMABLE": 1},
                "plain": {}}[publisher]
-    a = Job(system, "readings.py", "a", COUNT=20_000, GO=go, KERNEL_HEARTBEAT=HEARTBEAT, **options)
-    a.wait_published()
-    b = Job(system, "sums.py", "b", ON_LOST=on_lost, SLOW=0.001, STALL=stall, FAST=fast,
-            KERNEL_HEARTBEAT=HEARTBEAT)
-    wait_until(lambda: b.epochs_received() >= 2, what="B to read whole epochs of A")
-    stall.touch()
-    wait_until(lambda: "dropping the link" in a.text(), timeout=30, what="A to drop the stalled B")
+    a, b, go, fast = _subscriber_dropped(system, on_lost, **options)
     fast.touch()
     if on_lost == "fail":
         lines = b.finish()
@@ -312,14 +320,7 @@ def test_a_publisher_that_ends_while_its_subscriber_is_cut_off_is_no_silent_end(
     warning what it did not get, with whole epochs only (it ended as if
     nothing were missing: the catalog said "ended", read as a partition
     that had ended before B connected)."""
-    go, stall, fast = system.root / "go", system.root / "stall", system.root / "fast"
-    a = Job(system, "readings.py", "a", COUNT=20_000, GO=go, KERNEL_HEARTBEAT=HEARTBEAT)
-    a.wait_published()
-    b = Job(system, "sums.py", "b", ON_LOST=on_lost, SLOW=0.001, STALL=stall, FAST=fast,
-            KERNEL_HEARTBEAT=HEARTBEAT)
-    wait_until(lambda: b.epochs_received() >= 2, what="B to read whole epochs of A")
-    stall.touch()
-    wait_until(lambda: "dropping the link" in a.text(), timeout=30, what="A to drop the stalled B")
+    a, b, go, fast = _subscriber_dropped(system, on_lost)
     go.touch()
     a.finish()
     assert a.proc.returncode == 0, a.text()
