@@ -75,10 +75,24 @@ def topics_named(system: System, name: str) -> list[dict]:
     return [t for t in system.status()["topics"] if t["name"] == name]
 
 
+_started: list[Job] = []  # this test's jobs: none outlives it (_no_job_left)
+
+
+@pytest.fixture(autouse=True)
+def _no_job_left():
+    """Every job a test started is killed when it ends, passed or failed
+    (a failed test's runaway subscriber once held 11 GB and thousands of
+    ports through the rest of the suite)."""
+    yield
+    while _started:
+        _started.pop().kill()
+
+
 class Job:
     """A script of this folder run as a process of its own."""
 
     def __init__(self, system: System, script: str, name: str, **env) -> None:
+        _started.append(self)
         self.log = system.root / f"{name}.log"
         self.out = system.root / f"{name}.out"
         environ = dict(system.env, **{k: str(v) for k, v in {"TOPIC": system.topic, **env}.items()})
