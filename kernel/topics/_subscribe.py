@@ -14,10 +14,14 @@ at most a window of bytes per partition, and a slow subscriber slows its
 publisher (or is dropped, `slow="disconnect"`).
 
 A publisher that ends sends END: that partition has ended. A connection
-that ends otherwise is a lost publisher: `on_lost="fail"` raises
-`PublisherLost(topic)` from the source; `on_lost="wait"` looks the topic up
-again until a new publisher (another id) is registered, and goes on from
-its next whole epoch, the watermark never going back. With
+that ends otherwise is tried again first (`_read_partition`): where the
+same publisher answers, `on_lost="wait"` reads on from its next whole
+epoch and `on_lost="fail"` raises `ConnectionLost` (or reads on, where
+nothing of the partition had come yet). Where it is gone, it is a lost
+publisher: `on_lost="fail"` raises `PublisherLost(topic)` from the source;
+`on_lost="wait"` looks the topic up again until a new publisher (another
+id) is registered, and goes on from its next whole epoch, the watermark
+never going back. With
 `on_lost="wait"` each partition's frames are held until their epoch is
 whole (its marker or the end) and then handed on together, so that the
 epoch a lost publisher was in the middle of is dropped whole, not handed
