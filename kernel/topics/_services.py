@@ -136,8 +136,7 @@ class Serve(Source):
             # Sent, it would break the connection (the client refuses it at
             # its head) and with it every call pipelined there: only this
             # call fails, with what went wrong.
-            return _HEAD.pack(rid, FAILED) + _encode(f"a reply of {len(answer)} bytes exceeds the "
-                                                     f"{_MAX_MESSAGE >> 20} MiB limit")
+            return _HEAD.pack(rid, FAILED) + _encode(_over_limit("reply", len(answer)))
         self.served += 1
         return _HEAD.pack(rid, OK) + answer
 
@@ -150,6 +149,10 @@ class Serve(Source):
             await ws.send_bytes(answer)
         except (ConnectionError, RuntimeError):
             pass
+
+
+def _over_limit(what: str, size: int) -> str:
+    return f"a {what} of {size} bytes exceeds the {_MAX_MESSAGE >> 20} MiB limit"
 
 
 def _failed(rid: int, exc: Exception) -> bytes:
@@ -243,8 +246,7 @@ class ServiceClient:
         if len(body) > _MAX_MESSAGE:
             # Sent, it would break the connection (the server refuses it at
             # its head) and with it every call pipelined there.
-            raise ServiceError(f"service {self.name!r}: a request of {len(body)} bytes exceeds the "
-                               f"{_MAX_MESSAGE >> 20} MiB limit")
+            raise ServiceError(f"service {self.name!r}: {_over_limit('request', len(body))}")
         rid = next(self._ids)
         loop = asyncio.get_running_loop()
         future = self._waiting[rid] = loop.create_future()

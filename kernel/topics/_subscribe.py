@@ -304,7 +304,7 @@ class Subscribe(Source):
         last connection to it broke (this one is a second try)."""
         import aiohttp
 
-        from kernel.net._links import Link, LinkError, connect
+        from kernel.net._links import Link, LinkError
 
         partition = at[1]
         http = None
@@ -327,15 +327,11 @@ class Subscribe(Source):
                     raise ConnectionLost(self.topic, partition, str(broken))
             else:
                 try:  # (a first try, short: a partition that has just ended has no server to reach)
-                    ws, _, theirs, http = await connect(url, key, self.context.index, path=TOPIC_PATH,
-                                                        timeout=RECHECK_AFTER, meta=meta,
-                                                        check_meta=False, ssl=_directory.client_ssl())
+                    ws, theirs, http = await self._dial(key, url, meta, RECHECK_AFTER)
                 except LinkError:
                     if await ended(at):
                         return
-                    ws, _, theirs, http = await connect(url, key, self.context.index, path=TOPIC_PATH,
-                                                        timeout=CONNECT_TIMEOUT, meta=meta,
-                                                        check_meta=False, ssl=_directory.client_ssl())
+                    ws, theirs, http = await self._dial(key, url, meta, CONNECT_TIMEOUT)
             if not isinstance(theirs, dict) or theirs.get("id") != found["id"]:
                 await ws.close()
                 raise _Lost(f"{url} serves another publisher now", before_start=True)
@@ -384,6 +380,15 @@ class Subscribe(Source):
             if http is not None:
                 await http.close()
 
+    async def _dial(self, key: bytes, url: str, meta: dict, timeout: float):
+        """One try at the publisher's partition server: `(ws, its meta,
+        session)`, or LinkError."""
+        from kernel.net._links import connect
+
+        ws, _, theirs, http = await connect(url, key, self.context.index, path=TOPIC_PATH, meta=meta,
+                                            check_meta=False, timeout=timeout, ssl=_directory.client_ssl())
+        return ws, theirs, http
+
     async def _try_again(self, key: bytes, url: str, meta: dict, broken: _Lost, directory, found: dict,
                          at: tuple[int, int]):
         """Connect again to a publisher whose connection broke: `(ws, its
@@ -398,17 +403,14 @@ class Subscribe(Source):
         catalog lists this publisher; "fail" gives up after one round."""
         import aiohttp
 
-        from kernel.net._links import LinkError, connect
+        from kernel.net._links import LinkError
 
         partition, waiting = at[1], False
         while True:
             gone = False
             for timeout in (RECHECK_AFTER, CONNECT_TIMEOUT):
                 try:
-                    ws, _, theirs, http = await connect(url, key, self.context.index, path=TOPIC_PATH,
-                                                        meta=meta, check_meta=False, timeout=timeout,
-                                                        ssl=_directory.client_ssl())
-                    return ws, theirs, http
+                    return await self._dial(key, url, meta, timeout)
                 except LinkError as exc:
                     error = exc
                     if isinstance(exc.__cause__, aiohttp.ClientConnectorError):
