@@ -78,9 +78,16 @@ async def request(catalog: Catalog, op: str, m: dict) -> dict:
     if op == "topic_publish":
         uid, job, partition = str(m["id"]), str(m["job"]), int(m["partition"])
         row = _row(catalog, name)
-        if row is not None and row.get("id") != uid:
+        while row is not None and row.get("id") != uid:
             if row["job"] != job and await _still_published(catalog, name, row["job"]):
                 raise RequestError(f"topic {name!r} is published by {row['job']}, which is running")
+            # The probe awaited: another kernel of this publisher (registering
+            # its own partition at the same moment) may have replaced the old
+            # registration meanwhile, and its partition must stay
+            now = _row(catalog, name)
+            if now is None or now.get("id") != row.get("id"):
+                row = now
+                continue
             db.execute("DELETE FROM topics WHERE name = ?", (name,))
             db.execute("DELETE FROM publications WHERE topic = ?", (name,))
             row = None
@@ -174,7 +181,11 @@ async def _still_published(catalog: Catalog, name: str, job: str) -> bool:
     row = catalog._db.execute("SELECT status FROM jobs WHERE id = ?", (job,)).fetchone()
     if row is not None:
         return row[0] in ACTIVE
-    for (address,) in catalog._db.execute("SELECT address FROM publications WHERE topic = ?", (name,)):
+    # that job's addresses, read before the first await (another request may
+    # change the rows meanwhile, and must not have its own address probed)
+    addresses = catalog._db.execute("SELECT address FROM publications WHERE topic = ? AND job = ?",
+                                    (name, job)).fetchall()
+    for (address,) in addresses:
         host, _, port = address.rpartition(":")
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), 1.0)

@@ -1332,3 +1332,76 @@ def test_a_subscriber_waiting_for_a_boundary_gets_the_last_records_of_a_job_with
     assert a.finish()[-1].startswith("ended")
     assert seqs == list(range(200))
     assert sums == brute_sums(seqs)
+
+
+def test_a_restarted_apps_kernels_registering_at_once_replace_the_old_registration(tmp_path):
+    """An app publishing on two kernels was killed (its registration stays
+    behind, its ports closed) and runs again: its kernels register their
+    partitions at the same moment. Each finds the old registration and
+    looks whether the old publisher still answers; meanwhile the other
+    kernel's registration lands. Neither may take the new publisher's own
+    address for the old one's (it was refused: "published by app:old,
+    which is running"), and the second must not delete the first's."""
+    import json as _json
+    import socket as _socket
+
+    from kernel.system._catalog import Catalog
+    from kernel.system._topics import request
+
+    catalog = Catalog(tmp_path / "data")
+    listening = [_socket.create_server(("127.0.0.1", 0)) for _ in range(2)]  # the new servers
+    dead = []
+    for _ in range(2):  # the old servers' ports: closed
+        probe = _socket.create_server(("127.0.0.1", 0))
+        dead.append(probe.getsockname()[1])
+        probe.close()
+    try:
+        db = catalog._db
+        db.execute("INSERT INTO topics VALUES ('t', 'app:old', 0, ?)",
+                   (_json.dumps({"id": "old", "partitions": 2}),))
+        for partition, port in enumerate(dead):
+            db.execute("INSERT INTO publications VALUES ('t', 'app:old', ?, ?)",
+                       (partition, f"127.0.0.1:{port}"))
+        new = [f"127.0.0.1:{s.getsockname()[1]}" for s in listening]
+
+        def publish(partition: int) -> dict:
+            return {"name": "t", "id": "new", "job": "app:new", "kind": "stream", "partitions": 2,
+                    "partition": partition, "address": new[partition]}
+
+        async def both():
+            return await asyncio.gather(*(request(catalog, "topic_publish", publish(p)) for p in range(2)),
+                                        return_exceptions=True)
+
+        assert asyncio.run(both()) == [{}, {}]
+        reply = asyncio.run(request(catalog, "topic_lookup", {"name": "t", "job": "app:b"}))
+        assert (reply["found"], reply["id"], reply["addresses"]) == (True, "new", new)
+    finally:
+        for server in listening:
+            server.close()
+        catalog.close()
+
+
+def test_only_the_old_publishers_own_addresses_say_it_still_runs(tmp_path):
+    """Whether an app's old registration still publishes is asked of its own
+    addresses only: a partition the new publisher has registered meanwhile
+    answers (its server runs), and is not the old one's."""
+    import socket as _socket
+
+    from kernel.system._catalog import Catalog
+    from kernel.system._topics import _still_published
+
+    catalog = Catalog(tmp_path / "data")
+    server = _socket.create_server(("127.0.0.1", 0))
+    probe = _socket.create_server(("127.0.0.1", 0))
+    dead = probe.getsockname()[1]
+    probe.close()
+    try:
+        db = catalog._db
+        db.execute("INSERT INTO publications VALUES ('t', 'app:old', 0, ?)", (f"127.0.0.1:{dead}",))
+        db.execute("INSERT INTO publications VALUES ('t', 'app:new', 1, ?)",
+                   (f"127.0.0.1:{server.getsockname()[1]}",))
+        assert asyncio.run(_still_published(catalog, "t", "app:old")) is False
+        assert asyncio.run(_still_published(catalog, "t", "app:new")) is True
+    finally:
+        server.close()
+        catalog.close()
