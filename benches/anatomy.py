@@ -2,6 +2,7 @@
 
     python -m benches.anatomy --pipeline q8            # NEXMark q8, 500,000 events
     python -m benches.anatomy --pipeline windows       # benches/pipelines.py's windowed sum
+    python -m benches.anatomy --pipeline wordcount     # its word count (200,000 lines)
     python -m benches.anatomy --quick                  # smoke run (q8, 20,000 events)
 
 For a pipeline slower on two kernels than on one (issue 13), this says
@@ -44,8 +45,9 @@ from benches._report import machine, table
 
 DEFAULT_EVENTS = 500_000
 QUICK_EVENTS = 20_000
-WINDOW_EVENTS = 200_000
-PIPELINES = ("q0", "q1", "q2", "q3", "q4", "q5", "q6", "q7", "q8", "windows")
+PIPELINES = ("q0", "q1", "q2", "q3", "q4", "q5", "q6", "q7", "q8", "windows", "wordcount")
+#: benches/pipelines.py's own sizes: events of the windowed sum, lines of word count
+PIPELINE_EVENTS = {"windows": 200_000, "wordcount": 200_000}
 CONFIGURATIONS = ("one kernel", "two kernels", "two independent kernels, half each")
 
 
@@ -127,6 +129,15 @@ def workload(pipeline: str, events: int):
             return len(ours_window_sums(data[::2] if half else data, cores))
 
         return run_windows
+    if pipeline == "wordcount":
+        from benches.pipelines import make_lines, ours_wordcount
+
+        lines = make_lines(events)
+
+        def run_wordcount(cores: int, half: bool) -> int:
+            return len(ours_wordcount(lines[::2] if half else lines, cores))
+
+        return run_wordcount
     from benches import nexmark
     from benches._nexmark_generator import Generator
 
@@ -200,13 +211,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", choices=PIPELINES, default="q8")
     parser.add_argument("--events", type=int, default=None,
-                        help=f"events (default {DEFAULT_EVENTS:,}; the windowed sum {WINDOW_EVENTS:,})")
+                        help=f"events (default {DEFAULT_EVENTS:,}; the windowed sum's events and word "
+                             f"count's lines {PIPELINE_EVENTS['windows']:,})")
     parser.add_argument("--quick", action="store_true", help=f"a smoke run ({QUICK_EVENTS:,} events)")
     args = parser.parse_args(argv)
     if args.events is not None and args.events < 2:
         parser.error(f"--events must be at least 2, got {args.events}")
     events = args.events or (QUICK_EVENTS if args.quick else
-                             WINDOW_EVENTS if args.pipeline == "windows" else DEFAULT_EVENTS)
+                             PIPELINE_EVENTS.get(args.pipeline, DEFAULT_EVENTS))
     print(machine())
     for name, kernels in measure(args.pipeline, events).items():
         header, rows = rows_of(kernels)
