@@ -627,6 +627,7 @@ class AuthenticatedServer:
         self._runner: web.ServerRunner | None = None
         self._guard: _Guard | None = None
         self._listener: asyncio.AbstractServer | None = None
+        self._sessions: set = set()  # the authenticated peers' websockets, while served (stop closes them)
 
     @property
     def pending(self) -> int:
@@ -638,7 +639,9 @@ class AuthenticatedServer:
                              handshake_timeout=self.handshake_timeout, noun=self.noun, access_log=None,
                              max_line_size=_HTTP_MAX_LINE, max_field_size=_HTTP_MAX_LINE,
                              max_headers=_HTTP_MAX_HEADERS)
-        self._runner = web.ServerRunner(self._guard)
+        # (aiohttp's shutdown waits this long for a handler still running: a
+        # session left open, which `stop` has just been told to close)
+        self._runner = web.ServerRunner(self._guard, shutdown_timeout=_CLOSE_WAIT)
         await self._runner.setup()
         # (not aiohttp's TCPSite: it leaves a TLS handshake asyncio's 60 s;
         # the TLS handshake comes before the guard sees the connection)
@@ -649,10 +652,18 @@ class AuthenticatedServer:
             self.port = self._listener.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        """Stop listening and close the peers still linked (1001, going
+        away), each given _CLOSE_WAIT seconds to answer: a peer that never
+        does (stopped, cut off) does not hold the stop up (aiohttp's
+        shutdown waited 60 s for every websocket still open)."""
         if self._listener is not None:
             self._listener.close()
         if self._guard is not None:
             self._guard.close()
+        if self._sessions:
+            closing = [asyncio.ensure_future(ws.close(code=1001, message=b"server stopping"))
+                       for ws in list(self._sessions)]
+            await asyncio.wait(closing, timeout=2 * _CLOSE_WAIT)
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -693,7 +704,11 @@ class AuthenticatedServer:
         except (AuthenticationFailed, LinkError, msgspec.DecodeError) as exc:
             await self._refuse(ws, peer_address, exc)
             return ws
-        await self._session(ws, peer, meta, peer_address)
+        self._sessions.add(ws)
+        try:
+            await self._session(ws, peer, meta, peer_address)
+        finally:
+            self._sessions.discard(ws)
         return ws
 
     async def _refuse(self, ws, address: str, exc: Exception) -> None:

@@ -692,3 +692,27 @@ def test_kernel_heartbeat_sets_the_links_heartbeat_and_a_bad_one_is_said(monkeyp
         assert f"KERNEL_HEARTBEAT={bad!r} is not a positive number of seconds: 2.5 s used" in caplog.text
     monkeypatch.delenv("KERNEL_HEARTBEAT")
     assert _heartbeat_from_environment() == 2.5
+
+
+async def test_a_server_stopped_with_peers_still_linked_closes_them_and_stops_at_once():
+    """Stopping a server whose peers are still connected (a publisher ending
+    past its close grace, a coordinator going down) closes their links
+    (1001, going away) and returns within about a second, even for a peer
+    that never answers the close: aiohttp's shutdown alone waited 60 s for
+    every open websocket's handler."""
+    server = await start_server([])
+    link, session, reader = await connect(server)
+    silent, _, _, silent_session = await links_connect(url(server), SECRET, 2)  # never reads again
+    try:
+        await until(lambda: len(server.links) == 2)
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(server.stop(), 10)
+        assert asyncio.get_running_loop().time() - started < 3
+        with contextlib.suppress(LinkError):
+            await asyncio.wait_for(reader, 5)  # the linked peer's reader ends: its link closed
+        assert link.ws.closed and link.ws.close_code == 1001
+    finally:
+        await link.close()
+        await session.close()
+        await silent.close()
+        await silent_session.close()
