@@ -217,6 +217,11 @@ class Publish(Operator):
         self._restored_any = False  # restore() was called (a resumed run; else it had ended there)
         self._ending = False  # (with snapshots) the input ended: the end goes out with a complete epoch
         self._restored = None  # (first, last) of the epochs restore() gave it to keep (_prune)
+        # (with snapshots) the stream this publisher goes on with: the id of the
+        # publisher that started it afresh (this one's, unless restore() says
+        # another), kept in the snapshots. A subscriber's `after` counts epochs
+        # of one stream: told to a publisher of another, it means nothing
+        self.lineage: str | None = _directory.new_id() if self.snapshots and self.serving else None
         # subscribers whose connection broke (not ended): (the last epoch each had, kept until which
         # epoch) for _prune: it may come back (`after`) and must find what it lacks
         self._absent: list[tuple[int, int]] = []
@@ -396,7 +401,8 @@ class Publish(Operator):
         self._pending.append(whole)
         self._open = []
         self._prune()
-        return {"epochs": [(e.number, e.frames) for e in (*self._released, *self._pending)]}
+        return {"epochs": [(e.number, e.frames) for e in (*self._released, *self._pending)],
+                "lineage": self.lineage}
 
     def restore(self, snapshot) -> None:
         """A resumed run (the snapshot of epoch R): the epochs it kept are
@@ -405,6 +411,7 @@ class Publish(Operator):
         self._restored_any = True
         if snapshot is None:
             return
+        self.lineage = snapshot.get("lineage", self.lineage)
         for number, frames in snapshot["epochs"]:
             self._pending.append(_Epoch(number, float("-inf"), frames, sum(map(_frame_size, frames))))
             self._last_epoch = max(self._last_epoch, number)
@@ -415,8 +422,10 @@ class Publish(Operator):
     def rescale(self, snapshots: list, owns):
         """A resume on another number of kernels: partitions are not the
         old ones, so nothing is kept to send again (subscribers coming back
-        start at the next epoch out; README: Topics, item 4)."""
-        return None
+        start at the next epoch out; README: Topics, item 4). The stream
+        goes on: its lineage stays."""
+        lineage = next((s.get("lineage") for s in snapshots if isinstance(s, dict)), None)
+        return None if lineage is None else {"epochs": [], "lineage": lineage}
 
     def on_commit(self, epoch: int) -> None:
         if self.snapshots and self.serving and not self.ended and epoch > 0 and not self._committed \
@@ -511,7 +520,7 @@ class Publish(Operator):
         self.id = _directory.new_id()
         host = _directory.advertised_host()
         meta = {"topic": self.topic, "id": self.id, "partition": self.partition,
-                "partitions": self.partitions, "snapshots": self.snapshots}
+                "partitions": self.partitions, "snapshots": self.snapshots, "lineage": self.lineage}
         server = _make_server(self, host, key, meta)
         await server.start()
         directory = _directory.Directory(address, key)
@@ -550,6 +559,13 @@ class Publish(Operator):
                   address)
         # a subscriber coming back to a restarted publisher: every epoch up to `after` it has
         after = meta.get("after") if self.snapshots else None
+        if after is not None and "lineage" in meta and meta["lineage"] != self.lineage:
+            # its epochs are another stream's: this publisher started afresh
+            # (not from a snapshot of the one it read), its epochs are new
+            log.info("topic %r partition %d: the subscriber at %s had read another stream of this topic "
+                     "(up to its epoch %s): it starts here as a new subscriber", self.topic, self.partition,
+                     address, after)
+            after = None
         resumed = type(after) is int and self._resume(sub, after)
         if self.ended:
             if not resumed:

@@ -100,6 +100,9 @@ class Subscribe(Source):
         # partition -> the last epoch this kernel has whole of it, told to a
         # restarted publisher (`after`), which sends what comes after it
         self._whole: dict[int, int] = {}
+        # partition -> the stream (the publishers' lineage) those epochs are
+        # of: a publisher started afresh is another stream, numbered anew
+        self._lineage: dict[int, str] = {}
         # on_lost="wait": (generation, partition) -> the last epoch this kernel has whole of it
         # (a connection to the same publisher again drops what it sends of them)
         self._had: dict[tuple[int, int], int] = {}
@@ -315,6 +318,8 @@ class Subscribe(Source):
         floor = self._whole.get(partition) if self.on_lost == "wait" else None
         if floor is not None:
             meta["after"] = floor  # (a publisher with snapshots starts it right after it)
+            if self._lineage.get(partition) is not None:
+                meta["lineage"] = self._lineage[partition]  # (of another stream, it starts anew)
         try:
             if broken is not None:  # does the publisher still answer?
                 again = await self._try_again(key, url, meta, broken, directory, found, at)
@@ -342,6 +347,15 @@ class Subscribe(Source):
             if theirs.get("snapshots") is not True:  # its epochs are its own: nothing to compare
                 floor = None
                 self._whole.pop(partition, None)
+            elif floor is not None and self._another_stream(partition, theirs.get("lineage")):
+                # a publisher started afresh: a stream of its own, numbered from 1
+                # again (it starts this kernel as a new subscriber)
+                log.info("topic %r partition %d: the publisher started a new stream; its epochs are not "
+                         "the last one's", self.topic, partition)
+                floor = None
+                self._whole.pop(partition, None)
+            if theirs.get("snapshots") is True and theirs.get("lineage") is not None:
+                self._lineage[partition] = theirs["lineage"]
             if broken is not None and self._had.get(at) is not None:
                 # the same publisher again: an epoch it sends that this kernel has whole (retained,
                 # replayed to every new connection) is dropped, not handed on twice
@@ -379,6 +393,13 @@ class Subscribe(Source):
                          "dropped", self.topic, partition, len(held))
             if http is not None:
                 await http.close()
+
+    def _another_stream(self, partition: int, lineage) -> bool:
+        """Are the epochs this kernel has of `partition` another stream's
+        than the publisher's (of `lineage`)? Unknown (a publisher of an
+        earlier version says none): taken as the same."""
+        mine = self._lineage.get(partition)
+        return mine is not None and lineage is not None and mine != lineage
 
     async def _dial(self, key: bytes, url: str, meta: dict, timeout: float):
         """One try at the publisher's partition server: `(ws, its meta,

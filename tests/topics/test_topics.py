@@ -263,6 +263,28 @@ def test_on_lost_wait_goes_on_after_the_publishers_restart(system):
     assert after[0] in {0, *again.boundaries().values()}
 
 
+def test_a_waiting_subscriber_reads_a_publisher_started_afresh_from_its_start(system):
+    """A publishes with a state_dir (the topic's epochs are its snapshots'),
+    and B (on_lost="wait") has read tens of its epochs when A is killed.
+    A2 publishes the topic afresh (a state_dir of its own: nothing to
+    restore), its epochs numbered from 1 again. B said it had every epoch
+    up to A's last, and A2 started it there: B dropped A2's epochs up to
+    that number as ones it had. Now A2 is a stream of its own to B (the
+    publishers' lineage), and B reads it from its start, every reading."""
+    a = Job(system, "readings.py", "a", COUNT=0, STATE_DIR=system.root / "state-a", JOB_EPOCH=0.05)
+    b = Job(system, "sums.py", "b", ON_LOST="wait")
+    wait_until(lambda: b.epochs_received() >= 30 or b.proc.poll() is not None, what="30 epochs of A")
+    a.kill()
+    go = system.root / "go"  # A2 makes its readings once B reads from it, over ~5 of its epochs
+    again = Job(system, "readings.py", "a2", COUNT=1000, START=100_000, STATE_DIR=system.root / "state-a2",
+                WAIT=go)
+    wait_until(lambda: len(starts(b)[0]) >= 2 or b.proc.poll() is not None, what="B to read from A2")
+    go.touch()
+    seqs, _ = results(b)
+    again.finish()
+    assert [s for s in seqs if s >= 100_000] == list(range(100_000, 101_000)), b.text()[-3000:]
+
+
 HEARTBEAT = 0.5  # KERNEL_HEARTBEAT of the dropped-connection tests: A drops a stalled B within ~1-1.5 s
 
 
