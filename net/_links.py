@@ -90,11 +90,13 @@ DEFAULT_WINDOW = 4 << 20  # bytes in flight per channel
 DEFAULT_MAX_FRAME = 16 << 20
 
 
-def _heartbeat_from_environment(default: float = 2.5) -> float:
-    """KERNEL_HEARTBEAT (seconds, > 0) where set: a network whose pauses are
-    longer than two heartbeats, or kernels that may block longer (a slow
-    user function), want it longer; a test of dropped links, shorter."""
-    text = os.environ.get("KERNEL_HEARTBEAT", "")
+def seconds_from_environment(name: str, default: float) -> float:
+    """The environment's `name` (seconds, > 0) where set, else `default`;
+    a value that is not a positive number of seconds is logged, and
+    `default` used. KERNEL_HEARTBEAT: a network whose pauses are longer
+    than two heartbeats, or kernels that may block longer (a slow user
+    function), want it longer; a test of dropped links, shorter."""
+    text = os.environ.get(name, "")
     if not text:
         return default
     try:
@@ -102,9 +104,13 @@ def _heartbeat_from_environment(default: float = 2.5) -> float:
     except ValueError:
         seconds = 0.0
     if not 0 < seconds < float("inf"):
-        log.warning("KERNEL_HEARTBEAT=%r is not a positive number of seconds: %g s used", text, default)
+        log.warning("%s=%r is not a positive number of seconds: %g s used", name, text, default)
         return default
     return seconds
+
+
+def _heartbeat_from_environment(default: float = 2.5) -> float:
+    return seconds_from_environment("KERNEL_HEARTBEAT", default)
 
 
 DEFAULT_HEARTBEAT = _heartbeat_from_environment()  # seconds; a peer silent for two of them is dead

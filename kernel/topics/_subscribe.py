@@ -59,13 +59,16 @@ from collections import deque
 from kernel.dataflow._operator import Source
 from kernel.net._channel import IDLE, EpochMarker
 from kernel.net._codec import KIND_END, KIND_EPOCH, decode
+from kernel.net._links import seconds_from_environment
 from kernel.topics import _directory
 from kernel.topics._errors import ConnectionLost, PublisherLost, SubscriberTooSlow, TopicError
 from kernel.topics._publish import _EPOCH, TOO_SLOW, TOPIC_PATH, WINDOW, record_type_info, same_record_type
 
 log = logging.getLogger("kernel.topics")
 _HEAD = 5  # what a frame's header counts against the window (net._links.FRAME)
-CONNECT_TIMEOUT = 5.0  # seconds to reach a registered publisher before it counts as lost
+# seconds to reach a registered publisher before it counts as lost (KERNEL_TOPIC_CONNECT_TIMEOUT:
+# a network slower to connect wants it longer; a test of silent publishers, shorter)
+CONNECT_TIMEOUT = seconds_from_environment("KERNEL_TOPIC_CONNECT_TIMEOUT", 5.0)
 RECHECK_AFTER = 0.5  # seconds of trying before the catalog is asked whether the partition ended
 # connections in a row to a publisher that break before their first frame, after which it counts as
 # lost (one that closes every connection at once would be dialled for ever), each after a pause

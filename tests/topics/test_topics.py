@@ -446,7 +446,9 @@ def test_a_waiting_subscriber_waits_for_a_registered_publisher_that_does_not_ans
     go = system.root / "go"
     a = Job(system, "readings.py", "a", COUNT=20_000, GO=go, KERNEL_HEARTBEAT=HEARTBEAT)
     a.wait_published()
-    b = Job(system, "sums.py", "b", ON_LOST="wait", KERNEL_HEARTBEAT=HEARTBEAT)
+    # (a round of tries: 0.5 s, then KERNEL_TOPIC_CONNECT_TIMEOUT, 5 s by default)
+    b = Job(system, "sums.py", "b", ON_LOST="wait", KERNEL_HEARTBEAT=HEARTBEAT,
+            KERNEL_TOPIC_CONNECT_TIMEOUT=1)
     wait_until(lambda: b.epochs_received() >= 2, what="B to read whole epochs of A")
     a.proc.send_signal(signal.SIGSTOP)
     try:
