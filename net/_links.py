@@ -127,6 +127,7 @@ MAX_PENDING = 32  # unauthenticated connections at once (at least twice the expe
 _HTTP_MAX_LINE = 1024  # HTTP request and header lines: an upgrade's are < 100 bytes
 _HTTP_MAX_HEADERS = 32  # aiohttp's client sends 8
 _OVERFLOW_LOG_EVERY = 5.0  # seconds between reports of refusals over MAX_PENDING
+REFUSALS_LOGGED = 10  # refusals logged one by one in each _OVERFLOW_LOG_EVERY seconds; the rest counted
 _CLOSE_WAIT = 1.0  # seconds a closing server end waits for the peer's close frame
 _BINARY = aiohttp.WSMsgType.BINARY
 _ERROR = aiohttp.WSMsgType.ERROR
@@ -479,12 +480,48 @@ class _Handler(RequestHandler):
         if status >= 500:  # ours, not the peer's: aiohttp's report
             return super().handle_error(request, status, exc, message)
         what = type(exc).__name__ if exc is not None else str(status)
-        log.warning("refused %s from %s: malformed HTTP (%s)", self._manager.noun, request.remote, what)
+        self._manager.refusals.warn("refused %s from %s: malformed HTTP (%s)", self._manager.noun,
+                                    request.remote, what)
         if request.writer.output_size > 0:  # (as aiohttp: too late for an answer)
             raise ConnectionError("malformed HTTP after the answer began")
         response = web.Response(status=status, text=f"malformed HTTP ({what})\n")
         response.force_close()
         return response
+
+
+class _RefusalLog:
+    """A server's refusals, logged: the first REFUSALS_LOGGED of each period
+    of _OVERFLOW_LOG_EVERY seconds one by one, the rest counted and said in
+    one line when the period ends (or the server stops). A stranger
+    connecting in a loop must not fill the disk with log lines."""
+
+    def __init__(self) -> None:
+        self._logged = 0  # in this period
+        self._unlogged = 0
+        self._latest = ""
+        self._timer: asyncio.TimerHandle | None = None
+
+    def warn(self, message: str, *args) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(_OVERFLOW_LOG_EVERY, self._period_ends)
+        if self._logged < REFUSALS_LOGGED:
+            self._logged += 1
+            log.warning(message, *args)
+        else:
+            self._unlogged += 1
+            self._latest = message % args
+
+    def _period_ends(self) -> None:
+        self._timer = None
+        if self._unlogged:
+            log.warning("%d more refusals in %g s, not logged one by one (the latest: %s)", self._unlogged,
+                        _OVERFLOW_LOG_EVERY, self._latest)
+        self._logged = self._unlogged = 0
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._period_ends()
 
 
 class _Guard(web.Server):
@@ -505,6 +542,7 @@ class _Guard(web.Server):
         self._overflow = 0  # refusals over max_pending not reported yet
         self._overflow_from = ""  # the latest one's address
         self._overflow_timer: asyncio.TimerHandle | None = None  # the next report, if any
+        self.refusals = _RefusalLog()
 
     def __call__(self) -> RequestHandler:
         return _Handler(self, loop=self._loop, **self._kwargs)
@@ -550,6 +588,7 @@ class _Guard(web.Server):
 
     def close(self) -> None:
         """The server stops: report the refusals not reported yet."""
+        self.refusals.close()
         if self._overflow_timer is not None:
             self._overflow_timer.cancel()
             self._report_overflow(again=False)
@@ -557,8 +596,8 @@ class _Guard(web.Server):
     def _expire(self, handler, transport) -> None:
         if self._pending.pop(handler, None) is None:
             return
-        log.warning("refused %s from %s: %s", self.noun, _address(transport),
-                    _no_handshake(self.handshake_timeout, "it sent no websocket upgrade"))
+        self.refusals.warn("refused %s from %s: %s", self.noun, _address(transport),
+                           _no_handshake(self.handshake_timeout, "it sent no websocket upgrade"))
         transport.abort()
 
     def _report_overflow(self, again: bool = True) -> None:
@@ -610,7 +649,8 @@ class AuthenticatedServer:
     once) and `handshake_timeout` seconds from connecting to authenticated
     (then closed, and logged; with TLS, the TLS handshake before gets as
     long again). Every refusal is logged as `refused {noun} from ADDRESS:
-    why`. After authentication messages may be `max_frame` bytes, and
+    why` (past REFUSALS_LOGGED in a few seconds, counted: `_RefusalLog`).
+    After authentication messages may be `max_frame` bytes, and
     `_session(ws, peer, meta, address)` serves the connection (the links
     between cluster processes; the coordinator of `kernel.system`)."""
 
@@ -678,8 +718,8 @@ class AuthenticatedServer:
         # `Connection: close`): else a stranger could pipeline thousands of
         # requests on one keep-alive connection, each answered and logged.
         if request.path != self.path:
-            log.warning("refused %s from %s: plain HTTP (%s %s), not %s", self.noun, request.remote,
-                        request.method, request.path[:100], self.noun)
+            self._guard.refusals.warn("refused %s from %s: plain HTTP (%s %s), not %s", self.noun,
+                                      request.remote, request.method, request.path[:100], self.noun)
             refusal = web.HTTPNotFound()
             refusal.force_close()
             raise refusal
@@ -695,8 +735,8 @@ class AuthenticatedServer:
         try:
             await ws.prepare(request)
         except web.HTTPException as exc:
-            log.warning("refused %s from %s: %s without a websocket upgrade (%s)",
-                        self.noun, peer_address, request.method, exc.reason)
+            self._guard.refusals.warn("refused %s from %s: %s without a websocket upgrade (%s)",
+                                      self.noun, peer_address, request.method, exc.reason)
             exc.force_close()  # (as in _serve)
             raise
         deadline = self._guard.handshake_deadline(request.protocol)
@@ -718,7 +758,7 @@ class AuthenticatedServer:
         return ws
 
     async def _refuse(self, ws, address: str, exc: Exception) -> None:
-        log.warning("refused %s from %s: %s", self.noun, address, exc)
+        self._guard.refusals.warn("refused %s from %s: %s", self.noun, address, exc)
         self.failures.append(exc)
         if isinstance(exc, AuthenticationFailed):
             await ws.close(code=AUTH_FAILED, message=b"authentication failed")

@@ -680,6 +680,30 @@ async def test_pipelined_plain_http_on_one_connection_is_one_refusal_and_closed(
         await server.stop()
 
 
+async def test_a_stranger_connecting_in_a_loop_gets_ten_log_lines_then_a_count(caplog):
+    """Refusals are logged one by one up to REFUSALS_LOGGED in each period of
+    a few seconds; past that they are counted, and the count (with the
+    latest) is logged when the period ends or the server stops: a stranger
+    connecting again and again must not fill the disk with log lines (each
+    of 40 connections was a line)."""
+    server = await start_server([])
+    with caplog.at_level(logging.WARNING, logger="kernel.links"):
+        for kind in range(40):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            garbage, plain = b"\x16\x03\x01 not http\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+            writer.write(plain if kind % 2 else garbage)
+            with contextlib.suppress(ConnectionError):
+                await closed_by_server(reader, within=3.0)
+            writer.close()
+        await server.stop()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(("refused", "30 more"))]
+    assert len(lines) == 11, lines
+    assert lines[:2] == ["refused a link from 127.0.0.1: malformed HTTP (BadHttpMethod)",
+                         "refused a link from 127.0.0.1: plain HTTP (GET /), not a link"]
+    assert lines[-1] == ("30 more refusals in 5 s, not logged one by one (the latest: refused a link from "
+                         "127.0.0.1: plain HTTP (GET /), not a link)")
+
+
 def test_kernel_heartbeat_sets_the_links_heartbeat_and_a_bad_one_is_said(monkeypatch, caplog):
     from kernel.net._links import _heartbeat_from_environment
 
