@@ -70,6 +70,7 @@ class JobMaster:
         self._locks: dict[str, asyncio.Lock] = {}
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
+        self._closing = False  # close(): the coordinator stops
         self.adopt_grace = adopt_grace
         self.executor_timeout = executor_timeout
         self._started = time.monotonic()
@@ -85,6 +86,9 @@ class JobMaster:
         self._changed = asyncio.Event()
 
     def _spawn(self, coroutine) -> None:
+        if self._closing:  # the coordinator stops: what it would start now is for its next run to decide
+            coroutine.close()
+            return
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._done)
@@ -384,6 +388,11 @@ class JobMaster:
         entry = self.connected.get(executor_id)
         if entry is None or entry.session is not session:
             return  # replaced by a newer connection
+        if self._closing:
+            # the coordinator stops (its server closes every connection): the
+            # executor is not lost, it reconnects to the next coordinator,
+            # which adopts its jobs
+            return
         del self.connected[executor_id]
         self._spawn(self.executor_lost(executor_id, "its connection closed"))
 
@@ -434,6 +443,9 @@ class JobMaster:
         return next(j for j in self.status()["jobs"] if j["id"] == self._job(job_id).id)
 
     async def close(self) -> None:
+        """The coordinator stops: nothing more is started, and the
+        connections its server closes next lose no executor."""
+        self._closing = True
         for task in list(self._tasks):
             task.cancel()
 

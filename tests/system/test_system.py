@@ -211,7 +211,11 @@ def patient(tmp_path):
     system.close()
 
 
-def test_a_restarted_coordinator_keeps_the_catalog_and_adopts_the_running_job(patient, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT])
+def test_a_restarted_coordinator_keeps_the_catalog_and_adopts_the_running_job(patient, tmp_path, stop):
+    """Killed, or stopped with Ctrl-C (which closes its connections to the
+    executors: it took them for lost and restarted their jobs), the
+    coordinator comes back and adopts the running job."""
     fresh = patient
     out, count = tmp_path / "out", 5000
     pipeline, go = slow(tmp_path, pause=0.001, count=count, out=out)
@@ -222,8 +226,8 @@ def test_a_restarted_coordinator_keeps_the_catalog_and_adopts_the_running_job(pa
         job = follower.stdout.readline().strip()
         wait_until(lambda: fresh.job(job)["status"] == "running", what="the job to run")
         before = fresh.job(job)
-        fresh.coordinator.send_signal(signal.SIGKILL)
-        fresh.coordinator.wait()
+        fresh.coordinator.send_signal(stop)
+        fresh.coordinator.wait(timeout=30)
         fresh.start_coordinator(*PATIENT)
         after = fresh.job(job)
         assert (after["status"], after["placement"], after["attempt"]) == ("running", before["placement"], 1)
