@@ -411,7 +411,10 @@ class Publish(Operator):
         self._restored_any = True
         if snapshot is None:
             return
-        self.lineage = snapshot.get("lineage", self.lineage)
+        # (a snapshot of an earlier version has none: unknown, and then every
+        # subscriber's `after` is taken, as before; a new id here would differ
+        # at each resume from that same snapshot)
+        self.lineage = snapshot.get("lineage")
         for number, frames in snapshot["epochs"]:
             self._pending.append(_Epoch(number, float("-inf"), frames, sum(map(_frame_size, frames))))
             self._last_epoch = max(self._last_epoch, number)
@@ -425,7 +428,7 @@ class Publish(Operator):
         start at the next epoch out; README: Topics, item 4). The stream
         goes on: its lineage stays."""
         lineage = next((s.get("lineage") for s in snapshots if isinstance(s, dict)), None)
-        return None if lineage is None else {"epochs": [], "lineage": lineage}
+        return {"epochs": [], "lineage": lineage}
 
     def on_commit(self, epoch: int) -> None:
         if self.snapshots and self.serving and not self.ended and epoch > 0 and not self._committed \
@@ -488,6 +491,22 @@ class Publish(Operator):
         while marks and marks[0][0] <= received:
             sub.has = marks.popleft()[1]
         return sub.has
+
+    def _after(self, meta: dict, address: str):
+        """The last epoch a subscriber coming back has whole of this stream
+        (its handshake's `after`), or None. An `after` of another stream
+        (its `lineage` is not this publisher's: this one started afresh,
+        not from a snapshot of the one it read) counts epochs that are not
+        these: it starts as a new subscriber. Unknown lineages (either side
+        of an earlier version) are taken as the same stream."""
+        after = meta.get("after") if self.snapshots else None
+        theirs = meta.get("lineage")
+        if after is not None and theirs is not None and self.lineage is not None and theirs != self.lineage:
+            log.info("topic %r partition %d: the subscriber at %s had read another stream of this topic "
+                     "(up to its epoch %s): it starts here as a new subscriber", self.topic, self.partition,
+                     address, after)
+            return None
+        return after
 
     def _resume(self, sub: _Subscriber, after: int) -> bool:
         """A subscriber coming back (a restarted publisher: this one), that
@@ -558,14 +577,7 @@ class Publish(Operator):
         log.debug("topic %r partition %d: a subscriber connected from %s", self.topic, self.partition,
                   address)
         # a subscriber coming back to a restarted publisher: every epoch up to `after` it has
-        after = meta.get("after") if self.snapshots else None
-        if after is not None and "lineage" in meta and meta["lineage"] != self.lineage:
-            # its epochs are another stream's: this publisher started afresh
-            # (not from a snapshot of the one it read), its epochs are new
-            log.info("topic %r partition %d: the subscriber at %s had read another stream of this topic "
-                     "(up to its epoch %s): it starts here as a new subscriber", self.topic, self.partition,
-                     address, after)
-            after = None
+        after = self._after(meta, address)
         resumed = type(after) is int and self._resume(sub, after)
         if self.ended:
             if not resumed:

@@ -73,6 +73,7 @@ RECHECK_AFTER = 0.5  # seconds of trying before the catalog is asked whether the
 # connections in a row to a publisher that break before their first frame, after which it counts as
 # lost (one that closes every connection at once would be dialled for ever), each after a pause
 EARLY_BREAKS = 3
+_NEW_STREAM = -1  # the floor of a publisher's stream this kernel meets anew (started afresh): none of it
 
 
 class Subscribe(Source):
@@ -355,7 +356,7 @@ class Subscribe(Source):
                 # again (it starts this kernel as a new subscriber)
                 log.info("topic %r partition %d: the publisher started a new stream; its epochs are not "
                          "the last one's", self.topic, partition)
-                floor = None
+                floor = _NEW_STREAM  # (none of it here yet: _started_at says what it missed)
                 self._whole.pop(partition, None)
             if theirs.get("snapshots") is True and theirs.get("lineage") is not None:
                 self._lineage[partition] = theirs["lineage"]
@@ -502,7 +503,11 @@ class Subscribe(Source):
             raise TopicError(f"topic {self.topic!r}: the publisher did not say where this subscriber "
                              "starts (a publisher of another version?)")
         if snapshots and self.on_lost == "wait":
-            if floor is not None and marker.epoch > floor:
+            if floor == _NEW_STREAM and marker.epoch > 0:  # reached after its first epochs
+                log.warning("topic %r partition %d: epochs 1 to %d of the publisher's new stream were not "
+                            "delivered (out before this subscriber reached it)", self.topic, partition,
+                            marker.epoch)
+            elif floor is not None and floor >= 0 and marker.epoch > floor:
                 log.warning("topic %r partition %d: epochs %d to %d were not delivered (the restarted "
                             "publisher no longer had them)", self.topic, partition, floor + 1, marker.epoch)
             self._whole[partition] = max(marker.epoch, -1 if floor is None else floor)

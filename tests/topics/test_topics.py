@@ -283,6 +283,9 @@ def test_a_waiting_subscriber_reads_a_publisher_started_afresh_from_its_start(sy
     seqs, _ = results(b)
     again.finish()
     assert [s for s in seqs if s >= 100_000] == list(range(100_000, 101_000)), b.text()[-3000:]
+    first = starts(b)[0][1]  # where B started on A2: epochs of A2 before it (empty) are said missed
+    assert (f"epochs 1 to {first - 1} of the publisher's new stream were not delivered" in b.text()) \
+        == (first > 1), b.text()[-3000:]
 
 
 HEARTBEAT = 0.5  # KERNEL_HEARTBEAT of the dropped-connection tests: A drops a stalled B within ~1-1.5 s
