@@ -699,9 +699,10 @@ class AuthenticatedServer:
 
     async def stop(self) -> None:
         """Stop listening and close the peers still linked (1001, going
-        away), each given _CLOSE_WAIT seconds to answer: a peer that never
-        does (stopped, cut off) does not hold the stop up (aiohttp's
-        shutdown waited 60 s for every websocket still open)."""
+        away), 2 x _CLOSE_WAIT seconds at most for their answers, then
+        aiohttp's shutdown, as bounded: a peer that never answers (stopped,
+        cut off, reading nothing) holds the stop up ~4 s, not the 60 s
+        aiohttp's shutdown waited for every websocket still open."""
         if self._listener is not None:
             self._listener.close()
         if self._guard is not None:
