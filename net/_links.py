@@ -109,11 +109,8 @@ def seconds_from_environment(name: str, default: float) -> float:
     return seconds
 
 
-def _heartbeat_from_environment(default: float = 2.5) -> float:
-    return seconds_from_environment("KERNEL_HEARTBEAT", default)
-
-
-DEFAULT_HEARTBEAT = _heartbeat_from_environment()  # seconds; a peer silent for two of them is dead
+# seconds; a peer silent for two of them is dead
+DEFAULT_HEARTBEAT = seconds_from_environment("KERNEL_HEARTBEAT", 2.5)
 MISMATCH = 4002
 # Before a connection has authenticated (see LinkServer):
 HANDSHAKE_MAX_MESSAGE = 4096  # bytes in one message: the hello with its meta is ~300

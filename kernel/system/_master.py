@@ -86,7 +86,10 @@ class JobMaster:
         self._changed = asyncio.Event()
 
     def _spawn(self, coroutine) -> None:
-        if self._closing:  # the coordinator stops: what it would start now is for its next run to decide
+        if self._closing:
+            # the coordinator stops (its server then closes every connection:
+            # no executor is lost, each reconnects to the next coordinator,
+            # which adopts its jobs): what would start now is for that one
             coroutine.close()
             return
         task = asyncio.ensure_future(coroutine)
@@ -388,11 +391,6 @@ class JobMaster:
         entry = self.connected.get(executor_id)
         if entry is None or entry.session is not session:
             return  # replaced by a newer connection
-        if self._closing:
-            # the coordinator stops (its server closes every connection): the
-            # executor is not lost, it reconnects to the next coordinator,
-            # which adopts its jobs
-            return
         del self.connected[executor_id]
         self._spawn(self.executor_lost(executor_id, "its connection closed"))
 

@@ -270,7 +270,9 @@ def test_a_waiting_subscriber_reads_a_publisher_started_afresh_from_its_start(sy
     restore), its epochs numbered from 1 again. B said it had every epoch
     up to A's last, and A2 started it there: B dropped A2's epochs up to
     that number as ones it had. Now A2 is a stream of its own to B (the
-    publishers' lineage), and B reads it from its start, every reading."""
+    publishers' lineage): B starts on it as a new subscriber, at its next
+    whole epoch (before its first reading here), gets every reading, and
+    says which of A2's (empty) epochs it missed."""
     a = Job(system, "readings.py", "a", COUNT=0, STATE_DIR=system.root / "state-a", JOB_EPOCH=0.05)
     b = Job(system, "sums.py", "b", ON_LOST="wait")
     wait_until(lambda: b.epochs_received() >= 30 or b.proc.poll() is not None, what="30 epochs of A")
@@ -1369,23 +1371,16 @@ def test_a_restarted_apps_kernels_registering_at_once_replace_the_old_registrati
     kernel's registration lands. Neither may take the new publisher's own
     address for the old one's (it was refused: "published by app:old,
     which is running"), and the second must not delete the first's."""
-    import json as _json
-    import socket as _socket
-
     from kernel.system._catalog import Catalog
     from kernel.system._topics import request
 
     catalog = Catalog(tmp_path / "data")
-    listening = [_socket.create_server(("127.0.0.1", 0)) for _ in range(2)]  # the new servers
-    dead = []
-    for _ in range(2):  # the old servers' ports: closed
-        probe = _socket.create_server(("127.0.0.1", 0))
-        dead.append(probe.getsockname()[1])
-        probe.close()
+    listening = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]  # the new servers
+    dead = [free_port(), free_port()]  # the old servers' ports: closed
     try:
         db = catalog._db
         db.execute("INSERT INTO topics VALUES ('t', 'app:old', 0, ?)",
-                   (_json.dumps({"id": "old", "partitions": 2}),))
+                   (json.dumps({"id": "old", "partitions": 2}),))
         for partition, port in enumerate(dead):
             db.execute("INSERT INTO publications VALUES ('t', 'app:old', ?, ?)",
                        (partition, f"127.0.0.1:{port}"))
@@ -1412,16 +1407,12 @@ def test_only_the_old_publishers_own_addresses_say_it_still_runs(tmp_path):
     """Whether an app's old registration still publishes is asked of its own
     addresses only: a partition the new publisher has registered meanwhile
     answers (its server runs), and is not the old one's."""
-    import socket as _socket
-
     from kernel.system._catalog import Catalog
     from kernel.system._topics import _still_published
 
     catalog = Catalog(tmp_path / "data")
-    server = _socket.create_server(("127.0.0.1", 0))
-    probe = _socket.create_server(("127.0.0.1", 0))
-    dead = probe.getsockname()[1]
-    probe.close()
+    server = socket.create_server(("127.0.0.1", 0))
+    dead = free_port()
     try:
         db = catalog._db
         db.execute("INSERT INTO publications VALUES ('t', 'app:old', 0, ?)", (f"127.0.0.1:{dead}",))
