@@ -50,6 +50,12 @@ class _UserFunction(Operator):
         if fusion is not None:
             stages, tail, then = fusion
         elif "on_batch" in self.__dict__:
+            # Taken by the operator after it, whose handler may take this
+            # step's upstream as well (a window after key_by + map_values)
+            take = getattr(self.on_batch, "take_upstream", None)
+            handler = take(upstream) if take is not None else None
+            if handler is not None:
+                return handler
             stages, tail, then = [], None, self.on_batch
         else:
             stages, tail, then = [self._stage()], self, None

@@ -219,6 +219,47 @@ class TumblingWindows(AlignedWindows):
             raise self._user_error(exc, record) from exc
 
 
+    def add_columns(self, port, keys: list, values: list, stamps, frontier, late) -> None:
+        """`add` for a batch given as columns, record i being `(keys[i],
+        values[i])` at `stamps[i]` (a window fused with the key_by and
+        map_values before it: `WindowAggregate.fuse_upstream`). A running
+        sum or count takes them as they are; other aggregations get the
+        pairs. The loop is `_add_running`'s over columns rather than
+        records: reading two lists beats building a pair per record and
+        indexing it (the windowed sum's hot loop: ~17% less, RESULTS.md)."""
+        if self._adds is None:
+            self.add(port, list(zip(keys, values)), stamps, frontier, late)
+            return
+        count_one = self._adds == "count"
+        size, enter = self.size, self._enter
+        key = value = None
+        low = high = low2 = high2 = math.inf
+        get = keyed = keyed2 = None
+        try:
+            for key, value, stamp in zip(keys, values, stamps):
+                if not low <= stamp < high:
+                    if low2 <= stamp < high2:
+                        low, high, low2, high2 = low2, high2, low, high
+                        keyed, keyed2 = keyed2, keyed
+                    else:
+                        j, found = enter(stamp, frontier)
+                        if found is None:
+                            late.append((key, value))
+                            continue
+                        low2, high2, keyed2 = low, high, keyed
+                        low, high, keyed = j * size, (j + 1) * size, found
+                    get = keyed.get
+                acc = get(key, _MISSING)
+                if count_one:
+                    keyed[key] = 1 if acc is _MISSING else acc + 1
+                else:
+                    keyed[key] = value if acc is _MISSING else acc + value
+        except KernelError:
+            raise
+        except Exception as exc:
+            raise self._user_error(exc, (key, value)) from exc
+
+
 class SlidingWindows(AlignedWindows):
     """About `size / step` windows per event, newest first; an event between
     windows (step > size) is in none, and not late."""
