@@ -40,6 +40,9 @@ class WindowMerge(WindowAggregate):
         # partials: the window numbers of AlignedWindows (only they pre-aggregate)
         self.late += self._windows.merge_partials(batch, frontier, self.combine, self._partial_error)
 
+    def fuse_upstream(self, upstream):
+        return None  # its input is partials from an exchange, never a map_values' pairs
+
     def _partial_error(self, exc, record):
         return OperatorError.wrap(self.name, self.aggregation.function or "merge", exc, record=record)
 
