@@ -33,14 +33,10 @@ from kernel.dataflow._errors import KernelError
 from kernel.dataflow._operator import Operator
 
 from ._calls import emit_in_batches, failing_index, keyed_error, over_batch, user_error
-from ._stateless import KeyBy
+from ._stateless import KeyBy, _keys, columns_after
 
 _first = itemgetter(0)
 _MISSING = object()
-
-
-def _keys(fn, it):
-    return [fn(x) for x in it]
 
 
 EMIT_MODES = ("final", "updates")
@@ -88,8 +84,8 @@ class _Aggregate(Operator):
             self.state.clear()
 
     def fuse_upstream(self, upstream):
-        if type(upstream) is not KeyBy:
-            return None
+        if type(upstream) is not KeyBy:  # a map_values (and the key_by before it): keys and values
+            return columns_after(upstream, lambda _port, keys, values, _batch: self._add_batch(keys, values))
         key_of, key_step = upstream.fn, upstream.name
 
         def key_by_then_aggregate(port, batch):

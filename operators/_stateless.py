@@ -12,7 +12,7 @@ from itertools import compress
 from kernel.dataflow._errors import KernelError, OperatorError
 from kernel.dataflow._operator import Operator, TimedBatch
 
-from ._calls import call_each, over_batch, user_error
+from ._calls import call_each, failing_index, over_batch, user_error
 from ._event_time import repeated_times, same_times
 from ._fusion import FusedChain, Stage, changes_counts_at, one_to_one
 
@@ -158,6 +158,64 @@ class MapValues(_UserFunction):
 
     def transform(self, batch):
         return same_times(over_batch(self.name, self.fn, batch, _map_values), batch)
+
+
+def columns_after(upstream, add):
+    """Fusion for a keyed step that takes its records as columns (an
+    aggregate, a window's aggregate): the handler that stands in for the
+    `map_values` `upstream`, calling `add(port, keys, values, batch)` with
+    the keys and map_values' values as two lists (`batch`: what the handler
+    was given, for its timestamps), no `(key, value)` pair built; None when
+    `upstream` is no map_values. Offered the `key_by` before that too
+    (`_UserFunction.fuse_upstream` asks `take_upstream`), it computes the
+    keys itself. The errors are the steps' apart: key_by's over the whole
+    batch first, then map_values', each naming its step and the record it
+    was given."""
+    if type(upstream) is not MapValues:
+        return None
+    value_of, value_step = upstream.fn, upstream.name
+
+    def map_values_then(port, pairs):
+        values = over_batch(value_step, value_of, pairs, _values_of_pairs)
+        add(port, [pair[0] for pair in pairs], values, pairs)
+
+    def take_upstream(before):
+        if type(before) is not KeyBy:
+            return None
+        key_of, key_step = before.fn, before.name
+
+        def key_by_then_map_values_then(port, batch):
+            keys = over_batch(key_step, key_of, batch, _keys)
+            add(port, keys, _values_of_records(value_step, value_of, batch, keys), batch)
+
+        return key_by_then_map_values_then
+
+    map_values_then.take_upstream = take_upstream
+    return map_values_then
+
+
+def _keys(fn, it):
+    return [fn(x) for x in it]
+
+
+def _values_of_pairs(fn, it):
+    # unpacked as map_values does apart, so a record that is no pair fails alike
+    return [fn(v) for _, v in it]
+
+
+def _values_of_records(step: str, fn, batch: list, keys: list) -> list:
+    """map_values' function over the values of key_by's pairs `(keys[i],
+    batch[i])`, none of them built; a failure names the pair."""
+    it = iter(batch)
+    try:
+        return [fn(x) for x in it]
+    except KernelError:
+        raise
+    except Exception as exc:
+        index = failing_index(batch, it)
+        found = index is not None
+        raise OperatorError.wrap(step, fn, exc, record=(keys[index], batch[index]) if found else None,
+                                 has_record=found) from exc
 
 
 class Inspect(_UserFunction):

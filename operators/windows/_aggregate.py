@@ -7,12 +7,9 @@ from __future__ import annotations
 import math
 from itertools import repeat
 
-from kernel.dataflow._errors import KernelError, OperatorError
 from kernel.dataflow._operator import TimedBatch
 
-from .._aggregates import _keys
-from .._calls import failing_index, over_batch
-from .._stateless import KeyBy, MapValues
+from .._stateless import columns_after
 from ._aggregations import Aggregation, CountAggregation, SumAggregation
 from ._pass_on import PassOnPolicy
 from ._windowing import Windowing
@@ -63,35 +60,11 @@ class WindowAggregate(Windowing):
     # -- fused with the map_values (and key_by) before it --------------------------
 
     def fuse_upstream(self, upstream):
-        """Take the `map_values` right before this window (on one kernel, or
-        as the combiner's partial half): the values are computed into a
-        list of their own and no `(key, value)` pair is built. Offered the
-        `key_by` before that too (`_UserFunction.fuse_upstream` asks the
-        handler's `take_upstream`), the keys are a list as well: a running
-        sum or count then reads two columns (`add_columns`). The errors are
-        those of the steps apart: key_by's over the whole batch first, then
-        map_values', each naming its step and the record it was given."""
-        if type(upstream) is not MapValues:
-            return None
-        value_of, value_step = upstream.fn, upstream.name
-
-        def map_values_then_window(port, pairs):
-            values = over_batch(value_step, value_of, pairs, _values_of_pairs)
-            self._add_columns(port, [pair[0] for pair in pairs], values, pairs)
-
-        def take_upstream(before):
-            if type(before) is not KeyBy:
-                return None
-            key_of, key_step = before.fn, before.name
-
-            def key_by_then_map_values_then_window(port, batch):
-                keys = over_batch(key_step, key_of, batch, _keys)
-                self._add_columns(port, keys, _values_of_records(value_step, value_of, batch, keys), batch)
-
-            return key_by_then_map_values_then_window
-
-        map_values_then_window.take_upstream = take_upstream
-        return map_values_then_window
+        """Take the `map_values` right before this window, and the `key_by`
+        before that (on one kernel, or as the combiner's partial half): the
+        keys and values come as two lists, no pair built, and a running sum
+        or count reads them in one loop (`add_columns`)."""
+        return columns_after(upstream, self._add_columns)
 
     def _add_columns(self, port, keys: list, values: list, batch) -> None:
         """`on_batch` for records given as columns; `batch` is what the fused
@@ -168,22 +141,3 @@ class WindowAggregate(Windowing):
     def _function(self):
         return self.aggregation.function or f"window {self.aggregation.name}"
 
-
-def _values_of_pairs(fn, it):
-    # unpacked as map_values does apart, so a record that is no pair fails alike
-    return [fn(v) for _, v in it]
-
-
-def _values_of_records(step: str, fn, batch: list, keys: list) -> list:
-    """map_values' function over the values of key_by's pairs `(keys[i],
-    batch[i])`, none of them built; a failure names the pair."""
-    it = iter(batch)
-    try:
-        return [fn(x) for x in it]
-    except KernelError:
-        raise
-    except Exception as exc:
-        index = failing_index(batch, it)
-        found = index is not None
-        raise OperatorError.wrap(step, fn, exc, record=(keys[index], batch[index]) if found else None,
-                                 has_record=found) from exc

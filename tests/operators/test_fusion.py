@@ -97,3 +97,129 @@ def test_the_aggregate_really_takes_key_bys_place(monkeypatch):
     monkeypatch.setattr(runtime, "FUSION", False)
     run(flow)
     assert calls
+
+
+# -- an aggregate after key_by + map_values: keys and values as two lists ---------------------
+
+
+def outcome_with_values(records, aggregate: str, value_fn, cores: int, fused: bool, monkeypatch):
+    monkeypatch.setattr(runtime, "FUSION", fused)
+    flow = Dataflow("fusion with values")
+    keyed = (flow.from_iterable(records, batch_size=7).key_by(key, name="key_by(key)")
+             .map_values(value_fn, name="map_values(value)"))
+    out = AGGREGATES[aggregate](keyed).collect()
+    try:
+        run(flow, cores=cores)
+    except KernelError as exc:
+        error = exc.__cause__ if isinstance(exc, KernelProcessError) else exc
+        return ("error", str(error).split(" (kernel ")[0])
+    if aggregate == "fold":  # the values of key 3 may be ints and a str
+        return ("ok", sorted((k, sorted(v, key=repr)) for k, v in out.items))
+    return ("ok", sorted(out.items))
+
+
+def value(record):
+    if record == 11:
+        raise ValueError("eleven")
+    return "text" if record == 7 else record * 10  # a str: sum's + fails
+
+
+@settings(max_examples=25, deadline=None)
+@given(records=st.lists(st.integers(0, 20), max_size=60), aggregate=st.sampled_from(sorted(AGGREGATES)))
+def test_an_aggregate_after_key_by_and_map_values_fused_or_not_agrees_with_brute_force(records, aggregate):
+    with pytest.MonkeyPatch.context() as mp:
+        fused = outcome_with_values(records, aggregate, value, 1, True, mp)
+        apart = outcome_with_values(records, aggregate, value, 1, False, mp)
+    assert fused == apart
+    threes = [r for r in records if r % 4 == 3]
+    adds_text = aggregate in ("sum", "reduce") and 7 in threes and any(r != 7 for r in threes)
+    if any(r in (11, 13, 17) for r in records) or adds_text:
+        assert fused[0] == "error"
+        return
+    values: dict = {}
+    for r in records:
+        values.setdefault(r % 4, []).append(value(r))
+
+    def added(vs):
+        total = vs[0]
+        for v in vs[1:]:
+            total = total + v
+        return total
+
+    expected = {"count": len, "sum": added, "reduce": added,
+                "fold": lambda vs: sorted(vs, key=repr)}[aggregate]
+    assert fused == ("ok", sorted((k, expected(vs)) for k, vs in values.items()))
+
+
+@pytest.mark.parametrize("records, step, message", [
+    ([1, 2, 13, 11], "key_by(key)", "raised ValueError: thirteen\n  on record: 13"),
+    ([1, 11, 2, 13], "key_by(key)", "thirteen"),  # key_by apart takes the whole batch first
+    ([1, 2, 11, 3], "map_values(value)", "raised ValueError: eleven\n  on record: (3, 11)"),
+    ([3, 7, 2], "sum", "on record: (3, 'text')"),
+])
+def test_a_failure_after_map_values_names_the_same_step_and_record(records, step, message, monkeypatch):
+    fused = outcome_with_values(records, "sum", value, 1, True, monkeypatch)
+    assert fused == outcome_with_values(records, "sum", value, 1, False, monkeypatch)
+    assert fused[0] == "error" and message in fused[1] and f"operator '{step}" in fused[1], fused
+
+
+@pytest.mark.parametrize("aggregate", ["count", "sum"])
+def test_two_kernels_fuse_map_values_into_the_partial_half_and_agree(aggregate, monkeypatch):
+    records = [r for r in range(200) if r not in (7, 11, 13, 17)] * 3
+    fused = outcome_with_values(records, aggregate, value, 2, True, monkeypatch)
+    assert fused == outcome_with_values(records, aggregate, value, 2, False, monkeypatch)
+    totals: dict = {}
+    for r in records:
+        totals[r % 4] = totals.get(r % 4, 0) + (value(r) if aggregate == "sum" else 1)
+    assert fused == ("ok", sorted(totals.items()))
+
+
+def test_the_aggregate_takes_key_by_and_map_values_places(monkeypatch):
+    """Fused, neither key_by nor map_values runs its own on_batch, or its
+    transform inside a fused chain: no pair is built."""
+    from kernel.operators import KeyBy, MapValues
+
+    calls = []
+    for step in (KeyBy, MapValues):
+        for method in ("on_batch", "transform"):
+            original = getattr(step, method)
+
+            def counted(self, *args, original=original):
+                calls.append(type(self).__name__)
+                return original(self, *args)
+
+            monkeypatch.setattr(step, method, counted)
+    flow = Dataflow()
+    out = flow.from_iterable("abcab").key_by(str.upper).map_values(ord).sum().collect()
+    run(flow)
+    assert sorted(out.items) == [("A", 194), ("B", 196), ("C", 99)] and calls == []
+    monkeypatch.setattr(runtime, "FUSION", False)
+    run(flow)
+    assert calls
+
+
+@pytest.mark.parametrize("records", [[1, 2, 3, 5, 6, 9, 10], [1, 2, 3, 11, 5], [3, 7, 2]])
+def test_a_map_values_after_another_gives_the_aggregate_pairs_it_reads_alike(records, monkeypatch):
+    """The second map_values is taken by the aggregate (the first, no key_by,
+    stays a step of its own): keys and values read from the pairs."""
+    def run_it(fused):
+        monkeypatch.setattr(runtime, "FUSION", fused)
+        flow = Dataflow()
+        out = (flow.from_iterable(records, batch_size=3).key_by(lambda r: r % 4)
+               .map_values(lambda r: r + 1, name="plus one").map_values(value, name="map_values(value)")
+               .sum().collect())
+        try:
+            run(flow)
+        except KernelError as exc:
+            return ("error", str(exc))
+        return ("ok", sorted(out.items))
+
+    fused = run_it(True)
+    assert fused == run_it(False)
+    if 6 in records:  # value(7) is "text", added to key 2's 30 before 10's batch comes
+        assert fused[0] == "error" and "operator 'sum" in fused[1] and "on record: (2, 'text')" in fused[1]
+        return
+    totals: dict = {}
+    for r in records:
+        totals[r % 4] = totals.get(r % 4, 0) + value(r + 1)
+    assert fused == ("ok", sorted(totals.items()))

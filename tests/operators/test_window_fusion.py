@@ -175,3 +175,28 @@ def test_the_window_takes_key_by_and_map_values_places(monkeypatch):
     counts = {step[i]: (i.records_in, i.records_out) for i in counting.instances}
     assert counts["thin"] == (100, 75) and counts["by3"] == (75, 75) and counts["double"] == (75, 75)
     assert counts["window sum Tumbling(10.0)"] == (75, 30)  # 10 windows x 3 keys
+
+
+def test_a_map_values_after_another_gives_the_window_pairs_it_reads_alike():
+    """The window takes the second map_values alone (the first is no
+    key_by): the keys and values read from its pairs."""
+    records = [(f"k{i % 5}", i / 16, i) for i in range(200)]
+
+    def run_it(fused):
+        runtime.FUSION = fused
+        try:
+            flow = Dataflow()
+            out = (flow.from_iterable(records, timestamp=lambda e: e[1], batch_size=16)
+                   .key_by(lambda e: e[0]).map_values(lambda e: e[2]).map_values(lambda v: v * 3)
+                   .window(Tumbling(2.0)).sum().collect())
+            run(flow, clock=VirtualClock())
+            return sorted(out.items, key=repr)
+        finally:
+            runtime.FUSION = True
+
+    expected: Counter = Counter()
+    for key, t, v in records:
+        start = math.floor(t / 2.0) * 2.0
+        expected[(key, Window(start, start + 2.0))] += v * 3
+    fused = run_it(True)
+    assert fused == run_it(False) and {(k, w): n for k, w, n in fused} == dict(expected)
