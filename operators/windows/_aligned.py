@@ -299,3 +299,38 @@ class SlidingWindows(AlignedWindows):
             raise
         except Exception as exc:
             raise self._user_error(exc, record) from exc
+
+    def add_columns(self, port, keys: list, values: list, stamps, frontier, late) -> None:
+        """`add` for columns (see `TumblingWindows.add_columns`): a running
+        sum or count is added in place in each of the event's windows, no
+        call per window (NEXMark q5's count over 10 s windows sliding by 2 s:
+        five windows a bid)."""
+        if self._adds is None:
+            self.add(port, list(zip(keys, values)), stamps, frontier, late)
+            return
+        count_one = self._adds == "count"
+        end, last = self.end, self.last
+        opened, numbers = self.opened, self.numbers
+        key = value = None
+        try:
+            for key, value, stamp in zip(keys, values, stamps):
+                j = last(stamp)
+                in_any = placed = False
+                amount = 1 if count_one else value
+                while (window_end := end(j)) > stamp:
+                    in_any = True
+                    if window_end > frontier:
+                        keyed = opened.get(j)
+                        if keyed is None:
+                            keyed = opened[j] = {}
+                            heapq.heappush(numbers, j)
+                        acc = keyed.get(key, _MISSING)
+                        keyed[key] = amount if acc is _MISSING else acc + amount
+                        placed = True
+                    j -= 1
+                if in_any and not placed:
+                    late.append((key, value))
+        except KernelError:
+            raise
+        except Exception as exc:
+            raise self._user_error(exc, (key, value)) from exc

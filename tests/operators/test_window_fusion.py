@@ -97,6 +97,7 @@ def value_failing_on_11(record):
     return "text" if record[2] == 7 else record[2]  # a str: the sum's + fails
 
 
+@pytest.mark.parametrize("window", [Tumbling(1.0), Sliding(2.0, 0.5)])
 @pytest.mark.parametrize("aggregate", sorted(AGGREGATES))
 @pytest.mark.parametrize("values, step, message", [
     ([1, 13, 2, 11], "key_by(key)", "raised ValueError: key thirteen\n  on record: ('a', 0.25, 13)"),
@@ -105,20 +106,21 @@ def value_failing_on_11(record):
      "raised ValueError: value eleven\n  on record: ('a', ('a', 0.375, 11))"),
     ([1, 17, 2], "window", "unhashable"),
 ])
-def test_a_failure_names_the_same_step_and_record_fused_or_not(aggregate, values, step, message):
+def test_a_failure_names_the_same_step_and_record_fused_or_not(window, aggregate, values, step, message):
     records = [("a", (i + 1) / 8, v) for i, v in enumerate(values)]
-    fused = outcome(records, Tumbling(1.0), aggregate, fused=True, batch_size=8,
+    fused = outcome(records, window, aggregate, fused=True, batch_size=8,
                     key=key_failing_on_13, value=value_failing_on_11)
-    apart = outcome(records, Tumbling(1.0), aggregate, fused=False, batch_size=8,
+    apart = outcome(records, window, aggregate, fused=False, batch_size=8,
                     key=key_failing_on_13, value=value_failing_on_11)
     assert fused == apart
     assert fused[0] == "error" and message in fused[1] and f"operator '{step}" in fused[1], fused
 
 
-def test_a_sum_that_cannot_add_names_the_window_and_the_pair():
+@pytest.mark.parametrize("window", [Tumbling(1.0), Sliding(2.0, 0.5)])
+def test_a_sum_that_cannot_add_names_the_window_and_the_pair(window):
     records = [("a", 0.125, 1), ("a", 0.25, 7)]
-    fused = outcome(records, Tumbling(1.0), "sum", fused=True, value=value_failing_on_11)
-    assert fused == outcome(records, Tumbling(1.0), "sum", fused=False, value=value_failing_on_11)
+    fused = outcome(records, window, "sum", fused=True, value=value_failing_on_11)
+    assert fused == outcome(records, window, "sum", fused=False, value=value_failing_on_11)
     assert fused[0] == "error" and "TypeError" in fused[1] and "on record: ('a', 'text')" in fused[1], fused
 
 
