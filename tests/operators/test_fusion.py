@@ -22,18 +22,21 @@ AGGREGATES = {
 }
 
 
-def outcome(records, aggregate: str, key_fn, cores: int, fused: bool, monkeypatch):
+def outcome(records, aggregate: str, key_fn, cores: int, fused: bool, monkeypatch, value_fn=None):
+    """The aggregate after key_by (and map_values, given `value_fn`)."""
     monkeypatch.setattr(runtime, "FUSION", fused)
     flow = Dataflow("fusion")
     keyed = flow.from_iterable(records, batch_size=7).key_by(key_fn, name="key_by(key)")
+    if value_fn is not None:
+        keyed = keyed.map_values(value_fn, name="map_values(value)")
     out = AGGREGATES[aggregate](keyed).collect()
     try:
         run(flow, cores=cores)
     except KernelError as exc:
         error = exc.__cause__ if isinstance(exc, KernelProcessError) else exc
         return ("error", str(error).split(" (kernel ")[0])
-    if aggregate == "fold":  # arrival order within a key is each kernel's own
-        return ("ok", sorted((k, sorted(v)) for k, v in out.items))
+    if aggregate == "fold":  # arrival order within a key is each kernel's own; ints and a str
+        return ("ok", sorted((k, sorted(v, key=repr)) for k, v in out.items))
     return ("ok", sorted(out.items))
 
 
@@ -102,22 +105,6 @@ def test_the_aggregate_really_takes_key_bys_place(monkeypatch):
 # -- an aggregate after key_by + map_values: keys and values as two lists ---------------------
 
 
-def outcome_with_values(records, aggregate: str, value_fn, cores: int, fused: bool, monkeypatch):
-    monkeypatch.setattr(runtime, "FUSION", fused)
-    flow = Dataflow("fusion with values")
-    keyed = (flow.from_iterable(records, batch_size=7).key_by(key, name="key_by(key)")
-             .map_values(value_fn, name="map_values(value)"))
-    out = AGGREGATES[aggregate](keyed).collect()
-    try:
-        run(flow, cores=cores)
-    except KernelError as exc:
-        error = exc.__cause__ if isinstance(exc, KernelProcessError) else exc
-        return ("error", str(error).split(" (kernel ")[0])
-    if aggregate == "fold":  # the values of key 3 may be ints and a str
-        return ("ok", sorted((k, sorted(v, key=repr)) for k, v in out.items))
-    return ("ok", sorted(out.items))
-
-
 def value(record):
     if record == 11:
         raise ValueError("eleven")
@@ -128,8 +115,8 @@ def value(record):
 @given(records=st.lists(st.integers(0, 20), max_size=60), aggregate=st.sampled_from(sorted(AGGREGATES)))
 def test_an_aggregate_after_key_by_and_map_values_fused_or_not_agrees_with_brute_force(records, aggregate):
     with pytest.MonkeyPatch.context() as mp:
-        fused = outcome_with_values(records, aggregate, value, 1, True, mp)
-        apart = outcome_with_values(records, aggregate, value, 1, False, mp)
+        fused = outcome(records, aggregate, key, 1, True, mp, value)
+        apart = outcome(records, aggregate, key, 1, False, mp, value)
     assert fused == apart
     threes = [r for r in records if r % 4 == 3]
     adds_text = aggregate in ("sum", "reduce") and 7 in threes and any(r != 7 for r in threes)
@@ -158,16 +145,16 @@ def test_an_aggregate_after_key_by_and_map_values_fused_or_not_agrees_with_brute
     ([3, 7, 2], "sum", "on record: (3, 'text')"),
 ])
 def test_a_failure_after_map_values_names_the_same_step_and_record(records, step, message, monkeypatch):
-    fused = outcome_with_values(records, "sum", value, 1, True, monkeypatch)
-    assert fused == outcome_with_values(records, "sum", value, 1, False, monkeypatch)
+    fused = outcome(records, "sum", key, 1, True, monkeypatch, value)
+    assert fused == outcome(records, "sum", key, 1, False, monkeypatch, value)
     assert fused[0] == "error" and message in fused[1] and f"operator '{step}" in fused[1], fused
 
 
 @pytest.mark.parametrize("aggregate", ["count", "sum"])
 def test_two_kernels_fuse_map_values_into_the_partial_half_and_agree(aggregate, monkeypatch):
     records = [r for r in range(200) if r not in (7, 11, 13, 17)] * 3
-    fused = outcome_with_values(records, aggregate, value, 2, True, monkeypatch)
-    assert fused == outcome_with_values(records, aggregate, value, 2, False, monkeypatch)
+    fused = outcome(records, aggregate, key, 2, True, monkeypatch, value)
+    assert fused == outcome(records, aggregate, key, 2, False, monkeypatch, value)
     totals: dict = {}
     for r in records:
         totals[r % 4] = totals.get(r % 4, 0) + (value(r) if aggregate == "sum" else 1)

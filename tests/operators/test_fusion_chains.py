@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import kernel.runtime._runtime as runtime
 from kernel import Dataflow, KernelError, KernelProcessError, Operator, run
+from operators import Tumbling
 
 
 def failing_at(bad):
@@ -284,6 +285,10 @@ def test_with_metrics_a_chain_fuses_across_one_step_that_changes_counts_not_two(
     numbers = flow.from_iterable(range(10), name="numbers")
     numbers.map(str, name="a").flat_map(list, name="b").key_by(len, name="c").count(name="d").collect()
     numbers.filter(bool, name="e").filter(bool, name="f").map(str, name="g").collect()
+    # a window takes map_values and key_by (two columns), after a filter
+    (flow.from_iterable(range(100), timestamp=float, name="timed").filter(lambda n: n % 4, name="h")
+     .key_by(lambda n: n % 3, name="i").map_values(lambda n: n * 2, name="j")
+     .window(Tumbling(10.0)).sum(name="k").collect())
 
     async def run_it():
         kernel = Kernel()
@@ -295,4 +300,7 @@ def test_with_metrics_a_chain_fuses_across_one_step_that_changes_counts_not_two(
     runtime = asyncio.run(run_it())
     step = {i: i.name.split(" (")[0] for i in runtime.instances}  # "a (step 1)" -> "a"
     fused = {step[i]: step.get(i.fused_into) for i in runtime.instances}
-    assert [fused[n] for n in "abcefg"] == ["b", "c", "d", None, "g", None]
+    assert [fused[n] for n in "abcefghij"] == ["b", "c", "d", None, "g", None, "i", "j", "k Tumbling(10.0)"]
+    counts = {step[i]: (i.records_in, i.records_out) for i in runtime.instances}
+    # the window: 10 windows x 3 keys out
+    assert [counts[n] for n in [*"hij", "k Tumbling(10.0)"]] == [(100, 75), (75, 75), (75, 75), (75, 30)]

@@ -9,7 +9,6 @@ with key_by + map_values, so they run this path too."""
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import math
 import operator
@@ -137,8 +136,8 @@ def test_two_kernels_fuse_the_partial_half_and_agree(aggregate):
 
 def test_the_window_takes_key_by_and_map_values_places(monkeypatch):
     """Fused, neither key_by nor map_values runs its own on_batch or
-    transform (no pair is built), and a run that counts records (metrics)
-    counts each step."""
+    transform: no pair is built. (What a run that counts records fuses and
+    counts: test_fusion_chains.py.)"""
     calls = []
     for step in (KeyBy, MapValues):
         for method in ("on_batch", "transform"):  # transform: the step alone inside a fused chain
@@ -154,29 +153,6 @@ def test_the_window_takes_key_by_and_map_values_places(monkeypatch):
     assert got[1] == [("a", Window(0.0, 1.0), 1), ("a", Window(1.0, 2.0), 4), ("b", Window(0.0, 1.0), 2)]
     assert calls == []
     assert outcome(records, Tumbling(1.0), "sum", fused=False) == got and calls
-
-    from kernel.runtime._runtime import Runtime
-    from kernel.scheduling._kernel import Kernel
-
-    flow = Dataflow("counted")
-    (flow.from_iterable(range(100), timestamp=float, name="numbers").filter(lambda n: n % 4, name="thin")
-     .key_by(lambda n: n % 3, name="by3").map_values(lambda n: n * 2, name="double")
-     .window(Tumbling(10.0)).sum().collect(name="out"))
-
-    async def run_it():
-        kernel = Kernel()
-        counting = Runtime(flow.graph, kernel, metrics=True)
-        kernel.at_start(counting.start)
-        await kernel.join()
-        return counting
-
-    counting = asyncio.run(run_it())
-    step = {i: i.name.split(" (")[0] for i in counting.instances}
-    assert [step.get(i.fused_into) for i in counting.instances if step[i] in ("thin", "by3", "double")] == [
-        "by3", "double", "window sum Tumbling(10.0)"]
-    counts = {step[i]: (i.records_in, i.records_out) for i in counting.instances}
-    assert counts["thin"] == (100, 75) and counts["by3"] == (75, 75) and counts["double"] == (75, 75)
-    assert counts["window sum Tumbling(10.0)"] == (75, 30)  # 10 windows x 3 keys
 
 
 def test_a_map_values_after_another_gives_the_window_pairs_it_reads_alike():
