@@ -10,6 +10,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from kernel.execution._cores import _cpus_for
+
 
 def machine() -> str:
     """One line naming the machine, for tables and benches/RESULTS.md."""
@@ -121,16 +123,15 @@ def parallel_ceiling(processes: int, loops: int = _CEILING_LOOPS) -> float:
     each pinned to its own CPU (as kernels are), get through in the same
     time: `processes * t_one / t_all` for a plain Python loop (`processes`
     at best)."""
-    cpus = sorted(os.sched_getaffinity(0))
-
     def at_once(count: int) -> float:
         reads, pids = [], []
+        cpus = _cpus_for(count)  # the CPUs `count` kernels are pinned to
         for i in range(count):
             read, write = os.pipe()
             pid = os.fork()
             if pid == 0:  # pragma: no cover (the child)
                 try:
-                    os.sched_setaffinity(0, {cpus[i % len(cpus)]})
+                    os.sched_setaffinity(0, {cpus[i]})
                     os.write(write, repr(_spin(loops)).encode())
                 finally:
                     os._exit(0)

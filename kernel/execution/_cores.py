@@ -60,10 +60,45 @@ RING_BYTES = 4 << 20
 
 
 def _cpus_for(cores: int, skip: int = 0) -> list[int]:
-    """The CPUs for `cores` kernels: this process's allowed CPUs in order,
-    after the first `skip` (kernels of other cluster processes on this host)."""
-    available = sorted(os.sched_getaffinity(0))
+    """The CPUs for `cores` kernels: this process's allowed CPUs, one
+    hardware thread of every physical core before any core's second
+    (`one_per_core_first`), after the first `skip` (kernels of other
+    cluster processes on this host, which order them alike)."""
+    available = one_per_core_first(sorted(os.sched_getaffinity(0)))
     return [available[(skip + i) % len(available)] for i in range(cores)]
+
+
+_SIBLINGS = "/sys/devices/system/cpu/cpu{}/topology/thread_siblings_list"
+
+
+def one_per_core_first(cpus: list[int], siblings: str = _SIBLINGS) -> list[int]:
+    """`cpus` (ascending) with the first allowed hardware thread of each
+    physical core first, in CPU order, then the second of each, and so on:
+    two kernels on the two threads of one core share its execution units
+    and caches and get through far less than two cores (Linux numbers
+    siblings (0, 8), (1, 9)... on most Intel machines, but (0, 1), (2, 3)...
+    on others). `siblings` is the sysfs file naming each CPU's thread
+    siblings; where it cannot be read (not Linux, a container hiding it),
+    `cpus` as given."""
+    allowed = set(cpus)
+    rank = {}
+    for cpu in cpus:
+        try:
+            with open(siblings.format(cpu)) as listing:
+                core = _cpu_list(listing.read())
+        except (OSError, ValueError):
+            return cpus
+        rank[cpu] = sum(1 for other in core if other < cpu and other in allowed)
+    return sorted(cpus, key=lambda cpu: (rank[cpu], cpu))
+
+
+def _cpu_list(text: str) -> list[int]:
+    """A kernel CPU list, "0-3,8,10-11", as numbers."""
+    out: list[int] = []
+    for part in text.strip().split(","):
+        low, _, high = part.partition("-")
+        out.extend(range(int(low), int(high or low) + 1))
+    return out
 
 
 def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, cluster=None,
