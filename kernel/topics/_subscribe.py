@@ -370,7 +370,7 @@ class Subscribe(Source):
                     first = False
                     self._reached.add(at)
                     self._started_at(partition, decode(kind, body), link, _HEAD + len(body), floor,
-                                     theirs.get("snapshots") is True)
+                                     theirs.get("snapshots") is True, progress)
                     continue
                 # decoded when handed on (poll): what waits here is bytes, no objects
                 if self.on_lost == "wait":
@@ -498,12 +498,16 @@ class Subscribe(Source):
                 link.consumed(0, nbytes)
 
     def _started_at(self, partition: int, marker, link, size: int, floor: int | None = None,
-                    snapshots: bool = False) -> None:
+                    snapshots: bool = False, progress: bool = False) -> None:
+        """`progress`: this kernel reads only the partition's progress (it
+        owns no partition), so it misses no records of it either."""
         if marker.__class__ is not EpochMarker:
             raise TopicError(f"topic {self.topic!r}: the publisher did not say where this subscriber "
                              "starts (a publisher of another version?)")
         if snapshots and self.on_lost == "wait":
-            if floor == _NEW_STREAM and marker.epoch > 0:  # reached after its first epochs
+            if progress:
+                pass  # (the kernel that reads the records says what they missed)
+            elif floor == _NEW_STREAM and marker.epoch > 0:  # reached after its first epochs
                 log.warning("topic %r partition %d: epochs 1 to %d of the publisher's new stream were not "
                             "delivered (out before this subscriber reached it)", self.topic, partition,
                             marker.epoch)
