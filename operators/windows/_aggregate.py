@@ -140,4 +140,3 @@ class WindowAggregate(Windowing):
 
     def _function(self):
         return self.aggregation.function or f"window {self.aggregation.name}"
-

@@ -218,7 +218,6 @@ class TumblingWindows(AlignedWindows):
         except Exception as exc:
             raise self._user_error(exc, record) from exc
 
-
     def add_columns(self, port, keys: list, values: list, stamps, frontier, late) -> None:
         """`add` for a batch given as columns, record i being `(keys[i],
         values[i])` at `stamps[i]` (a window fused with the key_by and
