@@ -1,0 +1,36 @@
+#!/bin/bash
+# The scaling curve (issue 13) on a machine with more cores, e.g. a lent
+# device with Python but without this project's dependencies. Prepare here:
+#   echo /.whl/ >> .git/info/exclude
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_17_x86_64 -d .whl msgspec==0.23.0     # what the machine lacks
+#   pip wheel --no-deps --no-build-isolation . -w .whl                # this project
+# then run there (carry .whl):  OUT=/some/dir bash benches/curve.sh
+# Each NEXMark query is its own invocation, its table appended to
+# $OUT/nexmark.txt as it ends, so a run cut short keeps what it finished;
+# queries not started before BUDGET seconds are skipped (logged in
+# $OUT/log.txt). Knobs: EVENTS (1,000,000), CORES (1,2,4,8,16), RUNS (3),
+# BUDGET (480), PIPELINES=1 to add benches.pipelines' word count and windowed sum.
+set -u
+start=$(date +%s)
+out=${OUT:?set OUT to a folder for the results}
+mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 3
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+# run from a copy of benches/ alone: ./kernel here is the source tree, not the installed package
+rm -rf /tmp/curve && mkdir -p /tmp/curve && cp -r benches /tmp/curve/ && cd /tmp/curve || exit 4
+{ date; nproc; lscpu | head -20; python3 -V; grep -H . /sys/devices/system/cpu/cpu*/topology/thread_siblings_list; } \
+    > "$out/machine.txt" 2>&1
+if [ "${PIPELINES:-0}" = 1 ]; then
+    timeout 150 python3 -m benches.pipelines --only wordcount,windows --cores "${CORES:-1,2,4,8,16}" --reps 5 \
+        --no-bytewax > "$out/pipelines.txt" 2>&1
+    echo "pipelines rc=$? at $(( $(date +%s) - start )) s" >> "$out/log.txt"
+fi
+for q in q0 q1 q2 q3 q4 q5 q6 q7 q8; do
+    left=$(( ${BUDGET:-480} - ($(date +%s) - start) ))
+    if [ $left -lt 15 ]; then echo "$q skipped" >> "$out/log.txt"; continue; fi
+    timeout $left python3 -m benches.nexmark --events "${EVENTS:-1000000}" --cores "${CORES:-1,2,4,8,16}" \
+        --runs "${RUNS:-3}" --no-bytewax --queries $q >> "$out/nexmark.txt" 2>&1
+    echo "$q rc=$? at $(( $(date +%s) - start )) s" >> "$out/log.txt"
+done
