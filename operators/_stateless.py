@@ -177,7 +177,10 @@ def columns_after(upstream, add):
 
     def map_values_then(port, pairs):
         values = over_batch(value_step, value_of, pairs, _values_of_pairs)
-        add(port, [pair[0] for pair in pairs], values, pairs)
+        # unpacked, as the values were: a record that unpacks as two items
+        # need not be a tuple (a loop's feedback may make a dict or any
+        # iterable), and its [0] may be something else or nothing
+        add(port, [key for key, _ in pairs], values, pairs)
 
     def take_upstream(before):
         if type(before) is not KeyBy:

@@ -210,3 +210,40 @@ def test_a_map_values_after_another_gives_the_aggregate_pairs_it_reads_alike(rec
     for r in records:
         totals[r % 4] = totals.get(r % 4, 0) + value(r + 1)
     assert fused == ("ok", sorted(totals.items()))
+
+
+class _Unpacks:
+    """A record that unpacks as (key, value) but cannot be indexed."""
+
+    def __init__(self, key, value):
+        self.key, self.value = key, value
+
+    def __iter__(self):
+        return iter((self.key, self.value))
+
+
+@pytest.mark.parametrize("feedback", [lambda p: _Unpacks(*p), lambda p: {0: "x", 1: p[1]}],
+                         ids=["iterable", "dict"])
+def test_map_values_fused_reads_keys_as_it_reads_values_unpacked(feedback, monkeypatch):
+    """A keyed loop's feedback may make records that unpack as two items
+    without being tuples; map_values unpacks them (`k, v = record`), so
+    fused it must take the keys the same way, not as `record[0]`
+    (found by a review: the keys were the dict's "x", or an error)."""
+    def outcome(fused):
+        monkeypatch.setattr(runtime, "FUSION", fused)
+        flow = Dataflow("unpacked")
+
+        def body(stream):
+            return stream.filter(lambda p: isinstance(p, tuple)).map(feedback), stream
+
+        looped = flow.from_iterable(range(6)).key_by(lambda n: n % 2).iterate(body, max_rounds=2)
+        out = looped.map_values(lambda v: v * 10).sum().collect()
+        run(flow)
+        return sorted(out.items, key=repr)
+
+    # round 1: (0, 0+2+4) and (1, 1+3+5); round 2, fed back: what each record unpacks as
+    unpacked = [tuple(feedback((n % 2, n))) for n in range(6)]
+    expected: dict = {}
+    for key, value in [(n % 2, n) for n in range(6)] + unpacked:
+        expected[key] = expected.get(key, 0) + value * 10
+    assert outcome(True) == outcome(False) == sorted(expected.items(), key=repr)
