@@ -3,8 +3,6 @@
 The library itself imports only `kernel.net`, which a user's own `net.py`
 or `net/` folder cannot shadow (see README, "Import names")."""
 
-import sys
+from kernel._aliases import alias
 
-import kernel.net
-
-sys.modules[__name__] = kernel.net
+alias(__name__)

@@ -3,8 +3,6 @@
 The library itself imports only `kernel.operators`, which a user's own `operators.py`
 or `operators/` folder cannot shadow (see README, "Import names")."""
 
-import sys
+from kernel._aliases import alias
 
-import kernel.operators
-
-sys.modules[__name__] = kernel.operators
+alias(__name__)

@@ -3,8 +3,6 @@
 The library itself imports only `kernel.state`, which a user's own `state.py`
 or `state/` folder cannot shadow (see README, "Import names")."""
 
-import sys
+from kernel._aliases import alias
 
-import kernel.state
-
-sys.modules[__name__] = kernel.state
+alias(__name__)

@@ -10,16 +10,14 @@ cluster run can end with are exported here: `LinkError` and its kinds
 `AuthenticationFailed`, `LinkMismatch`, `PeerLost` and `PeerFailed`.
 """
 
-import sys
-
 if __name__ != "kernel.net":
     # `import net` with this folder on sys.path (running from a checkout)
     # would load the package a second time, with classes of its own: be
     # `kernel.net` itself instead (as the installed aliases/net.py is).
     # The imports below then only fill the module thrown away.
-    import kernel.net
+    from kernel._aliases import alias
 
-    sys.modules[__name__] = kernel.net
+    alias(__name__)
 
 
 from kernel.net._channel import IDLE, EpochMarker, TimedBatch

@@ -5,16 +5,14 @@ classes are public so custom operators can be written, composed and tested
 the same way (`stream.apply(MyOperator)`).
 """
 
-import sys
-
 if __name__ != "kernel.operators":
     # `import operators` with this folder on sys.path (running from a checkout)
     # would load the package a second time, with classes of its own: be
     # `kernel.operators` itself instead (as the installed aliases/operators.py is).
     # The imports below then only fill the module thrown away.
-    import kernel.operators
+    from kernel._aliases import alias
 
-    sys.modules[__name__] = kernel.operators
+    alias(__name__)
 
 
 from kernel.operators._aggregates import Count, Fold, Reduce, Sum, check_emit

@@ -8,16 +8,14 @@
   them durable, verified by checksum when read.
 """
 
-import sys
-
 if __name__ != "kernel.state":
     # `import state` with this folder on sys.path (running from a checkout)
     # would load the package a second time, with classes of its own: be
     # `kernel.state` itself instead (as the installed aliases/state.py is).
     # The imports below then only fill the module thrown away.
-    import kernel.state
+    from kernel._aliases import alias
 
-    sys.modules[__name__] = kernel.state
+    alias(__name__)
 
 
 from kernel.state._keyed import ListState, MapState, ValueState, list_state, map_state, value_state

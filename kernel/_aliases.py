@@ -1,0 +1,41 @@
+"""`net`, `state` and `operators` are `kernel.net`, `kernel.state` and
+`kernel.operators` themselves, the same module objects (README, "Import
+names"), and so are their submodules: `from operators.windows import
+Tumbling` is `kernel.operators.windows.Tumbling`. Without the finder below,
+Python loads `operators.windows` a second time under that name, with classes
+of its own, and a window built from it was refused ("a window must be
+Tumbling, Sliding or Session, got Tumbling(1.0)")."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+
+PUBLIC = ("net", "state", "operators")
+
+
+class _Submodules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds `net.X`, `state.X`, `operators.X` as the loaded `kernel.*.X`,
+    while the top name is the alias (a user's own `operators.py` in its
+    place keeps its own submodules, if any)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        top, dot, _ = fullname.partition(".")
+        if dot and top in PUBLIC and sys.modules.get(top) is sys.modules.get(f"kernel.{top}") is not None:
+            return importlib.util.spec_from_loader(fullname, self)
+        return None
+
+    def create_module(self, spec):
+        return importlib.import_module(f"kernel.{spec.name}")
+
+    def exec_module(self, module) -> None:
+        pass  # it ran as kernel.*: nothing to run again
+
+
+def alias(name: str) -> None:
+    """Make `name` (one of PUBLIC) the module `kernel.<name>`, submodules included."""
+    sys.modules[name] = importlib.import_module(f"kernel.{name}")
+    if not any(isinstance(finder, _Submodules) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _Submodules())
