@@ -23,9 +23,12 @@ class _Submodules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def find_spec(self, fullname, path=None, target=None):
         top, dot, _ = fullname.partition(".")
-        if dot and top in PUBLIC and sys.modules.get(top) is sys.modules.get(f"kernel.{top}") is not None:
-            return importlib.util.spec_from_loader(fullname, self)
-        return None
+        aliased = sys.modules.get(top) is sys.modules.get(f"kernel.{top}") is not None
+        if not (dot and top in PUBLIC and aliased):
+            return None
+        if importlib.util.find_spec(f"kernel.{fullname}") is None:
+            return None  # no such submodule: found by nobody, as without this finder
+        return importlib.util.spec_from_loader(fullname, self)
 
     def create_module(self, spec):
         return importlib.import_module(f"kernel.{spec.name}")

@@ -107,6 +107,14 @@ SUBMODULES_PROBE = textwrap.dedent("""\
     import net.shm
     import kernel.net.shm, kernel.operators.windows
     assert Windowed is kernel.operators.windows.Tumbling and net.shm is kernel.net.shm
+    import importlib.util
+    assert importlib.util.find_spec("operators.no_such_module") is None
+    try:
+        import state.no_such_module
+    except ModuleNotFoundError:
+        pass
+    else:
+        raise AssertionError("a submodule that does not exist was imported")
     from kernel import Dataflow, run
     flow = Dataflow()
     out = (flow.from_iterable([("a", 0.5), ("a", 1.5)], timestamp=lambda e: e[1])
