@@ -33,7 +33,7 @@ from kernel.dataflow._errors import KernelError
 from kernel.dataflow._operator import Operator
 
 from ._calls import emit_in_batches, failing_index, keyed_error, over_batch, user_error
-from ._stateless import KeyBy, _keys, columns_after
+from ._stateless import KeyBy, _keys, _keys_fast, columns_after
 
 _first = itemgetter(0)
 _MISSING = object()
@@ -86,12 +86,12 @@ class _Aggregate(Operator):
     def fuse_upstream(self, upstream):
         if type(upstream) is not KeyBy:  # a map_values (and the key_by before it): keys and values
             return columns_after(upstream, lambda _port, keys, values, _batch: self._add_batch(keys, values))
-        key_of, key_step = upstream.fn, upstream.name
+        key_of, key_step, key_fast = upstream.fn, upstream.name, upstream.fast
 
         def key_by_then_aggregate(port, batch):
             # the keys as key_by computes them: its errors, naming its step
             # (_add_batch is set in open, after fusion)
-            self._add_batch(over_batch(key_step, key_of, batch, _keys), batch)
+            self._add_batch(over_batch(key_step, key_of, batch, _keys, key_fast, _keys_fast), batch)
 
         return key_by_then_aggregate
 

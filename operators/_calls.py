@@ -20,6 +20,8 @@ from operator import length_hint
 
 from kernel.dataflow._errors import UNHASHABLE_KEY, KernelError, OperatorError, is_unhashable
 
+from ._accessors import IDENTITY
+
 
 def failing_index(batch: list, iterator) -> int | None:
     """The index of the record at which `iterator` (over `batch`) stopped
@@ -50,11 +52,15 @@ def keyed_error(operator: str, fn, exc: BaseException, record) -> OperatorError:
     return OperatorError.wrap(operator, fn, exc, record=record)
 
 
-def call_each(operator: str, fn, batch: list) -> list:
-    """`[fn(x) for x in batch]` at `map()` speed, failures named."""
+def call_each(operator: str, fn, batch: list, fast=None) -> list:
+    """`[fn(x) for x in batch]` at `map()` speed, failures named. `fast`:
+    `_accessors.accessor(fn)`, which does the same in C (the records as
+    they are for IDENTITY); errors still name `fn`."""
+    if fast is IDENTITY:
+        return list(batch)
     it = iter(batch)
     try:
-        results = list(map(fn, it))
+        results = list(map(fn if fast is None else fast, it))
     except KernelError:
         raise
     except Exception as exc:
@@ -65,17 +71,33 @@ def call_each(operator: str, fn, batch: list) -> list:
     return results
 
 
-def over_batch(operator: str, fn, batch: list, build: Callable) -> list:
+def over_batch(operator: str, fn, batch: list, build: Callable, fast=None,
+               fast_build: Callable | None = None) -> list:
     """`build(fn, iterator)` over `batch`, with failures named. `build` is a
     comprehension that takes the records from the iterator one by one and
-    calls `fn` on each right after taking it."""
+    calls `fn` on each right after taking it. With `fast`
+    (`_accessors.accessor(fn)`), `fast_build(fast, iterator, batch)`
+    instead, which does the same without calling `fn`."""
     it = iter(batch)
     try:
+        if fast is not None and fast_build is not None:
+            return fast_build(fast, it, batch)
         return build(fn, it)
     except KernelError:
         raise
     except Exception as exc:
         raise user_error(operator, fn, exc, batch, it) from exc
+
+
+def mapped(get, it, batch: list) -> list:
+    """`list(map(get, it))`, `it` over `batch`: a getter from
+    `_accessors.accessor`. A `StopIteration` from it (a `__getitem__` that
+    raises one) would end `map()` silently: a short list raises instead,
+    and `it` has stopped after the record at fault (`failing_index`)."""
+    out = list(map(get, it))
+    if len(out) != len(batch):
+        raise RuntimeError("raised StopIteration, which would silently end the batch")
+    return out
 
 
 #: records per batch that operators emit their results in (aggregates at end

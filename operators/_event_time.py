@@ -32,6 +32,7 @@ from itertools import repeat
 from kernel.dataflow._errors import OperatorError
 from kernel.dataflow._operator import Source, TimedBatch
 
+from ._accessors import accessor
 from ._calls import call_each
 
 _UTC = _dt.UTC
@@ -89,6 +90,7 @@ class EventTimeSource(Source):
         check_event_time(timestamp, max_delay, idle_timeout)
         self.inner = inner
         self.timestamp = timestamp
+        self._timestamp_fast = accessor(timestamp)  # a field read in C where it is one (_accessors)
         self.max_delay = float(max_delay)
         self.idle_timeout = idle_timeout
         self.task_class = inner.task_class
@@ -151,7 +153,7 @@ class EventTimeSource(Source):
     def _emit_timed(self, batch: list) -> None:
         if not batch:
             return
-        values = call_each(self.name, self.timestamp, batch)
+        values = call_each(self.name, self.timestamp, batch, self._timestamp_fast)
         try:
             stamps = _stamps(values)
         except Exception:  # not a number, an int too large for a float

@@ -42,6 +42,7 @@ from typing import NamedTuple
 from kernel.dataflow._errors import KernelError, OperatorError
 from kernel.dataflow._operator import TimedBatch
 
+from ._accessors import IDENTITY, accessor
 from ._calls import failing_index
 
 # step kind -> its clauses, one a line ({f}: the function, {v}: the input
@@ -125,7 +126,12 @@ class _Comprehension:
         self.one_to_one = one_to_one(stages)
         self.filename = f"<fused chain {next(_chains)}>"
         self.line_stage: dict[int, tuple[int, str]] = {}  # line -> (stage, its input variable)
-        namespace = {f"f{i}": stage.fn for i, stage in enumerate(stages)}
+        # A function that only reads its record runs as its C getter, and one
+        # that returns it as it is not at all (`_accessors`; errors still
+        # name stage.fn: `_error`).
+        self.fast = [accessor(stage.fn) for stage in stages]
+        namespace = {f"f{i}": stage.fn if fast is None else fast
+                     for i, (stage, fast) in enumerate(zip(stages, self.fast))}
         exec(compile(self._source(), self.filename, "exec"), namespace)  # our text; the functions by name
         self.plain = namespace["plain"]
         self.timed = namespace["timed"]
@@ -137,6 +143,8 @@ class _Comprehension:
             clauses, makes = _CLAUSES[stage.kind]
             output = f"v{i + 1}" if makes else variable
             for clause in clauses:
+                if self.fast[i] is IDENTITY:
+                    clause = clause.replace("{f}({v})", "{v}").replace("{f}(w{i})", "w{i}")
                 body.append((clause.format(f=f"f{i}", v=variable, o=output, i=i), i, variable))
             variable = output
         lines = [""]  # line 1 is blank: line numbers below count from 1

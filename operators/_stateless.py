@@ -12,7 +12,8 @@ from itertools import compress
 from kernel.dataflow._errors import KernelError, OperatorError
 from kernel.dataflow._operator import Operator, TimedBatch
 
-from ._calls import call_each, failing_index, over_batch, user_error
+from ._accessors import IDENTITY, accessor
+from ._calls import call_each, failing_index, mapped, over_batch, user_error
 from ._event_time import repeated_times, same_times
 from ._fusion import FusedChain, Stage, changes_counts_at, one_to_one
 
@@ -28,6 +29,8 @@ class _UserFunction(Operator):
         if not callable(fn):
             raise TypeError(f"{type(self).__name__.lower()} needs a callable, got {fn!r}")
         self.fn = fn
+        # what fn does to a record, in C, where it only reads it (_accessors)
+        self.fast = accessor(fn)
 
     def transform(self, batch: list) -> list:
         """This step's output for `batch` (a TimedBatch keeps its times)."""
@@ -84,7 +87,7 @@ class Map(_UserFunction):
     kind = "map"
 
     def transform(self, batch):
-        return same_times(call_each(self.name, self.fn, batch), batch)
+        return same_times(call_each(self.name, self.fn, batch, self.fast), batch)
 
 
 class Filter(_UserFunction):
@@ -93,7 +96,7 @@ class Filter(_UserFunction):
     kind = "filter"
 
     def transform(self, batch):
-        keep = call_each(self.name, self.fn, batch)
+        keep = call_each(self.name, self.fn, batch, self.fast)
         if batch.__class__ is TimedBatch:
             return TimedBatch(compress(batch, keep), list(compress(batch.timestamps, keep)))
         return list(compress(batch, keep))
@@ -105,7 +108,7 @@ class FlatMap(_UserFunction):
     kind = "flat_map"
 
     def transform(self, batch):
-        parts = call_each(self.name, self.fn, batch)
+        parts = call_each(self.name, self.fn, batch, self.fast)
         out: list = []
         extend = out.extend
         timed = batch.__class__ is TimedBatch
@@ -142,13 +145,39 @@ def _map_values(fn, it):
     return [(k, fn(v)) for k, v in it]
 
 
+# The same without calling the user's function: `get` is its accessor
+# (IDENTITY or a C getter), `it` an iterator over `batch`.
+
+
+def _key_by_fast(get, it, batch):
+    if get is IDENTITY:
+        return [(x, x) for x in it]
+    return list(zip(mapped(get, it, batch), batch))
+
+
+def _map_values_fast(get, it, batch):
+    if get is IDENTITY:
+        return [(k, v) for k, v in it]  # unpacked all the same: a record that is no pair fails
+    return [(k, get(v)) for k, v in it]
+
+
+def _keys_fast(get, it, batch):
+    return list(it) if get is IDENTITY else mapped(get, it, batch)
+
+
+def _values_of_pairs_fast(get, it, batch):
+    if get is IDENTITY:
+        return [v for _, v in it]
+    return [get(v) for _, v in it]
+
+
 class KeyBy(_UserFunction):
     """Turn every record `x` into the pair `(fn(x), x)`."""
 
     kind = "key_by"
 
     def transform(self, batch):
-        return same_times(over_batch(self.name, self.fn, batch, _key_by), batch)
+        return same_times(over_batch(self.name, self.fn, batch, _key_by, self.fast, _key_by_fast), batch)
 
 
 class MapValues(_UserFunction):
@@ -157,7 +186,8 @@ class MapValues(_UserFunction):
     kind = "map_values"
 
     def transform(self, batch):
-        return same_times(over_batch(self.name, self.fn, batch, _map_values), batch)
+        return same_times(over_batch(self.name, self.fn, batch, _map_values, self.fast, _map_values_fast),
+                          batch)
 
 
 def columns_after(upstream, add):
@@ -173,10 +203,10 @@ def columns_after(upstream, add):
     was given."""
     if type(upstream) is not MapValues:
         return None
-    value_of, value_step = upstream.fn, upstream.name
+    value_of, value_step, value_fast = upstream.fn, upstream.name, upstream.fast
 
     def map_values_then(port, pairs):
-        values = over_batch(value_step, value_of, pairs, _values_of_pairs)
+        values = over_batch(value_step, value_of, pairs, _values_of_pairs, value_fast, _values_of_pairs_fast)
         # unpacked, as the values were: a record that unpacks as two items
         # need not be a tuple (a loop's feedback may make a dict or any
         # iterable), and its [0] may be something else or nothing
@@ -185,11 +215,11 @@ def columns_after(upstream, add):
     def take_upstream(before):
         if type(before) is not KeyBy:
             return None
-        key_of, key_step = before.fn, before.name
+        key_of, key_step, key_fast = before.fn, before.name, before.fast
 
         def key_by_then_map_values_then(port, batch):
-            keys = over_batch(key_step, key_of, batch, _keys)
-            add(port, keys, _values_of_records(value_step, value_of, batch, keys), batch)
+            keys = over_batch(key_step, key_of, batch, _keys, key_fast, _keys_fast)
+            add(port, keys, _values_of_records(value_step, value_of, batch, keys, value_fast), batch)
 
         return key_by_then_map_values_then
 
@@ -206,11 +236,16 @@ def _values_of_pairs(fn, it):
     return [fn(v) for _, v in it]
 
 
-def _values_of_records(step: str, fn, batch: list, keys: list) -> list:
+def _values_of_records(step: str, fn, batch: list, keys: list, fast=None) -> list:
     """map_values' function over the values of key_by's pairs `(keys[i],
-    batch[i])`, none of them built; a failure names the pair."""
+    batch[i])`, none of them built; a failure names the pair. `fast`: the
+    function's accessor (`_accessors`)."""
+    if fast is IDENTITY:
+        return list(batch)
     it = iter(batch)
     try:
+        if fast is not None:
+            return mapped(fast, it, batch)
         return [fn(x) for x in it]
     except KernelError:
         raise
