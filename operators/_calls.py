@@ -90,13 +90,19 @@ def over_batch(operator: str, fn, batch: list, build: Callable, fast=None,
 
 
 def mapped(get, it, batch: list) -> list:
-    """`list(map(get, it))`, `it` over `batch`: a getter from
-    `_accessors.accessor`. A `StopIteration` from it (a `__getitem__` that
-    raises one) would end `map()` silently: a short list raises instead,
-    and `it` has stopped after the record at fault (`failing_index`)."""
+    """`[get(x) for x in it]` at `map()` speed, `it` over `batch`: `get` a
+    getter from `_accessors.accessor`, standing in for a comprehension
+    that calls the user's function. A `StopIteration` from the getter (a
+    record's `__getitem__` or attribute that raises one) ends `map()`
+    silently, where the comprehension lets it through: a short list means
+    that, and the getter is tried once more on the record at fault (`it`
+    has stopped after it: `failing_index`), so that the same StopIteration
+    is what fails, as it would have. (Only there is a record read twice,
+    on the error path of a record that raises StopIteration.)"""
     out = list(map(get, it))
     if len(out) != len(batch):
-        raise RuntimeError("raised StopIteration, which would silently end the batch")
+        get(batch[len(out)])
+        raise RuntimeError("raised StopIteration, which would silently end the batch")  # not again
     return out
 
 

@@ -55,7 +55,9 @@ _CLAUSES = {
     # fails the same way
     "map_values": (["for k{i}, w{i} in ({v},)", "for {o} in ((k{i}, {f}(w{i})),)"], True),
     "key_by": (["for {o} in (({f}({v}), {v}),)"], True),
-    "inspect": (["if {f}({v}) or True"], False),
+    # the result bound, not tested: a result without a truth value (a numpy
+    # array, a DataFrame) must not fail a step that ignores it
+    "inspect": (["for _{i} in ({f}({v}),)"], False),
 }
 _ONE_TO_ONE = frozenset(("map", "map_values", "key_by", "inspect"))
 # Steps that run their function through `map()` apart: a StopIteration it
@@ -183,9 +185,18 @@ class _Comprehension:
             if tb.tb_frame.f_code.co_filename == self.filename and tb.tb_lineno in self.line_stage:
                 where = (tb.tb_lineno, tb.tb_frame)
             tb = tb.tb_next
-        if where is None:  # not from a clause (cannot happen): name the chain's first step
-            stage = self.stages[0]
-            return OperatorError.wrap(stage.name, stage.fn, exc, has_record=False)
+        if where is None:
+            # 3.11 puts a filter's test of its function's result (a numpy
+            # array's "truth value is ambiguous") on the comprehension's
+            # first line, not the clause's: which filter it was comes from
+            # the failing record, going through the steps once more
+            index = self._failing_test(batch, it)
+            if index is None:  # nothing found (cannot happen): name the chain's first step
+                stage = self.stages[0]
+                return OperatorError.wrap(stage.name, stage.fn, exc, has_record=False)
+            self._fail_as_apart(index, batch, it)
+            stage = self.stages[index]
+            return OperatorError.wrap(stage.name, stage.fn, exc, record=self._input_of(index, batch, it))
         line, frame = where
         index, variable = self.line_stage[line]
         stage = self.stages[index]
@@ -214,6 +225,30 @@ class _Comprehension:
             if not rest:
                 return
             rest = stage.transform(rest)
+
+    def _failing_test(self, batch: list, it) -> int | None:
+        """The filter whose function's result had no truth value, for the
+        batch's failing record (the iterator stopped at it): the steps are
+        run on it once more, as `_input_of` does, the filters too (on this
+        error path only), up to the one whose result's test fails."""
+        index = failing_index(batch, it)
+        if index is None:
+            return None
+        value = batch[index]
+        for step, stage in enumerate(self.stages):
+            if stage.kind == "filter":
+                try:
+                    if not stage.fn(value):
+                        return None
+                except Exception:
+                    return step
+            elif stage.kind == "map":
+                value = stage.fn(value)
+            elif stage.kind == "key_by":
+                value = (stage.fn(value), value)
+            elif stage.kind == "map_values":
+                value = (value[0], stage.fn(value[1]))
+        return None
 
     def _input_of(self, step: int, batch: list, it):
         """What step `step` was given, from the batch's failing record (the

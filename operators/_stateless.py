@@ -97,9 +97,20 @@ class Filter(_UserFunction):
 
     def transform(self, batch):
         keep = call_each(self.name, self.fn, batch, self.fast)
-        if batch.__class__ is TimedBatch:
-            return TimedBatch(compress(batch, keep), list(compress(batch.timestamps, keep)))
-        return list(compress(batch, keep))
+        try:
+            if batch.__class__ is TimedBatch:
+                return TimedBatch(compress(batch, keep), list(compress(batch.timestamps, keep)))
+            return list(compress(batch, keep))
+        except Exception as exc:  # a result without a truth value (a numpy array): name its record
+            raise self._untestable(keep, batch, exc) from exc
+
+    def _untestable(self, keep: list, batch: list, exc: Exception) -> OperatorError:
+        for index, result in enumerate(keep):
+            try:
+                bool(result)
+            except Exception:
+                return OperatorError.wrap(self.name, self.fn, exc, record=batch[index])
+        return OperatorError.wrap(self.name, self.fn, exc, has_record=False)
 
 
 class FlatMap(_UserFunction):

@@ -274,15 +274,19 @@ class StopsAtThree(tuple):
 
     def __getitem__(self, index):
         if tuple.__getitem__(self, 0) == 3:
-            raise StopIteration
+            raise StopIteration("no field")
         return tuple.__getitem__(self, index)
 
 
-@pytest.mark.parametrize("site", ["map", "key_by", "count", "columns"])
-def test_a_read_that_raises_stop_iteration_fails_rather_than_ending_the_batch(site):
+@pytest.mark.parametrize("site", SITES)
+def test_a_read_that_raises_stop_iteration_fails_as_the_function_would(site):
+    # map and filter report it as apart (their map() would end the batch),
+    # comprehensions (key_by, the aggregates' keys, values) let it through:
+    # the same either way, never a shorter batch
     records = [StopsAtThree((i, i)) for i in range(6)]
     fast = outcome(site, records, READS["first"][0])
-    assert fast[0] == "error" and "StopIteration" in fast[1] and "on record: (3, 3)" in fast[1], fast
+    assert fast == outcome(site, records, READS["first"][1])
+    assert fast[0] == "error" and "StopIteration" in fast[1] and "(3, 3)" in fast[1], fast
 
 
 def python_calls_of(fn, work) -> int:
