@@ -19,7 +19,8 @@ traceback has no frame of the function, which did not run). Recognised from
 the bytecode, exactly: a plain function (not a method, builtin or callable
 object) with one positional parameter, no closure, no generator, whose
 instructions only load that parameter, then at most one constant index or
-attribute, and return it. Anything else (`e[1:2]`, `e[k]` with a default
+attribute, or a tuple of two or more such indexes (`(e[2], e[0])`:
+`itemgetter(2, 0)`) or of such attributes, and return it. Anything else (`e[1:2]`, `e[k]` with a default
 `k`, a global, a second step, a decorator's wrapper) runs as written.
 """
 
@@ -54,17 +55,47 @@ def accessor(fn):
             or code.co_flags & _UNLIKE_A_PLAIN_READ or code.co_freevars or code.co_cellvars):
         return None
     steps = [i for i in dis.get_instructions(code) if i.opname not in _IGNORED]
-    if len(steps) < 2 or steps[0].opname not in _LOAD_ARGUMENT or steps[0].arg != 0:
+    if len(steps) < 2 or steps[-1].opname != "RETURN_VALUE":
         return None
-    if steps[-1].opname != "RETURN_VALUE":
+    body = steps[:-1]
+    if body[-1].opname == "BUILD_TUPLE":  # `(e[0], e[2])`: itemgetter(0, 2) makes the same tuple
+        reads = _reads(body[:-1])
+        if reads is None or len(reads) != body[-1].arg or len(reads) < 2:
+            return None
+        kinds = {kind for kind, _ in reads}
+        if kinds == {"index"}:
+            return itemgetter(*(key for _, key in reads))
+        if kinds == {"attribute"}:
+            return attrgetter(*(name for _, name in reads))
         return None
-    middle = steps[1:-1]
-    if not middle:
+    reads = _reads(body)
+    if reads is None or len(reads) != 1:
+        return None
+    kind, key = reads[0]
+    if kind == "record":
         return IDENTITY
-    if len(middle) == 1 and middle[0].opname == "LOAD_ATTR" and "NULL" not in middle[0].argrepr:
-        return attrgetter(middle[0].argval)
-    if (len(middle) == 2 and middle[0].opname in _LOAD_CONSTANT
-            and (middle[1].opname == "BINARY_SUBSCR"
-                 or (middle[1].opname == "BINARY_OP" and middle[1].argrepr == "[]"))):
-        return itemgetter(middle[0].argval)
-    return None
+    return itemgetter(key) if kind == "index" else attrgetter(key)
+
+
+def _reads(steps: list) -> list | None:
+    """The instructions `steps` as reads of the parameter, each
+    ("record", None), ("index", constant) or ("attribute", name); None
+    where they are anything else."""
+    reads = []
+    at = 0
+    while at < len(steps):
+        if steps[at].opname not in _LOAD_ARGUMENT or steps[at].arg != 0:
+            return None
+        after = steps[at + 1 : at + 3]
+        if (len(after) == 2 and after[0].opname in _LOAD_CONSTANT
+                and (after[1].opname == "BINARY_SUBSCR"
+                     or (after[1].opname == "BINARY_OP" and after[1].argrepr == "[]"))):
+            reads.append(("index", after[0].argval))
+            at += 3
+        elif after and after[0].opname == "LOAD_ATTR" and "NULL" not in after[0].argrepr:
+            reads.append(("attribute", after[0].argval))
+            at += 2
+        else:
+            reads.append(("record", None))
+            at += 1
+    return reads

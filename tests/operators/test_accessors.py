@@ -39,6 +39,8 @@ def constant_index(e):
     (lambda e: e["k"], {"k": 5}, 5),
     (lambda e: e[(1, 2)], {(1, 2): "t"}, "t"),
     (lambda e: e.x, Point(7), 7),
+    (lambda e: (e[2], e[0]), (1, 2, 3), (3, 1)),
+    (lambda e: (e.x, e.x), Point(8), (8, 8)),
 ])
 def test_a_plain_read_is_recognised_and_does_what_the_function_does(fn, record, expected):
     form = accessor(fn)
@@ -78,6 +80,12 @@ def generator(e):
 
 @pytest.mark.parametrize("fn", [
     lambda e: e[1:2],  # a slice: more than one load
+    lambda e: (e[0],),  # itemgetter(0) would give the item, not a 1-tuple
+    lambda e: (e[0], e.x),  # an index and an attribute
+    lambda e: (e, e[0]),
+    lambda e: [e[0], e[1]],
+    lambda e: e.x.y,
+    lambda e: (1, 2),
     lambda e, k=1: e[k],  # a default parameter
     lambda e: e[FIELD],  # a global: it may change while the flow runs
     closure_over(1),
@@ -112,6 +120,7 @@ READS = {
     "first": (lambda e: e[0], lambda e, _=None: e[0]),
     "second": (lambda e: e[1], lambda e, _=None: e[1]),
     "last": (lambda e: e[-1], lambda e, _=None: e[-1]),
+    "swapped": (lambda e: (e[1], e[0]), lambda e, _=None: (e[1], e[0])),
 }
 
 
