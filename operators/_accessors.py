@@ -20,8 +20,9 @@ the bytecode, exactly: a plain function (not a method, builtin or callable
 object) with one positional parameter, no closure, no generator, whose
 instructions only load that parameter, then at most one constant index or
 attribute, or a tuple of two or more such indexes (`(e[2], e[0])`:
-`itemgetter(2, 0)`) or of such attributes, and return it. Anything else (`e[1:2]`, `e[k]` with a default
-`k`, a global, a second step, a decorator's wrapper) runs as written.
+`itemgetter(2, 0)`) or of such attributes, and return it. Anything else
+(`e[1:2]`, `e[k]` with a default `k`, a global, a second step, a
+decorator's wrapper) runs as written.
 """
 
 from __future__ import annotations
