@@ -242,12 +242,8 @@ class _Comprehension:
                         return None
                 except Exception:
                     return step
-            elif stage.kind == "map":
-                value = stage.fn(value)
-            elif stage.kind == "key_by":
-                value = (stage.fn(value), value)
-            elif stage.kind == "map_values":
-                value = (value[0], stage.fn(value[1]))
+            else:
+                value = _through(stage, value)
         return None
 
     def _input_of(self, step: int, batch: list, it):
@@ -260,10 +256,17 @@ class _Comprehension:
             return None
         value = batch[index]
         for stage in self.stages[:step]:
-            if stage.kind == "map":
-                value = stage.fn(value)
-            elif stage.kind == "key_by":
-                value = (stage.fn(value), value)
-            elif stage.kind == "map_values":
-                value = (value[0], stage.fn(value[1]))
+            value = _through(stage, value)
         return value
+
+
+def _through(stage: Stage, value):
+    """`value` as the step `stage` hands it on: changed by a map, key_by
+    or map_values (their functions called), as it is past the others."""
+    if stage.kind == "map":
+        return stage.fn(value)
+    if stage.kind == "key_by":
+        return (stage.fn(value), value)
+    if stage.kind == "map_values":
+        return (value[0], stage.fn(value[1]))
+    return value
