@@ -32,8 +32,21 @@ import inspect
 from operator import attrgetter, itemgetter
 from types import FunctionType
 
-#: `accessor(fn)` for a function that returns its argument as it is
-IDENTITY = object()
+
+class _Identity:
+    """`accessor(fn)` for a function that returns its argument as it is:
+    one object, the same after a copy or a pickle (compared with `is`)."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> str:
+        return "IDENTITY"
+
+    def __repr__(self) -> str:
+        return "IDENTITY"
+
+
+IDENTITY = _Identity()
 
 # Instructions that do nothing a record could notice (3.11-3.13's RESUME,
 # and padding); 3.14 loads a parameter by LOAD_FAST_BORROW, a small int by

@@ -331,3 +331,12 @@ def test_a_step_keeps_the_users_function_for_its_name():
     fn = READS["first"][0]
     step = KeyBy(fn)
     assert step.fn is fn and type(step.fast) is itemgetter
+
+
+def test_identity_is_one_object_after_a_copy_or_a_pickle():
+    import copy
+    import pickle
+
+    step = KeyBy(READS["identity"][0])
+    assert step.fast is IDENTITY
+    assert copy.deepcopy(step).fast is IDENTITY and pickle.loads(pickle.dumps(IDENTITY)) is IDENTITY
