@@ -36,6 +36,7 @@ those steps report it apart (they use `map()`, which it would silently end).
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -43,7 +44,7 @@ from kernel.dataflow._errors import KernelError, OperatorError
 from kernel.dataflow._operator import TimedBatch
 
 from ._accessors import IDENTITY, accessor
-from ._calls import failing_index
+from ._calls import call_each, failing_index
 
 # step kind -> its clauses, one a line ({f}: the function, {v}: the input
 # variable, {o}: the output variable, {i}: the step's number), and whether
@@ -66,6 +67,10 @@ _MAPPED = frozenset(("map", "filter"))
 _STOP = "raised StopIteration, which would silently end the batch"
 _chains = itertools.count()
 _READ_FRAME_LOCALS = True  # tests turn it off to take 3.12's way on 3.11
+# Before 3.12 a filter's test of its function's result fails on the
+# comprehension's first line, and a failure on the filter's own line is
+# its function's.
+_TESTS_ON_THEIR_LINE = sys.version_info >= (3, 12)
 
 
 class Stage(NamedTuple):
@@ -189,42 +194,55 @@ class _Comprehension:
             # 3.11 puts a filter's test of its function's result (a numpy
             # array's "truth value is ambiguous") on the comprehension's
             # first line, not the clause's: which filter it was comes from
-            # the failing record, going through the steps once more
+            # the failing record, going through the steps once more (a
+            # result that failed its test only once: the first filter)
             index = self._failing_test(batch, it)
+            if index is None:
+                index = next((i for i, stage in enumerate(self.stages) if stage.kind == "filter"), None)
             if index is None:  # nothing found (cannot happen): name the chain's first step
                 stage = self.stages[0]
                 return OperatorError.wrap(stage.name, stage.fn, exc, has_record=False)
-            self._fail_as_apart(index, batch, it)
             stage = self.stages[index]
-            return OperatorError.wrap(stage.name, stage.fn, exc, record=self._input_of(index, batch, it))
-        line, frame = where
-        index, variable = self.line_stage[line]
-        stage = self.stages[index]
-        local = frame.f_locals
-        if _READ_FRAME_LOCALS and variable in local:  # 3.11: the comprehension's frame, as it failed
-            record = local[variable]
-        else:  # 3.12 inlines comprehensions, and their variables go with the exception
             record = self._input_of(index, batch, it)
-        self._fail_as_apart(index, batch, it)
+            tested = True
+        else:
+            line, frame = where
+            index, variable = self.line_stage[line]
+            stage = self.stages[index]
+            local = frame.f_locals
+            if _READ_FRAME_LOCALS and variable in local:  # 3.11: the comprehension's frame, as it failed
+                record = local[variable]
+            else:  # 3.12 inlines comprehensions, and their variables go with the exception
+                record = self._input_of(index, batch, it)
+            # from 3.12 on, a filter's test fails on its own line too:
+            # whether its function raised or its result's test did, its
+            # function on the record once more tells (this error path only)
+            tested = _TESTS_ON_THEIR_LINE and stage.kind == "filter" and _returns(stage.fn, record)
+        self._fail_as_apart(index, batch, it, tested)
         problem = exc
         if isinstance(exc, StopIteration) and stage.kind in _MAPPED:
             problem = RuntimeError(_STOP)
         return OperatorError.wrap(stage.name, stage.fn, problem, record=record)
 
-    def _fail_as_apart(self, step: int, batch: list, it) -> None:
+    def _fail_as_apart(self, step: int, batch: list, it, tested: bool = False) -> None:
         """Apart, each step takes the whole batch before the next begins:
         a step before `step` that fails on a record after the one that
         failed here would have failed first. Run those steps, apart, on the
         records the comprehension had not reached (each function is called
-        on each record once, as apart), raising the first such error."""
+        on each record once, as apart), raising the first such error. A
+        filter whose result failed its test (`tested`) had called its
+        function on every record first, apart: that too, on those records."""
         index = failing_index(batch, it)
-        if index is None or step == 0:
+        if index is None:
             return
         rest = list(batch[index + 1 :])
         for stage in self.stages[:step]:
             if not rest:
                 return
             rest = stage.transform(rest)
+        if tested and rest:
+            failing = self.stages[step]
+            call_each(failing.name, failing.fn, rest)
 
     def _failing_test(self, batch: list, it) -> int | None:
         """The filter whose function's result had no truth value, for the
@@ -258,6 +276,15 @@ class _Comprehension:
         for stage in self.stages[:step]:
             value = _through(stage, value)
         return value
+
+
+def _returns(fn, record) -> bool:
+    """Whether `fn(record)` returns (rather than raises), called once more."""
+    try:
+        fn(record)
+    except Exception:
+        return False
+    return True
 
 
 def _through(stage: Stage, value):

@@ -15,7 +15,7 @@ from kernel.dataflow._operator import Operator, TimedBatch
 from ._accessors import IDENTITY, accessor
 from ._calls import call_each, failing_index, mapped, over_batch, user_error
 from ._event_time import repeated_times, same_times
-from ._fusion import FusedChain, Stage, changes_counts_at, one_to_one
+from ._fusion import _STOP, FusedChain, Stage, changes_counts_at, one_to_one
 
 
 class _UserFunction(Operator):
@@ -96,21 +96,26 @@ class Filter(_UserFunction):
     kind = "filter"
 
     def transform(self, batch):
-        keep = call_each(self.name, self.fn, batch, self.fast)
+        results = call_each(self.name, self.fn, batch, self.fast)
+        # Each result's truth is tested once, in order, and a failing test
+        # names its record (`it`'s position): a result without a truth
+        # value (a numpy array) fails, and one whose test raises
+        # StopIteration fails too rather than ending the batch (`compress`
+        # over the results ended silently there, and on a TimedBatch
+        # tested each result twice, once for the records, once for times).
+        it = iter(results)
         try:
-            if batch.__class__ is TimedBatch:
-                return TimedBatch(compress(batch, keep), list(compress(batch.timestamps, keep)))
-            return list(compress(batch, keep))
-        except Exception as exc:  # a result without a truth value (a numpy array): name its record
-            raise self._untestable(keep, batch, exc) from exc
-
-    def _untestable(self, keep: list, batch: list, exc: Exception) -> OperatorError:
-        for index, result in enumerate(keep):
-            try:
-                bool(result)
-            except Exception:
-                return OperatorError.wrap(self.name, self.fn, exc, record=batch[index])
-        return OperatorError.wrap(self.name, self.fn, exc, has_record=False)
+            if batch.__class__ is not TimedBatch:
+                return [record for record, result in zip(batch, it) if result]
+            keep = list(map(bool, it))
+            if len(keep) != len(results):
+                raise StopIteration
+            return TimedBatch(compress(batch, keep), list(compress(batch.timestamps, keep)))
+        except KernelError:
+            raise
+        except Exception as exc:
+            problem = RuntimeError(_STOP) if isinstance(exc, StopIteration) else exc
+            raise user_error(self.name, self.fn, problem, batch, it) from exc
 
 
 class FlatMap(_UserFunction):

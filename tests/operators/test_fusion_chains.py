@@ -355,3 +355,92 @@ def test_a_result_without_a_truth_value_fails_only_a_filter_naming_it_and_its_re
     else:
         assert fused[0] == "error" and expected[1] in fused[1], fused
         assert "raised ValueError: the truth value is ambiguous\n  on record: 6" in fused[1], fused
+
+
+class StopsTesting:
+    """A result whose truth test raises StopIteration."""
+
+    def __bool__(self):
+        raise StopIteration
+
+
+class TrueOnce:
+    """True at its first truth test, False after (a filter tests it once)."""
+
+    def __init__(self) -> None:
+        self.tests = 0
+
+    def __bool__(self):
+        self.tests += 1
+        return self.tests == 1
+
+
+class UntestableOnce:
+    """No truth value at its first test only."""
+
+    def __init__(self) -> None:
+        self.tests = 0
+
+    def __bool__(self):
+        self.tests += 1
+        if self.tests == 1:
+            raise ValueError("the truth value is ambiguous")
+        return True
+
+
+def untestable_on_the_first_call():
+    calls = []
+
+    def keep(x):
+        calls.append(x)
+        return UntestableOnce() if x == 2 and calls.count(2) == 1 else True
+
+    return keep
+
+
+def failing_after_an_untestable(x):
+    if x == 5:
+        raise KeyError("five")
+    return NoTruth() if x == 2 else True
+
+
+def filter_outcome(keep, before: bool, timed: bool, fused: bool, monkeypatch):
+    """Records 0-7 through `filter(keep)`, after a map when `before`."""
+    monkeypatch.setattr(runtime, "FUSION", fused)
+    flow = Dataflow("tested")
+    stream = flow.from_iterable(range(8), batch_size=8, timestamp=(lambda x: float(x)) if timed else None)
+    if before:
+        stream = stream.map(lambda x: x, name="same")
+    out = stream.filter(keep, name="keep").collect()
+    try:
+        run(flow)
+    except KernelError as exc:
+        return ("error", str(exc))
+    return ("ok", out.items)
+
+
+@pytest.mark.parametrize("timed", [False, True])
+@pytest.mark.parametrize("before", [False, True])
+@pytest.mark.parametrize("keep, expected", [
+    # a StopIteration from the test ends nothing silently
+    (lambda x: StopsTesting() if x == 2 else True,
+     "raised RuntimeError: raised StopIteration, which would silently end the batch\n  on record: 2"),
+    # each result tested once: records and their times stay together
+    (lambda x: TrueOnce() if x in (2, 3) else x < 6, [0, 1, 2, 3, 4, 5]),
+    # the filter's function had run on every record before any test, apart
+    (failing_after_an_untestable, "raised KeyError: 'five'\n  on record: 5"),
+    # on 3.11 fused, its test failed at the comprehension's first line and
+    # the replay (the function called again) finds a testable result
+    (None, "raised ValueError: the truth value is ambiguous\n  on record: 2"),
+])
+def test_a_filter_tests_each_result_once_and_fails_as_apart(keep, expected, before, timed, monkeypatch):
+    def outcome(fused):
+        return filter_outcome(keep or untestable_on_the_first_call(), before, timed, fused, monkeypatch)
+
+    fused = outcome(True)
+    assert fused == outcome(False)
+    if isinstance(expected, list):
+        assert fused == ("ok", expected)
+    else:
+        step = "keep (step 2)" if before else "keep (step 1)"
+        assert fused[0] == "error" and f"operator '{step}'" in fused[1] and expected in fused[1], fused
