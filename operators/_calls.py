@@ -52,6 +52,11 @@ def keyed_error(operator: str, fn, exc: BaseException, record) -> OperatorError:
     return OperatorError.wrap(operator, fn, exc, record=record)
 
 
+#: what a StopIteration from a function (or from a record it reads) is
+#: reported as where `map()` would have ended the batch silently at it
+STOP_ENDS_BATCH = "raised StopIteration, which would silently end the batch"
+
+
 def call_each(operator: str, fn, batch: list, fast=None) -> list:
     """`[fn(x) for x in batch]` at `map()` speed, failures named. `fast`:
     `_accessors.accessor(fn)`, which does the same in C (the records as
@@ -66,7 +71,7 @@ def call_each(operator: str, fn, batch: list, fast=None) -> list:
     except Exception as exc:
         raise user_error(operator, fn, exc, batch, it) from exc
     if len(results) != len(batch):
-        stop = RuntimeError("raised StopIteration, which would silently end the batch")
+        stop = RuntimeError(STOP_ENDS_BATCH)
         raise OperatorError.wrap(operator, fn, stop, record=batch[len(results)])
     return results
 
@@ -102,7 +107,7 @@ def mapped(get, it, batch: list) -> list:
     out = list(map(get, it))
     if len(out) != len(batch):
         get(batch[len(out)])
-        raise RuntimeError("raised StopIteration, which would silently end the batch")  # not again
+        raise RuntimeError(STOP_ENDS_BATCH)  # not again
     return out
 
 

@@ -44,7 +44,7 @@ from kernel.dataflow._errors import KernelError, OperatorError
 from kernel.dataflow._operator import TimedBatch
 
 from ._accessors import IDENTITY, accessor
-from ._calls import call_each, failing_index
+from ._calls import STOP_ENDS_BATCH, call_each, failing_index
 
 # step kind -> its clauses, one a line ({f}: the function, {v}: the input
 # variable, {o}: the output variable, {i}: the step's number), and whether
@@ -64,7 +64,6 @@ _ONE_TO_ONE = frozenset(("map", "map_values", "key_by", "inspect"))
 # Steps that run their function through `map()` apart: a StopIteration it
 # raises would end the batch silently there, so they report it as this.
 _MAPPED = frozenset(("map", "filter"))
-_STOP = "raised StopIteration, which would silently end the batch"
 _chains = itertools.count()
 _READ_FRAME_LOCALS = True  # tests turn it off to take 3.12's way on 3.11
 # Before 3.12 a filter's test of its function's result fails on the
@@ -221,7 +220,7 @@ class _Comprehension:
         self._fail_as_apart(index, batch, it, tested)
         problem = exc
         if isinstance(exc, StopIteration) and stage.kind in _MAPPED:
-            problem = RuntimeError(_STOP)
+            problem = RuntimeError(STOP_ENDS_BATCH)
         return OperatorError.wrap(stage.name, stage.fn, problem, record=record)
 
     def _fail_as_apart(self, step: int, batch: list, it, tested: bool = False) -> None:

@@ -13,9 +13,9 @@ from kernel.dataflow._errors import KernelError, OperatorError
 from kernel.dataflow._operator import Operator, TimedBatch
 
 from ._accessors import IDENTITY, accessor
-from ._calls import call_each, failing_index, mapped, over_batch, user_error
+from ._calls import STOP_ENDS_BATCH, call_each, failing_index, mapped, over_batch, user_error
 from ._event_time import repeated_times, same_times
-from ._fusion import _STOP, FusedChain, Stage, changes_counts_at, one_to_one
+from ._fusion import FusedChain, Stage, changes_counts_at, one_to_one
 
 
 class _UserFunction(Operator):
@@ -114,7 +114,7 @@ class Filter(_UserFunction):
         except KernelError:
             raise
         except Exception as exc:
-            problem = RuntimeError(_STOP) if isinstance(exc, StopIteration) else exc
+            problem = RuntimeError(STOP_ENDS_BATCH) if isinstance(exc, StopIteration) else exc
             raise user_error(self.name, self.fn, problem, batch, it) from exc
 
 
