@@ -4,6 +4,7 @@
     python -m benches.anatomy --pipeline windows       # benches/pipelines.py's windowed sum
     python -m benches.anatomy --pipeline wordcount     # its word count (200,000 lines)
     python -m benches.anatomy --quick                  # smoke run (q8, 20,000 events)
+    python -m benches.anatomy --pipeline q4 --kernels 16   # 16 kernels against 16 independent ones
 
 For a pipeline slower on two kernels than on one (issue 13), this says
 which part of a kernel's time grows. Each configuration runs in a forked
@@ -16,6 +17,11 @@ child of its own, so none inherits another's heap:
   the windowed sum: every other event): the same work per kernel as two
   kernels without anything crossing between them, on a machine just as
   busy.
+
+`--kernels N` compares N kernels with N independent runs of 1/N each
+instead (on a machine with N CPUs: where the scaling curve flattens); past
+two kernels each row shows the calls of all kernels and the median,
+smallest and largest kernel's milliseconds.
 
 In every kernel, each activation's CPU time (`time.thread_time`, which a
 process descheduled by the machine does not count) is summed by what ran:
@@ -38,6 +44,7 @@ import argparse
 import collections
 import os
 import pickle
+import statistics
 import tempfile
 import time
 
@@ -49,6 +56,12 @@ PIPELINES = ("q0", "q1", "q2", "q3", "q4", "q5", "q6", "q7", "q8", "windows", "w
 #: benches/pipelines.py's own sizes: events of the windowed sum, lines of word count
 PIPELINE_EVENTS = {"windows": 200_000, "wordcount": 200_000}
 CONFIGURATIONS = ("one kernel", "two kernels", "two independent kernels, half each")
+
+
+def configurations(kernels: int) -> tuple[str, str, str]:
+    if kernels == 2:
+        return CONFIGURATIONS
+    return ("one kernel", f"{kernels} kernels", f"{kernels} independent kernels, 1/{kernels} each")
 
 
 class Probe:
@@ -118,15 +131,16 @@ class Probe:
 
 
 def workload(pipeline: str, events: int):
-    """`run_one(cores, half)`: the pipeline over every event, or (half) over
-    half of them, on `cores` kernels; returns the number of results."""
+    """`run_one(cores, share)`: the pipeline over every event (share 1), or
+    over one in `share` of them, on `cores` kernels; returns the number of
+    results."""
     if pipeline == "windows":
         from benches.pipelines import make_events, ours_window_sums
 
         data = make_events(events)
 
-        def run_windows(cores: int, half: bool) -> int:
-            return len(ours_window_sums(data[::2] if half else data, cores))
+        def run_windows(cores: int, share: int) -> int:
+            return len(ours_window_sums(data[::share], cores))
 
         return run_windows
     if pipeline == "wordcount":
@@ -134,15 +148,15 @@ def workload(pipeline: str, events: int):
 
         lines = make_lines(events)
 
-        def run_wordcount(cores: int, half: bool) -> int:
-            return len(ours_wordcount(lines[::2] if half else lines, cores))
+        def run_wordcount(cores: int, share: int) -> int:
+            return len(ours_wordcount(lines[::share], cores))
 
         return run_wordcount
     from benches import nexmark
     from benches._nexmark_generator import Generator
 
-    def run_query(cores: int, half: bool) -> int:
-        return nexmark.ours(pipeline, Generator(events // 2 if half else events), cores)
+    def run_query(cores: int, share: int) -> int:
+        return nexmark.ours(pipeline, Generator(events // share), cores)
 
     return run_query
 
@@ -162,7 +176,7 @@ def in_child(fn, cpu: int | None = None) -> int:
     return pid
 
 
-def measure(pipeline: str, events: int) -> dict[str, list]:
+def measure(pipeline: str, events: int, kernels: int = 2) -> dict[str, list]:
     """Each configuration's kernels: (total CPU, seconds by what ran, calls)."""
     run_one = workload(pipeline, events)
     found = {}
@@ -171,18 +185,19 @@ def measure(pipeline: str, events: int) -> dict[str, list]:
         probe.install()
 
         def one_kernel():
-            run_one(1, False)
+            run_one(1, 1)
             probe.dump()  # one kernel runs in this process: no results packed
 
         def independent():
-            run_one(1, True)
+            run_one(1, kernels)
             probe.dump()
 
         cpus = sorted(os.sched_getaffinity(0))
+        one, together, apart = configurations(kernels)
         plans = {
-            CONFIGURATIONS[0]: [(one_kernel, None)],
-            CONFIGURATIONS[1]: [(lambda: run_one(2, False), None)],
-            CONFIGURATIONS[2]: [(independent, cpus[0]), (independent, cpus[1 % len(cpus)])],
+            one: [(one_kernel, None)],
+            together: [(lambda: run_one(kernels, 1), None)],
+            apart: [(independent, cpus[k % len(cpus)]) for k in range(kernels)],
         }
         for name, children in plans.items():
             pids = [in_child(fn, cpu) for fn, cpu in children]
@@ -195,6 +210,8 @@ def measure(pipeline: str, events: int) -> dict[str, list]:
 
 
 def rows_of(kernels: list) -> tuple[list[str], list[list]]:
+    if len(kernels) > 2:
+        return summary_rows_of(kernels)
     header = ["what ran"] + [f"kernel {k}: calls" if i % 2 == 0 else f"kernel {k}: ms"
                              for k in range(len(kernels)) for i in range(2)]
     keys = sorted({key for _, seconds, _ in kernels for key in seconds},
@@ -207,6 +224,24 @@ def rows_of(kernels: list) -> tuple[list[str], list[list]]:
     return header, rows
 
 
+def summary_rows_of(kernels: list) -> tuple[list[str], list[list]]:
+    """Many kernels: each row's calls over all of them, and the median,
+    smallest and largest kernel's milliseconds."""
+    header = ["what ran", "calls, all kernels", "median kernel: ms", "least: ms", "most: ms"]
+
+    def cells(values: list[float]) -> list[str]:
+        return [f"{statistics.median(values) * 1e3:,.1f}", f"{min(values) * 1e3:,.1f}",
+                f"{max(values) * 1e3:,.1f}"]
+
+    keys = sorted({key for _, seconds, _ in kernels for key in seconds},
+                  key=lambda key: -statistics.median(seconds.get(key, 0.0) for _, seconds, _ in kernels))
+    rows = [["kernel's CPU, start to end", "", *cells([total for total, _, _ in kernels])]]
+    for key in keys:
+        calls_of_all = sum(calls.get(key, 0) for _, _, calls in kernels)
+        rows.append([key, f"{calls_of_all:,}", *cells([seconds.get(key, 0.0) for _, seconds, _ in kernels])])
+    return header, rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", choices=PIPELINES, default="q8")
@@ -214,13 +249,17 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"events (default {DEFAULT_EVENTS:,}; the windowed sum's events and word "
                              f"count's lines {PIPELINE_EVENTS['windows']:,})")
     parser.add_argument("--quick", action="store_true", help=f"a smoke run ({QUICK_EVENTS:,} events)")
+    parser.add_argument("--kernels", type=int, default=2,
+                        help="kernels to compare with as many independent runs (default 2)")
     args = parser.parse_args(argv)
-    if args.events is not None and args.events < 2:
-        parser.error(f"--events must be at least 2, got {args.events}")
+    if args.kernels < 2:
+        parser.error(f"--kernels must be at least 2, got {args.kernels}")
+    if args.events is not None and args.events < args.kernels:
+        parser.error(f"--events must be at least {args.kernels} (--kernels), got {args.events}")
     events = args.events or (QUICK_EVENTS if args.quick else
                              PIPELINE_EVENTS.get(args.pipeline, DEFAULT_EVENTS))
     print(machine())
-    for name, kernels in measure(args.pipeline, events).items():
+    for name, kernels in measure(args.pipeline, events, args.kernels).items():
         header, rows = rows_of(kernels)
         print()
         title = f"{args.pipeline}, {events:,} events: {name} (CPU ms by what ran, thread_time)"

@@ -1,6 +1,7 @@
 """benches/anatomy.py: each configuration's tables have the kernels they
-should (1, 2, 2), only two kernels show the exchange and the ring reader,
-and no step took more CPU than its kernel had."""
+should (1, 2, 2; or past two kernels, one summary column set), only the
+kernels of one run show the exchange and the ring reader, and no step took
+more CPU than its kernel had."""
 
 from __future__ import annotations
 
@@ -54,5 +55,27 @@ def test_each_configuration_shows_its_kernels_and_what_ran(pipeline):
         assert bool(crossing) == (name == "two kernels"), (name, crossing)
 
 
+def test_more_kernels_are_summarised_against_as_many_independent_runs():
+    command = [sys.executable, "-m", "benches.anatomy", "--pipeline", "q4", "--events", "12000",
+               "--kernels", "3"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    tables = _tables(done.stdout)
+    assert list(tables) == ["one kernel", "3 kernels", "3 independent kernels, 1/3 each"]
+    for name in ("3 kernels", "3 independent kernels, 1/3 each"):
+        rows = tables[name]
+        assert all(len(row) == 5 for row in rows), name  # what ran, calls, median, least, most
+        total = rows[0]
+        median, least, most = (_ms(cell) for cell in total[2:])
+        assert 0 < least <= median <= most, (name, total)
+        for row in rows[1:]:
+            assert _ms(row[2]) <= median and _ms(row[4]) <= most, (name, row)
+        crossing = [row[0] for row in rows if row[0] == "ring reader" or "inside: exchange" in row[0]]
+        assert bool(crossing) == (name == "3 kernels"), (name, crossing)
+    sends = [row for row in tables["3 kernels"] if row[0] == "inside: transport send_batch"]
+    assert sends and int(sends[0][1].replace(",", "")) > 0
+
+
 def test_too_few_events_is_a_usage_error(usage_error):
-    assert "--events must be at least 2" in usage_error(main, ["--events", "1"])
+    assert "--events must be at least 2 (--kernels)" in usage_error(main, ["--events", "1"])
+    assert "--kernels must be at least 2" in usage_error(main, ["--kernels", "1"])
