@@ -204,7 +204,7 @@ class Runtime:
                 local_channel = inbox
             else:
                 self._remote_inboxes[(channel, source)] = (consumer, inbox)
-        return ExchangeOutput(channel, upstream, consumer, local_channel, partitioner, transport)
+        return ExchangeOutput(channel, upstream, consumer, local_channel, partitioner, transport, self.kernel)
 
     def _add_channel(self, consumer: Instance, port: int, upstream: Instance) -> int:
         """An input channel of `consumer` fed by `upstream` (on some kernel)."""
