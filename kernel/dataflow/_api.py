@@ -176,6 +176,10 @@ def _itself(record: T) -> T:
     return record
 
 
+def _first_field(record: tuple[K, Any, Any]) -> K:
+    return record[0]
+
+
 def _combiner(emit: str, partial: Callable[..., Operator], merge: Callable[[], Operator]) -> Combiner:
     """A keyed aggregate's halves around the exchange. For final results the
     partial half aggregates its kernel's whole input; for updates it hands
@@ -1527,6 +1531,22 @@ class WindowResults(Stream[tuple[K_co, ops.Window, R_co]], Generic[K_co, V_co, R
             results._late_stream = Stream(flow, late_node)
         results.late_count = count
         return results
+
+    def distinct(
+        self, *, within: ops.Tumbling | None = None, name: str | None = None
+    ) -> DistinctStream[tuple[K_co, ops.Window, R_co]]:
+        """`Stream.distinct` of the results. A window's results come out on
+        the kernel that owns their key, and equal results have equal keys,
+        so they meet there without crossing kernels: the records are keyed
+        by their key where they are (its state is then the key's, as a
+        keyed step's is), not sent to the owner of the whole record (NEXMark
+        q8 on two kernels: benches/RESULTS.md)."""
+        label = name or ("distinct" if within is None else f"distinct within {within!r}")
+        keyed: KeyedStream[K_co, Any] = self.key_by(_first_field, name=f"{label}: by key")
+        keyed._exchange_out = False  # already on the kernel that owns the key
+        stream: DistinctStream[tuple[K_co, ops.Window, R_co]] = keyed._distinct(
+            label, within, values_only=True)
+        return stream
 
     @property
     def late(self) -> Stream[tuple[K_co, V_co]]:

@@ -92,6 +92,70 @@ def test_distinct_within_a_window_is_the_first_of_each_value_per_window(events, 
         assert [(v, tumbling_number(size, s)) for v, s in out.items] == first
 
 
+def joined_by_loop(lefts, rights, size: float) -> set:
+    """Every `(key, window, (l, r))` of a tumbling-window join, as a set."""
+    def windows(events):
+        by = defaultdict(list)
+        for key, value, t in events:
+            by[key, tumbling_number(size, t)].append(value)
+        return by
+
+    left, right = windows(lefts), windows(rights)
+    return {(key, (n * size, (n + 1) * size), (lv, rv))
+            for (key, n), values in left.items() for lv in values for rv in right.get((key, n), ())}
+
+
+def keyed_values(flow, events):
+    """`(key, value)` pairs of `(key, value, t)` events, at time t."""
+    source = flow.from_iterable(events, timestamp=lambda e: e[2])
+    return source.key_by(lambda e: e[0]).map_values(lambda e: e[1])
+
+
+KEYED_EVENTS = st.lists(st.tuples(KEYS, st.sampled_from(["x", "y"]), st.sampled_from([0.0, 0.125, 0.5, 1.0])),
+                        max_size=30)
+
+
+@settings(max_examples=15, deadline=None)
+@given(KEYED_EVENTS, KEYED_EVENTS, st.sampled_from([0.5, 1.0]), st.booleans(), st.sampled_from([1, 2, 3]))
+def test_a_window_joins_distinct_results_stay_on_their_keys_kernel(lefts, rights, size, within, cores):
+    """A window's results come out on the kernel that owns their key, and
+    equal results have equal keys: `distinct()` of them keys them there
+    (no exchange) and still gives each result once (a value twice in a
+    window makes its pairs twice)."""
+    def in_time(events):  # times rising: nothing late
+        clock, out = 0.0, []
+        for key, value, step in events:
+            clock += step
+            out.append((key, value, clock))
+        return out
+
+    lefts, rights = in_time(lefts), in_time(rights)
+    flow = Dataflow()
+    joined = keyed_values(flow, lefts).join(keyed_values(flow, rights), Tumbling(size))
+    distinct = joined.distinct(within=Tumbling(size) if within else None, name="once")
+    out = distinct.collect()
+    keyed_there = next(node for node in flow.graph.nodes if node.name == "once")
+    assert [(edge.source.name, edge.exchange) for edge in keyed_there.inputs] == [("once: by key", False)]
+    run(flow, cores=cores)
+    expected = joined_by_loop(lefts, rights, size)
+    got = Counter((key, tuple(window), pair) for key, window, pair in out.items)
+    assert got == Counter(expected)
+
+
+@pytest.mark.parametrize("cores", [1, 2, 3])
+def test_a_window_joins_repeated_pairs_come_once_after_distinct(cores):
+    lefts = [("a", "x", 0.1), ("b", "x", 0.2), ("a", "x", 0.3), ("a", "x", 1.1)]
+    rights = [("a", "y", 0.5), ("b", "y", 0.6), ("a", "y", 1.5)]
+    flow = Dataflow()
+    joined = keyed_values(flow, lefts).join(keyed_values(flow, rights), Tumbling(1.0))
+    every, once = joined.collect(), joined.distinct().collect()
+    run(flow, cores=cores)
+    pair = ("x", "y")
+    first_a, first_b, second_a = ("a", (0.0, 1.0), pair), ("b", (0.0, 1.0), pair), ("a", (1.0, 2.0), pair)
+    assert Counter((k, tuple(w), p) for k, w, p in every.items) == {first_a: 2, first_b: 1, second_a: 1}
+    assert Counter((k, tuple(w), p) for k, w, p in once.items) == {first_a: 1, first_b: 1, second_a: 1}
+
+
 def late_by_loop(events, size: float, max_delay: float) -> int:
     """One kernel, one record a batch: a record is late when its window
     ended at or before the watermark (the largest time so far less the
