@@ -1540,7 +1540,23 @@ class WindowResults(Stream[tuple[K_co, ops.Window, R_co]], Generic[K_co, V_co, R
         so they meet there without crossing kernels: the records are keyed
         by their key where they are (its state is then the key's, as a
         keyed step's is), not sent to the owner of the whole record (NEXMark
-        q8 on two kernels: benches/RESULTS.md)."""
+        q8 on two kernels: benches/RESULTS.md).
+
+        >>> from kernel import Dataflow, run
+        >>> from operators import Tumbling
+        >>> flow = Dataflow()
+        >>> clicks = flow.from_iterable([("ann", 0.1), ("ann", 0.3)], timestamp=lambda e: e[1])
+        >>> views = flow.from_iterable([("ann", 0.7)], timestamp=lambda e: e[1])
+        >>> left = clicks.key_by(lambda e: e[0]).map_values(lambda e: "click")
+        >>> right = views.key_by(lambda e: e[0]).map_values(lambda e: "view")
+        >>> joined = left.join(right, Tumbling(1.0))
+        >>> every, once = joined.collect(), joined.distinct().collect()
+        >>> run(flow, cores=2)
+        >>> len(every.items)                        # ann clicked twice in the window
+        2
+        >>> once.items
+        [('ann', Window(0.0, 1.0), ('click', 'view'))]
+        """
         label = name or ("distinct" if within is None else f"distinct within {within!r}")
         keyed: KeyedStream[K_co, Any] = self.key_by(_first_field, name=f"{label}: by key")
         keyed._exchange_out = False  # already on the kernel that owns the key
