@@ -271,15 +271,13 @@ class _Reader:
         deliver = self._deliver
         get_decoder = DECODERS.get
         got = 0
-        popped = []  # (ring, its producer's bell) of the rings read from
-        for source, ring, producer in self._rings:
+        for source, ring, _ in self._rings:
             # An empty ring costs one load here rather than a pop and a
             # release: with a ring per peer, a kernel of 16 polled 15 mostly
             # empty rings in each of its ~30,000 activations of a NEXMark
             # run (3.5 -> 0.9 us an activation, benches/RESULTS.md).
             if ring.is_empty():
                 continue
-            popped.append((ring, producer))
             pop = ring.pop
             for _ in range(_FRAMES_PER_RING_PER_ACTIVATION):
                 frame = pop()
@@ -308,8 +306,12 @@ class _Reader:
         if got:
             # Space was freed: a producer that found a ring full and parked
             # must hear about it (fence: our head stores before its flag load).
+            # Every ring's flag, not only those read from now: a producer
+            # stores its flag after loading our head, without a fence, so a
+            # flag can land just after the check that followed the pop that
+            # emptied its ring (found in review, 14th session).
             full_fence()
-            for ring, producer in popped:
+            for _, ring, producer in self._rings:
                 if ring.producer_waiting():
                     ring.clear_producer_waiting()
                     producer.ring()
