@@ -14,13 +14,19 @@ edge, so the watermarks a kernel receives grew with the kernel count while
 its share of the work shrank: on a 16-CPU machine a NEXMark q8 kernel sent
 ~7,400 progress frames for its 62,500 events (benches/RESULTS.md). A
 watermark held back is only a later promise (Flink sends them every 200 ms
-by default): data may overtake it, never other progress.
+by default), as long as nothing crosses it that it would have made late:
+records at or after it may overtake it; a batch with a record before it
+sends it first, and so does any other progress; and the first watermark
+after IDLE goes at once (it makes the kernel active again at the others, so
+their frontiers wait for it). Under a `VirtualClock` (a test driving time)
+there is no interval: its timers would wait for `advance()`.
 """
 
 from __future__ import annotations
 
 import math
 
+from kernel.dataflow import IDLE
 from kernel.dataflow._errors import (
     UNHASHABLE_ACROSS_KERNELS,
     UNHASHABLE_KEY,
@@ -28,7 +34,9 @@ from kernel.dataflow._errors import (
     OperatorError,
     is_unhashable,
 )
+from kernel.net._channel import TimedBatch
 from kernel.net._codec import UnpicklableRecord
+from kernel.scheduling._clock import SystemClock
 
 from ._instance import END
 
@@ -57,15 +65,21 @@ class ExchangeOutput:
         self.transport = transport
         self.index = transport.index
         self.peers = transport.peers
-        self._interval = progress_interval(self.peers) if kernel is not None else 0.0
+        timed_by_the_system = kernel is not None and isinstance(kernel.clock, SystemClock)
+        self._interval = progress_interval(self.peers) if timed_by_the_system else 0.0
         self._kernel = kernel
         self._held = None  # the latest watermark not yet sent to the other kernels
         self._sent_at = -math.inf  # when a watermark last went to them
         self._timer = None
+        self._idle_sent = False  # IDLE was the last progress they had from here
 
     def deliver(self, _channel: int, payload) -> None:
         transport, channel = self.transport, self.channel
         if isinstance(payload, list):
+            held = self._held
+            if held is not None and payload.__class__ is TimedBatch and payload.timestamps \
+                    and min(payload.timestamps) < held:
+                self._send_held()  # a record behind it must find it there first, as late
             try:
                 parts = self.partitioner.split(payload)
             except Exception as exc:
@@ -85,7 +99,7 @@ class ExchangeOutput:
             if payload.__class__ is float:
                 now = self._kernel.clock.monotonic()
                 wait = self._sent_at + self._interval - now
-                if wait > 0:
+                if wait > 0 and not self._idle_sent:
                     self._held = payload
                     if self._timer is None:
                         self._timer = self._kernel.call_later(wait, self._interval_up)
@@ -94,6 +108,7 @@ class ExchangeOutput:
                 self._held = None
             elif self._held is not None:
                 self._send_held()  # progress keeps its order: the watermark first
+            self._idle_sent = payload is IDLE
         self._broadcast(None if payload is END else payload)  # None: the transport's end of input
 
     def _broadcast(self, wire) -> None:

@@ -1,8 +1,11 @@
 """Past two kernels a watermark goes to the other kernels at most once every
-`progress_interval(peers)` (kernel/runtime/_exchange.py): the other kernels
+`progress_interval(peers)` (kernel/runtime/_exchange.py). The other kernels
 see far fewer watermarks than the kernel that made them, never more than one
-an interval, and the latest one still comes without anything after it (a
-timer sends it), before the end of input."""
+an interval; the latest one still comes without anything after it (a timer
+sends it); and nothing may tell the difference but timing: a record behind a
+held watermark is late on every kernel as on one, other progress and the
+first watermark after IDLE go at once, and a run on a `VirtualClock` takes
+no interval. The order rules are checked on one exchange's rings, read back."""
 
 from __future__ import annotations
 
@@ -11,18 +14,27 @@ import struct
 import time
 
 import pytest
+from kernel.net._codec import HEADER, decode
+from kernel.net._transport import ProcessTransport
+from kernel.net.shm import Doorbell, SpscRing
 
-from kernel import Dataflow, Operator, Source, run
-from kernel.runtime._exchange import progress_interval
+from kernel import Dataflow, Operator, Source, TimedBatch, VirtualClock, run
+from kernel.dataflow import IDLE, EpochMarker
+from kernel.runtime import _exchange
+from kernel.runtime._exchange import ExchangeOutput, progress_interval
+from kernel.runtime._instance import END
+from kernel.scheduling._clock import SystemClock
+from net import Partitioner
+from operators import Tumbling
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
 KERNELS = 4
 SLOT = struct.Struct("<d")
-# slots (8 bytes each): 0-3 watermarks seen by kernel k; 4-7 the highest one;
-# 8 the source's first poll (monotonic); 9 its last; 10 set once the source
-# saw a remote kernel reach its last watermark before giving up waiting
-FIRST, LAST, SEEN_IN_TIME = 8, 9, 10
+# slots (8 bytes each): 0-7 watermarks seen by kernel k; 8-15 the highest
+# one; 16 the source's first poll (monotonic); 17 its last; 18 set once the
+# source saw another kernel reach the watermark it waits for, in time
+SEEN, HIGHEST, FIRST, LAST, IN_TIME = 0, 8, 16, 17, 18
 
 
 def _get(shared, slot: int) -> float:
@@ -33,36 +45,44 @@ def _set(shared, slot: int, value: float) -> None:
     SLOT.pack_into(shared, slot * 8, value)
 
 
-class Ticks(Source):
-    """On kernel 0: `count` polls, each a record and a watermark one higher;
-    then (`wait`) polls that emit nothing until a remote kernel has seen the
-    last watermark, or 10 s."""
+class Script(Source):
+    """On kernel 0 only, one step a poll: ("records", t) emits a record for
+    each of 12 keys at time t; ("watermark", t); ("pause", s) polls on,
+    emitting nothing, for s seconds; ("wait", t, s) polls on until another
+    kernel has seen watermark t (then sets IN_TIME) or s seconds have
+    passed."""
 
-    def __init__(self, shared, count: int, wait: bool = False) -> None:
-        self.shared, self.count, self.wait = shared, count, wait
-        self.polls = 0
+    def __init__(self, shared, steps) -> None:
+        self.shared, self.steps = shared, list(steps)
         self.deadline = None
 
     def poll(self):
-        if self.context.index != 0:
+        if self.context.index != 0 or not self.steps:
             return False
-        now = time.monotonic()
-        if self.polls < self.count:
-            if not self.polls:
-                _set(self.shared, FIRST, now)
-            self.polls += 1
-            self.emit([(self.polls % 7, self.polls)])
-            self.advance_watermark(float(self.polls))
-            _set(self.shared, LAST, now)
-            return True
-        if not self.wait:
-            return False
-        if self.deadline is None:
-            self.deadline = now + 10.0
-        if any(_get(self.shared, 4 + k) >= self.count for k in range(1, KERNELS)):
-            _set(self.shared, SEEN_IN_TIME, 1.0)
-            return False
-        return now < self.deadline
+        step, now = self.steps[0], time.monotonic()
+        if _get(self.shared, FIRST) == 0:
+            _set(self.shared, FIRST, now)
+        _set(self.shared, LAST, now)
+        if step[0] == "pause":
+            if self.deadline is None:
+                self.deadline = now + step[1]
+            if now < self.deadline:
+                return True
+            self.deadline = None
+        elif step[0] == "wait":
+            _, until, seconds = step
+            if self.deadline is None:
+                self.deadline = now + seconds
+            if any(_get(self.shared, HIGHEST + k) >= until for k in range(1, 8)):
+                _set(self.shared, IN_TIME, 1.0)
+            elif now < self.deadline:
+                return True
+        elif step[0] == "records":
+            self.emit(TimedBatch([(key, step[1]) for key in range(12)], [step[1]] * 12))
+        else:
+            self.advance_watermark(step[1])
+        self.steps.pop(0)
+        return True
 
 
 class CountWatermarks(Operator):
@@ -71,25 +91,29 @@ class CountWatermarks(Operator):
 
     def on_watermark(self, watermark):
         index = self.context.index
-        _set(self.shared, index, _get(self.shared, index) + 1)
+        _set(self.shared, SEEN + index, _get(self.shared, SEEN + index) + 1)
         if watermark != float("inf"):
-            _set(self.shared, 4 + index, max(watermark, _get(self.shared, 4 + index)))
+            _set(self.shared, HIGHEST + index, max(watermark, _get(self.shared, HIGHEST + index)))
 
 
-def _run(count: int, wait: bool) -> mmap.mmap:
-    shared = mmap.mmap(-1, 16 * 8)  # MAP_SHARED: the forked kernels write here
+def _run(steps, cores: int = KERNELS, clock=None, window: bool = False):
+    """(shared slots, window results, late count)."""
+    shared = mmap.mmap(-1, 32 * 8)  # MAP_SHARED: the forked kernels write here
 
     def counter():
         op = CountWatermarks()
         op.shared = shared
         return op
 
-    flow = Dataflow("ticks")
-    (flow.source(lambda: Ticks(shared, count, wait), name="ticks")
-         .key_by(lambda r: r[0])
-         .apply(counter, name="count watermarks"))
-    run(flow, cores=KERNELS)
-    return shared
+    flow = Dataflow("script")
+    keyed = flow.source(lambda: Script(shared, steps), name="script").key_by(lambda r: r[0])
+    keyed.apply(counter, name="count watermarks")
+    # collect: no partial half on the source's kernel, which would find the
+    # late records there (as a count's does) whatever reaches the others
+    results = keyed.map_values(lambda r: r[1]).window(Tumbling(1.0)).collect() if window else None
+    out = results.collect() if window else None
+    run(flow, cores=cores, clock=clock)
+    return shared, (out.items if window else None), (results.late_count.value if window else None)
 
 
 def test_the_interval_grows_with_the_kernels_past_two():
@@ -100,10 +124,11 @@ def test_the_interval_grows_with_the_kernels_past_two():
 
 def test_other_kernels_see_at_most_a_watermark_an_interval():
     count = 3000
-    shared = _run(count, wait=False)
+    steps = [step for i in range(1, count + 1) for step in (("records", float(i)), ("watermark", float(i)))]
+    shared, _, _ = _run(steps)
     try:
-        seen = [int(_get(shared, k)) for k in range(KERNELS)]
-        highest = [_get(shared, 4 + k) for k in range(KERNELS)]
+        seen = [int(_get(shared, SEEN + k)) for k in range(KERNELS)]
+        highest = [_get(shared, HIGHEST + k) for k in range(KERNELS)]
         elapsed = _get(shared, LAST) - _get(shared, FIRST)
     finally:
         shared.close()
@@ -120,10 +145,154 @@ def test_the_last_watermark_comes_without_anything_after_it():
     """The source stops moving its watermark but does not end: the held
     watermark must still reach the other kernels (a timer sends it), or it
     would wait for the end of input, which here waits for it (10 s)."""
-    shared = _run(2, wait=True)
+    shared, _, _ = _run([("watermark", 1.0), ("watermark", 2.0), ("wait", 2.0, 10.0)])
     try:
-        seen_in_time = _get(shared, SEEN_IN_TIME)
-        waited = _get(shared, LAST)
+        assert _get(shared, IN_TIME) == 1.0, _get(shared, LAST) - _get(shared, FIRST)
     finally:
         shared.close()
-    assert seen_in_time == 1.0, waited
+
+
+@pytest.fixture
+def long_interval(monkeypatch):
+    """A second per kernel past two (1.5 s on 4 kernels, inherited by the
+    forked kernels): whatever a test does next happens while one is held."""
+    monkeypatch.setattr(_exchange, "PROGRESS_INTERVAL_PER_PEER", 0.75)
+
+
+@pytest.mark.parametrize("cores", [1, KERNELS])
+def test_a_record_behind_a_held_watermark_is_late_as_on_one_kernel(long_interval, cores):
+    """Found in review: records at 9.5 after the watermark 10 overtook it
+    (held) to the other kernels, whose windows [9, 10) then took them. (The
+    pause lets the other kernels' empty sources end first, so that only this
+    source's watermark holds their windows back.)"""
+    steps = [("pause", 0.2), ("records", 9.0), ("watermark", 9.0), ("records", 10.0), ("watermark", 10.0),
+             ("records", 9.5)]
+    shared, results, late = _run(steps, cores=cores, window=True)
+    shared.close()
+    assert late == 12
+    assert sorted((key, tuple(window), values) for key, window, values in results) == sorted(
+        [(key, (9.0, 10.0), [9.0]) for key in range(12)] + [(key, (10.0, 11.0), [10.0]) for key in range(12)])
+
+
+def test_a_run_on_a_virtual_clock_takes_no_interval():
+    """Its timers fire only on `advance()`: a held watermark would wait for
+    other progress (found in review: a source waiting for it waited 10 s)."""
+    shared, _, _ = _run([("watermark", 1.0), ("watermark", 2.0), ("wait", 2.0, 10.0)], cores=3,
+                        clock=VirtualClock())
+    try:
+        assert _get(shared, IN_TIME) == 1.0
+    finally:
+        shared.close()
+
+
+# -- the order of what one exchange sends, read back from its rings -----------------
+
+
+class _Kernel:
+    """The two things an ExchangeOutput asks of its kernel: the system
+    clock, and a timer (run by hand here: `fire()`)."""
+
+    clock = SystemClock()
+
+    def __init__(self) -> None:
+        self.timers: list = []
+
+    def call_later(self, delay, fn):
+        timer = _Timer(fn)
+        self.timers.append(timer)
+        return timer
+
+    def fire(self) -> None:
+        timers, self.timers = self.timers, []
+        for timer in timers:
+            if not timer.cancelled:
+                timer.fn()
+
+
+class _Timer:
+    def __init__(self, fn) -> None:
+        self.fn, self.cancelled = fn, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Local:
+    def deliver(self, channel, payload) -> None:
+        pass
+
+
+@pytest.fixture
+def exchange():
+    """Kernel 0's exchange edge on 4 kernels over real rings; `read(k)` is
+    what kernel k got, decoded, in order."""
+    bells = [Doorbell() for _ in range(KERNELS)]
+    rings = {dest: SpscRing.create(1 << 16) for dest in range(1, KERNELS)}
+    readers = {dest: SpscRing.attach(ring.name) for dest, ring in rings.items()}
+    transport = ProcessTransport(0, KERNELS, rings, {}, bells)
+    kernel = _Kernel()
+    out = ExchangeOutput(transport.allocate(), None, _Local(), 0, Partitioner(KERNELS), transport, kernel)
+
+    def read(dest: int) -> list:
+        got = []
+        while (frame := readers[dest].pop()) is not None:
+            kind, _ = HEADER.unpack_from(frame)
+            got.append(decode(kind, bytes(frame[HEADER.size:])))
+        return got
+
+    try:
+        yield out, kernel, read
+    finally:
+        for ring in (*rings.values(), *readers.values()):
+            ring.close()
+        for ring in rings.values():
+            ring.unlink()
+        for bell in bells:
+            bell.close()
+
+
+def test_watermarks_wait_out_the_interval_and_a_timer_sends_the_latest(exchange, long_interval):
+    out, kernel, read = exchange
+    for watermark in (1.0, 2.0, 3.0):
+        out.deliver(0, watermark)
+    assert [read(k) for k in (1, 2, 3)] == [[1.0]] * 3  # the first at once, the others held
+    kernel.fire()  # the interval is not up: the timer waits on
+    assert read(1) == [] and len(kernel.timers) == 1
+    out._sent_at -= 10  # as if the interval had passed
+    kernel.fire()
+    assert [read(k) for k in (1, 2, 3)] == [[3.0]] * 3  # the latest only
+
+
+def test_a_batch_with_a_record_before_the_held_watermark_sends_it_first(exchange, long_interval):
+    out, _, read = exchange
+    out.deliver(0, 1.0)
+    out.deliver(0, 5.0)  # held
+    on_time = TimedBatch([(k, "at 5") for k in range(40)], [5.0] * 40)
+    out.deliver(0, on_time)  # may overtake it: nothing in it is late
+    got = [read(k) for k in (1, 2, 3)]
+    assert all(frames[0] == 1.0 and 5.0 not in frames for frames in got)
+    late = TimedBatch([(k, "at 4") for k in range(40)], [6.0] * 39 + [4.0])
+    out.deliver(0, late)
+    for frames in (read(k) for k in (1, 2, 3)):
+        assert frames[0] == 5.0 and frames[1:] and all(isinstance(f, list) for f in frames[1:]), frames
+
+
+@pytest.mark.parametrize("progress", [IDLE, EpochMarker(3), END])
+def test_other_progress_sends_the_held_watermark_first(exchange, long_interval, progress):
+    out, _, read = exchange
+    out.deliver(0, 1.0)
+    out.deliver(0, 5.0)  # held
+    out.deliver(0, progress)
+    wire = None if progress is END else progress
+    assert [read(k) for k in (1, 2, 3)] == [[1.0, 5.0, wire]] * 3
+
+
+def test_the_first_watermark_after_idle_goes_at_once(exchange, long_interval):
+    """It makes this kernel active again at the others (their frontiers wait
+    for it again): held, theirs would move on without it meanwhile."""
+    out, _, read = exchange
+    out.deliver(0, 1.0)
+    out.deliver(0, IDLE)
+    out.deliver(0, 1.0)  # a source active again says its watermark again
+    out.deliver(0, 2.0)  # held: within the interval, and not the first after IDLE
+    assert [read(k) for k in (1, 2, 3)] == [[1.0, IDLE, 1.0]] * 3
