@@ -10,7 +10,9 @@
 # $OUT/nexmark.txt as it ends, so a run cut short keeps what it finished;
 # queries not started before BUDGET seconds are skipped (logged in
 # $OUT/log.txt). Knobs: EVENTS (1,000,000), CORES (1,2,4,8,16), RUNS (3),
-# BUDGET (480), PIPELINES=1 to add benches.pipelines' word count and windowed sum.
+# BUDGET (480), PIPELINES=1 to add benches.pipelines' word count and windowed sum,
+# ANATOMY=1 to add where a kernel's CPU goes at the largest kernel count
+# (benches.anatomy --kernels N on q4, q5, q8: $OUT/anatomy.txt, ~15 s).
 set -u
 start=$(date +%s)
 out=${OUT:?set OUT to a folder for the results}
@@ -26,6 +28,14 @@ if [ "${PIPELINES:-0}" = 1 ]; then
     timeout 150 python3 -m benches.pipelines --only wordcount,windows --cores "${CORES:-1,2,4,8,16}" --reps 5 \
         --no-bytewax > "$out/pipelines.txt" 2>&1
     echo "pipelines rc=$? at $(( $(date +%s) - start )) s" >> "$out/log.txt"
+fi
+if [ "${ANATOMY:-0}" = 1 ]; then
+    most=$(echo "${CORES:-1,2,4,8,16}" | tr , '\n' | sort -n | tail -1)
+    for q in q4 q5 q8; do
+        timeout 60 python3 -m benches.anatomy --pipeline $q --events "${EVENTS:-1000000}" --kernels "$most" \
+            >> "$out/anatomy.txt" 2>&1
+        echo "anatomy $q rc=$? at $(( $(date +%s) - start )) s" >> "$out/log.txt"
+    done
 fi
 for q in q0 q1 q2 q3 q4 q5 q6 q7 q8; do
     left=$(( ${BUDGET:-480} - ($(date +%s) - start) ))
