@@ -106,9 +106,12 @@ class ExchangeOutput:
                     return
                 self._sent_at = now
                 self._held = None
-            elif self._held is not None:
-                self._send_held()  # progress keeps its order: the watermark first
-            self._idle_sent = payload is IDLE
+                self._idle_sent = False
+            else:
+                if self._held is not None:
+                    self._send_held()  # progress keeps its order: the watermark first
+                if payload is IDLE:
+                    self._idle_sent = True  # until a watermark goes (epoch markers between change nothing)
         self._broadcast(None if payload is END else payload)  # None: the transport's end of input
 
     def _broadcast(self, wire) -> None:

@@ -287,12 +287,16 @@ def test_other_progress_sends_the_held_watermark_first(exchange, long_interval, 
     assert [read(k) for k in (1, 2, 3)] == [[1.0, 5.0, wire]] * 3
 
 
-def test_the_first_watermark_after_idle_goes_at_once(exchange, long_interval):
+@pytest.mark.parametrize("between", [[], [EpochMarker(3)], [EpochMarker(3), EpochMarker(4)]])
+def test_the_first_watermark_after_idle_goes_at_once(exchange, long_interval, between):
     """It makes this kernel active again at the others (their frontiers wait
-    for it again): held, theirs would move on without it meanwhile."""
+    for it again): held, theirs would move on without it meanwhile. Epoch
+    markers between IDLE and it change nothing (found in review)."""
     out, _, read = exchange
     out.deliver(0, 1.0)
     out.deliver(0, IDLE)
+    for marker in between:
+        out.deliver(0, marker)
     out.deliver(0, 1.0)  # a source active again says its watermark again
     out.deliver(0, 2.0)  # held: within the interval, and not the first after IDLE
-    assert [read(k) for k in (1, 2, 3)] == [[1.0, IDLE, 1.0]] * 3
+    assert [read(k) for k in (1, 2, 3)] == [[1.0, IDLE, *between, 1.0]] * 3
