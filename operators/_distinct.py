@@ -19,7 +19,7 @@ import math
 
 from kernel.state import value_state
 
-from kernel.dataflow._errors import KernelError
+from kernel.dataflow._errors import UNHASHABLE_RECORD, KernelError, OperatorError, is_unhashable
 from kernel.dataflow._operator import Operator, TimedBatch, rescale_fields
 
 from ._calls import keyed_error
@@ -99,7 +99,7 @@ class Distinct(Operator):
         except KernelError:
             raise
         except Exception as exc:
-            raise keyed_error(self.name, "hash(value)", exc, record) from exc
+            raise self._error(exc, record) from exc
         return kept
 
     def _first_in_window(self, batch) -> list[int]:
@@ -130,8 +130,18 @@ class Distinct(Operator):
         except KernelError:
             raise
         except Exception as exc:
-            raise keyed_error(self.name, "hash(value)", exc, record) from exc
+            raise self._error(exc, record) from exc
         return kept
+
+    def _error(self, exc: Exception, record) -> OperatorError:
+        """An unhashable key is the key's fault (`keyed_error`); an
+        unhashable value, where only values go on (`Stream.distinct`: the
+        record itself, keyed where it is after a window), is the record's."""
+        if self.values_only and isinstance(record, tuple) and len(record) == 2 \
+                and not is_unhashable(record[0]) and is_unhashable(record[1]):
+            return OperatorError.wrap(self.name, "hash(record)", exc, record=record[1],
+                                      hint=UNHASHABLE_RECORD)
+        return keyed_error(self.name, "hash(value)", exc, record)
 
     def on_watermark(self, watermark):
         self._frontier = watermark

@@ -60,6 +60,10 @@ UNHASHABLE_KEY = (
     "a key must be hashable (a str, a number, a tuple of those...: a tuple rather than a list, "
     "a frozenset rather than a set); the key is what the function given to key_by returned"
 )
+UNHASHABLE_RECORD = (
+    "distinct() keeps the records it has seen in a set, so a record must be hashable (a tuple "
+    "rather than a list, a frozenset rather than a set)"
+)
 UNPICKLABLE_RECORD = (
     "records that cross kernels (key_by's output, sent to the kernel that owns the key, with "
     "several kernels) must be picklable; plain scalars and tuples of them cross by msgpack"

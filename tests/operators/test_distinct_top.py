@@ -332,6 +332,21 @@ def test_a_raising_by_names_the_step_the_function_and_the_record():
     assert "('a', {})" in str(info.value)
 
 
+@pytest.mark.parametrize("cores", [1, 2])
+def test_an_unhashable_window_result_is_named_with_why(cores):
+    """A window's results are keyed by their key for distinct(): the error
+    names the result, not the pair made of it (found in review)."""
+    flow = Dataflow()
+    events = flow.from_iterable([("a", 1, 0.1), ("a", 2, 0.2)], timestamp=lambda e: e[2])
+    lists = events.key_by(lambda e: e[0]).map_values(lambda e: e[1]).window(Tumbling(1.0)).collect()
+    lists.distinct().collect()
+    with pytest.raises(KernelError) as info:
+        run(flow, cores=cores)
+    message = str(info.value)
+    assert "'hash(record)'" in message and "on record: ('a', Window(0.0, 1.0), [1, 2])" in message, message
+    assert "a record must be hashable" in message
+
+
 def test_an_unhashable_record_is_named():
     flow = Dataflow()
     flow.from_iterable(["ok", ["no"]]).distinct().collect()
