@@ -15,8 +15,9 @@ its share of the work shrank: on a 16-CPU machine a NEXMark q8 kernel sent
 ~7,400 progress frames for its 62,500 events (benches/RESULTS.md). A
 watermark held back is only a later promise (Flink sends them every 200 ms
 by default), as long as nothing crosses it that it would have made late:
-records at or after it may overtake it; a batch with a record before it
-sends it first, and so does any other progress; and the first watermark
+records at or after it may overtake it; a batch with a record before it,
+on any of the kernel's exchange edges, sends it first, and so does any
+other progress on its own edge; and the first watermark
 after IDLE goes at once (it makes the kernel active again at the others, so
 their frontiers wait for it). Under a `VirtualClock` (a test driving time)
 there is no interval: its timers would wait for `advance()`.
@@ -56,7 +57,7 @@ class ExchangeOutput:
     chained = False
 
     def __init__(self, channel: int, upstream, local, local_channel: int, partitioner, transport,
-                 kernel=None) -> None:
+                 kernel=None, holding: set | None = None) -> None:
         self.channel = channel  # the transport's channel for this edge
         self.upstream = upstream
         self.local = local
@@ -69,6 +70,10 @@ class ExchangeOutput:
         self._interval = progress_interval(self.peers) if timed_by_the_system else 0.0
         self._kernel = kernel
         self._held = None  # the latest watermark not yet sent to the other kernels
+        # this kernel's exchanges holding one: a record behind any of them
+        # sends those first, whichever edge it takes (two edges may meet
+        # again in one step on another kernel: a join, a union)
+        self._holding = set() if holding is None else holding
         self._sent_at = -math.inf  # when a watermark last went to them
         self._timer = None
         self._idle_sent = False  # IDLE was the last progress they had from here
@@ -76,10 +81,10 @@ class ExchangeOutput:
     def deliver(self, _channel: int, payload) -> None:
         transport, channel = self.transport, self.channel
         if isinstance(payload, list):
-            held = self._held
-            if held is not None and payload.__class__ is TimedBatch and payload.timestamps \
-                    and min(payload.timestamps) < held:
-                self._send_held()  # a record behind it must find it there first, as late
+            if self._holding and payload.__class__ is TimedBatch and payload.timestamps:
+                earliest = min(payload.timestamps)
+                for behind in [out for out in self._holding if earliest < out._held]:
+                    behind._send_held()  # a record behind it must find it there first, as late
             try:
                 parts = self.partitioner.split(payload)
             except Exception as exc:
@@ -101,11 +106,13 @@ class ExchangeOutput:
                 wait = self._sent_at + self._interval - now
                 if wait > 0 and not self._idle_sent:
                     self._held = payload
+                    self._holding.add(self)
                     if self._timer is None:
                         self._timer = self._kernel.call_later(wait, self._interval_up)
                     return
                 self._sent_at = now
                 self._held = None
+                self._holding.discard(self)
                 self._idle_sent = False
             else:
                 if self._held is not None:
@@ -135,6 +142,7 @@ class ExchangeOutput:
             self._timer.cancel()
             self._timer = None
         held, self._held = self._held, None
+        self._holding.discard(self)
         if held is not None:
             self._sent_at = self._kernel.clock.monotonic()
             self._broadcast(held)

@@ -61,6 +61,7 @@ class Runtime:
         self._sources: list[Instance] = []
         self._live = 0
         self._remote_inboxes: dict[tuple[int, int], tuple[Instance, int]] = {}
+        self._holding: set = set()  # exchanges holding a watermark back (_exchange.py)
         self._partial_for: dict[int, int] = {}  # partial instance index -> its node's id
         # (id(consumer), input channel) -> the instance feeding it (here, or its twin on another kernel)
         self.upstream_of: dict[tuple[int, int], Instance] = {}
@@ -204,7 +205,8 @@ class Runtime:
                 local_channel = inbox
             else:
                 self._remote_inboxes[(channel, source)] = (consumer, inbox)
-        return ExchangeOutput(channel, upstream, consumer, local_channel, partitioner, transport, self.kernel)
+        return ExchangeOutput(channel, upstream, consumer, local_channel, partitioner, transport, self.kernel,
+                              self._holding)
 
     def _add_channel(self, consumer: Instance, port: int, upstream: Instance) -> int:
         """An input channel of `consumer` fed by `upstream` (on some kernel)."""
