@@ -17,10 +17,10 @@ watermark held back is only a later promise (Flink sends them every 200 ms
 by default), as long as nothing crosses it that it would have made late:
 records at or after it may overtake it; a batch with a record before it,
 on any of the kernel's exchange edges, sends it first, and so does any
-other progress on its own edge; and the first watermark
-after IDLE goes at once (it makes the kernel active again at the others, so
-their frontiers wait for it). Under a `VirtualClock` (a test driving time)
-there is no interval: its timers would wait for `advance()`.
+other progress on its own edge; and the first watermark after IDLE goes at
+once (it makes the kernel active again at the others, so their frontiers
+wait for it). Under a `VirtualClock` (a test driving time) there is no
+interval: its timers would wait for `advance()`.
 """
 
 from __future__ import annotations
@@ -114,6 +114,9 @@ class ExchangeOutput:
                 self._held = None
                 self._holding.discard(self)
                 self._idle_sent = False
+                if self._timer is not None:  # one held before, overtaken by this one
+                    self._timer.cancel()
+                    self._timer = None
             else:
                 if self._held is not None:
                     self._send_held()  # progress keeps its order: the watermark first

@@ -282,6 +282,18 @@ def test_watermarks_wait_out_the_interval_and_a_timer_sends_the_latest(exchange,
     assert [read(k) for k in (1, 2, 3)] == [[3.0]] * 3  # the latest only
 
 
+def test_a_watermark_after_the_interval_goes_at_once_and_stops_the_timer(exchange, long_interval):
+    out, kernel, read = exchange
+    out.deliver(0, 1.0)
+    out.deliver(0, 2.0)  # held, a timer armed
+    out._sent_at -= 10  # the interval is up, but the loop has not run the timer yet
+    out.deliver(0, 3.0)
+    assert [read(k) for k in (1, 2, 3)] == [[1.0, 3.0]] * 3
+    assert [timer.cancelled for timer in kernel.timers] == [True]
+    kernel.fire()
+    assert read(1) == []
+
+
 def test_a_batch_with_a_record_before_the_held_watermark_sends_it_first(exchange, long_interval):
     out, _, read = exchange
     out.deliver(0, 1.0)
