@@ -180,6 +180,10 @@ def _first_field(record: tuple[K, Any, Any]) -> K:
     return record[0]
 
 
+def _distinct_label(within: ops.Tumbling | None, name: str | None) -> str:
+    return name or ("distinct" if within is None else f"distinct within {within!r}")
+
+
 def _combiner(emit: str, partial: Callable[..., Operator], merge: Callable[[], Operator]) -> Combiner:
     """A keyed aggregate's halves around the exchange. For final results the
     partial half aggregates its kernel's whole input; for updates it hands
@@ -795,7 +799,7 @@ class Stream(Generic[T_co]):
         >>> out.items
         ['b', 'a', 'c']
         """
-        label = name or ("distinct" if within is None else f"distinct within {within!r}")
+        label = _distinct_label(within, name)
         stream: DistinctStream[T_co] = self.key_by(_itself, name=f"{label}: by record")._distinct(
             label, within, values_only=True)
         return stream
@@ -1110,7 +1114,7 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         >>> sorted(out.items)                       # who bid on what
         [('lamp', 'ann'), ('lamp', 'bob'), ('rug', 'ann')]
         """
-        label = name or ("distinct" if within is None else f"distinct within {within!r}")
+        label = _distinct_label(within, name)
         stream: KeyedDistinctStream[K_co, V_co] = self._distinct(label, within, values_only=False)
         return stream
 
@@ -1557,7 +1561,7 @@ class WindowResults(Stream[tuple[K_co, ops.Window, R_co]], Generic[K_co, V_co, R
         >>> once.items
         [('ann', Window(0.0, 1.0), ('click', 'view'))]
         """
-        label = name or ("distinct" if within is None else f"distinct within {within!r}")
+        label = _distinct_label(within, name)
         keyed: KeyedStream[K_co, Any] = self.key_by(_first_field, name=f"{label}: by key")
         keyed._exchange_out = False  # already on the kernel that owns the key
         stream: DistinctStream[tuple[K_co, ops.Window, R_co]] = keyed._distinct(
