@@ -46,6 +46,7 @@ KIND_IDLE = 6  # no body
 KIND_EPOCH = 7  # u64 epoch number
 KIND_ROUND = 8  # u32 loop, u64 round, u64 count, u8 final, f64 frontier, u64 held, f64 earliest, u64 epoch
 KIND_NAMED_RUNS = 9  # msgpack columns: tuples with a namedtuple field in runs (_encode_named_runs)
+KIND_WATERMARKS = 10  # u32 count, u32 channels, f64 watermarks: several at once (ChannelWatermarks)
 TIMED = 0x80  # flag: timestamps precede the records' body
 
 HEADER = TAG  # kind (u8), channel (u32): the ring packs it with a frame (push_tagged)
@@ -374,6 +375,28 @@ def encode_watermark(watermark: float) -> tuple[int, bytes]:
     return KIND_WATERMARK, _WATERMARK.pack(watermark)
 
 
+class ChannelWatermarks(tuple):
+    """`(channel, watermark)` pairs that went in one frame: the latest
+    watermark of each of a kernel's exchange edges, past two kernels
+    (`kernel.runtime._exchange.WatermarkPacer`). The frame's own channel
+    means nothing; the reader delivers each pair as if it had come alone."""
+
+    __slots__ = ()
+
+
+def encode_watermarks(pairs) -> tuple[int, bytes]:
+    """(kind, body) of one frame for several `(channel, watermark)` pairs."""
+    channels, watermarks = zip(*pairs)
+    count = len(channels)
+    return KIND_WATERMARKS, struct.pack(f"<I{count}I{count}d", count, *channels, *watermarks)
+
+
+def _decode_watermarks(body) -> ChannelWatermarks:
+    (count,) = _COUNT.unpack_from(body)
+    fields = struct.unpack_from(f"<{count}I{count}d", body, 4)
+    return ChannelWatermarks(zip(fields[:count], fields[count:]))
+
+
 def encode_progress(payload) -> tuple[int, bytes]:
     """(kind, body) for a progress payload, as `decode` gives them back: a
     float (watermark), None (end), IDLE, an EpochMarker or a RoundMarker."""
@@ -420,6 +443,7 @@ DECODERS = {
     KIND_EPOCH: lambda body: EpochMarker(_EPOCH.unpack(body)[0]),
     KIND_ROUND: lambda body: RoundMarker(*_ROUND.unpack(body)),
     KIND_NAMED_RUNS: _decode_named_runs,
+    KIND_WATERMARKS: _decode_watermarks,
 }
 DECODERS.update({kind | TIMED: _timed(DECODERS[kind])
                   for kind in (KIND_SCALARS, KIND_TUPLES, KIND_PICKLE, KIND_NAMED_RUNS)})

@@ -61,6 +61,9 @@ class Transport(Protocol):
 
     def send_progress(self, dest: int, channel: int, payload) -> None: ...
 
+    def send_watermarks(self, dest: int, pairs: list) -> None:
+        """`(channel, watermark)` pairs in one frame, delivered one by one."""
+
     def start(self, kernel: KernelHandle, receiver: Receiver, ended: int = 0) -> None:
         """Start the pull end on a running kernel. The transport holds the
         kernel until every other kernel's end of input has come on every
@@ -95,6 +98,9 @@ class LocalTransport:
         raise ValueError(f"one kernel: there is no kernel {dest} to send to")
 
     send_progress = send_batch
+
+    def send_watermarks(self, dest: int, pairs: list) -> None:
+        raise ValueError(f"one kernel: there is no kernel {dest} to send to")
 
     def start(self, kernel: KernelHandle, receiver: Receiver, ended: int = 0) -> None:
         pass

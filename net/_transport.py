@@ -36,7 +36,15 @@ from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
 
-from ._codec import DECODERS, HEADER, decode, encode_batch, encode_progress
+from ._codec import (
+    DECODERS,
+    HEADER,
+    KIND_WATERMARKS,
+    decode,
+    encode_batch,
+    encode_progress,
+    encode_watermarks,
+)
 from .shm import Doorbell, SpscRing, full_fence
 
 END = None  # decode() returns None for an end-of-input frame
@@ -156,6 +164,12 @@ class ProcessTransport:
         """A watermark (float), end of input (None), IDLE or an EpochMarker."""
         kind, body = encode_progress(payload)
         self._send(dest, kind, channel, body)
+
+    def send_watermarks(self, dest: int, pairs: list) -> None:
+        """Several channels' watermarks, `(channel, watermark)` pairs, in one
+        frame; the reader at `dest` delivers them one by one, in order."""
+        kind, body = encode_watermarks(pairs)
+        self._send(dest, kind, 0, body)
 
     def _send(self, dest: int, kind: int, channel: int, body: bytes) -> None:
         writer = self._writers[dest]
@@ -301,6 +315,10 @@ class _Reader:
                 payload = decoder(frame[HEADER.size :])
                 if payload is END:
                     self._ends_left -= 1
+                elif kind == KIND_WATERMARKS:
+                    for channel, watermark in payload:
+                        deliver(channel, sender, watermark)
+                    continue
                 deliver(channel, sender, payload)
             ring.release()
         if got:

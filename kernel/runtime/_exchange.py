@@ -12,7 +12,10 @@ sends it when the interval is up), and any other progress sends it first.
 Each watermark a source moves goes to every other kernel on every exchange
 edge, so the watermarks a kernel receives grew with the kernel count while
 its share of the work shrank: on a 16-CPU machine a NEXMark q8 kernel sent
-~7,400 progress frames for its 62,500 events (benches/RESULTS.md). A
+~7,400 progress frames for its 62,500 events (benches/RESULTS.md). The
+kernel's edges share one interval (`WatermarkPacer`): what they hold goes
+in one frame a kernel, at the end of the scheduler's slice at the soonest,
+so that the edges one poll moved go together. A
 watermark held back is only a later promise (Flink sends them every 200 ms
 by default), as long as nothing crosses it that it would have made late:
 records at or after it may overtake it; a batch with a record before it,
@@ -53,11 +56,99 @@ def progress_interval(peers: int) -> float:
     return PROGRESS_INTERVAL_PER_PEER * max(0, peers - 2)
 
 
+class WatermarkPacer:
+    """When a kernel's exchange edges send their watermarks to the other
+    kernels, past two kernels: all together, at most once every `interval`
+    seconds, the latest of each edge, in one frame a kernel
+    (`ChannelWatermarks`). A watermark moves on every edge a source feeds
+    in the same slice, so edge by edge a kernel sent as many frames per
+    interval as it had edges, each of them read by every other kernel in an
+    activation of its own (timely batches a worker's progress updates
+    likewise). A watermark held waits for the timer, or goes with the next
+    one sent at once: the first after IDLE on its edge, other progress on
+    its edge (sent after it), and a batch with a record before it on any
+    edge (`flush_before`)."""
+
+    def __init__(self, transport, kernel, interval: float) -> None:
+        self.transport = transport
+        self.kernel = kernel
+        self.interval = interval
+        self.held: dict = {}  # exchange output -> its latest watermark, not yet sent
+        self.sent_at = -math.inf  # when watermarks last went to the other kernels
+        self._timer = None
+
+    def offer(self, out: ExchangeOutput, watermark: float, at_once: bool = False) -> None:
+        """`out`'s new watermark: sent now with every other one held when
+        `at_once`, else held until the interval is up, and at least until
+        the end of the scheduler's slice, when the other edges that the same
+        poll moved have theirs (the first edge's would otherwise go alone,
+        just before the others)."""
+        self.held[out] = watermark
+        if at_once:
+            self.flush()
+        elif self._timer is None:
+            wait = self.sent_at + self.interval - self.kernel.clock.monotonic()
+            self._timer = self.kernel.call_later(max(wait, 0.0), self._interval_up)
+
+    def flush_before(self, timestamps: list) -> None:
+        """A batch with these event times is about to cross: any watermark
+        held that one of its records is behind goes first (with the rest),
+        so that the record is late at the other kernels as it would have
+        been had nothing been held."""
+        earliest = min(timestamps)
+        if any(earliest < watermark for watermark in self.held.values()):
+            self.flush()
+
+    def flush(self) -> None:
+        if self._timer is not None:  # one held before, overtaken by this one
+            self._timer.cancel()
+            self._timer = None
+        held = self.held
+        if not held:
+            return
+        self.held = {}
+        self.sent_at = self.kernel.clock.monotonic()
+        transport, index = self.transport, self.transport.index
+        if len(held) == 1:
+            [(out, watermark)] = held.items()
+            out._idle_sent = False
+            for dest in range(transport.peers):
+                if dest != index:
+                    transport.send_progress(dest, out.channel, watermark)
+            return
+        pairs = []
+        for out, watermark in held.items():
+            out._idle_sent = False
+            pairs.append((out.channel, watermark))
+        for dest in range(transport.peers):
+            if dest != index:
+                transport.send_watermarks(dest, pairs)
+
+    def _interval_up(self) -> None:
+        self._timer = None
+        # the loop's timers may fire up to a millisecond early (libuv's
+        # resolution): then wait the rest, so that none comes sooner
+        wait = self.sent_at + self.interval - self.kernel.clock.monotonic()
+        if wait > 0:
+            self._timer = self.kernel.call_later(wait, self._interval_up)
+        else:
+            self.flush()
+
+
+def watermark_pacer(transport, kernel) -> WatermarkPacer | None:
+    """The pacer a kernel's exchange edges share, or None where watermarks
+    go at once: on two kernels, and under a clock other than the system's."""
+    interval = progress_interval(transport.peers)
+    if not interval or kernel is None or not isinstance(kernel.clock, SystemClock):
+        return None
+    return WatermarkPacer(transport, kernel, interval)
+
+
 class ExchangeOutput:
     chained = False
 
     def __init__(self, channel: int, upstream, local, local_channel: int, partitioner, transport,
-                 kernel=None, holding: set | None = None) -> None:
+                 kernel=None, pacer: WatermarkPacer | None = None) -> None:
         self.channel = channel  # the transport's channel for this edge
         self.upstream = upstream
         self.local = local
@@ -66,25 +157,17 @@ class ExchangeOutput:
         self.transport = transport
         self.index = transport.index
         self.peers = transport.peers
-        timed_by_the_system = kernel is not None and isinstance(kernel.clock, SystemClock)
-        self._interval = progress_interval(self.peers) if timed_by_the_system else 0.0
-        self._kernel = kernel
-        self._held = None  # the latest watermark not yet sent to the other kernels
-        # this kernel's exchanges holding one: a record behind any of them
-        # sends those first, whichever edge it takes (two edges may meet
-        # again in one step on another kernel: a join, a union)
-        self._holding = set() if holding is None else holding
-        self._sent_at = -math.inf  # when a watermark last went to them
-        self._timer = None
+        # shared by the kernel's exchange edges (two edges may meet again in
+        # one step on another kernel: a join, a union); on its own, one of its own
+        self._pacer = pacer if pacer is not None else watermark_pacer(transport, kernel)
         self._idle_sent = False  # IDLE was the last progress they had from here
 
     def deliver(self, _channel: int, payload) -> None:
         transport, channel = self.transport, self.channel
         if isinstance(payload, list):
-            if self._holding and payload.__class__ is TimedBatch and payload.timestamps:
-                earliest = min(payload.timestamps)
-                for behind in [out for out in self._holding if earliest < out._held]:
-                    behind._send_held()  # a record behind it must find it there first, as late
+            pacer = self._pacer
+            if pacer is not None and pacer.held and payload.__class__ is TimedBatch and payload.timestamps:
+                pacer.flush_before(payload.timestamps)
             try:
                 parts = self.partitioner.split(payload)
             except Exception as exc:
@@ -100,28 +183,15 @@ class ExchangeOutput:
                             raise self._unpicklable(exc) from exc.__cause__
             return
         self.local.deliver(self.local_channel, payload)
-        if self._interval:
+        pacer = self._pacer
+        if pacer is not None:
             if payload.__class__ is float:
-                now = self._kernel.clock.monotonic()
-                wait = self._sent_at + self._interval - now
-                if wait > 0 and not self._idle_sent:
-                    self._held = payload
-                    self._holding.add(self)
-                    if self._timer is None:
-                        self._timer = self._kernel.call_later(wait, self._interval_up)
-                    return
-                self._sent_at = now
-                self._held = None
-                self._holding.discard(self)
-                self._idle_sent = False
-                if self._timer is not None:  # one held before, overtaken by this one
-                    self._timer.cancel()
-                    self._timer = None
-            else:
-                if self._held is not None:
-                    self._send_held()  # progress keeps its order: the watermark first
-                if payload is IDLE:
-                    self._idle_sent = True  # until a watermark goes (epoch markers between change nothing)
+                pacer.offer(self, payload, at_once=self._idle_sent)
+                return
+            if self in pacer.held:
+                pacer.flush()  # progress keeps its order: the watermark first
+            if payload is IDLE:
+                self._idle_sent = True  # until a watermark goes (epoch markers between change nothing)
         self._broadcast(None if payload is END else payload)  # None: the transport's end of input
 
     def _broadcast(self, wire) -> None:
@@ -129,26 +199,6 @@ class ExchangeOutput:
         for dest in range(self.peers):
             if dest != index:
                 transport.send_progress(dest, channel, wire)
-
-    def _interval_up(self) -> None:
-        self._timer = None
-        # the loop's timers may fire up to a millisecond early (libuv's
-        # resolution): then wait the rest, so that none comes sooner
-        wait = self._sent_at + self._interval - self._kernel.clock.monotonic()
-        if wait > 0:
-            self._timer = self._kernel.call_later(wait, self._interval_up)
-        else:
-            self._send_held()
-
-    def _send_held(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        held, self._held = self._held, None
-        self._holding.discard(self)
-        if held is not None:
-            self._sent_at = self._kernel.clock.monotonic()
-            self._broadcast(held)
 
     # The errors below name the step whose output crosses kernels (key_by,
     # or what runs between it and the exchange) and the record at fault,

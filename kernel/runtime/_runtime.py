@@ -29,7 +29,7 @@ from kernel.dataflow._operator import Operator
 from kernel.net import LocalTransport, Partitioner
 
 from ._epochs import ENDED, EpochTracker
-from ._exchange import ExchangeOutput
+from ._exchange import ExchangeOutput, watermark_pacer
 from ._instance import END, Instance, _call
 from ._loops import INSTANCE_CLASSES, Entry, back_edge, wire_loops
 from ._rescale import Rescaled, restore_rescaled
@@ -61,7 +61,8 @@ class Runtime:
         self._sources: list[Instance] = []
         self._live = 0
         self._remote_inboxes: dict[tuple[int, int], tuple[Instance, int]] = {}
-        self._holding: set = set()  # exchanges holding a watermark back (_exchange.py)
+        # when the exchange edges' watermarks go to the other kernels (past two: _exchange.py)
+        self._pacer = watermark_pacer(self.transport, kernel)
         self._partial_for: dict[int, int] = {}  # partial instance index -> its node's id
         # (id(consumer), input channel) -> the instance feeding it (here, or its twin on another kernel)
         self.upstream_of: dict[tuple[int, int], Instance] = {}
@@ -206,7 +207,7 @@ class Runtime:
             else:
                 self._remote_inboxes[(channel, source)] = (consumer, inbox)
         return ExchangeOutput(channel, upstream, consumer, local_channel, partitioner, transport, self.kernel,
-                              self._holding)
+                              self._pacer)
 
     def _add_channel(self, consumer: Instance, port: int, upstream: Instance) -> int:
         """An input channel of `consumer` fed by `upstream` (on some kernel)."""

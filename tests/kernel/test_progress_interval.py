@@ -9,19 +9,20 @@ no interval. The order rules are checked on one exchange's rings, read back."""
 
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 import time
 
 import pytest
-from kernel.net._codec import HEADER, decode
-from kernel.net._transport import ProcessTransport
+from kernel.net._codec import HEADER, ChannelWatermarks, decode, encode_watermark, encode_watermarks
+from kernel.net._transport import ProcessTransport, _Reader
 from kernel.net.shm import Doorbell, SpscRing
 
 from kernel import Dataflow, Operator, Source, TimedBatch, VirtualClock, run
 from kernel.dataflow import IDLE, EpochMarker
 from kernel.runtime import _exchange
-from kernel.runtime._exchange import ExchangeOutput, progress_interval
+from kernel.runtime._exchange import ExchangeOutput, progress_interval, watermark_pacer
 from kernel.runtime._instance import END
 from kernel.scheduling._clock import SystemClock
 from net import Partitioner
@@ -217,7 +218,7 @@ class _Kernel:
         self.timers: list = []
 
     def call_later(self, delay, fn):
-        timer = _Timer(fn)
+        timer = _Timer(fn, delay)
         self.timers.append(timer)
         return timer
 
@@ -229,8 +230,8 @@ class _Kernel:
 
 
 class _Timer:
-    def __init__(self, fn) -> None:
-        self.fn, self.cancelled = fn, False
+    def __init__(self, fn, delay) -> None:
+        self.fn, self.delay, self.cancelled = fn, delay, False
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -272,31 +273,38 @@ def exchange():
 
 def test_watermarks_wait_out_the_interval_and_a_timer_sends_the_latest(exchange, long_interval):
     out, kernel, read = exchange
-    for watermark in (1.0, 2.0, 3.0):
+    out.deliver(0, 1.0)
+    assert read(1) == []  # held to the end of the scheduler's slice
+    kernel.fire()
+    assert [read(k) for k in (1, 2, 3)] == [[1.0]] * 3
+    for watermark in (2.0, 3.0):
         out.deliver(0, watermark)
-    assert [read(k) for k in (1, 2, 3)] == [[1.0]] * 3  # the first at once, the others held
     kernel.fire()  # the interval is not up: the timer waits on
     assert read(1) == [] and len(kernel.timers) == 1
-    out._sent_at -= 10  # as if the interval had passed
+    out._pacer.sent_at -= 10  # as if the interval had passed
     kernel.fire()
     assert [read(k) for k in (1, 2, 3)] == [[3.0]] * 3  # the latest only
 
 
-def test_a_watermark_after_the_interval_goes_at_once_and_stops_the_timer(exchange, long_interval):
+def test_a_watermark_after_the_interval_waits_only_for_the_end_of_the_slice(exchange, long_interval):
     out, kernel, read = exchange
     out.deliver(0, 1.0)
-    out.deliver(0, 2.0)  # held, a timer armed
-    out._sent_at -= 10  # the interval is up, but the loop has not run the timer yet
-    out.deliver(0, 3.0)
-    assert [read(k) for k in (1, 2, 3)] == [[1.0, 3.0]] * 3
-    assert [timer.cancelled for timer in kernel.timers] == [True]
+    [first] = kernel.timers
+    assert first.delay == 0
     kernel.fire()
-    assert read(1) == []
+    assert [read(k) for k in (1, 2, 3)] == [[1.0]] * 3
+    out._pacer.sent_at -= 10  # the interval is up
+    out.deliver(0, 2.0)
+    [timer] = kernel.timers
+    assert timer.delay == 0 and read(1) == []
+    kernel.fire()
+    assert [read(k) for k in (1, 2, 3)] == [[2.0]] * 3
 
 
 def test_a_batch_with_a_record_before_the_held_watermark_sends_it_first(exchange, long_interval):
-    out, _, read = exchange
+    out, kernel, read = exchange
     out.deliver(0, 1.0)
+    kernel.fire()
     out.deliver(0, 5.0)  # held
     on_time = TimedBatch([(k, "at 5") for k in range(40)], [5.0] * 40)
     out.deliver(0, on_time)  # may overtake it: nothing in it is late
@@ -310,8 +318,9 @@ def test_a_batch_with_a_record_before_the_held_watermark_sends_it_first(exchange
 
 @pytest.mark.parametrize("progress", [IDLE, EpochMarker(3), END])
 def test_other_progress_sends_the_held_watermark_first(exchange, long_interval, progress):
-    out, _, read = exchange
+    out, kernel, read = exchange
     out.deliver(0, 1.0)
+    kernel.fire()
     out.deliver(0, 5.0)  # held
     out.deliver(0, progress)
     wire = None if progress is END else progress
@@ -331,3 +340,120 @@ def test_the_first_watermark_after_idle_goes_at_once(exchange, long_interval, be
     out.deliver(0, 1.0)  # a source active again says its watermark again
     out.deliver(0, 2.0)  # held: within the interval, and not the first after IDLE
     assert [read(k) for k in (1, 2, 3)] == [[1.0, IDLE, *between, 1.0]] * 3
+
+
+# -- a kernel's edges share one frame a kernel, an interval ----------------------------
+
+
+@pytest.fixture
+def two_edges():
+    """Kernel 0's two exchange edges on 4 kernels, sharing the kernel's
+    pacer, over real rings; `read(k)` is what kernel k got: (channel,
+    payload) a frame, decoded, in order."""
+    bells = [Doorbell() for _ in range(KERNELS)]
+    rings = {dest: SpscRing.create(1 << 16) for dest in range(1, KERNELS)}
+    readers = {dest: SpscRing.attach(ring.name) for dest, ring in rings.items()}
+    transport = ProcessTransport(0, KERNELS, rings, {}, bells)
+    kernel = _Kernel()
+    pacer = watermark_pacer(transport, kernel)
+    a, b = (ExchangeOutput(transport.allocate(), None, _Local(), 0, Partitioner(KERNELS), transport, kernel,
+                           pacer) for _ in "ab")
+
+    def read(dest: int) -> list:
+        got = []
+        while (frame := readers[dest].pop()) is not None:
+            kind, channel = HEADER.unpack_from(frame)
+            got.append((channel, decode(kind, bytes(frame[HEADER.size:]))))
+        return got
+
+    try:
+        yield a, b, kernel, read
+    finally:
+        for ring in (*rings.values(), *readers.values()):
+            ring.close()
+        for ring in rings.values():
+            ring.unlink()
+        for bell in bells:
+            bell.close()
+
+
+def test_the_edges_held_watermarks_go_in_one_frame_a_kernel(two_edges, long_interval):
+    a, b, kernel, read = two_edges
+    a.deliver(0, 1.0)  # one poll moves both edges: held to the end of the slice, together
+    b.deliver(0, 1.0)
+    assert len(kernel.timers) == 1  # one timer for the kernel's edges
+    kernel.fire()
+    together = ChannelWatermarks(((a.channel, 1.0), (b.channel, 1.0)))
+    assert [read(k) for k in (1, 2, 3)] == [[(0, together)]] * 3
+    b.deliver(0, 2.0)  # held for the interval, and the ones after it
+    a.deliver(0, 2.0)
+    b.deliver(0, 3.0)
+    kernel.fire()
+    assert read(1) == []
+    a._pacer.sent_at -= 10  # as if the interval had passed
+    kernel.fire()
+    for frames in (read(k) for k in (1, 2, 3)):
+        [(_, together)] = frames
+        assert type(together) is ChannelWatermarks
+        assert list(together) == [(b.channel, 3.0), (a.channel, 2.0)]
+
+
+def test_a_late_record_on_one_edge_sends_both_edges_held_watermarks_first(two_edges, long_interval):
+    a, b, kernel, read = two_edges
+    a.deliver(0, 1.0)
+    kernel.fire()
+    a.deliver(0, 5.0)  # held
+    b.deliver(0, 6.0)  # held
+    b.deliver(0, TimedBatch([(k, "at 5.5") for k in range(40)], [5.5] * 40))  # behind b's own only
+    for frames in (read(k) for k in (1, 2, 3)):
+        assert frames[0] == (a.channel, 1.0)
+        assert frames[1] == (0, ChannelWatermarks(((a.channel, 5.0), (b.channel, 6.0))))
+        data = frames[2:]
+        assert data and all(channel == b.channel and isinstance(batch, list) for channel, batch in data)
+
+
+def test_the_first_watermark_after_idle_on_one_edge_takes_the_others_held_along(two_edges, long_interval):
+    a, b, kernel, read = two_edges
+    a.deliver(0, 1.0)
+    kernel.fire()
+    b.deliver(0, IDLE)
+    a.deliver(0, 2.0)  # held
+    b.deliver(0, 2.0)  # the first after IDLE on b: at once, with a's
+    together = ChannelWatermarks(((a.channel, 2.0), (b.channel, 2.0)))
+    assert [read(k) for k in (1, 2, 3)] == [[(a.channel, 1.0), (b.channel, IDLE), (0, together)]] * 3
+    b.deliver(0, 3.0)  # held again
+    assert read(1) == []
+
+
+def test_other_progress_on_one_edge_sends_every_held_watermark_first(two_edges, long_interval):
+    a, b, kernel, read = two_edges
+    a.deliver(0, 1.0)
+    kernel.fire()
+    a.deliver(0, 2.0)
+    b.deliver(0, 2.0)
+    b.deliver(0, EpochMarker(3))
+    assert [read(k) for k in (1, 2, 3)] == [[(a.channel, 1.0),
+                                             (0, ChannelWatermarks(((a.channel, 2.0), (b.channel, 2.0)))),
+                                             (b.channel, EpochMarker(3))]] * 3
+
+
+def test_the_reader_delivers_each_watermark_of_a_frame_on_its_own_channel():
+    bells = [Doorbell() for _ in range(3)]
+    ring = SpscRing.create(1 << 12)  # kernel 1 -> kernel 0
+    incoming = SpscRing.attach(ring.name)
+    try:
+        transport = ProcessTransport(0, 3, {}, {1: incoming}, bells)
+        got = []
+        reader = _Reader(transport, lambda act: None, None, lambda *call: got.append(call), 99, lambda: None)
+        kind, body = encode_watermarks([(4, 7.5), (9, 8.0), (2, -math.inf)])
+        ring.push_tagged(kind, 0, body)
+        kind, body = encode_watermark(9.0)
+        ring.push_tagged(kind, 4, body)
+        reader.activate()
+        assert got == [(4, 1, 7.5), (9, 1, 8.0), (2, 1, -math.inf), (4, 1, 9.0)]
+    finally:
+        for r in (incoming, ring):
+            r.close()
+        ring.unlink()
+        for bell in bells:
+            bell.close()
