@@ -15,14 +15,16 @@ its share of the work shrank: on a 16-CPU machine a NEXMark q8 kernel sent
 ~7,400 progress frames for its 62,500 events (benches/RESULTS.md). The
 kernel's edges share one interval (`WatermarkPacer`): what they hold goes
 in one frame a kernel, at the end of the scheduler's slice at the soonest,
-so that the edges one poll moved go together. A
-watermark held back is only a later promise (Flink sends them every 200 ms
-by default), as long as nothing crosses it that it would have made late:
-records at or after it may overtake it; a batch with a record before it,
-on any of the kernel's exchange edges, sends it first, and so does any
-other progress on its own edge; and the first watermark after IDLE goes at
-once (it makes the kernel active again at the others, so their frontiers
-wait for it). Under a `VirtualClock` (a test driving time) there is no
+so that the edges one poll moved go together. A watermark held back is
+only a later promise (Flink sends them every 200 ms by default), as long
+as nothing crosses it that it would have made late: records at or after it
+may overtake it; a batch with a record before it, on any of the kernel's
+exchange edges, sends it first, and so does any other progress on its own
+edge; and the first watermark after IDLE goes at once (it makes the kernel
+active again at the others, so their frontiers wait for it). A kernel
+sees only what it holds itself: past a second exchange (a watermark held
+by the kernel in between) lateness depends on timing, as it did before
+the interval. Under a `VirtualClock` (a test driving time) there is no
 interval: its timers would wait for `advance()`.
 """
 
