@@ -16,7 +16,9 @@ complete however many kernels run.
 Recovery: the position is an offset into the share. A resumed run calls
 `make` again, on the same kernel index, and reads past what the snapshot had
 handed on, so `make` must return the same share each time (a replayable
-input, as for `from_async_iterable`).
+input, as for `from_async_iterable`). It resumes on as many kernels as
+wrote the snapshot only: an offset into a share of 2 kernels says nothing
+about the shares of 3 (a clear error says so).
 """
 
 from __future__ import annotations
@@ -64,6 +66,16 @@ class PartitionSource(Source):
 
     def restore(self, snapshot):
         self._position = snapshot["position"]
+
+    def rescale(self, snapshots, owns):
+        # An offset counts records of make(index, peers) for the old peers:
+        # the shares of another kernel count are other records altogether.
+        old, new = len(snapshots), self.context.peers
+        raise KernelError(
+            f"{self.name}: the run that wrote the state_dir read make(index, peers) on {old} kernels, "
+            f"and how far it had read each share says nothing about the shares of {new}: resume it on "
+            f"{old} kernels (--cores {old}, or as many processes and cores as before)"
+        )
 
     def _make_share(self) -> None:
         index, peers = self.context.index, self.context.peers

@@ -246,13 +246,13 @@ RECOVERY = textwrap.dedent(
 def test_a_crashed_run_resumes_each_share_at_its_offset(tmp_path):
     (tmp_path / "pipeline.py").write_text(RECOVERY)
 
-    def run_cli(crash):
+    def run_cli(crash, cores=2):
         env = dict(os.environ, OUT=str(tmp_path / "out"))
         env.pop("KERNEL_CRASH_AT", None)
         if crash:
             env["KERNEL_CRASH_AT"] = crash
         return subprocess.run(
-            [sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"), "--cores", "2",
+            [sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"), "--cores", str(cores),
              "--state-dir", str(tmp_path / "state"), "--epoch-interval", "0.02"],
             env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
 
@@ -264,6 +264,10 @@ def test_a_crashed_run_resumes_each_share_at_its_offset(tmp_path):
     published = [json.loads(line) for f in (tmp_path / "out" / "r").glob("part-*.jsonl")
                  for line in f.read_text().splitlines()]
     assert published, "no epoch completed before the crash: nothing to resume from"
+    elsewhere = run_cli(None, cores=3)  # other shares: refused, naming the kernel count to resume on
+    assert elsewhere.returncode != 0
+    assert "read make(index, peers) on 2 kernels" in elsewhere.stderr, elsewhere.stderr
+    assert "resume it on 2 kernels (--cores 2" in elsewhere.stderr, elsewhere.stderr
     second = run_cli(None)
     assert second.returncode == 0, second.stderr
     records = [json.loads(line) for f in sorted((tmp_path / "out" / "r").glob("part-*.jsonl"))
