@@ -9,6 +9,7 @@ no interval. The order rules are checked on one exchange's rings, read back."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 import struct
@@ -242,26 +243,24 @@ class _Local:
         pass
 
 
-@pytest.fixture
-def exchange():
-    """Kernel 0's exchange edge on 4 kernels over real rings; `read(k)` is
-    what kernel k got, decoded, in order."""
+@contextlib.contextmanager
+def _kernel_zero():
+    """Kernel 0 of 4 over real rings: (its transport, a `_Kernel`, and
+    `read(k)`: what kernel k got, (channel, payload) a frame, decoded, in
+    order)."""
     bells = [Doorbell() for _ in range(KERNELS)]
     rings = {dest: SpscRing.create(1 << 16) for dest in range(1, KERNELS)}
     readers = {dest: SpscRing.attach(ring.name) for dest, ring in rings.items()}
-    transport = ProcessTransport(0, KERNELS, rings, {}, bells)
-    kernel = _Kernel()
-    out = ExchangeOutput(transport.allocate(), None, _Local(), 0, Partitioner(KERNELS), transport, kernel)
 
     def read(dest: int) -> list:
         got = []
         while (frame := readers[dest].pop()) is not None:
-            kind, _ = HEADER.unpack_from(frame)
-            got.append(decode(kind, bytes(frame[HEADER.size:])))
+            kind, channel = HEADER.unpack_from(frame)
+            got.append((channel, decode(kind, bytes(frame[HEADER.size:]))))
         return got
 
     try:
-        yield out, kernel, read
+        yield ProcessTransport(0, KERNELS, rings, {}, bells), _Kernel(), read
     finally:
         for ring in (*rings.values(), *readers.values()):
             ring.close()
@@ -269,6 +268,15 @@ def exchange():
             ring.unlink()
         for bell in bells:
             bell.close()
+
+
+@pytest.fixture
+def exchange():
+    """Kernel 0's exchange edge on 4 kernels over real rings; `read(k)` is
+    what kernel k got, decoded, in order."""
+    with _kernel_zero() as (transport, kernel, read):
+        out = ExchangeOutput(transport.allocate(), None, _Local(), 0, Partitioner(KERNELS), transport, kernel)
+        yield out, kernel, lambda dest: [payload for _, payload in read(dest)]
 
 
 def test_watermarks_wait_out_the_interval_and_a_timer_sends_the_latest(exchange, long_interval):
@@ -350,31 +358,11 @@ def two_edges():
     """Kernel 0's two exchange edges on 4 kernels, sharing the kernel's
     pacer, over real rings; `read(k)` is what kernel k got: (channel,
     payload) a frame, decoded, in order."""
-    bells = [Doorbell() for _ in range(KERNELS)]
-    rings = {dest: SpscRing.create(1 << 16) for dest in range(1, KERNELS)}
-    readers = {dest: SpscRing.attach(ring.name) for dest, ring in rings.items()}
-    transport = ProcessTransport(0, KERNELS, rings, {}, bells)
-    kernel = _Kernel()
-    pacer = watermark_pacer(transport, kernel)
-    a, b = (ExchangeOutput(transport.allocate(), None, _Local(), 0, Partitioner(KERNELS), transport, kernel,
-                           pacer) for _ in "ab")
-
-    def read(dest: int) -> list:
-        got = []
-        while (frame := readers[dest].pop()) is not None:
-            kind, channel = HEADER.unpack_from(frame)
-            got.append((channel, decode(kind, bytes(frame[HEADER.size:]))))
-        return got
-
-    try:
+    with _kernel_zero() as (transport, kernel, read):
+        pacer = watermark_pacer(transport, kernel)
+        a, b = (ExchangeOutput(transport.allocate(), None, _Local(), 0, Partitioner(KERNELS), transport,
+                               kernel, pacer) for _ in "ab")
         yield a, b, kernel, read
-    finally:
-        for ring in (*rings.values(), *readers.values()):
-            ring.close()
-        for ring in rings.values():
-            ring.unlink()
-        for bell in bells:
-            bell.close()
 
 
 def test_the_edges_held_watermarks_go_in_one_frame_a_kernel(two_edges, long_interval):
