@@ -26,7 +26,10 @@ smallest and largest kernel's milliseconds.
 In every kernel, each activation's CPU time (`time.thread_time`, which a
 process descheduled by the machine does not count) is summed by what ran:
 each step's instance, the ring reader (two kernels), and, inside those,
-the exchange's `deliver` and the transport's sends. The kernel's own total
+the exchange's `deliver` and the transport's sends (data, a watermark,
+and past two kernels several edges' watermarks in one frame:
+`send_watermarks`; a library without it is timed without that row, for
+`benches/curve.sh AB=1`). The kernel's own total
 runs from the runtime's start to its end (results not packed yet).
 Instrumenting costs ~1.5 us a call (two clock reads of ~0.8 us each on the
 VM of benches/RESULTS.md), so rows of many short calls read high.
@@ -87,6 +90,9 @@ class Probe:
         self._time(_exchange.ExchangeOutput, "deliver", lambda e: f"{inside}exchange after {e.upstream.name}")
         self._time(_transport.ProcessTransport, "send_batch", lambda _: f"{inside}transport send_batch")
         self._time(_transport.ProcessTransport, "send_progress", lambda _: f"{inside}transport send_progress")
+        if hasattr(_transport.ProcessTransport, "send_watermarks"):  # several edges at once, past two kernels
+            self._time(_transport.ProcessTransport, "send_watermarks",
+                       lambda _: f"{inside}transport send_watermarks")
         probe, start, pack = self, Runtime.start, _execute.pack_results
 
         def started(runtime):
