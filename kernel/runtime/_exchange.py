@@ -110,20 +110,17 @@ class WatermarkPacer:
             return
         self.held = {}
         self.sent_at = self.kernel.clock.monotonic()
-        transport, index = self.transport, self.transport.index
-        if len(held) == 1:
-            [(out, watermark)] = held.items()
-            out._idle_sent = False
-            for dest in range(transport.peers):
-                if dest != index:
-                    transport.send_progress(dest, out.channel, watermark)
-            return
         pairs = []
         for out, watermark in held.items():
-            out._idle_sent = False
+            out._idle_sent = False  # a watermark went on its edge
             pairs.append((out.channel, watermark))
+        transport, index = self.transport, self.transport.index
         for dest in range(transport.peers):
-            if dest != index:
+            if dest == index:
+                continue
+            if len(pairs) == 1:  # one edge's: the plain frame, as without the pacer
+                transport.send_progress(dest, *pairs[0])
+            else:
                 transport.send_watermarks(dest, pairs)
 
     def _interval_up(self) -> None:
