@@ -128,6 +128,7 @@ class Snapshots:
         else:
             latest = self.store.latest()
             self.epoch, self.finished, self.blobs = latest if latest else (0, False, None)
+            self.store.discard_after(self.epoch)  # what a corrupt snapshot made it fall back past
         if self.blobs is not None and len(self.blobs) != cores:
             self.blobs = self._rescaled(flow, cores)
         self._tell()

@@ -240,6 +240,24 @@ class SnapshotStore:
         if len(kept) >= _KEEP_COMPLETE and not self._retired:
             self._retire_other_generations()
 
+    def discard_after(self, epoch: int) -> None:
+        """The run resumes from `epoch` (0: afresh), older than the store's
+        newest complete one when that failed its checksum: the epochs past
+        it belong to a line of epochs no run will continue. Their `complete`
+        marks go first, then their snapshots. Left standing, a mark would
+        pair a snapshot this run writes under the same epoch number with
+        another kernel's from the abandoned line (state of two different
+        cuts, restored together: records lost or published twice), and
+        `mark_complete` would keep the abandoned marks as the newest two and
+        delete this run's own. FINAL snapshots stay when resuming (a kernel
+        that had ended by `epoch` is restored from its FINAL one) and go
+        with a fresh start."""
+        self._write("DELETE FROM complete WHERE epoch > ?", (epoch,))
+        if epoch:
+            self._write("DELETE FROM snapshots WHERE epoch > ? AND epoch < ?", (epoch, FINAL))
+        else:
+            self._write("DELETE FROM snapshots WHERE 1", ())
+
     def _retire_other_generations(self) -> None:
         """This store's generation has two complete epochs of its own: every
         other generation's files here are superseded (`_generations.py`)."""

@@ -66,6 +66,61 @@ def test_a_corrupt_snapshot_falls_back_to_the_previous_epoch_with_a_warning(tmp_
         store.read(2, 1)
 
 
+def _flow_on_the_store(tmp_path, epochs, kernels=2):
+    """A flow, and its state_dir holding these complete epochs (the store
+    claimed with the flow's own fingerprint, as a run would have)."""
+    from kernel._facade import Snapshots
+
+    flow = Dataflow("f")
+    flow.from_iterable([1, 2]).collect()
+    store = SnapshotStore(tmp_path)
+    store.claim(flow_fingerprint(flow), kernels, SNAPSHOT_LAYOUT)
+    for epoch in epochs:
+        for kernel in range(kernels):
+            store.write(epoch, kernel, f"epoch {epoch} kernel {kernel}".encode())
+        store.mark_complete(epoch)
+    return flow, store, lambda: Snapshots(flow, tmp_path, 1.0, kernels)
+
+
+def test_a_run_resumed_past_a_corrupt_epoch_never_restores_that_epochs_other_snapshots(tmp_path):
+    """Found by a review: epoch 3 was complete and kernel 0's snapshot of
+    it torn, so the run resumed from epoch 2; its kernel 0 wrote epoch 3
+    anew and the run crashed before kernel 1 did. The old mark "epoch 3
+    complete" stood, so the next run restored kernel 0's new snapshot with
+    kernel 1's old one, two different cuts (records lost or published
+    twice). Resuming from 2 drops what the store held past it."""
+    _flow, store, resumed = _flow_on_the_store(tmp_path, (1, 2, 3))
+    damage(store, 3, 0, b"torn")
+    first = resumed()
+    assert first.epoch == 2 and first.blobs == [b"epoch 2 kernel 0", b"epoch 2 kernel 1"]
+    first.store.write(3, 0, b"the resumed run's epoch 3, kernel 0")  # then it crashed
+    first.store.close()
+    again = resumed()
+    assert again.epoch == 2 and again.blobs == [b"epoch 2 kernel 0", b"epoch 2 kernel 1"]
+    assert again.store.completed() == [(2, False)]  # (epoch 1 went when 3 was marked)
+
+
+def test_a_run_started_afresh_past_corrupt_epochs_keeps_its_own(tmp_path, caplog):
+    """Both kept epochs torn: the run starts afresh, and its own epochs
+    are the ones kept and resumed (the old marks, numbered higher, had
+    stayed the newest two: each new mark deleted the new run's epochs and
+    every later run started afresh again)."""
+    _flow, store, resumed = _flow_on_the_store(tmp_path, (7, 8))
+    damage(store, 7, 1, b"torn")
+    damage(store, 8, 0, b"torn")
+    with caplog.at_level(logging.WARNING, logger="kernel.state"):
+        fresh = resumed()
+    assert fresh.epoch == 0 and fresh.blobs is None
+    assert caplog.text.count("falling back to the previous complete epoch") == 2
+    for epoch in (1, 2):
+        for kernel in range(2):
+            fresh.store.write(epoch, kernel, f"new epoch {epoch} kernel {kernel}".encode())
+        fresh.store.mark_complete(epoch)
+    fresh.store.close()
+    again = resumed()
+    assert again.epoch == 2 and again.blobs == [b"new epoch 2 kernel 0", b"new epoch 2 kernel 1"]
+
+
 def test_only_the_two_newest_complete_epochs_are_kept(tmp_path):
     store = store_with_epochs(tmp_path, epochs=(1, 2, 3, 4))
     assert [epoch for epoch, _ in store.completed()] == [4, 3]
