@@ -78,6 +78,10 @@ def generations(directory) -> dict[Generation, dict[int | None, str]]:
         names = os.listdir(directory)
     except FileNotFoundError:
         return found
+    except OSError as exc:  # a file, not a directory; no permission
+        from ._store import unusable_directory
+
+        raise unusable_directory(os.fspath(directory), exc) from exc
     for name in names:
         generation = generation_of(name)
         if generation is not None:

@@ -59,6 +59,11 @@ class StateError(KernelError):
     A KernelError, so it ends a run as itself, not blamed on an operator."""
 
 
+def unusable_directory(directory: str, exc: OSError) -> StateError:
+    return StateError(f"state_dir {directory!r} cannot be used as a directory: "
+                      f"{exc.strerror or exc}; give a directory this run may create and write")
+
+
 class CorruptSnapshot(StateError):
     pass
 
@@ -87,7 +92,10 @@ class SnapshotStore:
 
     def __init__(self, directory: str | os.PathLike, name: str = FILE_NAME) -> None:
         self.directory = os.fspath(directory)
-        os.makedirs(self.directory, exist_ok=True)
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+        except OSError as exc:  # a file there, a read-only file system, no permission
+            raise unusable_directory(self.directory, exc) from exc
         self.name = name
         self.path = os.path.join(self.directory, name)
         self._retired = False  # whether other generations' files were removed (`mark_complete`)
@@ -316,10 +324,13 @@ class SnapshotStore:
         intact: (epoch, final, blobs by kernel, as many as the run that wrote
         it had), or None (start afresh). A corrupt one is skipped with a
         warning. (`kernels` is not needed: each epoch knows its own.)"""
-        for epoch, final, count in self._completed():
+        completed = self._completed()
+        for epoch, final, count in completed:
             try:
                 return epoch, bool(final), [self._read_for(epoch, k, count) for k in range(count)]
             except CorruptSnapshot as exc:
                 log.warning("state_dir %s: %s; falling back to the previous complete epoch",
                             self.directory, exc)
+        if completed:
+            log.warning("state_dir %s: no complete epoch reads back intact; starting afresh", self.directory)
         return None

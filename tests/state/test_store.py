@@ -112,6 +112,7 @@ def test_a_run_started_afresh_past_corrupt_epochs_keeps_its_own(tmp_path, caplog
         fresh = resumed()
     assert fresh.epoch == 0 and fresh.blobs is None
     assert caplog.text.count("falling back to the previous complete epoch") == 2
+    assert "no complete epoch reads back intact; starting afresh" in caplog.text
     for epoch in (1, 2):
         for kernel in range(2):
             fresh.store.write(epoch, kernel, f"new epoch {epoch} kernel {kernel}".encode())
@@ -196,6 +197,27 @@ def test_the_fingerprint_is_the_flows_shape_not_its_paths_functions_or_names():
         return flow_fingerprint(flow)
 
     assert joined(False) != joined(True)  # the same steps, connected otherwise
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "cannot be created"])
+def test_a_state_dir_that_is_no_directory_is_a_clear_error(tmp_path, where):
+    """Found by a review: a bare NotADirectoryError (or OSError) and its
+    traceback, from `run` and from the command line."""
+    (tmp_path / "afile").write_text("")
+    state_dir = {"a file": tmp_path / "afile", "under a file": tmp_path / "afile" / "state",
+                 "cannot be created": f"/proc/kernel-state-{uuid.uuid4().hex}"}[where]
+    flow = Dataflow("f")
+    flow.from_iterable([1, 2]).collect()
+    with pytest.raises(StateError, match=rf"state_dir '{state_dir}' cannot be used as a directory: "):
+        run(flow, state_dir=state_dir)
+    if where == "a file":
+        (tmp_path / "pipeline.py").write_text(
+            "from kernel import Dataflow\nflow = Dataflow('f')\nflow.from_iterable([1, 2]).collect()\n")
+        cli = subprocess.run([sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"),
+                              "--state-dir", str(state_dir)], capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 1
+        assert cli.stderr.strip().splitlines()[-1].startswith(
+            f"error: state_dir '{state_dir}' cannot be used as a directory: Not a directory"), cli.stderr
 
 
 def test_run_refuses_a_state_dir_written_by_another_flow(tmp_path):
