@@ -82,6 +82,17 @@ def check_meta(directory, rows: dict[str, str], fingerprint: str, layout: str) -
             f"state_dir {os.fspath(directory)!r} holds the state of another flow "
             "(its steps differ from this one's); use a fresh state_dir for this flow"
         )
+    # read as ints later (key groups, kernels): a byte flipped in a digit
+    # passes SQLite's page check and must not surface as a bare ValueError
+    # (or as "key groups must be a power of two" from a kernel)
+    for key in ("key_groups", "kernels"):
+        value = rows.get(key, "")
+        if not (value.isdecimal() and value.isascii() and int(value) > 0) or (
+                key == "key_groups" and int(value) & (int(value) - 1)):
+            raise StateError(
+                f"state_dir {os.fspath(directory)!r} is damaged: its {key} reads {value!r}, "
+                f"{'not a power of two' if value.isdecimal() and value.isascii() else 'not a number'}; "
+                "move it aside to run this flow afresh (its to_files output is then written again)")
 
 
 class SnapshotStore:

@@ -160,6 +160,22 @@ def test_a_state_dir_in_another_snapshot_format_is_refused(tmp_path):
         SnapshotStore(tmp_path).claim("flow-a", 2, SNAPSHOT_LAYOUT)
 
 
+@pytest.mark.parametrize(("key", "value", "why"), [("key_groups", "1(8", "not a number"),
+                                                    ("key_groups", "138", "not a power of two"),
+                                                    ("kernels", "", "not a number")])
+def test_a_meta_row_damaged_past_sqlites_check_is_a_state_error(tmp_path, key, value, why):
+    """Found by a review: one byte flipped in a digit of `key_groups` passes
+    `PRAGMA quick_check`, and came out as a bare ValueError (exit 2, as a
+    usage error) or, from a kernel, as "key groups must be a power of two"."""
+    flow, store, resumed = _flow_on_the_store(tmp_path, (1, 2))
+    store._write("UPDATE meta SET value = ? WHERE key = ?", (value, key))
+    store.close()
+    with pytest.raises(StateError, match=rf"is damaged: its {key} reads '{re.escape(value)}', {why}; move"):
+        resumed()
+    with pytest.raises(StateError, match=rf"is damaged: its {key} reads"):
+        run(flow, state_dir=tmp_path, cores=2)
+
+
 def test_the_fingerprint_is_the_flows_shape_not_its_paths_functions_or_names():
     """What makes a state_dir "another flow's": the steps' kinds and how
     they connect (and a window's size, which its state depends on), never
