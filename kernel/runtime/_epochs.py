@@ -20,7 +20,40 @@ from __future__ import annotations
 
 import pickle
 
+from kernel.dataflow._errors import OperatorError
+
 ENDED = "ended"  # an instance's part once it has ended
+
+UNPICKLABLE_STATE = (
+    "with a state_dir every step's state is pickled at each epoch (its snapshot): keyed state "
+    "values, stateful_map's state and what a custom operator's on_epoch returns must be picklable "
+    "(no locks, sockets, open files or lambdas)"
+)
+UNREADABLE_STATE = (
+    "the snapshot this run resumes from holds this step's state as the run that wrote it pickled "
+    "it: every class in it must be importable under the name it had then (a class renamed or "
+    "moved since: give it back its name to resume, or move the state_dir aside to run afresh)"
+)
+
+
+def pickled_part(step: str, part) -> bytes:
+    """A step's part of a kernel's snapshot, pickled; an OperatorError naming
+    the step where its state cannot be."""
+    try:
+        return pickle.dumps(part, protocol=5)
+    except Exception as exc:  # TypeError, PicklingError, AttributeError (a local class)
+        raise OperatorError.wrap(step, "pickle.dumps", exc, has_record=False,
+                                 hint=UNPICKLABLE_STATE) from exc
+
+
+def unpickled_part(step: str, blob: bytes):
+    """`pickled_part` read back in a resumed run; an OperatorError naming the
+    step where a class its state holds is gone."""
+    try:
+        return pickle.loads(blob)
+    except Exception as exc:  # AttributeError, ModuleNotFoundError, UnpicklingError
+        raise OperatorError.wrap(step, "pickle.loads", exc, has_record=False,
+                                 hint=UNREADABLE_STATE) from exc
 
 
 class EpochTracker:
@@ -41,9 +74,9 @@ class EpochTracker:
         self.next_epoch += 1
         return epoch
 
-    def part(self, index: int, epoch: int, snapshot) -> None:
-        """Instance `index` has aligned on `epoch`: its snapshot."""
-        self._epoch(epoch)[index] = pickle.dumps(snapshot, protocol=5)
+    def part(self, index: int, epoch: int, blob: bytes) -> None:
+        """Instance `index` has aligned on `epoch`: its snapshot (`pickled_part`)."""
+        self._epoch(epoch)[index] = blob
         self._flush()
 
     def ended(self, index: int) -> None:

@@ -31,7 +31,7 @@ import pickle
 
 from kernel.dataflow._operator import Operator
 
-from ._epochs import ENDED
+from ._epochs import ENDED, unpickled_part
 from ._instance import _call
 
 
@@ -70,14 +70,16 @@ def restore_rescaled(runtime, rescaled: Rescaled) -> None:
     # Partial halves this run does not have (it runs on one kernel): the
     # late events they had counted go to their node's count on kernel 0.
     orphan_late = {} if me != 0 else {
-        node_id: _late_of([kernel_parts.get(old_index, ENDED) for kernel_parts in old])
+        node_id: _late_of(runtime.instances[node_id].name,
+                          [kernel_parts.get(old_index, ENDED) for kernel_parts in old])
         for node_id, old_index in old_partial_index.items() if node_id not in runtime._partial_for.values()}
 
     for index, instance in enumerate(runtime.instances):
         if ended[index]:
             runtime.restored_ended(instance)
             continue
-        parts = [part if part == ENDED else pickle.loads(part) for part in parts_of[index] or []]
+        parts = [part if part == ENDED else unpickled_part(instance.name, part)
+                 for part in parts_of[index] or []]
         live = [part for part in parts if part != ENDED]
         snapshots = [Operator.ENDED if part == ENDED else part[4] for part in parts]
         _restore_one(runtime, instance, live, snapshots, ended, owns, me, orphan_late.get(index, 0))
@@ -113,13 +115,13 @@ def _restore_one(runtime, instance, live: list, snapshots: list, ended: dict, ow
     _call(instance, "restore", operator_snapshot)
 
 
-def _late_of(parts: list) -> int:
+def _late_of(step: str, parts: list) -> int:
     """The late events a step's old partial halves had counted (a
     windowed aggregate's partial half counts those its kernel found late)."""
     total = 0
     for part in parts:
         if part != ENDED:
-            snapshot = pickle.loads(part)[4]
+            snapshot = unpickled_part(step, part)[4]
             if isinstance(snapshot, dict):
                 total += snapshot.get("late", 0)
     return total

@@ -28,7 +28,7 @@ from kernel.dataflow._key_groups import default_key_groups, owner_table
 from kernel.dataflow._operator import Operator
 from kernel.net import LocalTransport, Partitioner
 
-from ._epochs import ENDED, EpochTracker
+from ._epochs import ENDED, EpochTracker, pickled_part, unpickled_part
 from ._exchange import ExchangeOutput, watermark_pacer
 from ._instance import END, Instance, _call
 from ._loops import INSTANCE_CLASSES, Entry, back_edge, wire_loops
@@ -424,7 +424,7 @@ class Runtime:
             if part == ENDED:
                 self.restored_ended(instance)
                 continue
-            _call(instance, "restore", instance.restore_part(pickle.loads(part)))
+            _call(instance, "restore", instance.restore_part(unpickled_part(instance.name, part)))
         if self._live == 0:
             self.kernel.release()
 
@@ -474,7 +474,8 @@ class Runtime:
             # marker, so no snapshot holds partials: a run resumed on one
             # kernel has no partial half to give them to.
             _call(instance, "flush_partials")
-        self.epochs.part(instance.index, epoch, instance.snapshot_part(_call(instance, "on_epoch", epoch)))
+        part = instance.snapshot_part(_call(instance, "on_epoch", epoch))
+        self.epochs.part(instance.index, epoch, pickled_part(instance.name, part))
 
     def commit(self, epoch: int) -> None:
         """`epoch` is complete on every kernel: operators may publish it."""
