@@ -737,6 +737,13 @@ class AuthenticatedServer:
                                       self.noun, peer_address, request.method, exc.reason)
             exc.force_close()  # (as in _serve)
             raise
+        except ConnectionError:  # gone before our answer: a refusal like any other, rate-limited
+            self._closed_in_handshake(peer_address)
+            # (a response aiohttp can end: writing it to the closed connection
+            # fails quietly; the websocket, never prepared, cannot be ended)
+            gone = web.Response(status=400)
+            gone.force_close()
+            return gone
         deadline = self._guard.handshake_deadline(request.protocol)
         try:
             async with asyncio.timeout_at(deadline):
@@ -748,12 +755,21 @@ class AuthenticatedServer:
         except (AuthenticationFailed, LinkError, msgspec.DecodeError) as exc:
             await self._refuse(ws, peer_address, exc)
             return ws
+        except ConnectionError:
+            self._closed_in_handshake(peer_address)
+            return ws
         self._sessions.add(ws)
         try:
             await self._session(ws, peer, meta, peer_address)
         finally:
             self._sessions.discard(ws)
         return ws
+
+    def _closed_in_handshake(self, address: str) -> None:
+        # Without this, aiohttp logged each one as an ERROR with its
+        # traceback: a stranger closing upgrades at once flooded the log.
+        self._guard.refusals.warn("refused %s from %s: it closed the connection during the handshake",
+                                  self.noun, address)
 
     async def _refuse(self, ws, address: str, exc: Exception) -> None:
         self._guard.refusals.warn("refused %s from %s: %s", self.noun, address, exc)

@@ -743,3 +743,42 @@ async def test_a_server_stopped_with_peers_still_linked_closes_them_and_stops_at
         await session.close()
         await silent.close()
         await silent_session.close()
+
+
+def _upgrade_then_gone(port: int, how: str) -> None:
+    """A websocket upgrade, then the connection half-closed, closed or reset
+    at once (a blocking socket: the stranger does not wait for anything)."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        key = base64.b64encode(os.urandom(16)).decode()
+        s.sendall(f"GET {PATH} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        if how == "half-closed":
+            s.shutdown(socket.SHUT_WR)
+            s.recv(1 << 16)
+        elif how == "reset":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+@pytest.mark.parametrize("how", ["half-closed", "closed", "reset"])
+async def test_upgrades_closed_at_once_are_rate_limited_refusals_not_error_tracebacks(caplog, how):
+    """Found by a review: each upgrade whose connection went before the
+    server's answer made aiohttp log an ERROR with a ~25-line traceback,
+    past the refusal log's limit (200 such strangers: 312 KB of log in
+    0.14 s). Now a refusal like any other, and the server goes on."""
+    received = []
+    server = await start_server(received)
+    try:
+        with caplog.at_level(logging.WARNING):
+            for _ in range(60):
+                await asyncio.to_thread(_upgrade_then_gone, server.port, how)
+            await until(lambda: server.pending == 0)
+            link, session, _ = await connect(server)
+            await link.send(1, 1, b"still fine")
+            await until(lambda: (1, 1, 1, b"still fine") in received)
+            await link.close()
+            await session.close()
+    finally:
+        await server.stop()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    refusals = [r.getMessage() for r in caplog.records if r.name == "kernel.links"]
+    assert 1 <= len(refusals) <= 12, refusals  # ten lines, then a count
