@@ -370,6 +370,8 @@ class Link:
                 return None
             if kind != KIND_CREDIT:
                 return channel, kind, memoryview(data)[_HEAD:]
+            if len(data) != _HEAD + _CREDIT.size:  # (a struct.error past here, and a link never closed)
+                raise LinkError(f"process {self.peer} sent a malformed frame (CREDIT of {len(data)} bytes)")
             self._credit[channel] += _CREDIT.unpack_from(data, _HEAD)[0]
             waiter = self._waiters.pop(channel, None)
             if waiter is not None and not waiter.done():
