@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 from pathlib import Path
 
 from kernel.net._links import AuthenticatedServer
@@ -85,7 +86,13 @@ class CoordinatorServer(AuthenticatedServer):
         if op == "job":
             return master.job_status(str(m.get("job")))
         if op == "wait":
-            return await self._wait(str(m.get("job")), float(m.get("timeout", _MAX_WAIT)))
+            timeout = m.get("timeout", _MAX_WAIT)
+            # (a number, and a finite one: "nan" was taken by float() and the
+            # wait then spun the coordinator's CPU for as long as the job ran)
+            number = isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+            if not (number and 0 <= timeout < math.inf):
+                raise RequestError("wait: timeout must be a number of seconds >= 0")
+            return await self._wait(str(m.get("job")), timeout)
         if op == "kill":
             job = await master.kill(str(m.get("job")))
             return {"job": job.id, "status": job.status}

@@ -432,6 +432,15 @@ def test_the_catalog_is_readable_as_data_from_a_program(system, tmp_path):
             catalog = await client.request("catalog")
             with pytest.raises(RequestError, match="unknown request 'drop tables'"):
                 await client.request("drop tables")
+            # a wait's own timeout, by hand (Client.request's `timeout` is the client's): found by
+            # a review, "nan" made the coordinator spin for as long as the job ran
+            session, loop = client._session, asyncio.get_running_loop()
+            for rid, bad in enumerate(["nan", "inf", -1, True, "5"], start=10**9):
+                reply = session._waiting[rid] = loop.create_future()
+                await session.ws.send_str(json.dumps({"rid": rid, "op": "wait",
+                                                      "body": {"job": job, "timeout": bad}}))
+                answer = await asyncio.wait_for(reply, 5)
+                assert answer["error"] == "wait: timeout must be a number of seconds >= 0", bad
             return catalog
 
     catalog = asyncio.run(read())
