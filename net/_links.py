@@ -50,10 +50,12 @@ a channel the link does not carry.
 
 Strangers: until a connection has authenticated it may cost the server
 little (`LinkServer`): messages of HANDSHAKE_MAX_MESSAGE bytes (a data
-frame's limit only after authentication), no compression, small HTTP header
-limits, MAX_PENDING such connections at once and HANDSHAKE_TIMEOUT seconds
-from connecting to authenticated (with TLS, as long again for the TLS
-handshake, which comes before the server sees the connection).
+frame's limit only after authentication), PENDING_MAX_BYTES in all, no
+compression, small HTTP header limits, MAX_PENDING such connections at once
+(an address holding more of them than a newcomer's gives up its oldest) and
+HANDSHAKE_TIMEOUT seconds from connecting to authenticated (with TLS, as
+long again for the TLS handshake, which comes before the server sees the
+connection).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ import hmac
 import logging
 import os
 import struct
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine
 
 import aiohttp
@@ -121,6 +123,10 @@ HANDSHAKE_MAX_MESSAGE = 4096  # bytes in one message: the hello with its meta is
 # machine). A few seconds, so that silent connections are closed soon.
 HANDSHAKE_TIMEOUT = 5.0
 MAX_PENDING = 32  # unauthenticated connections at once (at least twice the expected peers)
+# what a connection may send before it authenticates: its upgrade (< 1 KiB
+# with aiohttp's headers, _HTTP_MAX_LINE x _HTTP_MAX_HEADERS at most) and
+# its hello (HANDSHAKE_MAX_MESSAGE), with room to spare
+PENDING_MAX_BYTES = 64 * 1024
 _HTTP_MAX_LINE = 1024  # HTTP request and header lines: an upgrade's are < 100 bytes
 _HTTP_MAX_HEADERS = 32  # aiohttp's client sends 8
 _OVERFLOW_LOG_EVERY = 5.0  # seconds between reports of refusals over MAX_PENDING
@@ -475,6 +481,14 @@ class _Handler(RequestHandler):
         super().__init__(*args, **kwargs)
         self._parser = _StopAtFirstError(self._parser, self)
 
+    def data_received(self, data: bytes) -> None:
+        # Counted before aiohttp sees them: bytes sent with or right after
+        # an upgrade waited in aiohttp's buffers (up to a 256 KiB read each)
+        # before the handshake's size limit applied, so 30 strangers grew
+        # the server by 8 MB (a review); now ~PENDING_MAX_BYTES each.
+        if self._manager.received(self, len(data)):
+            super().data_received(data)
+
     def handle_error(self, request, status=500, exc=None, message=None):
         if status >= 500:  # ours, not the peer's: aiohttp's report
             return super().handle_error(request, status, exc, message)
@@ -537,7 +551,8 @@ class _Guard(web.Server):
         self.noun = noun  # what the log says was refused: "a link", "a system connection"
         self.max_pending = max_pending
         self.handshake_timeout = handshake_timeout
-        self._pending: dict[RequestHandler, list] = {}  # -> [deadline, timer or None]
+        # -> [deadline, timer or None, address, transport, bytes received]
+        self._pending: dict[RequestHandler, list] = {}
         self._overflow = 0  # refusals over max_pending not reported yet
         self._overflow_from = ""  # the latest one's address
         self._overflow_timer: asyncio.TimerHandle | None = None  # the next report, if any
@@ -552,17 +567,58 @@ class _Guard(web.Server):
 
     def connection_made(self, handler, transport) -> None:
         super().connection_made(handler, transport)
-        if len(self._pending) >= self.max_pending:
+        address = _address(transport)
+        if len(self._pending) >= self.max_pending and not self._make_room_for(address):
             # (soon, not now: aiohttp's handler finishes setting up first)
             self._loop.call_soon(transport.abort)
             self._overflow += 1
-            self._overflow_from = _address(transport)
+            self._overflow_from = address
             if self._overflow_timer is None:
                 self._report_overflow()
             return
         deadline = self._loop.time() + self.handshake_timeout
         timer = self._loop.call_at(deadline, self._expire, handler, transport)
-        self._pending[handler] = [deadline, timer]
+        self._pending[handler] = [deadline, timer, address, transport, 0]  # (0: bytes received)
+
+    def _make_room_for(self, address: str) -> bool:
+        """All slots are taken: close the oldest pending connection of the
+        address holding the most, when that is more than `address` would
+        then hold. A stranger keeping every slot busy with silent
+        connections (reopened as each times out) locked every other
+        client out; now each newcomer from elsewhere takes one of its
+        slots, and it cannot take one back from anyone holding fewer."""
+        held = Counter(entry[2] for entry in self._pending.values())
+        heaviest, most = held.most_common(1)[0]
+        if most <= held[address] + 1:
+            return False
+        victim = min((h for h, entry in self._pending.items() if entry[2] == heaviest),
+                     key=lambda h: self._pending[h][0])
+        _, timer, _, transport, _ = self._pending.pop(victim)
+        if timer is not None:
+            timer.cancel()
+        self.refusals.warn("refused %s from %s: closed while pending, to make room for one from %s (%s "
+                           "held %d of the %d handshake slots)", self.noun, heaviest, address, heaviest,
+                           most, self.max_pending)
+        transport.abort()
+        return True
+
+    def received(self, handler, count: int) -> bool:
+        """`count` more bytes have come on `handler`'s connection: False (and
+        the connection closed, the refusal logged) when a pending one has
+        now sent more than PENDING_MAX_BYTES."""
+        entry = self._pending.get(handler)
+        if entry is None:
+            return True  # authenticated (or refused already)
+        entry[4] += count
+        if entry[4] <= PENDING_MAX_BYTES:
+            return True
+        self._pending.pop(handler)
+        if entry[1] is not None:
+            entry[1].cancel()
+        self.refusals.warn("refused %s from %s: it sent more than %d KiB before authenticating", self.noun,
+                           entry[2], PENDING_MAX_BYTES // 1024)
+        entry[3].abort()
+        return False
 
     def connection_lost(self, handler, exc=None) -> None:
         self.authenticated(handler)  # (or gone: either way no longer pending)

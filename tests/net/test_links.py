@@ -576,6 +576,48 @@ async def test_pending_handshakes_are_bounded_and_a_peer_still_links_among_them(
         await server.stop()
 
 
+async def test_one_address_holding_every_pending_slot_makes_room_for_another(caplog):
+    """Found by a review: ~40 silent connections, reopened as each timed
+    out, locked every new client out of any server (`kernel status`
+    failed for as long as the stranger went on). A connection from another
+    address now closes the oldest pending one of the address holding the
+    most; that address cannot take a slot back from one holding fewer."""
+    server = await start_server([], max_pending=4, handshake_timeout=30.0)
+    strangers = []
+    try:
+        for _ in range(4):
+            strangers.append(await asyncio.open_connection("127.0.0.1", server.port,
+                                                           local_addr=("127.0.0.2", 0)))
+        await until(lambda: server.pending == 4)
+        with caplog.at_level(logging.WARNING, logger="kernel.links"):
+            link, session, _ = await connect(server)  # from 127.0.0.1: it gets in
+            assert link.peer == 0
+            oldest = strangers.pop(0)[0]
+            assert await closed_by_server(oldest, within=2.0) == b""
+            await until(lambda: server.pending == 3)
+            assert [r.getMessage() for r in caplog.records if "make room" in r.getMessage()] == [
+                "refused a link from 127.0.0.2: closed while pending, to make room for one from "
+                "127.0.0.1 (127.0.0.2 held 4 of the 4 handshake slots)"]
+            strangers.append(await asyncio.open_connection("127.0.0.1", server.port,
+                                                           local_addr=("127.0.0.2", 0)))
+            await until(lambda: server.pending == 4)
+            # the stranger again: it holds the most, so it is the one refused
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port,
+                                                           local_addr=("127.0.0.2", 0))
+            with contextlib.suppress(ConnectionResetError):
+                assert await closed_by_server(reader, within=2.0) == b""
+            writer.close()
+            assert server.pending == 4
+            for stranger_reader, _ in strangers:  # none of the others was closed
+                assert not stranger_reader.at_eof()
+        await link.close()
+        await session.close()
+    finally:
+        for _, stranger in strangers:
+            stranger.close()
+        await server.stop()
+
+
 async def test_a_meta_too_large_for_the_handshake_is_a_clear_error():
     server = await start_server([], meta="m" * 3000)
     try:
@@ -669,7 +711,7 @@ async def test_pipelined_plain_http_on_one_connection_is_one_refusal_and_closed(
             for request in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
                             b"GET /kernel-link HTTP/1.1\r\nHost: x\r\n\r\n"):
                 reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-                writer.write(request * 2000)
+                writer.write(request * 1000)  # (under PENDING_MAX_BYTES: past it, no answer at all)
                 with contextlib.suppress(ConnectionError):  # closed with requests unread: a reset
                     answer = await closed_by_server(reader, within=3.0)
                     assert answer.startswith((b"HTTP/1.1 404", b"HTTP/1.1 400")), answer[:100]
@@ -785,3 +827,39 @@ async def test_upgrades_closed_at_once_are_rate_limited_refusals_not_error_trace
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     refusals = [r.getMessage() for r in caplog.records if r.name == "kernel.links"]
     assert 1 <= len(refusals) <= 12, refusals  # ten lines, then a count
+
+
+@pytest.mark.parametrize("tail", ["a body", "frames"])
+async def test_more_than_pending_max_bytes_before_authenticating_closes_the_connection(caplog, tail):
+    """Found by a review: an upgrade and 1 MiB more in one write (a body, or
+    frames before the server's answer) waited in aiohttp's buffers before
+    the handshake's limits applied: 30 such strangers grew a server by
+    8 MB. Counted as they come, they are closed past PENDING_MAX_BYTES."""
+    from kernel.net._links import PENDING_MAX_BYTES
+
+    received = []
+    server = await start_server(received)
+    try:
+        with caplog.at_level(logging.WARNING, logger="kernel.links"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            key = base64.b64encode(os.urandom(16)).decode()
+            body = b"x" * (1 << 20)
+            length = f"Content-Length: {len(body)}\r\n" if tail == "a body" else ""
+            frames = body if tail == "a body" else (FRAME.pack(1, 1) + b"y" * 1000) * 1000
+            writer.write(f"GET {PATH} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{length}\r\n".encode()
+                         + frames)
+            with contextlib.suppress(ConnectionError):
+                await closed_by_server(reader, within=2.0)  # at once, not at the 5 s handshake timeout
+            writer.close()
+            await until(lambda: server.pending == 0)
+            assert [r.getMessage() for r in caplog.records] == [
+                f"refused a link from 127.0.0.1: it sent more than {PENDING_MAX_BYTES // 1024} KiB before "
+                "authenticating"]
+        link, session, _ = await connect(server)  # and a peer still links
+        await link.send(1, 1, b"still fine")
+        await until(lambda: (1, 1, 1, b"still fine") in received)
+        await link.close()
+        await session.close()
+    finally:
+        await server.stop()
