@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from kernel._facade import (
@@ -178,7 +180,46 @@ def _run(args, path: Path, name: str) -> int:
     return 0
 
 
+_terminated = False  # the run was stopped by SIGTERM (said as "terminated", exit 143)
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM (Kubernetes stopping a pod, Slurm's scancel, `kill`) stops
+    the run as Ctrl-C does: the kernels are stopped and joined, and the
+    process exits 143 saying "terminated". Unhandled, it killed the
+    launcher with no word, and as a container's PID 1 (deploy/kubernetes)
+    it was ignored outright: the pod waited out its grace period for the
+    SIGKILL. Kernel and relay processes, forked with this handler, keep
+    SIGTERM's default: they die."""
+    if os.getpid() != _cli_pid:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    global _terminated
+    _terminated = True
+    on_interrupt = signal.getsignal(signal.SIGINT)
+    if callable(on_interrupt):  # asyncio's (cancels the run's main task) or Python's (KeyboardInterrupt)
+        on_interrupt(signal.SIGINT, frame)
+    else:  # SIGINT ignored, as in a process started in the background by a shell: stop all the same
+        raise KeyboardInterrupt
+
+
+_cli_pid = 0
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m kernel.run") -> int:
+    global _cli_pid, _terminated
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv, prog)
+    _cli_pid, _terminated = os.getpid(), False
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(argv, prog)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None, prog: str) -> int:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Run the Dataflow named NAME (default: flow) defined in a pipeline file.",
@@ -257,6 +298,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m kernel.run") -> i
         _error(str(exc))
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print("terminated" if _terminated else "interrupted", file=sys.stderr)
+        return 143 if _terminated else 130
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import runpy
 import select
 import signal
@@ -358,8 +359,19 @@ flow.from_async_iterable(ticks).sink(announce)
 """
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.mark.parametrize("cores", ["1", "2"])
-def test_ctrl_c_stops_an_endless_pipeline(tmp_path, cores):
+@pytest.mark.parametrize(("stop", "code", "said"), [
+    ("SIGINT", 130, "interrupted"),
+    # SIGTERM (Kubernetes, scancel, kill) as Ctrl-C: unhandled, the launcher died with no word, and
+    # as a container's PID 1 it was ignored; also where SIGINT is ignored (started in the background)
+    ("SIGTERM", 143, "terminated"),
+    ("SIGTERM, SIGINT ignored", 143, "terminated"),
+])
+def test_ctrl_c_stops_an_endless_pipeline(tmp_path, cores, stop, code, said):
     path = write(tmp_path, "endless.py", ENDLESS)
     proc = subprocess.Popen(
         [sys.executable, "-m", "kernel.run", str(path), "--cores", cores],
@@ -367,20 +379,42 @@ def test_ctrl_c_stops_an_endless_pipeline(tmp_path, cores):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_ignore_sigint if "ignored" in stop else None,
     )
     try:
         readable, _, _ = select.select([proc.stdout], [], [], 30)
         assert readable, "the pipeline never started"
         assert proc.stdout.readline() == "started\n"  # the flow is running
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, stop.split(",")[0]))
         out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
         proc.wait()
-    assert proc.returncode == 130
+    assert proc.returncode == code, err
     # (a kernel running flat out may stall on a loaded machine)
-    assert without_stall_reports(err) == "interrupted\n"
+    assert without_stall_reports(err) == f"{said}\n"
     assert out == ""
+
+
+def test_a_kernel_sent_sigterm_dies_of_it_and_the_run_says_so(tmp_path):
+    """The launcher's SIGTERM handler is inherited by the kernels it forks:
+    there it must not become a Ctrl-C (which kernels ignore, leaving the
+    launcher to stop them) but stay SIGTERM's default."""
+    path = write(tmp_path, "endless.py", ENDLESS)
+    proc = subprocess.Popen([sys.executable, "-m", "kernel.run", str(path), "--cores", "2"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        readable, _, _ = select.select([proc.stdout], [], [], 30)
+        assert readable and proc.stdout.readline() == "started\n"
+        kernels = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        assert len(kernels) == 2, kernels
+        os.kill(kernels[1], signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 1, err
+    assert re.search(r"^error: kernel [01] was killed by SIGTERM$", err, re.MULTILINE), err
 
 
 # -- `kernel.run` is both a module and the blocking run() function ------------------

@@ -395,13 +395,16 @@ def started_pipeline(path: Path, cores: int = 2):
         proc.stderr.close()
 
 
-@pytest.mark.parametrize("whole_group", [False, True], ids=["parent only", "process group"])
+@pytest.mark.parametrize("whole_group", [False, True, "sigterm"], ids=["parent only", "process group",
+                                                                     "SIGTERM to the parent"])
 def test_ctrl_c_stops_every_kernel(tmp_path, whole_group):
     path = write(tmp_path, "forever.py", INFINITE)
     shm_before = shm_names()
     with started_pipeline(path) as (proc, kernel_pids):
         started = time.monotonic()
-        if whole_group:
+        if whole_group == "sigterm":  # Kubernetes stopping the pod (its PID 1), as Ctrl-C
+            os.kill(proc.pid, signal.SIGTERM)
+        elif whole_group:
             os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C
         else:
             os.kill(proc.pid, signal.SIGINT)
@@ -410,10 +413,10 @@ def test_ctrl_c_stops_every_kernel(tmp_path, whole_group):
         stderr = proc.stderr.read()
         # The launcher joined its kernels before exiting: they are gone, not orphans.
         assert_all_gone(kernel_pids)
-    assert code == 130, stderr
+    assert code == (143 if whole_group == "sigterm" else 130), stderr
     assert elapsed < PROMPTLY
     # (Stall notices may come first: two busy kernels on a loaded machine.)
-    assert stderr.endswith("interrupted\n"), stderr
+    assert stderr.endswith("terminated\n" if whole_group == "sigterm" else "interrupted\n"), stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     assert not {n for n in shm_names() - shm_before if f"-{proc.pid}-" in n}
 
