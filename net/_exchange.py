@@ -11,6 +11,7 @@ the cost of a repeated key to one dict lookup: real key sets repeat a lot
 
 from __future__ import annotations
 
+import datetime
 import io
 import numbers
 import pickle
@@ -86,7 +87,11 @@ def _other_hash(key) -> int:
     if isinstance(key, frozenset):
         # equal sets may iterate in different orders: combine order-free
         return sum(stable_hash(item) for item in key) & 0xFFFFFFFFFFFFFFFF
-    if isinstance(key, numbers.Number) and not isinstance(key, complex):
+    if isinstance(key, numbers.Number) and key == key:  # (NaN equals nothing: its pickle, below)
+        if isinstance(key, complex):
+            if key.imag:
+                return hash(key) & _MASK  # equal to no real number (hash: as for Decimal, below)
+            key = key.real  # 3+0j == 3
         try:
             as_float = float(key)
         except (TypeError, ValueError, OverflowError):
@@ -95,6 +100,15 @@ def _other_hash(key) -> int:
             return _float_hash(as_float)  # Decimal("0.5") == 0.5, Fraction(1) == 1
         if key == int(key):
             return int(key) & 0xFFFFFFFFFFFFFFFF  # integral but beyond a float's precision
+        # Equal to no float: Decimal("0.2") == Decimal("0.20") == Fraction(1, 5). Python's
+        # hash of numbers is the same for equal ones of every kind, and unsalted (the
+        # same in every process); their pickles differ ("0.2", "0.20": two kernels).
+        return hash(key) & _MASK
+    if isinstance(key, datetime.datetime) and key.utcoffset() is not None:
+        # equal instants in other zones are equal keys; their pickles hold their zones
+        instant = (key - key.utcoffset()).replace(tzinfo=None, fold=0)
+        return _combine(("aware datetime", instant.toordinal(), instant.hour, instant.minute,
+                         instant.second, instant.microsecond))
     return _pickle_hash(key)
 
 

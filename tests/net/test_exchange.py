@@ -34,6 +34,10 @@ keys += [0, 1, -1, 7, 2**31, 2**63 - 1, 2**63, 2**64 - 1, 2**64, 2**100, -(2**10
 keys += [0.5, -2.25, 1e300, float("inf"), float("-inf"), 1.0, -0.0, 3.0]
 keys += [None, (), ("a",), ("a", 1), (("nested", b"b"), 2.5, None), (1, (2, (3, "x")))]
 keys += [("w%d" % i, i) for i in range(200)] + ["w%d" % i for i in range(200)]
+import datetime, decimal, fractions
+keys += [decimal.Decimal("0.2"), fractions.Fraction(1, 3), 1 + 2j, decimal.Decimal("NaN"), float("nan"),
+         datetime.datetime(2024, 1, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=1))),
+         datetime.datetime(2024, 1, 1, 1), datetime.date(2024, 1, 1)]
 json.dump([[repr(k), stable_hash(k)] for k in keys], sys.stdout)
 """
 
@@ -220,6 +224,24 @@ def test_equal_keys_of_different_types_are_counted_together():
     assert dict(out.items) == {1: 9, 2: 6, 0: 12}
 
 
+def test_equal_decimals_and_instants_in_other_zones_are_counted_together():
+    """Found by a review: on 2 kernels Decimal("0.2") and Decimal("0.20"),
+    and one instant written in two time zones, came out as two keys."""
+    from datetime import UTC, datetime, timedelta, timezone
+    from decimal import Decimal
+
+    plus_one = timezone(timedelta(hours=1))
+    data = [Decimal("0.2"), Decimal("0.20"), Decimal("1.5"), Decimal("1.50"), 3, 3 + 0j]
+    data += [datetime(2024, 1, 1, h, tzinfo=UTC) for h in range(4)]
+    data += [datetime(2024, 1, 1, h + 1, tzinfo=plus_one) for h in range(4)]
+    expected = Counter(data)
+    assert len(expected) == 7
+    flow = Dataflow()
+    out = flow.from_iterable(data, batch_size=1).key_by(lambda x: x).count().collect()
+    run(flow, cores=2)
+    assert Counter(dict(out.items)) == expected and len(out.items) == 7
+
+
 def test_frozenset_keys_built_in_different_orders_are_counted_together():
     a, b = _colliding_ints()
     # Record i is read by kernel i % 2: each kernel builds the key its own way.
@@ -234,6 +256,7 @@ def test_equal_keys_of_different_types_go_to_the_same_kernel():
     """A dict on one kernel treats these as one key, so the exchange must
     send them to one kernel too."""
     from collections import namedtuple
+    from datetime import UTC, datetime, timedelta, timezone
     from decimal import Decimal
     from enum import IntEnum, StrEnum
     from fractions import Fraction
@@ -252,6 +275,16 @@ def test_equal_keys_of_different_types_go_to_the_same_kernel():
         [(1, "a"), Point(1, "a"), (True, Word.A)],
         [frozenset({1, 2}), frozenset({2.0, True})],
         [10**30, Decimal(10**30)],
+        # found by a review: equal to no float, these went by their pickles (the text "0.2"
+        # or "0.20", the zone, a complex) to different kernels
+        [Decimal("0.2"), Decimal("0.20"), Fraction(1, 5)],
+        [(Decimal("1.5"), "a"), (Decimal("1.50"), "a"), (1.5, "a")],
+        [3, 3 + 0j, Decimal("3.00")],
+        [0, 0j, -0.0],
+        [1 + 2j, complex(1.0, 2.0)],
+        [datetime(2024, 1, 1, 0, tzinfo=UTC),
+         datetime(2024, 1, 1, 1, tzinfo=timezone(timedelta(hours=1))),
+         datetime(2023, 12, 31, 19, 30, tzinfo=timezone(timedelta(hours=-4, minutes=-30)))],
     ]
     for group in groups:
         assert all(key == group[0] for key in group)
