@@ -117,6 +117,10 @@ def server_ssl():
     return files.server_context() if files is not None else None
 
 
+class _Closed(Exception):
+    """The connection went during a request (`Directory._exchange`)."""
+
+
 class Directory:
     """One connection to the coordinator, one request at a time."""
 
@@ -139,23 +143,44 @@ class Directory:
 
     async def request(self, op: str, **fields) -> dict:
         async with self._lock:
-            if self._ws is None or self._ws.closed:
-                await self.close()
-                await self._connect()
-            number = next(self._ids)
+            reused = self._ws is not None and not self._ws.closed
+            try:
+                reply = await self._exchange(op, fields)
+            except _Closed as closed:
+                if not reused:
+                    raise TopicError(str(closed)) from None
+                # An idle connection still looks open after the coordinator
+                # was restarted (nothing reads it meanwhile); the old process
+                # took nothing of this request, so it goes again, once, on a
+                # new connection (found by a review: the next request of
+                # every running publisher and subscriber failed, and ended
+                # its job, after a restart the README says loses nothing).
+                reply = await self._exchange(op, fields, again=True)
+        if "error" in reply:
+            raise TopicError(reply["error"])
+        return reply.get("body") or {}
+
+    async def _exchange(self, op: str, fields: dict, again: bool = False) -> dict:
+        if self._ws is None or self._ws.closed:
+            await self.close()
+            await self._connect()
+        number = next(self._ids)
+        gone = _Closed(f"the coordinator at {self.address[0]}:{self.address[1]} closed the connection "
+                       f"during {op!r}")
+        try:
             await self._ws.send_str(msgspec.json.encode({"rid": number, "op": op, "body": fields}).decode())
             while True:
                 message = await self._ws.receive()
                 if message.type.name != "TEXT":
-                    await self.close()
-                    raise TopicError(f"the coordinator at {self.address[0]}:{self.address[1]} closed "
-                                     f"the connection during {op!r}")
+                    raise gone
                 reply = msgspec.json.decode(message.data)
                 if reply.get("re") == number:
-                    break
-        if "error" in reply:
-            raise TopicError(reply["error"])
-        return reply.get("body") or {}
+                    return reply
+        except (ConnectionError, _Closed):  # (aiohttp's reset on a closing socket is a ConnectionError)
+            await self.close()
+            if again:
+                raise TopicError(str(gone)) from None
+            raise gone from None
 
     async def lookup(self, name: str, timeout: float | None, kind: str = "stream",
                      not_id: str | None = None) -> dict:

@@ -1428,3 +1428,30 @@ def test_only_the_old_publishers_own_addresses_say_it_still_runs(tmp_path):
     finally:
         server.close()
         catalog.close()
+
+
+def test_a_catalog_connection_left_idle_across_a_coordinator_restart_is_opened_again(own_system):
+    """Found by a review: a publisher's or subscriber's connection to the
+    coordinator, idle while the coordinator was killed and started again
+    on the same --data, still looked open; its next request failed with
+    ClientConnectionResetError and ended the job. Now the request goes
+    again on a new connection (the old process took nothing of it)."""
+    from kernel.topics._directory import Directory
+
+    system = own_system
+
+    async def ask_across_a_restart() -> tuple[dict, dict]:
+        directory = Directory(("127.0.0.1", system.port), system.env["KERNEL_SECRET"].encode())
+        try:
+            before = await directory.request("status")
+            system.coordinator.kill()
+            system.coordinator.wait()
+            await asyncio.to_thread(system.start_coordinator)
+            await asyncio.to_thread(wait_until, lambda: system.coordinator_log.read_text().count(
+                "coordinator listening") == 2, what="the coordinator to listen again")
+            return before, await directory.request("status")
+        finally:
+            await directory.close()
+
+    before, after = asyncio.run(ask_across_a_restart())
+    assert before["executors"] == after["executors"] == [] and "jobs" in after
