@@ -4,7 +4,9 @@ any job or app.
 
 Wire: after the links' handshake (path /kernel-service), binary messages
 `<QB` (request id, status) then msgpack: a request (status 0), a reply
-(status 0) or an error's text (status 1). Requests are pipelined on one
+(status 0) or an error's text (status 1); a client's CANCEL (status 2, no
+body) says it gave a call up, and the server cancels the task awaiting its
+reply. Requests are pipelined on one
 connection: a client may send many before the first reply; a synchronous
 handler answers each as it is read, one that returns an awaitable (a
 coroutine function, say) has it awaited per request as a task, and replies
@@ -20,6 +22,7 @@ the service is registered in the coordinator's catalog as a topic of kind
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 import logging
@@ -38,6 +41,11 @@ log = logging.getLogger("kernel.topics")
 SERVICE_PATH = "/kernel-service"
 _HEAD = struct.Struct("<QB")
 OK, FAILED = 0, 1
+CANCEL = 2  # client -> server, no body: the call with this id was given up (its timeout, cancelled)
+# awaited replies at once on one connection: past it a call fails at once,
+# so a client pipelining calls to a handler that does not answer cannot
+# grow the server without bound (each waiting call is a task)
+_MAX_IN_FLIGHT = 1024
 _MAX_MESSAGE = 16 << 20  # bytes of a request or reply, encoded (a message is _HEAD more)
 _MAX_FRAME = _MAX_MESSAGE + _HEAD.size  # what each side lets the other send
 _SMALL = 16 << 10  # a message this big or smaller, into an empty socket buffer, is sent at once
@@ -98,11 +106,16 @@ class Serve(Source):
             await server.stop()
 
     async def _session(self, ws) -> None:
-        tasks: set[asyncio.Task] = set()
+        running: dict[int, asyncio.Task] = {}  # request id -> its awaited reply's task
         async for message in ws:
             if message.type.name != "BINARY" or len(message.data) < _HEAD.size:
                 break
-            rid, _ = _HEAD.unpack_from(message.data)
+            rid, status = _HEAD.unpack_from(message.data)
+            if status == CANCEL:  # (found by a review: calls given up kept their tasks for ever)
+                task = running.pop(rid, None)
+                if task is not None:
+                    task.cancel()
+                continue
             try:
                 request = _decode(memoryview(message.data)[_HEAD.size:])
             except msgspec.DecodeError as exc:
@@ -119,12 +132,17 @@ class Serve(Source):
             # requests after it are read (and answered) meanwhile; a
             # synchronous handler's reply goes out at once, no task.
             if inspect.isawaitable(reply):
-                task = asyncio.ensure_future(self._answer_later(ws, rid, reply))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                if len(running) >= _MAX_IN_FLIGHT:
+                    if inspect.iscoroutine(reply):
+                        reply.close()  # (never awaited: not "never awaited" on stderr)
+                    await ws.send_bytes(_HEAD.pack(rid, FAILED) + _encode(
+                        f"{_MAX_IN_FLIGHT} calls already wait for their replies on this connection"))
+                    continue
+                task = running[rid] = asyncio.ensure_future(self._answer_later(ws, rid, reply))
+                task.add_done_callback(lambda done, rid=rid: running.pop(rid, None))
             else:
                 await ws.send_bytes(self._answer(rid, reply))
-        for task in tasks:
+        for task in list(running.values()):
             task.cancel()
 
     def _answer(self, rid: int, reply) -> bytes:
@@ -156,7 +174,13 @@ def _over_limit(what: str, size: int) -> str:
 
 
 def _failed(rid: int, exc: Exception) -> bytes:
-    return _HEAD.pack(rid, FAILED) + _encode(f"{type(exc).__name__}: {exc}")
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:  # a __str__ that raises
+        text = type(exc).__name__
+    # (a lone surrogate in the text, from bytes decoded with errors="surrogateescape",
+    # cannot be encoded as UTF-8: escaped, rather than failing the call or the connection)
+    return _HEAD.pack(rid, FAILED) + _encode(text.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 class ServiceClient:
@@ -173,6 +197,7 @@ class ServiceClient:
         self._closed: str | None = None  # once the connection has ended: why, if known ("" if not)
         self._deadlines: deque[tuple[float, int]] = deque()  # (when, request id): _expire_at
         self._watchdog: asyncio.TimerHandle | None = None
+        self._giving_up: set[asyncio.Task] = set()  # CANCEL messages on their way (`_give_up`)
 
     async def __aenter__(self) -> ServiceClient:
         """Look the service up and connect. Where the address the catalog
@@ -271,7 +296,9 @@ class ServiceClient:
             return await future
         finally:
             self._waiting.pop(rid, None)  # (a reply that comes later is dropped)
-            if future.done() and not future.cancelled():
+            if not future.done() or future.cancelled():  # the caller gave up (cancelled the call)
+                self._give_up(rid)
+            else:
                 future.exception()  # failed by the reader while the send failed: not "never retrieved"
 
     # A call's wait for its reply is bounded by one timer for the whole
@@ -291,10 +318,26 @@ class ServiceClient:
         loop = asyncio.get_running_loop()
         now, deadlines = loop.time(), self._deadlines
         while deadlines and deadlines[0][0] <= now:
-            future = self._waiting.get(deadlines.popleft()[1])
+            rid = deadlines.popleft()[1]
+            future = self._waiting.get(rid)
             if future is not None and not future.done():
                 future.set_exception(self._late())
+                self._give_up(rid)
         self._watchdog = loop.call_at(deadlines[0][0], self._expire) if deadlines else None
+
+    def _give_up(self, rid: int) -> None:
+        """Tell the server call `rid` needs no reply: it cancels the task
+        awaiting it (else a handler that never answers kept one per call
+        given up, and the server grew for as long as the connection)."""
+        if self._ws is None or self._ws.closed or self._closed is not None:
+            return
+        task = asyncio.ensure_future(self._send_quietly(_HEAD.pack(rid, CANCEL)))
+        self._giving_up.add(task)
+        task.add_done_callback(self._giving_up.discard)
+
+    async def _send_quietly(self, message: bytes) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self._ws.send_bytes(message)
 
     def _late(self) -> ServiceError:
         return ServiceError(f"service {self.name!r} did not answer within {self.timeout:g} s")

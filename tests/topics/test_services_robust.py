@@ -72,6 +72,13 @@ def run(scenario):
     return outcome
 
 
+async def until(condition, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
 def test_a_call_the_service_does_not_answer_fails_after_the_timeout_and_the_connection_goes_on(where):
     """The client's `timeout` bounds each call's wait for its reply too (a
     stopped server, a handler that never returns): the call fails naming the
@@ -301,5 +308,94 @@ def test_a_handler_that_returns_an_awaitable_is_awaited(where, handler):
             async with ServiceClient(service.name, coordinator=where, timeout=4) as svc:
                 assert await asyncio.gather(svc.call("wait"), svc.call("release")) == [
                     {"got": "wait"}, {"got": "release"}]
+
+    run(scenario)
+
+
+def test_calls_given_up_by_their_client_are_cancelled_on_the_server(where):
+    """Found by a review: each call to an async handler that never answers
+    kept its task on the server after the client's timeout (50,000 calls
+    a round: the server grew by ~120 MB a round). The client now says it
+    gave the call up, at its timeout or when the caller cancels it."""
+
+    async def scenario():
+        hanging = set()
+
+        async def handler(request):
+            if request.startswith("hang"):
+                hanging.add(request)
+                try:
+                    await asyncio.Event().wait()
+                finally:
+                    hanging.discard(request)
+            return request
+
+        async with serving(where, handler) as service:
+            async with ServiceClient(service.name, coordinator=where, timeout=0.3) as svc:
+                calls = [asyncio.ensure_future(svc.call(f"hang{n}")) for n in range(200)]
+                for outcome in await asyncio.gather(*calls, return_exceptions=True):
+                    assert isinstance(outcome, ServiceError) and "did not answer within 0.3 s" in str(outcome)
+                await until(lambda: not hanging)
+                cancelled = asyncio.ensure_future(svc.call("hang-cancelled"))
+                await until(lambda: "hang-cancelled" in hanging)
+                cancelled.cancel()
+                await until(lambda: not hanging)
+                assert await svc.call("still served") == "still served"
+
+    run(scenario)
+
+
+def test_calls_past_the_in_flight_limit_fail_at_once_and_the_others_go_on(where, monkeypatch):
+    """A client that never gives up (timeout=None) cannot grow the server
+    without bound either: past _MAX_IN_FLIGHT awaited calls on a
+    connection, a call fails at once with what is wrong."""
+    import kernel.topics._services as services
+
+    monkeypatch.setattr(services, "_MAX_IN_FLIGHT", 8)
+
+    async def scenario():
+        release = asyncio.Event()
+
+        async def handler(request):
+            await release.wait()
+            return request
+
+        async with serving(where, handler) as service:
+            async with ServiceClient(service.name, coordinator=where, timeout=None) as svc:
+                waiting = [asyncio.ensure_future(svc.call(n)) for n in range(8)]
+                await asyncio.sleep(0)
+                with pytest.raises(ServiceError, match="8 calls already wait for their replies on this "
+                                                       "connection"):
+                    await asyncio.wait_for(svc.call(8), 4)
+                release.set()
+                assert await asyncio.wait_for(asyncio.gather(*waiting), 4) == list(range(8))
+                assert await asyncio.wait_for(svc.call(9), 4) == 9
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_an_error_text_that_is_not_utf8_fails_its_call_only(where, kind):
+    """Found by a review: a lone surrogate in an exception's text (bytes
+    decoded with errors="surrogateescape") could not be encoded: a sync
+    handler's broke the connection and every call pipelined on it, an
+    async one's call was never answered."""
+
+    async def scenario():
+        def fail(request):
+            if request == "bad":
+                raise ValueError(b"caf\xe9".decode("utf-8", "surrogateescape"))
+            return request
+
+        async def fail_async(request):
+            return fail(request)
+
+        async with serving(where, fail if kind == "sync" else fail_async) as service:
+            async with ServiceClient(service.name, coordinator=where, timeout=4) as svc:
+                good = asyncio.ensure_future(svc.call("good"))
+                with pytest.raises(ServiceError, match=r"failed: ValueError: caf\\udce9$"):
+                    await svc.call("bad")
+                assert await good == "good"
+                assert await svc.call("after") == "after"
 
     run(scenario)
