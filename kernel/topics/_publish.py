@@ -66,6 +66,7 @@ import logging
 import struct
 from collections import deque
 
+from kernel.dataflow._errors import describe_record
 from kernel.dataflow._operator import Operator
 from kernel.net import _codec
 from kernel.net._channel import EpochMarker, TimedBatch
@@ -126,6 +127,15 @@ class _Epoch:
         self.frames = frames
         self.size = size  # bytes, as _frame_size counts them
         self.records = 0  # (with snapshots) the records the operator had had by its end
+
+
+def _max_frame() -> int:
+    """What a subscriber's connection takes in one frame (the links'
+    default: `subscribe` connects with it). Imported here, not at the
+    top: the links' module costs aiohttp's import."""
+    from kernel.net._links import DEFAULT_MAX_FRAME
+
+    return DEFAULT_MAX_FRAME
 
 
 def _frame_size(frame) -> int:
@@ -245,7 +255,28 @@ class Publish(Operator):
         if self.record_type is not None and not isinstance(batch[0], self.record_type):
             raise TopicError(f"{self.name}: topic {self.topic!r} was published with record_type="
                              f"{self.record_type.__qualname__}, but a record is {batch[0]!r}")
-        self._push(encode_batch(batch))
+        self._push_batch(batch)
+
+    def _push_batch(self, batch: list) -> None:
+        """One frame for the batch, or, where that would be over what a
+        subscriber takes in one frame (`_max_frame()`: it refused the
+        frame and lost the epoch, or the connection, saying only that a
+        message was too big), its halves, each on its own."""
+        frame = encode_batch(batch)
+        if len(frame[1]) <= _max_frame():
+            self._push(frame)
+            return
+        if len(batch) == 1:
+            raise TopicError(
+                f"{self.name}: a record of topic {self.topic!r} is {len(frame[1]):,} bytes encoded, over the "
+                f"{_max_frame() >> 20} MiB a topic's frame carries: {describe_record(batch[0])}")
+        half = len(batch) // 2
+        if type(batch) is TimedBatch:
+            self._push_batch(TimedBatch(batch[:half], batch.timestamps[:half]))
+            self._push_batch(TimedBatch(batch[half:], batch.timestamps[half:]))
+        else:
+            self._push_batch(batch[:half])
+            self._push_batch(batch[half:])
 
     def on_watermark(self, watermark: float) -> None:
         if self.snapshots:  # (self.watermark: what has gone out, _send)

@@ -1455,3 +1455,34 @@ def test_a_catalog_connection_left_idle_across_a_coordinator_restart_is_opened_a
 
     before, after = asyncio.run(ask_across_a_restart())
     assert before["executors"] == after["executors"] == [] and "jobs" in after
+
+
+def test_a_batch_over_a_frames_limit_goes_as_several_frames_and_a_record_over_it_is_an_error(system):
+    """Found by a review: a batch encoded to more than the 16 MiB a
+    subscriber takes in one frame was refused by it: with on_lost="wait"
+    every such epoch was lost without a word (the subscriber ended with
+    nothing), with "fail" it ended on a misleading ConnectionLost. The
+    publisher now sends such a batch in halves; one record over the limit
+    fails the publisher, saying so."""
+    go = system.root / "go"
+    a = Job(system, "readings.py", "a", COUNT=300, BATCH=100, PAYLOAD=200_000, WAIT=go)
+    a.wait_published()
+    b = Job(system, "sums.py", "b")
+    wait_until(lambda: "starts at epoch" in a.text(), what="B to start at one of A's epoch boundaries")
+    go.touch()  # three batches of ~20 MB
+    seqs, sums = results(b)
+    a.finish()
+    assert seqs == list(range(300)) and sums == brute_sums(seqs)
+
+    system.topic += "-one-record"
+    go = system.root / "go-one"
+    too_big = Job(system, "readings.py", "c", COUNT=1, BATCH=1, PAYLOAD=17 << 20, WAIT=go)
+    too_big.wait_published()
+    d = Job(system, "sums.py", "d")
+    wait_until(lambda: "starts at epoch" in too_big.text(), what="D to start at one of C's epoch boundaries")
+    go.touch()
+    too_big.finish()
+    d.finish()
+    assert too_big.proc.returncode == 1
+    assert re.search(rf"a record of topic '{system.topic}' is 17,8\d\d,\d\d\d bytes encoded, over the 16 MiB "
+                     r"a topic's frame carries: \(0, 0\.0, 0, 'xxx", too_big.text()), too_big.text()
