@@ -25,6 +25,7 @@ then the records' body.
 from __future__ import annotations
 
 import importlib
+import io
 import pickle
 import struct
 from array import array
@@ -355,9 +356,9 @@ def _encode_named_runs(batch: list) -> bytes | None:
     return _encode((_carried_name(cls), at, lengths, heads, columns, tables))
 
 
-def _decode_named_runs(body) -> list:
+def _decode_named_runs(body, renamed: dict | None = None) -> list:
     name, at, lengths, heads, columns, tables = _decode(body)
-    cls = _class_named(name)
+    cls = renamed[name] if renamed is not None and name in renamed else _class_named(name)
     new = cls.__new__
     for i, table in enumerate(tables):
         if table is not None:
@@ -447,3 +448,40 @@ DECODERS = {
 }
 DECODERS.update({kind | TIMED: _timed(DECODERS[kind])
                   for kind in (KIND_SCALARS, KIND_TUPLES, KIND_PICKLE, KIND_NAMED_RUNS)})
+
+
+def renamed_decoder(name: str, cls: type):
+    """`decode`, reading the class `name` ("module.qualname", as another
+    process named it: `__main__.X` in a script, `pipeline.X` in a job) as
+    `cls` wherever a batch names it (by pickle, or a namedtuple's runs)."""
+    class Renamed(pickle.Unpickler):
+        def find_class(self, module, qualname):
+            if f"{module}.{qualname}" == name:
+                return cls
+            return super().find_class(module, qualname)
+
+    def loads(body):
+        return Renamed(io.BytesIO(body)).load()
+
+    class Carried(dict):  # a namedtuple's runs name it "module:qualname"
+        def __contains__(self, carried) -> bool:
+            return carried.replace(":", ".", 1) == name
+
+        def __getitem__(self, carried) -> type:
+            return cls
+
+    renamed = Carried()
+    decoders = dict(DECODERS)
+    decoders[KIND_PICKLE] = loads
+    decoders[KIND_NAMED_RUNS] = lambda body: _decode_named_runs(body, renamed)
+    for kind in (KIND_PICKLE, KIND_NAMED_RUNS):
+        decoders[kind | TIMED] = _timed(decoders[kind])
+
+    def decode_renamed(kind: int, body):
+        try:
+            decoder = decoders[kind]
+        except KeyError:
+            raise ValueError(f"unknown frame kind {kind}") from None
+        return decoder(body)
+
+    return decode_renamed

@@ -58,7 +58,7 @@ from collections import deque
 
 from kernel.dataflow._operator import Source
 from kernel.net._channel import IDLE, EpochMarker
-from kernel.net._codec import KIND_END, KIND_EPOCH, decode
+from kernel.net._codec import KIND_END, KIND_EPOCH, decode, renamed_decoder
 from kernel.net._links import seconds_from_environment
 from kernel.topics import _directory
 from kernel.topics._errors import ConnectionLost, PublisherLost, SubscriberTooSlow, TopicError
@@ -87,6 +87,7 @@ class Subscribe(Source):
     def open(self, context) -> None:
         # (generation, partition) -> ...: a generation is a publisher (_read)
         self._buffer: deque = deque()  # ((generation, partition), kind, body, link): not yet handed on
+        self._decode = decode  # (or `renamed_decoder`'s: _check_type)
         self._watermarks: dict[tuple[int, int], float] = {}
         self._reading: list[tuple[int, int]] = []  # the current generation's partitions this kernel reads
         self._watermark = float("-inf")
@@ -125,7 +126,7 @@ class Subscribe(Source):
         handed = 0
         while buffer and handed < wanted:
             key, kind, body, link = buffer.popleft()
-            payload = decode(kind, body)
+            payload = self._decode(kind, body)
             if payload.__class__ is float:
                 self._watermarks[key] = max(self._watermarks.get(key, payload), payload)
                 self._advance()
@@ -253,6 +254,13 @@ class Subscribe(Source):
         theirs = found.get("record_type")
         ours = record_type_info(self.record_type)
         if ours is None or theirs is None or same_record_type(ours, theirs):
+            if ours is not None and theirs is not None and ours["name"] != theirs["name"]:
+                # the same class by name, in another module: the publisher's
+                # `__main__.Reading` is this job's `pipeline.Reading`, and the
+                # records that name it (by pickle) are read as ours (found by
+                # a review: the check passed, then every batch failed to
+                # unpickle, "Can't get attribute 'Reading' on kernel.__main__")
+                self._decode = renamed_decoder(theirs["name"], self.record_type)
             return
         raise TopicError(f"subscribe({self.topic!r}, record_type={self.record_type.__qualname__}): the "
                          f"topic's records are {theirs['name']}" + (" (another msgspec schema)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import enum
 import math
 import pickle
@@ -670,3 +671,29 @@ def test_namedtuple_classes_made_on_the_fly_do_not_pile_up_in_the_codec():
         with pytest.raises(UnpicklableRecord):
             encode_batch([("k", one, n) for n in range(8)])
         assert len(_codec._NAMED_CLASSES) <= _codec._CACHED_CLASSES
+
+
+Carried = collections.namedtuple("Carried", "a b")
+
+
+@dataclasses.dataclass
+class Pickled:
+    n: int
+
+
+@pytest.mark.parametrize("shape", ["pickled", "a namedtuple's runs"])
+def test_a_renamed_decoder_reads_another_modules_class_of_that_name_as_ours(shape):
+    """A topic's subscriber reads the publisher's `__main__.X` as its own
+    `pipeline.X` (`renamed_decoder`): here this module's classes written
+    as a module of another name (same length, so the body stays whole)."""
+    from kernel.net._codec import renamed_decoder
+
+    one = Carried(1, 2)  # (runs are of one object)
+    batch = [Pickled(n) for n in range(3)] if shape == "pickled" else [(one, n) for n in range(64)]
+    kind, body = encode_batch(batch)
+    assert (kind & ~TIMED) == (KIND_PICKLE if shape == "pickled" else KIND_NAMED_RUNS)
+    cls = type(batch[0]) if shape == "pickled" else Carried
+    elsewhere = body.replace(cls.__module__.encode(), b"x" * len(cls.__module__))
+    with pytest.raises(ModuleNotFoundError):
+        decode(kind, elsewhere)
+    assert renamed_decoder(f"{'x' * len(cls.__module__)}.{cls.__qualname__}", cls)(kind, elsewhere) == batch

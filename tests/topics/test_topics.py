@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import itertools
 import json
 import math
@@ -1486,3 +1487,80 @@ def test_a_batch_over_a_frames_limit_goes_as_several_frames_and_a_record_over_it
     assert too_big.proc.returncode == 1
     assert re.search(rf"a record of topic '{system.topic}' is 17,8\d\d,\d\d\d bytes encoded, over the 16 MiB "
                      r"a topic's frame carries: \(0, 0\.0, 0, 'xxx", too_big.text()), too_big.text()
+
+
+RECORDS_OF_A_CLASS = """
+import logging, os, sys
+from dataclasses import dataclass
+from kernel import Dataflow, Source, run
+
+@dataclass
+class Reading:
+    seq: int
+    value: float
+
+class Made(Source):
+    def open(self, context):
+        self.seq, self.ctx = 0, context
+    def poll(self):
+        if self.seq < 50:
+            self.emit([Reading(n, n / 2) for n in range(self.seq, self.seq + 10)])
+            self.seq += 10
+            return True
+        if os.path.exists(os.environ["DONE"]):
+            return False
+        self.ctx.kernel.call_later(0.02, self.wake)
+        return None
+
+logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
+logging.getLogger("kernel.topics").setLevel(logging.DEBUG)
+flow = Dataflow("made")
+made = flow.source(Made, name="made")
+made.publish(os.environ["TOPIC"], record_type=Reading, retain=100, epoch_interval=0.05)
+run(flow, coordinator=sys.argv[1])
+"""
+
+
+@dataclasses.dataclass
+class Reading:  # the publisher's `__main__.Reading`, here `test_topics.Reading`
+    seq: int
+    value: float
+
+
+def test_records_of_a_class_named_alike_in_another_module_are_read_as_the_subscribers(system, monkeypatch):
+    """Found by a review: the record-type check takes `__main__.Reading`
+    (a script) and `pipeline.Reading` (a job) as the same class, as it
+    must, but the records, pickled, named the publisher's module: every
+    batch then failed to unpickle in the subscriber."""
+    from kernel import Dataflow, run_async
+
+    monkeypatch.setenv("KERNEL_SECRET", system.env["KERNEL_SECRET"])
+    (system.root / "made.py").write_text(RECORDS_OF_A_CLASS)
+    done = system.root / "done"
+    environ = dict(system.env, TOPIC=system.topic, DONE=str(done))
+    with open(system.root / "made.log", "wb") as log:
+        publisher = subprocess.Popen([PYTHON, str(system.root / "made.py"), f"127.0.0.1:{system.port}"],
+                                     stdout=log, stderr=log, env=environ, cwd=system.root)
+    try:
+        text = (system.root / "made.log").read_text
+        wait_until(lambda: " served at " in text() or publisher.poll() is not None, what="the topic")
+        assert " served at " in text(), text()
+        flow = Dataflow("app")
+        got = flow.subscribe(system.topic, timeout=10, record_type=Reading).collect()
+
+        async def app():
+            subscriber = asyncio.ensure_future(run_async(flow, coordinator=f"127.0.0.1:{system.port}"))
+            deadline = asyncio.get_running_loop().time() + 30
+            while "a subscriber connected from" not in text():
+                assert not subscriber.done(), subscriber.exception()
+                assert asyncio.get_running_loop().time() < deadline, text()
+                await asyncio.sleep(0.02)
+            done.touch()
+            await asyncio.wait_for(subscriber, 30)
+
+        asyncio.run(app())
+        assert publisher.wait(30) == 0, text()
+    finally:
+        publisher.kill()
+        publisher.wait()
+    assert got.items == [Reading(n, n / 2) for n in range(50)]
