@@ -250,11 +250,13 @@ class Publish(Operator):
             if not self.serving:  # (the constant key sends everything to kernel 0)
                 raise TopicError(f"{self.name}: a merged topic's records reached kernel {self.context.index}")
         self.records += len(batch)
-        if not batch or not (self.subscribers or self.retain or self.snapshots):
-            return  # nobody to send to, nothing to keep: not even encoded
-        if self.record_type is not None and not isinstance(batch[0], self.record_type):
+        # (checked whether or not anyone subscribes yet: found by a review, a
+        # wrong record went unnoticed until a subscriber came, then failed the job)
+        if batch and self.record_type is not None and not isinstance(batch[0], self.record_type):
             raise TopicError(f"{self.name}: topic {self.topic!r} was published with record_type="
                              f"{self.record_type.__qualname__}, but a record is {batch[0]!r}")
+        if not batch or not (self.subscribers or self.retain or self.snapshots):
+            return  # nobody to send to, nothing to keep: not even encoded
         self._push_batch(batch)
 
     def _push_batch(self, batch: list) -> None:

@@ -1564,3 +1564,18 @@ def test_records_of_a_class_named_alike_in_another_module_are_read_as_the_subscr
         publisher.kill()
         publisher.wait()
     assert got.items == [Reading(n, n / 2) for n in range(50)]
+
+
+def test_a_record_not_of_the_topics_record_type_fails_its_publisher_before_anyone_subscribes(system,
+                                                                                             monkeypatch):
+    """Found by a review: with no subscriber (and no retain, no snapshots)
+    the publisher skipped its batches before the type check, so a wrong
+    record went unnoticed until someone subscribed, then failed the job."""
+    from kernel import Dataflow, OperatorError, run
+
+    monkeypatch.setenv("KERNEL_SECRET", system.env["KERNEL_SECRET"])
+    flow = Dataflow("wrong")
+    flow.from_iterable(["a"]).publish(system.topic, record_type=int)
+    with pytest.raises(OperatorError, match=rf"topic '{system.topic}' was published with record_type=int, "
+                                            r"but a record is 'a'"):
+        run(flow, coordinator=f"127.0.0.1:{system.port}")
