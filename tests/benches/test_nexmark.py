@@ -4,6 +4,7 @@ plain-loop reference exactly on 1, 2 and 3 kernels."""
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 
 import pytest
@@ -241,7 +242,9 @@ def test_the_benchmark_runs_and_prints_its_table(capsys):
 def test_the_parallel_ceiling_is_one_process_against_itself():
     """`parallel_ceiling(1)` times the same loop in one process twice: ~1,
     whatever the machine's speed (a ceiling that compared unlike work, or
-    forgot to wait for its children, would be far off)."""
+    forgot to wait for its children, would be far off). The median of
+    three: the suite's other worker (pytest -n 2) may take the CPU from one
+    of the timed loops (a run read 2.35 once, its two runs alone slowed)."""
     from benches._report import parallel_ceiling
 
-    assert 0.6 < parallel_ceiling(1) < 1.6
+    assert 0.6 < statistics.median(parallel_ceiling(1) for _ in range(3)) < 1.6

@@ -553,8 +553,8 @@ STATE_OF_A_CLASS = textwrap.dedent(
         make = Tally
 
     def tally(state, n):
-        if n % 500 == 0:
-            time.sleep(0.005)  # spread the run over several epochs
+        if n % 100 == 0:
+            time.sleep(0.005)  # spread the run over many epochs (each kernel's 15 sleeps: 15 or more)
         state = state or make()
         state.n += 1
         return state, state.n
@@ -597,7 +597,8 @@ def test_a_snapshot_holding_a_class_renamed_since_names_its_step_and_the_way_out
     of kernels, every old kernel's snapshot is read by each new one."""
     (tmp_path / "pipeline.py").write_text(STATE_OF_A_CLASS)
     crash = "snapshot:3" + ("@1" if cores == 2 else "")
-    assert run_tallies(tmp_path, cores, "first", crash).returncode != 0
+    first = run_tallies(tmp_path, cores, "first", crash)
+    assert first.returncode != 0, "the crash point was never reached"
     resumed = run_tallies(tmp_path, resumed_on, "renamed")
     assert resumed.returncode == 1, resumed.stderr
     error = next(line for line in resumed.stderr.splitlines() if line.startswith("error: "))
