@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 
-def run_cli(tmp: Path, cores: int, crash: str | None, **env_vars):
+def run_cli(tmp: Path, cores: int, crash: str | None, *, epoch_interval: str = "0.02", **env_vars):
     """Run `tmp/pipeline.py` on `cores` kernels with `tmp/state` as its
     state_dir; `crash`: the crash point, or None; `env_vars`: the
     pipeline's own variables."""
@@ -20,5 +20,5 @@ def run_cli(tmp: Path, cores: int, crash: str | None, **env_vars):
         env["KERNEL_CRASH_AT"] = crash
     return subprocess.run(
         [sys.executable, "-m", "kernel.run", str(tmp / "pipeline.py"), "--cores", str(cores),
-         "--state-dir", str(tmp / "state"), "--epoch-interval", "0.02"],
+         "--state-dir", str(tmp / "state"), "--epoch-interval", epoch_interval],
         env=env, capture_output=True, text=True, timeout=120)

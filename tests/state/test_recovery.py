@@ -11,6 +11,7 @@ the records those files do not hold, and the run says which epoch it restored
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -565,15 +566,14 @@ STATE_OF_A_CLASS = textwrap.dedent(
 )
 
 
+_spec = importlib.util.spec_from_file_location(
+    "_crash_runs", Path(__file__).resolve().parents[1] / "_crash_runs.py")
+_crash_runs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_crash_runs)
+
+
 def run_tallies(tmp: Path, cores: int, run: str, crash: str | None = None, **env):
-    env = dict(os.environ, OUT=str(tmp / "out"), RUN=run, **env)
-    env.pop("KERNEL_CRASH_AT", None)
-    if crash:
-        env["KERNEL_CRASH_AT"] = crash
-    return subprocess.run(
-        [sys.executable, "-m", "kernel.run", str(tmp / "pipeline.py"), "--cores", str(cores),
-         "--state-dir", str(tmp / "state"), "--epoch-interval", "0.005"],
-        env=env, capture_output=True, text=True, timeout=120)
+    return _crash_runs.run_cli(tmp, cores, crash, epoch_interval="0.005", OUT=tmp / "out", RUN=run, **env)
 
 
 @pytest.mark.parametrize("cores", [1, 2])

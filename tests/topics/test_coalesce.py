@@ -140,3 +140,16 @@ def test_a_frame_of_join_below_bytes_or_more_goes_alone():
     assert decode(*joined) == [(i, f"k{i}") for i in range(300)]
     [joined] = writer([small[0], big[0]])
     assert decode(*joined) == [(i, f"k{i}") for i in range(100)] + [(i, f"k{i}") for i in range(1000)]
+
+
+def test_a_batch_that_would_pass_max_bytes_is_not_joined():
+    """Found by a review: a batch joined whatever its size behind a small
+    one, so a small batch and one near the 16 MiB a subscriber takes in one
+    frame (under it alone: `_push_batch`) made a frame over it."""
+    small = encode_batch([(i, f"k{i}") for i in range(100)])
+    near = encode_batch([(i, "x" * 1000) for i in range(300)])  # ~300 kB: past MAX_BYTES with `small`
+    assert len(small[1]) < _coalesce.JOIN_BELOW and len(near[1]) > _coalesce.MAX_BYTES - len(small[1])
+    assert writer([small, near]) == [small, near]
+    fits = encode_batch([(i, "x" * 1000) for i in range(200)])  # ~200 kB: joins
+    [joined] = writer([small, fits])
+    assert decode(*joined) == decode(*small) + decode(*fits)
