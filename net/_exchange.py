@@ -12,6 +12,8 @@ the cost of a repeated key to one dict lookup: real key sets repeat a lot
 from __future__ import annotations
 
 import datetime
+import decimal
+import fractions
 import io
 import numbers
 import pickle
@@ -74,6 +76,9 @@ def _float_hash(key: float) -> int:
     return zlib.crc32(pickle.dumps(key, protocol=4))
 
 
+_UNSALTED_NUMBERS = (decimal.Decimal, fractions.Fraction, complex)
+
+
 def _other_hash(key) -> int:
     # subclasses and other numbers: hash them as the plain value they equal
     if isinstance(key, str):
@@ -98,17 +103,27 @@ def _other_hash(key) -> int:
             as_float = None
         if as_float is not None and as_float == key:
             return _float_hash(as_float)  # Decimal("0.5") == 0.5, Fraction(1) == 1
-        if key == int(key):
-            return int(key) & 0xFFFFFFFFFFFFFFFF  # integral but beyond a float's precision
-        # Equal to no float: Decimal("0.2") == Decimal("0.20") == Fraction(1, 5). Python's
-        # hash of numbers is the same for equal ones of every kind, and unsalted (the
-        # same in every process); their pickles differ ("0.2", "0.20": two kernels).
-        return hash(key) & _MASK
-    if isinstance(key, datetime.datetime) and key.utcoffset() is not None:
+        try:
+            whole = int(key) if key == int(key) else None  # integral but beyond a float's precision
+        except (TypeError, ValueError, OverflowError):  # a number int() does not take
+            whole = None
+        if whole is not None:
+            return whole & 0xFFFFFFFFFFFFFFFF
+        if isinstance(key, _UNSALTED_NUMBERS):
+            # Equal to no float: Decimal("0.2") == Decimal("0.20") == Fraction(1, 5).
+            # Python's hash of its own numbers is the same for equal ones of every
+            # kind, and unsalted (the same in every process); their pickles differ
+            # ("0.2", "0.20": two kernels). Not another library's numbers: theirs
+            # may hash a str (a review found a Money class doing so).
+            return hash(key) & _MASK
+    elif isinstance(key, (datetime.datetime, datetime.time)):
         # equal instants in other zones are equal keys; their pickles hold their zones
-        instant = (key - key.utcoffset()).replace(tzinfo=None, fold=0)
-        return _combine(("aware datetime", instant.toordinal(), instant.hour, instant.minute,
-                         instant.second, instant.microsecond))
+        offset = key.replace(fold=0).utcoffset()  # (as Python's own hash: fold does not count)
+        if offset is not None:
+            day = key.toordinal() if isinstance(key, datetime.datetime) else 0
+            micro = ((day * 86400 + key.hour * 3600 + key.minute * 60 + key.second) * 10**6
+                     + key.microsecond - offset // datetime.timedelta(microseconds=1))
+            return _combine((type(key).__name__, micro))  # (no datetime arithmetic: no overflow)
     return _pickle_hash(key)
 
 
