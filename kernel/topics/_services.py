@@ -159,8 +159,19 @@ class Serve(Source):
         return _HEAD.pack(rid, OK) + answer
 
     async def _answer_later(self, ws, rid: int, awaitable) -> None:
+        if not inspect.iscoroutine(awaitable):
+            # A future or task the handler may hand several calls at once (a
+            # single flight): a CANCEL of one call cancels this call's wait,
+            # not the work the others wait on too (found by the review of the
+            # CANCEL: a patient client's call was never answered)
+            awaitable = asyncio.shield(awaitable)
         try:
             answer = self._answer(rid, await awaitable)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this call was given up (CANCEL), or its connection ended: nobody to answer
+            answer = _failed(rid, exc)  # the handler's own work was cancelled: the call fails, answered
         except Exception as exc:
             answer = _failed(rid, exc)
         try:
@@ -321,8 +332,8 @@ class ServiceClient:
             rid = deadlines.popleft()[1]
             future = self._waiting.get(rid)
             if future is not None and not future.done():
+                self._give_up(rid)  # (first: its CANCEL goes before any call the caller makes next)
                 future.set_exception(self._late())
-                self._give_up(rid)
         self._watchdog = loop.call_at(deadlines[0][0], self._expire) if deadlines else None
 
     def _give_up(self, rid: int) -> None:

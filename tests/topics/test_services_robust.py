@@ -399,3 +399,59 @@ def test_an_error_text_that_is_not_utf8_fails_its_call_only(where, kind):
                 assert await svc.call("after") == "after"
 
     run(scenario)
+
+
+def test_a_call_given_up_does_not_cancel_work_another_call_waits_on(where):
+    """Found by the review of the CANCEL: a handler that hands concurrent
+    calls for one key one shared task (a single flight) had it cancelled
+    by the first caller's timeout, and the patient caller never got an
+    answer. A future or task is awaited shielded; a coroutine (made for
+    its call alone) is still cancelled."""
+
+    async def scenario():
+        inflight = {}
+        release = asyncio.Event()
+
+        async def compute(key):
+            await release.wait()
+            return f"result {key}"
+
+        def handler(request):
+            if request == "ping":
+                return "pong"
+            task = inflight.get(request)
+            if task is None or task.done():
+                task = inflight[request] = asyncio.ensure_future(compute(request))
+            return task
+
+        async with serving(where, handler) as service:
+            async with ServiceClient(service.name, coordinator=where, timeout=0.3) as impatient, \
+                       ServiceClient(service.name, coordinator=where, timeout=5) as patient:
+                waiting = asyncio.ensure_future(patient.call("k"))
+                await until(lambda: "k" in inflight)
+                with pytest.raises(ServiceError, match=r"did not answer within 0\.3 s"):
+                    await impatient.call("k")
+                assert await impatient.call("ping") == "pong"  # (after its CANCEL, on one connection)
+                assert not inflight["k"].cancelled()
+                release.set()
+                assert await waiting == "result k"
+
+    run(scenario)
+
+
+def test_a_handlers_work_cancelled_by_itself_fails_its_call_rather_than_leaving_it_unanswered(where):
+    async def scenario():
+        async def handler(request):
+            if request == "ping":
+                return "pong"
+            work = asyncio.ensure_future(asyncio.Event().wait())
+            asyncio.get_running_loop().call_later(0.05, work.cancel)  # the handler's own doing
+            return await work
+
+        async with serving(where, handler) as service:
+            async with ServiceClient(service.name, coordinator=where, timeout=4) as svc:
+                with pytest.raises(ServiceError, match=r"failed: CancelledError"):
+                    await svc.call("x")
+                assert await svc.call("ping") == "pong"  # (the connection goes on)
+
+    run(scenario)
