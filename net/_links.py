@@ -129,6 +129,10 @@ MAX_PENDING = 32  # unauthenticated connections at once (at least twice the expe
 PENDING_MAX_BYTES = 64 * 1024
 _HTTP_MAX_LINE = 1024  # HTTP request and header lines: an upgrade's are < 100 bytes
 _HTTP_MAX_HEADERS = 32  # aiohttp's client sends 8
+# seconds a connection past its websocket upgrade may take to answer the
+# challenge before it may be closed to make room (`_Guard._make_room_for`):
+# a peer answers in milliseconds, a stranger holding the slot never does
+_EVICTABLE_AFTER = 1.0
 _OVERFLOW_LOG_EVERY = 5.0  # seconds between reports of refusals over MAX_PENDING
 REFUSALS_LOGGED = 10  # refusals logged one by one in each _OVERFLOW_LOG_EVERY seconds; the rest counted
 _CLOSE_WAIT = 1.0  # seconds a closing server end waits for the peer's close frame
@@ -591,8 +595,15 @@ class _Guard(web.Server):
         heaviest, most = held.most_common(1)[0]
         if most <= held[address] + 1:
             return False
-        victim = min((h for h, entry in self._pending.items() if entry[2] == heaviest),
-                     key=lambda h: self._pending[h][0])
+        # Not one part-way through the challenge, unless it has been at it
+        # longer than a peer takes (a review: a client evicted mid-handshake
+        # fails outright, where one refused as it connects is tried again)
+        connected_before = self._loop.time() - _EVICTABLE_AFTER + self.handshake_timeout  # (as deadlines)
+        evictable = [h for h, entry in self._pending.items() if entry[2] == heaviest
+                     and (entry[1] is not None or entry[0] < connected_before)]
+        if not evictable:
+            return False
+        victim = min(evictable, key=lambda h: self._pending[h][0])
         _, timer, _, transport, _ = self._pending.pop(victim)
         if timer is not None:
             timer.cancel()

@@ -863,3 +863,36 @@ async def test_more_than_pending_max_bytes_before_authenticating_closes_the_conn
         await session.close()
     finally:
         await server.stop()
+
+
+async def test_making_room_never_breaks_a_peer_part_way_through_the_challenge(monkeypatch, caplog):
+    """Found by the review of the eviction: two peers from one host, slow
+    to answer the challenge (a busy machine), hold both slots when a
+    connection comes from another address. Closing one of them broke its
+    handshake, a hard LinkError (a connection refused as it arrives is
+    tried again); now the newcomer is refused."""
+    from kernel.net import _links
+
+    real = _links._client_handshake
+
+    async def slow_handshake(ws, *args, **kwargs):
+        await asyncio.sleep(0.3)
+        return await real(ws, *args, **kwargs)
+
+    monkeypatch.setattr(_links, "_client_handshake", slow_handshake)
+    server = await start_server([], max_pending=2, handshake_timeout=30.0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="kernel.links"):
+            peers = [asyncio.ensure_future(connect(server, process=n)) for n in (1, 2)]
+            await until(lambda: server.pending == 2)
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port,
+                                                           local_addr=("127.0.0.2", 0))
+            with contextlib.suppress(ConnectionResetError):
+                assert await closed_by_server(reader, within=2.0) == b""
+            writer.close()
+            for link, session, _ in await asyncio.gather(*peers):
+                await link.close()
+                await session.close()
+        assert not [r for r in caplog.records if "make room" in r.getMessage()]
+    finally:
+        await server.stop()
