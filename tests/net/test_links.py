@@ -602,11 +602,7 @@ async def test_one_address_holding_every_pending_slot_makes_room_for_another(cap
                                                            local_addr=("127.0.0.2", 0)))
             await until(lambda: server.pending == 4)
             # the stranger again: it holds the most, so it is the one refused
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.port,
-                                                           local_addr=("127.0.0.2", 0))
-            with contextlib.suppress(ConnectionResetError):
-                assert await closed_by_server(reader, within=2.0) == b""
-            writer.close()
+            await refused_at_once(server, "127.0.0.2")
             assert server.pending == 4
             for stranger_reader, _ in strangers:  # none of the others was closed
                 assert not stranger_reader.at_eof()
@@ -790,6 +786,23 @@ async def test_a_server_stopped_with_peers_still_linked_closes_them_and_stops_at
         await silent_session.close()
 
 
+async def refused_at_once(server, address: str) -> None:
+    """A connection from `address` (one of loopback's), closed by the server as it comes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port, local_addr=(address, 0))
+    with contextlib.suppress(ConnectionResetError):
+        assert await closed_by_server(reader, within=2.0) == b""
+    writer.close()
+
+
+async def still_links(server, received: list) -> None:
+    """A peer with the secret still links and its frame arrives."""
+    link, session, _ = await connect(server)
+    await link.send(1, 1, b"still fine")
+    await until(lambda: (1, 1, 1, b"still fine") in received)
+    await link.close()
+    await session.close()
+
+
 def _upgrade_then_gone(port: int, how: str) -> None:
     """A websocket upgrade, then the connection half-closed, closed or reset
     at once (a blocking socket: the stranger does not wait for anything)."""
@@ -817,11 +830,7 @@ async def test_upgrades_closed_at_once_are_rate_limited_refusals_not_error_trace
             for _ in range(60):
                 await asyncio.to_thread(_upgrade_then_gone, server.port, how)
             await until(lambda: server.pending == 0)
-            link, session, _ = await connect(server)
-            await link.send(1, 1, b"still fine")
-            await until(lambda: (1, 1, 1, b"still fine") in received)
-            await link.close()
-            await session.close()
+            await still_links(server, received)
     finally:
         await server.stop()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
@@ -856,11 +865,7 @@ async def test_more_than_pending_max_bytes_before_authenticating_closes_the_conn
             assert [r.getMessage() for r in caplog.records] == [
                 f"refused a link from 127.0.0.1: it sent more than {PENDING_MAX_BYTES // 1024} KiB before "
                 "authenticating"]
-        link, session, _ = await connect(server)  # and a peer still links
-        await link.send(1, 1, b"still fine")
-        await until(lambda: (1, 1, 1, b"still fine") in received)
-        await link.close()
-        await session.close()
+        await still_links(server, received)
     finally:
         await server.stop()
 
@@ -885,11 +890,7 @@ async def test_making_room_never_breaks_a_peer_part_way_through_the_challenge(mo
         with caplog.at_level(logging.WARNING, logger="kernel.links"):
             peers = [asyncio.ensure_future(connect(server, process=n)) for n in (1, 2)]
             await until(lambda: server.pending == 2)
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.port,
-                                                           local_addr=("127.0.0.2", 0))
-            with contextlib.suppress(ConnectionResetError):
-                assert await closed_by_server(reader, within=2.0) == b""
-            writer.close()
+            await refused_at_once(server, "127.0.0.2")
             for link, session, _ in await asyncio.gather(*peers):
                 await link.close()
                 await session.close()
