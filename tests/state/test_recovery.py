@@ -553,15 +553,19 @@ STATE_OF_A_CLASS = textwrap.dedent(
                     self.lock = threading.Lock()  # cannot be pickled
         make = Tally
 
+    def paced(n):
+        if n % 20 in (0, 1):  # (on both kernels: kernel k of 2 reads record i where i % 2 == k)
+            time.sleep(0.001)  # a kernel's batch of 20 takes 2 ms at the source: epochs (5 ms) between
+        return n
+
     def tally(state, n):
-        if n % 100 == 0:
-            time.sleep(0.005)  # spread the run over many epochs (each kernel's 15 sleeps: 15 or more)
         state = state or make()
         state.n += 1
         return state, state.n
 
     flow = Dataflow("tallies")
-    flow.from_iterable(range(3_000)).key_by(lambda n: n % 3).stateful_map(tally).to_files(os.environ["OUT"])
+    numbers = flow.from_iterable(range(3_000), batch_size=20).map(paced)
+    numbers.key_by(lambda n: n % 3).stateful_map(tally).to_files(os.environ["OUT"])
     """
 )
 
@@ -584,7 +588,7 @@ def test_state_that_does_not_pickle_names_its_step_and_says_state_must_pickle(tm
     failed = run_tallies(tmp_path, cores, "first", LOCKED="1")
     assert failed.returncode == 1
     error = next(line for line in failed.stderr.splitlines() if line.startswith("error: "))
-    assert error.endswith("operator 'stateful_map(tally) (step 2)': function 'pickle.dumps' raised "
+    assert error.endswith("operator 'stateful_map(tally) (step 3)': function 'pickle.dumps' raised "
                           "TypeError: cannot pickle '_thread.lock' object"), failed.stderr
     assert "every step's state is pickled at each epoch" in failed.stderr
 
@@ -596,13 +600,13 @@ def test_a_snapshot_holding_a_class_renamed_since_names_its_step_and_the_way_out
     failed: AttributeError" naming no step (2). Resumed on another number
     of kernels, every old kernel's snapshot is read by each new one."""
     (tmp_path / "pipeline.py").write_text(STATE_OF_A_CLASS)
-    crash = "snapshot:3" + ("@1" if cores == 2 else "")
+    crash = "snapshot:5" + ("@1" if cores == 2 else "")  # (~30 epochs a kernel: state in the 4th)
     first = run_tallies(tmp_path, cores, "first", crash)
     assert first.returncode != 0, "the crash point was never reached"
     resumed = run_tallies(tmp_path, resumed_on, "renamed")
     assert resumed.returncode == 1, resumed.stderr
     error = next(line for line in resumed.stderr.splitlines() if line.startswith("error: "))
-    assert error.endswith("operator 'stateful_map(tally) (step 2)': function 'pickle.loads' raised "
+    assert error.endswith("operator 'stateful_map(tally) (step 3)': function 'pickle.loads' raised "
                           "AttributeError: Can't get attribute 'Tally' on <module '__kernel_pipeline__' "
                           f"from '{tmp_path / 'pipeline.py'}'>"), resumed.stderr
     assert "a class renamed or moved since: give it back its name" in resumed.stderr
