@@ -14,6 +14,8 @@ import logging
 import os
 import sys
 
+from kernel.dataflow._errors import KernelError
+
 COORDINATOR_VARIABLE = "KERNEL_COORDINATOR"
 COMMANDS = ("coordinator", "executor", "submit", "status", "logs", "kill")
 
@@ -153,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     except _Usage as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KernelError as exc:  # the coordinator's --dashboard port taken, say
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

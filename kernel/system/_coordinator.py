@@ -166,21 +166,31 @@ async def serve(host: str, port: int, secret: bytes, data_dir: str | Path, *, tl
                 dashboard: tuple[str, int] | None = None) -> None:
     """Run a coordinator until cancelled. `ready(port)` is called once it
     listens; `dashboard` (host, port): serve the system's dashboard there."""
-    catalog = Catalog(data_dir)
-    master = JobMaster(catalog, adopt_grace=adopt_grace, executor_timeout=executor_timeout)
-    server = CoordinatorServer(host, port, secret, master,
-                               ssl_context=tls.server_context() if tls is not None else None)
-    await server.start()
+    page_socket = None
+    if dashboard is not None:  # (first: a port taken is an error before anything listens)
+        from kernel.system._dashboard import dashboard_socket
+
+        page_socket = dashboard_socket(*dashboard)
+    try:
+        catalog = Catalog(data_dir)
+        master = JobMaster(catalog, adopt_grace=adopt_grace, executor_timeout=executor_timeout)
+        server = CoordinatorServer(host, port, secret, master,
+                                   ssl_context=tls.server_context() if tls is not None else None)
+        await server.start()
+    except BaseException:
+        if page_socket is not None:
+            page_socket.close()
+        raise
     log.info("coordinator listening on %s:%d (catalog %s)", host, server.port, catalog.path)
     if ready is not None:
         ready(server.port)
     watcher = asyncio.ensure_future(master.watch())
     page = None
     try:
-        if dashboard is not None:
+        if page_socket is not None:
             from kernel.system._dashboard import serve_dashboard
 
-            page = await serve_dashboard(*dashboard, master.status)  # topics with publishers, subscribers
+            page = await serve_dashboard(page_socket, master.status)  # topics with publishers, subscribers
             log.info("coordinator dashboard on http://%s:%d/", *dashboard)
         master.reconcile()
         await asyncio.Future()

@@ -54,10 +54,22 @@ def system_app(state) -> web.Application:
     return app
 
 
-async def serve_dashboard(host: str, port: int, state) -> web.AppRunner:
-    """Start serving; the caller cleans the returned runner up."""
-    runner = web.AppRunner(system_app(state), access_log=None)
+def dashboard_socket(host: str, port: int):
+    """The dashboard's listening socket, bound before the coordinator starts
+    (MetricsServerError, as for a job's --dashboard, where it cannot be:
+    a port taken was a traceback once the coordinator already listened)."""
+    from kernel.metrics._server import listen
+
+    return listen((host, port))
+
+
+async def serve_dashboard(sock, state) -> web.AppRunner:
+    """Start serving on `sock` (`dashboard_socket`); the caller cleans the
+    returned runner up. Its shutdown waits 1 s at most for the event
+    streams (aiohttp's default, 60 s twice: a client that stopped reading
+    held a coordinator's stop up for two minutes)."""
+    runner = web.AppRunner(system_app(state), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.SockSite(runner, sock)
     await site.start()
     return runner

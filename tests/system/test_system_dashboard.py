@@ -113,3 +113,57 @@ async def _browse(url: str):
             check(); })""")
         job_page = await page.evaluate("document.body.innerText")
     return rows, executors, shot, job_page
+
+
+def test_a_dashboard_port_taken_is_a_one_line_error_before_the_coordinator_listens(tmp_path):
+    """Found by a review: a raw OSError traceback, once the coordinator
+    already listened on its own port."""
+    import os
+    import socket
+    import subprocess
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        busy, listen = taken.getsockname()[1], free_port()
+        done = subprocess.run(
+            [sys.executable, "-m", "kernel", "coordinator", "--listen", f"127.0.0.1:{listen}",
+             "--data", str(tmp_path / "data"), "--dashboard", f"127.0.0.1:{busy}"],
+            env=dict(os.environ, KERNEL_SECRET="system-test-secret"), capture_output=True, text=True,
+            timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: dashboard 127.0.0.1:{busy}: cannot listen there: Address already in use"), done.stderr
+    assert "coordinator listening" not in done.stderr
+
+
+def test_an_event_stream_client_that_stops_reading_does_not_hold_up_the_coordinators_stop():
+    """Found by a review: with aiohttp's default shutdown timeout (60 s,
+    twice) a client that stopped reading /api/events (a pager, a laptop
+    asleep) held the coordinator's stop up for two minutes."""
+    import socket
+
+    from kernel.system._dashboard import dashboard_socket, serve_dashboard
+
+    jobs = [{"id": f"job-{n}", "name": "flow", "status": "failed", "message": "x" * 1000}
+            for n in range(2000)]  # ~2 MB an event: the socket's buffers fill at once
+
+    async def scenario() -> float:
+        sock = dashboard_socket("127.0.0.1", 0)
+        port = sock.getsockname()[1]
+        runner = await serve_dashboard(sock, lambda: {"executors": [], "jobs": jobs, "topics": []})
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+        client.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", port))
+            client.send(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read
+            await asyncio.sleep(2.5)  # (two events: the server's write waits for room)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await asyncio.wait_for(runner.cleanup(), 20)
+            return loop.time() - started
+        finally:
+            client.close()
+
+    assert asyncio.run(scenario()) < 4.0
