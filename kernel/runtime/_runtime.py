@@ -43,6 +43,9 @@ EPOCH_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 EPOCH_LOG = 64
 
 
+_MAX_CHAINED = 50  # chained hops in a row (a hop nests ~4 Python frames; the limit is 1,000)
+
+
 class Runtime:
     """The instances of one graph on one kernel."""
 
@@ -115,11 +118,19 @@ class Runtime:
             nodes = [*graph.nodes, *(graph.nodes[self._partial_for[i]]
                                      for i in range(len(graph.nodes), len(self.instances)))]
             self.loops = wire_loops(graph, self.instances, nodes)
+        hops: dict[int, int] = {}  # chained hops before an instance (upstreams come first)
         for instance in self.instances:
             if len(instance.targets) == 1:
                 target, _ = instance.targets[0]
                 if isinstance(target, Instance):
-                    target.chained = len(target.ports) == 1 and target.task_class == instance.task_class
+                    chained = len(target.ports) == 1 and target.task_class == instance.task_class
+                    # A chained hop is a nested call: a chain is cut every
+                    # _MAX_CHAINED hops (the next step runs in an activation
+                    # of its own), or a long one overflows Python's stack (a
+                    # review: 400 maps raised RecursionError at the 245th)
+                    depth = hops.get(id(instance), 0) + 1 if chained else 0
+                    target.chained = chained and depth <= _MAX_CHAINED
+                    hops[id(target)] = depth if target.chained else 0
         if FUSION:
             self._fuse()
         if self.metrics:
