@@ -121,6 +121,11 @@ class _Closed(Exception):
     """The connection went during a request (`Directory._exchange`)."""
 
 
+class CoordinatorUnreachable(TopicError):
+    """The coordinator did not answer (down, restarting, cut off): not a
+    refusal (a wrong secret, another service at its address)."""
+
+
 class Directory:
     """One connection to the coordinator, one request at a time."""
 
@@ -131,15 +136,17 @@ class Directory:
         self._lock = asyncio.Lock()
 
     async def _connect(self) -> None:
-        from kernel.net._links import connect
+        from kernel.net._links import AuthenticationFailed, LinkMismatch, connect
 
         host, port = self.address
         try:
             self._ws, _, _, self._http = await connect(
                 url_of(host, port), self.key, CLIENT, path=SYSTEM_PATH, max_frame=_MAX_MESSAGE,
                 timeout=self.timeout, meta={"role": "client"}, check_meta=False, ssl=client_ssl())
-        except Exception as exc:
+        except (AuthenticationFailed, LinkMismatch) as exc:
             raise TopicError(f"cannot reach the coordinator at {host}:{port}: {exc}") from exc
+        except Exception as exc:
+            raise CoordinatorUnreachable(f"cannot reach the coordinator at {host}:{port}: {exc}") from exc
 
     async def request(self, op: str, **fields) -> dict:
         async with self._lock:
@@ -148,7 +155,7 @@ class Directory:
                 reply = await self._exchange(op, fields)
             except _Closed as closed:
                 if not reused:
-                    raise TopicError(str(closed)) from None
+                    raise CoordinatorUnreachable(str(closed)) from None
                 # An idle connection still looks open after the coordinator
                 # was restarted (nothing reads it meanwhile); the old process
                 # took nothing of this request, so it goes again, once, on a
@@ -179,7 +186,7 @@ class Directory:
         except (ConnectionError, _Closed):  # (aiohttp's reset on a closing socket is a ConnectionError)
             await self.close()
             if again:
-                raise TopicError(str(gone)) from None
+                raise CoordinatorUnreachable(str(gone)) from None
             raise gone from None
 
     async def lookup(self, name: str, timeout: float | None, kind: str = "stream",
@@ -190,9 +197,25 @@ class Directory:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         waiting = False
+        unreachable = False
         while True:
             # (job: a topic that ends is still found, ended, by the jobs that had found it)
-            found = await self.request("topic_lookup", name=name, job=job_name())
+            try:
+                found = await self.request("topic_lookup", name=name, job=job_name())
+            except CoordinatorUnreachable as exc:
+                # down for longer than a dial's timeout (a restart that takes
+                # a while): a lookup that may wait goes on waiting, within its
+                # timeout, rather than ending the job (a review)
+                if deadline is not None and loop.time() >= deadline:
+                    raise
+                if not unreachable:
+                    unreachable = True
+                    log.warning("%s; looking %r up again until it answers", exc, name)
+                await asyncio.sleep(LOOKUP_EVERY)
+                continue
+            if unreachable:
+                unreachable = False
+                log.warning("the coordinator at %s:%d answers again", *self.address)
             if found.get("found") and found["id"] != not_id:
                 if found.get("kind", "stream") != kind:
                     raise TopicError(f"{name!r} is a {found.get('kind')} topic, not a {kind}")

@@ -1579,3 +1579,44 @@ def test_a_record_not_of_the_topics_record_type_fails_its_publisher_before_anyon
     with pytest.raises(OperatorError, match=rf"topic '{system.topic}' was published with record_type=int, "
                                             r"but a record is 'a'"):
         run(flow, coordinator=f"127.0.0.1:{system.port}")
+
+
+def test_a_lookup_that_may_wait_waits_through_a_coordinator_down_longer_than_a_dial(own_system, caplog):
+    """Found by a review (in the code): a lookup that may wait (a subscriber
+    with on_lost="wait" looking for a new publisher) failed, and ended its
+    job, when the coordinator stayed down longer than one dial's timeout.
+    It now looks the topic up again until the coordinator answers."""
+    import logging
+
+    from kernel.topics._directory import Directory
+
+    system = own_system
+    key = system.env["KERNEL_SECRET"].encode()
+
+    async def scenario() -> dict:
+        directory = Directory(("127.0.0.1", system.port), key, timeout=0.3)
+        try:
+            system.coordinator.kill()
+            system.coordinator.wait()
+            lookup = asyncio.ensure_future(directory.lookup("comes-later", None))
+            while not (lookup.done() or "up again until it answers" in caplog.text):
+                await asyncio.sleep(0.02)
+            assert not lookup.done(), lookup.exception()
+            await asyncio.to_thread(system.start_coordinator)
+            await asyncio.to_thread(wait_until, lambda: system.coordinator_log.read_text().count(
+                "coordinator listening") == 2, what="the coordinator to listen again")
+            publisher = Directory(("127.0.0.1", system.port), key)
+            try:
+                await publisher.request("topic_publish", name="comes-later", id="later", job="app:later",
+                                        kind="stream", record_type=None, partitions=1, partition=0,
+                                        address="127.0.0.1:9")
+            finally:
+                await publisher.close()
+            return await asyncio.wait_for(lookup, 10)
+        finally:
+            await directory.close()
+
+    with caplog.at_level(logging.WARNING, logger="kernel.topics"):
+        found = asyncio.run(scenario())
+    assert found["found"] and found["id"] == "later"
+    assert "answers again" in caplog.text
