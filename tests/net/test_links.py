@@ -879,9 +879,11 @@ async def test_making_room_never_breaks_a_peer_part_way_through_the_challenge(mo
     from kernel.net import _links
 
     real = _links._client_handshake
+    answering, upgraded = asyncio.Event(), []
 
-    async def slow_handshake(ws, *args, **kwargs):
-        await asyncio.sleep(0.3)
+    async def slow_handshake(ws, *args, **kwargs):  # a busy peer: it answers once told to
+        upgraded.append(ws)
+        await answering.wait()
         return await real(ws, *args, **kwargs)
 
     monkeypatch.setattr(_links, "_client_handshake", slow_handshake)
@@ -889,8 +891,9 @@ async def test_making_room_never_breaks_a_peer_part_way_through_the_challenge(mo
     try:
         with caplog.at_level(logging.WARNING, logger="kernel.links"):
             peers = [asyncio.ensure_future(connect(server, process=n)) for n in (1, 2)]
-            await until(lambda: server.pending == 2)
+            await until(lambda: len(upgraded) == 2)  # both part-way through the challenge
             await refused_at_once(server, "127.0.0.2")
+            answering.set()
             for link, session, _ in await asyncio.gather(*peers):
                 await link.close()
                 await session.close()

@@ -158,8 +158,16 @@ def test_an_event_stream_client_that_stops_reading_does_not_hold_up_the_coordina
         try:
             await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", port))
             client.send(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read
-            await asyncio.sleep(2.5)  # (two events: the server's write waits for room)
             loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            # until the server's write waits for room: its buffer past the transport's high-water mark
+            def waiting_for_room() -> bool:
+                return any(h.transport is not None and h.transport.get_write_buffer_size() > 1 << 16
+                           for h in runner.server.connections)
+
+            while not waiting_for_room():
+                assert loop.time() < deadline, "the event stream never filled the socket"
+                await asyncio.sleep(0.02)
             started = loop.time()
             await asyncio.wait_for(runner.cleanup(), 20)
             return loop.time() - started
