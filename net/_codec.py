@@ -471,17 +471,11 @@ def renamed_decoder(name: str, cls: type):
             return cls
 
     renamed = Carried()
-    decoders = dict(DECODERS)
-    decoders[KIND_PICKLE] = loads
-    decoders[KIND_NAMED_RUNS] = lambda body: _decode_named_runs(body, renamed)
-    for kind in (KIND_PICKLE, KIND_NAMED_RUNS):
-        decoders[kind | TIMED] = _timed(decoders[kind])
+    overrides = {KIND_PICKLE: loads, KIND_NAMED_RUNS: lambda body: _decode_named_runs(body, renamed)}
+    overrides.update({kind | TIMED: _timed(decoder) for kind, decoder in list(overrides.items())})
 
     def decode_renamed(kind: int, body):
-        try:
-            decoder = decoders[kind]
-        except KeyError:
-            raise ValueError(f"unknown frame kind {kind}") from None
-        return decoder(body)
+        decoder = overrides.get(kind)
+        return decode(kind, body) if decoder is None else decoder(body)
 
     return decode_renamed
