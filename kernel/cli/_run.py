@@ -24,7 +24,7 @@ from kernel._facade import (
     plan_for,
 )
 from kernel.dataflow._api import Dataflow
-from kernel.dataflow._errors import KernelError, cause_traceback
+from kernel.dataflow._errors import KernelError, cause_traceback, describe_exception
 from kernel.execution._supervisor import KernelProcessError
 
 PIPELINE_MODULE = "__kernel_pipeline__"
@@ -61,7 +61,7 @@ def load_flow(path: Path, name: str) -> Dataflow:
     except BaseException as exc:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
-        raise PipelineImportError(f"importing {path} raised {type(exc).__name__}: {exc}") from exc
+        raise PipelineImportError(f"importing {path} raised {describe_exception(exc)}") from exc
     flow = getattr(module, name, None)
     if flow is None:
         found = sorted(k for k, v in vars(module).items() if isinstance(v, Dataflow))

@@ -13,7 +13,7 @@ import reprlib
 import traceback
 from pathlib import Path
 
-from kernel.scheduling._errors import ActivationError, KernelError, TaskError
+from kernel.scheduling._errors import ActivationError, KernelError, TaskError, describe_exception
 
 __all__ = ["ActivationError", "KernelError", "OperatorError", "TaskError"]
 
@@ -120,7 +120,7 @@ class OperatorError(KernelError):
             operator,
             describe_function(fn),
             describe_record(record) if has_record else None,
-            shorten(f"{type(exc).__name__}: {exc}"),
+            shorten(describe_exception(exc)),
             hint,
         )
         err.__cause__ = exc

@@ -6,6 +6,26 @@ activation). Operators' errors (`OperatorError`) build on them in
 from __future__ import annotations
 
 
+def describe_exception(exc: BaseException) -> str:
+    """`TypeName: message` of `exc`, for the error that names where it came
+    from. Its message must not fail that error: an exception whose
+    `__str__` raises (a class whose `__str__` returns `self.args[0]`,
+    raised with a status code: "__str__ returned non-string") made the
+    message itself raise, and the run's error then named the library's
+    handler, no record, and in a fused chain or behind a user operator
+    another step altogether. Such a message is told as Python's traceback
+    tells it, with the exception's repr (which does not call `__str__`)."""
+    name = type(exc).__name__
+    try:
+        return f"{name}: {exc}"
+    except Exception:
+        pass
+    try:
+        return f"{name}: <exception str() failed> {exc!r}"
+    except Exception:
+        return f"{name}: <exception str() failed>"
+
+
 class KernelError(Exception):
     """Base class of the errors a run raises."""
 
@@ -16,7 +36,7 @@ class TaskError(KernelError):
     """A low-level task spawned on a kernel raised."""
 
     def __init__(self, task: str, error: BaseException | str) -> None:
-        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        text = error if isinstance(error, str) else describe_exception(error)
         super().__init__(task, text)
         self.task = task
         self.error = text
@@ -29,7 +49,7 @@ class ActivationError(KernelError):
     """An activation raised something that did not name itself."""
 
     def __init__(self, activation: str, error: BaseException | str) -> None:
-        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        text = error if isinstance(error, str) else describe_exception(error)
         super().__init__(activation, text)
         self.activation = activation
         self.error = text

@@ -305,6 +305,27 @@ def test_two_cores_a_user_function_that_raises(tmp_path):
         assert library_file not in err
 
 
+def test_a_file_that_raises_on_import_an_exception_whose_message_raises(tmp_path):
+    """str() of the exception raised while the command made its message: it
+    ended with the launcher's own traceback instead of its one-line error."""
+    path = write(
+        tmp_path,
+        "status.py",
+        """\
+        class StatusError(Exception):
+            def __str__(self):
+                return self.args[0]
+
+        raise StatusError(503)
+        """,
+    )
+    proc = cli(path)
+    assert proc.returncode == 1
+    assert f"error: importing {path} raised StatusError: <exception str() failed> StatusError(503)" \
+        in proc.stderr, proc.stderr
+    assert "_run.py" not in proc.stderr
+
+
 def test_two_cores_a_file_that_raises_on_import(tmp_path):
     path = write(tmp_path, "broken.py", "from kernel import Dataflow\nflow = Dataflow()\n1 / 0\n")
     proc = cli(path, "--cores", "2")

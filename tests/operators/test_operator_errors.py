@@ -13,7 +13,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from kernel.operators._event_time import TIMESTAMP_HINT
 
-from kernel import Dataflow, KernelProcessError, OperatorError, run, run_async
+from kernel import Dataflow, KernelProcessError, Operator, OperatorError, run, run_async
 from kernel.dataflow._errors import UNHASHABLE_KEY, UNPICKLABLE_RECORD, describe_record
 from net import Partitioner
 from operators import Session, Sliding, Tumbling
@@ -482,6 +482,66 @@ def test_a_record_whose_repr_raises_does_not_hide_the_error():
     # reprlib falls back to a placeholder naming the type.
     assert info.value.record.startswith("<Opaque ")
     assert info.value.error == "ValueError: real problem"
+
+
+class StatusError(Exception):
+    """An exception whose message cannot be made: its __str__ returns its
+    first argument, and it is raised with a number."""
+
+    def __str__(self):
+        return self.args[0]
+
+
+def status(x):
+    if x == 2:
+        raise StatusError(404)
+    return x
+
+
+async def statuses():
+    yield 1
+    raise StatusError(500)
+
+
+class Refusing(Operator):
+    def on_batch(self, port, batch):
+        raise StatusError(409)
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+@pytest.mark.parametrize(("build", "step", "function", "record"), [
+    (lambda s: s.map(status), "map(status) (step 1)", "status", "2"),
+    # fused with the map before it: the same step as apart
+    (lambda s: s.map(lambda x: x).map(status), "map(status) (step 2)", "status", "2"),
+    (lambda s: s.map(lambda x: x).filter(status), "filter(status) (step 2)", "status", "2"),
+    (lambda s: s.apply(Refusing), "Refusing (step 1)", "Refusing.on_batch", None),
+])
+def test_an_exception_whose_message_raises_is_still_named_where_it_came_from(build, step, function,
+                                                                              record, cores):
+    """str() of the user's exception raised while the error was being made:
+    the run failed naming the library's handler ('...Map.on_batch'), no
+    record, and fused or behind a user operator another step altogether."""
+    flow = Dataflow()
+    build(flow.from_iterable([1, 2, 3])).collect()
+    with pytest.raises((OperatorError, KernelProcessError)) as info:
+        run(flow, cores=cores)
+    error = info.value.__cause__ if cores > 1 else info.value
+    assert isinstance(error, OperatorError)
+    assert error.operator == step
+    assert error.function.rpartition("test_operator_errors.")[2] == function
+    assert error.record == record
+    assert error.error.startswith("StatusError: <exception str() failed> StatusError(")
+    if cores == 1:
+        assert isinstance(error.__cause__, StatusError)
+
+
+def test_an_async_source_whose_exception_message_raises_is_named():
+    flow = Dataflow()
+    flow.from_async_iterable(statuses).collect()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    assert info.value.operator == "from_async_iterable (step 0)"
+    assert info.value.error == "StatusError: <exception str() failed> StatusError(500)"
 
 
 def test_a_long_error_message_is_shortened():
