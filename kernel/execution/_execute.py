@@ -178,6 +178,7 @@ def _kernel_process(get_flow, plan: RunPlan, blocks=None, graph_block=None):
     async def run_kernel(index: int, peers: int, transport, coordinator=None) -> dict:
         flow = get_flow()
         kernel = Kernel(index=index, peers=peers, **options)
+        kernel.context.processes = plan.cluster.processes if plan.cluster is not None else 1
         runtime = Runtime(flow.graph, kernel, transport, coordinator, metrics=blocks is not None)
         kernel.at_start(runtime.start)
         block = None if blocks is None else blocks[index - first]

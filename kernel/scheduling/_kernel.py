@@ -121,12 +121,14 @@ class KernelContext:
     sources' watermarks; -inf until a source says otherwise, +inf once every
     source has ended). `epoch` is the current epoch number (0 until epochs
     exist); `snapshots` says whether the run takes epoch snapshots (a
-    state_dir: then operators get `on_epoch` and `on_commit`). `clock` is
+    state_dir: then operators get `on_epoch` and `on_commit`); `processes`
+    how many processes of a cluster the run's kernels are in (1 on one
+    machine, where kernel processes are forked from one). `clock` is
     the kernel's clock. `logger` tags records with the kernel index.
     """
 
-    __slots__ = ("clock", "epoch", "index", "kernel", "key_groups", "logger", "peers", "snapshots",
-                 "watermark")
+    __slots__ = ("clock", "epoch", "index", "kernel", "key_groups", "logger", "peers", "processes",
+                 "snapshots", "watermark")
 
     def __init__(self, kernel: Kernel, index: int, peers: int, clock, logger) -> None:
         self.kernel = kernel
@@ -138,6 +140,9 @@ class KernelContext:
         self.watermark = float("-inf")
         self.epoch = 0
         self.snapshots = False  # set by the runtime before operators open
+        # the processes that each build the flow themselves: more than one in
+        # a cluster (set by the launcher of its kernels; kernel.execution)
+        self.processes = 1
         self.clock = clock
         self.logger = logger
 
