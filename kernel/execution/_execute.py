@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import threading
 from contextlib import contextmanager
 
 import uvloop
@@ -214,18 +216,47 @@ def _publish_metrics(kernel, runtime, block) -> None:
     kernel.call_later(PUBLISH_INTERVAL, lambda: _publish_metrics(kernel, runtime, block))
 
 
+# Runs that overlap (`run()` on several threads of one process) share the
+# process's thresholds: the first to begin keeps the process's own, the last
+# to end puts them back. Each restoring what it had found left the raised
+# threshold in place for good whenever they ended in the order they began
+# (two threads' runs: 700 -> 50,000 after both had ended).
+_threshold_lock = threading.Lock()
+_threshold_runs = 0  # runs under way that raised the threshold
+_threshold_saved: tuple = ()  # the process's own thresholds, from before the first of them
+
+
+def _forget_threshold_runs() -> None:
+    # a forked kernel process starts afresh: its parent's runs are not its own,
+    # and a lock another thread held at the fork would never be released
+    global _threshold_lock, _threshold_runs
+    _threshold_lock = threading.Lock()
+    _threshold_runs = 0
+
+
+os.register_at_fork(after_in_child=_forget_threshold_runs)
+
+
 @contextmanager
 def gc_threshold(threshold: int | None):
     """Raise the generation-0 GC threshold for the duration (None: leave it)."""
+    global _threshold_runs, _threshold_saved
     if threshold is None:
         yield
         return
-    old = gc.get_threshold()
-    gc.set_threshold(threshold, *old[1:])
+    with _threshold_lock:
+        current = gc.get_threshold()
+        if _threshold_runs == 0:
+            _threshold_saved = current
+        _threshold_runs += 1
+        gc.set_threshold(threshold, *current[1:])
     try:
         yield
     finally:
-        gc.set_threshold(*old)
+        with _threshold_lock:
+            _threshold_runs -= 1
+            if _threshold_runs == 0:
+                gc.set_threshold(*_threshold_saved)
 
 
 async def _in_thread(launch):

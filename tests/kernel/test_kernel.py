@@ -337,3 +337,38 @@ async def test_the_budget_is_shared_by_all_tasks_of_a_kernel(how):
     # spent every task yields at its next call: at most 16 + one step per
     # task between two host turns (a per-task budget would allow 10 x 16).
     assert max(steps_between_host_turns) <= 16 + tasks
+
+
+def test_runs_overlapping_on_two_threads_give_the_process_its_gc_threshold_back():
+    """run() raises the generation-0 threshold while it lasts. Each run put
+    back what it had found: two runs on two threads, the second begun
+    before the first ended and ending after it, left the process at 50,000
+    for good (the second had found the first's). Here, synchronised by
+    their records: A begins, B begins, A ends, B ends."""
+    import threading
+
+    before = gc.get_threshold()
+    a_running, b_running, a_done = threading.Event(), threading.Event(), threading.Event()
+    errors: list = []
+
+    def run_flow(flow):
+        try:
+            run(flow)
+        except BaseException as exc:  # (seen by the assert below)
+            errors.append(exc)
+
+    flow_a = Dataflow("a")  # its record waits, inside A's run, until B's run is under way
+    flow_a.from_iterable([1]).inspect(lambda x: (a_running.set(), b_running.wait(10))).collect()
+    flow_b = Dataflow("b")  # its record waits, inside B's run, until A's run has ended
+    flow_b.from_iterable([1]).inspect(lambda x: (b_running.set(), a_done.wait(10))).collect()
+    thread_a = threading.Thread(target=run_flow, args=(flow_a,))
+    thread_b = threading.Thread(target=run_flow, args=(flow_b,))
+    thread_a.start()
+    assert a_running.wait(10)
+    thread_b.start()
+    thread_a.join(20)
+    a_done.set()
+    thread_b.join(20)
+    assert errors == []
+    assert b_running.is_set()
+    assert gc.get_threshold() == before
