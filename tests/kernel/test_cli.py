@@ -245,6 +245,23 @@ def test_two_cores_print_every_record_once(tmp_path):
     assert sorted(proc.stdout.splitlines()) == sorted(f"sq {x * x}" for x in range(5))
 
 
+def test_two_cores_print_lines_of_non_ascii_text_whole(tmp_path):
+    """print() writes whole lines in chunks of at most PIPE_BUF bytes, so
+    that the kernels sharing stdout never tear one another's lines. Its
+    chunks were counted in characters: of CJK text (3 bytes each in UTF-8)
+    ~9 KB writes, spliced by the other kernel's (~180 lines of 30,000)."""
+    path = write(tmp_path, "pipeline.py", """\
+        from kernel import Dataflow
+
+        flow = Dataflow("wide")
+        flow.from_iterable(range(30000)).map(lambda i: f"{i:06d} " + "\\u4e2d" * 60).print()
+        """)
+    proc = cli(path, "--cores", "2")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert sorted(lines) == [f"{i:06d} " + "\u4e2d" * 60 for i in range(30000)]
+
+
 def test_more_cores_than_cpus_run_with_a_warning_on_stderr(tmp_path):
     cpu = min(os.sched_getaffinity(0))
     proc = subprocess.run(
