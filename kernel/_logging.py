@@ -67,3 +67,15 @@ def use_json_logs(stream, job: str | None = None) -> None:
     _json_handler.setFormatter(JsonFormatter(job))
     _json_handler.setLevel(logging.WARNING)
     root.addHandler(_json_handler)
+
+
+# -- the command's live line (`python -m kernel.run` on a terminal: kernel/cli/_progress.py) ------
+
+# Blanks the line the cursor is on. A `print()` step writes it before its
+# lines while the live line is drawn on its stdout (`live_line`): else its
+# first line went on the end of the live one ("...  epoch -the 6": the first
+# word of examples/wordcount.py on a terminal), which stayed in its text.
+BLANK_LINE = "\r\x1b[K"
+# Whether the command draws its live line on this process's stdout: set when
+# it starts (before kernel processes fork, which inherit it), unset by its last line.
+live_line = False

@@ -5,6 +5,8 @@ from __future__ import annotations
 import select
 import sys
 
+from kernel import _logging
+from kernel._logging import BLANK_LINE
 from kernel.dataflow._errors import KernelError
 from kernel.dataflow._operator import Operator
 
@@ -58,6 +60,10 @@ class Print(Operator):
         out = self.file or sys.stdout
         prefix = self.prefix
         lines = [f"{prefix}{record}\n" for record in batch]
+        if lines and self.file is None and _logging.live_line:
+            # the command's live line is on this terminal: blank it, or the
+            # first line goes on its end (the live line is drawn again after)
+            lines[0] = BLANK_LINE + lines[0]
         # Several kernel processes share one stdout: a write of at most
         # PIPE_BUF bytes to a pipe is atomic, so flush whole lines in chunks
         # below it and no line is ever torn by another kernel's output.

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 import threading
 import time
+
+from kernel import _logging
 
 
 def totals(snapshots: list[dict]) -> tuple[int, int, float | None, int | None]:
@@ -42,6 +45,7 @@ class ProgressLine:
     """`progress(snapshots, final)` for a run plan, writing to `stream` (a terminal)."""
 
     def __init__(self, stream, clock=time.monotonic) -> None:
+        _logging.live_line = stream is sys.stdout  # print() steps blank it before their lines
         self._stream = stream
         self._clock = clock
         self._started = clock()
@@ -67,6 +71,8 @@ class ProgressLine:
             self._stream.write("\r" + line + " " * max(0, self._width - len(line)) + ("\n" if final else ""))
             self._stream.flush()
             self._width = 0 if final else len(line)
+            if final:
+                _logging.live_line = False
 
 
 def format_line(elapsed: float, records_in: int, rate_in: float, records_out: int, rate_out: float,

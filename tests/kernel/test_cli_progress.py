@@ -100,6 +100,47 @@ def test_the_totals_are_exact(tmp_path, cores):
                     r"watermark end  epoch -\n$", last), repr(last)
 
 
+def _as_seen(screen: str) -> list[str]:
+    """The lines a terminal shows for `screen`: a carriage return goes back
+    to the line's start (what follows writes over it), ESC [ K blanks the
+    line from the cursor on."""
+    seen = []
+    for text in screen.split("\r\n"):
+        line: list[str] = []
+        column = at = 0
+        while at < len(text):
+            if text.startswith("\x1b[K", at):
+                del line[column:]
+                at += 3
+                continue
+            if text[at] == "\r":
+                column = 0
+            elif column < len(line):
+                line[column] = text[at]
+                column += 1
+            else:
+                line.append(text[at])
+                column += 1
+            at += 1
+        seen.append("".join(line))
+    return seen
+
+
+def test_printed_records_do_not_go_on_the_end_of_the_live_line():
+    """The README's first command on a terminal showed its first word on
+    the end of the live line, drawn as the run starts: `elapsed 0.0s  in 0
+    (0/s)  out 0 (0/s)  watermark -  epoch -the 6`. Every record is a line
+    of its own; the totals are the last."""
+    import runpy
+
+    code, screen, stderr = _on_a_terminal(["examples/wordcount.py"])
+    assert code == 0, stderr
+    *records, last, end = _as_seen(screen)
+    assert end == "" and last.startswith("done in "), screen
+    words = runpy.run_path(os.path.join(REPO, "examples", "wordcount.py"))["TEXT"].lower().split()
+    assert sorted(records) == sorted(f"{word} {words.count(word)}" for word in set(words)), screen
+
+
 def test_no_line_through_a_pipe_or_with_quiet(tmp_path):
     path = _write(tmp_path, PACED)
     # (the two runs at once: each mostly waits out PACED's pauses)
