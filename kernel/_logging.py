@@ -10,6 +10,7 @@ object a line."""
 import json
 import logging
 import re
+import sys
 import time
 
 LIBRARY_HANDLER = logging.NullHandler()
@@ -65,6 +66,7 @@ def use_json_logs(stream, job: str | None = None) -> None:
         root.removeHandler(_json_handler)
     _json_handler = logging.StreamHandler(stream)
     _json_handler.setFormatter(JsonFormatter(job))
+    _json_handler.addFilter(off_the_live_line)
     _json_handler.setLevel(logging.WARNING)
     root.addHandler(_json_handler)
 
@@ -79,3 +81,18 @@ BLANK_LINE = "\r\x1b[K"
 # Whether the command draws its live line on this process's stdout: set when
 # it starts (before kernel processes fork, which inherit it), unset by its last line.
 live_line = False
+
+
+def off_the_live_line(record: logging.LogRecord) -> bool:
+    """A filter of the handlers that print the command's warnings on stderr
+    (Python's last-resort handler, the JSON one): while the live line is
+    drawn, and stderr is a terminal (as a rule, the same one), blank the
+    live line before the record is written, or the warning went on its end
+    ("...  epoch -[kernel 0] stall: ..."). Lets every record through."""
+    if live_line:
+        try:
+            if sys.stderr.isatty():
+                sys.stderr.write(BLANK_LINE)
+        except (AttributeError, OSError, ValueError):  # no stderr, or a closed one
+            pass
+    return True

@@ -11,6 +11,7 @@ sinks (the steps that emit nothing).
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import sys
@@ -46,6 +47,8 @@ class ProgressLine:
 
     def __init__(self, stream, clock=time.monotonic) -> None:
         _logging.live_line = stream is sys.stdout  # print() steps blank it before their lines
+        if _logging.live_line:  # and so do the warnings printed on stderr
+            logging.lastResort.addFilter(_logging.off_the_live_line)
         self._stream = stream
         self._clock = clock
         self._started = clock()
@@ -73,6 +76,7 @@ class ProgressLine:
             self._width = 0 if final else len(line)
             if final:
                 _logging.live_line = False
+                logging.lastResort.removeFilter(_logging.off_the_live_line)
 
 
 def format_line(elapsed: float, records_in: int, rate_in: float, records_out: int, rate_out: float,

@@ -47,13 +47,13 @@ flow.from_iterable(range(30_000)).filter(lambda n: n % 3 == 0).collect()
 """
 
 
-def _on_a_terminal(args, timeout=60.0) -> tuple[int, str, str]:
-    """Run the CLI with stdout on a pseudo-terminal; (exit code, what the
-    terminal got, stderr)."""
+def _on_a_terminal(args, timeout=60.0, stderr_too=False) -> tuple[int, str, str]:
+    """Run the CLI with stdout (and with `stderr_too` stderr) on a
+    pseudo-terminal; (exit code, what the terminal got, stderr)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # 160 columns
     process = subprocess.Popen([sys.executable, "-m", "kernel.run", *args], cwd=REPO, stdout=slave,
-                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                               stderr=slave if stderr_too else subprocess.PIPE, stdin=subprocess.DEVNULL)
     os.close(slave)
     chunks = []
     deadline = time.monotonic() + timeout
@@ -66,8 +66,10 @@ def _on_a_terminal(args, timeout=60.0) -> tuple[int, str, str]:
             break
         chunks.append(data)
     os.close(master)
-    stderr = process.stderr.read().decode()
-    process.stderr.close()
+    stderr = ""
+    if not stderr_too:
+        stderr = process.stderr.read().decode()
+        process.stderr.close()
     return process.wait(timeout), b"".join(chunks).decode(), stderr
 
 
@@ -139,6 +141,36 @@ def test_printed_records_do_not_go_on_the_end_of_the_live_line():
     assert end == "" and last.startswith("done in "), screen
     words = runpy.run_path(os.path.join(REPO, "examples", "wordcount.py"))["TEXT"].lower().split()
     assert sorted(records) == sorted(f"{word} {words.count(word)}" for word in set(words)), screen
+
+
+WARNS = """\
+import logging
+from kernel import Dataflow
+
+def check(n):
+    if n == 0:
+        logging.getLogger("pipeline").warning("record %d looks odd", n)
+    return n
+
+flow = Dataflow("warns")
+flow.from_iterable(range(3)).map(check).collect()
+"""
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_warnings_on_the_same_terminal_do_not_go_on_the_end_of_the_live_line(tmp_path, log_format):
+    """stdout and stderr on one terminal: a warning (the pipeline's own, a
+    stall...) printed while the live line was drawn went on its end:
+    `...  epoch -record 0 looks odd`."""
+    code, screen, _ = _on_a_terminal([_write(tmp_path, WARNS), "--log-format", log_format], stderr_too=True)
+    assert code == 0, screen
+    seen = _as_seen(screen)
+    warning = next(line for line in seen if "record 0 looks odd" in line)
+    if log_format == "text":
+        assert warning == "record 0 looks odd", seen
+    else:
+        assert warning.startswith('{"time": '), seen
+    assert seen[-2].startswith("done in "), seen
 
 
 def test_no_line_through_a_pipe_or_with_quiet(tmp_path):
