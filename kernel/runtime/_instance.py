@@ -429,6 +429,10 @@ class Instance:
             if self.arrived is not None and progress.open:
                 self._check_aligned()
             if progress.open == 0:
+                # Every timer is due at the end of input, also those set
+                # after the last watermark reached +inf (in on_watermark(inf)
+                # or in on_batch after it): no later advance would fire them.
+                self._fire_timers(_INF)
                 draining = _call(self, "on_end")
                 if draining is None:
                     self._finish()
@@ -436,12 +440,15 @@ class Instance:
                     draining.add_done_callback(self._end_due)
 
     def _advance(self, frontier: float) -> None:
+        self._fire_timers(frontier)
+        _call(self, "on_watermark", frontier)
+        self._forward(frontier)
+
+    def _fire_timers(self, frontier: float) -> None:
         timers = self.timers
         while timers and timers[0][0] <= frontier:  # due event-time timers, in order
             when, _, data = heapq.heappop(timers)
             _call(self, "on_timer", when, data)
-        _call(self, "on_watermark", frontier)
-        self._forward(frontier)
 
     # -- epochs ---------------------------------------------------------------------
 

@@ -56,6 +56,30 @@ def test_event_time_timers_fire_in_time_order_before_the_watermark_moves_on():
     ]
 
 
+class FollowUp(Operator):
+    """Sets a timer in on_watermark, at the watermark plus one, and emits
+    `(time, data)` for each timer that fires."""
+
+    def on_batch(self, port, batch):
+        pass
+
+    def on_timer(self, event_time, data):
+        self.emit([(event_time, data)])
+
+    def on_watermark(self, watermark):
+        self.schedule(watermark + 1.0, watermark)
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_timers_set_at_the_last_watermark_fire_when_the_input_ends(cores):
+    # "all that are left fire when the input ends": also the one each kernel
+    # sets in on_watermark(inf), after which no watermark comes to fire it
+    flow = Dataflow()
+    fired = flow.from_iterable([1.0, 3.0], timestamp=lambda t: t, batch_size=1).apply(FollowUp).collect()
+    run(flow, cores=cores)
+    assert sorted(fired.items) == [(2.0, 1.0), (4.0, 3.0)] + [(math.inf, math.inf)] * cores
+
+
 class Ties(Operator):
     fired: list = []
 
