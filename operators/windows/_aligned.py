@@ -21,7 +21,7 @@ from kernel.state import map_state
 from kernel.dataflow._errors import KernelError
 
 from .._windows import Window
-from ._strategy import WindowStrategy
+from ._strategy import TimeTooLarge, WindowStrategy
 
 _MISSING = object()
 
@@ -181,6 +181,10 @@ class TumblingWindows(AlignedWindows):
         window has closed (the record is late). Once per change of window,
         not per record."""
         j = self.last(stamp)
+        if not stamp < (j + 1) * self.size:
+            # so large a time that floats put it in no window (its window's
+            # end rounds to its start): said, not dropped nor put in [t, t)
+            raise TimeTooLarge(stamp, f"Tumbling({self.size!r})")
         if (j + 1) * self.size <= frontier:
             return j, None
         keyed = self.opened.get(j)
@@ -292,8 +296,12 @@ class SlidingWindows(AlignedWindows):
                     j -= 1
                 # late: its windows were all emitted (one in no window at all,
                 # between windows when step > size, is not late: it is in none)
-                if in_any and not placed:
-                    late.append(record)
+                if not placed:
+                    if in_any:
+                        late.append(record)
+                    elif self.step <= self.size or end(j) <= j * self.step:  # in no window, and not
+                        # in a gap between windows: see TimeTooLarge
+                        raise TimeTooLarge(stamp, f"Sliding({self.size!r}, {self.step!r})")
         except KernelError:
             raise
         except Exception as exc:
@@ -327,8 +335,12 @@ class SlidingWindows(AlignedWindows):
                         keyed[key] = amount if acc is _MISSING else acc + amount
                         placed = True
                     j -= 1
-                if in_any and not placed:
-                    late.append((key, value))
+                if not placed:
+                    if in_any:
+                        late.append((key, value))
+                    elif self.step <= self.size or end(j) <= j * self.step:  # in no window, and not
+                        # in a gap between windows: see TimeTooLarge
+                        raise TimeTooLarge(stamp, f"Sliding({self.size!r}, {self.step!r})")
         except KernelError:
             raise
         except Exception as exc:

@@ -20,7 +20,7 @@ from kernel.state import value_state
 from kernel.dataflow._errors import KernelError
 
 from .._windows import Window, _Values
-from ._strategy import WindowStrategy
+from ._strategy import TimeTooLarge, WindowStrategy
 
 _first = itemgetter(0)
 _MISSING = object()
@@ -55,9 +55,12 @@ class SessionWindows(WindowStrategy):
                     mine = sessions[key] = []
                 # the open sessions this event touches: [s, e) overlapping [stamp, stamp + gap)
                 touching = [s for s in mine if s[0] < end and stamp < s[1]]
-                if not touching and end <= frontier:
-                    late.append(record)
-                    continue
+                if not touching:
+                    if end <= stamp:  # stamp + gap rounds to stamp: see TimeTooLarge
+                        raise TimeTooLarge(stamp, f"Session({gap!r})")
+                    if end <= frontier:
+                        late.append(record)
+                        continue
                 # merge what it bridges, oldest session first, then the event
                 acc = _MISSING
                 for s in touching:  # `mine` is sorted by start

@@ -24,6 +24,20 @@ read once when it is built:
 
 from __future__ import annotations
 
+import math
+
+
+class TimeTooLarge(ValueError):
+    """A timestamp so large that float seconds cannot hold a window around
+    it: its window's end rounds to its start (seconds are 256 apart at
+    1.7e18, a time in nanoseconds taken for seconds). Raised by a strategy
+    instead of putting the record in no window, or in an empty one; the
+    operator names the record (`Windowing._user_error`)."""
+
+    def __init__(self, stamp: float, window: str) -> None:
+        super().__init__(f"timestamp {stamp!r} is too large for {window} windows: float seconds are "
+                         f"{math.ulp(stamp)!r} apart there, so no window [start, end) can hold it")
+
 
 class WindowStrategy:
     """The interface of a window kind's per-operator logic (see the module)."""

@@ -11,6 +11,10 @@ from kernel.dataflow._operator import Operator, TimedBatch, rescale_fields
 
 from .._calls import EMIT_BATCH, keyed_error
 from ._specs import check_window
+from ._strategy import TimeTooLarge
+
+TIME_TOO_LARGE_HINT = ("timestamps are float seconds since the epoch: divide one in milliseconds, "
+                       "microseconds or nanoseconds (time.time_ns() / 1e9)")
 
 
 class LateBatch(list):
@@ -146,6 +150,8 @@ class Windowing(Operator):
         return {"late": self.late} if self.late else None
 
     def _user_error(self, exc, record):
+        if isinstance(exc, TimeTooLarge):  # the record's time, not a function, is at fault
+            return OperatorError.wrap(self.name, "window", exc, record=record, hint=TIME_TOO_LARGE_HINT)
         return keyed_error(self.name, self._function(), exc, record)  # an unhashable key named as such
 
     def _function(self):

@@ -737,6 +737,30 @@ def test_an_event_on_a_boundary_belongs_to_the_window_starting_there():
     assert windows_for([0.0, 0.875], Session(1.0)) == [(0.0, 1.875, [0, 1])]
 
 
+@pytest.mark.parametrize("window", [Tumbling(1.0), Sliding(2.0, 1.0), Sliding(1.0, 1.5), Session(1.0)])
+@pytest.mark.parametrize("how", ["count", "sum", "reduce", "collect", "join"])
+def test_a_time_too_large_for_its_windows_is_named_not_dropped(window, how):
+    # A time in nanoseconds taken for seconds (time.time_ns()): float seconds
+    # are 256 apart at 1.7e18, so a window's end rounds to its start. Sliding
+    # windows put such an event in no window (no result, not late: silently
+    # lost), tumbling windows and sessions in an empty one [t, t).
+    t = 1.7e18
+    flow = Dataflow()
+    values = keyed_values(source(flow, [("k", t, 1), ("k", t + 512, 2)], max_delay=0.0))
+    windowed = values.window(window)
+    if how == "join":
+        values.join(values, window).collect()
+    elif how == "reduce":
+        windowed.reduce(operator.add).collect()
+    else:
+        getattr(windowed, how)().collect()
+    with pytest.raises(KernelError, match=r"function 'window' raised TimeTooLarge: timestamp 1\.7e\+18 is "
+                       r"too large for .* windows(.|\n)*on record: \('k', 1\)(.|\n)*time_ns"):
+        run(flow)
+    # at times in seconds the same flow runs
+    assert windows_for([1.7e9, 1.7e9 + 0.5], window)
+
+
 def test_windows_serialize_as_json_pairs():
     flow = Dataflow()
     out = keyed_values(source(flow, [("k", 2.5, 3), ("k", 3.0, 4)])).window(Tumbling(2.0)).sum().collect()
