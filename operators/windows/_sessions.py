@@ -108,15 +108,23 @@ class SessionWindows(WindowStrategy):
                 del sessions[key]
             acc = s[2]
             if acc.__class__ is _Values:
-                acc = self._from_values(acc.values)
+                acc = self._from_values(key, acc.values)
             out.extend(results(key, Window(start, end), acc))
 
-    def _from_values(self, values):
+    def _from_values(self, key, values):
         values.sort(key=_first)  # arrival order, across merged sessions
         (_, value, port), *rest = values
-        acc = self._new(value, math.nan, port)
-        for _, value, port in rest:
-            acc = self._grow(acc, value, math.nan, port)
+        # The user's function runs here, when the session closes (on a
+        # watermark): a failure names the record it was given, `(key,
+        # value)`, as where a window's function runs as records come.
+        try:
+            acc = self._new(value, math.nan, port)
+            for _, value, port in rest:
+                acc = self._grow(acc, value, math.nan, port)
+        except KernelError:
+            raise
+        except Exception as exc:
+            raise self._user_error(exc, (key, value)) from exc
         return acc
 
     def sequence(self) -> int:

@@ -659,3 +659,50 @@ async def test_host_loop_survives_a_failed_flow():
     out = ok.from_iterable(range(3)).map(str).collect()
     await run_async(ok)
     assert out.items == ["0", "1", "2"]
+
+
+# -- a window's function that runs when the window closes -----------------------------
+
+
+class Unlucky(Exception):
+    pass
+
+
+def _add_unless_13(acc, value):
+    if value == 13:
+        raise Unlucky("13")
+    return acc + value
+
+
+def _rank_unless_13(value):
+    if value == 13:
+        raise Unlucky("13")
+    return value
+
+
+# aggregation -> (how to add it to a windowed stream, its step's label part, the function's name)
+CLOSING_STEPS = {
+    "reduce": (lambda w: w.reduce(_add_unless_13), "window reduce(_add_unless_13)", "_add_unless_13"),
+    "fold": (lambda w: w.fold(0, _add_unless_13), "window fold(_add_unless_13)", "_add_unless_13"),
+    "top": (lambda w: w.top(2, by=_rank_unless_13), "window top(2)", "_rank_unless_13"),
+}
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+@pytest.mark.parametrize("window", [Session(1.0)])
+@pytest.mark.parametrize("step", list(CLOSING_STEPS))
+def test_a_windows_function_names_its_record_also_when_it_runs_as_the_window_closes(step, window, cores):
+    # Sessions keep the values of a reduce, fold or top (no merge) and run
+    # the function on them when the session closes, on a watermark: a
+    # failure there named the step and the function but no record.
+    add_step, label, function = CLOSING_STEPS[step]
+    flow = Dataflow()
+    events = [("k", 0.1, 1), ("k", 0.5, 13), ("k", 0.7, 2)]
+    values = flow.from_iterable(events, timestamp=lambda e: e[1]).key_by(lambda e: e[0])
+    add_step(values.map_values(lambda e: e[2]).window(window)).collect()
+    err = run_and_get_error(flow, cores)
+    assert err.operator.startswith(f"{label} {window!r} (step 3)")
+    assert err.function.endswith(function)
+    assert (err.record, err.error) == ("('k', 13)", "Unlucky: 13")
+    if cores == 1:  # (a kernel process's error comes back without its cause)
+        assert isinstance(err.__cause__, Unlucky)
