@@ -44,7 +44,15 @@ class WindowMerge(WindowAggregate):
         return None  # its input is partials from an exchange, never a map_values' pairs
 
     def _partial_error(self, exc, record):
-        return OperatorError.wrap(self.name, self.aggregation.function or "merge", exc, record=record)
+        # `record` is a partial `(key, j, acc)`: j is an internal window
+        # number, so the record is named as the user's function got it,
+        # `(key, value)`, and the hint says which window the value sums up
+        key, j, partial = record
+        window = self._windows.window(j)
+        return OperatorError.wrap(
+            self.name, self.aggregation.function or "merge", exc, record=(key, partial),
+            hint=f"the value is another kernel's partial {self.aggregation.name} of window {window!r} "
+                 f"(windowed count, sum and reduce combine each kernel's values before the exchange)")
 
 
 def window_combiner(window, aggregation: Aggregation, late: bool):
