@@ -116,8 +116,8 @@ class Share:
     # -- reading --------------------------------------------------------------------
 
     def take(self, data, size: int) -> list:
-        """Up to `size` (a block's worth more in a ragged stretch, record by
-        record) of the next records of this share of the sequence `data`."""
+        """Up to `size` of the next records of this share of the sequence
+        `data` (record by record in a ragged stretch)."""
         if self.run != 1:
             return self._take_runs(data, size)
         out: list = []
@@ -126,8 +126,20 @@ class Share:
         while len(out) < size and i < n:
             block_end = (i // groups + 1) * groups
             if i < self.ragged_until * groups:
-                out += self._unconsumed(range(i, min(block_end, n), stride), data.__getitem__)
-                i = block_end + first
+                # Up to `size` here too: a resumed run's first batch took the
+                # rest of the block (up to `groups` records) whatever the
+                # batch_size, so its watermark came only after all of them,
+                # and windows saw fewer events late than the run it resumes
+                # (batch_size=1: a join's pairs and late counts differed).
+                consumed, block = self.consumed, i // groups
+                base = block * groups
+                end = min(block_end, n)
+                while i < end and len(out) < size:
+                    if consumed[i - base] <= block:
+                        out.append(data[i])
+                    i += stride
+                if i >= end:
+                    i = block_end + first
                 continue
             end = min(n, i + (size - len(out)) * stride)
             if not even:
@@ -179,7 +191,8 @@ class Share:
                     return out, True
                 self.pulled = i
             ragged = i < self.ragged_until * groups
-            count = block_end - i if ragged else min(block_end - i, (size - len(out) - 1) * stride + 1)
+            # a ragged stretch record by record, so that a batch stays within `size` (see `take`)
+            count = 1 if ragged else min(block_end - i, (size - len(out) - 1) * stride + 1)
             chunk = list(islice(it, count))
             self.pulled += len(chunk)
             if ragged:

@@ -102,14 +102,19 @@ def test_source_partitions_move_to_any_kernel_count_exactly(n, groups, old, new,
 
 def read(share: Share, data: list, iterator: bool, rng, most: int, limit: int) -> tuple[list, bool]:
     """Batches of 1 to `most` records of `share` until `limit` or the end:
-    (records, ended)."""
+    (records, ended). No batch is larger than asked: also right after a
+    restore (a resumed run's first batch took the rest of a block of up to
+    `groups` records, whatever the batch_size, and events were late or not
+    by other watermarks than in the run it resumed)."""
     got, ended, it = [], False, iter(data)
     while len(got) < limit and not ended:
+        size = rng.randint(1, most)
         if iterator:
-            batch, ended = share.take_from(it, rng.randint(1, most))
+            batch, ended = share.take_from(it, size)
         else:
-            batch = share.take(data, rng.randint(1, most))
+            batch = share.take(data, size)
             ended = share.next >= len(data)
+        assert len(batch) <= size
         got += batch
     return got, ended
 
