@@ -24,6 +24,7 @@ from kernel.dataflow._operator import Operator, TimedBatch, rescale_fields
 
 from ._calls import keyed_error
 from .windows import Tumbling
+from .windows._strategy import TIME_TOO_LARGE_HINT, TimeTooLarge
 
 
 def check_within(within) -> None:
@@ -116,7 +117,10 @@ class Distinct(Operator):
                     j -= 1
                 elif (j + 1) * size <= stamp:
                     j += 1
-                if (j + 1) * size <= frontier:
+                end = (j + 1) * size
+                if not stamp < end:  # no window can hold it (its end rounds to its start)
+                    raise TimeTooLarge(stamp, repr(self.within))
+                if end <= frontier:
                     self.late += 1
                     continue
                 pairs = seen.get(j)
@@ -136,7 +140,12 @@ class Distinct(Operator):
     def _error(self, exc: Exception, record) -> OperatorError:
         """An unhashable key is the key's fault (`keyed_error`); an
         unhashable value, where only values go on (`Stream.distinct`: the
-        record itself, keyed where it is after a window), is the record's."""
+        record itself, keyed where it is after a window), is the record's.
+        A time too large for the window is the record's time's (it was
+        late for an equal time: "b" after "a" at 1.7e18, dropped)."""
+        if isinstance(exc, TimeTooLarge):
+            shown = record[1] if self.values_only else record  # (a stream's record is keyed by itself)
+            return OperatorError.wrap(self.name, "window", exc, record=shown, hint=TIME_TOO_LARGE_HINT)
         if self.values_only and isinstance(record, tuple) and len(record) == 2 \
                 and not is_unhashable(record[0]) and is_unhashable(record[1]):
             return OperatorError.wrap(self.name, "hash(record)", exc, record=record[1],

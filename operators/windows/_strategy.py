@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import math
 
+TIME_TOO_LARGE_HINT = ("timestamps are float seconds since the epoch: divide one in milliseconds, "
+                       "microseconds or nanoseconds (time.time_ns() / 1e9)")
+
 
 class TimeTooLarge(ValueError):
     """A timestamp so large that float seconds cannot hold a window around

@@ -11,10 +11,7 @@ from kernel.dataflow._operator import Operator, TimedBatch, rescale_fields
 
 from .._calls import EMIT_BATCH, keyed_error
 from ._specs import check_window
-from ._strategy import TimeTooLarge
-
-TIME_TOO_LARGE_HINT = ("timestamps are float seconds since the epoch: divide one in milliseconds, "
-                       "microseconds or nanoseconds (time.time_ns() / 1e9)")
+from ._strategy import TIME_TOO_LARGE_HINT, TimeTooLarge
 
 
 class LateBatch(list):

@@ -198,6 +198,27 @@ def test_a_keyed_distinct_counts_late_pairs_too():
     assert out.items == [("k", "v"), ("k", "v")] and distinct.late_count.value == 2
 
 
+@pytest.mark.parametrize("keyed", [False, True])
+def test_a_time_too_large_for_the_window_is_named_not_counted_late(keyed):
+    # At 1.7e18 (nanoseconds taken for seconds) float seconds are 256 apart
+    # and window [t, t + 1) rounds to [t, t): "b", at the same time as "a"
+    # and never seen before, was counted late and dropped.
+    flow = Dataflow()
+    events = [("a", 1.7e18), ("b", 1.7e18), ("c", 1.7e18 + 1024)]
+    source = flow.from_iterable(events, timestamp=lambda e: e[1], batch_size=1)
+    if keyed:
+        source.key_by(lambda e: e[0]).map_values(lambda e: 1).distinct(within=Tumbling(1.0)).collect()
+    else:
+        source.map(lambda e: e[0]).distinct(within=Tumbling(1.0)).collect()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    err = info.value
+    assert err.operator == "distinct within Tumbling(1.0) (step 3)"
+    assert (err.function, err.record) == ("window", "('a', 1)" if keyed else "'a'")
+    assert err.error.startswith("TimeTooLarge: timestamp 1.7e+18 is too large for Tumbling(1.0) windows")
+    assert "time_ns" in err.hint
+
+
 # -- the operator: windows forgotten, late records --------------------------------------
 
 
