@@ -22,7 +22,9 @@ synchronous handlers; the kernel calls them inside its ticks:
   ``self.schedule(event_time, data)`` is due: the input watermark reached
   ``event_time``. Due timers fire in time order (ties in the order they were
   set), just before ``on_watermark`` for that watermark; all that are left
-  fire when the input ends (the watermark goes to +inf).
+  fire when the input ends (the watermark goes to +inf), and so do those
+  set meanwhile: a timer that sets the next one (a periodic timer) stops
+  once ``self.current_watermark()`` is +inf, or it never ends.
 * ``on_idle()``: every input is idle (see "Idle sources" in the README):
   downstream will stop waiting for this operator's watermark, so emit here
   what an operator further on needs before it moves on without you (the
@@ -230,6 +232,12 @@ class Operator:
 
     def mark_idle(self) -> None:
         raise RuntimeError(f"{self.name}: mark_idle() called before the operator was wired into a run")
+
+    def current_watermark(self) -> float:
+        """The input watermark this operator has reached (a source: its own
+        output watermark), already the new one inside `on_timer` and
+        `on_watermark`; +inf once every input has ended."""
+        raise RuntimeError(f"{self.name}: current_watermark() called before the operator was wired")
 
     def pause_input(self, paused: bool = True) -> None:
         raise RuntimeError(f"{self.name}: pause_input() called before the operator was wired into a run")

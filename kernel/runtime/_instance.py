@@ -155,6 +155,12 @@ class Instance:
         self.budget_spent = kernel.budget_spent
         self._ready = kernel.ready_function(self.task_class)
 
+    def current_watermark(self) -> float:
+        """The operator's `current_watermark()`: its frontier, which the
+        progress moves before timers fire (an operator's periodic timer
+        reads +inf there once its input has ended, and stops)."""
+        return self.frontier
+
     @property
     def frontier(self) -> float:
         """What this instance has promised downstream: its input frontier,
@@ -175,6 +181,7 @@ class Instance:
         op.mark_idle = self.mark_idle
         op.schedule = self.schedule
         op.pause_input = self.pause_input
+        op.current_watermark = self.current_watermark
         op.emit = self._emit_function()
         if self.counting:
             op.emit = self._counting_out(op.emit)

@@ -80,6 +80,57 @@ def test_timers_set_at_the_last_watermark_fire_when_the_input_ends(cores):
     assert sorted(fired.items) == [(2.0, 1.0), (4.0, 3.0)] + [(math.inf, math.inf)] * cores
 
 
+class Heartbeat(Operator):
+    """A periodic timer: from the first record's time on, every 10 s of event
+    time, emits `(timer time, watermark there)` and sets the next, until
+    the input has ended."""
+
+    def open(self, context):
+        self.started = False
+
+    def on_batch(self, port, batch):
+        if not self.started:
+            self.started = True
+            self.schedule(batch.timestamps[0] + 10.0)
+
+    def on_timer(self, event_time, data):
+        watermark = self.current_watermark()
+        self.emit([(event_time, watermark)])
+        if watermark < math.inf:
+            self.schedule(event_time + 10.0)
+
+
+def heartbeats_by_hand(times: list, batch_size: int) -> list:
+    """What Heartbeat emits on one kernel, by a plain loop: the watermark
+    is the largest time read, batch after batch, +inf at the end."""
+    beats, due = [], None
+    for start in range(0, len(times), batch_size):
+        batch = times[start : start + batch_size]
+        if due is None:
+            due = batch[0] + 10.0
+        watermark = max(batch)
+        while due <= watermark:
+            beats.append((due, watermark))
+            due += 10.0
+    return [*beats, (due, math.inf)]
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_a_periodic_timer_stops_once_the_input_watermark_is_infinite(cores):
+    # at the end of input every timer fires, also those set meanwhile: a
+    # periodic timer that sets the next would go on for ever, unless it can
+    # read the watermark that fired it (Flink's currentWatermark())
+    flow = Dataflow()
+    times = [float(t) for t in range(100)]
+    beats = flow.from_iterable(times, timestamp=lambda t: t, batch_size=7).apply(Heartbeat).collect()
+    run(flow, cores=cores)
+    if cores == 1:
+        assert beats.items == heartbeats_by_hand(times, 7)
+    else:  # each kernel's own beats, from its own share's first record
+        assert all(watermark >= when for when, watermark in beats.items)
+        assert [watermark for _, watermark in beats.items].count(math.inf) == cores
+
+
 class Ties(Operator):
     fired: list = []
 
