@@ -32,7 +32,7 @@ from kernel.state import value_state
 from kernel.dataflow._errors import KernelError
 from kernel.dataflow._operator import Operator
 
-from ._calls import emit_in_batches, failing_index, keyed_error, over_batch, user_error
+from ._calls import emit_in_batches, failing_index, keyed_error, over_batch, start_values, user_error
 from ._stateless import KeyBy, _keys, _keys_fast, columns_after
 
 _first = itemgetter(0)
@@ -180,15 +180,16 @@ class Reduce(_Aggregate):
 class Fold(_Aggregate):
     """`fn(accumulator, value)` per key, starting from `init`.
 
-    `init` is either a zero-argument factory called once per key (use `list`,
-    `dict`, `set` for mutable accumulators) or an immutable start value.
+    `init` is either a zero-argument factory called once per key (`list`,
+    `dict`, `set`) or a start value, copied for each key where it could
+    change (`_calls.start_values`).
     """
 
     def __init__(self, init, fn, emit: str = "final") -> None:
         super().__init__(emit)
         if not callable(fn):
             raise TypeError(f"fold needs a callable, got {fn!r}")
-        self.init = init if callable(init) else (lambda: init)
+        self.init = start_values(init)
         self.fn = fn
 
     def _add(self, keys, values):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from operator import itemgetter
 
+from .._calls import start_values
+
 _first = itemgetter(0)
 
 
@@ -106,7 +108,7 @@ class FoldAggregation(Aggregation):
     def __init__(self, init, fn) -> None:
         if not callable(fn):
             raise TypeError(f"fold needs a callable, got {fn!r}")
-        self.init = init if callable(init) else (lambda: init)
+        self.init = start_values(init)
         self.function = fn
 
     def create(self, value, stamp, port=0):

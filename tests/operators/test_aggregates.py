@@ -119,6 +119,19 @@ def test_fold_with_a_factory_gives_every_key_its_own_accumulator(pairs, batch_si
     assert len({id(acc) for acc in accumulators}) == len(accumulators)
 
 
+@EXAMPLES
+@given(int_pairs, batch_sizes)
+def test_fold_from_a_list_value_gives_every_key_its_own_copy(pairs, batch_size):
+    def append(acc, value):
+        acc.append(value)  # mutates: the start list shared by every key mixed them all
+        return acc
+
+    start: list = []
+    out = aggregate(pairs, batch_size, lambda k: k.fold(start, append))
+    assert out == ref_fold(pairs, list, append)
+    assert start == []
+
+
 def test_fold_with_dict_factory():
     pairs = [("a", "x"), ("b", "y"), ("a", "y"), ("a", "x")]
 

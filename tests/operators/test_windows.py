@@ -221,6 +221,24 @@ def test_reduce_and_fold_see_arrival_order_on_one_kernel(window, events, batch_s
     assert folded == expected
 
 
+def appended(acc: list, value) -> list:
+    acc.append(value)  # changes its accumulator: a shared start list mixes keys and windows
+    return acc
+
+
+@ONE
+@given(st.sampled_from(TUMBLINGS + SLIDINGS + SESSIONS), streams(), batch_sizes, st.sampled_from([1, 2]))
+def test_fold_from_a_list_value_gives_every_key_and_window_its_own(window, events, batch_size, cores):
+    # `fold([], fn)` with an fn that appends: the start value is copied for
+    # each key and window, as a factory's would be made afresh
+    flow = Dataflow()
+    w = source(flow, events, max_delay=5.0, batch_size=batch_size).key_by(lambda e: e[0])
+    folded = w.map_values(lambda e: e[2]).window(window).fold([], appended).collect()
+    run(flow, cores=cores)
+    expected = {kw: sorted(events[i][2] for i in idx) for kw, idx in members(window, events).items()}
+    assert {kw: sorted(acc) for kw, acc in by_window(folded.items).items()} == expected
+
+
 def test_session_fold_sees_arrival_order_across_merges():
     # "c" bridges the sessions of "a" (t=3) and "b" (t=0); arrival order is a, b, c
     events = [("k", 3.0, "a"), ("k", 0.0, "b"), ("k", 1.5, "c")]
