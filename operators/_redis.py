@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import urllib.parse
 from typing import Any, NamedTuple
 
 from kernel.dataflow._errors import KernelError, OperatorError
@@ -97,16 +98,33 @@ def _streams(stream) -> list[str]:
     return names
 
 
+def shown_url(url: str) -> str:
+    """The URL as errors show it, its password masked (`redis://:***@host`,
+    `?password=***`): errors reach logs, the dashboard and the coordinator's
+    job records, which must not hold the server's password."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<a Redis URL that does not parse>"
+    netloc, query = parts.netloc, parts.query
+    userinfo, at, host = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    if "password=" in query:
+        query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", query)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
 def check_url(url, operator: str) -> None:
     """A URL redis-py cannot parse is refused when the flow is built."""
     from redis.connection import parse_url
 
     if not isinstance(url, str):
-        raise TypeError(f"{operator} needs a Redis URL (redis://host:port/db), got {url!r}")
+        raise TypeError(f"{operator} needs a Redis URL (redis://host:port/db), got {type(url).__name__}")
     try:
         parse_url(url)
     except ValueError as exc:
-        raise ValueError(f"{operator}: {url!r} is not a Redis URL: {exc}") from None
+        raise ValueError(f"{operator}: {shown_url(url)!r} is not a Redis URL: {exc}") from None
 
 
 _ENTRY_ID = re.compile(r"^\d+(-\d+)?$")
@@ -138,8 +156,13 @@ def _redis_error(operator: str, url: str, command: str, stream, exc: BaseExcepti
     the operator, the server, the command and the stream."""
     import redis.exceptions as errors
 
+    url = shown_url(url)  # never the password
     where = f"{command} on {url} stream {stream!r}"
-    if isinstance(exc, (errors.ConnectionError, errors.TimeoutError, OSError, asyncio.TimeoutError)):
+    if isinstance(exc, errors.AuthenticationError) or (
+            isinstance(exc, errors.ResponseError) and str(exc).startswith(("NOAUTH", "WRONGPASS"))):
+        # (a ConnectionError too, in redis-py: not "is a server running?")
+        hint = f"the server at {url} refused the password or user name (or needs one)"
+    elif isinstance(exc, (errors.ConnectionError, errors.TimeoutError, OSError, asyncio.TimeoutError)):
         hint = f"is a Redis server running at {url}? (no answer within the timeout, or refused)"
     elif "WRONGTYPE" in str(exc):
         hint = f"the key {stream!r} holds another type than a stream"

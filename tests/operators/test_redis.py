@@ -546,6 +546,38 @@ def test_a_key_of_another_type_says_so(client, url, side):
     assert "holds another type than a stream" in str(info.value) and "'s'" in str(info.value)
 
 
+@pytest.mark.parametrize("side", ["source", "sink"])
+def test_errors_never_show_the_password_in_the_url(client, url, side):
+    """A URL's password is masked in every error (errors reach logs and
+    the coordinator), and a refused password says so, not "is a server
+    running?" (redis-py's AuthenticationError is a ConnectionError)."""
+    client.execute_command("ACL", "SETUSER", "reviewer", "on", ">Right-Pw-1", "~*", "+@all")
+    client.set("s", "not a stream")
+    host = url.removeprefix("redis://")
+    flows = {}
+    for password in ("Wrong-Pw-2", "Right-Pw-1"):  # refused; accepted, then WRONGTYPE
+        for where in (f"redis://reviewer:{password}@{host}", f"{url}?username=reviewer&password={password}"):
+            flow = Dataflow()
+            if side == "source":
+                flow.from_redis_stream(where, "s").collect()
+            else:
+                flow.from_iterable([{"n": 1}]).to_redis_stream(where, "s")
+            flows[where] = (password, flow)
+    for password, flow in flows.values():
+        with pytest.raises(OperatorError) as info:
+            run(flow)
+        message = str(info.value)
+        assert password not in message and "***" in message, message
+        if password.startswith("Wrong"):
+            assert "refused the password" in message and "Redis server running" not in message, message
+        else:
+            assert "holds another type than a stream" in message, message
+    client.execute_command("ACL", "DELUSER", "reviewer")
+    with pytest.raises(ValueError) as refused:
+        Dataflow().from_redis_stream("redis://u:Secret-3@host:notaport/0", "s")
+    assert "Secret-3" not in str(refused.value)
+
+
 def test_an_error_on_another_kernel_names_it(client, url):
     client.set("b", "not a stream")
     fill(client, "a", range(3))
