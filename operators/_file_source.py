@@ -17,6 +17,9 @@ whole to the kernel `crc32(path) % n`, and each kernel looks for new files
 (glob) whenever it has read all of its own, at most every `poll_interval`
 seconds of the kernel's clock. Only complete lines (ending in a newline) are
 read while following: a writer's half-written line waits for its newline.
+A followed file that is removed is read to its end (through the open
+descriptor), then closed and forgotten (old logs are deleted: the run must
+neither keep their space nor fail to resume without them).
 
 Reading: a span is read in chunks of `chunk_bytes` (`os.pread`, cut at the
 last newline; a longer line reads on until its end), each decoded in one go
@@ -278,6 +281,12 @@ class FileSource(Source):
                 return cursor
             if cursor.done:
                 self._close(cursor)
+                if self.follow:
+                    # a followed file removed and read to its end: forgotten, so
+                    # its descriptor (and disk space) goes, no snapshot names it,
+                    # and a new file of its name is a new file
+                    del cursors[self._current]
+                    continue
             self._current += 1
             tried += 1
         return None
@@ -313,6 +322,18 @@ class FileSource(Source):
         try:
             cursor.fd = os.open(cursor.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             info = os.fstat(cursor.fd)
+        except FileNotFoundError as exc:
+            if not self.follow:
+                raise self._error(f"cannot read {cursor.path!r}: {exc}") from exc
+            # Following, files come and go (old logs are deleted): one gone
+            # before it was opened (since the glob, or while a run with a
+            # state_dir was stopped) is no longer followed, not an error
+            # that would end every resumed run.
+            self.context.logger.warning(
+                "%s: %s is gone (removed); no longer followed (what it held after byte %d, if "
+                "anything, was not read)", self.name, cursor.path, cursor.offset, extra={"step": self.name})
+            cursor.done = True
+            return
         except OSError as exc:
             raise self._error(f"cannot read {cursor.path!r}: {exc}") from exc
         cursor.inode = (info.st_dev, info.st_ino)
@@ -384,15 +405,19 @@ class FileSource(Source):
         """Decodes the cursor's next chunk; False when there is none (now)."""
         if cursor.fd is None:
             self._open(cursor)
-        if self.follow:
-            self._check_not_truncated(cursor)
+            if cursor.done:
+                return False  # followed, and gone
+        # following: a removed file is read to its end through the open fd (checked before reading)
+        removed = self.follow and self._check_not_truncated(cursor)
         if self.header and cursor.path not in self._headers and not self._read_header(cursor):
+            cursor.done = removed
             return False
         while not cursor.done:
             data, last = self._complete_lines(cursor, cursor.offset, cursor.end, at_eof_too=not self.follow)
             if last and not self.follow:
                 cursor.done = True
             if not data:
+                cursor.done = removed  # every complete line of a removed file is read: closed
                 return False
             chunk = self._decode(cursor, cursor.offset, data)
             if chunk.records:
@@ -402,11 +427,13 @@ class FileSource(Source):
             cursor.skipped += len(chunk.skipped)
         return False
 
-    def _check_not_truncated(self, cursor) -> None:
+    def _check_not_truncated(self, cursor) -> bool:
+        """Whether the followed file was removed (an error if it shrank or
+        another file took its name)."""
         try:
             info = os.stat(cursor.path)
         except FileNotFoundError:
-            return  # removed: what was written is still readable through the open fd
+            return True  # removed: what was written is still readable through the open fd
         if (info.st_dev, info.st_ino) != cursor.inode:
             raise self._error(
                 f"{cursor.path!r} was replaced while following (another file now has its name); "
@@ -415,6 +442,7 @@ class FileSource(Source):
             raise self._error(
                 f"{cursor.path!r} was truncated while following: it has {info.st_size} bytes, "
                 f"{cursor.offset} had been read")
+        return False
 
     # -- decoding ---------------------------------------------------------------------
 

@@ -414,6 +414,73 @@ def test_a_followed_run_stopped_and_started_again_reads_on_from_its_positions(tm
     assert published() == sorted(expected)
 
 
+def open_paths() -> list[str]:
+    """What this process's file descriptors point at (`... (deleted)`
+    for a removed file)."""
+    paths = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass  # closed meanwhile (the listing's own descriptor)
+    return paths
+
+
+def test_a_followed_file_that_is_removed_is_closed_and_forgotten(tmp_path):
+    """Old logs are deleted: a followed file that is removed is read to its
+    end, then closed (its space freed) and left out of snapshots, so a
+    resumed run does not fail on it and a new file of its name is read
+    from its start."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    expected = []
+
+    def append(name, lines):
+        with open(logs / name, "a") as f:
+            f.write("".join(line + "\n" for line in lines))
+        expected.extend(lines)
+
+    def published():
+        return sorted(json.loads(line) for f in (tmp_path / "out").glob("part-*.jsonl")
+                      for line in f.read_text().splitlines())
+
+    async def one_run(steps):
+        flow = Dataflow("ship")
+        flow.from_files(logs / "*.log", follow=True, poll_interval=0.01).to_files(tmp_path / "out")
+        task = asyncio.ensure_future(run_async(flow, state_dir=tmp_path / "state", epoch_interval=0.02))
+        try:
+            for step in steps:
+                await step()
+                await wait_for(lambda: published() == sorted(expected) or task.done())
+                assert not task.done(), task.result()
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    async def remove_a():
+        old = str(logs / "a.log")
+        append("a.log", ["a-last"])
+        os.unlink(logs / "a.log")
+        append("b.log", ["b-1"])
+        await wait_for(lambda: not any(p.startswith(old) for p in open_paths()), timeout=5)
+
+    async def new_a():
+        append("a.log", ["a-again"])  # a new file of the old name: read from its start
+
+    async def first():
+        append("a.log", [f"a-{n}" for n in range(30)])
+
+    asyncio.run(one_run([first, remove_a, new_a]))
+    os.unlink(logs / "a.log")  # removed while the run is stopped
+
+    async def more_b():
+        append("b.log", ["b-2"])
+
+    asyncio.run(one_run([more_b]))
+    assert published() == sorted(expected)
+
+
 def test_a_file_replaced_while_followed_is_an_error(tmp_path):
     (tmp_path / "a.log").write_text("one\n")
     seen = []
