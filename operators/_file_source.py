@@ -40,6 +40,7 @@ import csv
 import glob
 import math
 import os
+import weakref
 import zlib
 
 import msgspec
@@ -135,7 +136,8 @@ class _Chunk:
 class _Cursor:
     """Reading one span `[start, end)` of one file (end None: following)."""
 
-    __slots__ = ("chunk", "done", "end", "fd", "inode", "logged", "offset", "path", "skipped", "start")
+    __slots__ = ("__weakref__", "chunk", "closer", "done", "end", "fd", "inode", "logged", "offset", "path",
+                 "skipped", "start")
 
     def __init__(self, path, start, end, offset=None, skipped=0):
         self.path = path
@@ -144,6 +146,7 @@ class _Cursor:
         self.offset = start if offset is None else offset  # the next line to decode
         self.skipped = skipped  # malformed lines skipped before `offset`
         self.fd = None
+        self.closer = None  # closes `fd` once: when read to the end, or when the cursor is collected
         self.done = False
         self.logged = False
         self.chunk = None
@@ -309,7 +312,7 @@ class FileSource(Source):
 
     def _close(self, cursor) -> None:
         if cursor.fd is not None:
-            os.close(cursor.fd)
+            cursor.closer()  # os.close, once
             cursor.fd = None
 
     def _close_all(self) -> None:
@@ -321,6 +324,11 @@ class FileSource(Source):
     def _open(self, cursor) -> None:
         try:
             cursor.fd = os.open(cursor.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            # A run that fails or is cancelled (the way a followed run stops)
+            # never reaches the end that closes its files: the descriptor
+            # is closed when the cursor goes with the run's operators, not
+            # left open in the host process (a run on one kernel shares it).
+            cursor.closer = weakref.finalize(cursor, os.close, cursor.fd)
             info = os.fstat(cursor.fd)
         except FileNotFoundError as exc:
             if not self.follow:

@@ -481,6 +481,48 @@ def test_a_followed_file_that_is_removed_is_closed_and_forgotten(tmp_path):
     assert published() == sorted(expected)
 
 
+def test_a_run_that_is_cancelled_or_fails_leaves_no_file_open(tmp_path):
+    """A followed run stops by being cancelled, and a run can fail: on one
+    kernel (the caller's process) the files it had open must not stay open
+    in the host application, one descriptor per file and run."""
+    import gc
+
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.log").write_text("".join(f"{name}{n}\n" for n in range(3000)))
+
+    def open_logs():
+        gc.collect()  # the run's operators are garbage now
+        return [p for p in open_paths() if p.startswith(str(tmp_path))]
+
+    async def followed_and_cancelled():
+        seen = []
+        flow = Dataflow("tail")
+        flow.from_files(tmp_path / "*.log", follow=True, poll_interval=0.01,
+                        chunk_bytes=64).sink(seen.append)
+        task = asyncio.ensure_future(run_async(flow))
+        await wait_for(lambda: len(seen) >= 10)
+        assert any(p.startswith(str(tmp_path)) for p in open_paths())  # being read
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    for _ in range(3):
+        asyncio.run(followed_and_cancelled())
+    assert open_logs() == []
+
+    def fail(line):
+        if line == "a10":
+            raise ValueError("boom")
+        return line
+
+    for _ in range(3):
+        flow = Dataflow("bounded")
+        flow.from_files(tmp_path / "*.log", chunk_bytes=64).map(fail).collect()
+        with pytest.raises(OperatorError, match="boom"):
+            run(flow)
+    assert open_logs() == []
+
+
 def test_a_file_replaced_while_followed_is_an_error(tmp_path):
     (tmp_path / "a.log").write_text("one\n")
     seen = []
