@@ -136,10 +136,10 @@ class _Chunk:
 class _Cursor:
     """Reading one span `[start, end)` of one file (end None: following)."""
 
-    __slots__ = ("__weakref__", "chunk", "closer", "done", "end", "fd", "inode", "logged", "offset", "path",
-                 "skipped", "start")
+    __slots__ = ("__weakref__", "chunk", "closer", "done", "end", "fd", "inode", "inode_number", "logged",
+                 "offset", "path", "skipped", "start")
 
-    def __init__(self, path, start, end, offset=None, skipped=0):
+    def __init__(self, path, start, end, offset=None, skipped=0, inode_number=None):
         self.path = path
         self.start = start
         self.end = end
@@ -150,7 +150,11 @@ class _Cursor:
         self.done = False
         self.logged = False
         self.chunk = None
-        self.inode = None
+        self.inode = None  # (st_dev, st_ino) of the open file
+        # following: the st_ino of the file the offset was read in (from the
+        # snapshot, until opened), so a file renamed away and replaced while
+        # the run was stopped is not read from the old file's offset
+        self.inode_number = inode_number
 
     def position(self) -> tuple[int, int]:
         if self.chunk is not None:
@@ -192,13 +196,16 @@ class FileSource(Source):
         if self._cursors is None:
             return None
         spans = [(c.path, c.start, c.end, *c.position()) for c in self._cursors]
+        if self.follow:
+            spans = [(*span, c.inode[1] if c.inode is not None else c.inode_number)
+                     for span, c in zip(spans, self._cursors)]
         return {"spans": spans, "current": self._current}
 
     def restore(self, snapshot):
         if snapshot is None:
             return
-        self._cursors = [_Cursor(path, start, end, offset, skipped)
-                         for path, start, end, offset, skipped in snapshot["spans"]]
+        # (a followed file's span has its inode number too; none in snapshots of earlier versions)
+        self._cursors = [_Cursor(*span) for span in snapshot["spans"]]
         self._current = snapshot["current"]
 
     @property
@@ -345,6 +352,13 @@ class FileSource(Source):
         except OSError as exc:
             raise self._error(f"cannot read {cursor.path!r}: {exc}") from exc
         cursor.inode = (info.st_dev, info.st_ino)
+        if self.follow and cursor.inode_number not in (None, info.st_ino):
+            # st_ino alone: st_dev may differ after a reboot (NFS, btrfs)
+            raise self._error(
+                f"{cursor.path!r} was replaced while the run was stopped (another file now has its name; "
+                f"{cursor.offset} bytes of the one before had been read); following reads files that "
+                "are appended to: give rotated logs new names")
+        cursor.inode_number = info.st_ino
         if not self.follow and cursor.offset == cursor.start and cursor.start > 0:
             # the span's first line is the one starting at or after `start`
             cursor.offset = self._line_start_at_or_after(cursor, cursor.start)

@@ -540,6 +540,39 @@ def test_a_file_replaced_while_followed_is_an_error(tmp_path):
         asyncio.run(main())
 
 
+def test_a_followed_file_replaced_while_the_run_was_stopped_is_an_error(tmp_path):
+    """Rotation by renaming while a followed run with a state_dir is stopped:
+    the new file of the old name must not be read from the old file's
+    offset (its first lines lost, a torn line emitted), but refused, as
+    while running."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    old = [f"old-{n:03d}" for n in range(10)]
+    (logs / "app.log").write_text("".join(line + "\n" for line in old))
+
+    def published():
+        return sorted(json.loads(line) for f in (tmp_path / "out").glob("part-*.jsonl")
+                      for line in f.read_text().splitlines())
+
+    async def one_run(wait):
+        flow = Dataflow("ship")
+        flow.from_files(logs / "*.log", follow=True, poll_interval=0.01).to_files(tmp_path / "out")
+        task = asyncio.ensure_future(run_async(flow, state_dir=tmp_path / "state", epoch_interval=0.02))
+        if not wait:
+            await asyncio.wait_for(task, 5)  # ends with the error
+        await wait_for(lambda: published() == old)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(one_run(wait=True))
+    (logs / "app.log").rename(logs / "app.log.1")
+    (logs / "app.log").write_text("".join(f"new-line-{n:03d}\n" for n in range(10)))
+    with pytest.raises(OperatorError, match=r"app\.log' was replaced while the run was stopped"):
+        asyncio.run(one_run(wait=False))
+    assert published() == old
+
+
 def test_records_read_from_files_carry_event_time_into_windows(tmp_path):
     from operators import Tumbling
 
