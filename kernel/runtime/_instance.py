@@ -48,14 +48,23 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from collections.abc import Collection, Mapping
 
 from kernel.dataflow import IDLE, EpochMarker, RoundMarker
-from kernel.dataflow._errors import KernelError, OperatorError, describe_function
+from kernel.dataflow._errors import KernelError, OperatorError, describe_function, describe_record
 from kernel.dataflow._graph import Node
 from kernel.dataflow._operator import Operator
 from kernel.scheduling._scheduler import LATER
 
 from ._progress import Frontier
+
+
+def _is_batch(batch) -> bool:
+    """Whether a source's emit was given a batch (a sized collection of
+    records): a str, bytes or a dict iterate as characters, ints or keys,
+    so one record emitted alone would silently become several; None, a
+    number or a generator have no len()."""
+    return isinstance(batch, Collection) and not isinstance(batch, (str, bytes, bytearray, Mapping))
 
 END = "<end of input>"  # a str: never a list, never a float
 _INF = math.inf
@@ -283,6 +292,10 @@ class Instance:
         """A source's emit, counting the records each poll hands on (its pace)."""
 
         def counted(batch):
+            if type(batch) is not list and not _is_batch(batch):  # one check a poll, not a record
+                raise TypeError(f"emit() takes a batch, a list of records, but was given a "
+                                f"{type(batch).__name__}: {describe_record(batch)} "
+                                "(one record: emit([record]))")
             self.emitted += len(batch)
             emit(batch)
 

@@ -312,6 +312,42 @@ def test_a_custom_source_whose_poll_raises_is_named():
     assert isinstance(info.value.__cause__, OSError)
 
 
+class EmitsOnce(Source):
+    """Emits `batch` as it is given, then ends."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def poll(self):
+        self.emit(self.batch)
+        return False
+
+
+@pytest.mark.parametrize("batch, says", [
+    ("order-1", "a str: 'order-1'"), (b"\x01\x02", "a bytes"), ({"order": 1}, "a dict"),
+    (None, "a NoneType"), (7, "an? int"), ((n for n in range(3)), "a generator")])
+@pytest.mark.parametrize("keyed", [False, True])
+def test_a_custom_source_that_emits_a_record_instead_of_a_batch_is_named(batch, says, keyed):
+    """`emit("order-1")` or `emit({"order": 1})` handed on its characters
+    or keys as records, silently; `emit(None)` said only "has no len()"."""
+    flow = Dataflow()
+    stream = flow.source(lambda: EmitsOnce(batch), name="kafka orders")
+    out = (stream.key_by(lambda r: r).count() if keyed else stream.map(lambda r: r)).collect()
+    refused = f"emit\\(\\) takes a batch, a list of records, but was given {says}"
+    with pytest.raises(OperatorError, match=refused) as info:
+        run(flow)
+    assert info.value.operator == "kafka orders (step 0)" and info.value.function.endswith("EmitsOnce.poll")
+    assert out.items == []
+
+
+@pytest.mark.parametrize("batch", [[1, 2], (1, 2), range(1, 3)])
+def test_a_custom_source_may_emit_any_sequence_of_records(batch):
+    flow = Dataflow()
+    out = flow.source(lambda: EmitsOnce(batch), name="numbers").map(lambda r: r * 10).collect()
+    run(flow)
+    assert out.items == [10, 20]
+
+
 # -- docstring examples --------------------------------------------------------------
 
 
