@@ -36,6 +36,7 @@ the newlines before the line's offset.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import glob
 import math
@@ -55,7 +56,29 @@ ON_ERROR = ("raise", "skip")
 CHUNK_BYTES = 1 << 16
 
 
-def check_file_options(pattern, format, on_error, follow, poll_interval, chunk_bytes, header) -> str:
+def check_encoding(encoding) -> bool:
+    """Refuses an encoding the source cannot read; returns whether records
+    are decoded from it other than as UTF-8 (msgspec reads UTF-8 only)."""
+    try:
+        name = codecs.lookup(encoding).name
+    except (LookupError, TypeError):
+        raise ValueError(f"from_files: unknown encoding {encoding!r}") from None
+    # Files are cut, chunked and resumed by bytes at b"\n": an encoding in
+    # which a newline is other bytes (UTF-16, UTF-32) would be cut inside
+    # characters and read as garbage, or as malformed lines.
+    try:
+        ascii_newlines = b"a\n".decode(encoding) == "a\n"
+    except UnicodeDecodeError:
+        ascii_newlines = False
+    if not ascii_newlines:
+        raise ValueError(f"from_files: encoding {encoding!r} does not write a newline as the byte "
+                         "b'\\n' (the files are cut at it): convert the files to UTF-8 first "
+                         f"(iconv -f {encoding} -t utf-8)")
+    return name != "utf-8"
+
+
+def check_file_options(pattern, format, on_error, follow, poll_interval, chunk_bytes, header,
+                       encoding="utf-8") -> str:
     """Refuses bad options at build time; returns the pattern as a str."""
     if not isinstance(pattern, (str, os.PathLike)):
         raise TypeError(f"from_files needs a glob pattern (a str or a path), got {pattern!r}")
@@ -70,6 +93,7 @@ def check_file_options(pattern, format, on_error, follow, poll_interval, chunk_b
         raise ValueError(f"from_files: poll_interval must be a number of seconds > 0, got {poll_interval!r}")
     if not (isinstance(chunk_bytes, int) and chunk_bytes >= 1):
         raise ValueError(f"from_files: chunk_bytes must be an int >= 1, got {chunk_bytes!r}")
+    check_encoding(encoding)
     if not follow and not matching_files(pattern):
         raise FileNotFoundError(f"from_files: no file matches {pattern!r}")
     return pattern
@@ -171,7 +195,11 @@ class FileSource(Source):
     def __init__(self, pattern, format="lines", *, follow=False, on_error="raise", header=False,
                  encoding="utf-8", poll_interval=0.1, chunk_bytes=CHUNK_BYTES,
                  batch_size=DEFAULT_BATCH_SIZE) -> None:
-        self.pattern = check_file_options(pattern, format, on_error, True, poll_interval, chunk_bytes, header)
+        self.pattern = check_file_options(pattern, format, on_error, True, poll_interval, chunk_bytes, header,
+                                          encoding)
+        # JSON Lines in another encoding than UTF-8 are recoded for msgspec
+        # (which reads UTF-8 only: the encoding was ignored, every line malformed)
+        self._recode = format == "jsonl" and check_encoding(encoding)
         self.format = format
         self.follow = follow
         self.on_error = on_error
@@ -473,12 +501,15 @@ class FileSource(Source):
             if self.format == "lines":
                 return _Chunk(base, data, self._split_lines(data))
             if self.format == "jsonl":
-                records = self._decoder.decode_lines(data)
+                records = self._decoder.decode_lines(self._recoded(data) if self._recode else data)
                 if len(records) == data.count(b"\n") + (not data.endswith(b"\n")):
                     return _Chunk(base, data, records)
         except (ValueError, UnicodeDecodeError):
             pass  # the slow path finds the line
         return self._decode_each(cursor, base, data)
+
+    def _recoded(self, data: bytes) -> bytes:
+        return data.decode(self.encoding).encode("utf-8")
 
     def _split_lines(self, data: bytes) -> list[str]:
         text = data.decode(self.encoding)
@@ -502,7 +533,7 @@ class FileSource(Source):
                 elif self.format == "jsonl":
                     if not raw.strip():
                         continue
-                    record = self._decoder.decode(raw)
+                    record = self._decoder.decode(self._recoded(raw) if self._recode else raw)
                 else:
                     record = self._parse_csv_line(cursor, raw)
                     if record is None:

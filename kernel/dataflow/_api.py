@@ -424,7 +424,7 @@ class Dataflow:
         """
         ops.check_batch_size(batch_size)
         checked = ops.check_file_options(pattern, format, on_error, follow, poll_interval, chunk_bytes,
-                                         header)
+                                         header, encoding)
         factory = functools.partial(
             ops.FileSource, checked, format, follow=follow, on_error=on_error, header=header,
             encoding=encoding, poll_interval=poll_interval, chunk_bytes=chunk_bytes, batch_size=batch_size)

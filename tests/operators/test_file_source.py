@@ -226,6 +226,43 @@ def test_a_csv_row_with_the_wrong_field_count_or_an_open_quote_names_its_line(tm
 # -- clear errors ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32", "no-such-codec"])
+def test_an_encoding_the_files_cannot_be_cut_in_is_refused_when_the_flow_is_built(tmp_path, encoding):
+    """Files are cut at the byte b"\\n": in UTF-16 that cut lands inside
+    characters, and a followed or skipping read gave garbage records
+    (20,000 UTF-16 lines came out as 10 records of CJK characters, with
+    on_error="skip") or "malformed line 6" of a five-line file."""
+    (tmp_path / "a.txt").write_bytes(b"one\ntwo\n")
+    with pytest.raises(ValueError, match=f"from_files: .*encoding {encoding!r}"):
+        Dataflow().from_files(tmp_path / "*.txt", encoding=encoding, on_error="skip")
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+@pytest.mark.parametrize("format", ["jsonl", "lines", "csv"])
+@pytest.mark.parametrize("encoding", ["latin-1", "cp1252", "utf-8-sig"])
+def test_files_in_another_encoding_read_as_a_plain_reader_does(tmp_path, encoding, format, cores):
+    """`encoding=` was ignored for JSON Lines (msgspec reads UTF-8): every
+    latin-1 line was malformed, or all skipped without a record."""
+    names = ["José", "Zoë", "Ærøskøbing", "plain", "Müller"] * 7
+    if format == "jsonl":
+        text = "".join(json.dumps({"n": n, "name": name}, ensure_ascii=False) + "\n"
+                       for n, name in enumerate(names))
+    elif format == "csv":
+        text = "".join(f"{n},{name}\n" for n, name in enumerate(names))
+    else:
+        text = "".join(f"{n} {name}\n" for n, name in enumerate(names))
+    (tmp_path / "a.txt").write_bytes(text.encode(encoding))
+    with open(tmp_path / "a.txt", encoding=encoding, newline="") as f:  # the plain reader
+        if format == "jsonl":
+            expected = [json.loads(line) for line in f]
+        elif format == "csv":
+            expected = list(csv.reader(f))
+        else:
+            expected = [line.removesuffix("\n") for line in f]
+    got = read_all(tmp_path / "*.txt", cores, format=format, encoding=encoding, chunk_bytes=16)
+    assert got == expected
+
+
 def test_bad_options_and_a_pattern_matching_nothing_fail_when_the_flow_is_built(tmp_path):
     flow = Dataflow()
     with pytest.raises(FileNotFoundError, match="from_files: no file matches"):
