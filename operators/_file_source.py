@@ -324,6 +324,7 @@ class FileSource(Source):
                     # its descriptor (and disk space) goes, no snapshot names it,
                     # and a new file of its name is a new file
                     del cursors[self._current]
+                    self._headers.pop(cursor.path, None)  # a new file of its name has its own header
                     continue
             self._current += 1
             tried += 1

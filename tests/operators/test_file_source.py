@@ -518,6 +518,27 @@ def test_a_followed_file_that_is_removed_is_closed_and_forgotten(tmp_path):
     assert published() == sorted(expected)
 
 
+def test_a_followed_csv_file_removed_and_made_again_is_read_with_its_own_header(tmp_path):
+    (tmp_path / "a.csv").write_text("user,ms\nann,12\n")
+    seen = []
+    flow = Dataflow("tail")
+    flow.from_files(tmp_path / "*.csv", format="csv", header=True, follow=True,
+                    poll_interval=0.01).sink(seen.append)
+
+    async def main():
+        task = asyncio.ensure_future(run_async(flow))
+        await wait_for(lambda: len(seen) == 1)
+        os.unlink(tmp_path / "a.csv")
+        await wait_for(lambda: not any(p.startswith(str(tmp_path)) for p in open_paths()), timeout=5)
+        (tmp_path / "a.csv").write_text("host,code\nweb,500\n")
+        await wait_for(lambda: len(seen) >= 2 or task.done())
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+    assert seen == [{"user": "ann", "ms": "12"}, {"host": "web", "code": "500"}]
+
+
 def test_a_run_that_is_cancelled_or_fails_leaves_no_file_open(tmp_path):
     """A followed run stops by being cancelled, and a run can fail: on one
     kernel (the caller's process) the files it had open must not stay open
