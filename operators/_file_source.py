@@ -41,6 +41,7 @@ import csv
 import glob
 import math
 import os
+import stat
 import weakref
 import zlib
 
@@ -100,9 +101,11 @@ def check_file_options(pattern, format, on_error, follow, poll_interval, chunk_b
 
 
 def matching_files(pattern: str) -> list[str]:
-    """The paths matching `pattern` (`**` spans directories), sorted; not
-    directories (a broken link stays, to be reported as unreadable)."""
-    return sorted(p for p in glob.glob(pattern, recursive=True) if not os.path.isdir(p))
+    """The paths matching `pattern` (`**` spans directories), sorted; only
+    regular files (a broken link stays, to be reported as unreadable): not
+    directories, and not a FIFO or a device, whose open() blocks the
+    kernel's loop (the caller's, with run_async) until a writer comes."""
+    return sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p) or not os.path.exists(p))
 
 
 def plan_spans(sized: list[tuple[str, int]], index: int, peers: int) -> list[tuple[str, int, int]]:
@@ -359,13 +362,16 @@ class FileSource(Source):
 
     def _open(self, cursor) -> None:
         try:
-            cursor.fd = os.open(cursor.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            # O_NONBLOCK: a FIFO put in a file's place since the glob must not block the loop
+            cursor.fd = os.open(cursor.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK)
             # A run that fails or is cancelled (the way a followed run stops)
             # never reaches the end that closes its files: the descriptor
             # is closed when the cursor goes with the run's operators, not
             # left open in the host process (a run on one kernel shares it).
             cursor.closer = weakref.finalize(cursor, os.close, cursor.fd)
             info = os.fstat(cursor.fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(f"not a regular file (mode {stat.filemode(info.st_mode)})")
         except FileNotFoundError as exc:
             if not self.follow:
                 raise self._error(f"cannot read {cursor.path!r}: {exc}") from exc

@@ -539,6 +539,41 @@ def test_a_followed_csv_file_removed_and_made_again_is_read_with_its_own_header(
     assert seen == [{"user": "ann", "ms": "12"}, {"host": "web", "code": "500"}]
 
 
+def test_a_fifo_matching_a_followed_pattern_does_not_block_the_loop(tmp_path):
+    """open() of a FIFO waits for a writer: it blocked the kernel's loop
+    (with run_async, the caller's) until one came, for good if none."""
+    import threading
+
+    (tmp_path / "a.log").write_text("a1\n")
+    os.mkfifo(tmp_path / "pipe.log")
+    finished, rescued = threading.Event(), []
+
+    def rescue():  # opens the FIFO's other end only if the loop stayed blocked
+        if not finished.wait(5):
+            rescued.append(True)
+            os.close(os.open(tmp_path / "pipe.log", os.O_WRONLY))
+
+    threading.Thread(target=rescue, daemon=True).start()
+    seen = []
+    flow = Dataflow("tail")
+    flow.from_files(tmp_path / "*.log", follow=True, poll_interval=0.01).sink(seen.append)
+
+    async def main():
+        task = asyncio.ensure_future(run_async(flow))
+        await wait_for(lambda: seen == ["a1"])
+        for _ in range(10):  # several rescans later, the loop still turns
+            await asyncio.sleep(0.01)
+        finished.set()
+        with open(tmp_path / "a.log", "a") as f:
+            f.write("a2\n")
+        await wait_for(lambda: seen == ["a1", "a2"])
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+    assert rescued == []
+
+
 def test_a_run_that_is_cancelled_or_fails_leaves_no_file_open(tmp_path):
     """A followed run stops by being cancelled, and a run can fail: on one
     kernel (the caller's process) the files it had open must not stay open
