@@ -166,6 +166,9 @@ def _redis_error(operator: str, url: str, command: str, stream, exc: BaseExcepti
         hint = f"is a Redis server running at {url}? (no answer within the timeout, or refused)"
     elif "WRONGTYPE" in str(exc):
         hint = f"the key {stream!r} holds another type than a stream"
+    elif isinstance(exc, UnicodeDecodeError):  # decode=True, and an entry that is not text
+        hint = ("an entry holds bytes that are not UTF-8 text: decode=False gives the fields as bytes "
+                "(decode them in a map, as they are)")
     else:
         hint = None
     return OperatorError.wrap(operator, where, exc, has_record=False, hint=hint)

@@ -578,6 +578,21 @@ def test_errors_never_show_the_password_in_the_url(client, url, side):
     assert "Secret-3" not in str(refused.value)
 
 
+def test_an_entry_that_is_not_utf8_says_so_and_decode_false_reads_it(client, url):
+    """It said only UnicodeDecodeError (from redis-py's parser, on the XREAD)."""
+    client.xadd("s", {"n": "1"})
+    client.xadd("s", {"raw": b"\xff\xfe"})
+    flow = Dataflow()
+    flow.from_redis_stream(url, "s").collect()
+    with pytest.raises(OperatorError, match="UnicodeDecodeError") as info:
+        run(flow)
+    assert "decode=False gives the fields as bytes" in str(info.value) and "'s'" in str(info.value)
+    flow = Dataflow()
+    raw = flow.from_redis_stream(url, "s", decode=False).map(lambda e: e.fields).collect()
+    run(flow)
+    assert raw.items == [{b"n": b"1"}, {b"raw": b"\xff\xfe"}]
+
+
 def test_an_error_on_another_kernel_names_it(client, url):
     client.set("b", "not a stream")
     fill(client, "a", range(3))
