@@ -69,9 +69,15 @@ class ToFiles(Operator):
             self._file = open(self._path(self.epoch, hidden=True), "w", encoding="utf-8")
             self._unpublished.add(self.epoch)
         half = len(lines) // 2
-        self._file.write("".join(line + "\n" for line in lines[:half]))
-        crash_point("batch", self.kernel)  # tests: a crash with half a batch written
-        self._file.write("".join(line + "\n" for line in lines[half:]))
+        try:
+            self._file.write("".join(line + "\n" for line in lines[:half]))
+            crash_point("batch", self.kernel)  # tests: a crash with half a batch written
+            self._file.write("".join(line + "\n" for line in lines[half:]))
+        except UnicodeEncodeError as exc:
+            # a str with a lone surrogate (bytes decoded with surrogateescape, a
+            # JSON "\udcff" escape) passes json.dumps but is no UTF-8: name it
+            bad = next(r for r in batch if not _serializable(r, encodes=True))
+            raise OperatorError.wrap(self.name, "json.dumps", exc, record=bad) from exc
 
     def _close_epoch(self) -> None:
         if self._file is not None:
@@ -150,9 +156,11 @@ class ToFiles(Operator):
                     yield name, kernel, int(match.group(2))
 
 
-def _serializable(record) -> bool:
+def _serializable(record, encodes: bool = False) -> bool:
     try:
-        json.dumps(record)
-    except (TypeError, ValueError):
+        text = json.dumps(record, ensure_ascii=False)
+        if encodes:
+            text.encode("utf-8")
+    except (TypeError, ValueError):  # UnicodeEncodeError too
         return False
     return True

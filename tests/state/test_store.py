@@ -473,6 +473,19 @@ def test_a_record_json_cannot_write_is_a_clear_error(tmp_path):
     assert "{2}" in str(info.value)
 
 
+def test_a_str_that_is_not_utf8_is_an_error_naming_its_record(tmp_path):
+    """A lone surrogate (a JSON "\\udcff" escape, bytes decoded with
+    surrogateescape) passes json.dumps, then fails the file's UTF-8
+    encoding: the error named no record."""
+    bad = {"name": json.loads('"caf\\udcff"')}
+    flow = Dataflow()
+    flow.from_iterable([{"name": "ok"}, bad, {"name": "ok too"}]).to_files(tmp_path / "out")
+    with pytest.raises(KernelError) as info:
+        run(flow)
+    assert "to_files(" in str(info.value) and "UnicodeEncodeError" in str(info.value)
+    assert repr(bad) in str(info.value)
+
+
 def test_an_operator_whose_commit_fails_fails_the_run(tmp_path):
     """Found in review: an on_commit error went to the loop's exception
     handler (a failed final commit then hung the run)."""
