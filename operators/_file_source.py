@@ -55,6 +55,7 @@ from ._sources import check_batch_size
 FORMATS = ("lines", "jsonl", "csv")
 ON_ERROR = ("raise", "skip")
 CHUNK_BYTES = 1 << 16
+TAIL_BYTES = 64  # a followed file's bytes before its offset that a resumed run checks
 
 
 def check_encoding(encoding) -> bool:
@@ -164,9 +165,9 @@ class _Cursor:
     """Reading one span `[start, end)` of one file (end None: following)."""
 
     __slots__ = ("__weakref__", "chunk", "closer", "done", "end", "fd", "inode", "inode_number", "logged",
-                 "offset", "path", "skipped", "start")
+                 "offset", "path", "skipped", "start", "tail_crc")
 
-    def __init__(self, path, start, end, offset=None, skipped=0, inode_number=None):
+    def __init__(self, path, start, end, offset=None, skipped=0, inode_number=None, tail_crc=None):
         self.path = path
         self.start = start
         self.end = end
@@ -182,6 +183,10 @@ class _Cursor:
         # snapshot, until opened), so a file renamed away and replaced while
         # the run was stopped is not read from the old file's offset
         self.inode_number = inode_number
+        # following: a CRC-32 of the bytes just before the snapshot's offset, so a
+        # file truncated and written again (logrotate's copytruncate) while the
+        # run was stopped is not read from the middle of its new lines
+        self.tail_crc = tail_crc
 
     def position(self) -> tuple[int, int]:
         if self.chunk is not None:
@@ -228,9 +233,22 @@ class FileSource(Source):
             return None
         spans = [(c.path, c.start, c.end, *c.position()) for c in self._cursors]
         if self.follow:
-            spans = [(*span, c.inode[1] if c.inode is not None else c.inode_number)
-                     for span, c in zip(spans, self._cursors)]
+            spans = [(*span, c.inode[1] if c.inode is not None else c.inode_number,
+                      self._tail_crc(c, span[3])) for span, c in zip(spans, self._cursors)]
         return {"spans": spans, "current": self._current}
+
+    def _tail_crc(self, cursor, offset: int):
+        """The CRC-32 of the (up to TAIL_BYTES) bytes before `offset` of a
+        followed file (one pread a file and snapshot)."""
+        if offset == 0:
+            return None
+        if cursor.fd is None:  # not opened since restored: still at the restored offset
+            return cursor.tail_crc
+        size = min(TAIL_BYTES, offset)
+        try:
+            return zlib.crc32(os.pread(cursor.fd, size, offset - size))
+        except OSError:
+            return None
 
     def restore(self, snapshot):
         if snapshot is None:
@@ -394,6 +412,14 @@ class FileSource(Source):
                 f"{cursor.offset} bytes of the one before had been read); following reads files that "
                 "are appended to: give rotated logs new names")
         cursor.inode_number = info.st_ino
+        if self.follow and cursor.tail_crc is not None:
+            size = min(TAIL_BYTES, cursor.offset)
+            if zlib.crc32(self._pread(cursor, size, cursor.offset - size)) != cursor.tail_crc:
+                raise self._error(
+                    f"{cursor.path!r} was truncated or rewritten while the run was stopped (its bytes before "
+                    f"byte {cursor.offset}, where reading resumes, are not those read before: rotated by "
+                    "copytruncate?); following reads files that are appended to: give rotated logs new names")
+            cursor.tail_crc = None  # checked: later snapshots take it afresh
         if not self.follow and cursor.offset == cursor.start and cursor.start > 0:
             # the span's first line is the one starting at or after `start`
             cursor.offset = self._line_start_at_or_after(cursor, cursor.start)

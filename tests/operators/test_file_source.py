@@ -633,11 +633,13 @@ def test_a_file_replaced_while_followed_is_an_error(tmp_path):
         asyncio.run(main())
 
 
-def test_a_followed_file_replaced_while_the_run_was_stopped_is_an_error(tmp_path):
-    """Rotation by renaming while a followed run with a state_dir is stopped:
-    the new file of the old name must not be read from the old file's
-    offset (its first lines lost, a torn line emitted), but refused, as
-    while running."""
+@pytest.mark.parametrize("rotation", ["rename", "copytruncate"])
+def test_a_followed_file_replaced_while_the_run_was_stopped_is_an_error(tmp_path, rotation):
+    """Rotation while a followed run with a state_dir is stopped, by
+    renaming (another file, a new inode) or by logrotate's copytruncate
+    (the same file, truncated and written again past the old offset): the
+    new lines must not be read from the old file's offset (the first ones
+    lost, a torn line "w-line-006" emitted), but refused, as while running."""
     logs = tmp_path / "logs"
     logs.mkdir()
     old = [f"old-{n:03d}" for n in range(10)]
@@ -659,9 +661,15 @@ def test_a_followed_file_replaced_while_the_run_was_stopped_is_an_error(tmp_path
             await task
 
     asyncio.run(one_run(wait=True))
-    (logs / "app.log").rename(logs / "app.log.1")
-    (logs / "app.log").write_text("".join(f"new-line-{n:03d}\n" for n in range(10)))
-    with pytest.raises(OperatorError, match=r"app\.log' was replaced while the run was stopped"):
+    if rotation == "rename":
+        (logs / "app.log").rename(logs / "app.log.1")
+    else:
+        (logs / "app.log.1").write_bytes((logs / "app.log").read_bytes())
+        os.truncate(logs / "app.log", 0)
+    with open(logs / "app.log", "a") as f:
+        f.write("".join(f"new-line-{n:03d}\n" for n in range(10)))
+    says = "replaced" if rotation == "rename" else "truncated or rewritten"
+    with pytest.raises(OperatorError, match=rf"app\.log' was {says} while the run was stopped"):
         asyncio.run(one_run(wait=False))
     assert published() == old
 
