@@ -165,7 +165,7 @@ class _Cursor:
     """Reading one span `[start, end)` of one file (end None: following)."""
 
     __slots__ = ("__weakref__", "chunk", "closer", "done", "end", "fd", "inode", "inode_number", "logged",
-                 "offset", "path", "skipped", "start", "tail_crc")
+                 "offset", "path", "skipped", "start", "tail", "tail_crc")
 
     def __init__(self, path, start, end, offset=None, skipped=0, inode_number=None, tail_crc=None):
         self.path = path
@@ -187,6 +187,7 @@ class _Cursor:
         # file truncated and written again (logrotate's copytruncate) while the
         # run was stopped is not read from the middle of its new lines
         self.tail_crc = tail_crc
+        self.tail = b""  # following: the last bytes read before `offset` (checked before reading on)
 
     def position(self) -> tuple[int, int]:
         if self.chunk is not None:
@@ -357,6 +358,8 @@ class FileSource(Source):
         cursor.offset = chunk.base + len(chunk.data)
         cursor.skipped += len(chunk.skipped)
         cursor.chunk = None
+        if self.follow:
+            cursor.tail = chunk.data[-TAIL_BYTES:]
 
     def _look_again_later(self) -> None:
         if self._rescan_timer is None:
@@ -507,6 +510,8 @@ class FileSource(Source):
                 cursor.chunk = chunk
                 return True
             cursor.offset += len(data)  # only blank or skipped lines
+            if self.follow:
+                cursor.tail = data[-TAIL_BYTES:]
             cursor.skipped += len(chunk.skipped)
         return False
 
@@ -525,6 +530,15 @@ class FileSource(Source):
             raise self._error(
                 f"{cursor.path!r} was truncated while following: it has {info.st_size} bytes, "
                 f"{cursor.offset} had been read")
+        # Truncated and written past the offset again since the last read
+        # (logrotate's copytruncate, with a busy writer or a busy kernel): the
+        # size does not tell, the bytes before the offset do (one pread a read).
+        tail = cursor.tail
+        if tail and self._pread(cursor, len(tail), cursor.offset - len(tail)) != tail:
+            raise self._error(
+                f"{cursor.path!r} was truncated and written again while following (its bytes before byte "
+                f"{cursor.offset}, where reading goes on, are not those read: rotated by copytruncate?); "
+                "following reads files that are appended to: give rotated logs new names")
         return False
 
     # -- decoding ---------------------------------------------------------------------

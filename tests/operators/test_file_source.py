@@ -423,6 +423,29 @@ def test_a_file_truncated_while_followed_is_an_error(tmp_path):
         asyncio.run(main())
 
 
+def test_a_file_truncated_and_written_past_its_offset_between_reads_is_an_error(tmp_path):
+    """copytruncate with a busy writer (or a busy kernel): between two reads
+    the file is truncated and grows past the offset again; its size no
+    longer tells, and it was read on from the old offset (a torn line
+    "w-line-006", six new lines lost)."""
+    (tmp_path / "app.log").write_text("".join(f"old-{n:03d}\n" for n in range(10)))
+    seen = []
+    flow = Dataflow("tail")
+    flow.from_files(tmp_path / "*.log", follow=True, poll_interval=0.01).sink(seen.append)
+
+    async def main():
+        task = asyncio.ensure_future(run_async(flow))
+        await wait_for(lambda: len(seen) == 10)
+        os.truncate(tmp_path / "app.log", 0)  # no await since: the source does not read meanwhile
+        with open(tmp_path / "app.log", "a") as f:
+            f.write("".join(f"new-line-{n:03d}\n" for n in range(10)))
+        await asyncio.wait_for(task, 5)  # the run ends with the error
+
+    with pytest.raises(OperatorError, match=r"app\.log' was truncated and written again while following"):
+        asyncio.run(main())
+    assert seen == [f"old-{n:03d}" for n in range(10)]
+
+
 def test_a_followed_run_stopped_and_started_again_reads_on_from_its_positions(tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
