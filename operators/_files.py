@@ -27,7 +27,7 @@ import os
 import re
 
 from kernel._faults import crash_point
-from kernel.dataflow._errors import OperatorError
+from kernel.dataflow._errors import KernelError, OperatorError
 from kernel.dataflow._operator import Operator
 
 _NAME = re.compile(r"^\.?part-k(\d+)-e(\d+)\.jsonl$")
@@ -42,10 +42,21 @@ def _fsync_directory(directory: str) -> None:
 
 
 class ToFiles(Operator):
-    def __init__(self, directory) -> None:
+    def __init__(self, directory, after_endless=()) -> None:
         self.directory = os.fspath(directory)
+        self.after_endless = list(after_endless)  # the labels of sources before it that never end
 
     def open(self, context):
+        if self.after_endless and not context.snapshots:
+            # Without a state_dir the files are published when the run ends, and
+            # a followed source's run only ends by being cancelled, which
+            # publishes nothing: every record would be lost (the hidden file,
+            # not even flushed, is emptied by the next run).
+            raise KernelError(
+                f"{self.name}: without a state_dir its files appear when the run ends, and "
+                f"{' and '.join(self.after_endless)} never end{'s' if len(self.after_endless) == 1 else ''} "
+                "(follow=True): nothing would ever be written; give the run a state_dir (its files "
+                "appear as each epoch completes)")
         os.makedirs(self.directory, exist_ok=True)
         self.kernel = context.index
         self.peers = context.peers

@@ -850,8 +850,12 @@ class Stream(Generic[T_co]):
         >>> [json.loads(line) for line in (out / "part-k0-e00000001.jsonl").read_text().splitlines()]
         [['a', 1], ['b', 2]]
         """
-        factory = functools.partial(ops.ToFiles, directory)
-        self.flow.graph.add(name or f"to_files({directory})", factory, [self._edge()])
+        edge = self._edge()
+        # sources that never end (follow=True) before it: without a state_dir its
+        # files would appear only at an end that never comes (refused at run start)
+        endless = sorted({node.label for node in [edge.source, *_upstream(edge.source)] if node.endless})
+        factory = functools.partial(ops.ToFiles, directory, after_endless=endless)
+        self.flow.graph.add(name or f"to_files({directory})", factory, [edge])
 
     def to_redis_stream(
         self,

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernel import Dataflow, KernelProcessError, Operator, OperatorError, run, run_async
+from kernel import Dataflow, KernelError, KernelProcessError, Operator, OperatorError, run, run_async
 from operators._file_source import plan_spans
 
 REPO = Path(__file__).resolve().parents[2]
@@ -404,6 +404,17 @@ def test_following_on_two_kernels_ships_every_line_once(tmp_path):
 
     asyncio.run(main())
     assert published() == sorted(expected)
+
+
+def test_to_files_after_a_followed_source_without_a_state_dir_is_refused(tmp_path):
+    """Its files appear when the run ends, and a followed run ends only by
+    being cancelled, which publishes nothing: every line was lost, silently
+    (the hidden file, unflushed, held 0 of 100 lines)."""
+    (tmp_path / "app.log").write_text("".join(f"line-{n}\n" for n in range(100)))
+    flow = Dataflow("tail")
+    flow.from_files(tmp_path / "*.log", follow=True, poll_interval=0.01).to_files(tmp_path / "out")
+    with pytest.raises(KernelError, match=r"to_files\(.*without a state_dir .* never ends \(follow=True\)"):
+        asyncio.run(asyncio.wait_for(run_async(flow), 5))
 
 
 def test_a_file_truncated_while_followed_is_an_error(tmp_path):
