@@ -292,7 +292,7 @@ class Instance:
         """A source's emit, counting the records each poll hands on (its pace)."""
 
         def counted(batch):
-            if type(batch) is not list and not _is_batch(batch):  # one check a poll, not a record
+            if not isinstance(batch, list) and not _is_batch(batch):  # one check a poll, not a record
                 raise TypeError(f"emit() takes a batch, a list of records, but was given a "
                                 f"{type(batch).__name__}: {describe_record(batch)} "
                                 "(one record: emit([record]))")
