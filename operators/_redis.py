@@ -210,9 +210,11 @@ class RedisStreamSource(Source):
     # -- positions -------------------------------------------------------------
 
     def on_epoch(self, epoch):
-        return {"positions": dict(self._positions), "ends": self._ends, "done": self._done_streams}
+        return {"positions": dict(self._positions), "ends": self._ends, "done": self._done_streams,
+                "streams": self.all_streams}
 
     def restore(self, snapshot):
+        self._check_same_owners(snapshot.get("streams"))
         # streams that kernels of a run on another number of kernels had read to the end
         self._done_streams = list(snapshot.get("done", ()))
         done = set(self._done_streams)
@@ -223,11 +225,31 @@ class RedisStreamSource(Source):
         # the streams whose ends were never taken have none here: taken when the reader starts
         self._ends = None if ends is None else {s: ends[s] for s in self.streams if s in ends}
 
+    def _check_same_owners(self, old_streams) -> None:
+        """A run resumed on as many kernels restores each kernel from its own
+        snapshot: a stream now read by another kernel than before (the list
+        reordered, or a stream put before it) would find no position there
+        and be read again from `start`, every entry a second time."""
+        if old_streams is None or old_streams == self.all_streams:
+            return  # (snapshots of earlier versions do not name the streams)
+        index, peers = self.context.index, self.context.peers
+        for stream in self.streams:
+            if stream in old_streams and old_streams.index(stream) % peers != index:
+                raise ValueError(
+                    f"the stream list changed from {old_streams} to {self.all_streams} "
+                    f"since the run this one resumes, and stream {stream!r} moved from kernel "
+                    f"{old_streams.index(stream) % peers} to kernel {index}, whose snapshot does not "
+                    "hold its position (it would be read again from the start): resume with the "
+                    "old list, or add new streams at its end")
+
     def rescale(self, snapshots, owns):
         # Streams are the partitions (`streams[index::peers]`): merge every
         # old kernel's positions; a kernel that had ended read its streams
         # to their ends, which this run must not read again.
         old = len(snapshots)
+        # the old run's list (an ended kernel's streams are its share of that one)
+        old_streams = next((s["streams"] for s in snapshots if s != self.ENDED and "streams" in s),
+                           self.all_streams)
         # A kernel that had not taken its streams' ends yet (its reader had
         # not started) gives none: only those streams' ends are taken anew,
         # the others keep theirs.
@@ -236,7 +258,7 @@ class RedisStreamSource(Source):
         done: list = []
         for k, snapshot in enumerate(snapshots):
             if snapshot == self.ENDED:
-                done += self.all_streams[k::old]
+                done += old_streams[k::old]
                 continue
             positions.update(snapshot["positions"])
             done += snapshot.get("done", ())

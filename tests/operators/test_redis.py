@@ -301,6 +301,54 @@ def test_a_crashed_run_resumes_each_stream_after_its_last_id(client, url, tmp_pa
     assert Counter(_published(tmp_path / "out" / "r")) == expected
 
 
+REORDERED = textwrap.dedent(
+    """
+    import os, time
+    from kernel import Dataflow
+
+    def slow(entry):
+        time.sleep(0.0003)
+        return [entry.stream, entry.id]
+
+    flow = Dataflow("redis reordered")
+    (flow.from_redis_stream(os.environ["REDIS_URL"], os.environ["STREAMS"].split(","), batch_size=25)
+         .map(slow).to_files(os.path.join(os.environ["OUT"], "r")))
+    """
+)
+
+
+def test_a_resumed_run_whose_stream_list_moves_a_stream_to_another_kernel_is_refused(client, url, tmp_path):
+    """Resumed on as many kernels, each kernel restores its own snapshot: a
+    stream put before the others ("c,a,b" after "a,b") moved "a" and "b" to
+    other kernels, which held no position for them, and both were read again
+    from the start (724 entries twice). Refused now, naming the stream; a
+    stream added at the end keeps every other's kernel and is read once."""
+    (tmp_path / "pipeline.py").write_text(REORDERED)
+    ids = {name: fill(client, name, range(N // 2)) for name in ("a", "b", "c")}
+
+    def run_cli(streams, crash=None):
+        env = dict(os.environ, OUT=str(tmp_path / "out"), REDIS_URL=url, STREAMS=streams)
+        env.pop("KERNEL_CRASH_AT", None)
+        if crash:
+            env["KERNEL_CRASH_AT"] = crash
+        return subprocess.run(
+            [sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"), "--cores", "2",
+             "--state-dir", str(tmp_path / "state"), "--epoch-interval", "0.02"],
+            env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+
+    first = run_cli("a,b", "batch:200@1")
+    assert first.returncode != 0, "the crash point was never reached"
+    assert _published(tmp_path / "out" / "r"), "no epoch completed before the crash"
+    moved = run_cli("c,a,b")
+    assert moved.returncode != 0
+    assert re.search(r"stream 'a' moved from kernel 0 to kernel 1|stream 'b' moved from kernel 1 to kernel 0",
+                     moved.stderr), moved.stderr
+    appended = run_cli("a,b,c")
+    assert appended.returncode == 0, appended.stderr
+    expected = Counter((name, entry_id) for name in ("a", "b", "c") for entry_id in ids[name])
+    assert Counter(_published(tmp_path / "out" / "r")) == expected
+
+
 SINK_RECOVERY = textwrap.dedent(
     """
     import os, time
