@@ -317,6 +317,34 @@ REORDERED = textwrap.dedent(
 )
 
 
+def _run_reordered(tmp_path, url, streams, cores, crash=None):
+    env = dict(os.environ, OUT=str(tmp_path / "out"), REDIS_URL=url, STREAMS=streams)
+    env.pop("KERNEL_CRASH_AT", None)
+    if crash:
+        env["KERNEL_CRASH_AT"] = crash
+    return subprocess.run(
+        [sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"), "--cores", str(cores),
+         "--state-dir", str(tmp_path / "state"), "--epoch-interval", "0.02"],
+        env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
+def test_a_stream_added_when_rescaling_past_an_ended_kernel_is_read(client, url, tmp_path):
+    """Kernel 0 of 2 had read its stream "a" to the end (its step ENDED in
+    the snapshots); resumed on 1 kernel with "c" added to the list, the
+    ended kernel's streams were cut from the new list (a and c): "c" was
+    marked as read and never read (0 of its 50 entries)."""
+    (tmp_path / "pipeline.py").write_text(REORDERED)
+    ids = {"a": fill(client, "a", range(10)), "b": fill(client, "b", range(N // 2)),
+           "c": fill(client, "c", range(50))}
+    first = _run_reordered(tmp_path, url, "a,b", 2, "batch:100@1")
+    assert first.returncode != 0, "the crash point was never reached"
+    second = _run_reordered(tmp_path, url, "a,b,c", 1)
+    assert second.returncode == 0, second.stderr
+    assert "this run has 1" in second.stderr  # rescaled
+    expected = Counter((name, entry_id) for name in ("a", "b", "c") for entry_id in ids[name])
+    assert Counter(_published(tmp_path / "out" / "r")) == expected
+
+
 def test_a_resumed_run_whose_stream_list_moves_a_stream_to_another_kernel_is_refused(client, url, tmp_path):
     """Resumed on as many kernels, each kernel restores its own snapshot: a
     stream put before the others ("c,a,b" after "a,b") moved "a" and "b" to
@@ -326,24 +354,14 @@ def test_a_resumed_run_whose_stream_list_moves_a_stream_to_another_kernel_is_ref
     (tmp_path / "pipeline.py").write_text(REORDERED)
     ids = {name: fill(client, name, range(N // 2)) for name in ("a", "b", "c")}
 
-    def run_cli(streams, crash=None):
-        env = dict(os.environ, OUT=str(tmp_path / "out"), REDIS_URL=url, STREAMS=streams)
-        env.pop("KERNEL_CRASH_AT", None)
-        if crash:
-            env["KERNEL_CRASH_AT"] = crash
-        return subprocess.run(
-            [sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"), "--cores", "2",
-             "--state-dir", str(tmp_path / "state"), "--epoch-interval", "0.02"],
-            env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
-
-    first = run_cli("a,b", "batch:200@1")
+    first = _run_reordered(tmp_path, url, "a,b", 2, "batch:200@1")
     assert first.returncode != 0, "the crash point was never reached"
     assert _published(tmp_path / "out" / "r"), "no epoch completed before the crash"
-    moved = run_cli("c,a,b")
+    moved = _run_reordered(tmp_path, url, "c,a,b", 2)
     assert moved.returncode != 0
     assert re.search(r"stream 'a' moved from kernel 0 to kernel 1|stream 'b' moved from kernel 1 to kernel 0",
                      moved.stderr), moved.stderr
-    appended = run_cli("a,b,c")
+    appended = _run_reordered(tmp_path, url, "a,b,c", 2)
     assert appended.returncode == 0, appended.stderr
     expected = Counter((name, entry_id) for name in ("a", "b", "c") for entry_id in ids[name])
     assert Counter(_published(tmp_path / "out" / "r")) == expected
