@@ -15,7 +15,8 @@ was corrupt and the run fell back to an older one). So the visible files
 hold every record exactly once. A run that already finished, run again,
 publishes what its final epoch left hidden. Without a `state_dir` there are
 no epochs and the files are published when the run ends (an earlier run's
-files in the directory are replaced).
+files in the directory are replaced); after a source that never ends
+(follow=True) such a run is refused at its start, as nothing would appear.
 
 Records are written with `json.dumps`: tuples (and windows) as arrays.
 """

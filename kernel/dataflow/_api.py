@@ -837,7 +837,9 @@ class Stream(Generic[T_co]):
         `state_dir`, a file becomes visible (renamed from a hidden name) only
         once its epoch is complete on every kernel, so after a crash and a
         resumed run the visible files hold every record exactly once.
-        Use one directory per `to_files`.
+        Without a `state_dir` the files appear when the run ends, so after a
+        source that never ends (`follow=True`) a run without a `state_dir`
+        is refused when it starts. Use one directory per `to_files`.
 
         >>> import json, pathlib, tempfile
         >>> from kernel import Dataflow, run
