@@ -129,6 +129,11 @@ def follow_owner(path: str, peers: int) -> int:
     return zlib.crc32(path.encode("utf-8", "surrogateescape")) % peers
 
 
+def _tail(tail: bytes, data: bytes) -> bytes:
+    """The last TAIL_BYTES bytes of `tail + data` (read one after the other)."""
+    return data[-TAIL_BYTES:] if len(data) >= TAIL_BYTES else (tail + data)[-TAIL_BYTES:]
+
+
 class FileError(Exception):
     """A file the source cannot read as asked (the cause of its OperatorError)."""
 
@@ -165,7 +170,7 @@ class _Cursor:
     """Reading one span `[start, end)` of one file (end None: following)."""
 
     __slots__ = ("__weakref__", "chunk", "closer", "done", "end", "fd", "inode", "inode_number", "logged",
-                 "offset", "path", "skipped", "start", "tail", "tail_crc")
+                 "offset", "path", "seen_size", "skipped", "start", "tail", "tail_crc")
 
     def __init__(self, path, start, end, offset=None, skipped=0, inode_number=None, tail_crc=None):
         self.path = path
@@ -188,6 +193,7 @@ class _Cursor:
         # run was stopped is not read from the middle of its new lines
         self.tail_crc = tail_crc
         self.tail = b""  # following: the last bytes read before `offset` (checked before reading on)
+        self.seen_size = None  # following: the size when last read to its end (closed since)
 
     def position(self) -> tuple[int, int]:
         if self.chunk is not None:
@@ -200,6 +206,13 @@ class FileSource(Source):
     """This kernel's share of the files matching `pattern` (see the module
     docstring). `result()` reports `{"skipped": n}`, the malformed lines
     skipped with `on_error="skip"`."""
+
+    #: Following, the files kept open between reads. A log directory may hold
+    #: more files than a process may open (EMFILE): past this many, a file is
+    #: closed once read to its end (or after each chunk) and opened again when
+    #: it grows (lines written to a closed file just before it is removed are
+    #: then not read: the open ones are read to their end through the fd).
+    max_open_followed = 128
 
     def __init__(self, pattern, format="lines", *, follow=False, on_error="raise", header=False,
                  encoding="utf-8", poll_interval=0.1, chunk_bytes=CHUNK_BYTES,
@@ -226,6 +239,7 @@ class FileSource(Source):
         self._rescan_due = True
         self._rescan_timer = None
         self._told_nothing_matches = False
+        self._open_count = 0  # descriptors this source holds
 
     # -- snapshots ----------------------------------------------------------------
 
@@ -243,9 +257,11 @@ class FileSource(Source):
         followed file (one pread a file and snapshot)."""
         if offset == 0:
             return None
+        size = min(TAIL_BYTES, offset)
+        if offset == cursor.offset and len(cursor.tail) == size:
+            return zlib.crc32(cursor.tail)  # read to `offset`: no pread (nor a descriptor) needed
         if cursor.fd is None:  # not opened since restored: still at the restored offset
             return cursor.tail_crc
-        size = min(TAIL_BYTES, offset)
         try:
             return zlib.crc32(os.pread(cursor.fd, size, offset - size))
         except OSError:
@@ -359,7 +375,9 @@ class FileSource(Source):
         cursor.skipped += len(chunk.skipped)
         cursor.chunk = None
         if self.follow:
-            cursor.tail = chunk.data[-TAIL_BYTES:]
+            cursor.tail = _tail(cursor.tail, chunk.data)
+            if self._open_count > self.max_open_followed:
+                self._close(cursor)  # opened again for its next chunk
 
     def _look_again_later(self) -> None:
         if self._rescan_timer is None:
@@ -374,6 +392,7 @@ class FileSource(Source):
         if cursor.fd is not None:
             cursor.closer()  # os.close, once
             cursor.fd = None
+            self._open_count -= 1
 
     def _close_all(self) -> None:
         for cursor in self._cursors or ():
@@ -390,6 +409,7 @@ class FileSource(Source):
             # is closed when the cursor goes with the run's operators, not
             # left open in the host process (a run on one kernel shares it).
             cursor.closer = weakref.finalize(cursor, os.close, cursor.fd)
+            self._open_count += 1
             info = os.fstat(cursor.fd)
             if not stat.S_ISREG(info.st_mode):
                 raise OSError(f"not a regular file (mode {stat.filemode(info.st_mode)})")
@@ -415,14 +435,16 @@ class FileSource(Source):
                 f"{cursor.offset} bytes of the one before had been read); following reads files that "
                 "are appended to: give rotated logs new names")
         cursor.inode_number = info.st_ino
-        if self.follow and cursor.tail_crc is not None:
+        if self.follow and cursor.offset > 0 and not cursor.tail:
             size = min(TAIL_BYTES, cursor.offset)
-            if zlib.crc32(self._pread(cursor, size, cursor.offset - size)) != cursor.tail_crc:
+            before = self._pread(cursor, size, cursor.offset - size)
+            if cursor.tail_crc is not None and zlib.crc32(before) != cursor.tail_crc:
                 raise self._error(
                     f"{cursor.path!r} was truncated or rewritten while the run was stopped (its bytes before "
                     f"byte {cursor.offset}, where reading resumes, are not those read before: rotated by "
                     "copytruncate?); following reads files that are appended to: give rotated logs new names")
-            cursor.tail_crc = None  # checked: later snapshots take it afresh
+            cursor.tail = before  # checked before each read from now on
+        cursor.tail_crc = None  # later snapshots take it afresh
         if not self.follow and cursor.offset == cursor.start and cursor.start > 0:
             # the span's first line is the one starting at or after `start`
             cursor.offset = self._line_start_at_or_after(cursor, cursor.start)
@@ -489,21 +511,34 @@ class FileSource(Source):
 
     def _read_chunk(self, cursor) -> bool:
         """Decodes the cursor's next chunk; False when there is none (now)."""
+        removed = False
+        if self.follow:
+            # A followed file read to its end is closed until it grows (a log
+            # directory may hold more files than a process may open).
+            info = self._stat_followed(cursor)
+            if info is None:
+                if cursor.fd is None and cursor.inode is not None:
+                    cursor.done = True  # removed once read to its end
+                    return False
+                removed = cursor.fd is not None  # read to its end through the open fd
+            elif cursor.fd is None and info.st_size == cursor.seen_size:
+                return False  # unchanged since read to its end
         if cursor.fd is None:
             self._open(cursor)
             if cursor.done:
                 return False  # followed, and gone
-        # following: a removed file is read to its end through the open fd (checked before reading)
-        removed = self.follow and self._check_not_truncated(cursor)
+        if self.follow:
+            self._check_tail(cursor)
         if self.header and cursor.path not in self._headers and not self._read_header(cursor):
-            cursor.done = removed
+            self._idle(cursor, info, removed)
             return False
         while not cursor.done:
             data, last = self._complete_lines(cursor, cursor.offset, cursor.end, at_eof_too=not self.follow)
             if last and not self.follow:
                 cursor.done = True
             if not data:
-                cursor.done = removed  # every complete line of a removed file is read: closed
+                if self.follow:
+                    self._idle(cursor, info, removed)
                 return False
             chunk = self._decode(cursor, cursor.offset, data)
             if chunk.records:
@@ -511,18 +546,29 @@ class FileSource(Source):
                 return True
             cursor.offset += len(data)  # only blank or skipped lines
             if self.follow:
-                cursor.tail = data[-TAIL_BYTES:]
+                cursor.tail = _tail(cursor.tail, data)
             cursor.skipped += len(chunk.skipped)
         return False
 
-    def _check_not_truncated(self, cursor) -> bool:
-        """Whether the followed file was removed (an error if it shrank or
-        another file took its name)."""
+    def _idle(self, cursor, info, removed: bool) -> None:
+        """A followed file has no complete line to read now: a removed one is
+        done (every complete line read); another, past `max_open_followed`
+        open files, is closed until its size is other than `info`'s, taken
+        before this read."""
+        if removed:
+            cursor.done = True
+        elif self._open_count > self.max_open_followed:
+            cursor.seen_size = None if info is None else info.st_size
+            self._close(cursor)
+
+    def _stat_followed(self, cursor):
+        """The followed file's stat, None if it was removed (an error if it
+        shrank or another file took its name)."""
         try:
             info = os.stat(cursor.path)
         except FileNotFoundError:
-            return True  # removed: what was written is still readable through the open fd
-        if (info.st_dev, info.st_ino) != cursor.inode:
+            return None
+        if cursor.inode is not None and (info.st_dev, info.st_ino) != cursor.inode:
             raise self._error(
                 f"{cursor.path!r} was replaced while following (another file now has its name); "
                 "following reads files that are appended to: give rotated logs new names")
@@ -530,6 +576,9 @@ class FileSource(Source):
             raise self._error(
                 f"{cursor.path!r} was truncated while following: it has {info.st_size} bytes, "
                 f"{cursor.offset} had been read")
+        return info
+
+    def _check_tail(self, cursor) -> None:
         # Truncated and written past the offset again since the last read
         # (logrotate's copytruncate, with a busy writer or a busy kernel): the
         # size does not tell, the bytes before the offset do (one pread a read).
@@ -539,7 +588,6 @@ class FileSource(Source):
                 f"{cursor.path!r} was truncated and written again while following (its bytes before byte "
                 f"{cursor.offset}, where reading goes on, are not those read: rotated by copytruncate?); "
                 "following reads files that are appended to: give rotated logs new names")
-        return False
 
     # -- decoding ---------------------------------------------------------------------
 
