@@ -431,18 +431,20 @@ class FileSource(Source):
         if self.follow and cursor.inode_number not in (None, info.st_ino):
             # st_ino alone: st_dev may differ after a reboot (NFS, btrfs)
             raise self._error(
-                f"{cursor.path!r} was replaced while the run was stopped (another file now has its name; "
-                f"{cursor.offset} bytes of the one before had been read); following reads files that "
-                "are appended to: give rotated logs new names")
+                # what happened first: a long path would be cut from the middle of the message
+                f"a followed file was replaced while the run was stopped: {cursor.path!r} (another file "
+                f"now has its name; {cursor.offset} bytes of the one before had been read); following "
+                "reads files that are appended to: give rotated logs new names")
         cursor.inode_number = info.st_ino
         if self.follow and cursor.offset > 0 and not cursor.tail:
             size = min(TAIL_BYTES, cursor.offset)
             before = self._pread(cursor, size, cursor.offset - size)
             if cursor.tail_crc is not None and zlib.crc32(before) != cursor.tail_crc:
                 raise self._error(
-                    f"{cursor.path!r} was truncated or rewritten while the run was stopped (its bytes before "
-                    f"byte {cursor.offset}, where reading resumes, are not those read before: rotated by "
-                    "copytruncate?); following reads files that are appended to: give rotated logs new names")
+                    f"a followed file was truncated or rewritten while the run was stopped: {cursor.path!r} "
+                    f"(its bytes before byte {cursor.offset}, where reading resumes, are not those read "
+                    "before: rotated by copytruncate?); following reads files that are appended to: give "
+                    "rotated logs new names")
             cursor.tail = before  # checked before each read from now on
         cursor.tail_crc = None  # later snapshots take it afresh
         if not self.follow and cursor.offset == cursor.start and cursor.start > 0:
@@ -696,4 +698,5 @@ class FileSource(Source):
             type(exc).__name__, exc, extra={"step": self.name})
 
     def _error(self, message: str) -> OperatorError:
-        return OperatorError.wrap(self.name, "from_files", FileError(message), has_record=False)
+        return OperatorError.wrap(self.name, "from_files", FileError(message), has_record=False,
+                                  whole_message=True)  # a long path cut from the middle hid what happened

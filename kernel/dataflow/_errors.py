@@ -115,12 +115,15 @@ class OperatorError(KernelError):
 
     @classmethod
     def wrap(cls, operator: str, fn: object, exc: BaseException, *, record=None, has_record=True,
-             hint: str | None = None):
+             hint: str | None = None, whole_message: bool = False):
+        """`whole_message`: `exc` is the library's own, with a message of a
+        known size (a path in it): kept whole, where a user's is shortened."""
+        message = describe_exception(exc)
         err = cls(
             operator,
             describe_function(fn),
             describe_record(record) if has_record else None,
-            shorten(describe_exception(exc)),
+            message if whole_message else shorten(message),
             hint,
         )
         err.__cause__ = exc
