@@ -15,7 +15,8 @@ was corrupt and the run fell back to an older one). So the visible files
 hold every record exactly once. A run that already finished, run again,
 publishes what its final epoch left hidden. Without a `state_dir` there are
 no epochs and the files are published when the run ends (an earlier run's
-files in the directory are replaced); after a source that never ends
+files in the directory are replaced then, not before: a run that fails
+leaves them); after a source that never ends
 (follow=True) such a run is refused at its start, as nothing would appear.
 
 Records are written with `json.dumps`: tuples (and windows) as arrays.
@@ -28,6 +29,7 @@ import os
 import re
 
 from kernel._faults import crash_point
+from kernel.dataflow import EVERY_EPOCH
 from kernel.dataflow._errors import KernelError, OperatorError
 from kernel.dataflow._operator import Operator
 
@@ -64,6 +66,7 @@ class ToFiles(Operator):
         self.epoch = 1  # the epoch whose records are being written
         self._file = None
         self._first_commit = True
+        self._snapshots = context.snapshots
         self._unpublished: set[int] = set()  # epochs of hidden files this run wrote
 
     def _path(self, epoch: int, hidden: bool) -> str:
@@ -124,7 +127,15 @@ class ToFiles(Operator):
         # fell back to an older epoch (left in place, a file whose epoch the
         # replay writes nothing to would repeat records written again later).
         # Later commits publish the files this run wrote (no directory listing).
-        if self._first_commit:
+        if not self._snapshots:
+            # No epochs: a commit at the start (0), then one at the end. The
+            # earlier run's files go only at the end, with this run's output
+            # ready to take their place: deleted at the start, a run that
+            # then failed left the directory with neither run's output.
+            if epoch != EVERY_EPOCH:
+                return
+            self._replace_earlier_output()
+        elif self._first_commit:
             self._first_commit = False
             self._take_over_directory(epoch)
         renamed = False
@@ -156,6 +167,19 @@ class ToFiles(Operator):
                 self._unpublished.add(file_epoch)
         if changed:
             _fsync_directory(self.directory)  # gone before anything of this run is published
+
+    def _replace_earlier_output(self) -> None:
+        """At the end of a run without a state_dir: every file an earlier
+        run left for this kernel (see `_files_to_take_over`) goes, but the
+        hidden one this run has just written, which is then published."""
+        mine = {os.path.basename(self._path(e, hidden=True)) for e in self._unpublished}
+        changed = False
+        for name, _, _ in self._files_to_take_over():
+            if name not in mine:
+                os.unlink(os.path.join(self.directory, name))
+                changed = True
+        if changed:
+            _fsync_directory(self.directory)
 
     def _files_to_take_over(self):
         """This kernel's files; kernel 0 also takes those of kernels this run

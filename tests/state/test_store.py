@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -448,6 +449,40 @@ def test_without_a_state_dir_files_appear_at_the_end_and_a_crashed_runs_leftover
     flow.from_iterable([]).to_files(out)  # a run of no records replaces that one's with none
     run(flow)
     assert list(out.iterdir()) == []
+
+
+def test_without_a_state_dir_a_failed_run_leaves_the_earlier_runs_output(tmp_path):
+    """"Replacing an earlier run's" files happens when this run's are ready
+    to take their place: a run that fails leaves them (it deleted them at
+    its start, so the directory held neither run's output)."""
+    out = tmp_path / "out"
+
+    def written() -> list:
+        return sorted(json.loads(line) for f in out.glob("part-*.jsonl") for line in f.read_text().split())
+
+    def fail_at(n):
+        def check(x):
+            if x == n:
+                raise ValueError("boom")
+            return x
+        return check
+
+    for state_dir in (None, tmp_path / "state"):  # an earlier run with epochs, or without
+        flow = Dataflow()
+        flow.from_iterable(range(10)).to_files(out)
+        run(flow, state_dir=state_dir)
+        assert written() == list(range(10))
+        flow = Dataflow()
+        flow.from_iterable(range(100, 110), batch_size=2).map(fail_at(105)).to_files(out)
+        with pytest.raises(KernelError, match="boom"):
+            run(flow)
+        assert written() == list(range(10))
+        flow = Dataflow()
+        flow.from_iterable(range(100, 110)).to_files(out)
+        run(flow)
+        assert written() == list(range(100, 110))
+        assert [f.name for f in out.iterdir()] == ["part-k0-e00000001.jsonl"]
+        shutil.rmtree(out)
 
 
 def test_a_run_on_fewer_kernels_replaces_the_output_of_one_on_more(tmp_path):
