@@ -5,7 +5,7 @@ from __future__ import annotations
 import select
 import sys
 
-from kernel import _logging
+import kernel._logging as _logging
 from kernel._logging import BLANK_LINE
 from kernel.dataflow._errors import KernelError
 from kernel.dataflow._operator import Operator

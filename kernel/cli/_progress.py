@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from kernel import _logging
+import kernel._logging as _logging
 
 
 def totals(snapshots: list[dict]) -> tuple[int, int, float | None, int | None]:
