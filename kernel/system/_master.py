@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 
@@ -33,6 +34,12 @@ STOP_TIMEOUT = 10.0  # seconds an executor may take to stop a process (it SIGKIL
 # The `error:` lines of a process that ended because a peer went away
 # (kernel.net.PeerLost, or a peer that never came): the job is restarted.
 _LOST_PEER = ("lost process ", "could not reach ", "peers never came", "no peer ")
+# The `error:` line of a job process one of whose kernels (or its links
+# process) was killed by a signal: the OOM killer picks the biggest process,
+# a kernel, not the launcher, which then exits 1 saying so. That is a loss
+# (restart it), as a killed launcher is; it was taken for a user error and
+# the job failed without a restart.
+_KILLED = re.compile(r"(kernel \d+|the links process) was killed by ")
 
 
 def classify(code: int, error: str | None) -> str:
@@ -42,7 +49,7 @@ def classify(code: int, error: str | None) -> str:
         return "ok"
     if code < 0 or code in (128 + 9, 128 + 15):  # killed by a signal (OOM, an operator's kill)
         return "lost"
-    if error and error.startswith(_LOST_PEER):
+    if error and (error.startswith(_LOST_PEER) or _KILLED.match(error)):
         return "lost"
     return "failed"
 

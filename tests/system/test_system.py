@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -409,6 +410,27 @@ def test_a_killed_job_process_is_restarted(system, tmp_path):
                what="the job to run again")
     state = system.job(job)
     assert state["restarts"] == 1 and "was killed (exit -9)" in state["message"]
+    assert system.cli("kill", job).returncode == 0
+
+
+def test_a_job_whose_kernel_process_is_killed_is_restarted_not_failed(system, tmp_path):
+    # The OOM killer picks a kernel (the biggest process), not the launcher,
+    # which then exits 1 with "error: kernel N was killed by SIGKILL": a
+    # loss, restarted, as a killed launcher is (it was failed outright).
+    pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
+    job = system.cli("submit", pipeline, "--cores", "2").stdout.splitlines()[0]
+    wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
+    (executor,) = system.job(job)["placement"]
+    proc = next(p for p in system.executors if system.executor_id(p) == executor)
+    # the executor, the launcher, its two kernels
+    kernels = wait_until(lambda: descendants(proc.pid)[2:4] if len(descendants(proc.pid)) >= 4 else None,
+                         what="the job's kernels")
+    os.kill(kernels[-1], signal.SIGKILL)
+    state = wait_until(lambda: ((s := system.job(job))["status"] in ("failed", "completed", "killed")
+                                or (s["attempt"], s["status"]) == (2, "running")) and s,
+                       what="the job to run again (or end)")
+    assert (state["status"], state["restarts"]) == ("running", 1), state
+    assert re.fullmatch(r"kernel [01] was killed by SIGKILL", state["message"]), state["message"]
     assert system.cli("kill", job).returncode == 0
 
 
