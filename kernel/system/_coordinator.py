@@ -21,11 +21,21 @@ from kernel.net._links import AuthenticatedServer
 from kernel.system import _topics
 from kernel.system._catalog import TABLES, TERMINAL, Catalog
 from kernel.system._master import JobMaster
-from kernel.system._wire import CLIENT, COORDINATOR, EXECUTOR, MAX_MESSAGE, PATH, RequestError, Session
+from kernel.system._wire import (
+    CLIENT,
+    COORDINATOR,
+    EXECUTOR,
+    MAX_MESSAGE,
+    PATH,
+    ConnectionLost,
+    RequestError,
+    Session,
+)
 
 log = logging.getLogger("kernel.system")
 
 _MAX_WAIT = 30.0  # seconds a `wait` request is held before the client asks again
+_LOGS_TIMEOUT = 10.0  # seconds an executor has to send a piece of a log (a local file's 1 MiB)
 
 
 class CoordinatorServer(AuthenticatedServer):
@@ -150,14 +160,27 @@ class CoordinatorServer(AuthenticatedServer):
 
     async def _logs(self, job_id: str, offsets: dict) -> dict:
         job = self.master._job(job_id)
-        chunks, missing = {}, []
+        chunks, missing, asked = {}, [], {}
         for executor_id in job.ran_on:
             entry = self.master.connected.get(executor_id)
             if entry is None:
                 missing.append(executor_id)
                 continue
-            reply = await entry.session.request("logs", job=job_id, offset=int(offsets.get(executor_id, 0)))
-            chunks[executor_id] = reply
+            asked[executor_id] = entry.session.request(
+                "logs", timeout=_LOGS_TIMEOUT, job=job_id, offset=int(offsets.get(executor_id, 0)))
+        # Asked at once, and an executor that goes away meanwhile (a frozen one
+        # is dropped after the executor timeout) or does not answer is
+        # unreachable: its ConnectionLost used to end this request with no
+        # reply at all (the client waited 60 s, then said "error: "), and the
+        # other executors' logs were lost with it.
+        replies = await asyncio.gather(*asked.values(), return_exceptions=True)
+        for executor_id, reply in zip(asked, replies):
+            if isinstance(reply, (ConnectionLost, RequestError, TimeoutError)):
+                missing.append(executor_id)
+            elif isinstance(reply, BaseException):
+                raise reply
+            else:
+                chunks[executor_id] = reply
         return {"chunks": chunks, "unreachable": missing, "status": job.status}
 
 

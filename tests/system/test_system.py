@@ -302,6 +302,30 @@ def test_logs_follow_prints_the_output_as_it_comes_until_the_job_ends(system, tm
     assert system.job(job)["status"] == "completed"
 
 
+def test_logs_with_an_executor_gone_silent_prints_the_others_and_names_it(fresh, tmp_path):
+    # A frozen executor (SIGSTOP: a stalled VM) is dropped after the executor
+    # timeout; the logs request waiting on it got no reply at all, and the
+    # CLI said "error: " after 60 s, printing none of the other executor's log.
+    pipeline = write(tmp_path / "mod7.py", EXACT.format(out=str(tmp_path / "out")))
+    done = fresh.cli("submit", pipeline, "--processes", "2", "--wait")
+    assert done.returncode == 0, done.stderr
+    job = done.stdout.splitlines()[0]
+    frozen, healthy = fresh.executors
+    frozen_id, healthy_id = fresh.executor_id(frozen), fresh.executor_id(healthy)
+    os.kill(frozen.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        logs = fresh.cli("logs", job, timeout=15)
+        took = time.monotonic() - started
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout.startswith(f"--- {job} attempt 1, process "), logs.stdout
+    assert f"on executor {healthy_id} " in logs.stdout and f"on executor {frozen_id} " not in logs.stdout
+    assert logs.stderr.strip().endswith(f"(logs on executor(s) {frozen_id} are unreachable)"), logs.stderr
+    assert took < 10
+
+
 def test_a_job_that_does_not_fit_yet_waits_as_submitted_and_runs_when_cores_are_free(system, tmp_path):
     pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
     quick = write(tmp_path / "noop.py", NOOP)
