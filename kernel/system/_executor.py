@@ -27,6 +27,7 @@ at the timeout, starts them elsewhere.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import json
 import logging
@@ -38,6 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernel.dataflow._errors import KernelError
 from kernel.system._wire import EXECUTOR, ConnectionLost, RequestError, dial
 
 log = logging.getLogger("kernel.system")
@@ -52,6 +54,10 @@ STOP_GRACE = 3.0  # seconds between SIGINT and SIGKILL when stopping a process
 FENCE_SHARE = 0.8
 _LOG_CHUNK = 1 << 20
 _KEEP_ENDED = 256  # ended processes remembered for a coordinator that reconnects
+
+
+class WorkdirInUse(KernelError):
+    """Another executor runs on this workdir."""
 
 
 @dataclass
@@ -118,6 +124,24 @@ class ExecutorDaemon:
         for sub in ("pipelines", "logs", "jobs"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         self._id_file = self.workdir / "executor.json"
+        # One executor per workdir: its id (executor.json) is the workdir's,
+        # and two executors started on one (./kernel-executor, the default)
+        # registered under one id, each replacing the other's connection every
+        # 0.5 s for ever, one executor seen and its jobs restarted at each turn.
+        # The lock goes with the process (a SIGKILLed executor's too); job
+        # processes do not inherit it (close_fds).
+        self._workdir_lock = open(self.workdir / "executor.lock", "a+")
+        try:
+            fcntl.flock(self._workdir_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._workdir_lock.seek(0)
+            holder = self._workdir_lock.read().strip() or "?"
+            self._workdir_lock.close()
+            raise WorkdirInUse(f"the workdir {self.workdir} is in use by another executor (pid {holder}): "
+                               "give each executor a --workdir of its own") from None
+        self._workdir_lock.truncate(0)
+        self._workdir_lock.write(str(os.getpid()))
+        self._workdir_lock.flush()
 
     @property
     def executor_id(self) -> str | None:

@@ -373,6 +373,24 @@ def test_an_executor_with_a_wrong_secret_is_refused(system, tmp_path):
         [e["id"] for e in system.status()["executors"]] == [e["id"] for e in before]
 
 
+def test_a_second_executor_on_a_workdir_in_use_is_refused(system):
+    # Two executors on one workdir (the default ./kernel-executor, twice) took
+    # one id from its executor.json and replaced each other's connection every
+    # 0.5 s, for ever. The second now stops at once, saying why.
+    before = system.status()["executors"]
+    registered = system.coordinator_log.read_text().count("registered:")
+    workdir = system.root / "executor1"
+    second = system.cli("executor", "--cores", "2", "--workdir", workdir, "--heartbeat", "0.4", timeout=10)
+    assert second.returncode == 1
+    holder = system.executors[0].pid
+    expected = (f"error: the workdir {workdir} is in use by another executor (pid {holder}): "
+                "give each executor a --workdir of its own")
+    assert second.stderr.strip() == expected, second.stderr
+    assert system.coordinator_log.read_text().count("registered:") == registered
+    assert [(e["id"], e["state"]) for e in system.status()["executors"]] == \
+        [(e["id"], e["state"]) for e in before]
+
+
 def test_an_authenticated_client_sending_garbage_is_closed_and_nothing_changes(system):
     from kernel.system._wire import CLIENT, dial
 
