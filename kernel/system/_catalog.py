@@ -17,6 +17,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from kernel.dataflow._errors import KernelError
+
+
+class CatalogError(KernelError):
+    """The catalog's file cannot be opened as one (damaged, not a database)."""
+
+
 ACTIVE = ("submitted", "starting", "running", "restarting")
 TERMINAL = ("completed", "failed", "killed")
 STATES = ACTIVE + TERMINAL
@@ -96,14 +103,24 @@ _JSON_FIELDS = ("executors", "placement", "ran_on")
 class Catalog:
     def __init__(self, data_dir: str | Path) -> None:
         self.path = Path(data_dir) / "catalog.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        if "shared_state" not in columns:  # a catalog written before --shared-state-dir
-            self._db.execute("ALTER TABLE jobs ADD COLUMN shared_state INTEGER NOT NULL DEFAULT 0")
+        self._db = None
+        # A catalog that is not a database (a damaged file, another file at
+        # that name) or a --data that is not a directory one can write in:
+        # one line saying which file and why (it was a raw sqlite3 or OSError
+        # traceback from the coordinator's start).
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            if "shared_state" not in columns:  # a catalog written before --shared-state-dir
+                self._db.execute("ALTER TABLE jobs ADD COLUMN shared_state INTEGER NOT NULL DEFAULT 0")
+        except (sqlite3.Error, OSError) as exc:
+            if self._db is not None:
+                self._db.close()
+            raise CatalogError(f"the catalog {self.path} cannot be used: {exc}") from exc
 
     def close(self) -> None:
         self._db.close()

@@ -4,7 +4,10 @@ its default, and the jobs in it load."""
 
 from __future__ import annotations
 
+import socket
 import sqlite3
+
+import pytest
 
 from kernel.system import _catalog
 
@@ -30,3 +33,25 @@ def test_a_catalog_from_before_shared_state_dir_opens_and_keeps_its_jobs(tmp_pat
         assert [j.shared_state for j in catalog.jobs()] == [False, True] and new.shared_state
     finally:
         catalog.close()
+
+
+def test_a_damaged_catalog_stops_the_coordinator_with_one_line_saying_which_file(tmp_path):
+    # (it was a raw `sqlite3.DatabaseError: file is not a database` traceback)
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "catalog.sqlite").write_bytes(b"\x00garbage, not SQLite\n" * 200)
+    with socket.socket() as s:  # (a free port, never listened on: the catalog fails first)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run([sys.executable, "-m", "kernel", "coordinator", "--listen", f"127.0.0.1:{port}",
+                           "--data", str(data)], capture_output=True, text=True, timeout=30,
+                          env=dict(os.environ, KERNEL_SECRET="s"))
+    assert done.returncode == 1
+    catalog = data / "catalog.sqlite"
+    assert done.stderr == f"error: the catalog {catalog} cannot be used: file is not a database\n"
+    with pytest.raises(_catalog.CatalogError, match="cannot be used: file is not a database"):
+        _catalog.Catalog(data)
