@@ -31,6 +31,15 @@ from kernel.system._wire import ConnectionLost, RequestError, Session
 log = logging.getLogger("kernel.system")
 
 STOP_TIMEOUT = 10.0  # seconds an executor may take to stop a process (it SIGKILLs after 3)
+# Restarts back off when attempts keep failing soon after they start: an
+# attempt that ran STABLE seconds or more is restarted at once (a lost
+# executor's job runs again within moments), as is the first of a series of
+# quick failures; each further quick one waits twice as long as the last,
+# from BACKOFF_FIRST to BACKOFF_MAX seconds. (With no delay, a job that could
+# never start, an executor refusing its start, say, restarted ~170 times a
+# second for as many --max-restarts as it was given.)
+STABLE = 10.0
+BACKOFF_FIRST, BACKOFF_MAX = 0.2, 10.0
 # The `error:` lines of a process that ended because a peer went away
 # (kernel.net.PeerLost, or a peer that never came): the job is restarted.
 _LOST_PEER = ("lost process ", "could not reach ", "peers never came", "no peer ")
@@ -75,6 +84,11 @@ class JobMaster:
         self.exits: dict[str, dict[int, tuple[int, str | None]]] = {
             job.id: {} for job in self.jobs.values() if job.active}
         self._locks: dict[str, asyncio.Lock] = {}
+        # restart backoff: when each job's current attempt started (monotonic),
+        # the delay of its last restart, and when it may be placed again
+        self._attempt_started: dict[str, float] = {}
+        self._backoff: dict[str, float] = {}
+        self._not_before: dict[str, float] = {}
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._closing = False  # close(): the coordinator stops
@@ -159,8 +173,10 @@ class JobMaster:
 
     def reconcile(self) -> None:
         """Start every job waiting for a place that now has one."""
+        now = time.monotonic()
         for job in self.jobs.values():
-            if job.status in ("submitted", "restarting") and not self._lock(job.id).locked():
+            if job.status in ("submitted", "restarting") and not self._lock(job.id).locked() \
+                    and self._not_before.get(job.id, 0.0) <= now:
                 if self._place(job) is not None:
                     self._spawn(self._launch(job.id))
 
@@ -207,6 +223,7 @@ class JobMaster:
                 job.processes, job.cores = len(chosen), cores
             job.attempt += 1
             job.status = "starting"
+            self._attempt_started[job.id] = time.monotonic()
             job.placement = [{"executor": e, "host": self.executors[e].host, "port": None} for e in chosen]
             job.ran_on = sorted(set(job.ran_on) | set(chosen))
             self.exits[job.id] = {}
@@ -301,6 +318,8 @@ class JobMaster:
         job.message = message
         job.ended = time.time()
         self._save(job)
+        for backoff in (self._attempt_started, self._backoff, self._not_before):
+            backoff.pop(job.id, None)
         self.catalog.forget_topics_of(job.id)
         log.info("%s %s%s", job.id, status, f": {message}" if message else "")
         await self._stop(job.id, attempt, placement)
@@ -316,9 +335,21 @@ class JobMaster:
         job.message = why
         job.placement = []
         self._save(job)
-        log.warning("%s restarting (%d of at most %d): %s", job.id, job.restarts, job.max_restarts, why)
+        now = time.monotonic()
+        started = self._attempt_started.get(job.id)
+        if started is None or now - started >= STABLE:
+            # (or an attempt adopted by a restarted coordinator: its start unknown)
+            delay = 0.0
+            self._backoff.pop(job.id, None)
+        else:  # a quick failure: the first of a series at once, then backing off
+            delay = min(BACKOFF_MAX, max(BACKOFF_FIRST, 2 * self._backoff[job.id])) \
+                if job.id in self._backoff else 0.0
+            self._backoff[job.id] = delay
+        self._not_before[job.id] = now + delay
+        log.warning("%s restarting (%d of at most %d)%s: %s", job.id, job.restarts, job.max_restarts,
+                    f" in {delay:g} s" if delay else "", why)
         await self._stop(job.id, attempt, placement)  # before another attempt may use its state_dir
-        self._spawn(self._after(0))
+        self._spawn(self._after(delay))
 
     async def _after(self, delay: float) -> None:
         await asyncio.sleep(delay)

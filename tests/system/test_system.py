@@ -476,6 +476,27 @@ def test_a_job_whose_kernel_process_is_killed_is_restarted_not_failed(system, tm
     assert system.cli("kill", job).returncode == 0
 
 
+def test_a_job_that_can_never_start_restarts_backing_off_not_spinning(system, tmp_path):
+    # Every executor refuses its start (here: a file where its pipeline's
+    # directory goes). Restarts followed at once, ~170 a second for as many
+    # --max-restarts as given; now the first is at once and each next one
+    # waits twice as long: 0, 0.2, 0.4 s.
+    text = NOOP + "# never starts\n"
+    pipeline = write(tmp_path / "never.py", text)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    for n in (1, 2):
+        (system.root / f"executor{n}" / "pipelines" / digest).write_text("")
+    done = system.cli("submit", pipeline, "--max-restarts", "3", "--wait")
+    assert done.returncode == 1
+    state = system.job(done.stdout.splitlines()[0])
+    assert (state["status"], state["restarts"], state["attempt"]) == ("failed", 3, 4)
+    assert "could not start" in state["message"] and "gave up after 3 restart(s)" in state["message"]
+    assert state["ended"] - state["submitted"] >= 0.6
+    log = system.coordinator_log.read_text()
+    assert f"{state['id']} restarting (2 of at most 3) in 0.2 s: could not start" in log
+    assert f"{state['id']} restarting (3 of at most 3) in 0.4 s: could not start" in log
+
+
 def test_a_job_of_two_processes_whose_function_raises_is_failed_with_its_message(system, tmp_path):
     pipeline = write(tmp_path / "mod7.py", EXACT.format(out=str(tmp_path / "out")))
     done = system.cli("submit", f"{pipeline}:bad", "--processes", "2", "--wait")
