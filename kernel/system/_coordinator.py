@@ -115,7 +115,7 @@ class CoordinatorServer(AuthenticatedServer):
     def _submit(self, m: dict):
         filename, content, digest = m.get("filename"), m.get("content"), m.get("digest")
         if not isinstance(filename, str) or not isinstance(content, str) or "/" in filename \
-                or not filename.endswith(".py"):
+                or "\0" in filename or not filename.endswith(".py"):
             raise RequestError("submit: a pipeline file name (NAME.py) and its text are needed")
         data = content.encode()
         if hashlib.sha256(data).hexdigest() != digest:

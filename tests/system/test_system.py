@@ -326,6 +326,18 @@ def test_logs_with_an_executor_gone_silent_prints_the_others_and_names_it(fresh,
     assert took < 10
 
 
+def test_a_pipeline_file_whose_name_starts_with_a_dot_runs(system, tmp_path):
+    # (`kernel run .nightly.py` runs it; every executor refused it, saying
+    # "the pipeline file does not match its hash", and the job failed)
+    pipeline = write(tmp_path / ".nightly.py", EXACT.format(out=str(tmp_path / "out")))
+    done = system.cli("submit", pipeline, "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr
+    state = system.job(done.stdout.splitlines()[0])
+    assert (state["status"], state["name"], state["restarts"]) == ("completed", ".nightly.py:flow", 0)
+    assert sorted(map(tuple, records(tmp_path / "out"))) == \
+        [(k, sum(n * n for n in range(k, 20_000, 7))) for k in range(7)]
+
+
 def test_a_job_that_does_not_fit_yet_waits_as_submitted_and_runs_when_cores_are_free(system, tmp_path):
     pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
     quick = write(tmp_path / "noop.py", NOOP)
