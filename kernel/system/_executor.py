@@ -174,15 +174,28 @@ class ExecutorDaemon:
                         processes=[p.report() for p in self.processes.values()])
                     self._id_file.write_text(json.dumps({"id": reply["executor"]}))
                     self._answered = time.monotonic()
+                    interval = self.heartbeat
                     if reply.get("executor_timeout"):
-                        self._fence_after = FENCE_SHARE * float(reply["executor_timeout"])
+                        timeout = float(reply["executor_timeout"])
+                        self._fence_after = FENCE_SHARE * timeout
+                        # A --heartbeat too long for the coordinator's timeout (3 s
+                        # against 2, or 4 against the default 5) had this executor
+                        # fence (kill) its own job processes between two answered
+                        # beats, and the coordinator count it lost: the jobs were
+                        # restarted every few seconds for ever. Beat often enough.
+                        most = timeout / SILENT_BEATS
+                        if interval > most:
+                            log.warning("executor: --heartbeat %g s is too long for the coordinator's "
+                                        "executor timeout of %g s: beating every %g s", interval, timeout,
+                                        most)
+                            interval = most
                     log.info("executor %s registered with the coordinator at %s:%d (%s, %d cores)",
                              reply["executor"], *self.address, self.host, self.cores)
                     self.session = session
                     if ready is not None:
                         ready(reply["executor"])
                         ready = None
-                    beat = asyncio.ensure_future(self._heartbeat(session))
+                    beat = asyncio.ensure_future(self._heartbeat(session, interval))
                     try:
                         await reader
                     finally:
@@ -198,13 +211,13 @@ class ExecutorDaemon:
         finally:
             fence.cancel()
 
-    async def _heartbeat(self, session) -> None:
+    async def _heartbeat(self, session, interval: float) -> None:
         """Heartbeats, answered: a coordinator that leaves SILENT_BEATS
         unanswered (gone without a word: a cut cable) is dropped, and the
         executor dials again until it is back."""
-        silence = SILENT_BEATS * self.heartbeat
+        silence = SILENT_BEATS * interval
         while True:
-            await asyncio.sleep(self.heartbeat)
+            await asyncio.sleep(interval)
             try:
                 await session.request("heartbeat", timeout=silence)
                 self._answered = time.monotonic()

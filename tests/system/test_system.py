@@ -568,6 +568,26 @@ def test_executors_drop_a_silent_coordinator_and_come_back_when_it_answers_again
         fresh.close()
 
 
+def test_an_executor_heartbeat_too_long_for_the_coordinator_timeout_is_shortened(tmp_path):
+    # --heartbeat 3 against the coordinator's executor timeout of 2 s (as 4
+    # against the default 5): the executor fenced (SIGKILLed) its own job
+    # 1.6 s after registering, between two answered beats, and the job was
+    # restarted until it failed. The executor now beats every 2 / 5 s.
+    system = start_system(tmp_path, "--heartbeat", "3")
+    try:
+        pipeline, _ = slow(tmp_path, pause=0.01, count=250, out=tmp_path / "out")  # ~2.5 s of work
+        done = system.cli("submit", pipeline, "--wait")
+        assert done.returncode == 0, done.stdout + done.stderr
+        state = system.job(done.stdout.splitlines()[0])
+        assert (state["status"], state["restarts"]) == ("completed", 0), state
+        assert Counter(records(tmp_path / "out")) == Counter(range(250))
+        log = (tmp_path / "executor1.log").read_text()
+        assert "--heartbeat 3 s is too long for the coordinator's executor timeout of 2 s: " \
+               "beating every 0.4 s" in log
+    finally:
+        system.close()
+
+
 def test_the_streamkernel_script_is_python_m_kernel():
     script = Path(sys.executable).parent / "streamkernel"
     assert script.exists(), "pip install -e . installs the streamkernel script"
