@@ -141,7 +141,10 @@ async def logs(client: Client, job: str, follow: bool) -> int:
             sys.stdout.write(text)
         sys.stdout.flush()
         got_more = any(chunk["text"] for chunk in chunks.values())
-        if not follow or (reply["status"] in TERMINAL and not got_more):
+        # (an executor sends up to 1 MiB a request: without --follow, ask
+        # until they have sent all they have; it stopped after the first
+        # MiB, a longer log cut mid-line with no word)
+        if not got_more and (not follow or reply["status"] in TERMINAL):
             if reply["unreachable"]:
                 print(f"(logs on executor(s) {', '.join(reply['unreachable'])} are unreachable)",
                       file=sys.stderr)

@@ -338,6 +338,42 @@ def test_a_pipeline_file_whose_name_starts_with_a_dot_runs(system, tmp_path):
         [(k, sum(n * n for n in range(k, 20_000, 7))) for k in range(7)]
 
 
+CHATTY = """\
+import os
+import sys
+from kernel import Dataflow
+
+# (at import, once: the log holds the executor's header line, then this)
+head = os.path.getsize(f"../../logs/{{os.environ['KERNEL_JOB']}}.log")
+sys.stdout.write({text})
+sys.stdout.flush()
+flow = Dataflow("chatty")
+flow.from_iterable([]).sink(id)
+"""
+
+
+def job_log(system: System, job: str) -> bytes:
+    (executor,) = system.job(job)["placement"]
+    n = next(i for i, p in enumerate(system.executors, 1) if system.executor_id(p) == executor)
+    return (system.root / f"executor{n}" / "logs" / f"{job}.log").read_bytes()
+
+
+def test_logs_prints_a_log_longer_than_one_reply_whole(system, tmp_path):
+    # (an executor sends 1 MiB a request; `logs` without --follow printed the
+    # first MiB and stopped, mid-line, exit 0)
+    text = '"".join(f"line {n}\\n" for n in range(250_000))'  # ~2.6 MB
+    pipeline = write(tmp_path / "chatty.py", CHATTY.format(text=text))
+    done = system.cli("submit", pipeline, "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = done.stdout.splitlines()[0]
+    logs = subprocess.run([sys.executable, "-m", "kernel", "logs", job], capture_output=True, timeout=60,
+                          env=system.env, cwd=system.root)
+    assert logs.returncode == 0, logs.stderr
+    expected = job_log(system, job)
+    assert len(expected) > 2 << 20 and expected.endswith(b"line 249999\n")
+    assert logs.stdout == expected
+
+
 def test_a_job_that_does_not_fit_yet_waits_as_submitted_and_runs_when_cores_are_free(system, tmp_path):
     pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
     quick = write(tmp_path / "noop.py", NOOP)
