@@ -381,10 +381,26 @@ class ExecutorDaemon:
                 data = f.read(_LOG_CHUNK)
         except FileNotFoundError:
             data = b""
+        data = data[: len(data) - _cut_character(data)]
         return {"text": data.decode(errors="replace"), "offset": offset + len(data)}
 
     async def close(self) -> None:
         await asyncio.gather(*(self._stop_one(p) for p in self.processes.values() if p.code is None))
+
+
+def _cut_character(data: bytes) -> int:
+    """How many bytes at the end of `data` are a UTF-8 character begun and
+    not finished: the next piece starts with them. (Each piece is decoded on
+    its own: a character cut by the 1 MiB boundary, or by a read while the
+    job was writing it, came out as replacement characters.)"""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            return 0  # ASCII: nothing begun
+        if byte >= 0xC0:  # a lead byte: how long is its character?
+            size = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return back if size > back else 0
+    return 0  # (continuation bytes only: not UTF-8 to mend)
 
 
 def _free_port(host: str) -> int:

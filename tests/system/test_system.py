@@ -374,6 +374,24 @@ def test_logs_prints_a_log_longer_than_one_reply_whole(system, tmp_path):
     assert logs.stdout == expected
 
 
+def test_logs_keeps_a_character_cut_by_a_reply_boundary_whole(system, tmp_path):
+    # The first byte of an "é" is the last of the executor's first 1 MiB
+    # reply: each reply was decoded on its own, and the "é" came out as two
+    # U+FFFD replacement characters.
+    text = '"a" * ((1 << 20) - 1 - head) + "é" * 200_000 + "\\n"'
+    pipeline = write(tmp_path / "accents.py", CHATTY.format(text=text))
+    done = system.cli("submit", pipeline, "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = done.stdout.splitlines()[0]
+    logs = subprocess.run([sys.executable, "-m", "kernel", "logs", job], capture_output=True, timeout=60,
+                          env=system.env, cwd=system.root)
+    assert logs.returncode == 0, logs.stderr
+    expected = job_log(system, job)
+    assert expected[(1 << 20) - 1:(1 << 20) + 1] == "é".encode()
+    assert "\ufffd".encode() not in logs.stdout
+    assert logs.stdout == expected
+
+
 def test_a_job_that_does_not_fit_yet_waits_as_submitted_and_runs_when_cores_are_free(system, tmp_path):
     pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
     quick = write(tmp_path / "noop.py", NOOP)
