@@ -129,6 +129,12 @@ def _table(header: list[str], rows: list[list]) -> None:
 
 async def logs(client: Client, job: str, follow: bool) -> int:
     offsets: dict[str, int] = {}
+    # Several executors' logs are printed line by line, each line prefixed
+    # with its executor: the end of a piece that is not a whole line waits for
+    # the rest (a piece ends at 1 MiB, or where the job was writing). It was
+    # prefixed as it came: the next executor's line went on after it, and
+    # its rest came out on a line of its own.
+    partial: dict[str, str] = {}
     while True:
         reply = await client.request("logs", job=job, offsets=offsets)
         chunks = reply["chunks"]
@@ -137,7 +143,9 @@ async def logs(client: Client, job: str, follow: bool) -> int:
             offsets[executor] = chunk["offset"]
             text = chunk["text"]
             if several and text:
-                text = "".join(f"[{executor}] {line}" for line in text.splitlines(keepends=True))
+                whole, cut, rest = (partial.pop(executor, "") + text).rpartition("\n")
+                partial[executor] = rest
+                text = "".join(f"[{executor}] {line}" for line in (whole + cut).splitlines(keepends=True))
             sys.stdout.write(text)
         sys.stdout.flush()
         got_more = any(chunk["text"] for chunk in chunks.values())
@@ -145,6 +153,10 @@ async def logs(client: Client, job: str, follow: bool) -> int:
         # until they have sent all they have; it stopped after the first
         # MiB, a longer log cut mid-line with no word)
         if not got_more and (not follow or reply["status"] in TERMINAL):
+            for executor, rest in sorted(partial.items()):
+                if rest:  # a last line without its newline
+                    sys.stdout.write(f"[{executor}] {rest}\n")
+            sys.stdout.flush()
             if reply["unreachable"]:
                 print(f"(logs on executor(s) {', '.join(reply['unreachable'])} are unreachable)",
                       file=sys.stderr)

@@ -392,6 +392,30 @@ def test_logs_keeps_a_character_cut_by_a_reply_boundary_whole(system, tmp_path):
     assert logs.stdout == expected
 
 
+def test_logs_of_several_executors_prefix_whole_lines(system, tmp_path):
+    # Each executor's piece of a log ends where it ends (1 MiB), often
+    # mid-line: the rest of that line was printed on the next executor's
+    # "[eN] ..." line, and its start on a line of its own, prefixed again.
+    text = '"".join(f"{head} line {n}\\n" for n in range(120_000))'  # ~1.9 MB a process
+    pipeline = write(tmp_path / "chatty2.py", CHATTY.format(text=text))
+    done = system.cli("submit", pipeline, "--processes", "2", "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = done.stdout.splitlines()[0]
+    logs = subprocess.run([sys.executable, "-m", "kernel", "logs", job], capture_output=True, timeout=60,
+                          env=system.env, cwd=system.root, text=True)
+    assert logs.returncode == 0, logs.stderr
+    printed: dict[str, list[str]] = {}
+    for line in logs.stdout.splitlines():
+        executor, _, rest = line.partition(" ")
+        printed.setdefault(executor, []).append(rest)
+    ids = {system.executor_id(p): n for n, p in enumerate(system.executors, 1)}
+    assert sorted(printed) == sorted(f"[{e}]" for e in ids)
+    for executor, n in ids.items():
+        log = (system.root / f"executor{n}" / "logs" / f"{job}.log").read_text()
+        assert len(log) > 1 << 20
+        assert printed[f"[{executor}]"] == log.splitlines()
+
+
 def test_a_job_that_does_not_fit_yet_waits_as_submitted_and_runs_when_cores_are_free(system, tmp_path):
     pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
     quick = write(tmp_path / "noop.py", NOOP)
