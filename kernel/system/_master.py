@@ -49,6 +49,10 @@ _LOST_PEER = ("lost process ", "could not reach ", "peers never came", "no peer 
 # (restart it), as a killed launcher is; it was taken for a user error and
 # the job failed without a restart.
 _KILLED = re.compile(r"(kernel \d+|the links process) was killed by ")
+# A process whose links' port, free when its executor picked it (`prepare`),
+# was taken before it listened (by an outgoing connection's port, another
+# job): the next attempt gets other ports. It was failed for good.
+_PORT_TAKEN = re.compile(r"process \d+ cannot listen on .*address already in use", re.IGNORECASE)
 
 
 def classify(code: int, error: str | None) -> str:
@@ -58,7 +62,7 @@ def classify(code: int, error: str | None) -> str:
         return "ok"
     if code < 0 or code in (128 + 9, 128 + 15):  # killed by a signal (OOM, an operator's kill)
         return "lost"
-    if error and (error.startswith(_LOST_PEER) or _KILLED.match(error)):
+    if error and (error.startswith(_LOST_PEER) or _KILLED.match(error) or _PORT_TAKEN.match(error)):
         return "lost"
     return "failed"
 
