@@ -50,9 +50,11 @@ _LOST_PEER = ("lost process ", "could not reach ", "peers never came", "no peer 
 # the job failed without a restart.
 _KILLED = re.compile(r"(kernel \d+|the links process) was killed by ")
 # A process whose links' port, free when its executor picked it (`prepare`),
-# was taken before it listened (by an outgoing connection's port, another
-# job): the next attempt gets other ports. It was failed for good.
-_PORT_TAKEN = re.compile(r"process \d+ cannot listen on .*address already in use", re.IGNORECASE)
+# or whose dashboard's port (picked by its executor too), was taken before it
+# listened (by an outgoing connection's port, another job): the next attempt
+# gets other ports. It was failed for good.
+_PORT_TAKEN = re.compile(r"(process \d+ cannot listen on |dashboard \S+: cannot listen there: )"
+                         r".*address already in use", re.IGNORECASE)
 
 
 def classify(code: int, error: str | None) -> str:

@@ -635,6 +635,44 @@ def test_a_job_whose_link_port_was_taken_before_it_listened_is_restarted(system,
         [(k, sum(n * n for n in range(k, 20_000, 7))) for k in range(7)]
 
 
+def test_a_job_whose_dashboard_port_was_taken_before_it_listened_is_restarted(system, tmp_path):
+    # Every job process serves its dashboard on a port its executor picked
+    # free a moment before; taken meanwhile, the process said "dashboard
+    # H:P: cannot listen there: Address already in use" and the job failed
+    # for good. It is a loss: restarted, on another port.
+    pipeline = write(tmp_path / "mod7.py", EXACT.format(out=str(tmp_path / "out")))
+    submit = subprocess.Popen([sys.executable, "-m", "kernel", "submit", pipeline, "--wait"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=system.env, cwd=system.root)
+
+    def dashboard_port():  # the job's process, just started (it takes ~0.2 s to listen)
+        for proc in system.executors:
+            for pid in descendants(proc.pid)[1:]:
+                try:
+                    argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+                except OSError:
+                    continue
+                if "--dashboard" in argv and "run" in argv:
+                    return int(argv[argv.index("--dashboard") + 1].rpartition(":")[2])
+        return None
+
+    with socket.socket() as thief:
+        try:
+            thief.bind(("127.0.0.1", wait_until(dashboard_port, every=0.002, what="the job's process")))
+            thief.listen()
+            out, err = submit.communicate(timeout=60)
+        finally:
+            submit.kill()
+            submit.wait()
+    assert submit.returncode == 0, out + err
+    state = system.job(out.splitlines()[0])
+    assert (state["status"], state["restarts"]) == ("completed", 1), state
+    assert re.search(rf"{state['id']} restarting \(1 of at most 3\): dashboard 127\.0\.0\.1:\d+: "
+                     r"cannot listen there: Address already in use\n", system.coordinator_log.read_text())
+    assert sorted(map(tuple, records(tmp_path / "out"))) == \
+        [(k, sum(n * n for n in range(k, 20_000, 7))) for k in range(7)]
+
+
 def test_the_catalog_is_readable_as_data_from_a_program(system, tmp_path):
     from kernel.system import Client, RequestError
 
