@@ -315,6 +315,14 @@ class ExecutorDaemon:
                    # topics (issue 18): the job finds its coordinator and names itself
                    KERNEL_COORDINATOR=f"{self.address[0]}:{self.address[1]}", KERNEL_JOB=job,
                    KERNEL_RUN=f"{job}.{attempt}")
+        if self.tls is not None and not env.get("KERNEL_TLS"):
+            # The job's connections to the coordinator (and its topics') over
+            # TLS as the executor's own: told only KERNEL_COORDINATOR, a job of
+            # a TLS system that published a topic dialled it in plain HTTP, and
+            # failed after 10 s ("cannot reach the coordinator ... Server
+            # disconnected"). (Absolute: the job runs in its own directory.)
+            env["KERNEL_TLS"] = ",".join(os.path.abspath(path) for path in (self.tls.cert, self.tls.key,
+                                                                             self.tls.ca) if path is not None)
         with open(log_path, "ab") as out:
             out.write(f"--- {job} attempt {attempt}, process {process} on executor "
                       f"{self.executor_id} ({time.strftime('%Y-%m-%d %H:%M:%S')}) ---\n".encode())

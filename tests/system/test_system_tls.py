@@ -137,3 +137,27 @@ def test_a_job_of_two_processes_links_them_over_tls(certificates, tmp_path):
         assert printed == sorted(f"c {pair}" for pair in counts.items()), log
     finally:
         system.close()
+
+
+def test_a_job_of_a_tls_system_publishes_a_topic_through_its_coordinator(certificates, tmp_path):
+    """A job an executor started with TLS starts reaches its coordinator (to
+    register its topic) over TLS too: told only KERNEL_COORDINATOR, it
+    dialled it in plain HTTP and failed after 10 s ("cannot reach the
+    coordinator ... Server disconnected")."""
+    tls = ["--tls-cert", certificates["node.pem"], "--tls-key", certificates["node.key"],
+           "--tls-ca", certificates["ca.pem"]]
+    system = System(tmp_path, options=tls)
+    system.env.pop("KERNEL_TLS", None)  # (the executor's --tls-* options only)
+    try:
+        system.start_coordinator()
+        system.start_executor(cores=1)
+        system.executors_up(1)
+        pipeline = tmp_path / "pub.py"
+        pipeline.write_text("from kernel import Dataflow\nflow = Dataflow('pub')\n"
+                            "flow.from_iterable(range(100)).publish('numbers')\n")
+        done = system.cli("submit", pipeline, "--wait")
+        assert done.returncode == 0, done.stdout + done.stderr
+        job = done.stdout.splitlines()[0]
+        assert system.job(job)["status"] == "completed"
+    finally:
+        system.close()
