@@ -95,6 +95,8 @@ class JobMaster:
         self._attempt_started: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
         self._not_before: dict[str, float] = {}
+        # job -> (attempt, its processes reported running by reconnecting executors)
+        self._adopted: dict[str, tuple[int, set[int]]] = {}
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._closing = False  # close(): the coordinator stops
@@ -326,6 +328,7 @@ class JobMaster:
         self._save(job)
         for backoff in (self._attempt_started, self._backoff, self._not_before):
             backoff.pop(job.id, None)
+        self._adopted.pop(job.id, None)
         self.catalog.forget_topics_of(job.id)
         log.info("%s %s%s", job.id, status, f": {message}" if message else "")
         await self._stop(job.id, attempt, placement)
@@ -409,6 +412,8 @@ class JobMaster:
                 if p.get("code") is not None:
                     self._spawn(self.process_exited(job.id, p["attempt"], p["process"], p["code"],
                                                     p.get("error")))
+                elif job.status == "starting" and not self._lock(job.id).locked():
+                    self._adopt_starting(job, p["process"])
             elif p.get("code") is None:
                 session = self.connected[executor_id].session
                 self._spawn(session.request("stop", timeout=STOP_TIMEOUT, job=p["job"], attempt=p["attempt"]))
@@ -418,6 +423,23 @@ class JobMaster:
             for i, place in enumerate(job.placement):
                 if place["executor"] == executor_id and (job.id, i) not in reported:
                     self._spawn(self._lost_process(job, job.attempt, i, executor_id))
+
+    def _adopt_starting(self, job: Job, process: int) -> None:
+        """A job a coordinator was starting when it stopped (its `start`
+        requests sent, their replies lost with it), whose processes the
+        executors report running: it runs. It stayed `starting` for good
+        (started: none), its processes running and adopted."""
+        attempt, running = self._adopted.get(job.id, (job.attempt, set()))
+        if attempt != job.attempt:
+            running = set()
+        running.add(process)
+        self._adopted[job.id] = (job.attempt, running)
+        if len(running) == job.processes:
+            del self._adopted[job.id]
+            job.status = "running"
+            job.started = job.started or time.time()
+            self._save(job)
+            log.info("%s running (attempt %d, adopted)", job.id, job.attempt)
 
     async def _lost_process(self, job: Job, attempt: int, process: int | None, executor_id: str) -> None:
         why = (f"executor {executor_id} is not connected" if process is None else

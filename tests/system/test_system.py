@@ -242,6 +242,39 @@ def test_a_restarted_coordinator_keeps_the_catalog_and_adopts_the_running_job(pa
     assert Counter(records(out)) == Counter(range(count))
 
 
+def test_a_job_being_started_when_the_coordinator_died_runs_once_adopted(tmp_path):
+    # The coordinator SIGKILLed while it waited for an executor's answer to
+    # `start` (the executor frozen for a moment, as a stalled VM): the
+    # executor then started the process and listed it to the restarted
+    # coordinator, which adopted it, but the job stayed "starting" for good
+    # (started: none) while it ran.
+    system = System(tmp_path)
+    try:
+        system.start_coordinator("--executor-timeout", "5")  # (no fencing in the moment it is frozen)
+        executor = system.start_executor(2)
+        system.executors_up(1)
+        pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
+        os.kill(executor.pid, signal.SIGSTOP)
+        try:
+            job = system.cli("submit", pipeline).stdout.splitlines()[0]
+            wait_until(lambda: system.job(job)["status"] == "starting", what="the job to be starting")
+            system.coordinator.kill()
+            system.coordinator.wait()
+        finally:
+            os.kill(executor.pid, signal.SIGCONT)
+        system.start_coordinator("--executor-timeout", "5")
+        wait_until(lambda: system.coordinator_log.read_text().count("executor e1 registered") == 2,
+                   what="the executor back")
+        state = wait_until(lambda: (s := system.job(job))["status"] != "starting" and s, timeout=5,
+                           what="the job to leave 'starting'")
+        assert (state["status"], state["attempt"], state["restarts"]) == ("running", 1, 0), state
+        assert state["started"] is not None
+        assert f"{job} running (attempt 1, adopted)" in system.coordinator_log.read_text()
+        assert system.cli("kill", job).returncode == 0
+    finally:
+        system.close()
+
+
 def test_a_wrong_secret_and_garbage_are_refused_logged_and_change_nothing(system):
     before = system.status()
     wrong = system.cli("status", env=dict(system.env, KERNEL_SECRET="not-the-secret"))
