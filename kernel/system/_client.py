@@ -136,7 +136,16 @@ async def logs(client: Client, job: str, follow: bool) -> int:
     # its rest came out on a line of its own.
     partial: dict[str, str] = {}
     while True:
-        reply = await client.request("logs", job=job, offsets=offsets)
+        try:
+            reply = await client.request("logs", job=job, offsets=offsets)
+        except ConnectionLost:
+            if not follow:
+                raise
+            # a coordinator restarted while we follow (it adopts the running
+            # job): go on from where we are, as `submit --wait` does (it
+            # ended the command with "error: ... connection closed")
+            await client.reconnect(RECONNECT_FOR)
+            continue
         chunks = reply["chunks"]
         several = len(chunks) > 1
         for executor, chunk in sorted(chunks.items()):

@@ -275,6 +275,50 @@ def test_a_job_being_started_when_the_coordinator_died_runs_once_adopted(tmp_pat
         system.close()
 
 
+def test_logs_follow_goes_on_through_a_coordinator_restart(tmp_path):
+    # (as `submit --wait` does; it ended with "error: ... connection closed")
+    system = start_system(tmp_path)
+    try:
+        go = tmp_path / "go"
+        pipeline = write(tmp_path / "ticks.py", f"""\
+            import os, time
+            from kernel import Dataflow
+
+            def tick(n):
+                print(f"tick {{n}}", flush=True)
+                if n == 5:  # until the test has restarted the coordinator
+                    while not os.path.exists({str(go)!r}):
+                        time.sleep(0.01)
+                return n
+
+            flow = Dataflow("ticks")
+            flow.from_iterable(range(20), batch_size=1).map(tick).sink(id)
+            """)
+        job = system.cli("submit", pipeline).stdout.splitlines()[0]
+        follow = subprocess.Popen([sys.executable, "-m", "kernel", "logs", job, "--follow"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=system.env,
+                                  cwd=system.root)
+        try:
+            seen = []
+            while "tick 5\n" not in seen:  # (the job waits there)
+                seen.append(follow.stdout.readline())
+                assert seen[-1], f"logs --follow ended: {follow.stderr.read()}"
+            system.coordinator.kill()
+            system.coordinator.wait()
+            system.start_coordinator()
+            go.touch()
+            out, err = follow.communicate(timeout=60)
+        finally:
+            follow.kill()
+            follow.wait()
+        assert follow.returncode == 0, err
+        ticks = [line for line in seen + out.splitlines(keepends=True) if line.startswith("tick")]
+        assert ticks == [f"tick {n}\n" for n in range(20)]
+        assert system.job(job)["status"] == "completed"
+    finally:
+        system.close()
+
+
 def test_a_wrong_secret_and_garbage_are_refused_logged_and_change_nothing(system):
     before = system.status()
     wrong = system.cli("status", env=dict(system.env, KERNEL_SECRET="not-the-secret"))
