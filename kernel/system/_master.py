@@ -48,7 +48,10 @@ _LOST_PEER = ("lost process ", "could not reach ", "peers never came", "no peer 
 # a kernel, not the launcher, which then exits 1 saying so. That is a loss
 # (restart it), as a killed launcher is; it was taken for a user error and
 # the job failed without a restart.
-_KILLED = re.compile(r"(kernel \d+|the links process) was killed by ")
+# In a job of several processes, its peers report it, and whichever exit the
+# coordinator hears of first decides: "process 0 (H:P) failed: kernel 0 was
+# killed by SIGKILL" (a peer's) is the same loss.
+_KILLED = re.compile(r"(process \d+ \(\S*\) failed: )?(kernel \d+|the links process) was killed by ")
 # A process whose links' port, free when its executor picked it (`prepare`),
 # or whose dashboard's port (picked by its executor too), was taken before it
 # listened (by an outgoing connection's port, another job): the next attempt

@@ -664,6 +664,21 @@ def test_a_job_that_can_never_start_restarts_backing_off_not_spinning(system, tm
     assert f"{state['id']} restarting (3 of at most 3) in 0.4 s: could not start" in log
 
 
+def test_a_kernel_killed_in_a_job_of_several_processes_is_a_loss_whoever_reports_it():
+    # In a 2-process job whose process 0 lost a kernel to SIGKILL, process 1
+    # exits saying so too, and often first: the job was then failed, not
+    # restarted (1 run in 3). The exact lines of such a run:
+    from kernel.system._master import classify
+
+    assert classify(1, "kernel 0 was killed by SIGKILL") == "lost"
+    assert classify(1, "process 0 (127.0.0.1:59253) failed: kernel 0 was killed by SIGKILL") == "lost"
+    assert classify(1, "process 1 ([::1]:7001) failed: the links process was killed by SIGKILL") == "lost"
+    assert classify(1, "process 0 (127.0.0.1:59253) failed: kernel 0 failed: OperatorError: operator "
+                       "'map(f) (step 1)': function 'f' raised KeyError: 1000") == "failed"
+    assert classify(1, "operator 'map(f) (step 1)': function 'f' raised ValueError: kernel 0 was killed by "
+                       "SIGKILL") == "failed"
+
+
 def test_a_job_of_two_processes_whose_function_raises_is_failed_with_its_message(system, tmp_path):
     pipeline = write(tmp_path / "mod7.py", EXACT.format(out=str(tmp_path / "out")))
     done = system.cli("submit", f"{pipeline}:bad", "--processes", "2", "--wait")
