@@ -11,7 +11,9 @@ request, `status --json`).
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
@@ -100,6 +102,27 @@ class Executor:
 _JSON_FIELDS = ("executors", "placement", "ran_on")
 
 
+def _hold(lock_path: Path, catalog: Path):
+    """One coordinator per catalog: an exclusive lock beside it, held until
+    close (or the process's end, even by SIGKILL). A second coordinator on
+    the same --data ran as well, took the first's connected executors for
+    ones that did not come back, and wrote them lost and their jobs
+    restarting into the catalog, under the first: restarted, that one then
+    stopped the running jobs and started them again."""
+    lock = open(lock_path, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise CatalogError(f"the catalog {catalog} is in use by another coordinator (pid {holder})") from None
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
 class Catalog:
     def __init__(self, data_dir: str | Path) -> None:
         self.path = Path(data_dir) / "catalog.sqlite"
@@ -108,8 +131,10 @@ class Catalog:
         # that name) or a --data that is not a directory one can write in:
         # one line saying which file and why (it was a raw sqlite3 or OSError
         # traceback from the coordinator's start).
+        self._lock = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = _hold(self.path.with_name("catalog.lock"), self.path)
             self._db = sqlite3.connect(self.path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -117,13 +142,18 @@ class Catalog:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
             if "shared_state" not in columns:  # a catalog written before --shared-state-dir
                 self._db.execute("ALTER TABLE jobs ADD COLUMN shared_state INTEGER NOT NULL DEFAULT 0")
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, CatalogError) as exc:
             if self._db is not None:
                 self._db.close()
+            if self._lock is not None:
+                self._lock.close()
+            if isinstance(exc, CatalogError):
+                raise
             raise CatalogError(f"the catalog {self.path} cannot be used: {exc}") from exc
 
     def close(self) -> None:
         self._db.close()
+        self._lock.close()
 
     # -- pipelines ------------------------------------------------------------------
 

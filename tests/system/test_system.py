@@ -558,6 +558,29 @@ def test_a_second_executor_on_a_workdir_in_use_is_refused(system):
         [(e["id"], e["state"]) for e in before]
 
 
+def test_a_second_coordinator_on_a_catalog_in_use_is_refused(system, tmp_path):
+    # A second coordinator on the same --data ran too: it counted the first's
+    # executors lost (they never came to it) and wrote them lost, and their
+    # jobs restarting, into the catalog; the first, restarted, then stopped
+    # the running jobs and started them again. Now it stops at once.
+    pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
+    job = system.cli("submit", pipeline).stdout.splitlines()[0]
+    wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
+    data = system.root / "data"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    second = system.cli("coordinator", "--listen", f"127.0.0.1:{port}", "--data", data,
+                        "--executor-timeout", "0.5", timeout=10)
+    assert second.returncode == 1
+    assert second.stderr == (f"error: the catalog {data / 'catalog.sqlite'} is in use by another coordinator "
+                             f"(pid {system.coordinator.pid})\n"), second.stderr
+    state = system.job(job)
+    assert (state["status"], state["restarts"], state["attempt"]) == ("running", 0, 1), state
+    assert all(e["state"] == "up" for e in system.status()["executors"])
+    assert system.cli("kill", job).returncode == 0
+
+
 def test_an_authenticated_client_sending_garbage_is_closed_and_nothing_changes(system):
     from kernel.system._wire import CLIENT, dial
 
