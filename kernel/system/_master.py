@@ -78,6 +78,12 @@ class Connected:
 
     record: Executor
     session: Session
+    # when it was last heard from, by the monotonic clock: liveness is judged
+    # by it, not by the wall clock of `record.last_seen` (shown), which a
+    # clock step moves: stepped on an hour, every executor was "silent for
+    # 3600 s" and every job restarted; stepped back, a silent executor was
+    # not seen for an hour
+    heard: float = 0.0
 
 
 class JobMaster:
@@ -392,7 +398,7 @@ class JobMaster:
         old = self.connected.get(executor_id)
         if old is not None and old.session is not session:
             self._spawn(old.session.close())
-        self.connected[executor_id] = Connected(executor, session)
+        self.connected[executor_id] = Connected(executor, session, time.monotonic())
         session.name = f"executor {executor_id} at {host}"
         log.info("executor %s registered: %s, %d core(s)", executor_id, host, cores)
         self._adopt(executor_id, message.get("processes") or [])
@@ -455,6 +461,9 @@ class JobMaster:
         executor = self.executors.get(executor_id)
         if executor is not None:
             executor.last_seen = time.time()
+        entry = self.connected.get(executor_id)
+        if entry is not None:
+            entry.heard = time.monotonic()
 
     def disconnected(self, executor_id: str, session: Session) -> None:
         entry = self.connected.get(executor_id)
@@ -469,10 +478,10 @@ class JobMaster:
         coordinator (and their jobs restart)."""
         while True:
             await asyncio.sleep(interval)
-            now = time.time()
+            now = time.monotonic()
             for executor_id, entry in list(self.connected.items()):
-                if now - entry.record.last_seen > self.executor_timeout:
-                    log.warning("executor %s silent for %.1f s", executor_id, now - entry.record.last_seen)
+                if now - entry.heard > self.executor_timeout:
+                    log.warning("executor %s silent for %.1f s", executor_id, now - entry.heard)
                     self._spawn(entry.session.close())
             if time.monotonic() - self._started > self.adopt_grace:
                 for executor in list(self.executors.values()):

@@ -858,6 +858,52 @@ def test_an_executor_heartbeat_too_long_for_the_coordinator_timeout_is_shortened
         system.close()
 
 
+# The coordinator with its wall clock stepped an hour back once TRIGGER
+# exists (NTP correcting a VM's clock, an operator's `date -s`).
+CLOCK_STEP = """\
+import os, sys, time
+real, trigger = time.time, sys.argv.pop(1)
+time.time = lambda: real() - (3600 if os.path.exists(trigger) else 0)
+from kernel.system import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_wall_clock_step_does_not_hide_a_silent_executor(tmp_path):
+    # Liveness was judged by time.time(): with the clock stepped back an hour
+    # just after an executor went silent, it would be seen silent an hour
+    # later, its job waiting all that time (stepped on, the first check found
+    # every executor "silent for 3600.0 s" and restarted every job).
+    system = System(tmp_path)
+    trigger = tmp_path / "stepped"
+    try:
+        with open(system.coordinator_log, "ab") as log:
+            system.coordinator = subprocess.Popen(
+                [sys.executable, "-c", CLOCK_STEP, str(trigger), "coordinator", "--listen",
+                 f"127.0.0.1:{system.port}", "--data", str(tmp_path / "data"), "--executor-timeout", "2"],
+                stdout=log, stderr=log, env=system.env, cwd=tmp_path)
+        wait_until(lambda: "coordinator listening" in system.coordinator_log.read_text(),
+                   what="the coordinator to listen")
+        executor = system.start_executor(2)
+        system.executors_up(1)
+        pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
+        job = system.cli("submit", pipeline).stdout.splitlines()[0]
+        wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
+        executor.send_signal(signal.SIGSTOP)
+        try:
+            trigger.touch()
+            wait_until(lambda: "executor e1 silent for" in system.coordinator_log.read_text(), timeout=8,
+                       what="the silent executor to be seen (after the executor timeout, 2 s)")
+            state = wait_until(lambda: (s := system.job(job))["status"] == "restarting" and s,
+                               what="the job to restart")
+        finally:
+            executor.send_signal(signal.SIGCONT)
+        assert (state["restarts"], state["message"]) == (1, "lost executor e1 (its connection closed)")
+        assert system.cli("kill", job).returncode == 0
+    finally:
+        system.close()
+
+
 def test_the_streamkernel_script_is_python_m_kernel():
     script = Path(sys.executable).parent / "streamkernel"
     assert script.exists(), "pip install -e . installs the streamkernel script"
