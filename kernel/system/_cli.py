@@ -216,5 +216,6 @@ async def _command(args) -> int:
                 return await _client.logs(client, args.job, args.follow)
             return await _client.kill(client, args.job)
     except (LinkError, KernelSystemError, TimeoutError) as exc:
-        print(f"error: {exc or type(exc).__name__}", file=sys.stderr)
+        # str(), not the exception's truth: a bare TimeoutError() printed "error: " and nothing
+        print(f"error: {str(exc) or type(exc).__name__}", file=sys.stderr)
         return 1
