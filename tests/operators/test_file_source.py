@@ -384,10 +384,6 @@ def test_following_on_two_kernels_ships_every_line_once(tmp_path):
     flow.from_files(logs / "*.log", follow=True, poll_interval=0.01).to_files(tmp_path / "out")
     expected = []
 
-    def published():
-        return sorted(json.loads(line) for f in (tmp_path / "out").glob("part-*.jsonl")
-                      for line in f.read_text().splitlines())
-
     async def main():
         task = asyncio.ensure_future(run_async(flow, cores=2, state_dir=tmp_path / "state",
                                                epoch_interval=0.02))
@@ -397,13 +393,13 @@ def test_following_on_two_kernels_ships_every_line_once(tmp_path):
                 with open(logs / f"{name}.log", "a") as f:
                     f.write("".join(line + "\n" for line in lines))
                 expected.extend(lines)
-            await wait_for(lambda: published() == sorted(expected))
+            await wait_for(lambda: published_records(tmp_path / "out") == sorted(expected))
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(main())
-    assert published() == sorted(expected)
+    assert published_records(tmp_path / "out") == sorted(expected)
 
 
 def test_to_files_after_a_followed_source_without_a_state_dir_is_refused(tmp_path):
@@ -457,32 +453,39 @@ def test_a_file_truncated_and_written_past_its_offset_between_reads_is_an_error(
     assert seen == [f"old-{n:03d}" for n in range(10)]
 
 
+def published_records(out) -> list:
+    """Every record `to_files` has published under `out`, sorted."""
+    return sorted(json.loads(line) for f in out.glob("part-*.jsonl") for line in f.read_text().splitlines())
+
+
+def ship_followed_logs(logs, tmp_path) -> asyncio.Task:
+    """A log shipper's run: `logs/*.log` followed into `tmp_path/out`, with
+    snapshots in `tmp_path/state`, as a task (cancel it to stop it)."""
+    flow = Dataflow("ship")
+    flow.from_files(logs / "*.log", follow=True, poll_interval=0.01).to_files(tmp_path / "out")
+    return asyncio.ensure_future(run_async(flow, state_dir=tmp_path / "state", epoch_interval=0.02))
+
+
 def test_a_followed_run_stopped_and_started_again_reads_on_from_its_positions(tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
     expected = []
 
-    def published():
-        return sorted(json.loads(line) for f in (tmp_path / "out").glob("part-*.jsonl")
-                      for line in f.read_text().splitlines())
-
     async def one_run(round_):
-        flow = Dataflow("ship")
-        flow.from_files(logs / "*.log", follow=True, poll_interval=0.01).to_files(tmp_path / "out")
-        task = asyncio.ensure_future(run_async(flow, state_dir=tmp_path / "state", epoch_interval=0.02))
+        task = ship_followed_logs(logs, tmp_path)
         for name in ("app", f"new{round_}"):
             lines = [f"{name}-{round_}-{n}" for n in range(40)]
             with open(logs / f"{name}.log", "a") as f:
                 f.write("".join(line + "\n" for line in lines))
             expected.extend(lines)
-        await wait_for(lambda: published() == sorted(expected))
+        await wait_for(lambda: published_records(tmp_path / "out") == sorted(expected))
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     for round_ in range(3):
         asyncio.run(one_run(round_))
-    assert published() == sorted(expected)
+    assert published_records(tmp_path / "out") == sorted(expected)
 
 
 def open_paths() -> list[str]:
@@ -511,18 +514,12 @@ def test_a_followed_file_that_is_removed_is_closed_and_forgotten(tmp_path):
             f.write("".join(line + "\n" for line in lines))
         expected.extend(lines)
 
-    def published():
-        return sorted(json.loads(line) for f in (tmp_path / "out").glob("part-*.jsonl")
-                      for line in f.read_text().splitlines())
-
     async def one_run(steps):
-        flow = Dataflow("ship")
-        flow.from_files(logs / "*.log", follow=True, poll_interval=0.01).to_files(tmp_path / "out")
-        task = asyncio.ensure_future(run_async(flow, state_dir=tmp_path / "state", epoch_interval=0.02))
+        task = ship_followed_logs(logs, tmp_path)
         try:
             for step in steps:
                 await step()
-                await wait_for(lambda: published() == sorted(expected) or task.done())
+                await wait_for(lambda: published_records(tmp_path / "out") == sorted(expected) or task.done())
                 assert not task.done(), task.result()
         finally:
             task.cancel()
@@ -549,7 +546,7 @@ def test_a_followed_file_that_is_removed_is_closed_and_forgotten(tmp_path):
         append("b.log", ["b-2"])
 
     asyncio.run(one_run([more_b]))
-    assert published() == sorted(expected)
+    assert published_records(tmp_path / "out") == sorted(expected)
 
 
 def test_a_followed_csv_file_removed_and_made_again_is_read_with_its_own_header(tmp_path):
@@ -693,17 +690,11 @@ def test_a_followed_file_replaced_while_the_run_was_stopped_is_an_error(tmp_path
     old = [f"old-{n:03d}" for n in range(10)]
     (logs / "app.log").write_text("".join(line + "\n" for line in old))
 
-    def published():
-        return sorted(json.loads(line) for f in (tmp_path / "out").glob("part-*.jsonl")
-                      for line in f.read_text().splitlines())
-
     async def one_run(wait):
-        flow = Dataflow("ship")
-        flow.from_files(logs / "*.log", follow=True, poll_interval=0.01).to_files(tmp_path / "out")
-        task = asyncio.ensure_future(run_async(flow, state_dir=tmp_path / "state", epoch_interval=0.02))
+        task = ship_followed_logs(logs, tmp_path)
         if not wait:
             await asyncio.wait_for(task, 5)  # ends with the error
-        await wait_for(lambda: published() == old)
+        await wait_for(lambda: published_records(tmp_path / "out") == old)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -719,7 +710,7 @@ def test_a_followed_file_replaced_while_the_run_was_stopped_is_an_error(tmp_path
     says = "replaced" if rotation == "rename" else "truncated or rewritten"
     with pytest.raises(OperatorError, match=rf"was {says} while the run was stopped: '[^']*app\.log'"):
         asyncio.run(one_run(wait=False))
-    assert published() == old
+    assert published_records(tmp_path / "out") == old
 
 
 def test_records_read_from_files_carry_event_time_into_windows(tmp_path):

@@ -711,31 +711,31 @@ def test_a_job_of_two_processes_whose_function_raises_is_failed_with_its_message
     assert "ValueError: bad record 7" in state["message"]
 
 
-def test_a_job_whose_link_port_was_taken_before_it_listened_is_restarted(system, tmp_path):
-    # An executor picks a free port for a process's links (`prepare`), and the
-    # process binds it a moment later: anything on the machine may take it in
-    # between (an outgoing connection's port, another job). The process then
-    # said "cannot listen on ...: address already in use" and the job failed
-    # for good; it is a loss: restarted, on other ports.
+def restarted_after_a_port_taken(system, tmp_path, submit_args: list, port_in) -> dict:
+    """Submits the EXACT job, takes the port that `port_in(argv)` finds in
+    a job process's command line (it takes the process ~0.2 s to listen)
+    before the process binds it, and checks that the job completed after
+    one restart with exact counts; returns its state."""
     pipeline = write(tmp_path / "mod7.py", EXACT.format(out=str(tmp_path / "out")))
-    submit = subprocess.Popen([sys.executable, "-m", "kernel", "submit", pipeline, "--processes", "2",
-                               "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    submit = subprocess.Popen([sys.executable, "-m", "kernel", "submit", pipeline, *submit_args, "--wait"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=system.env, cwd=system.root)
 
-    def first_port():  # process 0 of the job, just started (it takes ~0.2 s to listen)
+    def port():
         for proc in system.executors:
             for pid in descendants(proc.pid)[1:]:
                 try:
                     argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
                 except OSError:
                     continue
-                if "--peers" in argv and argv[argv.index("--process-id") + 1] == "0":
-                    return int(argv[argv.index("--peers") + 1].split(",")[0].rpartition(":")[2])
+                found = port_in(argv)
+                if found is not None:
+                    return found
         return None
 
     with socket.socket() as thief:
         try:
-            thief.bind(("127.0.0.1", wait_until(first_port, every=0.002, what="the job's process 0")))
+            thief.bind(("127.0.0.1", wait_until(port, every=0.002, what="the job's process")))
             thief.listen()
             out, err = submit.communicate(timeout=60)
         finally:
@@ -744,10 +744,25 @@ def test_a_job_whose_link_port_was_taken_before_it_listened_is_restarted(system,
     assert submit.returncode == 0, out + err
     state = system.job(out.splitlines()[0])
     assert (state["status"], state["restarts"]) == ("completed", 1), state
-    assert re.search(rf"{state['id']} restarting \(1 of at most 3\): process 0 cannot listen on "
-                     r"127\.0\.0\.1:\d+: .*address already in use\n", system.coordinator_log.read_text())
     assert sorted(map(tuple, records(tmp_path / "out"))) == \
         [(k, sum(n * n for n in range(k, 20_000, 7))) for k in range(7)]
+    return state
+
+
+def test_a_job_whose_link_port_was_taken_before_it_listened_is_restarted(system, tmp_path):
+    # An executor picks a free port for a process's links (`prepare`), and the
+    # process binds it a moment later: anything on the machine may take it in
+    # between (an outgoing connection's port, another job). The process then
+    # said "cannot listen on ...: address already in use" and the job failed
+    # for good; it is a loss: restarted, on other ports.
+    def first_link_port(argv):  # process 0's
+        if "--peers" in argv and argv[argv.index("--process-id") + 1] == "0":
+            return int(argv[argv.index("--peers") + 1].split(",")[0].rpartition(":")[2])
+        return None
+
+    state = restarted_after_a_port_taken(system, tmp_path, ["--processes", "2"], first_link_port)
+    assert re.search(rf"{state['id']} restarting \(1 of at most 3\): process 0 cannot listen on "
+                     r"127\.0\.0\.1:\d+: .*address already in use\n", system.coordinator_log.read_text())
 
 
 def test_a_job_whose_dashboard_port_was_taken_before_it_listened_is_restarted(system, tmp_path):
@@ -755,37 +770,14 @@ def test_a_job_whose_dashboard_port_was_taken_before_it_listened_is_restarted(sy
     # free a moment before; taken meanwhile, the process said "dashboard
     # H:P: cannot listen there: Address already in use" and the job failed
     # for good. It is a loss: restarted, on another port.
-    pipeline = write(tmp_path / "mod7.py", EXACT.format(out=str(tmp_path / "out")))
-    submit = subprocess.Popen([sys.executable, "-m", "kernel", "submit", pipeline, "--wait"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=system.env, cwd=system.root)
-
-    def dashboard_port():  # the job's process, just started (it takes ~0.2 s to listen)
-        for proc in system.executors:
-            for pid in descendants(proc.pid)[1:]:
-                try:
-                    argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
-                except OSError:
-                    continue
-                if "--dashboard" in argv and "run" in argv:
-                    return int(argv[argv.index("--dashboard") + 1].rpartition(":")[2])
+    def dashboard_port(argv):
+        if "--dashboard" in argv and "run" in argv:
+            return int(argv[argv.index("--dashboard") + 1].rpartition(":")[2])
         return None
 
-    with socket.socket() as thief:
-        try:
-            thief.bind(("127.0.0.1", wait_until(dashboard_port, every=0.002, what="the job's process")))
-            thief.listen()
-            out, err = submit.communicate(timeout=60)
-        finally:
-            submit.kill()
-            submit.wait()
-    assert submit.returncode == 0, out + err
-    state = system.job(out.splitlines()[0])
-    assert (state["status"], state["restarts"]) == ("completed", 1), state
+    state = restarted_after_a_port_taken(system, tmp_path, [], dashboard_port)
     assert re.search(rf"{state['id']} restarting \(1 of at most 3\): dashboard 127\.0\.0\.1:\d+: "
                      r"cannot listen there: Address already in use\n", system.coordinator_log.read_text())
-    assert sorted(map(tuple, records(tmp_path / "out"))) == \
-        [(k, sum(n * n for n in range(k, 20_000, 7))) for k in range(7)]
 
 
 def test_the_catalog_is_readable_as_data_from_a_program(system, tmp_path):
