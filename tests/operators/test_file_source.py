@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import importlib.util
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -21,6 +20,9 @@ from kernel import Dataflow, KernelError, KernelProcessError, Operator, Operator
 from operators._file_source import plan_spans
 
 REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("_crash_runs", REPO / "tests" / "_crash_runs.py")
+_crash_runs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_crash_runs)
 
 # text without line breaks (a "\r" alone is kept inside a line, as by open())
 LINE = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"), max_size=12)
@@ -319,14 +321,7 @@ def test_a_crashed_run_resumes_at_each_position_and_writes_every_line_once(tmp_p
     (tmp_path / "pipeline.py").write_text(RECOVERY)
 
     def run_cli(crash):
-        env = dict(os.environ, IN=str(tmp_path / "in"), OUT=str(tmp_path / "out"))
-        env.pop("KERNEL_CRASH_AT", None)
-        if crash:
-            env["KERNEL_CRASH_AT"] = crash
-        return subprocess.run(
-            [sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"), "--cores", str(cores),
-             "--state-dir", str(tmp_path / "state"), "--epoch-interval", "0.02"],
-            env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+        return _crash_runs.run_cli(tmp_path, cores, crash, IN=tmp_path / "in", OUT=tmp_path / "out")
 
     first = run_cli(f"batch:200@{cores - 1}")
     assert first.returncode != 0, "the crash point was never reached"

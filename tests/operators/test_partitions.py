@@ -3,11 +3,10 @@ with event time, named errors, and recovery by offset."""
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -20,6 +19,9 @@ from kernel import Dataflow, KernelError, KernelProcessError, Operator, Operator
 from operators import Tumbling
 
 REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("_crash_runs", REPO / "tests" / "_crash_runs.py")
+_crash_runs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_crash_runs)
 
 
 class ByKernel(Operator):
@@ -247,14 +249,7 @@ def test_a_crashed_run_resumes_each_share_at_its_offset(tmp_path):
     (tmp_path / "pipeline.py").write_text(RECOVERY)
 
     def run_cli(crash, cores=2):
-        env = dict(os.environ, OUT=str(tmp_path / "out"))
-        env.pop("KERNEL_CRASH_AT", None)
-        if crash:
-            env["KERNEL_CRASH_AT"] = crash
-        return subprocess.run(
-            [sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"), "--cores", str(cores),
-             "--state-dir", str(tmp_path / "state"), "--epoch-interval", "0.02"],
-            env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+        return _crash_runs.run_cli(tmp_path, cores, crash, OUT=tmp_path / "out")
 
     # Kernel 1 killed in its 250th batch, epochs in: a record costs more than
     # half the budget, so after the first poll (16 records) every batch is
@@ -308,14 +303,8 @@ def test_a_set_read_again_by_a_resumed_run_in_another_process_loses_and_doubles_
     (tmp_path / "pipeline.py").write_text(SET_RECOVERY)
 
     def run_cli(crash, seed):
-        env = dict(os.environ, OUT=str(tmp_path / "out"), SOURCE=source, PYTHONHASHSEED=seed)
-        env.pop("KERNEL_CRASH_AT", None)
-        if crash:
-            env["KERNEL_CRASH_AT"] = crash
-        return subprocess.run(
-            [sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"), "--cores", "2",
-             "--state-dir", str(tmp_path / "state"), "--epoch-interval", "0.02"],
-            env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+        return _crash_runs.run_cli(tmp_path, 2, crash, OUT=tmp_path / "out", SOURCE=source,
+                                   PYTHONHASHSEED=seed)
 
     first = run_cli("batch:250@1", "1")
     assert first.returncode != 0, "the crash point was never reached"

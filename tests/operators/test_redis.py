@@ -10,11 +10,8 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import os
 import re
 import socket
-import subprocess
-import sys
 import textwrap
 import time
 from collections import Counter
@@ -34,6 +31,9 @@ REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("_redis_server", REPO / "tests" / "_redis_server.py")
 _redis_server = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_redis_server)
+_spec = importlib.util.spec_from_file_location("_crash_runs", REPO / "tests" / "_crash_runs.py")
+_crash_runs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_crash_runs)
 
 
 @pytest.fixture(scope="module")
@@ -265,14 +265,7 @@ RECOVERY = textwrap.dedent(
 
 
 def _run_cli(tmp_path, url, crash):
-    env = dict(os.environ, OUT=str(tmp_path / "out"), REDIS_URL=url)
-    env.pop("KERNEL_CRASH_AT", None)
-    if crash:
-        env["KERNEL_CRASH_AT"] = crash
-    return subprocess.run(
-        [sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"), "--cores", "2",
-         "--state-dir", str(tmp_path / "state"), "--epoch-interval", "0.02"],
-        env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    return _crash_runs.run_cli(tmp_path, 2, crash, OUT=tmp_path / "out", REDIS_URL=url)
 
 
 def _published(directory: Path) -> list:
@@ -318,14 +311,7 @@ REORDERED = textwrap.dedent(
 
 
 def _run_reordered(tmp_path, url, streams, cores, crash=None):
-    env = dict(os.environ, OUT=str(tmp_path / "out"), REDIS_URL=url, STREAMS=streams)
-    env.pop("KERNEL_CRASH_AT", None)
-    if crash:
-        env["KERNEL_CRASH_AT"] = crash
-    return subprocess.run(
-        [sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"), "--cores", str(cores),
-         "--state-dir", str(tmp_path / "state"), "--epoch-interval", "0.02"],
-        env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    return _crash_runs.run_cli(tmp_path, cores, crash, OUT=tmp_path / "out", REDIS_URL=url, STREAMS=streams)
 
 
 def test_a_stream_added_when_rescaling_past_an_ended_kernel_is_read(client, url, tmp_path):
