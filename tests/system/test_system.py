@@ -435,18 +435,24 @@ def job_log(system: System, job: str) -> bytes:
     return (system.root / f"executor{n}" / "logs" / f"{job}.log").read_bytes()
 
 
-def test_logs_prints_a_log_longer_than_one_reply_whole(system, tmp_path):
-    # (an executor sends 1 MiB a request; `logs` without --follow printed the
-    # first MiB and stopped, mid-line, exit 0)
-    text = '"".join(f"line {n}\\n" for n in range(250_000))'  # ~2.6 MB
-    pipeline = write(tmp_path / "chatty.py", CHATTY.format(text=text))
+def logs_of_a_job(system: System, pipeline) -> tuple:
+    """Runs `pipeline` as a job to its end; what `logs` printed for it (its
+    bytes, as a CompletedProcess) and the job's log file on its executor."""
     done = system.cli("submit", pipeline, "--wait")
     assert done.returncode == 0, done.stdout + done.stderr
     job = done.stdout.splitlines()[0]
     logs = subprocess.run([sys.executable, "-m", "kernel", "logs", job], capture_output=True, timeout=60,
                           env=system.env, cwd=system.root)
     assert logs.returncode == 0, logs.stderr
-    expected = job_log(system, job)
+    return logs, job_log(system, job)
+
+
+def test_logs_prints_a_log_longer_than_one_reply_whole(system, tmp_path):
+    # (an executor sends 1 MiB a request; `logs` without --follow printed the
+    # first MiB and stopped, mid-line, exit 0)
+    text = '"".join(f"line {n}\\n" for n in range(250_000))'  # ~2.6 MB
+    pipeline = write(tmp_path / "chatty.py", CHATTY.format(text=text))
+    logs, expected = logs_of_a_job(system, pipeline)
     assert len(expected) > 2 << 20 and expected.endswith(b"line 249999\n")
     assert logs.stdout == expected
 
@@ -457,13 +463,7 @@ def test_logs_keeps_a_character_cut_by_a_reply_boundary_whole(system, tmp_path):
     # U+FFFD replacement characters.
     text = '"a" * ((1 << 20) - 1 - head) + "é" * 200_000 + "\\n"'
     pipeline = write(tmp_path / "accents.py", CHATTY.format(text=text))
-    done = system.cli("submit", pipeline, "--wait")
-    assert done.returncode == 0, done.stdout + done.stderr
-    job = done.stdout.splitlines()[0]
-    logs = subprocess.run([sys.executable, "-m", "kernel", "logs", job], capture_output=True, timeout=60,
-                          env=system.env, cwd=system.root)
-    assert logs.returncode == 0, logs.stderr
-    expected = job_log(system, job)
+    logs, expected = logs_of_a_job(system, pipeline)
     assert expected[(1 << 20) - 1:(1 << 20) + 1] == "é".encode()
     assert "\ufffd".encode() not in logs.stdout
     assert logs.stdout == expected
