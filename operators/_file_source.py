@@ -240,6 +240,11 @@ class FileSource(Source):
         self._rescan_timer = None
         self._told_nothing_matches = False
         self._open_count = 0  # descriptors this source holds
+        # Following: paths found gone at their open (and told so), not taken
+        # on again while they still lead to no file. A dangling link matches
+        # the pattern at every look for new files: dropped, it was taken on
+        # as new at the next look and told again, every poll_interval.
+        self._gone: set[str] = set()
 
     # -- snapshots ----------------------------------------------------------------
 
@@ -306,6 +311,9 @@ class FileSource(Source):
         known = {c.path for c in self._cursors}
         peers, index = self.context.peers, self.context.index
         found = [p for p in matching_files(self.pattern) if p not in known]
+        if self._gone:  # (only paths still matched, still leading nowhere, stay)
+            self._gone.intersection_update(p for p in found if not os.path.exists(p))
+            found = [p for p in found if p not in self._gone]
         for path in found:
             if follow_owner(path, peers) == index:
                 self._cursors.append(_Cursor(path, 0, None))
@@ -424,6 +432,7 @@ class FileSource(Source):
                 "%s: %s is gone (removed); no longer followed (what it held after byte %d, if "
                 "anything, was not read)", self.name, cursor.path, cursor.offset, extra={"step": self.name})
             cursor.done = True
+            self._gone.add(cursor.path)
             return
         except OSError as exc:
             raise self._error(f"cannot read {cursor.path!r}: {exc}") from exc

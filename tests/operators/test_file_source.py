@@ -746,3 +746,34 @@ def test_a_followed_csv_file_waits_for_its_header(tmp_path):
             await task
 
     asyncio.run(main())
+
+
+def test_a_dangling_link_among_followed_files_is_told_once(tmp_path, caplog):
+    """A link whose target is gone matches the pattern at every look for new
+    files: dropped as 'gone' at its open, it was taken on again as new at
+    the next look, and warned about again, every poll_interval for as long
+    as the run went (one warning a look). Told once; followed once its
+    target exists."""
+    (tmp_path / "a.log").write_text("a1\n")
+    (tmp_path / "b.log").symlink_to(tmp_path / "target")
+    seen = []
+    flow = Dataflow("tail")
+    flow.from_files(tmp_path / "*.log", follow=True, poll_interval=0.01).sink(seen.append)
+
+    async def main():
+        task = asyncio.ensure_future(run_async(flow))
+        await wait_for(lambda: seen == ["a1"])
+        for n in range(5):  # each new file is seen at a look of its own: five looks at least
+            (tmp_path / f"c{n}.log").write_text(f"c{n}\n")
+            await wait_for(lambda n=n: seen[-1:] == [f"c{n}"])
+        (tmp_path / "target").write_text("b1\n")  # the link leads to a file again: followed
+        await wait_for(lambda: "b1" in seen)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with caplog.at_level("WARNING", logger="kernel"):
+        asyncio.run(main())
+    told = [r.getMessage() for r in caplog.records if "b.log" in r.getMessage()]
+    assert len(told) == 1, told
+    assert sorted(seen) == sorted(["a1", "b1"] + [f"c{n}" for n in range(5)])
