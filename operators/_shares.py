@@ -191,8 +191,12 @@ class Share:
                     return out, True
                 self.pulled = i
             ragged = i < self.ragged_until * groups
-            # a ragged stretch record by record, so that a batch stays within `size` (see `take`)
-            count = 1 if ragged else min(block_end - i, (size - len(out) - 1) * stride + 1)
+            # At most the records of `size` more of this share's positions, ragged
+            # or not: `_unconsumed` keeps some of them, never more, so a batch
+            # stays within `size` (see `take`). (Read one record at a time in
+            # a ragged stretch, this was ~10x slower there, and a run rescaled
+            # past an ended kernel is ragged from its start to its end.)
+            count = min(block_end - i, (size - len(out) - 1) * stride + 1)
             chunk = list(islice(it, count))
             self.pulled += len(chunk)
             if ragged:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kernel.operators._shares import Share, merge_consumed
+from kernel.operators._shares import ALL, Share, merge_consumed
 from test_recovery import (
     PIPELINE,
     assert_exactly_once,
@@ -117,6 +117,34 @@ def read(share: Share, data: list, iterator: bool, rng, most: int, limit: int) -
         assert len(batch) <= size
         got += batch
     return got, ended
+
+
+@pytest.mark.parametrize("first, stride", [(0, 1), (1, 2)])
+def test_an_iterator_ragged_to_its_end_is_read_in_chunks(monkeypatch, first, stride):
+    """A run rescaled past a kernel whose source had ended: that kernel's
+    partitions are read to the end, the others part way, so every block of
+    the input is ragged. take_from read it one record at a time there
+    (one islice and one `_unconsumed` call a record: ~10x slower); it reads
+    chunks of up to `size` records of its share, no batch larger."""
+    groups, n, size = 8, 4000, 50
+    consumed = {g: (ALL if g % 4 == 3 else g) for g in range(groups)}  # kernel 3 of 4 had ended
+    share = Share(first, stride, groups)
+    share.restore({"consumed": consumed})
+    calls = []
+    unconsumed = Share._unconsumed
+    monkeypatch.setattr(Share, "_unconsumed", lambda self, *a: calls.append(1) or unconsumed(self, *a))
+    got, batches, it = [], 0, iter(range(n))
+    while True:
+        batch, ended = share.take_from(it, size)
+        assert len(batch) <= size
+        got += batch
+        batches += 1
+        if ended:
+            break
+    # the brute-force reference: this share's partitions, past what was consumed of each
+    assert got == [x for x in range(n) if (x % groups) % stride == first
+                   and x // groups >= consumed[x % groups]]
+    assert len(calls) <= 2 * (n // groups + batches)  # chunks by block and batch, not a call a record
 
 
 def test_key_groups_are_contiguous_ranges_and_keyed_state_is_cut_by_them():
