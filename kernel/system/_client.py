@@ -135,6 +135,7 @@ async def logs(client: Client, job: str, follow: bool) -> int:
     # prefixed as it came: the next executor's line went on after it, and
     # its rest came out on a line of its own.
     partial: dict[str, str] = {}
+    several = False
     while True:
         try:
             reply = await client.request("logs", job=job, offsets=offsets)
@@ -147,7 +148,11 @@ async def logs(client: Client, job: str, follow: bool) -> int:
             await client.reconnect(RECONNECT_FOR)
             continue
         chunks = reply["chunks"]
-        several = len(chunks) > 1
+        # Once prefixed, always: a reply holds only the executors that
+        # answered, and one that goes (frozen, dropped) left one piece; taken
+        # for a one-executor log, it was printed as it came, the start of a
+        # line held for the rest came out at the end and its rest alone.
+        several = several or len(chunks) > 1
         for executor, chunk in sorted(chunks.items()):
             offsets[executor] = chunk["offset"]
             text = chunk["text"]

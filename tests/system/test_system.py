@@ -963,3 +963,56 @@ def test_a_job_of_two_processes_with_a_state_dir_resumes_on_the_executors_left(t
         assert "resuming from epoch" in system.cli("logs", job).stdout
     finally:
         system.close()
+
+
+HALF_LINE = """\
+import os, sys, time
+sys.stdout.write(f"p{{os.getpid()}} start\\np{{os.getpid()}}-partial")
+sys.stdout.flush()
+while not os.path.exists({go!r}):
+    time.sleep(0.02)
+sys.stdout.write("-rest\\n")
+sys.stdout.flush()
+time.sleep(120)  # (killed by the test)
+from kernel import Dataflow
+flow = Dataflow("half")
+"""
+
+
+def test_logs_follow_keeps_a_line_whole_when_an_executor_becomes_unreachable(fresh, tmp_path):
+    # Following the logs of a job on two executors, each line is prefixed
+    # and a line's start waits for its end. When one executor became
+    # unreachable (frozen, then dropped), replies held one executor's piece:
+    # it was printed as it came, so the held start of a line came out at the
+    # very end ("[e] p1-partial") and its rest alone ("-rest").
+    go = tmp_path / "go"
+    pipeline = write(tmp_path / "half.py", HALF_LINE.format(go=str(go)))
+    submitted = fresh.cli("submit", pipeline, "--processes", "2")
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.split()[0]
+    follow = subprocess.Popen([sys.executable, "-m", "kernel", "logs", job, "--follow"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=fresh.env,
+                              cwd=fresh.root)
+    lines: list[str] = []
+    reader = ThreadPoolExecutor(1).submit(lambda: lines.extend(iter(follow.stdout.readline, "")))
+    frozen = None
+    try:
+        wait_until(lambda: sum(line.endswith(" start\n") for line in lines) == 2, timeout=30,
+                   what="both processes' first line")
+        placement = fresh.job(job)["placement"]
+        frozen = next(p for p in fresh.executors if fresh.executor_id(p) == placement[1])
+        os.kill(frozen.pid, signal.SIGSTOP)
+        go.write_text("")
+        wait_until(lambda: any("rest" in line for line in lines), timeout=30, what="the rest of a line")
+    finally:
+        fresh.cli("kill", job)
+        if frozen is not None:
+            os.kill(frozen.pid, signal.SIGCONT)
+        follow.wait(timeout=30)
+        reader.result(timeout=10)
+    healthy = next(e for e in placement if e != placement[1])
+    rests = [line for line in lines if "-rest" in line]
+    assert any(line.startswith(f"[{healthy}] p") for line in rests), lines  # whole, and prefixed
+    assert all(re.fullmatch(r"\[e\d+\] p\d+-partial-rest\n", line) for line in rests), lines
+    # (the frozen executor's last piece, a line's start whose rest it never sent, may end the output)
+    assert not [line for line in lines[:-1] if line.endswith("-partial\n")], lines
