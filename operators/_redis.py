@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import urllib.parse
 from typing import Any, NamedTuple
 
 from kernel.dataflow._errors import KernelError, OperatorError
@@ -98,21 +97,34 @@ def _streams(stream) -> list[str]:
     return names
 
 
+def _masked(url: str) -> tuple[str, list[str]]:
+    """The URL with its passwords masked (`redis://user:***@host`,
+    `?password=***`), and the passwords. Cut by hand, not by urlsplit: a
+    password written with a "#", "/" or "?" as it is (not %-encoded) ended
+    the user part early for urlsplit, and the URL was shown as written,
+    the password whole."""
+    secrets = []
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        userinfo, _, host = rest.rpartition("@")  # (the host has no "@")
+        user, colon, password = userinfo.partition(":")
+        if colon:
+            secrets.append(password)
+            rest = f"{user}:***@{host}"
+
+    def hide(match) -> str:
+        secrets.append(match.group(2))
+        return f"{match.group(1)}password=***"
+
+    rest = re.sub(r"([?&])password=([^&]*)", hide, rest)  # (to the next parameter: a "#" too)
+    return scheme + sep + rest, [secret for secret in secrets if secret]
+
+
 def shown_url(url: str) -> str:
-    """The URL as errors show it, its password masked (`redis://:***@host`,
-    `?password=***`): errors reach logs, the dashboard and the coordinator's
-    job records, which must not hold the server's password."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<a Redis URL that does not parse>"
-    netloc, query = parts.netloc, parts.query
-    userinfo, at, host = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
-    if "password=" in query:
-        query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", query)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+    """The URL as errors show it, its password masked: errors reach logs,
+    the dashboard and the coordinator's job records, which must not hold
+    the server's password."""
+    return _masked(url)[0]
 
 
 def check_url(url, operator: str) -> None:
@@ -124,7 +136,14 @@ def check_url(url, operator: str) -> None:
     try:
         parse_url(url)
     except ValueError as exc:
-        raise ValueError(f"{operator}: {shown_url(url)!r} is not a Redis URL: {exc}") from None
+        shown, secrets = _masked(url)
+        reason = str(exc)
+        # redis-py's reason may quote a piece of the password ("Port could not be
+        # cast to integer value as 'Se'", of "user:Se#cret@host")
+        if any(piece in reason for secret in secrets for piece in re.split(r"[#/?@:]", secret) if piece):
+            reason = ("it does not parse (a password's special characters, # / ? @ : %, must be "
+                      "percent-encoded)")
+        raise ValueError(f"{operator}: {shown!r} is not a Redis URL: {reason}") from None
 
 
 _ENTRY_ID = re.compile(r"^\d+(-\d+)?$")

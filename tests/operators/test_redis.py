@@ -630,6 +630,23 @@ def test_errors_never_show_the_password_in_the_url(client, url, side):
     assert "Secret-3" not in str(refused.value)
 
 
+@pytest.mark.parametrize("special", ["#", "/", "?"])
+def test_a_password_with_a_character_to_percent_encode_is_not_shown(special):
+    """A password written with a "#", "/" or "?" as it is (not %-encoded)
+    ends the URL's user part early for urlsplit: the build-time error
+    showed the URL as written, the password whole, and redis-py's reason
+    ("Port could not be cast to integer value as 'Se'") its start."""
+    password = f"Se{special}cret-4"
+    with pytest.raises(ValueError) as refused:
+        Dataflow().from_redis_stream(f"redis://user:{password}@db.example:6379/0", "s")
+    message = str(refused.value)
+    assert "is not a Redis URL" in message and "db.example" in message, message
+    assert not [piece for piece in ("Se", "cret-4") if piece in message.replace("Redis", "")], message
+    with pytest.raises(ValueError) as refused:  # a query's password too
+        Dataflow().from_redis_stream(f"redis://db.example:port/0?password=Se{special}cret-4", "s")
+    assert "cret-4" not in str(refused.value), str(refused.value)
+
+
 def test_an_entry_that_is_not_utf8_says_so_and_decode_false_reads_it(client, url):
     """It said only UnicodeDecodeError (from redis-py's parser, on the XREAD)."""
     client.xadd("s", {"n": "1"})
