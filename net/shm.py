@@ -3,7 +3,8 @@
 `SpscRing`: one producer process, one consumer process, variable-size frames,
 wrap-around, no locks.
 
-Layout of a ring segment (a file in /dev/shm, mapped by both processes)::
+Layout of a ring segment (a file in /dev/shm mapped by both processes, or
+anonymous shared memory inherited through fork: `create_inherited`)::
 
     offset   0: head  u64  bytes consumed so far (written by the consumer only)
     offset  64: tail  u64  bytes produced so far (written by the producer only)
@@ -123,6 +124,20 @@ def _attach_segment(name: str) -> mmap.mmap:
         os.close(fd)
 
 
+def _ring_capacity(capacity_bytes: int) -> int:
+    if capacity_bytes <= 0:
+        raise ValueError(f"capacity must be positive, got {capacity_bytes!r}")
+    return max(64, 1 << (int(capacity_bytes) - 1).bit_length())
+
+
+def _init_ring(segment: mmap.mmap, capacity: int) -> mmap.mmap:
+    slots = memoryview(segment)[:_HEADER_BYTES].cast("Q")
+    slots[_SLOT_CAPACITY] = capacity
+    slots[_SLOT_MAGIC] = _MAGIC
+    slots.release()
+    return segment
+
+
 def unlink_segment(name: str) -> bool:
     """Remove a segment by name; False if it was already gone."""
     try:
@@ -151,6 +166,7 @@ class SpscRing:
         "_head_seen",
         "_map",
         "_mask",
+        "_named",
         "_pending_release",
         "_slots",
         "_tail",
@@ -160,8 +176,9 @@ class SpscRing:
         "name",
     )
 
-    def __init__(self, name: str, segment: mmap.mmap) -> None:
+    def __init__(self, name: str, segment: mmap.mmap, *, named: bool = True) -> None:
         self.name = name
+        self._named = named  # False: anonymous shared memory, nothing to unlink
         self._map = segment
         self._view = memoryview(segment)
         # One u64 view of the whole segment: header slots and frame lengths.
@@ -185,16 +202,24 @@ class SpscRing:
         """A new ring with at least `capacity_bytes` of data space (rounded up
         to a power of two, at least 64 bytes)."""
         _check_platform()
-        if capacity_bytes <= 0:
-            raise ValueError(f"capacity must be positive, got {capacity_bytes!r}")
-        capacity = max(64, 1 << (int(capacity_bytes) - 1).bit_length())
+        capacity = _ring_capacity(capacity_bytes)
         name = _new_name(prefix)
-        segment = _create_segment(name, _HEADER_BYTES + capacity)
-        slots = memoryview(segment)[:_HEADER_BYTES].cast("Q")
-        slots[_SLOT_CAPACITY] = capacity
-        slots[_SLOT_MAGIC] = _MAGIC
-        slots.release()
-        return cls(name, segment)
+        return cls(name, _init_ring(_create_segment(name, _HEADER_BYTES + capacity), capacity))
+
+    @classmethod
+    def create_inherited(cls, capacity_bytes: int, *, prefix: str = "spsc") -> SpscRing:
+        """A ring with no name, in anonymous shared memory (`MAP_SHARED |
+        MAP_ANONYMOUS`), shared with the processes forked after it is made:
+        what the kernels of a run use. Nothing of it is ever in /dev/shm:
+        a named segment, unlinked at once, still leaked when a Ctrl-C came
+        between its creation and its unlink, and its pages counted against
+        /dev/shm's size, 64 MB in a Docker or Kubernetes container by
+        default: five kernels' 20 rings of 4 MiB outgrew it, and the first
+        kernel to write a page past it was killed by SIGBUS mid-run."""
+        _check_platform()
+        capacity = _ring_capacity(capacity_bytes)
+        segment = mmap.mmap(-1, _HEADER_BYTES + capacity)  # MAP_SHARED is mmap's default
+        return cls(f"<anonymous {prefix}>", _init_ring(segment, capacity), named=False)
 
     @classmethod
     def attach(cls, name: str) -> SpscRing:
@@ -396,8 +421,9 @@ class SpscRing:
             pass  # a caller still holds a frame view; the mapping goes with it
 
     def unlink(self) -> bool:
-        """Remove the segment's name; mappings stay valid until closed."""
-        return unlink_segment(self.name)
+        """Remove the segment's name; mappings stay valid until closed.
+        False for a ring of `create_inherited`, which has none."""
+        return self._named and unlink_segment(self.name)
 
     def __repr__(self) -> str:
         return f"SpscRing({self.name!r}, capacity={self.capacity})"
@@ -414,10 +440,11 @@ class Doorbell:
 
     def __init__(self) -> None:
         self.name = _new_name("bell")
-        self._map = _create_segment(self.name, 64)
-        # The segment's name is only needed to create the mapping: unlink it
-        # at once so nothing can leak in /dev/shm whatever happens next.
-        unlink_segment(self.name)
+        # Anonymous shared memory, inherited by the processes forked after
+        # it: nothing in /dev/shm, so nothing can leak there (a named
+        # segment unlinked at once still leaked when a Ctrl-C came between
+        # the two).
+        self._map = mmap.mmap(-1, 64)
         self._slots = memoryview(self._map).cast("Q")
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
 

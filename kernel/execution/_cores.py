@@ -15,9 +15,12 @@ run twice. The project is Linux-only anyway (`sched_setaffinity`, eventfd).
 
 Shared memory never leaks
 -------------------------
-The rings are created, mapped, and their names unlinked before any child is
-forked: children inherit the mappings, so nothing is left in /dev/shm whatever
-happens next, SIGKILL of every process included.
+The rings and doorbells are anonymous shared memory, mapped before any child
+is forked: children inherit the mappings, and nothing is ever in /dev/shm,
+so nothing is left there whatever happens (SIGKILL of every process, a
+Ctrl-C while the rings are being made), and /dev/shm's size (64 MB in a
+container by default) does not limit the rings (named segments outgrew it
+at five kernels, and a kernel writing past it died of SIGBUS).
 
 Supervision
 -----------
@@ -148,17 +151,13 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
         for src in range(cores):
             for dst in range(cores):
                 if src != dst:
-                    ring = SpscRing.create(RING_BYTES, prefix="kernel")
-                    ring.unlink()  # mapped here and inherited: nothing to leak
-                    rings[(src, dst)] = ring
+                    # anonymous, mapped here and inherited: nothing in /dev/shm
+                    rings[(src, dst)] = SpscRing.create_inherited(RING_BYTES, prefix="kernel")
         bells = [Doorbell() for _ in range(cores)]
         if cluster is not None:
             bells.append(Doorbell())  # the relay's
             for _ in range(cores):
-                pair = tuple(SpscRing.create(RING_BYTES, prefix="relay") for _ in "io")
-                for ring in pair:
-                    ring.unlink()
-                relay_rings.append(pair)
+                relay_rings.append(tuple(SpscRing.create_inherited(RING_BYTES, prefix="relay") for _ in "io"))
         local_bells = {first + k: bells[k] for k in range(cores)}
         cpus = _cpus_for(cores, cluster.cores * cluster.rank_on_host if cluster else 0)
         for index in range(cores):
