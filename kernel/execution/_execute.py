@@ -263,12 +263,41 @@ async def _in_thread(launch):
     """Run `launch(cancel)` (a blocking launcher) on a thread; if this
     coroutine is cancelled, the launcher is told through `cancel` (a pipe it
     waits on with its kernels), stops them, and is waited for, so no kernel
-    process outlives the cancellation and the loop's executor can shut down."""
+    process outlives the cancellation.
+
+    A thread of its own, not the loop's default executor: a run holds its
+    thread for as long as it runs (for ever, for a stream), and the default
+    executor has min(32, CPUs + 4) threads, shared with the host: with six
+    runs on a 2-CPU machine, the host's `getaddrinfo` (aiohttp's DNS
+    look-ups), `to_thread` and `run_in_executor` calls waited for ever, a
+    seventh run never started, and cancelling it hung, waiting for a
+    thread that never came."""
     import multiprocessing
+
+    from kernel.scheduling._from_threads import call_soon_from_thread
 
     cancel_in, cancel_out = multiprocessing.Pipe(duplex=False)
     loop = asyncio.get_running_loop()
-    launched = loop.run_in_executor(None, launch, cancel_in)
+    launched = loop.create_future()
+
+    def settle(result, error) -> None:
+        if not launched.done():
+            if error is not None:
+                launched.set_exception(error)
+            else:
+                launched.set_result(result)
+
+    def launcher() -> None:
+        try:
+            result = launch(cancel_in)
+        except BaseException as exc:  # handed to the awaiting coroutine, as an executor would
+            call_soon_from_thread(loop, settle, None, exc)
+        else:
+            call_soon_from_thread(loop, settle, result, None)
+
+    # a daemon: a process that exits meanwhile is not held by a run (its
+    # kernels die with it: PR_SET_PDEATHSIG)
+    threading.Thread(target=launcher, name="kernel launcher", daemon=True).start()
     try:
         return await asyncio.shield(launched)
     except asyncio.CancelledError:

@@ -764,6 +764,55 @@ async def test_cancelling_run_async_stops_its_kernel_processes():
         os.close(running_w)
 
 
+async def test_a_running_run_async_leaves_the_default_executor_to_the_host():
+    """A run on cores holds its launcher thread for as long as it runs: on
+    the loop's default executor (min(32, CPUs + 4) threads, here one), the
+    host's `run_in_executor`/`to_thread`/`getaddrinfo` calls waited for as
+    long as the runs ran, and so did another run (and cancelling it hung).
+    Each must go on while an endless run is reading (both its kernels have
+    said so on a pipe); the bounds are upper bounds, not waits."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    running_r, running_w = os.pipe()
+
+    async def forever():
+        os.write(running_w, b"r")
+        while True:
+            yield 1
+            await asyncio.sleep(0.001)
+
+    endless = Dataflow("endless")
+    endless.from_async_iterable(forever).key_by(lambda n: n).count().collect()
+    loop = asyncio.get_running_loop()
+    executor = ThreadPoolExecutor(max_workers=1)
+    loop.set_default_executor(executor)
+    both_running = loop.create_future()
+    said = bytearray()
+
+    def on_running():
+        said.extend(os.read(running_r, 2))
+        if len(said) == 2 and not both_running.done():
+            both_running.set_result(None)
+
+    loop.add_reader(running_r, on_running)
+    run_task = asyncio.create_task(run_async(endless, cores=2))
+    try:
+        await asyncio.wait_for(both_running, 20)
+        assert await asyncio.wait_for(loop.run_in_executor(None, lambda: 42), 5) == 42
+        bounded = Dataflow("bounded")
+        counts = bounded.from_iterable(range(1000)).key_by(lambda n: n % 7).count().collect()
+        await asyncio.wait_for(run_async(bounded, cores=2), 20)
+        assert dict(counts.items) == Counter(n % 7 for n in range(1000))
+    finally:
+        run_task.cancel()
+        await asyncio.wait({run_task}, timeout=10)
+        loop.remove_reader(running_r)
+        os.close(running_r)
+        os.close(running_w)
+        executor.shutdown(wait=False, cancel_futures=True)
+    assert run_task.cancelled()
+
+
 @pytest.mark.parametrize("cores", [2, 3])
 def test_batches_larger_than_a_ring_cross_kernels_in_pieces(cores):
     """A ring holds 4 MiB: a 9 MB record, and a batch of records that
