@@ -55,7 +55,8 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
 
         cluster = cluster_plan(0 if process_id is None else process_id, peers, cores, secret=secret,
                                secret_file=secret_file, tls=tls, startup_timeout=startup_timeout,
-                               heartbeat=heartbeat, fingerprint=flow_fingerprint(get_flow()))
+                               heartbeat=heartbeat, fingerprint=flow_fingerprint(get_flow()),
+                               snapshots=state_dir is not None)
     elif process_id is not None:
         raise ValueError("process_id needs peers (every process's host:port)")
     snapshots = None

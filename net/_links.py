@@ -169,7 +169,7 @@ def _check_meta(mine, theirs, peer: str) -> None:
     else:
         differ = f"{theirs!r} there, {mine!r} here"
     raise LinkMismatch(f"{peer} is incompatible ({differ}): every process of a cluster must run "
-                       "the same flow with the same cores and peers")
+                       "the same flow with the same cores and peers, each with a state_dir or none")
 
 
 def _mac(secret: bytes, role: bytes, nonce: str, process: int) -> str:

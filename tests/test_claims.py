@@ -2275,7 +2275,7 @@ async def test_links_authenticate_by_hmac_of_fresh_nonces_never_send_the_secret_
     assert sent[3]["nonce"] != hello["nonce"] and len(hello["nonce"]) == 64  # fresh, 32 random bytes
 
     plan = cluster_plan(0, "127.0.0.1:7001,127.0.0.1:7002", 2, secret="x", fingerprint="f")
-    assert plan.meta == {"flow": "f", "cores": 2, "processes": 2}
+    assert plan.meta == {"flow": "f", "cores": 2, "processes": 2, "snapshots": False}
     server = await start_server([], meta=plan.meta)
     try:
         with pytest.raises(LinkMismatch, match="cores=2 there, 1 here"):

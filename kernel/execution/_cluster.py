@@ -61,7 +61,8 @@ def read_secret(secret=None, secret_file=None) -> bytes:
 
 def cluster_plan(process_id, peers, cores: int, *, secret=None, secret_file=None, tls=None,
                  startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
-                 heartbeat: float = DEFAULT_HEARTBEAT, fingerprint: str = "") -> ClusterPlan:
+                 heartbeat: float = DEFAULT_HEARTBEAT, fingerprint: str = "",
+                 snapshots: bool = False) -> ClusterPlan:
     addresses = parse_peers(peers)
     if not isinstance(process_id, int) or isinstance(process_id, bool) \
             or not 0 <= process_id < len(addresses):
@@ -77,4 +78,7 @@ def cluster_plan(process_id, peers, cores: int, *, secret=None, secret_file=None
             raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
     return ClusterPlan(process_id, addresses, cores, read_secret(secret, secret_file),
                        float(startup_timeout), float(heartbeat), tls,
-                       {"flow": fingerprint, "cores": cores, "processes": len(addresses)})
+                       # whether it snapshots (a state_dir) too: a process with one waited for
+                       # ever for the epoch agreement of a peer without one, and so did the peer
+                       {"flow": fingerprint, "cores": cores, "processes": len(addresses),
+                        "snapshots": bool(snapshots)})

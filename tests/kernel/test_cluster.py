@@ -284,6 +284,21 @@ def test_processes_with_other_cores_are_refused_on_both_sides():
             child.join(10)
 
 
+def test_a_process_with_a_state_dir_and_one_without_are_refused_on_both_sides(tmp_path):
+    """Process 0 snapshots (a state_dir), process 1 does not: both used to
+    wait for ever (process 0 for an epoch agreement process 1 never
+    offers); each must end at once with LinkMismatch naming it."""
+    state = {"state_dir": tmp_path / "state"}
+    cluster = Cluster(word_count, 2, options_for=lambda i: state if i == 0 else {})
+    try:
+        outcomes = cluster.outcomes(timeout=PROMPTLY)
+    finally:
+        cluster.close()
+    for i, (status, kind, message) in outcomes.items():
+        assert (status, kind) == ("error", "LinkMismatch"), (i, outcomes[i])
+        assert "snapshots=" in message and "state_dir" in message
+
+
 def mark_started(directory) -> None:
     """A kernel's source began reading: every link of its process is up
     (kernels start only then). The test waits for these files."""
