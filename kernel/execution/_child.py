@@ -49,6 +49,27 @@ def _die_with_parent(launcher_pid: int) -> None:
         os._exit(1)
 
 
+def _default_signals() -> None:
+    """Signal handlers the launcher's process had (an application's
+    `loop.add_signal_handler(SIGTERM, ...)` around `run_async`, the CLI's
+    SIGTERM handler) are not a kernel's: back to the default. Inherited
+    through fork, asyncio's handler (a no-op that writes to the host loop's
+    wakeup fd) made a kernel ignore SIGTERM: `kill <kernel pid>` left the
+    run going as if nothing had been sent."""
+    for sig in signal.valid_signals():
+        if sig == signal.SIGINT:  # ignored: a terminal's Ctrl-C is the launcher's to handle
+            continue
+        try:
+            if callable(signal.getsignal(sig)):
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError, RuntimeError):  # a signal Python cannot set
+            continue
+    try:
+        signal.set_wakeup_fd(-1)  # the host loop's, not ours (uvloop sets its own)
+    except (ValueError, OSError):
+        pass
+
+
 def _wait_at_gate(fd: int) -> tuple:
     """Wait until the relay has linked up: (restored epoch, finished,
     plan), as `gate_record` packed them."""
@@ -76,6 +97,7 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
     status = 1
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _default_signals()
         _die_with_parent(launcher_pid)
         if cpu is not None:  # the link relay is not pinned: it shares the kernels' CPUs
             os.sched_setaffinity(0, {cpu})

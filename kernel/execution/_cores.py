@@ -31,7 +31,8 @@ Either way the parent kills the other kernels at once and raises
 `KernelProcessError` naming the kernel and the cause (the kernel's own
 exception, an `OperatorError` say, is its `__cause__`). Ctrl-C in the parent
 stops every kernel; the kernels themselves ignore SIGINT so a terminal's
-Ctrl-C reaches only the parent.
+Ctrl-C reaches only the parent, and take every other signal's default
+action, whatever handlers the parent's process had installed.
 
 Clusters
 --------

@@ -764,6 +764,53 @@ async def test_cancelling_run_async_stops_its_kernel_processes():
         os.close(running_w)
 
 
+async def test_a_kernel_of_run_async_dies_of_sigterm_though_the_host_handles_it():
+    """An application that handles SIGTERM itself (`loop.add_signal_handler`)
+    runs `run_async(flow, cores=2)`; a kernel sent SIGTERM must die and end
+    the run naming it, as under `run`. Forked with the host's handler (a
+    no-op writing to the host loop's wakeup fd), the kernel ignored it and
+    the run went on. The kernels say on a pipe that they are reading, with
+    their pids; the bounds are upper bounds."""
+    import signal
+
+    running_r, running_w = os.pipe()
+
+    async def forever():
+        os.write(running_w, struct.pack("<q", os.getpid()))
+        while True:
+            yield 1
+            await asyncio.sleep(0.001)
+
+    flow = Dataflow("endless")
+    flow.from_async_iterable(forever).key_by(lambda n: n).count().collect()
+    loop = asyncio.get_running_loop()
+    host_told = []
+    loop.add_signal_handler(signal.SIGTERM, host_told.append, "SIGTERM")
+    both_running = loop.create_future()
+    said = bytearray()
+
+    def on_running():
+        said.extend(os.read(running_r, 16))
+        if len(said) == 16 and not both_running.done():
+            both_running.set_result(sorted(struct.unpack("<2q", said)))
+
+    loop.add_reader(running_r, on_running)
+    run_task = asyncio.create_task(run_async(flow, cores=2))
+    try:
+        kernel_pids = await asyncio.wait_for(both_running, 20)
+        os.kill(kernel_pids[1], signal.SIGTERM)
+        with pytest.raises(KernelProcessError, match="was killed by SIGTERM"):
+            await asyncio.wait_for(run_task, 10)
+        assert host_told == []  # the kernel's signal, not the host's
+    finally:
+        run_task.cancel()
+        await asyncio.wait({run_task}, timeout=10)
+        loop.remove_signal_handler(signal.SIGTERM)
+        loop.remove_reader(running_r)
+        os.close(running_r)
+        os.close(running_w)
+
+
 async def test_a_running_run_async_leaves_the_default_executor_to_the_host():
     """A run on cores holds its launcher thread for as long as it runs: on
     the loop's default executor (min(32, CPUs + 4) threads, here one), the
