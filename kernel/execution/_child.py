@@ -8,6 +8,8 @@ import asyncio
 import os
 import pickle
 import signal
+import socket
+import stat
 import struct
 import sys
 import time
@@ -70,6 +72,31 @@ def _default_signals() -> None:
         pass
 
 
+def _close_inherited_streams() -> None:
+    """Close every stream socket (TCP, Unix stream) this process inherited
+    from the application that forked it: its listening ports and its
+    clients' connections. No kernel uses them (the kernels' own channels
+    are pipes, eventfds and shared memory), but while a kernel held a copy,
+    a connection the application closed stayed open (its client never saw
+    the end of it) and a server it closed kept its port bound, accepting
+    connections nobody served, for as long as the run ran: for ever, for a
+    stream. A flow's own connections are made in the kernel (`open`)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd <= 2:
+            continue
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            probe = socket.socket(fileno=fd)  # (reads its type; detached below, so not closed)
+            kind = probe.type
+            probe.detach()
+        except OSError:  # the directory's own fd, closed meanwhile
+            continue
+        if kind == socket.SOCK_STREAM:
+            os.close(fd)
+
+
 def _wait_at_gate(fd: int) -> tuple:
     """Wait until the relay has linked up: (restored epoch, finished,
     plan), as `gate_record` packed them."""
@@ -92,12 +119,16 @@ def gate_record(epoch: int = 0, finished: bool = False, plan=None) -> bytes:
 
 
 def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid,
-                 epochs=None, commits=None, gate=None) -> None:
-    """A kernel process: pinned, one uvloop, nothing else."""
+                 epochs=None, commits=None, gate=None, close_streams=False) -> None:
+    """A kernel process: pinned, one uvloop, nothing else. `close_streams`
+    (a run of `run_async`, forked from an application): close the stream
+    sockets inherited from it (`_close_inherited_streams`)."""
     status = 1
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _default_signals()
+        if close_streams:
+            _close_inherited_streams()
         _die_with_parent(launcher_pid)
         if cpu is not None:  # the link relay is not pinned: it shares the kernels' CPUs
             os.sched_setaffinity(0, {cpu})

@@ -131,6 +131,10 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
     from kernel.net import Doorbell, ProcessTransport, SpscRing
     from kernel.net._transport import RelayEnds
 
+    # run_async (it alone passes `cancel`): forked from an application, whose
+    # sockets the kernels close (`_close_inherited_streams`)
+    embedded = cancel is not None
+
     context = multiprocessing.get_context("fork")
     _libc()  # inherited by every child
     rings: dict[tuple[int, int], SpscRing] = {}
@@ -178,7 +182,7 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
             child = context.Process(
                 target=_kernel_main,
                 args=(first + index, peers, cpus[index], build_runtime, transport, sender, os.getpid(),
-                      epochs, commits_in, gate),
+                      epochs, commits_in, gate, embedded),
                 name=f"kernel-{first + index}",
                 daemon=True,
             )
@@ -197,6 +201,7 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
                 args=(first, peers, None, _relay_runtime(cluster, relay_rings, bells, results_in, gate,
                                                          sender, agreement, link_report),
                       None, sender, os.getpid()),
+                kwargs={"close_streams": embedded},
                 name="links",
                 daemon=True,
             )
