@@ -450,8 +450,9 @@ class Instance:
                 self._check_aligned()
             if progress.open == 0:
                 # Every timer is due at the end of input, also those set
-                # after the last watermark reached +inf (in on_watermark(inf)
-                # or in on_batch after it): no later advance would fire them.
+                # after the last watermark reached +inf (in on_batch after
+                # it; those of on_watermark(inf) fired in _advance): no
+                # later advance would fire them.
                 self._fire_timers(_INF)
                 draining = _call(self, "on_end")
                 if draining is None:
@@ -462,6 +463,10 @@ class Instance:
     def _advance(self, frontier: float) -> None:
         self._fire_timers(frontier)
         _call(self, "on_watermark", frontier)
+        if frontier == _INF:
+            # timers set in on_watermark(inf) fire before +inf goes on: after
+            # it, a window downstream took their records as late
+            self._fire_timers(_INF)
         self._forward(frontier)
 
     def _fire_timers(self, frontier: float) -> None:
