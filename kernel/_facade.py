@@ -22,6 +22,7 @@ from kernel.execution._plan import (
     KernelOptions,
     RunPlan,
 )
+from kernel.scheduling._scheduler import check_settings
 
 log = logging.getLogger("kernel")
 
@@ -43,6 +44,12 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
     while the run runs (the command line's live line)."""
     check_cores(cores)
     check_heartbeat(heartbeat)  # (used by a cluster only, but refused at once anywhere)
+    # Here, not in each kernel: with several cores a kernel process's
+    # ValueError would come back wrapped in a KernelProcessError.
+    check_settings(budget, shares, stall_threshold)
+    # Refused without a state_dir too, as the heartbeat is: a bad value
+    # (NaN, -5, 'x') was ignored until the day a state_dir was added.
+    check_epoch_interval(epoch_interval)
     _name_the_run()
     address = None
     if dashboard is not None:
@@ -67,6 +74,12 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
     return RunPlan(cores=cores, kernel=KernelOptions(clock, budget, shares, stall_threshold),
                    gc_threshold=gc_threshold, snapshots=snapshots, cluster=cluster, dashboard=address,
                    progress=progress)
+
+
+def check_epoch_interval(epoch_interval) -> None:
+    if isinstance(epoch_interval, bool) or not (isinstance(epoch_interval, (int, float))
+                                                and 0 < epoch_interval < float("inf")):
+        raise ValueError(f"epoch_interval must be a positive number of seconds, got {epoch_interval!r}")
 
 
 def check_heartbeat(heartbeat) -> None:

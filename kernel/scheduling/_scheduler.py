@@ -56,6 +56,7 @@ The stall detector logs any single activation that runs longer than
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,6 +105,32 @@ class Activation(Protocol):
     def activate(self) -> object: ...  # None, or LATER
 
 
+def _positive_seconds(name: str, value) -> None:  # inf allowed: never (no stall notices)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= math.inf:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
+def check_settings(budget, shares, stall_threshold) -> None:
+    """Refuses scheduler settings it cannot use, before anything runs.
+
+    Checked here rather than met later: a NaN budget compared false
+    everywhere, so the kernel never handed the loop back; a string failed as
+    a bare TypeError inside the first activation; `shares=5` as an
+    AttributeError. `run()` calls this when it plans the run, so that with
+    several cores the caller gets the ValueError, not a kernel process's."""
+    _positive_seconds("budget", budget)
+    _positive_seconds("stall_threshold", stall_threshold)
+    if shares is None:
+        return
+    if not isinstance(shares, dict):
+        raise ValueError(f"shares must be a dict of task class -> shares, got {shares!r}")
+    for key, value in shares.items():
+        if key not in TASK_CLASSES:
+            raise ValueError(f"unknown task class {key!r}; classes are {TASK_CLASSES}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ValueError(f"shares of task class {key!r} must be a positive number, got {value!r}")
+
+
 class _TaskClass:
     __slots__ = ("busy_time", "idle", "name", "queue", "shares", "vruntime")
 
@@ -136,13 +163,9 @@ class Scheduler:
         on_slice_start: Callable[[float], None] | None = None,
         on_drained: Callable[[], None] | None = None,
     ) -> None:
-        if budget <= 0:
-            raise ValueError(f"budget must be positive seconds, got {budget!r}")
+        check_settings(budget, shares, stall_threshold)
         merged = dict(DEFAULT_SHARES)
-        for key, value in (shares or {}).items():
-            if key not in merged:
-                raise ValueError(f"unknown task class {key!r}; classes are {TASK_CLASSES}")
-            merged[key] = value
+        merged.update(shares or {})
         self._loop = loop
         self._monotonic = monotonic
         self.budget = budget

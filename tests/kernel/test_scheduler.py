@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 import pytest
 
@@ -230,3 +231,19 @@ def test_invalid_scheduler_settings_are_refused():
         Kernel(shares={LATENCY: 0})._attach(asyncio.new_event_loop())
     with pytest.raises(ValueError, match="budget"):
         Kernel(budget=0)._attach(asyncio.new_event_loop())
+
+
+@pytest.mark.parametrize("options", [
+    {"budget": math.nan}, {"budget": "x"}, {"stall_threshold": -1}, {"stall_threshold": "x"},
+    {"shares": 5}, {"shares": {LATENCY: math.nan}}, {"epoch_interval": -5}, {"epoch_interval": math.nan},
+])
+def test_run_refuses_bad_options_before_it_starts(options):
+    # NaN budget never handed the loop back, a str one failed as a bare TypeError in the first
+    # activation, shares=5 as an AttributeError, and epoch_interval was ignored without a state_dir.
+    from kernel import Dataflow, run
+
+    flow = Dataflow()
+    flow.from_iterable([1]).collect()
+    name = next(iter(options))
+    with pytest.raises(ValueError, match=name):
+        run(flow, **options)
