@@ -686,9 +686,20 @@ class Stream(Generic[T_co]):
         >>> sorted(out.items)
         [(0, 'x'), (1, 'y')]
         """
+        # Checked here, where the flow is built: an instance, a lone stream as
+        # `inputs` or a list among them otherwise failed as a bare TypeError
+        # or AttributeError ("'list' object has no attribute 'flow") from
+        # inside the library, at once or when the run opened the operator.
+        if isinstance(factory, Operator) or not callable(factory):
+            raise TypeError(f"apply needs a factory (the Operator class or a function returning "
+                            f"an Operator), not {factory!r}")
+        if isinstance(inputs, Stream):
+            raise TypeError(f"inputs= takes a sequence of streams: inputs=({inputs!r},)")
         label = name or _fn_name(factory)
         streams = (self, *inputs)
         for other in inputs:
+            if not isinstance(other, Stream):
+                raise TypeError(f"{label}: an input must be a Stream of this dataflow, got {other!r}")
             if other.flow is not self.flow:
                 raise ValueError(f"{other!r} belongs to another dataflow")
         edges = [s._edge(port) for port, s in enumerate(streams)]

@@ -407,3 +407,24 @@ def test_every_docstring_example_of_the_library_runs(redis_url):
         results = doctest.testmod(module, verbose=False, extraglobs={"redis_url": redis_url})
         assert results.failed == 0, module.__name__
     assert with_examples > len(_PUBLIC_OPERATORS)  # theirs, and the module and class examples
+
+
+def test_apply_and_union_refuse_what_is_not_a_factory_or_a_stream():
+    # These failed as bare errors from inside the library: "'Tagger' object is not callable"
+    # when the run opened it, "Value after * must be an iterable, not Stream", "'list' object
+    # has no attribute 'flow'".
+    class Tagger(Operator):
+        def on_batch(self, port, batch):
+            self.emit(batch)
+
+    flow = Dataflow()
+    a, b = flow.from_iterable([1]), flow.from_iterable([2])
+    with pytest.raises(TypeError, match="apply needs a factory"):
+        a.apply(Tagger())
+    with pytest.raises(TypeError, match=r"inputs= takes a sequence of streams"):
+        a.apply(Tagger, inputs=b)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"union: an input must be a Stream .* got \[2\]"):
+        a.union([2])  # type: ignore[arg-type]
+    out = a.apply(Tagger, inputs=(b,)).collect()
+    run(flow)
+    assert sorted(out.items) == [1, 2]
