@@ -17,6 +17,7 @@ They are covariant, as a stream only hands its records on: a
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
@@ -634,12 +635,32 @@ class Dataflow:
             skipped._deliver([results.get(skipped.node.id) for results in per_kernel])
 
 
+# The handlers the runtime calls and does not await.
+_SYNC_HANDLERS = ("open", "on_batch", "on_watermark", "on_end", "on_idle", "on_round", "on_timer",
+                  "on_epoch", "on_commit")
+
+
+def _refuse_async_handlers(op: Operator, name: str) -> None:
+    """An `async def` handler returns a coroutine that nothing awaits: its
+    records were dropped without a word (on_batch, on_watermark), or the run
+    failed later with an AttributeError blamed on another handler (open,
+    on_end). Refused when the operator is made, once per kernel."""
+    for handler in _SYNC_HANDLERS:
+        if inspect.iscoroutinefunction(getattr(op, handler, None)):
+            hint = (" (to wait for work of its own, on_end may return a task: asyncio.ensure_future(...))"
+                    if handler == "on_end" else "")
+            raise TypeError(f"{name}: {type(op).__name__}.{handler} is async, but the kernel calls "
+                            f"it without awaiting it: make it a plain method{hint}")
+
+
 def _checked(factory: Callable[[], Operator], kind: type[Operator], name: str) -> Callable[[], Operator]:
     @functools.wraps(factory, assigned=("__doc__",))
     def make() -> Operator:
         op = factory()
         if not isinstance(op, kind):
             raise TypeError(f"{name}: factory returned {op!r}, not a {kind.__name__}")
+        if kind is Operator:
+            _refuse_async_handlers(op, name)
         return op
 
     return make

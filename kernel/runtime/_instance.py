@@ -457,8 +457,13 @@ class Instance:
                 draining = _call(self, "on_end")
                 if draining is None:
                     self._finish()
-                else:  # work of its own still under way (a sink's writes): end once it is done
+                elif hasattr(draining, "add_done_callback"):
+                    # work of its own still under way (a sink's writes): end once it is done
                     draining.add_done_callback(self._end_due)
+                else:  # otherwise a bare AttributeError, blamed on whichever handler was running
+                    raise OperatorError.wrap(self.name, _handler_name(self.op, "on_end"), TypeError(
+                        f"on_end returned {draining!r}: it must return None, or a future (an "
+                        "asyncio task) that the step's end waits for"), has_record=False)
 
     def _advance(self, frontier: float) -> None:
         self._fire_timers(frontier)

@@ -428,3 +428,40 @@ def test_apply_and_union_refuse_what_is_not_a_factory_or_a_stream():
     out = a.apply(Tagger, inputs=(b,)).collect()
     run(flow)
     assert sorted(out.items) == [1, 2]
+
+
+class _AsyncBatch(Operator):
+    async def on_batch(self, port, batch):
+        self.emit(batch)
+
+
+class _AsyncEnd(Operator):
+    def on_batch(self, port, batch):
+        pass
+
+    async def on_end(self):
+        self.emit([0])
+
+
+class _EndReturnsInt(Operator):
+    def on_batch(self, port, batch):
+        self.emit(batch)
+
+    def on_end(self):
+        return 5
+
+
+@pytest.mark.parametrize(("cls", "match"), [
+    (_AsyncBatch, r"_AsyncBatch.on_batch is async, but the kernel calls it without awaiting it"),
+    (_AsyncEnd, r"_AsyncEnd.on_end is async.*may return a task"),
+    (_EndReturnsInt, r"_EndReturnsInt.on_end' raised TypeError: on_end returned 5"),
+])
+def test_an_async_handler_or_a_bad_on_end_result_is_an_error_naming_it(cls, match):
+    # An async on_batch dropped every record in silence (a never-awaited coroutine); an async
+    # on_end, or on_end returning 5, failed as "AttributeError: ... no attribute
+    # 'add_done_callback'", blamed on on_watermark.
+    flow = Dataflow()
+    out = flow.from_iterable([1, 2]).apply(cls).collect()
+    with pytest.raises((TypeError, OperatorError), match=match):
+        run(flow)
+    assert out.items == []
