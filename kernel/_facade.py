@@ -50,6 +50,9 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
     # Refused without a state_dir too, as the heartbeat is: a bad value
     # (NaN, -5, 'x') was ignored until the day a state_dir was added.
     check_epoch_interval(epoch_interval)
+    if state_dir is not None and not isinstance(state_dir, (str, os.PathLike)):
+        # else os.fspath's "expected str, bytes or os.PathLike object, not int", naming nothing
+        raise ValueError(f"state_dir must be a directory's path (a str or a Path), got {state_dir!r}")
     _name_the_run()
     address = None
     if dashboard is not None:
@@ -378,6 +381,7 @@ async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
     `.items` holds the results. `process_id` and `peers` make this process
     one of a cluster (see `run`); `dashboard` serves metrics (see `run`).
     """
+    _check_flow(flow, "run_async")
     flow.graph.check_cycles()
     _topics_coordinator(flow, coordinator)
     plan = plan_for(lambda: flow, cores=cores, clock=clock, budget=budget, shares=shares,
@@ -429,6 +433,7 @@ def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_G
     else:
         raise RuntimeError("run() blocks and cannot be called from a running event loop; "
                            "use `await run_async(flow)` there")
+    _check_flow(flow, "run")
     flow.graph.check_cycles()  # a cycle wired by hand, refused before any kernel starts
     _topics_coordinator(flow, coordinator)
     plan = plan_for(lambda: flow, cores=cores, gc_threshold=gc_threshold_during_run, clock=clock,
@@ -436,6 +441,20 @@ def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_G
                     epoch_interval=epoch_interval, process_id=process_id, peers=peers, secret=secret,
                     tls=tls, startup_timeout=startup_timeout, heartbeat=heartbeat, dashboard=dashboard)
     flow._results_delivered(execute(plan, lambda: flow))
+
+
+def _check_flow(flow, caller: str) -> None:
+    """run("pipeline.py") or run(stream) otherwise failed as "AttributeError:
+    'str' object has no attribute 'graph'"."""
+    from kernel.dataflow._api import Dataflow
+
+    if not isinstance(flow, Dataflow):
+        hint = ""
+        if hasattr(flow, "flow"):
+            hint = " (the flow the stream belongs to is its .flow)"
+        elif isinstance(flow, str):
+            hint = "; a pipeline file runs with `python -m kernel run FILE`"
+        raise TypeError(f"{caller}() runs a Dataflow, got {flow!r}{hint}")
 
 
 def _topics_coordinator(flow, coordinator: str | None) -> None:

@@ -372,3 +372,19 @@ def test_runs_overlapping_on_two_threads_give_the_process_its_gc_threshold_back(
     assert errors == []
     assert b_running.is_set()
     assert gc.get_threshold() == before
+
+
+def test_run_refuses_what_is_not_a_flow_and_a_state_dir_that_is_not_a_path():
+    # run("x") and run(stream) failed as "AttributeError: 'str' object has no attribute 'graph'";
+    # state_dir=5 as os.fspath's TypeError, which names no option.
+    flow = Dataflow()
+    stream = flow.from_iterable([1])
+    stream.collect()
+    with pytest.raises(TypeError, match=r"run\(\) runs a Dataflow, got 'x'"):
+        run("x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"run\(\) runs a Dataflow, got <Stream .*its \.flow"):
+        run(stream)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"run_async\(\) runs a Dataflow"):
+        asyncio.run(run_async(None))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="state_dir must be a directory's path"):
+        run(flow, state_dir=5)
