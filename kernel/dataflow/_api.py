@@ -661,6 +661,7 @@ def _checked(factory: Callable[[], Operator], kind: type[Operator], name: str) -
             raise TypeError(f"{name}: factory returned {op!r}, not a {kind.__name__}")
         if kind is Operator:
             _refuse_async_handlers(op, name)
+            op._emit_checked = True  # its emit checks that it is given a batch (the runtime)
         return op
 
     return make

@@ -112,6 +112,9 @@ class Operator:
     #: the step name, set by the kernel when the operator is instantiated.
     name: str = "operator"
     context = None
+    #: set by apply() on the operators it makes: the runtime checks that
+    #: their emit is given a batch (a built-in's always is)
+    _emit_checked: bool = False
 
     def open(self, context) -> None:
         """Called once before any data, with the kernel's context."""

@@ -66,6 +66,21 @@ def _is_batch(batch) -> bool:
     number or a generator have no len()."""
     return isinstance(batch, Collection) and not isinstance(batch, (str, bytes, bytearray, Mapping))
 
+def _not_a_batch(batch):
+    raise TypeError(f"emit() takes a batch, a list of records, but was given a "
+                    f"{type(batch).__name__}: {describe_record(batch)} "
+                    "(one record: emit([record]))")
+
+
+def _batch_checked(emit):
+    def checked(batch):
+        if not isinstance(batch, list) and not _is_batch(batch):  # one check a batch, not a record
+            _not_a_batch(batch)
+        emit(batch)
+
+    return checked
+
+
 END = "<end of input>"  # a str: never a list, never a float
 _INF = math.inf
 
@@ -197,6 +212,12 @@ class Instance:
         if self.is_source:
             op.emit = self._counted(op.emit)
             self.chain = self._chained_after()
+        elif getattr(op, "_emit_checked", False):
+            # A user's operator (apply()) that emits one record alone, a str
+            # or a dict, had it split into characters or keys downstream,
+            # silently; a generator failed as "has no len()". The built-in
+            # operators, which always emit lists, skip this check.
+            op.emit = _batch_checked(op.emit)
 
     def count_records(self) -> None:
         """Count records in and out, per batch (for metrics): wraps the
@@ -293,9 +314,7 @@ class Instance:
 
         def counted(batch):
             if not isinstance(batch, list) and not _is_batch(batch):  # one check a poll, not a record
-                raise TypeError(f"emit() takes a batch, a list of records, but was given a "
-                                f"{type(batch).__name__}: {describe_record(batch)} "
-                                "(one record: emit([record]))")
+                _not_a_batch(batch)
             self.emitted += len(batch)
             emit(batch)
 

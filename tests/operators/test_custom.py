@@ -465,3 +465,20 @@ def test_an_async_handler_or_a_bad_on_end_result_is_an_error_naming_it(cls, matc
     with pytest.raises((TypeError, OperatorError), match=match):
         run(flow)
     assert out.items == []
+
+
+class _EmitsOneRecord(Operator):
+    def on_batch(self, port, batch):
+        for record in batch:
+            self.emit(record)  # emit([record]) meant
+
+
+@pytest.mark.parametrize("records", [["ab"], [{"k": 1}]])
+def test_an_operator_emitting_one_record_alone_is_told_to_emit_a_list(records):
+    # emit("ab") from an operator came out downstream as 'a', 'b' (a dict as its keys), silently;
+    # a source got a TypeError for the same mistake.
+    flow = Dataflow()
+    out = flow.from_iterable(records).apply(_EmitsOneRecord).collect()
+    with pytest.raises(OperatorError, match=r"emit\(\) takes a batch.*emit\(\[record\]\)"):
+        run(flow)
+    assert out.items == []
