@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from kernel.execution._execute import execute, execute_async
 from kernel.execution._plan import (
@@ -23,6 +24,9 @@ from kernel.execution._plan import (
     RunPlan,
 )
 from kernel.scheduling._scheduler import check_settings
+
+if TYPE_CHECKING:  # typed for a user's checker (run(stream) is an error); imported lazily at run time
+    from kernel.dataflow._api import Dataflow
 
 log = logging.getLogger("kernel")
 
@@ -363,7 +367,7 @@ def flow_fingerprint(flow) -> str:
     return flow.graph.fingerprint()
 
 
-async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
+async def run_async(flow: Dataflow, *, cores: int = 1, clock=None, budget: float = 0.001,
                     shares: dict[str, float] | None = None, stall_threshold: float = 0.025,
                     state_dir=None, epoch_interval: float = DEFAULT_EPOCH_INTERVAL,
                     process_id: int | None = None, peers=None, secret=None, tls=None,
@@ -391,7 +395,7 @@ async def run_async(flow, *, cores: int = 1, clock=None, budget: float = 0.001,
     flow._results_delivered(await execute_async(plan, lambda: flow))
 
 
-def run(flow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_GC_THRESHOLD,
+def run(flow: Dataflow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_GC_THRESHOLD,
         clock=None, budget: float = 0.001, shares: dict[str, float] | None = None,
         stall_threshold: float = 0.025, state_dir=None,
         epoch_interval: float = DEFAULT_EPOCH_INTERVAL, process_id: int | None = None, peers=None,

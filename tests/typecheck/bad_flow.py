@@ -64,3 +64,4 @@ for key, window, _ in windows.items:
 lengths: Stream[int] = words  # E: (expression has type "Stream[str]", variable has type "Stream[int]")
 
 run(flow)
+run(words)  # E: Argument 1 to "run" has incompatible type "Stream[str]"; expected "Dataflow"
