@@ -365,6 +365,13 @@ class Kernel:
         if self._loop is None:
             self._pending_spawns.append((coro, label))
             return None
+        if self._loop.is_closed():
+            # A kernel reused after asyncio.run() closed its loop: else the
+            # loop's bare "Event loop is closed" and a never-awaited warning.
+            if asyncio.iscoroutine(coro):
+                coro.close()
+            raise RuntimeError(f"spawn({label}): this Kernel ran on an event loop that is closed now; "
+                               "a kernel runs on one event loop only: make a new Kernel for this one")
         return self._start_task(coro, label)
 
     def _start_task(self, coro: Coroutine, name: str) -> asyncio.Task:

@@ -388,3 +388,23 @@ def test_run_refuses_what_is_not_a_flow_and_a_state_dir_that_is_not_a_path():
         asyncio.run(run_async(None))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="state_dir must be a directory's path"):
         run(flow, state_dir=5)
+
+
+def test_a_kernel_reused_after_its_loop_closed_says_so():
+    # The second asyncio.run() failed inside the library with the loop's bare "Event loop is
+    # closed" (and a "coroutine was never awaited" warning).
+    kernel = Kernel()
+    done = []
+
+    async def work():
+        done.append(1)
+        await cooperate()
+
+    async def main():
+        kernel.spawn(work())
+        await kernel.join()
+
+    asyncio.run(main())
+    assert done == [1]
+    with pytest.raises(RuntimeError, match=r"ran on an event loop that is closed now.*make a new Kernel"):
+        asyncio.run(main())
