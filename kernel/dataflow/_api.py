@@ -653,6 +653,15 @@ def _refuse_async_handlers(op: Operator, name: str) -> None:
                             f"it without awaiting it: make it a plain method{hint}")
 
 
+def _function(fn: Any, method: str) -> Any:
+    """`fn`, checked where the flow is built: a value that is not callable
+    otherwise got through to the run, which failed when it opened the
+    operator, naming no step and calling the method "flatmap", "keyby"."""
+    if not callable(fn):
+        raise TypeError(f"{method}() needs a function, got {fn!r}")
+    return fn
+
+
 def _checked(factory: Callable[[], Operator], kind: type[Operator], name: str) -> Callable[[], Operator]:
     @functools.wraps(factory, assigned=("__doc__",))
     def make() -> Operator:
@@ -738,7 +747,8 @@ class Stream(Generic[T_co]):
         >>> out.items
         [2, 4, 6]
         """
-        return Stream(self.flow, self._then(name or f"map({_fn_name(fn)})", functools.partial(ops.Map, fn)))
+        factory = functools.partial(ops.Map, _function(fn, "map"))
+        return Stream(self.flow, self._then(name or f"map({_fn_name(fn)})", factory))
 
     @overload
     def filter(self, fn: Callable[[T_co], TypeGuard[U]], *, name: str | None = None) -> Stream[U]: ...
@@ -757,7 +767,7 @@ class Stream(Generic[T_co]):
         >>> out.items
         [0, 3, 6, 9]
         """
-        factory = functools.partial(ops.Filter, fn)
+        factory = functools.partial(ops.Filter, _function(fn, "filter"))
         return Stream(self.flow, self._then(name or f"filter({_fn_name(fn)})", factory))
 
     def flat_map(self, fn: Callable[[T_co], Iterable[U]], *, name: str | None = None) -> Stream[U]:
@@ -770,7 +780,7 @@ class Stream(Generic[T_co]):
         >>> out.items
         ['to', 'be', 'or', 'not']
         """
-        factory = functools.partial(ops.FlatMap, fn)
+        factory = functools.partial(ops.FlatMap, _function(fn, "flat_map"))
         return Stream(self.flow, self._then(name or f"flat_map({_fn_name(fn)})", factory))
 
     def inspect(self, fn: Callable[[T_co], object], *, name: str | None = None) -> Stream[T_co]:
@@ -784,7 +794,7 @@ class Stream(Generic[T_co]):
         >>> seen, out.items
         ([1, 2], ['1', '2'])
         """
-        factory = functools.partial(ops.Inspect, fn)
+        factory = functools.partial(ops.Inspect, _function(fn, "inspect"))
         return Stream(self.flow, self._then(name or f"inspect({_fn_name(fn)})", factory))
 
     def key_by(self, fn: Callable[[T_co], K], *, name: str | None = None) -> KeyedStream[K, T_co]:
@@ -797,7 +807,7 @@ class Stream(Generic[T_co]):
         >>> out.items
         [('a', 'apple'), ('a', 'avocado'), ('b', 'banana')]
         """
-        factory = functools.partial(ops.KeyBy, fn)
+        factory = functools.partial(ops.KeyBy, _function(fn, "key_by"))
         return KeyedStream(self.flow, self._then(name or f"key_by({_fn_name(fn)})", factory))
 
     def union(self, *others: Stream[U], name: str | None = None) -> Stream[T_co | U]:
@@ -862,7 +872,8 @@ class Stream(Generic[T_co]):
         hello
         sink
         """
-        self.flow.graph.add(name or f"sink({_fn_name(fn)})", functools.partial(ops.Sink, fn), [self._edge()])
+        factory = functools.partial(ops.Sink, _function(fn, "sink"))
+        self.flow.graph.add(name or f"sink({_fn_name(fn)})", factory, [self._edge()])
 
     def to_files(self, directory: str | os.PathLike[str], *, name: str | None = None) -> None:
         """Writes every record to JSON Lines files in `directory` (tuples and
@@ -1080,7 +1091,8 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         [(1, 'A'), (2, 'BB')]
         """
         label = name or f"map_values({_fn_name(fn)})"
-        node = self.flow.graph.add(label, functools.partial(ops.MapValues, fn), [Edge(self.node, 0)])
+        factory = functools.partial(ops.MapValues, _function(fn, "map_values"))
+        node = self.flow.graph.add(label, factory, [Edge(self.node, 0)])
         stream: KeyedStream[K_co, U] = KeyedStream(self.flow, node)
         stream._exchange_out = self._exchange_out
         return stream
@@ -1103,7 +1115,7 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         >>> sorted(out.items)
         [(0, 8), (1, 5)]
         """
-        reduce = functools.partial(ops.Reduce, fn, emit=emit)
+        reduce = functools.partial(ops.Reduce, _function(fn, "reduce"), emit=emit)
         return self._keyed(name or f"reduce({_fn_name(fn)})", reduce,
                            _combiner(emit, functools.partial(ops.Reduce, fn), reduce), emit=emit)
 
@@ -1135,8 +1147,8 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         [('a', ['ant', 'asp']), ('b', ['bee'])]
         """
         ops.check_emit(emit)
-        return self._keyed(name or f"fold({_fn_name(fn)})", functools.partial(ops.Fold, init, fn, emit=emit),
-                           emit=emit)
+        factory = functools.partial(ops.Fold, init, _function(fn, "fold"), emit=emit)
+        return self._keyed(name or f"fold({_fn_name(fn)})", factory, emit=emit)
 
     def distinct(  # keyed: distinct (key, value) pairs
         self, *, within: ops.Tumbling | None = None, name: str | None = None
@@ -1197,7 +1209,7 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         [('jam', 5), ('tea', 3), ('tea', 7)]
         """
         ops.StatefulMap(fn)  # checks fn now, when the flow is built
-        factory = functools.partial(ops.StatefulMap, fn)
+        factory = functools.partial(ops.StatefulMap, _function(fn, "stateful_map"))
         return self._keyed(name or f"stateful_map({_fn_name(fn)})", factory)
 
     def window(

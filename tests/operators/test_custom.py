@@ -482,3 +482,19 @@ def test_an_operator_emitting_one_record_alone_is_told_to_emit_a_list(records):
     with pytest.raises(OperatorError, match=r"emit\(\) takes a batch.*emit\(\[record\]\)"):
         run(flow)
     assert out.items == []
+
+
+@pytest.mark.parametrize("method", ["map", "filter", "flat_map", "inspect", "key_by", "sink"])
+def test_a_value_that_is_not_a_function_is_refused_when_the_step_is_added(method):
+    # map(5) was accepted; the run then failed opening the operator with "map needs a callable"
+    # (for flat_map "flatmap", for key_by "keyby"), naming no step.
+    stream = Dataflow().from_iterable([1])
+    with pytest.raises(TypeError, match=rf"^{method}\(\) needs a function, got 5$"):
+        getattr(stream, method)(5)
+
+
+@pytest.mark.parametrize(("method", "args"), [("map_values", (5,)), ("reduce", (5,)), ("fold", (0, 5))])
+def test_a_keyed_step_given_no_function_is_refused_when_it_is_added(method, args):
+    keyed = Dataflow().from_iterable([1]).key_by(str)
+    with pytest.raises(TypeError, match=rf"^{method}\(\) needs a function, got 5$"):
+        getattr(keyed, method)(*args)
