@@ -896,6 +896,9 @@ class Stream(Generic[T_co]):
         >>> [json.loads(line) for line in (out / "part-k0-e00000001.jsonl").read_text().splitlines()]
         [['a', 1], ['b', 2]]
         """
+        if not isinstance(directory, (str, os.PathLike)):
+            # else os.fspath's bare TypeError when the run opened the sink
+            raise TypeError(f"to_files needs a directory's path (a str or a Path), got {directory!r}")
         edge = self._edge()
         # sources that never end (follow=True) before it: without a state_dir its
         # files would appear only at an end that never comes (refused at run start)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -114,3 +115,10 @@ def test_a_finished_flow_is_freed_without_the_cyclic_collector():
         assert alive() is None
     finally:
         gc.enable()
+
+
+def test_to_files_refuses_what_is_not_a_path_when_the_step_is_added():
+    # to_files(None) was accepted and the run failed opening the sink with os.fspath's bare
+    # "expected str, bytes or os.PathLike object, not NoneType".
+    with pytest.raises(TypeError, match=r"to_files needs a directory's path .* got None"):
+        Dataflow().from_iterable([1]).to_files(None)  # type: ignore[arg-type]
