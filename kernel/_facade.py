@@ -10,8 +10,10 @@ of the execution layer, which gets it duck-typed inside the plan.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from kernel.execution._execute import execute, execute_async
@@ -388,11 +390,12 @@ async def run_async(flow: Dataflow, *, cores: int = 1, clock=None, budget: float
     _check_flow(flow, "run_async")
     flow.graph.check_cycles()
     _topics_coordinator(flow, coordinator)
-    plan = plan_for(lambda: flow, cores=cores, clock=clock, budget=budget, shares=shares,
-                    stall_threshold=stall_threshold, state_dir=state_dir, epoch_interval=epoch_interval,
-                    process_id=process_id, peers=peers, secret=secret, tls=tls,
-                    startup_timeout=startup_timeout, heartbeat=heartbeat, dashboard=dashboard)
-    flow._results_delivered(await execute_async(plan, lambda: flow))
+    with _one_run_at_a_time(flow, "run_async"):
+        plan = plan_for(lambda: flow, cores=cores, clock=clock, budget=budget, shares=shares,
+                        stall_threshold=stall_threshold, state_dir=state_dir, epoch_interval=epoch_interval,
+                        process_id=process_id, peers=peers, secret=secret, tls=tls,
+                        startup_timeout=startup_timeout, heartbeat=heartbeat, dashboard=dashboard)
+        flow._results_delivered(await execute_async(plan, lambda: flow))
 
 
 def run(flow: Dataflow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_GC_THRESHOLD,
@@ -440,11 +443,12 @@ def run(flow: Dataflow, *, cores: int = 1, gc_threshold_during_run: int | None =
     _check_flow(flow, "run")
     flow.graph.check_cycles()  # a cycle wired by hand, refused before any kernel starts
     _topics_coordinator(flow, coordinator)
-    plan = plan_for(lambda: flow, cores=cores, gc_threshold=gc_threshold_during_run, clock=clock,
-                    budget=budget, shares=shares, stall_threshold=stall_threshold, state_dir=state_dir,
-                    epoch_interval=epoch_interval, process_id=process_id, peers=peers, secret=secret,
-                    tls=tls, startup_timeout=startup_timeout, heartbeat=heartbeat, dashboard=dashboard)
-    flow._results_delivered(execute(plan, lambda: flow))
+    with _one_run_at_a_time(flow, "run"):
+        plan = plan_for(lambda: flow, cores=cores, gc_threshold=gc_threshold_during_run, clock=clock,
+                        budget=budget, shares=shares, stall_threshold=stall_threshold, state_dir=state_dir,
+                        epoch_interval=epoch_interval, process_id=process_id, peers=peers, secret=secret,
+                        tls=tls, startup_timeout=startup_timeout, heartbeat=heartbeat, dashboard=dashboard)
+        flow._results_delivered(execute(plan, lambda: flow))
 
 
 def _check_flow(flow, caller: str) -> None:
@@ -459,6 +463,25 @@ def _check_flow(flow, caller: str) -> None:
         elif isinstance(flow, str):
             hint = "; a pipeline file runs with `python -m kernel run FILE`"
         raise TypeError(f"{caller}() runs a Dataflow, got {flow!r}{hint}")
+
+
+@contextlib.contextmanager
+def _one_run_at_a_time(flow, caller: str) -> Iterator[None]:
+    """Two overlapping runs of one flow (run_async twice under gather, say)
+    shared its sources: both read one iterator, each collect() got part of
+    it and no error said so; with a state_dir both wrote the same store.
+    The second is refused before it opens anything."""
+    if getattr(flow, "_running", False):
+        from kernel.dataflow._errors import KernelError
+
+        raise KernelError(f"{caller}(): {flow!r} is already running, and a Dataflow runs once at a time "
+                          "(its sources, sinks and collect() handles belong to the run): wait for that "
+                          "run to end, or build another Dataflow for a run beside it")
+    flow._running = True
+    try:
+        yield
+    finally:
+        flow._running = False
 
 
 def _topics_coordinator(flow, coordinator: str | None) -> None:

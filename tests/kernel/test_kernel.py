@@ -408,3 +408,21 @@ def test_a_kernel_reused_after_its_loop_closed_says_so():
     assert done == [1]
     with pytest.raises(RuntimeError, match=r"ran on an event loop that is closed now.*make a new Kernel"):
         asyncio.run(main())
+
+
+async def test_a_flow_already_running_is_not_run_again_beside_itself():
+    # Two overlapping run_async() of one flow shared its from_iterable iterator: each read part
+    # of it, and collect() held some of the records (58,352 of 100,000), with no error.
+    from kernel import KernelError
+
+    flow = Dataflow()
+    out = flow.from_iterable(iter(range(20_000))).collect()
+    first, second = await asyncio.gather(run_async(flow), run_async(flow), return_exceptions=True)
+    assert first is None
+    assert isinstance(second, KernelError) and "is already running" in str(second)
+    assert out.items == list(range(20_000))
+    flow2 = Dataflow()
+    again = flow2.from_iterable(range(3)).collect()
+    await run_async(flow2)
+    await run_async(flow2)  # one after the other is fine
+    assert again.items == [0, 1, 2]
