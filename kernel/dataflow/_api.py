@@ -642,13 +642,16 @@ _SYNC_HANDLERS = ("open", "on_batch", "on_watermark", "on_end", "on_idle", "on_r
 
 def _refuse_async_handlers(op: Operator, name: str) -> None:
     """An `async def` handler returns a coroutine that nothing awaits: its
-    records were dropped without a word (on_batch, on_watermark), or the run
+    records were dropped without a word (on_batch, on_watermark), the run
     failed later with an AttributeError blamed on another handler (open,
-    on_end). Refused when the operator is made, once per kernel."""
-    for handler in _SYNC_HANDLERS:
+    on_end), or, a source's poll, never ended (a coroutine is true: "poll
+    again"). Refused when the operator is made, once per kernel."""
+    for handler in (*_SYNC_HANDLERS, "poll") if isinstance(op, Source) else _SYNC_HANDLERS:
         if inspect.iscoroutinefunction(getattr(op, handler, None)):
             hint = (" (to wait for work of its own, on_end may return a task: asyncio.ensure_future(...))"
-                    if handler == "on_end" else "")
+                    if handler == "on_end" else
+                    " (for I/O, spawn a task with self.context.kernel.spawn(...) that fills a buffer and "
+                    "calls self.wake(); poll emits what is there)" if handler == "poll" else "")
             raise TypeError(f"{name}: {type(op).__name__}.{handler} is async, but the kernel calls "
                             f"it without awaiting it: make it a plain method{hint}")
 
@@ -668,8 +671,8 @@ def _checked(factory: Callable[[], Operator], kind: type[Operator], name: str) -
         op = factory()
         if not isinstance(op, kind):
             raise TypeError(f"{name}: factory returned {op!r}, not a {kind.__name__}")
+        _refuse_async_handlers(op, name)
         if kind is Operator:
-            _refuse_async_handlers(op, name)
             op._emit_checked = True  # its emit checks that it is given a batch (the runtime)
         return op
 

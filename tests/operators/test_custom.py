@@ -498,3 +498,19 @@ def test_a_keyed_step_given_no_function_is_refused_when_it_is_added(method, args
     keyed = Dataflow().from_iterable([1]).key_by(str)
     with pytest.raises(TypeError, match=rf"^{method}\(\) needs a function, got 5$"):
         getattr(keyed, method)(*args)
+
+
+class _AsyncPoll(Source):
+    async def poll(self):
+        self.emit([1])
+        return False
+
+
+async def test_a_source_with_an_async_poll_is_refused_rather_than_polled_forever():
+    # The never-awaited coroutine is true ("poll again"): the run polled it forever, emitting
+    # nothing, and never ended. (The wait_for bounds the test on a library that still hangs.)
+    flow = Dataflow()
+    out = flow.source(_AsyncPoll, name="async poll").collect()
+    with pytest.raises(TypeError, match=r"_AsyncPoll.poll is async.*self.context.kernel.spawn"):
+        await asyncio.wait_for(run_async(flow), timeout=2)
+    assert out.items == []
