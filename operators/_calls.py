@@ -147,6 +147,16 @@ def start_values(init) -> Callable[[], object]:
     usual start values, is handed out as it is."""
     if callable(init):
         return init
-    if _immutable(init):
+    if _immutable(init) or type(init) is object:
+        # (a bare `object()` is a sentinel, compared with `is`: a copy of
+        # it broke `fold(START, fn)` whose fn tests `acc is START`)
+        return lambda: init
+    try:
+        if copy.deepcopy(init) is init:  # copies as itself (an Enum member, a class): nothing to copy
+            return lambda: init
+    except Exception:
+        # one that cannot be copied (it holds a lock, a socket) is handed out
+        # as it is, as before copies were made: failing at each key's first
+        # record broke folds whose fn never changes its accumulator
         return lambda: init
     return lambda: copy.deepcopy(init)

@@ -132,6 +132,33 @@ def test_fold_from_a_list_value_gives_every_key_its_own_copy(pairs, batch_size):
     assert start == []
 
 
+def test_fold_from_a_sentinel_or_an_uncopyable_value_hands_out_the_value_itself():
+    # a bare object() is a sentinel told apart with `is`, and a value that
+    # cannot be deep-copied (it holds a lock) was shared before copies were
+    # made: both broke at each key's first record once every start value was copied
+    import threading
+
+    pairs = [("a", 1), ("b", 2), ("a", 3), ("c", 4), ("b", 5)]
+    start = object()
+
+    def add(acc, value):
+        return value if acc is start else acc + value
+
+    assert aggregate(pairs, 2, lambda k: k.fold(start, add)) == [("a", 4), ("b", 7), ("c", 4)]
+
+    class Limits:  # fn reads it and never changes it
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+            self.base = 100
+
+    limits = Limits()
+
+    def total(acc, value):
+        return (acc.base if acc is limits else acc) + value
+
+    assert aggregate(pairs, 2, lambda k: k.fold(limits, total)) == [("a", 104), ("b", 107), ("c", 104)]
+
+
 def test_fold_with_dict_factory():
     pairs = [("a", "x"), ("b", "y"), ("a", "y"), ("a", "x")]
 
