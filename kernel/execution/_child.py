@@ -81,20 +81,36 @@ def _close_inherited_streams() -> None:
     the end of it) and a server it closed kept its port bound, accepting
     connections nobody served, for as long as the run ran: for ever, for a
     stream. A flow's own connections are made in the kernel (`open`)."""
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd <= 2:
-            continue
-        try:
-            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-                continue
-            probe = socket.socket(fileno=fd)  # (reads its type; detached below, so not closed)
-            kind = probe.type
-            probe.detach()
-        except OSError:  # the directory's own fd, closed meanwhile
-            continue
-        if kind == socket.SOCK_STREAM:
-            os.close(fd)
+    # Not os.close: the application's socket objects, inherited too, still
+    # hold those numbers, and one that a kernel used later (a logging
+    # SocketHandler's) wrote into, then closed, whatever had been given the
+    # freed number meanwhile (the kernel's loop: uvloop aborted, SIGABRT; or
+    # its own connections). Each is replaced by an unconnected socket
+    # instead: the application's connection and port are let go, the number
+    # stays taken, and a write to it fails (ENOTCONN) rather than landing
+    # elsewhere.
+    inherited = [int(name) for name in os.listdir("/proc/self/fd")]
+    placeholder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        for fd in inherited:
+            if fd > 2 and fd != placeholder.fileno():
+                _let_go_if_stream(fd, placeholder.fileno())
+    finally:
+        placeholder.close()
+
+
+def _let_go_if_stream(fd: int, placeholder: int) -> None:
+    """Put `placeholder` in `fd`'s place if `fd` is a stream socket."""
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return
+        probe = socket.socket(fileno=fd)  # (reads its type; detached below, so not closed)
+        kind = probe.type
+        probe.detach()
+    except OSError:  # the directory's own fd, closed meanwhile
+        return
+    if kind == socket.SOCK_STREAM:
+        os.dup2(placeholder, fd, inheritable=False)
 
 
 def _wait_at_gate(fd: int) -> tuple:

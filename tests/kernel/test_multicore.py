@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import errno
 import mmap
 import os
 import socket
+import stat
 import struct
 import threading
 import time
@@ -810,6 +812,55 @@ async def test_a_kernel_of_run_async_dies_of_sigterm_though_the_host_handles_it(
         loop.remove_reader(running_r)
         os.close(running_r)
         os.close(running_w)
+
+
+async def test_a_host_socket_let_go_by_run_async_kernels_never_writes_into_a_kernel_fd():
+    """The kernels let go of the application's stream sockets, but its
+    socket objects, inherited too, still hold their numbers: a closed
+    number, given to the kernel's next socket (uvloop's own, a flow's
+    connection), received what the application's object (a logging
+    SocketHandler) later wrote, and was closed by it: uvloop aborted
+    (SIGABRT). Each kernel opens 64 socketpairs, then sends through the
+    host's connected socket: no pair may have its number, nothing may
+    arrive in one, and the send must fail."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    host = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+    checked: dict = {}
+
+    def probe(_n):
+        if not checked:
+            pairs = [socket.socketpair() for _ in range(64)]  # take the free numbers
+            try:
+                host.send(b"stray")
+                failed = False
+            except OSError:
+                failed = True
+            stray = False
+            for end in (end for pair in pairs for end in pair):
+                end.setblocking(False)
+                try:
+                    stray = stray or bool(end.recv(16))
+                except BlockingIOError:
+                    pass
+            try:  # the host's number: still a socket, connected to nothing
+                what = "socket" if stat.S_ISSOCK(os.fstat(host.fileno()).st_mode) else "other"
+                host.getpeername()
+                what += " connected"
+            except OSError as exc:
+                what += f" {errno.errorcode[exc.errno]}"
+            checked["result"] = (what, stray, failed)
+        return checked["result"]
+
+    flow = Dataflow("probe")
+    out = flow.from_iterable(range(8)).map(probe).collect()
+    try:
+        await asyncio.wait_for(run_async(flow, cores=2), 60)
+    finally:
+        host.close()
+        accepted.close()
+        listener.close()
+    assert out.items == [("socket ENOTCONN", False, True)] * 8
 
 
 async def test_a_connection_the_host_closes_while_run_async_runs_is_closed():
