@@ -69,6 +69,13 @@ def _wait_for_results(children, pipes, coordinator, relay, cancel) -> list[dict]
             # Readable pipe or exited child: either way the pipe now holds the
             # result, an error, or end-of-file (died without a word).
             try:
+                if handle is not pipes[index] and not pipes[index].poll(0):
+                    # Exited, and nothing (not even end-of-file) in its pipe: a
+                    # process it forked (or another run's kernel, forked
+                    # meanwhile) holds a copy of the pipe's write end, and
+                    # recv() would wait for that process, for ever for a
+                    # stream, deaf to cancellation.
+                    raise EOFError
                 status, payload = pipes[index].recv()
             except EOFError:
                 if index == kernels:

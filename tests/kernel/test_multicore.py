@@ -10,6 +10,7 @@ import asyncio
 import errno
 import mmap
 import os
+import signal
 import socket
 import stat
 import struct
@@ -812,6 +813,50 @@ async def test_a_kernel_of_run_async_dies_of_sigterm_though_the_host_handles_it(
         loop.remove_reader(running_r)
         os.close(running_r)
         os.close(running_w)
+
+
+async def test_a_kernel_death_is_reported_though_a_process_forked_meanwhile_holds_its_pipe(monkeypatch):
+    """Runs launched at once fork from their own threads: another run's
+    kernel, forked between this run's making a kernel's result pipe and
+    closing its write end, holds a copy, so the pipe of a kernel that died
+    never reached end-of-file and the launcher's recv() waited for that
+    process (2 of 14 scratch runs of four endless runs beside one whose
+    kernel died hung, and could not be cancelled). Here a process forked
+    as each pipe is made (as such a kernel would be) lives 8 s: the death
+    must be reported well before."""
+    import multiprocessing
+
+    real = multiprocessing.get_context("fork")
+    holders: list[int] = []
+
+    class Forking:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def Pipe(self, duplex=True):
+            ends = real.Pipe(duplex)
+            pid = os.fork()
+            if pid == 0:  # holds both ends, as another run's kernel would
+                time.sleep(8)
+                os._exit(0)
+            holders.append(pid)
+            return ends
+
+    monkeypatch.setattr(multiprocessing, "get_context", lambda method=None: Forking())
+
+    def die(n):
+        os.kill(os.getpid(), signal.SIGKILL)
+        return n
+
+    flow = Dataflow("dies")
+    flow.from_iterable(range(4)).map(die).collect()
+    try:
+        with pytest.raises(KernelProcessError, match="killed by SIGKILL"):
+            await asyncio.wait_for(run_async(flow, cores=2), 5)
+    finally:
+        for pid in holders:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
 
 
 async def test_a_host_socket_let_go_by_run_async_kernels_never_writes_into_a_kernel_fd():
