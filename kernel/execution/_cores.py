@@ -56,7 +56,7 @@ import threading
 from kernel.scheduling._from_threads import call_soon_from_thread
 
 from ._child import _kernel_main, _libc, gate_record
-from ._supervisor import _supervise
+from ._supervisor import _supervise, join
 
 # Ring size per ordered pair of kernels. 4 MiB holds a few thousand batches
 # of word-count pairs; a full ring only pauses the producer's sources.
@@ -246,7 +246,7 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
             if child.is_alive():
                 child.kill()
         for child in children:
-            child.join(5)
+            join(child, 5)  # (on its pidfd: see _supervisor.join)
         for pipe in pipes:
             pipe.close()
         for pipe in commit_pipes:

@@ -10,6 +10,7 @@ link relay (the last child), a failure is first told to the peers through it.
 
 from __future__ import annotations
 
+import os
 import pickle
 import signal
 from multiprocessing.connection import wait
@@ -41,21 +42,54 @@ def _supervise(children, pipes, coordinator=None, relay=None, cancel=None) -> li
     (`(first kernel, handover pipe)`, the last child), the kernels' results
     are handed to it once all are in, and its result is the run's; a kernel
     that fails is reported to the peers through it before it is stopped."""
+    exits = [_exit_handle(child) for child in children]
     try:
-        return _wait_for_results(children, pipes, coordinator, relay, cancel)
+        return _wait_for_results(children, pipes, coordinator, relay, cancel, exits)
     except KeyboardInterrupt:
         _abort(children, relay, "interrupted (Ctrl-C)")
         raise
+    finally:
+        for handle, child in zip(exits, children):
+            if handle != child.sentinel:
+                os.close(handle)
 
 
-def _wait_for_results(children, pipes, coordinator, relay, cancel) -> list[dict]:
+def _exit_handle(child):
+    """What becomes readable when `child` exits: a pidfd. Not the process
+    sentinel, a pipe whose write end the child holds: a process the kernel
+    forked (a helper, a fork pool) holds a copy too, and a kernel that
+    died was reported only once that process had ended (for ever, for one
+    that never does). The sentinel where pidfds are missing (Linux < 5.3)."""
+    try:
+        return os.pidfd_open(child.pid)
+    except (AttributeError, OSError):
+        return child.sentinel
+
+
+def join(child, timeout: float) -> None:
+    """`child.join(timeout)`, on its pidfd: Process.join waits on the
+    sentinel, which a process the child forked holds too (`_exit_handle`),
+    so each join of a killed kernel took its whole timeout."""
+    handle = _exit_handle(child)
+    if handle == child.sentinel:
+        child.join(timeout)
+        return
+    try:
+        wait([handle], timeout)
+    finally:
+        os.close(handle)
+    if child.exitcode is not None:  # (reaped by exitcode: join returns at once)
+        child.join()
+
+
+def _wait_for_results(children, pipes, coordinator, relay, cancel, exits) -> list[dict]:
     results: list = [None] * len(children)
     pending = set(range(len(children)))
     kernels = len(children) - (relay is not None)
     first = relay[0] if relay is not None else 0
     while pending:
         handles = {pipes[i]: i for i in pending}
-        handles.update({children[i].sentinel: i for i in pending})
+        handles.update({exits[i]: i for i in pending})
         if cancel is not None:
             handles[cancel] = None
         for handle in wait(list(handles)):
@@ -135,7 +169,7 @@ def _abort(children, relay, error) -> None:
     _kill_all(children[:-1])
     try:
         relay[1].send(("abort", str(error)))
-        children[-1].join(_ABORT_GRACE)
+        join(children[-1], _ABORT_GRACE)
     except OSError:
         pass
     _kill_all(children)
@@ -148,7 +182,7 @@ def _kill_all(children) -> None:
 
 
 def _death(child) -> str:
-    child.join(5)
+    join(child, 5)
     code = child.exitcode
     if code is None:
         return "stopped responding"

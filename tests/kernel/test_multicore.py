@@ -859,6 +859,43 @@ async def test_a_kernel_death_is_reported_though_a_process_forked_meanwhile_hold
             os.waitpid(pid, 0)
 
 
+async def test_a_kernel_that_forks_a_process_and_dies_is_reported_at_once():
+    """A kernel's function forks a process (a helper, a fork pool) and the
+    kernel dies: that process holds the kernel's sentinel pipe too, so the
+    launcher saw the death only once that process had ended (for ever, for
+    one that never does), and each join of a killed kernel took its whole
+    5 s. Here the forked process lives 8 s: the death must be reported
+    well before."""
+    pids_r, pids_w = os.pipe()
+
+    def fork_and_die(n):
+        pid = os.fork()
+        if pid == 0:  # holds every fd of the kernel
+            time.sleep(8)
+            os._exit(0)
+        os.write(pids_w, struct.pack("i", pid))
+        os.kill(os.getpid(), signal.SIGKILL)
+        return n
+
+    flow = Dataflow("forks")
+    flow.from_iterable(range(4)).map(fork_and_die).collect()
+    started = time.monotonic()
+    try:
+        with pytest.raises(KernelProcessError, match="killed by SIGKILL"):
+            await asyncio.wait_for(run_async(flow, cores=2), 6)
+        assert time.monotonic() - started < 4  # (before: 8 s, the forked process's life)
+    finally:
+        os.close(pids_w)
+        os.set_blocking(pids_r, False)
+        try:
+            forked = os.read(pids_r, 64)
+        except BlockingIOError:
+            forked = b""
+        os.close(pids_r)
+        for (pid,) in struct.iter_unpack("i", forked):
+            os.kill(pid, signal.SIGKILL)
+
+
 async def test_a_host_socket_let_go_by_run_async_kernels_never_writes_into_a_kernel_fd():
     """The kernels let go of the application's stream sockets, but its
     socket objects, inherited too, still hold their numbers: a closed
