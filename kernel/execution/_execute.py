@@ -302,10 +302,17 @@ async def _in_thread(launch):
         return await asyncio.shield(launched)
     except asyncio.CancelledError:
         cancel_out.send("cancelled")
-        try:
-            await launched
-        except BaseException:  # it ends with the cancellation's error: ours is the cancellation
-            pass
+        # Shielded, and again if cancelled again: a second cancel (a shutdown
+        # cancelling twice, a timeout around a cancel) ended this wait at
+        # once, so the caller got its CancelledError with a kernel still
+        # running and the cancel pipe was closed under the launcher.
+        while not launched.done():
+            try:
+                await asyncio.shield(launched)
+            except asyncio.CancelledError:
+                continue
+            except BaseException:  # it ends with the cancellation's error: ours is the cancellation
+                break
         raise
     finally:
         cancel_in.close()

@@ -768,6 +768,49 @@ async def test_cancelling_run_async_stops_its_kernel_processes():
         os.close(running_w)
 
 
+async def test_run_async_cancelled_twice_returns_once_its_kernels_are_gone():
+    """A second cancellation of `await run_async(flow, cores=2)` (a shutdown
+    that cancels twice, a timeout around a cancel) ended its wait for the
+    launcher at once: the caller got its CancelledError with a kernel still
+    running. The kernels tell their pids on a pipe; when the task has
+    ended, neither may exist any more (the launcher reaps what it kills)."""
+    running_r, running_w = os.pipe()
+
+    async def forever():
+        os.write(running_w, struct.pack("<q", os.getpid()))
+        while True:
+            yield 1
+            await asyncio.sleep(0.001)
+
+    flow = Dataflow("endless")
+    flow.from_async_iterable(forever).key_by(lambda n: n).count().collect()
+    loop = asyncio.get_running_loop()
+    both_running = loop.create_future()
+    said = bytearray()
+
+    def on_running():
+        said.extend(os.read(running_r, 16))
+        if len(said) == 16 and not both_running.done():
+            both_running.set_result(None)
+
+    loop.add_reader(running_r, on_running)
+    run_task = asyncio.create_task(run_async(flow, cores=2))
+    try:
+        await asyncio.wait_for(both_running, 20)
+        run_task.cancel()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # it is waiting for the launcher to stop the kernels
+        run_task.cancel()
+        done, _ = await asyncio.wait({run_task}, timeout=10)
+        assert done == {run_task} and run_task.cancelled()
+        pids = [pid for (pid,) in struct.iter_unpack("<q", bytes(said))]
+        assert [pid for pid in pids if os.path.exists(f"/proc/{pid}")] == []
+    finally:
+        loop.remove_reader(running_r)
+        os.close(running_r)
+        os.close(running_w)
+
+
 async def test_a_kernel_of_run_async_dies_of_sigterm_though_the_host_handles_it():
     """An application that handles SIGTERM itself (`loop.add_signal_handler`)
     runs `run_async(flow, cores=2)`; a kernel sent SIGTERM must die and end
