@@ -131,9 +131,12 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
     from kernel.net import Doorbell, ProcessTransport, SpscRing
     from kernel.net._transport import RelayEnds
 
-    # run_async (it alone passes `cancel`): forked from an application, whose
-    # sockets the kernels close (`_close_inherited_streams`)
-    embedded = cancel is not None
+    # run_async (it alone passes `cancel`), or `run` on a thread that is not
+    # the main one (`asyncio.to_thread(run, flow, cores=N)`): forked from an
+    # application, whose sockets the kernels let go (`_close_inherited_streams`).
+    # (Under `to_thread`, a connection the application closed reached its
+    # client only when the run ended.)
+    embedded = cancel is not None or threading.current_thread() is not threading.main_thread()
 
     context = multiprocessing.get_context("fork")
     _libc()  # inherited by every child

@@ -939,6 +939,51 @@ async def test_a_kernel_that_forks_a_process_and_dies_is_reported_at_once():
             os.kill(pid, signal.SIGKILL)
 
 
+async def test_a_connection_the_host_closes_while_run_runs_on_a_thread_is_closed():
+    """`await asyncio.to_thread(run, flow, cores=2)`: the kernels are forked
+    from the application as under run_async, and held copies of its
+    sockets: a connection it closed while they ran reached its client only
+    when the run ended. The kernel reading record 0 says so on a pipe and
+    waits for the test's word to go on."""
+    running_r, running_w = os.pipe()
+    go_r, go_w = os.pipe()
+
+    def held(n):
+        if n == 0:
+            os.write(running_w, b"r")
+            os.read(go_r, 1)
+        return n
+
+    served = asyncio.Queue()
+
+    async def serve(_reader, writer):
+        await served.put(writer)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client_reader, client_writer = await asyncio.open_connection("127.0.0.1", port)
+    accepted = await asyncio.wait_for(served.get(), 10)
+    flow = Dataflow("held")
+    out = flow.from_iterable(range(6)).map(held).collect()
+    loop = asyncio.get_running_loop()
+    job = asyncio.ensure_future(asyncio.to_thread(run, flow, cores=2))
+    try:
+        await asyncio.wait_for(loop.run_in_executor(None, os.read, running_r, 1), 20)
+        accepted.close()
+        await accepted.wait_closed()
+        assert await asyncio.wait_for(client_reader.read(10), 5) == b""  # while the run goes on
+        assert not job.done()
+    finally:
+        os.write(go_w, b"g")
+        await asyncio.wait_for(job, 20)
+        client_writer.close()
+        server.close()
+        await server.wait_closed()
+        for fd in (running_r, running_w, go_r, go_w):
+            os.close(fd)
+    assert sorted(out.items) == list(range(6))
+
+
 async def test_a_host_socket_let_go_by_run_async_kernels_never_writes_into_a_kernel_fd():
     """The kernels let go of the application's stream sockets, but its
     socket objects, inherited too, still hold their numbers: a closed
