@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import errno
 import mmap
 import os
@@ -729,51 +730,13 @@ def test_a_frame_that_must_wrap_around_a_full_ring_does_not_hang():
     assert sorted(out.items) == [(0, 1), (0, 1), (1, 2_200_000), (1, 3_000_000)]
 
 
-async def test_cancelling_run_async_stops_its_kernel_processes():
-    """An application that cancels `await run_async(flow, cores=2)` (a
-    timeout, a shutdown) gets its cancellation, and no kernel runs on: the
-    launcher thread is told, kills its kernels and returns (no_leaks checks
-    that no child process is left). Cancelled once both kernels are reading
-    (each says so on a pipe), not after a fixed wait."""
-    running_r, running_w = os.pipe()
-
-    async def forever():
-        os.write(running_w, b"r")
-        while True:
-            yield 1
-            await asyncio.sleep(0.001)
-
-    flow = Dataflow("endless")
-    flow.from_async_iterable(forever).key_by(lambda n: n).count().collect()
-    loop = asyncio.get_running_loop()
-    both_running = loop.create_future()
-    said = bytearray()
-
-    def on_running():
-        said.extend(os.read(running_r, 2))
-        if len(said) == 2 and not both_running.done():
-            both_running.set_result(None)
-
-    loop.add_reader(running_r, on_running)
-    run_task = asyncio.create_task(run_async(flow, cores=2))
-    try:
-        await asyncio.wait_for(both_running, 20)
-        run_task.cancel()
-        done, _ = await asyncio.wait({run_task}, timeout=10)
-        assert done == {run_task}, "run_async did not end within 10 s of its cancellation"
-        assert run_task.cancelled()
-    finally:
-        loop.remove_reader(running_r)
-        os.close(running_r)
-        os.close(running_w)
-
-
-async def test_run_async_cancelled_twice_returns_once_its_kernels_are_gone():
-    """A second cancellation of `await run_async(flow, cores=2)` (a shutdown
-    that cancels twice, a timeout around a cancel) ended its wait for the
-    launcher at once: the caller got its CancelledError with a kernel still
-    running. The kernels tell their pids on a pipe; when the task has
-    ended, neither may exist any more (the launcher reaps what it kills)."""
+@contextlib.asynccontextmanager
+async def endless_run_telling_its_kernels(cores: int = 2):
+    """`run_async` of an endless flow on `cores` kernels, as a task; the
+    source of each kernel writes its pid on a pipe when it starts reading.
+    Yields `(task, reading)`: `await reading` gives the kernels' pids, once
+    all of them read (tests synchronise on it rather than wait). The task
+    is cancelled, and its end awaited, on leaving."""
     running_r, running_w = os.pipe()
 
     async def forever():
@@ -785,30 +748,55 @@ async def test_run_async_cancelled_twice_returns_once_its_kernels_are_gone():
     flow = Dataflow("endless")
     flow.from_async_iterable(forever).key_by(lambda n: n).count().collect()
     loop = asyncio.get_running_loop()
-    both_running = loop.create_future()
+    reading = loop.create_future()
     said = bytearray()
 
     def on_running():
-        said.extend(os.read(running_r, 16))
-        if len(said) == 16 and not both_running.done():
-            both_running.set_result(None)
+        said.extend(os.read(running_r, 8 * cores))
+        if len(said) == 8 * cores and not reading.done():
+            reading.set_result(sorted(pid for (pid,) in struct.iter_unpack("<q", bytes(said))))
 
     loop.add_reader(running_r, on_running)
-    run_task = asyncio.create_task(run_async(flow, cores=2))
+    task = asyncio.create_task(run_async(flow, cores=cores))
     try:
-        await asyncio.wait_for(both_running, 20)
+        yield task, asyncio.wait_for(reading, 20)
+    finally:
+        task.cancel()
+        await asyncio.wait({task}, timeout=10)
+        loop.remove_reader(running_r)
+        os.close(running_r)
+        os.close(running_w)
+
+
+async def test_cancelling_run_async_stops_its_kernel_processes():
+    """An application that cancels `await run_async(flow, cores=2)` (a
+    timeout, a shutdown) gets its cancellation, and no kernel runs on: the
+    launcher thread is told, kills its kernels and returns (no_leaks checks
+    that no child process is left). Cancelled once both kernels are reading
+    (each says so on a pipe), not after a fixed wait."""
+    async with endless_run_telling_its_kernels() as (run_task, reading):
+        await reading
+        run_task.cancel()
+        done, _ = await asyncio.wait({run_task}, timeout=10)
+        assert done == {run_task}, "run_async did not end within 10 s of its cancellation"
+        assert run_task.cancelled()
+
+
+async def test_run_async_cancelled_twice_returns_once_its_kernels_are_gone():
+    """A second cancellation of `await run_async(flow, cores=2)` (a shutdown
+    that cancels twice, a timeout around a cancel) ended its wait for the
+    launcher at once: the caller got its CancelledError with a kernel still
+    running. The kernels tell their pids on a pipe; when the task has
+    ended, neither may exist any more (the launcher reaps what it kills)."""
+    async with endless_run_telling_its_kernels() as (run_task, reading):
+        pids = await reading
         run_task.cancel()
         await asyncio.sleep(0)
         await asyncio.sleep(0)  # it is waiting for the launcher to stop the kernels
         run_task.cancel()
         done, _ = await asyncio.wait({run_task}, timeout=10)
         assert done == {run_task} and run_task.cancelled()
-        pids = [pid for (pid,) in struct.iter_unpack("<q", bytes(said))]
         assert [pid for pid in pids if os.path.exists(f"/proc/{pid}")] == []
-    finally:
-        loop.remove_reader(running_r)
-        os.close(running_r)
-        os.close(running_w)
 
 
 async def test_a_kernel_of_run_async_dies_of_sigterm_though_the_host_handles_it():
@@ -820,42 +808,18 @@ async def test_a_kernel_of_run_async_dies_of_sigterm_though_the_host_handles_it(
     their pids; the bounds are upper bounds."""
     import signal
 
-    running_r, running_w = os.pipe()
-
-    async def forever():
-        os.write(running_w, struct.pack("<q", os.getpid()))
-        while True:
-            yield 1
-            await asyncio.sleep(0.001)
-
-    flow = Dataflow("endless")
-    flow.from_async_iterable(forever).key_by(lambda n: n).count().collect()
     loop = asyncio.get_running_loop()
     host_told = []
     loop.add_signal_handler(signal.SIGTERM, host_told.append, "SIGTERM")
-    both_running = loop.create_future()
-    said = bytearray()
-
-    def on_running():
-        said.extend(os.read(running_r, 16))
-        if len(said) == 16 and not both_running.done():
-            both_running.set_result(sorted(struct.unpack("<2q", said)))
-
-    loop.add_reader(running_r, on_running)
-    run_task = asyncio.create_task(run_async(flow, cores=2))
     try:
-        kernel_pids = await asyncio.wait_for(both_running, 20)
-        os.kill(kernel_pids[1], signal.SIGTERM)
-        with pytest.raises(KernelProcessError, match="was killed by SIGTERM"):
-            await asyncio.wait_for(run_task, 10)
-        assert host_told == []  # the kernel's signal, not the host's
+        async with endless_run_telling_its_kernels() as (run_task, reading):
+            kernel_pids = await reading
+            os.kill(kernel_pids[1], signal.SIGTERM)
+            with pytest.raises(KernelProcessError, match="was killed by SIGTERM"):
+                await asyncio.wait_for(run_task, 10)
+            assert host_told == []  # the kernel's signal, not the host's
     finally:
-        run_task.cancel()
-        await asyncio.wait({run_task}, timeout=10)
         loop.remove_signal_handler(signal.SIGTERM)
-        loop.remove_reader(running_r)
-        os.close(running_r)
-        os.close(running_w)
 
 
 async def test_a_kernel_death_is_reported_though_a_process_forked_meanwhile_holds_its_pipe(monkeypatch):
