@@ -1004,14 +1004,6 @@ async def test_a_connection_the_host_closes_while_run_async_runs_is_closed():
     free. The forked kernels held copies of both sockets: the client never
     saw the end (for as long as the run ran) and the port stayed bound.
     Synchronised on the kernels saying they read; bounds, not waits."""
-    running_r, running_w = os.pipe()
-
-    async def forever():
-        os.write(running_w, b"r")
-        while True:
-            yield 1
-            await asyncio.sleep(0.001)
-
     served = asyncio.Queue()
 
     async def serve(_reader, writer):
@@ -1021,44 +1013,26 @@ async def test_a_connection_the_host_closes_while_run_async_runs_is_closed():
     port = server.sockets[0].getsockname()[1]
     client_reader, client_writer = await asyncio.open_connection("127.0.0.1", port)
     accepted = await asyncio.wait_for(served.get(), 10)
-
-    flow = Dataflow("endless")
-    flow.from_async_iterable(forever).key_by(lambda n: n).count().collect()
-    loop = asyncio.get_running_loop()
-    both_running = loop.create_future()
-    said = bytearray()
-
-    def on_running():
-        said.extend(os.read(running_r, 2))
-        if len(said) == 2 and not both_running.done():
-            both_running.set_result(None)
-
-    loop.add_reader(running_r, on_running)
-    run_task = asyncio.create_task(run_async(flow, cores=2))
     try:
-        await asyncio.wait_for(both_running, 20)
-        accepted.close()
-        await accepted.wait_closed()
-        assert await asyncio.wait_for(client_reader.read(10), 5) == b""  # the end reached the client
-        server.close()
-        await server.wait_closed()
-        probe = socket.socket()
-        try:
-            # SO_REUSEADDR: bound despite the closed connection's TIME_WAIT,
-            # refused while a socket still listens on the port
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(("127.0.0.1", port))
-            probe.listen()
-        finally:
-            probe.close()
-        assert not run_task.done()
+        async with endless_run_telling_its_kernels() as (run_task, reading):
+            await reading
+            accepted.close()
+            await accepted.wait_closed()
+            assert await asyncio.wait_for(client_reader.read(10), 5) == b""  # the end reached the client
+            server.close()
+            await server.wait_closed()
+            probe = socket.socket()
+            try:
+                # SO_REUSEADDR: bound despite the closed connection's TIME_WAIT,
+                # refused while a socket still listens on the port
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(("127.0.0.1", port))
+                probe.listen()
+            finally:
+                probe.close()
+            assert not run_task.done()
     finally:
         client_writer.close()
-        run_task.cancel()
-        await asyncio.wait({run_task}, timeout=10)
-        loop.remove_reader(running_r)
-        os.close(running_r)
-        os.close(running_w)
 
 
 async def test_a_running_run_async_leaves_the_default_executor_to_the_host():
@@ -1070,42 +1044,18 @@ async def test_a_running_run_async_leaves_the_default_executor_to_the_host():
     said so on a pipe); the bounds are upper bounds, not waits."""
     from concurrent.futures import ThreadPoolExecutor
 
-    running_r, running_w = os.pipe()
-
-    async def forever():
-        os.write(running_w, b"r")
-        while True:
-            yield 1
-            await asyncio.sleep(0.001)
-
-    endless = Dataflow("endless")
-    endless.from_async_iterable(forever).key_by(lambda n: n).count().collect()
     loop = asyncio.get_running_loop()
     executor = ThreadPoolExecutor(max_workers=1)
     loop.set_default_executor(executor)
-    both_running = loop.create_future()
-    said = bytearray()
-
-    def on_running():
-        said.extend(os.read(running_r, 2))
-        if len(said) == 2 and not both_running.done():
-            both_running.set_result(None)
-
-    loop.add_reader(running_r, on_running)
-    run_task = asyncio.create_task(run_async(endless, cores=2))
     try:
-        await asyncio.wait_for(both_running, 20)
-        assert await asyncio.wait_for(loop.run_in_executor(None, lambda: 42), 5) == 42
-        bounded = Dataflow("bounded")
-        counts = bounded.from_iterable(range(1000)).key_by(lambda n: n % 7).count().collect()
-        await asyncio.wait_for(run_async(bounded, cores=2), 20)
-        assert dict(counts.items) == Counter(n % 7 for n in range(1000))
+        async with endless_run_telling_its_kernels() as (run_task, reading):
+            await reading
+            assert await asyncio.wait_for(loop.run_in_executor(None, lambda: 42), 5) == 42
+            bounded = Dataflow("bounded")
+            counts = bounded.from_iterable(range(1000)).key_by(lambda n: n % 7).count().collect()
+            await asyncio.wait_for(run_async(bounded, cores=2), 20)
+            assert dict(counts.items) == Counter(n % 7 for n in range(1000))
     finally:
-        run_task.cancel()
-        await asyncio.wait({run_task}, timeout=10)
-        loop.remove_reader(running_r)
-        os.close(running_r)
-        os.close(running_w)
         executor.shutdown(wait=False, cancel_futures=True)
     assert run_task.cancelled()
 
