@@ -903,6 +903,20 @@ async def test_a_kernel_that_forks_a_process_and_dies_is_reported_at_once():
             os.kill(pid, signal.SIGKILL)
 
 
+async def a_served_connection() -> tuple:
+    """A TCP server of this loop on a free port, and one connection to it:
+    `(server, port, client reader, client writer, the server's writer)`."""
+    served = asyncio.Queue()
+
+    async def serve(_reader, writer):
+        await served.put(writer)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client_reader, client_writer = await asyncio.open_connection("127.0.0.1", port)
+    return server, port, client_reader, client_writer, await asyncio.wait_for(served.get(), 10)
+
+
 async def test_a_connection_the_host_closes_while_run_runs_on_a_thread_is_closed():
     """`await asyncio.to_thread(run, flow, cores=2)`: the kernels are forked
     from the application as under run_async, and held copies of its
@@ -918,15 +932,7 @@ async def test_a_connection_the_host_closes_while_run_runs_on_a_thread_is_closed
             os.read(go_r, 1)
         return n
 
-    served = asyncio.Queue()
-
-    async def serve(_reader, writer):
-        await served.put(writer)
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client_reader, client_writer = await asyncio.open_connection("127.0.0.1", port)
-    accepted = await asyncio.wait_for(served.get(), 10)
+    server, _port, client_reader, client_writer, accepted = await a_served_connection()
     flow = Dataflow("held")
     out = flow.from_iterable(range(6)).map(held).collect()
     loop = asyncio.get_running_loop()
@@ -1004,15 +1010,7 @@ async def test_a_connection_the_host_closes_while_run_async_runs_is_closed():
     free. The forked kernels held copies of both sockets: the client never
     saw the end (for as long as the run ran) and the port stayed bound.
     Synchronised on the kernels saying they read; bounds, not waits."""
-    served = asyncio.Queue()
-
-    async def serve(_reader, writer):
-        await served.put(writer)
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client_reader, client_writer = await asyncio.open_connection("127.0.0.1", port)
-    accepted = await asyncio.wait_for(served.get(), 10)
+    server, port, client_reader, client_writer, accepted = await a_served_connection()
     try:
         async with endless_run_telling_its_kernels() as (run_task, reading):
             await reading
