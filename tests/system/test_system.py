@@ -946,7 +946,10 @@ def test_a_job_of_two_processes_with_a_state_dir_resumes_on_the_executors_left(t
             system.start_executor(cores=1)
         system.executors_up(3)
         out, count = tmp_path / "out", 3000
-        pipeline, go = slow(tmp_path, pause=0.002, count=count, out=out)
+        # 7.5 s of records until `go` (touched right after the kill): under a
+        # loaded CI the first attempt once finished in the 3 s that 2 ms gave,
+        # before its executor was killed, and the restart had nothing to resume
+        pipeline, go = slow(tmp_path, pause=0.005, count=count, out=out)
         job = system.cli("submit", pipeline, "--processes", "2", "--state-dir", tmp_path / "state",
                          "--epoch-interval", "0.2").stdout.splitlines()[0]
         wait_until(lambda: list(out.glob("part-*.jsonl")), what="a first complete epoch")
