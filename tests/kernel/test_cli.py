@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from _ports import wait_until
 from _procs import without_stall_reports
 
 import kernel
@@ -423,6 +424,12 @@ def test_ctrl_c_stops_an_endless_pipeline(tmp_path, cores, stop, code, said):
         readable, _, _ = select.select([proc.stdout], [], [], 30)
         assert readable, "the pipeline never started"
         assert proc.stdout.readline() == "started\n"  # the flow is running
+        # ...and every kernel is forked: a stop that comes while the launcher
+        # forks is lost (its KeyboardInterrupt raised in an at-fork hook,
+        # which Python drops: a known bug, README), and a loaded CI hung here
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        wait_until(lambda: len(children.read_text().split()) == int(cores) or int(cores) == 1,
+                   what="every kernel forked")
         proc.send_signal(getattr(signal, stop.split(",")[0]))
         out, err = proc.communicate(timeout=30)
     finally:
