@@ -11,6 +11,7 @@ import contextlib
 import errno
 import mmap
 import os
+import select
 import signal
 import socket
 import stat
@@ -822,6 +823,17 @@ async def test_a_kernel_of_run_async_dies_of_sigterm_though_the_host_handles_it(
         loop.remove_signal_handler(signal.SIGTERM)
 
 
+def live_until_released(release_r: int, release_w: int) -> None:
+    """In a forked process: wait until the test closes `release_w` (or
+    ends), 8 s at most, then exit: bounded, so that supervision broken
+    again fails its test (a launcher waiting on a pipe this process holds)
+    rather than hanging it. (Its own copy of the write end is closed
+    first, or it would wait for itself.)"""
+    os.close(release_w)
+    select.select([release_r], [], [], 8)
+    os._exit(0)
+
+
 async def test_a_kernel_death_is_reported_though_a_process_forked_meanwhile_holds_its_pipe(monkeypatch):
     """Runs launched at once fork from their own threads: another run's
     kernel, forked between this run's making a kernel's result pipe and
@@ -829,12 +841,13 @@ async def test_a_kernel_death_is_reported_though_a_process_forked_meanwhile_hold
     never reached end-of-file and the launcher's recv() waited for that
     process (2 of 14 scratch runs of four endless runs beside one whose
     kernel died hung, and could not be cancelled). Here a process forked
-    as each pipe is made (as such a kernel would be) lives 8 s: the death
-    must be reported well before."""
+    as each pipe is made (as such a kernel would be) lives until the test
+    ends (8 s at most): the death must be reported well before."""
     import multiprocessing
 
     real = multiprocessing.get_context("fork")
     holders: list[int] = []
+    release_r, release_w = os.pipe()  # the holders live until the test lets them go
 
     class Forking:
         def __getattr__(self, name):
@@ -844,8 +857,7 @@ async def test_a_kernel_death_is_reported_though_a_process_forked_meanwhile_hold
             ends = real.Pipe(duplex)
             pid = os.fork()
             if pid == 0:  # holds both ends, as another run's kernel would
-                time.sleep(8)
-                os._exit(0)
+                live_until_released(release_r, release_w)
             holders.append(pid)
             return ends
 
@@ -861,9 +873,11 @@ async def test_a_kernel_death_is_reported_though_a_process_forked_meanwhile_hold
         with pytest.raises(KernelProcessError, match="killed by SIGKILL"):
             await asyncio.wait_for(run_async(flow, cores=2), 5)
     finally:
+        os.close(release_w)
         for pid in holders:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+        os.close(release_r)
 
 
 async def test_a_kernel_that_forks_a_process_and_dies_is_reported_at_once():
@@ -871,15 +885,15 @@ async def test_a_kernel_that_forks_a_process_and_dies_is_reported_at_once():
     kernel dies: that process holds the kernel's sentinel pipe too, so the
     launcher saw the death only once that process had ended (for ever, for
     one that never does), and each join of a killed kernel took its whole
-    5 s. Here the forked process lives 8 s: the death must be reported
-    well before."""
+    5 s. Here the forked process lives until the test ends (8 s at most):
+    the death must be reported well before."""
     pids_r, pids_w = os.pipe()
+    release_r, release_w = os.pipe()  # the forked process lives until the test lets it go
 
     def fork_and_die(n):
         pid = os.fork()
         if pid == 0:  # holds every fd of the kernel
-            time.sleep(8)
-            os._exit(0)
+            live_until_released(release_r, release_w)
         os.write(pids_w, struct.pack("i", pid))
         os.kill(os.getpid(), signal.SIGKILL)
         return n
@@ -890,7 +904,7 @@ async def test_a_kernel_that_forks_a_process_and_dies_is_reported_at_once():
     try:
         with pytest.raises(KernelProcessError, match="killed by SIGKILL"):
             await asyncio.wait_for(run_async(flow, cores=2), 6)
-        assert time.monotonic() - started < 4  # (before: 8 s, the forked process's life)
+        assert time.monotonic() - started < 4  # (before: the forked process's whole life)
     finally:
         os.close(pids_w)
         os.set_blocking(pids_r, False)
@@ -899,8 +913,10 @@ async def test_a_kernel_that_forks_a_process_and_dies_is_reported_at_once():
         except BlockingIOError:
             forked = b""
         os.close(pids_r)
+        os.close(release_w)
         for (pid,) in struct.iter_unpack("i", forked):
             os.kill(pid, signal.SIGKILL)
+        os.close(release_r)
 
 
 async def a_served_connection() -> tuple:
