@@ -15,8 +15,6 @@ batch, so such a batch is reported as an error, never truncated.
 from __future__ import annotations
 
 import copy
-import decimal
-import fractions
 from collections.abc import Callable
 from itertools import islice
 from operator import length_hint
@@ -126,33 +124,22 @@ def emit_in_batches(emit: Callable[[list], None], records) -> None:
         emit(batch)
 
 
-_IMMUTABLE_SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None), decimal.Decimal,
-                                fractions.Fraction})
-
-
-def _immutable(value) -> bool:
-    """Whether `value` cannot change: a scalar, or a tuple or frozenset of such."""
-    cls = type(value)
-    if cls in _IMMUTABLE_SCALARS:
-        return True
-    return (cls is tuple or cls is frozenset) and all(_immutable(item) for item in value)
-
-
 def start_values(init) -> Callable[[], object]:
     """A fold's start value as a factory: `init` itself where it is one
     (`list`), else a function giving `init`, or a copy of it where it could
     change. A `fold([], fn)` whose `fn` appends to its accumulator shared
     one list among every key and window: each came out holding every value
-    of them all. Checked once here: a scalar or a tuple of scalars, the
-    usual start values, is handed out as it is."""
+    of them all. Checked once here: a value that deep-copies as itself (a
+    scalar, a tuple of scalars, the usual start values; an Enum member) is
+    handed out as it is."""
     if callable(init):
         return init
-    if _immutable(init) or type(init) is object:
+    if type(init) is object:
         # (a bare `object()` is a sentinel, compared with `is`: a copy of
         # it broke `fold(START, fn)` whose fn tests `acc is START`)
         return lambda: init
     try:
-        if copy.deepcopy(init) is init:  # copies as itself (an Enum member, a class): nothing to copy
+        if copy.deepcopy(init) is init:  # nothing in it can change
             return lambda: init
     except Exception:
         # one that cannot be copied (it holds a lock, a socket) is handed out
