@@ -154,6 +154,8 @@ class Snapshots:
             self.store.discard_after(self.epoch)  # what a corrupt snapshot made it fall back past
         if self.blobs is not None and len(self.blobs) != cores:
             self.blobs = self._rescaled(flow, cores)
+        elif self.blobs is not None and not self.finished:
+            self._cut_if_needed(flow)
         self._tell()
 
     def _rescaled(self, flow, cores: int) -> list:
@@ -173,6 +175,27 @@ class Snapshots:
                     "timers and source positions move by key group (%d groups)", self.state_dir, self.epoch,
                     old, "s" if old > 1 else "", cores, self.store.key_groups)
         return [Rescaled(self.blobs)] * cores
+
+    def _cut_if_needed(self, flow) -> None:
+        """As many kernels as wrote the epoch, but a step needs every
+        kernel to restore from all their snapshots (`reason_to_cut`: a
+        Redis stream added where the source had ended): cut them as for
+        another number of kernels."""
+        from kernel.runtime._rescale import Rescaled, reason_to_cut
+        from kernel.state import StateError
+
+        reason = reason_to_cut(flow.graph, self.blobs)
+        if reason is None:
+            return
+        if flow.graph.loops:
+            raise StateError(
+                f"state_dir {os.fspath(self.state_dir)!r}: {reason}, and a flow with loops (Stream.iterate) "
+                "restores each kernel from its own snapshot only (its rounds' state is kept per kernel, not "
+                "by key), where that step stays ended: add the streams with a fresh state_dir")
+        log.warning("state_dir %s: %s: every kernel restores epoch %d from all the kernels' snapshots, "
+                    "cut by key group (%d groups) as on another number of kernels", self.state_dir, reason,
+                    self.epoch, self.store.key_groups)
+        self.blobs = [Rescaled(self.blobs)] * len(self.blobs)
 
     def _tell(self) -> None:
         """Say what this run starts from when it is not a fresh start. A

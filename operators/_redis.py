@@ -22,7 +22,10 @@ the entries after it. Snapshots hold those ids, so a resumed run goes on
 after the last entry of the last complete epoch: with `to_files`, every entry
 exactly once. A bounded read (`follow=False`) ends at the entry that was last
 in each stream when the run started; that end is in the snapshot too, so a
-resumed run finishes the same read, not a longer one.
+resumed run finishes the same read, not a longer one. A kernel that had
+read its share to the end resumes as ended, its snapshot silent; a stream
+added since that lands there makes every kernel restore from all the
+snapshots, as on another number of kernels (`cut_on_resume`, `rescale`).
 
 The sink is at least once: an epoch's snapshot holds the entries handed to
 the writer and not yet acknowledged by Redis (buffered or in flight), and a
@@ -283,6 +286,23 @@ class RedisStreamSource(Source):
             done += snapshot.get("done", ())
             ends.update(snapshot["ends"] or {})
         return {"positions": positions, "ends": ends, "done": done}
+
+    def cut_on_resume(self, snapshots) -> str | None:
+        """(`Node.cut_on_resume`) A kernel that had read its share to the
+        end resumes as ended and its snapshot says nothing more (not even its
+        streams): a stream added since that lands there would never be read.
+        Then every kernel restores from all the snapshots (`rescale`), and
+        the step, ended on some kernels only, reads again on each: what an
+        ended kernel had read is done, what is new is read from `start`."""
+        old_streams = next((s.get("streams") for s in snapshots if s != self.ENDED), None)
+        if old_streams is None:
+            return None  # ended everywhere (the read is over), or a version that named no streams
+        peers = len(snapshots)
+        for kernel, snapshot in enumerate(snapshots):
+            added = [s for s in self.all_streams[kernel::peers] if s not in old_streams]
+            if snapshot == self.ENDED and added:
+                return f"had ended on kernel {kernel}, where the stream {added[0]!r} added since lands"
+        return None
 
     # -- the kernel's side -----------------------------------------------------
 

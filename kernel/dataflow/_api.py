@@ -525,10 +525,11 @@ class Dataflow:
         factory = functools.partial(ops.RedisStreamSource, url, stream, batch_size, follow=follow,
                                     start=start, decode=decode, timeout=timeout)
         label = name or f"from_redis_stream({stream if isinstance(stream, str) else ','.join(stream)})"
-        factory()  # the arguments are checked here, when the flow is built
+        checked = factory()  # the arguments are checked here, when the flow is built
         entries = self._timed_source(factory, label, timestamp, max_delay, idle_timeout,
                                      ("RedisStreamSource",))
         entries.node.endless = follow
+        entries.node.cut_on_resume = checked.cut_on_resume
         return entries
 
     def _timed_source(

@@ -60,6 +60,11 @@ class Node:
     # A source that never ends by itself (a followed file or stream): an
     # aggregate emitting at the end of its input after it would never emit.
     endless: bool = False
+    # (a source) Given every old kernel's snapshot of the step in a run resumed
+    # on as many kernels (`Operator.ENDED` where it had ended), why each
+    # kernel must restore from all of them, cut by key group as when
+    # rescaling, rather than from its own; None: its own is enough.
+    cut_on_resume: Callable[[list], str | None] | None = None
     # the innermost loop the step is in (None: none), and what it does at a
     # loop's border (None: inside it; or _loops.HEAD, ENTER, FEEDBACK, LEAVE)
     loop: LoopScope | None = None

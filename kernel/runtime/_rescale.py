@@ -45,6 +45,28 @@ class Rescaled:
         self.blobs = blobs
 
 
+def reason_to_cut(graph, blobs: list[bytes]) -> str | None:
+    """Why a run resumed on as many kernels as wrote `blobs` (each kernel's
+    snapshot) must still restore every kernel from all of them, as one
+    resumed on another number does: a step (`Node.cut_on_resume`) that had
+    ended on some kernels and has work there now. Restored from its own
+    snapshot, such a kernel would find the step ended and never run it
+    again; cut from all of them, a step is ended only where it had ended
+    everywhere (see the module). None: each kernel's own is enough."""
+    checked = [node for node in graph.nodes if node.cut_on_resume is not None]
+    if not checked:
+        return None
+    old = [pickle.loads(blob) for blob in blobs]  # (the parts stay pickled: only the checked are read)
+    for node in checked:
+        parts = [kernel_parts.get(node.id, ENDED) for kernel_parts in old]
+        snapshots = [Operator.ENDED if part == ENDED else unpickled_part(node.name, part)[4]
+                     for part in parts]
+        reason = node.cut_on_resume(snapshots)
+        if reason is not None:
+            return f"step {node.name!r} {reason}"
+    return None
+
+
 def restore_rescaled(runtime, rescaled: Rescaled) -> None:
     """Restore `runtime`'s instances from every old kernel's snapshot."""
     old = [pickle.loads(blob) for blob in rescaled.blobs]

@@ -331,6 +331,71 @@ def test_a_stream_added_when_rescaling_past_an_ended_kernel_is_read(client, url,
     assert Counter(_published(tmp_path / "out" / "r")) == expected
 
 
+@pytest.mark.parametrize("cores", [2, 3])
+def test_streams_added_on_resume_are_read_also_where_the_source_had_ended(client, url, tmp_path, cores):
+    """Kernel 0 of 2 had read its stream "a" to the end (its step ENDED in
+    the snapshot) while kernel 1 still read "b"; resumed with "c" and "d"
+    added. On 2 kernels "c" lands on kernel 0, which resumed as ended and
+    never read it (0 of its 50 entries); it is read now, every entry once,
+    as is "d" on the live kernel 1. On 3 kernels the snapshots are cut
+    anyway, and "c" lands on the new kernel 2."""
+    (tmp_path / "pipeline.py").write_text(REORDERED)
+    ids = {"a": fill(client, "a", range(10)), "b": fill(client, "b", range(N // 2)),
+           "c": fill(client, "c", range(50)), "d": fill(client, "d", range(30))}
+    first = _run_reordered(tmp_path, url, "a,b", 2, "batch:100@1")
+    assert first.returncode != 0, "the crash point was never reached"
+    assert _published(tmp_path / "out" / "r"), "no epoch completed before the crash"
+    second = _run_reordered(tmp_path, url, "a,b,c,d", cores)
+    assert second.returncode == 0, second.stderr
+    if cores == 2:  # kernel 0's source had ended: it is brought back, as when rescaling
+        assert ("step 'from_redis_stream(a,b,c,d)' had ended on kernel 0, where the stream 'c' added "
+                "since lands: every kernel restores epoch") in second.stderr, second.stderr
+    else:
+        assert "this run has 3" in second.stderr
+    expected = Counter((name, entry_id) for name in ("a", "b", "c", "d") for entry_id in ids[name])
+    assert Counter(_published(tmp_path / "out" / "r")) == expected
+
+
+LOOPED = textwrap.dedent(
+    """
+    import os, time
+    from kernel import Dataflow
+
+    def slow(record):
+        time.sleep(0.0003)
+        return record
+
+    flow = Dataflow("redis looped")
+    entries = flow.from_redis_stream(os.environ["REDIS_URL"], os.environ["STREAMS"].split(","), batch_size=25)
+    ticks = flow.from_partitions(lambda i, peers: range(i, 1200, peers), batch_size=25)  # both kernels live
+    records = entries.map(lambda e: [e.stream, e.id]).union(ticks).map(slow)
+    (records.iterate(lambda s: (s.filter(lambda r: False), s), max_in_flight=50)
+            .to_files(os.path.join(os.environ["OUT"], "r")))
+    """
+)
+
+
+def test_a_stream_added_where_the_source_had_ended_in_a_flow_with_loops_is_refused(client, url, tmp_path):
+    """A flow with loops cannot be cut by key group, so a stream added where
+    the source had ended cannot be read: refused, naming the step, the
+    kernel and the stream, before anything runs."""
+    (tmp_path / "pipeline.py").write_text(LOOPED)
+    fill(client, "a", range(10))
+    fill(client, "b", range(N // 2))
+    first = _run_reordered(tmp_path, url, "a,b", 2, "batch:20@1")
+    assert first.returncode != 0, "the crash point was never reached"
+    published = _published(tmp_path / "out" / "r")
+    assert published, "no epoch completed before the crash"
+    second = _run_reordered(tmp_path, url, "a,b,c", 2)
+    assert second.returncode != 0
+    assert _published(tmp_path / "out" / "r") == published
+    assert re.search(
+        r"^error: state_dir '[^']+': step 'from_redis_stream\(a,b,c\)' had ended on kernel 0, where the "
+        r"stream 'c' added since lands, and a flow with loops \(Stream.iterate\) restores each kernel from "
+        r"its own snapshot only \(its rounds' state is kept per kernel, not by key\), where that step stays "
+        r"ended: add the streams with a fresh state_dir$", second.stderr, re.MULTILINE), second.stderr
+
+
 def test_a_resumed_run_whose_stream_list_moves_a_stream_to_another_kernel_is_refused(client, url, tmp_path):
     """Resumed on as many kernels, each kernel restores its own snapshot: a
     stream put before the others ("c,a,b" after "a,b") moved "a" and "b" to
