@@ -41,7 +41,7 @@ import asyncio
 import re
 from typing import Any, NamedTuple
 
-from kernel.dataflow._errors import KernelError, OperatorError
+from kernel.dataflow._errors import KernelError, OperatorError, describe_record
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Operator, Source
 
 from ._sources import check_batch_size
@@ -543,7 +543,81 @@ class ToRedisStream(Operator):
         try:
             await pipe.execute()
         except Exception as exc:
-            raise _redis_error(self.name, self.url, "XADD", stream, exc) from exc
+            raise await self._xadd_error(chunk, exc) from exc
+
+    async def _xadd_error(self, chunk: list[dict], exc: BaseException) -> OperatorError:
+        """An XADD that failed. Redis closes the connection on an argument
+        over its proto-max-bulk-len or client-query-buffer-limit, which
+        redis-py reports as a reset or closed connection: where the chunk
+        holds an argument that large, the error says which entry and limit.
+        (Measured here, after the failure: nothing per record on the way.)"""
+        import redis.exceptions as errors
+
+        closed = isinstance(exc, (errors.ConnectionError, OSError)) and not isinstance(
+            exc, errors.AuthenticationError)
+        if closed or "Protocol error" in str(exc):
+            record, what, size = _largest_argument(chunk)
+            if size > _LEAST_LIMIT:  # (below it, no setting of either limit refuses it)
+                hint = _too_large(what, size, self.stream, await self._limits())
+                if hint is not None:
+                    where = f"XADD on {shown_url(self.url)} stream {self.stream!r}"
+                    return OperatorError.wrap(self.name, where, exc, record=record, hint=hint)
+        return _redis_error(self.name, self.url, "XADD", self.stream, exc)
+
+    async def _limits(self) -> dict[str, int] | str | None:
+        """The server's limits on an argument, by CONFIG GET on a new
+        connection; a str: why they could not be read (a user without
+        the right to CONFIG); None: the server does not answer at all."""
+        import redis.exceptions as errors
+
+        client = _connect(self.url, self.timeout, decode=True)
+        try:
+            return {name: int((await client.config_get(name))[name]) for name in _LIMITS}
+        except errors.ResponseError as exc:
+            return str(exc)
+        except Exception:
+            return None
+        finally:
+            await client.aclose()
+
+
+# Redis refuses an argument over proto-max-bulk-len (an error, then it
+# closes the connection) or client-query-buffer-limit (it closes it); neither
+# can be set below 1 MiB.
+_LIMITS = ("proto-max-bulk-len", "client-query-buffer-limit")
+_LEAST_LIMIT = 1024 * 1024
+
+
+def _largest_argument(chunk: list[dict]) -> tuple[dict, str, int]:
+    """The entry of `chunk` with the largest field name or value as XADD
+    sends it (UTF-8, numbers as text), what that is, and its bytes."""
+    largest = (chunk[0], "", -1)
+    for fields in chunk:
+        for name, value in fields.items():
+            for what, argument in ((f"the value of field {describe_record(name)}", value),
+                                   (f"the field name {describe_record(name)}", name)):
+                size = len(argument.encode() if isinstance(argument, str) else
+                           argument if isinstance(argument, bytes) else str(argument).encode())
+                if size > largest[2]:
+                    largest = (fields, what, size)
+    return largest
+
+
+def _too_large(what: str, size: int, stream: str, limits) -> str | None:
+    """The hint for an entry with an argument of `size` bytes that Redis
+    closed the connection on; None where the limits show it was not that."""
+    if limits is None:
+        return None  # no answer at all: the server is down, not the entry too large
+    advice = f"(write smaller entries to {stream!r}, or raise the limit: CONFIG SET {{}} on the server)"
+    if isinstance(limits, str):
+        return (f"{what} is {size} bytes: if the server is up, the entry is too large for it, over its "
+                f"proto-max-bulk-len or client-query-buffer-limit (CONFIG GET could not read them: "
+                f"{limits}) {advice.format('proto-max-bulk-len / client-query-buffer-limit')}")
+    for name in _LIMITS:
+        if size > limits[name]:
+            return (f"the entry is too large for the server: {what} is {size} bytes, over its {name} "
+                    f"({limits[name]} bytes), and Redis closed the connection {advice.format(name)}")
+    return None
 
 
 def _encodable(record) -> bool:

@@ -712,6 +712,56 @@ def test_a_password_with_a_character_to_percent_encode_is_not_shown(special):
     assert "cret-4" not in str(refused.value), str(refused.value)
 
 
+@pytest.mark.parametrize("limit", ["proto-max-bulk-len", "client-query-buffer-limit"])
+def test_an_entry_over_the_servers_limit_says_so_naming_the_limit_the_step_and_the_stream(limit):
+    """Redis closes the connection on an argument over either limit (set to
+    their least, 1 MiB, on a server of the test's own): the error was a bare
+    "Connection reset by peer" asking whether a server ran. It names the
+    entry, its field and size, the limit read back by CONFIG GET, the step
+    and the stream; the entry before it in the pipeline was written."""
+    with _redis_server.redis_server() as own:
+        admin = redis.Redis.from_url(own, decode_responses=True)
+        admin.config_set(limit, 1024 * 1024)
+        flow = Dataflow()
+        entries = [{"n": 1}, {"big": "x" * 1_100_000}, {"n": 2}]
+        flow.from_iterable(entries, batch_size=3).to_redis_stream(own, "out", name="to big")
+        with pytest.raises(OperatorError) as caught:
+            run(flow)
+        assert str(caught.value).splitlines()[-1] == (
+            f"  the entry is too large for the server: the value of field 'big' is 1100000 bytes, over its "
+            f"{limit} (1048576 bytes), and Redis closed the connection (write smaller entries to 'out', or "
+            f"raise the limit: CONFIG SET {limit} on the server)")
+        assert caught.value.operator == "to big (step 1)"
+        assert caught.value.function == f"XADD on {own} stream 'out'"
+        assert caught.value.record.startswith("{'big': 'xxxx")
+        assert [fields for _, fields in admin.xrange("out")] == [{"n": "1"}]
+        admin.close()
+
+
+def test_an_entry_over_a_limit_that_config_get_may_not_read_names_both_limits():
+    """A user without the right to CONFIG: the limits cannot be read, and
+    the error says which two settings it may be over, and why it cannot tell."""
+    with _redis_server.redis_server() as own:
+        admin = redis.Redis.from_url(own, decode_responses=True)
+        admin.config_set("proto-max-bulk-len", 1024 * 1024)
+        admin.acl_setuser("writer", enabled=True, passwords=["+pw"], keys=["*"],
+                          commands=["+@all", "-config"])
+        writer_url = own.replace("redis://", "redis://writer:pw@")
+        flow = Dataflow()
+        flow.from_iterable([{"big": b"x" * 1_100_000}]).to_redis_stream(writer_url, "out")
+        with pytest.raises(OperatorError) as caught:
+            run(flow)
+        assert re.fullmatch(
+            r"  the value of field 'big' is 1100000 bytes: if the server is up, the entry is too large for "
+            r"it, over its proto-max-bulk-len or client-query-buffer-limit \(CONFIG GET could not read "
+            r"them: [^)]*no permissions[^)]*'config\|get'[^)]*\) \(write smaller entries to 'out', or raise "
+            r"the limit: CONFIG SET proto-max-bulk-len / client-query-buffer-limit on the server\)",
+            str(caught.value).splitlines()[-1]), str(caught.value)
+        shown = own.replace("redis://", "redis://writer:***@")  # (the password masked)
+        assert caught.value.function == f"XADD on {shown} stream 'out'"
+        admin.close()
+
+
 def test_an_entry_that_is_not_utf8_says_so_and_decode_false_reads_it(client, url):
     """It said only UnicodeDecodeError (from redis-py's parser, on the XREAD)."""
     client.xadd("s", {"n": "1"})
