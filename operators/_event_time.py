@@ -143,6 +143,14 @@ class EventTimeSource(Source):
         self.inner.restore(snapshot["inner"])
         self._max_seen = snapshot["max_seen"]
 
+    @staticmethod
+    def of_inner(check):
+        """`check`, a wrapped source's `Node.cut_on_resume`, given the wrapped
+        source's own snapshots (inside this one's)."""
+        def checked(snapshots):
+            return check([s if s == Source.ENDED else s["inner"] for s in snapshots])
+        return checked
+
     def rescale(self, snapshots, owns):
         # the lowest timestamp seen is the safe one: no event is late for it
         live = [s for s in snapshots if s != self.ENDED]

@@ -529,7 +529,8 @@ class Dataflow:
         entries = self._timed_source(factory, label, timestamp, max_delay, idle_timeout,
                                      ("RedisStreamSource",))
         entries.node.endless = follow
-        entries.node.cut_on_resume = checked.cut_on_resume
+        entries.node.cut_on_resume = (checked.cut_on_resume if timestamp is None else
+                                      ops.EventTimeSource.of_inner(checked.cut_on_resume))
         return entries
 
     def _timed_source(

@@ -303,15 +303,18 @@ REORDERED = textwrap.dedent(
         time.sleep(0.0003)
         return [entry.stream, entry.id]
 
+    timestamp = (lambda e: e.time) if os.environ.get("TIMED") else None  # (an event-time source)
     flow = Dataflow("redis reordered")
-    (flow.from_redis_stream(os.environ["REDIS_URL"], os.environ["STREAMS"].split(","), batch_size=25)
+    (flow.from_redis_stream(os.environ["REDIS_URL"], os.environ["STREAMS"].split(","), batch_size=25,
+                            timestamp=timestamp)
          .map(slow).to_files(os.path.join(os.environ["OUT"], "r")))
     """
 )
 
 
-def _run_reordered(tmp_path, url, streams, cores, crash=None):
-    return _crash_runs.run_cli(tmp_path, cores, crash, OUT=tmp_path / "out", REDIS_URL=url, STREAMS=streams)
+def _run_reordered(tmp_path, url, streams, cores, crash=None, timed=False):
+    return _crash_runs.run_cli(tmp_path, cores, crash, OUT=tmp_path / "out", REDIS_URL=url, STREAMS=streams,
+                               TIMED="1" if timed else "")
 
 
 def test_a_stream_added_when_rescaling_past_an_ended_kernel_is_read(client, url, tmp_path):
@@ -331,21 +334,22 @@ def test_a_stream_added_when_rescaling_past_an_ended_kernel_is_read(client, url,
     assert Counter(_published(tmp_path / "out" / "r")) == expected
 
 
-@pytest.mark.parametrize("cores", [2, 3])
-def test_streams_added_on_resume_are_read_also_where_the_source_had_ended(client, url, tmp_path, cores):
+@pytest.mark.parametrize("cores, timed", [(2, False), (3, False), (2, True)])
+def test_streams_added_on_resume_are_read_where_the_source_had_ended(client, url, tmp_path, cores, timed):
     """Kernel 0 of 2 had read its stream "a" to the end (its step ENDED in
     the snapshot) while kernel 1 still read "b"; resumed with "c" and "d"
     added. On 2 kernels "c" lands on kernel 0, which resumed as ended and
     never read it (0 of its 50 entries); it is read now, every entry once,
-    as is "d" on the live kernel 1. On 3 kernels the snapshots are cut
-    anyway, and "c" lands on the new kernel 2."""
+    as is "d" on the live kernel 1, also with event time (the source
+    wrapped, its snapshot too). On 3 kernels the snapshots are cut anyway,
+    and "c" lands on the new kernel 2."""
     (tmp_path / "pipeline.py").write_text(REORDERED)
     ids = {"a": fill(client, "a", range(10)), "b": fill(client, "b", range(N // 2)),
            "c": fill(client, "c", range(50)), "d": fill(client, "d", range(30))}
-    first = _run_reordered(tmp_path, url, "a,b", 2, "batch:100@1")
+    first = _run_reordered(tmp_path, url, "a,b", 2, "batch:100@1", timed)
     assert first.returncode != 0, "the crash point was never reached"
     assert _published(tmp_path / "out" / "r"), "no epoch completed before the crash"
-    second = _run_reordered(tmp_path, url, "a,b,c,d", cores)
+    second = _run_reordered(tmp_path, url, "a,b,c,d", cores, timed=timed)
     assert second.returncode == 0, second.stderr
     if cores == 2:  # kernel 0's source had ended: it is brought back, as when rescaling
         assert ("step 'from_redis_stream(a,b,c,d)' had ended on kernel 0, where the stream 'c' added "
