@@ -591,16 +591,21 @@ _LEAST_LIMIT = 1024 * 1024
 def _largest_argument(chunk: list[dict]) -> tuple[dict, str, int]:
     """The entry of `chunk` with the largest field name or value as XADD
     sends it (UTF-8, numbers as text), what that is, and its bytes."""
-    largest = (chunk[0], "", -1)
+    entry, name, is_value, largest = chunk[0], None, True, -1
     for fields in chunk:
-        for name, value in fields.items():
-            for what, argument in ((f"the value of field {describe_record(name)}", value),
-                                   (f"the field name {describe_record(name)}", name)):
-                size = len(argument.encode() if isinstance(argument, str) else
-                           argument if isinstance(argument, bytes) else str(argument).encode())
-                if size > largest[2]:
-                    largest = (fields, what, size)
-    return largest
+        for field, value in fields.items():
+            for argument, of_value in ((value, True), (field, False)):
+                size = _encoded_size(argument)
+                if size > largest:
+                    entry, name, is_value, largest = fields, field, of_value, size
+    what = "the value of field" if is_value else "the field name"
+    return entry, f"{what} {describe_record(name)}", largest
+
+
+def _encoded_size(argument) -> int:
+    if isinstance(argument, str):
+        return len(argument.encode())
+    return len(argument) if isinstance(argument, bytes) else len(str(argument))
 
 
 def _too_large(what: str, size: int, stream: str, limits) -> str | None:
@@ -608,15 +613,18 @@ def _too_large(what: str, size: int, stream: str, limits) -> str | None:
     closed the connection on; None where the limits show it was not that."""
     if limits is None:
         return None  # no answer at all: the server is down, not the entry too large
-    advice = f"(write smaller entries to {stream!r}, or raise the limit: CONFIG SET {{}} on the server)"
+
+    def advice(setting: str) -> str:
+        return f"(write smaller entries to {stream!r}, or raise it: CONFIG SET {setting} on the server)"
+
     if isinstance(limits, str):
         return (f"{what} is {size} bytes: if the server is up, the entry is too large for it, over its "
                 f"proto-max-bulk-len or client-query-buffer-limit (CONFIG GET could not read them: "
-                f"{limits}) {advice.format('proto-max-bulk-len / client-query-buffer-limit')}")
+                f"{limits}) {advice('proto-max-bulk-len / client-query-buffer-limit')}")
     for name in _LIMITS:
         if size > limits[name]:
             return (f"the entry is too large for the server: {what} is {size} bytes, over its {name} "
-                    f"({limits[name]} bytes), and Redis closed the connection {advice.format(name)}")
+                    f"({limits[name]} bytes), and Redis closed the connection {advice(name)}")
     return None
 
 

@@ -728,17 +728,17 @@ def test_an_entry_over_the_servers_limit_says_so_naming_the_limit_the_step_and_t
         admin.config_set(limit, 1024 * 1024)
         flow = Dataflow()
         entries = [{"n": 1}, {"big": "x" * 1_100_000}, {"n": 2}]
-        flow.from_iterable(entries, batch_size=3).to_redis_stream(own, "out", name="to big")
+        flow.from_iterable(entries, batch_size=3).to_redis_stream(own, "out{1}", name="to big")
         with pytest.raises(OperatorError) as caught:
             run(flow)
         assert str(caught.value).splitlines()[-1] == (
             f"  the entry is too large for the server: the value of field 'big' is 1100000 bytes, over its "
-            f"{limit} (1048576 bytes), and Redis closed the connection (write smaller entries to 'out', or "
-            f"raise the limit: CONFIG SET {limit} on the server)")
+            f"{limit} (1048576 bytes), and Redis closed the connection (write smaller entries to "
+            f"'out{{1}}', or raise it: CONFIG SET {limit} on the server)")
         assert caught.value.operator == "to big (step 1)"
-        assert caught.value.function == f"XADD on {own} stream 'out'"
+        assert caught.value.function == f"XADD on {own} stream 'out{{1}}'"  # (braces: not a format)
         assert caught.value.record.startswith("{'big': 'xxxx")
-        assert [fields for _, fields in admin.xrange("out")] == [{"n": "1"}]
+        assert [fields for _, fields in admin.xrange("out{1}")] == [{"n": "1"}]
         admin.close()
 
 
@@ -759,7 +759,7 @@ def test_an_entry_over_a_limit_that_config_get_may_not_read_names_both_limits():
             r"  the value of field 'big' is 1100000 bytes: if the server is up, the entry is too large for "
             r"it, over its proto-max-bulk-len or client-query-buffer-limit \(CONFIG GET could not read "
             r"them: [^)]*no permissions[^)]*'config\|get'[^)]*\) \(write smaller entries to 'out', or raise "
-            r"the limit: CONFIG SET proto-max-bulk-len / client-query-buffer-limit on the server\)",
+            r"it: CONFIG SET proto-max-bulk-len / client-query-buffer-limit on the server\)",
             str(caught.value).splitlines()[-1]), str(caught.value)
         shown = own.replace("redis://", "redis://writer:***@")  # (the password masked)
         assert caught.value.function == f"XADD on {shown} stream 'out'"
