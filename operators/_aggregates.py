@@ -29,7 +29,7 @@ from operator import itemgetter
 
 from kernel.state import value_state
 
-from kernel.dataflow._errors import KernelError
+from kernel.dataflow._errors import PASSES_THROUGH
 from kernel.dataflow._operator import Operator
 
 from ._calls import emit_in_batches, failing_index, keyed_error, over_batch, start_values, user_error
@@ -129,7 +129,9 @@ class Count(_Aggregate):
         it = iter(keys)
         try:
             _count_elements(self.state, it if values is not None else map(_first, it))
-        except Exception as exc:
+        except PASSES_THROUGH:
+            raise
+        except BaseException as exc:  # a key's own __hash__ or __eq__ too
             index = failing_index(keys, it)
             if index is None:
                 raise user_error(self.name, "hash(key)", exc, keys, it) from exc
@@ -149,7 +151,9 @@ class Sum(_Aggregate):
                     state[key] = state[key] + value
                 else:
                     state[key] = value
-        except Exception as exc:
+        except PASSES_THROUGH:
+            raise
+        except BaseException as exc:  # a value's own __add__ too
             raise keyed_error(self.name, "operator.add", exc, (key, value)) from exc
 
 
@@ -171,9 +175,9 @@ class Reduce(_Aggregate):
             for key, value in self._pairs(keys, values):
                 acc = get(key, _MISSING)
                 state[key] = value if acc is _MISSING else fn(acc, value)
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise keyed_error(self.name, fn, exc, (key, value)) from exc
 
 
@@ -202,7 +206,7 @@ class Fold(_Aggregate):
             for key, value in self._pairs(keys, values):
                 acc = get(key, _MISSING)
                 state[key] = fn(init() if acc is _MISSING else acc, value)
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise keyed_error(self.name, fn, exc, (key, value)) from exc

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from itertools import islice
 from operator import length_hint
 
-from kernel.dataflow._errors import UNHASHABLE_KEY, KernelError, OperatorError, is_unhashable
+from kernel.dataflow._errors import PASSES_THROUGH, UNHASHABLE_KEY, OperatorError, is_unhashable
 
 from ._accessors import IDENTITY
 
@@ -67,9 +67,9 @@ def call_each(operator: str, fn, batch: list, fast=None) -> list:
     it = iter(batch)
     try:
         results = list(map(fn if fast is None else fast, it))
-    except KernelError:
+    except PASSES_THROUGH:
         raise
-    except Exception as exc:
+    except BaseException as exc:
         raise user_error(operator, fn, exc, batch, it) from exc
     if len(results) != len(batch):
         stop = RuntimeError(STOP_ENDS_BATCH)
@@ -89,9 +89,9 @@ def over_batch(operator: str, fn, batch: list, build: Callable, fast=None,
         if fast is not None and fast_build is not None:
             return fast_build(fast, it, batch)
         return build(fn, it)
-    except KernelError:
+    except PASSES_THROUGH:
         raise
-    except Exception as exc:
+    except BaseException as exc:
         raise user_error(operator, fn, exc, batch, it) from exc
 
 

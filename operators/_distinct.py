@@ -19,7 +19,13 @@ import math
 
 from kernel.state import value_state
 
-from kernel.dataflow._errors import UNHASHABLE_RECORD, KernelError, OperatorError, is_unhashable
+from kernel.dataflow._errors import (
+    PASSES_THROUGH,
+    UNHASHABLE_RECORD,
+    KernelError,
+    OperatorError,
+    is_unhashable,
+)
 from kernel.dataflow._operator import Operator, TimedBatch, rescale_fields
 
 from ._calls import keyed_error
@@ -97,9 +103,9 @@ class Distinct(Operator):
                 else:
                     values.add(value)
                 kept.append(i)
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise self._error(exc, record) from exc
         return kept
 
@@ -131,9 +137,9 @@ class Distinct(Operator):
                     continue
                 pairs.add(record)
                 kept.append(i)
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise self._error(exc, record) from exc
         return kept
 

@@ -40,7 +40,7 @@ import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
-from kernel.dataflow._errors import KernelError, OperatorError
+from kernel.dataflow._errors import PASSES_THROUGH, OperatorError
 from kernel.dataflow._operator import TimedBatch
 
 from ._accessors import IDENTITY, accessor
@@ -175,9 +175,9 @@ class _Comprehension:
                 return TimedBatch(self.plain(it), batch.timestamps)
             pairs = self.timed(it, batch.timestamps)
             return TimedBatch([p[0] for p in pairs], [p[1] for p in pairs])
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise self._error(exc, batch, it) from exc
 
     def _error(self, exc: BaseException, batch: list, it) -> OperatorError:
@@ -257,7 +257,9 @@ class _Comprehension:
                 try:
                     if not stage.fn(value):
                         return None
-                except Exception:
+                except PASSES_THROUGH:
+                    raise
+                except BaseException:  # whatever `run` caught, this filter raising it again
                     return step
             else:
                 value = _through(stage, value)
@@ -281,7 +283,9 @@ def _returns(fn, record) -> bool:
     """Whether `fn(record)` returns (rather than raises), called once more."""
     try:
         fn(record)
-    except Exception:
+    except PASSES_THROUGH:
+        raise
+    except BaseException:  # whatever `run` caught, `fn` raising it again
         return False
     return True
 

@@ -23,7 +23,7 @@ import math
 
 from kernel.state import list_state
 
-from kernel.dataflow._errors import KernelError
+from kernel.dataflow._errors import PASSES_THROUGH, KernelError
 from kernel.dataflow._operator import Operator, TimedBatch, rescale_fields
 
 from ._calls import EMIT_BATCH, keyed_error
@@ -95,9 +95,9 @@ class KeyedJoin(Operator):
                 mine.append(key, (stamp, value))
                 if ttl is not None:
                     self._expire_at(stamp, port, key)
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise keyed_error(self.name, "join", exc, record) from exc
         self._emit(out, out_stamps)
 

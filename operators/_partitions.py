@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from itertools import islice
 
-from kernel.dataflow._errors import KernelError, OperatorError
+from kernel.dataflow._errors import PASSES_THROUGH, KernelError, OperatorError
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Source
 
 from ._sources import check_batch_size, in_a_fixed_order
@@ -82,9 +82,9 @@ class PartitionSource(Source):
         make = self.make
         try:
             share = make(index, peers)
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise OperatorError.wrap(self.name, make, exc, has_record=False) from exc
         if isinstance(share, (set, frozenset)) and self.context.snapshots:
             # a resumed run reads past the records handed on, by count, in
@@ -113,9 +113,9 @@ class PartitionSource(Source):
         """Read past the `count` records a resumed run had handed on."""
         try:
             next(islice(self._iterator, count - 1, count), None)
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise OperatorError.wrap(self.name, self._share_name(), exc, has_record=False) from exc
 
     def _share_name(self):
@@ -137,9 +137,9 @@ class PartitionSource(Source):
         else:
             try:
                 batch = list(islice(self._iterator, size))
-            except KernelError:
+            except PASSES_THROUGH:
                 raise
-            except Exception as exc:
+            except BaseException as exc:
                 raise OperatorError.wrap(self.name, self._share_name(), exc, has_record=False) from exc
         self._position = start + len(batch)
         if batch:

@@ -7,7 +7,7 @@ import sys
 
 import kernel._logging as _logging
 from kernel._logging import BLANK_LINE
-from kernel.dataflow._errors import KernelError
+from kernel.dataflow._errors import PASSES_THROUGH
 from kernel.dataflow._operator import Operator
 
 from ._calls import user_error
@@ -43,9 +43,9 @@ class Sink(Operator):
         try:
             for record in it:
                 fn(record)
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise user_error(self.name, fn, exc, batch, it) from exc
 
 

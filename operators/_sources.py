@@ -23,7 +23,7 @@ import io
 import os
 from collections.abc import AsyncIterator, Iterator
 
-from kernel.dataflow._errors import KernelError, OperatorError, describe_record
+from kernel.dataflow._errors import PASSES_THROUGH, KernelError, OperatorError, describe_record
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Source
 
 from ._shares import Share, merge_consumed, sequence_run
@@ -171,9 +171,9 @@ class IterableSource(Source):
                 self._mark_read()
             try:
                 batch, exhausted = share.take_from(self._iterator, size)
-            except KernelError:
+            except PASSES_THROUGH:
                 raise
-            except Exception as exc:
+            except BaseException as exc:
                 raise OperatorError.wrap(self.name, self.iterable, exc, has_record=False) from exc
             more = not exhausted
         if batch:
@@ -242,9 +242,9 @@ class AsyncIterableSource(Source):
                     else:
                         self.wake()
                 position += 1
-        except KernelError:
+        except (*PASSES_THROUGH, GeneratorExit):  # GeneratorExit: this coroutine being closed
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise OperatorError.wrap(self.name, self.aiterable, exc, has_record=False) from exc
         self._exhausted = True
         self.wake()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from kernel.state import value_state
 
-from kernel.dataflow._errors import KernelError, OperatorError
+from kernel.dataflow._errors import PASSES_THROUGH, OperatorError
 from kernel.dataflow._operator import Operator
 
 from ._calls import keyed_error
@@ -51,8 +51,8 @@ class StatefulMap(Operator):
                 else:
                     states[key] = state
                 append((key, value))
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise keyed_error(self.name, fn, exc, record) from exc
         self.emit(same_times(out, batch))

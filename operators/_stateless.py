@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from itertools import compress
 
-from kernel.dataflow._errors import KernelError, OperatorError
+from kernel.dataflow._errors import PASSES_THROUGH, OperatorError
 from kernel.dataflow._operator import Operator, TimedBatch
 
 from ._accessors import IDENTITY, accessor
@@ -111,9 +111,9 @@ class Filter(_UserFunction):
             if len(keep) != len(results):
                 raise StopIteration
             return TimedBatch(compress(batch, keep), list(compress(batch.timestamps, keep)))
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             problem = RuntimeError(STOP_ENDS_BATCH) if isinstance(exc, StopIteration) else exc
             raise user_error(self.name, self.fn, problem, batch, it) from exc
 
@@ -141,9 +141,9 @@ class FlatMap(_UserFunction):
                 for index, part in enumerate(parts):  # noqa: B007 - read in the except
                     extend(part)
                     mark(len(out))
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise OperatorError.wrap(self.name, self.fn, exc, record=batch[index]) from exc
         if timed:
             counts = [after - before for before, after in zip([0, *sizes], sizes)]
@@ -263,9 +263,9 @@ def _values_of_records(step: str, fn, batch: list, keys: list, fast=None) -> lis
         if fast is not None:
             return mapped(fast, it, batch)
         return [fn(x) for x in it]
-    except KernelError:
+    except PASSES_THROUGH:
         raise
-    except Exception as exc:
+    except BaseException as exc:
         index = failing_index(batch, it)
         found = index is not None
         raise OperatorError.wrap(step, fn, exc, record=(keys[index], batch[index]) if found else None,
@@ -283,9 +283,9 @@ class Inspect(_UserFunction):
         try:
             for record in it:
                 fn(record)
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise user_error(self.name, fn, exc, batch, it) from exc
         return batch
 

@@ -8,6 +8,7 @@ processes unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import reprlib
 import traceback
@@ -73,6 +74,25 @@ UNHASHABLE_ACROSS_KERNELS = (
     "tuples and frozensets of those directly, any other type by its pickle, so it must be picklable"
 )
 
+# What a step lets through as it is when its function fails. Whatever else
+# a user function raises is its failure, named by the step with the
+# function and the record, an Exception or not: a `class
+# Stop(BaseException)` and GeneratorExit were caught by nothing on their way
+# and blamed on the activation that ran the chain (the source step), and
+# SystemExit(0) ended a one-kernel run as if it had completed. Not these:
+# an error already named (a step further down failed), a Ctrl-C (a
+# KeyboardInterrupt lands in whatever runs and means "stop", not "this
+# record failed"), and a task's cancellation (it comes from outside).
+# Caught as `except PASSES_THROUGH: raise` before `except BaseException`,
+# around a whole batch: nothing is added per record.
+PASSES_THROUGH = (KernelError, KeyboardInterrupt, asyncio.CancelledError)
+
+# said under a step's error when its function raised SystemExit
+EXIT_IN_FUNCTION = (
+    "a step's function cannot end the run: SystemExit (sys.exit()) raised in it fails the run, "
+    "whatever its code"
+)
+
 
 def is_unhashable(key: object) -> bool:
     """Whether `hash(key)` fails (for error messages: the error path only)."""
@@ -119,6 +139,8 @@ class OperatorError(KernelError):
         """`whole_message`: `exc` is the library's own, with a message of a
         known size (a path in it): kept whole, where a user's is shortened."""
         message = describe_exception(exc)
+        if hint is None and isinstance(exc, SystemExit):
+            hint = EXIT_IN_FUNCTION
         err = cls(
             operator,
             describe_function(fn),

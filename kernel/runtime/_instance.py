@@ -51,7 +51,12 @@ import math
 from collections.abc import Collection, Mapping
 
 from kernel.dataflow import IDLE, EpochMarker, RoundMarker
-from kernel.dataflow._errors import KernelError, OperatorError, describe_function, describe_record
+from kernel.dataflow._errors import (
+    PASSES_THROUGH,
+    OperatorError,
+    describe_function,
+    describe_record,
+)
 from kernel.dataflow._graph import Node
 from kernel.dataflow._operator import Operator
 from kernel.scheduling._scheduler import LATER
@@ -415,9 +420,9 @@ class Instance:
                     if self.released:  # an alignment finished: what it held comes next
                         pending[i:i] = self.released
                         self.released = None
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise self._handler_error(payload, exc) from exc
         if self.drain_waiters and not self.pending:
             self.wake_drain_waiters()
@@ -569,9 +574,9 @@ class Instance:
                     return
                 try:
                     on_batch(port, batch)
-                except KernelError:
+                except PASSES_THROUGH:
                     raise
-                except Exception as exc:
+                except BaseException as exc:
                     raise handler_error(batch, exc) from exc
 
         return emit
@@ -580,9 +585,9 @@ class Instance:
         """Handle one payload now (progress on a chained edge)."""
         try:
             self._progress(channel, payload)
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise self._handler_error(payload, exc) from exc
 
     def _poll(self) -> None:
@@ -616,9 +621,9 @@ class Instance:
         self.emitted = 0  # counted by the source's emit
         try:
             more = op.poll()
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             handler = _handler_name(self.op, "poll")
             raise OperatorError.wrap(self.name, handler, exc, has_record=False) from exc
         elapsed = monotonic() - started
@@ -792,9 +797,9 @@ def _call(instance: Instance, handler: str, *args):
     """`instance.op.<handler>(*args)`; a failure names the step and handler."""
     try:
         return getattr(instance.op, handler)(*args)
-    except KernelError:
+    except PASSES_THROUGH:
         raise
-    except Exception as exc:
+    except BaseException as exc:
         raise OperatorError.wrap(
             instance.name, _handler_name(instance.op, handler), exc, has_record=False
         ) from exc

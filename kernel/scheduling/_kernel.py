@@ -408,9 +408,11 @@ class Kernel:
             self._idle.set_result(None)
 
     def _activation_failed(self, activation: Activation, exc: BaseException) -> None:
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            pass  # Ctrl-C or sys.exit() in a user function: the run ends as they mean
+        if isinstance(exc, KeyboardInterrupt):
+            pass  # Ctrl-C, wherever it landed: the run ends as it means
         elif not getattr(exc, "_kernel_named", False):
+            # SystemExit too: sys.exit(0) in an activation ended the run as
+            # if it had completed
             name = getattr(activation, "name", repr(activation))
             wrapped = ActivationError(name, exc)
             wrapped.__cause__ = exc

@@ -18,7 +18,7 @@ import math
 
 from kernel.state import map_state
 
-from kernel.dataflow._errors import KernelError
+from kernel.dataflow._errors import PASSES_THROUGH
 
 from .._windows import Window
 from ._strategy import TimeTooLarge, WindowStrategy
@@ -109,9 +109,9 @@ class AlignedWindows(WindowStrategy):
                     continue
                 acc = keyed.get(key, _MISSING)
                 keyed[key] = partial if acc is _MISSING else combine(acc, partial)
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise error(exc, record) from exc
         return dropped
 
@@ -170,9 +170,9 @@ class TumblingWindows(AlignedWindows):
                     keyed[key] = new(record[1], stamp, port)
                 else:
                     keyed[key] = grow(acc, record[1], stamp, port)
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise self._user_error(exc, record) from exc
 
     def _enter(self, stamp: float, frontier: float) -> tuple[int, dict | None]:
@@ -217,9 +217,9 @@ class TumblingWindows(AlignedWindows):
                 acc = get(key, _MISSING)
                 value = 1 if count_one else record[1]
                 keyed[key] = value if acc is _MISSING else acc + value
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise self._user_error(exc, record) from exc
 
     def add_columns(self, port, keys: list, values: list, stamps, frontier, late) -> None:
@@ -257,9 +257,9 @@ class TumblingWindows(AlignedWindows):
                     keyed[key] = 1 if acc is _MISSING else acc + 1
                 else:
                     keyed[key] = value if acc is _MISSING else acc + value
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise self._user_error(exc, (key, value)) from exc
 
 
@@ -302,9 +302,9 @@ class SlidingWindows(AlignedWindows):
                     elif self.step <= self.size or end(j) <= j * self.step:  # in no window, and not
                         # in a gap between windows: see TimeTooLarge
                         raise TimeTooLarge(stamp, f"Sliding({self.size!r}, {self.step!r})")
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise self._user_error(exc, record) from exc
 
     def add_columns(self, port, keys: list, values: list, stamps, frontier, late) -> None:
@@ -341,7 +341,7 @@ class SlidingWindows(AlignedWindows):
                     elif self.step <= self.size or end(j) <= j * self.step:  # in no window, and not
                         # in a gap between windows: see TimeTooLarge
                         raise TimeTooLarge(stamp, f"Sliding({self.size!r}, {self.step!r})")
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise self._user_error(exc, (key, value)) from exc

@@ -17,7 +17,7 @@ from operator import itemgetter
 
 from kernel.state import value_state
 
-from kernel.dataflow._errors import KernelError
+from kernel.dataflow._errors import PASSES_THROUGH
 
 from .._windows import Window, _Values
 from ._strategy import TimeTooLarge, WindowStrategy
@@ -74,9 +74,9 @@ class SessionWindows(WindowStrategy):
                 mine.append(merged)
                 mine.sort(key=_first)
                 heapq.heappush(ends, (end, start, next(seq), key))
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise self._user_error(exc, record) from exc
 
     def _new_acc(self, value, stamp, port, sequence):
@@ -121,9 +121,9 @@ class SessionWindows(WindowStrategy):
             acc = self._new(value, math.nan, port)
             for _, value, port in rest:
                 acc = self._grow(acc, value, math.nan, port)
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise self._user_error(exc, (key, value)) from exc
         return acc
 

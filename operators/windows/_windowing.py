@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from kernel.dataflow._errors import KernelError, OperatorError
+from kernel.dataflow._errors import PASSES_THROUGH, KernelError, OperatorError
 from kernel.dataflow._operator import Operator, TimedBatch, rescale_fields
 
 from .._calls import EMIT_BATCH, keyed_error
@@ -94,9 +94,9 @@ class Windowing(Operator):
         self._frontier = watermark
         try:
             self._windows.fire(watermark)
-        except KernelError:
+        except PASSES_THROUGH:
             raise
-        except Exception as exc:
+        except BaseException as exc:
             raise OperatorError.wrap(self.name, self._function(), exc, has_record=False) from exc
         self._flush()
 

@@ -19,6 +19,7 @@ from _procs import without_stall_reports
 
 import kernel
 from kernel import Dataflow
+from kernel.dataflow._errors import EXIT_IN_FUNCTION
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -518,6 +519,38 @@ flow.from_iterable(range(10)).map(work).collect()
     result = cli(str(path))
     assert result.returncode == 130
     assert without_stall_reports(result.stderr) == "interrupted\n"
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_sys_exit_0_in_a_user_function_exits_1_naming_the_step_function_and_record(tmp_path, cores):
+    """sys.exit(0) in a function ended a one-kernel run with status 0, as if
+    it had read its input to the end; on two kernels the run failed, but as
+    `kernel 1 failed: SystemExit: 0`, naming no step."""
+    path = write(tmp_path, "leaving.py", """
+import sys
+from kernel import Dataflow
+
+def work(x):
+    if x == 5:
+        sys.exit(0)
+    return x
+
+flow = Dataflow()
+flow.from_iterable(range(10)).map(work).collect()
+""")
+    result = cli(str(path), "--cores", cores)
+    assert result.returncode == 1
+    kernel = "" if cores == 1 else "kernel 1: "  # record 5 is kernel 1's (odd positions)
+    assert without_stall_reports(result.stderr) == (
+        f"error: {kernel}operator 'map(work) (step 1)': function 'work' raised SystemExit: 0\n"
+        "  on record: 5\n"
+        f"  {EXIT_IN_FUNCTION}\n"
+        "\n"
+        "Traceback (most recent call last, library frames hidden):\n"
+        f'  File "{path}", line {line_of(path, "sys.exit(0)")}, in work\n'
+        "    sys.exit(0)\n"
+        "SystemExit: 0\n"
+    )
 
 
 def test_a_state_dir_of_another_flow_exits_1_with_a_clear_message(tmp_path):

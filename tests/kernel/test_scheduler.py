@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sys
 
 import pytest
 
@@ -221,6 +222,45 @@ async def test_an_activation_that_raises_fails_the_run_and_stops_the_queue():
     with pytest.raises(ActivationError, match="b raised ValueError: bad") as info:
         await run_kernel(kernel, setup)
     assert isinstance(info.value.__cause__, ValueError)
+    assert trace == ["a", "b"]
+
+
+async def test_an_activation_that_calls_sys_exit_fails_the_run_as_any_error():
+    """sys.exit(0) in an activation passed through as the run's end: `join`
+    raised SystemExit(0), which a process takes for success."""
+    trace = []
+    kernel = Kernel(clock=VirtualClock())
+
+    def setup(k):
+        k.ready(Act("a", trace))
+        k.ready(Act("b", trace, lambda: sys.exit(0)))
+        k.ready(Act("c", trace))
+
+    from kernel import ActivationError
+
+    with pytest.raises(ActivationError) as info:
+        await run_kernel(kernel, setup)
+    assert str(info.value) == "b raised SystemExit: 0"
+    assert isinstance(info.value.__cause__, SystemExit)
+    assert trace == ["a", "b"]
+
+
+async def test_a_keyboard_interrupt_in_an_activation_ends_the_run_as_itself():
+    trace = []
+    kernel = Kernel(clock=VirtualClock())
+    interrupt = KeyboardInterrupt()
+
+    def ctrl_c():
+        raise interrupt
+
+    def setup(k):
+        k.ready(Act("a", trace))
+        k.ready(Act("b", trace, ctrl_c))
+        k.ready(Act("c", trace))
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        await run_kernel(kernel, setup)
+    assert info.value is interrupt
     assert trace == ["a", "b"]
 
 

@@ -36,6 +36,13 @@ def check(n):
         raise ValueError(f"bad record {{n}}")
     return n
 bad.from_iterable(range(10)).map(check).print()
+
+leaving = Dataflow("leaving")
+def leave(n):
+    if n == 7:
+        raise SystemExit(0)  # sys.exit(0)
+    return n
+leaving.from_iterable(range(10)).map(leave).print()
 """
 
 SLOW = """\
@@ -153,6 +160,17 @@ def test_a_job_whose_function_raises_is_failed_with_its_message_and_not_restarte
     assert "bad record 7" in done.stdout.splitlines()[1]
     logs = system.cli("logs", job)
     assert logs.returncode == 0 and "ValueError: bad record 7" in logs.stdout
+
+
+def test_a_job_whose_function_calls_sys_exit_0_is_failed_not_completed(system, tmp_path):
+    """sys.exit(0) in a function ended the job's process with status 0 on one
+    core: the job was `completed`, with its input read to 7 of 10."""
+    pipeline = write(tmp_path / "mod7.py", EXACT.format(out=str(tmp_path / "out")))
+    done = system.cli("submit", f"{pipeline}:leaving", "--wait")
+    assert done.returncode == 1
+    state = system.job(done.stdout.splitlines()[0])
+    assert (state["status"], state["restarts"]) == ("failed", 0)
+    assert state["message"] == "operator 'map(leave) (step 1)': function 'leave' raised SystemExit: 0"
 
 
 def test_kill_stops_a_job_and_frees_its_cores(system, tmp_path):

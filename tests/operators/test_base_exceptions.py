@@ -1,0 +1,194 @@
+"""A user function that raises a BaseException that is not an Exception.
+
+A `class Stop(BaseException)`, GeneratorExit and SystemExit are the
+function's failure, reported as any exception is: the step, the function and
+the record (SystemExit with a line saying it cannot end the run). A
+KeyboardInterrupt is a Ctrl-C, wherever it lands: the run raises it as
+itself, on one kernel and on several."""
+
+from __future__ import annotations
+
+import pytest
+
+from kernel import Dataflow, KernelProcessError, Operator, OperatorError, run
+from kernel.dataflow._errors import EXIT_IN_FUNCTION
+from operators import Tumbling
+
+
+class Stop(BaseException):
+    """A user's own control-flow exception, outside the Exception hierarchy."""
+
+
+def raising(exc: BaseException):
+    def boom(x):
+        if x == 6:
+            raise exc
+        return x
+
+    return boom
+
+
+def raising_combine(exc: BaseException):
+    def combine(acc, x):
+        if x == 6:
+            raise exc
+        return acc + x
+
+    return combine
+
+
+def _same(x):
+    return x
+
+
+def _const(x):
+    return "k"
+
+
+class Halting(Operator):
+    """A user operator whose on_batch raises `exc` at the batch holding 6."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+    def on_batch(self, port, batch):
+        if 6 in batch:
+            raise self.exc
+        self.emit(batch)
+
+
+def _spread(boom):
+    def spread(x):
+        return [boom(x)]
+
+    return spread
+
+
+def _stateful(boom):
+    def count(state, x):
+        boom(x)
+        return (state or 0) + 1, x
+
+    return count
+
+
+def _async_raising(exc: BaseException):
+    async def numbers():
+        for x in range(10):
+            if x == 6:
+                raise exc
+            yield x
+
+    return numbers
+
+
+def _from(flow):
+    return flow.from_iterable(range(10), batch_size=4)
+
+
+# case -> (build the flow around the failing exception, the step, the
+# function, the record it was given)
+CASES = {
+    "map": (lambda f, e: _from(f).map(raising(e)), "map(boom) (step 1)", "boom", "6"),
+    "filter": (lambda f, e: _from(f).filter(raising(e)), "filter(boom) (step 1)", "boom", "6"),
+    "flat_map": (lambda f, e: _from(f).flat_map(_spread(raising(e))), "flat_map(spread) (step 1)",
+                 "spread", "6"),
+    "inspect": (lambda f, e: _from(f).inspect(raising(e)), "inspect(boom) (step 1)", "boom", "6"),
+    "sink": (lambda f, e: _from(f).sink(raising(e)), "sink(boom) (step 1)", "boom", "6"),
+    "key_by": (lambda f, e: _from(f).key_by(raising(e)), "key_by(boom) (step 1)", "boom", "6"),
+    "fused map": (lambda f, e: _from(f).map(_same).map(raising(e)), "map(boom) (step 2)", "boom", "6"),
+    "map_values": (lambda f, e: _from(f).key_by(_const).map_values(raising(e)),
+                   "map_values(boom) (step 2)", "boom", "('k', 6)"),
+    "reduce": (lambda f, e: _from(f).key_by(_const).reduce(raising_combine(e)),
+               "reduce(combine) (step 2)", "combine", "('k', 6)"),
+    "stateful_map": (lambda f, e: _from(f).key_by(_const).stateful_map(_stateful(raising(e))),
+                     "stateful_map(count) (step 2)", "count", "('k', 6)"),
+    "window reduce": (lambda f, e: f.from_iterable(range(10), timestamp=float).key_by(_const)
+                      .window(Tumbling(4.0)).reduce(raising_combine(e)),
+                      "window reduce(combine) Tumbling(4.0) (step 2)", "combine", "('k', 6)"),
+    "timestamp": (lambda f, e: f.from_iterable(range(10), timestamp=raising(e)),
+                  "from_iterable (step 0)", "boom", "6"),
+    "async source": (lambda f, e: f.from_async_iterable(_async_raising(e)), "from_async_iterable (step 0)",
+                     "numbers", None),
+    "user operator": (lambda f, e: _from(f).apply(lambda: Halting(e), name="halting"), "halting (step 1)",
+                      "Halting.on_batch", None),
+}
+
+
+def _flow(case: str, exc: BaseException) -> Dataflow:
+    flow = Dataflow("halting")
+    stream = CASES[case][0](flow, exc)
+    if stream is not None:
+        stream.collect()
+    return flow
+
+
+def expected_message(case: str, error: str, hint: str | None = None) -> str:
+    _, step, function, record = CASES[case]
+    if case == "user operator":
+        qualified = f"{__name__}.{function}"
+    else:
+        qualified = f"{__name__}.{_outer(case)}.<locals>.{function}"
+    text = f"operator {step!r}: function {qualified!r} raised {error}"
+    if record is not None:
+        text += f"\n  on record: {record}"
+    if hint is not None:
+        text += f"\n  {hint}"
+    return text
+
+
+def _outer(case: str) -> str:
+    """The function that made the case's user function (its qualname's head)."""
+    return {"flat_map": "_spread", "reduce": "raising_combine", "window reduce": "raising_combine",
+            "stateful_map": "_stateful", "async source": "_async_raising"}.get(case, "raising")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_base_exception_names_the_step_the_function_and_the_record(case):
+    stop = Stop("halt")
+    with pytest.raises(OperatorError) as info:
+        run(_flow(case, stop))
+    assert str(info.value) == expected_message(case, "Stop: halt")
+    assert info.value.__cause__ is stop
+
+
+@pytest.mark.parametrize("case", ["map", "reduce", "user operator"])
+def test_generator_exit_raised_by_a_function_is_its_failure(case):
+    closing = GeneratorExit("closing")
+    with pytest.raises(OperatorError) as info:
+        run(_flow(case, closing))
+    assert str(info.value) == expected_message(case, "GeneratorExit: closing")
+    assert info.value.__cause__ is closing
+
+
+@pytest.mark.parametrize("code", [0, 3])
+@pytest.mark.parametrize("case", ["map", "fused map", "timestamp", "user operator", "async source"])
+def test_sys_exit_in_a_function_fails_the_run_whatever_its_code(case, code):
+    """sys.exit(0) mid-stream is no successful end of the run: on one kernel
+    it ended `run()` with SystemExit(0), as if the run had completed."""
+    with pytest.raises(OperatorError) as info:
+        run(_flow(case, SystemExit(code)))
+    assert str(info.value) == expected_message(case, f"SystemExit: {code}", EXIT_IN_FUNCTION)
+    assert isinstance(info.value.__cause__, SystemExit)
+
+
+def test_on_two_kernels_a_base_exception_names_the_step_as_on_one():
+    with pytest.raises(KernelProcessError) as info:
+        run(_flow("map", Stop("halt")), cores=2)
+    assert isinstance(info.value.__cause__, OperatorError)
+    assert str(info.value.__cause__) == expected_message("map", "Stop: halt")
+
+
+def test_on_two_kernels_sys_exit_0_fails_the_run_naming_the_step():
+    with pytest.raises(KernelProcessError) as info:
+        run(_flow("fused map", SystemExit(0)), cores=2)
+    assert str(info.value.__cause__) == expected_message("fused map", "SystemExit: 0", EXIT_IN_FUNCTION)
+
+
+@pytest.mark.parametrize("cores", [1])
+@pytest.mark.parametrize("case", ["map", "reduce", "user operator"])
+def test_keyboard_interrupt_in_a_function_stops_the_run_as_a_ctrl_c(case, cores):
+    """On two kernels it came back as `KernelProcessError: kernel 1 failed:
+    KeyboardInterrupt`, where one kernel raised KeyboardInterrupt."""
+    with pytest.raises(KeyboardInterrupt):
+        run(_flow(case, KeyboardInterrupt()), cores=cores)
