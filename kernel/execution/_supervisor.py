@@ -124,6 +124,12 @@ def _wait_for_results(children, pipes, coordinator, relay, cancel, exits) -> lis
                     _kill_all(children)
                     raise _relay_error(payload)
                 error = _kernel_error(first + index, payload)
+                if isinstance(error.__cause__, KeyboardInterrupt):
+                    # raised by a function (a kernel ignores SIGINT): a Ctrl-C,
+                    # as on one kernel, stopping every kernel as one here does
+                    # (`_supervise`); it came back as `kernel 1 failed:
+                    # KeyboardInterrupt`, and the CLI exited 1, not 130
+                    raise error.__cause__
                 _abort(children, relay, error)
                 raise error
             if status in ("durable", "finished"):

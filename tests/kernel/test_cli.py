@@ -502,9 +502,12 @@ def test_kernel_run_callable_in_a_fresh_interpreter():
     assert proc.stdout == "['A', 'B', 'C']\n['A', 'B', 'C'] True main\n"
 
 
-def test_keyboard_interrupt_raised_by_a_user_function_exits_130(tmp_path):
+@pytest.mark.parametrize("cores", [1, 2])
+def test_keyboard_interrupt_raised_by_a_user_function_exits_130(tmp_path, cores):
     """Ctrl-C that lands inside a user function (KeyboardInterrupt raised
-    there) ends the run as an interrupt, not as an operator error."""
+    there) ends the run as an interrupt, not as an operator error, on
+    several kernels too (there it exited 1: `kernel 1 failed:
+    KeyboardInterrupt`)."""
     path = write(tmp_path, "interrupted.py", """
 from kernel import Dataflow
 
@@ -516,7 +519,7 @@ def work(x):
 flow = Dataflow()
 flow.from_iterable(range(10)).map(work).collect()
 """)
-    result = cli(str(path))
+    result = cli(str(path), "--cores", cores)
     assert result.returncode == 130
     assert without_stall_reports(result.stderr) == "interrupted\n"
 

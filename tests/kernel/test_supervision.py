@@ -101,6 +101,8 @@ def die(how: str, where: str, index: int) -> None:
         os._exit(3)
     if how == "sigkill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if how == "interrupt":
+        raise KeyboardInterrupt
     raise AssertionError(how)
 
 
@@ -199,6 +201,20 @@ def test_a_kernel_that_is_sigkilled(pids, phase, cores, victim):
     assert err.kernel == victim
     assert str(err) == f"kernel {victim} was killed by SIGKILL"
     assert err.__cause__ is None
+    assert_all_gone(pids.all())
+
+
+@pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.parametrize(("cores", "victim"), [(2, 1), (3, 0)])
+def test_a_keyboard_interrupt_in_a_kernel_stops_every_kernel_as_ctrl_c(pids, phase, cores, victim):
+    """A KeyboardInterrupt raised by a kernel's function is a Ctrl-C, as on
+    one kernel: the run raises it (it was `KernelProcessError: kernel 1
+    failed: KeyboardInterrupt`), and the other kernels, whose sources never
+    end, are stopped."""
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run(dying_flow(pids, victim, phase, "interrupt"), cores=cores)
+    assert time.monotonic() - started < PROMPTLY
     assert_all_gone(pids.all())
 
 

@@ -185,10 +185,10 @@ def test_on_two_kernels_sys_exit_0_fails_the_run_naming_the_step():
     assert str(info.value.__cause__) == expected_message("fused map", "SystemExit: 0", EXIT_IN_FUNCTION)
 
 
-@pytest.mark.parametrize("cores", [1])
+@pytest.mark.parametrize("cores", [1, 2])
 @pytest.mark.parametrize("case", ["map", "reduce", "user operator"])
 def test_keyboard_interrupt_in_a_function_stops_the_run_as_a_ctrl_c(case, cores):
-    """On two kernels it came back as `KernelProcessError: kernel 1 failed:
+    """On two kernels it came back as `KernelProcessError: kernel N failed:
     KeyboardInterrupt`, where one kernel raised KeyboardInterrupt."""
     with pytest.raises(KeyboardInterrupt):
         run(_flow(case, KeyboardInterrupt()), cores=cores)
