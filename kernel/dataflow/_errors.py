@@ -31,7 +31,9 @@ def describe_record(record: object) -> str:
     """A repr of `record` cut to a readable size (reprlib keeps nesting honest)."""
     try:
         return _record_repr.repr(record)
-    except Exception as exc:  # a user __repr__ that raises must not hide the real error
+    except PASSES_THROUGH:
+        raise
+    except BaseException as exc:  # a user __repr__ that raises (anything) must not hide the real error
         return f"<unrepresentable {type(record).__name__}: {type(exc).__name__}>"
 
 

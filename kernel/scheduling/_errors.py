@@ -18,11 +18,15 @@ def describe_exception(exc: BaseException) -> str:
     name = type(exc).__name__
     try:
         return f"{name}: {exc}"
-    except Exception:
+    except KeyboardInterrupt:  # a Ctrl-C, as ever
+        raise
+    except BaseException:  # a `__str__` that raises a BaseException too
         pass
     try:
         return f"{name}: <exception str() failed> {exc!r}"
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
         return f"{name}: <exception str() failed>"
 
 

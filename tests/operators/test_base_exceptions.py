@@ -192,3 +192,40 @@ def test_keyboard_interrupt_in_a_function_stops_the_run_as_a_ctrl_c(case, cores)
     KeyboardInterrupt`, where one kernel raised KeyboardInterrupt."""
     with pytest.raises(KeyboardInterrupt):
         run(_flow(case, KeyboardInterrupt()), cores=cores)
+
+
+class Unprintable:
+    """A record whose repr raises a BaseException that is not an Exception."""
+
+    def __repr__(self):
+        raise Stop("no repr")
+
+
+class Mute(Exception):
+    """An exception whose message raises a BaseException that is not an Exception."""
+
+    def __str__(self):
+        raise Stop("no message")
+
+
+def _parse(x):
+    if isinstance(x, Unprintable):
+        raise ValueError("bad")
+    if x == 2:
+        raise Mute()
+    return x
+
+
+@pytest.mark.parametrize(("data", "error", "record"), [
+    ([Unprintable()], "ValueError: bad", "<unrepresentable Unprintable: Stop>"),
+    ([1, 2], "Mute: <exception str() failed> Mute()", "2"),
+])
+def test_a_record_or_message_whose_repr_raises_a_base_exception_still_names_the_step(data, error, record):
+    """The error's own making raised: the run failed with `Stop: no repr`,
+    blamed on the step's handler (or the source's activation), no record."""
+    flow = Dataflow()
+    flow.from_iterable(data).map(_parse).collect()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    assert str(info.value) == (f"operator 'map(_parse) (step 1)': function '{__name__}._parse' raised {error}"
+                               f"\n  on record: {record}")
