@@ -109,7 +109,9 @@ def _encode_records(batch: list) -> tuple[int, bytes]:
             pass
     try:
         return KIND_PICKLE, pickle.dumps(batch, protocol=5)
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a record's own __reduce__ may raise anything
         raise UnpicklableRecord(*_first_unpicklable(batch)) from exc
 
 
@@ -119,7 +121,9 @@ def _first_unpicklable(batch: list) -> tuple[bool, object]:
     for record in batch:
         try:
             pickle.dumps(record, protocol=5)
-        except Exception:
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
             return True, record
     return False, None
 

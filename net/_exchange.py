@@ -229,7 +229,9 @@ class Partitioner:
         for pair in pairs:
             try:
                 self.owner(pair[0])
-            except Exception:
+            except KeyboardInterrupt:
+                raise
+            except BaseException:  # a key's own __hash__ or __reduce__ may raise anything
                 return True, pair
         return False, None
 

@@ -100,7 +100,9 @@ def is_unhashable(key: object) -> bool:
     """Whether `hash(key)` fails (for error messages: the error path only)."""
     try:
         hash(key)
-    except Exception:
+    except PASSES_THROUGH:
+        raise
+    except BaseException:  # a __hash__ that raises anything: the key cannot be used
         return True
     return False
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import pickle
 
-from kernel.dataflow._errors import OperatorError
+from kernel.dataflow._errors import PASSES_THROUGH, OperatorError
 
 ENDED = "ended"  # an instance's part once it has ended
 
@@ -41,7 +41,9 @@ def pickled_part(step: str, part) -> bytes:
     the step where its state cannot be."""
     try:
         return pickle.dumps(part, protocol=5)
-    except Exception as exc:  # TypeError, PicklingError, AttributeError (a local class)
+    except PASSES_THROUGH:
+        raise
+    except BaseException as exc:  # TypeError, PicklingError, AttributeError (a local class), anything
         raise OperatorError.wrap(step, "pickle.dumps", exc, has_record=False,
                                  hint=UNPICKLABLE_STATE) from exc
 

@@ -34,6 +34,7 @@ import math
 
 from kernel.dataflow import IDLE
 from kernel.dataflow._errors import (
+    PASSES_THROUGH,
     UNHASHABLE_ACROSS_KERNELS,
     UNHASHABLE_KEY,
     UNPICKLABLE_RECORD,
@@ -169,7 +170,9 @@ class ExchangeOutput:
                 pacer.flush_before(payload.timestamps)
             try:
                 parts = self.partitioner.split(payload)
-            except Exception as exc:
+            except PASSES_THROUGH:
+                raise
+            except BaseException as exc:  # a key's own __hash__ or __reduce__ may raise anything
                 raise self._key_error(payload, exc) from exc
             for dest, part in enumerate(parts):
                 if part:

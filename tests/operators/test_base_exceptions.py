@@ -8,10 +8,19 @@ itself, on one kernel and on several."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from kernel import Dataflow, KernelProcessError, Operator, OperatorError, run
-from kernel.dataflow._errors import EXIT_IN_FUNCTION
+from kernel.dataflow._errors import (
+    EXIT_IN_FUNCTION,
+    UNHASHABLE_ACROSS_KERNELS,
+    UNHASHABLE_KEY,
+    UNPICKLABLE_RECORD,
+)
+from kernel.runtime._epochs import UNPICKLABLE_STATE
+from net import Partitioner
 from operators import Tumbling
 
 
@@ -229,3 +238,92 @@ def test_a_record_or_message_whose_repr_raises_a_base_exception_still_names_the_
         run(flow)
     assert str(info.value) == (f"operator 'map(_parse) (step 1)': function '{__name__}._parse' raised {error}"
                                f"\n  on record: {record}")
+
+
+class Unhashable:
+    """A key whose hash raises a BaseException that is not an Exception."""
+
+    def __hash__(self):
+        raise Stop("no hash")
+
+    def __repr__(self):
+        return "Unhashable()"
+
+
+class Unpicklable:
+    """A record whose pickling raises a BaseException that is not an Exception."""
+
+    def __reduce__(self):
+        raise Stop("no pickle")
+
+    def __repr__(self):
+        return "Unpicklable()"
+
+
+def _unhashable_key(x):
+    return Unhashable()
+
+
+def _with_unpicklable_at_1(x):
+    return (x, Unpicklable() if x == 1 else None)
+
+
+def _next_number(record):
+    return record[0] + 1
+
+
+def test_a_key_whose_hash_raises_a_base_exception_is_named_as_an_unhashable_key():
+    """Asking whether the key is hashable raised again: the run failed
+    naming key_by's handler (`...KeyBy.on_batch`), no record."""
+    flow = Dataflow()
+    flow.from_iterable(range(3)).key_by(_unhashable_key).count().collect()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    assert str(info.value) == ("operator 'count (step 2)': function 'hash(key)' raised Stop: no hash"
+                               f"\n  on record: (Unhashable(), 0)\n  {UNHASHABLE_KEY}")
+
+
+def test_a_record_whose_pickling_raises_a_base_exception_names_the_step_whose_output_crosses():
+    """Record 1 is kernel 1's, and its key 2 kernel 0's: it crosses. Its
+    Stop went past the codec and was blamed on the map before, no record."""
+    from kernel.dataflow._key_groups import default_key_groups, owner_table
+
+    assert Partitioner(2, owner_table(2, default_key_groups(2))).owner(2) == 0
+    flow = Dataflow()
+    flow.from_iterable(range(3)).map(_with_unpicklable_at_1).key_by(_next_number).collect()
+    with pytest.raises(KernelProcessError) as info:
+        run(flow, cores=2)
+    assert str(info.value.__cause__) == (
+        "operator 'key_by(_next_number) (step 2)': function 'pickle.dumps' raised Stop: no pickle"
+        f"\n  on record: (2, (1, Unpicklable()))\n  {UNPICKLABLE_RECORD}")
+
+
+def _unpicklable_key(x):
+    return Unpicklable()
+
+
+def test_a_key_whose_pickling_raises_a_base_exception_is_named_where_it_crosses_kernels():
+    """A key of a class of its own crosses kernels by its pickle's hash: its
+    Stop went past the exchange, blamed on key_by's handler, no record."""
+    flow = Dataflow()
+    flow.from_iterable([0]).key_by(_unpicklable_key).collect()  # one record: kernel 0's
+    with pytest.raises(KernelProcessError) as info:
+        run(flow, cores=2)
+    assert str(info.value.__cause__) == (
+        "operator 'key_by(_unpicklable_key) (step 1)': function 'net.stable_hash(key)' raised Stop: no pickle"
+        f"\n  on record: (Unpicklable(), 0)\n  {UNHASHABLE_ACROSS_KERNELS}")
+
+
+def _keep_unpicklable(state, x):
+    return Unpicklable(), x
+
+
+def test_state_whose_pickling_raises_a_base_exception_names_its_step(tmp_path):
+    """An endless input: only the first snapshot failing ends the run. Its
+    Stop was blamed on the step's `on_watermark`, with no word of state."""
+    flow = Dataflow("endless")
+    flow.from_iterable(itertools.count(), batch_size=10).key_by(_const).stateful_map(_keep_unpicklable)
+    with pytest.raises(OperatorError) as info:
+        run(flow, state_dir=tmp_path / "state", epoch_interval=0.001)
+    assert str(info.value) == ("operator 'stateful_map(_keep_unpicklable) (step 2)': function 'pickle.dumps' "
+                               f"raised Stop: no pickle\n  {UNPICKLABLE_STATE}")
