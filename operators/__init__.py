@@ -50,6 +50,7 @@ from kernel.operators.windows import (
     WindowAggregate,
     WindowJoin,
     WindowMerge,
+    check_late,
     check_window,
     window_combiner,
 )
@@ -123,6 +124,7 @@ __all__ = [
     "check_emit",
     "check_event_time",
     "check_file_options",
+    "check_late",
     "check_make",
     "check_redis_installed",
     "check_ttl",

@@ -1242,6 +1242,7 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         1
         """
         ops.check_window(window)
+        ops.check_late(late, f"window({window!r})")
         _refuse_in_loop(self, f"window({window!r})",
                         "a window needs event time, and a loop's rounds have none")
         stream = WindowedStream(self, window, late)
@@ -1305,6 +1306,7 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
             raise TypeError(f"join needs a keyed stream (key_by first), got {other!r}")
         if other.flow is not self.flow:
             raise ValueError(f"{other!r} belongs to another dataflow")
+        ops.check_late(late, name or "join")
         if window is None:
             if late:
                 raise ValueError("late= is for a windowed join; a join with ttl= counts its late values")

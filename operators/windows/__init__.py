@@ -50,7 +50,7 @@ from ._aggregations import (
 )
 from ._combiner import WindowMerge, window_combiner
 from ._join import WindowJoin
-from ._specs import Session, Sliding, Tumbling, WindowKind, check_window
+from ._specs import Session, Sliding, Tumbling, WindowKind, check_late, check_window
 from ._windowing import LateBatch, SelectBatches
 
 __all__ = [
@@ -71,6 +71,7 @@ __all__ = [
     "WindowJoin",
     "WindowKind",
     "WindowMerge",
+    "check_late",
     "check_window",
     "window_combiner",
 ]

@@ -119,3 +119,11 @@ class Session(WindowKind):
 def check_window(window) -> None:
     if not isinstance(window, WindowKind):
         raise TypeError(f"a window must be Tumbling, Sliding or Session, got {window!r}")
+
+
+def check_late(late, step: str) -> None:
+    """`late=` is True or False. Anything else was taken for its truth
+    value: `late="no"` turned the late stream on."""
+    if not isinstance(late, bool):
+        raise ValueError(f"{step}: late must be True (late events come out of the .late stream) or False "
+                         f"(they are dropped and counted), got {late!r}")

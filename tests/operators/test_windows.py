@@ -838,6 +838,26 @@ def test_window_of_something_else_raises_type_error(not_a_window):
         keyed.join(keyed, not_a_window)
 
 
+@pytest.mark.parametrize("late", ["no", "false", 0, 1, None])
+def test_late_other_than_true_or_false_is_refused_naming_the_step(late):
+    """`late="no"` was taken for its truth value: the late stream was on."""
+    flow = Dataflow()
+    keyed = keyed_values(source(flow, [("k", 0.0, 1)]))
+    steps = len(flow.graph.nodes)
+    expected = (": late must be True (late events come out of the .late stream) or False "
+                f"(they are dropped and counted), got {late!r}")
+    with pytest.raises(ValueError) as info:
+        keyed.window(Tumbling(1.0), late=late)
+    assert str(info.value) == "window(Tumbling(1.0))" + expected
+    with pytest.raises(ValueError) as info:
+        keyed.join(keyed, Tumbling(1.0), late=late, name="pairs")
+    assert str(info.value) == "pairs" + expected
+    with pytest.raises(ValueError) as info:
+        keyed.join(keyed, late=late)
+    assert str(info.value) == "join" + expected
+    assert len(flow.graph.nodes) == steps  # nothing was added
+
+
 def test_late_stream_needs_late_true():
     flow = Dataflow()
     keyed = keyed_values(source(flow, [("k", 0.0, 1)]))
