@@ -25,6 +25,7 @@ from kernel.execution._plan import (
     KernelOptions,
     RunPlan,
 )
+from kernel.scheduling._clock import check_clock
 from kernel.scheduling._scheduler import check_settings
 
 if TYPE_CHECKING:  # typed for a user's checker (run(stream) is an error); imported lazily at run time
@@ -49,7 +50,11 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
     StateError. `progress(snapshots, final)` is told the kernels' metrics
     while the run runs (the command line's live line)."""
     check_cores(cores)
-    check_heartbeat(heartbeat)  # (used by a cluster only, but refused at once anywhere)
+    check_gc_threshold(gc_threshold)
+    check_clock(clock)
+    # (used by a cluster only, but refused at once anywhere)
+    check_heartbeat(heartbeat)
+    _check_seconds("startup_timeout", startup_timeout)
     # Here, not in each kernel: with several cores a kernel process's
     # ValueError would come back wrapped in a KernelProcessError.
     check_settings(budget, shares, stall_threshold)
@@ -93,15 +98,51 @@ def check_epoch_interval(epoch_interval) -> None:
 
 def check_heartbeat(heartbeat) -> None:
     """A cluster link's heartbeat: a positive, finite number of seconds."""
-    number = isinstance(heartbeat, (int, float)) and not isinstance(heartbeat, bool)
-    if not (number and 0 < heartbeat < float("inf")):
-        raise ValueError(f"heartbeat must be a positive number of seconds, got {heartbeat!r}")
+    _check_seconds("heartbeat", heartbeat)
+
+
+def _check_seconds(name: str, value) -> None:
+    """A positive, finite number of seconds (NaN compared false everywhere:
+    a NaN startup_timeout never timed out)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and 0 < value < float("inf")):
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
+# The most kernels one process runs. Every ordered pair of its kernels has a
+# ring, one mapping of 4 MiB address space each (`_cores.RING_BYTES`): 128
+# kernels make 16,256 of them, a quarter of Linux's default limit of 65,530
+# mappings a process (vm.max_map_count: 256 kernels need 65,280, and with the
+# interpreter's own ones fail as a bare MemoryError, as a million did), and a
+# cluster's gate tells at most 136 kernels a process in one atomic pipe write
+# (`_cores._open_gate`). More kernels on one machine: a cluster of several
+# processes on it (`peers=`).
+MAX_CORES = 128
 
 
 def check_cores(cores: int) -> None:
     if not isinstance(cores, int) or isinstance(cores, bool) or cores < 1:
         raise ValueError(f"cores must be a positive int, got {cores!r}")
+    if cores > MAX_CORES:
+        raise ValueError(f"cores must be at most {MAX_CORES} (kernels in one process: each pair of them has "
+                         f"a ring of shared memory), got {cores!r}; for more on one machine run a cluster "
+                         "of several processes on it (peers=)")
     _warn_if_oversubscribed(cores)
+
+
+# gc.set_threshold takes a C int; a negative threshold collected at every allocation.
+_GC_THRESHOLD_MAX = 2**31 - 1
+
+
+def check_gc_threshold(threshold) -> None:
+    """None (GC settings left alone), or a generation-0 threshold: 0 turns
+    automatic collection off, as `gc.set_threshold(0)` does."""
+    if threshold is None:
+        return
+    if isinstance(threshold, bool) or not isinstance(threshold, int) \
+            or not 0 <= threshold <= _GC_THRESHOLD_MAX:
+        raise ValueError("gc_threshold_during_run must be None (leave the GC alone) or an int from 0 "
+                         f"(no automatic collection) to {_GC_THRESHOLD_MAX}, got {threshold!r}")
 
 
 def _warn_if_oversubscribed(cores: int) -> None:

@@ -1413,6 +1413,29 @@ async def test_run_async_freezes_the_hosts_heap_while_it_runs_and_leaves_a_host_
     }, ["latency", "embedded"])
 
 
+@promise(SCHEDULE, "Garbage collection under run")
+def test_run_sets_the_gc_threshold_it_is_given_while_it_runs_and_refuses_one_gc_cannot_use():
+    """The generation-0 threshold a blocking run's kernels see, on one
+    kernel and on two (kernel processes), is gc_threshold_during_run
+    (50,000 by default; None: the caller's; 0: no automatic collection),
+    and the caller's is back afterwards. The rest:
+    tests/kernel/test_run_options.py (every value refused)."""
+    def thresholds_seen(cores: int, **options) -> set[int]:
+        flow = Dataflow("census")
+        seen = flow.from_iterable(range(4)).map(lambda _: gc.get_threshold()[0]).collect()
+        run(flow, cores=cores, **options)
+        return set(seen.items)
+
+    caller = gc.get_threshold()
+    for cores in (1, 2):
+        assert thresholds_seen(cores) == {50_000}
+        assert thresholds_seen(cores, gc_threshold_during_run=None) == {caller[0]}
+        assert thresholds_seen(cores, gc_threshold_during_run=0) == {0}
+        assert gc.get_threshold() == caller
+    with pytest.raises(ValueError, match=r"^gc_threshold_during_run must be None .* got -5$"):
+        thresholds_seen(1, gc_threshold_during_run=-5)
+
+
 class CountingClock(VirtualClock):
     """A virtual clock that counts how often `monotonic` is read."""
 

@@ -252,6 +252,9 @@ class Dataflow:
     """
 
     def __init__(self, name: str = "flow") -> None:
+        if not isinstance(name, str):
+            # else taken as it was, into logs, errors and the snapshots' fingerprint
+            raise TypeError(f"Dataflow(name) takes the flow's name, a str, got {name!r}")
         self.name = name
         self.graph = Graph(name)
         self._collected: list[Collected[Any]] = []
@@ -984,6 +987,8 @@ class Stream(Generic[T_co]):
         got: 1
         got: (2, 'two')
         """
+        if not isinstance(prefix, str):  # else written with str(): print(5) wrote "51" for the record 1
+            raise TypeError(f"print(prefix) takes a str, written before each record, got {prefix!r}")
         self.flow.graph.add(name or "print", functools.partial(ops.Print, prefix), [self._edge()])
 
 

@@ -36,6 +36,22 @@ class Clock(Protocol):
         passed; returns a handle with `cancel()`."""
 
 
+def check_clock(clock) -> None:
+    """None (the system clock) or an object with a `Clock`'s methods.
+    Checked when a run is planned: `clock=5` failed as an AttributeError
+    in a kernel, and `clock=VirtualClock` (the class) only at the first
+    reading, with a TypeError about a missing `self`."""
+    if clock is None:
+        return
+    if isinstance(clock, type):
+        raise ValueError(f"clock must be a clock object, got the class {clock.__name__}: "
+                         f"pass an instance ({clock.__name__}())")
+    missing = [name for name in ("monotonic", "now", "timer") if not callable(getattr(clock, name, None))]
+    if missing:
+        raise ValueError("clock must have monotonic(), now() and timer(loop, delay, fn) (kernel.Clock), "
+                         f"got {clock!r}, which has no {', '.join(missing)}")
+
+
 class SystemClock:
     """The real clock. `monotonic` is `time.perf_counter` itself (a C call),
     because the scheduler reads it after every activation."""

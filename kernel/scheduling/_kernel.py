@@ -27,7 +27,7 @@ import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass
 
-from kernel.scheduling._clock import Clock, SystemClock
+from kernel.scheduling._clock import Clock, SystemClock, check_clock
 from kernel.scheduling._errors import ActivationError, TaskError
 from kernel.scheduling._scheduler import THROUGHPUT, Activation, Scheduler, SchedulerStatistics
 
@@ -183,6 +183,7 @@ class Kernel:
         stall_threshold: float = 0.025,
         logger: logging.Logger | None = None,
     ) -> None:
+        check_clock(clock)
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._monotonic = self.clock.monotonic
         base_logger = logger or logging.getLogger("kernel")

@@ -1,0 +1,140 @@
+"""Options of `run()`, `run_async()`, `Dataflow()` and `print()` that were
+taken unchecked: each is refused before any kernel starts (nothing of the
+flow is read), with an error naming the option and the value."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import math
+
+import pytest
+
+from kernel import Dataflow, Kernel, VirtualClock, run, run_async
+
+
+class Watched:
+    """An iterable that says whether a kernel ever read it."""
+
+    def __init__(self) -> None:
+        self.read = False
+
+    def __iter__(self):
+        self.read = True
+        return iter([1, 2, 3])
+
+
+def flow_and_source() -> tuple[Dataflow, Watched, object]:
+    flow = Dataflow()
+    source = Watched()
+    out = flow.from_iterable(source).collect()
+    return flow, source, out
+
+
+SECONDS = "startup_timeout must be a positive number of seconds, got {!r}"
+
+
+@pytest.mark.parametrize("value", [math.nan, -1, 0, 0.0, math.inf, "30", True])
+def test_startup_timeout_must_be_positive_seconds_without_peers_too(value):
+    # NaN compared false everywhere: a cluster's processes never timed out finding each other
+    flow, source, _ = flow_and_source()
+    with pytest.raises(ValueError) as info:
+        run(flow, startup_timeout=value)
+    assert str(info.value) == SECONDS.format(value)
+    assert not source.read
+
+
+GC = ("gc_threshold_during_run must be None (leave the GC alone) or an int from 0 (no automatic "
+      "collection) to 2147483647, got {!r}")
+
+
+@pytest.mark.parametrize("value", [-5, -1, 1.5, "x", True, 2**31])
+def test_gc_threshold_must_be_none_or_an_int_gc_takes(value):
+    # -5 collected at every allocation; 1.5, "x" and 2**31 failed as gc.set_threshold's own error
+    flow, source, _ = flow_and_source()
+    before = gc.get_threshold()
+    with pytest.raises(ValueError) as info:
+        run(flow, gc_threshold_during_run=value)
+    assert str(info.value) == GC.format(value)
+    assert not source.read
+    assert gc.get_threshold() == before
+
+
+@pytest.mark.parametrize("value", [0, None, 2**31 - 1])
+def test_gc_thresholds_gc_takes_are_accepted(value):
+    flow, _, out = flow_and_source()
+    run(flow, gc_threshold_during_run=value)
+    assert out.items == [1, 2, 3]
+
+
+CORES = ("cores must be at most 128 (kernels in one process: each pair of them has a ring of shared "
+         "memory), got {!r}; for more on one machine run a cluster of several processes on it (peers=)")
+
+
+@pytest.mark.parametrize("cores", [129, 10**6])
+def test_more_cores_than_a_process_can_ring_are_refused(cores):
+    # a million cores ended as a bare MemoryError, mapping rings one by one
+    flow, source, _ = flow_and_source()
+    with pytest.raises(ValueError) as info:
+        run(flow, cores=cores)
+    assert str(info.value) == CORES.format(cores)
+    assert not source.read
+
+
+def test_the_most_cores_a_process_takes_pass_the_check():
+    from kernel._facade import MAX_CORES, check_cores
+
+    assert MAX_CORES == 128
+    check_cores(MAX_CORES)  # (only the check: 128 kernel processes are not started here)
+
+
+class MonotonicOnly:
+    def monotonic(self) -> float:
+        return 0.0
+
+    def __repr__(self) -> str:
+        return "MonotonicOnly()"
+
+
+CLOCK = ("clock must have monotonic(), now() and timer(loop, delay, fn) (kernel.Clock), "
+         "got {}, which has no {}")
+CLASS = "clock must be a clock object, got the class VirtualClock: pass an instance (VirtualClock())"
+
+
+@pytest.mark.parametrize(("clock", "message"), [
+    (5, CLOCK.format(5, "monotonic, now, timer")),
+    ("system", CLOCK.format("'system'", "monotonic, now, timer")),
+    (MonotonicOnly(), CLOCK.format("MonotonicOnly()", "now, timer")),
+    (VirtualClock, CLASS),
+])
+def test_a_clock_of_another_kind_is_refused(clock, message):
+    # clock=5 was an AttributeError in the kernel; the class VirtualClock a TypeError at its first reading
+    flow, source, _ = flow_and_source()
+    with pytest.raises(ValueError) as info:
+        run(flow, clock=clock)
+    assert str(info.value) == message
+    with pytest.raises(ValueError) as info:
+        asyncio.run(run_async(flow, clock=clock))
+    assert str(info.value) == message
+    with pytest.raises(ValueError) as info:
+        Kernel(clock=clock)  # the low-level API
+    assert str(info.value) == message
+    assert not source.read
+
+
+@pytest.mark.parametrize("name", [5, None, b"flow", ["flow"]])
+def test_a_dataflow_name_must_be_a_str(name):
+    with pytest.raises(TypeError) as info:
+        Dataflow(name)
+    assert str(info.value) == f"Dataflow(name) takes the flow's name, a str, got {name!r}"
+
+
+@pytest.mark.parametrize("prefix", [5, None, b"> "])
+def test_a_print_prefix_must_be_a_str(prefix):
+    # print(5) wrote "51" for the record 1
+    flow = Dataflow()
+    stream = flow.from_iterable([1])
+    with pytest.raises(TypeError) as info:
+        stream.print(prefix)
+    assert str(info.value) == f"print(prefix) takes a str, written before each record, got {prefix!r}"
+    assert len(flow.graph.nodes) == 1  # no print step was added
