@@ -16,6 +16,7 @@ import pytest
 from kernel import (
     Dataflow,
     Kernel,
+    SystemClock,
     TaskError,
     VirtualClock,
     cooperate,
@@ -197,6 +198,7 @@ class RecordingClock:
     to walk."""
 
     now = staticmethod(time.time)
+    timer = staticmethod(SystemClock.timer)  # a whole kernel.Clock, or the run refuses it
 
     def __init__(self):
         self.timeline = array("d")
