@@ -19,7 +19,10 @@ files in the directory are replaced then, not before: a run that fails
 leaves them); after a source that never ends
 (follow=True) such a run is refused at its start, as nothing would appear.
 
-Records are written with `json.dumps`: tuples (and windows) as arrays.
+Records are written with `json.dumps`: tuples (and windows) as arrays. NaN
+and the infinities are refused, naming the record: `json.dumps` writes them
+as `NaN` and `Infinity`, which are no JSON, and `from_files(format="jsonl")`
+refused the files to_files had written.
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ from kernel.dataflow._errors import KernelError, OperatorError
 from kernel.dataflow._operator import Operator
 
 _NAME = re.compile(r"^\.?part-k(\d+)-e(\d+)\.jsonl$")
+
+# json.dumps with these options: one encoder, made once (json.dumps makes one
+# a call when an option differs from its defaults, as ensure_ascii does).
+# allow_nan=False: a NaN or an infinity raises ValueError, which names the record.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
 
 
 def _fsync_directory(directory: str) -> None:
@@ -74,12 +82,13 @@ class ToFiles(Operator):
         return os.path.join(self.directory, "." + name if hidden else name)
 
     def on_batch(self, port, batch):
-        dumps = json.dumps
+        encode = _ENCODE
         try:
-            lines = [dumps(record, ensure_ascii=False) for record in batch]
+            lines = [encode(record) for record in batch]
         except (TypeError, ValueError) as exc:
             bad = next(r for r in batch if not _serializable(r))
-            raise OperatorError.wrap(self.name, "json.dumps", exc, record=bad) from exc
+            hint = NOT_JSON_NUMBER if _has_no_json_number(bad) else None
+            raise OperatorError.wrap(self.name, "json.dumps", exc, record=bad, hint=hint) from exc
         if self._file is None:
             self._file = open(self._path(self.epoch, hidden=True), "w", encoding="utf-8")
             self._unpublished.add(self.epoch)
@@ -192,9 +201,23 @@ class ToFiles(Operator):
                     yield name, kernel, int(match.group(2))
 
 
+NOT_JSON_NUMBER = ("NaN and the infinities are no JSON numbers (from_files would refuse the file): "
+                   "map them to None or a str before to_files")
+
+
+def _has_no_json_number(record) -> bool:
+    """Whether all that keeps `record` from JSON is a NaN or an infinity
+    (the error path only)."""
+    try:
+        json.dumps(record, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _serializable(record, encodes: bool = False) -> bool:
     try:
-        text = json.dumps(record, ensure_ascii=False)
+        text = _ENCODE(record)
         if encodes:
             text.encode("utf-8")
     except (TypeError, ValueError):  # UnicodeEncodeError too

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import shutil
 import sqlite3
@@ -506,6 +507,50 @@ def test_a_record_json_cannot_write_is_a_clear_error(tmp_path):
         run(flow)
     assert "to_files(" in str(info.value) and "json.dumps" in str(info.value)
     assert "{2}" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, {"x": [1.5, -math.inf]}, ("t", math.nan)])
+def test_a_record_with_nan_or_infinity_is_refused_naming_it(tmp_path, bad):
+    """json.dumps writes NaN and Infinity, which are no JSON: the files were
+    written, and from_files(format="jsonl") refused them."""
+    flow = Dataflow()
+    flow.from_iterable([1, bad, 2]).to_files(tmp_path / "out")
+    with pytest.raises(KernelError) as info:
+        run(flow)
+    with pytest.raises(ValueError) as json_error:
+        json.dumps(bad, allow_nan=False)
+    assert str(info.value) == (
+        f"operator 'to_files({tmp_path / 'out'}) (step 1)': function 'json.dumps' raised ValueError: "
+        f"{json_error.value}\n  on record: {bad!r}\n  NaN and the infinities are no JSON numbers "
+        "(from_files would refuse the file): map them to None or a str before to_files")
+    assert not list((tmp_path / "out").glob("part-*"))  # nothing published
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | finite | st.text(),
+                           lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8)
+
+
+@settings(max_examples=25, deadline=None)
+@given(records=st.lists(json_values | st.floats(), min_size=1, max_size=6))
+def test_what_to_files_writes_from_files_reads_back(tmp_path_factory, records):
+    """Either every record comes back as it went (JSON Lines that from_files
+    reads), or a NaN or an infinity was refused: never a file that cannot be
+    read back."""
+    out = tmp_path_factory.mktemp("out")
+    flow = Dataflow()
+    flow.from_iterable(records).to_files(out)
+    try:
+        run(flow)
+    except KernelError as error:
+        assert "NaN and the infinities are no JSON numbers" in str(error)
+        assert any(isinstance(r, float) and not math.isfinite(r) for r in records)
+        return
+    reading = Dataflow()
+    back = reading.from_files(out / "part-*.jsonl", format="jsonl").collect()
+    run(reading)
+    assert back.items == records
 
 
 def test_a_str_that_is_not_utf8_is_an_error_naming_its_record(tmp_path):
