@@ -183,6 +183,44 @@ def test_a_malformed_jsonl_line_names_the_file_and_the_line_on_any_kernel(tmp_pa
     assert "from_files(jsonl)" in str(error)
 
 
+# A line that is not one JSON value, after a blank line (or with a line of
+# two values after it) that made msgspec's decode_lines count come out right
+# when both were in one chunk: (text, its line, why, records and skipped
+# lines with on_error="skip").
+NOT_ONE_VALUE = [
+    ('0\n\n1 2\n3\n', 3, "JSON is malformed: trailing characters (byte 3)", [0, 3], 1),
+    ('{"a": 0}\n\n{"a": 1}{"a": 2}\n{"a": 3}\n', 3, "JSON is malformed: trailing characters (byte 9)",
+     [{"a": 0}, {"a": 3}], 1),
+    ('0\n\n1,2\n3\n', 3, "JSON is malformed: trailing characters (byte 2)", [0, 3], 1),
+    ('0\n[1,\n2]\n3 4\n', 2, "Input data was truncated", [0], 3),  # a value across two lines
+]
+
+
+@pytest.mark.parametrize(("text", "line", "why", "kept", "skipped"), NOT_ONE_VALUE)
+def test_a_jsonl_line_of_more_or_less_than_one_value_is_malformed_whatever_the_chunk_size(
+        tmp_path, text, line, why, kept, skipped):
+    """Read in one chunk (64 KiB, or any chunk past the blank line), such a
+    file gave every value as a record; cut before it, the same line was
+    malformed. Now it is malformed in every chunk size."""
+    path = tmp_path / "a.jsonl"
+    path.write_text(text)
+    raw = text.split("\n")[line - 1].encode()
+    expected = (f"operator 'from_files(jsonl) (step 0)': function 'jsonl decoding' raised FileError: "
+                f"{path}, line {line}: malformed jsonl line: DecodeError: {why}\n"
+                f"  on record: {raw!r}")
+    for chunk_bytes in [*range(1, len(text) + 2), 1 << 16]:
+        flow = Dataflow()
+        flow.from_files(path, format="jsonl", chunk_bytes=chunk_bytes).collect()
+        with pytest.raises(OperatorError) as info:
+            run(flow)
+        assert str(info.value) == expected, chunk_bytes
+        flow = Dataflow()
+        stream = flow.from_files(path, format="jsonl", on_error="skip", chunk_bytes=chunk_bytes)
+        out = stream.collect()
+        run(flow)
+        assert (out.items, stream.skipped_count.value) == (kept, skipped), chunk_bytes
+
+
 def test_skipped_lines_are_logged_once_per_file(tmp_path, caplog):
     (tmp_path / "a.jsonl").write_text("1\nbad\n2\nworse\n")
     (tmp_path / "b.jsonl").write_text("oops\n3\n")
