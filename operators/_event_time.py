@@ -72,12 +72,16 @@ def _stamps(values: list) -> list:
     return list(map(as_seconds, values))
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)  # True is no number of seconds
+
+
 def check_event_time(timestamp, max_delay, idle_timeout) -> None:
     if timestamp is not None and not callable(timestamp):
         raise TypeError(f"timestamp must be a function of the record, got {timestamp!r}")
-    if not isinstance(max_delay, (int, float)) or not max_delay >= 0 or math.isinf(max_delay):
+    if not _number(max_delay) or not max_delay >= 0 or math.isinf(max_delay):
         raise ValueError(f"max_delay must be a finite number of seconds >= 0, got {max_delay!r}")
-    if idle_timeout is not None and (not isinstance(idle_timeout, (int, float)) or not idle_timeout > 0):
+    if idle_timeout is not None and (not _number(idle_timeout) or not idle_timeout > 0):
         raise ValueError(f"idle_timeout must be a number of seconds > 0 or None, got {idle_timeout!r}")
     if timestamp is None and max_delay:
         raise ValueError("max_delay needs timestamp=: without timestamps there is no event time")

@@ -90,11 +90,16 @@ def check_file_options(pattern, format, on_error, follow, poll_interval, chunk_b
         raise ValueError(f"from_files: format must be one of {', '.join(map(repr, FORMATS))}, got {format!r}")
     if on_error not in ON_ERROR:
         raise ValueError(f"from_files: on_error must be 'raise' or 'skip', got {on_error!r}")
+    # a flag other than a bool was taken for its truth value: header="no" read a header
+    for flag, value in (("follow", follow), ("header", header)):
+        if not isinstance(value, bool):
+            raise ValueError(f"from_files: {flag} must be True or False, got {value!r}")
     if header and format != "csv":
         raise ValueError(f"from_files: header=True is for format='csv', not {format!r}")
-    if not (isinstance(poll_interval, (int, float)) and poll_interval > 0 and math.isfinite(poll_interval)):
+    number = isinstance(poll_interval, (int, float)) and not isinstance(poll_interval, bool)
+    if not (number and poll_interval > 0 and math.isfinite(poll_interval)):
         raise ValueError(f"from_files: poll_interval must be a number of seconds > 0, got {poll_interval!r}")
-    if not (isinstance(chunk_bytes, int) and chunk_bytes >= 1):
+    if not (isinstance(chunk_bytes, int) and not isinstance(chunk_bytes, bool) and chunk_bytes >= 1):
         raise ValueError(f"from_files: chunk_bytes must be an int >= 1, got {chunk_bytes!r}")
     check_encoding(encoding)
     if not follow and not matching_files(pattern):

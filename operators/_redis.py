@@ -206,6 +206,10 @@ class RedisStreamSource(Source):
         self.url = url
         self.all_streams = _streams(stream)
         self.batch_size = check_batch_size(batch_size)
+        # a flag other than a bool was taken for its truth value: follow="no" followed
+        for flag, value in (("follow", follow), ("decode", decode)):
+            if not isinstance(value, bool):
+                raise ValueError(f"from_redis_stream: {flag} must be True or False, got {value!r}")
         self.follow = follow
         check_start(start)
         self.start = start
@@ -448,7 +452,7 @@ class ToRedisStream(Operator):
                  maxlen: int | None = None, timeout: float = 5.0) -> None:
         if not isinstance(stream, str) or not stream:
             raise ValueError(f"to_redis_stream needs a stream name, got {stream!r}")
-        if maxlen is not None and (not isinstance(maxlen, int) or maxlen < 1):
+        if maxlen is not None and (not isinstance(maxlen, int) or isinstance(maxlen, bool) or maxlen < 1):
             raise ValueError(f"maxlen must be a positive int or None, got {maxlen!r}")
         check_timeout(timeout)
         check_url(url, "to_redis_stream")

@@ -429,6 +429,7 @@ class Dataflow:
         ops.check_batch_size(batch_size)
         checked = ops.check_file_options(pattern, format, on_error, follow, poll_interval, chunk_bytes,
                                          header, encoding)
+        ops.check_event_time(timestamp, max_delay, idle_timeout)  # (idle_timeout too, used if follow)
         factory = functools.partial(
             ops.FileSource, checked, format, follow=follow, on_error=on_error, header=header,
             encoding=encoding, poll_interval=poll_interval, chunk_bytes=chunk_bytes, batch_size=batch_size)
@@ -546,7 +547,8 @@ class Dataflow:
         kind: tuple[str, ...],
     ) -> Stream[Any]:
         if timestamp is None:
-            ops.check_event_time(timestamp, max_delay, None)
+            # idle_timeout is checked though unused: a bad one was met only once timestamp= came
+            ops.check_event_time(timestamp, max_delay, idle_timeout)
             return self._source(factory, name, kind)
         ops.check_event_time(timestamp, max_delay, idle_timeout)
 

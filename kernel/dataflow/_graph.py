@@ -87,6 +87,13 @@ class Node:
         return self.loop.parent if self.role == LEAVE else self.loop
 
 
+def _check_step_name(name) -> None:
+    """A step's `name=`: a str. Anything else was taken as it was (`map(fn,
+    name=5)` made a step labelled 5 in errors, metrics and the fingerprint)."""
+    if not isinstance(name, str):
+        raise TypeError(f"a step's name must be a str, got {name!r}")
+
+
 class Graph:
     def __init__(self, name: str) -> None:
         self.name = name
@@ -110,6 +117,7 @@ class Graph:
     ) -> Node:
         # A source made inside a loop's body is outside the loop (it has no
         # rounds); its records enter the loop where a step in it reads them.
+        _check_step_name(name)
         if role is None:
             loop = None if is_source else self.scope
         inputs = list(inputs)
@@ -127,6 +135,7 @@ class Graph:
 
     def open_loop(self, name: str, max_rounds: int | None, max_in_flight: int | None = None) -> LoopScope:
         """Start building a loop's body: steps added until `close_loop` are in it."""
+        _check_step_name(name)
         scope = LoopScope(len(self.loops), self.scope, name, max_rounds, max_in_flight)
         self.loops.append(scope)
         self.scope = scope

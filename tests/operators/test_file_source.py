@@ -316,6 +316,26 @@ def test_bad_options_and_a_pattern_matching_nothing_fail_when_the_flow_is_built(
         flow.from_files(tmp_path / "*.log", header=True)
 
 
+@pytest.mark.parametrize(("options", "message"), [
+    ({"follow": "no"}, "from_files: follow must be True or False, got 'no'"),
+    ({"follow": 1}, "from_files: follow must be True or False, got 1"),
+    ({"format": "csv", "header": "no"}, "from_files: header must be True or False, got 'no'"),
+    ({"chunk_bytes": True}, "from_files: chunk_bytes must be an int >= 1, got True"),
+    ({"poll_interval": True}, "from_files: poll_interval must be a number of seconds > 0, got True"),
+    ({"idle_timeout": -1}, "idle_timeout must be a number of seconds > 0 or None, got -1"),
+])
+def test_flags_and_numbers_of_another_kind_are_refused_when_the_flow_is_built(tmp_path, options, message):
+    """follow="no" followed and header="no" read a header (taken for their
+    truth value); chunk_bytes=True read a byte at a time; idle_timeout=-1
+    was taken unchecked by a bounded source."""
+    (tmp_path / "a.log").write_text("x\n")
+    flow = Dataflow()
+    with pytest.raises(ValueError) as info:
+        flow.from_files(tmp_path / "*.log", **options)
+    assert str(info.value) == message
+    assert not flow.graph.nodes
+
+
 def test_an_unreadable_file_is_named(tmp_path):
     (tmp_path / "a.log").write_text("x\n")
     (tmp_path / "b.log").symlink_to(tmp_path / "gone")

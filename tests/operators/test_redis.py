@@ -803,10 +803,22 @@ def test_bad_arguments_are_refused_when_the_flow_is_built(arguments, says):
         Dataflow().from_redis_stream(**arguments)
 
 
+@pytest.mark.parametrize(("flag", "value"), [
+    ("follow", "no"), ("follow", 0), ("decode", "no"), ("decode", None)])
+def test_flags_other_than_true_or_false_are_refused_when_the_flow_is_built(flag, value):
+    # follow="no" followed: taken for its truth value
+    with pytest.raises(ValueError) as info:
+        Dataflow().from_redis_stream("redis://127.0.0.1:1/0", "s", **{flag: value})
+    assert str(info.value) == f"from_redis_stream: {flag} must be True or False, got {value!r}"
+
+
 def test_bad_sink_arguments_are_refused_when_the_flow_is_built():
     stream = Dataflow().from_iterable([{"n": 1}])
     with pytest.raises(ValueError, match="maxlen"):
         stream.to_redis_stream("redis://127.0.0.1:1/0", "s", maxlen=0)
+    with pytest.raises(ValueError) as info:  # was MAXLEN ~ 1
+        stream.to_redis_stream("redis://127.0.0.1:1/0", "s", maxlen=True)
+    assert str(info.value) == "maxlen must be a positive int or None, got True"
     with pytest.raises(ValueError, match="stream name"):
         stream.to_redis_stream("redis://127.0.0.1:1/0", "")
     with pytest.raises(ValueError, match="to_redis_stream: 'localhost' is not a Redis URL"):

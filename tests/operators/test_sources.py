@@ -78,6 +78,43 @@ def test_from_iterable_reads_a_range():
     assert out.items == list(range(3, 30, 4))
 
 
+STEPS_WITH_A_NAME = {
+    "from_iterable": lambda flow, name: flow.from_iterable([1], name=name),
+    "from_async_iterable": lambda flow, name: flow.from_async_iterable(_nothing, name=name),
+    "map": lambda flow, name: flow.from_iterable([1]).map(str, name=name),
+    "key_by": lambda flow, name: flow.from_iterable([1]).key_by(str, name=name),
+    "collect": lambda flow, name: flow.from_iterable([1]).collect(name=name),
+    "sink": lambda flow, name: flow.from_iterable([1]).sink(print, name=name),
+    "iterate": lambda flow, name: flow.from_iterable([1]).iterate(lambda s: (s, s), name=name),
+}
+
+
+@pytest.mark.parametrize("step", sorted(STEPS_WITH_A_NAME))
+@pytest.mark.parametrize("name", [5, b"counts", ("a",)])
+def test_a_step_name_other_than_a_str_is_refused(step, name):
+    """map(fn, name=5) made a step labelled 5 (in errors, metrics and the
+    snapshots' fingerprint)."""
+    flow = Dataflow()
+    with pytest.raises(TypeError) as info:
+        STEPS_WITH_A_NAME[step](flow, name)
+    assert str(info.value) == f"a step's name must be a str, got {name!r}"
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"idle_timeout": -1}, "idle_timeout must be a number of seconds > 0 or None, got -1"),
+    ({"idle_timeout": True}, "idle_timeout must be a number of seconds > 0 or None, got True"),
+    ({"idle_timeout": True, "timestamp": float},
+     "idle_timeout must be a number of seconds > 0 or None, got True"),
+    ({"max_delay": True, "timestamp": float}, "max_delay must be a finite number of seconds >= 0, got True"),
+])
+def test_event_time_options_are_checked_with_or_without_timestamps(options, message):
+    """idle_timeout=-1 was taken without timestamp= (and met only the day
+    one was added); True was taken for 1 second."""
+    with pytest.raises(ValueError) as info:
+        Dataflow().from_async_iterable(_nothing, **options)
+    assert str(info.value) == message
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "10"])
 def test_from_iterable_rejects_a_bad_batch_size(bad):
     # Refused when the flow is built or at the latest when it runs.
