@@ -19,6 +19,8 @@ SECRET_VARIABLE = "KERNEL_SECRET"
 def parse_peers(peers) -> list[tuple[str, int]]:
     """`"h0:p0,h1:p1"` or a sequence of `"host:port"` / `(host, port)` ->
     [(host, port)]; IPv6 hosts in brackets (`[::1]:7000`)."""
+    if not isinstance(peers, (str, list, tuple)):  # else "'int' object is not iterable"
+        raise ValueError(f"peers must be 'host:port,host:port...' or a list of 'host:port', got {peers!r}")
     items = [p.strip() for p in peers.split(",")] if isinstance(peers, str) else list(peers)
     addresses = []
     for item in items:
@@ -54,9 +56,34 @@ def read_secret(secret=None, secret_file=None) -> bytes:
             raise ValueError(f"cannot read the secret file {secret_file}: {exc.strerror}") from None
     if secret is None:
         secret = os.environ.get(SECRET_VARIABLE)
+    if not isinstance(secret, (str, bytes, bytearray, type(None))):
+        # bytes(5) is five zero bytes: secret=5 was a secret anyone could guess
+        # (its value is not shown: it may be a real secret of the wrong type)
+        raise ValueError(f"secret must be a str or bytes, not {type(secret).__name__}")
     if not secret:
         raise ValueError(f"a cluster needs a shared secret: set {SECRET_VARIABLE} or use --secret-file")
     return secret.encode() if isinstance(secret, str) else bytes(secret)
+
+
+def _tls_files(tls) -> TLSFiles | None:
+    """None, a TLSFiles, or the paths (cert, key) or (cert, key, ca), each
+    of a file that exists. tls="x" failed as an AttributeError, a tuple of
+    four as TLSFiles' TypeError, and a number passed os.path.isfile as a
+    file descriptor."""
+    if tls is None:
+        return None
+    if isinstance(tls, (tuple, list)):
+        paths = (str, os.PathLike)
+        if not (len(tls) in (2, 3) and all(isinstance(p, paths) for p in tls[:2])
+                and (len(tls) == 2 or tls[2] is None or isinstance(tls[2], paths))):
+            raise ValueError(f"tls must be the paths (cert, key) or (cert, key, ca), got {tls!r}")
+        tls = TLSFiles(*tls)
+    if not isinstance(tls, TLSFiles):
+        raise ValueError(f"tls must be the paths (cert, key) or (cert, key, ca), got {tls!r}")
+    for path in (tls.cert, tls.key, tls.ca):
+        if path is not None and not os.path.isfile(path):
+            raise ValueError(f"TLS file not found: {path}")
+    return tls
 
 
 def cluster_plan(process_id, peers, cores: int, *, secret=None, secret_file=None, tls=None,
@@ -68,11 +95,7 @@ def cluster_plan(process_id, peers, cores: int, *, secret=None, secret_file=None
             or not 0 <= process_id < len(addresses):
         raise ValueError(f"process_id must be an int from 0 to {len(addresses) - 1} "
                          f"(one per address in peers), got {process_id!r}")
-    if isinstance(tls, (tuple, list)):
-        tls = TLSFiles(*tls)
-    for path in () if tls is None else (tls.cert, tls.key, tls.ca):
-        if path is not None and not os.path.isfile(path):
-            raise ValueError(f"TLS file not found: {path}")
+    tls = _tls_files(tls)
     for name, value in (("startup_timeout", startup_timeout), ("heartbeat", heartbeat)):
         if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
             raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -80,6 +81,9 @@ class VirtualClock:
     __slots__ = ("_epoch", "_monotonic", "_sequence", "_timers")
 
     def __init__(self, start: float = 0.0, epoch: float = 1_700_000_000.0) -> None:
+        for name, value in (("start", start), ("epoch", epoch)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"VirtualClock: {name} must be a finite number of seconds, got {value!r}")
         self._monotonic = float(start)
         self._epoch = float(epoch)
         self._timers: list = []  # heap of [deadline, sequence, fn]
@@ -94,6 +98,8 @@ class VirtualClock:
     def advance(self, seconds: float) -> None:
         if seconds < 0:
             raise ValueError(f"a clock cannot go backwards (advance({seconds!r}))")
+        if not seconds < math.inf:  # NaN or inf: every later reading would be NaN or inf
+            raise ValueError(f"advance needs a finite number of seconds >= 0, got {seconds!r}")
         self._monotonic += seconds
         timers = self._timers
         while timers and timers[0][0] <= self._monotonic:

@@ -138,3 +138,38 @@ def test_a_print_prefix_must_be_a_str(prefix):
         stream.print(prefix)
     assert str(info.value) == f"print(prefix) takes a str, written before each record, got {prefix!r}"
     assert len(flow.graph.nodes) == 1  # no print step was added
+
+
+LOOPBACK = "127.0.0.1:7001"
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"peers": 5}, "peers must be 'host:port,host:port...' or a list of 'host:port', got 5"),
+    ({"peers": LOOPBACK, "tls": "cert.pem"},
+     "tls must be the paths (cert, key) or (cert, key, ca), got 'cert.pem'"),
+    ({"peers": LOOPBACK, "tls": (1, 2, 3)},
+     "tls must be the paths (cert, key) or (cert, key, ca), got (1, 2, 3)"),
+    ({"peers": LOOPBACK, "tls": ("c", "k", "ca", "x")},
+     "tls must be the paths (cert, key) or (cert, key, ca), got ('c', 'k', 'ca', 'x')"),
+    ({"peers": LOOPBACK, "secret": 5}, "secret must be a str or bytes, not int"),
+])
+def test_cluster_options_of_another_kind_are_refused(options, message):
+    # peers=5: "'int' object is not iterable"; tls="x": an AttributeError; secret=5 was
+    # bytes(5), five zero bytes, a secret anyone could guess, and the cluster ran on it
+    flow, source, _ = flow_and_source()
+    with pytest.raises(ValueError) as info:
+        run(flow, process_id=0, **{"secret": "s3cret", **options}, startup_timeout=1)
+    assert str(info.value) == message
+    assert not source.read
+
+
+@pytest.mark.parametrize("seconds", [math.nan, math.inf])
+def test_a_virtual_clock_advances_by_finite_seconds_only(seconds):
+    clock = VirtualClock()
+    with pytest.raises(ValueError) as info:
+        clock.advance(seconds)
+    assert str(info.value) == f"advance needs a finite number of seconds >= 0, got {seconds!r}"
+    assert clock.monotonic() == 0.0  # (NaN made every later reading NaN)
+    with pytest.raises(ValueError) as info:
+        VirtualClock(start=seconds)
+    assert str(info.value) == f"VirtualClock: start must be a finite number of seconds, got {seconds!r}"
