@@ -158,6 +158,22 @@ class _TaskRef:
         self.name = name
 
 
+def _check_place(index, peers, logger) -> None:
+    """The low-level API's `index`, `peers` and `logger`, checked when the
+    kernel is made: `Kernel(index=3, peers=2)` was taken (a source split
+    its input by them), and `logger=5` failed at the first log line."""
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not whole(peers) or peers < 1:
+        raise ValueError("Kernel: peers must be a positive int (how many kernels run the flow), "
+                         f"got {peers!r}")
+    if not whole(index) or not 0 <= index < peers:
+        raise ValueError(f"Kernel: index must be an int from 0 to {peers - 1} (peers={peers}), got {index!r}")
+    if logger is not None and not isinstance(logger, (logging.Logger, logging.LoggerAdapter)):
+        raise ValueError(f"Kernel: logger must be a logging.Logger or None, got {logger!r}")
+
+
 class Kernel:
     """A cooperative kernel for one core, on the event loop it is started on.
 
@@ -184,6 +200,7 @@ class Kernel:
         logger: logging.Logger | None = None,
     ) -> None:
         check_clock(clock)
+        _check_place(index, peers, logger)
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._monotonic = self.clock.monotonic
         base_logger = logger or logging.getLogger("kernel")

@@ -17,6 +17,11 @@ def _check_name(name: object, what: str) -> None:
         raise ValueError(f"{what} needs a name (a non-empty string), got {name!r}")
 
 
+def _seconds(value: object) -> bool:
+    """A number of seconds: True is not one (it was taken for 1 second)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def publisher(stream: Any, name: str, partitions: str, retain: int | None, slow: str, epoch_interval: float,
               record_type: type | None, retain_bytes: int | None = None) -> tuple[Any, Callable[[], Any]]:
     from kernel.topics._publish import Publish
@@ -34,7 +39,7 @@ def publisher(stream: Any, name: str, partitions: str, retain: int | None, slow:
             raise ValueError("publish: retain_bytes bounds what retain=N keeps: give retain too")
     if slow not in ("backpressure", "disconnect"):
         raise ValueError(f"publish: slow must be 'backpressure' or 'disconnect', got {slow!r}")
-    if not isinstance(epoch_interval, (int, float)) or not 0 < epoch_interval < float("inf"):
+    if not _seconds(epoch_interval) or not 0 < epoch_interval < float("inf"):
         raise ValueError("publish: epoch_interval must be a positive number of seconds, "
                          f"got {epoch_interval!r}")
     if record_type is not None and not isinstance(record_type, type):
@@ -57,7 +62,7 @@ def subscriber(flow: Any, name: str, timeout: float | None, on_lost: str,
     from kernel.topics._subscribe import Subscribe
 
     _check_name(name, "subscribe")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or not timeout >= 0):
+    if timeout is not None and (not _seconds(timeout) or not timeout >= 0):
         raise ValueError(f"subscribe: timeout must be a number of seconds >= 0 or None, got {timeout!r}")
     if on_lost not in ("fail", "wait"):
         raise ValueError(f"subscribe: on_lost must be 'fail' or 'wait', got {on_lost!r}")

@@ -173,3 +173,25 @@ def test_a_virtual_clock_advances_by_finite_seconds_only(seconds):
     with pytest.raises(ValueError) as info:
         VirtualClock(start=seconds)
     assert str(info.value) == f"VirtualClock: start must be a finite number of seconds, got {seconds!r}"
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"peers": 0}, "Kernel: peers must be a positive int (how many kernels run the flow), got 0"),
+    ({"peers": 2.0}, "Kernel: peers must be a positive int (how many kernels run the flow), got 2.0"),
+    ({"index": -1}, "Kernel: index must be an int from 0 to 0 (peers=1), got -1"),
+    ({"index": 3, "peers": 2}, "Kernel: index must be an int from 0 to 1 (peers=2), got 3"),
+    ({"index": True, "peers": 2}, "Kernel: index must be an int from 0 to 1 (peers=2), got True"),
+    ({"logger": "kernel"}, "Kernel: logger must be a logging.Logger or None, got 'kernel'"),
+])
+def test_the_low_level_kernel_refuses_a_place_or_logger_of_another_kind(options, message):
+    # Kernel(index=3, peers=2) was taken, logger="kernel" failed at the first log line
+    with pytest.raises(ValueError) as info:
+        Kernel(**options)
+    assert str(info.value) == message
+
+
+def test_the_low_level_kernel_takes_a_logger_or_an_adapter():
+    import logging
+
+    assert Kernel(index=1, peers=2, logger=logging.getLogger("mine")).context.index == 1
+    Kernel(logger=logging.LoggerAdapter(logging.getLogger("mine"), {}))

@@ -846,9 +846,13 @@ def test_bad_arguments_are_refused_when_the_flow_is_built():
         (lambda: stream.publish("t", retain_bytes=1 << 20), ValueError, "bounds what retain=N keeps"),
         (lambda: stream.publish("t", slow="drop"), ValueError, "'backpressure' or 'disconnect'"),
         (lambda: stream.publish("t", epoch_interval=0), ValueError, "epoch_interval must be a positive"),
+        (lambda: stream.publish("t", epoch_interval=True), ValueError,
+         "publish: epoch_interval must be a positive number of seconds, got True"),
         (lambda: stream.publish("t", record_type="tuple"), TypeError, "record_type must be a class"),
         (lambda: flow.subscribe("t", on_lost="retry"), ValueError, "on_lost must be 'fail' or 'wait'"),
         (lambda: flow.subscribe("t", timeout=-1), ValueError, "timeout must be a number of seconds"),
+        (lambda: flow.subscribe("t", timeout=True), ValueError,
+         "subscribe: timeout must be a number of seconds >= 0 or None, got True"),
         (lambda: flow.serve("s", "not a function"), TypeError, "the handler must be callable"),
     ]
     for build, error, message in cases:
