@@ -295,6 +295,10 @@ class Dataflow:
         ['a', 'b', 'c']
         """
         ops.check_batch_size(batch_size)
+        if not (hasattr(iterable, "__iter__") or hasattr(iterable, "__getitem__")):
+            # else an OperatorError from a kernel, once the run had started
+            raise TypeError(f"from_iterable() needs an iterable (a list, a range, a generator...), "
+                            f"got {iterable!r}")
         factory = ops.IterableSource.factory(iterable, batch_size)  # refuses a 2nd read of an iterator
         return self._timed_source(factory, name or "from_iterable", timestamp, max_delay, None,
                                   ("IterableSource",))
@@ -473,6 +477,11 @@ class Dataflow:
         [0, 10, 20]
         """
         ops.check_batch_size(batch_size)
+        if not (hasattr(aiterable, "__aiter__") or callable(aiterable)):
+            # else a TypeError from a kernel, once the run had started (what a function
+            # returns is known only then)
+            raise TypeError("from_async_iterable() needs an async iterable or a function returning one, "
+                            f"got {aiterable!r}")
         factory = ops.AsyncIterableSource.factory(aiterable, batch_size)
         return self._timed_source(
             factory, name or "from_async_iterable", timestamp, max_delay, idle_timeout,

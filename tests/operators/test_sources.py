@@ -78,6 +78,21 @@ def test_from_iterable_reads_a_range():
     assert out.items == list(range(3, 30, 4))
 
 
+@pytest.mark.parametrize("given", [5, None, 2.5])
+def test_a_source_of_something_that_cannot_be_iterated_is_refused_when_the_flow_is_built(given):
+    """from_iterable(5) failed in the kernel, once the run had started."""
+    flow = Dataflow()
+    with pytest.raises(TypeError) as info:
+        flow.from_iterable(given)
+    assert str(info.value) == ("from_iterable() needs an iterable (a list, a range, a generator...), "
+                               f"got {given!r}")
+    with pytest.raises(TypeError) as info:
+        flow.from_async_iterable(given)
+    assert str(info.value) == ("from_async_iterable() needs an async iterable or a function returning one, "
+                               f"got {given!r}")
+    assert not flow.graph.nodes
+
+
 STEPS_WITH_A_NAME = {
     "from_iterable": lambda flow, name: flow.from_iterable([1], name=name),
     "from_async_iterable": lambda flow, name: flow.from_async_iterable(_nothing, name=name),
@@ -133,13 +148,19 @@ async def _nothing():
     yield
 
 
-def test_from_iterable_of_a_non_iterable_names_the_source():
+def test_an_iterable_whose_iter_fails_names_the_source():
+    # (a non-iterable, 42, is refused when the flow is built: see below)
+    class Unopenable:
+        def __iter__(self):
+            raise TypeError("the cursor is closed")
+
     flow = Dataflow()
-    flow.from_iterable(42).collect()
+    flow.from_iterable(Unopenable()).collect()
     with pytest.raises(OperatorError) as info:
         run(flow)
     assert info.value.operator == "from_iterable (step 0)"
     assert isinstance(info.value.__cause__, TypeError)
+    assert str(info.value.__cause__) == "the cursor is closed"
 
 
 def test_an_iterable_that_raises_midway_names_the_source():
@@ -363,9 +384,15 @@ async def test_host_tasks_keep_running_while_an_async_source_reads():
     assert out.items == list(range(50))
 
 
-def test_from_async_iterable_of_a_non_async_iterable_fails_at_open():
+def test_from_async_iterable_of_a_non_async_iterable_fails_when_the_flow_is_built_or_at_open():
+    """A list is refused when the flow is built; what a function returns is
+    known only when the source opens."""
     flow = Dataflow()
-    flow.from_async_iterable([1, 2, 3], name="feed").collect()
+    with pytest.raises(TypeError) as refused:
+        flow.from_async_iterable([1, 2, 3], name="feed")
+    assert str(refused.value) == ("from_async_iterable() needs an async iterable or a function returning "
+                                  "one, got [1, 2, 3]")
+    flow.from_async_iterable(lambda: [1, 2, 3], name="feed").collect()
     with pytest.raises(OperatorError) as info:
         run(flow)
     assert info.value.operator == "feed (step 0)"
