@@ -29,6 +29,7 @@ from kernel.dataflow._errors import KernelError
 from kernel.dataflow._graph import Combiner, Edge, Graph, Node
 from kernel.dataflow._loops import LoopFeedback, LoopHead, LoopLeave
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Operator, Source
+from kernel.scheduling._scheduler import TASK_CLASSES
 
 log = logging.getLogger("kernel")
 
@@ -681,12 +682,24 @@ def _function(fn: Any, method: str) -> Any:
     return fn
 
 
+def _check_task_class(task_class: object, name: str) -> None:
+    """An operator's `task_class`: another value failed as a bare KeyError
+    ('urgent') inside the scheduler when the run started."""
+    if task_class not in TASK_CLASSES:
+        raise ValueError(f"{name}: task_class must be {' or '.join(map(repr, TASK_CLASSES))}, "
+                         f"got {task_class!r}")
+
+
 def _checked(factory: Callable[[], Operator], kind: type[Operator], name: str) -> Callable[[], Operator]:
+    if isinstance(factory, type):  # the class: its task_class is known now, when the flow is built
+        _check_task_class(getattr(factory, "task_class", None), name)
+
     @functools.wraps(factory, assigned=("__doc__",))
     def make() -> Operator:
         op = factory()
         if not isinstance(op, kind):
             raise TypeError(f"{name}: factory returned {op!r}, not a {kind.__name__}")
+        _check_task_class(op.task_class, name)
         _refuse_async_handlers(op, name)
         if kind is Operator:
             op._emit_checked = True  # its emit checks that it is given a batch (the runtime)

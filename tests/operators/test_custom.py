@@ -151,6 +151,39 @@ def test_apply_checks_what_the_factory_returns():
         run(flow)
 
 
+class Urgent(Operator):
+    task_class = "urgent"  # not a task class: "latency" or "throughput"
+
+    def on_batch(self, port, batch):
+        self.emit(batch)
+
+
+class UrgentSource(Source):
+    task_class = "urgent"
+
+    def poll(self):
+        return None
+
+
+def test_an_operator_of_an_unknown_task_class_is_refused_naming_its_step():
+    """It failed as a bare KeyError ('urgent') in the scheduler when the run
+    started: now the class is refused when the flow is built, and what a
+    function returns when the run makes the operator."""
+    message = "{}: task_class must be 'latency' or 'throughput', got 'urgent'"
+    flow = Dataflow()
+    stream = flow.from_iterable([1])
+    with pytest.raises(ValueError) as info:
+        stream.apply(Urgent, name="hurry")
+    assert str(info.value) == message.format("hurry")
+    with pytest.raises(ValueError) as info:
+        flow.source(UrgentSource, name="feed")
+    assert str(info.value) == message.format("feed")
+    stream.apply(lambda: Urgent(), name="hurry").collect()
+    with pytest.raises(ValueError) as info:
+        run(flow)
+    assert str(info.value) == message.format("hurry")
+
+
 def test_apply_refuses_a_stream_of_another_dataflow():
     one, two = Dataflow("one"), Dataflow("two")
     with pytest.raises(ValueError, match="another dataflow"):
