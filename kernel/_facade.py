@@ -110,14 +110,16 @@ def _check_seconds(name: str, value) -> None:
 
 
 # The most kernels one process runs. Every ordered pair of its kernels has a
-# ring, one mapping of 4 MiB address space each (`_cores.RING_BYTES`): 128
-# kernels make 16,256 of them, a quarter of Linux's default limit of 65,530
+# ring, one mapping of 4 MiB address space each (`_cores.RING_BYTES`): 100
+# kernels make 9,900 of them, a sixth of Linux's default limit of 65,530
 # mappings a process (vm.max_map_count: 256 kernels need 65,280, and with the
-# interpreter's own ones fail as a bare MemoryError, as a million did), and a
-# cluster's gate tells at most 136 kernels a process in one atomic pipe write
-# (`_cores._open_gate`). More kernels on one machine: a cluster of several
+# interpreter's own ones fail as a bare MemoryError, as a million did). And a
+# cluster's gate tells a process's kernels their records in one atomic pipe
+# write (`_cores._open_gate`): 100 records of 38 bytes fit PIPE_BUF (4,096;
+# a test checks it), where past 107 a kernel could read a short record and
+# wait for ever. More kernels on one machine: a cluster of several
 # processes on it (`peers=`).
-MAX_CORES = 128
+MAX_CORES = 100
 
 
 def check_cores(cores: int) -> None:

@@ -268,8 +268,9 @@ def _open_gate(gate_out: int, kernels: int, epoch: int = 0, finished: bool = Fal
     """Every link is up: one record for each kernel waiting on the gate,
     the epoch the run restores (0: none), whether it was the end of a
     finished run, and which store files hold it (`gate_record`). One write
-    of all the records (atomic: at most PIPE_BUF bytes for up to 136
-    kernels a process), so each kernel's read gets a whole one."""
+    of all the records (atomic: at most PIPE_BUF bytes for up to 107
+    kernels a process, past the 100 `run` takes), so each kernel's read
+    gets a whole one."""
     os.write(gate_out, gate_record(epoch, finished, plan) * kernels)
     os.close(gate_out)
 

@@ -67,11 +67,11 @@ def test_gc_thresholds_gc_takes_are_accepted(value):
     assert out.items == [1, 2, 3]
 
 
-CORES = ("cores must be at most 128 (kernels in one process: each pair of them has a ring of shared "
+CORES = ("cores must be at most 100 (kernels in one process: each pair of them has a ring of shared "
          "memory), got {!r}; for more on one machine run a cluster of several processes on it (peers=)")
 
 
-@pytest.mark.parametrize("cores", [129, 10**6])
+@pytest.mark.parametrize("cores", [101, 10**6])
 def test_more_cores_than_a_process_can_ring_are_refused(cores):
     # a million cores ended as a bare MemoryError, mapping rings one by one
     flow, source, _ = flow_and_source()
@@ -81,11 +81,16 @@ def test_more_cores_than_a_process_can_ring_are_refused(cores):
     assert not source.read
 
 
-def test_the_most_cores_a_process_takes_pass_the_check():
-    from kernel._facade import MAX_CORES, check_cores
+def test_the_most_cores_a_process_takes_pass_the_check_and_fit_a_clusters_gate():
+    import select
 
-    assert MAX_CORES == 128
-    check_cores(MAX_CORES)  # (only the check: 128 kernel processes are not started here)
+    from kernel._facade import MAX_CORES, check_cores
+    from kernel.execution._child import GATE_RECORD
+
+    assert MAX_CORES == 100
+    check_cores(MAX_CORES)  # (only the check: 100 kernel processes are not started here)
+    # a cluster's relay writes every kernel's gate record in one write, atomic up to PIPE_BUF
+    assert MAX_CORES * GATE_RECORD.size <= select.PIPE_BUF
 
 
 class MonotonicOnly:
