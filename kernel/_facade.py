@@ -102,8 +102,8 @@ def check_heartbeat(heartbeat) -> None:
 
 
 def _check_seconds(name: str, value) -> None:
-    """A positive, finite number of seconds (NaN compared false everywhere:
-    a NaN startup_timeout never timed out)."""
+    """A positive, finite number of seconds. Checked with or without peers:
+    a bad startup_timeout (NaN, -1) was ignored until peers were added."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not (number and 0 < value < float("inf")):
         raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
