@@ -128,7 +128,7 @@ def check_cores(cores: int) -> None:
     if cores > MAX_CORES:
         raise ValueError(f"cores must be at most {MAX_CORES} (kernels in one process: each pair of them has "
                          f"a ring of shared memory), got {cores!r}; for more on one machine run a cluster "
-                         "of several processes on it (peers=)")
+                         "of several processes on it (peers=, --peers)")
     _warn_if_oversubscribed(cores)
 
 

@@ -68,7 +68,8 @@ def test_gc_thresholds_gc_takes_are_accepted(value):
 
 
 CORES = ("cores must be at most 100 (kernels in one process: each pair of them has a ring of shared "
-         "memory), got {!r}; for more on one machine run a cluster of several processes on it (peers=)")
+         "memory), got {!r}; for more on one machine run a cluster of several processes on it "
+         "(peers=, --peers)")
 
 
 @pytest.mark.parametrize("cores", [101, 10**6])
