@@ -178,6 +178,11 @@ def test_a_meta_row_damaged_past_sqlites_check_is_a_state_error(tmp_path, key, v
         run(flow, state_dir=tmp_path, cores=2)
 
 
+async def _counted_to(n):
+    for i in range(n):
+        yield i
+
+
 def test_the_fingerprint_is_the_flows_shape_not_its_paths_functions_or_names():
     """What makes a state_dir "another flow's": the steps' kinds and how
     they connect (and a window's size, which its state depends on), never
@@ -190,7 +195,7 @@ def test_the_fingerprint_is_the_flows_shape_not_its_paths_functions_or_names():
         if source == "iterable":
             numbers = flow.from_iterable(range(9), timestamp=float)
         else:
-            numbers = flow.from_async_iterable(range(9), timestamp=float)
+            numbers = flow.from_async_iterable(_counted_to(9), timestamp=float)
         numbers = numbers.map(fn, name=name)
         if extra:
             numbers = numbers.filter(bool)
