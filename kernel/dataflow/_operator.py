@@ -6,7 +6,10 @@ synchronous handlers; the kernel calls them inside its ticks:
 
 * ``on_batch(port, batch)``: a batch (a plain ``list``) arrived on input
   ``port``. Treat it as read-only: the same list may be handed to several
-  downstream operators. Call ``self.emit(out)`` with a new list.
+  downstream operators. Call ``self.emit(out)`` with a new list. Records go
+  on only through ``emit``: a handler that returns anything but None (its
+  output, ``return out``) fails the run, naming it, rather than lose them
+  (``on_end`` may return a future: below).
 * ``on_watermark(watermark)``: the minimum watermark over all inputs advanced.
   It is called after every batch that arrived before the watermark, and the
   kernel forwards the watermark downstream after the handler returns, so

@@ -414,7 +414,9 @@ class Instance:
                 if self.arrived is not None and channel in self.arrived:
                     self.held.append((channel, payload))  # behind an epoch marker: wait
                 elif isinstance(payload, list):
-                    on_batch(ports[channel], payload)
+                    returned = on_batch(ports[channel], payload)
+                    if returned is not None:  # one check a batch
+                        raise _returned(self, "on_batch", returned)
                 else:
                     self._progress(channel, payload)
                     if self.released:  # an alignment finished: what it held comes next
@@ -460,7 +462,7 @@ class Instance:
                 # What the operator holds for others to complete (a
                 # combiner's partials) goes out before they are told to
                 # stop waiting for it.
-                _call(self, "on_idle")
+                _call_emitting(self, "on_idle")
                 if change.went_idle:
                     self._forward(IDLE)
         if payload is END:
@@ -485,13 +487,12 @@ class Instance:
                     # work of its own still under way (a sink's writes): end once it is done
                     draining.add_done_callback(self._end_due)
                 else:  # otherwise a bare AttributeError, blamed on whichever handler was running
-                    raise OperatorError.wrap(self.name, _handler_name(self.op, "on_end"), TypeError(
-                        f"on_end returned {draining!r}: it must return None, or a future (an "
-                        "asyncio task) that the step's end waits for"), has_record=False)
+                    raise _returned(self, "on_end", draining, "None, or a future (an asyncio task) that the "
+                                    "step's end waits for")
 
     def _advance(self, frontier: float) -> None:
         self._fire_timers(frontier)
-        _call(self, "on_watermark", frontier)
+        _call_emitting(self, "on_watermark", frontier)
         if frontier == _INF:
             # timers set in on_watermark(inf) fire before +inf goes on: after
             # it, a window downstream took their records as late
@@ -502,7 +503,7 @@ class Instance:
         timers = self.timers
         while timers and timers[0][0] <= frontier:  # due event-time timers, in order
             when, _, data = heapq.heappop(timers)
-            _call(self, "on_timer", when, data)
+            _call_emitting(self, "on_timer", when, data)
 
     # -- epochs ---------------------------------------------------------------------
 
@@ -573,11 +574,13 @@ class Instance:
                     deliver(channel, batch)  # behind what waits, or the budget is spent
                     return
                 try:
-                    on_batch(port, batch)
+                    returned = on_batch(port, batch)
                 except PASSES_THROUGH:
                     raise
                 except BaseException as exc:
                     raise handler_error(batch, exc) from exc
+                if returned is not None:  # one check a batch
+                    raise _returned(target, "on_batch", returned)
 
         return emit
 
@@ -803,6 +806,22 @@ def _call(instance: Instance, handler: str, *args):
         raise OperatorError.wrap(
             instance.name, _handler_name(instance.op, handler), exc, has_record=False
         ) from exc
+
+
+def _call_emitting(instance: Instance, handler: str, *args) -> None:
+    """`_call` for a handler that hands records on only through `emit`:
+    one that returns them instead would lose them in silence."""
+    returned = _call(instance, handler, *args)
+    if returned is not None:
+        raise _returned(instance, handler, returned)
+
+
+def _returned(instance: Instance, handler: str, value, allowed: str = "None") -> OperatorError:
+    """A handler returned `value`, which the kernel does not use (a user's
+    operator that returned its output rather than emit it: it was lost)."""
+    return OperatorError.wrap(instance.name, _handler_name(instance.op, handler), TypeError(
+        f"{handler} returned {describe_record(value)}: it must return {allowed}; records go on "
+        "only through self.emit(batch), and what a handler returns is not passed on"), has_record=False)
 
 
 def _handler_name(op: Operator, method: str) -> str:

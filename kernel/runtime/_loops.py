@@ -79,7 +79,7 @@ import sys
 from kernel.dataflow import IDLE, EpochMarker, RoundMarker, TimedBatch
 from kernel.dataflow._loops import ENTER, FEEDBACK, HEAD
 
-from ._instance import END, Instance, _call
+from ._instance import END, Instance, _call_emitting
 from ._progress import Frontier
 
 _INF = math.inf
@@ -388,7 +388,7 @@ class Membership:
             return
         self.seen.pop(key, None)
         if marker.loop == self.innermost:
-            _call(instance, "on_round", marker.round)
+            _call_emitting(instance, "on_round", marker.round)
         if marker.loop in self.passes:
             instance._forward(RoundMarker(marker.loop, marker.round))
         self.controls[marker.loop].member_done(marker.round)

@@ -500,6 +500,103 @@ def test_an_async_handler_or_a_bad_on_end_result_is_an_error_naming_it(cls, matc
     assert out.items == []
 
 
+class _BatchReturned(Operator):
+    def on_batch(self, port, batch):
+        return [x * 2 for x in batch]  # self.emit(...) meant
+
+
+class _WatermarkReturned(Operator):
+    def on_batch(self, port, batch):
+        self.emit(batch)
+
+    def on_watermark(self, watermark):
+        return [watermark]
+
+
+class _TimerReturned(Operator):
+    def on_batch(self, port, batch):
+        self.schedule(1.0, batch)
+
+    def on_timer(self, event_time, data):
+        return data
+
+
+class _IdleReturned(Operator):
+    def on_batch(self, port, batch):
+        self.emit(batch)
+
+    def on_idle(self):
+        return ["partials"]
+
+
+class _EndReturnsList(Operator):
+    def on_batch(self, port, batch):
+        pass
+
+    def on_end(self):
+        return [3]
+
+
+class _GoesIdle(Source):
+    def poll(self):
+        self.emit([1, 2])
+        self.mark_idle()
+        return False
+
+
+def _returned_message(cls, handler, value, allowed="None"):
+    return (f"function '{cls.__module__}.{cls.__qualname__}.{handler}' raised TypeError: {handler} "
+            f"returned {value}: it must return {allowed}; records go on only through self.emit(batch), "
+            "and what a handler returns is not passed on")
+
+
+@pytest.mark.parametrize(("cls", "handler", "value"), [
+    (_BatchReturned, "on_batch", "[2, 4]"),
+    (_WatermarkReturned, "on_watermark", "[inf]"),
+    (_TimerReturned, "on_timer", "[1, 2]"),
+    (_IdleReturned, "on_idle", "['partials']"),
+])
+@pytest.mark.parametrize("chained", [True, False], ids=["chained", "through its inbox"])
+def test_a_handler_that_returns_its_records_rather_than_emit_them_is_an_error_naming_it(
+        cls, handler, value, chained):
+    # `return [x * 2 for x in batch]` from on_batch (emit meant) lost every record in silence, and
+    # so did a list returned by on_watermark, on_timer or on_idle. Chained, the source's poll
+    # calls the operator; with two inputs, its activation, from its inbox.
+    flow = Dataflow()
+    stream = flow.source(_GoesIdle, name="idle")
+    inputs = () if chained else (flow.source(_GoesIdle, name="idle too"),)
+    out = stream.apply(cls, name="returns", inputs=inputs).collect()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    assert info.value.operator.startswith("returns (step ")
+    assert str(info.value) == f"operator {info.value.operator!r}: " + _returned_message(cls, handler, value)
+    assert out.items == []
+
+
+def test_on_end_returning_records_is_told_to_emit_them_or_return_a_future():
+    flow = Dataflow()
+    flow.from_iterable([1]).apply(_EndReturnsList, name="returns")
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    allowed = "None, or a future (an asyncio task) that the step's end waits for"
+    assert str(info.value).endswith(_returned_message(_EndReturnsList, "on_end", "[3]", allowed))
+
+
+def test_on_round_returning_records_is_an_error_naming_it():
+    class RoundReturned(Operator):
+        def on_batch(self, port, batch):
+            pass
+
+        def on_round(self, round):
+            return [round]
+
+    flow = Dataflow()
+    flow.from_iterable([1]).iterate(lambda s: (s.filter(lambda v: False), s.apply(RoundReturned)))
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    assert str(info.value).endswith(_returned_message(RoundReturned, "on_round", "[0]"))
+
+
 class _EmitsOneRecord(Operator):
     def on_batch(self, port, batch):
         for record in batch:
