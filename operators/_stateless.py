@@ -7,13 +7,15 @@ record (benches/pipelines.py).
 
 from __future__ import annotations
 
-from itertools import compress
+from collections.abc import Iterator
+from functools import partial
+from itertools import chain, compress, islice, repeat
 
 from kernel.dataflow._errors import PASSES_THROUGH, OperatorError
-from kernel.dataflow._operator import Operator, TimedBatch
+from kernel.dataflow._operator import Operator, TimedBatch, unfinished
 
 from ._accessors import IDENTITY, accessor
-from ._calls import STOP_ENDS_BATCH, call_each, failing_index, mapped, over_batch, user_error
+from ._calls import EMIT_BATCH, STOP_ENDS_BATCH, call_each, failing_index, mapped, over_batch, user_error
 from ._event_time import repeated_times, same_times
 from ._fusion import FusedChain, Stage, changes_counts_at, one_to_one
 
@@ -64,21 +66,50 @@ class _UserFunction(Operator):
             stages, tail, then = [self._stage()], self, None
         stages = [upstream._stage(), *stages]
         upstream._fusion = (stages, tail, then)
-        run = FusedChain(stages).run
-        if then is None:
-            def fused_chain(port, batch):
-                out = run(batch)
-                fused_chain.handed_on = len(out)  # (metrics: the records after a filtering step)
-                tail.emit(out)  # the chain's last step emits (looked up now: installed later)
-        else:
-            def fused_chain(port, batch):
-                out = run(batch)
-                fused_chain.handed_on = len(out)
-                then(port, out)
+        chain = FusedChain(stages)
+        fused_chain = _in_pieces(chain.run_in_pieces, tail, then) if chain.in_pieces else _whole(
+            chain.run, tail, then)
         fused_chain.one_to_one = one_to_one(stages)
         fused_chain.changes_counts_at = changes_counts_at(stages)
         fused_chain.handed_on = 0
         return fused_chain
+
+
+def _whole(run, tail, then):
+    """The handler of a fused chain with no flat_map: `run`'s output goes on
+    as one batch, through the chain's last step's emit (`tail`) or the
+    handler of the operator that took that step (`then`)."""
+    if then is None:
+        def fused_chain(port, batch):
+            out = run(batch)
+            fused_chain.handed_on = len(out)  # (metrics: the records after a filtering step)
+            tail.emit(out)  # the chain's last step emits (looked up now: installed later)
+    else:
+        def fused_chain(port, batch):
+            out = run(batch)
+            fused_chain.handed_on = len(out)
+            then(port, out)
+    return fused_chain
+
+
+def _in_pieces(run_in_pieces, tail, then):
+    """The handler of a fused chain with a flat_map, whose output may come
+    in pieces (`FlatMap.pieces`): the first goes on now, the rest in later
+    ticks (`Unfinished`)."""
+    if then is None:
+        def fused_chain(port, batch):
+            out, rest = run_in_pieces(batch)
+            fused_chain.handed_on = len(out)
+            emit = tail.emit
+            emit(out)
+            return None if rest is None else unfinished(rest, emit)
+    else:
+        def fused_chain(port, batch):
+            out, rest = run_in_pieces(batch)
+            fused_chain.handed_on = len(out)
+            then(port, out)
+            return None if rest is None else unfinished(rest, partial(then, port))
+    return fused_chain
 
 
 class Map(_UserFunction):
@@ -118,37 +149,161 @@ class Filter(_UserFunction):
             raise user_error(self.name, self.fn, problem, batch, it) from exc
 
 
+# A flat_map whose function makes many records from one (a range of
+# millions) hands them on in pieces, one a tick (`FlatMap.pieces`), so that
+# the kernel still hands the loop back within its budget.
+PIECE = EMIT_BATCH  # records in a piece
+LARGE = 64 * EMIT_BATCH  # a batch's output of more records than this goes on in pieces
+# results read whole between two looks at the output's size: a batch of
+# the sources' default size in one loop, as before
+CHUNK = 1024
+WIDE = 256  # results of more records than this on average are read PIECE records at a time
+
+
 class FlatMap(_UserFunction):
     """Replace every record by the items of the iterable `fn` returns."""
 
     kind = "flat_map"
+    # Whether the next batch's results are read PIECE records at a time
+    # (an `islice` each, ~0.3 us a result) rather than whole by `extend`:
+    # so is the first batch (nothing is known of fn yet: one result may be a
+    # range of millions), and after that a batch whose results were wide.
+    piecewise = True
+
+    def on_batch(self, port, batch):
+        out, rest = self.pieces(batch)
+        emit = self.emit
+        emit(out)
+        return None if rest is None else unfinished(rest, emit)
 
     def transform(self, batch):
+        """The whole output of `batch` at once (the pieces joined)."""
+        out, rest = self.pieces(batch)
+        if rest is None:
+            return out
+        pieces = [out, *rest]
+        records = list(chain.from_iterable(pieces))
+        if batch.__class__ is TimedBatch:
+            return TimedBatch(records, list(chain.from_iterable(piece.timestamps for piece in pieces)))
+        return records
+
+    def _stage(self) -> Stage:
+        return Stage(self.kind, self.fn, self.name, self.transform, self.pieces)
+
+    def pieces(self, batch) -> tuple[list, Iterator[list] | None]:
+        """This step's output for `batch`: (all of it, None), or where it is
+        more than LARGE records or the results are wide, (its first piece of
+        PIECE records, an iterator of the next pieces). fn is called on the
+        whole batch first, as before; only the reading of its results is
+        spread over the pieces."""
         parts = call_each(self.name, self.fn, batch, self.fast)
-        out: list = []
-        extend = out.extend
         timed = batch.__class__ is TimedBatch
-        sizes: list = []  # len(out) after each part, for the timestamps
-        mark = sizes.append if timed else None
-        # A plain loop rather than itertools.chain: when an iterable returned
-        # by fn raises while being read, `index` names its record.
-        index = 0
+        if self.piecewise:
+            rest = self._piecewise(batch, parts, 0, [], [] if timed else None)
+            first = next(rest, None)  # None: no records (a TimedBatch stays one: a window reads its times)
+            return (_piece([], [] if timed else None) if first is None else first), rest
+        out: list = []
+        sizes = [] if timed else None  # len(out) after each result, for the timestamps
+        read = self._read_whole(batch, parts, out, sizes)
+        if len(out) > LARGE:
+            stamps = repeated_times(out, batch, _counts(sizes)).timestamps if timed else None
+            rest = self._piecewise(batch, parts, read, out, stamps)
+            return next(rest), rest
+        self.piecewise = len(out) > WIDE * len(parts)
+        return (repeated_times(out, batch, _counts(sizes)) if timed else out), None
+
+    def _read_whole(self, batch: list, parts: list, out: list, sizes: list | None) -> int:
+        """Extends `out` by the results, each whole (C-level `extend`), CHUNK
+        of them at a time, until all are read or `out` holds more than LARGE
+        records; returns how many were read. `sizes`, if given, gets
+        len(out) after each. A plain loop rather than itertools.chain: when
+        a result raises while being read, `index` names its record; and no
+        work per record is added, only a look at len(out) per CHUNK."""
+        extend = out.extend
+        mark = None if sizes is None else sizes.append
+        count = len(parts)
+        read = index = 0
         try:
-            if mark is None:
-                for index, part in enumerate(parts):  # noqa: B007 - read in the except
-                    extend(part)
-            else:
-                for index, part in enumerate(parts):  # noqa: B007 - read in the except
-                    extend(part)
-                    mark(len(out))
+            while read < count:
+                chunk = parts if count <= CHUNK else parts[read:read + CHUNK]
+                if mark is None:
+                    for index, part in enumerate(chunk, read):  # noqa: B007 - read in the except
+                        extend(part)
+                else:
+                    for index, part in enumerate(chunk, read):  # noqa: B007 - read in the except
+                        extend(part)
+                        mark(len(out))
+                read += len(chunk)
+                if len(out) > LARGE:
+                    break
         except PASSES_THROUGH:
             raise
         except BaseException as exc:
             raise OperatorError.wrap(self.name, self.fn, exc, record=batch[index]) from exc
-        if timed:
-            counts = [after - before for before, after in zip([0, *sizes], sizes)]
-            out = repeated_times(out, batch, counts)
-        return out
+        return read
+
+    def _piecewise(self, batch: list, parts: list, start: int, out: list, stamps: list | None):
+        """The output in pieces of PIECE records: first `out`, what the
+        results before `start` made (`stamps` their times, None for a plain
+        batch), then the results from `start` on, each read PIECE records at
+        a time, so that no piece takes long however many records one result
+        makes (a generator: read as the pieces are handed on)."""
+        made = len(out)
+        full = made - made % PIECE
+        for at in range(0, full, PIECE):
+            yield _piece(out[at:at + PIECE], None if stamps is None else stamps[at:at + PIECE])
+        out = out[full:]
+        stamps = None if stamps is None else stamps[full:]
+        times = None if stamps is None else batch.timestamps
+        for index in range(start, len(parts)):
+            result = parts[index]
+            kind = result.__class__
+            if (kind is list or kind is tuple) and len(out) + len(result) < PIECE:
+                out.extend(result)  # made already, and fits: as _read_whole reads it
+                made += len(result)
+                if stamps is not None:
+                    stamps.extend(repeat(times[index], len(result)))
+                continue
+            # The reading alone is in the try (free in 3.11 unless it raises):
+            # the yield must stay out of it, where closing this generator
+            # raises GeneratorExit, which is no error of fn's.
+            try:
+                result = iter(result)
+            except PASSES_THROUGH:
+                raise
+            except BaseException as exc:
+                raise OperatorError.wrap(self.name, self.fn, exc, record=batch[index]) from exc
+            while True:
+                room = PIECE - len(out)
+                try:
+                    out.extend(islice(result, room))
+                except PASSES_THROUGH:
+                    raise
+                except BaseException as exc:
+                    raise OperatorError.wrap(self.name, self.fn, exc, record=batch[index]) from exc
+                got = len(out) + room - PIECE
+                made += got
+                if stamps is not None:
+                    stamps.extend(repeat(times[index], got))
+                if got < room:  # this result is read
+                    break
+                yield _piece(out, stamps)
+                out = []
+                stamps = None if stamps is None else []
+        self.piecewise = made > WIDE * len(parts)
+        if out:
+            yield _piece(out, stamps)
+
+
+def _counts(sizes: list | None) -> list:
+    """Records per result, from len(out) after each."""
+    if sizes is None:
+        return []
+    return [after - before for before, after in zip([0, *sizes], sizes)]
+
+
+def _piece(out: list, stamps: list | None) -> list:
+    return out if stamps is None else TimedBatch(out, stamps)
 
 
 def _key_by(fn, it):

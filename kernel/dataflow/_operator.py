@@ -84,6 +84,8 @@ runs on the kernel's clock (a ``VirtualClock`` in tests).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from kernel.dataflow._errors import KernelError
 from kernel.net._channel import TimedBatch
 from kernel.scheduling._scheduler import THROUGHPUT
@@ -267,6 +269,38 @@ class Source(Operator):
 
     def on_batch(self, port: int, batch: list) -> None:  # pragma: no cover - sources have no inputs
         raise RuntimeError(f"source {self.name} has no inputs")
+
+
+class Unfinished:
+    """What a built-in handler returns, in place of None, once it has handed
+    on the first piece of a batch's output and more is to come (a flat_map
+    whose function made millions of records from one): the kernel calls
+    `step()` in later ticks, one piece a tick, so that it still hands the
+    loop back within its budget, and keeps what came after the batch
+    (batches, watermarks, epoch markers, the end of input) behind it, so
+    that nothing overtakes a record still to come (`Instance._park`). Only
+    the kernel's own operators return one; a user's handler returns None."""
+
+    __slots__ = ("next_piece", "pieces", "sink")
+
+    def __init__(self, pieces: Iterator[list], sink: Callable[[list], object], next_piece: list) -> None:
+        self.pieces = pieces  # the pieces after `next_piece`, read as they are needed
+        self.sink = sink  # what hands a piece on (the step's emit)
+        self.next_piece = next_piece
+
+    def step(self) -> bool:
+        """Hands on the next piece; whether more are to come."""
+        self.sink(self.next_piece)
+        self.next_piece = piece = next(self.pieces, None)
+        return piece is not None
+
+
+def unfinished(pieces: Iterator[list], sink: Callable[[list], object]) -> Unfinished | None:
+    """What a handler that handed on the first piece of its output returns:
+    None if `pieces` has no more, else the `Unfinished` that hands them to
+    `sink` in later ticks."""
+    piece = next(pieces, None)
+    return None if piece is None else Unfinished(pieces, sink, piece)
 
 
 def merge_keyed_states(snapshots: list, owns, nested=()) -> dict | None:

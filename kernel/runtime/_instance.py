@@ -58,7 +58,7 @@ from kernel.dataflow._errors import (
     describe_record,
 )
 from kernel.dataflow._graph import Node
-from kernel.dataflow._operator import Operator
+from kernel.dataflow._operator import Operator, Unfinished
 from kernel.scheduling._scheduler import LATER
 
 from ._progress import Frontier
@@ -255,16 +255,19 @@ class Instance:
             nested[0] = 0.0
             started = clock()
             try:
-                on_batch(port, batch)
+                rest = on_batch(port, batch)
             finally:
                 spent = clock() - started
                 self.busy += spent - nested[0]
                 nested[0] = outer + spent
+            if rest.__class__ is Unfinished:  # its later pieces: the time making them is ours too
+                rest.pieces = self._timed_pieces(rest.pieces, clock)
+            return rest
 
         if fused is None:
             def counted_batch(port, batch):
                 self.records_in += len(batch)
-                timed(port, batch)
+                return timed(port, batch)
         else:
             # every step the handler does hands on what it was given, but
             # at most one (a filter, a flat_map: `Runtime._fuse`): the steps
@@ -283,29 +286,44 @@ class Instance:
                         step.records_in += n
                         step.records_out += n
                     last.records_in += n
-                    timed(port, batch)
+                    return timed(port, batch)
             else:
                 before, changing, after, last = steps[:at], steps[at], steps[at + 1:-1], steps[-1]
                 handler = on_batch
 
-                def counted_batch(port, batch):
-                    n = len(batch)
-                    for step in before:
-                        step.records_in += n
-                        step.records_out += n
-                    timed(port, batch)
-                    handed = handler.handed_on
-                    if changing is last:
-                        changing.records_in += n
-                        return  # its out is counted where it emits
-                    changing.records_in += n
+                def handed_on(handed):
                     changing.records_out += handed
                     for step in after:
                         step.records_in += handed
                         step.records_out += handed
                     last.records_in += handed
 
+                def counted_batch(port, batch):
+                    n = len(batch)
+                    for step in before:
+                        step.records_in += n
+                        step.records_out += n
+                    rest = timed(port, batch)
+                    changing.records_in += n
+                    if changing is last:
+                        return rest  # its out is counted where it emits
+                    handed_on(handler.handed_on)
+                    if rest.__class__ is Unfinished:  # the pieces it hands on later count as they go
+                        rest.sink = _counting(rest.sink, handed_on)
+                    return rest
+
         op.on_batch = counted_batch
+
+    def _timed_pieces(self, pieces, clock):
+        """`pieces` (of an `Unfinished`), the time each takes to make added
+        to this operator's busy time (metrics)."""
+        while True:
+            started = clock()
+            piece = next(pieces, None)
+            self.busy += clock() - started
+            if piece is None:
+                return
+            yield piece
 
     def _counting_out(self, emit):
         def counted_out(batch):
@@ -415,8 +433,14 @@ class Instance:
                     self.held.append((channel, payload))  # behind an epoch marker: wait
                 elif isinstance(payload, list):
                     returned = on_batch(ports[channel], payload)
-                    if returned is not None:  # one check a batch
-                        raise _returned(self, "on_batch", returned)
+                    if returned is not None:  # one check a batch: more to come, or a user's mistake
+                        self._park(self._unfinished(returned), channel, pending[i:])
+                        return
+                elif payload.__class__ is Unfinished:
+                    if payload.step():  # a piece handed on; the next one in a later tick
+                        self._park(payload, channel, pending[i:], again=True)
+                        return
+                    self.runtime.hold_input(payload, False)
                 else:
                     self._progress(channel, payload)
                     if self.released:  # an alignment finished: what it held comes next
@@ -428,6 +452,28 @@ class Instance:
             raise self._handler_error(payload, exc) from exc
         if self.drain_waiters and not self.pending:
             self.wake_drain_waiters()
+
+    def _unfinished(self, returned) -> Unfinished:
+        """What on_batch returned: the rest of a built-in step's output, or
+        a user's handler returning its records (lost: an error)."""
+        if returned.__class__ is not Unfinished:
+            raise _returned(self, "on_batch", returned)
+        return returned
+
+    def _park(self, unfinished: Unfinished, channel: int, behind, again: bool = False) -> None:
+        """The rest of a batch's output goes on in later ticks, a piece a
+        tick, ahead of whatever came after that batch (`behind`, then what
+        came while this activation ran): no batch, watermark, epoch marker
+        or end of input overtakes a record still to come. Till the last
+        piece, this kernel's sources pause and what other kernels send is
+        not read (`hold_input`, held by `unfinished` itself: the operator may
+        hold input of its own): it would only pile up behind."""
+        self.pending = [(channel, unfinished), *behind, *self.pending]
+        if not again:
+            self.runtime.hold_input(unfinished, True)
+        if not self.scheduled:
+            self.scheduled = True
+            self._ready(self)
 
     def wake_drain_waiters(self) -> None:
         """Sources held back until their chain (or their way to a loop's
@@ -545,7 +591,7 @@ class Instance:
         return operator_snapshot
 
     def _handler_error(self, payload, exc: Exception) -> OperatorError:
-        handler = "on_batch" if isinstance(payload, list) else "on_watermark"
+        handler = "on_batch" if isinstance(payload, (list, Unfinished)) else "on_watermark"
         return OperatorError.wrap(self.name, _handler_name(self.op, handler), exc, has_record=False)
 
     # -- chaining -------------------------------------------------------------
@@ -579,8 +625,8 @@ class Instance:
                     raise
                 except BaseException as exc:
                     raise handler_error(batch, exc) from exc
-                if returned is not None:  # one check a batch
-                    raise _returned(target, "on_batch", returned)
+                if returned is not None:  # one check a batch: more to come, or a user's mistake
+                    target._park(target._unfinished(returned), channel, ())
 
         return emit
 
@@ -806,6 +852,15 @@ def _call(instance: Instance, handler: str, *args):
         raise OperatorError.wrap(
             instance.name, _handler_name(instance.op, handler), exc, has_record=False
         ) from exc
+
+
+def _counting(sink, count):
+    """`sink`, calling `count(len(piece))` for each piece it is given."""
+    def counted(piece):
+        count(len(piece))
+        sink(piece)
+
+    return counted
 
 
 def _call_emitting(instance: Instance, handler: str, *args) -> None:

@@ -71,7 +71,8 @@ class Runtime:
         self.upstream_of: dict[tuple[int, int], Instance] = {}
         self.paused = False  # sources wait while the transport is backed up or an operator holds them
         self._transport_blocked = False
-        self._input_holders: set = set()  # instances that called pause_input(True)
+        # instances that called pause_input(True), and batches whose output still goes on in pieces
+        self._input_holders: set = set()
         self._source_holders: set = set()  # loops whose entries are full (hold_sources)
         self._paused_sources: list[Instance] = []
         self.metrics = metrics  # count records per batch for `metrics_snapshot`
@@ -275,10 +276,11 @@ class Runtime:
         self._transport_blocked = blocked
         self._set_paused(self._blocked())
 
-    def hold_input(self, holder: Instance, held: bool) -> None:
-        """`holder`'s operator cannot keep up (an asynchronous sink's
-        buffer is full): pause this kernel's sources and stop reading what
-        other kernels send, until every holder lets go."""
+    def hold_input(self, holder: object, held: bool) -> None:
+        """`holder` cannot keep up (an instance whose operator is an
+        asynchronous sink with its buffer full; the rest of a batch's output
+        still to go on, `Instance._park`): pause this kernel's sources and
+        stop reading what other kernels send, until every holder lets go."""
         holders = self._input_holders
         was_holding = bool(holders)
         if held:
