@@ -22,7 +22,7 @@ marker; what arrives on a channel behind its marker meanwhile is held back,
 then handled in order (Chandy-Lamport's aligned snapshots, as Flink's).
 
 The budget (the kernel hands the loop back every `budget` seconds) holds
-for an activation and the chain it runs, in three ways:
+for an activation and the chain it runs, in these ways:
 
 * a source sizes its batches from what its polls cost (`_Pace`): the
   runtime tells it how many records it wants (`records_wanted`) so that a
@@ -36,11 +36,17 @@ for an activation and the chain it runs, in three ways:
 * a source whose poll would not fit in the last quarter of a slice
   declines it (`LATER`): it runs first in the next slice, so the kernel
   neither overruns its deadline with a poll started late nor leaves a
-  second source only the slice's leftovers.
+  second source only the slice's leftovers;
+* a handler whose output for one batch is large (a flat_map making
+  millions of records from one) hands on its first piece and returns the
+  rest (`Unfinished`), which goes on a piece a tick (`_park`).
 
 An activation still drains its whole inbox: an inbox holds what one tick
 delivered, and the exchange's backpressure counts on that (its reader
 delivers every tick; inboxes drained only in part would grow unbounded).
+The one exception is the rest of a batch's output going on in pieces: the
+inbox waits behind it, and meanwhile the kernel holds its input (its
+sources pause, the reader reads nothing), so nothing piles up.
 """
 
 from __future__ import annotations
