@@ -193,6 +193,18 @@ def test_a_first_batch_that_makes_no_records_still_carries_its_times_to_a_window
     assert sums.items == [(1, Window(0.0, 10.0), 4)]
 
 
+def test_the_step_alone_gives_its_whole_output_at_once(monkeypatch):
+    """`transform` (the step alone, as a fused chain's Stage holds it): the
+    pieces joined, each record at its input's time."""
+    monkeypatch.setattr(stateless, "PIECE", 2)
+    step = stateless.FlatMap(results)
+    step.name = "results"
+    out = step.transform(TimedBatch([4, 6, 0], [1.0, 2.0, 3.0]))
+    assert out.__class__ is TimedBatch
+    assert list(out) == [*results(4), *results(6)] and out.timestamps == [1.0] * 4 + [2.0] * 6
+    assert step.transform([7, 8]) == [*results(7), *results(8)]
+
+
 # -- errors --------------------------------------------------------------------------------------
 
 
