@@ -236,6 +236,23 @@ async def test_a_chain_whose_output_grows_hands_the_rest_to_a_later_slice():
                              [("second", 1000), ("first", 1000)], [("second", 1000)]]
 
 
+async def test_a_flat_maps_large_output_goes_on_a_piece_a_slice_with_the_host_between():
+    """One record becomes 10,000 (a range): the flat_map hands them on in
+    pieces of 1,024, one a tick; each piece costs its next step 1.024 ms,
+    more than the budget, so each goes in a slice of its own and the host
+    runs after each (it ran only before and after the whole 10,000, as one
+    activation)."""
+    clock = VirtualClock()
+    flow = Dataflow("pieces")
+    flow.trace = trace = []
+    out = (flow.from_iterable([10_000]).flat_map(range)
+               .apply(lambda: Costly(clock, trace, per_record=lambda x: 1e-6), name="costly").collect())
+    await with_host(flow, clock)
+    assert out.items == list(range(10_000))
+    assert slices(trace) == [[("costly", 1024)]] * 9 + [[("costly", 784)]]
+    assert slice_times(trace) == pytest.approx([0.001024] * 9 + [0.000784])
+
+
 class Scripted(Source):
     """Emits batches and moves its watermark as `script` says, one list of
     steps per poll; a batch's records are numbered on from the last."""
