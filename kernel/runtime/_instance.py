@@ -681,6 +681,10 @@ class Instance:
         except BaseException as exc:
             handler = _handler_name(self.op, "poll")
             raise OperatorError.wrap(self.name, handler, exc, has_record=False) from exc
+        if more.__class__ is not bool and isinstance(more, Collection):  # one check a poll
+            # its records, returned rather than emitted: lost, and a list
+            # that is not empty is true ("poll again"), so it was polled on
+            raise _returned(self, "poll", more, "True, False or None")
         elapsed = monotonic() - started
         if self.emitted:
             # A poll whose chain handed work on measured only part of its cost.

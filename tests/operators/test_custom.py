@@ -597,6 +597,23 @@ def test_on_round_returning_records_is_an_error_naming_it():
     assert str(info.value).endswith(_returned_message(RoundReturned, "on_round", "[0]"))
 
 
+class _PollReturned(Source):
+    def poll(self):
+        return [1, 2]  # self.emit([1, 2]) meant
+
+
+async def test_a_poll_that_returns_its_records_rather_than_emit_them_is_an_error_naming_it():
+    # A poll returning [1, 2] lost them, and the list, being true, meant "poll again":
+    # the run never ended (the timeout fails the test rather than hang it).
+    flow = Dataflow()
+    out = flow.source(_PollReturned, name="returns").collect()
+    with pytest.raises(OperatorError) as info:
+        await asyncio.wait_for(run_async(flow), 10)
+    assert str(info.value) == f"operator {info.value.operator!r}: " + _returned_message(
+        _PollReturned, "poll", "[1, 2]", "True, False or None")
+    assert info.value.operator.startswith("returns (step ") and out.items == []
+
+
 class _EmitsOneRecord(Operator):
     def on_batch(self, port, batch):
         for record in batch:
