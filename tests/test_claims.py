@@ -1297,7 +1297,11 @@ async def test_a_source_reads_what_its_chain_can_handle_within_the_budget_and_gr
     the results are the plain loop's, in order. The rest:
     tests/kernel/test_budget.py (pace, per-batch costs, two sources, async
     sources, order under hypothesis, the end of input, the source waiting
-    for its chain, a real word count within three budgets of CPU)."""
+    for its chain, a real word count within three budgets of CPU, a
+    flat_map's large output a piece a slice:
+    test_a_flat_maps_large_output_goes_on_a_piece_a_slice_with_the_host_between),
+    tests/operators/test_flat_map_pieces.py (the host's turns while
+    3,000,000 records from one go on, order, epochs, errors)."""
     clock = VirtualClock()
     flow = Dataflow("paced")
     flow.trace, asked = [], []
