@@ -140,11 +140,11 @@ def _warn_if_never_emitting(node: Node) -> None:
                     "s" if len(endless) == 1 else "")
 
 
-def _refuse_in_loop(stream: Stream[Any], step: str, why: str) -> None:
+def _refuse_in_loop(stream: Stream[Any], step: str, why: str, instead: str = "put it after the loop") -> None:
     """Refuse, when the flow is built, a step a loop's body cannot hold."""
     loop = stream.flow.graph.scope
     if loop is not None:
-        raise KernelError(f"{step}: not inside a loop ({loop.name}): {why}; put it after the loop")
+        raise KernelError(f"{step}: not inside a loop ({loop.name}): {why}; {instead}")
 
 
 def _upstream(node: Node) -> list[Node]:
@@ -1344,6 +1344,10 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
             raise ValueError("ttl= is for a join without a window (a window's end bounds its state)")
         ops.check_window(window)
         label = name or f"join {window!r}"
+        # its pairs come when the watermark closes a window: after a run's
+        # last round, so what it fed back would go into no round
+        _refuse_in_loop(self, label, "a windowed join needs event time, and a loop's rounds have none",
+                        "put it after the loop, or join without a window")
         hint = _check_event_time(self, label) or _check_event_time(other, label)
         factory = _hinted(functools.partial(ops.WindowJoin, window, late), hint)
         node = self.flow.graph.add(label, factory, [self._edge(0), other._edge(1)],

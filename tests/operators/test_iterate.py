@@ -364,6 +364,33 @@ def test_bad_bodies_and_options_are_refused():
     assert not flow.graph.loops
 
 
+def test_a_windowed_join_inside_a_loop_is_refused_like_a_window():
+    """Its results come when the watermark closes a window, which is after
+    a run's last round: fed back, they went into no round (lost)."""
+    from operators import Tumbling
+
+    flow = Dataflow()
+    side = flow.from_iterable([(3, "c")], timestamp=lambda e: 0.5).key_by(lambda e: e[0])
+    numbers = flow.from_iterable([3], timestamp=lambda e: 0.5)
+
+    def body(values):
+        met = values.key_by(lambda v: v).join(side, Tumbling(1.0))
+        return met.map(lambda r: r[0] - 1).filter(lambda v: v > 0), values
+
+    with pytest.raises(KernelError, match=r"^join Tumbling\(1\.0\): not inside a loop \(iterate\(body\)\): "
+                                          r"a windowed join needs event time, and a loop's rounds have none; "
+                                          r"put it after the loop, or join without a window$"):
+        numbers.iterate(body)
+    # joined without a window, every round's values meet the side at once
+    def unwindowed(values):
+        met = values.key_by(lambda v: v).join(side)
+        return met.map(lambda r: r[0] - 1).filter(lambda v: v > 0), values
+
+    out = numbers.iterate(unwindowed).collect()
+    run(flow)
+    assert out.items == [3, 2]
+
+
 def test_a_source_made_inside_the_body_enters_the_loop():
     flow = Dataflow()
 
