@@ -77,9 +77,11 @@ import math
 import sys
 
 from kernel.dataflow import IDLE, EpochMarker, RoundMarker, TimedBatch
+from kernel.dataflow._errors import KernelError
 from kernel.dataflow._loops import ENTER, FEEDBACK, HEAD
+from kernel.dataflow._operator import Operator
 
-from ._instance import END, Instance, _call_emitting
+from ._instance import END, Instance, _call_emitting, _handler_name
 from ._progress import Frontier
 
 _INF = math.inf
@@ -851,8 +853,49 @@ def wire_loops(graph, instances: list[Instance], nodes: list) -> dict[int, LoopC
         else:  # inside the loop, or leaving it (its output is outside)
             out = node.output_scope
             passes = frozenset(loop.id for loop in out.chain()) if out is not None else frozenset()
+            if scope.id in passes:
+                refuse_emits_between_rounds(instance, scope.name)
         instance.loop = Membership(controls, scope.id, passes, len(instance.ports))
     return controls
+
+
+# A watermark, a timer or the end of input reaches a loop's steps only
+# between its runs (a run passes the outer watermark on once its last round
+# is done): records a step inside the loop emitted then would go into no
+# round, fed back after the run (dropped) or counted in a later one's.
+_BETWEEN_ROUNDS = ("on_timer", "on_watermark", "on_end")
+
+
+def refuse_emits_between_rounds(instance: Instance, loop: str) -> None:
+    """Make `instance`'s operator (inside `loop`, its output too) fail,
+    naming it, if it emits records in a handler that runs between rounds.
+    Only handlers its class overrides are wrapped (the defaults emit
+    nothing); the check costs a call per watermark, none per record."""
+    op = instance.op
+    for handler in _BETWEEN_ROUNDS:
+        if getattr(type(op), handler) is not getattr(Operator, handler):
+            setattr(op, handler, _emitting_nothing(instance, loop, handler, getattr(op, handler)))
+
+
+def _emitting_nothing(instance: Instance, loop: str, handler: str, method):
+    op = instance.op
+
+    def refuse(batch: list) -> None:
+        if batch:  # (an aggregate's on_end emits its state, empty after each round)
+            raise KernelError(
+                f"{instance.name}: emitted {len(batch)} record(s) in {_handler_name(op, handler)}, inside "
+                f"the loop {loop!r}, where no round is under way to take them (a watermark, a timer or the "
+                f"end of input reaches a loop's steps between its runs): emit in on_batch or on_round, or "
+                f"put the step after the loop")
+
+    def guarded(*args):
+        emit, op.emit = op.emit, refuse
+        try:
+            return method(*args)
+        finally:
+            op.emit = emit
+
+    return guarded
 
 
 def _head_and_rest(batch: list, n: int) -> tuple[list, list]:

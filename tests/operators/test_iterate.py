@@ -5,13 +5,14 @@ per-round aggregates; nested loops; what is refused when the flow is built."""
 from __future__ import annotations
 
 import heapq
+import re
 from collections import Counter
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernel import Dataflow, KernelError, Operator, run
+from kernel import Dataflow, KernelError, KernelProcessError, Operator, run
 from kernel.dataflow._graph import Edge
 
 EXAMPLES = settings(max_examples=8, deadline=None)
@@ -302,6 +303,70 @@ def test_an_outside_stream_enters_a_nested_loop_in_round_zero_of_both(n):
     # outer rounds see 2, 1, 0; the tag's time is (0, 0, 0), as timely's
     # enter gives it: the first inner run's round 0, in outer round 0
     assert sorted(out.items, key=str) == sorted([2, 1, 0, 1, 0, 0, "t"], key=str)
+
+
+# -- what a step inside a loop emits outside every round -----------------------------
+
+class CountAtTheEnd(Operator):
+    """Emits how many records it saw when its input ends."""
+
+    def open(self, context):
+        self.seen = 0
+
+    def on_batch(self, port, batch):
+        self.seen += len(batch)
+
+    def on_end(self):
+        self.emit([self.seen])
+
+
+class HoldUntilTheWatermark(Operator):
+    """Emits what it holds, each number less one, when the watermark moves."""
+
+    def open(self, context):
+        self.held = []
+
+    def on_batch(self, port, batch):
+        self.held += batch
+
+    def on_watermark(self, watermark):
+        held, self.held = self.held, []
+        self.emit([v - 1 for v in held if v > 0])
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_step_inside_a_loop_that_emits_between_rounds_fails_naming_it(n):
+    """A watermark, a timer or the end of input reaches a loop's steps only
+    between its runs: what a step emitted then went into no round (fed
+    back, it was dropped without a word)."""
+    flow = Dataflow()
+    flow.from_iterable([1, 2]).iterate(lambda values: (values.apply(CountAtTheEnd, name="at-end"), values))
+    error = KernelError if n == 1 else KernelProcessError
+    with pytest.raises(error, match=re.escape(
+            "at-end (step 2): emitted 1 record(s) in test_iterate.CountAtTheEnd.on_end, inside the loop "
+            "'iterate(<lambda>)', where no round is under way to take them (a watermark, a timer or the end "
+            "of input reaches a loop's steps between its runs): emit in on_batch or on_round, or put the "
+            "step after the loop") + "$"):
+        run(flow, cores=n)
+
+    flow = Dataflow()
+    timed = flow.from_iterable([3], timestamp=lambda v: 0.0)
+    timed.iterate(lambda values: (values.apply(HoldUntilTheWatermark, name="held"), values), name="countdown")
+    with pytest.raises(error, match=r"held \(step 2\): emitted 1 record\(s\) in test_iterate\."
+                                    r"HoldUntilTheWatermark\."
+                                    r"on_watermark, inside the loop 'countdown', where no round"):
+        run(flow, cores=n)
+
+
+def test_a_step_after_a_loop_may_emit_on_the_watermark_and_at_the_end():
+    flow = Dataflow()
+    looped = flow.from_iterable([3], timestamp=lambda v: 0.0).iterate(
+        lambda values: (values.filter(lambda v: v > 0).map(lambda v: v - 1), values))
+    held = looped.apply(HoldUntilTheWatermark).collect()
+    counted = looped.apply(CountAtTheEnd).collect()
+    run(flow)
+    assert sorted(held.items) == [0, 1, 2]
+    assert counted.items == [4]
 
 
 # -- refused when the flow is built ---------------------------------------------------
