@@ -19,7 +19,15 @@ from collections.abc import Callable
 from itertools import islice
 from operator import length_hint
 
-from kernel.dataflow._errors import PASSES_THROUGH, UNHASHABLE_KEY, OperatorError, is_unhashable
+from kernel.dataflow._errors import (
+    NOT_A_PAIR,
+    PASSES_THROUGH,
+    READ_AS_PAIR,
+    UNHASHABLE_KEY,
+    OperatorError,
+    is_not_a_pair,
+    is_unhashable,
+)
 
 from ._accessors import IDENTITY
 
@@ -47,7 +55,10 @@ def keyed_error(operator: str, fn, exc: BaseException, record) -> OperatorError:
     `(key, value)` record. Such a step hashes the key before it calls
     anything else on the record, so when the key cannot be hashed, that is
     what failed, whichever function was about to run (`+` for sum, the
-    user's for reduce)."""
+    user's for reduce). A record that is not a pair at all (a loop's
+    feedback on a keyed stream) is said to be one."""
+    if is_not_a_pair(record):
+        return OperatorError.wrap(operator, READ_AS_PAIR, exc, record=record, hint=NOT_A_PAIR)
     if isinstance(record, tuple) and record and is_unhashable(record[0]):
         return OperatorError.wrap(operator, "hash(key)", exc, record=record, hint=UNHASHABLE_KEY)
     return OperatorError.wrap(operator, fn, exc, record=record)

@@ -95,6 +95,24 @@ EXIT_IN_FUNCTION = (
     "whatever its code"
 )
 
+#: a keyed step's record that is not a pair: only a loop on a keyed stream
+#: (its feedback read as the loop's keyed input) can bring one
+NOT_A_PAIR = (
+    "a keyed stream's records are (key, value) pairs (key_by makes them): a loop on a keyed stream "
+    "must feed such pairs back"
+)
+#: the "function" a keyed step's error names when a record is not a pair
+READ_AS_PAIR = "(key, value) = record"
+
+
+def is_not_a_pair(record: object) -> bool:
+    """Whether `record` cannot be read as `(key, value)` (the error path only)."""
+    try:
+        _key, _value = record  # type: ignore[misc]
+    except Exception:
+        return True
+    return False
+
 
 def is_unhashable(key: object) -> bool:
     """Whether `hash(key)` fails (for error messages: the error path only)."""

@@ -34,11 +34,14 @@ import math
 
 from kernel.dataflow import IDLE
 from kernel.dataflow._errors import (
+    NOT_A_PAIR,
     PASSES_THROUGH,
+    READ_AS_PAIR,
     UNHASHABLE_ACROSS_KERNELS,
     UNHASHABLE_KEY,
     UNPICKLABLE_RECORD,
     OperatorError,
+    is_not_a_pair,
     is_unhashable,
 )
 from kernel.net._channel import TimedBatch
@@ -209,6 +212,8 @@ class ExchangeOutput:
     def _key_error(self, pairs: list, exc: Exception) -> OperatorError:
         """A key the partitioner cannot place: unhashable, or without a stable hash."""
         found, pair = self.partitioner.failing_pair(pairs)
+        if found and is_not_a_pair(pair):  # (a loop's feedback on a keyed stream)
+            return OperatorError.wrap(self.upstream.name, READ_AS_PAIR, exc, record=pair, hint=NOT_A_PAIR)
         if found and is_unhashable(pair[0]):
             return OperatorError.wrap(self.upstream.name, "hash(key)", exc, record=pair,
                                       hint=UNHASHABLE_KEY)
