@@ -131,13 +131,33 @@ def _check_event_time(stream: Stream[Any], step: str, needs: str = "windows need
 def _warn_if_never_emitting(node: Node) -> None:
     """An aggregate that emits when its input ends, after a source that
     never ends (follow=True), would never emit: allowed (a run may be
-    cancelled and its state kept), but said once, when the flow is built."""
+    cancelled and its state kept), but said once, when the flow is built.
+    Inside a loop it emits each round's results instead."""
+    if node.loop is not None:
+        return
     endless = sorted(source.label for source in _upstream(node) if source.endless)
     if endless:
         log.warning("%s: emits its results when its input ends, and %s never end%s (follow=True): "
                     "it will emit nothing; emit='updates' gives each key's value as it changes, "
                     "a window gives results as windows close", node.label, " and ".join(endless),
                     "s" if len(endless) == 1 else "")
+
+
+def _warn_if_loop_never_runs(graph: Any, scope: Any) -> None:
+    """A loop at the top level takes in records without event time when its
+    input ends (without max_in_flight): after a source that never ends and
+    gives none (follow=True, no timestamp=), it would never run. Allowed,
+    as a final aggregate there is, and said once, when the flow is built."""
+    if scope.parent is not None or scope.max_in_flight is not None:
+        return
+    entries = [node for node in graph.nodes if node.loop is scope and node.role in ("head", "enter")]
+    untimed = sorted({source.label for entry in entries for source in _upstream(entry)
+                      if source.endless and source.kind[:1] != ("EventTimeSource",)})
+    if untimed:
+        log.warning("%s: takes in records without event time when its input ends, and %s never end%s "
+                    "(follow=True): it will emit nothing; give the source timestamp=... (a loop runs as "
+                    "the watermark moves) or the loop max_in_flight=N (records without event time then go "
+                    "in as they come)", scope.name, " and ".join(untimed), "s" if len(untimed) == 1 else "")
 
 
 def _refuse_in_loop(stream: Stream[Any], step: str, why: str, instead: str = "put it after the loop") -> None:
@@ -1085,6 +1105,7 @@ class Stream(Generic[T_co]):
             graph.abandon_loop(scope, steps)
             raise
         graph.close_loop(scope)
+        _warn_if_loop_never_runs(graph, scope)
         leave = graph.add(f"{label}: out", LoopLeave, [Edge(out.node, 0)], kind=("LoopLeave",),
                           loop=scope, role="leave")
         return out._like(leave, exchange=out._exchange_out)

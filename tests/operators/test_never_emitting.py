@@ -72,3 +72,39 @@ def test_a_followed_redis_stream_counts_too(caplog):
     (message,) = warnings_of(caplog)
     assert message.startswith("n (step 2): emits its results when its input ends, "
                               "and clicks (step 0) never ends")
+
+
+def step_back(values):
+    return values.filter(lambda n: n > 0).map(lambda n: n - 1), values
+
+
+def test_a_loop_over_a_followed_source_without_event_time_is_said_to_never_run(logs, caplog):
+    """Records without event time go into a loop when its input ends (one
+    run), which a followed source's never does: nothing would come out."""
+    flow = Dataflow()
+    lengths = flow.from_files(logs / "*.log", follow=True, name="tail").map(len)
+    with caplog.at_level(logging.WARNING, logger="kernel"):
+        lengths.iterate(step_back, name="countdown").collect()
+    assert warnings_of(caplog) == [
+        "countdown: takes in records without event time when its input ends, and tail (step 0) never "
+        "ends (follow=True): it will emit nothing; give the source timestamp=... (a loop runs as the "
+        "watermark moves) or the loop max_in_flight=N (records without event time then go in as they come)"]
+
+
+def test_a_loop_with_event_time_or_max_in_flight_and_aggregates_inside_a_loop_are_not_warned_about(
+        logs, caplog):
+    """A loop over a followed source with timestamps runs as its watermark
+    moves, one with max_in_flight takes records in as they come, and an
+    aggregate inside a loop emits each round's results."""
+    flow = Dataflow()
+    timed = flow.from_files(logs / "*.log", follow=True, timestamp=lambda line: 0.0).map(len)
+    untimed = flow.from_files(logs / "*.log", follow=True).map(len)
+
+    def counted(values):
+        nxt, _ = step_back(values)
+        return nxt, values.key_by(lambda n: n % 2).count()
+
+    with caplog.at_level(logging.WARNING, logger="kernel"):
+        timed.iterate(counted).collect()
+        untimed.iterate(counted, max_in_flight=10).collect()
+    assert warnings_of(caplog) == []
