@@ -118,6 +118,36 @@ def test_shortest_paths_equal_dijkstra(graph, batch_size, n):
     assert dict(out.items) == dijkstra(size, edges, 0)
 
 
+# -- transitive closure: distinct() keeps what it has seen across rounds ---------------
+
+def closure(edges):
+    """Every (a, c) with a path from a to c, by a plain fixpoint."""
+    paths = set(edges)
+    while True:
+        longer = paths | {(a, d) for a, b in paths for c, d in edges if b == c}
+        if longer == paths:
+            return paths
+        paths = longer
+
+
+@EXAMPLES
+@given(graphs, batch_sizes, cores)
+def test_transitive_closure_equals_a_plain_fixpoint(graph, batch_size, n):
+    _, edges = graph
+    flow = Dataflow()
+    by_source = flow.from_iterable(edges, batch_size=batch_size).key_by(lambda e: e[0]).map_values(
+        lambda e: e[1])
+
+    def extend(paths):  # a path seen before, in any round, goes no further
+        new = paths.distinct()
+        longer = new.key_by(lambda p: p[1]).map_values(lambda p: p[0]).join(by_source)
+        return longer.map(lambda p: (p[1][0], p[1][1])), new
+
+    out = flow.from_iterable(edges, batch_size=batch_size).iterate(extend).collect()
+    run(flow, cores=n)
+    assert sorted(out.items) == sorted(closure(edges))
+
+
 # -- PageRank for a fixed number of rounds vs a plain loop ----------------------------
 
 DAMPING = 0.85
