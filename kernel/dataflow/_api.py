@@ -72,6 +72,9 @@ _KEEPS_TIME = frozenset({
     "Map", "Filter", "FlatMap", "KeyBy", "MapValues", "Inspect", "Union", "WindowAggregate",
     "WindowJoin", "StatefulMap", "KeyedJoin", "Distinct",
     "SelectBatches",  # a window's results beside its late stream (that one: _is_late_stream)
+    # a loop's borders pass batches on as they are: its head reads the
+    # loop's input and its feedback, so what the feedback carries counts too
+    "LoopHead", "LoopEnter", "LoopFeedback", "LoopLeave",
 })
 # Built-in steps that certainly emit records without event time.
 _DROPS_TIME = {

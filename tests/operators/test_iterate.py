@@ -549,6 +549,35 @@ def test_windows_after_a_loop_over_event_time_are_exact(events, batch_size, n, m
     assert len(out.items) == len(expected)
 
 
+def test_a_window_after_a_loop_whose_feedback_loses_event_time_is_refused_naming_the_step():
+    """Round 0 has the source's times, later rounds what a count fed back,
+    which has none: refused when the flow is built, as after a union with
+    such a stream, naming the count (it failed at run time, naming only
+    the loop's out as a step that might drop them)."""
+    from operators import Tumbling
+
+    flow = Dataflow()
+    timed = flow.from_iterable([(0.5, 3)], timestamp=lambda e: e[0])
+
+    def body(values):
+        counted = values.key_by(lambda v: v[1]).count(name="per value")
+        return counted.map(lambda p: (0.0, p[0] - 1)).filter(lambda p: p[1] > 0), values
+
+    looped = timed.iterate(body)
+    keyed = looped.key_by(lambda v: "all").map_values(lambda v: 1)
+    with pytest.raises(KernelError, match=re.escape(
+            "window(Tumbling(1.0)): windows need event time, but it is lost on the way at step per value "
+            "(step 3), a keyed aggregate (its results carry no event time): give the source timestamp=...")):
+        keyed.window(Tumbling(1.0))
+    # with the times kept (a map instead of the count), the same window is exact
+    flow = Dataflow()
+    looped = flow.from_iterable([(0.5, 3)], timestamp=lambda e: e[0]).iterate(
+        lambda values: (values.filter(lambda v: v[1] > 0).map(lambda v: (v[0], v[1] - 1)), values))
+    sums = looped.key_by(lambda v: "all").map_values(lambda v: 1).window(Tumbling(1.0)).count().collect()
+    run(flow)
+    assert [(w.start, n) for _, w, n in sums.items] == [(0.0, 4)]
+
+
 def test_an_endless_source_gets_results_through_a_loop_before_it_ends():
     """The outer watermark passes the loop once every round for the times
     before it is done: a window after the loop closes while the source
