@@ -86,13 +86,14 @@ class RoundMarker:
     rounds: START asks every kernel to start run `count` of a loop, JOIN
     is a kernel's answer, with its outer watermark `frontier`, `final`, and
     how many records wait at its entries (`held`), the earliest time
-    among them (`earliest`), and the latest epoch whose marker has come
-    on every input of its entries (`epoch`). A third, FULL, says whether
+    among them (`earliest`), the latest epoch whose marker has come
+    on every input of its entries (`epoch`), and whether its entries'
+    inputs are all idle (`idle`: then `frontier` holds back no kernel). A third, FULL, says whether
     that kernel's entries hold `max_in_flight` records that the next run
     takes in (`count` 1) or no longer (`count` 0): every kernel pauses its
     sources while one is full (Faucet's flow control).)"""
 
-    __slots__ = ("count", "earliest", "epoch", "final", "frontier", "held", "loop", "round")
+    __slots__ = ("count", "earliest", "epoch", "final", "frontier", "held", "idle", "loop", "round")
 
     START = 2**64 - 1
     JOIN = 2**64 - 2
@@ -100,7 +101,7 @@ class RoundMarker:
 
     def __init__(self, loop: int, round: int, count: int = 0, final: bool = False,
                  frontier: float = float("-inf"), held: int = 0, earliest: float = float("inf"),
-                 epoch: int = 0) -> None:
+                 epoch: int = 0, idle: bool = False) -> None:
         self.loop = loop
         self.round = round
         self.count = count
@@ -109,14 +110,15 @@ class RoundMarker:
         self.held = held
         self.earliest = earliest
         self.epoch = epoch
+        self.idle = idle
 
     def _fields(self) -> tuple:
         return (self.loop, self.round, self.count, self.final, self.frontier, self.held, self.earliest,
-                self.epoch)
+                self.epoch, self.idle)
 
     def __repr__(self) -> str:
         return ("RoundMarker(loop={}, round={}, count={}, final={}, frontier={}, held={}, "
-                "earliest={}, epoch={})").format(*self._fields())
+                "earliest={}, epoch={}, idle={})").format(*self._fields())
 
     def __eq__(self, other) -> bool:
         return isinstance(other, RoundMarker) and other._fields() == self._fields()

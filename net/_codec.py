@@ -45,7 +45,8 @@ KIND_WATERMARK = 4  # float64
 KIND_END = 5  # no body
 KIND_IDLE = 6  # no body
 KIND_EPOCH = 7  # u64 epoch number
-KIND_ROUND = 8  # u32 loop, u64 round, u64 count, u8 final, f64 frontier, u64 held, f64 earliest, u64 epoch
+KIND_ROUND = 8  # u32 loop, u64 round, u64 count, u8 final, f64 frontier, u64 held, f64 earliest, u64 epoch,
+#                u8 idle
 KIND_NAMED_RUNS = 9  # msgpack columns: tuples with a namedtuple field in runs (_encode_named_runs)
 KIND_WATERMARKS = 10  # u32 count, u32 channels, f64 watermarks: several at once (ChannelWatermarks)
 TIMED = 0x80  # flag: timestamps precede the records' body
@@ -54,7 +55,7 @@ HEADER = TAG  # kind (u8), channel (u32): the ring packs it with a frame (push_t
 _WATERMARK = struct.Struct("<d")
 _COUNT = struct.Struct("<I")
 _EPOCH = struct.Struct("<Q")
-_ROUND = struct.Struct("<IQQ?dQdQ")
+_ROUND = struct.Struct("<IQQ?dQdQ?")
 _SCALAR_TYPES = frozenset({str, int, float, bool, type(None), bytes})
 
 _encode = msgspec.msgpack.Encoder().encode

@@ -149,10 +149,13 @@ class LoopControl:
     # -- runs of a loop at the top level: agreed by every kernel ---------------------
     # A kernel whose outer watermark moved asks every kernel for the next run
     # (START); each answers once it is between runs (JOIN, with its own
-    # watermark and whether its inputs have all ended); with every answer
-    # in, each kernel decides alike: the run goes up to the least watermark
-    # F, and takes in what came with a time below F (a record without time:
-    # whatever came), or nothing moved and the attempt lapses.
+    # watermark and whether its inputs have all ended, or are all idle);
+    # with every answer in, each kernel decides alike: the run goes up to
+    # the least watermark F of the kernels whose inputs are active (with
+    # none, the largest of the idle ones': an idle input holds nothing
+    # back, as in `Frontier`), and takes in what came with a time below F
+    # (a record without time: whatever came), or nothing moved and the
+    # attempt lapses.
 
     def outer_moved(self) -> None:
         """An entry's outer watermark moved, its input ended, or a run left
@@ -162,11 +165,12 @@ class LoopControl:
         state = self._state()
         if state == self.reported:
             return  # what this kernel said last time lapsed, and nothing changed
-        frontier, ended, _, earliest, epoch = state
+        frontier, ended, _, earliest, epoch, idle = state
         # (max_in_flight: a kernel whose sources wait for records behind an
         # epoch's mark needs a run once every kernel has that epoch, and
-        # only the last to get it knows)
-        if (frontier > self.frontier or ended or _takes(earliest, frontier)
+        # only the last to get it knows; a kernel gone idle no longer holds
+        # the others back, and only it knows)
+        if (frontier > self.frontier or ended or idle or _takes(earliest, frontier)
                 or (self.faucet and epoch > self.epoch_done)):
             self.asked = self.runs + 1
             self.back.deliver(0, RoundMarker(self.id, RoundMarker.START, self.asked))
@@ -178,9 +182,16 @@ class LoopControl:
 
     def joined_by(self, marker: RoundMarker) -> None:
         """A kernel's answer for run `marker.count`."""
-        answer = self.answers.setdefault(marker.count, [0, _INF, True, 0, _INF, 2**64 - 1, 2**64 - 1])
+        answer = self.answers.setdefault(marker.count, [0, _INF, True, 0, _INF, 2**64 - 1, 2**64 - 1,
+                                                        False, -_INF])
         answer[0] += 1
-        answer[1] = min(answer[1], marker.frontier)
+        if marker.final:  # at +inf
+            pass
+        elif marker.idle:  # holds back no kernel: only the largest idle watermark counts, when none is active
+            answer[8] = max(answer[8], marker.frontier)
+        else:
+            answer[1] = min(answer[1], marker.frontier)
+            answer[7] = True  # a kernel whose inputs are active
         answer[2] = answer[2] and marker.final
         answer[3] = max(answer[3], marker.held)
         answer[4] = min(answer[4], marker.earliest)
@@ -194,9 +205,9 @@ class LoopControl:
         if not self.running and self.asked >= run and self.joined < run and not self.finished:
             self.joined = run
             self.reported = state = self._state()
-            frontier, ended, held, earliest, epoch = state
+            frontier, ended, held, earliest, epoch, idle = state
             self.back.deliver(0, RoundMarker(self.id, RoundMarker.JOIN, run, ended, frontier, held, earliest,
-                                             epoch))
+                                             epoch, idle))
 
     def _decide(self) -> None:
         run = self.runs + 1
@@ -205,7 +216,9 @@ class LoopControl:
             return
         del self.answers[run]
         self.runs = run
-        _, frontier, ended, held, earliest, epoch, last_everywhere = answer
+        _, active_least, ended, held, earliest, epoch, last_everywhere, any_active, idle_largest = answer
+        frontier = active_least if any_active or idle_largest == -_INF else idle_largest
+        frontier = max(frontier, self.frontier)  # (it never moves back: an idle kernel may be active again)
         final = ended and held <= self.in_flight
         if frontier > self.frontier or final or _takes(earliest, frontier) or epoch > self.epoch_done:
             # epoch markers every kernel's entries have go into the loop first,
@@ -264,7 +277,8 @@ class LoopControl:
         time: _NOW when max_in_flight lets any run take them (records
         without time wait, or as many as a run takes in: `check_room`), the
         latest epoch every entry here has: a new one is news, for a run may
-        now take in the records behind it)."""
+        now take in the records behind it, and whether the inputs are all
+        idle: `_outer_frontier`)."""
         held, earliest, untimed = 0, _INF, False
         for entry in self.entries:
             n, first, without_time = entry.waiting()
@@ -274,7 +288,8 @@ class LoopControl:
         if self.faucet and (untimed or (held and self._waiting()[1] >= self.in_flight)):
             earliest = _NOW
         epoch = min(entry.ready_epoch for entry in self.entries)
-        return self._outer_frontier(), self._ended(), held, earliest, epoch
+        frontier, idle = self._outer_frontier()
+        return frontier, self._ended(), held, earliest, epoch, idle
 
     def _waiting(self) -> tuple[int, int]:
         """Records waiting here: all, and those before the first epoch mark
@@ -336,8 +351,22 @@ class LoopControl:
             self.full_peers.discard(channel)
         self.check_room()
 
-    def _outer_frontier(self) -> float:
-        return min(entry.outer.value for entry in self.entries)
+    def _outer_frontier(self) -> tuple[float, bool]:
+        """This kernel's outer watermark, and whether its inputs are all idle:
+        the least over its entries whose input is active; with none active
+        (all idle or ended), the largest of the idle ones' (`Frontier`'s
+        rule, across entries; `_decide` applies it across kernels)."""
+        active, idle = [], []
+        for entry in self.entries:
+            outer = entry.outer
+            if outer.ended:
+                continue
+            (idle if outer.idle else active).append(outer.value)
+        if active:
+            return min(active), False
+        if idle:
+            return max(idle), True
+        return _INF, False
 
     def _ended(self) -> bool:
         return all(entry.outer.ended for entry in self.entries)

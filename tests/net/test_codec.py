@@ -343,11 +343,13 @@ def test_records_that_are_not_pairs_keep_every_field():
         assert decode(kind, body) == batch
 
 
-@pytest.mark.parametrize("payload", [None, 1.5, -math.inf, math.inf, "idle", "epoch"])
+@pytest.mark.parametrize("payload", [None, 1.5, -math.inf, math.inf, "idle", "epoch", "join"])
 def test_progress_payloads_round_trip(payload):
-    from kernel.net._channel import IDLE, EpochMarker
+    from kernel.net._channel import IDLE, EpochMarker, RoundMarker
     from kernel.net._codec import encode_progress
 
+    if payload == "join":  # a loop's JOIN: every field crosses, an idle kernel's `idle` too
+        payload = RoundMarker(3, RoundMarker.JOIN, 5, False, 1.5, 7, 0.25, 9, True)
     payload = {"idle": IDLE, "epoch": EpochMarker(7)}.get(payload, payload)
     assert decode(*encode_progress(payload)) == payload
 

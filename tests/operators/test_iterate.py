@@ -611,6 +611,42 @@ def test_an_endless_source_gets_results_through_a_loop_before_it_ends():
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
+def test_a_kernel_whose_input_is_idle_holds_back_no_run_of_a_loop(n, tmp_path):
+    """Each kernel reads its share of the source: one whose share has
+    stopped goes idle (idle_timeout), and, as outside a loop, its watermark
+    then holds back nothing: the loop runs on the others' and a window
+    after it closes while the source still waits (for that very window).
+    Every copy of the source waits for the window at most 5 s, and says
+    so in a file if it had to stop waiting."""
+    import asyncio
+
+    from operators import Tumbling
+
+    gate, waited = tmp_path / "window closed", tmp_path / "gave up waiting"
+
+    async def events():
+        for event in ((0.5, 3), (1.5, 2)):  # fewer than kernels, or one each: a share stops early
+            yield event
+        for _ in range(500):
+            if gate.exists():
+                return
+            await asyncio.sleep(0.01)
+        waited.touch()
+
+    def countdown(values):
+        return values.filter(lambda v: v[1] > 0).map(lambda v: (v[0], v[1] - 1)), values
+
+    flow = Dataflow()
+    timed = flow.from_async_iterable(events, timestamp=lambda e: e[0], batch_size=1, idle_timeout=0.05)
+    counts = timed.iterate(countdown).key_by(lambda v: "all").map_values(lambda v: 1).window(
+        Tumbling(1.0)).count()
+    out = counts.inspect(lambda window: gate.touch()).collect()
+    run(flow, cores=n)
+    assert not waited.exists()
+    assert sorted((w.start, count) for _, w, count in out.items) == [(0.0, 4), (1.0, 3)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
 def test_each_outer_time_iterates_to_its_own_fixpoint(n):
     """Times far apart, a batch each, run as the watermark passes them
     (several may share a run): a count keyed by time, per round, is each
