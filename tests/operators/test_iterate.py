@@ -646,6 +646,48 @@ def test_a_kernel_whose_input_is_idle_holds_back_no_run_of_a_loop(n, tmp_path):
     assert sorted((w.start, count) for _, w, count in out.items) == [(0.0, 4), (1.0, 3)]
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_an_idle_stream_entering_a_loop_holds_back_none_of_its_runs(n, tmp_path):
+    """A stream from outside used in the body has an entry of its own: once
+    its source is idle, the loop runs on its input's watermark alone (on
+    one kernel too), and a window after the loop closes while both sources
+    still wait for it (5 s at most, said in a file if they gave up)."""
+    import asyncio
+
+    from operators import Tumbling
+
+    gate, waited = tmp_path / "window closed", tmp_path / "gave up waiting"
+
+    def waiting_after(events):
+        async def source():
+            for event in events:
+                yield event
+            for _ in range(500):
+                if gate.exists():
+                    return
+                await asyncio.sleep(0.01)
+            waited.touch()
+        return source
+
+    flow = Dataflow()
+    values = flow.from_async_iterable(waiting_after([(0.4 * t, 2) for t in range(8)]),
+                                      timestamp=lambda e: e[0], batch_size=1, idle_timeout=0.05)
+    tags = flow.from_async_iterable(waiting_after([(0.1, "tag")]), timestamp=lambda e: e[0],
+                                    idle_timeout=0.05)
+
+    def body(pairs):  # (time, count down); the tag comes in round 0
+        down = pairs.filter(lambda v: v[1] > 0).map(lambda v: (v[0], v[1] - 1))
+        return down, pairs.union(tags)
+
+    windows = values.iterate(body).key_by(lambda v: "all").map_values(lambda v: 1).window(
+        Tumbling(1.0)).count()
+    out = windows.inspect(lambda window: gate.touch()).collect()
+    run(flow, cores=n)
+    assert not waited.exists()
+    expected = Counter(0.4 * t // 1.0 for t in range(8) for _ in range(3)) + Counter([0.0])
+    assert sorted((w.start, count) for _, w, count in out.items) == sorted(expected.items())
+
+
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_each_outer_time_iterates_to_its_own_fixpoint(n):
     """Times far apart, a batch each, run as the watermark passes them
