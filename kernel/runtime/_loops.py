@@ -183,12 +183,12 @@ class LoopControl:
     def joined_by(self, marker: RoundMarker) -> None:
         """A kernel's answer for run `marker.count`."""
         answer = self.answers.setdefault(marker.count, [0, _INF, True, 0, _INF, 2**64 - 1, 2**64 - 1,
-                                                        False, -_INF])
+                                                        False, None])
         answer[0] += 1
         if marker.final:  # at +inf
             pass
         elif marker.idle:  # holds back no kernel: only the largest idle watermark counts, when none is active
-            answer[8] = max(answer[8], marker.frontier)
+            answer[8] = marker.frontier if answer[8] is None else max(answer[8], marker.frontier)
         else:
             answer[1] = min(answer[1], marker.frontier)
             answer[7] = True  # a kernel whose inputs are active
@@ -217,7 +217,7 @@ class LoopControl:
         del self.answers[run]
         self.runs = run
         _, active_least, ended, held, earliest, epoch, last_everywhere, any_active, idle_largest = answer
-        frontier = active_least if any_active or idle_largest == -_INF else idle_largest
+        frontier = active_least if any_active or idle_largest is None else idle_largest
         frontier = max(frontier, self.frontier)  # (it never moves back: an idle kernel may be active again)
         final = ended and held <= self.in_flight
         if frontier > self.frontier or final or _takes(earliest, frontier) or epoch > self.epoch_done:

@@ -688,6 +688,32 @@ def test_an_idle_stream_entering_a_loop_holds_back_none_of_its_runs(n, tmp_path)
     assert sorted((w.start, count) for _, w, count in out.items) == sorted(expected.items())
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_inputs_all_idle_or_ended_hold_a_loop_at_the_idle_ones_watermark(n):
+    """With no input active, the idle ones' watermark (the largest) is the
+    loop's, as a window's is, not +inf: a source idle before its first
+    record (everything else ended) still gets that record into the window
+    it belongs to, not late."""
+    import asyncio
+
+    from operators import Tumbling
+
+    async def later():
+        await asyncio.sleep(0.2)  # idle (idle_timeout=0.05) before it yields anything
+        yield (0.5, 1)
+
+    flow = Dataflow()
+    first = flow.from_iterable([(0.2, 2)], timestamp=lambda e: e[0])
+    second = flow.from_async_iterable(later, timestamp=lambda e: e[0], idle_timeout=0.05)
+    looped = first.union(second).iterate(
+        lambda values: (values.filter(lambda v: v[1] > 0).map(lambda v: (v[0], v[1] - 1)), values))
+    counts = looped.key_by(lambda v: "all").map_values(lambda v: 1).window(Tumbling(1.0)).count()
+    out = counts.collect()
+    run(flow, cores=n)
+    assert [(w.start, count) for _, w, count in out.items] == [(0.0, 3 + 2)]
+    assert counts.late_count.value == 0
+
+
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_each_outer_time_iterates_to_its_own_fixpoint(n):
     """Times far apart, a batch each, run as the watermark passes them
