@@ -13,6 +13,7 @@ import os
 import reprlib
 import traceback
 from pathlib import Path
+from typing import Any
 
 from kernel.scheduling._errors import ActivationError, KernelError, TaskError, describe_exception
 
@@ -105,10 +106,10 @@ NOT_A_PAIR = (
 READ_AS_PAIR = "(key, value) = record"
 
 
-def is_not_a_pair(record: object) -> bool:
+def is_not_a_pair(record: Any) -> bool:
     """Whether `record` cannot be read as `(key, value)` (the error path only)."""
     try:
-        _key, _value = record  # type: ignore[misc]
+        _key, _value = record
     except Exception:
         return True
     return False
