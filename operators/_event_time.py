@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+from collections.abc import Callable
 from itertools import repeat
 
 from kernel.dataflow._errors import OperatorError
@@ -148,10 +149,10 @@ class EventTimeSource(Source):
         self._max_seen = snapshot["max_seen"]
 
     @staticmethod
-    def of_inner(check):
+    def of_inner(check: Callable[[list], str | None]) -> Callable[[list], str | None]:
         """`check`, a wrapped source's `Node.cut_on_resume`, given the wrapped
         source's own snapshots (inside this one's)."""
-        def checked(snapshots):
+        def checked(snapshots: list) -> str | None:
             return check([s if s == Source.ENDED else s["inner"] for s in snapshots])
         return checked
 
