@@ -2,7 +2,8 @@
 
 Exit status: 0 done (`submit --wait`: the job completed); 1 the job failed
 or was killed (`submit --wait`), the coordinator refused the request, could
-not be reached, or refused us (a wrong secret); 2 bad usage (a malformed
+not be reached, or refused us (a wrong secret; `executor` too, at once);
+2 bad usage (a malformed
 address, no secret, a missing file); 130 interrupted.
 """
 

@@ -21,7 +21,8 @@ executor reconnects (every RECONNECT seconds), registers under the same id
 ended, so a restarted coordinator adopts them. Unless it stays away for
 FENCE_SHARE of its executor timeout: cut off that long, the executor kills
 its job processes (`_fence`), before the coordinator, which counts it lost
-at the timeout, starts them elsewhere.
+at the timeout, starts them elsewhere. A coordinator that refuses its
+secret ends it (`SecretRefused`: exit 1 from the CLI).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kernel.dataflow._errors import KernelError
-from kernel.system._wire import EXECUTOR, ConnectionLost, RequestError, dial
+from kernel.net._links import AuthenticationFailed
+from kernel.system._wire import EXECUTOR, ConnectionLost, RequestError, _url_host, dial
 
 log = logging.getLogger("kernel.system")
 
@@ -58,6 +60,10 @@ _KEEP_ENDED = 256  # ended processes remembered for a coordinator that reconnect
 
 class WorkdirInUse(KernelError):
     """Another executor runs on this workdir."""
+
+
+class SecretRefused(KernelError):
+    """The coordinator refused this executor's secret: it never will take it."""
 
 
 @dataclass
@@ -159,7 +165,17 @@ class ExecutorDaemon:
                 try:
                     session, http = await dial(self.address, self.secret, EXECUTOR, self._request,
                                                tls=self.tls, timeout=RECONNECT * 4)
-                except Exception as exc:  # not there (yet), refused: try again
+                except AuthenticationFailed as exc:
+                    # The coordinator's own word that our secret is not its own: no
+                    # retry can change that. Retried every 0.5 s, it went on for ever,
+                    # the coordinator logging a refusal each time and the operator's
+                    # supervisor seeing a healthy process. An executor cut off this
+                    # way has its job processes fenced anyway (no answer).
+                    raise SecretRefused(
+                        f"the coordinator at {_url_host(self.address[0])}:{self.address[1]} refused this "
+                        f"executor's secret ({exc}): start it with the system's KERNEL_SECRET or "
+                        "--secret-file") from None
+                except Exception as exc:  # not there (yet), unreachable: try again
                     if not announced:
                         log.warning("executor: cannot reach the coordinator at %s:%d: %s; retrying",
                                     *self.address, exc)

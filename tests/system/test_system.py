@@ -543,17 +543,25 @@ def test_a_job_of_two_processes_restarts_from_the_beginning_on_the_executor_left
     assert Counter(records(out)) == Counter(range(count))
 
 
-def test_an_executor_with_a_wrong_secret_is_refused(system, tmp_path):
+def test_an_executor_with_a_wrong_secret_exits_1_saying_so_and_the_system_is_untouched(system, tmp_path):
+    # It retried every 0.5 s for ever, the coordinator logging a refusal at
+    # each, and a supervisor saw a healthy process.
     before = system.status()["executors"]
-    stranger = subprocess.Popen(
+    refusals = system.coordinator_log.read_text().count("authentication failed")
+    stranger = subprocess.run(
         [sys.executable, "-m", "kernel", "executor", "--cores", "4", "--workdir", tmp_path / "w"],
-        env=dict(system.env, KERNEL_SECRET="wrong"), stderr=subprocess.PIPE, text=True)
-    try:
-        line = wait_until(lambda: stranger.stderr.readline(), what="the executor's complaint")
-        assert "cannot reach the coordinator" in line and "authentication failed" in line
-    finally:
-        stranger.kill()
-        stranger.wait()
+        env=dict(system.env, KERNEL_SECRET="wrong"), capture_output=True, text=True, timeout=10)
+    address = f"127.0.0.1:{system.port}"
+    assert stranger.returncode == 1, stranger.stderr
+    assert stranger.stderr.splitlines()[-1] == (
+        f"error: the coordinator at {address} refused this executor's secret (authentication failed with "
+        f"process 0 at http://{address}: wrong or missing secret): start it with the system's "
+        "KERNEL_SECRET or --secret-file")
+    assert "retrying" not in stranger.stderr
+    # refused once (its log line comes as the refusal goes out: wait for it, bounded)
+    wait_until(lambda: system.coordinator_log.read_text().count("authentication failed") > refusals,
+               timeout=5, what="the coordinator to log the refusal")
+    assert system.coordinator_log.read_text().count("authentication failed") == refusals + 1
     assert system.status()["executors"] == before or \
         [e["id"] for e in system.status()["executors"]] == [e["id"] for e in before]
 
