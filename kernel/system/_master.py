@@ -15,6 +15,16 @@ its state moves by key group),
 at most `max_restarts` times. Every transition of a job runs under the
 job's lock, so events about it (exits, a lost executor, kill) never
 interleave; events of an attempt that is no longer current are ignored.
+
+Two attempts of a job never run at once (but for an executor frozen, which
+cannot fence itself). An executor is counted lost only once its lease is
+over: `executor_timeout` seconds since it was last heard from, by when it
+has killed its job processes itself (it fences at FENCE_SHARE of that
+without an answer, `_executor.py`). A closed connection is not a loss: the
+executor and its processes may be alive (a reset by the network), and one
+that registers again within its lease keeps its jobs (adopted). And a job
+is placed again only once every process of its last attempt is known to
+have ended: reported exited, stopped on request, or its executor lost.
 """
 
 from __future__ import annotations
@@ -91,9 +101,24 @@ class JobMaster:
         self.catalog = catalog
         self.jobs: dict[str, Job] = {job.id: job for job in catalog.jobs()}
         self.executors: dict[str, Executor] = {e.id: e for e in catalog.executors()}
+        self.adopt_grace = adopt_grace
+        self.executor_timeout = executor_timeout
+        self._started = time.monotonic()
+        # Executors not connected whose lease may not be over (their processes
+        # may run): id -> (when they count as lost, by the monotonic clock, and
+        # why). Those of the last coordinator: after the adoption grace, and
+        # never before their lease is surely over.
+        self._away: dict[str, tuple[float, str]] = {}
         for executor in self.executors.values():
-            if executor.state == "up":  # until it connects to this coordinator again
+            if executor.state in ("up", "reconnecting"):  # until it connects to this coordinator again
                 executor.state = "reconnecting"
+                self._away[executor.id] = (self._started + max(adopt_grace, executor_timeout),
+                                           "it did not come back to the restarted coordinator")
+        # job -> the executors that may still run a process of one of its
+        # earlier attempts (their stop not confirmed): it is not placed again
+        # until each has confirmed it or is lost
+        self._unstopped: dict[str, set[str]] = {}
+        self._confirming: set[tuple[str, str]] = set()  # (job, executor) being asked
         self.connected: dict[str, Connected] = {}
         # the exits of each active job's current attempt: process -> (code, error)
         self.exits: dict[str, dict[int, tuple[int, str | None]]] = {
@@ -109,9 +134,6 @@ class JobMaster:
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._closing = False  # close(): the coordinator stops
-        self.adopt_grace = adopt_grace
-        self.executor_timeout = executor_timeout
-        self._started = time.monotonic()
 
     # -- bookkeeping ------------------------------------------------------------------
 
@@ -193,7 +215,7 @@ class JobMaster:
         now = time.monotonic()
         for job in self.jobs.values():
             if job.status in ("submitted", "restarting") and not self._lock(job.id).locked() \
-                    and self._not_before.get(job.id, 0.0) <= now:
+                    and self._not_before.get(job.id, 0.0) <= now and not self._unstopped.get(job.id):
                 if self._place(job) is not None:
                     self._spawn(self._launch(job.id))
 
@@ -227,7 +249,7 @@ class JobMaster:
     async def _launch(self, job_id: str) -> None:
         job = self.jobs[job_id]
         async with self._lock(job_id):
-            if job.status not in ("submitted", "restarting"):
+            if job.status not in ("submitted", "restarting") or self._unstopped.get(job.id):
                 return
             placed = self._place(job)
             if placed is None:
@@ -305,6 +327,11 @@ class JobMaster:
         executor.state = "lost"
         self.catalog.save_executor(executor)
         log.warning("executor %s lost: %s", executor_id, why)
+        self._away.pop(executor_id, None)
+        for job_id, executors in list(self._unstopped.items()):  # it has fenced its processes
+            executors.discard(executor_id)
+            if not executors:
+                del self._unstopped[job_id]
         for job in list(self.jobs.values()):
             if job.status in ("starting", "running") and any(
                     p["executor"] == executor_id for p in job.placement):
@@ -338,6 +365,7 @@ class JobMaster:
         for backoff in (self._attempt_started, self._backoff, self._not_before):
             backoff.pop(job.id, None)
         self._adopted.pop(job.id, None)
+        self._unstopped.pop(job.id, None)  # (no attempt follows)
         self.catalog.forget_topics_of(job.id)
         log.info("%s %s%s", job.id, status, f": {message}" if message else "")
         await self._stop(job.id, attempt, placement)
@@ -366,20 +394,86 @@ class JobMaster:
         self._not_before[job.id] = now + delay
         log.warning("%s restarting (%d of at most %d)%s: %s", job.id, job.restarts, job.max_restarts,
                     f" in {delay:g} s" if delay else "", why)
-        await self._stop(job.id, attempt, placement)  # before another attempt may use its state_dir
+        # before another attempt may run (and use its state_dir)
+        self._wait_for_stops(job, attempt, await self._stop(job.id, attempt, placement))
         self._spawn(self._after(delay))
 
     async def _after(self, delay: float) -> None:
         await asyncio.sleep(delay)
         self.reconcile()
 
-    async def _stop(self, job_id: str, attempt: int, placement: list[dict]) -> None:
-        stops = [self.connected[p["executor"]].session.request(
-            "stop", timeout=STOP_TIMEOUT, job=job_id, attempt=attempt)
-            for p in placement if p["executor"] in self.connected]
-        for result in await asyncio.gather(*stops, return_exceptions=True):
+    async def _stop(self, job_id: str, attempt: int, placement: list[dict]) -> set[str]:
+        """Stop the attempt's processes; the executors that may still run
+        one: not connected but not lost (within their lease), or whose stop
+        failed."""
+        asked = list(dict.fromkeys(p["executor"] for p in placement if p["executor"] in self.connected))
+        unstopped = {p["executor"] for p in placement if p["executor"] not in self.connected
+                     and self.executors[p["executor"]].state != "lost"}
+        stops = [self.connected[e].session.request("stop", timeout=STOP_TIMEOUT, job=job_id, attempt=attempt)
+                 for e in asked]
+        for executor_id, result in zip(asked, await asyncio.gather(*stops, return_exceptions=True)):
             if isinstance(result, Exception):
-                log.warning("%s: stopping attempt %d: %s", job_id, attempt, result)
+                log.warning("%s: stopping attempt %d on executor %s: %s", job_id, attempt, executor_id,
+                            result or type(result).__name__)
+                unstopped.add(executor_id)
+        return unstopped
+
+    def _wait_for_stops(self, job: Job, attempt: int, executors: set[str]) -> None:
+        """The job's next attempt waits until each of `executors` has
+        confirmed that no process of it runs there (asked now if connected,
+        else when it registers again) or is lost (its lease over: fenced)."""
+        # (one lost while its stop was being asked has fenced: nobody would clear it)
+        executors = {e for e in executors if self.executors[e].state != "lost"}
+        if not executors:
+            return
+        self._unstopped.setdefault(job.id, set()).update(executors)
+        log.warning("%s: attempt %d may still run on executor(s) %s: the next attempt waits until each "
+                    "has stopped it, or is lost (%g s after it was last heard from)", job.id, attempt,
+                    ", ".join(sorted(executors)), self.executor_timeout)
+        for executor_id in executors:
+            if executor_id in self.connected:
+                self._ask_to_confirm(job.id, executor_id)
+
+    def _ask_to_confirm(self, job_id: str, executor_id: str) -> None:
+        # (one asking at a time: a second could still be asking after the
+        # first has cleared the way, when a new attempt may run there)
+        if (job_id, executor_id) not in self._confirming:
+            self._confirming.add((job_id, executor_id))
+            self._spawn(self._confirm_stopped(job_id, executor_id))
+
+    async def _confirm_stopped(self, job_id: str, executor_id: str) -> None:
+        """Ask `executor_id` to stop every process of the job it runs (all of
+        earlier attempts: none is placed while it is asked) until it answers
+        that it has; on a connection lost, its next register asks again."""
+        try:
+            await self._ask_until_stopped(job_id, executor_id)
+        finally:
+            self._confirming.discard((job_id, executor_id))
+
+    async def _ask_until_stopped(self, job_id: str, executor_id: str) -> None:
+        while executor_id in self._unstopped.get(job_id, ()):
+            entry = self.connected.get(executor_id)
+            if entry is None:
+                return  # its next register asks again, or it is lost
+            try:
+                await entry.session.request("stop", timeout=STOP_TIMEOUT, job=job_id, attempt=None)
+            except ConnectionLost:
+                if self.connected.get(executor_id) is entry:
+                    return  # (closing: its next register asks again)
+                continue  # registered again meanwhile: ask that connection
+            except (RequestError, TimeoutError) as exc:
+                log.warning("%s: executor %s did not confirm the job's processes stopped (%s); asking "
+                            "again", job_id, executor_id, exc or type(exc).__name__)
+                await asyncio.sleep(1.0)
+                continue
+            waiting = self._unstopped.get(job_id)
+            if waiting is not None:
+                waiting.discard(executor_id)
+                if not waiting:
+                    del self._unstopped[job_id]
+                    log.info("%s: no earlier attempt runs any more", job_id)
+            self.reconcile()
+            return
 
     # -- executors --------------------------------------------------------------------------
 
@@ -395,6 +489,7 @@ class JobMaster:
         executor = self.executors[executor_id]
         executor.host, executor.cores, executor.state, executor.last_seen = host, cores, "up", now
         self.catalog.save_executor(executor)
+        self._away.pop(executor_id, None)  # back within its lease
         old = self.connected.get(executor_id)
         if old is not None and old.session is not session:
             self._spawn(old.session.close())
@@ -410,6 +505,9 @@ class JobMaster:
         """An executor (re)connected and listed its processes: keep those of
         current attempts, take in the exits we missed, stop the stale ones,
         and restart the jobs whose process it no longer has."""
+        for job_id, executors in self._unstopped.items():
+            if executor_id in executors:
+                self._ask_to_confirm(job_id, executor_id)
         reported = set()
         for p in processes:
             job = self.jobs.get(p["job"])
@@ -470,7 +568,23 @@ class JobMaster:
         if entry is None or entry.session is not session:
             return  # replaced by a newer connection
         del self.connected[executor_id]
-        self._spawn(self.executor_lost(executor_id, "its connection closed"))
+        if self._closing:
+            return  # (the coordinator stops: the next one waits for it)
+        # Not lost yet: a connection reset by the network closes it with the
+        # executor and its processes alive. Counted lost at once, its jobs
+        # were started elsewhere while their processes ran on until it came
+        # back (~0.3 s) or fenced them (0.8 of the timeout): two attempts at
+        # once. It keeps its jobs if it registers again within its lease.
+        executor = self.executors[executor_id]
+        executor.state = "reconnecting"
+        self.catalog.save_executor(executor)
+        self._away[executor_id] = (entry.heard + self.executor_timeout,
+                                   f"its connection closed, and it did not come back within "
+                                   f"{self.executor_timeout:g} s")
+        log.warning("executor %s: its connection closed; its jobs stay placed until it registers again, "
+                    "or until it is lost, %g s after it was last heard from", executor_id,
+                    self.executor_timeout)
+        self._changed.set()
 
     async def watch(self, interval: float = 0.25) -> None:
         """Executors silent for `executor_timeout` are lost; after the
@@ -482,12 +596,15 @@ class JobMaster:
             for executor_id, entry in list(self.connected.items()):
                 if now - entry.heard > self.executor_timeout:
                     log.warning("executor %s silent for %.1f s", executor_id, now - entry.heard)
+                    del self.connected[executor_id]  # (its lease is over: lost, not away)
                     self._spawn(entry.session.close())
-            if time.monotonic() - self._started > self.adopt_grace:
-                for executor in list(self.executors.values()):
-                    if executor.state == "reconnecting":
-                        await self.executor_lost(executor.id, "it did not come back to the restarted "
-                                                              "coordinator")
+                    why = f"no heartbeat for {self.executor_timeout:g} s"
+                    self._spawn(self.executor_lost(executor_id, why))
+            for executor_id, (deadline, why) in list(self._away.items()):
+                if now > deadline:
+                    del self._away[executor_id]
+                    self._spawn(self.executor_lost(executor_id, why))
+            if now - self._started > self.adopt_grace:
                 self._orphans()
             self.reconcile()
 
@@ -498,7 +615,8 @@ class JobMaster:
         for job in self.jobs.values():
             if job.status not in ("starting", "running") or self._lock(job.id).locked():
                 continue
-            away = [p["executor"] for p in job.placement if p["executor"] not in self.connected]
+            away = [p["executor"] for p in job.placement if p["executor"] not in self.connected
+                    and p["executor"] not in self._away]  # (those may come back: lost at their lease's end)
             if away:
                 self._spawn(self._lost_process(job, job.attempt, None, away[0]))
 

@@ -916,7 +916,7 @@ def test_a_wall_clock_step_does_not_hide_a_silent_executor(tmp_path):
                                what="the job to restart")
         finally:
             executor.send_signal(signal.SIGCONT)
-        assert (state["restarts"], state["message"]) == (1, "lost executor e1 (its connection closed)")
+        assert (state["restarts"], state["message"]) == (1, "lost executor e1 (no heartbeat for 2 s)")
         assert system.cli("kill", job).returncode == 0
     finally:
         system.close()
