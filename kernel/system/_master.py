@@ -118,6 +118,13 @@ class JobMaster:
         # earlier attempts (their stop not confirmed): it is not placed again
         # until each has confirmed it or is lost
         self._unstopped: dict[str, set[str]] = {}
+        for job in self.jobs.values():
+            if job.status == "restarting":
+                # what the last coordinator waited for died with it: any
+                # executor the job ran on may still run an earlier attempt
+                away = {e for e in job.ran_on if e in self._away}
+                if away:
+                    self._unstopped[job.id] = away
         self._confirming: set[tuple[str, str]] = set()  # (job, executor) being asked
         self.connected: dict[str, Connected] = {}
         # the exits of each active job's current attempt: process -> (code, error)

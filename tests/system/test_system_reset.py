@@ -258,3 +258,45 @@ def test_a_start_whose_reply_is_lost_the_next_attempt_waits_until_the_executor_h
            f"has stopped it, or is lost ({EXECUTOR_TIMEOUT:g} s after it was last heard from)" in log, log
     assert f"{job}: no earlier attempt runs any more" in log
     assert system.cli("kill", job).returncode == 0
+
+
+def test_a_coordinator_restarted_while_a_job_waits_for_its_last_attempt_to_stop_waits_on(tmp_path):
+    # As above, executor 1 then kept away, and the coordinator SIGKILLed and
+    # started again while the job waits: what it waited for died with it,
+    # and the new one placed attempt 2 on executor 2 as soon as that
+    # registered, beside attempt 1 (executor 1 fences it 2.4 s after its
+    # last answer, at this test's 3 s timeout).
+    system = System(tmp_path)
+    proxy = None
+    try:
+        system.start_coordinator("--executor-timeout", "3")
+        proxy = Proxy(system.port)
+        system.start_executor(3, "--coordinator", f"127.0.0.1:{proxy.port}")
+        system.start_executor(2)
+        system.executors_up(2)
+        executor = system.executor_id(system.executors[0])
+        proxy.command("lose-start-reply")
+        job, directory = submit_ticking(system, tmp_path, placed=False)
+        wait_until(lambda: "may still run on executor(s)" in system.coordinator_log.read_text(), timeout=5,
+                   what="the job to wait for attempt 1 to stop")
+        proxy.command("refuse")
+        assert "no earlier attempt runs any more" not in system.coordinator_log.read_text()
+        system.coordinator.kill()
+        system.coordinator.wait()
+        system.start_coordinator("--executor-timeout", "3")
+        wait_until(lambda: len(ticks(directory, job, 2)) >= 3, timeout=10, what="attempt 2's first records")
+        stale = system.executors[0]
+        wait_until(lambda: descendants(stale.pid) == [stale.pid], timeout=5,
+                   what="executor 1 to fence its job")
+        first, second = ticks(directory, job, 1), ticks(directory, job, 2)
+        gap = second[0] - first[-1]
+        assert gap > 0, f"attempts 1 and 2 ran at once for {-gap:.3f} s"
+        state = system.job(job)
+        assert (state["status"], state["attempt"], state["restarts"]) == ("running", 2, 1), state
+        assert f"executor {executor} lost: it did not come back to the restarted coordinator" in \
+            system.coordinator_log.read_text()
+        assert system.cli("kill", job).returncode == 0
+    finally:
+        if proxy is not None:
+            proxy.close()
+        system.close()
