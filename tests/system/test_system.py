@@ -216,6 +216,35 @@ def test_an_executor_killed_mid_run_the_job_restarts_and_writes_every_record_onc
     assert lost["state"] == "lost"
 
 
+def test_a_killed_executor_started_again_restarts_its_job_when_it_registers_not_at_its_lease_end(tmp_path):
+    # A closed connection is not a loss (an executor may be alive behind a
+    # reset connection): the job of one SIGKILLed waits for its lease, 5 s
+    # here. Started again on its workdir (a supervisor's restart), it
+    # registers under its id listing no process, and the job restarts then.
+    system = start_system(tmp_path, coordinator_options=("--executor-timeout", "5"))
+    try:
+        pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
+        job = system.cli("submit", pipeline).stdout.splitlines()[0]
+        wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
+        (executor,) = system.job(job)["placement"]
+        n = next(i for i, p in enumerate(system.executors) if system.executor_id(p) == executor)
+        system.executors[n].kill()
+        system.executors[n].wait()
+        killed = time.monotonic()
+        workdir = tmp_path / f"executor{n + 1}"  # (its id is its workdir's)
+        system.executors[n] = system._spawn(
+            ["executor", "--cores", "2", "--workdir", str(workdir), "--host", "127.0.0.1",
+             "--heartbeat", "0.4"], tmp_path / f"executor{n + 1}.log", ignore_sigint=True)
+        state = wait_until(lambda: (s := system.job(job))["status"] == "running" and s["attempt"] == 2 and s,
+                           timeout=10, what="attempt 2 to run")
+        assert time.monotonic() - killed < 4.5  # (its lease ends 4-5 s after the kill)
+        assert (state["restarts"], state["message"]) == \
+            (1, f"executor {executor} no longer runs process 0 (it restarted)"), state
+        assert system.cli("kill", job).returncode == 0
+    finally:
+        system.close()
+
+
 # An executor stops its jobs once the coordinator has not answered for 0.8 x its
 # --executor-timeout: 1.6 s with the tests' 2 s, which a coordinator's restart took on a
 # loaded machine (its job was then restarted, not adopted). 8 s here.
