@@ -264,6 +264,9 @@ def _main(argv: list[str] | None, prog: str) -> int:
                         help="json: the kernels' warnings (and the command's error) as one JSON object a "
                              "line: time, level, message, kernel, step, job")
     args = parser.parse_args(argv)
+    from kernel.cli._lease import watch_from_environment
+
+    watch_from_environment()  # started by an executor: it ends us when our lease is not renewed
     path, name = split_target(args.pipeline)
     global _json_errors
     _json_errors = args.log_format == "json"

@@ -21,8 +21,9 @@ executor reconnects (every RECONNECT seconds), registers under the same id
 ended, so a restarted coordinator adopts them. Unless it stays away for
 FENCE_SHARE of its executor timeout: cut off that long, the executor kills
 its job processes (`_fence`), before the coordinator, which counts it lost
-at the timeout, starts them elsewhere. A coordinator that refuses its
-secret ends it (`SecretRefused`: exit 1 from the CLI).
+at the timeout, starts them elsewhere; each job process also holds that
+lease itself (`kernel.cli._lease`), for an executor frozen. A coordinator
+that refuses its secret ends it (`SecretRefused`: exit 1 from the CLI).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -40,6 +42,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernel.cli._lease import VARIABLE as LEASE_VARIABLE
+from kernel.cli._lease import LeaseWriter
 from kernel.dataflow._errors import KernelError
 from kernel.net._links import AuthenticationFailed
 from kernel.system._wire import EXECUTOR, ConnectionLost, RequestError, _url_host, dial
@@ -54,6 +58,11 @@ STOP_GRACE = 3.0  # seconds between SIGINT and SIGKILL when stopping a process
 # timeout (which it sends at registration), the executor kills its job
 # processes, before the coordinator counts it lost and starts them elsewhere.
 FENCE_SHARE = 0.8
+# Each job process holds a lease to the same end (kernel.cli._lease), for an
+# executor frozen, which cannot fence: it ends itself halfway between the
+# executor's fence (so a live executor fences first, and says why) and the
+# timeout.
+LEASE_SHARE = (1 + FENCE_SHARE) / 2
 _LOG_CHUNK = 1 << 20
 _KEEP_ENDED = 256  # ended processes remembered for a coordinator that reconnects
 
@@ -74,6 +83,7 @@ class JobProcess:
     proc: asyncio.subprocess.Process
     log_path: Path
     log_start: int  # where this attempt's output starts in the log
+    lease: LeaseWriter  # (renewed by _fence's loop)
     code: int | None = None
     error: str | None = None
     ended_at: float | None = None
@@ -255,6 +265,9 @@ class ExecutorDaemon:
         while True:
             await asyncio.sleep(min(0.1, self.heartbeat))
             running = [p for p in self.processes.values() if p.code is None]
+            deadline = self._lease_deadline()
+            for entry in running:
+                entry.lease.renew(deadline)
             silent = time.monotonic() - self._answered
             if not running or self._fence_after is None or silent <= self._fence_after:
                 continue
@@ -268,6 +281,14 @@ class ExecutorDaemon:
                 except ProcessLookupError:
                     pass
             await asyncio.gather(*(p.proc.wait() for p in running))
+
+    def _lease_deadline(self) -> float:
+        """When the job processes must be dead if nothing renews it (each
+        holds it, `kernel.cli._lease`: this executor frozen cannot fence
+        them): LEASE_SHARE of the timeout without an answer."""
+        if self._fence_after is None:
+            return math.inf
+        return self._answered + self._fence_after * LEASE_SHARE / FENCE_SHARE
 
     # -- the coordinator's requests ---------------------------------------------------
 
@@ -344,10 +365,19 @@ class ExecutorDaemon:
                       f"{self.executor_id} ({time.strftime('%Y-%m-%d %H:%M:%S')}) ---\n".encode())
             out.flush()
             start = out.tell()
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, cwd=run_dir, env=env,
-                start_new_session=True, preexec_fn=_job_process_setup)
-        entry = JobProcess(job, attempt, process, proc, log_path, start)
+            lease = LeaseWriter()
+            env[LEASE_VARIABLE] = str(lease.read_fd)
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, cwd=run_dir, env=env,
+                    start_new_session=True, preexec_fn=_job_process_setup, pass_fds=(lease.read_fd,))
+            except BaseException:
+                lease.started()
+                lease.close()
+                raise
+        lease.started()
+        lease.renew(self._lease_deadline())
+        entry = JobProcess(job, attempt, process, proc, log_path, start, lease)
         self.processes[key] = entry
         log.info("executor: started %s attempt %d process %d (pid %d)", job, attempt, process, proc.pid)
         task = asyncio.ensure_future(self._follow(entry))
@@ -357,6 +387,7 @@ class ExecutorDaemon:
 
     async def _follow(self, entry: JobProcess) -> None:
         entry.code = await entry.proc.wait()
+        entry.lease.close()
         entry.ended_at = time.time()
         entry.error = last_error(entry.log_path, entry.log_start) if entry.code else None
         log.info("executor: %s attempt %d process %d exited %d", entry.job, entry.attempt,

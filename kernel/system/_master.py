@@ -16,11 +16,11 @@ at most `max_restarts` times. Every transition of a job runs under the
 job's lock, so events about it (exits, a lost executor, kill) never
 interleave; events of an attempt that is no longer current are ignored.
 
-Two attempts of a job never run at once (but for an executor frozen, which
-cannot fence itself). An executor is counted lost only once its lease is
-over: `executor_timeout` seconds since it was last heard from, by when it
-has killed its job processes itself (it fences at FENCE_SHARE of that
-without an answer, `_executor.py`). A closed connection is not a loss: the
+Two attempts of a job never run at once. An executor is counted lost only
+once its lease is over: `executor_timeout` seconds since it was last heard
+from, by when its job processes are dead (it fences them at FENCE_SHARE of
+that without an answer, `_executor.py`, and each ends itself a little
+later if the executor, frozen, did not: `kernel.cli._lease`). A closed connection is not a loss: the
 executor and its processes may be alive (a reset by the network), and one
 that registers again within its lease keeps its jobs (adopted). And a job
 is placed again only once every process of its last attempt is known to

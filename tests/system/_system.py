@@ -65,6 +65,21 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def running(pids: list[int]) -> list[int]:
+    """Those of `pids` that run: neither gone nor dead and not yet reaped
+    (a zombie, as the children of a stopped parent stay)."""
+    alive = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
 class System:
     """`start_coordinator()`, `start_executor(cores)`, `cli(...)`, `status()`;
     `close()` kills everything it started."""

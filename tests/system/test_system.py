@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from _system import System, descendants, wait_until
+from _system import System, descendants, running, wait_until
 
 EXACT = """\
 from kernel import Dataflow
@@ -658,10 +658,12 @@ def test_an_authenticated_client_sending_garbage_is_closed_and_nothing_changes(s
     assert system.status()["jobs"] == before["jobs"]
 
 
-def test_a_silent_executor_is_lost_its_job_restarts_and_its_stale_process_is_stopped_later(fresh, tmp_path):
+def test_a_frozen_executor_is_lost_its_job_restarts_and_its_process_has_fenced_itself(fresh, tmp_path):
     """SIGSTOP: the executor's connection stays open but its heartbeats
-    stop (as behind a cut cable); after SIGCONT it reconnects, lists the
-    process it still runs, and is told to stop it."""
+    stop (as behind a cut cable), and it cannot fence its job process: the
+    process ends itself when its lease, which the executor no longer
+    renews, runs out (it ran on beside attempt 2 until the executor woke).
+    After SIGCONT the executor reconnects and lists it ended."""
     pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
     job = fresh.cli("submit", pipeline).stdout.splitlines()[0]
     wait_until(lambda: fresh.job(job)["status"] == "running", what="the job to run")
@@ -674,11 +676,12 @@ def test_a_silent_executor_is_lost_its_job_restarts_and_its_stale_process_is_sto
             return state["status"] == "running" and state["placement"] != [first]
 
         wait_until(elsewhere, timeout=20, what="the job to run on the other executor", every=0.2)
-        assert len(descendants(silent.pid)) > 1  # its process of attempt 1 still runs
+        assert running(descendants(silent.pid)) == [silent.pid]  # its process of attempt 1 is gone
     finally:
         silent.send_signal(signal.SIGCONT)
-    wait_until(lambda: descendants(silent.pid) == [silent.pid], timeout=20,
-               what="the stale process to be stopped", every=0.1)
+    n = fresh.executors.index(silent) + 1
+    log = (fresh.root / f"executor{n}" / "logs" / f"{job}.log").read_text()
+    assert "fenced: the executor has not renewed this process's lease (frozen?): killing process group" in log
     state = fresh.job(job)
     assert (state["status"], state["restarts"], state["attempt"]) == ("running", 1, 2)
     assert "silent for" in fresh.coordinator_log.read_text()

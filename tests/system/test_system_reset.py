@@ -9,13 +9,14 @@ file of its own, so the tests see when each attempt ran."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from _system import EXECUTOR_TIMEOUT, System, descendants, wait_until
+from _system import EXECUTOR_TIMEOUT, System, descendants, running, wait_until
 
 PROXY = """\
 import asyncio, socket, struct, sys
@@ -299,4 +300,31 @@ def test_a_coordinator_restarted_while_a_job_waits_for_its_last_attempt_to_stop_
     finally:
         if proxy is not None:
             proxy.close()
+        system.close()
+
+
+def test_a_frozen_executor_its_job_process_ends_itself_before_the_next_attempt_starts(tmp_path):
+    # SIGSTOP: the executor can neither answer nor fence its process. The
+    # process held its lease only through the executor, and ran beside
+    # attempt 2 until the executor woke.
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+        system.start_executor(3)
+        system.start_executor(2)
+        system.executors_up(2)
+        job, directory = submit_ticking(system, tmp_path)
+        frozen = system.executors[0]
+        frozen.send_signal(signal.SIGSTOP)
+        try:
+            wait_until(lambda: len(ticks(directory, job, 2)) >= 3, timeout=10,
+                       what="attempt 2's first records")
+            first, second = ticks(directory, job, 1), ticks(directory, job, 2)
+            assert running(descendants(frozen.pid)) == [frozen.pid]  # (unreaped: a zombie)
+        finally:
+            frozen.send_signal(signal.SIGCONT)
+        gap = second[0] - first[-1]
+        assert gap > 0, f"attempts 1 and 2 ran at once for {-gap:.3f} s"
+        assert system.cli("kill", job).returncode == 0
+    finally:
         system.close()

@@ -1,0 +1,77 @@
+"""A job process's lease from its executor, kept by the job process itself.
+
+An executor fences (kills) its job processes once the coordinator has not
+answered it for FENCE_SHARE of the executor timeout, before the coordinator
+counts it lost and starts them elsewhere. An executor frozen (SIGSTOP, a
+debugger, a process stuck in the kernel) could not: its processes ran on
+beside their next attempt. So each job process also holds the deadline
+itself: the executor writes it (when it must be dead, by CLOCK_MONOTONIC,
+one clock for every process of the machine) down a pipe every RENEW
+seconds, and a thread of the job process (`kernel run`) kills its process
+group once the last deadline it read has passed. A frozen executor writes
+nothing more, so its processes end before the coordinator counts it lost
+(the deadline lies between the executor's own fence and that). (A whole
+machine frozen freezes its job processes too: they wake with it, and
+their thread, like the executor, ends them then.)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import select
+import signal
+import sys
+import threading
+import time
+
+VARIABLE = "KERNEL_LEASE_FD"  # the pipe's read end, in the job process
+RENEW = 0.1  # seconds between the executor's writes
+
+
+class LeaseWriter:
+    """The executor's end of one job process's lease."""
+
+    def __init__(self) -> None:
+        self.read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        os.set_inheritable(self.read_fd, True)
+
+    def started(self) -> None:
+        """The process has its end: the executor's copy goes."""
+        os.close(self.read_fd)
+
+    def renew(self, deadline: float) -> None:
+        try:
+            os.write(self._write_fd, f"{deadline!r}\n".encode())
+        except (BlockingIOError, BrokenPipeError):
+            pass  # (a process not reading, or ended: nothing to tell it)
+
+    def close(self) -> None:
+        os.close(self._write_fd)
+
+
+def watch_from_environment() -> None:
+    """In `kernel run`: hold the lease the executor passes, if it does."""
+    fd = os.environ.pop(VARIABLE, None)
+    if fd is not None:
+        threading.Thread(target=_watch, args=(int(fd),), name="executor lease", daemon=True).start()
+
+
+def _watch(fd: int) -> None:
+    deadline, pending = math.inf, b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], max(0.0, min(deadline - time.monotonic(), 3600.0)))
+        if not ready:
+            if time.monotonic() >= deadline:
+                break
+            continue
+        data = os.read(fd, 4096)
+        if not data:
+            return  # the executor closed it (it went, and we with it: PR_SET_PDEATHSIG)
+        *lines, pending = (pending + data).split(b"\n")
+        if lines:
+            deadline = float(lines[-1])
+    print(f"fenced: the executor has not renewed this process's lease (frozen?): killing process group "
+          f"{os.getpgrp()}", file=sys.stderr, flush=True)
+    os.killpg(os.getpgrp(), signal.SIGKILL)
