@@ -163,10 +163,12 @@ def long_interval(monkeypatch):
 
 @pytest.fixture
 def held_interval(monkeypatch):
-    """For an exchange edge driven in this process: an interval (1,000 s
-    on 4 kernels) that no pause of a loaded machine lets pass between two
-    steps of a test (1.5 s did once); a test makes it pass by moving the
-    pacer's last send back."""
+    """For the exchange edges driven in this process (`exchange`,
+    `two_edges`, which take it so that their pacer is made with it): an
+    interval (1,000 s on 4 kernels) that no pause of a loaded machine lets
+    pass between two steps of a test (they were made before `long_interval`
+    patched it, so with the default 2 ms, which a loaded run once let
+    pass); a test makes it pass by moving the pacer's last send back."""
     monkeypatch.setattr(_exchange, "PROGRESS_INTERVAL_PER_PEER", 500.0)
 
 
@@ -280,7 +282,7 @@ def _kernel_zero():
 
 
 @pytest.fixture
-def exchange():
+def exchange(held_interval):
     """Kernel 0's exchange edge on 4 kernels over real rings; `read(k)` is
     what kernel k got, decoded, in order."""
     with _kernel_zero() as (transport, kernel, read):
@@ -288,7 +290,7 @@ def exchange():
         yield out, kernel, lambda dest: [payload for _, payload in read(dest)]
 
 
-def test_watermarks_wait_out_the_interval_and_a_timer_sends_the_latest(exchange, held_interval):
+def test_watermarks_wait_out_the_interval_and_a_timer_sends_the_latest(exchange):
     out, kernel, read = exchange
     out.deliver(0, 1.0)
     assert read(1) == []  # held to the end of the scheduler's slice
@@ -303,7 +305,7 @@ def test_watermarks_wait_out_the_interval_and_a_timer_sends_the_latest(exchange,
     assert [read(k) for k in (1, 2, 3)] == [[3.0]] * 3  # the latest only
 
 
-def test_a_watermark_after_the_interval_waits_only_for_the_end_of_the_slice(exchange, held_interval):
+def test_a_watermark_after_the_interval_waits_only_for_the_end_of_the_slice(exchange):
     out, kernel, read = exchange
     out.deliver(0, 1.0)
     [first] = kernel.timers
@@ -318,7 +320,7 @@ def test_a_watermark_after_the_interval_waits_only_for_the_end_of_the_slice(exch
     assert [read(k) for k in (1, 2, 3)] == [[2.0]] * 3
 
 
-def test_a_batch_with_a_record_before_the_held_watermark_sends_it_first(exchange, held_interval):
+def test_a_batch_with_a_record_before_the_held_watermark_sends_it_first(exchange):
     out, kernel, read = exchange
     out.deliver(0, 1.0)
     kernel.fire()
@@ -334,7 +336,7 @@ def test_a_batch_with_a_record_before_the_held_watermark_sends_it_first(exchange
 
 
 @pytest.mark.parametrize("progress", [IDLE, EpochMarker(3), END])
-def test_other_progress_sends_the_held_watermark_first(exchange, held_interval, progress):
+def test_other_progress_sends_the_held_watermark_first(exchange, progress):
     out, kernel, read = exchange
     out.deliver(0, 1.0)
     kernel.fire()
@@ -345,7 +347,7 @@ def test_other_progress_sends_the_held_watermark_first(exchange, held_interval, 
 
 
 @pytest.mark.parametrize("between", [[], [EpochMarker(3)], [EpochMarker(3), EpochMarker(4)]])
-def test_the_first_watermark_after_idle_goes_at_once(exchange, held_interval, between):
+def test_the_first_watermark_after_idle_goes_at_once(exchange, between):
     """It makes this kernel active again at the others (their frontiers wait
     for it again): held, theirs would move on without it meanwhile. Epoch
     markers between IDLE and it change nothing (found in review)."""
@@ -363,7 +365,7 @@ def test_the_first_watermark_after_idle_goes_at_once(exchange, held_interval, be
 
 
 @pytest.fixture
-def two_edges():
+def two_edges(held_interval):
     """Kernel 0's two exchange edges on 4 kernels, sharing the kernel's
     pacer, over real rings; `read(k)` is what kernel k got: (channel,
     payload) a frame, decoded, in order."""
@@ -374,7 +376,7 @@ def two_edges():
         yield a, b, kernel, read
 
 
-def test_the_edges_held_watermarks_go_in_one_frame_a_kernel(two_edges, held_interval):
+def test_the_edges_held_watermarks_go_in_one_frame_a_kernel(two_edges):
     a, b, kernel, read = two_edges
     a.deliver(0, 1.0)  # one poll moves both edges: held to the end of the slice, together
     b.deliver(0, 1.0)
@@ -395,7 +397,7 @@ def test_the_edges_held_watermarks_go_in_one_frame_a_kernel(two_edges, held_inte
         assert list(together) == [(b.channel, 3.0), (a.channel, 2.0)]
 
 
-def test_a_late_record_on_one_edge_sends_both_edges_held_watermarks_first(two_edges, held_interval):
+def test_a_late_record_on_one_edge_sends_both_edges_held_watermarks_first(two_edges):
     a, b, kernel, read = two_edges
     a.deliver(0, 1.0)
     kernel.fire()
@@ -409,7 +411,7 @@ def test_a_late_record_on_one_edge_sends_both_edges_held_watermarks_first(two_ed
         assert data and all(channel == b.channel and isinstance(batch, list) for channel, batch in data)
 
 
-def test_the_first_watermark_after_idle_on_one_edge_takes_the_others_held_along(two_edges, held_interval):
+def test_the_first_watermark_after_idle_on_one_edge_takes_the_others_held_along(two_edges):
     a, b, kernel, read = two_edges
     a.deliver(0, 1.0)
     kernel.fire()
@@ -422,7 +424,7 @@ def test_the_first_watermark_after_idle_on_one_edge_takes_the_others_held_along(
     assert read(1) == []
 
 
-def test_other_progress_on_one_edge_sends_every_held_watermark_first(two_edges, held_interval):
+def test_other_progress_on_one_edge_sends_every_held_watermark_first(two_edges):
     a, b, kernel, read = two_edges
     a.deliver(0, 1.0)
     kernel.fire()
