@@ -79,3 +79,26 @@ def no_leaks():
     assert not leftover, f"child processes left behind: {sorted(leftover)}"
     new_segments = {n for n in shm_names() - shm_before if f"-{me}-" in n}
     assert not new_segments, f"shared memory left in {SHM_DIR}: {sorted(new_segments)}"
+
+
+@pytest.fixture
+def metered_runtime():
+    """`metered_runtime(flow)`: the Runtime of `flow` run to its end on one
+    kernel with metrics on, for its instances' counts and fusion."""
+    import asyncio
+
+    from kernel.runtime._runtime import Runtime
+    from kernel.scheduling._kernel import Kernel
+
+    def run_metered(flow):
+        async def run_it():
+            kernel = Kernel()
+            runtime = Runtime(flow.graph, kernel, metrics=True)
+            kernel.at_start(runtime.start)
+            await kernel.join()
+            return runtime
+
+        return asyncio.run(run_it())
+
+    return run_metered
+

@@ -243,28 +243,18 @@ def test_a_result_that_fails_while_read_names_the_step_function_and_record(fused
 # -- metrics ----------------------------------------------------------------------------------------
 
 
-def test_with_metrics_the_records_of_later_pieces_are_counted_at_every_step():
+def test_with_metrics_the_records_of_later_pieces_are_counted_at_every_step(metered_runtime):
     """A run that counts records per step: a flat_map fused with the key_by
     and count after it (whose records never make a batch of their own), and
     one apart before a filter, each making 70,002 records from two, the
     first batch's in 69 pieces: every step's counts are the whole output's,
     not its first piece's."""
-    from kernel.runtime._runtime import Runtime
-    from kernel.scheduling._kernel import Kernel
-
     flow = Dataflow("counted")
     numbers = flow.from_iterable([70_000, 2], name="numbers")
     numbers.flat_map(range, name="a").key_by(lambda n: n % 2, name="b").count(name="c").collect()
     numbers.flat_map(range, name="d").filter(lambda n: n % 3, name="e").collect()
 
-    async def run_it():
-        kernel = Kernel()
-        runtime = Runtime(flow.graph, kernel, metrics=True)
-        kernel.at_start(runtime.start)
-        await kernel.join()
-        return runtime
-
-    runtime = asyncio.run(run_it())
+    runtime = metered_runtime(flow)
     step = {i: i.name.split(" (")[0] for i in runtime.instances}
     assert {step[i]: step.get(i.fused_into) for i in runtime.instances if step[i] in "abd"} == {
         "a": "b", "b": "c", "d": None}

@@ -6,7 +6,6 @@ function and the record that step was given."""
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import threading
 from pathlib import Path
@@ -276,11 +275,8 @@ def test_a_run_that_counts_records_fuses_one_to_one_steps_and_counts_each(tmp_pa
     assert seen(samples) == expected
 
 
-def test_with_metrics_a_chain_fuses_across_one_step_that_changes_counts_not_two():
+def test_with_metrics_a_chain_fuses_across_one_step_that_changes_counts_not_two(metered_runtime):
     """Which steps a run that counts records fuses (the instances' fused_into)."""
-    from kernel.runtime._runtime import Runtime
-    from kernel.scheduling._kernel import Kernel
-
     flow = Dataflow("fusing")
     numbers = flow.from_iterable(range(10), name="numbers")
     numbers.map(str, name="a").flat_map(list, name="b").key_by(len, name="c").count(name="d").collect()
@@ -290,14 +286,7 @@ def test_with_metrics_a_chain_fuses_across_one_step_that_changes_counts_not_two(
      .key_by(lambda n: n % 3, name="i").map_values(lambda n: n * 2, name="j")
      .window(Tumbling(10.0)).sum(name="k").collect())
 
-    async def run_it():
-        kernel = Kernel()
-        runtime = Runtime(flow.graph, kernel, metrics=True)
-        kernel.at_start(runtime.start)
-        await kernel.join()
-        return runtime
-
-    runtime = asyncio.run(run_it())
+    runtime = metered_runtime(flow)
     step = {i: i.name.split(" (")[0] for i in runtime.instances}  # "a (step 1)" -> "a"
     fused = {step[i]: step.get(i.fused_into) for i in runtime.instances}
     assert [fused[n] for n in "abcefghij"] == ["b", "c", "d", None, "g", None, "i", "j", "k Tumbling(10.0)"]
