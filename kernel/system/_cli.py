@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 
 from kernel.dataflow._errors import KernelError
@@ -193,8 +194,25 @@ async def _command(args) -> int:
         daemon = ExecutorDaemon(address, secret, args.cores, args.workdir, args.host, tls=tls,
                                 heartbeat=args.heartbeat,
                                 dashboard_host=None if args.no_dashboard else args.dashboard_host)
+        # SIGTERM (Kubernetes, Slurm, systemd stopping it) stops it as Ctrl-C
+        # does: its job processes stopped, the coordinator told (its default,
+        # dying at once, left the jobs to wait out the lease)
+        terminated = asyncio.Event()
+        main = asyncio.current_task()
+        assert main is not None
+
+        def terminate() -> None:
+            terminated.set()
+            main.cancel()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
         try:
             await daemon.run()
+        except asyncio.CancelledError:
+            if not terminated.is_set():
+                raise  # Ctrl-C: "interrupted", 130
+            print("terminated", file=sys.stderr)
+            return 143
         finally:
             await daemon.close()
         return 0

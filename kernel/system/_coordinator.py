@@ -80,6 +80,9 @@ class CoordinatorServer(AuthenticatedServer):
         if op == "exited":
             await master.process_exited(m["job"], m["attempt"], m["process"], m["code"], m.get("error"))
             return {}
+        if op == "left":
+            master.executor_left(state["executor"])
+            return {}
         raise RequestError(f"unknown request {op!r}")
 
     # -- a client's requests ------------------------------------------------------------

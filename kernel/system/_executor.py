@@ -54,6 +54,7 @@ HEARTBEAT = 1.0  # seconds between heartbeats (--heartbeat)
 SILENT_BEATS = 5  # heartbeats a coordinator may leave unanswered before it is dropped
 RECONNECT = 0.5
 STOP_GRACE = 3.0  # seconds between SIGINT and SIGKILL when stopping a process
+LEAVE_TIMEOUT = 2.0  # seconds a stopped executor waits for the coordinator to take its leave
 # Fencing: cut off from the coordinator for this share of its executor
 # timeout (which it sends at registration), the executor kills its job
 # processes, before the coordinator counts it lost and starts them elsewhere.
@@ -223,7 +224,12 @@ class ExecutorDaemon:
                         ready = None
                     beat = asyncio.ensure_future(self._heartbeat(session, interval))
                     try:
-                        await reader
+                        # shielded: stopped (Ctrl-C, SIGTERM), the session still
+                        # carries the leave (`_leave`)
+                        await asyncio.shield(reader)
+                    except asyncio.CancelledError:
+                        await self._leave(session)
+                        raise
                     finally:
                         beat.cancel()
                         self.session = None
@@ -236,6 +242,20 @@ class ExecutorDaemon:
                 await asyncio.sleep(RECONNECT)
         finally:
             fence.cancel()
+
+    async def _leave(self, session) -> None:
+        """Stopped while connected: stop the job processes, then tell the
+        coordinator they have stopped ("left"), so that it starts their jobs
+        elsewhere at once. Without a word it cannot tell a stopped executor
+        from one behind a reset connection, and waits out the lease (5 s by
+        default). Their exits are not reported one by one (`self.session`
+        None): an exit by SIGINT is no failure of the job's."""
+        self.session = None
+        await self.close()
+        try:
+            await asyncio.wait_for(session.request("left"), LEAVE_TIMEOUT)
+        except (ConnectionLost, RequestError, TimeoutError):
+            pass  # (the coordinator gone too: it counts this executor lost at its lease's end)
 
     async def _heartbeat(self, session, interval: float) -> None:
         """Heartbeats, answered: a coordinator that leaves SILENT_BEATS

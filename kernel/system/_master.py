@@ -593,6 +593,14 @@ class JobMaster:
                     self.executor_timeout)
         self._changed.set()
 
+    def executor_left(self, executor_id: str) -> None:
+        """The executor was stopped (Ctrl-C, SIGTERM) and has stopped its job
+        processes: lost now, its jobs restarted elsewhere at once, rather
+        than when its lease is over (the connection closing next is no
+        news)."""
+        self.connected.pop(executor_id, None)
+        self._spawn(self.executor_lost(executor_id, "it was stopped, its job processes first"))
+
     async def watch(self, interval: float = 0.25) -> None:
         """Executors silent for `executor_timeout` are lost; after the
         adoption grace, so are those that never came back to a restarted

@@ -216,6 +216,34 @@ def test_an_executor_killed_mid_run_the_job_restarts_and_writes_every_record_onc
     assert lost["state"] == "lost"
 
 
+def test_an_executor_stopped_by_sigterm_stops_its_job_says_so_and_the_job_runs_again_at_once(tmp_path):
+    # Stopped on purpose (Kubernetes, Slurm or systemd send SIGTERM), an
+    # executor stops its job processes and tells the coordinator: the job
+    # runs again on the other executor at once, not when the lease is over
+    # (27 s after the last heartbeat here), and never beside its last attempt.
+    system = start_system(tmp_path, coordinator_options=("--executor-timeout", "30"))
+    try:
+        pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
+        job = system.cli("submit", pipeline).stdout.splitlines()[0]
+        wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
+        (executor,) = system.job(job)["placement"]
+        n = next(i for i, p in enumerate(system.executors) if system.executor_id(p) == executor)
+        victim = system.executors[n]
+        victim.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        assert victim.wait(timeout=15) == 143
+        state = wait_until(lambda: (s := system.job(job))["status"] == "running" and s["attempt"] == 2 and s,
+                           timeout=20, what="attempt 2 to run")
+        assert time.monotonic() - stopped < 10
+        assert state["placement"] != [executor]
+        assert next(e for e in system.status()["executors"] if e["id"] == executor)["state"] == "lost"
+        assert (tmp_path / f"executor{n + 1}.log").read_text().splitlines()[-1] == "terminated"
+        assert f"executor {executor} lost: it was stopped, its job processes first" in \
+            system.coordinator_log.read_text()
+    finally:
+        system.close()
+
+
 def test_a_killed_executor_started_again_restarts_its_job_when_it_registers_not_at_its_lease_end(tmp_path):
     # A closed connection is not a loss (an executor may be alive behind a
     # reset connection): the job of one SIGKILLed waits for its lease, 5 s
