@@ -10,7 +10,10 @@ processes on loopback, measured from a client in this process.
    10-record job (`submit --wait`'s view: the process's start-up, its
    import of the library, the run, the exit report).
 2. restart after a lost executor: an endless one-process job's executor is
-   SIGKILLed; the time until the job is `running` again on the other one.
+   SIGKILLed; the time until the job is `running` again on the other one
+   (the executor timeout: a closed connection may be a reset one, its
+   executor alive). Then the same with the executor stopped by SIGTERM,
+   which stops its job process and tells the coordinator.
 3. `status` requests/s: one client sending requests back to back on its
    connection, and 4 clients at once (the catalog holds the jobs above).
 """
@@ -117,21 +120,25 @@ async def measure(system: Processes, runs: int, requests: int) -> dict:
         results["submit_to_running"] = to_running
         results["submit_to_completed"] = to_completed
 
-        restarts = []
-        for _ in range(runs):
-            job = (await client.request("submit", **_payload("endless.py", ENDLESS)))["job"]
-            state = await _until(client, job, lambda s: s["status"] == "running")
-            (victim,) = state["placement"]
-            n = next(n for n in system.executors if system.executor_id(n) == victim)
-            system.executors.pop(n).send_signal(signal.SIGKILL)
-            start = time.perf_counter()
-            await _until(client, job,
-                         lambda s, lost=victim: s["status"] == "running" and s["placement"] != [lost])
-            restarts.append(time.perf_counter() - start)
-            await client.request("kill", job=job)
-            system.executor()  # a fresh one takes the lost one's place
-            await executors_up(2)
-        results["restart_after_lost_executor"] = restarts
+        for name, sig in (("restart_after_lost_executor", signal.SIGKILL),
+                          ("restart_after_stopped_executor", signal.SIGTERM)):
+            restarts = []
+            for _ in range(runs):
+                job = (await client.request("submit", **_payload("endless.py", ENDLESS)))["job"]
+                state = await _until(client, job, lambda s: s["status"] == "running")
+                (victim,) = state["placement"]
+                n = next(n for n in system.executors if system.executor_id(n) == victim)
+                gone = system.executors.pop(n)
+                gone.send_signal(sig)
+                start = time.perf_counter()
+                await _until(client, job,
+                             lambda s, lost=victim: s["status"] == "running" and s["placement"] != [lost])
+                restarts.append(time.perf_counter() - start)
+                await client.request("kill", job=job)
+                await asyncio.to_thread(gone.wait)
+                system.executor()  # a fresh one takes the lost one's place
+                await executors_up(2)
+            results[name] = restarts
 
         start = time.perf_counter()
         for _ in range(requests):
@@ -174,7 +181,8 @@ def main(argv=None) -> int:
     print(f"nproc {os.cpu_count()}, {runs} runs, {requests} status requests")
     print("| measure | median | min | max |")
     print("|---|---|---|---|")
-    for name in ("submit_to_running", "submit_to_completed", "restart_after_lost_executor"):
+    for name in ("submit_to_running", "submit_to_completed", "restart_after_lost_executor",
+                 "restart_after_stopped_executor"):
         values = [v * 1000 for v in results[name]]
         print(f"| {name.replace('_', ' ')} | {statistics.median(values):.0f} ms | {min(values):.0f} ms | "
               f"{max(values):.0f} ms |")
