@@ -59,10 +59,11 @@ def watch_from_environment() -> None:
 
 
 def _watch(fd: int) -> None:
+    poller = select.poll()  # (not select(): an fd past 1023 is out of its range)
+    poller.register(fd, select.POLLIN)
     deadline, pending = math.inf, b""
     while True:
-        ready, _, _ = select.select([fd], [], [], max(0.0, min(deadline - time.monotonic(), 3600.0)))
-        if not ready:
+        if not poller.poll(math.ceil(max(0.0, min(deadline - time.monotonic(), 3600.0) * 1000))):
             if time.monotonic() >= deadline:
                 break
             continue
