@@ -13,6 +13,16 @@ nothing more, so its processes end before the coordinator counts it lost
 (the deadline lies between the executor's own fence and that). (A whole
 machine frozen freezes its job processes too: they wake with it, and
 their thread, like the executor, ends them then.)
+
+A deadline read late is not taken at its word at once. The executor drops
+a renewal that a full pipe cannot take (it must never block), so a job
+process whose thread did not read for a while (the process stopped, its
+thread starved of the GIL by a long call) may find, once it reads again,
+only old deadlines, long passed, its executor's newer ones lost: killing
+itself then ended a healthy job. A drain of several renewals at once
+(read late) whose last deadline has passed waits up to GRACE for the next
+renewal (the executor writes every RENEW seconds); a deadline read as it
+came (a frozen executor's last) is held exactly.
 """
 
 from __future__ import annotations
@@ -27,6 +37,8 @@ import time
 
 VARIABLE = "KERNEL_LEASE_FD"  # the pipe's read end, in the job process
 RENEW = 0.1  # seconds between the executor's writes
+# how long a deadline read late, and passed, waits for a newer renewal (module docstring)
+GRACE = 5 * RENEW
 
 
 class LeaseWriter:
@@ -59,20 +71,39 @@ def watch_from_environment() -> None:
 
 
 def _watch(fd: int) -> None:
+    os.set_blocking(fd, False)
     poller = select.poll()  # (not select(): an fd past 1023 is out of its range)
     poller.register(fd, select.POLLIN)
-    deadline, pending = math.inf, b""
+    deadline = end = math.inf  # the last deadline read; when to kill unless a newer one comes
+    pending = b""
     while True:
-        if not poller.poll(math.ceil(max(0.0, min(deadline - time.monotonic(), 3600.0) * 1000))):
-            if time.monotonic() >= deadline:
+        if not poller.poll(math.ceil(max(0.0, min(end - time.monotonic(), 3600.0) * 1000))):
+            if time.monotonic() >= end:
                 break
             continue
-        data = os.read(fd, 4096)
-        if not data:
-            return  # the executor closed it (it went, and we with it: PR_SET_PDEATHSIG)
+        data, closed = _drain(fd)
         *lines, pending = (pending + data).split(b"\n")
         if lines:
             deadline = float(lines[-1])
+            now = time.monotonic()
+            # several renewals at once: read late, newer ones may have been
+            # dropped while the pipe was full (module docstring)
+            end = now + GRACE if len(lines) > 1 and deadline <= now else deadline
+        if closed:
+            return  # the executor closed it (it went, and we with it: PR_SET_PDEATHSIG)
     print(f"fenced: the executor has not renewed this process's lease (frozen?): killing process group "
           f"{os.getpgrp()}", file=sys.stderr, flush=True)
     os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def _drain(fd: int) -> tuple[bytes, bool]:
+    """What the pipe holds now, and whether its write end is closed."""
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return b"".join(chunks), False
+        if not data:
+            return b"".join(chunks), True
+        chunks.append(data)
