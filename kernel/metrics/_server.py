@@ -18,6 +18,12 @@ import threading
 
 from kernel.scheduling._errors import KernelError
 
+# Seconds aiohttp's shutdown waits for a request still being answered, and
+# then again for it once cancelled: a scraper or a page that stopped reading
+# holds the run's end up twice this at most (1 s held it 2 s). A client that
+# reads gets its answer, or the last event, in well under it.
+SHUTDOWN_TIMEOUT = 0.25
+
 
 class MetricsServerError(KernelError):
     """The metrics endpoint cannot listen where it was asked to."""
@@ -74,7 +80,7 @@ async def serve_on_loop(sock: socket.socket, collect, describe=None):
     from ._app import dashboard_app
 
     app = dashboard_app(collect, describe or (lambda: None))
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     await web.SockSite(runner, sock).start()
     return runner

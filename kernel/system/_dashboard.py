@@ -65,10 +65,13 @@ def dashboard_socket(host: str, port: int):
 
 async def serve_dashboard(sock, state) -> web.AppRunner:
     """Start serving on `sock` (`dashboard_socket`); the caller cleans the
-    returned runner up. Its shutdown waits 1 s at most for the event
-    streams (aiohttp's default, 60 s twice: a client that stopped reading
-    held a coordinator's stop up for two minutes)."""
-    runner = web.AppRunner(system_app(state), access_log=None, shutdown_timeout=1.0)
+    returned runner up. Its shutdown waits 0.5 s at most for the event
+    streams (`SHUTDOWN_TIMEOUT` twice; aiohttp's default, 60 s twice: a
+    client that stopped reading held a coordinator's stop up for two
+    minutes, and 1 s held it 2 s)."""
+    from kernel.metrics._server import SHUTDOWN_TIMEOUT
+
+    runner = web.AppRunner(system_app(state), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     site = web.SockSite(runner, sock)
     await site.start()

@@ -482,3 +482,48 @@ def test_a_server_thread_works_with_descriptors_past_1023():
         for fd in spare:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _never_reading_client(port: int, path: str) -> socket.socket:
+    """Asks for `path` with a tiny receive buffer and never reads the answer."""
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    client.connect(("127.0.0.1", port))
+    client.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return client
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/api/events"])
+def test_a_client_that_never_reads_holds_the_servers_stop_half_a_second_at_most(path):
+    """Found by a review: a scraper or a page that stopped reading (its
+    answer past the socket's buffers) held the end of the run up 2 s, on one
+    kernel and on several (aiohttp's shutdown timeout, 1 s, waited twice:
+    for the handler, then for it cancelled)."""
+    from kernel.metrics import listen, serve_on_loop
+
+    # ~3 MB an answer: the socket's buffers fill at once
+    steps = [[f"step {n} " + "x" * 300, n, n, None, None, n, False, 0.0] for n in range(10_000)]
+    snapshot = {"kernel": 0, "steps": steps, "busy": {}, "stalls": 0, "idle": 0.0}
+
+    async def scenario() -> float:
+        sock = listen(("127.0.0.1", 0))
+        runner = await serve_on_loop(sock, lambda: [snapshot])
+        loop = asyncio.get_running_loop()
+        client = await loop.run_in_executor(None, _never_reading_client, sock.getsockname()[1], path)
+        try:
+            deadline = loop.time() + 10
+
+            def waiting_for_room() -> bool:  # the server's write waits for the client to read
+                return any(h.transport is not None and h.transport.get_write_buffer_size() > 1 << 16
+                           for h in runner.server.connections)
+
+            while not waiting_for_room():
+                assert loop.time() < deadline, "the answer never filled the socket"
+                await asyncio.sleep(0.02)
+            started = loop.time()
+            await asyncio.wait_for(runner.cleanup(), 20)
+            return loop.time() - started
+        finally:
+            client.close()
+
+    assert asyncio.run(scenario()) < 0.6

@@ -174,4 +174,4 @@ def test_an_event_stream_client_that_stops_reading_does_not_hold_up_the_coordina
         finally:
             client.close()
 
-    assert asyncio.run(scenario()) < 4.0
+    assert asyncio.run(scenario()) < 0.6
