@@ -23,6 +23,7 @@ the scrape rate, with no pipe to drain and nothing to block on.
 from __future__ import annotations
 
 import mmap
+import re
 import time
 
 import msgspec
@@ -48,7 +49,10 @@ class MetricsBlock:
     def write(self, snapshot: dict) -> bool:
         """Publish `snapshot` (plain data); False when it does not fit
         (the previous one stays)."""
-        data = self._encode(snapshot)
+        try:
+            data = self._encode(snapshot)
+        except UnicodeEncodeError:  # a name with a lone surrogate: os.fsdecode of a non-UTF-8 file name
+            data = self._encode(without_surrogates(snapshot))
         if len(data) > self.size - _HEADER:
             return False
         slots = self._slots
@@ -80,3 +84,20 @@ class MetricsBlock:
     def close(self) -> None:
         self._slots.release()
         self._map.close()
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_surrogates(value):
+    """`value` (plain data) with every lone surrogate in its strings made
+    U+FFFD, the replacement character: UTF-8 (msgpack's strings, the
+    exposition) has no encoding for them, and os.fsdecode makes them of the
+    bytes of a file name that are not UTF-8 ("log\\xff" -> "log\\udcff")."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {without_surrogates(k): without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_surrogates(v) for v in value]
+    return value

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from ._block import without_surrogates
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # name, type, help; the order in which families are written
@@ -99,6 +101,7 @@ def _labels(**labels: str) -> str:
 
 
 def _escape(value: str) -> str:
+    value = without_surrogates(value)  # else the text does not encode: every scrape failed (500)
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 

@@ -5,6 +5,7 @@ parser, and clear errors for a bad `dashboard=`."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import socket
@@ -14,6 +15,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -527,3 +529,33 @@ def test_a_client_that_never_reads_holds_the_servers_stop_half_a_second_at_most(
             client.close()
 
     assert asyncio.run(scenario()) < 0.6
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_a_step_named_from_an_undecodable_file_name_is_served(cores, tmp_path, no_leaks):
+    """Found by a review: a step named after a file whose name is not UTF-8
+    (os.fsdecode(b"log\\xff") is "log\\udcff", a lone surrogate) failed every
+    scrape on one kernel (500: the text did not encode) and failed the whole
+    run on two (its kernels' snapshots did not encode for their blocks),
+    where the same run without a dashboard ran. The surrogate is served as
+    U+FFFD, the replacement character."""
+    name = os.fsdecode(b"log\xff")
+    gate = tmp_path / "release"
+    flow = Dataflow("metrics")
+    out = (flow.from_async_iterable(held_source(list(range(100)), gate), name=name)
+           .map(lambda n: n, name=f"parse {name}").collect())
+    port = free_port()
+    thread, errors = _in_background(lambda: run(flow, cores=cores, dashboard=f"127.0.0.1:{port}"))
+    try:
+        samples = scrape_until(port, lambda s: per_step(s, "streamkernel_records_in_total") == {
+            "parse log\ufffd": 100, "collect": 100})
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/state", timeout=5) as response:
+            state = json.loads(response.read())
+    finally:
+        gate.touch()
+        thread.join()
+    assert not errors, errors
+    assert per_step(samples, "streamkernel_records_in_total") == {"parse log\ufffd": 100, "collect": 100}
+    assert per_step(samples, "streamkernel_records_out_total") == {"log\ufffd": 100, "parse log\ufffd": 100}
+    assert [step["out"] for step in state["steps"]] == [100, 100, None]
+    assert sorted(out.items) == list(range(100))
