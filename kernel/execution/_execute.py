@@ -59,8 +59,9 @@ async def _one_kernel(plan: RunPlan, flow) -> dict:
     server = None
     if plan.dashboard is not None:  # on this loop, reading the runtime when scraped
         from kernel.metrics import listen, serve_on_loop
+        from kernel.metrics._block import without_surrogates
 
-        graph = flow.graph.describe()
+        graph = without_surrogates(flow.graph.describe())  # as the kernel processes' graph block
         server = await serve_on_loop(listen(plan.dashboard), lambda: [runtime.metrics_snapshot()],
                                      lambda: graph)
     kernel.at_start(runtime.start)

@@ -101,7 +101,8 @@ def _labels(**labels: str) -> str:
 
 
 def _escape(value: str) -> str:
-    value = without_surrogates(value)  # else the text does not encode: every scrape failed (500)
+    if not value.isascii():  # a lone surrogate does not encode: every scrape failed (500)
+        value = without_surrogates(value)
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
