@@ -55,11 +55,13 @@ async def server_sent_events(request, encoded, stopping: asyncio.Event, interval
     return response
 
 
-def dashboard_app(collect, describe) -> web.Application:
+def dashboard_app(collect, describe, started: float | None = None) -> web.Application:
     """`collect()`: the kernels' metrics snapshots; `describe()`: the graph
-    as plain data, or None while no kernel has described it yet."""
+    as plain data, or None while no kernel has described it yet; `started`:
+    the run's start (wall seconds; now if not given)."""
     stopping = asyncio.Event()
-    started = time.time()  # the server starts with the run
+    if started is None:  # one kernel: the server starts with the run
+        started = time.time()
 
     def state() -> bytes:
         current = dashboard_state(collect(), time.time())

@@ -15,6 +15,7 @@ import os
 import select
 import socket
 import threading
+import time
 
 from kernel.scheduling._errors import KernelError
 
@@ -69,17 +70,19 @@ def bound_address(sock: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def serve_on_loop(sock: socket.socket, collect, describe=None):
+async def serve_on_loop(sock: socket.socket, collect, describe=None, started: float | None = None):
     """Serve `/metrics` and the dashboard (`_app.py`) from `sock` on the
     running loop; `collect()` gives the kernels' snapshots, `describe()`
-    the graph (`Graph.describe()`, None while not known yet). Returns the
+    the graph (`Graph.describe()`, None while not known yet); `started` the
+    run's start (wall seconds, the dashboard's elapsed time; now if not
+    given). Returns the
     aiohttp runner (`await runner.cleanup()` stops it, ends the dashboards'
     live streams and closes the socket)."""
     from aiohttp import web  # only a run with metrics pays for importing it
 
     from ._app import dashboard_app
 
-    app = dashboard_app(collect, describe or (lambda: None))
+    app = dashboard_app(collect, describe or (lambda: None), started)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     await web.SockSite(runner, sock).start()
@@ -102,6 +105,7 @@ class MetricsServerThread:
         self._sock = sock
         self._collect = collect
         self._describe = describe
+        self._started: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._lock = threading.Lock()  # the loop's creation vs stop(): one or the other first
@@ -110,6 +114,9 @@ class MetricsServerThread:
         self._thread = threading.Thread(target=self._serve, name="metrics", daemon=True)
 
     def start(self) -> None:
+        # the run's start: the server is set up only when a client first comes
+        # (a page opened 10 min into a run said it had run 0 s)
+        self._started = time.time()
         self._thread.start()
 
     def stop(self) -> None:
@@ -146,7 +153,7 @@ class MetricsServerThread:
 
     async def _main(self) -> None:
         try:
-            runner = await serve_on_loop(self._sock, self._collect, self._describe)
+            runner = await serve_on_loop(self._sock, self._collect, self._describe, self._started)
         except Exception:  # nothing to tell a caller that has long gone on: say it where it shows
             logging.getLogger("kernel.metrics").exception("the metrics server could not start")
             return

@@ -559,3 +559,22 @@ def test_a_step_named_from_an_undecodable_file_name_is_served(cores, tmp_path, n
     assert per_step(samples, "streamkernel_records_out_total") == {"log\ufffd": 100, "parse log\ufffd": 100}
     assert [step["out"] for step in state["steps"]] == [100, 100, None]
     assert sorted(out.items) == list(range(100))
+
+
+def test_a_server_thread_dates_the_run_from_its_start_not_its_first_client():
+    """Found by a review: on kernel processes the dashboard's elapsed time
+    (`started` in /api/state) was the time the first client connected (the
+    thread sets its server up then), so a page opened 10 min into a run said
+    it had run for 0 s; with one kernel it was the run's start."""
+    sock, server = _server_thread()
+    port = sock.getsockname()[1]
+    started = time.time()
+    server.start()
+    try:
+        time.sleep(0.2)  # the run goes on before anyone looks
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/state", timeout=5) as response:
+            state = json.loads(response.read())
+    finally:
+        server.stop()
+    assert started <= state["started"] <= started + 0.1
+    assert state["time"] - state["started"] >= 0.2
