@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -141,8 +142,11 @@ def check_gc_threshold(threshold) -> None:
     automatic collection off, as `gc.set_threshold(0)` does."""
     if threshold is None:
         return
-    if isinstance(threshold, bool) or not isinstance(threshold, int) \
-            or not 0 <= threshold <= _GC_THRESHOLD_MAX:
+    try:  # what gc.set_threshold takes: an int, or another integer (numpy.int64) by __index__
+        whole = None if isinstance(threshold, bool) else operator.index(threshold)
+    except TypeError:
+        whole = None
+    if whole is None or not 0 <= whole <= _GC_THRESHOLD_MAX:
         raise ValueError("gc_threshold_during_run must be None (leave the GC alone) or an int from 0 "
                          f"(no automatic collection) to {_GC_THRESHOLD_MAX}, got {threshold!r}")
 

@@ -67,6 +67,21 @@ def test_gc_thresholds_gc_takes_are_accepted(value):
     assert out.items == [1, 2, 3]
 
 
+class Whole:
+    """An integer that is no int, as numpy.int64 is: gc.set_threshold takes it (by __index__)."""
+
+    def __index__(self) -> int:
+        return 12345
+
+
+def test_a_gc_threshold_of_another_integer_type_is_taken():
+    # refused by 0dc158f's check (isinstance int), where the run set it before
+    flow = Dataflow()
+    out = flow.from_iterable([1]).map(lambda _: gc.get_threshold()[0]).collect()
+    run(flow, gc_threshold_during_run=Whole())
+    assert out.items == [12345]
+
+
 CORES = ("cores must be at most 100 (kernels in one process: each pair of them has a ring of shared "
          "memory), got {!r}; for more on one machine run a cluster of several processes on it "
          "(peers=, --peers)")
