@@ -9,6 +9,8 @@ user typed into a checked `ClusterPlan`, with errors that say what is wrong.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 
 from kernel.execution._plan import DEFAULT_HEARTBEAT, DEFAULT_STARTUP_TIMEOUT
 from kernel.net._relay import ClusterPlan, TLSFiles
@@ -19,8 +21,11 @@ SECRET_VARIABLE = "KERNEL_SECRET"
 def parse_peers(peers) -> list[tuple[str, int]]:
     """`"h0:p0,h1:p1"` or a sequence of `"host:port"` / `(host, port)` ->
     [(host, port)]; IPv6 hosts in brackets (`[::1]:7000`)."""
-    if not isinstance(peers, (str, list, tuple)):  # else "'int' object is not iterable"
-        raise ValueError(f"peers must be 'host:port,host:port...' or a list of 'host:port', got {peers!r}")
+    # peers=5 failed as "'int' object is not iterable"; a set's order (the process ids) is its
+    # strings' hashes', which differ from process to process. Any other iterable is in order.
+    if not isinstance(peers, (str, Iterable)) or isinstance(peers, (AbstractSet, Mapping)):
+        raise ValueError("peers must be 'host:port,host:port...' or a list of 'host:port' (or (host, port)), "
+                         f"got {peers!r}")
     items = [p.strip() for p in peers.split(",")] if isinstance(peers, str) else list(peers)
     addresses = []
     for item in items:

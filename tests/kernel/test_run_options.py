@@ -11,6 +11,7 @@ import math
 import pytest
 
 from kernel import Dataflow, Kernel, VirtualClock, run, run_async
+from kernel.execution._cluster import parse_peers
 
 
 class Watched:
@@ -162,10 +163,12 @@ def test_a_print_prefix_must_be_a_str(prefix):
 
 
 LOOPBACK = "127.0.0.1:7001"
+PEERS = "peers must be 'host:port,host:port...' or a list of 'host:port' (or (host, port)), got "
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"peers": 5}, "peers must be 'host:port,host:port...' or a list of 'host:port', got 5"),
+    ({"peers": 5}, PEERS + "5"),
+    ({"peers": {LOOPBACK}}, PEERS + "{'127.0.0.1:7001'}"),  # (its order: its strs' hashes', a process's own)
     ({"peers": LOOPBACK, "tls": "cert.pem"},
      "tls must be the paths (cert, key) or (cert, key, ca), got 'cert.pem'"),
     ({"peers": LOOPBACK, "tls": (1, 2, 3)},
@@ -182,6 +185,18 @@ def test_cluster_options_of_another_kind_are_refused(options, message):
         run(flow, process_id=0, **{"secret": "s3cret", **options}, startup_timeout=1)
     assert str(info.value) == message
     assert not source.read
+
+
+@pytest.mark.parametrize("peers", [
+    ["127.0.0.1:7001", "127.0.0.1:7002"],
+    ("127.0.0.1:7001", ("127.0.0.1", 7002)),
+    iter(["127.0.0.1:7001", "127.0.0.1:7002"]),
+    (f"127.0.0.1:{port}" for port in (7001, 7002)),
+])
+def test_peers_in_any_ordered_iterable_are_taken(peers):
+    # 1afd100 took any iterable (list(peers)); e613cb4's check refused all but a list or a tuple
+    assert parse_peers(peers) == [("127.0.0.1", 7001), ("127.0.0.1", 7002)]
+
 
 
 @pytest.mark.parametrize("seconds", [math.nan, math.inf])
