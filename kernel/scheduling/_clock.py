@@ -70,6 +70,19 @@ class SystemClock:
         return "SystemClock()"
 
 
+def _seconds(name: str, value) -> float:
+    """A `VirtualClock`'s `start` or `epoch`: a finite number that float()
+    takes (numpy's, a Fraction or a Decimal too, as before the check was
+    made), not True or a str."""
+    try:
+        seconds = None if isinstance(value, (bool, str, bytes)) else float(value)
+    except (TypeError, ValueError):
+        seconds = None
+    if seconds is None or not math.isfinite(seconds):
+        raise ValueError(f"VirtualClock: {name} must be a finite number of seconds, got {value!r}")
+    return seconds
+
+
 class VirtualClock:
     """A clock that moves only when told to.
 
@@ -81,11 +94,8 @@ class VirtualClock:
     __slots__ = ("_epoch", "_monotonic", "_sequence", "_timers")
 
     def __init__(self, start: float = 0.0, epoch: float = 1_700_000_000.0) -> None:
-        for name, value in (("start", start), ("epoch", epoch)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"VirtualClock: {name} must be a finite number of seconds, got {value!r}")
-        self._monotonic = float(start)
-        self._epoch = float(epoch)
+        self._monotonic = _seconds("start", start)
+        self._epoch = _seconds("epoch", epoch)
         self._timers: list = []  # heap of [deadline, sequence, fn]
         self._sequence = itertools.count()
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
+from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 
@@ -209,6 +211,27 @@ def test_a_virtual_clock_advances_by_finite_seconds_only(seconds):
     with pytest.raises(ValueError) as info:
         VirtualClock(start=seconds)
     assert str(info.value) == f"VirtualClock: start must be a finite number of seconds, got {seconds!r}"
+
+
+class Seconds:
+    """A number that is no int or float, as numpy.int64 is: float() takes it."""
+
+    def __float__(self) -> float:
+        return 2.5
+
+
+@pytest.mark.parametrize("start", [Seconds(), Fraction(5, 2), Decimal("2.5")])
+def test_a_virtual_clock_starts_at_any_number_float_takes(start):
+    # 1afd100 took float(start); e613cb4's check refused all but an int or a float
+    clock = VirtualClock(start=start, epoch=start)
+    assert (clock.monotonic(), clock.now()) == (2.5, 5.0)
+
+
+@pytest.mark.parametrize("start", ["1", b"1", True, None])
+def test_a_virtual_clock_start_of_another_kind_is_refused(start):
+    with pytest.raises(ValueError) as info:
+        VirtualClock(start=start)
+    assert str(info.value) == f"VirtualClock: start must be a finite number of seconds, got {start!r}"
 
 
 @pytest.mark.parametrize(("options", "message"), [
