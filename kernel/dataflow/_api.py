@@ -714,8 +714,11 @@ def _check_task_class(task_class: object, name: str) -> None:
 
 
 def _checked(factory: Callable[[], Operator], kind: type[Operator], name: str) -> Callable[[], Operator]:
-    if isinstance(factory, type):  # the class: its task_class is known now, when the flow is built
-        _check_task_class(getattr(factory, "task_class", None), name)
+    # the class: its task_class is known now, when the flow is built, unless the class
+    # computes it (a property) or holds it in a slot: then its instance tells
+    task_class = getattr(factory, "task_class", None) if isinstance(factory, type) else None
+    if task_class is not None and not inspect.isdatadescriptor(task_class):
+        _check_task_class(task_class, name)
 
     @functools.wraps(factory, assigned=("__doc__",))
     def make() -> Operator:

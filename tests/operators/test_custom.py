@@ -184,6 +184,43 @@ def test_an_operator_of_an_unknown_task_class_is_refused_naming_its_step():
     assert str(info.value) == message.format("hurry")
 
 
+class Reckoned(Source):
+    """A source whose task class is its instance's (a property): the class holds no str."""
+
+    def __init__(self, urgent: bool = True) -> None:
+        self.urgent, self.left = urgent, 2
+
+    @property
+    def task_class(self):
+        return "latency" if self.urgent else "throughput"
+
+    def poll(self):
+        if not self.left:
+            return False
+        self.left -= 1
+        self.emit([self.left])
+        return True
+
+
+class Passing(Operator):
+    __slots__ = ("task_class",)  # a slot: the class holds a member descriptor
+
+    def __init__(self) -> None:
+        self.task_class = "latency"
+
+    def on_batch(self, port, batch):
+        self.emit(batch)
+
+
+def test_a_task_class_the_instance_tells_is_taken():
+    # a6da27d's check refused both classes when the flow was built ("got <property object ...>");
+    # 1afd100 ran them
+    flow = Dataflow()
+    out = flow.source(Reckoned, name="reckoned").apply(Passing, name="passing").collect()
+    run(flow)
+    assert out.items == [1, 0]
+
+
 def test_apply_refuses_a_stream_of_another_dataflow():
     one, two = Dataflow("one"), Dataflow("two")
     with pytest.raises(ValueError, match="another dataflow"):
