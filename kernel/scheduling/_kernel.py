@@ -170,7 +170,10 @@ def _check_place(index, peers, logger) -> None:
                          f"got {peers!r}")
     if not whole(index) or not 0 <= index < peers:
         raise ValueError(f"Kernel: index must be an int from 0 to {peers - 1} (peers={peers}), got {index!r}")
-    if logger is not None and not isinstance(logger, (logging.Logger, logging.LoggerAdapter)):
+    # what the kernel's LoggerAdapter asks of it: another logger that has them (structlog's
+    # stdlib one, a wrapper) was taken before this check, and logs as well
+    if logger is not None and not (callable(getattr(logger, "log", None))
+                                   and callable(getattr(logger, "isEnabledFor", None))):
         raise ValueError(f"Kernel: logger must be a logging.Logger or None, got {logger!r}")
 
 

@@ -254,3 +254,25 @@ def test_the_low_level_kernel_takes_a_logger_or_an_adapter():
 
     assert Kernel(index=1, peers=2, logger=logging.getLogger("mine")).context.index == 1
     Kernel(logger=logging.LoggerAdapter(logging.getLogger("mine"), {}))
+
+
+class Wrapped:
+    """A logger that is no logging.Logger: it has what a LoggerAdapter calls."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[int, str]] = []
+
+    def isEnabledFor(self, level: int) -> bool:
+        return True
+
+    def log(self, level: int, msg: str, *args, **kwargs) -> None:
+        self.lines.append((level, msg % args))
+
+
+def test_the_low_level_kernel_takes_a_logger_of_another_class_that_logs():
+    # refused by ee4374f's check (Logger or LoggerAdapter only), where 1afd100 logged to it
+    import logging
+
+    logger = Wrapped()
+    Kernel(index=1, peers=2, logger=logger).context.logger.warning("slow %s", "step")
+    assert logger.lines == [(logging.WARNING, "[kernel 1] slow step")]
