@@ -193,8 +193,6 @@ NOT_ONE_VALUE = [
      [{"a": 0}, {"a": 3}], 1),
     ('0\n\n1,2\n3\n', 3, "JSON is malformed: trailing characters (byte 2)", [0, 3], 1),
     ('0\n[1,\n2]\n3 4\n', 2, "Input data was truncated", [0], 3),  # a value across two lines
-    # a line of two values read as an array's and a value across two lines: as many values as lines
-    ('0\n1,2\n[3\n4]\n', 2, "JSON is malformed: trailing characters (byte 2)", [0], 3),
 ]
 
 
