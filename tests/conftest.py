@@ -102,3 +102,28 @@ def metered_runtime():
 
     return run_metered
 
+
+@pytest.fixture
+def seconds_to_clean_up_beside_a_stuck_client():
+    """`await seconds(runner)`: once an aiohttp `runner`'s server is waiting
+    for a client that never reads (a connection's write buffer past the
+    transport's high-water mark, within 10 s), how long its `cleanup()`
+    takes."""
+    import asyncio
+
+    async def seconds(runner) -> float:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+
+        def waiting_for_room() -> bool:
+            return any(h.transport is not None and h.transport.get_write_buffer_size() > 1 << 16
+                       for h in runner.server.connections)
+
+        while not waiting_for_room():
+            assert loop.time() < deadline, "the answer never filled the socket"
+            await asyncio.sleep(0.02)
+        started = loop.time()
+        await asyncio.wait_for(runner.cleanup(), 20)
+        return loop.time() - started
+
+    return seconds

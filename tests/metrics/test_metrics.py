@@ -496,7 +496,8 @@ def _never_reading_client(port: int, path: str) -> socket.socket:
 
 
 @pytest.mark.parametrize("path", ["/metrics", "/api/events"])
-def test_a_client_that_never_reads_holds_the_servers_stop_half_a_second_at_most(path):
+def test_a_client_that_never_reads_holds_the_servers_stop_half_a_second_at_most(
+        path, seconds_to_clean_up_beside_a_stuck_client):
     """Found by a review: a scraper or a page that stopped reading (its
     answer past the socket's buffers) held the end of the run up 2 s, on one
     kernel and on several (aiohttp's shutdown timeout, 1 s, waited twice:
@@ -513,18 +514,7 @@ def test_a_client_that_never_reads_holds_the_servers_stop_half_a_second_at_most(
         loop = asyncio.get_running_loop()
         client = await loop.run_in_executor(None, _never_reading_client, sock.getsockname()[1], path)
         try:
-            deadline = loop.time() + 10
-
-            def waiting_for_room() -> bool:  # the server's write waits for the client to read
-                return any(h.transport is not None and h.transport.get_write_buffer_size() > 1 << 16
-                           for h in runner.server.connections)
-
-            while not waiting_for_room():
-                assert loop.time() < deadline, "the answer never filled the socket"
-                await asyncio.sleep(0.02)
-            started = loop.time()
-            await asyncio.wait_for(runner.cleanup(), 20)
-            return loop.time() - started
+            return await seconds_to_clean_up_beside_a_stuck_client(runner)
         finally:
             client.close()
 

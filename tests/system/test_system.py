@@ -216,18 +216,29 @@ def test_an_executor_killed_mid_run_the_job_restarts_and_writes_every_record_onc
     assert lost["state"] == "lost"
 
 
-def test_an_executor_stopped_by_sigterm_stops_its_job_says_so_and_the_job_runs_again_at_once(tmp_path):
-    # Stopped on purpose (Kubernetes, Slurm or systemd send SIGTERM), an
-    # executor stops its job processes and tells the coordinator: the job
-    # runs again on the other executor at once, not when the lease is over
-    # (27 s after the last heartbeat here), and never beside its last attempt.
-    system = start_system(tmp_path, coordinator_options=("--executor-timeout", "30"))
+def an_endless_job_running(tmp_path: Path, executor_timeout: float) -> tuple[System, str, str, int]:
+    """A system of its own (that executor timeout) running an endless job:
+    (the system, the job, its executor's id, that executor's index)."""
+    system = start_system(tmp_path, coordinator_options=("--executor-timeout", str(executor_timeout)))
     try:
         pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
         job = system.cli("submit", pipeline).stdout.splitlines()[0]
         wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
         (executor,) = system.job(job)["placement"]
         n = next(i for i, p in enumerate(system.executors) if system.executor_id(p) == executor)
+    except BaseException:
+        system.close()
+        raise
+    return system, job, executor, n
+
+
+def test_an_executor_stopped_by_sigterm_stops_its_job_says_so_and_the_job_runs_again_at_once(tmp_path):
+    # Stopped on purpose (Kubernetes, Slurm or systemd send SIGTERM), an
+    # executor stops its job processes and tells the coordinator: the job
+    # runs again on the other executor at once, not when the lease is over
+    # (27 s after the last heartbeat here), and never beside its last attempt.
+    system, job, executor, n = an_endless_job_running(tmp_path, executor_timeout=30)
+    try:
         victim = system.executors[n]
         victim.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
@@ -249,13 +260,8 @@ def test_a_killed_executor_started_again_restarts_its_job_when_it_registers_not_
     # reset connection): the job of one SIGKILLed waits for its lease, 5 s
     # here. Started again on its workdir (a supervisor's restart), it
     # registers under its id listing no process, and the job restarts then.
-    system = start_system(tmp_path, coordinator_options=("--executor-timeout", "5"))
+    system, job, executor, n = an_endless_job_running(tmp_path, executor_timeout=5)
     try:
-        pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
-        job = system.cli("submit", pipeline).stdout.splitlines()[0]
-        wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
-        (executor,) = system.job(job)["placement"]
-        n = next(i for i, p in enumerate(system.executors) if system.executor_id(p) == executor)
         system.executors[n].kill()
         system.executors[n].wait()
         killed = time.monotonic()

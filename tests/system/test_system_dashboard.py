@@ -137,7 +137,8 @@ def test_a_dashboard_port_taken_is_a_one_line_error_before_the_coordinator_liste
     assert "coordinator listening" not in done.stderr
 
 
-def test_an_event_stream_client_that_stops_reading_does_not_hold_up_the_coordinators_stop():
+def test_an_event_stream_client_that_stops_reading_does_not_hold_up_the_coordinators_stop(
+        seconds_to_clean_up_beside_a_stuck_client):
     """Found by a review: with aiohttp's default shutdown timeout (60 s,
     twice) a client that stopped reading /api/events (a pager, a laptop
     asleep) held the coordinator's stop up for two minutes."""
@@ -158,19 +159,7 @@ def test_an_event_stream_client_that_stops_reading_does_not_hold_up_the_coordina
         try:
             await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", port))
             client.send(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 10
-            # until the server's write waits for room: its buffer past the transport's high-water mark
-            def waiting_for_room() -> bool:
-                return any(h.transport is not None and h.transport.get_write_buffer_size() > 1 << 16
-                           for h in runner.server.connections)
-
-            while not waiting_for_room():
-                assert loop.time() < deadline, "the event stream never filled the socket"
-                await asyncio.sleep(0.02)
-            started = loop.time()
-            await asyncio.wait_for(runner.cleanup(), 20)
-            return loop.time() - started
+            return await seconds_to_clean_up_beside_a_stuck_client(runner)
         finally:
             client.close()
 
