@@ -127,3 +127,23 @@ def seconds_to_clean_up_beside_a_stuck_client():
         return loop.time() - started
 
     return seconds
+
+
+@pytest.fixture(scope="session")
+def rising_watermarks():
+    """`rising_watermarks(script)`: a script of polls (lists of ("batch",
+    ...) and ("watermark", step) items) with each watermark the running sum
+    of the steps so far, as a float: watermarks that only move forward.
+    (Session-scoped: hypothesis tests take it.)"""
+    def rising(script: list) -> list:
+        watermark, steps = 0, []
+        for poll in script:
+            steps.append([])
+            for kind, value in poll:
+                if kind == "watermark":
+                    watermark += value
+                    value = float(watermark)
+                steps[-1].append((kind, value))
+        return steps
+
+    return rising

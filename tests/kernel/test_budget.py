@@ -296,19 +296,13 @@ steps = st.one_of(st.tuples(st.just("batch"), st.integers(1, 120)),
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(steps, min_size=1, max_size=3), max_size=20), st.sampled_from([1, 2, 40]),
        st.sampled_from([0.0, 2e-5, 1e-4]), st.sampled_from([0.0, 3e-4, 2e-3]))
-def test_handing_work_on_keeps_every_batch_and_watermark_in_order(script, factor, per_record, per_batch):
+def test_handing_work_on_keeps_every_batch_and_watermark_in_order(
+        rising_watermarks, script, factor, per_record, per_batch):
     """The same flow with a budget no chain ever reaches (one activation
     each) and with 1 ms (chains handed on at every point, batches and
     watermarks of one poll alike): the last operator sees the same batches
     and watermarks in the same order."""
-    watermark, steps = 0, []
-    for poll in script:  # watermarks that only move forward
-        steps.append([])
-        for kind, value in poll:
-            if kind == "watermark":
-                watermark += value
-                value = float(watermark)
-            steps[-1].append((kind, value))
+    steps = rising_watermarks(script)
 
     def seen_with(budget):
         clock, seen = VirtualClock(), []

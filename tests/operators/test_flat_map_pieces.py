@@ -160,19 +160,13 @@ polls = st.lists(st.lists(st.one_of(st.tuples(st.just("batch"), records),
 
 @settings(max_examples=80, deadline=None)
 @given(polls, st.sampled_from(["apart", "fused"]), st.sampled_from([1, 3]), st.integers(4, 40))
-def test_in_pieces_records_times_watermarks_and_the_end_keep_their_order(script, chain, piece, large):
+def test_in_pieces_records_times_watermarks_and_the_end_keep_their_order(
+        rising_watermarks, script, chain, piece, large):
     """Pieces of 1 or 3 records, a batch's output in pieces past `large`
     records, results read piecewise after a batch of more than 2 on average:
     every record with its time, and each watermark after the records before
     it, as a plain loop makes them."""
-    watermark, steps = 0, []
-    for poll in script:  # watermarks that only move forward
-        steps.append([])
-        for kind, value in poll:
-            if kind == "watermark":
-                watermark += value
-                value = float(watermark)
-            steps[-1].append((kind, value))
+    steps = rising_watermarks(script)
     seen: list = []
     with pytest.MonkeyPatch.context() as patch:
         for name, value in (("PIECE", piece), ("LARGE", large), ("CHUNK", 2), ("WIDE", 2)):
