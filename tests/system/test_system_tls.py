@@ -36,20 +36,30 @@ def certificates(tmp_path_factory) -> dict[str, str]:
     return {name: str(d / name) for name in ("ca.pem", "node.pem", "node.key", "other.pem", "other.key")}
 
 
+def node_options(certificates) -> list[str]:
+    """The --tls-* options of a node with the CA's certificate."""
+    return ["--tls-cert", certificates["node.pem"], "--tls-key", certificates["node.key"],
+            "--tls-ca", certificates["ca.pem"]]
+
+
+def a_job_done_over_tls(system: System, pipeline: Path, flow_text: str) -> str:
+    """Start `system`'s coordinator and one executor of one core, submit
+    the pipeline `flow_text` (after `from kernel import Dataflow`) and
+    wait for it: the job's id, once it succeeded."""
+    system.start_coordinator()
+    system.start_executor(cores=1)
+    system.executors_up(1)
+    pipeline.write_text("from kernel import Dataflow\n" + flow_text)
+    done = system.cli("submit", pipeline, "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.splitlines()[0]
+
+
 def test_a_system_over_tls_runs_a_job_and_refuses_clients_without_it(certificates, tmp_path):
-    tls = ["--tls-cert", certificates["node.pem"], "--tls-key", certificates["node.key"],
-           "--tls-ca", certificates["ca.pem"]]
-    system = System(tmp_path, options=tls)
+    system = System(tmp_path, options=node_options(certificates))
     try:
-        system.start_coordinator()
-        system.start_executor(cores=1)
-        system.executors_up(1)
-        pipeline = tmp_path / "p.py"
-        pipeline.write_text("from kernel import Dataflow\nflow = Dataflow('p')\n"
-                            "flow.from_iterable(range(100)).map(lambda n: n * 2).print('n ')\n")
-        done = system.cli("submit", pipeline, "--wait")
-        assert done.returncode == 0, done.stderr
-        job = done.stdout.splitlines()[0]
+        job = a_job_done_over_tls(system, tmp_path / "p.py", "flow = Dataflow('p')\n"
+                                  "flow.from_iterable(range(100)).map(lambda n: n * 2).print('n ')\n")
         printed = [line for line in system.cli("logs", job).stdout.splitlines() if line.startswith("n ")]
         assert sorted(printed) == sorted(f"n {2 * n}" for n in range(100))
         unsigned = ["--tls-cert", certificates["other.pem"], "--tls-key", certificates["other.key"],
@@ -93,9 +103,7 @@ def test_a_job_of_two_processes_links_them_over_tls(certificates, tmp_path):
     handshake with the executors' certificate (signed by the CA, for
     127.0.0.1): the links do not speak plain HTTP. The job then completes
     with the same results as without TLS."""
-    tls = ["--tls-cert", certificates["node.pem"], "--tls-key", certificates["node.key"],
-           "--tls-ca", certificates["ca.pem"]]
-    system = System(tmp_path, options=tls)
+    system = System(tmp_path, options=node_options(certificates))
     try:
         system.start_coordinator()
         system.start_executor(cores=1), system.start_executor(cores=1)
@@ -144,20 +152,11 @@ def test_a_job_of_a_tls_system_publishes_a_topic_through_its_coordinator(certifi
     register its topic) over TLS too: told only KERNEL_COORDINATOR, it
     dialled it in plain HTTP and failed after 10 s ("cannot reach the
     coordinator ... Server disconnected")."""
-    tls = ["--tls-cert", certificates["node.pem"], "--tls-key", certificates["node.key"],
-           "--tls-ca", certificates["ca.pem"]]
-    system = System(tmp_path, options=tls)
+    system = System(tmp_path, options=node_options(certificates))
     system.env.pop("KERNEL_TLS", None)  # (the executor's --tls-* options only)
     try:
-        system.start_coordinator()
-        system.start_executor(cores=1)
-        system.executors_up(1)
-        pipeline = tmp_path / "pub.py"
-        pipeline.write_text("from kernel import Dataflow\nflow = Dataflow('pub')\n"
-                            "flow.from_iterable(range(100)).publish('numbers')\n")
-        done = system.cli("submit", pipeline, "--wait")
-        assert done.returncode == 0, done.stdout + done.stderr
-        job = done.stdout.splitlines()[0]
+        job = a_job_done_over_tls(system, tmp_path / "pub.py", "flow = Dataflow('pub')\n"
+                                  "flow.from_iterable(range(100)).publish('numbers')\n")
         assert system.job(job)["status"] == "completed"
     finally:
         system.close()
