@@ -147,3 +147,59 @@ def rising_watermarks():
         return steps
 
     return rising
+
+
+class _ThreadBesideAKernel:
+    """A thread that sleeps 10 ms ten times (0.1 s when it gets the GIL as
+    it asks; 2-3 s before kernel/scheduling/_handover.py) and a one-kernel
+    flow that keeps its loop busy until the thread is done, or `deadline`."""
+
+    TICKS = 10
+    IN_TIME = 1.0  # seconds the ticks may take: ten times 0.1 s, for a loaded machine
+
+    def __init__(self, deadline: float = 4.0) -> None:
+        import threading
+
+        self.done = threading.Event()
+        self.took: list[float] = []
+        self.deadline = deadline
+
+    def busy_flow(self):
+        import time
+
+        from kernel import Dataflow
+
+        give_up = time.monotonic() + self.deadline
+        done = self.done
+
+        def until_done():
+            n = 0
+            while not done.is_set() and time.monotonic() < give_up:
+                n += 1
+                yield n
+
+        flow = Dataflow("busy")
+        flow.from_iterable(until_done()).map(lambda n: n * 3).filter(lambda n: n % 7).sink(lambda n: None)
+        return flow
+
+    def ticks(self) -> None:
+        import time
+
+        started = time.monotonic()
+        try:
+            for _ in range(self.TICKS):
+                time.sleep(0.01)
+            self.took.append(time.monotonic() - started)
+        finally:
+            self.done.set()
+
+    def check(self) -> None:
+        assert self.took and self.took[0] < self.IN_TIME, (
+            f"{self.TICKS} sleeps of 10 ms took {self.took} s beside a busy kernel")
+
+
+@pytest.fixture
+def thread_beside_a_kernel():
+    """A `_ThreadBesideAKernel`: `.busy_flow()`, `.ticks` (the thread's
+    work), `.done`, `.check()`."""
+    return _ThreadBesideAKernel()

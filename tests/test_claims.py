@@ -1238,6 +1238,25 @@ def test_an_activation_over_25_ms_is_logged_naming_its_operator_and_a_shorter_on
     assert "stall: thirty ms (step 1) ran 30.0 ms without yielding" in stalls[0].getMessage()
 
 
+@promise(SCHEDULE, "Other threads of your process")
+def test_a_thread_that_sleeps_and_wakes_gets_its_turns_while_a_kernel_runs_in_its_process(
+        thread_beside_a_kernel):
+    """Ten sleeps of 10 ms in another thread finish within 1 s (0.1 s when
+    the thread gets the GIL as it asks; 2-3 s before the handover) while a
+    busy one-kernel `run()` holds this thread. The rest:
+    tests/kernel/test_other_threads.py (a `run_in_executor` call beside
+    `run_async`)."""
+    beside = thread_beside_a_kernel
+    ticker = threading.Thread(target=beside.ticks)
+    ticker.start()
+    try:
+        run(beside.busy_flow())
+    finally:
+        beside.done.set()
+        ticker.join()
+    beside.check()
+
+
 class Paid(Operator):
     """Passes records on (`grow` copies of each); each record it takes costs
     `per_record` seconds of the virtual clock; notes (name, batch size)."""

@@ -49,6 +49,12 @@ other (work was left when the last one ended): a kernel that had nothing
 to do starts its next slice at once. On a clock that does not move (a
 `VirtualClock`) the gap is always zero: no turn is sat out.
 
+Other threads
+-------------
+Before a slice, once a switch interval, the kernel lets the GIL go for a
+moment when the process has another thread (`_handover.py`): the loop's
+polls between slices release it too briefly for a waiting thread to take.
+
 The stall detector logs any single activation that runs longer than
 ``stall_threshold`` (25 ms, as Seastar's blocked-reactor notice), naming it.
 """
@@ -57,10 +63,13 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
+
+from ._handover import Handover
 
 LATENCY = "latency"
 THROUGHPUT = "throughput"
@@ -195,6 +204,7 @@ class Scheduler:
         self.host_turns = 0  # turns sat out for the host
         self.stalls = 0  # every stall, also those the log folds into a later report
         self._idle_time = 0.0  # gaps after a slice that drained every queue (see statistics)
+        self.handover = Handover()  # the GIL for the process's other threads (_handover.py)
 
     # -- the small vocabulary the rest of the kernel uses ------------------
 
@@ -271,6 +281,9 @@ class Scheduler:
         if self._stopped:
             self._slice_pending = False
             return
+        handover = self.handover
+        if (real := time.monotonic()) >= handover.due:
+            handover.hand_over(real)
         now = self._monotonic
         started = now()
         if self._continued and self._host_worked(started):
