@@ -41,12 +41,15 @@ for an activation and the chain it runs, in these ways:
   millions of records from one) hands on its first piece and returns the
   rest (`Unfinished`), which goes on a piece a tick (`_park`).
 
-An activation still drains its whole inbox: an inbox holds what one tick
-delivered, and the exchange's backpressure counts on that (its reader
-delivers every tick; inboxes drained only in part would grow unbounded).
-The one exception is the rest of a batch's output going on in pieces: the
-inbox waits behind it, and meanwhile the kernel holds its input (its
-sources pause, the reader reads nothing), so nothing piles up.
+* an activation whose inbox still holds batches when the budget runs out
+  (a loop's head hands a whole round on at once) leaves them for later
+  ticks (`_defer`).
+
+An inbox holds what one tick delivered, and the exchange's backpressure
+counts on activations draining it (its reader delivers every tick; inboxes
+drained only in part would grow unbounded). So while the rest of a batch's
+output goes on in pieces, or an inbox is left in part, the kernel holds
+its input (its sources pause, the reader reads nothing): nothing piles up.
 """
 
 from __future__ import annotations
@@ -112,6 +115,7 @@ class Instance:
         "chained",
         "counting",
         "declined",
+        "deferring",
         "drain_waiters",
         "drained",
         "emitted",
@@ -150,6 +154,7 @@ class Instance:
         self.is_source = node.is_source
         self.pending: list = []
         self.scheduled = False
+        self.deferring = False  # an inbox left in part when the budget ran out (activate)
         self.ports: list[int] = []  # each input channel's port
         self.progress = Frontier()  # the input frontier over those channels
         self.output_watermark = -_INF  # a source's: what it has promised downstream
@@ -442,6 +447,9 @@ class Instance:
                     if returned is not None:  # one check a batch: more to come, or a user's mistake
                         self._park(self._unfinished(returned), channel, pending[i:])
                         return
+                    if i < len(pending) and self.budget_spent():  # the rest in a later tick
+                        self._defer(pending[i:])
+                        return
                 elif payload.__class__ is Unfinished:
                     if payload.step():  # a piece handed on; the next one in a later tick
                         self._park(payload, channel, pending[i:], again=True)
@@ -456,8 +464,24 @@ class Instance:
             raise
         except BaseException as exc:
             raise self._handler_error(payload, exc) from exc
+        if self.deferring:
+            self.deferring = False
+            self.runtime.hold_input(self, False)
         if self.drain_waiters and not self.pending:
             self.wake_drain_waiters()
+
+    def _defer(self, rest: list) -> None:
+        """The budget ran out with batches still in the inbox (a loop's
+        round handed on at once): they go on in later ticks, ahead of what
+        comes meanwhile, and the kernel holds its input till they are done
+        (`hold_input`) so that the inbox does not grow behind them."""
+        self.pending = [*rest, *self.pending]
+        if not self.deferring:
+            self.deferring = True
+            self.runtime.hold_input(self, True)
+        if not self.scheduled:
+            self.scheduled = True
+            self._ready(self)
 
     def _unfinished(self, returned) -> Unfinished:
         """What on_batch returned: the rest of a built-in step's output, or

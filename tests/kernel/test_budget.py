@@ -253,6 +253,30 @@ async def test_a_flat_maps_large_output_goes_on_a_piece_a_slice_with_the_host_be
     assert slice_times(trace) == pytest.approx([0.001024] * 9 + [0.000784])
 
 
+async def test_a_loops_round_handed_on_at_once_goes_on_a_batch_a_slice_with_the_host_between():
+    """A loop's head hands its round 0 (10,240 records in batches, as the
+    source made them) on at once; each record costs the step after it
+    1 us: the step takes batches only while the slice's budget lasts and
+    the host runs between (it took all of them in one activation, holding
+    the loop ~10 ms; 300,000 records, ~33 ms on the real clock)."""
+    clock = VirtualClock()
+    flow = Dataflow("round")
+    flow.trace = trace = []
+
+    def body(numbers):
+        paid = numbers.apply(lambda: Costly(clock, trace, per_record=lambda x: 1e-6), name="costly")
+        return paid.filter(lambda x: False), paid
+
+    out = flow.from_iterable(range(10_240), batch_size=1024).iterate(body).collect()
+    await with_host(flow, clock)
+    assert sorted(out.items) == list(range(10_240))
+    handed = slices(trace)
+    assert sum(n for one in handed for _, n in one) == 10_240
+    assert len(handed) >= 10
+    # a batch starts only while the slice's budget lasts (1 us a record)
+    assert all(sum(n for _, n in one[:-1]) * 1e-6 < BUDGET for one in handed), handed
+
+
 class Scripted(Source):
     """Emits batches and moves its watermark as `script` says, one list of
     steps per poll; a batch's records are numbered on from the last."""
