@@ -23,7 +23,8 @@ FENCE_SHARE of its executor timeout: cut off that long, the executor kills
 its job processes (`_fence`), before the coordinator, which counts it lost
 at the timeout, starts them elsewhere; each job process also holds that
 lease itself (`kernel.cli._lease`), for an executor frozen. A coordinator
-that refuses its secret ends it (`SecretRefused`: exit 1 from the CLI).
+that refuses its secret ends it (`SecretRefused`: exit 1 from the CLI), as
+does one whose TLS certificate does not verify (`CertificateUntrusted`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,15 @@ from kernel.cli._lease import VARIABLE as LEASE_VARIABLE
 from kernel.cli._lease import LeaseWriter
 from kernel.dataflow._errors import KernelError
 from kernel.net._links import AuthenticationFailed
-from kernel.system._wire import EXECUTOR, ConnectionLost, RequestError, _url_host, dial
+from kernel.system._wire import (
+    EXECUTOR,
+    ConnectionLost,
+    RequestError,
+    _url_host,
+    dial,
+    tls_handshake_failure,
+    untrusted_certificate,
+)
 
 log = logging.getLogger("kernel.system")
 
@@ -74,6 +83,11 @@ class WorkdirInUse(KernelError):
 
 class SecretRefused(KernelError):
     """The coordinator refused this executor's secret: it never will take it."""
+
+
+class CertificateUntrusted(KernelError):
+    """The coordinator's TLS certificate does not verify with this
+    executor's --tls-ca, for the address it dials: it never will."""
 
 
 @dataclass
@@ -169,7 +183,7 @@ class ExecutorDaemon:
 
     async def run(self, ready=None) -> None:
         """Serve the coordinator until cancelled, reconnecting when it goes."""
-        announced = False
+        announced = None  # the failure to dial last logged: each kind once, not every RECONNECT
         fence = asyncio.ensure_future(self._fence())
         try:
             while True:
@@ -187,13 +201,11 @@ class ExecutorDaemon:
                         f"executor's secret ({exc}): start it with the system's KERNEL_SECRET or "
                         "--secret-file") from None
                 except Exception as exc:  # not there (yet), unreachable: try again
-                    if not announced:
-                        log.warning("executor: cannot reach the coordinator at %s:%d: %s; retrying",
-                                    *self.address, exc)
-                        announced = True
+                    self._refuse_untrusted_certificate(exc)
+                    announced = self._announce_dial_failure(exc, announced)
                     await asyncio.sleep(RECONNECT)
                     continue
-                announced = False
+                announced = None
                 try:
                     reader = asyncio.ensure_future(session.run())
                     reply = await session.request(
@@ -242,6 +254,37 @@ class ExecutorDaemon:
                 await asyncio.sleep(RECONNECT)
         finally:
             fence.cancel()
+
+    def _refuse_untrusted_certificate(self, exc: Exception) -> None:
+        """A coordinator certificate that does not verify is a configuration
+        error, as a refused secret is: it was retried every 0.5 s for ever,
+        one warning in the executor's log and nothing in the coordinator's,
+        a supervisor seeing a healthy process."""
+        error = untrusted_certificate(exc)
+        if error is None:
+            return
+        host, why = _url_host(self.address[0]), getattr(error, "verify_message", None) or error
+        raise CertificateUntrusted(
+            f"the coordinator at {host}:{self.address[1]} presented a TLS certificate that does not "
+            f"verify ({why}): start the executor with a --tls-ca that signs the coordinator's "
+            f"--tls-cert, a certificate issued for the address it dials ({host})") from None
+
+    def _announce_dial_failure(self, exc: Exception, announced: str | None) -> str:
+        """Log why the coordinator cannot be reached, once for each kind of
+        failure in a row (retried every RECONNECT seconds): the kind."""
+        reason = tls_handshake_failure(exc) if self.tls is not None else None
+        kind = "unreachable" if reason is None else "tls"
+        if kind == announced:
+            return kind
+        if reason is None:
+            log.warning("executor: cannot reach the coordinator at %s:%d: %s; retrying every %g s",
+                        *self.address, exc, RECONNECT)
+        else:
+            log.warning("executor: the TLS handshake with the coordinator at %s:%d failed (%s); retrying "
+                        "every %g s, as it may be restarting (if this goes on: does it listen with "
+                        "--tls-cert, and does its --tls-ca sign this executor's certificate?)",
+                        *self.address, reason, RECONNECT)
+        return kind
 
     async def _leave(self, session) -> None:
         """Stopped while connected: stop the job processes, then tell the

@@ -1,13 +1,17 @@
 """The system over TLS (`--tls-cert`, `--tls-key`, `--tls-ca` on every
 process, the links' options): a job completes; a client without TLS, or
 with a certificate the CA did not sign, is refused; a job of two processes
-links them over TLS too (the executors hand their files on)."""
+links them over TLS too (the executors hand their files on); an executor
+whose coordinator's certificate does not verify exits 1 saying so, and one
+whose TLS handshakes are reset says so once and dials on."""
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import subprocess
+import sys
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,7 +37,14 @@ def certificates(tmp_path_factory) -> dict[str, str]:
             "-days", "2", "-extfile", "ext.cnf", "-out", "node.pem")
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
             "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", "other.key", "-out", "other.pem")
-    return {name: str(d / name) for name in ("ca.pem", "node.pem", "node.key", "other.pem", "other.key")}
+    # the CA's, for another address: a node that presents it on 127.0.0.1 does not verify there
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=10.9.9.9",
+            "-keyout", "elsewhere.key", "-out", "elsewhere.csr")
+    Path(d, "elsewhere.cnf").write_text("subjectAltName=IP:10.9.9.9\n")
+    openssl("x509", "-req", "-in", "elsewhere.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "elsewhere.cnf", "-out", "elsewhere.pem")
+    return {name: str(d / name) for name in ("ca.pem", "node.pem", "node.key", "other.pem", "other.key",
+                                             "elsewhere.pem", "elsewhere.key")}
 
 
 def node_options(certificates) -> list[str]:
@@ -159,4 +170,81 @@ def test_a_job_of_a_tls_system_publishes_a_topic_through_its_coordinator(certifi
                                   "flow.from_iterable(range(100)).publish('numbers')\n")
         assert system.job(job)["status"] == "completed"
     finally:
+        system.close()
+
+
+@pytest.mark.parametrize("wrong", ["the executor's CA", "the coordinator's address"])
+def test_an_executor_whose_coordinator_certificate_does_not_verify_exits_1_saying_why(
+        certificates, tmp_path, wrong):
+    """A configuration error, as a wrong secret is: no retry mends it. The
+    executor retried every 0.5 s for ever, one warning in its log, nothing
+    in the coordinator's, and its supervisor saw a healthy process."""
+    system = System(tmp_path)  # (the options of each process its own)
+    try:
+        if wrong == "the executor's CA":  # the coordinator's certificate is not signed by it
+            coordinator = node_options(certificates)
+            executor = [*node_options(certificates)[:4], "--tls-ca", certificates["other.pem"]]
+            why = ".+"  # (OpenSSL's words for it vary with its version)
+        else:  # signed by the CA, but for 10.9.9.9: the executor dials 127.0.0.1
+            coordinator = ["--tls-cert", certificates["elsewhere.pem"], "--tls-key",
+                           certificates["elsewhere.key"], "--tls-ca", certificates["ca.pem"]]
+            executor = node_options(certificates)
+            why = "IP address mismatch, certificate is not valid for '127.0.0.1'."
+        system.start_coordinator(*coordinator)
+        process = system.start_executor(1, *executor)
+        assert process.wait(timeout=20) == 1
+        log = (tmp_path / "executor1.log").read_text()
+        assert re.search(
+            rf"^error: the coordinator at 127\.0\.0\.1:{system.port} presented a TLS certificate that "
+            rf"does not verify \({why}\): start the executor with a --tls-ca that signs the "
+            r"coordinator's --tls-cert, a certificate issued for the address it dials \(127\.0\.0\.1\)$",
+            log, re.MULTILINE), log
+    finally:
+        system.close()
+
+
+RESETTING = """\
+import socket, struct, sys
+server = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+print("listening", flush=True)
+while True:  # each connection reset in the middle of its TLS handshake
+    connection, _ = server.accept()
+    connection.recv(16)
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    connection.close()
+    print("reset", flush=True)
+"""
+
+
+def test_an_executor_whose_tls_handshakes_are_reset_says_so_once_and_registers_once_they_are_not(
+        certificates, tmp_path):
+    """What a coordinator restarting may look like: it dials on, saying
+    once why it cannot connect (it said `cannot reach`, with the ssl
+    context's repr in the middle of aiohttp's text), and registers once
+    a coordinator answers there."""
+    system = System(tmp_path, options=node_options(certificates))
+    resetting = subprocess.Popen([sys.executable, "-c", RESETTING, str(system.port)],
+                                 stdout=subprocess.PIPE, text=True)
+    try:
+        assert resetting.stdout.readline() == "listening\n"
+        system.start_executor(1)
+        log = tmp_path / "executor1.log"
+        said = (f"executor: the TLS handshake with the coordinator at 127.0.0.1:{system.port} failed "
+                "([Errno 104] Connection reset by peer); retrying every 0.5 s, as it may be restarting (if "
+                "this goes on: does it listen with --tls-cert, and does its --tls-ca sign this executor's "
+                "certificate?)")
+        wait_until(lambda: said in log.read_text(), timeout=20, what="the executor to say why")
+        # a dial retries for 2 s, at most 13 times: 14 resets are a second dial at least
+        for _ in range(14):
+            assert resetting.stdout.readline() == "reset\n"
+        assert log.read_text().count("TLS handshake") == 1, log.read_text()
+        assert system.executors[0].poll() is None
+        resetting.kill()
+        resetting.wait()
+        system.start_coordinator()
+        system.executors_up(1)
+    finally:
+        resetting.kill()
+        resetting.wait()
+        resetting.stdout.close()
         system.close()
