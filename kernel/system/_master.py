@@ -115,14 +115,17 @@ class JobMaster:
                 self._away[executor.id] = (self._started + max(adopt_grace, executor_timeout),
                                            "it did not come back to the restarted coordinator")
         # job -> the executors that may still run a process of one of its
-        # earlier attempts (their stop not confirmed): it is not placed again
-        # until each has confirmed it or is lost
-        self._unstopped: dict[str, set[str]] = {}
+        # earlier attempts (their stop not confirmed), each with the cores
+        # that process holds: the job is not placed again until each has
+        # confirmed it or is lost, and those cores are busy until then
+        # (`free_cores`), whatever became of the job meanwhile (killed: its
+        # old process runs on all the same)
+        self._unstopped: dict[str, dict[str, int]] = {}
         for job in self.jobs.values():
             if job.status == "restarting":
                 # what the last coordinator waited for died with it: any
                 # executor the job ran on may still run an earlier attempt
-                away = {e for e in job.ran_on if e in self._away}
+                away = {e: job.cores for e in job.ran_on if e in self._away}
                 if away:
                     self._unstopped[job.id] = away
         self._confirming: set[tuple[str, str]] = set()  # (job, executor) being asked
@@ -171,7 +174,11 @@ class JobMaster:
     def free_cores(self, executor_id: str) -> int:
         used = sum(job.cores for job in self.jobs.values() if job.active
                    and any(p["executor"] == executor_id for p in job.placement))
-        return self.executors[executor_id].cores - used
+        # An attempt not yet confirmed stopped holds its cores: counted free,
+        # another job was placed beside it and the machine oversubscribed
+        # (for as long as the stop took, up to the executor's lease).
+        unconfirmed = sum(held.get(executor_id, 0) for held in self._unstopped.values())
+        return self.executors[executor_id].cores - used - unconfirmed
 
     async def wait_for_change(self, timeout: float) -> None:
         try:
@@ -336,7 +343,7 @@ class JobMaster:
         log.warning("executor %s lost: %s", executor_id, why)
         self._away.pop(executor_id, None)
         for job_id, executors in list(self._unstopped.items()):  # it has fenced its processes
-            executors.discard(executor_id)
+            executors.pop(executor_id, None)
             if not executors:
                 del self._unstopped[job_id]
         for job in list(self.jobs.values()):
@@ -372,7 +379,8 @@ class JobMaster:
         for backoff in (self._attempt_started, self._backoff, self._not_before):
             backoff.pop(job.id, None)
         self._adopted.pop(job.id, None)
-        self._unstopped.pop(job.id, None)  # (no attempt follows)
+        # (an attempt still unconfirmed keeps being asked, and its cores stay
+        # busy, until its executor confirms it stopped or is lost)
         self.catalog.forget_topics_of(job.id)
         log.info("%s %s%s", job.id, status, f": {message}" if message else "")
         await self._stop(job.id, attempt, placement)
@@ -428,12 +436,15 @@ class JobMaster:
     def _wait_for_stops(self, job: Job, attempt: int, executors: set[str]) -> None:
         """The job's next attempt waits until each of `executors` has
         confirmed that no process of it runs there (asked now if connected,
-        else when it registers again) or is lost (its lease over: fenced)."""
+        else when it registers again) or is lost (its lease over: fenced);
+        the attempt's cores there are busy until then."""
         # (one lost while its stop was being asked has fenced: nobody would clear it)
         executors = {e for e in executors if self.executors[e].state != "lost"}
         if not executors:
             return
-        self._unstopped.setdefault(job.id, set()).update(executors)
+        held = self._unstopped.setdefault(job.id, {})
+        for executor_id in executors:
+            held[executor_id] = max(held.get(executor_id, 0), job.cores)
         log.warning("%s: attempt %d may still run on executor(s) %s: the next attempt waits until each "
                     "has stopped it, or is lost (%g s after it was last heard from)", job.id, attempt,
                     ", ".join(sorted(executors)), self.executor_timeout)
@@ -475,7 +486,7 @@ class JobMaster:
                 continue
             waiting = self._unstopped.get(job_id)
             if waiting is not None:
-                waiting.discard(executor_id)
+                waiting.pop(executor_id, None)
                 if not waiting:
                     del self._unstopped[job_id]
                     log.info("%s: no earlier attempt runs any more", job_id)

@@ -24,6 +24,8 @@ import asyncio, socket, struct, sys
 target = (sys.argv[1], int(sys.argv[2]))
 pairs = set()
 armed = False  # lose the executor's next reply to `start` with its connection
+for_good = False  # and refuse new connections from then on
+server = None
 
 async def pipe(reader, writer):
     try:
@@ -69,6 +71,8 @@ async def from_executor(reader, writer):
                 size, payload = frame
                 if armed and b'"pid"' in payload:
                     armed = False
+                    if for_good:
+                        server.close()
                     reset()
                     return
                 writer.write(buffer[:size])
@@ -99,13 +103,13 @@ def reset():
     pairs.clear()
 
 async def commands():
-    global armed
+    global armed, for_good, server
     loop = asyncio.get_running_loop()
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     print(server.sockets[0].getsockname()[1], flush=True)
     while line := (await loop.run_in_executor(None, sys.stdin.readline)).strip():
-        if line == "lose-start-reply":
-            armed = True
+        if line in ("lose-start-reply", "lose-start-reply-for-good"):
+            armed, for_good = True, line.endswith("for-good")
         else:
             if line == "refuse":  # no new connections: the executor cannot come back
                 server.close()
@@ -258,7 +262,53 @@ def test_a_start_whose_reply_is_lost_the_next_attempt_waits_until_the_executor_h
     assert f"{job}: attempt 1 may still run on executor(s) {executor}: the next attempt waits until each " \
            f"has stopped it, or is lost ({EXECUTOR_TIMEOUT:g} s after it was last heard from)" in log, log
     assert f"{job}: no earlier attempt runs any more" in log
+    # attempt 1's core, busy while it was not confirmed stopped, is free again: only attempt 2's is busy
+    assert sum(e["free"] for e in system.status()["executors"]) == 3 + 2 - 1
     assert system.cli("kill", job).returncode == 0
+
+
+@pytest.mark.parametrize("killed", [False, True], ids=["waiting", "killed while waiting"])
+def test_the_cores_of_an_attempt_not_confirmed_stopped_stay_busy_until_its_executor_is_lost(tmp_path, killed):
+    # Attempt 1's reply to `start` lost, and executor 1 kept away: the job
+    # waits for attempt 1 to be confirmed stopped, which runs on executor 1
+    # until it fences it. Its core counted free there meanwhile: a job could
+    # be placed beside it (executor 1 back, before it had stopped attempt 1).
+    # Killed, the job leaves attempt 1 running all the same. Executor 1 lost,
+    # its core is free: nothing held for good.
+    system = System(tmp_path)
+    proxy = None
+    try:
+        system.start_coordinator("--executor-timeout", "4")  # (time enough to look while the job waits)
+        proxy = Proxy(system.port)
+        system.start_executor(3, "--coordinator", f"127.0.0.1:{proxy.port}")
+        system.start_executor(2)
+        system.executors_up(2)
+        one, two = (system.executor_id(e) for e in system.executors)
+        proxy.command("lose-start-reply-for-good")
+        job, _ = submit_ticking(system, tmp_path, placed=False)
+        waits = f"{job}: attempt 1 may still run on executor(s) {one}"
+        wait_until(lambda: waits in system.coordinator_log.read_text(), timeout=5,
+                   what="the job to wait for attempt 1 to stop")
+
+        def free() -> dict[str, int]:
+            return {e["id"]: e["free"] for e in system.status()["executors"]}
+
+        assert free() == {one: 3 - 1, two: 2}
+        if killed:
+            assert system.cli("kill", job).returncode == 0
+            assert system.job(job)["status"] == "killed"
+            assert free() == {one: 3 - 1, two: 2}
+        wait_until(lambda: {e["id"]: e["state"] for e in system.status()["executors"]}[one] == "lost",
+                   timeout=10, what="executor 1 to be lost", every=0.1)
+        if not killed:
+            wait_until(lambda: system.job(job)["status"] == "running", timeout=5, what="attempt 2 to run")
+            assert system.job(job)["placement"] == [two]
+        assert free() == {one: 3, two: 2 - (0 if killed else 1)}
+        assert not running(descendants(system.executors[0].pid)[1:]), "attempt 1 was not fenced"
+    finally:
+        if proxy is not None:
+            proxy.close()
+        system.close()
 
 
 def test_a_coordinator_restarted_while_a_job_waits_for_its_last_attempt_to_stop_waits_on(tmp_path):
