@@ -2047,7 +2047,8 @@ def test_a_kernel_that_raises_exits_or_is_killed_ends_the_run_naming_it_and_noth
     or /dev/shm segment is left (no_leaks); the ring names were gone before
     the kernels ran. Cancelling run_async ends with CancelledError once the
     kernels are gone. The rest: tests/kernel/test_supervision.py (every phase,
-    Ctrl-C, a killed launcher), tests/kernel/test_multicore.py::
+    Ctrl-C, also in the instant a kernel is forked, a killed launcher),
+    tests/kernel/test_multicore.py::
     test_cancelling_run_async_stops_its_kernel_processes."""
     expected = {"raises": "kernel 1 failed: OperatorError", "exits": "kernel 1 exited with status 3 before",
                 "killed": "kernel 1 was killed by SIGKILL"}

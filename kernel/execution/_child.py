@@ -19,6 +19,8 @@ import uvloop
 
 from kernel.dataflow._errors import keep_cause_traceback
 
+from ._signals import release_in_kernel
+
 _libc_handle = None
 # What a cluster's kernel reads from its gate: the epoch the run restores
 # (0: a fresh start), whether it was the end of a finished run, the
@@ -143,6 +145,7 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _default_signals()
+        release_in_kernel()  # (blocked across the fork: `_signals.py`)
         if close_streams:
             _close_inherited_streams()
         _die_with_parent(launcher_pid)

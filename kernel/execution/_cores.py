@@ -53,9 +53,11 @@ import os
 import pickle
 import threading
 
+from kernel._faults import signal_point
 from kernel.scheduling._from_threads import call_soon_from_thread
 
 from ._child import _kernel_main, _libc, gate_record
+from ._signals import held_signals
 from ._supervisor import _supervise, join
 
 # Ring size per ordered pair of kernels. 4 MiB holds a few thousand batches
@@ -189,13 +191,15 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
                 name=f"kernel-{first + index}",
                 daemon=True,
             )
-            child.start()
-            sender.close()
-            if commits_in is not None:
-                commits_in.close()
-                commit_pipes.append(commits_out)
-            children.append(child)
-            pipes.append(receiver)
+            with held_signals():  # a Ctrl-C meanwhile is raised once the kernel is in `children`
+                child.start()
+                signal_point("forked")  # tests: a Ctrl-C with a kernel forked, not yet in `children`
+                children.append(child)
+                pipes.append(receiver)
+                sender.close()
+                if commits_in is not None:
+                    commits_in.close()
+                    commit_pipes.append(commits_out)
         if cluster is not None:
             receiver, sender = context.Pipe(duplex=False)
             results_in, handover = context.Pipe(duplex=False)
@@ -208,14 +212,15 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
                 name="links",
                 daemon=True,
             )
-            child.start()
+            with held_signals():
+                child.start()
+                children.append(child)
+                pipes.append(receiver)
             sender.close()
             results_in.close()
             for fd in gate:
                 os.close(fd)
             gate = None
-            children.append(child)
-            pipes.append(receiver)
         if on_started is not None:
             on_started([child.pid for child in children])
         coordinator = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import multiprocessing
 import os
 import queue
 import select
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+import kernel._faults
 from kernel import Dataflow, KernelError, Operator, OperatorError, Source, run
 from kernel.execution._supervisor import KernelProcessError
 
@@ -273,6 +275,44 @@ def test_a_kernel_killed_from_outside(pids, sig):
     assert_all_gone(pids.all())
 
 
+@pytest.mark.parametrize("point", ["forked:1", "forked:2", "fork_parent:2"],
+                         ids=["first kernel", "second kernel", "in the at-fork hooks"])
+def test_a_ctrl_c_while_a_kernel_is_forked_stops_every_kernel(pids, point, monkeypatch):
+    """The launcher sends itself SIGINT at a signal point (kernel/_faults.py):
+    a kernel forked, not yet in its books (`forked`), or in the launcher's
+    at-fork hooks, just after a kernel's fork (`fork_parent`). The caller
+    gets its KeyboardInterrupt and no kernel runs on: the one in the window
+    was left running, for ever, for a stream; or, raised in an at-fork hook,
+    the KeyboardInterrupt was swallowed there and the run went on (a
+    watchdog sends a second SIGINT then, so that the test ends)."""
+    monkeypatch.setattr(kernel._faults, "_SIGNAL_SPEC", f"{point}:SIGINT")
+    monkeypatch.setattr(kernel._faults, "_seen", {})
+    flow = Dataflow()
+    flow.source(lambda: Forever(pids), name="forever").key_by(lambda x: x % 5).collect()
+    returned, watchdog_fired = threading.Event(), []
+
+    def watchdog():
+        if not returned.wait(PROMPTLY):
+            watchdog_fired.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=watchdog)
+    thread.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(flow, cores=2)
+    finally:
+        returned.set()
+        thread.join()
+    assert not watchdog_fired, "the Ctrl-C was lost: the run went on"
+    running = multiprocessing.active_children()
+    for child in running:  # (the test's own clean-up: a failure must not leave one spinning)
+        child.kill()
+        child.join()
+    assert running == []
+    assert_all_gone(pids.all())
+
+
 def test_an_error_that_does_not_unpickle_still_names_the_kernel(pids):
     class LocalError(KernelError):  # a local class: pickle cannot find it
         pass
@@ -435,6 +475,50 @@ def test_ctrl_c_stops_every_kernel(tmp_path, whole_group):
     assert stderr.endswith("terminated\n" if whole_group == "sigterm" else "interrupted\n"), stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     assert not {n for n in shm_names() - shm_before if f"-{proc.pid}-" in n}
+
+
+def session_members(session: int) -> list[int]:
+    """The live (not zombie) processes of `session`."""
+    members = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as stat:
+                    fields = stat.read().rpartition(")")[2].split()
+            except OSError:  # gone meanwhile
+                continue
+            if int(fields[3]) == session and fields[0] != "Z":  # (state, ppid, pgrp, session)
+                members.append(int(name))
+    return members
+
+
+@pytest.mark.parametrize(("spec", "code", "said"), [
+    ("forked:1:SIGINT@group", 130, "interrupted"),  # a terminal's Ctrl-C, a kernel not yet in the books
+    ("fork_child:1:SIGINT@group", 130, "interrupted"),  # ... reaching a kernel before its handlers are set
+    ("fork_parent:1:SIGINT", 130, "interrupted"),  # in the launcher's at-fork hooks (it was swallowed)
+    ("forked:2:SIGTERM", 143, "terminated"),  # held, then handed to the CLI's handler
+], ids=["group, launcher in the window", "group, kernel in the window", "at-fork hooks", "SIGTERM"])
+def test_cli_ctrl_c_while_the_kernels_are_forked(tmp_path, spec, code, said):
+    """Signal points (kernel/_faults.py) send the signal in the instant a
+    kernel is forked: the launcher ends as on any Ctrl-C, every kernel
+    gone when it exits, and no kernel prints a KeyboardInterrupt of its own."""
+    path = write(tmp_path, "forever.py", INFINITE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kernel.run", str(path), "--cores", "2"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "KERNEL_SIGNAL_AT": spec},
+    )
+    try:
+        _, stderr = proc.communicate(timeout=30)  # (the run is endless: a lost Ctrl-C times out)
+        left = session_members(proc.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert left == [], f"kernel processes outlived their launcher: {left}"
+    assert proc.returncode == code, stderr
+    assert stderr.endswith(said + "\n"), stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
 
 
 def wait_for_exit(pids, timeout: float) -> list[int]:
