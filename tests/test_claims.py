@@ -1225,7 +1225,9 @@ class Slow(Operator):
 def test_an_activation_over_25_ms_is_logged_naming_its_operator_and_a_shorter_one_is_not(caplog):
     """The default threshold is 25 ms: an operator that takes 30 ms of the
     clock is logged on logger `kernel`, by name; one taking 20 ms is not.
-    The rest: tests/kernel/test_scheduler.py::test_stall_detector_names_the_activation."""
+    The rest: tests/kernel/test_scheduler.py::test_stall_detector_names_the_activation,
+    tests/kernel/test_supervision.py::
+    test_a_kernel_stopped_by_sigstop_is_said_stopped_waited_for_and_no_stall_is_blamed."""
     assert inspect.signature(run).parameters["stall_threshold"].default == 0.025
     flow = Dataflow()
     source = flow.from_iterable([1], batch_size=1)
@@ -2047,7 +2049,8 @@ def test_a_kernel_that_raises_exits_or_is_killed_ends_the_run_naming_it_and_noth
     or /dev/shm segment is left (no_leaks); the ring names were gone before
     the kernels ran. Cancelling run_async ends with CancelledError once the
     kernels are gone. The rest: tests/kernel/test_supervision.py (every phase,
-    Ctrl-C, also in the instant a kernel is forked, a killed launcher),
+    Ctrl-C, also in the instant a kernel is forked, a killed launcher, a
+    kernel stopped by SIGSTOP),
     tests/kernel/test_multicore.py::
     test_cancelling_run_async_stops_its_kernel_processes."""
     expected = {"raises": "kernel 1 failed: OperatorError", "exits": "kernel 1 exited with status 3 before",

@@ -18,6 +18,7 @@ import traceback
 import uvloop
 
 from kernel.dataflow._errors import keep_cause_traceback
+from kernel.scheduling._continues import note_continues
 
 from ._signals import release_in_kernel
 
@@ -145,6 +146,7 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _default_signals()
+        note_continues()  # a stop is not an operator's stall (kernel/scheduling/_continues.py)
         release_in_kernel()  # (blocked across the fork: `_signals.py`)
         if close_streams:
             _close_inherited_streams()

@@ -1,8 +1,9 @@
 """Supervising kernel processes: the launcher waits on every child's result
 pipe and process sentinel at once. A child that raises sends its exception
 (pickled) and exits 1; a child that exits or is killed without a result is
-reported with its exit code or signal. Either way the launcher kills the
-other kernels at once and raises `KernelProcessError` naming the kernel and
+reported with its exit code or signal; one stopped (SIGSTOP, a debugger) is
+said so and waited for (`_stopped.py`). One that failed: the launcher kills
+the other kernels at once and raises `KernelProcessError` naming the kernel and
 the cause (the kernel's own exception, an `OperatorError` say, is its
 `__cause__`). Ctrl-C in the launcher stops every kernel. With a cluster's
 link relay (the last child), a failure is first told to the peers through it.
@@ -16,6 +17,8 @@ import signal
 from multiprocessing.connection import wait
 
 from kernel.scheduling._errors import KernelError
+
+from ._stopped import StoppedWatch
 
 _ABORT_GRACE = 2.0  # seconds a relay gets to tell the peers why this process stops
 
@@ -87,12 +90,16 @@ def _wait_for_results(children, pipes, coordinator, relay, cancel, exits) -> lis
     pending = set(range(len(children)))
     kernels = len(children) - (relay is not None)
     first = relay[0] if relay is not None else 0
+    stopped = StoppedWatch([(f"kernel {first + i}" if i < kernels else "the links process", child.pid,
+                             first + i if i < kernels else None) for i, child in enumerate(children)])
     while pending:
         handles = {pipes[i]: i for i in pending}
         handles.update({exits[i]: i for i in pending})
         if cancel is not None:
             handles[cancel] = None
-        for handle in wait(list(handles)):
+        ready = wait(list(handles), stopped.timeout())
+        stopped.look_if_due()
+        for handle in ready:
             index = handles[handle]
             if index is None:
                 error = RunCancelled("the run was cancelled")
@@ -145,6 +152,7 @@ def _wait_for_results(children, pipes, coordinator, relay, cancel, exits) -> lis
             pending.discard(index)
             if relay is not None and pending == {kernels}:
                 relay[1].send(("results", {first + k: results[k] for k in range(kernels)}))
+    stopped.end()
     if relay is not None:
         return results[kernels] or []
     return results

@@ -69,6 +69,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from ._continues import continued_within
 from ._handover import Handover
 
 LATENCY = "latency"
@@ -377,6 +378,8 @@ class Scheduler:
     def _report_stall(self, activation: Activation, seconds: float) -> None:
         # One line per activation per STALL_REPORT_INTERVAL: a slow user
         # function stalls every batch, and the log must stay readable.
+        if continued_within(seconds):  # the process was stopped meanwhile, not the activation slow
+            return
         self.stalls += 1
         name = getattr(activation, "name", repr(activation))
         now = self._monotonic()

@@ -6,6 +6,7 @@ Ctrl-C and the CLI with `--cores N`, run as a user would, in a subprocess."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import mmap
 import multiprocessing
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 
 import kernel._faults
+import kernel.execution._stopped
 from kernel import Dataflow, KernelError, Operator, OperatorError, Source, run
 from kernel.execution._supervisor import KernelProcessError
 
@@ -311,6 +313,119 @@ def test_a_ctrl_c_while_a_kernel_is_forked_stops_every_kernel(pids, point, monke
         child.join()
     assert running == []
     assert_all_gone(pids.all())
+
+
+class StopsItself(Operator):
+    """On kernel 1, stops its own process (SIGSTOP) in its first batch: the
+    activation running then is the one a stall would be blamed on."""
+
+    stopped = False
+
+    def on_batch(self, port, batch):
+        if self.context.index == 1 and not self.stopped:
+            self.stopped = True
+            os.kill(os.getpid(), signal.SIGSTOP)
+        self.emit(batch)
+
+
+class LinesTo(logging.Handler):
+    """Each record's message, a line, written to `fd` (kernel processes
+    inherit the handler and the pipe: their records come too)."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(logging.WARNING)
+        self.fd = fd
+
+    def emit(self, record):
+        os.write(self.fd, (record.getMessage().replace("\n", " ") + "\n").encode())
+
+
+def test_a_kernel_stopped_by_sigstop_is_said_stopped_waited_for_and_no_stall_is_blamed(monkeypatch):
+    """Kernel 1 stops itself mid-activation. The launcher says it is stopped
+    (not a stall, not silence) and waits: the test continues it (SIGCONT)
+    once told, and the run ends with every record. The kernel's stall
+    detector does not blame its operator for the time it was stopped."""
+    monkeypatch.setattr(kernel.execution._stopped, "POLL_INTERVAL", 0.1)
+    read_fd, write_fd = os.pipe()
+    lines: list[str] = []
+    continued: list[int] = []
+
+    def watcher():  # reads until every writer is gone (a full pipe would block a kernel's log)
+        deadline, partial = time.monotonic() + PROMPTLY, b""
+        while True:
+            if not continued and not select.select([read_fd], [], [], deadline - time.monotonic())[0]:
+                lines.append("(no notice: the test continues the kernels itself)")
+                for child in multiprocessing.active_children():
+                    os.kill(child.pid, signal.SIGCONT)
+                continued.append(0)
+                continue
+            chunk = os.read(read_fd, 65536)
+            if not chunk:
+                return
+            *complete, partial = (partial + chunk).split(b"\n")
+            for line in map(bytes.decode, complete):
+                lines.append(line)
+                if line.startswith("kernel 1 (pid ") and " is stopped " in line and not continued:
+                    continued.append(int(line.split()[3].rstrip(")")))
+                    os.kill(continued[0], signal.SIGCONT)
+
+    handler = LinesTo(write_fd)
+    logging.getLogger("kernel").addHandler(handler)
+    thread = threading.Thread(target=watcher)
+    thread.start()
+    try:
+        flow = Dataflow()
+        out = (flow.from_iterable(range(4000), batch_size=100).key_by(lambda x: x % 5)
+               .apply(StopsItself, name="stops itself").collect())
+        run(flow, cores=2)
+    finally:
+        logging.getLogger("kernel").removeHandler(handler)
+        os.close(write_fd)
+        thread.join(PROMPTLY)
+        os.close(read_fd)
+    assert sorted(x for _, x in out.items) == list(range(4000))  # waited for, not killed
+    pid = continued[0]
+    stopped = f"kernel 1 (pid {pid}) is stopped (SIGSTOP or a debugger; kill -CONT {pid} resumes it)"
+    assert f"{stopped}: the run waits for it" in lines, lines
+    assert any(line.startswith(f"kernel 1 (pid {pid}) continues, stopped for ") for line in lines), lines
+    assert not [line for line in lines if "stall:" in line and "stops itself" in line], lines
+
+
+def test_a_stop_is_said_once_seen_at_two_looks_in_a_row_and_so_is_its_end(monkeypatch, caplog):
+    """The watch's looks, with the states given: a stop seen at one look only
+    (a debugger's brief attach) is not said; a traced process is said held
+    by a debugger; a process that continues is said to; at the end of the
+    run, one still said stopped had continued."""
+    from kernel.execution._stopped import POLL_INTERVAL, StoppedWatch
+
+    states: dict[int, str] = {}
+    monkeypatch.setattr(kernel.execution._stopped, "process_state", states.get)
+    now = [0.0]
+    watch = StoppedWatch([("kernel 0", 10, 0), ("kernel 1", 11, 1), ("the links process", 12, None)],
+                         clock=lambda: now[0])
+
+    def look(**changes) -> list[str]:
+        states.update({int(pid[1:]): state for pid, state in changes.items()})
+        now[0] += POLL_INTERVAL
+        caplog.clear()
+        watch.look_if_due()
+        return [record.getMessage() for record in caplog.records]
+
+    caplog.set_level(logging.WARNING, logger="kernel")
+    watch.look_if_due()  # not due yet: nothing read
+    assert look(p10="T", p11="S", p12="S") == []
+    assert look(p10="R", p11="t") == []  # kernel 0 was stopped at one look only
+    assert look() == ["kernel 1 (pid 11) is held by a debugger (traced): the run waits for it"]
+    assert caplog.records[0].kernel == 1
+    assert look(p12="T") == []
+    assert look() == ["the links process (pid 12) is stopped (SIGSTOP or a debugger; kill -CONT 12 "
+                      "resumes it): the run waits for it"]
+    assert look(p11="S") == [f"kernel 1 (pid 11) continues, stopped for {3 * POLL_INTERVAL:.1f} s"]
+    assert look() == []
+    caplog.clear()
+    watch.end()
+    assert [record.getMessage() for record in caplog.records] == [
+        f"the links process (pid 12) continues, stopped for {3 * POLL_INTERVAL:.1f} s"]
 
 
 def test_an_error_that_does_not_unpickle_still_names_the_kernel(pids):
