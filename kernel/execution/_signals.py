@@ -4,10 +4,12 @@ A SIGINT handled between the fork of a kernel and its entry in the
 launcher's books raised KeyboardInterrupt there: that kernel, forked but in
 no list, was neither killed nor joined, and ran on after the caller had its
 KeyboardInterrupt (for ever, for a stream; under `python -m kernel.run`
-until the launcher's exit killed it, PR_SET_PDEATHSIG). A kernel forked
-with the launcher's handlers took a terminal's Ctrl-C too, before it had
-set its own: a KeyboardInterrupt in its at-fork hooks, printed ("Exception
-ignored in _after_fork") and swallowed.
+until the launcher's exit killed it, PR_SET_PDEATHSIG). Raised in the
+launcher's at-fork hooks (logging's runs after every fork), it was printed
+("Exception ignored in ...") and swallowed by CPython: the Ctrl-C was lost
+and the run went on. A kernel forked with the launcher's handlers took a
+terminal's Ctrl-C too, before it had set its own: a KeyboardInterrupt in
+its at-fork hooks, printed and swallowed, and the kernel ran on.
 
 So, for each fork (`held_signals`):
 

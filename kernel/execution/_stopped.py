@@ -39,9 +39,16 @@ def process_state(pid: int) -> str | None:
         return None
 
 
+WAITED = "the run waits for it"
+# A cluster's relay stopped: its heartbeats stop too, and the other processes
+# give it up after two of them (net/_links.py); the run here waits all the same.
+RELAY_WAITED = "the other processes of the cluster give it up after two missed heartbeats"
+
+
 class StoppedWatch:
-    """Looks at `processes` ((name, pid, kernel index or None) each) when
-    `look_if_due` is called POLL_INTERVAL or more after its last look."""
+    """Looks at `processes` ((name, pid, kernel index or None for the
+    links process) each) when `look_if_due` is called POLL_INTERVAL or
+    more after its last look."""
 
     def __init__(self, processes: list[tuple[str, int, int | None]], clock=time.monotonic) -> None:
         self._processes = processes
@@ -69,7 +76,8 @@ class StoppedWatch:
                     self._since[i] = now - POLL_INTERVAL
                     how = ("held by a debugger (traced)" if state == "t" else
                            f"stopped (SIGSTOP or a debugger; kill -CONT {pid} resumes it)")
-                    log.warning("%s (pid %d) is %s: the run waits for it", name, pid, how,
+                    log.warning("%s (pid %d) is %s: %s", name, pid, how,
+                                WAITED if kernel is not None else RELAY_WAITED,
                                 extra={"kernel": kernel} if kernel is not None else None)
                 continue
             self._say_continued(i)

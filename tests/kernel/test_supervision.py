@@ -419,7 +419,8 @@ def test_a_stop_is_said_once_seen_at_two_looks_in_a_row_and_so_is_its_end(monkey
     assert caplog.records[0].kernel == 1
     assert look(p12="T") == []
     assert look() == ["the links process (pid 12) is stopped (SIGSTOP or a debugger; kill -CONT 12 "
-                      "resumes it): the run waits for it"]
+                      "resumes it): the other processes of the cluster give it up after two missed "
+                      "heartbeats"]
     assert look(p11="S") == [f"kernel 1 (pid 11) continues, stopped for {3 * POLL_INTERVAL:.1f} s"]
     assert look() == []
     caplog.clear()
