@@ -23,7 +23,13 @@ import io
 import os
 from collections.abc import AsyncIterator, Iterator
 
-from kernel.dataflow._errors import PASSES_THROUGH, KernelError, OperatorError, describe_record
+from kernel.dataflow._errors import (
+    PASSES_THROUGH,
+    KernelError,
+    OperatorError,
+    closed_here,
+    describe_record,
+)
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Source
 
 from ._shares import Share, merge_consumed, sequence_run
@@ -242,8 +248,12 @@ class AsyncIterableSource(Source):
                     else:
                         self.wake()
                 position += 1
-        except (*PASSES_THROUGH, GeneratorExit):  # GeneratorExit: this coroutine being closed
+        except PASSES_THROUGH:
             raise
+        except GeneratorExit as exc:
+            if closed_here(exc):  # this reader being closed, not the iterator's failure
+                raise
+            raise OperatorError.wrap(self.name, self.aiterable, exc, has_record=False) from exc
         except BaseException as exc:
             raise OperatorError.wrap(self.name, self.aiterable, exc, has_record=False) from exc
         self._exhausted = True

@@ -90,6 +90,20 @@ UNHASHABLE_ACROSS_KERNELS = (
 # around a whole batch: nothing is added per record.
 PASSES_THROUGH = (KernelError, KeyboardInterrupt, asyncio.CancelledError)
 
+
+def closed_here(exc: GeneratorExit) -> bool:
+    """Whether `exc`, caught in a coroutine of the library around an await
+    of user code (an async iterator's `__anext__`, a handler's awaitable),
+    was thrown in by closing that coroutine (`coro.close()`: a task
+    collected unfinished, say) rather than raised by the user's code.
+
+    Closing a coroutine throws GeneratorExit at its await, so its traceback
+    holds the catching frame alone; one the user's code raised comes up
+    through the user's frames as well. Looked at only once one is caught:
+    nothing is added to the data path."""
+    return exc.__traceback__ is None or exc.__traceback__.tb_next is None
+
+
 # said under a step's error when its function raised SystemExit
 EXIT_IN_FUNCTION = (
     "a step's function cannot end the run: SystemExit (sys.exit()) raised in it fails the run, "

@@ -8,11 +8,12 @@ itself, on one kernel and on several."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 import pytest
 
-from kernel import Dataflow, KernelProcessError, Operator, OperatorError, run
+from kernel import Dataflow, KernelProcessError, Operator, OperatorError, run, run_async
 from kernel.dataflow._errors import (
     EXIT_IN_FUNCTION,
     UNHASHABLE_ACROSS_KERNELS,
@@ -161,8 +162,11 @@ def test_a_base_exception_names_the_step_the_function_and_the_record(case):
     assert info.value.__cause__ is stop
 
 
-@pytest.mark.parametrize("case", ["map", "reduce", "user operator"])
+@pytest.mark.parametrize("case", ["map", "reduce", "user operator", "async source"])
 def test_generator_exit_raised_by_a_function_is_its_failure(case):
+    """An async source's came out as `TaskError: task 'from_async_iterable
+    (step 0) reader' raised GeneratorExit`: its reader let every
+    GeneratorExit through, taking it for its own closing."""
     closing = GeneratorExit("closing")
     with pytest.raises(OperatorError) as info:
         run(_flow(case, closing))
@@ -186,6 +190,45 @@ def test_on_two_kernels_a_base_exception_names_the_step_as_on_one():
         run(_flow("map", Stop("halt")), cores=2)
     assert isinstance(info.value.__cause__, OperatorError)
     assert str(info.value.__cause__) == expected_message("map", "Stop: halt")
+
+
+@pytest.mark.parametrize("exc", [GeneratorExit("closing"), Stop("halt"), ValueError("bad")],
+                         ids=["GeneratorExit", "Stop", "ValueError"])
+def test_on_two_kernels_an_async_source_names_the_step_as_on_one(exc):
+    with pytest.raises(KernelProcessError) as info:
+        run(_flow("async source", exc), cores=2)
+    assert isinstance(info.value.__cause__, OperatorError)
+    error = f"{type(exc).__name__}: {exc}"
+    assert str(info.value.__cause__) == expected_message("async source", error)
+
+
+@pytest.mark.parametrize("waits", ["for room", "in the iterator"])
+def test_closing_an_async_sources_reader_is_no_error_of_its_iterator(waits):
+    """The GeneratorExit that closing the reader throws in (what collecting
+    its unfinished task does) is the reader's own ending: closing it must
+    not raise the iterator's failure (an OperatorError out of `close()`),
+    whether the reader waits for room in its buffer or for the iterator."""
+    reached = []
+
+    async def endless():
+        for x in itertools.count():
+            reached.append(x)
+            yield x
+            if waits == "in the iterator" and x >= 1:
+                await asyncio.Event().wait()
+
+    async def scenario():
+        flow = Dataflow("endless")
+        flow.from_async_iterable(endless, batch_size=2 if waits == "for room" else 100).collect()
+        running = asyncio.ensure_future(run_async(flow))
+        while len(reached) < 2:
+            await asyncio.sleep(0)
+        (reader,) = [task for task in asyncio.all_tasks() if task.get_name().endswith(" reader")]
+        reader.get_coro().close()  # raises what the coroutine raises instead of ending
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+    asyncio.run(scenario())
 
 
 def test_on_two_kernels_sys_exit_0_fails_the_run_naming_the_step():
