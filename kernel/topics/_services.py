@@ -32,7 +32,9 @@ from collections import deque
 
 import msgspec
 
+from kernel.dataflow._errors import closed_here
 from kernel.dataflow._operator import Source
+from kernel.scheduling._errors import describe_exception
 from kernel.topics import _directory
 from kernel.topics._errors import ServiceError, TopicError
 
@@ -50,6 +52,12 @@ _MAX_MESSAGE = 16 << 20  # bytes of a request or reply, encoded (a message is _H
 _MAX_FRAME = _MAX_MESSAGE + _HEAD.size  # what each side lets the other send
 _SMALL = 16 << 10  # a message this big or smaller, into an empty socket buffer, is sent at once
 _REACH_TRY = 1.0  # seconds a client tries the address it looked up before looking the service up again
+# What a handler lets through as it is rather than failing its call: a
+# Ctrl-C and a cancellation (from outside) are no failure of the handler's,
+# as for a step's function (kernel.dataflow._errors.PASSES_THROUGH; a
+# handler's KernelError, though, fails its call as any Exception does).
+# Whatever else it raises, an Exception or not, fails its call, answered.
+_PASSES_THROUGH = (KeyboardInterrupt, asyncio.CancelledError)
 _encode = msgspec.msgpack.encode
 _decode = msgspec.msgpack.decode
 
@@ -123,7 +131,9 @@ class Serve(Source):
                 continue
             try:
                 reply = self.handler(request)
-            except Exception as exc:
+            except _PASSES_THROUGH:
+                raise
+            except BaseException as exc:  # a `class Stop(BaseException)` too: this call's failure
                 await ws.send_bytes(_failed(rid, exc))
                 continue
             # Whatever returns an awaitable is awaited, not only a coroutine
@@ -172,7 +182,13 @@ class Serve(Source):
             if task is not None and task.cancelling():
                 raise  # this call was given up (CANCEL), or its connection ended: nobody to answer
             answer = _failed(rid, exc)  # the handler's own work was cancelled: the call fails, answered
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except GeneratorExit as exc:
+            if closed_here(exc):  # this coroutine being closed: nobody to answer
+                raise
+            answer = _failed(rid, exc)
+        except BaseException as exc:  # a `class Stop(BaseException)` too: this call's failure
             answer = _failed(rid, exc)
         try:
             await ws.send_bytes(answer)
@@ -184,11 +200,8 @@ def _over_limit(what: str, size: int) -> str:
     return f"a {what} of {size} bytes exceeds the {_MAX_MESSAGE >> 20} MiB limit"
 
 
-def _failed(rid: int, exc: Exception) -> bytes:
-    try:
-        text = f"{type(exc).__name__}: {exc}"
-    except Exception:  # a __str__ that raises
-        text = type(exc).__name__
+def _failed(rid: int, exc: BaseException) -> bytes:
+    text = describe_exception(exc)  # (whatever its __str__ raises)
     # (a lone surrogate in the text, from bytes decoded with errors="surrogateescape",
     # cannot be encoded as UTF-8: escaped, rather than failing the call or the connection)
     return _HEAD.pack(rid, FAILED) + _encode(text.encode("utf-8", "backslashreplace").decode("utf-8"))

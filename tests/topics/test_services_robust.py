@@ -455,3 +455,70 @@ def test_a_handlers_work_cancelled_by_itself_fails_its_call_rather_than_leaving_
                 assert await svc.call("ping") == "pong"  # (the connection goes on)
 
     run(scenario)
+
+
+class Stop(BaseException):
+    """A user's own control-flow exception, outside the Exception hierarchy."""
+
+
+@pytest.mark.parametrize("exc", [Stop("halt"), GeneratorExit("closing"), SystemExit(0), ValueError("bad")],
+                         ids=["Stop", "GeneratorExit", "SystemExit", "ValueError"])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_handler_that_raises_a_base_exception_fails_its_call_as_an_exception_does(where, kind, exc):
+    """A BaseException that is not an Exception went past the handler's
+    `except Exception`: a sync handler's ended the connection, failing
+    every call pipelined on it with "the connection closed", an async
+    one's call was never answered (its caller waited for its timeout)."""
+
+    async def scenario():
+        def fail(request):
+            if request == "bad":
+                raise exc
+            return request
+
+        async def fail_async(request):
+            return fail(request)
+
+        async with serving(where, fail if kind == "sync" else fail_async) as service:
+            async with ServiceClient(service.name, coordinator=where, timeout=4) as svc:
+                good = asyncio.ensure_future(svc.call("good"))
+                error = f"{type(exc).__name__}: {exc}"
+                with pytest.raises(ServiceError, match=rf"^service '{service.name}' failed: {error}$"):
+                    await svc.call("bad")
+                assert await good == "good"
+                assert await svc.call("after") == "after"  # (the connection goes on)
+
+    run(scenario)
+
+
+def test_closing_the_wait_for_a_handlers_reply_is_no_failure_of_the_handler(where):
+    """The GeneratorExit that closing the task awaiting a handler's reply
+    throws in (what collecting it unfinished, its loop gone, does) is that
+    task's own ending, not the handler's failure: nothing is answered."""
+
+    async def scenario():
+        waiting = asyncio.Event()
+
+        async def handler(request):
+            if request == "ping":
+                return "pong"
+            waiting.set()
+            await asyncio.Event().wait()
+
+        async with serving(where, handler) as service:
+            async with ServiceClient(service.name, coordinator=where, timeout=4) as svc:
+                call = asyncio.ensure_future(svc.call("x"))
+                await waiting.wait()
+                (task,) = [task for task in asyncio.all_tasks()
+                           if task.get_coro().__qualname__ == "Serve._answer_later"]
+                task.get_coro().close()  # (raises what the coroutine raises instead of ending)
+                assert await svc.call("ping") == "pong"  # answered after whatever x's close sent
+                assert not call.done()
+                call.cancel()
+                await asyncio.gather(call, return_exceptions=True)
+            # The connection's end cancels the task, whose coroutine the test
+            # closed: it fails ("cannot reuse already awaited coroutine"),
+            # retrieved here. Not so in use: a task collected is not stepped.
+            await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 4)
+
+    run(scenario)
