@@ -416,7 +416,19 @@ class Instance:
             self.scheduled = True
             self._ready(self)
 
-    def _end_due(self, _future) -> None:
+    def _end_due(self, future) -> None:
+        # The work on_end handed back failed: the step's failure, as if
+        # on_end had raised it. Its error was dropped: the step ended as if
+        # the work had been done, and the run succeeded ("Task exception
+        # was never retrieved" on stderr at best).
+        error = None if future.cancelled() else future.exception()
+        if error is not None:
+            if not isinstance(error, PASSES_THROUGH):
+                named = OperatorError.wrap(self.name, _handler_name(self.op, "on_end"), error,
+                                           has_record=False)
+                named.__cause__, error = error, named
+            self.runtime.kernel.fail(error)
+            return
         self.end_due = True
         if not self.scheduled:
             self.scheduled = True

@@ -231,6 +231,47 @@ def test_closing_an_async_sources_reader_is_no_error_of_its_iterator(waits):
     asyncio.run(scenario())
 
 
+class EndsWithWork(Operator):
+    """A user operator whose on_end hands back work of its own (a task)
+    that raises `exc`."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+    def on_batch(self, port, batch):
+        self.emit(batch)
+
+    def on_end(self):
+        async def flush():
+            await asyncio.sleep(0)
+            raise self.exc
+
+        return asyncio.ensure_future(flush())
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+@pytest.mark.parametrize("exc", [Stop("halt"), GeneratorExit("closing"), ValueError("bad")],
+                         ids=["Stop", "GeneratorExit", "ValueError"])
+def test_the_work_on_end_hands_back_fails_the_run_naming_the_step(exc, cores):
+    """Its failure, an Exception or not, was dropped: the step ended as if
+    the work had been done and the run succeeded ("Task exception was never
+    retrieved" on stderr)."""
+    flow = Dataflow("ending")
+    _from(flow).apply(lambda: EndsWithWork(exc), name="ending").collect()
+    expected = (f"operator 'ending (step 1)': function '{__name__}.EndsWithWork.on_end' raised "
+                f"{type(exc).__name__}: {exc}")
+    if cores == 1:
+        with pytest.raises(OperatorError) as info:
+            run(flow)
+        assert info.value.__cause__ is exc
+        error = info.value
+    else:
+        with pytest.raises(KernelProcessError) as info:
+            run(flow, cores=2)
+        error = info.value.__cause__
+    assert str(error) == expected
+
+
 def test_on_two_kernels_sys_exit_0_fails_the_run_naming_the_step():
     with pytest.raises(KernelProcessError) as info:
         run(_flow("fused map", SystemExit(0)), cores=2)
