@@ -335,7 +335,10 @@ class Kernel:
         `VirtualClock` (due timers then run on the loop's next turn, in
         deadline order). Returns a handle with `cancel()`. This is the
         kernel's processing-time timer; timers still pending when the kernel
-        finishes are cancelled (they never keep a run alive)."""
+        finishes are cancelled (they never keep a run alive). A `fn` that
+        raises fails the run: with a `TaskError` naming `call_later(fn)`
+        (the exception its cause), whatever it raised but an error already
+        named and a KeyboardInterrupt, which fail it as themselves."""
         if self._loop is None:
             raise RuntimeError("call_later() needs a running kernel")
         loop, timers = self._loop, self._timers
@@ -346,11 +349,23 @@ class Kernel:
             try:
                 fn()
             except BaseException as exc:  # a timer's failure is the run's, not the loop's
-                self.fail(exc)
+                self._timer_failed(fn, exc)
 
         handle = self.clock.timer(loop, delay, fire)
         timers.add(handle)
         return handle
+
+    def _timer_failed(self, fn, exc: BaseException) -> None:
+        # Named as a task's failure is: raised as it was, a timer's error
+        # named nothing, and its SystemExit(0) ended a one-kernel run (and
+        # the process, exit status 0) as if it had completed, its
+        # `class Stop(BaseException)` went past an `except Exception`.
+        if not isinstance(exc, KeyboardInterrupt) and not getattr(exc, "_kernel_named", False):
+            label = getattr(fn, "__qualname__", None) or repr(fn)
+            wrapped = TaskError(f"call_later({label})", exc)
+            wrapped.__cause__ = exc
+            exc = wrapped
+        self.fail(exc)
 
     def _cancel_timers(self) -> None:
         for handle in self._timers:

@@ -10,7 +10,17 @@ import os
 
 import pytest
 
-from kernel import Dataflow, Kernel, KernelError, Operator, TimedBatch, VirtualClock, run, run_async
+from kernel import (
+    Dataflow,
+    Kernel,
+    KernelError,
+    Operator,
+    TaskError,
+    TimedBatch,
+    VirtualClock,
+    run,
+    run_async,
+)
 from operators import Tumbling
 
 
@@ -385,13 +395,45 @@ def test_an_idle_kernel_does_not_hold_back_the_windows_of_another():
     assert windows.late_count.value == 0
 
 
-async def test_a_processing_time_timer_that_raises_fails_the_run():
+class Stop(BaseException):
+    """A user's own control-flow exception, outside the Exception hierarchy."""
+
+
+@pytest.mark.parametrize("exc", [ZeroDivisionError("division by zero"), Stop("halt"), SystemExit(0),
+                                 GeneratorExit("closing")],
+                         ids=["ZeroDivisionError", "Stop", "SystemExit", "GeneratorExit"])
+async def test_a_processing_time_timer_that_raises_fails_the_run_naming_it(exc):
+    """Raised as it was, a timer's error named nothing, its SystemExit(0)
+    ended a one-kernel run as if it had completed (and the process, exit
+    status 0), and its Stop went past an `except Exception`."""
     kernel = Kernel()
 
+    def tick():
+        raise exc
+
     async def task():
-        kernel.call_later(0.0, lambda: 1 / 0)
+        kernel.call_later(0.0, tick)
         await asyncio.sleep(3600)  # the failure ends the run long before
 
     kernel.spawn(task())
-    with pytest.raises(ZeroDivisionError):
+    with pytest.raises(TaskError) as info:
         await asyncio.wait_for(kernel.join(), timeout=10)
+    assert str(info.value) == (f"task 'call_later({tick.__qualname__})' raised "
+                               f"{type(exc).__name__}: {exc}")
+    assert info.value.__cause__ is exc
+
+
+async def test_a_processing_time_timers_keyboard_interrupt_fails_the_run_as_itself():
+    kernel = Kernel()
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    async def task():
+        kernel.call_later(0.0, interrupt)
+        await asyncio.sleep(3600)
+
+    kernel.spawn(task())
+    with pytest.raises(KeyboardInterrupt):
+        async with asyncio.timeout(10):  # (not wait_for: a task's KeyboardInterrupt ends the loop)
+            await kernel.join()

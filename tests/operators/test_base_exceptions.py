@@ -13,7 +13,7 @@ import itertools
 
 import pytest
 
-from kernel import Dataflow, KernelProcessError, Operator, OperatorError, run, run_async
+from kernel import Dataflow, KernelError, KernelProcessError, Operator, OperatorError, run, run_async
 from kernel.dataflow._errors import (
     EXIT_IN_FUNCTION,
     UNHASHABLE_ACROSS_KERNELS,
@@ -270,6 +270,36 @@ def test_the_work_on_end_hands_back_fails_the_run_naming_the_step(exc, cores):
             run(flow, cores=2)
         error = info.value.__cause__
     assert str(error) == expected
+
+
+class ExitsOnATimer(Operator):
+    """A user operator whose processing-time timer calls sys.exit(0); its
+    step ends once the timer has fired."""
+
+    def on_batch(self, port, batch):
+        if not hasattr(self, "fired"):
+            self.fired = asyncio.get_running_loop().create_future()
+            self.context.kernel.call_later(0.0, self.tick)
+        self.emit(batch)
+
+    def tick(self):
+        self.fired.set_result(None)
+        raise SystemExit(0)
+
+    def on_end(self):
+        return getattr(self, "fired", None)  # (a kernel that got no records ends at once)
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_sys_exit_0_in_a_timer_fails_the_run_naming_the_timer(cores):
+    """On one kernel it ended `run()` with SystemExit(0), as if the run had
+    completed (a pipeline file's process exited 0)."""
+    flow = Dataflow("exiting")
+    _from(flow).apply(ExitsOnATimer, name="exiting").collect()
+    with pytest.raises(KernelError) as info:
+        run(flow, cores=cores)
+    error = info.value if cores == 1 else info.value.__cause__
+    assert str(error) == "task 'call_later(ExitsOnATimer.tick)' raised SystemExit: 0"
 
 
 def test_on_two_kernels_sys_exit_0_fails_the_run_naming_the_step():
