@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any, Generic, Literal, Protocol, TypeGuard, TypeVar, overload
 
 import kernel.operators as ops
-from kernel.dataflow._errors import KernelError
+from kernel.dataflow._errors import PASSES_THROUGH, KernelError, OperatorError
 from kernel.dataflow._graph import Combiner, Edge, Graph, Node
 from kernel.dataflow._loops import LoopFeedback, LoopHead, LoopLeave
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Operator, Source
@@ -657,7 +657,7 @@ class Dataflow:
         return self._source(factory, name, None)
 
     def _source(self, factory: Callable[[], Source], name: str, kind: tuple[str, ...] | None) -> Stream[Any]:
-        node = self.graph.add(name, _checked(factory, Source, name), is_source=True, kind=kind)
+        node = _labelled(self.graph.add(name, _checked(factory, Source, name), is_source=True, kind=kind))
         return Stream(self, node)
 
     def _results_delivered(self, per_kernel: list[dict[int, Any]]) -> None:
@@ -722,7 +722,12 @@ def _checked(factory: Callable[[], Operator], kind: type[Operator], name: str) -
 
     @functools.wraps(factory, assigned=("__doc__",))
     def make() -> Operator:
-        op = factory()
+        try:
+            op = factory()
+        except PASSES_THROUGH:
+            raise
+        except BaseException as exc:  # raised bare, it named no step (a Stop(BaseException) too)
+            raise OperatorError.wrap(make.step, factory, exc, has_record=False) from exc
         if not isinstance(op, kind):
             raise TypeError(f"{name}: factory returned {op!r}, not a {kind.__name__}")
         _check_task_class(op.task_class, name)
@@ -731,7 +736,15 @@ def _checked(factory: Callable[[], Operator], kind: type[Operator], name: str) -
             op._emit_checked = True  # its emit checks that it is given a batch (the runtime)
         return op
 
+    make.step = name  # the step's label, once the graph has numbered it (_labelled)
     return make
+
+
+def _labelled(node: Node) -> Node:
+    """`node`, its factory told the step's label (`name (step N)`) for the
+    errors it names."""
+    node.factory.step = node.label
+    return node
 
 
 class Stream(Generic[T_co]):
@@ -792,7 +805,7 @@ class Stream(Generic[T_co]):
             if other.flow is not self.flow:
                 raise ValueError(f"{other!r} belongs to another dataflow")
         edges = [s._edge(port) for port, s in enumerate(streams)]
-        node = self.flow.graph.add(label, _checked(factory, Operator, label), edges)
+        node = _labelled(self.flow.graph.add(label, _checked(factory, Operator, label), edges))
         return Stream(self.flow, node)
 
     def map(self, fn: Callable[[T_co], U], *, name: str | None = None) -> Stream[U]:

@@ -92,6 +92,13 @@ def _async_raising(exc: BaseException):
     return numbers
 
 
+def _factory_raising(exc: BaseException):
+    def make():
+        raise exc
+
+    return make
+
+
 def _from(flow):
     return flow.from_iterable(range(10), batch_size=4)
 
@@ -122,6 +129,10 @@ CASES = {
                      "numbers", None),
     "user operator": (lambda f, e: _from(f).apply(lambda: Halting(e), name="halting"), "halting (step 1)",
                       "Halting.on_batch", None),
+    "operator factory": (lambda f, e: _from(f).apply(_factory_raising(e), name="making"), "making (step 1)",
+                         "make", None),
+    "source factory": (lambda f, e: f.source(_factory_raising(e), name="reading"), "reading (step 0)",
+                       "make", None),
 }
 
 
@@ -150,7 +161,8 @@ def expected_message(case: str, error: str, hint: str | None = None) -> str:
 def _outer(case: str) -> str:
     """The function that made the case's user function (its qualname's head)."""
     return {"flat_map": "_spread", "reduce": "raising_combine", "window reduce": "raising_combine",
-            "stateful_map": "_stateful", "async source": "_async_raising"}.get(case, "raising")
+            "stateful_map": "_stateful", "async source": "_async_raising",
+            "operator factory": "_factory_raising", "source factory": "_factory_raising"}.get(case, "raising")
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -162,7 +174,7 @@ def test_a_base_exception_names_the_step_the_function_and_the_record(case):
     assert info.value.__cause__ is stop
 
 
-@pytest.mark.parametrize("case", ["map", "reduce", "user operator", "async source"])
+@pytest.mark.parametrize("case", ["map", "reduce", "user operator", "async source", "operator factory"])
 def test_generator_exit_raised_by_a_function_is_its_failure(case):
     """An async source's came out as `TaskError: task 'from_async_iterable
     (step 0) reader' raised GeneratorExit`: its reader let every
@@ -175,7 +187,8 @@ def test_generator_exit_raised_by_a_function_is_its_failure(case):
 
 
 @pytest.mark.parametrize("code", [0, 3])
-@pytest.mark.parametrize("case", ["map", "fused map", "timestamp", "user operator", "async source"])
+@pytest.mark.parametrize("case", ["map", "fused map", "timestamp", "user operator", "async source",
+                                  "operator factory"])
 def test_sys_exit_in_a_function_fails_the_run_whatever_its_code(case, code):
     """sys.exit(0) mid-stream is no successful end of the run: on one kernel
     it ended `run()` with SystemExit(0), as if the run had completed."""
@@ -300,6 +313,15 @@ def test_sys_exit_0_in_a_timer_fails_the_run_naming_the_timer(cores):
         run(flow, cores=cores)
     error = info.value if cores == 1 else info.value.__cause__
     assert str(error) == "task 'call_later(ExitsOnATimer.tick)' raised SystemExit: 0"
+
+
+@pytest.mark.parametrize("exc", [Stop("halt"), ValueError("bad")], ids=["Stop", "ValueError"])
+def test_on_two_kernels_an_operator_factorys_failure_names_the_step_as_on_one(exc):
+    """Raised bare, a factory's error named no step: on one kernel the run
+    raised the Stop itself, past any `except Exception`."""
+    with pytest.raises(KernelProcessError) as info:
+        run(_flow("operator factory", exc), cores=2)
+    assert str(info.value.__cause__) == expected_message("operator factory", f"{type(exc).__name__}: {exc}")
 
 
 def test_on_two_kernels_sys_exit_0_fails_the_run_naming_the_step():
