@@ -53,7 +53,9 @@ def unpickled_part(step: str, blob: bytes):
     step where a class its state holds is gone."""
     try:
         return pickle.loads(blob)
-    except Exception as exc:  # AttributeError, ModuleNotFoundError, UnpicklingError
+    except PASSES_THROUGH:
+        raise
+    except BaseException as exc:  # AttributeError, ModuleNotFoundError, UnpicklingError, a __setstate__'s
         raise OperatorError.wrap(step, "pickle.loads", exc, has_record=False,
                                  hint=UNREADABLE_STATE) from exc
 

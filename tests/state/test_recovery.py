@@ -546,11 +546,18 @@ STATE_OF_A_CLASS = textwrap.dedent(
     else:
         import threading
 
+        class Stop(BaseException):
+            pass
+
         class Tally:
             def __init__(self):
                 self.n = 0
                 if os.environ.get("LOCKED"):
                     self.lock = threading.Lock()  # cannot be pickled
+
+            if os.environ["RUN"] == "refusing":
+                def __setstate__(self, state):
+                    raise Stop("no state")
         make = Tally
 
     def paced(n):
@@ -591,6 +598,22 @@ def test_state_that_does_not_pickle_names_its_step_and_says_state_must_pickle(tm
     assert error.endswith("operator 'stateful_map(tally) (step 3)': function 'pickle.dumps' raised "
                           "TypeError: cannot pickle '_thread.lock' object"), failed.stderr
     assert "every step's state is pickled at each epoch" in failed.stderr
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_state_whose_unpickling_raises_a_base_exception_names_its_step(tmp_path, cores):
+    """A `__setstate__` that raises a BaseException that is not an
+    Exception went past the step's `except Exception`: the resumed run
+    failed with the bare Stop, naming no step."""
+    (tmp_path / "pipeline.py").write_text(STATE_OF_A_CLASS)
+    crash = "snapshot:5" + ("@1" if cores == 2 else "")  # (~30 epochs a kernel: state in the 4th)
+    first = run_tallies(tmp_path, cores, "first", crash)
+    assert first.returncode != 0, "the crash point was never reached"
+    resumed = run_tallies(tmp_path, cores, "refusing")
+    assert resumed.returncode == 1, resumed.stderr
+    error = next(line for line in resumed.stderr.splitlines() if line.startswith("error: "))
+    assert error.endswith("operator 'stateful_map(tally) (step 3)': function 'pickle.loads' raised "
+                          "Stop: no state"), resumed.stderr
 
 
 @pytest.mark.parametrize(("cores", "resumed_on"), [(1, 1), (2, 2), (2, 1)])
