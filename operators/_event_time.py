@@ -30,7 +30,7 @@ import math
 from collections.abc import Callable
 from itertools import repeat
 
-from kernel.dataflow._errors import OperatorError
+from kernel.dataflow._errors import PASSES_THROUGH, OperatorError
 from kernel.dataflow._operator import Source, TimedBatch
 
 from ._accessors import accessor
@@ -58,7 +58,9 @@ TIMESTAMP_HINT = ("a timestamp must be a number of seconds or a datetime: a fini
 def _usable(value) -> bool:
     try:
         return math.isfinite(as_seconds(value))
-    except Exception:
+    except PASSES_THROUGH:
+        raise
+    except BaseException:  # (a datetime subclass's timestamp() may raise anything)
         return False
 
 
@@ -169,7 +171,9 @@ class EventTimeSource(Source):
         values = call_each(self.name, self.timestamp, batch, self._timestamp_fast)
         try:
             stamps = _stamps(values)
-        except Exception:  # not a number, an int too large for a float
+        except PASSES_THROUGH:
+            raise
+        except BaseException:  # not a number, an int too large for a float, a timestamp() that raised
             stamps = None
         # A NaN or an infinity would break the windows downstream much later
         # (NaN compares false with everything): refused here, naming the

@@ -4,6 +4,7 @@ the step, the function and the exact record, and nothing keeps running."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import itertools
 import math
 import threading
@@ -377,6 +378,33 @@ def test_a_timestamp_that_is_not_a_finite_number_is_refused_at_the_source(bad):
     assert err.hint == TIMESTAMP_HINT
     assert str(err) == (f"operator 'from_iterable (step 0)': function {err.function!r} returned "
                         f"{err.error}\n  on record: {err.record}\n  {TIMESTAMP_HINT}")
+
+
+class _Stop(BaseException):
+    """A user's own control-flow exception, outside the Exception hierarchy."""
+
+
+class _Unreadable(datetime.datetime):
+    """A datetime whose `timestamp()` raises a BaseException that is not an Exception."""
+
+    def timestamp(self):
+        raise _Stop("no timestamp")
+
+    def __repr__(self):
+        return "_Unreadable()"
+
+
+def test_a_timestamp_whose_reading_raises_a_base_exception_is_refused_naming_the_record():
+    """Its Stop went past the check's `except Exception`: the run failed
+    naming the source's poll, with no record and no word of timestamps."""
+    events = [("a", 1.0 + i) for i in range(30)]
+    events[17] = ("bad", _Unreadable(2024, 1, 1))
+    flow = Dataflow()
+    flow.from_iterable(events, batch_size=10, timestamp=_stamp).collect()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    assert str(info.value) == (f"operator 'from_iterable (step 0)': function '{__name__}._stamp' returned "
+                               f"_Unreadable()\n  on record: ('bad', _Unreadable())\n  {TIMESTAMP_HINT}")
 
 
 def test_finite_timestamps_whose_sum_overflows_are_accepted():
