@@ -124,7 +124,9 @@ def is_not_a_pair(record: Any) -> bool:
     """Whether `record` cannot be read as `(key, value)` (the error path only)."""
     try:
         _key, _value = record
-    except Exception:
+    except PASSES_THROUGH:
+        raise
+    except BaseException:  # a record's __iter__ that raises anything: no pair
         return True
     return False
 

@@ -422,6 +422,42 @@ def test_a_keyed_loop_that_feeds_back_records_not_pairs_fails_naming_the_record(
         "them): a loop on a keyed stream must feed such pairs back")
 
 
+class _Stop(BaseException):
+    """A user's own control-flow exception, outside the Exception hierarchy."""
+
+
+class _Unpackable:
+    """A record that is no pair, whose `__iter__` (what unpacking it calls) raises a Stop."""
+
+    def __iter__(self):
+        raise _Stop("no items")
+
+    def __repr__(self):
+        return "_Unpackable()"
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_fed_back_record_whose_unpacking_raises_a_base_exception_is_named_as_no_pair(n):
+    """Asking whether it is a pair raised its Stop, on the error path: the
+    run failed naming the count's handler (one kernel) or the loop input's
+    activation (two), no record and no word of pairs."""
+
+    def body(pairs):
+        values = pairs.filter(lambda p: isinstance(p, tuple)).map(lambda p: p[1] - 1)
+        return values.filter(lambda v: v > 0).map(lambda v: _Unpackable()), pairs.count()
+
+    flow = Dataflow()
+    flow.from_iterable([3]).key_by(lambda v: v % 2).iterate(body)
+    step = "count (step 7)" if n == 1 else "iterate(body): input (step 2)"
+    with pytest.raises(KernelError) as caught:
+        run(flow, cores=n)
+    error = caught.value.__cause__ if n > 1 else caught.value
+    assert str(error) == (
+        f"operator '{step}': function '(key, value) = record' raised TypeError: '_Unpackable' object is "
+        "not subscriptable\n  on record: _Unpackable()\n  a keyed stream's records are (key, value) pairs "
+        "(key_by makes them): a loop on a keyed stream must feed such pairs back")
+
+
 # -- refused when the flow is built ---------------------------------------------------
 
 def test_a_cycle_without_a_round_is_refused_naming_its_steps():
