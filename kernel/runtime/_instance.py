@@ -424,9 +424,8 @@ class Instance:
         error = None if future.cancelled() else future.exception()
         if error is not None:
             if not isinstance(error, PASSES_THROUGH):
-                named = OperatorError.wrap(self.name, _handler_name(self.op, "on_end"), error,
-                                           has_record=False)
-                named.__cause__, error = error, named
+                error = OperatorError.wrap(self.name, _handler_name(self.op, "on_end"), error,
+                                           has_record=False)  # (the work's error its __cause__)
             self.runtime.kernel.fail(error)
             return
         self.end_due = True
