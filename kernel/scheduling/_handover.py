@@ -37,11 +37,14 @@ class Handover:
         self.due = 0.0  # on time.monotonic(): when to look again
         self.handovers = 0  # pauses made
 
-    def hand_over(self, now: float) -> None:
+    def hand_over(self, now: float) -> bool:
         """Let the GIL go for a moment if another thread may want it; `now`
-        is `time.monotonic()`, read by the caller to compare with `due`."""
-        if threading.active_count() > 1:
+        is `time.monotonic()`, read by the caller to compare with `due`.
+        True if it paused."""
+        paused = threading.active_count() > 1
+        if paused:
             self.handovers += 1
             time.sleep(_PAUSE)
             now = time.monotonic()
         self.due = now + sys.getswitchinterval()
+        return paused

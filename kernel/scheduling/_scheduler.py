@@ -282,9 +282,6 @@ class Scheduler:
         if self._stopped:
             self._slice_pending = False
             return
-        handover = self.handover
-        if (real := time.monotonic()) >= handover.due:
-            handover.hand_over(real)
         now = self._monotonic
         started = now()
         if self._continued and self._host_worked(started):
@@ -293,6 +290,12 @@ class Scheduler:
             return
         if not self._continued and self.slices:  # the last slice left nothing ready: idle since
             self._idle_time += max(0.0, started - self._slice_ended)
+        # After the host's turn and the idle time are told: a pause is
+        # neither (each one counted as the host's work, and the next turn
+        # was sat out), nor part of the budget
+        handover = self.handover
+        if (real := time.monotonic()) >= handover.due and handover.hand_over(real):
+            started = now()
         deadline = started + self.budget
         if self._on_slice_start is not None:
             self._on_slice_start(deadline)

@@ -7,8 +7,12 @@ fixture, tests/conftest.py)."""
 from __future__ import annotations
 
 import asyncio
+import time
+from types import SimpleNamespace
 
-from kernel import run_async
+import pytest
+
+from kernel import Kernel, VirtualClock, run_async
 
 
 async def test_a_run_in_executor_call_finishes_while_a_kernel_runs_on_the_callers_loop(
@@ -22,3 +26,63 @@ async def test_a_run_in_executor_call_finishes_while_a_kernel_runs_on_the_caller
         beside.done.set()
         await run_task
     beside.check()
+
+
+class _Busy:
+    """One activation a slice (each spends the whole 1 ms budget of the
+    virtual clock) for `slices` slices, then lets the kernel end."""
+
+    name = "busy"
+
+    def __init__(self, kernel, clock, slices: int) -> None:
+        self.kernel, self.clock, self.left = kernel, clock, slices
+
+    def activate(self):
+        self.clock.advance(0.001)
+        self.left -= 1
+        if self.left:
+            self.kernel.ready(self)
+        else:
+            self.kernel.release()
+
+    def start(self) -> None:
+        self.kernel.hold()
+        self.kernel.ready(self)
+
+
+@pytest.fixture
+def pauses(monkeypatch):
+    """The handover looks before every slice (a switch interval of 0) and
+    pauses every other time (another thread in the process every other
+    time); a pause advances `pauses.clock`, a VirtualClock, by 0.1 ms
+    instead of sleeping. `pauses.made` counts them."""
+    from kernel.scheduling import _handover
+
+    state = SimpleNamespace(clock=VirtualClock(), made=0, looks=0)
+
+    def pause(seconds):
+        state.made += 1
+        state.clock.advance(100e-6)
+
+    def active_count():
+        state.looks += 1
+        return 1 + state.looks % 2
+
+    monkeypatch.setattr(_handover, "time", SimpleNamespace(sleep=pause, monotonic=time.monotonic))
+    monkeypatch.setattr(_handover, "sys", SimpleNamespace(getswitchinterval=lambda: 0.0))
+    monkeypatch.setattr(_handover, "threading", SimpleNamespace(active_count=active_count))
+    return state
+
+
+async def test_a_pause_for_other_threads_is_not_taken_for_the_hosts_work(pauses):
+    """A kernel busy for 20 slices with nothing else on the loop sits out no
+    turn for the host, though it pauses before every other slice: the pause
+    made the gap between two slices look like the host's work (a turn sat
+    out at each pause)."""
+    kernel = Kernel(clock=pauses.clock)
+    busy = _Busy(kernel, pauses.clock, 20)
+    kernel.at_start(busy.start)
+    await kernel.join()
+    assert pauses.made >= 9
+    assert kernel.statistics().slices == 20
+    assert kernel.statistics().host_turns == 0
