@@ -17,6 +17,14 @@ A pause costs ~0.1 ms, 1-2% of a kernel's time while other threads exist
 even when they wait for nothing (a thread pool's idle workers); a process
 with no other thread pays one clock read a slice. Time is the real
 monotonic clock, not the kernel's (a `VirtualClock` does not move).
+
+No pause in a slice that follows a wait of the loop (the last slice left
+nothing to run, and `IDLE` or more went by since on the kernel's clock),
+nor in a kernel's first slice: the loop let go of the GIL while it waited,
+as a pause would have, and a record that wakes an idle kernel is not held
+up by a pause (~0.1 ms beside an idle thread; beside a thread that
+computes, more than a switch interval: that thread keeps the GIL until
+CPython's own switch hands it back).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import threading
 import time
 
 _PAUSE = 20e-6  # seconds: at least the timer slack (~50 us); a waiting thread wakes in tens of us
+IDLE = 100e-6  # seconds: an idle kernel's wait this long lets a waiting thread take the GIL, as a pause
 
 
 class Handover:
@@ -37,11 +46,12 @@ class Handover:
         self.due = 0.0  # on time.monotonic(): when to look again
         self.handovers = 0  # pauses made
 
-    def hand_over(self, now: float) -> bool:
-        """Let the GIL go for a moment if another thread may want it; `now`
-        is `time.monotonic()`, read by the caller to compare with `due`.
-        True if it paused."""
-        paused = threading.active_count() > 1
+    def hand_over(self, now: float, idle: bool = False) -> bool:
+        """Let the GIL go for a moment if another thread may want it, unless
+        the kernel was `idle` (the loop has just waited, the GIL let go);
+        `now` is `time.monotonic()`, read by the caller to compare with
+        `due`. True if it paused."""
+        paused = not idle and threading.active_count() > 1
         if paused:
             self.handovers += 1
             time.sleep(_PAUSE)

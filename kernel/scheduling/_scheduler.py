@@ -54,6 +54,7 @@ Other threads
 Before a slice, once a switch interval, the kernel lets the GIL go for a
 moment when the process has another thread (`_handover.py`): the loop's
 polls between slices release it too briefly for a waiting thread to take.
+Not when the kernel was idle until this slice: the loop's wait let it go.
 
 The stall detector logs any single activation that runs longer than
 ``stall_threshold`` (25 ms, as Seastar's blocked-reactor notice), naming it.
@@ -70,7 +71,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ._continues import continued_within
-from ._handover import Handover
+from ._handover import IDLE, Handover
 
 LATENCY = "latency"
 THROUGHPUT = "throughput"
@@ -288,13 +289,16 @@ class Scheduler:
             self._slice_ended = started
             self._loop.call_soon(self._run_slice)  # the host's turn: the next one is ours
             return
-        if not self._continued and self.slices:  # the last slice left nothing ready: idle since
-            self._idle_time += max(0.0, started - self._slice_ended)
+        idle = not self._continued  # the last slice left nothing ready (or none ran): idle since
+        if idle and self.slices:
+            gap = started - self._slice_ended
+            self._idle_time += max(0.0, gap)
+            idle = gap >= IDLE  # long enough a wait for another thread to take the GIL
         # After the host's turn and the idle time are told: a pause is
         # neither (each one counted as the host's work, and the next turn
         # was sat out), nor part of the budget
         handover = self.handover
-        if (real := time.monotonic()) >= handover.due and handover.hand_over(real):
+        if (real := time.monotonic()) >= handover.due and handover.hand_over(real, idle):
             started = now()
         deadline = started + self.budget
         if self._on_slice_start is not None:

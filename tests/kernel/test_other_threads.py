@@ -53,12 +53,12 @@ class _Busy:
 @pytest.fixture
 def pauses(monkeypatch):
     """The handover looks before every slice (a switch interval of 0) and
-    pauses every other time (another thread in the process every other
-    time); a pause advances `pauses.clock`, a VirtualClock, by 0.1 ms
-    instead of sleeping. `pauses.made` counts them."""
+    finds another thread in the process every other time (every time with
+    `pauses.every_other = False`); a pause advances `pauses.clock`, a
+    VirtualClock, by 0.1 ms instead of sleeping. `pauses.made` counts them."""
     from kernel.scheduling import _handover
 
-    state = SimpleNamespace(clock=VirtualClock(), made=0, looks=0)
+    state = SimpleNamespace(clock=VirtualClock(), made=0, looks=0, every_other=True)
 
     def pause(seconds):
         state.made += 1
@@ -66,7 +66,7 @@ def pauses(monkeypatch):
 
     def active_count():
         state.looks += 1
-        return 1 + state.looks % 2
+        return 1 + state.looks % 2 if state.every_other else 2
 
     monkeypatch.setattr(_handover, "time", SimpleNamespace(sleep=pause, monotonic=time.monotonic))
     monkeypatch.setattr(_handover, "sys", SimpleNamespace(getswitchinterval=lambda: 0.0))
@@ -86,3 +86,40 @@ async def test_a_pause_for_other_threads_is_not_taken_for_the_hosts_work(pauses)
     assert pauses.made >= 9
     assert kernel.statistics().slices == 20
     assert kernel.statistics().host_turns == 0
+
+
+async def test_a_kernel_woken_after_a_wait_of_the_loop_makes_no_pause(pauses):
+    """A record that wakes an idle kernel is not held up by a pause: the
+    loop let the GIL go while it waited (one that wakes it 0.1 ms or more
+    after its last slice; its first slice too). Records that follow one
+    another closer than that still pause (the loop's polls between them are
+    too brief for a waiting thread). Each pause held a record up (~0.1 ms
+    beside an idle thread, more than 5 ms beside one that computes)."""
+    pauses.every_other = False
+    clock = pauses.clock
+    kernel = Kernel(clock=clock)
+    ran = []
+
+    class Record:
+        def __init__(self, n):
+            self.name = f"record {n}"
+
+        def activate(self):
+            ran.append(self.name)
+
+    kernel.at_start(kernel.hold)
+    joined = asyncio.create_task(kernel.join())
+    await asyncio.sleep(0)
+    for n in range(5):
+        clock.advance(0.010)  # the loop waits 10 ms for the next record
+        kernel.ready(Record(n))
+        while len(ran) <= n:
+            await asyncio.sleep(0)
+    assert pauses.made == 0
+    for n in range(5, 10):  # one at once after another: the loop did not wait
+        kernel.ready(Record(n))
+        while len(ran) <= n:
+            await asyncio.sleep(0)
+    kernel.release()
+    await joined
+    assert pauses.made >= 4
