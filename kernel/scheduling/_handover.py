@@ -25,6 +25,9 @@ as a pause would have, and a record that wakes an idle kernel is not held
 up by a pause (~0.1 ms beside an idle thread; beside a thread that
 computes, more than a switch interval: that thread keeps the GIL until
 CPython's own switch hands it back).
+
+Nor on a build without a GIL (3.13's free-threaded one, unless an
+extension module has turned the GIL back on): no thread waits for it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ import time
 
 _PAUSE = 20e-6  # seconds: at least the timer slack (~50 us); a waiting thread wakes in tens of us
 IDLE = 100e-6  # seconds: an idle kernel's wait this long lets a waiting thread take the GIL, as a pause
+
+
+def _gil_enabled() -> bool:
+    is_enabled = getattr(sys, "_is_gil_enabled", None)  # 3.13 and later
+    return is_enabled is None or is_enabled()
 
 
 class Handover:
@@ -51,7 +59,7 @@ class Handover:
         the kernel was `idle` (the loop has just waited, the GIL let go);
         `now` is `time.monotonic()`, read by the caller to compare with
         `due`. True if it paused."""
-        paused = not idle and threading.active_count() > 1
+        paused = not idle and threading.active_count() > 1 and _gil_enabled()
         if paused:
             self.handovers += 1
             time.sleep(_PAUSE)

@@ -54,11 +54,12 @@ class _Busy:
 def pauses(monkeypatch):
     """The handover looks before every slice (a switch interval of 0) and
     finds another thread in the process every other time (every time with
-    `pauses.every_other = False`); a pause advances `pauses.clock`, a
+    `pauses.every_other = False`), on a build with a GIL (without one with
+    `pauses.gil = False`, as 3.13's free-threaded); a pause advances `pauses.clock`, a
     VirtualClock, by 0.1 ms instead of sleeping. `pauses.made` counts them."""
     from kernel.scheduling import _handover
 
-    state = SimpleNamespace(clock=VirtualClock(), made=0, looks=0, every_other=True)
+    state = SimpleNamespace(clock=VirtualClock(), made=0, looks=0, every_other=True, gil=True)
 
     def pause(seconds):
         state.made += 1
@@ -69,7 +70,8 @@ def pauses(monkeypatch):
         return 1 + state.looks % 2 if state.every_other else 2
 
     monkeypatch.setattr(_handover, "time", SimpleNamespace(sleep=pause, monotonic=time.monotonic))
-    monkeypatch.setattr(_handover, "sys", SimpleNamespace(getswitchinterval=lambda: 0.0))
+    monkeypatch.setattr(_handover, "sys", SimpleNamespace(getswitchinterval=lambda: 0.0,
+                                                          _is_gil_enabled=lambda: state.gil))
     monkeypatch.setattr(_handover, "threading", SimpleNamespace(active_count=active_count))
     return state
 
@@ -123,3 +125,16 @@ async def test_a_kernel_woken_after_a_wait_of_the_loop_makes_no_pause(pauses):
     kernel.release()
     await joined
     assert pauses.made >= 4
+
+
+@pytest.mark.parametrize("gil", [True, False])
+async def test_a_build_without_a_gil_makes_no_pause(pauses, gil):
+    """On 3.13's free-threaded build (`sys._is_gil_enabled()` False) no
+    thread waits for a GIL, and a pause would only cost the kernel time."""
+    pauses.every_other = False
+    pauses.gil = gil
+    kernel = Kernel(clock=pauses.clock)
+    busy = _Busy(kernel, pauses.clock, 10)
+    kernel.at_start(busy.start)
+    await kernel.join()
+    assert pauses.made == (9 if gil else 0)  # (not before the first slice: the kernel was idle)
