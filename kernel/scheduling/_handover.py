@@ -7,16 +7,22 @@ waiting thread asks the holder to let go only when the GIL has not changed
 hands for a whole switch interval (5 ms), and each poll counts as a change.
 So another thread of the process (a ticker, a `run_in_executor` worker, a
 web framework's thread) got 3-5 of its hundred 10 ms ticks a second while
-one kernel ran in it, where a plain Python loop leaves it ~65.
+one kernel ran in it on an otherwise idle machine (on a loaded one it got
+40-95: its waiting thread wakes sooner), where a plain Python loop leaves it ~65.
 
 So once a switch interval (`sys.getswitchinterval()`), while the process
 has another thread, the scheduler sleeps a moment before its next slice: a
 real release of the GIL, long enough for a waiting thread to wake and take
 it; that thread then runs until CPython's own switch hands the GIL back.
-A pause costs ~0.1 ms, 1-2% of a kernel's time while other threads exist
-even when they wait for nothing (a thread pool's idle workers); a process
-with no other thread pays one clock read a slice. Time is the real
-monotonic clock, not the kernel's (a `VirtualClock` does not move).
+A pause costs ~0.1 ms, ~2% of a busy kernel's time while other threads
+exist even when they wait for nothing (a thread pool's idle workers), more
+on a loaded machine; a process with no other thread pays one clock read a
+slice. A thread that computes keeps the GIL for a switch interval each
+time: beside one, a busy kernel runs at about half its rate, as a plain
+Python loop does (~95% without the pauses, the thread starving; ~25% on a
+loaded machine, where the thread also wins some of the polls).
+Time is the real monotonic clock, not the kernel's (a `VirtualClock` does
+not move).
 
 No pause in a slice that follows a wait of the loop (the last slice left
 nothing to run, and `IDLE` or more went by since on the kernel's clock),
@@ -36,7 +42,10 @@ import sys
 import threading
 import time
 
-_PAUSE = 20e-6  # seconds: at least the timer slack (~50 us); a waiting thread wakes in tens of us
+# seconds asked for; Linux's timer slack (50 us) makes a pause ~90 us (p50 88 us, p99
+# 130 us on an idle 2-CPU machine; ms at times on a loaded one), time enough for a waiting
+# thread to wake (tens of us) and take the GIL
+_PAUSE = 20e-6
 IDLE = 100e-6  # seconds: an idle kernel's wait this long lets a waiting thread take the GIL, as a pause
 
 
