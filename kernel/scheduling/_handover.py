@@ -24,13 +24,17 @@ loaded machine, where the thread also wins some of the polls).
 Time is the real monotonic clock, not the kernel's (a `VirtualClock` does
 not move).
 
-No pause in a slice that follows a wait of the loop (the last slice left
-nothing to run, and `IDLE` or more went by since on the kernel's clock),
-nor in a kernel's first slice: the loop let go of the GIL while it waited,
-as a pause would have, and a record that wakes an idle kernel is not held
-up by a pause (~0.1 ms beside an idle thread; beside a thread that
-computes, more than a switch interval: that thread keeps the GIL until
-CPython's own switch hands it back).
+No pause in a slice that wakes a kernel idle for a switch interval or more
+(the last slice left nothing to run, and that long went by since on the
+kernel's clock), nor in a kernel's first slice: the loop let go of the GIL
+while it waited, as a pause would have, or CPython's own switch came; and a
+record that wakes an idle kernel is not held up by a pause (~0.1 ms beside
+an idle thread; beside a thread that computes, more than a switch
+interval: that thread keeps the GIL until CPython's switch hands it back).
+A shorter gap need not be a wait: a `from_async_iterable` source's reader
+is a task of the loop that runs between slices, the GIL held throughout
+(with 0.1 ms taken for a wait, the pauses stopped and a thread beside
+such a flow starved again: 3 ticks a second).
 
 Nor on a build without a GIL (3.13's free-threaded one, unless an
 extension module has turned the GIL back on): no thread waits for it.
@@ -46,7 +50,6 @@ import time
 # 130 us on an idle 2-CPU machine; ms at times on a loaded one), time enough for a waiting
 # thread to wake (tens of us) and take the GIL
 _PAUSE = 20e-6
-IDLE = 100e-6  # seconds: an idle kernel's wait this long lets a waiting thread take the GIL, as a pause
 
 
 def _gil_enabled() -> bool:
@@ -57,11 +60,12 @@ def _gil_enabled() -> bool:
 class Handover:
     """When the GIL is next let go for the process's other threads."""
 
-    __slots__ = ("due", "handovers")
+    __slots__ = ("due", "handovers", "interval")
 
     def __init__(self) -> None:
         self.due = 0.0  # on time.monotonic(): when to look again
         self.handovers = 0  # pauses made
+        self.interval = sys.getswitchinterval()  # as last read: an idle gap this long needs no pause
 
     def hand_over(self, now: float, idle: bool = False) -> bool:
         """Let the GIL go for a moment if another thread may want it, unless
@@ -73,5 +77,6 @@ class Handover:
             self.handovers += 1
             time.sleep(_PAUSE)
             now = time.monotonic()
-        self.due = now + sys.getswitchinterval()
+        self.interval = interval = sys.getswitchinterval()
+        self.due = now + interval
         return paused

@@ -54,7 +54,7 @@ Other threads
 Before a slice, once a switch interval, the kernel lets the GIL go for a
 moment when the process has another thread (`_handover.py`): the loop's
 polls between slices release it too briefly for a waiting thread to take.
-Not when the kernel was idle until this slice: the loop's wait let it go.
+Not when the kernel was idle for a switch interval until this slice.
 
 The stall detector logs any single activation that runs longer than
 ``stall_threshold`` (25 ms, as Seastar's blocked-reactor notice), naming it.
@@ -71,7 +71,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ._continues import continued_within
-from ._handover import IDLE, Handover
+from ._handover import Handover
 
 LATENCY = "latency"
 THROUGHPUT = "throughput"
@@ -289,15 +289,15 @@ class Scheduler:
             self._slice_ended = started
             self._loop.call_soon(self._run_slice)  # the host's turn: the next one is ours
             return
+        handover = self.handover
         idle = not self._continued  # the last slice left nothing ready (or none ran): idle since
         if idle and self.slices:
             gap = started - self._slice_ended
             self._idle_time += max(0.0, gap)
-            idle = gap >= IDLE  # long enough a wait for another thread to take the GIL
+            idle = gap >= handover.interval  # threads had the GIL meanwhile (_handover.py)
         # After the host's turn and the idle time are told: a pause is
         # neither (each one counted as the host's work, and the next turn
         # was sat out), nor part of the budget
-        handover = self.handover
         if (real := time.monotonic()) >= handover.due and handover.hand_over(real, idle):
             started = now()
         deadline = started + self.budget

@@ -7,7 +7,6 @@ fixture, tests/conftest.py)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -52,89 +51,96 @@ class _Busy:
 
 @pytest.fixture
 def pauses(monkeypatch):
-    """The handover looks before every slice (a switch interval of 0) and
-    finds another thread in the process every other time (every time with
-    `pauses.every_other = False`), on a build with a GIL (without one with
-    `pauses.gil = False`, as 3.13's free-threaded); a pause advances `pauses.clock`, a
-    VirtualClock, by 0.1 ms instead of sleeping. `pauses.made` counts them."""
-    from kernel.scheduling import _handover
+    """The handover on a VirtualClock, `pauses.clock`, instead of the real
+    one: once a switch interval (5 ms) of it, the process has another
+    thread, and a pause advances the clock by 0.1 ms instead of sleeping.
+    `pauses.made` counts them; `pauses.gil = False` makes the build one
+    without a GIL (3.13's free-threaded)."""
+    from kernel.scheduling import _handover, _scheduler
 
-    state = SimpleNamespace(clock=VirtualClock(), made=0, looks=0, every_other=True, gil=True)
+    clock = VirtualClock()
+    state = SimpleNamespace(clock=clock, made=0, gil=True)
 
     def pause(seconds):
         state.made += 1
-        state.clock.advance(100e-6)
+        clock.advance(100e-6)
 
-    def active_count():
-        state.looks += 1
-        return 1 + state.looks % 2 if state.every_other else 2
-
-    monkeypatch.setattr(_handover, "time", SimpleNamespace(sleep=pause, monotonic=time.monotonic))
-    monkeypatch.setattr(_handover, "sys", SimpleNamespace(getswitchinterval=lambda: 0.0,
+    monkeypatch.setattr(_handover, "time", SimpleNamespace(sleep=pause, monotonic=clock.monotonic))
+    monkeypatch.setattr(_scheduler, "time", SimpleNamespace(monotonic=clock.monotonic))
+    monkeypatch.setattr(_handover, "sys", SimpleNamespace(getswitchinterval=lambda: 0.005,
                                                           _is_gil_enabled=lambda: state.gil))
-    monkeypatch.setattr(_handover, "threading", SimpleNamespace(active_count=active_count))
+    monkeypatch.setattr(_handover, "threading", SimpleNamespace(active_count=lambda: 2))
     return state
 
 
 async def test_a_pause_for_other_threads_is_not_taken_for_the_hosts_work(pauses):
     """A kernel busy for 20 slices with nothing else on the loop sits out no
-    turn for the host, though it pauses before every other slice: the pause
+    turn for the host, though it pauses once a switch interval: the pause
     made the gap between two slices look like the host's work (a turn sat
-    out at each pause)."""
+    out after each pause)."""
     kernel = Kernel(clock=pauses.clock)
     busy = _Busy(kernel, pauses.clock, 20)
     kernel.at_start(busy.start)
     await kernel.join()
-    assert pauses.made >= 9
+    assert pauses.made >= 3
     assert kernel.statistics().slices == 20
     assert kernel.statistics().host_turns == 0
 
 
-async def test_a_kernel_woken_after_a_wait_of_the_loop_makes_no_pause(pauses):
-    """A record that wakes an idle kernel is not held up by a pause: the
-    loop let the GIL go while it waited (one that wakes it 0.1 ms or more
-    after its last slice; its first slice too). Records that follow one
-    another closer than that still pause (the loop's polls between them are
-    too brief for a waiting thread). Each pause held a record up (~0.1 ms
-    beside an idle thread, more than 5 ms beside one that computes)."""
-    pauses.every_other = False
+class _Records:
+    """Records handed to a kernel that has nothing else to do, one at a time."""
+
+    def __init__(self, kernel) -> None:
+        self.kernel = kernel
+        self.ran = 0
+
+    def activate(self):
+        self.ran += 1
+
+    name = "record"
+
+    async def one(self) -> None:
+        ran = self.ran
+        self.kernel.ready(self)
+        while self.ran == ran:
+            await asyncio.sleep(0)
+
+
+async def test_a_kernel_woken_after_a_switch_interval_idle_makes_no_pause(pauses):
+    """A record that wakes a kernel idle for a switch interval or more (5
+    ms) is not held up by a pause: the loop let the GIL go while it waited,
+    or CPython's own switch came. Records closer together still pause once
+    a switch interval: what ran between them may have held the GIL
+    throughout (a `from_async_iterable` source's reader, a task of the
+    loop). Each pause held a record up (~0.1 ms beside an idle thread, 5 ms
+    and more beside one that computes); taking any gap of 0.1 ms for a wait
+    of the loop stopped the pauses beside a `from_async_iterable` flow, and
+    its neighbour thread starved again."""
     clock = pauses.clock
     kernel = Kernel(clock=clock)
-    ran = []
-
-    class Record:
-        def __init__(self, n):
-            self.name = f"record {n}"
-
-        def activate(self):
-            ran.append(self.name)
-
+    records = _Records(kernel)
     kernel.at_start(kernel.hold)
     joined = asyncio.create_task(kernel.join())
     await asyncio.sleep(0)
-    for n in range(5):
+    for _ in range(5):
         clock.advance(0.010)  # the loop waits 10 ms for the next record
-        kernel.ready(Record(n))
-        while len(ran) <= n:
-            await asyncio.sleep(0)
+        await records.one()
     assert pauses.made == 0
-    for n in range(5, 10):  # one at once after another: the loop did not wait
-        kernel.ready(Record(n))
-        while len(ran) <= n:
-            await asyncio.sleep(0)
+    for _ in range(12):
+        clock.advance(0.001)  # 1 ms of the host's work between two records
+        await records.one()
     kernel.release()
     await joined
-    assert pauses.made >= 4
+    assert pauses.made >= 2
 
 
 @pytest.mark.parametrize("gil", [True, False])
 async def test_a_build_without_a_gil_makes_no_pause(pauses, gil):
     """On 3.13's free-threaded build (`sys._is_gil_enabled()` False) no
     thread waits for a GIL, and a pause would only cost the kernel time."""
-    pauses.every_other = False
     pauses.gil = gil
     kernel = Kernel(clock=pauses.clock)
-    busy = _Busy(kernel, pauses.clock, 10)
+    busy = _Busy(kernel, pauses.clock, 20)
     kernel.at_start(busy.start)
     await kernel.join()
-    assert pauses.made == (9 if gil else 0)  # (not before the first slice: the kernel was idle)
+    assert (pauses.made >= 3) if gil else (pauses.made == 0)
