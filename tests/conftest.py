@@ -164,7 +164,10 @@ class _ThreadBesideAKernel:
         self.took: list[float] = []
         self.deadline = deadline
 
-    def busy_flow(self):
+    def busy_flow(self, from_async: bool = False):
+        """`from_async`: the records come from an async generator
+        (`from_async_iterable`), whose reader runs on the loop between
+        slices, rather than from a generator read inside them."""
         import time
 
         from kernel import Dataflow
@@ -178,8 +181,14 @@ class _ThreadBesideAKernel:
                 n += 1
                 yield n
 
+        async def until_done_async():
+            for n in until_done():
+                yield n
+
         flow = Dataflow("busy")
-        flow.from_iterable(until_done()).map(lambda n: n * 3).filter(lambda n: n % 7).sink(lambda n: None)
+        records = (flow.from_async_iterable(until_done_async()) if from_async
+                   else flow.from_iterable(until_done()))
+        records.map(lambda n: n * 3).filter(lambda n: n % 7).sink(lambda n: None)
         return flow
 
     def ticks(self) -> None:

@@ -7,11 +7,12 @@ fixture, tests/conftest.py)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from types import SimpleNamespace
 
 import pytest
 
-from kernel import Kernel, VirtualClock, run_async
+from kernel import Kernel, VirtualClock, run, run_async
 
 
 async def test_a_run_in_executor_call_finishes_while_a_kernel_runs_on_the_callers_loop(
@@ -24,6 +25,22 @@ async def test_a_run_in_executor_call_finishes_while_a_kernel_runs_on_the_caller
     finally:
         beside.done.set()
         await run_task
+    beside.check()
+
+
+def test_a_thread_gets_its_turns_beside_a_kernel_fed_by_an_async_iterable(thread_beside_a_kernel):
+    """The records come from an async generator: its reader runs on the
+    loop between slices, holding the GIL, and a thread beside it got 3
+    ticks a second when those gaps were taken for waits of the loop and no
+    pause was made."""
+    beside = thread_beside_a_kernel
+    ticker = threading.Thread(target=beside.ticks)
+    ticker.start()
+    try:
+        run(beside.busy_flow(from_async=True))
+    finally:
+        beside.done.set()
+        ticker.join()
     beside.check()
 
 
