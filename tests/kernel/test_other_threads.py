@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from kernel import Kernel, VirtualClock, run, run_async
+from kernel import Kernel, VirtualClock, run_async
 
 
 async def test_a_run_in_executor_call_finishes_while_a_kernel_runs_on_the_callers_loop(
@@ -28,7 +28,7 @@ async def test_a_run_in_executor_call_finishes_while_a_kernel_runs_on_the_caller
     beside.check()
 
 
-def test_a_thread_gets_its_turns_beside_a_kernel_fed_by_an_async_iterable(thread_beside_a_kernel):
+async def test_a_thread_gets_its_turns_beside_a_kernel_fed_by_an_async_iterable(thread_beside_a_kernel):
     """The records come from an async generator: its reader runs on the
     loop between slices, holding the GIL, and a thread beside it got 3
     ticks a second when those gaps were taken for waits of the loop and no
@@ -37,10 +37,10 @@ def test_a_thread_gets_its_turns_beside_a_kernel_fed_by_an_async_iterable(thread
     ticker = threading.Thread(target=beside.ticks)
     ticker.start()
     try:
-        run(beside.busy_flow(from_async=True))
+        await run_async(beside.busy_flow(from_async=True))
     finally:
         beside.done.set()
-        ticker.join()
+        ticker.join()  # done: its ticks are over, or the flow's deadline passed
     beside.check()
 
 
