@@ -97,6 +97,7 @@ def _batch_checked(emit):
 
 END = "<end of input>"  # a str: never a list, never a float
 _INF = math.inf
+_INBOX_LEFT = "an inbox left in part"  # with its instance, the holder of its kernel's input (_defer)
 
 # A chained hop reads the clock (~0.1 us) before a batch of at least this
 # many records: well under 1% of what handling them costs anywhere, while a
@@ -154,7 +155,9 @@ class Instance:
         self.is_source = node.is_source
         self.pending: list = []
         self.scheduled = False
-        self.deferring = False  # an inbox left in part when the budget ran out (activate)
+        # an inbox left in part when the budget ran out (activate): the
+        # holder of the kernel's input meanwhile (`_defer`), or None
+        self.deferring: tuple | None = None
         self.ports: list[int] = []  # each input channel's port
         self.progress = Frontier()  # the input frontier over those channels
         self.output_watermark = -_INF  # a source's: what it has promised downstream
@@ -475,9 +478,9 @@ class Instance:
             raise
         except BaseException as exc:
             raise self._handler_error(payload, exc) from exc
-        if self.deferring:
-            self.deferring = False
-            self.runtime.hold_input(self, False)
+        if self.deferring is not None:
+            hold, self.deferring = self.deferring, None
+            self.runtime.hold_input(hold, False)
         if self.drain_waiters and not self.pending:
             self.wake_drain_waiters()
 
@@ -485,11 +488,14 @@ class Instance:
         """The budget ran out with batches still in the inbox (a loop's
         round handed on at once): they go on in later ticks, ahead of what
         comes meanwhile, and the kernel holds its input till they are done
-        (`hold_input`) so that the inbox does not grow behind them."""
+        (`hold_input`) so that the inbox does not grow behind them. It
+        holds the input as a holder of its own: the instance itself is the
+        operator's (`pause_input`: an asynchronous sink whose buffer is
+        full), whose hold must outlive this one, and this one that."""
         self.pending = [*rest, *self.pending]
-        if not self.deferring:
-            self.deferring = True
-            self.runtime.hold_input(self, True)
+        if self.deferring is None:
+            self.deferring = (self, _INBOX_LEFT)
+            self.runtime.hold_input(self.deferring, True)
         if not self.scheduled:
             self.scheduled = True
             self._ready(self)
