@@ -468,7 +468,7 @@ class Instance:
                     if payload.step():  # a piece handed on; the next one in a later tick
                         self._park(payload, channel, pending[i:], again=True)
                         return
-                    self.runtime.hold_input(payload, False)
+                    self.runtime.hold_input(payload, False, pacing=True)
                 else:
                     self._progress(channel, payload)
                     if self.released:  # an alignment finished: what it held comes next
@@ -480,7 +480,7 @@ class Instance:
             raise self._handler_error(payload, exc) from exc
         if self.deferring is not None:
             hold, self.deferring = self.deferring, None
-            self.runtime.hold_input(hold, False)
+            self.runtime.hold_input(hold, False, pacing=True)
         if self.drain_waiters and not self.pending:
             self.wake_drain_waiters()
 
@@ -495,7 +495,7 @@ class Instance:
         self.pending = [*rest, *self.pending]
         if self.deferring is None:
             self.deferring = (self, _INBOX_LEFT)
-            self.runtime.hold_input(self.deferring, True)
+            self.runtime.hold_input(self.deferring, True, pacing=True)
         if not self.scheduled:
             self.scheduled = True
             self._ready(self)
@@ -517,7 +517,7 @@ class Instance:
         hold input of its own): it would only pile up behind."""
         self.pending = [(channel, unfinished), *behind, *self.pending]
         if not again:
-            self.runtime.hold_input(unfinished, True)
+            self.runtime.hold_input(unfinished, True, pacing=True)
         if not self.scheduled:
             self.scheduled = True
             self._ready(self)

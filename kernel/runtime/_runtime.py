@@ -71,13 +71,15 @@ class Runtime:
         self.upstream_of: dict[tuple[int, int], Instance] = {}
         self.paused = False  # sources wait while the transport is backed up or an operator holds them
         self._transport_blocked = False
-        # instances that called pause_input(True), and batches whose output still goes on in pieces
+        # instances that called pause_input(True) (an asynchronous sink with its buffer full)
         self._input_holders: set = set()
+        # the kernel's own work spread over ticks (`hold_input(pacing=True)`): not backpressure
+        self._pacing_holders: set = set()
         self._source_holders: set = set()  # loops whose entries are full (hold_sources)
         self._paused_sources: list[Instance] = []
         self.metrics = metrics  # count records per batch for `metrics_snapshot`
         self.backpressured = 0.0  # seconds the sources were paused by the transport
-        self._paused_at: float | None = None
+        self._paused_at: float | None = None  # metrics: when the backpressure under way began
         self._epoch_started: dict[int, float] = {}  # metrics: when each epoch began here
         self._epoch_buckets = [0] * (len(EPOCH_BUCKETS) + 1)  # per bucket (the last: above them all)
         self._epoch_seconds = 0.0
@@ -276,19 +278,24 @@ class Runtime:
         self._transport_blocked = blocked
         self._set_paused(self._blocked())
 
-    def hold_input(self, holder: object, held: bool) -> None:
+    def hold_input(self, holder: object, held: bool, pacing: bool = False) -> None:
         """`holder` cannot keep up (an instance whose operator is an
         asynchronous sink with its buffer full; the rest of a batch's output
-        still to go on, `Instance._park`): pause this kernel's sources and
-        stop reading what other kernels send, until every holder lets go."""
-        holders = self._input_holders
-        was_holding = bool(holders)
+        still to go on, `Instance._park`; an inbox left in part,
+        `Instance._defer`): pause this kernel's sources and stop reading
+        what other kernels send, until every holder lets go. A `pacing`
+        holder is the kernel spreading its own work over ticks, not
+        backpressure: the sources' time paused by it alone is not counted
+        as backpressured (metrics)."""
+        holders = self._pacing_holders if pacing else self._input_holders
+        was_holding = bool(self._input_holders) or bool(self._pacing_holders)
         if held:
             holders.add(holder)
         else:
             holders.discard(holder)
-        if bool(holders) != was_holding:
-            self.transport.hold_reading(bool(holders))
+        holding = bool(self._input_holders) or bool(self._pacing_holders)
+        if holding != was_holding:
+            self.transport.hold_reading(holding)
         self._set_paused(self._blocked())
 
     def hold_sources(self, holder, held: bool) -> None:
@@ -304,16 +311,21 @@ class Runtime:
         self._set_paused(self._blocked())
 
     def _blocked(self) -> bool:
+        return self._backpressured() or bool(self._pacing_holders)
+
+    def _backpressured(self) -> bool:
         return self._transport_blocked or bool(self._input_holders) or bool(self._source_holders)
 
     def _set_paused(self, blocked: bool) -> None:
-        if self.metrics and blocked != self.paused:
-            now = self.kernel.clock.monotonic()
-            if blocked:
-                self._paused_at = now
-            elif self._paused_at is not None:
-                self.backpressured += now - self._paused_at
-                self._paused_at = None
+        if self.metrics:
+            backpressured = self._backpressured()
+            if backpressured != (self._paused_at is not None):
+                now = self.kernel.clock.monotonic()
+                if backpressured:
+                    self._paused_at = now
+                else:
+                    self.backpressured += now - self._paused_at
+                    self._paused_at = None
         self.paused = blocked
         if not blocked:
             paused, self._paused_sources = self._paused_sources, []

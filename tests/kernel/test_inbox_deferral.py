@@ -71,3 +71,59 @@ async def test_an_operator_that_paused_the_input_stays_paused_when_its_inbox_lef
     await run_async(flow, clock=clock)
     assert sink.seen == list(range(2400))
     assert sink.polled_while_paused == 0
+
+
+class Costs(Operator):
+    """Passes records on; each costs `per_record`, each batch `per_batch`
+    seconds of the virtual clock."""
+
+    def __init__(self, clock, per_record, per_batch):
+        self.clock, self.per_record, self.per_batch = clock, per_record, per_batch
+
+    def on_batch(self, port, batch):
+        self.clock.advance(self.per_batch + self.per_record * len(batch))
+        self.emit(batch)
+
+
+
+# -- what the metrics say -------------------------------------------------------------------------
+
+
+async def test_a_kernel_pacing_its_own_work_is_not_said_to_be_backpressured(monkeypatch):
+    """A loop's step takes its round in many slices, holding the kernel's
+    input meanwhile, and a flat_map's output goes on in pieces: the
+    kernel's own pacing, not a full ring to another kernel (README's
+    streamkernel_backpressured_seconds_total): no second of it is counted
+    as backpressure (the loop's 10,240 records, 10 ms of the virtual
+    clock, were)."""
+    import kernel.runtime._runtime as runtime_module
+
+    measured: list = []
+    built = runtime_module.Runtime.__init__
+    ended = runtime_module.Runtime.instance_ended
+
+    def with_metrics(self, *args, **options):
+        options["metrics"] = True
+        built(self, *args, **options)
+
+    def noting(self, instance):
+        ended(self, instance)
+        if self._live == 0:
+            ongoing = self._paused_at is not None  # (as metrics_snapshot counts a pause under way)
+            measured.append(self.backpressured + (clock.monotonic() - self._paused_at if ongoing else 0.0))
+
+    monkeypatch.setattr(runtime_module.Runtime, "__init__", with_metrics)
+    monkeypatch.setattr(runtime_module.Runtime, "instance_ended", noting)
+    clock = VirtualClock()
+    flow = Dataflow("pacing")
+
+    def body(numbers):
+        paid = numbers.apply(lambda: Costs(clock, 1e-6, 0.0), name="costly")
+        return paid.filter(lambda x: False), paid
+
+    looped = flow.from_iterable(range(10_240), batch_size=1024).iterate(body).collect()
+    pieces = (flow.from_iterable([5_000]).flat_map(range)
+              .apply(lambda: Costs(clock, 1e-6, 0.0), name="after pieces").collect())
+    await run_async(flow, clock=clock)
+    assert sorted(looped.items) == list(range(10_240)) and pieces.items == list(range(5_000))
+    assert measured == [0.0]
