@@ -343,3 +343,60 @@ async def test_a_kernel_pacing_its_own_work_is_not_said_to_be_backpressured(monk
     await run_async(flow, clock=clock)
     assert sorted(looped.items) == list(range(10_240)) and pieces.items == list(range(5_000))
     assert measured == [0.0]
+
+
+class RoundNotes(Operator):
+    """Inside a loop: notes each batch's records and each `on_round`, and
+    costs `per_record` seconds of the virtual clock a record."""
+
+    def __init__(self, clock, per_record, seen):
+        self.clock, self.per_record, self.seen = clock, per_record, seen
+
+    def on_batch(self, port, batch):
+        self.clock.advance(self.per_record * len(batch))
+        self.seen.extend(("record", r) for r in batch)
+        self.emit(batch)
+
+    def on_round(self, round):
+        self.seen.append(("round", round))
+
+
+def _loop_examples(test):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    return settings(max_examples=25, deadline=None)(given(
+        st.sampled_from([0, 40, 3000, 6000]), st.integers(0, 6), st.integers(1, 97),
+        st.sampled_from([1, 7, 64, 1024]),
+        st.sampled_from([0.0, 1e-6, 2e-5]), st.sampled_from([0.0, 1e-6]))(test))
+
+
+@_loop_examples
+def test_a_loops_rounds_through_inboxes_left_in_part_keep_their_records_and_markers_in_order(
+        count, most, stride, batch_size, before, inside):
+    """Records `(v, round)` (`count` of them, v up to `most`) go round a loop `v` times; its steps cost the
+    virtual clock, so the step after the head and those after it leave
+    their inboxes in part at arbitrary points: a step sees round r's
+    records, then `on_round(r)`, then round r + 1's, every round once,
+    and out comes what a plain countdown makes."""
+    starts = [i * stride % (most + 1) for i in range(count)]
+    clock = VirtualClock()
+    seen: list = []
+    flow = Dataflow("rounds")
+
+    def body(values):
+        paid = values.apply(lambda: Costs(clock, before, 0.0), name="costly")
+        noted = paid.apply(lambda: RoundNotes(clock, inside, seen), name="notes")
+        return noted.filter(lambda p: p[0] > 0).map(lambda p: (p[0] - 1, p[1] + 1), name="down"), noted
+
+    out = flow.from_iterable([(v, 0) for v in starts], batch_size=batch_size).iterate(body).collect()
+    asyncio.run(run_async(flow, clock=clock))
+    assert sorted(out.items) == sorted((v - r, r) for v in starts for r in range(v + 1))
+    round_ = 0
+    for entry in seen:
+        if entry[0] == "round":
+            assert entry[1] == round_
+            round_ += 1
+        else:
+            assert entry[1][1] == round_, (entry, round_)
+    assert round_ == (max(starts) + 1 if starts else 1)
