@@ -713,21 +713,33 @@ def _check_task_class(task_class: object, name: str) -> None:
                          f"got {task_class!r}")
 
 
-def _checked(factory: Callable[[], Operator], kind: type[Operator], name: str) -> Callable[[], Operator]:
+def _checked(factory: Callable[[], Operator], kind: type[Operator], name: str) -> _CheckedFactory:
     # the class: its task_class is known now, when the flow is built, unless the class
     # computes it (a property) or holds it in a slot: then its instance tells
     task_class = getattr(factory, "task_class", None) if isinstance(factory, type) else None
     if task_class is not None and not inspect.isdatadescriptor(task_class):
         _check_task_class(task_class, name)
+    return _CheckedFactory(factory, kind, name)
 
-    @functools.wraps(factory, assigned=("__doc__",))
-    def make() -> Operator:
+
+class _CheckedFactory:
+    """A user's factory (`apply`, `source`), what it makes checked, and its
+    failure named by `step` (the step's label, once the graph has numbered
+    it: `_labelled`)."""
+
+    def __init__(self, factory: Callable[[], Operator], kind: type[Operator], name: str) -> None:
+        self.factory, self.kind, self.name = factory, kind, name
+        self.step = name
+        self.__doc__ = factory.__doc__
+
+    def __call__(self) -> Operator:
+        factory, kind, name = self.factory, self.kind, self.name
         try:
             op = factory()
         except PASSES_THROUGH:
             raise
         except BaseException as exc:  # raised bare, it named no step (a Stop(BaseException) too)
-            raise OperatorError.wrap(make.step, factory, exc, has_record=False) from exc
+            raise OperatorError.wrap(self.step, factory, exc, has_record=False) from exc
         if not isinstance(op, kind):
             raise TypeError(f"{name}: factory returned {op!r}, not a {kind.__name__}")
         _check_task_class(op.task_class, name)
@@ -736,14 +748,13 @@ def _checked(factory: Callable[[], Operator], kind: type[Operator], name: str) -
             op._emit_checked = True  # its emit checks that it is given a batch (the runtime)
         return op
 
-    make.step = name  # the step's label, once the graph has numbered it (_labelled)
-    return make
-
 
 def _labelled(node: Node) -> Node:
-    """`node`, its factory told the step's label (`name (step N)`) for the
-    errors it names."""
-    node.factory.step = node.label
+    """`node`, its factory (a `_CheckedFactory`) told the step's label
+    (`name (step N)`) for the errors it names."""
+    factory = node.factory
+    if isinstance(factory, _CheckedFactory):
+        factory.step = node.label
     return node
 
 
