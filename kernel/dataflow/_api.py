@@ -731,6 +731,7 @@ class _CheckedFactory:
         self.factory, self.kind, self.name = factory, kind, name
         self.step = name
         self.__doc__ = factory.__doc__
+        self.__wrapped__ = factory  # the step's kind is factory's (_graph.factory_kind)
 
     def __call__(self) -> Operator:
         factory, kind, name = self.factory, self.kind, self.name
