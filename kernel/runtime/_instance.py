@@ -54,6 +54,8 @@ its input (its sources pause, the reader reads nothing): nothing piles up.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import heapq
 import itertools
 import math
@@ -578,7 +580,7 @@ class Instance:
                     self._finish()
                 elif hasattr(draining, "add_done_callback"):
                     # work of its own still under way (a sink's writes): end once it is done
-                    draining.add_done_callback(self._end_due)
+                    _on_the_loop(draining, self.runtime.kernel.loop).add_done_callback(self._end_due)
                 else:  # otherwise a bare AttributeError, blamed on whichever handler was running
                     raise _returned(self, "on_end", draining, "None, or a future (an asyncio task) that the "
                                     "step's end waits for")
@@ -920,6 +922,18 @@ def _call_emitting(instance: Instance, handler: str, *args) -> None:
     returned = _call(instance, handler, *args)
     if returned is not None:
         raise _returned(instance, handler, returned)
+
+
+def _on_the_loop(work, loop):
+    """`work` (what on_end handed back) as a future whose callbacks run on
+    the kernel's loop. A thread pool's future (`concurrent.futures`) calls
+    them in the thread that completes it, and the kernel's scheduling is the
+    loop's alone: from there `_ready` queued the step without waking the
+    loop (the run hung in its wait). `wrap_future` hands the completion, a
+    result or an error, to the loop (call_soon_threadsafe)."""
+    if isinstance(work, concurrent.futures.Future):
+        return asyncio.wrap_future(work, loop=loop)
+    return work
 
 
 def _returned(instance: Instance, handler: str, value, allowed: str = "None") -> OperatorError:

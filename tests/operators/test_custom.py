@@ -4,11 +4,13 @@ runnable examples in the docstrings."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import doctest
 import importlib
 import importlib.util
 import math
 import pkgutil
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -617,6 +619,77 @@ def test_on_end_returning_records_is_told_to_emit_them_or_return_a_future():
         run(flow)
     allowed = "None, or a future (an asyncio task) that the step's end waits for"
     assert str(info.value).endswith(_returned_message(_EndReturnsList, "on_end", "[3]", allowed))
+
+
+class _EndsInAThread(Operator):
+    """Its on_end hands back a thread pool's future: work that waits for
+    `release`, then raises `error` (None: succeeds)."""
+
+    def __init__(self, pool, started, release, trace, error):
+        self.pool, self.started, self.release = pool, started, release
+        self.trace, self.error = trace, error
+
+    def on_batch(self, port, batch):
+        self.emit(batch)
+
+    def on_end(self):
+        return self.pool.submit(self._flush)
+
+    def _flush(self):
+        self.started.set()
+        self.release.wait()
+        self.trace.append("work done")
+        if self.error is not None:
+            raise self.error
+
+
+class _TellsItsEnd(Operator):
+    def __init__(self, trace):
+        self.trace = trace
+
+    def on_batch(self, port, batch):
+        self.emit(batch)
+
+    def on_end(self):
+        self.trace.append("next step ended")
+
+
+@pytest.mark.parametrize("error", [None, ValueError("bad")], ids=["succeeds", "fails"])
+def test_on_end_may_return_a_thread_pools_future_the_kernels_loop_is_told_of(error):
+    # Its done-callback runs in the pool's thread, which readied the step (or
+    # failed the run) from there: the loop was not woken (the run hung in
+    # its wait), and in asyncio's debug mode the call was refused outright.
+    trace: list = []
+    started, release = threading.Event(), threading.Event()
+
+    async def scenario():
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            flow = Dataflow("ending")
+            out = (flow.from_iterable([1, 2])
+                   .apply(lambda: _EndsInAThread(pool, started, release, trace, error), name="ending")
+                   .apply(lambda: _TellsItsEnd(trace), name="next").collect())
+            running = asyncio.ensure_future(run_async(flow))
+            while not started.is_set():
+                await asyncio.sleep(0.001)
+            assert trace == [] and not running.done()  # the step waits for the work
+            release.set()
+            try:
+                await asyncio.wait_for(running, 10)
+            finally:
+                release.set()
+        return out
+
+    if error is None:
+        out = asyncio.run(scenario(), debug=True)
+        assert trace == ["work done", "next step ended"]
+        assert out.items == [1, 2]
+        return
+    with pytest.raises(OperatorError) as info:
+        asyncio.run(scenario(), debug=True)
+    assert info.value.__cause__ is error
+    assert str(info.value) == (f"operator 'ending (step 1)': function '{__name__}._EndsInAThread.on_end' "
+                               "raised ValueError: bad")
+    assert trace == ["work done"]
 
 
 def test_on_round_returning_records_is_an_error_naming_it():
