@@ -77,6 +77,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
+from ._causes import untrusted_certificate
+
 log = logging.getLogger("kernel.links")
 
 PATH = "/kernel-link"
@@ -976,6 +978,7 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
                 raise LinkError(f"{url} answered, but not as a kernel server ({exc.status} "
                                 f"{exc.message})") from exc
             except (aiohttp.ClientConnectionError, OSError) as exc:
+                _refuse_untrusted_certificate(url, exc)
                 if loop.time() + delay > deadline:
                     raise LinkError(f"could not reach {url} within {timeout:g} s: {exc}") from exc
                 await asyncio.sleep(delay)
@@ -999,6 +1002,18 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
         if own_session:
             await session.close()
         raise
+
+
+def _refuse_untrusted_certificate(url: str, exc: BaseException) -> None:
+    """A certificate that does not verify never will: it was retried until
+    the timeout (2 s for an executor, longer for a job's links), then said
+    to be unreachable."""
+    error = untrusted_certificate(exc)
+    if error is not None:
+        why = getattr(error, "verify_message", None) or error
+        raise LinkError(f"{url} presented a TLS certificate that does not verify ({why}): no retry "
+                        "mends that (is the certificate signed by the CA given, and issued for this "
+                        "address?)") from exc
 
 
 async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None,

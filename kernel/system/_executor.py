@@ -46,6 +46,7 @@ from pathlib import Path
 from kernel.cli._lease import VARIABLE as LEASE_VARIABLE
 from kernel.cli._lease import LeaseWriter
 from kernel.dataflow._errors import KernelError
+from kernel.net._causes import untrusted_certificate
 from kernel.net._links import AuthenticationFailed
 from kernel.system._wire import (
     EXECUTOR,
@@ -54,7 +55,6 @@ from kernel.system._wire import (
     _url_host,
     dial,
     tls_handshake_failure,
-    untrusted_certificate,
 )
 
 log = logging.getLogger("kernel.system")

@@ -24,6 +24,8 @@ import ssl
 import aiohttp
 import msgspec
 
+from kernel.net._causes import causes
+
 log = logging.getLogger("kernel.system")
 
 PATH = "/kernel-system"
@@ -169,33 +171,13 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _causes(exc: BaseException) -> list[BaseException]:
-    """What caused `exc`, innermost first, and `exc` last: `dial`'s
-    LinkError wraps aiohttp's error, which wraps the TLS layer's or the
-    socket's, the one that says what happened (aiohttp's own errors are
-    ssl errors too, their text the whole connection's)."""
-    chain: list[BaseException] = []
-    while exc is not None and all(exc is not seen for seen in chain):
-        chain.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    return chain[::-1]
-
-
-def untrusted_certificate(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The verification error, when `dial` failed because the other side's
-    certificate does not verify (signed by a CA we were not given, issued
-    for another name or address, expired): a configuration error, which no
-    retry mends."""
-    return next((e for e in _causes(exc) if isinstance(e, ssl.SSLCertVerificationError)), None)
-
-
 def tls_handshake_failure(exc: BaseException) -> str | None:
     """Why the TLS handshake of a `dial` over TLS failed, when it did: an
     error of the TLS layer (a peer that does not speak TLS), or the
     connection reset or closed during it (a coordinator restarting, or one
     refusing our certificate: TLS gives the client no clearer word for
     that); None when it failed before (nobody listens) or otherwise."""
-    for cause in _causes(exc):
+    for cause in causes(exc):
         if isinstance(cause, (ssl.SSLError, ConnectionResetError, aiohttp.ServerDisconnectedError)):
             return str(cause) or type(cause).__name__
     return None

@@ -643,6 +643,27 @@ async def test_a_tls_port_closes_a_connection_that_never_starts_tls(tmp_path):
         await server.stop()
 
 
+async def test_a_server_certificate_that_does_not_verify_fails_the_connect_at_once(tmp_path):
+    """It never will verify: it was retried until the timeout (here 30 s),
+    then said to be unreachable."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-keyout", "key.pem",
+                    "-out", "cert.pem"], cwd=tmp_path, check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server = await start_server([], ssl_context=context)
+    address = f"https://127.0.0.1:{server.port}"
+    try:
+        with pytest.raises(LinkError) as info:  # the client trusts the system's CAs, not this self-signed one
+            await asyncio.wait_for(links_connect(address, SECRET, 1, timeout=30.0,
+                                                 ssl=ssl.create_default_context()), 5.0)
+        assert str(info.value) == (
+            f"{address} presented a TLS certificate that does not verify (self-signed certificate): no "
+            "retry mends that (is the certificate signed by the CA given, and issued for this address?)")
+    finally:
+        await server.stop()
+
+
 def send_garbage(port: int, chunk: bytes, times: int) -> None:
     """Send `chunk` `times` times on a new connection, then read until the
     server closes; a server that drops the connection early resets it."""
