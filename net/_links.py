@@ -684,6 +684,60 @@ class _Guard(web.Server):
             self._overflow_timer = self._loop.call_later(_OVERFLOW_LOG_EVERY, self._report_overflow)
 
 
+class _TLSFront(asyncio.Protocol):
+    """A connection to a TLS port until its TLS handshake is done (the
+    server's `_tls_handshake`), then the guard's handler's: what the TLS
+    layer read past the handshake before the handler took over is kept
+    and handed to it."""
+
+    def __init__(self, server: AuthenticatedServer) -> None:
+        self._server = server
+        self._handler: asyncio.Protocol | None = None
+        self._early: list[bytes] = []
+        self._eof = self._lost = False
+
+    def connection_made(self, transport) -> None:
+        if self._handler is None:  # the TCP connection (not the TLS one start_tls makes)
+            transport.pause_reading()  # start_tls's TLS layer reads the first byte (asyncio's loop)
+            self._server._start_tls(self, transport)
+
+    def replay_to(self, transport) -> None:
+        """What came before the TLS layer took over (uvloop starts reading
+        right after connection_made, paused or not: the ClientHello came
+        here), fed to it, in order, before it reads anything more."""
+        early, self._early = self._early, []
+        layer = transport.get_protocol()
+        for data in early:
+            while data:
+                buffer = layer.get_buffer(len(data))
+                n = min(len(buffer), len(data))
+                buffer[:n] = data[:n]
+                layer.buffer_updated(n)
+                data = data[n:]
+
+    def hand_over(self, tls: asyncio.Transport, handler: asyncio.Protocol) -> None:
+        if self._lost:
+            return
+        self._handler = handler
+        tls.set_protocol(handler)
+        handler.connection_made(tls)
+        for data in self._early:
+            handler.data_received(data)
+        self._early = []
+        if self._eof:
+            handler.eof_received()
+
+    def data_received(self, data: bytes) -> None:
+        self._early.append(data)
+
+    def eof_received(self):
+        self._eof = True
+        return True  # (the handler decides, once it has the connection)
+
+    def connection_lost(self, exc) -> None:
+        self._lost = True
+
+
 def _address(transport) -> str:
     peer = transport.get_extra_info("peername")
     return str(peer[0]) if peer else "an unknown address"
@@ -742,6 +796,7 @@ class AuthenticatedServer:
         self._guard: _Guard | None = None
         self._listener: asyncio.AbstractServer | None = None
         self._sessions: set = set()  # the authenticated peers' websockets, while served (stop closes them)
+        self._tls_handshakes: set[asyncio.Task] = set()  # TLS handshakes under way (_TLSFront)
 
     @property
     def pending(self) -> int:
@@ -759,9 +814,8 @@ class AuthenticatedServer:
         await self._runner.setup()
         # (not aiohttp's TCPSite: it leaves a TLS handshake asyncio's 60 s;
         # the TLS handshake comes before the guard sees the connection)
-        tls_timeout = self.handshake_timeout if self.ssl_context is not None else None
-        self._listener = await asyncio.get_running_loop().create_server(
-            self._guard, self.host, self.port, ssl=self.ssl_context, ssl_handshake_timeout=tls_timeout)
+        accept = self._guard if self.ssl_context is None else self._tls_front
+        self._listener = await asyncio.get_running_loop().create_server(accept, self.host, self.port)
         if self.port == 0:
             self.port = self._listener.sockets[0].getsockname()[1]
 
@@ -773,6 +827,8 @@ class AuthenticatedServer:
         aiohttp's shutdown waited for every websocket still open."""
         if self._listener is not None:
             self._listener.close()
+        for handshake in list(self._tls_handshakes):
+            handshake.cancel()
         if self._guard is not None:
             self._guard.close()
         if self._sessions:
@@ -781,6 +837,37 @@ class AuthenticatedServer:
             await asyncio.wait(closing, timeout=2 * _CLOSE_WAIT)
         if self._runner is not None:
             await self._runner.cleanup()
+
+    def _tls_front(self) -> _TLSFront:
+        return _TLSFront(self)
+
+    def _start_tls(self, front: _TLSFront, transport: asyncio.Transport) -> None:
+        handshake = asyncio.ensure_future(self._tls_handshake(front, transport))
+        self._tls_handshakes.add(handshake)
+        handshake.add_done_callback(self._tls_handshakes.discard)
+
+    async def _tls_handshake(self, front: _TLSFront, transport: asyncio.Transport) -> None:
+        """The TLS handshake (the guard's time limit), then the connection
+        is the guard's; a failed one is a refusal, logged: asyncio's own TLS
+        server dropped it in silence (an OSError: said in debug mode only),
+        so a coordinator refusing an executor's certificate said nothing,
+        and the executor saw only "Server disconnected"."""
+        address = _address(transport)
+        loop = asyncio.get_running_loop()
+        # start_tls pauses reading and puts its TLS layer in place at once
+        # (this step), then calls the layer's connection_made and resumes
+        # reading (the next): this callback, queued before, runs between.
+        loop.call_soon(front.replay_to, transport)
+        try:
+            tls = await loop.start_tls(
+                transport, front, self.ssl_context, server_side=True,
+                ssl_handshake_timeout=self.handshake_timeout)
+        except OSError as exc:  # an ssl.SSLError, a reset, the time limit (start_tls closed it)
+            why = getattr(exc, "verify_message", None) or str(exc) or type(exc).__name__
+            self._guard.refusals.warn("refused %s from %s: TLS handshake failed (%s)", self.noun, address,
+                                      why)
+            return
+        front.hand_over(tls, self._guard())
 
     async def _serve(self, request: web.BaseRequest):
         # A refused request's answer closes the connection (`force_close`:

@@ -664,6 +664,54 @@ async def test_a_server_certificate_that_does_not_verify_fails_the_connect_at_on
         await server.stop()
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_tls_handshake_the_server_refuses_is_logged_naming_the_peer_and_why(tmp_path, caplog, loop):
+    """Mutual TLS: a peer without a certificate the CA signed is refused in
+    the TLS handshake, which asyncio's TLS server dropped in silence (a
+    coordinator refusing an executor said nothing; the executor saw only
+    "Server disconnected"). A peer with one still links, on asyncio's loop
+    and on uvloop's (the links' relay: it reads before a paused protocol
+    may say so, so the handshake's first bytes reach the server first)."""
+    import uvloop
+
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext",
+                    "subjectAltName=IP:127.0.0.1", "-keyout", "key.pem", "-out", "cert.pem"],
+                   cwd=tmp_path, check=True, capture_output=True)
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"  # (self-signed: its own CA)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=cert)
+    server_context.load_cert_chain(cert, key)
+    server_context.verify_mode = ssl.CERT_REQUIRED
+    stranger = ssl.create_default_context(cafile=cert)  # trusts the server, has no certificate
+
+    async def scenario():
+        received = []
+        server = await start_server(received, ssl_context=server_context)
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", server.port, ssl=stranger), 5.0)
+            await until(lambda: "TLS handshake failed" in caplog.text)
+            writer.close()
+            member = ssl.create_default_context(cafile=cert)
+            member.load_cert_chain(cert, key)
+            link, session = await dial(f"https://127.0.0.1:{server.port}", SECRET, 1, CHANNELS,
+                                       lambda *frame: None, ssl=member)
+            reader = asyncio.ensure_future(link.run())
+            await link.send(0, 1, b"over TLS")
+            await until(lambda: received == [(1, 0, 1, b"over TLS")])
+            await link.close()
+            await session.close()
+            reader.cancel()
+        finally:
+            await server.stop()
+
+    with caplog.at_level(logging.WARNING, logger="kernel.links"):
+        (uvloop.run if loop == "uvloop" else asyncio.run)(scenario())
+    (refusal,) = [r.getMessage() for r in caplog.records if "TLS handshake" in r.getMessage()]
+    assert refusal.startswith("refused a link from 127.0.0.1: TLS handshake failed ([SSL: "
+                              "PEER_DID_NOT_RETURN_A_CERTIFICATE] peer did not return a certificate"), refusal
+
+
 def send_garbage(port: int, chunk: bytes, times: int) -> None:
     """Send `chunk` `times` times on a new connection, then read until the
     server closes; a server that drops the connection early resets it."""

@@ -248,3 +248,21 @@ def test_an_executor_whose_tls_handshakes_are_reset_says_so_once_and_registers_o
         resetting.wait()
         resetting.stdout.close()
         system.close()
+
+
+def test_a_coordinator_that_refuses_an_executors_certificate_says_so_naming_it(certificates, tmp_path):
+    """Mutual TLS: an executor whose certificate the coordinator's --tls-ca
+    did not sign is refused in the TLS handshake. Neither side said so:
+    asyncio's TLS server drops a failed handshake in silence, and the
+    executor sees only the connection closed."""
+    system = System(tmp_path)
+    try:
+        system.start_coordinator(*node_options(certificates))
+        system.start_executor(1, "--tls-cert", certificates["other.pem"], "--tls-key",
+                              certificates["other.key"], "--tls-ca", certificates["ca.pem"])
+        said = re.compile(r"refused a system connection from 127\.0\.0\.1: TLS handshake failed "
+                          r"\(self.signed certificate\)")
+        wait_until(lambda: said.search(system.coordinator_log.read_text()), timeout=20,
+                   what="the coordinator to say why")
+    finally:
+        system.close()
