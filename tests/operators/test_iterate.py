@@ -399,24 +399,31 @@ def test_a_step_after_a_loop_may_emit_on_the_watermark_and_at_the_end():
     assert counted.items == [4]
 
 
+def _fed_back_error(n: int, make_record=None) -> str:
+    """The error of a keyed loop on `n` kernels that feeds back values
+    (each made into `make_record(value)` if given), not pairs, while it
+    reads only pairs itself."""
+
+    def body(pairs):
+        values = pairs.filter(lambda p: isinstance(p, tuple)).map(lambda p: p[1] - 1)
+        fed = values.filter(lambda v: v > 0)
+        return (fed if make_record is None else fed.map(make_record)), pairs.count()
+
+    flow = Dataflow()
+    flow.from_iterable([3]).key_by(lambda v: v % 2).iterate(body)
+    with pytest.raises(KernelError) as caught:
+        run(flow, cores=n)
+    return str(caught.value.__cause__ if n > 1 else caught.value)
+
+
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_a_keyed_loop_that_feeds_back_records_not_pairs_fails_naming_the_record(n):
     """The loop's input is keyed, so what comes back is read as (key,
     value) pairs: the step that reads the first one that is not (the
     count on one kernel, the loop's input crossing to the key's kernel on
     several) names it and says what a keyed stream needs."""
-
-    def body(pairs):  # feeds back the values alone (and reads only pairs itself)
-        values = pairs.filter(lambda p: isinstance(p, tuple)).map(lambda p: p[1] - 1)
-        return values.filter(lambda v: v > 0), pairs.count()
-
-    flow = Dataflow()
-    flow.from_iterable([3]).key_by(lambda v: v % 2).iterate(body)
     step = "count (step 6)" if n == 1 else "iterate(body): input (step 2)"
-    with pytest.raises(KernelError) as caught:
-        run(flow, cores=n)
-    error = caught.value.__cause__ if n > 1 else caught.value
-    assert str(error) == (
+    assert _fed_back_error(n) == (
         f"operator '{step}': function '(key, value) = record' raised TypeError: 'int' object is not "
         "subscriptable\n  on record: 2\n  a keyed stream's records are (key, value) pairs (key_by makes "
         "them): a loop on a keyed stream must feed such pairs back")
@@ -441,18 +448,8 @@ def test_a_fed_back_record_whose_unpacking_raises_a_base_exception_is_named_as_n
     """Asking whether it is a pair raised its Stop, on the error path: the
     run failed naming the count's handler (one kernel) or the loop input's
     activation (two), no record and no word of pairs."""
-
-    def body(pairs):
-        values = pairs.filter(lambda p: isinstance(p, tuple)).map(lambda p: p[1] - 1)
-        return values.filter(lambda v: v > 0).map(lambda v: _Unpackable()), pairs.count()
-
-    flow = Dataflow()
-    flow.from_iterable([3]).key_by(lambda v: v % 2).iterate(body)
     step = "count (step 7)" if n == 1 else "iterate(body): input (step 2)"
-    with pytest.raises(KernelError) as caught:
-        run(flow, cores=n)
-    error = caught.value.__cause__ if n > 1 else caught.value
-    assert str(error) == (
+    assert _fed_back_error(n, lambda v: _Unpackable()) == (
         f"operator '{step}': function '(key, value) = record' raised TypeError: '_Unpackable' object is "
         "not subscriptable\n  on record: _Unpackable()\n  a keyed stream's records are (key, value) pairs "
         "(key_by makes them): a loop on a keyed stream must feed such pairs back")

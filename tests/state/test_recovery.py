@@ -600,18 +600,25 @@ def test_state_that_does_not_pickle_names_its_step_and_says_state_must_pickle(tm
     assert "every step's state is pickled at each epoch" in failed.stderr
 
 
+def _crashed_and_resumed_as(tmp_path, cores: int, resumed_on: int, mode: str):
+    """STATE_OF_A_CLASS crashed on `cores` kernels once its state is in a
+    snapshot, then resumed on `resumed_on` as `mode`, failing: the resumed
+    run and its `error: ` line."""
+    (tmp_path / "pipeline.py").write_text(STATE_OF_A_CLASS)
+    crash = "snapshot:5" + ("@1" if cores == 2 else "")  # (~30 epochs a kernel: state in the 4th)
+    first = run_tallies(tmp_path, cores, "first", crash)
+    assert first.returncode != 0, "the crash point was never reached"
+    resumed = run_tallies(tmp_path, resumed_on, mode)
+    assert resumed.returncode == 1, resumed.stderr
+    return resumed, next(line for line in resumed.stderr.splitlines() if line.startswith("error: "))
+
+
 @pytest.mark.parametrize("cores", [1, 2])
 def test_state_whose_unpickling_raises_a_base_exception_names_its_step(tmp_path, cores):
     """A `__setstate__` that raises a BaseException that is not an
     Exception went past the step's `except Exception`: the resumed run
     failed with the bare Stop, naming no step."""
-    (tmp_path / "pipeline.py").write_text(STATE_OF_A_CLASS)
-    crash = "snapshot:5" + ("@1" if cores == 2 else "")  # (~30 epochs a kernel: state in the 4th)
-    first = run_tallies(tmp_path, cores, "first", crash)
-    assert first.returncode != 0, "the crash point was never reached"
-    resumed = run_tallies(tmp_path, cores, "refusing")
-    assert resumed.returncode == 1, resumed.stderr
-    error = next(line for line in resumed.stderr.splitlines() if line.startswith("error: "))
+    resumed, error = _crashed_and_resumed_as(tmp_path, cores, cores, "refusing")
     assert error.endswith("operator 'stateful_map(tally) (step 3)': function 'pickle.loads' raised "
                           "Stop: no state"), resumed.stderr
 
@@ -622,13 +629,7 @@ def test_a_snapshot_holding_a_class_renamed_since_names_its_step_and_the_way_out
     has under that name was a bare traceback (1 kernel) or "kernel 0
     failed: AttributeError" naming no step (2). Resumed on another number
     of kernels, every old kernel's snapshot is read by each new one."""
-    (tmp_path / "pipeline.py").write_text(STATE_OF_A_CLASS)
-    crash = "snapshot:5" + ("@1" if cores == 2 else "")  # (~30 epochs a kernel: state in the 4th)
-    first = run_tallies(tmp_path, cores, "first", crash)
-    assert first.returncode != 0, "the crash point was never reached"
-    resumed = run_tallies(tmp_path, resumed_on, "renamed")
-    assert resumed.returncode == 1, resumed.stderr
-    error = next(line for line in resumed.stderr.splitlines() if line.startswith("error: "))
+    resumed, error = _crashed_and_resumed_as(tmp_path, cores, resumed_on, "renamed")
     assert error.endswith("operator 'stateful_map(tally) (step 3)': function 'pickle.loads' raised "
                           "AttributeError: Can't get attribute 'Tally' on <module '__kernel_pipeline__' "
                           f"from '{tmp_path / 'pipeline.py'}'>"), resumed.stderr

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import itertools
+import re
 import signal
 import subprocess
 import sys
@@ -381,24 +383,31 @@ def test_an_error_text_that_is_not_utf8_fails_its_call_only(where, kind):
     handler's broke the connection and every call pipelined on it, an
     async one's call was never answered."""
 
-    async def scenario():
-        def fail(request):
-            if request == "bad":
-                raise ValueError(b"caf\xe9".decode("utf-8", "surrogateescape"))
-            return request
+    error = ValueError(b"caf\xe9".decode("utf-8", "surrogateescape"))
+    run(functools.partial(only_the_bad_call_fails, where, kind, error, r"failed: ValueError: caf\\udce9$"))
 
-        async def fail_async(request):
-            return fail(request)
 
-        async with serving(where, fail if kind == "sync" else fail_async) as service:
-            async with ServiceClient(service.name, coordinator=where, timeout=4) as svc:
-                good = asyncio.ensure_future(svc.call("good"))
-                with pytest.raises(ServiceError, match=r"failed: ValueError: caf\\udce9$"):
-                    await svc.call("bad")
-                assert await good == "good"
-                assert await svc.call("after") == "after"
+async def only_the_bad_call_fails(where, kind: str, exc: BaseException, pattern: str) -> None:
+    """A service whose handler (`kind` "sync" or "async") raises `exc` for
+    the request "bad": that call fails with a ServiceError matching
+    `pattern`, a call pipelined beside it and one after it are answered
+    (the connection goes on)."""
 
-    run(scenario)
+    def fail(request):
+        if request == "bad":
+            raise exc
+        return request
+
+    async def fail_async(request):
+        return fail(request)
+
+    async with serving(where, fail if kind == "sync" else fail_async) as service:
+        async with ServiceClient(service.name, coordinator=where, timeout=4) as svc:
+            good = asyncio.ensure_future(svc.call("good"))
+            with pytest.raises(ServiceError, match=pattern.format(name=re.escape(service.name))):
+                await svc.call("bad")
+            assert await good == "good"
+            assert await svc.call("after") == "after"
 
 
 def test_a_call_given_up_does_not_cancel_work_another_call_waits_on(where):
@@ -470,25 +479,8 @@ def test_a_handler_that_raises_a_base_exception_fails_its_call_as_an_exception_d
     every call pipelined on it with "the connection closed", an async
     one's call was never answered (its caller waited for its timeout)."""
 
-    async def scenario():
-        def fail(request):
-            if request == "bad":
-                raise exc
-            return request
-
-        async def fail_async(request):
-            return fail(request)
-
-        async with serving(where, fail if kind == "sync" else fail_async) as service:
-            async with ServiceClient(service.name, coordinator=where, timeout=4) as svc:
-                good = asyncio.ensure_future(svc.call("good"))
-                error = f"{type(exc).__name__}: {exc}"
-                with pytest.raises(ServiceError, match=rf"^service '{service.name}' failed: {error}$"):
-                    await svc.call("bad")
-                assert await good == "good"
-                assert await svc.call("after") == "after"  # (the connection goes on)
-
-    run(scenario)
+    pattern = "^service '{name}' failed: " + re.escape(f"{type(exc).__name__}: {exc}") + "$"
+    run(functools.partial(only_the_bad_call_fails, where, kind, exc, pattern))
 
 
 def test_closing_the_wait_for_a_handlers_reply_is_no_failure_of_the_handler(where):
