@@ -135,6 +135,9 @@ _HTTP_MAX_HEADERS = 32  # aiohttp's client sends 8
 # challenge before it may be closed to make room (`_Guard._make_room_for`):
 # a peer answers in milliseconds, a stranger holding the slot never does
 _EVICTABLE_AFTER = 1.0
+# seconds past its time limit a TLS handshake keeps its pending slot, at
+# most (start_tls's own timer ends it at the limit: ours is a backstop)
+_TLS_BACKSTOP = 1.0
 _OVERFLOW_LOG_EVERY = 5.0  # seconds between reports of refusals over MAX_PENDING
 REFUSALS_LOGGED = 10  # refusals logged one by one in each _OVERFLOW_LOG_EVERY seconds; the rest counted
 _CLOSE_WAIT = 1.0  # seconds a closing server end waits for the peer's close frame
@@ -573,6 +576,21 @@ class _Guard(web.Server):
 
     def connection_made(self, handler, transport) -> None:
         super().connection_made(handler, transport)
+        self._admit(handler, transport, self._expire)
+
+    def tls_started(self, front, transport) -> bool:
+        """A connection to a TLS port, before its TLS handshake: it takes a
+        pending slot like any other (its SSL object and buffers cost as
+        much as a connection waiting to authenticate), until `tls_ended`.
+        False: over the limit, closed (and counted as a refusal)."""
+        return self._admit(front, transport, self._expire_tls)
+
+    def tls_ended(self, front) -> None:
+        """The TLS handshake failed, or is done (the connection is about to
+        be the guard's own, counted again then as pending): its slot is free."""
+        self.authenticated(front)
+
+    def _admit(self, key, transport, expire) -> bool:
         address = _address(transport)
         if len(self._pending) >= self.max_pending and not self._make_room_for(address):
             # (soon, not now: aiohttp's handler finishes setting up first)
@@ -581,10 +599,11 @@ class _Guard(web.Server):
             self._overflow_from = address
             if self._overflow_timer is None:
                 self._report_overflow()
-            return
+            return False
         deadline = self._loop.time() + self.handshake_timeout
-        timer = self._loop.call_at(deadline, self._expire, handler, transport)
-        self._pending[handler] = [deadline, timer, address, transport, 0]  # (0: bytes received)
+        timer = self._loop.call_at(deadline, expire, key, transport)
+        self._pending[key] = [deadline, timer, address, transport, 0]  # (0: bytes received)
+        return True
 
     def _make_room_for(self, address: str) -> bool:
         """All slots are taken: close the oldest pending connection of the
@@ -668,6 +687,17 @@ class _Guard(web.Server):
                            _no_handshake(self.handshake_timeout, "it sent no websocket upgrade"))
         transport.abort()
 
+    def _expire_tls(self, front, transport) -> None:
+        """Only a backstop: start_tls's own time limit (the same) ends a TLS
+        handshake, and the refusal is logged where it fails."""
+        entry = self._pending.get(front)
+        if entry is not None:  # (start_tls's timer, set a moment after ours, has yet to fire)
+            entry[1] = self._loop.call_later(_TLS_BACKSTOP, self._abort_tls, front, transport)
+
+    def _abort_tls(self, front, transport) -> None:
+        if self._pending.pop(front, None) is not None:
+            transport.abort()
+
     def _report_overflow(self, again: bool = True) -> None:
         """Refusals over max_pending are reported at once, then counted and
         reported at most every few seconds: a flood of connections must not
@@ -736,6 +766,7 @@ class _TLSFront(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self._lost = True
+        self._server._tls_ended(self)  # (gone before start_tls's layer took over; else done already)
 
 
 def _address(transport) -> str:
@@ -767,8 +798,9 @@ class AuthenticatedServer:
     above, both ways), guarded against strangers: before a connection
     authenticates it may cost little: messages of at most
     HANDSHAKE_MAX_MESSAGE bytes, no compression (ever), small HTTP header
-    limits, at most `max_pending` such connections (the next is closed at
-    once) and `handshake_timeout` seconds from connecting to authenticated
+    limits, at most `max_pending` such connections (with TLS, counting
+    those still in their TLS handshake; the next is closed at once) and
+    `handshake_timeout` seconds from connecting to authenticated
     (then closed, and logged; with TLS, the TLS handshake before gets as
     long again). Every refusal is logged as `refused {noun} from ADDRESS:
     why` (past REFUSALS_LOGGED in a few seconds, counted: `_RefusalLog`).
@@ -842,6 +874,8 @@ class AuthenticatedServer:
         return _TLSFront(self)
 
     def _start_tls(self, front: _TLSFront, transport: asyncio.Transport) -> None:
+        if not self._guard.tls_started(front, transport):  # over max_pending: closed, no TLS
+            return
         handshake = asyncio.ensure_future(self._tls_handshake(front, transport))
         self._tls_handshakes.add(handshake)
         handshake.add_done_callback(self._tls_handshakes.discard)
@@ -867,7 +901,13 @@ class AuthenticatedServer:
             self._guard.refusals.warn("refused %s from %s: TLS handshake failed (%s)", self.noun, address,
                                       why)
             return
+        finally:  # (failed, cancelled by `stop`, or done: before the guard counts it again, below)
+            self._tls_ended(front)
         front.hand_over(tls, self._guard())
+
+    def _tls_ended(self, front: _TLSFront) -> None:
+        if self._guard is not None:
+            self._guard.tls_ended(front)
 
     async def _serve(self, request: web.BaseRequest):
         # A refused request's answer closes the connection (`force_close`:

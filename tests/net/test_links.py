@@ -712,6 +712,112 @@ def test_a_tls_handshake_the_server_refuses_is_logged_naming_the_peer_and_why(tm
                               "PEER_DID_NOT_RETURN_A_CERTIFICATE] peer did not return a certificate"), refusal
 
 
+def tls_contexts(tmp_path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server's TLS context (a self-signed certificate for 127.0.0.1) and
+    a client's that trusts it."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext",
+                    "subjectAltName=IP:127.0.0.1", "-keyout", "key.pem", "-out", "cert.pem"],
+                   cwd=tmp_path, check=True, capture_output=True)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    return server, ssl.create_default_context(cafile=tmp_path / "cert.pem")
+
+
+async def links_over_tls(server, client: ssl.SSLContext, received: list, body: bytes) -> None:
+    link, session = await dial(f"https://127.0.0.1:{server.port}", SECRET, 1, CHANNELS,
+                               lambda *frame: None, ssl=client)
+    reader = asyncio.ensure_future(link.run())
+    await link.send(0, 1, body)
+    await until(lambda: (1, 0, 1, body) in received)
+    await link.close()
+    await session.close()
+    reader.cancel()
+
+
+async def test_connections_in_their_tls_handshake_count_against_max_pending(tmp_path, caplog):
+    """Found by a review: the TLS handshake came before the guard saw the
+    connection, so a stranger could hold thousands of silent connections
+    to a TLS port (each an SSL object and its buffers) for the handshake's
+    time limit. They take pending slots now: past `max_pending` the next
+    is closed as it arrives, and logged; a slot is freed when its
+    connection goes, and one whose TLS handshake failed keeps none."""
+    server_context, client = tls_contexts(tmp_path)
+    received = []
+    server = await start_server(received, ssl_context=server_context, max_pending=4, handshake_timeout=30.0)
+    strangers = []
+    try:
+        for _ in range(4):  # silent: each waits in its TLS handshake
+            strangers.append(await asyncio.open_connection("127.0.0.1", server.port))
+        await until(lambda: server.pending == 4)
+        with caplog.at_level(logging.WARNING, logger="kernel.links"):
+            for _ in range(3):  # over the bound: closed at once, no TLS handshake begun
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                with contextlib.suppress(ConnectionResetError):
+                    assert await closed_by_server(reader, within=2.0) == b""
+                writer.close()
+            refused = [r.getMessage() for r in caplog.records if "already pending" in r.getMessage()]
+            assert refused == ["refused a connection from 127.0.0.1: 4 handshakes already pending "
+                               "(such refusals are reported at most every 5 s)"], refused
+        for stranger_reader, _ in strangers:  # the 4 were left alone
+            assert not stranger_reader.at_eof()
+        while strangers:  # they go: their slots are free again
+            strangers.pop()[1].close()
+        await until(lambda: server.pending == 0)
+        await links_over_tls(server, client, received, b"after the strangers")
+        for _ in range(6):  # failed TLS handshakes (plain HTTP on the TLS port) keep no slot
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            with contextlib.suppress(ConnectionResetError):
+                await closed_by_server(reader, within=2.0)
+            writer.close()
+        await until(lambda: server.pending == 0)
+        for _ in range(4):  # the bound still admits 4
+            strangers.append(await asyncio.open_connection("127.0.0.1", server.port))
+        await until(lambda: server.pending == 4)
+        await refused_at_once(server, "127.0.0.1")
+        for stranger_reader, _ in strangers:
+            assert not stranger_reader.at_eof()
+        while strangers:
+            strangers.pop()[1].close()
+        await until(lambda: server.pending == 0)
+        await links_over_tls(server, client, received, b"still fine")  # counted once, then let go
+        assert server.pending == 0
+    finally:
+        for _, stranger in strangers:
+            stranger.close()
+        await server.stop()
+
+
+async def test_tls_handshakes_timed_out_or_cut_by_a_stop_keep_no_pending_slot(tmp_path):
+    server_context, client = tls_contexts(tmp_path)
+    received = []
+    server = await start_server(received, ssl_context=server_context, max_pending=2, handshake_timeout=0.2)
+    strangers = []
+    try:
+        for _ in range(2):
+            strangers.append(await asyncio.open_connection("127.0.0.1", server.port))
+        await until(lambda: server.pending == 2)
+        for stranger_reader, _ in strangers:  # the time limit closes them, and frees their slots
+            assert await closed_by_server(stranger_reader, within=3.0) == b""
+        await until(lambda: server.pending == 0)
+        server.handshake_timeout = server._guard.handshake_timeout = 30.0
+        await links_over_tls(server, client, received, b"after the time limit")
+        while strangers:
+            strangers.pop()[1].close()
+        for _ in range(2):
+            strangers.append(await asyncio.open_connection("127.0.0.1", server.port))
+        await until(lambda: server.pending == 2)
+        await server.stop()  # it cancels the TLS handshakes under way: their slots with them
+        assert server.pending == 0
+        for stranger_reader, _ in strangers:
+            assert await closed_by_server(stranger_reader, within=3.0) == b""
+    finally:
+        for _, stranger in strangers:
+            stranger.close()
+        await server.stop()
+
+
 def send_garbage(port: int, chunk: bytes, times: int) -> None:
     """Send `chunk` `times` times on a new connection, then read until the
     server closes; a server that drops the connection early resets it."""
