@@ -789,6 +789,36 @@ async def test_connections_in_their_tls_handshake_count_against_max_pending(tmp_
         await server.stop()
 
 
+async def test_one_address_holding_every_slot_in_tls_handshakes_makes_room_for_another(tmp_path, caplog):
+    """The guard's fairness holds for connections still in their TLS
+    handshake: one address's silent connections cannot lock out a peer
+    from another; its oldest is closed to make room."""
+    server_context, client = tls_contexts(tmp_path)
+    received = []
+    server = await start_server(received, ssl_context=server_context, max_pending=4, handshake_timeout=30.0)
+    strangers = []
+    try:
+        for _ in range(4):
+            strangers.append(await asyncio.open_connection("127.0.0.1", server.port,
+                                                           local_addr=("127.0.0.2", 0)))
+        await until(lambda: server.pending == 4)
+        with caplog.at_level(logging.WARNING, logger="kernel.links"):
+            await links_over_tls(server, client, received, b"from another address")
+            oldest = strangers.pop(0)[0]
+            with contextlib.suppress(ConnectionResetError):
+                assert await closed_by_server(oldest, within=2.0) == b""
+            assert [r.getMessage() for r in caplog.records if "make room" in r.getMessage()] == [
+                "refused a link from 127.0.0.2: closed while pending, to make room for one from "
+                "127.0.0.1 (127.0.0.2 held 4 of the 4 handshake slots)"]
+        await until(lambda: server.pending == 3)
+        for stranger_reader, _ in strangers:
+            assert not stranger_reader.at_eof()
+    finally:
+        for _, stranger in strangers:
+            stranger.close()
+        await server.stop()
+
+
 async def test_tls_handshakes_timed_out_or_cut_by_a_stop_keep_no_pending_slot(tmp_path):
     server_context, client = tls_contexts(tmp_path)
     received = []
