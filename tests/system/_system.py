@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -40,6 +41,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_port_base(n: int) -> int:
+    """A port p with p..p+n-1 free a moment ago, below Linux's ephemeral
+    range (32768 on): `--port-base` gives process i the port p+i, and a
+    port in that range beside a free one may be any client socket's by the
+    time the process binds it (a Slurm run failed so: "address already in
+    use" on p+1)."""
+    rng = random.Random()
+    while True:
+        base = rng.randrange(20_000, 32_000 - n)
+        sockets = [socket.socket() for _ in range(n)]
+        try:
+            for i, s in enumerate(sockets):
+                s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
 
 
 def wait_until(condition, timeout: float = 30.0, what: str = "the condition", every: float = 0.05):

@@ -17,7 +17,7 @@ import textwrap
 from collections import Counter
 
 import pytest
-from _system import free_port, wait_until
+from _system import free_port, free_port_base, wait_until
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -108,7 +108,7 @@ def test_srun_runs_a_two_task_job_with_exact_results(slurm, tmp_path):
         """))
     done = subprocess.run(
         ["srun", "-n", "2", sys.executable, "-m", "kernel", "run", str(pipeline), "--slurm",
-         "--port-base", str(free_port())], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+         "--port-base", str(free_port_base(2))], capture_output=True, text=True, timeout=120, cwd=tmp_path,
         env=dict(slurm, KERNEL_SECRET="slurm-test-secret"))
     assert done.returncode == 0, done.stderr
     expected = Counter()
