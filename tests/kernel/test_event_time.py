@@ -413,7 +413,7 @@ async def test_a_processing_time_timer_that_raises_fails_the_run_naming_it(exc):
 
     async def task():
         kernel.call_later(0.0, tick)
-        await asyncio.sleep(3600)  # the failure ends the run long before
+        await asyncio.Event().wait()  # never set: the failure ends the run
 
     kernel.spawn(task())
     with pytest.raises(TaskError) as info:
@@ -431,7 +431,7 @@ async def test_a_processing_time_timers_keyboard_interrupt_fails_the_run_as_itse
 
     async def task():
         kernel.call_later(0.0, interrupt)
-        await asyncio.sleep(3600)
+        await asyncio.Event().wait()  # never set: the interrupt ends the run
 
     kernel.spawn(task())
     with pytest.raises(KeyboardInterrupt):

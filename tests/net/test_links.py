@@ -549,17 +549,10 @@ async def test_pending_handshakes_are_bounded_and_a_peer_still_links_among_them(
         assert link.peer == 0
         strangers.append(await asyncio.open_connection("127.0.0.1", server.port))  # 4 pending now
         with caplog.at_level(logging.WARNING, logger="kernel.links"):
-            for _ in range(3):  # over the bound: closed at once
-                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-                with contextlib.suppress(ConnectionResetError):
-                    assert await closed_by_server(reader, within=2.0) == b""
-                writer.close()
-            refused = [r.getMessage() for r in caplog.records if "already pending" in r.getMessage()]
-            assert refused == ["refused a connection from 127.0.0.1: 4 handshakes already pending "
-                               "(such refusals are reported at most every 5 s)"], refused
+            await three_refused_and_logged_once(server, caplog)  # over the bound: closed at once
             strangers.pop()[1].close()  # one goes: there is room again
             await until(lambda: server.pending == 3)
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
             await until(lambda: server.pending == 4)
             writer.close()
             await link.close()
@@ -751,14 +744,7 @@ async def test_connections_in_their_tls_handshake_count_against_max_pending(tmp_
             strangers.append(await asyncio.open_connection("127.0.0.1", server.port))
         await until(lambda: server.pending == 4)
         with caplog.at_level(logging.WARNING, logger="kernel.links"):
-            for _ in range(3):  # over the bound: closed at once, no TLS handshake begun
-                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-                with contextlib.suppress(ConnectionResetError):
-                    assert await closed_by_server(reader, within=2.0) == b""
-                writer.close()
-            refused = [r.getMessage() for r in caplog.records if "already pending" in r.getMessage()]
-            assert refused == ["refused a connection from 127.0.0.1: 4 handshakes already pending "
-                               "(such refusals are reported at most every 5 s)"], refused
+            await three_refused_and_logged_once(server, caplog)  # no TLS handshake begun
         for stranger_reader, _ in strangers:  # the 4 were left alone
             assert not stranger_reader.at_eof()
         while strangers:  # they go: their slots are free again
@@ -989,6 +975,16 @@ async def test_a_server_stopped_with_peers_still_linked_closes_them_and_stops_at
         await session.close()
         await silent.close()
         await silent_session.close()
+
+
+async def three_refused_and_logged_once(server, caplog) -> None:
+    """With 4 handshakes pending (max_pending=4): three more connections
+    are each closed as they come, and one line says so."""
+    for _ in range(3):
+        await refused_at_once(server, "127.0.0.1")
+    refused = [r.getMessage() for r in caplog.records if "already pending" in r.getMessage()]
+    assert refused == ["refused a connection from 127.0.0.1: 4 handshakes already pending "
+                       "(such refusals are reported at most every 5 s)"], refused
 
 
 async def refused_at_once(server, address: str) -> None:

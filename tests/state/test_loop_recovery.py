@@ -8,7 +8,6 @@ boundaries, and restored)."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 import textwrap
 from collections import Counter
@@ -16,8 +15,6 @@ from pathlib import Path
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-
-from state import SnapshotStore
 
 N = 1200
 
@@ -69,6 +66,7 @@ _spec = importlib.util.spec_from_file_location(
     "_crash_runs", Path(__file__).resolve().parents[1] / "_crash_runs.py")
 _crash_runs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_crash_runs)
+newest_complete, visible_lines = _crash_runs.newest_complete, _crash_runs.visible_lines
 
 
 def run_cli(tmp: Path, cores: int, crash: str | None, resumed: bool = False):
@@ -76,20 +74,8 @@ def run_cli(tmp: Path, cores: int, crash: str | None, resumed: bool = False):
     return _crash_runs.run_cli(tmp, cores, crash, N=N, OUT=tmp / "out", RUN="resumed" if resumed else "first")
 
 
-def newest_complete(state: Path) -> int:
-    store = SnapshotStore(state)
-    try:
-        completed = store.completed()
-    finally:
-        store.close()
-    return completed[0][0] if completed else 0
 
 
-def visible_lines(directory: Path) -> list:
-    lines = []
-    for path in sorted(directory.glob("part-*.jsonl")):
-        lines += [json.loads(line) for line in path.read_text().splitlines()]
-    return lines
 
 
 def assert_exactly_once(out: Path) -> None:

@@ -9,7 +9,6 @@ loop's results and a state kept inside the loop across rounds."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -54,27 +53,17 @@ _spec = importlib.util.spec_from_file_location(
     "_crash_runs", Path(__file__).resolve().parents[1] / "_crash_runs.py")
 _crash_runs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_crash_runs)
+newest_complete, visible_lines = _crash_runs.newest_complete, _crash_runs.visible_lines
 
 
 def run_cli(tmp: Path, cores: int, crash: str | None):
     return _crash_runs.run_cli(tmp, cores, crash, N=N, B=B, R=R, OUT=tmp / "out")
 
 
-def newest_complete(state: Path) -> int:
-    from state import SnapshotStore
-
-    store = SnapshotStore(state)
-    try:
-        completed = store.completed()
-    finally:
-        store.close()
-    return completed[0][0] if completed else 0
 
 
 def assert_exactly_once(out: Path) -> None:
-    records = []
-    for path in sorted((out / "out").glob("part-*.jsonl")):
-        records += [json.loads(line) for line in path.read_text().splitlines()]
+    records = visible_lines(out / "out")
     done = Counter(i for tag, i, _ in records if tag == "done")
     missing = set(range(N)) - set(done)
     doubled = {i: n for i, n in done.items() if n != 1}
