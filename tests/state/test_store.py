@@ -222,6 +222,30 @@ def test_the_fingerprint_is_the_flows_shape_not_its_paths_functions_or_names():
     assert joined(False) != joined(True)  # the same steps, connected otherwise
 
 
+class _Doubles(Operator):
+    def on_batch(self, port, batch):
+        self.emit([x * 2 for x in batch])
+
+
+class _Halves(Operator):
+    def on_batch(self, port, batch):
+        self.emit([x // 2 for x in batch])
+
+
+def test_the_fingerprint_tells_apply_steps_of_two_operator_classes_apart():
+    """An `apply()` step's kind is its operator class's, through the
+    wrapper that names a failing factory's step: snapshots of a flow whose
+    step was another class are not taken for this one's."""
+
+    def fingerprint(factory):
+        flow = Dataflow("f")
+        flow.from_iterable([1]).apply(factory).collect()
+        return flow_fingerprint(flow)
+
+    assert fingerprint(_Doubles) == fingerprint(_Doubles)
+    assert fingerprint(_Doubles) != fingerprint(_Halves)
+
+
 @pytest.mark.parametrize("where", ["a file", "under a file", "cannot be created"])
 def test_a_state_dir_that_is_no_directory_is_a_clear_error(tmp_path, where):
     """Found by a review: a bare NotADirectoryError (or OSError) and its
