@@ -60,11 +60,10 @@ def _gil_enabled() -> bool:
 class Handover:
     """When the GIL is next let go for the process's other threads."""
 
-    __slots__ = ("due", "handovers", "interval")
+    __slots__ = ("due", "interval")
 
     def __init__(self) -> None:
         self.due = 0.0  # on time.monotonic(): when to look again
-        self.handovers = 0  # pauses made
         self.interval = sys.getswitchinterval()  # as last read: an idle gap this long needs no pause
 
     def hand_over(self, now: float, idle: bool = False) -> bool:
@@ -74,7 +73,6 @@ class Handover:
         `due`. True if it paused."""
         paused = not idle and threading.active_count() > 1 and _gil_enabled()
         if paused:
-            self.handovers += 1
             time.sleep(_PAUSE)
             now = time.monotonic()
         self.interval = interval = sys.getswitchinterval()
