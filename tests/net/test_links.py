@@ -578,10 +578,7 @@ async def test_one_address_holding_every_pending_slot_makes_room_for_another(cap
     server = await start_server([], max_pending=4, handshake_timeout=30.0)
     strangers = []
     try:
-        for _ in range(4):
-            strangers.append(await asyncio.open_connection("127.0.0.1", server.port,
-                                                           local_addr=("127.0.0.2", 0)))
-        await until(lambda: server.pending == 4)
+        await every_slot_held_from(server, "127.0.0.2", strangers)
         with caplog.at_level(logging.WARNING, logger="kernel.links"):
             link, session, _ = await connect(server)  # from 127.0.0.1: it gets in
             assert link.peer == 0
@@ -784,10 +781,7 @@ async def test_one_address_holding_every_slot_in_tls_handshakes_makes_room_for_a
     server = await start_server(received, ssl_context=server_context, max_pending=4, handshake_timeout=30.0)
     strangers = []
     try:
-        for _ in range(4):
-            strangers.append(await asyncio.open_connection("127.0.0.1", server.port,
-                                                           local_addr=("127.0.0.2", 0)))
-        await until(lambda: server.pending == 4)
+        await every_slot_held_from(server, "127.0.0.2", strangers)
         with caplog.at_level(logging.WARNING, logger="kernel.links"):
             await links_over_tls(server, client, received, b"from another address")
             oldest = strangers.pop(0)[0]
@@ -985,6 +979,14 @@ async def three_refused_and_logged_once(server, caplog) -> None:
     refused = [r.getMessage() for r in caplog.records if "already pending" in r.getMessage()]
     assert refused == ["refused a connection from 127.0.0.1: 4 handshakes already pending "
                        "(such refusals are reported at most every 5 s)"], refused
+
+
+async def every_slot_held_from(server, address: str, strangers: list) -> None:
+    """Four silent connections from `address` (one of loopback's), put in
+    `strangers` as they open, holding every pending slot (max_pending=4)."""
+    for _ in range(4):
+        strangers.append(await asyncio.open_connection("127.0.0.1", server.port, local_addr=(address, 0)))
+    await until(lambda: server.pending == 4)
 
 
 async def refused_at_once(server, address: str) -> None:
