@@ -226,13 +226,19 @@ run(flow, coordinator=sys.argv[1])
 
 @pytest.fixture
 def job(system, where):  # noqa: F811
-    """A job serving (its name) as a process: "hang" is never answered, the rest echoed."""
+    """A job serving (its name) as a process, once it answers: "hang" is
+    never answered, the rest echoed."""
     name = f"job-{next(_names)}"
     (system.root / "hanging.py").write_text(HANGING)
     with open(system.root / f"{name}.log", "wb") as log:
         server = subprocess.Popen([sys.executable, "hanging.py", where, name], env=system.env,
                                   cwd=system.root, stdout=log, stderr=log)
+    async def published():  # (a test's own client may allow less than the job takes to start)
+        async with ServiceClient(name, coordinator=where, timeout=60) as svc:
+            assert await svc.call("ready") == "ready"
+
     try:
+        asyncio.run(published())
         yield server, name
     finally:
         server.kill()
