@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import pickle
 
+from kernel.dataflow._errors import PASSES_THROUGH
 from kernel.dataflow._operator import Operator
 
 from ._epochs import ENDED, unpickled_part
@@ -156,7 +157,14 @@ def _everything(key) -> bool:
 def _timer_is_mine(data, owns, me: int) -> bool:
     try:
         return owns(data)
-    except Exception:  # not a key (unhashable, no stable hash): kernel 0 keeps it
+    except PASSES_THROUGH:  # a Ctrl-C that lands here is a Ctrl-C
+        raise
+    except BaseException:
+        # Not a key (unhashable, no stable hash): kernel 0 keeps it, whatever
+        # the data's own __eq__, __reduce__ or __float__ raised, an Exception
+        # or not (as `Partitioner.failing_pair`). Only Exception was caught: a
+        # `class Stop(BaseException)` from the data ended the resumed run
+        # with "kernel 0 failed: Stop", naming no step and no record.
         return me == 0
 
 

@@ -12,6 +12,7 @@ files by kernel 0 taking over those of kernels the run no longer has."""
 from __future__ import annotations
 
 import json
+import numbers
 import random
 from collections import Counter
 from pathlib import Path
@@ -456,3 +457,77 @@ async def test_a_redis_stream_whose_end_was_not_taken_leaves_the_other_streams_t
             await client.aclose()
     assert source._ends == {"a": first["a"][-1], "b": later["b"], "c": first["c"][-1]}
     assert source._positions == {"a": first["a"][0], "b": "0", "c": first["c"][1]}
+
+
+class _Stop(BaseException):
+    """A user's own control-flow exception, outside the Exception hierarchy."""
+
+
+class _Tag(numbers.Number):
+    """Timer data that is no key: a number whose `==` raises `exc` (so its
+    stable hash does, `net._exchange._other_hash`); it pickles as it is."""
+
+    def __init__(self, n: int, exc: BaseException | None) -> None:
+        self.n, self.exc = n, exc
+
+    def __eq__(self, other):
+        raise self.exc
+
+    __hash__ = object.__hash__
+
+
+def _tagged_timers_flow(out, exc: BaseException):
+    """One timer per record, `schedule(end of its second, _Tag(record))`:
+    each emits its record when it fires."""
+    import math
+    import time
+
+    from kernel import Dataflow, Operator, TimedBatch
+
+    class Tagged(Operator):
+        def on_batch(self, port, batch):
+            for (_key, value), stamp in zip(batch, batch.timestamps):
+                self.schedule(math.floor(stamp) + 1.0, _Tag(value, exc))
+
+        def on_timer(self, when, data):
+            self.emit(TimedBatch([data.n], [when]))
+
+    def pace(x):
+        if x % 5 == 0:
+            time.sleep(0.004)
+        return x
+
+    flow = Dataflow("review-tagged-timers")
+    numbers_ = flow.from_iterable(range(_N_TIMERS), batch_size=25, timestamp=lambda x: x / 100).map(pace)
+    numbers_.key_by(lambda x: x % 6).apply(Tagged, name="tagged").to_files(out)
+    return flow
+
+
+@pytest.mark.parametrize("exc", [_Stop("not a key"), ValueError("not a key")], ids=["Stop", "ValueError"])
+def test_timer_data_whose_hash_raises_anything_goes_to_kernel_0_of_a_rescaled_run(tmp_path, exc):
+    """Timer data that is no key goes to kernel 0 on 2 -> 3, whatever its
+    own `==` raises. Only an Exception was caught there: a `class
+    Stop(BaseException)` ended the resumed run with "kernel 0 failed: Stop:
+    not a key", naming no step nor record. Every timer fires once."""
+    from kernel import run
+
+    out, state = tmp_path / "out", tmp_path / "state"
+    killed_on_two_kernels(_tagged_timers_flow(out, exc), state, 10)
+    assert newest_complete(state)[0] > 0
+    run(_tagged_timers_flow(out, exc), cores=3, state_dir=state, epoch_interval=0.01)
+    got = Counter(json.loads(line) for path in out.glob("part-*") for line in path.read_text().splitlines())
+    assert got == Counter(range(_N_TIMERS))
+
+
+def test_a_ctrl_c_in_timer_data_hash_passes_as_itself():
+    """A KeyboardInterrupt is a Ctrl-C wherever it lands: never taken for a
+    sign that timer data is no key."""
+    from kernel.runtime._rescale import _timer_is_mine
+
+    def owns(key):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _timer_is_mine(_Tag(1, None), owns, 0)
+    assert _timer_is_mine(_Tag(1, _Stop()), lambda key: key == key, 0) is True
+    assert _timer_is_mine(_Tag(1, _Stop()), lambda key: key == key, 1) is False
