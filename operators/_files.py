@@ -33,8 +33,10 @@ import re
 
 from kernel._faults import crash_point
 from kernel.dataflow import EVERY_EPOCH
-from kernel.dataflow._errors import KernelError, OperatorError
+from kernel.dataflow._errors import PASSES_THROUGH, KernelError, OperatorError
 from kernel.dataflow._operator import Operator
+
+from ._calls import failing_record
 
 _NAME = re.compile(r"^\.?part-k(\d+)-e(\d+)\.jsonl$")
 
@@ -82,13 +84,23 @@ class ToFiles(Operator):
         return os.path.join(self.directory, "." + name if hidden else name)
 
     def on_batch(self, port, batch):
-        encode = _ENCODE
+        # The failing record is where the iterator stopped (`_calls`): found
+        # again by encoding the records once more, only TypeError and
+        # ValueError were named; whatever else a record's own code raised
+        # (a dict subclass's items(), a RecursionError from a nesting too
+        # deep, a `class Stop(BaseException)`) named `on_batch` and no record,
+        # and a record that failed only once was never found.
+        it = iter(batch)
         try:
-            lines = [encode(record) for record in batch]
-        except (TypeError, ValueError) as exc:
-            bad = next(r for r in batch if not _serializable(r))
-            hint = NOT_JSON_NUMBER if _has_no_json_number(bad) else None
-            raise OperatorError.wrap(self.name, "json.dumps", exc, record=bad, hint=hint) from exc
+            lines = [_ENCODE(record) for record in it]
+        except PASSES_THROUGH:
+            raise
+        except BaseException as exc:
+            found, bad = failing_record(batch, it)
+            hint = NOT_JSON_NUMBER if found and isinstance(exc, ValueError) and _has_no_json_number(bad) \
+                else None
+            raise OperatorError.wrap(self.name, "json.dumps", exc, record=bad, has_record=found,
+                                     hint=hint) from exc
         if self._file is None:
             self._file = open(self._path(self.epoch, hidden=True), "w", encoding="utf-8")
             self._unpublished.add(self.epoch)
@@ -100,7 +112,8 @@ class ToFiles(Operator):
         except UnicodeEncodeError as exc:
             # a str with a lone surrogate (bytes decoded with surrogateescape, a
             # JSON "\udcff" escape) passes json.dumps but is no UTF-8: name it
-            bad = next(r for r in batch if not _serializable(r, encodes=True))
+            # (found among the lines: no record's own code runs again)
+            bad = next(r for r, line in zip(batch, lines) if not _utf8(line))
             raise OperatorError.wrap(self.name, "json.dumps", exc, record=bad) from exc
 
     def _close_epoch(self) -> None:
@@ -207,19 +220,19 @@ NOT_JSON_NUMBER = ("NaN and the infinities are no JSON numbers (from_files would
 
 def _has_no_json_number(record) -> bool:
     """Whether all that keeps `record` from JSON is a NaN or an infinity
-    (the error path only)."""
+    (the error path only: the record's own code may raise anything)."""
     try:
         json.dumps(record, ensure_ascii=False)
-    except (TypeError, ValueError):
+    except PASSES_THROUGH:
+        raise
+    except BaseException:
         return False
     return True
 
 
-def _serializable(record, encodes: bool = False) -> bool:
+def _utf8(line: str) -> bool:
     try:
-        text = _ENCODE(record)
-        if encodes:
-            text.encode("utf-8")
-    except (TypeError, ValueError):  # UnicodeEncodeError too
+        line.encode("utf-8")
+    except UnicodeEncodeError:
         return False
     return True

@@ -538,6 +538,70 @@ def test_a_record_json_cannot_write_is_a_clear_error(tmp_path):
     assert "{2}" in str(info.value)
 
 
+class _Stop(BaseException):
+    """A user's own control-flow exception, outside the Exception hierarchy."""
+
+
+class _Items(dict):
+    """A record whose own code raises while json.dumps reads it (its
+    items(): the encoder calls a dict subclass's), `times` times at most."""
+
+    def __init__(self, exc: BaseException, times: int = 10**9) -> None:
+        super().__init__(a=1)
+        self.exc, self.times = exc, times
+
+    def items(self):
+        if self.times:
+            self.times -= 1
+            raise self.exc
+        return super().items()
+
+    def __repr__(self):
+        return f"_Items({type(self.exc).__name__})"
+
+
+def _nested(depth: int) -> list:
+    record: list = []
+    for _ in range(depth):
+        record = [record]
+    return record
+
+
+@pytest.mark.parametrize("bad, raised", [
+    (_nested(100_000), "RecursionError: maximum recursion depth exceeded while encoding a JSON object"),
+    (_Items(KeyError("k")), "KeyError: 'k'"),
+    (_Items(_Stop("halt")), "_Stop: halt"),
+    (_Items(ValueError("only once"), times=1), "ValueError: only once"),
+], ids=["too-deep", "KeyError", "Stop", "once"])
+def test_whatever_a_record_raises_in_json_dumps_names_the_sink_and_the_record(tmp_path, bad, raised):
+    """Only TypeError and ValueError named the record: anything else a
+    record's own code raised while it was encoded (or a nesting too deep)
+    named `ToFiles.on_batch` and no record; and a record that raised only
+    once was looked for again by encoding every record once more, which
+    found none (StopIteration)."""
+    flow = Dataflow()
+    flow.from_iterable([1, bad, 2]).to_files(tmp_path / "out")
+    with pytest.raises(KernelError) as info:
+        run(flow)
+    first, record = str(info.value).splitlines()[:2]
+    assert first == f"operator 'to_files({tmp_path / 'out'}) (step 1)': function 'json.dumps' raised {raised}"
+    assert record == f"  on record: {reprlib_of(bad)}"
+    assert not list((tmp_path / "out").glob("part-*"))  # nothing published
+
+
+def reprlib_of(record) -> str:
+    from kernel.dataflow._errors import describe_record
+
+    return describe_record(record)
+
+
+def test_a_ctrl_c_while_a_record_is_encoded_passes_as_itself(tmp_path):
+    flow = Dataflow()
+    flow.from_iterable([1, _Items(KeyboardInterrupt()), 2]).to_files(tmp_path / "out")
+    with pytest.raises(KeyboardInterrupt):
+        run(flow)
+
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf, {"x": [1.5, -math.inf]}, ("t", math.nan)])
 def test_a_record_with_nan_or_infinity_is_refused_naming_it(tmp_path, bad):
     """json.dumps writes NaN and Infinity, which are no JSON: the files were
