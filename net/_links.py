@@ -631,7 +631,7 @@ class _Guard(web.Server):
         self.refusals.warn("refused %s from %s: closed while pending, to make room for one from %s (%s "
                            "held %d of the %d handshake slots)", self.noun, heaviest, address, heaviest,
                            most, self.max_pending)
-        transport.abort()
+        _close(victim, transport)
         return True
 
     def received(self, handler, count: int) -> bool:
@@ -696,7 +696,7 @@ class _Guard(web.Server):
 
     def _abort_tls(self, front, transport) -> None:
         if self._pending.pop(front, None) is not None:
-            transport.abort()
+            _close(front, transport)
 
     def _report_overflow(self, again: bool = True) -> None:
         """Refusals over max_pending are reported at once, then counted and
@@ -714,6 +714,14 @@ class _Guard(web.Server):
             self._overflow_timer = self._loop.call_later(_OVERFLOW_LOG_EVERY, self._report_overflow)
 
 
+def _close(key, transport) -> None:
+    """The guard closes a pending connection (`key`: a handler, or a
+    `_TLSFront` before its TLS handshake is done)."""
+    transport.abort()
+    if isinstance(key, _TLSFront):
+        key.cancel_handshake()
+
+
 class _TLSFront(asyncio.Protocol):
     """A connection to a TLS port until its TLS handshake is done (the
     server's `_tls_handshake`), then the guard's handler's: what the TLS
@@ -725,6 +733,17 @@ class _TLSFront(asyncio.Protocol):
         self._handler: asyncio.Protocol | None = None
         self._early: list[bytes] = []
         self._eof = self._lost = False
+        self.handshake: asyncio.Task | None = None  # (the server's `_tls_handshake`, once admitted)
+
+    def cancel_handshake(self) -> None:
+        """Closed by the guard (evicted to make room, or past its time
+        limit): its TLS handshake ends with it. Evicted by a newcomer
+        accepted in the same turn of the loop, before its handshake task had
+        run, it ran all the same: start_tls on the closed socket, an SSL
+        object waiting for a ClientHello until the time limit, holding no
+        slot. Cancelled before it runs, it never begins."""
+        if self.handshake is not None:
+            self.handshake.cancel()
 
     def connection_made(self, transport) -> None:
         if self._handler is None:  # the TCP connection (not the TLS one start_tls makes)
@@ -876,7 +895,7 @@ class AuthenticatedServer:
     def _start_tls(self, front: _TLSFront, transport: asyncio.Transport) -> None:
         if not self._guard.tls_started(front, transport):  # over max_pending: closed, no TLS
             return
-        handshake = asyncio.ensure_future(self._tls_handshake(front, transport))
+        handshake = front.handshake = asyncio.ensure_future(self._tls_handshake(front, transport))
         self._tls_handshakes.add(handshake)
         handshake.add_done_callback(self._tls_handshakes.discard)
 

@@ -799,6 +799,62 @@ async def test_one_address_holding_every_slot_in_tls_handshakes_makes_room_for_a
         await server.stop()
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_connection_evicted_before_its_tls_handshake_began_leaves_nothing_behind(tmp_path, loop):
+    """Five connections accepted at once, four from 127.0.0.2 and then one
+    from 127.0.0.1 (max_pending=4): the newcomer evicts the oldest of the
+    four before that one's TLS handshake task has run. The task ran
+    anyway: start_tls on the closed socket, an SSL object waiting for a
+    ClientHello that never comes until the handshake's time limit (30 s
+    here), holding no slot. Now it is cancelled with the eviction: the
+    server holds a handshake and an SSL object for the four left, no more."""
+    import gc
+
+    import uvloop
+
+    server_context, _ = tls_contexts(tmp_path)
+
+    def server_side_ssl_objects() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects()
+                   if isinstance(o, ssl.SSLObject) and o.context is server_context)
+
+    async def scenario():
+        server = await start_server([], ssl_context=server_context, max_pending=4, handshake_timeout=30.0)
+        sockets = []
+        try:
+            # connected without yielding to the loop: the server accepts all
+            # five in one turn, and sees each connection before any
+            # handshake task has started
+            for address in ["127.0.0.2"] * 4 + ["127.0.0.1"]:
+                s = socket.socket()
+                s.bind((address, 0))
+                s.connect(("127.0.0.1", server.port))
+                s.setblocking(False)
+                sockets.append(s)
+            oldest = sockets[0]
+
+            def closed(s: socket.socket) -> bool:
+                try:
+                    return s.recv(1) == b""
+                except BlockingIOError:
+                    return False
+                except ConnectionResetError:
+                    return True
+
+            await until(lambda: closed(oldest))
+            await until(lambda: len(server._tls_handshakes) == 4, timeout=2.0)
+            assert server.pending == 4
+            assert server_side_ssl_objects() == 4
+            assert not any(closed(s) for s in sockets[1:])
+        finally:
+            for s in sockets:
+                s.close()
+            await server.stop()
+
+    (uvloop.run if loop == "uvloop" else asyncio.run)(scenario())
+
+
 async def test_tls_handshakes_timed_out_or_cut_by_a_stop_keep_no_pending_slot(tmp_path):
     server_context, client = tls_contexts(tmp_path)
     received = []
