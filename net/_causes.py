@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ssl
 
+import aiohttp
+
 
 def causes(exc: BaseException) -> list[BaseException]:
     """What caused `exc`, innermost first, and `exc` last (aiohttp's own
@@ -27,3 +29,17 @@ def untrusted_certificate(exc: BaseException) -> ssl.SSLCertVerificationError | 
     for another name or address, expired): a configuration error, which no
     retry mends."""
     return next((e for e in causes(exc) if isinstance(e, ssl.SSLCertVerificationError)), None)
+
+
+def refused_by_server(exc: BaseException) -> bool:
+    """Whether a dial failed because the server was there and closed or
+    reset the connection before it authenticated us: over its limit of
+    pending connections, refusing our TLS certificate (TLS tells the
+    client no more than a reset or a close), its time limit. Not nobody
+    listening, no route, no answer (a server restarting, a network down):
+    those say nothing of the server's load, and are retried sooner."""
+    chain = causes(exc)
+    if any(isinstance(c, (ConnectionRefusedError, TimeoutError)) for c in chain):
+        return False
+    return any(isinstance(c, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, ssl.SSLError,
+                              aiohttp.ServerDisconnectedError)) for c in chain)

@@ -65,6 +65,7 @@ import hashlib
 import hmac
 import logging
 import os
+import random
 import struct
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine
@@ -77,7 +78,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
-from ._causes import untrusted_certificate
+from ._causes import refused_by_server, untrusted_certificate
 
 log = logging.getLogger("kernel.links")
 
@@ -139,6 +140,14 @@ _EVICTABLE_AFTER = 1.0
 # most (start_tls's own timer ends it at the limit: ours is a backstop)
 _TLS_BACKSTOP = 1.0
 _OVERFLOW_LOG_EVERY = 5.0  # seconds between reports of refusals over MAX_PENDING
+# Seconds a dial waits before trying again a server that refused it (closed
+# or reset the connection before authenticating: `LinkRefused`), doubling
+# from the first to the most, jittered (`backoff`). A refused dial was tried
+# again as soon as one that found nobody listening (10 ms, doubling to
+# 0.25 s): 13 connections in 2 s, each a refusal in the server's log and a
+# TLS handshake on both sides, for a server over its limit of pending
+# connections or one refusing our certificate.
+REFUSED_FIRST, REFUSED_MOST = 0.1, 2.0
 REFUSALS_LOGGED = 10  # refusals logged one by one in each _OVERFLOW_LOG_EVERY seconds; the rest counted
 _CLOSE_WAIT = 1.0  # seconds a closing server end waits for the peer's close frame
 _BINARY = aiohttp.WSMsgType.BINARY
@@ -163,6 +172,25 @@ class AuthenticationFailed(LinkError):
 
 class LinkMismatch(LinkError):
     """An authenticated peer runs something else (another flow, other cores)."""
+
+
+class LinkRefused(LinkError):
+    """The server was there and closed or reset the connection before it
+    authenticated us (`_causes.refused_by_server`; or it broke or never
+    finished the handshake): over its limit of pending connections,
+    refusing our TLS certificate, its time limit. Not a wrong secret, which
+    is the server's own word (`AuthenticationFailed`)."""
+
+
+def backoff(first: float, most: float):
+    """Pauses between tries: doubling from `first` to `most` seconds, each
+    drawn from the upper half of its span, so that dialers refused together
+    (by one flood, after one restart) come back apart, and never sooner
+    than half the pause."""
+    pause = first
+    while True:
+        yield random.uniform(pause / 2, pause)
+        pause = min(pause * 2, most)
 
 
 def _check_meta(mine, theirs, peer: str) -> None:
@@ -1095,18 +1123,30 @@ async def dial(url: str, secret, process: int, channels, on_frame, *, window: in
 
 async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame: int = DEFAULT_MAX_FRAME,
                   timeout: float = 30.0, ssl=True, session: aiohttp.ClientSession | None = None,
-                  meta=None, check_meta: bool = True):
+                  meta=None, check_meta: bool = True, retry: bool = True):
     """Connect to an `AuthenticatedServer` at `url` (http://host:port, its
-    websocket at `path`), retrying until `timeout` seconds have passed, and
+    websocket at `path`), retrying until `timeout` seconds have passed (one
+    try without `retry`: the caller has a policy of its own), and
     authenticate both ways. Returns `(ws, the server's process id, the
     server's meta, the client session)` (close the session after the
     websocket). With `check_meta`, a server whose meta differs from `meta`
-    is refused (`LinkMismatch`)."""
+    is refused (`LinkMismatch`). A server that refuses the connection
+    before authenticating is tried again later than one not there yet
+    (REFUSED_FIRST, doubling), and its refusal, once no more tries are
+    left, is a `LinkRefused`."""
     key = _secret(secret)
     own_session = session is None
-    session = session or aiohttp.ClientSession()
+    if session is None:
+        session = aiohttp.ClientSession()
+        # aiohttp sends a GET (the upgrade) again, at once, on a new
+        # connection, when the server closes or resets the first before
+        # answering: each refused try was two connections, two refusals in
+        # the server's log. This loop has its own policy. (A private flag,
+        # aiohttp 3.10 on; without it, the double tries come back, no more.)
+        session._retry_connection = False
     deadline = asyncio.get_running_loop().time() + timeout
     delay = 0.01  # peers of one cluster start within moments of each other: retry soon
+    refused_pauses = backoff(REFUSED_FIRST, REFUSED_MOST)
     loop = asyncio.get_running_loop()
     try:
         while True:
@@ -1125,24 +1165,29 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
                                 f"{exc.message})") from exc
             except (aiohttp.ClientConnectionError, OSError) as exc:
                 _refuse_untrusted_certificate(url, exc)
-                if loop.time() + delay > deadline:
-                    raise LinkError(f"could not reach {url} within {timeout:g} s: {exc}") from exc
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.25)
+                refused = refused_by_server(exc)
+                pause = next(refused_pauses) if refused else delay
+                if not retry or loop.time() + pause > deadline:
+                    within = f" within {timeout:g} s" if retry else ""
+                    error = LinkRefused if refused else LinkError
+                    raise error(f"could not reach {url}{within}: {exc}") from exc
+                await asyncio.sleep(pause)
+                if not refused:
+                    delay = min(delay * 2, 0.25)
         try:
             peer, their_meta = await asyncio.wait_for(
                 _client_handshake(ws, key, process, url, meta, check_meta),
                 max(_HANDSHAKE_MIN, deadline - loop.time()))
         except TimeoutError:
             await ws.close()
-            raise LinkError(f"{url} did not finish the handshake in time") from None
+            raise LinkRefused(f"{url} did not finish the handshake in time") from None
         except (aiohttp.ClientError, ConnectionError, msgspec.DecodeError, KeyError, TypeError,
                 AttributeError) as exc:
             # the connection broke mid-handshake (a peer that died, or reset it), or the peer's
             # handshake was garbage: a LinkError as every other way of not reaching it, never
             # aiohttp's own error
             await ws.close()
-            raise LinkError(f"{url} broke the handshake ({type(exc).__name__}: {exc})") from exc
+            raise LinkRefused(f"{url} broke the handshake ({type(exc).__name__}: {exc})") from exc
         return ws, peer, their_meta, session
     except BaseException:
         if own_session:
@@ -1166,7 +1211,7 @@ async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None,
                             check_meta: bool = True) -> tuple[int, object]:
     message = await ws.receive()
     if message.type != aiohttp.WSMsgType.TEXT:
-        raise LinkError(f"{url} did not start the handshake")
+        raise LinkRefused(f"{url} did not start the handshake")
     hello = msgspec.json.decode(message.data)
     peer, their_nonce = hello["process"], hello["nonce"]
     nonce = os.urandom(32).hex()
@@ -1185,7 +1230,7 @@ async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None,
             raise AuthenticationFailed(f"process {peer} at {url}")
         # a server going away mid-handshake (reset, or closed with another code): not
         # a wrong secret, which a caller takes as final
-        raise LinkError(f"{url} broke the handshake (closed, code {ws.close_code}, before answering)")
+        raise LinkRefused(f"{url} broke the handshake (closed, code {ws.close_code}, before answering)")
     reply = msgspec.json.decode(answer.data)
     if not hmac.compare_digest(str(reply.get("mac", "")), _mac(key, b"server", nonce, peer)):
         await ws.close(code=AUTH_FAILED, message=b"authentication failed")

@@ -16,7 +16,8 @@ here) goes to `WORKDIR/logs/JOB.log`.
 A job process dies with its executor (PR_SET_PDEATHSIG), so a lost
 executor leaves nothing running that the coordinator would start again
 elsewhere. When the coordinator goes away, the processes keep running: the
-executor reconnects (every RECONNECT seconds), registers under the same id
+executor reconnects (every RECONNECT seconds; one that refuses it, backing
+off from RECONNECT to REFUSED_MOST), registers under the same id
 (kept in `WORKDIR/executor.json`) and lists its processes, running and
 ended, so a restarted coordinator adopts them. Unless it stays away for
 FENCE_SHARE of its executor timeout: cut off that long, the executor kills
@@ -47,7 +48,7 @@ from kernel.cli._lease import VARIABLE as LEASE_VARIABLE
 from kernel.cli._lease import LeaseWriter
 from kernel.dataflow._errors import KernelError
 from kernel.net._causes import untrusted_certificate
-from kernel.net._links import AuthenticationFailed
+from kernel.net._links import AuthenticationFailed, LinkRefused, backoff
 from kernel.system._wire import (
     EXECUTOR,
     ConnectionLost,
@@ -62,6 +63,15 @@ log = logging.getLogger("kernel.system")
 HEARTBEAT = 1.0  # seconds between heartbeats (--heartbeat)
 SILENT_BEATS = 5  # heartbeats a coordinator may leave unanswered before it is dropped
 RECONNECT = 0.5
+# A coordinator that refuses the connection before authenticating it (over
+# its limit of pending connections, refusing this executor's TLS
+# certificate: `LinkRefused`) is dialled again after RECONNECT seconds,
+# doubling up to REFUSED_MOST, jittered (`kernel.net._links.backoff`). It was
+# dialled 13 times in 2 s (the dial's own retries, 10 ms apart at first),
+# then again after 0.5 s, for ever, a refusal in the coordinator's log at
+# each. One that is not there is dialled every RECONNECT seconds, still: a
+# coordinator restarting adopts the jobs of executors back within its lease.
+REFUSED_MOST = 10.0
 STOP_GRACE = 3.0  # seconds between SIGINT and SIGKILL when stopping a process
 LEAVE_TIMEOUT = 2.0  # seconds a stopped executor waits for the coordinator to take its leave
 # Fencing: cut off from the coordinator for this share of its executor
@@ -184,12 +194,14 @@ class ExecutorDaemon:
     async def run(self, ready=None) -> None:
         """Serve the coordinator until cancelled, reconnecting when it goes."""
         announced = None  # the failure to dial last logged: each kind once, not every RECONNECT
+        refusals = None  # the pauses after each refusal in a row (`backoff`), until one registers
         fence = asyncio.ensure_future(self._fence())
         try:
             while True:
                 try:
+                    # (one try each: the pause before the next is this loop's)
                     session, http = await dial(self.address, self.secret, EXECUTOR, self._request,
-                                               tls=self.tls, timeout=RECONNECT * 4)
+                                               tls=self.tls, timeout=RECONNECT * 4, retry=False)
                 except AuthenticationFailed as exc:
                     # The coordinator's own word that our secret is not its own: no
                     # retry can change that. Retried every 0.5 s, it went on for ever,
@@ -200,12 +212,16 @@ class ExecutorDaemon:
                         f"the coordinator at {_url_host(self.address[0])}:{self.address[1]} refused this "
                         f"executor's secret ({exc}): start it with the system's KERNEL_SECRET or "
                         "--secret-file") from None
-                except Exception as exc:  # not there (yet), unreachable: try again
+                except Exception as exc:  # not there (yet), unreachable, refusing us: try again
                     self._refuse_untrusted_certificate(exc)
-                    announced = self._announce_dial_failure(exc, announced)
-                    await asyncio.sleep(RECONNECT)
+                    refused = isinstance(exc, LinkRefused)
+                    announced = self._announce_dial_failure(exc, announced, refused)
+                    if refused:
+                        refusals = refusals or backoff(RECONNECT, REFUSED_MOST)
+                    await asyncio.sleep(next(refusals) if refused else RECONNECT)
                     continue
                 announced = None
+                pause = RECONNECT
                 try:
                     reader = asyncio.ensure_future(session.run())
                     reply = await session.request(
@@ -213,6 +229,7 @@ class ExecutorDaemon:
                         processes=[p.report() for p in self.processes.values()])
                     self._id_file.write_text(json.dumps({"id": reply["executor"]}))
                     self._answered = time.monotonic()
+                    refusals = None
                     interval = self.heartbeat
                     if reply.get("executor_timeout"):
                         timeout = float(reply["executor_timeout"])
@@ -246,12 +263,16 @@ class ExecutorDaemon:
                         beat.cancel()
                         self.session = None
                     log.warning("executor: the coordinator went away; reconnecting")
-                except (ConnectionLost, RequestError) as exc:
+                except ConnectionLost as exc:
                     log.warning("executor: %s; reconnecting", exc)
+                except RequestError as exc:  # its registration refused: a refusal as any other
+                    refusals = refusals or backoff(RECONNECT, REFUSED_MOST)
+                    pause = next(refusals)
+                    log.warning("executor: %s; reconnecting in %.2g s", exc, pause)
                 finally:
                     await session.close()
                     await http.close()
-                await asyncio.sleep(RECONNECT)
+                await asyncio.sleep(pause)
         finally:
             fence.cancel()
 
@@ -269,21 +290,27 @@ class ExecutorDaemon:
             f"verify ({why}): start the executor with a --tls-ca that signs the coordinator's "
             f"--tls-cert, a certificate issued for the address it dials ({host})") from None
 
-    def _announce_dial_failure(self, exc: Exception, announced: str | None) -> str:
+    def _announce_dial_failure(self, exc: Exception, announced: str | None, refused: bool) -> str:
         """Log why the coordinator cannot be reached, once for each kind of
-        failure in a row (retried every RECONNECT seconds): the kind."""
-        reason = tls_handshake_failure(exc) if self.tls is not None else None
-        kind = "unreachable" if reason is None else "tls"
+        failure in a row (retried every RECONNECT seconds, or backing off
+        when `refused`): the kind."""
+        reason = tls_handshake_failure(exc) if self.tls is not None and refused else None
+        kind = "tls" if reason is not None else "refused" if refused else "unreachable"
         if kind == announced:
             return kind
-        if reason is None:
+        if kind == "unreachable":
             log.warning("executor: cannot reach the coordinator at %s:%d: %s; retrying every %g s",
                         *self.address, exc, RECONNECT)
+        elif kind == "refused":
+            log.warning("executor: the coordinator at %s:%d closed the connection before this executor "
+                        "authenticated (%s); retrying, each time later, up to every %g s (if this goes on: "
+                        "is it over its limit of pending connections, something flooding it?)",
+                        *self.address, exc, REFUSED_MOST)
         else:
-            log.warning("executor: the TLS handshake with the coordinator at %s:%d failed (%s); retrying "
-                        "every %g s, as it may be restarting (if this goes on: does it listen with "
-                        "--tls-cert, and does its --tls-ca sign this executor's certificate?)",
-                        *self.address, reason, RECONNECT)
+            log.warning("executor: the TLS handshake with the coordinator at %s:%d failed (%s); retrying, "
+                        "each time later, up to every %g s, as it may be restarting (if this goes on: does "
+                        "it listen with --tls-cert, and does its --tls-ca sign this executor's "
+                        "certificate?)", *self.address, reason, REFUSED_MOST)
         return kind
 
     async def _leave(self, session) -> None:

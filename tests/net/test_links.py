@@ -702,6 +702,30 @@ def test_a_tls_handshake_the_server_refuses_is_logged_naming_the_peer_and_why(tm
                               "PEER_DID_NOT_RETURN_A_CERTIFICATE] peer did not return a certificate"), refusal
 
 
+async def test_a_dial_the_server_refuses_backs_off_and_says_so(tmp_path, caplog):
+    """A server refusing our TLS certificate (the client sees only the
+    connection closed) was dialled as often as one not there yet, 10 ms
+    apart at first, and aiohttp sent each upgrade twice: ~18 refusals in
+    the server's log in a 1 s dial. Now pauses double from REFUSED_FIRST
+    (jittered), one connection a try, and the last refusal is a
+    `LinkRefused`: a handful in that second."""
+    from kernel.net._links import LinkRefused
+
+    server_context, client = tls_contexts(tmp_path)
+    server_context.load_verify_locations(tmp_path / "cert.pem")
+    server_context.verify_mode = ssl.CERT_REQUIRED  # the client presents none
+    server = await start_server([], ssl_context=server_context)
+    try:
+        with caplog.at_level(logging.WARNING, logger="kernel.links"):
+            with pytest.raises(LinkRefused, match=r"could not reach https://127\.0\.0\.1:\d+ within 1 s"):
+                await links_connect(f"https://127.0.0.1:{server.port}", SECRET, 1, timeout=1.0, ssl=client)
+            await until(lambda: "TLS handshake failed" in caplog.text)
+        refusals = caplog.text.count("TLS handshake failed")
+        assert 2 <= refusals <= 6, refusals
+    finally:
+        await server.stop()
+
+
 def tls_contexts(tmp_path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """A server's TLS context (a self-signed certificate for 127.0.0.1) and
     a client's that trusts it."""

@@ -7,6 +7,7 @@ whose TLS handshakes are reset says so once and dials on."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import socket
 import ssl
@@ -230,12 +231,11 @@ def test_an_executor_whose_tls_handshakes_are_reset_says_so_once_and_registers_o
         system.start_executor(1)
         log = tmp_path / "executor1.log"
         said = (f"executor: the TLS handshake with the coordinator at 127.0.0.1:{system.port} failed "
-                "([Errno 104] Connection reset by peer); retrying every 0.5 s, as it may be restarting (if "
-                "this goes on: does it listen with --tls-cert, and does its --tls-ca sign this executor's "
-                "certificate?)")
+                "([Errno 104] Connection reset by peer); retrying, each time later, up to every 10 s, as it "
+                "may be restarting (if this goes on: does it listen with --tls-cert, and does its --tls-ca "
+                "sign this executor's certificate?)")
         wait_until(lambda: said in log.read_text(), timeout=20, what="the executor to say why")
-        # a dial retries for 2 s, at most 13 times: 14 resets are a second dial at least
-        for _ in range(14):
+        for _ in range(3):  # (0.25-0.5 s, then 0.5-1 s apart)
             assert resetting.stdout.readline() == "reset\n"
         assert log.read_text().count("TLS handshake") == 1, log.read_text()
         assert system.executors[0].poll() is None
@@ -247,6 +247,40 @@ def test_an_executor_whose_tls_handshakes_are_reset_says_so_once_and_registers_o
         resetting.kill()
         resetting.wait()
         resetting.stdout.close()
+        system.close()
+
+
+def refusal_times(log: str) -> list[float]:
+    """The times (seconds, from the coordinator's log) of its refusals of a
+    TLS handshake, in order."""
+    found = re.findall(r"^\S+ (\d\d):(\d\d):(\d\d),(\d\d\d) WARNING .*TLS handshake failed", log,
+                       re.MULTILINE)
+    return [int(h) * 3600 + int(m) * 60 + int(sec) + int(ms) / 1000 for h, m, sec, ms in found]
+
+
+def test_an_executor_the_coordinator_refuses_backs_off(certificates, tmp_path):
+    """A coordinator refusing an executor's certificate (mutual TLS: the
+    executor sees only the connection closed, as a coordinator over its
+    limit of pending connections looks) was dialled 13 times in 2 s (the
+    dial's own retries, 10 ms apart at first) and again 0.5 s later, for
+    ever: a TLS handshake on both sides and a refusal in the coordinator's
+    log each time. It now waits 0.25-0.5 s, then twice as long each time
+    (up to 10 s), saying once why, and runs on: a refusal of this kind may
+    be a coordinator restarting, which no client can tell apart."""
+    system = System(tmp_path)
+    try:
+        system.start_coordinator(*node_options(certificates))
+        executor = system.start_executor(1, "--tls-cert", certificates["other.pem"], "--tls-key",
+                                         certificates["other.key"], "--tls-ca", certificates["ca.pem"])
+        times = wait_until(lambda: len(found := refusal_times(system.coordinator_log.read_text())) >= 4
+                           and found, timeout=20, what="four refusals")
+        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+        assert gaps[0] >= 0.2 and gaps[1] >= 0.45 and gaps[2] >= 0.95, gaps
+        assert executor.poll() is None
+        log = (tmp_path / "executor1.log").read_text()
+        assert log.count("TLS handshake with the coordinator") == 1, log
+        assert "retrying, each time later, up to every 10 s" in log
+    finally:
         system.close()
 
 
