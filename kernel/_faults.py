@@ -3,7 +3,10 @@
 `KERNEL_CRASH_AT="point:n"` (or `"point:n@k"`: on kernel k only) makes a
 process kill itself with SIGKILL the n-th time it reaches `crash_point(point)`
 (`batch`: a file sink mid-batch, `snapshot`: a snapshot written but not yet
-reported, `commit`: a file sink mid-commit).
+reported, `commit`: a file sink mid-commit, `committed`: a kernel process
+that has just published an epoch complete on every kernel, not the last:
+a crash that leaves an epoch to resume from, however slowly epochs
+complete under load).
 
 `KERNEL_SIGNAL_AT="point:n:SIGNAL"` (or `"point:n:SIGNAL@group"`: to the
 whole process group, as a terminal's Ctrl-C) makes a process send itself

@@ -736,15 +736,16 @@ def notes(directory: Path, run_name: str) -> list[str]:
 
 
 class Countdown(Source):
-    """A source of our own: this kernel's share of 0..M-1, five a poll; its
-    position goes into snapshots and comes back with `restore`. It notes
-    open, restore and its first poll, in order."""
+    """A source of our own: this kernel's share of 0..count-1, five a poll;
+    its position goes into snapshots and comes back with `restore`. It
+    notes open, restore and its first poll, in order."""
 
-    def __init__(self, calls: Path):
+    def __init__(self, calls: Path, count: int = M):
         self.calls = calls
+        self.count = count
 
     def open(self, context):
-        self.share = range(context.index, M, context.peers)
+        self.share = range(context.index, self.count, context.peers)
         self.next = 0
         self.polled = False
         note(self.calls, f"k{context.index} open")
@@ -922,7 +923,8 @@ def rescale_flow(out: Path, own: bool = False):
     a source of our own that keeps a position without saying how to cut it."""
     flow = Dataflow("claims-rescale")
     if own:
-        flow.source(functools.partial(Countdown, out / "calls"), name="countdown").map(pace).collect()
+        # (long enough that the crash comes while it runs: an ended source has no position to cut)
+        flow.source(functools.partial(Countdown, out / "calls", 10 * M), name="countdown").map(pace).collect()
         return flow, None
     paced = flow.from_iterable(range(N), batch_size=8, timestamp=lambda n: n / 10).map(pace)
     paced.to_files(out / "records")
@@ -932,11 +934,10 @@ def rescale_flow(out: Path, own: bool = False):
 
 
 def crash_on_two_kernels(out: Path, state: Path, own: bool = False) -> None:
-    """Killed on kernel 1's 6th snapshot, once an epoch is complete (the
-    launcher may see the crash before the last reports of durable epochs:
-    with too early a crash, under load, none was complete, and the resume
-    had nothing to rescale)."""
-    kernel._faults._SPEC = "snapshot:6@1"  # as KERNEL_CRASH_AT, for the forked kernels
+    """Killed on kernel 1 once it has published its second complete epoch
+    (killed at its 6th snapshot instead, under load no epoch was complete
+    at times, and the resume had nothing to rescale)."""
+    kernel._faults._SPEC = "committed:2@1"  # as KERNEL_CRASH_AT, for the forked kernels
     try:
         with pytest.raises(KernelProcessError):
             run(rescale_flow(out, own)[0], cores=2, state_dir=state, epoch_interval=0.01)

@@ -181,6 +181,8 @@ class KernelSide(_Coordinator):
         while self.commits.poll():
             epoch, final = self.commits.recv()
             self.runtime.commit(epoch)
+            if not final:
+                crash_point("committed", self.index)
             if final and self._waiting_final:
                 self._waiting_final = False
                 self._close()
