@@ -1038,9 +1038,11 @@ def test_a_job_of_two_processes_with_a_state_dir_resumes_on_the_executors_left(t
             system.start_executor(cores=1)
         system.executors_up(3)
         out, count = tmp_path / "out", 3000
-        # 7.5 s of records until `go` (touched right after the kill): under a
+        # 7.5 s of records until `go`, touched once the job is restarted: under a
         # loaded CI the first attempt once finished in the 3 s that 2 ms gave,
-        # before its executor was killed, and the restart had nothing to resume
+        # before its executor was killed, and the restart had nothing to resume;
+        # `go` touched right after the kill, its processes (the killed
+        # executor's ends itself only when it notices) once ran to the end first
         pipeline, go = slow(tmp_path, pause=0.005, count=count, out=out)
         job = system.cli("submit", pipeline, "--processes", "2", "--state-dir", tmp_path / "state",
                          "--epoch-interval", "0.2").stdout.splitlines()[0]
@@ -1048,6 +1050,9 @@ def test_a_job_of_two_processes_with_a_state_dir_resumes_on_the_executors_left(t
         first = system.job(job)["placement"][0]
         victim = next(p for p in system.executors if system.executor_id(p) == first)
         victim.send_signal(signal.SIGKILL)
+        # (the next attempt starts once the last one's processes are stopped, or fenced)
+        wait_until(lambda: (lambda s: s["restarts"] >= 1 and s["status"] in ("starting", "running"))(
+            system.job(job)), timeout=60, what="the job's next attempt to start", every=0.2)
         go.touch()
         wait_until(lambda: system.job(job)["status"] in ("completed", "failed"), timeout=90,
                    what="the restarted job to end", every=0.2)
