@@ -449,12 +449,12 @@ def _crash_runs():
 
 def test_a_crashed_run_with_flow_control_resumes_and_publishes_every_result_once(tmp_path):
     """2 kernels, records without event time going into runs of at most 16
-    while the source is paused and resumed, kernel 1 killed after its 3rd
-    snapshot: the resumed run publishes every Collatz walk's steps once."""
+    while the source is paused and resumed, kernel 1 killed after its 2nd
+    complete epoch: the resumed run publishes every Collatz walk's steps once."""
     count = 600
     (tmp_path / "pipeline.py").write_text(RECOVERY)
     run_cli = _crash_runs().run_cli
-    first = run_cli(tmp_path, 2, "snapshot:3@1", N=count, OUT=tmp_path / "out")
+    first = run_cli(tmp_path, 2, "committed:2@1", N=count, OUT=tmp_path / "out")
     assert first.returncode != 0, "the crash point was never reached"
     store = SnapshotStore(tmp_path / "state")
     try:
@@ -463,8 +463,7 @@ def test_a_crashed_run_with_flow_control_resumes_and_publishes_every_result_once
         store.close()
     second = run_cli(tmp_path, 2, None, N=count, OUT=tmp_path / "out")
     assert second.returncode == 0, second.stderr
-    if completed:  # it resumed from the newest complete epoch
-        assert f"resuming from epoch {completed[0][0]}\n" in second.stderr
+    assert completed and f"resuming from epoch {completed[0][0]}\n" in second.stderr
     lines = []
     for path in sorted((tmp_path / "out" / "out").glob("part-*.jsonl")):
         lines += [tuple(json.loads(line)) for line in path.read_text().splitlines()]

@@ -50,7 +50,7 @@ def lines(folder: Path) -> list:
             for line in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("cores, crash", [(1, "snapshot:3"), (2, "snapshot:4@1")])
+@pytest.mark.parametrize("cores, crash", [(1, "snapshot:3"), (2, "committed:2@1")])
 def test_a_crashed_join_and_distinct_resume_exactly_once(tmp_path, cores, crash):
     (tmp_path / "pipeline.py").write_text(PIPELINE)
     first = run_cli(tmp_path, cores, crash)

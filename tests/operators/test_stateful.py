@@ -158,7 +158,7 @@ def run_cli(tmp: Path, cores: int, crash: str | None):
     return _crash_runs.run_cli(tmp, cores, crash, N=N, OUT=tmp / "out")
 
 
-@pytest.mark.parametrize("cores, crash", [(1, "snapshot:3"), (2, "snapshot:4@1")])
+@pytest.mark.parametrize("cores, crash", [(1, "snapshot:3"), (2, "committed:2@1")])
 def test_a_crashed_run_resumes_each_keys_state(tmp_path, cores, crash):
     """Each key's records are numbered 1..n exactly once after a crash and
     a resumed run: a state lost (numbering from 1 again) or a record

@@ -392,9 +392,7 @@ def test_a_crash_while_the_combiner_passes_records_on_resumes_to_the_right_windo
              "--state-dir", str(tmp_path / "state"), "--epoch-interval", "0.02"],
             env=env, capture_output=True, text=True, timeout=120)
 
-    assert run_cli("snapshot:3@1").returncode != 0
-    # kernel 1's third snapshot needed kernel 0's third marker: kernel 0 had
-    # long made its first epoch durable
+    assert run_cli("committed:1@1").returncode != 0
     epoch, _ = newest_complete(tmp_path / "state")
     assert epoch >= 1
     second = run_cli(None, run="resumed")
@@ -605,7 +603,8 @@ def _crashed_and_resumed_as(tmp_path, cores: int, resumed_on: int, mode: str):
     snapshot, then resumed on `resumed_on` as `mode`, failing: the resumed
     run and its `error: ` line."""
     (tmp_path / "pipeline.py").write_text(STATE_OF_A_CLASS)
-    crash = "snapshot:5" + ("@1" if cores == 2 else "")  # (~30 epochs a kernel: state in the 4th)
+    # (~30 epochs a kernel: state in the 4th)
+    crash = "committed:4@1" if cores == 2 else "snapshot:5"
     first = run_tallies(tmp_path, cores, "first", crash)
     assert first.returncode != 0, "the crash point was never reached"
     resumed = run_tallies(tmp_path, resumed_on, mode)
