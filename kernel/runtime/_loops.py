@@ -50,11 +50,18 @@ have): the loop is then between runs everywhere, so the loop's steps
 snapshot with nothing in flight (their `Instance` alignment, as outside
 loops), and the entry's own part is the records that came before the marker
 and still wait, its outer watermarks then, and the loop's run count. A run
-takes in no record behind a marker not yet in the loop. Markers that never
-reach every kernel (those after the last one a kernel got before its inputs
-all ended: JOIN says so) are dropped by the next run to start, on every
-kernel alike, which then takes in the records behind them; the loop's steps
-end after the last run, which stands for them.
+takes in no record behind a marker not yet in the loop. The last kernel to
+get a marker asks for a run (which may take in nothing), so markers go in
+even when no watermark moves. A kernel whose inputs have all ended has in
+effect every later marker (nothing more comes before any): while another
+kernel's inputs go on, the epochs wait for it on no kernel (JOIN says it
+has ended), and its entries pass in each epoch the others have, their part
+being all that still waits, so epochs keep completing while any kernel
+reads. Once every kernel's inputs have ended, markers after the last one
+the first of them to end got (JOIN says which) never reach every kernel:
+they are dropped by the next run, the final one, on every kernel alike,
+which then takes in the records behind them; the loop's steps end after
+it, which stands for them.
 
 Flow control (Faucet, `max_in_flight`): besides what a run takes in, what
 waits at the entries is bounded, by pausing sources (`check_room`). A
@@ -166,12 +173,15 @@ class LoopControl:
         if state == self.reported:
             return  # what this kernel said last time lapsed, and nothing changed
         frontier, ended, _, earliest, epoch, idle = state
-        # (max_in_flight: a kernel whose sources wait for records behind an
-        # epoch's mark needs a run once every kernel has that epoch, and
-        # only the last to get it knows; a kernel gone idle no longer holds
-        # the others back, and only it knows)
+        # (an epoch's marker goes into the loop only at a run's start, once
+        # every kernel's entries have it, and only the last to get it knows:
+        # without a run then, the loop's steps would snapshot it only when
+        # the watermark next moves, after the end for records without time,
+        # and max_in_flight's paused sources would wait for the records
+        # behind its mark; a kernel gone idle no longer holds the others
+        # back, and only it knows)
         if (frontier > self.frontier or ended or idle or _takes(earliest, frontier)
-                or (self.faucet and epoch > self.epoch_done)):
+                or epoch > self.epoch_done):
             self.asked = self.runs + 1
             self.back.deliver(0, RoundMarker(self.id, RoundMarker.START, self.asked))
 
@@ -195,9 +205,10 @@ class LoopControl:
         answer[2] = answer[2] and marker.final
         answer[3] = max(answer[3], marker.held)
         answer[4] = min(answer[4], marker.earliest)
-        answer[5] = min(answer[5], marker.epoch)
         if marker.final:  # that kernel's inputs have all ended: it gets no later epoch
             answer[6] = min(answer[6], marker.epoch)
+        else:  # (one whose inputs have ended takes part in any: `Entry.pass_epochs`)
+            answer[5] = min(answer[5], marker.epoch)
         self._decide()
 
     def _join(self) -> None:
@@ -217,6 +228,8 @@ class LoopControl:
         del self.answers[run]
         self.runs = run
         _, active_least, ended, held, earliest, epoch, last_everywhere, any_active, idle_largest = answer
+        if ended:  # (with a kernel whose inputs go on, those ended wait for no epoch)
+            epoch = last_everywhere
         frontier = active_least if any_active or idle_largest is None else idle_largest
         frontier = max(frontier, self.frontier)  # (it never moves back: an idle kernel may be active again)
         final = ended and held <= self.in_flight
@@ -229,13 +242,15 @@ class LoopControl:
                 for entry in self.entries:
                     entry.pass_epochs(epoch, before)
                 self.epoch_done = epoch
-            if last_everywhere < 2**64 - 1:
-                # epochs after the last one a kernel whose inputs have all
-                # ended got never come everywhere, and would hold the loop's
-                # steps (whose inputs end only after the last run) aligning
-                # forever, and the records behind them waiting: their markers
-                # go, on every kernel alike, and the steps' ends stand in for
-                # them (`EpochTracker.ended`)
+            if ended:
+                # every kernel's inputs have ended: epochs after the last one
+                # the first to end got never come everywhere, and would hold
+                # the loop's steps (whose inputs end only after this run)
+                # aligning forever, and the records behind them waiting:
+                # their markers go, on every kernel alike, and the steps'
+                # ends stand in for them (`EpochTracker.ended`). (While
+                # some kernel's go on, a kernel whose inputs have ended
+                # takes part in its epochs instead: `Entry.pass_epochs`.)
                 for entry in self.entries:
                     news = entry.drop_epochs(last_everywhere) or news
             self.running = True
@@ -287,9 +302,16 @@ class LoopControl:
             untimed = untimed or without_time
         if self.faucet and (untimed or (held and self._waiting()[1] >= self.in_flight)):
             earliest = _NOW
-        epoch = min(entry.ready_epoch for entry in self.entries)
         frontier, idle = self._outer_frontier()
-        return frontier, self._ended(), held, earliest, epoch, idle
+        return frontier, self._ended(), held, earliest, self._ready_epoch(), idle
+
+    def _ready_epoch(self) -> int:
+        """The latest epoch whose marker every entry here has. An entry whose
+        outside inputs have all ended has every epoch's (nothing more comes
+        before any): with others open, it waits for none; with every entry
+        ended, the kernel's last epoch is the least they got."""
+        entries = [entry for entry in self.entries if not entry.outer.ended] or self.entries
+        return min(entry.ready_epoch for entry in entries)
 
     def _waiting(self) -> tuple[int, int]:
         """Records waiting here: all, and those before the first epoch mark
@@ -515,9 +537,13 @@ class Entry(Instance):
     def pass_epochs(self, upto: int, control_state) -> None:
         """Epoch markers up to `upto` go into the loop (a run is about to
         start; the last one ended everywhere), each with this entry's
-        snapshot: the data still waiting that came before it."""
+        snapshot: the data still waiting that came before it. An entry
+        whose outside inputs have all ended passes the epochs it never got
+        too (another kernel's input goes on), as if their markers had come
+        after its end: everything waiting came before them."""
         items, self.held_outside = self.held_outside, []
         before: list = []
+        passed = self.control.epoch_done
         for at, item in enumerate(items):
             if item.__class__ is not _Mark:
                 before.append(item)
@@ -526,7 +552,12 @@ class Entry(Instance):
                 self.held_outside = before + items[at:]
                 return
             self._pass_epoch(item.epoch, before, item.outer, control_state)
+            passed = item.epoch
         self.held_outside = before
+        if self.outer.ended:
+            for epoch in range(passed + 1, upto + 1):
+                self._pass_epoch(epoch, before, self.outer.snapshot(), control_state)
+            self.ready_epoch = max(self.ready_epoch, upto)
 
     def drop_epochs(self, after: int) -> bool:
         """Epoch marks after `after` go (see `LoopControl._decide`); any?"""
