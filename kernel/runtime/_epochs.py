@@ -24,6 +24,16 @@ from kernel.dataflow._errors import PASSES_THROUGH, OperatorError
 
 ENDED = "ended"  # an instance's part once it has ended
 
+# How many epochs a kernel takes past the newest one complete on every
+# kernel: epoch n starts here only once n - AHEAD is complete. Each kernel
+# starts epochs on its own timer, and without a bound one that another
+# kernel or a loop holds back (a loop passes markers in only between runs)
+# piled up snapshots that no other kernel had: a crash then left nothing
+# recent to resume from however many were written. Two, not one (Flink's
+# default of one checkpoint at a time), so that the next epoch aligns while
+# the last one is written and gathered.
+AHEAD = 2
+
 UNPICKLABLE_STATE = (
     "with a state_dir every step's state is pickled at each epoch (its snapshot): keyed state "
     "values, stateful_map's state and what a custom operator's on_epoch returns must be picklable "
@@ -69,6 +79,11 @@ class EpochTracker:
         self._parts: dict[int, dict[int, bytes | str]] = {}
         self._ended: set[int] = set()
         self._flushed = first_epoch - 1  # epochs up to this one went to `durable`
+
+    def may_take(self, complete: int) -> bool:
+        """Whether the next epoch may start, `complete` being the newest
+        epoch complete on every kernel (`AHEAD`)."""
+        return self.next_epoch - complete <= AHEAD
 
     def take_epoch(self) -> int:
         """The number of the next epoch to inject. Every kernel injects every

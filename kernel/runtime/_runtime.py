@@ -86,6 +86,7 @@ class Runtime:
         self.snapshot_bytes: int | None = None  # the last snapshot this kernel took
         self._epoch_log: list[list] = []  # [epoch, wall time at its snapshot, seconds], the last EPOCH_LOG
         self.complete: int | None = None  # the last epoch complete on every kernel (`commit`)
+        self._epoch_due = False  # the next epoch's time came while too far ahead (`_next_epoch`)
         if isinstance(getattr(kernel.logger, "extra", None), dict):  # structured logs name the job
             kernel.logger.extra["job"] = graph.name
         self.nested_time = [0.0]  # metrics: see Instance.count_records
@@ -463,6 +464,9 @@ class Runtime:
         live = [source for source in self._sources if not source.ended]
         if not live or self.epochs is None:
             return
+        if not self.epochs.may_take(self.complete or 0):
+            self._epoch_due = True  # it starts when an epoch completes (`commit`)
+            return
         epoch = self.epochs.take_epoch()
         if self.metrics:
             self._epoch_started[epoch] = self.kernel.clock.monotonic()
@@ -508,6 +512,9 @@ class Runtime:
             self.complete = epoch
         for instance in self.instances:
             _call(instance, "on_commit", epoch)
+        if self._epoch_due:
+            self._epoch_due = False
+            self._next_epoch()
 
 
 def _upstream_first(source: Instance, leads: dict[int, bool]) -> list[Instance]:
