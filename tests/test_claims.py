@@ -2911,8 +2911,8 @@ def test_loops_refuse_hand_made_cycles_and_misplaced_steps_naming_them():
 
 @promise(LOOPS, "Snapshots")
 def test_a_run_with_a_loop_killed_after_a_snapshot_resumes_and_publishes_every_result_once(tmp_path):
-    """Two kernels, kernel 1 killed after its 3rd snapshot, then run again
-    with the same state_dir: it resumes from a complete epoch, and the
+    """Two kernels, kernel 1 killed as it publishes a complete epoch's files,
+    then run again with the same state_dir: it resumes from it, and the
     files hold each Collatz walk's result once, as a crash-free run's. The
     rest: tests/state/test_loop_recovery.py (hypothesis-chosen crash points
     on 1 and 2 kernels, a state kept inside the loop, windows after it, a
@@ -2931,40 +2931,32 @@ def test_a_run_with_a_loop_killed_after_a_snapshot_resumes_and_publishes_every_r
         walks.map(lambda w: [w[0], w[2]]).to_files(out)
         return flow
 
-    # Epochs pass into a loop when a run starts, several at once: a kernel
-    # may write a few before the other has written one, and a crash then
-    # leaves none complete (the rerun starts over, exactly once all the
-    # same). Later crash points until one leaves an epoch to resume from
-    # (on a loaded machine one kernel may run many snapshots ahead: 16 once
-    # left none); a run that ends before its crash point has no later one.
-    for nth in (4, 8, 12, 16, 24, 32, 48, 64):
-        out, state = tmp_path / f"out{nth}", tmp_path / f"state{nth}"
-        kernel._faults._SPEC = f"snapshot:{nth}@1"
-        try:
+    # Epochs pass into a loop when a run starts, and a kernel takes epoch n
+    # only once n - 2 is complete: while the loop's long second run goes on,
+    # the sources read the rest of their input, so kernel 1 takes 2 epochs
+    # before the last run and a crash at its 2nd snapshot may leave none
+    # complete. Killed instead as it publishes its first complete epoch's
+    # files (it has some: the first runs' walks): one is complete then.
+    out, state = tmp_path / "out", tmp_path / "state"
+    kernel._faults._SPEC = "commit:1@1"
+    try:
+        with pytest.raises(KernelProcessError):
             run(flow_into(out), cores=2, state_dir=state, epoch_interval=0.01)
-        except KernelProcessError:
-            pass  # killed at its crash point, as meant
-        else:
-            raise AssertionError(f"the run ended before kernel 1's snapshot {nth}, and no earlier crash "
-                                 "left a complete epoch to resume from")
-        finally:
-            kernel._faults._SPEC = None
-        store = SnapshotStore(state)
-        try:
-            completed = store.completed()
-        finally:
-            store.close()
-        log = _Captured()
-        logging.getLogger("kernel").addHandler(log)
-        try:
-            run(flow_into(out), cores=2, state_dir=state, epoch_interval=0.01)
-        finally:
-            logging.getLogger("kernel").removeHandler(log)
-        published = [tuple(json.loads(line)) for path in sorted(out.glob("part-*.jsonl"))
-                     for line in path.read_text().splitlines()]
-        assert Counter(published) == Counter((x + 2, _collatz_steps(x + 2)) for x in range(600))
-        if completed:
-            assert f"state_dir {state}: resuming from epoch {completed[0][0]}" in log.lines
-            break
-    else:
-        raise AssertionError("no crash left a complete epoch to resume from")
+    finally:
+        kernel._faults._SPEC = None
+    store = SnapshotStore(state)
+    try:
+        completed = store.completed()
+    finally:
+        store.close()
+    assert completed and not completed[0][1], completed
+    log = _Captured()
+    logging.getLogger("kernel").addHandler(log)
+    try:
+        run(flow_into(out), cores=2, state_dir=state, epoch_interval=0.01)
+    finally:
+        logging.getLogger("kernel").removeHandler(log)
+    published = [tuple(json.loads(line)) for path in sorted(out.glob("part-*.jsonl"))
+                 for line in path.read_text().splitlines()]
+    assert Counter(published) == Counter((x + 2, _collatz_steps(x + 2)) for x in range(600))
+    assert f"state_dir {state}: resuming from epoch {completed[0][0]}" in log.lines

@@ -24,8 +24,8 @@ from kernel.dataflow._errors import PASSES_THROUGH, OperatorError
 
 ENDED = "ended"  # an instance's part once it has ended
 
-# How many epochs a kernel takes past the newest one complete on every
-# kernel: epoch n starts here only once n - AHEAD is complete. Each kernel
+# How many epochs a kernel of several takes past the newest one complete on
+# every kernel: epoch n starts there only once n - AHEAD is complete. Each kernel
 # starts epochs on its own timer, and without a bound one that another
 # kernel or a loop holds back (a loop passes markers in only between runs)
 # piled up snapshots that no other kernel had: a crash then left nothing

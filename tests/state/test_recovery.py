@@ -560,7 +560,9 @@ STATE_OF_A_CLASS = textwrap.dedent(
 
     def paced(n):
         if n % 20 in (0, 1):  # (on both kernels: kernel k of 2 reads record i where i % 2 == k)
-            time.sleep(0.001)  # a kernel's batch of 20 takes 2 ms at the source: epochs (5 ms) between
+            # a kernel's batch of 20 takes 4 ms at the source: epochs (5 ms) between; a
+            # kernel takes epoch n once n - 2 is complete, 10 to 30 ms apart under load
+            time.sleep(0.002)
         return n
 
     def tally(state, n):
