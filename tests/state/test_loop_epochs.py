@@ -102,12 +102,13 @@ def test_epochs_complete_while_a_kernel_reads_though_another_kernels_input_has_e
     watched = _run(tmp_path, cores, timed)
     for kernel in range(1, cores):
         _, commits = watched[kernel]
-        # epochs complete at two points of its input at least, before it
-        # ended (the first takes the processes' start, 0.2 s or more). Before:
-        # only at the end, all 3,000 read (kernel 0's loop entries had their
-        # last epoch's marker, and the loop took in no later one).
+        # epochs complete before its input ended (under a loaded suite run,
+        # once only at 2,108 of 3,000 read: the processes' start and the
+        # first epochs take most of the 0.6 s). Before: only at the end, all
+        # 3,000 read (kernel 0's loop entries had their last epoch's marker,
+        # and the loop took in no later one).
         points = {read for epoch, read in commits if epoch > 0 and read < LONG}
-        assert len(points) >= 2, (kernel, commits)
+        assert points, (kernel, commits)
 
 
 @pytest.mark.parametrize(("cores", "timed"), [(2, False), (2, True), (3, True)])
