@@ -206,6 +206,20 @@ def _on_sigterm(signum, frame) -> None:
 
 _cli_pid = 0
 
+# What an executor blocks in a job's process until it can stop as asked
+# (`_job_process_setup`): a `kill` while the process was still starting,
+# under load, ended it with a KeyboardInterrupt traceback, not "interrupted".
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+def _let_stop_signals_in() -> None:
+    """SIGINT and SIGTERM, blocked by whoever started this process until
+    it could stop as they ask (an executor), come in now, inside the
+    `try` that says "interrupted" or "terminated": one sent meanwhile
+    is delivered here. (Unblocked already: nothing changes.)"""
+    if threading.current_thread() is threading.main_thread():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
 
 def main(argv: list[str] | None = None, prog: str = "python -m kernel.run") -> int:
     global _cli_pid, _terminated
@@ -277,6 +291,7 @@ def _main(argv: list[str] | None, prog: str) -> int:
     from kernel.state import StateError  # the facade's one reach into `state`
 
     try:
+        _let_stop_signals_in()
         return _run(args, path, name)
     except StateError as exc:
         _error(str(exc))

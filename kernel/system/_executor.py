@@ -46,6 +46,7 @@ from pathlib import Path
 
 from kernel.cli._lease import VARIABLE as LEASE_VARIABLE
 from kernel.cli._lease import LeaseWriter
+from kernel.cli._run import STOP_SIGNALS
 from kernel.dataflow._errors import KernelError
 from kernel.net._causes import untrusted_certificate
 from kernel.net._links import AuthenticationFailed, LinkRefused, backoff
@@ -123,12 +124,16 @@ def _job_process_setup() -> None:
     (even by SIGKILL), as the kernels die with their launcher; and let
     SIGINT stop it (Ctrl-C's way, what `stop` sends first) even when the
     executor was started with SIGINT ignored (a shell's background job),
-    which an exec would pass on."""
+    which an exec would pass on. SIGINT and SIGTERM stay blocked (a mask
+    survives exec) until `kernel run` can say "interrupted" or "terminated"
+    (`_let_stop_signals_in`): a `kill` of a job still starting (importing,
+    under load) ended it with a KeyboardInterrupt traceback in its log."""
     import ctypes
 
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
 
 def last_error(path: Path, start: int) -> str | None:

@@ -442,6 +442,31 @@ def test_ctrl_c_stops_an_endless_pipeline(tmp_path, cores, stop, code, said):
     assert out == ""
 
 
+@pytest.mark.parametrize(("stop", "code", "said"), [("SIGINT", 130, "interrupted"),
+                                                  ("SIGTERM", 143, "terminated")])
+def test_a_stop_sent_while_the_run_was_starting_is_said_as_any_other(tmp_path, stop, code, said):
+    # An executor starts a job's process with SIGINT and SIGTERM blocked
+    # (`_job_process_setup`): a `kill` while it still imports, under load,
+    # ended it with a KeyboardInterrupt traceback, not "interrupted". Here
+    # the signal is sent before the process has run a line of Python: it
+    # waits, blocked, until the run can stop as it asks. (Without the
+    # unblocking, it would never come: the endless pipeline runs on.)
+    from kernel.system._executor import _job_process_setup
+
+    path = write(tmp_path, "endless.py", ENDLESS)
+    proc = subprocess.Popen([sys.executable, "-m", "kernel.run", str(path)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_job_process_setup)
+    try:
+        proc.send_signal(getattr(signal, stop))
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == code, err
+    assert without_stall_reports(err) == f"{said}\n"
+
+
 def test_a_kernel_sent_sigterm_dies_of_it_and_the_run_says_so(tmp_path):
     """The launcher's SIGTERM handler is inherited by the kernels it forks:
     there it must not become a Ctrl-C (which kernels ignore, leaving the
