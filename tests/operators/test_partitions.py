@@ -251,10 +251,10 @@ def test_a_crashed_run_resumes_each_share_at_its_offset(tmp_path):
     def run_cli(crash, cores=2):
         return _crash_runs.run_cli(tmp_path, cores, crash, OUT=tmp_path / "out")
 
-    # Kernel 1 killed in its 250th batch, epochs in: a record costs more than
-    # half the budget, so after the first poll (16 records) every batch is
-    # one record, and batch 250 comes ~80 ms into the run, of ~300.
-    first = run_cli("batch:250@1")
+    # Kernel 1 killed once it has published its 2nd complete epoch, early in
+    # a run of ~300 ms (killed in its 250th batch, ~80 ms in, a loaded suite
+    # run once had no epoch complete by then)
+    first = run_cli("committed:2@1")
     assert first.returncode != 0, "the crash point was never reached"
     published = [json.loads(line) for f in (tmp_path / "out" / "r").glob("part-*.jsonl")
                  for line in f.read_text().splitlines()]
