@@ -1276,10 +1276,15 @@ def test_a_subscriber_gets_each_reading_once_across_a_publisher_resumed_from_its
         stall.touch()
         wait_until(lambda: released() >= stalled_at + 9, what="A to go on without B")
 
+    # The resumed A makes no reading until B is back: under load B once came
+    # back after the resumed A had made all its readings and ended ("the new
+    # publisher had ended before this subscriber reached it")
+    subscribed.unlink()
     os.kill(wait_until(lambda: readings_process(executor), what="the job's process"), signal.SIGKILL)
     fast.touch()  # (B has fallen behind A: now it may catch up)
     wait_until(lambda: all(len(starts(b)[p]) >= 2 for p in range(kernels)) or b.proc.poll() is not None,
                what="B to read from the resumed A")
+    subscribed.touch()
     go.touch()
     seqs, sums = results(b)
     assert system.job(job)["restarts"] == 1
