@@ -518,7 +518,9 @@ def test_a_client_that_never_reads_holds_the_servers_stop_half_a_second_at_most(
         finally:
             client.close()
 
-    assert asyncio.run(scenario()) < 0.6
+    # (the server waits half a second; the rest is the machine's: 0.78-0.95 s
+    # in a suite run beside a load of 6.7 on 2 CPUs. The bug took 2 s.)
+    assert asyncio.run(scenario()) < 1.2
 
 
 @pytest.mark.parametrize("cores", [1, 2])
