@@ -263,7 +263,13 @@ class JobMaster:
     async def _launch(self, job_id: str) -> None:
         job = self.jobs[job_id]
         async with self._lock(job_id):
-            if job.status not in ("submitted", "restarting") or self._unstopped.get(job.id):
+            # (`reconcile` checked the backoff when it spawned this; a launch
+            # spawned beside it, by a reconcile just after, may find the job
+            # restarting again, its backoff set anew by the first one's
+            # failure: it waits for `_after` as well. It launched at once: a
+            # job that could never start skipped its pauses, under load.)
+            if job.status not in ("submitted", "restarting") or self._unstopped.get(job.id) \
+                    or self._not_before.get(job.id, 0.0) > time.monotonic():
                 return
             placed = self._place(job)
             if placed is None:
