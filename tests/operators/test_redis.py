@@ -360,37 +360,67 @@ def test_streams_added_on_resume_are_read_where_the_source_had_ended(client, url
     assert Counter(_published(tmp_path / "out" / "r")) == expected
 
 
-LOOPED = textwrap.dedent(
+HELD = textwrap.dedent(
     """
     import os, time
     from kernel import Dataflow
 
-    def slow(record):
-        time.sleep(0.0003)
+    HOLD, HELD = os.environ.get("HOLD"), os.environ.get("HELD")
+
+    def paced(record):
+        # while the file HOLD exists, the HELD records (a stream's, or "ticks") go slowly: the
+        # test keeps that stream (or the ticks) going until it has seen the epoch it waits for
+        if HOLD and record[0] == HELD and os.path.exists(HOLD):
+            time.sleep(0.001)
         return record
 
-    flow = Dataflow("redis looped")
+    flow = Dataflow("redis held")
     entries = flow.from_redis_stream(os.environ["REDIS_URL"], os.environ["STREAMS"].split(","), batch_size=25)
-    ticks = flow.from_partitions(lambda i, peers: range(i, 1200, peers), batch_size=25)  # both kernels live
-    records = entries.map(lambda e: [e.stream, e.id]).union(ticks).map(slow)
-    (records.iterate(lambda s: (s.filter(lambda r: False), s), max_in_flight=50)
-            .to_files(os.path.join(os.environ["OUT"], "r")))
+    TICKS = int(os.environ["TICKS"])
+    ticks = flow.from_partitions(lambda i, peers: (["ticks", n] for n in range(i, TICKS, peers)),
+                                 batch_size=25)  # every kernel live
+    records = entries.map(lambda e: [e.stream, e.id]).union(ticks).map(paced)
+    if os.environ.get("LOOPS"):
+        records = records.iterate(lambda s: (s.filter(lambda r: False), s), max_in_flight=50)
+    records.to_files(os.path.join(os.environ["OUT"], "r"))
     """
 )
+REDIS_STEP = 0  # the redis source's step index in HELD's snapshots
+
+
+def _run_held(tmp_path, url, streams, *, loops: bool, ticks: int, until=None, held: str = ""):
+    """HELD on 2 kernels; with `until`, held (`held`'s records paced) and
+    killed once a complete epoch's snapshots satisfy `until`."""
+    env = dict(OUT=tmp_path / "out", REDIS_URL=url, STREAMS=streams, TICKS=ticks, LOOPS="1" if loops else "")
+    if until is None:
+        return _crash_runs.run_cli(tmp_path, 2, None, **env)
+    hold = tmp_path / "hold"
+    hold.touch()
+    try:
+        return _crash_runs.run_cli_until(tmp_path, 2, until, HOLD=hold, HELD=held, **env)
+    finally:
+        hold.unlink()
+
+
+def _redis_ended(snapshot) -> bool:
+    return snapshot.get(REDIS_STEP) == "ended"
 
 
 def test_a_stream_added_where_the_source_had_ended_in_a_flow_with_loops_is_refused(client, url, tmp_path):
     """A flow with loops cannot be cut by key group, so a stream added where
     the source had ended cannot be read: refused, naming the step, the
-    kernel and the stream, before anything runs."""
-    (tmp_path / "pipeline.py").write_text(LOOPED)
+    kernel and the stream, before anything runs. (The first run is killed
+    once an epoch has kernel 0's step ended and kernel 1's not, kept going
+    by its long stream "b", paced: killed at a crash point instead, under
+    load no epoch was complete at times, or both steps had ended.)"""
+    (tmp_path / "pipeline.py").write_text(HELD)
     fill(client, "a", range(10))
-    fill(client, "b", range(N // 2))
-    first = _run_reordered(tmp_path, url, "a,b", 2, "batch:20@1")
-    assert first.returncode != 0, "the crash point was never reached"
+    fill(client, "b", range(6000))  # read at 1 ms an entry at most while held: >= 6 s
+    fill(client, "c", range(20))
+    _run_held(tmp_path, url, "a,b", loops=True, ticks=600, held="b",
+              until=lambda snapshots: _redis_ended(snapshots[0]) and not _redis_ended(snapshots[1]))
     published = _published(tmp_path / "out" / "r")
-    assert published, "no epoch completed before the crash"
-    second = _run_reordered(tmp_path, url, "a,b,c", 2)
+    second = _run_held(tmp_path, url, "a,b,c", loops=True, ticks=600)
     assert second.returncode != 0
     assert _published(tmp_path / "out" / "r") == published
     assert re.search(
