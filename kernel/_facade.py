@@ -170,8 +170,10 @@ class Snapshots:
         # The one place the kernel reaches into `state`, kept to the facade
         # (as `_dataflow.py` reaches into `operators`).
         from kernel.operators import SNAPSHOT_LAYOUT
+        from kernel.runtime._rescale import resume_record
         from kernel.state import SnapshotStore
-        from kernel.state._generations import Generation, newest, read_old_epoch
+        from kernel.state._generations import Generation, generations, look, newest, read_old_epoch
+        from kernel.state._store import recorded_before
 
         if not (isinstance(epoch_interval, (int, float)) and 0 < epoch_interval < float("inf")):
             raise ValueError(f"epoch_interval must be a positive number of seconds, got {epoch_interval!r}")
@@ -195,15 +197,32 @@ class Snapshots:
                                         "a run resumes a cluster's state on one process only where the "
                                         "state_dir holds every process's files (a directory they shared, or "
                                         "their files copied into it)")
+            recorded = recorded_before(look(state_dir, generations(state_dir)[old]).meta, epoch)
         else:
             latest = self.store.latest()
             self.epoch, self.finished, self.blobs = latest if latest else (0, False, None)
             self.store.discard_after(self.epoch)  # what a corrupt snapshot made it fall back past
-        if self.blobs is not None and len(self.blobs) != cores:
-            self.blobs = self._rescaled(flow, cores)
-        elif self.blobs is not None and not self.finished:
-            self._cut_if_needed(flow)
+            recorded = self.store.recorded_run(self.epoch)
+        if self.blobs is not None:
+            self._check_resume(flow, cores, recorded)
+        self.store.record_run(self.epoch, resume_record(flow.graph))
         self._tell()
+
+    def _check_resume(self, flow, cores: int, recorded: dict | None) -> None:
+        """Refuse a resume that would leave work undone (`resume_checks`);
+        restore every kernel from all the old kernels' snapshots where this
+        run has another number of kernels, or a step needs it."""
+        from kernel.runtime._rescale import resume_checks
+        from kernel.state import StateError
+
+        refusal, cut = resume_checks(flow.graph, self.blobs, recorded)
+        if refusal is not None:
+            raise StateError(f"state_dir {os.fspath(self.state_dir)!r}: resuming epoch {self.epoch}: "
+                             f"{refusal}")
+        if len(self.blobs) != cores:
+            self.blobs = self._rescaled(flow, cores)
+        elif cut is not None and not self.finished:
+            self._cut(flow, cut)
 
     def _rescaled(self, flow, cores: int) -> list:
         """Every kernel of this run starts from all the old kernels'
@@ -223,17 +242,14 @@ class Snapshots:
                     old, "s" if old > 1 else "", cores, self.store.key_groups)
         return [Rescaled(self.blobs)] * cores
 
-    def _cut_if_needed(self, flow) -> None:
+    def _cut(self, flow, reason: str) -> None:
         """As many kernels as wrote the epoch, but a step needs every
-        kernel to restore from all their snapshots (`reason_to_cut`: a
+        kernel to restore from all their snapshots (`resume_checks`: a
         Redis stream added where the source had ended): cut them as for
         another number of kernels."""
-        from kernel.runtime._rescale import Rescaled, reason_to_cut
+        from kernel.runtime._rescale import Rescaled
         from kernel.state import StateError
 
-        reason = reason_to_cut(flow.graph, self.blobs)
-        if reason is None:
-            return
         if flow.graph.loops:
             raise StateError(
                 f"state_dir {os.fspath(self.state_dir)!r}: {reason}, and a flow with loops (Stream.iterate) "

@@ -151,11 +151,11 @@ class EventTimeSource(Source):
         self._max_seen = snapshot["max_seen"]
 
     @staticmethod
-    def of_inner(check: Callable[[list], str | None]) -> Callable[[list], str | None]:
+    def of_inner(check: Callable[[list, object], str | None]) -> Callable[[list, object], str | None]:
         """`check`, a wrapped source's `Node.cut_on_resume`, given the wrapped
         source's own snapshots (inside this one's)."""
-        def checked(snapshots: list) -> str | None:
-            return check([s if s == Source.ENDED else s["inner"] for s in snapshots])
+        def checked(snapshots: list, recorded: object) -> str | None:
+            return check([s if s == Source.ENDED else s["inner"] for s in snapshots], recorded)
         return checked
 
     def rescale(self, snapshots, owns):

@@ -26,6 +26,9 @@ resumed run finishes the same read, not a longer one. A kernel that had
 read its share to the end resumes as ended, its snapshot silent; a stream
 added since that lands there makes every kernel restore from all the
 snapshots, as on another number of kernels (`cut_on_resume`, `rescale`).
+Ended on every kernel, its end has reached every step after it: a stream
+added since cannot be read, and the run is refused (the old list is the
+one the run that wrote the snapshots recorded in the store).
 
 The sink is at least once: an epoch's snapshot holds the entries handed to
 the writer and not yet acknowledged by Redis (buffered or in flight), and a
@@ -291,16 +294,26 @@ class RedisStreamSource(Source):
             ends.update(snapshot["ends"] or {})
         return {"positions": positions, "ends": ends, "done": done}
 
-    def cut_on_resume(self, snapshots) -> str | None:
+    def cut_on_resume(self, snapshots, recorded=None) -> str | None:
         """(`Node.cut_on_resume`) A kernel that had read its share to the
         end resumes as ended and its snapshot says nothing more (not even its
         streams): a stream added since that lands there would never be read.
         Then every kernel restores from all the snapshots (`rescale`), and
         the step, ended on some kernels only, reads again on each: what an
-        ended kernel had read is done, what is new is read from `start`."""
-        old_streams = next((s.get("streams") for s in snapshots if s != self.ENDED), None)
+        ended kernel had read is done, what is new is read from `start`.
+        Ended on every kernel, no snapshot names the streams: the old list
+        is the one the run that wrote them recorded (`recorded`, the step's
+        `resume_record`), and a stream added since is a reason the run
+        cannot resume (its end has reached every step after it)."""
+        old_streams = next((s.get("streams") for s in snapshots if s != self.ENDED), None) or recorded
         if old_streams is None:
-            return None  # ended everywhere (the read is over), or a version that named no streams
+            return None  # a version that named no streams, nor recorded them
+        if all(s == self.ENDED for s in snapshots):
+            added = [s for s in self.all_streams if s not in old_streams]
+            return (f"had ended on every kernel, before the stream {added[0]!r} was added: its bounded read "
+                    f"of {old_streams} was over and its end has reached every step after it, so no run "
+                    f"resumed from there can read {added[0]!r} (resume with the streams {old_streams}, and "
+                    f"read the others with a fresh state_dir)" if added else None)
         peers = len(snapshots)
         for kernel, snapshot in enumerate(snapshots):
             added = [s for s in self.all_streams[kernel::peers] if s not in old_streams]

@@ -13,7 +13,9 @@ Tables:
   keyed state moves between kernels by whole groups) and the number of
   kernels of the latest run, so a `state_dir` written by another flow or by
   a version of this library whose operators saved their state differently
-  is refused with a clear error instead of being misread;
+  is refused with a clear error instead of being misread; and what each
+  run said of its steps (`record_run`: a Redis source's stream list), by
+  the epoch it resumed from;
 * `snapshots(epoch, kernel, kernels, crc, blob)`: each kernel's snapshot of
   each epoch (`kernels`: how many the run that wrote it had), with a CRC-32
   of the blob checked when it is read (SQLite does not checksum its pages:
@@ -33,6 +35,7 @@ by any query) is refused as a whole: nothing in it can be trusted.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -93,6 +96,43 @@ def check_meta(directory, rows: dict[str, str], fingerprint: str, layout: str) -
                 f"state_dir {os.fspath(directory)!r} is damaged: its {key} reads {value!r}, "
                 f"{'not a power of two' if value.isdecimal() and value.isascii() else 'not a number'}; "
                 "move it aside to run this flow afresh (its to_files output is then written again)")
+
+
+_RUN = "run@"  # meta keys: what the run resuming epoch N said of its steps is "run@N"
+
+
+def _runs(meta: dict[str, str]) -> dict[int, str]:
+    """The `record_run` rows of a store's meta: {epoch resumed: meta key}."""
+    runs = {}
+    for key in meta:
+        if key.startswith(_RUN):
+            resumed = key[len(_RUN):]
+            if not (resumed.isdecimal() and resumed.isascii()):  # a byte flipped in it: see check_meta
+                raise StateError(f"a snapshot store is damaged: its meta holds the key {key!r}; move the "
+                                 "state_dir aside to run this flow afresh")
+            runs[int(resumed)] = key
+    return runs
+
+
+def recorded_before(meta: dict[str, str], epoch: int) -> dict | None:
+    """What the run that wrote `epoch` said of its steps (`record_run`), from a
+    store's `meta` rows: the record of the newest run that resumed an epoch
+    before it (the epochs after E are written by the last run that resumed E:
+    a run resumed from an epoch writes over what an earlier one had left of
+    the epochs after it). None: no run recorded anything (a store written by
+    an earlier version of this library)."""
+    runs = _runs(meta)
+    before = [resumed for resumed in runs if resumed < epoch]
+    if not before:
+        return None
+    try:
+        record = json.loads(meta[runs[max(before)]])
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise StateError(f"a snapshot store is damaged: its record of the run before epoch {epoch} does not "
+                         "read back; move the state_dir aside to run this flow afresh")
+    return record
 
 
 class SnapshotStore:
@@ -198,6 +238,26 @@ class SnapshotStore:
         if rows.get("kernels") != str(kernels):
             self._write("UPDATE meta SET value = ? WHERE key = 'kernels'", (str(kernels),))
         self.kernels, self.key_groups = kernels, groups
+
+    def record_run(self, epoch: int, record: dict) -> None:
+        """This run resumes `epoch` (0: afresh) and says `record` of its
+        steps (`Node.resume_record`, by step index: what a later run needs
+        to know of the run that wrote an epoch where the step's snapshots say
+        nothing, its step ended everywhere). Records of runs that resumed
+        later epochs go (that line of epochs is abandoned, as
+        `discard_after`), and those no kept epoch needs."""
+        runs = _runs(dict(self._query("SELECT key, value FROM meta")))
+        oldest = min((e for e, _, _ in self._completed() if e <= epoch), default=epoch)
+        needed = max((resumed for resumed in runs if resumed < oldest), default=0)
+        for resumed, key in runs.items():
+            if not needed <= resumed < epoch:
+                self._write("DELETE FROM meta WHERE key = ?", (key,))
+        self._write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    (f"{_RUN}{epoch}", json.dumps(record, sort_keys=True)))
+
+    def recorded_run(self, epoch: int) -> dict | None:
+        """What the run that wrote `epoch` said of its steps (`recorded_before`)."""
+        return recorded_before(dict(self._query("SELECT key, value FROM meta")), epoch)
 
     def _refuse_more_kernels_than(self, groups: int, kernels: int) -> None:
         if kernels > groups:

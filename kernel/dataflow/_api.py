@@ -568,6 +568,7 @@ class Dataflow:
         entries.node.endless = follow
         entries.node.cut_on_resume = (checked.cut_on_resume if timestamp is None else
                                       ops.EventTimeSource.of_inner(checked.cut_on_resume))
+        entries.node.resume_record = list(checked.all_streams)
         return entries
 
     def _timed_source(

@@ -60,11 +60,18 @@ class Node:
     # A source that never ends by itself (a followed file or stream): an
     # aggregate emitting at the end of its input after it would never emit.
     endless: bool = False
-    # (a source) Given every old kernel's snapshot of the step in a run resumed
-    # on as many kernels (`Operator.ENDED` where it had ended), why each
+    # (a source) Given every old kernel's snapshot of the step in a resumed
+    # run (`Operator.ENDED` where it had ended) and what the run that wrote
+    # them recorded of it (its `resume_record`, None if unknown): why each
     # kernel must restore from all of them, cut by key group as when
-    # rescaling, rather than from its own; None: its own is enough.
-    cut_on_resume: Callable[[list], str | None] | None = None
+    # rescaling, rather than from its own; None: its own is enough. Where
+    # the step had ended on every kernel, no cut reopens it: a reason then
+    # refuses the run (`kernel/runtime/_rescale.py`, `resume_checks`).
+    cut_on_resume: Callable[[list, object], str | None] | None = None
+    # What a run records of the step in its state_dir (JSON), for a later run
+    # resumed from an epoch in which its snapshots say nothing (ended
+    # everywhere): a Redis source's stream list.
+    resume_record: object = None
     # the innermost loop the step is in (None: none), and what it does at a
     # loop's border (None: inside it; or _loops.HEAD, ENTER, FEEDBACK, LEAVE)
     loop: LoopScope | None = None

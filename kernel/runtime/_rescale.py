@@ -46,26 +46,46 @@ class Rescaled:
         self.blobs = blobs
 
 
-def reason_to_cut(graph, blobs: list[bytes]) -> str | None:
-    """Why a run resumed on as many kernels as wrote `blobs` (each kernel's
-    snapshot) must still restore every kernel from all of them, as one
-    resumed on another number does: a step (`Node.cut_on_resume`) that had
-    ended on some kernels and has work there now. Restored from its own
-    snapshot, such a kernel would find the step ended and never run it
-    again; cut from all of them, a step is ended only where it had ended
-    everywhere (see the module). None: each kernel's own is enough."""
+def resume_checks(graph, blobs: list[bytes], recorded: dict | None) -> tuple[str | None, str | None]:
+    """Whether a run can resume from `blobs` (each old kernel's snapshot of
+    the restored epoch) as it is: `(refusal, cut)`.
+
+    `cut`: why a run resumed on as many kernels must still restore every
+    kernel from all of them, as one resumed on another number does: a step
+    (`Node.cut_on_resume`) that had ended on some kernels and has work there
+    now. Restored from its own snapshot, such a kernel would find the step
+    ended and never run it again; cut from all of them, a step is ended only
+    where it had ended everywhere (see the module).
+
+    `refusal`: such a step that had ended on every kernel. No cut reopens
+    it (its end has reached every step after it: a count has emitted, a
+    window flushed), so the run cannot do that work, on any number of
+    kernels: it is refused rather than leave it undone. `recorded` is what
+    the run that wrote `blobs` recorded of its steps (`Node.resume_record`,
+    by step index; None if unknown), for the steps whose snapshots then say
+    nothing. None, None: each kernel's own snapshot is enough."""
     checked = [node for node in graph.nodes if node.cut_on_resume is not None]
     if not checked:
-        return None
+        return None, None
     old = [pickle.loads(blob) for blob in blobs]  # (the parts stay pickled: only the checked are read)
+    cut = None
     for node in checked:
         parts = [kernel_parts.get(node.id, ENDED) for kernel_parts in old]
         snapshots = [Operator.ENDED if part == ENDED else unpickled_part(node.name, part)[4]
                      for part in parts]
-        reason = node.cut_on_resume(snapshots)
-        if reason is not None:
-            return f"step {node.name!r} {reason}"
-    return None
+        reason = node.cut_on_resume(snapshots, (recorded or {}).get(str(node.id)))
+        if reason is None:
+            continue
+        if all(part == ENDED for part in parts):
+            return f"step {node.name!r} {reason}", None
+        cut = cut or f"step {node.name!r} {reason}"
+    return None, cut
+
+
+def resume_record(graph) -> dict:
+    """What a run records of its steps in its state_dir (`Node.resume_record`),
+    by step index (a str: the record is JSON)."""
+    return {str(node.id): node.resume_record for node in graph.nodes if node.resume_record is not None}
 
 
 def restore_rescaled(runtime, rescaled: Rescaled) -> None:

@@ -362,24 +362,30 @@ def test_streams_added_on_resume_are_read_where_the_source_had_ended(client, url
 
 HELD = textwrap.dedent(
     """
-    import os, time
+    import asyncio, os, time
     from kernel import Dataflow
 
-    HOLD, HELD = os.environ.get("HOLD"), os.environ.get("HELD")
+    HOLD, HELD, TICKS = os.environ.get("HOLD"), os.environ.get("HELD"), int(os.environ["TICKS"])
 
+    def held():
+        return HOLD and os.path.exists(HOLD)
+
+    # While the file HOLD exists, the HELD records (a stream's, or the ticks) come slowly: the test
+    # keeps them going until it has seen the epoch it waits for in the store, then kills the run.
     def paced(record):
-        # while the file HOLD exists, the HELD records (a stream's, or "ticks") go slowly: the
-        # test keeps that stream (or the ticks) going until it has seen the epoch it waits for
-        if HOLD and record[0] == HELD and os.path.exists(HOLD):
+        if record[0] == HELD and held():
             time.sleep(0.001)
         return record
 
+    async def ticks():  # (on a task: a source always ready starved the Redis source's end)
+        for n in range(TICKS):
+            if HELD == "ticks" and held():
+                await asyncio.sleep(0.001)
+            yield ["ticks", n]
+
     flow = Dataflow("redis held")
     entries = flow.from_redis_stream(os.environ["REDIS_URL"], os.environ["STREAMS"].split(","), batch_size=25)
-    TICKS = int(os.environ["TICKS"])
-    ticks = flow.from_partitions(lambda i, peers: (["ticks", n] for n in range(i, TICKS, peers)),
-                                 batch_size=25)  # every kernel live
-    records = entries.map(lambda e: [e.stream, e.id]).union(ticks).map(paced)
+    records = entries.map(lambda e: [e.stream, e.id]).union(flow.from_async_iterable(ticks)).map(paced)
     if os.environ.get("LOOPS"):
         records = records.iterate(lambda s: (s.filter(lambda r: False), s), max_in_flight=50)
     records.to_files(os.path.join(os.environ["OUT"], "r"))
@@ -388,12 +394,12 @@ HELD = textwrap.dedent(
 REDIS_STEP = 0  # the redis source's step index in HELD's snapshots
 
 
-def _run_held(tmp_path, url, streams, *, loops: bool, ticks: int, until=None, held: str = ""):
-    """HELD on 2 kernels; with `until`, held (`held`'s records paced) and
-    killed once a complete epoch's snapshots satisfy `until`."""
+def _run_held(tmp_path, url, streams, *, loops: bool, ticks: int, until=None, held: str = "", cores: int = 2):
+    """HELD on `cores` kernels; with `until`, held (`held`'s records paced)
+    and killed once a complete epoch's snapshots satisfy `until`."""
     env = dict(OUT=tmp_path / "out", REDIS_URL=url, STREAMS=streams, TICKS=ticks, LOOPS="1" if loops else "")
     if until is None:
-        return _crash_runs.run_cli(tmp_path, 2, None, **env)
+        return _crash_runs.run_cli(tmp_path, cores, None, **env)
     hold = tmp_path / "hold"
     hold.touch()
     try:
@@ -428,6 +434,60 @@ def test_a_stream_added_where_the_source_had_ended_in_a_flow_with_loops_is_refus
         r"stream 'c' added since lands, and a flow with loops \(Stream.iterate\) restores each kernel from "
         r"its own snapshot only \(its rounds' state is kept per kernel, not by key\), where that step stays "
         r"ended: add the streams with a fresh state_dir$", second.stderr, re.MULTILINE), second.stderr
+
+
+TICKS = 8000  # paced at 1 ms each while held: >= 4 s on each kernel
+
+
+@pytest.mark.parametrize("loops, cores", [(False, 2), (True, 2), (False, 3)])
+def test_a_stream_added_after_the_source_had_ended_on_every_kernel_is_refused(client, url, tmp_path, loops,
+                                                                                cores):
+    """The source had ended on every kernel in the restored epoch (the rest
+    of the flow still ran: the ticks, paced), and "c" is added: its end
+    has reached every step after it (a count would have emitted, a window
+    flushed), so it cannot be read again. The resumed run returned 0 and
+    never read "c" (20 entries lost, with loops and without, and on 3
+    kernels); refused now, before anything runs, naming the step and the
+    stream (no snapshot names the streams then: the list is the one the
+    first run recorded in the store). Resumed with the old list, it
+    finishes: every entry and tick once."""
+    (tmp_path / "pipeline.py").write_text(HELD)
+    ids = {name: fill(client, name, range(count)) for name, count in (("a", 10), ("b", 10), ("c", 20))}
+    _run_held(tmp_path, url, "a,b", loops=loops, ticks=TICKS, held="ticks",
+              until=lambda snapshots: all(_redis_ended(s) for s in snapshots))
+    published = _published(tmp_path / "out" / "r")
+    added = _run_held(tmp_path, url, "a,b,c", loops=loops, ticks=TICKS, cores=cores)
+    assert added.returncode != 0, "the stream 'c' added was not read, and the run was not refused"
+    assert _published(tmp_path / "out" / "r") == published
+    assert re.search(
+        r"^error: state_dir '[^']+': resuming epoch \d+: step 'from_redis_stream\(a,b,c\)' had ended on "
+        r"every kernel, before the stream 'c' was added: its bounded read of \['a', 'b'\] was over and its "
+        r"end has reached every step after it, so no run resumed from there can read 'c' \(resume with the "
+        r"streams \['a', 'b'\], and read the others with a fresh state_dir\)$",
+        added.stderr, re.MULTILINE), added.stderr
+    old = _run_held(tmp_path, url, "a,b", loops=loops, ticks=TICKS, cores=cores)
+    assert old.returncode == 0, old.stderr
+    expected = Counter((name, entry_id) for name in ("a", "b") for entry_id in ids[name])
+    expected.update(("ticks", n) for n in range(TICKS))
+    assert Counter(_published(tmp_path / "out" / "r")) == expected
+
+
+def test_a_stream_added_after_the_flow_ran_to_the_end_is_refused(client, url, tmp_path):
+    """A flow that ran to the end is not run again: "c" added since was
+    never read, the rerun said "nothing to do" and returned 0. Refused now,
+    naming the stream; with the old list the rerun still does nothing."""
+    (tmp_path / "pipeline.py").write_text(REORDERED)
+    ids = {name: fill(client, name, range(20)) for name in ("a", "b", "c")}
+    assert _run_reordered(tmp_path, url, "a,b", 2).returncode == 0
+    published = _published(tmp_path / "out" / "r")
+    assert Counter(published) == Counter((name, i) for name in ("a", "b") for i in ids[name])
+    added = _run_reordered(tmp_path, url, "a,b,c", 2)
+    assert added.returncode != 0
+    assert ("step 'from_redis_stream(a,b,c)' had ended on every kernel, before the stream 'c' was added"
+            in added.stderr), added.stderr
+    again = _run_reordered(tmp_path, url, "a,b", 2)
+    assert again.returncode == 0 and "already ran to the end" in again.stderr, again.stderr
+    assert _published(tmp_path / "out" / "r") == published
 
 
 def test_a_resumed_run_whose_stream_list_moves_a_stream_to_another_kernel_is_refused(client, url, tmp_path):
