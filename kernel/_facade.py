@@ -303,8 +303,9 @@ class ClusterSnapshots:
 
     def __init__(self, flow, state_dir, epoch_interval: float, cluster) -> None:
         from kernel.operators import SNAPSHOT_LAYOUT
+        from kernel.runtime._rescale import checked_steps, resume_record
         from kernel.state import StateError
-        from kernel.state._generations import generations, look, newest
+        from kernel.state._generations import generations, look, newest, steps_parts
 
         if not (isinstance(epoch_interval, (int, float)) and 0 < epoch_interval < float("inf")):
             raise ValueError(f"epoch_interval must be a positive number of seconds, got {epoch_interval!r}")
@@ -319,13 +320,19 @@ class ClusterSnapshots:
         offer = {"process": cluster.process, "state_dir": self.state_dir, "error": None,
                  "shape": (cluster.processes, cluster.cores), "loops": bool(flow.graph.loops),
                  "generations": {}}
+        self.graph = flow.graph
+        self.record = resume_record(flow.graph)
+        checked = checked_steps(flow.graph)
         try:  # refused on process 0, for every process, naming this one
             newest(self.state_dir, self.fingerprint, SNAPSHOT_LAYOUT)  # this flow's, intact
             for generation, files in generations(self.state_dir).items():
                 seen = look(self.state_dir, files)
                 offer["generations"][generation] = {
                     "complete": seen.complete, "rows": seen.rows, "shape": _shape(seen.meta),
-                    "key_groups": int(seen.meta["key_groups"]) if seen.meta else None}
+                    "key_groups": int(seen.meta["key_groups"]) if seen.meta else None,
+                    # for process 0's `resume_checks` of the epoch it decides on
+                    "runs": {key: value for key, value in seen.meta.items() if key.startswith("run@")},
+                    "parts": steps_parts(self.state_dir, files, checked) if checked else {}}
         except StateError as exc:
             offer["error"] = str(exc)
         self._offer = offer
@@ -341,14 +348,19 @@ class ClusterSnapshots:
 
     def prepare(self, plan) -> None:
         """In the relay, once agreed: claim this process's store file of the
-        generation the run writes, before any kernel opens it."""
-        written, source = plan
+        generation the run writes, before any kernel opens it, and record
+        what this run says of its steps there."""
+        written, source, epoch = plan
         store = self.open_store(written)
         try:
             store.claim(self.fingerprint, self.cluster.kernels, self.layout, self.placement,
                         key_groups=None if source is None else source[2])
+            store.record_run(epoch, self.record)
         finally:
             store.close()
+        if source is not None and source[3] is not None:
+            log.warning("state_dir %s: %s: every kernel restores epoch %d from all the kernels' snapshots, "
+                        "cut by key group as on another number of kernels", self.state_dir, source[3], epoch)
 
     def snapshot_for(self, store, index: int, epoch: int, plan):
         """In kernel `index`: its snapshot of the restored `epoch`, from its
@@ -358,22 +370,24 @@ class ClusterSnapshots:
         from kernel.runtime._rescale import Rescaled
         from kernel.state._generations import Generation, read_old_epoch
 
-        source, kernels = plan[1][:2]
+        source, kernels, _, cut = plan[1]
         blobs = read_old_epoch(self.state_dir, Generation(*source), epoch, kernels,
                                "a cluster resumes on another shape only from a state_dir its processes share")
-        return blobs[index] if kernels == self.cluster.kernels else Rescaled(blobs)
+        return blobs[index] if kernels == self.cluster.kernels and cut is None else Rescaled(blobs)
 
     def for_processes(self) -> tuple:
         # the snapshots and restored epoch come from the agreement (kernel/execution/_child.py)
         return (self.open_store, self.interval, self.snapshot_for, None, self.open_store, None)
 
     def agreement(self) -> tuple:
+        import functools
         import pickle
 
-        return pickle.dumps(self._offer, protocol=5), ClusterSnapshots.decide, self.prepare
+        decide = functools.partial(ClusterSnapshots.decide, graph=self.graph)
+        return pickle.dumps(self._offer, protocol=5), decide, self.prepare
 
     @staticmethod
-    def decide(offers: dict[int, bytes]) -> bytes:
+    def decide(offers: dict[int, bytes], graph=None) -> bytes:
         """Process 0: the epoch every process resumes from and where its
         snapshots are, `(epoch, finished, (generation written, source))`
         pickled, or StateError naming the process that cannot. It is the
@@ -382,7 +396,10 @@ class ClusterSnapshots:
         so theirs may lag; they still hold its snapshots. `source` is None
         when this cluster's shape wrote it, else `((epoch, cluster, shape),
         kernels, key groups)` of the generation every kernel reads it from
-        (`kernel.state._generations.Generation`'s fields)."""
+        (`kernel.state._generations.Generation`'s fields), and, when a step
+        needs every kernel to restore from all the old kernels' snapshots
+        (`resume_checks`), its reason. A step that cannot resume at all is
+        refused here, before anything runs."""
         import pickle
 
         from kernel.state import FINAL, StateError
@@ -397,7 +414,7 @@ class ClusterSnapshots:
                 if seen["complete"] and (best is None or seen["complete"][0] > best[1]):
                     best = (generation, seen["complete"][0], p, seen)
         if best is None:
-            return pickle.dumps((0, False, (0, None)), protocol=5)
+            return pickle.dumps((0, False, (0, None, 0)), protocol=5)
         generation, (epoch, finished, kernels), newest, about = best
         processes, cores = offers[0]["shape"]
         same = generation.cluster and about["shape"] == (processes, cores)
@@ -424,15 +441,74 @@ class ClusterSnapshots:
                 f"process{'es' if processes > 1 else ''} with {cores} core{'s' if cores > 1 else ''} each: a "
                 "cluster resumes on another number of processes or cores only from a state_dir that every "
                 "process shares (each kernel reads every old kernel's snapshot)")
-        if same:
-            return pickle.dumps((epoch, finished, (generation.epoch, None)), protocol=5)
+        cut = None if graph is None else ClusterSnapshots._checked(graph, offers, generation, epoch, kernels,
+                                                                   newest)
+        if cut is not None and same:
+            ClusterSnapshots._can_cut(offers, generation, epoch, kernels, cut)
+        elif same:
+            return pickle.dumps((epoch, finished, (generation.epoch, None, epoch)), protocol=5)
         if offers[0]["loops"] and kernels != processes * cores:
             raise StateError(
                 f"process 0: state_dir {offers[0]['state_dir']!r} was written by {kernels} kernels and this "
                 f"run has {processes * cores}: a flow with loops (Stream.iterate) resumes on as many kernels "
                 "as the run that wrote its state (its rounds' state is kept per kernel, not by key)")
-        source = ((generation.epoch, generation.cluster, generation.shape), kernels, about["key_groups"])
-        return pickle.dumps((epoch, finished, (epoch, source)), protocol=5)
+        source = ((generation.epoch, generation.cluster, generation.shape), kernels, about["key_groups"],
+                  cut if same else None)
+        # (the same shape, cut: the same generation's files go on; another shape starts its own)
+        written = generation.epoch if same else epoch
+        return pickle.dumps((epoch, finished, (written, source, epoch)), protocol=5)
+
+    @staticmethod
+    def _checked(graph, offers: dict, generation, epoch: int, kernels: int, newest: int) -> str | None:
+        """`resume_checks` of the epoch decided on, from the parts of the
+        checked steps the offers carry (each process's of its own kernels,
+        or of every kernel in a state_dir they share); StateError for a step
+        that cannot resume; the reason to cut, if any."""
+        from kernel.runtime._rescale import checked_steps, resume_checks_of
+        from kernel.state import FINAL, StateError
+        from kernel.state._store import recorded_before
+
+        if not checked_steps(graph):
+            return None
+        found: dict = {}
+        for p in sorted(offers):
+            found.update(offers[p]["generations"].get(generation, {}).get("parts", {}))
+        old = [found.get((epoch, k, kernels), found.get((FINAL, k, kernels))) for k in range(kernels)]
+        if None in old:  # (a snapshot failing its checksum: its kernel says so when it reads it)
+            return None
+        runs = offers[newest]["generations"][generation]["runs"] or next(
+            (offers[p]["generations"][generation]["runs"] for p in sorted(offers)
+             if offers[p]["generations"].get(generation, {}).get("runs")), {})
+        refusal, cut = resume_checks_of(graph, old, recorded_before(runs, epoch))
+        if refusal is not None:
+            raise StateError(f"process 0: state_dir {offers[0]['state_dir']!r}: resuming epoch {epoch}: "
+                             f"{refusal}")
+        return cut
+
+    @staticmethod
+    def _can_cut(offers: dict, generation, epoch: int, kernels: int, cut: str) -> None:
+        """A cluster of the shape that wrote `epoch` whose kernels must each
+        restore from every old kernel's snapshot (`cut`): only where each
+        process sees them all (a state_dir they share), and without loops."""
+        from kernel.state import FINAL, StateError
+
+        if offers[0]["loops"]:
+            raise StateError(
+                f"process 0: state_dir {offers[0]['state_dir']!r}: {cut}, and a flow with loops "
+                "(Stream.iterate) restores each kernel from its own snapshot only (its rounds' state is "
+                "kept per kernel, not by key), where that step stays ended: add the streams with a fresh "
+                "state_dir")
+        for p in sorted(offers):
+            seen = offers[p]["generations"].get(generation, {"rows": set()})
+            have = {k for e, k, n in seen["rows"] if n == kernels and e in (epoch, FINAL)}
+            missing = [k for k in range(kernels) if k not in have]
+            if missing:
+                raise StateError(
+                    f"process {p}: state_dir {offers[p]['state_dir']!r}: {cut}, so every kernel must restore "
+                    f"epoch {epoch} from all the kernels' snapshots, and this one lacks those of kernel"
+                    f"{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}: a cluster does that "
+                    "only from a state_dir every process shares; resume with the old stream list, or with "
+                    "every process's snapshot files in one state_dir they share")
 
 
 def _shape(meta: dict) -> tuple[int, int] | None:

@@ -141,6 +141,30 @@ def read_epoch(directory, generation: Generation, epoch: int, kernels: int, read
     return [read(where[(at, k)], at, k, kernels) for at, k in found]
 
 
+def steps_parts(directory, files: dict[int | None, str], steps: set[int]) -> dict[tuple[int, int, int], dict]:
+    """The parts of the steps `steps` (by index) in every snapshot of a
+    generation's files here, `{(epoch, kernel, kernels): {step: pickled part
+    or "ended"}}` (read-only): what a cluster's process 0 checks, before
+    anything runs, of the epoch it decides on (`Node.cut_on_resume`), from
+    every process's offer. A snapshot that fails its checksum is left out
+    (the kernel that reads it says so)."""
+    import pickle
+    import zlib
+
+    found = {}
+    for name in files.values():
+        db = _read_only(os.path.join(directory, name))
+        try:
+            for epoch, kernel, kernels, crc, blob in _rows(
+                    db, "SELECT epoch, kernel, kernels, crc, blob FROM snapshots"):
+                if zlib.crc32(blob) == crc:
+                    parts = pickle.loads(blob)
+                    found[(epoch, kernel, kernels)] = {step: parts[step] for step in steps if step in parts}
+        finally:
+            db.close()
+    return found
+
+
 def retire_others(directory, mine: Generation) -> list[str]:
     """Delete the files of every generation but `mine` (superseded: `mine`
     has complete epochs newer than any of theirs). Another process sharing

@@ -110,3 +110,76 @@ def run_cli_until(tmp: Path, cores: int, wanted, *, epoch_interval: str = "0.02"
             os.kill(process.pid, signal.SIGKILL)
         process.wait()
         process.stderr.close()
+
+
+def cluster_complete_snapshots(files: list[Path]) -> dict[int, list[dict]]:
+    """`complete_snapshots` of a cluster of one-core processes: `files[k]`
+    is the store file of process k (its kernel k's snapshots); process
+    0's marks the epochs complete."""
+    import pickle
+    import sqlite3
+
+    from state import SnapshotStore
+
+    if not all(f.exists() for f in files):
+        return {}
+    dbs = [sqlite3.connect(f"file:{f}?mode=ro", uri=True, timeout=30) for f in files]
+    try:
+        found = {}
+        for epoch, kernels in dbs[0].execute("SELECT epoch, kernels FROM complete WHERE final = 0"):
+            blobs = []
+            for k, db in enumerate(dbs):
+                rows = dict(db.execute("SELECT epoch, blob FROM snapshots WHERE kernel = ? AND kernels = ? "
+                                       "AND epoch IN (?, ?)", (k, kernels, epoch, SnapshotStore.FINAL)))
+                blobs.append(rows.get(epoch, rows.get(SnapshotStore.FINAL)))
+            if None not in blobs:
+                found[epoch] = [pickle.loads(blob) for blob in blobs]
+        return found
+    except sqlite3.OperationalError:  # the tables not created yet
+        return {}
+    finally:
+        for db in dbs:
+            db.close()
+
+
+def run_cluster(tmp: Path, dirs: list[Path], *, until=None, epoch_interval: str = "0.02", timeout: float = 90,
+                **env_vars) -> list[tuple[int, str]]:
+    """Run `tmp/pipeline.py` as a cluster of len(dirs) one-core processes on
+    loopback, process p with the state_dir `dirs[p]`; each one's (return
+    code, stderr). With `until`, killed (every launcher, SIGKILL) once a
+    complete epoch's snapshots satisfy it, as `run_cli_until`."""
+    import signal
+    import time
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "kernel"))
+    from _ports import free_ports
+
+    peers = ",".join(f"127.0.0.1:{port}" for port in free_ports(len(dirs)))
+    env = dict(os.environ, KERNEL_SECRET="redis-cluster-secret",
+               **{name: str(value) for name, value in env_vars.items()})
+    env.pop("KERNEL_CRASH_AT", None)
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "kernel.run", str(tmp / "pipeline.py"), "--state-dir", str(directory),
+         "--epoch-interval", epoch_interval, "--process-id", str(p), "--peers", peers, "--startup-timeout",
+         "20", "--cores", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for p, directory in enumerate(dirs)]
+    try:
+        if until is not None:
+            files = [directory / f"snapshots-process{p}.sqlite" for p, directory in enumerate(dirs)]
+            deadline = time.monotonic() + timeout
+            while not any(until(s) for s in cluster_complete_snapshots(files).values()):
+                if any(p.poll() is not None for p in procs):
+                    raise AssertionError("a process ended before the wanted epoch: "
+                                         + " | ".join(p.stderr.read() for p in procs if p.poll() is not None))
+                if time.monotonic() > deadline:
+                    raise AssertionError("no wanted epoch in time")
+                time.sleep(0.005)
+            for p in procs:
+                os.kill(p.pid, signal.SIGKILL)
+        outs = [p.communicate(timeout=timeout)[1] for p in procs]
+        return [(p.returncode, err) for p, err in zip(procs, outs)]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

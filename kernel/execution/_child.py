@@ -29,8 +29,9 @@ _libc_handle = None
 # `kernel.state._generations`), and the one it reads the restored epoch
 # from when that is another (its epoch, -1 when the same; whether a
 # cluster's; its shape, processes and cores, 0 for none; how many kernels
-# wrote it).
-GATE_RECORD = struct.Struct("<qBqqBIII")
+# wrote it), and whether each kernel restores from every old kernel's
+# snapshot though the shape is the same (a step needs it: `resume_checks`).
+GATE_RECORD = struct.Struct("<qBqqBIIIB")
 
 
 def _libc():
@@ -123,18 +124,20 @@ def _wait_at_gate(fd: int) -> tuple:
     if len(record) < GATE_RECORD.size:  # the relay failed: the launcher stops us
         while True:
             time.sleep(3600)
-    epoch, finished, written, source, cluster, processes, cores, kernels = GATE_RECORD.unpack(record)
+    epoch, finished, written, source, cluster, processes, cores, kernels, cut = GATE_RECORD.unpack(record)
     shape = (processes, cores) if processes else None
-    return epoch, bool(finished), (written, None if source < 0 else ((source, bool(cluster), shape), kernels))
+    return epoch, bool(finished), (written, None if source < 0 else ((source, bool(cluster), shape), kernels,
+                                                                     None, bool(cut) or None))
 
 
 def gate_record(epoch: int = 0, finished: bool = False, plan=None) -> bytes:
     """One kernel's record of the gate: `plan` is (generation written,
-    ((source epoch, cluster, shape), kernels, ...) or None), None on a
-    fresh start."""
-    written, source = plan or (0, None)
+    ((source epoch, cluster, shape), kernels, key groups, why cut) or None,
+    ...), None on a fresh start."""
+    written, source = plan[:2] if plan else (0, None)
     (src, cluster, shape), kernels = source[:2] if source else ((-1, False, None), 0)
-    return GATE_RECORD.pack(epoch, finished, written, src, cluster, *(shape or (0, 0)), kernels)
+    cut = bool(source and len(source) > 3 and source[3])
+    return GATE_RECORD.pack(epoch, finished, written, src, cluster, *(shape or (0, 0)), kernels, cut)
 
 
 def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid,

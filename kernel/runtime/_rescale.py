@@ -64,10 +64,21 @@ def resume_checks(graph, blobs: list[bytes], recorded: dict | None) -> tuple[str
     the run that wrote `blobs` recorded of its steps (`Node.resume_record`,
     by step index; None if unknown), for the steps whose snapshots then say
     nothing. None, None: each kernel's own snapshot is enough."""
-    checked = [node for node in graph.nodes if node.cut_on_resume is not None]
-    if not checked:
+    if not checked_steps(graph):
         return None, None
-    old = [pickle.loads(blob) for blob in blobs]  # (the parts stay pickled: only the checked are read)
+    # (the parts stay pickled: only the checked are read)
+    return resume_checks_of(graph, [pickle.loads(blob) for blob in blobs], recorded)
+
+
+def checked_steps(graph) -> set[int]:
+    """The steps `resume_checks` reads (by index)."""
+    return {node.id for node in graph.nodes if node.cut_on_resume is not None}
+
+
+def resume_checks_of(graph, old: list[dict], recorded: dict | None) -> tuple[str | None, str | None]:
+    """`resume_checks`, given each old kernel's parts by step index (at least
+    those of the `checked_steps`)."""
+    checked = [node for node in graph.nodes if node.cut_on_resume is not None]
     cut = None
     for node in checked:
         parts = [kernel_parts.get(node.id, ENDED) for kernel_parts in old]

@@ -36,7 +36,7 @@ def test_an_epoch_commits_on_every_process_only_once_durable_on_every_kernel_of_
     sides, stores, commits = wired(tmp_path)
     sides[1].message(0, ("durable", 1))  # before the agreement: held until then
     for side in sides.values():
-        side.restored(0, False, (0, None))
+        side.restored(0, False, (0, None, 0))
     sides[0].message(0, ("durable", 1))
     sides[0].message(1, ("durable", 1))
     assert commits == {0: [], 1: []}  # process 1's second kernel has not
@@ -84,10 +84,10 @@ def test_a_rerun_resumes_from_the_newest_epoch_complete_anywhere():
     4 would publish epoch 5's records a second time on process 0."""
     assert decided({0: offer(0, [(5, False, 2), (4, False, 2)], [(6, 0, 2), (5, 0, 2), (4, 0, 2)]),
                     1: offer(1, [(4, False, 2), (3, False, 2)], [(5, 1, 2), (4, 1, 2), (3, 1, 2)])}) \
-        == (5, False, (0, None))
-    assert decided({0: offer(0), 1: offer(1)}) == (0, False, (0, None))
+        == (5, False, (0, None, 5))
+    assert decided({0: offer(0), 1: offer(1)}) == (0, False, (0, None, 0))
     assert decided({0: offer(0, [(7, True, 2)], [(7, 0, 2)]),
-                    1: offer(1, [(6, False, 2)], [(7, 1, 2), (6, 1, 2)])}) == (7, True, (0, None))
+                    1: offer(1, [(6, False, 2)], [(7, 1, 2), (6, 1, 2)])}) == (7, True, (0, None, 7))
 
 
 def test_a_process_that_cannot_resume_is_named():
@@ -106,7 +106,7 @@ def test_another_shape_reads_every_old_kernel_from_a_state_dir_they_share():
     both old kernels' snapshots: every process must see them all."""
     everything = [(5, 0, 2), (5, 1, 2), (4, 0, 2), (4, 1, 2)]
     shared = {p: offer(p, [(5, False, 2), (4, False, 2)], everything, new_shape=(3, 1)) for p in range(3)}
-    assert decided(shared) == (5, False, (5, ((0, True, None), 2, 128)))
+    assert decided(shared) == (5, False, (5, ((0, True, None), 2, 128, None), 5))
     local = {**shared, 2: offer(2, new_shape=(3, 1))}
     refusal = (r"^process 2: state_dir '/st2' lacks the snapshots of kernels 0, 1 of epoch 5, written by a "
                r"cluster of 2 processes with 1 core each, and this run is a cluster of 3 processes with 1 "
@@ -117,7 +117,7 @@ def test_another_shape_reads_every_old_kernel_from_a_state_dir_they_share():
     # one process's store, resumed by a cluster; a flow with loops keeps its kernel count
     one = {p: offer(p, [(5, False, 2)], [(5, 0, 2), (5, 1, 2)], generation=Generation(0, False), shape=None,
                     new_shape=(2, 2)) for p in range(2)}
-    assert decided(one) == (5, False, (5, ((0, False, None), 2, 128)))
+    assert decided(one) == (5, False, (5, ((0, False, None), 2, 128, None), 5))
     loops = {p: offer(p, [(5, False, 2)], [(5, 0, 2), (5, 1, 2)], loops=True, new_shape=(3, 1))
              for p in range(3)}
     with pytest.raises(StateError, match=r"a flow with loops \(Stream.iterate\) resumes on as many kernels"):
@@ -142,4 +142,4 @@ def test_a_process_lost_before_it_heard_the_final_epoch_resumes_from_it():
     store's newest complete epoch is 6 and no snapshot is numbered 9."""
     assert decided({0: offer(0, [(9, True, 2), (8, False, 2)], [(9, 0, 2), (8, 0, 2)]),
                     1: offer(1, [(6, False, 2), (5, False, 2)], [(6, 1, 2), (5, 1, 2), (FINAL, 1, 2)])}) \
-        == (9, True, (0, None))
+        == (9, True, (0, None, 9))

@@ -490,6 +490,96 @@ def test_a_stream_added_after_the_flow_ran_to_the_end_is_refused(client, url, tm
     assert _published(tmp_path / "out" / "r") == published
 
 
+def _run_held_cluster(tmp_path, url, dirs, streams, *, loops=False, until=None, held=""):
+    """HELD on a cluster of two one-core processes (`dirs`: their state_dirs),
+    as `_run_held`."""
+    env = dict(OUT=tmp_path / "out", REDIS_URL=url, STREAMS=streams, TICKS=TICKS, LOOPS="1" if loops else "")
+    if until is None:
+        return _crash_runs.run_cluster(tmp_path, dirs, **env)
+    hold = tmp_path / "hold"
+    hold.touch()
+    try:
+        return _crash_runs.run_cluster(tmp_path, dirs, until=until, HOLD=hold, HELD=held, **env)
+    finally:
+        hold.unlink()
+
+
+def _kernel_0_ended_only(snapshots) -> bool:
+    return _redis_ended(snapshots[0]) and not _redis_ended(snapshots[1])
+
+
+@pytest.mark.parametrize("loops", [False, True])
+def test_a_cluster_reads_a_stream_added_where_the_source_had_ended_from_a_shared_state_dir(
+        client, url, tmp_path, loops):
+    """A cluster of 2 processes resumed in the same shape restored each
+    kernel from its own snapshot: "c", added where the source had ended
+    (kernel 0), was never read (0 of its 20 entries), and the run returned
+    0. From a state_dir the processes share, every kernel now restores from
+    all the kernels' snapshots, as one process does: every entry once. A
+    flow with loops cannot be cut: refused, naming the step and stream."""
+    (tmp_path / "pipeline.py").write_text(HELD)
+    ids = {name: fill(client, name, range(count)) for name, count in (("a", 10), ("b", 6000), ("c", 20))}
+    dirs = [tmp_path / "state"] * 2
+    _run_held_cluster(tmp_path, url, dirs, "a,b", loops=loops, held="b", until=_kernel_0_ended_only)
+    published = _published(tmp_path / "out" / "r")
+    added = _run_held_cluster(tmp_path, url, dirs, "a,b,c", loops=loops)
+    said = "step 'from_redis_stream(a,b,c)' had ended on kernel 0, where the stream 'c' added since lands"
+    if loops:
+        assert all(code != 0 for code, _ in added)
+        assert any(f"{said}, and a flow with loops" in err for _, err in added), added
+        assert _published(tmp_path / "out" / "r") == published
+        return
+    assert all(code == 0 for code, _ in added), added
+    expected = Counter((name, entry_id) for name in ("a", "b", "c") for entry_id in ids[name])
+    expected.update(("ticks", n) for n in range(TICKS))
+    assert Counter(_published(tmp_path / "out" / "r")) == expected
+    assert any(f"{said}: every kernel restores epoch" in err for _, err in added), added
+
+
+def test_a_cluster_with_state_dirs_of_their_own_refuses_a_stream_added_where_the_source_had_ended(
+        client, url, tmp_path):
+    """Each process sees only its own kernels' snapshots: the cut is not
+    possible, and the run is refused before anything runs, naming the step,
+    the stream and what is missing. Resumed with the old list, it finishes:
+    every entry once."""
+    (tmp_path / "pipeline.py").write_text(HELD)
+    ids = {name: fill(client, name, range(count)) for name, count in (("a", 10), ("b", 6000), ("c", 20))}
+    dirs = [tmp_path / "state0", tmp_path / "state1"]
+    _run_held_cluster(tmp_path, url, dirs, "a,b", held="b", until=_kernel_0_ended_only)
+    published = _published(tmp_path / "out" / "r")
+    added = _run_held_cluster(tmp_path, url, dirs, "a,b,c")
+    assert all(code != 0 for code, _ in added)
+    assert any(re.search(
+        r"process 0: state_dir '[^']+state0': step 'from_redis_stream\(a,b,c\)' had ended on kernel 0, where "
+        r"the stream 'c' added since lands, so every kernel must restore epoch \d+ from all the kernels' "
+        r"snapshots, and this one lacks those of kernel 1: a cluster does that only from a state_dir every "
+        r"process shares", err) for _, err in added), added
+    assert _published(tmp_path / "out" / "r") == published
+    old = _run_held_cluster(tmp_path, url, dirs, "a,b")
+    assert all(code == 0 for code, _ in old), old
+    expected = Counter((name, entry_id) for name in ("a", "b") for entry_id in ids[name])
+    expected.update(("ticks", n) for n in range(TICKS))
+    assert Counter(_published(tmp_path / "out" / "r")) == expected
+
+
+def test_a_cluster_refuses_a_stream_added_after_the_source_had_ended_on_every_kernel(client, url, tmp_path):
+    """As on one process: ended on every kernel, the source cannot read a
+    stream added since; the cluster returned 0 without it. Refused now."""
+    (tmp_path / "pipeline.py").write_text(HELD)
+    for name, count in (("a", 10), ("b", 10), ("c", 20)):
+        fill(client, name, range(count))
+    dirs = [tmp_path / "state0", tmp_path / "state1"]
+    _run_held_cluster(tmp_path, url, dirs, "a,b", held="ticks",
+                      until=lambda snapshots: all(_redis_ended(s) for s in snapshots))
+    published = _published(tmp_path / "out" / "r")
+    added = _run_held_cluster(tmp_path, url, dirs, "a,b,c")
+    assert all(code != 0 for code, _ in added), added
+    assert any(re.search(
+        r"process 0: state_dir '[^']+state0': resuming epoch \d+: step 'from_redis_stream\(a,b,c\)' had "
+        r"ended on every kernel, before the stream 'c' was added", err) for _, err in added), added
+    assert _published(tmp_path / "out" / "r") == published
+
+
 def test_a_resumed_run_whose_stream_list_moves_a_stream_to_another_kernel_is_refused(client, url, tmp_path):
     """Resumed on as many kernels, each kernel restores its own snapshot: a
     stream put before the others ("c,a,b" after "a,b") moved "a" and "b" to
