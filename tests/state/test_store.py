@@ -692,3 +692,40 @@ def test_a_source_without_a_position_is_warned_about(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="kernel"):
         run(flow, state_dir=tmp_path)
     assert "once (step 0) keeps no position" in caplog.text
+
+
+def test_what_a_run_recorded_is_read_for_the_epochs_it_wrote():
+    """`record_run(E, r)`: the run resuming epoch E said r of its steps (a
+    Redis source's stream list); the epochs after E are that run's, until a
+    run resumes a later one. A run that resumed E and wrote nothing complete
+    is replaced by the next run resuming E; a run falling back past an
+    abandoned line drops that line's records; records no kept epoch needs go."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        store = SnapshotStore(directory)
+        store.claim("flow-r", 1, SNAPSHOT_LAYOUT)
+        assert store.recorded_run(1) is None  # (a store written before records)
+
+        def complete(*epochs):
+            for epoch in epochs:
+                store.write(epoch, 0, b"x")
+                store.mark_complete(epoch)
+
+        store.record_run(0, {"0": ["a"]})
+        complete(1, 2)
+        store.record_run(2, {"0": ["a", "b"]})  # crashed before its first epoch
+        store.record_run(2, {"0": ["a", "c"]})
+        assert store.recorded_run(2) == {"0": ["a"]}  # written by the first run
+        complete(3)
+        assert store.recorded_run(3) == {"0": ["a", "c"]}
+        store.record_run(3, {"0": ["d"]})
+        store.record_run(2, {"0": ["e"]})  # fell back to 2 (3 corrupt): run@3's line abandoned
+        assert store.recorded_run(3) == store.recorded_run(9) == {"0": ["e"]}
+        assert store.recorded_run(2) == {"0": ["a"]}
+        complete(3, 4, 5)  # the kept epochs are 4 and 5, written by the run that resumed 2
+        store.record_run(5, {"0": ["f"]})
+        runs = sorted(key for key, _ in store._query("SELECT key, value FROM meta") if key.startswith("run@"))
+        assert runs == ["run@2", "run@5"]
+        assert store.recorded_run(5) == {"0": ["e"]} and store.recorded_run(6) == {"0": ["f"]}
+        store.close()
