@@ -299,8 +299,12 @@ REORDERED = textwrap.dedent(
     import os, time
     from kernel import Dataflow
 
+    HOLD, HELD = os.environ.get("HOLD"), os.environ.get("HELD", "").split(",")
+
     def slow(entry):
-        time.sleep(0.0003)
+        # while the file HOLD exists, the HELD streams' entries come slowly: the test keeps them
+        # going until it has seen the epoch it waits for in the store, then kills the run
+        time.sleep(0.001 if HOLD and entry.stream in HELD and os.path.exists(HOLD) else 0.0003)
         return [entry.stream, entry.id]
 
     timestamp = (lambda e: e.time) if os.environ.get("TIMED") else None  # (an event-time source)
@@ -312,21 +316,38 @@ REORDERED = textwrap.dedent(
 )
 
 
-def _run_reordered(tmp_path, url, streams, cores, crash=None, timed=False):
-    return _crash_runs.run_cli(tmp_path, cores, crash, OUT=tmp_path / "out", REDIS_URL=url, STREAMS=streams,
-                               TIMED="1" if timed else "")
+def _run_reordered(tmp_path, url, streams, cores, timed=False, *, until=None, held=""):
+    """REORDERED on `cores` kernels; with `until`, `held`'s entries paced
+    and the run killed once a complete epoch's snapshots satisfy `until`
+    (`_crash_runs.run_cli_until`)."""
+    env = dict(OUT=tmp_path / "out", REDIS_URL=url, STREAMS=streams, TIMED="1" if timed else "")
+    if until is None:
+        return _crash_runs.run_cli(tmp_path, cores, None, **env)
+    hold = tmp_path / "hold"
+    hold.touch()
+    try:
+        return _crash_runs.run_cli_until(tmp_path, cores, until, HOLD=hold, HELD=held, **env)
+    finally:
+        hold.unlink()
+
+
+def _kernel_0_ended_only(snapshots) -> bool:
+    """Kernel 0's Redis step (step 0) had ended, kernel 1's not."""
+    return snapshots[0].get(0) == "ended" and snapshots[1].get(0) != "ended"
 
 
 def test_a_stream_added_when_rescaling_past_an_ended_kernel_is_read(client, url, tmp_path):
     """Kernel 0 of 2 had read its stream "a" to the end (its step ENDED in
     the snapshots); resumed on 1 kernel with "c" added to the list, the
     ended kernel's streams were cut from the new list (a and c): "c" was
-    marked as read and never read (0 of its 50 entries)."""
+    marked as read and never read (0 of its 50 entries). (The first run
+    is killed once an epoch shows kernel 0's step ended and kernel 1's not,
+    "b" paced meanwhile: at a crash point, under load, no epoch was
+    complete at times.)"""
     (tmp_path / "pipeline.py").write_text(REORDERED)
-    ids = {"a": fill(client, "a", range(10)), "b": fill(client, "b", range(N // 2)),
+    ids = {"a": fill(client, "a", range(10)), "b": fill(client, "b", range(3000)),  # >= 3 s, paced
            "c": fill(client, "c", range(50))}
-    first = _run_reordered(tmp_path, url, "a,b", 2, "batch:100@1")
-    assert first.returncode != 0, "the crash point was never reached"
+    _run_reordered(tmp_path, url, "a,b", 2, until=_kernel_0_ended_only, held="b")
     second = _run_reordered(tmp_path, url, "a,b,c", 1)
     assert second.returncode == 0, second.stderr
     assert "this run has 1" in second.stderr  # rescaled
@@ -344,11 +365,9 @@ def test_streams_added_on_resume_are_read_where_the_source_had_ended(client, url
     wrapped, its snapshot too). On 3 kernels the snapshots are cut anyway,
     and "c" lands on the new kernel 2."""
     (tmp_path / "pipeline.py").write_text(REORDERED)
-    ids = {"a": fill(client, "a", range(10)), "b": fill(client, "b", range(N // 2)),
+    ids = {"a": fill(client, "a", range(10)), "b": fill(client, "b", range(3000)),  # >= 3 s, paced
            "c": fill(client, "c", range(50)), "d": fill(client, "d", range(30))}
-    first = _run_reordered(tmp_path, url, "a,b", 2, "batch:100@1", timed)
-    assert first.returncode != 0, "the crash point was never reached"
-    assert _published(tmp_path / "out" / "r"), "no epoch completed before the crash"
+    _run_reordered(tmp_path, url, "a,b", 2, timed, until=_kernel_0_ended_only, held="b")
     second = _run_reordered(tmp_path, url, "a,b,c,d", cores, timed=timed)
     assert second.returncode == 0, second.stderr
     if cores == 2:  # kernel 0's source had ended: it is brought back, as when rescaling
@@ -424,7 +443,7 @@ def test_a_stream_added_where_the_source_had_ended_in_a_flow_with_loops_is_refus
     fill(client, "b", range(6000))  # read at 1 ms an entry at most while held: >= 6 s
     fill(client, "c", range(20))
     _run_held(tmp_path, url, "a,b", loops=True, ticks=600, held="b",
-              until=lambda snapshots: _redis_ended(snapshots[0]) and not _redis_ended(snapshots[1]))
+              until=_kernel_0_ended_only)
     published = _published(tmp_path / "out" / "r")
     second = _run_held(tmp_path, url, "a,b,c", loops=True, ticks=600)
     assert second.returncode != 0
@@ -502,10 +521,6 @@ def _run_held_cluster(tmp_path, url, dirs, streams, *, loops=False, until=None, 
         return _crash_runs.run_cluster(tmp_path, dirs, until=until, HOLD=hold, HELD=held, **env)
     finally:
         hold.unlink()
-
-
-def _kernel_0_ended_only(snapshots) -> bool:
-    return _redis_ended(snapshots[0]) and not _redis_ended(snapshots[1])
 
 
 @pytest.mark.parametrize("loops", [False, True])
@@ -587,11 +602,10 @@ def test_a_resumed_run_whose_stream_list_moves_a_stream_to_another_kernel_is_ref
     from the start (724 entries twice). Refused now, naming the stream; a
     stream added at the end keeps every other's kernel and is read once."""
     (tmp_path / "pipeline.py").write_text(REORDERED)
-    ids = {name: fill(client, name, range(N // 2)) for name in ("a", "b", "c")}
+    ids = {name: fill(client, name, range(count)) for name, count in (("a", 2000), ("b", 2000), ("c", 600))}
 
-    first = _run_reordered(tmp_path, url, "a,b", 2, "batch:200@1")
-    assert first.returncode != 0, "the crash point was never reached"
-    assert _published(tmp_path / "out" / "r"), "no epoch completed before the crash"
+    _run_reordered(tmp_path, url, "a,b", 2, held="a,b",  # >= 2 s, paced
+                   until=lambda snapshots: all(s.get(0) not in (None, "ended") for s in snapshots))
     moved = _run_reordered(tmp_path, url, "c,a,b", 2)
     assert moved.returncode != 0
     assert re.search(r"stream 'a' moved from kernel 0 to kernel 1|stream 'b' moved from kernel 1 to kernel 0",
