@@ -389,8 +389,8 @@ class ClusterSnapshots:
     @staticmethod
     def decide(offers: dict[int, bytes], graph=None) -> bytes:
         """Process 0: the epoch every process resumes from and where its
-        snapshots are, `(epoch, finished, (generation written, source))`
-        pickled, or StateError naming the process that cannot. It is the
+        snapshots are, `(epoch, finished, (generation written, source,
+        epoch))` pickled, or StateError naming the process that cannot. It is the
         newest epoch complete anywhere: process 0 completes an epoch first
         (when it is durable on every process) and tells the others after,
         so theirs may lag; they still hold its snapshots. `source` is None
@@ -398,8 +398,10 @@ class ClusterSnapshots:
         kernels, key groups)` of the generation every kernel reads it from
         (`kernel.state._generations.Generation`'s fields), and, when a step
         needs every kernel to restore from all the old kernels' snapshots
-        (`resume_checks`), its reason. A step that cannot resume at all is
-        refused here, before anything runs."""
+        (`resume_checks`), its reason (then `source` names this shape's own
+        generation too). `graph`: the flow's, for those checks (left out,
+        none are made). A step that cannot resume at all is refused here,
+        before anything runs."""
         import pickle
 
         from kernel.state import FINAL, StateError

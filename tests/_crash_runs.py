@@ -50,7 +50,8 @@ def complete_snapshots(state_file: Path) -> dict[int, list[dict]]:
     """Read-only, while a run writes it: each complete epoch of the store
     file `state_file` and its kernels' snapshots (step index -> the step's
     pickled part, or "ended"), {} until there are any. A kernel that had
-    ended everything before an epoch stands in it by its FINAL snapshot."""
+    ended everything before an epoch stands in it by its FINAL snapshot
+    (`_kernel_blob`)."""
     import pickle
     import sqlite3
 
@@ -62,19 +63,27 @@ def complete_snapshots(state_file: Path) -> dict[int, list[dict]]:
     try:
         found = {}
         for epoch, kernels in db.execute("SELECT epoch, kernels FROM complete WHERE final = 0"):
-            rows = dict(db.execute(
-                "SELECT kernel, blob FROM snapshots WHERE kernels = ? AND epoch = ? ORDER BY kernel",
-                (kernels, epoch)))
-            finals = dict(db.execute("SELECT kernel, blob FROM snapshots WHERE kernels = ? AND epoch = ?",
-                                     (kernels, SnapshotStore.FINAL)))
-            blobs = [rows.get(k, finals.get(k)) for k in range(kernels)]
-            if None not in blobs:  # (an epoch's rows may go while this reads: the next look sees the newer)
+            blobs = [_kernel_blob(db, epoch, k, kernels, SnapshotStore.FINAL) for k in range(kernels)]
+            if None not in blobs:
                 found[epoch] = [pickle.loads(blob) for blob in blobs]
         return found
     except sqlite3.OperationalError:  # the tables not created yet
         return {}
     finally:
         db.close()
+
+
+def _kernel_blob(db, epoch: int, kernel: int, kernels: int, final: int) -> bytes | None:
+    """`kernel`'s snapshot of `epoch` in the store `db`: its own, or its
+    FINAL one where it had ended before (no own snapshot of that epoch or a
+    later one); None where its rows of that epoch are gone (the store
+    deletes an old epoch's snapshots a moment before its complete mark:
+    taken for the FINAL one, they showed a kernel ended that was not)."""
+    rows = dict(db.execute("SELECT epoch, blob FROM snapshots WHERE kernel = ? AND kernels = ? "
+                           "AND epoch >= ?", (kernel, kernels, epoch)))
+    if epoch in rows:
+        return rows[epoch]
+    return rows.get(final) if set(rows) <= {final} else None
 
 
 def run_cli_until(tmp: Path, cores: int, wanted, *, epoch_interval: str = "0.02", timeout: float = 90,
@@ -127,11 +136,7 @@ def cluster_complete_snapshots(files: list[Path]) -> dict[int, list[dict]]:
     try:
         found = {}
         for epoch, kernels in dbs[0].execute("SELECT epoch, kernels FROM complete WHERE final = 0"):
-            blobs = []
-            for k, db in enumerate(dbs):
-                rows = dict(db.execute("SELECT epoch, blob FROM snapshots WHERE kernel = ? AND kernels = ? "
-                                       "AND epoch IN (?, ?)", (k, kernels, epoch, SnapshotStore.FINAL)))
-                blobs.append(rows.get(epoch, rows.get(SnapshotStore.FINAL)))
+            blobs = [_kernel_blob(db, epoch, k, kernels, SnapshotStore.FINAL) for k, db in enumerate(dbs)]
             if None not in blobs:
                 found[epoch] = [pickle.loads(blob) for blob in blobs]
         return found
