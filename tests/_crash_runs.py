@@ -52,25 +52,33 @@ def complete_snapshots(state_file: Path) -> dict[int, list[dict]]:
     pickled part, or "ended"), {} until there are any. A kernel that had
     ended everything before an epoch stands in it by its FINAL snapshot
     (`_kernel_blob`)."""
+    return _complete_in([state_file], lambda k: 0)
+
+
+def _complete_in(files: list[Path], file_of) -> dict[int, list[dict]]:
+    """`complete_snapshots` of the epochs that `files[0]` marks complete,
+    kernel k's snapshots read from `files[file_of(k)]`."""
     import pickle
     import sqlite3
 
     from state import SnapshotStore
 
-    if not state_file.exists():
+    if not all(f.exists() for f in files):
         return {}
-    db = sqlite3.connect(f"file:{state_file}?mode=ro", uri=True, timeout=30)
+    dbs = [sqlite3.connect(f"file:{f}?mode=ro", uri=True, timeout=30) for f in files]
     try:
         found = {}
-        for epoch, kernels in db.execute("SELECT epoch, kernels FROM complete WHERE final = 0"):
-            blobs = [_kernel_blob(db, epoch, k, kernels, SnapshotStore.FINAL) for k in range(kernels)]
+        for epoch, kernels in dbs[0].execute("SELECT epoch, kernels FROM complete WHERE final = 0"):
+            blobs = [_kernel_blob(dbs[file_of(k)], epoch, k, kernels, SnapshotStore.FINAL)
+                     for k in range(kernels)]
             if None not in blobs:
                 found[epoch] = [pickle.loads(blob) for blob in blobs]
         return found
     except sqlite3.OperationalError:  # the tables not created yet
         return {}
     finally:
-        db.close()
+        for db in dbs:
+            db.close()
 
 
 def _kernel_blob(db, epoch: int, kernel: int, kernels: int, final: int) -> bytes | None:
@@ -125,26 +133,7 @@ def cluster_complete_snapshots(files: list[Path]) -> dict[int, list[dict]]:
     """`complete_snapshots` of a cluster of one-core processes: `files[k]`
     is the store file of process k (its kernel k's snapshots); process
     0's marks the epochs complete."""
-    import pickle
-    import sqlite3
-
-    from state import SnapshotStore
-
-    if not all(f.exists() for f in files):
-        return {}
-    dbs = [sqlite3.connect(f"file:{f}?mode=ro", uri=True, timeout=30) for f in files]
-    try:
-        found = {}
-        for epoch, kernels in dbs[0].execute("SELECT epoch, kernels FROM complete WHERE final = 0"):
-            blobs = [_kernel_blob(db, epoch, k, kernels, SnapshotStore.FINAL) for k, db in enumerate(dbs)]
-            if None not in blobs:
-                found[epoch] = [pickle.loads(blob) for blob in blobs]
-        return found
-    except sqlite3.OperationalError:  # the tables not created yet
-        return {}
-    finally:
-        for db in dbs:
-            db.close()
+    return _complete_in(files, lambda k: k)
 
 
 def run_cluster(tmp: Path, dirs: list[Path], *, until=None, epoch_interval: str = "0.02", timeout: float = 90,
