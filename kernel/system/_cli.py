@@ -165,6 +165,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _refused_hint(exc: BaseException) -> str:
+    """What a client refused before any answer should check: it said only
+    "could not reach ... Connection reset by peer", as for a coordinator
+    that was not there."""
+    from kernel.net._links import LinkRefused
+
+    if not isinstance(exc, LinkRefused):
+        return ""
+    return (" (the coordinator closed the connection before any answer: it may serve TLS to a client "
+            "without it, refuse this client's certificate (not signed by its --tls-ca), or be over its "
+            "limit of connections waiting to authenticate)")
+
+
 async def _command(args) -> int:
     from kernel.net._links import LinkError
     from kernel.system import _client
@@ -236,5 +249,5 @@ async def _command(args) -> int:
             return await _client.kill(client, args.job)
     except (LinkError, KernelSystemError, TimeoutError) as exc:
         # str(), not the exception's truth: a bare TimeoutError() printed "error: " and nothing
-        print(f"error: {str(exc) or type(exc).__name__}", file=sys.stderr)
+        print(f"error: {str(exc) or type(exc).__name__}{_refused_hint(exc)}", file=sys.stderr)
         return 1
