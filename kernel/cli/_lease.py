@@ -35,6 +35,13 @@ import sys
 import threading
 import time
 
+# Besides the lease, what an executor sets up in a job's process: SIGINT
+# and SIGTERM blocked until `kernel run` can stop as they ask
+# (`kernel.system._executor._job_process_setup`, `_run._let_stop_signals_in`):
+# a `kill` while the process was still starting, under load, ended it with
+# a KeyboardInterrupt traceback, not "interrupted".
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
 VARIABLE = "KERNEL_LEASE_FD"  # the pipe's read end, in the job process
 RENEW = 0.1  # seconds between the executor's writes
 # how long a deadline read late, and passed, waits for a newer renewal (module docstring)

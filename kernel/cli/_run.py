@@ -206,17 +206,13 @@ def _on_sigterm(signum, frame) -> None:
 
 _cli_pid = 0
 
-# What an executor blocks in a job's process until it can stop as asked
-# (`_job_process_setup`): a `kill` while the process was still starting,
-# under load, ended it with a KeyboardInterrupt traceback, not "interrupted".
-STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
-
-
 def _let_stop_signals_in() -> None:
     """SIGINT and SIGTERM, blocked by whoever started this process until
     it could stop as they ask (an executor), come in now, inside the
     `try` that says "interrupted" or "terminated": one sent meanwhile
     is delivered here. (Unblocked already: nothing changes.)"""
+    from kernel.cli._lease import STOP_SIGNALS
+
     if threading.current_thread() is threading.main_thread():
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 

@@ -44,9 +44,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernel.cli._lease import STOP_SIGNALS, LeaseWriter
 from kernel.cli._lease import VARIABLE as LEASE_VARIABLE
-from kernel.cli._lease import LeaseWriter
-from kernel.cli._run import STOP_SIGNALS
 from kernel.dataflow._errors import KernelError
 from kernel.net._causes import untrusted_certificate
 from kernel.net._links import AuthenticationFailed, LinkRefused, backoff
