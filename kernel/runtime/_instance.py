@@ -39,7 +39,12 @@ for an activation and the chain it runs, in these ways:
   second source only the slice's leftovers;
 * a handler whose output for one batch is large (a flat_map making
   millions of records from one) hands on its first piece and returns the
-  rest (`Unfinished`), which goes on a piece a tick (`_park`).
+  rest (`Unfinished`), which goes on a piece a tick (`_park`); so does an
+  on_watermark whose output is large (a window closing for 300,000
+  keys), and what follows it (the watermark going on, the end of input)
+  waits behind the pieces (`_Then`). A step fused into one whose output
+  goes on so waits too (`_behind_fused`): its handler does that one's
+  work on records directly, which would overtake the pieces.
 
 * an activation whose inbox still holds batches when the budget runs out
   (a loop's head hands a whole round on at once) leaves them for later
@@ -98,6 +103,18 @@ def _batch_checked(emit):
 
 
 END = "<end of input>"  # a str: never a list, never a float
+
+
+class _Then:
+    """In an inbox, behind an on_watermark's output that goes on in pieces
+    (`Instance._progress`): what follows it, run once the last piece has
+    gone on (the watermark forwarded, the end of input handled)."""
+
+    __slots__ = ("rest",)
+
+    def __init__(self, rest) -> None:
+        self.rest = rest
+
 _INF = math.inf
 _INBOX_LEFT = "an inbox left in part"  # with its instance, the holder of its kernel's input (_defer)
 
@@ -446,6 +463,10 @@ class Instance:
             self.end_due = False
             self._finish()
             return
+        fused = self.fused_end()
+        if fused is not None and fused.pending:
+            self._behind_fused(fused)
+            return
         pending = self.pending
         self.pending = []
         on_batch = self.op.on_batch
@@ -472,10 +493,17 @@ class Instance:
                         return
                     self.runtime.hold_input(payload, False, pacing=True)
                 else:
-                    self._progress(channel, payload)
+                    if payload.__class__ is _Then:  # what followed an on_watermark's last piece
+                        payload.rest()
+                    elif self._progress(channel, payload, pending, i):
+                        return  # its on_watermark's output goes on in pieces, the rest behind it
                     if self.released:  # an alignment finished: what it held comes next
                         pending[i:i] = self.released
                         self.released = None
+                    if fused is not None and fused.pending and i < len(pending):
+                        self.pending = [*pending[i:], *self.pending]
+                        self._behind_fused(fused)
+                        return
         except PASSES_THROUGH:
             raise
         except BaseException as exc:
@@ -501,6 +529,22 @@ class Instance:
         if not self.scheduled:
             self.scheduled = True
             self._ready(self)
+
+    def fused_end(self) -> Instance | None:
+        """The last step of the fusion this one's handler starts (key_by,
+        map_values, then a window: the window), or None if not fused."""
+        fused = self.fused_into
+        while fused is not None and fused.fused_into is not None:
+            fused = fused.fused_into
+        return fused
+
+    def _behind_fused(self, fused: Instance) -> None:
+        """The step this one is fused into hands an output on in pieces
+        (its on_watermark's): this one's handler does that step's work on
+        records directly, so what waits here waits for the pieces, then
+        goes on in order (`wake_drain_waiters` wakes this step)."""
+        if self not in fused.drain_waiters:
+            fused.drain_waiters.append(self)
 
     def _unfinished(self, returned) -> Unfinished:
         """What on_batch returned: the rest of a built-in step's output, or
@@ -532,16 +576,19 @@ class Instance:
             waiter.drained = self
             waiter.wake()
 
-    def _progress(self, channel: int, payload) -> None:
+    def _progress(self, channel: int, payload, pending: list = (), at: int = 0) -> bool:
         """A watermark, IDLE, an epoch marker or END arrived on `channel`
-        (from the inbox, or on a chained edge)."""
+        (from the inbox, or on a chained edge). Returns True when
+        on_watermark handed its output on in part (`Unfinished`): the rest
+        of it, then the rest of this, then `pending[at:]` (what came after,
+        in an activation) go on in later ticks."""
         progress = self.progress
         if payload.__class__ is EpochMarker:
             self._channel_epoch(channel, payload.epoch)
-            return
+            return False
         if payload.__class__ is RoundMarker:  # inside a loop (_loops.py)
             self.loop.marker(self, payload)
-            return
+            return False
         if payload is END:
             change = progress.observe_end(channel)
         elif payload is IDLE:
@@ -552,7 +599,28 @@ class Instance:
             if change.reactivated is not None:  # downstream counts this instance again
                 self._forward(change.reactivated)
             if change.advanced is not None:
-                self._advance(change.advanced)
+                self._fire_timers(change.advanced)
+                returned = _call(self, "on_watermark", change.advanced)
+                if returned is not None:  # one check a watermark: more to come, or a user's mistake
+                    if returned.__class__ is not Unfinished:
+                        raise _returned(self, "on_watermark", returned)
+                    then = _Then(lambda: self._after_watermark(channel, payload, change))
+                    self._park(returned, channel, [(channel, then), *pending[at:]])
+                    return True
+        self._after_watermark(channel, payload, change)
+        return False
+
+    def _after_watermark(self, channel: int, payload, change) -> None:
+        """The rest of `_progress`, once on_watermark's output has gone on."""
+        progress = self.progress
+        if change is not None:
+            if change.advanced is not None:
+                if change.advanced == _INF:
+                    # timers set in on_watermark(inf) fire before +inf goes
+                    # on: after it, a window downstream took their records
+                    # as late
+                    self._fire_timers(_INF)
+                self._forward(change.advanced)
             if change.all_idle:
                 # What the operator holds for others to complete (a
                 # combiner's partials) goes out before they are told to
@@ -584,15 +652,6 @@ class Instance:
                 else:  # otherwise a bare AttributeError, blamed on whichever handler was running
                     raise _returned(self, "on_end", draining, "None, or a future (an asyncio task) that the "
                                     "step's end waits for")
-
-    def _advance(self, frontier: float) -> None:
-        self._fire_timers(frontier)
-        _call_emitting(self, "on_watermark", frontier)
-        if frontier == _INF:
-            # timers set in on_watermark(inf) fire before +inf goes on: after
-            # it, a window downstream took their records as late
-            self._fire_timers(_INF)
-        self._forward(frontier)
 
     def _fire_timers(self, frontier: float) -> None:
         timers = self.timers
@@ -662,10 +721,12 @@ class Instance:
         spent = self.budget_spent
         deliver = self.deliver
         target = self
+        fused = self.fused_end()  # (fusion is decided before the emits are made)
 
         def emit(batch):
             if batch:
-                if target.pending or (len(batch) >= CHECK_CLOCK_AT and spent()):
+                if (target.pending or (len(batch) >= CHECK_CLOCK_AT and spent())
+                        or (fused is not None and fused.pending)):
                     deliver(channel, batch)  # behind what waits, or the budget is spent
                     return
                 try:
@@ -787,11 +848,13 @@ class Instance:
 
     def _forward(self, payload) -> None:
         for target, channel in self.targets:
-            if target is self.fused_into:
+            if target is self.fused_into and not target.pending:
                 # Our handler does the target's work on records directly,
                 # never through its inbox: progress queued there would be
                 # overtaken by the records after it (an epoch's snapshot
-                # holding records its source's position does not).
+                # holding records its source's position does not). Only
+                # while it hands an output on in pieces does it go behind
+                # them, and records here wait too (`_behind_fused`).
                 target.receive(channel, payload)
             elif target.chained and not target.pending and not self.budget_spent():
                 target.receive(channel, payload)

@@ -96,12 +96,12 @@ class WindowAggregate(Windowing):
     def on_watermark(self, watermark):
         policy = self._pass_on
         if policy is None:
-            super().on_watermark(watermark)
-            return
+            return super().on_watermark(watermark)
         windows = self._windows
         open_windows = windows.open_windows()
-        super().on_watermark(watermark)
+        super().on_watermark(watermark)  # (flat: never in pieces)
         policy.windows_fired(open_windows - windows.open_windows())
+        return None
 
     def on_idle(self):
         # The partial half's inputs all went idle: the owner stops waiting
@@ -128,15 +128,20 @@ class WindowAggregate(Windowing):
         if self.flat:  # a partial for WindowMerge: flat scalars cross the exchange by msgpack
             self._out.extend([(key, j, acc) for key, acc in accs.items()])
             return
-        window = self._windows.window(j)
+        # made when the watermark's output is known: at once if small, else
+        # piece by piece (`Windowing.on_watermark`)
+        self._closed.append((self._windows.window(j), accs))
+        self._closed_count += len(accs)
+
+    def _make_window(self, window, items, count: int, out: list, stamps: list) -> None:
         if self._adds is not None:  # the accumulator is the result
-            self._out.extend([(key, window, acc) for key, acc in accs.items()])
+            out.extend([(key, window, acc) for key, acc in items])
         else:
             result = self.aggregation.result
-            self._out.extend([(key, window, result(acc)) for key, acc in accs.items()])
+            out.extend([(key, window, result(acc)) for key, acc in items])
         # their event time, one stamp for the window's results (C-level, not
         # a loop over them in `_emit_timed`: ~4 ms of 126,000 results)
-        self._out_stamps.extend(repeat(window.max_timestamp, len(accs)))
+        stamps.extend(repeat(window.max_timestamp, count))
 
     def _function(self):
         return self.aggregation.function or f"window {self.aggregation.name}"

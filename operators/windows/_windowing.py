@@ -5,13 +5,23 @@ late events counted and, with `late=True`, passed on beside the results."""
 from __future__ import annotations
 
 import math
+from itertools import islice
 
 from kernel.dataflow._errors import PASSES_THROUGH, KernelError, OperatorError
-from kernel.dataflow._operator import Operator, TimedBatch, rescale_fields
+from kernel.dataflow._operator import Operator, TimedBatch, rescale_fields, unfinished
 
 from .._calls import EMIT_BATCH, keyed_error
 from ._specs import check_window
 from ._strategy import TIME_TOO_LARGE_HINT, TimeTooLarge
+
+# A watermark that closes windows with more results than LARGE_OUTPUT (a
+# window of 300,000 keys: ~100 ms in one activation, with the steps after
+# it) hands them on in pieces of PIECE, one a tick (`Unfinished`), so that
+# the kernel still hands the loop back within its budget; the watermark
+# goes on after the last (`kernel.runtime._instance`). A window's results
+# by number are made piece by piece too (`_closed`), not all at once.
+PIECE = EMIT_BATCH
+LARGE_OUTPUT = 4 * EMIT_BATCH
 
 
 class LateBatch(list):
@@ -57,6 +67,11 @@ class Windowing(Operator):
         # them (a window's results, one stamp repeated); else empty
         self._out_stamps: list = []
         self._late_out: list = []
+        # windows closed by the watermark under way, whose results are not
+        # made yet: `(window, {key: acc})`, and how many results they hold
+        # (`_emit_window` of an aggregate's windows by number)
+        self._closed: list = []
+        self._closed_count = 0
         # The windows live in keyed state (snapshots take them); what orders
         # them is rebuilt from it on restore.
         self._windows = self.window.strategy(self)
@@ -97,8 +112,85 @@ class Windowing(Operator):
         except PASSES_THROUGH:
             raise
         except BaseException as exc:
-            raise OperatorError.wrap(self.name, self._function(), exc, has_record=False) from exc
+            raise self._closing_error(exc) from exc
+        if len(self._out) + self._closed_count > LARGE_OUTPUT and not self.flat:
+            pieces = self._pieces()
+            self.emit(next(pieces))
+            return unfinished(pieces, self.emit)
+        if self._closed:
+            self._make_closed(self._closed, self._out, self._out_stamps)
         self._flush()
+        return None
+
+    def _closing_error(self, exc) -> OperatorError:
+        return OperatorError.wrap(self.name, self._function(), exc, has_record=False)
+
+    def _pieces(self):
+        """The results of the windows just closed, `TimedBatch`es of PIECE
+        (a generator: what is left of them is made as pieces are wanted).
+        The windows are out of the keyed state already, and nothing reaches
+        this step while its pieces go on (a snapshot comes after them)."""
+        out, stamps = self._out, self._out_stamps
+        if out:  # made whole by the strategy (sessions, joins)
+            if len(stamps) != len(out):
+                stamps = self._stamps_of(out)
+            for at in range(0, len(out), PIECE):
+                yield TimedBatch(out[at:at + PIECE], stamps[at:at + PIECE])
+            out.clear()
+            self._out_stamps.clear()
+        closed, self._closed, self._closed_count = self._closed, [], 0
+        piece: list = []
+        piece_stamps: list = []
+        for window, accs in closed:
+            items = iter(accs.items())
+            left = len(accs)
+            while left:
+                take = min(left, PIECE - len(piece))
+                # the making alone in the try: the yield stays out of it
+                # (closing this generator raises GeneratorExit there)
+                try:
+                    self._make_window(window, islice(items, take), take, piece, piece_stamps)
+                except PASSES_THROUGH:
+                    raise
+                except BaseException as exc:
+                    raise self._closing_error(exc) from exc
+                left -= take
+                if len(piece) >= PIECE:
+                    yield TimedBatch(piece, piece_stamps)
+                    piece, piece_stamps = [], []
+        if piece:
+            yield TimedBatch(piece, piece_stamps)
+
+    def _make_closed(self, closed: list, out: list, stamps: list) -> None:
+        """Every result of `closed` into `out` at once (a small output)."""
+        try:
+            for window, accs in closed:
+                self._make_window(window, accs.items(), len(accs), out, stamps)
+        except PASSES_THROUGH:
+            raise
+        except BaseException as exc:
+            raise self._closing_error(exc) from exc
+        closed.clear()
+        self._closed_count = 0
+
+    def _make_window(self, window, items, count: int, out: list, stamps: list) -> None:
+        """The results of `count` `(key, acc)` `items` of `window`, with
+        their event time, into `out` and `stamps` (the subclass that puts
+        windows in `_closed` says how)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _stamps_of(results: list) -> list:
+        """The event time of each `(key, window, result)`: its window's
+        `max_timestamp`."""
+        stamps = []
+        last_window = stamp = None
+        for record in results:
+            window = record[1]
+            if window is not last_window:  # a window's results come together
+                last_window, stamp = window, window.max_timestamp
+            stamps.append(stamp)
+        return stamps
 
     def on_end(self):
         if self.late and not self.route_late:
@@ -133,13 +225,7 @@ class Windowing(Operator):
         and windowed again. `stamps` are theirs when they came with them
         (one per result), else they are worked out here."""
         if len(stamps) != len(results):
-            stamps = []
-            last_window = stamp = None
-            for record in results:
-                window = record[1]
-                if window is not last_window:  # a window's results come together
-                    last_window, stamp = window, window.max_timestamp
-                stamps.append(stamp)
+            stamps = self._stamps_of(results)
         for i in range(0, len(results), EMIT_BATCH):
             self.emit(TimedBatch(results[i:i + EMIT_BATCH], stamps[i:i + EMIT_BATCH]))
 

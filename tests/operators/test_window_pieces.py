@@ -1,0 +1,200 @@
+"""A watermark that closes windows with a large output hands the results on
+in pieces, a piece a tick, and what follows it (the watermark going on,
+later batches and watermarks, epoch markers, the end of input) waits behind
+the last piece: exact output, in order, against a plain loop, with small
+pieces patched in so that a few records take every way through (the window
+fused with its key_by and map_values, or apart behind a fan-out; a window
+downstream of its results, which would drop them as late if the watermark
+overtook them). The host's turns while a large output goes on are in
+tests/kernel/test_budget.py."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import operators.windows._windowing as windowing
+from kernel import Dataflow, OperatorError, Source, TimedBatch, run
+from operators import Tumbling, WindowAggregate
+from operators.windows._aggregations import SumAggregation
+
+
+@pytest.fixture
+def small_pieces(monkeypatch):
+    """Outputs of more than 2 results go on in pieces of 2; and no record
+    may reach a window (by its inbox, or straight from the key_by and
+    map_values fused with it) while its pieces go on: what comes after a
+    watermark waits behind its output (an epoch's snapshot there would
+    hold records its source's position does not)."""
+    monkeypatch.setattr(windowing, "LARGE_OUTPUT", 2)
+    monkeypatch.setattr(windowing, "PIECE", 2)
+    pieces, add_columns = windowing.Windowing._pieces, WindowAggregate._add_columns
+    on_batch = windowing.Windowing.on_batch
+
+    def watched_pieces(self):
+        self.handing_on = True
+        yield from pieces(self)
+        self.handing_on = False
+
+    def watched(add):
+        def checked(self, *args):
+            assert not getattr(self, "handing_on", False), "a record reached the window between its pieces"
+            return add(self, *args)
+        return checked
+
+    monkeypatch.setattr(windowing.Windowing, "_pieces", watched_pieces)
+    monkeypatch.setattr(WindowAggregate, "_add_columns", watched(add_columns))
+    monkeypatch.setattr(windowing.Windowing, "on_batch", watched(on_batch))
+
+
+class Scripted(Source):
+    """On kernel 0, each poll emits what its script says: `("batch",
+    events)` (a TimedBatch of `(key, t, value)` events at their `t`) or
+    `("watermark", w)`. Several batches and watermarks in one poll reach
+    the window's upstream before it runs again."""
+
+    def __init__(self, polls):
+        self.polls = list(polls)
+
+    def open(self, context):
+        if context.index != 0:
+            self.polls = []
+
+    def poll(self):
+        if not self.polls:
+            return False
+        for kind, value in self.polls.pop(0):
+            if kind == "batch":
+                self.emit(TimedBatch(list(value), [t for _, t, _ in value]))
+            else:
+                self.advance_watermark(value)
+        return bool(self.polls)
+
+
+def two_levels(flow, events, fan_out: bool):
+    """Sums per key and 1-second window, then the sums' total per 2-second
+    window (by the results' event time, each at its window's end)."""
+    if fan_out:  # a second consumer: the key_by takes its input from its inbox, not chained
+        events.map(lambda e: e, name="other").collect()
+    sums = events.key_by(lambda e: e[0]).map_values(lambda e: e[2]).window(Tumbling(1.0)).sum()
+    totals = (sums.map(lambda r: ("all", r[2])).key_by(lambda r: r[0]).map_values(lambda r: r[1])
+                  .window(Tumbling(2.0)).sum())
+    return sums, sums.collect(), totals, totals.collect()
+
+
+def expected(seconds: list[list[tuple]]):
+    """The plain loop: each second's sums per key, keys in the order they
+    first came in that second, seconds in order; the totals per 2 s."""
+    sums, totals = [], defaultdict(int)
+    for second, events in enumerate(seconds):
+        per_key: dict = {}
+        for key, _, value in events:
+            per_key[key] = per_key.get(key, 0) + value
+            totals[second // 2 * 2] += value
+        sums += [(key, float(second), total) for key, total in per_key.items()]
+    return sums, {("all", float(start)): total for start, total in totals.items()}
+
+
+def script(seconds: list[list[tuple]], cuts: list[int], per_poll: list[int]) -> list:
+    """Each second's events in batches (cut where `cuts` says), then the
+    watermark at its end; the steps dealt into polls of `per_poll` steps."""
+    steps = []
+    for second, events in enumerate(seconds):
+        cut = cuts[second] % (len(events) + 1)
+        steps += [("batch", part) for part in (events[:cut], events[cut:]) if part]
+        steps.append(("watermark", float(second + 1)))
+    polls, at = [], 0
+    for n in per_poll:
+        if at >= len(steps):
+            break
+        polls.append(steps[at:at + n])
+        at += n
+    if at < len(steps):
+        polls.append(steps[at:])
+    return polls
+
+
+events_of_a_second = st.lists(st.tuples(st.integers(0, 9), st.integers(1, 5)), max_size=12)
+
+
+# (the patch is the same for every example)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seconds=st.lists(events_of_a_second, min_size=1, max_size=6),
+       cuts=st.lists(st.integers(0, 12), min_size=6, max_size=6),
+       per_poll=st.lists(st.integers(1, 8), max_size=12), fan_out=st.booleans())
+def test_results_in_pieces_keep_their_order_and_the_watermark_comes_after_them(
+        small_pieces, seconds, cuts, per_poll, fan_out):
+    timed = [[(key, second + (i + 0.5) / 20, value) for i, (key, value) in enumerate(events)]
+             for second, events in enumerate(seconds)]
+    flow = Dataflow("pieces")
+    events = flow.source(lambda: Scripted(script(timed, cuts, per_poll)), name="scripted")
+    sums, first, totals, second = two_levels(flow, events, fan_out)
+    run(flow)
+    want_sums, want_totals = expected(timed)
+    assert [(key, window.start, total) for key, window, total in first.items] == want_sums
+    assert {(key, window.start): total for key, window, total in second.items} == want_totals
+    assert sums.late_count.value == 0 and totals.late_count.value == 0
+
+
+def test_on_two_kernels_the_owners_results_in_pieces_are_those_of_a_plain_loop(small_pieces):
+    """On two kernels the window's owner half (after the exchange, never
+    fused) hands its results on in pieces too."""
+    timed = [[(key, second + (i + 0.5) / 100, key % 3 + 1) for i, key in enumerate(range(second, 40))]
+             for second in range(5)]
+    flow = Dataflow("pieces")
+    events = flow.source(lambda: Scripted(script(timed, [7] * 5, [3] * 10)), name="scripted")
+    sums, first, totals, second = two_levels(flow, events, fan_out=False)
+    run(flow, cores=2)
+    want_sums, want_totals = expected(timed)
+    assert sorted((key, window.start, total) for key, window, total in first.items) == sorted(want_sums)
+    assert {(key, window.start): total for key, window, total in second.items} == want_totals
+    assert sums.late_count.value == 0 and totals.late_count.value == 0
+
+
+def test_every_epochs_snapshot_is_taken_with_no_piece_still_to_go(small_pieces, monkeypatch, tmp_path):
+    """Epochs every millisecond while outputs go on in pieces: no window's
+    snapshot is taken between a watermark's first piece and its last (its
+    closed windows are out of its state by then, and would be lost on a
+    resume from it), and the results are the plain loop's."""
+    taken = []
+    on_epoch = windowing.Windowing.on_epoch
+
+    def checked(self, epoch):
+        taken.append(len(self._out) + self._closed_count)
+        return on_epoch(self, epoch)
+
+    monkeypatch.setattr(windowing.Windowing, "on_epoch", checked)
+    timed = [[(key, second + (i + 0.5) / 400, 1) for i, key in enumerate(range(200))] for second in range(6)]
+    flow = Dataflow("pieces")
+    events = flow.source(lambda: Scripted(script(timed, [50] * 6, [1] * 30)), name="scripted")
+    _, first, _, second = two_levels(flow, events, fan_out=False)
+    run(flow, state_dir=tmp_path, epoch_interval=0.001)
+    want_sums, want_totals = expected(timed)
+    assert [(key, window.start, total) for key, window, total in first.items] == want_sums
+    assert {(key, window.start): total for key, window, total in second.items} == want_totals
+    assert taken and set(taken) == {0}
+
+
+class Failing(SumAggregation):
+    """A sum whose result fails for key 7 (a user's aggregation)."""
+
+    function = "failing_result"
+
+    def result(self, acc):
+        if acc == 70:
+            raise ValueError("no 70s")
+        return acc
+
+
+def test_a_result_failing_in_a_later_piece_names_the_step_and_function(small_pieces):
+    flow = Dataflow("pieces")
+    keyed = flow.from_iterable([(key, 0.5) for key in range(12)], timestamp=lambda r: r[1]).key_by(
+        lambda r: r[0]).map_values(lambda r: r[0] * 10)
+    keyed.apply(lambda: WindowAggregate(Tumbling(1.0), Failing()), name="sums").collect()
+    with pytest.raises(OperatorError) as failure:
+        run(flow)
+    assert "'sums" in str(failure.value) and "failing_result" in str(failure.value)
+    assert "no 70s" in str(failure.value)
