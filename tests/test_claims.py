@@ -1324,7 +1324,11 @@ async def test_a_source_reads_what_its_chain_can_handle_within_the_budget_and_gr
     flat_map's large output a piece a slice:
     test_a_flat_maps_large_output_goes_on_a_piece_a_slice_with_the_host_between),
     tests/operators/test_flat_map_pieces.py (the host's turns while
-    3,000,000 records from one go on, order, epochs, errors)."""
+    3,000,000 records from one go on, order, epochs, errors), a window
+    closing for 10,000 keys making its results a piece a slice
+    (test_a_window_closing_for_many_keys_makes_its_results_a_piece_a_slice)
+    and tests/operators/test_window_pieces.py (order, the watermark after
+    the last piece, fused steps waiting, epochs, errors)."""
     clock = VirtualClock()
     flow = Dataflow("paced")
     flow.trace, asked = [], []
