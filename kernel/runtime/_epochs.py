@@ -24,14 +24,15 @@ from kernel.dataflow._errors import PASSES_THROUGH, OperatorError
 
 ENDED = "ended"  # an instance's part once it has ended
 
-# How many epochs a kernel of several takes past the newest one complete on
-# every kernel: epoch n starts there only once n - AHEAD is complete. Each kernel
+# How many epochs a kernel takes past the newest one complete on every
+# kernel: epoch n starts there only once n - AHEAD is complete. Each kernel
 # starts epochs on its own timer, and without a bound one that another
 # kernel or a loop holds back (a loop passes markers in only between runs)
 # piled up snapshots that no other kernel had: a crash then left nothing
-# recent to resume from however many were written. Two, not one (Flink's
-# default of one checkpoint at a time), so that the next epoch aligns while
-# the last one is written and gathered.
+# recent to resume from however many were written; and on one kernel,
+# snapshots taken faster than its writer wrote them queued in memory.
+# Two, not one (Flink's default of one checkpoint at a time), so that the
+# next epoch aligns while the last one is written and gathered.
 AHEAD = 2
 
 UNPICKLABLE_STATE = (

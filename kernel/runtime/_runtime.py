@@ -464,9 +464,11 @@ class Runtime:
         live = [source for source in self._sources if not source.ended]
         if not live or self.epochs is None:
             return
-        # (one kernel alone runs ahead of no other: its writer thread marks
-        # each epoch complete as it writes it, in order)
-        if self.transport.peers > 1 and not self.epochs.may_take(self.complete or 0):
+        # One kernel alone too: its writer thread marks each epoch complete
+        # as it writes it, in order, and snapshots written slower than they
+        # were taken (a large state, a slow disk, a short interval) queued
+        # on it without end, each a pickle of the whole state in memory.
+        if not self.epochs.may_take(self.complete or 0):
             self._epoch_due = True  # it starts when an epoch completes (`commit`)
             return
         epoch = self.epochs.take_epoch()
