@@ -32,7 +32,15 @@ from kernel.state import value_state
 from kernel.dataflow._errors import PASSES_THROUGH
 from kernel.dataflow._operator import Operator
 
-from ._calls import emit_in_batches, failing_index, keyed_error, over_batch, start_values, user_error
+from ._calls import (
+    emit_in_batches,
+    emit_in_pieces,
+    failing_index,
+    keyed_error,
+    over_batch,
+    start_values,
+    user_error,
+)
 from ._stateless import KeyBy, _keys, _keys_fast, columns_after
 
 _first = itemgetter(0)
@@ -61,8 +69,9 @@ class _Aggregate(Operator):
                            "deltas": self._add_and_hand_on}[self.emit_mode]
 
     def on_end(self):
-        if self.emit_mode == "final":
-            emit_in_batches(self.emit, self.state.items())
+        if self.emit_mode == "final":  # (nothing reaches it after: its state stays as it is)
+            return emit_in_pieces(self.emit, self.state.items(), len(self.state))
+        return None
 
     def on_round(self, round):
         # Inside a loop each round is its own time (timely's product

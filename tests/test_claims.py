@@ -687,7 +687,9 @@ def test_epochs_snapshot_every_operator_aligned_on_the_markers_of_all_its_inputs
 
     positions_a, positions_b = a.made[0].at_epochs, b.made[0].at_epochs
     snapshots = tally.made[0].at_epochs
-    assert len(snapshots) >= 5
+    # Epochs 1 and 2 start on the clock; each later one once the one two
+    # before it is written (on the real clock, while this one races ahead)
+    assert len(snapshots) >= 2
     for epoch, counts in snapshots.items():
         # (a source that has ended takes part in no more epochs: all of it came)
         assert counts == (positions_a.get(epoch, 300), positions_b.get(epoch, 300)), epoch
@@ -1326,9 +1328,11 @@ async def test_a_source_reads_what_its_chain_can_handle_within_the_budget_and_gr
     tests/operators/test_flat_map_pieces.py (the host's turns while
     3,000,000 records from one go on, order, epochs, errors), a window
     closing for 10,000 keys making its results a piece a slice
-    (test_a_window_closing_for_many_keys_makes_its_results_a_piece_a_slice)
-    and tests/operators/test_window_pieces.py (order, the watermark after
-    the last piece, fused steps waiting, epochs, errors)."""
+    (test_a_window_closing_for_many_keys_makes_its_results_a_piece_a_slice),
+    an aggregate's results for 10,000 keys at the end likewise
+    (test_an_aggregates_results_for_many_keys_at_the_end_go_on_a_piece_a_slice)
+    and tests/operators/test_output_pieces.py (order, the watermark and the
+    end after the last piece, fused steps waiting, epochs, errors)."""
     clock = VirtualClock()
     flow = Dataflow("paced")
     flow.trace, asked = [], []

@@ -65,6 +65,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Collection, Mapping
+from functools import partial
 
 from kernel.dataflow import IDLE, EpochMarker, RoundMarker
 from kernel.dataflow._errors import (
@@ -106,9 +107,10 @@ END = "<end of input>"  # a str: never a list, never a float
 
 
 class _Then:
-    """In an inbox, behind an on_watermark's output that goes on in pieces
-    (`Instance._progress`): what follows it, run once the last piece has
-    gone on (the watermark forwarded, the end of input handled)."""
+    """In an inbox, behind an on_watermark's or on_end's output that goes on
+    in pieces (`Instance._progress`): what follows it, run once the last
+    piece has gone on (the watermark forwarded, the end of input handled,
+    the step ended). `rest(pending, at)` returns whether it parked more."""
 
     __slots__ = ("rest",)
 
@@ -493,10 +495,11 @@ class Instance:
                         return
                     self.runtime.hold_input(payload, False, pacing=True)
                 else:
-                    if payload.__class__ is _Then:  # what followed an on_watermark's last piece
-                        payload.rest()
+                    if payload.__class__ is _Then:  # what followed a handler's last piece
+                        if payload.rest(pending, i):
+                            return
                     elif self._progress(channel, payload, pending, i):
-                        return  # its on_watermark's output goes on in pieces, the rest behind it
+                        return  # a handler's output goes on in pieces, the rest behind it
                     if self.released:  # an alignment finished: what it held comes next
                         pending[i:i] = self.released
                         self.released = None
@@ -579,9 +582,10 @@ class Instance:
     def _progress(self, channel: int, payload, pending: list = (), at: int = 0) -> bool:
         """A watermark, IDLE, an epoch marker or END arrived on `channel`
         (from the inbox, or on a chained edge). Returns True when
-        on_watermark handed its output on in part (`Unfinished`): the rest
-        of it, then the rest of this, then `pending[at:]` (what came after,
-        in an activation) go on in later ticks."""
+        on_watermark (or on_end) handed its output on in part
+        (`Unfinished`): the rest of it, then the rest of this, then
+        `pending[at:]` (what came after, in an activation) go on in later
+        ticks."""
         progress = self.progress
         if payload.__class__ is EpochMarker:
             self._channel_epoch(channel, payload.epoch)
@@ -604,13 +608,12 @@ class Instance:
                 if returned is not None:  # one check a watermark: more to come, or a user's mistake
                     if returned.__class__ is not Unfinished:
                         raise _returned(self, "on_watermark", returned)
-                    then = _Then(lambda: self._after_watermark(channel, payload, change))
+                    then = _Then(partial(self._after_watermark, channel, payload, change))
                     self._park(returned, channel, [(channel, then), *pending[at:]])
                     return True
-        self._after_watermark(channel, payload, change)
-        return False
+        return self._after_watermark(channel, payload, change, pending, at)
 
-    def _after_watermark(self, channel: int, payload, change) -> None:
+    def _after_watermark(self, channel: int, payload, change, pending: list = (), at: int = 0) -> bool:
         """The rest of `_progress`, once on_watermark's output has gone on."""
         progress = self.progress
         if change is not None:
@@ -640,18 +643,23 @@ class Instance:
             if progress.open == 0:
                 # Every timer is due at the end of input, also those set
                 # after the last watermark reached +inf (in on_batch after
-                # it; those of on_watermark(inf) fired in _advance): no
-                # later advance would fire them.
+                # it; those of on_watermark(inf) fired above): no later
+                # advance would fire them.
                 self._fire_timers(_INF)
                 draining = _call(self, "on_end")
                 if draining is None:
                     self._finish()
+                elif draining.__class__ is Unfinished:  # a built-in step's large final output
+                    then = _Then(lambda pending, at: self._finish())
+                    self._park(draining, channel, [(channel, then), *pending[at:]])
+                    return True
                 elif hasattr(draining, "add_done_callback"):
                     # work of its own still under way (a sink's writes): end once it is done
                     _on_the_loop(draining, self.runtime.kernel.loop).add_done_callback(self._end_due)
                 else:  # otherwise a bare AttributeError, blamed on whichever handler was running
                     raise _returned(self, "on_end", draining, "None, or a future (an asyncio task) that the "
                                     "step's end waits for")
+        return False
 
     def _fire_timers(self, frontier: float) -> None:
         timers = self.timers

@@ -10,18 +10,9 @@ from itertools import islice
 from kernel.dataflow._errors import PASSES_THROUGH, KernelError, OperatorError
 from kernel.dataflow._operator import Operator, TimedBatch, rescale_fields, unfinished
 
-from .._calls import EMIT_BATCH, keyed_error
+from .._calls import EMIT_BATCH, LARGE_OUTPUT, PIECE, keyed_error
 from ._specs import check_window
 from ._strategy import TIME_TOO_LARGE_HINT, TimeTooLarge
-
-# A watermark that closes windows with more results than LARGE_OUTPUT (a
-# window of 300,000 keys: ~100 ms in one activation, with the steps after
-# it) hands them on in pieces of PIECE, one a tick (`Unfinished`), so that
-# the kernel still hands the loop back within its budget; the watermark
-# goes on after the last (`kernel.runtime._instance`). A window's results
-# by number are made piece by piece too (`_closed`), not all at once.
-PIECE = EMIT_BATCH
-LARGE_OUTPUT = 4 * EMIT_BATCH
 
 
 class LateBatch(list):
@@ -106,6 +97,11 @@ class Windowing(Operator):
         self._flush()
 
     def on_watermark(self, watermark):
+        # Windows closing with more than LARGE_OUTPUT results between them
+        # (a window of 300,000 keys: ~100 ms in one activation, with the
+        # steps after it) hand them on in pieces, one a tick, the watermark
+        # after the last (`_calls.emit_in_pieces`); a window's results by
+        # number are made piece by piece too (`_closed`), not all at once.
         self._frontier = watermark
         try:
             self._windows.fire(watermark)

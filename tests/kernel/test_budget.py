@@ -285,6 +285,36 @@ async def test_a_window_closing_for_many_keys_makes_its_results_a_piece_a_slice(
     assert [n for one in slices(trace) for what, n in one if what == "costly"] == [1024] * 9 + [784]
 
 
+async def test_an_aggregates_results_for_many_keys_at_the_end_go_on_a_piece_a_slice():
+    """A count of 10,000 keys ends: its results are handed on in pieces of
+    1,024, one a tick, each costing the next step 1.024 ms, so the host
+    runs between any two (all ten batches left the count in one activation
+    before: a million keys held the loop ~185 ms on the real clock)."""
+    from operators import Count
+
+    class Traced(Count):  # notes each batch the count hands on, as it does
+        def on_end(self):
+            emit = self.emit
+
+            def traced(batch):
+                trace.append(("emitted", len(batch)))
+                emit(batch)
+
+            self.emit = traced
+            return super().on_end()
+
+    clock = VirtualClock()
+    flow = Dataflow("ending")
+    flow.trace = trace = []
+    out = (flow.from_iterable(range(10_000)).key_by(lambda r: r).apply(Traced, name="count")
+               .apply(lambda: Costly(clock, trace, per_record=lambda x: 1e-6), name="costly").collect())
+    await with_host(flow, clock)
+    assert sorted(out.items) == [(key, 1) for key in range(10_000)]
+    emitted = [[n for what, n in one if what == "emitted"] for one in slices(trace)]
+    assert [n for one in emitted for n in one] == [1024] * 9 + [784]
+    assert max(map(len, emitted)) == 1, emitted
+
+
 async def test_a_loops_round_handed_on_at_once_goes_on_a_batch_a_slice_with_the_host_between():
     """A loop's head hands its round 0 (10,240 records in batches, as the
     source made them) on at once; each record costs the step after it

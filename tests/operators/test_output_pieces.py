@@ -1,21 +1,23 @@
 """A watermark that closes windows with a large output hands the results on
 in pieces, a piece a tick, and what follows it (the watermark going on,
 later batches and watermarks, epoch markers, the end of input) waits behind
-the last piece: exact output, in order, against a plain loop, with small
-pieces patched in so that a few records take every way through (the window
-fused with its key_by and map_values, or apart behind a fan-out; a window
-downstream of its results, which would drop them as late if the watermark
-overtook them). The host's turns while a large output goes on are in
-tests/kernel/test_budget.py."""
+the last piece; so do a keyed aggregate's results at the end of input, the
+step's end behind them: exact output, in order, against a plain loop, with
+small pieces patched in so that a few records take every way through (the
+window fused with its key_by and map_values, or apart behind a fan-out; a
+window or an aggregate downstream of the results, which would drop them as
+late, or end without them, if the watermark or the end overtook them). The
+host's turns while a large output goes on are in tests/kernel/test_budget.py."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import operators._calls as calls
 import operators.windows._windowing as windowing
 from kernel import Dataflow, OperatorError, Source, TimedBatch, run
 from operators import Tumbling, WindowAggregate
@@ -29,8 +31,9 @@ def small_pieces(monkeypatch):
     map_values fused with it) while its pieces go on: what comes after a
     watermark waits behind its output (an epoch's snapshot there would
     hold records its source's position does not)."""
-    monkeypatch.setattr(windowing, "LARGE_OUTPUT", 2)
-    monkeypatch.setattr(windowing, "PIECE", 2)
+    for module in (windowing, calls):
+        monkeypatch.setattr(module, "LARGE_OUTPUT", 2)
+        monkeypatch.setattr(module, "PIECE", 2)
     pieces, add_columns = windowing.Windowing._pieces, WindowAggregate._add_columns
     on_batch = windowing.Windowing.on_batch
 
@@ -198,3 +201,23 @@ def test_a_result_failing_in_a_later_piece_names_the_step_and_function(small_pie
         run(flow)
     assert "'sums" in str(failure.value) and "failing_result" in str(failure.value)
     assert "no 70s" in str(failure.value)
+
+
+# -- keyed aggregates at the end of input ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(keys=st.lists(st.integers(0, 30), max_size=60))
+def test_an_aggregates_final_results_in_pieces_all_come_before_its_end(small_pieces, cores, keys):
+    """The counts per key go on in pieces at the end of input, and the
+    step ends after the last: a sum of the counts after it (its own end
+    emits) sees every one of them."""
+    flow = Dataflow("ending")
+    counts = flow.from_iterable(keys).key_by(lambda k: k).count()
+    per_key = counts.collect()
+    total = counts.map(lambda kv: ("all", kv[1])).key_by(lambda kv: kv[0]).map_values(
+        lambda kv: kv[1]).sum().collect()
+    run(flow, cores=cores)
+    assert sorted(per_key.items) == sorted(Counter(keys).items())
+    assert total.items == ([("all", len(keys))] if keys else [])
