@@ -128,20 +128,24 @@ class WindowAggregate(Windowing):
         if self.flat:  # a partial for WindowMerge: flat scalars cross the exchange by msgpack
             self._out.extend([(key, j, acc) for key, acc in accs.items()])
             return
-        # made when the watermark's output is known: at once if small, else
-        # piece by piece (`Windowing.on_watermark`)
-        self._closed.append((self._windows.window(j), accs))
-        self._closed_count += len(accs)
+        window = self._windows.window(j)
+        self._close_window(window, accs, len(accs))
 
-    def _make_window(self, window, items, count: int, out: list, stamps: list) -> None:
+    def _make_window(self, window, accs: dict, out: list, stamps: list) -> None:
         if self._adds is not None:  # the accumulator is the result
-            out.extend([(key, window, acc) for key, acc in items])
+            out.extend([(key, window, acc) for key, acc in accs.items()])
         else:
             result = self.aggregation.result
-            out.extend([(key, window, result(acc)) for key, acc in items])
+            out.extend([(key, window, result(acc)) for key, acc in accs.items()])
         # their event time, one stamp for the window's results (C-level, not
         # a loop over them in `_emit_timed`: ~4 ms of 126,000 results)
-        stamps.extend(repeat(window.max_timestamp, count))
+        stamps.extend(repeat(window.max_timestamp, len(accs)))
+
+    def _results_of(self, window, accs: dict):
+        if self._adds is not None:
+            return ((key, window, acc) for key, acc in accs.items())
+        result = self.aggregation.result
+        return ((key, window, result(acc)) for key, acc in accs.items())
 
     def _function(self):
         return self.aggregation.function or f"window {self.aggregation.name}"

@@ -60,12 +60,14 @@ class AlignedWindows(WindowStrategy):
     def window(self, j: int) -> Window:
         return Window(self.start(j), self.end(j))
 
-    def fire(self, frontier: float) -> None:
+    def fire(self, frontier: float, limit: int | None = None) -> bool:
+        # (every window at once: their results are made as they go on)
         end, opened, numbers = self.end, self.opened, self.numbers
         emit_window = self._emit_window
         while numbers and end(numbers[0]) <= frontier:
             j = heapq.heappop(numbers)
             emit_window(j, opened.pop(j))
+        return False
 
     def sequence(self) -> int:
         return 0  # windows are ordered by number, not by arrival

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import repeat
+
 from ._windowing import Windowing
 
 
@@ -35,9 +37,19 @@ class WindowJoin(Windowing):
         return [(key, window, (left, right)) for left in lefts for right in rights]
 
     def _emit_window(self, j, accs: dict) -> None:
-        window = self._windows.window(j)
+        # one result per pair: a hot key's may be many (made as they go on)
+        self._close_window(self._windows.window(j), accs,
+                           sum(len(lefts) * len(rights) for lefts, rights in accs.values()))
+
+    def _make_window(self, window, accs: dict, out: list, stamps: list) -> None:
+        made = len(out)
         for key, acc in accs.items():
-            self._out.extend(self._results(key, window, acc))
+            out.extend(self._results(key, window, acc))
+        stamps.extend(repeat(window.max_timestamp, len(out) - made))
+
+    def _results_of(self, window, accs: dict):
+        return ((key, window, (left, right))
+                for key, (lefts, rights) in accs.items() for left in lefts for right in rights)
 
     def _function(self):
         return "join"

@@ -90,10 +90,12 @@ class SessionWindows(WindowStrategy):
             return older
         return self._merge(older, newer)
 
-    def fire(self, frontier: float) -> None:
+    def fire(self, frontier: float, limit: int | None = None) -> bool:
         sessions, ends = self.sessions, self.ends
         out, results = self._out, self._results
         while ends and ends[0][0] <= frontier:
+            if limit is not None and len(out) > limit:
+                return True  # more to close: the operator closes them as the results go on
             end, start, _, key = heapq.heappop(ends)
             mine = sessions.get(key)
             if not mine:
@@ -110,6 +112,7 @@ class SessionWindows(WindowStrategy):
             if acc.__class__ is _Values:
                 acc = self._from_values(key, acc.values)
             out.extend(results(key, Window(start, end), acc))
+        return False
 
     def _from_values(self, key, values):
         values.sort(key=_first)  # arrival order, across merged sessions

@@ -17,8 +17,9 @@ read once when it is built:
   the window closes), and `_adds`: "sum" or "count" when the accumulator
   is a plain running total (the tumbling loop inlines it), else None;
 * what a closed window emits: `_emit_window(j, {key: acc})` for windows by
-  number, `_results(key, window, acc)` (a list of records, put in `_out`)
-  for sessions;
+  number (the operator makes the results when it knows how many: `_closed`),
+  `_results(key, window, acc)` (a list of records, put in `_out`) for
+  sessions;
 * `_user_error(exc, record)`: the error that names a failing record.
 """
 
@@ -53,9 +54,12 @@ class WindowStrategy:
         already) are appended to `late` instead."""
         raise NotImplementedError
 
-    def fire(self, frontier: float) -> None:
+    def fire(self, frontier: float, limit: int | None = None) -> bool:
         """Emit, through the operator, and forget every window that ends at
-        or before `frontier`."""
+        or before `frontier`; or, given a `limit`, stop once the operator's
+        `_out` holds more results than that, and return True if windows
+        that `frontier` closes are left (the operator fires again as its
+        results go on)."""
         raise NotImplementedError
 
     def sequence(self) -> int:

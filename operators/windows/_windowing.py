@@ -5,7 +5,7 @@ late events counted and, with `late=True`, passed on beside the results."""
 from __future__ import annotations
 
 import math
-from itertools import islice
+from itertools import islice, repeat
 
 from kernel.dataflow._errors import PASSES_THROUGH, KernelError, OperatorError
 from kernel.dataflow._operator import Operator, TimedBatch, rescale_fields, unfinished
@@ -100,17 +100,18 @@ class Windowing(Operator):
         # Windows closing with more than LARGE_OUTPUT results between them
         # (a window of 300,000 keys: ~100 ms in one activation, with the
         # steps after it) hand them on in pieces, one a tick, the watermark
-        # after the last (`_calls.emit_in_pieces`); a window's results by
-        # number are made piece by piece too (`_closed`), not all at once.
+        # after the last (`_calls.emit_in_pieces`). Windows by number are
+        # made piece by piece too (`_closed`), and sessions closed as the
+        # pieces go (`fire`'s limit), not all at once.
         self._frontier = watermark
         try:
-            self._windows.fire(watermark)
+            more = self._windows.fire(watermark, LARGE_OUTPUT - 1)
         except PASSES_THROUGH:
             raise
         except BaseException as exc:
             raise self._closing_error(exc) from exc
-        if len(self._out) + self._closed_count > LARGE_OUTPUT and not self.flat:
-            pieces = self._pieces()
+        if (more or len(self._out) + self._closed_count > LARGE_OUTPUT) and not self.flat:
+            pieces = self._pieces(watermark, more)
             self.emit(next(pieces))
             return unfinished(pieces, self.emit)
         if self._closed:
@@ -121,36 +122,47 @@ class Windowing(Operator):
     def _closing_error(self, exc) -> OperatorError:
         return OperatorError.wrap(self.name, self._function(), exc, has_record=False)
 
-    def _pieces(self):
-        """The results of the windows just closed, `TimedBatch`es of PIECE
-        (a generator: what is left of them is made as pieces are wanted).
-        The windows are out of the keyed state already, and nothing reaches
-        this step while its pieces go on (a snapshot comes after them)."""
+    def _pieces(self, watermark: float, more: bool):
+        """The results of the windows `watermark` closes, `TimedBatch`es of
+        PIECE (a generator: what is left of them is made as pieces are
+        wanted): those in `_out`, made whole (joins', sessions'), then, while
+        the strategy has `more` to close (sessions), the next it closes,
+        then those of `_closed`. Closed windows are out of the keyed state,
+        and nothing reaches this step while its pieces go on (a snapshot
+        comes after them), so the state holds still meanwhile."""
         out, stamps = self._out, self._out_stamps
-        if out:  # made whole by the strategy (sessions, joins)
-            if len(stamps) != len(out):
-                stamps = self._stamps_of(out)
+        while out:
+            known = len(stamps) == len(out)
             for at in range(0, len(out), PIECE):
-                yield TimedBatch(out[at:at + PIECE], stamps[at:at + PIECE])
+                piece = out[at:at + PIECE]
+                yield TimedBatch(piece, stamps[at:at + PIECE] if known else self._stamps_of(piece))
             out.clear()
-            self._out_stamps.clear()
-        closed, self._closed, self._closed_count = self._closed, [], 0
-        piece: list = []
-        piece_stamps: list = []
-        for window, accs in closed:
-            items = iter(accs.items())
-            left = len(accs)
-            while left:
-                take = min(left, PIECE - len(piece))
-                # the making alone in the try: the yield stays out of it
-                # (closing this generator raises GeneratorExit there)
+            stamps.clear()
+            if more:
                 try:
-                    self._make_window(window, islice(items, take), take, piece, piece_stamps)
+                    more = self._windows.fire(watermark, PIECE - 1)  # (a piece's worth, mostly)
                 except PASSES_THROUGH:
                     raise
                 except BaseException as exc:
                     raise self._closing_error(exc) from exc
-                left -= take
+        closed, self._closed, self._closed_count = self._closed, [], 0
+        piece, piece_stamps = [], []
+        for window, accs in closed:
+            results = self._results_of(window, accs)
+            stamp = window.max_timestamp
+            while True:
+                # the making alone in the try: the yield stays out of it
+                # (closing this generator raises GeneratorExit there)
+                try:
+                    made = list(islice(results, PIECE - len(piece)))
+                except PASSES_THROUGH:
+                    raise
+                except BaseException as exc:
+                    raise self._closing_error(exc) from exc
+                if not made:
+                    break
+                piece += made
+                piece_stamps += repeat(stamp, len(made))
                 if len(piece) >= PIECE:
                     yield TimedBatch(piece, piece_stamps)
                     piece, piece_stamps = [], []
@@ -161,7 +173,7 @@ class Windowing(Operator):
         """Every result of `closed` into `out` at once (a small output)."""
         try:
             for window, accs in closed:
-                self._make_window(window, accs.items(), len(accs), out, stamps)
+                self._make_window(window, accs, out, stamps)
         except PASSES_THROUGH:
             raise
         except BaseException as exc:
@@ -169,10 +181,20 @@ class Windowing(Operator):
         closed.clear()
         self._closed_count = 0
 
-    def _make_window(self, window, items, count: int, out: list, stamps: list) -> None:
-        """The results of `count` `(key, acc)` `items` of `window`, with
-        their event time, into `out` and `stamps` (the subclass that puts
-        windows in `_closed` says how)."""
+    def _close_window(self, window, accs: dict, count: int) -> None:
+        """`window` closed with `accs` ({key: acc}), `count` results: made
+        once the watermark's whole output is known (`on_watermark`)."""
+        self._closed.append((window, accs))
+        self._closed_count += count
+
+    def _make_window(self, window, accs: dict, out: list, stamps: list) -> None:
+        """The results of `window` closed with `accs`, at once, with their
+        event time, into `out` and `stamps` (for a subclass that closes
+        windows by `_close_window`)."""
+        raise NotImplementedError
+
+    def _results_of(self, window, accs: dict):
+        """`_make_window`'s results one by one (an iterator: made as read)."""
         raise NotImplementedError
 
     @staticmethod

@@ -253,14 +253,17 @@ async def test_a_flat_maps_large_output_goes_on_a_piece_a_slice_with_the_host_be
     assert slice_times(trace) == pytest.approx([0.001024] * 9 + [0.000784])
 
 
-async def test_a_window_closing_for_many_keys_makes_its_results_a_piece_a_slice(monkeypatch):
-    """One window holds 10,000 keys and closes at the end of input: its
-    results are made, and go on, in pieces of 1,024, one a tick (the first
-    tick makes the second piece too); each piece
-    costs the next step 1.024 ms, more than the budget, so the host runs
-    between any two pieces. (All 10,000 were made in one activation before;
-    on the real clock, 300,000 keys held the loop ~100 ms.)"""
-    from operators import Tumbling
+@pytest.mark.parametrize("kind", ["tumbling", "sessions"])
+async def test_a_window_closing_for_many_keys_makes_its_results_a_piece_a_slice(monkeypatch, kind):
+    """One window (or session) per key for 10,000 keys, all closing at the
+    end of input: the results are made, and go on, in pieces of 1,024, one
+    a tick; each piece costs the next step 1.024 ms, more than the budget,
+    so the host runs between any two pieces. (All 10,000 were made in one
+    activation before; on the real clock, 300,000 keys held the loop ~100
+    ms.) The first tick makes the piece after its own too (what shows there
+    is more); sessions close 4,096 at once first, then a piece's worth a
+    tick as their results go on."""
+    from operators import Session, Tumbling
     from operators.windows._aggregations import TopAggregation
 
     clock = VirtualClock()
@@ -273,15 +276,16 @@ async def test_a_window_closing_for_many_keys_makes_its_results_a_piece_a_slice(
         return made(self, acc)
 
     monkeypatch.setattr(TopAggregation, "result", traced)
+    window = Tumbling(10.0) if kind == "tumbling" else Session(20.0)
     out = (flow.from_iterable([(key, 5.0) for key in range(10_000)], timestamp=lambda r: r[1])
-               .key_by(lambda r: r[0]).window(Tumbling(10.0)).top(1)
+               .key_by(lambda r: r[0]).window(window).top(1)
                .apply(lambda: Costly(clock, trace, per_record=lambda x: 1e-6), name="costly").collect())
     await with_host(flow, clock)
     assert sorted(key for key, _, _ in out.items) == list(range(10_000))
     made_in = [sum(n for what, n in one if what == "made") for one in slices(trace)]
     assert sum(made_in) == 10_000
-    # the first tick makes the piece after its own too (what shows there is more)
-    assert made_in[0] <= 2048 and max(made_in[1:]) <= 1024, made_in
+    first = 2048 if kind == "tumbling" else 4096
+    assert made_in[0] <= first and max(made_in[1:]) <= 1024, made_in
     assert [n for one in slices(trace) for what, n in one if what == "costly"] == [1024] * 9 + [784]
 
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import operators._calls as calls
 import operators.windows._windowing as windowing
 from kernel import Dataflow, OperatorError, Source, TimedBatch, run
-from operators import Tumbling, WindowAggregate
+from operators import Session, Tumbling, WindowAggregate
 from operators.windows._aggregations import SumAggregation
 
 
@@ -37,9 +37,9 @@ def small_pieces(monkeypatch):
     pieces, add_columns = windowing.Windowing._pieces, WindowAggregate._add_columns
     on_batch = windowing.Windowing.on_batch
 
-    def watched_pieces(self):
+    def watched_pieces(self, *args):
         self.handing_on = True
-        yield from pieces(self)
+        yield from pieces(self, *args)
         self.handing_on = False
 
     def watched(add):
@@ -201,6 +201,58 @@ def test_a_result_failing_in_a_later_piece_names_the_step_and_function(small_pie
         run(flow)
     assert "'sums" in str(failure.value) and "failing_result" in str(failure.value)
     assert "no 70s" in str(failure.value)
+
+
+def totals_after(results):
+    """The sum of the results' values (`(key, window, value)`) downstream,
+    by one key: it ends, and emits, after the last of them came."""
+    keyed = results.map(lambda r: ("all", r[2])).key_by(lambda r: r[0])
+    return keyed.map_values(lambda r: r[1]).sum().collect()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(st.tuples(st.integers(0, 8), st.integers(0, 40), st.integers(1, 5)), max_size=40))
+def test_sessions_closed_as_their_results_go_on_are_those_of_a_plain_loop(small_pieces, events):
+    """Sessions that a watermark closes many at a time are closed a piece's
+    worth at a time as their results go on (`fire`'s limit)."""
+    ordered = sorted(events, key=lambda e: e[1])
+    flow = Dataflow("sessions")
+    sums = (flow.from_iterable(ordered, timestamp=lambda e: float(e[1])).key_by(lambda e: e[0])
+                .map_values(lambda e: e[2]).window(Session(3.0)).sum())
+    out, total = sums.collect(), totals_after(sums)
+    run(flow)
+    want = []
+    for key in {key for key, _, _ in events}:
+        times = [(t, value) for k, t, value in ordered if k == key]
+        start, last, acc = times[0][0], times[0][0], 0
+        for t, value in times:
+            if t >= last + 3:  # a gap of 3 or more: a new session
+                want.append((key, float(start), float(last + 3), acc))
+                start, acc = t, 0
+            last, acc = t, acc + value
+        want.append((key, float(start), float(last + 3), acc))
+    assert sorted((key, w.start, w.end, v) for key, w, v in out.items) == sorted(want)
+    assert total.items == ([("all", sum(value for _, _, value in events))] if events else [])
+    assert sums.late_count.value == 0
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lefts=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 9)), max_size=15),
+       rights=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 9)), max_size=15))
+def test_a_windowed_joins_pairs_go_on_in_pieces_and_are_every_pair(small_pieces, lefts, rights):
+    """A hot key's pairs (its lefts times its rights) are made as they go
+    on, not all at once."""
+    flow = Dataflow("join")
+    left = flow.from_iterable(sorted(lefts, key=lambda e: e[1]), timestamp=lambda e: float(e[1]))
+    right = flow.from_iterable(sorted(rights, key=lambda e: e[1]), timestamp=lambda e: float(e[1]))
+    joined = left.key_by(lambda e: e[0]).join(right.key_by(lambda e: e[0]), Tumbling(5.0))
+    out = joined.collect()
+    count = totals_after(joined.map(lambda r: (r[0], r[1], 1)))
+    run(flow)
+    want = Counter((lk, lt // 5 * 5.0, (lk, lt), (rk, rt))
+                   for lk, lt in lefts for rk, rt in rights if lk == rk and lt // 5 == rt // 5)
+    assert Counter((key, w.start, pair[0], pair[1]) for key, w, pair in out.items) == want
+    assert count.items == ([("all", sum(want.values()))] if want else [])
 
 
 # -- keyed aggregates at the end of input ----------------------------------------------------------
