@@ -273,11 +273,13 @@ class Source(Operator):
 
 class Unfinished:
     """What a built-in handler returns, in place of None, once it has handed
-    on the first piece of a batch's output and more is to come (a flat_map
-    whose function made millions of records from one): the kernel calls
+    on the first piece of its output and more is to come (a flat_map whose
+    function made millions of records from one; on_watermark or on_end of a
+    window or an aggregate with results for many keys): the kernel calls
     `step()` in later ticks, one piece a tick, so that it still hands the
     loop back within its budget, and keeps what came after the batch
-    (batches, watermarks, epoch markers, the end of input) behind it, so
+    (batches, watermarks, epoch markers, the end of input) or what follows
+    the handler (the watermark going on, the step's end) behind it, so
     that nothing overtakes a record still to come (`Instance._park`). Only
     the kernel's own operators return one; a user's handler returns None."""
 

@@ -39,10 +39,11 @@ for an activation and the chain it runs, in these ways:
   second source only the slice's leftovers;
 * a handler whose output for one batch is large (a flat_map making
   millions of records from one) hands on its first piece and returns the
-  rest (`Unfinished`), which goes on a piece a tick (`_park`); so does an
-  on_watermark whose output is large (a window closing for 300,000
-  keys), and what follows it (the watermark going on, the end of input)
-  waits behind the pieces (`_Then`). A step fused into one whose output
+  rest (`Unfinished`), which goes on a piece a tick (`_park`); so do an
+  on_watermark and an on_end whose output is large (a window closing for
+  300,000 keys, an aggregate's results for a million at the end), and
+  what follows them (the watermark going on, the end of input, the step's
+  end) waits behind the pieces (`_Then`). A step fused into one whose output
   goes on so waits too (`_behind_fused`): its handler does that one's
   work on records directly, which would overtake the pieces.
 
@@ -104,6 +105,8 @@ def _batch_checked(emit):
 
 
 END = "<end of input>"  # a str: never a list, never a float
+_INF = math.inf
+_INBOX_LEFT = "an inbox left in part"  # with its instance, the holder of its kernel's input (_defer)
 
 
 class _Then:
@@ -117,8 +120,6 @@ class _Then:
     def __init__(self, rest) -> None:
         self.rest = rest
 
-_INF = math.inf
-_INBOX_LEFT = "an inbox left in part"  # with its instance, the holder of its kernel's input (_defer)
 
 # A chained hop reads the clock (~0.1 us) before a batch of at least this
 # many records: well under 1% of what handling them costs anywhere, while a

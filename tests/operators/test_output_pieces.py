@@ -203,6 +203,24 @@ def test_a_result_failing_in_a_later_piece_names_the_step_and_function(small_pie
     assert "no 70s" in str(failure.value)
 
 
+def test_a_sessions_function_failing_in_a_later_piece_names_the_step_and_record(small_pieces):
+    """A fold keeps a session's values and folds them when it closes: here,
+    as the pieces go on, after the first sessions' results went out."""
+    def add(total, value):
+        if value == 70:
+            raise ValueError("no 70s")
+        return total + value
+
+    flow = Dataflow("pieces")
+    (flow.from_iterable([(key, 0.5) for key in range(12)], timestamp=lambda r: r[1])
+         .key_by(lambda r: r[0]).map_values(lambda r: r[0] * 10)
+         .window(Session(3.0)).fold(0, add, name="folds").collect())
+    with pytest.raises(OperatorError) as failure:
+        run(flow)
+    message = str(failure.value)
+    assert "'folds" in message and "add" in message and "no 70s" in message and "(7, 70)" in message, message
+
+
 def totals_after(results):
     """The sum of the results' values (`(key, window, value)`) downstream,
     by one key: it ends, and emits, after the last of them came."""
