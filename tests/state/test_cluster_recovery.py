@@ -280,6 +280,7 @@ def test_a_run_resumed_on_other_processes_and_cores_from_a_shared_state_dir_is_e
                                        crash=(processes - 1, crash)))
         assert all(code != 0 for code, _ in results), results
         assert any(f"resuming from epoch {epoch}\n" in err and "move by key group" in err
+                   and f"this run has {processes} (a cluster of {processes} processes)" in err
                    for _, err in results), results
     epoch = newest_anywhere(state)
     last = run_alone(tmp_path, state, 1, resumed=True)
