@@ -102,10 +102,12 @@ class Windowing(Operator):
         # steps after it) hand them on in pieces, one a tick, the watermark
         # after the last (`_calls.emit_in_pieces`). Windows by number are
         # made piece by piece too (`_closed`), and sessions closed as the
-        # pieces go (`fire`'s limit), not all at once.
+        # pieces go (`fire`'s limit: a piece's worth first, then one more
+        # with each piece), not all at once.
         self._frontier = watermark
         try:
-            more = self._windows.fire(watermark, LARGE_OUTPUT - 1)
+            # (sessions close a piece's worth at most: ~2.5 us each)
+            more = self._windows.fire(watermark, PIECE - 1)
         except PASSES_THROUGH:
             raise
         except BaseException as exc:

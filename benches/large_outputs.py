@@ -1,0 +1,158 @@
+"""The host's longest wait while a step hands on a large output at once.
+
+    python -m benches.large_outputs            # full sizes, 5 runs each
+    python -m benches.large_outputs --quick    # smaller, 3 runs (smoke test)
+
+A pipeline on the host's loop (`await run_async(flow)`, one kernel) beside
+a host task that only yields (`await asyncio.sleep(0)`) and notes the
+longest time between two of its turns. Each pipeline ends in one large
+output at once, the case a source's pacing cannot help with:
+
+* window count, tumbling: 300,000 keys in one window, closed by the end of
+  input (300,000 `(key, window, count)` results);
+* window count, sessions: 200,000 keys, one session each, closed likewise;
+* keyed count: 1,000,000 keys, its results at the end of input;
+* windowed join: one key with 1,000 values on the left and 300 on the
+  right in one window (300,000 pairs).
+
+Beside it, the plain loop that computes the same results: run on the
+host's loop it would hold it for all of that time. The kernel's budget is
+1 ms and its stall notice 25 ms; a step that makes and hands on such an
+output in pieces, one a tick (operators/_calls.py `emit_in_pieces`,
+operators/windows/_windowing.py), leaves the host waiting no longer than
+a piece, a collection of the run's objects (Python's full collections are
+what is left, benches/RESULTS.md) or the source's first polls. With
+several kernels the kernels run in processes of their own and the host's
+loop waits for none of this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from collections import Counter
+
+from benches._report import machine, table
+from kernel import Dataflow, run_async
+from operators import Session, Tumbling
+
+# Each returns (the flow, its collect(), the plain loop over the same input).
+
+
+def window_tumbling(n: int):
+    events = [(key, 5.0) for key in range(n)]
+    flow = Dataflow("tumbling")
+    keyed = flow.from_iterable(events, timestamp=_second).key_by(_first)
+    out = keyed.window(Tumbling(10.0)).count().collect()
+    return flow, out, lambda: list(Counter((key, t // 10.0) for key, t in events).items())
+
+
+def window_sessions(n: int):
+    events = [(key, 5.0) for key in range(n)]
+    flow = Dataflow("sessions")
+    keyed = flow.from_iterable(events, timestamp=_second).key_by(_first)
+    out = keyed.window(Session(10.0)).count().collect()
+    return flow, out, lambda: list(Counter(key for key, _ in events).items())  # one event a key: one session
+
+
+def keyed_count(n: int):
+    records = range(n)
+    flow = Dataflow("count")
+    out = flow.from_iterable(records).key_by(_itself).count().collect()
+    return flow, out, lambda: list(Counter(records).items())
+
+
+def hot_join(n: int):
+    lefts = [(0, i) for i in range(max(1, n // 300))]
+    rights = [(0, i) for i in range(300)]
+    flow = Dataflow("join")
+    left = flow.from_iterable(lefts, timestamp=_one).key_by(_first)
+    right = flow.from_iterable(rights, timestamp=_one).key_by(_first)
+    out = left.join(right, Tumbling(10.0)).collect()
+    return flow, out, lambda: [(0, (lv, rv)) for lv in lefts for rv in rights]
+
+
+def _first(record):
+    return record[0]
+
+
+def _second(record):
+    return record[1]
+
+
+def _itself(record):
+    return record
+
+
+def _one(_record) -> float:
+    return 1.0
+
+
+CASES = [  # (name, make, size, quick size)
+    ("window count, tumbling: one window of N keys", window_tumbling, 300_000, 30_000),
+    ("window count, sessions: N keys, a session each", window_sessions, 200_000, 20_000),
+    ("keyed count: N keys, results at the end", keyed_count, 1_000_000, 100_000),
+    ("windowed join: one key, N pairs in one window", hot_join, 300_000, 30_000),
+]
+
+
+async def one_run(make, n: int) -> tuple[float, float, int]:
+    """(the host's longest wait in s, the run's wall s, results) of one run."""
+    flow, out, _ = make(n)
+    longest, running = [0.0], True
+
+    async def host():
+        last = time.perf_counter()
+        while running:
+            await asyncio.sleep(0)
+            now = time.perf_counter()
+            longest[0] = max(longest[0], now - last)
+            last = now
+
+    task = asyncio.create_task(host())
+    await asyncio.sleep(0)
+    started = time.perf_counter()
+    await run_async(flow)
+    wall = time.perf_counter() - started
+    running = False
+    await task
+    return longest[0], wall, len(out.items)
+
+
+def plain_seconds(make, n: int) -> float:
+    _, _, plain = make(n)
+    started = time.perf_counter()
+    plain()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller outputs, 3 runs")
+    parser.add_argument("--reps", type=int, default=None, help="runs of each case (default 5; --quick 3)")
+    args = parser.parse_args()
+    reps = args.reps or (3 if args.quick else 5)
+    rows = []
+    for name, make, size, quick in CASES:
+        n = quick if args.quick else size
+        runs = [asyncio.run(one_run(make, n)) for _ in range(reps)]
+        results = {count for _, _, count in runs}
+        expected = len(make(n)[2]())
+        assert results == {expected}, (name, results, expected)
+        plain = statistics.median(plain_seconds(make, n) for _ in range(reps))
+        waits = [wait * 1e3 for wait, _, _ in runs]
+        rows.append([name.replace("N", f"{n:,}"), round(statistics.median(waits), 1), round(max(waits), 1),
+                     round(statistics.median(wall for _, wall, _ in runs) * 1e3), round(plain * 1e3, 1)])
+    print(machine())
+    print()
+    print(table(f"The host's longest wait while a large output goes on (one kernel on its loop, "
+                f"median of {reps})",
+                ["pipeline", "host's longest wait, ms", "worst run, ms", "run, ms",
+                 "plain loop, ms (holds the loop throughout)"], rows))
+
+
+if __name__ == "__main__":
+    main()
