@@ -24,9 +24,9 @@ import math
 from kernel.state import list_state
 
 from kernel.dataflow._errors import PASSES_THROUGH, KernelError
-from kernel.dataflow._operator import Operator, TimedBatch, rescale_fields
+from kernel.dataflow._operator import Operator, TimedBatch, rescale_fields, unfinished
 
-from ._calls import EMIT_BATCH, keyed_error
+from ._calls import EMIT_BATCH, LARGE_OUTPUT, PIECE, keyed_error
 
 
 def check_ttl(ttl) -> None:
@@ -74,32 +74,60 @@ class KeyedJoin(Operator):
         if self.ttl is not None and not timed:
             raise KernelError(f"{self.name}: a join with ttl= needs event time, but these records carry "
                               "no timestamps: give the sources timestamp=..." + (self.time_hint or ""))
-        stamps = batch.timestamps if timed else itertools.repeat(None)
+        pieces = self._pairs(port, batch, batch.timestamps if timed else itertools.repeat(None))
+        self._emit(*next(pieces))
+        # A hot key (a value meeting thousands on the other side) can make
+        # millions of pairs from one batch: past LARGE_OUTPUT they are made
+        # and handed on a piece a tick (the rest of the batch after them)
+        return unfinished((self._piece(out, stamps) for out, stamps in pieces), self.emit)
+
+    def _pairs(self, port: int, batch, stamps):
+        """`(pairs, their times)` for `batch`: all of them, or once they
+        pass LARGE_OUTPUT, those so far, then PIECE at a time (a generator:
+        the batch's later records are joined, and kept, as it is read)."""
         mine, theirs = self.sides[port], self.sides[1 - port]
         ttl, frontier = self.ttl, self._frontier
         out: list = []
         out_stamps: list = []
-        record = None
-        try:
-            for record, stamp in zip(batch, stamps):
+        limit = LARGE_OUTPUT
+        handed = False  # pairs yielded already
+        for record, stamp in zip(batch, stamps):
+            try:
                 key, value = record
                 if ttl is not None and stamp < frontier:
                     self.late += 1
                     continue
-                for other_stamp, other in theirs.get(key, ()):
+                others = theirs.get(key, ())
+            except PASSES_THROUGH:
+                raise
+            except BaseException as exc:
+                raise keyed_error(self.name, "join", exc, record) from exc
+            # (the yields stay out of the try: closing this generator raises GeneratorExit there)
+            for at in range(0, len(others), PIECE):  # a hot key's partners a piece's worth at a time
+                for other_stamp, other in (others if len(others) <= PIECE else others[at:at + PIECE]):
                     if ttl is not None and abs(stamp - other_stamp) > ttl:
                         continue
                     out.append((key, (value, other) if port == 0 else (other, value)))
                     out_stamps.append(None if stamp is None or other_stamp is None
                                       else max(stamp, other_stamp))
+                if len(out) >= limit:
+                    yield out, out_stamps
+                    out, out_stamps, limit = [], [], PIECE
+                    handed = True
+            try:
                 mine.append(key, (stamp, value))
                 if ttl is not None:
                     self._expire_at(stamp, port, key)
-        except PASSES_THROUGH:
-            raise
-        except BaseException as exc:
-            raise keyed_error(self.name, "join", exc, record) from exc
-        self._emit(out, out_stamps)
+            except PASSES_THROUGH:
+                raise
+            except BaseException as exc:
+                raise keyed_error(self.name, "join", exc, record) from exc
+        if out or not handed:
+            yield out, out_stamps
+
+    @staticmethod
+    def _piece(out: list, stamps: list) -> list:
+        return TimedBatch(out, stamps) if None not in stamps else out
 
     def _emit(self, out: list, stamps: list) -> None:
         if not out:

@@ -318,6 +318,47 @@ async def test_an_aggregates_results_for_many_keys_at_the_end_go_on_a_piece_a_sl
     assert max(map(len, emitted)) == 1, emitted
 
 
+async def test_a_joins_pairs_for_a_hot_key_go_on_a_piece_a_slice():
+    """10,000 values of one key on the left, then one on the right: its
+    10,000 pairs are made and handed on 4,096 at once, then 1,024 a tick,
+    each piece costing the next step 1.024 ms, so the host runs between
+    (all 10,000 were made in one activation before)."""
+    from operators import KeyedJoin
+
+    class Traced(KeyedJoin):  # notes each batch of pairs the join hands on, as it does
+        def on_batch(self, port, batch):
+            if not getattr(self, "traced", False):
+                emit, self.traced = self.emit, True
+
+                def traced(pairs):
+                    trace.append(("emitted", len(pairs)))
+                    emit(pairs)
+
+                self.emit = traced
+            return super().on_batch(port, batch)
+
+    class Then(Source):  # the right side's one value, once the left's are all in
+        def poll(self):
+            if len(seen) < 10_000:
+                return True
+            self.emit([(0, "right")])
+            return False
+
+    clock = VirtualClock()
+    flow = Dataflow("hot")
+    flow.trace = trace = []
+    seen: list = []
+    left = flow.from_iterable([(0, i) for i in range(10_000)]).inspect(seen.append)
+    right = flow.source(Then, name="then")
+    out = (left.apply(Traced, inputs=(right,), name="join")
+               .apply(lambda: Costly(clock, trace, per_record=lambda x: 1e-6), name="costly").collect())
+    await with_host(flow, clock)
+    assert sorted(out.items) == [(0, (i, "right")) for i in range(10_000)]
+    emitted = [[n for what, n in one if what == "emitted"] for one in slices(trace)]
+    assert [n for one in emitted for n in one] == [1024] * 9 + [784]
+    assert sum(emitted[0]) <= 4096 and max(sum(one) for one in emitted[1:]) <= 1024, emitted
+
+
 async def test_a_loops_round_handed_on_at_once_goes_on_a_batch_a_slice_with_the_host_between():
     """A loop's head hands its round 0 (10,240 records in batches, as the
     source made them) on at once; each record costs the step after it

@@ -2,7 +2,8 @@
 in pieces, a piece a tick, and what follows it (the watermark going on,
 later batches and watermarks, epoch markers, the end of input) waits behind
 the last piece; so do a keyed aggregate's results at the end of input, the
-step's end behind them: exact output, in order, against a plain loop, with
+step's end behind them, and a join's pairs for a hot key, the batch's
+later records behind them: exact output, in order, against a plain loop, with
 small pieces patched in so that a few records take every way through (the
 window fused with its key_by and map_values, or apart behind a fan-out; a
 window or an aggregate downstream of the results, which would drop them as
@@ -18,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import operators._calls as calls
+import operators._join as keyed_join
 import operators.windows._windowing as windowing
 from kernel import Dataflow, OperatorError, Source, TimedBatch, run
 from operators import Session, Tumbling, WindowAggregate
@@ -31,7 +33,7 @@ def small_pieces(monkeypatch):
     map_values fused with it) while its pieces go on: what comes after a
     watermark waits behind its output (an epoch's snapshot there would
     hold records its source's position does not)."""
-    for module in (windowing, calls):
+    for module in (windowing, calls, keyed_join):
         monkeypatch.setattr(module, "LARGE_OUTPUT", 2)
         monkeypatch.setattr(module, "PIECE", 2)
     pieces, add_columns = windowing.Windowing._pieces, WindowAggregate._add_columns
@@ -291,3 +293,28 @@ def test_an_aggregates_final_results_in_pieces_all_come_before_its_end(small_pie
     run(flow, cores=cores)
     assert sorted(per_key.items) == sorted(Counter(keys).items())
     assert total.items == ([("all", len(keys))] if keys else [])
+
+
+# -- an incremental join's hot keys ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ttl", [None, 3.0])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lefts=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 9)), max_size=20),
+       rights=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 9)), max_size=20))
+def test_a_joins_pairs_for_hot_keys_go_on_in_pieces_and_are_every_pair(small_pieces, ttl, lefts, rights):
+    """A value meeting many on the other side makes its pairs a piece at a
+    time, the batch's later values after them: every pair once (within
+    `ttl`), and a count after the join ends only after the last."""
+    flow = Dataflow("join")
+    left = flow.from_iterable(sorted(lefts, key=lambda e: e[1]), timestamp=lambda e: float(e[1]))
+    right = flow.from_iterable(sorted(rights, key=lambda e: e[1]), timestamp=lambda e: float(e[1]))
+    joined = left.key_by(lambda e: e[0]).join(right.key_by(lambda e: e[0]), ttl=ttl)
+    out = joined.collect()
+    count = totals_after(joined.map(lambda r: (r[0], None, 1)))
+    run(flow)
+    want = Counter((lk, (lk, lt), (rk, rt)) for lk, lt in lefts for rk, rt in rights
+                   if lk == rk and (ttl is None or abs(lt - rt) <= ttl))
+    # (each side comes in time order: no value is late, none expires before its partners come)
+    assert Counter((key, pair[0], pair[1]) for key, pair in out.items) == want
+    assert count.items == ([("all", sum(want.values()))] if want else [])
