@@ -13,7 +13,10 @@ output at once, the case a source's pacing cannot help with:
 * window count, sessions: 200,000 keys, one session each, closed likewise;
 * keyed count: 1,000,000 keys, its results at the end of input;
 * windowed join: one key with 1,000 values on the left and 300 on the
-  right in one window (300,000 pairs).
+  right in one window (300,000 pairs);
+* incremental join (no window): the same values, each pairing with those
+  of the other side already in as it comes (a batch of values meeting
+  hundreds each).
 
 Beside it, the plain loop that computes the same results: run on the
 host's loop it would hold it for all of that time. The kernel's budget is
@@ -74,6 +77,14 @@ def hot_join(n: int):
     return flow, out, lambda: [(0, (lv, rv)) for lv in lefts for rv in rights]
 
 
+def hot_incremental_join(n: int):
+    lefts = [(0, i) for i in range(max(1, n // 300))]
+    rights = [(0, i) for i in range(300)]
+    flow = Dataflow("incremental join")
+    out = flow.from_iterable(lefts).key_by(_first).join(flow.from_iterable(rights).key_by(_first)).collect()
+    return flow, out, lambda: [(0, (lv, rv)) for lv in lefts for rv in rights]
+
+
 def _first(record):
     return record[0]
 
@@ -95,6 +106,7 @@ CASES = [  # (name, make, size, quick size)
     ("window count, sessions: N keys, a session each", window_sessions, 200_000, 20_000),
     ("keyed count: N keys, results at the end", keyed_count, 1_000_000, 100_000),
     ("windowed join: one key, N pairs in one window", hot_join, 300_000, 30_000),
+    ("incremental join: one key, N pairs as values meet", hot_incremental_join, 300_000, 30_000),
 ]
 
 
