@@ -41,6 +41,11 @@ class WindowJoin(Windowing):
         self._close_window(self._windows.window(j), accs,
                            sum(len(lefts) * len(rights) for lefts, rights in accs.values()))
 
+    def _close_session(self, key, window, acc) -> None:
+        # a session's pairs, made as they go on too
+        lefts, rights = acc
+        self._close_window(window, {key: acc}, len(lefts) * len(rights))
+
     def _make_window(self, window, accs: dict, out: list, stamps: list) -> None:
         made = len(out)
         for key, acc in accs.items():

@@ -31,8 +31,8 @@ class SessionWindows(WindowStrategy):
     heap of (end, start, sequence, key) fire candidates, rebuilt from it on
     restore; a candidate whose session grew or merged since is stale."""
 
-    __slots__ = ("_grow", "_merge", "_new", "_out", "_results", "_user_error", "ends", "gap", "seq",
-                 "sessions")
+    __slots__ = ("_close", "_grow", "_merge", "_new", "_operator", "_out", "_results", "_user_error", "ends",
+                 "gap", "seq", "sessions")
 
     def __init__(self, operator, gap: float) -> None:
         self.gap = gap
@@ -41,6 +41,10 @@ class SessionWindows(WindowStrategy):
         self.seq = count()
         self._new, self._grow, self._merge = operator._new, operator._grow, operator._merge
         self._results, self._out, self._user_error = operator._results, operator._out, operator._user_error
+        # an operator whose session's results may be many (a join's pairs)
+        # closes it to make them as they go on (`Windowing._close_window`)
+        self._close = getattr(operator, "_close_session", None)
+        self._operator = operator
 
     def add(self, port, batch, stamps, frontier, late):
         gap = self.gap
@@ -92,9 +96,9 @@ class SessionWindows(WindowStrategy):
 
     def fire(self, frontier: float, limit: int | None = None) -> bool:
         sessions, ends = self.sessions, self.ends
-        out, results = self._out, self._results
+        out, results, close, operator = self._out, self._results, self._close, self._operator
         while ends and ends[0][0] <= frontier:
-            if limit is not None and len(out) > limit:
+            if limit is not None and len(out) + operator._closed_count > limit:
                 return True  # more to close: the operator closes them as the results go on
             end, start, _, key = heapq.heappop(ends)
             mine = sessions.get(key)
@@ -111,7 +115,10 @@ class SessionWindows(WindowStrategy):
             acc = s[2]
             if acc.__class__ is _Values:
                 acc = self._from_values(key, acc.values)
-            out.extend(results(key, Window(start, end), acc))
+            if close is not None:
+                close(key, Window(start, end), acc)
+            else:
+                out.extend(results(key, Window(start, end), acc))
         return False
 
     def _from_values(self, key, values):

@@ -133,20 +133,28 @@ class Windowing(Operator):
         and nothing reaches this step while its pieces go on (a snapshot
         comes after them), so the state holds still meanwhile."""
         out, stamps = self._out, self._out_stamps
-        while out:
-            known = len(stamps) == len(out)
-            for at in range(0, len(out), PIECE):
-                piece = out[at:at + PIECE]
-                yield TimedBatch(piece, stamps[at:at + PIECE] if known else self._stamps_of(piece))
-            out.clear()
-            stamps.clear()
-            if more:
-                try:
-                    more = self._windows.fire(watermark, PIECE - 1)  # (a piece's worth, mostly)
-                except PASSES_THROUGH:
-                    raise
-                except BaseException as exc:
-                    raise self._closing_error(exc) from exc
+        while True:
+            if out:
+                known = len(stamps) == len(out)
+                for at in range(0, len(out), PIECE):
+                    piece = out[at:at + PIECE]
+                    yield TimedBatch(piece, stamps[at:at + PIECE] if known else self._stamps_of(piece))
+                out.clear()
+                stamps.clear()
+            if self._closed:
+                yield from self._closed_pieces()
+            if not more:
+                return
+            try:
+                more = self._windows.fire(watermark, PIECE - 1)  # (a piece's worth, mostly)
+            except PASSES_THROUGH:
+                raise
+            except BaseException as exc:
+                raise self._closing_error(exc) from exc
+
+    def _closed_pieces(self):
+        """`_pieces` of the windows in `_closed`: their results made as
+        the pieces are wanted (a hot key's pairs of a join, one by one)."""
         closed, self._closed, self._closed_count = self._closed, [], 0
         piece, piece_stamps = [], []
         for window, accs in closed:
