@@ -99,9 +99,11 @@ class WindowAggregate(Windowing):
             return super().on_watermark(watermark)
         windows = self._windows
         open_windows = windows.open_windows()
-        super().on_watermark(watermark)  # (flat: never in pieces)
+        # its partials in pieces too, past LARGE_OUTPUT (every window fires
+        # at once: what fired is known now)
+        rest = super().on_watermark(watermark)
         policy.windows_fired(open_windows - windows.open_windows())
-        return None
+        return rest
 
     def on_idle(self):
         # The partial half's inputs all went idle: the owner stops waiting
@@ -111,6 +113,7 @@ class WindowAggregate(Windowing):
         if not self.flat:
             return
         self._windows.fire(math.inf)  # every window, whatever its end
+        self._make_closed(self._closed, self._out, self._out_stamps)
         self._flush()
 
     def flush_partials(self):
@@ -119,19 +122,23 @@ class WindowAggregate(Windowing):
         # several partials of a window as well as one.
         if self.flat:
             self._windows.fire(math.inf)
+            self._make_closed(self._closed, self._out, self._out_stamps)
             self._flush()
 
     def _results(self, key, window, acc):
         return ((key, window, self.aggregation.result(acc)),)
 
     def _emit_window(self, j, accs: dict) -> None:
-        if self.flat:  # a partial for WindowMerge: flat scalars cross the exchange by msgpack
-            self._out.extend([(key, j, acc) for key, acc in accs.items()])
+        if self.flat:  # a partial for WindowMerge, `(key, j, acc)`, made as they go on (`_make_window`)
+            self._close_window(j, accs, len(accs))
             return
         window = self._windows.window(j)
         self._close_window(window, accs, len(accs))
 
     def _make_window(self, window, accs: dict, out: list, stamps: list) -> None:
+        if self.flat:  # `window` is its number: flat scalars cross the exchange by msgpack
+            out.extend([(key, window, acc) for key, acc in accs.items()])
+            return
         if self._adds is not None:  # the accumulator is the result
             out.extend([(key, window, acc) for key, acc in accs.items()])
         else:
@@ -142,7 +149,7 @@ class WindowAggregate(Windowing):
         stamps.extend(repeat(window.max_timestamp, len(accs)))
 
     def _results_of(self, window, accs: dict):
-        if self._adds is not None:
+        if self.flat or self._adds is not None:  # (flat: `window` is its number)
             return ((key, window, acc) for key, acc in accs.items())
         result = self.aggregation.result
         return ((key, window, result(acc)) for key, acc in accs.items())

@@ -112,7 +112,7 @@ class Windowing(Operator):
             raise
         except BaseException as exc:
             raise self._closing_error(exc) from exc
-        if (more or len(self._out) + self._closed_count > LARGE_OUTPUT) and not self.flat:
+        if more or len(self._out) + self._closed_count > LARGE_OUTPUT:
             pieces = self._pieces(watermark, more)
             self.emit(next(pieces))
             return unfinished(pieces, self.emit)
@@ -135,10 +135,13 @@ class Windowing(Operator):
         out, stamps = self._out, self._out_stamps
         while True:
             if out:
-                known = len(stamps) == len(out)
+                flat, known = self.flat, len(stamps) == len(out)
                 for at in range(0, len(out), PIECE):
                     piece = out[at:at + PIECE]
-                    yield TimedBatch(piece, stamps[at:at + PIECE] if known else self._stamps_of(piece))
+                    if flat:  # a partial half's `(key, j, acc)`: plain lists, as `_flush` hands them on
+                        yield piece
+                    else:
+                        yield TimedBatch(piece, stamps[at:at + PIECE] if known else self._stamps_of(piece))
                 out.clear()
                 stamps.clear()
             if self._closed:
@@ -157,9 +160,10 @@ class Windowing(Operator):
         the pieces are wanted (a hot key's pairs of a join, one by one)."""
         closed, self._closed, self._closed_count = self._closed, [], 0
         piece, piece_stamps = [], []
+        flat = self.flat
         for window, accs in closed:
             results = self._results_of(window, accs)
-            stamp = window.max_timestamp
+            stamp = None if flat else window.max_timestamp
             while True:
                 # the making alone in the try: the yield stays out of it
                 # (closing this generator raises GeneratorExit there)
@@ -174,10 +178,11 @@ class Windowing(Operator):
                 piece += made
                 piece_stamps += repeat(stamp, len(made))
                 if len(piece) >= PIECE:
-                    yield TimedBatch(piece, piece_stamps)
+                    # (a partial half's partials: plain lists, as `_flush` hands them on)
+                    yield piece if flat else TimedBatch(piece, piece_stamps)
                     piece, piece_stamps = [], []
         if piece:
-            yield TimedBatch(piece, piece_stamps)
+            yield piece if flat else TimedBatch(piece, piece_stamps)
 
     def _make_closed(self, closed: list, out: list, stamps: list) -> None:
         """Every result of `closed` into `out` at once (a small output)."""
