@@ -57,10 +57,10 @@ class ClusterLauncherSide:
         if plan[1] is not None:
             (_, cluster, _), kernels = plan[1][:2]
             log.warning("state_dir %s: epoch %d was written by %d kernel%s (%s); this run has %d (a cluster "
-                        "of %d processes): keyed state, timers and source positions move by key group",
+                        "of %d process%s): keyed state, timers and source positions move by key group",
                         self.store.directory, epoch, kernels, "s" if kernels > 1 else "",
                         "a cluster" if cluster else "one process", self.kernels * self.processes,
-                        self.processes)
+                        self.processes, "es" if self.processes > 1 else "")
         if finished:
             log.warning("state_dir %s: this flow already ran to the end (epoch %d); nothing to do "
                         "but publish any of its files left hidden", self.store.directory, epoch)
