@@ -44,6 +44,12 @@ from ._calls import (
 from ._stateless import KeyBy, _keys, _keys_fast, columns_after
 
 _first = itemgetter(0)
+
+
+def _then_cleared(state: dict):
+    """`state`'s items, then `state` emptied, once all are read."""
+    yield from state.items()
+    state.clear()
 _MISSING = object()
 
 
@@ -76,10 +82,12 @@ class _Aggregate(Operator):
     def on_round(self, round):
         # Inside a loop each round is its own time (timely's product
         # timestamps): its results cover its records, and go out when it is
-        # complete, before its end is passed on.
+        # complete, before its end is passed on (in pieces if many: the
+        # round's marker waits behind them, and nothing of the next round
+        # comes before it, so the state is read as it goes, then cleared).
         if self.emit_mode == "final":
-            emit_in_batches(self.emit, self.state.items())
-            self.state.clear()
+            return emit_in_pieces(self.emit, _then_cleared(self.state), len(self.state))
+        return None
 
     def on_batch(self, port, batch):
         self._add_batch(batch, None)

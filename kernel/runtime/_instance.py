@@ -572,6 +572,13 @@ class Instance:
             self.scheduled = True
             self._ready(self)
 
+    def park_then(self, unfinished: Unfinished, channel: int, rest, pending, at: int) -> bool:
+        """A handler's output goes on in pieces (`_park`), then `rest(pending,
+        at)` (what followed the handler: `_Then`), then `pending[at:]`, in
+        later ticks. Returns True: the activation stops here."""
+        self._park(unfinished, channel, [(channel, _Then(rest)), *pending[at:]])
+        return True
+
     def wake_drain_waiters(self) -> None:
         """Sources held back until their chain (or their way to a loop's
         entry with max_in_flight) caught up: the inbox here is empty."""
@@ -592,8 +599,7 @@ class Instance:
             self._channel_epoch(channel, payload.epoch)
             return False
         if payload.__class__ is RoundMarker:  # inside a loop (_loops.py)
-            self.loop.marker(self, payload)
-            return False
+            return self.loop.marker(self, payload, channel, pending, at)
         if payload is END:
             change = progress.observe_end(channel)
         elif payload is IDLE:
@@ -609,9 +615,8 @@ class Instance:
                 if returned is not None:  # one check a watermark: more to come, or a user's mistake
                     if returned.__class__ is not Unfinished:
                         raise _returned(self, "on_watermark", returned)
-                    then = _Then(partial(self._after_watermark, channel, payload, change))
-                    self._park(returned, channel, [(channel, then), *pending[at:]])
-                    return True
+                    return self.park_then(returned, channel, partial(self._after_watermark, channel, payload,
+                                                                     change), pending, at)
         return self._after_watermark(channel, payload, change, pending, at)
 
     def _after_watermark(self, channel: int, payload, change, pending: list = (), at: int = 0) -> bool:
@@ -651,9 +656,7 @@ class Instance:
                 if draining is None:
                     self._finish()
                 elif draining.__class__ is Unfinished:  # a built-in step's large final output
-                    then = _Then(lambda pending, at: self._finish())
-                    self._park(draining, channel, [(channel, then), *pending[at:]])
-                    return True
+                    return self.park_then(draining, channel, lambda pending, at: self._finish(), pending, at)
                 elif hasattr(draining, "add_done_callback"):
                     # work of its own still under way (a sink's writes): end once it is done
                     _on_the_loop(draining, self.runtime.kernel.loop).add_done_callback(self._end_due)

@@ -86,9 +86,9 @@ import sys
 from kernel.dataflow import IDLE, EpochMarker, RoundMarker, TimedBatch
 from kernel.dataflow._errors import KernelError
 from kernel.dataflow._loops import ENTER, FEEDBACK, HEAD
-from kernel.dataflow._operator import Operator
+from kernel.dataflow._operator import Operator, Unfinished
 
-from ._instance import END, Instance, _call_emitting, _handler_name
+from ._instance import END, Instance, _call, _handler_name, _returned
 from ._progress import Frontier
 
 _INF = math.inf
@@ -433,15 +433,28 @@ class Membership:
         self.channels = channels
         self.seen: dict[tuple[int, int], int] = {}
 
-    def marker(self, instance: Instance, marker: RoundMarker) -> None:
+    def marker(self, instance: Instance, marker: RoundMarker, channel: int = 0, pending=(),
+               at: int = 0) -> bool:
+        """Returns True when on_round handed its output on in part (an
+        aggregate's results for many keys, `Unfinished`): the marker goes on,
+        and the round is done here, after the last piece."""
         key = (marker.loop, marker.round)
         seen = self.seen.get(key, 0) + 1
         if seen < self.channels:
             self.seen[key] = seen
-            return
+            return False
         self.seen.pop(key, None)
         if marker.loop == self.innermost:
-            _call_emitting(instance, "on_round", marker.round)
+            returned = _call(instance, "on_round", marker.round)
+            if returned is not None:  # one check a round: more to come, or a user's mistake
+                if returned.__class__ is not Unfinished:
+                    raise _returned(instance, "on_round", returned)
+                return instance.park_then(returned, channel, lambda *_: self._round_done(instance, marker),
+                                          pending, at)
+        self._round_done(instance, marker)
+        return False
+
+    def _round_done(self, instance: Instance, marker: RoundMarker) -> None:
         if marker.loop in self.passes:
             instance._forward(RoundMarker(marker.loop, marker.round))
         self.controls[marker.loop].member_done(marker.round)

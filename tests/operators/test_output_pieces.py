@@ -318,3 +318,34 @@ def test_a_joins_pairs_for_hot_keys_go_on_in_pieces_and_are_every_pair(small_pie
     # (each side comes in time order: no value is late, none expires before its partners come)
     assert Counter((key, pair[0], pair[1]) for key, pair in out.items) == want
     assert count.items == ([("all", sum(want.values()))] if want else [])
+
+
+# -- an aggregate's results for each round of a loop -----------------------------------------------
+
+
+def _next(value: int) -> int:
+    return value // 2 if value % 2 == 0 else 3 * value + 1
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(starts=st.lists(st.integers(2, 60), max_size=25))
+def test_a_loops_per_round_counts_in_pieces_are_each_rounds_own(small_pieces, cores, starts):
+    """Inside a loop a count hands on each round's counts when the round
+    is complete (`on_round`), in pieces here: the round is done, and the
+    next one starts, only after the last (its state is read as the pieces
+    go, then cleared: a round's records counted in the one before, or
+    lost, would show)."""
+    flow = Dataflow("rounds")
+
+    def body(values):
+        counts = values.key_by(lambda v: v % 7).count()
+        return values.map(_next).filter(lambda v: v != 1), counts
+
+    out = flow.from_iterable(starts).iterate(body).collect()
+    run(flow, cores=cores)
+    want, values = Counter(), list(starts)
+    while values:
+        want.update(Counter(v % 7 for v in values).items())
+        values = [_next(v) for v in values if _next(v) != 1]
+    assert Counter(out.items) == want
