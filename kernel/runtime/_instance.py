@@ -147,6 +147,7 @@ class Instance:
         "feed_at",
         "feeds",
         "fused_into",
+        "fused_last",
         "held",
         "idle",
         "index",
@@ -215,6 +216,7 @@ class Instance:
         self.records_in = self.records_out = 0
         self.busy = 0.0  # seconds in this operator's on_batch, less the steps it called (metrics)
         self.fused_into: Instance | None = None  # the operator whose handler now does ours too
+        self.fused_last: Instance | None = None  # the end of that fusion (`fused_end`, once fused)
         kernel = runtime.kernel
         self.pace = _Pace(kernel) if node.is_source else None
         self.budget_spent = kernel.budget_spent
@@ -247,6 +249,7 @@ class Instance:
         op.schedule = self.schedule
         op.pause_input = self.pause_input
         op.current_watermark = self.current_watermark
+        self.fused_last = self.fused_end()  # (fusion is decided before the helpers are given)
         op.emit = self._emit_function()
         if self.counting:
             op.emit = self._counting_out(op.emit)
@@ -466,7 +469,7 @@ class Instance:
             self.end_due = False
             self._finish()
             return
-        fused = self.fused_end()
+        fused = self.fused_last
         if fused is not None and fused.pending:
             self._behind_fused(fused)
             return
