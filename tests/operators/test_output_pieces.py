@@ -36,6 +36,7 @@ def small_pieces(monkeypatch):
     for module in (windowing, calls, keyed_join):
         monkeypatch.setattr(module, "LARGE_OUTPUT", 2)
         monkeypatch.setattr(module, "PIECE", 2)
+    monkeypatch.setattr(windowing, "SESSIONS", 2)
     pieces, add_columns = windowing.Windowing._pieces, WindowAggregate._add_columns
     on_batch = windowing.Windowing.on_batch
 
