@@ -675,7 +675,9 @@ def test_epochs_snapshot_every_operator_aligned_on_the_markers_of_all_its_inputs
     waited for the other input's (aligned). Snapshots go to SQLite under
     state_dir, written on a thread of its own. The figures are benches/RESULTS.md's.
     The rest (two kernels, complete epochs): tests/state/test_recovery.py,
-    tests/state/test_store.py."""
+    tests/state/test_store.py; epochs no faster than they complete, on one
+    kernel too: tests/state/test_snapshot_backlog.py, and on several with
+    loops: tests/state/test_loop_epochs.py."""
     clock = VirtualClock()
     a, b, tally = instances(Paced, clock, 300, 3), instances(Paced, clock, 300, 11), instances(Tally)
     flow = Dataflow("epochs")
