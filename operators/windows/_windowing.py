@@ -111,12 +111,7 @@ class Windowing(Operator):
         # pieces go (`fire`'s limit: SESSIONS at first, then as many more
         # with each piece), not all at once.
         self._frontier = watermark
-        try:
-            more = self._windows.fire(watermark, SESSIONS - 1)
-        except PASSES_THROUGH:
-            raise
-        except BaseException as exc:
-            raise self._closing_error(exc) from exc
+        more = self._fire(watermark)
         if more or len(self._out) + self._closed_count > LARGE_OUTPUT:
             pieces = self._pieces(watermark, more)
             self.emit(next(pieces))
@@ -125,6 +120,16 @@ class Windowing(Operator):
             self._make_closed(self._closed, self._out, self._out_stamps)
         self._flush()
         return None
+
+    def _fire(self, watermark: float) -> bool:
+        """Close what `watermark` closes (sessions: SESSIONS at most);
+        whether sessions it closes are left."""
+        try:
+            return self._windows.fire(watermark, SESSIONS - 1)
+        except PASSES_THROUGH:
+            raise
+        except BaseException as exc:
+            raise self._closing_error(exc) from exc
 
     def _closing_error(self, exc) -> OperatorError:
         return OperatorError.wrap(self.name, self._function(), exc, has_record=False)
@@ -153,12 +158,7 @@ class Windowing(Operator):
                 yield from self._closed_pieces()
             if not more:
                 return
-            try:
-                more = self._windows.fire(watermark, SESSIONS - 1)
-            except PASSES_THROUGH:
-                raise
-            except BaseException as exc:
-                raise self._closing_error(exc) from exc
+            more = self._fire(watermark)
 
     def _closed_pieces(self):
         """`_pieces` of the windows in `_closed`: their results made as
