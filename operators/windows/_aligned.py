@@ -26,6 +26,13 @@ from ._strategy import TimeTooLarge, WindowStrategy
 _MISSING = object()
 
 
+def whole_steps(size: float, step: float) -> int | None:
+    """`m` where the size is exactly `m` steps (`m * step == size` in
+    floats), else None."""
+    span = round(size / step)
+    return span if span >= 1 and span * step == size else None
+
+
 class AlignedWindows(WindowStrategy):
     """Windows by number: `opened` (keyed state, window number -> {key:
     acc}) and a heap of the open numbers, rebuilt from it on restore."""
@@ -35,8 +42,7 @@ class AlignedWindows(WindowStrategy):
 
     def __init__(self, operator, size: float, step: float) -> None:
         self.size, self.step = size, step
-        span = round(size / step)
-        self.span = span if span >= 1 and span * step == size else None
+        self.span = whole_steps(size, step)
         self.opened = map_state(operator, "windows")  # window number -> {key: acc}
         self.numbers: list = []  # heap of the window numbers in `opened`
         self._new, self._grow, self._adds = operator._new, operator._grow, operator._adds
@@ -86,36 +92,63 @@ class AlignedWindows(WindowStrategy):
         return len(self.numbers)
 
     def merge_partials(self, batch: list, frontier: float, combine, error) -> int:
-        """Merge partials `(key, j, acc)` into window `j`'s accumulators with
-        `combine`; those of windows that ended at or before `frontier` are
-        dropped. Returns how many were dropped; `error(exc, record)` is the
-        error to raise when `combine` fails."""
+        """Merge partials into the windows' accumulators with `combine`: a
+        window's, `(key, j, acc)` for window number `j`, into window `j`; a
+        slice's (`_panes.SlidingPanes`: a sliding window's partial half),
+        `(key, p + 0.5, acc)` for slice `p`, into each window it is in.
+        What would go only into windows that ended at or before `frontier`
+        is dropped. Returns how many partials were dropped; `error(exc,
+        record)` is the error to raise when `combine` fails, `record`
+        naming the window it was merged into."""
         opened, numbers, end = self.opened, self.numbers, self.end
         record = None
-        last_j = keyed = None  # a window's partials come together
+        last_j = keyed = None  # a window's (or slice's) partials come together
+        slices = ()  # the {key: acc} of the open windows a slice's partials go into
+        into = None  # the window number a slice's partial is being merged into
         dropped = 0
         try:
             for record in batch:
                 key, j, partial = record
-                if j != last_j:
+                if j != last_j:  # (a slice's number, a float, equals no window's, an int)
                     last_j = j
-                    if end(j) <= frontier:  # emitted already
-                        keyed = None
-                    else:
+                    keyed = None
+                    if j.__class__ is float:
+                        slices = self._slice_windows(math.floor(j), frontier)
+                    elif end(j) > frontier:  # else emitted already
                         keyed = opened.get(j)
                         if keyed is None:
                             keyed = opened[j] = {}
                             heapq.heappush(numbers, j)
-                if keyed is None:
+                if keyed is not None:
+                    acc = keyed.get(key, _MISSING)
+                    keyed[key] = partial if acc is _MISSING else combine(acc, partial)
+                elif j.__class__ is float and slices:
+                    for into, window in slices:  # noqa: B007 (`into`: named by the error below)
+                        acc = window.get(key, _MISSING)
+                        window[key] = partial if acc is _MISSING else combine(acc, partial)
+                else:
                     dropped += 1
-                    continue
-                acc = keyed.get(key, _MISSING)
-                keyed[key] = partial if acc is _MISSING else combine(acc, partial)
         except PASSES_THROUGH:
             raise
         except BaseException as exc:
+            if record is not None and record[1].__class__ is float:
+                record = (record[0], into, record[2])
             raise error(exc, record) from exc
         return dropped
+
+    def _slice_windows(self, p: int, frontier: float) -> list:
+        """`(j, {key: acc})` of every window slice `p` is in (`span` of
+        them, ending with window `p`) that is still open, opened if new."""
+        opened, numbers, end = self.opened, self.numbers, self.end
+        windows = []
+        for j in range(p - self.span + 1, p + 1):
+            if end(j) > frontier:
+                keyed = opened.get(j)
+                if keyed is None:
+                    keyed = opened[j] = {}
+                    heapq.heappush(numbers, j)
+                windows.append((j, keyed))
+        return windows
 
 
 class TumblingWindows(AlignedWindows):
@@ -177,6 +210,10 @@ class TumblingWindows(AlignedWindows):
         except BaseException as exc:
             raise self._user_error(exc, record) from exc
 
+    def _kind(self) -> str:
+        """The window spec, as a TimeTooLarge error names it."""
+        return f"Tumbling({self.size!r})"
+
     def _enter(self, stamp: float, frontier: float) -> tuple[int, dict | None]:
         """A record leaves the last record's window: the number of its window
         and that window's accumulators (opened now if new), or None when the
@@ -186,7 +223,7 @@ class TumblingWindows(AlignedWindows):
         if not stamp < (j + 1) * self.size:
             # so large a time that floats put it in no window (its window's
             # end rounds to its start): said, not dropped nor put in [t, t)
-            raise TimeTooLarge(stamp, f"Tumbling({self.size!r})")
+            raise TimeTooLarge(stamp, self._kind())
         if (j + 1) * self.size <= frontier:
             return j, None
         keyed = self.opened.get(j)

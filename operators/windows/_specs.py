@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 
-from ._aligned import SlidingWindows, TumblingWindows
+from ._aligned import SlidingWindows, TumblingWindows, whole_steps
+from ._panes import SlidingPanes
 from ._sessions import SessionWindows
 from ._strategy import WindowStrategy
 
@@ -87,6 +88,9 @@ class Sliding(WindowKind):
         return f"Sliding({self.size!r}, {self.step!r})"
 
     def strategy(self, operator) -> SlidingWindows:
+        span = whole_steps(self.size, self.step)
+        if operator.flat and span is not None and span >= 2:  # a combiner's partial half: by slices
+            return SlidingPanes(operator, self.size, self.step)
         return SlidingWindows(operator, self.size, self.step)
 
 

@@ -40,7 +40,9 @@ MODES = {
     "switch every batch": {"_PASS_ON_ABOVE": -1.0, "_START_PASSING": True, "_PASSED_BEFORE_PROBE": 1,
                            "_MEASURE_AT_LEAST": 0},
 }
-WINDOWS = [Tumbling(1.0), Tumbling(0.25), Sliding(2.0, 0.5), Sliding(0.75, 0.5), Sliding(0.5, 1.25)]
+# (sliding windows of whole steps pre-aggregate by slices: `_panes.py`)
+WINDOWS = [Tumbling(1.0), Tumbling(0.25), Sliding(2.0, 0.5), Sliding(1.5, 0.5), Sliding(0.75, 0.5),
+           Sliding(0.5, 1.25)]
 
 
 def aggregates(window, events, batch_size, max_delay, cores, mode):
@@ -98,6 +100,24 @@ def test_late_events_in_every_mode_are_those_behind_their_own_kernels_watermark(
         assert aggregates(window, events, batch_size, max_delay, cores, mode) == expected, mode
     _, late = replay_per_kernel(window, events, max_delay, batch_size, cores)
     event(f"kernels with late events: {len({i % cores for i, is_late in enumerate(late) if is_late})}")
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.sampled_from([Sliding(2.0, 0.5), Sliding(1.5, 0.5), Tumbling(0.25)]),
+       streams(disorder=4.0, max_size=60), st.sampled_from([1, 3, 8]), st.sampled_from([0.0, 0.5]),
+       st.sampled_from([2, 3]))
+def test_a_single_windowed_sum_fused_with_its_key_by_and_map_values(window, events, batch_size, max_delay,
+                                                                   cores):
+    """One sum alone after key_by and map_values: the partial half takes the
+    keys and values as columns (`add_columns`), late events and slices
+    too; the same results and late counts as the replay of each kernel's
+    share."""
+    flow = Dataflow()
+    sums = keyed_values(source(flow, events, max_delay=max_delay, batch_size=batch_size)).window(window).sum()
+    out = sums.collect()
+    run(flow, cores=cores, clock=VirtualClock())
+    assert (by_window(out.items), sums.late_count.value) == expected_aggregates(
+        window, events, batch_size, max_delay, cores)["sum"]
 
 
 # Each kernel's share, in batches of one, with no delay allowed: kernel 0
