@@ -304,82 +304,122 @@ class TumblingWindows(AlignedWindows):
 
 class SlidingWindows(AlignedWindows):
     """About `size / step` windows per event, newest first; an event between
-    windows (step > size) is in none, and not late."""
+    windows (step > size) is in none, and not late.
+
+    Where the size is a whole number `m` of steps, every event of the slice
+    `[p * step, (p + 1) * step)` is in the same windows, `p - m + 1 .. p`:
+    the loops keep the accumulators of those still open for the last
+    record's slice, and a record in the same slice (most are) goes into
+    them without working out its windows again (NEXMark q5's count over 10
+    s windows sliding by 2 s, 230,000 events in batches of 1,024: ~1.4 us
+    an event window by window, about a quarter of that by slice)."""
 
     __slots__ = ()
 
     def add(self, port, batch, stamps, frontier, late):
-        end, last = self.end, self.last
-        opened, numbers = self.opened, self.numbers
         new, grow = self._new, self._grow
+        low = high = math.inf  # the last record's slice, and its windows still open
+        targets: list = []
         record = None
         try:
             for record, stamp in zip(batch, stamps):
-                j = last(stamp)
-                in_any = placed = False
-                key = record[0]
-                # every window j with start(j) <= stamp < end(j), newest first
-                while (window_end := end(j)) > stamp:
-                    in_any = True
-                    if window_end > frontier:
-                        keyed = opened.get(j)
-                        if keyed is None:
-                            keyed = opened[j] = {}
-                            heapq.heappush(numbers, j)
-                        acc = keyed.get(key, _MISSING)
-                        if acc is _MISSING:
-                            keyed[key] = new(record[1], stamp, port)
-                        else:
-                            keyed[key] = grow(acc, record[1], stamp, port)
-                        placed = True
-                    j -= 1
-                # late: its windows were all emitted (one in no window at all,
-                # between windows when step > size, is not late: it is in none)
-                if not placed:
-                    if in_any:
-                        late.append(record)
-                    elif self.step <= self.size or end(j) <= j * self.step:  # in no window, and not
-                        # in a gap between windows: see TimeTooLarge
-                        raise TimeTooLarge(stamp, f"Sliding({self.size!r}, {self.step!r})")
+                if not low <= stamp < high:
+                    low, high, targets = self._slice_of(stamp, frontier)
+                    if targets is None:  # not a whole number of steps, or too large a time
+                        self._add_one(port, record, stamp, frontier, late)
+                        continue
+                if not targets:
+                    late.append(record)  # every window of it was emitted
+                    continue
+                key, value = record[0], record[1]
+                for keyed in targets:
+                    acc = keyed.get(key, _MISSING)
+                    keyed[key] = new(value, stamp, port) if acc is _MISSING else grow(acc, value, stamp, port)
         except PASSES_THROUGH:
             raise
         except BaseException as exc:
             raise self._user_error(exc, record) from exc
 
+    def _slice_of(self, stamp: float, frontier: float) -> tuple[float, float, list | None]:
+        """`(low, high, targets)`: the slice holding `stamp` and the
+        accumulators (`{key: acc}`, newest window first, opened if new) of
+        its windows that end after `frontier`; `targets` None (and an empty
+        slice) where the size is no whole number of steps or floats put
+        `stamp` at the end of its slice (a time too large: `_add_one` says so)."""
+        span = self.span
+        p = self.last(stamp)
+        high = (p + 1) * self.step
+        if span is None or not stamp < high:
+            return math.inf, math.inf, None
+        opened, numbers, end = self.opened, self.numbers, self.end
+        targets = []
+        for j in range(p, p - span, -1):
+            if end(j) <= frontier:
+                break  # (and every older one)
+            keyed = opened.get(j)
+            if keyed is None:
+                keyed = opened[j] = {}
+                heapq.heappush(numbers, j)
+            targets.append(keyed)
+        return p * self.step, high, targets
+
+    def _add_one(self, port, record, stamp, frontier, late) -> None:
+        """One record into each of its windows, worked out one by one."""
+        end = self.end
+        opened, numbers = self.opened, self.numbers
+        j = self.last(stamp)
+        in_any = placed = False
+        key = record[0]
+        # every window j with start(j) <= stamp < end(j), newest first
+        while (window_end := end(j)) > stamp:
+            in_any = True
+            if window_end > frontier:
+                keyed = opened.get(j)
+                if keyed is None:
+                    keyed = opened[j] = {}
+                    heapq.heappush(numbers, j)
+                acc = keyed.get(key, _MISSING)
+                if acc is _MISSING:
+                    keyed[key] = self._new(record[1], stamp, port)
+                else:
+                    keyed[key] = self._grow(acc, record[1], stamp, port)
+                placed = True
+            j -= 1
+        # late: its windows were all emitted (one in no window at all,
+        # between windows when step > size, is not late: it is in none)
+        if not placed:
+            if in_any:
+                late.append(record)
+            elif self.step <= self.size or end(j) <= j * self.step:  # in no window, and not
+                # in a gap between windows: see TimeTooLarge
+                raise TimeTooLarge(stamp, f"Sliding({self.size!r}, {self.step!r})")
+
     def add_columns(self, port, keys: list, values: list, stamps, frontier, late) -> None:
         """`add` for columns (see `TumblingWindows.add_columns`): a running
         sum or count is added in place in each of the event's windows, no
-        call per window (NEXMark q5's count over 10 s windows sliding by 2 s:
-        five windows a bid)."""
+        call per window (NEXMark q5's count over 10 s windows sliding by
+        2 s: five windows a bid)."""
         if self._adds is None:
             self.add(port, list(zip(keys, values)), stamps, frontier, late)
             return
         count_one = self._adds == "count"
-        end, last = self.end, self.last
-        opened, numbers = self.opened, self.numbers
+        low = high = math.inf
+        targets: list = []
         key = value = None
         try:
             for key, value, stamp in zip(keys, values, stamps):
-                j = last(stamp)
-                in_any = placed = False
+                if not low <= stamp < high:
+                    low, high, targets = self._slice_of(stamp, frontier)
+                    if targets is None:
+                        self._add_one(port, (key, value), stamp, frontier, late)
+                        continue
+                if not targets:
+                    late.append((key, value))
+                    continue
                 amount = 1 if count_one else value
-                while (window_end := end(j)) > stamp:
-                    in_any = True
-                    if window_end > frontier:
-                        keyed = opened.get(j)
-                        if keyed is None:
-                            keyed = opened[j] = {}
-                            heapq.heappush(numbers, j)
-                        acc = keyed.get(key, _MISSING)
-                        keyed[key] = amount if acc is _MISSING else acc + amount
-                        placed = True
-                    j -= 1
-                if not placed:
-                    if in_any:
-                        late.append((key, value))
-                    elif self.step <= self.size or end(j) <= j * self.step:  # in no window, and not
-                        # in a gap between windows: see TimeTooLarge
-                        raise TimeTooLarge(stamp, f"Sliding({self.size!r}, {self.step!r})")
+                for keyed in targets:
+                    acc = keyed.get(key, _MISSING)
+                    keyed[key] = amount if acc is _MISSING else acc + amount
         except PASSES_THROUGH:
             raise
         except BaseException as exc:
