@@ -334,6 +334,8 @@ def test_windows_hold_what_a_brute_force_puts_in_them_and_close_when_the_waterma
     window = next(e for e in traces["Tumbling"].made[0].trace if e[0] == "batch")[2][0][1]
     assert isinstance(window, tuple) and window._fields == ("start", "end")
     assert json.dumps(window) == f"[{window.start}, {window.end}]"
+    assert_recorded(bullet(EVENT_TIME, "Windows"), {"~1.4 -> ~0.5 us an event": "1.4 -> 0.5 us an event"},
+                    ["nexmark"])
 
 
 @promise(EVENT_TIME, "A windowed stream has")
@@ -1742,11 +1744,17 @@ def test_count_sum_and_reduce_send_one_partial_per_key_and_kernel_fold_and_sessi
     assert crossings(flow) == windows_sent
     assert Counter({(k, w.start): n for k, w, n in out.items}) == Counter(
         (e[1], float(math.floor(e[2]))) for e in events)
-    sliding_sent = sum(len({(e[1], j) for e in shares[r] if owner(e[1]) != r
-                            for j in (math.floor(e[2]) - 1, math.floor(e[2]))}) for r in range(2))
+    # Sliding(2, 1) by slices of one second: one partial per key and slice
+    # (by window it would be one per key and each of the two windows)
+    slices_sent = sum(len({(e[1], math.floor(e[2])) for e in shares[r] if owner(e[1]) != r})
+                      for r in range(2))
     flow, out = flow_with(lambda keyed: keyed.map_values(lambda e: e[0]).window(Sliding(2.0, 1.0)).reduce(
         max))
-    assert crossings(flow) == sliding_sent
+    assert crossings(flow) == slices_sent
+    assert Counter({(k, w.start): v for k, w, v in out.items}) == Counter(
+        {(k, float(j)): max(e[0] for e in events if e[1] == k and j <= e[2] < j + 2)
+         for k in {e[1] for e in events} for j in range(-1, 6)
+         if any(e[1] == k and j <= e[2] < j + 2 for e in events)})
     for window, late in ((Session(0.5), False), (Tumbling(1.0), True)):
         flow, out = flow_with(lambda keyed, w=window, late=late: keyed.window(w, late=late).count())
         assert crossings(flow) == sum(foreign)
@@ -1754,7 +1762,8 @@ def test_count_sum_and_reduce_send_one_partial_per_key_and_kernel_fold_and_sessi
     assert_recorded(bullet(CORES, "Pre-aggregation"), {
         "10 keys: 1.3x faster on two kernels": "with 10 keys it makes two kernels 1.3x faster",
         "each kernel's time 201 -> 175 ms": "each kernel's time 201 -> 175 ms",
-    }, ["pipelines"])
+        "0.13 partials an event, against 0.64 by window": "0.13 slice partials an event against 0.64",
+    }, ["pipelines", "nexmark"])
 
 
 def _ring_reader(name, out):
