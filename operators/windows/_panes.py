@@ -16,7 +16,11 @@ to pay (the half passed its events on unaggregated instead,
 
 The number goes as `p + 0.5`, a float, so that the owner tells a slice's
 partials from a window's (`j`, an int) by the number alone, and msgpack
-carries both exactly.
+carries both exactly. Floats hold `p + 0.5` exactly only while `|p| <
+2**52` (`_EXACT`): beyond (times of 2**52 steps and more: microseconds taken
+for seconds with a step of 0.25 s), `2**52 + 1.5` would round to `2**52 + 2`
+and the owner merge the slice into the next one's windows, so such events
+go window by window, as those behind a slice's end do.
 
 Late events keep their meaning: an event whose slice has ended here (some
 of its windows were emitted, by this kernel's watermark) goes window by
@@ -28,6 +32,8 @@ on before each epoch marker (`flush_partials`), so a snapshot holds none.
 from __future__ import annotations
 
 from ._aligned import SlidingWindows, TumblingWindows
+
+_EXACT = 2**52  # slice numbers p with |p| below it are exact as p + 0.5
 
 
 class SlidingPanes(SlidingWindows):
@@ -58,11 +64,12 @@ class SlidingPanes(SlidingWindows):
 
     def _behind(self, records: list, stamps, frontier: float) -> tuple[list, list]:
         """The records (and their stamps) whose slice ended at or before
-        `frontier`, as `_Slices` decided: seldom any (events behind this
-        kernel's watermark), so they are picked out again, not carried."""
+        `frontier`, or whose slice number is too large to send (`_EXACT`),
+        as `_Slices` decided: seldom any (events behind this kernel's
+        watermark), so they are picked out again, not carried."""
         step, last = self.step, self.last
         picked = [(record, stamp) for record, stamp in zip(records, stamps)
-                  if (last(stamp) + 1) * step <= frontier]
+                  if (p := last(stamp)) >= _EXACT or p <= -_EXACT or (p + 1) * step <= frontier]
         return [record for record, _ in picked], [stamp for _, stamp in picked]
 
     def fire(self, frontier: float, limit: int | None = None) -> bool:
@@ -97,3 +104,9 @@ class _Slices(TumblingWindows):
 
     def _kind(self) -> str:
         return self._spec  # the user's window, not the slices
+
+    def _enter(self, stamp: float, frontier: float) -> tuple[int, dict | None]:
+        p = self.last(stamp)
+        if p >= _EXACT or p <= -_EXACT:
+            return p, None  # no exact `p + 0.5`: window by window (`SlidingPanes._behind`)
+        return super()._enter(stamp, frontier)
