@@ -31,6 +31,18 @@ def test_a_slice_number_too_large_for_p_plus_a_half_keeps_its_windows():
     assert counts(Sliding(2.0, 1.0), events, 2) == (expected, 0)
 
 
+def test_microseconds_taken_for_seconds_give_the_one_kernel_windows():
+    """t = 1.7e15 (time.time() * 1e6 read as seconds): floats are 0.25
+    apart, slices of 0.25 s hold their events, but slice numbers are
+    beyond 2**52 (6.8e15)."""
+    window = Sliding(1.0, 0.25)
+    events = [("k", 1.7e15 + 0.25 * i, 1) for i in range(6) for _ in range(2)]
+    one_kernel = counts(window, events, 1)
+    assert one_kernel[1] == 0
+    assert counts(window, events, 2) == one_kernel
+    assert counts(window, events, 3) == one_kernel
+
+
 def test_a_time_whose_slice_floats_cannot_hold_runs_as_on_one_kernel():
     """At t = 2**53 with step 1.0, floats are 2 apart: the slice [t, t + 1)
     rounds to [t, t), but window [t, t + 2) holds t, and one kernel (and
