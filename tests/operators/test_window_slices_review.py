@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from test_windows import by_window, keyed_values, source
 
 from kernel import Dataflow, VirtualClock, run
