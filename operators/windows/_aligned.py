@@ -21,7 +21,7 @@ from kernel.state import map_state
 from kernel.dataflow._errors import PASSES_THROUGH
 
 from .._windows import Window
-from ._strategy import TimeTooLarge, WindowStrategy
+from ._strategy import TimeTooLarge, WindowStrategy, too_coarse
 
 _MISSING = object()
 
@@ -220,9 +220,10 @@ class TumblingWindows(AlignedWindows):
         window has closed (the record is late). Once per change of window,
         not per record."""
         j = self.last(stamp)
-        if not stamp < (j + 1) * self.size:
+        if not stamp < (j + 1) * self.size or too_coarse(stamp, self.size):
             # so large a time that floats put it in no window (its window's
-            # end rounds to its start): said, not dropped nor put in [t, t)
+            # end rounds to its start), or in one of another size: said, not
+            # dropped nor put in [t, t)
             raise TimeTooLarge(stamp, self._kind())
         if (j + 1) * self.size <= frontier:
             return j, None
@@ -349,7 +350,7 @@ class SlidingWindows(AlignedWindows):
         span = self.span
         p = self.last(stamp)
         high = (p + 1) * self.step
-        if span is None or not stamp < high:
+        if span is None or not stamp < high or too_coarse(stamp, self.step):
             return math.inf, math.inf, None
         opened, numbers, end = self.opened, self.numbers, self.end
         targets = []
@@ -365,6 +366,9 @@ class SlidingWindows(AlignedWindows):
 
     def _add_one(self, port, record, stamp, frontier, late) -> None:
         """One record into each of its windows, worked out one by one."""
+        if too_coarse(stamp, min(self.step, self.size)):  # windows a step apart, or their bounds,
+            # would round together
+            raise TimeTooLarge(stamp, f"Sliding({self.size!r}, {self.step!r})")
         end = self.end
         opened, numbers = self.opened, self.numbers
         j = self.last(stamp)

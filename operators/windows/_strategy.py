@@ -34,13 +34,24 @@ TIME_TOO_LARGE_HINT = ("timestamps are float seconds since the epoch: divide one
 class TimeTooLarge(ValueError):
     """A timestamp so large that float seconds cannot hold a window around
     it: its window's end rounds to its start (seconds are 256 apart at
-    1.7e18, a time in nanoseconds taken for seconds). Raised by a strategy
-    instead of putting the record in no window, or in an empty one; the
-    operator names the record (`Windowing._user_error`)."""
+    1.7e18, a time in nanoseconds taken for seconds), or floats there are
+    further apart than the windows' step, so windows one step apart round
+    to the same or distorted bounds (0.25 s apart at 1.7e15, microseconds
+    taken for seconds: `Sliding(1.0, 0.1)` gave one window twice, and
+    windows of 0.75 and 1.25 s). Raised by a strategy instead of putting
+    the record in no window, an empty one or a wrong one; the operator
+    names the record (`Windowing._user_error`)."""
 
     def __init__(self, stamp: float, window: str) -> None:
         super().__init__(f"timestamp {stamp!r} is too large for {window} windows: float seconds are "
-                         f"{math.ulp(stamp)!r} apart there, so no window [start, end) can hold it")
+                         f"{math.ulp(stamp)!r} apart there, so no window [start, end) of that size "
+                         "can hold it")
+
+
+def too_coarse(stamp: float, step: float) -> bool:
+    """Whether floats near `stamp` are further apart than `step`: windows
+    starting every `step` seconds cannot be told apart there."""
+    return math.ulp(stamp) > step
 
 
 class WindowStrategy:

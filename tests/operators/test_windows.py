@@ -21,6 +21,7 @@ import json
 import math
 import operator
 import os
+import re
 import time
 from collections import Counter, defaultdict
 
@@ -777,6 +778,36 @@ def test_a_time_too_large_for_its_windows_is_named_not_dropped(window, how):
         run(flow)
     # at times in seconds the same flow runs
     assert windows_for([1.7e9, 1.7e9 + 0.5], window)
+
+
+@pytest.mark.parametrize("window", [Sliding(1.0, 0.1), Tumbling(0.1), Sliding(0.1, 1.0)])
+@pytest.mark.parametrize("cores", [1, 2])
+def test_a_time_whose_floats_are_coarser_than_the_step_is_named_not_misplaced(window, cores):
+    # Microseconds taken for seconds: floats are 0.25 apart at 1.7e15, so
+    # windows starting every 0.1 s round together. Sliding(1.0, 0.1) gave
+    # 26 results for 22 distinct windows (one (key, window) emitted twice),
+    # of 0.75, 1.0 and 1.25 s; Tumbling(0.1) windows of 0.25 s.
+    t = 1.7e15
+    flow = Dataflow()
+    keyed_values(source(flow, [("k", t + 0.25 * i, 1) for i in range(8)], max_delay=0.0)).window(
+        window).count().collect()
+    message = (r"raised TimeTooLarge: timestamp 17000000000000\d\d\.\d+ is too large for "
+               + re.escape(repr(window)) + r" windows: float seconds are 0\.25 apart there")
+    with pytest.raises(KernelError, match=message):
+        run(flow, cores=cores)
+
+
+def test_a_step_as_coarse_as_the_floats_still_gives_exact_windows():
+    """At 1.7e15 floats are 0.25 apart: windows every 0.25 or 0.5 s are
+    exact there (and on two kernels, by slices, the same)."""
+    t = 1.7e15
+    for window in (Sliding(2.0, 0.5), Tumbling(0.25)):
+        for cores in (1, 2):
+            flow = Dataflow()
+            events = [("k", t + 0.25 * i, 1) for i in range(8)]
+            out = keyed_values(source(flow, events, max_delay=0.0)).window(window).count().collect()
+            run(flow, cores=cores)
+            assert by_window(out.items) == {("k", w): len(i) for (_, w), i in members(window, events).items()}
 
 
 def test_windows_serialize_as_json_pairs():
