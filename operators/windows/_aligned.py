@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from operator import itemgetter
 
 from kernel.state import map_state
 
@@ -24,6 +25,15 @@ from .._windows import Window
 from ._strategy import TimeTooLarge, WindowStrategy, too_coarse
 
 _MISSING = object()
+_first, _second = itemgetter(0), itemgetter(1)
+
+
+def _all_pairs(batch: list) -> bool:
+    """Whether every record is a plain 2-tuple (what key_by makes), so that
+    its key and value may go as two columns and come back, if late, as an
+    equal tuple."""
+    n = len(batch)
+    return list(map(type, batch)).count(tuple) == n and list(map(len, batch)).count(2) == n
 
 
 def whole_steps(size: float, step: float) -> int | None:
@@ -318,6 +328,13 @@ class SlidingWindows(AlignedWindows):
     __slots__ = ()
 
     def add(self, port, batch, stamps, frontier, late):
+        if self._adds is not None and _all_pairs(batch):
+            # a running sum or count (a key_by right before, no map_values
+            # fused in): the loop over columns, `+` inlined (a count over
+            # Sliding(10.0, 2.0), 230,000 pairs: ~180 -> ~130 ms)
+            self.add_columns(port, list(map(_first, batch)), list(map(_second, batch)), stamps, frontier,
+                             late)
+            return
         new, grow = self._new, self._grow
         low = high = math.inf  # the last record's slice, and its windows still open
         targets: list = []
