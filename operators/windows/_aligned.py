@@ -365,9 +365,11 @@ class SlidingWindows(AlignedWindows):
         slice) where the size is no whole number of steps or floats put
         `stamp` at the end of its slice (a time too large: `_add_one` says so)."""
         span = self.span
+        if span is None:
+            return math.inf, math.inf, None
         p = self.last(stamp)
         high = (p + 1) * self.step
-        if span is None or not stamp < high or too_coarse(stamp, self.step):
+        if not stamp < high or too_coarse(stamp, self.step):
             return math.inf, math.inf, None
         opened, numbers, end = self.opened, self.numbers, self.end
         targets = []
