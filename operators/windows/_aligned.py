@@ -323,7 +323,7 @@ class SlidingWindows(AlignedWindows):
     record's slice, and a record in the same slice (most are) goes into
     them without working out its windows again (NEXMark q5's count over 10
     s windows sliding by 2 s, 230,000 events in batches of 1,024: ~1.4 us
-    an event window by window, about a quarter of that by slice)."""
+    an event window by window, ~0.5 by slice)."""
 
     __slots__ = ()
 
