@@ -196,3 +196,27 @@ def test_a_reduce_slice_keeps_its_records_in_arrival_order():
     op.on_watermark(math.inf)
     assert out == [("k", 0.5, ["a", "b"])]
 
+
+
+def test_an_event_behind_its_slice_goes_through_the_slices_once(monkeypatch):
+    """The partial half hands such events to the window-by-window loop,
+    which takes pairs of a running sum as columns: its own loop, not the
+    partial half's, so they do not go through the slices a second time
+    (review: harmless, but twice the work for each of them)."""
+    from kernel.operators.windows._panes import _Slices
+
+    calls = []
+    for name in ("add", "add_columns"):
+        real = getattr(_Slices, name)
+
+        def counted(self, port, *args, _real=real, _name=name):
+            calls.append(_name)
+            return _real(self, port, *args)
+
+        monkeypatch.setattr(_Slices, name, counted, raising=False)
+    op, out = partial_half(Sliding(2.0, 1.0))
+    op.on_watermark(1.0)
+    op.on_batch(0, TimedBatch([("k", 1), ("k", 2)], [0.5, 0.6]))  # both behind slice [0, 1)
+    op.on_watermark(math.inf)
+    assert calls == ["add"]
+    assert out == [("k", 0, 3)]
