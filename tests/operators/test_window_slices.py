@@ -198,7 +198,8 @@ def test_a_reduce_slice_keeps_its_records_in_arrival_order():
 
 
 
-def test_an_event_behind_its_slice_goes_through_the_slices_once(monkeypatch):
+@pytest.mark.parametrize("aggregation, columns", [(SumAggregation, False), (ReduceAggregation, True)])
+def test_an_event_behind_its_slice_goes_through_the_slices_once(monkeypatch, aggregation, columns):
     """The partial half hands such events to the window-by-window loop,
     which takes pairs of a running sum as columns: its own loop, not the
     partial half's, so they do not go through the slices a second time
@@ -214,9 +215,14 @@ def test_an_event_behind_its_slice_goes_through_the_slices_once(monkeypatch):
             return _real(self, port, *args)
 
         monkeypatch.setattr(_Slices, name, counted, raising=False)
-    op, out = partial_half(Sliding(2.0, 1.0))
+    op, out = partial_half(Sliding(2.0, 1.0), aggregation(lambda a, b: a + b) if columns else aggregation())
     op.on_watermark(1.0)
-    op.on_batch(0, TimedBatch([("k", 1), ("k", 2)], [0.5, 0.6]))  # both behind slice [0, 1)
+    stamps = [0.5, 0.6]  # both behind slice [0, 1)
+    if columns:  # (a window fused with its key_by and map_values)
+        op._add_columns(0, ["k", "k"], [1, 2], TimedBatch([None, None], stamps))
+    else:
+        op.on_batch(0, TimedBatch([("k", 1), ("k", 2)], stamps))
     op.on_watermark(math.inf)
-    assert calls == ["add"]
+    # (a reduce's columns go on to the slices' add as pairs: one pass)
+    assert calls == (["add_columns", "add"] if columns else ["add"])
     assert out == [("k", 0, 3)]
