@@ -110,7 +110,7 @@ class AlignedWindows(WindowStrategy):
         is dropped. Returns how many partials were dropped; `error(exc,
         record)` is the error to raise when `combine` fails, `record`
         naming the window it was merged into."""
-        opened, numbers, end = self.opened, self.numbers, self.end
+        end = self.end
         record = None
         last_j = keyed = None  # a window's (or slice's) partials come together
         slices = ()  # the {key: acc} of the open windows a slice's partials go into
@@ -122,13 +122,10 @@ class AlignedWindows(WindowStrategy):
                 if j != last_j:  # (a slice's number, a float, equals no window's, an int)
                     last_j = j
                     keyed = None
-                    if j.__class__ is float:
-                        slices = self._slice_windows(math.floor(j), frontier)
+                    if j.__class__ is float:  # (oldest window first)
+                        slices = self._slice_windows(math.floor(j), frontier)[::-1]
                     elif end(j) > frontier:  # else emitted already
-                        keyed = opened.get(j)
-                        if keyed is None:
-                            keyed = opened[j] = {}
-                            heapq.heappush(numbers, j)
+                        keyed = self._open(j)
                 if keyed is not None:
                     acc = keyed.get(key, _MISSING)
                     keyed[key] = partial if acc is _MISSING else combine(acc, partial)
@@ -146,18 +143,24 @@ class AlignedWindows(WindowStrategy):
             raise error(exc, record) from exc
         return dropped
 
+    def _open(self, j: int) -> dict:
+        """Window `j`'s accumulators, `{key: acc}`, opened if new."""
+        keyed = self.opened.get(j)
+        if keyed is None:
+            keyed = self.opened[j] = {}
+            heapq.heappush(self.numbers, j)
+        return keyed
+
     def _slice_windows(self, p: int, frontier: float) -> list:
-        """`(j, {key: acc})` of every window slice `p` is in (`span` of
-        them, ending with window `p`) that is still open, opened if new."""
-        opened, numbers, end = self.opened, self.numbers, self.end
+        """`(j, {key: acc})`, newest first, of every window slice `p` is in
+        (`span` of them, ending with window `p`) that ends after
+        `frontier`, opened if new."""
+        end = self.end
         windows = []
-        for j in range(p - self.span + 1, p + 1):
-            if end(j) > frontier:
-                keyed = opened.get(j)
-                if keyed is None:
-                    keyed = opened[j] = {}
-                    heapq.heappush(numbers, j)
-                windows.append((j, keyed))
+        for j in range(p, p - self.span, -1):
+            if end(j) <= frontier:
+                break  # (and every older one)
+            windows.append((j, self._open(j)))
         return windows
 
 
@@ -237,11 +240,7 @@ class TumblingWindows(AlignedWindows):
             raise TimeTooLarge(stamp, self._kind())
         if (j + 1) * self.size <= frontier:
             return j, None
-        keyed = self.opened.get(j)
-        if keyed is None:
-            keyed = self.opened[j] = {}
-            heapq.heappush(self.numbers, j)
-        return j, keyed
+        return j, self._open(j)
 
     def _add_running(self, batch, stamps, frontier, late, count_one: bool) -> None:
         """`add` for a running sum (`count_one`: a count), the `+` inlined."""
@@ -327,6 +326,10 @@ class SlidingWindows(AlignedWindows):
 
     __slots__ = ()
 
+    def _kind(self) -> str:
+        """The window spec, as a TimeTooLarge error names it."""
+        return f"Sliding({self.size!r}, {self.step!r})"
+
     def add(self, port, batch, stamps, frontier, late):
         if self._adds is not None and _all_pairs(batch):
             # a running sum or count (a key_by right before, no map_values
@@ -365,32 +368,20 @@ class SlidingWindows(AlignedWindows):
         its windows that end after `frontier`; `targets` None (and an empty
         slice) where the size is no whole number of steps or floats put
         `stamp` at the end of its slice (a time too large: `_add_one` says so)."""
-        span = self.span
-        if span is None:
+        if self.span is None:
             return math.inf, math.inf, None
         p = self.last(stamp)
         high = (p + 1) * self.step
         if not stamp < high or too_coarse(stamp, self.step):
             return math.inf, math.inf, None
-        opened, numbers, end = self.opened, self.numbers, self.end
-        targets = []
-        for j in range(p, p - span, -1):
-            if end(j) <= frontier:
-                break  # (and every older one)
-            keyed = opened.get(j)
-            if keyed is None:
-                keyed = opened[j] = {}
-                heapq.heappush(numbers, j)
-            targets.append(keyed)
-        return p * self.step, high, targets
+        return p * self.step, high, [keyed for _, keyed in self._slice_windows(p, frontier)]
 
     def _add_one(self, port, record, stamp, frontier, late) -> None:
         """One record into each of its windows, worked out one by one."""
         if too_coarse(stamp, min(self.step, self.size)):  # windows a step apart, or their bounds,
             # would round together
-            raise TimeTooLarge(stamp, f"Sliding({self.size!r}, {self.step!r})")
+            raise TimeTooLarge(stamp, self._kind())
         end = self.end
-        opened, numbers = self.opened, self.numbers
         j = self.last(stamp)
         in_any = placed = False
         key = record[0]
@@ -398,10 +389,7 @@ class SlidingWindows(AlignedWindows):
         while (window_end := end(j)) > stamp:
             in_any = True
             if window_end > frontier:
-                keyed = opened.get(j)
-                if keyed is None:
-                    keyed = opened[j] = {}
-                    heapq.heappush(numbers, j)
+                keyed = self._open(j)
                 acc = keyed.get(key, _MISSING)
                 if acc is _MISSING:
                     keyed[key] = self._new(record[1], stamp, port)
@@ -416,7 +404,7 @@ class SlidingWindows(AlignedWindows):
                 late.append(record)
             elif self.step <= self.size or end(j) <= j * self.step:  # in no window, and not
                 # in a gap between windows: see TimeTooLarge
-                raise TimeTooLarge(stamp, f"Sliding({self.size!r}, {self.step!r})")
+                raise TimeTooLarge(stamp, self._kind())
 
     def add_columns(self, port, keys: list, values: list, stamps, frontier, late) -> None:
         """`add` for columns (see `TumblingWindows.add_columns`): a running

@@ -45,7 +45,7 @@ class SlidingPanes(SlidingWindows):
 
     def __init__(self, operator, size: float, step: float) -> None:
         super().__init__(operator, size, step)
-        self.slices = _Slices(operator, step, f"Sliding({size!r}, {step!r})")
+        self.slices = _Slices(operator, step, self._kind())
 
     def add(self, port, batch, stamps, frontier, late):
         behind: list = []  # (its slice ended here: `_Slices` takes it for late)
