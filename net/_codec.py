@@ -24,12 +24,14 @@ then the records' body.
 
 from __future__ import annotations
 
+import copyreg
 import importlib
 import io
 import pickle
 import struct
+import sys
 from array import array
-from collections import deque
+from collections import deque, namedtuple
 from itertools import chain, compress, islice, repeat
 from operator import is_not, itemgetter, sub
 
@@ -252,11 +254,13 @@ def _batch_kind(batch: list) -> int | None:
 # Python only per run and per distinct string. Where runs are short, pickle.
 
 _RECORDS_A_RUN = 4  # fewer records a run on average: pickle
-_CACHED_CLASSES = 1024  # classes either cache below holds at most (then it starts again)
+_CACHED_CLASSES = 1024  # classes the cache below holds at most (then it starts again)
 
-# class -> "module:qualname" when its instances may go by their fields, None when not
+# class -> "module:qualname" when its instances are rebuilt by pickle as
+# `cls.__new__(cls, *fields)`, None when not (what the class itself says:
+# whether its name still finds it, or copyreg has a reducer for it, is
+# looked up for each batch)
 _NAMED_CLASSES: dict[type, str | None] = {}
-_CLASSES_BY_NAME: dict[str, type] = {}  # the decoder's: resolved once
 
 
 def _named_field(pattern: list) -> int | None:
@@ -273,45 +277,53 @@ def _named_field(pattern: list) -> int | None:
     return at
 
 
+def _namedtuple_new_args():
+    """The code of the `__getnewargs__` every namedtuple class is given."""
+    return namedtuple("_Probe", "a").__getnewargs__.__code__
+
+
+_NAMEDTUPLE_NEW_ARGS = _namedtuple_new_args()
+
+
 def _carried_name(cls: type) -> str | None:
     """`cls`'s "module:qualname" where its instances round-trip as their
-    fields: a namedtuple that pickles as one (no instance dict, no reduce or
-    state of its own), found again by its name (not a class made inside a
-    function); else None."""
+    fields, as pickle would rebuild them: a namedtuple with no instance
+    dict, no reduce, state or new-arguments of its own, no reducer in
+    `copyreg.dispatch_table`, found again by its name now (not a class made
+    inside a function; not one whose name a notebook's cell has since given
+    to a new class: pickle refuses those); else None."""
     try:
-        return _NAMED_CLASSES[cls]
+        name = _NAMED_CLASSES[cls]
     except KeyError:
-        pass
-    name = None
-    if (issubclass(cls, tuple) and isinstance(getattr(cls, "_fields", None), tuple)
-            and cls.__dictoffset__ == 0
-            and cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__
-            and cls.__getstate__ is object.__getstate__):
-        candidate = f"{cls.__module__}:{cls.__qualname__}"
-        try:
-            found = _class_named(candidate)
-        except Exception:  # not importable by its name: pickle would fail on it too, or find another
-            found = None
-        if found is cls:
-            name = candidate
-    if len(_NAMED_CLASSES) >= _CACHED_CLASSES:  # classes made on the fly must not pile up here
-        _NAMED_CLASSES.clear()
-    _NAMED_CLASSES[cls] = name
-    return name
+        name = None
+        if (issubclass(cls, tuple) and isinstance(getattr(cls, "_fields", None), tuple)
+                and cls.__dictoffset__ == 0
+                and cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__
+                and cls.__getstate__ is object.__getstate__
+                and not hasattr(cls, "__getnewargs_ex__")
+                and getattr(getattr(cls, "__getnewargs__", None), "__code__", None) is _NAMEDTUPLE_NEW_ARGS):
+            name = f"{cls.__module__}:{cls.__qualname__}"
+        if len(_NAMED_CLASSES) >= _CACHED_CLASSES:  # classes made on the fly must not pile up here
+            _NAMED_CLASSES.clear()
+        _NAMED_CLASSES[cls] = name
+    if name is None or cls in copyreg.dispatch_table:
+        return None
+    try:
+        found = _class_named(name)
+    except Exception:  # not importable by its name: pickle would fail on it too, or find another
+        return None
+    return name if found is cls else None
 
 
 def _class_named(name: str) -> type:
-    try:
-        return _CLASSES_BY_NAME[name]
-    except KeyError:
-        pass
+    """The class "module:qualname" names now (as pickle's `find_class`,
+    for each batch: a name may be given to another class meanwhile)."""
     module, _, qualname = name.partition(":")
-    found = importlib.import_module(module)
+    found = sys.modules.get(module)
+    if found is None:
+        found = importlib.import_module(module)
     for part in qualname.split("."):
         found = getattr(found, part)
-    if len(_CLASSES_BY_NAME) >= _CACHED_CLASSES:
-        _CLASSES_BY_NAME.clear()
-    _CLASSES_BY_NAME[name] = found
     return found
 
 
@@ -357,7 +369,9 @@ def _encode_named_runs(batch: list) -> bytes | None:
     lengths = list(map(sub, [*islice(starts, 1, None), n], starts))
     runs = [named[start] for start in starts]
     cls = type(runs[0])
-    if set(map(type, runs)) != {cls}:
+    # one object in runs apart (A, B, A) comes back from pickle as one (its
+    # memo); here it would be one a run
+    if set(map(type, runs)) != {cls} or len(set(map(id, runs))) != len(runs):
         return None
     heads = list(map(tuple, runs))
     if not _SCALAR_TYPES.issuperset(map(type, chain.from_iterable(heads))):
