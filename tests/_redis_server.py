@@ -24,13 +24,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ping(port: int) -> bool:
+def _serving_pid(port: int) -> int | None:
+    """The process id of the redis-server answering on `port`, or None
+    (nothing answers yet). Two servers started at once may be handed one
+    free port: the one that loses the bind exits, and a PING alone would
+    take the other's answer for its own (two workers' tests, one server)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            s.sendall(b"INFO server\r\n")
+            reply = b""
+            while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    return None
+                reply += chunk
     except OSError:
-        return False
+        return None
+    for line in reply.split(b"\r\n"):
+        if line.startswith(b"process_id:"):
+            return int(line.split(b":", 1)[1])
+    return None
 
 
 @contextlib.contextmanager
@@ -40,29 +53,43 @@ def redis_server(startup_timeout: float = 10.0):
     if binary is None:
         raise RuntimeError(MISSING)
     with tempfile.TemporaryDirectory(prefix="redis-") as directory:
-        port = free_port()
-        process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", directory,
-             "--save", "", "--appendonly", "no"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + startup_timeout
-            while not _ping(port):  # polls the server's own answer, not a sleep
-                if process.poll() is not None:
-                    output = process.stdout.read().decode(errors="replace") if process.stdout else ""
-                    raise RuntimeError(f"redis-server exited with {process.returncode}:\n{output}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not answer PING on port {port} "
-                                       f"within {startup_timeout} s")
-                time.sleep(0.01)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            process.terminate()
+        for _attempt in range(5):  # another server took the port first: another port
+            port = free_port()
+            process = subprocess.Popen(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", directory,
+                 "--save", "", "--appendonly", "no"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            )
             try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            if process.stdout:
-                process.stdout.close()
+                if _answers(process, port, startup_timeout):
+                    yield f"redis://127.0.0.1:{port}/0"
+                    return
+            finally:
+                process.terminate()
+                try:
+                    process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                if process.stdout:
+                    process.stdout.close()
+        raise RuntimeError("redis-server: every port tried was taken by another server")
+
+
+def _answers(process: subprocess.Popen, port: int, startup_timeout: float) -> bool:
+    """Whether `process` came to answer on `port` (polls its own answer, not
+    a sleep); False when another redis-server answers there and `process`
+    exited, having lost the bind."""
+    deadline = time.monotonic() + startup_timeout
+    while True:
+        pid = _serving_pid(port)
+        if pid == process.pid:
+            return True
+        if process.poll() is not None:
+            if pid is not None:
+                return False
+            output = process.stdout.read().decode(errors="replace") if process.stdout else ""
+            raise RuntimeError(f"redis-server exited with {process.returncode}:\n{output}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"redis-server did not answer on port {port} within {startup_timeout} s")
+        time.sleep(0.01)
