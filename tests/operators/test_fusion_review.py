@@ -75,3 +75,70 @@ def test_a_filter_result_without_truth_value_calls_each_function_once_per_record
         assert got[0] == "error"
         counted[fused] = sorted(calls)
     assert counted[True] == counted[False] == [1, 2, 3]
+
+
+class ReadOnce:
+    """A record whose first `[...]` raises StopIteration (an exhausted
+    source behind it, say) and later ones answer; reads are counted."""
+
+    def __init__(self, value, reads):
+        self.value, self.reads = value, reads
+
+    def __getitem__(self, index):
+        self.reads.append(self.value)
+        if self.value == 2 and self.reads.count(2) == 1:
+            raise StopIteration
+        return self.value
+
+    def __repr__(self):
+        return f"ReadOnce({self.value})"
+
+
+def first(e):
+    return e[0]  # a plain read: run as itemgetter(0)
+
+
+def first_as_written(e, _unused=None):
+    return e[0]  # the same, not recognised (a default argument): called
+
+
+def stop_outcome(step, fn, fused):
+    reads = []
+    records = [ReadOnce(v, reads) for v in (1, 2, 3)]
+    return outcome(lambda s: step(s, fn), records, fused), reads
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_plain_read_key_by_fails_as_its_function_does_on_a_stop_iteration(fused):
+    """key_by(first) over records whose `[0]` raises StopIteration once.
+    The function as written: 'raised StopIteration', record read once.
+    The plain read (`_calls.mapped`): 'raised RuntimeError: raised
+    StopIteration, which would silently end the batch', and the record's
+    __getitem__ called a second time (reads [1, 2, 2])."""
+    def step(s, fn):
+        return s.key_by(fn, name="key").count()
+
+    as_written = stop_outcome(step, first_as_written, fused)
+    got = stop_outcome(step, first, fused)
+    assert got[0][2].replace("first_as_written", "first") == as_written[0][2].replace("first_as_written", "first")
+    assert got[1] == as_written[1] == [1, 2]
+
+
+def test_a_fused_map_then_plain_read_key_by_fails_as_apart_on_a_stop_iteration():
+    """map -> key_by(first): apart 'raised RuntimeError: raised
+    StopIteration, which would ...' (reads [1, 2, 2]); fused 'raised
+    StopIteration:' (reads [1, 2])."""
+    def step(s, fn):
+        return s.map(lambda x: x, name="same").key_by(fn, name="key")
+
+    assert stop_outcome(step, first, True) == stop_outcome(step, first, False)
+
+
+def test_key_by_map_values_sum_fused_fails_as_apart_on_a_stop_iteration():
+    """key_by -> map_values(first) -> sum: apart 'raised StopIteration:'
+    (reads [1, 2]); fused into the sum (`_values_of_records`) 'raised
+    RuntimeError: raised StopIteration, which would ...' (reads [1, 2, 2])."""
+    def step(s, fn):
+        return s.key_by(lambda e: 1, name="key").map_values(fn, name="value").sum()
+
+    assert stop_outcome(step, first, True) == stop_outcome(step, first, False)
