@@ -142,3 +142,63 @@ def test_key_by_map_values_sum_fused_fails_as_apart_on_a_stop_iteration():
         return s.key_by(lambda e: 1, name="key").map_values(fn, name="value").sum()
 
     assert stop_outcome(step, first, True) == stop_outcome(step, first, False)
+
+
+def _two_flat_maps(log, bad):
+    def gen(x):
+        for i in range(2048):
+            if bad and i == 1024:
+                raise ValueError("generator failed at 1024")
+            yield i
+
+    def fail(x):
+        if bad and x == 2500:
+            raise KeyError(x)
+        return x
+
+    def build(s):
+        return (s.flat_map(gen, name="gen").inspect(lambda x: log.append(("a", x)), name="look")
+                .flat_map(lambda x: list(range(3000)) if x == 0 else [x], name="wide")
+                .map(fail, name="fail").inspect(lambda x: log.append(("b", x)), name="after"))
+    return build
+
+
+def test_a_chain_of_two_flat_maps_in_pieces_fails_with_the_error_apart_gives():
+    """One record 0; gen yields 0..2047 and raises at its 1,025th item
+    (its second piece); wide turns 0 into 3,000 records; fail raises at
+    2500 (in wide's third piece). Apart, gen's second piece is read
+    before wide's third piece goes on: 'gen' raised ValueError. Fused,
+    `FusedChain._through` hands all of wide's pieces of gen's first piece
+    on before reading gen's next: 'fail' raised KeyError: 2500."""
+    got = {fused: outcome(_two_flat_maps([], True), [0], fused, batch_size=1) for fused in (False, True)}
+    assert got[False][0] == "error" and "operator 'gen" in got[False][2]
+    assert got[True] == got[False]
+
+
+def test_a_chain_of_two_flat_maps_in_pieces_calls_the_functions_in_the_order_apart_does():
+    """The same without failures: the records are the same, but the
+    inspect calls come in another order (fused, ('a', 1024) comes after
+    ('b', 1023) - every record of wide's first pieces - apart after
+    ('b', 2047))."""
+    logs = {}
+    for fused in (False, True):
+        log = []
+        got = outcome(_two_flat_maps(log, False), [0], fused, batch_size=1)
+        assert got[0] == "ok" and len(got[1]) == 5047
+        logs[fused] = log
+    assert logs[True] == logs[False]
+
+
+def test_two_inspects_in_a_batch_run_in_the_order_the_steps_apart_run_them():
+    """inspect(a).inspect(b) on a batch [1, 2]: step by step a(1), a(2),
+    b(1), b(2); fused a(1), b(1), a(2), b(2). (The brief's contract: a
+    fused chain's inspect side effects in the step-by-step order; the
+    README does not promise it.)"""
+    logs = {}
+    for fused in (False, True):
+        log = []
+        outcome(lambda s: s.inspect(lambda x: log.append(("a", x))).inspect(lambda x: log.append(("b", x))),
+                [1, 2], fused)
+        logs[fused] = log
+    assert logs[False] == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
+    assert logs[True] == logs[False]
