@@ -255,3 +255,30 @@ def test_map_values_fused_into_sum_calls_a_records_iter_once():
         assert _feedback_sum(lambda p: UnpackCounted(*p), fused) == ("ok", [(0, 120), (1, 180)])
         counts[fused] = UnpackCounted.unpacked
     assert counts[True] == counts[False] == 6
+
+
+@pytest.mark.parametrize("aggregate", ["sum", "reduce", "fold"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_keyed_aggregate_names_a_record_that_is_no_pair_as_count_does(aggregate, fused):
+    """A keyed loop feeds back ints (100, 101...) where pairs belong.
+    count() fails naming '(key, value) = record', 'on record: 100' and
+    the hint; sum, reduce and fold name their function ('operator.add',
+    the lambda) and 'on record: (None, None)' - the loop variables as
+    they were before the unpacking failed (the previous pair's, if the
+    batch had one) - not the record."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runtime, "FUSION", fused)
+        flow = Dataflow("no pairs")
+
+        def body(stream):
+            return stream.filter(lambda p: isinstance(p, tuple)).map(lambda p: p[1] + 100), stream
+
+        looped = flow.from_iterable(range(3)).key_by(lambda n: n % 2).iterate(body, max_rounds=2)
+        step = {"sum": lambda k: k.sum(), "reduce": lambda k: k.reduce(lambda a, b: a + b),
+                "fold": lambda k: k.fold(0, lambda a, b: a + b)}[aggregate]
+        step(looped).collect()
+        with pytest.raises(KernelError) as caught:
+            run(flow)
+    message = str(caught.value)
+    assert "on record: (None, None)" not in message
+    assert "function '(key, value) = record'" in message and "on record: 100" in message
