@@ -282,3 +282,32 @@ def test_a_keyed_aggregate_names_a_record_that_is_no_pair_as_count_does(aggregat
     message = str(caught.value)
     assert "on record: (None, None)" not in message
     assert "function '(key, value) = record'" in message and "on record: 100" in message
+
+
+def test_a_plain_read_whose_code_is_replaced_during_the_run_does_what_it_does_then():
+    """map(pick) where pick is `return e[0]`, and a step before it
+    replaces pick.__code__ by `return e[1]`'s at the 2nd record (one
+    record a batch): a plain loop calling pick gives [1, 20, 30]; the
+    run gives [1, 2, 3] (the getter read when the run started). The
+    README documents this ('keeps doing what it did then'); the review
+    brief asks for it to be indistinguishable from calling the function.
+    A function not recognised (a default argument) follows the new code."""
+    def pick(e):
+        return e[0]
+
+    def second(e):
+        return e[1]
+
+    def swap(e):
+        if e == (2, 20):
+            pick.__code__ = second.__code__
+
+    records = [(1, 10), (2, 20), (3, 30)]
+    got = outcome(lambda s: s.inspect(swap).map(pick), records, True, batch_size=1)
+    expected = []
+    pick.__code__ = (lambda e: e[0]).__code__
+    for r in records:
+        swap(r)
+        expected.append(pick(r))
+    assert expected == [1, 20, 30]
+    assert got == ("ok", expected)
