@@ -36,6 +36,7 @@ those steps report it apart (they use `map()`, which it would silently end).
 
 from __future__ import annotations
 
+import dis
 import itertools
 import sys
 from collections.abc import Callable, Iterator
@@ -222,18 +223,28 @@ class _Comprehension:
     def _error(self, exc: BaseException, batch: list, it) -> OperatorError:
         """The error the failing step would raise apart: its name, its
         function and the record it was given."""
-        where = None
+        where = ours = None
         tb = exc.__traceback__
         while tb is not None:
-            if tb.tb_frame.f_code.co_filename == self.filename and tb.tb_lineno in self.line_stage:
-                where = (tb.tb_lineno, tb.tb_frame)
+            if tb.tb_frame.f_code.co_filename == self.filename:
+                ours = tb
+                if tb.tb_lineno in self.line_stage:
+                    where = (tb.tb_lineno, tb.tb_frame)
             tb = tb.tb_next
-        if where is None:
+        tested_at = self._filter_tested_at(ours) if where is None and ours is not None else None
+        if tested_at is not None:
             # 3.11 puts a filter's test of its function's result (a numpy
             # array's "truth value is ambiguous") on the comprehension's
-            # first line, not the clause's: which filter it was comes from
-            # the failing record, going through the steps once more (a
-            # result that failed its test only once: the first filter)
+            # first line, not the clause's; the instruction that failed is
+            # that filter's jump, and its input is in the frame, as it failed
+            index, variable = tested_at, self._input_variable(tested_at)
+            stage = self.stages[index]
+            record = ours.tb_frame.f_locals[variable]
+            tested = True
+        elif where is None:
+            # (a frame without the filter's input: the failing record goes
+            # through the steps once more; a result that failed its test
+            # only once: the first filter)
             index = self._failing_test(batch, it)
             if index is None:
                 index = next((i for i, stage in enumerate(self.stages) if stage.kind == "filter"), None)
@@ -261,6 +272,25 @@ class _Comprehension:
         if isinstance(exc, StopIteration) and stage.kind in _MAPPED:
             problem = RuntimeError(STOP_ENDS_BATCH)
         return OperatorError.wrap(stage.name, stage.fn, problem, record=record)
+
+    def _filter_tested_at(self, tb) -> int | None:
+        """The filter whose test of its function's result failed at `tb`
+        (our comprehension's frame, stopped at a conditional jump: the
+        filters' jumps come in their order, and nothing else jumps on a
+        condition there), or None (another instruction, or its input not
+        in the frame: Python 3.12's inlined comprehensions)."""
+        if not _READ_FRAME_LOCALS:
+            return None
+        filters = [i for i, stage in enumerate(self.stages) if stage.kind == "filter"]
+        jumps = [ins.offset for ins in dis.get_instructions(tb.tb_frame.f_code)
+                 if ins.opname.startswith("POP_JUMP") and "_IF_" in ins.opname]
+        if len(jumps) != len(filters) or tb.tb_lasti not in jumps:
+            return None
+        index = filters[jumps.index(tb.tb_lasti)]
+        return index if self._input_variable(index) in tb.tb_frame.f_locals else None
+
+    def _input_variable(self, step: int) -> str:
+        return next(given for line, (at, given) in self.line_stage.items() if at == step)
 
     def _fail_as_apart(self, step: int, batch: list, it, tested: bool = False) -> None:
         """Apart, each step takes the whole batch before the next begins:
