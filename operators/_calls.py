@@ -114,13 +114,15 @@ def mapped(get, it, batch: list) -> list:
     record's `__getitem__` or attribute that raises one) ends `map()`
     silently, where the comprehension lets it through: a short list means
     that, and the getter is tried once more on the record at fault (`it`
-    has stopped after it: `failing_index`), so that the same StopIteration
-    is what fails, as it would have. (Only there is a record read twice,
-    on the error path of a record that raises StopIteration.)"""
+    has stopped after it: `failing_index`), so that the same StopIteration,
+    with its arguments, is what fails, as it would have. (Only there is a
+    record read twice, on the error path of a record that raises
+    StopIteration; one that raised it only the first time fails with a
+    StopIteration of no arguments.)"""
     out = list(map(get, it))
     if len(out) != len(batch):
         get(batch[len(out)])
-        raise RuntimeError(STOP_ENDS_BATCH)  # not again
+        raise StopIteration  # it raised one the first time, not again
     return out
 
 
