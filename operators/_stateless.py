@@ -65,6 +65,13 @@ class _UserFunction(Operator):
         else:
             stages, tail, then = [self._stage()], self, None
         stages = [upstream._stage(), *stages]
+        if sum(stage.kind == "flat_map" for stage in stages) > 1:
+            # A second flat_map starts a chain of its own. Where both hand
+            # their outputs on in pieces, the steps apart interleave them
+            # (the first's next piece between the second's), and a fused
+            # chain would read them depth first: the functions would run in
+            # another order, and of two failures the other one would show.
+            return None
         upstream._fusion = (stages, tail, then)
         chain = FusedChain(stages)
         fused_chain = _in_pieces(chain.run_in_pieces, tail, then) if chain.in_pieces else _whole(
