@@ -133,6 +133,18 @@ class _Aggregate(Operator):
         # zip's tuples are reused when the loop unpacks them at once
         return iter(keys) if values is None else zip(keys, values)
 
+    def _failed(self, fn, exc: BaseException, keys: list, values: list | None, pairs, key, value):
+        """The error of `_add`'s loop over `pairs` (`_pairs`), at `(key,
+        value)`: unfused, the record itself, found by where `pairs`
+        stopped, since one that is no pair fails as it is unpacked, before
+        `key` and `value` are its own (a loop's feedback on a keyed
+        stream)."""
+        if values is None:
+            index = failing_index(keys, pairs)
+            if index is not None:
+                return keyed_error(self.name, fn, exc, keys[index])
+        return keyed_error(self.name, fn, exc, (key, value))
+
     @staticmethod
     def _pair_at(keys: list, values: list | None, index: int):
         return keys[index] if values is None else (keys[index], values[index])
@@ -162,8 +174,9 @@ class Sum(_Aggregate):
     def _add(self, keys, values):
         state = self.state
         key = value = None
+        pairs = self._pairs(keys, values)
         try:
-            for key, value in self._pairs(keys, values):
+            for key, value in pairs:
                 if key in state:
                     state[key] = state[key] + value
                 else:
@@ -171,7 +184,7 @@ class Sum(_Aggregate):
         except PASSES_THROUGH:
             raise
         except BaseException as exc:  # a value's own __add__ too
-            raise keyed_error(self.name, "operator.add", exc, (key, value)) from exc
+            raise self._failed("operator.add", exc, keys, values, pairs, key, value) from exc
 
 
 class Reduce(_Aggregate):
@@ -188,14 +201,15 @@ class Reduce(_Aggregate):
         fn = self.fn
         get = state.get
         key = value = None
+        pairs = self._pairs(keys, values)
         try:
-            for key, value in self._pairs(keys, values):
+            for key, value in pairs:
                 acc = get(key, _MISSING)
                 state[key] = value if acc is _MISSING else fn(acc, value)
         except PASSES_THROUGH:
             raise
         except BaseException as exc:
-            raise keyed_error(self.name, fn, exc, (key, value)) from exc
+            raise self._failed(fn, exc, keys, values, pairs, key, value) from exc
 
 
 class Fold(_Aggregate):
@@ -219,11 +233,12 @@ class Fold(_Aggregate):
         init = self.init
         get = state.get
         key = value = None
+        pairs = self._pairs(keys, values)
         try:
-            for key, value in self._pairs(keys, values):
+            for key, value in pairs:
                 acc = get(key, _MISSING)
                 state[key] = fn(init() if acc is _MISSING else acc, value)
         except PASSES_THROUGH:
             raise
         except BaseException as exc:
-            raise keyed_error(self.name, fn, exc, (key, value)) from exc
+            raise self._failed(fn, exc, keys, values, pairs, key, value) from exc
