@@ -343,10 +343,11 @@ def _keys_fast(get, it, batch):
     return list(it) if get is IDENTITY else mapped(get, it, batch)
 
 
-def _values_of_pairs_fast(get, it, batch):
+def _values_of_pairs_fast(get, it, batch, keys):
+    # (`keys(k) is None`: always true; it keeps the key as the record is unpacked)
     if get is IDENTITY:
-        return [v for _, v in it]
-    return [get(v) for _, v in it]
+        return [v for k, v in it if keys(k) is None]
+    return [get(v) for k, v in it if keys(k) is None]
 
 
 class KeyBy(_UserFunction):
@@ -384,11 +385,14 @@ def columns_after(upstream, add):
     value_of, value_step, value_fast = upstream.fn, upstream.name, upstream.fast
 
     def map_values_then(port, pairs):
-        values = over_batch(value_step, value_of, pairs, _values_of_pairs, value_fast, _values_of_pairs_fast)
-        # unpacked, as the values were: a record that unpacks as two items
-        # need not be a tuple (a loop's feedback may make a dict or any
-        # iterable), and its [0] may be something else or nothing
-        add(port, [key for key, _ in pairs], values, pairs)
+        # Each record unpacked once, as map_values does apart: one that
+        # unpacks as two items need not be a tuple (a loop's feedback may
+        # make a dict or a one-shot iterable), and its [0] may be
+        # something else or nothing. Its key is kept as it is unpacked.
+        keys: list = []
+        values = over_batch(value_step, value_of, pairs, partial(_values_of_pairs, keys=keys.append),
+                            value_fast, partial(_values_of_pairs_fast, keys=keys.append))
+        add(port, keys, values, pairs)
 
     def take_upstream(before):
         if type(before) is not KeyBy:
@@ -409,9 +413,10 @@ def _keys(fn, it):
     return [fn(x) for x in it]
 
 
-def _values_of_pairs(fn, it):
-    # unpacked as map_values does apart, so a record that is no pair fails alike
-    return [fn(v) for _, v in it]
+def _values_of_pairs(fn, it, keys):
+    # unpacked as map_values does apart, so a record that is no pair fails
+    # alike; `keys(k)`, always None, keeps its key
+    return [fn(v) for k, v in it if keys(k) is None]
 
 
 def _values_of_records(step: str, fn, batch: list, keys: list, fast=None) -> list:
