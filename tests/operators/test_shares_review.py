@@ -199,3 +199,36 @@ def test_a_range_longer_than_sys_maxsize_is_read(cores):
         run(flow, cores=cores)
     assert "Enough" in str(info.value) or isinstance(info.value, Enough), str(info.value)
     assert "OverflowError" not in str(info.value)
+
+
+# -- a snapshot by runs, resumed from an iterator -------------------------------------------
+
+
+def test_an_iterator_share_restored_from_a_snapshot_by_runs_reads_by_those_runs():
+    """A list of 40,000 records on 2 kernels is dealt out by runs of 78
+    (`sequence_run`), and its snapshot says so (`"run": 78`). Resumed with
+    the same records from an iterator (the pipeline now reads them from a
+    generator, say), `Share.restore` takes the run length, but `take_from`
+    ignores it and deals record by record: 56 records were never read and
+    33 read twice. Should: read the iterator by the snapshot's runs (or
+    refuse it, saying the input changed)."""
+    from kernel.operators._shares import Share, sequence_run
+
+    n, groups = 40_000, 128
+    run_length = sequence_run(n, 2, groups)
+    assert run_length == 78
+    data = list(range(n))
+    before, snapshots = [], []
+    for kernel in range(2):
+        share = Share(kernel, 2, groups, run_length)
+        before += share.take(data, 5000)
+        snapshots.append(share.snapshot())
+    after = []
+    for kernel in range(2):
+        share = Share(kernel, 2, groups)  # an iterator's share, as IterableSource.open makes it
+        share.restore(snapshots[kernel])
+        records, ended = iter(data), False
+        while not ended:
+            batch, ended = share.take_from(records, 1000)
+            after += batch
+    assert Counter(before + after) == Counter(data)
