@@ -115,13 +115,17 @@ class Share:
 
     # -- reading --------------------------------------------------------------------
 
-    def take(self, data, size: int) -> list:
+    def take(self, data, size: int, length: int | None = None) -> list:
         """Up to `size` of the next records of this share of the sequence
-        `data` (record by record in a ragged stretch)."""
+        `data` of `length` records (`len(data)` when not given: a range may
+        be longer than len() can say) (record by record in a ragged
+        stretch)."""
+        if length is None:
+            length = len(data)
         if self.run != 1:
-            return self._take_runs(data, size)
+            return self._take_runs(data, size, length)
         out: list = []
-        i, n, groups, stride, first = self.next, len(data), self.groups, self.stride, self.first
+        i, n, groups, stride, first = self.next, length, self.groups, self.stride, self.first
         even = groups % stride == 0  # the share is every `stride`-th record from `first`
         while len(out) < size and i < n:
             block_end = (i // groups + 1) * groups
@@ -152,11 +156,11 @@ class Share:
         self.next = i
         return out
 
-    def _take_runs(self, data, size: int) -> list:
+    def _take_runs(self, data, size: int, length: int) -> list:
         """`take` by runs: a slice of each run of this share's partitions,
         past what the resumed run had consumed of it."""
         out: list = []
-        i, n, run = self.next, len(data), self.run
+        i, n, run = self.next, length, self.run
         groups, stride, first = self.groups, self.stride, self.first
         ragged_end = self.ragged_until * groups * run
         consumed = self.consumed
@@ -180,6 +184,8 @@ class Share:
     def take_from(self, it, size: int) -> tuple[list, bool]:
         """The same from an iterator that yields the whole input (each
         kernel reads it all and keeps its share): (records, exhausted)."""
+        if self.run != 1:
+            return self._take_runs_from(it, size)
         out: list = []
         i, groups, stride, first = self.next, self.groups, self.stride, self.first
         while len(out) < size:
@@ -209,6 +215,44 @@ class Share:
             if len(chunk) < count:
                 self.next = i
                 return out, True
+        self.next = i
+        return out, False
+
+    def _take_runs_from(self, it, size: int) -> tuple[list, bool]:
+        """`take_from` by runs: a share whose snapshot counts runs (a
+        sequence's, `sequence_run`) resumed on an iterator of the same
+        records, read as `_take_runs` reads the sequence (record by record,
+        its positions would be other records: some lost, some twice)."""
+        out: list = []
+        i, run = self.next, self.run
+        groups, stride, first = self.groups, self.stride, self.first
+        ragged_end = self.ragged_until * groups * run
+        consumed = self.consumed
+        while len(out) < size:
+            unit = i // run
+            start = unit * run
+            if i < ragged_end:  # skip what the resumed run had consumed of this run
+                block, place = divmod(unit, groups)
+                i = max(i, start + consumed.get(place, 0) - block * run)
+            run_end = start + run
+            if i < run_end:
+                if self.pulled < i:  # past the records of other kernels' runs
+                    ahead = i - self.pulled
+                    if next(islice(it, ahead - 1, ahead), _GONE) is _GONE:
+                        self.next = i
+                        return out, True
+                    self.pulled = i
+                count = min(run_end, i + size - len(out)) - i
+                chunk = list(islice(it, count))
+                self.pulled += len(chunk)
+                out += chunk
+                i += len(chunk)
+                if len(chunk) < count:
+                    self.next = i
+                    return out, True
+            if i >= run_end:  # this kernel's next run
+                block, place = divmod(unit, groups)
+                i = (unit + stride if place + stride < groups else (block + 1) * groups + first) * run
         self.next = i
         return out, False
 

@@ -19,9 +19,13 @@ a later run's source refuses to start rather than silently read nothing.
 from __future__ import annotations
 
 import asyncio
+import gc
+import inspect
 import io
+import operator
 import os
 from collections.abc import AsyncIterator, Iterator
+from itertools import islice
 
 from kernel.dataflow._errors import (
     PASSES_THROUGH,
@@ -48,14 +52,21 @@ def in_a_fixed_order(step: str, items: set | frozenset, what: str) -> list:
     each way there. Sorting fixes the order; items that do not sort are
     refused, saying so."""
     try:
-        return sorted(items)
+        ordered = sorted(items)
+        # `sorted` raises nowhere for items whose `<` is a partial order
+        # (frozensets: "is a subset of"), and leaves them in the set's
+        # order: each must come strictly before the next
+        if all(map(operator.lt, ordered, islice(ordered, 1, None))):
+            return ordered
+        problem = "their order is partial: `<` does not hold between some neighbours"
     except TypeError as exc:
-        raise KernelError(
-            f"{step}: {what} is a {type(items).__name__}, whose order differs from one process to the "
-            f"next (str hashes are randomized), and its items do not sort ({exc}); a run with a "
-            "state_dir, or a cluster, reads the same input again in another process by position: "
-            "give a list in a fixed order"
-        ) from exc
+        problem = str(exc)
+    raise KernelError(
+        f"{step}: {what} is a {type(items).__name__}, whose order differs from one process to the "
+        f"next (str hashes are randomized), and its items do not sort ({problem}); a run with a "
+        "state_dir, or a cluster, reads the same input again in another process by position: "
+        "give a list in a fixed order"
+    )
 
 
 def check_batch_size(batch_size: int) -> int:
@@ -93,6 +104,54 @@ class _Input:
             )
 
 
+def _length(data) -> int:
+    """`len(data)`, also for a range longer than sys.maxsize (len() cannot
+    return it; such a range slices all the same)."""
+    try:
+        return len(data)
+    except OverflowError:
+        if not isinstance(data, range):
+            raise
+        step = data.step
+        return max(0, (data.stop - data.start + step - (1 if step > 0 else -1)) // step)
+
+
+# How far `_inherited_file` looks from an iterator for the file it reads.
+_LOOKED_AT = 256  # objects at most
+_SMALL = 16  # a tuple, list or dict of more items is not looked into
+
+
+def _inherited_file(data) -> io.IOBase | None:
+    """A file object open for reading that `data` reads from, as far as can
+    be seen: `data` itself, or one its iterators hold (a generator's frame,
+    `map`'s and `zip`'s iterators, `csv.reader`'s input, an iterator
+    object's attributes), found through their references (`gc`), a few
+    hops deep. Containers bigger than a few items, functions, modules and
+    classes are not looked into (a function's globals would reach any file
+    its module has open)."""
+    seen = {id(data)}
+    todo = [data]
+    looked = 0
+    while todo and looked < _LOOKED_AT:
+        obj = todo.pop()
+        looked += 1
+        if isinstance(obj, io.IOBase):
+            try:
+                if not obj.closed and obj.readable():
+                    return obj
+            except Exception:  # a broken wrapper: not what this looks for
+                pass
+            continue
+        if obj is not data and not hasattr(obj, "__next__"):
+            if not isinstance(obj, (tuple, list, dict)) or len(obj) > _SMALL:
+                continue
+        for ref in gc.get_referents(obj):
+            if id(ref) not in seen and not isinstance(ref, (type, type(gc), type(_inherited_file))):
+                seen.add(id(ref))
+                todo.append(ref)
+    return None
+
+
 class IterableSource(Source):
     """Reads a bounded iterable in batches of at most `batch_size` records
     (fewer when the kernel wants fewer: `records_wanted`)."""
@@ -117,8 +176,9 @@ class IterableSource(Source):
             data = in_a_fixed_order(self.name, data, "from_iterable's input")
         if isinstance(data, (list, tuple, range)):
             # Slicing a sequence is several times faster than islice.
+            self._length = _length(data)
             self._share = Share(context.index, peers, context.key_groups,
-                                sequence_run(len(data), peers, context.key_groups))
+                                sequence_run(self._length, peers, context.key_groups))
             self._sequence = data
             self._iterator = None
         else:
@@ -138,26 +198,59 @@ class IterableSource(Source):
                                          "(an object whose __iter__ starts again)")
         if shared.one_shot:
             self._unread = shared
-        if peers > 1 and isinstance(self.iterable, io.IOBase) and shared.built_in != os.getpid():
+        if inspect.isgenerator(self.iterable) and inspect.getgeneratorstate(self.iterable) == "GEN_CLOSED":
+            # read to its end (by another flow: this one's would say so above), or closed
             raise KernelError(
-                f"{self.name}: its input {describe_record(self.iterable)} is a file object that "
-                f"the {peers} kernel processes inherit from the one that built the flow: they "
-                "would share its read position, each losing the lines the others read. Give "
-                "from_iterable an object that opens the file when iterated (whose __iter__ "
-                "returns open(path)), or run the pipeline file with `python -m kernel.run "
-                "--cores N`, where each kernel process opens the file itself"
+                f"{self.name}: its input {describe_record(self.iterable)} is a generator that was "
+                "read to its end (or closed) before this run, and an iterator can be read only "
+                "once (this run would silently get nothing): give from_iterable a list, a range "
+                "or another re-iterable, or a fresh generator"
             )
+        if peers > 1 and shared.built_in != os.getpid():
+            found = _inherited_file(self.iterable)
+            if found is not None:
+                what = ("is a file object" if found is self.iterable
+                        else f"reads {describe_record(found)}, a file object")
+                raise KernelError(
+                    f"{self.name}: its input {describe_record(self.iterable)} {what} that "
+                    f"the {peers} kernel processes inherit from the one that built the flow: they "
+                    "would share its read position, each losing the lines the others read. Give "
+                    "from_iterable an object that opens the file when iterated (whose __iter__ "
+                    "returns open(path)), or run the pipeline file with `python -m kernel.run "
+                    "--cores N`, where each kernel process opens the file itself"
+                )
 
     # Resuming from a snapshot: how much of each partition was read (an
     # iterator is read again from its start, past what was).
+    # A sequence's length goes with its positions: resumed on a list that
+    # grew or shrank, the positions would name other records (those of a
+    # kernel restored as ended never read), so that run is refused.
     def on_epoch(self, epoch):
-        return self._share.snapshot()
+        snapshot = self._share.snapshot()
+        if self._sequence is not None:
+            snapshot["length"] = self._length
+        return snapshot
 
     def restore(self, snapshot):
+        self._check_length(snapshot.get("length"))
         self._share.restore(snapshot)
 
     def rescale(self, snapshots, owns):
-        return merge_consumed(snapshots, self.ENDED, self.context.key_groups)
+        merged = merge_consumed(snapshots, self.ENDED, self.context.key_groups)
+        lengths = {s["length"] for s in snapshots if isinstance(s, dict) and "length" in s}
+        for length in lengths:
+            self._check_length(length)
+        return merged
+
+    def _check_length(self, length) -> None:
+        if length is None or self._sequence is None or length == self._length:
+            return  # (an iterator's length is not known: its records are dealt one by one)
+        raise KernelError(
+            f"{self.name}: the run being resumed read an input of {length} records, and this "
+            f"one has {self._length}: its snapshot's positions would name other records (some "
+            "never read, some twice). Resume with the input that run read, or start afresh "
+            "with another state_dir"
+        )
 
     def _mark_read(self) -> None:
         # When first read, not at open: a run that failed before reading
@@ -170,8 +263,8 @@ class IterableSource(Source):
         size = min(self.batch_size, self.records_wanted)
         share = self._share
         if self._sequence is not None:
-            batch = share.take(self._sequence, size)
-            more = share.next < len(self._sequence)
+            batch = share.take(self._sequence, size, self._length)
+            more = share.next < self._length
         else:
             if self._unread is not None:
                 self._mark_read()

@@ -656,7 +656,7 @@ def test_a_record_of_another_shape_past_the_first_checked_slice_round_trips_exac
     n = _codec._CHECKED_AT_ONCE + 100
     batch = [("k", span, i) for i in range(n)]
     batch[n - 50] = odd(span)
-    kind, back = round_trip_batch(batch)
+    _kind, back = round_trip_batch(batch)
     assert same(back, batch)
     assert type(back[n - 50]) is type(batch[n - 50])
 

@@ -15,6 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kernel import Dataflow, KernelProcessError, run
 from kernel.dataflow._errors import KernelError, OperatorError
@@ -232,3 +234,39 @@ def test_an_iterator_share_restored_from_a_snapshot_by_runs_reads_by_those_runs(
             batch, ended = share.take_from(records, 1000)
             after += batch
     assert Counter(before + after) == Counter(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 3000), st.sampled_from([1, 2, 3, 4]), st.sampled_from([1, 2, 3, 4]),
+       st.sampled_from([4, 8, 16]), st.integers(1, 400), st.integers(1, 300), st.data())
+def test_an_iterator_resumed_from_a_sequences_snapshot_by_runs_reads_every_record_once(
+        n, peers, new_peers, groups, first_take, size, data):
+    """Against the input's multiset: a sequence dealt by runs on `peers`
+    kernels, each having taken some of its share, resumed from an iterator
+    of the same records on `new_peers` kernels (rescaled: `merge_consumed`),
+    some kernels having read their share to the end."""
+    from kernel.operators._shares import Share, merge_consumed, sequence_run
+
+    run_length = max(2, sequence_run(n, max(peers, 2), groups))
+    records = list(range(n))
+    before, snapshots = [], []
+    ended = object()
+    for kernel in range(peers):
+        share = Share(kernel, peers, groups, run_length)
+        taken = share.take(records, data.draw(st.integers(0, first_take)))
+        before += taken
+        if share.next >= n and data.draw(st.booleans()):
+            snapshots.append(ended)  # read to its end: its source had ended
+        else:
+            snapshots.append(share.snapshot())
+    merged = merge_consumed(snapshots, ended, groups)
+    after = []
+    for kernel in range(new_peers):
+        share = Share(kernel, new_peers, groups)
+        share.restore({"consumed": {g: c for g, c in merged["consumed"].items() if g % new_peers == kernel},
+                       "run": merged["run"]})
+        it, done = iter(records), False
+        while not done:
+            batch, done = share.take_from(it, size)
+            after += batch
+    assert Counter(before + after) == Counter(records)
