@@ -1,0 +1,196 @@
+"""Review of `from_files`: failing cases found against plain Python readers
+(each test is small and deterministic; see the docstrings for what fails)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import pickle
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from kernel import Dataflow, OperatorError, run
+
+REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("_crash_runs", REPO / "tests" / "_crash_runs.py")
+_crash_runs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_crash_runs)
+
+
+def read_all(pattern, cores: int = 1, **options):
+    flow = Dataflow("files")
+    stream = flow.from_files(pattern, **options)
+    out = stream.collect()
+    run(flow, cores=cores)
+    return out.items, stream.skipped_count.value
+
+
+# -- encoding="utf-8-sig": the BOM is the file's, not every chunk's ---------------------------
+
+
+@pytest.mark.parametrize(("format", "cores", "chunk_bytes"), [
+    ("lines", 1, 3),  # a chunk starts at the second line
+    ("lines", 2, 1 << 16),  # kernel 1's span starts at the second line
+    ("csv", 1, 1 << 16),  # each CSV line is decoded on its own
+])
+def test_utf8_sig_strips_only_the_bom_at_the_start_of_the_file(tmp_path, format, cores, chunk_bytes):
+    """A file "\\ufeffaaaa\\n\\ufeffbbbb\\n" read with encoding="utf-8-sig":
+    a plain reader strips the BOM of the file (its first line) and keeps
+    the U+FEFF that starts the second line. from_files decodes each chunk
+    (lines) or each line (csv) with "utf-8-sig", which strips a U+FEFF at
+    the start of any of them: the second line comes out as "bbbb", and for
+    lines the result depends on chunk_bytes and the number of kernels
+    (64 KiB on one kernel keeps it)."""
+    path = tmp_path / "a.txt"
+    path.write_bytes("\ufeffaaaa\n\ufeffbbbb\n".encode("utf-8"))
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        expected = list(csv.reader(f)) if format == "csv" else f.read().splitlines()
+    assert expected[1][0 if format == "csv" else 0].startswith("\ufeff")
+    items, _ = read_all(path, cores, format=format, encoding="utf-8-sig", chunk_bytes=chunk_bytes)
+    assert items == expected
+
+
+# -- JSON nested too deep --------------------------------------------------------------------
+
+
+def test_a_jsonl_line_nested_too_deep_is_skipped_with_on_error_skip(tmp_path):
+    """msgspec raises RecursionError (not a ValueError) for a value nested
+    deeper than the recursion limit: the source catches only ValueError
+    and UnicodeDecodeError, so with on_error="skip" the run ends with
+    `function 'FileSource.poll' raised RecursionError` instead of skipping
+    and counting the line."""
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b"1\n" + b"[" * 5000 + b"]" * 5000 + b"\n3\n")
+    assert read_all(path, format="jsonl", on_error="skip") == ([1, 3], 1)
+
+
+def test_a_jsonl_line_nested_too_deep_names_the_file_and_the_line(tmp_path):
+    """The same line with on_error="raise": the error names neither the
+    file nor the line (`raised RecursionError: maximum recursion depth
+    exceeded while deserializing an object`, from FileSource.poll)."""
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b"1\n" + b"[" * 5000 + b"]" * 5000 + b"\n3\n")
+    with pytest.raises(OperatorError, match=r"a\.jsonl, line 2: malformed jsonl line"):
+        read_all(path, format="jsonl")
+
+
+# -- CSV: a quoted line break, skipped ------------------------------------------------------
+
+
+def test_a_csv_row_with_a_quoted_line_break_is_not_half_read_with_on_error_skip(tmp_path):
+    """README: "a quoted line break is reported as malformed". With
+    on_error="skip" only the row's first line is skipped; its second line,
+    `lines"`, parses as a row of its own and is handed on as the record
+    ['lines"'], a piece of a row the file never had."""
+    path = tmp_path / "a.csv"
+    path.write_text('k,v\n1,"two\nlines"\n3,x\n')
+    items, skipped = read_all(path, format="csv", on_error="skip")
+    assert ['lines"'] not in items, (items, skipped)
+
+
+# -- recovery ------------------------------------------------------------------------------
+
+
+SKIP_PIPELINE = textwrap.dedent(
+    """
+    import os, time
+    from kernel import Dataflow
+
+    def slow(line):
+        if line.startswith("slow"):  # kernel 1's share: it ends long after kernel 0
+            time.sleep(0.002)
+        return line
+
+    flow = Dataflow("files")
+    (flow.from_files(os.path.join(os.environ["IN"], "*.txt"), on_error="skip", chunk_bytes=64)
+         .map(slow).to_files(os.path.join(os.environ["OUT"], "r")))
+    """
+)
+
+
+def _slow(line):
+    if line.startswith("slow"):
+        time.sleep(0.002)
+    return line
+
+
+def test_skipped_count_after_a_resume_counts_the_lines_skipped_by_kernels_that_had_ended(tmp_path):
+    """README: "a resumed run's count includes the crashed run's, up to the
+    snapshot". Two kernels; every malformed line (30 of them) is in kernel
+    0's span, which it reads to its end at once; kernel 1 is slow. Killed
+    once an epoch is complete with kernel 0's source ended and kernel 1's
+    not, then resumed on 2 kernels: every line is published once, but
+    skipped_count.value is 0 (the ended kernel's count is lost), not 30."""
+    (tmp_path / "pipeline.py").write_text(SKIP_PIPELINE)
+    (tmp_path / "in").mkdir()
+    fast = b"".join(b"fast %d\n" % n if n % 10 else b"\xff bad\n" for n in range(300))
+    slow = b"".join(b"slow %d\n" % n for n in range(300))
+    (tmp_path / "in" / "a.txt").write_bytes(fast + slow)
+
+    def kernel_0_ended_kernel_1_not(snapshots):
+        return len(snapshots) == 2 and snapshots[0].get(0) == "ended" and snapshots[1].get(0) not in (None, "ended")
+
+    _crash_runs.run_cli_until(tmp_path, 2, kernel_0_ended_kernel_1_not, IN=tmp_path / "in", OUT=tmp_path / "out")
+    flow = Dataflow("files")  # the pipeline's flow, resumed in this process to read its count
+    stream = flow.from_files(os.path.join(tmp_path / "in", "*.txt"), on_error="skip", chunk_bytes=64)
+    stream.map(_slow).to_files(tmp_path / "out" / "r")
+    run(flow, cores=2, state_dir=tmp_path / "state", epoch_interval=0.02)
+    assert len(_crash_runs.visible_lines(tmp_path / "out" / "r")) == 570  # every good line once
+    assert stream.skipped_count.value == 30
+
+
+CHANGE_PIPELINE = textwrap.dedent(
+    """
+    import os, time
+    from kernel import Dataflow
+
+    def slow(line):
+        time.sleep(0.002)
+        return line
+
+    flow = Dataflow("files")
+    (flow.from_files(os.path.join(os.environ["IN"], "*.txt"), chunk_bytes=64)
+         .map(slow).to_files(os.path.join(os.environ["OUT"], "r")))
+    """
+)
+
+
+def _position(part) -> int:
+    """The byte offset in a from_files snapshot (step 0's part) of its one span."""
+    state = pickle.loads(part) if isinstance(part, bytes) else part
+    state = state[-1] if isinstance(state, tuple) else state
+    return state["spans"][0][3] if state else 0
+
+
+@pytest.mark.parametrize("change", ["truncated", "replaced"])
+def test_a_file_changed_between_crash_and_resume_is_not_read_on_silently(tmp_path, change):
+    """README: the files "must not change while a bounded run and its
+    resumed run go" -- but nothing checks it (a followed file is checked:
+    inode and a CRC of the bytes before the offset). A 2,700-byte file
+    read to past byte 500 when the run is killed, then truncated to 100
+    bytes: the resumed run ends with rc 0 and lines 64..299 are never
+    read, without a word. Replaced by another file: it reads the new file
+    from the old offset, handing on a torn line (" 00051") and then new
+    lines, never the new file's first ones. Should: an error naming the
+    file (as for a followed file), not a silent loss or a torn record."""
+    (tmp_path / "pipeline.py").write_text(CHANGE_PIPELINE)
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / "a.txt"
+    path.write_bytes(b"".join(b"line %03d\n" % n for n in range(300)))
+
+    def past_byte_500(snapshots):
+        return snapshots[0].get(0) not in (None, "ended") and _position(snapshots[0][0]) > 500
+
+    _crash_runs.run_cli_until(tmp_path, 1, past_byte_500, IN=tmp_path / "in", OUT=tmp_path / "out")
+    if change == "truncated":
+        os.truncate(path, 100)
+    else:
+        path.write_bytes(b"".join(b"new %05d\n" % n for n in range(400)))
+    second = _crash_runs.run_cli(tmp_path, 1, None, IN=tmp_path / "in", OUT=tmp_path / "out")
+    assert second.returncode != 0, (
+        f"resumed without a word: {len(_crash_runs.visible_lines(tmp_path / 'out' / 'r'))} lines published")
+    assert "a.txt" in second.stderr
