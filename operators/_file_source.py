@@ -175,8 +175,8 @@ class _Chunk:
 class _Cursor:
     """Reading one span `[start, end)` of one file (end None: following)."""
 
-    __slots__ = ("__weakref__", "chunk", "closer", "done", "end", "fd", "inode", "inode_number", "logged",
-                 "offset", "path", "seen_size", "skipped", "start", "tail", "tail_crc")
+    __slots__ = ("__weakref__", "chunk", "closer", "done", "end", "fd", "in_quote", "inode", "inode_number",
+                 "logged", "offset", "path", "seen_size", "skipped", "start", "tail", "tail_crc")
 
     def __init__(self, path, start, end, offset=None, skipped=0, inode_number=None, tail_crc=None):
         self.path = path
@@ -200,6 +200,9 @@ class _Cursor:
         self.tail_crc = tail_crc
         self.tail = b""  # following: the last bytes read before `offset` (checked before reading on)
         self.seen_size = None  # following: the size when last read to its end (closed since)
+        # CSV, skipping malformed rows: inside a quoted field a malformed line
+        # opened (a quoted line break), whose next lines are the same row's
+        self.in_quote = False
 
     def position(self) -> tuple[int, int]:
         if self.chunk is not None:
@@ -233,6 +236,11 @@ class FileSource(Source):
         self.on_error = on_error
         self.header = header
         self.encoding = encoding
+        # "utf-8-sig" strips a BOM at the start of each piece it decodes (a
+        # chunk, a line): decoded as UTF-8, with the BOM taken off the file's
+        # first line only, as open(encoding="utf-8-sig") does
+        self._strip_bom = codecs.lookup(encoding).name == "utf-8-sig"
+        self._decoding = "utf-8" if self._strip_bom else encoding
         self.poll_interval = poll_interval
         self.chunk_bytes = chunk_bytes
         self.batch_size = check_batch_size(batch_size)
@@ -491,7 +499,7 @@ class FileSource(Source):
         if not first and self.follow:
             return False
         try:
-            row = self._parse_csv_line(cursor, first) if first else None
+            row = self._parse_csv_line(cursor, first, True) if first else None
         except (ValueError, csv.Error) as exc:
             raise self._malformed(cursor, 0, data, 0, first, exc) from exc
         if row is None:
@@ -611,12 +619,12 @@ class FileSource(Source):
     def _decode(self, cursor, base: int, data: bytes) -> _Chunk:
         try:
             if self.format == "lines":
-                return _Chunk(base, data, self._split_lines(data))
+                return _Chunk(base, data, self._split_lines(data, base == 0))
             if self.format == "jsonl":
-                records = self._decode_json_lines(self._recoded(data) if self._recode else data)
+                records = self._decode_json_lines(self._recoded(data, base == 0) if self._recode else data)
                 if records is not None:
                     return _Chunk(base, data, records)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # (msgspec: a value nested too deep)
             pass  # the slow path finds the line
         return self._decode_each(cursor, base, data)
 
@@ -642,11 +650,18 @@ class FileSource(Source):
         records = self._decoder.decode(b"[" + body.replace(b"\n", b",") + b"]")
         return records if len(records) == body.count(b"\n") + 1 else None
 
-    def _recoded(self, data: bytes) -> bytes:
-        return data.decode(self.encoding).encode("utf-8")
+    def _text(self, data: bytes, at_start: bool) -> str:
+        """`data` decoded; `at_start`: it begins at the file's first byte."""
+        text = data.decode(self._decoding)
+        if at_start and self._strip_bom and text.startswith("\ufeff"):
+            return text[1:]
+        return text
 
-    def _split_lines(self, data: bytes) -> list[str]:
-        text = data.decode(self.encoding)
+    def _recoded(self, data: bytes, at_start: bool) -> bytes:
+        return self._text(data, at_start).encode("utf-8")
+
+    def _split_lines(self, data: bytes, at_start: bool) -> list[str]:
+        text = self._text(data, at_start)
         lines = text.split("\n")
         if text.endswith("\n"):
             lines.pop()
@@ -661,20 +676,29 @@ class FileSource(Source):
             lines.pop()
         records, line_of, skipped = [], [], []
         for number, raw in enumerate(lines):
+            continued = cursor.in_quote
             try:
                 if self.format == "lines":
-                    record = self._split_lines(raw)[0] if raw else ""
+                    record = self._split_lines(raw, base == 0 and number == 0)[0] if raw else ""
                 elif self.format == "jsonl":
                     if not raw.strip():
                         continue
-                    record = self._decoder.decode(self._recoded(raw) if self._recode else raw)
+                    record = self._decoder.decode(self._recoded(raw, base == 0 and number == 0)
+                                                  if self._recode else raw)
                 else:
-                    record = self._parse_csv_line(cursor, raw)
+                    if continued:
+                        # the rest of a row skipped as malformed: skipped too,
+                        # up to the line that closes its quote
+                        cursor.in_quote = raw.count(b'"') % 2 == 0
+                        raise csv.Error("the rest of a row with a quoted line break")
+                    record = self._parse_csv_line(cursor, raw, base == 0 and number == 0)
                     if record is None:
                         continue
-            except (ValueError, UnicodeDecodeError, csv.Error) as exc:
+            except (ValueError, UnicodeDecodeError, csv.Error, RecursionError) as exc:
                 if self.on_error == "raise":
                     raise self._malformed(cursor, base, data, number, raw, exc) from exc
+                if self.format == "csv" and not continued and raw.count(b'"') % 2:
+                    cursor.in_quote = True  # a quoted field left open: its row goes on below
                 self._note_skipped(cursor, base, data, number, exc)
                 skipped.append(number)
                 continue
@@ -682,9 +706,9 @@ class FileSource(Source):
             line_of.append(number)
         return _Chunk(base, data, records, line_of, skipped)
 
-    def _parse_csv_line(self, cursor, raw: bytes):
+    def _parse_csv_line(self, cursor, raw: bytes, at_start: bool):
         """One CSV row (a dict with header=True), or None for a blank line."""
-        text = raw.decode(self.encoding)
+        text = self._text(raw, at_start)
         if text.endswith("\r"):
             text = text[:-1]
         if not text:

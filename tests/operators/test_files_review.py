@@ -194,3 +194,12 @@ def test_a_file_changed_between_crash_and_resume_is_not_read_on_silently(tmp_pat
     assert second.returncode != 0, (
         f"resumed without a word: {len(_crash_runs.visible_lines(tmp_path / 'out' / 'r'))} lines published")
     assert "a.txt" in second.stderr
+
+
+def test_a_csv_row_with_quoted_line_breaks_over_several_lines_is_skipped_whole(tmp_path):
+    # its middle lines hold no quote or a doubled one; the row ends at the line that closes it
+    path = tmp_path / "b.csv"
+    path.write_text('k,v\n1,"a\nb\nc"\n4,y\n5,"p\n""q""\nr"\n6,z\n')
+    items, skipped = read_all(path, format="csv", on_error="skip")
+    assert items == [["k", "v"], ["4", "y"], ["6", "z"]]
+    assert skipped == 6
