@@ -266,9 +266,12 @@ class FileSource(Source):
         if self._cursors is None:
             return None
         spans = [(c.path, c.start, c.end, *c.position()) for c in self._cursors]
-        if self.follow:
-            spans = [(*span, c.inode[1] if c.inode is not None else c.inode_number,
-                      self._tail_crc(c, span[3])) for span, c in zip(spans, self._cursors)]
+        # A file's inode number and the CRC-32 of its bytes before the offset:
+        # a resumed run refuses a file replaced or truncated meanwhile
+        # (followed or not: a bounded run's resumed run read a truncated
+        # file's rest as nothing, a replaced one's from the old offset)
+        spans = [(*span, c.inode[1] if c.inode is not None else c.inode_number,
+                  self._tail_crc(c, span[3])) for span, c in zip(spans, self._cursors)]
         return {"spans": spans, "current": self._current}
 
     def _tail_crc(self, cursor, offset: int):
@@ -296,7 +299,9 @@ class FileSource(Source):
     @property
     def skipped(self) -> int:
         """Malformed lines skipped before each cursor's position (a resumed
-        run's count includes the crashed run's, up to the snapshot)."""
+        run's count includes the crashed run's, up to the snapshot; not a
+        kernel's whose share was read to its end before it: an ended
+        source's snapshot holds no positions)."""
         return sum(c.position()[1] for c in self._cursors or ())
 
     def result(self):
@@ -451,7 +456,9 @@ class FileSource(Source):
         except OSError as exc:
             raise self._error(f"cannot read {cursor.path!r}: {exc}") from exc
         cursor.inode = (info.st_dev, info.st_ino)
-        if self.follow and cursor.inode_number not in (None, info.st_ino):
+        if not self.follow:
+            self._check_unchanged(cursor, info)
+        elif cursor.inode_number not in (None, info.st_ino):
             # st_ino alone: st_dev may differ after a reboot (NFS, btrfs)
             raise self._error(
                 # what happened first: a long path would be cut from the middle of the message
@@ -473,6 +480,23 @@ class FileSource(Source):
         if not self.follow and cursor.offset == cursor.start and cursor.start > 0:
             # the span's first line is the one starting at or after `start`
             cursor.offset = self._line_start_at_or_after(cursor, cursor.start)
+
+    def _check_unchanged(self, cursor, info) -> None:
+        """A bounded run resumed: the file its snapshot read (the same inode,
+        the same bytes before the offset), or an error naming it."""
+        replaced = cursor.inode_number not in (None, info.st_ino)
+        changed = False
+        if not replaced and cursor.tail_crc is not None and cursor.offset > 0:
+            size = min(TAIL_BYTES, cursor.offset)
+            changed = zlib.crc32(self._pread(cursor, size, cursor.offset - size)) != cursor.tail_crc
+        cursor.inode_number = info.st_ino
+        cursor.tail_crc = None
+        if replaced or changed:
+            raise self._error(
+                f"{cursor.path!r} changed while the run was stopped ("
+                f"{'another file now has its name' if replaced else 'truncated or rewritten'}; "
+                f"{cursor.offset} bytes of it had been read): a bounded run and the run that resumes "
+                "it must read the same files; to read new ones, start afresh with another state_dir")
 
     def _pread(self, cursor, size: int, offset: int) -> bytes:
         try:
