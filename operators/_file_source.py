@@ -103,7 +103,8 @@ def check_file_options(pattern, format, on_error, follow, poll_interval, chunk_b
         raise ValueError(f"from_files: chunk_bytes must be an int >= 1, got {chunk_bytes!r}")
     check_encoding(encoding)
     if not follow and not matching_files(pattern):
-        raise FileNotFoundError(f"from_files: no file matches {pattern!r}")
+        hint = " (a directory: give a pattern of its files, 'dir/*')" if os.path.isdir(pattern) else ""
+        raise FileNotFoundError(f"from_files: no file matches {pattern!r}{hint}")
     return pattern
 
 
@@ -112,7 +113,10 @@ def matching_files(pattern: str) -> list[str]:
     regular files (a broken link stays, to be reported as unreadable): not
     directories, and not a FIFO or a device, whose open() blocks the
     kernel's loop (the caller's, with run_async) until a writer comes."""
-    return sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p) or not os.path.exists(p))
+    found = {p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p) or not os.path.exists(p)}
+    if glob.has_magic(pattern) and os.path.isfile(pattern):
+        found.add(pattern)  # a file whose name holds [, ] or * (`data[1].txt`): named, it is meant
+    return sorted(found)
 
 
 def plan_spans(sized: list[tuple[str, int]], index: int, peers: int) -> list[tuple[str, int, int]]:

@@ -154,3 +154,16 @@ def test_a_csv_row_with_quoted_line_breaks_over_several_lines_is_skipped_whole(t
     items, skipped = read_all(path, format="csv", on_error="skip")
     assert items == [["k", "v"], ["4", "y"], ["6", "z"]]
     assert skipped == 6
+
+
+def test_a_file_whose_name_holds_glob_characters_is_read_when_named(tmp_path):
+    path = tmp_path / "data[1].txt"  # as a pattern, [1] matches "data1.txt" only
+    path.write_text("a\nb\n")
+    items, _ = read_all(str(path))
+    assert items == ["a", "b"]
+
+
+def test_a_directory_given_as_the_pattern_is_named_as_one(tmp_path):
+    (tmp_path / "a.txt").write_text("x\n")
+    with pytest.raises(FileNotFoundError, match=r"a directory: give a pattern of its files"):
+        Dataflow().from_files(str(tmp_path))
