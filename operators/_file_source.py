@@ -48,7 +48,7 @@ import zlib
 
 import msgspec
 
-from kernel.dataflow._errors import OperatorError
+from kernel.dataflow._errors import KernelError, OperatorError
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Source
 
 from ._sources import check_batch_size
@@ -292,6 +292,12 @@ class FileSource(Source):
             return zlib.crc32(os.pread(cursor.fd, size, offset - size))
         except OSError:
             return None
+
+    def rescale(self, snapshots, owns):
+        raise KernelError(
+            f"{self.name}: a run resumed on another number of kernels cannot go on reading these "
+            f"files (each kernel's snapshot holds the byte spans planned for {len(snapshots)} kernels): "
+            f"resume on {len(snapshots)} kernels, or start afresh with another state_dir")
 
     def restore(self, snapshot):
         if snapshot is None:

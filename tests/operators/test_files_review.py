@@ -167,3 +167,17 @@ def test_a_directory_given_as_the_pattern_is_named_as_one(tmp_path):
     (tmp_path / "a.txt").write_text("x\n")
     with pytest.raises(FileNotFoundError, match=r"a directory: give a pattern of its files"):
         Dataflow().from_files(str(tmp_path))
+
+
+def test_a_run_resumed_on_another_number_of_kernels_says_on_how_many_to_resume(tmp_path):
+    (tmp_path / "pipeline.py").write_text(CHANGE_PIPELINE)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_bytes(b"".join(b"line %03d\n" % n for n in range(300)))
+
+    def one_epoch(snapshots):
+        return len(snapshots) == 2
+
+    _crash_runs.run_cli_until(tmp_path, 2, one_epoch, IN=tmp_path / "in", OUT=tmp_path / "out")
+    second = _crash_runs.run_cli(tmp_path, 1, None, IN=tmp_path / "in", OUT=tmp_path / "out")
+    assert second.returncode != 0
+    assert "resume on 2 kernels" in second.stderr, second.stderr
