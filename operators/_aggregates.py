@@ -24,6 +24,7 @@ wait on an input that does not end.
 
 from __future__ import annotations
 
+import copy
 from collections import _count_elements
 from operator import itemgetter
 
@@ -60,6 +61,27 @@ def check_emit(emit) -> None:
     if emit not in EMIT_MODES:
         raise ValueError(f"emit must be 'final' (when the input ends) or 'updates' (after each batch), "
                          f"got {emit!r}")
+
+
+_IMMUTABLE = frozenset({int, float, str, bytes, bool, type(None), complex})
+
+
+def _as_it_is_now(value):
+    """An update's value as it is after this batch: a fold or reduce whose
+    function changes its accumulator in place (appends to a list) would
+    otherwise hand on the accumulator itself, and each update already
+    handed on would change with the next batches (in a `collect()` on one
+    kernel; not once pickled to another: the result depended on the sink
+    and the kernel count). Numbers, strings and tuples of them go as they
+    are; anything else as a deep copy (as it is, where it cannot be copied:
+    a lock)."""
+    cls = value.__class__
+    if cls in _IMMUTABLE or (cls is tuple and all(item.__class__ in _IMMUTABLE for item in value)):
+        return value
+    try:
+        return copy.deepcopy(value)
+    except Exception:
+        return value
 
 
 class _Aggregate(Operator):
@@ -116,7 +138,7 @@ class _Aggregate(Operator):
         self._add(keys, values)
         changed = dict.fromkeys(keys if values is not None else map(_first, keys))
         state = self.state
-        emit_in_batches(self.emit, [(key, state[key]) for key in changed])
+        emit_in_batches(self.emit, [(key, _as_it_is_now(state[key])) for key in changed])
 
     def _add_and_hand_on(self, keys: list, values: list | None) -> None:
         self._add(keys, values)

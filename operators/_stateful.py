@@ -43,7 +43,7 @@ class StatefulMap(Operator):
             for record in batch:
                 key = record[0]
                 result = fn(get(key), record[1])
-                if result.__class__ is not tuple or len(result) != 2:
+                if not isinstance(result, tuple) or len(result) != 2:  # (a namedtuple of two too)
                     raise OperatorError.returned(self.name, fn, result, record=record, hint=_PAIR_HINT)
                 state, value = result
                 if state is None:

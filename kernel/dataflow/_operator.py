@@ -96,6 +96,24 @@ __all__ = ["DEFAULT_BATCH_SIZE", "Operator", "Source", "TimedBatch"]
 DEFAULT_BATCH_SIZE = 1024
 
 
+class _NoneKey:
+    """A timer's data where `schedule(t, None)` gave the key None: a timer
+    without data is stored as None (its kernel's, given to every kernel on
+    a rescale), so the key None needs another mark. One object through a
+    pickle (snapshots)."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> str:
+        return "NONE_KEY"
+
+    def __repr__(self) -> str:
+        return "NONE_KEY"
+
+
+NONE_KEY = _NoneKey()
+
+
 class Operator:
     """Base class of mid-level operators (see the module docstring).
 
@@ -235,7 +253,7 @@ class Operator:
     def advance_watermark(self, watermark: float) -> None:
         raise RuntimeError(f"{self.name}: advance_watermark() called before the operator was wired")
 
-    def schedule(self, event_time: float, data=None) -> None:
+    def schedule(self, event_time: float, data=None) -> None:  # (the instance's, once wired)
         raise RuntimeError(f"{self.name}: schedule() called before the operator was wired into a run")
 
     def mark_idle(self) -> None:

@@ -76,10 +76,12 @@ from kernel.dataflow._errors import (
     describe_record,
 )
 from kernel.dataflow._graph import Node
-from kernel.dataflow._operator import Operator, Unfinished
+from kernel.dataflow._operator import NONE_KEY, Operator, Unfinished
 from kernel.scheduling._scheduler import LATER
 
 from ._progress import Frontier
+
+_NO_DATA = object()  # schedule(t): no data given
 
 
 def _is_batch(batch) -> bool:
@@ -672,7 +674,7 @@ class Instance:
         timers = self.timers
         while timers and timers[0][0] <= frontier:  # due event-time timers, in order
             when, _, data = heapq.heappop(timers)
-            _call_emitting(self, "on_timer", when, data)
+            _call_emitting(self, "on_timer", when, None if data is NONE_KEY else data)
 
     # -- epochs ---------------------------------------------------------------------
 
@@ -838,10 +840,23 @@ class Instance:
 
     # -- a source's output progress -------------------------------------------
 
-    def schedule(self, event_time: float, data=None) -> None:
+    def schedule(self, event_time: float, data=_NO_DATA) -> None:
         """An event-time timer: `on_timer(event_time, data)` once the input
         watermark reaches `event_time` (timers fire in time order, ties in
-        the order they were scheduled)."""
+        the order they were scheduled).
+
+        A time that is not a number, or NaN (which compares below nothing:
+        it stayed at the top of the heap, and no timer of the step ever
+        fired), is refused. Without data the timer is its kernel's (a
+        rescaled run gives one to every kernel); `data=None` given is the
+        key None's, kept as `NONE_KEY` (timers without data are stored as
+        None, as in earlier snapshots)."""
+        if event_time.__class__ is not float or event_time != event_time:
+            _check_timer_time(self.name, event_time)
+        if data is _NO_DATA:
+            data = None
+        elif data is None:
+            data = NONE_KEY
         heapq.heappush(self.timers, (event_time, _next_sequence(), data))
 
     def advance_watermark(self, watermark: float) -> None:
@@ -883,6 +898,13 @@ class Instance:
 
 
 _next_sequence = itertools.count().__next__
+
+
+def _check_timer_time(step: str, event_time) -> None:
+    if isinstance(event_time, bool) or not isinstance(event_time, (int, float)) or event_time != event_time:
+        raise ValueError(f"{step}: schedule() takes an event time in seconds (an int or a float, not NaN), "
+                         f"got {event_time!r}" + (" (a datetime: give .timestamp())"
+                                                  if hasattr(event_time, "timestamp") else ""))
 
 
 class _Pace:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import pickle
 
 from kernel.dataflow._errors import PASSES_THROUGH
-from kernel.dataflow._operator import Operator
+from kernel.dataflow._operator import NONE_KEY, Operator
 
 from ._epochs import ENDED, unpickled_part
 from ._instance import _call
@@ -187,7 +187,7 @@ def _everything(key) -> bool:
 
 def _timer_is_mine(data, owns, me: int) -> bool:
     try:
-        return owns(data)
+        return owns(None if data is NONE_KEY else data)
     except PASSES_THROUGH:  # a Ctrl-C that lands here is a Ctrl-C
         raise
     except BaseException:

@@ -5,11 +5,14 @@ failing cases found, each against what a plain loop (or the README) gives."""
 from __future__ import annotations
 
 import collections
+import datetime
 import importlib.util
 import json
 import textwrap
 from collections import Counter
 from pathlib import Path
+
+import pytest
 
 from kernel import Dataflow, Operator, OperatorError, run
 
@@ -63,7 +66,8 @@ def test_a_nan_timer_does_not_silently_swallow_every_other_timer():
     and the run ends without a word. It should be refused naming the NaN
     (as a source's timestamp of nan is), or at least the others fire."""
     flow = Dataflow()
-    out = flow.from_iterable([("k0", float("nan")), ("k1", 1.0), ("k2", 2.0)]).apply(_TimerPerRecord).collect()
+    records = [("k0", float("nan")), ("k1", 1.0), ("k2", 2.0)]
+    out = flow.from_iterable(records).apply(_TimerPerRecord).collect()
     try:
         run(flow)
     except OperatorError as exc:
@@ -143,3 +147,17 @@ def test_a_timer_of_the_none_key_fires_once_after_a_rescale(tmp_path):
              for line in path.read_text().splitlines()]
     expected = Counter(None if x % 3 == 0 else x % 3 for x in range(N))
     assert sorted(map(tuple, lines), key=repr) == sorted(expected.items(), key=repr)
+
+
+class _TimerAtRecordTime(Operator):
+    def on_batch(self, port, batch):
+        for record in batch:
+            self.schedule(record)
+
+
+@pytest.mark.parametrize("time", ["1.5", None, datetime.datetime(2026, 1, 1)])
+def test_a_timer_time_that_is_no_number_is_refused_naming_schedule(time):
+    flow = Dataflow()
+    flow.from_iterable([time]).apply(_TimerAtRecordTime).collect()
+    with pytest.raises(OperatorError, match=r"schedule\(\) takes an event time in seconds"):
+        run(flow)
