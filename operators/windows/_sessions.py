@@ -26,26 +26,10 @@ _first = itemgetter(0)
 _MISSING = object()
 
 
-def _last(session: list, gap: float) -> float:
-    """A session's last event time (`end - gap` in a snapshot of an earlier
-    version, which kept no more)."""
-    return session[3] if len(session) > 3 else session[1] - gap
-
-
 class SessionWindows(WindowStrategy):
-    """`sessions` (keyed state, key -> [[start, end, acc, last]] by start,
-    `last` the session's latest event time, `end` = last + gap as a float)
-    and a heap of (end, start, sequence, key) fire candidates, rebuilt from
-    it on restore; a candidate whose session grew or merged since is stale.
-
-    Whether an event is less than `gap` from a session is decided by
-    differences of times (`stamp - last < gap`: exact for times within a
-    factor of two of each other), not against the float sum `last + gap`,
-    which rounds: 1343.6424411240123 + 0.1 rounds to 1343.7424411240122,
-    0.09999999999990905 after it, and the two events came out as two
-    sessions; at 2**53, `t + 3.0` rounds to `t + 2`. A session fires once
-    the watermark is `gap` past its last event, likewise. (Snapshots of
-    earlier versions hold [start, end, acc]: their last is end - gap.)"""
+    """`sessions` (keyed state, key -> [[start, end, acc]] by start) and a
+    heap of (end, start, sequence, key) fire candidates, rebuilt from it on
+    restore; a candidate whose session grew or merged since is stale."""
 
     __slots__ = ("_close", "_grow", "_merge", "_new", "_operator", "_out", "_results", "_user_error", "ends",
                  "gap", "seq", "sessions")
@@ -69,30 +53,29 @@ class SessionWindows(WindowStrategy):
         try:
             for record, stamp in zip(batch, stamps):
                 key = record[0]
+                start, end = stamp, stamp + gap
                 mine = sessions.get(key)
                 if mine is None:
                     mine = sessions[key] = []
-                # the open sessions this event touches: less than gap after
-                # the last event of one, or less than gap before its first
-                touching = [s for s in mine if s[0] - stamp < gap and stamp - _last(s, gap) < gap]
+                # the open sessions this event touches: [s, e) overlapping [stamp, stamp + gap)
+                touching = [s for s in mine if s[0] < end and stamp < s[1]]
                 if not touching:
-                    if stamp + gap <= stamp:  # stamp + gap rounds to stamp: see TimeTooLarge
+                    if end <= stamp:  # stamp + gap rounds to stamp: see TimeTooLarge
                         raise TimeTooLarge(stamp, f"Session({gap!r})")
-                    if frontier - stamp >= gap:  # a session of it alone would have closed
+                    if end <= frontier:
                         late.append(record)
                         continue
                 # merge what it bridges, oldest session first, then the event
-                start = last = stamp
                 acc = _MISSING
                 for s in touching:  # `mine` is sorted by start
                     start = min(start, s[0])
-                    last = max(last, _last(s, gap))
+                    end = max(end, s[1])
                     acc = s[2] if acc is _MISSING else self._merge_accs(acc, s[2])
                     mine.remove(s)
                 new = self._new_acc(record[1], stamp, port, next(seq))
                 acc = new if acc is _MISSING else self._merge_accs(acc, new)
-                end = last + gap
-                mine.append([start, end, acc, last])
+                merged = [start, end, acc]
+                mine.append(merged)
                 mine.sort(key=_first)
                 heapq.heappush(ends, (end, start, next(seq), key))
         except PASSES_THROUGH:
@@ -114,23 +97,18 @@ class SessionWindows(WindowStrategy):
     def fire(self, frontier: float, limit: int | None = None) -> bool:
         sessions, ends = self.sessions, self.ends
         out, results, close, operator = self._out, self._results, self._close, self._operator
-        gap = self.gap
         while ends and ends[0][0] <= frontier:
             if limit is not None and len(out) + operator._closed_count > limit:
                 return True  # more to close: the operator closes them as the results go on
-            end, start, _, key = ends[0]
+            end, start, _, key = heapq.heappop(ends)
             mine = sessions.get(key)
-            for s in mine or ():
+            if not mine:
+                continue
+            for s in mine:
                 if s[0] == start and s[1] == end:
                     break
             else:
-                heapq.heappop(ends)
                 continue  # stale: that session grew or merged since
-            if frontier - _last(s, gap) < gap:
-                # `end` rounded down to the frontier: an event at it may still
-                # join (and every session after this one ends later)
-                break
-            heapq.heappop(ends)
             mine.remove(s)
             if not mine:
                 del sessions[key]
@@ -164,6 +142,6 @@ class SessionWindows(WindowStrategy):
 
     def restored(self, sequence: int) -> None:
         self.seq = count(sequence)
-        self.ends = [(s[1], s[0], next(self.seq), key)
-                     for key, sessions in self.sessions.items() for s in sessions]
+        self.ends = [(end, start, next(self.seq), key)
+                     for key, sessions in self.sessions.items() for start, end, _ in sessions]
         heapq.heapify(self.ends)
