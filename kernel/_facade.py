@@ -555,6 +555,7 @@ async def run_async(flow: Dataflow, *, cores: int = 1, clock=None, budget: float
     flow.graph.check_cycles()
     _topics_coordinator(flow, coordinator)
     with _one_run_at_a_time(flow, "run_async"):
+        flow._results_delivered([])  # a failed run leaves no earlier run's results in the handles
         plan = plan_for(lambda: flow, cores=cores, clock=clock, budget=budget, shares=shares,
                         stall_threshold=stall_threshold, state_dir=state_dir, epoch_interval=epoch_interval,
                         process_id=process_id, peers=peers, secret=secret, tls=tls,
@@ -608,6 +609,7 @@ def run(flow: Dataflow, *, cores: int = 1, gc_threshold_during_run: int | None =
     flow.graph.check_cycles()  # a cycle wired by hand, refused before any kernel starts
     _topics_coordinator(flow, coordinator)
     with _one_run_at_a_time(flow, "run"):
+        flow._results_delivered([])  # a failed run leaves no earlier run's results in the handles
         plan = plan_for(lambda: flow, cores=cores, gc_threshold=gc_threshold_during_run, clock=clock,
                         budget=budget, shares=shares, stall_threshold=stall_threshold, state_dir=state_dir,
                         epoch_interval=epoch_interval, process_id=process_id, peers=peers, secret=secret,

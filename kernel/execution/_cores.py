@@ -255,6 +255,11 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
                 child.kill()
         for child in children:
             join(child, 5)  # (on its pidfd: see _supervisor.join)
+            if child.exitcode is not None:
+                # its sentinel pipe and pidfd now, not when collected: an error
+                # the application keeps holds this frame, and with it the
+                # children (two descriptors a kernel, for as long as it is kept)
+                child.close()
         for pipe in pipes:
             pipe.close()
         for pipe in commit_pipes:
