@@ -90,12 +90,15 @@ def call_each(operator: str, fn, batch: list, fast=None) -> list:
 
 
 def over_batch(operator: str, fn, batch: list, build: Callable, fast=None,
-               fast_build: Callable | None = None) -> list:
+               fast_build: Callable | None = None, pairs: bool = False) -> list:
     """`build(fn, iterator)` over `batch`, with failures named. `build` is a
     comprehension that takes the records from the iterator one by one and
     calls `fn` on each right after taking it. With `fast`
     (`_accessors.accessor(fn)`), `fast_build(fast, iterator, batch)`
-    instead, which does the same without calling `fn`."""
+    instead, which does the same without calling `fn`. `pairs`: the step
+    reads its records as `(key, value)` (map_values): one that is no pair
+    (a loop's feedback on a keyed stream) is named as that, not as the
+    function's failure."""
     it = iter(batch)
     try:
         if fast is not None and fast_build is not None:
@@ -104,6 +107,10 @@ def over_batch(operator: str, fn, batch: list, build: Callable, fast=None,
     except PASSES_THROUGH:
         raise
     except BaseException as exc:
+        if pairs:
+            found, record = failing_record(batch, it)
+            if found and is_not_a_pair(record):
+                raise OperatorError.wrap(operator, READ_AS_PAIR, exc, record=record, hint=NOT_A_PAIR) from exc
         raise user_error(operator, fn, exc, batch, it) from exc
 
 

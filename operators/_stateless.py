@@ -365,8 +365,8 @@ class MapValues(_UserFunction):
     kind = "map_values"
 
     def transform(self, batch):
-        return same_times(over_batch(self.name, self.fn, batch, _map_values, self.fast, _map_values_fast),
-                          batch)
+        return same_times(over_batch(self.name, self.fn, batch, _map_values, self.fast, _map_values_fast,
+                                     pairs=True), batch)
 
 
 def columns_after(upstream, add):
@@ -391,7 +391,7 @@ def columns_after(upstream, add):
         # something else or nothing. Its key is kept as it is unpacked.
         keys: list = []
         values = over_batch(value_step, value_of, pairs, partial(_values_of_pairs, keys=keys.append),
-                            value_fast, partial(_values_of_pairs_fast, keys=keys.append))
+                            value_fast, partial(_values_of_pairs_fast, keys=keys.append), pairs=True)
         add(port, keys, values, pairs)
 
     def take_upstream(before):

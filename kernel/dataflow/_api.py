@@ -27,7 +27,7 @@ from typing import Any, Generic, Literal, Protocol, TypeGuard, TypeVar, overload
 import kernel.operators as ops
 from kernel.dataflow._errors import PASSES_THROUGH, KernelError, OperatorError
 from kernel.dataflow._graph import Combiner, Edge, Graph, Node
-from kernel.dataflow._loops import LoopFeedback, LoopHead, LoopLeave
+from kernel.dataflow._loops import KeyedLoopFeedback, LoopFeedback, LoopHead, LoopLeave
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Operator, Source
 from kernel.scheduling._scheduler import TASK_CLASSES
 
@@ -1130,8 +1130,9 @@ class Stream(Generic[T_co]):
                 raise TypeError(f"{label}: body must return (feedback, out), two streams of this "
                                 f"dataflow, got {result!r}")
             feedback, out = result
-            back = graph.add(f"{label}: feedback", LoopFeedback, [Edge(feedback.node, 0)],
-                             kind=("LoopFeedback",), loop=scope, role="feedback")
+            back = graph.add(f"{label}: feedback",
+                             KeyedLoopFeedback if isinstance(self, KeyedStream) else LoopFeedback,
+                             [Edge(feedback.node, 0)], kind=("LoopFeedback",), loop=scope, role="feedback")
             graph.connect_feedback(head, back)
         except BaseException:
             graph.abandon_loop(scope, steps)

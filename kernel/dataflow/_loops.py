@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kernel.dataflow._errors import NOT_A_PAIR, READ_AS_PAIR, OperatorError, is_not_a_pair
 from kernel.dataflow._operator import Operator
 
 HEAD, ENTER, FEEDBACK, LEAVE = "head", "enter", "feedback", "leave"
@@ -86,6 +87,25 @@ class LoopFeedback(PassThrough):
     def on_batch(self, port, batch):
         self.fed += len(batch)
         self.emit(batch)
+
+
+class KeyedLoopFeedback(LoopFeedback):
+    """The feedback of a loop on a keyed stream: its records must be `(key,
+    value)` pairs. The keyed steps read a record's key and value by place
+    (`r[0]`, `r[1]`), so a triple fed back went round as a pair, its third
+    field dropped without a word; one that is no pair is named here, where
+    it is fed back."""
+
+    def on_batch(self, port, batch):
+        n = len(batch)
+        if list(map(type, batch)).count(tuple) != n or list(map(len, batch)).count(2) != n:
+            for record in batch:
+                if record.__class__ is not tuple or len(record) != 2:
+                    if len(record) != 2 if isinstance(record, tuple) else is_not_a_pair(record):
+                        raise OperatorError.wrap(self.name, READ_AS_PAIR, ValueError(
+                            "a record fed back into a loop on a keyed stream is no (key, value) pair"),
+                            record=record, hint=NOT_A_PAIR)
+        super().on_batch(port, batch)
 
 
 class LoopLeave(PassThrough):

@@ -418,15 +418,16 @@ def _fed_back_error(n: int, make_record=None) -> str:
 
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_a_keyed_loop_that_feeds_back_records_not_pairs_fails_naming_the_record(n):
-    """The loop's input is keyed, so what comes back is read as (key,
-    value) pairs: the step that reads the first one that is not (the
-    count on one kernel, the loop's input crossing to the key's kernel on
-    several) names it and says what a keyed stream needs."""
-    step = "count (step 6)" if n == 1 else "iterate(body): input (step 2)"
+    """The loop's input is keyed, so what comes back must be (key, value)
+    pairs: the loop's feedback names the first one that is not and says
+    what a keyed stream needs, alike on every number of kernels (the step
+    that read it first named it before: the count on one kernel, the
+    loop's input on several; and a triple went round as a pair)."""
     assert _fed_back_error(n) == (
-        f"operator '{step}': function '(key, value) = record' raised TypeError: 'int' object is not "
-        "subscriptable\n  on record: 2\n  a keyed stream's records are (key, value) pairs (key_by makes "
-        "them): a loop on a keyed stream must feed such pairs back")
+        "operator 'iterate(body): feedback (step 7)': function '(key, value) = record' raised ValueError: "
+        "a record fed back into a loop on a keyed stream is no (key, value) pair\n  on record: 2\n  a keyed "
+        "stream's records are (key, value) pairs (key_by makes them): a loop on a keyed stream must feed "
+        "such pairs back")
 
 
 class _Stop(BaseException):
@@ -447,12 +448,13 @@ class _Unpackable:
 def test_a_fed_back_record_whose_unpacking_raises_a_base_exception_is_named_as_no_pair(n):
     """Asking whether it is a pair raised its Stop, on the error path: the
     run failed naming the count's handler (one kernel) or the loop input's
-    activation (two), no record and no word of pairs."""
-    step = "count (step 7)" if n == 1 else "iterate(body): input (step 2)"
+    activation (two), no record and no word of pairs (once). Now the
+    feedback names it."""
     assert _fed_back_error(n, lambda v: _Unpackable()) == (
-        f"operator '{step}': function '(key, value) = record' raised TypeError: '_Unpackable' object is "
-        "not subscriptable\n  on record: _Unpackable()\n  a keyed stream's records are (key, value) pairs "
-        "(key_by makes them): a loop on a keyed stream must feed such pairs back")
+        "operator 'iterate(body): feedback (step 8)': function '(key, value) = record' raised ValueError: "
+        "a record fed back into a loop on a keyed stream is no (key, value) pair\n  on record: "
+        "_Unpackable()\n  a keyed stream's records are (key, value) pairs (key_by makes them): a loop on a "
+        "keyed stream must feed such pairs back")
 
 
 # -- refused when the flow is built ---------------------------------------------------
