@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kernel.dataflow._errors import NOT_A_PAIR, READ_AS_PAIR, OperatorError, is_not_a_pair
+from kernel.dataflow._errors import NOT_A_PAIR, READ_AS_PAIR, OperatorError
 from kernel.dataflow._operator import Operator
 
 HEAD, ENTER, FEEDBACK, LEAVE = "head", "enter", "feedback", "leave"
@@ -89,6 +89,20 @@ class LoopFeedback(PassThrough):
         self.emit(batch)
 
 
+def _no_pair(record) -> bool:
+    """Whether `record` surely is no `(key, value)` pair, without reading
+    it: a tuple or a sized object (a list, a str) of another length, or
+    something that cannot be iterated (an int). An iterator is not read
+    here (it may be read once only: the keyed step after reads it)."""
+    cls = type(record)
+    if hasattr(cls, "__len__"):
+        try:
+            return len(record) != 2
+        except Exception:  # a __len__ that fails: the keyed step will see
+            return False
+    return not hasattr(cls, "__iter__") and not hasattr(cls, "__getitem__")
+
+
 class KeyedLoopFeedback(LoopFeedback):
     """The feedback of a loop on a keyed stream: its records must be `(key,
     value)` pairs. The keyed steps read a record's key and value by place
@@ -101,7 +115,7 @@ class KeyedLoopFeedback(LoopFeedback):
         if list(map(type, batch)).count(tuple) != n or list(map(len, batch)).count(2) != n:
             for record in batch:
                 if record.__class__ is not tuple or len(record) != 2:
-                    if len(record) != 2 if isinstance(record, tuple) else is_not_a_pair(record):
+                    if _no_pair(record):
                         raise OperatorError.wrap(self.name, READ_AS_PAIR, ValueError(
                             "a record fed back into a loop on a keyed stream is no (key, value) pair"),
                             record=record, hint=NOT_A_PAIR)

@@ -448,13 +448,13 @@ class _Unpackable:
 def test_a_fed_back_record_whose_unpacking_raises_a_base_exception_is_named_as_no_pair(n):
     """Asking whether it is a pair raised its Stop, on the error path: the
     run failed naming the count's handler (one kernel) or the loop input's
-    activation (two), no record and no word of pairs (once). Now the
-    feedback names it."""
+    activation (two), no record and no word of pairs. (The feedback does
+    not read an iterable of no length: it may be read once only.)"""
+    step = "count (step 7)" if n == 1 else "iterate(body): input (step 2)"
     assert _fed_back_error(n, lambda v: _Unpackable()) == (
-        "operator 'iterate(body): feedback (step 8)': function '(key, value) = record' raised ValueError: "
-        "a record fed back into a loop on a keyed stream is no (key, value) pair\n  on record: "
-        "_Unpackable()\n  a keyed stream's records are (key, value) pairs (key_by makes them): a loop on a "
-        "keyed stream must feed such pairs back")
+        f"operator '{step}': function '(key, value) = record' raised TypeError: '_Unpackable' object is "
+        "not subscriptable\n  on record: _Unpackable()\n  a keyed stream's records are (key, value) pairs "
+        "(key_by makes them): a loop on a keyed stream must feed such pairs back")
 
 
 # -- refused when the flow is built ---------------------------------------------------
