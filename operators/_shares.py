@@ -161,25 +161,34 @@ class Share:
         past what the resumed run had consumed of it."""
         out: list = []
         i, n, run = self.next, length, self.run
-        groups, stride, first = self.groups, self.stride, self.first
-        ragged_end = self.ragged_until * groups * run
-        consumed = self.consumed
+        ragged_end = self.ragged_until * self.groups * run
         while len(out) < size and i < n:
             unit = i // run
-            start = unit * run
-            if i < ragged_end:  # skip what the resumed run had consumed of this run
-                block, place = divmod(unit, groups)
-                i = max(i, start + consumed.get(place, 0) - block * run)
-            run_end = start + run
+            i = self._past_consumed(i, unit, ragged_end)
+            run_end = (unit + 1) * run
             if i < run_end:
                 end = min(n, run_end, i + size - len(out))
                 out += data[i:end]
                 i = end
-            if i >= run_end:  # this kernel's next run
-                block, place = divmod(unit, groups)
-                i = (unit + stride if place + stride < groups else (block + 1) * groups + first) * run
+            if i >= run_end:
+                i = self._next_run(unit)
         self.next = i
         return out
+
+    def _past_consumed(self, i: int, unit: int, ragged_end: int) -> int:
+        """Position `i` in run `unit`, moved past what the resumed run had
+        consumed of that run (in a ragged stretch)."""
+        if i >= ragged_end:
+            return i
+        block, place = divmod(unit, self.groups)
+        return max(i, unit * self.run + self.consumed.get(place, 0) - block * self.run)
+
+    def _next_run(self, unit: int) -> int:
+        """The first position of this kernel's run after run `unit`."""
+        block, place = divmod(unit, self.groups)
+        if place + self.stride < self.groups:
+            return (unit + self.stride) * self.run
+        return ((block + 1) * self.groups + self.first) * self.run
 
     def take_from(self, it, size: int) -> tuple[list, bool]:
         """The same from an iterator that yields the whole input (each
@@ -225,16 +234,11 @@ class Share:
         its positions would be other records: some lost, some twice)."""
         out: list = []
         i, run = self.next, self.run
-        groups, stride, first = self.groups, self.stride, self.first
-        ragged_end = self.ragged_until * groups * run
-        consumed = self.consumed
+        ragged_end = self.ragged_until * self.groups * run
         while len(out) < size:
             unit = i // run
-            start = unit * run
-            if i < ragged_end:  # skip what the resumed run had consumed of this run
-                block, place = divmod(unit, groups)
-                i = max(i, start + consumed.get(place, 0) - block * run)
-            run_end = start + run
+            i = self._past_consumed(i, unit, ragged_end)
+            run_end = (unit + 1) * run
             if i < run_end:
                 if self.pulled < i:  # past the records of other kernels' runs
                     ahead = i - self.pulled
@@ -250,9 +254,8 @@ class Share:
                 if len(chunk) < count:
                     self.next = i
                     return out, True
-            if i >= run_end:  # this kernel's next run
-                block, place = divmod(unit, groups)
-                i = (unit + stride if place + stride < groups else (block + 1) * groups + first) * run
+            if i >= run_end:
+                i = self._next_run(unit)
         self.next = i
         return out, False
 
