@@ -101,3 +101,72 @@ def test_a_factory_that_raises_is_named_as_the_function_that_failed():
         run(flow)
     assert info.value.operator.startswith("from_async_iterable")
     assert "connect_to_feed" in info.value.function, info.value.function
+
+
+# -- closing the async generator when the run fails or is cancelled ----------------
+
+
+def endless_with_cleanup(closed: list):
+    """An async generator that never awaits (a fast producer: the reader
+    fills its buffer and waits for room, the generator suspended at a
+    `yield`) and notes when its `finally` runs."""
+
+    async def events():
+        try:
+            for i in range(10**6):
+                yield i
+        finally:
+            closed.append("finally")
+
+    return events
+
+
+async def settle():
+    for _ in range(20):  # what a close scheduled on the loop would need
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("as_object", [False, True], ids=["function", "object"])
+async def test_a_run_that_fails_closes_the_async_generator(as_object):
+    """A step after the source fails on the first record. The reader task is
+    cancelled where it waits for room in its buffer, outside the generator,
+    and `async for` does not close what it iterates: the generator stays
+    suspended, its `finally` (closing a connection, a cursor) unrun when
+    run_async raises. Given as an object the caller still holds, it runs
+    only at the loop's shutdown (asyncio.run's shutdown_asyncgens), if ever;
+    given as a function, when the garbage collector happens to get to it."""
+    closed: list = []
+    events = endless_with_cleanup(closed)
+    source = events() if as_object else events
+
+    def fail(record):
+        raise RuntimeError("downstream step failed")
+
+    flow = Dataflow()
+    flow.from_async_iterable(source, batch_size=2).map(fail).collect()
+    with pytest.raises(OperatorError, match="downstream step failed"):
+        await run_async(flow)
+    await settle()
+    assert closed == ["finally"], "the async generator was left suspended, its finally unrun"
+
+
+async def test_a_cancelled_run_closes_the_async_generator():
+    """The same when the caller cancels run_async while the reader waits for
+    room in its buffer."""
+    closed: list = []
+    events = endless_with_cleanup(closed)
+    seen = asyncio.Event()
+
+    def note(record):
+        seen.set()
+        return record
+
+    flow = Dataflow()
+    flow.from_async_iterable(events(), batch_size=2).map(note).collect()
+    task = asyncio.ensure_future(run_async(flow))
+    await asyncio.wait_for(seen.wait(), timeout=3.0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await settle()
+    assert closed == ["finally"], "the async generator was left suspended, its finally unrun"
