@@ -280,6 +280,18 @@ class IterableSource(Source):
         return more
 
 
+async def _closed(source) -> None:
+    """`source.aclose()`, where it has one (an async generator), its errors
+    dropped: it is closed because the run ends otherwise."""
+    aclose = getattr(source, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        await aclose()
+    except Exception:
+        pass
+
+
 class AsyncIterableSource(Source):
     """Reads an async iterable (an async generator, say) on a low-level task.
 
@@ -310,7 +322,12 @@ class AsyncIterableSource(Source):
                                                   "returns a fresh one (the async generator function)")
         source = self.aiterable
         if not hasattr(source, "__aiter__") and callable(source):
-            source = source()
+            try:
+                source = source()
+            except PASSES_THROUGH:
+                raise
+            except BaseException as exc:  # the user's factory: named, not this method
+                raise OperatorError.wrap(self.name, source, exc, has_record=False) from exc
         if not hasattr(source, "__aiter__"):
             raise TypeError(f"{self.name}: {source!r} is not an async iterable")
         self._buffer: list = []
@@ -341,6 +358,13 @@ class AsyncIterableSource(Source):
                     else:
                         self.wake()
                 position += 1
+        except asyncio.CancelledError as exc:
+            await _closed(source)
+            if asyncio.current_task().cancelling():  # this reader cancelled (the run ends)
+                raise
+            # the iterator's own (a future it awaited was cancelled by someone
+            # else): its failure, or the run waited for ever for this reader
+            raise OperatorError.wrap(self.name, self.aiterable, exc, has_record=False) from exc
         except PASSES_THROUGH:
             raise
         except GeneratorExit as exc:
@@ -351,6 +375,11 @@ class AsyncIterableSource(Source):
             raise OperatorError.wrap(self.name, self.aiterable, exc, has_record=False) from exc
         self._exhausted = True
         self.wake()
+
+    # (A failed or cancelled run cancels the reader, maybe while it waits for
+    # room in the buffer, with the iterator suspended at a `yield`: it is
+    # closed then, so its `finally` runs before the run returns, not when
+    # the collector or the loop's shutdown comes to it.)
 
     # Resuming: the async iterable is read again from its start and the
     # records of this kernel's partitions it had handed on are skipped (the

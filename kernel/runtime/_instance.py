@@ -802,9 +802,11 @@ class Instance:
         except BaseException as exc:
             handler = _handler_name(self.op, "poll")
             raise OperatorError.wrap(self.name, handler, exc, has_record=False) from exc
-        if more.__class__ is not bool and isinstance(more, Collection):  # one check a poll
+        if more.__class__ is not bool and more is not None:  # one check a poll
             # its records, returned rather than emitted: lost, and a list
-            # that is not empty is true ("poll again"), so it was polled on
+            # that is not empty is true ("poll again"), so it was polled on;
+            # a 0 (a count of what is left) was taken as None, and the
+            # source slept until a wake() that nothing sent
             raise _returned(self, "poll", more, "True, False or None")
         elapsed = monotonic() - started
         if self.emitted:
