@@ -197,3 +197,51 @@ def test_log_format_json_makes_a_bad_option_value_a_json_line_too(tmp_path):
     assert proc.returncode == 2
     for line in proc.stderr.splitlines():
         assert json.loads(line)["level"] == "ERROR"
+
+
+# -- two runs on one --state-dir at once -----------------------------------------------
+
+SHARED = """\
+from kernel import Dataflow
+
+seen = []
+
+
+def announce(x):
+    if not seen:
+        seen.append(x)
+        print("running", flush=True)
+
+
+flow = Dataflow("shared")
+flow.from_iterable(range(10**12), batch_size=10).map(lambda x: x).sink(announce)
+"""
+
+
+@pytest.mark.parametrize("cores", ["1", "2"])
+def test_a_second_run_on_a_state_dir_in_use_is_refused(tmp_path, cores):
+    # A second `python -m kernel.run p.py --state-dir S` while the first still
+    # runs (a retry, a double-started cron job) says "state_dir S: resuming from
+    # epoch 2" -- an epoch of the live run -- and runs alongside it, both
+    # snapshotting into one store. It should be refused (the directory is in use).
+    path = write(tmp_path, "shared.py", SHARED)
+    cmd = [sys.executable, "-m", "kernel.run", str(path), "--cores", cores,
+           "--state-dir", str(tmp_path / "state"), "--epoch-interval", "0.05"]
+    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = None
+    try:
+        assert first.stdout.readline() == "running\n"  # the first run has its state_dir open
+        second = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # refused: its stdout ends with no record; running: it prints "running"
+        line = second.stdout.readline()
+    finally:
+        for proc in (second, first):
+            if proc is not None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.communicate(timeout=20)
+                finally:
+                    proc.kill()
+                    proc.wait()
+    assert line == "", "a second run resumed from the state_dir of a run still running"
+    assert second.returncode != 0
