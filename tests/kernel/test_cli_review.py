@@ -245,3 +245,47 @@ def test_a_second_run_on_a_state_dir_in_use_is_refused(tmp_path, cores):
                     proc.wait()
     assert line == "", "a second run resumed from the state_dir of a run still running"
     assert second.returncode != 0
+
+
+# -- an error with no user frame, and the pipeline module's internal name ------------------
+
+def test_stdout_on_a_full_disk_is_one_clear_error_without_an_empty_traceback(tmp_path):
+    # `python -m kernel.run p.py > /dev/full`: exit 1 (fine) and "error: operator
+    # 'print (step 1)' ... raised OSError: [Errno 28] No space left on device",
+    # then "Traceback (most recent call last, library frames hidden):" with no
+    # frame under it (every frame is the library's).
+    path = write(tmp_path, "loud.py", LOUD)
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "kernel.run", str(path)], cwd=REPO, stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "No space left on device" in proc.stderr
+    lines = proc.stderr.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback"):
+            assert i + 1 < len(lines) and lines[i + 1].startswith("  File "), proc.stderr
+
+
+def test_an_exception_class_of_the_pipeline_is_not_named_after_the_internal_module(tmp_path):
+    # The traceback's last line reads "__kernel_pipeline__.MyError: no" (the
+    # name the command imports the file under), where `python pipeline.py`
+    # says "__main__.MyError" and the error line itself says "MyError: no".
+    path = write(tmp_path, "own.py", """\
+        from kernel import Dataflow
+
+
+        class MyError(Exception):
+            pass
+
+
+        def f(x):
+            raise MyError("no")
+
+
+        flow = Dataflow()
+        flow.from_iterable([1]).map(f).print()
+        """)
+    proc = cli(path)
+    assert proc.returncode == 1
+    assert "MyError: no" in proc.stderr
+    assert "__kernel_pipeline__" not in proc.stderr, proc.stderr
