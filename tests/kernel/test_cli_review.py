@@ -289,3 +289,46 @@ def test_an_exception_class_of_the_pipeline_is_not_named_after_the_internal_modu
     assert proc.returncode == 1
     assert "MyError: no" in proc.stderr
     assert "__kernel_pipeline__" not in proc.stderr, proc.stderr
+
+
+ENDLESS = """\
+import asyncio
+from kernel import Dataflow
+
+
+async def ticks():
+    n = 0
+    while True:
+        yield n
+        n += 1
+        await asyncio.sleep(0)
+
+
+def announce(x):
+    if x == 0:
+        print("started", flush=True)
+
+
+flow = Dataflow()
+flow.from_async_iterable(ticks).sink(announce)
+"""
+
+
+@pytest.mark.parametrize(("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_log_format_json_says_interrupted_as_a_json_line(tmp_path, stop, code):
+    # With --log-format json every other last word of the command is a JSON
+    # object; Ctrl-C and SIGTERM end it with a bare "interrupted" / "terminated"
+    # line, which a log shipper that parses each line as JSON rejects.
+    path = write(tmp_path, "endless.py", ENDLESS)
+    proc = subprocess.Popen([sys.executable, "-m", "kernel.run", str(path), "--log-format", "json"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "started\n"
+        proc.send_signal(stop)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == code
+    for line in err.splitlines():
+        json.loads(line)  # (a stall warning is a JSON line too)
