@@ -560,7 +560,8 @@ async def run_async(flow: Dataflow, *, cores: int = 1, clock=None, budget: float
                         stall_threshold=stall_threshold, state_dir=state_dir, epoch_interval=epoch_interval,
                         process_id=process_id, peers=peers, secret=secret, tls=tls,
                         startup_timeout=startup_timeout, heartbeat=heartbeat, dashboard=dashboard)
-        flow._results_delivered(await execute_async(plan, lambda: flow))
+        with _state_dir_held(state_dir, process_id):
+            flow._results_delivered(await execute_async(plan, lambda: flow))
 
 
 def run(flow: Dataflow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_GC_THRESHOLD,
@@ -614,7 +615,8 @@ def run(flow: Dataflow, *, cores: int = 1, gc_threshold_during_run: int | None =
                         budget=budget, shares=shares, stall_threshold=stall_threshold, state_dir=state_dir,
                         epoch_interval=epoch_interval, process_id=process_id, peers=peers, secret=secret,
                         tls=tls, startup_timeout=startup_timeout, heartbeat=heartbeat, dashboard=dashboard)
-        flow._results_delivered(execute(plan, lambda: flow))
+        with _state_dir_held(state_dir, process_id):
+            flow._results_delivered(execute(plan, lambda: flow))
 
 
 def _check_flow(flow, caller: str) -> None:
@@ -629,6 +631,35 @@ def _check_flow(flow, caller: str) -> None:
         elif isinstance(flow, str):
             hint = "; a pipeline file runs with `python -m kernel run FILE`"
         raise TypeError(f"{caller}() runs a Dataflow, got {flow!r}{hint}")
+
+
+@contextlib.contextmanager
+def _state_dir_held(state_dir, process_id) -> Iterator[None]:
+    """The `state_dir` for this run alone (this process of a cluster: one
+    lock a process id), while it runs: a second run on it (a retry, a
+    cron job started twice) resumed from an epoch of the live run and
+    snapshotted beside it into one store. An flock, so a run that dies
+    (SIGKILL) leaves it free."""
+    if state_dir is None:
+        yield
+        return
+    import fcntl
+
+    from kernel.dataflow._errors import KernelError
+
+    path = os.path.join(os.fspath(state_dir), f".running-{process_id or 0}")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise KernelError(
+                f"state_dir {os.fspath(state_dir)!r} is in use by another run (its lock {path!r} is "
+                "held): two runs on one state_dir would snapshot into one store; wait for that run to "
+                "end, or give this one another state_dir") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -20,11 +20,12 @@ from kernel._facade import (
     DEFAULT_GC_THRESHOLD,
     DEFAULT_HEARTBEAT,
     DEFAULT_STARTUP_TIMEOUT,
+    _state_dir_held,
     execute,
     plan_for,
 )
 from kernel.dataflow._api import Dataflow
-from kernel.dataflow._errors import KernelError, cause_traceback, describe_exception
+from kernel.dataflow._errors import KernelError, OperatorError, cause_traceback, describe_exception
 from kernel.execution._supervisor import KernelProcessError
 
 PIPELINE_MODULE = "__kernel_pipeline__"
@@ -47,6 +48,8 @@ def split_target(target: str) -> tuple[Path, str]:
 
 
 def load_flow(path: Path, name: str) -> Dataflow:
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory: give the pipeline file (a .py file) in it")
     if not path.is_file():
         raise UsageError(f"pipeline file not found: {path}")
     spec = importlib.util.spec_from_file_location(PIPELINE_MODULE, path)
@@ -121,7 +124,7 @@ def _flow_loader(path: Path, name: str):
 
 def _progress(args):
     """The live progress line, on a terminal only and unless --quiet."""
-    if args.quiet or not sys.stdout.isatty():
+    if args.quiet or sys.stdout is None or not sys.stdout.isatty():
         return None
     from ._progress import ProgressLine
 
@@ -153,6 +156,8 @@ def _run(args, path: Path, name: str) -> int:
     in_cluster = args.peers is not None or args.process_id is not None
     if in_cluster:
         _check_cluster_options(args)
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory: give the pipeline file (a .py file) in it")
     if not path.is_file():
         raise UsageError(f"pipeline file not found: {path}")
     if args.coordinator is not None:
@@ -167,17 +172,18 @@ def _run(args, path: Path, name: str) -> int:
                     process_id=args.process_id, peers=args.peers, secret_file=args.secret_file, tls=tls,
                     startup_timeout=args.startup_timeout, heartbeat=args.heartbeat, dashboard=args.dashboard,
                     progress=_progress(args))
-    if not in_cluster:
-        execute(plan, get_flow)
-        return 0
-    from kernel.net import LinkError  # (these import aiohttp: only a cluster pays for it)
+    with _state_dir_held(args.state_dir, args.process_id):
+        if not in_cluster:
+            execute(plan, get_flow)
+            return 0
+        from kernel.net import LinkError  # (these import aiohttp: only a cluster pays for it)
 
-    try:
-        execute(plan, get_flow)
-    except LinkError as exc:  # it names the peer: that is the whole message
-        _error(str(exc))
-        return 1
-    return 0
+        try:
+            execute(plan, get_flow)
+        except LinkError as exc:  # it names the peer: that is the whole message
+            _error(str(exc))
+            return 1
+        return 0
 
 
 _terminated = False  # the run was stopped by SIGTERM (said as "terminated", exit 143)
@@ -217,8 +223,48 @@ def _let_stop_signals_in() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
+def _standard_streams_open() -> None:
+    """A standard stream the shell closed (`<&-`, `>&-`, `2>&-`) is opened on
+    /dev/null: else the next descriptor opened (the event loop's) took its
+    number, and uvloop aborted the process at its end ("uv__close:
+    Assertion `fd > STDERR_FILENO' failed", exit 134). Python leaves
+    sys.stdout None for a closed stdout: writes to it go nowhere, as
+    print() does then."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR)
+            if opened != fd:  # (a lower one was closed too, and took it: both are /dev/null now)
+                os.dup2(opened, fd)
+                os.close(opened)
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))
+
+
+def _broken_pipe(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) is a BrokenPipeError (from another
+    kernel process: its OperatorError's text, the cause is not carried)
+    and this process's stdout is a pipe whose reader went away (`python -m
+    kernel.run p.py | head -1`): not a user's socket whose peer did."""
+    seen, broken = 0, False
+    while exc is not None and seen < 16 and not broken:
+        broken = isinstance(exc, BrokenPipeError) or (
+            isinstance(exc, OperatorError) and str(exc.error).startswith("BrokenPipeError"))
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    if not broken:
+        return False
+    import select
+
+    poller = select.poll()
+    poller.register(1, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m kernel.run") -> int:
     global _cli_pid, _terminated
+    _standard_streams_open()
     if threading.current_thread() is not threading.main_thread():
         return _main(argv, prog)
     _cli_pid, _terminated = os.getpid(), False
@@ -295,7 +341,26 @@ def _main(argv: list[str] | None, prog: str) -> int:
     except UsageError as exc:
         _error(str(exc))
         return 2
-    except KernelProcessError as exc:
+    except (KernelProcessError, PipelineImportError, KernelError) as exc:
+        if not _broken_pipe(exc):
+            return _failed(exc)
+        # the reader of stdout went away: quiet, as `yes | head -1` (141: SIGPIPE's)
+        try:
+            sys.stdout = open(os.devnull, "w")  # (what is left to flush at exit goes nowhere)
+        except OSError:
+            pass
+        return 141
+    except ValueError as exc:
+        _error(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        print("terminated" if _terminated else "interrupted", file=sys.stderr)
+        return 143 if _terminated else 130
+    return 0
+
+
+def _failed(exc: BaseException) -> int:
+    if isinstance(exc, KernelProcessError):
         cause = exc.__cause__
         if isinstance(cause, UsageError):
             _error(str(cause))
@@ -305,13 +370,5 @@ def _main(argv: list[str] | None, prog: str) -> int:
         else:
             _report("", exc)
         return 1
-    except (PipelineImportError, KernelError) as exc:
-        _report("", exc)
-        return 1
-    except ValueError as exc:
-        _error(str(exc))
-        return 2
-    except KeyboardInterrupt:
-        print("terminated" if _terminated else "interrupted", file=sys.stderr)
-        return 143 if _terminated else 130
-    return 0
+    _report("", exc)
+    return 1
