@@ -551,6 +551,7 @@ async def run_async(flow: Dataflow, *, cores: int = 1, clock=None, budget: float
     `.items` holds the results. `process_id` and `peers` make this process
     one of a cluster (see `run`); `dashboard` serves metrics (see `run`).
     """
+    _refuse_inside_a_pipeline_import("run_async")
     _check_flow(flow, "run_async")
     flow.graph.check_cycles()
     _topics_coordinator(flow, coordinator)
@@ -599,6 +600,7 @@ def run(flow: Dataflow, *, cores: int = 1, gc_threshold_during_run: int | None =
     malformed address raises ValueError, one that cannot be listened on
     (a port in use) `kernel.metrics.MetricsServerError`, before anything runs.
     """
+    _refuse_inside_a_pipeline_import("run")
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -633,6 +635,23 @@ def _check_flow(flow, caller: str) -> None:
         raise TypeError(f"{caller}() runs a Dataflow, got {flow!r}{hint}")
 
 
+#: the pipeline file `python -m kernel.run` is importing (kernel/cli/_run.py), or None
+importing_pipeline = None
+
+
+def _refuse_inside_a_pipeline_import(caller: str) -> None:
+    """A pipeline file that runs its flow at import: the command runs it
+    too (each record twice, on one core), or, in a kernel process on
+    several, run() met the kernel's own loop."""
+    if importing_pipeline is not None:
+        from kernel.dataflow._errors import KernelError
+
+        raise KernelError(
+            f"{importing_pipeline} calls {caller}() as it is imported: `python -m kernel.run` runs the "
+            f"file's flow itself; put the call under `if __name__ == \"__main__\":` (for `python "
+            f"{importing_pipeline}`), or leave it out")
+
+
 @contextlib.contextmanager
 def _state_dir_held(state_dir, process_id) -> Iterator[None]:
     """The `state_dir` for this run alone (this process of a cluster: one
@@ -648,7 +667,12 @@ def _state_dir_held(state_dir, process_id) -> Iterator[None]:
     from kernel.dataflow._errors import KernelError
 
     path = os.path.join(os.fspath(state_dir), f".running-{process_id or 0}")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.makedirs(os.fspath(state_dir), exist_ok=True)  # (a cluster's process makes its own later)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # not a directory one can write in: the run's own checks say so
+        yield
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

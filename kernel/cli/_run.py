@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import os
 import signal
 import sys
@@ -59,12 +60,17 @@ def load_flow(path: Path, name: str) -> Dataflow:
     sys.modules[PIPELINE_MODULE] = module
     # Imports next to the pipeline file work, as with `python pipeline.py`.
     sys.path.insert(0, str(path.resolve().parent))
+    from kernel import _facade
+
+    _facade.importing_pipeline = path
     try:
         spec.loader.exec_module(module)
     except BaseException as exc:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         raise PipelineImportError(f"importing {path} raised {describe_exception(exc)}") from exc
+    finally:
+        _facade.importing_pipeline = None
     flow = getattr(module, name, None)
     if flow is None:
         found = sorted(k for k, v in vars(module).items() if isinstance(v, Dataflow))
@@ -76,7 +82,10 @@ def load_flow(path: Path, name: str) -> Dataflow:
 
 
 def _report(prefix: str, exc: BaseException) -> None:
-    _error(f"{prefix}{exc}", cause_traceback(exc))
+    # (the pipeline's classes are named as in `python pipeline.py`'s errors,
+    # not after the module name the command imports the file under)
+    internal = f"{PIPELINE_MODULE}."
+    _error(f"{prefix}{exc}".replace(internal, ""), cause_traceback(exc).replace(internal, ""))
 
 
 _json_errors = False  # --log-format json: the command's own error is a JSON line too
@@ -319,6 +328,16 @@ def _main(argv: list[str] | None, prog: str) -> int:
     parser.add_argument("--log-format", choices=("text", "json"), default="text",
                         help="json: the kernels' warnings (and the command's error) as one JSON object a "
                              "line: time, level, message, kernel, step, job")
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if "--log-format=json" in arguments or any(
+            a == "--log-format" and b == "json" for a, b in itertools.pairwise(arguments)):
+        def usage_error(message: str) -> None:  # argparse's own errors, as a JSON line too
+            global _json_errors
+            _json_errors = True
+            _error(f"{prog}: {message}")
+            sys.exit(2)
+
+        parser.error = usage_error
     args = parser.parse_args(argv)
     from kernel.cli._lease import watch_from_environment
 
@@ -354,7 +373,13 @@ def _main(argv: list[str] | None, prog: str) -> int:
         _error(str(exc))
         return 2
     except KeyboardInterrupt:
-        print("terminated" if _terminated else "interrupted", file=sys.stderr)
+        said = "terminated" if _terminated else "interrupted"
+        if _json_errors:  # every last word of the command a JSON line
+            from kernel._logging import json_line
+
+            print(json_line("WARNING", said, logger="kernel.run"), file=sys.stderr)
+        else:
+            print(said, file=sys.stderr)
         return 143 if _terminated else 130
     return 0
 
@@ -362,6 +387,15 @@ def _main(argv: list[str] | None, prog: str) -> int:
 def _failed(exc: BaseException) -> int:
     if isinstance(exc, KernelProcessError):
         cause = exc.__cause__
+        if isinstance(cause, SystemExit):
+            # sys.exit() in the pipeline file (at its import in each kernel
+            # process): its code and its message as on one core, where it
+            # ends the command as it would `python pipeline.py`
+            code = cause.code
+            if code is None or isinstance(code, int):
+                return code or 0
+            print(code, file=sys.stderr)
+            return 1
         if isinstance(cause, UsageError):
             _error(str(cause))
             return 2

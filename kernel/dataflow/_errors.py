@@ -209,15 +209,22 @@ _LIBRARY_DIRS = tuple(
 
 
 def user_traceback(exc: BaseException) -> str:
-    """The traceback of `exc` without the library's own frames."""
+    """The traceback of `exc` without the library's own frames (nor
+    importlib's, nor a fused chain's generated comprehension), or "" where
+    none is the user's (the error's line says it all then)."""
     frames = [
         frame for frame in traceback.extract_tb(exc.__traceback__)
-        if not frame.filename.startswith(_LIBRARY_DIRS)
+        if not frame.filename.startswith(_LIBRARY_DIRS) and not frame.filename.startswith(_NOT_USERS)
     ]
+    if not frames:
+        return ""
     lines = ["Traceback (most recent call last, library frames hidden):\n"]
     lines += traceback.format_list(frames)
     lines += traceback.format_exception_only(exc)
     return "".join(lines)
+
+
+_NOT_USERS = ("<frozen importlib", "<fused chain ")  # frames that are no user's code either
 
 
 def keep_cause_traceback(exc: BaseException) -> None:
