@@ -639,6 +639,12 @@ def _check_flow(flow, caller: str) -> None:
 importing_pipeline = None
 
 
+def pipeline_import(path) -> None:
+    """`python -m kernel.run` imports pipeline `path` (None: it is done)."""
+    global importing_pipeline
+    importing_pipeline = path
+
+
 def _refuse_inside_a_pipeline_import(caller: str) -> None:
     """A pipeline file that runs its flow at import: the command runs it
     too (each record twice, on one core), or, in a kernel process on
@@ -668,9 +674,13 @@ def _state_dir_held(state_dir, process_id) -> Iterator[None]:
 
     path = os.path.join(os.fspath(state_dir), f".running-{process_id or 0}")
     try:
-        os.makedirs(os.fspath(state_dir), exist_ok=True)  # (a cluster's process makes its own later)
+        if process_id is None:  # one process: its run makes the directory anyway
+            os.makedirs(os.fspath(state_dir), exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:  # not a directory one can write in: the run's own checks say so
+    except OSError:
+        # not there yet (a cluster's process makes its own later, or refuses
+        # the run for its missing snapshots), or not one to write in: the
+        # run's own checks say so
         yield
         return
     try:

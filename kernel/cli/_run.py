@@ -23,6 +23,7 @@ from kernel._facade import (
     DEFAULT_STARTUP_TIMEOUT,
     _state_dir_held,
     execute,
+    pipeline_import,
     plan_for,
 )
 from kernel.dataflow._api import Dataflow
@@ -60,9 +61,7 @@ def load_flow(path: Path, name: str) -> Dataflow:
     sys.modules[PIPELINE_MODULE] = module
     # Imports next to the pipeline file work, as with `python pipeline.py`.
     sys.path.insert(0, str(path.resolve().parent))
-    from kernel import _facade
-
-    _facade.importing_pipeline = path
+    pipeline_import(path)
     try:
         spec.loader.exec_module(module)
     except BaseException as exc:
@@ -70,7 +69,7 @@ def load_flow(path: Path, name: str) -> Dataflow:
             raise
         raise PipelineImportError(f"importing {path} raised {describe_exception(exc)}") from exc
     finally:
-        _facade.importing_pipeline = None
+        pipeline_import(None)
     flow = getattr(module, name, None)
     if flow is None:
         found = sorted(k for k, v in vars(module).items() if isinstance(v, Dataflow))

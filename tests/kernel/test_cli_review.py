@@ -107,7 +107,8 @@ def test_an_import_error_traceback_hides_importlibs_frames(tmp_path):
     # The traceback said "library frames hidden" but began with
     # `File "<frozen importlib._bootstrap_external>", line 940, in exec_module`
     # and `File "<frozen importlib._bootstrap>", ... _call_with_frames_removed`.
-    path = write(tmp_path, "broken.py", 'from kernel import Dataflow\nflow = Dataflow()\nraise RuntimeError("at import")\n')
+    path = write(tmp_path, "broken.py",
+                 'from kernel import Dataflow\nflow = Dataflow()\nraise RuntimeError("at import")\n')
     proc = cli(path)
     assert proc.returncode == 1
     assert f'File "{path}", line 3, in <module>' in proc.stderr
