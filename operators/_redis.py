@@ -94,8 +94,25 @@ def _as_str(value) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+# Each key's last entry id ("" for none), in one script: at one moment (an
+# entry added between two looks was read by a bounded run from "$"), and
+# without the entries' fields (a last entry that is not UTF-8 failed a
+# decode=True run that never read it; a huge one came whole for its id).
+_LAST_IDS = """
+local ids = {}
+for i, key in ipairs(KEYS) do
+  local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+  if last[1] then ids[i] = last[1][1] else ids[i] = '' end
+end
+return ids
+"""
+
+
 def _streams(stream) -> list[str]:
-    names = [stream] if isinstance(stream, str) else list(stream)
+    try:
+        names = [stream] if isinstance(stream, str) else list(stream)
+    except TypeError:
+        names = []
     if not names or not all(isinstance(s, str) and s for s in names):
         raise ValueError(f"from_redis_stream needs a stream name or a list of them, got {stream!r}")
     if len(set(names)) != len(names):
@@ -375,35 +392,51 @@ class RedisStreamSource(Source):
         self.wake()
 
     async def _last_ids(self, client, streams) -> dict[str, str | None]:
-        """Each stream's last entry id now (None: empty or missing)."""
-        pipe = client.pipeline(transaction=False)
-        for stream in streams:
-            pipe.xrevrange(stream, "+", "-", count=1)
+        """Each stream's last entry id now (None: empty or missing): every
+        stream's at one moment, without its fields (`_LAST_IDS`)."""
         try:
-            replies = await pipe.execute()
+            ids = await client.eval(_LAST_IDS, len(streams), *streams)
         except Exception as exc:
-            raise _redis_error(self.name, self.url, "XREVRANGE", streams, exc) from exc
-        return {s: _as_str(r[0][0]) if r else None for s, r in zip(streams, replies)}
+            named = await self._wrong_key(client, streams, exc)
+            raise _redis_error(self.name, self.url, "XREVRANGE", named, exc) from exc
+        return {s: _as_str(i) or None for s, i in zip(streams, ids)}
+
+    async def _wrong_key(self, client, streams: list, exc: Exception):
+        """The one stream that is not one, where Redis said WRONGTYPE of a
+        command over several (it names no key): else `streams` as given."""
+        if "WRONGTYPE" not in str(exc) or len(streams) == 1:
+            return streams if len(streams) != 1 else streams[0]
+        try:
+            for stream in streams:
+                if _as_str(await client.type(stream)) not in ("stream", "none"):
+                    return stream
+        except Exception:  # (the error to report is the first one)
+            pass
+        return streams
 
     async def _resolve_start(self, client) -> None:
         """`start="$"` (the end as it is now) becomes an id, so that
         positions and snapshots hold real ids; a bounded read's ends are
-        taken now, unless a resumed run restored them."""
+        taken now, unless a resumed run restored them: both in one look (an
+        entry added between two looks was read by a bounded run from "$")."""
         pending = [s for s, p in self._positions.items() if p == "$"]
-        if pending:
-            last = await self._last_ids(client, pending)
-            for stream in pending:
-                self._positions[stream] = last[stream] or "0-0"
-        if not self.follow:
-            missing = [s for s in self.streams if self._ends is None or s not in self._ends]
-            if missing:
-                self._ends = {**(self._ends or {}), **await self._last_ids(client, missing)}
+        ends = self._ends or {}
+        missing = [] if self.follow else [s for s in self.streams if s not in ends]
+        wanted = list(dict.fromkeys(pending + missing))
+        if not wanted:
+            return
+        last = await self._last_ids(client, wanted)
+        for stream in pending:
+            self._positions[stream] = last[stream] or "0-0"
+        if missing:
+            self._ends = {**(self._ends or {}), **{s: last[s] for s in missing}}
 
     async def _xread(self, client, cursors: dict[str, str], block_ms: int | None):
         try:
             return await client.xread(cursors, count=self.batch_size, block=block_ms)
         except Exception as exc:
-            raise _redis_error(self.name, self.url, "XREAD", list(cursors), exc) from exc
+            named = await self._wrong_key(client, list(cursors), exc)
+            raise _redis_error(self.name, self.url, "XREAD", named, exc) from exc
 
     async def _read_to_ends(self, client, cursors: dict[str, str]) -> None:
         ends = self._ends or {}

@@ -559,10 +559,15 @@ class Dataflow:
         """
         ops.check_batch_size(batch_size)
         ops.check_redis_installed()
+        if not isinstance(stream, str):  # (an iterator of names read once, here; None refused below)
+            try:
+                stream = list(stream)
+            except TypeError:
+                pass
         factory = functools.partial(ops.RedisStreamSource, url, stream, batch_size, follow=follow,
                                     start=start, decode=decode, timeout=timeout)
-        label = name or f"from_redis_stream({stream if isinstance(stream, str) else ','.join(stream)})"
         checked = factory()  # the arguments are checked here, when the flow is built
+        label = name or f"from_redis_stream({','.join(checked.all_streams)})"
         entries = self._timed_source(factory, label, timestamp, max_delay, idle_timeout,
                                      ("RedisStreamSource",))
         entries.node.endless = follow

