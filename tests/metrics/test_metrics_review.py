@@ -8,10 +8,12 @@ import json
 import threading
 import urllib.request
 
+import pytest
 from _chromium import Chromium
 from _metrics_helpers import free_port, held_source, per_step, scrape_until
 
 from kernel import Dataflow, run
+from kernel.metrics import parse_address
 from kernel.metrics._dashboard import dashboard_state
 from kernel.scheduling._scheduler import Scheduler
 from operators import Tumbling
@@ -204,3 +206,17 @@ async def test_the_page_draws_a_flow_with_a_loop(tmp_path):
     assert not errors, errors
     assert len(xs) == len(flow.graph.nodes)
     assert "NaN" not in xs and width != "NaN", (xs, width)
+
+
+# -- the address ---------------------------------------------------------------------------------
+
+
+def test_a_port_of_non_ascii_digits_is_refused_as_malformed():
+    r"""The port is checked with str.isdigit, which is true of any Unicode
+    digit: "127.0.0.1:\u0669\u0664\u0666\u0664" (Arabic-Indic) listened on 9464 and
+    fullwidth "\uff18\uff10" on 80, and "127.0.0.1:\u00b2" failed with int()'s own message
+    ("invalid literal for int() with base 10") instead of saying what a
+    port must be."""
+    for value in ("127.0.0.1:\u0669\u0664\u0666\u0664", "127.0.0.1:\uff18\uff10", "127.0.0.1:\u00b2"):
+        with pytest.raises(ValueError, match="the port must be a number"):
+            parse_address(value)
