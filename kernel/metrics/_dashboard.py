@@ -30,12 +30,12 @@ def dashboard_state(snapshots: list[dict], now: float) -> dict:
             step = steps.setdefault(node, {"id": node, "in": None, "out": None, "watermark": None,
                                            "late": None, "partial_in": None, "busy": None})
             step["busy"] = _add(step["busy"], busy)  # a partial half's time is its step's work too
+            step["late"] = _add(step["late"], late)  # (a combiner's partial half finds them too)
             if partial:  # the records the aggregate was given, before they were combined
                 step["partial_in"] = _add(step["partial_in"], records_in)
                 continue
             step["in"] = _add(step["in"], records_in)
             step["out"] = _add(step["out"], records_out)
-            step["late"] = _add(step["late"], late)
             if watermark is not None:
                 lowest = step["watermark"]
                 step["watermark"] = watermark if lowest is None else min(lowest, watermark)

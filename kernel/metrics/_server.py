@@ -38,7 +38,7 @@ def parse_address(value) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host:
         raise ValueError(f"dashboard must be 'HOST:PORT' ({example}), got {value!r}: no port")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:  # (not '٩٤٦٤', nor '²')
         raise ValueError(f"dashboard {value!r}: the port must be a number from 0 to 65535, got {port!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

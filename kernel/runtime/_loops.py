@@ -504,6 +504,13 @@ class Entry(Instance):
         if self.drain_waiters and not self.pending:  # sources waiting for it to count their records
             self.wake_drain_waiters()
 
+    def _in(self, batch: list) -> None:
+        """Records let into the loop: handed on by the step's emit, not
+        through its on_batch, so counted here (metrics' records in: a loop's
+        input step counted none)."""
+        self.records_in += len(batch)
+        self.op.emit(batch)
+
     def _take(self, channel: int, payload) -> None:
         if channel not in self.outer_index:
             self._back(channel, payload)
@@ -518,7 +525,7 @@ class Entry(Instance):
                     self.control.check_room()
                     self.control.outer_moved()
             else:  # a loop inside another: outside data comes only between runs
-                self.op.emit(payload)
+                self._in(payload)
         else:
             self._outside(channel, payload)
 
@@ -612,7 +619,7 @@ class Entry(Instance):
         `budget`."""
         held, self.held_outside = self.held_outside, []
         keep = self.held_outside.append
-        emit = self.op.emit
+        emit = self._in
         admitted = 0
         for at, batch in enumerate(held):
             room = budget - admitted
@@ -655,7 +662,7 @@ class Entry(Instance):
         order they came, whatever their time, go on; returns how many."""
         held, self.held_outside = self.held_outside, []
         keep = self.held_outside.append
-        emit = self.op.emit
+        emit = self._in
         admitted = 0
         for at, batch in enumerate(held):
             left = room - admitted
@@ -826,7 +833,7 @@ class Head(Entry):
 
     def release(self, round: int) -> None:
         for batch in self.held.pop(round, ()):
-            self.op.emit(batch)
+            self._in(batch)
 
     def drop(self) -> None:
         """The run is over: what the last round fed back goes (max_rounds)."""

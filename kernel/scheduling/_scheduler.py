@@ -191,6 +191,7 @@ class Scheduler:
         # True from the moment a slice is scheduled until it ends, so work
         # readied during a slice never schedules a second one.
         self._slice_pending = False
+        self._pending_since = 0.0  # when the pending slice was asked for (idle_time)
         # host turns: whether the last slice left work (the next follows
         # it), when it ended, the shortest gap between two such slices (an
         # idle loop turn), and the turns sat out in a row
@@ -252,8 +253,16 @@ class Scheduler:
     def idle_time(self) -> float:
         """Seconds in which nothing was ready to run: from each slice that
         drained every queue to the next slice (or to now, while idle)."""
-        if self._slice_pending or not self.slices:
+        if not self.slices:
             return self._idle_time
+        if self._slice_pending:
+            # Work came and its slice is due: idle from the last slice's end
+            # to then (the slice adds it, and more, when it runs). Left out
+            # here, the counter went back between the two (10 s -> 0 -> 10 s:
+            # a reset to Prometheus).
+            if self._continued:
+                return self._idle_time
+            return self._idle_time + max(0.0, self._pending_since - self._slice_ended)
         return self._idle_time + max(0.0, self._monotonic() - self._slice_ended)
 
     # -- internals ----------------------------------------------------------
@@ -261,6 +270,7 @@ class Scheduler:
     def _schedule_slice(self) -> None:
         if not self._stopped:
             self._slice_pending = True
+            self._pending_since = self._monotonic()
             self._loop.call_soon(self._run_slice)
 
     def _pick_class(self) -> _TaskClass | None:

@@ -14,7 +14,6 @@ from _metrics_helpers import free_port, held_source, per_step, scrape_until
 
 from kernel import Dataflow, run
 from kernel.metrics import parse_address
-from kernel.metrics._dashboard import dashboard_state
 from kernel.scheduling._scheduler import Scheduler
 from operators import Tumbling
 
@@ -157,23 +156,6 @@ def test_the_dashboard_counts_late_events_its_windows_partial_half_found(tmp_pat
     late = {step["id"]: step["late"] for step in state["steps"]}
     assert windows.late_count.value > 0
     assert late[window_step] == windows.late_count.value  # was 0
-
-
-def test_a_steps_watermark_on_the_dashboard_is_its_lowest_kernels():
-    """A step's watermark on the dashboard is "the lowest watermark" over
-    its kernels; a kernel with none yet (its frontier still -inf) was
-    skipped, so the step showed the other kernel's frontier (and its lag)
-    as if every kernel had reached it."""
-
-    def snapshot(kernel: int, watermark):
-        return {"kernel": kernel, "busy": {}, "idle": 0.0, "stalls": 0,
-                "steps": [["src (step 0)", None, 5, watermark, None, 0, False, None]]}
-
-    state = dashboard_state([snapshot(0, 1000.0), snapshot(1, None)], now=2000.0)
-    assert state["steps"][0]["watermark"] is None  # was 1000.0
-
-
-# -- the page --------------------------------------------------------------------------------
 
 
 async def test_the_page_draws_a_flow_with_a_loop(tmp_path):

@@ -69,10 +69,12 @@ function lag(w, now) {
 // -- the graph ---------------------------------------------------------------------------
 
 function layers(steps) {
-  // each step one column right of its rightmost input (nodes come in topological order)
+  // each step one column right of its rightmost input (nodes come in topological order);
+  // a loop's feedback, an input from a later step, places nothing (it was NaN: no box drawn)
   const layer = new Map();
   for (const step of steps) {
-    layer.set(step.id, step.inputs.reduce((l, e) => Math.max(l, layer.get(e.from) + 1), 0));
+    layer.set(step.id, step.inputs.reduce(
+      (l, e) => (layer.has(e.from) ? Math.max(l, layer.get(e.from) + 1) : l), 0));
   }
   return layer;
 }
