@@ -207,7 +207,10 @@ class IterableSource(Source):
                 "or another re-iterable, or a fresh generator"
             )
         if peers > 1 and shared.built_in != os.getpid():
-            found = _inherited_file(self.iterable)
+            try:
+                found = _inherited_file(self.iterable)
+            except Exception:  # an object's own __getattr__ or __len__ failing: no file seen
+                found = None
             if found is not None:
                 what = ("is a file object" if found is self.iterable
                         else f"reads {describe_record(found)}, a file object")
