@@ -20,13 +20,12 @@ from itertools import islice
 from operator import length_hint
 
 from kernel.dataflow._errors import (
-    NOT_A_PAIR,
     PASSES_THROUGH,
-    READ_AS_PAIR,
     UNHASHABLE_KEY,
     OperatorError,
     is_not_a_pair,
     is_unhashable,
+    not_a_pair,
 )
 from kernel.dataflow._operator import Unfinished, unfinished
 
@@ -59,7 +58,7 @@ def keyed_error(operator: str, fn, exc: BaseException, record) -> OperatorError:
     user's for reduce). A record that is not a pair at all (a loop's
     feedback on a keyed stream) is said to be one."""
     if is_not_a_pair(record):
-        return OperatorError.wrap(operator, READ_AS_PAIR, exc, record=record, hint=NOT_A_PAIR)
+        return not_a_pair(operator, exc, record)
     if isinstance(record, tuple) and record and is_unhashable(record[0]):
         return OperatorError.wrap(operator, "hash(key)", exc, record=record, hint=UNHASHABLE_KEY)
     return OperatorError.wrap(operator, fn, exc, record=record)
@@ -110,7 +109,7 @@ def over_batch(operator: str, fn, batch: list, build: Callable, fast=None,
         if pairs:
             found, record = failing_record(batch, it)
             if found and is_not_a_pair(record):
-                raise OperatorError.wrap(operator, READ_AS_PAIR, exc, record=record, hint=NOT_A_PAIR) from exc
+                raise not_a_pair(operator, exc, record) from exc
         raise user_error(operator, fn, exc, batch, it) from exc
 
 

@@ -42,7 +42,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-from kernel.dataflow._errors import NOT_A_PAIR, PASSES_THROUGH, READ_AS_PAIR, OperatorError, is_not_a_pair
+from kernel.dataflow._errors import PASSES_THROUGH, OperatorError, is_not_a_pair, not_a_pair
 from kernel.dataflow._operator import TimedBatch
 
 from ._accessors import IDENTITY, accessor
@@ -272,7 +272,7 @@ class _Comprehension:
         if isinstance(exc, StopIteration) and stage.kind in _MAPPED:
             problem = RuntimeError(STOP_ENDS_BATCH)
         if stage.kind == "map_values" and is_not_a_pair(record):  # (a loop's feedback on a keyed stream)
-            return OperatorError.wrap(stage.name, READ_AS_PAIR, problem, record=record, hint=NOT_A_PAIR)
+            return not_a_pair(stage.name, problem, record)
         return OperatorError.wrap(stage.name, stage.fn, problem, record=record)
 
     def _filter_tested_at(self, tb) -> int | None:

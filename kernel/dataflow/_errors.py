@@ -120,6 +120,12 @@ NOT_A_PAIR = (
 READ_AS_PAIR = "(key, value) = record"
 
 
+def not_a_pair(operator: str, exc: BaseException, record: Any) -> OperatorError:
+    """The error of a step that reads `record` as `(key, value)` and cannot:
+    a keyed stream's record that is no pair (a loop's feedback)."""
+    return OperatorError.wrap(operator, READ_AS_PAIR, exc, record=record, hint=NOT_A_PAIR)
+
+
 def is_not_a_pair(record: Any) -> bool:
     """Whether `record` cannot be read as `(key, value)` (the error path only)."""
     try:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kernel.dataflow._errors import NOT_A_PAIR, READ_AS_PAIR, OperatorError
+from kernel.dataflow._errors import not_a_pair
 from kernel.dataflow._operator import Operator
 
 HEAD, ENTER, FEEDBACK, LEAVE = "head", "enter", "feedback", "leave"
@@ -114,11 +114,9 @@ class KeyedLoopFeedback(LoopFeedback):
         n = len(batch)
         if list(map(type, batch)).count(tuple) != n or list(map(len, batch)).count(2) != n:
             for record in batch:
-                if record.__class__ is not tuple or len(record) != 2:
-                    if _no_pair(record):
-                        raise OperatorError.wrap(self.name, READ_AS_PAIR, ValueError(
-                            "a record fed back into a loop on a keyed stream is no (key, value) pair"),
-                            record=record, hint=NOT_A_PAIR)
+                if _no_pair(record):
+                    raise not_a_pair(self.name, ValueError(
+                        "a record fed back into a loop on a keyed stream is no (key, value) pair"), record)
         super().on_batch(port, batch)
 
 

@@ -34,15 +34,14 @@ import math
 
 from kernel.dataflow import IDLE
 from kernel.dataflow._errors import (
-    NOT_A_PAIR,
     PASSES_THROUGH,
-    READ_AS_PAIR,
     UNHASHABLE_ACROSS_KERNELS,
     UNHASHABLE_KEY,
     UNPICKLABLE_RECORD,
     OperatorError,
     is_not_a_pair,
     is_unhashable,
+    not_a_pair,
 )
 from kernel.net._channel import TimedBatch
 from kernel.net._codec import UnpicklableRecord
@@ -213,7 +212,7 @@ class ExchangeOutput:
         """A key the partitioner cannot place: unhashable, or without a stable hash."""
         found, pair = self.partitioner.failing_pair(pairs)
         if found and is_not_a_pair(pair):  # (a loop's feedback on a keyed stream)
-            return OperatorError.wrap(self.upstream.name, READ_AS_PAIR, exc, record=pair, hint=NOT_A_PAIR)
+            return not_a_pair(self.upstream.name, exc, pair)
         if found and is_unhashable(pair[0]):
             return OperatorError.wrap(self.upstream.name, "hash(key)", exc, record=pair,
                                       hint=UNHASHABLE_KEY)
