@@ -49,11 +49,15 @@ def split_target(target: str) -> tuple[Path, str]:
     return Path(target), "flow"
 
 
-def load_flow(path: Path, name: str) -> Dataflow:
+def _check_pipeline_path(path: Path) -> None:
     if path.is_dir():
         raise UsageError(f"{path} is a directory: give the pipeline file (a .py file) in it")
     if not path.is_file():
         raise UsageError(f"pipeline file not found: {path}")
+
+
+def load_flow(path: Path, name: str) -> Dataflow:
+    _check_pipeline_path(path)
     spec = importlib.util.spec_from_file_location(PIPELINE_MODULE, path)
     if spec is None or spec.loader is None:
         raise UsageError(f"cannot import {path}: not a Python file")
@@ -164,10 +168,7 @@ def _run(args, path: Path, name: str) -> int:
     in_cluster = args.peers is not None or args.process_id is not None
     if in_cluster:
         _check_cluster_options(args)
-    if path.is_dir():
-        raise UsageError(f"{path} is a directory: give the pipeline file (a .py file) in it")
-    if not path.is_file():
-        raise UsageError(f"pipeline file not found: {path}")
+    _check_pipeline_path(path)
     if args.coordinator is not None:
         if ":" not in args.coordinator:
             raise UsageError(f"--coordinator must be HOST:PORT, got {args.coordinator!r}")
