@@ -466,47 +466,39 @@ class FileSource(Source):
         except OSError as exc:
             raise self._error(f"cannot read {cursor.path!r}: {exc}") from exc
         cursor.inode = (info.st_dev, info.st_ino)
-        if not self.follow:
-            self._check_unchanged(cursor, info)
-        elif cursor.inode_number not in (None, info.st_ino):
-            # st_ino alone: st_dev may differ after a reboot (NFS, btrfs)
-            raise self._error(
-                # what happened first: a long path would be cut from the middle of the message
-                f"a followed file was replaced while the run was stopped: {cursor.path!r} (another file "
-                f"now has its name; {cursor.offset} bytes of the one before had been read); following "
-                "reads files that are appended to: give rotated logs new names")
+        # The file the snapshot read: the same inode (st_ino alone: st_dev may
+        # differ after a reboot, NFS, btrfs), the same bytes before the offset
+        replaced = cursor.inode_number not in (None, info.st_ino)
         cursor.inode_number = info.st_ino
-        if self.follow and cursor.offset > 0 and not cursor.tail:
+        before = None  # the bytes before the offset, where they are checked
+        checked = self.follow or cursor.tail_crc is not None
+        if not replaced and checked and cursor.offset > 0 and not cursor.tail:
             size = min(TAIL_BYTES, cursor.offset)
             before = self._pread(cursor, size, cursor.offset - size)
-            if cursor.tail_crc is not None and zlib.crc32(before) != cursor.tail_crc:
-                raise self._error(
-                    f"a followed file was truncated or rewritten while the run was stopped: {cursor.path!r} "
-                    f"(its bytes before byte {cursor.offset}, where reading resumes, are not those read "
-                    "before: rotated by copytruncate?); following reads files that are appended to: give "
-                    "rotated logs new names")
+        changed = before is not None and cursor.tail_crc is not None and zlib.crc32(before) != cursor.tail_crc
+        if replaced or changed:
+            raise self._error(self._changed_message(cursor, replaced))
+        if self.follow and before is not None:
             cursor.tail = before  # checked before each read from now on
         cursor.tail_crc = None  # later snapshots take it afresh
         if not self.follow and cursor.offset == cursor.start and cursor.start > 0:
             # the span's first line is the one starting at or after `start`
             cursor.offset = self._line_start_at_or_after(cursor, cursor.start)
 
-    def _check_unchanged(self, cursor, info) -> None:
-        """A bounded run resumed: the file its snapshot read (the same inode,
-        the same bytes before the offset), or an error naming it."""
-        replaced = cursor.inode_number not in (None, info.st_ino)
-        changed = False
-        if not replaced and cursor.tail_crc is not None and cursor.offset > 0:
-            size = min(TAIL_BYTES, cursor.offset)
-            changed = zlib.crc32(self._pread(cursor, size, cursor.offset - size)) != cursor.tail_crc
-        cursor.inode_number = info.st_ino
-        cursor.tail_crc = None
-        if replaced or changed:
-            raise self._error(
-                f"{cursor.path!r} changed while the run was stopped ("
-                f"{'another file now has its name' if replaced else 'truncated or rewritten'}; "
-                f"{cursor.offset} bytes of it had been read): a bounded run and the run that resumes "
-                "it must read the same files; to read new ones, start afresh with another state_dir")
+    def _changed_message(self, cursor, replaced: bool) -> str:
+        if not self.follow:
+            return (f"{cursor.path!r} changed while the run was stopped ("
+                    f"{'another file now has its name' if replaced else 'truncated or rewritten'}; "
+                    f"{cursor.offset} bytes of it had been read): a bounded run and the run that resumes "
+                    "it must read the same files; to read new ones, start afresh with another state_dir")
+        if replaced:  # what happened first: a long path would be cut from the middle of the message
+            return (f"a followed file was replaced while the run was stopped: {cursor.path!r} (another file "
+                    f"now has its name; {cursor.offset} bytes of the one before had been read); following "
+                    "reads files that are appended to: give rotated logs new names")
+        return (f"a followed file was truncated or rewritten while the run was stopped: {cursor.path!r} "
+                f"(its bytes before byte {cursor.offset}, where reading resumes, are not those read "
+                "before: rotated by copytruncate?); following reads files that are appended to: give "
+                "rotated logs new names")
 
     def _pread(self, cursor, size: int, offset: int) -> bytes:
         try:
