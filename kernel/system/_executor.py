@@ -53,6 +53,7 @@ from kernel.system._wire import (
     EXECUTOR,
     ConnectionLost,
     RequestError,
+    Session,
     _url_host,
     dial,
     tls_handshake_failure,
@@ -228,9 +229,10 @@ class ExecutorDaemon:
                 pause = RECONNECT
                 try:
                     reader = asyncio.ensure_future(session.run())
+                    listed = [p.report() for p in self.processes.values()]
                     reply = await session.request(
                         "register", executor=self.executor_id, host=self.host, cores=self.cores,
-                        processes=[p.report() for p in self.processes.values()])
+                        processes=listed)
                     self._id_file.write_text(json.dumps({"id": reply["executor"]}))
                     self._answered = time.monotonic()
                     refusals = None
@@ -252,6 +254,7 @@ class ExecutorDaemon:
                     log.info("executor %s registered with the coordinator at %s:%d (%s, %d cores)",
                              reply["executor"], *self.address, self.host, self.cores)
                     self.session = session
+                    self._report_exits_after(listed)
                     if ready is not None:
                         ready(reply["executor"])
                         ready = None
@@ -487,13 +490,30 @@ class ExecutorDaemon:
         log.info("executor: %s attempt %d process %d exited %d", entry.job, entry.attempt,
                  entry.process, entry.code)
         self._forget_old()
-        session = self.session
-        if session is None:
-            return  # the next register lists it
+        if self.session is not None:
+            await self._report_exit(self.session, entry)
+        # (else the next register lists it, or `_report_exits_after` the one in flight)
+
+    async def _report_exit(self, session: Session, entry: JobProcess) -> None:
         try:
             await session.request("exited", **entry.report())
         except (ConnectionLost, RequestError, TimeoutError):
             pass  # the next register lists it
+
+    def _report_exits_after(self, listed: list[dict]) -> None:
+        """The processes a register listed running that ended before its
+        reply came: their `_follow` found no session and left them to a
+        register, the one in flight, whose list was made before. Unreported,
+        the coordinator waited for their exit for as long as the connection
+        lasted (a job completed while its coordinator restarted stayed
+        'running')."""
+        running = {(p["job"], p["attempt"], p["process"]) for p in listed if p.get("code") is None}
+        for key in running:
+            entry = self.processes.get(key)
+            if entry is not None and entry.code is not None:
+                task = asyncio.ensure_future(self._report_exit(self.session, entry))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     def _forget_old(self) -> None:
         ended = sorted((p for p in self.processes.values() if p.code is not None), key=lambda p: p.ended_at)

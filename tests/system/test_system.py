@@ -334,6 +334,50 @@ def test_a_restarted_coordinator_keeps_the_catalog_and_adopts_the_running_job(pa
     assert Counter(records(out)) == Counter(range(count))
 
 
+def test_a_job_ending_while_its_executor_registers_again_is_seen_completed(tmp_path):
+    # The executor lists its processes in `register`; one that ended before
+    # the reply came was reported by nobody (its watcher found no session,
+    # and left it to a register: the one in flight, listing it running). The
+    # job stayed "running" for good, `submit --wait` waiting with it (seen
+    # once in a CI run of the test above). Here the restarted coordinator's
+    # answer to that register is held by a write lock on its catalog while
+    # the job process ends.
+    import sqlite3
+
+    system = System(tmp_path)
+    try:
+        system.start_coordinator(*PATIENT)
+        system.start_executor(2)
+        system.executors_up(1)
+        out, count = tmp_path / "out", 2000
+        pipeline, go = slow(tmp_path, pause=0.001, count=count, out=out)
+        job = system.cli("submit", pipeline).stdout.strip()
+        wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
+        system.coordinator.kill()
+        system.coordinator.wait()
+        catalog = sqlite3.connect(tmp_path / "data" / "catalog.sqlite", isolation_level=None)
+        try:
+            catalog.execute("BEGIN IMMEDIATE")
+            system.start_coordinator(*PATIENT)
+            # (the coordinator's main thread sleeping in SQLite's busy wait: the
+            # executor's register is there, saving the executor's row)
+            wchan = Path(f"/proc/{system.coordinator.pid}/wchan")
+            wait_until(lambda: wchan.read_text() == "hrtimer_nanosleep", every=0.005,
+                       what="the executor's register to wait for the catalog")
+            go.touch()
+            ended = f"{job} attempt 1 process 0 exited 0"
+            log = tmp_path / "executor1.log"
+            wait_until(lambda: ended in log.read_text(), what="the job process to end")
+        finally:
+            catalog.close()
+        state = wait_until(lambda: (s := system.job(job))["status"] != "running" and s, timeout=10,
+                           what="the job to end")
+        assert (state["status"], state["restarts"]) == ("completed", 0), state
+        assert Counter(records(out)) == Counter(range(count))
+    finally:
+        system.close()
+
+
 def test_a_job_being_started_when_the_coordinator_died_runs_once_adopted(tmp_path):
     # The coordinator SIGKILLed while it waited for an executor's answer to
     # `start` (the executor frozen for a moment, as a stalled VM): the
