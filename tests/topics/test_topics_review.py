@@ -161,3 +161,74 @@ def test_a_publisher_whose_input_ends_while_the_coordinator_is_down_does_not_fai
         if pub.poll() is None:
             pub.kill()
             pub.wait()
+
+
+SUMS = Path(__file__).resolve().parent / "sums.py"
+
+# sums.py with the catalog's dial timeout (Directory's `timeout`, 10 s) cut
+# to 1 s, so that "down longer than a dial" takes a second, not ten
+QUICK_SUMS = r'''
+import runpy, sys
+sys.path.insert(0, sys.argv[2])
+from kernel.topics import _directory
+_directory.Directory.__init__.__defaults__ = (1.0,)
+sys.argv = [sys.argv[3], sys.argv[1]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+'''
+
+
+def test_a_waiting_subscriber_whose_publisher_is_lost_while_the_coordinator_is_down_keeps_waiting(
+        system, tmp_path):
+    """on_lost="wait" (README, Topics 4): a subscriber waits for a restarted
+    publisher; and a lookup waits through a coordinator down longer than a
+    dial. Here the publisher dies while the coordinator is down (a machine
+    that restarts both): the subscriber's `_try_again` finds nothing
+    listening and asks the catalog (`_in_catalog`), whose
+    CoordinatorUnreachable (a TopicError) ends the subscriber's job
+    (`OperatorError ... CoordinatorUnreachable`), after a second 10 s dial
+    for its `topic_unsubscribe`. Expected: it waits, as its lookup for a
+    new publisher would (and reads on once the coordinator and a publisher
+    are back)."""
+    import signal
+
+    env = dict(system.env, TOPIC="lost-while-down", RATE="100")
+    script = tmp_path / "quick_sums.py"
+    script.write_text(QUICK_SUMS)
+
+    def spawn(args, name, **extra):
+        log = tmp_path / f"{name}.log"
+        with open(log, "wb") as err, open(tmp_path / f"{name}.out", "wb") as out:
+            return subprocess.Popen([PYTHON, *args], stdout=out, stderr=err, env=dict(env, **extra),
+                                    cwd=tmp_path), log
+
+    a, _ = spawn([str(READINGS), f"127.0.0.1:{system.port}"], "a")
+    b, b_log = spawn([str(script), f"127.0.0.1:{system.port}", str(ROOT), str(SUMS)], "b", ON_LOST="wait")
+    procs = [a, b]
+    try:
+        wait_until(lambda: b_log.read_text().count(" received") >= 2 or b.poll() is not None, timeout=20,
+                   what="the subscriber to read two epochs")
+        assert b.poll() is None, b_log.read_text()
+        system.coordinator.send_signal(signal.SIGKILL)  # the coordinator is down...
+        system.coordinator.wait()
+        a.send_signal(signal.SIGKILL)  # ... when the publisher dies
+        a.wait()
+        wait_until(lambda: "trying it again" in b_log.read_text() or b.poll() is not None, timeout=10,
+                   what="the subscriber to see its connection break")
+        try:
+            b.wait(6)  # a few of its (1 s) dials to the coordinator
+        except subprocess.TimeoutExpired:
+            pass
+        out = (tmp_path / "b.out").read_text()
+        assert b.poll() is None, f"the waiting subscriber ended (exit {b.returncode}): {out[-600:]}"
+        # still waiting: the coordinator and a publisher come back, and it reads on to the end
+        system.coordinator_log.rename(tmp_path / "coordinator-1.log")
+        system.start_coordinator()
+        a2, _ = spawn([str(READINGS), f"127.0.0.1:{system.port}"], "a2", COUNT="100", START="100000")
+        procs.append(a2)
+        b.wait(30)
+        assert b.returncode == 0, (tmp_path / "b.out").read_text()[-600:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
