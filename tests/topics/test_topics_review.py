@@ -232,3 +232,25 @@ def test_a_waiting_subscriber_whose_publisher_is_lost_while_the_coordinator_is_d
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.mark.parametrize("build", ["publish", "subscribe", "serve"])
+def test_a_topic_name_that_cannot_cross_the_wire_is_refused_when_the_flow_is_built(build):
+    """A name is checked when the flow is built (`_api._check_name`: a
+    non-empty str of at most 200 characters), but a str with a lone
+    surrogate passes, and fails only at run time, deep in the topic's
+    server task, as `UnicodeEncodeError: 'utf-8' codec can't encode
+    character '\\udce9'` (the catalog request's JSON), which never says
+    the name is at fault. Expected: a ValueError at build time, as for
+    the other bad names."""
+    from kernel import Dataflow
+
+    flow = Dataflow()
+    name = "caf\udce9"  # (a file name's undecodable byte, as os.fsdecode gives it)
+    with pytest.raises(ValueError, match="name"):
+        if build == "publish":
+            flow.from_iterable(range(3)).publish(name)
+        elif build == "subscribe":
+            flow.subscribe(name)
+        else:
+            flow.serve(name, lambda request: request)
