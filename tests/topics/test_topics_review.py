@@ -254,3 +254,50 @@ def test_a_topic_name_that_cannot_cross_the_wire_is_refused_when_the_flow_is_bui
             flow.subscribe(name)
         else:
             flow.serve(name, lambda request: request)
+
+
+def test_a_killed_apps_topic_is_taken_over_even_where_its_port_now_serves_something_else(system, tmp_path):
+    """README (topics, an app's registration): a killed app's registration
+    stays behind and the next publisher replaces it; a name is refused
+    only while its publisher still runs. `_topics._still_published` takes
+    "its address still accepts a TCP connection" for "it still runs": once
+    the killed publisher's port (an ephemeral one, picked by port 0) is
+    reused by any other listener (another job's topic server, any
+    program), the name is refused to every new publisher ("published by
+    app:..., which is running") for as long as that listener lives.
+    Expected: the old publisher is seen to be gone (nothing answers there
+    as its topic server: the links' handshake, or the publisher's meta,
+    would tell) and B publishes."""
+    import re
+    import signal
+    import socket
+
+    def spawn(name, **extra):
+        log = tmp_path / f"{name}.log"
+        env = dict(system.env, TOPIC="taken-over", **extra)
+        with open(log, "wb") as err, open(tmp_path / f"{name}.out", "wb") as out:
+            return subprocess.Popen([PYTHON, str(READINGS), f"127.0.0.1:{system.port}"], stdout=out, stderr=err,
+                                    env=env, cwd=tmp_path), log
+
+    a, a_log = spawn("a")
+    squatter = socket.socket()
+    procs = [a]
+    try:
+        wait_until(lambda: " served at " in a_log.read_text(), timeout=20, what="A to register")
+        port = int(re.search(r" served at 127\.0\.0\.1:(\d+)", a_log.read_text()).group(1))
+        a.send_signal(signal.SIGKILL)
+        a.wait()
+        # the port is someone else's now (a plain listener stands for any of them)
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen(16)
+        b, b_log = spawn("b", COUNT="50")
+        procs.append(b)
+        b.wait(30)
+        assert b.returncode == 0, b_log.read_text()[-600:]
+    finally:
+        squatter.close()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
