@@ -301,3 +301,55 @@ def test_a_killed_apps_topic_is_taken_over_even_where_its_port_now_serves_someth
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_a_frozen_coordinator_never_leaves_a_finished_publisher_or_subscriber_hanging(system, tmp_path):
+    """The coordinator stops answering with its connections open (SIGSTOP
+    here; a machine that froze, or a cable cut, leaves no RST either) just
+    as a topic ends: the publisher's `topic_unpublish` and the subscriber's
+    `topic_unsubscribe` go out on their idle catalog connections, and
+    `Directory._exchange` waits for the answer with no time limit (only
+    its connect is bounded, by the Directory's `timeout`): both jobs, whose
+    every record went out and came in, never end. Expected: each ends (or
+    fails clearly) within a bounded time; the subscriber's unsubscribe is
+    allowed to fail ("a stale row in status, nothing more")."""
+    import signal
+    import time
+
+    hold = tmp_path / "hold"
+    env = dict(system.env, TOPIC="frozen-catalog", RATE="1000")
+
+    def spawn(args, name, **extra):
+        log = tmp_path / f"{name}.log"
+        with open(log, "wb") as err, open(tmp_path / f"{name}.out", "wb") as out:
+            return subprocess.Popen([PYTHON, *args], stdout=out, stderr=err, env=dict(env, **extra),
+                                    cwd=tmp_path), log
+
+    a, a_log = spawn([str(READINGS), f"127.0.0.1:{system.port}"], "a", COUNT="100", HOLD=str(hold))
+    procs = [a]
+    try:
+        wait_until(lambda: " served at " in a_log.read_text() or a.poll() is not None, timeout=20,
+                   what="A to register")
+        b, b_log = spawn([str(SUMS), f"127.0.0.1:{system.port}"], "b")
+        procs.append(b)
+        wait_until(lambda: "starts at epoch" in b_log.read_text() or b.poll() is not None, timeout=20,
+                   what="B to start reading")
+        assert a.poll() is None and b.poll() is None, a_log.read_text() + b_log.read_text()
+        system.coordinator.send_signal(signal.SIGSTOP)
+        try:
+            hold.touch()  # A's input ends: its end goes to B, and both finish
+            deadline = time.monotonic() + 12  # (the Directory's own connect timeout is 10 s)
+            for proc in (a, b):
+                try:
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+            hung = [name for name, proc in (("publisher", a), ("subscriber", b)) if proc.poll() is None]
+            assert not hung, f"{hung} still running 12 s after the topic ended (the coordinator frozen)"
+        finally:
+            system.coordinator.send_signal(signal.SIGCONT)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
