@@ -353,3 +353,47 @@ def test_a_frozen_coordinator_never_leaves_a_finished_publisher_or_subscriber_ha
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_a_killed_subscribing_app_leaves_the_status_list_of_subscribers(system, tmp_path):
+    """`python -m kernel status` lists each topic's subscribing jobs. A
+    subscribing app that is killed never sends `topic_unsubscribe`, and
+    nothing else takes its row out (`forget_topics_of` is for jobs of the
+    system; a new publisher under the name does not clear them either):
+    the killed app is listed as a subscriber for as long as the topic
+    lives, however long after. Its publisher saw its connection end at
+    once. Expected: a subscriber that is gone leaves the list within
+    seconds (as a system job's does when it ends)."""
+    import signal
+
+    def spawn(script, name, **extra):
+        log = tmp_path / f"{name}.log"
+        env = dict(system.env, TOPIC="killed-reader", RATE="100", **extra)
+        with open(log, "wb") as err, open(tmp_path / f"{name}.out", "wb") as out:
+            return subprocess.Popen([PYTHON, str(script), f"127.0.0.1:{system.port}"], stdout=out,
+                                    stderr=err, env=env, cwd=tmp_path), log
+
+    def subscribers() -> list:
+        return [s for t in system.status()["topics"] if t["name"] == "killed-reader" for s in t["subscribers"]]
+
+    a, a_log = spawn(READINGS, "a")
+    procs = [a]
+    try:
+        wait_until(lambda: " served at " in a_log.read_text(), timeout=20, what="A to register")
+        b, b_log = spawn(SUMS, "b")
+        procs.append(b)
+        wait_until(lambda: "epoch" in b_log.read_text() and subscribers(), timeout=20,
+                   what="B to subscribe and read")
+        b.send_signal(signal.SIGKILL)
+        b.wait()
+        wait_until(lambda: "subscriber connected" in a_log.read_text(), timeout=5, what="A's log")
+        try:
+            wait_until(lambda: not subscribers(), timeout=8, what="the killed subscriber to leave the list")
+        except AssertionError:
+            pass
+        assert not subscribers(), f"the killed app is still listed: {subscribers()}"
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
