@@ -75,7 +75,8 @@ def system(tmp_path):
     found.close()
 
 
-def _spawn(system: System, tmp_path: Path, name: str, script: str, *args: str) -> tuple[subprocess.Popen, Path]:
+def _spawn(system: System, tmp_path: Path, name: str, script: str,
+           *args: str) -> tuple[subprocess.Popen, Path]:
     path = tmp_path / f"{name}.py"
     path.write_text(script)
     log = tmp_path / f"{name}.log"
@@ -276,8 +277,8 @@ def test_a_killed_apps_topic_is_taken_over_even_where_its_port_now_serves_someth
         log = tmp_path / f"{name}.log"
         env = dict(system.env, TOPIC="taken-over", **extra)
         with open(log, "wb") as err, open(tmp_path / f"{name}.out", "wb") as out:
-            return subprocess.Popen([PYTHON, str(READINGS), f"127.0.0.1:{system.port}"], stdout=out, stderr=err,
-                                    env=env, cwd=tmp_path), log
+            return subprocess.Popen([PYTHON, str(READINGS), f"127.0.0.1:{system.port}"], stdout=out,
+                                    stderr=err, env=env, cwd=tmp_path), log
 
     a, a_log = spawn("a")
     squatter = socket.socket()
@@ -374,7 +375,8 @@ def test_a_killed_subscribing_app_leaves_the_status_list_of_subscribers(system, 
                                     stderr=err, env=env, cwd=tmp_path), log
 
     def subscribers() -> list:
-        return [s for t in system.status()["topics"] if t["name"] == "killed-reader" for s in t["subscribers"]]
+        topics = system.status()["topics"]
+        return [s for t in topics if t["name"] == "killed-reader" for s in t["subscribers"]]
 
     a, a_log = spawn(READINGS, "a")
     procs = [a]
