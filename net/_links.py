@@ -1032,7 +1032,7 @@ class AuthenticatedServer:
             raise LinkError(f"{address} broke the handshake: {message.data}")
         if message.type != aiohttp.WSMsgType.TEXT:
             raise LinkError(f"{address} did not start the handshake")
-        hello = msgspec.json.decode(message.data)
+        hello = _handshake_json(message.data)
         if not isinstance(hello, dict) or not isinstance(hello.get("process"), int):
             raise LinkError(f"{address} sent a malformed handshake")
         peer = hello["process"]
@@ -1207,12 +1207,24 @@ def _refuse_untrusted_certificate(url: str, exc: BaseException) -> None:
                         "address?)") from exc
 
 
+def _handshake_json(data) -> object:
+    """A handshake message's JSON. Nested deeper than the decoder recurses
+    (4,000 '[' fit in what a stranger may send before authenticating) it
+    is malformed, a DecodeError as any other garbage: msgspec's
+    RecursionError went past both ends' handling of bad handshakes (the
+    server's aiohttp logged a traceback for each, unlimited)."""
+    try:
+        return msgspec.json.decode(data)
+    except RecursionError:
+        raise msgspec.DecodeError("JSON nested too deep") from None
+
+
 async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None,
                             check_meta: bool = True) -> tuple[int, object]:
     message = await ws.receive()
     if message.type != aiohttp.WSMsgType.TEXT:
         raise LinkRefused(f"{url} did not start the handshake")
-    hello = msgspec.json.decode(message.data)
+    hello = _handshake_json(message.data)
     peer, their_nonce = hello["process"], hello["nonce"]
     nonce = os.urandom(32).hex()
     ours = msgspec.json.encode({"process": process, "nonce": nonce, "meta": meta,
@@ -1231,7 +1243,7 @@ async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None,
         # a server going away mid-handshake (reset, or closed with another code): not
         # a wrong secret, which a caller takes as final
         raise LinkRefused(f"{url} broke the handshake (closed, code {ws.close_code}, before answering)")
-    reply = msgspec.json.decode(answer.data)
+    reply = _handshake_json(answer.data)
     if not hmac.compare_digest(str(reply.get("mac", "")), _mac(key, b"server", nonce, peer)):
         await ws.close(code=AUTH_FAILED, message=b"authentication failed")
         raise AuthenticationFailed(f"process {peer} at {url}")

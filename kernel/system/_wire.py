@@ -111,7 +111,7 @@ class Session:
                         continue
                     if not isinstance(body.get("op"), str) or not isinstance(body.get("body", {}), dict):
                         raise ValueError("no op, or a body that is not an object")
-                except (msgspec.DecodeError, ValueError) as exc:
+                except (msgspec.DecodeError, ValueError, RecursionError) as exc:  # (nested too deep)
                     log.warning("%s sent a malformed message (%s); closing the connection", self.name, exc)
                     break
                 task = asyncio.ensure_future(self._serve(body))

@@ -126,7 +126,7 @@ class Serve(Source):
                 continue
             try:
                 request = _decode(memoryview(message.data)[_HEAD.size:])
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, RecursionError) as exc:  # (RecursionError: nested too deep)
                 await ws.send_bytes(_HEAD.pack(rid, FAILED) + _encode(f"malformed request: {exc}"))
                 continue
             try:
