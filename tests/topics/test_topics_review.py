@@ -100,7 +100,8 @@ def test_one_topic_name_published_twice_in_one_flow_is_refused_or_delivers_both_
         wait_until(lambda: pub.poll() is not None or pub_log.read_text().count(" served at ") == 2,
                    timeout=20, what="both publishers to register (or the flow to be refused)")
         if pub.poll() is not None:  # refused: the error says why
-            assert pub.returncode != 0 and "twice" in pub_log.read_text(), pub_log.read_text()
+            assert pub.returncode != 0 and "publish: 'twice' is already published by this flow" in \
+                pub_log.read_text(), pub_log.read_text()
             return
         sub, sub_log = _spawn(system, tmp_path, "sub", SUBSCRIBER, "twice")
         procs.append(sub)
@@ -399,3 +400,26 @@ def test_a_killed_subscribing_app_leaves_the_status_list_of_subscribers(system, 
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.mark.parametrize("second", ["publish", "serve"])
+@pytest.mark.parametrize("first", ["publish", "serve"])
+def test_a_name_published_or_served_twice_in_one_flow_is_refused_when_the_flow_is_built(first, second):
+    """(The fix of the test above: the second `publish` or `serve` of one
+    name in a flow is refused where it is written, saying how to publish
+    two streams under one name. Two flows may each publish a name.)"""
+    from kernel import Dataflow
+
+    def claim(flow, how):
+        if how == "publish":
+            flow.from_iterable(range(3)).publish("prices")
+        else:
+            flow.serve("prices", lambda request: request)
+
+    flow = Dataflow()
+    claim(flow, first)
+    done = "published" if first == "publish" else "served"
+    with pytest.raises(ValueError, match=rf"^{second}: 'prices' is already {done} by this flow .*"
+                                         r"a\.union\(b\)\.publish\('prices'\)"):
+        claim(flow, second)
+    claim(Dataflow(), second)
