@@ -22,6 +22,7 @@ import uuid
 
 import msgspec
 
+from kernel.net._links import seconds_from_environment
 from kernel.topics._errors import TopicError
 
 SYSTEM_PATH = "/kernel-system"  # kernel.system._wire.PATH
@@ -29,6 +30,8 @@ CLIENT = 2  # kernel.system._wire.CLIENT: the handshake's role
 _MAX_MESSAGE = 1 << 20
 log = logging.getLogger("kernel.topics")
 LOOKUP_EVERY = 0.05  # seconds between lookups of a topic that does not exist yet
+# seconds a request waits for the coordinator: to connect, and for its answer
+COORDINATOR_TIMEOUT = seconds_from_environment("KERNEL_COORDINATOR_TIMEOUT", 10.0)
 
 
 def coordinator_address(explicit: str | None = None) -> tuple[str, int]:
@@ -129,8 +132,9 @@ class CoordinatorUnreachable(TopicError):
 class Directory:
     """One connection to the coordinator, one request at a time."""
 
-    def __init__(self, address: tuple[str, int], key: bytes, timeout: float = 10.0) -> None:
-        self.address, self.key, self.timeout = address, key, timeout
+    def __init__(self, address: tuple[str, int], key: bytes, timeout: float | None = None) -> None:
+        self.address, self.key = address, key
+        self.timeout = COORDINATOR_TIMEOUT if timeout is None else timeout
         self._ws = self._http = None
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
@@ -177,12 +181,19 @@ class Directory:
         try:
             await self._ws.send_str(msgspec.json.encode({"rid": number, "op": op, "body": fields}).decode())
             while True:
-                message = await self._ws.receive()
+                # bounded: a coordinator frozen (SIGSTOP, a stalled VM, a cut
+                # cable: no close comes) held a topic's end, and its job, for
+                # ever
+                message = await self._ws.receive(timeout=self.timeout)
                 if message.type.name != "TEXT":
                     raise gone
                 reply = msgspec.json.decode(message.data)
                 if reply.get("re") == number:
                     return reply
+        except TimeoutError:
+            await self.close()
+            raise CoordinatorUnreachable(f"the coordinator at {self.address[0]}:{self.address[1]} did not "
+                                         f"answer {op!r} within {self.timeout:g} s") from None
         except (ConnectionError, _Closed):  # (aiohttp's reset on a closing socket is a ConnectionError)
             await self.close()
             if again:

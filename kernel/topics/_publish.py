@@ -586,8 +586,20 @@ class Publish(Operator):
             writers = [s.writer for s in self.subscribers if s.writer is not None]
             if writers:
                 await asyncio.wait(writers)
-            await directory.request("topic_unpublish", name=self.topic, id=self.id, partition=self.partition)
-            log.debug("topic %r partition %d: ended and unpublished", self.topic, self.partition)
+            try:
+                await directory.request("topic_unpublish", name=self.topic, id=self.id,
+                                        partition=self.partition)
+                log.debug("topic %r partition %d: ended and unpublished", self.topic, self.partition)
+            except _directory.CoordinatorUnreachable as exc:
+                # Every record went out, and each subscriber read END: the
+                # job's work is done, and failing it (restarted by its master,
+                # publishing the stream again) for a coordinator down at this
+                # moment would be worse than a stale row, which a later
+                # publisher of the name takes over (`_still_published`), or
+                # the job's end removes (`forget_topics_of`).
+                log.warning("topic %r partition %d ended, but the coordinator could not be told (%s): its "
+                            "catalog lists the topic as published until a publisher takes the name over",
+                            self.topic, self.partition, exc)
             # Each subscriber closes its connection once it has read END:
             # waited for, since stopping the server stops reading them, and a
             # close left unanswered ended only when the heartbeat gave the

@@ -222,7 +222,7 @@ class Subscribe(Source):
         first frame): had it ended between the lookup and the connection
         (its server stops once it has ended)? Then that is its end, as the
         catalog says, not a lost publisher."""
-        if await _in_catalog(directory, self.topic, found, at) != ENDED:
+        if await _in_catalog(directory, self.topic, found, at, self.on_lost == "wait") != ENDED:
             return False
         self._ended_unread(at)
         return True
@@ -299,7 +299,7 @@ class Subscribe(Source):
                     if at not in self._reached:
                         raise  # never reached: the catalog is asked (_first_loss), ended or lost
                     # a later connection of a partition that had come: not "ended before connecting"
-                    if await _in_catalog(directory, self.topic, found, at) == ENDED:
+                    if await _in_catalog(directory, self.topic, found, at, self.on_lost == "wait") == ENDED:
                         self._ended_cut_off(at, lost)
                         return
                     raise _Lost(str(lost), final=True) from None
@@ -449,7 +449,7 @@ class Subscribe(Source):
                     if isinstance(exc.__cause__, aiohttp.ClientConnectorError):
                         gone = True  # nothing listens there (or the host is unreachable)
                         break
-            listed = await _in_catalog(directory, self.topic, found, at)
+            listed = await _in_catalog(directory, self.topic, found, at, self.on_lost == "wait")
             if listed == ENDED:
                 if at in self._reached:
                     self._ended_cut_off(at, broken)
@@ -565,11 +565,26 @@ _NO_LINK = _NoLink()
 ENDED = "ended"  # a publication's address once its partition has ended (kernel.system._topics)
 
 
-async def _in_catalog(directory, topic: str, found: dict, at: tuple[int, int]) -> str:
+async def _in_catalog(directory, topic: str, found: dict, at: tuple[int, int], wait: bool) -> str:
     """What the catalog says now of partition `at` of publisher `found`:
     ENDED, "listed" (still this publisher's), or "gone" (another publisher,
-    or none)."""
-    again = await directory.request("topic_lookup", name=topic, job=_directory.job_name())
+    or none). `wait` (on_lost="wait"): asked until the coordinator answers
+    (a publisher lost while the coordinator was down ended its waiting
+    subscriber with CoordinatorUnreachable; its lookups already waited)."""
+    unreachable = False
+    while True:
+        try:
+            again = await directory.request("topic_lookup", name=topic, job=_directory.job_name())
+            break
+        except _directory.CoordinatorUnreachable as exc:
+            if not wait:
+                raise
+            if not unreachable:
+                unreachable = True
+                log.warning("%s; asking again until it answers (topic %r)", exc, topic)
+            await asyncio.sleep(_directory.LOOKUP_EVERY)
+    if unreachable:
+        log.warning("the coordinator at %s:%d answers again", *directory.address)
     if not again.get("found") or again["id"] != found["id"]:
         return "gone"
     return ENDED if again["addresses"][at[1]] == ENDED else "listed"

@@ -141,7 +141,8 @@ def test_a_publisher_whose_input_ends_while_the_coordinator_is_down_does_not_fai
     import signal
 
     hold = tmp_path / "hold"
-    env = dict(system.env, TOPIC="ends-while-down", COUNT="100", HOLD=str(hold), RATE="1000")
+    env = dict(system.env, TOPIC="ends-while-down", COUNT="100", HOLD=str(hold), RATE="1000",
+               KERNEL_COORDINATOR_TIMEOUT="2")  # (10 s by default)
     log = tmp_path / "pub.log"
     with open(log, "wb") as err, open(tmp_path / "pub.out", "wb") as out:
         pub = subprocess.Popen([PYTHON, str(READINGS), f"127.0.0.1:{system.port}"], stdout=out, stderr=err,
@@ -153,7 +154,7 @@ def test_a_publisher_whose_input_ends_while_the_coordinator_is_down_does_not_fai
         system.coordinator.wait()
         hold.touch()  # the publisher's input ends now
         try:
-            pub.wait(12)  # past the Directory's 10 s of tries
+            pub.wait(12)  # past the Directory's 2 s of tries
         except subprocess.TimeoutExpired:  # still waiting for the coordinator: bring it back
             system.coordinator_log.rename(tmp_path / "coordinator-1.log")
             system.start_coordinator()
@@ -166,17 +167,6 @@ def test_a_publisher_whose_input_ends_while_the_coordinator_is_down_does_not_fai
 
 
 SUMS = Path(__file__).resolve().parent / "sums.py"
-
-# sums.py with the catalog's dial timeout (Directory's `timeout`, 10 s) cut
-# to 1 s, so that "down longer than a dial" takes a second, not ten
-QUICK_SUMS = r'''
-import runpy, sys
-sys.path.insert(0, sys.argv[2])
-from kernel.topics import _directory
-_directory.Directory.__init__.__defaults__ = (1.0,)
-sys.argv = [sys.argv[3], sys.argv[1]]
-runpy.run_path(sys.argv[0], run_name="__main__")
-'''
 
 
 def test_a_waiting_subscriber_whose_publisher_is_lost_while_the_coordinator_is_down_keeps_waiting(
@@ -193,9 +183,8 @@ def test_a_waiting_subscriber_whose_publisher_is_lost_while_the_coordinator_is_d
     are back)."""
     import signal
 
-    env = dict(system.env, TOPIC="lost-while-down", RATE="100")
-    script = tmp_path / "quick_sums.py"
-    script.write_text(QUICK_SUMS)
+    # (the catalog's timeout cut from 10 s to 1, so that "down longer than a dial" takes a second)
+    env = dict(system.env, TOPIC="lost-while-down", RATE="100", KERNEL_COORDINATOR_TIMEOUT="1")
 
     def spawn(args, name, **extra):
         log = tmp_path / f"{name}.log"
@@ -204,7 +193,7 @@ def test_a_waiting_subscriber_whose_publisher_is_lost_while_the_coordinator_is_d
                                     cwd=tmp_path), log
 
     a, _ = spawn([str(READINGS), f"127.0.0.1:{system.port}"], "a")
-    b, b_log = spawn([str(script), f"127.0.0.1:{system.port}", str(ROOT), str(SUMS)], "b", ON_LOST="wait")
+    b, b_log = spawn([str(SUMS), f"127.0.0.1:{system.port}"], "b", ON_LOST="wait")
     procs = [a, b]
     try:
         wait_until(lambda: b_log.read_text().count(" received") >= 2 or b.poll() is not None, timeout=20,
@@ -319,7 +308,7 @@ def test_a_frozen_coordinator_never_leaves_a_finished_publisher_or_subscriber_ha
     import time
 
     hold = tmp_path / "hold"
-    env = dict(system.env, TOPIC="frozen-catalog", RATE="1000")
+    env = dict(system.env, TOPIC="frozen-catalog", RATE="1000", KERNEL_COORDINATOR_TIMEOUT="2")
 
     def spawn(args, name, **extra):
         log = tmp_path / f"{name}.log"
@@ -340,7 +329,7 @@ def test_a_frozen_coordinator_never_leaves_a_finished_publisher_or_subscriber_ha
         system.coordinator.send_signal(signal.SIGSTOP)
         try:
             hold.touch()  # A's input ends: its end goes to B, and both finish
-            deadline = time.monotonic() + 12  # (the Directory's own connect timeout is 10 s)
+            deadline = time.monotonic() + 12  # (the Directory's timeout is 2 s here)
             for proc in (a, b):
                 try:
                     proc.wait(max(0.1, deadline - time.monotonic()))
