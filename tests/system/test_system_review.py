@@ -1,0 +1,102 @@
+"""An adversarial review of the system's races and failures: each test
+starts real coordinator and executor processes (tests/system/_system.py)
+and fails on the code it was written against, because of the bug its
+comment describes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+
+from _system import System, descendants, running, wait_until
+from test_system import PATIENT, slow
+
+
+def _endless(system: System, tmp_path, *submit_args) -> str:
+    pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
+    job = system.cli("submit", pipeline, *submit_args).stdout.splitlines()[0]
+    wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
+    return job
+
+
+def _job_processes(executor) -> list[int]:
+    return running(descendants(executor.pid))[1:]
+
+
+def test_a_kill_that_fails_on_the_catalog_leaves_a_job_that_can_be_killed(tmp_path):
+    # A `kill` whose catalog write fails (here the catalog's write lock held
+    # by another connection past SQLite's 5 s busy timeout; a full disk does
+    # the same) is answered with an error, exit 1. The operator retries it.
+    # But `JobMaster._end` set the job `killed` in memory before the write
+    # failed, and never got to stop its processes: `status` says killed (its
+    # cores free, for other jobs), the retry says "already killed", and the
+    # job's process runs on, for good, with nothing left that can stop it
+    # (the catalog still says running: a restarted coordinator adopts it).
+    system = System(tmp_path)
+    try:
+        system.start_coordinator(*PATIENT)  # (the coordinator blocked 5 s: no fencing meanwhile)
+        # (heartbeats 2 s apart: it drops a coordinator silent for 10 s, not for the 5 s of
+        # the busy wait; its re-registration would stop the job's process by chance. A
+        # full disk fails the write at once, and nothing stops it)
+        executor = system.start_executor(2, "--heartbeat", "2")
+        system.executors_up(1)
+        job = _endless(system, tmp_path)
+        assert _job_processes(executor)
+        catalog = sqlite3.connect(tmp_path / "data" / "catalog.sqlite", isolation_level=None)
+        try:
+            catalog.execute("BEGIN IMMEDIATE")
+            first = system.cli("kill", job)
+        finally:
+            catalog.close()
+        assert first.returncode == 1 and "database is locked" in first.stderr, first
+        again = system.cli("kill", job)  # the operator's retry, the catalog writable again
+        wait_until(lambda: not _job_processes(executor), timeout=5,
+                   what=f"the job's process to stop (status {system.job(job)['status']!r}, the retried kill: "
+                        f"exit {again.returncode}, {again.stdout.strip() or again.stderr.strip()!r})")
+    finally:
+        system.close()
+
+
+def test_a_job_killed_while_its_executor_is_away_keeps_its_cores_until_its_process_has_stopped(tmp_path):
+    # The coordinator restarted; before its executor is back (here frozen a
+    # moment, as a stalled VM; the same with its connection reset), a job is
+    # killed. `kill` answers "killed" and its cores count free at once, while
+    # its process runs on: `JobMaster._end` drops what `_stop` returns (the
+    # executors it could not ask), where a restart waits for them
+    # (`_wait_for_stops`: "no other job is placed beside it, until the
+    # executor confirms it stopped or is lost"). So `status` shows the cores
+    # free, and when the executor registers, the next job is started on it at
+    # once, beside the killed job's process, whose stop was only just sent.
+    system = System(tmp_path)
+    try:
+        system.start_coordinator(*PATIENT)  # (no fencing while it is frozen)
+        executor = system.start_executor(2)
+        system.executors_up(1)
+        job = _endless(system, tmp_path, "--cores", "2")
+        (old,) = _job_processes(executor)[:1]
+        system.coordinator.kill()
+        system.coordinator.wait()
+        os.kill(executor.pid, signal.SIGSTOP)
+        try:
+            system.start_coordinator(*PATIENT)
+            done = system.cli("kill", job)
+            assert done.returncode == 0 and done.stdout.strip() == f"{job} killed", done
+            assert running([old]) == [old]  # (its process runs: nobody could stop it yet)
+            free = system.status()["executors"][0]["free"]
+            pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o2")
+            second = system.cli("submit", pipeline, "--cores", "2").stdout.splitlines()[0]
+        finally:
+            os.kill(executor.pid, signal.SIGCONT)
+        wait_until(lambda: system.job(second)["status"] == "running", what="the next job to run")
+        wait_until(lambda: not running([old]), what="the killed job's process to end")
+        lines = (tmp_path / "executor1.log").read_text().splitlines()
+        stopped = next(i for i, line in enumerate(lines) if f"executor: {job} attempt 1 process 0 exited" in line)
+        started = next(i for i, line in enumerate(lines) if f"executor: started {second} attempt 1" in line)
+        assert (free, started > stopped) == (0, True), \
+            f"free cores while the killed job's process ran: {free}; the next job started " \
+            f"{'after' if started > stopped else 'before'} it ended"
+    finally:
+        system.close()
