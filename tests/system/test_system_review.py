@@ -5,7 +5,6 @@ comment describes."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -93,10 +92,53 @@ def test_a_job_killed_while_its_executor_is_away_keeps_its_cores_until_its_proce
         wait_until(lambda: system.job(second)["status"] == "running", what="the next job to run")
         wait_until(lambda: not running([old]), what="the killed job's process to end")
         lines = (tmp_path / "executor1.log").read_text().splitlines()
-        stopped = next(i for i, line in enumerate(lines) if f"executor: {job} attempt 1 process 0 exited" in line)
+        stopped = next(i for i, line in enumerate(lines)
+                       if f"executor: {job} attempt 1 process 0 exited" in line)
         started = next(i for i, line in enumerate(lines) if f"executor: started {second} attempt 1" in line)
         assert (free, started > stopped) == (0, True), \
             f"free cores while the killed job's process ran: {free}; the next job started " \
             f"{'after' if started > stopped else 'before'} it ended"
+    finally:
+        system.close()
+
+
+def test_a_coordinator_on_a_new_catalog_gives_no_new_executor_the_id_of_one_coming_back(tmp_path):
+    # The coordinator's --data lost (a disk replaced) and a coordinator started
+    # on a new one: the executors come back under the ids they keep in their
+    # workdirs, which it takes (`register`: an id it does not know is
+    # accepted). But an executor new to it that registers first is given the
+    # id `Catalog.new_executor_id` counts from its own (empty) table, e1, the
+    # id of one that comes back a moment later: each register of the two then
+    # closes the other's connection, every 0.5 s, for ever (one executor in
+    # `status`, its jobs restarted at each turn), as two executors on one
+    # workdir did before its lock.
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+        back = system.start_executor(2)
+        system.executors_up(1)
+        assert system.executor_id(back) == "e1"
+        system.coordinator.kill()
+        system.coordinator.wait()
+        os.kill(back.pid, signal.SIGSTOP)  # (away a moment: the new executor registers first)
+        try:
+            shutil.rmtree(tmp_path / "data")
+            system.start_coordinator()
+            before = len(system.coordinator_log.read_text())  # (the first coordinator's lines)
+            new = system.start_executor(2)
+            system.executors_up(1)
+            new_id = system.executor_id(new)
+        finally:
+            os.kill(back.pid, signal.SIGCONT)
+        log = system.coordinator_log
+
+        def settled():
+            registers = log.read_text()[before:].count("registered:")
+            ids = {e["id"] for e in system.status()["executors"] if e["state"] == "up"}
+            return (len(ids) == 2 or registers >= 6) and (ids, registers)
+
+        ids, registers = wait_until(settled, timeout=10, what="the executor to come back", every=0.1)
+        assert len(ids) == 2, (f"the new executor got the id {new_id!r}; executors up: {sorted(ids)}, "
+                               f"{registers} registrations in a few seconds")
     finally:
         system.close()
