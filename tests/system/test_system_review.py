@@ -142,3 +142,42 @@ def test_a_coordinator_on_a_new_catalog_gives_no_new_executor_the_id_of_one_comi
                                f"{registers} registrations in a few seconds")
     finally:
         system.close()
+
+
+def test_a_coordinator_restarted_with_a_shorter_executor_timeout_never_runs_two_attempts_at_once(tmp_path):
+    # The executors were told the last coordinator's --executor-timeout (10 s)
+    # when they registered: an executor cut off fences its job processes 8 s
+    # after its last answer, and each process ends itself at 9 s (its lease).
+    # A coordinator started again with --executor-timeout 2 (an operator
+    # shortening it in a maintenance restart) counts the executors of the
+    # last one lost 2 s after its start (`JobMaster.__init__`: `_away`, by its
+    # own timeout), and restarts their jobs elsewhere while the old attempt
+    # still runs: two attempts at once, 5-6 s long, which "Restarts" promises
+    # never happen. (The executor here is frozen, so cannot come back; a
+    # partition does the same.)
+    system = System(tmp_path)
+    try:
+        system.start_coordinator("--executor-timeout", "10")
+        system.start_executor(2)
+        system.start_executor(2)
+        system.executors_up(2)
+        job = _endless(system, tmp_path)
+        (executor,) = system.job(job)["placement"]
+        victim = next(p for p in system.executors if system.executor_id(p) == executor)
+        old = _job_processes(victim)
+        assert old
+        system.coordinator.kill()
+        system.coordinator.wait()
+        os.kill(victim.pid, signal.SIGSTOP)
+        try:
+            system.start_coordinator("--executor-timeout", "2")
+            state = wait_until(lambda: (s := system.job(job))["attempt"] == 2 and s["status"] == "running"
+                               and s, timeout=10, what="attempt 2 to run", every=0.1)
+            still = running(old)
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+        assert state["placement"] != [executor]
+        assert not still, f"attempt 2 runs on {state['placement']} while attempt 1's process(es) {still} " \
+                          f"still run on executor {executor}"
+    finally:
+        system.close()
