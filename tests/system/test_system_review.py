@@ -181,3 +181,62 @@ def test_a_coordinator_restarted_with_a_shorter_executor_timeout_never_runs_two_
                           f"still run on executor {executor}"
     finally:
         system.close()
+
+
+STUBBORN = """\
+import atexit, time
+from kernel import Dataflow
+
+atexit.register(time.sleep, 2.5)  # a slow cleanup (a flush to a database): within the executor's 3 s grace
+
+def slow(n):
+    if n == 0:
+        print("working", flush=True)
+    time.sleep(0.01)
+    return n
+
+flow = Dataflow("stubborn")
+flow.from_iterable(range(10**9), batch_size=50).map(slow).sink(id)
+"""
+
+
+def test_an_executor_stopping_takes_no_new_job(tmp_path):
+    # An executor stopped by SIGTERM stops its job processes (SIGINT, up to 3 s
+    # each), then tells the coordinator it left. Meanwhile it still takes
+    # `start` requests (`ExecutorDaemon._leave`: nothing refuses them, and the
+    # coordinator does not know it is leaving): a job submitted then is
+    # started on it, its process left out of the processes being stopped, and
+    # the job is restarted as soon as the executor's leave comes, "lost
+    # executor e1 (it was stopped, its job processes first)", counted against
+    # its --max-restarts (with 0 it fails) and its first attempt running
+    # beside its second while the executor's exit stops it.
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+        stopping = system.start_executor(4)  # (the most free cores: new jobs go there)
+        system.start_executor(2)
+        system.executors_up(2)
+        stubborn = tmp_path / "stubborn.py"
+        stubborn.write_text(STUBBORN)
+        first = system.cli("submit", stubborn).stdout.splitlines()[0]
+        wait_until(lambda: system.job(first)["status"] == "running", what="the first job to run")
+        leaving = system.executor_id(stopping)
+        other = next(e["id"] for e in system.status()["executors"] if e["id"] != leaving)
+        assert system.job(first)["placement"] == [leaving]
+        log = tmp_path / "executor1" / "logs" / f"{first}.log"
+        wait_until(lambda: "working" in log.read_text(), what="the first job to work")
+        stopping.send_signal(signal.SIGTERM)
+        wait_until(lambda: log.read_text().rstrip().endswith("interrupted"), what="the first job to stop")
+        pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
+        second = system.cli("submit", pipeline, "--max-restarts", "0").stdout.splitlines()[0]
+        assert stopping.wait(timeout=10) == 143
+
+        def settled():
+            state = system.job(second)
+            ended = state["status"] in ("failed", "completed")
+            return (ended or (state["status"] == "running" and state["placement"] == [other])) and state
+
+        state = wait_until(settled, what="the second job to settle", every=0.1)
+        assert (state["status"], state["restarts"], state["placement"]) == ("running", 0, [other]), state
+    finally:
+        system.close()
