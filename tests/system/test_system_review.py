@@ -9,6 +9,9 @@ import os
 import shutil
 import signal
 import sqlite3
+import subprocess
+import sys
+import time
 
 from _system import System, descendants, running, wait_until
 from test_system import PATIENT, slow
@@ -238,5 +241,53 @@ def test_an_executor_stopping_takes_no_new_job(tmp_path):
 
         state = wait_until(settled, what="the second job to settle", every=0.1)
         assert (state["status"], state["restarts"], state["placement"]) == ("running", 0, [other]), state
+    finally:
+        system.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_over(pid: int, seconds: float) -> float:
+    """The CPU time `pid` used in the next `seconds` (read in short steps)."""
+    start, began = _cpu_seconds(pid), time.monotonic()
+    wait_until(lambda: time.monotonic() - began >= seconds, what="the window to pass", every=0.05)
+    return _cpu_seconds(pid) - start
+
+
+def test_a_client_waiting_for_a_job_does_not_spin_the_coordinator_after_an_executor_registers(tmp_path):
+    # `submit --wait` is a `wait` request the coordinator holds up to 30 s,
+    # waking on `JobMaster._changed`, an Event that `_save` sets and then
+    # replaces with a new one. `register` (and `disconnected`,
+    # `executor_lost`, `submit`) set it without replacing it: after an
+    # executor registers (joins, or comes back after a reset), and until some
+    # job's state is saved, the event stays set and the wait loop
+    # (`CoordinatorServer._wait`) spins, building the whole status (the topics
+    # read from SQLite) each turn: a core at 100% for as long as a job runs
+    # undisturbed, each waiting client one more such loop.
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+        system.start_executor(2)
+        system.executors_up(1)
+        pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
+        follower = subprocess.Popen([sys.executable, "-m", "kernel", "submit", pipeline, "--wait"],
+                                    env=system.env, cwd=system.root, stdout=subprocess.PIPE, text=True)
+        try:
+            job = follower.stdout.readline().strip()
+            wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
+            pid = system.coordinator.pid
+            before = _cpu_over(pid, 1.0)
+            system.start_executor(2)
+            system.executors_up(2)
+            after = _cpu_over(pid, 1.0)
+        finally:
+            follower.kill()
+            follower.wait()
+        assert after < 0.25, f"the coordinator used {after:.2f} s of CPU in 1 s ({before:.2f} s before the " \
+                             "executor registered) while a client waited for a job"
     finally:
         system.close()
