@@ -291,3 +291,53 @@ def test_a_client_waiting_for_a_job_does_not_spin_the_coordinator_after_an_execu
                              "executor registered) while a client waited for a job"
     finally:
         system.close()
+
+
+TWO_ENDS = """\
+import atexit, os, sys, time
+from kernel import Dataflow
+
+def hold():  # process 0 ends once the test lets it (a slow end: the last results written, a flush)
+    while not os.path.exists({go!r}):
+        time.sleep(0.01)
+
+if "--process-id" in sys.argv and sys.argv[sys.argv.index("--process-id") + 1] == "0":
+    atexit.register(hold)
+
+flow = Dataflow("two")
+flow.from_iterable(range(1000), batch_size=100).key_by(lambda n: n % 7).sum().to_files({out!r})
+"""
+
+
+def test_an_executor_stopped_after_its_process_completed_does_not_restart_the_job(tmp_path):
+    # A job of two processes: process 1 has done its part and exited 0 (the
+    # coordinator has it in `exits`), process 0 is finishing. The executor
+    # that ran process 1 is then stopped (SIGTERM: a rolling restart of the
+    # executors) or restarted: `JobMaster.executor_lost` (and `_adopt`, for
+    # one started again) restarts every job placed on it, whether or not its
+    # process there is still running: the job, all but done, is stopped and
+    # run again from the start ("lost executor e2"), one of its
+    # --max-restarts spent (with 0: failed).
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+        system.start_executor(2)
+        system.start_executor(2)
+        system.executors_up(2)
+        go = tmp_path / "go"
+        pipeline = tmp_path / "two.py"
+        pipeline.write_text(TWO_ENDS.format(go=str(go), out=str(tmp_path / "out")))
+        job = system.cli("submit", pipeline, "--processes", "2").stdout.splitlines()[0]
+        wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
+        done_on = system.job(job)["placement"][1]
+        n = next(i for i, p in enumerate(system.executors) if system.executor_id(p) == done_on)
+        log = tmp_path / f"executor{n + 1}.log"
+        wait_until(lambda: f"{job} attempt 1 process 1 exited 0" in log.read_text(), what="process 1 to end")
+        system.executors[n].send_signal(signal.SIGTERM)
+        assert system.executors[n].wait(timeout=10) == 143
+        go.touch()
+        state = wait_until(lambda: (s := system.job(job))["status"] in ("completed", "failed") and s,
+                           what="the job to end", every=0.1)
+        assert (state["status"], state["restarts"], state["attempt"]) == ("completed", 0, 1), state
+    finally:
+        system.close()
