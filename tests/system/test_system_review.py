@@ -341,3 +341,40 @@ def test_an_executor_stopped_after_its_process_completed_does_not_restart_the_jo
         assert (state["status"], state["restarts"], state["attempt"]) == ("completed", 0, 1), state
     finally:
         system.close()
+
+
+def test_a_second_live_executor_under_an_id_in_use_is_refused_not_taken_in_turns(tmp_path):
+    # Two executors with one id: a workdir copied with its executor.json (a
+    # machine image made from a running one, a template directory). The
+    # workdir lock cannot see it (two directories), and `JobMaster.register`
+    # takes every register of an id as that executor back from a reset: each
+    # closes the other's connection, every 0.5 s, for ever, the running job's
+    # process missing from every other register, and the job restarted each
+    # time. The README calls that a bug when the two shared a workdir; the
+    # second should be refused (or get an id of its own) while the first one's
+    # connection is alive and heard from.
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+        first = system.start_executor(2)
+        system.executors_up(1)
+        assert system.executor_id(first) == "e1"
+        job = _endless(system, tmp_path)
+        copy = tmp_path / "executor2"
+        copy.mkdir()
+        shutil.copy(tmp_path / "executor1" / "executor.json", copy / "executor.json")
+        before = len(system.coordinator_log.read_text())
+        second = system.start_executor(2)
+
+        def settled():
+            registers = system.coordinator_log.read_text()[before:].count("registered:")
+            ids = {e["id"] for e in system.status()["executors"] if e["state"] == "up"}
+            return (second.poll() is not None or len(ids) == 2 or registers >= 6) and (ids, registers)
+
+        ids, registers = wait_until(settled, timeout=10, what="the second executor to settle", every=0.1)
+        restarts = system.job(job)["restarts"]
+        assert second.poll() is not None or len(ids) == 2, \
+            f"executors up: {sorted(ids)}, {registers} registrations of e1 in a few seconds, the job " \
+            f"restarted {restarts} time(s)"
+    finally:
+        system.close()
