@@ -187,10 +187,15 @@ def test_a_coordinator_restarted_with_a_shorter_executor_timeout_never_runs_two_
 
 
 STUBBORN = """\
-import atexit, time
+import atexit, os, time
 from kernel import Dataflow
 
-atexit.register(time.sleep, 2.5)  # a slow cleanup (a flush to a database): within the executor's 3 s grace
+def cleanup():  # a slow cleanup (a flush to a database), within the executor's 3 s grace: until the test
+    began = time.monotonic()  # has submitted its next job
+    while not os.path.exists({go!r}) and time.monotonic() - began < 2.8:
+        time.sleep(0.01)
+
+atexit.register(cleanup)
 
 def slow(n):
     if n == 0:
@@ -220,7 +225,7 @@ def test_an_executor_stopping_takes_no_new_job(tmp_path):
         system.start_executor(2)
         system.executors_up(2)
         stubborn = tmp_path / "stubborn.py"
-        stubborn.write_text(STUBBORN)
+        stubborn.write_text(STUBBORN.format(go=str(tmp_path / "submitted")))
         first = system.cli("submit", stubborn).stdout.splitlines()[0]
         wait_until(lambda: system.job(first)["status"] == "running", what="the first job to run")
         leaving = system.executor_id(stopping)
@@ -232,6 +237,7 @@ def test_an_executor_stopping_takes_no_new_job(tmp_path):
         wait_until(lambda: log.read_text().rstrip().endswith("interrupted"), what="the first job to stop")
         pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
         second = system.cli("submit", pipeline, "--max-restarts", "0").stdout.splitlines()[0]
+        (tmp_path / "submitted").touch()
         assert stopping.wait(timeout=10) == 143
 
         def settled():
