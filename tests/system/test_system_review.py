@@ -384,3 +384,36 @@ def test_a_second_live_executor_under_an_id_in_use_is_refused_not_taken_in_turns
             f"restarted {restarts} time(s)"
     finally:
         system.close()
+
+
+def test_a_job_whose_start_could_not_be_saved_is_started_later_not_left_starting(tmp_path):
+    # The same cause as the failed kill above, in `JobMaster._launch`: the job
+    # is set `starting` (attempt 1, placed) in memory, then its save fails
+    # (the catalog's write lock held past SQLite's 5 s busy timeout, a full
+    # disk): the task ends with "job master: database is locked" in the log,
+    # no `start` is ever sent, and nothing looks at the job again (it is not
+    # `submitted` nor `restarting`, and its executor is connected): it stays
+    # `starting` for good, its cores taken, `submit --wait` waiting with it.
+    system = System(tmp_path)
+    try:
+        system.start_coordinator(*PATIENT)  # (the coordinator blocked 5 s twice: no fencing meanwhile)
+        system.start_executor(1, "--heartbeat", "2")  # (it keeps its connection through the 10 s)
+        system.executors_up(1)
+        pipeline, go = slow(tmp_path, pause=0.01, count=3000, out=tmp_path / "o")
+        first = system.cli("submit", pipeline).stdout.splitlines()[0]
+        wait_until(lambda: system.job(first)["status"] == "running", what="the first job to run")
+        second = system.cli("submit", pipeline).stdout.splitlines()[0]
+        assert system.job(second)["status"] == "submitted"  # (for the first one's core)
+        catalog = sqlite3.connect(tmp_path / "data" / "catalog.sqlite", isolation_level=None)
+        try:
+            catalog.execute("BEGIN IMMEDIATE")
+            go.touch()  # the first job ends (its end is not saved), and the second is placed (nor is that)
+            wait_until(lambda: system.coordinator_log.read_text().count("database is locked") >= 2,
+                       timeout=15, what="the two saves to fail")
+        finally:
+            catalog.close()
+        state = wait_until(lambda: (s := system.job(second))["status"] == "running" and s, timeout=2,
+                           what=f"the second job to run (it is {system.job(second)['status']!r})")
+        assert state["attempt"] >= 1
+    finally:
+        system.close()
