@@ -152,6 +152,12 @@ class JobMaster:
 
     def _save(self, job: Job) -> None:
         self.catalog.save(job)
+        self._notify()
+
+    def _notify(self) -> None:
+        """Wake whoever waits for a change (`wait_for_change`), once: the
+        event is replaced, never left set (one left set by a register made
+        every waiting client's `wait` loop spin the coordinator's CPU)."""
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -218,7 +224,7 @@ class JobMaster:
         self.jobs[job.id] = job
         self.exits[job.id] = {}
         log.info("%s submitted: %s, %d process(es) of %d core(s)", job.id, job.name, processes, cores)
-        self._changed.set()
+        self._notify()
         self.reconcile()
         return job
 
@@ -358,7 +364,7 @@ class JobMaster:
                 attempt = job.attempt
                 async with self._lock(job.id):
                     await self._restart_locked(job, attempt, f"lost executor {executor_id} ({why})")
-        self._changed.set()
+        self._notify()
         self.reconcile()
 
     async def kill(self, job_id: str) -> Job:
@@ -521,7 +527,7 @@ class JobMaster:
         session.name = f"executor {executor_id} at {host}"
         log.info("executor %s registered: %s, %d core(s)", executor_id, host, cores)
         self._adopt(executor_id, message.get("processes") or [])
-        self._changed.set()
+        self._notify()
         self.reconcile()
         return executor
 
@@ -608,7 +614,7 @@ class JobMaster:
         log.warning("executor %s: its connection closed; its jobs stay placed until it registers again, "
                     "or until it is lost, %g s after it was last heard from", executor_id,
                     self.executor_timeout)
-        self._changed.set()
+        self._notify()
 
     def executor_left(self, executor_id: str) -> None:
         """The executor was stopped (Ctrl-C, SIGTERM) and has stopped its job
