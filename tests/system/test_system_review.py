@@ -293,8 +293,8 @@ def test_a_client_waiting_for_a_job_does_not_spin_the_coordinator_after_an_execu
         finally:
             follower.kill()
             follower.wait()
-        assert after < 0.06, f"the coordinator used {after:.2f} s of CPU in 0.25 s ({before:.2f} s before the " \
-                             "executor registered) while a client waited for a job"
+        assert after < 0.06, f"the coordinator used {after:.2f} s of CPU in 0.25 s ({before:.2f} s before " \
+                             "the executor registered) while a client waited for a job"
     finally:
         system.close()
 
