@@ -363,7 +363,8 @@ class JobMaster:
                     p["executor"] == executor_id for p in job.placement):
                 attempt = job.attempt
                 async with self._lock(job.id):
-                    await self._restart_locked(job, attempt, f"lost executor {executor_id} ({why})")
+                    if not self._done_on(job, attempt, executor_id):
+                        await self._restart_locked(job, attempt, f"lost executor {executor_id} ({why})")
         self._notify()
         self.reconcile()
 
@@ -395,7 +396,10 @@ class JobMaster:
         # busy, until its executor confirms it stopped or is lost)
         self.catalog.forget_topics_of(job.id)
         log.info("%s %s%s", job.id, status, f": {message}" if message else "")
-        await self._stop(job.id, attempt, placement)
+        # (its cores stay busy where it may still run: killed while its
+        # executor was away, the next job was started beside its process,
+        # and a resubmission on its state_dir could run beside it)
+        self._wait_for_stops(job, attempt, await self._stop(job.id, attempt, placement))
 
     async def _restart_locked(self, job: Job, attempt: int, why: str) -> None:
         if job.attempt != attempt or job.status not in ("starting", "running"):
@@ -457,9 +461,10 @@ class JobMaster:
         held = self._unstopped.setdefault(job.id, {})
         for executor_id in executors:
             held[executor_id] = max(held.get(executor_id, 0), job.cores)
-        log.warning("%s: attempt %d may still run on executor(s) %s: the next attempt waits until each "
-                    "has stopped it, or is lost (%g s after it was last heard from)", job.id, attempt,
-                    ", ".join(sorted(executors)), self.executor_timeout)
+        waits = "the next attempt waits" if job.active else "its cores there stay busy"
+        log.warning("%s: attempt %d may still run on executor(s) %s: %s until each has stopped it, or is "
+                    "lost (%g s after it was last heard from)", job.id, attempt, ", ".join(sorted(executors)),
+                    waits, self.executor_timeout)
         for executor_id in executors:
             if executor_id in self.connected:
                 self._ask_to_confirm(job.id, executor_id)
@@ -582,8 +587,18 @@ class JobMaster:
         why = (f"executor {executor_id} is not connected" if process is None else
                f"executor {executor_id} no longer runs process {process} (it restarted)")
         async with self._lock(job.id):
-            await self._restart_locked(job, attempt, why)
+            if not self._done_on(job, attempt, executor_id):
+                await self._restart_locked(job, attempt, why)
         self.reconcile()
+
+    def _done_on(self, job: Job, attempt: int, executor_id: str) -> bool:
+        """Has every process of the attempt on `executor_id` exited 0, its
+        part done? Then losing that executor (stopped for a rolling restart,
+        or started again) loses nothing: the job was run again from its
+        start for it, one of its restarts spent."""
+        mine = [i for i, p in enumerate(job.placement) if p["executor"] == executor_id]
+        exits = self.exits.get(job.id, {})
+        return job.attempt == attempt and bool(mine) and all(exits.get(i, (None,))[0] == 0 for i in mine)
 
     def heard_from(self, executor_id: str) -> None:
         executor = self.executors.get(executor_id)
