@@ -80,6 +80,9 @@ class CoordinatorServer(AuthenticatedServer):
         if op == "exited":
             await master.process_exited(m["job"], m["attempt"], m["process"], m["code"], m.get("error"))
             return {}
+        if op == "leaving":
+            master.executor_leaving(state["executor"])
+            return {}
         if op == "left":
             master.executor_left(state["executor"])
             return {}

@@ -165,7 +165,7 @@ class ExecutorDaemon:
         self.session = None
         self._fence_after: float | None = None  # seconds without an answer before fencing
         self._answered = time.monotonic()  # when the coordinator last answered
-        self._unsent: list[JobProcess] = []
+        self._leaving = False  # stopping (`_leave`): `start` is refused
         self._tasks: set[asyncio.Task] = set()
         for sub in ("pipelines", "logs", "jobs"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
@@ -328,6 +328,14 @@ class ExecutorDaemon:
         default). Their exits are not reported one by one (`self.session`
         None): an exit by SIGINT is no failure of the job's."""
         self.session = None
+        self._leaving = True
+        try:
+            # first: no job is placed here any more (one started while its
+            # processes stopped was left out of them, and restarted, a
+            # restart spent, once the executor had left)
+            await asyncio.wait_for(session.request("leaving"), LEAVE_TIMEOUT)
+        except (ConnectionLost, RequestError, TimeoutError):
+            pass
         await self.close()
         try:
             await asyncio.wait_for(session.request("left"), LEAVE_TIMEOUT)
@@ -420,6 +428,8 @@ class ExecutorDaemon:
 
     async def _start(self, m: dict) -> dict:
         job, attempt, process = m["job"], int(m["attempt"]), int(m["process"])
+        if self._leaving:
+            raise RequestError(f"executor {self.executor_id} is stopping")
         key = (job, attempt, process)
         if key in self.processes:
             raise RequestError(f"{job} attempt {attempt} process {process} already runs here")

@@ -110,7 +110,7 @@ class JobMaster:
         # never before their lease is surely over.
         self._away: dict[str, tuple[float, str]] = {}
         for executor in self.executors.values():
-            if executor.state in ("up", "reconnecting"):  # until it connects to this coordinator again
+            if executor.state in ("up", "reconnecting", "leaving"):  # until it connects to this one again
                 executor.state = "reconnecting"
                 self._away[executor.id] = (self._started + max(adopt_grace, executor_timeout),
                                            "it did not come back to the restarted coordinator")
@@ -178,6 +178,8 @@ class JobMaster:
             log.error("job master: %s", task.exception(), exc_info=task.exception())
 
     def free_cores(self, executor_id: str) -> int:
+        if self.executors[executor_id].state == "leaving":
+            return 0  # (stopping: nothing more is placed there)
         used = sum(job.cores for job in self.jobs.values() if job.active
                    and any(p["executor"] == executor_id for p in job.placement))
         # An attempt not yet confirmed stopped holds its cores: counted free,
@@ -629,6 +631,18 @@ class JobMaster:
         log.warning("executor %s: its connection closed; its jobs stay placed until it registers again, "
                     "or until it is lost, %g s after it was last heard from", executor_id,
                     self.executor_timeout)
+        self._notify()
+
+    def executor_leaving(self, executor_id: str) -> None:
+        """The executor is being stopped (Ctrl-C, SIGTERM) and stops its job
+        processes now: no job is placed on it any more (`free_cores`); its
+        "left" follows once they have stopped."""
+        executor = self.executors.get(executor_id)
+        if executor is None:
+            return
+        executor.state = "leaving"
+        self.catalog.save_executor(executor)
+        log.info("executor %s is stopping: no job is placed on it any more", executor_id)
         self._notify()
 
     def executor_left(self, executor_id: str) -> None:
