@@ -33,7 +33,7 @@ STATES = ACTIVE + TERMINAL
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS executors (
     id TEXT PRIMARY KEY, host TEXT NOT NULL, cores INTEGER NOT NULL,
-    state TEXT NOT NULL, registered REAL NOT NULL, last_seen REAL NOT NULL);
+    state TEXT NOT NULL, registered REAL NOT NULL, last_seen REAL NOT NULL, timeout REAL);
 CREATE TABLE IF NOT EXISTS pipelines (
     hash TEXT PRIMARY KEY, filename TEXT NOT NULL, content BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -94,9 +94,12 @@ class Executor:
     id: str
     host: str
     cores: int
-    state: str  # "up" (connected), "lost"
+    state: str  # "up" (connected), "reconnecting", "leaving", "lost"
     registered: float
     last_seen: float
+    # the executor timeout it was told when it registered, which its fencing
+    # and its job processes' leases follow (None: a catalog written before)
+    timeout: float | None = None
 
 
 _JSON_FIELDS = ("executors", "placement", "ran_on")
@@ -142,6 +145,8 @@ class Catalog:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
             if "shared_state" not in columns:  # a catalog written before --shared-state-dir
                 self._db.execute("ALTER TABLE jobs ADD COLUMN shared_state INTEGER NOT NULL DEFAULT 0")
+            if "timeout" not in {row[1] for row in self._db.execute("PRAGMA table_info(executors)")}:
+                self._db.execute("ALTER TABLE executors ADD COLUMN timeout REAL")  # (written before it)
         except (sqlite3.Error, OSError, CatalogError) as exc:
             if self._db is not None:
                 self._db.close()
@@ -207,9 +212,9 @@ class Catalog:
         return f"e{n}"
 
     def save_executor(self, executor: Executor) -> None:
-        self._db.execute("INSERT OR REPLACE INTO executors VALUES (?, ?, ?, ?, ?, ?)",
+        self._db.execute("INSERT OR REPLACE INTO executors VALUES (?, ?, ?, ?, ?, ?, ?)",
                          (executor.id, executor.host, executor.cores, executor.state,
-                          executor.registered, executor.last_seen))
+                          executor.registered, executor.last_seen, executor.timeout))
 
     def executors(self) -> list[Executor]:
         return [Executor(*row) for row in self._db.execute("SELECT * FROM executors ORDER BY registered")]

@@ -112,7 +112,10 @@ class JobMaster:
         for executor in self.executors.values():
             if executor.state in ("up", "reconnecting", "leaving"):  # until it connects to this one again
                 executor.state = "reconnecting"
-                self._away[executor.id] = (self._started + max(adopt_grace, executor_timeout),
+                # (by the timeout it was told, when longer: restarted with a shorter
+                # one, its jobs were restarted while their processes still ran)
+                lease = max(adopt_grace, executor_timeout, executor.timeout or 0.0)
+                self._away[executor.id] = (self._started + lease,
                                            "it did not come back to the restarted coordinator")
         # job -> the executors that may still run a process of one of its
         # earlier attempts (their stop not confirmed), each with the cores
@@ -525,6 +528,7 @@ class JobMaster:
             self.executors[executor_id] = Executor(executor_id, host, cores, "up", now, now)
         executor = self.executors[executor_id]
         executor.host, executor.cores, executor.state, executor.last_seen = host, cores, "up", now
+        executor.timeout = self.executor_timeout  # (the register's answer tells it)
         self.catalog.save_executor(executor)
         self._away.pop(executor_id, None)  # back within its lease
         old = self.connected.get(executor_id)

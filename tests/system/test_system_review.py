@@ -175,7 +175,7 @@ def test_a_coordinator_restarted_with_a_shorter_executor_timeout_never_runs_two_
         try:
             system.start_coordinator("--executor-timeout", "2")
             state = wait_until(lambda: (s := system.job(job))["attempt"] == 2 and s["status"] == "running"
-                               and s, timeout=10, what="attempt 2 to run", every=0.1)
+                               and s, timeout=20, what="attempt 2 to run", every=0.1)
             still = running(old)
         finally:
             os.kill(victim.pid, signal.SIGCONT)
