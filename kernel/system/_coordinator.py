@@ -68,7 +68,7 @@ class CoordinatorServer(AuthenticatedServer):
     async def _executor_request(self, session: Session, state: dict, op: str, m: dict):
         master = self.master
         if op == "register":
-            executor = master.register(session, m)
+            executor = master.register(session, await master.own_id(session, m))
             state["executor"] = executor.id
             # (the executor stops its job processes when cut off for most of it: fencing)
             return {"executor": executor.id, "executor_timeout": master.executor_timeout}

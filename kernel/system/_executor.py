@@ -166,6 +166,9 @@ class ExecutorDaemon:
         self._fence_after: float | None = None  # seconds without an answer before fencing
         self._answered = time.monotonic()  # when the coordinator last answered
         self._leaving = False  # stopping (`_leave`): `start` is refused
+        # this process's token: the coordinator tells it from another live
+        # executor registering under the same id (`JobMaster.own_id`)
+        self._instance = os.urandom(16).hex()
         self._tasks: set[asyncio.Task] = set()
         for sub in ("pipelines", "logs", "jobs"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
@@ -231,7 +234,8 @@ class ExecutorDaemon:
                     reader = asyncio.ensure_future(session.run())
                     listed = [p.report() for p in self.processes.values()]
                     reply = await session.request(
-                        "register", executor=self.executor_id, host=self.host, cores=self.cores,
+                        "register", executor=self.executor_id, instance=self._instance, host=self.host,
+                        cores=self.cores,
                         processes=listed)
                     self._id_file.write_text(json.dumps({"id": reply["executor"]}))
                     self._answered = time.monotonic()
@@ -398,6 +402,8 @@ class ExecutorDaemon:
     # -- the coordinator's requests ---------------------------------------------------
 
     async def _request(self, op: str, m: dict):
+        if op == "ping":  # (alive: `JobMaster.own_id`)
+            return {}
         if op == "prepare":
             return {"port": _free_port(self.host)}
         if op == "start":

@@ -82,6 +82,9 @@ def classify(code: int, error: str | None) -> str:
     return "failed"
 
 
+_PING_TIMEOUT = 1.0  # seconds an executor holding an id asked for has to answer (`own_id`)
+
+
 @dataclass
 class Connected:
     """An executor with a live connection."""
@@ -94,6 +97,7 @@ class Connected:
     # 3600 s" and every job restarted; stepped back, a silent executor was
     # not seen for an hour
     heard: float = 0.0
+    instance: str | None = None  # the executor process's own token (`register`)
 
 
 class JobMaster:
@@ -517,6 +521,33 @@ class JobMaster:
 
     # -- executors --------------------------------------------------------------------------
 
+    async def own_id(self, session: Session, message: dict) -> dict:
+        """The register `message`, with an id of its own where the one it
+        asks for is held by another executor process that is alive (it
+        answers a ping): a workdir copied with its id, or an executor coming
+        back to a coordinator on a new catalog that has given its id to a
+        newcomer meanwhile. Taken over, each register closed the other's
+        connection, every half second, for ever. The same process coming
+        back (a reset connection), or one whose holder does not answer
+        (gone, frozen), takes the id as before."""
+        executor_id, instance = message.get("executor"), message.get("instance")
+        held = self.connected.get(executor_id)
+        if held is None or held.session is session or instance is None or held.instance in (None, instance):
+            return message
+        try:
+            await held.session.request("ping", timeout=_PING_TIMEOUT)
+        except RequestError:
+            pass  # (an answer all the same: alive)
+        except (ConnectionLost, TimeoutError):
+            return message
+        if self.connected.get(executor_id) is not held:
+            return message  # (gone meanwhile)
+        fresh = self.catalog.new_executor_id()
+        log.warning("executor id %s is held by a live executor at %s: the one registering from %s is given "
+                    "%s (a workdir copied with its executor.json, or a new catalog?)", executor_id,
+                    held.record.host, message.get("host"), fresh)
+        return {**message, "executor": fresh}
+
     def register(self, session: Session, message: dict) -> Executor:
         executor_id = message.get("executor")
         cores, host = message["cores"], message["host"]
@@ -534,7 +565,7 @@ class JobMaster:
         old = self.connected.get(executor_id)
         if old is not None and old.session is not session:
             self._spawn(old.session.close())
-        self.connected[executor_id] = Connected(executor, session, time.monotonic())
+        self.connected[executor_id] = Connected(executor, session, time.monotonic(), message.get("instance"))
         session.name = f"executor {executor_id} at {host}"
         log.info("executor %s registered: %s, %d core(s)", executor_id, host, cores)
         self._adopt(executor_id, message.get("processes") or [])
