@@ -33,6 +33,21 @@ def pytest_configure(config):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 192 KiB filesystem (tmpfs; CI runs as root), for full disks."""
+    import subprocess
+    import uuid
+
+    mount = tmp_path / f"tiny-{uuid.uuid4().hex[:6]}"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
 def shm_names() -> set[str]:
     return set(os.listdir(SHM_DIR))
 

@@ -138,7 +138,9 @@ class Catalog:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock = _hold(self.path.with_name("catalog.lock"), self.path)
-            self._db = sqlite3.connect(self.path, isolation_level=None)
+            # (timeout: how long a write waits for a lock another program holds, the
+            # coordinator stalled meanwhile; past it, the write is tried again later)
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=1.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)

@@ -32,8 +32,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kernel.system._catalog import ACTIVE, TERMINAL, Catalog, Executor, Job
 from kernel.system._wire import ConnectionLost, RequestError, Session
@@ -82,6 +83,8 @@ def classify(code: int, error: str | None) -> str:
     return "failed"
 
 
+_CATALOG_ERRORS = (sqlite3.Error, OSError)
+WATCH_EVERY = 0.25  # seconds between the job master's rounds (`watch`)
 _PING_TIMEOUT = 1.0  # seconds an executor holding an id asked for has to answer (`own_id`)
 
 
@@ -150,6 +153,9 @@ class JobMaster:
         self._adopted: dict[str, tuple[int, set[int]]] = {}
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
+        # whose last catalog write failed (`_save`): written again each round
+        self._unsaved_jobs: set[str] = set()
+        self._unsaved_executors: set[str] = set()
         self._closing = False  # close(): the coordinator stops
 
     # -- bookkeeping ------------------------------------------------------------------
@@ -158,8 +164,62 @@ class JobMaster:
         return self._locks.setdefault(job_id, asyncio.Lock())
 
     def _save(self, job: Job) -> None:
-        self.catalog.save(job)
+        """Write the job to the catalog. A write that fails (a full disk, the
+        database locked past SQLite's busy timeout) does not stop what
+        happens to the job: it goes on as it is in memory, and the write is
+        tried again every `watch` round (a failed save used to end the task
+        midway: a job set `starting` but never started, a kill that never
+        stopped its processes, stayed so for good)."""
+        try:
+            self.catalog.save(job)
+            self._unsaved_jobs.discard(job.id)
+        except _CATALOG_ERRORS as exc:
+            self._unwritten(f"{job.id} ({job.status})", exc, job.id not in self._unsaved_jobs)
+            self._unsaved_jobs.add(job.id)
         self._notify()
+
+    def _save_executor(self, executor: Executor) -> None:
+        try:
+            self.catalog.save_executor(executor)
+            self._unsaved_executors.discard(executor.id)
+        except _CATALOG_ERRORS as exc:
+            self._unwritten(f"executor {executor.id} ({executor.state})", exc,
+                            executor.id not in self._unsaved_executors)
+            self._unsaved_executors.add(executor.id)
+
+    def _unwritten(self, what: str, exc: Exception, first: bool) -> None:
+        if first:
+            log.error("the catalog %s could not be written (%s): %s goes on as it is, and is written "
+                      "again every %g s until it can be", self.catalog.path, exc, what, WATCH_EVERY)
+
+    def _save_again(self) -> None:
+        """The jobs and executors whose last write failed, written again."""
+        if not (self._unsaved_jobs or self._unsaved_executors):
+            return
+        try:
+            for job_id in list(self._unsaved_jobs):
+                if job_id in self.jobs:
+                    self.catalog.save(self.jobs[job_id])
+                self._unsaved_jobs.discard(job_id)
+            for executor_id in list(self._unsaved_executors):
+                if executor_id in self.executors:
+                    self.catalog.save_executor(self.executors[executor_id])
+                self._unsaved_executors.discard(executor_id)
+        except _CATALOG_ERRORS:
+            return  # (said once for each: `_unwritten`)
+        log.warning("the catalog %s is written again: it holds every job and executor as they are",
+                    self.catalog.path)
+
+    def _writable(self, job: Job, **changes) -> None:
+        """A request's change of `job` (a kill) written to the catalog first,
+        or refused: the client is told, and the job stays as it was, to be
+        asked again (a kill answered "killed" but kept only in memory would
+        come back running after a coordinator restart)."""
+        try:
+            self.catalog.save(replace(job, **changes))
+        except _CATALOG_ERRORS as exc:
+            raise RequestError(f"the catalog {self.catalog.path} cannot be written ({exc}): "
+                               f"{job.id} was left as it is") from None
 
     def _notify(self) -> None:
         """Wake whoever waits for a change (`wait_for_change`), once: the
@@ -225,11 +285,15 @@ class JobMaster:
         if fit < processes:
             raise RequestError(f"the job needs {processes} executor(s) with {cores} core(s) each; "
                                f"the system has {fit}")
-        self.catalog.add_pipeline(digest, filename, content)
-        job = self.catalog.new_job(
-            name=f"{filename}:{flow}", flow=flow, pipeline=digest, processes=processes, cores=cores,
-            executors=executors or None, state_dir=state_dir, epoch_interval=epoch_interval,
-            max_restarts=max_restarts, shared_state=shared_state)
+        try:
+            self.catalog.add_pipeline(digest, filename, content)
+            job = self.catalog.new_job(
+                name=f"{filename}:{flow}", flow=flow, pipeline=digest, processes=processes, cores=cores,
+                executors=executors or None, state_dir=state_dir, epoch_interval=epoch_interval,
+                max_restarts=max_restarts, shared_state=shared_state)
+        except _CATALOG_ERRORS as exc:
+            raise RequestError(f"the catalog {self.catalog.path} cannot be written ({exc}): the job was "
+                               "not submitted") from None
         self.jobs[job.id] = job
         self.exits[job.id] = {}
         log.info("%s submitted: %s, %d process(es) of %d core(s)", job.id, job.name, processes, cores)
@@ -360,7 +424,7 @@ class JobMaster:
         if executor is None:
             return
         executor.state = "lost"
-        self.catalog.save_executor(executor)
+        self._save_executor(executor)
         log.warning("executor %s lost: %s", executor_id, why)
         self._away.pop(executor_id, None)
         for job_id, executors in list(self._unstopped.items()):  # it has fenced its processes
@@ -382,6 +446,7 @@ class JobMaster:
         async with self._lock(job_id):
             if not job.active:
                 raise RequestError(f"{job_id} is already {job.status}")
+            self._writable(job, status="killed", message="killed by request")
             await self._end(job, "killed", "killed by request")
         self.reconcile()
         return job
@@ -403,7 +468,10 @@ class JobMaster:
         self._adopted.pop(job.id, None)
         # (an attempt still unconfirmed keeps being asked, and its cores stay
         # busy, until its executor confirms it stopped or is lost)
-        self.catalog.forget_topics_of(job.id)
+        try:
+            self.catalog.forget_topics_of(job.id)
+        except _CATALOG_ERRORS as exc:  # (its topics stay listed: a later publisher takes them over)
+            log.error("%s: its topics could not be taken out of the catalog: %s", job.id, exc)
         log.info("%s %s%s", job.id, status, f": {message}" if message else "")
         # (its cores stay busy where it may still run: killed while its
         # executor was away, the next job was started beside its process,
@@ -560,7 +628,7 @@ class JobMaster:
         executor = self.executors[executor_id]
         executor.host, executor.cores, executor.state, executor.last_seen = host, cores, "up", now
         executor.timeout = self.executor_timeout  # (the register's answer tells it)
-        self.catalog.save_executor(executor)
+        self._save_executor(executor)
         self._away.pop(executor_id, None)  # back within its lease
         old = self.connected.get(executor_id)
         if old is not None and old.session is not session:
@@ -659,7 +727,7 @@ class JobMaster:
         # once. It keeps its jobs if it registers again within its lease.
         executor = self.executors[executor_id]
         executor.state = "reconnecting"
-        self.catalog.save_executor(executor)
+        self._save_executor(executor)
         self._away[executor_id] = (entry.heard + self.executor_timeout,
                                    f"its connection closed, and it did not come back within "
                                    f"{self.executor_timeout:g} s")
@@ -676,7 +744,7 @@ class JobMaster:
         if executor is None:
             return
         executor.state = "leaving"
-        self.catalog.save_executor(executor)
+        self._save_executor(executor)
         log.info("executor %s is stopping: no job is placed on it any more", executor_id)
         self._notify()
 
@@ -688,7 +756,7 @@ class JobMaster:
         self.connected.pop(executor_id, None)
         self._spawn(self.executor_lost(executor_id, "it was stopped, its job processes first"))
 
-    async def watch(self, interval: float = 0.25) -> None:
+    async def watch(self, interval: float = WATCH_EVERY) -> None:
         """Executors silent for `executor_timeout` are lost; after the
         adoption grace, so are those that never came back to a restarted
         coordinator (and their jobs restart)."""
@@ -708,6 +776,7 @@ class JobMaster:
                     self._spawn(self.executor_lost(executor_id, why))
             if now - self._started > self.adopt_grace:
                 self._orphans()
+            self._save_again()
             self.reconcile()
 
     def _orphans(self) -> None:

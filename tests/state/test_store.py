@@ -411,18 +411,6 @@ def test_two_states_of_one_name_are_refused():
         map_state(op, "x")
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 192 KiB filesystem (tmpfs; CI runs as root)."""
-    mount = tmp_path / f"tiny-{uuid.uuid4().hex[:6]}"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def test_a_full_disk_while_snapshotting_is_a_clear_error_and_the_run_resumes_from_the_previous_epoch(
     tiny_disk, caplog
 ):

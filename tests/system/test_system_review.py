@@ -62,6 +62,40 @@ def test_a_kill_that_fails_on_the_catalog_leaves_a_job_that_can_be_killed(tmp_pa
         system.close()
 
 
+def test_a_full_disk_refuses_submit_and_kill_and_the_catalog_is_written_again_once_there_is_room(
+        tmp_path, tiny_disk):
+    # (The fix of the two tests above and below, on a real full disk: the
+    # coordinator's --data on a 192 KiB tmpfs filled to its last byte.)
+    system = System(tmp_path)
+    try:
+        system.start_coordinator("--data", str(tiny_disk))
+        executor = system.start_executor(2)
+        system.executors_up(1)
+        job = _endless(system, tmp_path)
+        filler = tiny_disk / "filler"
+        with open(filler, "wb", buffering=0) as out:
+            try:
+                while True:
+                    out.write(bytes(512))
+            except OSError:
+                pass
+        refused = system.cli("submit", tmp_path / "slow.py")
+        assert refused.returncode == 1 and "cannot be written" in refused.stderr \
+            and "the job was not submitted" in refused.stderr, refused
+        kill = system.cli("kill", job)
+        assert kill.returncode == 1 and f"cannot be written (database or disk is full): {job} was left as " \
+            "it is" in kill.stderr, kill
+        assert system.job(job)["status"] == "running" and _job_processes(executor)
+        filler.unlink()
+        assert system.cli("kill", job).returncode == 0
+        wait_until(lambda: not _job_processes(executor), what="the killed job's process to stop")
+        assert [j["id"] for j in system.status()["jobs"]] == [job]
+    finally:
+        system.close()
+    catalog = sqlite3.connect(tiny_disk / "catalog.sqlite")
+    assert catalog.execute("SELECT status FROM jobs").fetchall() == [("killed",)]
+
+
 def test_a_job_killed_while_its_executor_is_away_keeps_its_cores_until_its_process_has_stopped(tmp_path):
     # The coordinator restarted; before its executor is back (here frozen a
     # moment, as a stalled VM; the same with its connection reset), a job is
