@@ -200,3 +200,34 @@ def test_a_corrupt_snapshot_after_a_cluster_never_mixes_two_lines_of_epochs(tmp_
     last = run_alone(tmp_path, resumed=True)
     assert last.returncode == 0, last.stderr
     assert_exactly_once(tmp_path / "out")
+
+
+def test_a_state_dir_whose_store_file_is_another_applications_database_is_refused(tmp_path):
+    """A `snapshots.sqlite` that is no snapshot store (another application's
+    SQLite database, put there by mistake or a state_dir pointed at the
+    wrong directory) is foreign: README, Recovery, refuses a state_dir
+    written by another flow or in another layout with `state.StateError`.
+    This one was taken as an empty store: the run wrote its tables into the
+    other application's database and ran afresh, without a word."""
+    from kernel import Dataflow, run
+    from state import StateError
+
+    state = tmp_path / "state"
+    state.mkdir()
+    other = sqlite3.connect(state / "snapshots.sqlite")
+    other.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    other.execute("INSERT INTO users (name) VALUES ('ann')")
+    other.commit()
+    other.close()
+    flow = Dataflow("foreign")
+    flow.from_iterable(range(100)).key_by(lambda x: x % 3).count().to_files(tmp_path / "out")
+    try:
+        run(flow, state_dir=state, epoch_interval=0.01)
+        refused = None
+    except StateError as exc:
+        refused = exc
+    db = sqlite3.connect(state / "snapshots.sqlite")
+    tables = sorted(name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+    db.close()
+    assert tables == ["users"], f"the run wrote its tables into another database: {tables}"
+    assert refused is not None and "snapshots.sqlite" in str(refused)
