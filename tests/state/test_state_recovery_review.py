@@ -76,11 +76,12 @@ def complete_epochs(path: Path) -> list[int]:
         db.close()
 
 
-def start_cluster(tmp: Path, crash: tuple[int, str] | None = None, resumed: bool = False) -> list:
-    """Two processes of one kernel each on loopback, one shared state_dir."""
-    peers = ",".join(f"127.0.0.1:{port}" for port in free_ports(2))
+def start_cluster(tmp: Path, crash: tuple[int, str] | None = None, resumed: bool = False,
+                  processes: int = 2, cores: int = 1) -> list:
+    """`processes` processes of `cores` kernels each on loopback, one shared state_dir."""
+    peers = ",".join(f"127.0.0.1:{port}" for port in free_ports(processes))
     procs = []
-    for p in range(2):
+    for p in range(processes):
         env = dict(os.environ, N=str(N), OUT=str(tmp / "out"), KERNEL_SECRET=SECRET,
                    RUN="resumed" if resumed else "first")
         env.pop("KERNEL_CRASH_AT", None)
@@ -89,7 +90,7 @@ def start_cluster(tmp: Path, crash: tuple[int, str] | None = None, resumed: bool
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "kernel.run", str(tmp / "pipeline.py"), "--state-dir", str(tmp / "state"),
              "--epoch-interval", "0.02", "--process-id", str(p), "--peers", peers,
-             "--startup-timeout", "20", "--cores", "1"],
+             "--startup-timeout", "20", "--cores", str(cores)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return procs
 
@@ -272,3 +273,24 @@ def test_equal_keys_of_other_types_come_out_as_a_plain_dicts_first_key_on_severa
     [(plain_key, total)] = plain.items()
     final = [(key, n) for key, n in updates.items if n == total]
     assert final and all(type(key) is type(plain_key) for key, _ in final), (plain, final)
+
+
+def test_a_cluster_of_another_shape_starts_where_an_earlier_cluster_completed_no_epoch(tmp_path):
+    """README, On a cluster: "A cluster may resume on another number of
+    processes or of cores each ... when the state_dir is one directory that
+    every process shares". A cluster of 2 processes that was killed before
+    its first epoch completed leaves snapshots-process{P}.sqlite claimed for
+    its shape and nothing to resume; a cluster of 3 processes in the same
+    shared state_dir is then a fresh start, but processes 0 and 1 refused
+    it (and process 2 lost them): "state_dir ... was written as process 0 of 2, 1 core each and
+    this run is process 0 of 3, 1 core each: a cluster resumes with the same
+    processes and cores per process" (the fresh-start generation's file
+    names carry no shape). Only deleting the files by hand let it run."""
+    (tmp_path / "pipeline.py").write_text(PIPELINE)
+    first = finish(start_cluster(tmp_path, crash=(1, "snapshot:1@1")))
+    assert all(code != 0 for code, _ in first), first
+    assert all(complete_epochs(path) == [] for path in (tmp_path / "state").glob("snapshots*.sqlite"))
+    second = finish(start_cluster(tmp_path, resumed=True, processes=3))
+    for code, err in second:
+        assert code == 0, err
+    assert_exactly_once(tmp_path / "out")
