@@ -294,3 +294,85 @@ def test_a_cluster_of_another_shape_starts_where_an_earlier_cluster_completed_no
     for code, err in second:
         assert code == 0, err
     assert_exactly_once(tmp_path / "out")
+
+
+HELD_PIPELINE = textwrap.dedent(
+    """
+    import os, time
+    from kernel import Dataflow
+
+    OUT = os.environ["OUT"]
+    GATE = os.path.join(OUT, "release")
+
+    def held(x):
+        if x == 3001:  # kernel 1's (record i is kernel i % 2's): it waits here until released
+            deadline = time.monotonic() + 30
+            while not os.path.exists(GATE) and time.monotonic() < deadline:
+                time.sleep(0.005)
+        elif x % 2 == 0 and x > 3001:
+            time.sleep(0.0005)  # kernel 0 goes on, snapshotting epochs kernel 1 cannot complete
+        return x
+
+    flow = Dataflow("held")
+    flow.from_iterable(range(8000), batch_size=20).map(held).to_files(os.path.join(OUT, "records"))
+    """
+)
+
+
+def _rows_past_complete(store: Path) -> list[tuple[int, int]]:
+    """(epoch, kernel) of the snapshots written past the newest complete epoch (not FINAL)."""
+    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=30)
+    try:
+        newest = db.execute("SELECT coalesce(max(epoch), 0) FROM complete").fetchone()[0]
+        return db.execute("SELECT epoch, kernel FROM snapshots WHERE epoch > ? AND epoch < ?",
+                          (newest, 1 << 62)).fetchall()
+    except sqlite3.OperationalError:  # not created yet
+        return []
+    finally:
+        db.close()
+
+
+def test_a_run_refused_because_the_state_dir_is_in_use_leaves_the_live_runs_store_alone(tmp_path):
+    """README (kernel/_facade.py `_state_dir_held`): a second run on a
+    state_dir that a live run holds (a retry, a cron job started twice) is
+    refused: "two runs on one state_dir would snapshot into one store". But
+    the refused run opens the store before it asks for the lock: its
+    `Snapshots` setup claims the store, restores nothing yet, and
+    `discard_after(newest complete epoch)` deletes the live run's snapshots
+    written past that epoch (durable, about to complete), then it is
+    refused. Here kernel 1 of the live run is held (a file gate) while
+    kernel 0 snapshots the epochs past the newest complete one (none is
+    complete yet: `discard_after(0)` deletes every row); after the refused
+    run those rows are gone, so once their epochs complete, a crash of the
+    live run cannot resume from them (it falls back, or starts afresh). A
+    refused run on another --cores also rewrites the store's `kernels`."""
+    import time
+
+    (tmp_path / "pipeline.py").write_text(HELD_PIPELINE)
+    out = tmp_path / "out"
+    out.mkdir()
+    store = tmp_path / "state" / "snapshots.sqlite"
+    env = dict(os.environ, OUT=str(out))
+    env.pop("KERNEL_CRASH_AT", None)
+    command = [sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"), "--cores", "2",
+               "--state-dir", str(tmp_path / "state"), "--epoch-interval", "0.01"]
+    live = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (store.exists() and _rows_past_complete(store)):
+            assert live.poll() is None, live.communicate()
+            assert time.monotonic() < deadline, "kernel 0 snapshotted nothing past the newest complete epoch"
+            time.sleep(0.01)
+        before = _rows_past_complete(store)
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert second.returncode != 0 and "in use by another run" in second.stderr, second.stderr
+        db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=30)
+        after = set(db.execute("SELECT epoch, kernel FROM snapshots").fetchall())
+        db.close()
+        assert set(before) <= after, f"the refused run deleted the live run's snapshots {before}"
+    finally:
+        (out / "release").touch()
+        try:
+            live.communicate(timeout=60)
+        finally:
+            live.kill()
