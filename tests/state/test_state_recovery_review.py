@@ -333,19 +333,25 @@ def _rows_past_complete(store: Path) -> list[tuple[int, int]]:
 
 
 def test_a_run_refused_because_the_state_dir_is_in_use_leaves_the_live_runs_store_alone(tmp_path):
-    """README (kernel/_facade.py `_state_dir_held`): a second run on a
-    state_dir that a live run holds (a retry, a cron job started twice) is
-    refused: "two runs on one state_dir would snapshot into one store". But
-    the refused run opens the store before it asks for the lock: its
-    `Snapshots` setup claims the store, restores nothing yet, and
-    `discard_after(newest complete epoch)` deletes the live run's snapshots
-    written past that epoch (durable, about to complete), then it is
-    refused. Here kernel 1 of the live run is held (a file gate) while
-    kernel 0 snapshots the epochs past the newest complete one (none is
-    complete yet: `discard_after(0)` deletes every row); after the refused
-    run those rows are gone, so once their epochs complete, a crash of the
-    live run cannot resume from them (it falls back, or starts afresh). A
-    refused run on another --cores also rewrites the store's `kernels`."""
+    """kernel/_facade.py `_state_dir_held`: a second run on a state_dir that a
+    live run holds (a retry, a cron job started twice) is refused: "two runs
+    on one state_dir would snapshot into one store". But the refused run
+    sets up the store before it asks for the lock (`plan_for` builds
+    `Snapshots` first): it claims the store, rewriting its `kernels` to its
+    own --cores, and `discard_after(newest complete epoch)` deletes the live
+    run's snapshots written past that epoch; only then is it refused.
+
+    Here kernel 1 of a live run on 2 kernels is held (a file gate) while
+    kernel 0 snapshots past the newest complete epoch; a second run with
+    --cores 3 is refused, and has deleted kernel 0's snapshot. Kernel 1,
+    whose store connection reads `kernels` at its first write, then writes
+    its snapshots as one of 3 kernels; the live run ends, its final epoch
+    marked complete for 2 kernels, and the mark deletes kernel 1's FINAL
+    snapshot (of a kernel count neither kept epoch has). The same command
+    run again finds no complete epoch that reads back ("no complete epoch
+    reads back intact; starting afresh") and runs the whole flow again,
+    instead of saying it already ran to the end: any crash of the live run
+    after the refused one would likewise have lost all its progress."""
     import time
 
     (tmp_path / "pipeline.py").write_text(HELD_PIPELINE)
@@ -354,9 +360,12 @@ def test_a_run_refused_because_the_state_dir_is_in_use_leaves_the_live_runs_stor
     store = tmp_path / "state" / "snapshots.sqlite"
     env = dict(os.environ, OUT=str(out))
     env.pop("KERNEL_CRASH_AT", None)
-    command = [sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"), "--cores", "2",
-               "--state-dir", str(tmp_path / "state"), "--epoch-interval", "0.01"]
-    live = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def command(cores: int) -> list[str]:
+        return [sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"), "--cores", str(cores),
+                "--state-dir", str(tmp_path / "state"), "--epoch-interval", "0.01"]
+
+    live = subprocess.Popen(command(2), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
         while not (store.exists() and _rows_past_complete(store)):
@@ -364,15 +373,24 @@ def test_a_run_refused_because_the_state_dir_is_in_use_leaves_the_live_runs_stor
             assert time.monotonic() < deadline, "kernel 0 snapshotted nothing past the newest complete epoch"
             time.sleep(0.01)
         before = _rows_past_complete(store)
-        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        second = subprocess.run(command(3), env=env, capture_output=True, text=True, timeout=60)
         assert second.returncode != 0 and "in use by another run" in second.stderr, second.stderr
         db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=30)
         after = set(db.execute("SELECT epoch, kernel FROM snapshots").fetchall())
         db.close()
-        assert set(before) <= after, f"the refused run deleted the live run's snapshots {before}"
     finally:
         (out / "release").touch()
         try:
-            live.communicate(timeout=60)
+            _, err = live.communicate(timeout=60)
         finally:
             live.kill()
+    assert live.returncode == 0, err
+    again = subprocess.run(command(2), env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    problems = []
+    if not set(before) <= after:
+        problems.append(f"the refused run deleted the live run's snapshots {sorted(set(before) - after)}")
+    if "already ran to the end" not in again.stderr:
+        problems.append(f"the finished flow ran again: {again.stderr.strip()[:300]}")
+    assert not problems, problems
+    assert Counter(_lines(out / "records")) == Counter(range(8000))
