@@ -1,12 +1,25 @@
 """An adversarial review of exactly-once state and recovery: each test here
 states a promise of the README ("State, snapshots and recovery", "Several
-cores") and checks it against a plain Python loop over the input.
+cores") and checks it against a plain Python loop over the input. Each
+failed on the code it was written against, for the reason its docstring
+gives:
 
-* A snapshot that fails its checksum is skipped with a warning for the
-  previous complete epoch ("Recovery"), also where the state_dir was written
-  by a cluster (resumed by the same cluster, or by one process): there the
-  run failed with a bare `CorruptSnapshot` that named neither the state_dir
-  nor the file, and the state_dir could not be resumed at all.
+* a snapshot that fails its checksum is not skipped for the previous
+  complete epoch where a cluster wrote the state_dir (resumed by the same
+  cluster, or by one process): a bare `CorruptSnapshot` naming neither the
+  state_dir nor the file, and no way to resume;
+* a corrupt snapshot in the generation a one-process run started after a
+  cluster makes the next run start afresh there; killed, the run after it
+  resumes the cluster's older epoch: records lost;
+* another application's SQLite database as `snapshots.sqlite` is taken as
+  an empty store (tables written into it, no word);
+* on several kernels an aggregate reports whichever of equal keys (`1.0`,
+  `True`) reached the owner first, not a plain dict's (or one kernel's)
+  first key;
+* a cluster of another shape is refused where an earlier cluster claimed
+  its files but completed no epoch;
+* a run refused because the state_dir is in use has already rewritten the
+  store's kernel count and deleted the live run's newest snapshots.
 """
 
 from __future__ import annotations
