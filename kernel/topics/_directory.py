@@ -22,7 +22,6 @@ import uuid
 
 import msgspec
 
-from kernel.net._links import seconds_from_environment
 from kernel.topics._errors import TopicError
 
 SYSTEM_PATH = "/kernel-system"  # kernel.system._wire.PATH
@@ -30,8 +29,6 @@ CLIENT = 2  # kernel.system._wire.CLIENT: the handshake's role
 _MAX_MESSAGE = 1 << 20
 log = logging.getLogger("kernel.topics")
 LOOKUP_EVERY = 0.05  # seconds between lookups of a topic that does not exist yet
-# seconds a request waits for the coordinator: to connect, and for its answer
-COORDINATOR_TIMEOUT = seconds_from_environment("KERNEL_COORDINATOR_TIMEOUT", 10.0)
 
 
 def coordinator_address(explicit: str | None = None) -> tuple[str, int]:
@@ -133,8 +130,13 @@ class Directory:
     """One connection to the coordinator, one request at a time."""
 
     def __init__(self, address: tuple[str, int], key: bytes, timeout: float | None = None) -> None:
+        # (imported here: a run that uses no topic does not load aiohttp)
+        from kernel.net._links import seconds_from_environment
+
         self.address, self.key = address, key
-        self.timeout = COORDINATOR_TIMEOUT if timeout is None else timeout
+        # seconds a request waits for the coordinator: to connect, and for its answer
+        self.timeout = seconds_from_environment("KERNEL_COORDINATOR_TIMEOUT", 10.0) if timeout is None \
+            else timeout
         self._ws = self._http = None
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
