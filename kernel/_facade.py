@@ -557,11 +557,15 @@ async def run_async(flow: Dataflow, *, cores: int = 1, clock=None, budget: float
     _topics_coordinator(flow, coordinator)
     with _one_run_at_a_time(flow, "run_async"):
         flow._results_delivered([])  # a failed run leaves no earlier run's results in the handles
-        plan = plan_for(lambda: flow, cores=cores, clock=clock, budget=budget, shares=shares,
-                        stall_threshold=stall_threshold, state_dir=state_dir, epoch_interval=epoch_interval,
-                        process_id=process_id, peers=peers, secret=secret, tls=tls,
-                        startup_timeout=startup_timeout, heartbeat=heartbeat, dashboard=dashboard)
+        # (held before the plan: planning opens the store, and a run refused
+        # after it had claimed it for its own kernel count and discarded the
+        # live run's newest snapshots)
         with _state_dir_held(state_dir, process_id):
+            plan = plan_for(lambda: flow, cores=cores, clock=clock, budget=budget, shares=shares,
+                            stall_threshold=stall_threshold, state_dir=state_dir,
+                            epoch_interval=epoch_interval, process_id=process_id, peers=peers, secret=secret,
+                            tls=tls, startup_timeout=startup_timeout, heartbeat=heartbeat,
+                            dashboard=dashboard)
             flow._results_delivered(await execute_async(plan, lambda: flow))
 
 
@@ -613,11 +617,12 @@ def run(flow: Dataflow, *, cores: int = 1, gc_threshold_during_run: int | None =
     _topics_coordinator(flow, coordinator)
     with _one_run_at_a_time(flow, "run"):
         flow._results_delivered([])  # a failed run leaves no earlier run's results in the handles
-        plan = plan_for(lambda: flow, cores=cores, gc_threshold=gc_threshold_during_run, clock=clock,
-                        budget=budget, shares=shares, stall_threshold=stall_threshold, state_dir=state_dir,
-                        epoch_interval=epoch_interval, process_id=process_id, peers=peers, secret=secret,
-                        tls=tls, startup_timeout=startup_timeout, heartbeat=heartbeat, dashboard=dashboard)
-        with _state_dir_held(state_dir, process_id):
+        with _state_dir_held(state_dir, process_id):  # (before the plan: run_async says why)
+            plan = plan_for(lambda: flow, cores=cores, gc_threshold=gc_threshold_during_run, clock=clock,
+                            budget=budget, shares=shares, stall_threshold=stall_threshold,
+                            state_dir=state_dir, epoch_interval=epoch_interval, process_id=process_id,
+                            peers=peers, secret=secret, tls=tls, startup_timeout=startup_timeout,
+                            heartbeat=heartbeat, dashboard=dashboard)
             flow._results_delivered(execute(plan, lambda: flow))
 
 

@@ -176,12 +176,12 @@ def _run(args, path: Path, name: str) -> int:
         os.environ["KERNEL_COORDINATOR"] = args.coordinator
     get_flow = _flow_loader(path, name)
     tls = None if args.tls_cert is None else (args.tls_cert, args.tls_key, args.tls_ca)
-    plan = plan_for(get_flow, cores=args.cores, gc_threshold=DEFAULT_GC_THRESHOLD,
-                    state_dir=args.state_dir, epoch_interval=args.epoch_interval,
-                    process_id=args.process_id, peers=args.peers, secret_file=args.secret_file, tls=tls,
-                    startup_timeout=args.startup_timeout, heartbeat=args.heartbeat, dashboard=args.dashboard,
-                    progress=_progress(args))
-    with _state_dir_held(args.state_dir, args.process_id):
+    with _state_dir_held(args.state_dir, args.process_id):  # (before the plan: kernel.run_async says why)
+        plan = plan_for(get_flow, cores=args.cores, gc_threshold=DEFAULT_GC_THRESHOLD,
+                        state_dir=args.state_dir, epoch_interval=args.epoch_interval,
+                        process_id=args.process_id, peers=args.peers, secret_file=args.secret_file, tls=tls,
+                        startup_timeout=args.startup_timeout, heartbeat=args.heartbeat,
+                        dashboard=args.dashboard, progress=_progress(args))
         if not in_cluster:
             execute(plan, get_flow)
             return 0
