@@ -135,6 +135,9 @@ def recorded_before(meta: dict[str, str], epoch: int) -> dict | None:
     return record
 
 
+_TABLES = {"meta", "snapshots", "complete"}  # a store's own tables (`SnapshotStore.__init__`)
+
+
 class SnapshotStore:
     """A connection to the store of one `state_dir` (one per process: SQLite
     connections must not cross a fork)."""
@@ -155,6 +158,12 @@ class SnapshotStore:
             # (a kernel's snapshot writer thread)
             self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
                                        check_same_thread=False)
+            tables = {t for (t,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables - _TABLES:  # (it took them as an empty store, and wrote its own tables beside them)
+                self._db.close()
+                raise StateError(f"state_dir {self.directory!r}: {name} is no snapshot store (it holds the "
+                                 f"tables {', '.join(sorted(tables - _TABLES))}: another program's "
+                                 "database?); give the flow a state_dir of its own")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(
