@@ -354,7 +354,7 @@ class ClusterSnapshots:
         store = self.open_store(written)
         try:
             store.claim(self.fingerprint, self.cluster.kernels, self.layout, self.placement,
-                        key_groups=None if source is None else source[2])
+                        key_groups=None if source is None else source[2], afresh=epoch == 0)
             store.record_run(epoch, self.record)
         finally:
             store.close()

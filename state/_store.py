@@ -211,7 +211,7 @@ class SnapshotStore:
     # -- which flow ------------------------------------------------------------------
 
     def claim(self, fingerprint: str, kernels: int, layout: str, placement: str | None = None,
-              key_groups: int | None = None) -> None:
+              key_groups: int | None = None, afresh: bool = False) -> None:
         """Bind an empty store to this flow, or check that it is this flow's
         (and intact: see `check_intact`). `layout` names how the snapshots
         are laid out (what the operators put in them: `kernel.operators.
@@ -221,9 +221,17 @@ class SnapshotStore:
         not change. Another number of `kernels` is a rescaled resume: the
         store keeps the old epochs' kernel counts, and refuses more kernels
         than it has key groups. `key_groups`: those of the generation a new
-        one resumes (`_generations.py`; fixed at a flow's first run)."""
+        one resumes (`_generations.py`; fixed at a flow's first run).
+        `afresh`: the run starts afresh (no epoch complete anywhere), so a
+        store of another placement that completed nothing is taken over (a
+        cluster killed before its first epoch left its files claimed, and a
+        cluster of another shape was refused with nothing to resume)."""
         self.check_intact()
         rows = dict(self._query("SELECT key, value FROM meta"))
+        if afresh and rows and rows.get("placement") != placement and not self._completed():
+            self._write("DELETE FROM snapshots", ())
+            self._write("DELETE FROM meta", ())
+            rows = {}
         if not rows:
             groups = default_key_groups(kernels) if key_groups is None else key_groups
             self._refuse_more_kernels_than(groups, kernels)
