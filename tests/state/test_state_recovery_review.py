@@ -13,9 +13,6 @@ gives:
   resumes the cluster's older epoch: records lost;
 * another application's SQLite database as `snapshots.sqlite` is taken as
   an empty store (tables written into it, no word);
-* on several kernels an aggregate reports whichever of equal keys (`1.0`,
-  `True`) reached the owner first, not a plain dict's (or one kernel's)
-  first key;
 * a cluster of another shape is refused where an earlier cluster claimed
   its files but completed no epoch;
 * a run refused because the state_dir is in use has already rewritten the
@@ -245,47 +242,6 @@ def test_a_state_dir_whose_store_file_is_another_applications_database_is_refuse
     db.close()
     assert tables == ["users"], f"the run wrote its tables into another database: {tables}"
     assert refused is not None and "snapshots.sqlite" in str(refused)
-
-
-def test_equal_keys_of_other_types_come_out_as_a_plain_dicts_first_key_on_several_kernels(tmp_path):
-    """README, Several cores: keys equal in a dict (`1`, `1.0`, `True`) go to
-    one kernel, and "aggregates therefore ... give exactly the one-core
-    result". A plain dict (and one kernel) keeps the first key it saw,
-    `True` here; on two kernels the owner keeps whichever kernel's record (or
-    partial) reaches it first, so the result's key is `1.0` when kernel 1's
-    records come first (written by to_files: `[1.0, 200]` for `[true,
-    200]`). Made deterministic by holding kernel 0's first record (the
-    `True`) until the owner of key 1, kernel 1, has reported a count."""
-    import time
-
-    from kernel import Dataflow, run
-    from net._exchange import key_group
-
-    assert key_group(True, 128) * 2 // 128 == 1  # kernel 1 of 2 owns the key 1 (128 key groups)
-    gate = tmp_path / "owner-counted"
-    data = [True] + [1.0] * 199  # record i is read by kernel i % 2: the True by kernel 0
-
-    def hold_the_first(x):
-        if x is True:
-            deadline = time.monotonic() + 20
-            while not gate.exists() and time.monotonic() < deadline:
-                time.sleep(0.005)
-        return x
-
-    def counted(pair):
-        gate.touch()
-        return pair
-
-    flow = Dataflow("equal-keys")
-    updates = (flow.from_iterable(data, batch_size=10).map(hold_the_first).key_by(lambda x: x)
-               .count(emit="updates").map(counted).collect())
-    run(flow, cores=2)
-    plain: dict = {}
-    for x in data:
-        plain[x] = plain.get(x, 0) + 1
-    [(plain_key, total)] = plain.items()
-    final = [(key, n) for key, n in updates.items if n == total]
-    assert final and all(type(key) is type(plain_key) for key, _ in final), (plain, final)
 
 
 def test_a_cluster_of_another_shape_starts_where_an_earlier_cluster_completed_no_epoch(tmp_path):
