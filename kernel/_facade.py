@@ -172,7 +172,7 @@ class Snapshots:
         from kernel.operators import SNAPSHOT_LAYOUT
         from kernel.runtime._rescale import resume_record
         from kernel.state import SnapshotStore
-        from kernel.state._generations import Generation, generations, look, newest, read_old_epoch
+        from kernel.state._generations import Generation, generations, look
         from kernel.state._store import recorded_before
 
         if not (isinstance(epoch_interval, (int, float)) and 0 < epoch_interval < float("inf")):
@@ -181,32 +181,59 @@ class Snapshots:
         self.interval = float(epoch_interval)
         fingerprint = flow_fingerprint(flow)
         # The newest complete epoch of every generation of store files here
-        # (state/_generations.py): a one-process run goes on writing a
-        # one-process generation, and starts one after a cluster's.
-        source = newest(state_dir, fingerprint, SNAPSHOT_LAYOUT)
+        # (state/_generations.py) that reads back intact: a one-process run
+        # goes on writing a one-process generation, and starts one after a
+        # cluster's.
+        source, self.blobs = self._intact_epoch(state_dir, fingerprint, SNAPSHOT_LAYOUT)
         after_cluster = source is not None and source[0].cluster
         generation = Generation(source[1][0], False) if after_cluster else (source[0] if source else
                                                                             Generation(0, False))
         self.name = generation.file_name()
         self.store = SnapshotStore(state_dir, self.name)
         self.store.claim(fingerprint, cores, SNAPSHOT_LAYOUT, key_groups=source[2] if after_cluster else None)
+        self.epoch, self.finished = (source[1][0], source[1][1]) if source else (0, False)
+        self.store.discard_after(self.epoch)  # (rows past it: of a line no run continues)
         if after_cluster:
-            old, (epoch, final, kernels), _ = source
-            self.epoch, self.finished = epoch, final
-            self.blobs = read_old_epoch(state_dir, old, epoch, kernels,
-                                        "a run resumes a cluster's state on one process only where the "
-                                        "state_dir holds every process's files (a directory they shared, or "
-                                        "their files copied into it)")
-            recorded = recorded_before(look(state_dir, generations(state_dir)[old]).meta, epoch)
+            recorded = recorded_before(look(state_dir, generations(state_dir)[source[0]]).meta, self.epoch)
         else:
-            latest = self.store.latest()
-            self.epoch, self.finished, self.blobs = latest if latest else (0, False, None)
-            self.store.discard_after(self.epoch)  # what a corrupt snapshot made it fall back past
             recorded = self.store.recorded_run(self.epoch)
         if self.blobs is not None:
             self._check_resume(flow, cores, recorded)
         self.store.record_run(self.epoch, resume_record(flow.graph))
         self._tell()
+
+    @staticmethod
+    def _intact_epoch(state_dir, fingerprint: str, layout: str):
+        """(the generation, its (epoch, final, kernels), key groups) of the
+        newest complete epoch whose every kernel's snapshot reads back
+        intact, and those snapshots; (None, None): afresh. A corrupt one is
+        skipped with a warning, through every generation (a one-process run
+        after a cluster, whose own newest epoch failed its checksum, started
+        afresh beside the cluster's intact epoch, and a later run resumed that
+        again, mixing two lines of epochs), and the epochs skipped are
+        discarded everywhere (`abandon_after`)."""
+        from kernel.state import CorruptSnapshot
+        from kernel.state._generations import abandon_after, complete_epochs, read_old_epoch
+
+        found = complete_epochs(state_dir, fingerprint, layout)
+        chosen, blobs = None, None
+        for source in found:
+            generation, (epoch, _, kernels), _ = source
+            try:
+                blobs = read_old_epoch(state_dir, generation, epoch, kernels,
+                                       "a run resumes a cluster's state on one process only where the "
+                                       "state_dir holds every process's files (a directory they shared, or "
+                                       "their files copied into it)")
+            except CorruptSnapshot as exc:
+                log.warning("state_dir %s: %s; falling back to the previous complete epoch", state_dir, exc)
+                continue
+            chosen = source
+            break
+        if found and chosen is None:
+            log.warning("state_dir %s: no complete epoch reads back intact; starting afresh", state_dir)
+        if found and chosen is not found[0]:
+            abandon_after(state_dir, 0 if chosen is None else chosen[1][0])
+        return chosen, blobs
 
     def _check_resume(self, flow, cores: int, recorded: dict | None) -> None:
         """Refuse a resume that would leave work undone (`resume_checks`);

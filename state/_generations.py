@@ -202,9 +202,17 @@ def newest(directory, fingerprint: str, layout: str):
     None when no epoch is complete. Every generation's files are checked to
     be this flow's, in this layout (StateError otherwise, as
     `SnapshotStore.claim`), and intact (a damaged file is a StateError)."""
+    found = complete_epochs(directory, fingerprint, layout)
+    return found[0] if found else None
+
+
+def complete_epochs(directory, fingerprint: str, layout: str) -> list:
+    """Every complete epoch of every generation here, newest first, as
+    `newest` gives the first: what a run falls back through when the newest
+    does not read back intact (its snapshot fails its checksum)."""
     from ._store import SnapshotStore, StateError, check_meta
 
-    best = None
+    found = []
     try:
         for generation, files in generations(directory).items():
             for name in files.values():  # a damaged page can read back as rows that never were
@@ -216,12 +224,50 @@ def newest(directory, fingerprint: str, layout: str):
             seen = look(directory, files)
             if seen.meta:
                 check_meta(directory, seen.meta, fingerprint, layout)
-            if seen.complete and (best is None or seen.complete[0] > best[1]):
-                best = (generation, seen.complete[0], int(seen.meta["key_groups"]))
+            found += [(generation, complete, int(seen.meta["key_groups"])) for complete in seen.complete]
     except sqlite3.DatabaseError as exc:
         raise StateError(f"state_dir {os.fspath(directory)!r}: cannot read its snapshots ({exc}); move it "
                          "aside to run this flow afresh") from exc
-    return best
+    return sorted(found, key=lambda item: item[1], reverse=True)
+
+
+def failing(directory, files: dict[int | None, str]) -> set[tuple[int, int, int]]:
+    """The (epoch, kernel, kernels) snapshots of a generation's files here
+    that fail their checksum (read-only; each snapshot read whole)."""
+    import zlib
+
+    bad = set()
+    for name in files.values():
+        db = _read_only(os.path.join(directory, name))
+        try:
+            for epoch, kernel, kernels, crc, blob in _rows(
+                    db, "SELECT epoch, kernel, kernels, crc, blob FROM snapshots"):
+                if zlib.crc32(blob) != crc:
+                    bad.add((epoch, kernel, kernels))
+        finally:
+            db.close()
+    return bad
+
+
+def abandon_after(directory, epoch: int, process: int | None = None) -> None:
+    """A run resumes `epoch` (0: afresh), older than some generation's
+    newest complete one (which failed its checksum): every generation's
+    epochs past it are a line no run continues (`SnapshotStore.discard_after`),
+    in the files of `process` here (None: all of them, one process's run).
+    Left, a later run took the abandoned line's higher epoch numbers for the
+    newest, and resumed it past the epochs this run wrote (records lost)."""
+    from ._store import SnapshotStore
+
+    for files in generations(directory).values():
+        for owner, name in files.items():
+            if process is not None and owner != process and not (owner is None and process == 0):
+                continue
+            store = SnapshotStore(directory, name)
+            try:
+                if store.completed() and store.completed()[0][0] > epoch:
+                    store.discard_after(epoch)
+            finally:
+                store.close()
 
 
 def read_old_epoch(directory, generation: Generation, epoch: int, kernels: int, why: str) -> list[bytes]:
