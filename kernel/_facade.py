@@ -332,7 +332,7 @@ class ClusterSnapshots:
         from kernel.operators import SNAPSHOT_LAYOUT
         from kernel.runtime._rescale import checked_steps, resume_record
         from kernel.state import StateError
-        from kernel.state._generations import generations, look, newest, steps_parts
+        from kernel.state._generations import failing, generations, look, newest, steps_parts
 
         if not (isinstance(epoch_interval, (int, float)) and 0 < epoch_interval < float("inf")):
             raise ValueError(f"epoch_interval must be a positive number of seconds, got {epoch_interval!r}")
@@ -359,6 +359,8 @@ class ClusterSnapshots:
                     "key_groups": int(seen.meta["key_groups"]) if seen.meta else None,
                     # for process 0's `resume_checks` of the epoch it decides on
                     "runs": {key: value for key, value in seen.meta.items() if key.startswith("run@")},
+                    # (snapshots failing their checksum: process 0 falls back past their epoch)
+                    "failing": failing(self.state_dir, files) if seen.complete else set(),
                     "parts": steps_parts(self.state_dir, files, checked) if checked else {}}
         except StateError as exc:
             offer["error"] = str(exc)
@@ -377,11 +379,17 @@ class ClusterSnapshots:
         """In the relay, once agreed: claim this process's store file of the
         generation the run writes, before any kernel opens it, and record
         what this run says of its steps there."""
+        from kernel.state._generations import abandon_after
+
         written, source, epoch = plan
+        # (epochs past the one resumed, skipped for a snapshot failing its
+        # checksum, are a line no run continues: in this process's files)
+        abandon_after(self.state_dir, epoch, self.process)
         store = self.open_store(written)
         try:
             store.claim(self.fingerprint, self.cluster.kernels, self.layout, self.placement,
                         key_groups=None if source is None else source[2], afresh=epoch == 0)
+            store.discard_after(epoch)
             store.record_run(epoch, self.record)
         finally:
             store.close()
@@ -437,12 +445,25 @@ class ClusterSnapshots:
         for p in sorted(offers):
             if offers[p]["error"] is not None:
                 raise StateError(f"process {p}: {offers[p]['error']}")
-        best = None
+        # every complete epoch offered, newest first: the newest whose snapshots
+        # are all there and intact (a corrupt one is skipped, as on one process)
+        candidates: dict = {}
         for p in sorted(offers):
             for generation, seen in offers[p]["generations"].items():
-                if seen["complete"] and (best is None or seen["complete"][0] > best[1]):
-                    best = (generation, seen["complete"][0], p, seen)
+                for complete in seen["complete"]:
+                    candidates.setdefault((complete[0], generation), (generation, complete, p, seen))
+        best = None
+        for key in sorted(candidates, key=lambda key: key[0], reverse=True):
+            corrupt = ClusterSnapshots._corrupt(offers, *candidates[key])
+            if corrupt is None:
+                best = candidates[key]
+                break
+            log.warning("state_dir %s: %s; falling back to the previous complete epoch",
+                        offers[0]["state_dir"], corrupt)
         if best is None:
+            if candidates:
+                log.warning("state_dir %s: no complete epoch reads back intact; starting afresh",
+                            offers[0]["state_dir"])
             return pickle.dumps((0, False, (0, None, 0)), protocol=5)
         generation, (epoch, finished, kernels), newest, about = best
         processes, cores = offers[0]["shape"]
@@ -486,6 +507,28 @@ class ClusterSnapshots:
         # (the same shape, cut: the same generation's files go on; another shape starts its own)
         written = generation.epoch if same else epoch
         return pickle.dumps((epoch, finished, (written, source, epoch)), protocol=5)
+
+    @staticmethod
+    def _corrupt(offers: dict, generation, complete: tuple, newest: int, about: dict) -> str | None:
+        """Why the complete epoch `complete` of `generation` cannot be
+        resumed, where one of the snapshots it needs is there but fails its
+        checksum on some process (which then falls back); None otherwise
+        (a snapshot missing altogether is `decide`'s own refusal)."""
+        from kernel.state import FINAL
+
+        epoch, _, kernels = complete
+        processes, cores = offers[0]["shape"]
+        same = generation.cluster and about["shape"] == (processes, cores)
+        for p in sorted(offers):
+            seen = offers[p]["generations"].get(generation, {"rows": set()})
+            bad = seen.get("failing", set())
+            needed = range(p * cores, (p + 1) * cores) if same else range(kernels)
+            for k in needed:
+                mine = (epoch, k, kernels) if (epoch, k, kernels) in seen["rows"] else (FINAL, k, kernels)
+                if mine in bad:
+                    at = "its final snapshot" if mine[0] == FINAL else f"epoch {epoch}"
+                    return f"process {p}: the snapshot of kernel {k} at {at} fails its checksum"
+        return None
 
     @staticmethod
     def _checked(graph, offers: dict, generation, epoch: int, kernels: int, newest: int) -> str | None:
@@ -697,17 +740,21 @@ def _state_dir_held(state_dir, process_id) -> Iterator[None]:
     cron job started twice) resumed from an epoch of the live run and
     snapshotted beside it into one store. An flock, so a run that dies
     (SIGKILL) leaves it free."""
-    if state_dir is None:
+    try:
+        directory = None if state_dir is None else os.fsdecode(os.fspath(state_dir))
+    except TypeError:
+        directory = None  # (not a path: the plan's check says so)
+    if directory is None:
         yield
         return
     import fcntl
 
     from kernel.dataflow._errors import KernelError
 
-    path = os.path.join(os.fspath(state_dir), f".running-{process_id or 0}")
+    path = os.path.join(directory, f".running-{process_id or 0}")
     try:
         if process_id is None:  # one process: its run makes the directory anyway
-            os.makedirs(os.fspath(state_dir), exist_ok=True)
+            os.makedirs(directory, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:
         # not there yet (a cluster's process makes its own later, or refuses
@@ -720,7 +767,7 @@ def _state_dir_held(state_dir, process_id) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise KernelError(
-                f"state_dir {os.fspath(state_dir)!r} is in use by another run (its lock {path!r} is "
+                f"state_dir {directory!r} is in use by another run (its lock {path!r} is "
                 "held): two runs on one state_dir would snapshot into one store; wait for that run to "
                 "end, or give this one another state_dir") from None
         yield
