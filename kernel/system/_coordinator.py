@@ -54,14 +54,16 @@ class CoordinatorServer(AuthenticatedServer):
             await ws.close(code=1008, message=b"unknown role")
             return
         state: dict = {"executor": None}
+        subscribed: set = set()  # an app's subscriptions made on this connection
         session = Session(ws, None, f"{'executor' if peer == EXECUTOR else 'client'} at {address}")
         session.handler = (lambda op, m: self._executor_request(session, state, op, m)) \
-            if peer == EXECUTOR else self._client_request
+            if peer == EXECUTOR else (lambda op, m: self._client_request(op, m, subscribed))
         try:
             await session.run()
         finally:
             if state["executor"] is not None:
                 self.master.disconnected(state["executor"], session)
+            _topics.forget_subscriptions(self.master.catalog, subscribed)
 
     # -- an executor's requests ---------------------------------------------------------
 
@@ -90,7 +92,7 @@ class CoordinatorServer(AuthenticatedServer):
 
     # -- a client's requests ------------------------------------------------------------
 
-    async def _client_request(self, op: str, m: dict):
+    async def _client_request(self, op: str, m: dict, subscribed: set | None = None):
         self.requests += 1
         master = self.master
         if op == "status":
@@ -115,7 +117,10 @@ class CoordinatorServer(AuthenticatedServer):
         if op == "logs":
             return await self._logs(str(m.get("job")), m.get("offsets") or {})
         if op in _topics.OPS:  # issue 18: jobs publishing streams and services
-            return await _topics.request(master.catalog, op, m)
+            reply = await _topics.request(master.catalog, op, m)
+            if subscribed is not None:
+                _topics.note_subscription(subscribed, op, m)
+            return reply
         raise RequestError(f"unknown request {op!r}")
 
     def _submit(self, m: dict):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 
 from kernel.system._catalog import ACTIVE, Catalog
@@ -124,6 +125,32 @@ async def request(catalog: Catalog, op: str, m: dict) -> dict:
                    (name, str(m["job"]), int(m.get("process", 0))))
         return {}
     raise RequestError(f"unknown request {op!r}")
+
+
+def note_subscription(subscribed: set, op: str, m: dict) -> None:
+    """An app's subscription made (or ended) on a connection: the
+    connection's `subscribed`, forgotten when it closes (`forget_subscriptions`)."""
+    if op in ("topic_subscribe", "topic_unsubscribe") and str(m.get("job", "")).startswith("app:"):
+        key = (str(m.get("name")), str(m["job"]), int(m.get("process", 0)))
+        if op == "topic_subscribe":
+            subscribed.add(key)
+        else:
+            subscribed.discard(key)
+
+
+def forget_subscriptions(catalog: Catalog, subscribed: set) -> None:
+    """A connection closed with an app's subscriptions still on it: the app
+    is gone (its reader keeps the connection while it reads), so they leave
+    the status list (a killed app stayed listed for as long as the topic
+    lived). A job of the system's are forgotten when it ends
+    (`forget_topics_of`), and a restarted attempt subscribes under the same
+    job id, so theirs are left alone."""
+    for name, job, process in subscribed:
+        try:
+            catalog._db.execute("DELETE FROM subscriptions WHERE topic = ? AND job = ? AND process = ?",
+                                (name, job, process))
+        except (sqlite3.Error, OSError):
+            pass  # (a catalog that cannot be written: a stale row in status, nothing more)
 
 
 ENDED_KEPT = 1000  # ended topics remembered for the jobs that had found them (topic_lookup)
