@@ -12,6 +12,7 @@ refused and logged (`refused a system connection from ...`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import math
@@ -42,10 +43,13 @@ class CoordinatorServer(AuthenticatedServer):
     noun = "a system connection"
     path = PATH
 
-    def __init__(self, host: str, port: int, secret: bytes, master: JobMaster, *, ssl_context=None) -> None:
+    def __init__(self, host: str, port: int, secret: bytes, master: JobMaster, *, ssl_context=None,
+                 client_ssl=True) -> None:
         super().__init__(host, port, secret, COORDINATOR, max_frame=MAX_MESSAGE, ssl_context=ssl_context,
                          meta={"role": "coordinator"})
         self.master = master
+        # (an app's topic server asked whether it still publishes: `_topics.probe`)
+        self._probe = functools.partial(_topics.probe, secret=secret, ssl=client_ssl)
         self.requests = 0  # served, for the benchmark and the tests
 
     async def _session(self, ws, peer: int, meta, address: str) -> None:
@@ -117,7 +121,7 @@ class CoordinatorServer(AuthenticatedServer):
         if op == "logs":
             return await self._logs(str(m.get("job")), m.get("offsets") or {})
         if op in _topics.OPS:  # issue 18: jobs publishing streams and services
-            reply = await _topics.request(master.catalog, op, m)
+            reply = await _topics.request(master.catalog, op, m, self._probe)
             if subscribed is not None:
                 _topics.note_subscription(subscribed, op, m)
             return reply
@@ -209,7 +213,8 @@ async def serve(host: str, port: int, secret: bytes, data_dir: str | Path, *, tl
         catalog = Catalog(data_dir)
         master = JobMaster(catalog, adopt_grace=adopt_grace, executor_timeout=executor_timeout)
         server = CoordinatorServer(host, port, secret, master,
-                                   ssl_context=tls.server_context() if tls is not None else None)
+                                   ssl_context=tls.server_context() if tls is not None else None,
+                                   client_ssl=tls.client_context() if tls is not None else True)
         await server.start()
     except BaseException:
         if page_socket is not None:

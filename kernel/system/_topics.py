@@ -31,13 +31,12 @@ Rows: `topics(name, job, created, schema)` with `schema` a JSON object
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import time
 
 from kernel.system._catalog import ACTIVE, Catalog
-from kernel.system._wire import RequestError
+from kernel.system._wire import CLIENT, RequestError
 
 ENDED = "ended"  # a publication's address once its partition has ended
 OPS = ("topic_publish", "topic_lookup", "topic_subscribe", "topic_unsubscribe", "topic_unpublish")
@@ -57,7 +56,9 @@ def _name(m: dict) -> str:
     return name
 
 
-async def request(catalog: Catalog, op: str, m: dict) -> dict:
+async def request(catalog: Catalog, op: str, m: dict, probe=None) -> dict:
+    """`probe(address, kind)`: the publisher id a server answers with
+    (`probe`, the coordinator's secret and TLS given)."""
     name = _name(m)
     db = catalog._db
     if op == "topic_lookup":
@@ -80,7 +81,7 @@ async def request(catalog: Catalog, op: str, m: dict) -> dict:
         uid, job, partition = str(m["id"]), str(m["job"]), int(m["partition"])
         row = _row(catalog, name)
         while row is not None and row.get("id") != uid:
-            if row["job"] != job and await _still_published(catalog, name, row["job"]):
+            if row["job"] != job and await _still_published(catalog, name, row, probe):
                 raise RequestError(f"topic {name!r} is published by {row['job']}, which is running")
             # The probe awaited: another kernel of this publisher (registering
             # its own partition at the same moment) may have replaced the old
@@ -201,26 +202,52 @@ def _ended_job(catalog: Catalog, job: str) -> bool:
     return row is not None and row[0] not in ACTIVE
 
 
-async def _still_published(catalog: Catalog, name: str, job: str) -> bool:
-    """Does `job` still publish `name`? A job of the system: while it is
-    active. An app: while its publisher's address still accepts connections
-    (a killed app's registration stays behind; the next publisher replaces it)."""
-    row = catalog._db.execute("SELECT status FROM jobs WHERE id = ?", (job,)).fetchone()
-    if row is not None:
-        return row[0] in ACTIVE
+async def _still_published(catalog: Catalog, name: str, row: dict, probe) -> bool:
+    """Does `row`'s job still publish `name`? A job of the system: while it
+    is active. An app: while one of its publisher's addresses answers as
+    that publisher (`probe`: the links' handshake, whose meta carries the
+    publisher's id). A killed app's registration stays behind, and the next
+    publisher replaces it: where its port had been taken by another
+    listener meanwhile, "accepts a connection" took that for the old
+    publisher, and the name was refused for as long as the listener lived."""
+    job = row["job"]
+    status = catalog._db.execute("SELECT status FROM jobs WHERE id = ?", (job,)).fetchone()
+    if status is not None:
+        return status[0] in ACTIVE
     # that job's addresses, read before the first await (another request may
     # change the rows meanwhile, and must not have its own address probed)
     addresses = catalog._db.execute("SELECT address FROM publications WHERE topic = ? AND job = ?",
                                     (name, job)).fetchall()
     for (address,) in addresses:
-        host, _, port = address.rpartition(":")
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), 1.0)
-        except (OSError, TimeoutError, ValueError):
-            continue
-        writer.close()
-        return True
+        if address != ENDED and await probe(address, row.get("kind", "stream")) == row.get("id"):
+            return True
     return False
+
+
+PROBE_TIMEOUT = 1.0  # seconds a registered publisher has to answer as itself (`probe`)
+
+
+async def probe(address: str, kind: str, *, secret: bytes, ssl) -> str | None:
+    """The publisher id the topic (or service) server at `address` gives in
+    the links' handshake, or None where nothing of ours answers there."""
+    from kernel.net._links import LinkError, connect
+    from kernel.topics._publish import TOPIC_PATH
+    from kernel.topics._services import SERVICE_PATH
+
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    url = f"{'https' if ssl is not True else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
+    try:
+        ws, _, meta, http = await connect(url, secret, CLIENT, path=TOPIC_PATH if kind == "stream" else
+                                          SERVICE_PATH, meta={"probe": True}, check_meta=False,
+                                          timeout=PROBE_TIMEOUT, retry=False, ssl=ssl)
+    except (LinkError, OSError, ValueError):
+        return None
+    try:
+        await ws.close()
+    finally:
+        await http.close()
+    return meta.get("id") if isinstance(meta, dict) else None
 
 
 def listing(catalog: Catalog) -> list[dict]:

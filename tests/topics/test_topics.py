@@ -1405,9 +1405,12 @@ def test_a_restarted_apps_kernels_registering_at_once_replace_the_old_registrati
             return {"name": "t", "id": "new", "job": "app:new", "kind": "stream", "partitions": 2,
                     "partition": partition, "address": new[partition]}
 
+        async def probe(address, kind):  # (the new servers answer as the new publisher)
+            return "new" if address in new else None
+
         async def both():
-            return await asyncio.gather(*(request(catalog, "topic_publish", publish(p)) for p in range(2)),
-                                        return_exceptions=True)
+            return await asyncio.gather(*(request(catalog, "topic_publish", publish(p), probe)
+                                          for p in range(2)), return_exceptions=True)
 
         assert asyncio.run(both()) == [{}, {}]
         reply = asyncio.run(request(catalog, "topic_lookup", {"name": "t", "job": "app:b"}))
@@ -1433,8 +1436,13 @@ def test_only_the_old_publishers_own_addresses_say_it_still_runs(tmp_path):
         db.execute("INSERT INTO publications VALUES ('t', 'app:old', 0, ?)", (f"127.0.0.1:{dead}",))
         db.execute("INSERT INTO publications VALUES ('t', 'app:new', 1, ?)",
                    (f"127.0.0.1:{server.getsockname()[1]}",))
-        assert asyncio.run(_still_published(catalog, "t", "app:old")) is False
-        assert asyncio.run(_still_published(catalog, "t", "app:new")) is True
+        answers = {f"127.0.0.1:{server.getsockname()[1]}": "new-id"}  # (what each address's handshake says)
+
+        async def probe(address, kind):
+            return answers.get(address)
+
+        assert asyncio.run(_still_published(catalog, "t", {"job": "app:old", "id": "new-id"}, probe)) is False
+        assert asyncio.run(_still_published(catalog, "t", {"job": "app:new", "id": "new-id"}, probe)) is True
     finally:
         server.close()
         catalog.close()

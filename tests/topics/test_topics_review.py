@@ -294,6 +294,41 @@ def test_a_killed_apps_topic_is_taken_over_even_where_its_port_now_serves_someth
                 proc.wait()
 
 
+def test_a_live_apps_topic_is_not_taken_over_and_a_killed_ones_is(system, tmp_path):
+    """(With the fix above: the coordinator asks the registered address for
+    the publisher's id in the links' handshake.) A second app publishing
+    the name of a live app's topic is refused; once the first is killed,
+    the next takes the name over."""
+    import signal
+
+    def spawn(name, **extra):
+        log = tmp_path / f"{name}.log"
+        env = dict(system.env, TOPIC="held-name", **extra)
+        with open(log, "wb") as err, open(tmp_path / f"{name}.out", "wb") as out:
+            return subprocess.Popen([PYTHON, str(READINGS), f"127.0.0.1:{system.port}"], stdout=out,
+                                    stderr=err, env=env, cwd=tmp_path), log
+
+    a, a_log = spawn("a", HOLD=str(tmp_path / "never"))
+    procs = [a]
+    try:
+        wait_until(lambda: " served at " in a_log.read_text(), timeout=20, what="A to register")
+        b, b_log = spawn("b", COUNT="50")
+        procs.append(b)
+        assert b.wait(30) != 0
+        assert "topic 'held-name' is published by app:" in b_log.read_text() and \
+            "which is running" in b_log.read_text(), b_log.read_text()[-600:]
+        a.send_signal(signal.SIGKILL)
+        a.wait()
+        c, c_log = spawn("c", COUNT="50")
+        procs.append(c)
+        assert c.wait(30) == 0, c_log.read_text()[-600:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def test_a_frozen_coordinator_never_leaves_a_finished_publisher_or_subscriber_hanging(system, tmp_path):
     """The coordinator stops answering with its connections open (SIGSTOP
     here; a machine that froze, or a cable cut, leaves no RST either) just
