@@ -526,8 +526,9 @@ class ClusterSnapshots:
             for k in needed:
                 mine = (epoch, k, kernels) if (epoch, k, kernels) in seen["rows"] else (FINAL, k, kernels)
                 if mine in bad:
-                    at = "its final snapshot" if mine[0] == FINAL else f"epoch {epoch}"
-                    return f"process {p}: the snapshot of kernel {k} at {at} fails its checksum"
+                    what = (f"the final snapshot of kernel {k}" if mine[0] == FINAL
+                            else f"the snapshot of kernel {k} at epoch {epoch}")
+                    return f"process {p}: {what} fails its checksum"
         return None
 
     @staticmethod

@@ -390,11 +390,14 @@ class SnapshotStore:
         kernels = self.kernels if kernels is None else kernels
         rows = self._query("SELECT crc, blob FROM snapshots WHERE epoch = ? AND kernel = ? AND kernels = ?",
                            (epoch, kernel, kernels))
+        what = (f"the final snapshot of kernel {kernel}" if epoch == FINAL  # (not FINAL's number)
+                else f"the snapshot of kernel {kernel} at epoch {epoch}")
         if not rows:
-            raise CorruptSnapshot(f"epoch {epoch} has no snapshot for kernel {kernel}")
+            raise CorruptSnapshot(f"{self.name} has no snapshot of kernel {kernel} at "
+                                  f"{'its end (final)' if epoch == FINAL else f'epoch {epoch}'}")
         [(crc, blob)] = rows
         if zlib.crc32(blob) != crc:
-            raise CorruptSnapshot(f"the snapshot of kernel {kernel} at epoch {epoch} fails its checksum")
+            raise CorruptSnapshot(f"{self.name}: {what} fails its checksum")
         return bytes(blob)
 
     def _read_for(self, epoch: int, kernel: int, kernels: int) -> bytes:
