@@ -31,6 +31,7 @@ Rows: `topics(name, job, created, schema)` with `schema` a JSON object
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -218,10 +219,10 @@ async def _still_published(catalog: Catalog, name: str, row: dict, probe) -> boo
     # change the rows meanwhile, and must not have its own address probed)
     addresses = catalog._db.execute("SELECT address FROM publications WHERE topic = ? AND job = ?",
                                     (name, job)).fetchall()
-    for (address,) in addresses:
-        if address != ENDED and await probe(address, row.get("kind", "stream")) == row.get("id"):
-            return True
-    return False
+    # (asked at once: one second at most in all, within the publisher's wait for the answer)
+    ids = await asyncio.gather(*(probe(address, row.get("kind", "stream")) for (address,) in addresses
+                                 if address != ENDED))
+    return row.get("id") is not None and row["id"] in ids
 
 
 PROBE_TIMEOUT = 1.0  # seconds a registered publisher has to answer as itself (`probe`)

@@ -29,6 +29,9 @@ CLIENT = 2  # kernel.system._wire.CLIENT: the handshake's role
 _MAX_MESSAGE = 1 << 20
 log = logging.getLogger("kernel.topics")
 LOOKUP_EVERY = 0.05  # seconds between lookups of a topic that does not exist yet
+# seconds a request's answer may take beyond the timeout: the coordinator's own
+# work on it (a publish asks an old registration's addresses, 1 s at most)
+ANSWER_GRACE = 5.0
 
 
 def coordinator_address(explicit: str | None = None) -> tuple[str, int]:
@@ -186,7 +189,7 @@ class Directory:
                 # bounded: a coordinator frozen (SIGSTOP, a stalled VM, a cut
                 # cable: no close comes) held a topic's end, and its job, for
                 # ever
-                message = await self._ws.receive(timeout=self.timeout)
+                message = await self._ws.receive(timeout=self.timeout + ANSWER_GRACE)
                 if message.type.name != "TEXT":
                     raise gone
                 reply = msgspec.json.decode(message.data)
@@ -195,7 +198,7 @@ class Directory:
         except TimeoutError:
             await self.close()
             raise CoordinatorUnreachable(f"the coordinator at {self.address[0]}:{self.address[1]} did not "
-                                         f"answer {op!r} within {self.timeout:g} s") from None
+                                         f"answer {op!r} within {self.timeout + ANSWER_GRACE:g} s") from None
         except (ConnectionError, _Closed):  # (aiohttp's reset on a closing socket is a ConnectionError)
             await self.close()
             if again:
