@@ -64,6 +64,22 @@ def _tls(args):
     return TLSFiles(args.tls_cert, args.tls_key, args.tls_ca)
 
 
+def _at_least(least: int):
+    """An argparse type: an integer >= `least` (`--cores 0` was sent, and
+    refused by the coordinator with exit 1, or by an executor's register,
+    retried for ever)."""
+    def number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < least:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {least}, got {text!r}")
+        return value
+
+    return number
+
+
 def _common(parser: argparse.ArgumentParser, coordinator: bool = True) -> None:
     if coordinator:
         parser.add_argument("--coordinator", default=os.environ.get(COORDINATOR_VARIABLE),
@@ -91,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="serve the system's dashboard (executors, jobs, topics) there")
     _common(p, coordinator=False)
     p = commands.add_parser("executor", help="run job processes on this machine")
-    p.add_argument("--cores", type=int, required=True, metavar="N", help="cores this executor offers")
+    p.add_argument("--cores", type=_at_least(1), required=True, metavar="N",
+                   help="cores this executor offers")
     p.add_argument("--workdir", default="kernel-executor", metavar="DIR",
                    help="pipelines, logs and job directories (default: ./kernel-executor)")
     p.add_argument("--host", default=None, metavar="NAME",
@@ -106,8 +123,9 @@ def _parser() -> argparse.ArgumentParser:
     _common(p)
     p = commands.add_parser("submit", help="submit a pipeline file as a job; prints the job id first")
     p.add_argument("pipeline", metavar="FILE[:NAME]")
-    p.add_argument("--processes", type=int, default=None, metavar="M", help="processes, one per executor")
-    p.add_argument("--cores", type=int, default=1, metavar="N", help="kernels per process")
+    p.add_argument("--processes", type=_at_least(1), default=None, metavar="M",
+                   help="processes, one per executor")
+    p.add_argument("--cores", type=_at_least(1), default=1, metavar="N", help="kernels per process")
     p.add_argument("--executors", default=None, metavar="ID,...", help="run on these executors")
     p.add_argument("--state-dir", default=None, metavar="DIR",
                    help="snapshots, on the executors' machines (restarts resume from them)")
@@ -115,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="the --state-dir is one directory every executor's machine sees (a network file "
                         "system): a job of several processes may then restart on fewer")
     p.add_argument("--epoch-interval", type=float, default=None, metavar="S")
-    p.add_argument("--max-restarts", type=int, default=3, metavar="K")
+    p.add_argument("--max-restarts", type=_at_least(0), default=3, metavar="K")
     p.add_argument("--wait", action="store_true", help="follow the job: exit 0 if it completed, else 1")
     _common(p)
     p = commands.add_parser("status", help="executors, jobs and topics")
