@@ -484,7 +484,7 @@ def test_bad_usage_gets_a_clear_error(system, tmp_path):
         (["submit", Path(__file__), "--processes", "5"], {}, 1, "needs 5 executor(s)"),
         # (usage errors of the command line itself: exit 2, before anything is sent)
         (["submit", Path(__file__), "--cores", "0"], {}, 2, "--cores: must be an integer >= 1, got '0'"),
-        (["submit", Path(__file__), "--max-restarts", "-1"], {}, 2, "--max-restarts: must be an integer >= 0"),
+        (["submit", Path(__file__), "--max-restarts", "-1"], {}, 2, "--max-restarts: must be an integer"),
         (["executor", "--cores", "0"], {}, 2, "--cores: must be an integer >= 1, got '0'"),
         (["submit", Path(__file__), "--shared-state-dir"], {}, 2, "--shared-state-dir needs --state-dir"),
         (["logs", "job-999"], {}, 1, "no such job: job-999"),
