@@ -37,3 +37,57 @@ def test_two_new_executors_registering_while_the_catalog_cannot_be_written_get_i
         assert first_id != second_id, f"both executors were given the id {first_id!r}"
     finally:
         system.close()
+
+
+TOPICS = os.path.join(os.path.dirname(__file__), "topics")
+
+
+def test_a_subscribing_app_still_reading_stays_listed_after_the_coordinator_restarts(tmp_path):
+    # d8cb71a forgets an app's subscriptions when the connection it made them
+    # on closes (`_topics.forget_subscriptions`, run in the session's finally).
+    # A coordinator stopped on purpose (Ctrl-C / SIGINT, to upgrade it or move
+    # it) closes every connection first (`AuthenticatedServer.stop`) while its
+    # catalog is still open: every live subscribing app's row is deleted. The
+    # app reads on through the restart (nothing of it is lost) and never
+    # subscribes again (`Subscribe` sends topic_subscribe once), so `status`
+    # lists no subscriber for the topic for as long as it reads. Before the
+    # change the row stayed. Expected: a live subscriber stays listed.
+    import signal
+    import subprocess
+
+    system = System(tmp_path)
+    procs = []
+
+    def spawn(script, name):
+        log = tmp_path / f"{name}.log"
+        env = dict(system.env, TOPIC="restart-reader", RATE="100")
+        with open(log, "wb") as err, open(tmp_path / f"{name}.out", "wb") as out:
+            procs.append(subprocess.Popen([sys.executable, os.path.join(TOPICS, script),
+                                           f"127.0.0.1:{system.port}"], stdout=out, stderr=err, env=env,
+                                          cwd=tmp_path))
+        return procs[-1], log
+
+    def subscribers() -> list:
+        return [s for t in system.status()["topics"] if t["name"] == "restart-reader" for s in t["subscribers"]]
+
+    try:
+        system.start_coordinator()
+        a, a_log = spawn("readings.py", "a")
+        wait_until(lambda: " served at " in a_log.read_text(), timeout=20, what="A to register")
+        b, b_log = spawn("sums.py", "b")
+        wait_until(lambda: "epoch" in b_log.read_text() and subscribers(), timeout=20,
+                   what="B to subscribe and read")
+        listed = subscribers()
+        system.coordinator.send_signal(signal.SIGINT)  # (stopped on purpose, to be started again)
+        system.coordinator.wait(timeout=10)
+        system.start_coordinator()
+        size = b_log.stat().st_size
+        wait_until(lambda: b_log.stat().st_size > size, timeout=5, what="B to read on")
+        assert b.poll() is None and a.poll() is None
+        assert subscribers() == listed, f"B reads on, but status lists {subscribers()} (before: {listed})"
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        system.close()
