@@ -155,3 +155,28 @@ def test_a_cluster_process_on_a_state_dir_not_made_yet_holds_its_lock_while_it_r
                     proc.kill()
                     proc.wait()
     assert line == "", "a second run on the state_dir of a live cluster process was not refused"
+
+
+def test_a_store_analyzed_with_the_sqlite3_shell_is_still_a_snapshot_store(tmp_path):
+    # 1ac2237 refuses a store file holding tables other than meta, snapshots and
+    # complete ("another program's SQLite database"). SQLite's own tables count
+    # as foreign: `ANALYZE` (or `PRAGMA optimize`, which GUI tools and the
+    # sqlite3 shell's users run on a database they look into) adds sqlite_stat1,
+    # and the run is then refused: "snapshots.sqlite is no snapshot store (it
+    # holds the tables sqlite_stat1 ...)", its state unreachable until the table
+    # is dropped by hand. Expected: SQLite's internal tables (sqlite_*) ignored.
+    from kernel import Dataflow, run
+
+    state = tmp_path / "state"
+
+    def flow() -> Dataflow:
+        built = Dataflow("analyzed")
+        built.from_iterable(range(100)).key_by(lambda x: x % 3).count().to_files(tmp_path / "out")
+        return built
+
+    run(flow(), state_dir=state, epoch_interval=0.01)
+    db = sqlite3.connect(state / "snapshots.sqlite")
+    db.execute("ANALYZE")
+    db.commit()
+    db.close()
+    run(flow(), state_dir=state, epoch_interval=0.01)  # (it ran to its end: nothing to do again)
