@@ -180,3 +180,25 @@ def test_a_store_analyzed_with_the_sqlite3_shell_is_still_a_snapshot_store(tmp_p
     db.commit()
     db.close()
     run(flow(), state_dir=state, epoch_interval=0.01)  # (it ran to its end: nothing to do again)
+
+
+def test_a_publish_refused_for_its_stream_leaves_the_name_free_for_the_right_one():
+    # 611d250 claims a topic name for the flow (`_api._claim`) before the publish
+    # step is added (`graph.add`, which refuses a stream from inside a loop's
+    # body read outside it). The refused publish added nothing, but its name
+    # stays claimed: publishing the right stream (the loop's result) under the
+    # name is then refused "'prices' is already published by this flow", though
+    # nothing publishes it. Expected: a refused publish claims no name.
+    from kernel import Dataflow
+    from kernel.dataflow._errors import KernelError
+
+    flow = Dataflow()
+    kept = []
+    out = flow.from_iterable([1]).iterate(lambda s: (kept.append(s.map(str, name="inside")) or s.filter(bool), s))
+    try:
+        kept[0].publish("prices")  # (a stream inside the loop: refused)
+    except KernelError:
+        pass
+    else:
+        raise AssertionError("a stream from inside a loop's body was published outside it")
+    out.publish("prices")  # the right one: nothing publishes "prices" in this flow
