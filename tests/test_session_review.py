@@ -202,3 +202,75 @@ def test_a_publish_refused_for_its_stream_leaves_the_name_free_for_the_right_one
     else:
         raise AssertionError("a stream from inside a loop's body was published outside it")
     out.publish("prices")  # the right one: nothing publishes "prices" in this flow
+
+
+def _certificates(d) -> dict[str, str]:
+    """A CA; node.pem for 127.0.0.1 (serverAuth and clientAuth, as the tests'
+    own); server.pem for 127.0.0.1 with serverAuth only (as most issued
+    server certificates are)."""
+    import subprocess
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+            "-keyout", "ca.key", "-out", "ca.pem")
+    for name, usage in (("node", "serverAuth,clientAuth"), ("server", "serverAuth")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+                "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        (d / f"{name}.cnf").write_text(f"subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-extfile", f"{name}.cnf", "-out", f"{name}.pem")
+    return {name: str(d / name) for name in ("ca.pem", "node.pem", "node.key", "server.pem", "server.key")}
+
+
+def test_a_live_apps_topic_is_not_taken_over_on_a_coordinator_whose_certificate_is_a_server_one(tmp_path):
+    # 6c0c23d asks an app's registered address whether it still publishes a
+    # name by the links' handshake (`_topics.probe`), the coordinator dialling
+    # with its own --tls-cert as a client certificate. The coordinator never
+    # dialled before: its certificate only ever had to be a server's, and
+    # one issued for serverAuth alone (the usual server certificate) is
+    # refused as a client's by the app's topic server (which asks for one:
+    # its KERNEL_TLS names a CA). The probe's handshake fails, the live app is
+    # taken for gone, and a second app publishing the name takes it over: the
+    # first app's subscribers are told of a new publisher while it runs.
+    # (Plain, the same second app is refused: test_topics_review.py's
+    # test_a_live_apps_topic_is_not_taken_over_and_a_killed_ones_is.)
+    # Expected: B refused, "published by app:..., which is running" (as it is
+    # with the coordinator on node.pem: checked by hand).
+    import subprocess
+
+    d = tmp_path / "tls"
+    d.mkdir()
+    certs = _certificates(d)
+    system = System(tmp_path)
+    procs = []
+
+    def spawn(name, **extra):
+        log = tmp_path / f"{name}.log"
+        env = dict(system.env, TOPIC="held-name", **extra,
+                   KERNEL_TLS=",".join(certs[n] for n in ("node.pem", "node.key", "ca.pem")))
+        with open(log, "wb") as err, open(tmp_path / f"{name}.out", "wb") as out:
+            procs.append(subprocess.Popen([sys.executable, os.path.join(TOPICS, "readings.py"),
+                                           f"127.0.0.1:{system.port}"], stdout=out, stderr=err, env=env,
+                                          cwd=tmp_path))
+        return procs[-1], log
+
+    try:
+        system.start_coordinator("--tls-cert", certs["server.pem"], "--tls-key", certs["server.key"],
+                                 "--tls-ca", certs["ca.pem"])
+        a, a_log = spawn("a", HOLD=str(tmp_path / "never"))
+        wait_until(lambda: " served at " in a_log.read_text() or a.poll() is not None, timeout=20,
+                   what="A to register")
+        assert a.poll() is None, a_log.read_text()[-600:]
+        b, b_log = spawn("b", COUNT="50")
+        b.wait(30)
+        assert a.poll() is None
+        assert b.returncode != 0 and "which is running" in b_log.read_text(), \
+            f"B took over the live A's name (exit {b.returncode})"
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        system.close()
