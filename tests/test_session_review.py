@@ -3,15 +3,13 @@ it was written against, because of the bug its comment describes."""
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "system"))
 
-from _system import System, wait_until  # noqa: E402
+from _system import System, wait_until
 
 
 def test_two_new_executors_registering_while_the_catalog_cannot_be_written_get_ids_of_their_own(tmp_path):
@@ -68,7 +66,8 @@ def test_a_subscribing_app_still_reading_stays_listed_after_the_coordinator_rest
         return procs[-1], log
 
     def subscribers() -> list:
-        return [s for t in system.status()["topics"] if t["name"] == "restart-reader" for s in t["subscribers"]]
+        topics = system.status()["topics"]
+        return [s for t in topics if t["name"] == "restart-reader" for s in t["subscribers"]]
 
     try:
         system.start_coordinator()
@@ -142,7 +141,7 @@ def test_a_cluster_process_on_a_state_dir_not_made_yet_holds_its_lock_while_it_r
     first = subprocess.Popen(command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     second = None
     try:
-        assert first.stdout.readline() == "running\n", first.stderr.read() if first.poll() is not None else ""
+        assert first.stdout.readline() == "running\n", first.poll()
         second = subprocess.Popen(command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         line = second.stdout.readline()  # refused: "" (its stdout closes); running: "running"
     finally:
