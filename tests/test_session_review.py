@@ -142,7 +142,8 @@ def test_a_cluster_process_on_a_state_dir_not_made_yet_holds_its_lock_while_it_r
     second = None
     try:
         assert first.stdout.readline() == "running\n", first.poll()
-        second = subprocess.Popen(command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        second = subprocess.Popen(command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=env)
         line = second.stdout.readline()  # refused: "" (its stdout closes); running: "running"
     finally:
         for proc in (second, first):
@@ -193,7 +194,8 @@ def test_a_publish_refused_for_its_stream_leaves_the_name_free_for_the_right_one
 
     flow = Dataflow()
     kept = []
-    out = flow.from_iterable([1]).iterate(lambda s: (kept.append(s.map(str, name="inside")) or s.filter(bool), s))
+    out = flow.from_iterable([1]).iterate(
+        lambda s: (kept.append(s.map(str, name="inside")) or s.filter(bool), s))
     try:
         kept[0].publish("prices")  # (a stream inside the loop: refused)
     except KernelError:
