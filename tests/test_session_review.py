@@ -17,9 +17,12 @@ def test_two_new_executors_registering_while_the_catalog_cannot_be_written_get_i
     # instead of failing. But `Catalog.new_executor_id` counts only the catalog's
     # rows, not the job master's executors in memory: the second new executor is
     # given the first's id ("e1" both), `register` finds it in `self.executors`
-    # and takes its entry over, closing the first one's connection; the two then
-    # take the id from each other on every reconnect (the flapping `own_id` was
-    # written against).
+    # and takes its entry over, closing the first one's connection. The first
+    # registers again as e1: `own_id` sees a live holder and gives it a "fresh"
+    # id, again `new_executor_id()`'s "e1", so the two take e1 from each other
+    # on every reconnect for as long as the catalog cannot be written (the
+    # flapping `own_id` was written against: 6 registers of e1 in 8 s, seen by
+    # hand), and afterwards the first comes back as e2, its jobs lost.
     system = System(tmp_path)
     try:
         system.start_coordinator()
