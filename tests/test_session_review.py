@@ -1,5 +1,18 @@
 """A review of today's changes (5eaa368..HEAD): each test fails on the code
-it was written against, because of the bug its comment describes."""
+it was written against, because of the bug its comment describes.
+
+- two new executors registering while the catalog cannot be written are
+  both given "e1" (`Catalog.new_executor_id` counts the catalog only), and
+  flap on it, `own_id`'s fresh id being "e1" again;
+- a live subscribing app leaves `status` for good when the coordinator is
+  stopped and started again (`forget_subscriptions` on the server's close);
+- a cluster's process on a state_dir not made yet runs holding no lock
+  (`_state_dir_held` before the plan that makes the directory);
+- a store with SQLite's own sqlite_stat1 (ANALYZE) is refused as foreign;
+- a publish refused for its stream keeps its name claimed in the flow;
+- the topic probe dials with the coordinator's --tls-cert as a client
+  certificate: a server-only certificate fails it, and a live app's name
+  is taken over."""
 
 from __future__ import annotations
 
