@@ -158,7 +158,8 @@ class SnapshotStore:
             # (a kernel's snapshot writer thread)
             self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
                                        check_same_thread=False)
-            tables = {t for (t,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            tables = {t for (t,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                      if not t.startswith("sqlite_")}  # (SQLite's own: ANALYZE's statistics)
             if tables - _TABLES:  # (it took them as an empty store, and wrote its own tables beside them)
                 self._db.close()
                 raise StateError(f"state_dir {self.directory!r}: {name} is no snapshot store (it holds the "

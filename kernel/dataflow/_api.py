@@ -638,6 +638,7 @@ class Dataflow:
         from kernel.topics import _api
 
         self._source(_api.server(self, name, handler), f"serve({name})", ("Serve",))
+        _api.claim(self, name, "serve")
 
     def source(self, factory: Callable[[], Source], *, name: str) -> Stream[Any]:
         """A mid-level source: `factory()` returns a fresh `Source` per kernel.
@@ -1057,6 +1058,7 @@ class Stream(Generic[T_co]):
         stream, factory = _api.publisher(self, name, partitions, retain, slow, epoch_interval, record_type,
                                          retain_bytes)
         stream.flow.graph.add(f"publish({name})", factory, [stream._edge()])
+        _api.claim(stream.flow, name, "publish")
 
     def print(self, prefix: str = "", *, name: str | None = None) -> None:
         """Writes every record to stdout, one line each, after `prefix`.

@@ -22,16 +22,22 @@ def _check_name(name: object, what: str) -> None:
                          "the coordinator)") from None
 
 
-def _claim(flow: Any, name: str, what: str) -> None:
+def _unclaimed(flow: Any, name: str, what: str) -> None:
     """One stream or service a name in a flow: its kernels publish under one
     publisher id, so a second `publish` (or a `serve`) of one name took the
-    first's place in the catalog, its records lost without a word."""
-    claimed = flow.__dict__.setdefault("_topic_names", {})
+    first's place in the catalog, its records lost without a word. Checked
+    before the step is added, `claim`ed once it is (a publish refused for
+    its stream kept the name from the right one)."""
+    claimed = flow.__dict__.get("_topic_names", {})
     if name in claimed:
         raise ValueError(f"{what}: {name!r} is already {claimed[name]} by this flow (a name is published "
                          "or served once in a flow: publish the union of the streams, "
                          f"a.union(b).publish({name!r}))")
-    claimed[name] = "published" if what == "publish" else "served"
+
+
+def claim(flow: Any, name: str, what: str) -> None:
+    """The name `publish` or `serve` added a step for (`_unclaimed`)."""
+    flow.__dict__.setdefault("_topic_names", {})[name] = "published" if what == "publish" else "served"
 
 
 def _seconds(value: object) -> bool:
@@ -61,7 +67,7 @@ def publisher(stream: Any, name: str, partitions: str, retain: int | None, slow:
                          f"got {epoch_interval!r}")
     if record_type is not None and not isinstance(record_type, type):
         raise TypeError(f"publish: record_type must be a class, got {record_type!r}")
-    _claim(stream.flow, name, "publish")
+    _unclaimed(stream.flow, name, "publish")
     merged = partitions == "merged"
     if merged:  # every record to kernel 0 (stable_hash(0) == 0), which serves the one partition
         stream = stream.key_by(_to_kernel_0, name=f"publish({name}) to kernel 0")
@@ -96,5 +102,5 @@ def server(flow: Any, name: str, handler: Callable[[Any], Any]) -> Callable[[], 
     _check_name(name, "serve")
     if not callable(handler):
         raise TypeError(f"serve({name!r}, handler): the handler must be callable, got {handler!r}")
-    _claim(flow, name, "serve")
+    _unclaimed(flow, name, "serve")
     return functools.partial(Serve, name, handler, coordinator=_coordinator_of(flow))
