@@ -610,11 +610,21 @@ class JobMaster:
             return message
         if self.connected.get(executor_id) is not held:
             return message  # (gone meanwhile)
-        fresh = self.catalog.new_executor_id()
+        fresh = self._new_executor_id()
         log.warning("executor id %s is held by a live executor at %s: the one registering from %s is given "
                     "%s (a workdir copied with its executor.json, or a new catalog?)", executor_id,
                     held.record.host, message.get("host"), fresh)
         return {**message, "executor": fresh}
+
+    def _new_executor_id(self) -> str:
+        """An id neither the catalog nor this master has given: an executor
+        whose row could not be written (the catalog locked, a full disk) is
+        known only here, and two new executors were both given e1."""
+        fresh = self.catalog.new_executor_id()
+        n = int(fresh[1:])
+        while f"e{n}" in self.executors:
+            n += 1
+        return f"e{n}"
 
     def register(self, session: Session, message: dict) -> Executor:
         executor_id = message.get("executor")
@@ -623,7 +633,7 @@ class JobMaster:
             raise RequestError("register: cores must be a positive int and host a name")
         now = time.time()
         if executor_id not in self.executors:
-            executor_id = self.catalog.new_executor_id() if not executor_id else executor_id
+            executor_id = self._new_executor_id() if not executor_id else executor_id
             self.executors[executor_id] = Executor(executor_id, host, cores, "up", now, now)
         executor = self.executors[executor_id]
         executor.host, executor.cores, executor.state, executor.last_seen = host, cores, "up", now
