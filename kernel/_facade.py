@@ -753,14 +753,16 @@ def _state_dir_held(state_dir, process_id) -> Iterator[None]:
     from kernel.dataflow._errors import KernelError
 
     path = os.path.join(directory, f".running-{process_id or 0}")
+    made = not os.path.exists(directory)
     try:
-        if process_id is None:  # one process: its run makes the directory anyway
-            os.makedirs(directory, exist_ok=True)
+        # (its run makes it anyway, a cluster's process too: made here, so
+        # that a run on a state_dir not there yet holds it from the start; a
+        # cluster's missing snapshots are an empty directory's as well)
+        os.makedirs(directory, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:
-        # not there yet (a cluster's process makes its own later, or refuses
-        # the run for its missing snapshots), or not one to write in: the
-        # run's own checks say so
+        # not one to write in (a file there, no permission): the run's own
+        # checks say so
         yield
         return
     try:
@@ -771,7 +773,14 @@ def _state_dir_held(state_dir, process_id) -> Iterator[None]:
                 f"state_dir {directory!r} is in use by another run (its lock {path!r} is "
                 "held): two runs on one state_dir would snapshot into one store; wait for that run to "
                 "end, or give this one another state_dir") from None
-        yield
+        try:
+            yield
+        except BaseException:
+            if made:  # a refused run leaves no directory it made (nothing but its lock in it)
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                    os.rmdir(directory)
+            raise
     finally:
         os.close(fd)
 
