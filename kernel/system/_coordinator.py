@@ -18,6 +18,8 @@ import logging
 import math
 from pathlib import Path
 
+from aiohttp import WSCloseCode
+
 from kernel.net._links import AuthenticatedServer
 from kernel.system import _topics
 from kernel.system._catalog import TABLES, TERMINAL, Catalog
@@ -67,7 +69,11 @@ class CoordinatorServer(AuthenticatedServer):
         finally:
             if state["executor"] is not None:
                 self.master.disconnected(state["executor"], session)
-            _topics.forget_subscriptions(self.master.catalog, subscribed)
+            # (a connection the app closed itself, with a close frame, is no sign
+            # it is gone: a reader's catalog connection given up on a slow
+            # answer; nor is one this coordinator closes as it stops)
+            if ws.close_code not in (WSCloseCode.OK, WSCloseCode.GOING_AWAY) and not self.master.closing:
+                _topics.forget_subscriptions(self.master.catalog, subscribed)
 
     # -- an executor's requests ---------------------------------------------------------
 

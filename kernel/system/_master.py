@@ -160,6 +160,11 @@ class JobMaster:
 
     # -- bookkeeping ------------------------------------------------------------------
 
+    @property
+    def closing(self) -> bool:
+        """The coordinator stops (`close`)."""
+        return self._closing
+
     def _lock(self, job_id: str) -> asyncio.Lock:
         return self._locks.setdefault(job_id, asyncio.Lock())
 
