@@ -37,7 +37,7 @@ import sqlite3
 import time
 
 from kernel.system._catalog import ACTIVE, Catalog
-from kernel.system._wire import CLIENT, RequestError
+from kernel.system._wire import CLIENT, RequestError, tls_handshake_failure
 
 ENDED = "ended"  # a publication's address once its partition has ended
 OPS = ("topic_publish", "topic_lookup", "topic_subscribe", "topic_unsubscribe", "topic_unpublish")
@@ -222,15 +222,17 @@ async def _still_published(catalog: Catalog, name: str, row: dict, probe) -> boo
     # (asked at once: one second at most in all, within the publisher's wait for the answer)
     ids = await asyncio.gather(*(probe(address, row.get("kind", "stream")) for (address,) in addresses
                                  if address != ENDED))
-    return row.get("id") is not None and row["id"] in ids
+    return UNKNOWN in ids or (row.get("id") is not None and row["id"] in ids)
 
 
 PROBE_TIMEOUT = 1.0  # seconds a registered publisher has to answer as itself (`probe`)
+UNKNOWN = object()  # `probe`: something answered, but who could not be told
 
 
-async def probe(address: str, kind: str, *, secret: bytes, ssl) -> str | None:
+async def probe(address: str, kind: str, *, secret: bytes, ssl) -> object:
     """The publisher id the topic (or service) server at `address` gives in
-    the links' handshake, or None where nothing of ours answers there."""
+    the links' handshake, None where nothing of ours answers there, or
+    UNKNOWN where a TLS handshake was refused."""
     from kernel.net._links import LinkError, connect
     from kernel.topics._publish import TOPIC_PATH
     from kernel.topics._services import SERVICE_PATH
@@ -242,8 +244,12 @@ async def probe(address: str, kind: str, *, secret: bytes, ssl) -> str | None:
         ws, _, meta, http = await connect(url, secret, CLIENT, path=TOPIC_PATH if kind == "stream" else
                                           SERVICE_PATH, meta={"probe": True}, check_meta=False,
                                           timeout=PROBE_TIMEOUT, retry=False, ssl=ssl)
-    except (LinkError, OSError, ValueError):
-        return None
+    except (LinkError, OSError, ValueError) as exc:
+        # A TLS handshake refused (a server asking for a client certificate
+        # that the coordinator's own, issued for serving, does not satisfy)
+        # says nothing of who listens: taken for the old publisher, as a
+        # server that answers, lest a live app's name be taken over.
+        return UNKNOWN if tls_handshake_failure(exc) is not None else None
     try:
         await ws.close()
     finally:
