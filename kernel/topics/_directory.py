@@ -29,8 +29,9 @@ CLIENT = 2  # kernel.system._wire.CLIENT: the handshake's role
 _MAX_MESSAGE = 1 << 20
 log = logging.getLogger("kernel.topics")
 LOOKUP_EVERY = 0.05  # seconds between lookups of a topic that does not exist yet
-# seconds a request's answer may take beyond the timeout: the coordinator's own
-# work on it (a publish asks an old registration's addresses, 1 s at most)
+# seconds a request's answer may take beyond the timeout, at most: the
+# coordinator's own work on it (a publish asks an old registration's
+# addresses, 1 s at most); the timeout itself where shorter, 2 s at least
 ANSWER_GRACE = 5.0
 
 
@@ -157,6 +158,9 @@ class Directory:
         except Exception as exc:
             raise CoordinatorUnreachable(f"cannot reach the coordinator at {host}:{port}: {exc}") from exc
 
+    def _answer_within(self) -> float:
+        return self.timeout + max(2.0, min(ANSWER_GRACE, self.timeout))
+
     async def request(self, op: str, **fields) -> dict:
         async with self._lock:
             reused = self._ws is not None and not self._ws.closed
@@ -189,7 +193,7 @@ class Directory:
                 # bounded: a coordinator frozen (SIGSTOP, a stalled VM, a cut
                 # cable: no close comes) held a topic's end, and its job, for
                 # ever
-                message = await self._ws.receive(timeout=self.timeout + ANSWER_GRACE)
+                message = await self._ws.receive(timeout=self._answer_within())
                 if message.type.name != "TEXT":
                     raise gone
                 reply = msgspec.json.decode(message.data)
@@ -198,7 +202,7 @@ class Directory:
         except TimeoutError:
             await self.close()
             raise CoordinatorUnreachable(f"the coordinator at {self.address[0]}:{self.address[1]} did not "
-                                         f"answer {op!r} within {self.timeout + ANSWER_GRACE:g} s") from None
+                                         f"answer {op!r} within {self._answer_within():g} s") from None
         except (ConnectionError, _Closed):  # (aiohttp's reset on a closing socket is a ConnectionError)
             await self.close()
             if again:
