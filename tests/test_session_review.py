@@ -109,6 +109,8 @@ def test_a_subscribing_app_still_reading_stays_listed_after_the_coordinator_rest
 
 
 SHARED_FLOW = """\
+import sys
+
 from kernel import Dataflow
 
 seen = []
@@ -117,7 +119,8 @@ seen = []
 def announce(x):
     if not seen:
         seen.append(x)
-        print("running", flush=True)
+        sys.stdout.write("running\\n")  # (one write: two kernels' lines never interleave)
+        sys.stdout.flush()
 
 
 flow = Dataflow("shared")

@@ -203,6 +203,8 @@ def test_log_format_json_makes_a_bad_option_value_a_json_line_too(tmp_path):
 # -- two runs on one --state-dir at once -----------------------------------------------
 
 SHARED = """\
+import sys
+
 from kernel import Dataflow
 
 seen = []
@@ -211,7 +213,8 @@ seen = []
 def announce(x):
     if not seen:
         seen.append(x)
-        print("running", flush=True)
+        sys.stdout.write("running\\n")  # (one write: two kernels' lines never interleave)
+        sys.stdout.flush()
 
 
 flow = Dataflow("shared")
