@@ -360,7 +360,7 @@ class ClusterSnapshots:
                     # for process 0's `resume_checks` of the epoch it decides on
                     "runs": {key: value for key, value in seen.meta.items() if key.startswith("run@")},
                     # (snapshots failing their checksum: process 0 falls back past their epoch)
-                    "failing": failing(self.state_dir, files) if seen.complete else set(),
+                    "failing": failing(self.state_dir, files, [e for e, _, _ in seen.complete]),
                     "parts": steps_parts(self.state_dir, files, checked) if checked else {}}
         except StateError as exc:
             offer["error"] = str(exc)

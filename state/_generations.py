@@ -29,6 +29,7 @@ a given epoch.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import sqlite3
@@ -231,21 +232,39 @@ def complete_epochs(directory, fingerprint: str, layout: str) -> list:
     return sorted(found, key=lambda item: item[1], reverse=True)
 
 
-def failing(directory, files: dict[int | None, str]) -> set[tuple[int, int, int]]:
+def failing(directory, files: dict[int | None, str], complete: list[int]) -> set[tuple[int, int, int]]:
     """The (epoch, kernel, kernels) snapshots of a generation's files here
-    that fail their checksum (read-only; each snapshot read whole)."""
+    that fail their checksum (read-only; each snapshot read whole), of the
+    epochs a resume may need: from the newest of its `complete` epochs on
+    (a process ahead may have completed the next; FINAL ones too), and the
+    one before only where one of those fails (a start read every kept
+    snapshot twice otherwise)."""
     import zlib
 
-    bad = set()
-    for name in files.values():
-        db = _read_only(os.path.join(directory, name))
-        try:
-            for epoch, kernel, kernels, crc, blob in _rows(
-                    db, "SELECT epoch, kernel, kernels, crc, blob FROM snapshots"):
-                if zlib.crc32(blob) != crc:
-                    bad.add((epoch, kernel, kernels))
-        finally:
-            db.close()
+    def check(low: int, high: int) -> set:
+        bad = set()
+        for name in files.values():
+            db = _read_only(os.path.join(directory, name))
+            try:
+                for epoch, kernel, kernels, crc, blob in _rows(
+                        db, "SELECT epoch, kernel, kernels, crc, blob FROM snapshots WHERE epoch >= ? AND "
+                            "epoch < ?", (low, high)):
+                    if zlib.crc32(blob) != crc:
+                        bad.add((epoch, kernel, kernels))
+            finally:
+                db.close()
+        return bad
+
+    if not complete:
+        return set()
+    bad = check(complete[0], (1 << 63) - 1)  # (SQLite's largest integer: past FINAL)
+    for newer, older in itertools.pairwise(complete):
+        if not bad:
+            break
+        more = check(older, newer)
+        bad |= more
+        if not more:
+            break
     return bad
 
 
