@@ -1,0 +1,81 @@
+"""Adversarial review: the shared-memory rings (net/shm.py) and the kernel's
+timers (kernel/scheduling/_kernel.py, _clock.py). Each test fails on the
+code as reviewed."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from kernel.net.shm import RingClosed, SpscRing
+from kernel.scheduling._clock import VirtualClock
+from kernel.scheduling._kernel import Kernel
+
+
+def test_push_after_close_raises_ring_closed_for_small_frames():
+    # A large frame pushed after close() raises RingClosed (the general
+    # path checks `_closed`); a small one takes push2/push_tagged's fast
+    # path, which never looks, and fails on the released memoryview with a
+    # bare TypeError ("argument must be read-write bytes-like object").
+    ring = SpscRing.create_inherited(64)
+    ring.close()
+    with pytest.raises(RingClosed):
+        ring.push(b"x" * 100)  # the general path: as it should be
+    with pytest.raises(RingClosed):
+        ring.push(b"x")
+    with pytest.raises(RingClosed):
+        ring.push_tagged(1, 2, b"a")
+
+
+def test_virtual_timer_cancelled_once_due_does_not_fire():
+    # With the system clock, cancel() on a call_later handle before its
+    # callback ran stops it (asyncio's TimerHandle). With a VirtualClock,
+    # advance() past the deadline has already moved the callback onto the
+    # loop (loop.call_soon(fn)), and the handle's cancel() only clears the
+    # heap entry that is gone: the cancelled timer fires anyway.
+    clock = VirtualClock()
+    kernel = Kernel(clock=clock)
+    fired: list[str] = []
+
+    async def task():
+        handle = kernel.call_later(1.0, lambda: fired.append("fired"))
+        clock.advance(1.0)
+        handle.cancel()
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    async def main():
+        kernel.spawn(task())
+        await kernel.join()
+
+    asyncio.run(main())
+    assert fired == [], "a timer cancelled before its callback ran still fired"
+
+
+def test_nan_delay_does_not_block_other_timers():
+    # call_later(nan) is accepted; on a VirtualClock its heap entry has a
+    # NaN deadline, `nan <= now` is False for ever, and advance() stops at
+    # the top of the heap: every other timer of the kernel never fires.
+    # Either refuse the delay (ValueError) or keep the other timers going.
+    clock = VirtualClock()
+    kernel = Kernel(clock=clock)
+    fired: list[str] = []
+
+    async def task():
+        try:
+            kernel.call_later(math.nan, lambda: fired.append("nan"))
+        except ValueError:
+            pass  # refused: also right
+        kernel.call_later(1.0, lambda: fired.append("one"))
+        clock.advance(5.0)
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    async def main():
+        kernel.spawn(task())
+        await kernel.join()
+
+    asyncio.run(main())
+    assert "one" in fired, "a NaN-delay timer kept a due timer from firing"
