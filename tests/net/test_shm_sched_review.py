@@ -79,3 +79,49 @@ def test_nan_delay_does_not_block_other_timers():
 
     asyncio.run(main())
     assert "one" in fired, "a NaN-delay timer kept a due timer from firing"
+
+
+def test_a_named_ring_on_a_full_shm_fails_with_an_error_not_sigbus(tmp_path):
+    # SpscRing.create (public: kernel.net.SpscRing) sizes its segment with
+    # ftruncate alone, which on tmpfs reserves nothing: on a /dev/shm too
+    # small for the ring (64 MB in a container by default) create()
+    # succeeds and the first push that touches a page past the limit kills
+    # the process with SIGBUS, mid-run. Reserving the pages at creation
+    # (os.posix_fallocate) would refuse the ring with an OSError instead.
+    import os
+    import signal
+    import subprocess
+
+    from kernel.net import shm
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    small = tmp_path / "shm"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: a ring 16 times the room there is, filled
+            code = 0
+            try:
+                shm._SHM_DIR = str(small)
+                try:
+                    ring = shm.SpscRing.create(1 << 20)
+                except OSError:
+                    os._exit(3)  # refused with an error: right
+                chunk = b"x" * 4000
+                while ring.push(chunk):
+                    pass
+                code = 4  # filled it (no limit hit?)
+            except BaseException:
+                code = 5
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGBUS), (
+            "the process writing a named ring on a full tmpfs died of SIGBUS")
+    finally:
+        for leftover in small.iterdir():
+            leftover.unlink()
+        subprocess.run(["umount", str(small)], capture_output=True)
