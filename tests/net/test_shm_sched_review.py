@@ -125,3 +125,42 @@ def test_a_named_ring_on_a_full_shm_fails_with_an_error_not_sigbus(tmp_path):
         for leftover in small.iterdir():
             leftover.unlink()
         subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def test_a_base_exception_in_a_start_hook_stops_the_kernels_tasks():
+    # join() promises: it raises the first failure and "the kernel then
+    # stops its scheduler and cancels its remaining tasks, so nothing keeps
+    # running after a failure". An at_start hook (runtime.start: operators'
+    # open()) that raises a BaseException that is no Exception (a
+    # `class Stop(BaseException)`, as the timer path already handles) goes
+    # past join's `except Exception`: join raises it, but fail() is never
+    # called, kernel.failed is False, and the tasks spawned go on running
+    # on the host's loop.
+    class Stop(BaseException):
+        pass
+
+    ticks: list[int] = []
+
+    async def main():
+        kernel = Kernel()
+
+        async def worker():
+            while True:
+                ticks.append(1)
+                await asyncio.sleep(0.001)
+
+        kernel.spawn(worker())
+
+        def boom():
+            raise Stop("from a start hook")
+
+        kernel.at_start(boom)
+        with pytest.raises(Stop):
+            await kernel.join()
+        before = len(ticks)
+        await asyncio.sleep(0.03)
+        return kernel, len(ticks) - before
+
+    kernel, ticks_after = asyncio.run(main())
+    assert ticks_after == 0, f"a task of the failed kernel ran {ticks_after} more times after join() raised"
+    assert kernel.failed
