@@ -49,6 +49,7 @@ wakeup impossible.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import platform
@@ -106,6 +107,10 @@ def _create_segment(name: str, size: int) -> mmap.mmap:
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
         os.ftruncate(fd, size)
+        # (its pages reserved now: sized only, a full /dev/shm let it be
+        # made, and the first write past the room left killed the writer
+        # with SIGBUS; now an OSError here, ENOSPC)
+        os.posix_fallocate(fd, 0, size)
         return mmap.mmap(fd, size)
     except BaseException:
         os.unlink(path)
@@ -414,6 +419,11 @@ class SpscRing:
         if self._closed:
             return
         self._closed = True
+        # No room is ever seen again: push2's and push_tagged's fast paths
+        # (which do not look at `_closed`, to stay a few bytecodes) fall
+        # through to the general path, which raises RingClosed (they failed
+        # on the released view with a bare TypeError).
+        self._head_seen = -math.inf
         self._release_views()
         try:
             self._map.close()

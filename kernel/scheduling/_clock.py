@@ -121,14 +121,25 @@ class VirtualClock:
         """Call `fn()` once the clock has been advanced by `delay` seconds
         (from inside the `advance` that gets there; timers fire in deadline
         order, ties in the order they were set)."""
+        if delay != delay:  # NaN: first in the heap for ever, no deadline ever reached (nor any after it)
+            raise ValueError("a timer's delay must be a number of seconds, got nan")
         entry = [self._monotonic + max(delay, 0.0), next(self._sequence), fn]
         heapq.heappush(self._timers, entry)
         return _VirtualTimer(entry)
 
     def timer(self, loop, delay: float, fn: Callable[[], None]) -> _VirtualTimer:
         """`fn()` on `loop`'s next turn once the clock has been advanced by
-        `delay` (the kernel's processing-time timers)."""
-        return self.call_later(delay, lambda: loop.call_soon(fn))
+        `delay` (the kernel's processing-time timers). Cancelled after the
+        clock got there but before that turn, it does not run (as an
+        asyncio timer handle: it ran)."""
+        timer = None
+
+        def due() -> None:
+            if timer._entry[2] is not None:  # (not cancelled meanwhile)
+                fn()
+
+        timer = self.call_later(delay, lambda: loop.call_soon(due))
+        return timer
 
     def __repr__(self) -> str:
         return f"VirtualClock(monotonic={self._monotonic!r})"

@@ -287,7 +287,9 @@ class Kernel:
             for fn in starters:
                 try:
                     fn()
-                except Exception as exc:  # becomes the run's failure, as raised
+                except BaseException as exc:  # becomes the run's failure, as raised
+                    # (any: a `class Stop(BaseException)` or a KeyboardInterrupt
+                    # went straight out of join(), the kernel's tasks left running)
                     self.fail(exc)
                     break
             self._check_idle()
@@ -341,6 +343,8 @@ class Kernel:
         named and a KeyboardInterrupt, which fail it as themselves."""
         if self._loop is None:
             raise RuntimeError("call_later() needs a running kernel")
+        if delay != delay:  # (NaN: with a VirtualClock it held every later timer back)
+            raise ValueError("call_later: the delay must be a number of seconds, got nan")
         loop, timers = self._loop, self._timers
         handle = None
 

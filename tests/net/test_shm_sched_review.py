@@ -8,8 +8,8 @@ import asyncio
 import math
 
 import pytest
-
 from kernel.net.shm import RingClosed, SpscRing
+
 from kernel.scheduling._clock import VirtualClock
 from kernel.scheduling._kernel import Kernel
 
