@@ -212,7 +212,7 @@ class Snapshots:
         afresh beside the cluster's intact epoch, and a later run resumed that
         again, mixing two lines of epochs), and the epochs skipped are
         discarded everywhere (`abandon_after`)."""
-        from kernel.state import CorruptSnapshot
+        from kernel.state import CorruptSnapshot, SnapshotStore
         from kernel.state._generations import abandon_after, complete_epochs, read_old_epoch
 
         found = complete_epochs(state_dir, fingerprint, layout)
@@ -220,10 +220,17 @@ class Snapshots:
         for source in found:
             generation, (epoch, _, kernels), _ = source
             try:
-                blobs = read_old_epoch(state_dir, generation, epoch, kernels,
-                                       "a run resumes a cluster's state on one process only where the "
-                                       "state_dir holds every process's files (a directory they shared, or "
-                                       "their files copied into it)")
+                if generation.cluster:  # (a process's files missing: refused, never fallen back past)
+                    blobs = read_old_epoch(state_dir, generation, epoch, kernels,
+                                           "a run resumes a cluster's state on one process only where the "
+                                           "state_dir holds every process's files (a directory they "
+                                           "shared, or their files copied into it)")
+                else:  # (a snapshot missing from a complete epoch is a damaged one: fallen back past)
+                    store = SnapshotStore(state_dir, generation.file_name())
+                    try:
+                        blobs = store.epoch_snapshots(epoch, kernels)
+                    finally:
+                        store.close()
             except CorruptSnapshot as exc:
                 log.warning("state_dir %s: %s; falling back to the previous complete epoch", state_dir, exc)
                 continue

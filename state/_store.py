@@ -411,6 +411,12 @@ class SnapshotStore:
                 raise
             return self.read(FINAL, kernel, kernels)  # that kernel had ended before this epoch
 
+    def epoch_snapshots(self, epoch: int, kernels: int) -> list[bytes]:
+        """Every one of `kernels` kernels' snapshot of `epoch` (its FINAL one
+        where it had ended before), checksums checked: CorruptSnapshot for
+        one that fails or is missing."""
+        return [self._read_for(epoch, k, kernels) for k in range(kernels)]
+
     def latest(self, kernels: int | None = None) -> tuple[int, bool, list[bytes]] | None:
         """The newest complete epoch whose every kernel's snapshot reads back
         intact: (epoch, final, blobs by kernel, as many as the run that wrote
@@ -419,7 +425,7 @@ class SnapshotStore:
         completed = self._completed()
         for epoch, final, count in completed:
             try:
-                return epoch, bool(final), [self._read_for(epoch, k, count) for k in range(count)]
+                return epoch, bool(final), self.epoch_snapshots(epoch, count)
             except CorruptSnapshot as exc:
                 log.warning("state_dir %s: %s; falling back to the previous complete epoch",
                             self.directory, exc)

@@ -448,8 +448,21 @@ def corrupt_blob(state: Path, epoch: int, kernel: int) -> None:
     db.close()
 
 
+def drop_blob(state: Path, epoch: int, kernel: int) -> None:
+    db = sqlite3.connect(state / "snapshots.sqlite")
+    db.execute("DELETE FROM snapshots WHERE epoch = ? AND kernel = ?", (epoch, kernel))  # lost
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize(("damage", "said"), [
+    (corrupt_blob, "fails its checksum"),
+    # (a snapshot missing from a complete epoch is a damaged one as well)
+    (drop_blob, "has no snapshot of kernel 0 at its end (final)"),
+])
 @pytest.mark.parametrize("cores", [1, 2])
-def test_a_run_that_falls_back_from_a_corrupt_snapshot_publishes_every_record_once(tmp_path, cores):
+def test_a_run_that_falls_back_from_a_corrupt_snapshot_publishes_every_record_once(tmp_path, cores, damage,
+                                                                                    said):
     """Found by a probe: resumed from the epoch before a corrupt newest
     one, the earlier run's visible files of the replayed epoch stayed, and
     where the replay wrote nothing to that epoch their records came out
@@ -466,12 +479,12 @@ def test_a_run_that_falls_back_from_a_corrupt_snapshot_publishes_every_record_on
     store.close()
     (final, _), (previous, _) = completed
     assert completed == [(final, True), (previous, False)] and previous >= 2
-    corrupt_blob(tmp_path / "state", FINAL, 0)
+    damage(tmp_path / "state", FINAL, 0)
     kept = files_up_to(tmp_path / "out" / "records", previous)
 
     second = run_cli(tmp_path, cores, None, run="resumed", n=n)
     assert second.returncode == 0, second.stderr
-    assert "fails its checksum; falling back to the previous complete epoch" in second.stderr
+    assert f"{said}; falling back to the previous complete epoch" in second.stderr
     assert f"resuming from epoch {previous}\n" in second.stderr
     # what the files of the restored epoch do not hold, read again: the last
     # record (on 2 kernels, unless its kernel had ended before that epoch)
