@@ -283,7 +283,8 @@ def abandon_after(directory, epoch: int, process: int | None = None) -> None:
                 continue
             store = SnapshotStore(directory, name)
             try:
-                if store.completed() and store.completed()[0][0] > epoch:
+                completed = store.completed()
+                if completed and completed[0][0] > epoch:
                     store.discard_after(epoch)
             finally:
                 store.close()

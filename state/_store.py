@@ -391,14 +391,12 @@ class SnapshotStore:
         kernels = self.kernels if kernels is None else kernels
         rows = self._query("SELECT crc, blob FROM snapshots WHERE epoch = ? AND kernel = ? AND kernels = ?",
                            (epoch, kernel, kernels))
-        what = (f"the final snapshot of kernel {kernel}" if epoch == FINAL  # (not FINAL's number)
-                else f"the snapshot of kernel {kernel} at epoch {epoch}")
+        at = "its end (final)" if epoch == FINAL else f"epoch {epoch}"  # (not FINAL's number)
         if not rows:
-            raise CorruptSnapshot(f"{self.name} has no snapshot of kernel {kernel} at "
-                                  f"{'its end (final)' if epoch == FINAL else f'epoch {epoch}'}")
+            raise CorruptSnapshot(f"{self.name} has no snapshot of kernel {kernel} at {at}")
         [(crc, blob)] = rows
         if zlib.crc32(blob) != crc:
-            raise CorruptSnapshot(f"{self.name}: {what} fails its checksum")
+            raise CorruptSnapshot(f"{self.name}: the snapshot of kernel {kernel} at {at} fails its checksum")
         return bytes(blob)
 
     def _read_for(self, epoch: int, kernel: int, kernels: int) -> bytes:

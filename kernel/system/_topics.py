@@ -123,8 +123,7 @@ async def request(catalog: Catalog, op: str, m: dict, probe=None) -> dict:
                    (name, str(m["job"]), int(m.get("process", 0))))
         return {}
     if op == "topic_unsubscribe":
-        db.execute("DELETE FROM subscriptions WHERE topic = ? AND job = ? AND process = ?",
-                   (name, str(m["job"]), int(m.get("process", 0))))
+        _unsubscribe(catalog, name, str(m["job"]), int(m.get("process", 0)))
         return {}
     raise RequestError(f"unknown request {op!r}")
 
@@ -149,10 +148,14 @@ def forget_subscriptions(catalog: Catalog, subscribed: set) -> None:
     job id, so theirs are left alone."""
     for name, job, process in subscribed:
         try:
-            catalog._db.execute("DELETE FROM subscriptions WHERE topic = ? AND job = ? AND process = ?",
-                                (name, job, process))
+            _unsubscribe(catalog, name, job, process)
         except (sqlite3.Error, OSError):
             pass  # (a catalog that cannot be written: a stale row in status, nothing more)
+
+
+def _unsubscribe(catalog: Catalog, name: str, job: str, process: int) -> None:
+    catalog._db.execute("DELETE FROM subscriptions WHERE topic = ? AND job = ? AND process = ?",
+                        (name, job, process))
 
 
 ENDED_KEPT = 1000  # ended topics remembered for the jobs that had found them (topic_lookup)

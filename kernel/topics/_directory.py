@@ -209,6 +209,29 @@ class Directory:
                 raise CoordinatorUnreachable(str(gone)) from None
             raise gone from None
 
+    async def answered(self, op: str, deadline: float | None, doing: str, **fields) -> dict:
+        """`request`, asked again while the coordinator cannot be reached
+        (down longer than a dial's timeout: a restart that takes a while),
+        until `deadline` (the loop's clock; None: for ever), saying so once
+        (`doing`: what is asked again), and once that it answers again:
+        what may wait goes on waiting rather than ending its job (a review)."""
+        loop = asyncio.get_running_loop()
+        unreachable = False
+        while True:
+            try:
+                reply = await self.request(op, **fields)
+            except CoordinatorUnreachable as exc:
+                if deadline is not None and loop.time() >= deadline:
+                    raise
+                if not unreachable:
+                    unreachable = True
+                    log.warning("%s; %s again until it answers", exc, doing)
+                await asyncio.sleep(LOOKUP_EVERY)
+                continue
+            if unreachable:
+                log.warning("the coordinator at %s:%d answers again", *self.address)
+            return reply
+
     async def lookup(self, name: str, timeout: float | None, kind: str = "stream",
                      not_id: str | None = None) -> dict:
         """The topic `name` once it is published whole (every partition),
@@ -217,25 +240,10 @@ class Directory:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         waiting = False
-        unreachable = False
         while True:
             # (job: a topic that ends is still found, ended, by the jobs that had found it)
-            try:
-                found = await self.request("topic_lookup", name=name, job=job_name())
-            except CoordinatorUnreachable as exc:
-                # down for longer than a dial's timeout (a restart that takes
-                # a while): a lookup that may wait goes on waiting, within its
-                # timeout, rather than ending the job (a review)
-                if deadline is not None and loop.time() >= deadline:
-                    raise
-                if not unreachable:
-                    unreachable = True
-                    log.warning("%s; looking %r up again until it answers", exc, name)
-                await asyncio.sleep(LOOKUP_EVERY)
-                continue
-            if unreachable:
-                unreachable = False
-                log.warning("the coordinator at %s:%d answers again", *self.address)
+            found = await self.answered("topic_lookup", deadline, f"looking {name!r} up", name=name,
+                                        job=job_name())
             if found.get("found") and found["id"] != not_id:
                 if found.get("kind", "stream") != kind:
                     raise TopicError(f"{name!r} is a {found.get('kind')} topic, not a {kind}")

@@ -571,20 +571,9 @@ async def _in_catalog(directory, topic: str, found: dict, at: tuple[int, int], w
     or none). `wait` (on_lost="wait"): asked until the coordinator answers
     (a publisher lost while the coordinator was down ended its waiting
     subscriber with CoordinatorUnreachable; its lookups already waited)."""
-    unreachable = False
-    while True:
-        try:
-            again = await directory.request("topic_lookup", name=topic, job=_directory.job_name())
-            break
-        except _directory.CoordinatorUnreachable as exc:
-            if not wait:
-                raise
-            if not unreachable:
-                unreachable = True
-                log.warning("%s; asking again until it answers (topic %r)", exc, topic)
-            await asyncio.sleep(_directory.LOOKUP_EVERY)
-    if unreachable:
-        log.warning("the coordinator at %s:%d answers again", *directory.address)
+    lookup = {"name": topic, "job": _directory.job_name()}
+    again = await (directory.answered("topic_lookup", None, f"asking about topic {topic!r}", **lookup) if wait
+                   else directory.request("topic_lookup", **lookup))
     if not again.get("found") or again["id"] != found["id"]:
         return "gone"
     return ENDED if again["addresses"][at[1]] == ENDED else "listed"
