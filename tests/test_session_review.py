@@ -21,8 +21,10 @@ import sqlite3
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "system"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "kernel"))
 
 from _system import System, wait_until
+from test_cli_review import SHARED as SHARED_FLOW  # (the pipeline of two runs on one state_dir)
 
 
 def test_two_new_executors_registering_while_the_catalog_cannot_be_written_get_ids_of_their_own(tmp_path):
@@ -108,24 +110,6 @@ def test_a_subscribing_app_still_reading_stays_listed_after_the_coordinator_rest
         system.close()
 
 
-SHARED_FLOW = """\
-import sys
-
-from kernel import Dataflow
-
-seen = []
-
-
-def announce(x):
-    if not seen:
-        seen.append(x)
-        sys.stdout.write("running\\n")  # (one write: two kernels' lines never interleave)
-        sys.stdout.flush()
-
-
-flow = Dataflow("shared")
-flow.from_iterable(range(10**12), batch_size=10).map(lambda x: x).sink(announce)
-"""
 
 
 def _free_port() -> int:

@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from test_cli import ENDLESS  # (the same endless pipeline)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -293,31 +294,6 @@ def test_an_exception_class_of_the_pipeline_is_not_named_after_the_internal_modu
     assert proc.returncode == 1
     assert "MyError: no" in proc.stderr
     assert "__kernel_pipeline__" not in proc.stderr, proc.stderr
-
-
-ENDLESS = """\
-import asyncio
-import sys
-from kernel import Dataflow
-
-
-async def ticks():
-    n = 0
-    while True:
-        yield n
-        n += 1
-        await asyncio.sleep(0)
-
-
-def announce(x):
-    if x == 0:  # (one write: two kernels' lines never interleave)
-        sys.stdout.write("started\\n")
-        sys.stdout.flush()
-
-
-flow = Dataflow()
-flow.from_async_iterable(ticks).sink(announce)
-"""
 
 
 @pytest.mark.parametrize(("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
