@@ -141,13 +141,19 @@ class System:
         return self.root / "coordinator.log"
 
     def start_coordinator(self, *options: str, **extra_env) -> subprocess.Popen:
+        # (the log is appended to: a restarted coordinator's "listening" is the next one;
+        # the first's, found at once, let a test ask before the second listened)
+        listening = self._listening()
         self.coordinator = self._spawn(["coordinator", "--listen", f"{self.host}:{self.port}",
                                         "--executor-timeout", str(EXECUTOR_TIMEOUT),
                                         "--data", str(self.root / "data"), *options], self.coordinator_log,
                                        env=dict(self.env, **extra_env))
-        wait_until(lambda: "coordinator listening" in self.coordinator_log.read_text(errors="replace"),
-                   what="the coordinator to listen")
+        wait_until(lambda: self._listening() > listening, what="the coordinator to listen")
         return self.coordinator
+
+    def _listening(self) -> int:
+        log = self.coordinator_log
+        return log.read_text(errors="replace").count("coordinator listening") if log.exists() else 0
 
     def start_executor(self, cores: int = 2, *options: str) -> subprocess.Popen:
         self._started += 1

@@ -1,0 +1,96 @@
+"""The client commands against a coordinator that stops answering with its
+connection open (SIGSTOP here; a machine that froze, or a cable cut, sends
+no reset either): they end with a clear error in bounded time."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from _system import System, wait_until
+from test_system import write
+
+ENDLESS = """\
+import itertools
+import time
+from kernel import Dataflow
+
+flow = Dataflow("endless")
+flow.from_iterable(itertools.count(), batch_size=1).map(lambda n: time.sleep(0.01) or n).sink(id)
+"""
+
+
+@pytest.fixture
+def frozen_later(tmp_path):
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+        system.start_executor(cores=1)
+        system.executors_up(1)
+        yield system
+    finally:
+        if system.coordinator is not None:
+            system.coordinator.send_signal(signal.SIGCONT)
+        system.close()
+
+
+def test_submit_wait_gives_up_on_a_frozen_coordinator(frozen_later, tmp_path):
+    """`submit --wait` asked `wait` with no time limit: a frozen coordinator
+    held it for ever. It hears from the coordinator every
+    KERNEL_COORDINATOR_TIMEOUT seconds now (the coordinator answers a wait
+    with the job as it is by then), reconnects when it does not, for three
+    times that, and then ends with exit 1 and why."""
+    system = frozen_later
+    pipeline = write(tmp_path / "endless.py", ENDLESS)
+    env = dict(system.env, KERNEL_COORDINATOR_TIMEOUT="1")
+    waiter = subprocess.Popen([sys.executable, "-m", "kernel", "submit", str(pipeline), "--wait"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                              cwd=tmp_path)
+    try:
+        assert waiter.stdout.readline().strip() == "job-1"
+        wait_until(lambda: system.job("job-1")["status"] == "running", what="job-1 to run")
+        time.sleep(0.2)  # (let its first wait reach the coordinator: the freeze must catch one held)
+        system.coordinator.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        try:
+            out, err = waiter.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("submit --wait still waiting 30 s after the coordinator froze")
+        took = time.monotonic() - started
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.communicate()
+    assert waiter.returncode == 1, (out, err)
+    assert "never answered" in err or "did not answer" in err, err
+    # a wait answered after 1 s, 2 s of grace, 3 s to reconnect (each try bounded), and the start
+    assert took < 15, took
+
+
+def test_a_request_unanswered_in_time_says_so(frozen_later):
+    """`Client.request` on a frozen coordinator: NoAnswer (a ConnectionLost)
+    that names the coordinator, the request and the time (it was a bare
+    TimeoutError, printed by the CLI as `error: TimeoutError`)."""
+    from kernel.system import Client, ConnectionLost
+
+    system = frozen_later
+
+    async def ask() -> BaseException:
+        async with Client((system.host, system.port), system.env["KERNEL_SECRET"].encode()) as client:
+            await client.request("status")
+            system.coordinator.send_signal(signal.SIGSTOP)
+            try:
+                await client.request("status", timeout=0.5)
+            except ConnectionLost as exc:
+                return exc
+            finally:
+                system.coordinator.send_signal(signal.SIGCONT)
+            raise AssertionError("a frozen coordinator answered")
+
+    error = asyncio.run(ask())
+    assert str(error) == (f"the coordinator at {system.host}:{system.port} did not answer 'status' "
+                          "within 0.5 s (frozen, or cut off)")
