@@ -11,9 +11,25 @@ import time
 from pathlib import Path
 
 from kernel.system._catalog import TERMINAL
-from kernel.system._wire import CLIENT, ConnectionLost, dial
+from kernel.system._wire import CLIENT, ConnectionLost, KernelSystemError, NoAnswer, dial
 
-RECONNECT_FOR = 30.0  # seconds `submit --wait` waits for a coordinator that went away
+REQUEST_TIMEOUT = 60.0  # seconds a request waits for its answer (a `logs` asks every executor)
+
+
+def coordinator_timeout() -> float:
+    """KERNEL_COORDINATOR_TIMEOUT (10 s by default), as for the topics'
+    requests: a `wait` or a followed `logs` hears from the coordinator at
+    least this often, and one that says nothing for this long and a grace
+    (frozen, or cut off without a reset) is taken as gone; a coordinator
+    gone is waited for three times as long (30 s: a restart) before the
+    command gives up."""
+    from kernel.net._links import seconds_from_environment
+
+    return seconds_from_environment("KERNEL_COORDINATOR_TIMEOUT", 10.0)
+
+
+def _grace(timeout: float) -> float:
+    return max(2.0, min(5.0, timeout))
 
 
 class Client:
@@ -30,17 +46,39 @@ class Client:
                                                tls=self.tls, timeout=timeout)
         self._reader = asyncio.ensure_future(self._session.run())
 
-    async def reconnect(self, timeout: float) -> None:
+    async def reconnect(self, timeout: float, following: str | None = None) -> None:
+        """Connect again within `timeout` seconds; failing that, while
+        `following` a job, an error that says the job was left as it was."""
+        from kernel.net._links import LinkError
+
         await self.__aexit__()
-        await self._connect(timeout)
+        try:
+            await self._connect(timeout)
+        except LinkError as exc:
+            if following is None:
+                raise
+            raise KernelSystemError(f"gave up following {following} (it may still be running): {exc}") \
+                from exc
 
     async def __aexit__(self, *exc) -> None:
         await self._session.close()
         await asyncio.wait([self._reader], timeout=2)
         await self._http.close()
 
-    async def request(self, op: str, timeout: float | None = 60.0, **fields) -> dict:
-        return await self._session.request(op, timeout=timeout, **fields)
+    async def request(self, op: str, timeout: float | None = REQUEST_TIMEOUT, **fields) -> dict:
+        return await self.ask(op, fields, timeout)
+
+    async def ask(self, op: str, fields: dict, timeout: float | None = REQUEST_TIMEOUT) -> dict:
+        """`request` with its fields as a dict (a `wait`'s own `timeout`, the
+        seconds the coordinator holds it before answering with the job as it
+        is). No answer within `timeout` seconds raises NoAnswer (a
+        ConnectionLost: reconnect to go on)."""
+        try:
+            return await self._session.ask(op, fields, timeout)
+        except TimeoutError:
+            host, port = self.address
+            raise NoAnswer(f"the coordinator at {host}:{port} did not answer {op!r} within {timeout:g} s "
+                           "(frozen, or cut off)") from None
 
 
 async def _no_requests(op, message):
@@ -86,12 +124,15 @@ async def submit(client: Client, target: str, *, processes, cores, executors, st
 
 async def wait_for(client: Client, job: str) -> dict:
     """The job once it has ended. A coordinator that goes away meanwhile
-    (restarted) is reconnected to, for up to RECONNECT_FOR seconds."""
+    (restarted), or says nothing for longer than it should (frozen: it was
+    waited for with no end), is reconnected to, for up to three
+    `coordinator_timeout()`s."""
+    timeout = coordinator_timeout()
     while True:
         try:
-            state = await client.request("wait", timeout=None, job=job)
+            state = await client.ask("wait", {"job": job, "timeout": timeout}, timeout + _grace(timeout))
         except ConnectionLost:
-            await client.reconnect(RECONNECT_FOR)
+            await client.reconnect(3 * timeout, following=job)
             continue
         if state["status"] in TERMINAL:
             return state
@@ -144,8 +185,9 @@ async def logs(client: Client, job: str, follow: bool) -> int:
                 raise
             # a coordinator restarted while we follow (it adopts the running
             # job): go on from where we are, as `submit --wait` does (it
-            # ended the command with "error: ... connection closed")
-            await client.reconnect(RECONNECT_FOR)
+            # ended the command with "error: ... connection closed"); a
+            # frozen one is given up on (`error: ... did not answer`)
+            await client.reconnect(3 * coordinator_timeout(), following=job)
             continue
         chunks = reply["chunks"]
         # Once prefixed, always: a reply holds only the executors that

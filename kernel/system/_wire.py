@@ -47,6 +47,11 @@ class ConnectionLost(KernelSystemError):
     """The connection closed before the reply came."""
 
 
+class NoAnswer(ConnectionLost):
+    """No reply came within the request's time: the other side is frozen,
+    or cut off without a reset (the connection is as good as lost)."""
+
+
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
 
@@ -68,6 +73,12 @@ class Session:
         self.closed = asyncio.get_running_loop().create_future()
 
     async def request(self, op: str, timeout: float | None = 30.0, **fields) -> dict:
+        return await self.ask(op, fields, timeout)
+
+    async def ask(self, op: str, fields: dict, timeout: float | None = 30.0) -> dict:
+        """`request` with the request's fields as a dict (one may be named
+        `timeout`: a `wait`'s). No reply within `timeout` seconds raises
+        TimeoutError."""
         if self.closed.done():
             raise ConnectionLost(f"{self.name}: connection closed")
         number = next(self._ids)
