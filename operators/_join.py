@@ -8,7 +8,7 @@ be windowed again; inputs without event time give output without it.
 
 With `ttl=seconds` it is an interval join: a pair joins when its two times
 are at most `ttl` apart, and a value is dropped once the input watermark
-passes its time plus `ttl` (no value on time can pair with it any more), so
+is more than `ttl` past its time (no value on time can pair with it any more), so
 memory stays bounded on endless inputs. A value behind the watermark when it
 comes could have partners already dropped, so it is late: dropped and
 counted (`late_count`), as windows do, and the result never depends on
@@ -146,9 +146,18 @@ class KeyedJoin(Operator):
         while expiries and expiries[0][0] < watermark:
             _, _, side, key = heapq.heappop(expiries)
             values = self.sides[side]
-            kept = [entry for entry in values.get(key, ()) if entry[0] + self.ttl >= watermark]
+            # Judged as pairs are (`_pairs`: the difference of times), not by
+            # the heap's float sum: 0.2 + 0.7 is 0.8999999999999999, and a
+            # value at 0.2 was dropped at a watermark of 0.9 while a value at
+            # 0.9, on time, still paired with it (0.9 - 0.2 == 0.7). The
+            # difference only grows with the watermark, so a value dropped
+            # this way has no partner on time any more.
+            ttl = self.ttl
+            kept = [entry for entry in values.get(key, ()) if watermark - entry[0] <= ttl]
             if kept:
                 values[key] = kept
+                if any(entry[0] + ttl < watermark for entry in kept):  # (its entry was the one popped)
+                    heapq.heappush(expiries, (watermark, next(self._sequence), side, key))
             else:
                 values.pop(key, None)
 
