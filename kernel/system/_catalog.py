@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempt INTEGER NOT NULL DEFAULT 0, placement TEXT NOT NULL DEFAULT '[]',
     ran_on TEXT NOT NULL DEFAULT '[]',
     submitted REAL NOT NULL, started REAL, ended REAL,
-    shared_state INTEGER NOT NULL DEFAULT 0);
+    shared_state INTEGER NOT NULL DEFAULT 0, request TEXT);
 -- Streams between jobs (issue 18 fills these): a topic a job publishes,
 -- where each of its processes serves it, and who reads it.
 CREATE TABLE IF NOT EXISTS topics (
@@ -83,6 +83,9 @@ class Job:
     started: float | None = None
     ended: float | None = None
     seq: int = 0
+    # the client's id for its submit request: sent again after a reply that
+    # was lost, it finds this job rather than submitting a second one
+    request: str | None = None
 
     @property
     def active(self) -> bool:
@@ -147,6 +150,8 @@ class Catalog:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
             if "shared_state" not in columns:  # a catalog written before --shared-state-dir
                 self._db.execute("ALTER TABLE jobs ADD COLUMN shared_state INTEGER NOT NULL DEFAULT 0")
+            if "request" not in columns:  # (written before submits carried one)
+                self._db.execute("ALTER TABLE jobs ADD COLUMN request TEXT")
             if "timeout" not in {row[1] for row in self._db.execute("PRAGMA table_info(executors)")}:
                 self._db.execute("ALTER TABLE executors ADD COLUMN timeout REAL")  # (written before it)
         except (sqlite3.Error, OSError, CatalogError) as exc:

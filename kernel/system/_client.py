@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 from kernel.system._catalog import TERMINAL
 from kernel.system._wire import CLIENT, ConnectionLost, KernelSystemError, NoAnswer, dial
 
+_SUBMIT_TRIES = 3  # a submit whose connection is lost is sent again, under its request id
 REQUEST_TIMEOUT = 60.0  # seconds a request waits for its answer (a `logs` asks every executor)
 
 
@@ -109,9 +111,20 @@ async def submit(client: Client, target: str, *, processes, cores, executors, st
         from kernel.cli._run import UsageError
 
         raise UsageError("--shared-state-dir needs --state-dir")
-    reply = await client.request("submit", **payload, processes=processes, cores=cores,
-                                 executors=executors, state_dir=state_dir, epoch_interval=epoch_interval,
-                                 max_restarts=max_restarts, shared_state=shared_state)
+    fields = dict(payload, processes=processes, cores=cores, executors=executors, state_dir=state_dir,
+                  epoch_interval=epoch_interval, max_restarts=max_restarts, shared_state=shared_state,
+                  request=secrets.token_hex(16))
+    for tries_left in reversed(range(_SUBMIT_TRIES)):
+        try:
+            reply = await client.ask("submit", fields)
+            break
+        except ConnectionLost:
+            # The job may have been saved with its reply lost: asked again
+            # under the same request id, the coordinator answers with that
+            # job (a retry by hand submitted a second one)
+            if not tries_left:
+                raise
+            await client.reconnect(3 * coordinator_timeout())
     job = reply["job"]
     print(job, flush=True)  # the first line: what scripts read
     if not wait:

@@ -163,10 +163,14 @@ class CoordinatorServer(AuthenticatedServer):
         shared_state = m.get("shared_state", False)
         if not isinstance(shared_state, bool) or (shared_state and state_dir is None):
             raise RequestError("submit: --shared-state-dir is a flag, and needs --state-dir")
+        request = m.get("request")
+        if request is not None and not (isinstance(request, str) and 0 < len(request) <= 128):
+            raise RequestError("submit: a request id is a string of 1 to 128 characters")
         return self.master.submit(filename=filename, content=data, digest=digest, flow=flow,
                                   processes=m.get("processes"), cores=m.get("cores", 1), executors=executors,
                                   state_dir=state_dir, epoch_interval=interval,
-                                  max_restarts=m.get("max_restarts", 3), shared_state=shared_state)
+                                  max_restarts=m.get("max_restarts", 3), shared_state=shared_state,
+                                  request=request)
 
     async def _wait(self, job_id: str, timeout: float) -> dict:
         """The job once it has ended, or as it is after `timeout` seconds."""

@@ -270,7 +270,15 @@ class JobMaster:
 
     def submit(self, *, filename: str, content: bytes, digest: str, flow: str, processes: int | None,
                cores: int, executors: list[str] | None, state_dir: str | None,
-               epoch_interval: float | None, max_restarts: int, shared_state: bool = False) -> Job:
+               epoch_interval: float | None, max_restarts: int, shared_state: bool = False,
+               request: str | None = None) -> Job:
+        if request is not None:
+            for job in self.jobs.values():
+                if job.request == request:  # sent again: its reply was lost
+                    if job.pipeline != digest or job.flow != flow:
+                        raise RequestError(f"submit: request id {request!r} was {job.id}'s, "
+                                           "for another pipeline")
+                    return job
         if executors:
             unknown = [e for e in executors if e not in self.executors]
             if unknown:
@@ -295,7 +303,7 @@ class JobMaster:
             job = self.catalog.new_job(
                 name=f"{filename}:{flow}", flow=flow, pipeline=digest, processes=processes, cores=cores,
                 executors=executors or None, state_dir=state_dir, epoch_interval=epoch_interval,
-                max_restarts=max_restarts, shared_state=shared_state)
+                max_restarts=max_restarts, shared_state=shared_state, request=request)
         except _CATALOG_ERRORS as exc:
             raise RequestError(f"the catalog {self.catalog.path} cannot be written ({exc}): the job was "
                                "not submitted") from None

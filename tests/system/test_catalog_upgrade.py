@@ -1,5 +1,5 @@
 """A coordinator's catalog written before a column was added (here
-`jobs.shared_state`, --shared-state-dir) opens: the column is added with
+`jobs.shared_state`, --shared-state-dir, and `jobs.request`, a submit's id) opens: the column is added with
 its default, and the jobs in it load."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from kernel.system import _catalog
 
 
 def test_a_catalog_from_before_shared_state_dir_opens_and_keeps_its_jobs(tmp_path):
-    old = _catalog._SCHEMA.replace(",\n    shared_state INTEGER NOT NULL DEFAULT 0);", ");")
+    old = _catalog._SCHEMA.replace(",\n    shared_state INTEGER NOT NULL DEFAULT 0, request TEXT);", ");")
     assert old != _catalog._SCHEMA
     db = sqlite3.connect(tmp_path / "catalog.sqlite")
     db.executescript(old)
@@ -25,12 +25,13 @@ def test_a_catalog_from_before_shared_state_dir_opens_and_keeps_its_jobs(tmp_pat
     catalog = _catalog.Catalog(tmp_path)
     try:
         (job,) = catalog.jobs()
-        assert (job.id, job.status, job.shared_state) == ("job-1", "running", False)
+        assert (job.id, job.status, job.shared_state, job.request) == ("job-1", "running", False, None)
         catalog.add_pipeline("h2", "q.py", b"x")
         new = catalog.new_job(name="q.py:flow", flow="flow", pipeline="h2", processes=2, cores=1,
-                              executors=None,
-                              state_dir="/st", epoch_interval=None, max_restarts=3, shared_state=True)
-        assert [j.shared_state for j in catalog.jobs()] == [False, True] and new.shared_state
+                              executors=None, state_dir="/st", epoch_interval=None, max_restarts=3,
+                              shared_state=True, request="r1")
+        assert [(j.shared_state, j.request) for j in catalog.jobs()] == [(False, None), (True, "r1")]
+        assert new.shared_state
     finally:
         catalog.close()
 

@@ -1,6 +1,7 @@
 """The client commands against a coordinator that stops answering with its
 connection open (SIGSTOP here; a machine that froze, or a cable cut, sends
-no reset either): they end with a clear error in bounded time."""
+no reset either): they end with a clear error in bounded time. And a
+submit whose reply is lost with its connection."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 import pytest
 from _system import System, wait_until
 from test_system import write
+from test_system_reset import Proxy
 
 ENDLESS = """\
 import itertools
@@ -94,3 +96,22 @@ def test_a_request_unanswered_in_time_says_so(frozen_later):
     error = asyncio.run(ask())
     assert str(error) == (f"the coordinator at {system.host}:{system.port} did not answer 'status' "
                           "within 0.5 s (frozen, or cut off)")
+
+
+def test_a_submit_whose_reply_is_lost_is_sent_again_and_submits_one_job(frozen_later, tmp_path):
+    """The connection reset after the coordinator saved the job and before
+    its reply came back (a proxy that resets it then): `submit` said `error:
+    ... connection closed`, and the retry a user makes submitted a second
+    job. It sends the submit again under the same request id, and the
+    coordinator answers with the job it saved."""
+    system = frozen_later
+    proxy = Proxy(system.port)
+    try:
+        proxy.command("lose-submit-reply")
+        pipeline = write(tmp_path / "endless.py", ENDLESS)
+        through = dict(system.env, KERNEL_COORDINATOR=f"127.0.0.1:{proxy.port}")
+        done = system.cli("submit", pipeline, env=through)
+    finally:
+        proxy.close()
+    assert (done.returncode, done.stdout, done.stderr) == (0, "job-1\n", "")
+    assert [j["id"] for j in system.status()["jobs"]] == ["job-1"]

@@ -27,10 +27,17 @@ pairs = set()
 armed = False  # lose the executor's next reply to `start` with its connection
 for_good = False  # and refuse new connections from then on
 server = None
+lose_submit_reply = False  # lose the coordinator's reply to a client's next `submit`
+reply_lost = False  # (its submit went through: the coordinator's next bytes are its reply)
 
 async def pipe(reader, writer):
+    global reply_lost
     try:
         while data := await reader.read(65536):
+            if reply_lost:
+                reply_lost = False
+                reset()
+                return
             writer.write(data)
             await writer.drain()
     except OSError:
@@ -57,7 +64,7 @@ async def from_executor(reader, writer):
     # frame by frame (the executor's frames are masked, as a client's): the
     # reply to `start` (it names the pid) is dropped when armed, and both
     # connections reset
-    global armed
+    global armed, lose_submit_reply, reply_lost
     buffer, upgraded = b"", False
     try:
         while data := await reader.read(65536):
@@ -70,6 +77,8 @@ async def from_executor(reader, writer):
                 buffer, upgraded = buffer[end + 4:], True
             while (frame := whole_frame(buffer)) is not None:
                 size, payload = frame
+                if lose_submit_reply and b'"op":"submit"' in payload:
+                    lose_submit_reply, reply_lost = False, True
                 if armed and b'"pid"' in payload:
                     armed = False
                     if for_good:
@@ -104,13 +113,15 @@ def reset():
     pairs.clear()
 
 async def commands():
-    global armed, for_good, server
+    global armed, for_good, server, lose_submit_reply
     loop = asyncio.get_running_loop()
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     print(server.sockets[0].getsockname()[1], flush=True)
     while line := (await loop.run_in_executor(None, sys.stdin.readline)).strip():
         if line in ("lose-start-reply", "lose-start-reply-for-good"):
             armed, for_good = True, line.endswith("for-good")
+        elif line == "lose-submit-reply":
+            lose_submit_reply = True
         else:
             if line == "refuse":  # no new connections: the executor cannot come back
                 server.close()
@@ -331,11 +342,14 @@ def test_a_coordinator_restarted_while_a_job_waits_for_its_last_attempt_to_stop_
         system.start_executor(2)
         system.executors_up(2)
         executor = system.executor_id(system.executors[0])
-        proxy.command("lose-start-reply")
-        job, directory = submit_ticking(system, tmp_path, placed=False)
+        # (kept away from the moment its reply is lost: refused only once attempt 1
+        # had ticked, it came back first where the job's process was slow to start,
+        # and had attempt 1 stopped)
+        proxy.command("lose-start-reply-for-good")
+        job, directory = submit_ticking(system, tmp_path, placed=False, handled=False)
         wait_until(lambda: "may still run on executor(s)" in system.coordinator_log.read_text(), timeout=5,
                    what="the job to wait for attempt 1 to stop")
-        proxy.command("refuse")
+        wait_until(lambda: ticks(directory, job, 1), timeout=5, what="attempt 1's first record")
         assert "no earlier attempt runs any more" not in system.coordinator_log.read_text()
         system.coordinator.kill()
         system.coordinator.wait()
