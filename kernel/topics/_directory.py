@@ -233,10 +233,12 @@ class Directory:
             return reply
 
     async def lookup(self, name: str, timeout: float | None, kind: str = "stream",
-                     not_id: str | None = None) -> dict:
+                     not_id: str | None = None, waited: float | None = None) -> dict:
         """The topic `name` once it is published whole (every partition),
         waiting up to `timeout` seconds (None: for ever); `not_id`: a
-        publisher to wait past (one that was lost)."""
+        publisher to wait past (one that was lost); `waited`: the seconds
+        the error names where that is not `timeout` (what is left of a
+        caller's own)."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         waiting = False
@@ -254,7 +256,7 @@ class Directory:
                          f"{name!r} (a new publisher)")
             if deadline is not None and loop.time() >= deadline:
                 what = "service" if kind == "service" else "topic"
-                raise TopicError(f"no {what} {name!r} was published within {timeout:g} s "
+                raise TopicError(f"no {what} {name!r} was published within {waited or timeout:g} s "
                                  "(is the publishing job running, with the same coordinator?)")
             await asyncio.sleep(LOOKUP_EVERY)
 

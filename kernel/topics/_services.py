@@ -58,6 +58,8 @@ _REACH_TRY = 1.0  # seconds a client tries the address it looked up before looki
 # handler's KernelError, though, fails its call as any Exception does).
 # Whatever else it raises, an Exception or not, fails its call, answered.
 _PASSES_THROUGH = (KeyboardInterrupt, asyncio.CancelledError)
+_CLOSE_WITHIN = 2.0  # seconds a client's close waits for the server's close frame at most
+_ERROR_TEXT = 64 << 10  # characters of a failed call's error text sent at most (it may echo a request)
 _encode = msgspec.msgpack.encode
 _decode = msgspec.msgpack.decode
 
@@ -115,45 +117,65 @@ class Serve(Source):
 
     async def _session(self, ws) -> None:
         running: dict[int, asyncio.Task] = {}  # request id -> its awaited reply's task
-        async for message in ws:
-            if message.type.name != "BINARY" or len(message.data) < _HEAD.size:
-                break
-            rid, status = _HEAD.unpack_from(message.data)
-            if status == CANCEL:  # (found by a review: calls given up kept their tasks for ever)
-                task = running.pop(rid, None)
-                if task is not None:
-                    task.cancel()
-                continue
-            try:
-                request = _decode(memoryview(message.data)[_HEAD.size:])
-            except (msgspec.DecodeError, RecursionError) as exc:  # (RecursionError: nested too deep)
-                await ws.send_bytes(_HEAD.pack(rid, FAILED) + _encode(f"malformed request: {exc}"))
-                continue
-            try:
-                reply = self.handler(request)
-            except _PASSES_THROUGH:
-                raise
-            except BaseException as exc:  # a `class Stop(BaseException)` too: this call's failure
-                await ws.send_bytes(_failed(rid, exc))
-                continue
-            # Whatever returns an awaitable is awaited, not only a coroutine
-            # function: an object with `async def __call__`, a lambda that
-            # returns a coroutine. Each in a task of its own, so that the
-            # requests after it are read (and answered) meanwhile; a
-            # synchronous handler's reply goes out at once, no task.
-            if inspect.isawaitable(reply):
-                if len(running) >= _MAX_IN_FLIGHT:
-                    if inspect.iscoroutine(reply):
-                        reply.close()  # (never awaited: not "never awaited" on stderr)
-                    await ws.send_bytes(_HEAD.pack(rid, FAILED) + _encode(
-                        f"{_MAX_IN_FLIGHT} calls already wait for their replies on this connection"))
+        # One reply written at a time, each once the one before has drained
+        # (aiohttp waits for room after writing a frame): a client that stops
+        # reading holds a reply's worth in the server's buffers, not every
+        # awaited reply it asked for (up to _MAX_IN_FLIGHT x 16 MiB)
+        sending = asyncio.Lock()
+
+        async def send(message: bytes) -> None:
+            async with sending:
+                await ws.send_bytes(message)
+
+        try:
+            async for message in ws:
+                if message.type.name != "BINARY" or len(message.data) < _HEAD.size:
+                    break
+                rid, status = _HEAD.unpack_from(message.data)
+                if status == CANCEL:  # (found by a review: calls given up kept their tasks for ever)
+                    task = running.pop(rid, None)
+                    if task is not None:
+                        task.cancel()
                     continue
-                task = running[rid] = asyncio.ensure_future(self._answer_later(ws, rid, reply))
-                task.add_done_callback(lambda done, rid=rid: running.pop(rid, None))
-            else:
-                await ws.send_bytes(self._answer(rid, reply))
-        for task in list(running.values()):
-            task.cancel()
+                try:
+                    request = _decode(memoryview(message.data)[_HEAD.size:])
+                except (msgspec.DecodeError, RecursionError) as exc:  # (RecursionError: nested too deep)
+                    await send(_HEAD.pack(rid, FAILED) + _encode(f"malformed request: {exc}"))
+                    continue
+                try:
+                    reply = self.handler(request)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:
+                    # a `class Stop(BaseException)` too, and a CancelledError:
+                    # a synchronous handler cannot be cancelled from outside,
+                    # so one it raises is its own (a cancelled future's
+                    # result): this call's failure
+                    await send(_failed(rid, exc))
+                    continue
+                # Whatever returns an awaitable is awaited, not only a coroutine
+                # function: an object with `async def __call__`, a lambda that
+                # returns a coroutine. Each in a task of its own, so that the
+                # requests after it are read (and answered) meanwhile; a
+                # synchronous handler's reply goes out at once, no task.
+                if inspect.isawaitable(reply):
+                    if len(running) >= _MAX_IN_FLIGHT:
+                        if inspect.iscoroutine(reply):
+                            reply.close()  # (never awaited: not "never awaited" on stderr)
+                        await send(_HEAD.pack(rid, FAILED) + _encode(
+                            f"{_MAX_IN_FLIGHT} calls already wait for their replies on this connection"))
+                        continue
+                    task = running[rid] = asyncio.ensure_future(self._answer_later(send, rid, reply))
+                    task.add_done_callback(lambda done, rid=rid: running.pop(rid, None))
+                else:
+                    await send(self._answer(rid, reply))
+        except ConnectionError:
+            pass  # the client went while a reply was sent: its session ends
+        finally:
+            # (whichever way it ends: a reply's send that failed left the
+            # connection's awaited calls running, for ever where they wait)
+            for task in list(running.values()):
+                task.cancel()
 
     def _answer(self, rid: int, reply) -> bytes:
         try:
@@ -168,7 +190,7 @@ class Serve(Source):
         self.served += 1
         return _HEAD.pack(rid, OK) + answer
 
-    async def _answer_later(self, ws, rid: int, awaitable) -> None:
+    async def _answer_later(self, send, rid: int, awaitable) -> None:
         if not inspect.iscoroutine(awaitable):
             # A future or task the handler may hand several calls at once (a
             # single flight): a CANCEL of one call cancels this call's wait,
@@ -191,7 +213,7 @@ class Serve(Source):
         except BaseException as exc:  # a `class Stop(BaseException)` too: this call's failure
             answer = _failed(rid, exc)
         try:
-            await ws.send_bytes(answer)
+            await send(answer)
         except (ConnectionError, RuntimeError):
             pass
 
@@ -202,6 +224,11 @@ def _over_limit(what: str, size: int) -> str:
 
 def _failed(rid: int, exc: BaseException) -> bytes:
     text = describe_exception(exc)  # (whatever its __str__ raises)
+    if len(text) > _ERROR_TEXT:
+        # (an error echoing a big request made a text over the message
+        # limit: the client refused the frame, and the connection closed
+        # with every call pipelined on it)
+        text = f"{text[:_ERROR_TEXT]}... ({len(text) - _ERROR_TEXT} more characters cut)"
     # (a lone surrogate in the text, from bytes decoded with errors="surrogateescape",
     # cannot be encoded as UTF-8: escaped, rather than failing the call or the connection)
     return _HEAD.pack(rid, FAILED) + _encode(text.encode("utf-8", "backslashreplace").decode("utf-8"))
@@ -242,7 +269,12 @@ class ServiceClient:
         directory = _directory.Directory(address, key)
         try:
             while True:
-                found = await directory.lookup(self.name, left(), kind="service")
+                try:
+                    found = await directory.lookup(self.name, left(), kind="service", waited=self.timeout)
+                except TopicError as exc:
+                    # (not found in time, a stream's name: the service cannot be
+                    # reached, as `ServiceError` says; it was a plain TopicError)
+                    raise ServiceError(str(exc)) from exc
                 host, _, port = found["addresses"][0].rpartition(":")
                 url = _directory.url_of(host, int(port))
                 remaining = left()
@@ -276,12 +308,24 @@ class ServiceClient:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        # Bounded by the client's timeout (2 s at most): a frozen server (or
+        # a link dropping packets) sends no close frame, and aiohttp waited
+        # 10 s for it: `call(..., timeout=0.5)` then took 10.5 s
+        bound = _CLOSE_WITHIN if self.timeout is None else min(self.timeout, _CLOSE_WITHIN)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + bound
         if self._ws is not None:
-            await self._ws.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await self._ws.close()
         if self._reader is not None:
-            await asyncio.wait([self._reader], timeout=2)
+            await asyncio.wait([self._reader], timeout=max(0.0, deadline - loop.time()))
+            if not self._reader.done():
+                self._reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._reader
         if self._http is not None:
-            await self._http.close()
+            await self._http.close()  # (drops the connection, closed or not)
 
     async def call(self, request):
         """Send `request` (msgspec-encodable) and wait for the reply (as
@@ -395,10 +439,11 @@ class ServiceClient:
                     future.set_exception(ServiceError(f"service {self.name!r} failed: {body}"))
         except Exception as exc:  # pragma: no cover - a broken connection
             why = f" ({exc})"
-        self._closed = why  # (the calls after fail at once, not at their timeout)
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(ServiceError(f"service {self.name!r}: the connection closed{why}"))
+        finally:  # (also when cancelled: a close that found the server frozen)
+            self._closed = why  # (the calls after fail at once, not at their timeout)
+            for future in self._waiting.values():
+                if not future.done():
+                    future.set_exception(ServiceError(f"service {self.name!r}: the connection closed{why}"))
 
 
 def connect(name: str, *, coordinator: str | None = None, timeout: float | None = 10.0) -> ServiceClient:
