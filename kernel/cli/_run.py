@@ -28,7 +28,7 @@ from kernel._facade import (
 )
 from kernel.dataflow._api import Dataflow
 from kernel.dataflow._errors import KernelError, OperatorError, cause_traceback, describe_exception
-from kernel.execution._supervisor import KernelProcessError
+from kernel.execution._supervisor import KernelProcessError, Terminated
 
 PIPELINE_MODULE = "__kernel_pipeline__"
 
@@ -213,10 +213,12 @@ def _on_sigterm(signum, frame) -> None:
     global _terminated
     _terminated = True
     on_interrupt = signal.getsignal(signal.SIGINT)
-    if callable(on_interrupt):  # asyncio's (cancels the run's main task) or Python's (KeyboardInterrupt)
+    if on_interrupt is signal.default_int_handler:  # (Python's: a KeyboardInterrupt, said as SIGTERM's)
+        raise Terminated
+    if callable(on_interrupt):  # asyncio's (cancels the run's main task)
         on_interrupt(signal.SIGINT, frame)
     else:  # SIGINT ignored, as in a process started in the background by a shell: stop all the same
-        raise KeyboardInterrupt
+        raise Terminated
 
 
 _cli_pid = 0

@@ -39,17 +39,40 @@ class RunCancelled(KernelError):
     """The caller cancelled the run (`run_async` was cancelled)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, stopping the run as Ctrl-C does (`python -m kernel.run`'s
+    handler raises it): told to a cluster's peers as what it is."""
+
+
 def _supervise(children, pipes, coordinator=None, relay=None, cancel=None) -> list[dict]:
     """Wait for every kernel's result; the first failure ends everything.
     Epoch messages on the way go to the `coordinator`. With a `relay`
     (`(first kernel, handover pipe)`, the last child), the kernels' results
     are handed to it once all are in, and its result is the run's; a kernel
-    that fails is reported to the peers through it before it is stopped."""
+    that fails, or this launcher itself, is reported to the peers through
+    it before it is stopped."""
     exits = [_exit_handle(child) for child in children]
+    ended = []  # once the children were stopped (told or not): stopping them again tells nothing new
+
+    def abort(error) -> None:
+        if not ended:
+            ended.append(error)
+            _abort(children, relay, error)
+
+    def kill_all() -> None:
+        ended.append(None)
+        _kill_all(children)
+
     try:
-        return _wait_for_results(children, pipes, coordinator, relay, cancel, exits)
-    except KeyboardInterrupt:
-        _abort(children, relay, "interrupted (Ctrl-C)")
+        return _wait_for_results(children, pipes, coordinator, relay, cancel, exits, abort, kill_all)
+    except KeyboardInterrupt as exc:
+        abort("terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)")
+        raise
+    except Exception as exc:
+        # The launcher's own failure (its store of a cluster's epochs: a full
+        # disk): told to the peers as a kernel's is. It killed the relay
+        # unheard, and they ended with a lost link (code 1006), not the cause.
+        abort(f"{type(exc).__name__}: {exc}")
         raise
     finally:
         for handle, child in zip(exits, children):
@@ -85,7 +108,7 @@ def join(child, timeout: float) -> None:
         child.join()
 
 
-def _wait_for_results(children, pipes, coordinator, relay, cancel, exits) -> list[dict]:
+def _wait_for_results(children, pipes, coordinator, relay, cancel, exits, abort, kill_all) -> list[dict]:
     results: list = [None] * len(children)
     pending = set(range(len(children)))
     kernels = len(children) - (relay is not None)
@@ -103,7 +126,7 @@ def _wait_for_results(children, pipes, coordinator, relay, cancel, exits) -> lis
             index = handles[handle]
             if index is None:
                 error = RunCancelled("the run was cancelled")
-                _abort(children, relay, error)
+                abort(error)
                 raise error
             if index not in pending:
                 continue
@@ -120,15 +143,15 @@ def _wait_for_results(children, pipes, coordinator, relay, cancel, exits) -> lis
                 status, payload = pipes[index].recv()
             except EOFError:
                 if index == kernels:
-                    _kill_all(children)
+                    kill_all()
                     raise KernelError(f"the links process {_death(children[index])}") from None
                 _read_epoch_reports(pipes, pending - {index}, coordinator)
                 error = KernelProcessError(first + index, _death(children[index]))
-                _abort(children, relay, error)
+                abort(error)
                 raise error from None
             if status == "error":
                 if index == kernels:
-                    _kill_all(children)
+                    kill_all()
                     raise _relay_error(payload)
                 error = _kernel_error(first + index, payload)
                 if isinstance(error.__cause__, KeyboardInterrupt):
@@ -137,7 +160,7 @@ def _wait_for_results(children, pipes, coordinator, relay, cancel, exits) -> lis
                     # (`_supervise`); it came back as `kernel 1 failed:
                     # KeyboardInterrupt`, and the CLI exited 1, not 130
                     raise error.__cause__
-                _abort(children, relay, error)
+                abort(error)
                 raise error
             if status in ("durable", "finished"):
                 coordinator.message(index, (status, payload))
