@@ -48,6 +48,7 @@ otherwise. The secret is the trust boundary.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import pickle
@@ -326,7 +327,7 @@ class LinkRelay:
 
         host, port = plan.addresses[plan.process]
         server = self._server = LinkServer(
-            host, port, plan.secret, plan.process, plan.channels_with, self._on_frame_for,
+            _listen_host(host), port, plan.secret, plan.process, plan.channels_with, self._on_frame_for,
             on_link=on_link, ssl_context=plan.tls and plan.tls.server_context(),
             heartbeat=plan.heartbeat, meta=plan.meta, expected=higher, on_mismatch=self._fail)
         try:
@@ -612,3 +613,19 @@ class LinkRelay:
 
 __all__ = ["AuthenticationFailed", "ClusterPlan", "LinkError", "LinkMismatch", "LinkRelay", "PeerFailed",
            "PeerLost", "TLSFiles"]
+
+
+def _listen_host(host: str) -> str | None:
+    """Where a process listens for its peers: the address its entry in the
+    peers gives, where that is an IP address (or localhost); every
+    interface (None) where it is another host name. The peers resolve a
+    name on their machines, this process on its own, and the two may
+    differ: Debian's /etc/hosts maps the machine's own name to 127.0.1.1,
+    and a Slurm node's name need not be the address its peers reach (its
+    NodeAddr): listening on what the name resolved to here left the peers
+    unable to connect (`Connect call failed`)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host if host == "localhost" else None
+    return host

@@ -3,6 +3,7 @@ StatefulSet of M pods, each one process of the cluster (`python -m kernel
 run PIPELINE --peers-from-env`): the pod's ordinal is its process id, and
 its peers are the pods' stable DNS names through the headless Service.
 
+    docker build -t streamkernel:latest -f deploy/kubernetes/Dockerfile .   # (the default --image)
     python deploy/kubernetes/render.py --replicas 3 --pipeline pipeline.py > job.yaml
     kubectl create secret generic streamkernel-secret --from-literal=secret=...
     kubectl apply -f job.yaml
@@ -21,10 +22,13 @@ import sys
 from pathlib import Path
 
 PORT = 7000
+# What Dockerfile beside this builds (a bare Python image cannot run the job:
+# `No module named kernel`, and the pods crash-looped)
+IMAGE = "streamkernel:latest"
 
 
 def manifests(*, name: str = "streamkernel", replicas: int = 3, cores: int = 1,
-              image: str = "python:3.11-slim", pipeline_name: str = "pipeline.py", pipeline_text: str = "",
+              image: str = IMAGE, pipeline_name: str = "pipeline.py", pipeline_text: str = "",
               flow: str = "flow", namespace: str = "default", secret_name: str = "streamkernel-secret",
               port: int = PORT) -> list[dict]:
     if replicas < 1 or cores < 1:
@@ -78,7 +82,8 @@ def main(argv=None) -> int:
     parser.add_argument("--name", default="streamkernel")
     parser.add_argument("--replicas", type=int, default=3, help="processes (pods)")
     parser.add_argument("--cores", type=int, default=1, help="kernels per process")
-    parser.add_argument("--image", default="python:3.11-slim", help="an image with streamkernel installed")
+    parser.add_argument("--image", default=IMAGE,
+                        help=f"an image with streamkernel installed (default {IMAGE}: the Dockerfile here)")
     parser.add_argument("--pipeline", required=True, metavar="FILE[:NAME]")
     parser.add_argument("--namespace", default="default")
     parser.add_argument("--secret-name", default="streamkernel-secret")

@@ -5,10 +5,11 @@ instead of `--process-id` and `--peers` typed by hand:
   process id is SLURM_PROCID, the process count SLURM_NTASKS, the hosts
   SLURM_STEP_NODELIST (hostlist syntax, `node[1-3,5]`) with
   SLURM_STEP_TASKS_PER_NODE (`2(x3),1`) tasks each, placed in blocks (Slurm's
-  default distribution: tasks 0..k-1 on the first node, ...); the task
+  default distribution: tasks 0..k-1 on the first node, ...; or cyclic,
+  which srun says by itself where no node holds two tasks); the task
   with local index l on its node listens on `--port-base` + l.
 * `--peers-from-env` (a Kubernetes StatefulSet, deploy/kubernetes/): the pod
-  is `NAME-ORDINAL` (HOSTNAME), the process id its ordinal; peers are the
+  is `NAME-ORDINAL` (POD_NAME, else HOSTNAME's first label), the process id its ordinal; peers are the
   pods' stable DNS names `NAME-i.SERVICE.NAMESPACE.svc.cluster.local:PORT`
   for i < KERNEL_REPLICAS, with KERNEL_SERVICE (the headless Service),
   KERNEL_NAMESPACE (default `default`) and KERNEL_PORT (default 7000).
@@ -102,10 +103,17 @@ def _int(value: str, name: str) -> int:
 
 def from_slurm(env, port_base: int = DEFAULT_PORT_BASE) -> tuple[int, str]:
     """(process id, peers) of this Slurm task."""
+    if not env.get("SLURM_STEP_NODELIST"):
+        # A batch script's own environment (sbatch, salloc's shell) says
+        # SLURM_PROCID=0 of SLURM_NTASKS without a step: it became process 0
+        # of N and waited out the start-up timeout for peers nothing started
+        missing = "SLURM_STEP_NODELIST is not set" if env.get("SLURM_JOB_ID") else "no Slurm job step"
+        raise ResourceManagerError(f"--slurm: {missing} (run it under srun: `srun -n M python -m kernel "
+                                   "run PIPELINE --slurm`, in the batch script too)")
     process = _int(_need(env, "SLURM_PROCID"), "SLURM_PROCID")
-    ntasks = _int(_need(env, "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS"), "SLURM_NTASKS")
-    nodes = expand_hostlist(_need(env, "SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"))
-    per_node_text = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
+    ntasks = _int(_need(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"), "SLURM_NTASKS")
+    nodes = expand_hostlist(env["SLURM_STEP_NODELIST"])
+    per_node_text = env.get("SLURM_STEP_TASKS_PER_NODE")
     if per_node_text:
         per_node = tasks_per_node(per_node_text)
     else:  # spread as evenly as Slurm's block distribution does
@@ -114,25 +122,41 @@ def from_slurm(env, port_base: int = DEFAULT_PORT_BASE) -> tuple[int, str]:
     if len(per_node) != len(nodes) or sum(per_node) != ntasks:
         raise ResourceManagerError(f"--slurm: {ntasks} tasks do not match {per_node_text!r} tasks per node "
                                    f"on {len(nodes)} node(s)")
-    distribution = env.get("SLURM_DISTRIBUTION", "block")
-    if not distribution.startswith("block"):
-        raise ResourceManagerError(f"--slurm: only the block distribution is supported (got "
-                                   f"SLURM_DISTRIBUTION={distribution})")
     if not 0 <= process < ntasks:
         raise ResourceManagerError(f"--slurm: SLURM_PROCID={process} is not below SLURM_NTASKS={ntasks}")
-    if not 0 < port_base < 65536 - max(per_node):
+    if not 0 < port_base <= 65536 - max(per_node):
         raise ResourceManagerError(f"--port-base {port_base} leaves no room for {max(per_node)} ports")
-    peers = [f"{_url_host(node)}:{port_base + local}" for node, count in zip(nodes, per_node)
-             for local in range(count)]
+    places = _placed(per_node, env.get("SLURM_DISTRIBUTION") or "block")
+    peers = [f"{_url_host(nodes[node])}:{port_base + local}" for node, local in places]
     return process, ",".join(peers)
+
+
+def _placed(per_node: list[int], distribution: str) -> list[tuple[int, int]]:
+    """(node, local index) of each task, in task order, for Slurm's
+    distribution across nodes (the part before ':'): block fills each node
+    in turn, cyclic deals the tasks out one a node, round after round. srun
+    itself exports cyclic whenever no node holds two tasks (one task, one
+    a node): the same places as block's."""
+    across = distribution.split(":")[0].split(",")[0]
+    if across == "cyclic" or max(per_node) <= 1:
+        return [(node, turn) for turn in range(max(per_node)) for node, count in enumerate(per_node)
+                if turn < count]
+    if across in ("block", "*", ""):
+        return [(node, local) for node, count in enumerate(per_node) for local in range(count)]
+    raise ResourceManagerError(f"--slurm: the {across} distribution is not supported (block or cyclic; "
+                               f"got SLURM_DISTRIBUTION={distribution})")
 
 
 def from_kubernetes(env) -> tuple[int, str]:
     """(process id, peers) of this pod of a StatefulSet."""
-    pod = env.get("HOSTNAME") or env.get("POD_NAME") or ""
+    # POD_NAME (the manifest's, from the downward API) first: a pod's
+    # HOSTNAME is its FQDN with `setHostnameAsFQDN`, and a node's name with
+    # `hostNetwork` (which could end in a number: the wrong ordinal)
+    given = "POD_NAME" if env.get("POD_NAME") else "HOSTNAME"
+    pod = (env.get(given) or "").split(".")[0]
     name, _, ordinal = pod.rpartition("-")
     if not name or not ordinal.isdigit():
-        raise ResourceManagerError(f"--peers-from-env: the pod name {pod!r} (HOSTNAME) is not "
+        raise ResourceManagerError(f"--peers-from-env: the pod name {pod!r} ({given}) is not "
                                    "STATEFULSET-ORDINAL")
     for variable in ("KERNEL_REPLICAS", "KERNEL_SERVICE"):
         if not env.get(variable):

@@ -138,7 +138,14 @@ def test_slurm_tasks_get_their_place_in_block_order():
         assert from_slurm(dict(env, SLURM_PROCID=str(procid))) == (procid, peers)
     cases = [({}, "SLURM_PROCID"), ({"SLURM_PROCID": "5"}, "not below"),
              ({"SLURM_PROCID": "0", "SLURM_STEP_TASKS_PER_NODE": "2"}, "do not match"),
-             ({"SLURM_PROCID": "0", "SLURM_DISTRIBUTION": "cyclic"}, "block distribution")]
+             ({"SLURM_PROCID": "0", "SLURM_DISTRIBUTION": "plane=2"}, "plane=2 distribution is not"),
+             ({"SLURM_PROCID": "0", "SLURM_STEP_NODELIST": "", "SLURM_JOB_ID": "7"},
+              "SLURM_STEP_NODELIST is not set")]
+    # cyclic: one task a node, round after round (tasks 0, 1, 2 first on n1, n2, m7)
+    cyclic = "n1:7000,n2:7000,m7:7000,n1:7001,n2:7001"
+    for procid in range(5):
+        assert from_slurm(dict(env, SLURM_PROCID=str(procid), SLURM_DISTRIBUTION="cyclic:block")) == \
+            (procid, cyclic)
     for extra, message in cases:
         with pytest.raises(ResourceManagerError, match=message):
             from_slurm({k: v for k, v in {**env, **extra}.items() if k != "SLURM_PROCID" or extra})
@@ -150,7 +157,7 @@ def test_the_cli_says_what_is_missing_outside_slurm(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     done = subprocess.run([sys.executable, "-m", "kernel", "run", str(pipeline), "--slurm"],
                           capture_output=True, text=True, timeout=60, env=env)
-    assert done.returncode == 2 and "--slurm: SLURM_PROCID is not set (run under srun)" in done.stderr
+    assert done.returncode == 2 and "--slurm: no Slurm job step (run it under srun" in done.stderr
     both = subprocess.run([sys.executable, "-m", "kernel", "run", str(pipeline), "--slurm", "--peers", "a:1"],
                           capture_output=True, text=True, timeout=60, env=env)
     assert both.returncode == 2 and "take the place of --process-id and --peers" in both.stderr
