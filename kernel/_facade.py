@@ -56,6 +56,12 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
     # (used by a cluster only, but refused at once anywhere)
     check_heartbeat(heartbeat)
     _check_seconds("startup_timeout", startup_timeout)
+    if not isinstance(secret, (str, bytes, bytearray, type(None))):  # (its value is not shown)
+        raise ValueError(f"secret must be a str or bytes, not {type(secret).__name__}")
+    if peers is None and tls is not None:
+        from kernel.execution._cluster import _tls_files
+
+        _tls_files(tls)  # (checked by cluster_plan with peers)
     # Here, not in each kernel: with several cores a kernel process's
     # ValueError would come back wrapped in a KernelProcessError.
     check_settings(budget, shares, stall_threshold)
@@ -632,6 +638,7 @@ async def run_async(flow: Dataflow, *, cores: int = 1, clock=None, budget: float
     _refuse_inside_a_pipeline_import("run_async")
     _check_flow(flow, "run_async")
     flow.graph.check_cycles()
+    _check_outputs(flow)
     _topics_coordinator(flow, coordinator)
     with _one_run_at_a_time(flow, "run_async"):
         flow._results_delivered([])  # a failed run leaves no earlier run's results in the handles
@@ -692,6 +699,7 @@ def run(flow: Dataflow, *, cores: int = 1, gc_threshold_during_run: int | None =
                            "use `await run_async(flow)` there")
     _check_flow(flow, "run")
     flow.graph.check_cycles()  # a cycle wired by hand, refused before any kernel starts
+    _check_outputs(flow)
     _topics_coordinator(flow, coordinator)
     with _one_run_at_a_time(flow, "run"):
         flow._results_delivered([])  # a failed run leaves no earlier run's results in the handles
@@ -716,6 +724,24 @@ def _check_flow(flow, caller: str) -> None:
         elif isinstance(flow, str):
             hint = "; a pipeline file runs with `python -m kernel run FILE`"
         raise TypeError(f"{caller}() runs a Dataflow, got {flow!r}{hint}")
+
+
+def _check_outputs(flow) -> None:
+    """A flow of steps that only hand their results on (it ran to the end
+    and threw every result away, without a word). An empty flow still runs
+    (as it always has: a kernel for tasks of one's own)."""
+    nodes = flow.graph.nodes
+    if nodes and all(node.kind[:1] and node.kind[0] in _HANDS_ON for node in nodes):
+        raise ValueError(f"flow {flow.name!r} has no output: end a stream with collect(), sink(), print() "
+                         "or to_files() (or publish it, or apply an operator of your own)")
+
+
+# Steps of the library whose results go only to the steps after them: a flow
+# of nothing else has no effect (a user's operator or source, `inspect`,
+# `serve` and every sink may have one)
+_HANDS_ON = frozenset({"IterableSource", "PartitionSource", "AsyncIterableSource", "FileSource",
+                       "RedisStreamSource", "EventTimeSource", "Map", "Filter", "FlatMap", "KeyBy",
+                       "MapValues", "Count", "Sum", "Reduce", "Fold", "StatefulMap"})
 
 
 #: the pipeline file `python -m kernel.run` is importing (kernel/cli/_run.py), or None

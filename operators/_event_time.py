@@ -30,6 +30,7 @@ import math
 from collections.abc import Callable
 from itertools import repeat
 
+from kernel.dataflow._arity import check_arity
 from kernel.dataflow._errors import PASSES_THROUGH, OperatorError
 from kernel.dataflow._operator import Source, TimedBatch
 
@@ -82,6 +83,8 @@ def _number(value) -> bool:
 def check_event_time(timestamp, max_delay, idle_timeout) -> None:
     if timestamp is not None and not callable(timestamp):
         raise TypeError(f"timestamp must be a function of the record, got {timestamp!r}")
+    if timestamp is not None:
+        check_arity(timestamp, 1, "timestamp", "one record")
     if not _number(max_delay) or not max_delay >= 0 or math.isinf(max_delay):
         raise ValueError(f"max_delay must be a finite number of seconds >= 0, got {max_delay!r}")
     if idle_timeout is not None and (not _number(idle_timeout) or not idle_timeout > 0):

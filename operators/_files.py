@@ -46,6 +46,19 @@ _NAME = re.compile(r"^\.?part-k(\d+)-e(\d+)\.jsonl$")
 _ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
 
 
+# Characters JSON writes as they are (ensure_ascii=False) that str.splitlines()
+# takes for line ends: written escaped (the same JSON string), so that every
+# way of reading the lines, the README's `read_text().splitlines()` too,
+# finds one record a line (a record holding U+2028 read as two halves).
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def _one_line_each(text: str) -> str:
+    if text.isascii() or not ("\x85" in text or "\u2028" in text or "\u2029" in text):
+        return text  # (the common case: three scans in C, no copy)
+    return text.translate(_LINE_BREAKS)
+
+
 def _fsync_directory(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -106,9 +119,9 @@ class ToFiles(Operator):
             self._unpublished.add(self.epoch)
         half = len(lines) // 2
         try:
-            self._file.write("".join(line + "\n" for line in lines[:half]))
+            self._file.write(_one_line_each("".join(line + "\n" for line in lines[:half])))
             crash_point("batch", self.kernel)  # tests: a crash with half a batch written
-            self._file.write("".join(line + "\n" for line in lines[half:]))
+            self._file.write(_one_line_each("".join(line + "\n" for line in lines[half:])))
         except UnicodeEncodeError as exc:
             # a str with a lone surrogate (bytes decoded with surrogateescape, a
             # JSON "\udcff" escape) passes json.dumps but is no UTF-8: name it

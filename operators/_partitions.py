@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from itertools import islice
 
+from kernel.dataflow._arity import check_arity
 from kernel.dataflow._errors import PASSES_THROUGH, KernelError, OperatorError
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Source
 
@@ -40,6 +41,7 @@ def check_make(make) -> None:
             f"from_partitions needs a function make(index, peers) returning this kernel's share, "
             f"got {make!r}"
         )
+    check_arity(make, 2, "from_partitions", "(index, peers)")
 
 
 class PartitionSource(Source):

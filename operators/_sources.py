@@ -70,7 +70,7 @@ def in_a_fixed_order(step: str, items: set | frozenset, what: str) -> list:
 
 
 def check_batch_size(batch_size: int) -> int:
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     return batch_size
 

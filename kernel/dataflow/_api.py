@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any, Generic, Literal, Protocol, TypeGuard, TypeVar, overload
 
 import kernel.operators as ops
+from kernel.dataflow._arity import check_arity
 from kernel.dataflow._errors import PASSES_THROUGH, KernelError, OperatorError
 from kernel.dataflow._graph import Combiner, Edge, Graph, Node
 from kernel.dataflow._loops import KeyedLoopFeedback, LoopFeedback, LoopHead, LoopLeave
@@ -284,6 +285,7 @@ class Dataflow:
         self._collected: list[Collected[Any]] = []
         self._late_counts: list[LateCount] = []
         self._skipped_counts: list[SkippedCount] = []
+        self._file_outputs: dict[str, str] = {}  # to_files: the directory's real path -> the step's label
 
     def __repr__(self) -> str:
         return f"<Dataflow {self.name!r}: {len(self.graph.nodes)} steps>"
@@ -506,6 +508,8 @@ class Dataflow:
             # returns is known only then)
             raise TypeError("from_async_iterable() needs an async iterable or a function returning one, "
                             f"got {aiterable!r}")
+        if not hasattr(aiterable, "__aiter__"):
+            check_arity(aiterable, 0, "from_async_iterable", "no arguments")
         factory = ops.AsyncIterableSource.factory(aiterable, batch_size)
         return self._timed_source(
             factory, name or "from_async_iterable", timestamp, max_delay, idle_timeout,
@@ -703,12 +707,28 @@ def _refuse_async_handlers(op: Operator, name: str) -> None:
                             f"it without awaiting it: make it a plain method{hint}")
 
 
+# How each step calls its function: (positional arguments, what they are)
+_CALLED_WITH = {"map": (1, "one record"), "filter": (1, "one record"), "flat_map": (1, "one record"),
+                "inspect": (1, "one record"), "key_by": (1, "one record"), "sink": (1, "one record"),
+                "map_values": (1, "one value"), "reduce": (2, "two values (a, b)"),
+                "fold": (2, "the accumulator and a value"), "stateful_map": (2, "the state and a value")}
+
+
 def _function(fn: Any, method: str) -> Any:
     """`fn`, checked where the flow is built: a value that is not callable
     otherwise got through to the run, which failed when it opened the
-    operator, naming no step and calling the method "flatmap", "keyby"."""
+    operator, naming no step and calling the method "flatmap", "keyby"; a
+    coroutine function's coroutines were dropped, never awaited (a sink's
+    records lost without an error); a signature that cannot take the
+    step's arguments failed only once records flowed."""
     if not callable(fn):
         raise TypeError(f"{method}() needs a function, got {fn!r}")
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        raise TypeError(f"{method}() calls its function for each record and does not await what it "
+                        f"returns: {_fn_name(fn)} is async (await it in a source of your own, "
+                        "`from_async_iterable`, or a function that runs it: `asyncio.run`)")
+    count, called_with = _CALLED_WITH[method]
+    check_arity(fn, count, method, called_with)
     return fn
 
 
@@ -721,6 +741,20 @@ def _check_task_class(task_class: object, name: str) -> None:
 
 
 def _checked(factory: Callable[[], Operator], kind: type[Operator], name: str) -> _CheckedFactory:
+    if isinstance(factory, type):
+        # a class of the wrong kind, known now: it failed only when the run made
+        # it ("factory returned {}, not a Operator"), or a Source given to apply()
+        # in on_batch ("has no inputs")
+        method = "source" if kind is Source else "apply"
+        if not issubclass(factory, Operator):
+            raise TypeError(f"{method}({factory.__name__}): {factory.__name__} is not a {kind.__name__} "
+                            f"class (a subclass of kernel.{kind.__name__}) or a function returning one")
+        if kind is Source and not issubclass(factory, Source):
+            raise TypeError(f"source({factory.__name__}): {factory.__name__} is an Operator, not a Source "
+                            "(apply() takes operators)")
+        if kind is not Source and issubclass(factory, Source):
+            raise TypeError(f"apply({factory.__name__}): {factory.__name__} is a Source; apply() takes an "
+                            "Operator (flow.source() takes sources)")
     # the class: its task_class is known now, when the flow is built, unless the class
     # computes it (a property) or holds it in a slot: then its instance tells
     task_class = getattr(factory, "task_class", None) if isinstance(factory, type) else None
@@ -989,12 +1023,25 @@ class Stream(Generic[T_co]):
         if not isinstance(directory, (str, os.PathLike)):
             # else os.fspath's bare TypeError when the run opened the sink
             raise TypeError(f"to_files needs a directory's path (a str or a Path), got {directory!r}")
+        path = os.fspath(directory)
+        if not path:
+            raise ValueError("to_files needs a directory's path, got an empty one")
+        # Two into one directory wrote the same file names, each over the
+        # other's: the run failed at its end (a hidden file renamed away), with
+        # a state_dir after publishing a mix of both
+        where = os.path.realpath(path)
+        written = self.flow._file_outputs
+        label = name or f"to_files({directory})"
+        if where in written:
+            raise ValueError(f"{label}: the directory {path} is already written by {written[where]}; give "
+                             "each to_files a directory of its own")
         edge = self._edge()
         # sources that never end (follow=True) before it: without a state_dir its
         # files would appear only at an end that never comes (refused at run start)
         endless = sorted({node.label for node in [edge.source, *_upstream(edge.source)] if node.endless})
         factory = functools.partial(ops.ToFiles, directory, after_endless=endless)
-        self.flow.graph.add(name or f"to_files({directory})", factory, [edge])
+        self.flow.graph.add(label, factory, [edge])
+        written[where] = label
 
     def to_redis_stream(
         self,

@@ -130,6 +130,8 @@ def check_settings(budget, shares, stall_threshold) -> None:
     AttributeError. `run()` calls this when it plans the run, so that with
     several cores the caller gets the ValueError, not a kernel process's."""
     _positive_seconds("budget", budget)
+    if budget == math.inf:  # (the kernel would never hand the loop back: run_async's host held)
+        raise ValueError(f"budget must be a positive, finite number of seconds, got {budget!r}")
     _positive_seconds("stall_threshold", stall_threshold)
     if shares is None:
         return

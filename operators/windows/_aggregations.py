@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from operator import itemgetter
 
+from kernel.dataflow._arity import check_arity
+
 from .._calls import start_values
 
 _first = itemgetter(0)
@@ -87,6 +89,7 @@ class ReduceAggregation(Aggregation):
     def __init__(self, fn) -> None:
         if not callable(fn):
             raise TypeError(f"reduce needs a callable, got {fn!r}")
+        check_arity(fn, 2, "reduce", "two values (a, b)")
         self.function = fn
 
     def create(self, value, stamp, port=0):
@@ -108,6 +111,7 @@ class FoldAggregation(Aggregation):
     def __init__(self, init, fn) -> None:
         if not callable(fn):
             raise TypeError(f"fold needs a callable, got {fn!r}")
+        check_arity(fn, 2, "fold", "the accumulator and a value")
         self.init = start_values(init)
         self.function = fn
 
@@ -131,6 +135,8 @@ class TopAggregation(Aggregation):
             raise ValueError(f"top(k) needs a whole number k >= 1, got {k!r}")
         if by is not None and not callable(by):
             raise TypeError(f"top(by=...) needs a function of the value, got {by!r}")
+        if by is not None:
+            check_arity(by, 1, "top", "one value (by=)")
         self.k = k
         self.by = by
         self.function = by  # named in errors (None: the values are compared themselves)

@@ -66,7 +66,10 @@ class AlignedWindows(WindowStrategy):
 
     def last(self, t: float) -> int:
         """The largest j with start(j) <= t."""
-        j = math.floor(t / self.step)
+        try:
+            j = math.floor(t / self.step)
+        except OverflowError:  # (a step so small that t / step is infinite: Tumbling(5e-324))
+            raise TimeTooLarge(t, self._kind()) from None
         if j * self.step > t:
             j -= 1
         elif (j + 1) * self.step <= t:

@@ -18,6 +18,8 @@ from ._panes import SlidingPanes
 from ._sessions import SessionWindows
 from ._strategy import WindowStrategy
 
+MAX_WINDOWS_AN_EVENT = 1_000_000  # a sliding window's size / step at most
+
 
 def _positive(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
@@ -83,6 +85,11 @@ class Sliding(WindowKind):
     def __init__(self, size: float, step: float) -> None:
         self.size = _positive("Sliding size", size)
         self.step = _positive("Sliding step", step)
+        if self.size / self.step > MAX_WINDOWS_AN_EVENT:
+            # (each event goes into every one of its windows: Sliding(1.0, 1e-9)
+            # hung on its first record, memory growing)
+            raise ValueError(f"Sliding({size!r}, {step!r}): an event would be in {self.size / self.step:.3g} "
+                             f"windows (size / step); at most {MAX_WINDOWS_AN_EVENT:,} are allowed")
 
     def __repr__(self) -> str:
         return f"Sliding({self.size!r}, {self.step!r})"

@@ -458,7 +458,8 @@ def test_state_whose_pickling_raises_a_base_exception_names_its_step(tmp_path):
     """An endless input: only the first snapshot failing ends the run. Its
     Stop was blamed on the step's `on_watermark`, with no word of state."""
     flow = Dataflow("endless")
-    flow.from_iterable(itertools.count(), batch_size=10).key_by(_const).stateful_map(_keep_unpicklable)
+    counted = flow.from_iterable(itertools.count(), batch_size=10).key_by(_const)
+    counted.stateful_map(_keep_unpicklable).sink(id)
     with pytest.raises(OperatorError) as info:
         run(flow, state_dir=tmp_path / "state", epoch_interval=0.001)
     assert str(info.value) == ("operator 'stateful_map(_keep_unpicklable) (step 2)': function 'pickle.dumps' "

@@ -326,7 +326,9 @@ def test_source_takes_a_factory_not_an_instance():
 
 def test_a_source_factory_must_return_a_source():
     flow = Dataflow()
-    flow.source(Numbered, name="not a source").collect()
+    with pytest.raises(TypeError, match="Numbered is an Operator, not a Source"):  # a class: when built
+        flow.source(Numbered, name="not a source")
+    flow.source(lambda: Numbered(), name="not a source").collect()  # a function: what it makes, at run
     with pytest.raises(TypeError, match="not a Source"):
         run(flow)
 
