@@ -152,8 +152,11 @@ class Distinct(Operator):
         if isinstance(exc, TimeTooLarge):
             shown = record[1] if self.values_only else record  # (a stream's record is keyed by itself)
             return OperatorError.wrap(self.name, "window", exc, record=shown, hint=TIME_TOO_LARGE_HINT)
+        # (Stream.distinct keys each record by itself: an unhashable record
+        # makes an unhashable key too, and was said to be the key's fault, the
+        # pair shown, "the function given to key_by" blamed)
         if self.values_only and isinstance(record, tuple) and len(record) == 2 \
-                and not is_unhashable(record[0]) and is_unhashable(record[1]):
+                and is_unhashable(record[1]):
             return OperatorError.wrap(self.name, "hash(record)", exc, record=record[1],
                                       hint=UNHASHABLE_RECORD)
         return keyed_error(self.name, "hash(value)", exc, record)

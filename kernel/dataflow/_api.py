@@ -26,8 +26,8 @@ from typing import Any, Generic, Literal, Protocol, TypeGuard, TypeVar, overload
 
 import kernel.operators as ops
 from kernel.dataflow._arity import check_arity
-from kernel.dataflow._errors import PASSES_THROUGH, KernelError, OperatorError
-from kernel.dataflow._graph import Combiner, Edge, Graph, Node
+from kernel.dataflow._errors import PASSES_THROUGH, KernelError, OperatorError, itself
+from kernel.dataflow._graph import Combiner, Edge, Graph, Node, _check_step_name
 from kernel.dataflow._loops import KeyedLoopFeedback, LoopFeedback, LoopHead, LoopLeave
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Operator, Source
 from kernel.scheduling._scheduler import TASK_CLASSES
@@ -198,10 +198,6 @@ def _hinted(factory: Callable[[], Any], hint: str | None) -> Callable[[], Any]:
     return make  # wraps sets make.__wrapped__: the step's kind is factory's
 
 
-def _itself(record: T) -> T:
-    return record
-
-
 def _first_field(record: tuple[K, Any, Any]) -> K:
     return record[0]
 
@@ -285,6 +281,7 @@ class Dataflow:
         self._collected: list[Collected[Any]] = []
         self._late_counts: list[LateCount] = []
         self._skipped_counts: list[SkippedCount] = []
+        self._user_steps: list[Stream[Any]] = []  # apply() and source() streams: their `.results`
         self._file_outputs: dict[str, str] = {}  # to_files: the directory's real path -> the step's label
 
     def __repr__(self) -> str:
@@ -665,13 +662,23 @@ class Dataflow:
         """
         if isinstance(factory, Operator):
             raise TypeError("pass a factory (the Source class or a function), not an instance")
-        return self._source(factory, name, None)
+        return self._user_step(self._source(factory, name, None))
+
+    def _user_step(self, stream: Stream[Any]) -> Stream[Any]:
+        """`stream` of an operator of the user's own (`apply`, `source`):
+        its kernels' `result()` values are its `.results` after a run
+        (they were gathered, then dropped: no handle reached them)."""
+        stream.results = []
+        self._user_steps.append(stream)
+        return stream
 
     def _source(self, factory: Callable[[], Source], name: str, kind: tuple[str, ...] | None) -> Stream[Any]:
         node = _labelled(self.graph.add(name, _checked(factory, Source, name), is_source=True, kind=kind))
         return Stream(self, node)
 
     def _results_delivered(self, per_kernel: list[dict[int, Any]]) -> None:
+        for stream in self._user_steps:  # each kernel's result() that is not None, in kernel order
+            stream.results = [results[stream.node.id] for results in per_kernel if stream.node.id in results]
         for handle in self._collected:
             # `extend` per kernel, not a comprehension over every item: the
             # caller waits for this after the run (126,000 window results:
@@ -804,6 +811,9 @@ class Stream(Generic[T_co]):
     """A stream of records of type `T_co` in a `Dataflow`."""
 
     _exchange_out = False
+    #: (a stream of `apply()` or `source()`) each kernel's `result()` that is
+    #: not None, in kernel order, after a run (on a cluster, on process 0)
+    results: list[Any]
 
     def __init__(self, flow: Dataflow, node: Node) -> None:
         self.flow = flow
@@ -859,7 +869,7 @@ class Stream(Generic[T_co]):
                 raise ValueError(f"{other!r} belongs to another dataflow")
         edges = [s._edge(port) for port, s in enumerate(streams)]
         node = _labelled(self.flow.graph.add(label, _checked(factory, Operator, label), edges))
-        return Stream(self.flow, node)
+        return self.flow._user_step(Stream(self.flow, node))
 
     def map(self, fn: Callable[[T_co], U], *, name: str | None = None) -> Stream[U]:
         """`fn(record)` for every record.
@@ -967,7 +977,7 @@ class Stream(Generic[T_co]):
         ['b', 'a', 'c']
         """
         label = _distinct_label(within, name)
-        stream: DistinctStream[T_co] = self.key_by(_itself, name=f"{label}: by record")._distinct(
+        stream: DistinctStream[T_co] = self.key_by(itself, name=f"{label}: by record")._distinct(
             label, within, values_only=True)
         return stream
 
@@ -1358,7 +1368,7 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         return self._keyed(name or f"stateful_map({_fn_name(fn)})", factory)
 
     def window(
-        self, window: ops.Tumbling | ops.Sliding | ops.Session, *, late: bool = False
+        self, window: ops.Tumbling | ops.Sliding | ops.Session, *, late: bool = False, name: str | None = None
     ) -> WindowedStream[K_co, V_co]:
         """Per-key event-time windows: `Tumbling(size)`, `Sliding(size, step)`
         or `Session(gap)` (from `operators`). The records need timestamps
@@ -1384,6 +1394,11 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
                         "a window needs event time, and a loop's rounds have none")
         stream = WindowedStream(self, window, late)
         stream._time_hint = _check_event_time(self, f"window({window!r})")
+        # (`name=` on any method, as the README says: the window's aggregate
+        # is the step it makes, named so unless the aggregate is named itself)
+        if name is not None:
+            _check_step_name(name)
+        stream._name = name
         return stream
 
     @overload
@@ -1574,11 +1589,14 @@ class WindowedStream(Generic[K_co, V_co]):
         self.window = window
         self._late = late
         self._time_hint: str | None = None  # custom steps on the way (see _check_event_time)
+        self._name: str | None = None  # window(..., name=): its aggregate's, unless that has one
 
     def __repr__(self) -> str:
         return f"<WindowedStream {self._keyed.node.label} {self.window!r}>"
 
-    def _aggregate(self, label: str, aggregation: ops.Aggregation) -> WindowResults[Any, Any, Any]:
+    def _aggregate(self, name: str | None, default: str,
+                   aggregation: ops.Aggregation) -> WindowResults[Any, Any, Any]:
+        label = name or self._name or default
         keyed = self._keyed
         hint = self._time_hint
         factory = _hinted(functools.partial(ops.WindowAggregate, self.window, aggregation, self._late), hint)
@@ -1607,7 +1625,7 @@ class WindowedStream(Generic[K_co, V_co]):
         >>> [(k, w.start, top) for k, w, top in out.items]
         [('a', 0.0, 4), ('a', 1.0, 5)]
         """
-        return self._aggregate(name or f"window reduce({_fn_name(fn)})", ops.ReduceAggregation(fn))
+        return self._aggregate(name, f"window reduce({_fn_name(fn)})", ops.ReduceAggregation(fn))
 
     @overload
     def fold(
@@ -1636,7 +1654,7 @@ class WindowedStream(Generic[K_co, V_co]):
         >>> [(k, w.start, digits) for k, w, digits in out.items]
         [('a', 0.0, '42'), ('a', 1.0, '5')]
         """
-        return self._aggregate(name or f"window fold({_fn_name(fn)})", ops.FoldAggregation(init, fn))
+        return self._aggregate(name, f"window fold({_fn_name(fn)})", ops.FoldAggregation(init, fn))
 
     def count(self, *, name: str | None = None) -> WindowResults[K_co, V_co, int]:
         """The number of records in each window.
@@ -1652,7 +1670,7 @@ class WindowedStream(Generic[K_co, V_co]):
         >>> [(k, w.start, n) for k, w, n in out.items]
         [('a', 0.0, 2), ('a', 1.0, 1)]
         """
-        return self._aggregate(name or "window count", ops.CountAggregation())
+        return self._aggregate(name, "window count", ops.CountAggregation())
 
     def sum(
         self: WindowedStream[Any, _SupportsAdd], *, name: str | None = None
@@ -1670,7 +1688,7 @@ class WindowedStream(Generic[K_co, V_co]):
         >>> [(k, w.start, total) for k, w, total in out.items]
         [('a', 0.0, 6), ('a', 1.0, 5)]
         """
-        return self._aggregate(name or "window sum", ops.SumAggregation())
+        return self._aggregate(name, "window sum", ops.SumAggregation())
 
     def top(
         self, k: int, *, by: Callable[[V_co], Any] | None = None, name: str | None = None
@@ -1690,7 +1708,7 @@ class WindowedStream(Generic[K_co, V_co]):
         >>> [(k, w.start, [b[2] for b in best]) for k, w, best in out.items]
         [('lamp', 0.0, [9, 7]), ('lamp', 1.0, [1])]
         """
-        return self._aggregate(name or f"window top({k})", ops.TopAggregation(k, by))
+        return self._aggregate(name, f"window top({k})", ops.TopAggregation(k, by))
 
     def collect(self, *, name: str | None = None) -> WindowResults[K_co, V_co, list[V_co]]:
         """Each window's values as a list, in timestamp order.
@@ -1706,7 +1724,7 @@ class WindowedStream(Generic[K_co, V_co]):
         >>> [(k, w.start, values) for k, w, values in out.items]
         [('a', 0.0, [4, 2]), ('a', 1.0, [5])]
         """
-        return self._aggregate(name or "window collect", ops.CollectAggregation())
+        return self._aggregate(name, "window collect", ops.CollectAggregation())
 
 
 class WindowResults(Stream[tuple[K_co, ops.Window, R_co]], Generic[K_co, V_co, R_co]):

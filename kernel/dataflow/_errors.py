@@ -64,6 +64,12 @@ UNHASHABLE_KEY = (
     "a key must be hashable (a str, a number, a tuple of those...: a tuple rather than a list, "
     "a frozenset rather than a set); the key is what the function given to key_by returned"
 )
+def itself(record):
+    """What `Stream.distinct` keys a record by: the record (an exchange that
+    cannot hash such a key says the record must be hashable)."""
+    return record
+
+
 UNHASHABLE_RECORD = (
     "distinct() keeps the records it has seen in a set, so a record must be hashable (a tuple "
     "rather than a list, a frozenset rather than a set)"

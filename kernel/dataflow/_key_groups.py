@@ -36,7 +36,7 @@ def default_key_groups(kernels: int) -> int:
     """How many key groups a run on `kernels` kernels gets on its first run:
     at least 128, and room to grow by half again (Flink's rule): the
     smallest power of two >= 1.5 x kernels, between 128 and 32,768."""
-    wanted = kernels + kernels // 2
+    wanted = (3 * kernels + 1) // 2  # (1.5 x kernels, rounded up: 171 kernels want 257, so 512)
     groups = 1 << max(wanted - 1, 1).bit_length()
     return min(max(groups, MIN_KEY_GROUPS), MAX_KEY_GROUPS)
 

@@ -37,10 +37,12 @@ from kernel.dataflow._errors import (
     PASSES_THROUGH,
     UNHASHABLE_ACROSS_KERNELS,
     UNHASHABLE_KEY,
+    UNHASHABLE_RECORD,
     UNPICKLABLE_RECORD,
     OperatorError,
     is_not_a_pair,
     is_unhashable,
+    itself,
     not_a_pair,
 )
 from kernel.net._channel import TimedBatch
@@ -214,6 +216,9 @@ class ExchangeOutput:
         if found and is_not_a_pair(pair):  # (a loop's feedback on a keyed stream)
             return not_a_pair(self.upstream.name, exc, pair)
         if found and is_unhashable(pair[0]):
+            if getattr(self.upstream.op, "fn", None) is itself:  # distinct()'s key_by: the record's fault
+                return OperatorError.wrap(self.upstream.name, "hash(record)", exc, record=pair[1],
+                                          hint=UNHASHABLE_RECORD)
             return OperatorError.wrap(self.upstream.name, "hash(key)", exc, record=pair,
                                       hint=UNHASHABLE_KEY)
         return OperatorError.wrap(self.upstream.name, "net.stable_hash(key)", exc, record=pair,
