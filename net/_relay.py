@@ -627,5 +627,5 @@ def _listen_host(host: str) -> str | None:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        return host if host == "localhost" else None
+        return host if host.lower().rstrip(".") == "localhost" else None
     return host

@@ -138,13 +138,13 @@ def _placed(per_node: list[int], distribution: str) -> list[tuple[int, int]]:
     itself exports cyclic whenever no node holds two tasks (one task, one
     a node): the same places as block's."""
     across = distribution.split(":")[0].split(",")[0]
+    if across not in ("block", "cyclic", "*", ""):  # (plane=N, arbitrary: another order, even one a node)
+        raise ResourceManagerError(f"--slurm: the {across} distribution is not supported (block or cyclic; "
+                                   f"got SLURM_DISTRIBUTION={distribution})")
     if across == "cyclic" or max(per_node) <= 1:
         return [(node, turn) for turn in range(max(per_node)) for node, count in enumerate(per_node)
                 if turn < count]
-    if across in ("block", "*", ""):
-        return [(node, local) for node, count in enumerate(per_node) for local in range(count)]
-    raise ResourceManagerError(f"--slurm: the {across} distribution is not supported (block or cyclic; "
-                               f"got SLURM_DISTRIBUTION={distribution})")
+    return [(node, local) for node, count in enumerate(per_node) for local in range(count)]
 
 
 def from_kubernetes(env) -> tuple[int, str]:

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any, Generic, Literal, Protocol, TypeGuard, TypeVar, overload
 
 import kernel.operators as ops
-from kernel.dataflow._arity import check_arity
+from kernel.dataflow._arity import check_arity, check_not_async
 from kernel.dataflow._errors import PASSES_THROUGH, KernelError, OperatorError, itself
 from kernel.dataflow._graph import Combiner, Edge, Graph, Node, _check_step_name
 from kernel.dataflow._loops import KeyedLoopFeedback, LoopFeedback, LoopHead, LoopLeave
@@ -730,10 +730,7 @@ def _function(fn: Any, method: str) -> Any:
     step's arguments failed only once records flowed."""
     if not callable(fn):
         raise TypeError(f"{method}() needs a function, got {fn!r}")
-    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
-        raise TypeError(f"{method}() calls its function for each record and does not await what it "
-                        f"returns: {_fn_name(fn)} is async (await it in a source of your own, "
-                        "`from_async_iterable`, or a function that runs it: `asyncio.run`)")
+    check_not_async(fn, method)
     count, called_with = _CALLED_WITH[method]
     check_arity(fn, count, method, called_with)
     return fn

@@ -141,12 +141,21 @@ async def wait_for(client: Client, job: str) -> dict:
     waited for with no end), is reconnected to, for up to three
     `coordinator_timeout()`s."""
     timeout = coordinator_timeout()
+    loop = asyncio.get_running_loop()
+    heard = loop.time()  # the coordinator's last answer: three timeouts of silence in all, then give up
     while True:
         try:
             state = await client.ask("wait", {"job": job, "timeout": timeout}, timeout + _grace(timeout))
-        except ConnectionLost:
-            await client.reconnect(3 * timeout, following=job)
+        except ConnectionLost as exc:
+            # (a coordinator that takes connections but answers nothing was
+            # reconnected to for ever: the three timeouts are for all tries)
+            left = heard + 3 * timeout + _grace(timeout) - loop.time()
+            if left <= 0:
+                raise KernelSystemError(f"gave up following {job} (it may still be running): {exc}") \
+                    from exc
+            await client.reconnect(left, following=job)
             continue
+        heard = loop.time()
         if state["status"] in TERMINAL:
             return state
 

@@ -84,8 +84,10 @@ class Session:
         number = next(self._ids)
         reply = self._waiting[number] = asyncio.get_running_loop().create_future()
         try:
-            await self.ws.send_str(_encode({"rid": number, "op": op, "body": fields}).decode())
+            # (the send within the time too: a big request, a pipeline file, to
+            # a peer that reads nothing more waits for room for ever)
             async with asyncio.timeout(timeout):
+                await self.ws.send_str(_encode({"rid": number, "op": op, "body": fields}).decode())
                 answer = await reply
         except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
             raise ConnectionLost(f"{self.name}: {exc}") from exc

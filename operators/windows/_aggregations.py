@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from operator import itemgetter
 
-from kernel.dataflow._arity import check_arity
+from kernel.dataflow._arity import check_arity, check_not_async
 
 from .._calls import start_values
 
@@ -89,6 +89,7 @@ class ReduceAggregation(Aggregation):
     def __init__(self, fn) -> None:
         if not callable(fn):
             raise TypeError(f"reduce needs a callable, got {fn!r}")
+        check_not_async(fn, "reduce")
         check_arity(fn, 2, "reduce", "two values (a, b)")
         self.function = fn
 
@@ -111,6 +112,7 @@ class FoldAggregation(Aggregation):
     def __init__(self, init, fn) -> None:
         if not callable(fn):
             raise TypeError(f"fold needs a callable, got {fn!r}")
+        check_not_async(fn, "fold")
         check_arity(fn, 2, "fold", "the accumulator and a value")
         self.init = start_values(init)
         self.function = fn
@@ -136,6 +138,7 @@ class TopAggregation(Aggregation):
         if by is not None and not callable(by):
             raise TypeError(f"top(by=...) needs a function of the value, got {by!r}")
         if by is not None:
+            check_not_async(by, "top")
             check_arity(by, 1, "top", "one value (by=)")
         self.k = k
         self.by = by

@@ -373,4 +373,4 @@ def test_an_unhashable_record_is_named():
     flow.from_iterable(["ok", ["no"]]).distinct().collect()
     with pytest.raises(OperatorError) as info:
         run(flow)
-    assert "hash(key)" in str(info.value) and "['no']" in str(info.value)
+    assert "hash(record)" in str(info.value) and "['no']" in str(info.value)

@@ -6,6 +6,7 @@ submit whose reply is lost with its connection."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import subprocess
 import sys
@@ -68,7 +69,7 @@ def test_submit_wait_gives_up_on_a_frozen_coordinator(frozen_later, tmp_path):
             waiter.communicate()
     assert waiter.returncode == 1, (out, err)
     assert err.startswith("error: gave up following job-1 (it may still be running): could not reach "), err
-    assert err.endswith(" within 3 s: it accepted the connection but never answered\n"), err
+    assert re.search(r" within [0-9.]+ s: it accepted the connection but never answered\n$", err), err
     # a wait answered after 1 s, 2 s of grace, 3 s to reconnect (each try bounded), and the start
     assert took < 15, took
 
