@@ -713,7 +713,9 @@ def test_a_set_is_dealt_out_alike_by_processes_whose_str_hashes_differ(tmp_path)
     assert printed == Counter(f"r{n}" for n in range(2000))
 
 
-def test_ctrl_c_on_one_process_tells_the_others(tmp_path):
+def endless_pipeline(tmp_path: Path) -> Path:
+    """A pipeline that never ends; each kernel process touches
+    `started-PID` in `tmp_path` once it runs."""
     pipeline = tmp_path / "endless.py"
     pipeline.write_text(
         "import asyncio, os, pathlib\n"
@@ -725,6 +727,11 @@ def test_ctrl_c_on_one_process_tells_the_others(tmp_path):
         "        await asyncio.sleep(0.01)\n"
         "flow = Dataflow('endless')\n"
         "flow.from_async_iterable(forever).key_by(lambda n: n).count().collect()\n")
+    return pipeline
+
+
+def test_ctrl_c_on_one_process_tells_the_others(tmp_path):
+    pipeline = endless_pipeline(tmp_path)
     peers = peers_for(free_ports(2))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "KERNEL_SECRET": SECRET}
     procs = [subprocess.Popen(

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from _ports import free_ports, wait_until
-from test_cluster import Cluster, slow_numbers, started
+from test_cluster import Cluster, endless_pipeline, slow_numbers, started
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "relay-review-secret"
@@ -40,17 +40,7 @@ def test_a_peer_stopped_by_sigterm_is_said_terminated_not_interrupted_by_ctrl_c(
     """README: SIGTERM "stops the run as Ctrl-C does and says
     `terminated`". Process 1 does say so; process 0 was told `process 1
     failed: interrupted (Ctrl-C)`, which nobody typed."""
-    pipeline = tmp_path / "endless.py"
-    pipeline.write_text(
-        "import asyncio, os, pathlib\n"
-        "from kernel import Dataflow\n"
-        "async def forever():\n"
-        f"    pathlib.Path({str(tmp_path)!r}, f'started-{{os.getpid()}}').touch()\n"
-        "    while True:\n"
-        "        yield 1\n"
-        "        await asyncio.sleep(0.01)\n"
-        "flow = Dataflow('endless')\n"
-        "flow.from_async_iterable(forever).key_by(lambda n: n).count().collect()\n")
+    pipeline = endless_pipeline(tmp_path)
     peers = ",".join(f"127.0.0.1:{port}" for port in free_ports(2))
     env = {**os.environ, "PYTHONPATH": str(REPO), "KERNEL_SECRET": SECRET}
     procs = [subprocess.Popen(
