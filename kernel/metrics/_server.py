@@ -36,8 +36,11 @@ def parse_address(value) -> tuple[str, int]:
     if not isinstance(value, str):
         raise ValueError(f"dashboard must be a 'HOST:PORT' string ({example}), got {value!r}")
     host, sep, port = value.rpartition(":")
-    if not sep or not host:
+    if not sep:
         raise ValueError(f"dashboard must be 'HOST:PORT' ({example}), got {value!r}: no port")
+    if not host:  # (':8080' said "no port")
+        raise ValueError(f"dashboard must be 'HOST:PORT' ({example}), got {value!r}: no host "
+                         "('0.0.0.0:PORT' for every interface)")
     if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:  # (not '٩٤٦٤', nor '²')
         raise ValueError(f"dashboard {value!r}: the port must be a number from 0 to 65535, got {port!r}")
     if host.startswith("[") and host.endswith("]"):

@@ -215,7 +215,7 @@ def test_the_exposition_reads_back_exactly(names, counts, watermark):
 
 @pytest.mark.parametrize("value, says", [
     ("localhost", "no port"), ("127.0.0.1:http", "port must be a number"),
-    ("127.0.0.1:70000", "port must be a number"), (9464, "'HOST:PORT' string"), (":9464", "no port"),
+    ("127.0.0.1:70000", "port must be a number"), (9464, "'HOST:PORT' string"), (":9464", "no host"),
 ])
 def test_a_malformed_dashboard_is_refused(value, says):
     flow = Dataflow()
