@@ -30,7 +30,7 @@ IMAGE = "streamkernel:latest"
 def manifests(*, name: str = "streamkernel", replicas: int = 3, cores: int = 1,
               image: str = IMAGE, pipeline_name: str = "pipeline.py", pipeline_text: str = "",
               flow: str = "flow", namespace: str = "default", secret_name: str = "streamkernel-secret",
-              port: int = PORT) -> list[dict]:
+              port: int = PORT, cluster_domain: str = "cluster.local") -> list[dict]:
     if replicas < 1 or cores < 1:
         raise ValueError("replicas and cores must be at least 1")
     service = f"{name}-peers"
@@ -45,6 +45,8 @@ def manifests(*, name: str = "streamkernel", replicas: int = 3, cores: int = 1,
         {"name": "KERNEL_PORT", "value": str(port)},
         {"name": "KERNEL_SECRET", "valueFrom": {"secretKeyRef": {"name": secret_name, "key": "secret"}}},
     ]
+    if cluster_domain != "cluster.local":  # (the peers' DNS names end in it)
+        env.append({"name": "KERNEL_CLUSTER_DOMAIN", "value": cluster_domain})
     return [
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{name}-pipeline", **meta},
          "data": {pipeline_name: pipeline_text}},
@@ -88,12 +90,14 @@ def main(argv=None) -> int:
     parser.add_argument("--namespace", default="default")
     parser.add_argument("--secret-name", default="streamkernel-secret")
     parser.add_argument("--port", type=int, default=PORT)
+    parser.add_argument("--cluster-domain", default="cluster.local", help="the cluster's DNS domain")
     args = parser.parse_args(argv)
     path, _, flow = args.pipeline.partition(":")
     sys.stdout.write(render(manifests(
         name=args.name, replicas=args.replicas, cores=args.cores, image=args.image,
         pipeline_name=Path(path).name, pipeline_text=Path(path).read_text(), flow=flow or "flow",
-        namespace=args.namespace, secret_name=args.secret_name, port=args.port)))
+        namespace=args.namespace, secret_name=args.secret_name, port=args.port,
+        cluster_domain=args.cluster_domain)))
     return 0
 
 

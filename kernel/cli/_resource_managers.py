@@ -12,7 +12,9 @@ instead of `--process-id` and `--peers` typed by hand:
   is `NAME-ORDINAL` (POD_NAME, else HOSTNAME's first label), the process id its ordinal; peers are the
   pods' stable DNS names `NAME-i.SERVICE.NAMESPACE.svc.cluster.local:PORT`
   for i < KERNEL_REPLICAS, with KERNEL_SERVICE (the headless Service),
-  KERNEL_NAMESPACE (default `default`) and KERNEL_PORT (default 7000).
+  KERNEL_NAMESPACE (default `default`), KERNEL_PORT (default 7000) and
+  KERNEL_CLUSTER_DOMAIN (default `cluster.local`: a cluster whose DNS
+  domain is another names it there).
 """
 
 from __future__ import annotations
@@ -166,7 +168,9 @@ def from_kubernetes(env) -> tuple[int, str]:
     namespace = env.get("KERNEL_NAMESPACE") or "default"
     if not 0 <= int(ordinal) < replicas:
         raise ResourceManagerError(f"--peers-from-env: pod {pod} is not one of {replicas} replicas")
-    peers = [f"{name}-{i}.{env['KERNEL_SERVICE']}.{namespace}.svc.cluster.local:{port}"
+    # (a cluster's DNS domain is cluster.local unless its admin chose another)
+    domain = (env.get("KERNEL_CLUSTER_DOMAIN") or "cluster.local").strip(".")
+    peers = [f"{name}-{i}.{env['KERNEL_SERVICE']}.{namespace}.svc.{domain}:{port}"
              for i in range(replicas)]
     return int(ordinal), ",".join(peers)
 

@@ -71,3 +71,14 @@ def test_a_pod_outside_a_statefulset_is_told_what_is_missing():
     for env, message in cases:
         with pytest.raises(ResourceManagerError, match=message):
             from_kubernetes(env)
+
+
+def test_a_cluster_of_another_dns_domain_names_its_peers_there():
+    # (cluster.local was written into every peer's name: a cluster whose
+    # admin chose another domain could not resolve them)
+    items = render.manifests(name="wc", replicas=2, namespace="jobs", pipeline_name="p.py", pipeline_text="",
+                             cluster_domain="corp.example.")
+    statefulset = next(item for item in items if item["kind"] == "StatefulSet")
+    env = pod_env(statefulset, 1, "jobs")  # (the manifest gives KERNEL_CLUSTER_DOMAIN)
+    assert from_kubernetes(env) == (1, "wc-0.wc-peers.jobs.svc.corp.example:7000,"
+                                       "wc-1.wc-peers.jobs.svc.corp.example:7000")
