@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "kernel"))
 
 from _system import System, wait_until
 from test_cli_review import SHARED as SHARED_FLOW  # (the pipeline of two runs on one state_dir)
+from test_cli_review import interrupt
 
 
 def test_two_new_executors_registering_while_the_catalog_cannot_be_written_get_ids_of_their_own(tmp_path):
@@ -130,7 +131,6 @@ def test_a_cluster_process_on_a_state_dir_not_made_yet_holds_its_lock_while_it_r
     # snapshots beside it into one store. Before, the lock was taken after the
     # plan had made the directory. Expected: refused, "in use by another run"
     # (as it is when the state_dir exists beforehand: checked by hand).
-    import signal
     import subprocess
 
     path = tmp_path / "shared.py"
@@ -149,14 +149,7 @@ def test_a_cluster_process_on_a_state_dir_not_made_yet_holds_its_lock_while_it_r
                                   env=env)
         line = second.stdout.readline()  # refused: "" (its stdout closes); running: "running"
     finally:
-        for proc in (second, first):
-            if proc is not None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.communicate(timeout=20)
-                finally:
-                    proc.kill()
-                    proc.wait()
+        interrupt(second, first)
     assert line == "", "a second run on the state_dir of a live cluster process was not refused"
 
 

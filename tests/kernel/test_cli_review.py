@@ -223,6 +223,19 @@ flow.from_iterable(range(10**12), batch_size=10).map(lambda x: x).sink(announce)
 """
 
 
+def interrupt(*procs) -> None:
+    """Ctrl-C (SIGINT) to each process given (None: none started), waited
+    for; killed where that did not end it."""
+    for proc in procs:
+        if proc is not None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.communicate(timeout=20)
+            finally:
+                proc.kill()
+                proc.wait()
+
+
 @pytest.mark.parametrize("cores", ["1", "2"])
 def test_a_second_run_on_a_state_dir_in_use_is_refused(tmp_path, cores):
     # A second `python -m kernel.run p.py --state-dir S` while the first still
@@ -240,14 +253,7 @@ def test_a_second_run_on_a_state_dir_in_use_is_refused(tmp_path, cores):
         # refused: its stdout ends with no record; running: it prints "running"
         line = second.stdout.readline()
     finally:
-        for proc in (second, first):
-            if proc is not None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.communicate(timeout=20)
-                finally:
-                    proc.kill()
-                    proc.wait()
+        interrupt(second, first)
     assert line == "", "a second run resumed from the state_dir of a run still running"
     assert second.returncode != 0
 

@@ -730,23 +730,34 @@ def endless_pipeline(tmp_path: Path) -> Path:
     return pipeline
 
 
-def test_ctrl_c_on_one_process_tells_the_others(tmp_path):
+def start_endless_cluster(tmp_path: Path) -> list[subprocess.Popen]:
+    """Two `python -m kernel.run` processes of `endless_pipeline` linked on
+    free ports, each in a session of its own (a terminal's Ctrl-C or a
+    pod's SIGTERM reaches one alone); `kill_groups` ends what is left."""
     pipeline = endless_pipeline(tmp_path)
     peers = peers_for(free_ports(2))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "KERNEL_SECRET": SECRET}
-    procs = [subprocess.Popen(
+    return [subprocess.Popen(
         [os.sys.executable, "-m", "kernel.run", str(pipeline), "--process-id", str(i), "--peers", peers],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
         for i in (0, 1)]
+
+
+def kill_groups(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_ctrl_c_on_one_process_tells_the_others(tmp_path):
+    procs = start_endless_cluster(tmp_path)
     try:
         wait_until(lambda: started(tmp_path) == 2, what="the cluster to run")
         assert all(p.poll() is None for p in procs)
         os.killpg(procs[1].pid, signal.SIGINT)  # a terminal's Ctrl-C, on process 1
         outs = [p.communicate(timeout=PROMPTLY) for p in procs]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
+        kill_groups(procs)
     assert procs[1].returncode == 130 and outs[1][1].endswith("interrupted\n"), outs[1]
     assert procs[0].returncode == 1, outs[0]
     assert "error: process 1 (127.0.0.1:" in outs[0][1] and "failed: interrupted (Ctrl-C)" in outs[0][1]

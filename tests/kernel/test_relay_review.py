@@ -18,13 +18,11 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from _ports import free_ports, wait_until
-from test_cluster import Cluster, endless_pipeline, slow_numbers, started
+from _ports import wait_until
+from test_cluster import Cluster, kill_groups, slow_numbers, start_endless_cluster, started
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "relay-review-secret"
@@ -40,21 +38,13 @@ def test_a_peer_stopped_by_sigterm_is_said_terminated_not_interrupted_by_ctrl_c(
     """README: SIGTERM "stops the run as Ctrl-C does and says
     `terminated`". Process 1 does say so; process 0 was told `process 1
     failed: interrupted (Ctrl-C)`, which nobody typed."""
-    pipeline = endless_pipeline(tmp_path)
-    peers = ",".join(f"127.0.0.1:{port}" for port in free_ports(2))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "KERNEL_SECRET": SECRET}
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "kernel.run", str(pipeline), "--process-id", str(i), "--peers", peers],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-        for i in (0, 1)]
+    procs = start_endless_cluster(tmp_path)
     try:
         wait_until(lambda: started(tmp_path) == 2, what="the cluster to run")
         os.kill(procs[1].pid, signal.SIGTERM)  # the launcher only, as Kubernetes does to PID 1
         outs = [p.communicate(timeout=PROMPTLY) for p in procs]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
+        kill_groups(procs)
     assert procs[1].returncode == 143 and outs[1][1].endswith("terminated\n"), outs[1]
     assert procs[0].returncode == 1, outs[0]
     assert "error: process 1 (127.0.0.1:" in outs[0][1], outs[0]

@@ -14,6 +14,14 @@ from kernel.scheduling._clock import VirtualClock
 from kernel.scheduling._kernel import Kernel
 
 
+def _run_task(kernel, task) -> None:
+    """`task()` spawned on `kernel`, joined, in a loop of its own."""
+    async def main():
+        kernel.spawn(task())
+        await kernel.join()
+
+    asyncio.run(main())
+
 def test_push_after_close_raises_ring_closed_for_small_frames():
     # A large frame pushed after close() raises RingClosed (the general
     # path checks `_closed`); a small one takes push2/push_tagged's fast
@@ -46,11 +54,7 @@ def test_virtual_timer_cancelled_once_due_does_not_fire():
         for _ in range(3):
             await asyncio.sleep(0)
 
-    async def main():
-        kernel.spawn(task())
-        await kernel.join()
-
-    asyncio.run(main())
+    _run_task(kernel, task)
     assert fired == [], "a timer cancelled before its callback ran still fired"
 
 
@@ -73,11 +77,7 @@ def test_nan_delay_does_not_block_other_timers():
         for _ in range(3):
             await asyncio.sleep(0)
 
-    async def main():
-        kernel.spawn(task())
-        await kernel.join()
-
-    asyncio.run(main())
+    _run_task(kernel, task)
     assert "one" in fired, "a NaN-delay timer kept a due timer from firing"
 
 

@@ -4,6 +4,7 @@ subscriber received with a plain-Python reference."""
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -247,6 +248,16 @@ def test_a_topic_name_that_cannot_cross_the_wire_is_refused_when_the_flow_is_bui
             flow.serve(name, lambda request: request)
 
 
+
+def _readings_app(system, tmp_path, topic: str, name: str, **extra):
+    """The readings app publishing `topic` (its log `NAME.log`), and that log."""
+    log = tmp_path / f"{name}.log"
+    env = dict(system.env, TOPIC=topic, **extra)
+    with open(log, "wb") as err, open(tmp_path / f"{name}.out", "wb") as out:
+        return subprocess.Popen([PYTHON, str(READINGS), f"127.0.0.1:{system.port}"], stdout=out,
+                                stderr=err, env=env, cwd=tmp_path), log
+
+
 def test_a_killed_apps_topic_is_taken_over_even_where_its_port_now_serves_something_else(system, tmp_path):
     """README (topics, an app's registration): a killed app's registration
     stays behind and the next publisher replaces it; a name is refused
@@ -263,12 +274,7 @@ def test_a_killed_apps_topic_is_taken_over_even_where_its_port_now_serves_someth
     import signal
     import socket
 
-    def spawn(name, **extra):
-        log = tmp_path / f"{name}.log"
-        env = dict(system.env, TOPIC="taken-over", **extra)
-        with open(log, "wb") as err, open(tmp_path / f"{name}.out", "wb") as out:
-            return subprocess.Popen([PYTHON, str(READINGS), f"127.0.0.1:{system.port}"], stdout=out,
-                                    stderr=err, env=env, cwd=tmp_path), log
+    spawn = functools.partial(_readings_app, system, tmp_path, "taken-over")
 
     a, a_log = spawn("a")
     squatter = socket.socket()
@@ -301,12 +307,7 @@ def test_a_live_apps_topic_is_not_taken_over_and_a_killed_ones_is(system, tmp_pa
     the next takes the name over."""
     import signal
 
-    def spawn(name, **extra):
-        log = tmp_path / f"{name}.log"
-        env = dict(system.env, TOPIC="held-name", **extra)
-        with open(log, "wb") as err, open(tmp_path / f"{name}.out", "wb") as out:
-            return subprocess.Popen([PYTHON, str(READINGS), f"127.0.0.1:{system.port}"], stdout=out,
-                                    stderr=err, env=env, cwd=tmp_path), log
+    spawn = functools.partial(_readings_app, system, tmp_path, "held-name")
 
     a, a_log = spawn("a", HOLD=str(tmp_path / "never"))
     procs = [a]
