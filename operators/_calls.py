@@ -27,7 +27,7 @@ from kernel.dataflow._errors import (
     is_unhashable,
     not_a_pair,
 )
-from kernel.dataflow._operator import Unfinished, unfinished
+from kernel.dataflow._operator import LARGE_OUTPUT, PIECE, Unfinished, unfinished
 
 from ._accessors import IDENTITY
 
@@ -142,16 +142,6 @@ def emit_in_batches(emit: Callable[[list], None], records) -> None:
     it = iter(records)
     while batch := list(islice(it, EMIT_BATCH)):
         emit(batch)
-
-
-# An output of more than LARGE_OUTPUT records in one handler (a window
-# closing for 300,000 keys, an aggregate's results for a million at the end
-# of input: 0.1-0.2 s in one activation) is made and handed on in pieces of
-# PIECE, one a tick (`Unfinished`), so that the kernel still hands the loop
-# back within its budget; what follows the handler waits behind the last
-# piece (`kernel.runtime._instance`). Below it, at once, as before.
-PIECE = EMIT_BATCH
-LARGE_OUTPUT = 4 * EMIT_BATCH
 
 
 def emit_in_pieces(emit: Callable[[list], None], records, count: int) -> Unfinished | None:

@@ -80,6 +80,7 @@ from kernel.dataflow._operator import NONE_KEY, Operator, Unfinished
 from kernel.scheduling._scheduler import LATER
 
 from ._progress import Frontier
+from ._user_pieces import UserOutput
 
 _NO_DATA = object()  # schedule(t): no data given
 
@@ -170,6 +171,7 @@ class Instance:
         "targets",
         "task_class",
         "timers",
+        "user_output",
     )
 
     def __init__(self, node: Node, op: Operator, runtime) -> None:
@@ -219,6 +221,7 @@ class Instance:
         self.busy = 0.0  # seconds in this operator's on_batch, less the steps it called (metrics)
         self.fused_into: Instance | None = None  # the operator whose handler now does ours too
         self.fused_last: Instance | None = None  # the end of that fusion (`fused_end`, once fused)
+        self.user_output: UserOutput | None = None  # a user's operator's: its large emits in pieces
         kernel = runtime.kernel
         self.pace = _Pace(kernel) if node.is_source else None
         self.budget_spent = kernel.budget_spent
@@ -258,12 +261,21 @@ class Instance:
         if self.is_source:
             op.emit = self._counted(op.emit)
             self.chain = self._chained_after()
-        elif getattr(op, "_emit_checked", False):
+        elif self.user_output is not None:
             # A user's operator (apply()) that emits one record alone, a str
             # or a dict, had it split into characters or keys downstream,
             # silently; a generator failed as "has no len()". The built-in
             # operators, which always emit lists, skip this check.
-            op.emit = _batch_checked(op.emit)
+            op.emit = self.user_output.emitter(_batch_checked(op.emit))
+
+    def user_output_in_pieces(self) -> None:
+        """A user's operator (apply()): a large emit in its handlers goes
+        on in pieces, as a built-in step's output does (`_user_pieces`).
+        Called before anything takes its on_batch (a chained upstream's
+        emit, metrics' counting)."""
+        if not self.is_source and getattr(self.op, "_emit_checked", False):
+            self.user_output = UserOutput()
+            self.user_output.install(self.op)
 
     def count_records(self) -> None:
         """Count records in and out, per batch (for metrics): wraps the

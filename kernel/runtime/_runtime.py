@@ -137,6 +137,8 @@ class Runtime:
                     hops[id(target)] = depth if target.chained else 0
         if FUSION:
             self._fuse()
+        for instance in self.instances:
+            instance.user_output_in_pieces()
         if self.metrics:
             for instance in self.instances:
                 instance.count_records()

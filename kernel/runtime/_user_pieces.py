@@ -1,0 +1,98 @@
+"""A user's operator's large output, handed on in pieces.
+
+The kernel's own steps hand a large output on a piece a tick (they return
+an `Unfinished`: operators/_calls.py `emit_in_pieces`), so that the kernel
+still hands the loop back within its budget. A user's operator (`apply()`)
+emits through `self.emit` and returns None, so one `emit` of a million
+records went all the way downstream in one activation: 0.9 s with the
+host's loop held (a map and a filter after it, on one kernel).
+
+The runtime now does for it what the built-in steps do themselves. Within
+the operator's `on_batch`, `on_watermark` and `on_end`, an emit of a plain
+list of more than LARGE_OUTPUT records hands its first PIECE on at once;
+the rest of it, and every emit after it in that handler call, in order, go
+on in later ticks, a PIECE a tick, as the `Unfinished` the handler then
+returns, with whatever came after the batch (or followed the handler)
+waiting behind them (`Instance._park`). An output under LARGE_OUTPUT costs
+one `len()` and a flag more an emit.
+
+Left whole, as before: an emit from `on_timer`, `on_idle`, `on_round` or a
+task of the operator's own (nothing would hand its rest on, and they have
+no `Unfinished` to return), a batch that is not a plain list (a `TimedBatch`
+carries its stamps, which slices would drop), and the output of an `on_end`
+that hands back a future (its rest goes on before the future is waited
+for, at once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from kernel.dataflow._operator import LARGE_OUTPUT, PIECE, Operator, unfinished
+
+
+class UserOutput:
+    """One user operator's emits and handlers, wrapped (`install`)."""
+
+    __slots__ = ("inside", "rest", "sink")
+
+    def __init__(self) -> None:
+        self.inside = False  # within a wrapped handler call
+        self.rest: list[list] | None = None  # what waits to go on, in order, once an emit was large
+        self.sink: Callable[[list], object] | None = None  # the emit underneath (`emitter`)
+
+    def install(self, op: Operator) -> None:
+        """Wraps `op`'s on_batch, on_watermark and on_end (before anything
+        takes them: a chained upstream's emit holds its on_batch)."""
+        op.on_batch = self._handler(op.on_batch)
+        op.on_watermark = self._handler(op.on_watermark)
+        op.on_end = self._handler(op.on_end, future_allowed=True)
+
+    def emitter(self, emit: Callable[[list], object]) -> Callable[[list], None]:
+        """The operator's `emit`, given the one that hands a batch on now."""
+        self.sink = emit
+
+        def piecewise(batch) -> None:
+            if not self.inside:
+                emit(batch)
+            elif self.rest is not None:
+                self.rest.append(batch)  # behind the large one: order kept
+            elif batch.__class__ is list and len(batch) > LARGE_OUTPUT:
+                emit(batch[:PIECE])
+                self.rest = [batch]  # (its first PIECE gone on: `_pieces` skips it; no copy of the rest)
+            else:
+                emit(batch)
+
+        return piecewise
+
+    def _handler(self, handler: Callable, future_allowed: bool = False) -> Callable:
+        def wrapped(*args):
+            self.inside = True
+            try:
+                returned = handler(*args)
+            finally:
+                self.inside = False
+                rest, self.rest = self.rest, None
+            if rest is None:
+                return returned
+            if returned is not None:
+                # on_end's future (work of its own under way): its rest goes on
+                # now, before the step waits for it; anything else returned is
+                # the user's mistake, an error that ends the run
+                if future_allowed:
+                    for piece in _pieces(rest):
+                        self.sink(piece)
+                return returned
+            return unfinished(_pieces(rest), self.sink)
+
+        return wrapped
+
+
+def _pieces(batches: list[list]):
+    """The batches waiting, a PIECE at most a piece, in order: the first
+    from its second PIECE on (its first went on from the emit)."""
+    start = PIECE
+    for batch in batches:
+        for at in range(start, len(batch), PIECE):
+            yield batch[at:at + PIECE]
+        start = 0
