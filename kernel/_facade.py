@@ -793,7 +793,9 @@ def _state_dir_held(state_dir, process_id) -> Iterator[None]:
         # (its run makes it anyway, a cluster's process too: made here, so
         # that a run on a state_dir not there yet holds it from the start; a
         # cluster's missing snapshots are an empty directory's as well)
-        os.makedirs(directory, exist_ok=True)
+        from kernel._durable import make_directories
+
+        make_directories(directory)  # (its name durable: the run's complete epochs are in it)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:
         # not one to write in (a file there, no permission): the run's own

@@ -27,10 +27,12 @@ refused the files to_files had written.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 
+from kernel._durable import fsync_directory, make_directories
 from kernel._faults import crash_point
 from kernel.dataflow import EVERY_EPOCH
 from kernel.dataflow._errors import PASSES_THROUGH, KernelError, OperatorError
@@ -59,14 +61,6 @@ def _one_line_each(text: str) -> str:
     return text.translate(_LINE_BREAKS)
 
 
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class ToFiles(Operator):
     def __init__(self, directory, after_endless=()) -> None:
         self.directory = os.fspath(directory)
@@ -83,7 +77,10 @@ class ToFiles(Operator):
                 f"{' and '.join(self.after_endless)} never end{'s' if len(self.after_endless) == 1 else ''} "
                 "(follow=True): nothing would ever be written; give the run a state_dir (its files "
                 "appear as each epoch completes)")
-        os.makedirs(self.directory, exist_ok=True)
+        try:
+            make_directories(self.directory)  # (its name durable: a complete epoch's files are in it)
+        except OSError as exc:
+            raise self._disk_error(exc, f"make the directory {self.directory}") from exc
         self.kernel = context.index
         self.peers = context.peers
         self.epoch = 1  # the epoch whose records are being written
@@ -114,14 +111,17 @@ class ToFiles(Operator):
                 else None
             raise OperatorError.wrap(self.name, "json.dumps", exc, record=bad, has_record=found,
                                      hint=hint) from exc
-        if self._file is None:
-            self._file = open(self._path(self.epoch, hidden=True), "w", encoding="utf-8")
-            self._unpublished.add(self.epoch)
         half = len(lines) // 2
         try:
+            if self._file is None:
+                self._file = open(self._path(self.epoch, hidden=True), "w", encoding="utf-8")
+                self._unpublished.add(self.epoch)
             self._file.write(_one_line_each("".join(line + "\n" for line in lines[:half])))
             crash_point("batch", self.kernel)  # tests: a crash with half a batch written
             self._file.write(_one_line_each("".join(line + "\n" for line in lines[half:])))
+        except OSError as exc:  # a full disk, an I/O error: name the file (no record is to blame)
+            raise self._disk_error(exc, f"write {self._path(self.epoch, hidden=True)}",
+                                   self._not_durable()) from exc
         except UnicodeEncodeError as exc:
             # a str with a lone surrogate (bytes decoded with surrogateescape, a
             # JSON "\udcff" escape) passes json.dumps but is no UTF-8: name it
@@ -130,11 +130,43 @@ class ToFiles(Operator):
             raise OperatorError.wrap(self.name, "json.dumps", exc, record=bad) from exc
 
     def _close_epoch(self) -> None:
+        """The epoch's file durable, data and name: its directory is fsynced
+        too (one fsync a directory an epoch), or a power loss could take the
+        file of an epoch the store then says is complete. A failed fsync
+        fails the run: the epoch never completes (fsync is not retried, as
+        a retry may "succeed" with the data lost)."""
         if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            try:
+                try:
+                    file.flush()
+                    os.fsync(file.fileno())
+                finally:
+                    file.close()
+            except OSError as exc:
+                raise self._disk_error(exc, f"write {file.name}", self._not_durable()) from exc
+            self._fsync_directory(self._not_durable())
+
+    def _fsync_directory(self, after: str) -> None:
+        try:
+            fsync_directory(self.directory)
+        except OSError as exc:
+            raise self._disk_error(exc, f"fsync the directory {self.directory} (its part files' names)",
+                                   after) from exc
+
+    def _not_durable(self) -> str:
+        if self._snapshots:
+            return (f"epoch {self.epoch} does not complete (its records are not durable): a run resumed "
+                    "from the state_dir writes them again")
+        return "the run's output is not published"
+
+    def _disk_error(self, exc: OSError, doing: str, after: str = "") -> KernelError:
+        """A failed write, fsync or rename of the sink's files, as one line
+        naming the file (an OSError's own message named none, and blamed
+        the sink's on_epoch as if it were the user's code)."""
+        full = " (the disk is full)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        why = f"{exc.strerror or exc}{full}" + (f"; {after}" if after else "")
+        return KernelError(f"{self.name}: cannot {doing}: {why}")
 
     def on_epoch(self, epoch):
         self._close_epoch()  # the records of `epoch` are durable before its snapshot is
@@ -173,17 +205,22 @@ class ToFiles(Operator):
         elif self._first_commit:
             self._first_commit = False
             self._take_over_directory(epoch)
+        after = (f"epoch {epoch} is complete: a run resumed from the state_dir publishes its files"
+                 if self._snapshots else "the run's output is not published")
         renamed = False
         for file_epoch in sorted(self._unpublished):
             if file_epoch > epoch or (file_epoch == self.epoch and self._file is not None):
                 continue  # not complete yet, or still being written
             hidden = self._path(file_epoch, hidden=True)
-            os.replace(hidden, self._path(file_epoch, hidden=False))
+            try:
+                os.replace(hidden, self._path(file_epoch, hidden=False))
+            except OSError as exc:
+                raise self._disk_error(exc, f"publish {hidden}", after) from exc
             self._unpublished.discard(file_epoch)
             renamed = True
             crash_point("commit", self.kernel)  # tests: a crash between renames
         if renamed:
-            _fsync_directory(self.directory)
+            self._fsync_directory(after)
 
     def _take_over_directory(self, epoch: int) -> None:
         """What earlier runs left for this kernel: files up to `epoch` stay
@@ -191,17 +228,23 @@ class ToFiles(Operator):
         the files of kernels this run does not have (a run resumed on fewer
         kernels): their hidden files up to `epoch` are published now."""
         changed = False
+        after = f"the run stops before writing anything (it resumes epoch {epoch} when run again)"
         for name, kernel, file_epoch in self._files_to_take_over():
-            if file_epoch > epoch:
-                os.unlink(os.path.join(self.directory, name))
-                changed = True
-            elif name.startswith(".") and kernel != self.kernel:
-                os.replace(os.path.join(self.directory, name), os.path.join(self.directory, name[1:]))
-                changed = True
-            elif name.startswith("."):
+            path = os.path.join(self.directory, name)
+            try:
+                if file_epoch > epoch:
+                    os.unlink(path)
+                    changed = True
+                elif name.startswith(".") and kernel != self.kernel:
+                    os.replace(path, os.path.join(self.directory, name[1:]))
+                    changed = True
+            except OSError as exc:
+                raise self._disk_error(exc, f"{'remove' if file_epoch > epoch else 'publish'} {path}",
+                                       after) from exc
+            if name.startswith(".") and file_epoch <= epoch and kernel == self.kernel:
                 self._unpublished.add(file_epoch)
         if changed:
-            _fsync_directory(self.directory)  # gone before anything of this run is published
+            self._fsync_directory(after)  # gone before anything of this run is published
 
     def _replace_earlier_output(self) -> None:
         """At the end of a run without a state_dir: every file an earlier
@@ -211,10 +254,14 @@ class ToFiles(Operator):
         changed = False
         for name, _, _ in self._files_to_take_over():
             if name not in mine:
-                os.unlink(os.path.join(self.directory, name))
+                try:
+                    os.unlink(os.path.join(self.directory, name))
+                except OSError as exc:
+                    raise self._disk_error(exc, f"remove {os.path.join(self.directory, name)}",
+                                           "the run's output is not published") from exc
                 changed = True
         if changed:
-            _fsync_directory(self.directory)
+            self._fsync_directory("the run's output is not published")
 
     def _files_to_take_over(self):
         """This kernel's files; kernel 0 also takes those of kernels this run

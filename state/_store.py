@@ -43,6 +43,7 @@ import zlib
 from contextlib import contextmanager
 from functools import cached_property
 
+from kernel._durable import fsync_directory, make_directories
 from kernel.dataflow import EVERY_EPOCH
 from kernel.dataflow._errors import KernelError
 from kernel.dataflow._key_groups import default_key_groups
@@ -147,11 +148,12 @@ class SnapshotStore:
     def __init__(self, directory: str | os.PathLike, name: str = FILE_NAME) -> None:
         self.directory = os.fspath(directory)
         try:
-            os.makedirs(self.directory, exist_ok=True)
+            make_directories(self.directory)  # (its name durable: the epochs marked complete are in it)
         except OSError as exc:  # a file there, a read-only file system, no permission
             raise unusable_directory(self.directory, exc) from exc
         self.name = name
         self.path = os.path.join(self.directory, name)
+        new = not os.path.exists(self.path)
         self._retired = False  # whether other generations' files were removed (`mark_complete`)
         with self._database(f"cannot open {name}"):
             # one thread at a time, but not always the one that opened it
@@ -177,6 +179,16 @@ class SnapshotStore:
                                                      kernels INTEGER NOT NULL);
                 """
             )
+        if new:
+            # The new file's name durable before any epoch is recorded in it:
+            # SQLite fsyncs the directory only for its journals (a build with
+            # SQLITE_DISABLE_DIRSYNC not even that). Once a file, not an epoch.
+            try:
+                fsync_directory(self.directory)
+            except OSError as exc:
+                self._db.close()
+                raise StateError(f"state_dir {self.directory!r}: cannot make {name} durable (fsync of the "
+                                 f"directory: {exc.strerror or exc})") from exc
 
     @contextmanager
     def _database(self, doing: str):
