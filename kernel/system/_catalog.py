@@ -5,17 +5,32 @@ restarted coordinator loses nothing.
 
 Every change is committed at once (WAL, synchronous=FULL): the catalog is
 small and changes a few times per job, so durability costs nothing that
-matters. `snapshot()` reads the whole catalog as plain data (the `catalog`
-request, `status --json`).
+matters.
+
+Every SQL statement runs on one thread of the catalog's own, never on the
+coordinator's event loop: `call(fn, ...)` runs `fn` there in one
+transaction and is awaited (or not: the job master's own writes), in the
+order the calls were made. A slow disk, or the database locked by another
+program (an operator's `sqlite3` with a write transaction open, a backup),
+then holds up only what needs the catalog: it used to freeze the whole
+coordinator, its executors' heartbeats unread (lost, their jobs
+restarted) and every client's request unanswered. A call waits for such a
+lock up to `timeout` seconds from when it was made (--catalog-timeout),
+then fails with `CatalogBusy`, naming the file and who holds it.
+The methods below that take no `call` are that thread's (or, with nothing
+else using the catalog, a test's).
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
 import sqlite3
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +39,14 @@ from kernel.dataflow._errors import KernelError
 
 class CatalogError(KernelError):
     """The catalog's file cannot be opened as one (damaged, not a database)."""
+
+
+class CatalogBusy(CatalogError):
+    """The catalog stayed locked by another program past the timeout."""
+
+
+CATALOG_TIMEOUT = 10.0  # seconds a catalog call waits for a lock another program holds
+_BUSY_STEP_MS = 100  # SQLite's own busy wait, between our checks of the deadline and of close()
 
 
 ACTIVE = ("submitted", "starting", "running", "restarting")
@@ -108,6 +131,14 @@ class Executor:
 _JSON_FIELDS = ("executors", "placement", "ran_on")
 
 
+def job_row(job: Job) -> dict:
+    """The job as its row (a deep copy)."""
+    row = asdict(job)
+    for key in _JSON_FIELDS:
+        row[key] = json.dumps(row[key])
+    return row
+
+
 def _hold(lock_path: Path, catalog: Path):
     """One coordinator per catalog: an exclusive lock beside it, held until
     close (or the process's end, even by SIGKILL). A second coordinator on
@@ -129,10 +160,40 @@ def _hold(lock_path: Path, catalog: Path):
     return lock
 
 
+def holders(path: Path) -> list[str]:
+    """"pid N (name)" of each other process that has the database `path`
+    (or its -wal, -shm) open, as far as /proc lets us see."""
+    names = {str(path), f"{path}-wal", f"{path}-shm"}
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else ()):
+        if int(pid) == os.getpid():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in names for fd in fds):
+                with open(f"/proc/{pid}/comm") as comm:
+                    found.append(f"pid {pid} ({comm.read().strip()})")
+        except OSError:
+            continue  # (gone, or another user's)
+    return found
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
 class Catalog:
-    def __init__(self, data_dir: str | Path) -> None:
+    def __init__(self, data_dir: str | Path, timeout: float = CATALOG_TIMEOUT) -> None:
         self.path = Path(data_dir) / "catalog.sqlite"
+        self.timeout = timeout
         self._db = None
+        # one thread, so that calls run one at a time, in the order made
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="catalog")
+        self._closing = threading.Event()
+        self._closed = False
+        # every topic with its publisher and subscribers (`_topics.listing`),
+        # as of the last call that changed them: `status` answers without a call
+        self.listing: list[dict] = []
         # A catalog that is not a database (a damaged file, another file at
         # that name) or a --data that is not a directory one can write in:
         # one line saying which file and why (it was a raw sqlite3 or OSError
@@ -141,31 +202,98 @@ class Catalog:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock = _hold(self.path.with_name("catalog.lock"), self.path)
-            # (timeout: how long a write waits for a lock another program holds, the
-            # coordinator stalled meanwhile; past it, the write is tried again later)
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=1.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-            if "shared_state" not in columns:  # a catalog written before --shared-state-dir
-                self._db.execute("ALTER TABLE jobs ADD COLUMN shared_state INTEGER NOT NULL DEFAULT 0")
-            if "request" not in columns:  # (written before submits carried one)
-                self._db.execute("ALTER TABLE jobs ADD COLUMN request TEXT")
-            if "timeout" not in {row[1] for row in self._db.execute("PRAGMA table_info(executors)")}:
-                self._db.execute("ALTER TABLE executors ADD COLUMN timeout REAL")  # (written before it)
+            self._pool.submit(self._open).result()
         except (sqlite3.Error, OSError, CatalogError) as exc:
             if self._db is not None:
-                self._db.close()
+                self._pool.submit(self._db.close).result()
+            self._pool.shutdown()
             if self._lock is not None:
                 self._lock.close()
             if isinstance(exc, CatalogError):
                 raise
             raise CatalogError(f"the catalog {self.path} cannot be used: {exc}") from exc
 
+    def _open(self) -> None:
+        """(On the catalog's thread: its connection is made there.)"""
+        # (check_same_thread off only for the tests that read and write the
+        # catalog directly while nothing else does; the coordinator uses it
+        # on this thread alone. A lock another program holds is waited for
+        # in steps, `_begin`, up to each call's deadline.)
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=_BUSY_STEP_MS / 1000,
+                                   check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "shared_state" not in columns:  # a catalog written before --shared-state-dir
+            self._db.execute("ALTER TABLE jobs ADD COLUMN shared_state INTEGER NOT NULL DEFAULT 0")
+        if "request" not in columns:  # (written before submits carried one)
+            self._db.execute("ALTER TABLE jobs ADD COLUMN request TEXT")
+        if "timeout" not in {row[1] for row in self._db.execute("PRAGMA table_info(executors)")}:
+            self._db.execute("ALTER TABLE executors ADD COLUMN timeout REAL")  # (written before it)
+        self.listing = self.topics()
+
     def close(self) -> None:
-        self._db.close()
+        """Run the calls already made (a lock held by another program is not
+        waited for any more: they fail at once), then close the connection
+        on its thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._closing.set()
+        self._pool.submit(self._db.close)
+        self._pool.shutdown(wait=True)
         self._lock.close()
+
+    # -- calls from the event loop ------------------------------------------------------
+
+    def at_once(self, fn, *args):
+        """`fn(*args)` on the catalog's thread, waited for: for the
+        coordinator's start only, before it serves anyone."""
+        return self._pool.submit(fn, *args).result()
+
+    def call(self, fn, *args, write: bool = False, topics: bool = False) -> asyncio.Future:
+        """`fn(*args)` run on the catalog's thread in one transaction (BEGIN
+        IMMEDIATE where it writes, so that what it reads is what it writes
+        on: no other write comes between), after every call made before.
+        `topics`: it may change the topics, `listing` is read again."""
+        if self._closed:
+            raise CatalogError(f"the catalog {self.path} is closed (the coordinator stops)")
+        deadline = time.monotonic() + self.timeout
+        return asyncio.wrap_future(self._pool.submit(self._run, deadline, write, topics, fn, *args))
+
+    def _run(self, deadline: float, write: bool, topics: bool, fn, *args):
+        db = self._db
+        try:
+            self._begin("BEGIN IMMEDIATE" if write else "BEGIN", deadline)
+            try:
+                result = fn(*args)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            if topics:
+                self.listing = self.topics()
+            return result
+        except sqlite3.Error as exc:
+            if _is_busy(exc):
+                raise self._busy() from None
+            raise
+
+    def _begin(self, statement: str, deadline: float) -> None:
+        while True:
+            try:
+                self._db.execute(statement)
+                return
+            except sqlite3.OperationalError as exc:
+                # (SQLite waited _BUSY_STEP_MS: again, unless past the deadline or closing)
+                if not _is_busy(exc) or time.monotonic() >= deadline or self._closing.is_set():
+                    raise
+
+    def _busy(self) -> CatalogBusy:
+        who = ", ".join(holders(self.path)) or "another program"
+        return CatalogBusy(f"database is locked: {who} has held it for more than {self.timeout:g} s")
 
     # -- pipelines ------------------------------------------------------------------
 
@@ -191,12 +319,14 @@ class Catalog:
         return job
 
     def save(self, job: Job) -> None:
-        row = asdict(job)
-        for key in _JSON_FIELDS:
-            row[key] = json.dumps(row[key])
+        self.save_row(job_row(job))
+
+    def save_row(self, row: dict) -> None:
+        """(`job_row`'s row, taken on the event loop: the Job itself may
+        change there while this thread writes it)"""
         sets = ", ".join(f"{k} = ?" for k in row if k != "id")
         self._db.execute(f"UPDATE jobs SET {sets} WHERE id = ?",
-                         (*(v for k, v in row.items() if k != "id"), job.id))
+                         (*(v for k, v in row.items() if k != "id"), row["id"]))
 
     def jobs(self) -> list[Job]:
         cursor = self._db.execute("SELECT * FROM jobs ORDER BY seq")
@@ -211,12 +341,6 @@ class Catalog:
         return found
 
     # -- executors ------------------------------------------------------------------
-
-    def new_executor_id(self) -> str:
-        n = self._db.execute("SELECT COUNT(*) FROM executors").fetchone()[0] + 1
-        while self._db.execute("SELECT 1 FROM executors WHERE id = ?", (f"e{n}",)).fetchone():
-            n += 1
-        return f"e{n}"
 
     def save_executor(self, executor: Executor) -> None:
         self._db.execute("INSERT OR REPLACE INTO executors VALUES (?, ?, ?, ?, ?, ?, ?)",

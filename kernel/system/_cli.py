@@ -105,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="an executor silent this long is lost, and its jobs restart (default 5)")
     p.add_argument("--dashboard", default=None, metavar="HOST:PORT",
                    help="serve the system's dashboard (executors, jobs, topics) there")
+    p.add_argument("--catalog-timeout", type=float, default=10.0, metavar="S",
+                   help="a request that must write the catalog waits this long for a lock another program "
+                        "holds on it (sqlite3, a backup), then fails saying who holds it (default 10)")
     _common(p, coordinator=False)
     p = commands.add_parser("executor", help="run job processes on this machine")
     p.add_argument("--cores", type=_at_least(1), required=True, metavar="N",
@@ -209,9 +212,12 @@ async def _command(args) -> int:
         host, port = _address(args.listen, "--listen")
         if not args.executor_timeout > 0:
             raise _Usage("--executor-timeout must be a positive number of seconds")
+        if not args.catalog_timeout > 0:
+            raise _Usage("--catalog-timeout must be a positive number of seconds")
         dashboard = None if args.dashboard is None else _address(args.dashboard, "--dashboard")
         await serve(host, port, secret, args.data, tls=tls, executor_timeout=args.executor_timeout,
-                    adopt_grace=args.executor_timeout, dashboard=dashboard)
+                    adopt_grace=args.executor_timeout, dashboard=dashboard,
+                    catalog_timeout=args.catalog_timeout)
         return 0
     address = _address(args.coordinator, "--coordinator")
     if args.command == "executor":

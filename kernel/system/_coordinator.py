@@ -22,7 +22,7 @@ from aiohttp import WSCloseCode
 
 from kernel.net._links import AuthenticatedServer
 from kernel.system import _topics
-from kernel.system._catalog import TABLES, TERMINAL, Catalog
+from kernel.system._catalog import CATALOG_TIMEOUT, TABLES, TERMINAL, Catalog, CatalogError
 from kernel.system._master import JobMaster
 from kernel.system._wire import (
     CLIENT,
@@ -108,9 +108,13 @@ class CoordinatorServer(AuthenticatedServer):
         if op == "status":
             return master.status()
         if op == "catalog":
-            return {name: master.catalog.table(name) for name in TABLES}
+            catalog = master.catalog
+            try:
+                return await catalog.call(lambda: {name: catalog.table(name) for name in TABLES})
+            except CatalogError as exc:
+                raise RequestError(f"the catalog {catalog.path} cannot be read ({exc})") from None
         if op == "submit":
-            return {"job": self._submit(m).id}
+            return {"job": (await self._submit(m)).id}
         if op == "job":
             return master.job_status(str(m.get("job")))
         if op == "wait":
@@ -133,7 +137,7 @@ class CoordinatorServer(AuthenticatedServer):
             return reply
         raise RequestError(f"unknown request {op!r}")
 
-    def _submit(self, m: dict):
+    async def _submit(self, m: dict):
         filename, content, digest = m.get("filename"), m.get("content"), m.get("digest")
         if not isinstance(filename, str) or not isinstance(content, str) or "/" in filename \
                 or "\0" in filename or not filename.endswith(".py"):
@@ -166,7 +170,7 @@ class CoordinatorServer(AuthenticatedServer):
         request = m.get("request")
         if request is not None and not (isinstance(request, str) and 0 < len(request) <= 128):
             raise RequestError("submit: a request id is a string of 1 to 128 characters")
-        return self.master.submit(filename=filename, content=data, digest=digest, flow=flow,
+        return await self.master.submit(filename=filename, content=data, digest=digest, flow=flow,
                                   processes=m.get("processes"), cores=m.get("cores", 1), executors=executors,
                                   state_dir=state_dir, epoch_interval=interval,
                                   max_restarts=m.get("max_restarts", 3), shared_state=shared_state,
@@ -211,16 +215,18 @@ class CoordinatorServer(AuthenticatedServer):
 
 async def serve(host: str, port: int, secret: bytes, data_dir: str | Path, *, tls=None,
                 ready=None, adopt_grace: float = 5.0, executor_timeout: float = 5.0,
-                dashboard: tuple[str, int] | None = None) -> None:
+                dashboard: tuple[str, int] | None = None, catalog_timeout: float = CATALOG_TIMEOUT) -> None:
     """Run a coordinator until cancelled. `ready(port)` is called once it
-    listens; `dashboard` (host, port): serve the system's dashboard there."""
+    listens; `dashboard` (host, port): serve the system's dashboard there;
+    `catalog_timeout`: how long a catalog call waits for a lock another
+    program holds on it."""
     page_socket = None
     if dashboard is not None:  # (first: a port taken is an error before anything listens)
         from kernel.system._dashboard import dashboard_socket
 
         page_socket = dashboard_socket(*dashboard)
     try:
-        catalog = Catalog(data_dir)
+        catalog = Catalog(data_dir, catalog_timeout)
         master = JobMaster(catalog, adopt_grace=adopt_grace, executor_timeout=executor_timeout)
         server = CoordinatorServer(host, port, secret, master,
                                    ssl_context=tls.server_context() if tls is not None else None,

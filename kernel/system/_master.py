@@ -30,13 +30,14 @@ have ended: reported exited, stopped on request, or its executor lost.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import sqlite3
 import time
 from dataclasses import dataclass, replace
 
-from kernel.system._catalog import ACTIVE, TERMINAL, Catalog, Executor, Job
+from kernel.system._catalog import ACTIVE, TERMINAL, Catalog, CatalogError, Executor, Job, job_row
 from kernel.system._wire import ConnectionLost, RequestError, Session
 
 log = logging.getLogger("kernel.system")
@@ -83,7 +84,7 @@ def classify(code: int, error: str | None) -> str:
     return "failed"
 
 
-_CATALOG_ERRORS = (sqlite3.Error, OSError)
+_CATALOG_ERRORS = (sqlite3.Error, OSError, CatalogError)
 WATCH_EVERY = 0.25  # seconds between the job master's rounds (`watch`)
 _PING_TIMEOUT = 1.0  # seconds an executor holding an id asked for has to answer (`own_id`)
 
@@ -106,8 +107,8 @@ class Connected:
 class JobMaster:
     def __init__(self, catalog: Catalog, *, adopt_grace: float = 5.0, executor_timeout: float = 5.0) -> None:
         self.catalog = catalog
-        self.jobs: dict[str, Job] = {job.id: job for job in catalog.jobs()}
-        self.executors: dict[str, Executor] = {e.id: e for e in catalog.executors()}
+        self.jobs: dict[str, Job] = {job.id: job for job in catalog.at_once(catalog.jobs)}
+        self.executors: dict[str, Executor] = {e.id: e for e in catalog.at_once(catalog.executors)}
         self.adopt_grace = adopt_grace
         self.executor_timeout = executor_timeout
         self._started = time.monotonic()
@@ -156,6 +157,10 @@ class JobMaster:
         # whose last catalog write failed (`_save`): written again each round
         self._unsaved_jobs: set[str] = set()
         self._unsaved_executors: set[str] = set()
+        self._resaving = False  # (`_save_again`: one at a time)
+        # submits under a request id whose catalog write is in flight: request ->
+        # (pipeline, flow, the write): the same request sent again waits for it
+        self._submitting: dict[str, tuple[str, str, asyncio.Future]] = {}
         self._closing = False  # close(): the coordinator stops
 
     # -- bookkeeping ------------------------------------------------------------------
@@ -168,29 +173,46 @@ class JobMaster:
     def _lock(self, job_id: str) -> asyncio.Lock:
         return self._locks.setdefault(job_id, asyncio.Lock())
 
-    def _save(self, job: Job) -> None:
-        """Write the job to the catalog. A write that fails (a full disk, the
-        database locked past SQLite's busy timeout) does not stop what
-        happens to the job: it goes on as it is in memory, and the write is
-        tried again every `watch` round (a failed save used to end the task
-        midway: a job set `starting` but never started, a kill that never
-        stopped its processes, stayed so for good)."""
-        try:
-            self.catalog.save(job)
-            self._unsaved_jobs.discard(job.id)
-        except _CATALOG_ERRORS as exc:
-            self._unwritten(f"{job.id} ({job.status})", exc, job.id not in self._unsaved_jobs)
-            self._unsaved_jobs.add(job.id)
+    def _save(self, job: Job) -> asyncio.Future | None:
+        """Write the job to the catalog, on its thread: what happens to the
+        job goes on meanwhile. A write that fails (a full disk, the database
+        locked past the catalog's timeout) does not stop it either: the job
+        goes on as it is in memory, and the write is tried again every `watch`
+        round (a failed save used to end the task midway: a job set
+        `starting` but never started, a kill that never stopped its
+        processes, stayed so for good)."""
+        future = self._write(self._unsaved_jobs, job.id, f"{job.id} ({job.status})",
+                             self.catalog.save_row, job_row(job))  # (the row as it is now)
         self._notify()
+        return future
 
     def _save_executor(self, executor: Executor) -> None:
+        self._write(self._unsaved_executors, executor.id, f"executor {executor.id} ({executor.state})",
+                    self.catalog.save_executor, replace(executor))
+
+    def _write(self, unsaved: set[str], key: str, what: str, fn, *args) -> asyncio.Future | None:
         try:
-            self.catalog.save_executor(executor)
-            self._unsaved_executors.discard(executor.id)
-        except _CATALOG_ERRORS as exc:
-            self._unwritten(f"executor {executor.id} ({executor.state})", exc,
-                            executor.id not in self._unsaved_executors)
-            self._unsaved_executors.add(executor.id)
+            future = self.catalog.call(fn, *args, write=True)
+        except CatalogError as exc:  # (closed: the coordinator stops)
+            self._unwritten(what, exc, key not in unsaved)
+            unsaved.add(key)
+            return None
+        future.add_done_callback(functools.partial(self._written, unsaved, key, what))
+        return future
+
+    def _written(self, unsaved: set[str], key: str, what: str, future: asyncio.Future) -> None:
+        # (the calls end in the order they were made, and so do these: a
+        # later write's outcome is the one that stays)
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is None:
+            unsaved.discard(key)
+        elif isinstance(exc, _CATALOG_ERRORS):
+            self._unwritten(what, exc, key not in unsaved)
+            unsaved.add(key)
+        else:
+            log.error("the catalog %s: writing %s: %s", self.catalog.path, what, exc, exc_info=exc)
 
     def _unwritten(self, what: str, exc: Exception, first: bool) -> None:
         if first:
@@ -198,30 +220,44 @@ class JobMaster:
                       "again every %g s until it can be", self.catalog.path, exc, what, WATCH_EVERY)
 
     def _save_again(self) -> None:
-        """The jobs and executors whose last write failed, written again."""
-        if not (self._unsaved_jobs or self._unsaved_executors):
+        """The jobs and executors whose last write failed, written again
+        (one such write at a time: the catalog locked, they would pile up)."""
+        if self._resaving or not (self._unsaved_jobs or self._unsaved_executors) or self._closing:
             return
-        try:
-            for job_id in list(self._unsaved_jobs):
-                if job_id in self.jobs:
-                    self.catalog.save(self.jobs[job_id])
-                self._unsaved_jobs.discard(job_id)
-            for executor_id in list(self._unsaved_executors):
-                if executor_id in self.executors:
-                    self.catalog.save_executor(self.executors[executor_id])
-                self._unsaved_executors.discard(executor_id)
-        except _CATALOG_ERRORS:
-            return  # (said once for each: `_unwritten`)
-        log.warning("the catalog %s is written again: it holds every job and executor as they are",
-                    self.catalog.path)
+        jobs = {j: job_row(self.jobs[j]) for j in self._unsaved_jobs if j in self.jobs}
+        executors = {e: replace(self.executors[e]) for e in self._unsaved_executors if e in self.executors}
+        job_ids, executor_ids = set(self._unsaved_jobs), set(self._unsaved_executors)
 
-    def _writable(self, job: Job, **changes) -> None:
+        def write() -> None:
+            for row in jobs.values():
+                self.catalog.save_row(row)
+            for executor in executors.values():
+                self.catalog.save_executor(executor)
+
+        def written(future: asyncio.Future) -> None:
+            self._resaving = False
+            if future.cancelled() or future.exception() is not None:
+                return  # (said once for each: `_unwritten`)
+            self._unsaved_jobs.difference_update(job_ids)
+            self._unsaved_executors.difference_update(executor_ids)
+            if not (self._unsaved_jobs or self._unsaved_executors):
+                log.warning("the catalog %s is written again: it holds every job and executor as they are",
+                            self.catalog.path)
+
+        try:
+            future = self.catalog.call(write, write=True)
+        except CatalogError:
+            return
+        self._resaving = True
+        future.add_done_callback(written)
+
+    async def _writable(self, job: Job, **changes) -> None:
         """A request's change of `job` (a kill) written to the catalog first,
         or refused: the client is told, and the job stays as it was, to be
         asked again (a kill answered "killed" but kept only in memory would
         come back running after a coordinator restart)."""
         try:
-            self.catalog.save(replace(job, **changes))
+            await self.catalog.call(self.catalog.save_row, job_row(replace(job, **changes)), write=True)
         except _CATALOG_ERRORS as exc:
             raise RequestError(f"the catalog {self.catalog.path} cannot be written ({exc}): "
                                f"{job.id} was left as it is") from None
@@ -268,7 +304,7 @@ class JobMaster:
 
     # -- submitting ---------------------------------------------------------------
 
-    def submit(self, *, filename: str, content: bytes, digest: str, flow: str, processes: int | None,
+    async def submit(self, *, filename: str, content: bytes, digest: str, flow: str, processes: int | None,
                cores: int, executors: list[str] | None, state_dir: str | None,
                epoch_interval: float | None, max_restarts: int, shared_state: bool = False,
                request: str | None = None) -> Job:
@@ -279,6 +315,16 @@ class JobMaster:
                         raise RequestError(f"submit: request id {request!r} was {job.id}'s, "
                                            "for another pipeline")
                     return job
+            pending = self._submitting.get(request)
+            if pending is not None:  # sent again while its write is in flight: that write's job
+                if pending[:2] != (digest, flow):
+                    raise RequestError(f"submit: request id {request!r} is being submitted, for another "
+                                       "pipeline")
+                try:
+                    return await asyncio.shield(pending[2])
+                except _CATALOG_ERRORS as exc:
+                    raise RequestError(f"the catalog {self.catalog.path} cannot be written ({exc}): the job "
+                                       "was not submitted") from None
         if executors:
             unknown = [e for e in executors if e not in self.executors]
             if unknown:
@@ -298,12 +344,23 @@ class JobMaster:
         if fit < processes:
             raise RequestError(f"the job needs {processes} executor(s) with {cores} core(s) each; "
                                f"the system has {fit}")
-        try:
+
+        def create() -> Job:  # (on the catalog's thread, one transaction: the job's seq is its own)
             self.catalog.add_pipeline(digest, filename, content)
-            job = self.catalog.new_job(
+            return self.catalog.new_job(
                 name=f"{filename}:{flow}", flow=flow, pipeline=digest, processes=processes, cores=cores,
                 executors=executors or None, state_dir=state_dir, epoch_interval=epoch_interval,
                 max_restarts=max_restarts, shared_state=shared_state, request=request)
+
+        try:
+            written = self.catalog.call(create, write=True)
+            if request is not None:
+                self._submitting[request] = (digest, flow, written)
+            try:
+                job = await written
+            finally:
+                if request is not None:
+                    self._submitting.pop(request, None)
         except _CATALOG_ERRORS as exc:
             raise RequestError(f"the catalog {self.catalog.path} cannot be written ({exc}): the job was "
                                "not submitted") from None
@@ -360,6 +417,14 @@ class JobMaster:
             # restarting again, its backoff set anew by the first one's
             # failure: it waits for `_after` as well. It launched at once: a
             # job that could never start skipped its pauses, under load.)
+            if job.status not in ("submitted", "restarting"):
+                return
+            try:  # (read first, waiting for no other job: all else is judged after it)
+                filename, content = await self.catalog.call(self.catalog.pipeline, job.pipeline)
+            except _CATALOG_ERRORS as exc:  # (it waits: the next round's `reconcile` tries again)
+                log.error("%s: its pipeline could not be read from the catalog %s: %s", job.id,
+                          self.catalog.path, exc)
+                return
             if job.status not in ("submitted", "restarting") or self._unstopped.get(job.id) \
                     or self._not_before.get(job.id, 0.0) > time.monotonic():
                 return
@@ -384,7 +449,6 @@ class JobMaster:
                 sessions = [self.connected[e].session for e in chosen]
             except KeyError as exc:
                 return await self._restart_locked(job, attempt, f"executor {exc.args[0]} went away")
-            filename, content = self.catalog.pipeline(job.pipeline)
             try:
                 if job.processes > 1:
                     ports = await asyncio.gather(*(s.request("prepare") for s in sessions))
@@ -459,7 +523,7 @@ class JobMaster:
         async with self._lock(job_id):
             if not job.active:
                 raise RequestError(f"{job_id} is already {job.status}")
-            self._writable(job, status="killed", message="killed by request")
+            await self._writable(job, status="killed", message="killed by request")
             await self._end(job, "killed", "killed by request")
         self.reconcile()
         return job
@@ -481,15 +545,26 @@ class JobMaster:
         self._adopted.pop(job.id, None)
         # (an attempt still unconfirmed keeps being asked, and its cores stay
         # busy, until its executor confirms it stopped or is lost)
-        try:
-            self.catalog.forget_topics_of(job.id)
-        except _CATALOG_ERRORS as exc:  # (its topics stay listed: a later publisher takes them over)
-            log.error("%s: its topics could not be taken out of the catalog: %s", job.id, exc)
+        self._forget_topics(job.id)
         log.info("%s %s%s", job.id, status, f": {message}" if message else "")
         # (its cores stay busy where it may still run: killed while its
         # executor was away, the next job was started beside its process,
         # and a resubmission on its state_dir could run beside it)
         self._wait_for_stops(job, attempt, await self._stop(job.id, attempt, placement))
+
+    def _forget_topics(self, job_id: str) -> None:
+        """The topics the ended job published go (after its save: in order).
+        (One that cannot be written stays listed: a later publisher takes it over.)"""
+        def failed(future: asyncio.Future) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                log.error("%s: its topics could not be taken out of the catalog: %s", job_id,
+                          future.exception())
+
+        try:
+            self.catalog.call(self.catalog.forget_topics_of, job_id, write=True, topics=True) \
+                .add_done_callback(failed)
+        except CatalogError as exc:
+            log.error("%s: its topics could not be taken out of the catalog: %s", job_id, exc)
 
     async def _restart_locked(self, job: Job, attempt: int, why: str) -> None:
         if job.attempt != attempt or job.status not in ("starting", "running"):
@@ -633,8 +708,7 @@ class JobMaster:
         """An id neither the catalog nor this master has given: an executor
         whose row could not be written (the catalog locked, a full disk) is
         known only here, and two new executors were both given e1."""
-        fresh = self.catalog.new_executor_id()
-        n = int(fresh[1:])
+        n = len(self.executors) + 1  # (every executor of the catalog is here)
         while f"e{n}" in self.executors:
             n += 1
         return f"e{n}"
@@ -825,7 +899,8 @@ class JobMaster:
                  "cores": j.cores, "restarts": j.restarts, "attempt": j.attempt,
                  "submitted": j.submitted, "started": j.started, "ended": j.ended}
                 for j in self.jobs.values()]
-        return {"executors": executors, "jobs": jobs, "topics": self.catalog.topics()}
+        # (the topics as of the catalog's last change of them: no call, answered at once)
+        return {"executors": executors, "jobs": jobs, "topics": self.catalog.listing}
 
     def job_status(self, job_id: str) -> dict:
         return next(j for j in self.status()["jobs"] if j["id"] == self._job(job_id).id)

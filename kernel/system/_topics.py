@@ -33,10 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 
-from kernel.system._catalog import ACTIVE, Catalog
+from kernel.system._catalog import ACTIVE, Catalog, CatalogError
 from kernel.system._wire import CLIENT, RequestError, tls_handshake_failure
 
 ENDED = "ended"  # a publication's address once its partition has ended
@@ -59,73 +58,122 @@ def _name(m: dict) -> str:
 
 async def request(catalog: Catalog, op: str, m: dict, probe=None) -> dict:
     """`probe(address, kind)`: the publisher id a server answers with
-    (`probe`, the coordinator's secret and TLS given)."""
+    (`probe`, the coordinator's secret and TLS given).
+
+    Each step that reads the catalog and writes on what it read is one call
+    on the catalog's thread (`Catalog.call`: one transaction), so that no
+    other request's write comes between; only a publisher's probe is awaited
+    between two calls, and the second checks again what the first found."""
     name = _name(m)
-    db = catalog._db
     if op == "topic_lookup":
-        row = _row(catalog, name)
-        if row is not None and _ended_job(catalog, row["job"]):  # left behind (a coordinator restarted)
-            catalog.forget_topics_of(row["job"])
-            row = None
-        if row is None:
-            ended = _ended(catalog).get(name)
-            if ended is not None and m.get("job") in ended["readers"]:
-                return {"found": True, **ended["topic"]}
-            return {"found": False}
-        addresses = [a for (a,) in db.execute(
-            "SELECT address FROM publications WHERE topic = ? ORDER BY process", (name,))]
-        if len(addresses) < row.get("partitions", 1):
-            return {"found": False}
-        _readers(catalog, name, row["id"]).add(m.get("job"))
-        return {"found": True, "addresses": addresses, **row}
+        while True:
+            found = await catalog.call(_lookup, catalog, name, m.get("job"))
+            if not isinstance(found, _LeftBehind):
+                return found
+            # (a job that has ended, left behind by a restarted coordinator: its rows go)
+            await catalog.call(_forget_ended, catalog, found.job, write=True, topics=True)
     if op == "topic_publish":
-        uid, job, partition = str(m["id"]), str(m["job"]), int(m["partition"])
-        row = _row(catalog, name)
-        while row is not None and row.get("id") != uid:
-            if row["job"] != job and await _still_published(catalog, name, row, probe):
+        checked = None  # the id of an old registration found no longer published
+        while True:
+            row = await catalog.call(_publish, catalog, name, m, checked, write=True, topics=True)
+            if row is None:
+                return {}
+            if await _still_published(catalog, name, row, probe):
                 raise RequestError(f"topic {name!r} is published by {row['job']}, which is running")
-            # The probe awaited: another kernel of this publisher (registering
-            # its own partition at the same moment) may have replaced the old
-            # registration meanwhile, and its partition must stay
-            now = _row(catalog, name)
-            if now is None or now.get("id") != row.get("id"):
-                row = now
-                continue
-            db.execute("DELETE FROM topics WHERE name = ?", (name,))
-            db.execute("DELETE FROM publications WHERE topic = ?", (name,))
-            row = None
-        if row is None:
-            _ended(catalog).pop(name, None)  # published again: the ended one is forgotten
-            _carry_readers(catalog, name, uid)
-            schema = {"id": uid, "kind": str(m.get("kind", "stream")), "record_type": m.get("record_type"),
-                      "partitions": int(m.get("partitions", 1))}
-            db.execute("INSERT INTO topics VALUES (?, ?, ?, ?)", (name, job, time.time(), json.dumps(schema)))
-        db.execute("INSERT OR REPLACE INTO publications VALUES (?, ?, ?, ?)",
-                   (name, job, partition, str(m["address"])))
-        return {}
+            # (the probe awaited: another kernel of this publisher, registering
+            # its own partition at the same moment, may have replaced the old
+            # registration meanwhile, and its partition must stay: `_publish`
+            # replaces only the one checked)
+            checked = row.get("id")
     if op == "topic_unpublish":
-        row = _row(catalog, name)
-        if row is not None and row.get("id") == m.get("id"):
-            if m.get("partition") is not None:
-                db.execute("UPDATE publications SET address = ? WHERE topic = ? AND process = ?",
-                           (ENDED, name, int(m["partition"])))
-                ended = db.execute("SELECT COUNT(*) FROM publications WHERE topic = ? AND address = ?",
-                                   (name, ENDED)).fetchone()[0]
-                if ended < row.get("partitions", 1):
-                    return {}  # other partitions still publish
-                _keep_ended(catalog, name, row)
-            db.execute("DELETE FROM topics WHERE name = ?", (name,))
-            db.execute("DELETE FROM publications WHERE topic = ?", (name,))
-            db.execute("DELETE FROM subscriptions WHERE topic = ?", (name,))
+        await catalog.call(_unpublish, catalog, name, m, write=True, topics=True)
         return {}
     if op == "topic_subscribe":
-        db.execute("INSERT OR IGNORE INTO subscriptions VALUES (?, ?, ?)",
-                   (name, str(m["job"]), int(m.get("process", 0))))
+        await catalog.call(_subscribe, catalog, name, str(m["job"]), int(m.get("process", 0)),
+                           write=True, topics=True)
         return {}
     if op == "topic_unsubscribe":
-        _unsubscribe(catalog, name, str(m["job"]), int(m.get("process", 0)))
+        await catalog.call(_unsubscribe, catalog, name, str(m["job"]), int(m.get("process", 0)),
+                           write=True, topics=True)
         return {}
     raise RequestError(f"unknown request {op!r}")
+
+
+class _LeftBehind:
+    def __init__(self, job: str) -> None:
+        self.job = job
+
+
+def _lookup(catalog: Catalog, name: str, reader) -> dict | _LeftBehind:
+    """(On the catalog's thread.)"""
+    row = _row(catalog, name)
+    if row is not None and _ended_job(catalog, row["job"]):
+        return _LeftBehind(row["job"])
+    if row is None:
+        ended = _ended(catalog).get(name)
+        if ended is not None and reader in ended["readers"]:
+            return {"found": True, **ended["topic"]}
+        return {"found": False}
+    addresses = [a for (a,) in catalog._db.execute(
+        "SELECT address FROM publications WHERE topic = ? ORDER BY process", (name,))]
+    if len(addresses) < row.get("partitions", 1):
+        return {"found": False}
+    _readers(catalog, name, row["id"]).add(reader)
+    return {"found": True, "addresses": addresses, **row}
+
+
+def _forget_ended(catalog: Catalog, job: str) -> None:
+    """(On the catalog's thread.) Still an ended job's (the lookup's read and
+    this are two calls)."""
+    if _ended_job(catalog, job):
+        catalog.forget_topics_of(job)
+
+
+def _publish(catalog: Catalog, name: str, m: dict, checked) -> dict | None:
+    """(On the catalog's thread.) Register the partition, or return the
+    registration of another job that holds the name, to be checked
+    (`_still_published`) unless it is the one `checked` already."""
+    db = catalog._db
+    uid, job, partition = str(m["id"]), str(m["job"]), int(m["partition"])
+    row = _row(catalog, name)
+    if row is not None and row.get("id") != uid:
+        if row["job"] != job and row.get("id") != checked:
+            return row
+        db.execute("DELETE FROM topics WHERE name = ?", (name,))
+        db.execute("DELETE FROM publications WHERE topic = ?", (name,))
+        row = None
+    if row is None:
+        _ended(catalog).pop(name, None)  # published again: the ended one is forgotten
+        _carry_readers(catalog, name, uid)
+        schema = {"id": uid, "kind": str(m.get("kind", "stream")), "record_type": m.get("record_type"),
+                  "partitions": int(m.get("partitions", 1))}
+        db.execute("INSERT INTO topics VALUES (?, ?, ?, ?)", (name, job, time.time(), json.dumps(schema)))
+    db.execute("INSERT OR REPLACE INTO publications VALUES (?, ?, ?, ?)",
+               (name, job, partition, str(m["address"])))
+    return None
+
+
+def _unpublish(catalog: Catalog, name: str, m: dict) -> None:
+    """(On the catalog's thread.)"""
+    db = catalog._db
+    row = _row(catalog, name)
+    if row is None or row.get("id") != m.get("id"):
+        return
+    if m.get("partition") is not None:
+        db.execute("UPDATE publications SET address = ? WHERE topic = ? AND process = ?",
+                   (ENDED, name, int(m["partition"])))
+        ended = db.execute("SELECT COUNT(*) FROM publications WHERE topic = ? AND address = ?",
+                           (name, ENDED)).fetchone()[0]
+        if ended < row.get("partitions", 1):
+            return  # other partitions still publish
+        _keep_ended(catalog, name, row)
+    db.execute("DELETE FROM topics WHERE name = ?", (name,))
+    db.execute("DELETE FROM publications WHERE topic = ?", (name,))
+    db.execute("DELETE FROM subscriptions WHERE topic = ?", (name,))
+
+
+def _subscribe(catalog: Catalog, name: str, job: str, process: int) -> None:
+    catalog._db.execute("INSERT OR IGNORE INTO subscriptions VALUES (?, ?, ?)", (name, job, process))
 
 
 def note_subscription(subscribed: set, op: str, m: dict) -> None:
@@ -146,11 +194,21 @@ def forget_subscriptions(catalog: Catalog, subscribed: set) -> None:
     lived). A job of the system's are forgotten when it ends
     (`forget_topics_of`), and a restarted attempt subscribes under the same
     job id, so theirs are left alone."""
-    for name, job, process in subscribed:
-        try:
+    def forget() -> None:
+        for name, job, process in subscribed:
             _unsubscribe(catalog, name, job, process)
-        except (sqlite3.Error, OSError):
-            pass  # (a catalog that cannot be written: a stale row in status, nothing more)
+
+    if not subscribed:
+        return
+    try:  # (not waited for; one that fails leaves a stale row in status, nothing more)
+        catalog.call(forget, write=True, topics=True).add_done_callback(_ignore)
+    except CatalogError:
+        pass  # (closed: the coordinator stops)
+
+
+def _ignore(future) -> None:
+    if not future.cancelled():
+        future.exception()  # (retrieved: not logged as never retrieved)
 
 
 def _unsubscribe(catalog: Catalog, name: str, job: str, process: int) -> None:
@@ -214,18 +272,24 @@ async def _still_published(catalog: Catalog, name: str, row: dict, probe) -> boo
     publisher replaces it: where its port had been taken by another
     listener meanwhile, "accepts a connection" took that for the old
     publisher, and the name was refused for as long as the listener lived."""
-    job = row["job"]
-    status = catalog._db.execute("SELECT status FROM jobs WHERE id = ?", (job,)).fetchone()
+    status, addresses = await catalog.call(_publisher, catalog, name, row["job"])
     if status is not None:
-        return status[0] in ACTIVE
-    # that job's addresses, read before the first await (another request may
-    # change the rows meanwhile, and must not have its own address probed)
-    addresses = catalog._db.execute("SELECT address FROM publications WHERE topic = ? AND job = ?",
-                                    (name, job)).fetchall()
+        return status in ACTIVE
     # (asked at once: one second at most in all, within the publisher's wait for the answer)
     ids = await asyncio.gather(*(probe(address, row.get("kind", "stream")) for (address,) in addresses
                                  if address != ENDED))
     return UNKNOWN in ids or (row.get("id") is not None and row["id"] in ids)
+
+
+def _publisher(catalog: Catalog, name: str, job: str) -> tuple[str | None, list]:
+    """(On the catalog's thread.) The job's status, if it is a job of the
+    system, and its addresses for `name`: read in the call before the probe
+    (another request may change the rows meanwhile, and must not have its own
+    address probed)."""
+    status = catalog._db.execute("SELECT status FROM jobs WHERE id = ?", (job,)).fetchone()
+    addresses = catalog._db.execute("SELECT address FROM publications WHERE topic = ? AND job = ?",
+                                    (name, job)).fetchall()
+    return (status[0] if status is not None else None), addresses
 
 
 PROBE_TIMEOUT = 1.0  # seconds a registered publisher has to answer as itself (`probe`)

@@ -51,7 +51,7 @@ def test_a_reconcile_just_after_another_does_not_skip_the_restart_pause(tmp_path
         master.reconcile = twice
         executor = RefusingExecutor()
         master.register(executor, {"executor": "e1", "cores": 2, "host": "127.0.0.1"})
-        job = master.submit(filename="never.py", content=b"", digest="d" * 64, flow="flow", processes=1,
+        job = await master.submit(filename="never.py", content=b"", digest="d" * 64, flow="flow", processes=1,
                             cores=1, executors=None, state_dir=None, epoch_interval=None, max_restarts=3)
         while master.job_status(job.id)["status"] != "failed":
             await master.wait_for_change(5)

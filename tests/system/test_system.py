@@ -359,11 +359,11 @@ def test_a_job_ending_while_its_executor_registers_again_is_seen_completed(tmp_p
         try:
             catalog.execute("BEGIN IMMEDIATE")
             system.start_coordinator(*PATIENT)
-            # (the coordinator's main thread sleeping in SQLite's busy wait: the
-            # executor's register is there, saving the executor's row)
-            wchan = Path(f"/proc/{system.coordinator.pid}/wchan")
-            wait_until(lambda: wchan.read_text() == "hrtimer_nanosleep", every=0.005,
-                       what="the executor's register to wait for the catalog")
+            # (the coordinator's catalog thread sleeping in SQLite's busy wait:
+            # the executor's register is saving the executor's row)
+            tasks = Path(f"/proc/{system.coordinator.pid}/task")
+            wait_until(lambda: any((t / "wchan").read_text() == "hrtimer_nanosleep" for t in tasks.iterdir()),
+                       every=0.005, what="the executor's register to wait for the catalog")
             go.touch()
             ended = f"{job} attempt 1 process 0 exited 0"
             log = tmp_path / "executor1.log"

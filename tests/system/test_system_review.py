@@ -39,7 +39,8 @@ def test_a_kill_that_fails_on_the_catalog_leaves_a_job_that_can_be_killed(tmp_pa
     # (the catalog still says running: a restarted coordinator adopts it).
     system = System(tmp_path)
     try:
-        system.start_coordinator(*PATIENT)  # (the coordinator blocked 5 s: no fencing meanwhile)
+        # (a catalog call waits 1 s for the lock, then fails: --catalog-timeout)
+        system.start_coordinator(*PATIENT, "--catalog-timeout", "1")
         # (heartbeats 2 s apart: it drops a coordinator silent for 10 s, not for the 5 s of
         # the busy wait; its re-registration would stop the job's process by chance. A
         # full disk fails the write at once, and nothing stops it)
@@ -430,7 +431,7 @@ def test_a_job_whose_start_could_not_be_saved_is_started_later_not_left_starting
     # `starting` for good, its cores taken, `submit --wait` waiting with it.
     system = System(tmp_path)
     try:
-        system.start_coordinator(*PATIENT)  # (the coordinator blocked 5 s twice: no fencing meanwhile)
+        system.start_coordinator(*PATIENT, "--catalog-timeout", "1")
         system.start_executor(1, "--heartbeat", "2")  # (it keeps its connection through the 10 s)
         system.executors_up(1)
         pipeline, go = slow(tmp_path, pause=0.01, count=3000, out=tmp_path / "o")
