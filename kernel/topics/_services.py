@@ -44,9 +44,11 @@ SERVICE_PATH = "/kernel-service"
 _HEAD = struct.Struct("<QB")
 OK, FAILED = 0, 1
 CANCEL = 2  # client -> server, no body: the call with this id was given up (its timeout, cancelled)
-# awaited replies at once on one connection: past it a call fails at once,
-# so a client pipelining calls to a handler that does not answer cannot
-# grow the server without bound (each waiting call is a task)
+# awaited replies at once on one connection. A client holds itself to it:
+# a call past it waits for a slot (`ServiceClient._slots`) before it is
+# sent. The server fails a call past it at once (a client that does not
+# hold itself to it), so a client pipelining calls to a handler that does
+# not answer cannot grow the server without bound (each waiting call is a task)
 _MAX_IN_FLIGHT = 1024
 _MAX_MESSAGE = 16 << 20  # bytes of a request or reply, encoded (a message is _HEAD more)
 _MAX_FRAME = _MAX_MESSAGE + _HEAD.size  # what each side lets the other send
@@ -249,6 +251,11 @@ class ServiceClient:
         self._deadlines: deque[tuple[float, int]] = deque()  # (when, request id): _expire_at
         self._watchdog: asyncio.TimerHandle | None = None
         self._giving_up: set[asyncio.Task] = set()  # CANCEL messages on their way (`_give_up`)
+        # One per call the server may be awaiting, _MAX_IN_FLIGHT in all: taken
+        # before a call is sent, given back once its reply (or failure) came,
+        # or once the CANCEL of a call given up is written (the server then
+        # no longer counts it), or at once where the connection has closed
+        self._slots = asyncio.Semaphore(_MAX_IN_FLIGHT)
 
     async def __aenter__(self) -> ServiceClient:
         """Look the service up and connect. Where the address the catalog
@@ -340,13 +347,15 @@ class ServiceClient:
             # Sent, it would break the connection (the server refuses it at
             # its head) and with it every call pipelined there.
             raise ServiceError(f"service {self.name!r}: {_over_limit('request', len(body))}")
-        rid = next(self._ids)
         loop = asyncio.get_running_loop()
+        deadline = None if self.timeout is None else loop.time() + self.timeout
+        await self._take_slot(deadline)
+        rid = next(self._ids)
         future = self._waiting[rid] = loop.create_future()
         message = _HEAD.pack(rid, OK) + body
         try:
-            if self.timeout is not None:
-                self._expire_at(loop, rid)
+            if deadline is not None:
+                self._expire_at(deadline, rid)
             try:
                 if self._may_wait(message):
                     # (a send that may wait for room in the socket, its peer
@@ -363,24 +372,53 @@ class ServiceClient:
                 raise self._late() from None
             return await future
         finally:
-            self._waiting.pop(rid, None)  # (a reply that comes later is dropped)
+            # (a reply that comes later is dropped.) No longer waiting: `_expire`
+            # gave the call up, and its slot is the CANCEL's to give back
+            expired = self._waiting.pop(rid, None) is None
             if not future.done() or future.cancelled():  # the caller gave up (cancelled the call)
                 self._give_up(rid)
             else:
-                future.exception()  # failed by the reader while the send failed: not "never retrieved"
+                future.exception()  # failed while the send failed: not "never retrieved"
+                if not expired:
+                    self._slots.release()
+
+    async def _take_slot(self, deadline: float | None) -> None:
+        """Wait for one of the connection's _MAX_IN_FLIGHT slots, until
+        the call's `deadline` (a demanding client's extra calls wait rather
+        than fail, and are not sent for the server to refuse)."""
+        slots = self._slots
+        if not slots.locked():
+            await slots.acquire()  # (at once, no suspension: the common case)
+            return
+        try:
+            async with asyncio.timeout_at(deadline):
+                await slots.acquire()
+        except TimeoutError:
+            raise self._late() from None
+        # (the connection closed meanwhile, the calls it failed giving back
+        # their slots; or the deadline came with the slot: nothing is sent)
+        late = deadline is not None and asyncio.get_running_loop().time() >= deadline
+        if self._closed is not None or late:
+            slots.release()
+            if self._closed is not None:
+                raise ServiceError(f"service {self.name!r}: the connection is closed{self._closed}")
+            raise self._late()
 
     # A call's wait for its reply is bounded by one timer for the whole
     # client, not one a call (asyncio.timeout cost 3.5 us a call, a quarter
     # of a round trip): `_deadlines` holds the waiting calls in the order
     # they were made, which with one timeout is the order they expire in.
 
-    def _expire_at(self, loop, rid: int) -> None:
+    # (A call that waited for a slot keeps the deadline of when it was made:
+    # the slots are taken first come, first served, so the order holds.)
+
+    def _expire_at(self, deadline: float, rid: int) -> None:
         deadlines = self._deadlines
         while deadlines and deadlines[0][1] not in self._waiting:
             deadlines.popleft()  # answered: forgotten here (they are, mostly, in order)
-        deadlines.append((loop.time() + self.timeout, rid))
+        deadlines.append((deadline, rid))
         if self._watchdog is None:
-            self._watchdog = loop.call_at(deadlines[0][0], self._expire)
+            self._watchdog = asyncio.get_running_loop().call_at(deadlines[0][0], self._expire)
 
     def _expire(self) -> None:
         loop = asyncio.get_running_loop()
@@ -389,6 +427,7 @@ class ServiceClient:
             rid = deadlines.popleft()[1]
             future = self._waiting.get(rid)
             if future is not None and not future.done():
+                del self._waiting[rid]  # (the call's slot is now its CANCEL's: `call`'s finally)
                 self._give_up(rid)  # (first: its CANCEL goes before any call the caller makes next)
                 future.set_exception(self._late())
         self._watchdog = loop.call_at(deadlines[0][0], self._expire) if deadlines else None
@@ -396,12 +435,19 @@ class ServiceClient:
     def _give_up(self, rid: int) -> None:
         """Tell the server call `rid` needs no reply: it cancels the task
         awaiting it (else a handler that never answers kept one per call
-        given up, and the server grew for as long as the connection)."""
+        given up, and the server grew for as long as the connection).
+        The call's slot is given back once the CANCEL is written: sooner, a
+        call sent in its place could find the server still counting it."""
         if self._ws is None or self._ws.closed or self._closed is not None:
+            self._slots.release()
             return
         task = asyncio.ensure_future(self._send_quietly(_HEAD.pack(rid, CANCEL)))
         self._giving_up.add(task)
-        task.add_done_callback(self._giving_up.discard)
+        task.add_done_callback(self._cancel_written)
+
+    def _cancel_written(self, task: asyncio.Task) -> None:
+        self._giving_up.discard(task)
+        self._slots.release()
 
     async def _send_quietly(self, message: bytes) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):

@@ -353,13 +353,12 @@ def test_calls_given_up_by_their_client_are_cancelled_on_the_server(where):
     run(scenario)
 
 
-def test_calls_past_the_in_flight_limit_fail_at_once_and_the_others_go_on(where, monkeypatch):
-    """A client that never gives up (timeout=None) cannot grow the server
-    without bound either: past _MAX_IN_FLIGHT awaited calls on a
-    connection, a call fails at once with what is wrong."""
+def test_calls_past_the_servers_in_flight_limit_fail_at_once_and_the_others_go_on(where, monkeypatch):
+    """A client that never gives up (timeout=None) and does not hold itself
+    to _MAX_IN_FLIGHT (ours waits for a slot: test_services_leftovers_review)
+    cannot grow the server without bound either: past _MAX_IN_FLIGHT
+    awaited calls on a connection, a call fails at once with what is wrong."""
     import kernel.topics._services as services
-
-    monkeypatch.setattr(services, "_MAX_IN_FLIGHT", 8)
 
     async def scenario():
         release = asyncio.Event()
@@ -369,7 +368,9 @@ def test_calls_past_the_in_flight_limit_fail_at_once_and_the_others_go_on(where,
             return request
 
         async with serving(where, handler) as service:
-            async with ServiceClient(service.name, coordinator=where, timeout=None) as svc:
+            svc = ServiceClient(service.name, coordinator=where, timeout=None)  # (1,024 slots of its own)
+            monkeypatch.setattr(services, "_MAX_IN_FLIGHT", 8)  # (the server's)
+            async with svc:
                 waiting = [asyncio.ensure_future(svc.call(n)) for n in range(8)]
                 await asyncio.sleep(0)
                 with pytest.raises(ServiceError, match="8 calls already wait for their replies on this "
