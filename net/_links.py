@@ -832,10 +832,13 @@ def _raise_message_limit(ws: web.WebSocketResponse, protocol, limit: int) -> Non
     takes the old one's place. Safe here: the peer sent its one handshake
     message and waits for our answer, so the old reader holds no partial
     frame (a peer that sent more anyway, with the secret, only breaks its
-    own link)."""
+    own link). The websocket's heartbeat hook (`ws_heartbeat`) stays: without
+    it a pong, which aiohttp notes only through that hook, went unnoticed,
+    and every connection was dropped 1.5 heartbeats in."""
     reader = WebSocketReader(ws._reader, limit, compress=False, decode_text=True)
+    heard = getattr(protocol, "_data_received_cb", None)
     protocol._payload_parser = None  # set_parser() insists on an empty place
-    protocol.set_parser(reader)
+    protocol.set_parser(reader, data_received_cb=heard)
     ws._parser = reader  # the response owns its reader (aiohttp keeps a weak reference)
 
 
@@ -853,15 +856,21 @@ class AuthenticatedServer:
     why` (past REFUSALS_LOGGED in a few seconds, counted: `_RefusalLog`).
     After authentication messages may be `max_frame` bytes, and
     `_session(ws, peer, meta, address)` serves the connection (the links
-    between cluster processes; the coordinator of `kernel.system`)."""
+    between cluster processes; the coordinator of `kernel.system`).
+    `ws_heartbeat` (seconds; None: none) is aiohttp's websocket heartbeat
+    on each connection, for a protocol without liveness of its own (a
+    service's): a peer silent that long is pinged, and its connection
+    ended (the session's `ws` yields an ERROR) when no pong comes within
+    half as long."""
 
     noun = "a connection"
     path = PATH
 
     def __init__(self, host: str, port: int, secret, process: int, *, max_frame: int = DEFAULT_MAX_FRAME,
                  ssl_context=None, meta=None, max_pending: int | None = None,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, ws_heartbeat: float | None = None) -> None:
         self.host, self.port = host, port
+        self.ws_heartbeat = ws_heartbeat
         self._secret = _secret(secret)
         self.process = process
         self.max_frame = max_frame
@@ -973,7 +982,7 @@ class AuthenticatedServer:
         # authenticated (then _raise_message_limit): a stranger's message
         # is refused at its head, not buffered (nor unfolded) first.
         ws = web.WebSocketResponse(max_msg_size=HANDSHAKE_MAX_MESSAGE, compress=False,
-                                   autoping=True, timeout=_CLOSE_WAIT)
+                                   autoping=True, timeout=_CLOSE_WAIT, heartbeat=self.ws_heartbeat)
         peer_address = request.remote
         try:
             await ws.prepare(request)
@@ -1123,14 +1132,15 @@ async def dial(url: str, secret, process: int, channels, on_frame, *, window: in
 
 async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame: int = DEFAULT_MAX_FRAME,
                   timeout: float = 30.0, ssl=True, session: aiohttp.ClientSession | None = None,
-                  meta=None, check_meta: bool = True, retry: bool = True):
+                  meta=None, check_meta: bool = True, retry: bool = True, heartbeat: float | None = None):
     """Connect to an `AuthenticatedServer` at `url` (http://host:port, its
     websocket at `path`), retrying until `timeout` seconds have passed (one
     try without `retry`: the caller has a policy of its own), and
     authenticate both ways. Returns `(ws, the server's process id, the
     server's meta, the client session)` (close the session after the
     websocket). With `check_meta`, a server whose meta differs from `meta`
-    is refused (`LinkMismatch`). A server that refuses the connection
+    is refused (`LinkMismatch`). `heartbeat`: aiohttp's websocket
+    heartbeat (as `AuthenticatedServer`'s `ws_heartbeat`; None: none). A server that refuses the connection
     before authenticating is tried again later than one not there yet
     (REFUSED_FIRST, doubling), and its refusal, once no more tries are
     left, is a `LinkRefused`."""
@@ -1154,7 +1164,8 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
                 # bounded: a port that accepts and never answers (a stopped
                 # peer, another program) must not outlast the timeout
                 ws = await asyncio.wait_for(
-                    session.ws_connect(url + path, max_msg_size=max_frame + FRAME.size, ssl=ssl),
+                    session.ws_connect(url + path, max_msg_size=max_frame + FRAME.size, ssl=ssl,
+                                       heartbeat=heartbeat),
                     max(0.01, deadline - loop.time()))
                 break
             except TimeoutError:

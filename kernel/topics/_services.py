@@ -12,7 +12,8 @@ handler answers each as it is read, one that returns an awaitable (a
 coroutine function, say) has it awaited per request as a task, and replies
 come back as they are ready, matched by id. A request or reply is at most
 _MAX_MESSAGE bytes (msgpack): a bigger one is refused by whoever would
-send it, and only its call fails.
+send it, and only its call fails. Both ends run a websocket heartbeat
+(_HEARTBEAT): a peer gone without a word is dropped within 1.5 of it.
 
 A job that serves runs until it is killed (its service source never ends);
 the service is registered in the coordinator's catalog as a topic of kind
@@ -61,6 +62,19 @@ _REACH_TRY = 1.0  # seconds a client tries the address it looked up before looki
 # Whatever else it raises, an Exception or not, fails its call, answered.
 _PASSES_THROUGH = (KeyboardInterrupt, asyncio.CancelledError)
 _CLOSE_WITHIN = 2.0  # seconds a client's close waits for the server's close frame at most
+# Liveness: both ends of a connection run aiohttp's websocket heartbeat:
+# after this many seconds without a word from the peer it is pinged, and
+# the connection ends where no pong comes within half as long. So a peer
+# gone without a reset (its machine gone, a cut cable, a SIGSTOP: no FIN
+# nor RST comes, and TCP keeps quiet for minutes) is noticed within 1.5 x
+# this of its last word: the server cancels the connection's awaited
+# calls, the client fails its waiting calls (those without a timeout too).
+# None: twice the links' heartbeat (KERNEL_HEARTBEAT, 2.5 s by default),
+# 5 s: a dead peer noticed within 7.5 s, as a link's worst case (three of
+# its periods), and a peer's loop blocked (a synchronous handler working)
+# for less than one links' period, 2.5 s, never taken for dead (with the
+# links' 2.5 s here, a handler working 1.3 s could have its client dropped).
+_HEARTBEAT: float | None = None
 _ERROR_TEXT = 64 << 10  # characters of a failed call's error text sent at most (it may echo a request)
 _encode = msgspec.msgpack.encode
 _decode = msgspec.msgpack.decode
@@ -102,7 +116,7 @@ class Serve(Source):
             async def _session(self, ws, peer, meta, address):
                 await serve._session(ws)
 
-        server = ServiceServer(host, 0, key, 0, max_frame=_MAX_FRAME,
+        server = ServiceServer(host, 0, key, 0, max_frame=_MAX_FRAME, ws_heartbeat=_heartbeat(),
                                meta={"service": self.service, "id": uid}, ssl_context=_directory.server_ssl())
         await server.start()
         directory = _directory.Directory(address, key)
@@ -220,6 +234,12 @@ class Serve(Source):
             pass
 
 
+def _heartbeat() -> float:
+    from kernel.net._links import DEFAULT_HEARTBEAT
+
+    return 2 * DEFAULT_HEARTBEAT if _HEARTBEAT is None else _HEARTBEAT
+
+
 def _over_limit(what: str, size: int) -> str:
     return f"a {what} of {size} bytes exceeds the {_MAX_MESSAGE >> 20} MiB limit"
 
@@ -289,7 +309,8 @@ class ServiceClient:
                     ws, _, meta, http = await connect(
                         url, key, 0, path=SERVICE_PATH, max_frame=_MAX_FRAME,
                         timeout=_REACH_TRY if remaining is None else max(0.01, min(_REACH_TRY, remaining)),
-                        meta={"service": self.name}, check_meta=False, ssl=_directory.client_ssl())
+                        meta={"service": self.name}, check_meta=False, ssl=_directory.client_ssl(),
+                        heartbeat=_heartbeat())
                 except (AuthenticationFailed, LinkMismatch) as exc:
                     raise ServiceError(f"service {self.name!r}: {exc}") from exc
                 except LinkError as exc:

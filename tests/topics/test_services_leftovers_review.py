@@ -216,7 +216,8 @@ def test_a_frozen_server_fails_the_calls_of_a_client_without_timeout(job, where,
             server.send_signal(signal.SIGSTOP)
             stopped = loop.time()
             try:
-                with pytest.raises(ServiceError, match=rf"service '{name}': the connection (is )?closed"):
+                with pytest.raises(ServiceError, match=rf"^service '{name}': the connection closed "
+                                                       r"\(No PONG received after 0\.15 seconds\)$"):
                     await asyncio.wait_for(pending, 3)
                 assert loop.time() - stopped < 1.5
                 with pytest.raises(ServiceError, match=rf"service '{name}': the connection is closed"):
