@@ -281,9 +281,12 @@ class ServiceClient:
         """Look the service up and connect. Where the address the catalog
         gave does not answer (its job was killed, and maybe restarted
         elsewhere: a new registration replaces the old one), or answers
-        with another service (its port taken since), the service is
-        looked up again, every _REACH_TRY seconds, until the timeout."""
-        from kernel.net._links import AuthenticationFailed, LinkError, LinkMismatch, connect
+        with another service (its port taken since), or refuses this
+        client's secret (its port taken since by another system's server),
+        the service is looked up again, every _REACH_TRY seconds at most,
+        until the timeout. A wrong secret of the client's own is refused
+        by the coordinator, at once."""
+        from kernel.net._links import AuthenticationFailed, LinkError, LinkMismatch, backoff, connect
 
         address = _directory.coordinator_address(self.coordinator)
         key = _directory.secret()
@@ -294,6 +297,7 @@ class ServiceClient:
             return None if deadline is None else max(0.0, deadline - loop.time())
 
         directory = _directory.Directory(address, key)
+        refused_pauses = backoff(_directory.LOOKUP_EVERY, _REACH_TRY)
         try:
             while True:
                 try:
@@ -311,7 +315,22 @@ class ServiceClient:
                         timeout=_REACH_TRY if remaining is None else max(0.01, min(_REACH_TRY, remaining)),
                         meta={"service": self.name}, check_meta=False, ssl=_directory.client_ssl(),
                         heartbeat=_heartbeat())
-                except (AuthenticationFailed, LinkMismatch) as exc:
+                except AuthenticationFailed as exc:
+                    # The coordinator took this client's secret (it answered the
+                    # lookup), and a service registers with the coordinator's:
+                    # an address refusing it serves the service no more (its app
+                    # killed, the port another system's since), and a service
+                    # restarted elsewhere is found by the next lookup. It was
+                    # final, and the restarted service never found.
+                    if left() == 0.0:
+                        raise ServiceError(f"service {self.name!r}: {host}:{port}, where it is registered, "
+                                           f"refused this client's secret for {self.timeout:g} s ({exc})"
+                                           ) from exc
+                    # (apart, growing: each try is a refusal in that server's log)
+                    pause = next(refused_pauses)
+                    await asyncio.sleep(pause if deadline is None else min(pause, left()))
+                    continue
+                except LinkMismatch as exc:
                     raise ServiceError(f"service {self.name!r}: {exc}") from exc
                 except LinkError as exc:
                     if left() == 0.0:
