@@ -147,6 +147,7 @@ class Instance:
         "emitted",
         "end_due",
         "ended",
+        "fed_from_afar",
         "feed_at",
         "feeds",
         "fused_into",
@@ -222,6 +223,7 @@ class Instance:
         self.fused_into: Instance | None = None  # the operator whose handler now does ours too
         self.fused_last: Instance | None = None  # the end of that fusion (`fused_end`, once fused)
         self.user_output: UserOutput | None = None  # a user's operator's: its large emits in pieces
+        self.fed_from_afar = False  # what other kernels send may reach its inbox (Runtime's)
         kernel = runtime.kernel
         self.pace = _Pace(kernel) if node.is_source else None
         self.budget_spent = kernel.budget_spent
@@ -508,6 +510,9 @@ class Instance:
                         self._defer(pending[i:])
                         return
                 elif payload.__class__ is Unfinished:
+                    if self.runtime._transport_blocked and not self.fed_from_afar:  # (a check a piece)
+                        self._wait_for_room(payload, channel, pending[i:])
+                        return
                     if payload.step():  # a piece handed on; the next one in a later tick
                         self._park(payload, channel, pending[i:], again=True)
                         return
@@ -550,6 +555,17 @@ class Instance:
         if not self.scheduled:
             self.scheduled = True
             self._ready(self)
+
+    def _wait_for_room(self, unfinished: Unfinished, channel: int, behind) -> None:
+        """The transport is backed up: the rest of an output waits, in
+        order, till it has room (`Runtime.wait_for_room`). An inbox left
+        in part no longer holds the kernel's reading either: its rest waits
+        behind this."""
+        self.pending = [(channel, unfinished), *behind, *self.pending]
+        if self.deferring is not None:
+            hold, self.deferring = self.deferring, None
+            self.runtime.hold_input(hold, False, pacing=True)
+        self.runtime.wait_for_room(self, unfinished)
 
     def fused_end(self) -> Instance | None:
         """The last step of the fusion this one's handler starts (key_by,

@@ -76,6 +76,9 @@ class Runtime:
         # the kernel's own work spread over ticks (`hold_input(pacing=True)`): not backpressure
         self._pacing_holders: set = set()
         self._source_holders: set = set()  # loops whose entries are full (hold_sources)
+        # the rest of an output to go on in pieces, waiting for room in the
+        # transport (`wait_for_room`): Unfinished -> its instance
+        self._room_waiters: dict = {}
         self._paused_sources: list[Instance] = []
         self.metrics = metrics  # count records per batch for `metrics_snapshot`
         self.backpressured = 0.0  # seconds the sources were paused by the transport
@@ -145,6 +148,7 @@ class Runtime:
         for instance in self.instances:
             instance.install_helpers()
         self._sources = [i for i in self.instances if i.is_source]
+        self._mark_fed_from_afar()
         if any(control.faucet for control in self.loops.values()):
             self._feeding_faucets()
 
@@ -173,6 +177,20 @@ class Runtime:
             if not leads_to(source):
                 continue
             source.feeds = _upstream_first(source, leads)
+
+    def _mark_fed_from_afar(self) -> None:
+        """`Instance.fed_from_afar`: whether what other kernels send may
+        reach the instance's inbox (an exchange's consumer, what follows
+        it, and a loop's members, whose rounds come that way too). Only the
+        others may wait for room in the transport with the kernel's reading
+        going on (`wait_for_room`): nothing read piles up behind them."""
+        fed = [instance for instance, _ in self._remote_inboxes.values()]
+        fed += [instance for instance in self.instances if instance.loop is not None]
+        while fed:
+            instance = fed.pop()
+            if not instance.fed_from_afar:
+                instance.fed_from_afar = True
+                fed += _local_targets(instance)
 
     def _fuse(self) -> None:
         """Offer each chained operator its upstream (`Operator.fuse_upstream`):
@@ -279,7 +297,29 @@ class Runtime:
 
     def backpressure(self, blocked: bool) -> None:
         self._transport_blocked = blocked
+        if not blocked and self._room_waiters:
+            waiters, self._room_waiters = self._room_waiters, {}
+            for unfinished, instance in waiters.items():
+                self.hold_input(unfinished, True, pacing=True)  # as `Instance._park`: its pieces go on
+                self.hold_sources(unfinished, False)
+                instance.wake()
         self._set_paused(self._blocked())
+
+    def wait_for_room(self, instance: Instance, unfinished) -> None:
+        """`instance` has the rest of an output to hand on in pieces
+        (`unfinished`) while the transport is backed up (a ring full): a
+        piece would only pile up in its overflow (a flat_map making 2
+        million records from one, for a slow kernel: all of them, in
+        memory). It waits, woken when the transport has room
+        (`backpressure`), its kernel's sources still paused, but meanwhile
+        what other kernels send is read: two kernels each waiting for the
+        other to read would wait for ever. (Only an instance that nothing
+        read reaches waits: `_mark_fed_from_afar`.)"""
+        if unfinished in self._room_waiters:
+            return
+        self._room_waiters[unfinished] = instance
+        self.hold_sources(unfinished, True)
+        self.hold_input(unfinished, False, pacing=True)
 
     def hold_input(self, holder: object, held: bool, pacing: bool = False) -> None:
         """`holder` cannot keep up (an instance whose operator is an
