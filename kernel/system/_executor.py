@@ -44,6 +44,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernel._durable import fsync_directory, make_directories
 from kernel.cli._lease import STOP_SIGNALS, LeaseWriter
 from kernel.cli._lease import VARIABLE as LEASE_VARIABLE
 from kernel.dataflow._errors import KernelError
@@ -425,11 +426,18 @@ class ExecutorDaemon:
         if "/" in filename or "\0" in filename or filename in (".", ".."):
             raise RequestError(f"the pipeline's name {filename!r} is not a file name")
         path = self.workdir / "pipelines" / digest / filename
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
+        if not _holds(path, digest):
+            # A name alone is not the file: a power loss after an unsynced
+            # rename can leave it empty or cut short, which was then run as
+            # the pipeline. Written again, its data and then its name synced.
+            make_directories(str(path.parent))
             partial = path.with_suffix(".partial")
-            partial.write_bytes(content)
+            with open(partial, "wb") as out:
+                out.write(content)
+                out.flush()
+                os.fsync(out.fileno())
             partial.rename(path)
+            fsync_directory(str(path.parent))
         return path
 
     async def _start(self, m: dict) -> dict:
@@ -596,3 +604,11 @@ def _free_port(host: str) -> int:
         except OSError:
             s.bind(("", 0))
         return s.getsockname()[1]
+
+
+def _holds(path: Path, digest: str) -> bool:
+    """Whether `path` holds the pipeline of that hash (pipelines are small)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    except OSError:  # (none there; or in the way of it, a start that fails as before)
+        return False

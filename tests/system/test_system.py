@@ -554,6 +554,29 @@ def test_a_pipeline_file_whose_name_starts_with_a_dot_runs(system, tmp_path):
         [(k, sum(n * n for n in range(k, 20_000, 7))) for k in range(7)]
 
 
+def test_a_pipeline_file_left_cut_short_on_an_executor_is_written_again_not_run(system, tmp_path):
+    # A power loss after an executor wrote a pipeline's file (it was renamed
+    # into place unsynced) can leave it empty or cut short under its name;
+    # an executor that found the name there ran it as it was: here the job
+    # failed ("no flow"), and a file cut inside a statement could run half
+    # a pipeline. The file's hash is checked; one that differs is written
+    # again (fsynced, then its directory).
+    text = EXACT.format(out=str(tmp_path / "out")) + "# cut short\n"
+    pipeline = write(tmp_path / "cut.py", text)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    for n in (1, 2):
+        left = system.root / f"executor{n}" / "pipelines" / digest / "cut.py"
+        left.parent.mkdir(parents=True)
+        left.write_text(text[:len(text) // 2].rsplit("\n", 1)[0] + "\n")
+    done = system.cli("submit", pipeline, "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(map(tuple, records(tmp_path / "out"))) == \
+        [(k, sum(n * n for n in range(k, 20_000, 7))) for k in range(7)]
+    # (the executor that ran it holds it whole now)
+    held = [(system.root / f"executor{n}" / "pipelines" / digest / "cut.py").read_text() for n in (1, 2)]
+    assert text in held
+
+
 CHATTY = """\
 import os
 import sys
