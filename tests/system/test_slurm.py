@@ -6,6 +6,7 @@ checked against Slurm's own documented examples."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -61,15 +62,24 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     """A one-node Slurm of our own; its SLURM_CONF environment."""
+    with running_slurm(tmp_path_factory.mktemp("slurm")) as env:
+        yield env
+
+
+@contextlib.contextmanager
+def running_slurm(d, extra_conf: str = ""):
+    """munged, slurmctld and slurmd of a one-node Slurm in directory `d`,
+    with `extra_conf` lines added to slurm.conf (MpiParams=ports=...);
+    gives the SLURM_CONF environment."""
     for program in ("munged", "slurmctld", "slurmd", "srun"):
         assert shutil.which(program), f"{program} is missing: apt-get install slurm-wlm munge (.ci/run does)"
-    d = tmp_path_factory.mktemp("slurm")
     (d / "state").mkdir()
     (d / "spool").mkdir()
     (d / "munge.key").write_bytes(os.urandom(1024))
     (d / "munge.key").chmod(0o400)
     conf = d / "slurm.conf"
-    conf.write_text(CONF.format(host=socket.gethostname(), d=d, ctld_port=free_port(), d_port=free_port()))
+    conf.write_text(CONF.format(host=socket.gethostname(), d=d, ctld_port=free_port(), d_port=free_port())
+                    + extra_conf)
     env = dict(os.environ, SLURM_CONF=str(conf))
     daemons = []
     try:
