@@ -110,6 +110,19 @@ class PeerFailed(PeerLost):
         return f"process {process} ({address}) failed: {why}"
 
 
+class ListenFailed(LinkError):
+    """This process could not listen on its own port (taken by another
+    program, not an address of this machine): `port` and `errno` let the
+    CLI say who holds it and what to do (kernel/cli/_resource_managers.py)."""
+
+    def __init__(self, message: str, port: int, errno: int | None) -> None:
+        super().__init__(message)
+        self.port, self.errno = port, errno
+
+    def __reduce__(self):  # crosses from the relay process to its launcher
+        return type(self), (self.args[0], self.port, self.errno)
+
+
 class _Aborted(Exception):
     """This process failed; the relay tells the peers and stops."""
 
@@ -333,8 +346,8 @@ class LinkRelay:
         try:
             await server.start()
         except OSError as exc:
-            raise LinkError(f"process {plan.process} cannot listen on {plan.address(plan.process)}: "
-                            f"{exc.strerror or exc}") from None
+            raise ListenFailed(f"process {plan.process} cannot listen on {plan.address(plan.process)}: "
+                               f"{exc.strerror or exc}", port, exc.errno) from None
         if not higher:
             all_accepted.set_result(None)
         scheme = "https" if plan.tls else "http"

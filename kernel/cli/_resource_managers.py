@@ -7,7 +7,10 @@ instead of `--process-id` and `--peers` typed by hand:
   SLURM_STEP_TASKS_PER_NODE (`2(x3),1`) tasks each, placed in blocks (Slurm's
   default distribution: tasks 0..k-1 on the first node, ...; or cyclic,
   which srun says by itself where no node holds two tasks); the task
-  with local index l on its node listens on `--port-base` + l.
+  with local index l on its node listens on `--port-base` + l, or, without
+  `--port-base`, on the l-th port Slurm reserved for the step
+  (SLURM_STEP_RESV_PORTS: `srun --resv-ports=N`, or every step where
+  slurm.conf has `MpiParams=ports=...`), else on 7000 + l.
 * `--peers-from-env` (a Kubernetes StatefulSet, deploy/kubernetes/): the pod
   is `NAME-ORDINAL` (POD_NAME, else HOSTNAME's first label), the process id its ordinal; peers are the
   pods' stable DNS names `NAME-i.SERVICE.NAMESPACE.svc.cluster.local:PORT`
@@ -19,6 +22,8 @@ instead of `--process-id` and `--peers` typed by hand:
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 
 DEFAULT_PORT_BASE = 7000
@@ -103,8 +108,9 @@ def _int(value: str, name: str) -> int:
         raise ResourceManagerError(f"{name}={value!r} is not a number") from None
 
 
-def from_slurm(env, port_base: int = DEFAULT_PORT_BASE) -> tuple[int, str]:
-    """(process id, peers) of this Slurm task."""
+def from_slurm(env, port_base: int | None = None) -> tuple[int, str]:
+    """(process id, peers) of this Slurm task. `port_base` None (no
+    `--port-base`): the step's reserved ports, else DEFAULT_PORT_BASE on."""
     if not env.get("SLURM_STEP_NODELIST"):
         # A batch script's own environment (sbatch, salloc's shell) says
         # SLURM_PROCID=0 of SLURM_NTASKS without a step: it became process 0
@@ -126,11 +132,100 @@ def from_slurm(env, port_base: int = DEFAULT_PORT_BASE) -> tuple[int, str]:
                                    f"on {len(nodes)} node(s)")
     if not 0 <= process < ntasks:
         raise ResourceManagerError(f"--slurm: SLURM_PROCID={process} is not below SLURM_NTASKS={ntasks}")
-    if not 0 < port_base <= 65536 - max(per_node):
-        raise ResourceManagerError(f"--port-base {port_base} leaves no room for {max(per_node)} ports")
+    ports = _ports(env, port_base, max(per_node))
     places = _placed(per_node, env.get("SLURM_DISTRIBUTION") or "block")
-    peers = [f"{_url_host(nodes[node])}:{port_base + local}" for node, local in places]
+    peers = [f"{_url_host(nodes[node])}:{ports[local]}" for node, local in places]
     return process, ",".join(peers)
+
+
+def _ports(env, port_base: int | None, per_node: int) -> list[int]:
+    """The ports of a node's tasks, by local index. A `--port-base` given
+    wins (the command line says what it means); else the ports Slurm
+    reserved for this step, the same numbers on each of its nodes and
+    never another step's: two jobs on one node both on 7000 clashed."""
+    reserved = env.get("SLURM_STEP_RESV_PORTS") if port_base is None else None
+    if reserved:
+        ports = _port_list(reserved)
+        if len(ports) < per_node:
+            raise ResourceManagerError(
+                f"--slurm: SLURM_STEP_RESV_PORTS={reserved} reserves {len(ports)} ports for {per_node} tasks "
+                f"on a node (srun --resv-ports={per_node}, or --port-base P)")
+        return ports
+    base = DEFAULT_PORT_BASE if port_base is None else port_base
+    if not 0 < base <= 65536 - per_node:
+        raise ResourceManagerError(f"--port-base {base} leaves no room for {per_node} ports")
+    return list(range(base, base + per_node))
+
+
+def _port_list(text: str) -> list[int]:
+    """SLURM_STEP_RESV_PORTS, `12000-12002,12005`, as ports in order."""
+    ports = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)(?:-(\d+))?\s*", part)
+        if match is None or not 0 < int(match.group(1)) <= int(match.group(2) or match.group(1)) < 65536:
+            raise ResourceManagerError(f"--slurm: malformed SLURM_STEP_RESV_PORTS {text!r}")
+        ports += range(int(match.group(1)), int(match.group(2) or match.group(1)) + 1)
+    return ports
+
+
+def listen_advice(error, slurm: bool, reserved: bool) -> str:
+    """What to add to a cluster process's "cannot listen" error (a
+    `ListenFailed`): for a port in use, who holds it, as far as this
+    machine's /proc tells, and with --slurm how two jobs or steps on one
+    node keep apart (`reserved`: the ports were Slurm's reservation)."""
+    if error.errno != errno.EADDRINUSE:
+        return ""
+    holder = port_holder(error.port)
+    said = f"port {error.port} is held by {holder}" if holder else \
+        f"port {error.port} is held by another program (or another job's process) on this machine"
+    if not slurm:
+        return f"{said}; give this process another port in --peers"
+    if reserved:
+        return (f"{said}, though Slurm reserved it for this step (SLURM_STEP_RESV_PORTS): a program started "
+                "outside Slurm? --port-base P picks other ports, the same on every node")
+    clash = "" if holder and " of Slurm job " not in holder else \
+        f": two jobs or job steps on one node given the same --port-base (default {DEFAULT_PORT_BASE}) clash"
+    return (f"{said}{clash}. Give each its own --port-base P, or leave --port-base out and let Slurm reserve "
+            "each step's ports: srun --resv-ports=N (N: tasks per node), with MpiParams=ports=12000-12999 "
+            "in slurm.conf (which then reserves them for every step)")
+
+
+def port_holder(port: int) -> str | None:
+    """"process PID (`COMMAND`) of Slurm job J, step S" for the process
+    listening on TCP `port` in this network namespace, or None where
+    /proc does not say (another user's process, not Linux)."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as rows:
+                for row in list(rows)[1:]:
+                    fields = row.split()  # sl, local addr:port (hex), remote, state (0A: listen)... inode
+                    if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+                        sockets.add(f"socket:[{fields[9]}]")
+        except (OSError, IndexError, ValueError):
+            continue
+    for pid in (name for name in os.listdir("/proc") if name.isdigit()) if sockets else ():
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if not any(_link(f"/proc/{pid}/fd/{fd}") in sockets for fd in fds):
+                continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = dict(item.partition(b"=")[::2] for item in f.read().split(b"\0"))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        job, step = environ.get(b"SLURM_JOB_ID"), environ.get(b"SLURM_STEP_ID")
+        of = f" of Slurm job {job.decode()}" + (f", step {step.decode()}" if step else "") if job else ""
+        return f"process {pid} (`{command[:80]}`){of}"
+    return None
+
+
+def _link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # closed meanwhile
+        return ""
 
 
 def _placed(per_node: list[int], distribution: str) -> list[tuple[int, int]]:

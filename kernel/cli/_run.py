@@ -163,6 +163,20 @@ def _resolve_placement(args) -> None:
         raise UsageError(str(exc)) from None
 
 
+def _listen_advice(error, args) -> str:
+    """For a port this process could not listen on: who holds it and what
+    to do (another --port-base, Slurm's reserved ports)."""
+    from kernel.net._relay import ListenFailed
+
+    if not isinstance(error, ListenFailed):
+        return ""
+    from kernel.cli._resource_managers import listen_advice
+
+    reserved = bool(args.slurm and args.port_base is None and os.environ.get("SLURM_STEP_RESV_PORTS"))
+    advice = listen_advice(error, args.slurm, reserved)
+    return f"\n  {advice}" if advice else ""
+
+
 def _run(args, path: Path, name: str) -> int:
     _resolve_placement(args)
     in_cluster = args.peers is not None or args.process_id is not None
@@ -190,7 +204,7 @@ def _run(args, path: Path, name: str) -> int:
         try:
             execute(plan, get_flow)
         except LinkError as exc:  # it names the peer: that is the whole message
-            _error(str(exc))
+            _error(str(exc) + _listen_advice(exc, args))
             return 1
         return 0
 
@@ -319,8 +333,9 @@ def _main(argv: list[str] | None, prog: str) -> int:
                               f"is lost (default {DEFAULT_HEARTBEAT:g})")
     cluster.add_argument("--slurm", action="store_true",
                          help="process id and peers from Slurm (srun): SLURM_PROCID, SLURM_STEP_NODELIST...")
-    cluster.add_argument("--port-base", type=int, default=7000, metavar="P",
-                         help="with --slurm: the first port on each node (default 7000)")
+    cluster.add_argument("--port-base", type=int, default=None, metavar="P",
+                         help="with --slurm: the first port on each node (default: the ports Slurm "
+                              "reserved for the step, SLURM_STEP_RESV_PORTS, else 7000)")
     cluster.add_argument("--peers-from-env", action="store_true",
                          help="process id and peers of a Kubernetes StatefulSet's pod (deploy/kubernetes/)")
     cluster.add_argument("--tls-cert", default=None, help="this process's certificate (PEM): turns TLS on")
