@@ -68,6 +68,9 @@ def manifests(*, name: str = "streamkernel", replicas: int = 3, cores: int = 1,
                                       "--cores", str(cores), "--peers-from-env"],
                           "env": env,
                           "ports": [{"name": "links", "containerPort": port}],
+                          # whole CPUs, requested = limited (Guaranteed): under the static CPU manager
+                          # the pod gets CPUs of its own, its kernels pinned within them; else they
+                          # share the node's and are not pinned (kernel/execution/_cores.py)
                           "resources": {"requests": {"cpu": str(cores)}, "limits": {"cpu": str(cores)}},
                           "volumeMounts": [{"name": "pipeline", "mountPath": "/pipeline"}]}],
                           "volumes": [{"name": "pipeline", "configMap": {"name": f"{name}-pipeline"}}]}}}},

@@ -74,6 +74,94 @@ def _cpus_for(cores: int, skip: int = 0) -> list[int]:
     return [available[(skip + i) % len(available)] for i in range(cores)]
 
 
+def _kernel_cpus(cores: int, skip: int = 0) -> list[int | None]:
+    """Each kernel's CPU, or None for all where the kernels are not to be
+    pinned (`pin_kernels`)."""
+    return _cpus_for(cores, skip) if pin_kernels() else [None] * cores
+
+
+_PIN = {"1": True, "yes": True, "true": True, "on": True,
+        "0": False, "no": False, "false": False, "off": False}
+
+
+def pin_kernels(env=os.environ) -> bool:
+    """Whether to pin the kernels, one a CPU, or leave them to Linux's
+    scheduler. Pinned, each kernel keeps its CPU and caches; but two jobs
+    that pin alike on CPUs they share (two pods on one node both put kernel
+    0 on CPU 0) halve each other while other CPUs idle, far worse than an
+    unpinned kernel's migrations. So they are pinned only to CPUs that look
+    like this process's own: not where the CPU time it is given (its
+    cgroup's quota: a container's CPU limit; SLURM_CPUS_ON_NODE: a Slurm
+    job's CPUs on this node) is less than the CPUs its affinity allows, and
+    not in a Kubernetes pod whose affinity is every CPU of the node (the
+    kubelet's default CPU manager policy: every pod has all of them; the
+    static policy gives a Guaranteed pod with whole CPUs its own set,
+    pinned within). KERNEL_PIN_CPUS=1 pins all the same, 0 never; auto
+    (or unset) decides so."""
+    knob = (env.get("KERNEL_PIN_CPUS") or "auto").strip().lower()
+    if knob != "auto":
+        if knob not in _PIN:
+            raise ValueError(f"KERNEL_PIN_CPUS must be 1 (pin the kernels), 0 (do not) or auto, got {knob!r}")
+        return _PIN[knob]
+    allowed = len(os.sched_getaffinity(0))
+    given = [n for n in (cgroup_cpu_quota(), _slurm_cpus(env)) if n is not None]
+    if given and min(given) < allowed:
+        return False
+    return not (env.get("KUBERNETES_SERVICE_HOST") and allowed >= (os.cpu_count() or allowed))
+
+
+def _slurm_cpus(env) -> int | None:
+    """The CPUs a Slurm job was given on this node."""
+    cpus = env.get("SLURM_CPUS_ON_NODE", "") if env.get("SLURM_JOB_ID") else ""
+    return int(cpus) if cpus.isdigit() else None
+
+
+def cgroup_cpu_quota(cgroups: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> float | None:
+    """CPUs' worth of time this process's cgroup and its ancestors allow
+    (the least of their quotas: cgroup v2's cpu.max, v1's
+    cpu.cfs_quota_us / cpu.cfs_period_us), None where none is set or none
+    can be read. A container that does not see its cgroup's path from
+    the host (no cgroup namespace) finds its own at the mount's root."""
+    try:
+        with open(cgroups) as listing:
+            lines = listing.read().splitlines()
+    except OSError:
+        return None
+    found = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            mount, read = root, _v2_quota
+        elif "cpu" in controllers.split(","):
+            mount, read = os.path.join(root, controllers), _v1_quota
+            if not os.path.isdir(mount):  # (mounted as cpu,cpuacct, linked as cpu)
+                mount = os.path.join(root, "cpu")
+        else:
+            continue
+        parts = [part for part in path.split("/") if part]
+        found += [read(os.path.join(mount, *parts[:depth])) for depth in range(len(parts) + 1)]
+    return min((quota for quota in found if quota is not None), default=None)
+
+
+def _v2_quota(directory: str) -> float | None:
+    try:
+        with open(os.path.join(directory, "cpu.max")) as f:
+            quota, period = f.read().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def _v1_quota(directory: str) -> float | None:
+    try:
+        with open(os.path.join(directory, "cpu.cfs_quota_us")) as q, \
+                open(os.path.join(directory, "cpu.cfs_period_us")) as p:
+            quota, period = int(q.read()), int(p.read())
+        return None if quota < 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
 _SIBLINGS = "/sys/devices/system/cpu/cpu{}/topology/thread_siblings_list"
 
 
@@ -169,7 +257,7 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
             for _ in range(cores):
                 relay_rings.append(tuple(SpscRing.create_inherited(RING_BYTES, prefix="relay") for _ in "io"))
         local_bells = {first + k: bells[k] for k in range(cores)}
-        cpus = _cpus_for(cores, cluster.cores * cluster.rank_on_host if cluster else 0)
+        cpus = _kernel_cpus(cores, cluster.cores * cluster.rank_on_host if cluster else 0)
         for index in range(cores):
             receiver, sender = context.Pipe(duplex=False)
             commits_in, commits_out = context.Pipe(duplex=False) if epochs else (None, None)
