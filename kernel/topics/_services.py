@@ -13,7 +13,8 @@ coroutine function, say) has it awaited per request as a task, and replies
 come back as they are ready, matched by id. A request or reply is at most
 _MAX_MESSAGE bytes (msgpack): a bigger one is refused by whoever would
 send it, and only its call fails. Both ends run a websocket heartbeat
-(_HEARTBEAT): a peer gone without a word is dropped within 1.5 of it.
+(_HEARTBEAT): a peer gone without a word is dropped within 1.5 heartbeats
+of its last.
 
 A job that serves runs until it is killed (its service source never ends);
 the service is registered in the coordinator's catalog as a topic of kind
