@@ -21,7 +21,11 @@ task of the operator's own (nothing would hand its rest on, and they have
 no `Unfinished` to return), a batch that is not a plain list (a `TimedBatch`
 carries its stamps, which slices would drop), and the output of an `on_end`
 that hands back a future (its rest goes on before the future is waited
-for, at once).
+for, at once). An emit made while an earlier one's pieces still go on (from
+a task) goes on behind them, whole, as it would have then: it was emitted
+after them. A handler that calls another of its own (`on_end` calling
+`self.on_batch`) is one handler call: the outer one hands the rest on (the
+inner one's return would go to the user's code, which drops it).
 """
 
 from __future__ import annotations
@@ -34,11 +38,12 @@ from kernel.dataflow._operator import LARGE_OUTPUT, PIECE, Operator, unfinished
 class UserOutput:
     """One user operator's emits and handlers, wrapped (`install`)."""
 
-    __slots__ = ("inside", "rest", "sink")
+    __slots__ = ("going", "inside", "rest", "sink")
 
     def __init__(self) -> None:
         self.inside = False  # within a wrapped handler call
         self.rest: list[list] | None = None  # what waits to go on, in order, once an emit was large
+        self.going: list[list] | None = None  # a rest whose pieces go on now (`_pieces`), till its last
         self.sink: Callable[[list], object] | None = None  # the emit underneath (`emitter`)
 
     def install(self, op: Operator) -> None:
@@ -53,7 +58,9 @@ class UserOutput:
         self.sink = emit
 
         def piecewise(batch) -> None:
-            if not self.inside:
+            if self.going is not None:
+                self.going.append(batch)  # (a task's) after an emit still going on in pieces: behind them
+            elif not self.inside:
                 emit(batch)
             elif self.rest is not None:
                 self.rest.append(batch)  # behind the large one: order kept
@@ -67,6 +74,8 @@ class UserOutput:
 
     def _handler(self, handler: Callable, future_allowed: bool = False) -> Callable:
         def wrapped(*args):
+            if self.inside:  # called by another of its handlers: that call hands the rest on
+                return handler(*args)
             self.inside = True
             try:
                 returned = handler(*args)
@@ -83,16 +92,27 @@ class UserOutput:
                     for piece in _pieces(rest):
                         self.sink(piece)
                 return returned
-            return unfinished(_pieces(rest), self.sink)
+            self.going = rest
+            return unfinished(self._going(rest), self.sink)
 
         return wrapped
+
+    def _going(self, rest: list[list]):
+        """`rest`'s pieces; emits made meanwhile join `rest` (`piecewise`)."""
+        yield from _pieces(rest)
+        self.going = None  # (the last piece has gone on: `Unfinished.step` reads ahead)
 
 
 def _pieces(batches: list[list]):
     """The batches waiting, a PIECE at most a piece, in order: the first
-    from its second PIECE on (its first went on from the emit)."""
+    from its second PIECE on (its first went on from the emit). One that
+    is not a plain list goes whole: a TimedBatch's slices would be plain
+    lists, its stamps dropped. (`batches` may grow while this runs.)"""
     start = PIECE
     for batch in batches:
+        if batch.__class__ is not list:
+            yield batch
+            continue
         for at in range(start, len(batch), PIECE):
             yield batch[at:at + PIECE]
         start = 0
