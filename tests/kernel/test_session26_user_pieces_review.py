@@ -86,3 +86,28 @@ def test_an_emit_from_the_operators_own_task_does_not_overtake_the_pieces_of_an_
     flow.from_iterable([0]).apply(Marking).apply(lambda: Recorder(seen))
     run(flow)
     assert [record for record, _ in seen] == [*range(10_000), "marker"]
+
+
+def test_a_handler_called_from_the_operators_own_task_hands_on_every_record_of_a_large_emit():
+    """A task of the operator's own calls its on_batch, which emits 10,000
+    records: nothing hands a rest on from there (the task drops what
+    on_batch returns), so they must go on whole, as a task's own emits do.
+    The first piece went on, the other 8,976 records were lost."""
+
+    class Later(Operator):
+        def on_batch(self, port, batch):
+            if port == 1:
+                self.emit(list(range(10_000)))
+                self.emit(["after"])
+            else:
+                self.context.kernel.spawn(self._later())
+
+        async def _later(self):
+            await asyncio.sleep(0)
+            self.on_batch(1, None)
+
+    seen = []
+    flow = Dataflow("later")
+    flow.from_iterable([0]).apply(Later).apply(lambda: Recorder(seen))
+    run(flow)
+    assert [record for record, _ in seen] == [*range(10_000), "after"]
