@@ -25,11 +25,13 @@ for, at once). An emit made while an earlier one's pieces still go on (from
 a task) goes on behind them, whole, as it would have then: it was emitted
 after them. A handler that calls another of its own (`on_end` calling
 `self.on_batch`) is one handler call: the outer one hands the rest on (the
-inner one's return would go to the user's code, which drops it).
+inner one's return would go to the user's code, which drops it); one
+called from a task of the operator's own hands its emits on whole.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from kernel.dataflow._operator import LARGE_OUTPUT, PIECE, Operator, unfinished
@@ -83,6 +85,13 @@ class UserOutput:
                 self.inside = False
                 rest, self.rest = self.rest, None
             if rest is None:
+                return returned
+            if asyncio.current_task() is not None:
+                # called by a task of the operator's own (the kernel calls
+                # handlers from its slices, loop callbacks): it would drop an
+                # `Unfinished`, so the rest goes on now, whole, as its emits do
+                for piece in _pieces(rest):
+                    self.sink(piece)
                 return returned
             if returned is not None:
                 # on_end's future (work of its own under way): its rest goes on
