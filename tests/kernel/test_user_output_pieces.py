@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_budget import Costly, slices, with_host
+from test_inbox_deferral import Notes  # notes records, watermarks and the end in order
 
 import kernel.runtime._user_pieces as user_pieces
 from kernel import Dataflow, Operator, OperatorError, Source, VirtualClock, run, run_async
@@ -128,22 +129,6 @@ class Echo(Operator):
         self.emitted.append(("end",))
 
 
-class Recorder(Operator):
-    """Notes every record, watermark and the end, in the order they come."""
-
-    def __init__(self, seen) -> None:
-        self.seen = seen
-
-    def on_batch(self, port, batch):
-        self.seen.extend(("record", r) for r in batch)
-
-    def on_watermark(self, watermark):
-        self.seen.append(("watermark", watermark))
-
-    def on_end(self):
-        self.seen.append(("end",))
-
-
 _INF = float("inf")
 polls = st.lists(st.tuples(st.lists(st.integers(0, 99), max_size=12),
                            st.one_of(st.none(), st.floats(0, 100, allow_nan=False))), max_size=6)
@@ -170,9 +155,9 @@ def test_every_record_goes_on_once_in_order_and_nothing_overtakes_one(monkeypatc
     flow = Dataflow("echo")
     echoed = (flow.source(lambda: Script(script), name="script")
                   .apply(lambda: Echo(sizes, per_watermark, at_end, emitted)))
-    echoed.apply(lambda: Recorder(seen))
+    echoed.apply(lambda: Notes(seen, {}))
     if fan_out:
-        echoed.apply(lambda: Recorder(seen_too))
+        echoed.apply(lambda: Notes(seen_too, {}))
     run(flow)
     assert [w for kind, *w in emitted if kind == "watermark"] == [[w] for w in [*expected_watermarks, _INF]]
     assert emitted[-1] == ("end",)
