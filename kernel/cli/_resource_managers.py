@@ -148,8 +148,8 @@ def _ports(env, port_base: int | None, per_node: int) -> list[int]:
         ports = _port_list(reserved)
         if len(ports) < per_node:
             raise ResourceManagerError(
-                f"--slurm: SLURM_STEP_RESV_PORTS={reserved} reserves {len(ports)} ports for {per_node} tasks "
-                f"on a node (srun --resv-ports={per_node}, or --port-base P)")
+                f"--slurm: SLURM_STEP_RESV_PORTS={reserved} reserves {_ports_count(len(ports))} for "
+                f"{per_node} tasks on a node (srun --resv-ports={per_node}, or --port-base P)")
         return ports
     base = DEFAULT_PORT_BASE if port_base is None else port_base
     if not 0 < base <= 65536 - per_node:
@@ -210,7 +210,8 @@ def port_holder(port: int) -> str | None:
             if not any(_link(f"/proc/{pid}/fd/{fd}") in sockets for fd in fds):
                 continue
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+                # (one line: a `python -c` script's newlines would break the error's line)
+                command = " ".join(f.read().replace(b"\0", b" ").decode(errors="replace").split())
             with open(f"/proc/{pid}/environ", "rb") as f:
                 environ = dict(item.partition(b"=")[::2] for item in f.read().split(b"\0"))
         except OSError:  # gone meanwhile, or not ours to read
@@ -219,6 +220,10 @@ def port_holder(port: int) -> str | None:
         of = f" of Slurm job {job.decode()}" + (f", step {step.decode()}" if step else "") if job else ""
         return f"process {pid} (`{command[:80]}`){of}"
     return None
+
+
+def _ports_count(n: int) -> str:
+    return "1 port" if n == 1 else f"{n} ports"
 
 
 def _link(path: str) -> str:

@@ -59,6 +59,30 @@ def test_the_reserved_ports_of_the_step_are_the_tasks_ports():
         from_slurm(dict(env, SLURM_PROCID="0", SLURM_STEP_RESV_PORTS="12000-12001"))
     with pytest.raises(ResourceManagerError, match="malformed SLURM_STEP_RESV_PORTS"):
         from_slurm(dict(env, SLURM_PROCID="0", SLURM_STEP_RESV_PORTS="12000-x"))
+    with pytest.raises(ResourceManagerError, match=r"=12000 reserves 1 port for 3 tasks"):
+        from_slurm(dict(env, SLURM_PROCID="0", SLURM_STEP_RESV_PORTS="12000"))
+
+
+def test_a_port_holder_started_with_a_multi_line_script_is_named_on_one_line():
+    """The taken port's holder is named by its command line: a `python -c`
+    script's newlines broke the error's line in several."""
+    import subprocess
+    import sys
+
+    from kernel.cli._resource_managers import port_holder
+
+    script = "import socket, sys\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\ns.listen()\n" \
+             "print(s.getsockname()[1], flush=True)\nsys.stdin.read()\n"
+    holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        port = int(holder.stdout.readline())
+        named = port_holder(port)
+        assert named is not None and named.startswith(f"process {holder.pid} (`"), named
+        assert "\n" not in named and "import socket, sys s = socket.socket()" in named, named
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def _job_pipeline(path: Path, out: Path, sync: Path, wait_for: str) -> None:
