@@ -16,6 +16,7 @@ import functools
 import hashlib
 import logging
 import math
+import sqlite3
 from pathlib import Path
 
 from aiohttp import WSCloseCode
@@ -111,7 +112,7 @@ class CoordinatorServer(AuthenticatedServer):
             catalog = master.catalog
             try:
                 return await catalog.call(lambda: {name: catalog.table(name) for name in TABLES})
-            except CatalogError as exc:
+            except (CatalogError, sqlite3.Error) as exc:
                 raise RequestError(f"the catalog {catalog.path} cannot be read ({exc})") from None
         if op == "submit":
             return {"job": (await self._submit(m)).id}
@@ -131,7 +132,13 @@ class CoordinatorServer(AuthenticatedServer):
         if op == "logs":
             return await self._logs(str(m.get("job")), m.get("offsets") or {})
         if op in _topics.OPS:  # issue 18: jobs publishing streams and services
-            reply = await _topics.request(master.catalog, op, m, self._probe)
+            try:
+                reply = await _topics.request(master.catalog, op, m, self._probe)
+            except (CatalogError, sqlite3.Error) as exc:
+                # (as submit's and kill's: the catalog and who holds it named, not an
+                # "internal error: CatalogBusy" with a traceback in this log)
+                raise RequestError(f"the catalog {master.catalog.path} cannot be used ({exc}): "
+                                   f"{op} of topic {m.get('name')!r} was not done") from None
             if subscribed is not None:
                 _topics.note_subscription(subscribed, op, m)
             return reply
