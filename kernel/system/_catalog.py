@@ -305,6 +305,14 @@ class Catalog:
             "SELECT filename, content FROM pipelines WHERE hash = ?", (digest,)).fetchone()
         return filename, bytes(content)
 
+    def pipeline_name(self, digest: str) -> str:
+        return self._db.execute("SELECT filename FROM pipelines WHERE hash = ?", (digest,)).fetchone()[0]
+
+    def pipelines(self, digests) -> dict[str, tuple[str, bytes]]:
+        """`pipeline` of each of `digests` that the catalog holds."""
+        return {digest: self.pipeline(digest) for (digest,) in self._db.execute(
+            f"SELECT hash FROM pipelines WHERE hash IN ({', '.join('?' * len(digests))})", tuple(digests))}
+
     # -- jobs -----------------------------------------------------------------------
 
     def new_job(self, **fields) -> Job:

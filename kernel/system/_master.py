@@ -162,6 +162,12 @@ class JobMaster:
         # (pipeline, flow, the write): the same request sent again waits for it
         self._submitting: dict[str, tuple[str, str, asyncio.Future]] = {}
         self._closing = False  # close(): the coordinator stops
+        # digest -> (file name, content) of every active job's pipeline: a job
+        # is (re)started without a catalog call, which waits behind the job
+        # master's own writes (up to --catalog-timeout each, the catalog
+        # locked by another program: a lost job restarted only after that)
+        self._pipelines: dict[str, tuple[str, bytes]] = catalog.at_once(
+            catalog.pipelines, sorted({job.pipeline for job in self.jobs.values() if job.active}))
 
     # -- bookkeeping ------------------------------------------------------------------
 
@@ -321,7 +327,7 @@ class JobMaster:
                     raise RequestError(f"submit: request id {request!r} is being submitted, for another "
                                        "pipeline")
                 try:
-                    return await asyncio.shield(pending[2])
+                    return (await asyncio.shield(pending[2]))[1]  # (the stored name, the job)
                 except _CATALOG_ERRORS as exc:
                     raise RequestError(f"the catalog {self.catalog.path} cannot be written ({exc}): the job "
                                        "was not submitted") from None
@@ -345,9 +351,9 @@ class JobMaster:
             raise RequestError(f"the job needs {processes} executor(s) with {cores} core(s) each; "
                                f"the system has {fit}")
 
-        def create() -> Job:  # (on the catalog's thread, one transaction: the job's seq is its own)
+        def create() -> tuple[str, Job]:  # (the catalog's thread, one transaction: the job's seq is its own)
             self.catalog.add_pipeline(digest, filename, content)
-            return self.catalog.new_job(
+            return self.catalog.pipeline_name(digest), self.catalog.new_job(
                 name=f"{filename}:{flow}", flow=flow, pipeline=digest, processes=processes, cores=cores,
                 executors=executors or None, state_dir=state_dir, epoch_interval=epoch_interval,
                 max_restarts=max_restarts, shared_state=shared_state, request=request)
@@ -357,7 +363,7 @@ class JobMaster:
             if request is not None:
                 self._submitting[request] = (digest, flow, written)
             try:
-                job = await written
+                stored, job = await written
             finally:
                 if request is not None:
                     self._submitting.pop(request, None)
@@ -366,6 +372,7 @@ class JobMaster:
                                "not submitted") from None
         self.jobs[job.id] = job
         self.exits[job.id] = {}
+        self._pipelines.setdefault(digest, (stored, content))  # (the name it was first stored under)
         log.info("%s submitted: %s, %d process(es) of %d core(s)", job.id, job.name, processes, cores)
         self._notify()
         self.reconcile()
@@ -419,12 +426,15 @@ class JobMaster:
             # job that could never start skipped its pauses, under load.)
             if job.status not in ("submitted", "restarting"):
                 return
-            try:  # (read first, waiting for no other job: all else is judged after it)
-                filename, content = await self.catalog.call(self.catalog.pipeline, job.pipeline)
-            except _CATALOG_ERRORS as exc:  # (it waits: the next round's `reconcile` tries again)
-                log.error("%s: its pipeline could not be read from the catalog %s: %s", job.id,
-                          self.catalog.path, exc)
-                return
+            if job.pipeline not in self._pipelines:  # (missing from the catalog when it was read at start)
+                try:  # (read first, waiting for no other job: all else is judged after it)
+                    read = await self.catalog.call(self.catalog.pipeline, job.pipeline)
+                    self._pipelines[job.pipeline] = read
+                except _CATALOG_ERRORS as exc:  # (it waits: the next round's `reconcile` tries again)
+                    log.error("%s: its pipeline could not be read from the catalog %s: %s", job.id,
+                              self.catalog.path, exc)
+                    return
+            filename, content = self._pipelines[job.pipeline]
             if job.status not in ("submitted", "restarting") or self._unstopped.get(job.id) \
                     or self._not_before.get(job.id, 0.0) > time.monotonic():
                 return
@@ -543,6 +553,8 @@ class JobMaster:
         for backoff in (self._attempt_started, self._backoff, self._not_before):
             backoff.pop(job.id, None)
         self._adopted.pop(job.id, None)
+        if not any(j.active and j.pipeline == job.pipeline for j in self.jobs.values()):
+            self._pipelines.pop(job.pipeline, None)  # (no job will start it again)
         # (an attempt still unconfirmed keeps being asked, and its cores stay
         # busy, until its executor confirms it stopped or is lost)
         self._forget_topics(job.id)
