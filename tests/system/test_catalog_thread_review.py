@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 
 from _system import SECRET, System, descendants, wait_until
@@ -93,5 +95,57 @@ def test_a_lost_job_process_is_started_again_while_the_catalog_is_locked(tmp_pat
                            what="attempt 2 to run")
         assert state["attempt"] == 2, state
         assert system.cli("kill", job).returncode == 0
+    finally:
+        system.close()
+
+
+_SUBSCRIBER = """\
+import asyncio, os, sys
+from kernel.system import Client
+
+async def main():
+    async with Client(("127.0.0.1", int(sys.argv[1])), os.environ["KERNEL_SECRET"].encode()) as client:
+        subscribing = asyncio.ensure_future(client.request("topic_subscribe", name="prices", job="app:reader",
+                                                           process=0))
+        await client.request("status")  # (answered after the subscribe has arrived)
+        print("subscribing", flush=True)
+        await subscribing
+
+asyncio.run(main())
+"""
+
+
+def test_an_app_killed_while_its_subscribe_waits_for_the_catalog_is_not_left_subscribed(tmp_path):
+    # An app subscribes; its subscribe's write waits for the locked catalog,
+    # and the app is killed meanwhile (no close frame: gone). The connection's
+    # subscriptions are forgotten as it closes, but this one was noted only
+    # once its write was done, after that: it was written then, and the killed
+    # app stayed listed as a subscriber for as long as the topic lived.
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+
+        async def publish():
+            async with Client((system.host, system.port), SECRET.encode()) as client:
+                await client.request("topic_publish", name="prices", id="p1", job="app:feed", kind="stream",
+                                     partitions=1, partition=0, address="127.0.0.1:9")
+
+        asyncio.run(publish())
+        holder = _hold(system)
+        try:
+            app = subprocess.Popen([sys.executable, "-c", _SUBSCRIBER, str(system.port)], env=system.env,
+                                   stdout=subprocess.PIPE, text=True)
+            assert app.stdout.readline() == "subscribing\n"
+            app.kill()
+            app.wait()
+            app.stdout.close()
+            time.sleep(0.2)  # (the coordinator notices the connection gone)
+        finally:
+            _release(holder)
+
+        def subscribers():
+            return next(t for t in system.status()["topics"] if t["name"] == "prices")["subscribers"]
+
+        wait_until(lambda: subscribers() == [], timeout=3, what="the killed app to leave the subscribers")
     finally:
         system.close()
