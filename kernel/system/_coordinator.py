@@ -132,6 +132,13 @@ class CoordinatorServer(AuthenticatedServer):
         if op == "logs":
             return await self._logs(str(m.get("job")), m.get("offsets") or {})
         if op in _topics.OPS:  # issue 18: jobs publishing streams and services
+            # A subscribe is noted before its write, which may wait for the
+            # catalog: the connection closing meanwhile (the app killed) then
+            # forgets it, its forgetting queued after that write; noted after,
+            # it was written once forgotten, the app listed for good. An
+            # unsubscribe is noted once done (failed, it is forgotten at close).
+            if subscribed is not None and op == "topic_subscribe":
+                _topics.note_subscription(subscribed, op, m)
             try:
                 reply = await _topics.request(master.catalog, op, m, self._probe)
             except (CatalogError, sqlite3.Error) as exc:
@@ -139,7 +146,7 @@ class CoordinatorServer(AuthenticatedServer):
                 # "internal error: CatalogBusy" with a traceback in this log)
                 raise RequestError(f"the catalog {master.catalog.path} cannot be used ({exc}): "
                                    f"{op} of topic {m.get('name')!r} was not done") from None
-            if subscribed is not None:
+            if subscribed is not None and op != "topic_subscribe":
                 _topics.note_subscription(subscribed, op, m)
             return reply
         raise RequestError(f"unknown request {op!r}")

@@ -194,8 +194,10 @@ def forget_subscriptions(catalog: Catalog, subscribed: set) -> None:
     lived). A job of the system's are forgotten when it ends
     (`forget_topics_of`), and a restarted attempt subscribes under the same
     job id, so theirs are left alone."""
+    keys = list(subscribed)  # (taken here: a request still served may change the set meanwhile)
+
     def forget() -> None:
-        for name, job, process in subscribed:
+        for name, job, process in keys:
             _unsubscribe(catalog, name, job, process)
 
     if not subscribed:
