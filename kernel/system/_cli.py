@@ -199,6 +199,32 @@ def _refused_hint(exc: BaseException) -> str:
             "limit of connections waiting to authenticate)")
 
 
+async def _stopped_by_sigterm_too(work) -> int:
+    """Await a daemon's `work` (0). SIGTERM, what Kubernetes, Slurm and
+    systemd send to stop a service, stops it as Ctrl-C does (its cleanup
+    runs: `work` is cancelled) and ends it with "terminated", 143."""
+    terminated = asyncio.Event()
+    main = asyncio.current_task()
+    assert main is not None
+
+    def terminate() -> None:
+        terminated.set()
+        main.cancel()
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        await work
+    except asyncio.CancelledError:
+        if not terminated.is_set():
+            raise  # Ctrl-C: "interrupted", 130
+        print("terminated", file=sys.stderr)
+        return 143
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+    return 0
+
+
 async def _command(args) -> int:
     from kernel.net._links import LinkError
     from kernel.system import _client
@@ -215,10 +241,11 @@ async def _command(args) -> int:
         if not args.catalog_timeout > 0:
             raise _Usage("--catalog-timeout must be a positive number of seconds")
         dashboard = None if args.dashboard is None else _address(args.dashboard, "--dashboard")
-        await serve(host, port, secret, args.data, tls=tls, executor_timeout=args.executor_timeout,
-                    adopt_grace=args.executor_timeout, dashboard=dashboard,
-                    catalog_timeout=args.catalog_timeout)
-        return 0
+        # (SIGTERM: its catalog's queued writes done and closed, its
+        # connections closed; its default, dying at once, was a SIGKILL)
+        return await _stopped_by_sigterm_too(serve(
+            host, port, secret, args.data, tls=tls, executor_timeout=args.executor_timeout,
+            adopt_grace=args.executor_timeout, dashboard=dashboard, catalog_timeout=args.catalog_timeout))
     address = _address(args.coordinator, "--coordinator")
     if args.command == "executor":
         from kernel.system._executor import ExecutorDaemon
@@ -231,28 +258,12 @@ async def _command(args) -> int:
         daemon = ExecutorDaemon(address, secret, args.cores, args.workdir, args.host, tls=tls,
                                 heartbeat=args.heartbeat,
                                 dashboard_host=None if args.no_dashboard else args.dashboard_host)
-        # SIGTERM (Kubernetes, Slurm, systemd stopping it) stops it as Ctrl-C
-        # does: its job processes stopped, the coordinator told (its default,
-        # dying at once, left the jobs to wait out the lease)
-        terminated = asyncio.Event()
-        main = asyncio.current_task()
-        assert main is not None
-
-        def terminate() -> None:
-            terminated.set()
-            main.cancel()
-
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
+        # (SIGTERM: its job processes stopped, the coordinator told; its
+        # default, dying at once, left the jobs to wait out the lease)
         try:
-            await daemon.run()
-        except asyncio.CancelledError:
-            if not terminated.is_set():
-                raise  # Ctrl-C: "interrupted", 130
-            print("terminated", file=sys.stderr)
-            return 143
+            return await _stopped_by_sigterm_too(daemon.run())
         finally:
             await daemon.close()
-        return 0
     try:
         async with _client.Client(address, secret, tls) as client:
             if args.command == "submit":

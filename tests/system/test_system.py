@@ -304,11 +304,13 @@ def patient(tmp_path):
     system.close()
 
 
-@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_a_restarted_coordinator_keeps_the_catalog_and_adopts_the_running_job(patient, tmp_path, stop):
     """Killed, or stopped with Ctrl-C (which closes its connections to the
-    executors: it took them for lost and restarted their jobs), the
-    coordinator comes back and adopts the running job."""
+    executors: it took them for lost and restarted their jobs) or SIGTERM
+    (as Ctrl-C: it died at once, as by SIGKILL, its catalog's queued
+    writes unwritten), the coordinator comes back and adopts the running
+    job."""
     fresh = patient
     out, count = tmp_path / "out", 5000
     pipeline, go = slow(tmp_path, pause=0.001, count=count, out=out)
@@ -320,7 +322,10 @@ def test_a_restarted_coordinator_keeps_the_catalog_and_adopts_the_running_job(pa
         wait_until(lambda: fresh.job(job)["status"] == "running", what="the job to run")
         before = fresh.job(job)
         fresh.coordinator.send_signal(stop)
-        fresh.coordinator.wait(timeout=30)
+        stopped = fresh.coordinator.wait(timeout=30)
+        if stop == signal.SIGTERM:
+            assert stopped == 143, stopped
+            assert fresh.coordinator_log.read_text().splitlines()[-1] == "terminated"
         fresh.start_coordinator(*PATIENT)
         after = fresh.job(job)
         assert (after["status"], after["placement"], after["attempt"]) == ("running", before["placement"], 1)
