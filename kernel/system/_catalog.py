@@ -268,13 +268,16 @@ class Catalog:
             self._begin("BEGIN IMMEDIATE" if write else "BEGIN", deadline)
             try:
                 result = fn(*args)
+                # (the listing read inside the transaction: read after the
+                # COMMIT, its failure reported a write that was made as failed)
+                listing = self.topics() if topics else None
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
-            if topics:
-                self.listing = self.topics()
+            if listing is not None:
+                self.listing = listing
             return result
         except sqlite3.Error as exc:
             if _is_busy(exc):

@@ -149,3 +149,36 @@ def test_an_app_killed_while_its_subscribe_waits_for_the_catalog_is_not_left_sub
         wait_until(lambda: subscribers() == [], timeout=3, what="the killed app to leave the subscribers")
     finally:
         system.close()
+
+
+def test_a_call_whose_topic_listing_cannot_be_read_makes_no_write(tmp_path, monkeypatch):
+    """A call that may change the topics reads their listing again for
+    `status`; that read came after the COMMIT, so where it failed (a disk
+    error) the call was reported failed with its write made. Now inside
+    the transaction: the call fails, and nothing of it was written."""
+    import sqlite3
+
+    import pytest
+
+    from kernel.system._catalog import Catalog
+
+    catalog = Catalog(tmp_path / "data")
+    try:
+        def add():
+            catalog._db.execute("INSERT INTO pipelines VALUES ('h', 'p.py', x'00')")
+
+        def unreadable():
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(catalog, "topics", unreadable)
+
+        async def call():
+            return await catalog.call(add, write=True, topics=True)
+
+        with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+            asyncio.run(call())
+        monkeypatch.undo()
+        count = catalog.at_once(lambda: catalog._db.execute("SELECT COUNT(*) FROM pipelines").fetchone())
+        assert count == (0,)
+    finally:
+        catalog.close()
