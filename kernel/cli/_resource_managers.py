@@ -23,8 +23,9 @@ instead of `--process-id` and `--peers` typed by hand:
 from __future__ import annotations
 
 import errno
-import os
 import re
+
+from kernel._open_files import pids_holding
 
 DEFAULT_PORT_BASE = 7000
 
@@ -204,11 +205,8 @@ def port_holder(port: int) -> str | None:
                         sockets.add(f"socket:[{fields[9]}]")
         except (OSError, IndexError, ValueError):
             continue
-    for pid in (name for name in os.listdir("/proc") if name.isdigit()) if sockets else ():
+    for pid in pids_holding(sockets):
         try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-            if not any(_link(f"/proc/{pid}/fd/{fd}") in sockets for fd in fds):
-                continue
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 # (one line: a `python -c` script's newlines would break the error's line)
                 command = " ".join(f.read().replace(b"\0", b" ").decode(errors="replace").split())
@@ -224,13 +222,6 @@ def port_holder(port: int) -> str | None:
 
 def _ports_count(n: int) -> str:
     return "1 port" if n == 1 else f"{n} ports"
-
-
-def _link(path: str) -> str:
-    try:
-        return os.readlink(path)
-    except OSError:  # closed meanwhile
-        return ""
 
 
 def _placed(per_node: list[int], distribution: str) -> list[tuple[int, int]]:

@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from kernel._open_files import pids_holding
 from kernel.dataflow._errors import KernelError
 
 
@@ -163,18 +164,13 @@ def _hold(lock_path: Path, catalog: Path):
 def holders(path: Path) -> list[str]:
     """"pid N (name)" of each other process that has the database `path`
     (or its -wal, -shm) open, as far as /proc lets us see."""
-    names = {str(path), f"{path}-wal", f"{path}-shm"}
     found = []
-    for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else ()):
-        if int(pid) == os.getpid():
-            continue
+    for pid in pids_holding({str(path), f"{path}-wal", f"{path}-shm"}):
         try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in names for fd in fds):
-                with open(f"/proc/{pid}/comm") as comm:
-                    found.append(f"pid {pid} ({comm.read().strip()})")
+            with open(f"/proc/{pid}/comm") as comm:
+                found.append(f"pid {pid} ({comm.read().strip()})")
         except OSError:
-            continue  # (gone, or another user's)
+            continue  # (gone meanwhile)
     return found
 
 
