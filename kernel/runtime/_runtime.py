@@ -301,7 +301,6 @@ class Runtime:
             waiters, self._room_waiters = self._room_waiters, {}
             for unfinished, instance in waiters.items():
                 self.hold_input(unfinished, True, pacing=True)  # as `Instance._park`: its pieces go on
-                self.hold_sources(unfinished, False)
                 instance.wake()
         self._set_paused(self._blocked())
 
@@ -314,11 +313,11 @@ class Runtime:
         (`backpressure`), its kernel's sources still paused, but meanwhile
         what other kernels send is read: two kernels each waiting for the
         other to read would wait for ever. (Only an instance that nothing
-        read reaches waits: `_mark_fed_from_afar`.)"""
+        read reaches waits: `_mark_fed_from_afar`.) The sources stay paused
+        by the transport being blocked itself, until this wakes."""
         if unfinished in self._room_waiters:
             return
         self._room_waiters[unfinished] = instance
-        self.hold_sources(unfinished, True)
         self.hold_input(unfinished, False, pacing=True)
 
     def hold_input(self, holder: object, held: bool, pacing: bool = False) -> None:
