@@ -61,6 +61,10 @@ def _one_line_each(text: str) -> str:
     return text.translate(_LINE_BREAKS)
 
 
+# what follows a failed write, fsync or rename of a run without a state_dir
+_NOT_PUBLISHED = "the run's output is not published"
+
+
 class ToFiles(Operator):
     def __init__(self, directory, after_endless=()) -> None:
         self.directory = os.fspath(directory)
@@ -158,7 +162,7 @@ class ToFiles(Operator):
         if self._snapshots:
             return (f"epoch {self.epoch} does not complete (its records are not durable): a run resumed "
                     "from the state_dir writes them again")
-        return "the run's output is not published"
+        return _NOT_PUBLISHED
 
     def _disk_error(self, exc: OSError, doing: str, after: str = "") -> KernelError:
         """A failed write, fsync or rename of the sink's files, as one line
@@ -206,7 +210,7 @@ class ToFiles(Operator):
             self._first_commit = False
             self._take_over_directory(epoch)
         after = (f"epoch {epoch} is complete: a run resumed from the state_dir publishes its files"
-                 if self._snapshots else "the run's output is not published")
+                 if self._snapshots else _NOT_PUBLISHED)
         renamed = False
         for file_epoch in sorted(self._unpublished):
             if file_epoch > epoch or (file_epoch == self.epoch and self._file is not None):
@@ -258,10 +262,10 @@ class ToFiles(Operator):
                     os.unlink(os.path.join(self.directory, name))
                 except OSError as exc:
                     raise self._disk_error(exc, f"remove {os.path.join(self.directory, name)}",
-                                           "the run's output is not published") from exc
+                                           _NOT_PUBLISHED) from exc
                 changed = True
         if changed:
-            self._fsync_directory("the run's output is not published")
+            self._fsync_directory(_NOT_PUBLISHED)
 
     def _files_to_take_over(self):
         """This kernel's files; kernel 0 also takes those of kernels this run
