@@ -34,6 +34,7 @@ import pytest
 
 from kernel import Dataflow, KernelError, run
 from state import SnapshotStore
+from tests._crash_runs import newest_complete
 
 _PART = re.compile(r"^\.?part-k\d+-e(\d+)\.jsonl$")
 
@@ -192,15 +193,6 @@ def _fail_fsync_of(monkeypatch, matches, code: int) -> None:
     monkeypatch.setattr(os, "fsync", fsync)
 
 
-def _newest_complete(state: Path) -> int:
-    store = SnapshotStore(state)
-    try:
-        completed = store.completed()
-    finally:
-        store.close()
-    return completed[0][0] if completed else 0
-
-
 @pytest.mark.parametrize("code", [errno.EIO, errno.ENOSPC])
 def test_a_part_file_whose_fsync_fails_is_named_and_its_epoch_never_completes(tmp_path, monkeypatch, code):
     """An fsync of a part file that fails (EIO, ENOSPC): the run ended with
@@ -215,7 +207,7 @@ def test_a_part_file_whose_fsync_fails_is_named_and_its_epoch_never_completes(tm
     message = str(info.value)
     assert failing in message and os.strerror(code) in message, message
     assert "on_epoch" not in message
-    assert _newest_complete(state) < 2  # the epoch that file holds never counts as complete
+    assert newest_complete(state) < 2  # the epoch that file holds never counts as complete
 
 
 def test_a_directory_fsync_that_fails_at_a_commit_names_the_directory(tmp_path, monkeypatch):
