@@ -1,0 +1,55 @@
+"""Leftovers of earlier reviews in state/: a store file cut to 0 bytes.
+
+A disk that lies about its flushes can leave a file empty after a power
+cut. SQLite opens an empty file as an empty database, so a run resumed on
+such a state_dir started afresh without a word (its to_files output
+written again, its snapshots gone). The store is now created whole under
+another name and linked into place, so its own name is never an empty file:
+one found empty is refused, naming it and saying what to do.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from kernel import Dataflow, run
+from state import SnapshotStore, StateError
+
+
+def finished_run(state_dir) -> list:
+    flow = Dataflow("empty-store")
+    out = flow.from_iterable(range(10)).map(lambda x: x * 2).collect()
+    run(flow, state_dir=state_dir)
+    return out.items
+
+
+def cut_to_nothing(state_dir) -> None:
+    path = state_dir / "snapshots.sqlite"
+    assert path.stat().st_size > 0
+    os.truncate(path, 0)
+    for side in ("-wal", "-shm"):
+        if os.path.exists(f"{path}{side}"):
+            os.unlink(f"{path}{side}")
+
+
+def test_a_store_file_cut_to_zero_bytes_is_refused_not_started_afresh(tmp_path):
+    state_dir = tmp_path / "state"
+    assert finished_run(state_dir) == [x * 2 for x in range(10)]
+    cut_to_nothing(state_dir)
+    with pytest.raises(StateError, match=r"snapshots\.sqlite is empty.*move the state_dir aside") as caught:
+        finished_run(state_dir)
+    assert str(state_dir) in str(caught.value)
+    assert (state_dir / "snapshots.sqlite").stat().st_size == 0  # left as it was found
+
+
+def test_opening_an_empty_store_file_is_a_state_error(tmp_path):
+    store = SnapshotStore(tmp_path)
+    store.claim("flow", 1, "layout")
+    store.write(1, 0, b"state")
+    store.mark_complete(1)
+    store.close()
+    cut_to_nothing(tmp_path)
+    with pytest.raises(StateError, match="is empty"):
+        SnapshotStore(tmp_path)
