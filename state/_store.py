@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import sqlite3
+import uuid
 import zlib
 from contextlib import contextmanager
 from functools import cached_property
@@ -136,6 +137,14 @@ def recorded_before(meta: dict[str, str], epoch: int) -> dict | None:
     return record
 
 
+_SCHEMA = """
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS snapshots (
+        epoch INTEGER NOT NULL, kernel INTEGER NOT NULL, kernels INTEGER NOT NULL,
+        crc INTEGER NOT NULL, blob BLOB NOT NULL, PRIMARY KEY (epoch, kernel, kernels));
+    CREATE TABLE IF NOT EXISTS complete (epoch INTEGER PRIMARY KEY, final INTEGER NOT NULL,
+                                         kernels INTEGER NOT NULL);
+"""
 _TABLES = {"meta", "snapshots", "complete"}  # a store's own tables (`SnapshotStore.__init__`)
 
 
@@ -154,6 +163,18 @@ class SnapshotStore:
         self.name = name
         self.path = os.path.join(self.directory, name)
         new = not os.path.exists(self.path)
+        if new:
+            new = self._create()
+        elif os.path.getsize(self.path) == 0:
+            # The file is made whole before it takes its name (`_create`), so an
+            # empty one lost its content: a disk that lied about a flush, at a
+            # power cut. SQLite took it for an empty store: a run started afresh
+            # without a word, its state gone and its output written again.
+            raise StateError(
+                f"state_dir {self.directory!r}: {name} is empty (0 bytes), which this library never leaves "
+                "it: its snapshots were lost (a disk that lost its writes at a power cut, or a file cut "
+                "short); move the state_dir aside to run this flow afresh (its to_files output is then "
+                "written again), or put back a copy of it")
         self._retired = False  # whether other generations' files were removed (`mark_complete`)
         with self._database(f"cannot open {name}"):
             # one thread at a time, but not always the one that opened it
@@ -169,16 +190,7 @@ class SnapshotStore:
                                  "database?); give the flow a state_dir of its own")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(
-                """
-                CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-                CREATE TABLE IF NOT EXISTS snapshots (
-                    epoch INTEGER NOT NULL, kernel INTEGER NOT NULL, kernels INTEGER NOT NULL,
-                    crc INTEGER NOT NULL, blob BLOB NOT NULL, PRIMARY KEY (epoch, kernel, kernels));
-                CREATE TABLE IF NOT EXISTS complete (epoch INTEGER PRIMARY KEY, final INTEGER NOT NULL,
-                                                     kernels INTEGER NOT NULL);
-                """
-            )
+            self._db.executescript(_SCHEMA)
         if new:
             # The new file's name durable before any epoch is recorded in it:
             # SQLite fsyncs the directory only for its journals (a build with
@@ -189,6 +201,37 @@ class SnapshotStore:
                 self._db.close()
                 raise StateError(f"state_dir {self.directory!r}: cannot make {name} durable (fsync of the "
                                  f"directory: {exc.strerror or exc})") from exc
+
+    def _create(self) -> bool:
+        """Make the store file whole (its tables in it, fsynced) under a
+        name of its own, then link it into place: the store's name is never
+        an empty file, so one found empty lost its content (`__init__`).
+        Linked, not renamed: a process that created it meanwhile keeps its
+        own. Whether this one created it."""
+        temporary = os.path.join(self.directory, f".{self.name}.{os.getpid()}.{uuid.uuid4().hex}.new")
+        try:
+            with self._database(f"cannot create {self.name}"):
+                db = sqlite3.connect(temporary, isolation_level=None)
+                try:
+                    db.executescript(_SCHEMA)
+                finally:
+                    db.close()
+            with open(temporary, "rb") as file:
+                os.fsync(file.fileno())
+            try:
+                os.link(temporary, self.path)
+            except FileExistsError:
+                return False
+        except OSError as exc:
+            raise StateError(f"state_dir {self.directory!r}: cannot create {self.name}: "
+                             f"{exc.strerror or exc}") from exc
+        finally:
+            for leftover in (temporary, temporary + "-journal"):
+                try:
+                    os.unlink(leftover)
+                except FileNotFoundError:
+                    pass
+        return True
 
     @contextmanager
     def _database(self, doing: str):
