@@ -73,7 +73,12 @@ def _combine(items) -> int:
 def _float_hash(key: float) -> int:
     if key.is_integer():
         return int(key) & 0xFFFFFFFFFFFFFFFF  # 1.0 == 1 must land where 1 does
+    if key != key:  # every NaN alike (its sign and payload are in its pickle): distinct() takes them as one
+        return _NAN_HASH
     return zlib.crc32(pickle.dumps(key, protocol=4))
+
+
+_NAN_HASH = zlib.crc32(pickle.dumps(float("nan"), protocol=4))
 
 
 _UNSALTED_NUMBERS = (decimal.Decimal, fractions.Fraction, complex)
