@@ -33,6 +33,50 @@ from .windows import Tumbling
 from .windows._strategy import TIME_TOO_LARGE_HINT, TimeTooLarge
 
 
+class _AnyNaN(float):
+    """The NaN that `distinct()` keeps for every float NaN it has seen (alone
+    or in a tuple): equal to every NaN, hashed alike in every process, and
+    one object after a snapshot (pickled by name). A NaN equals nothing,
+    not itself; a set matched a NaN object met again by identity, so a
+    repeated NaN came out once on one kernel and once per arrival on
+    several (an exchange makes a new object), two NaN objects always
+    twice. Now every NaN is one value for `distinct()`, as pandas'
+    drop_duplicates has it. (Its stable hash is a NaN's: keyed state cut
+    by key group on a rescale stays where NaN records go.)"""
+
+    __slots__ = ()
+
+    def __eq__(self, other):
+        return isinstance(other, float) and float.__ne__(other, other)  # (float's own: a NaN's)
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    def __hash__(self):
+        return 0x7FF8
+
+    def __reduce__(self):
+        return "ANY_NAN"
+
+    def __repr__(self):
+        return "nan"
+
+
+ANY_NAN = _AnyNaN("nan")
+
+
+def _one_nan(value):
+    """`value` with every float NaN in it (alone or in tuples, nested) as
+    `ANY_NAN`: `value` itself when it holds none."""
+    if isinstance(value, float):
+        return ANY_NAN if value != value else value
+    if isinstance(value, tuple):
+        items = [_one_nan(item) for item in value]
+        if any(new is not old for new, old in zip(items, value)):
+            return tuple(items)
+    return value
+
+
 def check_within(within) -> None:
     if within is not None and not isinstance(within, Tumbling):
         raise TypeError(f"distinct(within=...) takes a Tumbling window (each record in one window), "
@@ -97,11 +141,20 @@ class Distinct(Operator):
                 key, value = record
                 values = seen.get(key)
                 if values is None:
-                    seen[key] = {value}
-                elif value in values:
+                    # (a miss: NaNs, equal to nothing, are looked for as ANY_NAN)
+                    one = _one_nan(key)
+                    if one is not key:
+                        key, values = one, seen.get(one)
+                    if values is None:
+                        seen[key] = {_one_nan(value)}
+                        kept.append(i)
+                        continue
+                if value in values:
                     continue
-                else:
-                    values.add(value)
+                one = _one_nan(value)  # (a miss: NaNs, equal to nothing, are looked for as ANY_NAN)
+                if one is not value and one in values:
+                    continue
+                values.add(one)
                 kept.append(i)
         except PASSES_THROUGH:
             raise
@@ -135,7 +188,10 @@ class Distinct(Operator):
                     heapq.heappush(self._numbers, j)
                 if record in pairs:
                     continue
-                pairs.add(record)
+                one = _one_nan(record)  # (a miss: NaNs, equal to nothing, are looked for as ANY_NAN)
+                if one is not record and one in pairs:
+                    continue
+                pairs.add(one)
                 kept.append(i)
         except PASSES_THROUGH:
             raise
