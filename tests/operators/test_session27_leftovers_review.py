@@ -12,11 +12,14 @@ kernels.
 from __future__ import annotations
 
 import math
+import pickle
+import textwrap
 
 import pytest
 
 from kernel import Dataflow, run
 from operators import Tumbling
+from tests import _crash_runs
 
 NAN = float("nan")
 
@@ -65,3 +68,120 @@ def test_distinct_within_windows_keeps_one_nan_per_window(cores):
     out = stream.distinct(within=Tumbling(1.0)).collect()
     run(flow, cores=cores)
     assert nan_free(out.items) == ["NaN", "NaN"]
+
+
+# -- from_files(on_error="skip"): skipped_count after a resume ---------------------------------
+
+SKIP_PIPELINE = textwrap.dedent(
+    """
+    import os, time
+    from kernel import Dataflow
+
+    def slow(record):
+        if record["slow"]:
+            time.sleep(0.003)
+        return record["n"]
+
+    flow = Dataflow("skips")
+    records = flow.from_files(os.path.join(os.environ["IN"], "*.jsonl"), format="jsonl", on_error="skip",
+                              chunk_bytes=256)
+    records.map(slow).to_files(os.path.join(os.environ["OUT"], "r"))
+    """
+)
+
+
+def skip_flow(directory):
+    """The pipeline's flow, built here to read its skipped_count."""
+    import time
+
+    def slow(record):
+        if record["slow"]:
+            time.sleep(0.003)
+        return record["n"]
+
+    flow = Dataflow("skips")
+    records = flow.from_files(str(directory / "in" / "*.jsonl"), format="jsonl", on_error="skip",
+                              chunk_bytes=256)
+    records.map(slow).to_files(str(directory / "out" / "r"))
+    return flow, records
+
+
+def write_skip_inputs(directory) -> int:
+    """a.jsonl (slow records) and b.jsonl (fast ones), the same size, so
+    kernel 0 of 2 reads a and kernel 1 reads b; a malformed line every 10th
+    line of each. The number of malformed lines."""
+    (directory / "in").mkdir()
+    bad = 0
+    for name, is_slow in (("a", True), ("b", False)):
+        lines = []
+        for n in range(200):
+            if n % 10 == 7:
+                lines.append(b'{"n": oops %03d}\n' % n)
+                bad += 1
+            else:
+                lines.append(b'{"n": %3d, "slow": %s}\n' % (n, b"true " if is_slow else b"false"))
+        (directory / "in" / f"{name}.jsonl").write_bytes(b"".join(lines))
+    assert (directory / "in" / "a.jsonl").stat().st_size == (directory / "in" / "b.jsonl").stat().st_size
+    return bad
+
+
+def wait_until_unlocked(state_dir, timeout: float = 30) -> None:
+    """The killed run's kernels hold the state_dir's lock until they are gone."""
+    import fcntl
+    import os
+    import time
+
+    deadline = time.monotonic() + timeout
+    fd = os.open(state_dir / ".running-0", os.O_RDWR)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the killed run's kernels still hold the state_dir"
+                time.sleep(0.01)
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+    finally:
+        os.close(fd)
+
+
+def _source_position(part) -> int:
+    state = pickle.loads(part) if isinstance(part, bytes) else part
+    state = state[-1] if isinstance(state, tuple) else state
+    return state["spans"][0][3] if state else 0
+
+
+def test_skipped_count_after_a_resume_counts_each_malformed_line_once(tmp_path):
+    """The uncrashed run's count is the reference. Killed at an epoch where
+    kernel 1 had read all of b.jsonl (its source ended: its snapshot part
+    is "ended", no positions) and kernel 0 was part way through a.jsonl,
+    the resumed run counted kernel 0's skips before the snapshot once, and
+    kernel 1's not at all (README: "known, not fixed")."""
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    bad = write_skip_inputs(reference)
+    flow, records = skip_flow(reference)
+    run(flow, cores=2)
+    assert records.skipped_count.value == bad
+
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    write_skip_inputs(crashed)
+    (crashed / "pipeline.py").write_text(SKIP_PIPELINE)
+    size = (crashed / "in" / "a.jsonl").stat().st_size
+
+    def kernel_1_ended_and_kernel_0_half_way(snapshots):
+        first, second = snapshots[0].get(0), snapshots[1].get(0)
+        return second == "ended" and first not in (None, "ended") and size // 4 < _source_position(first) \
+            < size * 3 // 4
+
+    _crash_runs.run_cli_until(crashed, 2, kernel_1_ended_and_kernel_0_half_way,
+                              IN=crashed / "in", OUT=crashed / "out")
+    wait_until_unlocked(crashed / "state")
+    flow, records = skip_flow(crashed)
+    run(flow, cores=2, state_dir=crashed / "state", epoch_interval=0.02)
+    assert sorted(_crash_runs.visible_lines(crashed / "out" / "r")) == sorted(
+        [n for n in range(200) if n % 10 != 7] * 2)  # (each line read once: the resume itself is right)
+    assert records.skipped_count.value == bad
