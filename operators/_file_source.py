@@ -252,6 +252,7 @@ class FileSource(Source):
 
     def open(self, context):
         self._cursors = None  # planned at the first poll (or restored)
+        self._skipped_when_ended = 0  # restored ended: its skipped count (`restore_ended`)
         self._current = 0  # the cursor being read
         self._headers: dict[str, list[str]] = {}
         self._rescan_due = True
@@ -306,13 +307,22 @@ class FileSource(Source):
         self._cursors = [_Cursor(*span) for span in snapshot["spans"]]
         self._current = snapshot["current"]
 
+    def ended_snapshot(self):
+        """What this kernel's source, read to its end, keeps in the epochs
+        after (the runtime's hook, `Ended`): its skipped count, which a
+        resumed run reports again (`restore_ended`)."""
+        return {"skipped": self.skipped}
+
+    def restore_ended(self, snapshot):
+        self._skipped_when_ended = snapshot["skipped"]
+
     @property
     def skipped(self) -> int:
         """Malformed lines skipped before each cursor's position (a resumed
-        run's count includes the crashed run's, up to the snapshot; not a
-        kernel's whose share was read to its end before it: an ended
-        source's snapshot holds no positions)."""
-        return sum(c.position()[1] for c in self._cursors or ())
+        run's count includes the crashed run's, up to the snapshot; a
+        kernel's whose share was read to its end before it: what its ended
+        source kept, `ended_snapshot`)."""
+        return self._skipped_when_ended + sum(c.position()[1] for c in self._cursors or ())
 
     def result(self):
         return {"skipped": self.skipped}

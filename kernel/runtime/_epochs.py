@@ -24,6 +24,22 @@ from kernel.dataflow._errors import PASSES_THROUGH, OperatorError
 
 ENDED = "ended"  # an instance's part once it has ended
 
+
+class Ended(str):
+    """ENDED, with what an operator that had ended keeps for a resumed run
+    (its `ended_snapshot()`: a file source's count of the malformed lines it
+    skipped, which its run's `skipped_count` adds up; plain ENDED left them
+    out of a resumed run's count). Equal to ENDED, so it stands for it
+    wherever a part is compared with it."""
+
+    def __new__(cls, snapshot):
+        self = super().__new__(cls, ENDED)
+        self.snapshot = snapshot
+        return self
+
+    def __reduce__(self):
+        return Ended, (self.snapshot,)
+
 # How many epochs a kernel takes past the newest one complete on every
 # kernel: epoch n starts there only once n - AHEAD is complete. Each kernel
 # starts epochs on its own timer, and without a bound one that another
@@ -78,7 +94,7 @@ class EpochTracker:
         self._finished = finished
         self.next_epoch = first_epoch
         self._parts: dict[int, dict[int, bytes | str]] = {}
-        self._ended: set[int] = set()
+        self._ended: dict[int, str] = {}  # instance index -> its part (ENDED, or an `Ended`)
         self._flushed = first_epoch - 1  # epochs up to this one went to `durable`
 
     def may_take(self, complete: int) -> bool:
@@ -99,18 +115,20 @@ class EpochTracker:
         self._epoch(epoch)[index] = blob
         self._flush()
 
-    def ended(self, index: int) -> None:
-        self._ended.add(index)
+    def ended(self, index: int, part: str = ENDED) -> None:
+        """Instance `index` has ended: `part` (ENDED, or an `Ended`) stands
+        for it in every epoch it has not aligned on."""
+        self._ended[index] = part
         for parts in self._parts.values():
-            parts.setdefault(index, ENDED)
+            parts.setdefault(index, part)
         self._flush()
         if len(self._ended) == self._instances:
-            self._finished(pickle.dumps({i: ENDED for i in range(self._instances)}, protocol=5))
+            self._finished(pickle.dumps(dict(self._ended), protocol=5))
 
     def _epoch(self, epoch: int) -> dict:
         parts = self._parts.get(epoch)
         if parts is None:
-            parts = self._parts[epoch] = dict.fromkeys(self._ended, ENDED)
+            parts = self._parts[epoch] = dict(self._ended)
         return parts
 
     def _flush(self) -> None:

@@ -28,7 +28,7 @@ from kernel.dataflow._key_groups import default_key_groups, owner_table
 from kernel.dataflow._operator import Operator
 from kernel.net import LocalTransport, Partitioner
 
-from ._epochs import ENDED, EpochTracker, pickled_part, unpickled_part
+from ._epochs import ENDED, Ended, EpochTracker, pickled_part, unpickled_part
 from ._exchange import ExchangeOutput, watermark_pacer
 from ._instance import END, Instance, _call
 from ._loops import INSTANCE_CLASSES, Entry, back_edge, wire_loops
@@ -379,7 +379,7 @@ class Runtime:
 
     def instance_ended(self, instance: Instance) -> None:
         if self.epochs is not None:
-            self.epochs.ended(instance.index)
+            self.epochs.ended(instance.index, self._ended_part(instance))
         elif self._live == 1:
             self.commit(EVERY_EPOCH)  # no epochs: held-back output goes out at the end
         self._live -= 1
@@ -489,17 +489,31 @@ class Runtime:
         for index, part in parts.items():
             instance = self.instances[index]
             if part == ENDED:
-                self.restored_ended(instance)
+                self.restored_ended(instance, part)
                 continue
             _call(instance, "restore", instance.restore_part(unpickled_part(instance.name, part)))
         if self._live == 0:
             self.kernel.release()
 
-    def restored_ended(self, instance: Instance) -> None:
-        """`instance` had ended in the run a resumed one restores."""
+    def restored_ended(self, instance: Instance, part: str = ENDED) -> None:
+        """`instance` had ended in the run a resumed one restores (`part`:
+        its part of the snapshot, an `Ended` where it kept something)."""
         instance.ended = True
         self._live -= 1
-        self.epochs.ended(instance.index)
+        if part.__class__ is Ended and hasattr(instance.op, "restore_ended"):
+            _call(instance, "restore_ended", part.snapshot)
+        self.epochs.ended(instance.index, part)  # (kept in this run's snapshots: a second crash keeps it too)
+
+    @staticmethod
+    def _ended_part(instance: Instance) -> str:
+        """What stands for an ended instance in the epochs after its end:
+        ENDED, or an `Ended` with what its operator keeps for a resumed run
+        (`ended_snapshot()`, an internal hook: a file source's skipped count)."""
+        keep = getattr(instance.op, "ended_snapshot", None)
+        if keep is None:
+            return ENDED
+        snapshot = _call(instance, "ended_snapshot")
+        return ENDED if snapshot is None else Ended(snapshot)
 
     def _next_epoch(self) -> None:
         live = [source for source in self._sources if not source.ended]
