@@ -35,6 +35,7 @@ by any query) is refused as a whole: nothing in it can be trusted.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -145,6 +146,8 @@ _SCHEMA = """
     CREATE TABLE IF NOT EXISTS complete (epoch INTEGER PRIMARY KEY, final INTEGER NOT NULL,
                                          kernels INTEGER NOT NULL);
 """
+# errors of os.link where the file system has no hard links (`SnapshotStore._create`)
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 _TABLES = {"meta", "snapshots", "complete"}  # a store's own tables (`SnapshotStore.__init__`)
 
 
@@ -222,6 +225,15 @@ class SnapshotStore:
                 os.link(temporary, self.path)
             except FileExistsError:
                 return False
+            except OSError as exc:
+                if exc.errno not in _NO_HARD_LINKS:
+                    raise
+                # A file system without hard links (FAT, some network ones):
+                # renamed instead; two processes creating it in the same
+                # moment then both think they made it (each its own empty store).
+                if os.path.exists(self.path):
+                    return False
+                os.rename(temporary, self.path)
         except OSError as exc:
             raise StateError(f"state_dir {self.directory!r}: cannot create {self.name}: "
                              f"{exc.strerror or exc}") from exc

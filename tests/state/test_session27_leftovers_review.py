@@ -53,3 +53,25 @@ def test_opening_an_empty_store_file_is_a_state_error(tmp_path):
     cut_to_nothing(tmp_path)
     with pytest.raises(StateError, match="is empty"):
         SnapshotStore(tmp_path)
+
+
+def test_a_file_system_without_hard_links_still_gets_a_store(tmp_path, monkeypatch):
+    # (FAT, some network file systems: os.link fails with EPERM or ENOTSUP)
+    import errno
+
+    def no_hard_links(source, target):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    store = SnapshotStore(tmp_path)
+    store.claim("flow", 1, "layout")
+    store.write(1, 0, b"state")
+    store.mark_complete(1)
+    store.close()
+    assert (tmp_path / "snapshots.sqlite").stat().st_size > 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".new")] == []
+    reopened = SnapshotStore(tmp_path)
+    try:
+        assert reopened.read(1, 0) == b"state"
+    finally:
+        reopened.close()
