@@ -309,14 +309,18 @@ class Unfinished:
     (batches, watermarks, epoch markers, the end of input) or what follows
     the handler (the watermark going on, the step's end) behind it, so
     that nothing overtakes a record still to come (`Instance._park`). Only
-    the kernel's own operators return one; a user's handler returns None."""
+    the kernel's own operators return one (and the runtime, for a user's
+    operator's large emit: kernel/runtime/_user_pieces.py); a user's
+    handler returns None. `handler` names the handler that made it, for
+    an error met while a later piece goes on (`Instance.park_then`)."""
 
-    __slots__ = ("next_piece", "pieces", "sink")
+    __slots__ = ("handler", "next_piece", "pieces", "sink")
 
     def __init__(self, pieces: Iterator[list], sink: Callable[[list], object], next_piece: list) -> None:
         self.pieces = pieces  # the pieces after `next_piece`, read as they are needed
         self.sink = sink  # what hands a piece on (the step's emit)
         self.next_piece = next_piece
+        self.handler = "on_batch"
 
     def step(self) -> bool:
         """Hands on the next piece; whether more are to come."""

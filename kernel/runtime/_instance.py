@@ -605,10 +605,11 @@ class Instance:
             self.scheduled = True
             self._ready(self)
 
-    def park_then(self, unfinished: Unfinished, channel: int, rest, pending, at: int) -> bool:
-        """A handler's output goes on in pieces (`_park`), then `rest(pending,
+    def park_then(self, unfinished: Unfinished, channel: int, rest, pending, at: int, handler: str) -> bool:
+        """`handler`'s output goes on in pieces (`_park`), then `rest(pending,
         at)` (what followed the handler: `_Then`), then `pending[at:]`, in
         later ticks. Returns True: the activation stops here."""
+        unfinished.handler = handler  # what an error in a later piece names (`_handler_error`)
         self._park(unfinished, channel, [(channel, _Then(rest)), *pending[at:]])
         return True
 
@@ -649,7 +650,7 @@ class Instance:
                     if returned.__class__ is not Unfinished:
                         raise _returned(self, "on_watermark", returned)
                     return self.park_then(returned, channel, partial(self._after_watermark, channel, payload,
-                                                                     change), pending, at)
+                                                                     change), pending, at, "on_watermark")
         return self._after_watermark(channel, payload, change, pending, at)
 
     def _after_watermark(self, channel: int, payload, change, pending: list = (), at: int = 0) -> bool:
@@ -689,7 +690,8 @@ class Instance:
                 if draining is None:
                     self._finish()
                 elif draining.__class__ is Unfinished:  # a built-in step's large final output
-                    return self.park_then(draining, channel, lambda pending, at: self._finish(), pending, at)
+                    return self.park_then(draining, channel, lambda pending, at: self._finish(), pending, at,
+                                          "on_end")
                 elif hasattr(draining, "add_done_callback"):
                     # work of its own still under way (a sink's writes): end once it is done
                     _on_the_loop(draining, self.runtime.kernel.loop).add_done_callback(self._end_due)
@@ -744,7 +746,10 @@ class Instance:
         return operator_snapshot
 
     def _handler_error(self, payload, exc: Exception) -> OperatorError:
-        handler = "on_batch" if isinstance(payload, (list, Unfinished)) else "on_watermark"
+        if payload.__class__ is Unfinished:  # a later piece: of the output of the handler that made it
+            handler = payload.handler
+        else:
+            handler = "on_batch" if isinstance(payload, list) else "on_watermark"
         return OperatorError.wrap(self.name, _handler_name(self.op, handler), exc, has_record=False)
 
     # -- chaining -------------------------------------------------------------

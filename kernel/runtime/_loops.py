@@ -450,7 +450,7 @@ class Membership:
                 if returned.__class__ is not Unfinished:
                     raise _returned(instance, "on_round", returned)
                 return instance.park_then(returned, channel, lambda *_: self._round_done(instance, marker),
-                                          pending, at)
+                                          pending, at, "on_round")
         self._round_done(instance, marker)
         return False
 
