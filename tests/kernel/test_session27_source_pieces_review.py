@@ -89,6 +89,36 @@ def test_a_million_records_in_one_poll_arrive_once_in_order_in_pieces():
     assert max(sizes) <= 1024 and sum(sizes) == 1_000_000
 
 
+class Woken(Source):
+    """Its first poll starts a task and sleeps (None); the task emits
+    10,000 records in one list and wakes it; its second poll emits 3 more
+    and ends."""
+
+    def poll(self):
+        if not hasattr(self, "task"):
+            self.task = self.context.kernel.spawn(self._fill())
+            return None
+        self.emit(["last", "two", "three"])
+        return False
+
+    async def _fill(self):
+        await asyncio.sleep(0)
+        self.emit(list(range(10_000)))
+        self.wake()
+
+
+def test_a_large_emit_from_a_sources_own_task_goes_on_in_pieces_and_the_source_is_polled_after():
+    """Emitted by a task of the source's own (not in a poll), the list
+    goes on in pieces too; the wake that came with it polls the source
+    once they have gone on (nothing lost, nothing hangs)."""
+    sizes: list = []
+    flow = Dataflow("woken")
+    out = flow.source(Woken, name="woken").apply(lambda: Batches(sizes), name="batches").collect()
+    run(flow)
+    assert out.items == [*range(10_000), "last", "two", "three"]
+    assert sizes == [1024] * 9 + [784, 3]
+
+
 class Script(Source):
     """Each poll emits lists of the sizes its script says (numbering the
     records 0, 1, 2...), then moves the watermark if the script says so.
@@ -166,7 +196,7 @@ polls = st.lists(st.tuples(st.lists(st.integers(0, 30), max_size=5),
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(script=polls, fan_out=st.booleans(), per_record=st.sampled_from([0.0, 1e-5, 2e-4]),
-       epoch_interval=st.sampled_from([None, 0.0003, 0.002]))
+       epoch_interval=st.sampled_from([None, 0.0001, 0.0003, 0.002]))
 def test_a_sources_pieces_keep_order_with_its_watermarks_epochs_and_end(
         monkeypatch, script, fan_out, per_record, epoch_interval):
     """With pieces of 2 past 2 records (and the first poll asked for 2),
