@@ -79,6 +79,7 @@ from kernel.dataflow._graph import Node
 from kernel.dataflow._operator import NONE_KEY, Operator, Unfinished
 from kernel.scheduling._scheduler import LATER
 
+from . import _user_pieces
 from ._progress import Frontier
 from ._user_pieces import UserOutput
 
@@ -162,13 +163,18 @@ class Instance:
         "output_watermark",
         "pace",
         "pending",
+        "poll_due",
+        "polling",
         "ports",
         "progress",
         "records_in",
         "records_out",
         "released",
+        "rest_pieces",
         "runtime",
         "scheduled",
+        "source_rest",
+        "source_sink",
         "targets",
         "task_class",
         "timers",
@@ -215,6 +221,15 @@ class Instance:
         self.drained: Instance | None = None
         self.declined = False  # a source's: its last activation declined the rest of a slice
         self.emitted = 0  # a source's: records emitted by the poll under way
+        # a source's large emit going on in pieces (`_source_large`): what
+        # waits behind its first piece, in order (the rest of it, later
+        # emits, progress and epochs as calls), those read as pieces, the
+        # emit underneath, and whether a poll is due once they have gone on
+        self.source_rest: list | None = None
+        self.rest_pieces = None
+        self.source_sink = None
+        self.poll_due = False
+        self.polling = False  # a source's: within its poll
         # metrics (`count_records`): records handed to on_batch and emitted,
         # counted per batch, and only when a run serves metrics
         self.counting = False
@@ -262,6 +277,7 @@ class Instance:
             op.emit = self._counting_out(op.emit)
         if self.is_source:
             op.emit = self._counted(op.emit)
+            op.wake = self._source_wake
             self.chain = self._chained_after()
         elif self.user_output is not None:
             # A user's operator (apply()) that emits one record alone, a str
@@ -388,15 +404,76 @@ class Instance:
         return counted_out
 
     def _counted(self, emit):
-        """A source's emit, counting the records each poll hands on (its pace)."""
+        """A source's emit, counting the records each poll hands on (its
+        pace). A plain list of more than LARGE_OUTPUT records, and more than
+        the poll was asked for (a user's source that ignores
+        `records_wanted`), goes on in pieces (`_source_large`); the built-in
+        sources emit at most what is wanted, and pay one comparison."""
+        self.source_sink = emit
 
         def counted(batch):
             if not isinstance(batch, list) and not _is_batch(batch):  # one check a poll, not a record
                 _not_a_batch(batch)
-            self.emitted += len(batch)
+            if self.source_rest is not None:
+                self.source_rest.append(batch)  # behind the pieces of an earlier emit: order kept
+                return
+            n = len(batch)
+            if n > _user_pieces.LARGE_OUTPUT and n > self.op.records_wanted and batch.__class__ is list:
+                batch = self._source_large(batch)
+                n = len(batch)
+            self.emitted += n
             emit(batch)
 
         return counted
+
+    def _source_large(self, batch: list) -> list:
+        """A source emitted a large list (a million records in one poll held
+        the host's loop for the whole of it downstream): its first PIECE
+        goes on now, the rest a PIECE an activation of the source
+        (`_hand_on_rest`), as a user operator's large emit does
+        (`_user_pieces`), with what the source does meanwhile (emits,
+        watermarks, idleness, the end of its input, epoch markers and the
+        snapshot taken with them: `_behind_rest`) behind it, in order. The
+        source is not polled till they have gone on; then only if a poll
+        was due (it returned True, or was woken)."""
+        self.source_rest = rest = [batch]
+        self.rest_pieces = _user_pieces._pieces(rest)
+        # In its poll, a source is scheduled only if woken there (what it
+        # returns says more); emitted by a task of its own, a poll may be
+        # due and the source not scheduled (paused, or waiting for its
+        # chain): one poll more at worst, rather than one lost (a hang)
+        self.poll_due = self.scheduled or not self.polling
+        self.wake()
+        return batch[:_user_pieces.PIECE]
+
+    def _behind_rest(self, call) -> None:
+        """`call` (progress going on, an epoch's snapshot and marker, the
+        source's end) once what a source emitted before has gone on."""
+        self.source_rest.append(call)
+
+    def _hand_on_rest(self) -> None:
+        """A source's activation while a large emit goes on in pieces: the
+        next piece, and what waited behind the one before it."""
+        sink = self.source_sink
+        for item in self.rest_pieces:
+            if item.__class__ is partial:
+                item()
+                if self.ended:  # its end went on: nothing after it does
+                    break
+            else:
+                sink(item)
+                self.wake()  # the next piece in a later tick
+                return
+        self.source_rest = self.rest_pieces = None
+        if self.poll_due and not self.ended:
+            self.wake()
+
+    def _source_wake(self) -> None:
+        """A source's `wake()`: while a large emit of it goes on in pieces,
+        a poll is due once they have."""
+        if self.source_rest is not None:
+            self.poll_due = True
+        self.wake()
 
     def _chained_after(self) -> list[Instance]:
         """The instances that run inside this instance's activation: the
@@ -811,6 +888,9 @@ class Instance:
                 return
         if self.feeds and self._feeding():
             return
+        if self.source_rest is not None:  # its last large emit goes on in pieces: no poll meanwhile
+            self._hand_on_rest()
+            return
         op, pace = self.op, self.pace
         monotonic = pace.monotonic
         started = monotonic()
@@ -828,6 +908,7 @@ class Instance:
         self.declined = False
         op.records_wanted = wanted
         self.emitted = 0  # counted by the source's emit
+        self.polling = True
         try:
             more = op.poll()
         except PASSES_THROUGH:
@@ -835,6 +916,8 @@ class Instance:
         except BaseException as exc:
             handler = _handler_name(self.op, "poll")
             raise OperatorError.wrap(self.name, handler, exc, has_record=False) from exc
+        finally:
+            self.polling = False
         if more.__class__ is not bool and more is not None:  # one check a poll
             # its records, returned rather than emitted: lost, and a list
             # that is not empty is true ("poll again"), so it was polled on;
@@ -845,6 +928,13 @@ class Instance:
         if self.emitted:
             # A poll whose chain handed work on measured only part of its cost.
             pace.learn(elapsed, self.emitted, not any(member.pending for member in self.chain))
+        if self.source_rest is not None:  # a large emit goes on in pieces: what the poll said, behind them
+            if more:
+                self.poll_due = True
+            elif more is False:
+                self.advance_watermark(_INF)
+                self._behind_rest(partial(self._finish))
+            return
         if more:
             self.wake()
         elif more is False:
@@ -896,12 +986,13 @@ class Instance:
 
     def advance_watermark(self, watermark: float) -> None:
         """A source's output watermark moves forward (never back)."""
+        forward = self._forward if self.source_rest is None else self._forward_behind_rest
         if self.idle:
             self.idle = False
-            self._forward(self.output_watermark)  # active again
+            forward(self.output_watermark)  # active again
         if watermark > self.output_watermark:
             self.output_watermark = watermark
-            self._forward(watermark)
+            forward(watermark)
             self.runtime.source_watermark_moved()
 
     def mark_idle(self) -> None:
@@ -909,7 +1000,28 @@ class Instance:
         anyone back until it advances again."""
         if not self.idle and not self.ended:
             self.idle = True
-            self._forward(IDLE)
+            if self.source_rest is None:
+                self._forward(IDLE)
+            else:
+                self._forward_behind_rest(IDLE)
+
+    def _forward_behind_rest(self, payload) -> None:
+        self._behind_rest(partial(self._forward, payload))
+
+    def inject_epoch(self, epoch: int) -> None:
+        """Epoch `epoch` starts at this source (`Runtime._next_epoch`): its
+        snapshot, its marker after what it has emitted. Behind a large emit
+        still going on in pieces, both wait till it has gone on: the
+        snapshot's position is then that of the records before the marker
+        (the source is not polled meanwhile)."""
+        if self.source_rest is None:
+            self._epoch_now(epoch)
+        else:
+            self._behind_rest(partial(self._epoch_now, epoch))
+
+    def _epoch_now(self, epoch: int) -> None:
+        self.runtime.snapshot(self, epoch)
+        self._forward(EpochMarker(epoch))
 
     def _forward(self, payload) -> None:
         for target, channel in self.targets:

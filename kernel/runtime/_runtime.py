@@ -22,7 +22,7 @@ import bisect
 import math
 import pickle
 
-from kernel.dataflow import EVERY_EPOCH, EpochMarker
+from kernel.dataflow import EVERY_EPOCH
 from kernel.dataflow._graph import Graph, Node
 from kernel.dataflow._key_groups import default_key_groups, owner_table
 from kernel.dataflow._operator import Operator
@@ -530,8 +530,7 @@ class Runtime:
         if self.metrics:
             self._epoch_started[epoch] = self.kernel.clock.monotonic()
         for source in live:
-            self.snapshot(source, epoch)
-            source._forward(EpochMarker(epoch))
+            source.inject_epoch(epoch)  # (behind a large emit still going on in pieces)
         self.kernel.call_later(self.coordinator.interval, self._next_epoch)
 
     def _measured(self, durable):
