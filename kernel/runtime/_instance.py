@@ -45,7 +45,10 @@ for an activation and the chain it runs, in these ways:
   what follows them (the watermark going on, the end of input, the step's
   end) waits behind the pieces (`_Then`). A step fused into one whose output
   goes on so waits too (`_behind_fused`): its handler does that one's
-  work on records directly, which would overtake the pieces.
+  work on records directly, which would overtake the pieces. A source
+  that emits a large list (a user's, ignoring `records_wanted`) hands it
+  on in pieces in its own activations, what it does meanwhile behind
+  them (`_source_large`).
 
 * an activation whose inbox still holds batches when the budget runs out
   (a loop's head hands a whole round on at once) leaves them for later

@@ -27,6 +27,12 @@ after them. A handler that calls another of its own (`on_end` calling
 `self.on_batch`) is one handler call: the outer one hands the rest on (the
 inner one's return would go to the user's code, which drops it); one
 called from a task of the operator's own hands its emits on whole.
+
+A source's large emit (a user's `Source` whose poll ignores
+`records_wanted`) goes on in pieces too, by `_pieces` here: its own
+activations hand them on, one a tick, with what it does meanwhile
+(emits, progress, its end, epoch markers with their snapshots) behind
+them (`Instance._source_large`).
 """
 
 from __future__ import annotations
