@@ -228,6 +228,57 @@ def test_a_sources_pieces_keep_order_with_its_watermarks_epochs_and_end(
         assert counts_too == counts
 
 
+class Trickle(Source):
+    """Its first poll emits 20,000 records in one list and starts a task
+    that emits one record a turn of the loop, 40 times, then wakes it; its
+    second poll ends. Its snapshot is its position (records emitted)."""
+
+    def __init__(self, positions) -> None:
+        self.positions = positions
+        self.next = 0
+
+    def poll(self):
+        if self.next == 0:
+            self._emit(20_000)
+            self.context.kernel.spawn(self._trickle())
+            return None
+        return False
+
+    def _emit(self, n):
+        self.emit(list(range(self.next, self.next + n)))
+        self.next += n
+
+    async def _trickle(self):
+        for _ in range(40):
+            await asyncio.sleep(0)
+            self._emit(1)
+        self.wake()
+
+    def on_epoch(self, epoch):
+        self.positions[epoch] = self.next
+        return self.next
+
+
+async def test_an_epoch_during_a_sources_pieces_snapshots_what_was_emitted_before_its_marker():
+    """Epochs start while the 20,000 records go on in pieces and the
+    source's task keeps emitting behind them: each epoch's snapshot after
+    the source holds exactly the records the source had emitted when the
+    epoch started (its snapshot's position), not those its task emitted
+    after the marker, nor fewer."""
+    clock = VirtualClock()
+    positions: dict = {}
+    counts: dict = {}
+    seen: list = []
+    flow = Dataflow("trickle")
+    flow.source(lambda: Trickle(positions), name="trickle").apply(
+        lambda: Seen(seen, counts, clock, 1e-6), name="seen")
+    with tempfile.TemporaryDirectory() as state:
+        await run_async(flow, clock=clock, state_dir=state, epoch_interval=0.003)
+    assert [r for kind, *batch in seen if kind == "batch" for r in batch[0]] == list(range(20_040))
+    assert max(len(batch[0]) for kind, *batch in seen if kind == "batch") == 1024  # in pieces
+    assert counts == positions and any(0 < at < 20_040 for at in positions.values()), (counts, positions)
+
+
 class Failing(Source):
     """Emits `size` records a poll, `polls` polls; its snapshot is its
     position. In a run given `fail_at`, the poll of that number fails."""
