@@ -154,6 +154,7 @@ class Instance:
         "fed_from_afar",
         "feed_at",
         "feeds",
+        "finishing",
         "fused_into",
         "fused_last",
         "held",
@@ -233,6 +234,7 @@ class Instance:
         self.source_sink = None
         self.poll_due = False
         self.polling = False  # a source's: within its poll
+        self.finishing = False  # a source's: its end waits behind the pieces of a large emit
         # metrics (`count_records`): records handed to on_batch and emitted,
         # counted per batch, and only when a run serves metrics
         self.counting = False
@@ -435,8 +437,8 @@ class Instance:
         goes on now, the rest a PIECE an activation of the source
         (`_hand_on_rest`), as a user operator's large emit does
         (`_user_pieces`), with what the source does meanwhile (emits,
-        watermarks, idleness, the end of its input, epoch markers and the
-        snapshot taken with them: `_behind_rest`) behind it, in order. The
+        watermarks, idleness, the end of its input, epoch markers:
+        `_behind_rest`) behind it, in order. The
         source is not polled till they have gone on; then only if a poll
         was due (it returned True, or was woken)."""
         self.source_rest = rest = [batch]
@@ -936,6 +938,7 @@ class Instance:
                 self.poll_due = True
             elif more is False:
                 self.advance_watermark(_INF)
+                self.finishing = True
                 self._behind_rest(partial(self._finish))
             return
         if more:
@@ -1013,18 +1016,21 @@ class Instance:
 
     def inject_epoch(self, epoch: int) -> None:
         """Epoch `epoch` starts at this source (`Runtime._next_epoch`): its
-        snapshot, its marker after what it has emitted. Behind a large emit
-        still going on in pieces, both wait till it has gone on: the
-        snapshot's position is then that of the records before the marker
-        (the source is not polled meanwhile)."""
+        snapshot now, its marker after what it has emitted. Behind a large
+        emit still going on in pieces, the marker waits behind them (and
+        so before whatever the source emits from now on): the snapshot's
+        position, that of every record emitted so far, is that of the
+        records before the marker, which every snapshot after it holds.
+        (Taken once the pieces had gone on, it held what a task of the
+        source's own had emitted meanwhile, behind the marker: lost in a
+        resumed run.) A source whose end waits behind pieces takes no part:
+        it has ended for this epoch (`_finish` says so)."""
         if self.source_rest is None:
-            self._epoch_now(epoch)
-        else:
-            self._behind_rest(partial(self._epoch_now, epoch))
-
-    def _epoch_now(self, epoch: int) -> None:
-        self.runtime.snapshot(self, epoch)
-        self._forward(EpochMarker(epoch))
+            self.runtime.snapshot(self, epoch)
+            self._forward(EpochMarker(epoch))
+        elif not self.finishing:
+            self.runtime.snapshot(self, epoch)
+            self._forward_behind_rest(EpochMarker(epoch))
 
     def _forward(self, payload) -> None:
         for target, channel in self.targets:

@@ -31,7 +31,7 @@ called from a task of the operator's own hands its emits on whole.
 A source's large emit (a user's `Source` whose poll ignores
 `records_wanted`) goes on in pieces too, by `_pieces` here: its own
 activations hand them on, one a tick, with what it does meanwhile
-(emits, progress, its end, epoch markers with their snapshots) behind
+(emits, progress, its end, epoch markers) behind
 them (`Instance._source_large`).
 """
 
