@@ -413,7 +413,7 @@ class Instance:
         pace). A plain list of more than LARGE_OUTPUT records, and more than
         the poll was asked for (a user's source that ignores
         `records_wanted`), goes on in pieces (`_source_large`); the built-in
-        sources emit at most what is wanted, and pay one comparison."""
+        sources emit at most what is wanted, and pay two comparisons an emit."""
         self.source_sink = emit
 
         def counted(batch):
@@ -438,9 +438,9 @@ class Instance:
         (`_hand_on_rest`), as a user operator's large emit does
         (`_user_pieces`), with what the source does meanwhile (emits,
         watermarks, idleness, the end of its input, epoch markers:
-        `_behind_rest`) behind it, in order. The
-        source is not polled till they have gone on; then only if a poll
-        was due (it returned True, or was woken)."""
+        `_behind_rest`) behind it, in order. The source is not polled till
+        they have gone on; then only if a poll was due (it returned True,
+        or was woken)."""
         self.source_rest = rest = [batch]
         self.rest_pieces = _user_pieces._pieces(rest)
         # In its poll, a source is scheduled only if woken there (what it
@@ -452,8 +452,8 @@ class Instance:
         return batch[:_user_pieces.PIECE]
 
     def _behind_rest(self, call) -> None:
-        """`call` (progress going on, an epoch's snapshot and marker, the
-        source's end) once what a source emitted before has gone on."""
+        """`call` (progress going on: a watermark, IDLE, an epoch marker;
+        the source's end) once what the source emitted before has gone on."""
         self.source_rest.append(call)
 
     def _hand_on_rest(self) -> None:
