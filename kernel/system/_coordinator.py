@@ -23,7 +23,7 @@ from aiohttp import WSCloseCode
 
 from kernel.net._links import AuthenticatedServer
 from kernel.system import _topics
-from kernel.system._catalog import CATALOG_TIMEOUT, TABLES, TERMINAL, Catalog, CatalogError
+from kernel.system._catalog import CATALOG_TIMEOUT, TABLES, TERMINAL, Catalog, CatalogBusy, CatalogError
 from kernel.system._master import JobMaster
 from kernel.system._wire import (
     CLIENT,
@@ -144,8 +144,11 @@ class CoordinatorServer(AuthenticatedServer):
             except (CatalogError, sqlite3.Error) as exc:
                 # (as submit's and kill's: the catalog and who holds it named, not an
                 # "internal error: CatalogBusy" with a traceback in this log)
+                # (busy: the client's topics ask again, `Directory.request`: a
+                # backup holding the catalog failed the publishing job for good)
                 raise RequestError(f"the catalog {master.catalog.path} cannot be used ({exc}): "
-                                   f"{op} of topic {m.get('name')!r} was not done") from None
+                                   f"{op} of topic {m.get('name')!r} was not done",
+                                   busy=isinstance(exc, CatalogBusy)) from None
             if subscribed is not None and op != "topic_subscribe":
                 _topics.note_subscription(subscribed, op, m)
             return reply

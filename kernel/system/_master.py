@@ -37,7 +37,16 @@ import sqlite3
 import time
 from dataclasses import dataclass, replace
 
-from kernel.system._catalog import ACTIVE, TERMINAL, Catalog, CatalogError, Executor, Job, job_row
+from kernel.system._catalog import (
+    ACTIVE,
+    TERMINAL,
+    Catalog,
+    CatalogBusy,
+    CatalogError,
+    Executor,
+    Job,
+    job_row,
+)
 from kernel.system._wire import ConnectionLost, RequestError, Session
 
 log = logging.getLogger("kernel.system")
@@ -266,7 +275,7 @@ class JobMaster:
             await self.catalog.call(self.catalog.save_row, job_row(replace(job, **changes)), write=True)
         except _CATALOG_ERRORS as exc:
             raise RequestError(f"the catalog {self.catalog.path} cannot be written ({exc}): "
-                               f"{job.id} was left as it is") from None
+                               f"{job.id} was left as it is", busy=isinstance(exc, CatalogBusy)) from None
 
     def _notify(self) -> None:
         """Wake whoever waits for a change (`wait_for_change`), once: the

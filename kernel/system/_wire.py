@@ -7,7 +7,9 @@ at PATH that has passed the handshake; after it, each side may send the
 other text messages, JSON objects:
 
 * a request `{"rid": N, "op": NAME, "body": {...}}`, answered by one reply
-  `{"re": N, "body": {...}}` or `{"re": N, "error": TEXT}`;
+  `{"re": N, "body": {...}}` or `{"re": N, "error": TEXT}` (with `"busy":
+  true` where the coordinator's catalog stayed locked by another program:
+  the same request sent again may succeed);
 * a notice `{"op": NAME, "body": {...}}` (no rid), answered by nothing.
 
 Requests are served each on a task of its own, so a long one (a client
@@ -40,7 +42,14 @@ class KernelSystemError(Exception):
 
 
 class RequestError(KernelSystemError):
-    """A request the other side refused, with its reason (`no such job j-9`)."""
+    """A request the other side refused, with its reason (`no such job j-9`).
+    `busy`: refused because the catalog stayed locked by another program (a
+    backup) past --catalog-timeout: nothing of it was done, and the same
+    request sent again once the lock goes succeeds."""
+
+    def __init__(self, message: str, *, busy: bool = False) -> None:
+        super().__init__(message)
+        self.busy = busy
 
 
 class ConnectionLost(KernelSystemError):
@@ -94,7 +103,7 @@ class Session:
         finally:
             self._waiting.pop(number, None)
         if "error" in answer:
-            raise RequestError(answer["error"])
+            raise RequestError(answer["error"], busy=answer.get("busy") is True)
         return answer.get("body") or {}
 
     async def notify(self, op: str, **fields) -> None:
@@ -144,7 +153,7 @@ class Session:
             answer = await self.handler(body["op"], body.get("body", {}))
             reply = {"body": {} if answer is None else answer}
         except RequestError as exc:
-            reply = {"error": str(exc)}
+            reply = {"error": str(exc), "busy": True} if exc.busy else {"error": str(exc)}
         except (KeyError, TypeError, ValueError) as exc:  # a request without the fields it needs
             reply = {"error": f"malformed {body['op']!r} request: {type(exc).__name__}: {exc}"}
         except (ConnectionLost, asyncio.CancelledError):

@@ -33,6 +33,12 @@ LOOKUP_EVERY = 0.05  # seconds between lookups of a topic that does not exist ye
 # coordinator's own work on it (a publish asks an old registration's
 # addresses, 1 s at most); the timeout itself where shorter, 2 s at least
 ANSWER_GRACE = 5.0
+# A request the coordinator refused because its catalog stayed locked by
+# another program (a backup, an operator's `sqlite3`) past its
+# --catalog-timeout is sent again, every BUSY_EVERY seconds, for up to
+# BUSY_WAIT seconds in all: a lock that goes holds up a job's topic (its
+# registration, a subscription), it does not end the job.
+BUSY_WAIT, BUSY_EVERY = 120.0, 0.1
 
 
 def coordinator_address(explicit: str | None = None) -> tuple[str, int]:
@@ -162,6 +168,31 @@ class Directory:
         return self.timeout + max(2.0, min(ANSWER_GRACE, self.timeout))
 
     async def request(self, op: str, **fields) -> dict:
+        """The coordinator's answer to `op`; a refusal is a TopicError. One
+        because the catalog was locked (`busy`) is asked again, up to
+        BUSY_WAIT seconds: restarting the job instead (a failure classified
+        as a loss) would redo its work from its last snapshot, spend one of
+        its restarts, meet the same lock again at once, and do nothing for
+        an app or `kernel run`, which no job master restarts."""
+        loop = asyncio.get_running_loop()
+        deadline = None
+        while True:
+            reply = await self._request(op, fields)
+            if "error" not in reply:
+                if deadline is not None:
+                    log.warning("the coordinator at %s:%d did %r once its catalog was unlocked",
+                                *self.address, op)
+                return reply.get("body") or {}
+            if reply.get("busy") is not True:
+                raise TopicError(reply["error"])
+            if deadline is None:
+                deadline = loop.time() + BUSY_WAIT
+                log.warning("%s; asking again for up to %g s", reply["error"], BUSY_WAIT)
+            elif loop.time() >= deadline:
+                raise TopicError(f"{reply['error']} (asked again for {BUSY_WAIT:g} s)")
+            await asyncio.sleep(BUSY_EVERY)
+
+    async def _request(self, op: str, fields: dict) -> dict:
         async with self._lock:
             reused = self._ws is not None and not self._ws.closed
             try:
@@ -176,9 +207,7 @@ class Directory:
                 # every running publisher and subscriber failed, and ended
                 # its job, after a restart the README says loses nothing).
                 reply = await self._exchange(op, fields, again=True)
-        if "error" in reply:
-            raise TopicError(reply["error"])
-        return reply.get("body") or {}
+        return reply
 
     async def _exchange(self, op: str, fields: dict, again: bool = False) -> dict:
         if self._ws is None or self._ws.closed:
