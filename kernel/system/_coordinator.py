@@ -273,3 +273,4 @@ async def serve(host: str, port: int, secret: bytes, data_dir: str | Path, *, tl
         await master.close()
         await server.stop()
         catalog.close()
+        await master.report_unsaved()

@@ -167,6 +167,8 @@ class JobMaster:
         self._unsaved_jobs: set[str] = set()
         self._unsaved_executors: set[str] = set()
         self._resaving = False  # (`_save_again`: one at a time)
+        self._writes: set[asyncio.Future] = set()  # the writes in flight (`report_unsaved` awaits them)
+        self._write_error: str | None = None  # why the last write failed
         # submits under a request id whose catalog write is in flight: request ->
         # (pipeline, flow, the write): the same request sent again waits for it
         self._submitting: dict[str, tuple[str, str, asyncio.Future]] = {}
@@ -213,6 +215,8 @@ class JobMaster:
             unsaved.add(key)
             return None
         future.add_done_callback(functools.partial(self._written, unsaved, key, what))
+        self._writes.add(future)
+        future.add_done_callback(self._writes.discard)
         return future
 
     def _written(self, unsaved: set[str], key: str, what: str, future: asyncio.Future) -> None:
@@ -230,7 +234,8 @@ class JobMaster:
             log.error("the catalog %s: writing %s: %s", self.catalog.path, what, exc, exc_info=exc)
 
     def _unwritten(self, what: str, exc: Exception, first: bool) -> None:
-        if first:
+        self._write_error = str(exc)
+        if first and not self._closing:  # (stopping: `report_unsaved` says it, with the rest)
             log.error("the catalog %s could not be written (%s): %s goes on as it is, and is written "
                       "again every %g s until it can be", self.catalog.path, exc, what, WATCH_EVERY)
 
@@ -265,6 +270,8 @@ class JobMaster:
             return
         self._resaving = True
         future.add_done_callback(written)
+        self._writes.add(future)
+        future.add_done_callback(self._writes.discard)
 
     async def _writable(self, job: Job, **changes) -> None:
         """A request's change of `job` (a kill) written to the catalog first,
@@ -932,6 +939,24 @@ class JobMaster:
         self._closing = True
         for task in list(self._tasks):
             task.cancel()
+
+    async def report_unsaved(self) -> None:
+        """(The coordinator stops, its catalog closed: every write made has
+        run, or failed at once, a lock no longer waited for.) The jobs and
+        executors the catalog does not hold as they are, said in one line
+        with what they are: a next coordinator starts from the catalog, so an
+        operator knows what it is behind on. (They were dropped without a
+        word: the catalog locked by a backup as the coordinator stopped.)"""
+        if self._writes:
+            await asyncio.wait(list(self._writes), timeout=STOP_TIMEOUT)
+        jobs = sorted((self.jobs[j] for j in self._unsaved_jobs if j in self.jobs), key=lambda j: j.seq)
+        unsaved = [f"{job.id} ({job.status}, attempt {job.attempt}, {job.restarts} "
+                   f"restart{'' if job.restarts == 1 else 's'})" for job in jobs]
+        unsaved += [f"executor {e} ({self.executors[e].state})" for e in sorted(self._unsaved_executors)
+                    if e in self.executors]
+        if unsaved:
+            log.error("the coordinator stops with the catalog %s behind: not saved: %s (%s)",
+                      self.catalog.path, ", ".join(unsaved), self._write_error or "not written")
 
 
 def _host(host: str) -> str:
