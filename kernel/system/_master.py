@@ -179,6 +179,16 @@ class JobMaster:
         # locked by another program: a lost job restarted only after that)
         self._pipelines: dict[str, tuple[str, bytes]] = catalog.at_once(
             catalog.pipelines, sorted({job.pipeline for job in self.jobs.values() if job.active}))
+        for job in self.jobs.values():
+            if job.status in TERMINAL and job.ended is None:
+                # A job that ended with no end time written: killed, and the
+                # coordinator killed (SIGKILL) between the kill's write and
+                # the next (a catalog written before the kill's write carried
+                # it). It ended before now: that, rather than nothing shown.
+                job.ended = time.time()
+                log.warning("%s is %s in the catalog with no end time (its coordinator was stopped before "
+                            "writing it): taken as ended now", job.id, job.status)
+                self._save(job)
 
     # -- bookkeeping ------------------------------------------------------------------
 
@@ -549,8 +559,11 @@ class JobMaster:
         async with self._lock(job_id):
             if not job.active:
                 raise RequestError(f"{job_id} is already {job.status}")
-            await self._writable(job, status="killed", message="killed by request")
-            await self._end(job, "killed", "killed by request")
+            # (its end time in the same write: a coordinator killed before
+            # `_end`'s write left the job killed with no end time)
+            ended = time.time()
+            await self._writable(job, status="killed", message="killed by request", ended=ended)
+            await self._end(job, "killed", "killed by request", ended)
         self.reconcile()
         return job
 
@@ -560,11 +573,11 @@ class JobMaster:
             raise RequestError(f"no such job: {job_id}")
         return job
 
-    async def _end(self, job: Job, status: str, message: str | None) -> None:
+    async def _end(self, job: Job, status: str, message: str | None, ended: float | None = None) -> None:
         placement, attempt = list(job.placement), job.attempt
         job.status = status
         job.message = message
-        job.ended = time.time()
+        job.ended = time.time() if ended is None else ended
         self._save(job)
         for backoff in (self._attempt_started, self._backoff, self._not_before):
             backoff.pop(job.id, None)
