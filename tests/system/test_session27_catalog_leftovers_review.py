@@ -31,7 +31,7 @@ from test_catalog_lock_review import _hold, _release
 from test_system import NOOP, slow, write
 
 from kernel.system import Client
-from kernel.system._catalog import TERMINAL
+from kernel.system._catalog import TERMINAL, Catalog
 from kernel.system._client import pipeline_payload
 from kernel.topics._directory import Directory
 
@@ -145,35 +145,35 @@ def test_a_coordinator_stopped_while_the_catalog_is_locked_says_what_it_did_not_
 
 
 def test_a_killed_job_whose_end_time_was_not_written_shows_one_after_a_restart(tmp_path):
+    # What a coordinator SIGKILLed right after a kill's write left (the next
+    # write, with the job's end time, never made): the job killed, its
+    # `ended` empty; status showed it so, for good.
+    catalog = Catalog(tmp_path / "data")
+    try:
+        def killed() -> str:
+            catalog.add_pipeline("h", "noop.py", NOOP.encode())
+            job = catalog.new_job(name="noop.py:flow", flow="flow", pipeline="h", processes=1, cores=1,
+                                  executors=None, state_dir=None, epoch_interval=None, max_restarts=3)
+            job.status, job.message, job.attempt, job.started = "killed", "killed by request", 1, time.time()
+            catalog.save(job)
+            return job.id
+
+        job = catalog.at_once(killed)
+    finally:
+        catalog.close()
     system = System(tmp_path)
     try:
-        system.start_coordinator()
-        system.start_executor(1)
-        system.executors_up(1)
-        pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
-        job = system.cli("submit", pipeline).stdout.splitlines()[0]
-        assert system.cli("kill", job).returncode == 0
-        system.coordinator.send_signal(signal.SIGKILL)
-        system.coordinator.wait()
-        # What a SIGKILL right after the kill's write leaves (the next write,
-        # with the job's end time, never made): status killed, ended empty.
-        catalog = sqlite3.connect(system.root / "data" / "catalog.sqlite", isolation_level=None)
-        try:
-            catalog.execute("UPDATE jobs SET ended = NULL WHERE id = ?", (job,))
-            submitted, = catalog.execute("SELECT submitted FROM jobs WHERE id = ?", (job,)).fetchone()
-        finally:
-            catalog.close()
         before = time.time()
         system.start_coordinator()
         state = system.job(job)
         assert (state["status"], state["message"]) == ("killed", "killed by request"), state
-        assert state["ended"] is not None and submitted <= state["ended"] <= time.time(), (state, before)
+        assert state["ended"] is not None and before <= state["ended"] <= time.time(), (state, before)
         system.coordinator.send_signal(signal.SIGTERM)
         assert system.coordinator.wait(timeout=10) == 143
-        saved = sqlite3.connect(system.root / "data" / "catalog.sqlite")
+        saved = sqlite3.connect(tmp_path / "data" / "catalog.sqlite")
         try:
-            ended = saved.execute("SELECT ended FROM jobs WHERE id = ?", (job,)).fetchone()
-            assert ended == (state["ended"],), ended
+            ended = saved.execute("SELECT status, ended FROM jobs WHERE id = ?", (job,)).fetchone()
+            assert ended == ("killed", state["ended"]), ended
         finally:
             saved.close()
     finally:
