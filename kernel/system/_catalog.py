@@ -36,6 +36,7 @@ from pathlib import Path
 
 from kernel._open_files import pids_holding
 from kernel.dataflow._errors import KernelError
+from kernel.system._wire import answer_by
 
 
 class CatalogError(KernelError):
@@ -248,17 +249,45 @@ class Catalog:
         coordinator's start only, before it serves anyone."""
         return self._pool.submit(fn, *args).result()
 
-    def call(self, fn, *args, write: bool = False, topics: bool = False) -> asyncio.Future:
+    def call(self, fn, *args, write: bool = False, topics: bool = False, own: bool = False) -> asyncio.Future:
         """`fn(*args)` run on the catalog's thread in one transaction (BEGIN
         IMMEDIATE where it writes, so that what it reads is what it writes
         on: no other write comes between), after every call made before.
-        `topics`: it may change the topics, `listing` is read again."""
+        `topics`: it may change the topics, `listing` is read again.
+        A call made for a request whose sender waits less than `timeout`
+        for its answer (`_wire.answer_by`) fails (CatalogBusy) by then, even
+        while still queued behind calls that wait for a lock; `own`: the
+        coordinator's own write (the job master's), not bounded so."""
         if self._closed:
             raise CatalogError(f"the catalog {self.path} is closed (the coordinator stops)")
-        deadline = time.monotonic() + self.timeout
-        return asyncio.wrap_future(self._pool.submit(self._run, deadline, write, topics, fn, *args))
+        made = time.monotonic()
+        deadline, asker = made + self.timeout, None if own else answer_by.get()
+        bounded = asker is not None and asker < deadline
+        if bounded:  # (the request's sender waits less: it is answered before it gives up)
+            deadline = max(made + _BUSY_STEP_MS / 1000, asker)
+        inner = self._pool.submit(self._run, (deadline, deadline - made, bounded), write, topics, fn, *args)
+        if not bounded:
+            return asyncio.wrap_future(inner)
+        loop = asyncio.get_running_loop()
+        outer = loop.create_future()
 
-    def _run(self, deadline: float, write: bool, topics: bool, fn, *args):
+        def settle(done) -> None:  # (on the loop)
+            if outer.done():
+                return
+            if done.cancelled():  # never ran: the calls before it held the catalog's thread till then
+                outer.set_exception(self._busy(deadline - made, True))
+            elif done.exception() is not None:
+                outer.set_exception(done.exception())
+            else:
+                outer.set_result(done.result())
+
+        inner.add_done_callback(lambda done: loop.call_soon_threadsafe(settle, done))
+        timer = loop.call_later(max(0.0, deadline - time.monotonic()), inner.cancel)  # (only if not begun)
+        outer.add_done_callback(lambda _: timer.cancel())
+        return outer
+
+    def _run(self, wait: tuple[float, float, bool], write: bool, topics: bool, fn, *args):
+        deadline = wait[0]
         db = self._db
         try:
             self._begin("BEGIN IMMEDIATE" if write else "BEGIN", deadline)
@@ -277,7 +306,7 @@ class Catalog:
             return result
         except sqlite3.Error as exc:
             if _is_busy(exc):
-                raise self._busy() from None
+                raise self._busy(*wait[1:]) from None
             raise
 
     def _begin(self, statement: str, deadline: float) -> None:
@@ -290,9 +319,10 @@ class Catalog:
                 if not _is_busy(exc) or time.monotonic() >= deadline or self._closing.is_set():
                     raise
 
-    def _busy(self) -> CatalogBusy:
+    def _busy(self, waited: float, bounded: bool) -> CatalogBusy:
         who = ", ".join(holders(self.path)) or "another program"
-        return CatalogBusy(f"database is locked: {who} has held it for more than {self.timeout:g} s")
+        why = " (as long as the request's sender waits for its answer)" if bounded else ""
+        return CatalogBusy(f"database is locked: {who} has held it for more than {waited:.3g} s{why}")
 
     # -- pipelines ------------------------------------------------------------------
 

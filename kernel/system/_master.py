@@ -219,7 +219,7 @@ class JobMaster:
 
     def _write(self, unsaved: set[str], key: str, what: str, fn, *args) -> asyncio.Future | None:
         try:
-            future = self.catalog.call(fn, *args, write=True)
+            future = self.catalog.call(fn, *args, write=True, own=True)
         except CatalogError as exc:  # (closed: the coordinator stops)
             self._unwritten(what, exc, key not in unsaved)
             unsaved.add(key)
@@ -275,7 +275,7 @@ class JobMaster:
                             self.catalog.path)
 
         try:
-            future = self.catalog.call(write, write=True)
+            future = self.catalog.call(write, write=True, own=True)
         except CatalogError:
             return
         self._resaving = True
@@ -602,7 +602,7 @@ class JobMaster:
                           future.exception())
 
         try:
-            self.catalog.call(self.catalog.forget_topics_of, job_id, write=True, topics=True) \
+            self.catalog.call(self.catalog.forget_topics_of, job_id, write=True, topics=True, own=True) \
                 .add_done_callback(failed)
         except CatalogError as exc:
             log.error("%s: its topics could not be taken out of the catalog: %s", job_id, exc)

@@ -12,6 +12,12 @@ other text messages, JSON objects:
   the same request sent again may succeed);
 * a notice `{"op": NAME, "body": {...}}` (no rid), answered by nothing.
 
+A request may say how long its sender waits for the answer, `"within":
+SECONDS`: what the coordinator waits for its catalog on it is bounded by
+that (`answer_by`), so it answers (refused: `busy`) before its sender gives
+up, rather than working on a request nobody waits for any more (a client
+waiting 15 s, the coordinator's --catalog-timeout set to 30).
+
 Requests are served each on a task of its own, so a long one (a client
 waiting for its job to end) holds up nothing else on the connection.
 """
@@ -19,9 +25,12 @@ waiting for its job to end) holds up nothing else on the connection.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import logging
+import math
 import ssl
+import time
 
 import aiohttp
 import msgspec
@@ -61,6 +70,14 @@ class NoAnswer(ConnectionLost):
     or cut off without a reset (the connection is as good as lost)."""
 
 
+# The request being served: by when (time.monotonic()) its sender wants the
+# answer, less ANSWER_MARGIN for the way back (half its wait where that is
+# less); None: it did not say. (Set per request: each is served on a task of
+# its own, `Session._serve`.)
+answer_by: contextvars.ContextVar[float | None] = contextvars.ContextVar("answer_by", default=None)
+ANSWER_MARGIN = 2.0
+
+
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
 
@@ -96,7 +113,10 @@ class Session:
             # (the send within the time too: a big request, a pipeline file, to
             # a peer that reads nothing more waits for room for ever)
             async with asyncio.timeout(timeout):
-                await self.ws.send_str(_encode({"rid": number, "op": op, "body": fields}).decode())
+                envelope = {"rid": number, "op": op, "body": fields}
+                if timeout is not None:
+                    envelope["within"] = timeout
+                await self.ws.send_str(_encode(envelope).decode())
                 answer = await reply
         except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
             raise ConnectionLost(f"{self.name}: {exc}") from exc
@@ -149,6 +169,9 @@ class Session:
 
     async def _serve(self, body: dict) -> None:
         number = body.get("rid")
+        within = body.get("within")
+        if isinstance(within, (int, float)) and not isinstance(within, bool) and 0 < within < math.inf:
+            answer_by.set(time.monotonic() + max(within / 2, within - ANSWER_MARGIN))
         try:
             answer = await self.handler(body["op"], body.get("body", {}))
             reply = {"body": {} if answer is None else answer}

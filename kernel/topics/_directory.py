@@ -217,7 +217,10 @@ class Directory:
         gone = _Closed(f"the coordinator at {self.address[0]}:{self.address[1]} closed the connection "
                        f"during {op!r}")
         try:
-            await self._ws.send_str(msgspec.json.encode({"rid": number, "op": op, "body": fields}).decode())
+            # ("within": what the coordinator waits for its catalog on it is
+            # bounded by our wait: refused busy in time, it is asked again)
+            await self._ws.send_str(msgspec.json.encode(
+                {"rid": number, "op": op, "body": fields, "within": self._answer_within()}).decode())
             while True:
                 # bounded: a coordinator frozen (SIGSTOP, a stalled VM, a cut
                 # cable: no close comes) held a topic's end, and its job, for
