@@ -391,7 +391,8 @@ def test_a_job_being_started_when_the_coordinator_died_runs_once_adopted(tmp_pat
     # (started: none) while it ran.
     system = System(tmp_path)
     try:
-        system.start_coordinator("--executor-timeout", "5")  # (no fencing in the moment it is frozen)
+        # (no fencing in the moment it is frozen, however slow a loaded machine makes the moment)
+        system.start_coordinator("--executor-timeout", "15")
         executor = system.start_executor(2)
         system.executors_up(1)
         pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
@@ -403,7 +404,7 @@ def test_a_job_being_started_when_the_coordinator_died_runs_once_adopted(tmp_pat
             system.coordinator.wait()
         finally:
             os.kill(executor.pid, signal.SIGCONT)
-        system.start_coordinator("--executor-timeout", "5")
+        system.start_coordinator("--executor-timeout", "15")
         wait_until(lambda: system.coordinator_log.read_text().count("executor e1 registered") == 2,
                    what="the executor back")
         state = wait_until(lambda: (s := system.job(job))["status"] != "starting" and s, timeout=5,
@@ -418,7 +419,10 @@ def test_a_job_being_started_when_the_coordinator_died_runs_once_adopted(tmp_pat
 
 def test_logs_follow_goes_on_through_a_coordinator_restart(tmp_path):
     # (as `submit --wait` does; it ended with "error: ... connection closed")
-    system = start_system(tmp_path)
+    # An executor timeout that a loaded machine's coordinator restart stays
+    # within: cut off past 80% of it, the executor fences (kills) the job,
+    # which then runs again from tick 0 (not what this test is about).
+    system = start_system(tmp_path, coordinator_options=("--executor-timeout", "15"))
     try:
         go = tmp_path / "go"
         pipeline = write(tmp_path / "ticks.py", f"""\
@@ -446,7 +450,7 @@ def test_logs_follow_goes_on_through_a_coordinator_restart(tmp_path):
                 assert seen[-1], f"logs --follow ended: {follow.stderr.read()}"
             system.coordinator.kill()
             system.coordinator.wait()
-            system.start_coordinator()
+            system.start_coordinator("--executor-timeout", "15")
             go.touch()
             out, err = follow.communicate(timeout=60)
         finally:
