@@ -1,0 +1,123 @@
+"""A second review of session 27's catalog changes (a request's `within`,
+a busy topic request asked again), trying to break them with real
+coordinator processes, a catalog locked from another process
+(`test_catalog_lock_review._hold`) and raw requests on an authenticated
+connection.
+
+What a demanding user expects, and what these tests hold the system to:
+* a topic looked up with a timeout (a subscriber's, a service client's
+  `connect(name, timeout=...)`) gives up by then, the catalog's lock named,
+  even where the coordinator refuses it busy: it waited 120 s, the busy
+  refusal asked again whatever the caller's own timeout was;
+* whatever an authenticated peer writes as a request's `within` (0, a
+  negative, a string, a huge integer...), the request is answered, and the
+  coordinator serves the others: a huge integer left it unanswered (an
+  OverflowError in the coordinator, "Task exception was never retrieved")."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import msgspec
+from _system import SECRET, System
+from test_catalog_lock_review import _hold, _release
+from test_system import NOOP
+
+from kernel.system._catalog import Catalog
+from kernel.topics._directory import Directory, TopicError
+
+
+def _left_behind_topic(root) -> str:
+    """A catalog with topic "prices" registered by a job that has ended (what
+    a restarted coordinator finds): its first lookup writes (the rows go)."""
+    catalog = Catalog(root / "data")
+    try:
+        def ended() -> str:
+            catalog.add_pipeline("h", "noop.py", NOOP.encode())
+            job = catalog.new_job(name="noop.py:flow", flow="flow", pipeline="h", processes=1, cores=1,
+                                  executors=None, state_dir=None, epoch_interval=None, max_restarts=3)
+            job.status, job.attempt, job.started, job.ended = "killed", 1, time.time(), time.time()
+            catalog.save(job)
+            schema = {"id": "p1", "kind": "stream", "record_type": None, "partitions": 1}
+            catalog._db.execute("INSERT INTO topics VALUES (?, ?, ?, ?)",
+                                ("prices", job.id, time.time(), json.dumps(schema)))
+            catalog._db.execute("INSERT INTO publications VALUES (?, ?, ?, ?)",
+                                ("prices", job.id, 0, "127.0.0.1:9"))
+            return job.id
+
+        return catalog.at_once(ended)
+    finally:
+        catalog.close()
+
+
+def test_a_lookup_with_a_timeout_gives_up_by_then_while_the_catalog_is_locked(tmp_path):
+    _left_behind_topic(tmp_path)
+    system = System(tmp_path)
+    try:
+        system.start_coordinator("--catalog-timeout", "3")
+
+        async def scenario():
+            # (its own timeout 0.3 s: each lookup is refused busy after 1.15 s)
+            directory = Directory((system.host, system.port), SECRET.encode(), timeout=0.3)
+            try:
+                await directory.request("topic_unsubscribe", name="other", job="app:x")  # (connected)
+                holder = _hold(system)
+                try:
+                    loop = asyncio.get_running_loop()
+                    began = loop.time()
+                    lookup = asyncio.ensure_future(directory.lookup("prices", 0.3))
+                    await asyncio.wait([lookup], timeout=5)
+                    took = loop.time() - began
+                finally:
+                    _release(holder)
+                return took, await asyncio.gather(lookup, return_exceptions=True)
+            finally:
+                await directory.close()
+
+        took, (found,) = asyncio.run(scenario())
+        assert took < 3, f"the lookup waited {took:.1f} s, past its timeout (0.3 s): {found!r}"
+        assert isinstance(found, TopicError), repr(found)
+        assert "database is locked" in str(found), found
+    finally:
+        system.close()
+
+
+WITHIN = [0, -1, 1e-300, 1e308, 10**400, -(10**400), "10", True, None, [1], {"s": 1}]
+
+
+def test_any_within_an_authenticated_peer_sends_is_answered(tmp_path):
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+
+        async def scenario():
+            directory = Directory((system.host, system.port), SECRET.encode(), timeout=2)
+            try:
+                await directory.request("topic_unsubscribe", name="other", job="app:x")  # (connected)
+                ws = directory._ws
+                for rid, within in enumerate(WITHIN, start=100):
+                    await ws.send_str(msgspec.json.encode({"rid": rid, "op": "status", "body": {},
+                                                           "within": within}).decode())
+                answers = {}
+                try:
+                    while len(answers) < len(WITHIN):
+                        reply = msgspec.json.decode((await ws.receive(timeout=3)).data)
+                        answers[reply["re"]] = reply
+                except TimeoutError:
+                    pass
+                # (and the coordinator serves on: the next request too)
+                return answers, await directory.request("topic_lookup", name="prices", job="app:x")
+            finally:
+                await directory.close()
+
+        answers, found = asyncio.run(scenario())
+        unanswered = [WITHIN[rid - 100] for rid in range(100, 100 + len(WITHIN)) if rid not in answers]
+        assert not unanswered, f"requests with these 'within' were not answered: {unanswered}"
+        assert all(set(a) == {"re", "body"} and a["body"]["jobs"] == [] for a in answers.values()), answers
+        assert found == {"found": False}
+        log = system.coordinator_log.read_text()
+        assert "Traceback" not in log and "never retrieved" not in log, log
+    finally:
+        system.close()
