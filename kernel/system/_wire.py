@@ -28,7 +28,6 @@ import asyncio
 import contextvars
 import itertools
 import logging
-import math
 import ssl
 import time
 
@@ -76,6 +75,7 @@ class NoAnswer(ConnectionLost):
 # its own, `Session._serve`.)
 answer_by: contextvars.ContextVar[float | None] = contextvars.ContextVar("answer_by", default=None)
 ANSWER_MARGIN = 2.0
+_YEAR = 365 * 86400.0  # a `within` this long or longer is taken as none
 
 
 _encode = msgspec.json.encode
@@ -170,7 +170,11 @@ class Session:
     async def _serve(self, body: dict) -> None:
         number = body.get("rid")
         within = body.get("within")
-        if isinstance(within, (int, float)) and not isinstance(within, bool) and 0 < within < math.inf:
+        # (a number of seconds, and one a float holds: an integer of 400
+        # digits, from any peer that passed the handshake, raised
+        # OverflowError here and the request was never answered; past a
+        # year it bounds nothing, as none given)
+        if isinstance(within, (int, float)) and not isinstance(within, bool) and 0 < within < _YEAR:
             answer_by.set(time.monotonic() + max(within / 2, within - ANSWER_MARGIN))
         try:
             answer = await self.handler(body["op"], body.get("body", {}))
