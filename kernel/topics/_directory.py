@@ -174,8 +174,14 @@ class Directory:
         as a loss) would redo its work from its last snapshot, spend one of
         its restarts, meet the same lock again at once, and do nothing for
         an app or `kernel run`, which no job master restarts."""
+        return await self._asked(op, fields, None)
+
+    async def _asked(self, op: str, fields: dict, until: float | None) -> dict:
+        """`request`, a busy refusal asked again until `until` at most (the
+        loop's clock; None: BUSY_WAIT): a lookup with a timeout (a
+        subscriber's, a service client's) gives up by then, not 120 s later."""
         loop = asyncio.get_running_loop()
-        deadline = None
+        deadline = first = None
         while True:
             reply = await self._request(op, fields)
             if "error" not in reply:
@@ -186,11 +192,13 @@ class Directory:
             if reply.get("busy") is not True:
                 raise TopicError(reply["error"])
             if deadline is None:
-                deadline = loop.time() + BUSY_WAIT
-                log.warning("%s; asking again for up to %g s", reply["error"], BUSY_WAIT)
-            elif loop.time() >= deadline:
-                raise TopicError(f"{reply['error']} (asked again for {BUSY_WAIT:g} s)")
-            await asyncio.sleep(BUSY_EVERY)
+                first = loop.time()
+                deadline = first + BUSY_WAIT if until is None else min(first + BUSY_WAIT, until)
+                if deadline > first:
+                    log.warning("%s; asking again for up to %.3g s", reply["error"], deadline - first)
+            if loop.time() >= deadline:
+                raise TopicError(f"{reply['error']} (asked again for {loop.time() - first:.3g} s)")
+            await asyncio.sleep(min(BUSY_EVERY, deadline - loop.time()))
 
     async def _request(self, op: str, fields: dict) -> dict:
         async with self._lock:
@@ -244,14 +252,15 @@ class Directory:
     async def answered(self, op: str, deadline: float | None, doing: str, **fields) -> dict:
         """`request`, asked again while the coordinator cannot be reached
         (down longer than a dial's timeout: a restart that takes a while),
-        until `deadline` (the loop's clock; None: for ever), saying so once
+        until `deadline` (the loop's clock; None: for ever; a refusal
+        because the catalog is locked, till then at most), saying so once
         (`doing`: what is asked again), and once that it answers again:
         what may wait goes on waiting rather than ending its job (a review)."""
         loop = asyncio.get_running_loop()
         unreachable = False
         while True:
             try:
-                reply = await self.request(op, **fields)
+                reply = await self._asked(op, fields, deadline)
             except CoordinatorUnreachable as exc:
                 if deadline is not None and loop.time() >= deadline:
                     raise
