@@ -12,18 +12,24 @@ What a demanding user expects, and what these tests hold the system to:
 * whatever an authenticated peer writes as a request's `within` (0, a
   negative, a string, a huge integer...), the request is answered, and the
   coordinator serves the others: a huge integer left it unanswered (an
-  OverflowError in the coordinator, "Task exception was never retrieved")."""
+  OverflowError in the coordinator, "Task exception was never retrieved");
+* a coordinator stopped after its catalog was deleted under it says that
+  what it held is not saved (SQLite wrote on into the deleted file, and the
+  stop said nothing); a clean stop says nothing of unsaved jobs."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
+import shutil
+import signal
 import time
 
 import msgspec
-from _system import SECRET, System
+from _system import SECRET, System, wait_until
 from test_catalog_lock_review import _hold, _release
-from test_system import NOOP
+from test_system import NOOP, write
 
 from kernel.system._catalog import Catalog
 from kernel.topics._directory import Directory, TopicError
@@ -121,3 +127,29 @@ def test_any_within_an_authenticated_peer_sends_is_answered(tmp_path):
         assert "Traceback" not in log and "never retrieved" not in log, log
     finally:
         system.close()
+
+
+def test_a_coordinator_stopped_with_its_catalog_deleted_says_so(tmp_path):
+    # Its data directory removed while it ran (an operator's `rm -rf`, a
+    # cleanup script): SQLite goes on writing the deleted file, every write
+    # succeeds, and the coordinator stopped without a word, everything it
+    # held lost for the next one, which starts with an empty catalog.
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+        system.start_executor(1)
+        system.executors_up(1)
+        job = system.cli("submit", write(tmp_path / "noop.py", NOOP)).stdout.split()[0]
+        wait_until(lambda: system.job(job)["status"] == "completed", timeout=20, what="the job to end")
+        clean = system.coordinator_log.read_text()
+        assert "not saved" not in clean and "gone" not in clean, clean
+        shutil.rmtree(tmp_path / "data")
+        system.coordinator.send_signal(signal.SIGTERM)
+        assert system.coordinator.wait(timeout=10) == 143
+        log = system.coordinator_log.read_text()
+        assert re.search(rf"stops with the catalog \S*catalog\.sqlite gone \(deleted or replaced while it "
+                         rf"ran\): not saved: {job} \(completed, attempt 1, 0 restarts\), executor e1 "
+                         rf"\(\w+\)", log), log
+    finally:
+        system.close()
+
