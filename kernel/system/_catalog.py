@@ -162,6 +162,15 @@ def _hold(lock_path: Path, catalog: Path):
     return lock
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`; None where there is none."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
 def holders(path: Path) -> list[str]:
     """"pid N (name)" of each other process that has the database `path`
     (or its -wal, -shm) open, as far as /proc lets us see."""
@@ -229,6 +238,13 @@ class Catalog:
         if "timeout" not in {row[1] for row in self._db.execute("PRAGMA table_info(executors)")}:
             self._db.execute("ALTER TABLE executors ADD COLUMN timeout REAL")  # (written before it)
         self.listing = self.topics()
+        self._file = _identity(self.path)
+
+    def gone(self) -> bool:
+        """Is the file at `path` no longer the one opened (deleted, its
+        directory removed, replaced)? SQLite writes on into a deleted file,
+        each write succeeding: what was written since is lost all the same."""
+        return _identity(self.path) != self._file
 
     def close(self) -> None:
         """Run the calls already made (a lock held by another program is not

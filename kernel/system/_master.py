@@ -959,15 +959,25 @@ class JobMaster:
         executors the catalog does not hold as they are, said in one line
         with what they are: a next coordinator starts from the catalog, so an
         operator knows what it is behind on. (They were dropped without a
-        word: the catalog locked by a backup as the coordinator stopped.)"""
+        word: the catalog locked by a backup as the coordinator stopped.)
+        A catalog file deleted while it ran: all of them, the catalog gone."""
         if self._writes:
             await asyncio.wait(list(self._writes), timeout=STOP_TIMEOUT)
-        jobs = sorted((self.jobs[j] for j in self._unsaved_jobs if j in self.jobs), key=lambda j: j.seq)
+        # (its file deleted under it, `rm -rf` of --data: SQLite wrote on into
+        # it, every write a success, and the stop said nothing; all it holds
+        # is lost to the next coordinator, which starts from an empty catalog)
+        gone = self.catalog.gone()
+        job_ids = self.jobs if gone else self._unsaved_jobs
+        jobs = sorted((self.jobs[j] for j in job_ids if j in self.jobs), key=lambda j: j.seq)
         unsaved = [f"{job.id} ({job.status}, attempt {job.attempt}, {job.restarts} "
                    f"restart{'' if job.restarts == 1 else 's'})" for job in jobs]
-        unsaved += [f"executor {e} ({self.executors[e].state})" for e in sorted(self._unsaved_executors)
+        executor_ids = self.executors if gone else self._unsaved_executors
+        unsaved += [f"executor {e} ({self.executors[e].state})" for e in sorted(executor_ids)
                     if e in self.executors]
-        if unsaved:
+        if gone:
+            log.error("the coordinator stops with the catalog %s gone (deleted or replaced while it ran): "
+                      "not saved: %s", self.catalog.path, ", ".join(unsaved) or "nothing it held")
+        elif unsaved:
             log.error("the coordinator stops with the catalog %s behind: not saved: %s (%s)",
                       self.catalog.path, ", ".join(unsaved), self._write_error or "not written")
 
