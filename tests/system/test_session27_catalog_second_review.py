@@ -24,6 +24,8 @@ import json
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import time
 
 import msgspec
@@ -31,6 +33,7 @@ from _system import SECRET, System, wait_until
 from test_catalog_lock_review import _hold, _release
 from test_system import NOOP, write
 
+from kernel.system import Client
 from kernel.system._catalog import Catalog
 from kernel.topics._directory import Directory, TopicError
 
@@ -153,3 +156,69 @@ def test_a_coordinator_stopped_with_its_catalog_deleted_says_so(tmp_path):
     finally:
         system.close()
 
+
+
+_MANY_FILES = """\
+import os, sys
+files = [os.open(os.devnull, os.O_RDONLY) for _ in range(int(sys.argv[1]))]
+print("open", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+def test_requests_refused_in_the_queue_do_not_stall_the_coordinator(tmp_path):
+    # Who holds the catalog is found by a scan of /proc (every descriptor of
+    # every process: ~0.1 s beside a process with 19,000 open files, a
+    # database server). Each request cancelled in the catalog's queue (its
+    # sender's wait over) scanned on the coordinator's event loop: 30 topic
+    # lookups queued behind a submit waiting for the lock froze it for ~3 s,
+    # no status answered, no heartbeat read (an executor taken for lost).
+    system = System(tmp_path)
+    many = subprocess.Popen([sys.executable, "-c", _MANY_FILES, "19000"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert many.stdout.readline() == "open\n"
+        system.start_coordinator("--catalog-timeout", "3")
+
+        async def scenario():
+            directory = Directory((system.host, system.port), SECRET.encode(), timeout=2)
+            try:
+                async with Client((system.host, system.port), SECRET.encode()) as asker:
+                    await directory.request("topic_unsubscribe", name="other", job="app:x")  # (connected)
+                    await asker.request("status", timeout=5)
+                    holder = _hold(system)
+                    try:
+                        # (waits for the lock on the catalog's thread: 3 s, as its client waits 30)
+                        await directory._ws.send_str(msgspec.json.encode(
+                            {"rid": 99, "op": "topic_publish", "within": 30, "body": {
+                                "name": "prices", "id": "p1", "job": "app:feed", "partitions": 1,
+                                "partition": 0, "address": "127.0.0.1:9"}}).decode())
+                        await asyncio.sleep(0.1)
+                        for rid in range(100, 130):  # (each refused in the queue after 0.15 s)
+                            await directory._ws.send_str(msgspec.json.encode(
+                                {"rid": rid, "op": "topic_lookup", "body": {"name": "prices", "job": "app:x"},
+                                 "within": 0.3}).decode())
+                        loop = asyncio.get_running_loop()
+                        latencies, refused = [], 0
+                        end = loop.time() + 1.5
+                        while loop.time() < end:
+                            asked = loop.time()
+                            await asker.request("status", timeout=10)
+                            latencies.append(loop.time() - asked)
+                            await asyncio.sleep(0.05)
+                        while refused < 30:
+                            reply = msgspec.json.decode((await directory._ws.receive(timeout=10)).data)
+                            refused += reply["re"] >= 100 and reply.get("busy") is True
+                    finally:
+                        _release(holder)
+                    return latencies, refused
+            finally:
+                await directory.close()
+
+        latencies, refused = asyncio.run(scenario())
+        assert refused == 30
+        assert max(latencies) < 1.0, f"status waited {max(latencies):.2f} s for the coordinator's loop"
+    finally:
+        many.stdin.close()
+        many.wait(timeout=5)
+        system.close()
