@@ -48,6 +48,7 @@ class CatalogBusy(CatalogError):
 
 
 CATALOG_TIMEOUT = 10.0  # seconds a catalog call waits for a lock another program holds
+HOLDERS_FRESH = 1.0  # seconds the catalog's lock holders, once found, are named without a new scan
 _BUSY_STEP_MS = 100  # SQLite's own busy wait, between our checks of the deadline and of close()
 
 
@@ -197,6 +198,8 @@ class Catalog:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="catalog")
         self._closing = threading.Event()
         self._closed = False
+        self._holders_lock = threading.Lock()
+        self._holders_found: tuple[float | None, str] = (None, "")  # (when, who): `_holders`
         # every topic with its publisher and subscribers (`_topics.listing`),
         # as of the last call that changed them: `status` answers without a call
         self.listing: list[dict] = []
@@ -291,11 +294,21 @@ class Catalog:
             if outer.done():
                 return
             if done.cancelled():  # never ran: the calls before it held the catalog's thread till then
-                outer.set_exception(self._busy(deadline - made, True))
+                # (its holder found off the loop: a scan of /proc, ~0.1 s beside a
+                # process with many open files, froze the coordinator for each)
+                loop.run_in_executor(None, self._busy, deadline - made, True).add_done_callback(refuse)
             elif done.exception() is not None:
                 outer.set_exception(done.exception())
             else:
                 outer.set_result(done.result())
+
+        def refuse(found) -> None:  # (on the loop: `_busy`'s CatalogBusy, made on another thread)
+            if outer.done():
+                return
+            if found.cancelled():
+                outer.cancel()
+            else:
+                outer.set_exception(found.exception() or found.result())
 
         inner.add_done_callback(lambda done: loop.call_soon_threadsafe(settle, done))
         timer = loop.call_later(max(0.0, deadline - time.monotonic()), inner.cancel)  # (only if not begun)
@@ -325,6 +338,18 @@ class Catalog:
                 raise self._busy(*wait[1:]) from None
             raise
 
+    def _holders(self) -> str:
+        """Who holds the catalog (`holders`), found again at most every
+        HOLDERS_FRESH seconds (off the event loop: a scan of /proc takes
+        ~0.1 s beside a process with many open files, and many calls
+        refused at once each scanned)."""
+        with self._holders_lock:
+            found, who = self._holders_found
+            if found is None or time.monotonic() - found >= HOLDERS_FRESH:
+                who = ", ".join(holders(self.path)) or "another program"
+                self._holders_found = time.monotonic(), who
+            return who
+
     def _begin(self, statement: str, deadline: float) -> None:
         while True:
             try:
@@ -336,7 +361,7 @@ class Catalog:
                     raise
 
     def _busy(self, waited: float, bounded: bool) -> CatalogBusy:
-        who = ", ".join(holders(self.path)) or "another program"
+        who = self._holders()
         why = " (as long as the request's sender waits for its answer)" if bounded else ""
         return CatalogBusy(f"database is locked: {who} has held it for more than {waited:.3g} s{why}")
 
