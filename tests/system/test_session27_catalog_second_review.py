@@ -26,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import msgspec
@@ -35,6 +36,7 @@ from test_system import NOOP, write
 
 from kernel.system import Client
 from kernel.system._catalog import Catalog
+from kernel.system._wire import answer_by
 from kernel.topics._directory import Directory, TopicError
 
 
@@ -222,3 +224,34 @@ def test_requests_refused_in_the_queue_do_not_stall_the_coordinator(tmp_path):
         many.stdin.close()
         many.wait(timeout=5)
         system.close()
+
+
+def test_a_request_cancelled_in_the_catalogs_queue_leaves_nothing_behind(tmp_path):
+    # A request's task cancelled while its write waits in the catalog's
+    # queue: the write must not run later (as a call not bounded by its
+    # sender's wait: its future is asyncio's wrap of the queued one). A
+    # bounded call's cancel stayed on the future the request awaited, and
+    # the write ran once the calls before it were done.
+    catalog = Catalog(tmp_path / "data")
+    try:
+        async def scenario():
+            gate = threading.Event()
+            blocker = catalog.call(gate.wait, 5)  # (holds the catalog's thread)
+
+            async def request(digest: str, sender_waits: float):  # (served as a request, `Session._serve`)
+                answer_by.set(time.monotonic() + sender_waits)
+                await catalog.call(catalog.add_pipeline, digest, "x.py", b"", write=True)
+
+            # (bounded: 5 s, less than --catalog-timeout; unbounded: 60 s)
+            tasks = [asyncio.ensure_future(request(d, s)) for d, s in (("bounded", 5), ("unbounded", 60))]
+            await asyncio.sleep(0.05)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            gate.set()
+            await blocker
+            return sorted(await catalog.call(catalog.pipelines, ["bounded", "unbounded"]))
+
+        assert asyncio.run(scenario()) == []
+    finally:
+        catalog.close()
