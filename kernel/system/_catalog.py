@@ -313,6 +313,9 @@ class Catalog:
         inner.add_done_callback(lambda done: loop.call_soon_threadsafe(settle, done))
         timer = loop.call_later(max(0.0, deadline - time.monotonic()), inner.cancel)  # (only if not begun)
         outer.add_done_callback(lambda _: timer.cancel())
+        # (cancelled, the request's task with it: not run later, if not begun,
+        # as asyncio's wrap of an unbounded call; it ran once the calls before it were done)
+        outer.add_done_callback(lambda done: done.cancelled() and inner.cancel())
         return outer
 
     def _run(self, wait: tuple[float, float, bool], write: bool, topics: bool, fn, *args):
