@@ -197,7 +197,8 @@ class Directory:
                 if deadline > first:
                     log.warning("%s; asking again for up to %.3g s", reply["error"], deadline - first)
             if loop.time() >= deadline:
-                raise TopicError(f"{reply['error']} (asked again for {loop.time() - first:.3g} s)")
+                again = f" (asked again for {loop.time() - first:.3g} s)" if deadline > first else ""
+                raise TopicError(f"{reply['error']}{again}")
             await asyncio.sleep(min(BUSY_EVERY, deadline - loop.time()))
 
     async def _request(self, op: str, fields: dict) -> dict:
