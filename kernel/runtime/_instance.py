@@ -71,7 +71,7 @@ import math
 from collections.abc import Collection, Mapping
 from functools import partial
 
-from kernel.dataflow import IDLE, EpochMarker, RoundMarker
+from kernel.dataflow import IDLE, EpochMarker, RoundMarker, TimedBatch
 from kernel.dataflow._errors import (
     PASSES_THROUGH,
     OperatorError,
@@ -410,9 +410,10 @@ class Instance:
 
     def _counted(self, emit):
         """A source's emit, counting the records each poll hands on (its
-        pace). A plain list of more than LARGE_OUTPUT records, and more than
-        the poll was asked for (a user's source that ignores
-        `records_wanted`), goes on in pieces (`_source_large`); the built-in
+        pace). A plain list (or a `TimedBatch`, cut with its stamps) of
+        more than LARGE_OUTPUT records, and more than the poll was asked for
+        (a user's source that ignores `records_wanted`), goes on in pieces
+        (`_source_large`); the built-in
         sources emit at most what is wanted, and pay two comparisons an emit."""
         self.source_sink = emit
 
@@ -423,7 +424,8 @@ class Instance:
                 self.source_rest.append(batch)  # behind the pieces of an earlier emit: order kept
                 return
             n = len(batch)
-            if n > _user_pieces.LARGE_OUTPUT and n > self.op.records_wanted and batch.__class__ is list:
+            if (n > _user_pieces.LARGE_OUTPUT and n > self.op.records_wanted
+                    and (batch.__class__ is list or batch.__class__ is TimedBatch)):
                 batch = self._source_large(batch)
                 n = len(batch)
             self.emitted += n
@@ -442,14 +444,14 @@ class Instance:
         they have gone on; then only if a poll was due (it returned True,
         or was woken)."""
         self.source_rest = rest = [batch]
-        self.rest_pieces = _user_pieces._pieces(rest)
+        self.rest_pieces = _user_pieces.source_pieces(rest)
         # In its poll, a source is scheduled only if woken there (what it
         # returns says more); emitted by a task of its own, a poll may be
         # due and the source not scheduled (paused, or waiting for its
         # chain): one poll more at worst, rather than one lost (a hang)
         self.poll_due = self.scheduled or not self.polling
         self.wake()
-        return batch[:_user_pieces.PIECE]
+        return _user_pieces.first_piece(batch)
 
     def _behind_rest(self, call) -> None:
         """`call` (progress going on: a watermark, IDLE, an epoch marker;

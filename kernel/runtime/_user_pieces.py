@@ -29,10 +29,13 @@ inner one's return would go to the user's code, which drops it); one
 called from a task of the operator's own hands its emits on whole.
 
 A source's large emit (a user's `Source` whose poll ignores
-`records_wanted`) goes on in pieces too, by `_pieces` here: its own
+`records_wanted`) goes on in pieces too, by `source_pieces` here: its own
 activations hand them on, one a tick, with what it does meanwhile
 (emits, progress, its end, epoch markers) behind
-them (`Instance._source_large`).
+them (`Instance._source_large`). A source's `TimedBatch` (a user's
+`Source` gives its records event time so) is cut too, into `TimedBatch`
+pieces with their stamps: a source has no other way to emit timed
+records, and its watermark waits behind them.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from kernel.dataflow import TimedBatch
 from kernel.dataflow._operator import LARGE_OUTPUT, PIECE, Operator, unfinished
 
 
@@ -130,4 +134,30 @@ def _pieces(batches: list[list]):
             continue
         for at in range(start, len(batch), PIECE):
             yield batch[at:at + PIECE]
+        start = 0
+
+
+def first_piece(batch: list) -> list:
+    """The first PIECE of a source's large emit (a `TimedBatch`'s with its stamps)."""
+    if batch.__class__ is TimedBatch:
+        return TimedBatch(batch[:PIECE], batch.timestamps[:PIECE])
+    return batch[:PIECE]
+
+
+def source_pieces(batches: list):
+    """`_pieces` for a source (`Instance._source_large`): a `TimedBatch` is
+    cut too, each piece a `TimedBatch` with its records' stamps."""
+    start = PIECE
+    for batch in batches:
+        cls = batch.__class__
+        if cls is list:
+            for at in range(start, len(batch), PIECE):
+                yield batch[at:at + PIECE]
+        elif cls is TimedBatch:
+            stamps = batch.timestamps
+            for at in range(start, len(batch), PIECE):
+                yield TimedBatch(batch[at:at + PIECE], stamps[at:at + PIECE])
+        else:
+            yield batch
+            continue
         start = 0
