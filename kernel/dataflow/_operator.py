@@ -276,7 +276,8 @@ class Source(Operator):
     would like this poll to emit, so that the poll and the operators chained
     after it fit in what is left of the kernel's budget (it learns what a
     record costs from the polls before). The built-in sources emit at most
-    that many (and at most their `batch_size`); yours may read it too. A
+    that many (and at most their `batch_size`; `subscribe` hands on a batch
+    as its publisher sent it); yours may read it too. A
     list of more than LARGE_OUTPUT records, and more than was wanted, goes
     on in pieces (PIECE records an activation of the source), with what
     the source emits, says or ends after it waiting behind, and the source

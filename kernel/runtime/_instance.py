@@ -412,9 +412,10 @@ class Instance:
         """A source's emit, counting the records each poll hands on (its
         pace). A plain list (or a `TimedBatch`, cut with its stamps) of
         more than LARGE_OUTPUT records, and more than the poll was asked for
-        (a user's source that ignores `records_wanted`), goes on in pieces
-        (`_source_large`); the built-in
-        sources emit at most what is wanted, and pay two comparisons an emit."""
+        (a user's source that ignores `records_wanted`, or `subscribe`
+        handing on a publisher's batch), goes on in pieces (`_source_large`);
+        the other built-in sources emit at most what is wanted, and pay two
+        comparisons an emit."""
         self.source_sink = emit
 
         def counted(batch):
