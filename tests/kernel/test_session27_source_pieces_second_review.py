@@ -12,12 +12,19 @@ Each test compares against a plain-Python reference."""
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
 from collections import Counter
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_budget import Costly, slices, with_host
+from test_session27_source_pieces_review import Script, Seen, polls
 
-from kernel import Dataflow, Operator, Source, TimedBatch, VirtualClock, run
+import kernel.runtime._instance as instance_module
+import kernel.runtime._user_pieces as user_pieces
+from kernel import Dataflow, Operator, Source, TimedBatch, VirtualClock, run, run_async
 from operators import Tumbling
 
 _INF = float("inf")
@@ -124,3 +131,47 @@ def test_a_sources_timed_batches_large_and_small_count_once_in_their_windows(cor
     expected = Counter((i % 5, float(i // 1000)) for i in range(15_006) for _ in range(cores))
     assert Counter({(k, w.start): n for k, w, n in counts.items}) == expected
 
+
+
+class TimedScript(Script):
+    """`Script` (the first review's) whose emits are TimedBatches, record r
+    stamped r seconds (the reference cuts them as it cuts lists)."""
+
+    def open(self, context):
+        emit = self.emit
+        self.emit = lambda records: emit(TimedBatch(records, [float(r) for r in records]))
+
+
+class SeenTimed(Seen):
+    """`Seen`, checking that each batch is a TimedBatch whose stamps are its records'."""
+
+    def on_batch(self, port, batch):
+        assert batch.__class__ is TimedBatch and batch.timestamps == [float(r) for r in batch], batch
+        super().on_batch(port, batch)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(script=polls, per_record=st.sampled_from([0.0, 1e-5, 2e-4]),
+       epoch_interval=st.sampled_from([None, 0.0001, 0.0003, 0.002]))
+def test_a_sources_timed_pieces_keep_order_with_its_watermarks_epochs_and_end(
+        monkeypatch, script, per_record, epoch_interval):
+    """The first review's property for a source emitting TimedBatches (pieces
+    of 2 past 2 records): the step after it sees exactly the TimedBatches
+    the rule cuts, each record with its stamp, in order, each watermark
+    after the records emitted before it, the end last, and each epoch's
+    snapshot after the source holds exactly the records the source had
+    emitted when it took its own."""
+    monkeypatch.setattr(user_pieces, "LARGE_OUTPUT", 2)
+    monkeypatch.setattr(user_pieces, "PIECE", 2)
+    monkeypatch.setattr(instance_module._Pace, "FIRST", 2)
+    clock = VirtualClock()
+    expected, positions, seen, counts = [], {}, [], {}
+    flow = Dataflow("timed script")
+    flow.source(lambda: TimedScript(script, expected, positions), name="script").apply(
+        lambda: SeenTimed(seen, counts, clock, per_record), name="seen")
+    with tempfile.TemporaryDirectory() as state:
+        options = {} if epoch_interval is None else {"state_dir": state, "epoch_interval": epoch_interval}
+        asyncio.run(run_async(flow, clock=clock, **options))
+    assert seen == [*expected, ("end",)]
+    assert counts == {epoch: at for epoch, at in positions.items() if epoch in counts}
+    assert counts.keys() == positions.keys()
