@@ -175,3 +175,39 @@ def test_a_sources_timed_pieces_keep_order_with_its_watermarks_epochs_and_end(
     assert seen == [*expected, ("end",)]
     assert counts == {epoch: at for epoch, at in positions.items() if epoch in counts}
     assert counts.keys() == positions.keys()
+
+
+# -- 2. an emit after the source's end -------------------------------------------------------------
+
+
+class EmitsAfterItsEnd(Source):
+    """Its one poll starts a task, emits `n` records and ends (False); the
+    task then emits one record more, after the end of the source's input."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def poll(self):
+        self.context.kernel.spawn(self._late(), name="late emitter")
+        self.emit(list(range(self.n)))
+        return False
+
+    async def _late(self):
+        await asyncio.sleep(0)
+        self.emit(["late"])
+
+
+@pytest.mark.parametrize("n", [10, 10_000])
+async def test_an_emit_after_a_sources_end_is_an_error_naming_the_source(n):
+    """A source's task emits after its poll returned False: the record went
+    on after the end of input (10 records before it), or, behind the pieces
+    of a large emit (10,000), was dropped in silence with the pieces after
+    the end. Either way it is an error naming the source and its end."""
+    clock = VirtualClock()
+    flow = Dataflow("late")
+    flow.trace = trace = []
+    (flow.source(lambda: EmitsAfterItsEnd(n), name="late")
+         .apply(lambda: Costly(clock, trace, per_record=lambda x: 1e-6), name="costly").collect())
+    with pytest.raises(Exception, match=r"late.*emit\(\) after the end of its input") as caught:
+        await with_host(flow, clock)
+    assert "poll returned False" in str(caught.value), caught.value
