@@ -96,6 +96,15 @@ def _is_batch(batch) -> bool:
     number or a generator have no len()."""
     return isinstance(batch, Collection) and not isinstance(batch, (str, bytes, bytearray, Mapping))
 
+def _emitted_after_end(instance, batch) -> None:
+    """A source emitted after its poll returned False (a task of its own):
+    the records went on after the end of its input (or, behind the pieces
+    of a large emit, were dropped with them after it)."""
+    raise RuntimeError(f"{instance.name}: emit() after the end of its input: its poll returned False, "
+                       f"and {len(batch)} record(s) more would come after the end (a source that "
+                       f"waits for more returns None from poll, and is polled again when woken)")
+
+
 def _not_a_batch(batch):
     raise TypeError(f"emit() takes a batch, a list of records, but was given a "
                     f"{type(batch).__name__}: {describe_record(batch)} "
@@ -422,8 +431,12 @@ class Instance:
             if not isinstance(batch, list) and not _is_batch(batch):  # one check a poll, not a record
                 _not_a_batch(batch)
             if self.source_rest is not None:
+                if self.finishing:  # its end waits behind the pieces: this would be dropped after it
+                    _emitted_after_end(self, batch)
                 self.source_rest.append(batch)  # behind the pieces of an earlier emit: order kept
                 return
+            if self.ended:
+                _emitted_after_end(self, batch)
             n = len(batch)
             if (n > _user_pieces.LARGE_OUTPUT and n > self.op.records_wanted
                     and (batch.__class__ is list or batch.__class__ is TimedBatch)):
