@@ -7,6 +7,9 @@
   the host's loop held all the while, as a plain list did before the
   pieces. It now goes on in pieces too, each a `TimedBatch` with its
   records' stamps, the watermark after the last.
+* A source's task emitting after its poll returned False: the records went
+  on after the end of input, or, behind a large emit's pieces, were
+  dropped in silence; it is an error naming the source now.
 
 Each test compares against a plain-Python reference."""
 
