@@ -1,0 +1,69 @@
+"""A new user's first hour, from a wheel installed in a fresh environment
+(`pip install .`), following the README: what they met that the suite did
+not catch.
+
+- the system's client commands (`status`, `status --json`, `logs`,
+  `submit --wait`) piped into `head` ended in a `BrokenPipeError`
+  traceback (exit 1) once the reader went away, where `python -m
+  kernel.run p.py | head -1` ends quietly with 141, as `yes | head -1`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "system"))
+
+from _system import System, wait_until
+
+PIPELINE = """\
+from kernel import Dataflow
+
+flow = Dataflow("lines")
+flow.from_iterable(range(2000)).map(lambda n: f"line {n} " + "x" * 60).print()
+"""
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    root = tmp_path_factory.mktemp("system")
+    (root / "lines.py").write_text(PIPELINE)
+    system = System(root)
+    try:
+        system.start_coordinator()
+        system.start_executor(1)
+        system.executors_up(1)
+        done = system.cli("submit", "lines.py", "--cores", "1", "--wait")
+        assert done.returncode == 0, done.stdout + done.stderr
+        yield system
+    finally:
+        system.close()
+
+
+def cli_into_a_closed_pipe(system: System, *args: str) -> tuple[int, str]:
+    """The command with its stdout a pipe whose reader has gone (`| head -1`
+    that had what it wanted before the command wrote)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "kernel", *args], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=60, env=system.env, cwd=system.root)
+    finally:
+        os.close(write)
+    return proc.returncode, proc.stderr
+
+
+@pytest.mark.parametrize("args", [["status"], ["status", "--json"], ["logs", "job-1"],
+                                  ["submit", "lines.py", "--cores", "1", "--wait"]],
+                         ids=["status", "status-json", "logs", "submit-wait"])
+def test_a_client_command_whose_reader_went_away_ends_quietly_with_141(system, args):
+    code, err = cli_into_a_closed_pipe(system, *args)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert code == 141, (code, err)
+    if args[0] == "submit":  # the job was submitted all the same, and runs to its end
+        wait_until(lambda: all(j["status"] == "completed" for j in system.status()["jobs"]),
+                   what="the jobs to complete")
+        assert len(system.status()["jobs"]) == 2
