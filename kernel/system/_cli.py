@@ -184,6 +184,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError as exc:
+        from kernel.cli._run import _broken_pipe
+
+        if not _broken_pipe(exc):  # (a socket's, not stdout's)
+            raise
+        # the reader of stdout went away (`status | head -1`): quiet, as `run` and `yes | head -1`
+        try:
+            sys.stdout = open(os.devnull, "w")  # (what is left to flush at exit goes nowhere)
+        except OSError:
+            pass
+        return 141
 
 
 def _refused_hint(exc: BaseException) -> str:
