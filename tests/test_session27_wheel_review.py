@@ -5,7 +5,11 @@ not catch.
 - the system's client commands (`status`, `status --json`, `logs`,
   `submit --wait`) piped into `head` ended in a `BrokenPipeError`
   traceback (exit 1) once the reader went away, where `python -m
-  kernel.run p.py | head -1` ends quietly with 141, as `yes | head -1`."""
+  kernel.run p.py | head -1` ends quietly with 141, as `yes | head -1`;
+- `dir(kernel)` (a REPL's completion, `kernel.<TAB>`) listed none of the
+  names `from kernel import Dataflow, run` gives: `kernel`, `kernel.system`
+  and `kernel.net` load them lazily (a module `__getattr__`) without the
+  `__dir__` that goes with it (PEP 562)."""
 
 from __future__ import annotations
 
@@ -67,3 +71,16 @@ def test_a_client_command_whose_reader_went_away_ends_quietly_with_141(system, a
         wait_until(lambda: all(j["status"] == "completed" for j in system.status()["jobs"]),
                    what="the jobs to complete")
         assert len(system.status()["jobs"]) == 2
+
+
+def test_dir_of_a_package_with_lazy_names_lists_them_before_they_are_loaded():
+    probe = """\
+import importlib, sys
+for name in ("kernel", "kernel.system", "kernel.net"):
+    module = importlib.import_module(name)
+    missing = sorted(set(module.__all__) - set(dir(module)))
+    assert not missing, (name, missing)
+    assert "__getattr__" in dir(module) and "__name__" in dir(module)
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
