@@ -63,6 +63,11 @@ def __getattr__(name: str):
     return value
 
 
+def __dir__() -> list[str]:
+    # with the lazy names (PEP 562): a REPL's completion, `dir()`, help()
+    return sorted(set(globals()) | set(__all__))
+
+
 __all__ = [
     "LATENCY",
     "THROUGHPUT",

@@ -38,6 +38,11 @@ def __getattr__(name: str):
         return getattr(_relay, name)
     raise AttributeError(f"module 'net' has no attribute {name!r}")
 
+
+def __dir__() -> list[str]:
+    # with the lazy names (PEP 562): a REPL's completion, `dir()`, help()
+    return sorted(set(globals()) | set(__all__))
+
 __all__ = [
     "IDLE",
     "AuthenticationFailed",

@@ -39,4 +39,9 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    # with the lazy names (PEP 562): a REPL's completion, `dir()`, help()
+    return sorted(set(globals()) | set(__all__))
+
+
 __all__ = ["COMMANDS", "Client", "ConnectionLost", "KernelSystemError", "RequestError", "main"]
