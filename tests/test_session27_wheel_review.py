@@ -9,7 +9,12 @@ not catch.
 - `dir(kernel)` (a REPL's completion, `kernel.<TAB>`) listed none of the
   names `from kernel import Dataflow, run` gives: `kernel`, `kernel.system`
   and `kernel.net` load them lazily (a module `__getattr__`) without the
-  `__dir__` that goes with it (PEP 562)."""
+  `__dir__` that goes with it (PEP 562);
+- a client command with a wrong secret said only `error: authentication
+  failed with process 0 at http://...: wrong or missing secret`: the
+  cluster's words ("process 0") and nothing of what to do, where the
+  executor's says to start it with the system's KERNEL_SECRET or
+  --secret-file."""
 
 from __future__ import annotations
 
@@ -84,3 +89,12 @@ for name in ("kernel", "kernel.system", "kernel.net"):
 """
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_client_command_with_a_wrong_secret_says_what_to_do(system):
+    wrong = system.cli("status", env=dict(system.env, KERNEL_SECRET="not-the-secret"))
+    assert wrong.returncode == 1, wrong.stderr
+    assert wrong.stderr == (
+        f"error: the coordinator at {system.host}:{system.port} refused this command's secret "
+        "(authentication failed: wrong or missing secret): run it with the system's KERNEL_SECRET "
+        "or --secret-file\n")
