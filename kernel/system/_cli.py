@@ -237,9 +237,9 @@ async def _stopped_by_sigterm_too(work) -> int:
 
 
 async def _command(args) -> int:
-    from kernel.net._links import LinkError
+    from kernel.net._links import AuthenticationFailed, LinkError
     from kernel.system import _client
-    from kernel.system._wire import KernelSystemError
+    from kernel.system._wire import KernelSystemError, _url_host
 
     secret, tls = _secret(args), _tls(args)
     if args.command == "coordinator":
@@ -293,6 +293,12 @@ async def _command(args) -> int:
             if args.command == "logs":
                 return await _client.logs(client, args.job, args.follow)
             return await _client.kill(client, args.job)
+    except AuthenticationFailed:
+        # (it said "authentication failed with process 0 at http://...": a cluster's words)
+        print(f"error: the coordinator at {_url_host(address[0])}:{address[1]} refused this command's secret "
+              "(authentication failed: wrong or missing secret): run it with the system's KERNEL_SECRET "
+              "or --secret-file", file=sys.stderr)
+        return 1
     except (LinkError, KernelSystemError, TimeoutError) as exc:
         # str(), not the exception's truth: a bare TimeoutError() printed "error: " and nothing
         print(f"error: {str(exc) or type(exc).__name__}{_refused_hint(exc)}", file=sys.stderr)
