@@ -14,7 +14,10 @@ not catch.
   failed with process 0 at http://...: wrong or missing secret`: the
   cluster's words ("process 0") and nothing of what to do, where the
   executor's says to start it with the system's KERNEL_SECRET or
-  --secret-file."""
+  --secret-file;
+- a client command or an executor without KERNEL_COORDINATOR said
+  `error: --coordinator: no address given (HOST:PORT)`, where one without
+  a secret says `set KERNEL_SECRET or use --secret-file`."""
 
 from __future__ import annotations
 
@@ -98,3 +101,12 @@ def test_a_client_command_with_a_wrong_secret_says_what_to_do(system):
         f"error: the coordinator at {system.host}:{system.port} refused this command's secret "
         "(authentication failed: wrong or missing secret): run it with the system's KERNEL_SECRET "
         "or --secret-file\n")
+
+
+@pytest.mark.parametrize("args", [["status"], ["executor", "--cores", "1"]])
+def test_a_command_without_a_coordinator_says_to_set_kernel_coordinator(tmp_path, args):
+    env = {k: v for k, v in os.environ.items() if k != "KERNEL_COORDINATOR"}
+    done = subprocess.run([sys.executable, "-m", "kernel", *args], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path, env=dict(env, KERNEL_SECRET="s"))
+    assert (done.returncode, done.stderr) == (
+        2, "error: no coordinator given: set KERNEL_COORDINATOR or use --coordinator HOST:PORT\n")
