@@ -257,6 +257,8 @@ async def _command(args) -> int:
         return await _stopped_by_sigterm_too(serve(
             host, port, secret, args.data, tls=tls, executor_timeout=args.executor_timeout,
             adopt_grace=args.executor_timeout, dashboard=dashboard, catalog_timeout=args.catalog_timeout))
+    if not args.coordinator:  # (as a missing secret: what to set)
+        raise _Usage(f"no coordinator given: set {COORDINATOR_VARIABLE} or use --coordinator HOST:PORT")
     address = _address(args.coordinator, "--coordinator")
     if args.command == "executor":
         from kernel.system._executor import ExecutorDaemon
