@@ -17,7 +17,11 @@ not catch.
   --secret-file;
 - a client command or an executor without KERNEL_COORDINATOR said
   `error: --coordinator: no address given (HOST:PORT)`, where one without
-  a secret says `set KERNEL_SECRET or use --secret-file`."""
+  a secret says `set KERNEL_SECRET or use --secret-file`;
+- a job that can never fit was refused with `the job needs 1 executor(s)
+  with 4 core(s) each; the system has 0`, which reads as no executors at
+  all on a system with one of 2 cores: it names the executors and their
+  cores now."""
 
 from __future__ import annotations
 
@@ -110,3 +114,10 @@ def test_a_command_without_a_coordinator_says_to_set_kernel_coordinator(tmp_path
                           timeout=60, cwd=tmp_path, env=dict(env, KERNEL_SECRET="s"))
     assert (done.returncode, done.stderr) == (
         2, "error: no coordinator given: set KERNEL_COORDINATOR or use --coordinator HOST:PORT\n")
+
+
+def test_a_job_that_can_never_fit_is_refused_naming_the_executors_cores(system):
+    done = system.cli("submit", "lines.py", "--cores", "4")
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr
+    assert done.stderr == ("error: the job needs 1 executor(s) with 4 core(s) each; the system has 0 "
+                           "(its executors: e1 with 1 core(s))\n")
