@@ -374,8 +374,11 @@ class JobMaster:
         processes = processes or 1
         fit = sum(1 for e in self.executors.values() if e.state != "lost" and e.cores >= cores)
         if fit < processes:
+            # (", the system has 0" alone read as no executors at all)
+            known = ", ".join(f"{e.id} with {e.cores} core(s)" for e in self.executors.values()
+                              if e.state != "lost") or "none"
             raise RequestError(f"the job needs {processes} executor(s) with {cores} core(s) each; "
-                               f"the system has {fit}")
+                               f"the system has {fit} (its executors: {known})")
 
         def create() -> tuple[str, Job]:  # (the catalog's thread, one transaction: the job's seq is its own)
             self.catalog.add_pipeline(digest, filename, content)
