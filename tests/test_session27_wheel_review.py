@@ -21,7 +21,10 @@ not catch.
 - a job that can never fit was refused with `the job needs 1 executor(s)
   with 4 core(s) each; the system has 0`, which reads as no executors at
   all on a system with one of 2 cores: it names the executors and their
-  cores now."""
+  cores now;
+- `window()`, `count()`, `map_values()`... on a stream not keyed raised
+  Python's bare `'Stream' object has no attribute 'window'`, where
+  `join` says `join needs a keyed stream (key_by first)`."""
 
 from __future__ import annotations
 
@@ -121,3 +124,18 @@ def test_a_job_that_can_never_fit_is_refused_naming_the_executors_cores(system):
     assert (done.returncode, done.stdout) == (1, ""), done.stderr
     assert done.stderr == ("error: the job needs 1 executor(s) with 4 core(s) each; the system has 0 "
                            "(its executors: e1 with 1 core(s))\n")
+
+
+@pytest.mark.parametrize("method", ["window", "count", "sum", "reduce", "fold", "map_values", "stateful_map"])
+def test_a_keyed_streams_method_on_a_stream_not_keyed_says_key_by_first(method):
+    from kernel import Dataflow
+
+    stream = Dataflow().from_iterable([1, 2])
+    with pytest.raises(AttributeError) as raised:
+        getattr(stream, method)
+    assert str(raised.value) == (f"'Stream' object has no attribute '{method}': {method}() is for a keyed "
+                                 "stream (key_by first)")
+    with pytest.raises(AttributeError) as raised:
+        stream.no_such_method  # noqa: B018
+    assert str(raised.value) == "'Stream' object has no attribute 'no_such_method'"
+    assert not hasattr(stream, method) and hasattr(stream.key_by(str), method)
