@@ -22,7 +22,7 @@ import logging
 import os
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any, Generic, Literal, Protocol, TypeGuard, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeGuard, TypeVar, overload
 
 import kernel.operators as ops
 from kernel.dataflow._arity import check_arity, check_not_async
@@ -818,6 +818,15 @@ class Stream(Generic[T_co]):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.node.label}>"
+
+    if not TYPE_CHECKING:  # (a type checker reports these itself, before anything runs)
+        def __getattr__(self, name: str) -> Any:
+            """Only for a name not found: a keyed stream's method asked of a
+            stream not keyed says so (it was Python's bare AttributeError)."""
+            message = f"{type(self).__name__!r} object has no attribute {name!r}"
+            if not name.startswith("_") and callable(getattr(KeyedStream, name, None)):
+                message += f": {name}() is for a keyed stream (key_by first)"
+            raise AttributeError(message, name=name, obj=self)
 
     def _edge(self, port: int = 0) -> Edge:
         return Edge(self.node, port, self._exchange_out)
