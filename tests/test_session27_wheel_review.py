@@ -2,6 +2,12 @@
 (`pip install .`), following the README: what they met that the suite did
 not catch.
 
+- the README's first line, `pip install . && python -m kernel.run
+  examples/wordcount.py` in the checkout, failed: `ModuleNotFoundError: No
+  module named 'kernel.net'`. Run there, `kernel` is the checkout's folder
+  (the current directory comes first on sys.path), whose `net`, `operators`
+  and `state` are its siblings (pyproject.toml's package-dir), which only
+  the editable install's finder (CI's, every test's) maps;
 - the system's client commands (`status`, `status --json`, `logs`,
   `submit --wait`) piped into `head` ended in a `BrokenPipeError`
   traceback (exit 1) once the reader went away, where `python -m
@@ -31,6 +37,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +147,33 @@ def test_a_keyed_streams_method_on_a_stream_not_keyed_says_key_by_first(method):
         stream.no_such_method  # noqa: B018
     assert str(raised.value) == "'Stream' object has no attribute 'no_such_method'"
     assert not hasattr(stream, method) and hasattr(stream.key_by(str), method)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The library imported from the checkout with no editable install's finder
+# (as with `pip install .`: its finder is a .pth file, which a folder put on
+# sys.path by hand does not run); this environment's site-packages gives the
+# dependencies (msgspec, uvloop, aiohttp).
+FROM_THE_CHECKOUT = """\
+import runpy, sys
+sys.path.append(sys.argv.pop())
+assert not any("editable" in type(f).__module__ for f in sys.meta_path), sys.meta_path
+import kernel, net
+import kernel.net, kernel.operators.windows, kernel.state
+assert kernel.__file__ == "kernel/__init__.py" or kernel.__file__.endswith("/kernel/__init__.py")
+assert net is kernel.net and kernel.net.__file__.endswith("/net/__init__.py"), kernel.net.__file__
+sys.argv = ["kernel.run", "examples/wordcount.py"]
+runpy.run_module("kernel.run", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_the_readmes_first_line_runs_the_example_in_the_checkout_without_an_editable_install():
+    done = subprocess.run([sys.executable, "-S", "-c", FROM_THE_CHECKOUT, sysconfig.get_paths()["purelib"]],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    # the same counts as the editable install's run of it (as CI's)
+    editable = subprocess.run([sys.executable, "-m", "kernel.run", "examples/wordcount.py"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+    assert editable.returncode == 0, editable.stderr
+    assert done.stdout == editable.stdout and "the 6\n" in done.stdout
