@@ -15,7 +15,41 @@ subclasses plugged in with `stream.apply()` (mid), and `kernel.lowlevel`:
 
 from typing import TYPE_CHECKING
 
-import kernel._logging  # noqa: F401  (a NullHandler on the library's loggers)
+
+def _find_a_checkouts_subpackages() -> None:
+    """`kernel.net`, `kernel.operators` and `kernel.state` from the folders
+    beside this one where `kernel` is a checkout's folder (pyproject.toml's
+    package-dir builds them from there). Installed, they are folders inside
+    it, and the editable install's own finder maps them; but where the
+    checkout comes first on sys.path (`pip install .`, then `python -m
+    kernel.run examples/wordcount.py` in it: the README's first line) no
+    one did, and the run failed: No module named 'kernel.net'."""
+    import os
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    folders = {f"kernel.{name}": os.path.join(os.path.dirname(here), name)
+               for name in ("net", "operators", "state")}
+    if os.path.isdir(os.path.join(here, "net")) or not os.path.isdir(folders["kernel.net"]):
+        return  # installed, or no checkout
+    from importlib.abc import MetaPathFinder
+    from importlib.util import spec_from_file_location
+
+    class CheckoutSubpackages(MetaPathFinder):
+        def find_spec(self, fullname, path=None, target=None):
+            folder = folders.get(fullname)
+            if folder is None or not os.path.isfile(os.path.join(folder, "__init__.py")):
+                return None
+            return spec_from_file_location(fullname, os.path.join(folder, "__init__.py"),
+                                           submodule_search_locations=[folder])
+
+    if not any(type(finder).__name__ == "CheckoutSubpackages" for finder in sys.meta_path):
+        sys.meta_path.append(CheckoutSubpackages())
+
+
+_find_a_checkouts_subpackages()
+
+import kernel._logging  # noqa: E402, F401  (a NullHandler on the library's loggers)
 
 if TYPE_CHECKING:
     from kernel._facade import run, run_async
