@@ -149,6 +149,20 @@ def test_a_keyed_streams_method_on_a_stream_not_keyed_says_key_by_first(method):
     assert not hasattr(stream, method) and hasattr(stream.key_by(str), method)
 
 
+def test_a_propertys_own_attribute_error_is_not_replaced_by_the_keyed_stream_hint():
+    # (Stream.__getattr__ above runs after a property raised AttributeError
+    # too: it replaced `late`'s own word with a bare "no attribute 'late'")
+    from kernel import Dataflow
+    from operators import Tumbling
+
+    counts = (Dataflow().from_iterable([("a", 1.0)], timestamp=lambda e: e[1]).key_by(lambda e: e[0])
+              .window(Tumbling(1.0)).count())
+    with pytest.raises(AttributeError) as raised:
+        counts.late  # noqa: B018
+    assert str(raised.value) == ("late events are dropped (and counted): ask for them with "
+                                 "window(w, late=True)")
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # The library imported from the checkout with no editable install's finder
