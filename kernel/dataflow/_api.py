@@ -821,8 +821,13 @@ class Stream(Generic[T_co]):
 
     if not TYPE_CHECKING:  # (a type checker reports these itself, before anything runs)
         def __getattr__(self, name: str) -> Any:
-            """Only for a name not found: a keyed stream's method asked of a
-            stream not keyed says so (it was Python's bare AttributeError)."""
+            """Only for a name not found (or a property that raised
+            AttributeError): a keyed stream's method asked of a stream not
+            keyed says so (it was Python's bare AttributeError)."""
+            for klass in type(self).__mro__:  # a property that raised AttributeError: its own word
+                found = vars(klass).get(name)
+                if isinstance(found, property):
+                    return found.__get__(self, type(self))
             message = f"{type(self).__name__!r} object has no attribute {name!r}"
             if not name.startswith("_") and callable(getattr(KeyedStream, name, None)):
                 message += f": {name}() is for a keyed stream (key_by first)"
