@@ -161,6 +161,31 @@ def _configure_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            code = _main(argv)
+        except SystemExit:  # argparse's --help and usage errors
+            sys.stdout.flush()
+            raise
+        # What print() left in stdout's buffer (a pipe's, block-buffered) goes
+        # now, where a reader gone away is caught below: flushed at exit, it
+        # ended 'Exception ignored ... BrokenPipeError', exit 120.
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError as exc:
+        from kernel.cli._run import _broken_pipe
+
+        if not _broken_pipe(exc):  # (a socket's, not stdout's)
+            raise
+        # the reader of stdout went away (`status | head -1`): quiet, as `run` and `yes | head -1`
+        try:
+            sys.stdout = open(os.devnull, "w")  # (what is left to flush at exit goes nowhere)
+        except OSError:
+            pass
+        return 141
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "run":
         from kernel._logging import LIBRARY_HANDLER
@@ -184,17 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError as exc:
-        from kernel.cli._run import _broken_pipe
-
-        if not _broken_pipe(exc):  # (a socket's, not stdout's)
-            raise
-        # the reader of stdout went away (`status | head -1`): quiet, as `run` and `yes | head -1`
-        try:
-            sys.stdout = open(os.devnull, "w")  # (what is left to flush at exit goes nowhere)
-        except OSError:
-            pass
-        return 141
 
 
 def _refused_hint(exc: BaseException) -> str:
