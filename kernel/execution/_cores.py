@@ -48,6 +48,8 @@ error, which names the peer.
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import multiprocessing
 import os
 import pickle
@@ -59,6 +61,8 @@ from kernel.scheduling._from_threads import call_soon_from_thread
 from ._child import _kernel_main, _libc, gate_record
 from ._signals import held_signals
 from ._supervisor import _supervise, join
+
+log = logging.getLogger("kernel")
 
 # Ring size per ordered pair of kernels. 4 MiB holds a few thousand batches
 # of word-count pairs; a full ring only pauses the producer's sources.
@@ -93,21 +97,38 @@ def pin_kernels(env=os.environ) -> bool:
     like this process's own: not where the CPU time it is given (its
     cgroup's quota: a container's CPU limit; SLURM_CPUS_ON_NODE: a Slurm
     job's CPUs on this node) is less than the CPUs its affinity allows, and
-    not in a Kubernetes pod whose affinity is every CPU of the node (the
-    kubelet's default CPU manager policy: every pod has all of them; the
-    static policy gives a Guaranteed pod with whole CPUs its own set,
-    pinned within). KERNEL_PIN_CPUS=1 pins all the same, 0 never; auto
-    (or unset) decides so."""
+    in a Kubernetes pod only where its CPUs are its own: not where its
+    affinity is every CPU of the node (the kubelet's default CPU manager
+    policy: every pod has all of them), and not without a CPU quota of as
+    many CPUs as its affinity (the static policy gives a Guaranteed pod
+    with whole CPUs its own set; every other pod has the node's shared
+    pool, every CPU but those, with or without a limit). KERNEL_PIN_CPUS=1
+    pins all the same, 0 never; auto (or unset) decides so."""
     knob = (env.get("KERNEL_PIN_CPUS") or "auto").strip().lower()
     if knob != "auto":
         if knob not in _PIN:
             raise ValueError(f"KERNEL_PIN_CPUS must be 1 (pin the kernels), 0 (do not) or auto, got {knob!r}")
         return _PIN[knob]
     allowed = len(os.sched_getaffinity(0))
-    given = [n for n in (cgroup_cpu_quota(), _slurm_cpus(env)) if n is not None]
+    quota = cgroup_cpu_quota()
+    given = [n for n in (quota, _slurm_cpus(env)) if n is not None]
     if given and min(given) < allowed:
+        log.debug("kernels not pinned: this process is given %g CPUs' time, less than the %d CPUs it may "
+                  "run on (KERNEL_PIN_CPUS=1 pins them)", min(given), allowed)
         return False
-    return not (env.get("KUBERNETES_SERVICE_HOST") and allowed >= (os.cpu_count() or allowed))
+    if not env.get("KUBERNETES_SERVICE_HOST"):
+        return True
+    if allowed >= (os.cpu_count() or allowed):
+        log.debug("kernels not pinned: a Kubernetes pod that may run on every CPU of the node "
+                  "(KERNEL_PIN_CPUS=1 pins them)")
+        return False
+    if quota is None or not math.isclose(quota, allowed, rel_tol=0.01):
+        # the static CPU manager's shared pool: every CPU but the Guaranteed pods' own
+        log.debug("kernels not pinned: a Kubernetes pod whose %d CPUs are not its own (its CPU limit, %s, "
+                  "is not as many: the node's shared pool) (KERNEL_PIN_CPUS=1 pins them)", allowed,
+                  "none" if quota is None else f"{quota:g}")
+        return False
+    return True
 
 
 def _slurm_cpus(env) -> int | None:
