@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import operator
 import os
 from collections.abc import Iterator
@@ -161,9 +162,23 @@ def _warn_if_oversubscribed(cores: int) -> None:
     """More kernels than CPUs this process may use works (kernels share
     CPUs, an idle one sleeps) but is slower than fewer kernels, so it is
     said, not refused: tests run several kernels on small machines, and a
-    cluster's processes must agree on `cores` even where CPUs differ."""
+    cluster's processes must agree on `cores` even where CPUs differ. The
+    CPUs are the fewer of its affinity's and its cgroup's CPU quota's
+    (rounded up: 1.5 CPUs' time runs two kernels), and the warning says
+    which it is."""
+    if cores == 1:
+        return
+    from kernel.execution._cores import cgroup_cpu_quota
+
     cpus = len(os.sched_getaffinity(0))
-    if cores > cpus:
+    quota = cgroup_cpu_quota()
+    if quota is not None and math.ceil(quota) < cpus:
+        bound = max(1, math.ceil(quota))
+        if cores > bound:
+            log.warning("cores=%d, but this process's CPU quota (its cgroup's) gives it only %g CPU%s time: "
+                        "the kernels will share CPUs, and run slower than with cores=%d",
+                        cores, quota, "'s" if quota == 1 else "s'", bound)
+    elif cores > cpus:
         log.warning("cores=%d, but this process may use only %d CPU%s (os.sched_getaffinity): "
                     "the kernels will share CPUs, and run slower than with cores=%d",
                     cores, cpus, "" if cpus == 1 else "s", cpus)
