@@ -182,6 +182,8 @@ def _run(args, path: Path, name: str) -> int:
     in_cluster = args.peers is not None or args.process_id is not None
     if in_cluster:
         _check_cluster_options(args)
+    if args.epoch_interval is not None and args.state_dir is None:
+        raise UsageError("--epoch-interval needs --state-dir")  # (epochs drive the snapshots, nothing else)
     _check_pipeline_path(path)
     if args.coordinator is not None:
         if ":" not in args.coordinator:
@@ -189,10 +191,11 @@ def _run(args, path: Path, name: str) -> int:
         # as KERNEL_COORDINATOR, which the topics read and the kernels inherit
         os.environ["KERNEL_COORDINATOR"] = args.coordinator
     get_flow = _flow_loader(path, name)
+    interval = DEFAULT_EPOCH_INTERVAL if args.epoch_interval is None else args.epoch_interval
     tls = None if args.tls_cert is None else (args.tls_cert, args.tls_key, args.tls_ca)
     with _state_dir_held(args.state_dir, args.process_id):  # (before the plan: kernel.run_async says why)
         plan = plan_for(get_flow, cores=args.cores, gc_threshold=DEFAULT_GC_THRESHOLD,
-                        state_dir=args.state_dir, epoch_interval=args.epoch_interval,
+                        state_dir=args.state_dir, epoch_interval=interval,
                         process_id=args.process_id, peers=args.peers, secret_file=args.secret_file, tls=tls,
                         startup_timeout=args.startup_timeout, heartbeat=args.heartbeat,
                         dashboard=args.dashboard, progress=_progress(args))
@@ -309,8 +312,9 @@ def _main(argv: list[str] | None, prog: str) -> int:
     parser.add_argument("--cores", type=int, default=1, help="kernels, one pinned process per core")
     parser.add_argument("--state-dir", default=None,
                         help="snapshot every epoch there, and resume from it after a crash")
-    parser.add_argument("--epoch-interval", type=float, default=DEFAULT_EPOCH_INTERVAL,
-                        help=f"seconds between epoch snapshots (default {DEFAULT_EPOCH_INTERVAL})")
+    parser.add_argument("--epoch-interval", type=float, default=None,
+                        help="with --state-dir: seconds between epoch snapshots "
+                             f"(default {DEFAULT_EPOCH_INTERVAL})")
     parser.add_argument("--dashboard", default=None, metavar="HOST:PORT",
                         help="serve the run's metrics at http://HOST:PORT/metrics (Prometheus format) "
                              "and its dashboard at http://HOST:PORT/")

@@ -135,7 +135,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shared-state-dir", action="store_true",
                    help="the --state-dir is one directory every executor's machine sees (a network file "
                         "system): a job of several processes may then restart on fewer")
-    p.add_argument("--epoch-interval", type=float, default=None, metavar="S")
+    p.add_argument("--epoch-interval", type=float, default=None, metavar="S",
+                   help="with --state-dir: seconds between epoch snapshots")
     p.add_argument("--max-restarts", type=_at_least(0), default=3, metavar="K")
     p.add_argument("--wait", action="store_true", help="follow the job: exit 0 if it completed, else 1")
     _common(p)
@@ -291,19 +292,25 @@ async def _command(args) -> int:
             return await _stopped_by_sigterm_too(daemon.run())
         finally:
             await daemon.close()
+    payload = None
+    if args.command == "submit":  # (its usage errors before the coordinator is dialled)
+        from kernel.cli._run import UsageError
+
+        try:
+            payload = _client.submit_payload(args.pipeline, state_dir=args.state_dir,
+                                             epoch_interval=args.epoch_interval,
+                                             shared_state=args.shared_state_dir)
+        except UsageError as exc:
+            raise _Usage(str(exc)) from None
     try:
         async with _client.Client(address, secret, tls) as client:
             if args.command == "submit":
-                from kernel.cli._run import UsageError
-
                 executors = args.executors.split(",") if args.executors else None
-                try:
-                    return await _client.submit(
-                        client, args.pipeline, processes=args.processes, cores=args.cores,
-                        executors=executors, state_dir=args.state_dir, epoch_interval=args.epoch_interval,
-                        max_restarts=args.max_restarts, wait=args.wait, shared_state=args.shared_state_dir)
-                except UsageError as exc:
-                    raise _Usage(str(exc)) from None
+                return await _client.submit(
+                    client, args.pipeline, processes=args.processes, cores=args.cores,
+                    executors=executors, state_dir=args.state_dir, epoch_interval=args.epoch_interval,
+                    max_restarts=args.max_restarts, wait=args.wait, shared_state=args.shared_state_dir,
+                    payload=payload)
             if args.command == "status":
                 return await _client.status(client, args.json)
             if args.command == "logs":

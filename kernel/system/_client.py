@@ -102,15 +102,26 @@ def pipeline_payload(target: str) -> dict:
     return {"filename": path.name, "content": text, "digest": hashlib.sha256(data).hexdigest(), "flow": flow}
 
 
+def submit_payload(target: str, *, state_dir, epoch_interval, shared_state: bool = False) -> dict:
+    """What `submit` checks before it dials the coordinator (a UsageError:
+    nothing is sent): its options, and the file (`pipeline_payload`)."""
+    from kernel.cli._run import UsageError
+
+    if state_dir is None and shared_state:
+        raise UsageError("--shared-state-dir needs --state-dir")
+    if state_dir is None and epoch_interval is not None:
+        raise UsageError("--epoch-interval needs --state-dir")  # (epochs drive the snapshots, nothing else)
+    return pipeline_payload(target)
+
+
 async def submit(client: Client, target: str, *, processes, cores, executors, state_dir, epoch_interval,
-                 max_restarts, wait: bool, shared_state: bool = False) -> int:
-    payload = pipeline_payload(target)
+                 max_restarts, wait: bool, shared_state: bool = False, payload: dict | None = None) -> int:
+    """`payload`: `submit_payload`'s, where the caller checked already."""
+    if payload is None:
+        payload = submit_payload(target, state_dir=state_dir, epoch_interval=epoch_interval,
+                                 shared_state=shared_state)
     if state_dir is not None:
         state_dir = str(Path(state_dir).absolute())  # a path on the executors' machines
-    elif shared_state:
-        from kernel.cli._run import UsageError
-
-        raise UsageError("--shared-state-dir needs --state-dir")
     fields = dict(payload, processes=processes, cores=cores, executors=executors, state_dir=state_dir,
                   epoch_interval=epoch_interval, max_restarts=max_restarts, shared_state=shared_state,
                   request=secrets.token_hex(16))

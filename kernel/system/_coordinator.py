@@ -184,6 +184,8 @@ class CoordinatorServer(AuthenticatedServer):
         shared_state = m.get("shared_state", False)
         if not isinstance(shared_state, bool) or (shared_state and state_dir is None):
             raise RequestError("submit: --shared-state-dir is a flag, and needs --state-dir")
+        if interval is not None and state_dir is None:  # (each process's `run` would refuse it)
+            raise RequestError("submit: --epoch-interval needs --state-dir")
         request = m.get("request")
         if request is not None and not (isinstance(request, str) and 0 < len(request) <= 128):
             raise RequestError("submit: a request id is a string of 1 to 128 characters")

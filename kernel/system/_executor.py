@@ -451,7 +451,7 @@ class ExecutorDaemon:
         argv = [sys.executable, "-m", "kernel", "run", f"{pipeline}:{m['flow']}", "--cores", str(m["cores"])]
         if m.get("state_dir"):
             argv += ["--state-dir", m["state_dir"]]
-        if m.get("epoch_interval"):
+        if m.get("epoch_interval") and m.get("state_dir"):  # (`run` refuses one without: a job of before)
             argv += ["--epoch-interval", str(m["epoch_interval"])]
         if m.get("peers"):
             argv += ["--process-id", str(process), "--peers", m["peers"]]
