@@ -99,6 +99,7 @@ def pipeline_payload(target: str) -> dict:
         text = data.decode()
     except UnicodeDecodeError:
         raise UsageError(f"{path} is not UTF-8 text") from None
+    _check_syntax(text, path)
     return {"filename": path.name, "content": text, "digest": hashlib.sha256(data).hexdigest(), "flow": flow}
 
 
@@ -112,6 +113,23 @@ def submit_payload(target: str, *, state_dir, epoch_interval, shared_state: bool
     if state_dir is None and epoch_interval is not None:
         raise UsageError("--epoch-interval needs --state-dir")  # (epochs drive the snapshots, nothing else)
     return pipeline_payload(target)
+
+
+def _check_syntax(text: str, path: Path) -> None:
+    """The file compiled, not run (a pipeline may import what only the
+    executors' machines have): a syntax error is a usage error here, named
+    at the user's path, not a failed job naming the executor's copy."""
+    import traceback
+
+    from kernel.cli._run import UsageError
+
+    try:
+        compile(text, str(path), "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        where = "".join(traceback.format_exception_only(exc)[:-1]).rstrip()  # File..., the line, the caret
+        raise UsageError(f"{path}:{exc.lineno}: {type(exc).__name__}: {exc.msg}\n{where}") from None
+    except ValueError as exc:  # (null bytes, before Python 3.12 a ValueError)
+        raise UsageError(f"{path}: {exc}") from None
 
 
 async def submit(client: Client, target: str, *, processes, cores, executors, state_dir, epoch_interval,
