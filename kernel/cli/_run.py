@@ -92,6 +92,7 @@ def _report(prefix: str, exc: BaseException) -> None:
 
 
 _json_errors = False  # --log-format json: the command's own error is a JSON line too
+_json_job: str | None = None  # its `job` field: `pipeline.py:flow`, once the command line is read
 
 
 def _error(message: str, traceback: str = "") -> None:
@@ -100,7 +101,8 @@ def _error(message: str, traceback: str = "") -> None:
     if _json_errors:
         from kernel._logging import json_line
 
-        print(json_line("ERROR", message, traceback=traceback or None, logger="kernel.run"), file=sys.stderr)
+        print(json_line("ERROR", message, traceback=traceback or None, logger="kernel.run", job=_json_job),
+              file=sys.stderr)
         return
     print(f"error: {message}", file=sys.stderr)
     if traceback:
@@ -304,6 +306,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m kernel.run") -> i
 
 
 def _main(argv: list[str] | None, prog: str) -> int:
+    global _json_errors, _json_job
+    _json_job = None  # (argparse's errors come before the pipeline is known)
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Run the Dataflow named NAME (default: flow) defined in a pipeline file.",
@@ -364,12 +368,12 @@ def _main(argv: list[str] | None, prog: str) -> int:
 
     watch_from_environment()  # started by an executor: it ends us when our lease is not renewed
     path, name = split_target(args.pipeline)
-    global _json_errors
     _json_errors = args.log_format == "json"
+    _json_job = f"{path.name}:{name}"
     if _json_errors:
         from kernel._logging import use_json_logs
 
-        use_json_logs(sys.stderr, job=f"{path.name}:{name}")
+        use_json_logs(sys.stderr, job=_json_job)
     from kernel.state import StateError  # the facade's one reach into `state`
 
     try:
@@ -398,7 +402,7 @@ def _main(argv: list[str] | None, prog: str) -> int:
         if _json_errors:  # every last word of the command a JSON line
             from kernel._logging import json_line
 
-            print(json_line("WARNING", said, logger="kernel.run"), file=sys.stderr)
+            print(json_line("WARNING", said, logger="kernel.run", job=_json_job), file=sys.stderr)
         else:
             print(said, file=sys.stderr)
         return 143 if _terminated else 130
