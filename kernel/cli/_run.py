@@ -188,6 +188,8 @@ def _run(args, path: Path, name: str) -> int:
         raise UsageError("--epoch-interval needs --state-dir")  # (epochs drive the snapshots, nothing else)
     _check_pipeline_path(path)
     if args.coordinator is not None:
+        if not args.coordinator:
+            raise UsageError("--coordinator: the address given is empty (HOST:PORT)")
         if ":" not in args.coordinator:
             raise UsageError(f"--coordinator must be HOST:PORT, got {args.coordinator!r}")
         # as KERNEL_COORDINATOR, which the topics read and the kernels inherit

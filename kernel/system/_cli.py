@@ -82,7 +82,8 @@ def _at_least(least: int):
 
 def _common(parser: argparse.ArgumentParser, coordinator: bool = True) -> None:
     if coordinator:
-        parser.add_argument("--coordinator", default=os.environ.get(COORDINATOR_VARIABLE),
+        # (None: not given; "" given empty, which is said so, not "use --coordinator")
+        parser.add_argument("--coordinator", default=None,
                             metavar="HOST:PORT",
                             help=f"the coordinator (default: the {COORDINATOR_VARIABLE} variable)")
     parser.add_argument("--secret-file", default=None,
@@ -272,6 +273,10 @@ async def _command(args) -> int:
         return await _stopped_by_sigterm_too(serve(
             host, port, secret, args.data, tls=tls, executor_timeout=args.executor_timeout,
             adopt_grace=args.executor_timeout, dashboard=dashboard, catalog_timeout=args.catalog_timeout))
+    if args.coordinator is None:
+        args.coordinator = os.environ.get(COORDINATOR_VARIABLE)
+    elif not args.coordinator:
+        raise _Usage("--coordinator: the address given is empty (HOST:PORT)")
     if not args.coordinator:  # (as a missing secret: what to set)
         raise _Usage(f"no coordinator given: set {COORDINATOR_VARIABLE} or use --coordinator HOST:PORT")
     address = _address(args.coordinator, "--coordinator")
