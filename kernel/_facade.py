@@ -330,6 +330,13 @@ class Snapshots:
 
         return SnapshotStore(self.state_dir, self.name)
 
+    def close(self) -> None:
+        """The run is over: its store's connection closed now, not when the
+        collector finds it (a connection closed later checkpoints its WAL
+        into the file then: a state_dir moved aside or cut meanwhile was
+        written to after the run had returned)."""
+        self.store.close()
+
     def local(self):
         from kernel.runtime._coordinate import LocalCoordinator
 
@@ -393,6 +400,10 @@ class ClusterSnapshots:
         except StateError as exc:
             offer["error"] = str(exc)
         self._offer = offer
+
+    def close(self) -> None:
+        """(This process's store is opened and closed by the launcher's
+        epochs, `ClusterLauncherSide`.)"""
 
     def open_store(self, generation: int = 0):
         """This process's store file of the generation this cluster writes,

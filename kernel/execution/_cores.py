@@ -357,7 +357,11 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
                 coordinator = ClusterLauncherSide(epochs[4], cores, cluster.process, cluster.processes,
                                                   send, send_commit)
         relay = None if cluster is None else (first, handover)
-        return _supervise(children, pipes, coordinator, relay, cancel)
+        try:
+            return _supervise(children, pipes, coordinator, relay, cancel)
+        finally:
+            if cluster is not None and coordinator is not None:
+                coordinator.close()  # (a one-process run's store is its Snapshots', closed with them)
     finally:
         for child in children:
             if child.is_alive():

@@ -36,7 +36,7 @@ def execute(plan: RunPlan, get_flow) -> list[dict]:
     # sum's 126,000 result triples) at the default threshold ran ~180 young
     # and one full collection over the caller's heap, 20-50 ms of a ~350 ms
     # run (benches/pipelines.py windowed sum on 2 kernels).
-    with gc_threshold(plan.gc_threshold):
+    with gc_threshold(plan.gc_threshold), _store_closed(plan):
         if plan.mode == THREAD:
             return [uvloop.run(_one_kernel(plan, get_flow()))]
         return _on_cores(plan, get_flow)
@@ -46,10 +46,22 @@ async def execute_async(plan: RunPlan, get_flow) -> list[dict]:
     """Run to the end on the running loop, sharing it (the caller's GC
     thresholds are left as they are: it is the host application's process;
     only its heap is kept out of full collections meanwhile, `_host_gc.py`)."""
-    if plan.mode == THREAD:
-        with host_heap_frozen():  # full collections walk the run's objects, not the host's heap
-            return [await _one_kernel(plan, get_flow())]
-    return await _in_thread(lambda cancel: _on_cores(plan, get_flow, cancel))
+    with _store_closed(plan):
+        if plan.mode == THREAD:
+            with host_heap_frozen():  # full collections walk the run's objects, not the host's heap
+                return [await _one_kernel(plan, get_flow())]
+        return await _in_thread(lambda cancel: _on_cores(plan, get_flow, cancel))
+
+
+@contextmanager
+def _store_closed(plan: RunPlan):
+    """A one-process run's snapshot store closed when the run ends, however
+    it ends (`Snapshots.close`)."""
+    try:
+        yield
+    finally:
+        if plan.snapshots is not None:
+            plan.snapshots.close()
 
 
 async def _one_kernel(plan: RunPlan, flow) -> dict:

@@ -50,6 +50,13 @@ class ClusterLauncherSide:
         self._cluster: EpochGather | None = None
         self._waiting: list[tuple[int, tuple]] = []  # kernel messages before `restored`
 
+    def close(self) -> None:
+        """The run is over: the store's connection closed now (one closed
+        when collected checkpoints its WAL into the file then, after the
+        run has returned)."""
+        if self.store is not None:
+            self.store.close()
+
     def restored(self, epoch: int, finished: bool, plan) -> None:
         """The run starts from `epoch` (agreed by every process at start-up),
         and writes the generation `plan[0]` (`kernel.state._generations`)."""

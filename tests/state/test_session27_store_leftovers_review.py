@@ -75,3 +75,36 @@ def test_a_file_system_without_hard_links_still_gets_a_store(tmp_path, monkeypat
         assert reopened.read(1, 0) == b"state"
     finally:
         reopened.close()
+
+
+def _open_in_this_process(directory) -> list[str]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # (closed meanwhile: listdir's own descriptor)
+            continue
+        if target.startswith(str(directory)):
+            found.append(target)
+    return found
+
+
+@pytest.mark.parametrize("cores, embedded", [(1, False), (2, False), (1, True), (2, True)])
+def test_a_run_leaves_no_connection_to_its_store_open(tmp_path, cores, embedded):
+    # The store's connection was closed only when the collector found it,
+    # after the run had returned: closing, it checkpointed its WAL into the
+    # file then, into a state_dir the caller had cut or moved meanwhile (a
+    # store cut to 0 bytes right after a run was written whole again).
+    import asyncio
+
+    from kernel import run_async
+
+    state_dir = tmp_path / "state"
+    flow = Dataflow("closed-store")
+    out = flow.from_iterable(range(10)).map(lambda x: x * 2).collect()
+    if embedded:
+        asyncio.run(run_async(flow, cores=cores, state_dir=state_dir))
+    else:
+        run(flow, cores=cores, state_dir=state_dir)
+    assert sorted(out.items) == [x * 2 for x in range(10)]
+    assert _open_in_this_process(state_dir) == []
