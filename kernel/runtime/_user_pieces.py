@@ -122,18 +122,26 @@ class UserOutput:
         self.going = None  # (the last piece has gone on: `Unfinished.step` reads ahead)
 
 
-def _pieces(batches: list[list]):
+def _pieces(batches: list[list], cut_timed: bool = False):
     """The batches waiting, a PIECE at most a piece, in order: the first
     from its second PIECE on (its first went on from the emit). One that
     is not a plain list goes whole: a TimedBatch's slices would be plain
-    lists, its stamps dropped. (`batches` may grow while this runs.)"""
+    lists, its stamps dropped; `cut_timed` (a source's) cuts a TimedBatch
+    too, each piece a TimedBatch with its records' stamps. (`batches` may
+    grow while this runs.)"""
     start = PIECE
     for batch in batches:
-        if batch.__class__ is not list:
+        cls = batch.__class__
+        if cls is list:
+            for at in range(start, len(batch), PIECE):
+                yield batch[at:at + PIECE]
+        elif cls is TimedBatch and cut_timed:
+            stamps = batch.timestamps
+            for at in range(start, len(batch), PIECE):
+                yield TimedBatch(batch[at:at + PIECE], stamps[at:at + PIECE])
+        else:
             yield batch
             continue
-        for at in range(start, len(batch), PIECE):
-            yield batch[at:at + PIECE]
         start = 0
 
 
@@ -147,17 +155,4 @@ def first_piece(batch: list) -> list:
 def source_pieces(batches: list):
     """`_pieces` for a source (`Instance._source_large`): a `TimedBatch` is
     cut too, each piece a `TimedBatch` with its records' stamps."""
-    start = PIECE
-    for batch in batches:
-        cls = batch.__class__
-        if cls is list:
-            for at in range(start, len(batch), PIECE):
-                yield batch[at:at + PIECE]
-        elif cls is TimedBatch:
-            stamps = batch.timestamps
-            for at in range(start, len(batch), PIECE):
-                yield TimedBatch(batch[at:at + PIECE], stamps[at:at + PIECE])
-        else:
-            yield batch
-            continue
-        start = 0
+    return _pieces(batches, cut_timed=True)
