@@ -1,0 +1,110 @@
+"""Small leftovers of session 28.
+
+1. from_files' `skipped_count` after a resume on another number of kernels,
+   from a snapshot where every kernel's share had been read to its end (the
+   file source had ended everywhere, another source kept the run going).
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from kernel import Dataflow, run
+from tests import _crash_runs
+
+# -- 1. skipped_count after a resume on another number of kernels ---------------------------------
+
+ENDED_PIPELINE = textwrap.dedent(
+    """
+    import os, time
+    from kernel import Dataflow
+
+    def slow(n):
+        time.sleep(0.002)
+        return n
+
+    flow = Dataflow("skips")
+    records = flow.from_files(os.path.join(os.environ["IN"], "*.jsonl"), format="jsonl", on_error="skip")
+    records.map(lambda r: r["n"]).to_files(os.path.join(os.environ["OUT"], "r"))
+    flow.from_iterable(range(4000), batch_size=1).map(slow).to_files(os.path.join(os.environ["OUT"], "s"))
+    """
+)
+
+
+def ended_flow(directory):
+    """The pipeline's flow (its slow map not slow), built here to read its skipped_count."""
+    def slow(n):
+        return n
+
+    flow = Dataflow("skips")
+    records = flow.from_files(str(directory / "in" / "*.jsonl"), format="jsonl", on_error="skip")
+    records.map(lambda r: r["n"]).to_files(str(directory / "out" / "r"))
+    flow.from_iterable(range(4000), batch_size=1).map(slow).to_files(str(directory / "out" / "s"))
+    return flow, records
+
+
+def write_bad_lines(directory) -> tuple[int, list[int]]:
+    """Three files with a malformed line every 7th line: (how many malformed
+    lines, the numbers of the good ones), counted here by brute force."""
+    (directory / "in").mkdir()
+    bad, good = 0, []
+    for name in ("a", "b", "c"):
+        lines = []
+        for n in range(100):
+            if n % 7 == 3:
+                lines.append(b'{"n": oops}\n')
+                bad += 1
+            else:
+                lines.append(b'{"n": %d}\n' % n)
+                good.append(n)
+        (directory / "in" / f"{name}.jsonl").write_bytes(b"".join(lines))
+    return bad, good
+
+
+@pytest.mark.parametrize("resumed_on", [1, 3])
+def test_skipped_count_after_a_resume_on_another_number_of_kernels_whose_shares_had_ended(
+        tmp_path, resumed_on):
+    """Killed on 2 kernels at an epoch where the file source had ended on
+    both (its parts: `Ended`, with each kernel's skipped count), resumed on
+    1 or 3: the step was restored as ended with plain ENDED and the count
+    was 0."""
+    bad, good = write_bad_lines(tmp_path)
+    assert bad == 3 * len([n for n in range(100) if n % 7 == 3]) and bad > 0
+    (tmp_path / "pipeline.py").write_text(ENDED_PIPELINE)
+
+    def file_source_ended_everywhere_and_run_going(snapshots):
+        return (all(kernel.get(0) == "ended" for kernel in snapshots)
+                and any(part != "ended" for kernel in snapshots for part in kernel.values()))
+
+    _crash_runs.run_cli_until(tmp_path, 2, file_source_ended_everywhere_and_run_going,
+                              IN=tmp_path / "in", OUT=tmp_path / "out")
+    wait_until_unlocked(tmp_path / "state")
+    flow, records = ended_flow(tmp_path)
+    run(flow, cores=resumed_on, state_dir=tmp_path / "state", epoch_interval=0.02)
+    assert sorted(_crash_runs.visible_lines(tmp_path / "out" / "r")) == sorted(good)
+    assert sorted(_crash_runs.visible_lines(tmp_path / "out" / "s")) == list(range(4000))
+    assert records.skipped_count.value == bad
+
+
+def wait_until_unlocked(state_dir, timeout: float = 30) -> None:
+    """The killed run's kernels hold the state_dir's lock until they are gone."""
+    import fcntl
+    import os
+    import time
+
+    deadline = time.monotonic() + timeout
+    fd = os.open(state_dir / ".running-0", os.O_RDWR)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the killed run's kernels still hold the state_dir"
+                time.sleep(0.01)
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+    finally:
+        os.close(fd)
