@@ -313,6 +313,14 @@ class FileSource(Source):
         resumed run reports again (`restore_ended`)."""
         return {"skipped": self.skipped}
 
+    @staticmethod
+    def rescale_ended(kept, first):
+        """`ended_snapshot()`s of the kernels of a run resumed on another
+        number of kernels, where this source had ended on every one: their
+        skipped counts, all on the first kernel (the run's count is the
+        sum of its kernels')."""
+        return {"skipped": sum(snapshot["skipped"] for snapshot in kept)} if first else None
+
     def restore_ended(self, snapshot):
         self._skipped_when_ended = snapshot["skipped"]
 

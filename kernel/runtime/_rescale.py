@@ -7,7 +7,10 @@ gathers that step's parts from all of them and:
 
 * the step stays ended if it had ended on every old kernel (and so on every
   new one: whether a step ended is the same for the whole run, so the
-  channels it feeds are closed alike on every kernel);
+  channels it feeds are closed alike on every kernel); what its operator
+  kept at its end on each old kernel (an `Ended` part: a file source's
+  skipped count) it gathers for the new ones (`rescale_ended`, an internal
+  hook; without it, the step's parts are plain ENDED);
 * its timers go to the kernel that owns their data as a key (timers set
   with `schedule(t, key)`; data that is not a key goes to kernel 0), and
   a timer without data (`schedule(t)`) to every kernel, once per time;
@@ -32,7 +35,7 @@ import pickle
 from kernel.dataflow._errors import PASSES_THROUGH
 from kernel.dataflow._operator import NONE_KEY, Operator
 
-from ._epochs import ENDED, unpickled_part
+from ._epochs import ENDED, Ended, unpickled_part
 from ._instance import _call
 
 
@@ -130,7 +133,7 @@ def restore_rescaled(runtime, rescaled: Rescaled) -> None:
 
     for index, instance in enumerate(runtime.instances):
         if ended[index]:
-            runtime.restored_ended(instance)
+            runtime.restored_ended(instance, _ended_part(instance, parts_of[index], me))
             continue
         parts = [part if part == ENDED else unpickled_part(instance.name, part)
                  for part in parts_of[index] or []]
@@ -167,6 +170,20 @@ def _restore_one(runtime, instance, live: list, snapshots: list, ended: dict, ow
         operator_snapshot["late"] += late
     instance.restore_part((frontier, marks, closed, timers, operator_snapshot))
     _call(instance, "restore", operator_snapshot)
+
+
+def _ended_part(instance, parts: list | None, me: int) -> str:
+    """What stands for `instance` restored as ended on kernel `me`: an
+    `Ended` with what its operator makes of what it kept on the old kernels
+    (`rescale_ended(kept, first)`, `first` on kernel 0 of this run), or
+    ENDED. Plain ENDED lost it: a file source's skipped count after a resume
+    on another number of kernels, from an epoch where every kernel's share
+    had been read to its end, was 0."""
+    kept = [part.snapshot for part in parts or () if part.__class__ is Ended]
+    if not kept or not hasattr(instance.op, "rescale_ended"):
+        return ENDED
+    snapshot = _call(instance, "rescale_ended", kept, me == 0)
+    return ENDED if snapshot is None else Ended(snapshot)
 
 
 def _late_of(step: str, parts: list) -> int:
