@@ -3,11 +3,20 @@
 1. from_files' `skipped_count` after a resume on another number of kernels,
    from a snapshot where every kernel's share had been read to its end (the
    file source had ended everywhere, another source kept the run going).
+2. The sdist carries what builds the wheel (the packages' files git
+   tracks, pyproject.toml, README.md, setuptools' PKG-INFO and setup.cfg),
+   not setuptools' egg-info (made under aliases/, the package-dir of "")
+   nor the top-level half of tests/ (setuptools' default test*.py).
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import tarfile
 import textwrap
+import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +117,41 @@ def wait_until_unlocked(state_dir, timeout: float = 30) -> None:
                 return
     finally:
         os.close(fd)
+
+
+# -- 2. the sdist -----------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The backend pyproject.toml names, its PEP 517 hook called directly (as
+# `pip wheel --no-build-isolation` does: no network, this environment's setuptools).
+BUILD = """\
+import importlib, sys, tomllib
+with open("pyproject.toml", "rb") as f:
+    backend = importlib.import_module(tomllib.load(f)["build-system"]["build-backend"])
+print(getattr(backend, "build_" + sys.argv[1])(sys.argv[2]))
+"""
+
+
+def build(what: str, source: Path, out: Path) -> Path:
+    done = subprocess.run([sys.executable, "-c", BUILD, what, str(out)], cwd=source, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return out / done.stdout.split()[-1]
+
+
+def test_the_sdist_carries_what_builds_the_wheel_and_nothing_else(tmp_path):
+    sdist = build("sdist", ROOT, tmp_path / "sdist")
+    with tarfile.open(sdist) as tar:
+        names = {m.name.split("/", 1)[1] for m in tar.getmembers() if m.isfile()}
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    tracked = subprocess.run(["git", "ls-files", "kernel", "net", "operators", "state", "aliases"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert len(tracked) > 100
+    assert names == {*tracked, "pyproject.toml", "README.md", "PKG-INFO", "setup.cfg"}
+    # and it builds the wheel the checkout builds
+    unpacked, = (tmp_path / "unpacked").iterdir()
+    from_sdist = build("wheel", unpacked, tmp_path / "wheel-from-sdist")
+    from_checkout = build("wheel", ROOT, tmp_path / "wheel")
+    with zipfile.ZipFile(from_sdist) as a, zipfile.ZipFile(from_checkout) as b:
+        assert sorted(a.namelist()) == sorted(b.namelist())
