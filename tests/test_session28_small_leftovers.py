@@ -8,10 +8,15 @@
    egg-info among the alias modules (made under aliases/, the package-dir
    of "": setup.cfg puts it at the top) nor the top-level half of tests/
    (setuptools' default test*.py).
+3. The more-kernels-than-CPUs warning counts a Slurm job's CPUs on this
+   node (SLURM_CPUS_PER_TASK, SLURM_CPUS_ON_NODE) with the affinity's and
+   the cgroup quota's, and names the fewest.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import subprocess
 import sys
 import tarfile
@@ -159,3 +164,42 @@ def test_the_sdist_carries_what_builds_the_wheel_and_nothing_else(tmp_path):
     from_checkout = build("wheel", ROOT, tmp_path / "wheel")
     with zipfile.ZipFile(from_sdist) as a, zipfile.ZipFile(from_checkout) as b:
         assert sorted(a.namelist()) == sorted(b.namelist())
+
+
+# -- 3. more kernels than a Slurm job's CPUs ------------------------------------------------------
+
+SHARING = "the kernels will share CPUs, and run slower than with cores=1"
+
+
+def warnings_of_a_run(caplog, cores: int) -> list[str]:
+    flow = Dataflow()
+    out = flow.from_iterable(range(4)).collect()
+    with caplog.at_level(logging.WARNING, logger="kernel"):
+        run(flow, cores=cores)
+    assert sorted(out.items) == [0, 1, 2, 3]
+    return [r.getMessage() for r in caplog.records if r.name == "kernel" and "cores=" in r.getMessage()]
+
+
+def test_more_kernels_than_a_slurm_jobs_cpus_on_the_node_is_said(caplog, monkeypatch):
+    """Two kernels where this process may use two CPUs (this machine's
+    affinity; no cgroup quota under 2) but its Slurm job has one on the node."""
+    assert len(os.sched_getaffinity(0)) >= 2  # (the suite's machines have two CPUs at least)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_CPUS_ON_NODE", "1")
+    assert warnings_of_a_run(caplog, 2) == [
+        "cores=2, but this process's Slurm job gives it only 1 CPU on this node (SLURM_CPUS_ON_NODE): "
+        + SHARING]
+
+
+def test_a_slurm_tasks_cpus_bound_it_where_fewer_than_the_nodes(caplog, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_CPUS_ON_NODE", "8")
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert warnings_of_a_run(caplog, 2) == [
+        "cores=2, but this process's Slurm job gives it only 1 CPU on this node (SLURM_CPUS_PER_TASK): "
+        + SHARING]
+
+    caplog.clear()
+    monkeypatch.delenv("SLURM_JOB_ID")  # (not in a Slurm job: its variables are not read)
+    assert warnings_of_a_run(caplog, 2) == []
