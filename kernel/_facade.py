@@ -163,25 +163,34 @@ def _warn_if_oversubscribed(cores: int) -> None:
     CPUs, an idle one sleeps) but is slower than fewer kernels, so it is
     said, not refused: tests run several kernels on small machines, and a
     cluster's processes must agree on `cores` even where CPUs differ. The
-    CPUs are the fewer of its affinity's and its cgroup's CPU quota's
-    (rounded up: 1.5 CPUs' time runs two kernels), and the warning says
-    which it is."""
+    CPUs are the fewest of its affinity's, its cgroup's CPU quota's
+    (rounded up: 1.5 CPUs' time runs two kernels) and, in a Slurm job, the
+    job's on this node (`slurm_cpus`: Slurm without task/affinity or
+    task/cgroup leaves the affinity every CPU), and the warning says which
+    it is (on a tie, the first of them)."""
     if cores == 1:
         return
-    from kernel.execution._cores import cgroup_cpu_quota
+    from kernel.execution._cores import cgroup_cpu_quota, slurm_cpus
+
+    def plural(n) -> str:
+        return "" if n == 1 else "s"
 
     cpus = len(os.sched_getaffinity(0))
+    bounds = [(cpus, f"this process may use only {cpus} CPU{plural(cpus)} (os.sched_getaffinity)")]
     quota = cgroup_cpu_quota()
-    if quota is not None and math.ceil(quota) < cpus:
-        bound = max(1, math.ceil(quota))
-        if cores > bound:
-            log.warning("cores=%d, but this process's CPU quota (its cgroup's) gives it only %g CPU%s time: "
-                        "the kernels will share CPUs, and run slower than with cores=%d",
-                        cores, quota, "'s" if quota == 1 else "s'", bound)
-    elif cores > cpus:
-        log.warning("cores=%d, but this process may use only %d CPU%s (os.sched_getaffinity): "
-                    "the kernels will share CPUs, and run slower than with cores=%d",
-                    cores, cpus, "" if cpus == 1 else "s", cpus)
+    if quota is not None:
+        share = "CPU's time" if quota == 1 else "CPUs' time"
+        bounds.append((max(1, math.ceil(quota)),
+                       f"this process's CPU quota (its cgroup's) gives it only {quota:g} {share}"))
+    slurm = slurm_cpus()
+    if slurm is not None:
+        given, variable = slurm
+        bounds.append((given, f"this process's Slurm job gives it only {given} CPU{plural(given)} "
+                              f"on this node ({variable})"))
+    bound, said = min(bounds, key=lambda pair: pair[0])
+    if cores > bound:
+        log.warning("cores=%d, but %s: the kernels will share CPUs, and run slower than with cores=%d",
+                    cores, said, bound)
 
 
 class Snapshots:

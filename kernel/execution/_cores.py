@@ -95,8 +95,9 @@ def pin_kernels(env=os.environ) -> bool:
     0 on CPU 0) halve each other while other CPUs idle, far worse than an
     unpinned kernel's migrations. So they are pinned only to CPUs that look
     like this process's own: not where the CPU time it is given (its
-    cgroup's quota: a container's CPU limit; SLURM_CPUS_ON_NODE: a Slurm
-    job's CPUs on this node) is less than the CPUs its affinity allows, and
+    cgroup's quota: a container's CPU limit; SLURM_CPUS_ON_NODE or
+    SLURM_CPUS_PER_TASK: a Slurm job's CPUs on this node, `slurm_cpus`)
+    is less than the CPUs its affinity allows, and
     in a Kubernetes pod only where its CPUs are its own: not where its
     affinity is every CPU of the node (the kubelet's default CPU manager
     policy: every pod has all of them), and not without a CPU quota of as
@@ -132,9 +133,22 @@ def pin_kernels(env=os.environ) -> bool:
 
 
 def _slurm_cpus(env) -> int | None:
-    """The CPUs a Slurm job was given on this node."""
-    cpus = env.get("SLURM_CPUS_ON_NODE", "") if env.get("SLURM_JOB_ID") else ""
-    return int(cpus) if cpus.isdigit() else None
+    """The CPUs a Slurm job was given on this node (`slurm_cpus`)."""
+    given = slurm_cpus(env)
+    return None if given is None else given[0]
+
+
+def slurm_cpus(env=os.environ) -> tuple[int, str] | None:
+    """The CPUs a Slurm job gives this process on this node, and the
+    variable that says so: the fewer of SLURM_CPUS_PER_TASK's (a task's,
+    where the job runs several on the node) and SLURM_CPUS_ON_NODE's (the
+    job's); None outside a Slurm job (no SLURM_JOB_ID) or where neither
+    is set."""
+    if not env.get("SLURM_JOB_ID"):
+        return None
+    given = [(int(text), name) for name in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE")
+             if (text := env.get(name, "").strip()).isdigit() and int(text) > 0]
+    return min(given, key=lambda pair: pair[0]) if given else None
 
 
 def cgroup_cpu_quota(cgroups: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> float | None:
