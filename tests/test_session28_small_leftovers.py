@@ -11,6 +11,9 @@
 3. The more-kernels-than-CPUs warning counts a Slurm job's CPUs on this
    node (SLURM_CPUS_PER_TASK, SLURM_CPUS_ON_NODE) with the affinity's and
    the cgroup quota's, and names the fewest.
+4. `--listen ""` and `--dashboard ""` say the address given is empty, as
+   `--coordinator ""` does (they said "no address given", or, kernel.run's
+   --dashboard, "must be 'HOST:PORT' ..., got '': no port").
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import sys
 import tarfile
 import textwrap
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -203,3 +207,31 @@ def test_a_slurm_tasks_cpus_bound_it_where_fewer_than_the_nodes(caplog, monkeypa
     caplog.clear()
     monkeypatch.delenv("SLURM_JOB_ID")  # (not in a Slurm job: its variables are not read)
     assert warnings_of_a_run(caplog, 2) == []
+
+
+# -- 4. an empty address, said alike by every flag -------------------------------------------------
+
+def cli(*args, module="kernel"):
+    env = dict(os.environ, KERNEL_SECRET="leftovers")
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env=env)
+
+
+def test_an_empty_listen_or_dashboard_address_is_said_to_be_empty(tmp_path):
+    pipeline = tmp_path / "tiny.py"
+    pipeline.write_text("from kernel import Dataflow\nflow = Dataflow('tiny')\n"
+                        "flow.from_iterable([1]).collect()\n")
+    calls = {
+        "--listen": (("coordinator", "--listen", "", "--data", tmp_path / "c1"), "kernel"),
+        "--dashboard": (("coordinator", "--listen", "127.0.0.1:1", "--dashboard", "",
+                         "--data", tmp_path / "c2"), "kernel"),
+        "run --dashboard": ((pipeline, "--dashboard", ""), "kernel.run"),
+    }
+    with ThreadPoolExecutor(len(calls)) as pool:
+        done = {what: pool.submit(cli, *args, module=module) for what, (args, module) in calls.items()}
+        done = {what: future.result() for what, future in done.items()}
+    assert {what: (d.returncode, d.stderr) for what, d in done.items()} == {
+        "--listen": (2, "error: --listen: the address given is empty (HOST:PORT)\n"),
+        "--dashboard": (2, "error: --dashboard: the address given is empty (HOST:PORT)\n"),
+        "run --dashboard": (2, "error: --dashboard: the address given is empty (HOST:PORT)\n"),
+    }
