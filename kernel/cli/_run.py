@@ -187,6 +187,8 @@ def _run(args, path: Path, name: str) -> int:
     if args.epoch_interval is not None and args.state_dir is None:
         raise UsageError("--epoch-interval needs --state-dir")  # (epochs drive the snapshots, nothing else)
     _check_pipeline_path(path)
+    if args.dashboard is not None and not args.dashboard:  # (said as the system's commands say it)
+        raise UsageError("--dashboard: the address given is empty (HOST:PORT)")
     if args.coordinator is not None:
         if not args.coordinator:
             raise UsageError("--coordinator: the address given is empty (HOST:PORT)")

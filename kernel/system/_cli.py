@@ -29,8 +29,8 @@ class _Usage(Exception):
 def _address(text: str | None, what: str) -> tuple[str, int]:
     from kernel.execution._cluster import parse_peers
 
-    if not text:
-        raise _Usage(f"{what}: no address given (HOST:PORT)")
+    if not text:  # (given empty: an unset --coordinator is said before, with what to set)
+        raise _Usage(f"{what}: the address given is empty (HOST:PORT)")
     try:
         (address,) = parse_peers(text)
     except ValueError as exc:
