@@ -14,6 +14,10 @@
 4. `--listen ""` and `--dashboard ""` say the address given is empty, as
    `--coordinator ""` does (they said "no address given", or, kernel.run's
    --dashboard, "must be 'HOST:PORT' ..., got '': no port").
+5. A pipeline file with a syntax error: `submit` and `python -m kernel.run`
+   say it in the same words (FILE:LINE, Python's message, its line and
+   caret), exit 2; kernel.run said "importing FILE raised SyntaxError: ..."
+   (no caret), exit 1.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import traceback
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -235,3 +240,37 @@ def test_an_empty_listen_or_dashboard_address_is_said_to_be_empty(tmp_path):
         "--dashboard": (2, "error: --dashboard: the address given is empty (HOST:PORT)\n"),
         "run --dashboard": (2, "error: --dashboard: the address given is empty (HOST:PORT)\n"),
     }
+
+
+# -- 5. a pipeline file with a syntax error, said alike by submit and kernel.run -------------------
+
+BROKEN = """\
+from kernel import Dataflow
+
+flow = Dataflow("tiny")
+flow.from_iterable(range(3).map(str).collect(
+x = 1
+"""
+
+
+def test_submit_and_kernel_run_say_a_syntax_error_alike(tmp_path):
+    pipeline = tmp_path / "broken.py"
+    pipeline.write_text(BROKEN)
+    try:
+        compile(BROKEN, str(pipeline), "exec")
+    except SyntaxError as exc:  # the reference: Python's own words, line and caret
+        expected = exc
+    where = "".join(traceback.format_exception_only(expected)[:-1])
+    assert "^" in where and str(pipeline) in where
+    said = f"error: {pipeline}:{expected.lineno}: SyntaxError: {expected.msg}\n{where}"
+    calls = {
+        "submit": (("submit", f"{pipeline}:flow", "--coordinator", "127.0.0.1:1"), "kernel"),
+        "kernel.run": ((pipeline,), "kernel.run"),
+        "kernel.run --cores 2": ((pipeline, "--cores", "2"), "kernel.run"),
+        "kernel run FILE:flow": (("run", f"{pipeline}:flow"), "kernel"),
+    }
+    with ThreadPoolExecutor(len(calls)) as pool:
+        done = {what: pool.submit(cli, *args, module=module) for what, (args, module) in calls.items()}
+        done = {what: future.result() for what, future in done.items()}
+    assert {what: (d.returncode, d.stdout, d.stderr) for what, d in done.items()} == {
+        what: (2, "", said) for what in calls}
