@@ -41,6 +41,16 @@ class PipelineImportError(Exception):
     """The pipeline file raised while being imported."""
 
 
+def syntax_error(exc: SyntaxError, path) -> UsageError:
+    """The pipeline file `path` is not valid Python: a usage error, said
+    alike by `kernel.run` (at its import) and `submit` (which only compiles
+    it): FILE:LINE, Python's message, and Python's line and caret."""
+    import traceback
+
+    where = "".join(traceback.format_exception_only(exc)[:-1]).rstrip()  # File..., the line, the caret
+    return UsageError(f"{path}:{exc.lineno}: {type(exc).__name__}: {exc.msg}\n{where}")
+
+
 def split_target(target: str) -> tuple[Path, str]:
     """`path.py:name` -> (path, name); the name defaults to `flow`."""
     path, sep, name = target.rpartition(":")
@@ -71,6 +81,8 @@ def load_flow(path: Path, name: str) -> Dataflow:
     except BaseException as exc:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
+        if isinstance(exc, SyntaxError) and exc.filename == str(path):  # (not a module it imports)
+            raise syntax_error(exc, path) from None
         raise PipelineImportError(f"importing {path} raised {describe_exception(exc)}") from exc
     finally:
         pipeline_import(None)

@@ -119,15 +119,12 @@ def _check_syntax(text: str, path: Path) -> None:
     """The file compiled, not run (a pipeline may import what only the
     executors' machines have): a syntax error is a usage error here, named
     at the user's path, not a failed job naming the executor's copy."""
-    import traceback
-
-    from kernel.cli._run import UsageError
+    from kernel.cli._run import UsageError, syntax_error
 
     try:
         compile(text, str(path), "exec", dont_inherit=True)
-    except SyntaxError as exc:
-        where = "".join(traceback.format_exception_only(exc)[:-1]).rstrip()  # File..., the line, the caret
-        raise UsageError(f"{path}:{exc.lineno}: {type(exc).__name__}: {exc.msg}\n{where}") from None
+    except SyntaxError as exc:  # (as kernel.run says it)
+        raise syntax_error(exc, path) from None
     except ValueError as exc:  # (null bytes, before Python 3.12 a ValueError)
         raise UsageError(f"{path}: {exc}") from None
 
