@@ -73,6 +73,35 @@ def test_an_emit_in_open_crosses_an_exchange_once_per_kernel(cores):
     assert all(sorted(ns) == list(range(1, len(ns) + 1)) for ns in by_kernel.values())
 
 
+def _halvings(n):
+    """The loop's body as plain Python: n // 2, again, while n > 1."""
+    out = []
+    while n > 1:
+        n //= 2
+        out.append(n)
+    return out
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_an_emit_in_open_inside_a_loop_goes_into_its_first_round(cores):
+    """Inside `iterate`: EmitsAtOpen's [100, 101] reach Counts after its
+    open, as round 0's records, and are fed back like the input's."""
+
+    def body(numbers):
+        counted = numbers.filter(lambda n: n > 1).map(lambda n: n // 2).apply(EmitsAtOpen).apply(Counts)
+        return counted.map(lambda pair: pair[0]), counted
+
+    flow = Dataflow("at-open-loop")
+    out = flow.from_iterable([8, 3]).iterate(body, max_rounds=10).collect()
+    run(flow, cores=cores)
+    expected = _halvings(8) + _halvings(3) + [x for n in (100, 101) for x in [n, *_halvings(n)]] * cores
+    assert sorted(x for x, *_ in out.items) == sorted(expected)
+    by_kernel: dict = {}
+    for _x, n, *index in out.items:
+        by_kernel.setdefault(tuple(index), []).append(n)
+    assert all(sorted(ns) == list(range(1, len(ns) + 1)) for ns in by_kernel.values())
+
+
 class OpensWithRecords(Source):
     """A user's Source: emits `head` and advances its watermark in open(),
     then emits `body` (event time = the record) and ends."""
