@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import math
 import pickle
+from functools import partial
 
 from kernel.dataflow import EVERY_EPOCH
 from kernel.dataflow._graph import Graph, Node
@@ -30,7 +31,7 @@ from kernel.net import LocalTransport, Partitioner
 
 from ._epochs import ENDED, Ended, EpochTracker, pickled_part, unpickled_part
 from ._exchange import ExchangeOutput, watermark_pacer
-from ._instance import END, Instance, _call
+from ._instance import END, Instance, _call, _is_batch, _not_a_batch
 from ._loops import INSTANCE_CLASSES, Entry, back_edge, wire_loops
 from ._rescale import Rescaled, restore_rescaled
 
@@ -95,6 +96,7 @@ class Runtime:
         self.nested_time = [0.0]  # metrics: see Instance.count_records
         self.observers: list = []  # metrics of this kernel's transport: () -> {"ring_used_bytes": ...}
         self.loops: dict = {}  # loop id -> its LoopControl on this kernel (_loops.py)
+        self._held: list | None = None  # what open() emitted, while the steps open (`_hold_during_open`)
 
     # -- wiring -------------------------------------------------------------------
 
@@ -271,23 +273,59 @@ class Runtime:
         """Build, open every operator and schedule the sources."""
         self._build()
         self.kernel.context.snapshots = self.coordinator is not None
-        for instance in self.instances:
-            _call(instance, "open", self.kernel.context)
-        for index, instance in enumerate(self.instances):
-            instance.index = index
-        self._live = len(self.instances)
-        if self._live:
-            self.kernel.hold()
-        ended_before = 0
-        if self.coordinator is not None:
-            ended_before = self._start_epochs()
-        else:
-            self.commit(0)  # nothing restored: output an earlier run held back is stale
+        held, saved = self._hold_during_open()
+        try:
+            for instance in self.instances:
+                _call(instance, "open", self.kernel.context)
+            for index, instance in enumerate(self.instances):
+                instance.index = index
+            self._live = len(self.instances)
+            if self._live:
+                self.kernel.hold()
+            ended_before = 0
+            if self.coordinator is not None:
+                ended_before = self._start_epochs()
+            else:
+                self.commit(0)  # nothing restored: output an earlier run held back is stale
+        finally:
+            self._held = None
+            for op, helpers, holders in saved:
+                for name, holder in zip(helpers, holders):
+                    if op.__dict__.get(name) is holder:  # (one the operator set itself in open stays)
+                        setattr(op, name, helpers[name])
         self.transport.start(self.kernel, self, ended_before)
+        restored = self.coordinator is not None and self.coordinator.snapshot is not None
+        for records, call in held:
+            if not (records and restored):
+                call()
         if self._live == 0:
             self.transport.finish_sending()
         for source in self._sources:
             source.wake()
+
+    def _hold_during_open(self) -> tuple[list, list]:
+        """What the operators emit (and sources say of their watermark) in
+        `open()`, or `restore()`, waits till every step is open and
+        restored, then goes on in the order it was made, before anything
+        else: at once it went to steps not open yet (a chained step's
+        on_batch ran before its open, an exchange's before the transport
+        started). A run resumed from a snapshot does not hand the records
+        on again: every epoch marker came after them, so the state it
+        restores holds them already (a crash-free run counted them once).
+        Returns the list the calls are kept in, in order, as `(records,
+        call)`, and each operator's own helpers, to put back once the phase
+        ends (unless the operator replaced one in open). A holding helper
+        kept past it (by a task started in open, or an emit of the
+        operator's own wrapping it) goes straight to the operator's own."""
+        self._held = held = []
+        saved = []
+        for instance in self.instances:
+            op = instance.op
+            helpers = {name: getattr(op, name) for name in ("emit", "advance_watermark", "mark_idle")}
+            holders = _held_helpers(self, helpers)
+            saved.append((op, helpers, holders))
+            op.emit, op.advance_watermark, op.mark_idle = holders
+        return held, saved
 
     # The transport's receiver (kernel.net's protocol).
 
@@ -591,6 +629,32 @@ def _upstream_first(source: Instance, leads: dict[int, bool]) -> list[Instance]:
 
     visit(source)
     return order[::-1]
+
+
+def _held_helpers(runtime: Runtime, helpers: dict):
+    """An operator's emit, advance_watermark and mark_idle while the steps
+    open (`Runtime._hold_during_open`): kept in `runtime._held`, in order.
+    A batch is checked at the emit (an error names the handler emitting)."""
+    emit, advance, idle = helpers["emit"], helpers["advance_watermark"], helpers["mark_idle"]
+
+    def held_emit(batch) -> None:
+        if runtime._held is None:
+            return emit(batch)
+        if not isinstance(batch, list) and not _is_batch(batch):
+            _not_a_batch(batch)
+        runtime._held.append((True, partial(emit, batch)))
+
+    def held_advance(watermark) -> None:
+        if runtime._held is None:
+            return advance(watermark)
+        runtime._held.append((False, partial(advance, watermark)))
+
+    def held_idle() -> None:
+        if runtime._held is None:
+            return idle()
+        runtime._held.append((False, idle))
+
+    return held_emit, held_advance, held_idle
 
 
 def _local_targets(instance: Instance) -> list[Instance]:
