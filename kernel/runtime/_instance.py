@@ -297,8 +297,11 @@ class Instance:
             # A user's operator (apply()) that emits one record alone, a str
             # or a dict, had it split into characters or keys downstream,
             # silently; a generator failed as "has no len()". The built-in
-            # operators, which always emit lists, skip this check.
-            op.emit = self.user_output.emitter(_batch_checked(op.emit))
+            # operators, which always emit lists, skip this check. Checked
+            # at the emit call (behind a large emit, it was refused only
+            # when it went on, in a later tick: the handler could not
+            # catch it).
+            op.emit = _batch_checked(self.user_output.emitter(op.emit))
 
     def user_output_in_pieces(self) -> None:
         """A user's operator (apply()): a large emit in its handlers goes
