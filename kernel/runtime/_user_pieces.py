@@ -18,8 +18,9 @@ one `len()` and a flag more an emit.
 
 Left whole, as before: an emit from `on_timer`, `on_idle`, `on_round` or a
 task of the operator's own (nothing would hand its rest on, and they have
-no `Unfinished` to return), a batch that is not a plain list (a `TimedBatch`
-carries its stamps, which slices would drop), and the output of an `on_end`
+no `Unfinished` to return), a batch that is neither a plain list nor a
+`TimedBatch` (a tuple; a `TimedBatch` is cut into `TimedBatch` pieces with
+their stamps, as a source's is), and the output of an `on_end`
 that hands back a future (its rest goes on before the future is waited
 for, at once). An emit made while an earlier one's pieces still go on (from
 a task) goes on behind them, whole, as it would have then: it was emitted
@@ -76,8 +77,8 @@ class UserOutput:
                 emit(batch)
             elif self.rest is not None:
                 self.rest.append(batch)  # behind the large one: order kept
-            elif batch.__class__ is list and len(batch) > LARGE_OUTPUT:
-                emit(batch[:PIECE])
+            elif (batch.__class__ is list or batch.__class__ is TimedBatch) and len(batch) > LARGE_OUTPUT:
+                emit(first_piece(batch))
                 self.rest = [batch]  # (its first PIECE gone on: `_pieces` skips it; no copy of the rest)
             else:
                 emit(batch)
@@ -122,20 +123,20 @@ class UserOutput:
         self.going = None  # (the last piece has gone on: `Unfinished.step` reads ahead)
 
 
-def _pieces(batches: list[list], cut_timed: bool = False):
+def _pieces(batches: list[list]):
     """The batches waiting, a PIECE at most a piece, in order: the first
-    from its second PIECE on (its first went on from the emit). One that
-    is not a plain list goes whole: a TimedBatch's slices would be plain
-    lists, its stamps dropped; `cut_timed` (a source's) cuts a TimedBatch
-    too, each piece a TimedBatch with its records' stamps. (`batches` may
-    grow while this runs.)"""
+    from its second PIECE on (its first went on from the emit). A
+    TimedBatch is cut too, each piece a TimedBatch with its records'
+    stamps (it went whole, a user operator's, behind a large emit); any
+    other batch that is not a plain list (a tuple) goes whole. (`batches`
+    may grow while this runs.)"""
     start = PIECE
     for batch in batches:
         cls = batch.__class__
         if cls is list:
             for at in range(start, len(batch), PIECE):
                 yield batch[at:at + PIECE]
-        elif cls is TimedBatch and cut_timed:
+        elif cls is TimedBatch:
             stamps = batch.timestamps
             for at in range(start, len(batch), PIECE):
                 yield TimedBatch(batch[at:at + PIECE], stamps[at:at + PIECE])
@@ -146,13 +147,12 @@ def _pieces(batches: list[list], cut_timed: bool = False):
 
 
 def first_piece(batch: list) -> list:
-    """The first PIECE of a source's large emit (a `TimedBatch`'s with its stamps)."""
+    """The first PIECE of a large emit (a `TimedBatch`'s with its stamps)."""
     if batch.__class__ is TimedBatch:
         return TimedBatch(batch[:PIECE], batch.timestamps[:PIECE])
     return batch[:PIECE]
 
 
 def source_pieces(batches: list):
-    """`_pieces` for a source (`Instance._source_large`): a `TimedBatch` is
-    cut too, each piece a `TimedBatch` with its records' stamps."""
-    return _pieces(batches, cut_timed=True)
+    """`_pieces` for a source (`Instance._source_large`)."""
+    return _pieces(batches)
