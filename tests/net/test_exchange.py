@@ -14,7 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from kernel.net._exchange import key_group
 
-from kernel import Dataflow, Operator, run
+from kernel import Dataflow, Operator, TimedBatch, run
 from net import Partitioner, stable_hash
 
 REPO = Path(__file__).resolve().parents[2]
@@ -393,6 +393,27 @@ def test_a_keys_group_is_the_top_bits_of_its_hash_times_the_golden_ratio(key, gr
     assert key_group(key, groups) == expected
     part = Partitioner(2, [0] * (groups // 2) + [1] * (groups // 2))
     assert part.owner(key) == (expected >= groups // 2) == part.owned_by(1)(key)
+
+
+@given(st.lists(st.one_of(st.integers(-(2**70), 2**70), st.booleans(), st.text(max_size=8),
+                         st.floats(allow_nan=False), st.none(),
+                         st.tuples(st.integers(), st.text(max_size=3))), max_size=30),
+       st.sampled_from([2, 128, 1024]))
+def test_a_partitioner_places_every_key_in_its_key_group(keys, groups):
+    """Its own placing of a new key (written out for strs and ints) against
+    `key_group` itself: an owner table of one group a kernel gives the
+    group back, by `owner`, by `split` and by a TimedBatch's split, and
+    again once the keys are cached."""
+    part = Partitioner(groups, list(range(groups)))
+    expected = [key_group(key, groups) for key in keys]
+    for _ in range(2):  # new, then cached
+        assert [part.owner(key) for key in keys] == expected
+        for fresh in (Partitioner(groups, list(range(groups))), part):
+            timed = TimedBatch((key, i) for i, key in enumerate(keys))
+            timed.timestamps = list(range(len(keys)))
+            for batch in ([(key, i) for i, key in enumerate(keys)], timed):
+                placed = {i: g for g, share in enumerate(fresh.split(batch)) for _, i in share}
+                assert [placed[i] for i in range(len(keys))] == expected
 
 
 def test_keys_with_a_stride_spread_over_the_kernels():
