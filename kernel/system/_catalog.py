@@ -24,10 +24,15 @@ else using the catalog, a test's).
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
+import hashlib
 import json
 import os
+import socket
 import sqlite3
+import struct
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -142,13 +147,17 @@ def job_row(job: Job) -> dict:
     return row
 
 
-def _hold(lock_path: Path, catalog: Path):
+def _hold(lock_path: Path, catalog: Path) -> tuple:
     """One coordinator per catalog: an exclusive lock beside it, held until
     close (or the process's end, even by SIGKILL). A second coordinator on
     the same --data ran as well, took the first's connected executors for
     ones that did not come back, and wrote them lost and their jobs
     restarting into the catalog, under the first: restarted, that one then
-    stopped the running jobs and started them again."""
+    stopped the running jobs and started them again.
+    The lock file goes with its directory (an `rm -rf` of --data while the
+    coordinator runs), and a second one then took a new one: the data
+    directory is claimed as well by a name that no file holds (`_claim`).
+    (lock file, claim) to close at the end."""
     lock = open(lock_path, "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -157,10 +166,48 @@ def _hold(lock_path: Path, catalog: Path):
         holder = lock.read().strip() or "?"
         lock.close()
         raise CatalogError(f"the catalog {catalog} is in use by another coordinator (pid {holder})") from None
+    try:
+        claim = _claim(catalog.parent)
+    except BaseException:
+        lock.close()
+        raise
     lock.truncate(0)
     lock.write(str(os.getpid()))
     lock.flush()
-    return lock
+    return lock, claim
+
+
+def _claim(data_dir: Path) -> socket.socket | None:
+    """The data directory claimed for this process by a listening socket in
+    Linux's abstract namespace, named after the directory's absolute path:
+    no file, so deleting the directory does not free it, and the kernel
+    frees it when the process ends (SIGKILL too). A second coordinator is
+    refused, naming the first (its pid, from the socket's credentials).
+    (Elsewhere, and across network namespaces, the lock file alone.)"""
+    if not sys.platform.startswith("linux"):
+        return None
+    where = os.path.abspath(os.path.realpath(data_dir))
+    name = b"\0streamkernel-coordinator-" + hashlib.sha256(where.encode()).hexdigest()[:40].encode()
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        claim.bind(name)
+        claim.listen(1)
+        return claim
+    except OSError as exc:
+        claim.close()
+        if exc.errno != errno.EADDRINUSE:
+            return None  # (no such namespace here: the lock file alone)
+    holder = "?"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            probe.connect(name)
+            holder = str(struct.unpack("3i", probe.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0])
+    except OSError:
+        pass
+    raise CatalogError(f"the data directory {data_dir} is in use by another coordinator (pid {holder}), "
+                       "though its catalog.lock is gone (deleted while that one runs): stop it first")
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -207,10 +254,10 @@ class Catalog:
         # that name) or a --data that is not a directory one can write in:
         # one line saying which file and why (it was a raw sqlite3 or OSError
         # traceback from the coordinator's start).
-        self._lock = None
+        self._lock = self._claim = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock = _hold(self.path.with_name("catalog.lock"), self.path)
+            self._lock, self._claim = _hold(self.path.with_name("catalog.lock"), self.path)
             self._pool.submit(self._open).result()
         except (sqlite3.Error, OSError, CatalogError) as exc:
             if self._db is not None:
@@ -218,6 +265,8 @@ class Catalog:
             self._pool.shutdown()
             if self._lock is not None:
                 self._lock.close()
+                if self._claim is not None:
+                    self._claim.close()
             if isinstance(exc, CatalogError):
                 raise
             raise CatalogError(f"the catalog {self.path} cannot be used: {exc}") from exc
@@ -260,6 +309,8 @@ class Catalog:
         self._pool.submit(self._db.close)
         self._pool.shutdown(wait=True)
         self._lock.close()
+        if self._claim is not None:
+            self._claim.close()
 
     # -- calls from the event loop ------------------------------------------------------
 
