@@ -49,7 +49,8 @@ class CatalogError(KernelError):
 
 
 class CatalogBusy(CatalogError):
-    """The catalog stayed locked by another program past the timeout."""
+    """The catalog stayed locked by another program past the timeout, or
+    the calls queued before this one held its thread till then."""
 
 
 CATALOG_TIMEOUT = 10.0  # seconds a catalog call waits for a lock another program holds
@@ -246,6 +247,10 @@ class Catalog:
         self._closing = threading.Event()
         self._closed = False
         self._holders_lock = threading.Lock()
+        # set while a call waits for a lock another program holds (`_begin`):
+        # a call refused in the queue behind it says who; behind calls that
+        # are merely many or slow, that it was the queue (`_busy`)
+        self._blocked = threading.Event()
         self._holders_found: tuple[float | None, str] = (None, "")  # (when, who): `_holders`
         # every topic with its publisher and subscribers (`_topics.listing`),
         # as of the last call that changed them: `status` answers without a call
@@ -347,7 +352,7 @@ class Catalog:
             if done.cancelled():  # never ran: the calls before it held the catalog's thread till then
                 # (its holder found off the loop: a scan of /proc, ~0.1 s beside a
                 # process with many open files, froze the coordinator for each)
-                loop.run_in_executor(None, self._busy, deadline - made, True).add_done_callback(refuse)
+                loop.run_in_executor(None, self._busy, deadline - made, True, True).add_done_callback(refuse)
             elif done.exception() is not None:
                 outer.set_exception(done.exception())
             else:
@@ -405,18 +410,31 @@ class Catalog:
             return who
 
     def _begin(self, statement: str, deadline: float) -> None:
-        while True:
-            try:
-                self._db.execute(statement)
-                return
-            except sqlite3.OperationalError as exc:
-                # (SQLite waited _BUSY_STEP_MS: again, unless past the deadline or closing)
-                if not _is_busy(exc) or time.monotonic() >= deadline or self._closing.is_set():
-                    raise
+        try:
+            while True:
+                try:
+                    self._db.execute(statement)
+                    return
+                except sqlite3.OperationalError as exc:
+                    # (SQLite waited _BUSY_STEP_MS: again, unless past the deadline or closing)
+                    if not _is_busy(exc) or time.monotonic() >= deadline or self._closing.is_set():
+                        raise
+                    self._blocked.set()
+        finally:
+            self._blocked.clear()
 
-    def _busy(self, waited: float, bounded: bool) -> CatalogBusy:
+    def _busy(self, waited: float, bounded: bool, queued: bool = False) -> CatalogBusy:
+        """The refusal of a call that waited `waited` s: for a lock another
+        program holds (SQLite said so, or the call before it in the queue
+        waits for one), or, `queued` behind calls that hold no such wait,
+        for the queue alone (it said "another program" all the same)."""
+        why = "as long as the request's sender waits for its answer" if bounded else ""
+        if queued and not self._blocked.is_set():
+            why = f"; {why}" if why else ""
+            return CatalogBusy(f"the catalog is busy: the calls queued before this one took more than "
+                               f"{waited:.3g} s (no other program holds it{why})")
         who = self._holders()
-        why = " (as long as the request's sender waits for its answer)" if bounded else ""
+        why = f" ({why})" if why else ""
         return CatalogBusy(f"database is locked: {who} has held it for more than {waited:.3g} s{why}")
 
     # -- pipelines ------------------------------------------------------------------

@@ -52,8 +52,9 @@ class KernelSystemError(Exception):
 class RequestError(KernelSystemError):
     """A request the other side refused, with its reason (`no such job j-9`).
     `busy`: refused because the catalog stayed locked by another program (a
-    backup) past --catalog-timeout: nothing of it was done, and the same
-    request sent again once the lock goes succeeds."""
+    backup) past --catalog-timeout, or its queue of calls did not reach the
+    request in time: nothing of it was done, and the same request sent
+    again once the lock goes succeeds."""
 
     def __init__(self, message: str, *, busy: bool = False) -> None:
         super().__init__(message)
