@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 from kernel.system._catalog import TERMINAL
-from kernel.system._wire import CLIENT, ConnectionLost, KernelSystemError, NoAnswer, dial
+from kernel.system._wire import CLIENT, ConnectionLost, KernelSystemError, NoAnswer, RequestError, dial
 
-_SUBMIT_TRIES = 3  # a submit whose connection is lost is sent again, under its request id
+_SUBMIT_TRIES = 3  # a submit (a kill) whose connection is lost is sent again, under its request id
+BUSY_EVERY = 0.1  # seconds between the tries of a request refused because the catalog is busy
 REQUEST_TIMEOUT = 60.0  # seconds a request waits for its answer (a `logs` asks every executor)
 
 
@@ -140,17 +141,10 @@ async def submit(client: Client, target: str, *, processes, cores, executors, st
     fields = dict(payload, processes=processes, cores=cores, executors=executors, state_dir=state_dir,
                   epoch_interval=epoch_interval, max_restarts=max_restarts, shared_state=shared_state,
                   request=secrets.token_hex(16))
-    for tries_left in reversed(range(_SUBMIT_TRIES)):
-        try:
-            reply = await client.ask("submit", fields)
-            break
-        except ConnectionLost:
-            # The job may have been saved with its reply lost: asked again
-            # under the same request id, the coordinator answers with that
-            # job (a retry by hand submitted a second one)
-            if not tries_left:
-                raise
-            await client.reconnect(3 * coordinator_timeout())
+    # (sent again, after a busy refusal or a lost connection, under the same
+    # request id: the coordinator answers with the job the first try made,
+    # if it made one, never a second)
+    reply = await _until_done(client, "submit", fields)
     job = reply["job"]
     print(job, flush=True)  # the first line: what scripts read
     if not wait:
@@ -159,6 +153,55 @@ async def submit(client: Client, target: str, *, processes, cores, executors, st
     message = f": {state['message']}" if state.get("message") and state["status"] != "completed" else ""
     print(f"{job} {state['status']}{message}", flush=True)
     return 0 if state["status"] == "completed" else 1
+
+
+async def _until_done(client: Client, op: str, fields: dict, resend_lost: bool = True) -> dict:
+    """`op`'s answer. Refused because the coordinator's catalog is busy
+    (locked by another program, a backup; `RequestError.busy`: nothing of
+    it was done), asked again every BUSY_EVERY s for up to REQUEST_TIMEOUT
+    s, saying once on stderr that it waits, and on whom (it failed at once,
+    while the topics' client waited). Its connection lost (a coordinator
+    restarted, meanwhile too), reconnected to and sent again, up to
+    _SUBMIT_TRIES times in all, where `resend_lost`."""
+    loop = asyncio.get_running_loop()
+    timeout, first, lost = REQUEST_TIMEOUT, None, 0
+    while True:
+        try:
+            return await client.ask(op, fields, timeout)
+        except ConnectionLost:
+            # The job may have been saved with its reply lost: asked again
+            # under the same request id, the coordinator answers with that
+            # job (a retry by hand submitted a second one)
+            lost += 1
+            if not resend_lost or lost >= _SUBMIT_TRIES:
+                raise
+            await client.reconnect(3 * coordinator_timeout())
+        except RequestError as exc:
+            if not exc.busy:
+                raise
+            now = loop.time()
+            if first is None:
+                first = now
+                print(f"waiting for the coordinator's catalog ({_why_busy(exc)}); asking again for up to "
+                      f"{REQUEST_TIMEOUT:g} s", file=sys.stderr, flush=True)
+            left = first + REQUEST_TIMEOUT - now
+            if left <= 0:
+                raise RequestError(f"{exc} (asked again for {now - first:.3g} s)", busy=True) from None
+            # (its own wait bounded by what is left: the coordinator answers within it)
+            timeout = max(2.0, left)
+            await asyncio.sleep(min(BUSY_EVERY, left))
+
+
+def _why_busy(refused: RequestError) -> str:
+    """The catalog's own words in a busy refusal ("database is locked: pid N
+    (sqlite3) has held it for more than 10 s"), else the refusal's."""
+    text = str(refused)
+    for words in ("(database is locked: ", "(the catalog is busy: "):
+        start = text.find(words)
+        end = text.rfind("): ")
+        if start >= 0 and end > start:
+            return text[start + 1:end]
+    return text
 
 
 async def wait_for(client: Client, job: str) -> dict:
@@ -270,6 +313,6 @@ async def logs(client: Client, job: str, follow: bool) -> int:
 
 
 async def kill(client: Client, job: str) -> int:
-    reply = await client.request("kill", job=job)
+    reply = await _until_done(client, "kill", {"job": job}, resend_lost=False)
     print(f"{reply['job']} {reply['status']}")
     return 0

@@ -356,7 +356,7 @@ class JobMaster:
                     return (await asyncio.shield(pending[2]))[1]  # (the stored name, the job)
                 except _CATALOG_ERRORS as exc:
                     raise RequestError(f"the catalog {self.catalog.path} cannot be written ({exc}): the job "
-                                       "was not submitted") from None
+                                       "was not submitted", busy=isinstance(exc, CatalogBusy)) from None
         if executors:
             unknown = [e for e in executors if e not in self.executors]
             if unknown:
@@ -397,8 +397,9 @@ class JobMaster:
                 if request is not None:
                     self._submitting.pop(request, None)
         except _CATALOG_ERRORS as exc:
+            # (busy: nothing was written, the client asks again under the same request id)
             raise RequestError(f"the catalog {self.catalog.path} cannot be written ({exc}): the job was "
-                               "not submitted") from None
+                               "not submitted", busy=isinstance(exc, CatalogBusy)) from None
         self.jobs[job.id] = job
         self.exits[job.id] = {}
         self._pipelines.setdefault(digest, (stored, content))  # (the name it was first stored under)
