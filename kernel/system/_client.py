@@ -155,27 +155,31 @@ async def submit(client: Client, target: str, *, processes, cores, executors, st
     return 0 if state["status"] == "completed" else 1
 
 
-async def _until_done(client: Client, op: str, fields: dict, resend_lost: bool = True) -> dict:
+async def _until_done(client: Client, op: str, fields: dict, again=None) -> dict:
     """`op`'s answer. Refused because the coordinator's catalog is busy
     (locked by another program, a backup; `RequestError.busy`: nothing of
     it was done), asked again every BUSY_EVERY s for up to REQUEST_TIMEOUT
     s, saying once on stderr that it waits, and on whom (it failed at once,
     while the topics' client waited). Its connection lost (a coordinator
     restarted, meanwhile too), reconnected to and sent again, up to
-    _SUBMIT_TRIES times in all, where `resend_lost`."""
+    _SUBMIT_TRIES times in all; `again()`, awaited first, returns what the
+    first try did where it answers for it (None: send it again)."""
     loop = asyncio.get_running_loop()
     timeout, first, lost = REQUEST_TIMEOUT, None, 0
     while True:
         try:
             return await client.ask(op, fields, timeout)
         except ConnectionLost:
-            # The job may have been saved with its reply lost: asked again
-            # under the same request id, the coordinator answers with that
-            # job (a retry by hand submitted a second one)
+            # The request may have been done with its reply lost: `again`,
+            # or the coordinator's own check of the request id, finds that
+            # (a retry by hand submitted a second job)
             lost += 1
-            if not resend_lost or lost >= _SUBMIT_TRIES:
+            if lost >= _SUBMIT_TRIES:
                 raise
             await client.reconnect(3 * coordinator_timeout())
+            done = None if again is None else await again()
+            if done is not None:
+                return done
         except RequestError as exc:
             if not exc.busy:
                 raise
@@ -313,6 +317,10 @@ async def logs(client: Client, job: str, follow: bool) -> int:
 
 
 async def kill(client: Client, job: str) -> int:
-    reply = await _until_done(client, "kill", {"job": job}, resend_lost=False)
+    async def again():  # (after a lost connection: the first try may have killed it)
+        state = await client.request("job", job=job)
+        return {"job": state["id"], "status": state["status"]} if state["status"] == "killed" else None
+
+    reply = await _until_done(client, "kill", {"job": job}, again)
     print(f"{reply['job']} {reply['status']}")
     return 0
