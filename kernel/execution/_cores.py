@@ -143,11 +143,12 @@ def slurm_cpus(env=os.environ) -> tuple[int, str] | None:
     variable that says so: the fewer of SLURM_CPUS_PER_TASK's (a task's,
     where the job runs several on the node) and SLURM_CPUS_ON_NODE's (the
     job's); None outside a Slurm job (no SLURM_JOB_ID) or where neither
-    is set."""
+    is set to a count (ASCII digits, as Slurm writes them: `str.isdigit`
+    also takes "²", which `int` refuses)."""
     if not env.get("SLURM_JOB_ID"):
         return None
     given = [(int(text), name) for name in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE")
-             if (text := env.get(name, "").strip()).isdigit() and int(text) > 0]
+             if (text := env.get(name, "").strip()).isascii() and text.isdigit() and int(text) > 0]
     return min(given, key=lambda pair: pair[0]) if given else None
 
 
