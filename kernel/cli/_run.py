@@ -41,12 +41,18 @@ class PipelineImportError(Exception):
     """The pipeline file raised while being imported."""
 
 
-def syntax_error(exc: SyntaxError, path) -> UsageError:
-    """The pipeline file `path` is not valid Python: a usage error, said
-    alike by `kernel.run` (at its import) and `submit` (which only compiles
-    it): FILE:LINE, Python's message, and Python's line and caret."""
+def syntax_error(exc: SyntaxError | ValueError, path) -> UsageError:
+    """The pipeline file `path` is not valid Python (`exc`: what compiling
+    it raised): a usage error, said alike by `kernel.run` (at its import)
+    and `submit` (which only compiles it): FILE:LINE, Python's message, and
+    Python's line and caret; FILE and the message where Python names no
+    line (a null byte in the file)."""
     import traceback
 
+    if not isinstance(exc, SyntaxError):  # (a null byte, where compile raises ValueError)
+        return UsageError(f"{path}: {exc}")
+    if exc.lineno is None:
+        return UsageError(f"{path}: {type(exc).__name__}: {exc.msg}")
     where = "".join(traceback.format_exception_only(exc)[:-1]).rstrip()  # File..., the line, the caret
     return UsageError(f"{path}:{exc.lineno}: {type(exc).__name__}: {exc.msg}\n{where}")
 
@@ -81,8 +87,8 @@ def load_flow(path: Path, name: str) -> Dataflow:
     except BaseException as exc:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
-        if isinstance(exc, SyntaxError) and exc.filename == str(path):  # (not a module it imports)
-            raise syntax_error(exc, path) from None
+        if isinstance(exc, SyntaxError) and (own := _compile_error(path)) is not None:
+            raise syntax_error(own, path) from None  # (the file's own: not a module it imports)
         raise PipelineImportError(f"importing {path} raised {describe_exception(exc)}") from exc
     finally:
         pipeline_import(None)
@@ -94,6 +100,22 @@ def load_flow(path: Path, name: str) -> Dataflow:
     if not isinstance(flow, Dataflow):
         raise UsageError(f"{path}:{name} is a {type(flow).__name__}, not a Dataflow")
     return flow
+
+
+def _compile_error(path: Path) -> SyntaxError | ValueError | None:
+    """What compiling the pipeline file raises, as its import compiled it
+    (its bytes: their coding cookie, BOM, null bytes), named by `path` as
+    the user gave it; None if it compiles (a SyntaxError raised at its
+    import came from elsewhere: a module it imports, an eval). Its import's
+    SyntaxError could not tell: it names the file by its absolute path,
+    and no file at all for a null byte."""
+    try:
+        compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as exc:
+        return exc
+    except OSError:
+        return None
+    return None
 
 
 def _report(prefix: str, exc: BaseException) -> None:

@@ -120,14 +120,12 @@ def _check_syntax(text: str, path: Path) -> None:
     """The file compiled, not run (a pipeline may import what only the
     executors' machines have): a syntax error is a usage error here, named
     at the user's path, not a failed job naming the executor's copy."""
-    from kernel.cli._run import UsageError, syntax_error
+    from kernel.cli._run import syntax_error
 
     try:
         compile(text, str(path), "exec", dont_inherit=True)
-    except SyntaxError as exc:  # (as kernel.run says it)
+    except (SyntaxError, ValueError) as exc:  # (as kernel.run says it; a null byte: a ValueError in some)
         raise syntax_error(exc, path) from None
-    except ValueError as exc:  # (null bytes, before Python 3.12 a ValueError)
-        raise UsageError(f"{path}: {exc}") from None
 
 
 async def submit(client: Client, target: str, *, processes, cores, executors, state_dir, epoch_interval,
