@@ -9,6 +9,8 @@
    `submit` said it as `FILE:None: SyntaxError: ...` with a blank line.
 2. A Slurm variable that `str.isdigit` takes but `int` does not ("²")
    crashed the run (ValueError from `int`) instead of being left unread.
+3. `executor --dashboard-host ""` was taken, and every job it started
+   failed (its processes' `--dashboard :PORT`: no host).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def cli(cwd, *args, module="kernel.run"):
     env = dict(os.environ, KERNEL_SECRET="leftovers-review",
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=60, env=env)
+                          text=True, timeout=15, env=env)
 
 
 def test_kernel_run_says_a_pipeline_files_syntax_error_given_by_a_relative_path(tmp_path):
@@ -127,3 +129,29 @@ def test_a_run_in_a_slurm_job_with_an_unreadable_variable_runs(monkeypatch):
     out = flow.from_iterable(range(10)).collect()
     run(flow, cores=2)
     assert sorted(out.items) == list(range(10))
+
+
+# -- 3. an executor's empty --dashboard-host --------------------------------------------------------
+
+def test_an_executors_empty_dashboard_host_is_said_to_be_empty(tmp_path):
+    """Accepted, the executor ran on, and every job it started failed: its
+    processes were given `--dashboard :PORT` (kernel.run: "no host", exit
+    2). `--dashboard " "` is argparse's abbreviation of --dashboard-host."""
+    calls = {
+        "--dashboard-host": ("--dashboard-host", ""),
+        "--dashboard": ("--dashboard", " "),
+    }
+
+    def executor(flags):
+        return cli(tmp_path, "executor", "--cores", "1", "--coordinator", "127.0.0.1:1",
+                   "--workdir", tmp_path / "w", *flags, module="kernel")
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        done = {what: pool.submit(executor, flags) for what, flags in calls.items()}
+        done = {what: future.result() for what, future in done.items()}
+    assert {what: (d.returncode, d.stderr) for what, d in done.items()} == {
+        "--dashboard-host": (2, "error: --dashboard-host: the address given is empty "
+                                "(HOST; --no-dashboard for no dashboard)\n"),
+        "--dashboard": (2, "error: --dashboard-host: the address given is empty "
+                           "(HOST; --no-dashboard for no dashboard)\n"),
+    }
