@@ -287,6 +287,10 @@ async def _command(args) -> int:
             raise _Usage("--cores must be at least 1")
         if not args.heartbeat > 0:
             raise _Usage("--heartbeat must be a positive number of seconds")
+        if not args.no_dashboard and not args.dashboard_host.strip():
+            # (taken, each job's processes were given `--dashboard :PORT`, and failed on it)
+            raise _Usage("--dashboard-host: the address given is empty "
+                         "(HOST; --no-dashboard for no dashboard)")
         _configure_logging()
         daemon = ExecutorDaemon(address, secret, args.cores, args.workdir, args.host, tls=tls,
                                 heartbeat=args.heartbeat,
