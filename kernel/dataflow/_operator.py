@@ -44,7 +44,8 @@ synchronous handlers; the kernel calls them inside its ticks:
   has ``index``, ``peers``, ``watermark``, ``epoch``, ``clock``, ``logger``.
   What it emits (a source's watermark too) goes on once every step is open
   and restored, in order, before anything else; not again in a run resumed
-  from a snapshot, whose restored state holds it already.
+  from a snapshot, whose restored state holds it already (what ``restore``
+  emits goes on then, as open's does).
 * ``result()``: a picklable value handed back to the caller after the run
   (``collect`` returns its items this way). Default: None.
 * ``on_epoch(epoch) -> snapshot`` and ``restore(snapshot)``: the operator's

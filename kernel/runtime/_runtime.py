@@ -277,6 +277,7 @@ class Runtime:
         try:
             for instance in self.instances:
                 _call(instance, "open", self.kernel.context)
+            opened = len(held)  # (what restore() emits comes after: never handed on before)
             for index, instance in enumerate(self.instances):
                 instance.index = index
             self._live = len(self.instances)
@@ -295,8 +296,8 @@ class Runtime:
                         setattr(op, name, helpers[name])
         self.transport.start(self.kernel, self, ended_before)
         restored = self.coordinator is not None and self.coordinator.snapshot is not None
-        for records, call in held:
-            if not (records and restored):
+        for at, (records, call) in enumerate(held):
+            if not (records and restored and at < opened):
                 call()
         if self._live == 0:
             self.transport.finish_sending()
@@ -309,9 +310,10 @@ class Runtime:
         restored, then goes on in the order it was made, before anything
         else: at once it went to steps not open yet (a chained step's
         on_batch ran before its open, an exchange's before the transport
-        started). A run resumed from a snapshot does not hand the records
-        on again: every epoch marker came after them, so the state it
-        restores holds them already (a crash-free run counted them once).
+        started). A run resumed from a snapshot does not hand open's
+        records on again: every epoch marker came after them, so the state
+        it restores holds them already (a crash-free run counted them
+        once); what `restore()` emits goes on (it was never handed on).
         Returns the list the calls are kept in, in order, as `(records,
         call)`, and each operator's own helpers, to put back once the phase
         ends (unless the operator replaced one in open). A holding helper
