@@ -187,8 +187,10 @@ def _claim(data_dir: Path) -> socket.socket | None:
     (Elsewhere, and across network namespaces, the lock file alone.)"""
     if not sys.platform.startswith("linux"):
         return None
-    where = os.path.abspath(os.path.realpath(data_dir))
-    name = b"\0streamkernel-coordinator-" + hashlib.sha256(where.encode()).hexdigest()[:40].encode()
+    # (its bytes: a name that is not UTF-8, a surrogate escape here, failed
+    # `str.encode` and the coordinator's start with a traceback)
+    where = os.fsencode(os.path.abspath(os.path.realpath(data_dir)))
+    name = b"\0streamkernel-coordinator-" + hashlib.sha256(where).hexdigest()[:40].encode()
     claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         claim.bind(name)
