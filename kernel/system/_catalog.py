@@ -178,7 +178,7 @@ def _hold(lock_path: Path, catalog: Path) -> tuple:
     return lock, claim
 
 
-def _claim(data_dir: Path) -> socket.socket | None:
+def _claim(data_dir: Path) -> _Claim | None:
     """The data directory claimed for this process by a listening socket in
     Linux's abstract namespace, named after the directory's absolute path:
     no file, so deleting the directory does not free it, and the kernel
@@ -194,23 +194,57 @@ def _claim(data_dir: Path) -> socket.socket | None:
     claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         claim.bind(name)
-        claim.listen(1)
-        return claim
+        claim.listen(16)
+        return _Claim(claim)
     except OSError as exc:
         claim.close()
         if exc.errno != errno.EADDRINUSE:
             return None  # (no such namespace here: the lock file alone)
-    holder = "?"
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            probe.settimeout(1.0)
-            probe.connect(name)
-            holder = str(struct.unpack("3i", probe.getsockopt(
-                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0])
-    except OSError:
-        pass
+    holder, until = "?", time.monotonic() + 1.0
+    while True:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(1.0)
+                probe.connect(name)
+                holder = str(struct.unpack("3i", probe.getsockopt(
+                    socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0])
+        except BlockingIOError:  # (its queue full for now: a Unix socket does not wait, even with a timeout)
+            if time.monotonic() < until:
+                time.sleep(0.01)
+                continue
+        except OSError:
+            pass
+        break
     raise CatalogError(f"the data directory {data_dir} is in use by another coordinator (pid {holder}), "
                        "though its catalog.lock is gone (deleted while that one runs): stop it first")
+
+
+class _Claim:
+    """`_claim`'s listening socket, and a thread that takes each connection
+    to it (a refused coordinator's, asking who holds it) and closes it: left
+    in its queue, two filled it, and every coordinator refused after them
+    named the holder "pid ?"."""
+
+    def __init__(self, listening: socket.socket) -> None:
+        self._socket = listening
+        self._thread = threading.Thread(target=self._answer, name="data-directory-claim", daemon=True)
+        self._thread.start()
+
+    def _answer(self) -> None:
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:  # (shut down, closed: `close`)
+                return
+            connection.close()
+
+    def close(self) -> None:
+        try:
+            self._socket.shutdown(socket.SHUT_RDWR)  # (wakes the thread's accept)
+        except OSError:
+            pass
+        self._socket.close()
+        self._thread.join(timeout=1.0)
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
