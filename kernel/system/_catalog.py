@@ -53,6 +53,7 @@ class CatalogBusy(CatalogError):
     the calls queued before this one held its thread till then."""
 
 
+_SQLITE_PATH = 512  # SQLite's longest path, plus one (MAX_PATHNAME, its Unix files)
 CATALOG_TIMEOUT = 10.0  # seconds a catalog call waits for a lock another program holds
 HOLDERS_FRESH = 1.0  # seconds the catalog's lock holders, once found, are named without a new scan
 _BUSY_STEP_MS = 100  # SQLite's own busy wait, between our checks of the deadline and of close()
@@ -310,7 +311,12 @@ class Catalog:
                     self._claim.close()
             if isinstance(exc, CatalogError):
                 raise
-            raise CatalogError(f"the catalog {self.path} cannot be used: {exc}") from exc
+            # (SQLite's Unix files take a path of fewer than _SQLITE_PATH
+            # bytes: a longer one said "unable to open database file" alone)
+            size = len(os.fsencode(os.path.abspath(self.path)))
+            why = (f" (SQLite opens no path of {_SQLITE_PATH} bytes or more: this one has {size})"
+                   if isinstance(exc, sqlite3.OperationalError) and size >= _SQLITE_PATH else "")
+            raise CatalogError(f"the catalog {self.path} cannot be used: {exc}{why}") from exc
 
     def _open(self) -> None:
         """(On the catalog's thread: its connection is made there.)"""
