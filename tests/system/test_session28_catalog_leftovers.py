@@ -64,7 +64,7 @@ def test_a_second_coordinator_on_a_deleted_data_directory_refuses_to_start(tmp_p
             second.stderr.close()
         assert said == (f"error: the data directory {tmp_path / 'data'} is in use by another "
                         f"coordinator (pid {first.pid}), though its catalog.lock is gone "
-                        "(deleted while that one runs): stop it first\n"), said
+                        "(deleted or moved while that one runs): stop it first\n"), said
         assert code == 1
         assert system.status()["jobs"] == []  # (the first serves on)
         first.send_signal(signal.SIGTERM)

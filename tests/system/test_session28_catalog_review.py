@@ -5,6 +5,7 @@ tried with real catalogs, coordinators and CLI processes.
 What a demanding operator expects:
 * a data directory SQLite cannot take is refused saying why;
 * a second coordinator on a data directory whose catalog.lock was deleted
+  (or moved with it)
   is refused naming the first, the tenth time as the first, and whatever
   bytes the directory's name holds;
 * the claim goes with the coordinator: not kept by a child it started;
@@ -48,8 +49,8 @@ def test_every_refused_second_coordinator_names_the_first(tmp_path):
     finally:
         first.close()
     assert said == [f"the data directory {tmp_path / 'data'} is in use by another coordinator "
-                    f"(pid {os.getpid()}), though its catalog.lock is gone (deleted while that one runs): "
-                    "stop it first"] * 6, said
+                    f"(pid {os.getpid()}), though its catalog.lock is gone (deleted or moved while that one "
+                    "runs): stop it first"] * 6, said
     assert _refused(tmp_path / "data") == "started"  # (closed: the directory is free)
 
 
@@ -64,8 +65,8 @@ def test_a_data_directory_whose_name_is_not_utf8_is_claimed(tmp_path):
         said = _refused(data)
     finally:
         first.close()
-    assert said.endswith(f"(pid {os.getpid()}), though its catalog.lock is gone (deleted while that one "
-                         "runs): stop it first"), said
+    assert said.endswith(f"(pid {os.getpid()}), though its catalog.lock is gone (deleted or moved while "
+                         "that one runs): stop it first"), said
 
 
 _PARENT = """\
@@ -158,3 +159,20 @@ def test_a_data_directory_too_long_for_sqlite_is_refused_saying_so(tmp_path):
     assert said == (f"the catalog {catalog} cannot be used: unable to open database file (SQLite opens no "
                     f"path of 512 bytes or more: this one has {len(os.fsencode(catalog))})"), said
     assert _refused(data) == said  # (again: its claim, made before SQLite refused, was let go)
+
+
+def test_a_data_directory_moved_under_its_coordinator_is_named_so(tmp_path):
+    # Its name stays claimed (the claim is made at the start, by path): a
+    # coordinator started on that path was told the catalog.lock was
+    # "deleted", where it had been moved with its directory.
+    first = Catalog(tmp_path / "data")
+    try:
+        (tmp_path / "data").rename(tmp_path / "moved")
+        at_the_old_path, at_the_new = _refused(tmp_path / "data"), _refused(tmp_path / "moved")
+    finally:
+        first.close()
+    assert at_the_old_path == (f"the data directory {tmp_path / 'data'} is in use by another coordinator "
+                               f"(pid {os.getpid()}), though its catalog.lock is gone (deleted or moved "
+                               "while that one runs): stop it first"), at_the_old_path
+    assert at_the_new == (f"the catalog {tmp_path / 'moved' / 'catalog.sqlite'} is in use by another "
+                          f"coordinator (pid {os.getpid()})"), at_the_new
