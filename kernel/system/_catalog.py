@@ -216,8 +216,10 @@ def _claim(data_dir: Path) -> _Claim | None:
         except OSError:
             pass
         break
+    # (moved: the claim is the path's it was started on)
     raise CatalogError(f"the data directory {data_dir} is in use by another coordinator (pid {holder}), "
-                       "though its catalog.lock is gone (deleted while that one runs): stop it first")
+                       "though its catalog.lock is gone (deleted or moved while that one runs): "
+                       "stop it first")
 
 
 class _Claim:
