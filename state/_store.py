@@ -36,11 +36,8 @@ by any query) is refused as a whole: nothing in it can be trusted.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
-import sqlite3
-import uuid
 import zlib
 from contextlib import contextmanager
 from functools import cached_property
@@ -128,6 +125,8 @@ def recorded_before(meta: dict[str, str], epoch: int) -> dict | None:
     before = [resumed for resumed in runs if resumed < epoch]
     if not before:
         return None
+    import json
+
     try:
         record = json.loads(meta[runs[max(before)]])
     except ValueError:
@@ -179,6 +178,8 @@ class SnapshotStore:
                 "short); move the state_dir aside to run this flow afresh (its to_files output is then "
                 "written again), or put back a copy of it")
         self._retired = False  # whether other generations' files were removed (`mark_complete`)
+        import sqlite3  # (here, not at the top: a run without a state_dir does without it)
+
         with self._database(f"cannot open {name}"):
             # one thread at a time, but not always the one that opened it
             # (a kernel's snapshot writer thread)
@@ -211,6 +212,9 @@ class SnapshotStore:
         an empty file, so one found empty lost its content (`__init__`).
         Linked, not renamed: a process that created it meanwhile keeps its
         own. Whether this one created it."""
+        import sqlite3
+        import uuid
+
         temporary = os.path.join(self.directory, f".{self.name}.{os.getpid()}.{uuid.uuid4().hex}.new")
         try:
             with self._database(f"cannot create {self.name}"):
@@ -251,6 +255,8 @@ class SnapshotStore:
         what to do: a damaged file (a corrupted page: "database disk image
         is malformed", "file is not a database") cannot be trusted for any
         epoch, so the run stops instead of restoring from it."""
+        import sqlite3
+
         try:
             yield
         except sqlite3.DatabaseError as exc:
@@ -331,6 +337,8 @@ class SnapshotStore:
         nothing, its step ended everywhere). Records of runs that resumed
         later epochs go (that line of epochs is abandoned, as
         `discard_after`), and those no kept epoch needs."""
+        import json
+
         runs = _runs(dict(self._query("SELECT key, value FROM meta")))
         oldest = min((e for e, _, _ in self._completed() if e <= epoch), default=epoch)
         needed = max((resumed for resumed in runs if resumed < oldest), default=0)
@@ -382,6 +390,8 @@ class SnapshotStore:
 
     def write(self, epoch: int, kernel: int, blob: bytes) -> None:
         """Make one kernel's snapshot of `epoch` durable (returns after fsync)."""
+        import sqlite3
+
         self._write(
             "INSERT OR REPLACE INTO snapshots (epoch, kernel, kernels, crc, blob) VALUES (?, ?, ?, ?, ?)",
             (epoch, kernel, self.kernels, zlib.crc32(blob), sqlite3.Binary(blob)),
