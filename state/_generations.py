@@ -32,8 +32,11 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import sqlite3
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import sqlite3  # (imported where used: a run without a state_dir does without it)
 
 _NAME = re.compile(r"^snapshots(?:-e(\d+))?(?:-(\d+)x(\d+))?(?:-process(\d+))?\.sqlite$")
 _SIDE_FILES = ("", "-wal", "-shm", "-journal")
@@ -185,10 +188,14 @@ def retire_others(directory, mine: Generation) -> list[str]:
 
 
 def _read_only(path: str) -> sqlite3.Connection:
+    import sqlite3
+
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
 
 
 def _rows(db: sqlite3.Connection, sql: str, args: tuple = ()) -> list[tuple]:
+    import sqlite3
+
     try:
         return db.execute(sql, args).fetchall()
     except sqlite3.OperationalError as exc:
@@ -211,6 +218,8 @@ def complete_epochs(directory, fingerprint: str, layout: str) -> list:
     """Every complete epoch of every generation here, newest first, as
     `newest` gives the first: what a run falls back through when the newest
     does not read back intact (its snapshot fails its checksum)."""
+    import sqlite3
+
     from ._store import SnapshotStore, StateError, check_meta
 
     found = []
@@ -293,6 +302,8 @@ def abandon_after(directory, epoch: int, process: int | None = None) -> None:
 def read_old_epoch(directory, generation: Generation, epoch: int, kernels: int, why: str) -> list[bytes]:
     """`read_epoch` with the store's checksums, and StateError naming the
     kernels whose snapshots are not here (`why`: what to do about it)."""
+    import sqlite3
+
     from ._store import SnapshotStore, StateError
 
     stores: dict[str, SnapshotStore] = {}
