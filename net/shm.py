@@ -53,7 +53,6 @@ import math
 import mmap
 import os
 import platform
-import secrets
 import struct
 import threading
 
@@ -99,6 +98,8 @@ def _check_platform() -> None:
 
 
 def _new_name(prefix: str) -> str:
+    import secrets  # (here: with hmac and hashlib, ~3 ms a process that makes no segment does without)
+
     return f"{prefix}-{os.getpid()}-{secrets.token_hex(6)}"
 
 
