@@ -13,7 +13,6 @@ built; `check_cycles` refuses every cycle without one.
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -245,6 +244,8 @@ class Graph:
                   [(e.source.id, e.port, e.exchange) for e in node.inputs]) for node in self.nodes]
         if self.loops:  # (a flow without loops keeps the fingerprint it had)
             shape.append([(n.loop.id if n.loop else None, n.role) for n in self.nodes])
+        import hashlib  # (here: only runs with a state_dir, and clusters, take a fingerprint)
+
         return hashlib.sha256(repr((self.name, shape)).encode()).hexdigest()
 
     def describe(self) -> dict:
