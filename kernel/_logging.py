@@ -7,7 +7,6 @@ program that imports the kernel. The command line is a program:
 prints them, as text or (`--log-format json`, `use_json_logs`) one JSON
 object a line."""
 
-import json
 import logging
 import re
 import sys
@@ -29,6 +28,8 @@ def json_line(level: str, message: str, *, created: float | None = None, **field
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
     record = {"time": stamp, "level": level, "message": message}
     record.update((key, value) for key, value in fields.items() if value is not None)
+    import json  # (here: `import kernel` does without it)
+
     return json.dumps(record, default=str)
 
 
