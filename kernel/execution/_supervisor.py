@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-from multiprocessing.connection import wait
 
 from kernel.scheduling._errors import KernelError
 
@@ -96,6 +95,8 @@ def join(child, timeout: float) -> None:
     """`child.join(timeout)`, on its pidfd: Process.join waits on the
     sentinel, which a process the child forked holds too (`_exit_handle`),
     so each join of a killed kernel took its whole timeout."""
+    from multiprocessing.connection import wait  # (here: a one-kernel run starts no process)
+
     handle = _exit_handle(child)
     if handle == child.sentinel:
         child.join(timeout)
@@ -109,6 +110,8 @@ def join(child, timeout: float) -> None:
 
 
 def _wait_for_results(children, pipes, coordinator, relay, cancel, exits, abort, kill_all) -> list[dict]:
+    from multiprocessing.connection import wait
+
     results: list = [None] * len(children)
     pending = set(range(len(children)))
     kernels = len(children) - (relay is not None)
