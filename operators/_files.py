@@ -28,7 +28,7 @@ refused the files to_files had written.
 from __future__ import annotations
 
 import errno
-import json
+import functools
 import os
 import re
 
@@ -45,7 +45,12 @@ _NAME = re.compile(r"^\.?part-k(\d+)-e(\d+)\.jsonl$")
 # json.dumps with these options: one encoder, made once (json.dumps makes one
 # a call when an option differs from its defaults, as ensure_ascii does).
 # allow_nan=False: a NaN or an infinity raises ValueError, which names the record.
-_ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+# Made by the first batch written: a process that writes no files does without json.
+@functools.cache
+def _encoder():
+    import json
+
+    return json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
 
 
 # Characters JSON writes as they are (ensure_ascii=False) that str.splitlines()
@@ -104,9 +109,9 @@ class ToFiles(Operator):
         # (a dict subclass's items(), a RecursionError from a nesting too
         # deep, a `class Stop(BaseException)`) named `on_batch` and no record,
         # and a record that failed only once was never found.
-        it = iter(batch)
+        it, encode = iter(batch), _encoder()
         try:
-            lines = [_ENCODE(record) for record in it]
+            lines = [encode(record) for record in it]
         except PASSES_THROUGH:
             raise
         except BaseException as exc:
@@ -285,6 +290,8 @@ NOT_JSON_NUMBER = ("NaN and the infinities are no JSON numbers (from_files would
 def _has_no_json_number(record) -> bool:
     """Whether all that keeps `record` from JSON is a NaN or an infinity
     (the error path only: the record's own code may raise anything)."""
+    import json
+
     try:
         json.dumps(record, ensure_ascii=False)
     except PASSES_THROUGH:
