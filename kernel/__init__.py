@@ -32,10 +32,11 @@ def _find_a_checkouts_subpackages() -> None:
                for name in ("net", "operators", "state")}
     if os.path.isdir(os.path.join(here, "net")) or not os.path.isdir(folders["kernel.net"]):
         return  # installed, or no checkout
-    from importlib.abc import MetaPathFinder
     from importlib.util import spec_from_file_location
 
-    class CheckoutSubpackages(MetaPathFinder):
+    # (a finder is any object with find_spec: importlib.abc's MetaPathFinder
+    # would bring importlib.resources and tempfile, ~10 ms, to every start)
+    class CheckoutSubpackages:
         def find_spec(self, fullname, path=None, target=None):
             folder = folders.get(fullname)
             if folder is None or not os.path.isfile(os.path.join(folder, "__init__.py")):
