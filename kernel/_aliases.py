@@ -9,17 +9,19 @@ Tumbling, Sliding or Session, got Tumbling(1.0)")."""
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.util
 import sys
 
 PUBLIC = ("net", "state", "operators")
 
 
-class _Submodules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+class _Submodules:
     """Finds `net.X`, `state.X`, `operators.X` as the loaded `kernel.*.X`,
     while the top name is the alias (a user's own `operators.py` in its
-    place keeps its own submodules, if any)."""
+    place keeps its own submodules, if any). A finder and a loader by its
+    methods (find_spec; create_module, exec_module): importlib.abc's base
+    classes would bring importlib.resources and tempfile (~10 ms) to every
+    `import net`, `state`, `operators`."""
 
     def find_spec(self, fullname, path=None, target=None):
         top, dot, _ = fullname.partition(".")
