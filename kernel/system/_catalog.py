@@ -41,7 +41,7 @@ from pathlib import Path
 
 from kernel._open_files import pids_holding
 from kernel.dataflow._errors import KernelError
-from kernel.system._wire import answer_by
+from kernel.system._wire import ACTIVE, TERMINAL, answer_by
 
 
 class CatalogError(KernelError):
@@ -59,8 +59,6 @@ HOLDERS_FRESH = 1.0  # seconds the catalog's lock holders, once found, are named
 _BUSY_STEP_MS = 100  # SQLite's own busy wait, between our checks of the deadline and of close()
 
 
-ACTIVE = ("submitted", "starting", "running", "restarting")
-TERMINAL = ("completed", "failed", "killed")
 STATES = ACTIVE + TERMINAL
 
 _SCHEMA = """

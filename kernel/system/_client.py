@@ -11,8 +11,15 @@ import sys
 import time
 from pathlib import Path
 
-from kernel.system._catalog import TERMINAL
-from kernel.system._wire import CLIENT, ConnectionLost, KernelSystemError, NoAnswer, RequestError, dial
+from kernel.system._wire import (
+    CLIENT,
+    TERMINAL,
+    ConnectionLost,
+    KernelSystemError,
+    NoAnswer,
+    RequestError,
+    dial,
+)
 
 _SUBMIT_TRIES = 3  # a submit (a kill) whose connection is lost is sent again, under its request id
 BUSY_EVERY = 0.1  # seconds between the tries of a request refused because the catalog is busy

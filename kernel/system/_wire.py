@@ -44,6 +44,12 @@ MAX_MESSAGE = 64 << 20  # a submitted pipeline file travels in one message
 COORDINATOR, EXECUTOR, CLIENT = 0, 1, 2
 ROLES = {EXECUTOR: "executor", CLIENT: "client"}
 
+# A job's states, as the coordinator's replies name them (kernel.system._catalog
+# keeps them): here, so that a client (`status`, `wait`) does without the catalog's
+# module and sqlite3.
+ACTIVE = ("submitted", "starting", "running", "restarting")
+TERMINAL = ("completed", "failed", "killed")
+
 
 class KernelSystemError(Exception):
     """Base of the system's errors."""
