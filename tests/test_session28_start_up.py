@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 WATCHED = ["sqlite3", "secrets", "hmac", "hashlib", "json", "multiprocessing.connection", "importlib.abc",
-           "tempfile", "aiohttp"]
+           "tempfile", "aiohttp", "msgspec"]
 
 NOOP = textwrap.dedent("""\
     from kernel import Dataflow
