@@ -38,6 +38,7 @@ from operator import is_not, itemgetter, sub
 import msgspec
 
 from ._channel import IDLE, EpochMarker, RoundMarker, TimedBatch
+from ._protocol import UnpicklableRecord
 from .shm import TAG
 
 KIND_SCALARS = 1  # msgpack array of scalars
@@ -85,20 +86,6 @@ def encode_batch(batch: list) -> tuple[int, bytes]:
         stamps = array("d", batch.timestamps).tobytes()
         return kind | TIMED, b"".join((_COUNT.pack(len(batch)), stamps, body))
     return _encode_records(batch)
-
-
-class UnpicklableRecord(Exception):
-    """A batch that neither msgpack nor pickle can carry to another kernel.
-
-    `record` is the first record that pickle refuses on its own (`found`
-    False when none does: only the batch as a whole failed, too deep, say).
-    Pickle's own error is the `__cause__`.
-    """
-
-    def __init__(self, found: bool, record: object) -> None:
-        super().__init__("a record that crosses kernels cannot be pickled")
-        self.found = found
-        self.record = record
 
 
 def _encode_records(batch: list) -> tuple[int, bytes]:

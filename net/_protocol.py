@@ -26,6 +26,22 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 
+class UnpicklableRecord(Exception):
+    """A batch that neither msgpack nor pickle can carry to another kernel.
+
+    `record` is the first record that pickle refuses on its own (`found`
+    False when none does: only the batch as a whole failed, too deep, say).
+    Pickle's own error is the `__cause__`. What `Transport.send_batch` raises
+    (net._codec's encoding); here, so that a one-kernel run, which sends
+    nothing, does without the codec and msgspec.
+    """
+
+    def __init__(self, found: bool, record: object) -> None:
+        super().__init__("a record that crosses kernels cannot be pickled")
+        self.found = found
+        self.record = record
+
+
 class KernelHandle(Protocol):
     """What of its kernel a transport uses: the loop to park on, a way to
     ready its reader activation, and hold/release to keep the kernel alive

@@ -17,7 +17,10 @@ the kernel's answer as a whole.
 from __future__ import annotations
 
 from kernel.dataflow._errors import KernelError
-from kernel.net._codec import UnpicklableRecord, decode, encode_batch
+from kernel.net._protocol import UnpicklableRecord
+
+# (net._codec, and msgspec with it, imported by the kernel processes' `pack` and the
+# caller's `decode`: a run on one kernel, in the caller's process, does without them)
 
 
 class EncodedItems:
@@ -33,6 +36,8 @@ class EncodedItems:
         return EncodedItems, (self.kind, self.body)
 
     def decode(self) -> list:
+        from kernel.net._codec import decode
+
         return decode(self.kind, self.body)
 
 
@@ -42,6 +47,8 @@ class ResultNotPicklable(KernelError):
 
 def pack(results: dict, names: dict[int, str]) -> dict:
     """`results` (a kernel's, by node id) with each list of records encoded."""
+    from kernel.net._codec import encode_batch
+
     packed = {}
     for node_id, value in results.items():
         if type(value) is list and value:

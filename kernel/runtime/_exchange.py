@@ -46,7 +46,7 @@ from kernel.dataflow._errors import (
     not_a_pair,
 )
 from kernel.net._channel import TimedBatch
-from kernel.net._codec import UnpicklableRecord
+from kernel.net._protocol import UnpicklableRecord
 from kernel.scheduling._clock import SystemClock
 
 from ._instance import END
