@@ -19,14 +19,21 @@ if __name__ != "kernel.net":
 
     alias(__name__)
 
+from typing import TYPE_CHECKING
 
 from kernel.net._channel import IDLE, EpochMarker, TimedBatch
 from kernel.net._exchange import Partitioner, stable_hash
 from kernel.net._protocol import LocalTransport, Receiver, Transport
-from kernel.net._transport import ProcessTransport
-from kernel.net.shm import Doorbell, SpscRing
+
+if TYPE_CHECKING:
+    from kernel.net._transport import ProcessTransport
+    from kernel.net.shm import Doorbell, SpscRing
 
 _LINK_ERRORS = {"AuthenticationFailed", "LinkError", "LinkMismatch", "PeerFailed", "PeerLost"}
+# The transports between processes, with their codec (msgspec, ~10 ms to
+# import): a run on several cores imports them, a run on one does without.
+_BETWEEN_PROCESSES = {"ProcessTransport": "kernel.net._transport", "Doorbell": "kernel.net.shm",
+                      "SpscRing": "kernel.net.shm"}
 
 
 def __getattr__(name: str):
@@ -36,6 +43,12 @@ def __getattr__(name: str):
         from kernel.net import _relay
 
         return getattr(_relay, name)
+    if name in _BETWEEN_PROCESSES:
+        import importlib
+
+        value = getattr(importlib.import_module(_BETWEEN_PROCESSES[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'net' has no attribute {name!r}")
 
 
