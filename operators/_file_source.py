@@ -46,8 +46,6 @@ import stat
 import weakref
 import zlib
 
-import msgspec
-
 from kernel.dataflow._errors import KernelError, OperatorError
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Source
 
@@ -248,6 +246,8 @@ class FileSource(Source):
         self.poll_interval = poll_interval
         self.chunk_bytes = chunk_bytes
         self.batch_size = check_batch_size(batch_size)
+        import msgspec  # (here: a flow that reads no files does without it)
+
         self._decoder = msgspec.json.Decoder()
 
     def open(self, context):
