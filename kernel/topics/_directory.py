@@ -20,8 +20,6 @@ import os
 import socket
 import uuid
 
-import msgspec
-
 from kernel.topics._errors import TopicError
 
 SYSTEM_PATH = "/kernel-system"  # kernel.system._wire.PATH
@@ -219,6 +217,8 @@ class Directory:
         return reply
 
     async def _exchange(self, op: str, fields: dict, again: bool = False) -> dict:
+        import msgspec  # (here: every run names itself, `new_run`; only one with topics talks)
+
         if self._ws is None or self._ws.closed:
             await self.close()
             await self._connect()
