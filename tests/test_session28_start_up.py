@@ -3,7 +3,8 @@ state_dir and the system's client do not import what they do not use
 (sqlite3: the state store and the coordinator's catalog; secrets, hence
 hmac and hashlib: shared-memory segments' names; json: JSON log records;
 multiprocessing.connection: a run's supervisor of several kernels;
-importlib.abc: the checkout's sub-package finder). Each is imported where
+msgspec: the codec between kernel processes, from_files, the topics'
+directory; importlib.abc: the checkout's sub-package finder). Each is imported where
 it is used, and works there.
 
 Each check runs in a fresh interpreter, which says at its end which of the
