@@ -45,22 +45,26 @@ def _key_slowly_on_process_1(pair):
     return pair[0]
 
 
-def _multiplying(n: int):
+def _multiplying(n: int, after_exchange: bool = False):
     """Distinct strings (pickle writes one object repeated once a batch), and
     a plain `map` after `key_by`: a `map_values` and `count` there would
-    run before the exchange (a combiner), and only partial counts cross."""
+    run before the exchange (a combiner), and only partial counts cross.
+    `after_exchange`: the flat_map is fed by an exchange of its own."""
     flow = Dataflow("multiplied")
-    multiplied = flow.from_iterable(range(n)).flat_map(
+    numbers = flow.from_iterable(range(n))
+    if after_exchange:
+        numbers = numbers.key_by(lambda x: x % 7).map(lambda pair: pair[1])
+    multiplied = numbers.flat_map(
         lambda x: [f"{x:08d}{i:02d}{PAD}" for i in range(MULTIPLY)])
     keys = multiplied.key_by(lambda r: int(r[:8]) % KEYS).map(_key_slowly_on_process_1)
     counts = keys.key_by(lambda k: k).count().collect()  # (partial counts cross: a few bytes)
     return flow, counts
 
 
-def _member(n: int, index: int, peers: str, out) -> None:
+def _member(n: int, after_exchange: bool, index: int, peers: str, out) -> None:
     _PROCESS[0] = index
     try:
-        flow, counts = _multiplying(n)
+        flow, counts = _multiplying(n, after_exchange)
         run(flow, process_id=index, peers=peers, secret=SECRET, startup_timeout=15.0)
         out.send(("ok", dict(counts.items)))
     except BaseException as exc:
@@ -80,7 +84,7 @@ def _peak_kb(pid: int) -> int | None:
     return None
 
 
-def run_measured(n: int) -> tuple[dict, list[float]]:
+def run_measured(n: int, after_exchange: bool = False) -> tuple[dict, list[float]]:
     """Run the two-process cluster on `n` records: process 0's counts, and
     each process tree's peak memory in MB (the sum of its processes'
     VmHWM, read every few ms until they end: a peak never falls)."""
@@ -102,7 +106,7 @@ def run_measured(n: int) -> tuple[dict, list[float]]:
     try:
         for i in range(2):
             receiver, sender = context.Pipe(duplex=False)
-            child = context.Process(target=_member, args=(n, i, peers, sender))
+            child = context.Process(target=_member, args=(n, after_exchange, i, peers, sender))
             child.start()
             sender.close()
             children.append(child)
@@ -138,18 +142,40 @@ def reference(n: int) -> dict:
 
 
 def test_a_slow_process_bounds_the_memory_of_a_process_whose_flat_map_multiplies_records():
-    n = 1_000
+    n = 800
     small_counts, small_peaks = run_measured(n)
     large_counts, large_peaks = run_measured(4 * n)
     assert small_counts == reference(n)
     assert large_counts == reference(4 * n)
-    # 4N sends ~150 MB more to process 1 than N does (1,500 more source
+    # 4N sends ~120 MB more to process 1 than N does (1,200 more source
     # records x 20 x 10 KB, half of them across), faster than it is
     # handled: buffered anywhere, it would show as ~100 MB in process 0 or 1.
     # Measured: the same peaks (within 3 MB) for N and 4N. With the kernel's
     # backpressure taken out (the transport never telling the runtime its
-    # ring to the relay is full) process 0 peaked 124 MB higher at 4N (its
+    # ring to the relay is full) process 0 peaked 88 MB higher at 4N (its
     # ring's overflow); with Link.send's credit check taken out, process 1
-    # 109 MB higher (its relay's frames waiting for the kernel's ring).
+    # 60 MB higher (its relay's frames waiting for the kernel's ring).
+    for i in (0, 1):
+        assert large_peaks[i] - small_peaks[i] < 20, (small_peaks, large_peaks)
+
+
+@pytest.mark.xfail(strict=True, reason="not bounded yet: a step fed by an exchange never waits for room "
+                   "(Runtime._mark_fed_from_afar), and the kernel reads the other kernels' frames "
+                   "whatever its overflow holds")
+def test_a_slow_process_bounds_the_memory_of_a_flat_map_fed_by_an_exchange():
+    """As above, with the flat_map after an exchange of its own: process 1's
+    source sends half its records to process 0, whose kernel reads them
+    (a kernel never stops reading what others send: two kernels waiting
+    for each other to read would wait for ever), multiplies them and sends
+    half of those back to process 1's slow step: they pile up in process 0
+    kernel's overflow to the relay, and nothing pauses process 1's source.
+    Measured: process 0 peaked 57 MB higher at 4N than at N (400 records),
+    process 1 39 MB; ~115 MB (process 0) at 4,000 records against 1,000.
+    The counts stay exact."""
+    n = 400
+    small_counts, small_peaks = run_measured(n, after_exchange=True)
+    large_counts, large_peaks = run_measured(4 * n, after_exchange=True)
+    assert small_counts == reference(n)
+    assert large_counts == reference(4 * n)
     for i in (0, 1):
         assert large_peaks[i] - small_peaks[i] < 20, (small_peaks, large_peaks)
