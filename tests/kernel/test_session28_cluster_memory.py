@@ -160,7 +160,7 @@ def test_a_slow_process_bounds_the_memory_of_a_process_whose_flat_map_multiplies
 
 
 @pytest.mark.xfail(strict=True, reason="not bounded yet: the kernels' peak memory grows with N "
-                   "when the flat_map is fed by an exchange (cause not pinned down: see the docstring)")
+                   "when the flat_map is fed by an exchange: it follows the batches' sizes (docstring)")
 def test_a_slow_process_bounds_the_memory_of_a_flat_map_fed_by_an_exchange():
     """As above, with the flat_map after an exchange of its own (each
     kernel multiplies records the other's source sent it, and sends half
@@ -169,12 +169,16 @@ def test_a_slow_process_bounds_the_memory_of_a_flat_map_fed_by_an_exchange():
     at 1,000, 4,000 and 16,000 records; the counts stay exact. Not in the
     kernel's overflow to its relay (under 10 MB throughout), nor in an
     instance's inbox (never 64 batches), nor the allocator keeping freed
-    memory (the same with MALLOC_MMAP_THRESHOLD_=8192); the peaks come as
-    the kernel encodes and decodes ever larger batches (1,240 records, 12
-    MB, sent at once; 8 MB frames decoded), and a step fed by an exchange
-    never waits for room (`Runtime._mark_fed_from_afar`): the kernel goes
-    on reading what the others send, so that two kernels never wait for
-    each other to read."""
+    memory (the same with MALLOC_MMAP_THRESHOLD_=8192): in the batches the
+    flat_map gets from the other kernel, which grow with N (at most 264
+    records at 4,000, 534 at 16,000: the source there sizes its batches
+    by the cost of its own chain, a cheap key_by). Each makes 20 times as
+    many records of 10 KB at once (5,000 to 11,000: pieces only begin
+    past 65,536 records, a count, not bytes), encoded and cut into ring
+    pieces, copies each, and the slow step's side gets batches of up to
+    ~6,000. So the peak follows the largest batch (capped by the sources'
+    batch sizes, not by the rings), and a step fed by an exchange never
+    waits for room (`Runtime._mark_fed_from_afar`) anyway."""
     n = 400
     small_counts, small_peaks = run_measured(n, after_exchange=True)
     large_counts, large_peaks = run_measured(4 * n, after_exchange=True)
