@@ -176,8 +176,8 @@ def test_a_slow_process_bounds_the_memory_of_a_flat_map_fed_by_an_exchange():
     many records of 10 KB at once (5,000 to 11,000: pieces only begin
     past 65,536 records, a count, not bytes), encoded and cut into ring
     pieces, copies each, and the slow step's side gets batches of up to
-    ~6,000. So the peak follows the largest batch (capped by the sources'
-    batch sizes, not by the rings), and a step fed by an exchange never
+    ~6,000. So the peak follows the largest batch (presumably capped by the
+    sources' batch sizes, not by the rings), and a step fed by an exchange never
     waits for room (`Runtime._mark_fed_from_afar`) anyway."""
     n = 400
     small_counts, small_peaks = run_measured(n, after_exchange=True)
