@@ -267,10 +267,15 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
     context = multiprocessing.get_context("fork")
     _libc()  # inherited by every child
     # What the kernels import where used (json: to_files's encoder, made by
-    # its first batch; JSON log lines), imported here, before the fork: a
-    # thread of this process importing it meanwhile holds its import lock in
-    # each child too, where nothing ever releases it (the kernel hung on it).
+    # its first batch; JSON log lines; the epochs' kernel side), imported
+    # here, before the fork: a thread of this process importing it meanwhile
+    # holds its import lock in each child too, where nothing ever releases it
+    # (the kernel hung on it).
     import json  # noqa: F401
+
+    if epochs is not None:
+        from kernel.runtime import _coordinate  # noqa: F401
+
     rings: dict[tuple[int, int], SpscRing] = {}
     bells: list[Doorbell] = []
     children: list = []
