@@ -177,3 +177,25 @@ def run_cluster(tmp: Path, dirs: list[Path], *, until=None, epoch_interval: str 
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def wait_until_unlocked(state_dir, timeout: float = 30) -> None:
+    """Waits for the killed run's kernels to be gone: they hold the
+    state_dir's lock until then."""
+    import fcntl
+    import time
+
+    deadline = time.monotonic() + timeout
+    fd = os.open(state_dir / ".running-0", os.O_RDWR)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the killed run's kernels still hold the state_dir"
+                time.sleep(0.01)
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+    finally:
+        os.close(fd)

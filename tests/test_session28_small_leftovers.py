@@ -104,34 +104,12 @@ def test_skipped_count_after_a_resume_on_another_number_of_kernels_whose_shares_
 
     _crash_runs.run_cli_until(tmp_path, 2, file_source_ended_everywhere_and_run_going,
                               IN=tmp_path / "in", OUT=tmp_path / "out")
-    wait_until_unlocked(tmp_path / "state")
+    _crash_runs.wait_until_unlocked(tmp_path / "state")
     flow, records = ended_flow(tmp_path)
     run(flow, cores=resumed_on, state_dir=tmp_path / "state", epoch_interval=0.02)
     assert sorted(_crash_runs.visible_lines(tmp_path / "out" / "r")) == sorted(good)
     assert sorted(_crash_runs.visible_lines(tmp_path / "out" / "s")) == list(range(4000))
     assert records.skipped_count.value == bad
-
-
-def wait_until_unlocked(state_dir, timeout: float = 30) -> None:
-    """The killed run's kernels hold the state_dir's lock until they are gone."""
-    import fcntl
-    import os
-    import time
-
-    deadline = time.monotonic() + timeout
-    fd = os.open(state_dir / ".running-0", os.O_RDWR)
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                assert time.monotonic() < deadline, "the killed run's kernels still hold the state_dir"
-                time.sleep(0.01)
-            else:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                return
-    finally:
-        os.close(fd)
 
 
 # -- 2. the sdist -----------------------------------------------------------------------------------

@@ -125,28 +125,6 @@ def write_skip_inputs(directory) -> int:
     return bad
 
 
-def wait_until_unlocked(state_dir, timeout: float = 30) -> None:
-    """The killed run's kernels hold the state_dir's lock until they are gone."""
-    import fcntl
-    import os
-    import time
-
-    deadline = time.monotonic() + timeout
-    fd = os.open(state_dir / ".running-0", os.O_RDWR)
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                assert time.monotonic() < deadline, "the killed run's kernels still hold the state_dir"
-                time.sleep(0.01)
-            else:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                return
-    finally:
-        os.close(fd)
-
-
 def _source_position(part) -> int:
     state = pickle.loads(part) if isinstance(part, bytes) else part
     state = state[-1] if isinstance(state, tuple) else state
@@ -179,7 +157,7 @@ def test_skipped_count_after_a_resume_counts_each_malformed_line_once(tmp_path):
 
     _crash_runs.run_cli_until(crashed, 2, kernel_1_ended_and_kernel_0_half_way,
                               IN=crashed / "in", OUT=crashed / "out")
-    wait_until_unlocked(crashed / "state")
+    _crash_runs.wait_until_unlocked(crashed / "state")
     flow, records = skip_flow(crashed)
     run(flow, cores=2, state_dir=crashed / "state", epoch_interval=0.02)
     assert sorted(_crash_runs.visible_lines(crashed / "out" / "r")) == sorted(
