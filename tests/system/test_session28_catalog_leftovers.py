@@ -34,6 +34,13 @@ _WAITING = re.compile(r"waiting for the coordinator's catalog \(database is lock
                       r"held it for more than 0\.5 s\); asking again for up to \d+ s\n")
 
 
+def _up(system: System) -> None:
+    """A coordinator whose catalog calls give up after 0.5 s, and one executor of one core."""
+    system.start_coordinator("--catalog-timeout", "0.5")
+    system.start_executor(1)
+    system.executors_up(1)
+
+
 def _cli(system: System, *args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "kernel", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=system.env, cwd=system.root)
@@ -77,9 +84,7 @@ def test_a_second_coordinator_on_a_deleted_data_directory_refuses_to_start(tmp_p
 def test_submit_waits_for_a_locked_catalog_and_submits_once(tmp_path):
     system = System(tmp_path)
     try:
-        system.start_coordinator("--catalog-timeout", "0.5")
-        system.start_executor(1)
-        system.executors_up(1)
+        _up(system)
         pipeline = write(tmp_path / "noop.py", NOOP)
         holder = _hold(system)
         try:
@@ -97,9 +102,7 @@ def test_submit_waits_for_a_locked_catalog_and_submits_once(tmp_path):
 def test_a_submit_waiting_for_the_catalog_survives_a_coordinator_restart(tmp_path):
     system = System(tmp_path)
     try:
-        system.start_coordinator("--catalog-timeout", "0.5")
-        system.start_executor(1)
-        system.executors_up(1)
+        _up(system)
         pipeline = write(tmp_path / "noop.py", NOOP)
         holder = _hold(system)
         try:
@@ -121,9 +124,7 @@ def test_a_submit_waiting_for_the_catalog_survives_a_coordinator_restart(tmp_pat
 def test_a_kill_waiting_for_the_catalog_survives_a_coordinator_restart(tmp_path):
     system = System(tmp_path)
     try:
-        system.start_coordinator("--catalog-timeout", "0.5")
-        system.start_executor(1)
-        system.executors_up(1)
+        _up(system)
         pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "o")
         job = system.cli("submit", pipeline).stdout.splitlines()[0]
         wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")

@@ -24,7 +24,7 @@ import sys
 
 from _system import System
 from test_catalog_lock_review import _hold, _release
-from test_session28_catalog_leftovers import _WAITING, _cli
+from test_session28_catalog_leftovers import _WAITING, _cli, _up
 from test_system import NOOP, write
 
 from kernel.system._catalog import Catalog, CatalogError
@@ -73,7 +73,7 @@ _PARENT = """\
 import subprocess, sys
 from kernel.system._catalog import Catalog
 catalog = Catalog(sys.argv[1])
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], close_fds=False,
+child = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"], close_fds=False,
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 print(child.pid, flush=True)
 """
@@ -102,9 +102,7 @@ def test_ctrl_c_while_waiting_for_a_busy_catalog_ends_the_submit_at_once(tmp_pat
     # (passes before)
     system = System(tmp_path)
     try:
-        system.start_coordinator("--catalog-timeout", "0.5")
-        system.start_executor(1)
-        system.executors_up(1)
+        _up(system)
         pipeline = write(tmp_path / "noop.py", NOOP)
         holder = _hold(system)
         try:
@@ -128,9 +126,7 @@ def test_a_catalog_that_never_frees_ends_the_submit_naming_its_holder(tmp_path):
     # (passes before; the CLI's wait cut to 1.5 s)
     system = System(tmp_path)
     try:
-        system.start_coordinator("--catalog-timeout", "0.5")
-        system.start_executor(1)
-        system.executors_up(1)
+        _up(system)
         pipeline = write(tmp_path / "noop.py", NOOP)
         holder = _hold(system)
         try:
