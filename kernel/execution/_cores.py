@@ -275,6 +275,10 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
 
     if epochs is not None:
         from kernel.runtime import _coordinate  # noqa: F401
+    if cluster is not None:
+        # The links process's: the IDNA codec (and its stringprep), which
+        # aiohttp loads to encode a peer's host, a name or an address.
+        import encodings.idna  # noqa: F401
 
     rings: dict[tuple[int, int], SpscRing] = {}
     bells: list[Doorbell] = []
