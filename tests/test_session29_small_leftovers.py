@@ -5,7 +5,12 @@
    encoding a peer's host, with a name ("localhost") as with an address. A
    thread of the application importing it at the fork holds its import lock
    in the child too, where nothing releases it: the links hung (session 28
-   fixed the same for the kernels)."""
+   fixed the same for the kernels).
+2. A Slurm batch script (`sbatch -n 4 -c 2`, not `srun`) running kernel.run
+   itself has the job's CPUs on the node, but SLURM_CPUS_PER_TASK (a job
+   step's task's) was read there too: it said 2 CPUs and did not pin. Slurm
+   sets SLURM_STEP_ID only in a job step (checked on a real Slurm in
+   tests/system/test_slurm.py)."""
 
 from __future__ import annotations
 
@@ -67,3 +72,28 @@ def test_the_links_process_of_a_cluster_imports_nothing_after_the_fork(tmp_path,
     # (a cluster's collect handles fill on process 0)
     got = [line for out, _ in outputs for line in out.splitlines()]
     assert sorted(got) == sorted(["done " + repr(sorted(range(100))), "done []"])
+
+
+# -- 2. a Slurm batch script is not a task of a job step -------------------------------------------
+
+def test_a_slurm_batch_scripts_cpus_are_the_nodes_and_a_steps_tasks_its_own():
+    from kernel.execution._cores import pin_kernels, slurm_cpus
+
+    # as a real Slurm sets them for `sbatch -n 2 -c 1` on a two-CPU node
+    batch = {"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "1", "SLURM_CPUS_ON_NODE": "2"}
+    step = dict(batch, SLURM_STEP_ID="0")  # `srun` in it
+    assert slurm_cpus(batch) == (2, "SLURM_CPUS_ON_NODE")
+    assert slurm_cpus(step) == (1, "SLURM_CPUS_PER_TASK")
+    fewer_on_node = dict(step, SLURM_CPUS_ON_NODE="4", SLURM_CPUS_PER_TASK="8")
+    assert slurm_cpus(fewer_on_node) == (4, "SLURM_CPUS_ON_NODE")
+    assert slurm_cpus({"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "1"}) is None  # (batch: nothing read)
+    if len(os.sched_getaffinity(0)) == 2 and not _quota_under(2):
+        assert pin_kernels(dict(batch, KERNEL_PIN_CPUS="auto")) is True
+        assert pin_kernels(dict(step, KERNEL_PIN_CPUS="auto")) is False
+
+
+def _quota_under(n: int) -> bool:
+    from kernel.execution._cores import cgroup_cpu_quota
+
+    quota = cgroup_cpu_quota()
+    return quota is not None and quota < n

@@ -130,6 +130,32 @@ def test_srun_runs_a_two_task_job_with_exact_results(slurm, tmp_path):
     assert sorted(got) == sorted(expected.items())
 
 
+
+def test_a_batch_script_running_kernel_run_itself_has_the_jobs_cpus_on_the_node(slurm, tmp_path):
+    """`sbatch -n 2 -c 1` on the two-CPU node: its script (no job step:
+    SLURM_CPUS_PER_TASK=1 is a step's task's) has both CPUs, so two
+    kernels are not said to share one; `srun -n 1` in it has one."""
+    pipeline = tmp_path / "two.py"
+    pipeline.write_text("from kernel import Dataflow\n\nflow = Dataflow('two')\n"
+                        "flow.from_iterable(range(10)).key_by(lambda n: n % 2).count()"
+                        f".to_files({str(tmp_path / 'out')!r})\n")
+    probe = "from kernel.execution._cores import slurm_cpus; print('CPUS', slurm_cpus())"
+    script = tmp_path / "job.sh"
+    script.write_text(f"#!/bin/sh\n{sys.executable} -m kernel run {pipeline} --cores 2 2>&1\n"
+                      f"{sys.executable} -c \"{probe}\"\n"
+                      f"srun -n 1 {sys.executable} -c \"{probe}\"\n")
+    out = tmp_path / "job.out"
+    done = subprocess.run(["sbatch", "-n", "2", "-c", "1", "-o", str(out), "--wait", str(script)],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env=dict(slurm, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert done.returncode == 0, (done.stderr, out.read_text() if out.exists() else "")
+    lines = out.read_text().splitlines()
+    assert [line for line in lines if "cores=2, but" in line] == []
+    assert sorted(json.loads(line) for part in (tmp_path / "out").glob("part-*.jsonl")
+                  for line in part.read_text().splitlines()) == [[0, 5], [1, 5]]
+    assert [line for line in lines if line.startswith("CPUS")] == [
+        "CPUS (2, 'SLURM_CPUS_ON_NODE')", "CPUS (1, 'SLURM_CPUS_PER_TASK')"]
+
 def test_hostlists_expand_as_slurm_writes_them():
     assert expand_hostlist("node[1-3,5]") == ["node1", "node2", "node3", "node5"]
     assert expand_hostlist("gpu[08-10]x,login") == ["gpu08x", "gpu09x", "gpu10x", "login"]
