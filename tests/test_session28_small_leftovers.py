@@ -181,6 +181,7 @@ def test_more_kernels_than_a_slurm_jobs_cpus_on_the_node_is_said(caplog, monkeyp
 
 def test_a_slurm_tasks_cpus_bound_it_where_fewer_than_the_nodes(caplog, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")  # (a job step's task: `srun`)
     monkeypatch.setenv("SLURM_CPUS_ON_NODE", "8")
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
     assert warnings_of_a_run(caplog, 2) == [

@@ -99,7 +99,7 @@ def test_submit_says_a_null_byte_as_kernel_run_does(tmp_path):
 def test_slurm_variables_that_are_not_plain_numbers_are_left_unread():
     from kernel.execution._cores import pin_kernels, slurm_cpus
 
-    job = {"SLURM_JOB_ID": "4242"}
+    job = {"SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0"}  # (a job step's task: both are read)
     cases = {
         # SLURM_CPUS_PER_TASK, SLURM_CPUS_ON_NODE -> what is read
         ("²", "4"): (4, "SLURM_CPUS_ON_NODE"),
@@ -122,6 +122,7 @@ def test_a_run_in_a_slurm_job_with_an_unreadable_variable_runs(monkeypatch):
     from kernel import Dataflow, run
 
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "²")
     monkeypatch.delenv("SLURM_CPUS_ON_NODE", raising=False)
     monkeypatch.delenv("KERNEL_PIN_CPUS", raising=False)

@@ -95,8 +95,8 @@ def pin_kernels(env=os.environ) -> bool:
     0 on CPU 0) halve each other while other CPUs idle, far worse than an
     unpinned kernel's migrations. So they are pinned only to CPUs that look
     like this process's own: not where the CPU time it is given (its
-    cgroup's quota: a container's CPU limit; SLURM_CPUS_ON_NODE or
-    SLURM_CPUS_PER_TASK: a Slurm job's CPUs on this node, `slurm_cpus`)
+    cgroup's quota: a container's CPU limit; SLURM_CPUS_ON_NODE or, in a
+    job step, SLURM_CPUS_PER_TASK: a Slurm job's CPUs on this node, `slurm_cpus`)
     is less than the CPUs its affinity allows, and
     in a Kubernetes pod only where its CPUs are its own: not where its
     affinity is every CPU of the node (the kubelet's default CPU manager
@@ -144,10 +144,16 @@ def slurm_cpus(env=os.environ) -> tuple[int, str] | None:
     where the job runs several on the node) and SLURM_CPUS_ON_NODE's (the
     job's); None outside a Slurm job (no SLURM_JOB_ID) or where neither
     is set to a count (ASCII digits, as Slurm writes them: `str.isdigit`
-    also takes "²", which `int` refuses)."""
+    also takes "²", which `int` refuses). SLURM_CPUS_PER_TASK only in a
+    job step (`srun`: SLURM_STEP_ID set): a batch script (`sbatch -n 4 -c
+    2`) or an `salloc` shell is no task, and has the job's CPUs on the
+    node, though Slurm sets SLURM_CPUS_PER_TASK there too."""
     if not env.get("SLURM_JOB_ID"):
         return None
-    given = [(int(text), name) for name in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE")
+    names = ("SLURM_CPUS_ON_NODE",)
+    if env.get("SLURM_STEP_ID"):
+        names = ("SLURM_CPUS_PER_TASK", *names)
+    given = [(int(text), name) for name in names
              if (text := env.get(name, "").strip()).isascii() and text.isdigit() and int(text) > 0]
     return min(given, key=lambda pair: pair[0]) if given else None
 
