@@ -10,7 +10,11 @@
    itself has the job's CPUs on the node, but SLURM_CPUS_PER_TASK (a job
    step's task's) was read there too: it said 2 CPUs and did not pin. Slurm
    sets SLURM_STEP_ID only in a job step (checked on a real Slurm in
-   tests/system/test_slurm.py)."""
+   tests/system/test_slurm.py).
+3. A blank address (`--listen " "`) said `'' is not host:port` (the value
+   after trimming); `executor --host ""` fell back to the host name. Each
+   now says the address given is empty or blank, with what was given,
+   exit 2."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -97,3 +102,45 @@ def _quota_under(n: int) -> bool:
 
     quota = cgroup_cpu_quota()
     return quota is not None and quota < n
+
+
+# -- 3. an empty or blank address, said so -------------------------------------------------------
+
+def cli(*args, module="kernel"):
+    env = dict(ENV, KERNEL_SECRET="session-29")
+    env.pop("KERNEL_COORDINATOR", None)
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=20, env=env)  # (an executor refused nothing: it dialled on)
+
+
+def test_blank_addresses_and_an_empty_executor_host_are_refused_saying_so(tmp_path):
+    pipeline = tmp_path / "tiny.py"
+    pipeline.write_text("from kernel import Dataflow\nflow = Dataflow('tiny')\n"
+                        "flow.from_iterable([1]).collect()\n")
+    calls = {
+        "--listen ' '": ("coordinator", "--listen", " ", "--data", tmp_path / "c1"),
+        "--dashboard '  '": ("coordinator", "--listen", "127.0.0.1:1", "--dashboard", "  ",
+                             "--data", tmp_path / "c2"),
+        "--coordinator ' '": ("status", "--coordinator", " "),
+        "--host ''": ("executor", "--cores", "1", "--coordinator", "127.0.0.1:1", "--host", "",
+                      "--workdir", tmp_path / "e1"),
+        "--host ' '": ("executor", "--cores", "1", "--coordinator", "127.0.0.1:1", "--host", " ",
+                       "--workdir", tmp_path / "e2"),
+        "run --dashboard ' '": ("run", pipeline, "--dashboard", " "),
+        "run --coordinator ' '": ("run", pipeline, "--coordinator", " "),
+    }
+    with ThreadPoolExecutor(4) as pool:
+        done = {what: pool.submit(cli, *args) for what, args in calls.items()}
+        done = {what: future.result() for what, future in done.items()}
+    blank = "the address given is blank ({!r}; HOST:PORT)"
+    assert {what: (d.returncode, d.stderr) for what, d in done.items()} == {
+        "--listen ' '": (2, "error: --listen: " + blank.format(" ") + "\n"),
+        "--dashboard '  '": (2, "error: --dashboard: " + blank.format("  ") + "\n"),
+        "--coordinator ' '": (2, "error: --coordinator: " + blank.format(" ") + "\n"),
+        "--host ''": (2, "error: --host: the name given is empty "
+                         "(NAME; leave --host out for the host name)\n"),
+        "--host ' '": (2, "error: --host: the name given is blank (' '; NAME; leave --host out for the host "
+                          "name)\n"),
+        "run --dashboard ' '": (2, "error: --dashboard: " + blank.format(" ") + "\n"),
+        "run --coordinator ' '": (2, "error: --coordinator: " + blank.format(" ") + "\n"),
+    }
