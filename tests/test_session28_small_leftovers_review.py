@@ -153,6 +153,6 @@ def test_an_executors_empty_dashboard_host_is_said_to_be_empty(tmp_path):
     assert {what: (d.returncode, d.stderr) for what, d in done.items()} == {
         "--dashboard-host": (2, "error: --dashboard-host: the address given is empty "
                                 "(HOST; --no-dashboard for no dashboard)\n"),
-        "--dashboard": (2, "error: --dashboard-host: the address given is empty "
-                           "(HOST; --no-dashboard for no dashboard)\n"),
+        "--dashboard": (2, "error: --dashboard-host: the address given is blank "
+                           "(' '; HOST; --no-dashboard for no dashboard)\n"),
     }

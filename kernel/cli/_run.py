@@ -213,6 +213,15 @@ def _listen_advice(error, args) -> str:
     return f"\n  {advice}" if advice else ""
 
 
+def blank_said(flag: str, what: str, given: str, form: str, hint: str = "") -> str:
+    """What an empty or blank (only white space) value of `flag` is told:
+    `--listen: the address given is blank (' '; HOST:PORT)`, naming what
+    was given where it is not plainly empty."""
+    if given:
+        return f"{flag}: the {what} given is blank ({given!r}; {form}{hint})"
+    return f"{flag}: the {what} given is empty ({form}{hint})"
+
+
 def _run(args, path: Path, name: str) -> int:
     _resolve_placement(args)
     in_cluster = args.peers is not None or args.process_id is not None
@@ -221,11 +230,11 @@ def _run(args, path: Path, name: str) -> int:
     if args.epoch_interval is not None and args.state_dir is None:
         raise UsageError("--epoch-interval needs --state-dir")  # (epochs drive the snapshots, nothing else)
     _check_pipeline_path(path)
-    if args.dashboard is not None and not args.dashboard:  # (said as the system's commands say it)
-        raise UsageError("--dashboard: the address given is empty (HOST:PORT)")
+    if args.dashboard is not None and not args.dashboard.strip():  # (said as the system's commands say it)
+        raise UsageError(blank_said("--dashboard", "address", args.dashboard, "HOST:PORT"))
     if args.coordinator is not None:
-        if not args.coordinator:
-            raise UsageError("--coordinator: the address given is empty (HOST:PORT)")
+        if not args.coordinator.strip():
+            raise UsageError(blank_said("--coordinator", "address", args.coordinator, "HOST:PORT"))
         if ":" not in args.coordinator:
             raise UsageError(f"--coordinator must be HOST:PORT, got {args.coordinator!r}")
         # as KERNEL_COORDINATOR, which the topics read and the kernels inherit

@@ -29,8 +29,10 @@ class _Usage(Exception):
 def _address(text: str | None, what: str) -> tuple[str, int]:
     from kernel.execution._cluster import parse_peers
 
-    if not text:  # (given empty: an unset --coordinator is said before, with what to set)
-        raise _Usage(f"{what}: the address given is empty (HOST:PORT)")
+    if not text.strip():  # (given empty or blank: an unset --coordinator is said before, with what to set)
+        from kernel.cli._run import blank_said
+
+        raise _Usage(blank_said(what, "address", text, "HOST:PORT"))
     try:
         (address,) = parse_peers(text)
     except ValueError as exc:
@@ -275,8 +277,10 @@ async def _command(args) -> int:
             adopt_grace=args.executor_timeout, dashboard=dashboard, catalog_timeout=args.catalog_timeout))
     if args.coordinator is None:
         args.coordinator = os.environ.get(COORDINATOR_VARIABLE)
-    elif not args.coordinator:
-        raise _Usage("--coordinator: the address given is empty (HOST:PORT)")
+    elif not args.coordinator.strip():
+        from kernel.cli._run import blank_said
+
+        raise _Usage(blank_said("--coordinator", "address", args.coordinator, "HOST:PORT"))
     if not args.coordinator:  # (as a missing secret: what to set)
         raise _Usage(f"no coordinator given: set {COORDINATOR_VARIABLE} or use --coordinator HOST:PORT")
     address = _address(args.coordinator, "--coordinator")
@@ -287,10 +291,17 @@ async def _command(args) -> int:
             raise _Usage("--cores must be at least 1")
         if not args.heartbeat > 0:
             raise _Usage("--heartbeat must be a positive number of seconds")
+        if args.host is not None and not args.host.strip():  # (not the host name: it was given)
+            from kernel.cli._run import blank_said
+
+            raise _Usage(blank_said("--host", "name", args.host, "NAME",
+                                    "; leave --host out for the host name"))
         if not args.no_dashboard and not args.dashboard_host.strip():
             # (taken, each job's processes were given `--dashboard :PORT`, and failed on it)
-            raise _Usage("--dashboard-host: the address given is empty "
-                         "(HOST; --no-dashboard for no dashboard)")
+            from kernel.cli._run import blank_said
+
+            raise _Usage(blank_said("--dashboard-host", "address", args.dashboard_host, "HOST",
+                                    "; --no-dashboard for no dashboard"))
         _configure_logging()
         daemon = ExecutorDaemon(address, secret, args.cores, args.workdir, args.host, tls=tls,
                                 heartbeat=args.heartbeat,
