@@ -14,7 +14,11 @@
 3. A blank address (`--listen " "`) said `'' is not host:port` (the value
    after trimming); `executor --host ""` fell back to the host name. Each
    now says the address given is empty or blank, with what was given,
-   exit 2."""
+   exit 2.
+4. A pipeline file's encoding: `submit` refused a latin-1 file with its
+   coding line (`not UTF-8 text`), which `kernel.run` runs, and accepted
+   `# coding: bogus`, which `kernel.run` refuses (exit 2). Both follow
+   Python's rules now, and the job runs the file's own bytes."""
 
 from __future__ import annotations
 
@@ -29,6 +33,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "kernel"))
 from _ports import free_ports
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "system"))
+from _system import System
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -144,3 +151,67 @@ def test_blank_addresses_and_an_empty_executor_host_are_refused_saying_so(tmp_pa
         "run --dashboard ' '": (2, "error: --dashboard: " + blank.format(" ") + "\n"),
         "run --coordinator ' '": (2, "error: --coordinator: " + blank.format(" ") + "\n"),
     }
+
+
+# -- 4. a pipeline file's encoding, read alike by submit and kernel.run -----------------------------
+
+LATIN_1 = """\
+# -*- coding: latin-1 -*-
+from kernel import Dataflow
+
+flow = Dataflow("accents")
+flow.from_iterable(["caf\xe9", "na\xefve"]).map(lambda s: [s, len(s)]).to_files(OUT)
+"""
+
+
+def _written(directory: Path) -> list:
+    import json
+
+    return sorted(json.loads(line) for part in sorted(directory.glob("part-*.jsonl"))
+                  for line in part.read_text().splitlines())
+
+
+def test_a_latin_1_pipeline_with_its_coding_line_runs_under_submit_as_under_kernel_run(tmp_path):
+    for how in ("run", "submit"):
+        text = LATIN_1.replace("OUT", repr(str(tmp_path / f"{how}-out")))
+        (tmp_path / f"{how}.py").write_bytes(text.encode("latin-1"))
+    assert b"caf\xe9" in (tmp_path / "run.py").read_bytes()  # (not UTF-8)
+    expected = [["caf\xe9", 4], ["na\xefve", 5]]
+    ran = cli("run", tmp_path / "run.py")
+    assert (ran.returncode, ran.stderr) == (0, "")
+    assert _written(tmp_path / "run-out") == expected
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+        system.start_executor(1)
+        system.executors_up(1)
+        done = system.cli("submit", tmp_path / "submit.py", "--wait", timeout=40)
+        assert done.returncode == 0, done.stderr
+    finally:
+        system.close()
+    assert _written(tmp_path / "submit-out") == expected
+
+
+@pytest.mark.parametrize("head", [b"# coding: bogus\n", b"x = 'caf\xe9'  # no coding line\n"])
+def test_a_bad_coding_line_or_bytes_are_said_alike_by_submit_and_kernel_run(tmp_path, head):
+    pipeline = tmp_path / "bad.py"
+    pipeline.write_bytes(head + b"from kernel import Dataflow\nflow = Dataflow('x')\n"
+                         b"flow.from_iterable([1]).collect()\n")
+    try:
+        compile(pipeline.read_bytes(), "bad.py", "exec")
+    except SyntaxError as exc:  # the reference: Python's own message
+        expected = exc.msg
+    calls = {"kernel.run": ("run", "bad.py"),
+             "submit": ("submit", "bad.py", "--coordinator", "127.0.0.1:1")}
+    with ThreadPoolExecutor(2) as pool:
+        done = {what: pool.submit(subprocess.run, [sys.executable, "-m", "kernel", *args], cwd=tmp_path,
+                                  capture_output=True, text=True, timeout=30,
+                                  env=dict(ENV, KERNEL_SECRET="session-29"))
+                for what, args in calls.items()}
+        done = {what: future.result() for what, future in done.items()}
+    said = {what: (d.returncode, d.stdout, d.stderr) for what, d in done.items()}
+    assert said["submit"] == said["kernel.run"], said
+    assert said["kernel.run"][0] == 2 and said["kernel.run"][2].startswith("error: bad.py")
+    assert expected in said["kernel.run"][2]
+    if b"bogus" in head:  # (Python names no line: not `bad.py:0:`, `line 0`)
+        assert said["kernel.run"][2] == "error: bad.py: SyntaxError: unknown encoding: bogus\n"
