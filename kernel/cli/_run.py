@@ -51,7 +51,7 @@ def syntax_error(exc: SyntaxError | ValueError, path) -> UsageError:
 
     if not isinstance(exc, SyntaxError):  # (a null byte, where compile raises ValueError)
         return UsageError(f"{path}: {exc}")
-    if exc.lineno is None:
+    if not exc.lineno:  # (none; 0 for an unknown encoding on a coding line)
         return UsageError(f"{path}: {type(exc).__name__}: {exc.msg}")
     where = "".join(traceback.format_exception_only(exc)[:-1]).rstrip()  # File..., the line, the caret
     return UsageError(f"{path}:{exc.lineno}: {type(exc).__name__}: {exc.msg}\n{where}")
@@ -110,11 +110,21 @@ def _compile_error(path: Path) -> SyntaxError | ValueError | None:
     SyntaxError could not tell: it names the file by its absolute path,
     and no file at all for a null byte."""
     try:
-        compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
-    except (SyntaxError, ValueError) as exc:
-        return exc
+        data = path.read_bytes()
     except OSError:
         return None
+    return source_error(data, path)
+
+
+def source_error(data: bytes, path) -> SyntaxError | ValueError | None:
+    """What compiling a pipeline file's bytes raises, None if they compile:
+    Python's own rules for its encoding (a BOM or a coding line, else
+    UTF-8), as importing it applies them. `submit` checks a file with this,
+    as `kernel.run` does after a SyntaxError at its import."""
+    try:
+        compile(data, str(path), "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as exc:  # (a null byte: a ValueError in some versions)
+        return exc
     return None
 
 

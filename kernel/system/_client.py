@@ -19,6 +19,7 @@ from kernel.system._wire import (
     NoAnswer,
     RequestError,
     dial,
+    file_fields,
 )
 
 _SUBMIT_TRIES = 3  # a submit (a kill) whose connection is lost is sent again, under its request id
@@ -103,12 +104,9 @@ def pipeline_payload(target: str) -> dict:
     if not path.is_file():
         raise UsageError(f"pipeline file not found: {path}")
     data = path.read_bytes()
-    try:
-        text = data.decode()
-    except UnicodeDecodeError:
-        raise UsageError(f"{path} is not UTF-8 text") from None
-    _check_syntax(text, path)
-    return {"filename": path.name, "content": text, "digest": hashlib.sha256(data).hexdigest(), "flow": flow}
+    _check_syntax(data, path)
+    return {"filename": path.name, **file_fields(data), "digest": hashlib.sha256(data).hexdigest(),
+            "flow": flow}
 
 
 def submit_payload(target: str, *, state_dir, epoch_interval, shared_state: bool = False) -> dict:
@@ -123,16 +121,16 @@ def submit_payload(target: str, *, state_dir, epoch_interval, shared_state: bool
     return pipeline_payload(target)
 
 
-def _check_syntax(text: str, path: Path) -> None:
+def _check_syntax(data: bytes, path: Path) -> None:
     """The file compiled, not run (a pipeline may import what only the
     executors' machines have): a syntax error is a usage error here, named
-    at the user's path, not a failed job naming the executor's copy."""
-    from kernel.cli._run import syntax_error
+    at the user's path, not a failed job naming the executor's copy. Its
+    bytes are compiled, as kernel.run's import reads them (`source_error`:
+    its coding line or BOM, else UTF-8)."""
+    from kernel.cli._run import source_error, syntax_error
 
-    try:
-        compile(text, str(path), "exec", dont_inherit=True)
-    except (SyntaxError, ValueError) as exc:  # (as kernel.run says it; a null byte: a ValueError in some)
-        raise syntax_error(exc, path) from None
+    if (exc := source_error(data, path)) is not None:
+        raise syntax_error(exc, path)
 
 
 async def submit(client: Client, target: str, *, processes, cores, executors, state_dir, epoch_interval,

@@ -34,6 +34,7 @@ from kernel.system._wire import (
     ConnectionLost,
     RequestError,
     Session,
+    file_bytes,
 )
 
 log = logging.getLogger("kernel.system")
@@ -155,11 +156,14 @@ class CoordinatorServer(AuthenticatedServer):
         raise RequestError(f"unknown request {op!r}")
 
     async def _submit(self, m: dict):
-        filename, content, digest = m.get("filename"), m.get("content"), m.get("digest")
-        if not isinstance(filename, str) or not isinstance(content, str) or "/" in filename \
+        filename, digest = m.get("filename"), m.get("digest")
+        try:
+            data = file_bytes(m)
+        except ValueError:
+            data = None
+        if not isinstance(filename, str) or data is None or "/" in filename \
                 or "\0" in filename or not filename.endswith(".py"):
             raise RequestError("submit: a pipeline file name (NAME.py) and its text are needed")
-        data = content.encode()
         if hashlib.sha256(data).hexdigest() != digest:
             raise RequestError("submit: the pipeline's content does not match its hash")
         flow = m.get("flow") or "flow"

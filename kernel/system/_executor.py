@@ -57,6 +57,7 @@ from kernel.system._wire import (
     Session,
     _url_host,
     dial,
+    file_bytes,
     tls_handshake_failure,
 )
 
@@ -417,7 +418,7 @@ class ExecutorDaemon:
         raise RequestError(f"unknown request {op!r}")
 
     def _pipeline(self, m: dict) -> Path:
-        digest, filename, content = m["digest"], m["filename"], m["content"].encode()
+        digest, filename, content = m["digest"], m["filename"], file_bytes(m)
         if hashlib.sha256(content).hexdigest() != digest:
             raise RequestError("the pipeline file does not match its hash")
         # (a name, not a path; a name starting with a dot, `.nightly.py`, is one:

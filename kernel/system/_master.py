@@ -47,7 +47,7 @@ from kernel.system._catalog import (
     Job,
     job_row,
 )
-from kernel.system._wire import ConnectionLost, RequestError, Session
+from kernel.system._wire import ConnectionLost, RequestError, Session, file_fields
 
 log = logging.getLogger("kernel.system")
 
@@ -499,7 +499,7 @@ class JobMaster:
                     peers = None
                 started = await asyncio.gather(*(s.request(
                     "start", job=job.id, attempt=attempt, process=i, peers=peers, flow=job.flow,
-                    filename=filename, content=content.decode(), digest=job.pipeline, cores=job.cores,
+                    filename=filename, **file_fields(content), digest=job.pipeline, cores=job.cores,
                     state_dir=job.state_dir, epoch_interval=job.epoch_interval)
                     for i, s in enumerate(sessions)))
                 for place, reply in zip(job.placement, started):

@@ -89,6 +89,25 @@ _encode = msgspec.json.encode
 _decode = msgspec.json.decode
 
 
+def file_fields(data: bytes) -> dict:
+    """A pipeline file's bytes as the requests' `content` (JSON text):
+    UTF-8 text as it is; other bytes (a file in the encoding its coding
+    line names, latin-1...) as latin-1 text, with `encoding: latin-1`,
+    which gives back every byte (`file_bytes`)."""
+    try:
+        return {"content": data.decode()}
+    except UnicodeDecodeError:
+        return {"content": data.decode("latin-1"), "encoding": "latin-1"}
+
+
+def file_bytes(m: dict) -> bytes:
+    """The bytes `file_fields` sent (a ValueError for what it never sends)."""
+    content, encoding = m.get("content"), m.get("encoding", "utf-8")
+    if not isinstance(content, str) or encoding not in ("utf-8", "latin-1"):
+        raise ValueError("a pipeline file's text (and its encoding, utf-8 or latin-1) is needed")
+    return content.encode(encoding)
+
+
 class Session:
     """One authenticated connection, seen from either end.
 
