@@ -172,17 +172,8 @@ async def _until_done(client: Client, op: str, fields: dict, again=None) -> dict
     while True:
         try:
             return await client.ask(op, fields, timeout)
-        except ConnectionLost:
-            # The request may have been done with its reply lost: `again`,
-            # or the coordinator's own check of the request id, finds that
-            # (a retry by hand submitted a second job)
-            lost += 1
-            if lost >= _SUBMIT_TRIES:
-                raise
-            await client.reconnect(3 * coordinator_timeout())
-            done = None if again is None else await again()
-            if done is not None:
-                return done
+        except ConnectionLost as exc:
+            lost, error = lost + 1, exc
         except RequestError as exc:
             if not exc.busy:
                 raise
@@ -197,6 +188,24 @@ async def _until_done(client: Client, op: str, fields: dict, again=None) -> dict
             # (its own wait bounded by what is left: the coordinator answers within it)
             timeout = max(2.0, left)
             await asyncio.sleep(min(BUSY_EVERY, left))
+            continue
+        # The connection lost: the request may have been done with its reply
+        # lost. `again`, or the coordinator's own check of the request id,
+        # finds that (a retry by hand submitted a second job). A connection
+        # lost in `again` too (a second restart) is reconnected to as well
+        # (it ended the command: "connection closed").
+        while True:
+            if lost >= _SUBMIT_TRIES:
+                raise error
+            await client.reconnect(3 * coordinator_timeout())
+            try:
+                done = None if again is None else await again()
+            except ConnectionLost as exc:
+                lost, error = lost + 1, exc
+                continue
+            break
+        if done is not None:
+            return done
 
 
 def _why_busy(refused: RequestError) -> str:
