@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import time
 
 from kernel.dataflow._errors import KernelError
 
@@ -255,6 +256,7 @@ async def _stopped_by_sigterm_too(work) -> int:
 
 
 async def _command(args) -> int:
+    started = time.monotonic()  # (a submit's or a kill's wait is bounded from here: REQUEST_TIMEOUT)
     from kernel.net._links import AuthenticationFailed, LinkError
     from kernel.system import _client
     from kernel.system._wire import KernelSystemError, _url_host
@@ -323,7 +325,7 @@ async def _command(args) -> int:
         except UsageError as exc:
             raise _Usage(str(exc)) from None
     try:
-        async with _client.Client(address, secret, tls) as client:
+        async with _client.Client(address, secret, tls, started=started) as client:
             if args.command == "submit":
                 executors = args.executors.split(",") if args.executors else None
                 return await _client.submit(

@@ -24,6 +24,7 @@ from kernel.system._wire import (
 
 _SUBMIT_TRIES = 3  # a submit (a kill) whose connection is lost is sent again, under its request id
 BUSY_EVERY = 0.1  # seconds between the tries of a request refused because the catalog is busy
+_LAST_TRY = 0.2  # seconds: a busy request is not asked again with less than this left of its bound
 REQUEST_TIMEOUT = 60.0  # seconds a request waits for its answer (a `logs` asks every executor)
 
 
@@ -44,8 +45,12 @@ def _grace(timeout: float) -> float:
 
 
 class Client:
-    def __init__(self, address: tuple[str, int], secret: bytes, tls=None, timeout: float = 2.0) -> None:
+    def __init__(self, address: tuple[str, int], secret: bytes, tls=None, timeout: float = 2.0,
+                 started: float | None = None) -> None:
         self.address, self.secret, self.tls, self.timeout = address, secret, tls, timeout
+        # (time.monotonic(), the event loop's clock: the command's start, from
+        # which a submit's or a kill's wait is bounded, `_until_done`)
+        self.started = time.monotonic() if started is None else started
         self._session = self._http = self._reader = None
 
     async def __aenter__(self) -> Client:
@@ -161,33 +166,41 @@ async def submit(client: Client, target: str, *, processes, cores, executors, st
 async def _until_done(client: Client, op: str, fields: dict, again=None) -> dict:
     """`op`'s answer. Refused because the coordinator's catalog is busy
     (locked by another program, a backup; `RequestError.busy`: nothing of
-    it was done), asked again every BUSY_EVERY s for up to REQUEST_TIMEOUT
-    s, saying once on stderr that it waits, and on whom (it failed at once,
-    while the topics' client waited). Its connection lost (a coordinator
-    restarted, meanwhile too), reconnected to and sent again, up to
-    _SUBMIT_TRIES times in all; `again()`, awaited first, returns what the
-    first try did where it answers for it (None: send it again)."""
+    it was done), asked again every BUSY_EVERY s, saying once on stderr
+    that it waits, and on whom (it failed at once, while the topics' client
+    waited). Its connection lost (a coordinator restarted, meanwhile too),
+    reconnected to and sent again, up to _SUBMIT_TRIES times in all;
+    `again()`, awaited first, returns what the first try did where it
+    answers for it (None: send it again). All of it within REQUEST_TIMEOUT
+    s of the command's start (`client.started`): each try's wait, the
+    coordinator's hold of a busy one (it answers within the wait it is
+    told) and the reconnections (the retries were counted from the first
+    busy refusal, after a first try held for the coordinator's
+    --catalog-timeout: ~70 s)."""
     loop = asyncio.get_running_loop()
-    timeout, first, lost = REQUEST_TIMEOUT, None, 0
+    deadline = client.started + REQUEST_TIMEOUT
+    first, lost, busy = None, 0, None
     while True:
         try:
-            return await client.ask(op, fields, timeout)
+            return await client.ask(op, fields, max(0.05, deadline - loop.time()))
+        except NoAnswer as exc:  # (by the deadline; after busy refusals, the last of them said)
+            if busy is not None:
+                raise _gave_up(busy, loop.time() - client.started) from None
+            lost, error = lost + 1, exc
         except ConnectionLost as exc:
             lost, error = lost + 1, exc
         except RequestError as exc:
             if not exc.busy:
                 raise
-            now = loop.time()
+            now, busy = loop.time(), exc
             if first is None:
                 first = now
-                print(f"waiting for the coordinator's catalog ({_why_busy(exc)}); asking again for up to "
-                      f"{REQUEST_TIMEOUT:g} s", file=sys.stderr, flush=True)
-            left = first + REQUEST_TIMEOUT - now
-            if left <= 0:
-                raise RequestError(f"{exc} (asked again for {now - first:.3g} s)", busy=True) from None
-            # (its own wait bounded by what is left: the coordinator answers within it)
-            timeout = max(2.0, left)
-            await asyncio.sleep(min(BUSY_EVERY, left))
+                print(f"waiting for the coordinator's catalog ({_why_busy(exc)}); asking again until "
+                      f"{REQUEST_TIMEOUT:g} s from the command's start", file=sys.stderr, flush=True)
+            left = deadline - now
+            if left < _LAST_TRY:  # (a try that short is refused or unanswered)
+                raise _gave_up(exc, now - client.started) from None
+            await asyncio.sleep(min(BUSY_EVERY, left - _LAST_TRY))
             continue
         # The connection lost: the request may have been done with its reply
         # lost. `again`, or the coordinator's own check of the request id,
@@ -195,9 +208,10 @@ async def _until_done(client: Client, op: str, fields: dict, again=None) -> dict
         # lost in `again` too (a second restart) is reconnected to as well
         # (it ended the command: "connection closed").
         while True:
-            if lost >= _SUBMIT_TRIES:
+            left = deadline - loop.time()
+            if lost >= _SUBMIT_TRIES or left <= 0:
                 raise error
-            await client.reconnect(3 * coordinator_timeout())
+            await client.reconnect(min(3 * coordinator_timeout(), left))
             try:
                 done = None if again is None else await again()
             except ConnectionLost as exc:
@@ -206,6 +220,11 @@ async def _until_done(client: Client, op: str, fields: dict, again=None) -> dict
             break
         if done is not None:
             return done
+
+
+def _gave_up(refused: RequestError, waited: float) -> RequestError:
+    """The last busy refusal."""
+    return RequestError(f"{refused} (asked again until {waited:.3g} s from the command's start)", busy=True)
 
 
 def _why_busy(refused: RequestError) -> str:
@@ -330,7 +349,8 @@ async def logs(client: Client, job: str, follow: bool) -> int:
 
 async def kill(client: Client, job: str) -> int:
     async def again():  # (after a lost connection: the first try may have killed it)
-        state = await client.request("job", job=job)
+        left = client.started + REQUEST_TIMEOUT - time.monotonic()  # (within the command's bound)
+        state = await client.request("job", timeout=max(0.05, left), job=job)
         return {"job": state["id"], "status": state["status"]} if state["status"] == "killed" else None
 
     reply = await _until_done(client, "kill", {"job": job}, again)
