@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import secrets
 import sys
 import time
@@ -223,8 +224,11 @@ async def _until_done(client: Client, op: str, fields: dict, again=None) -> dict
 
 
 def _gave_up(refused: RequestError, waited: float) -> RequestError:
-    """The last busy refusal."""
-    return RequestError(f"{refused} (asked again until {waited:.3g} s from the command's start)", busy=True)
+    """The last busy refusal, saying the time waited in all, not the last
+    try's ("has held it for more than 0.5 s")."""
+    text = re.sub(r" for more than [\d.]+ s( \(as long as the request's sender waits for its answer\))?",
+                  "", str(refused), count=1)
+    return RequestError(f"{text} (waited {waited:.3g} s in all)", busy=True)
 
 
 def _why_busy(refused: RequestError) -> str:

@@ -31,7 +31,7 @@ from kernel.system._catalog import Catalog, CatalogBusy
 from kernel.system._wire import answer_by
 
 _WAITING = re.compile(r"waiting for the coordinator's catalog \(database is locked: pid (\d+) \(\S+\) has "
-                      r"held it for more than 0\.5 s\); asking again for up to \d+ s\n")
+                      r"held it for more than 0\.5 s\); asking again until \d+ s from the command's start\n")
 
 
 def _up(system: System) -> None:
