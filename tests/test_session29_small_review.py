@@ -1,0 +1,96 @@
+"""Session 29's review: what its changes missed.
+
+1. `submit` of a pipeline file whose name is not UTF-8 (`caf\\xe9.py`,
+   which `kernel run` runs) ended in a UnicodeEncodeError traceback: the
+   name travels as JSON text, and the catalog keeps it as text.
+2. A pipeline file too large for one message (MAX_MESSAGE, as its JSON
+   text: a latin-1 file's bytes above 0x7f take two bytes there, control
+   characters six) was sent all the same: the coordinator closed the
+   connection, sent again twice, and the command ended with "Connection
+   lost" (and "Future exception was never retrieved"). Since session 29
+   accepts files that are not UTF-8, half the size reached it.
+3. A blank `--peers` said `peers: '' is not host:port`, the words the
+   session's `blank_said` replaced for the other addresses; an empty
+   address in the list said the same. A blank or malformed
+   KERNEL_COORDINATOR was said to be `--coordinator`'s, which the
+   command was not given."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "system"))
+from _system import System
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+TINY = b"from kernel import Dataflow\nflow = Dataflow('tiny')\nflow.from_iterable([1]).collect()\n"
+
+
+# -- 1, 2. what submit cannot send, refused before it is sent --------------------------------------
+
+def test_a_file_name_not_in_utf_8_and_a_file_too_large_for_a_message_are_refused_saying_so(tmp_path):
+    from kernel.system._wire import MAX_MESSAGE
+
+    odd = tmp_path / os.fsdecode(b"caf\xe9.py")
+    odd.write_bytes(TINY)
+    big = tmp_path / "big.py"
+    # latin-1: each 0xe9 two bytes of JSON text, each 0x01 six (\u0001): 4 a pair
+    line = b"# " + b"\xe9\x01" * 2000 + b"\n"
+    big.write_bytes(b"# coding: latin-1\n" + TINY + line * (MAX_MESSAGE // (4 * 4000) + 16))
+    compile(big.read_bytes(), "big.py", "exec")  # (a file kernel.run runs)
+    assert big.stat().st_size < MAX_MESSAGE // 3
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+        with ThreadPoolExecutor(2) as pool:
+            done = [pool.submit(system.cli, "submit", path, timeout=60) for path in (odd, big)]
+            odd_done, big_done = (d.result() for d in done)
+        assert system.status()["jobs"] == []
+    finally:
+        system.close()
+    assert (odd_done.returncode, odd_done.stdout, odd_done.stderr) == (
+        2, "", "error: the pipeline file's name b'caf\\xe9.py' is not UTF-8, which the system keeps its "
+               "names in: rename it to submit it\n")
+    assert (big_done.returncode, big_done.stdout) == (2, ""), big_done.stderr
+    said = re.fullmatch(rf"error: {re.escape(str(big))}: too large to submit: its {big.stat().st_size} bytes "
+                        r"are (\d+) of a request's JSON text, over the (\d+) one message carries\n",
+                        big_done.stderr)
+    assert said, big_done.stderr
+    assert int(said[1]) > int(said[2]) and int(said[2]) < MAX_MESSAGE
+
+
+# -- 3. blank --peers, and KERNEL_COORDINATOR said as itself ---------------------------------------
+
+def cli(*args, **env):
+    env = dict(ENV, KERNEL_SECRET="session-29-review", **env)
+    return subprocess.run([sys.executable, "-m", "kernel", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30, env=env)
+
+
+def test_blank_peers_an_empty_peer_and_a_bad_kernel_coordinator_are_said_as_what_they_are(tmp_path):
+    pipeline = tmp_path / "tiny.py"
+    pipeline.write_bytes(TINY)
+    calls = {
+        "--peers ' '": (("run", pipeline, "--process-id", "0", "--peers", " "), {}),
+        "--peers a, ,b": (("run", pipeline, "--process-id", "0", "--peers", "127.0.0.1:1, ,127.0.0.1:2"), {}),
+        "KERNEL_COORDINATOR ' '": (("status",), {"KERNEL_COORDINATOR": " "}),
+        "KERNEL_COORDINATOR nonsense": (("status",), {"KERNEL_COORDINATOR": "nonsense"}),
+        "--coordinator nonsense": (("status", "--coordinator", "nonsense"), {"KERNEL_COORDINATOR": " "}),
+    }
+    with ThreadPoolExecutor(3) as pool:
+        done = {what: pool.submit(cli, *args, **env) for what, (args, env) in calls.items()}
+        done = {what: future.result() for what, future in done.items()}
+    assert {what: (d.returncode, d.stderr) for what, d in done.items()} == {
+        "--peers ' '": (2, "error: --peers: the list of addresses given is blank (' '; HOST:PORT,...)\n"),
+        "--peers a, ,b": (2, "error: peers: address 2 of 3 is empty ('127.0.0.1:1, ,127.0.0.1:2')\n"),
+        "KERNEL_COORDINATOR ' '": (2, "error: KERNEL_COORDINATOR: the address given is blank "
+                                      "(' '; HOST:PORT)\n"),
+        "KERNEL_COORDINATOR nonsense": (2, "error: KERNEL_COORDINATOR: 'nonsense' is not host:port\n"),
+        "--coordinator nonsense": (2, "error: --coordinator: 'nonsense' is not host:port\n"),
+    }
