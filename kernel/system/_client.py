@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import re
 import secrets
 import sys
@@ -109,6 +110,11 @@ def pipeline_payload(target: str) -> dict:
     path, flow = split_target(target)
     if not path.is_file():
         raise UsageError(f"pipeline file not found: {path}")
+    try:  # (sent as JSON text, and kept as text in the catalog: it failed there, a traceback)
+        path.name.encode()
+    except UnicodeEncodeError:
+        raise UsageError(f"the pipeline file's name {os.fsencode(path.name)!r} is not UTF-8, which the "
+                         "system keeps its names in: rename it to submit it") from None
     data = path.read_bytes()
     _check_syntax(data, path)
     return {"filename": path.name, **file_fields(data), "digest": hashlib.sha256(data).hexdigest(),
