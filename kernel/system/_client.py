@@ -13,8 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
+
 from kernel.system._wire import (
     CLIENT,
+    FILE_ROOM,
     TERMINAL,
     ConnectionLost,
     KernelSystemError,
@@ -117,8 +120,13 @@ def pipeline_payload(target: str) -> dict:
                          "system keeps its names in: rename it to submit it") from None
     data = path.read_bytes()
     _check_syntax(data, path)
-    return {"filename": path.name, **file_fields(data), "digest": hashlib.sha256(data).hexdigest(),
-            "flow": flow}
+    fields = file_fields(data)
+    # (its JSON text: a latin-1 byte above 0x7f is two bytes there, a control character six; one
+    # too large was sent all the same, and the coordinator's closed connection said "Connection lost")
+    if (size := len(msgspec.json.encode(fields["content"]))) > FILE_ROOM:
+        raise UsageError(f"{path}: too large to submit: its {len(data)} bytes are {size} of a request's "
+                         f"JSON text, over the {FILE_ROOM} one message carries")
+    return {"filename": path.name, **fields, "digest": hashlib.sha256(data).hexdigest(), "flow": flow}
 
 
 def submit_payload(target: str, *, state_dir, epoch_interval, shared_state: bool = False) -> dict:

@@ -40,6 +40,9 @@ log = logging.getLogger("kernel.system")
 
 PATH = "/kernel-system"
 MAX_MESSAGE = 64 << 20  # a submitted pipeline file travels in one message
+# a pipeline file's JSON text, at most: the rest of MAX_MESSAGE for the other fields of
+# its requests (`submit`, and the job master's `start` to each executor: its peers...)
+FILE_ROOM = MAX_MESSAGE - (1 << 20)
 # The handshake's "process" field says who speaks (its MAC covers it).
 COORDINATOR, EXECUTOR, CLIENT = 0, 1, 2
 ROLES = {EXECUTOR: "executor", CLIENT: "client"}
