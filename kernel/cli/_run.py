@@ -157,6 +157,8 @@ def _error(message: str, traceback: str = "") -> None:
 def _check_cluster_options(args) -> None:
     if args.peers is None or args.process_id is None:
         raise UsageError("a cluster needs both --process-id and --peers")
+    if not args.peers.strip():  # (it said "peers: '' is not host:port")
+        raise UsageError(blank_said("--peers", "list of addresses", args.peers, "HOST:PORT,..."))
     if (args.tls_cert is None) != (args.tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     if args.tls_ca is not None and args.tls_cert is None:

@@ -28,7 +28,9 @@ def parse_peers(peers) -> list[tuple[str, int]]:
                          f"got {peers!r}")
     items = [p.strip() for p in peers.split(",")] if isinstance(peers, str) else list(peers)
     addresses = []
-    for item in items:
+    for n, item in enumerate(items, 1):
+        if item == "":  # (said as the place it has in the list: "peers: '' is not host:port" named none)
+            raise ValueError(f"peers: address {n} of {len(items)} is empty ({peers!r})")
         if isinstance(item, tuple) and len(item) == 2:
             host, port = item
         elif isinstance(item, str) and ":" in item:
