@@ -277,15 +277,16 @@ async def _command(args) -> int:
         return await _stopped_by_sigterm_too(serve(
             host, port, secret, args.data, tls=tls, executor_timeout=args.executor_timeout,
             adopt_grace=args.executor_timeout, dashboard=dashboard, catalog_timeout=args.catalog_timeout))
+    given_by = "--coordinator"  # (what a blank or malformed address is said to be: the one the user set)
     if args.coordinator is None:
-        args.coordinator = os.environ.get(COORDINATOR_VARIABLE)
+        args.coordinator, given_by = os.environ.get(COORDINATOR_VARIABLE), COORDINATOR_VARIABLE
     elif not args.coordinator.strip():
         from kernel.cli._run import blank_said
 
         raise _Usage(blank_said("--coordinator", "address", args.coordinator, "HOST:PORT"))
     if not args.coordinator:  # (as a missing secret: what to set)
         raise _Usage(f"no coordinator given: set {COORDINATOR_VARIABLE} or use --coordinator HOST:PORT")
-    address = _address(args.coordinator, "--coordinator")
+    address = _address(args.coordinator, given_by)
     if args.command == "executor":
         from kernel.system._executor import ExecutorDaemon
 
