@@ -13,7 +13,11 @@
    session's `blank_said` replaced for the other addresses; an empty
    address in the list said the same. A blank or malformed
    KERNEL_COORDINATOR was said to be `--coordinator`'s, which the
-   command was not given."""
+   command was not given.
+4. A request whose send failed as the connection closed (a message over
+   the other side's limit) raised ConnectionLost, and its reply's future,
+   failed by the closing connection, logged "Future exception was never
+   retrieved" on stderr."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -94,3 +99,59 @@ def test_blank_peers_an_empty_peer_and_a_bad_kernel_coordinator_are_said_as_what
         "KERNEL_COORDINATOR nonsense": (2, "error: KERNEL_COORDINATOR: 'nonsense' is not host:port\n"),
         "--coordinator nonsense": (2, "error: --coordinator: 'nonsense' is not host:port\n"),
     }
+
+
+# -- 4. a request lost in its send says nothing more ---------------------------------------------------
+
+SMALL = """\
+import asyncio
+from kernel.net._links import AuthenticatedServer
+from kernel.system._wire import COORDINATOR, PATH, Session
+
+class Small(AuthenticatedServer):  # (a coordinator that takes messages of 4 KiB at most)
+    noun, path = "a system connection", PATH
+
+    async def _session(self, ws, peer, meta, address):
+        async def handler(op, m):
+            return {"op": op}
+        await Session(ws, handler, "client").run()
+
+async def main():
+    server = Small("127.0.0.1", 0, b"session-29-review-secret", COORDINATOR, max_frame=4096,
+                   meta={"role": "coordinator"})
+    await server.start()
+    print(server.port, flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+ASKER = """\
+import asyncio, gc, sys
+from kernel.system import Client, ConnectionLost
+
+async def main(port):
+    async with Client(("127.0.0.1", port), b"session-29-review-secret") as client:
+        print(await client.request("ping", timeout=10))
+        try:
+            await client.request("ping", timeout=10, pad="a" * (1 << 23))
+        except ConnectionLost:
+            print("lost")
+    gc.collect()
+
+asyncio.run(main(int(sys.argv[1])))
+gc.collect()
+"""
+
+
+def test_a_request_whose_connection_closes_in_its_send_leaves_no_unretrieved_future(tmp_path):
+    server = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SMALL)], stdout=subprocess.PIPE,
+                              text=True, cwd=tmp_path, env=ENV)
+    try:
+        port = int(server.stdout.readline())
+        done = subprocess.run([sys.executable, "-c", ASKER, str(port)], capture_output=True, text=True,
+                              timeout=30, cwd=tmp_path, env=ENV)
+    finally:
+        server.kill()
+        server.communicate()
+    assert (done.returncode, done.stdout, done.stderr) == (0, "{'op': 'ping'}\nlost\n", "")
