@@ -151,6 +151,11 @@ class Session:
             raise ConnectionLost(f"{self.name}: {exc}") from exc
         finally:
             self._waiting.pop(number, None)
+            if reply.done() and not reply.cancelled():
+                # (failed by `run` as the connection closed while the send was
+                # under way: retrieved, or it logs "Future exception was never
+                # retrieved" when collected; the send's own error is raised)
+                reply.exception()
         if "error" in answer:
             raise RequestError(answer["error"], busy=answer.get("busy") is True)
         return answer.get("body") or {}
