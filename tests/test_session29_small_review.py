@@ -17,7 +17,14 @@
 4. A request whose send failed as the connection closed (a message over
    the other side's limit) raised ConnectionLost, and its reply's future,
    failed by the closing connection, logged "Future exception was never
-   retrieved" on stderr."""
+   retrieved" on stderr.
+5. SLURM_STEP_ID set at all was taken for a job step's task, whose CPUs
+   are SLURM_CPUS_PER_TASK: Slurm's special steps are no task (the batch
+   step 4294967291, the extern 4294967292, and the interactive step,
+   4294967290, an `salloc` shell under LaunchParameters=use_interactive_step,
+   which keeps salloc's environment and uses the job's CPUs on the node;
+   slurm.h: ids above SLURM_MAX_NORMAL_STEP_ID, 0xfffffff0, the greatest
+   of a step of `srun`)."""
 
 from __future__ import annotations
 
@@ -155,3 +162,18 @@ def test_a_request_whose_connection_closes_in_its_send_leaves_no_unretrieved_fut
         server.kill()
         server.communicate()
     assert (done.returncode, done.stdout, done.stderr) == (0, "{'op': 'ping'}\nlost\n", "")
+
+
+# -- 5. Slurm's special steps are no task ----------------------------------------------------------
+
+def test_slurms_special_steps_have_the_jobs_cpus_on_the_node_as_a_batch_script_has():
+    from kernel.execution._cores import slurm_cpus
+
+    job = {"SLURM_JOB_ID": "7", "SLURM_CPUS_PER_TASK": "1", "SLURM_CPUS_ON_NODE": "4"}
+    got = {step: slurm_cpus(dict(job, SLURM_STEP_ID=step))
+           for step in ("0", "12", "4294967280", "4294967281", "4294967290", "4294967291", "4294967292",
+                        "batch", "extern", " 3 ", "-1", "")}
+    node, task = (4, "SLURM_CPUS_ON_NODE"), (1, "SLURM_CPUS_PER_TASK")
+    assert got == {"0": task, "12": task, "4294967280": task, " 3 ": task,
+                   "4294967281": node, "4294967290": node, "4294967291": node, "4294967292": node,
+                   "batch": node, "extern": node, "-1": node, "": node}
