@@ -138,6 +138,11 @@ def _slurm_cpus(env) -> int | None:
     return None if given is None else given[0]
 
 
+# slurm.h: the greatest id of a step of `srun`; those above are Slurm's own (0xfffffffb the
+# batch step, 0xfffffffc the extern, 0xfffffffa the interactive)
+_SLURM_MAX_NORMAL_STEP_ID = 0xFFFFFFF0
+
+
 def slurm_cpus(env=os.environ) -> tuple[int, str] | None:
     """The CPUs a Slurm job gives this process on this node, and the
     variable that says so: the fewer of SLURM_CPUS_PER_TASK's (a task's,
@@ -145,13 +150,18 @@ def slurm_cpus(env=os.environ) -> tuple[int, str] | None:
     job's); None outside a Slurm job (no SLURM_JOB_ID) or where neither
     is set to a count (ASCII digits, as Slurm writes them: `str.isdigit`
     also takes "²", which `int` refuses). SLURM_CPUS_PER_TASK only in a
-    job step (`srun`: SLURM_STEP_ID set): a batch script (`sbatch -n 4 -c
-    2`) or an `salloc` shell is no task, and has the job's CPUs on the
-    node, though Slurm sets SLURM_CPUS_PER_TASK there too."""
+    job step (`srun`: SLURM_STEP_ID set, to a step's number): a batch
+    script (`sbatch -n 4 -c 2`) or an `salloc` shell is no task, and has
+    the job's CPUs on the node, though Slurm sets SLURM_CPUS_PER_TASK
+    there too; as has Slurm's special steps' (an id above
+    _SLURM_MAX_NORMAL_STEP_ID: the batch step, the interactive step of
+    `salloc` under LaunchParameters=use_interactive_step, which keeps
+    salloc's environment)."""
     if not env.get("SLURM_JOB_ID"):
         return None
     names = ("SLURM_CPUS_ON_NODE",)
-    if env.get("SLURM_STEP_ID"):
+    step = env.get("SLURM_STEP_ID", "").strip()
+    if step.isascii() and step.isdigit() and int(step) <= _SLURM_MAX_NORMAL_STEP_ID:
         names = ("SLURM_CPUS_PER_TASK", *names)
     given = [(int(text), name) for name in names
              if (text := env.get(name, "").strip()).isascii() and text.isdigit() and int(text) > 0]
