@@ -205,19 +205,11 @@ def _certificates(d) -> dict[str, str]:
     """A CA; node.pem for 127.0.0.1 (serverAuth and clientAuth, as the tests'
     own); server.pem for 127.0.0.1 with serverAuth only (as most issued
     server certificates are)."""
-    import subprocess
+    from tests._certificates import make_ca, sign
 
-    def openssl(*args):
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-            "-keyout", "ca.key", "-out", "ca.pem")
+    make_ca(d)
     for name, usage in (("node", "serverAuth,clientAuth"), ("server", "serverAuth")):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-                "-keyout", f"{name}.key", "-out", f"{name}.csr")
-        (d / f"{name}.cnf").write_text(f"subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n")
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                "-days", "2", "-extfile", f"{name}.cnf", "-out", f"{name}.pem")
+        sign(d, name, "127.0.0.1", f"extendedKeyUsage={usage}\n")
     return {name: str(d / name) for name in ("ca.pem", "node.pem", "node.key", "server.pem", "server.key")}
 
 

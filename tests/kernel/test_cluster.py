@@ -30,6 +30,7 @@ from _procs import run_cli_processes
 
 from kernel import Dataflow, run, run_async
 from operators import Tumbling
+from tests._certificates import make_ca, self_signed, sign
 
 SECRET = "cluster-test-secret"
 PROMPTLY = 20.0  # seconds: an upper bound, never a synchronisation
@@ -608,19 +609,9 @@ def test_the_secret_comes_from_the_environment(monkeypatch):
 def certificates(tmp_path_factory) -> dict[str, str]:
     """A CA and a certificate it signs for 127.0.0.1 (openssl, as a user would)."""
     d = tmp_path_factory.mktemp("tls")
-
-    def openssl(*args):
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-            "-keyout", "ca.key", "-out", "ca.pem")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-            "-keyout", "node.key", "-out", "node.csr")
-    Path(d, "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
-    openssl("x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "2", "-extfile", "ext.cnf", "-out", "node.pem")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-            "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", "other.key", "-out", "other.pem")
+    make_ca(d)
+    sign(d, "node", "127.0.0.1", "extendedKeyUsage=serverAuth,clientAuth\n")
+    self_signed(d, "other", "127.0.0.1")
     return {name: str(d / name) for name in ("ca.pem", "node.pem", "node.key", "other.pem", "other.key")}
 
 

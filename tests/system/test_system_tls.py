@@ -20,30 +20,18 @@ from pathlib import Path
 import pytest
 from _system import System, wait_until
 
+from tests._certificates import make_ca, self_signed, sign
+
 
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory) -> dict[str, str]:
     """A CA and a certificate it signs for 127.0.0.1, and one it did not sign (openssl)."""
     d = tmp_path_factory.mktemp("tls")
-
-    def openssl(*args):
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-            "-keyout", "ca.key", "-out", "ca.pem")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-            "-keyout", "node.key", "-out", "node.csr")
-    Path(d, "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
-    openssl("x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "2", "-extfile", "ext.cnf", "-out", "node.pem")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-            "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", "other.key", "-out", "other.pem")
+    make_ca(d)
+    sign(d, "node", "127.0.0.1", "extendedKeyUsage=serverAuth,clientAuth\n")
+    self_signed(d, "other", "127.0.0.1")
     # the CA's, for another address: a node that presents it on 127.0.0.1 does not verify there
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=10.9.9.9",
-            "-keyout", "elsewhere.key", "-out", "elsewhere.csr")
-    Path(d, "elsewhere.cnf").write_text("subjectAltName=IP:10.9.9.9\n")
-    openssl("x509", "-req", "-in", "elsewhere.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "2", "-extfile", "elsewhere.cnf", "-out", "elsewhere.pem")
+    sign(d, "elsewhere", "10.9.9.9")
     return {name: str(d / name) for name in ("ca.pem", "node.pem", "node.key", "other.pem", "other.key",
                                              "elsewhere.pem", "elsewhere.key")}
 
