@@ -26,6 +26,17 @@ def without_stall_reports(text: str, prefix: str = "") -> str:
                            and _STALL_REPORT.fullmatch(line[len(prefix):].rstrip("\n"))))
 
 
+# A traceback's line of carets under the code it shows (`~~~~~~~~^^^`):
+# Python 3.13 draws them under more lines than 3.11 and 3.12 did.
+_CARETS = re.compile(r" *[~^]+ *")
+
+
+def without_carets(text: str) -> str:
+    """`text` without the lines that only underline code in a traceback."""
+    return "".join(line for line in text.splitlines(keepends=True)
+                   if not _CARETS.fullmatch(line.rstrip("\n")))
+
+
 def run_cli_processes(arguments: list[list[str]], envs: list[dict], timeout: float = 60):
     """Start `python -m kernel.run *arguments[k]` with `envs[k]` for each k,
     all at once, and wait for every one; none outlives the call.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from _ports import wait_until
-from _procs import without_stall_reports
+from _procs import without_carets, without_stall_reports
 
 import kernel
 from kernel import Dataflow
@@ -573,7 +573,7 @@ flow.from_iterable(range(10)).map(work).collect()
     result = cli(str(path), "--cores", cores)
     assert result.returncode == 1
     kernel = "" if cores == 1 else "kernel 1: "  # record 5 is kernel 1's (odd positions)
-    assert without_stall_reports(result.stderr) == (
+    assert without_carets(without_stall_reports(result.stderr)) == (
         f"error: {kernel}operator 'map(work) (step 1)': function 'work' raised SystemExit: 0\n"
         "  on record: 5\n"
         f"  {EXIT_IN_FUNCTION}\n"
