@@ -150,21 +150,28 @@ def _lines(directory: Path) -> list:
 
 
 @pytest.mark.parametrize("cores", [1, 2])
-def test_every_part_file_a_complete_epoch_relies_on_has_a_durable_name_first(tmp_path, monkeypatch, cores):
+def test_every_part_file_a_complete_epoch_relies_on_has_a_durable_name_first(tmp_path, cores):
     """A hidden part file's name was never fsynced before its epoch was
     marked complete (only the renames at commits fsynced the directory, by
     chance after the next epoch's file was made, never before epoch 1's):
     after a power loss the epoch's records could be gone while the store
     says the epoch is complete (a resumed run never writes them again)."""
-    out = tmp_path / "out"
-    out.mkdir()
-    recorder = Recorder(tmp_path / "calls.log", outputs=[out])
-    recorder.patch(monkeypatch)
-    run(_flow(out, 1200), cores=cores, state_dir=tmp_path / "state", epoch_interval=0.02)
-    recorder.check_published(out)
+    for attempt in range(5):
+        # a run spread over several epochs by time: a loaded machine may
+        # complete fewer (one, in a run beside two other suites): again then
+        root = tmp_path / str(attempt)
+        out = root / "out"
+        out.mkdir(parents=True)
+        recorder = Recorder(root / "calls.log", outputs=[out])
+        with pytest.MonkeyPatch.context() as patched:
+            recorder.patch(patched)
+            run(_flow(out, 1200), cores=cores, state_dir=root / "state", epoch_interval=0.02)
+        recorder.check_published(out)
+        assert recorder.problems == [], "\n".join(recorder.problems)
+        assert Counter(_lines(out)) == Counter(range(1200))
+        if len(recorder.checked) >= 3:
+            break
     assert len(recorder.checked) >= 3, recorder.checked  # (several epochs, each checked)
-    assert recorder.problems == [], "\n".join(recorder.problems)
-    assert Counter(_lines(out)) == Counter(range(1200))
 
 
 def test_the_directories_and_the_store_a_run_makes_have_durable_names_before_an_epoch_completes(
