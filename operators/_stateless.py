@@ -12,7 +12,7 @@ from functools import partial
 from itertools import chain, compress, islice, repeat
 
 from kernel.dataflow._errors import PASSES_THROUGH, OperatorError
-from kernel.dataflow._operator import Operator, TimedBatch, unfinished
+from kernel.dataflow._operator import Operator, TimedBatch, record_bytes, unfinished
 
 from ._accessors import IDENTITY, accessor
 from ._calls import EMIT_BATCH, STOP_ENDS_BATCH, call_each, failing_index, mapped, over_batch, user_error
@@ -165,6 +165,13 @@ LARGE = 64 * EMIT_BATCH  # a batch's output of more records than this goes on in
 # the sources' default size in one loop, as before
 CHUNK = 1024
 WIDE = 256  # results of more records than this on average are read PIECE records at a time
+# Sized by bytes too, by a sample of the records (`record_bytes`): a piece
+# holds at most PIECE_BYTES of them, and an output of more than LARGE_BYTES
+# goes on in pieces. By records alone, a batch of 534 records from another
+# kernel, 20 records of 10 KB made of each, was 107 MB made at once.
+PIECE_BYTES = 1 << 20
+LARGE_BYTES = 4 << 20
+SAMPLE_PIECE = 16  # records in a piece before any was sampled (the step's first batch)
 
 
 class FlatMap(_UserFunction):
@@ -176,6 +183,10 @@ class FlatMap(_UserFunction):
     # so is the first batch (nothing is known of fn yet: one result may be a
     # range of millions), and after that a batch whose results were wide.
     piecewise = True
+    # records in a piece, and the most handed on whole, by the size of the
+    # records last sampled (`_sized`); None: none sampled yet
+    piece: int | None = None
+    large = LARGE
 
     def on_batch(self, port, batch):
         out, rest = self.pieces(batch)
@@ -202,27 +213,40 @@ class FlatMap(_UserFunction):
         more than LARGE records or the results are wide, (its first piece of
         PIECE records, an iterator of the next pieces). fn is called on the
         whole batch first, as before; only the reading of its results is
-        spread over the pieces."""
-        parts = call_each(self.name, self.fn, batch, self.fast)
+        spread over the pieces. But where the records it makes are large
+        (its pieces hold fewer than PIECE: `_sized`), fn is called on each
+        record as the pieces are read (`_Results`): a function returning a
+        list of 20 records of 10 KB had all 534 of a batch's lists made
+        before the first piece went on (107 MB)."""
+        large = (self.piece or PIECE) < PIECE
+        parts = _Results(self, batch) if large else call_each(self.name, self.fn, batch, self.fast)
         timed = batch.__class__ is TimedBatch
-        if self.piecewise:
+        if self.piecewise or large:
             rest = self._piecewise(batch, parts, 0, [], [] if timed else None)
             first = next(rest, None)  # None: no records (a TimedBatch stays one: a window reads its times)
             return (_piece([], [] if timed else None) if first is None else first), rest
         out: list = []
         sizes = [] if timed else None  # len(out) after each result, for the timestamps
         read = self._read_whole(batch, parts, out, sizes)
-        if len(out) > LARGE:
+        if out:
+            self._sized(out)  # (a few records' sizes a batch)
+        if len(out) > self.large:
             stamps = repeated_times(out, batch, _counts(sizes)).timestamps if timed else None
             rest = self._piecewise(batch, parts, read, out, stamps)
             return next(rest), rest
-        self.piecewise = len(out) > WIDE * len(parts)
+        self.piecewise = len(out) > WIDE * len(parts) or (self.piece or PIECE) < PIECE
         return (repeated_times(out, batch, _counts(sizes)) if timed else out), None
+
+    def _sized(self, records: list) -> None:
+        """`piece` and `large` by the size of a few of `records`."""
+        size = record_bytes(records)
+        self.piece = max(1, min(PIECE, PIECE_BYTES // size))
+        self.large = max(1, min(LARGE, LARGE_BYTES // size))
 
     def _read_whole(self, batch: list, parts: list, out: list, sizes: list | None) -> int:
         """Extends `out` by the results, each whole (C-level `extend`), CHUNK
-        of them at a time, until all are read or `out` holds more than LARGE
-        records; returns how many were read. `sizes`, if given, gets
+        of them at a time, until all are read or `out` holds more than
+        `large` records; returns how many were read. `sizes`, if given, gets
         len(out) after each. A plain loop rather than itertools.chain: when
         a result raises while being read, `index` names its record; and no
         work per record is added, only a look at len(out) per CHUNK."""
@@ -241,7 +265,7 @@ class FlatMap(_UserFunction):
                         extend(part)
                         mark(len(out))
                 read += len(chunk)
-                if len(out) > LARGE:
+                if len(out) > self.large:
                     break
         except PASSES_THROUGH:
             raise
@@ -250,22 +274,26 @@ class FlatMap(_UserFunction):
         return read
 
     def _piecewise(self, batch: list, parts: list, start: int, out: list, stamps: list | None):
-        """The output in pieces of PIECE records: first `out`, what the
-        results before `start` made (`stamps` their times, None for a plain
-        batch), then the results from `start` on, each read PIECE records at
-        a time, so that no piece takes long however many records one result
-        makes (a generator: read as the pieces are handed on)."""
+        """The output in pieces of `piece` records (PIECE, fewer where the
+        records are large): first `out`, what the results before `start`
+        made (`stamps` their times, None for a plain batch), then the
+        results from `start` on, each read a piece at a time, so that no
+        piece takes long or holds much however many records one result
+        makes (a generator: read as the pieces are handed on). The first
+        piece of the step's first batch is of SAMPLE_PIECE records, sampled
+        for the size of the next."""
+        piece = self.piece or SAMPLE_PIECE
         made = len(out)
-        full = made - made % PIECE
-        for at in range(0, full, PIECE):
-            yield _piece(out[at:at + PIECE], None if stamps is None else stamps[at:at + PIECE])
+        full = made - made % piece
+        for at in range(0, full, piece):
+            yield _piece(out[at:at + piece], None if stamps is None else stamps[at:at + piece])
         out = out[full:]
         stamps = None if stamps is None else stamps[full:]
         times = None if stamps is None else batch.timestamps
         for index in range(start, len(parts)):
             result = parts[index]
             kind = result.__class__
-            if (kind is list or kind is tuple) and len(out) + len(result) < PIECE:
+            if (kind is list or kind is tuple) and len(out) + len(result) < piece:
                 out.extend(result)  # made already, and fits: as _read_whole reads it
                 made += len(result)
                 if stamps is not None:
@@ -281,25 +309,59 @@ class FlatMap(_UserFunction):
             except BaseException as exc:
                 raise OperatorError.wrap(self.name, self.fn, exc, record=batch[index]) from exc
             while True:
-                room = PIECE - len(out)
+                room = piece - len(out)
                 try:
                     out.extend(islice(result, room))
                 except PASSES_THROUGH:
                     raise
                 except BaseException as exc:
                     raise OperatorError.wrap(self.name, self.fn, exc, record=batch[index]) from exc
-                got = len(out) + room - PIECE
+                got = len(out) + room - piece
                 made += got
                 if stamps is not None:
                     stamps.extend(repeat(times[index], got))
                 if got < room:  # this result is read
                     break
+                self._sized(out)
+                piece = self.piece
                 yield _piece(out, stamps)
                 out = []
                 stamps = None if stamps is None else []
-        self.piecewise = made > WIDE * len(parts)
+        if out:
+            self._sized(out)
+        self.piecewise = made > WIDE * len(parts) or (self.piece or PIECE) < PIECE
         if out:
             yield _piece(out, stamps)
+
+
+class _Results:
+    """A flat_map's results for `batch`, each made as it is read (fn called
+    on its record then): `FlatMap.pieces` where the records are large."""
+
+    __slots__ = ("batch", "call", "fn", "name")
+
+    def __init__(self, step: FlatMap, batch: list) -> None:
+        self.batch = batch
+        self.fn = step.fn
+        self.name = step.name
+        fast = step.fast
+        self.call = _same if fast is IDENTITY else (step.fn if fast is None else fast)
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.call(self.batch[index])
+        except PASSES_THROUGH:
+            raise
+        except BaseException as exc:
+            problem = RuntimeError(STOP_ENDS_BATCH) if isinstance(exc, StopIteration) else exc
+            raise OperatorError.wrap(self.name, self.fn, problem, record=self.batch[index]) from exc
+
+
+def _same(record):
+    return record
 
 
 def _counts(sizes: list | None) -> list:
