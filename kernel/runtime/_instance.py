@@ -79,7 +79,7 @@ from kernel.dataflow._errors import (
     describe_record,
 )
 from kernel.dataflow._graph import Node
-from kernel.dataflow._operator import NONE_KEY, Operator, Unfinished
+from kernel.dataflow._operator import NONE_KEY, Operator, Unfinished, record_bytes
 from kernel.scheduling._scheduler import LATER
 
 from . import _user_pieces
@@ -123,6 +123,9 @@ def _batch_checked(emit):
 END = "<end of input>"  # a str: never a list, never a float
 _INF = math.inf
 _INBOX_LEFT = "an inbox left in part"  # with its instance, the holder of its kernel's input (_defer)
+# A step that sends afar waits for room with at most this much in its inbox
+# (estimated: `Instance._inbox_small`); past it, it takes its next batch anyway
+INBOX_BYTES = 8 << 20
 
 
 class _Then:
@@ -168,6 +171,7 @@ class Instance:
         "fused_last",
         "held",
         "idle",
+        "inbox",
         "index",
         "is_source",
         "loop",
@@ -186,6 +190,7 @@ class Instance:
         "rest_pieces",
         "runtime",
         "scheduled",
+        "sends_afar",
         "source_rest",
         "source_sink",
         "targets",
@@ -253,6 +258,10 @@ class Instance:
         self.fused_last: Instance | None = None  # the end of that fusion (`fused_end`, once fused)
         self.user_output: UserOutput | None = None  # a user's operator's: its large emits in pieces
         self.fed_from_afar = False  # what other kernels send may reach its inbox (Runtime's)
+        # fed from afar, and its output reaches other kernels: it takes a
+        # batch only while the transport has room (Runtime's `_mark_sending_afar`)
+        self.sends_afar = False
+        self.inbox = (0, 0)  # while it waits so: (batches counted from the inbox's head, their bytes)
         kernel = runtime.kernel
         self.pace = _Pace(kernel) if node.is_source else None
         self.budget_spent = kernel.budget_spent
@@ -594,6 +603,7 @@ class Instance:
         self.pending = []
         on_batch = self.op.on_batch
         ports = self.ports
+        runtime = self.runtime if self.sends_afar else None
         payload = None
         i = 0
         try:
@@ -603,6 +613,12 @@ class Instance:
                 if self.arrived is not None and channel in self.arrived:
                     self.held.append((channel, payload))  # behind an epoch marker: wait
                 elif isinstance(payload, list):
+                    if runtime is not None:  # (a check a batch, here only)
+                        if runtime._transport_blocked and self._inbox_small(pending, i - 1):
+                            self._wait_for_room(None, channel, pending[i - 1:])
+                            return
+                        if not runtime._transport_blocked:
+                            self.inbox = (0, 0)
                     returned = on_batch(ports[channel], payload)
                     if returned is not None:  # one check a batch: more to come, or a user's mistake
                         self._park(self._unfinished(returned), channel, pending[i:])
@@ -611,8 +627,8 @@ class Instance:
                         self._defer(pending[i:])
                         return
                 elif payload.__class__ is Unfinished:
-                    if self.runtime._transport_blocked and not self.fed_from_afar:  # (a check a piece)
-                        self._wait_for_room(payload, channel, pending[i:])
+                    if self.runtime._transport_blocked and (self.sends_afar or not self.fed_from_afar):
+                        self._wait_for_room(payload, channel, pending[i:])  # (a check a piece)
                         return
                     if payload.step():  # a piece handed on; the next one in a later tick
                         self._park(payload, channel, pending[i:], again=True)
@@ -657,16 +673,46 @@ class Instance:
             self.scheduled = True
             self._ready(self)
 
-    def _wait_for_room(self, unfinished: Unfinished, channel: int, behind) -> None:
+    def _wait_for_room(self, unfinished: Unfinished | None, channel: int, behind) -> None:
         """The transport is backed up: the rest of an output waits, in
-        order, till it has room (`Runtime.wait_for_room`). An inbox left
-        in part no longer holds the kernel's reading either: its rest waits
-        behind this."""
-        self.pending = [(channel, unfinished), *behind, *self.pending]
+        order, till it has room (`Runtime.wait_for_room`); with no
+        `unfinished`, the batches of a step that sends afar (`behind`, the
+        first of them the one it was about to take). An inbox left in part
+        no longer holds the kernel's reading either: its rest waits behind
+        this."""
+        if unfinished is None:
+            self.pending = [*behind, *self.pending]
+        else:
+            self.pending = [(channel, unfinished), *behind, *self.pending]
         if self.deferring is not None:
             hold, self.deferring = self.deferring, None
             self.runtime.hold_input(hold, False, pacing=True)
         self.runtime.wait_for_room(self, unfinished)
+
+    def _inbox_small(self, pending: list, at: int) -> bool:
+        """Whether what waits in this step's inbox (`pending[at:]`) is under
+        INBOX_BYTES, estimated by a sample of each batch's records: then
+        the step waits for room (`_wait_for_room`). Past it, it takes its
+        next batch anyway, its output going on into the transport's
+        overflow: a step whose input is larger than its output (a map
+        before a count's partials, taking 10 KB records from another
+        kernel) held every record the others sent it while it waited.
+        Each batch is sized once while it waits (`inbox` counts them from
+        the inbox's head)."""
+        counted, size = self.inbox
+        scan = at + counted
+        end = len(pending)
+        while scan < end and size <= INBOX_BYTES:
+            payload = pending[scan][1]
+            if isinstance(payload, list) and payload:
+                size += len(payload) * record_bytes(payload)
+            scan += 1
+        if size <= INBOX_BYTES:
+            self.inbox = (scan - at, size)
+            return True
+        head = pending[at][1]  # the batch taken now (a list, not empty: `activate` skips none)
+        self.inbox = (max(0, scan - at - 1), max(0, size - (len(head) * record_bytes(head) if head else 0)))
+        return False
 
     def fused_end(self) -> Instance | None:
         """The last step of the fusion this one's handler starts (key_by,

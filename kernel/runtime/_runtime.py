@@ -151,6 +151,7 @@ class Runtime:
             instance.install_helpers()
         self._sources = [i for i in self.instances if i.is_source]
         self._mark_fed_from_afar()
+        self._mark_sending_afar()
         if any(control.faucet for control in self.loops.values()):
             self._feeding_faucets()
 
@@ -183,9 +184,10 @@ class Runtime:
     def _mark_fed_from_afar(self) -> None:
         """`Instance.fed_from_afar`: whether what other kernels send may
         reach the instance's inbox (an exchange's consumer, what follows
-        it, and a loop's members, whose rounds come that way too). Only the
-        others may wait for room in the transport with the kernel's reading
-        going on (`wait_for_room`): nothing read piles up behind them."""
+        it, and a loop's members, whose rounds come that way too). The
+        others wait for room in the transport with the kernel's reading
+        going on (`wait_for_room`): nothing read piles up behind them; of
+        these, only those whose output crosses (`_mark_sending_afar`)."""
         fed = [instance for instance, _ in self._remote_inboxes.values()]
         fed += [instance for instance in self.instances if instance.loop is not None]
         while fed:
@@ -193,6 +195,51 @@ class Runtime:
             if not instance.fed_from_afar:
                 instance.fed_from_afar = True
                 fed += _local_targets(instance)
+
+    def _mark_sending_afar(self) -> None:
+        """`Instance.sends_afar`: an instance fed from afar whose output
+        reaches other kernels (an exchange on its way on this kernel). It
+        takes a batch only while the transport has room, and waits for
+        room otherwise (`wait_for_room`), with the kernel's reading going
+        on: what it made of a batch from the other kernels went on
+        whatever the room (a flat_map making 20 records of 10 KB of each,
+        for a slow kernel: all of it in the overflow, 540 MB for 16,000
+        records). What reaches it meanwhile waits in its inbox as it
+        came, before the step (20 times smaller there).
+
+        No two kernels wait on each other for ever: a kernel waits for room
+        only till the kernels it sends to read their rings, and no kernel
+        stops reading because one of its steps waits for room (a step that
+        waits lets go of the kernel's reading: `Instance._wait_for_room`).
+        The kernel's other holds on its reading (an output going on in
+        pieces, an inbox left in part, an asynchronous sink's buffer) end
+        after work of its own, a piece a tick, or turn into a wait for
+        room. So every ring is read in the end, every overflow drains,
+        and every waiter wakes (`backpressure`)."""
+        if self.transport.peers < 2:
+            return
+        feeders: dict[int, list[Instance]] = {}  # id(instance) -> the instances handing it records here
+        reaching: list[Instance] = []
+        for instance in self.instances:
+            for target, _ in instance.targets:
+                if isinstance(target, ExchangeOutput):
+                    reaching.append(instance)
+                    nexts = [target.local]
+                elif isinstance(target, Instance):
+                    nexts = [target]
+                else:  # a loop's back edge: its records go to the loop's head here
+                    head = getattr(target, "head", None)
+                    nexts = [head] if isinstance(head, Instance) else []
+                for to in nexts:
+                    feeders.setdefault(id(to), []).append(instance)
+        seen: set[int] = set()
+        while reaching:
+            instance = reaching.pop()
+            if id(instance) in seen:
+                continue
+            seen.add(id(instance))
+            instance.sends_afar = instance.fed_from_afar
+            reaching += feeders.get(id(instance), ())
 
     def _fuse(self) -> None:
         """Offer each chained operator its upstream (`Operator.fuse_upstream`):
@@ -340,7 +387,8 @@ class Runtime:
         if not blocked and self._room_waiters:
             waiters, self._room_waiters = self._room_waiters, {}
             for unfinished, instance in waiters.items():
-                self.hold_input(unfinished, True, pacing=True)  # as `Instance._park`: its pieces go on
+                if unfinished is not instance:  # (an instance waiting with batches: no output under way)
+                    self.hold_input(unfinished, True, pacing=True)  # as `Instance._park`: its pieces go on
                 instance.wake()
         self._set_paused(self._blocked())
 
@@ -352,9 +400,14 @@ class Runtime:
         memory). It waits, woken when the transport has room
         (`backpressure`), its kernel's sources still paused, but meanwhile
         what other kernels send is read: two kernels each waiting for the
-        other to read would wait for ever. (Only an instance that nothing
-        read reaches waits: `_mark_fed_from_afar`.) The sources stay paused
-        by the transport being blocked itself, until this wakes."""
+        other to read would wait for ever. (An instance that what is read
+        reaches waits only where its output crosses: `_mark_sending_afar`.) The sources stay paused
+        by the transport being blocked itself, until this wakes. A step
+        that sends afar (`_mark_sending_afar`) waits so too, with its next
+        batch (`unfinished` None)."""
+        if unfinished is None:
+            self._room_waiters[instance] = instance
+            return
         if unfinished in self._room_waiters:
             return
         self._room_waiters[unfinished] = instance
