@@ -171,7 +171,7 @@ WIDE = 256  # results of more records than this on average are read PIECE record
 # kernel, 20 records of 10 KB made of each, was 107 MB made at once.
 PIECE_BYTES = 1 << 20
 LARGE_BYTES = 4 << 20
-SAMPLE_PIECE = 16  # records in a piece before any was sampled (the step's first batch)
+SAMPLE_PIECE = 16  # records read before the first piece's size is known (the step's first batch)
 
 
 class FlatMap(_UserFunction):
@@ -279,9 +279,9 @@ class FlatMap(_UserFunction):
         made (`stamps` their times, None for a plain batch), then the
         results from `start` on, each read a piece at a time, so that no
         piece takes long or holds much however many records one result
-        makes (a generator: read as the pieces are handed on). The first
-        piece of the step's first batch is of SAMPLE_PIECE records, sampled
-        for the size of the next."""
+        makes (a generator: read as the pieces are handed on). The step's
+        first SAMPLE_PIECE records are sized before its first piece is
+        filled."""
         piece = self.piece or SAMPLE_PIECE
         made = len(out)
         full = made - made % piece
@@ -324,6 +324,8 @@ class FlatMap(_UserFunction):
                     break
                 self._sized(out)
                 piece = self.piece
+                if len(out) < piece:  # the step's first SAMPLE_PIECE records, sized: the piece holds more
+                    continue
                 yield _piece(out, stamps)
                 out = []
                 stamps = None if stamps is None else []
