@@ -128,6 +128,11 @@ _INBOX_LEFT = "an inbox left in part"  # with its instance, the holder of its ke
 INBOX_BYTES = 8 << 20
 
 
+def _bytes(batch: list) -> int:
+    """A batch's bytes, estimated (`record_bytes`)."""
+    return len(batch) * record_bytes(batch) if batch else 0
+
+
 class _Then:
     """In an inbox, behind an on_watermark's or on_end's output that goes on
     in pieces (`Instance._progress`): what follows it, run once the last
@@ -261,7 +266,9 @@ class Instance:
         # fed from afar, and its output reaches other kernels: it takes a
         # batch only while the transport has room (Runtime's `_mark_sending_afar`)
         self.sends_afar = False
-        self.inbox = (0, 0)  # while it waits so: (batches counted from the inbox's head, their bytes)
+        # while it waits so with batches: (batches counted from the inbox's
+        # head, their bytes: `_inbox_small`); None otherwise
+        self.inbox: tuple[int, int] | None = None
         kernel = runtime.kernel
         self.pace = _Pace(kernel) if node.is_source else None
         self.budget_spent = kernel.budget_spent
@@ -599,6 +606,13 @@ class Instance:
         if fused is not None and fused.pending:
             self._behind_fused(fused)
             return
+        if (self.inbox is not None and self.runtime._transport_blocked and self.pending
+                and isinstance(self.pending[0][1], list) and self._inbox_small(self.pending, 0)):
+            # still waiting for room with a batch first (woken by a batch
+            # come meanwhile, or by room that filled again since): nothing
+            # taken, nothing copied, and the kernel's reading not held
+            self._wait_for_room(None, 0, ())
+            return
         pending = self.pending
         self.pending = []
         on_batch = self.op.on_batch
@@ -614,11 +628,14 @@ class Instance:
                     self.held.append((channel, payload))  # behind an epoch marker: wait
                 elif isinstance(payload, list):
                     if runtime is not None:  # (a check a batch, here only)
-                        if runtime._transport_blocked and self._inbox_small(pending, i - 1):
+                        if not runtime._transport_blocked:
+                            self.inbox = None
+                        elif self._inbox_small(pending, i - 1):
                             self._wait_for_room(None, channel, pending[i - 1:])
                             return
-                        if not runtime._transport_blocked:
-                            self.inbox = (0, 0)
+                        else:  # its inbox is full: it takes this batch anyway
+                            counted, size = self.inbox
+                            self.inbox = (max(0, counted - 1), max(0, size - _bytes(payload)))
                     returned = on_batch(ports[channel], payload)
                     if returned is not None:  # one check a batch: more to come, or a user's mistake
                         self._park(self._unfinished(returned), channel, pending[i:])
@@ -681,7 +698,8 @@ class Instance:
         no longer holds the kernel's reading either: its rest waits behind
         this."""
         if unfinished is None:
-            self.pending = [*behind, *self.pending]
+            if behind:  # (none: it was waiting already, with its inbox as it is)
+                self.pending = [*behind, *self.pending]
         else:
             self.pending = [(channel, unfinished), *behind, *self.pending]
         if self.deferring is not None:
@@ -698,21 +716,18 @@ class Instance:
         before a count's partials, taking 10 KB records from another
         kernel) held every record the others sent it while it waited.
         Each batch is sized once while it waits (`inbox` counts them from
-        the inbox's head)."""
-        counted, size = self.inbox
+        the inbox's head; while it waits, nothing is taken from the head,
+        and what comes goes on at the end)."""
+        counted, size = self.inbox or (0, 0)
         scan = at + counted
         end = len(pending)
         while scan < end and size <= INBOX_BYTES:
             payload = pending[scan][1]
-            if isinstance(payload, list) and payload:
-                size += len(payload) * record_bytes(payload)
+            if isinstance(payload, list):
+                size += _bytes(payload)
             scan += 1
-        if size <= INBOX_BYTES:
-            self.inbox = (scan - at, size)
-            return True
-        head = pending[at][1]  # the batch taken now (a list, not empty: `activate` skips none)
-        self.inbox = (max(0, scan - at - 1), max(0, size - (len(head) * record_bytes(head) if head else 0)))
-        return False
+        self.inbox = (scan - at, size)
+        return size <= INBOX_BYTES
 
     def fused_end(self) -> Instance | None:
         """The last step of the fusion this one's handler starts (key_by,

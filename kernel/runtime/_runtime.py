@@ -205,7 +205,9 @@ class Runtime:
         whatever the room (a flat_map making 20 records of 10 KB of each,
         for a slow kernel: all of it in the overflow, 540 MB for 16,000
         records). What reaches it meanwhile waits in its inbox as it
-        came, before the step (20 times smaller there).
+        came, before the step (20 times smaller there), up to INBOX_BYTES
+        (`Instance._inbox_small`): past it, the step takes its next batch
+        anyway (a step whose input is larger than its output).
 
         No two kernels wait on each other for ever: a kernel waits for room
         only till the kernels it sends to read their rings, and no kernel
@@ -214,8 +216,13 @@ class Runtime:
         The kernel's other holds on its reading (an output going on in
         pieces, an inbox left in part, an asynchronous sink's buffer) end
         after work of its own, a piece a tick, or turn into a wait for
-        room. So every ring is read in the end, every overflow drains,
-        and every waiter wakes (`backpressure`)."""
+        room, which lets go of them (every way an instance starts or goes
+        on waiting passes through `Instance._wait_for_room`). So every
+        ring is read in the end, every overflow drains, and every waiter
+        wakes (`backpressure`). Across processes the same: a relay takes
+        frames from a kernel's ring as its link's credit allows, which
+        comes back once they are in the receiving kernel's ring, which
+        that kernel reads."""
         if self.transport.peers < 2:
             return
         feeders: dict[int, list[Instance]] = {}  # id(instance) -> the instances handing it records here
