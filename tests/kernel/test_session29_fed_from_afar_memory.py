@@ -261,12 +261,13 @@ def _loop(n: int, rounds: int):
     """A loop whose body crosses kernels twice a round: each record (id,
     rounds left, pad) goes by `key_by` to another kernel, a slow step, out
     of the loop without its pad, and while it has rounds left back in as
-    20 records of ~10 KB, which cross again in the next round."""
+    20 records of ~10 KB (distinct strings: pickle writes one object
+    repeated in a batch once), which cross again in the next round."""
 
     def body(records):
         crossed = records.key_by(lambda r: r[0] % 7).map(lambda pair: pair[1]).map(_slow_everywhere)
         again = crossed.filter(lambda r: r[1] > 0).flat_map(
-            lambda r: [(r[0] * MULTIPLY + i, r[1] - 1, PAD) for i in range(MULTIPLY)])
+            lambda r: [(r[0] * MULTIPLY + i, r[1] - 1, f"{i}{PAD}") for i in range(MULTIPLY)])
         moved = again.key_by(lambda r: r[0] % 5).map(lambda pair: pair[1])
         return moved, crossed.map(lambda r: (r[0], r[1]))
 
