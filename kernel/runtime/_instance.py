@@ -741,7 +741,14 @@ class Instance:
         """The step this one is fused into hands an output on in pieces
         (its on_watermark's): this one's handler does that step's work on
         records directly, so what waits here waits for the pieces, then
-        goes on in order (`wake_drain_waiters` wakes this step)."""
+        goes on in order (`wake_drain_waiters` wakes this step). An inbox
+        left in part here lets go of the kernel's reading meanwhile, as in
+        `_wait_for_room`: the fused step holds it while its pieces go on,
+        and lets go of it while they wait for room (kept here, two kernels
+        whose partials waited so each waited for the other to read)."""
+        if self.deferring is not None:
+            hold, self.deferring = self.deferring, None
+            self.runtime.hold_input(hold, False, pacing=True)
         if self not in fused.drain_waiters:
             fused.drain_waiters.append(self)
 
