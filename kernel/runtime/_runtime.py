@@ -217,7 +217,9 @@ class Runtime:
         pieces, an inbox left in part, an asynchronous sink's buffer) end
         after work of its own, a piece a tick, or turn into a wait for
         room, which lets go of them (every way an instance starts or goes
-        on waiting passes through `Instance._wait_for_room`). So every
+        on waiting passes through `Instance._wait_for_room`, and a step
+        waiting behind the pieces of the step fused after it lets go of its
+        inbox's hold too: `Instance._behind_fused`). So every
         ring is read in the end, every overflow drains, and every waiter
         wakes (`backpressure`). Across processes the same: a relay takes
         frames from a kernel's ring as its link's credit allows, which
