@@ -66,17 +66,35 @@ def listener_pid(port: int, root: int) -> int:
 
 
 def descendants(pid: int) -> list[int]:
-    """`pid` and every process below it."""
+    """`pid` and every process below it (children of any of its threads:
+    `run_async` forks its kernels from a thread of its own)."""
     found, todo = [], [pid]
     while todo:
         p = todo.pop()
         found.append(p)
         try:
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                todo += [int(c) for c in f.read().split()]
+            threads = os.listdir(f"/proc/{p}/task")
         except OSError:
             continue
+        for thread in threads:
+            try:
+                with open(f"/proc/{p}/task/{thread}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+            except OSError:
+                continue
     return found
+
+
+def peak_kb(pid: int) -> int | None:
+    """`pid`'s peak memory (VmHWM) in kB, or None once it has gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
 
 
 def memory_mb(pid: int, field: str = "VmRSS") -> float:

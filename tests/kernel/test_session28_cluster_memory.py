@@ -22,7 +22,7 @@ import time
 from collections import Counter
 
 import pytest
-from _ports import descendants, free_ports
+from _ports import descendants, free_ports, peak_kb
 
 from kernel import Dataflow, run
 
@@ -70,17 +70,6 @@ def _member(n: int, index: int, peers: str, out) -> None:
         out.close()
 
 
-def _peak_kb(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def run_measured(n: int) -> tuple[dict, list[float]]:
     """Run the two-process cluster on `n` records: process 0's counts, and
     each process tree's peak memory in MB (the sum of its processes'
@@ -95,7 +84,7 @@ def run_measured(n: int) -> tuple[dict, list[float]]:
         while not done.is_set():
             for i, child in enumerate(children):
                 for pid in descendants(child.pid):
-                    kb = _peak_kb(pid)
+                    kb = peak_kb(pid)
                     if kb is not None:
                         peaks[i][pid] = kb
             done.wait(0.005)

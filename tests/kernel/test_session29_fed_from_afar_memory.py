@@ -26,7 +26,7 @@ import time
 from collections import Counter
 
 import pytest
-from _ports import descendants, free_ports
+from _ports import descendants, free_ports, peak_kb
 
 from kernel import Dataflow, current_kernel, run, run_async
 
@@ -86,37 +86,6 @@ def reference(n: int) -> dict:
     return dict(expected)
 
 
-def _tree(pid: int) -> list[int]:
-    """`pid` and every process below it (children of any of its threads:
-    `run_async` forks its kernels from a thread of its own)."""
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        try:
-            threads = os.listdir(f"/proc/{p}/task")
-        except OSError:
-            continue
-        for thread in threads:
-            try:
-                with open(f"/proc/{p}/task/{thread}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
-            except OSError:
-                continue
-    return found
-
-
-def _peak_kb(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 class _Sampler:
     """Each tree's peak memory (the sum of its processes' VmHWM, read
     every few ms till they end: a peak never falls), in MB."""
@@ -133,8 +102,8 @@ class _Sampler:
             while len(self.peaks) < len(roots):
                 self.peaks.append({})
             for i, root in enumerate(roots):
-                for pid in _tree(root):
-                    kb = _peak_kb(pid)
+                for pid in descendants(root):
+                    kb = peak_kb(pid)
                     if kb is not None:
                         self.peaks[i][pid] = kb
             self.done.wait(0.005)
