@@ -50,6 +50,7 @@ def _find_a_checkouts_subpackages() -> None:
 
 _find_a_checkouts_subpackages()
 
+import kernel._interpreter_gc  # noqa: E402  (the interpreter's own frozen objects, read now)
 import kernel._logging  # noqa: E402, F401  (a NullHandler on the library's loggers)
 
 if TYPE_CHECKING:

@@ -65,6 +65,7 @@ from kernel import (
     run,
     run_async,
 )
+from kernel._interpreter_gc import INTERPRETER_FROZEN
 from operators import Session, Sliding, Tumbling
 from state import SnapshotStore, StateError, list_state, map_state, value_state
 
@@ -1432,7 +1433,7 @@ async def test_run_async_freezes_the_hosts_heap_while_it_runs_and_leaves_a_host_
     flow.from_iterable(range(3)).apply(Census, name="census")
     await run_async(flow)
     assert seen[0][0] >= len(host_heap) and seen[0][1] == thresholds
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() <= INTERPRETER_FROZEN  # (3.12: its immortals)
 
     gc.freeze()
     try:

@@ -18,7 +18,9 @@ an object that was alive when the run began and becomes garbage in a cycle
 during it is collected after the run ends, not before (at most what was
 alive at the start, whatever the run's length).
 
-Left alone: a process with frozen objects already (the host freezes its
+Left alone: a process with frozen objects already (more than the
+interpreter's own when `kernel` was imported: Python 3.12 keeps the
+immortal objects its collector finds frozen; the host freezes its
 heap itself, say before forking workers), or with the collector disabled
 (`gc.disable()`): the host has chosen, and unfreezing at the end would undo
 its choice. Runs that overlap (two pipelines on one loop) share one freeze,
@@ -30,6 +32,8 @@ from __future__ import annotations
 import gc
 from contextlib import contextmanager
 
+from kernel._interpreter_gc import INTERPRETER_FROZEN
+
 _runs = 0  # runs under way that share the freeze
 _frozen = False  # whether this module froze the heap (and so unfreezes it)
 
@@ -38,7 +42,7 @@ _frozen = False  # whether this module froze the heap (and so unfreezes it)
 def host_heap_frozen():
     """Freeze the heap as it is for the duration (see the module docstring)."""
     global _runs, _frozen
-    if _runs == 0 and gc.isenabled() and gc.get_freeze_count() == 0:
+    if _runs == 0 and gc.isenabled() and gc.get_freeze_count() <= INTERPRETER_FROZEN:
         gc.freeze()
         _frozen = True
     _runs += 1

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernel import Dataflow, Operator, Source, VirtualClock, run_async
+from kernel._interpreter_gc import INTERPRETER_FROZEN
 
 HOST = "host"
 BUDGET = 0.001
@@ -526,7 +527,7 @@ async def test_a_run_keeps_the_hosts_heap_out_of_full_collections_and_gives_it_b
     (tracked_during, frozen_during), = seen
     assert tracked_during < 10_000 < len(host_heap) < tracked_before
     assert frozen_during >= len(host_heap)
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() <= INTERPRETER_FROZEN  # (3.12: its immortals)
 
 
 async def test_overlapping_runs_share_one_freeze_undone_by_the_last():
@@ -558,7 +559,7 @@ async def test_overlapping_runs_share_one_freeze_undone_by_the_last():
     await running
     # (frozen objects can only go, while nothing freezes anew)
     assert frozen > 0 and 0 < seen_b[0][1] <= frozen and 0 < seen_a[0] <= frozen
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() <= INTERPRETER_FROZEN  # (3.12: its immortals)
 
 
 @pytest.mark.parametrize("host_choice", ["froze its heap", "disabled the collector"])
