@@ -298,12 +298,14 @@ def test_a_crashed_run_resumes_each_stream_after_its_last_id(client, url, tmp_pa
         # (killed once it has published its 2nd complete epoch: at its 250th batch, under load, none was)
         first = _run_cli(tmp_path, url, "committed:2@1")
         assert first.returncode != 0, "the crash point was never reached"
+        # (and under a heavier load, no epoch was complete on every kernel by
+        # then, so nothing was published: again too; seen beside two suites)
         published = _published(tmp_path / "out" / "r")
-        assert published, "no epoch completed before the crash"
         if any(record[0] == "b" for record in published):
             break
     else:
-        pytest.fail("in three runs, kernel 1 never published an entry of 'b' before its 2nd epoch")
+        pytest.fail("in three runs, kernel 1 never published an entry of 'b' before its 2nd epoch "
+                    "(or no epoch completed before the crash)")
     fill(client, "a", range(10))  # after the run began: not part of its bounded read
     fill(client, "b", range(10))
     second = _run_cli(tmp_path, url, None)
