@@ -128,7 +128,7 @@ async def main():
                    meta={"role": "coordinator"})
     await server.start()
     print(server.port, flush=True)
-    await asyncio.sleep(60)
+    await asyncio.Event().wait()  # (serves till the test kills it)
 
 asyncio.run(main())
 """

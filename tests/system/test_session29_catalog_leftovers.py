@@ -58,7 +58,7 @@ class Restarting(AuthenticatedServer):
                                    "it for more than 0.5 s): the job was not killed", busy=True)
             if n < 3:  # (the first connection's second kill, the second's job check)
                 await ws.close()
-                await asyncio.sleep(10)
+                await asyncio.Event().wait()  # (no reply: its connection is closed)
             return {"id": m["job"], "status": "killed"}
 
         session.handler = handler
@@ -69,7 +69,7 @@ async def main():
                         meta={"role": "coordinator"})
     await server.start()
     print(server.port, flush=True)
-    await asyncio.sleep(60)
+    await asyncio.Event().wait()  # (serves till the test kills it)
 
 asyncio.run(main())
 """
