@@ -97,6 +97,10 @@ class ToFiles(Operator):
         self._first_commit = True
         self._snapshots = context.snapshots
         self._unpublished: set[int] = set()  # epochs of hidden files this run wrote
+        # A write that failed: Python's buffer drops what it could not write,
+        # so the next flush and fsync "succeed" on a file that lacks it. The
+        # epoch must never complete after that (a resumed run writes it again).
+        self._write_failed: str | None = None
 
     def _path(self, epoch: int, hidden: bool) -> str:
         name = f"part-k{self.kernel}-e{epoch:08d}.jsonl"
@@ -129,8 +133,9 @@ class ToFiles(Operator):
             crash_point("batch", self.kernel)  # tests: a crash with half a batch written
             self._file.write(_one_line_each("".join(line + "\n" for line in lines[half:])))
         except OSError as exc:  # a full disk, an I/O error: name the file (no record is to blame)
-            raise self._disk_error(exc, f"write {self._path(self.epoch, hidden=True)}",
-                                   self._not_durable()) from exc
+            error = self._disk_error(exc, f"write {self._path(self.epoch, hidden=True)}", self._not_durable())
+            self._write_failed = str(error)
+            raise error from exc
         except UnicodeEncodeError as exc:
             # a str with a lone surrogate (bytes decoded with surrogateescape, a
             # JSON "\udcff" escape) passes json.dumps but is no UTF-8: name it
@@ -144,6 +149,8 @@ class ToFiles(Operator):
         file of an epoch the store then says is complete. A failed fsync
         fails the run: the epoch never completes (fsync is not retried, as
         a retry may "succeed" with the data lost)."""
+        if self._write_failed is not None:
+            raise KernelError(self._write_failed)
         if self._file is not None:
             file, self._file = self._file, None
             try:
@@ -153,7 +160,9 @@ class ToFiles(Operator):
                 finally:
                     file.close()
             except OSError as exc:
-                raise self._disk_error(exc, f"write {file.name}", self._not_durable()) from exc
+                error = self._disk_error(exc, f"write {file.name}", self._not_durable())
+                self._write_failed = str(error)
+                raise error from exc
             self._fsync_directory(self._not_durable())
 
     def _fsync_directory(self, after: str) -> None:

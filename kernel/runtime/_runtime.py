@@ -619,8 +619,8 @@ class Runtime:
 
     def _next_epoch(self) -> None:
         live = [source for source in self._sources if not source.ended]
-        if not live or self.epochs is None:
-            return
+        if not live or self.epochs is None or self.kernel.failed:
+            return  # (after a failure: see `snapshot`)
         # One kernel alone too: its writer thread marks each epoch complete
         # as it writes it, in order, and snapshots written slower than they
         # were taken (a large state, a slow disk, a short interval) queued
@@ -655,8 +655,13 @@ class Runtime:
         return measured
 
     def snapshot(self, instance: Instance, epoch: int) -> None:
-        """`instance` has aligned on `epoch`: its part of this kernel's snapshot."""
-        if self.epochs is None:
+        """`instance` has aligned on `epoch`: its part of this kernel's snapshot.
+        None once the kernel has failed: a step failed in the middle of a
+        batch, whose records are in no step's output while its source's
+        position is past them; an epoch snapshotted then (a marker carried
+        on through a chain by a timer or a commit due before the run's wait
+        woke) was complete, and a run resumed from it lost the batch."""
+        if self.epochs is None or self.kernel.failed:
             return
         if instance.index in self._partial_for and hasattr(instance.op, "flush_partials"):
             # A combiner's partial half sends what it holds on ahead of the

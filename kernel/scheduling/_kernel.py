@@ -311,6 +311,10 @@ class Kernel:
             return
         self._failure = exc
         self._shutdown()
+        # Timers due before the wait below wakes (the loop's next turn) ran
+        # after the failure: the epoch timer snapshotted an epoch behind a
+        # batch a step had failed in (a resumed run lost it).
+        self._cancel_timers()
         if self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
 

@@ -422,6 +422,28 @@ async def test_a_processing_time_timer_that_raises_fails_the_run_naming_it(exc):
     assert info.value.__cause__ is exc
 
 
+async def test_a_timer_due_when_the_run_fails_is_never_called():
+    """The run had failed (the first timer raised) and the kernel's wait
+    woke on the loop's next turn: the timers due meanwhile still ran, the
+    epoch timer among them (it snapshotted an epoch after a step had failed
+    in the middle of a batch: tests/state/test_session30_no_epoch_after_failure.py)."""
+    kernel = Kernel()
+    called = []
+
+    def boom():
+        raise ZeroDivisionError("boom")
+
+    async def task():
+        kernel.call_later(0.0, boom)
+        kernel.call_later(0.0, lambda: called.append("after the failure"))
+        await asyncio.Event().wait()  # never set: the failure ends the run
+
+    kernel.spawn(task())
+    with pytest.raises(TaskError):
+        await asyncio.wait_for(kernel.join(), timeout=10)
+    assert called == []
+
+
 async def test_a_processing_time_timers_keyboard_interrupt_fails_the_run_as_itself():
     kernel = Kernel()
 
