@@ -14,19 +14,14 @@ are exact."""
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import signal
-import threading
 import time
 from collections import Counter
 
 import pytest
-from _ports import descendants, free_ports, peak_kb
+from _memory_cluster import PROCESS, run_cluster
 
-from kernel import Dataflow, run
+from kernel import Dataflow
 
-SECRET = "cluster-memory-test-secret"
 MULTIPLY = 20
 KEYS = 64
 PAD = "m" * 10_000  # each multiplied record crosses as ~10 KB
@@ -34,11 +29,8 @@ SLOW_PER_RECORD = 0.00005  # s, on process 1 only: its kernel handles ~20,000 re
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
-_PROCESS = [-1]  # this cluster process's index (set in the forked member, inherited by its kernel)
-
-
 def _key_slowly_on_process_1(pair):
-    if _PROCESS[0] == 1:
+    if PROCESS[0] == 1:
         deadline = time.perf_counter() + SLOW_PER_RECORD
         while time.perf_counter() < deadline:
             pass
@@ -58,68 +50,6 @@ def _multiplying(n: int):
     return flow, counts
 
 
-def _member(n: int, index: int, peers: str, out) -> None:
-    _PROCESS[0] = index
-    try:
-        flow, counts = _multiplying(n)
-        run(flow, process_id=index, peers=peers, secret=SECRET, startup_timeout=15.0)
-        out.send(("ok", dict(counts.items)))
-    except BaseException as exc:
-        out.send(("error", type(exc).__name__, str(exc)))
-    finally:
-        out.close()
-
-
-def run_measured(n: int) -> tuple[dict, list[float]]:
-    """Run the two-process cluster on `n` records: process 0's counts, and
-    each process tree's peak memory in MB (the sum of its processes'
-    VmHWM, read every few ms until they end: a peak never falls)."""
-    context = multiprocessing.get_context("fork")
-    peers = ",".join(f"127.0.0.1:{port}" for port in free_ports(2))
-    children, pipes = [], []
-    peaks: list[dict[int, int]] = [{}, {}]  # per cluster process: pid -> its latest VmHWM (kB)
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            for i, child in enumerate(children):
-                for pid in descendants(child.pid):
-                    kb = peak_kb(pid)
-                    if kb is not None:
-                        peaks[i][pid] = kb
-            done.wait(0.005)
-
-    try:
-        for i in range(2):
-            receiver, sender = context.Pipe(duplex=False)
-            child = context.Process(target=_member, args=(n, i, peers, sender))
-            child.start()
-            sender.close()
-            children.append(child)
-            pipes.append(receiver)
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        outcomes = []
-        for i, pipe in enumerate(pipes):
-            assert pipe.poll(60), f"process {i} did not finish within 60 s"
-            outcomes.append(pipe.recv())
-        done.set()
-        sampler.join()
-    finally:
-        done.set()
-        for child in children:
-            if child.is_alive():
-                child.join(10)
-            if child.is_alive():
-                os.kill(child.pid, signal.SIGKILL)
-                child.join(10)
-        for pipe in pipes:
-            pipe.close()
-    assert outcomes[1] == ("ok", {}), outcomes[1]  # collect() gathers on process 0
-    assert outcomes[0][0] == "ok", outcomes[0]
-    return outcomes[0][1], [sum(p.values()) / 1024 for p in peaks]
-
-
 def reference(n: int) -> dict:
     expected = Counter()
     for x in range(n):
@@ -129,8 +59,8 @@ def reference(n: int) -> dict:
 
 def test_a_slow_process_bounds_the_memory_of_a_process_whose_flat_map_multiplies_records():
     n = 800
-    small_counts, small_peaks = run_measured(n)
-    large_counts, large_peaks = run_measured(4 * n)
+    small_counts, small_peaks = run_cluster(_multiplying, n)
+    large_counts, large_peaks = run_cluster(_multiplying, 4 * n)
     assert small_counts == reference(n)
     assert large_counts == reference(4 * n)
     # 4N sends ~120 MB more to process 1 than N does (1,200 more source

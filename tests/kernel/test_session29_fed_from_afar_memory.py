@@ -18,28 +18,21 @@ failure; their outputs are compared with plain Python's."""
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
-import signal
-import threading
 import time
 from collections import Counter
 
 import pytest
-from _ports import descendants, free_ports, peak_kb
+from _memory_cluster import PROCESS, Sampler, run_cluster
 
-from kernel import Dataflow, current_kernel, run, run_async
+from kernel import Dataflow, current_kernel, run_async
 
-SECRET = "fed-from-afar-memory-secret"
 MULTIPLY = 20
 KEYS = 64
 PAD = "m" * 10_000  # each multiplied record crosses as ~10 KB
 SLOW_PER_RECORD = 0.00005  # s: a slow kernel handles ~20,000 records/s
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
-
-_PROCESS = [-1]  # this cluster process's index (set in the forked member, inherited by its kernel)
-
 
 def _spin(seconds: float) -> None:
     deadline = time.perf_counter() + seconds
@@ -48,7 +41,7 @@ def _spin(seconds: float) -> None:
 
 
 def _slow_on_process_1(key):
-    if _PROCESS[0] == 1:
+    if PROCESS[0] == 1:
         _spin(SLOW_PER_RECORD)
     return key
 
@@ -86,91 +79,6 @@ def reference(n: int) -> dict:
     return dict(expected)
 
 
-class _Sampler:
-    """Each tree's peak memory (the sum of its processes' VmHWM, read
-    every few ms till they end: a peak never falls), in MB."""
-
-    def __init__(self, roots) -> None:
-        self.roots = roots  # () -> the pids whose trees are measured
-        self.peaks: list[dict[int, int]] = []
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self.done.is_set():
-            roots = self.roots()
-            while len(self.peaks) < len(roots):
-                self.peaks.append({})
-            for i, root in enumerate(roots):
-                for pid in descendants(root):
-                    kb = peak_kb(pid)
-                    if kb is not None:
-                        self.peaks[i][pid] = kb
-            self.done.wait(0.005)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.done.set()
-        self.thread.join()
-
-    def mb(self) -> list[float]:
-        return [sum(p.values()) / 1024 for p in self.peaks]
-
-
-def _member(build, n: int, index: int, peers: str, out) -> None:
-    _PROCESS[0] = index
-    try:
-        flow, counts = build(n)
-        run(flow, process_id=index, peers=peers, secret=SECRET, startup_timeout=15.0)
-        out.send(("ok", dict(counts.items)))
-    except BaseException as exc:
-        out.send(("error", type(exc).__name__, str(exc)))
-    finally:
-        out.close()
-
-
-def run_cluster(build, n: int, timeout: float = 60.0) -> tuple[dict, list[float]]:
-    """`build(n)` on a cluster of two processes of one kernel each:
-    process 0's counts, and each process tree's peak memory in MB."""
-    context = multiprocessing.get_context("fork")
-    peers = ",".join(f"127.0.0.1:{port}" for port in free_ports(2))
-    children, pipes = [], []
-    outcomes = []
-    try:
-        with _Sampler(lambda: [child.pid for child in children]) as sampler:
-            for i in range(2):
-                receiver, sender = context.Pipe(duplex=False)
-                child = context.Process(target=_member, args=(build, n, i, peers, sender))
-                child.start()
-                sender.close()
-                children.append(child)
-                pipes.append(receiver)
-            deadline = time.monotonic() + timeout
-            for i, pipe in enumerate(pipes):
-                assert pipe.poll(max(0.0, deadline - time.monotonic())), \
-                    f"process {i} did not finish within {timeout} s (a hang)"
-                outcomes.append(pipe.recv())
-    finally:
-        for child in children:
-            if child.is_alive():
-                child.join(5)
-            if child.is_alive():
-                for pid in reversed(descendants(child.pid)):
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                child.join(10)
-        for pipe in pipes:
-            pipe.close()
-    assert outcomes[1] == ("ok", {}), outcomes[1]  # collect() gathers on process 0
-    assert outcomes[0][0] == "ok", outcomes[0]
-    return outcomes[0][1], sampler.mb()
-
-
 def run_cores(flow, cores: int, timeout: float) -> None:
     """`run(flow, cores=cores)`, a hang past `timeout` a failure (its
     kernels are stopped: cancelling `run_async` ends them)."""
@@ -199,7 +107,7 @@ def test_two_kernels_of_one_process_a_step_fed_from_afar_into_a_slow_kernel_runs
     peaks, results = [], []
     for n in (600, 2_400):
         flow, counts = _fed_from_afar(n, _slow_on_kernel_1)
-        with _Sampler(lambda: [os.getpid()]) as sampler:
+        with Sampler(lambda: [os.getpid()]) as sampler:
             sampler.peaks.append({})
             run_cores(flow, 2, 60.0)
         sampler.peaks[0].pop(os.getpid(), None)  # this test process: not its kernels
