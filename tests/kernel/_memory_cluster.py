@@ -81,14 +81,17 @@ def run_cluster(build, n: int, timeout: float = 60.0) -> tuple[dict, list[float]
     children, pipes = [], []
     outcomes = []
     try:
+        for i in range(2):
+            receiver, sender = context.Pipe(duplex=False)
+            child = context.Process(target=_member, args=(build, n, i, peers, sender))
+            child.start()
+            sender.close()
+            children.append(child)
+            pipes.append(receiver)
+        # (sampling from a thread started after the forks: none forks a
+        # process with a thread of ours in it; a peak is a high-water mark,
+        # so what the members used before the first sample still counts)
         with Sampler(lambda: [child.pid for child in children]) as sampler:
-            for i in range(2):
-                receiver, sender = context.Pipe(duplex=False)
-                child = context.Process(target=_member, args=(build, n, i, peers, sender))
-                child.start()
-                sender.close()
-                children.append(child)
-                pipes.append(receiver)
             deadline = time.monotonic() + timeout
             for i, pipe in enumerate(pipes):
                 assert pipe.poll(max(0.0, deadline - time.monotonic())), \
