@@ -199,3 +199,24 @@ def wait_until_unlocked(state_dir, timeout: float = 30) -> None:
                 return
     finally:
         os.close(fd)
+
+
+def assert_each_once(records, n: int) -> None:
+    """`records` hold each of `range(n)` exactly once (`Counter` equality).
+    A failure says how many were lost, repeated or not in the range, and
+    which (the first and last few): pytest's diff of two Counters of
+    40,000 keys left only their tail in CI's output, not the summary."""
+    from collections import Counter
+
+    counts = Counter(records)
+    if counts == Counter(range(n)):
+        return
+    lost = [r for r in range(n) if not counts.get(r)]
+    repeated = [(r, c) for r, c in counts.items() if c > 1 and r in range(n)]
+    others = [(r, c) for r, c in counts.items() if r not in range(n)]
+    raise AssertionError(f"of range({n}): {len(lost)} lost {_few(lost)}, {len(repeated)} repeated "
+                         f"{_few(sorted(repeated))}, {len(others)} others {_few(others)}")
+
+
+def _few(items: list) -> str:
+    return repr(items) if len(items) <= 10 else f"{items[:5]!r}..{items[-5:]!r}"

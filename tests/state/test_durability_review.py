@@ -27,14 +27,13 @@ import os
 import re
 import stat
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from kernel import Dataflow, KernelError, run
 from state import SnapshotStore
-from tests._crash_runs import newest_complete
+from tests._crash_runs import assert_each_once, newest_complete
 
 _PART = re.compile(r"^\.?part-k\d+-e(\d+)\.jsonl$")
 
@@ -168,7 +167,7 @@ def test_every_part_file_a_complete_epoch_relies_on_has_a_durable_name_first(tmp
             run(_flow(out, 1200), cores=cores, state_dir=root / "state", epoch_interval=0.02)
         recorder.check_published(out)
         assert recorder.problems == [], "\n".join(recorder.problems)
-        assert Counter(_lines(out)) == Counter(range(1200))
+        assert_each_once(_lines(out), 1200)
         if len(recorder.checked) >= 3:
             break
     assert len(recorder.checked) >= 3, recorder.checked  # (several epochs, each checked)
@@ -262,5 +261,5 @@ def test_a_full_output_disk_names_the_part_file_and_the_run_resumes_once_there_i
     assert os.strerror(errno.ENOSPC) in message, message
     subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_disk)], check=True)
     run(_flow(out, n, slow=False), state_dir=state, epoch_interval=0.02)
-    assert Counter(_lines(out)) == Counter(range(n))
+    assert_each_once(_lines(out), n)
     assert not list(out.glob(".part-*"))

@@ -28,6 +28,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from state import FINAL, SnapshotStore
+from tests._crash_runs import assert_each_once
 
 N = 3000
 
@@ -156,7 +157,7 @@ def assert_it_resumed(tmp: Path, second, epoch: int, finished: bool, kept: dict,
 def assert_exactly_once(out: Path, n: int = N) -> None:
     """PIPELINE's outputs for `n` records, each exactly once (a plain loop's)."""
     records = visible_lines(out / "records")
-    assert Counter(records) == Counter(range(n))  # every record, exactly once
+    assert_each_once(records, n)  # every record, exactly once
     sums = {k: sum(x for x in range(n) if x % 5 == k) for k in range(5)}
     assert dict(map(tuple, visible_lines(out / "sums"))) == sums
     assert len(visible_lines(out / "sums")) == 5
@@ -306,8 +307,8 @@ def test_a_source_that_had_ended_stays_ended_in_the_resumed_run(tmp_path):
     assert second.returncode == 0, second.stderr
     assert f"resuming from epoch {epoch}\n" in second.stderr
     assert {name: files_up_to(tmp_path / "out" / name, epoch) for name in "ab"} == kept
-    assert Counter(visible_lines(tmp_path / "out" / "a")) == Counter(range(200))
-    assert Counter(visible_lines(tmp_path / "out" / "b")) == Counter(range(1000))
+    assert_each_once(visible_lines(tmp_path / "out" / "a"), 200)
+    assert_each_once(visible_lines(tmp_path / "out" / "b"), 1000)
 
 
 TIMERS = textwrap.dedent(
@@ -490,7 +491,7 @@ def test_a_run_that_falls_back_from_a_corrupt_snapshot_publishes_every_record_on
     # record (on 2 kernels, unless its kernel had ended before that epoch)
     assert read_by(tmp_path / "out", "resumed") == n - sum(len(d.splitlines()) for _, d in kept.values())
     assert files_up_to(tmp_path / "out" / "records", previous) == kept
-    assert Counter(visible_lines(tmp_path / "out" / "records")) == Counter(range(n))
+    assert_each_once(visible_lines(tmp_path / "out" / "records"), n)
     sums = visible_lines(tmp_path / "out" / "sums")
     assert sorted(map(tuple, sums)) == [(k, sum(x for x in range(n) if x % 5 == k)) for k in range(5)]
     assert not list((tmp_path / "out").rglob(".part-*"))

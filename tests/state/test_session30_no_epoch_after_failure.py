@@ -89,3 +89,20 @@ def test_to_files_never_closes_an_epoch_whose_write_failed(tmp_path):
     with pytest.raises(KernelError, match=r"cannot write .*\.part-k0-e00000001\.jsonl: No space left"):
         sink.on_epoch(1)
     real.close()
+
+
+def test_the_exactly_once_check_says_what_was_lost_repeated_or_foreign_in_one_line():
+    """(tests/_crash_runs.assert_each_once, which two dozen recovery tests
+    use: CI showed only the tail of pytest's diff of two 40,000-key
+    Counters, and none of what differed.)"""
+    from tests._crash_runs import assert_each_once
+
+    assert_each_once(reversed(range(40_000)), 40_000)
+    records = [*range(40_000)]
+    del records[26_233:27_613]
+    records += [5, 5, "5", -1]
+    with pytest.raises(AssertionError) as info:
+        assert_each_once(records, 40_000)
+    assert str(info.value) == (
+        "of range(40000): 1380 lost [26233, 26234, 26235, 26236, 26237]"
+        "..[27608, 27609, 27610, 27611, 27612], 1 repeated [(5, 3)], 2 others [('5', 1), (-1, 1)]")

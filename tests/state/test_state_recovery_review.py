@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "kernel"))
 from _ports import free_ports  # noqa: E402
 
+from tests._crash_runs import assert_each_once  # noqa: E402
+
 N = 2000
 SECRET = "state-recovery-review"
 
@@ -67,7 +69,7 @@ def _lines(directory: Path) -> list:
 
 def assert_exactly_once(out: Path, n: int = N) -> None:
     """PIPELINE's outputs against a plain loop over range(n)."""
-    assert Counter(_lines(out / "records")) == Counter(range(n))
+    assert_each_once(_lines(out / "records"), n)
     counts = Counter(x % 5 for x in range(n))
     assert sorted(map(tuple, _lines(out / "counts"))) == sorted(counts.items())
     sums = Counter()
@@ -362,4 +364,4 @@ def test_a_run_refused_because_the_state_dir_is_in_use_leaves_the_live_runs_stor
     if "already ran to the end" not in again.stderr:
         problems.append(f"the finished flow ran again: {again.stderr.strip()[:300]}")
     assert not problems, problems
-    assert Counter(_lines(out / "records")) == Counter(range(8000))
+    assert_each_once(_lines(out / "records"), 8000)

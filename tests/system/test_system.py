@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 from _system import System, descendants, running, wait_until
 
+from tests._crash_runs import assert_each_once
+
 EXACT = """\
 from kernel import Dataflow
 
@@ -221,7 +223,7 @@ def test_an_executor_killed_mid_run_the_job_restarts_and_writes_every_record_onc
     state = fresh.job(job)
     assert state["status"] == "completed", state
     assert state["restarts"] == 1 and state["placement"] != [executor]
-    assert Counter(records(out)) == Counter(range(count))
+    assert_each_once(records(out), count)
     assert "resuming from epoch" in fresh.cli("logs", job).stdout
     lost = next(e for e in fresh.status()["executors"] if e["id"] == executor)
     assert lost["state"] == "lost"
@@ -336,7 +338,7 @@ def test_a_restarted_coordinator_keeps_the_catalog_and_adopts_the_running_job(pa
         follower.kill()
     state = fresh.job(job)
     assert (state["status"], state["restarts"]) == ("completed", 0), state
-    assert Counter(records(out)) == Counter(range(count))
+    assert_each_once(records(out), count)
 
 
 def test_a_job_ending_while_its_executor_registers_again_is_seen_completed(tmp_path):
@@ -378,7 +380,7 @@ def test_a_job_ending_while_its_executor_registers_again_is_seen_completed(tmp_p
         state = wait_until(lambda: (s := system.job(job))["status"] != "running" and s, timeout=10,
                            what="the job to end")
         assert (state["status"], state["restarts"]) == ("completed", 0), state
-        assert Counter(records(out)) == Counter(range(count))
+        assert_each_once(records(out), count)
     finally:
         system.close()
 
@@ -694,7 +696,7 @@ def test_a_job_of_two_processes_restarts_from_the_beginning_on_the_executor_left
     state = fresh.job(job)
     assert (state["status"], state["restarts"], state["processes"]) == ("completed", 1, 1), state
     assert first not in state["placement"]
-    assert Counter(records(out)) == Counter(range(count))
+    assert_each_once(records(out), count)
 
 
 def test_an_executor_with_a_wrong_secret_exits_1_saying_so_and_the_system_is_untouched(system, tmp_path):
@@ -1025,7 +1027,7 @@ def test_an_executor_heartbeat_too_long_for_the_coordinator_timeout_is_shortened
         assert done.returncode == 0, done.stdout + done.stderr
         state = system.job(done.stdout.splitlines()[0])
         assert (state["status"], state["restarts"]) == ("completed", 0), state
-        assert Counter(records(tmp_path / "out")) == Counter(range(250))
+        assert_each_once(records(tmp_path / "out"), 250)
         log = (tmp_path / "executor1.log").read_text()
         assert "--heartbeat 3 s is too long for the coordinator's executor timeout of 2 s: " \
                "beating every 0.4 s" in log
@@ -1112,7 +1114,7 @@ def test_a_job_without_state_is_rescaled_to_the_cores_left(tmp_path):
         state = system.job(job)
         assert (state["status"], state["restarts"], state["cores"]) == ("completed", 1, 1), state
         assert state["placement"] == [system.executor_id(small)]
-        assert Counter(records(out)) == Counter(range(count))
+        assert_each_once(records(out), count)
         assert "rescaled from 1 process(es) of 2 core(s) to 1 of 1" in system.coordinator_log.read_text()
     finally:
         system.close()
@@ -1146,7 +1148,7 @@ def test_a_job_of_two_processes_with_a_state_dir_resumes_on_the_executors_left(t
         state = system.job(job)
         assert (state["status"], state["restarts"], state["processes"]) == ("completed", 1, 2), state
         assert first not in state["placement"]
-        assert Counter(records(out)) == Counter(range(count))
+        assert_each_once(records(out), count)
         assert "resuming from epoch" in system.cli("logs", job).stdout
     finally:
         system.close()
