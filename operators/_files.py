@@ -140,8 +140,11 @@ class ToFiles(Operator):
             # a str with a lone surrogate (bytes decoded with surrogateescape, a
             # JSON "\udcff" escape) passes json.dumps but is no UTF-8: name it
             # (found among the lines: no record's own code runs again)
+            # (the half of the batch before it may be in the file: as above)
             bad = next(r for r, line in zip(batch, lines) if not _utf8(line))
-            raise OperatorError.wrap(self.name, "json.dumps", exc, record=bad) from exc
+            error = OperatorError.wrap(self.name, "json.dumps", exc, record=bad)
+            self._write_failed = str(error)
+            raise error from exc
 
     def _close_epoch(self) -> None:
         """The epoch's file durable, data and name: its directory is fsynced

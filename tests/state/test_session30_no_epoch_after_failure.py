@@ -106,3 +106,22 @@ def test_the_exactly_once_check_says_what_was_lost_repeated_or_foreign_in_one_li
     assert str(info.value) == (
         "of range(40000): 1380 lost [26233, 26234, 26235, 26236, 26237]"
         "..[27608, 27609, 27610, 27611, 27612], 1 repeated [(5, 3)], 2 others [('5', 1), (-1, 1)]")
+
+
+def test_to_files_never_closes_an_epoch_whose_batch_was_written_in_part(tmp_path):
+    """A record that is no UTF-8 (a lone surrogate) in a batch's second
+    half: the first half is in the file already. The epoch must not close
+    with half a batch in it, whatever calls on_epoch after the failure."""
+    from types import SimpleNamespace
+
+    from kernel.dataflow._errors import OperatorError
+    from operators._files import ToFiles
+
+    sink = ToFiles(tmp_path / "out")
+    sink.name = "to_files(out)"
+    sink.open(SimpleNamespace(index=0, peers=1, snapshots=True))
+    with pytest.raises(OperatorError, match="UnicodeEncodeError"):
+        sink.on_batch(0, ["a", "b", "c", "\udcff"])
+    with pytest.raises(KernelError, match="UnicodeEncodeError"):
+        sink.on_epoch(1)
+    sink._file.close()
