@@ -341,7 +341,8 @@ class Kernel:
         `VirtualClock` (due timers then run on the loop's next turn, in
         deadline order). Returns a handle with `cancel()`. This is the
         kernel's processing-time timer; timers still pending when the kernel
-        finishes are cancelled (they never keep a run alive). A `fn` that
+        finishes are cancelled (they never keep a run alive), and when it
+        fails, at once (none fires after a failure). A `fn` that
         raises fails the run: with a `TaskError` naming `call_later(fn)`
         (the exception its cause), whatever it raised but an error already
         named and a KeyboardInterrupt, which fail it as themselves."""
