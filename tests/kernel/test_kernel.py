@@ -239,9 +239,18 @@ async def test_the_host_gets_a_turn_after_every_slice_of_at_most_the_budget(monk
     within the budget, the host runs after every slice, and so no host gap
     (in this thread's CPU time, which the other processes on a loaded
     machine do not stretch) exceeds the budget plus the slice's last
-    activation plus the loop's own turn (~0.1 ms measured; 0.5 ms allowed)."""
+    activation plus the loop's own turn (~0.1 ms measured; 0.5 ms allowed),
+    less the collector's pauses within the gap: a collection of the run's
+    young objects (~1 ms at the run's raised threshold, one or two a run)
+    is the interpreter's, not the scheduler's, and lands between slices now
+    and then (CI failed once on it: a gap of 2.1 ms after a slice of no
+    activation)."""
     budget, loop_turn = 0.001, 0.0005
     clock = RecordingClock()
+    collections = array("d")  # this thread's CPU time at each collection's start and stop
+
+    def collecting(phase, info) -> None:
+        collections.append(time.thread_time())
     run_slice = Scheduler._run_slice
 
     def marked_slice(scheduler):
@@ -268,15 +277,18 @@ async def test_the_host_gets_a_turn_after_every_slice_of_at_most_the_budget(monk
     host_task = asyncio.create_task(host())
     await asyncio.sleep(0)
     gc.freeze()  # the test's heap: a full collection between slices is no kernel's doing
+    gc.callbacks.append(collecting)
     try:
         # (no stall reports: they would read the clock once more in a slice)
         await run_async(flow, clock=clock, stall_threshold=math.inf)
     finally:
+        gc.callbacks.remove(collecting)
         gc.unfreeze()
         running = False
         await host_task
     assert sum(n for _, n in out.items) == 150_000
     rows, kinds = clock.slices()
+    pauses = list(zip(collections[::2], collections[1::2]))
     assert len(rows) > 20  # a pipeline of many slices
     assert "slice" not in {a for a, b in itertools.pairwise(kinds) if a == b}, "two slices in one loop turn"
     for before, readings, after in rows:
@@ -284,8 +296,13 @@ async def test_the_host_gets_a_turn_after_every_slice_of_at_most_the_budget(monk
         # only the last activation may end past the deadline
         assert sum(wall >= started + budget for wall, _ in readings) <= 1
         last_activation = readings[-1][0] - readings[-2][0] if len(readings) > 1 else 0.0
-        host_gap = after[1] - before[1]
+        host_gap = after[1] - before[1] - _within(pauses, before[1], after[1])
         assert host_gap <= budget + last_activation + loop_turn, (host_gap, last_activation)
+
+
+def _within(spans: list, start: float, end: float) -> float:
+    """How much of `spans` ((begin, stop) pairs) lies within [start, end]."""
+    return sum(max(0.0, min(stop, end) - max(begin, start)) for begin, stop in spans)
 
 
 async def test_run_inside_a_running_loop_says_to_use_run_async():
