@@ -133,18 +133,15 @@ class ToFiles(Operator):
             crash_point("batch", self.kernel)  # tests: a crash with half a batch written
             self._file.write(_one_line_each("".join(line + "\n" for line in lines[half:])))
         except OSError as exc:  # a full disk, an I/O error: name the file (no record is to blame)
-            error = self._disk_error(exc, f"write {self._path(self.epoch, hidden=True)}", self._not_durable())
-            self._write_failed = str(error)
-            raise error from exc
+            raise self._refuse_epoch(self._disk_error(
+                exc, f"write {self._path(self.epoch, hidden=True)}", self._not_durable())) from exc
         except UnicodeEncodeError as exc:
             # a str with a lone surrogate (bytes decoded with surrogateescape, a
             # JSON "\udcff" escape) passes json.dumps but is no UTF-8: name it
             # (found among the lines: no record's own code runs again)
             # (the half of the batch before it may be in the file: as above)
             bad = next(r for r, line in zip(batch, lines) if not _utf8(line))
-            error = OperatorError.wrap(self.name, "json.dumps", exc, record=bad)
-            self._write_failed = str(error)
-            raise error from exc
+            raise self._refuse_epoch(OperatorError.wrap(self.name, "json.dumps", exc, record=bad)) from exc
 
     def _close_epoch(self) -> None:
         """The epoch's file durable, data and name: its directory is fsynced
@@ -163,10 +160,15 @@ class ToFiles(Operator):
                 finally:
                     file.close()
             except OSError as exc:
-                error = self._disk_error(exc, f"write {file.name}", self._not_durable())
-                self._write_failed = str(error)
-                raise error from exc
+                raise self._refuse_epoch(self._disk_error(exc, f"write {file.name}", self._not_durable())) \
+                    from exc
             self._fsync_directory(self._not_durable())
+
+    def _refuse_epoch(self, error: KernelError) -> KernelError:
+        """`error`, which left the epoch's file short of what it was given:
+        the epoch never closes after it (`_write_failed`)."""
+        self._write_failed = str(error)
+        return error
 
     def _fsync_directory(self, after: str) -> None:
         try:

@@ -656,7 +656,7 @@ class Runtime:
 
     def snapshot(self, instance: Instance, epoch: int) -> None:
         """`instance` has aligned on `epoch`: its part of this kernel's snapshot.
-        None once the kernel has failed: a step failed in the middle of a
+        Nothing once the kernel has failed: a step failed in the middle of a
         batch, whose records are in no step's output while its source's
         position is past them; an epoch snapshotted then (a marker carried
         on through a chain by a timer or a commit due before the run's wait
