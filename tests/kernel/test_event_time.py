@@ -426,7 +426,7 @@ async def test_a_timer_due_when_the_run_fails_is_never_called():
     """The run had failed (the first timer raised) and the kernel's wait
     woke on the loop's next turn: the timers due meanwhile still ran, the
     epoch timer among them (it snapshotted an epoch after a step had failed
-    in the middle of a batch: tests/state/test_session30_no_epoch_after_failure.py)."""
+    in the middle of a batch: tests/state/test_session30_failure_exactly_once.py)."""
     kernel = Kernel()
     called = []
 
