@@ -177,6 +177,7 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
             coordinator = KernelSide(store, index, conn.send, commits, interval, snapshot, restored_epoch,
                                      finished_before)
         results = uvloop.run(build_runtime(index, peers, transport, coordinator))
+        _flush_standard_streams()
         conn.send(("ok", results))
         status = 0
     except BaseException as exc:  # everything goes back to the parent
@@ -187,18 +188,28 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
             pickle.loads(blob)
         except Exception:
             blob = None
+        _flush_standard_streams()
         try:
             conn.send(("error", (type(exc).__name__, blob, text)))
         except Exception:
             pass
     finally:
-        # os._exit skips interpreter shutdown: flush what print() buffered.
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
+        _flush_standard_streams()  # (after an error that came while sending the answer)
         try:
             conn.close()
         finally:
             os._exit(status)
+
+
+def _flush_standard_streams() -> None:
+    """Write out what `print()` buffered, before the launcher hears this
+    kernel's answer: once every kernel has answered (or one has failed),
+    it kills those not yet gone, and a kernel leaves by `os._exit`, which
+    flushes nothing. Flushed after the answer, a kernel's last lines were
+    lost whenever the launcher was quicker than the flush (one blocked on
+    a pipe its reader had not emptied: `... | slow-reader`)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed or broken stream: nothing more to write there
+            pass
