@@ -24,9 +24,11 @@ from kernel.execution._plan import (
     DEFAULT_GC_THRESHOLD,
     DEFAULT_HEARTBEAT,
     DEFAULT_STARTUP_TIMEOUT,
+    THREAD,
     KernelOptions,
     RunPlan,
 )
+from kernel.execution._written_files import flush_before_fork
 from kernel.scheduling._clock import check_clock
 from kernel.scheduling._scheduler import check_settings
 
@@ -686,6 +688,7 @@ async def run_async(flow: Dataflow, *, cores: int = 1, clock=None, budget: float
                             epoch_interval=epoch_interval, process_id=process_id, peers=peers, secret=secret,
                             tls=tls, startup_timeout=startup_timeout, heartbeat=heartbeat,
                             dashboard=dashboard)
+            _files_written_out(flow, plan)
             flow._results_delivered(await execute_async(plan, lambda: flow))
 
 
@@ -744,7 +747,15 @@ def run(flow: Dataflow, *, cores: int = 1, gc_threshold_during_run: int | None =
                             state_dir=state_dir, epoch_interval=epoch_interval, process_id=process_id,
                             peers=peers, secret=secret, tls=tls, startup_timeout=startup_timeout,
                             heartbeat=heartbeat, dashboard=dashboard)
+            _files_written_out(flow, plan)
             flow._results_delivered(execute(plan, lambda: flow))
+
+
+def _files_written_out(flow, plan) -> None:
+    """Kernel processes are about to fork: the files the flow's steps write
+    to hold nothing of ours they could write again (`_written_files.py`)."""
+    if plan.mode != THREAD:
+        flush_before_fork(flow.graph)
 
 
 def _check_flow(flow, caller: str) -> None:

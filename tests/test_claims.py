@@ -2041,6 +2041,45 @@ def test_collect_gathers_kernel_0s_items_first_and_sink_and_print_run_in_the_ker
     }, ["collect"])
 
 
+_PRINTING_ON_TWO = """\
+from kernel import Dataflow, run
+
+flow = Dataflow("printing")
+flow.from_iterable(range(4000)).sink(lambda n: print(f"line {n:06d} " + "x" * 40))
+run(flow, cores=2)
+"""
+
+
+@promise(CORES, "Output")
+def test_kernels_print_whole_lines_and_a_file_opened_before_the_run_gets_every_line_once(tmp_path):
+    """Unbuffered (PYTHONUNBUFFERED=1), `sink(print)` on two kernels into a
+    pipe gives every line whole; a file opened before `run(flow, cores=2)`
+    and written by a sink gets every line once, after what the caller had
+    buffered in it and before what it writes after. The rest:
+    tests/kernel/test_session31_kernel_output.py (a slow flush, a failing
+    kernel's lines, a file, a pipe, block-buffered; the ways a function
+    reaches a file; a full disk; the command's per-kernel files)."""
+    import subprocess
+
+    script = tmp_path / "printing.py"
+    script.write_text(_PRINTING_ON_TWO)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stdout.splitlines()) == [f"line {n:06d} " + "x" * 40 for n in range(4000)]
+
+    path = tmp_path / "out.txt"
+    with open(path, "w") as f:
+        f.write("before\n")
+        flow = Dataflow()
+        flow.from_iterable(range(1000)).sink(lambda n: f.write(f"{n}\n"))
+        run(flow, cores=2)
+        f.write("after\n")
+    lines = path.read_text().splitlines()
+    assert lines[0] == "before" and lines[-1] == "after"
+    assert sorted(map(int, lines[1:-1])) == list(range(1000))
+
+
 def fails_on_kernel_1(how):
     def check(n):
         if n == 7:  # record 7 is kernel 1's (7 % 2)

@@ -5,6 +5,7 @@ its result or its error sent back over a pipe."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import pickle
 import signal
@@ -153,6 +154,7 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
         release_in_kernel()  # (blocked across the fork: `_signals.py`)
         if close_streams:
             _close_inherited_streams()
+        _output_by_whole_lines()
         _die_with_parent(launcher_pid)
         if cpu is not None:  # the link relay is not pinned: it shares the kernels' CPUs
             os.sched_setaffinity(0, {cpu})
@@ -199,6 +201,28 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
             conn.close()
         finally:
             os._exit(status)
+
+
+def _output_by_whole_lines() -> None:
+    """Make this kernel's stdout and stderr line-buffered (a `print()` of a
+    line is one write), where they are text files that are not: every
+    kernel writes to the same file or pipe (`> out.txt`, `| reader`).
+    Unbuffered (PYTHONUNBUFFERED=1, as most containers' images set it, or
+    `python -u`), a kernel wrote each piece a `print()` writes at once, the
+    text and its newline apart, and the other kernels' lines went in
+    between (`sink(print)` on two kernels into a file: ~16,000 of 20,000
+    lines torn). Block-buffered, a full buffer's write may end anywhere in
+    a line too. One write of a line up to PIPE_BUF (4 KiB) is whole in a
+    pipe, and in a file where the kernels share its offset (Linux moves it
+    under a lock). Lines still come out as they are printed. The
+    library's own `print()` step writes a batch's lines in chunks below
+    PIPE_BUF: faster, and as whole."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and (stream.write_through or not stream.line_buffering):
+            try:
+                stream.reconfigure(line_buffering=True, write_through=False)
+            except (OSError, ValueError):  # a closed or broken stream: nothing to write there anyway
+                pass
 
 
 def _flush_standard_streams() -> None:

@@ -27,6 +27,7 @@ from ._host_gc import host_heap_frozen
 from ._plan import PROGRESS_INTERVAL, THREAD, RunPlan
 from ._results import pack as pack_results
 from ._results import unpack as unpack_results
+from ._written_files import by_whole_lines, flow_files, write_out
 
 
 def execute(plan: RunPlan, get_flow) -> list[dict]:
@@ -192,6 +193,8 @@ def _kernel_process(get_flow, plan: RunPlan, blocks=None, graph_block=None):
 
     async def run_kernel(index: int, peers: int, transport, coordinator=None) -> dict:
         flow = get_flow()
+        files = flow_files(flow.graph)  # written to by its steps, from before the fork (or the import)
+        by_whole_lines(files)
         kernel = Kernel(index=index, peers=peers, **options)
         kernel.context.processes = plan.cluster.processes if plan.cluster is not None else 1
         runtime = Runtime(flow.graph, kernel, transport, coordinator, metrics=blocks is not None)
@@ -206,10 +209,14 @@ def _kernel_process(get_flow, plan: RunPlan, blocks=None, graph_block=None):
         with gc_threshold(plan.gc_threshold):
             try:
                 await kernel.join()
+            except BaseException:
+                write_out(files, quietly=True)  # what was written before the failure
+                raise
             finally:
                 transport.close()
                 if block is not None:
                     block.write(runtime.metrics_snapshot())  # the final counts, also of a failed run
+        write_out(files)
         # encoded here, in parallel, and named by step should a record not pickle
         return pack_results(runtime.results(), {node.id: node.name for node in flow.graph.nodes})
 
