@@ -47,22 +47,21 @@ _SMALL = 64  # a tuple, list, set or dict of more items is not looked into
 def written_by(roots) -> list:
     """The open, writable file objects reachable from `roots` (steps'
     factories or operators, functions), as far as can be seen: at most
-    _LOOKED_AT objects from each root."""
-    found: list = []
-    seen: set[int] = set()
+    _LOOKED_AT objects from each root, nearest first (breadth-first: a
+    file three hops away beside a few nested lists was never reached
+    depth-first, the walk spent inside the lists)."""
+    found: dict[int, object] = {}
     for root in roots:
-        if id(root) in seen:
-            continue
-        seen.add(id(root))
-        todo = [root]
+        seen = {id(root)}  # each root's own: another root's walk, cut short, may not have looked
+        todo = collections.deque([root])
         looked = 0
         while todo and looked < _LOOKED_AT:
-            obj = todo.pop()
+            obj = todo.popleft()
             looked += 1
             try:
                 if isinstance(obj, io.IOBase):
                     if _open_for_writing(obj):
-                        found.append(obj)
+                        found[id(obj)] = obj
                     continue
                 refs = _references(obj)
             except Exception:  # an object's own __class__ or __getattr__ failing: not looked into
@@ -71,7 +70,7 @@ def written_by(roots) -> list:
                 if id(ref) not in seen:
                     seen.add(id(ref))
                     todo.append(ref)
-    return found
+    return list(found.values())
 
 
 def _references(obj) -> list:
