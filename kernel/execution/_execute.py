@@ -27,7 +27,7 @@ from ._host_gc import host_heap_frozen
 from ._plan import PROGRESS_INTERVAL, THREAD, RunPlan
 from ._results import pack as pack_results
 from ._results import unpack as unpack_results
-from ._written_files import by_whole_lines, flow_files, write_out
+from ._written_files import by_whole_lines, flow_files, with_opened_since, write_out
 
 
 def execute(plan: RunPlan, get_flow) -> list[dict]:
@@ -210,13 +210,13 @@ def _kernel_process(get_flow, plan: RunPlan, blocks=None, graph_block=None):
             try:
                 await kernel.join()
             except BaseException:
-                write_out(files, quietly=True)  # what was written before the failure
+                write_out(with_opened_since(files, flow.graph), quietly=True)  # written before the failure
                 raise
             finally:
                 transport.close()
                 if block is not None:
                     block.write(runtime.metrics_snapshot())  # the final counts, also of a failed run
-        write_out(files)
+        write_out(with_opened_since(files, flow.graph))
         # encoded here, in parallel, and named by step should a record not pickle
         return pack_results(runtime.results(), {node.id: node.name for node in flow.graph.nodes})
 

@@ -26,7 +26,8 @@ text file that is no regular file is written a line at a time
 A file opened in the kernel (an operator's `open()`) is the operator's to
 close; a file a pipeline module opens at import under `python -m
 kernel.run --cores N` is each kernel's own (its own offset: open it for
-appending, or per kernel), and flushed at the end like the others.
+appending, or per kernel), and flushed at the end like the others, as is
+one a step's function opens on first use (found again as the run ends).
 """
 
 from __future__ import annotations
@@ -119,6 +120,16 @@ def flow_files(graph) -> list:
     """The files the steps of `graph` write to (`written_by` from every
     step's factory)."""
     return written_by([node.factory for node in graph.nodes])
+
+
+def with_opened_since(files: list, graph) -> list:
+    """`files`, and those the steps of `graph` reach now: a file a step
+    opens itself on first use, into a global or an attribute, is the
+    kernel's own, opened after the walk at the start of its run (of 1,000
+    lines on two kernels, none were written: each kernel left with them in
+    its buffer)."""
+    known = {id(stream) for stream in files}
+    return files + [stream for stream in flow_files(graph) if id(stream) not in known]
 
 
 def flush_before_fork(graph) -> None:
