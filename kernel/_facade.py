@@ -18,12 +18,14 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from kernel.execution._caller_containers import refuse_caller_containers
 from kernel.execution._execute import execute, execute_async
 from kernel.execution._plan import (
     DEFAULT_EPOCH_INTERVAL,
     DEFAULT_GC_THRESHOLD,
     DEFAULT_HEARTBEAT,
     DEFAULT_STARTUP_TIMEOUT,
+    PROCESS,
     THREAD,
     KernelOptions,
     RunPlan,
@@ -688,7 +690,7 @@ async def run_async(flow: Dataflow, *, cores: int = 1, clock=None, budget: float
                             epoch_interval=epoch_interval, process_id=process_id, peers=peers, secret=secret,
                             tls=tls, startup_timeout=startup_timeout, heartbeat=heartbeat,
                             dashboard=dashboard)
-            _files_written_out(flow, plan)
+            _before_kernel_processes(flow, plan)
             flow._results_delivered(await execute_async(plan, lambda: flow))
 
 
@@ -747,14 +749,18 @@ def run(flow: Dataflow, *, cores: int = 1, gc_threshold_during_run: int | None =
                             state_dir=state_dir, epoch_interval=epoch_interval, process_id=process_id,
                             peers=peers, secret=secret, tls=tls, startup_timeout=startup_timeout,
                             heartbeat=heartbeat, dashboard=dashboard)
-            _files_written_out(flow, plan)
+            _before_kernel_processes(flow, plan)
             flow._results_delivered(execute(plan, lambda: flow))
 
 
-def _files_written_out(flow, plan) -> None:
-    """Kernel processes are about to fork: the files the flow's steps write
-    to hold nothing of ours they could write again (`_written_files.py`)."""
+def _before_kernel_processes(flow, plan) -> None:
+    """Kernel processes are about to fork: a step that would add to one of
+    the caller's containers in them is refused (`_caller_containers.py`),
+    and the files the flow's steps write to hold nothing of ours they could
+    write again (`_written_files.py`)."""
     if plan.mode != THREAD:
+        refuse_caller_containers(flow.graph, f"{plan.cores} kernel processes" if plan.mode == PROCESS
+                                 else "this cluster's kernel processes")
         flush_before_fork(flow.graph)
 
 

@@ -2018,7 +2018,14 @@ def test_collect_gathers_kernel_0s_items_first_and_sink_and_print_run_in_the_ker
     ::test_print_writes_every_record_once, and for the encoding and the
     error ::test_collected_records_come_back_exactly_from_kernel_processes,
     ::test_a_collected_record_that_cannot_be_pickled_names_its_step_and_the_record;
-    the figures are benches/RESULTS.md's (benches/collect.py)."""
+    a caller's container's adding method refused: here, and
+    tests/kernel/test_session31_caller_containers.py; the figures are
+    benches/RESULTS.md's (benches/collect.py)."""
+    results: list = []
+    refused = Dataflow()
+    refused.from_iterable(range(6)).sink(results.append)
+    with pytest.raises(ValueError, match=r"list\.append of a list of the caller's"):
+        run(refused, cores=2)
     flow = Dataflow()
     numbers = flow.from_iterable(range(6), batch_size=2)
     out = numbers.collect()

@@ -1,0 +1,78 @@
+"""A step whose function is one of the caller's containers' adding methods
+(`sink(results.append)`), on kernel processes: each kernel added to its own
+copy, and the caller's container stayed empty, without a word (on one
+kernel it held every record). Refused now before any kernel starts,
+saying to use `collect()`."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+
+import pytest
+
+from kernel import Dataflow, run, run_async
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+
+def _containers():
+    return {
+        "list.append": ([], lambda c: c.append, "list.append"),
+        "set.add": (set(), lambda c: c.add, "set.add"),
+        "dict.update": ({}, lambda c: c.update, "dict.update"),
+        "deque.append": (collections.deque(), lambda c: c.append, "deque.append"),
+        "Counter.update": (collections.Counter(), lambda c: c.update, "Counter.update"),
+    }
+
+
+@pytest.mark.parametrize("which", list(_containers()))
+@pytest.mark.parametrize("step", ["sink", "inspect"])
+def test_a_step_adding_to_a_callers_container_is_refused_on_two_kernels_and_runs_on_one(which, step):
+    container, method, said = _containers()[which]
+    # what each method takes: a dict (dict.update), an iterable (Counter.update: its items counted)
+    records = {"dict.update": [{i: i} for i in range(10)],
+               "Counter.update": [(i,) for i in range(10)]}.get(which, list(range(10)))
+    flow = Dataflow("adding to the caller's")
+    stream = flow.from_iterable(records)
+    if step == "sink":
+        stream.sink(method(container))
+    else:
+        stream.inspect(method(container)).collect()
+    with pytest.raises(ValueError) as raised:
+        run(flow, cores=2)
+    message = str(raised.value)
+    assert f"its function is {said} of a {type(container).__name__} of the caller's" in message, message
+    assert "on 2 kernel processes each would add to its own copy" in message, message
+    assert ".collect()" in message and "cores=1" in message, message
+    assert not container  # refused before any kernel ran
+
+    run(flow)  # one kernel, in the caller's process: it holds every record
+    assert len(container) == 10
+
+
+def test_run_async_on_two_kernels_refuses_it_too():
+    seen: list = []
+    flow = Dataflow("adding to the caller's")
+    flow.from_iterable(range(5)).sink(seen.append)
+    with pytest.raises(ValueError, match=r"list\.append of a list of the caller's"):
+        asyncio.run(run_async(flow, cores=2))
+
+
+def test_a_function_doing_more_with_a_container_runs_on_two_kernels():
+    """A function that uses a container of its own (a buffer written out
+    now and then) is no caller's container: it runs, each kernel with its
+    own copy."""
+    buffer: list = []
+    written: list = []
+
+    def buffered(record):
+        buffer.append(record)
+        if len(buffer) >= 4:
+            written.append(len(buffer))
+            buffer.clear()
+
+    flow = Dataflow("a buffer of its own")
+    out = flow.from_iterable(range(20)).inspect(buffered).collect()
+    run(flow, cores=2)
+    assert sorted(out.items) == list(range(20))
