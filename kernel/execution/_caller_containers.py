@@ -57,7 +57,7 @@ def _functions_of(factory) -> list:
 
 def _container_added_to(fn):
     """The container `fn` is an adding method of (bound), or None."""
-    if not isinstance(fn, (types.BuiltinMethodType, types.MethodType)):
+    if not isinstance(fn, (types.BuiltinMethodType, types.MethodType, types.MethodWrapperType)):
         return None
     owner = getattr(fn, "__self__", None)
     if isinstance(owner, _CONTAINERS) and getattr(fn, "__name__", None) in _ADDING:
