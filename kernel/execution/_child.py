@@ -5,7 +5,6 @@ its result or its error sent back over a pipe."""
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import pickle
 import signal
@@ -22,6 +21,7 @@ from kernel.dataflow._errors import keep_cause_traceback
 from kernel.scheduling._continues import note_continues
 
 from ._signals import release_in_kernel
+from ._written_files import line_buffered
 
 _libc_handle = None
 # What a cluster's kernel reads from its gate: the epoch the run restores
@@ -217,12 +217,8 @@ def _output_by_whole_lines() -> None:
     under a lock). Lines still come out as they are printed. The
     library's own `print()` step writes a batch's lines in chunks below
     PIPE_BUF: faster, and as whole."""
-    for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, io.TextIOWrapper) and (stream.write_through or not stream.line_buffering):
-            try:
-                stream.reconfigure(line_buffering=True, write_through=False)
-            except (OSError, ValueError):  # a closed or broken stream: nothing to write there anyway
-                pass
+    line_buffered(sys.stdout)
+    line_buffered(sys.stderr)
 
 
 def _flush_standard_streams() -> None:

@@ -144,7 +144,7 @@ def flush_before_fork(graph) -> None:
 
 def by_whole_lines(files: list) -> None:
     """A kernel: make the text files that are no regular file (a pipe, a
-    FIFO, a terminal) line-buffered, a line one write, as stdout is
+    FIFO, a terminal) line-buffered, as stdout is
     (`_child._output_by_whole_lines`): a full buffer's write of more than
     PIPE_BUF into a pipe may be cut by the other kernels' writes. A
     regular file is left block-buffered: each write is whole in it (the
@@ -152,13 +152,23 @@ def by_whole_lines(files: list) -> None:
     per write cost ~4x the time (400,000 lines on two kernels: 720 against
     160 ms)."""
     for stream in files:
-        if isinstance(stream, io.TextIOWrapper) and (stream.write_through or not stream.line_buffering):
-            try:
-                if stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
-                    continue
-                stream.reconfigure(line_buffering=True, write_through=False)
-            except (OSError, ValueError):
-                pass  # no descriptor, or closed: flushed at the end all the same
+        try:
+            regular = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+        except (OSError, ValueError):  # no descriptor, or closed: flushed at the end all the same
+            continue
+        if not regular:
+            line_buffered(stream)
+
+
+def line_buffered(stream) -> None:
+    """Make a text file line-buffered, not written through: a `print()` of
+    a line, text and newline, is one write (unbuffered, `python -u`, each
+    piece was one)."""
+    if isinstance(stream, io.TextIOWrapper) and (stream.write_through or not stream.line_buffering):
+        try:
+            stream.reconfigure(line_buffering=True, write_through=False)
+        except (OSError, ValueError):  # a closed or broken stream: nothing to write there anyway
+            pass
 
 
 def write_out(files: list, quietly: bool = False) -> None:
