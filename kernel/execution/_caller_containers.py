@@ -59,6 +59,8 @@ def _container_added_to(fn):
     """The container `fn` is an adding method of (bound), or None."""
     if not isinstance(fn, (types.BuiltinMethodType, types.MethodType, types.MethodWrapperType)):
         return None
+    if isinstance(fn, types.MethodType) and getattr(fn.__func__, "__module__", None) != "collections":
+        return None  # a method of the user's own (a list subclass whose append writes elsewhere)
     owner = getattr(fn, "__self__", None)
     if isinstance(owner, _CONTAINERS) and getattr(fn, "__name__", None) in _ADDING:
         return owner

@@ -76,3 +76,24 @@ def test_a_function_doing_more_with_a_container_runs_on_two_kernels():
     out = flow.from_iterable(range(20)).inspect(buffered).collect()
     run(flow, cores=2)
     assert sorted(out.items) == list(range(20))
+
+
+class _Published(list):
+    """A list whose append does something else of its own (here, writes
+    to a file): its method is the user's, not the list's."""
+
+    def __init__(self, path) -> None:
+        super().__init__()
+        self.path = path
+
+    def append(self, record) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{record}\n")
+
+
+def test_a_containers_subclass_with_an_adding_method_of_its_own_runs_on_two_kernels(tmp_path):
+    published = _Published(tmp_path / "out.txt")
+    flow = Dataflow("a method of the user's own")
+    flow.from_iterable(range(10)).sink(published.append)
+    run(flow, cores=2)
+    assert sorted(map(int, (tmp_path / "out.txt").read_text().split())) == list(range(10))
