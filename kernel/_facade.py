@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from kernel.execution._caller_containers import refuse_caller_containers
+from kernel.execution._caller_objects import refuse_caller_objects
 from kernel.execution._execute import execute, execute_async
 from kernel.execution._plan import (
     DEFAULT_EPOCH_INTERVAL,
@@ -754,12 +754,13 @@ def run(flow: Dataflow, *, cores: int = 1, gc_threshold_during_run: int | None =
 
 
 def _before_kernel_processes(flow, plan) -> None:
-    """Kernel processes are about to fork: a step that would add to one of
-    the caller's containers in them is refused (`_caller_containers.py`),
+    """Kernel processes are about to fork: a step that would use what they
+    cannot of the caller's (add to one of its containers, write through
+    its SQLite connection) is refused (`_caller_objects.py`),
     and the files the flow's steps write to hold nothing of ours they could
     write again (`_written_files.py`)."""
     if plan.mode != THREAD:
-        refuse_caller_containers(flow.graph, f"{plan.cores} kernel processes" if plan.mode == PROCESS
+        refuse_caller_objects(flow.graph, f"{plan.cores} kernel processes" if plan.mode == PROCESS
                                  else "this cluster's kernel processes")
         flush_before_fork(flow.graph)
 

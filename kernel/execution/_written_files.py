@@ -32,81 +32,25 @@ one a step's function opens on first use (found again as the run ends).
 
 from __future__ import annotations
 
-import collections
-import gc
 import io
 import os
 import stat
-import types
 
 from kernel.dataflow._errors import KernelError
 
-_LOOKED_AT = 256  # objects at most from each step
-_SMALL = 64  # a tuple, list, set or dict of more items is not looked into
+from ._reachable import reachable
 
 
 def written_by(roots) -> list:
     """The open, writable file objects reachable from `roots` (steps'
-    factories or operators, functions), as far as can be seen: at most
-    _LOOKED_AT objects from each root, nearest first (breadth-first: a
-    file three hops away beside a few nested lists was never reached
-    depth-first, the walk spent inside the lists)."""
+    factories or operators, functions), as far as can be seen
+    (`_reachable.reachable`)."""
     found: dict[int, object] = {}
     for root in roots:
-        seen = {id(root)}  # each root's own: another root's walk, cut short, may not have looked
-        todo = collections.deque([root])
-        looked = 0
-        while todo and looked < _LOOKED_AT:
-            obj = todo.popleft()
-            looked += 1
-            try:
-                if isinstance(obj, io.IOBase):
-                    if _open_for_writing(obj):
-                        found[id(obj)] = obj
-                    continue
-                refs = _references(obj)
-            except Exception:  # an object's own __class__ or __getattr__ failing: not looked into
-                continue
-            for ref in refs:
-                if id(ref) not in seen:
-                    seen.add(id(ref))
-                    todo.append(ref)
+        for stream in reachable(root, io.IOBase):
+            if _open_for_writing(stream):
+                found[id(stream)] = stream
     return list(found.values())
-
-
-def _references(obj) -> list:
-    if isinstance(obj, (type, types.ModuleType, str, bytes, int, float)):
-        return []  # (a module's or a class's namespace would reach every file it has)
-    if isinstance(obj, types.FunctionType):
-        refs = []
-        for cell in obj.__closure__ or ():
-            try:
-                refs.append(cell.cell_contents)
-            except ValueError:  # a cell not yet assigned
-                pass
-        refs += obj.__defaults__ or ()
-        refs += (obj.__kwdefaults__ or {}).values()
-        names = _names(obj.__code__)
-        refs += [obj.__globals__[name] for name in names if name in obj.__globals__]
-        return refs
-    if isinstance(obj, (types.MethodType, types.BuiltinMethodType)):
-        return [obj.__self__, getattr(obj, "__func__", None)]
-    if isinstance(obj, (tuple, list, set, frozenset, dict, collections.deque)) and len(obj) > _SMALL:
-        return []
-    refs = gc.get_referents(obj)
-    # any other container of many items (an array of objects, a user's
-    # collection type): iterating its items took seconds (a deque of
-    # 3,000,000: ~2 s, in the launcher and again in each kernel)
-    return refs if len(refs) <= 2 * _SMALL else []
-
-
-def _names(code: types.CodeType) -> set[str]:
-    """The global names `code` and the functions defined in it read."""
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _names(const)
-    return names
 
 
 def _open_for_writing(stream) -> bool:

@@ -1,13 +1,16 @@
-"""A step whose function is one of the caller's containers' adding methods
-(`sink(results.append)`), on kernel processes: each kernel added to its own
-copy, and the caller's container stayed empty, without a word (on one
-kernel it held every record). Refused now before any kernel starts,
-saying to use `collect()`."""
+"""What a step cannot use of the caller's on kernel processes, refused
+before any kernel starts, saying what to use instead: one of the caller's
+containers' adding methods as its function (`sink(results.append)`: each
+kernel added to its own copy, and the caller's container stayed empty,
+without a word; on one kernel it held every record), and a SQLite
+connection opened before the run (each kernel's inserts through its
+forked copy were never committed: none of 1,000 rows)."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import sqlite3
 
 import pytest
 
@@ -97,3 +100,59 @@ def test_a_containers_subclass_with_an_adding_method_of_its_own_runs_on_two_kern
     flow.from_iterable(range(10)).sink(published.append)
     run(flow, cores=2)
     assert sorted(map(int, (tmp_path / "out.txt").read_text().split())) == list(range(10))
+
+
+def _database(path):
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE t (x INTEGER)")
+    connection.commit()
+    return connection
+
+
+@pytest.mark.parametrize("through", ["connection", "cursor"])
+def test_a_sqlite_connection_of_the_callers_is_refused_on_two_kernels_and_written_on_one(tmp_path, through):
+    connection = _database(tmp_path / "db.sqlite")
+    try:
+        writer = connection if through == "connection" else connection.cursor()
+
+        def insert(x):
+            writer.execute("INSERT INTO t VALUES (?)", (x,))
+
+        flow = Dataflow("into the caller's database")
+        flow.from_iterable(range(1000)).sink(insert)
+        with pytest.raises(ValueError) as raised:
+            run(flow, cores=2)
+        message = str(raised.value)
+        assert message.startswith(f"sink(insert) (step 1): its function uses a SQLite {through} opened "
+                                  "before the run"), message
+        assert "2 kernel processes cannot share" in message and "Operator's open()" in message, message
+        run(flow)  # one kernel, in the caller's process
+        connection.commit()
+        assert connection.execute("SELECT COUNT(*) FROM t").fetchone() == (1000,)
+    finally:
+        connection.close()
+
+
+class _OwnConnection:
+    """Each kernel's own connection, opened (and committed, closed) in the kernel."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+        self.connection = None
+
+    def __call__(self, x) -> None:
+        if self.connection is None:
+            self.connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.connection.execute("INSERT INTO t VALUES (?)", (x,))
+
+
+def test_a_connection_each_kernel_opens_itself_runs_on_two_kernels(tmp_path):
+    _database(tmp_path / "db.sqlite").close()
+    flow = Dataflow("each kernel's own connection")
+    flow.from_iterable(range(100)).sink(_OwnConnection(str(tmp_path / "db.sqlite")))
+    run(flow, cores=2)
+    connection = sqlite3.connect(tmp_path / "db.sqlite")
+    try:
+        assert connection.execute("SELECT COUNT(*) FROM t").fetchone() == (100,)
+    finally:
+        connection.close()
