@@ -755,13 +755,13 @@ def run(flow: Dataflow, *, cores: int = 1, gc_threshold_during_run: int | None =
 
 def _before_kernel_processes(flow, plan) -> None:
     """Kernel processes are about to fork: a step that would use what they
-    cannot of the caller's (add to one of its containers, write through
-    its SQLite connection) is refused (`_caller_objects.py`),
-    and the files the flow's steps write to hold nothing of ours they could
-    write again (`_written_files.py`)."""
+    cannot of the caller's (add to one of its containers, write through its
+    SQLite connection) is refused (`_caller_objects.py`), and the files the
+    flow's steps write to hold nothing of ours they could write again
+    (`_written_files.py`)."""
     if plan.mode != THREAD:
-        refuse_caller_objects(flow.graph, f"{plan.cores} kernel processes" if plan.mode == PROCESS
-                                 else "this cluster's kernel processes")
+        kernels = f"{plan.cores} kernel processes" if plan.mode == PROCESS else "a cluster's kernel processes"
+        refuse_caller_objects(flow.graph, kernels)
         flush_before_fork(flow.graph)
 
 
