@@ -1,6 +1,6 @@
 """What a step can reach of the caller's: the objects of some kinds found
 from a step's factory through the functions it was given (their
-closures, defaults and the globals their code names, bound methods'
+closures, defaults and the globals their code reads or writes, bound methods'
 objects) and the objects those hold, a few hops deep, nearest first.
 
 Used before kernel processes fork and in them: the files a flow's steps
@@ -13,6 +13,7 @@ or a class's namespace would reach everything it has).
 from __future__ import annotations
 
 import collections
+import dis
 import gc
 import types
 
@@ -72,9 +73,16 @@ def _references(obj) -> list:
     return refs if len(refs) <= 2 * _SMALL else []
 
 
+# the instructions whose name is a global's (co_names also holds attributes' names:
+# `_own.conn` reached the module's `conn`, the caller's connection, and refused the flow)
+_GLOBAL_NAME_OPS = frozenset({"LOAD_GLOBAL", "STORE_GLOBAL", "DELETE_GLOBAL", "LOAD_NAME",
+                              "LOAD_FROM_DICT_OR_GLOBALS"})
+
+
 def _names(code: types.CodeType) -> set[str]:
-    """The global names `code` and the functions defined in it read."""
-    names = set(code.co_names)
+    """The global names `code` and the functions defined in it read (or
+    write: a file a function opens on first use into a global)."""
+    names = {ins.argval for ins in dis.get_instructions(code) if ins.opname in _GLOBAL_NAME_OPS}
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names |= _names(const)
