@@ -12,13 +12,16 @@ refused before any of them starts, saying what to use instead.
   step's function (`_reachable.reachable`): SQLite must not be carried
   across `fork` (its locks are the process's own), and what each kernel
   inserted through its copy was never committed: of 1,000 rows on two
-  kernels, none were there after the caller's commit.
+  kernels, none were there after the caller's commit. A closed one, and
+  one of a database in memory (each kernel's own copy, as a dict of the
+  caller's is), are left alone.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
+import os
 import sys
 import types
 
@@ -47,16 +50,44 @@ def refuse_caller_objects(graph, kernels: str) -> None:
                     f"one core (cores=1), in the caller's process"
                 )
         if databases:
-            found = reachable(node.factory, databases)
-            if found:
+            shared = [(db, where) for db in reachable(node.factory, databases)
+                      if (where := _shared_database(db, sqlite3)) is not None]
+            if shared:
+                db, where = shared[0]
                 raise ValueError(
-                    f"{node.label}: its function uses a SQLite {type(found[0]).__name__.lower()} opened "
-                    f"before the run ({found[0]!r}), which {kernels} cannot share: SQLite must not be "
-                    f"carried across fork, and what each kernel wrote through its copy would never be "
+                    f"{node.label}: its function uses a SQLite {type(db).__name__.lower()} opened "
+                    f"before the run (its database: {where}), which {kernels} cannot share: SQLite must "
+                    f"not be carried across fork, and what each kernel wrote through its copy would never be "
                     f"committed. Open the connection in the kernel (an Operator's open(), closed in "
                     f"close()), write the records from the caller after .collect(), or run on one core "
                     f"(cores=1)"
                 )
+
+
+def _shared_database(db, sqlite3) -> str | None:
+    """The database file(s) of a connection (or a cursor's) that kernel
+    processes would share, for the message; None for one they would not:
+    closed (nothing of it crosses fork), or a database in memory (each
+    kernel reads and writes its own copy, as it does a dict of the
+    caller's: no file, no locks). A temporary database ("") is a file of
+    its own once it spills: shared."""
+    connection = db.connection if isinstance(db, sqlite3.Cursor) else db
+    try:
+        connection.total_changes  # noqa: B018 (closed: ProgrammingError)
+    except sqlite3.ProgrammingError:
+        return None
+    try:
+        cursor = connection.cursor()
+        cursor.row_factory = None  # (the connection's may make rows of its own)
+        files = [os.fsdecode(file) if isinstance(file, bytes) else str(file)  # (text_factory=bytes)
+                 for (_seq, _name, file) in cursor.execute("PRAGMA database_list")]
+        journal = cursor.execute("PRAGMA main.journal_mode").fetchone()[0]
+        cursor.close()
+    except sqlite3.Error:  # another thread's connection (check_same_thread): its files unknown
+        return "not known, the connection is another thread's"
+    if not any(files) and str(journal).lower() == "memory":
+        return None
+    return ", ".join(file or "a temporary file" for file in files)
 
 
 def _functions_of(factory) -> list:
