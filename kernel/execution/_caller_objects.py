@@ -40,8 +40,9 @@ def refuse_caller_objects(graph, kernels: str) -> None:
     databases = () if sqlite3 is None else (sqlite3.Connection, sqlite3.Cursor)
     for node in graph.nodes:
         for fn in _functions_of(node.factory):
-            container = _container_added_to(fn)
-            if container is not None:
+            method = _adding_method(fn)
+            if method is not None:
+                container, fn = method.__self__, method
                 kind = type(container).__name__
                 raise ValueError(
                     f"{node.label}: its function is {kind}.{fn.__name__} of a {kind} of the caller's, and "
@@ -103,6 +104,28 @@ def _functions_of(factory) -> list:
             except ValueError:  # a cell not yet assigned
                 pass
     return [fn for fn in found if callable(fn)]
+
+
+def _adding_method(fn):
+    """The adding method of a container (bound) that `fn` is, or None: the
+    method itself, or a partial that is no more than it
+    (`partial(list.append, results)`, `partial(results.append)`); a
+    partial given more is a function doing more, as a lambda is."""
+    if isinstance(fn, functools.partial):
+        if fn.keywords:
+            return None
+        if not fn.args:
+            return _adding_method(fn.func)
+        if len(fn.args) != 1 or not isinstance(fn.args[0], _CONTAINERS):
+            return None
+        try:
+            container, name = fn.args[0], getattr(fn.func, "__name__", None)
+        except Exception:  # a callable object's own __getattr__ failing: no container's method
+            return None
+        if not isinstance(name, str) or getattr(type(container), name, None) is not fn.func:
+            return None  # (not the container's own method: a subclass's override, another's)
+        fn = getattr(container, name)
+    return fn if _container_added_to(fn) is not None else None
 
 
 def _container_added_to(fn):
