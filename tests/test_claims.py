@@ -2019,7 +2019,9 @@ def test_collect_gathers_kernel_0s_items_first_and_sink_and_print_run_in_the_ker
     error ::test_collected_records_come_back_exactly_from_kernel_processes,
     ::test_a_collected_record_that_cannot_be_pickled_names_its_step_and_the_record;
     a caller's container's adding method refused: here, and
-    tests/kernel/test_session31_caller_objects.py; the figures are
+    tests/kernel/test_session31_caller_objects.py (a SQLite connection's
+    refusal too; what is left alone and partial(list.append, results):
+    tests/kernel/test_session31_caller_objects_review.py); the figures are
     benches/RESULTS.md's (benches/collect.py)."""
     results: list = []
     refused = Dataflow()
