@@ -3,7 +3,7 @@ refused before any of them starts, saying what to use instead.
 
 * An adding method of one of the caller's containers as the step's
   function (`sink(results.append)`, `inspect(seen.add)`, a dict's or a
-  `Counter`'s `update`, a deque's `append`): each kernel process appended
+  `Counter`'s `update`, a deque's or a `UserList`'s `append`): each kernel process appended
   to its own (forked) copy, and the caller's list stayed empty, without a
   word; on one kernel it holds every record. Such a function has no other
   effect. A function that does more with a container (a buffer it writes
@@ -28,7 +28,7 @@ import types
 from ._reachable import reachable
 
 # containers and the methods of theirs that only add to them (or change them)
-_CONTAINERS = (list, set, dict, collections.deque, bytearray)
+_CONTAINERS = (list, set, dict, collections.deque, bytearray, collections.UserList, collections.UserDict)
 _ADDING = frozenset({"append", "extend", "insert", "add", "update", "setdefault", "__setitem__",
                      "appendleft", "extendleft", "__iadd__", "__ior__"})
 

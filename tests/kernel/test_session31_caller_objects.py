@@ -26,6 +26,7 @@ def _containers():
         "dict.update": ({}, lambda c: c.update, "dict.update"),
         "deque.append": (collections.deque(), lambda c: c.append, "deque.append"),
         "Counter.update": (collections.Counter(), lambda c: c.update, "Counter.update"),
+        "UserList.append": (collections.UserList(), lambda c: c.append, "UserList.append"),
     }
 
 
