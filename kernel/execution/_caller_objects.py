@@ -3,10 +3,10 @@ refused before any of them starts, saying what to use instead.
 
 * An adding method of one of the caller's containers as the step's
   function (`sink(results.append)`, `inspect(seen.add)`, a dict's or a
-  `Counter`'s `update`, a deque's or a `UserList`'s `append`): each kernel process appended
-  to its own (forked) copy, and the caller's list stayed empty, without a
-  word; on one kernel it holds every record. Such a function has no other
-  effect. A function that does more with a container (a buffer it writes
+  `Counter`'s `update`, a deque's or a `UserList`'s `append`): each kernel
+  process appended to its own (forked) copy, and the caller's list stayed
+  empty, without a word; on one kernel it holds every record. Such a
+  function has no other effect. A function that does more with a container (a buffer it writes
   out now and then), or a subclass's method of its own, is left alone.
 * A SQLite connection or cursor opened before the run, reachable from a
   step's function (`_reachable.reachable`): SQLite must not be carried
