@@ -82,8 +82,8 @@ def flush_before_fork(graph) -> None:
     for stream in flow_files(graph):
         try:
             stream.flush()
-        except (OSError, ValueError):
-            pass  # the caller's own file: its own next write or close says so
+        except Exception:  # the caller's own file (or a class of its own): its next write or close says so
+            pass
 
 
 def by_whole_lines(files: list) -> None:
@@ -122,9 +122,11 @@ def write_out(files: list, quietly: bool = False) -> None:
         try:
             if not stream.closed:
                 stream.flush()
-        except (OSError, ValueError) as exc:
+        except Exception as exc:
             if quietly:
                 continue
+            if not isinstance(exc, (OSError, ValueError)):
+                raise  # a file class of the user's own: its own error, as it raised it
             name = getattr(stream, "name", None)
             what = repr(stream) if name is None else repr(name)
             raise KernelError(
