@@ -12,9 +12,10 @@ refused before any of them starts, saying what to use instead.
   step's function (`_reachable.reachable`): SQLite must not be carried
   across `fork` (its locks are the process's own), and what each kernel
   inserted through its copy was never committed: of 1,000 rows on two
-  kernels, none were there after the caller's commit. A closed one, and
-  one of a database in memory (each kernel's own copy, as a dict of the
-  caller's is), are left alone.
+  kernels, none were there after the caller's commit. A closed one, one
+  of a database in memory (each kernel's own copy, as a dict of the
+  caller's is), and a source's cursor (`from_iterable(connection.execute(
+  ...))`: read whole by each kernel, as any iterator is) are left alone.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ def refuse_caller_objects(graph, kernels: str) -> None:
                     f"is. Gather the records with .collect() (its .items hold every kernel's), or run on "
                     f"one core (cores=1), in the caller's process"
                 )
-        if databases:
+        # (not a source's: `from_iterable(connection.execute(...))` is read, whole, by each kernel,
+        # as any iterator is, and gives every row once on several kernels)
+        if databases and not node.is_source:
             shared = [(db, where) for db in reachable(node.factory, databases)
                       if (where := _shared_database(db, sqlite3)) is not None]
             if shared:

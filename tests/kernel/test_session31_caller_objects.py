@@ -157,3 +157,19 @@ def test_a_connection_each_kernel_opens_itself_runs_on_two_kernels(tmp_path):
         assert connection.execute("SELECT COUNT(*) FROM t").fetchone() == (100,)
     finally:
         connection.close()
+
+
+def test_a_sources_sqlite_cursor_is_read_on_two_kernels_every_row_once(tmp_path):
+    """`from_iterable(connection.execute(...))`: each kernel reads the
+    cursor whole and keeps its share, as any iterator (it was refused,
+    its message speaking of writes, once the check looked at sources)."""
+    connection = _database(tmp_path / "db.sqlite")
+    try:
+        connection.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(5000)])
+        connection.commit()
+        flow = Dataflow("from the caller's database")
+        out = flow.from_iterable(connection.execute("SELECT x FROM t")).collect()
+        run(flow, cores=2)
+    finally:
+        connection.close()
+    assert sorted(x for (x,) in out.items) == list(range(5000))
