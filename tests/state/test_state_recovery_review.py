@@ -277,6 +277,7 @@ HELD_PIPELINE = textwrap.dedent(
 
     def held(x):
         if x == 3001:  # kernel 1's (record i is kernel i % 2's): it waits here until released
+            open(os.path.join(OUT, "held"), "w").close()  # (the test samples the store once it is)
             deadline = time.monotonic() + 30
             while not os.path.exists(GATE) and time.monotonic() < deadline:
                 time.sleep(0.005)
@@ -338,8 +339,11 @@ def test_a_run_refused_because_the_state_dir_is_in_use_leaves_the_live_runs_stor
 
     live = subprocess.Popen(command(2), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        # Sampled once kernel 1 is held: until then epochs still complete, and the
+        # live run itself drops the snapshots of epochs older than the newest
+        # complete one (a CI run sampled epoch 1's early and blamed the refused run)
         deadline = time.monotonic() + 30
-        while not (store.exists() and _rows_past_complete(store)):
+        while not ((out / "held").exists() and store.exists() and _rows_past_complete(store)):
             assert live.poll() is None, live.communicate()
             assert time.monotonic() < deadline, "kernel 0 snapshotted nothing past the newest complete epoch"
             time.sleep(0.01)
@@ -348,7 +352,13 @@ def test_a_run_refused_because_the_state_dir_is_in_use_leaves_the_live_runs_stor
         assert second.returncode != 0 and "in use by another run" in second.stderr, second.stderr
         db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=30)
         after = set(db.execute("SELECT epoch, kernel FROM snapshots").fetchall())
+        newest = db.execute("SELECT coalesce(max(epoch), 0) FROM complete").fetchone()[0]
         db.close()
+        # (an epoch kernel 1 had snapshotted before it was held may still have
+        # completed meanwhile, and the live run dropped the older ones: only
+        # what is still past the newest complete epoch must be there)
+        before = [row for row in before if row[0] > newest]
+        assert before, "kernel 0 snapshotted nothing past the newest complete epoch"
     finally:
         (out / "release").touch()
         try:
