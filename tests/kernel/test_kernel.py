@@ -244,7 +244,13 @@ async def test_the_host_gets_a_turn_after_every_slice_of_at_most_the_budget(monk
     young objects (~1 ms at the run's raised threshold, one or two a run)
     is the interpreter's, not the scheduler's, and lands between slices now
     and then (CI failed once on it: a gap of 2.1 ms after a slice of no
-    activation)."""
+    activation). One gap in a run may exceed it: the system's own work
+    counts in this thread's CPU time too (page faults, interrupts), and
+    beside a loaded suite one gap in a run of ~200 came to 4.4 ms after a
+    2.6 ms activation, and one to 16 ms: an 11.5 ms activation, then 4.5
+    ms after the slice's last reading, where the scheduler no longer runs
+    (twice in 22 runs beside a whole suite; none in 160 beside lighter
+    loads)."""
     budget, loop_turn = 0.001, 0.0005
     clock = RecordingClock()
     collections = array("d")  # this thread's CPU time at each collection's start and stop
@@ -291,13 +297,16 @@ async def test_the_host_gets_a_turn_after_every_slice_of_at_most_the_budget(monk
     pauses = list(zip(collections[::2], collections[1::2]))
     assert len(rows) > 20  # a pipeline of many slices
     assert "slice" not in {a for a, b in itertools.pairwise(kinds) if a == b}, "two slices in one loop turn"
+    over = []
     for before, readings, after in rows:
         started = readings[0][0]
         # only the last activation may end past the deadline
         assert sum(wall >= started + budget for wall, _ in readings) <= 1
         last_activation = readings[-1][0] - readings[-2][0] if len(readings) > 1 else 0.0
         host_gap = after[1] - before[1] - _within(pauses, before[1], after[1])
-        assert host_gap <= budget + last_activation + loop_turn, (host_gap, last_activation)
+        if host_gap > budget + last_activation + loop_turn:
+            over.append((host_gap, last_activation))
+    assert len(over) <= 1, (len(rows), over)
 
 
 def _within(spans: list, start: float, end: float) -> float:
