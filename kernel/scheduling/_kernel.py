@@ -24,12 +24,16 @@ import asyncio
 import contextvars
 import itertools
 import logging
+import math
 from collections.abc import Coroutine
 from dataclasses import dataclass
 
 from kernel.scheduling._clock import Clock, SystemClock, check_clock
 from kernel.scheduling._errors import ActivationError, TaskError
 from kernel.scheduling._scheduler import THROUGHPUT, Activation, Scheduler, SchedulerStatistics
+from kernel.scheduling._watchdog import Watchdog
+
+_RUN_SLICE = Scheduler._run_slice.__code__  # a slice's frame: its `activation` is the one running
 
 _current_kernel: contextvars.ContextVar[Kernel | None] = contextvars.ContextVar(
     "current_kernel", default=None
@@ -281,8 +285,14 @@ class Kernel:
         loop = asyncio.get_running_loop()
         token = _current_kernel.set(self)
         tickets_token = _current_tickets.set(self._next_ticket)
+        # (no stall notices, no hang reports either; a threshold above the watchdog's is its first)
+        watchdog = None
+        if self._stall_threshold != math.inf:
+            watchdog = Watchdog(loop, self._blocked_in, self._report_blocked, self._stall_threshold)
         try:
             self._attach(loop)
+            if watchdog is not None:
+                watchdog.start()
             starters, self._starters = self._starters, []
             for fn in starters:
                 try:
@@ -301,9 +311,29 @@ class Kernel:
             if self._failure is not None:
                 raise self._failure
         finally:
+            if watchdog is not None:
+                watchdog.stop()
             self._cancel_timers()
             _current_tickets.reset(tickets_token)
             _current_kernel.reset(token)
+
+    def _blocked_in(self, frames: list) -> str | None:
+        """What of this kernel's work the loop's thread is in (`frames`,
+        innermost first; read by the watchdog's thread): an activation of a
+        slice, or one of the kernel's tasks; None if neither (the host's)."""
+        for frame in frames:
+            if frame.f_code is _RUN_SLICE:
+                activation = frame.f_locals.get("activation")
+                return getattr(activation, "name", None) or repr(activation)
+        loop = self._loop
+        current = asyncio.current_task(loop) if loop is not None else None
+        for ref in list(self._tasks):  # a copy: the loop's thread may change the set
+            if ref.task is current:
+                return f"task {ref.name!r}"
+        return None
+
+    def _report_blocked(self, message: str, what: str) -> None:
+        self.logger.warning("%s", message, extra={"step": what})
 
     def fail(self, exc: BaseException) -> None:
         """End the run with `exc` (the first failure wins)."""

@@ -1,0 +1,173 @@
+"""Telling of a kernel whose loop does not come back.
+
+The stall detector reports an activation once it returns. One that never
+returns (a function blocked for ever on a socket, a lock, a queue) said
+nothing: the run hung without a word. Two kernel processes sharing an HTTP
+connection opened before the run hung so, each reading the other's reply
+and then waiting for its own.
+
+So each running kernel has a watchdog: a thread that asks the kernel's loop,
+once a `CHECK` interval, to run a callback, and waits for it. A loop that has
+not run the callback for `REPORT_AFTER` seconds is blocked; if it is blocked
+in the kernel's work (an activation of a slice, or one of the kernel's
+tasks) the watchdog logs which step or task, for how long, and where it is
+(the innermost frames of the loop's thread), then again after twice as long,
+four times, and so on. A loop blocked in the host's own code (a coroutine of
+the application beside `run_async`) is the host's business: not reported.
+
+The time counted is the sum of the watchdog's own intervals, each at most a
+few `CHECK`s: a process stopped (SIGSTOP, Ctrl-Z, a debugger) or a machine
+suspended comes back to one long interval, which counts as one `CHECK`, so
+the stop is not blamed on the step it interrupted.
+
+Costs: one thread a running kernel, waking once a `CHECK` (a callback on the
+loop and a few attribute reads). The GIL hand-over before slices
+(`_handover.py`) does not count the watchdogs as threads that wait for it:
+they wait for their interval, not for the GIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+import traceback
+
+REPORT_AFTER = 10.0  # seconds the loop must be blocked before the first report
+CHECK = 1.0  # seconds between the watchdog's looks
+_FRAMES = 12  # the most frames of the loop's thread a report shows
+# where the library's own code and asyncio's live: their frames outside a user's function (those
+# that called it) are left out of a report
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_MACHINERY = tuple(os.path.join(_ROOT, package) + os.sep
+                   for package in ("kernel", "operators", "net", "state", "aliases"))
+_MACHINERY += (os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep,)
+_running = 0  # watchdog threads alive in this process
+_running_lock = threading.Lock()
+
+
+def running() -> int:
+    """How many watchdog threads this process has now."""
+    return _running
+
+
+def _none_in_a_forked_child() -> None:
+    # a child forked while a kernel ran in its parent has none of its parent's threads
+    global _running, _running_lock
+    _running, _running_lock = 0, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_none_in_a_forked_child)
+
+
+class Watchdog:
+    """Watches one kernel's loop from a thread of its own (`start`, `stop`),
+    reporting first once it has been blocked `REPORT_AFTER` seconds, or
+    `at_least` where that is longer (the kernel's stall threshold).
+
+    `where(frames)` is given the loop thread's frames, innermost first, and
+    returns what is blocked (an activation's name, "task 'reader'") or None
+    when the frames are not the kernel's work; `log(message, what)` writes
+    the report.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, where, log, at_least: float = 0.0) -> None:
+        self._loop = loop
+        self._after = max(REPORT_AFTER, at_least)
+        self._where = where
+        self._log = log
+        self._thread_id = threading.get_ident()  # the loop's thread: the one that starts us
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._answered = 0  # the last question the loop answered (set on the loop's thread)
+
+    def start(self) -> None:
+        global _running
+        with _running_lock:
+            _running += 1
+        self._thread = threading.Thread(target=self._watch, name="streamkernel-watchdog", daemon=True)
+        try:
+            self._thread.start()
+        except BaseException:
+            self._thread = None
+            self._gone()
+            raise
+
+    def stop(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stopped.set()
+        thread.join()
+
+    def _gone(self) -> None:
+        global _running
+        with _running_lock:
+            _running -= 1
+
+    def _answer(self, question: int) -> None:
+        self._answered = question
+
+    def _watch(self) -> None:
+        try:
+            self._watch_until_stopped()
+        finally:
+            self._gone()
+
+    def _watch_until_stopped(self) -> None:
+        asked = 0
+        blocked = 0.0  # seconds the loop has not answered, as counted
+        report_at = self._after
+        last = time.monotonic()
+        while not self._stopped.wait(CHECK):
+            now = time.monotonic()
+            # a stop of the process (or of the machine) is one interval, not the loop's doing
+            elapsed, last = min(now - last, 3 * CHECK), now
+            if self._answered == asked:
+                asked += 1
+                blocked, report_at = 0.0, self._after
+                try:
+                    self._loop.call_soon_threadsafe(self._answer, asked)
+                except RuntimeError:  # the loop closed under a kernel that did not stop us
+                    return
+                continue
+            blocked += elapsed
+            if blocked >= report_at:
+                report_at *= 2
+                self._report(blocked)
+
+    def _report(self, blocked: float) -> None:
+        frame = sys._current_frames().get(self._thread_id)
+        frames = []
+        while frame is not None:
+            frames.append(frame)
+            frame = frame.f_back
+        what = self._where(frames)
+        if what is None:
+            return
+        inner = traceback.StackSummary.extract((f, f.f_lineno) for f in reversed(_shown(frames))).format()
+        self._log(
+            f"{what} has not handed the event loop back for {blocked:.1f} s and is still running: "
+            f"nothing else of this kernel runs meanwhile (a function blocked on a lock, a socket or "
+            f"a queue?); its thread is at (innermost last):\n{''.join(inner).rstrip()}",
+            what,
+        )
+
+
+def _shown(frames: list) -> list:
+    """The frames a report shows (innermost first): from the innermost out
+    to the outermost of the user's own (the function a step calls, a task's
+    coroutine, and what they call), leaving out the library's and asyncio's
+    frames that called it; their innermost ones where the thread is in no
+    user code. At most `_FRAMES`."""
+    shown = []
+    users = False
+    for frame in frames[:_FRAMES]:
+        machinery = frame.f_code.co_filename.startswith(_MACHINERY)
+        if machinery and users:
+            break
+        users = users or not machinery
+        shown.append(frame)
+    return shown
