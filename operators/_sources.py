@@ -35,6 +35,7 @@ from kernel.dataflow._errors import (
     describe_record,
 )
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Source
+from kernel.execution._standard_input import is_stream
 
 from ._shares import Share, merge_consumed, sequence_run
 
@@ -121,6 +122,16 @@ _LOOKED_AT = 256  # objects at most
 _SMALL = 16  # a tuple, list or dict of more items is not looked into
 
 
+def _reads_a_stream(data) -> bool:
+    """Whether `data` is, or reads (`_inherited_file`), the standard input
+    or another stream only one process can read whole (`is_stream`)."""
+    try:
+        found = _inherited_file(data)
+    except Exception:  # an object's own __getattr__ or __len__ failing: no file seen
+        return False
+    return found is not None and is_stream(found)
+
+
 def _inherited_file(data) -> io.IOBase | None:
     """A file object open for reading that `data` reads from, as far as can
     be seen: `data` itself, or one its iterators hold (a generator's frame,
@@ -183,14 +194,21 @@ class IterableSource(Source):
             self._iterator = None
         else:
             self._share = Share(context.index, peers, context.key_groups)
-            self._check_input(peers)
+            stream = peers > 1 and _reads_a_stream(data)
+            self._check_input(peers, stream)
             self._sequence = None
+            if stream:
+                # one process can read it whole: kernel 0 (of the run) reads it all, the others none
+                if context.index != 0:
+                    self._iterator = iter(())
+                    return
+                self._share = Share(0, 1, context.key_groups)
             try:
                 self._iterator = iter(data)
             except TypeError as exc:
                 raise OperatorError.wrap(self.name, iter, exc, record=data) from exc
 
-    def _check_input(self, peers: int) -> None:
+    def _check_input(self, peers: int, stream: bool = False) -> None:
         shared = self._input
         if shared is None:  # made directly, not by a flow: nothing to check against
             return
@@ -206,7 +224,7 @@ class IterableSource(Source):
                 "once (this run would silently get nothing): give from_iterable a list, a range "
                 "or another re-iterable, or a fresh generator"
             )
-        if peers > 1 and shared.built_in != os.getpid():
+        if peers > 1 and shared.built_in != os.getpid() and not stream:
             try:
                 found = _inherited_file(self.iterable)
             except Exception:  # an object's own __getattr__ or __len__ failing: no file seen

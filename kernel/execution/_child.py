@@ -21,6 +21,7 @@ from kernel.dataflow._errors import keep_cause_traceback
 from kernel.scheduling._continues import note_continues
 
 from ._signals import release_in_kernel
+from ._standard_input import take_standard_input
 from ._written_files import line_buffered
 
 _libc_handle = None
@@ -154,6 +155,7 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
         release_in_kernel()  # (blocked across the fork: `_signals.py`)
         if close_streams:
             _close_inherited_streams()
+        take_standard_input(index, peers)
         _output_by_whole_lines()
         _die_with_parent(launcher_pid)
         if cpu is not None:  # the link relay is not pinned: it shares the kernels' CPUs

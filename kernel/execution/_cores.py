@@ -60,6 +60,7 @@ from kernel.scheduling._from_threads import call_soon_from_thread
 
 from ._child import _kernel_main, _libc, gate_record
 from ._signals import held_signals
+from ._standard_input import hide_from_multiprocessing
 from ._supervisor import _supervise, join
 
 log = logging.getLogger("kernel")
@@ -247,6 +248,17 @@ def _cpu_list(text: str) -> list[int]:
     return out
 
 
+class _KernelProcess(multiprocessing.get_context("fork").Process):
+    """A kernel process. For the standard input: multiprocessing's bootstrap
+    closes a child's `sys.stdin` and gives it /dev/null; a kernel process
+    hides it first, and kernel 0 takes it back
+    (kernel/execution/_standard_input.py)."""
+
+    def _bootstrap(self, *args, **kwargs):
+        hide_from_multiprocessing()
+        return super()._bootstrap(*args, **kwargs)
+
+
 def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, cluster=None,
                  cancel=None, link_report=None, agreement=None) -> list[dict]:
     """Run `cores` kernel processes; returns each kernel's results, in order.
@@ -338,7 +350,7 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
                 local_bells,
                 relay,
             )
-            child = context.Process(
+            child = _KernelProcess(
                 target=_kernel_main,
                 args=(first + index, peers, cpus[index], build_runtime, transport, sender, os.getpid(),
                       epochs, commits_in, gate, embedded),

@@ -1,0 +1,103 @@
+"""The standard input on several kernel processes: kernel 0's alone.
+
+A pipe (`cat events | python -m kernel.run p.py --cores 2`) can be read
+whole by one process only: two reading it each take lines the other needed.
+multiprocessing closed each kernel process's `sys.stdin` and gave it
+/dev/null instead, so `from_iterable(sys.stdin)` read nothing under
+`python -m kernel.run --cores 2` (each kernel imports the pipeline after
+the fork) and the run ended without a word; built before
+`run(flow, cores=2)`, it failed with "I/O operation on closed file".
+
+Now kernel 0 (of the whole run: the first kernel of a cluster's process 0)
+keeps the caller's `sys.stdin` open, the other kernels get a stand-in that
+refuses to be read, saying why (`Elsewhere`), and `from_iterable` given
+the standard input or any stream (a pipe, a FIFO, a socket: `is_stream`)
+reads it in kernel 0, whole (kernel/operators/_sources.py).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import sys
+
+
+class StandardInputError(RuntimeError):
+    """A kernel other than kernel 0 read the standard input (raised in the
+    function that did, and so named with its step, as any error there)."""
+
+_NOT_HIDDEN = object()
+_caller_stdin = _NOT_HIDDEN  # in a kernel process: the sys.stdin it was forked with
+
+
+def hide_from_multiprocessing() -> None:
+    """In a kernel process, before multiprocessing's bootstrap closes
+    `sys.stdin` (it leaves None alone): keep it for `take_standard_input`."""
+    global _caller_stdin
+    _caller_stdin, sys.stdin = sys.stdin, None
+
+
+def take_standard_input(index: int, peers: int) -> None:
+    """Kernel `index` of `peers`: kernel 0 keeps the caller's stdin, the
+    others get `Elsewhere`. (Nothing in a process whose stdin was not
+    hidden: the links process of a cluster has multiprocessing's.)"""
+    if _caller_stdin is _NOT_HIDDEN:
+        return
+    sys.stdin = _caller_stdin if index == 0 else Elsewhere(index, peers)
+
+
+class Elsewhere(io.TextIOBase):
+    """`sys.stdin` of a kernel other than kernel 0: reading it raises a
+    StandardInputError saying whose the standard input is (a function reading it
+    in every kernel, a generator function over `sys.stdin`, `input()`,
+    `fileinput`: kernel 0 would have kept its share of the lines only, and
+    the others read nothing)."""
+
+    def __init__(self, index: int, peers: int) -> None:
+        super().__init__()
+        self._index, self._peers = index, peers
+
+    def readable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation(f"kernel {self._index}'s sys.stdin has no file descriptor: "
+                                      "the standard input is kernel 0's")
+
+    def read(self, size: int | None = -1) -> str:
+        raise self._refusal()
+
+    def readline(self, size: int | None = -1) -> str:
+        raise self._refusal()
+
+    def readlines(self, hint: int = -1) -> list[str]:
+        raise self._refusal()
+
+    def _refusal(self) -> StandardInputError:
+        return StandardInputError(
+            f"kernel {self._index} read the standard input: on {self._peers} kernels it is kernel 0's "
+            "alone (two processes reading one pipe would each take lines the other needed). "
+            "from_iterable(sys.stdin), or an iterator over it that from_iterable is given "
+            "(a generator expression, map(), csv.reader()), reads it in kernel 0, whole; a "
+            "function that reads it itself (a generator function, fileinput, input()) runs in "
+            "every kernel: give from_iterable sys.stdin instead, or run on one kernel"
+        )
+
+
+def is_stream(file) -> bool:
+    """Whether `file` (a file object) is one that only one process can read
+    whole: the standard input (whatever it is: a pipe, a terminal, a file
+    given with `<`, whose read position the kernels would share), another
+    kernel's stand-in for it, or any file that is not a regular one (a pipe,
+    a FIFO, a socket, a terminal)."""
+    if isinstance(file, Elsewhere):
+        return True
+    try:
+        fd = file.fileno()
+        return fd == 0 or not stat.S_ISREG(os.fstat(fd).st_mode)
+    except (OSError, ValueError):  # no descriptor (io.UnsupportedOperation is both), or closed
+        return False

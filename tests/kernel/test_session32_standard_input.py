@@ -1,0 +1,158 @@
+"""The standard input on several kernel processes is kernel 0's
+(kernel/execution/_standard_input.py). Before, multiprocessing gave every
+kernel process /dev/null for it: `seq 10 | python -m kernel.run p.py
+--cores 2` over `from_iterable(sys.stdin)` printed nothing and exited 0, and
+`run(flow, cores=2)` over the caller's `sys.stdin` failed with "I/O
+operation on closed file". Each case runs in a process of its own, its
+standard input a real pipe (or a file given with `<`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from collections import Counter
+
+import pytest
+
+from kernel import Dataflow, run
+
+LINES = 30_000
+
+
+def _python(tmp_path, code: str, stdin, *args: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "pipeline.py"
+    script.write_text(textwrap.dedent(code))
+    return subprocess.run([sys.executable, *args, str(script)] if args else [sys.executable, str(script)],
+                          input=stdin if isinstance(stdin, bytes) else None,
+                          stdin=None if isinstance(stdin, bytes) else stdin,
+                          capture_output=True, timeout=120, cwd=tmp_path)
+
+
+def _numbers(n: int = LINES) -> bytes:
+    return "".join(f"{i}\n" for i in range(1, n + 1)).encode()
+
+
+PRINTS_STDIN = """
+    import sys
+    from kernel import Dataflow
+    flow = Dataflow("stdin")
+    flow.from_iterable(sys.stdin).map(lambda line: int(line)).print()
+"""
+
+
+@pytest.mark.parametrize("cores", [2, 3])
+def test_a_pipeline_file_reads_a_piped_standard_input_once_on_several_kernels(tmp_path, cores):
+    """`from_iterable(sys.stdin)` in the pipeline file each kernel imports:
+    kernel 0 reads the pipe whole, every line once."""
+    script = tmp_path / "pipeline.py"
+    script.write_text(textwrap.dedent(PRINTS_STDIN))
+    done = subprocess.run([sys.executable, "-m", "kernel.run", str(script), "--cores", str(cores)],
+                          input=_numbers(), capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert sorted(map(int, done.stdout.split())) == list(range(1, LINES + 1))
+
+
+def test_a_standard_input_given_from_a_file_is_read_once_too(tmp_path):
+    """`< numbers.txt`: a regular file, whose read position the kernels
+    would share; kernel 0 reads it, as a pipe."""
+    numbers = tmp_path / "numbers.txt"
+    numbers.write_bytes(_numbers())
+    script = tmp_path / "pipeline.py"
+    script.write_text(textwrap.dedent(PRINTS_STDIN))
+    with open(numbers, "rb") as given:
+        done = subprocess.run([sys.executable, "-m", "kernel.run", str(script), "--cores", "2"],
+                              stdin=given, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert sorted(map(int, done.stdout.split())) == list(range(1, LINES + 1))
+
+
+def test_the_callers_standard_input_goes_on_in_kernel_0_from_where_the_caller_stopped(tmp_path):
+    """The caller reads a header line (its buffer holding more), then runs
+    a keyed count on two kernels over the rest: kernel 0 goes on from the
+    caller's buffer, every line once, and the keys spread over both
+    kernels (each kernel reports how many it counted)."""
+    code = """
+        import sys
+        from kernel import Dataflow, current_kernel, run
+        header = sys.stdin.readline().strip()
+        flow = Dataflow("stdin")
+        out = (flow.from_iterable(line.strip() for line in sys.stdin).map(int)
+               .key_by(lambda x: x % 7).count()
+               .map(lambda pair: (current_kernel().context.index, *pair)).collect())
+        run(flow, cores=2)
+        print(header)
+        print(sorted(key_count for _, *key_count in out.items))
+        print(sorted({kernel for kernel, _, _ in out.items}))
+    """
+    done = _python(tmp_path, code, b"numbers\n" + _numbers())
+    assert done.returncode == 0, done.stderr.decode()
+    header, counts, kernels = done.stdout.decode().splitlines()
+    assert header == "numbers"
+    expected = Counter(i % 7 for i in range(1, LINES + 1))
+    assert counts == str(sorted([key, n] for key, n in expected.items()))
+    assert kernels == "[0, 1]"
+
+
+def test_a_function_that_reads_the_standard_input_itself_fails_the_run_naming_its_step(tmp_path):
+    """A generator function over `sys.stdin` runs in every kernel; kernel 1's
+    reading fails the run, named, instead of kernel 0 keeping its share of
+    the lines and kernel 1 reading /dev/null (half the lines lost, exit 0)."""
+    script = tmp_path / "pipeline.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        from kernel import Dataflow
+        def numbers():
+            for line in sys.stdin:
+                yield int(line)
+        flow = Dataflow("stdin")
+        flow.from_iterable(numbers()).print()
+    """))
+    done = subprocess.run([sys.executable, "-m", "kernel.run", str(script), "--cores", "2"],
+                          input=_numbers(), capture_output=True, timeout=120)
+    assert done.returncode == 1
+    error = done.stderr.decode()
+    assert "operator 'from_iterable (step 0)': function 'numbers' raised StandardInputError" in error, error
+    assert "kernel 1 read the standard input: on 2 kernels it is kernel 0's alone" in error
+    assert "give from_iterable sys.stdin instead, or run on one kernel" in error
+
+
+def test_input_in_a_function_on_another_kernel_than_0_says_whose_the_input_is(tmp_path):
+    code = """
+        from kernel import Dataflow, run
+        flow = Dataflow("asks")
+        flow.from_iterable(range(4)).map(lambda x: (x, input())).collect()
+        run(flow, cores=2)
+    """
+    done = _python(tmp_path, code, b"a\nb\nc\nd\n")
+    assert done.returncode == 1
+    error = done.stderr.decode()
+    assert "kernel 1 failed" in error and "raised StandardInputError" in error, error
+    assert "kernel 1 read the standard input" in error
+
+
+def test_a_fifo_opened_before_the_run_is_read_once_by_kernel_0(tmp_path):
+    """A FIFO can be read whole by one process only, as a pipe: it was
+    refused with the regular file's reason (a shared read position)."""
+    fifo = tmp_path / "numbers.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(_numbers(5_000)))
+    writer.start()
+    with open(fifo) as numbers:
+        flow = Dataflow("fifo")
+        out = flow.from_iterable(numbers).map(int).collect()
+        run(flow, cores=2)
+    writer.join()
+    assert sorted(out.items) == list(range(1, 5_001))
+
+
+def test_a_regular_file_opened_before_the_run_is_still_refused(tmp_path):
+    numbers = tmp_path / "numbers.txt"
+    numbers.write_bytes(_numbers(10))
+    with open(numbers) as opened:
+        flow = Dataflow("file")
+        flow.from_iterable(opened).collect()
+        with pytest.raises(Exception, match="would share its read position"):
+            run(flow, cores=2)
