@@ -57,16 +57,25 @@ def consumed_before(position: int, group: int, groups: int, run: int = 1) -> int
 def merge_consumed(snapshots: list, ended, groups: int) -> dict:
     """A snapshot for the new kernels, `{"consumed": {partition: count},
     "run": run}`, from every old kernel's snapshot (a source's); a kernel
-    whose source had ended (`ended`) had read all of its partitions."""
+    whose source had ended (`ended`) had read all of its partitions, unless
+    a snapshot counts them: a stream (the standard input) is read whole by
+    kernel 0, whose share is every partition, and the other kernels' sources
+    end at once, having read none (their partitions counted as read, a
+    rescaled resume lost them). A partition counted by several snapshots
+    (kernel 0's and, before its source ended, another's 0) takes the most."""
     old = len(snapshots)
     merged: dict = {}
+    read_to_the_end: dict = {}
     run = 1
     for kernel, snapshot in enumerate(snapshots):
         if snapshot == ended:
-            merged.update(dict.fromkeys(range(kernel, groups, old), ALL))
+            read_to_the_end.update(dict.fromkeys(range(kernel, groups, old), ALL))
         elif snapshot is not None:
-            merged.update(snapshot["consumed"])
+            for partition, count in snapshot["consumed"].items():
+                merged[partition] = max(merged.get(partition, 0), count)
             run = snapshot.get("run", 1)
+    for partition, count in read_to_the_end.items():
+        merged.setdefault(partition, count)
     return {"consumed": merged, "run": run}
 
 

@@ -156,3 +156,28 @@ def test_a_regular_file_opened_before_the_run_is_still_refused(tmp_path):
         flow.from_iterable(opened).collect()
         with pytest.raises(Exception, match="would share its read position"):
             run(flow, cores=2)
+
+
+@pytest.mark.parametrize("old", [1, 2, 3])
+@pytest.mark.parametrize("read_before", [0, 1, 777, 5_000])
+def test_a_stream_resumed_on_another_number_of_kernels_goes_on_where_kernel_0_stopped(old, read_before):
+    """The sources' positions of a run over the standard input, rescaled:
+    kernel 0 read the stream whole (a share of every partition), the other
+    kernels' sources ended at once having read nothing (`"ended"`) or not
+    yet (a snapshot counting none). The new kernel 0 (of any number) reads
+    exactly what the old one had not: with the ended kernels' partitions
+    counted as read, a resume from two kernels skipped half of what was
+    left, and with their snapshots' none, read it again."""
+    from kernel.operators._shares import Share, merge_consumed
+
+    groups, records = 128, list(range(5_000))
+    reader = Share(0, 1, groups)
+    taken, _ = reader.take_from(iter(records), read_before) if read_before else ([], False)
+    assert taken == records[:read_before]
+    for others_ended in (True, False):
+        snapshots = [reader.snapshot()] + [
+            "ended" if others_ended else Share(k, old, groups).snapshot() for k in range(1, old)]
+        resumed = Share(0, 1, groups)
+        resumed.restore(merge_consumed(snapshots, "ended", groups))
+        rest, exhausted = resumed.take_from(iter(records), len(records) + 1)
+        assert rest == records[read_before:] and exhausted, (others_ended, len(rest))
