@@ -5,6 +5,7 @@ its result or its error sent back over a pipe."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import pickle
 import signal
@@ -148,6 +149,13 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
     (a run of `run_async`, forked from an application): close the stream
     sockets inherited from it (`_close_inherited_streams`)."""
     status = 1
+    # A kernel leaves by os._exit, which runs no exit handler: those of its
+    # own (a pipeline file's module-level `atexit.register`, as each kernel
+    # imports it under `--cores N`; a client a function made) run when its
+    # run ends, as at an interpreter's exit on one kernel; never the
+    # caller's, inherited across the fork (they would run N more times:
+    # a TemporaryDirectory's cleanup, the caller's summary).
+    atexit._clear()
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _default_signals()
@@ -181,6 +189,7 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
             coordinator = KernelSide(store, index, conn.send, commits, interval, snapshot, restored_epoch,
                                      finished_before)
         results = uvloop.run(build_runtime(index, peers, transport, coordinator))
+        atexit._run_exitfuncs()  # (one raising is printed on stderr, as at an interpreter's exit)
         _flush_standard_streams()
         conn.send(("ok", results))
         status = 0
@@ -192,6 +201,7 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
             pickle.loads(blob)
         except Exception:
             blob = None
+        atexit._run_exitfuncs()
         _flush_standard_streams()
         try:
             conn.send(("error", (type(exc).__name__, blob, text)))
