@@ -21,6 +21,7 @@ import uvloop
 from kernel.dataflow._errors import keep_cause_traceback
 from kernel.scheduling._continues import note_continues
 
+from ._queued_logs import emit_queued_logs_here
 from ._signals import release_in_kernel
 from ._standard_input import take_standard_input
 from ._written_files import line_buffered
@@ -164,6 +165,7 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
         if close_streams:
             _close_inherited_streams()
         take_standard_input(index, peers)
+        emit_queued_logs_here()
         _output_by_whole_lines()
         _die_with_parent(launcher_pid)
         if cpu is not None:  # the link relay is not pinned: it shares the kernels' CPUs
