@@ -22,6 +22,7 @@ from kernel.dataflow._errors import keep_cause_traceback
 from kernel.scheduling._continues import note_continues
 
 from ._queued_logs import emit_queued_logs_here
+from ._random_seeds import seed_kernel
 from ._signals import release_in_kernel
 from ._standard_input import take_standard_input
 from ._written_files import line_buffered
@@ -166,6 +167,7 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
             _close_inherited_streams()
         take_standard_input(index, peers)
         emit_queued_logs_here()
+        seed_kernel(index)
         _output_by_whole_lines()
         _die_with_parent(launcher_pid)
         if cpu is not None:  # the link relay is not pinned: it shares the kernels' CPUs
