@@ -1,0 +1,161 @@
+"""Review of the kernel watchdog (kernel/scheduling/_watchdog.py): two
+kernels sharing one loop each blamed the other's blocked step; a report
+whose logging handler needs the loop hung the run at its end; on Python
+3.12+ a run on kernel processes beside a one-kernel `run_async` warned that
+the process forked with threads (the watchdog's)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import time
+import warnings
+
+import pytest
+
+from kernel import Dataflow, run_async
+from kernel.scheduling import _watchdog
+
+BLOCKED = "has not handed the event loop back"
+
+
+@pytest.fixture
+def quick(monkeypatch):
+    """The watchdog looking every 20 ms and reporting from 0.3 s."""
+    monkeypatch.setattr(_watchdog, "REPORT_AFTER", 0.3)
+    monkeypatch.setattr(_watchdog, "CHECK", 0.02)
+
+
+class _Reports(logging.Handler):
+    """The watchdog's reports on logger `kernel`; `on_report(record)` is
+    called at each, on the watchdog's thread."""
+
+    def __init__(self, on_report=None) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.on_report = on_report
+        self.arrived = threading.Event()
+
+    def emit(self, record) -> None:
+        if BLOCKED not in record.getMessage():
+            return
+        self.records.append(record)
+        self.arrived.set()
+        if self.on_report is not None:
+            self.on_report(record)
+
+
+@pytest.fixture
+def reports():
+    made = []
+
+    def attach(on_report=None) -> _Reports:
+        handler = _Reports(on_report)
+        logging.getLogger("kernel").addHandler(handler)
+        made.append(handler)
+        return handler
+
+    yield attach
+    for handler in made:
+        logging.getLogger("kernel").removeHandler(handler)
+
+
+def _messages(handler: _Reports) -> list[str]:
+    return [record.getMessage().split(":", 1)[0] for record in handler.records]
+
+
+async def test_two_kernels_on_one_loop_report_a_blocked_step_once_by_its_own_kernel(quick, reports):
+    """Two `run_async` runs share the test's loop; a map of the first blocks
+    until its kernel's second report (0.6 s). The second kernel's watchdog
+    sees the same blocked loop, but the step is not its own: one report at
+    0.3 s, not one from each kernel naming the first's step."""
+    seen = reports()
+    again = threading.Event()
+    seen.on_report = lambda record: "for 0.6 s" in record.getMessage() and again.set()
+
+    def blocks(x):
+        if x == 3:
+            assert again.wait(10), "no second report came"
+        return x
+
+    async def slow_input():
+        for i in range(30):
+            yield i
+            await asyncio.sleep(0.005)
+
+    blocking = Dataflow("blocking")
+    blocked = blocking.from_iterable(range(6)).map(blocks).collect()
+    beside = Dataflow("beside")
+    other = beside.from_async_iterable(slow_input()).collect()
+    await asyncio.gather(run_async(blocking), run_async(beside))
+    assert blocked.items == list(range(6)) and other.items == list(range(30))
+    first = [m for m in _messages(seen) if "for 0.3 s" in m]
+    assert first == [f"[kernel 0] from_iterable (step 0) {BLOCKED} for 0.3 s and is still running"], first
+
+
+async def test_a_report_whose_handler_needs_the_loop_does_not_hang_the_runs_end(quick, reports):
+    """A handler that ships each record through the loop (and waits for it,
+    as a log shipper over the application's connection does) is writing the
+    report when the step returns and the run ends: the kernel does not wait
+    for the watchdog while the watchdog waits for the loop (it waited until
+    the handler gave up, 5 s). The handler's record is shipped once the
+    loop is free, and the watchdog's thread then ends."""
+    loop = asyncio.get_running_loop()
+    shipped = []
+
+    async def ship(message):
+        shipped.append(message)
+
+    def through_the_loop(record):
+        asyncio.run_coroutine_threadsafe(ship(record.getMessage()), loop).result(5)
+
+    seen = reports(through_the_loop)
+
+    def blocks(x):
+        assert seen.arrived.wait(10), "no report came"
+        return x
+
+    flow = Dataflow("shipped")
+    out = flow.from_iterable(range(1)).map(blocks).collect()
+    started = time.monotonic()
+    await run_async(flow)
+    assert time.monotonic() - started < 2.5
+    assert out.items == [0]
+    for _ in range(200):
+        if shipped and _watchdog.running() == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert len(shipped) == 1 and BLOCKED in shipped[0]
+    assert _watchdog.running() == 0
+    assert not [t for t in threading.enumerate() if t.name == "streamkernel-watchdog"]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="Python 3.12 warns at a fork with threads")
+async def test_kernel_processes_forked_beside_a_one_kernel_run_async_give_no_fork_warning():
+    """Python 3.12+ warns (DeprecationWarning) at a fork from a process with
+    other threads. `run_async(flow, cores=2)` beside a one-kernel run on the
+    same loop forks while that kernel's watchdog runs: the launcher's own
+    fork, with no thread of the application's, warned once for each kernel."""
+
+    async def slow_input():
+        for i in range(20):
+            yield i
+            await asyncio.sleep(0.005)
+
+    beside = Dataflow("beside")
+    one = beside.from_async_iterable(slow_input()).collect()
+    forked = Dataflow("forked")
+    two = forked.from_iterable(range(8)).collect()
+
+    async def forks():
+        await asyncio.sleep(0.02)
+        assert _watchdog.running() == 1  # the one-kernel run's
+        await run_async(forked, cores=2)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        await asyncio.gather(run_async(beside), forks())
+    assert one.items == list(range(20)) and sorted(two.items) == list(range(8))
+    assert [str(w.message) for w in caught if "multi-threaded" in str(w.message)] == []
