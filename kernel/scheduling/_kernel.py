@@ -320,9 +320,11 @@ class Kernel:
     def _blocked_in(self, frames: list) -> str | None:
         """What of this kernel's work the loop's thread is in (`frames`,
         innermost first; read by the watchdog's thread): an activation of a
-        slice, or one of the kernel's tasks; None if neither (the host's)."""
+        slice of its scheduler, or one of its tasks; None if neither (the
+        host's, or another kernel's on the same loop)."""
         for frame in frames:
-            if frame.f_code is _RUN_SLICE:
+            # (another kernel's slice on this loop, run_async twice beside, is that kernel's to report)
+            if frame.f_code is _RUN_SLICE and frame.f_locals.get("self") is self._scheduler:
                 activation = frame.f_locals.get("activation")
                 return getattr(activation, "name", None) or repr(activation)
         loop = self._loop
