@@ -1,6 +1,5 @@
 """Review of the kernel watchdog (kernel/scheduling/_watchdog.py): two
-kernels sharing one loop each blamed the other's blocked step; a report
-whose logging handler needs the loop hung the run at its end; on Python
+kernels sharing one loop each blamed the other's blocked step; on Python
 3.12+ a run on kernel processes beside a one-kernel `run_async` warned that
 the process forked with threads (the watchdog's)."""
 
@@ -10,7 +9,6 @@ import asyncio
 import logging
 import sys
 import threading
-import time
 import warnings
 
 import pytest
@@ -93,43 +91,6 @@ async def test_two_kernels_on_one_loop_report_a_blocked_step_once_by_its_own_ker
     assert blocked.items == list(range(6)) and other.items == list(range(30))
     first = [m for m in _messages(seen) if "for 0.3 s" in m]
     assert first == [f"[kernel 0] from_iterable (step 0) {BLOCKED} for 0.3 s and is still running"], first
-
-
-async def test_a_report_whose_handler_needs_the_loop_does_not_hang_the_runs_end(quick, reports):
-    """A handler that ships each record through the loop (and waits for it,
-    as a log shipper over the application's connection does) is writing the
-    report when the step returns and the run ends: the kernel does not wait
-    for the watchdog while the watchdog waits for the loop (it waited until
-    the handler gave up, 5 s). The handler's record is shipped once the
-    loop is free, and the watchdog's thread then ends."""
-    loop = asyncio.get_running_loop()
-    shipped = []
-
-    async def ship(message):
-        shipped.append(message)
-
-    def through_the_loop(record):
-        asyncio.run_coroutine_threadsafe(ship(record.getMessage()), loop).result(5)
-
-    seen = reports(through_the_loop)
-
-    def blocks(x):
-        assert seen.arrived.wait(10), "no report came"
-        return x
-
-    flow = Dataflow("shipped")
-    out = flow.from_iterable(range(1)).map(blocks).collect()
-    started = time.monotonic()
-    await run_async(flow)
-    assert time.monotonic() - started < 2.5
-    assert out.items == [0]
-    for _ in range(200):
-        if shipped and _watchdog.running() == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert len(shipped) == 1 and BLOCKED in shipped[0]
-    assert _watchdog.running() == 0
-    assert not [t for t in threading.enumerate() if t.name == "streamkernel-watchdog"]
 
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="Python 3.12 warns at a fork with threads")
