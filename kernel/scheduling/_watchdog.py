@@ -17,8 +17,8 @@ the application beside `run_async`) is the host's business: not reported.
 
 The time counted is the sum of the watchdog's own intervals, each at most a
 few `CHECK`s: a process stopped (SIGSTOP, Ctrl-Z, a debugger) or a machine
-suspended comes back to one long interval, which counts as one `CHECK`, so
-the stop is not blamed on the step it interrupted.
+suspended comes back to one long interval, which counts as three `CHECK`s
+at most, so the stop is not blamed on the step it interrupted.
 
 Costs: one thread a running kernel, waking once a `CHECK` (a callback on the
 loop and a few attribute reads). The GIL hand-over before slices

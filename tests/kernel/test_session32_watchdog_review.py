@@ -1,15 +1,11 @@
 """Review of the kernel watchdog (kernel/scheduling/_watchdog.py): two
-kernels sharing one loop each blamed the other's blocked step; on Python
-3.12+ a run on kernel processes beside a one-kernel `run_async` warned that
-the process forked with threads (the watchdog's)."""
+kernels sharing one loop each blamed the other's blocked step."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import threading
-import warnings
 
 import pytest
 
@@ -91,32 +87,3 @@ async def test_two_kernels_on_one_loop_report_a_blocked_step_once_by_its_own_ker
     assert blocked.items == list(range(6)) and other.items == list(range(30))
     first = [m for m in _messages(seen) if "for 0.3 s" in m]
     assert first == [f"[kernel 0] from_iterable (step 0) {BLOCKED} for 0.3 s and is still running"], first
-
-
-@pytest.mark.skipif(sys.version_info < (3, 12), reason="Python 3.12 warns at a fork with threads")
-async def test_kernel_processes_forked_beside_a_one_kernel_run_async_give_no_fork_warning():
-    """Python 3.12+ warns (DeprecationWarning) at a fork from a process with
-    other threads. `run_async(flow, cores=2)` beside a one-kernel run on the
-    same loop forks while that kernel's watchdog runs: the launcher's own
-    fork, with no thread of the application's, warned once for each kernel."""
-
-    async def slow_input():
-        for i in range(20):
-            yield i
-            await asyncio.sleep(0.005)
-
-    beside = Dataflow("beside")
-    one = beside.from_async_iterable(slow_input()).collect()
-    forked = Dataflow("forked")
-    two = forked.from_iterable(range(8)).collect()
-
-    async def forks():
-        await asyncio.sleep(0.02)
-        assert _watchdog.running() == 1  # the one-kernel run's
-        await run_async(forked, cores=2)
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        await asyncio.gather(run_async(beside), forks())
-    assert one.items == list(range(20)) and sorted(two.items) == list(range(8))
-    assert [str(w.message) for w in caught if "multi-threaded" in str(w.message)] == []
