@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
-import sys
 import threading
-import warnings
 
 import pytest
 
-from kernel import Dataflow, run, run_async
+from kernel import Dataflow, run_async
 from kernel.scheduling import _watchdog
 
 BLOCKED = "has not handed the event loop back"
@@ -90,58 +87,3 @@ async def test_two_kernels_on_one_loop_report_a_blocked_step_once_by_its_own_ker
     assert blocked.items == list(range(6)) and other.items == list(range(30))
     first = [m for m in _messages(seen) if "for 0.3 s" in m]
     assert first == [f"[kernel 0] from_iterable (step 0) {BLOCKED} for 0.3 s and is still running"], first
-
-
-def _square(x):
-    return x * x
-
-
-@pytest.mark.skipif(sys.version_info < (3, 12), reason="Python 3.12+ warns at a fork with threads")
-@pytest.mark.parametrize("times", [1, 3])
-def test_a_step_that_forks_is_not_told_of_the_watchdogs_thread(times):
-    """Python 3.12+ warns (DeprecationWarning) at a fork from a process with
-    other threads, as a lock one holds stays held in the child. A step that
-    forks (multiprocessing's default on Linux before 3.14) in a one-kernel
-    run heard it of the watchdog's thread, which a run without the watchdog
-    does not have: the watchdog now steps aside for the fork, and watches
-    again after it (a step blocked later is still reported)."""
-
-    def forks(x):
-        for _ in range(times):
-            with multiprocessing.get_context("fork").Pool(1) as pool:
-                x = pool.apply(_square, (x,)) if x < 100 else x
-        return x
-
-    flow = Dataflow("forks")
-    out = flow.from_iterable(range(3), batch_size=1).map(forks).collect()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        run(flow)
-    expected = []
-    for x in range(3):
-        for _ in range(times):
-            x = x * x if x < 100 else x
-        expected.append(x)
-    assert out.items == expected
-    assert [str(w.message) for w in caught if "multi-threaded" in str(w.message)] == []
-    assert _watchdog.running() == 0
-
-
-def test_a_step_blocked_after_a_fork_is_still_reported(quick, reports):
-    """The watchdog stepped aside for a step's fork comes back: the step
-    blocks after forking and is reported once, naming it."""
-    seen = reports()
-
-    def forks_then_blocks(x):
-        with multiprocessing.get_context("fork").Pool(1) as pool:
-            x = pool.apply(_square, (x,))
-        if x == 4:
-            assert seen.arrived.wait(10), "no report came"
-        return x
-
-    flow = Dataflow("forks")
-    out = flow.from_iterable(range(3), batch_size=1).map(forks_then_blocks).collect()
-    run(flow)
-    assert out.items == [0, 1, 4]
-    assert _messages(seen) == [f"[kernel 0] from_iterable (step 0) {BLOCKED} for 0.3 s and is still running"]
-    assert "in forks_then_blocks" in seen.records[0].getMessage()
