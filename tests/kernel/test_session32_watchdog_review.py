@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from kernel import Dataflow, run_async
+from kernel import Dataflow, run, run_async
 from kernel.scheduling import _watchdog
 
 BLOCKED = "has not handed the event loop back"
@@ -87,3 +87,24 @@ async def test_two_kernels_on_one_loop_report_a_blocked_step_once_by_its_own_ker
     assert blocked.items == list(range(6)) and other.items == list(range(30))
     first = [m for m in _messages(seen) if "for 0.3 s" in m]
     assert first == [f"[kernel 0] from_iterable (step 0) {BLOCKED} for 0.3 s and is still running"], first
+
+
+def test_a_fused_chains_generated_frames_are_not_shown_as_the_users(quick, reports):
+    """A map blocked in a fused chain (map, filter, map: one generated
+    comprehension, operators/_fusion.py) is shown from its own function in:
+    the comprehension's frames ("<fused chain N>", no source to show) are
+    the library's, not the user's, and were shown first."""
+    seen = reports()
+
+    def waits(x):
+        if x == 2:
+            assert seen.arrived.wait(10), "no report came"
+        return x
+
+    flow = Dataflow("fused")
+    out = flow.from_iterable(range(4)).map(lambda x: x).filter(lambda x: True).map(waits).collect()
+    run(flow)
+    assert out.items == list(range(4))
+    where = seen.records[0].getMessage().split("(innermost last):\n", 1)[1]
+    assert where.startswith(f'  File "{__file__}", line ') and "in waits" in where, where
+    assert "<fused chain" not in where, where
