@@ -43,7 +43,8 @@ _FRAMES = 12  # the most frames of the loop's thread a report shows
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _MACHINERY = tuple(os.path.join(_ROOT, package) + os.sep
                    for package in ("kernel", "operators", "net", "state", "aliases"))
-_MACHINERY += (os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep,)
+_MACHINERY += (os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep,
+               "<fused chain ")  # a fused chain's generated comprehension (operators/_fusion.py)
 _running = 0  # watchdog threads alive in this process
 _running_lock = threading.Lock()
 
