@@ -4,7 +4,9 @@ kernels sharing one loop each blamed the other's blocked step."""
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+import pdb
 import threading
 
 import pytest
@@ -108,3 +110,48 @@ def test_a_fused_chains_generated_frames_are_not_shown_as_the_users(quick, repor
     where = seen.records[0].getMessage().split("(innermost last):\n", 1)[1]
     assert where.startswith(f'  File "{__file__}", line ') and "in waits" in where, where
     assert "<fused chain" not in where, where
+
+
+class _DebuggerInput:
+    """What a user types at pdb's prompt: `c` (continue), once `ready` is set."""
+
+    def __init__(self, ready: threading.Event) -> None:
+        self.ready = ready
+
+    def readline(self) -> str:
+        assert self.ready.wait(10), "the watchdog never looked"
+        return "c\n"
+
+
+def test_a_step_stopped_at_a_debuggers_prompt_is_not_reported(quick, reports, monkeypatch):
+    """pdb at a breakpoint in a step waits at its prompt for the user: the
+    loop is blocked, but not by the step. It was reported (at 10, 20, 40 s...,
+    into the debugging session); now the watchdog, having looked twice at
+    the report's time, says nothing. Continued, the step then blocks in
+    earnest and is reported, from the time it left the debugger, without
+    the debugger's frames."""
+    seen = reports()
+    looked = []
+    looked_twice = threading.Event()
+    report = _watchdog.Watchdog._report
+
+    def counted(self, blocked):
+        looked.append(blocked)
+        if len(looked) >= 2:
+            looked_twice.set()
+        return report(self, blocked)
+
+    monkeypatch.setattr(_watchdog.Watchdog, "_report", counted)
+
+    def debugged(x):
+        if x == 1:
+            pdb.Pdb(stdin=_DebuggerInput(looked_twice), stdout=io.StringIO()).set_trace()
+            assert seen.arrived.wait(10), "no report came"
+        return x
+
+    flow = Dataflow("debugged")
+    out = flow.from_iterable(range(3)).map(debugged).collect()
+    run(flow)
+    assert out.items == [0, 1, 2]
+    assert _messages(seen) == [f"[kernel 0] from_iterable (step 0) {BLOCKED} for 0.3 s and is still running"]
+    assert "in debugged" in seen.records[0].getMessage() and "pdb.py" not in seen.records[0].getMessage()
