@@ -45,6 +45,9 @@ _MACHINERY = tuple(os.path.join(_ROOT, package) + os.sep
                    for package in ("kernel", "operators", "net", "state", "aliases"))
 _MACHINERY += (os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep,
                "<fused chain ")  # a fused chain's generated comprehension (operators/_fusion.py)
+# a debugger's (pdb's, ipdb's: the standard library's bdb) handling of a line or call: the thread is
+# at its prompt. (Not any bdb frame: under `python -m pdb` the whole program runs in one.)
+_BDB = os.path.join(os.path.dirname(os.path.abspath(os.__file__)), "bdb.py")
 _running = 0  # watchdog threads alive in this process
 _running_lock = threading.Lock()
 
@@ -137,17 +140,22 @@ class Watchdog:
             blocked += elapsed
             if blocked >= report_at:
                 report_at *= 2
-                self._report(blocked)
+                if not self._report(blocked):  # at a debugger's prompt: the user's time, not the step's
+                    blocked, report_at = 0.0, self._after
 
-    def _report(self, blocked: float) -> None:
+    def _report(self, blocked: float) -> bool:
+        """Reports the loop's thread if it is in the kernel's work; False
+        if it waits at a debugger's prompt (a breakpoint in a step)."""
         frame = sys._current_frames().get(self._thread_id)
         frames = []
         while frame is not None:
             frames.append(frame)
             frame = frame.f_back
+        if any(f.f_code.co_name == "trace_dispatch" and f.f_code.co_filename == _BDB for f in frames):
+            return False
         what = self._where(frames)
         if what is None:
-            return
+            return True
         inner = traceback.StackSummary.extract((f, f.f_lineno) for f in reversed(_shown(frames))).format()
         self._log(
             f"{what} has not handed the event loop back for {blocked:.1f} s and is still running: "
@@ -155,6 +163,7 @@ class Watchdog:
             f"a queue?); its thread is at (innermost last):\n{''.join(inner).rstrip()}",
             what,
         )
+        return True
 
 
 def _shown(frames: list) -> list:
