@@ -1,0 +1,144 @@
+"""Review of session 32's kernel-process fixes (the standard input, exit
+handlers, queued logs): what still broke.
+
+- Kernel 1's stand-in for `sys.stdin` had no `buffer` and no `reconfigure`:
+  a pipeline file reading `sys.stdin.buffer` (bytes), or calling
+  `sys.stdin.reconfigure(...)` at module level, failed every kernel but 0
+  on import.
+- A kernel forgot the caller's exit handlers, `weakref.finalize`'s hook
+  among them, which is registered once a process: a `TemporaryDirectory` a
+  step made in a kernel was left on disk, where one kernel removes it at
+  exit.
+- `logging.shutdown` is an exit handler too (registered when the caller
+  imported logging): a kernel never flushed its own logging handlers, so a
+  `MemoryHandler` a pipeline file set up wrote nothing on two kernels.
+Each case runs in a process of its own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+LINES = 5_000
+
+
+def _numbers(n: int = LINES) -> bytes:
+    return "".join(f"{i}\n" for i in range(1, n + 1)).encode()
+
+
+def _cli(tmp_path, code: str, cores: int, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    script = tmp_path / "pipeline.py"
+    script.write_text(textwrap.dedent(code))
+    return subprocess.run([sys.executable, "-m", "kernel.run", str(script), "--cores", str(cores)],
+                          input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
+                          capture_output=True, timeout=120, cwd=tmp_path)
+
+
+READS_STDIN = {
+    "sys.stdin.buffer": """
+        import sys
+        from kernel import Dataflow
+        flow = Dataflow("stdin")
+        flow.from_iterable(sys.stdin.buffer).map(int).print()
+    """,
+    "a TextIOWrapper over sys.stdin.buffer": """
+        import io, sys
+        from kernel import Dataflow
+        flow = Dataflow("stdin")
+        flow.from_iterable(io.TextIOWrapper(sys.stdin.buffer, encoding="latin-1")).map(int).print()
+    """,
+    "sys.stdin.reconfigure": """
+        import sys
+        from kernel import Dataflow
+        sys.stdin.reconfigure(encoding="utf-8", errors="replace")
+        flow = Dataflow("stdin")
+        flow.from_iterable(sys.stdin).map(int).print()
+    """,
+}
+
+
+@pytest.mark.parametrize("how", list(READS_STDIN))
+def test_the_standard_input_read_as_bytes_or_reconfigured_is_read_once_on_two_kernels(tmp_path, how):
+    done = _cli(tmp_path, READS_STDIN[how], 2, _numbers())
+    assert done.returncode == 0, done.stderr.decode()
+    assert sorted(map(int, done.stdout.split())) == list(range(1, LINES + 1))
+
+
+def test_kernel_1s_binary_standard_input_refuses_to_be_read_saying_whose_it_is(tmp_path):
+    code = """
+        import sys
+        from kernel import Dataflow
+        def numbers():
+            for line in sys.stdin.buffer:
+                yield int(line)
+        flow = Dataflow("stdin")
+        flow.from_iterable(numbers()).print()
+    """
+    done = _cli(tmp_path, code, 2, _numbers())
+    assert done.returncode == 1
+    error = done.stderr.decode()
+    assert "function 'numbers' raised StandardInputError" in error, error
+    assert "kernel 1 read the standard input: on 2 kernels it is kernel 0's alone" in error
+
+
+MAKES_TEMPORARY_DIRECTORIES = """
+    import os, sys, tempfile
+    from kernel import Dataflow, current_kernel, run
+    caller = tempfile.TemporaryDirectory(dir={tmp!r}, prefix="caller-")
+    kept = []
+    def step(x):
+        if x < 2:  # one or two a kernel, held until the kernel's exit
+            kept.append(tempfile.TemporaryDirectory(dir={tmp!r}, prefix="step-"))
+        return x
+    flow = Dataflow("dirs")
+    flow.from_iterable(range(8)).map(step).sink(lambda x: None)
+    run(flow, cores={cores})
+    print(os.path.isdir(caller.name))
+"""
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_a_temporary_directory_a_step_made_in_a_kernel_is_removed_and_the_callers_is_not(tmp_path, cores):
+    """On one kernel the step's directories go at the caller's exit; on
+    two, at each kernel's (`weakref.finalize`'s exit handler); the caller's
+    outlives the run either way."""
+    script = tmp_path / "caller.py"
+    script.write_text(textwrap.dedent(MAKES_TEMPORARY_DIRECTORIES.format(tmp=str(tmp_path), cores=cores)))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().split() == ["True"]
+    left = sorted(name for name in os.listdir(tmp_path) if name.startswith(("step-", "caller-")))
+    assert left == []
+
+
+MEMORY_HANDLER = """
+    import logging, logging.handlers
+    from kernel import Dataflow
+    target = logging.FileHandler({path!r})
+    held = logging.handlers.MemoryHandler(capacity=1000, flushLevel=logging.CRITICAL, target=target)
+    log = logging.getLogger("mine")
+    log.addHandler(held)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    def step(x):
+        log.info("record %d", x)
+        return x
+    flow = Dataflow("logs")
+    flow.from_iterable(range(40)).map(step).sink(lambda x: None)
+"""
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_a_pipeline_files_buffering_log_handler_is_flushed_when_each_kernel_ends(tmp_path, cores):
+    """As `logging.shutdown` does at an interpreter's exit: every record
+    once, on one kernel and on two."""
+    path = tmp_path / "records.log"
+    done = _cli(tmp_path, MEMORY_HANDLER.format(path=str(path)), cores)
+    assert done.returncode == 0, done.stderr.decode()
+    written = path.read_text().splitlines() if path.exists() else []
+    assert sorted(written) == sorted(f"record {i}" for i in range(40))
