@@ -44,7 +44,10 @@ def take_standard_input(index: int, peers: int) -> None:
     hidden: the links process of a cluster has multiprocessing's.)"""
     if _caller_stdin is _NOT_HIDDEN:
         return
-    sys.stdin = _caller_stdin if index == 0 else Elsewhere(index, peers)
+    if index == 0:
+        sys.stdin = _caller_stdin
+    else:
+        sys.stdin = Elsewhere(index, peers, getattr(_caller_stdin, "encoding", None) or "utf-8")
 
 
 class Elsewhere(io.TextIOBase):
@@ -54,9 +57,30 @@ class Elsewhere(io.TextIOBase):
     `fileinput`: kernel 0 would have kept its share of the lines only, and
     the others read nothing)."""
 
-    def __init__(self, index: int, peers: int) -> None:
+    def __init__(self, index: int, peers: int, encoding: str = "utf-8") -> None:
         super().__init__()
-        self._index, self._peers = index, peers
+        self._index, self._peers, self._encoding = index, peers, encoding
+        self._buffer = _BinaryElsewhere(self)
+
+    # What a pipeline file may touch at module level, which every kernel
+    # imports: `sys.stdin.buffer` (bytes; its reading refuses as this one's
+    # does), `sys.stdin.reconfigure(...)`, the encoding.
+    @property
+    def buffer(self) -> _BinaryElsewhere:
+        return self._buffer
+
+    @property
+    def encoding(self) -> str:
+        return self._encoding
+
+    @property
+    def name(self) -> str:
+        return "<stdin>"
+
+    def reconfigure(self, *, encoding=None, errors=None, newline=None, line_buffering=None,
+                    write_through=None) -> None:
+        if encoding is not None:
+            self._encoding = encoding
 
     def readable(self) -> bool:
         return True
@@ -88,14 +112,56 @@ class Elsewhere(io.TextIOBase):
         )
 
 
+class _BinaryElsewhere(io.BufferedIOBase):
+    """`sys.stdin.buffer` of a kernel other than kernel 0: refuses as its
+    `Elsewhere` does (`io.TextIOWrapper` over it too)."""
+
+    def __init__(self, text: Elsewhere) -> None:
+        super().__init__()
+        self._text = text
+
+    def readable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self._text.fileno()
+
+    def read(self, size: int | None = -1) -> bytes:
+        raise self._text._refusal()
+
+    def read1(self, size: int = -1) -> bytes:
+        raise self._text._refusal()
+
+    def readinto(self, buffer) -> int:
+        raise self._text._refusal()
+
+    def readline(self, size: int | None = -1) -> bytes:
+        raise self._text._refusal()
+
+    def peek(self, size: int = 0) -> bytes:
+        raise self._text._refusal()
+
+
 def is_stream(file) -> bool:
     """Whether `file` (a file object) is one that only one process can read
     whole: the standard input (whatever it is: a pipe, a terminal, a file
     given with `<`, whose read position the kernels would share), another
-    kernel's stand-in for it, or any file that is not a regular one (a pipe,
-    a FIFO, a socket, a terminal)."""
-    if isinstance(file, Elsewhere):
-        return True
+    kernel's stand-in for it (its `buffer` too, or a wrapper over either),
+    or any file that is not a regular one (a pipe, a FIFO, a socket, a
+    terminal)."""
+    inner = file
+    for _ in range(3):  # a wrapper over another kernel's stand-in: TextIOWrapper(sys.stdin.buffer)
+        if isinstance(inner, (Elsewhere, _BinaryElsewhere)):
+            return True
+        try:
+            inner = getattr(inner, "buffer", None) or getattr(inner, "raw", None)
+        except Exception:  # (detached, closed)
+            break
+        if inner is None:
+            break
     try:
         fd = file.fileno()
         return fd == 0 or not stat.S_ISREG(os.fstat(fd).st_mode)
