@@ -15,6 +15,7 @@ import struct
 import sys
 import time
 import traceback
+import weakref
 
 import uvloop
 
@@ -145,6 +146,20 @@ def gate_record(epoch: int = 0, finished: bool = False, plan=None) -> bytes:
     return GATE_RECORD.pack(epoch, finished, written, src, cluster, *(shape or (0, 0)), kernels, cut)
 
 
+def _forget_the_callers_exit_handlers() -> None:
+    """`atexit._clear()`, and `weakref.finalize`'s hook back for the
+    kernel's own finalizers: it registers that once a process, so with the
+    caller's hook cleared a finalizer made in the kernel (a
+    TemporaryDirectory a step made) never ran, where one kernel runs it at
+    exit. The caller's finalizers, inherited, stay the caller's (its
+    TemporaryDirectory is not removed by each kernel)."""
+    atexit._clear()
+    for info in list(weakref.finalize._registry.values()):
+        info.atexit = False
+    weakref.finalize._registered_with_atexit = True
+    atexit.register(weakref.finalize._exitfunc)
+
+
 def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid,
                  epochs=None, commits=None, gate=None, close_streams=False) -> None:
     """A kernel process: pinned, one uvloop, nothing else. `close_streams`
@@ -157,7 +172,7 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
     # run ends, as at an interpreter's exit on one kernel; never the
     # caller's, inherited across the fork (they would run N more times:
     # a TemporaryDirectory's cleanup, the caller's summary).
-    atexit._clear()
+    _forget_the_callers_exit_handlers()
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _default_signals()
