@@ -142,3 +142,39 @@ def test_a_pipeline_files_buffering_log_handler_is_flushed_when_each_kernel_ends
     assert done.returncode == 0, done.stderr.decode()
     written = path.read_text().splitlines() if path.exists() else []
     assert sorted(written) == sorted(f"record {i}" for i in range(40))
+
+
+CALLERS_MEMORY_HANDLER = """
+    import logging, logging.handlers
+    from kernel import Dataflow, run
+    target = logging.FileHandler({path!r})
+    held = logging.handlers.MemoryHandler(capacity=1000, flushLevel=logging.CRITICAL, target=target)
+    log = logging.getLogger("mine")
+    log.addHandler(held)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    log.info("before the run")  # held in the caller's buffer as the kernels fork
+    def step(x):
+        log.info("record %d", x)
+        return x
+    flow = Dataflow("logs")
+    flow.from_iterable(range(40)).map(step).sink(lambda x: None)
+    run(flow, cores={cores})
+    log.info("after the run")
+"""
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_the_callers_buffering_log_handler_writes_what_the_kernels_logged_once(tmp_path, cores):
+    """The kernels' records through the caller's `MemoryHandler` are
+    written when each kernel ends, and what the caller held as they forked
+    only by the caller, at its exit: every record once."""
+    path = tmp_path / "records.log"
+    script = tmp_path / "caller.py"
+    script.write_text(textwrap.dedent(CALLERS_MEMORY_HANDLER.format(path=str(path), cores=cores)))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr.decode()
+    written = path.read_text().splitlines() if path.exists() else []
+    expected = ["before the run", "after the run"] + [f"record {i}" for i in range(40)]
+    assert sorted(written) == sorted(expected)
