@@ -22,7 +22,7 @@ import uvloop
 from kernel.dataflow._errors import keep_cause_traceback
 from kernel.scheduling._continues import note_continues
 
-from ._queued_logs import emit_queued_logs_here
+from ._queued_logs import emit_queued_logs_here, shut_logging_down_at_exit
 from ._random_seeds import seed_kernel
 from ._signals import release_in_kernel
 from ._standard_input import take_standard_input
@@ -152,8 +152,10 @@ def _forget_the_callers_exit_handlers() -> None:
     caller's hook cleared a finalizer made in the kernel (a
     TemporaryDirectory a step made) never ran, where one kernel runs it at
     exit. The caller's finalizers, inherited, stay the caller's (its
-    TemporaryDirectory is not removed by each kernel)."""
+    TemporaryDirectory is not removed by each kernel). And `logging.shutdown`
+    for the kernel's own handlers (kernel/execution/_queued_logs.py)."""
     atexit._clear()
+    shut_logging_down_at_exit()  # (registered first, it runs last, as at an interpreter's exit)
     for info in list(weakref.finalize._registry.values()):
         info.atexit = False
     weakref.finalize._registered_with_atexit = True

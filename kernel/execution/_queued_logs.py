@@ -19,6 +19,7 @@ own drains the queue) is left alone too.
 
 from __future__ import annotations
 
+import atexit
 import gc
 import logging
 import logging.handlers
@@ -52,3 +53,32 @@ def _all_handlers() -> list[logging.Handler]:
 def _listeners() -> list[logging.handlers.QueueListener]:
     # (the whole heap, once, and only where a QueueHandler on a thread queue exists)
     return [found for found in gc.get_objects() if isinstance(found, logging.handlers.QueueListener)]
+
+
+def shut_logging_down_at_exit() -> None:
+    """In a kernel process, just forked, the caller's exit handlers cleared
+    (`logging.shutdown` among them): at the kernel's exit, what
+    `logging.shutdown` does at an interpreter's, for the kernel's own: the
+    handlers made in the kernel (a pipeline file's, each kernel importing
+    it) are flushed and closed, and the inherited buffering ones (a
+    `MemoryHandler`) flushed. Their copies of what the caller held as the
+    kernel forked are emptied first: the caller writes those. Before, a
+    `MemoryHandler` wrote nothing of what two kernels logged."""
+    inherited = list(logging._handlerList)  # weak references, kept so that their ids stay theirs
+    for ref in inherited:
+        handler = ref()
+        if isinstance(handler, logging.handlers.BufferingHandler):
+            handler.buffer = []
+    atexit.register(_shut_down, inherited)
+
+
+def _shut_down(inherited: list) -> None:
+    for ref in inherited:
+        handler = ref()
+        if isinstance(handler, logging.handlers.BufferingHandler):
+            try:
+                handler.flush()
+            except Exception:  # (as logging.shutdown: a handler's error does not stop the others)
+                pass
+    kept = {id(ref) for ref in inherited}
+    logging.shutdown([ref for ref in logging._handlerList if id(ref) not in kept])
