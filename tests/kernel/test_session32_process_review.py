@@ -178,3 +178,31 @@ def test_the_callers_buffering_log_handler_writes_what_the_kernels_logged_once(t
     written = path.read_text().splitlines() if path.exists() else []
     expected = ["before the run", "after the run"] + [f"record {i}" for i in range(40)]
     assert sorted(written) == sorted(expected)
+
+
+def test_an_async_source_over_the_standard_input_on_two_kernels_fails_saying_what_to_do(tmp_path):
+    """`loop.connect_read_pipe(..., sys.stdin)` in an async source runs in
+    every kernel; kernel 1's has no descriptor. The refusal said only
+    that; reading it in kernel 0 alone silently loses half the lines there
+    (an async source keeps its share of what it reads), so it says what
+    reads it whole."""
+    code = """
+        import asyncio, sys
+        from kernel import Dataflow
+        async def lines():
+            reader = asyncio.StreamReader()
+            await asyncio.get_running_loop().connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+            while line := await reader.readline():
+                yield int(line)
+        flow = Dataflow("stdin")
+        flow.from_async_iterable(lines).print()
+    """
+    done = _cli(tmp_path, code, 2, _numbers(100))
+    assert done.returncode == 1
+    error = done.stderr.decode()
+    assert "function 'lines' raised" in error, error
+    assert "kernel 1's sys.stdin has no file descriptor: on 2 kernels the standard input is kernel 0's" \
+        in error
+    assert "an async source keeps only its share of what it reads" in error
+    assert "from_iterable(sys.stdin) reads it in kernel 0, whole" in error
