@@ -27,6 +27,12 @@ class StandardInputError(RuntimeError):
     """A kernel other than kernel 0 read the standard input (raised in the
     function that did, and so named with its step, as any error there)."""
 
+
+class NoDescriptor(StandardInputError, io.UnsupportedOperation):
+    """Kernel 1's `sys.stdin.fileno()`: a StandardInputError, and what a
+    file without a descriptor raises (code that falls back on it)."""
+
+
 _NOT_HIDDEN = object()
 _caller_stdin = _NOT_HIDDEN  # in a kernel process: the sys.stdin it was forked with
 
@@ -89,8 +95,14 @@ class Elsewhere(io.TextIOBase):
         return False
 
     def fileno(self) -> int:
-        raise io.UnsupportedOperation(f"kernel {self._index}'s sys.stdin has no file descriptor: "
-                                      "the standard input is kernel 0's")
+        # (asked by an async source: loop.connect_read_pipe(..., sys.stdin), in every kernel)
+        raise NoDescriptor(
+            f"kernel {self._index}'s sys.stdin has no file descriptor: on {self._peers} kernels the "
+            "standard input is kernel 0's alone, and an async source that reads it runs in every "
+            "kernel (reading it in kernel 0 alone would not do: an async source keeps only its "
+            "share of what it reads): from_iterable(sys.stdin) reads it in kernel 0, whole, "
+            "or run on one kernel"
+        )
 
     def read(self, size: int | None = -1) -> str:
         raise self._refusal()
