@@ -206,3 +206,36 @@ def test_an_async_source_over_the_standard_input_on_two_kernels_fails_saying_wha
         in error
     assert "an async source keeps only its share of what it reads" in error
     assert "from_iterable(sys.stdin) reads it in kernel 0, whole" in error
+
+
+LEAVES_WORK_IN_THREADS = """
+    import threading, time
+    from concurrent.futures import ThreadPoolExecutor
+    from kernel import Dataflow
+    pool = ThreadPoolExecutor(2)
+    def note(path, x, pause):
+        time.sleep(pause)  # still working as the kernel's run ends
+        with open(path, "a") as out:
+            out.write(f"{{x}}\\n")
+    def step(x):
+        pool.submit(note, {pooled!r}, x, 0.02)
+        if x < 3:
+            threading.Thread(target=note, args=({threads!r}, x, 0.1)).start()
+        return x
+    flow = Dataflow("threads")
+    flow.from_iterable(range(12)).map(step).sink(lambda x: None)
+"""
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_work_left_to_threads_is_finished_before_each_kernel_exits(tmp_path, cores):
+    """At an interpreter's exit Python waits for its threads (not daemon
+    ones) and an executor's queued work, then runs the exit handlers; a
+    kernel leaving by `os._exit` killed them: on one kernel every line is
+    written, and so on two."""
+    pooled, threads = tmp_path / "pooled.txt", tmp_path / "threads.txt"
+    done = _cli(tmp_path, LEAVES_WORK_IN_THREADS.format(pooled=str(pooled), threads=str(threads)), cores)
+    assert done.returncode == 0, done.stderr.decode()
+    lines = {path.name: sorted(map(int, path.read_text().split())) if path.exists() else []
+             for path in (pooled, threads)}
+    assert lines == {"pooled.txt": list(range(12)), "threads.txt": [0, 1, 2]}
