@@ -13,6 +13,7 @@ import socket
 import stat
 import struct
 import sys
+import threading
 import time
 import traceback
 import weakref
@@ -162,6 +163,31 @@ def _forget_the_callers_exit_handlers() -> None:
     atexit.register(weakref.finalize._exitfunc)
 
 
+def _exit_as_an_interpreter() -> None:
+    """What an interpreter does at its exit, before a kernel leaves by
+    `os._exit`: wait for the threads started in the kernel (not daemon
+    ones), a ThreadPoolExecutor's queued work too, then run its exit
+    handlers (one raising is printed on stderr). Before, a kernel killed
+    the work a step had left to threads, which one kernel finishes at the
+    caller's exit. Only the kernel's own: what it inherited from the caller
+    is the caller's (`threading._shutdown` would run the caller's hooks
+    too, on its executors' queues as they were at the fork)."""
+    current = threading.current_thread()
+    futures = sys.modules.get("concurrent.futures.thread")
+    if futures is not None:  # its exit hook, for the kernel's executors alone
+        # (the caller's workers are not alive here: a fork copies the forking thread alone)
+        workers = [(thread, queue) for thread, queue in list(futures._threads_queues.items())
+                   if thread.is_alive()]
+        if workers:
+            futures._shutdown = True
+            for _, queue in workers:
+                queue.put(None)
+    for thread in threading.enumerate():
+        if thread is not current and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+
+
 def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid,
                  epochs=None, commits=None, gate=None, close_streams=False) -> None:
     """A kernel process: pinned, one uvloop, nothing else. `close_streams`
@@ -210,7 +236,7 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
             coordinator = KernelSide(store, index, conn.send, commits, interval, snapshot, restored_epoch,
                                      finished_before)
         results = uvloop.run(build_runtime(index, peers, transport, coordinator))
-        atexit._run_exitfuncs()  # (one raising is printed on stderr, as at an interpreter's exit)
+        _exit_as_an_interpreter()
         _flush_standard_streams()
         conn.send(("ok", results))
         status = 0
@@ -222,7 +248,7 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
             pickle.loads(blob)
         except Exception:
             blob = None
-        atexit._run_exitfuncs()
+        _exit_as_an_interpreter()
         _flush_standard_streams()
         try:
             conn.send(("error", (type(exc).__name__, blob, text)))
