@@ -59,6 +59,7 @@ from kernel._faults import signal_point
 from kernel.scheduling._from_threads import call_soon_from_thread
 
 from ._child import _kernel_main, _libc, gate_record
+from ._queued_logs import find_before_fork
 from ._random_seeds import draw_for_kernels
 from ._signals import held_signals
 from ._standard_input import hide_from_multiprocessing
@@ -296,6 +297,7 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
     context = multiprocessing.get_context("fork")
     _libc()  # inherited by every child
     draw_for_kernels()
+    find_before_fork()  # the QueueHandlers whose listener's thread the kernels will not have
     # What the kernels import where used (json: to_files's encoder, made by
     # its first batch; JSON log lines; the epochs' kernel side), imported
     # here, before the fork: a thread of this process importing it meanwhile
