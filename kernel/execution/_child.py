@@ -163,7 +163,7 @@ def _forget_the_callers_exit_handlers() -> None:
     atexit.register(weakref.finalize._exitfunc)
 
 
-def _exit_as_an_interpreter() -> None:
+def _exit_as_an_interpreter(failed: bool = False) -> None:
     """What an interpreter does at its exit, before a kernel leaves by
     `os._exit`: wait for the threads started in the kernel (not daemon
     ones), a ThreadPoolExecutor's queued work too, then run its exit
@@ -171,7 +171,16 @@ def _exit_as_an_interpreter() -> None:
     the work a step had left to threads, which one kernel finishes at the
     caller's exit. Only the kernel's own: what it inherited from the caller
     is the caller's (`threading._shutdown` would run the caller's hooks
-    too, on its executors' queues as they were at the fork)."""
+    too, on its executors' queues as they were at the fork). A kernel that
+    `failed` runs its exit handlers without waiting for its threads: one
+    that never ends would keep the failure from the caller for good (on one
+    kernel the caller gets it at once), and the other kernels waiting."""
+    if not failed:
+        _wait_for_the_kernels_threads()
+    atexit._run_exitfuncs()
+
+
+def _wait_for_the_kernels_threads() -> None:
     current = threading.current_thread()
     futures = sys.modules.get("concurrent.futures.thread")
     if futures is not None:  # its exit hook, for the kernel's executors alone
@@ -185,7 +194,6 @@ def _exit_as_an_interpreter() -> None:
     for thread in threading.enumerate():
         if thread is not current and not thread.daemon:
             thread.join()
-    atexit._run_exitfuncs()
 
 
 def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid,
@@ -248,7 +256,7 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
             pickle.loads(blob)
         except Exception:
             blob = None
-        _exit_as_an_interpreter()
+        _exit_as_an_interpreter(failed=True)
         _flush_standard_streams()
         try:
             conn.send(("error", (type(exc).__name__, blob, text)))

@@ -94,3 +94,32 @@ def test_the_callers_exit_handlers_run_once_in_the_caller_and_a_kernels_own_in_t
     assert done.stdout.decode().strip() == "['kernel 0', 'kernel 1']"  # when run returned
     with open(out) as exits:
         assert sorted(exits.read().split("\n")[:-1]) == ["caller", "kernel 0", "kernel 1"]
+
+
+def test_a_failing_kernel_does_not_wait_for_a_thread_that_never_ends(tmp_path):
+    """A step starts a thread (not a daemon) that waits for ever, then
+    fails: the run fails at once, as on one kernel (the caller gets the
+    error; its interpreter would wait at its exit), instead of the kernel
+    waiting for the thread before it answers, and the run with it, for
+    good. Its exit handler still runs."""
+    out = tmp_path / "exits.txt"
+    code = f"""
+        import atexit, threading
+        from kernel import Dataflow, run
+        never = threading.Event()
+        def start_then_fail(x):
+            threading.Thread(target=never.wait).start()
+            atexit.register(lambda: open({str(out)!r}, "a").write("exit handler\\n"))
+            raise ValueError("after starting a thread")
+        flow = Dataflow("fails")
+        flow.from_iterable(range(2)).map(start_then_fail).sink(lambda x: None)
+        try:
+            run(flow, cores=2)
+        except Exception as exc:
+            print(type(exc).__name__, "after starting a thread" in str(exc))
+        import os
+        os._exit(0)  # (this process's own thread would keep it, as at any interpreter's exit)
+    """
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, timeout=30)
+    assert done.stdout.decode().split() == ["KernelProcessError", "True"], done.stderr.decode()
+    assert "exit handler" in out.read_text()
