@@ -6,8 +6,9 @@ nothing: the run hung without a word. Two kernel processes sharing an HTTP
 connection opened before the run hung so, each reading the other's reply
 and then waiting for its own.
 
-So each running kernel has a watchdog: a thread that asks the kernel's loop,
-once a `CHECK` interval, to run a callback, and waits for it. A loop that has
+So each running kernel has a watchdog: the process's watchdog thread asks
+the kernel's loop, once a `CHECK` interval, to run a callback, and waits
+for it. A loop that has
 not run the callback for `REPORT_AFTER` seconds is blocked; if it is blocked
 in the kernel's work (an activation of a slice, or one of the kernel's
 tasks) the watchdog logs which step or task, for how long, and where it is
@@ -20,10 +21,11 @@ few `CHECK`s: a process stopped (SIGSTOP, Ctrl-Z, a debugger) or a machine
 suspended comes back to one long interval, which counts as three `CHECK`s
 at most, so the stop is not blamed on the step it interrupted.
 
-Costs: one thread a running kernel, waking once a `CHECK` (a callback on the
-loop and a few attribute reads). The GIL hand-over before slices
-(`_handover.py`) does not count the watchdogs as threads that wait for it:
-they wait for their interval, not for the GIL.
+Costs: one thread for every kernel of the process (started with the first,
+ending LINGER seconds after the last), waking once a `CHECK` (a callback on
+each kernel's loop and a few attribute reads). The GIL hand-over before
+slices (`_handover.py`) does not count it as a thread that waits for the
+GIL: it waits for its interval, not for the GIL.
 """
 
 from __future__ import annotations
@@ -48,28 +50,73 @@ _MACHINERY += (os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep,
 # a debugger's (pdb's, ipdb's: the standard library's bdb) handling of a line or call: the thread is
 # at its prompt. (Not any bdb frame: under `python -m pdb` the whole program runs in one.)
 _BDB = os.path.join(os.path.dirname(os.path.abspath(os.__file__)), "bdb.py")
-_running = 0  # watchdog threads alive in this process
-_running_lock = threading.Lock()
+# One thread watches every kernel running in this process, and waits
+# LINGER seconds for another before it ends: a thread started for each run
+# cost a one-kernel run of one record ~0.3 ms (1.0 -> 1.3 ms), its start
+# and its first turn at the GIL.
+LINGER = 2.0
+_lock = threading.Lock()  # guards the three below
+_watched: set[Watchdog] = set()
+_thread: threading.Thread | None = None
+_running = 0  # 1 while the thread is alive (it counts for `threading.active_count()`)
+_wake = threading.Event()  # set: the thread looks now (tests that change CHECK)
 
 
 def running() -> int:
-    """How many watchdog threads this process has now."""
+    """How many watchdog threads this process has now (0 or 1)."""
     return _running
 
 
 def _none_in_a_forked_child() -> None:
     # a child forked while a kernel ran in its parent has none of its parent's threads
-    global _running, _running_lock
-    _running, _running_lock = 0, threading.Lock()
+    global _lock, _watched, _thread, _running, _wake
+    _lock, _watched, _thread, _running, _wake = threading.Lock(), set(), None, 0, threading.Event()
 
 
 os.register_at_fork(after_in_child=_none_in_a_forked_child)
 
 
+def _watch_every_kernel() -> None:
+    global _thread, _running
+    try:
+        _watch_until_none_for_a_while()
+    finally:  # (should it fail: the next kernel to start starts another)
+        with _lock:
+            if _thread is threading.current_thread():
+                _thread, _running = None, 0
+
+
+def _watch_until_none_for_a_while() -> None:
+    global _thread, _running
+    idle = 0.0
+    last = time.monotonic()
+    while True:
+        if _wake.wait(CHECK):
+            _wake.clear()
+        now = time.monotonic()
+        # a stop of the process (or of the machine) is one interval, not the loop's doing
+        elapsed, last = min(now - last, 3 * CHECK), now
+        with _lock:
+            watched = list(_watched)
+            if not watched:
+                idle += elapsed
+                if idle >= LINGER:  # (decided under the lock: a kernel starting now starts another)
+                    _thread, _running = None, 0
+                    return
+                continue
+        idle = 0.0
+        for watchdog in watched:
+            try:
+                watchdog._look(elapsed)
+            except Exception:  # (its `where` or `log` failing): that kernel is no longer watched
+                watchdog.stop()
+
+
 class Watchdog:
-    """Watches one kernel's loop from a thread of its own (`start`, `stop`),
-    reporting first once it has been blocked `REPORT_AFTER` seconds, or
-    `at_least` where that is longer (the kernel's stall threshold).
+    """Watches one kernel's loop from the process's watchdog thread
+    (`start`, `stop`), reporting first once it has been blocked
+    `REPORT_AFTER` seconds, or `at_least` where that is longer (the
+    kernel's stall threshold).
 
     `where(frames)` is given the loop thread's frames, innermost first, and
     returns what is blocked (an activation's name, "task 'reader'") or None
@@ -83,65 +130,46 @@ class Watchdog:
         self._where = where
         self._log = log
         self._thread_id = threading.get_ident()  # the loop's thread: the one that starts us
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._answered = 0  # the last question the loop answered (set on the loop's thread)
+        self._asked = self._answered = 0  # questions asked (the thread), answered (the loop)
+        self._blocked = 0.0  # seconds the loop has not answered, as counted
+        self._report_at = self._after
 
     def start(self) -> None:
-        global _running
-        with _running_lock:
-            _running += 1
-        self._thread = threading.Thread(target=self._watch, name="streamkernel-watchdog", daemon=True)
-        try:
-            self._thread.start()
-        except BaseException:
-            self._thread = None
-            self._gone()
-            raise
+        global _thread, _running
+        with _lock:
+            _watched.add(self)
+            if _thread is None:
+                thread = threading.Thread(target=_watch_every_kernel, name="streamkernel-watchdog",
+                                          daemon=True)
+                try:
+                    thread.start()
+                except BaseException:
+                    _watched.discard(self)
+                    raise
+                _thread, _running = thread, 1
 
     def stop(self) -> None:
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        self._stopped.set()
-        thread.join()
-
-    def _gone(self) -> None:
-        global _running
-        with _running_lock:
-            _running -= 1
+        with _lock:
+            _watched.discard(self)
 
     def _answer(self, question: int) -> None:
         self._answered = question
 
-    def _watch(self) -> None:
-        try:
-            self._watch_until_stopped()
-        finally:
-            self._gone()
-
-    def _watch_until_stopped(self) -> None:
-        asked = 0
-        blocked = 0.0  # seconds the loop has not answered, as counted
-        report_at = self._after
-        last = time.monotonic()
-        while not self._stopped.wait(CHECK):
-            now = time.monotonic()
-            # a stop of the process (or of the machine) is one interval, not the loop's doing
-            elapsed, last = min(now - last, 3 * CHECK), now
-            if self._answered == asked:
-                asked += 1
-                blocked, report_at = 0.0, self._after
-                try:
-                    self._loop.call_soon_threadsafe(self._answer, asked)
-                except RuntimeError:  # the loop closed under a kernel that did not stop us
-                    return
-                continue
-            blocked += elapsed
-            if blocked >= report_at:
-                report_at *= 2
-                if not self._report(blocked):  # at a debugger's prompt: the user's time, not the step's
-                    blocked, report_at = 0.0, self._after
+    def _look(self, elapsed: float) -> None:
+        """The thread's look, `elapsed` seconds (as counted) after its last."""
+        if self._answered == self._asked:
+            self._asked += 1
+            self._blocked, self._report_at = 0.0, self._after
+            try:
+                self._loop.call_soon_threadsafe(self._answer, self._asked)
+            except RuntimeError:  # the loop closed under a kernel that did not stop us
+                self.stop()
+            return
+        self._blocked += elapsed
+        if self._blocked >= self._report_at:
+            self._report_at *= 2
+            if not self._report(self._blocked):  # at a debugger's prompt: the user's time, not the step's
+                self._blocked, self._report_at = 0.0, self._after
 
     def _report(self, blocked: float) -> bool:
         """Reports the loop's thread if it is in the kernel's work; False

@@ -24,9 +24,12 @@ BLOCKED = "has not handed the event loop back"
 
 @pytest.fixture
 def quick(monkeypatch):
-    """The watchdog looking every 20 ms and reporting from 0.3 s."""
+    """The watchdog looking every 20 ms and reporting from 0.3 s (the
+    process's thread, still there after an earlier run, looks at once, then
+    every 20 ms)."""
     monkeypatch.setattr(_watchdog, "REPORT_AFTER", 0.3)
     monkeypatch.setattr(_watchdog, "CHECK", 0.02)
+    _watchdog._wake.set()
 
 
 class _Reports(logging.Handler):
@@ -231,9 +234,18 @@ def test_no_stall_notices_means_no_reports_and_a_longer_threshold_delays_the_fir
     assert out.items == [0] and len(seen.records) == 1
 
 
-def test_a_kernel_leaves_no_watchdog_thread_behind():
-    flow = Dataflow("ends")
-    flow.from_iterable(range(3)).collect()
-    run(flow)
-    assert _watchdog.running() == 0
-    assert not [t for t in threading.enumerate() if t.name == "streamkernel-watchdog"]
+def test_one_watchdog_thread_serves_runs_in_a_row_and_ends_a_while_after_the_last(quick, monkeypatch):
+    """Runs in a row share the process's watchdog thread (one started for
+    each run cost a run of one record ~0.3 ms); LINGER after the last
+    kernel ends, it ends too, leaving no thread behind."""
+    monkeypatch.setattr(_watchdog, "LINGER", 0.1)
+    threads = set()
+    for _ in range(5):
+        flow = Dataflow("ends")
+        flow.from_iterable(range(3)).collect()
+        run(flow)
+        threads.update(t for t in threading.enumerate() if t.name == "streamkernel-watchdog")
+    assert len(threads) == 1 and _watchdog.running() == 1
+    (thread,) = threads
+    thread.join(10)
+    assert not thread.is_alive() and _watchdog.running() == 0

@@ -19,9 +19,11 @@ BLOCKED = "has not handed the event loop back"
 
 @pytest.fixture
 def quick(monkeypatch):
-    """The watchdog looking every 20 ms and reporting from 0.3 s."""
+    """The watchdog looking every 20 ms and reporting from 0.3 s (the
+    process's thread, still there after an earlier run, looks at once)."""
     monkeypatch.setattr(_watchdog, "REPORT_AFTER", 0.3)
     monkeypatch.setattr(_watchdog, "CHECK", 0.02)
+    _watchdog._wake.set()
 
 
 class _Reports(logging.Handler):
