@@ -57,6 +57,7 @@ import threading
 
 from kernel._faults import signal_point
 from kernel.scheduling._from_threads import call_soon_from_thread
+from kernel.scheduling._watchdog import retire_if_idle
 
 from ._child import _kernel_main, _libc, gate_record
 from ._queued_logs import find_before_fork
@@ -297,6 +298,7 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
     context = multiprocessing.get_context("fork")
     _libc()  # inherited by every child
     draw_for_kernels()
+    retire_if_idle()  # the watchdog thread a run of one kernel left (a fork beside it is warned of)
     find_before_fork()  # the QueueHandlers whose listener's thread the kernels will not have
     # What the kernels import where used (json: to_files's encoder, made by
     # its first batch; JSON log lines; the epochs' kernel side), imported

@@ -59,12 +59,27 @@ _lock = threading.Lock()  # guards the three below
 _watched: set[Watchdog] = set()
 _thread: threading.Thread | None = None
 _running = 0  # 1 while the thread is alive (it counts for `threading.active_count()`)
-_wake = threading.Event()  # set: the thread looks now (tests that change CHECK)
+_wake = threading.Event()  # set: the thread looks now (tests that change CHECK; `retire_if_idle`)
+_retire = False  # the thread ends at its next look if it watches no kernel then
 
 
 def running() -> int:
     """How many watchdog threads this process has now (0 or 1)."""
     return _running
+
+
+def retire_if_idle() -> None:
+    """End the thread now if it watches no kernel (a launcher about to fork
+    its kernels: from Python 3.12 a fork beside a thread is warned of, and
+    the thread lingers for LINGER after a run of one kernel)."""
+    global _retire
+    with _lock:
+        thread = _thread
+        if thread is None or _watched:
+            return
+        _retire = True
+    _wake.set()
+    thread.join()
 
 
 def _none_in_a_forked_child() -> None:
@@ -87,7 +102,7 @@ def _watch_every_kernel() -> None:
 
 
 def _watch_until_none_for_a_while() -> None:
-    global _thread, _running
+    global _thread, _running, _retire
     idle = 0.0
     last = time.monotonic()
     while True:
@@ -100,10 +115,12 @@ def _watch_until_none_for_a_while() -> None:
             watched = list(_watched)
             if not watched:
                 idle += elapsed
-                if idle >= LINGER:  # (decided under the lock: a kernel starting now starts another)
-                    _thread, _running = None, 0
+                # (decided under the lock: a kernel starting now starts another)
+                if idle >= LINGER or _retire:
+                    _thread, _running, _retire = None, 0, False
                     return
                 continue
+            _retire = False
         idle = 0.0
         for watchdog in watched:
             try:
