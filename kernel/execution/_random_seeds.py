@@ -27,4 +27,4 @@ def draw_for_kernels() -> None:
 
 def seed_kernel(index: int) -> None:
     """In kernel `index`, just forked."""
-    random.seed(f"{_drawn}:{index}")
+    random.seed(_drawn << 32 | index)  # (an int: a str is hashed first, 61 -> 17 us in a fresh kernel)

@@ -46,8 +46,6 @@ import sys
 import threading
 import time
 
-from kernel.scheduling._watchdog import running as watchdogs_running
-
 # seconds asked for; Linux's timer slack (50 us) makes a pause ~90 us (p50 88 us, p99
 # 130 us on an idle 2-CPU machine; ms at times on a loaded one), time enough for a waiting
 # thread to wake (tens of us) and take the GIL
@@ -73,8 +71,8 @@ class Handover:
         the kernel was `idle` (the loop has just waited, the GIL let go);
         `now` is `time.monotonic()`, read by the caller to compare with
         `due`. True if it paused."""
-        # the kernels' watchdogs wait for their interval, not for the GIL (_watchdog.py)
-        paused = not idle and threading.active_count() > 1 + watchdogs_running() and _gil_enabled()
+        # (the kernels' watchdog thread is not threading's: _watchdog.py)
+        paused = not idle and threading.active_count() > 1 and _gil_enabled()
         if paused:
             time.sleep(_PAUSE)
             now = time.monotonic()

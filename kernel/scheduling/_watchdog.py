@@ -30,6 +30,7 @@ GIL: it waits for its interval, not for the GIL.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import os
 import sys
@@ -53,19 +54,36 @@ _BDB = os.path.join(os.path.dirname(os.path.abspath(os.__file__)), "bdb.py")
 # One thread watches every kernel running in this process, and waits
 # LINGER seconds for another before it ends: a thread started for each run
 # cost a one-kernel run of one record ~0.3 ms (1.0 -> 1.3 ms), its start
-# and its first turn at the GIL.
+# and its first turn at the GIL. It is started with `_thread`, not as a
+# `threading.Thread`, whose start waits for the new thread to run: in a
+# kernel process, just forked, 0.53 ms against 0.16 (two kernels' run of
+# one record: ~12.4 -> ~14.0 ms with both kernels' threads so started).
+# So `threading` does not count it (`threading.active_count()`, the GIL
+# hand-over's look for other threads, `threading.enumerate()`), and the
+# entry logging gives it as it reports is taken out again.
 LINGER = 2.0
+
+
+class _Watcher:
+    """The thread's token: `done` is held until it ends."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = _thread.allocate_lock()
+        self.done.acquire()
+
+
 _lock = threading.Lock()  # guards the three below
 _watched: set[Watchdog] = set()
-_thread: threading.Thread | None = None
-_running = 0  # 1 while the thread is alive (it counts for `threading.active_count()`)
-_wake = threading.Event()  # set: the thread looks now (tests that change CHECK; `retire_if_idle`)
+_watcher: _Watcher | None = None  # the thread running now
 _retire = False  # the thread ends at its next look if it watches no kernel then
+_wake = threading.Event()  # set: the thread looks now (tests that change CHECK; `retire_if_idle`)
 
 
 def running() -> int:
     """How many watchdog threads this process has now (0 or 1)."""
-    return _running
+    return 0 if _watcher is None else 1
 
 
 def retire_if_idle() -> None:
@@ -74,35 +92,37 @@ def retire_if_idle() -> None:
     the thread lingers for LINGER after a run of one kernel)."""
     global _retire
     with _lock:
-        thread = _thread
-        if thread is None or _watched:
+        watcher = _watcher
+        if watcher is None or _watched:
             return
         _retire = True
     _wake.set()
-    thread.join()
+    if watcher.done.acquire(timeout=10):  # (it ends at once; should it not, fork beside it)
+        watcher.done.release()
 
 
 def _none_in_a_forked_child() -> None:
     # a child forked while a kernel ran in its parent has none of its parent's threads
-    global _lock, _watched, _thread, _running, _wake
-    _lock, _watched, _thread, _running, _wake = threading.Lock(), set(), None, 0, threading.Event()
+    global _lock, _watched, _watcher, _retire, _wake
+    _lock, _watched, _watcher, _retire, _wake = threading.Lock(), set(), None, False, threading.Event()
 
 
 os.register_at_fork(after_in_child=_none_in_a_forked_child)
 
 
-def _watch_every_kernel() -> None:
-    global _thread, _running
+def _watch_every_kernel(watcher: _Watcher) -> None:
+    global _watcher
     try:
         _watch_until_none_for_a_while()
     finally:  # (should it fail: the next kernel to start starts another)
         with _lock:
-            if _thread is threading.current_thread():
-                _thread, _running = None, 0
+            if _watcher is watcher:
+                _watcher = None
+        watcher.done.release()
 
 
 def _watch_until_none_for_a_while() -> None:
-    global _thread, _running, _retire
+    global _watcher, _retire
     idle = 0.0
     last = time.monotonic()
     while True:
@@ -117,7 +137,7 @@ def _watch_until_none_for_a_while() -> None:
                 idle += elapsed
                 # (decided under the lock: a kernel starting now starts another)
                 if idle >= LINGER or _retire:
-                    _thread, _running, _retire = None, 0, False
+                    _watcher, _retire = None, False
                     return
                 continue
             _retire = False
@@ -152,18 +172,17 @@ class Watchdog:
         self._report_at = self._after
 
     def start(self) -> None:
-        global _thread, _running
+        global _watcher
         with _lock:
             _watched.add(self)
-            if _thread is None:
-                thread = threading.Thread(target=_watch_every_kernel, name="streamkernel-watchdog",
-                                          daemon=True)
+            if _watcher is None:
+                watcher = _Watcher()
                 try:
-                    thread.start()
+                    _thread.start_new_thread(_watch_every_kernel, (watcher,))
                 except BaseException:
                     _watched.discard(self)
                     raise
-                _thread, _running = thread, 1
+                _watcher = watcher
 
     def stop(self) -> None:
         with _lock:
@@ -208,6 +227,9 @@ class Watchdog:
             f"a queue?); its thread is at (innermost last):\n{''.join(inner).rstrip()}",
             what,
         )
+        # logging named the thread (`threading.current_thread()`), which made it an entry of
+        # threading's: taken out, or the hand-over would take it for a thread that wants the GIL
+        getattr(threading, "_active", {}).pop(_thread.get_ident(), None)
         return True
 
 

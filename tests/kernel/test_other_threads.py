@@ -70,10 +70,10 @@ class _Busy:
 def pauses(monkeypatch):
     """The handover on a VirtualClock, `pauses.clock`, instead of the real
     one: once a switch interval (5 ms) of it, the process has another
-    thread (besides the kernels' watchdogs), and a pause advances the clock
-    by 0.1 ms instead of sleeping. `pauses.made` counts them; `pauses.gil =
-    False` makes the build one without a GIL (3.13's free-threaded)."""
-    from kernel.scheduling import _handover, _scheduler, _watchdog
+    thread, and a pause advances the clock by 0.1 ms instead of sleeping.
+    `pauses.made` counts them; `pauses.gil = False` makes the build one
+    without a GIL (3.13's free-threaded)."""
+    from kernel.scheduling import _handover, _scheduler
 
     clock = VirtualClock()
     state = SimpleNamespace(clock=clock, made=0, gil=True)
@@ -86,8 +86,7 @@ def pauses(monkeypatch):
     monkeypatch.setattr(_scheduler, "time", SimpleNamespace(monotonic=clock.monotonic))
     monkeypatch.setattr(_handover, "sys", SimpleNamespace(getswitchinterval=lambda: 0.005,
                                                           _is_gil_enabled=lambda: state.gil))
-    # one thread besides the kernel's own and its watchdogs (which the handover leaves out)
-    monkeypatch.setattr(_handover, "threading", SimpleNamespace(active_count=lambda: 2 + _watchdog.running()))
+    monkeypatch.setattr(_handover, "threading", SimpleNamespace(active_count=lambda: 2))
     return state
 
 
