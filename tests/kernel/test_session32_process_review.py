@@ -116,21 +116,25 @@ def test_a_temporary_directory_a_step_made_in_a_kernel_is_removed_and_the_caller
     assert left == []
 
 
-MEMORY_HANDLER = """
+# a logger "mine" writing to {path} through a MemoryHandler that holds up to 1,000 records
+HELD_LOGS = """
     import logging, logging.handlers
-    from kernel import Dataflow
+    from kernel import Dataflow, run
     target = logging.FileHandler({path!r})
     held = logging.handlers.MemoryHandler(capacity=1000, flushLevel=logging.CRITICAL, target=target)
     log = logging.getLogger("mine")
     log.addHandler(held)
     log.setLevel(logging.INFO)
     log.propagate = False
+"""
+STEP_LOGS = """
     def step(x):
         log.info("record %d", x)
         return x
     flow = Dataflow("logs")
     flow.from_iterable(range(40)).map(step).sink(lambda x: None)
 """
+MEMORY_HANDLER = HELD_LOGS + STEP_LOGS
 
 
 @pytest.mark.parametrize("cores", [1, 2])
@@ -144,21 +148,9 @@ def test_a_pipeline_files_buffering_log_handler_is_flushed_when_each_kernel_ends
     assert sorted(written) == sorted(f"record {i}" for i in range(40))
 
 
-CALLERS_MEMORY_HANDLER = """
-    import logging, logging.handlers
-    from kernel import Dataflow, run
-    target = logging.FileHandler({path!r})
-    held = logging.handlers.MemoryHandler(capacity=1000, flushLevel=logging.CRITICAL, target=target)
-    log = logging.getLogger("mine")
-    log.addHandler(held)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+CALLERS_MEMORY_HANDLER = HELD_LOGS + """
     log.info("before the run")  # held in the caller's buffer as the kernels fork
-    def step(x):
-        log.info("record %d", x)
-        return x
-    flow = Dataflow("logs")
-    flow.from_iterable(range(40)).map(step).sink(lambda x: None)
+""" + STEP_LOGS + """
     run(flow, cores={cores})
     log.info("after the run")
 """
