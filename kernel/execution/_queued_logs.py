@@ -97,10 +97,16 @@ def shut_logging_down_at_exit() -> None:
 def _shut_down(inherited: list) -> None:
     for ref in inherited:
         handler = ref()
-        if isinstance(handler, logging.handlers.BufferingHandler):
-            try:
+        try:
+            if isinstance(handler, logging.handlers.BufferingHandler):
                 handler.flush()
-            except Exception:  # (as logging.shutdown: a handler's error does not stop the others)
-                pass
+            elif isinstance(handler, logging.handlers.QueueHandler) and hasattr(handler.queue, "join_thread"):
+                # a multiprocessing queue: its feeder thread (a daemon, started by the kernel's
+                # first record) writes to the pipe after put() returns; the last records went
+                # down with the kernel (1 of 6 in CI, beside a whole suite)
+                handler.queue.close()
+                handler.queue.join_thread()
+        except Exception:  # (as logging.shutdown: a handler's error does not stop the others)
+            pass
     kept = {id(ref) for ref in inherited}
     logging.shutdown([ref for ref in logging._handlerList if id(ref) not in kept])

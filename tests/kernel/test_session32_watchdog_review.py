@@ -147,7 +147,9 @@ def test_a_step_stopped_at_a_debuggers_prompt_is_not_reported(quick, reports, mo
 
     def debugged(x):
         if x == 1:
-            pdb.Pdb(stdin=_DebuggerInput(looked_twice), stdout=io.StringIO()).set_trace()
+            # (nosigint: pdb's `c` installs its own SIGINT handler and leaves it there, swallowing
+            # every later Ctrl-C of the test process: CI's Ctrl-C tests ran on, their kernels grew)
+            pdb.Pdb(stdin=_DebuggerInput(looked_twice), stdout=io.StringIO(), nosigint=True).set_trace()
             assert seen.arrived.wait(10), "no report came"
         return x
 
