@@ -220,7 +220,12 @@ class Watchdog:
         what = self._where(frames)
         if what is None:
             return True
-        inner = traceback.StackSummary.extract((f, f.f_lineno) for f in reversed(_shown(frames))).format()
+        # (written here: a StackSummary's format() parses each line with `ast` for its carets on
+        # 3.11, and the ast module's state is the interpreter's: a test parsing on the main thread
+        # meanwhile failed with "AST constructor recursion depth mismatch")
+        inner = [f'  File "{f.filename}", line {f.lineno}, in {f.name}\n'
+                 + (f"    {f.line}\n" if f.line else "")
+                 for f in traceback.StackSummary.extract((f, f.f_lineno) for f in reversed(_shown(frames)))]
         self._log(
             f"{what} has not handed the event loop back for {blocked:.1f} s and is still running: "
             f"nothing else of this kernel runs meanwhile (a function blocked on a lock, a socket or "
