@@ -35,7 +35,7 @@ from kernel.dataflow._errors import (
     describe_record,
 )
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Source
-from kernel.execution._standard_input import is_stream
+from kernel.execution._standard_input import is_stream, let_go_of_its_writers
 
 from ._shares import Share, merge_consumed, sequence_run
 
@@ -122,14 +122,15 @@ _LOOKED_AT = 256  # objects at most
 _SMALL = 16  # a tuple, list or dict of more items is not looked into
 
 
-def _reads_a_stream(data) -> bool:
-    """Whether `data` is, or reads (`_inherited_file`), the standard input
-    or another stream only one process can read whole (`is_stream`)."""
+def _stream_it_reads(data) -> io.IOBase | None:
+    """The standard input or another stream only one process can read
+    whole (`is_stream`) that `data` is, or reads (`_inherited_file`); None
+    if it reads none."""
     try:
         found = _inherited_file(data)
     except Exception:  # an object's own __getattr__ or __len__ failing: no file seen
-        return False
-    return found is not None and is_stream(found)
+        return None
+    return found if found is not None and is_stream(found) else None
 
 
 def _inherited_file(data) -> io.IOBase | None:
@@ -194,10 +195,12 @@ class IterableSource(Source):
             self._iterator = None
         else:
             self._share = Share(context.index, peers, context.key_groups)
-            stream = peers > 1 and _reads_a_stream(data)
+            read = _stream_it_reads(data) if peers > 1 else None
+            stream = read is not None
             self._check_input(peers, stream)
             self._sequence = None
             if stream:
+                let_go_of_its_writers(read)  # (in every kernel: each holds copies)
                 # one process can read it whole: kernel 0 (of the run) reads it all, the others none
                 if context.index != 0:
                     self._iterator = iter(())

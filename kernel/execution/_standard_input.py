@@ -17,6 +17,7 @@ reads it in kernel 0, whole (kernel/operators/_sources.py).
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import stat
@@ -179,3 +180,44 @@ def is_stream(file) -> bool:
         return fd == 0 or not stat.S_ISREG(os.fstat(fd).st_mode)
     except (OSError, ValueError):  # no descriptor (io.UnsupportedOperation is both), or closed
         return False
+
+
+def let_go_of_its_writers(file) -> None:
+    """In a kernel process: its copies of the write ends of the pipe or
+    FIFO `file` reads (a thread of the caller writing it as the kernels
+    forked: a fork copies every descriptor of the process) become /dev/null.
+    A reader sees the end of a pipe once every write end is closed, and a
+    kernel never closes the copies it inherited, nor has the thread that
+    writes them: kernel 0 waited for more lines for ever, after the writer
+    had written its last and closed its own end. (/dev/null rather than a
+    close: the caller's file object, copied into the kernel, still names
+    the descriptor, and a close of it there would close whatever took its
+    number since.) Called in every kernel, before kernel 0 reads."""
+    if _caller_stdin is _NOT_HIDDEN:  # the caller's own process: its writers are its own
+        return
+    try:
+        own = file.fileno()
+        read = os.fstat(own)
+    except (OSError, ValueError):  # no descriptor, or closed
+        return
+    if not stat.S_ISFIFO(read.st_mode):  # (a socket's other end is another file: not looked for)
+        return
+    null = None
+    try:
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd == own:
+                continue
+            try:
+                other = os.fstat(fd)
+                if ((other.st_dev, other.st_ino) != (read.st_dev, read.st_ino)
+                        or fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY):
+                    continue
+                if null is None:
+                    null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd, inheritable=os.get_inheritable(fd))
+            except OSError:  # (the listing's own descriptor, closed by now)
+                continue
+    finally:
+        if null is not None:
+            os.close(null)

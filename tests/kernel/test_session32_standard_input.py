@@ -8,6 +8,7 @@ standard input a real pipe (or a file given with `<`)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from collections import Counter
 
 import pytest
 
-from kernel import Dataflow, run
+from kernel import Dataflow, run, run_async
 
 LINES = 30_000
 
@@ -133,19 +134,44 @@ def test_input_in_a_function_on_another_kernel_than_0_says_whose_the_input_is(tm
     assert "kernel 1 read the standard input" in error
 
 
-def test_a_fifo_opened_before_the_run_is_read_once_by_kernel_0(tmp_path):
-    """A FIFO can be read whole by one process only, as a pipe: it was
-    refused with the regular file's reason (a shared read position)."""
-    fifo = tmp_path / "numbers.fifo"
-    os.mkfifo(fifo)
-    writer = threading.Thread(target=lambda: fifo.write_bytes(_numbers(5_000)))
+def _opened_with_a_writer_thread(kind: str, tmp_path, data: bytes):
+    """A FIFO or a pipe open for reading, and the thread writing `data` into
+    it (more than a pipe holds: it is still writing as the kernels fork)."""
+    if kind == "fifo":
+        fifo = tmp_path / "numbers.fifo"
+        os.mkfifo(fifo)
+        writer = threading.Thread(target=lambda: fifo.write_bytes(data))
+        writer.start()
+        return open(fifo), writer
+    read, write = os.pipe()
+
+    def feed():
+        with os.fdopen(write, "wb") as out:
+            out.write(data)
+
+    writer = threading.Thread(target=feed)
     writer.start()
-    with open(fifo) as numbers:
-        flow = Dataflow("fifo")
-        out = flow.from_iterable(numbers).map(int).collect()
-        run(flow, cores=2)
-    writer.join()
-    assert sorted(out.items) == list(range(1, 5_001))
+    return os.fdopen(read), writer
+
+
+@pytest.mark.parametrize("kind", ["fifo", "pipe"])
+async def test_a_stream_a_thread_of_the_caller_writes_is_read_once_by_kernel_0_to_its_end(tmp_path, kind):
+    """A FIFO or a pipe can be read whole by one process only: a FIFO was
+    refused with the regular file's reason (a shared read position). And
+    the kernels, forked as a thread of the caller wrote it, each held a copy
+    of its write end: kernel 0 never saw the end, and the run hung (CI's
+    run ended at its time limit on this test, where the writer had not
+    closed its end yet as the kernels forked)."""
+    total = 100_000  # ~590 KB: the writer is still writing as the kernels fork
+    opened, writer = _opened_with_a_writer_thread(kind, tmp_path, _numbers(total))
+    try:
+        with opened as numbers:
+            flow = Dataflow("fifo")
+            out = flow.from_iterable(numbers).map(int).collect()
+            await asyncio.wait_for(run_async(flow, cores=2), 60)
+    finally:
+        writer.join()
+    assert sorted(out.items) == list(range(1, total + 1))
 
 
 def test_a_regular_file_opened_before_the_run_is_still_refused(tmp_path):
