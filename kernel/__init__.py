@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     )
     from kernel.dataflow._errors import ActivationError, KernelError, OperatorError, TaskError
     from kernel.dataflow._operator import Operator, Source, TimedBatch
+    from kernel.execution._standard_input import StandardInputError
     from kernel.execution._supervisor import KernelProcessError
     from kernel.scheduling._clock import Clock, SystemClock, VirtualClock
     from kernel.scheduling._kernel import Kernel, KernelContext, cooperate, current_kernel
@@ -82,6 +83,7 @@ _HOMES = {
                     "kernel.dataflow._errors"),
     **dict.fromkeys(["Operator", "Source", "TimedBatch"], "kernel.dataflow._operator"),
     "KernelProcessError": "kernel.execution._supervisor",
+    "StandardInputError": "kernel.execution._standard_input",
     **dict.fromkeys(["Clock", "SystemClock", "VirtualClock"], "kernel.scheduling._clock"),
     **dict.fromkeys(["Kernel", "KernelContext", "cooperate", "current_kernel"], "kernel.scheduling._kernel"),
     **dict.fromkeys(["LATENCY", "THROUGHPUT"], "kernel.scheduling._scheduler"),
@@ -120,6 +122,7 @@ __all__ = [
     "Operator",
     "OperatorError",
     "Source",
+    "StandardInputError",
     "Stream",
     "SystemClock",
     "TaskError",

@@ -134,6 +134,29 @@ def test_input_in_a_function_on_another_kernel_than_0_says_whose_the_input_is(tm
     assert "kernel 1 read the standard input" in error
 
 
+def caught_on_kernels_but_0(x):
+    """(At module level: kernel 1 runs it.) Kernel 0's stdin here is pytest's, which refuses too."""
+    from kernel import StandardInputError
+
+    if type(sys.stdin).__name__ != "Elsewhere":
+        return ("read", x)
+    try:
+        sys.stdin.readline()
+    except StandardInputError:
+        return ("refused", x)
+    return ("read", x)
+
+
+def test_the_refusal_is_a_standard_input_error_a_function_can_catch():
+    """`StandardInputError` is exported from `kernel`: a function that can do
+    without the standard input catches the refusal where it is raised."""
+    flow = Dataflow("asks")
+    out = flow.from_iterable(range(40)).map(caught_on_kernels_but_0).collect()
+    run(flow, cores=2)
+    assert sorted(x for _, x in out.items) == list(range(40))
+    assert {what for what, _ in out.items} == {"read", "refused"}
+
+
 def _opened_with_a_writer_thread(kind: str, tmp_path, data: bytes):
     """A FIFO or a pipe open for reading, and the thread writing `data` into
     it (more than a pipe holds: it is still writing as the kernels fork)."""
