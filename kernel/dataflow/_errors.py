@@ -248,6 +248,7 @@ def keep_cause_traceback(exc: BaseException) -> None:
 
 def cause_traceback(exc: BaseException) -> str:
     """The user's traceback behind `exc`, live or carried from another process."""
-    if exc.__cause__ is not None:
+    carried = getattr(exc, "cause_traceback_text", "")
+    if exc.__cause__ is not None and (exc.__cause__.__traceback__ is not None or not carried):
         return user_traceback(exc.__cause__)
-    return getattr(exc, "cause_traceback_text", "")
+    return carried

@@ -22,6 +22,7 @@ import uvloop
 
 from kernel.dataflow._errors import keep_cause_traceback
 from kernel.scheduling._continues import note_continues
+from kernel.scheduling._errors import carry_causes
 
 from ._queued_logs import emit_queued_logs_here, shut_logging_down_at_exit
 from ._random_seeds import seed_kernel
@@ -251,6 +252,7 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
     except BaseException as exc:  # everything goes back to the parent
         text = "".join(traceback.format_exception(exc))
         keep_cause_traceback(exc)
+        carry_causes(exc)
         try:
             blob = pickle.dumps(exc)
             pickle.loads(blob)

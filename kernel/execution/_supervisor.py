@@ -15,7 +15,7 @@ import os
 import pickle
 import signal
 
-from kernel.scheduling._errors import KernelError
+from kernel.scheduling._errors import KernelError, restore_causes
 
 from ._stopped import StoppedWatch
 
@@ -243,6 +243,8 @@ def _kernel_error(index: int, payload) -> KernelProcessError:
             cause = pickle.loads(blob)
         except Exception:  # an exception that does not unpickle: keep its text
             cause = None
+        else:
+            restore_causes(cause)
     err = KernelProcessError(index, f"failed: {kind}: {cause if cause is not None else text}")
     if cause is not None:
         err.__cause__ = cause

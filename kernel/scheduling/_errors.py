@@ -60,3 +60,42 @@ class ActivationError(KernelError):
 
     def __str__(self) -> str:
         return f"{self.activation} raised {self.error}"
+
+
+_CARRIED = "_carried_cause"
+_CAUSES = 16  # the most causes carried (a chain is rarely more than two)
+
+
+def carry_causes(exc: BaseException) -> None:
+    """Before `exc` is pickled to another process, which drops `__cause__`:
+    each cause that pickles goes along as an attribute of the exception it
+    caused, to be `restore_causes`d there. So the caller of a run on
+    several kernels finds the user's exception behind an OperatorError
+    (`err.__cause__.__cause__`: the ValueError a function raised), as on
+    one kernel (`err.__cause__`); before, the chain ended at the
+    OperatorError. (Its traceback stays text: `keep_cause_traceback`.)"""
+    import pickle
+
+    link = exc
+    for _ in range(_CAUSES):
+        cause = link.__cause__
+        if cause is None:
+            return
+        try:
+            pickle.loads(pickle.dumps(cause))
+            setattr(link, _CARRIED, cause)
+        except Exception:  # (a cause that does not pickle, or takes no attribute): the chain ends here
+            return
+        link = cause
+
+
+def restore_causes(exc: BaseException) -> None:
+    """In the process that unpickled `exc`: its causes, as `carry_causes`
+    sent them, are its `__cause__` chain again."""
+    link = exc
+    for _ in range(_CAUSES):
+        cause = getattr(link, "__dict__", {}).pop(_CARRIED, None)
+        if cause is None:
+            return
+        link.__cause__ = cause
+        link = cause
