@@ -291,13 +291,20 @@ HELD_PIPELINE = textwrap.dedent(
 )
 
 
-def _rows_past_complete(store: Path) -> list[tuple[int, int]]:
-    """(epoch, kernel) of the snapshots written past the newest complete epoch (not FINAL)."""
+def _rows_that_cannot_complete(store: Path) -> list[tuple[int, int]]:
+    """(epoch, kernel) of kernel 0's snapshots past the newest complete epoch
+    and past the epoch after kernel 1's newest, kernel 1 being held: no
+    epoch of them completes while it is (its snapshot of the next epoch may
+    still be on the way, written by its writer thread: such an epoch
+    completed after a CI run had sampled it, and nothing was left to check).
+    Kernel 0 gets two epochs ahead of kernel 1, no further."""
     db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=30)
     try:
         newest = db.execute("SELECT coalesce(max(epoch), 0) FROM complete").fetchone()[0]
-        return db.execute("SELECT epoch, kernel FROM snapshots WHERE epoch > ? AND epoch < ?",
-                          (newest, 1 << 62)).fetchall()
+        kernel_1 = db.execute("SELECT coalesce(max(epoch), 0) FROM snapshots WHERE kernel = 1 AND epoch < ?",
+                              (1 << 62,)).fetchone()[0]
+        return db.execute("SELECT epoch, kernel FROM snapshots WHERE kernel = 0 AND epoch > ? AND epoch < ?",
+                          (max(newest, kernel_1 + 1), 1 << 62)).fetchall()
     except sqlite3.OperationalError:  # not created yet
         return []
     finally:
@@ -343,11 +350,11 @@ def test_a_run_refused_because_the_state_dir_is_in_use_leaves_the_live_runs_stor
         # live run itself drops the snapshots of epochs older than the newest
         # complete one (a CI run sampled epoch 1's early and blamed the refused run)
         deadline = time.monotonic() + 30
-        while not ((out / "held").exists() and store.exists() and _rows_past_complete(store)):
+        while not ((out / "held").exists() and store.exists() and _rows_that_cannot_complete(store)):
             assert live.poll() is None, live.communicate()
             assert time.monotonic() < deadline, "kernel 0 snapshotted nothing past the newest complete epoch"
             time.sleep(0.01)
-        before = _rows_past_complete(store)
+        before = _rows_that_cannot_complete(store)
         second = subprocess.run(command(3), env=env, capture_output=True, text=True, timeout=60)
         assert second.returncode != 0 and "in use by another run" in second.stderr, second.stderr
         db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=30)
