@@ -62,40 +62,56 @@ class ActivationError(KernelError):
         return f"{self.activation} raised {self.error}"
 
 
-_CARRIED = "_carried_cause"
+_CARRIED = "_carried_causes"
 _CAUSES = 16  # the most causes carried (a chain is rarely more than two)
 
 
 def carry_causes(exc: BaseException) -> None:
     """Before `exc` is pickled to another process, which drops `__cause__`:
-    each cause that pickles goes along as an attribute of the exception it
-    caused, to be `restore_causes`d there. So the caller of a run on
-    several kernels finds the user's exception behind an OperatorError
+    its causes go along, each pickled on its own, as a list on `exc`, to
+    be `restore_causes`d there. So the caller of a run on several kernels
+    finds the user's exception behind an OperatorError
     (`err.__cause__.__cause__`: the ValueError a function raised), as on
     one kernel (`err.__cause__`); before, the chain ended at the
-    OperatorError. (Its traceback stays text: `keep_cause_traceback`.)"""
+    OperatorError. (Its traceback stays text: `keep_cause_traceback`.)
+    Pickles of their own, not the causes themselves: a cause that pickles
+    here may not unpickle in the caller (a class of the pipeline file,
+    which `python -m kernel.run --cores N` imports in the kernels only),
+    and then the chain ends there, where `exc` itself came back whole."""
     import pickle
 
+    carried: list[bytes] = []
     link = exc
     for _ in range(_CAUSES):
         cause = link.__cause__
         if cause is None:
-            return
+            break
         try:
-            pickle.loads(pickle.dumps(cause))
-            setattr(link, _CARRIED, cause)
-        except Exception:  # (a cause that does not pickle, or takes no attribute): the chain ends here
-            return
+            blob = pickle.dumps(cause)
+            pickle.loads(blob)
+        except Exception:  # a cause that does not pickle: the chain ends here
+            break
+        carried.append(blob)
         link = cause
+    if carried:
+        try:
+            setattr(exc, _CARRIED, carried)
+        except Exception:  # (an exception that takes no attribute)
+            pass
 
 
 def restore_causes(exc: BaseException) -> None:
     """In the process that unpickled `exc`: its causes, as `carry_causes`
-    sent them, are its `__cause__` chain again."""
+    sent them, are its `__cause__` chain again, up to the first that does
+    not unpickle here."""
+    import pickle
+
+    carried = getattr(exc, "__dict__", {}).pop(_CARRIED, None) or ()
     link = exc
-    for _ in range(_CAUSES):
-        cause = getattr(link, "__dict__", {}).pop(_CARRIED, None)
-        if cause is None:
+    for blob in carried:
+        try:
+            cause = pickle.loads(blob)
+        except Exception:  # (its class is not to be found here): the chain ends here
             return
         link.__cause__ = cause
         link = cause
