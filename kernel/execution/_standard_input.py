@@ -185,7 +185,9 @@ def is_stream(file) -> bool:
 def let_go_of_its_writers(file) -> None:
     """In a kernel process: its copies of the write ends of the pipe or
     FIFO `file` reads (a thread of the caller writing it as the kernels
-    forked: a fork copies every descriptor of the process) become /dev/null.
+    forked: a fork copies every descriptor of the process) become /dev/null,
+    those open for reading and writing too (a FIFO's writer opened O_RDWR,
+    as one does so that its open does not wait for a reader).
     A reader sees the end of a pipe once every write end is closed, and a
     kernel never closes the copies it inherited, nor has the thread that
     writes them: kernel 0 waited for more lines for ever, after the writer
@@ -211,10 +213,10 @@ def let_go_of_its_writers(file) -> None:
             try:
                 other = os.fstat(fd)
                 if ((other.st_dev, other.st_ino) != (read.st_dev, read.st_ino)
-                        or fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY):
+                        or fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY):
                     continue
-                if null is None:
-                    null = os.open(os.devnull, os.O_WRONLY)
+                if null is None:  # (read-write: a FIFO's writer opened O_RDWR, whose open never blocks)
+                    null = os.open(os.devnull, os.O_RDWR)
                 os.dup2(null, fd, inheritable=os.get_inheritable(fd))
             except OSError:  # (the listing's own descriptor, closed by now)
                 continue
