@@ -291,22 +291,19 @@ HELD_PIPELINE = textwrap.dedent(
 )
 
 
-def _rows_that_cannot_complete(store: Path) -> list[tuple[int, int]]:
-    """(epoch, kernel) of kernel 0's snapshots past the newest complete epoch
-    and past the epoch after kernel 1's newest, kernel 1 being held: no
-    epoch of them completes while it is (its snapshot of the next epoch may
-    still be on the way, written by its writer thread: such an epoch
-    completed after a CI run had sampled it, and nothing was left to check).
-    Kernel 0 gets two epochs ahead of kernel 1, no further."""
+def _store_past_kernel_1(store: Path) -> tuple:
+    """(newest complete epoch, kernel 1's newest snapshot, (epoch, kernel) of
+    kernel 0's snapshots past both), or None before the store is made."""
     db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=30)
     try:
         newest = db.execute("SELECT coalesce(max(epoch), 0) FROM complete").fetchone()[0]
         kernel_1 = db.execute("SELECT coalesce(max(epoch), 0) FROM snapshots WHERE kernel = 1 AND epoch < ?",
                               (1 << 62,)).fetchone()[0]
-        return db.execute("SELECT epoch, kernel FROM snapshots WHERE kernel = 0 AND epoch > ? AND epoch < ?",
-                          (max(newest, kernel_1 + 1), 1 << 62)).fetchall()
+        rows = db.execute("SELECT epoch, kernel FROM snapshots WHERE kernel = 0 AND epoch > ? AND epoch < ?",
+                          (max(newest, kernel_1), 1 << 62)).fetchall()
+        return newest, kernel_1, rows
     except sqlite3.OperationalError:  # not created yet
-        return []
+        return None
     finally:
         db.close()
 
@@ -349,12 +346,22 @@ def test_a_run_refused_because_the_state_dir_is_in_use_leaves_the_live_runs_stor
         # Sampled once kernel 1 is held: until then epochs still complete, and the
         # live run itself drops the snapshots of epochs older than the newest
         # complete one (a CI run sampled epoch 1's early and blamed the refused run)
+        # And once kernel 1's store has been still for 0.3 s: its snapshot of an
+        # epoch could still be on the way as it was held (its writer thread),
+        # completing an epoch after the sample (a CI run was so left with nothing
+        # to check); no event tells when that thread is done.
         deadline = time.monotonic() + 30
-        while not ((out / "held").exists() and store.exists() and _rows_that_cannot_complete(store)):
+        seen, still_since = None, time.monotonic()
+        while True:
             assert live.poll() is None, live.communicate()
-            assert time.monotonic() < deadline, "kernel 0 snapshotted nothing past the newest complete epoch"
+            assert time.monotonic() < deadline, f"kernel 0 snapshotted nothing past kernel 1's epochs: {seen}"
+            state = _store_past_kernel_1(store) if (out / "held").exists() and store.exists() else None
+            if state != seen:
+                seen, still_since = state, time.monotonic()
+            elif state is not None and state[2] and time.monotonic() - still_since >= 0.3:
+                break
             time.sleep(0.01)
-        before = _rows_that_cannot_complete(store)
+        before = seen[2]
         second = subprocess.run(command(3), env=env, capture_output=True, text=True, timeout=60)
         assert second.returncode != 0 and "in use by another run" in second.stderr, second.stderr
         db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=30)
