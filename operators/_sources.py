@@ -35,7 +35,7 @@ from kernel.dataflow._errors import (
     describe_record,
 )
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Source
-from kernel.execution._standard_input import is_stream, let_go_of_its_writers
+from kernel.execution._standard_input import is_stream, let_go_of_its_writers, was_let_go
 
 from ._shares import Share, merge_consumed, sequence_run
 
@@ -200,6 +200,15 @@ class IterableSource(Source):
             self._check_input(peers, stream)
             self._sequence = None
             if stream:
+                if was_let_go(read):
+                    raise KernelError(
+                        f"{self.name}: its input reads a socket the application opened before "
+                        "run_async(): the kernel processes of run_async (and of run() called on a "
+                        "thread other than the main one) let go of the application's connections "
+                        "(one it closes must end, not stay open in every kernel), and this one with "
+                        "them. Connect in the kernel (give from_iterable an object whose __iter__ "
+                        "connects), or run it on one kernel"
+                    )
                 let_go_of_its_writers(read)  # (in every kernel: each holds copies)
                 # one process can read it whole: kernel 0 (of the run) reads it all, the others none
                 if context.index != 0:

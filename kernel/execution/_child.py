@@ -27,7 +27,7 @@ from kernel.scheduling._errors import carry_causes
 from ._queued_logs import emit_queued_logs_here, shut_logging_down_at_exit
 from ._random_seeds import seed_kernel
 from ._signals import release_in_kernel
-from ._standard_input import take_standard_input
+from ._standard_input import note_let_go, take_standard_input
 from ._written_files import line_buffered
 
 _libc_handle = None
@@ -123,6 +123,7 @@ def _let_go_if_stream(fd: int, placeholder: int) -> None:
         return
     if kind == socket.SOCK_STREAM:
         os.dup2(placeholder, fd, inheritable=False)
+        note_let_go(fd)  # (a source that reads it says why: kernel/operators/_sources.py)
 
 
 def _wait_at_gate(fd: int) -> tuple:

@@ -223,3 +223,23 @@ def let_go_of_its_writers(file) -> None:
     finally:
         if null is not None:
             os.close(null)
+
+
+# In a kernel of `run_async`: the descriptors of the application's stream
+# sockets that the kernel let go of as it started (kernel/execution/_child.py
+# `_close_inherited_streams`), each now an unconnected placeholder.
+_let_go: set[int] = set()
+
+
+def note_let_go(fd: int) -> None:
+    _let_go.add(fd)
+
+
+def was_let_go(file) -> bool:
+    """Whether `file` reads a socket of the application that this kernel let
+    go of: reading it failed with EINVAL ("Invalid argument"), saying
+    nothing of why."""
+    try:
+        return file.fileno() in _let_go
+    except (OSError, ValueError):  # no descriptor, or closed
+        return False

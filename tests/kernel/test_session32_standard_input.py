@@ -197,6 +197,28 @@ async def test_a_stream_a_thread_of_the_caller_writes_is_read_once_by_kernel_0_t
     assert sorted(out.items) == list(range(1, total + 1))
 
 
+async def test_a_socket_the_application_opened_before_run_async_is_refused_saying_why():
+    """run_async's kernels let go of the application's stream sockets as they
+    start (a connection it closes must end): a source reading one read an
+    unconnected placeholder and failed with "[Errno 22] Invalid argument",
+    saying nothing of why."""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(b"1\n2\n3\n")
+        theirs.shutdown(socket.SHUT_WR)
+        with ours.makefile("r") as lines:
+            flow = Dataflow("socket")
+            flow.from_iterable(lines).map(int).collect()
+            with pytest.raises(Exception) as info:
+                await asyncio.wait_for(run_async(flow, cores=2), 60)
+    message = str(info.value)
+    assert "from_iterable (step 0): its input reads a socket the application opened before run_async()" \
+        in message, message
+    assert "Invalid argument" not in message, message
+
+
 def test_a_regular_file_opened_before_the_run_is_still_refused(tmp_path):
     numbers = tmp_path / "numbers.txt"
     numbers.write_bytes(_numbers(10))
