@@ -1,18 +1,13 @@
 """A review of the thirty-third session's changes: the causes a kernel
-process carries back (kernel/scheduling/_errors.py `carry_causes`) and the
-write ends a kernel lets go of (kernel/execution/_standard_input.py
-`let_go_of_its_writers`)."""
+process carries back (kernel/scheduling/_errors.py `carry_causes`). (Its
+FIFO opened read-write is a case of test_session32_standard_input.py's
+writer-thread test.)"""
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
 import subprocess
 import sys
-import threading
-
-from kernel import Dataflow, run_async
 
 RAISES_ITS_OWN = """\
 from kernel import Dataflow
@@ -53,30 +48,3 @@ def test_an_exception_class_of_the_pipeline_file_is_reported_as_on_one_core(tmp_
     assert err.count(f'File "{script}", line {line}, in parse') == 1, err
     assert "The above exception" not in err and "_child.py" not in err, err
     assert err.splitlines()[-1] == "BadRecord: bad record 3", err
-
-
-async def test_a_fifo_its_writer_opened_for_reading_and_writing_ends_on_two_kernels(tmp_path):
-    """A FIFO's writer opened O_RDWR (its open does not wait for a reader),
-    a thread of the caller writing it as the kernels fork: each kernel's
-    copy of that descriptor, not O_WRONLY, was kept, and kernel 0 waited for
-    more lines for ever after the writer closed its end (one kernel ends)."""
-    fifo = tmp_path / "numbers.fifo"
-    os.mkfifo(fifo)
-    total = 100_000  # more than a pipe holds: still writing as the kernels fork
-    write = os.open(fifo, os.O_RDWR)
-
-    def feed():
-        with os.fdopen(write, "wb") as out:
-            out.write("".join(f"{i}\n" for i in range(1, total + 1)).encode())
-
-    writer = threading.Thread(target=feed)
-    try:
-        with open(fifo) as numbers:
-            writer.start()
-            flow = Dataflow("rdwr")
-            out = flow.from_iterable(numbers).map(int).collect()
-            await asyncio.wait_for(run_async(flow, cores=2), 30)
-    finally:
-        writer.join()
-    assert sorted(out.items) == list(range(1, total + 1))
-
