@@ -631,8 +631,12 @@ class Publish(Operator):
             sub.done = True
         elif resumed:
             pass
-        elif self.records == 0 and self.epoch == 0:
-            self._start(sub, 0)  # nothing published yet: its first epoch is whole
+        elif self.epoch == 0 and (self.records == 0 or self.snapshots):
+            # nothing published yet: its first epoch is whole. (With snapshots
+            # nothing goes out before the first complete epoch, which makes
+            # `epoch` 1: records had do not count. A subscriber connected
+            # before it was held for the next boundary, and missed all of it.)
+            self._start(sub, 0)
         elif self.retain and (self._retained or self._current_whole):
             # at once, from the oldest retained epoch's start
             if self._retained:
