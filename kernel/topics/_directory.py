@@ -37,6 +37,12 @@ ANSWER_GRACE = 5.0
 # BUSY_WAIT seconds in all: a lock that goes holds up a job's topic (its
 # registration, a subscription), it does not end the job.
 BUSY_WAIT, BUSY_EVERY = 120.0, 0.1
+# A request made for a caller with a deadline (a lookup with a `timeout`: a
+# subscriber's, a service client's) waits for the coordinator no longer than
+# what is left of it (it waited KERNEL_COORDINATOR_TIMEOUT's 10 s to connect
+# to a coordinator that is down: `call(..., timeout=1)` took 10 s), but
+# always this long at least (a lookup at its deadline still asks once).
+LEAST_TRY = 0.5
 
 
 def coordinator_address(explicit: str | None = None) -> tuple[str, int]:
@@ -149,14 +155,15 @@ class Directory:
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
 
-    async def _connect(self) -> None:
+    async def _connect(self, until: float | None = None) -> None:
         from kernel.net._links import AuthenticationFailed, LinkMismatch, connect
 
         host, port = self.address
         try:
             self._ws, _, _, self._http = await connect(
                 url_of(host, port), self.key, CLIENT, path=SYSTEM_PATH, max_frame=_MAX_MESSAGE,
-                timeout=self.timeout, meta={"role": "client"}, check_meta=False, ssl=client_ssl())
+                timeout=self._bounded(self.timeout, until), meta={"role": "client"}, check_meta=False,
+                ssl=client_ssl())
         except (AuthenticationFailed, LinkMismatch) as exc:
             raise TopicError(f"cannot reach the coordinator at {host}:{port}: {exc}") from exc
         except Exception as exc:
@@ -164,6 +171,14 @@ class Directory:
 
     def _answer_within(self) -> float:
         return self.timeout + max(2.0, min(ANSWER_GRACE, self.timeout))
+
+    @staticmethod
+    def _bounded(seconds: float, until: float | None) -> float:
+        """`seconds`, or what is left until `until` (the loop's clock) where
+        less, LEAST_TRY at least."""
+        if until is None:
+            return seconds
+        return min(seconds, round(max(LEAST_TRY, until - asyncio.get_running_loop().time()), 3))
 
     async def request(self, op: str, **fields) -> dict:
         """The coordinator's answer to `op`; a refusal is a TopicError. One
@@ -181,7 +196,7 @@ class Directory:
         loop = asyncio.get_running_loop()
         deadline = first = None
         while True:
-            reply = await self._request(op, fields)
+            reply = await self._request(op, fields, until)
             if "error" not in reply:
                 if deadline is not None:
                     log.warning("the coordinator at %s:%d did %r once its catalog was unlocked",
@@ -199,11 +214,11 @@ class Directory:
                 raise TopicError(f"{reply['error']}{again}")
             await asyncio.sleep(min(BUSY_EVERY, deadline - loop.time()))
 
-    async def _request(self, op: str, fields: dict) -> dict:
+    async def _request(self, op: str, fields: dict, until: float | None = None) -> dict:
         async with self._lock:
             reused = self._ws is not None and not self._ws.closed
             try:
-                reply = await self._exchange(op, fields)
+                reply = await self._exchange(op, fields, until=until)
             except _Closed as closed:
                 if not reused:
                     raise CoordinatorUnreachable(str(closed)) from None
@@ -213,15 +228,18 @@ class Directory:
                 # new connection (found by a review: the next request of
                 # every running publisher and subscriber failed, and ended
                 # its job, after a restart the README says loses nothing).
-                reply = await self._exchange(op, fields, again=True)
+                reply = await self._exchange(op, fields, again=True, until=until)
         return reply
 
-    async def _exchange(self, op: str, fields: dict, again: bool = False) -> dict:
+    async def _exchange(self, op: str, fields: dict, again: bool = False, until: float | None = None) -> dict:
+        """`until`: the caller's deadline (None: none), which bounds the
+        waits for the connection and the answer (`_bounded`)."""
         import msgspec  # (here: every run names itself, `new_run`; only one with topics talks)
 
         if self._ws is None or self._ws.closed:
             await self.close()
-            await self._connect()
+            await self._connect(until)
+        within = self._bounded(self._answer_within(), until)
         number = next(self._ids)
         gone = _Closed(f"the coordinator at {self.address[0]}:{self.address[1]} closed the connection "
                        f"during {op!r}")
@@ -229,12 +247,12 @@ class Directory:
             # ("within": what the coordinator waits for its catalog on it is
             # bounded by our wait: refused busy in time, it is asked again)
             await self._ws.send_str(msgspec.json.encode(
-                {"rid": number, "op": op, "body": fields, "within": self._answer_within()}).decode())
+                {"rid": number, "op": op, "body": fields, "within": within}).decode())
             while True:
                 # bounded: a coordinator frozen (SIGSTOP, a stalled VM, a cut
                 # cable: no close comes) held a topic's end, and its job, for
                 # ever
-                message = await self._ws.receive(timeout=self._answer_within())
+                message = await self._ws.receive(timeout=within)
                 if message.type.name != "TEXT":
                     raise gone
                 reply = msgspec.json.decode(message.data)
@@ -243,7 +261,7 @@ class Directory:
         except TimeoutError:
             await self.close()
             raise CoordinatorUnreachable(f"the coordinator at {self.address[0]}:{self.address[1]} did not "
-                                         f"answer {op!r} within {self._answer_within():g} s") from None
+                                         f"answer {op!r} within {within:g} s") from None
         except (ConnectionError, _Closed):  # (aiohttp's reset on a closing socket is a ConnectionError)
             await self.close()
             if again:
@@ -263,7 +281,8 @@ class Directory:
             try:
                 reply = await self._asked(op, fields, deadline)
             except CoordinatorUnreachable as exc:
-                if deadline is not None and loop.time() >= deadline:
+                # (a try given less than LEAST_TRY would wait LEAST_TRY: past the deadline)
+                if deadline is not None and deadline - loop.time() < LEAST_TRY:
                     raise
                 if not unreachable:
                     unreachable = True

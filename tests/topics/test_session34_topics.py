@@ -4,8 +4,16 @@ with what a plain reference says the subscriber must get."""
 
 from __future__ import annotations
 
+import socket
 import sys
+import time
 from pathlib import Path
+
+import pytest
+
+import kernel.services
+from kernel import Dataflow, run
+from kernel.topics import ServiceError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "system"))
 from _system import wait_until
@@ -34,3 +42,39 @@ def test_a_subscriber_connected_before_a_job_with_snapshots_released_anything_ge
     assert sums == brute_sums(seqs)
     assert "starts at epoch 1" in b.text()
 
+
+@pytest.fixture(params=["nothing listens", "never answers"])
+def no_coordinator(request):
+    """An address where no coordinator answers: a port nothing listens on,
+    or one that accepts connections and never answers (a frozen one)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        if request.param == "never answers":
+            listener.listen(16)
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+def _subscribe_within(address: str, timeout: float) -> None:
+    flow = Dataflow("late")
+    flow.subscribe("nobody-publishes-this", timeout=timeout).collect()
+    run(flow, coordinator=address)
+
+
+@pytest.mark.parametrize("client", ["subscribe", "kernel.services.call"])
+def test_a_lookups_timeout_bounds_its_wait_for_a_coordinator_that_does_not_answer(no_coordinator, client,
+                                                                                   monkeypatch):
+    """`subscribe(timeout=1)` and `call(..., timeout=1)` with no coordinator
+    answering fail after about their timeout, saying why (each waited the
+    KERNEL_COORDINATOR_TIMEOUT's 10 s to connect, and the answer's 5 s more
+    where something accepted)."""
+    monkeypatch.setenv("KERNEL_SECRET", "a-secret")
+    started = time.monotonic()
+    with pytest.raises(Exception, match=r"cannot reach the coordinator|did not answer") as failed:
+        if client == "subscribe":
+            _subscribe_within(no_coordinator, 1.0)
+        else:
+            kernel.services.call("nobody-serves-this", 1, coordinator=no_coordinator, timeout=1.0)
+    took = time.monotonic() - started
+    assert took < 4.0, f"{client} with timeout=1 failed after {took:.1f} s: {failed.value}"
+    if client != "subscribe":
+        assert isinstance(failed.value, ServiceError)
