@@ -71,6 +71,7 @@ from kernel.dataflow._operator import Operator
 from kernel.net import _codec
 from kernel.net._channel import EpochMarker, TimedBatch
 from kernel.net._codec import encode_batch, encode_epoch, encode_progress, encode_watermark
+from kernel.net._protocol import UnpicklableRecord
 from kernel.topics import _directory
 from kernel.topics._coalesce import JOINABLE, take
 from kernel.topics._errors import TopicError
@@ -264,7 +265,15 @@ class Publish(Operator):
         subscriber takes in one frame (`_max_frame()`: it refused the
         frame and lost the epoch, or the connection, saying only that a
         message was too big), its halves, each on its own."""
-        frame = encode_batch(batch)
+        try:
+            frame = encode_batch(batch)
+        except UnpicklableRecord as exc:
+            # (it said "a record that crosses kernels cannot be pickled", with neither
+            # the record nor why: nothing crosses kernels here, and the topic was not named)
+            record = f": {describe_record(exc.record)}" if exc.found else ""
+            raise TopicError(f"a record of topic {self.topic!r} cannot be sent to its subscribers (neither "
+                             f"msgpack nor pickle takes it: {type(exc.__cause__).__name__}: {exc.__cause__})"
+                             f"{record}") from exc.__cause__
         if len(frame[1]) <= _max_frame():
             self._push(frame)
             return

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -78,3 +79,20 @@ def test_a_lookups_timeout_bounds_its_wait_for_a_coordinator_that_does_not_answe
     assert took < 4.0, f"{client} with timeout=1 failed after {took:.1f} s: {failed.value}"
     if client != "subscribe":
         assert isinstance(failed.value, ServiceError)
+
+
+def test_a_record_that_cannot_be_encoded_fails_its_publisher_naming_the_topic_the_record_and_why(
+        system, monkeypatch):  # noqa: F811
+    """A record neither msgpack nor pickle takes (a lock in it) fails the
+    publisher with an error that says which topic, which record and why
+    (it said "a record that crosses kernels cannot be pickled": no record,
+    no reason, and nothing crosses kernels there). retain=1: encoded at
+    once, with no subscriber yet."""
+    monkeypatch.setenv("KERNEL_SECRET", system.env["KERNEL_SECRET"])
+    flow = Dataflow("locks")
+    flow.from_iterable(range(3)).map(lambda n: (n, threading.Lock())).publish(system.topic, retain=1)
+    with pytest.raises(Exception) as failed:
+        run(flow, coordinator=f"127.0.0.1:{system.port}")
+    text = str(failed.value)
+    assert f"a record of topic {system.topic!r} cannot be sent to its subscribers" in text, text
+    assert "cannot pickle '_thread.lock' object" in text and "(0, <unlocked _thread.lock" in text, text
