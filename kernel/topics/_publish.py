@@ -336,7 +336,7 @@ class Publish(Operator):
         for sub in tuple(self.subscribers):  # (a slow one may be dropped on the way)
             if sub.active:
                 self._queue(sub, frame)
-                if _behind(sub) > self.max_queue:
+                if _behind(sub) > self.max_queue and not self.snapshots:  # (with snapshots: on_commit)
                     self._too_slow(sub)
 
     def _queue(self, sub: _Subscriber, frame) -> None:
@@ -488,6 +488,17 @@ class Publish(Operator):
             if self.snapshots:
                 self._last_epoch = max(self._last_epoch, epoch)
             return
+        if self._pending and self._pending[0].number <= epoch:
+            # An epoch goes out whole, at once, queued for every subscriber
+            # together: counted frame by frame, an epoch over max_queue made
+            # even a subscriber that keeps up too slow (slow="disconnect"
+            # dropped every one at each such epoch). Too slow is one that
+            # still has more than max_queue of the epochs before queued when
+            # the next goes out; the epoch's frames are held anyway (in
+            # _released) until every subscriber has them.
+            for sub in tuple(self.subscribers):
+                if sub.active and _behind(sub) > self.max_queue:
+                    self._too_slow(sub)
         while self._pending and self._pending[0].number <= epoch:
             whole = self._pending.popleft()
             for frame in whole.frames:
