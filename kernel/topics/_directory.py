@@ -93,6 +93,21 @@ def advertised_host() -> str:
     return os.environ.get("KERNEL_TOPIC_HOST") or "127.0.0.1"
 
 
+async def listen(server) -> None:
+    """Start a topic's or a service's server on `advertised_host()`. A host
+    it cannot listen on is a TopicError naming KERNEL_TOPIC_HOST (it failed
+    with the socket's bare error, "[Errno -2] Name or service not known",
+    naming neither the host nor the variable)."""
+    try:
+        await server.start()
+    except OSError as exc:
+        await server.stop()  # (its HTTP runner was set up before the listening failed)
+        said = os.environ.get("KERNEL_TOPIC_HOST")
+        where = f"KERNEL_TOPIC_HOST={said!r}" if said else f"{server.host!r} (KERNEL_TOPIC_HOST's default)"
+        raise TopicError(f"cannot listen on {where}: {exc} (KERNEL_TOPIC_HOST must be an address of "
+                         "this machine that the subscribers reach)") from exc
+
+
 def new_id() -> str:
     """This run's publisher id (`new_run`)."""
     if _run is None:

@@ -594,7 +594,7 @@ class Publish(Operator):
         meta = {"topic": self.topic, "id": self.id, "partition": self.partition,
                 "partitions": self.partitions, "snapshots": self.snapshots, "lineage": self.lineage}
         server = _make_server(self, host, key, meta)
-        await server.start()
+        await _directory.listen(server)
         directory = _directory.Directory(address, key)
         try:
             await directory.request(

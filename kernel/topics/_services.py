@@ -119,7 +119,7 @@ class Serve(Source):
 
         server = ServiceServer(host, 0, key, 0, max_frame=_MAX_FRAME, ws_heartbeat=_heartbeat(),
                                meta={"service": self.service, "id": uid}, ssl_context=_directory.server_ssl())
-        await server.start()
+        await _directory.listen(server)
         directory = _directory.Directory(address, key)
         try:
             await directory.request("topic_publish", name=self.service, id=uid, job=_directory.job_name(),

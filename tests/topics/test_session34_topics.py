@@ -123,3 +123,20 @@ def test_slow_disconnect_with_snapshots_drops_a_slow_subscriber_and_not_one_that
     assert "SubscriberTooSlow" in lines[-1]["error"]
     assert a.finish()[-1].startswith("ended"), a.text()
     assert a.text().count("dropping the subscriber") == 1, a.text()
+
+
+@pytest.mark.parametrize("what", ["publish", "serve"])
+def test_a_topic_host_this_machine_cannot_listen_on_is_an_error_naming_it(system, what, monkeypatch):  # noqa: F811
+    """KERNEL_TOPIC_HOST set to an address that is not this machine's (a
+    documentation address): the job fails saying which variable and
+    address (it was the socket's bare "[Errno 99] ... cannot assign
+    requested address", or "Name or service not known" for a name)."""
+    monkeypatch.setenv("KERNEL_SECRET", system.env["KERNEL_SECRET"])
+    monkeypatch.setenv("KERNEL_TOPIC_HOST", "192.0.2.1")
+    flow = Dataflow("elsewhere")
+    if what == "publish":
+        flow.from_iterable(range(3)).publish(system.topic)
+    else:
+        flow.serve(system.topic, lambda request: request)
+    with pytest.raises(Exception, match=r"cannot listen on KERNEL_TOPIC_HOST='192\.0\.2\.1': .*address"):
+        run(flow, coordinator=f"127.0.0.1:{system.port}")
