@@ -87,6 +87,19 @@ def job_name() -> str:
     return _run[1]
 
 
+def reader_name() -> str:
+    """Who looks a topic up (`topic_lookup`'s `job`): the catalog finds an
+    ended topic still, ended, for the readers that had found it
+    (`kernel.system._topics`). A job of the system (each attempt alike), or
+    one run of an app: an app's next run in the same process is a new
+    subscriber, which waits for a publisher (it found the last run's topic
+    ended, and ended at once with nothing)."""
+    if _run is None:
+        new_run()
+    publisher, job = _run
+    return f"{job}/{publisher}" if job.startswith("app:") else job
+
+
 def advertised_host() -> str:
     """The host a publisher listens on and gives subscribers: KERNEL_TOPIC_HOST,
     or 127.0.0.1 (one machine; set it to a reachable name on a cluster)."""
@@ -321,7 +334,7 @@ class Directory:
         while True:
             # (job: a topic that ends is still found, ended, by the jobs that had found it)
             found = await self.answered("topic_lookup", deadline, f"looking {name!r} up", name=name,
-                                        job=job_name())
+                                        job=reader_name())
             if found.get("found") and found["id"] != not_id:
                 if found.get("kind", "stream") != kind:
                     raise TopicError(f"{name!r} is a {found.get('kind')} topic, not a {kind}")

@@ -571,7 +571,7 @@ async def _in_catalog(directory, topic: str, found: dict, at: tuple[int, int], w
     or none). `wait` (on_lost="wait"): asked until the coordinator answers
     (a publisher lost while the coordinator was down ended its waiting
     subscriber with CoordinatorUnreachable; its lookups already waited)."""
-    lookup = {"name": topic, "job": _directory.job_name()}
+    lookup = {"name": topic, "job": _directory.reader_name()}
     again = await (directory.answered("topic_lookup", None, f"asking about topic {topic!r}", **lookup) if wait
                    else directory.request("topic_lookup", **lookup))
     if not again.get("found") or again["id"] != found["id"]:

@@ -140,3 +140,31 @@ def test_a_topic_host_this_machine_cannot_listen_on_is_an_error_naming_it(system
         flow.serve(system.topic, lambda request: request)
     with pytest.raises(Exception, match=r"cannot listen on KERNEL_TOPIC_HOST='192\.0\.2\.1': .*address"):
         run(flow, coordinator=f"127.0.0.1:{system.port}")
+
+
+def test_an_apps_next_run_subscribing_to_a_topic_that_ended_waits_for_a_new_publisher(system, monkeypatch):  # noqa: F811
+    """This process (an app) reads a topic to its end, then runs another
+    flow subscribing to the same name: a new subscriber, which waits for a
+    publisher up to its timeout (the catalog took it for a kernel of the
+    run before, which had found the topic, and it ended at once with
+    nothing)."""
+    monkeypatch.setenv("KERNEL_SECRET", system.env["KERNEL_SECRET"])
+    hold = system.root / "hold"
+    a = Job(system, "readings.py", "a", COUNT=50, HOLD=hold)
+    a.wait_published()
+
+    def end_a_once_read() -> None:
+        wait_until(lambda: "a subscriber connected" in a.text(), what="the first run to connect")
+        hold.touch()
+
+    ender = threading.Thread(target=end_a_once_read)
+    ender.start()
+    first = Dataflow("first")
+    first.subscribe(system.topic, timeout=20).collect()
+    run(first, coordinator=f"127.0.0.1:{system.port}")  # (to A's end)
+    ender.join()
+    assert a.finish()[-1].startswith("ended")
+    second = Dataflow("second")
+    second.subscribe(system.topic, timeout=0.5).collect()
+    with pytest.raises(Exception, match=f"no topic '{system.topic}' was published within 0.5 s"):
+        run(second, coordinator=f"127.0.0.1:{system.port}")
