@@ -126,7 +126,10 @@ class Subscribe(Source):
         handed = 0
         while buffer and handed < wanted:
             key, kind, body, link = buffer.popleft()
-            payload = self._decode(kind, body)
+            try:
+                payload = self._decode(kind, body)
+            except Exception as exc:
+                raise self._undecodable(exc) from exc
             if payload.__class__ is float:
                 self._watermarks[key] = max(self._watermarks.get(key, payload), payload)
                 self._advance()
@@ -143,6 +146,16 @@ class Subscribe(Source):
         if buffer:
             return True
         return False if self._done else None
+
+    def _undecodable(self, exc: Exception) -> TopicError:
+        """A batch this process cannot read: mostly a class of the
+        publisher's records that is not importable here (a script's own
+        class). It said only pickle's "Can't get attribute 'Reading' on
+        <module '__main__' ...>", naming neither the topic nor a way out."""
+        return TopicError(f"topic {self.topic!r}: a batch from the publisher cannot be decoded here "
+                          f"({type(exc).__name__}: {exc}); records of a class of the publisher's own are "
+                          "read as a class of the same name given as record_type= to both publish and "
+                          "subscribe")
 
     def _advance(self) -> None:
         """The output watermark: the least of the current generation's

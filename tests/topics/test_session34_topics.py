@@ -5,6 +5,7 @@ with what a plain reference says the subscriber must get."""
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -168,3 +169,51 @@ def test_an_apps_next_run_subscribing_to_a_topic_that_ended_waits_for_a_new_publ
     second.subscribe(system.topic, timeout=0.5).collect()
     with pytest.raises(Exception, match=f"no topic '{system.topic}' was published within 0.5 s"):
         run(second, coordinator=f"127.0.0.1:{system.port}")
+
+
+PUBLISHES_ITS_OWN_CLASS = """
+import os, sys
+from kernel import Dataflow, Source, run
+
+class Secret:  # this script's own class: no other process can import it
+    def __init__(self, n):
+        self.n = n
+
+class Made(Source):
+    def open(self, context):
+        self.made, self.context = False, context
+    def poll(self):
+        if not self.made:
+            self.made = True
+            self.emit([Secret(n) for n in range(10)])
+            return True
+        self.context.kernel.call_later(0.05, self.wake)  # (until it is killed)
+        return None
+
+flow = Dataflow("own")
+flow.source(Made, name="made").publish(os.environ["TOPIC"], retain=100, epoch_interval=0.05)
+run(flow, coordinator=sys.argv[1])
+"""
+
+
+def test_records_this_subscriber_cannot_decode_fail_it_naming_the_topic_and_the_way_out(system, monkeypatch):  # noqa: F811
+    """A publisher's records of a class of its script's own: the subscriber
+    fails naming the topic, pickle's error, and record_type= (it said only
+    "Can't get attribute 'Secret' on <module '__main__' ...>")."""
+    monkeypatch.setenv("KERNEL_SECRET", system.env["KERNEL_SECRET"])
+    (system.root / "own.py").write_text(PUBLISHES_ITS_OWN_CLASS)
+    with open(system.root / "own.log", "wb") as log:
+        publisher = subprocess.Popen([sys.executable, str(system.root / "own.py"),
+                                      f"127.0.0.1:{system.port}"],
+                                     stdout=log, stderr=log, env=dict(system.env, TOPIC=system.topic))
+    try:
+        flow = Dataflow("reader")
+        flow.subscribe(system.topic, timeout=20).collect()
+        with pytest.raises(Exception) as failed:
+            run(flow, coordinator=f"127.0.0.1:{system.port}")
+    finally:
+        publisher.kill()
+        publisher.wait()
+    text = str(failed.value)
+    assert f"topic {system.topic!r}: a batch from the publisher cannot be decoded here" in text, text
+    assert "Can't get attribute 'Secret'" in text and "record_type=" in text, text
