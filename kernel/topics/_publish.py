@@ -651,12 +651,8 @@ class Publish(Operator):
             sub.done = True
         elif resumed:
             pass
-        elif self.epoch == 0 and (self.records == 0 or self.snapshots):
-            # nothing published yet: its first epoch is whole. (With snapshots
-            # nothing goes out before the first complete epoch, which makes
-            # `epoch` 1: records had do not count. A subscriber connected
-            # before it was held for the next boundary, and missed all of it.)
-            self._start(sub, 0)
+        elif self.records == 0 and self.epoch == 0:
+            self._start(sub, 0)  # nothing published yet: its first epoch is whole
         elif self.retain and (self._retained or self._current_whole):
             # at once, from the oldest retained epoch's start
             if self._retained:
@@ -669,6 +665,14 @@ class Publish(Operator):
             for frame in self._current:
                 self._queue(sub, frame)
             sub.replaying = sub.queued
+        elif self.snapshots:
+            # What has gone out ends at a boundary: an epoch goes out whole,
+            # its marker right after it (on_commit). So it starts at once,
+            # after the last epoch out, and gets every epoch that goes out
+            # after it joined. (Held for the next boundary, it missed the
+            # epoch in progress, none of which had gone out: a subscriber
+            # connected before the first epoch went out got nothing of it.)
+            self._start(sub, self.epoch)
         self.subscribers.append(sub)
         sub.writer = asyncio.ensure_future(self._write(sub))
         try:

@@ -4,6 +4,7 @@ with what a plain reference says the subscriber must get."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -43,6 +44,25 @@ def test_a_subscriber_connected_before_a_job_with_snapshots_released_anything_ge
     assert seqs == list(range(200)), b.text()
     assert sums == brute_sums(seqs)
     assert "starts at epoch 1" in b.text()
+
+
+
+def test_a_subscriber_joining_a_job_with_snapshots_mid_epoch_gets_that_epoch_whole(system):  # noqa: F811
+    """Later on, while A publishes: B connects in the middle of one of A's
+    epochs. None of it had gone out (an epoch goes out whole once
+    complete), so B starts at once, after the last epoch out, and gets it
+    and the rest (held for the next boundary, it missed that epoch)."""
+    a = Job(system, "readings.py", "a", COUNT=3000, STATE_DIR=system.root / "state", JOB_EPOCH=0.5)
+    a.wait_epoch(1)
+    b = Job(system, "sums.py", "b")
+    seqs, sums = results(b)
+    assert a.finish()[-1].startswith("ended")
+    log = a.text()
+    before = log[:log.index("a subscriber connected")]  # (the epochs out when B joined: A's log, in order)
+    last, out = max((int(e), int(n)) for e, n in re.findall(r"epoch (\d+) ends after (\d+) records", before))
+    assert f"starts at epoch {last + 1}" in b.text(), (last, b.text())
+    assert seqs == list(range(out, 3000)), (out, seqs[:3])
+    assert sums == brute_sums(seqs)
 
 
 @pytest.fixture(params=["nothing listens", "never answers"])
