@@ -87,6 +87,10 @@ CREATE TABLE IF NOT EXISTS publications (
 CREATE TABLE IF NOT EXISTS subscriptions (
     topic TEXT NOT NULL, job TEXT NOT NULL, process INTEGER NOT NULL,
     PRIMARY KEY (topic, job, process));
+-- The catalog's own identity (key 'id'), made once with it: job ids are
+-- only unique within one catalog, and an executor told another catalog's
+-- id puts the earlier one's job logs and directories aside (`_executor.py`).
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -337,6 +341,9 @@ class Catalog:
         if "timeout" not in {row[1] for row in self._db.execute("PRAGMA table_info(executors)")}:
             self._db.execute("ALTER TABLE executors ADD COLUMN timeout REAL")  # (written before it)
         self.listing = self.topics()
+        # (a catalog written before it gets one now; a backup restored keeps its own)
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('id', ?)", (os.urandom(8).hex(),))
+        self.identity: str = self._db.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0]
         self._file = _identity(self.path)
 
     def gone(self) -> bool:

@@ -85,7 +85,10 @@ class CoordinatorServer(AuthenticatedServer):
             executor = master.register(session, await master.own_id(session, m))
             state["executor"] = executor.id
             # (the executor stops its job processes when cut off for most of it: fencing)
-            return {"executor": executor.id, "executor_timeout": master.executor_timeout}
+            # (`catalog`: job ids are this catalog's; an executor that ran another's
+            # jobs puts their logs and directories aside, `ExecutorDaemon._catalog_seen`)
+            return {"executor": executor.id, "executor_timeout": master.executor_timeout,
+                    "catalog": master.catalog.identity}
         if state["executor"] is None:
             raise RequestError(f"{op} before register")
         master.heard_from(state["executor"])

@@ -196,10 +196,41 @@ class ExecutorDaemon:
 
     @property
     def executor_id(self) -> str | None:
+        return self._recorded("id")
+
+    def _recorded(self, key: str) -> str | None:
+        """`executor.json`'s `key`: its `id`, and the `catalog` whose jobs it ran last."""
         try:
-            return json.loads(self._id_file.read_text())["id"]
-        except (OSError, ValueError, KeyError):
+            value = json.loads(self._id_file.read_text())[key]
+        except (OSError, ValueError, KeyError, TypeError):
             return None
+        return value if isinstance(value, str) else None
+
+    def _catalog_seen(self, catalog: str | None) -> None:
+        """The coordinator's catalog is `catalog` (its register reply). Job
+        ids are one catalog's (`job-1` on): one that is not the catalog whose
+        jobs this executor ran (a coordinator started on a new --data, its
+        catalog deleted) gives them again. So that catalog's job logs and
+        directories go aside, to `WORKDIR/previous/CATALOG/`, and its ended
+        processes are forgotten: a new job-7 was refused as `job-7 attempt 1
+        process 0 already runs here` (the earlier job-7's, ended), failed
+        after its restarts, and its log began with the earlier one's."""
+        before = self._recorded("catalog")
+        if catalog is None or before is None or before == catalog:
+            return
+        aside = self.workdir / "previous" / before
+        n = 1
+        while aside.exists():  # (back to a catalog once left: what it left then stays too)
+            aside, n = self.workdir / "previous" / f"{before}.{n}", n + 1
+        aside.mkdir(parents=True)
+        for sub in ("logs", "jobs"):
+            (self.workdir / sub).rename(aside / sub)  # (a process of it still running writes on there)
+            (self.workdir / sub).mkdir()
+        for key, entry in list(self.processes.items()):
+            if entry.code is not None:
+                del self.processes[key]
+        log.warning("executor: the coordinator's catalog is not the one whose jobs this executor ran (a new "
+                    "--data?): their logs and job directories are moved to %s", aside)
 
     async def run(self, ready=None) -> None:
         """Serve the coordinator until cancelled, reconnecting when it goes."""
@@ -237,9 +268,11 @@ class ExecutorDaemon:
                     listed = [p.report() for p in self.processes.values()]
                     reply = await session.request(
                         "register", executor=self.executor_id, instance=self._instance, host=self.host,
-                        cores=self.cores,
+                        cores=self.cores, catalog=self._recorded("catalog"),
                         processes=listed)
-                    self._id_file.write_text(json.dumps({"id": reply["executor"]}))
+                    self._catalog_seen(reply.get("catalog"))
+                    self._id_file.write_text(json.dumps({"id": reply["executor"],
+                                                         "catalog": reply.get("catalog")}))
                     self._answered = time.monotonic()
                     refusals = None
                     interval = self.heartbeat
@@ -446,7 +479,9 @@ class ExecutorDaemon:
         if self._leaving:
             raise RequestError(f"executor {self.executor_id} is stopping")
         key = (job, attempt, process)
-        if key in self.processes:
+        # (one that ended is no obstacle: the same attempt started again by a
+        # coordinator whose catalog could not record it, restarted since)
+        if key in self.processes and self.processes[key].code is None:
             raise RequestError(f"{job} attempt {attempt} process {process} already runs here")
         pipeline = self._pipeline(m)
         argv = [sys.executable, "-m", "kernel", "run", f"{pipeline}:{m['flow']}", "--cores", str(m["cores"])]

@@ -778,22 +778,25 @@ class JobMaster:
         self.connected[executor_id] = Connected(executor, session, time.monotonic(), message.get("instance"))
         session.name = f"executor {executor_id} at {host}"
         log.info("executor %s registered: %s, %d core(s)", executor_id, host, cores)
-        self._adopt(executor_id, message.get("processes") or [])
+        # (listed for another catalog, which gives the same job ids: none is ours)
+        foreign = message.get("catalog") not in (None, self.catalog.identity)
+        self._adopt(executor_id, message.get("processes") or [], foreign)
         self._notify()
         self.reconcile()
         return executor
 
-    def _adopt(self, executor_id: str, processes: list[dict]) -> None:
+    def _adopt(self, executor_id: str, processes: list[dict], foreign: bool = False) -> None:
         """An executor (re)connected and listed its processes: keep those of
-        current attempts, take in the exits we missed, stop the stale ones,
-        and restart the jobs whose process it no longer has."""
+        current attempts, take in the exits we missed, stop the stale ones
+        (all of them when `foreign`: another catalog's jobs), and restart the
+        jobs whose process it no longer has."""
         for job_id, executors in self._unstopped.items():
             if executor_id in executors:
                 self._ask_to_confirm(job_id, executor_id)
         reported = set()
         for p in processes:
             job = self.jobs.get(p["job"])
-            current = (job is not None and job.status in ("starting", "running")
+            current = (not foreign and job is not None and job.status in ("starting", "running")
                        and job.attempt == p["attempt"] and p["process"] < len(job.placement)
                        and job.placement[p["process"]]["executor"] == executor_id)
             if current:
