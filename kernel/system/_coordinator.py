@@ -12,15 +12,18 @@ refused and logged (`refused a system connection from ...`).
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import hashlib
 import logging
 import math
+import os
 import sqlite3
 from pathlib import Path
 
 from aiohttp import WSCloseCode
 
+from kernel.dataflow._errors import KernelError
 from kernel.net._links import AuthenticatedServer
 from kernel.system import _topics
 from kernel.system._catalog import CATALOG_TIMEOUT, TABLES, TERMINAL, Catalog, CatalogBusy, CatalogError
@@ -34,10 +37,15 @@ from kernel.system._wire import (
     ConnectionLost,
     RequestError,
     Session,
+    _url_host,
     file_bytes,
 )
 
 log = logging.getLogger("kernel.system")
+
+
+class CoordinatorListenFailed(KernelError):
+    """The coordinator cannot listen on its --listen address."""
 
 _MAX_WAIT = 30.0  # seconds a `wait` request is held before the client asks again
 _LOGS_TIMEOUT = 10.0  # seconds an executor has to send a piece of a log (a local file's 1 MiB)
@@ -251,16 +259,30 @@ async def serve(host: str, port: int, secret: bytes, data_dir: str | Path, *, tl
         from kernel.system._dashboard import dashboard_socket
 
         page_socket = dashboard_socket(*dashboard)
+    catalog = server = None
     try:
         catalog = Catalog(data_dir, catalog_timeout)
         master = JobMaster(catalog, adopt_grace=adopt_grace, executor_timeout=executor_timeout)
         server = CoordinatorServer(host, port, secret, master,
                                    ssl_context=tls.server_context() if tls is not None else None,
                                    client_ssl=tls.client_context() if tls is not None else True)
-        await server.start()
+        try:
+            await server.start()
+        except OSError as exc:
+            # (a port taken, another coordinator on it; an address not this
+            # machine's: it ended with asyncio's traceback, exit 1)
+            why = os.strerror(exc.errno) if exc.errno else str(exc)  # (asyncio's text repeats the address)
+            if exc.errno == errno.EADDRINUSE:
+                why += " (another coordinator, or another program, listens there)"
+            raise CoordinatorListenFailed(f"the coordinator cannot listen on {_url_host(host)}:{port}: "
+                                          f"{why}") from None
     except BaseException:
         if page_socket is not None:
             page_socket.close()
+        if server is not None:
+            await server.stop()
+        if catalog is not None:
+            catalog.close()  # (its lock too: a coordinator started again in this process takes it)
         raise
     log.info("coordinator listening on %s:%d (catalog %s)", host, server.port, catalog.path)
     if ready is not None:
