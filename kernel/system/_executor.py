@@ -193,6 +193,15 @@ class ExecutorDaemon:
         self._workdir_lock.truncate(0)
         self._workdir_lock.write(str(os.getpid()))
         self._workdir_lock.flush()
+        # executor.json as read at the start, then as registered: kept here
+        # too, as the workdir may be deleted under the executor (a tmp
+        # cleaner): re-read, it was gone, and the next register took a new
+        # id, its running jobs stopped as strangers' and restarted
+        try:
+            record = json.loads(self._id_file.read_text())
+        except (OSError, ValueError):
+            record = None
+        self._record: dict = record if isinstance(record, dict) else {}
 
     @property
     def executor_id(self) -> str | None:
@@ -200,11 +209,17 @@ class ExecutorDaemon:
 
     def _recorded(self, key: str) -> str | None:
         """`executor.json`'s `key`: its `id`, and the `catalog` whose jobs it ran last."""
-        try:
-            value = json.loads(self._id_file.read_text())[key]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        value = self._record.get(key)
         return value if isinstance(value, str) else None
+
+    def _remember(self, record: dict) -> None:
+        self._record = record
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)  # (deleted under it: made again)
+            self._id_file.write_text(json.dumps(record))
+        except OSError as exc:  # (a full disk: it goes on, by the id it holds)
+            log.warning("executor: cannot write %s (%s): its id %s is kept in memory only", self._id_file,
+                        exc, record.get("id"))
 
     def _catalog_seen(self, catalog: str | None) -> None:
         """The coordinator's catalog is `catalog` (its register reply). Job
@@ -224,7 +239,8 @@ class ExecutorDaemon:
             aside, n = self.workdir / "previous" / f"{before}.{n}", n + 1
         aside.mkdir(parents=True)
         for sub in ("logs", "jobs"):
-            (self.workdir / sub).rename(aside / sub)  # (a process of it still running writes on there)
+            if (self.workdir / sub).exists():
+                (self.workdir / sub).rename(aside / sub)  # (a process of it still running writes on there)
             (self.workdir / sub).mkdir()
         for key, entry in list(self.processes.items()):
             if entry.code is not None:
@@ -271,8 +287,7 @@ class ExecutorDaemon:
                         cores=self.cores, catalog=self._recorded("catalog"),
                         processes=listed)
                     self._catalog_seen(reply.get("catalog"))
-                    self._id_file.write_text(json.dumps({"id": reply["executor"],
-                                                         "catalog": reply.get("catalog")}))
+                    self._remember({"id": reply["executor"], "catalog": reply.get("catalog")})
                     self._answered = time.monotonic()
                     refusals = None
                     interval = self.heartbeat
@@ -504,6 +519,10 @@ class ExecutorDaemon:
         log_path = self.workdir / "logs" / f"{job}.log"
         run_dir = self.workdir / "jobs" / job
         run_dir.mkdir(parents=True, exist_ok=True)
+        # (its workdir deleted under the executor, a tmp cleaner's doing: every
+        # start failed, "internal error: FileNotFoundError", and a job placed
+        # there failed after its restarts)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, KERNEL_SECRET=self.secret.decode(errors="surrogateescape"),
                    PYTHONUNBUFFERED="1",
                    # topics (issue 18): the job finds its coordinator and names itself
