@@ -87,11 +87,13 @@ CREATE TABLE IF NOT EXISTS publications (
 CREATE TABLE IF NOT EXISTS subscriptions (
     topic TEXT NOT NULL, job TEXT NOT NULL, process INTEGER NOT NULL,
     PRIMARY KEY (topic, job, process));
--- The catalog's own identity (key 'id'), made once with it: job ids are
--- only unique within one catalog, and an executor told another catalog's
--- id puts the earlier one's job logs and directories aside (`_executor.py`).
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# The catalog's own identity (key 'id'), made once with it: job ids are only
+# unique within one catalog, and an executor told another catalog's id puts
+# the earlier one's job logs and directories aside (`_executor.py`). Made
+# apart from the schema (`Catalog._own_identity`): an older catalog, all of
+# whose tables are there, opened while another program holds its lock.
+_META = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 
 @dataclass
@@ -341,10 +343,34 @@ class Catalog:
         if "timeout" not in {row[1] for row in self._db.execute("PRAGMA table_info(executors)")}:
             self._db.execute("ALTER TABLE executors ADD COLUMN timeout REAL")  # (written before it)
         self.listing = self.topics()
-        # (a catalog written before it gets one now; a backup restored keeps its own)
-        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('id', ?)", (os.urandom(8).hex(),))
-        self.identity: str = self._db.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0]
+        self.identity = self._own_identity()
         self._file = _identity(self.path)
+
+    def _own_identity(self) -> str | None:
+        """The catalog's id (`meta`), made now for a catalog that has none (a
+        new one, or one written before it: a backup restored keeps its own).
+        Read first: a write here waited on a lock another program held (the
+        coordinator then did not start); with one held as an older catalog
+        gets its id, None for this run (executors told no catalog)."""
+        if self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone():
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()
+            if row is not None:
+                return row[0]
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(_META)
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('id', ?)", (os.urandom(8).hex(),))
+                row = self._db.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            return None
+        return row[0]
 
     def gone(self) -> bool:
         """Is the file at `path` no longer the one opened (deleted, its

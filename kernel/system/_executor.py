@@ -287,7 +287,9 @@ class ExecutorDaemon:
                         cores=self.cores, catalog=self._recorded("catalog"),
                         processes=listed)
                     self._catalog_seen(reply.get("catalog"))
-                    self._remember({"id": reply["executor"], "catalog": reply.get("catalog")})
+                    # (a coordinator that tells none, its catalog locked as it started: the one known)
+                    self._remember({"id": reply["executor"],
+                                    "catalog": reply.get("catalog") or self._recorded("catalog")})
                     self._answered = time.monotonic()
                     refusals = None
                     interval = self.heartbeat

@@ -779,7 +779,8 @@ class JobMaster:
         session.name = f"executor {executor_id} at {host}"
         log.info("executor %s registered: %s, %d core(s)", executor_id, host, cores)
         # (listed for another catalog, which gives the same job ids: none is ours)
-        foreign = message.get("catalog") not in (None, self.catalog.identity)
+        theirs, ours = message.get("catalog"), self.catalog.identity
+        foreign = theirs is not None and ours is not None and theirs != ours
         self._adopt(executor_id, message.get("processes") or [], foreign)
         self._notify()
         self.reconcile()

@@ -114,3 +114,37 @@ def _command(pid: int) -> str:
             return f.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_an_older_catalog_opened_while_its_lock_is_held_is_used_and_given_its_id_later(tmp_path):
+    """Its id is written apart from the schema: a catalog of before it, all
+    of whose tables are there, opened while a backup (here a `BEGIN
+    IMMEDIATE`) holds its lock, stopped the coordinator's start with
+    `database is locked` (it started before there was an id to write)."""
+    import sqlite3
+
+    from kernel.system._catalog import Catalog
+
+    catalog = Catalog(tmp_path)
+    catalog.close()
+    other = sqlite3.connect(tmp_path / "catalog.sqlite", isolation_level=None)
+    try:
+        other.execute("DROP TABLE meta")  # (as written before it)
+        other.execute("BEGIN IMMEDIATE")
+        catalog = Catalog(tmp_path)
+        assert catalog.identity is None  # (executors are told none: nothing is moved aside)
+        catalog.close()
+        other.execute("COMMIT")
+    finally:
+        other.close()
+    catalog = Catalog(tmp_path)
+    try:
+        assert catalog.identity is not None
+        first = catalog.identity
+    finally:
+        catalog.close()
+    catalog = Catalog(tmp_path)
+    try:
+        assert catalog.identity == first
+    finally:
+        catalog.close()
