@@ -108,11 +108,14 @@ async def _no_requests(op, message):
 
 def pipeline_payload(target: str) -> dict:
     """`FILE[:NAME]` -> the file's name, text and SHA-256, and the flow's name."""
-    from kernel.cli._run import UsageError, split_target
+    from kernel.cli._run import UsageError, _check_pipeline_path, split_target
 
     path, flow = split_target(target)
-    if not path.is_file():
-        raise UsageError(f"pipeline file not found: {path}")
+    _check_pipeline_path(path)  # (a directory said "pipeline file not found")
+    if path.suffix != ".py":
+        # (as `kernel run` says it: it was sent, and the coordinator's refusal, exit 1, read
+        # "a pipeline file name (NAME.py) and its text are needed")
+        raise UsageError(f"cannot import {path}: not a Python file (NAME.py)")
     try:  # (sent as JSON text, and kept as text in the catalog: it failed there, a traceback)
         path.name.encode()
     except UnicodeEncodeError:
