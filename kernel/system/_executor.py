@@ -115,6 +115,7 @@ class JobProcess:
     code: int | None = None
     error: str | None = None
     ended_at: float | None = None
+    pipeline: Path | None = None  # this executor's copy of the file it runs
 
     def report(self) -> dict:
         return {"job": self.job, "attempt": self.attempt, "process": self.process,
@@ -555,7 +556,7 @@ class ExecutorDaemon:
                 raise
         lease.started()
         lease.renew(self._lease_deadline())
-        entry = JobProcess(job, attempt, process, proc, log_path, start, lease)
+        entry = JobProcess(job, attempt, process, proc, log_path, start, lease, pipeline=pipeline)
         self.processes[key] = entry
         log.info("executor: started %s attempt %d process %d (pid %d)", job, attempt, process, proc.pid)
         task = asyncio.ensure_future(self._follow(entry))
@@ -568,6 +569,11 @@ class ExecutorDaemon:
         entry.lease.close()
         entry.ended_at = time.time()
         entry.error = last_error(entry.log_path, entry.log_start) if entry.code else None
+        if entry.error and entry.pipeline is not None:
+            # (the job's message names the file as it was submitted: it named this
+            # executor's copy, `/var/lib/kernel-exec/pipelines/<sha256>/pipeline.py
+            # has no 'nightly'`, where `kernel run` and `submit` say `pipeline.py`)
+            entry.error = entry.error.replace(str(entry.pipeline), entry.pipeline.name)
         log.info("executor: %s attempt %d process %d exited %d", entry.job, entry.attempt,
                  entry.process, entry.code)
         self._forget_old()
