@@ -234,18 +234,24 @@ class ExecutorDaemon:
         before = self._recorded("catalog")
         if catalog is None or before is None or before == catalog:
             return
-        aside = self.workdir / "previous" / before
-        n = 1
-        while aside.exists():  # (back to a catalog once left: what it left then stays too)
-            aside, n = self.workdir / "previous" / f"{before}.{n}", n + 1
-        aside.mkdir(parents=True)
-        for sub in ("logs", "jobs"):
-            if (self.workdir / sub).exists():
-                (self.workdir / sub).rename(aside / sub)  # (a process of it still running writes on there)
-            (self.workdir / sub).mkdir()
         for key, entry in list(self.processes.items()):
             if entry.code is not None:
                 del self.processes[key]
+        name = before if before.isalnum() else "catalog"  # (a name, whatever executor.json was made to say)
+        aside = self.workdir / "previous" / name
+        n = 1
+        while aside.exists():  # (back to a catalog once left: what it left then stays too)
+            aside, n = self.workdir / "previous" / f"{name}.{n}", n + 1
+        try:
+            aside.mkdir(parents=True)
+            for sub in ("logs", "jobs"):
+                if (self.workdir / sub).exists():
+                    (self.workdir / sub).rename(aside / sub)  # (a process still running writes on there)
+                (self.workdir / sub).mkdir()
+        except OSError as exc:  # (it serves on all the same: a log may then begin with an older job's)
+            log.warning("executor: the coordinator's catalog is not the one whose jobs this executor ran, "
+                        "and their logs and job directories cannot be moved to %s: %s", aside, exc)
+            return
         log.warning("executor: the coordinator's catalog is not the one whose jobs this executor ran (a new "
                     "--data?): their logs and job directories are moved to %s", aside)
 

@@ -148,3 +148,23 @@ def test_an_older_catalog_opened_while_its_lock_is_held_is_used_and_given_its_id
         assert catalog.identity == first
     finally:
         catalog.close()
+
+
+def test_an_executor_that_cannot_move_the_last_catalogs_logs_aside_serves_on(tmp_path):
+    """(WORKDIR/previous a file, say: the move fails.) The executor said
+    so and ended with a traceback, at each register."""
+    workdir = tmp_path / "executor1"
+    workdir.mkdir()
+    (workdir / "executor.json").write_text('{"id": "e1", "catalog": "0123abcd"}')  # another catalog's
+    (workdir / "previous").write_text("in the way")
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+        executor = system.start_executor(1)
+        system.executors_up(1)
+        done = system.cli("submit", write(tmp_path / "says.py", SAYS.format(word="served")), "--wait")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert executor.poll() is None
+        assert "cannot be moved to" in (tmp_path / "executor1.log").read_text()
+    finally:
+        system.close()
