@@ -67,6 +67,15 @@ def _tls(args):
     return TLSFiles(args.tls_cert, args.tls_key, args.tls_ca)
 
 
+def _executor_ids(text: str) -> list[str]:
+    """`--executors ID,...`: the ids, spaces around them dropped; an empty one is a usage error."""
+    ids = [part.strip() for part in text.split(",")]
+    if not all(ids):
+        raise _Usage(f"--executors: an empty executor id in {text!r} (ID,...: executor ids as `status` "
+                     "lists them)")
+    return ids
+
+
 def _at_least(least: int):
     """An argparse type: an integer >= `least` (`--cores 0` was sent, and
     refused by the coordinator with exit 1, or by an executor's register,
@@ -318,6 +327,12 @@ async def _command(args) -> int:
     payload = None
     if args.command == "submit":  # (its usage errors before the coordinator is dialled)
         from kernel.cli._run import UsageError
+
+        if args.executors is not None:
+            # ("e1, e2" read as "e1" and " e2", and "e1," as "e1" and "": refused by
+            # the coordinator, exit 1, as `no such executor:  e2`, its name blank;
+            # an empty --executors "" was taken as none given)
+            args.executors = ",".join(_executor_ids(args.executors))
 
         try:
             payload = _client.submit_payload(args.pipeline, state_dir=args.state_dir,
