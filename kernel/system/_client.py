@@ -141,6 +141,13 @@ def submit_payload(target: str, *, state_dir, epoch_interval, shared_state: bool
         raise UsageError("--shared-state-dir needs --state-dir")
     if state_dir is None and epoch_interval is not None:
         raise UsageError("--epoch-interval needs --state-dir")  # (epochs drive the snapshots, nothing else)
+    if epoch_interval is not None:
+        from kernel._facade import check_epoch_interval
+
+        try:  # (as `kernel run` says it: nan and inf went as JSON's null, the job run at the default
+            check_epoch_interval(epoch_interval)  # interval; 0 was the coordinator's refusal, exit 1)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     return pipeline_payload(target)
 
 
