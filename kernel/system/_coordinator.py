@@ -48,6 +48,7 @@ class CoordinatorListenFailed(KernelError):
     """The coordinator cannot listen on its --listen address."""
 
 _MAX_WAIT = 30.0  # seconds a `wait` request is held before the client asks again
+_SQLITE_MOST = 2**63 - 1  # the largest integer the catalog holds
 _LOGS_TIMEOUT = 10.0  # seconds an executor has to send a piece of a log (a local file's 1 MiB)
 
 
@@ -183,9 +184,12 @@ class CoordinatorServer(AuthenticatedServer):
         checks = {"processes": (m.get("processes"), 1, True), "cores": (m.get("cores", 1), 1, False),
                   "max_restarts": (m.get("max_restarts", 3), 0, False)}
         for name, (value, least, optional) in checks.items():
-            if (value is None and optional) or (isinstance(value, int) and value >= least):
+            # (at most SQLite's largest: `--max-restarts 100000000000000000000` was
+            # "internal error: OverflowError", with its traceback in this log)
+            if (value is None and optional) or (isinstance(value, int) and least <= value <= _SQLITE_MOST):
                 continue
-            raise RequestError(f"submit: --{name.replace('_', '-')} must be an integer >= {least}")
+            raise RequestError(f"submit: --{name.replace('_', '-')} must be an integer from {least} to "
+                               f"{_SQLITE_MOST}")
         interval = m.get("epoch_interval")
         if interval is not None and not (isinstance(interval, (int, float)) and interval > 0):
             raise RequestError("submit: --epoch-interval must be a positive number of seconds")
