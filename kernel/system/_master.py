@@ -761,8 +761,9 @@ class JobMaster:
     def register(self, session: Session, message: dict) -> Executor:
         executor_id = message.get("executor")
         cores, host = message["cores"], message["host"]
-        if not isinstance(cores, int) or cores < 1 or not isinstance(host, str) or not host:
-            raise RequestError("register: cores must be a positive int and host a name")
+        if not isinstance(cores, int) or not 1 <= cores < 2**63 or not isinstance(host, str) or not host:
+            # (below 2**63: the catalog holds no more, and a larger one's every write failed)
+            raise RequestError("register: cores must be a positive int (below 2**63) and host a name")
         now = time.time()
         if executor_id not in self.executors:
             executor_id = self._new_executor_id() if not executor_id else executor_id
