@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "system"))
 
-from _system import System
+from _system import System, a_system
 
 SLOW = """\
 import threading
@@ -33,14 +33,8 @@ flow.from_iterable(range(1)).map(lambda n: threading.Event().wait(60)).print()
 def system(tmp_path_factory):
     root = tmp_path_factory.mktemp("system")
     (root / "slow.py").write_text(SLOW)
-    system = System(root)
-    try:
-        system.start_coordinator()
-        system.start_executor(1)
-        system.executors_up(1)
+    with a_system(root) as system:
         yield system
-    finally:
-        system.close()
 
 
 def buffered_cli_into_a_closed_pipe(system: System, *args: str) -> tuple[int, str]:

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 SECRET = "system-test-secret"
@@ -231,3 +232,18 @@ class System:
                     except ProcessLookupError:
                         pass
                 proc.wait()
+
+
+@contextmanager
+def a_system(root: Path, executors: int = 1, cores: int = 1):
+    """A coordinator and `executors` executors of `cores` cores, up; all of
+    it killed after."""
+    system = System(root)
+    try:
+        system.start_coordinator()
+        for _ in range(executors):
+            system.start_executor(cores)
+        system.executors_up(executors)
+        yield system
+    finally:
+        system.close()

@@ -7,20 +7,14 @@ WORKDIR/pipelines/<sha256>/pipeline.py raised ModuleNotFoundError: ...`."""
 from __future__ import annotations
 
 import pytest
-from _system import System
+from _system import a_system
 from test_system import NOOP, write
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
-    system = System(tmp_path_factory.mktemp("system"))
-    try:
-        system.start_coordinator()
-        system.start_executor(1)
-        system.executors_up(1)
+    with a_system(tmp_path_factory.mktemp("system")) as system:
         yield system
-    finally:
-        system.close()
 
 
 @pytest.mark.parametrize(("text", "target", "message"), [

@@ -12,16 +12,13 @@ import json
 import shutil
 import signal
 
-from _system import System, wait_until
+from _system import a_system, wait_until
 from test_system import NOOP, write
 
 
 def test_an_executor_whose_workdir_was_deleted_runs_jobs_and_keeps_its_id(tmp_path):
-    system = System(tmp_path)
-    try:
-        system.start_coordinator()
-        executor = system.start_executor(1)
-        system.executors_up(1)
+    with a_system(tmp_path) as system:
+        executor = system.executors[0]
         own = system.executor_id(executor)
         shutil.rmtree(tmp_path / "executor1")
         done = system.cli("submit", write(tmp_path / "noop.py", NOOP), "--wait")
@@ -34,5 +31,3 @@ def test_an_executor_whose_workdir_was_deleted_runs_jobs_and_keeps_its_id(tmp_pa
         wait_until(lambda: [(e["id"], e["state"]) for e in system.status()["executors"]] == [(own, "up")],
                    what=f"executor {own} to register again, under its id")
         assert json.loads((tmp_path / "executor1" / "executor.json").read_text())["id"] == own
-    finally:
-        system.close()
