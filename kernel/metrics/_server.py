@@ -25,6 +25,18 @@ from kernel.scheduling._errors import KernelError
 # reads gets its answer, or the last event, in well under it.
 SHUTDOWN_TIMEOUT = 0.25
 
+# The server is unauthenticated: whoever reaches the port must not take the
+# process's descriptors. Past MAX_CONNECTIONS open connections a new one is
+# closed as soon as it is accepted (a page holds two, a scraper one), and a
+# connection with no request for IDLE_TIMEOUT seconds is closed (a request
+# being answered, such as a page's event stream, is not cut). aiohttp keeps
+# an idle connection 3630 s and has no cap: with a soft limit of 1,024
+# descriptors, 3,000 connections that sent nothing made a one-kernel run
+# fail ("Too many open files"), and the accept loop of a launcher or a
+# coordinator logged a traceback ever faster.
+MAX_CONNECTIONS = 64
+IDLE_TIMEOUT = 15.0
+
 
 class MetricsServerError(KernelError):
     """The metrics endpoint cannot listen where it was asked to."""
@@ -81,15 +93,67 @@ async def serve_on_loop(sock: socket.socket, collect, describe=None, started: fl
     given). Returns the
     aiohttp runner (`await runner.cleanup()` stops it, ends the dashboards'
     live streams and closes the socket)."""
-    from aiohttp import web  # only a run with metrics pays for importing it
+    from ._app import dashboard_app  # (aiohttp: only a run with metrics pays for importing it)
 
-    from ._app import dashboard_app
+    return await start_runner(dashboard_app(collect, describe or (lambda: None), started), sock)
 
-    app = dashboard_app(collect, describe or (lambda: None), started)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
+
+async def start_runner(app, sock: socket.socket):
+    """Serve the aiohttp `app` on `sock` (this server's and the coordinator's
+    dashboard): no access log, SHUTDOWN_TIMEOUT, IDLE_TIMEOUT and
+    MAX_CONNECTIONS. Returns the runner; its `cleanup()` stops it."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT,
+                           keepalive_timeout=IDLE_TIMEOUT)
     await runner.setup()
-    await web.SockSite(runner, sock).start()
+    await _capped_site(runner, sock).start()
     return runner
+
+
+class _Refused(asyncio.Protocol):
+    """A connection past MAX_CONNECTIONS: closed as soon as it is accepted."""
+
+    def connection_made(self, transport) -> None:
+        transport.abort()
+
+
+def _capped_site(runner, sock: socket.socket):
+    """aiohttp's SockSite on `sock`, but with at most MAX_CONNECTIONS
+    connections open. aiohttp has no such limit, and its sites take no
+    protocol factory: this site's start() is SockSite's with the runner's
+    server wrapped. The one private name it uses is BaseSite's `_server`
+    (the listening server, which BaseSite.stop() closes when the runner's
+    cleanup() stops the site): everything else is its own or public."""
+    from aiohttp import web
+
+    class CappedSite(web.BaseSite):
+        @property
+        def name(self) -> str:
+            return f"http://{bound_address(sock)}"
+
+        async def start(self) -> None:
+            await super().start()  # registers the site with the runner, which stops it
+            server, loop = runner.server, asyncio.get_running_loop()
+            # connections accepted but not connected yet: asyncio makes the
+            # protocols of a burst of accepts before it connects any, and
+            # each saw the same count (65 of 100 at once were kept). One is
+            # connected within a loop iteration or two: one still without a
+            # transport a second later has come and gone already.
+            accepted: list = []
+
+            def protocol():
+                now = loop.time()
+                accepted[:] = [(h, t) for h, t in accepted if h.transport is None and now - t < 1.0]
+                if len(server.connections) + len(accepted) >= MAX_CONNECTIONS:
+                    return _Refused()
+                handler = server()
+                accepted.append((handler, now))
+                return handler
+
+            self._server = await loop.create_server(protocol, sock=sock, backlog=128)
+
+    return CappedSite(runner)
 
 
 class MetricsServerThread:

@@ -68,11 +68,8 @@ async def serve_dashboard(sock, state) -> web.AppRunner:
     returned runner up. Its shutdown waits 0.5 s at most for the event
     streams (`SHUTDOWN_TIMEOUT` twice; aiohttp's default, 60 s twice: a
     client that stopped reading held a coordinator's stop up for two
-    minutes, and 1 s held it 2 s)."""
-    from kernel.metrics._server import SHUTDOWN_TIMEOUT
+    minutes, and 1 s held it 2 s). Open connections are capped, idle ones
+    closed, as a job's own dashboard's are (`start_runner`)."""
+    from kernel.metrics._server import start_runner
 
-    runner = web.AppRunner(system_app(state), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
-    await runner.setup()
-    site = web.SockSite(runner, sock)
-    await site.start()
-    return runner
+    return await start_runner(system_app(state), sock)

@@ -1,0 +1,181 @@
+"""Found by a review of the metrics/dashboard server (a job's `dashboard=`
+and the coordinator's --dashboard), both unauthenticated: a stranger that
+reaches the port must not take the process's descriptors (open connections
+are capped, idle ones closed), must not fill the run's output with
+tracebacks (a request aiohttp cannot parse), and the page must not break on
+event times beyond JavaScript's dates (timestamps in microseconds)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import socket
+import threading
+import time
+
+import pytest
+from _metrics_helpers import free_port, held_source, scrape
+
+from kernel import Dataflow, run
+from kernel.metrics import _server
+
+SNAPSHOT = {"kernel": 0, "steps": [["numbers", 1, 1, None, None, 1, False, 0.0]], "busy": {},
+            "stalls": 0, "idle": 0.0}
+
+
+def _descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _connect(port: int, count: int) -> list[socket.socket]:
+    clients = []
+    for _ in range(count):
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        client.setblocking(False)
+        clients.append(client)
+    return clients
+
+
+def _closed_by_peer(client: socket.socket) -> bool:
+    """Whether the server closed `client` (EOF or reset); False while it is open and silent."""
+    try:
+        return client.recv(65536) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def _wait_closed(clients: list[socket.socket], timeout: float) -> list[socket.socket]:
+    """The clients still open after `timeout` seconds (each closed by its peer is dropped)."""
+    open_ = list(clients)
+    deadline = time.monotonic() + timeout
+    while open_ and time.monotonic() < deadline:
+        readable, _, _ = select.select(open_, [], [], 0.1)
+        open_ = [c for c in open_ if c not in readable or not _closed_by_peer(c)]
+    return open_
+
+
+def test_a_stranger_holding_connections_does_not_take_a_runs_descriptors(tmp_path, monkeypatch):
+    """200 connections that send nothing, to a one-kernel run's dashboard
+    (its server on the run's loop, in this process): the process holds the
+    cap's worth at most (it held all 200: with 3000 and a soft limit of
+    1024 a run failed, 'Too many open files'); the idle ones are closed
+    after the idle timeout; a scrape is answered afterwards."""
+    monkeypatch.setattr(_server, "IDLE_TIMEOUT", 2.0)
+    gate = tmp_path / "release"
+    flow = Dataflow("held")
+    flow.from_async_iterable(held_source(list(range(10)), gate), name="numbers").collect()
+    port = free_port()
+    errors: list = []
+
+    def body():
+        try:
+            run(flow, cores=1, dashboard=f"127.0.0.1:{port}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    clients: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # up, and its one connection gone
+            try:
+                scrape(port)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the dashboard never answered"
+                time.sleep(0.02)
+        time.sleep(0.2)
+        before = _descriptors()
+        clients = _connect(port, 200)
+        time.sleep(0.5)  # the server accepts them all meanwhile
+        grown = _descriptors() - before - len(clients)  # the server's side of them
+        assert grown <= _server.MAX_CONNECTIONS + 4, f"the server holds {grown} descriptors more"
+        still_open = _wait_closed(clients, 2.0 + 5.0)
+        assert still_open == [], f"{len(still_open)} idle connections not closed"
+        assert "streamkernel_records_out_total" in scrape(port)
+    finally:
+        for client in clients:
+            client.close()
+        gate.touch()
+        thread.join()
+    assert not errors, errors
+
+
+def _serve(which: str, state=None):
+    """A started server of kind `which` on a free port: (runner, port)."""
+    if which == "metrics":
+        sock = _server.listen(("127.0.0.1", 0))
+        return _server.serve_on_loop(sock, state or (lambda: [SNAPSHOT])), sock.getsockname()[1]
+    from kernel.system._dashboard import dashboard_socket, serve_dashboard
+
+    sock = dashboard_socket("127.0.0.1", 0)
+    return serve_dashboard(sock, lambda: {"executors": [], "jobs": [], "topics": []}), sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("which", ["metrics", "system"])
+def test_connections_past_the_cap_are_closed_and_the_server_still_stops(which):
+    """Of 100 connections, those past MAX_CONNECTIONS are closed at once,
+    the others kept; the runner's cleanup closes them all, and the port."""
+
+    async def scenario():
+        starting, port = _serve(which)
+        runner = await starting
+        clients = await asyncio.to_thread(_connect, port, 100)
+        try:
+            still_open = await asyncio.to_thread(_wait_closed, clients, 1.0)
+            kept = len(still_open)
+            started = time.monotonic()
+            await runner.cleanup()
+            cleanup = time.monotonic() - started
+            left = await asyncio.to_thread(_wait_closed, still_open, 2.0)
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            return kept, cleanup, left
+        finally:
+            for client in clients:
+                client.close()
+
+    kept, cleanup, left = asyncio.run(scenario())
+    assert kept == _server.MAX_CONNECTIONS
+    assert cleanup < 1.0 and left == []
+
+
+@pytest.mark.parametrize("which", ["metrics", "system"])
+def test_an_event_stream_outlives_the_idle_timeout(which, monkeypatch):
+    """The idle timeout closes a connection with no request, not a page's
+    live stream: events keep coming past several idle timeouts, while an
+    idle connection opened beside it is closed."""
+    from kernel.metrics import _app
+    from kernel.system import _dashboard
+
+    monkeypatch.setattr(_server, "IDLE_TIMEOUT", 0.3)
+    monkeypatch.setattr(_app, "UPDATE_INTERVAL", 0.05)
+    monkeypatch.setattr(_dashboard, "UPDATE_INTERVAL", 0.05)
+
+    async def scenario():
+        starting, port = _serve(which)
+        runner = await starting
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            (idle,) = await asyncio.to_thread(_connect, port, 1)
+            writer.write(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            started = time.monotonic()
+            late_events = 0
+            while time.monotonic() - started < 1.5:  # five idle timeouts
+                chunk = await asyncio.wait_for(reader.read(1 << 20), 1.0)
+                assert chunk, "the event stream was closed"
+                if time.monotonic() - started > 1.0:
+                    late_events += chunk.count(b"data: ")
+            idle_closed = await asyncio.to_thread(_wait_closed, [idle], 0.1) == []
+            writer.close()
+            idle.close()
+            return late_events, idle_closed
+        finally:
+            await runner.cleanup()
+
+    late_events, idle_closed = asyncio.run(scenario())
+    assert late_events > 0 and idle_closed
