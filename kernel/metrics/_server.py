@@ -38,6 +38,20 @@ MAX_CONNECTIONS = 64
 IDLE_TIMEOUT = 15.0
 
 
+def _not_a_malformed_request(record: logging.LogRecord) -> bool:
+    """aiohttp logs a request it cannot parse (a header too long, a bad
+    header line) at ERROR with its traceback: whoever reaches the port could
+    fill the run's output. It is answered 400 without a word here; a
+    handler's own error is still logged."""
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    return not (record.exc_info and isinstance(record.exc_info[1], HttpProcessingError))
+
+
+_http_logger = logging.getLogger("kernel.metrics.http")  # the server's, instead of aiohttp.server
+_http_logger.addFilter(_not_a_malformed_request)
+
+
 class MetricsServerError(KernelError):
     """The metrics endpoint cannot listen where it was asked to."""
 
@@ -100,12 +114,13 @@ async def serve_on_loop(sock: socket.socket, collect, describe=None, started: fl
 
 async def start_runner(app, sock: socket.socket):
     """Serve the aiohttp `app` on `sock` (this server's and the coordinator's
-    dashboard): no access log, SHUTDOWN_TIMEOUT, IDLE_TIMEOUT and
-    MAX_CONNECTIONS. Returns the runner; its `cleanup()` stops it."""
+    dashboard): no access log, no log of malformed requests,
+    SHUTDOWN_TIMEOUT, IDLE_TIMEOUT and MAX_CONNECTIONS. Returns the runner;
+    its `cleanup()` stops it."""
     from aiohttp import web
 
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT,
-                           keepalive_timeout=IDLE_TIMEOUT)
+                           keepalive_timeout=IDLE_TIMEOUT, logger=_http_logger)
     await runner.setup()
     await _capped_site(runner, sock).start()
     return runner

@@ -8,6 +8,7 @@ event times beyond JavaScript's dates (timestamps in microseconds)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import select
 import socket
@@ -179,3 +180,48 @@ def test_an_event_stream_outlives_the_idle_timeout(which, monkeypatch):
 
     late_events, idle_closed = asyncio.run(scenario())
     assert late_events > 0 and idle_closed
+
+
+def _answer(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        client.sendall(request)
+        return client.recv(65536)
+
+
+@pytest.mark.parametrize("which", ["metrics", "system"])
+def test_a_malformed_request_logs_no_traceback_and_a_handlers_error_still_does(which, caplog):
+    """A header too long and a bad header line are answered 400 without a
+    word in the log (aiohttp logged each at ERROR with its traceback: anyone
+    who reaches the port could fill the run's output); a handler that fails
+    is still logged with its traceback."""
+    failing = threading.Event()
+
+    def collect():
+        if failing.is_set():
+            raise RuntimeError("collect failed")
+        return [SNAPSHOT]
+
+    async def scenario():
+        starting, port = _serve(which, collect)
+        runner = await starting
+        try:
+            too_long = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
+            bad_line = b"GET /metrics HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n"
+            answers = [await asyncio.to_thread(_answer, port, r) for r in (too_long, bad_line)]
+            logged = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+            failed = None
+            if which == "metrics":
+                failing.set()
+                failed = await asyncio.to_thread(_answer, port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            return answers, logged, failed
+        finally:
+            await runner.cleanup()
+
+    caplog.set_level(logging.DEBUG)
+    answers, logged, failed = asyncio.run(scenario())
+    assert all(a.split(b"\r\n")[0].endswith(b" 400 Bad Request") for a in answers), answers
+    assert logged == [], [(r.levelname, r.getMessage()) for r in logged]
+    if failed is not None:
+        assert failed.split(b"\r\n")[0].endswith(b" 500 Internal Server Error"), failed
+        (error,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert error.exc_info and isinstance(error.exc_info[1], RuntimeError)
