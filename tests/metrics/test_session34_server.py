@@ -14,8 +14,10 @@ import select
 import socket
 import threading
 import time
+import urllib.request
 
 import pytest
+from _chromium import Chromium
 from _metrics_helpers import free_port, held_source, scrape
 
 from kernel import Dataflow, run
@@ -225,3 +227,82 @@ def test_a_malformed_request_logs_no_traceback_and_a_handlers_error_still_does(w
         assert failed.split(b"\r\n")[0].endswith(b" 500 Internal Server Error"), failed
         (error,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert error.exc_info and isinstance(error.exc_info[1], RuntimeError)
+
+
+# before the page's own script: what it throws, and what fails to load
+_CATCH_ERRORS = """window.pageErrors = [];
+window.addEventListener("error",
+  (e) => window.pageErrors.push(String(e.message || e.target.src || e.type)), true);
+window.addEventListener("unhandledrejection", (e) => window.pageErrors.push(String(e.reason)));"""
+
+_UPDATES_AFTER = """new Promise((done, fail) => {
+  const start = Date.now();
+  (function check() {
+    if (window.dashboard && window.dashboard.updates > %d) return done(window.dashboard.updates);
+    if (Date.now() - start > 10000) return fail(new Error("no update in 10 s: " + document.body.innerText));
+    setTimeout(check, 20);
+  })();
+})"""
+
+_STEP_ROWS = """Array.from(document.querySelectorAll('#steps tbody tr')).map(
+  (row) => Array.from(row.children).map((td) => td.textContent))"""
+
+
+async def test_the_page_shows_event_times_in_microseconds(tmp_path):
+    """Event times of ~1.7e15 (microseconds since 1970, beyond JavaScript's
+    dates at 8.64e12 s): every step's counts and watermark are shown.
+    new Date(w * 1000).toISOString() threw a RangeError at the source's
+    watermark, and every step after it showed '-'."""
+    gate = tmp_path / "release"
+
+    async def numbers():
+        n = 0
+        while not gate.exists():
+            for _ in range(50):
+                yield n
+                n += 1
+            await asyncio.sleep(0.01)
+
+    flow = Dataflow("microseconds")
+    (flow.from_async_iterable(numbers, timestamp=lambda n: 1.7e15 + n * 1000, max_delay=0, name="numbers")
+         .map(lambda n: n * 2, name="double")
+         .collect())
+    port = free_port()
+    errors: list = []
+
+    def body():
+        try:
+            run(flow, cores=1, dashboard=f"127.0.0.1:{port}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/graph", timeout=5):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the dashboard never described its graph"
+                await asyncio.sleep(0.02)
+        async with Chromium() as page:
+            await page.call("Page.enable")
+            await page.call("Page.addScriptToEvaluateOnNewDocument", source=_CATCH_ERRORS)
+            await page.call("Page.navigate", url=f"http://127.0.0.1:{port}/")
+            first = await page.evaluate(_UPDATES_AFTER % 0)
+            await page.evaluate(_UPDATES_AFTER % (first + 1))
+            rows = await page.evaluate(_STEP_ROWS)
+            page_errors = await page.evaluate("window.pageErrors")
+    finally:
+        gate.touch()
+        await asyncio.to_thread(thread.join)
+    assert not errors, errors
+    by_step = {row[0]: row for row in rows}
+    assert set(by_step) == {"numbers (step 0)", "double (step 1)", "collect (step 2)"}, rows
+    for step in ("double (step 1)", "collect (step 2)"):
+        assert int(by_step[step][4].replace(",", "")) > 0, rows  # its input count
+    for row in rows:  # its watermark: the number it is (1,700,000,000,123,000), not '-'
+        assert float(row[6].replace(",", "")) >= 1.7e15, rows
+    assert page_errors == [], page_errors  # (a RangeError at each update)

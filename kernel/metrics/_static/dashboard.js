@@ -49,7 +49,11 @@ function seconds(s) {
 function watermarkText(w) {
   if (w === null || w === undefined) return "-";
   if (w === "end") return "end of input";
-  if (w > 1e8) return new Date(w * 1000).toISOString().replace("T", " ").replace("Z", "");
+  // a date where JavaScript has one (to 8.64e12 s, the year 275760): past it (event
+  // times in microseconds, 1.7e15) toISOString threw a RangeError, and every step after
+  // the source was left at "-"; such a watermark is shown as the number it is
+  if (w > 1e8 && w <= 8.64e12) return new Date(w * 1000).toISOString().replace("T", " ").replace("Z", "");
+  if (Math.abs(w) >= 1e8) return Math.round(w).toLocaleString("en-US");
   return w.toFixed(3);
 }
 
