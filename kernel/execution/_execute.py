@@ -70,18 +70,25 @@ async def _one_kernel(plan: RunPlan, flow) -> dict:
     coordinator = None if plan.snapshots is None else plan.snapshots.local()
     runtime = Runtime(flow.graph, kernel, coordinator=coordinator, metrics=plan.observed)
     server = None
+    outcome: dict = {}  # how the run ended, for the dashboard's last state
     if plan.dashboard is not None:  # on this loop, reading the runtime when scraped
         from kernel.metrics import listen, serve_on_loop
         from kernel.metrics._block import without_surrogates
 
         graph = without_surrogates(flow.graph.describe())  # as the kernel processes' graph block
         server = await serve_on_loop(listen(plan.dashboard), lambda: [runtime.metrics_snapshot()],
-                                     lambda: graph)
+                                     lambda: graph, outcome=outcome)
     kernel.at_start(runtime.start)
     if plan.progress is not None:
         kernel.at_start(lambda: _tell_progress(kernel, runtime, plan.progress))
     try:
         await kernel.join()
+    except BaseException as exc:
+        if server is not None:
+            from kernel.metrics._dashboard import run_outcome
+
+            outcome.update(run_outcome(exc))
+        raise
     finally:
         if coordinator is not None:
             coordinator.close()  # a failed run's snapshot writes end before it returns
@@ -144,14 +151,18 @@ def _on_cores(plan: RunPlan, get_flow, cancel=None) -> list[dict]:
         for thread in threads:
             thread.start()
 
+    error = None  # what ended the run, for the dashboard's last state
     try:
         per_kernel = run_on_cores(_kernel_process(get_flow, plan, blocks, graph_block), plan.cores,
                                   epochs=epochs, cluster=plan.cluster, cancel=cancel, on_started=started,
                                   link_report=link_report, agreement=agreement)
         return unpack_results(per_kernel)
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
         for thread in threads:
-            thread.stop()
+            thread.stop(error)
         if plan.progress is not None:
             plan.progress(collect(), True)
         for block in [*blocks, graph_block, *([links_block] if links_block is not None else [])]:
@@ -172,7 +183,7 @@ class _Ticker:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, _error: BaseException | None = None) -> None:  # (as MetricsServerThread's)
         self._stopped.set()
         if self._thread.is_alive():
             self._thread.join()

@@ -8,6 +8,8 @@ the dashboard.
     /api/state    the kernels' metrics summed per step (`_dashboard.py`)
     /api/events   the same state as server-sent events, every
                   UPDATE_INTERVAL; a last `end` event when the run stops
+                  (with `failed` or `stopped`, the error's first line,
+                  when the run did not finish: `run_outcome`)
 
 Server-sent events rather than a websocket: the page only listens, and
 the browser's EventSource reconnects by itself.
@@ -55,17 +57,23 @@ async def server_sent_events(request, encoded, stopping: asyncio.Event, interval
     return response
 
 
-def dashboard_app(collect, describe, started: float | None = None) -> web.Application:
+def dashboard_app(collect, describe, started: float | None = None,
+                  outcome: dict | None = None) -> web.Application:
     """`collect()`: the kernels' metrics snapshots; `describe()`: the graph
     as plain data, or None while no kernel has described it yet; `started`:
-    the run's start (wall seconds; now if not given)."""
+    the run's start (wall seconds; now if not given); `outcome`: how the run
+    ended, filled in before the server stops (`run_outcome`) and sent with
+    the states from then on, the last one the page reads."""
     stopping = asyncio.Event()
     if started is None:  # one kernel: the server starts with the run
         started = time.time()
+    if outcome is None:
+        outcome = {}
 
     def state() -> bytes:
         current = dashboard_state(collect(), time.time())
         current["started"] = started
+        current.update(outcome)
         return json.dumps(current, allow_nan=False).encode()
 
     async def metrics(_request):
@@ -104,3 +112,4 @@ def dashboard_app(collect, describe, started: float | None = None) -> web.Applic
     for path, (name, content_type) in PAGES.items():
         app.router.add_get(path, page(name, content_type))
     return app
+

@@ -80,3 +80,22 @@ def _add(total, value):
     if value is None:
         return total
     return value if total is None else total + value
+
+
+#: how long the error's line on the page may be (a record in an OperatorError's
+#: first line may be long)
+_OUTCOME_CHARS = 300
+
+
+def run_outcome(error: BaseException | None) -> dict:
+    """What the dashboard's last state says of how the run ended: nothing
+    when it finished, `{"failed": line}` when it raised an Exception,
+    `{"stopped": line}` when it was interrupted (Ctrl-C, a signal, a
+    cancelled run_async); `line` the error's first line. The page said
+    "ended" either way."""
+    if error is None:
+        return {}
+    text = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+    if len(text) > _OUTCOME_CHARS:
+        text = text[: _OUTCOME_CHARS - 3] + "..."
+    return {"failed" if isinstance(error, Exception) else "stopped": text}

@@ -99,17 +99,19 @@ def bound_address(sock: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def serve_on_loop(sock: socket.socket, collect, describe=None, started: float | None = None):
+async def serve_on_loop(sock: socket.socket, collect, describe=None, started: float | None = None,
+                        outcome: dict | None = None):
     """Serve `/metrics` and the dashboard (`_app.py`) from `sock` on the
     running loop; `collect()` gives the kernels' snapshots, `describe()`
     the graph (`Graph.describe()`, None while not known yet); `started` the
     run's start (wall seconds, the dashboard's elapsed time; now if not
-    given). Returns the
+    given); `outcome` a dict the caller fills with `run_outcome(error)`
+    before it stops the server. Returns the
     aiohttp runner (`await runner.cleanup()` stops it, ends the dashboards'
     live streams and closes the socket)."""
     from ._app import dashboard_app  # (aiohttp: only a run with metrics pays for importing it)
 
-    return await start_runner(dashboard_app(collect, describe or (lambda: None), started), sock)
+    return await start_runner(dashboard_app(collect, describe or (lambda: None), started, outcome), sock)
 
 
 async def start_runner(app, sock: socket.socket):
@@ -193,6 +195,7 @@ class MetricsServerThread:
         self._lock = threading.Lock()  # the loop's creation vs stop(): one or the other first
         self._stopping = False
         self._wake_out, self._wake_in = os.pipe()  # stop() wakes a thread still waiting for a client
+        self._outcome: dict = {}  # how the run ended, for the dashboard's last state (`stop`)
         self._thread = threading.Thread(target=self._serve, name="metrics", daemon=True)
 
     def start(self) -> None:
@@ -201,7 +204,12 @@ class MetricsServerThread:
         self._started = time.time()
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, error: BaseException | None = None) -> None:
+        """Stop serving; `error`: what ended the run, None when it finished
+        (the dashboard's last state says which)."""
+        from ._dashboard import run_outcome
+
+        self._outcome.update(run_outcome(error))  # (read by the loop's thread after stop.set, below)
         with self._lock:
             self._stopping = True
             loop, stop = self._loop, self._stop
@@ -235,7 +243,8 @@ class MetricsServerThread:
 
     async def _main(self) -> None:
         try:
-            runner = await serve_on_loop(self._sock, self._collect, self._describe, self._started)
+            runner = await serve_on_loop(self._sock, self._collect, self._describe, self._started,
+                                         self._outcome)
         except Exception:  # nothing to tell a caller that has long gone on: say it where it shows
             logging.getLogger("kernel.metrics").exception("the metrics server could not start")
             return

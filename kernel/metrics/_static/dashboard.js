@@ -330,8 +330,12 @@ async function main() {
   events.onmessage = (message) => update(JSON.parse(message.data));
   events.addEventListener("end", (message) => {
     dashboard.ended = true;
-    update(JSON.parse(message.data));
-    setStatus("ended", "ended");
+    const last = JSON.parse(message.data);
+    update(last);
+    // how it ended: a run that raised or was interrupted said "ended", as one that finished
+    if (last.failed) setStatus(`failed: ${last.failed}`, "failed");
+    else if (last.stopped) setStatus(`stopped: ${last.stopped}`, "failed");
+    else setStatus("ended", "ended");
     events.close();
   });
   events.onerror = () => { if (!dashboard.ended) setStatus("reconnecting", ""); };
