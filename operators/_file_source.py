@@ -345,13 +345,20 @@ class FileSource(Source):
         paths = matching_files(self.pattern)
         if not paths:
             raise self._error(f"no file matches {self.pattern!r}")
-        sized = []
+        sized, inodes = [], {}
         for path in paths:
             try:
-                sized.append((path, os.stat(path).st_size))
+                info = os.stat(path)
             except OSError as exc:
                 raise self._error(f"cannot read {path!r}: {exc}") from exc
-        self._cursors = [_Cursor(path, start, end) for path, start, end in plan_spans(sized, index, peers)]
+            sized.append((path, info.st_size))
+            inodes[path] = info.st_ino
+        # Each span knows the file it was planned on (its inode number, in
+        # the snapshot too): a file replaced before this kernel opened it
+        # (while the run was stopped, say) was read on silently, its lines
+        # past the planned size never read, or torn where a span was cut.
+        self._cursors = [_Cursor(path, start, end, inode_number=inodes[path])
+                         for path, start, end in plan_spans(sized, index, peers)]
 
     def _rescan(self) -> None:
         """Following: take on the files matching the pattern that are new and ours."""
@@ -496,6 +503,11 @@ class FileSource(Source):
         changed = before is not None and cursor.tail_crc is not None and zlib.crc32(before) != cursor.tail_crc
         if replaced or changed:
             raise self._error(self._changed_message(cursor, replaced))
+        if not self.follow and info.st_size < cursor.end:
+            # truncated since the files were listed (the tail check above sees
+            # only the bytes before the offset): the span's lines past its new
+            # end were lost without a word
+            raise self._error(self._changed_message(cursor, False, info.st_size))
         if self.follow and before is not None:
             cursor.tail = before  # checked before each read from now on
         cursor.tail_crc = None  # later snapshots take it afresh
@@ -503,10 +515,15 @@ class FileSource(Source):
             # the span's first line is the one starting at or after `start`
             cursor.offset = self._line_start_at_or_after(cursor, cursor.start)
 
-    def _changed_message(self, cursor, replaced: bool) -> str:
+    def _changed_message(self, cursor, replaced: bool, size: int | None = None) -> str:
         if not self.follow:
-            return (f"{cursor.path!r} changed while the run was stopped ("
-                    f"{'another file now has its name' if replaced else 'truncated or rewritten'}; "
+            if replaced:
+                what = "another file now has its name"
+            elif size is not None:
+                what = f"truncated: it has {size} bytes, and byte {cursor.end - 1} was to be read"
+            else:
+                what = "truncated or rewritten"
+            return (f"{cursor.path!r} changed since the run listed the files ({what}; "
                     f"{cursor.offset} bytes of it had been read): a bounded run and the run that resumes "
                     "it must read the same files; to read new ones, start afresh with another state_dir")
         if replaced:  # what happened first: a long path would be cut from the middle of the message
