@@ -150,6 +150,20 @@ _NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 _TABLES = {"meta", "snapshots", "complete"}  # a store's own tables (`SnapshotStore.__init__`)
 
 
+# Less room than this left where SQLite reports an I/O error: the disk is full
+# (the WAL's shared-memory file grows by 32 KiB)
+_NEARLY_FULL = 1 << 20
+
+
+def _free_bytes(directory: str) -> int | None:
+    """The bytes an unprivileged writer may still use on `directory`'s file system."""
+    try:
+        info = os.statvfs(directory)
+    except OSError:
+        return None
+    return info.f_bavail * info.f_frsize
+
+
 class SnapshotStore:
     """A connection to the store of one `state_dir` (one per process: SQLite
     connections must not cross a fork)."""
@@ -261,11 +275,20 @@ class SnapshotStore:
             yield
         except sqlite3.DatabaseError as exc:
             text, code = str(exc), getattr(exc, "sqlite_errorname", "")
-            if code == "SQLITE_FULL" or "full" in text:
-                raise StateError(
-                    f"state_dir {self.directory!r}: the disk is full; this snapshot was not written, "
-                    "the previous complete epoch is intact"
-                ) from exc
+            # SQLite names a full disk SQLITE_FULL where a write of its files
+            # fails, but "disk I/O error" where growing the WAL's shared-memory
+            # file does (SQLITE_IOERR_SHMSIZE, at a store's first open on a
+            # nearly full disk): told apart by the room its file system has left
+            free = _free_bytes(self.directory) if code.startswith("SQLITE_IOERR") else None
+            if code == "SQLITE_FULL" or "full" in text or (free is not None and free < _NEARLY_FULL):
+                if doing.startswith("cannot write"):
+                    raise StateError(
+                        f"state_dir {self.directory!r}: the disk is full; this snapshot was not written, "
+                        "the previous complete epoch is intact"
+                    ) from exc
+                left = "" if free is None else f", {free} bytes free"
+                raise StateError(f"state_dir {self.directory!r}: {doing}: the disk is full ({text}{left}); "
+                                 "make room and run again") from exc
             if code in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or "malformed" in text:
                 raise StateError(self._damaged(text)) from exc
             raise StateError(f"state_dir {self.directory!r}: {doing}: {text}") from exc
