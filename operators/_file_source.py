@@ -320,6 +320,8 @@ class FileSource(Source):
         # (a followed file's span has its inode number too; none in snapshots of earlier versions)
         self._cursors = [_Cursor(*span) for span in snapshot["spans"]]
         self._current = snapshot["current"]
+        if not self.follow:
+            self._check_readable()
 
     def ended_snapshot(self):
         """What this kernel's source, read to its end, keeps in the epochs
@@ -373,6 +375,18 @@ class FileSource(Source):
         # past the planned size never read, or torn where a span was cut.
         self._cursors = [_Cursor(path, start, end, inode_number=inodes[path])
                          for path, start, end in plan_spans(sized, index, peers)]
+        self._check_readable()
+
+    def _check_readable(self) -> None:
+        """Every file of this kernel's spans opens, now: the files are opened
+        one at a time as they are read, and one that cannot be (no permission)
+        failed the run only when its turn came, after every record before it
+        (README: refused "at the run's start"). One open and close a file."""
+        for path in dict.fromkeys(cursor.path for cursor in self._cursors):
+            try:
+                os.close(os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK))
+            except OSError as exc:
+                raise self._error(f"cannot read {path!r}: {exc}") from exc
 
     def _rescan(self) -> None:
         """Following: take on the files matching the pattern that are new and ours."""
