@@ -2,9 +2,9 @@
 
 Both talk to Redis with redis-py's asyncio client on the kernel's own loop
 (the optional extra `streamkernel[redis]`), in batches: the source reads
-with `XREAD ... COUNT batch_size` on a reader task that fills a buffer and
-wakes the source; the sink's writer task sends `XADD`s in pipelines of
-`batch_size`. Nothing on the data path awaits per record.
+with `XREAD ... COUNT` (each stream's share of `batch_size`) on a reader
+task that fills a buffer and wakes the source; the sink's writer task sends
+`XADD`s in pipelines of `batch_size`. Nothing on the data path awaits per record.
 
 Sharing over kernels. A Redis stream is one ordered log with no partitions,
 so the unit of parallelism is the stream: with several streams, kernel `i` of
@@ -450,9 +450,22 @@ class RedisStreamSource(Source):
         if missing:
             self._ends = {**(self._ends or {}), **{s: last[s] for s in missing}}
 
+    # Reading many streams. XREAD's COUNT is per stream: COUNT batch_size
+    # over 200 streams held 200 batches in one reply, where the buffer holds
+    # two. So a read asks each stream for its share of one batch
+    # (`_share`); and since one busy stream among many idle ones would then
+    # come a few entries a round trip (40 times slower, measured), a read of
+    # every stream (a sweep) is followed by a read of those that filled
+    # their share, alone, for theirs. Every other read is a sweep: no
+    # stream waits behind a busy one. A reply holds about a batch (at most
+    # one entry a stream where there are more streams than that).
+
+    def _share(self, streams: int) -> int:
+        return max(1, self.batch_size // streams)
+
     async def _xread(self, client, cursors: dict[str, str], block_ms: int | None):
         try:
-            return await client.xread(cursors, count=self.batch_size, block=block_ms)
+            return await client.xread(cursors, count=self._share(len(cursors)), block=block_ms)
         except Exception as exc:
             named = await self._wrong_key(client, list(cursors), exc)
             raise _redis_error(self.name, self.url, "XREAD", named, exc) from exc
@@ -461,9 +474,12 @@ class RedisStreamSource(Source):
         ends = self._ends or {}
         active = {s: c for s, c in cursors.items()
                   if ends.get(s) is not None and _id_key(c) < _id_key(ends[s])}
+        busy: list[str] = []  # the streams that filled their share in the last sweep
         while active:
-            replies = await self._xread(client, active, None)
-            got = set()
+            read = {s: active[s] for s in busy if s in active} if busy else dict(active)
+            share = self._share(len(read))
+            replies = await self._xread(client, read, None)
+            got, filled = set(), []
             for name, entries in replies:
                 stream = _as_str(name)
                 end = _id_key(ends[stream])
@@ -474,19 +490,29 @@ class RedisStreamSource(Source):
                 else:
                     active[stream] = last
                     got.add(stream)
+                    if len(entries) >= share:
+                        filled.append(stream)
                 await self._buffer(stream, entries)
-            for stream in list(active):
-                if stream not in got:  # nothing after the cursor: trimmed or deleted up to the end
+            for stream in read:
+                if stream in active and stream not in got:  # nothing after it: trimmed or deleted to the end
                     del active[stream]
+            busy = [] if busy else filled
 
     async def _follow(self, client, cursors: dict[str, str]) -> None:
         block_ms = max(1, int(self.block * 1000))
+        busy: list[str] = []  # the streams that filled their share in the last sweep
         while True:
-            replies = await self._xread(client, cursors, block_ms)
+            read = {s: cursors[s] for s in busy} if busy else cursors
+            share = self._share(len(read))
+            replies = await self._xread(client, read, None if busy else block_ms)
+            filled = []
             for name, entries in replies:
                 stream = _as_str(name)
                 cursors[stream] = _as_str(entries[-1][0])
+                if len(entries) >= share:
+                    filled.append(stream)
                 await self._buffer(stream, entries)
+            busy = [] if busy else filled
 
     async def _buffer(self, stream: str, entries: list) -> None:
         """Hand `entries` (redis-py's `(id, fields)` pairs) to the source;

@@ -1,0 +1,136 @@
+"""Session 34's review of the Redis Streams connector, against a real
+`redis-server` (tests/_redis_server.py): each test was seen failing before
+its fix."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kernel import Dataflow, run, run_async
+
+REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("_redis_server", REPO / "tests" / "_redis_server.py")
+_redis_server = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_redis_server)
+
+
+@pytest.fixture(scope="module")
+def url():
+    with _redis_server.redis_server() as address:
+        yield address
+
+
+@pytest.fixture
+def client(url):
+    connection = redis.Redis.from_url(url, decode_responses=True)
+    connection.flushdb()
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def replies(monkeypatch):
+    """Each XREAD reply the source got, as {stream: entries} (a spy on
+    redis-py's client: the call goes to the server as it is)."""
+    sizes: list[dict] = []
+    xread = redis.asyncio.Redis.xread
+
+    async def spy(self, *args, **kwargs):
+        reply = await xread(self, *args, **kwargs)
+        sizes.append({_name(name): len(entries) for name, entries in reply})
+        return reply
+
+    monkeypatch.setattr(redis.asyncio.Redis, "xread", spy)
+    return sizes
+
+
+def _name(name) -> str:
+    return name.decode() if isinstance(name, bytes) else name
+
+
+def total(reply: dict) -> int:
+    return sum(reply.values())
+
+
+def fill(client, stream: str, count: int) -> list[str]:
+    pipe = client.pipeline(transaction=False)
+    for n in range(count):
+        pipe.xadd(stream, {"n": n})
+    return list(pipe.execute())
+
+
+# -- many streams on one kernel ---------------------------------------------------------
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lengths=st.lists(st.integers(0, 40), min_size=12, max_size=24), batch_size=st.integers(3, 30))
+@pytest.mark.parametrize("cores", [1, 2, 3])
+def test_a_kernel_reading_many_streams_holds_about_a_batch_per_reply(client, url, replies, cores,
+                                                                     lengths, batch_size):
+    """XREAD's COUNT is per stream: with COUNT batch_size, a kernel reading
+    20 streams got up to 20 batches in one reply (the README: a buffer of at
+    most two). Each stream is asked for its share now; every entry still
+    comes once, in order per stream, as XRANGE has them."""
+    client.flushdb()
+    replies.clear()
+    names = [f"s{i}" for i in range(len(lengths))]
+    expected = {name: fill(client, name, length) for name, length in zip(names, lengths) if length}
+    flow = Dataflow()
+    out = flow.from_redis_stream(url, names, batch_size=batch_size).map(lambda e: (e.stream, e.id)).collect()
+    run(flow, cores=cores)
+    got: dict[str, list] = {}
+    for stream, entry_id in out.items:
+        got.setdefault(stream, []).append(entry_id)
+    assert got == expected
+    per_kernel = -(-len(names) // cores)  # the most streams one kernel reads
+    assert max(map(total, replies), default=0) <= max(batch_size, per_kernel)
+
+
+async def test_a_busy_stream_among_idle_ones_is_read_in_batches(client, url, replies):
+    """Followed: one stream with 2,000 entries among 40 that get one entry
+    each while it is read. Asked for a 40th of a batch each, the busy one
+    came 25 entries a round trip (40 times slower, measured): it comes in
+    batches, and a reply holds at most one, the idle streams' entries too."""
+    names = [f"s{i}" for i in range(40)]
+    for name in names[1:]:
+        client.xadd(name, {"n": "old"})
+    fill(client, "s0", 2000)
+    order: list[str] = []
+    done = asyncio.Event()
+
+    def note(entry):
+        order.append(entry.stream)
+        if len(order) == 2000 + 2 * 39:
+            done.set()
+
+    flow = Dataflow()
+    flow.from_redis_stream(url, names, follow=True, batch_size=1000).inspect(note).sink(lambda e: None)
+    task = asyncio.ensure_future(run_async(flow))
+    try:
+        deadline = time.monotonic() + 10
+        while order.count("s0") < 100:  # the busy stream is being read: add one entry to each other
+            assert time.monotonic() < deadline and not task.done(), "the busy stream was not read"
+            await asyncio.sleep(0.001)
+        writer = redis.asyncio.Redis.from_url(url)
+        try:
+            for name in names[1:]:
+                await writer.xadd(name, {"n": "new"})
+        finally:
+            await writer.aclose()
+        await asyncio.wait_for(done.wait(), 10)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert order.count("s0") == 2000
+    assert max(map(total, replies)) <= 1000
+    # a few round trips, not the 80 that 2,000 entries at a share of 25 take
+    assert sum(1 for reply in replies if "s0" in reply) < 10
