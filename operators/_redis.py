@@ -53,6 +53,8 @@ from ._sources import check_batch_size
 # a bool, None, a list...): exact types, so a bool never passes as an int.
 _ENCODABLE = frozenset((str, bytes, int, float))
 
+_MAXLEN_MAX = 2**63 - 1
+
 INSTALL_HINT = "the Redis connector needs redis-py: pip install 'streamkernel[redis]'"
 
 
@@ -177,11 +179,19 @@ def check_url(url, operator: str) -> None:
         raise ValueError(f"{operator}: {shown!r} is not a Redis URL: {reason}") from None
 
 
-_ENTRY_ID = re.compile(r"^\d+(-\d+)?$")
+# ASCII digits only (`\d` takes any Unicode digit, which Redis refuses),
+# each part an unsigned 64-bit number, as Redis reads an id.
+_ENTRY_ID = re.compile(r"[0-9]+(-[0-9]+)?")
+_ID_PART_MAX = 2**64 - 1
+
+
+def _is_entry_id(start) -> bool:
+    return (isinstance(start, str) and _ENTRY_ID.fullmatch(start) is not None
+            and all(int(part) <= _ID_PART_MAX for part in start.split("-")))
 
 
 def check_start(start) -> None:
-    if start != "$" and not (isinstance(start, str) and _ENTRY_ID.match(start)):
+    if start != "$" and not _is_entry_id(start):
         raise ValueError(f"from_redis_stream: start must be an entry id ('0', '1700000000000-0') "
                          f"or '$', got {start!r}")
 
@@ -543,7 +553,9 @@ class ToRedisStream(Operator):
                  maxlen: int | None = None, timeout: float = 5.0) -> None:
         if not isinstance(stream, str) or not stream:
             raise ValueError(f"to_redis_stream needs a stream name, got {stream!r}")
-        if maxlen is not None and (not isinstance(maxlen, int) or isinstance(maxlen, bool) or maxlen < 1):
+        # (MAXLEN is a signed 64-bit count in Redis: 2**63 failed the run's first XADD)
+        if maxlen is not None and (not isinstance(maxlen, int) or isinstance(maxlen, bool)
+                                   or not 1 <= maxlen <= _MAXLEN_MAX):
             raise ValueError(f"maxlen must be a positive int or None, got {maxlen!r}")
         check_timeout(timeout)
         check_url(url, "to_redis_stream")

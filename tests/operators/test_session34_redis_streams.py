@@ -134,3 +134,38 @@ async def test_a_busy_stream_among_idle_ones_is_read_in_batches(client, url, rep
     assert max(map(total, replies)) <= 1000
     # a few round trips, not the 80 that 2,000 entries at a share of 25 take
     assert sum(1 for reply in replies if "s0" in reply) < 10
+
+
+# -- arguments Redis refuses, refused when the flow is built ---------------------------------
+
+
+@pytest.mark.parametrize("start", [
+    "18446744073709551616", "5-18446744073709551616",  # a part past 2**64 - 1
+    "\uff15", "1\u0663-0",  # digits, but not ASCII ones (fullwidth 5, Arabic-Indic 3)
+])
+def test_a_start_id_redis_cannot_take_is_refused_when_the_flow_is_built(start):
+    """Such an id passed the check (`\\d` takes any Unicode digit; no bound
+    on the parts): a followed read failed at run time ('Invalid stream ID'),
+    a bounded one from past 2**64 read nothing and said nothing."""
+    with pytest.raises(ValueError, match="start must be an entry id"):
+        Dataflow().from_redis_stream("redis://127.0.0.1:1/0", "s", start=start)
+
+
+def test_the_largest_start_id_is_taken(client, url):
+    client.xadd("s", {"n": 1})
+    flow = Dataflow()
+    out = flow.from_redis_stream(url, "s", start="18446744073709551615-18446744073709551615").collect()
+    run(flow)
+    assert out.items == []
+
+
+def test_a_maxlen_past_what_redis_takes_is_refused_when_the_flow_is_built(client, url):
+    """MAXLEN is a signed 64-bit count: 2**63 was taken, and the run failed
+    at its first XADD ('value is not an integer or out of range')."""
+    stream = Dataflow().from_iterable([{"n": 1}])
+    with pytest.raises(ValueError, match="maxlen must be a positive int"):
+        stream.to_redis_stream(url, "s", maxlen=2**63)
+    flow = Dataflow()
+    flow.from_iterable([{"n": 1}]).to_redis_stream(url, "s", maxlen=2**63 - 1)
+    run(flow)
+    assert client.xlen("s") == 1
