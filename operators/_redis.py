@@ -110,6 +110,17 @@ return ids
 """
 
 
+def _by_stream(reply) -> list:
+    """An XREAD reply as `[(stream, entries)]`. Over RESP3 (a URL with
+    `?protocol=3`) redis-py gives `{stream: [entries]}` instead (a map, each
+    stream's entries in a list of their own), which the reader took for
+    pairs and failed on ('not enough values to unpack')."""
+    if not isinstance(reply, dict):
+        return reply
+    return [(stream, entries[0] if entries and isinstance(entries[0], list) else entries)
+            for stream, entries in reply.items()]
+
+
 def _no_scripts(exc: Exception) -> bool:
     """Whether Redis refused EVAL itself (an ACL without it: NOPERM; a
     server built or configured without scripting), not the script's work."""
@@ -475,10 +486,11 @@ class RedisStreamSource(Source):
 
     async def _xread(self, client, cursors: dict[str, str], block_ms: int | None):
         try:
-            return await client.xread(cursors, count=self._share(len(cursors)), block=block_ms)
+            reply = await client.xread(cursors, count=self._share(len(cursors)), block=block_ms)
         except Exception as exc:
             named = await self._wrong_key(client, list(cursors), exc)
             raise _redis_error(self.name, self.url, "XREAD", named, exc) from exc
+        return _by_stream(reply)
 
     async def _read_to_ends(self, client, cursors: dict[str, str]) -> None:
         ends = self._ends or {}

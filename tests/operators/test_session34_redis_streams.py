@@ -169,3 +169,54 @@ def test_a_maxlen_past_what_redis_takes_is_refused_when_the_flow_is_built(client
     flow.from_iterable([{"n": 1}]).to_redis_stream(url, "s", maxlen=2**63 - 1)
     run(flow)
     assert client.xlen("s") == 1
+
+
+# -- RESP3 --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("decode", [True, False])
+@pytest.mark.parametrize("cores", [1, 2])
+def test_a_url_asking_for_resp3_reads_every_entry(client, url, cores, decode):
+    """`?protocol=3`, which redis-py takes in a URL, gives XREAD's reply as a
+    map: the reader failed on it with a bare 'not enough values to unpack'."""
+    expected = {name: fill(client, name, 30) for name in ("a", "b", "c")}
+    flow = Dataflow()
+    out = (flow.from_redis_stream(f"{url}?protocol=3", ["a", "b", "c"], batch_size=7, decode=decode)
+           .map(lambda e: (e.stream, e.id, e.fields)).collect())
+    run(flow, cores=cores)
+    n = b"n" if not decode else "n"
+    assert {name: [(i, f[n]) for s, i, f in out.items if s == name] for name in expected} == {
+        name: [(i, str(k).encode() if not decode else str(k)) for k, i in enumerate(ids)]
+        for name, ids in expected.items()}
+
+
+async def test_a_followed_read_over_resp3_waits_and_reads_what_comes(client, url):
+    """Over RESP3 an XREAD that waited in vain answers an empty map: the
+    followed read goes on waiting, and reads what comes."""
+    seen: list[str] = []
+    enough = asyncio.Event()
+
+    def note(entry):
+        seen.append(entry.fields["n"])
+        if len(seen) == 3:
+            enough.set()
+
+    flow = Dataflow()
+    flow.from_redis_stream(f"{url}?protocol=3", ["s", "t"], follow=True).inspect(note).sink(lambda e: None)
+    task = asyncio.ensure_future(run_async(flow))
+    writer = redis.asyncio.Redis.from_url(url)
+    try:
+        await writer.config_resetstat()
+        deadline = time.monotonic() + 10
+        # an XREAD done (Redis counts a blocked one when it returns): one waited in vain
+        while (await writer.info("commandstats")).get("cmdstat_xread", {}).get("calls", 0) < 1:
+            assert time.monotonic() < deadline and not task.done(), "no XREAD of the source returned"
+            await asyncio.sleep(0.005)
+        for n in range(3):
+            await writer.xadd("t", {"n": n})
+        await asyncio.wait_for(enough.wait(), 10)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await writer.aclose()
+    assert seen == ["0", "1", "2"]
