@@ -190,6 +190,23 @@ def check_url(url, operator: str) -> None:
         raise ValueError(f"{operator}: {shown!r} is not a Redis URL: {reason}") from None
 
 
+def _check_no_decode_in_url(url: str) -> None:
+    """redis-py lets a URL's `decode_responses=` override the client's
+    own (any value: "false" is a non-empty str, so true), so the source's
+    `decode=False` got str ids and failed on them with a bare
+    AttributeError ('str' object has no attribute 'decode'), and
+    `decode=True` could not be told apart from it."""
+    from urllib.parse import parse_qs, urlsplit
+
+    try:
+        query = parse_qs(urlsplit(url).query)
+    except ValueError:  # (check_url has parsed it: redis-py's reading is the one that counts)
+        return
+    if "decode_responses" in query:
+        raise ValueError(f"from_redis_stream: {shown_url(url)!r} sets decode_responses, which the source "
+                         "sets itself: leave it out of the URL and give decode= (True: str, False: bytes)")
+
+
 # ASCII digits only (`\d` takes any Unicode digit, which Redis refuses),
 # each part an unsigned 64-bit number, as Redis reads an id.
 _ENTRY_ID = re.compile(r"[0-9]+(-[0-9]+)?")
@@ -252,6 +269,7 @@ class RedisStreamSource(Source):
     def __init__(self, url: str, stream, batch_size: int = DEFAULT_BATCH_SIZE, *, follow: bool = False,
                  start: str = "0", decode: bool = True, timeout: float = 5.0, block: float = 0.5) -> None:
         check_url(url, "from_redis_stream")
+        _check_no_decode_in_url(url)
         self.url = url
         self.all_streams = _streams(stream)
         self.batch_size = check_batch_size(batch_size)

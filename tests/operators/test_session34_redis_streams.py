@@ -220,3 +220,25 @@ async def test_a_followed_read_over_resp3_waits_and_reads_what_comes(client, url
         await asyncio.gather(task, return_exceptions=True)
         await writer.aclose()
     assert seen == ["0", "1", "2"]
+
+
+# -- the URL's own options --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["true", "false", "1"])
+def test_a_url_that_sets_decode_responses_is_refused_when_the_flow_is_built(value):
+    """redis-py lets the URL's decode_responses override the client's (as a
+    str: "false" is true): a decode=False source got str ids and its reader
+    failed with a bare AttributeError ('str' object has no attribute 'decode')."""
+    with pytest.raises(ValueError, match="sets decode_responses, which the source sets itself") as info:
+        Dataflow().from_redis_stream(f"redis://user:hunter2@127.0.0.1:1/0?decode_responses={value}", "s",
+                                     decode=False)
+    assert "hunter2" not in str(info.value)
+
+
+def test_the_sink_takes_a_url_that_sets_decode_responses(client, url):
+    """The sink reads nothing back but ids: the option changes nothing there."""
+    flow = Dataflow()
+    flow.from_iterable([{"n": 1}, {"n": 2}]).to_redis_stream(f"{url}?decode_responses=true", "out")
+    run(flow)
+    assert [fields for _id, fields in client.xrange("out")] == [{"n": "1"}, {"n": "2"}]
