@@ -110,6 +110,19 @@ return ids
 """
 
 
+def _raise_if_cancelled() -> None:
+    """Raise CancelledError where this task was cancelled and went on. A run
+    on several kernels whose kernel 0 failed while its reader's XREAD was
+    under way hung, at times, at its end: the reader, cancelled (twice: its
+    `cancelling()` said 2), got the XREAD's reply all the same (the
+    cancellation lost on the way, within redis-py), buffered it and waited
+    for space no poll would make, and the kernel's loop waited for the
+    reader."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _by_stream(reply) -> list:
     """An XREAD reply as `[(stream, entries)]`. Over RESP3 (a URL with
     `?protocol=3`) redis-py gives `{stream: [entries]}` instead (a map, each
@@ -508,6 +521,7 @@ class RedisStreamSource(Source):
         except Exception as exc:
             named = await self._wrong_key(client, list(cursors), exc)
             raise _redis_error(self.name, self.url, "XREAD", named, exc) from exc
+        _raise_if_cancelled()
         return _by_stream(reply)
 
     async def _read_to_ends(self, client, cursors: dict[str, str]) -> None:
@@ -568,6 +582,7 @@ class RedisStreamSource(Source):
         self._buffered += len(records)
         self.wake()
         while self._buffered >= self._buffer_limit:
+            _raise_if_cancelled()
             self._space = asyncio.get_running_loop().create_future()
             await self._space
 

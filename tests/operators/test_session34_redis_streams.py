@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -242,3 +247,51 @@ def test_the_sink_takes_a_url_that_sets_decode_responses(client, url):
     flow.from_iterable([{"n": 1}, {"n": 2}]).to_redis_stream(f"{url}?decode_responses=true", "out")
     run(flow)
     assert [fields for _id, fields in client.xrange("out")] == [{"n": "1"}, {"n": "2"}]
+
+
+# -- a run that fails while a reader's XREAD is under way ------------------------------------
+
+FAILING_RUNS = textwrap.dedent(
+    """
+    import sys
+    from kernel import Dataflow, KernelProcessError, run
+
+    def fail_at_3000(entry):
+        if entry.fields["n"] == "3000":
+            raise ValueError("bad entry")
+        return entry
+
+    for attempt in range(int(sys.argv[2])):
+        for cores in (2, 3):
+            flow = Dataflow()
+            flow.from_redis_stream(sys.argv[1], ["s", "t", "u"]).map(fail_at_3000).collect()
+            try:
+                run(flow, cores=cores)
+            except KernelProcessError as exc:
+                assert "bad entry" in str(exc), exc
+            else:
+                raise AssertionError("the run did not fail")
+            print(attempt, cores, flush=True)
+    """
+)
+
+
+def test_a_run_that_fails_while_its_reader_reads_ends(client, url, tmp_path):
+    """Kernel 0's map fails at entry 3,000 of 50,000 while its reader reads
+    on: the run must end with the error. One run in a few hung (kernel 0's
+    process never exited: its reader, cancelled, got its XREAD's reply all
+    the same and waited for buffer space for ever). 30 runs, in a process
+    of their own, killed if they have not ended in 60 s."""
+    fill(client, "s", 50_000)
+    script = tmp_path / "failing_runs.py"
+    script.write_text(FAILING_RUNS)
+    process = subprocess.Popen([sys.executable, str(script), url, "15"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # (its kernels' processes too)
+        output, _ = process.communicate()
+        pytest.fail(f"a failing run hung; the runs that ended:\n{output}")
+    assert process.returncode == 0, output
+    assert len(output.splitlines()) == 30
