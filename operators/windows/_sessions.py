@@ -55,16 +55,18 @@ class SessionWindows(WindowStrategy):
                 key = record[0]
                 start, end = stamp, stamp + gap
                 mine = sessions.get(key)
-                if mine is None:
-                    mine = sessions[key] = []
                 # the open sessions this event touches: [s, e) overlapping [stamp, stamp + gap)
-                touching = [s for s in mine if s[0] < end and stamp < s[1]]
+                touching = [s for s in mine if s[0] < end and stamp < s[1]] if mine else []
                 if not touching:
                     if end <= stamp:  # stamp + gap rounds to stamp: see TimeTooLarge
                         raise TimeTooLarge(stamp, f"Session({gap!r})")
                     if end <= frontier:
+                        # (no empty list made for its key: one per late event
+                        # of a key without sessions stayed in the state for good)
                         late.append(record)
                         continue
+                if mine is None:
+                    mine = sessions[key] = []
                 # merge what it bridges, oldest session first, then the event
                 acc = _MISSING
                 for s in touching:  # `mine` is sorted by start

@@ -1,12 +1,17 @@
 """Session 34's review of event time: the cost of a hot key in an interval
-join and in session windows, exact against a brute-force reference."""
+join and in session windows (exact against a brute-force reference), and
+what a late event leaves in a window's state."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 
-from kernel import Dataflow, run
+import pytest
+
+from kernel import Dataflow, TimedBatch, run
+from operators import CountAggregation, Session, Tumbling, WindowAggregate
 
 # A hot key: one value every 10 ms, so a ttl of 50 s holds ~5,000 of its
 # values at any time. CPU time of the run, one kernel in this process: ~0.2 s.
@@ -34,3 +39,23 @@ def test_an_interval_join_on_a_hot_key_expires_its_values_in_linear_time():
     assert Counter(out.items) == expected
     assert pairs.late_count.value == 0
     assert spent < CPU_LIMIT, f"{spent:.1f} s of CPU"
+
+
+@pytest.mark.parametrize("window", [Session(1.0), Tumbling(1.0)], ids=repr)
+def test_a_late_event_of_a_key_without_windows_leaves_nothing_in_the_state(window):
+    # A session window kept an empty list of sessions for the key of every
+    # late event that opened none: a key a late event, in the state (and
+    # every snapshot) for good
+    aggregate = WindowAggregate(window, CountAggregation())
+    aggregate.open(None)
+    emitted = []
+    aggregate.emit = emitted.extend
+    aggregate.on_batch(0, TimedBatch([("a", "x")], [100.0]))
+    aggregate.on_watermark(100.0)
+    aggregate.on_batch(0, TimedBatch([(f"late{i}", "x") for i in range(50)], [1.0] * 50))
+    assert aggregate.late == 50
+    state = next(iter(aggregate.on_epoch(1)["states"].values()))
+    assert [key for keyed in ([state] if isinstance(window, Session) else state.values())
+            for key in keyed] == ["a"]
+    aggregate.on_watermark(math.inf)
+    assert [(key, n) for key, _, n in emitted] == [("a", 1)]
