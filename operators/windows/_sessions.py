@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from bisect import bisect_left
 from itertools import count
 from operator import itemgetter
 
@@ -55,30 +56,39 @@ class SessionWindows(WindowStrategy):
                 key = record[0]
                 start, end = stamp, stamp + gap
                 mine = sessions.get(key)
-                # the open sessions this event touches: [s, e) overlapping [stamp, stamp + gap)
-                touching = [s for s in mine if s[0] < end and stamp < s[1]] if mine else []
-                if not touching:
+                # The open sessions this event touches, [s, e) overlapping
+                # [stamp, stamp + gap): one run of `mine`, whose sessions are
+                # disjoint (what an event touches merges) and sorted by start,
+                # so by end too: found by bisection, not by reading every
+                # session of the key (a key with 5,000 open, max_delay well
+                # past the gap, cost ~0.3 ms an event).
+                lo = hi = 0
+                if mine:
+                    hi = bisect_left(mine, end, key=_first)  # the sessions starting before `end`
+                    lo = hi
+                    while lo and stamp < mine[lo - 1][1]:
+                        lo -= 1
+                if lo == hi:
                     if end <= stamp:  # stamp + gap rounds to stamp: see TimeTooLarge
                         raise TimeTooLarge(stamp, f"Session({gap!r})")
                     if end <= frontier:
-                        # (no empty list made for its key: one per late event
+                        # (no empty list kept for its key: one per late event
                         # of a key without sessions stayed in the state for good)
                         late.append(record)
                         continue
-                if mine is None:
-                    mine = sessions[key] = []
                 # merge what it bridges, oldest session first, then the event
                 acc = _MISSING
-                for s in touching:  # `mine` is sorted by start
+                for s in mine[lo:hi] if mine else ():
                     start = min(start, s[0])
                     end = max(end, s[1])
                     acc = s[2] if acc is _MISSING else self._merge_accs(acc, s[2])
-                    mine.remove(s)
                 new = self._new_acc(record[1], stamp, port, next(seq))
                 acc = new if acc is _MISSING else self._merge_accs(acc, new)
                 merged = [start, end, acc]
-                mine.append(merged)
-                mine.sort(key=_first)
+                if mine is None:
+                    sessions[key] = [merged]
+                else:
+                    mine[lo:hi] = [merged]  # between its neighbours, which it does not touch
                 heapq.heappush(ends, (end, start, next(seq), key))
         except PASSES_THROUGH:
             raise
@@ -106,12 +116,10 @@ class SessionWindows(WindowStrategy):
             mine = sessions.get(key)
             if not mine:
                 continue
-            for s in mine:
-                if s[0] == start and s[1] == end:
-                    break
-            else:
+            at = bisect_left(mine, start, key=_first)  # (starts are distinct: the sessions are disjoint)
+            if at == len(mine) or mine[at][0] != start or mine[at][1] != end:
                 continue  # stale: that session grew or merged since
-            mine.remove(s)
+            s = mine.pop(at)
             if not mine:
                 del sessions[key]
             acc = s[2]

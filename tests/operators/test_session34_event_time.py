@@ -41,6 +41,26 @@ def test_an_interval_join_on_a_hot_key_expires_its_values_in_linear_time():
     assert spent < CPU_LIMIT, f"{spent:.1f} s of CPU"
 
 
+def test_session_windows_with_many_open_on_a_hot_key_take_linear_time():
+    # max_delay far past the gap keeps every session open until the end: each
+    # event read every open session of its key (and sorted them), ~10 s of CPU
+    events = [("hot", float(i), i) for i in range(HOT_EVENTS)]
+    events[100], events[101] = events[101], events[100]  # (out of order: placed between two)
+    events.append(("hot", 500.5, -1))  # bridges two sessions: merged
+    flow = Dataflow("hot-sessions")
+    stream = flow.from_iterable(events, timestamp=lambda e: e[1], max_delay=HOT_EVENTS)
+    sessions = stream.key_by(lambda e: e[0]).map_values(lambda e: e[2]).window(Session(0.75)).collect()
+    out = sessions.collect()
+    started = time.process_time()
+    run(flow)
+    spent = time.process_time() - started
+    expected = [("hot", (float(i), i + 0.75), [i]) for i in range(HOT_EVENTS) if i not in (500, 501)]
+    expected.append(("hot", (500.0, 501.75), [500, -1, 501]))
+    assert sorted(out.items) == sorted(expected)
+    assert sessions.late_count.value == 0
+    assert spent < CPU_LIMIT, f"{spent:.1f} s of CPU"
+
+
 @pytest.mark.parametrize("window", [Session(1.0), Tumbling(1.0)], ids=repr)
 def test_a_late_event_of_a_key_without_windows_leaves_nothing_in_the_state(window):
     # A session window kept an empty list of sessions for the key of every
