@@ -151,6 +151,10 @@ class SessionWindows(WindowStrategy):
         return next(self.seq)
 
     def restored(self, sequence: int) -> None:
+        # (a snapshot of an earlier version holds an empty list for each key
+        # that a late event met: dropped, or kept for good)
+        for key in [key for key, sessions in self.sessions.items() if not sessions]:
+            del self.sessions[key]
         self.seq = count(sequence)
         self.ends = [(end, start, next(self.seq), key)
                      for key, sessions in self.sessions.items() for start, end, _ in sessions]

@@ -79,3 +79,22 @@ def test_a_late_event_of_a_key_without_windows_leaves_nothing_in_the_state(windo
             for key in keyed] == ["a"]
     aggregate.on_watermark(math.inf)
     assert [(key, n) for key, _, n in emitted] == [("a", 1)]
+
+
+def test_a_snapshot_holding_empty_session_lists_restores_without_them():
+    # (what a late event left in the state before: a snapshot of then)
+    aggregate = WindowAggregate(Session(1.0), CountAggregation())
+    aggregate.open(None)
+    aggregate.emit = [].extend
+    aggregate.on_batch(0, TimedBatch([("a", "x")], [100.0]))
+    snapshot = aggregate.on_epoch(1)
+    snapshot["states"]["sessions"].update({f"late{i}": [] for i in range(3)})
+    resumed = WindowAggregate(Session(1.0), CountAggregation())
+    resumed.open(None)
+    emitted = []
+    resumed.emit = emitted.extend
+    resumed.restore(snapshot)
+    assert list(resumed.on_epoch(2)["states"]["sessions"]) == ["a"]
+    resumed.on_batch(0, TimedBatch([("late0", "y")], [100.5]))
+    resumed.on_watermark(math.inf)
+    assert sorted((key, n) for key, _, n in emitted) == [("a", 1), ("late0", 1)]
