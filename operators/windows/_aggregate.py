@@ -53,9 +53,9 @@ class WindowAggregate(Windowing):
             policy.passed_on()
             return
         windows = self._windows
-        before = windows.accumulators()
+        windows.count_created()
         super().on_batch(port, batch)
-        policy.aggregated(windows.accumulators() - before, len(batch))
+        policy.aggregated(windows.created(), len(batch))
 
     # -- fused with the map_values (and key_by) before it --------------------------
 
@@ -76,11 +76,12 @@ class WindowAggregate(Windowing):
         if add is None or (policy is not None and policy.passing):
             self.on_batch(port, TimedBatch(list(zip(keys, values)), stamps))
             return
-        before = windows.accumulators() if policy is not None else 0
+        if policy is not None:
+            windows.count_created()
         add(port, keys, values, stamps, self._frontier, self._late_out)
         self._flush()
         if policy is not None:
-            policy.aggregated(windows.accumulators() - before, len(keys))
+            policy.aggregated(windows.created(), len(keys))
 
     def _pass_on_whole(self, batch) -> bool:
         """Emit `batch` as it is, if none of its events is (even in part) late

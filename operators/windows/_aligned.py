@@ -48,7 +48,7 @@ class AlignedWindows(WindowStrategy):
     acc}) and a heap of the open numbers, rebuilt from it on restore."""
 
     __slots__ = ("_adds", "_emit_window", "_grow", "_new", "_user_error", "numbers", "opened", "size",
-                 "span", "step")
+                 "span", "step", "touched")
 
     def __init__(self, operator, size: float, step: float) -> None:
         self.size, self.step = size, step
@@ -57,6 +57,7 @@ class AlignedWindows(WindowStrategy):
         self.numbers: list = []  # heap of the window numbers in `opened`
         self._new, self._grow, self._adds = operator._new, operator._grow, operator._adds
         self._emit_window, self._user_error = operator._emit_window, operator._user_error
+        self.touched: dict | None = None  # while counting: window number -> its accumulators before
 
     def start(self, j: int) -> float:
         return j * self.step
@@ -100,6 +101,24 @@ class AlignedWindows(WindowStrategy):
     def accumulators(self) -> int:
         """How many (window, key) accumulators are open."""
         return sum(map(len, self.opened.values()))
+
+    # A partial half counts the accumulators each batch creates (`_pass_on`).
+    # Counting every open window's before and after the batch cost a pass
+    # over all of them a batch: with 30,000 windows open (max_delay far past
+    # the size) a run of two kernels spent ~20 s in it, and its batches shrank
+    # as the kernel slowed. So the windows the batch goes into (`_open`, once
+    # per change of window) note their size the first time, and only they
+    # are counted.
+
+    def count_created(self) -> None:
+        """Start counting the accumulators created, until `created()`."""
+        self.touched = {}
+
+    def created(self) -> int:
+        """The accumulators created since `count_created()`."""
+        touched, self.touched = self.touched, None
+        opened = self.opened
+        return sum(len(opened[j]) - before for j, before in touched.items())
 
     def open_windows(self) -> int:
         return len(self.numbers)
@@ -152,6 +171,9 @@ class AlignedWindows(WindowStrategy):
         if keyed is None:
             keyed = self.opened[j] = {}
             heapq.heappush(self.numbers, j)
+        touched = self.touched
+        if touched is not None and j not in touched:
+            touched[j] = len(keyed)
         return keyed
 
     def _slice_windows(self, p: int, frontier: float) -> list:

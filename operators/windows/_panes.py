@@ -79,6 +79,13 @@ class SlidingPanes(SlidingWindows):
     def accumulators(self) -> int:
         return super().accumulators() + self.slices.accumulators()
 
+    def count_created(self) -> None:
+        super().count_created()
+        self.slices.count_created()
+
+    def created(self) -> int:
+        return super().created() + self.slices.created()
+
     def open_windows(self) -> int:
         return super().open_windows() + self.slices.open_windows()
 
@@ -96,6 +103,7 @@ class _Slices(TumblingWindows):
         self.span = 1
         self.opened = {}
         self.numbers = []
+        self.touched = None
         self._new, self._grow, self._adds = operator._new, operator._grow, operator._adds
         self._user_error = operator._user_error
         emit_window = operator._emit_window
