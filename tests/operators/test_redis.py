@@ -28,27 +28,14 @@ from operators import RedisEntry
 
 REPO = Path(__file__).resolve().parents[2]
 
-# tests/ is not a package (and its `kernel/` folder would shadow the library): load the helper by path
+# tests/ is not a package (and its `kernel/` folder would shadow the library): load the helper by
+# path (the module's server and its client: conftest.py's `url` and `client`)
 _spec = importlib.util.spec_from_file_location("_redis_server", REPO / "tests" / "_redis_server.py")
 _redis_server = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_redis_server)
 _spec = importlib.util.spec_from_file_location("_crash_runs", REPO / "tests" / "_crash_runs.py")
 _crash_runs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_crash_runs)
-
-
-@pytest.fixture(scope="module")
-def url():
-    with _redis_server.redis_server() as address:
-        yield address
-
-
-@pytest.fixture
-def client(url):
-    connection = redis.Redis.from_url(url, decode_responses=True)
-    connection.flushdb()
-    yield connection
-    connection.close()
 
 
 def fill(client, stream: str, values) -> list[str]:

@@ -4,7 +4,6 @@ one names the input, what happens and what should)."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -14,17 +13,6 @@ from kernel.operators._redis import RedisStreamSource
 from kernel import Dataflow, OperatorError, run, run_async
 
 REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("_redis_server", REPO / "tests" / "_redis_server.py")
-_redis_server = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_redis_server)
-
-
-@pytest.fixture(scope="module")
-def url():
-    with _redis_server.redis_server() as address:
-        yield address
-
-
 @pytest.fixture
 def client(url):
     connection = redis.Redis.from_url(url)

@@ -5,7 +5,6 @@ its fix."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import signal
 import subprocess
@@ -23,23 +22,6 @@ from hypothesis import strategies as st
 from kernel import Dataflow, run, run_async
 
 REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("_redis_server", REPO / "tests" / "_redis_server.py")
-_redis_server = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_redis_server)
-
-
-@pytest.fixture(scope="module")
-def url():
-    with _redis_server.redis_server() as address:
-        yield address
-
-
-@pytest.fixture
-def client(url):
-    connection = redis.Redis.from_url(url, decode_responses=True)
-    connection.flushdb()
-    yield connection
-    connection.close()
 
 
 @pytest.fixture
