@@ -114,6 +114,14 @@ class Chromium:
                 return answer["result"]
         raise ChromiumError("the DevTools connection closed")
 
+    async def open_dashboard(self, url: str) -> int:
+        """Load a dashboard page, its errors caught (`window.pageErrors`),
+        and wait for its first update; the page's update count then."""
+        await self.call("Page.enable")
+        await self.call("Page.addScriptToEvaluateOnNewDocument", source=CATCH_ERRORS)
+        await self.call("Page.navigate", url=url)
+        return await self.evaluate(UPDATES_AFTER % 0)
+
     async def evaluate(self, expression: str, timeout: float = 15.0):
         """The value of a JavaScript expression in the page (a promise is
         awaited); a thrown error is raised here with its text."""
@@ -123,3 +131,21 @@ class Chromium:
             details = result["exceptionDetails"]
             raise ChromiumError(details.get("exception", {}).get("description") or details.get("text"))
         return result["result"].get("value")
+
+
+# Page scripts for `evaluate`. Before the page's own script
+# (Page.addScriptToEvaluateOnNewDocument): what it throws, and what fails to load
+CATCH_ERRORS = """window.pageErrors = [];
+window.addEventListener("error",
+  (e) => window.pageErrors.push(String(e.message || e.target.src || e.type)), true);
+window.addEventListener("unhandledrejection", (e) => window.pageErrors.push(String(e.reason)));"""
+
+# a promise of the dashboard's update count, once past %d (`UPDATES_AFTER % n`)
+UPDATES_AFTER = """new Promise((done, fail) => {
+  const start = Date.now();
+  (function check() {
+    if (window.dashboard && window.dashboard.updates > %d) return done(window.dashboard.updates);
+    if (Date.now() - start > 10000) return fail(new Error("no update in 10 s: " + document.body.innerText));
+    setTimeout(check, 20);
+  })();
+})"""

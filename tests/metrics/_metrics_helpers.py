@@ -1,12 +1,15 @@
 """Shared by the metrics tests: a flow held open until the test has looked
 at its metrics (its source yields everything, then waits for a file), and
-scraping /metrics into {(family, labels): value}."""
+scraping /metrics into {(family, labels): value}, a run with a dashboard on
+a thread of the test, and its graph once described."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -72,3 +75,50 @@ def scrape_until(port: int, condition, timeout: float = 20.0) -> dict:
             break
         time.sleep(0.02)
     return samples
+
+
+def paced_numbers(gate: Path, per_tick: int = 100):
+    """An async generator function: numbers at a steady pace (so counts keep
+    moving), `per_tick` every 10 ms, until `gate` exists."""
+
+    async def numbers():
+        n = 0
+        while not gate.exists():
+            for _ in range(per_tick):
+                yield n
+                n += 1
+            await asyncio.sleep(0.01)
+
+    return numbers
+
+
+def dashboard_run(flow, port: int, cores: int = 1) -> tuple[threading.Thread, list]:
+    """`run(flow, cores=cores, dashboard=...)` on a thread of its own, started:
+    (the thread, the list its exception goes into)."""
+    from kernel import run
+
+    errors: list = []
+
+    def body():
+        try:
+            run(flow, cores=cores, dashboard=f"127.0.0.1:{port}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    return thread, errors
+
+
+def wait_for_graph(port: int, timeout: float = 20.0) -> dict:
+    """/api/graph once the server is up and a kernel has described it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/graph", timeout=5) as response:
+                if response.status == 200:
+                    return json.loads(response.read())
+        except OSError:  # not up yet, or 503 (urllib's HTTPError) until described
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"no graph at :{port}/api/graph in {timeout} s")

@@ -17,8 +17,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from _chromium import Chromium
-from _metrics_helpers import free_port, held_source
+from _chromium import UPDATES_AFTER, Chromium
+from _metrics_helpers import dashboard_run, free_port, held_source, paced_numbers, wait_for_graph
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,15 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _paced_flow(gate: Path):
     """Numbers at a steady pace (so counts keep moving) until `gate` exists."""
-
-    async def numbers():
-        n = 0
-        while not gate.exists():
-            for _ in range(100):
-                yield n
-                n += 1
-            await asyncio.sleep(0.01)
-
+    numbers = paced_numbers(gate)
     flow = Dataflow("dashboard")
     (flow.from_async_iterable(numbers, name="numbers")
          .map(lambda n: n * 3, name="triple")
@@ -57,49 +49,12 @@ def _get(port: int, path: str) -> tuple[int, bytes, str]:
         return exc.code, exc.read(), exc.headers["Content-Type"]
 
 
-def _wait_for_graph(port: int, timeout: float = 20.0) -> dict:
-    """/api/graph once the server is up and a kernel has described it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            status, body, _ = _get(port, "/api/graph")
-            if status == 200:
-                return json.loads(body)
-        except OSError:
-            pass
-        time.sleep(0.02)
-    raise AssertionError(f"no graph at :{port}/api/graph in {timeout} s")
-
-
 def _running(flow, tmp_path: Path, cores: int):
     port = free_port()
-    errors: list = []
-
-    def body():
-        try:
-            run(flow, cores=cores, dashboard=f"127.0.0.1:{port}")
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    return port, thread, errors
+    return (port, *dashboard_run(flow, port, cores))
 
 
-_UPDATES_AFTER = """new Promise((done, fail) => {
-  const start = Date.now();
-  (function check() {
-    if (window.dashboard && window.dashboard.updates > %d) return done(window.dashboard.updates);
-    if (Date.now() - start > 10000) return fail(new Error("no update in 10 s: " + document.body.innerText));
-    setTimeout(check, 20);
-  })();
-})"""
 
-# before the page's own script: what it throws, and what fails to load
-_CATCH_ERRORS = """window.pageErrors = [];
-window.addEventListener("error",
-  (e) => window.pageErrors.push(String(e.message || e.target.src || e.type)), true);
-window.addEventListener("unhandledrejection", (e) => window.pageErrors.push(String(e.reason)));"""
 
 _STEP_ROWS = """Array.from(document.querySelectorAll('#steps tbody tr')).map(
   (row) => Array.from(row.children).map((td) => td.textContent))"""
@@ -110,14 +65,11 @@ async def test_a_browser_sees_the_steps_and_moving_counts(tmp_path):
     flow = _paced_flow(gate)
     port, thread, errors = _running(flow, tmp_path, cores=2)
     try:
-        await asyncio.to_thread(_wait_for_graph, port)
+        await asyncio.to_thread(wait_for_graph, port)
         async with Chromium() as page:
-            await page.call("Page.enable")
-            await page.call("Page.addScriptToEvaluateOnNewDocument", source=_CATCH_ERRORS)
-            await page.call("Page.navigate", url=f"http://127.0.0.1:{port}/")
-            first = await page.evaluate(_UPDATES_AFTER % 0)
+            first = await page.open_dashboard(f"http://127.0.0.1:{port}/")
             rows_before = await page.evaluate(_STEP_ROWS)
-            await page.evaluate(_UPDATES_AFTER % first)
+            await page.evaluate(UPDATES_AFTER % first)
             rows_after = await page.evaluate(_STEP_ROWS)
             text = await page.evaluate("document.body.innerText")
             boxes = await page.evaluate("document.querySelectorAll('#graph g.box').length")
@@ -155,7 +107,7 @@ def test_the_page_draws_the_flows_own_graph(tmp_path):
     flow = _paced_flow(gate)
     port, thread, errors = _running(flow, tmp_path, cores=1)
     try:
-        graph = _wait_for_graph(port)
+        graph = wait_for_graph(port)
         pages = {path: _get(port, path) for path in PAGES}
         status, state, _ = _get(port, "/api/state")
     finally:
@@ -177,7 +129,7 @@ def test_the_live_stream_ends_with_the_run(tmp_path):
     gate = tmp_path / "release"
     flow = _paced_flow(gate)
     port, thread, errors = _running(flow, tmp_path, cores=1)
-    _wait_for_graph(port)
+    wait_for_graph(port)
     events = []
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/events", timeout=10) as stream:
         assert stream.headers["Content-Type"] == "text/event-stream"
@@ -270,7 +222,7 @@ def test_the_epoch_timeline_of_a_run_with_a_state_dir(tmp_path):
     thread = threading.Thread(target=body)
     thread.start()
     try:
-        _wait_for_graph(port)
+        wait_for_graph(port)
         deadline = time.monotonic() + 20
         state = {}
         while time.monotonic() < deadline:
@@ -347,7 +299,7 @@ def test_a_steps_busy_time_is_its_own_handlers(tmp_path):
          .filter(lambda n: n >= 0, name="fast").filter(lambda n: slow(n) >= 0, name="slow").collect())
     port, thread, errors = _running(flow, tmp_path, cores=1)
     try:
-        _wait_for_graph(port)
+        wait_for_graph(port)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             steps = {s["id"]: s for s in json.loads(_get(port, "/api/state")[1])["steps"]}

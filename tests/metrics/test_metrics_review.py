@@ -10,26 +10,12 @@ import urllib.request
 
 import pytest
 from _chromium import Chromium
-from _metrics_helpers import free_port, held_source, per_step, scrape_until
+from _metrics_helpers import dashboard_run, free_port, held_source, per_step, scrape_until
 
-from kernel import Dataflow, run
+from kernel import Dataflow
 from kernel.metrics import parse_address
 from kernel.scheduling._scheduler import Scheduler
 from operators import Tumbling
-
-
-def _in_background(flow, port: int, cores: int):
-    errors: list = []
-
-    def body():
-        try:
-            run(flow, cores=cores, dashboard=f"127.0.0.1:{port}")
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    return thread, errors
 
 
 def _last_state(port: int, gate) -> dict:
@@ -75,7 +61,7 @@ def test_a_loops_head_counts_the_records_it_is_handed(tmp_path):
     gate = tmp_path / "release"
     flow = _halving_loop(records, gate)
     port = free_port()
-    thread, errors = _in_background(flow, port, cores=1)
+    thread, errors = dashboard_run(flow, port, cores=1)
     try:
         samples = scrape_until(port, lambda s: (
             per_step(s, "streamkernel_records_out_total").get("iterate(halve): input") == handed
@@ -146,7 +132,7 @@ def test_the_dashboard_counts_late_events_its_windows_partial_half_found(tmp_pat
     windows.collect()
     window_step = next(node.id for node in flow.graph.nodes if node.kind[0] == "WindowAggregate")
     port = free_port()
-    thread, errors = _in_background(flow, port, cores=2)
+    thread, errors = dashboard_run(flow, port, cores=2)
     try:
         state = _last_state(port, gate)
     finally:
@@ -167,7 +153,7 @@ async def test_the_page_draws_a_flow_with_a_loop(tmp_path):
     gate = tmp_path / "release"
     flow = _halving_loop(list(range(1, 50)), gate)
     port = free_port()
-    thread, errors = _in_background(flow, port, cores=1)
+    thread, errors = dashboard_run(flow, port, cores=1)
     try:
         async with Chromium() as page:
             await page.call("Page.navigate", url=f"http://127.0.0.1:{port}/")

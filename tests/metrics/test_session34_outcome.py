@@ -8,15 +8,13 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
 import time
-import urllib.request
 
 import pytest
 from _chromium import Chromium
-from _metrics_helpers import free_port, held_source
+from _metrics_helpers import dashboard_run, free_port, held_source, wait_for_graph
 
-from kernel import Dataflow, KernelProcessError, OperatorError, run
+from kernel import Dataflow, KernelProcessError, OperatorError
 from kernel.metrics._dashboard import run_outcome
 
 _FAILED = "OperatorError: operator 'check (step 1)': function 'test_session34_outcome.check' raised " \
@@ -42,20 +40,6 @@ def _flow(gate, fail: bool) -> Dataflow:
     flow = Dataflow("outcome")
     flow.from_async_iterable(numbers, name="numbers").map(check, name="check").collect()
     return flow
-
-
-def _run_in_thread(flow: Dataflow, cores: int, port: int):
-    errors: list = []
-
-    def body():
-        try:
-            run(flow, cores=cores, dashboard=f"127.0.0.1:{port}")
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    return thread, errors
 
 
 def _open_events(port: int, timeout: float = 20.0) -> socket.socket:
@@ -96,7 +80,7 @@ def _last_state(client: socket.socket) -> dict:
 @pytest.mark.parametrize("fail", [True, False], ids=["raised", "finished"])
 def test_the_last_state_says_whether_the_run_failed(tmp_path, cores, fail):
     gate, port = tmp_path / "gate", free_port()
-    thread, errors = _run_in_thread(_flow(gate, fail), cores, port)
+    thread, errors = dashboard_run(_flow(gate, fail), port, cores)
     try:
         client = _open_events(port)
         _first_event(client)  # the stream is live: the run has not ended
@@ -147,16 +131,9 @@ _LIVE = """new Promise((done, fail) => {
 
 async def test_the_page_says_failed_with_the_error(tmp_path):
     gate, port = tmp_path / "gate", free_port()
-    thread, errors = _run_in_thread(_flow(gate, True), 2, port)
+    thread, errors = dashboard_run(_flow(gate, True), port, 2)
     try:
-        deadline = time.monotonic() + 20
-        while True:  # the graph is described: the page draws at once
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/graph", timeout=5):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the dashboard never described its graph"
-                await asyncio.sleep(0.02)
+        await asyncio.to_thread(wait_for_graph, port)  # described: the page draws at once
         async with Chromium() as page:
             await page.call("Page.navigate", url=f"http://127.0.0.1:{port}/")
             await page.evaluate(_LIVE)

@@ -14,13 +14,12 @@ import select
 import socket
 import threading
 import time
-import urllib.request
 
 import pytest
-from _chromium import Chromium
-from _metrics_helpers import free_port, held_source, scrape
+from _chromium import UPDATES_AFTER, Chromium
+from _metrics_helpers import dashboard_run, free_port, held_source, paced_numbers, scrape, wait_for_graph
 
-from kernel import Dataflow, run
+from kernel import Dataflow
 from kernel.metrics import _server
 
 SNAPSHOT = {"kernel": 0, "steps": [["numbers", 1, 1, None, None, 1, False, 0.0]], "busy": {},
@@ -71,16 +70,7 @@ def test_a_stranger_holding_connections_does_not_take_a_runs_descriptors(tmp_pat
     flow = Dataflow("held")
     flow.from_async_iterable(held_source(list(range(10)), gate), name="numbers").collect()
     port = free_port()
-    errors: list = []
-
-    def body():
-        try:
-            run(flow, cores=1, dashboard=f"127.0.0.1:{port}")
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=body)
-    thread.start()
+    thread, errors = dashboard_run(flow, port)
     clients: list[socket.socket] = []
     try:
         deadline = time.monotonic() + 20
@@ -229,20 +219,7 @@ def test_a_malformed_request_logs_no_traceback_and_a_handlers_error_still_does(w
         assert error.exc_info and isinstance(error.exc_info[1], RuntimeError)
 
 
-# before the page's own script: what it throws, and what fails to load
-_CATCH_ERRORS = """window.pageErrors = [];
-window.addEventListener("error",
-  (e) => window.pageErrors.push(String(e.message || e.target.src || e.type)), true);
-window.addEventListener("unhandledrejection", (e) => window.pageErrors.push(String(e.reason)));"""
 
-_UPDATES_AFTER = """new Promise((done, fail) => {
-  const start = Date.now();
-  (function check() {
-    if (window.dashboard && window.dashboard.updates > %d) return done(window.dashboard.updates);
-    if (Date.now() - start > 10000) return fail(new Error("no update in 10 s: " + document.body.innerText));
-    setTimeout(check, 20);
-  })();
-})"""
 
 _STEP_ROWS = """Array.from(document.querySelectorAll('#steps tbody tr')).map(
   (row) => Array.from(row.children).map((td) => td.textContent))"""
@@ -255,44 +232,18 @@ async def test_the_page_shows_event_times_in_microseconds(tmp_path):
     watermark, and every step after it showed '-'."""
     gate = tmp_path / "release"
 
-    async def numbers():
-        n = 0
-        while not gate.exists():
-            for _ in range(50):
-                yield n
-                n += 1
-            await asyncio.sleep(0.01)
-
+    numbers = paced_numbers(gate, 50)
     flow = Dataflow("microseconds")
     (flow.from_async_iterable(numbers, timestamp=lambda n: 1.7e15 + n * 1000, max_delay=0, name="numbers")
          .map(lambda n: n * 2, name="double")
          .collect())
     port = free_port()
-    errors: list = []
-
-    def body():
-        try:
-            run(flow, cores=1, dashboard=f"127.0.0.1:{port}")
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=body)
-    thread.start()
+    thread, errors = dashboard_run(flow, port)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/graph", timeout=5):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the dashboard never described its graph"
-                await asyncio.sleep(0.02)
+        await asyncio.to_thread(wait_for_graph, port)
         async with Chromium() as page:
-            await page.call("Page.enable")
-            await page.call("Page.addScriptToEvaluateOnNewDocument", source=_CATCH_ERRORS)
-            await page.call("Page.navigate", url=f"http://127.0.0.1:{port}/")
-            first = await page.evaluate(_UPDATES_AFTER % 0)
-            await page.evaluate(_UPDATES_AFTER % (first + 1))
+            first = await page.open_dashboard(f"http://127.0.0.1:{port}/")
+            await page.evaluate(UPDATES_AFTER % (first + 1))
             rows = await page.evaluate(_STEP_ROWS)
             page_errors = await page.evaluate("window.pageErrors")
     finally:

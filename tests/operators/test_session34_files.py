@@ -13,26 +13,12 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from test_files_review import CHANGE_PIPELINE as PIPELINE  # (a slow map of lines into files)
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("_crash_runs", REPO / "tests" / "_crash_runs.py")
 _crash_runs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_crash_runs)
-
-PIPELINE = textwrap.dedent(
-    """
-    import os, time
-    from kernel import Dataflow
-
-    def slow(line):
-        time.sleep(0.002)
-        return line
-
-    flow = Dataflow("files")
-    (flow.from_files(os.path.join(os.environ["IN"], "*.txt"), chunk_bytes=64)
-         .map(slow).to_files(os.path.join(os.environ["OUT"], "r")))
-    """
-)
 
 
 def _spans(snapshots) -> list:
