@@ -21,7 +21,6 @@ from kernel.dataflow._errors import KernelError
 
 COORDINATOR_VARIABLE = "KERNEL_COORDINATOR"
 COMMANDS = ("coordinator", "executor", "submit", "status", "logs", "kill")
-_MOST = 2**63 - 1  # the largest integer the catalog (SQLite) holds
 
 
 class _Usage(Exception):
@@ -88,10 +87,13 @@ def _at_least(least: int):
             value = None
         if value is None or value < least:
             raise argparse.ArgumentTypeError(f"must be an integer >= {least}, got {text!r}")
-        if value > _MOST:
+        from kernel.system._wire import LARGEST_INTEGER
+
+        if value > LARGEST_INTEGER:
             # (the catalog holds no more: an executor's --cores 100000000000000000000
             # registered, its every write a traceback in the coordinator's log)
-            raise argparse.ArgumentTypeError(f"must be an integer from {least} to {_MOST}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be an integer from {least} to {LARGEST_INTEGER}, "
+                                             f"got {text!r}")
         return value
 
     return number

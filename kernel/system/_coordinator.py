@@ -32,6 +32,7 @@ from kernel.system._wire import (
     CLIENT,
     COORDINATOR,
     EXECUTOR,
+    LARGEST_INTEGER,
     MAX_MESSAGE,
     PATH,
     ConnectionLost,
@@ -48,7 +49,6 @@ class CoordinatorListenFailed(KernelError):
     """The coordinator cannot listen on its --listen address."""
 
 _MAX_WAIT = 30.0  # seconds a `wait` request is held before the client asks again
-_SQLITE_MOST = 2**63 - 1  # the largest integer the catalog holds
 _LOGS_TIMEOUT = 10.0  # seconds an executor has to send a piece of a log (a local file's 1 MiB)
 
 
@@ -186,10 +186,10 @@ class CoordinatorServer(AuthenticatedServer):
         for name, (value, least, optional) in checks.items():
             # (at most SQLite's largest: `--max-restarts 100000000000000000000` was
             # "internal error: OverflowError", with its traceback in this log)
-            if (value is None and optional) or (isinstance(value, int) and least <= value <= _SQLITE_MOST):
+            if (value is None and optional) or (isinstance(value, int) and least <= value <= LARGEST_INTEGER):
                 continue
             raise RequestError(f"submit: --{name.replace('_', '-')} must be an integer from {least} to "
-                               f"{_SQLITE_MOST}")
+                               f"{LARGEST_INTEGER}")
         interval = m.get("epoch_interval")
         if interval is not None and not (isinstance(interval, (int, float)) and interval > 0):
             raise RequestError("submit: --epoch-interval must be a positive number of seconds")

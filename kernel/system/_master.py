@@ -47,7 +47,7 @@ from kernel.system._catalog import (
     Job,
     job_row,
 )
-from kernel.system._wire import ConnectionLost, RequestError, Session, file_fields
+from kernel.system._wire import LARGEST_INTEGER, ConnectionLost, RequestError, Session, file_fields
 
 log = logging.getLogger("kernel.system")
 
@@ -761,8 +761,8 @@ class JobMaster:
     def register(self, session: Session, message: dict) -> Executor:
         executor_id = message.get("executor")
         cores, host = message["cores"], message["host"]
-        if not isinstance(cores, int) or not 1 <= cores < 2**63 or not isinstance(host, str) or not host:
-            # (below 2**63: the catalog holds no more, and a larger one's every write failed)
+        cores_ok = isinstance(cores, int) and 1 <= cores <= LARGEST_INTEGER  # (the catalog holds no more)
+        if not cores_ok or not isinstance(host, str) or not host:
             raise RequestError("register: cores must be a positive int (below 2**63) and host a name")
         now = time.time()
         if executor_id not in self.executors:

@@ -43,6 +43,9 @@ MAX_MESSAGE = 64 << 20  # a submitted pipeline file travels in one message
 # a pipeline file's JSON text, at most: the rest of MAX_MESSAGE for the other fields of
 # its requests (`submit`, and the job master's `start` to each executor: its peers...)
 FILE_ROOM = MAX_MESSAGE - (1 << 20)
+# the largest integer a request may carry into the catalog (SQLite's INTEGER holds no
+# more: a larger one's every write of its row failed, an OverflowError traceback)
+LARGEST_INTEGER = 2**63 - 1
 # The handshake's "process" field says who speaks (its MAC covers it).
 COORDINATOR, EXECUTOR, CLIENT = 0, 1, 2
 ROLES = {EXECUTOR: "executor", CLIENT: "client"}
