@@ -167,6 +167,7 @@ class Distinct(Operator):
             raise KernelError(f"{self.name}: distinct(within=...) needs event time, but these records "
                               "carry no timestamps: give the source timestamp=..." + (self.time_hint or ""))
         size, seen, frontier = self.within.size, self.seen, self._frontier
+        ulp = math.ulp
         kept = []
         record = None
         try:
@@ -177,7 +178,10 @@ class Distinct(Operator):
                 elif (j + 1) * size <= stamp:
                     j += 1
                 end = (j + 1) * size
-                if not stamp < end:  # no window can hold it (its end rounds to its start)
+                # no window can hold it (its end rounds to its start), or floats there are
+                # further apart than the size (windows of another size): as the window
+                # aggregates say (`TumblingWindows._enter`, `too_coarse`), not passed on twice
+                if not stamp < end or ulp(stamp) > size:
                     raise TimeTooLarge(stamp, repr(self.within))
                 if end <= frontier:
                     self.late += 1
