@@ -8,7 +8,7 @@ windows that hold it by the predicate `start <= t < end`.
 
 Every kernel numbers windows alike, so a window's accumulators from several
 kernels meet at its owner by number: these strategies also serve the two
-halves of a combiner (`accumulators`, `open_windows`, `merge_partials`).
+halves of a combiner (`count_created`, `open_windows`, `merge_partials`).
 """
 
 from __future__ import annotations
@@ -97,10 +97,6 @@ class AlignedWindows(WindowStrategy):
         heapq.heapify(self.numbers)
 
     # -- for the combiner's halves ----------------------------------------------------
-
-    def accumulators(self) -> int:
-        """How many (window, key) accumulators are open."""
-        return sum(map(len, self.opened.values()))
 
     # A partial half counts the accumulators each batch creates (`_pass_on`).
     # Counting every open window's before and after the batch cost a pass

@@ -76,9 +76,6 @@ class SlidingPanes(SlidingWindows):
         self.slices.fire(frontier)
         return super().fire(frontier, limit)
 
-    def accumulators(self) -> int:
-        return super().accumulators() + self.slices.accumulators()
-
     def count_created(self) -> None:
         super().count_created()
         self.slices.count_created()

@@ -177,14 +177,22 @@ def test_slices_pre_aggregate_where_windows_would_pass_on():
     assert pass_on._PASS_ON_ABOVE == 0.5  # (the knob this relies on, as the module sets it)
 
 
-def test_nothing_is_held_in_a_snapshot():
+@pytest.mark.parametrize("window, sent", [
+    (Sliding(2.0, 1.0), [("j", 7.5, 2), ("k", 0.5, 1)]),  # by slices
+    (Sliding(0.75, 0.5), [("j", 14, 2), ("j", 15, 2), ("k", 0, 1), ("k", 1, 1)]),  # by windows (keyed state)
+])
+def test_nothing_is_held_in_a_snapshot(window, sent):
     """The partial half sends its slices before each epoch marker
-    (`flush_partials`), as it does its windows."""
-    op, out = partial_half(Sliding(2.0, 1.0))
+    (`flush_partials`), as it does its windows: none is open after it (as
+    the pass-on policy counts them, `open_windows`) and the snapshot holds
+    none."""
+    op, out = partial_half(window)
     op.on_batch(0, TimedBatch([("k", 1), ("j", 2)], [0.5, 7.5]))
+    assert op._windows.open_windows() == len(sent)
     op.flush_partials()
-    assert sorted(out) == [("j", 7.5, 2), ("k", 0.5, 1)]
-    assert op._windows.accumulators() == 0
+    assert op._windows.open_windows() == 0
+    assert op.on_epoch(1)["states"] == {"windows": {}}
+    assert sorted(out) == sent
 
 
 def test_a_reduce_slice_keeps_its_records_in_arrival_order():
