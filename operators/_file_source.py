@@ -71,7 +71,11 @@ def check_encoding(encoding) -> bool:
     # characters and read as garbage, or as malformed lines.
     try:
         ascii_newlines = b"a\n".decode(encoding) == "a\n"
-    except UnicodeDecodeError:
+    except LookupError:  # a codec codecs.lookup knows but bytes.decode refuses: "hex", "base64", "rot13"
+        raise ValueError(f"from_files: encoding {encoding!r} is no text encoding (a codec for "
+                         "codecs.encode/decode); give the encoding of the files' text, such as "
+                         "'utf-8' or 'latin-1'") from None
+    except UnicodeError:  # (not only UnicodeDecodeError: "punycode" and "undefined" raise a bare one)
         ascii_newlines = False
     if not ascii_newlines:
         raise ValueError(f"from_files: encoding {encoding!r} does not write a newline as the byte "

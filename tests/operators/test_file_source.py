@@ -277,6 +277,30 @@ def test_an_encoding_the_files_cannot_be_cut_in_is_refused_when_the_flow_is_buil
         Dataflow().from_files(tmp_path / "*.txt", encoding=encoding, on_error="skip")
 
 
+@pytest.mark.parametrize("encoding", ["hex", "base64", "zlib", "rot13"])
+def test_a_codec_that_is_no_text_encoding_is_refused_when_the_flow_is_built(tmp_path, encoding):
+    """codecs.lookup knows "hex" (bytes to bytes, for codecs.decode), so
+    from_files let it past the name check, and the newline check's
+    decode raised a bare LookupError ("'hex' is not a text encoding; use
+    codecs.decode() to handle arbitrary codecs") that named neither
+    from_files nor its option."""
+    (tmp_path / "a.txt").write_bytes(b"one\n")
+    with pytest.raises(ValueError) as info:
+        Dataflow().from_files(tmp_path / "*.txt", encoding=encoding)
+    assert str(info.value) == (f"from_files: encoding {encoding!r} is no text encoding (a codec for "
+                               "codecs.encode/decode); give the encoding of the files' text, such as "
+                               "'utf-8' or 'latin-1'")
+
+
+@pytest.mark.parametrize("encoding", ["punycode", "undefined"])
+def test_a_text_encoding_that_cannot_decode_a_newline_is_refused_when_the_flow_is_built(tmp_path, encoding):
+    """These raise a bare UnicodeError (not a UnicodeDecodeError) on
+    b"a\\n": it came out of the flow's build as is."""
+    (tmp_path / "a.txt").write_bytes(b"one\n")
+    with pytest.raises(ValueError, match=rf"^from_files: encoding {encoding!r} does not write a newline as "):
+        Dataflow().from_files(tmp_path / "*.txt", encoding=encoding)
+
+
 @pytest.mark.parametrize("cores", [1, 2])
 @pytest.mark.parametrize("format", ["jsonl", "lines", "csv"])
 @pytest.mark.parametrize("encoding", ["latin-1", "cp1252", "utf-8-sig"])
