@@ -66,6 +66,25 @@ def _one_line_each(text: str) -> str:
     return text.translate(_LINE_BREAKS)
 
 
+def file_in_the_way(directory: str) -> str | None:
+    """Why to_files cannot have `directory`: a file (not a directory) there,
+    or at the nearest of its parents that exists ("cannot make the directory
+    ...: File exists" did not say so). None when nothing is in the way."""
+    path = os.path.abspath(directory)
+    while not os.path.lexists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+    if os.path.isdir(path):
+        return None
+    if path == os.path.abspath(directory):
+        detail = f"{directory} is a file, not a directory"
+    else:
+        detail = f"{path} is a file, not a directory (to_files makes {directory} in it)"
+    return detail + "; give to_files a directory (it writes its part files into it)"
+
+
 # what follows a failed write, fsync or rename of a run without a state_dir
 _NOT_PUBLISHED = "the run's output is not published"
 
@@ -86,6 +105,9 @@ class ToFiles(Operator):
                 f"{' and '.join(self.after_endless)} never end{'s' if len(self.after_endless) == 1 else ''} "
                 "(follow=True): nothing would ever be written; give the run a state_dir (its files "
                 "appear as each epoch completes)")
+        in_the_way = file_in_the_way(self.directory)  # (made since the build: see Stream.to_files)
+        if in_the_way is not None:
+            raise KernelError(f"{self.name}: {in_the_way}")
         try:
             make_directories(self.directory)  # (its name durable: a complete epoch's files are in it)
         except OSError as exc:

@@ -1053,6 +1053,9 @@ class Stream(Generic[T_co]):
         where = os.path.realpath(path)
         written = self.flow._file_outputs
         label = name or f"to_files({directory})"
+        in_the_way = ops.file_in_the_way(path)
+        if in_the_way is not None:
+            raise ValueError(f"{label}: {in_the_way}")
         if where in written:
             raise ValueError(f"{label}: the directory {path} is already written by {written[where]}; give "
                              "each to_files a directory of its own")

@@ -117,6 +117,44 @@ def test_a_finished_flow_is_freed_without_the_cyclic_collector():
         gc.enable()
 
 
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_to_files_refuses_a_file_where_its_directory_goes_when_the_step_is_added(tmp_path, where):
+    """to_files(path of a regular file) was built, and the run failed at its
+    start with "cannot make the directory ...: File exists" (or "Not a
+    directory" under a file), which did not say that a file was in the way."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    directory = afile if where == "a file" else afile / "out"
+    said = (f"to_files({directory}): {directory} is a file, not a directory" if where == "a file" else
+            f"to_files({directory}): {afile} is a file, not a directory (to_files makes {directory} "
+            "in it)")
+    with pytest.raises(ValueError) as info:
+        Dataflow().from_iterable([1]).to_files(directory)
+    assert str(info.value) == said + "; give to_files a directory (it writes its part files into it)"
+    assert afile.read_text() == ""
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_to_files_refuses_a_file_put_where_its_directory_goes_after_the_build_at_the_runs_start(
+        tmp_path, where):
+    """A file made between the build and the run: the same words, from the
+    run's start (it said "cannot make the directory ...: File exists")."""
+    from kernel import KernelError
+
+    afile = tmp_path / "afile"
+    directory = afile if where == "a file" else afile / "out"
+    flow = Dataflow()
+    flow.from_iterable([1]).to_files(directory)
+    afile.write_text("")
+    detail = (f"{directory} is a file, not a directory" if where == "a file" else
+              f"{afile} is a file, not a directory (to_files makes {directory} in it)")
+    with pytest.raises(KernelError) as info:
+        run(flow)
+    assert str(info.value) == (f"to_files({directory}) (step 1): {detail}; give to_files a directory (it "
+                               "writes its part files into it)")
+    assert afile.read_text() == ""
+
+
 def test_to_files_refuses_what_is_not_a_path_when_the_step_is_added():
     # to_files(None) was accepted and the run failed opening the sink with os.fspath's bare
     # "expected str, bytes or os.PathLike object, not NoneType".
