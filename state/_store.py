@@ -67,6 +67,30 @@ def unusable_directory(directory: str, exc: OSError) -> StateError:
                       f"{exc.strerror or exc}; give a directory this run may create and write")
 
 
+def unwritable(directory: str, name: str) -> str | None:
+    """What keeps this process from writing the store `name` in `directory`
+    (a read-only file system, no permission to make files in it or to
+    write the store's files), None when nothing does. Asked before SQLite
+    is: its words were "unable to open database file" and "attempt to
+    write a readonly database"."""
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return "the directory is on a read-only file system"
+    except OSError:
+        pass
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return "the directory is read-only (no permission to make files in it)"
+    for file in (name, name + "-wal", name + "-shm"):  # (SQLite's WAL and its index, in WAL mode)
+        path = os.path.join(directory, file)
+        if not os.path.exists(path):
+            continue
+        if not os.access(path, os.W_OK):
+            return f"{file} is read-only (no permission to write it)"
+        if not os.access(path, os.R_OK):
+            return f"{file} is unreadable (no permission to read it)"
+    return None
+
+
 class CorruptSnapshot(StateError):
     pass
 
@@ -176,6 +200,10 @@ class SnapshotStore:
             make_directories(self.directory)  # (its name durable: the epochs marked complete are in it)
         except OSError as exc:  # a file there, a read-only file system, no permission
             raise unusable_directory(self.directory, exc) from exc
+        why = unwritable(self.directory, name)
+        if why is not None:
+            raise StateError(f"state_dir {self.directory!r}: {why}, so this run cannot write its snapshots "
+                             "there; give the run a directory it may write")
         self.name = name
         self.path = os.path.join(self.directory, name)
         new = not os.path.exists(self.path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import sqlite3
@@ -265,6 +266,64 @@ def test_a_state_dir_that_is_no_directory_is_a_clear_error(tmp_path, where):
         assert cli.returncode == 1
         assert cli.stderr.strip().splitlines()[-1].startswith(
             f"error: state_dir '{state_dir}' cannot be used as a directory: Not a directory"), cli.stderr
+
+
+# a process of this root user without the capabilities that let it write any file
+# (test_session34_files); another user's chmod does it alone
+AS_PLAIN_OWNER = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                  "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+
+
+def _can_mount_read_only(where) -> bool:
+    """Whether this process may mount a read-only tmpfs in a mount namespace of its own."""
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o ro tmpfs '{where}'"],
+                           capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+@pytest.mark.parametrize("what", ["directory", "directory of a store", "store file", "unreadable store file",
+                                  "read-only file system"])
+def test_a_state_dir_this_run_cannot_write_is_said_at_its_start(tmp_path, what):
+    """Found by a review: a read-only state_dir failed with SQLite's words,
+    "cannot create snapshots.sqlite: unable to open database file", or,
+    with a store from an earlier run, "attempt to write a readonly
+    database", which did not say what was read-only."""
+    pipeline = tmp_path / "pipeline.py"
+    pipeline.write_text("from kernel import Dataflow\n"
+                        "flow = Dataflow('f')\nflow.from_iterable([1, 2]).print()\n")
+    state_dir = tmp_path / "state"
+    command = [sys.executable, "-m", "kernel.run", str(pipeline), "--state-dir", str(state_dir)]
+    if "store" in what:  # a store from an earlier run
+        earlier = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert earlier.returncode == 0 and earlier.stdout == "1\n2\n", earlier.stderr
+    else:
+        state_dir.mkdir()
+    if what == "store file":  # the directory writable, the store's files not
+        for path in state_dir.glob("snapshots.sqlite*"):
+            path.chmod(0o444)
+        said = "snapshots.sqlite is read-only (no permission to write it)"
+    elif what == "unreadable store file":
+        (state_dir / "snapshots.sqlite").chmod(0o200)
+        said = "snapshots.sqlite is unreadable (no permission to read it)"
+    elif what == "read-only file system":  # an empty one mounted there, in a mount namespace of the run's own
+        if not _can_mount_read_only(state_dir):
+            pytest.skip("no mount namespace of its own here (unshare -m, mount)")
+        mounted = f"mount -t tmpfs -o ro tmpfs '{state_dir}' && exec \"$0\" \"$@\""
+        command = ["unshare", "-m", "sh", "-c", mounted, *command]
+        said = "the directory is on a read-only file system"
+    else:
+        state_dir.chmod(0o555)
+        said = "the directory is read-only (no permission to make files in it)"
+    before = sorted(state_dir.iterdir())
+    try:
+        cli = subprocess.run(AS_PLAIN_OWNER + command, capture_output=True, text=True, timeout=60)
+    finally:
+        state_dir.chmod(0o755)
+    assert cli.returncode == 1 and cli.stdout == ""
+    assert cli.stderr.splitlines() == [
+        f"error: state_dir '{state_dir}': {said}, so this run cannot write its snapshots there; give "
+        "the run a directory it may write"], cli.stderr
+    assert sorted(state_dir.iterdir()) == before
 
 
 def test_run_refuses_a_state_dir_written_by_another_flow(tmp_path):
