@@ -203,21 +203,44 @@ def check_url(url, operator: str) -> None:
         raise ValueError(f"{operator}: {shown!r} is not a Redis URL: {reason}") from None
 
 
+def _url_options(url: str) -> dict:
+    """The options in a URL's query (redis-py passes them to the client,
+    over the connector's own)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    try:
+        return parse_qs(urlsplit(url).query)
+    except ValueError:  # (check_url has parsed it: redis-py's reading is the one that counts)
+        return {}
+
+
 def _check_no_decode_in_url(url: str) -> None:
     """redis-py lets a URL's `decode_responses=` override the client's
     own (any value: "false" is a non-empty str, so true), so the source's
     `decode=False` got str ids and failed on them with a bare
     AttributeError ('str' object has no attribute 'decode'), and
     `decode=True` could not be told apart from it."""
-    from urllib.parse import parse_qs, urlsplit
-
-    try:
-        query = parse_qs(urlsplit(url).query)
-    except ValueError:  # (check_url has parsed it: redis-py's reading is the one that counts)
-        return
-    if "decode_responses" in query:
+    if "decode_responses" in _url_options(url):
         raise ValueError(f"from_redis_stream: {shown_url(url)!r} sets decode_responses, which the source "
                          "sets itself: leave it out of the URL and give decode= (True: str, False: bytes)")
+
+
+# The socket timeouts the connector sets (`_connect`), which a URL's would override
+_TIMEOUTS_SET = ("socket_timeout", "socket_connect_timeout")
+
+
+def check_no_timeouts_in_url(url: str, operator: str) -> None:
+    """redis-py lets a URL's socket timeouts override the client's own: a
+    followed source's XREAD, which waits `block` for entries past
+    `timeout`, failed with "Timeout reading from ..." (the server up) under
+    a shorter `?socket_timeout=`. Refused rather than overridden: the URL
+    would say one thing and the connector do another."""
+    options = _url_options(url)
+    for option in _TIMEOUTS_SET:
+        if option in options:
+            raise ValueError(f"{operator}: {shown_url(url)!r} sets {option}, which the connector sets "
+                             "itself (from timeout=, and a followed source's blocking reads wait longer): "
+                             "leave it out of the URL and give timeout= (seconds)")
 
 
 # ASCII digits only (`\d` takes any Unicode digit, which Redis refuses),
@@ -283,6 +306,7 @@ class RedisStreamSource(Source):
                  start: str = "0", decode: bool = True, timeout: float = 5.0, block: float = 0.5) -> None:
         check_url(url, "from_redis_stream")
         _check_no_decode_in_url(url)
+        check_no_timeouts_in_url(url, "from_redis_stream")
         self.url = url
         self.all_streams = _streams(stream)
         self.batch_size = check_batch_size(batch_size)
@@ -604,6 +628,7 @@ class ToRedisStream(Operator):
             raise ValueError(f"maxlen must be a positive int or None, got {maxlen!r}")
         check_timeout(timeout)
         check_url(url, "to_redis_stream")
+        check_no_timeouts_in_url(url, "to_redis_stream")
         self.url = url
         self.stream = stream
         self.batch_size = check_batch_size(batch_size)

@@ -231,6 +231,27 @@ def test_the_sink_takes_a_url_that_sets_decode_responses(client, url):
     assert [fields for _id, fields in client.xrange("out")] == [{"n": "1"}, {"n": "2"}]
 
 
+@pytest.mark.parametrize("option", ["socket_timeout", "socket_connect_timeout"])
+@pytest.mark.parametrize("step", ["from_redis_stream", "to_redis_stream"])
+def test_a_url_that_sets_a_socket_timeout_is_refused_when_the_flow_is_built(option, step):
+    """redis-py lets the URL's socket timeouts override the connector's
+    own (from timeout=, and a followed source's block= on top): a followed
+    source with ?socket_timeout=0.05 failed its first XREAD that waited for
+    entries, "TimeoutError: Timeout reading from ... is a Redis server
+    running?", with the server up."""
+    url = f"redis://user:hunter2@127.0.0.1:1/0?{option}=0.05"
+    flow = Dataflow()
+    with pytest.raises(ValueError) as info:
+        if step == "from_redis_stream":
+            flow.from_redis_stream(url, "s", follow=True)
+        else:
+            flow.from_iterable([{"n": 1}]).to_redis_stream(url, "out")
+    assert str(info.value) == (
+        f"{step}: 'redis://user:***@127.0.0.1:1/0?{option}=0.05' sets {option}, which the connector sets "
+        "itself (from timeout=, and a followed source's blocking reads wait longer): leave it out of the "
+        "URL and give timeout= (seconds)")
+
+
 # -- a run that fails while a reader's XREAD is under way ------------------------------------
 
 FAILING_RUNS = textwrap.dedent(
