@@ -275,9 +275,19 @@ def _connect(url: str, timeout: float, decode: bool, block_s: float = 0.0):
     )
 
 
-def _redis_error(operator: str, url: str, command: str, stream, exc: BaseException) -> OperatorError:
+def _key_denied(exc: BaseException) -> bool:
+    """Whether Redis refused a key to this user (NOPERM, by its ACL's key
+    patterns), not a command."""
+    text = str(exc)
+    refused = type(exc).__name__ == "NoPermissionError" or text.startswith("NOPERM")
+    return refused and "permissions to access" in text and "key" in text
+
+
+def _redis_error(operator: str, url: str, command: str, stream, exc: BaseException,
+                 access: str = "read") -> OperatorError:
     """An error from Redis (unreachable, a key of another type...), naming
-    the operator, the server, the command and the stream."""
+    the operator, the server, the command and the stream (`access`: what
+    the step does with it, "read" or "write")."""
     import redis.exceptions as errors
 
     url = shown_url(url)  # never the password
@@ -286,6 +296,11 @@ def _redis_error(operator: str, url: str, command: str, stream, exc: BaseExcepti
             isinstance(exc, errors.ResponseError) and str(exc).startswith(("NOAUTH", "WRONGPASS"))):
         # (a ConnectionError too, in redis-py: not "is a server running?")
         hint = f"the server at {url} refused the password or user name (or needs one)"
+    elif _key_denied(exc):
+        hint = (f"the server's ACL does not let the user of {url} {access} the key {stream!r} (ACL GETUSER "
+                "shows its key patterns)" if isinstance(stream, str) else
+                f"the server's ACL does not let the user of {url} {access} one of the keys {stream!r} (Redis "
+                "does not say which; ACL GETUSER shows its key patterns)")
     elif isinstance(exc, (errors.ConnectionError, errors.TimeoutError, OSError, asyncio.TimeoutError)):
         hint = f"is a Redis server running at {url}? (no answer within the timeout, or refused)"
     elif "WRONGTYPE" in str(exc):
@@ -497,14 +512,26 @@ class RedisStreamSource(Source):
         return {s: _as_str(i) or None for s, i in zip(streams, ids)}
 
     async def _wrong_key(self, client, streams: list, exc: Exception):
-        """The one stream that is not one, where Redis said WRONGTYPE of a
-        command over several (it names no key): else `streams` as given."""
-        if "WRONGTYPE" not in str(exc) or len(streams) == 1:
-            return streams if len(streams) != 1 else streams[0]
+        """The one stream at fault where Redis said of a command over
+        several that a key is not a stream (WRONGTYPE) or not this user's to
+        read (NOPERM): it names no key, so each stream is asked alone; else
+        `streams` as given."""
+        if len(streams) == 1:
+            return streams[0]
         try:
-            for stream in streams:
-                if _as_str(await client.type(stream)) not in ("stream", "none"):
-                    return stream
+            if "WRONGTYPE" in str(exc):
+                for stream in streams:
+                    if _as_str(await client.type(stream)) not in ("stream", "none"):
+                        return stream
+            elif _key_denied(exc):
+                for stream in streams:
+                    try:
+                        await client.xlen(stream)  # (a read of the key, as XREAD's)
+                    except Exception as denied:
+                        if _key_denied(denied):
+                            return stream
+                        if type(denied).__name__ == "NoPermissionError":
+                            break  # (XLEN itself refused: no stream can be asked alone)
         except Exception:  # (the error to report is the first one)
             pass
         return streams
@@ -739,7 +766,7 @@ class ToRedisStream(Operator):
                 if hint is not None:
                     where = f"XADD on {shown_url(self.url)} stream {self.stream!r}"
                     return OperatorError.wrap(self.name, where, exc, record=record, hint=hint)
-        return _redis_error(self.name, self.url, "XADD", self.stream, exc)
+        return _redis_error(self.name, self.url, "XADD", self.stream, exc, access="write")
 
     async def _limits(self) -> dict[str, int] | str | None:
         """The server's limits on an argument, by CONFIG GET on a new

@@ -19,7 +19,7 @@ import redis.asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kernel import Dataflow, run, run_async
+from kernel import Dataflow, OperatorError, run, run_async
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -250,6 +250,75 @@ def test_a_url_that_sets_a_socket_timeout_is_refused_when_the_flow_is_built(opti
         f"{step}: 'redis://user:***@127.0.0.1:1/0?{option}=0.05' sets {option}, which the connector sets "
         "itself (from timeout=, and a followed source's blocking reads wait longer): leave it out of the "
         "URL and give timeout= (seconds)")
+
+
+# -- a key the URL's user may not use (ACL) ---------------------------------------------------
+
+
+@pytest.fixture
+def user_of_a_streams(client, url):
+    """The URL of a user whose ACL keys are a* only (every command); then
+    without XLEN too, which the source tries each stream with."""
+    def user(name, *rules):
+        client.execute_command("ACL", "SETUSER", name, "reset", "on", ">pw", "~a*", "+@all", *rules)
+        users.append(name)
+        return url.replace("redis://", f"redis://{name}:pw@")
+
+    users: list = []
+    yield user
+    for name in users:
+        client.execute_command("ACL", "DELUSER", name)
+
+
+@pytest.mark.parametrize("follow", [False, True])  # the ends by EVAL (XREVRANGE); XREAD at once
+def test_a_stream_the_user_may_not_read_is_named(client, url, user_of_a_streams, follow):
+    """Redis says NOPERM "this user has no permissions to access one of
+    the keys used as arguments" of a command over several streams: the
+    error named them all (stream ['a1', 'b1', 'a2']), so the user could
+    not tell which their ACL leaves out. The source asks each stream alone
+    (XLEN) and names the one."""
+    for stream in ("a1", "b1", "a2"):
+        client.xadd(stream, {"n": "1"})
+    flow = Dataflow()
+    user = user_of_a_streams("reader1")
+    flow.from_redis_stream(user, ["a1", "b1", "a2"], follow=follow).collect()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    shown = url.replace("redis://", "redis://reader1:***@")
+    assert info.value.function == f"{'XREAD' if follow else 'XREVRANGE'} on {shown} stream 'b1'"
+    assert info.value.error == ("NoPermissionError: this user has no permissions to access one of the keys "
+                                "used as arguments")
+    assert info.value.hint == (f"the server's ACL does not let the user of {shown} read the key 'b1' "
+                               "(ACL GETUSER shows its key patterns)")
+
+
+def test_where_no_stream_alone_can_be_asked_the_error_says_redis_names_none(client, url, user_of_a_streams):
+    """A user who may not run XLEN either: the error says plainly that it
+    is one of the streams, Redis not saying which."""
+    for stream in ("a1", "b1"):
+        client.xadd(stream, {"n": "1"})
+    flow = Dataflow()
+    user = user_of_a_streams("reader2", "-xlen")
+    flow.from_redis_stream(user, ["a1", "b1"]).collect()
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    shown = url.replace("redis://", "redis://reader2:***@")
+    assert info.value.function == f"XREVRANGE on {shown} stream ['a1', 'b1']"
+    assert info.value.hint == (f"the server's ACL does not let the user of {shown} read one of the keys "
+                               "['a1', 'b1'] (Redis does not say which; ACL GETUSER shows its key patterns)")
+
+
+def test_a_stream_the_user_may_not_write_is_named(client, url, user_of_a_streams):
+    flow = Dataflow()
+    user = user_of_a_streams("writer1")
+    flow.from_iterable([{"n": 1}]).to_redis_stream(user, "b9")
+    with pytest.raises(OperatorError) as info:
+        run(flow)
+    shown = url.replace("redis://", "redis://writer1:***@")
+    assert info.value.function == f"XADD on {shown} stream 'b9'"
+    assert info.value.hint == (f"the server's ACL does not let the user of {shown} write the key 'b9' "
+                               "(ACL GETUSER shows its key patterns)")
+    assert client.exists("b9") == 0
 
 
 # -- a run that fails while a reader's XREAD is under way ------------------------------------
