@@ -44,3 +44,19 @@ def make_directories(path: str) -> None:
     os.makedirs(missing[0], exist_ok=True)
     for made in reversed(missing):  # (another process may have made some: an fsync too many, no harm)
         fsync_directory(os.path.dirname(made))
+
+
+def directory_unwritable(directory: str) -> str | None:
+    """Why this process cannot make files in `directory` ("is on a
+    read-only file system", "is read-only (no permission to make files in
+    it)"), None when it can: asked at a run's start, where what writes
+    there (snapshots, to_files's parts) failed later, in other words
+    (SQLite's "unable to open database file")."""
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return "is on a read-only file system"
+    except OSError:
+        pass
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return "is read-only (no permission to make files in it)"
+    return None

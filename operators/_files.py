@@ -32,7 +32,7 @@ import functools
 import os
 import re
 
-from kernel._durable import fsync_directory, make_directories
+from kernel._durable import directory_unwritable, fsync_directory, make_directories
 from kernel._faults import crash_point
 from kernel.dataflow import EVERY_EPOCH
 from kernel.dataflow._errors import PASSES_THROUGH, KernelError, OperatorError
@@ -112,6 +112,10 @@ class ToFiles(Operator):
             make_directories(self.directory)  # (its name durable: a complete epoch's files are in it)
         except OSError as exc:
             raise self._disk_error(exc, f"make the directory {self.directory}") from exc
+        why = directory_unwritable(self.directory)  # (else said by the first batch, its records handled)
+        if why is not None:
+            raise KernelError(f"{self.name}: the directory {self.directory} {why}, so it cannot write its "
+                              "files there; give to_files a directory it may write")
         self.kernel = context.index
         self.peers = context.peers
         self.epoch = 1  # the epoch whose records are being written

@@ -42,7 +42,7 @@ import zlib
 from contextlib import contextmanager
 from functools import cached_property
 
-from kernel._durable import fsync_directory, make_directories
+from kernel._durable import directory_unwritable, fsync_directory, make_directories
 from kernel.dataflow import EVERY_EPOCH
 from kernel.dataflow._errors import KernelError
 from kernel.dataflow._key_groups import default_key_groups
@@ -73,13 +73,9 @@ def unwritable(directory: str, name: str) -> str | None:
     write the store's files), None when nothing does. Asked before SQLite
     is: its words were "unable to open database file" and "attempt to
     write a readonly database"."""
-    try:
-        if os.statvfs(directory).f_flag & os.ST_RDONLY:
-            return "the directory is on a read-only file system"
-    except OSError:
-        pass
-    if not os.access(directory, os.W_OK | os.X_OK):
-        return "the directory is read-only (no permission to make files in it)"
+    why = directory_unwritable(directory)
+    if why is not None:
+        return f"the directory {why}"
     for file in (name, name + "-wal", name + "-shm"):  # (SQLite's WAL and its index, in WAL mode)
         path = os.path.join(directory, file)
         if not os.path.exists(path):

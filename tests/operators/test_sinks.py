@@ -155,6 +155,37 @@ def test_to_files_refuses_a_file_put_where_its_directory_goes_after_the_build_at
     assert afile.read_text() == ""
 
 
+def test_to_files_into_a_directory_it_may_not_write_is_refused_at_the_runs_start(tmp_path):
+    """A read-only directory failed the run at its first batch ("cannot
+    write .../.part-k0-e00000001.jsonl: Permission denied"), its records
+    already handled; now at the run's start, before any record moves."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    script = tmp_path / "pipeline.py"
+    script.write_text("import sys\nfrom kernel import Dataflow, run\nflow = Dataflow('f')\n"
+                      "handled = flow.from_iterable([1, 2]).map(lambda r: print('handled', r) or r)\n"
+                      "handled.to_files(sys.argv[1])\nrun(flow)\n")
+    # a process of this root user without the capabilities that let it write any file
+    plain = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+             "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    try:
+        ran = subprocess.run([*plain, sys.executable, str(script), str(out)], capture_output=True, text=True,
+                             timeout=60)
+    finally:
+        out.chmod(0o755)
+    assert ran.returncode == 1 and ran.stdout == ""
+    assert ran.stderr.splitlines()[-1] == (
+        f"kernel.scheduling._errors.KernelError: to_files({out}) (step 2): the directory {out} is read-only "
+        "(no permission to make files in it), so it cannot write its files there; give to_files a directory "
+        "it may write"), ran.stderr
+    assert list(out.iterdir()) == []
+
+
 def test_to_files_refuses_what_is_not_a_path_when_the_step_is_added():
     # to_files(None) was accepted and the run failed opening the sink with os.fspath's bare
     # "expected str, bytes or os.PathLike object, not NoneType".
