@@ -30,7 +30,7 @@ from kernel.dataflow._operator import Operator, TimedBatch, rescale_fields
 
 from ._calls import keyed_error
 from .windows import Tumbling
-from .windows._strategy import TIME_TOO_LARGE_HINT, TimeTooLarge
+from .windows._strategy import TIME_TOO_LARGE_HINT, TimeTooLarge, coarse_from
 
 
 class _AnyNaN(float):
@@ -167,7 +167,7 @@ class Distinct(Operator):
             raise KernelError(f"{self.name}: distinct(within=...) needs event time, but these records "
                               "carry no timestamps: give the source timestamp=..." + (self.time_hint or ""))
         size, seen, frontier = self.within.size, self.seen, self._frontier
-        ulp = math.ulp
+        coarse = coarse_from(size)  # (|stamp| from there: too_coarse)
         kept = []
         record = None
         try:
@@ -181,7 +181,7 @@ class Distinct(Operator):
                 # no window can hold it (its end rounds to its start), or floats there are
                 # further apart than the size (windows of another size): as the window
                 # aggregates say (`TumblingWindows._enter`, `too_coarse`), not passed on twice
-                if not stamp < end or ulp(stamp) > size:
+                if not stamp < end or not -coarse < stamp < coarse:
                     raise TimeTooLarge(stamp, repr(self.within))
                 if end <= frontier:
                     self.late += 1

@@ -54,6 +54,13 @@ def too_coarse(stamp: float, step: float) -> bool:
     return math.ulp(stamp) > step
 
 
+def coarse_from(step: float) -> float:
+    """The smallest magnitude from which `too_coarse(stamp, step)` holds:
+    a loop over every record compares with it instead of calling
+    math.ulp a record (floats in [2**e, 2**(e+1)) are 2**(e-52) apart)."""
+    return math.ldexp(1.0, math.frexp(step)[1] + 52)
+
+
 class WindowStrategy:
     """The interface of a window kind's per-operator logic (see the module)."""
 

@@ -244,6 +244,19 @@ def test_a_time_whose_floats_are_coarser_than_the_window_is_named_as_windows_nam
     assert "time_ns" in err.hint
 
 
+
+@settings(max_examples=400, deadline=None)
+@given(st.floats(min_value=1e-9, max_value=1e9), st.floats(allow_nan=False, allow_infinity=False))
+def test_coarse_from_is_where_floats_are_further_apart_than_the_step(step, stamp):
+    """distinct compares each record's time with `coarse_from(size)` instead
+    of calling math.ulp a record: the same answer as `too_coarse`, the
+    brute check, everywhere (and at the bound's float and the one below)."""
+    from operators.windows._strategy import coarse_from, too_coarse
+
+    bound = coarse_from(step)
+    for t in (stamp, -stamp, bound, math.nextafter(bound, 0), -bound):
+        assert (not -bound < t < bound) == too_coarse(t, step), (step, t, bound)
+
 # -- the operator: windows forgotten, late records --------------------------------------
 
 
