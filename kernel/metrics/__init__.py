@@ -20,7 +20,7 @@ way round.
 
 from ._block import PUBLISH_INTERVAL, MetricsBlock
 from ._exposition import render
-from ._server import MetricsServerThread, listen, parse_address, serve_on_loop
+from ._server import MetricsServerError, MetricsServerThread, listen, parse_address, serve_on_loop
 
-__all__ = ["PUBLISH_INTERVAL", "MetricsBlock", "MetricsServerThread", "listen", "parse_address", "render",
-           "serve_on_loop"]
+__all__ = ["PUBLISH_INTERVAL", "MetricsBlock", "MetricsServerError", "MetricsServerThread", "listen",
+           "parse_address", "render", "serve_on_loop"]

@@ -1,0 +1,34 @@
+"""Review of the dashboard's address and pages (each test here failed
+before its fix; see the commit messages): the error a taken port raises
+is the public name the README gives it; an IPv6 address is written in
+brackets."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+import kernel.metrics
+from kernel import Dataflow, run
+
+
+def _flow() -> Dataflow:
+    flow = Dataflow("address")
+    flow.from_iterable(range(3)).collect()
+    return flow
+
+
+# -- the error's name ----------------------------------------------------------------------------
+
+
+def test_a_taken_port_raises_the_documented_public_error():
+    """The README and run()'s docstring name `kernel.metrics.MetricsServerError`;
+    only `kernel.metrics._server` had it (AttributeError)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(kernel.metrics.MetricsServerError) as raised:
+            run(_flow(), dashboard=f"127.0.0.1:{port}")
+    assert str(raised.value) == f"dashboard 127.0.0.1:{port}: cannot listen there: Address already in use"
