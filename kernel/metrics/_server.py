@@ -74,10 +74,16 @@ def parse_address(value) -> tuple[str, int]:
     return host, int(port)
 
 
+def host_port(host: str, port: int) -> str:
+    """`HOST:PORT` as the address is written (and `parse_address` reads it
+    back): an IPv6 host in brackets, `[::1]:9464` (`::1:9464` was printed)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def listen(address: tuple[str, int]) -> socket.socket:
     """A socket listening on `address`; MetricsServerError (saying why) if it cannot."""
     host, port = address
-    where = f"dashboard {host}:{port}"
+    where = f"dashboard {host_port(host, port)}"
     try:
         family, kind, proto, _, sockaddr = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
@@ -95,8 +101,9 @@ def listen(address: tuple[str, int]) -> socket.socket:
 
 
 def bound_address(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    """The address `sock` listens on, `HOST:PORT` (the port the system
+    picked for port 0)."""
+    return host_port(*sock.getsockname()[:2])
 
 
 async def serve_on_loop(sock: socket.socket, collect, describe=None, started: float | None = None,
