@@ -725,9 +725,12 @@ def run(flow: Dataflow, *, cores: int = 1, gc_threshold_during_run: int | None =
     results are gathered on process 0 (empty elsewhere).
 
     `dashboard="HOST:PORT"` serves the run's metrics at
-    `http://HOST:PORT/metrics` (Prometheus's text format) while it runs; a
-    malformed address raises ValueError, one that cannot be listened on
-    (a port in use) `kernel.metrics.MetricsServerError`, before anything runs.
+    `http://HOST:PORT/metrics` (Prometheus's text format) while it runs,
+    and says where once it listens (`dashboard on http://HOST:PORT/`, at
+    INFO by the logger `kernel.metrics.url`, the URL also the record's
+    `url`: port 0's is picked by the system); a malformed address raises
+    ValueError, one that cannot be listened on (a port in use)
+    `kernel.metrics.MetricsServerError`, before anything runs.
     """
     _refuse_inside_a_pipeline_import("run")
     try:

@@ -154,6 +154,32 @@ def _error(message: str, traceback: str = "") -> None:
         print(traceback, end="", file=sys.stderr)
 
 
+_dashboard_said = None  # the handler that prints where the dashboard listens (one, however often main runs)
+
+
+def _say_where_the_dashboard_is() -> None:
+    """Once the run's dashboard listens, print where on stderr (the record
+    of the logger `kernel.metrics.url`: `dashboard on
+    http://127.0.0.1:40123/`), as text or as a JSON line as the command's
+    warnings are: the one way to learn a port the system picked
+    (`--dashboard 127.0.0.1:0`), and a link to click for any other."""
+    import logging
+
+    from kernel._logging import JsonFormatter, off_the_live_line
+
+    global _dashboard_said
+    logger = logging.getLogger("kernel.metrics.url")
+    if _dashboard_said is not None:
+        logger.removeHandler(_dashboard_said)
+    _dashboard_said = logging.StreamHandler(sys.stderr)
+    text = logging.Formatter("%(message)s")
+    _dashboard_said.setFormatter(JsonFormatter(_json_job) if _json_errors else text)
+    _dashboard_said.addFilter(off_the_live_line)
+    logger.addHandler(_dashboard_said)
+    logger.setLevel(logging.INFO)  # (an INFO record: the command prints warnings only, else)
+    logger.propagate = False  # printed once, not again by a pipeline's own handler of INFO records
+
+
 def _check_cluster_options(args) -> None:
     if args.peers is None or args.process_id is None:
         raise UsageError("a cluster needs both --process-id and --peers")
@@ -244,6 +270,8 @@ def _run(args, path: Path, name: str) -> int:
     _check_pipeline_path(path)
     if args.dashboard is not None and not args.dashboard.strip():  # (said as the system's commands say it)
         raise UsageError(blank_said("--dashboard", "address", args.dashboard, "HOST:PORT"))
+    if args.dashboard is not None:
+        _say_where_the_dashboard_is()
     if args.coordinator is not None:
         if not args.coordinator.strip():
             raise UsageError(blank_said("--coordinator", "address", args.coordinator, "HOST:PORT"))

@@ -72,12 +72,14 @@ async def _one_kernel(plan: RunPlan, flow) -> dict:
     server = None
     outcome: dict = {}  # how the run ended, for the dashboard's last state
     if plan.dashboard is not None:  # on this loop, reading the runtime when scraped
-        from kernel.metrics import listen, serve_on_loop
+        from kernel.metrics import announce, listen, serve_on_loop
         from kernel.metrics._block import without_surrogates
 
         graph = without_surrogates(flow.graph.describe())  # as the kernel processes' graph block
-        server = await serve_on_loop(listen(plan.dashboard), lambda: [runtime.metrics_snapshot()],
-                                     lambda: graph, outcome=outcome)
+        sock = listen(plan.dashboard)
+        server = await serve_on_loop(sock, lambda: [runtime.metrics_snapshot()], lambda: graph,
+                                     outcome=outcome)
+        announce(sock)  # (its port, where the system picked it: the one way to learn it)
     kernel.at_start(runtime.start)
     if plan.progress is not None:
         kernel.at_start(lambda: _tell_progress(kernel, runtime, plan.progress))
@@ -116,13 +118,15 @@ def _on_cores(plan: RunPlan, get_flow, cancel=None) -> list[dict]:
     if not plan.observed:
         return unpack_results(run_on_cores(_kernel_process(get_flow, plan), plan.cores, epochs=epochs,
                                            cluster=plan.cluster, cancel=cancel, agreement=agreement))
-    from kernel.metrics import MetricsBlock, MetricsServerThread, listen
+    from kernel.metrics import MetricsBlock, MetricsServerThread, announce, listen
 
     # Bound before the kernels fork (a port in use fails the run before it
     # starts); served from a thread started after they have forked, so no
     # kernel inherits a thread's locks. The first kernel describes the
     # graph in a block of its own (the launcher need not import the flow).
     sock = None if plan.dashboard is None else listen(plan.dashboard)  # the server thread closes it
+    if sock is not None:
+        announce(sock)  # (listening already: a client that comes before the kernels start waits)
     blocks = [MetricsBlock() for _ in range(plan.cores)]
     graph_block = MetricsBlock()
     # a cluster's relay reports what its links sent in a block of its own

@@ -8,7 +8,8 @@
   its end); its launcher reads every kernel's block when scraped.
 * `render` (`_exposition.py`) writes snapshots as the text exposition format.
 * `_server.py`: the server (aiohttp), on the run's own loop for one
-  kernel, on a thread of the launcher for kernel processes; `_app.py` its
+  kernel, on a thread of the launcher for kernel processes; `announce`
+  logs its URL once it listens (logger `kernel.metrics.url`); `_app.py` its
   routes: `/metrics`, and the dashboard at `/` (`_static/`: the page, its
   script and style) with its JSON (`/api/graph`: `Graph.describe()`,
   `/api/state`, `/api/events`: `_dashboard.py`'s state, live).
@@ -20,7 +21,7 @@ way round.
 
 from ._block import PUBLISH_INTERVAL, MetricsBlock
 from ._exposition import render
-from ._server import MetricsServerError, MetricsServerThread, listen, parse_address, serve_on_loop
+from ._server import MetricsServerError, MetricsServerThread, announce, listen, parse_address, serve_on_loop
 
-__all__ = ["PUBLISH_INTERVAL", "MetricsBlock", "MetricsServerError", "MetricsServerThread", "listen",
-           "parse_address", "render", "serve_on_loop"]
+__all__ = ["PUBLISH_INTERVAL", "MetricsBlock", "MetricsServerError", "MetricsServerThread", "announce",
+           "listen", "parse_address", "render", "serve_on_loop"]

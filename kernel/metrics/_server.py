@@ -106,6 +106,22 @@ def bound_address(sock: socket.socket) -> str:
     return host_port(*sock.getsockname()[:2])
 
 
+# Where a run's dashboard listens, said once it listens: the one way to learn
+# a port the system picked (`dashboard="127.0.0.1:0"`). The command line
+# prints this logger's records on stderr (kernel/cli/_run.py).
+_url_log = logging.getLogger("kernel.metrics.url")
+
+
+def announce(sock: socket.socket) -> str:
+    """Say where a run's dashboard is, `sock` listening: its URL
+    (`http://127.0.0.1:40123/`, an IPv6 host in brackets), logged at INFO
+    by the logger `kernel.metrics.url` as "dashboard on URL", the URL also
+    the record's `url` attribute. Returns the URL."""
+    url = f"http://{bound_address(sock)}/"
+    _url_log.info("dashboard on %s", url, extra={"url": url})
+    return url
+
+
 async def serve_on_loop(sock: socket.socket, collect, describe=None, started: float | None = None,
                         outcome: dict | None = None):
     """Serve `/metrics` and the dashboard (`_app.py`) from `sock` on the

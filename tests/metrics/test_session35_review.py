@@ -1,16 +1,32 @@
 """Review of the dashboard's address and pages (each test here failed
 before its fix; see the commit messages): the error a taken port raises
 is the public name the README gives it; an IPv6 address is written in
-brackets."""
+brackets; the address a run's dashboard listens on is said, port 0's
+too."""
 
 from __future__ import annotations
 
+import json
+import logging
+import queue
+import re
 import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
+from _metrics_helpers import held_source, per_step, scrape_until
 
 import kernel.metrics
 from kernel import Dataflow, run
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _flow() -> Dataflow:
@@ -48,3 +64,131 @@ def test_a_taken_ipv6_port_is_said_in_brackets(cores):
         with pytest.raises(kernel.metrics.MetricsServerError) as raised:
             run(_flow(), cores=cores, dashboard=f"[::1]:{port}")
     assert str(raised.value) == f"dashboard [::1]:{port}: cannot listen there: Address already in use"
+
+
+# -- where the dashboard is ----------------------------------------------------------------------
+
+
+class _Said(logging.Handler):
+    """The records of the logger `kernel.metrics.url`, as they come."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: queue.Queue = queue.Queue()
+        self.logger = logging.getLogger("kernel.metrics.url")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.put(record)
+
+    def __enter__(self) -> _Said:
+        self.level_was = self.logger.level
+        self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.level_was)
+
+
+def _graph(url: str, timeout: float = 20.0) -> dict:
+    """`url`'s /api/graph, once a kernel has described it (503 until then)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}api/graph", timeout=5) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_a_run_on_port_0_says_the_url_it_serves(tmp_path, cores, host):
+    """`dashboard="127.0.0.1:0"` listened on a port the system picked and
+    said nothing of it. It is logged at INFO (`kernel.metrics.url`, the URL
+    also the record's `url`), and that URL serves the run's own graph."""
+    gate = tmp_path / "release"
+    flow = Dataflow("anywhere")
+    flow.from_async_iterable(held_source(list(range(10)), gate), name="numbers").collect()
+    errors: list = []
+    bracketed = f"[{host}]" if ":" in host else host
+
+    def body():
+        try:
+            run(flow, cores=cores, dashboard=f"{bracketed}:0")
+        except BaseException as exc:
+            errors.append(exc)
+
+    with _Said() as said:
+        thread = threading.Thread(target=body)
+        thread.start()
+        try:
+            record = said.records.get(timeout=20)
+            graph = _graph(record.url)
+        finally:
+            gate.touch()
+            thread.join()
+    assert not errors, errors
+    port = re.fullmatch(rf"http://{re.escape(bracketed)}:(\d+)/", record.url)
+    assert port and int(port[1]) > 0, record.url
+    assert (record.levelno, record.getMessage()) == (logging.INFO, f"dashboard on {record.url}")
+    assert said.records.empty()  # (said once)
+    assert graph["name"] == "anywhere"
+
+
+CLI_PIPELINE = """
+import asyncio, pathlib
+from kernel import Dataflow
+
+async def numbers():
+    for n in range(500):
+        yield n
+    while not pathlib.Path({gate!r}).exists():
+        await asyncio.sleep(0.005)
+
+flow = Dataflow("cli")
+flow.from_async_iterable(numbers, name="numbers").map(str, name="text").collect()
+"""
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_the_command_prints_the_url_of_port_0(tmp_path, log_format):
+    """`python -m kernel.run pipeline.py --dashboard 127.0.0.1:0` printed
+    nothing: the port was the system's to know. It prints `dashboard on
+    URL` on stderr (as a JSON line with --log-format json), and the run's
+    metrics are at that URL."""
+    gate = tmp_path / "release"
+    pipeline = tmp_path / "pipeline.py"
+    pipeline.write_text(textwrap.dedent(CLI_PIPELINE.format(gate=str(gate))))
+    command = [sys.executable, "-m", "kernel.run", str(pipeline), "--cores", "2",
+               "--dashboard", "127.0.0.1:0", "--log-format", log_format]
+    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True)
+    reader.start()
+    try:
+        first = lines.get(timeout=30)
+        said = json.loads(first) if log_format == "json" else {"message": first.rstrip("\n")}
+        url = said["message"].removeprefix("dashboard on ")
+        name = "streamkernel_records_in_total"
+        port = int(re.fullmatch(r"http://127\.0\.0\.1:(\d+)/", url)[1])
+        samples = scrape_until(port, lambda s: per_step(s, name).get("text") == 500)
+    finally:
+        gate.touch()
+        process.wait(timeout=30)
+        reader.join(timeout=30)
+    rest = []
+    while not lines.empty():
+        rest.append(lines.get())
+    assert process.returncode == 0, (first, rest)
+    assert rest == []  # (nothing else said)
+    assert per_step(samples, "streamkernel_records_in_total")["text"] == 500
+    if log_format == "json":
+        assert {k: said[k] for k in ("level", "message", "logger", "job")} == {
+            "level": "INFO", "message": f"dashboard on {url}", "logger": "kernel.metrics.url",
+            "job": "pipeline.py:flow"}
+    else:
+        assert first == f"dashboard on {url}\n"
