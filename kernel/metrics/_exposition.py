@@ -31,7 +31,8 @@ _FAMILIES = (
      "Seconds from an epoch's start on a kernel to its whole snapshot (aligned and pickled)."),
     ("streamkernel_snapshot_bytes", "gauge", "Size of the last snapshot a kernel took."),
     ("streamkernel_backpressured_seconds_total", "counter",
-     "Seconds a kernel's sources were paused because a channel to another kernel was full."),
+     "Seconds a kernel's sources waited on a full ring, an asynchronous sink's full buffer or a loop's "
+     "full entry (not the kernel's own pacing)."),
     ("streamkernel_ring_used_bytes", "gauge",
      "Bytes a kernel has written into its ring to another kernel (peer) or the link relay, not yet read."),
     ("streamkernel_link_sent_bytes_total", "counter",

@@ -2,7 +2,7 @@
 before its fix; see the commit messages): the error a taken port raises
 is the public name the README gives it; an IPv6 address is written in
 brackets; the address a run's dashboard listens on is said, port 0's
-too."""
+too; the HELP of the backpressured seconds says what the README says."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from _metrics_helpers import held_source, per_step, scrape_until
 
 import kernel.metrics
 from kernel import Dataflow, run
+from kernel.metrics import render
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -192,3 +193,24 @@ def test_the_command_prints_the_url_of_port_0(tmp_path, log_format):
             "job": "pipeline.py:flow"}
     else:
         assert first == f"dashboard on {url}\n"
+
+
+# -- what the backpressured seconds count --------------------------------------------------------
+
+
+def test_the_help_of_the_backpressured_seconds_says_what_the_readme_says():
+    """The README's table (the contract, and what the runtime counts:
+    `Runtime._backpressured`) says a full ring, an asynchronous sink's full
+    buffer or a loop's full entry; the HELP said only "a channel to another
+    kernel was full"."""
+    snapshot = {"kernel": 0, "steps": [], "busy": {}, "stalls": 0, "idle": 0.0, "backpressured": 0.5}
+    name = "streamkernel_backpressured_seconds_total"
+    (help_line,) = [line for line in render([snapshot]).splitlines() if line.startswith(f"# HELP {name} ")]
+    assert help_line == (f"# HELP {name} Seconds a kernel's sources waited on a full ring, an asynchronous "
+                         "sink's full buffer or a loop's full entry (not the kernel's own pacing).")
+    readme = (ROOT / "README.md").read_text().splitlines()
+    (row,) = [line for line in readme if line.startswith(f"| `{name}` |")]
+    causes = "a full ring, an asynchronous sink's full buffer or a loop's full entry"
+    assert f"its sources waited on {causes} (several kernels only; the kernel spreading its own work " \
+           "over ticks is not counted) |" in row
+    assert causes in help_line
