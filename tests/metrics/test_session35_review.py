@@ -2,10 +2,12 @@
 before its fix; see the commit messages): the error a taken port raises
 is the public name the README gives it; an IPv6 address is written in
 brackets; the address a run's dashboard listens on is said, port 0's
-too; the HELP of the backpressured seconds says what the README says."""
+too; the HELP of the backpressured seconds says what the README says;
+both pages work behind a reverse proxy under a path prefix."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import queue
@@ -20,8 +22,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import pytest
-from _metrics_helpers import held_source, per_step, scrape_until
+from _chromium import Chromium
+from _metrics_helpers import dashboard_run, free_port, held_source, paced_numbers, per_step, scrape_until
+from aiohttp import web
 
 import kernel.metrics
 from kernel import Dataflow, run
@@ -214,3 +219,96 @@ def test_the_help_of_the_backpressured_seconds_says_what_the_readme_says():
     assert f"its sources waited on {causes} (several kernels only; the kernel spreading its own work " \
            "over ticks is not counted) |" in row
     assert causes in help_line
+
+
+# -- behind a reverse proxy ----------------------------------------------------------------------
+
+PREFIX = "/streamkernel/"
+
+
+async def _proxy(upstream: int) -> tuple[web.AppRunner, int]:
+    """A reverse proxy, as nginx's `location /streamkernel/ { proxy_pass
+    http://127.0.0.1:PORT/; }`: `PREFIX` + path goes to the upstream's
+    path, streamed (server-sent events pass as they come); any other path
+    is 404, as the proxy's own would be. (runner, its port)"""
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        async with session.get(f"http://127.0.0.1:{upstream}/{request.match_info['tail']}") as answer:
+            response = web.StreamResponse(status=answer.status,
+                                          headers={"Content-Type": answer.headers["Content-Type"]})
+            await response.prepare(request)
+            async for chunk in answer.content.iter_any():
+                await response.write(chunk)
+            return response
+
+    async def close_session(_app) -> None:
+        await session.close()
+
+    app = web.Application()
+    app.router.add_get(PREFIX + "{tail:.*}", forward)
+    app.on_cleanup.append(close_session)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, runner.addresses[0][1]
+
+
+# the system page's first state shown (`show`): its executor's row
+_EXECUTOR_ROW = """new Promise((done, fail) => {
+  const start = Date.now();
+  (function check() {
+    const row = document.querySelector('#executors tbody tr');
+    if (row) return done(Array.from(row.children).map((td) => td.textContent));
+    if (Date.now() - start > 10000) return fail(new Error("no state in 10 s: " + document.body.innerText));
+    setTimeout(check, 20);
+  })();
+})"""
+
+
+async def test_the_system_page_works_under_a_path_prefix():
+    """The coordinator's page behind a reverse proxy at /streamkernel/:
+    it listened to /api/events, the proxy's root (404), and never showed
+    a state ("reconnecting...")."""
+    from kernel.system._dashboard import dashboard_socket, serve_dashboard
+
+    system = {"executors": [{"id": "e1", "host": "node-a", "cores": 4, "free": 3, "state": "up"}],
+              "jobs": [], "topics": []}
+    sock = dashboard_socket("127.0.0.1", 0)
+    server = await serve_dashboard(sock, lambda: system)
+    proxy, port = await _proxy(sock.getsockname()[1])
+    try:
+        async with Chromium() as page:
+            await page.call("Page.navigate", url=f"http://127.0.0.1:{port}{PREFIX}")
+            row = await page.evaluate(_EXECUTOR_ROW)
+    finally:
+        await proxy.cleanup()
+        await server.cleanup()
+    assert row == ["e1", "node-a", "4", "3", "up"]
+
+
+async def test_a_jobs_page_works_under_a_path_prefix(tmp_path):
+    """A run's own page behind the same proxy: its script, style, graph
+    and live states all come through the prefix (relative URLs: a guard,
+    it failed with the script's "/api/events")."""
+    gate = tmp_path / "release"
+    flow = Dataflow("proxied")
+    flow.from_async_iterable(paced_numbers(gate), name="numbers").map(str, name="text").collect()
+    upstream = free_port()
+    thread, errors = dashboard_run(flow, upstream)
+    proxy, port = await _proxy(upstream)
+    try:
+        async with Chromium() as page:
+            updates = await page.open_dashboard(f"http://127.0.0.1:{port}{PREFIX}")
+            names = await page.evaluate("Array.from(document.querySelectorAll('#steps tbody tr'))"
+                                        ".map((row) => row.children[0].textContent)")
+            header = await page.evaluate("getComputedStyle(document.querySelector('header')).backgroundColor")
+            page_errors = await page.evaluate("window.pageErrors")
+    finally:
+        gate.touch()
+        await proxy.cleanup()
+        await asyncio.to_thread(thread.join)
+    assert not errors, errors
+    assert updates >= 1 and page_errors == [], page_errors
+    assert names == ["numbers (step 0)", "text (step 1)", "collect (step 2)"]
+    assert header == "rgb(31, 41, 55)"  # dashboard.css's #1f2937: the style came through too
