@@ -3,7 +3,8 @@ before its fix; see the commit messages): the error a taken port raises
 is the public name the README gives it; an IPv6 address is written in
 brackets; the address a run's dashboard listens on is said, port 0's
 too; the HELP of the backpressured seconds says what the README says;
-both pages work behind a reverse proxy under a path prefix."""
+both pages work behind a reverse proxy under a path prefix; a watermark
+lag is shown only for event times in seconds."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from _chromium import Chromium
+from _chromium import UPDATES_AFTER, Chromium
 from _metrics_helpers import dashboard_run, free_port, held_source, paced_numbers, per_step, scrape_until
 from aiohttp import web
 
@@ -312,3 +313,47 @@ async def test_a_jobs_page_works_under_a_path_prefix(tmp_path):
     assert updates >= 1 and page_errors == [], page_errors
     assert names == ["numbers (step 0)", "text (step 1)", "collect (step 2)"]
     assert header == "rgb(31, 41, 55)"  # dashboard.css's #1f2937: the style came through too
+
+
+# -- the watermark's lag -------------------------------------------------------------------------
+
+# each step's row of the table, and the watermark line of its box
+_LAGS = """Array.from(document.querySelectorAll('#steps tbody tr')).map((row) => [
+  row.children[0].textContent, row.children[7].textContent,
+  document.querySelector(`#graph g.box[data-step="${row.dataset.step}"] text:nth-of-type(3)`).textContent])"""
+
+
+@pytest.mark.parametrize("unit", ["seconds", "milliseconds", "microseconds"])
+async def test_a_watermarks_lag_is_shown_for_seconds_only(tmp_path, unit):
+    """Event times 5 s behind the wall clock have a lag of 5 s and more.
+    In milliseconds or microseconds (~1.7e12, ~1.7e15: ahead of the wall
+    clock's ~1.7e9) the lag was "0.0 ms", as if the run were up to date:
+    it is "-", as for event times that are not on the wall clock at all."""
+    gate = tmp_path / "release"
+    scale = {"seconds": 1, "milliseconds": 1e3, "microseconds": 1e6}[unit]
+    flow = Dataflow("lag")
+    (flow.from_async_iterable(paced_numbers(gate, 50), timestamp=lambda _n: (time.time() - 5) * scale,
+                              max_delay=0, name="numbers")
+         .map(lambda n: n * 2, name="double")
+         .collect())
+    port = free_port()
+    thread, errors = dashboard_run(flow, port)
+    try:
+        async with Chromium() as page:
+            first = await page.open_dashboard(f"http://127.0.0.1:{port}/")
+            await page.evaluate(UPDATES_AFTER % (first + 1))
+            rows = await page.evaluate(_LAGS)
+            page_errors = await page.evaluate("window.pageErrors")
+    finally:
+        gate.touch()
+        await asyncio.to_thread(thread.join)
+    assert not errors, errors
+    assert page_errors == [], page_errors
+    assert [row[0] for row in rows] == ["numbers (step 0)", "double (step 1)", "collect (step 2)"]
+    for _step, column, box in rows:
+        if unit == "seconds":
+            shown = re.fullmatch(r"(\d+\.\d) s", column)
+            assert shown and 5.0 <= float(shown[1]) < 60, rows
+        else:
+            assert column == "-", rows
+        assert box == f"wm lag {column}", rows

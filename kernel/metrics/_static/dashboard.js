@@ -64,10 +64,15 @@ function lowerWatermark(a, b) {
   return Math.min(a, b);
 }
 
+// A watermark further ahead of the wall clock than this (seconds) is not seconds on it:
+// event times in milliseconds (1.7e12) or microseconds (1.7e15), whose lag was "0.0 ms"
+const AHEAD = 86400;
+
 function lag(w, now) {
   if (w === null || w === undefined) return "-";
   if (w === "end") return "0";
-  return w > 1e8 ? seconds(Math.max(0, now - w)) : "-"; // only event times on the wall clock have a lag
+  // only event times in seconds on the wall clock have a lag (one a little ahead, clocks apart: none)
+  return w > 1e8 && w <= now + AHEAD ? seconds(Math.max(0, now - w)) : "-";
 }
 
 // -- the graph ---------------------------------------------------------------------------
