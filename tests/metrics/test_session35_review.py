@@ -320,15 +320,19 @@ async def test_a_jobs_page_works_under_a_path_prefix(tmp_path):
 # each step's row of the table, and the watermark line of its box
 _LAGS = """Array.from(document.querySelectorAll('#steps tbody tr')).map((row) => [
   row.children[0].textContent, row.children[7].textContent,
-  document.querySelector(`#graph g.box[data-step="${row.dataset.step}"] text:nth-of-type(3)`).textContent])"""
+  document.querySelector(`#graph g.box[data-step="${row.dataset.step}"] text:nth-of-type(3)`).textContent,
+  row.children[6].textContent])"""
+_DATE = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}"  # (a watermark shown as a UTC date)
 
 
 @pytest.mark.parametrize("unit", ["seconds", "milliseconds", "microseconds"])
-async def test_a_watermarks_lag_is_shown_for_seconds_only(tmp_path, unit):
-    """Event times 5 s behind the wall clock have a lag of 5 s and more.
-    In milliseconds or microseconds (~1.7e12, ~1.7e15: ahead of the wall
-    clock's ~1.7e9) the lag was "0.0 ms", as if the run were up to date:
-    it is "-", as for event times that are not on the wall clock at all."""
+async def test_a_watermarks_lag_and_date_are_shown_for_seconds_only(tmp_path, unit):
+    """Event times 5 s behind the wall clock have a lag of 5 s and more,
+    and their watermark is a date. In milliseconds or microseconds
+    (~1.7e12, ~1.7e15: ahead of the wall clock's ~1.7e9) the lag was
+    "0.0 ms", as if the run were up to date: it is "-", as for event times
+    that are not on the wall clock at all; and a watermark in milliseconds
+    was dated in the year 55,840: it is the number it is, as microseconds'."""
     gate = tmp_path / "release"
     scale = {"seconds": 1, "milliseconds": 1e3, "microseconds": 1e6}[unit]
     flow = Dataflow("lag")
@@ -343,6 +347,7 @@ async def test_a_watermarks_lag_is_shown_for_seconds_only(tmp_path, unit):
             first = await page.open_dashboard(f"http://127.0.0.1:{port}/")
             await page.evaluate(UPDATES_AFTER % (first + 1))
             rows = await page.evaluate(_LAGS)
+            header = await page.evaluate("document.getElementById('watermark').textContent")
             page_errors = await page.evaluate("window.pageErrors")
     finally:
         gate.touch()
@@ -350,7 +355,13 @@ async def test_a_watermarks_lag_is_shown_for_seconds_only(tmp_path, unit):
     assert not errors, errors
     assert page_errors == [], page_errors
     assert [row[0] for row in rows] == ["numbers (step 0)", "double (step 1)", "collect (step 2)"]
-    for _step, column, box in rows:
+    for _step, column, box, watermark in [*rows, (None, None, None, header)]:
+        if unit == "seconds":
+            assert re.fullmatch(_DATE, watermark), (rows, header)
+        else:  # the event time (5 s ago) as the number it is
+            assert abs(float(watermark.replace(",", "")) / scale - time.time()) < 60, (rows, header)
+        if column is None:  # (the header's watermark has no lag)
+            continue
         if unit == "seconds":
             shown = re.fullmatch(r"(\d+\.\d) s", column)
             assert shown and 5.0 <= float(shown[1]) < 60, rows

@@ -46,13 +46,23 @@ function seconds(s) {
   return m < 120 ? `${m} min ${Math.floor(s % 60)} s` : `${Math.floor(m / 60)} h ${m % 60} min`;
 }
 
-function watermarkText(w) {
+// A watermark further ahead of the wall clock than this (seconds) is not seconds on it:
+// event times in milliseconds (1.7e12) or microseconds (1.7e15), whose lag was "0.0 ms"
+const AHEAD = 86400;
+
+function onWallClock(w, now) {
+  // event times in seconds since the epoch, as the wall clock's (above 1e8: 1973)
+  return w > 1e8 && w <= now + AHEAD;
+}
+
+function watermarkText(w, now) {
   if (w === null || w === undefined) return "-";
   if (w === "end") return "end of input";
-  // a date where JavaScript has one (to 8.64e12 s, the year 275760): past it (event
-  // times in microseconds, 1.7e15) toISOString threw a RangeError, and every step after
-  // the source was left at "-"; such a watermark is shown as the number it is
-  if (w > 1e8 && w <= 8.64e12) return new Date(w * 1000).toISOString().replace("T", " ").replace("Z", "");
+  // a date for event times on the wall clock; any other watermark as the number it is: event
+  // times in microseconds (1.7e15, past JavaScript's dates at 8.64e12 s) threw a RangeError in
+  // toISOString, and every step after the source was left at "-"; in milliseconds (1.7e12)
+  // they were dated in the year 55,840
+  if (onWallClock(w, now)) return new Date(w * 1000).toISOString().replace("T", " ").replace("Z", "");
   if (Math.abs(w) >= 1e8) return Math.round(w).toLocaleString("en-US");
   return w.toFixed(3);
 }
@@ -64,15 +74,11 @@ function lowerWatermark(a, b) {
   return Math.min(a, b);
 }
 
-// A watermark further ahead of the wall clock than this (seconds) is not seconds on it:
-// event times in milliseconds (1.7e12) or microseconds (1.7e15), whose lag was "0.0 ms"
-const AHEAD = 86400;
-
 function lag(w, now) {
   if (w === null || w === undefined) return "-";
   if (w === "end") return "0";
-  // only event times in seconds on the wall clock have a lag (one a little ahead, clocks apart: none)
-  return w > 1e8 && w <= now + AHEAD ? seconds(Math.max(0, now - w)) : "-";
+  // only event times on the wall clock have a lag (one a little ahead, clocks apart: none)
+  return onWallClock(w, now) ? seconds(Math.max(0, now - w)) : "-";
 }
 
 // -- the graph ---------------------------------------------------------------------------
@@ -241,7 +247,7 @@ function update(state) {
       cells[3].textContent = rate(r.out);
       cells[4].textContent = count(input);
       cells[5].textContent = count(figures.out);
-      cells[6].textContent = watermarkText(figures.watermark);
+      cells[6].textContent = watermarkText(figures.watermark, state.time);
       cells[7].textContent = lag(figures.watermark, state.time);
       cells[8].textContent = count(figures.late);
       cells[9].textContent = step.source ? "-" : pct(r.busy ?? 0);
@@ -250,7 +256,7 @@ function update(state) {
   document.getElementById("elapsed").textContent = seconds(state.time - state.started);
   document.getElementById("rate-in").textContent = rate(totalIn);
   document.getElementById("rate-out").textContent = rate(totalOut);
-  document.getElementById("watermark").textContent = watermarkText(lowest);
+  document.getElementById("watermark").textContent = watermarkText(lowest, state.time);
   document.getElementById("complete").textContent = state.epochs.complete ?? "-";
   drawKernels(state, shares);
   drawEpochs(state.epochs);
