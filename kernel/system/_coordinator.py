@@ -295,10 +295,12 @@ async def serve(host: str, port: int, secret: bytes, data_dir: str | Path, *, tl
     page = None
     try:
         if page_socket is not None:
+            from kernel.metrics._server import bound_address
             from kernel.system._dashboard import serve_dashboard
 
             page = await serve_dashboard(page_socket, master.status)  # topics with publishers, subscribers
-            log.info("coordinator dashboard on http://%s:%d/", *dashboard)
+            # where it listens: port 0's port (it said ':0'), an IPv6 host in brackets
+            log.info("coordinator dashboard on http://%s/", bound_address(page_socket))
         master.reconcile()
         await asyncio.Future()
     finally:

@@ -2,7 +2,7 @@
 before its fix; see the commit messages): the error a taken port raises
 is the public name the README gives it; an IPv6 address is written in
 brackets; the address a run's dashboard listens on is said, port 0's
-too; the HELP of the backpressured seconds says what the README says;
+too, and the coordinator's; the HELP of the backpressured seconds says what the README says;
 both pages work behind a reverse proxy under a path prefix; a watermark
 lag is shown only for event times in seconds."""
 
@@ -199,6 +199,48 @@ def test_the_command_prints_the_url_of_port_0(tmp_path, log_format):
             "job": "pipeline.py:flow"}
     else:
         assert first == f"dashboard on {url}\n"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_the_coordinator_says_the_url_of_its_dashboard_on_port_0(tmp_path, host):
+    """`coordinator --dashboard 127.0.0.1:0` logged `coordinator dashboard
+    on http://127.0.0.1:0/`, the port asked for, not the one it took (and
+    `::1:0` for IPv6); it says the URL its page is served at."""
+    from kernel.system._coordinator import serve
+
+    records: queue.Queue = queue.Queue()
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.put
+    logger = logging.getLogger("kernel.system")
+    level_was = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    coordinator = asyncio.ensure_future(serve("127.0.0.1", 0, b"coordinator-secret", tmp_path / "data",
+                                              dashboard=(host, 0)))
+    try:
+        deadline = time.monotonic() + 20
+        said = None
+        while said is None and time.monotonic() < deadline and not coordinator.done():
+            try:
+                record = records.get_nowait()
+            except queue.Empty:
+                await asyncio.sleep(0.01)
+                continue
+            if record.getMessage().startswith("coordinator dashboard on "):
+                said = record.getMessage()
+        assert said is not None, coordinator
+        url = said.removeprefix("coordinator dashboard on ")
+        async with aiohttp.ClientSession() as session, session.get(f"{url}api/system") as response:
+            system = await response.json()
+    finally:
+        coordinator.cancel()
+        await asyncio.gather(coordinator, return_exceptions=True)
+        logger.removeHandler(handler)
+        logger.setLevel(level_was)
+    bracketed = f"[{host}]" if ":" in host else host
+    port = re.fullmatch(rf"http://{re.escape(bracketed)}:(\d+)/", url)
+    assert port and int(port[1]) > 0, url
+    assert system["executors"] == [] and system["jobs"] == []
 
 
 # -- what the backpressured seconds count --------------------------------------------------------
