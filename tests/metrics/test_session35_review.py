@@ -2,9 +2,10 @@
 before its fix; see the commit messages): the error a taken port raises
 is the public name the README gives it; an IPv6 address is written in
 brackets; the address a run's dashboard listens on is said, port 0's
-too, and the coordinator's; the HELP of the backpressured seconds says what the README says;
-both pages work behind a reverse proxy under a path prefix; a watermark
-lag is shown only for event times in seconds."""
+too, and the coordinator's; the HELP of the backpressured seconds says
+what the README says; both pages work behind a reverse proxy under a path
+prefix; a watermark's lag and date are shown for event times in seconds
+only."""
 
 from __future__ import annotations
 
