@@ -157,6 +157,20 @@ def _error(message: str, traceback: str = "") -> None:
 _dashboard_said = None  # the handler that prints where the dashboard listens (one, however often main runs)
 
 
+def _worth_saying(dashboard: str) -> bool:
+    """Whether the command prints where the dashboard is: port 0's port is
+    the system's to know, and a terminal gets a link; a log file, where an
+    executor runs a job with `--dashboard` on a port it picked (and shows
+    on the system's page), is left the job's own output. (A malformed
+    address is said by the run, before anything runs.)"""
+    from kernel.metrics import parse_address
+
+    try:
+        return parse_address(dashboard)[1] == 0 or sys.stderr.isatty()
+    except ValueError:
+        return False
+
+
 def _say_where_the_dashboard_is() -> None:
     """Once the run's dashboard listens, print where on stderr (the record
     of the logger `kernel.metrics.url`: `dashboard on
@@ -270,7 +284,7 @@ def _run(args, path: Path, name: str) -> int:
     _check_pipeline_path(path)
     if args.dashboard is not None and not args.dashboard.strip():  # (said as the system's commands say it)
         raise UsageError(blank_said("--dashboard", "address", args.dashboard, "HOST:PORT"))
-    if args.dashboard is not None:
+    if args.dashboard is not None and _worth_saying(args.dashboard):
         _say_where_the_dashboard_is()
     if args.coordinator is not None:
         if not args.coordinator.strip():

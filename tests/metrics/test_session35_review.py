@@ -202,6 +202,18 @@ def test_the_command_prints_the_url_of_port_0(tmp_path, log_format):
         assert first == f"dashboard on {url}\n"
 
 
+def test_the_command_leaves_a_given_port_unsaid_where_stderr_is_no_terminal(tmp_path):
+    """An executor runs each job with `--dashboard HOST:PORT`, a port it
+    picked and shows on the system's page, its stderr the job's log: the
+    URL line ended every job's log (after its own output). Said for port 0
+    and on a terminal only; a given port into a file is the job's output."""
+    pipeline = tmp_path / "pipeline.py"
+    pipeline.write_text("from kernel import Dataflow\nflow = Dataflow('quiet')\n"
+                        "flow.from_iterable(range(3)).print()\n")
+    command = [sys.executable, "-m", "kernel.run", str(pipeline), "--dashboard", f"127.0.0.1:{free_port()}"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "0\n1\n2\n", "")
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 async def test_the_coordinator_says_the_url_of_its_dashboard_on_port_0(tmp_path, host):
     """`coordinator --dashboard 127.0.0.1:0` logged `coordinator dashboard
