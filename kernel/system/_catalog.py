@@ -128,6 +128,15 @@ class Job:
     def active(self) -> bool:
         return self.status in ACTIVE
 
+    @property
+    def filename(self) -> str:
+        """The pipeline file's name as this job was submitted (`name` is
+        FILE:FLOW). Not the pipelines table's: it keeps a text once, by its
+        hash, under the name it came with first, and a job of the same text
+        under another name (`b.py`, after `a.py`) ran as `a.py`: its
+        `__file__`, its messages, its log."""
+        return self.name.removesuffix(f":{self.flow}")
+
 
 @dataclass
 class Executor:
@@ -521,9 +530,6 @@ class Catalog:
         filename, content = self._db.execute(
             "SELECT filename, content FROM pipelines WHERE hash = ?", (digest,)).fetchone()
         return filename, bytes(content)
-
-    def pipeline_name(self, digest: str) -> str:
-        return self._db.execute("SELECT filename FROM pipelines WHERE hash = ?", (digest,)).fetchone()[0]
 
     def pipelines(self, digests) -> dict[str, tuple[str, bytes]]:
         """`pipeline` of each of `digests` that the catalog holds."""

@@ -170,15 +170,16 @@ class JobMaster:
         self._writes: set[asyncio.Future] = set()  # the writes in flight (`report_unsaved` awaits them)
         self._write_error: str | None = None  # why the last write failed
         # submits under a request id whose catalog write is in flight: request ->
-        # (pipeline, flow, the write): the same request sent again waits for it
+        # (pipeline, FILE:FLOW, the write): the same request sent again waits for it
         self._submitting: dict[str, tuple[str, str, asyncio.Future]] = {}
         self._closing = False  # close(): the coordinator stops
-        # digest -> (file name, content) of every active job's pipeline: a job
-        # is (re)started without a catalog call, which waits behind the job
+        # digest -> the text of every active job's pipeline: a job is
+        # (re)started without a catalog call, which waits behind the job
         # master's own writes (up to --catalog-timeout each, the catalog
-        # locked by another program: a lost job restarted only after that)
-        self._pipelines: dict[str, tuple[str, bytes]] = catalog.at_once(
-            catalog.pipelines, sorted({job.pipeline for job in self.jobs.values() if job.active}))
+        # locked by another program: a lost job restarted only after that).
+        # By its hash alone: each job runs it under its own name (`Job.filename`).
+        self._pipelines: dict[str, bytes] = {digest: content for digest, (_, content) in catalog.at_once(
+            catalog.pipelines, sorted({job.pipeline for job in self.jobs.values() if job.active})).items()}
         for job in self.jobs.values():
             if job.status in TERMINAL and job.ended is None:
                 # A job that ended with no end time written: killed, and the
@@ -343,17 +344,17 @@ class JobMaster:
         if request is not None:
             for job in self.jobs.values():
                 if job.request == request:  # sent again: its reply was lost
-                    if job.pipeline != digest or job.flow != flow:
+                    if (job.pipeline, job.filename, job.flow) != (digest, filename, flow):
                         raise RequestError(f"submit: request id {request!r} was {job.id}'s, "
                                            "for another pipeline")
                     return job
             pending = self._submitting.get(request)
             if pending is not None:  # sent again while its write is in flight: that write's job
-                if pending[:2] != (digest, flow):
+                if pending[:2] != (digest, f"{filename}:{flow}"):
                     raise RequestError(f"submit: request id {request!r} is being submitted, for another "
                                        "pipeline")
                 try:
-                    return (await asyncio.shield(pending[2]))[1]  # (the stored name, the job)
+                    return await asyncio.shield(pending[2])
                 except _CATALOG_ERRORS as exc:
                     raise RequestError(f"the catalog {self.catalog.path} cannot be written ({exc}): the job "
                                        "was not submitted", busy=isinstance(exc, CatalogBusy)) from None
@@ -380,9 +381,9 @@ class JobMaster:
             raise RequestError(f"the job needs {processes} executor(s) with {cores} core(s) each; "
                                f"the system has {fit} (its executors: {known})")
 
-        def create() -> tuple[str, Job]:  # (the catalog's thread, one transaction: the job's seq is its own)
-            self.catalog.add_pipeline(digest, filename, content)
-            return self.catalog.pipeline_name(digest), self.catalog.new_job(
+        def create() -> Job:  # (the catalog's thread, one transaction: the job's seq is its own)
+            self.catalog.add_pipeline(digest, filename, content)  # (kept once: a text sent again is not)
+            return self.catalog.new_job(
                 name=f"{filename}:{flow}", flow=flow, pipeline=digest, processes=processes, cores=cores,
                 executors=executors or None, state_dir=state_dir, epoch_interval=epoch_interval,
                 max_restarts=max_restarts, shared_state=shared_state, request=request)
@@ -390,9 +391,9 @@ class JobMaster:
         try:
             written = self.catalog.call(create, write=True)
             if request is not None:
-                self._submitting[request] = (digest, flow, written)
+                self._submitting[request] = (digest, f"{filename}:{flow}", written)
             try:
-                stored, job = await written
+                job = await written
             finally:
                 if request is not None:
                     self._submitting.pop(request, None)
@@ -402,7 +403,7 @@ class JobMaster:
                                "not submitted", busy=isinstance(exc, CatalogBusy)) from None
         self.jobs[job.id] = job
         self.exits[job.id] = {}
-        self._pipelines.setdefault(digest, (stored, content))  # (the name it was first stored under)
+        self._pipelines.setdefault(digest, content)
         log.info("%s submitted: %s, %d process(es) of %d core(s)", job.id, job.name, processes, cores)
         self._notify()
         self.reconcile()
@@ -459,12 +460,13 @@ class JobMaster:
             if job.pipeline not in self._pipelines:  # (missing from the catalog when it was read at start)
                 try:  # (read first, waiting for no other job: all else is judged after it)
                     read = await self.catalog.call(self.catalog.pipeline, job.pipeline)
-                    self._pipelines[job.pipeline] = read
+                    self._pipelines[job.pipeline] = read[1]
                 except _CATALOG_ERRORS as exc:  # (it waits: the next round's `reconcile` tries again)
                     log.error("%s: its pipeline could not be read from the catalog %s: %s", job.id,
                               self.catalog.path, exc)
                     return
-            filename, content = self._pipelines[job.pipeline]
+            content = self._pipelines[job.pipeline]
+            filename = job.filename  # (its own name: the text may have come first under another)
             if job.status not in ("submitted", "restarting") or self._unstopped.get(job.id) \
                     or self._not_before.get(job.id, 0.0) > time.monotonic():
                 return
