@@ -12,7 +12,8 @@ stopped and the job is placed again, on the executors that are left (a
 job without a state_dir on fewer processes when fewer executors have room,
 and any job of one process on fewer cores, or of several on one host:
 its state moves by key group),
-at most `max_restarts` times. Every transition of a job runs under the
+at most `max_restarts` times: failures only, as a move off an executor
+stopped on purpose (it said "leaving") spends none. Every transition of a job runs under the
 job's lock, so events about it (exits, a lost executor, kill) never
 interleave; events of an attempt that is no longer current are ignored.
 
@@ -126,7 +127,16 @@ class JobMaster:
         # why). Those of the last coordinator: after the adoption grace, and
         # never before their lease is surely over.
         self._away: dict[str, tuple[float, str]] = {}
+        # Executors being stopped on purpose (they said "leaving": SIGTERM,
+        # Ctrl-C) since they last registered: the jobs that lose a process
+        # with them move, and spend no restart (`_restart_locked`); each was
+        # counted as a failure, and a job moved off executors stopped one
+        # after another (a rolling upgrade) failed without ever failing. Kept
+        # in the catalog as their state: a restarted coordinator knows them.
+        self._leaving: set[str] = set()
         for executor in self.executors.values():
+            if executor.state == "leaving":  # (stopped on purpose as the last coordinator stopped)
+                self._leaving.add(executor.id)
             if executor.state in ("up", "reconnecting", "leaving"):  # until it connects to this one again
                 executor.state = "reconnecting"
                 # (by the timeout it was told, when longer: restarted with a shorter
@@ -527,15 +537,23 @@ class JobMaster:
             self.exits[job_id][process] = (code, error)
             kind = classify(code, error)
             where = f"process {process} on executor {job.placement[process]['executor']}"
+            # A process that ended beside one on an executor being stopped (its
+            # peer, `lost process 0`, or `process 0 ... failed: interrupted
+            # (Ctrl-C)` as the stop's SIGINT reached that one), heard of before
+            # the executor says it has left: the stop's doing, not a failure.
+            # (Taken for the job's own, that exit failed a job of several
+            # processes whose executor was stopped on purpose.)
+            stopped = next((p["executor"] for p in job.placement if p["executor"] in self._leaving), None)
             if kind == "ok":
                 if len(self.exits[job_id]) == job.processes and all(
                         c == 0 for c, _ in self.exits[job_id].values()):
                     await self._end(job, "completed", None)
+            elif stopped is not None:
+                await self._restart_locked(job, attempt, _stopped(stopped), counted=False)
             elif kind == "failed":
                 await self._end(job, "failed", error or f"{where} exited with code {code}")
             else:
-                why = error or f"{where} was killed (exit {code})"
-                await self._restart_locked(job, attempt, why)
+                await self._restart_locked(job, attempt, error or f"{where} was killed (exit {code})")
         self.reconcile()
 
     async def executor_lost(self, executor_id: str, why: str) -> None:
@@ -546,6 +564,11 @@ class JobMaster:
         self._save_executor(executor)
         log.warning("executor %s lost: %s", executor_id, why)
         self._away.pop(executor_id, None)
+        # (stopped on purpose: "left", or killed while it stopped, a grace period
+        # over, its lease ended since; its jobs move, no restart spent. Left
+        # in `_leaving` until they have: `_orphans`, on its round meanwhile,
+        # moves those not yet reached as this would)
+        stopped = executor_id in self._leaving
         for job_id, executors in list(self._unstopped.items()):  # it has fenced its processes
             executors.pop(executor_id, None)
             if not executors:
@@ -556,7 +579,11 @@ class JobMaster:
                 attempt = job.attempt
                 async with self._lock(job.id):
                     if not self._done_on(job, attempt, executor_id):
-                        await self._restart_locked(job, attempt, f"lost executor {executor_id} ({why})")
+                        await self._restart_locked(
+                            job, attempt, _stopped(executor_id) if stopped else
+                            f"lost executor {executor_id} ({why})", counted=not stopped)
+        if self.executors[executor_id].state == "lost":  # (not registered again meanwhile)
+            self._leaving.discard(executor_id)
         self._notify()
         self.reconcile()
 
@@ -613,20 +640,26 @@ class JobMaster:
         except CatalogError as exc:
             log.error("%s: its topics could not be taken out of the catalog: %s", job_id, exc)
 
-    async def _restart_locked(self, job: Job, attempt: int, why: str) -> None:
+    async def _restart_locked(self, job: Job, attempt: int, why: str, counted: bool = True) -> None:
+        """The attempt is over: the job is placed again. A failure (`counted`)
+        spends one of its --max-restarts, past which the job fails; a move off
+        an executor stopped on purpose spends none, and waits for no backoff."""
         if job.attempt != attempt or job.status not in ("starting", "running"):
             return  # an event of an attempt already over
-        if job.restarts >= job.max_restarts:
+        if counted and job.restarts >= job.max_restarts:
             return await self._end(job, "failed", f"{why}; gave up after {job.restarts} restart(s)")
         placement = list(job.placement)
-        job.restarts += 1
+        if counted:
+            job.restarts += 1
         job.status = "restarting"
         job.message = why
         job.placement = []
         self._save(job)
         now = time.monotonic()
         started = self._attempt_started.get(job.id)
-        if started is None or now - started >= STABLE:
+        if not counted:
+            delay = 0.0  # (no failure: the backoff of the failures before stays as it was)
+        elif started is None or now - started >= STABLE:
             # (or an attempt adopted by a restarted coordinator: its start unknown)
             delay = 0.0
             self._backoff.pop(job.id, None)
@@ -635,8 +668,12 @@ class JobMaster:
                 if job.id in self._backoff else 0.0
             self._backoff[job.id] = delay
         self._not_before[job.id] = now + delay
-        log.warning("%s restarting (%d of at most %d)%s: %s", job.id, job.restarts, job.max_restarts,
-                    f" in {delay:g} s" if delay else "", why)
+        if counted:
+            log.warning("%s restarting (%d of at most %d)%s: %s", job.id, job.restarts, job.max_restarts,
+                        f" in {delay:g} s" if delay else "", why)
+        else:
+            log.info("%s placed again, no restart spent (%d of at most %d so far): %s", job.id, job.restarts,
+                     job.max_restarts, why)
         # before another attempt may run (and use its state_dir)
         self._wait_for_stops(job, attempt, await self._stop(job.id, attempt, placement))
         self._spawn(self._after(delay))
@@ -775,6 +812,9 @@ class JobMaster:
         executor.timeout = self.executor_timeout  # (the register's answer tells it)
         self._save_executor(executor)
         self._away.pop(executor_id, None)  # back within its lease
+        # (back after a stop on purpose whose "left" was lost: its jobs move, as they would have)
+        stopped = executor_id in self._leaving
+        self._leaving.discard(executor_id)
         old = self.connected.get(executor_id)
         if old is not None and old.session is not session:
             self._spawn(old.session.close())
@@ -784,16 +824,18 @@ class JobMaster:
         # (listed for another catalog, which gives the same job ids: none is ours)
         theirs, ours = message.get("catalog"), self.catalog.identity
         foreign = theirs is not None and ours is not None and theirs != ours
-        self._adopt(executor_id, message.get("processes") or [], foreign)
+        self._adopt(executor_id, message.get("processes") or [], foreign, stopped)
         self._notify()
         self.reconcile()
         return executor
 
-    def _adopt(self, executor_id: str, processes: list[dict], foreign: bool = False) -> None:
+    def _adopt(self, executor_id: str, processes: list[dict], foreign: bool = False,
+               stopped: bool = False) -> None:
         """An executor (re)connected and listed its processes: keep those of
         current attempts, take in the exits we missed, stop the stale ones
         (all of them when `foreign`: another catalog's jobs), and restart the
-        jobs whose process it no longer has."""
+        jobs whose process it no longer has (moved, no restart spent, when it
+        was `stopped` on purpose)."""
         for job_id, executors in self._unstopped.items():
             if executor_id in executors:
                 self._ask_to_confirm(job_id, executor_id)
@@ -818,7 +860,7 @@ class JobMaster:
                 continue  # (a job being started now is not one to adopt)
             for i, place in enumerate(job.placement):
                 if place["executor"] == executor_id and (job.id, i) not in reported:
-                    self._spawn(self._lost_process(job, job.attempt, i, executor_id))
+                    self._spawn(self._lost_process(job, job.attempt, i, executor_id, stopped))
 
     def _adopt_starting(self, job: Job, process: int) -> None:
         """A job a coordinator was starting when it stopped (its `start`
@@ -837,19 +879,25 @@ class JobMaster:
             self._save(job)
             log.info("%s running (attempt %d, adopted)", job.id, job.attempt)
 
-    async def _lost_process(self, job: Job, attempt: int, process: int | None, executor_id: str) -> None:
-        why = (f"executor {executor_id} is not connected" if process is None else
-               f"executor {executor_id} no longer runs process {process} (it restarted)")
+    async def _lost_process(self, job: Job, attempt: int, process: int | None, executor_id: str,
+                            stopped: bool = False) -> None:
+        if stopped:
+            why = _stopped(executor_id)
+        elif process is None:
+            why = f"executor {executor_id} is not connected"
+        else:
+            why = f"executor {executor_id} no longer runs process {process} (it restarted)"
         async with self._lock(job.id):
             if not self._done_on(job, attempt, executor_id):
-                await self._restart_locked(job, attempt, why)
+                await self._restart_locked(job, attempt, why, counted=not stopped)
         self.reconcile()
 
     def _done_on(self, job: Job, attempt: int, executor_id: str) -> bool:
         """Has every process of the attempt on `executor_id` exited 0, its
         part done? Then losing that executor (stopped for a rolling restart,
         or started again) loses nothing: the job was run again from its
-        start for it, one of its restarts spent."""
+        start for it (a restart spent, when the executor was not stopped on
+        purpose)."""
         mine = [i for i, p in enumerate(job.placement) if p["executor"] == executor_id]
         exits = self.exits.get(job.id, {})
         return job.attempt == attempt and bool(mine) and all(exits.get(i, (None,))[0] == 0 for i in mine)
@@ -893,8 +941,10 @@ class JobMaster:
         if executor is None:
             return
         executor.state = "leaving"
+        self._leaving.add(executor_id)
         self._save_executor(executor)
-        log.info("executor %s is stopping: no job is placed on it any more", executor_id)
+        log.info("executor %s is stopping: no job is placed on it any more, and its jobs move without "
+                 "spending a restart", executor_id)
         self._notify()
 
     def executor_left(self, executor_id: str) -> None:
@@ -938,7 +988,7 @@ class JobMaster:
             away = [p["executor"] for p in job.placement if p["executor"] not in self.connected
                     and p["executor"] not in self._away]  # (those may come back: lost at their lease's end)
             if away:
-                self._spawn(self._lost_process(job, job.attempt, None, away[0]))
+                self._spawn(self._lost_process(job, job.attempt, None, away[0], away[0] in self._leaving))
 
     # -- as data ----------------------------------------------------------------------------
 
@@ -991,6 +1041,11 @@ class JobMaster:
         elif unsaved:
             log.error("the coordinator stops with the catalog %s behind: not saved: %s (%s)",
                       self.catalog.path, ", ".join(unsaved), self._write_error or "not written")
+
+
+def _stopped(executor_id: str) -> str:
+    """The message of a job moved off an executor stopped on purpose."""
+    return f"moved off executor {executor_id}, which was stopped on purpose (not a failure: no restart spent)"
 
 
 def _host(host: str) -> str:
