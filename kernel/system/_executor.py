@@ -266,16 +266,18 @@ class ExecutorDaemon:
                     # (one try each: the pause before the next is this loop's)
                     session, http = await dial(self.address, self.secret, EXECUTOR, self._request,
                                                tls=self.tls, timeout=RECONNECT * 4, retry=False)
-                except AuthenticationFailed as exc:
+                except AuthenticationFailed:
                     # The coordinator's own word that our secret is not its own: no
                     # retry can change that. Retried every 0.5 s, it went on for ever,
                     # the coordinator logging a refusal each time and the operator's
                     # supervisor seeing a healthy process. An executor cut off this
                     # way has its job processes fenced anyway (no answer).
+                    # (Said as the system's, not as `exc` says it, a cluster's words:
+                    # "authentication failed with process 0 at http://...".)
                     raise SecretRefused(
                         f"the coordinator at {_url_host(self.address[0])}:{self.address[1]} refused this "
-                        f"executor's secret ({exc}): start it with the system's KERNEL_SECRET or "
-                        "--secret-file") from None
+                        "executor's secret (authentication failed: wrong or missing secret): start it with "
+                        "the system's KERNEL_SECRET or --secret-file") from None
                 except Exception as exc:  # not there (yet), unreachable, refusing us: try again
                     self._refuse_untrusted_certificate(exc)
                     refused = isinstance(exc, LinkRefused)

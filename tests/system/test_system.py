@@ -710,9 +710,8 @@ def test_an_executor_with_a_wrong_secret_exits_1_saying_so_and_the_system_is_unt
     address = f"127.0.0.1:{system.port}"
     assert stranger.returncode == 1, stranger.stderr
     assert stranger.stderr.splitlines()[-1] == (
-        f"error: the coordinator at {address} refused this executor's secret (authentication failed with "
-        f"process 0 at http://{address}: wrong or missing secret): start it with the system's "
-        "KERNEL_SECRET or --secret-file")
+        f"error: the coordinator at {address} refused this executor's secret (authentication failed: "
+        "wrong or missing secret): start it with the system's KERNEL_SECRET or --secret-file")
     assert "retrying" not in stranger.stderr
     # refused once (its log line comes as the refusal goes out: wait for it, bounded)
     wait_until(lambda: system.coordinator_log.read_text().count("authentication failed") > refusals,
