@@ -118,3 +118,29 @@ def _catalog(system) -> dict:
             return await client.request("catalog")
 
     return asyncio.run(ask())
+
+
+def test_a_request_id_sent_again_for_another_name_is_refused(system, tmp_path):
+    # A submit sent again under its request id (its reply lost) gets that
+    # request's job; sent with another file name, it is another pipeline,
+    # refused, as another text or flow is: it was given the first's job.
+    import asyncio
+
+    from kernel.system import Client
+    from kernel.system._client import pipeline_payload
+    from kernel.system._wire import RequestError
+
+    a = write(tmp_path / "a.py", NAMES_ITSELF)
+    b = write(tmp_path / "b.py", NAMES_ITSELF)
+
+    async def submit(path):
+        async with Client((system.host, system.port), system.env["KERNEL_SECRET"].encode()) as client:
+            return await client.request("submit", **pipeline_payload(str(path)), request="session-35-r")
+
+    job = asyncio.run(submit(a))["job"]
+    assert asyncio.run(submit(a))["job"] == job  # (the same request: its job)
+    jobs = [j["id"] for j in system.status()["jobs"]]
+    with pytest.raises(RequestError) as refused:
+        asyncio.run(submit(b))
+    assert str(refused.value) == f"submit: request id 'session-35-r' was {job}'s, for another pipeline"
+    assert [j["id"] for j in system.status()["jobs"]] == jobs  # (no job made)
