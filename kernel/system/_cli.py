@@ -275,7 +275,7 @@ async def _command(args) -> int:
     started = time.monotonic()  # (a submit's or a kill's wait is bounded from here: REQUEST_TIMEOUT)
     from kernel.net._links import AuthenticationFailed, LinkError
     from kernel.system import _client
-    from kernel.system._wire import KernelSystemError, _url_host
+    from kernel.system._wire import KernelSystemError
 
     secret, tls = _secret(args), _tls(args)
     if args.command == "coordinator":
@@ -363,9 +363,7 @@ async def _command(args) -> int:
             return await _client.kill(client, args.job)
     except AuthenticationFailed:
         # (it said "authentication failed with process 0 at http://...": a cluster's words)
-        print(f"error: the coordinator at {_url_host(address[0])}:{address[1]} refused this command's secret "
-              "(authentication failed: wrong or missing secret): run it with the system's KERNEL_SECRET "
-              "or --secret-file", file=sys.stderr)
+        print(f"error: {_client.secret_refused(address)}", file=sys.stderr)
         return 1
     except (LinkError, KernelSystemError, TimeoutError) as exc:
         # str(), not the exception's truth: a bare TimeoutError() printed "error: " and nothing

@@ -23,6 +23,7 @@ from kernel.system._wire import (
     KernelSystemError,
     NoAnswer,
     RequestError,
+    _url_host,
     dial,
     file_fields,
 )
@@ -49,6 +50,15 @@ def _grace(timeout: float) -> float:
     return max(2.0, min(5.0, timeout))
 
 
+def secret_refused(address: tuple[str, int]) -> str:
+    """A command's secret refused by the coordinator at `address`, in the
+    system's words (the links say "authentication failed with process 0 at
+    http://...", a cluster's)."""
+    return (f"the coordinator at {_url_host(address[0])}:{address[1]} refused this command's secret "
+            "(authentication failed: wrong or missing secret): run it with the system's KERNEL_SECRET "
+            "or --secret-file")
+
+
 class Client:
     def __init__(self, address: tuple[str, int], secret: bytes, tls=None, timeout: float = 2.0,
                  started: float | None = None) -> None:
@@ -70,7 +80,7 @@ class Client:
     async def reconnect(self, timeout: float, following: str | None = None) -> None:
         """Connect again within `timeout` seconds; failing that, while
         `following` a job, an error that says the job was left as it was."""
-        from kernel.net._links import LinkError
+        from kernel.net._links import AuthenticationFailed, LinkError
 
         await self.__aexit__()
         try:
@@ -78,7 +88,10 @@ class Client:
         except LinkError as exc:
             if following is None:
                 raise
-            raise KernelSystemError(f"gave up following {following} (it may still be running): {exc}") \
+            # (a coordinator restarted with another secret: said in the system's
+            # words, not the links', "authentication failed with process 0 at ...")
+            why = secret_refused(self.address) if isinstance(exc, AuthenticationFailed) else exc
+            raise KernelSystemError(f"gave up following {following} (it may still be running): {why}") \
                 from exc
 
     async def __aexit__(self, *exc) -> None:

@@ -5,10 +5,12 @@ to a coordinator restarted with another secret. It said `(authentication
 failed with process 0 at http://127.0.0.1:7700: wrong or missing
 secret)`, a cluster's words (the `process 0` of `kernel run --peers`),
 where the system's commands say `(authentication failed: wrong or missing
-secret)`."""
+secret)`. So did `submit --wait` and `logs --follow` following a job
+through a coordinator restarted with another secret."""
 
 from __future__ import annotations
 
+import select
 import subprocess
 import sys
 
@@ -75,3 +77,34 @@ def test_a_coordinator_restarted_with_another_secret(tmp_path):
         assert log.splitlines()[-1] == REFUSED.format(port=system.port), log
         assert "Traceback" not in log
         assert running(processes) == []
+
+
+COMMAND_REFUSED = ("error: gave up following {job} (it may still be running): the coordinator at "
+                   "127.0.0.1:{port} refused this command's secret (authentication failed: wrong or missing "
+                   "secret): run it with the system's KERNEL_SECRET or --secret-file\n")
+
+
+@pytest.mark.parametrize("command", ["submit --wait", "logs --follow"])
+def test_a_command_following_a_job_through_a_coordinator_restarted_with_another_secret(tmp_path, command):
+    # (it said `authentication failed with process 0 at http://...` too)
+    with a_system(tmp_path) as system:
+        pipeline, _ = slow(tmp_path, pause=0.01, count=10**9, out=tmp_path / "out")
+        args = ["submit", pipeline, "--wait"] if command == "submit --wait" else ["logs", "--follow", "job-1"]
+        if command == "logs --follow":
+            assert system.cli("submit", pipeline).returncode == 0
+        follower = subprocess.Popen([sys.executable, "-m", "kernel", *map(str, args)], env=system.env,
+                                    cwd=system.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True)
+        try:
+            # (following: it has printed, the job id or the log's first line)
+            assert select.select([follower.stdout], [], [], 30)[0], "the command printed nothing in 30 s"
+            assert follower.stdout.readline()
+            wait_until(lambda: system.job("job-1")["status"] == "running", what="job-1 to run")
+            system.coordinator.kill()
+            system.coordinator.wait()
+            system.start_coordinator(KERNEL_SECRET="another-secret")
+            _, err = follower.communicate(timeout=60)
+        finally:
+            follower.kill()
+            follower.wait()
+        assert (follower.returncode, err) == (1, COMMAND_REFUSED.format(job="job-1", port=system.port))
