@@ -13,9 +13,10 @@ job without a state_dir on fewer processes when fewer executors have room,
 and any job of one process on fewer cores, or of several on one host:
 its state moves by key group),
 at most `max_restarts` times: failures only, as a move off an executor
-stopped on purpose (it said "leaving") spends none. Every transition of a job runs under the
-job's lock, so events about it (exits, a lost executor, kill) never
-interleave; events of an attempt that is no longer current are ignored.
+stopped on purpose (it said "leaving") spends none. Every transition of a
+job runs under the job's lock, so events about it (exits, a lost
+executor, kill) never interleave; events of an attempt that is no longer
+current are ignored.
 
 Two attempts of a job never run at once. An executor is counted lost only
 once its lease is over: `executor_timeout` seconds since it was last heard
