@@ -288,7 +288,7 @@ async def serve(host: str, port: int, secret: bytes, data_dir: str | Path, *, tl
         if catalog is not None:
             catalog.close()  # (its lock too: a coordinator started again in this process takes it)
         raise
-    log.info("coordinator listening on %s:%d (catalog %s)", host, server.port, catalog.path)
+    log.info("coordinator listening on %s:%d (catalog %s)", _url_host(host), server.port, catalog.path)
     if ready is not None:
         ready(server.port)
     watcher = asyncio.ensure_future(master.watch())

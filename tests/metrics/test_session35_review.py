@@ -214,11 +214,13 @@ def test_the_command_leaves_a_given_port_unsaid_where_stderr_is_no_terminal(tmp_
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (0, "0\n1\n2\n", "")
 
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 async def test_the_coordinator_says_the_url_of_its_dashboard_on_port_0(tmp_path, host):
     """`coordinator --dashboard 127.0.0.1:0` logged `coordinator dashboard
     on http://127.0.0.1:0/`, the port asked for, not the one it took (and
-    `::1:0` for IPv6); it says the URL its page is served at."""
+    `::1:0` for IPv6); it says the URL its page is served at. Its own
+    address as well: `coordinator listening on ::1:PORT` had no brackets."""
     from kernel.system._coordinator import serve
 
     records: queue.Queue = queue.Queue()
@@ -228,8 +230,9 @@ async def test_the_coordinator_says_the_url_of_its_dashboard_on_port_0(tmp_path,
     level_was = logger.level
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
-    coordinator = asyncio.ensure_future(serve("127.0.0.1", 0, b"coordinator-secret", tmp_path / "data",
+    coordinator = asyncio.ensure_future(serve(host, 0, b"coordinator-secret", tmp_path / "data",
                                               dashboard=(host, 0)))
+    listening = []
     try:
         deadline = time.monotonic() + 20
         said = None
@@ -239,6 +242,8 @@ async def test_the_coordinator_says_the_url_of_its_dashboard_on_port_0(tmp_path,
             except queue.Empty:
                 await asyncio.sleep(0.01)
                 continue
+            if record.getMessage().startswith("coordinator listening on "):
+                listening.append(record.getMessage())
             if record.getMessage().startswith("coordinator dashboard on "):
                 said = record.getMessage()
         assert said is not None, coordinator
@@ -254,6 +259,8 @@ async def test_the_coordinator_says_the_url_of_its_dashboard_on_port_0(tmp_path,
     port = re.fullmatch(rf"http://{re.escape(bracketed)}:(\d+)/", url)
     assert port and int(port[1]) > 0, url
     assert system["executors"] == [] and system["jobs"] == []
+    pattern = rf"coordinator listening on {re.escape(bracketed)}:[1-9][0-9]* \(catalog .*\)"
+    assert len(listening) == 1 and re.fullmatch(pattern, listening[0]), listening
 
 
 # -- what the backpressured seconds count --------------------------------------------------------
