@@ -289,8 +289,14 @@ class ServiceClient:
         by the coordinator, at once."""
         from kernel.net._links import AuthenticationFailed, LinkError, LinkMismatch, backoff, connect
 
-        address = _directory.coordinator_address(self.coordinator)
-        key = _directory.secret()
+        try:
+            address = _directory.coordinator_address(self.coordinator)
+            key = _directory.secret()
+        except TopicError as exc:
+            # (no coordinator, no KERNEL_SECRET: the service cannot be reached,
+            # as `ServiceError` says; it was a plain TopicError, which
+            # `except ServiceError` did not catch)
+            raise ServiceError(f"service {self.name!r}: {exc}") from exc
         loop = asyncio.get_running_loop()
         deadline = None if self.timeout is None else loop.time() + self.timeout
 
