@@ -64,6 +64,7 @@ class CoordinatorServer(AuthenticatedServer):
         # (an app's topic server asked whether it still publishes: `_topics.probe`)
         self._probe = functools.partial(_topics.probe, secret=secret, ssl=client_ssl)
         self.requests = 0  # served, for the benchmark and the tests
+        self._checking: set[asyncio.Task] = set()  # `_topics.forget_lost` of closed connections
 
     async def _session(self, ws, peer: int, meta, address: str) -> None:
         if peer not in (EXECUTOR, CLIENT):
@@ -72,9 +73,10 @@ class CoordinatorServer(AuthenticatedServer):
             return
         state: dict = {"executor": None}
         subscribed: set = set()  # an app's subscriptions made on this connection
+        published: set = set()  # (name, id): publications registered on this connection, not ended
         session = Session(ws, None, f"{'executor' if peer == EXECUTOR else 'client'} at {address}")
         session.handler = (lambda op, m: self._executor_request(session, state, op, m)) \
-            if peer == EXECUTOR else (lambda op, m: self._client_request(op, m, subscribed))
+            if peer == EXECUTOR else (lambda op, m: self._client_request(op, m, subscribed, published))
         try:
             await session.run()
         finally:
@@ -85,6 +87,14 @@ class CoordinatorServer(AuthenticatedServer):
             # answer; nor is one this coordinator closes as it stops)
             if ws.close_code not in (WSCloseCode.OK, WSCloseCode.GOING_AWAY) and not self.master.closing:
                 _topics.forget_subscriptions(self.master.catalog, subscribed)
+            # A publisher's connection closing, closed by itself or not, may
+            # be its end (an app killed, or failed): each of its publications
+            # not ended is checked, and goes where the publisher is gone
+            if published and not self.master.closing:
+                checking = asyncio.ensure_future(_topics.forget_lost(self.master.catalog, published,
+                                                                     self._probe))
+                self._checking.add(checking)
+                checking.add_done_callback(self._checking.discard)
 
     # -- an executor's requests ---------------------------------------------------------
 
@@ -116,7 +126,8 @@ class CoordinatorServer(AuthenticatedServer):
 
     # -- a client's requests ------------------------------------------------------------
 
-    async def _client_request(self, op: str, m: dict, subscribed: set | None = None):
+    async def _client_request(self, op: str, m: dict, subscribed: set | None = None,
+                              published: set | None = None):
         self.requests += 1
         master = self.master
         if op == "status":
@@ -164,6 +175,8 @@ class CoordinatorServer(AuthenticatedServer):
                                    busy=isinstance(exc, CatalogBusy)) from None
             if subscribed is not None and op != "topic_subscribe":
                 _topics.note_subscription(subscribed, op, m)
+            if published is not None:
+                _topics.note_publication(published, op, m)
             return reply
         raise RequestError(f"unknown request {op!r}")
 

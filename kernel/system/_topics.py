@@ -23,6 +23,10 @@ publishing or subscribing job sends (`kernel.topics._directory`).
   is gone), until every partition has ended; then the topic goes. (Without
   `partition`: the whole topic goes at once.)
 
+A publisher keeps the connection it registered on: once it closes with
+the publication not ended, the publisher is asked whether it still
+publishes, and its registration goes where not (`forget_lost`).
+
 Rows: `topics(name, job, created, schema)` with `schema` a JSON object
 (`id`, `kind` "stream" or "service", `record_type`, `partitions`),
 `publications(topic, job, process = the partition, address)`,
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 from kernel.system._catalog import ACTIVE, Catalog, CatalogError
@@ -206,6 +211,68 @@ def forget_subscriptions(catalog: Catalog, subscribed: set) -> None:
         catalog.call(forget, write=True, topics=True).add_done_callback(_ignore)
     except CatalogError:
         pass  # (closed: the coordinator stops)
+
+
+def note_publication(published: set, op: str, m: dict) -> None:
+    """A publication registered (or ended) on a connection: the
+    connection's `published`, checked when it closes (`forget_lost`)."""
+    if op == "topic_publish":
+        published.add((str(m.get("name")), str(m.get("id"))))
+    elif op == "topic_unpublish":
+        published.discard((str(m.get("name")), str(m.get("id"))))
+
+
+# seconds after a publisher's connection closed at which its addresses are
+# asked whether it still publishes (`forget_lost`): at once, and again where
+# it answered (a process being killed may close its coordinator connection
+# a moment before its listening sockets)
+LOST_CHECKS = (0.0, 0.5, 2.0)
+log = logging.getLogger("kernel.system")
+
+
+async def forget_lost(catalog: Catalog, published: set, probe) -> None:
+    """A connection closed (the coordinator not stopping) with publications
+    registered on it and not ended: the publisher may be gone (an app
+    killed, SIGKILL, its machine gone), and its registration stayed behind,
+    found by every lookup, its dead address dialled by each subscriber,
+    until another publisher took the name over. Each is asked as a new
+    publisher of the name would ask it (`_still_published`: a job of the
+    system while it is active; an app while one of its addresses answers
+    as that publisher), and taken out of the catalog where it no longer
+    publishes: a subscriber then waits for a new publisher. One that still
+    answers (its connection broke, or it gave up a slow answer) stays."""
+    for name, uid in list(published):
+        try:
+            for pause in LOST_CHECKS:
+                await asyncio.sleep(pause)
+                row = await catalog.call(_row, catalog, name)
+                if row is None or row.get("id") != uid:
+                    break  # ended, or another publisher's since
+                if await _still_published(catalog, name, row, probe):
+                    continue
+                if await catalog.call(_forget_lost, catalog, name, uid, write=True, topics=True):
+                    log.warning("topic %r: publisher %s (%s) is gone (its connection to the coordinator "
+                                "closed and it no longer answers at its addresses): taken out of the catalog",
+                                name, uid, row["job"])
+                break
+            else:
+                log.info("topic %r: the connection of publisher %s (%s) closed, but it still publishes: kept",
+                         name, uid, row["job"])
+        except (CatalogError, RequestError, OSError) as exc:
+            log.warning("topic %r: could not check whether publisher %s is gone (%s)", name, uid, exc)
+
+
+def _forget_lost(catalog: Catalog, name: str, uid: str) -> bool:
+    """(On the catalog's thread.) The registration of publisher `uid`, if it
+    is still the name's: its rows go; the topic's subscriptions stay (its
+    subscribers wait for a new publisher), as do the jobs that had found it
+    (`_carry_readers`)."""
+    row = _row(catalog, name)
+    if row is None or row.get("id") != uid:
+        return False
+    catalog._db.execute("DELETE FROM topics WHERE name = ?", (name,))
+    catalog._db.execute("DELETE FROM publications WHERE topic = ?", (name,))
+    return True
 
 
 def _ignore(future) -> None:

@@ -628,8 +628,11 @@ class Publish(Operator):
             if closing:
                 await asyncio.wait(closing, timeout=_CLOSE_GRACE)
         finally:
-            await directory.close()
+            # (the server first: a publisher failing closes its connection to
+            # the coordinator, which then asks its address whether it still
+            # publishes: `kernel.system._topics.forget_lost`)
             await server.stop()
+            await directory.close()
 
     async def _serve_subscriber(self, ws, peer: int, meta, address: str) -> None:
         from kernel.net._links import Link, LinkError

@@ -125,12 +125,15 @@ class Serve(Source):
             await directory.request("topic_publish", name=self.service, id=uid, job=_directory.job_name(),
                                     kind="service", record_type=None, partitions=1, partition=0,
                                     address=f"{host}:{server.port}")
-            await directory.close()
             log.info("service %r served at %s:%d", self.service, host, server.port)
-            await asyncio.Future()  # until the job is killed
+            # until the job is killed, its connection to the coordinator kept:
+            # once it closes, the coordinator asks the address whether the
+            # service is still served there, and takes it out of the catalog
+            # where not (`kernel.system._topics.forget_lost`)
+            await asyncio.Future()
         finally:
+            await server.stop()  # (first: no longer served when the coordinator asks)
             await directory.close()
-            await server.stop()
 
     async def _session(self, ws) -> None:
         running: dict[int, asyncio.Task] = {}  # request id -> its awaited reply's task

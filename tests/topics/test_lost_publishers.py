@@ -1,0 +1,130 @@
+"""A publisher that is gone without ending its topic (an app SIGKILLed, or
+failed) leaves the coordinator's catalog: a subscriber looking the topic
+up waits for the next publisher instead of dialling a dead address, and
+`status` no longer lists it. A publisher that still runs stays listed
+whatever becomes of its connection to the coordinator.
+
+Real processes and sockets: the module's coordinator, readings.py and
+sums.py (test_topics' helpers), services run as an app or in this loop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+
+import pytest
+from test_services_robust import run, serving, where  # noqa: F401  (fixtures and helpers)
+from test_topics import PYTHON, SERVICE, Job, coordinator, results, starts, system, topics_named, wait_until  # noqa: F401
+
+import kernel.services
+from kernel.topics import ServiceError
+from kernel.topics._directory import Directory, job_name, new_id
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_a_killed_publishing_app_leaves_the_catalog_and_a_new_subscriber_waits_for_the_next(system, cores):  # noqa: F811
+    a = Job(system, "readings.py", "a", COUNT=0, CORES=cores)
+    wait_until(lambda: a.text().count(" served at ") == cores, what="A to register every partition")
+    assert len(topics_named(system, system.topic)) == 1
+    a.kill()
+    wait_until(lambda: not topics_named(system, system.topic), timeout=10,
+               what="the killed app's topic to leave the catalog")
+    # a subscriber now waits for a publisher (it found A's dead address and
+    # ended with PublisherLost): not found within its timeout...
+    late = Job(system, "sums.py", "late", TIMEOUT=0.5)
+    lines = late.finish()
+    assert late.proc.returncode == 3
+    expected = (f"TopicError: no topic {system.topic!r} was published within 0.5 s (is the publishing job "
+                "running, with the same coordinator?)")
+    assert lines[-1]["error"].endswith(expected), lines[-1]
+    # ... and reads the next publisher whole
+    b = Job(system, "sums.py", "b")
+    waiting = f"waiting for '{system.topic}' to be published"
+    wait_until(lambda: waiting in b.text() or b.proc.poll() is not None, what="B to wait for the topic")
+    go = system.root / "go"
+    a2 = Job(system, "readings.py", "a2", COUNT=1000, WAIT=go)
+    wait_until(lambda: starts(b)[0] or b.proc.poll() is not None, what="B to connect to A2")
+    go.touch()
+    seqs, _ = results(b)
+    assert seqs == list(range(1000)), b.text()[-2000:]
+    assert a2.finish()[-1].startswith("ended")
+
+
+def test_a_killed_serving_app_leaves_the_catalog_and_a_call_waits_for_the_next_server(system, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("KERNEL_SECRET", system.env["KERNEL_SECRET"])
+    at = f"127.0.0.1:{system.port}"
+    script = system.root / "service.py"
+    script.write_text(SERVICE)
+
+    def start_server(name: str) -> subprocess.Popen:
+        with open(system.root / f"{name}.log", "wb") as err:
+            return subprocess.Popen([PYTHON, str(script), at], stderr=err, stdout=subprocess.DEVNULL,
+                                    env=system.env, cwd=system.root)
+
+    server = start_server("server1")
+    try:
+        wait_until(lambda: {"square", "config"} <= {t["name"] for t in system.status()["topics"]},
+                   what="the services to register")
+        assert kernel.services.call("square", 4, coordinator=at) == {"n": 4, "square": 16}
+        server.send_signal(signal.SIGKILL)
+        server.wait()
+        wait_until(lambda: not {"square", "config"} & {t["name"] for t in system.status()["topics"]},
+                   timeout=10, what="the killed app's services to leave the catalog")
+        # (it dialled the dead address until its timeout: "nothing answered at ...")
+        with pytest.raises(ServiceError, match=r"^no service 'square' was published within 0\.5 s"):
+            kernel.services.call("square", 4, coordinator=at, timeout=0.5)
+        server = start_server("server2")
+        assert kernel.services.call("square", 5, coordinator=at, timeout=30) == {"n": 5, "square": 25}
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _coordinator_says(coordinator, text: str) -> int:  # noqa: F811
+    return coordinator.coordinator_log.read_text(errors="replace").count(text)
+
+
+async def _until(condition, timeout: float) -> None:
+    """Until `condition()` (run on a thread: it may ask the coordinator) holds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await asyncio.to_thread(condition):
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def test_a_publisher_that_still_runs_stays_listed_when_a_connection_it_registered_on_closes(
+        coordinator, where):  # noqa: F811
+    """The service registers itself (on a connection it keeps); a second
+    connection registers it again (the same publisher id and address) and
+    closes, abruptly, then cleanly: the coordinator asks the address, which
+    answers as that publisher, and keeps it. Once the service itself stops
+    (its server, then its connection: an app whose job failed), it goes."""
+
+    def topic(name: str) -> dict | None:
+        return next((t for t in coordinator.status()["topics"] if t["name"] == name), None)
+
+    async def scenario():
+        async with serving(where, lambda request: request * 2) as service:
+            name = service.name
+            await _until(lambda: topic(name) is not None, timeout=10)
+            [address] = (await asyncio.to_thread(topic, name))["publisher"]
+            host, port = where.rsplit(":", 1)
+            kept = f"topic {name!r}: the connection of publisher {new_id()} ({job_name()}) closed, but it " \
+                "still publishes: kept"
+            for abrupt in (True, False):
+                directory = Directory((host, int(port)), coordinator.env["KERNEL_SECRET"].encode())
+                await directory.request("topic_publish", name=name, id=new_id(), job=job_name(),
+                                        kind="service", record_type=None, partitions=1, partition=0,
+                                        address=address)
+                before = _coordinator_says(coordinator, kept)
+                if abrupt:  # (no close frame: as a connection reset)
+                    directory._ws._response.connection.transport.abort()
+                await directory.close()
+                await _until(lambda: _coordinator_says(coordinator, kept) > before, timeout=15)  # noqa: B023
+                assert (await asyncio.to_thread(topic, name))["publisher"] == [address]
+                async with kernel.services.connect(name, coordinator=where, timeout=10) as client:
+                    assert await client.call(21) == 42
+        await _until(lambda: topic(name) is None, timeout=10)
+
+    run(scenario)
