@@ -26,7 +26,12 @@ SYSTEM_PATH = "/kernel-system"  # kernel.system._wire.PATH
 CLIENT = 2  # kernel.system._wire.CLIENT: the handshake's role
 _MAX_MESSAGE = 1 << 20
 log = logging.getLogger("kernel.topics")
-LOOKUP_EVERY = 0.05  # seconds between lookups of a topic that does not exist yet
+# seconds between lookups of a topic that does not exist yet (or whose new
+# publisher is awaited): LOOKUP_EVERY after the first, doubling up to
+# LOOKUP_MOST (`lookup_pauses`): a topic published soon after is found as
+# soon as before, and a subscriber that waits long (for ever, on_lost="wait")
+# asks about once a second, not 20 times (each a catalog read)
+LOOKUP_EVERY, LOOKUP_MOST = 0.05, 1.0
 # seconds a request's answer may take beyond the timeout, at most: the
 # coordinator's own work on it (a publish asks an old registration's
 # addresses, 1 s at most); the timeout itself where shorter, 2 s at least
@@ -157,6 +162,16 @@ def client_ssl():
 def server_ssl():
     files = tls()
     return files.server_context() if files is not None else None
+
+
+def lookup_pauses():
+    """The pauses between a waiting lookup's tries: LOOKUP_EVERY, doubling
+    up to LOOKUP_MOST, each drawn from the upper half of its span
+    (`kernel.net._links.backoff`: the subscribers of one lost publisher,
+    waiting together, ask apart)."""
+    from kernel.net._links import backoff
+
+    return backoff(LOOKUP_EVERY, LOOKUP_MOST)
 
 
 class _Closed(Exception):
@@ -331,6 +346,7 @@ class Directory:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         waiting = False
+        pauses = lookup_pauses()
         while True:
             # (job: a topic that ends is still found, ended, by the jobs that had found it)
             found = await self.answered("topic_lookup", deadline, f"looking {name!r} up", name=name,
@@ -347,7 +363,9 @@ class Directory:
                 what = "service" if kind == "service" else "topic"
                 raise TopicError(f"no {what} {name!r} was published within {waited or timeout:g} s "
                                  "(is the publishing job running, with the same coordinator?)")
-            await asyncio.sleep(LOOKUP_EVERY)
+            pause = next(pauses)
+            # (not past the deadline: a last try there, then the error on time)
+            await asyncio.sleep(pause if deadline is None else max(0.0, min(pause, deadline - loop.time())))
 
     async def close(self) -> None:
         if self._ws is not None:
