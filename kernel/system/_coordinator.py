@@ -87,14 +87,14 @@ class CoordinatorServer(AuthenticatedServer):
             # answer; nor is one this coordinator closes as it stops)
             if ws.close_code not in (WSCloseCode.OK, WSCloseCode.GOING_AWAY) and not self.master.closing:
                 _topics.forget_subscriptions(self.master.catalog, subscribed)
-            # A publisher's connection closing, closed by itself or not, may
-            # be its end (an app killed, or failed): each of its publications
-            # not ended is checked, and goes where the publisher is gone
-            if published and not self.master.closing:
-                checking = asyncio.ensure_future(_topics.forget_lost(self.master.catalog, published,
-                                                                     self._probe))
-                self._checking.add(checking)
-                checking.add_done_callback(self._checking.discard)
+                # and a publisher's may be its end (the app killed, its
+                # machine gone): each publication not ended is checked, and
+                # goes where the publisher is gone (`_topics.forget_lost`)
+                if published:
+                    checking = asyncio.ensure_future(_topics.forget_lost(self.master.catalog, published,
+                                                                         self._probe))
+                    self._checking.add(checking)
+                    checking.add_done_callback(self._checking.discard)
 
     # -- an executor's requests ---------------------------------------------------------
 

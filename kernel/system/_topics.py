@@ -23,9 +23,10 @@ publishing or subscribing job sends (`kernel.topics._directory`).
   is gone), until every partition has ended; then the topic goes. (Without
   `partition`: the whole topic goes at once.)
 
-A publisher keeps the connection it registered on: once it closes with
-the publication not ended, the publisher is asked whether it still
-publishes, and its registration goes where not (`forget_lost`).
+A publisher keeps the connection it registered on: once it breaks (no
+close frame) with the publication not ended, the publisher is asked
+whether it still publishes, and its registration goes where not
+(`forget_lost`).
 
 Rows: `topics(name, job, created, schema)` with `schema` a JSON object
 (`id`, `kind` "stream" or "service", `record_type`, `partitions`),
@@ -231,16 +232,16 @@ log = logging.getLogger("kernel.system")
 
 
 async def forget_lost(catalog: Catalog, published: set, probe) -> None:
-    """A connection closed (the coordinator not stopping) with publications
-    registered on it and not ended: the publisher may be gone (an app
-    killed, SIGKILL, its machine gone), and its registration stayed behind,
+    """A connection broke (no close frame; the coordinator not stopping)
+    with publications registered on it and not ended: the publisher may be
+    gone (an app killed, SIGKILL, its machine gone), and its registration stayed behind,
     found by every lookup, its dead address dialled by each subscriber,
     until another publisher took the name over. Each is asked as a new
     publisher of the name would ask it (`_still_published`: a job of the
     system while it is active; an app while one of its addresses answers
     as that publisher), and taken out of the catalog where it no longer
     publishes: a subscriber then waits for a new publisher. One that still
-    answers (its connection broke, or it gave up a slow answer) stays."""
+    answers (its connection reset) stays."""
     for name, uid in list(published):
         try:
             for pause in LOST_CHECKS:

@@ -628,9 +628,9 @@ class Publish(Operator):
             if closing:
                 await asyncio.wait(closing, timeout=_CLOSE_GRACE)
         finally:
-            # (the server first: a publisher failing closes its connection to
-            # the coordinator, which then asks its address whether it still
-            # publishes: `kernel.system._topics.forget_lost`)
+            # (the server first: where the connection to the coordinator
+            # breaks meanwhile, the coordinator asks the address whether it
+            # still publishes, `kernel.system._topics.forget_lost`)
             await server.stop()
             await directory.close()
 

@@ -127,9 +127,9 @@ class Serve(Source):
                                     address=f"{host}:{server.port}")
             log.info("service %r served at %s:%d", self.service, host, server.port)
             # until the job is killed, its connection to the coordinator kept:
-            # once it closes, the coordinator asks the address whether the
-            # service is still served there, and takes it out of the catalog
-            # where not (`kernel.system._topics.forget_lost`)
+            # once it breaks (the app killed), the coordinator asks the
+            # address whether the service is still served there, and takes it
+            # out of the catalog where not (`kernel.system._topics.forget_lost`)
             await asyncio.Future()
         finally:
             await server.stop()  # (first: no longer served when the coordinator asks)
