@@ -78,6 +78,8 @@ async def request(catalog: Catalog, op: str, m: dict, probe=None) -> dict:
                 return found
             # (a job that has ended, left behind by a restarted coordinator: its rows go)
             await catalog.call(_forget_ended, catalog, found.job, write=True, topics=True)
+    if op == "topic_publish" and m.get("refresh") is True:
+        return await catalog.call(_refresh, catalog, name, m, write=True, topics=True)
     if op == "topic_publish":
         checked = None  # the id of an old registration found no longer published
         while True:
@@ -157,6 +159,29 @@ def _publish(catalog: Catalog, name: str, m: dict, checked) -> dict | None:
     db.execute("INSERT OR REPLACE INTO publications VALUES (?, ?, ?, ?)",
                (name, job, partition, str(m["address"])))
     return None
+
+
+def _refresh(catalog: Catalog, name: str, m: dict) -> dict:
+    """(On the catalog's thread.) A running publisher's registration said
+    again (`topic_publish` with `refresh`, now and then, on its connection:
+    a coordinator restarted since learns which connection is its): its
+    partition's row is written again, and the topic's where it went (taken
+    out as gone, `forget_lost`, while it still ran). A name another
+    publisher holds now is left to it: `{"taken": its job}`."""
+    row, uid = _row(catalog, name), str(m["id"])
+    if row is not None and row.get("id") != uid:
+        return {"taken": row["job"]}
+    if row is None:
+        ended = _ended(catalog).get(name)
+        if ended is not None and ended["topic"].get("id") == uid:
+            return {}  # (it has ended: a refresh overtaken by its end is no new registration)
+    elif catalog._db.execute("SELECT 1 FROM publications WHERE topic = ? AND process = ? AND address = ?",
+                             (name, int(m["partition"]), ENDED)).fetchone() is not None:
+        return {}  # (its partition has ended: it stays ended)
+    again = row is None
+    if _publish(catalog, name, m, None) is not None:  # (row None or ours: never another's)
+        return {"taken": "?"}
+    return {"again": True} if again else {}
 
 
 def _unpublish(catalog: Catalog, name: str, m: dict) -> None:

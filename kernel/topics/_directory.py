@@ -164,6 +164,11 @@ def server_ssl():
     return files.server_context() if files is not None else None
 
 
+# seconds between a running publisher's refreshes of its registration
+# (`Directory.keep_registered`)
+REFRESH_EVERY = 10.0
+
+
 def lookup_pauses():
     """The pauses between a waiting lookup's tries: LOOKUP_EVERY, doubling
     up to LOOKUP_MOST, each drawn from the upper half of its span
@@ -195,6 +200,7 @@ class Directory:
         self.timeout = seconds_from_environment("KERNEL_COORDINATOR_TIMEOUT", 10.0) if timeout is None \
             else timeout
         self._ws = self._http = None
+        self.opened = 0  # connections opened (a request after the last broke opens another)
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
 
@@ -207,6 +213,7 @@ class Directory:
                 url_of(host, port), self.key, CLIENT, path=SYSTEM_PATH, max_frame=_MAX_MESSAGE,
                 timeout=self._bounded(self.timeout, until), meta={"role": "client"}, check_meta=False,
                 ssl=client_ssl())
+            self.opened += 1
         except (AuthenticationFailed, LinkMismatch) as exc:
             raise TopicError(f"cannot reach the coordinator at {host}:{port}: {exc}") from exc
         except Exception as exc:
@@ -366,6 +373,51 @@ class Directory:
             pause = next(pauses)
             # (not past the deadline: a last try there, then the error on time)
             await asyncio.sleep(pause if deadline is None else max(0.0, min(pause, deadline - loop.time())))
+
+    async def keep_registered(self, fields: dict, until: asyncio.Future, what: str) -> None:
+        """Say a running publisher's registration (`topic_publish`'s
+        `fields`) again every KERNEL_TOPIC_REFRESH seconds (REFRESH_EVERY by
+        default) until `until` is done. The coordinator ties a registration
+        to the connection it came on, and takes it out once that breaks and
+        the publisher no longer answers (`kernel.system._topics.forget_lost`):
+        a coordinator restarted since has no such connection until a request
+        opens one again, and a killed publisher stayed listed; said again,
+        it is (within a period). A name another publisher has taken since
+        is left to it (said once, in the log)."""
+        from kernel.net._links import seconds_from_environment
+
+        every = seconds_from_environment("KERNEL_TOPIC_REFRESH", REFRESH_EVERY)
+        loop = asyncio.get_running_loop()
+        while True:
+            asleep = loop.create_future()
+            timer = loop.call_later(every, asleep.set_result, None)
+            try:
+                await asyncio.wait([until, asleep], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                timer.cancel()
+            if until.done():
+                return
+            opened = self.opened
+            # (raced with `until`: the publisher's end, and its unpublish, do
+            # not wait for a coordinator away or a catalog locked meanwhile)
+            saying = asyncio.ensure_future(self.request("topic_publish", **fields, refresh=True))
+            await asyncio.wait([until, saying], return_when=asyncio.FIRST_COMPLETED)
+            if not saying.done():
+                saying.cancel()
+                await asyncio.gather(saying, return_exceptions=True)
+                return
+            try:
+                reply = saying.result()
+            except TopicError as exc:
+                log.debug("%s: its registration could not be said again (%s)", what, exc)
+                continue
+            if reply.get("taken"):
+                log.warning("%s: the name is published by %s now; this publisher no longer says its "
+                            "registration again", what, reply["taken"])
+                await until
+                return
+            if reply.get("again") or self.opened != opened:
+                log.info("%s: registered again with the coordinator at %s:%d", what, *self.address)
 
     async def close(self) -> None:
         if self._ws is not None:

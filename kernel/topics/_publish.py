@@ -597,12 +597,13 @@ class Publish(Operator):
         await _directory.listen(server)
         directory = _directory.Directory(address, key)
         try:
-            await directory.request(
-                "topic_publish", name=self.topic, id=self.id, job=_directory.job_name(), kind="stream",
-                record_type=record_type_info(self.record_type), partitions=self.partitions,
-                partition=self.partition, address=f"{host}:{server.port}")
+            registration = {"name": self.topic, "id": self.id, "job": _directory.job_name(), "kind": "stream",
+                            "record_type": record_type_info(self.record_type), "partitions": self.partitions,
+                            "partition": self.partition, "address": f"{host}:{server.port}"}
+            await directory.request("topic_publish", **registration)
             log.info("topic %r partition %d served at %s:%d", self.topic, self.partition, host, server.port)
-            await self._finished
+            await directory.keep_registered(registration, self._finished,
+                                            f"topic {self.topic!r} partition {self.partition}")
             writers = [s.writer for s in self.subscribers if s.writer is not None]
             if writers:
                 await asyncio.wait(writers)

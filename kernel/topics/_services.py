@@ -122,15 +122,16 @@ class Serve(Source):
         await _directory.listen(server)
         directory = _directory.Directory(address, key)
         try:
-            await directory.request("topic_publish", name=self.service, id=uid, job=_directory.job_name(),
-                                    kind="service", record_type=None, partitions=1, partition=0,
-                                    address=f"{host}:{server.port}")
+            registration = {"name": self.service, "id": uid, "job": _directory.job_name(), "kind": "service",
+                            "record_type": None, "partitions": 1, "partition": 0,
+                            "address": f"{host}:{server.port}"}
+            await directory.request("topic_publish", **registration)
             log.info("service %r served at %s:%d", self.service, host, server.port)
             # until the job is killed, its connection to the coordinator kept:
             # once it breaks (the app killed), the coordinator asks the
             # address whether the service is still served there, and takes it
             # out of the catalog where not (`kernel.system._topics.forget_lost`)
-            await asyncio.Future()
+            await directory.keep_registered(registration, asyncio.Future(), f"service {self.service!r}")
         finally:
             await server.stop()  # (first: no longer served when the coordinator asks)
             await directory.close()

@@ -15,7 +15,19 @@ import subprocess
 
 import pytest
 from test_services_robust import run, serving, where  # noqa: F401  (fixtures and helpers)
-from test_topics import PYTHON, SERVICE, Job, coordinator, results, starts, system, topics_named, wait_until  # noqa: F401
+from test_topics import (  # noqa: F401  (fixtures, and what kills the jobs a test started)
+    PYTHON,
+    SERVICE,
+    Job,
+    _no_job_left,
+    coordinator,
+    own_system,
+    results,
+    starts,
+    system,
+    topics_named,
+    wait_until,
+)
 
 import kernel.services
 from kernel.topics import ServiceError
@@ -122,3 +134,68 @@ def test_a_publisher_that_still_runs_stays_listed_when_a_connection_it_registere
                 assert await client.call(21) == 42
 
     run(scenario)
+
+
+def test_a_publisher_killed_after_a_coordinator_restart_leaves_the_catalog_too(own_system):  # noqa: F811
+    """The coordinator is killed and started again (same --data: the topic
+    is still registered), with no connection of the publisher's: it says
+    its registration again (KERNEL_TOPIC_REFRESH seconds), on a new
+    connection; killed then, it is noticed as before the restart (it stayed
+    listed until a publisher of the name took it over)."""
+    system = own_system  # noqa: F811
+    a = Job(system, "readings.py", "a", COUNT=0, KERNEL_TOPIC_REFRESH=0.2)
+    a.wait_published()
+    system.coordinator.kill()
+    system.coordinator.wait()
+    system.start_coordinator()
+    wait_until(lambda: system.coordinator_log.read_text().count("coordinator listening") == 2,
+               what="the coordinator to listen again")
+    assert len(topics_named(system, system.topic)) == 1  # (kept in its catalog)
+    try:
+        wait_until(lambda: "registered again with the coordinator" in a.text(), timeout=10,
+                   what="A to register again")
+    except AssertionError:
+        pass  # (killed anyway: what the catalog does then is the test)
+    a.kill()
+    try:
+        wait_until(lambda: not topics_named(system, system.topic), timeout=10, what="A's topic to go")
+    except AssertionError:
+        pass
+    assert topics_named(system, system.topic) == [], a.text()[-1500:]
+
+
+def test_a_refresh_never_takes_a_name_over_nor_opens_an_ended_partition_again(where):  # noqa: F811
+    host, port = where.rsplit(":", 1)
+    name = f"refresh-{new_id()}"
+    fields = {"name": name, "kind": "stream", "record_type": None, "partitions": 2}
+
+    async def scenario():
+        one = Directory((host, int(port)), _secret())
+        two = Directory((host, int(port)), _secret())
+        try:
+            for partition in (0, 1):
+                await one.request("topic_publish", **fields, id="one", job="app:one", partition=partition,
+                                  address=f"127.0.0.1:{9 + partition}")
+            refused = await two.request("topic_publish", **fields, id="two", job="app:two", partition=0,
+                                        address="127.0.0.1:11", refresh=True)
+            await one.request("topic_unpublish", name=name, id="one", partition=0)
+            kept = await one.request("topic_publish", **fields, id="one", job="app:one", partition=0,
+                                     address="127.0.0.1:9", refresh=True)
+            said = await one.request("topic_publish", **fields, id="one", job="app:one", partition=1,
+                                     address="127.0.0.1:10", refresh=True)
+            found = await one.request("topic_lookup", name=name, job="app:reader")
+            return refused, kept, said, found
+        finally:
+            await one.close()
+            await two.close()
+
+    refused, kept, said, found = run(scenario)
+    assert refused == {"taken": "app:one"}
+    assert kept == said == {}
+    assert (found["id"], found["job"], found["addresses"]) == ("one", "app:one", ["ended", "127.0.0.1:10"])
+
+
+def _secret() -> bytes:
+    import os
+
+    return os.environ["KERNEL_SECRET"].encode()
