@@ -6,6 +6,9 @@ publishing or subscribing job sends (`kernel.topics._directory`).
   per run of the publishing operator) is served at `address`. A new `id`
   under a known name replaces the old publisher (a restarted job), unless
   the name belongs to another job that is still active in the system.
+  With `refresh` (a running publisher's, now and then: `_refresh`) it never
+  replaces another publisher (`{"taken": its job}`) nor opens an ended
+  partition again.
 * `topic_lookup {name, job}`: `{found, id, kind, record_type, partitions,
   addresses, job}`: found once every partition of the current publisher has
   registered. A topic whose every partition has ended is gone, but for

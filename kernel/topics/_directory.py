@@ -401,14 +401,17 @@ class Directory:
             # (raced with `until`: the publisher's end, and its unpublish, do
             # not wait for a coordinator away or a catalog locked meanwhile)
             saying = asyncio.ensure_future(self.request("topic_publish", **fields, refresh=True))
-            await asyncio.wait([until, saying], return_when=asyncio.FIRST_COMPLETED)
-            if not saying.done():
-                saying.cancel()
-                await asyncio.gather(saying, return_exceptions=True)
+            try:
+                await asyncio.wait([until, saying], return_when=asyncio.FIRST_COMPLETED)
+            finally:  # (also where the publisher is cancelled: no request left running on its own)
+                if not saying.done():
+                    saying.cancel()
+                    await asyncio.gather(saying, return_exceptions=True)
+            if saying.cancelled():
                 return
             try:
                 reply = saying.result()
-            except TopicError as exc:
+            except Exception as exc:  # (a refresh that fails never fails the publisher: the next one may do)
                 log.debug("%s: its registration could not be said again (%s)", what, exc)
                 continue
             if reply.get("taken"):

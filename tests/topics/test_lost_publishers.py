@@ -199,3 +199,48 @@ def _secret() -> bytes:
     import os
 
     return os.environ["KERNEL_SECRET"].encode()
+
+
+def test_a_service_stopped_while_its_refresh_waits_leaves_no_request_running(own_system, monkeypatch):  # noqa: F811
+    """The coordinator is frozen (SIGSTOP) while a service's refresh waits
+    for its answer, and the service is stopped (its job ends): the refresh
+    goes with it, no request left running on its own after the connection
+    is closed (nor an exception nobody retrieves)."""
+    import os
+
+    system = own_system  # noqa: F811
+    monkeypatch.setenv("KERNEL_SECRET", system.env["KERNEL_SECRET"])
+    monkeypatch.setenv("KERNEL_TOPIC_REFRESH", "0.05")
+    at = f"127.0.0.1:{system.port}"
+    asked = []
+    request = Directory.request
+
+    async def noted(self, op, **fields):
+        if fields.get("refresh"):
+            asked.append(asyncio.current_task())
+        return await request(self, op, **fields)
+
+    monkeypatch.setattr(Directory, "request", noted)
+
+    async def scenario():
+        async with serving(at, lambda request: request) as service:
+            await _until(lambda: any(t["name"] == service.name for t in system.status()["topics"]),
+                         timeout=10)
+            os.kill(system.coordinator.pid, signal.SIGSTOP)
+            try:
+                count = len(asked)
+                while len(asked) == count:  # (a refresh sent to the frozen coordinator)
+                    await asyncio.sleep(0.01)
+                refreshing = asked[-1]
+                await asyncio.sleep(0.05)
+                assert not refreshing.done()
+                service._task.cancel()  # (the service stops: its job ends)
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 2
+                while not refreshing.done() and loop.time() < deadline:
+                    await asyncio.sleep(0.01)
+                return refreshing.done(), refreshing.cancelled()
+            finally:
+                os.kill(system.coordinator.pid, signal.SIGCONT)
+
+    assert run(scenario) == (True, True)
