@@ -422,6 +422,22 @@ class Directory:
             if reply.get("again") or self.opened != opened:
                 log.info("%s: registered again with the coordinator at %s:%d", what, *self.address)
 
+    async def abandon(self) -> None:
+        """Close the connection without a close frame, as a publisher that
+        is killed does: one whose run failed (or was cancelled), its topic
+        not ended, is gone, and the coordinator, seeing its connection
+        break, asks whether it still publishes, and takes it out of the
+        catalog where not (`kernel.system._topics.forget_lost`); closed
+        with a frame, it stayed listed, its address dead."""
+        if self._ws is not None and not self._ws.closed:
+            sock = self._ws.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # (gone already)
+        await self.close()
+
     async def close(self) -> None:
         if self._ws is not None:
             await self._ws.close()

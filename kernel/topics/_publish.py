@@ -596,6 +596,7 @@ class Publish(Operator):
         server = _make_server(self, host, key, meta)
         await _directory.listen(server)
         directory = _directory.Directory(address, key)
+        done = False  # the topic ended here, the catalog told (or not reachable)
         try:
             registration = {"name": self.topic, "id": self.id, "job": _directory.job_name(), "kind": "stream",
                             "record_type": record_type_info(self.record_type), "partitions": self.partitions,
@@ -607,6 +608,7 @@ class Publish(Operator):
             writers = [s.writer for s in self.subscribers if s.writer is not None]
             if writers:
                 await asyncio.wait(writers)
+            done = True
             try:
                 await directory.request("topic_unpublish", name=self.topic, id=self.id,
                                         partition=self.partition)
@@ -629,11 +631,11 @@ class Publish(Operator):
             if closing:
                 await asyncio.wait(closing, timeout=_CLOSE_GRACE)
         finally:
-            # (the server first: where the connection to the coordinator
-            # breaks meanwhile, the coordinator asks the address whether it
-            # still publishes, `kernel.system._topics.forget_lost`)
+            # (the server first: a publisher whose run failed or was cancelled,
+            # its topic not ended, abandons its connection to the coordinator,
+            # which then asks the address whether it still publishes)
             await server.stop()
-            await directory.close()
+            await (directory.close() if done else directory.abandon())
 
     async def _serve_subscriber(self, ws, peer: int, meta, address: str) -> None:
         from kernel.net._links import Link, LinkError

@@ -133,8 +133,11 @@ class Serve(Source):
             # out of the catalog where not (`kernel.system._topics.forget_lost`)
             await directory.keep_registered(registration, asyncio.Future(), f"service {self.service!r}")
         finally:
-            await server.stop()  # (first: no longer served when the coordinator asks)
-            await directory.close()
+            # (the job ended, failed or cancelled: the service is gone, and
+            # said so as a killed one is, `Directory.abandon`; the server
+            # first: no longer served when the coordinator asks)
+            await server.stop()
+            await directory.abandon()
 
     async def _session(self, ws) -> None:
         running: dict[int, asyncio.Task] = {}  # request id -> its awaited reply's task

@@ -244,3 +244,54 @@ def test_a_service_stopped_while_its_refresh_waits_leaves_no_request_running(own
                 os.kill(system.coordinator.pid, signal.SIGCONT)
 
     assert run(scenario) == (True, True)
+
+
+FAILING = """\
+import os, sys, time
+from kernel import Dataflow, Source, run
+
+class Failing(Source):
+    def open(self, context):
+        self.n = 0
+    def poll(self):
+        self.n += 1
+        if os.path.exists(sys.argv[3]):  # (once both are registered)
+            raise RuntimeError("boom")
+        self.context.kernel.call_later(0.02, self.wake)
+        self.emit([self.n])
+        return None
+
+flow = Dataflow("failing")
+flow.source(Failing, name="failing").publish(sys.argv[2])
+flow.serve(sys.argv[2] + "-service", lambda request: request)
+try:
+    run(flow, coordinator=sys.argv[1])
+except Exception as exc:
+    print("failed:", type(exc).__name__, flush=True)
+time.sleep(60)  # (the app goes on)
+"""
+
+
+def test_an_app_whose_run_failed_and_goes_on_leaves_the_catalog(system):  # noqa: F811
+    """An app's run fails (on one kernel: in the app's process) and the app
+    goes on: its topic and its service are gone, and leave the catalog, as
+    a killed app's do (it closed its coordinator connection with a close
+    frame, and both stayed listed, their addresses dead)."""
+    (system.root / "failing.py").write_text(FAILING)
+    names = {system.topic, f"{system.topic}-service"}
+    fail = system.root / "fail"
+    app = subprocess.Popen([PYTHON, "failing.py", f"127.0.0.1:{system.port}", system.topic, str(fail)],
+                           env=system.env, cwd=system.root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                           text=True)
+    try:
+        wait_until(lambda: names <= {t["name"] for t in system.status()["topics"]} or app.poll() is not None,
+                   what="the topic and the service to be registered")
+        fail.touch()
+        assert app.stdout.readline() == "failed: OperatorError\n"
+        wait_until(lambda: not names & {t["name"] for t in system.status()["topics"]}, timeout=10,
+                   what="the failed app's topic and service to leave the catalog")
+        assert app.poll() is None  # (still running)
+    finally:
+        app.kill()
+        app.wait()
+        app.stdout.close()
