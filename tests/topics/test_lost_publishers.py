@@ -295,3 +295,43 @@ def test_an_app_whose_run_failed_and_goes_on_leaves_the_catalog(system):  # noqa
         app.kill()
         app.wait()
         app.stdout.close()
+
+
+def test_a_waiting_subscriber_stops_dialling_a_killed_publishers_address_taken_by_another_program(system):  # noqa: F811
+    """A is stopped (SIGSTOP): B (on_lost="wait") finds it silent but
+    registered, and keeps trying it (README, topics item 4). A is then
+    killed, and another program listens on its port at once, accepting
+    connections and answering none. B dialled that address for ever (the
+    catalog listed A until another publisher took the name); now the
+    coordinator sees A gone, B finds it no longer listed, waits for a new
+    publisher, and reads A2 whole."""
+    import re
+    import socket
+
+    from test_topics import HEARTBEAT
+
+    a = Job(system, "readings.py", "a", COUNT=0, KERNEL_HEARTBEAT=HEARTBEAT)
+    a.wait_published()
+    port = int(re.search(r" served at 127\.0\.0\.1:(\d+)", a.text()).group(1))
+    b = Job(system, "sums.py", "b", ON_LOST="wait", KERNEL_HEARTBEAT=HEARTBEAT,
+            KERNEL_TOPIC_CONNECT_TIMEOUT=1)
+    wait_until(lambda: b.epochs_received() >= 2, what="B to read whole epochs of A")
+    a.proc.send_signal(signal.SIGSTOP)
+    wait_until(lambda: "does not answer at" in b.text(), timeout=30, what="B to find A silent")
+    squatter = socket.socket()
+    try:
+        a.kill()
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen(64)
+        wait_until(lambda: f"waiting for '{system.topic}' (a new publisher)" in b.text(), timeout=20,
+                   what="B to wait for a new publisher")
+        go = system.root / "go"
+        a2 = Job(system, "readings.py", "a2", COUNT=500, START=100_000, WAIT=go)
+        wait_until(lambda: len(starts(b)[0]) >= 2 or b.proc.poll() is not None, what="B to read A2")
+        go.touch()
+        seqs, _ = results(b)
+        assert [s for s in seqs if s >= 100_000] == list(range(100_000, 100_500)), b.text()[-2000:]
+        assert a2.finish()[-1].startswith("ended")
+    finally:
+        squatter.close()
