@@ -87,8 +87,8 @@ class CoordinatorServer(AuthenticatedServer):
             # answer; nor is one this coordinator closes as it stops)
             if ws.close_code not in (WSCloseCode.OK, WSCloseCode.GOING_AWAY) and not self.master.closing:
                 _topics.forget_subscriptions(self.master.catalog, subscribed)
-                # and a publisher's may be its end (the app killed, its
-                # machine gone): each publication not ended is checked, and
+                # and a publisher's may be its end (the app killed, or
+                # crashed): each publication not ended is checked, and
                 # goes where the publisher is gone (`_topics.forget_lost`)
                 if published:
                     checking = asyncio.ensure_future(_topics.forget_lost(self.master.catalog, published,

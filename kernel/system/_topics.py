@@ -262,7 +262,7 @@ log = logging.getLogger("kernel.system")
 async def forget_lost(catalog: Catalog, published: set, probe) -> None:
     """A connection broke (no close frame; the coordinator not stopping)
     with publications registered on it and not ended: the publisher may be
-    gone (an app killed, SIGKILL, its machine gone), and its registration stayed behind,
+    gone (an app SIGKILLed, crashed), and its registration stayed behind,
     found by every lookup, its dead address dialled by each subscriber,
     until another publisher took the name over. Each is asked as a new
     publisher of the name would ask it (`_still_published`: a job of the
