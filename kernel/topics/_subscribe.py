@@ -171,6 +171,8 @@ class Subscribe(Source):
     # -- the reader task ------------------------------------------------------------
 
     async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._deadline = None if self.timeout is None else loop.time() + self.timeout
         try:
             address = _directory.coordinator_address(self.coordinator())
             key = _directory.secret()
@@ -213,6 +215,15 @@ class Subscribe(Source):
                     if why is None:
                         return  # the publisher ended the stream
                     if self.on_lost != "wait":
+                        if await self._never_there(directory, found):
+                            # (a registration left behind by a publisher gone
+                            # before this subscriber came: it ended with
+                            # PublisherLost, having received nothing of it)
+                            log.info("topic %r: its publisher was gone before this subscriber reached it; "
+                                     "waiting for the topic to be published", self.topic)
+                            found = await directory.lookup(self.topic, self._left(), waited=self.timeout)
+                            self._check_type(found)
+                            continue
                         raise PublisherLost(self.topic, why)
                     # (the other partitions go on as far as they go meanwhile)
                     found = await directory.lookup(self.topic, None, not_id=found["id"])
@@ -229,6 +240,23 @@ class Subscribe(Source):
                     await directory.request("topic_unsubscribe", **who)
                 except (TopicError, OSError):
                     pass  # the coordinator went away: a stale row in `status`, nothing more
+
+    async def _never_there(self, directory, found: dict) -> bool:
+        """Lost before anything of it reached this kernel, and no longer in
+        the catalog (taken out as gone: `kernel.system._topics.forget_lost`)?
+        Then, to this subscriber, the topic was not there yet."""
+        if any(at in self._reached for at in self._reading):
+            return False
+        try:
+            return await _in_catalog(directory, self.topic, found, self._reading[0], False) == "gone"
+        except TopicError:
+            return False  # (the coordinator does not answer: the loss stands)
+
+    def _left(self) -> float | None:
+        """What is left of the subscriber's `timeout` (None: none)."""
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - asyncio.get_running_loop().time())
 
     async def _ended_meanwhile(self, directory, found: dict, at: tuple[int, int]) -> bool:
         """A partition's server could not be reached (or closed before the

@@ -335,3 +335,61 @@ def test_a_waiting_subscriber_stops_dialling_a_killed_publishers_address_taken_b
         assert a2.finish()[-1].startswith("ended")
     finally:
         squatter.close()
+
+
+class _Held:
+    """A registration made on a connection of its own (in a loop on a
+    thread), kept open until `abandon()` breaks it as a killed publisher's
+    breaks, or `close()`."""
+
+    def __init__(self, system, **fields) -> None:  # noqa: F811
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.directory = Directory(("127.0.0.1", system.port), system.env["KERNEL_SECRET"].encode())
+        self._do(self.directory.request("topic_publish", **fields))
+
+    def _do(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(30)
+
+    def abandon(self) -> None:
+        self._do(self.directory.abandon())
+
+    def close(self) -> None:
+        self._do(self.directory.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def test_a_subscriber_that_found_a_publisher_gone_before_it_came_waits_for_the_topic(system):  # noqa: F811
+    """B (on_lost="fail") looks the topic up while the catalog still lists
+    a publisher that is gone (its registration held here, its address
+    dead), and dials it; the publisher's connection then breaks and the
+    coordinator takes it out. B had received nothing of it: it ended with
+    PublisherLost; it now waits for the topic, within its timeout, and
+    reads the next publisher whole."""
+    from test_topics import free_port
+
+    held = _Held(system, name=system.topic, id="gone-before", job="app:gone-before", kind="stream",
+                 record_type=None, partitions=1, partition=0, address=f"127.0.0.1:{free_port()}")
+    try:
+        b = Job(system, "sums.py", "b", TIMEOUT=30, KERNEL_TOPIC_CONNECT_TIMEOUT=3)
+        # (subscribed: it found the registration, and dials its address, for 0.5 + 3 s)
+        wait_until(lambda: any(t["subscribers"] for t in topics_named(system, system.topic)),
+                   what="B to find the dead registration")
+        held.abandon()
+        wait_until(lambda: "waiting for the topic to be published" in b.text() or b.proc.poll() is not None,
+                   what="B to wait for the topic")
+        assert b.proc.poll() is None, b.out.read_text()[-600:]
+        go = system.root / "go"
+        a = Job(system, "readings.py", "a", COUNT=1000, WAIT=go)
+        wait_until(lambda: starts(b)[0] or b.proc.poll() is not None, what="B to connect to A")
+        go.touch()
+        seqs, _ = results(b)
+        assert seqs == list(range(1000)), b.text()[-2000:]
+        assert a.finish()[-1].startswith("ended")
+    finally:
+        held.close()
