@@ -117,6 +117,9 @@ def seconds_from_environment(name: str, default: float) -> float:
 # seconds; a peer silent for two of them is dead
 DEFAULT_HEARTBEAT = seconds_from_environment("KERNEL_HEARTBEAT", 2.5)
 MISMATCH = 4002
+# an authenticated peer this server does not take (a process already linked, or
+# one that should not dial it); the close frame's reason says which
+UNEXPECTED = 4003
 # Before a connection has authenticated (see LinkServer):
 HANDSHAKE_MAX_MESSAGE = 4096  # bytes in one message: the hello with its meta is ~300
 # Seconds from connecting to authenticated. Not the start-up timeout: that
@@ -172,6 +175,10 @@ class AuthenticationFailed(LinkError):
 
 class LinkMismatch(LinkError):
     """An authenticated peer runs something else (another flow, other cores)."""
+
+
+class _Unexpected(LinkError):
+    """An authenticated peer the server does not take (`_unexpected`)."""
 
 
 class LinkRefused(LinkError):
@@ -1030,6 +1037,8 @@ class AuthenticatedServer:
         self.failures.append(exc)
         if isinstance(exc, AuthenticationFailed):
             await ws.close(code=AUTH_FAILED, message=b"authentication failed")
+        elif isinstance(exc, _Unexpected):  # (a close frame's reason: 123 bytes at most)
+            await ws.close(code=UNEXPECTED, message=str(exc).encode()[:123])
         else:
             await ws.close(code=1002)
 
@@ -1048,12 +1057,20 @@ class AuthenticatedServer:
         expected = _mac(self._secret, b"client", nonce, peer)
         if not hmac.compare_digest(str(hello.get("mac", "")), expected):
             raise AuthenticationFailed(f"process {peer} at {address}")
+        unexpected = self._unexpected(peer)
+        if unexpected is not None:
+            raise _Unexpected(unexpected)
         self._guard.authenticated(protocol)
         _raise_message_limit(ws, protocol, self.max_frame + FRAME.size)
         their_nonce = str(hello.get("nonce", ""))
         await ws.send_str(msgspec.json.encode(
             {"mac": _mac(self._secret, b"server", their_nonce, self.process), "meta": self.meta}).decode())
         return peer, hello.get("meta")
+
+    def _unexpected(self, peer: int) -> str | None:
+        """Why an authenticated `peer` is not taken here (said to it in the
+        close frame, and logged), or None."""
+        return None
 
     async def _session(self, ws, peer: int, meta, address: str) -> None:
         raise NotImplementedError
@@ -1090,11 +1107,23 @@ class LinkServer(AuthenticatedServer):
         self.links: dict[int, Link] = {}
 
 
+    def _unexpected(self, peer: int) -> str | None:
+        # In the handshake, before our answer: a second process given the same
+        # --process-id was refused only after it, and its link's close (code
+        # 1008) ended its run as "lost process 0: ... closed: code 1008".
+        if self.expected is None:
+            return None
+        if peer in self.links:
+            return f"process {peer} is already linked"
+        if peer not in self.expected:
+            return f"process {peer} is not a peer of this process"
+        return None
+
     async def _session(self, ws, peer: int, meta, peer_address: str) -> None:
-        if self.expected is not None and (peer not in self.expected or peer in self.links):
-            why = "is already linked" if peer in self.links else "is not a peer of this process"
-            log.warning("refused a link from %s: process %d %s", peer_address, peer, why)
-            await ws.close(code=1008, message=b"unexpected peer")
+        why = self._unexpected(peer)  # (again: two handshakes as one process may have overlapped)
+        if why is not None:
+            log.warning("refused a link from %s: %s", peer_address, why)
+            await ws.close(code=UNEXPECTED, message=why.encode()[:123])
             return
         try:
             _check_meta(self.meta, meta, f"process {peer} at {peer_address}")
@@ -1251,6 +1280,11 @@ async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None,
         await ws.close()
         if ws.close_code == AUTH_FAILED:  # the server's word: our secret is not its
             raise AuthenticationFailed(f"process {peer} at {url}")
+        if ws.close_code == UNEXPECTED:  # authenticated, but not taken: final, as a wrong secret
+            why = answer.extra if answer.type is aiohttp.WSMsgType.CLOSE and answer.extra else "unexpected"
+            raise LinkError(f"process {peer} at {url} refused this process ({process}): {why} there "
+                            f"(is --process-id {process} given to two processes, or do the --peers "
+                            "lists differ?)")
         # a server going away mid-handshake (reset, or closed with another code): not
         # a wrong secret, which a caller takes as final
         raise LinkRefused(f"{url} broke the handshake (closed, code {ws.close_code}, before answering)")

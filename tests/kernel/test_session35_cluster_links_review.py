@@ -1,0 +1,133 @@
+"""Session 35's review of the links between a cluster's processes, as a
+demanding user and a hostile network would try them, with real processes
+and sockets:
+
+* a second process given the same --process-id (its --peers list naming
+  another port of its own) is refused by process 0 in the handshake and
+  ends with a line that says so, while the cluster it tried to join gives
+  exactly the results of plain Python; a process dialling a server that
+  does not take it is told why the same way (tests/net level).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from _ports import free_ports, wait_until
+from _procs import without_stall_reports
+from kernel.net._links import LinkError, LinkServer, dial
+
+SECRET = "cluster-review-secret"
+PROMPTLY = 60.0  # seconds: an upper bound, never a synchronisation
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+PIPELINE = """\
+import asyncio, os, pathlib
+from kernel import Dataflow
+
+here = pathlib.Path(os.environ["REVIEW_DIR"])
+
+
+async def numbers():
+    (here / "started").touch()  # every link is up: kernels start only then
+    while not (here / "go").exists():
+        await asyncio.sleep(0.01)
+    for n in range(300):
+        yield n
+
+
+flow = Dataflow("dup")
+flow.from_async_iterable(numbers).key_by(lambda n: n % 7).sum().print()
+"""
+
+
+def start(tmp_path, process: int, peers: str, name: str) -> subprocess.Popen:
+    env = {**os.environ, "KERNEL_SECRET": SECRET, "REVIEW_DIR": str(tmp_path)}
+    with open(tmp_path / f"{name}.out", "w") as out, open(tmp_path / f"{name}.err", "w") as err:
+        return subprocess.Popen([sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"),
+                                 "--process-id", str(process), "--peers", peers, "--startup-timeout", "30"],
+                                stdout=out, stderr=err, env=env)
+
+
+def test_a_second_process_with_the_same_process_id_is_refused_saying_so(tmp_path):
+    """It was refused only after the handshake, its link closed with code
+    1008: it ended with `error: lost process 0 (...): link to process 0
+    closed: code 1008 before the run finished`, as if process 0 had died."""
+    (tmp_path / "pipeline.py").write_text(PIPELINE)
+    a, b, c = free_ports(3)
+    peers = f"127.0.0.1:{a},127.0.0.1:{b}"
+    procs = [start(tmp_path, 0, peers, "p0"), start(tmp_path, 1, peers, "p1")]
+    try:
+        wait_until(lambda: (tmp_path / "started").exists(), what="the cluster to form", timeout=PROMPTLY)
+        twin = start(tmp_path, 1, f"127.0.0.1:{a},127.0.0.1:{c}", "twin")
+        procs.append(twin)
+        assert twin.wait(PROMPTLY) == 1
+        assert without_stall_reports((tmp_path / "twin.err").read_text()) == (
+            f"error: process 0 at http://127.0.0.1:{a} refused this process (1): process 1 is already "
+            "linked there (is --process-id 1 given to two processes, or do the --peers lists differ?)\n")
+        assert (tmp_path / "twin.out").read_text() == ""
+        (tmp_path / "go").touch()
+        assert [p.wait(PROMPTLY) for p in procs[:2]] == [0, 0]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    expected = {}
+    for n in range(300):
+        expected[n % 7] = expected.get(n % 7, 0) + n
+    printed = (tmp_path / "p0.out").read_text().splitlines() + (tmp_path / "p1.out").read_text().splitlines()
+    assert sorted(printed) == sorted(repr(item) for item in expected.items())
+    assert without_stall_reports((tmp_path / "p0.err").read_text()) == (
+        "refused a link from 127.0.0.1: process 1 is already linked\n")
+    assert without_stall_reports((tmp_path / "p1.err").read_text()) == ""
+
+
+def test_a_dialer_the_server_does_not_take_is_told_why_and_the_server_goes_on(caplog):
+    async def scenario():
+        received = []
+
+        def on_frame_for(peer):
+            return lambda channel, kind, body: received.append((peer, channel, bytes(body)))
+
+        server = LinkServer("127.0.0.1", 0, SECRET, 0, {0}, on_frame_for, expected={1})
+        await server.start()
+        url = f"http://127.0.0.1:{server.port}"
+        link, session = await dial(url, SECRET, 1, {0}, lambda *frame: None, timeout=5)
+        reader = asyncio.ensure_future(link.run())
+        try:
+            errors = []
+            for process in (1, 2):
+                with pytest.raises(LinkError) as caught:
+                    await dial(url, SECRET, process, {0}, lambda *frame: None, timeout=5)
+                errors.append(str(caught.value))
+            await link.send(0, 1, b"still linked")
+            deadline = time.monotonic() + 10
+            while not received:
+                assert time.monotonic() < deadline, "the linked peer's frame never came"
+                await asyncio.sleep(0.005)
+            assert received == [(1, 0, b"still linked")]
+            assert not reader.done()
+            return errors
+        finally:
+            await link.close()
+            await session.close()
+            await server.stop()
+
+    with caplog.at_level(logging.WARNING, logger="kernel.links"):
+        errors = asyncio.run(scenario())
+    port = errors[0].split("127.0.0.1:")[1].split(" ")[0]
+    assert errors == [
+        f"process 0 at http://127.0.0.1:{port} refused this process (1): process 1 is already linked there "
+        "(is --process-id 1 given to two processes, or do the --peers lists differ?)",
+        f"process 0 at http://127.0.0.1:{port} refused this process (2): process 2 is not a peer of this "
+        "process there (is --process-id 2 given to two processes, or do the --peers lists differ?)"]
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")] == [
+        "refused a link from 127.0.0.1: process 1 is already linked",
+        "refused a link from 127.0.0.1: process 2 is not a peer of this process"]
