@@ -32,12 +32,16 @@ between the socket and the caller, what the round-trip benchmark uses) or
 have `run()` push every frame to `on_frame`.
 
 Liveness: each end checks every `heartbeat` seconds whether anything came
-from the peer since the last check; after one silent period it sends a PING
-frame (answered by a PONG), after two the link is declared dead (`error`
-set, `closed` resolved). A cut cable (no FIN, no RST) thus ends a link
-within two heartbeats instead of TCP's minutes. (aiohttp's own heartbeat
-reschedules a timer on every message received: 2-3 us of each round trip
-in benches/links.py; this costs one attribute store per message.)
+from the peer since the last check (bytes, not whole messages: a large
+frame on a slow network takes longer than that); after one silent period
+it sends a PING frame (answered by a PONG), after two the link is declared
+dead (`error` set, `closed` resolved). An end that heard part of a message
+and no whole one sends a PONG unasked: the peer's PING waits behind that
+message, and the peer must hear it is heard. A cut cable (no FIN, no RST)
+thus ends a link within two heartbeats instead of TCP's minutes. (aiohttp's
+own heartbeat reschedules a timer on every message received: 2-3 us of
+each round trip in benches/links.py; this costs one attribute store per
+message and one call per read.)
 
 Shape: after authentication each side sends `meta` (for a cluster: the
 flow's fingerprint and the cores per process); a peer whose meta differs is
@@ -212,6 +216,29 @@ def _check_meta(mine, theirs, peer: str) -> None:
                        "the same flow with the same cores and peers, each with a state_dir or none")
 
 
+def _on_every_read(ws, callback: Callable[[], None]) -> None:
+    """Call `callback` on every read from `ws`'s connection, through the hook
+    aiohttp's own heartbeat uses (after any callback there): the heartbeat
+    hears a peer while one of its messages is still coming. It heard only
+    whole messages, so a frame taking longer than two heartbeats to arrive
+    (4 MiB on a link under 6.4 Mbit/s, with the default 2.5 s) ended a
+    link that was busy, not silent: `did not answer for 5 s`."""
+    request = getattr(ws, "_req", None)  # a server's web.WebSocketResponse
+    protocol = request.protocol if request is not None else getattr(getattr(ws, "_conn", None), "protocol",
+                                                                     None)
+    if protocol is None or not hasattr(protocol, "_data_received_cb"):
+        return  # (then whole messages only, as before)
+    before = protocol._data_received_cb
+    if before is None:
+        protocol._data_received_cb = callback
+    else:
+        def both() -> None:
+            before()
+            callback()
+
+        protocol._data_received_cb = both
+
+
 def _mac(secret: bytes, role: bytes, nonce: str, process: int) -> str:
     message = role + b"|" + nonce.encode() + b"|" + str(process).encode()
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
@@ -247,8 +274,9 @@ class Link:
         self.error: LinkError | None = None  # why the link ended, when it was not a clean close
         self.closed = asyncio.get_running_loop().create_future()
         self._heard = True  # something came from the peer in this heartbeat period
+        self._reading = False  # bytes came from the peer in this period (whole messages or not)
         self._pinged = False
-        self.pongs = 0  # answers to our PINGs: quiet periods the peer was heard through
+        self.pongs = 0  # PONGs: answers to our PINGs, or the peer still hearing a long message of ours
         self.sent_bytes = 0  # frames handed to `send` (Link.size each): streamkernel_link_sent_bytes_total
         # the peer said it is done with this link (the relay's BYE or DONE): how
         # the connection then ends is no error (over TLS the peer's process may
@@ -256,19 +284,27 @@ class Link:
         self.goodbye = False
         self._heartbeat = heartbeat
         if heartbeat:
+            _on_every_read(ws, self._hear)
             asyncio.get_running_loop().call_later(heartbeat, self._check_alive)
+
+    def _hear(self) -> None:
+        self._reading = True
 
     def _check_alive(self) -> None:
         if self.closed.done():
             return
         loop = asyncio.get_running_loop()
         if self._heard:
-            self._heard = self._pinged = False
+            self._heard = self._reading = self._pinged = False
+        elif self._reading:
+            # A message of the peer's is still coming (bytes, no whole message
+            # this period): alive. Our PING would wait behind it, unanswered,
+            # and the peer, hearing nothing from us, drop the link: say we hear it.
+            self._reading = self._pinged = False
+            self._send_soon(KIND_PONG)
         elif not self._pinged:
             self._pinged = True
-            task = loop.create_task(self._send_control(KIND_PING))
-            self._grants.add(task)
-            task.add_done_callback(self._grants.discard)
+            self._send_soon(KIND_PING)
         else:
             self.error = LinkError(f"process {self.peer} did not answer for "
                                    f"{2 * self._heartbeat:g} s (peer dead or network cut)")
@@ -279,6 +315,11 @@ class Link:
             task.add_done_callback(self._grants.discard)
             return
         loop.call_later(self._heartbeat, self._check_alive)
+
+    def _send_soon(self, kind: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._send_control(kind))
+        self._grants.add(task)
+        task.add_done_callback(self._grants.discard)
 
     async def _send_control(self, kind: int, channel: int = 0) -> None:
         try:
