@@ -185,6 +185,11 @@ class _Unexpected(LinkError):
     """An authenticated peer the server does not take (`_unexpected`)."""
 
 
+class NotAKernelServer(LinkError):
+    """The address answered HTTP, but not with a websocket: another program
+    listens there."""
+
+
 class LinkRefused(LinkError):
     """The server was there and closed or reset the connection before it
     authenticated us (`_causes.refused_by_server`; or it broke or never
@@ -1242,7 +1247,7 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
                 silent = ConnectionError("it accepted the connection but never answered")
                 raise LinkError(f"could not reach {url} within {timeout:g} s: {silent}") from silent
             except aiohttp.ClientResponseError as exc:  # (an HTTP answer, no websocket: not our server)
-                raise LinkError(f"{url} answered, but not as a kernel server ({exc.status} "
+                raise NotAKernelServer(f"{url} answered, but not as a kernel server ({exc.status} "
                                 f"{exc.message})") from exc
             except (aiohttp.ClientConnectionError, OSError) as exc:
                 _refuse_untrusted_certificate(url, exc)

@@ -63,6 +63,7 @@ from ._links import (
     LinkError,
     LinkMismatch,
     LinkServer,
+    NotAKernelServer,
     dial,
 )
 from ._transport import ROUTE
@@ -384,6 +385,9 @@ class LinkRelay:
             unreachable = exc.__cause__
             if unreachable is None or isinstance(exc, (AuthenticationFailed, LinkMismatch)):
                 raise
+            if isinstance(exc, NotAKernelServer):  # final, at once: not "could not reach ... within 30 s"
+                raise LinkError(f"process {peer} at {exc}: another program listens there, or --peers "
+                                "gives the wrong port") from None
             raise LinkError(f"could not reach process {peer} at {url} within "
                             f"{plan.startup_timeout:g} s: {unreachable}") from None
         self._sessions.append(session)

@@ -6,14 +6,17 @@ and sockets:
   another port of its own) is refused by process 0 in the handshake and
   ends with a line that says so, while the cluster it tried to join gives
   exactly the results of plain Python (tests/net/test_session35_links_review.py:
-  any dialler a server does not take is told why).
+  any dialler a server does not take is told why);
+* a peer's address where another program answers HTTP is said so, at once.
 """
 
 from __future__ import annotations
 
+import http.server
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 from _ports import free_ports, wait_until
@@ -83,3 +86,30 @@ def test_a_second_process_with_the_same_process_id_is_refused_saying_so(tmp_path
     assert without_stall_reports((tmp_path / "p0.err").read_text()) == (
         "refused a link from 127.0.0.1: process 1 is already linked\n")
     assert without_stall_reports((tmp_path / "p1.err").read_text()) == ""
+
+
+def test_another_program_answering_http_at_a_peers_address_is_said_so(tmp_path):
+    """It said `could not reach process 0 at http://...: within 30 s: 404,
+    message='Invalid response status', url=...`, aiohttp's words, though it
+    gave up at once and the link code had said better."""
+    (tmp_path / "pipeline.py").write_text("from kernel import Dataflow\nflow = Dataflow('x')\n"
+                                          "flow.from_iterable(range(10)).print()\n")
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    serving = threading.Thread(target=other.serve_forever, daemon=True)
+    serving.start()
+    try:
+        port = other.server_address[1]
+        (free,) = free_ports(1)
+        process = start(tmp_path, 1, f"127.0.0.1:{port},127.0.0.1:{free}", "p1")
+        try:
+            assert process.wait(PROMPTLY) == 1
+        finally:
+            process.kill()
+            process.wait()
+    finally:
+        other.shutdown()
+        other.server_close()
+        serving.join()
+    assert without_stall_reports((tmp_path / "p1.err").read_text()) == (
+        f"error: process 0 at http://127.0.0.1:{port} answered, but not as a kernel server (404 Invalid "
+        "response status): another program listens there, or --peers gives the wrong port\n")
