@@ -1247,8 +1247,10 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
                 silent = ConnectionError("it accepted the connection but never answered")
                 raise LinkError(f"could not reach {url} within {timeout:g} s: {silent}") from silent
             except aiohttp.ClientResponseError as exc:  # (an HTTP answer, no websocket: not our server)
+                # (on one line: aiohttp's parser says what it could not parse over four)
+                what = " ".join(str(exc.message).split())[:200]
                 raise NotAKernelServer(f"{url} answered, but not as a kernel server ({exc.status} "
-                                f"{exc.message})") from exc
+                                       f"{what})") from exc
             except (aiohttp.ClientConnectionError, OSError) as exc:
                 _refuse_untrusted_certificate(url, exc)
                 refused = refused_by_server(exc)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -113,3 +114,32 @@ def test_another_program_answering_http_at_a_peers_address_is_said_so(tmp_path):
     assert without_stall_reports((tmp_path / "p1.err").read_text()) == (
         f"error: process 0 at http://127.0.0.1:{port} answered, but not as a kernel server (404 Invalid "
         "response status): another program listens there, or --peers gives the wrong port\n")
+
+
+def test_another_program_with_a_banner_at_a_peers_address_is_said_so_on_one_line(tmp_path):
+    """A program that answers what is not HTTP: aiohttp's words for it took
+    four lines of the error, the last a caret under nothing."""
+    (tmp_path / "pipeline.py").write_text("from kernel import Dataflow\nflow = Dataflow('x')\n"
+                                          "flow.from_iterable(range(10)).print()\n")
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        port = other.getsockname()[1]
+        (free,) = free_ports(1)
+        process = start(tmp_path, 1, f"127.0.0.1:{port},127.0.0.1:{free}", "p1")
+        try:
+            other.settimeout(PROMPTLY)
+            connection, _ = other.accept()
+            with connection:
+                request = b""
+                while b"\r\n\r\n" not in request:  # (a banner before it may find aiohttp not reading yet)
+                    request += connection.recv(4096)
+                connection.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+                assert process.wait(PROMPTLY) == 1
+        finally:
+            process.kill()
+            process.wait()
+    error = without_stall_reports((tmp_path / "p1.err").read_text())
+    assert error.startswith(f"error: process 0 at http://127.0.0.1:{port} answered, but not as a kernel "
+                            "server (400 Bad status line")
+    assert "SSH-2.0-OpenSSH_9.6" in error
+    assert error.endswith("): another program listens there, or --peers gives the wrong port\n")
+    assert error.count("\n") == 1, error
