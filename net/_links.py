@@ -70,6 +70,7 @@ import hmac
 import logging
 import os
 import random
+import ssl
 import struct
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine
@@ -82,7 +83,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
-from ._causes import refused_by_server, untrusted_certificate
+from ._causes import causes, refused_by_server, untrusted_certificate
 
 log = logging.getLogger("kernel.links")
 
@@ -188,6 +189,11 @@ class _Unexpected(LinkError):
 class NotAKernelServer(LinkError):
     """The address answered HTTP, but not with a websocket: another program
     listens there."""
+
+
+class TLSFailed(LinkError):
+    """A server whose TLS does not go with ours: its certificate does not
+    verify, or it answered without TLS. No retry mends it."""
 
 
 class LinkRefused(LinkError):
@@ -565,11 +571,12 @@ class _Handler(RequestHandler):
     connection is closed. It stops reading at the first such error
     (`_StopAtFirstError`)."""
 
-    __slots__ = ()
+    __slots__ = ("_first",)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._parser = _StopAtFirstError(self._parser, self)
+        self._first = b""  # the connection's first 6 bytes (a TLS ClientHello's, by mistake?)
 
     def data_received(self, data: bytes) -> None:
         # Counted before aiohttp sees them: bytes sent with or right after
@@ -577,14 +584,23 @@ class _Handler(RequestHandler):
         # before the handshake's size limit applied, so 30 strangers grew
         # the server by 8 MB (a review); now ~PENDING_MAX_BYTES each.
         if self._manager.received(self, len(data)):
+            if len(self._first) < 6:
+                self._first += data[:6 - len(self._first)]
             super().data_received(data)
 
     def handle_error(self, request, status=500, exc=None, message=None):
         if status >= 500:  # ours, not the peer's: aiohttp's report
             return super().handle_error(request, status, exc, message)
-        what = type(exc).__name__ if exc is not None else str(status)
-        self._manager.refusals.warn("refused %s from %s: malformed HTTP (%s)", self._manager.noun,
-                                    request.remote, what)
+        first = self._first  # a TLS record (0x16, 3.x) holding a ClientHello (1): a peer with TLS on
+        if first[:2] == b"\x16\x03" and first[2:3] <= b"\x04" and first[5:6] == b"\x01":
+            why = "a TLS handshake, on a port without TLS: TLS is on there (--tls-cert) and off here?"
+            self._manager.failures.append(LinkError(f"{request.remote} sent {why}"))
+            self._manager.refusals.warn("refused %s from %s: %s", self._manager.noun, request.remote, why)
+            what = "a TLS handshake"  # (answered as below: the peer's TLS says WRONG_VERSION_NUMBER)
+        else:
+            what = type(exc).__name__ if exc is not None else str(status)
+            self._manager.refusals.warn("refused %s from %s: malformed HTTP (%s)", self._manager.noun,
+                                        request.remote, what)
         if request.writer.output_size > 0:  # (as aiohttp: too late for an answer)
             raise ConnectionError("malformed HTTP after the answer began")
         response = web.Response(status=status, text=f"malformed HTTP ({what})\n")
@@ -647,6 +663,8 @@ class _Guard(web.Server):
         self._overflow_from = ""  # the latest one's address
         self._overflow_timer: asyncio.TimerHandle | None = None  # the next report, if any
         self.refusals = _RefusalLog()
+        # refusals that say what may keep a peer out (its server's `failures`)
+        self.failures: deque[Exception] = deque(maxlen=16)
 
     def __call__(self) -> RequestHandler:
         return _Handler(self, loop=self._loop, **self._kwargs)
@@ -949,6 +967,7 @@ class AuthenticatedServer:
                              handshake_timeout=self.handshake_timeout, noun=self.noun, access_log=None,
                              max_line_size=_HTTP_MAX_LINE, max_field_size=_HTTP_MAX_LINE,
                              max_headers=_HTTP_MAX_HEADERS)
+        self._guard.failures = self.failures
         # (aiohttp's shutdown waits this long for a handler still running: a
         # session left open, which `stop` has just been told to close)
         self._runner = web.ServerRunner(self._guard, shutdown_timeout=_CLOSE_WAIT)
@@ -1006,6 +1025,11 @@ class AuthenticatedServer:
                 transport, front, self.ssl_context, server_side=True,
                 ssl_handshake_timeout=self.handshake_timeout)
         except OSError as exc:  # an ssl.SSLError, a reset, the time limit (start_tls closed it)
+            if isinstance(exc, ssl.SSLError) and exc.reason == "HTTP_REQUEST":  # a peer with TLS off
+                why = "plain HTTP, on a TLS port: TLS is off there (no --tls-cert) and on here?"
+                self.failures.append(LinkError(f"{address} sent {why}"))
+                self._guard.refusals.warn("refused %s from %s: %s", self.noun, address, why)
+                return
             why = getattr(exc, "verify_message", None) or str(exc) or type(exc).__name__
             self._guard.refusals.warn("refused %s from %s: TLS handshake failed (%s)", self.noun, address,
                                       why)
@@ -1286,13 +1310,18 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
 def _refuse_untrusted_certificate(url: str, exc: BaseException) -> None:
     """A certificate that does not verify never will: it was retried until
     the timeout (2 s for an executor, longer for a job's links), then said
-    to be unreachable."""
+    to be unreachable. Nor will a server that answers a TLS handshake
+    without TLS (a peer with no --tls-cert): it was retried too, then said
+    to be unreachable in OpenSSL's words (`[SSL: WRONG_VERSION_NUMBER]`)."""
     error = untrusted_certificate(exc)
     if error is not None:
         why = getattr(error, "verify_message", None) or error
-        raise LinkError(f"{url} presented a TLS certificate that does not verify ({why}): no retry "
+        raise TLSFailed(f"{url} presented a TLS certificate that does not verify ({why}): no retry "
                         "mends that (is the certificate signed by the CA given, and issued for this "
                         "address?)") from exc
+    if any(isinstance(e, ssl.SSLError) and e.reason == "WRONG_VERSION_NUMBER" for e in causes(exc)):
+        raise TLSFailed(f"{url} answered without TLS: TLS is on here (--tls-cert) and off there, or "
+                        "another program listens there") from exc
 
 
 def _handshake_json(data) -> object:

@@ -64,6 +64,7 @@ from ._links import (
     LinkMismatch,
     LinkServer,
     NotAKernelServer,
+    TLSFailed,
     dial,
 )
 from ._transport import ROUTE
@@ -365,7 +366,7 @@ class LinkRelay:
                 missing = sorted(higher - self.links.keys())
                 names = ", ".join(f"process {p} ({plan.address(p)})" for p in missing)
                 why = f"{names} did not connect within {plan.startup_timeout:g} s"
-                refused = [str(e) for e in server.failures]
+                refused = list(dict.fromkeys(str(e) for e in server.failures))  # (a peer retrying: once)
                 if refused:
                     why += "; refused meanwhile: " + "; ".join(refused[-3:])
                 raise LinkError(why) from None
@@ -388,6 +389,8 @@ class LinkRelay:
             if isinstance(exc, NotAKernelServer):  # final, at once: not "could not reach ... within 30 s"
                 raise LinkError(f"process {peer} at {exc}: another program listens there, or --peers "
                                 "gives the wrong port") from None
+            if isinstance(exc, TLSFailed):  # final too: its own words, not aiohttp's
+                raise LinkError(f"process {peer} at {exc}") from None
             raise LinkError(f"could not reach process {peer} at {url} within "
                             f"{plan.startup_timeout:g} s: {unreachable}") from None
         self._sessions.append(session)

@@ -7,7 +7,8 @@ and sockets:
   ends with a line that says so, while the cluster it tried to join gives
   exactly the results of plain Python (tests/net/test_session35_links_review.py:
   any dialler a server does not take is told why);
-* a peer's address where another program answers HTTP is said so, at once.
+* a peer's address where another program answers HTTP is said so, at once;
+* TLS on one process and off another is said so on both.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import threading
 import pytest
 from _ports import free_ports, wait_until
 from _procs import without_stall_reports
+
+from tests._certificates import make_ca, sign
 
 SECRET = "cluster-review-secret"
 PROMPTLY = 60.0  # seconds: an upper bound, never a synchronisation
@@ -48,12 +51,12 @@ flow.from_async_iterable(numbers).key_by(lambda n: n % 7).sum().print()
 """
 
 
-def start(tmp_path, process: int, peers: str, name: str) -> subprocess.Popen:
+def start(tmp_path, process: int, peers: str, name: str, *options: str) -> subprocess.Popen:
     env = {**os.environ, "KERNEL_SECRET": SECRET, "REVIEW_DIR": str(tmp_path)}
     with open(tmp_path / f"{name}.out", "w") as out, open(tmp_path / f"{name}.err", "w") as err:
         return subprocess.Popen([sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"),
-                                 "--process-id", str(process), "--peers", peers, "--startup-timeout", "30"],
-                                stdout=out, stderr=err, env=env)
+                                 "--process-id", str(process), "--peers", peers, "--startup-timeout", "30",
+                                 *options], stdout=out, stderr=err, env=env)
 
 
 def test_a_second_process_with_the_same_process_id_is_refused_saying_so(tmp_path):
@@ -143,3 +146,42 @@ def test_another_program_with_a_banner_at_a_peers_address_is_said_so_on_one_line
     assert "SSH-2.0-OpenSSH_9.6" in error
     assert error.endswith("): another program listens there, or --peers gives the wrong port\n")
     assert error.count("\n") == 1, error
+
+
+@pytest.mark.parametrize("tls_on", [0, 1])
+def test_tls_on_one_process_and_off_the_other_is_said_so_on_both(tmp_path, tls_on):
+    """Process 0 said only `process 1 (...) did not connect within 4 s`; a
+    dialler with TLS to a server without it retried until its time was up,
+    then said `Cannot connect to host ... ssl:<ssl.SSLContext object at
+    0x7f...> [[SSL: WRONG_VERSION_NUMBER] wrong version number ...]`. (A
+    dialler without TLS to a server with it still says only that it could
+    not reach it: the server closes the connection, saying nothing it could
+    read.)"""
+    (tmp_path / "pipeline.py").write_text("from kernel import Dataflow\nflow = Dataflow('x')\n"
+                                          "flow.from_iterable(range(10)).print()\n")
+    make_ca(tmp_path)
+    sign(tmp_path, "node", "127.0.0.1", "extendedKeyUsage=serverAuth,clientAuth\n")
+    tls = ["--tls-cert", str(tmp_path / "node.pem"), "--tls-key", str(tmp_path / "node.key"),
+           "--tls-ca", str(tmp_path / "ca.pem")]
+    a, b = free_ports(2)
+    peers = f"127.0.0.1:{a},127.0.0.1:{b}"
+    procs = [start(tmp_path, i, peers, f"p{i}", "--startup-timeout", "4", *(tls if i == tls_on else []))
+             for i in (0, 1)]
+    try:
+        assert [p.wait(PROMPTLY) for p in procs] == [1, 1]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    errors = [without_stall_reports((tmp_path / f"p{i}.err").read_text()).splitlines() for i in (0, 1)]
+    if tls_on == 0:
+        why = "plain HTTP, on a TLS port: TLS is off there (no --tls-cert) and on here?"
+        assert errors[1][-1].startswith(f"error: could not reach process 0 at http://127.0.0.1:{a} "
+                                        "within 4 s")
+    else:
+        why = "a TLS handshake, on a port without TLS: TLS is on there (--tls-cert) and off here?"
+        assert errors[1] == [f"error: process 0 at https://127.0.0.1:{a} answered without TLS: TLS is on "
+                             "here (--tls-cert) and off there, or another program listens there"]
+    assert errors[0][-1] == (f"error: process 1 (127.0.0.1:{b}) did not connect within 4 s; refused "
+                             f"meanwhile: 127.0.0.1 sent {why}")
+    assert set(errors[0][:-1]) == {f"refused a link from 127.0.0.1: {why}"}
