@@ -8,7 +8,8 @@ and sockets:
   exactly the results of plain Python (tests/net/test_session35_links_review.py:
   any dialler a server does not take is told why);
 * a peer's address where another program answers HTTP is said so, at once;
-* TLS on one process and off another is said so on both.
+* TLS on one process and off another is said so on both; a peer's
+  certificate that does not verify is said in the link's words.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 from _ports import free_ports, wait_until
 from _procs import without_stall_reports
 
-from tests._certificates import make_ca, sign
+from tests._certificates import make_ca, self_signed, sign
 
 SECRET = "cluster-review-secret"
 PROMPTLY = 60.0  # seconds: an upper bound, never a synchronisation
@@ -185,3 +186,35 @@ def test_tls_on_one_process_and_off_the_other_is_said_so_on_both(tmp_path, tls_o
     assert errors[0][-1] == (f"error: process 1 (127.0.0.1:{b}) did not connect within 4 s; refused "
                              f"meanwhile: 127.0.0.1 sent {why}")
     assert set(errors[0][:-1]) == {f"refused a link from 127.0.0.1: {why}"}
+
+
+def test_a_peer_certificate_that_does_not_verify_is_said_in_the_links_words(tmp_path):
+    """The links said `presented a TLS certificate that does not verify
+    (...): no retry mends that (...)`; the relay put in its place `could
+    not reach process 0 at https://... within 30 s: Cannot connect to host
+    127.0.0.1:... ssl:<ssl.SSLContext object at 0x7f...> [[SSL:
+    CERTIFICATE_VERIFY_FAILED] ...`, "within 30 s" though it gave up at once."""
+    (tmp_path / "pipeline.py").write_text("from kernel import Dataflow\nflow = Dataflow('x')\n"
+                                          "flow.from_iterable(range(10)).print()\n")
+    make_ca(tmp_path)
+    sign(tmp_path, "node", "127.0.0.1", "extendedKeyUsage=serverAuth,clientAuth\n")
+    self_signed(tmp_path, "other", "127.0.0.1")
+    a, b = free_ports(2)
+    peers = f"127.0.0.1:{a},127.0.0.1:{b}"
+    procs = [start(tmp_path, i, peers, f"p{i}", "--tls-cert", str(tmp_path / f"{name}.pem"),
+                   "--tls-key", str(tmp_path / f"{name}.key"), "--tls-ca", str(tmp_path / "ca.pem"),
+                   "--startup-timeout", "4")
+             for i, name in ((0, "other"), (1, "node"))]
+    try:
+        assert procs[1].wait(PROMPTLY) == 1
+        assert procs[0].wait(PROMPTLY) == 1
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    error = without_stall_reports((tmp_path / "p1.err").read_text())
+    assert error.startswith(f"error: process 0 at https://127.0.0.1:{a} presented a TLS certificate that "
+                            "does not verify (self-signed certificate)"), error
+    assert error.endswith(": no retry mends that (is the certificate signed by the CA given, and issued for "
+                          "this address?)\n"), error
+    assert error.count("\n") == 1
