@@ -1198,7 +1198,8 @@ class LinkServer(AuthenticatedServer):
         try:
             _check_meta(self.meta, meta, f"process {peer} at {peer_address}")
         except LinkMismatch as exc:  # authenticated and expected, but running something else
-            log.error("%s", exc)
+            if self.on_mismatch is None:  # (else the caller says it: a cluster's run ends with it)
+                log.error("%s", exc)
             self.failures.append(exc)
             await ws.close(code=MISMATCH, message=b"incompatible peer")
             if self.on_mismatch is not None:

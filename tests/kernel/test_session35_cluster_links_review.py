@@ -9,7 +9,8 @@ and sockets:
   any dialler a server does not take is told why);
 * a peer's address where another program answers HTTP is said so, at once;
 * TLS on one process and off another is said so on both; a peer's
-  certificate that does not verify is said in the link's words.
+  certificate that does not verify is said in the link's words;
+* processes of different flows each say so once.
 """
 
 from __future__ import annotations
@@ -218,3 +219,35 @@ def test_a_peer_certificate_that_does_not_verify_is_said_in_the_links_words(tmp_
     assert error.endswith(": no retry mends that (is the certificate signed by the CA given, and issued for "
                           "this address?)\n"), error
     assert error.count("\n") == 1
+
+
+def test_processes_of_different_flows_each_say_so_once(tmp_path):
+    """Process 0 said it twice: its relay logged the mismatch, then the run
+    ended with it."""
+    flows = {0: "count()", 1: "count().map(lambda kv: kv)"}
+    for i, tail in flows.items():
+        (tmp_path / f"pipeline{i}.py").write_text(
+            "from kernel import Dataflow\nflow = Dataflow('x')\n"
+            f"flow.from_iterable(range(10)).key_by(lambda n: n % 3).{tail}.print()\n")
+    a, b = free_ports(2)
+    peers = f"127.0.0.1:{a},127.0.0.1:{b}"
+    env = {**os.environ, "KERNEL_SECRET": SECRET}
+    procs = [subprocess.Popen([sys.executable, "-m", "kernel.run", str(tmp_path / f"pipeline{i}.py"),
+                               "--process-id", str(i), "--peers", peers, "--startup-timeout", "30"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for i in (0, 1)]
+    try:
+        outs = [p.communicate(timeout=PROMPTLY) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert [p.returncode for p in procs] == [1, 1]
+    assert [out for out, _ in outs] == ["", ""]
+    errors = [without_stall_reports(err).splitlines() for _, err in outs]
+    assert [len(lines) for lines in errors] == [1, 1], errors
+    assert errors[0][0].startswith("error: process 1 at 127.0.0.1 is incompatible (flow='")
+    assert errors[1][0].startswith(f"error: process 0 at http://127.0.0.1:{a} is incompatible (flow='")
+    for lines in errors:
+        assert lines[0].endswith("every process of a cluster must run the same flow with the same cores and "
+                                 "peers, each with a state_dir or none")
