@@ -160,6 +160,7 @@ REFUSALS_LOGGED = 10  # refusals logged one by one in each _OVERFLOW_LOG_EVERY s
 _CLOSE_WAIT = 1.0  # seconds a closing server end waits for the peer's close frame
 _BINARY = aiohttp.WSMsgType.BINARY
 _ERROR = aiohttp.WSMsgType.ERROR
+_CLOSE = aiohttp.WSMsgType.CLOSE
 _ENDED = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
 _HEAD = FRAME.size
 _pack, _unpack = FRAME.pack, FRAME.unpack_from
@@ -340,7 +341,9 @@ class Link:
 
     async def _abort(self) -> None:
         try:
-            await asyncio.wait_for(self.ws.close(code=1001, message=b"no heartbeat"), 1.0)
+            # (the peer, frozen and back, ends its run with this: it was the silent one)
+            message = f"no heartbeat: nothing heard from this end for {2 * self._heartbeat:g} s"
+            await asyncio.wait_for(self.ws.close(code=1001, message=message.encode()), 1.0)
         except Exception:
             pass
 
@@ -446,7 +449,9 @@ class Link:
             if message.type is not _BINARY or len(data) < _HEAD:
                 if message.type in _ENDED:
                     if ws.close_code not in (None, 1000) and not self.goodbye:
-                        raise LinkError(f"link to process {self.peer} closed: code {ws.close_code}")
+                        # with the peer's reason, where it gave one: why it closed
+                        why = f" ({message.extra})" if message.type is _CLOSE and message.extra else ""
+                        raise LinkError(f"link to process {self.peer} closed: code {ws.close_code}{why}")
                     self._ended()
                     raise StopAsyncIteration
                 if message.type is _ERROR:  # the connection broke: not the peer's doing

@@ -10,20 +10,24 @@ and sockets:
 * a peer's address where another program answers HTTP is said so, at once;
 * TLS on one process and off another is said so on both; a peer's
   certificate that does not verify is said in the link's words;
-* processes of different flows each say so once.
+* processes of different flows each say so once;
+* a process frozen (SIGSTOP) long enough to be given up says, once thawed,
+  that its peer heard nothing from it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 
 import pytest
-from _ports import free_ports, wait_until
+from _ports import descendants, free_ports, wait_until
 from _procs import without_stall_reports
 
 from tests._certificates import make_ca, self_signed, sign
@@ -251,3 +255,56 @@ def test_processes_of_different_flows_each_say_so_once(tmp_path):
     for lines in errors:
         assert lines[0].endswith("every process of a cluster must run the same flow with the same cores and "
                                  "peers, each with a state_dir or none")
+
+
+ENDLESS = """\
+import asyncio, os, pathlib
+from kernel import Dataflow
+
+here = pathlib.Path(os.environ["REVIEW_DIR"])
+
+
+async def ticks():
+    (here / "started").touch()
+    n = 0
+    while True:
+        await asyncio.sleep(0.01)
+        n += 1
+        yield n
+
+
+flow = Dataflow("endless")
+flow.from_async_iterable(ticks).key_by(lambda n: n % 5).count().print()
+"""
+
+
+def test_a_process_frozen_until_given_up_says_its_peer_heard_nothing_from_it(tmp_path):
+    """Thawed, it said `lost process 0 (...): link to process 0 closed: code
+    1001 before the run finished`, as if process 0 had gone wrong: now the
+    close's reason, that process 0 heard nothing from it."""
+    (tmp_path / "pipeline.py").write_text(ENDLESS)
+    a, b = free_ports(2)
+    peers = f"127.0.0.1:{a},127.0.0.1:{b}"
+    procs = [start(tmp_path, i, peers, f"p{i}", "--heartbeat", "0.3") for i in (0, 1)]
+    frozen: list[int] = []
+    try:
+        wait_until(lambda: (tmp_path / "started").exists(), what="the cluster to run", timeout=PROMPTLY)
+        frozen = descendants(procs[1].pid)  # the process, its kernel and its relay
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        assert procs[0].wait(PROMPTLY) == 1
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        assert procs[1].wait(PROMPTLY) == 1
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        for p in procs:
+            p.kill()
+            p.wait()
+    errors = [without_stall_reports((tmp_path / f"p{i}.err").read_text()).splitlines() for i in (0, 1)]
+    assert errors[0][-1] == (f"error: lost process 1 (127.0.0.1:{b}): process 1 did not answer for 0.6 s "
+                             "(peer dead or network cut) before the run finished")
+    assert errors[1][-1] == (f"error: lost process 0 (127.0.0.1:{a}): link to process 0 closed: code 1001 "
+                             "(no heartbeat: nothing heard from this end for 0.6 s) before the run finished")
