@@ -62,6 +62,7 @@ from ._links import (
     Link,
     LinkError,
     LinkMismatch,
+    LinkRefused,
     LinkServer,
     NotAKernelServer,
     TLSFailed,
@@ -391,8 +392,14 @@ class LinkRelay:
                                 "gives the wrong port") from None
             if isinstance(exc, TLSFailed):  # final too: its own words, not aiohttp's
                 raise LinkError(f"process {peer} at {exc}") from None
+            # A server that closes every try before answering: a TLS port, to a
+            # process without TLS, says no more (it said "Server disconnected")
+            hint = ""
+            if isinstance(exc, LinkRefused) and not plan.tls:
+                hint = (" (it closed the connection before answering: TLS on there and off here, or too "
+                        "many connections pending there?)")
             raise LinkError(f"could not reach process {peer} at {url} within "
-                            f"{plan.startup_timeout:g} s: {unreachable}") from None
+                            f"{plan.startup_timeout:g} s: {unreachable}{hint}") from None
         self._sessions.append(session)
         if link.peer != peer:
             await link.close()
