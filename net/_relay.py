@@ -402,9 +402,12 @@ class LinkRelay:
                             f"{plan.startup_timeout:g} s: {unreachable}{hint}") from None
         self._sessions.append(session)
         if link.peer != peer:
+            error = LinkError(f"{plan.address(peer)} answered as process {link.peer}, not {peer}: "
+                              "check the order of --peers")
+            # it is told why (else it said only "lost process 2: it closed the link (code 1000)")
+            await self._send_quietly(link, KIND_ABORT, str(error).encode())
             await link.close()
-            raise LinkError(f"{plan.address(peer)} answered as process {link.peer}, not {peer}: "
-                            "check the order of --peers")
+            raise error
         self._add_link(link)
         self._tasks.append(asyncio.ensure_future(self._read(link)))
 

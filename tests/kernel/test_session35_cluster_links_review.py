@@ -12,7 +12,8 @@ and sockets:
   certificate that does not verify is said in the link's words;
 * processes of different flows each say so once;
 * a process frozen (SIGSTOP) long enough to be given up says, once thawed,
-  that its peer heard nothing from it.
+  that its peer heard nothing from it;
+* a process whose --peers list has two peers swapped tells them so.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import sys
 import threading
 
 import pytest
-from _ports import descendants, free_ports, wait_until
+from _ports import _sockets_on, descendants, free_ports, listening, wait_until
 from _procs import without_stall_reports
 
 from tests._certificates import make_ca, self_signed, sign
@@ -309,3 +310,31 @@ def test_a_process_frozen_until_given_up_says_its_peer_heard_nothing_from_it(tmp
                              "(peer dead or network cut) before the run finished")
     assert errors[1][-1] == (f"error: lost process 0 (127.0.0.1:{a}): link to process 0 closed: code 1001 "
                              "(no heartbeat: nothing heard from this end for 0.6 s) before the run finished")
+
+
+def test_a_process_whose_peers_list_is_in_another_order_tells_the_peers_it_dialled(tmp_path):
+    """Process 2 said `127.0.0.1:B answered as process 1, not 0: check the
+    order of --peers`, and closed the links it had dialled: processes 0 and
+    1 said only `lost process 2 (...): it closed the link (code 1000)`."""
+    (tmp_path / "pipeline.py").write_text("from kernel import Dataflow\nflow = Dataflow('x')\n"
+                                          "flow.from_iterable(range(10)).print()\n")
+    a, b, c = free_ports(3)
+    peers = f"127.0.0.1:{a},127.0.0.1:{b},127.0.0.1:{c}"
+    procs = [start(tmp_path, i, peers, f"p{i}") for i in (0, 1)]
+    try:
+        # processes 0 and 1 linked (else one may end before the other dials it, and say only that)
+        wait_until(lambda: listening(b) and any(state == "01" for state, _ in _sockets_on(a)),
+                   what="processes 0 and 1 to link", timeout=PROMPTLY)
+        procs.append(start(tmp_path, 2, f"127.0.0.1:{b},127.0.0.1:{a},127.0.0.1:{c}", "p2"))
+        assert [p.wait(PROMPTLY) for p in procs] == [1, 1, 1]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    errors = [without_stall_reports((tmp_path / f"p{i}.err").read_text()).splitlines() for i in (0, 1, 2)]
+    said = (f"127.0.0.1:{b} answered as process 1, not 0: check the order of --peers",
+            f"127.0.0.1:{a} answered as process 0, not 1: check the order of --peers")
+    assert len(errors[2]) == 1 and errors[2][0].removeprefix("error: ") in said, errors[2]
+    for i in (0, 1):  # told by process 2, or by the other, told by process 2
+        assert errors[i][-1].startswith(tuple(f"error: process {p} (" for p in (2, 1 - i))), errors
+        assert errors[i][-1].endswith(said), errors
