@@ -14,7 +14,10 @@ shared secret that never crosses the wire nor reaches a log):
 3. the server checks the mac (constant-time) and answers `{"mac":
    HMAC(secret, "server" | client nonce | server id)}`, or closes with code
    4001 "authentication failed"; the client checks the server's mac the same
-   way. Either side that fails raises `AuthenticationFailed`.
+   way. Either side that fails raises `AuthenticationFailed`. A server that
+   does not take an authenticated client (its process already linked, or
+   not one that dials it: `_unexpected`) closes with 4003 and why, and the
+   client raises a LinkError saying so.
 
 Frames: binary websocket messages, `<IB` (channel, kind) then the body (the
 codec's frames: data, watermark, end, idle, epoch). Flow control is
