@@ -297,6 +297,7 @@ class Link:
         # the connection then ends is no error (over TLS the peer's process may
         # exit before its close frame is out: code 1006)
         self.goodbye = False
+        self.close_reason = ""  # the peer's, where it closed the link giving one (the relay says it)
         self._heartbeat = heartbeat
         if heartbeat:
             _on_every_read(ws, self._hear)
@@ -451,10 +452,10 @@ class Link:
             data = message.data
             if message.type is not _BINARY or len(data) < _HEAD:
                 if message.type in _ENDED:
+                    if message.type is _CLOSE and message.extra:
+                        self.close_reason = str(message.extra)[:123]
                     if ws.close_code not in (None, 1000) and not self.goodbye:
-                        # with the peer's reason, where it gave one: why it closed
-                        why = f" ({message.extra})" if message.type is _CLOSE and message.extra else ""
-                        raise LinkError(f"link to process {self.peer} closed: code {ws.close_code}{why}")
+                        raise LinkError(f"link to process {self.peer} closed: code {ws.close_code}")
                     self._ended()
                     raise StopAsyncIteration
                 if message.type is _ERROR:  # the connection broke: not the peer's doing

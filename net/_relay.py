@@ -430,6 +430,8 @@ class LinkRelay:
             why = "the connection broke"
         else:
             why = f"it closed the link (code {link.ws.close_code})"
+        if link.close_reason:  # the peer's word: "no heartbeat: ...", the one frozen was this process
+            why += f" ({link.close_reason})"
         self._fail(PeerLost(link.peer, self.plan.address(link.peer), why + " before the run finished"))
 
     # -- relaying -----------------------------------------------------------------------
