@@ -96,15 +96,24 @@ def _is_late_stream(node: Node) -> bool:
             and factory.args == (True,))
 
 
-def _check_event_time(stream: Stream[Any], step: str, needs: str = "windows need event time") -> str | None:
+def _check_event_time(stream: Stream[Any], step: str, needs: str = "windows need event time",
+                      other: Stream[Any] | None = None) -> str | None:
     """Refuse, naming the step, a window over records that certainly carry
     no event time (a source without `timestamp=`, a keyed aggregate, a
     window's late stream on the way). Returns a hint naming the custom steps
-    on the way, which may drop it (known only when records flow)."""
+    on the way, which may drop it (known only when records flow). A join
+    gives its `other` side too: both are checked (a custom step on one side
+    left the other unchecked, and an untimed source there was blamed on it
+    when records flowed)."""
+    return _check_time_from([stream.node] if other is None else [stream.node, other.node], step, needs)
+
+
+def _check_time_from(nodes: list[Node], step: str, needs: str) -> str | None:
+    """`_check_event_time` over what `nodes` emit."""
     lost: list[str] = []
     unknown: list[str] = []
     seen: set[int] = set()
-    pending = [stream.node]
+    pending = list(nodes)
     while pending:
         node = pending.pop()
         if node.id in seen:
@@ -1485,7 +1494,7 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         # last round, so what it fed back would go into no round
         _refuse_in_loop(self, label, "a windowed join needs event time, and a loop's rounds have none",
                         "put it after the loop, or join without a window")
-        hint = _check_event_time(self, label) or _check_event_time(other, label)
+        hint = _check_event_time(self, label, other=other)
         factory = _hinted(functools.partial(ops.WindowJoin, window, late), hint)
         node = self.flow.graph.add(label, factory, [self._edge(0), other._edge(1)],
                                    kind=("WindowJoin", repr(window)))
@@ -1520,7 +1529,7 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         hint = None
         if ttl is not None:
             needs = "a join with ttl= needs event time"
-            hint = _check_event_time(self, label, needs) or _check_event_time(other, label, needs)
+            hint = _check_event_time(self, label, needs, other)
         factory = _hinted(functools.partial(ops.KeyedJoin, ttl), hint)
         node = self.flow.graph.add(label, factory, [self._edge(0), other._edge(1)], kind=("KeyedJoin",))
         results: JoinResults[K_co, tuple[V_co, W]] = JoinResults(self.flow, node)
