@@ -141,6 +141,19 @@ def _check_time_from(nodes: list[Node], step: str, needs: str) -> str | None:
     return None
 
 
+def _recheck_event_time(nodes: list[Node]) -> None:
+    """The steps of a loop's body that need event time, checked again once
+    its feedback is connected: what it carries is their next round's input,
+    which the check made as each step was added could not see (a count fed
+    back was found only when records flowed, the error telling to give the
+    sources timestamps, which they had)."""
+    for node in nodes:
+        if node.time_check is not None and node.loop is not None:
+            needs, base = node.time_check
+            hint = _check_time_from([edge.source for edge in node.inputs], node.label, needs)
+            node.factory = _hinted(base, hint)
+
+
 def _warn_if_never_emitting(node: Node) -> None:
     """An aggregate that emits when its input ends, after a source that
     never ends (follow=True), would never emit: allowed (a run may be
@@ -1221,6 +1234,7 @@ class Stream(Generic[T_co]):
                              KeyedLoopFeedback if isinstance(self, KeyedStream) else LoopFeedback,
                              [Edge(feedback.node, 0)], kind=("LoopFeedback",), loop=scope, role="feedback")
             graph.connect_feedback(head, back)
+            _recheck_event_time(graph.nodes[steps:])
         except BaseException:
             graph.abandon_loop(scope, steps)
             raise
@@ -1352,9 +1366,11 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         hint = None
         if within is not None:
             hint = _check_event_time(self, label, "distinct(within=...) needs event time")
-        factory = _hinted(functools.partial(ops.Distinct, within, values_only), hint)
-        node = self.flow.graph.add(label, factory, [self._edge()],
+        base = functools.partial(ops.Distinct, within, values_only)
+        node = self.flow.graph.add(label, _hinted(base, hint), [self._edge()],
                                    kind=("Distinct",) if within is None else ("Distinct", repr(within)))
+        if within is not None:
+            node.time_check = ("distinct(within=...) needs event time", base)
         late_count = LateCount(node)
         self.flow._late_counts.append(late_count)
         if values_only:
@@ -1530,8 +1546,11 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
         if ttl is not None:
             needs = "a join with ttl= needs event time"
             hint = _check_event_time(self, label, needs, other)
-        factory = _hinted(functools.partial(ops.KeyedJoin, ttl), hint)
-        node = self.flow.graph.add(label, factory, [self._edge(0), other._edge(1)], kind=("KeyedJoin",))
+        base = functools.partial(ops.KeyedJoin, ttl)
+        node = self.flow.graph.add(label, _hinted(base, hint), [self._edge(0), other._edge(1)],
+                                   kind=("KeyedJoin",))
+        if ttl is not None:
+            node.time_check = (needs, base)
         results: JoinResults[K_co, tuple[V_co, W]] = JoinResults(self.flow, node)
         results._exchange_out = False  # on the kernel that owns the key
         results.late_count = LateCount(node)

@@ -75,6 +75,11 @@ class Node:
     # loop's border (None: inside it; or _loops.HEAD, ENTER, FEEDBACK, LEAVE)
     loop: LoopScope | None = None
     role: str | None = None
+    # A step that needs event time (a join with ttl=, distinct(within=)):
+    # what it says it needs, and its factory without the hint naming the
+    # custom steps on the way. Inside a loop it is checked again once the
+    # loop's feedback, a round's input too, is connected (`Stream.iterate`).
+    time_check: tuple[str, Callable[[], Operator]] | None = None
 
     @property
     def label(self) -> str:
