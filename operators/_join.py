@@ -14,6 +14,11 @@ has expired: at most twice the values within ttl). A value behind the watermark 
 comes could have partners already dropped, so it is late: dropped and
 counted (`late_count`), as windows do, and the result never depends on
 when watermarks came.
+
+Once one side's input has ended on every channel (`_port_ended`), nothing
+more can meet the other side's values: they go, and that side's values
+that come later are joined but not kept (a bounded table joined with an
+endless stream holds the table only).
 """
 
 from __future__ import annotations
@@ -56,13 +61,16 @@ class KeyedJoin(Operator):
         # last cut: the list is cut once they are half of it (`on_watermark`)
         self._expired: dict = {}
         self._sequence = itertools.count()
+        self._ended = [False, False]  # each port's input has ended: the other side keeps nothing
 
     def on_epoch(self, epoch):
-        return {"states": super().on_epoch(epoch), "frontier": self._frontier, "late": self.late}
+        return {"states": super().on_epoch(epoch), "frontier": self._frontier, "late": self.late,
+                "ended": list(self._ended)}
 
     def restore(self, snapshot):
         super().restore(snapshot["states"])
         self._frontier, self.late = snapshot["frontier"], snapshot["late"]
+        self._ended = list(snapshot.get("ended", (False, False)))  # (a snapshot from before it was kept)
         if self.ttl is not None:
             for side, values in enumerate(self.sides):
                 for key, entries in values.items():
@@ -70,8 +78,25 @@ class KeyedJoin(Operator):
                         self._expire_at(stamp, side, key)
 
     def rescale(self, snapshots, owns):
-        return rescale_fields(snapshots, owns, self.context.index == 0,
-                              states="states", frontier="min", late="sum_first")
+        out = rescale_fields(snapshots, owns, self.context.index == 0,
+                             states="states", frontier="min", late="sum_first")
+        if out is not None:  # a port ended on every old kernel has ended for the new ones
+            live = [s for s in snapshots if s is not None and s != self.ENDED]
+            out["ended"] = [all(s.get("ended", (False, False))[port] for s in live) for port in (0, 1)]
+        return out
+
+    def _port_ended(self, port: int) -> None:
+        """Every channel of `port` has ended (the instance says so): the
+        other side's values can meet nothing more, and go. An enrichment,
+        a bounded table joined with an endless stream, kept every value of
+        the stream to the end of the run."""
+        self._ended[port] = True
+        other = 1 - port
+        self.sides[other].clear()
+        if self.ttl is not None:
+            self._expiries = [entry for entry in self._expiries if entry[2] != other]
+            heapq.heapify(self._expiries)
+            self._expired = {at: n for at, n in self._expired.items() if at[0] != other}
 
     def on_batch(self, port, batch):
         timed = batch.__class__ is TimedBatch
@@ -91,6 +116,7 @@ class KeyedJoin(Operator):
         the batch's later records are joined, and kept, as it is read)."""
         mine, theirs = self.sides[port], self.sides[1 - port]
         ttl, frontier = self.ttl, self._frontier
+        keep = not self._ended[1 - port]  # (nothing more comes to meet this side's values)
         out: list = []
         out_stamps: list = []
         limit = LARGE_OUTPUT
@@ -118,14 +144,15 @@ class KeyedJoin(Operator):
                     yield out, out_stamps
                     out, out_stamps, limit = [], [], PIECE
                     handed = True
-            try:
-                mine.append(key, (stamp, value))
-                if ttl is not None:
-                    self._expire_at(stamp, port, key)
-            except PASSES_THROUGH:
-                raise
-            except BaseException as exc:
-                raise keyed_error(self.name, "join", exc, record) from exc
+            if keep:
+                try:
+                    mine.append(key, (stamp, value))
+                    if ttl is not None:
+                        self._expire_at(stamp, port, key)
+                except PASSES_THROUGH:
+                    raise
+                except BaseException as exc:
+                    raise keyed_error(self.name, "join", exc, record) from exc
         if out or not handed:
             yield out, out_stamps
 

@@ -804,7 +804,10 @@ class Instance:
         if payload.__class__ is RoundMarker:  # inside a loop (_loops.py)
             return self.loop.marker(self, payload, channel, pending, at)
         if payload is END:
+            ended = channel not in progress.closed
             change = progress.observe_end(channel)
+            if ended:
+                self._channel_ended(channel)
         elif payload is IDLE:
             change = progress.observe_idle(channel)
         else:
@@ -821,6 +824,16 @@ class Instance:
                     return self.park_then(returned, channel, partial(self._after_watermark, channel, payload,
                                                                      change), pending, at, "on_watermark")
         return self._after_watermark(channel, payload, change, pending, at)
+
+    def _channel_ended(self, channel: int) -> None:
+        """An operator that asks (`_port_ended`, a join) is told once every
+        channel of a port has ended: its values from the other port can
+        meet nothing more."""
+        told = getattr(self.op, "_port_ended", None)
+        if told is not None:
+            port, closed = self.ports[channel], self.progress.closed
+            if all(c in closed for c, p in enumerate(self.ports) if p == port):
+                told(port)
 
     def _after_watermark(self, channel: int, payload, change, pending: list = (), at: int = 0) -> bool:
         """The rest of `_progress`, once on_watermark's output has gone on."""

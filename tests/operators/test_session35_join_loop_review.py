@@ -87,3 +87,141 @@ def test_a_custom_step_in_a_loops_feedback_is_named_when_its_records_come_withou
     with pytest.raises(KernelError, match=re.escape(label)) as info:
         run(flow)
     assert str(info.value).endswith(f"steps on the way that may drop them: {drops}")
+
+
+# -- a join whose one side has ended keeps no more of the other's values ------------------
+
+
+class EndSignal(Operator):
+    """Sets `event` when its input ends: on one kernel, after the END it
+    shares an upstream with has been handed to the join too."""
+
+    event = None
+
+    def on_batch(self, port, batch):
+        pass
+
+    def on_end(self):
+        type(self).event.set()
+
+
+@pytest.mark.parametrize("ttl", [None, 1000.0])
+def test_a_join_keeps_none_of_the_other_sides_values_once_one_side_has_ended(monkeypatch, ttl):
+    """A bounded table joined with a stream that goes on (enrichment): once
+    the table's input has ended, nothing more can meet the stream's values,
+    and the join kept every one of them to the end of the run (memory grew
+    with the stream, for nothing). Every pair still comes."""
+    import asyncio
+
+    from operators import KeyedJoin
+
+    most_held = [0, 0]  # values each side held, at most, after a batch
+    on_batch = KeyedJoin.on_batch
+
+    def probe(self, port, batch):
+        returned = on_batch(self, port, batch)
+        for side, values in enumerate(self.sides):
+            most_held[side] = max(most_held[side], sum(map(len, values.values())))
+        return returned
+
+    monkeypatch.setattr(KeyedJoin, "on_batch", probe)
+    ended = asyncio.Event()
+    monkeypatch.setattr(EndSignal, "event", ended)
+    users = [("u1", "ann"), ("u2", "bob"), ("u1", "ann again")]
+
+    async def clicks():
+        await asyncio.wait_for(ended.wait(), 10)
+        for i in range(300):
+            yield (f"u{i % 3}", i, float(i))
+
+    flow = Dataflow()
+    table = flow.from_iterable(users, timestamp=lambda u: 0.0).key_by(lambda u: u[0])
+    table = table.map_values(lambda u: u[1])
+    table.apply(EndSignal)
+    stream = flow.from_async_iterable(clicks, timestamp=lambda c: c[2], batch_size=16)
+    pairs = table.join(stream.key_by(lambda c: c[0]).map_values(lambda c: c[1]), ttl=ttl).collect()
+    run(flow)
+    expected = [(key, (name, i)) for i in range(300) for key, name in users if key == f"u{i % 3}"]
+    assert sorted(pairs.items) == sorted(expected)
+    assert most_held == [3, 0]
+
+
+class PortsTold(Operator):
+    """Two inputs; notes each batch's port and size, and when it is told
+    that a port has ended (`_port_ended`, which the join has)."""
+
+    def open(self, context):
+        self.seen: list = []
+
+    def on_batch(self, port, batch):
+        self.seen.append((port, len(batch)))
+
+    def _port_ended(self, port):
+        self.seen.append((port, "ended"))
+
+    def on_end(self):
+        self.emit([self.seen])
+
+
+@pytest.mark.parametrize("cores", [1, 2, 3])
+def test_a_port_is_told_ended_once_after_every_channel_of_it_has_ended(cores):
+    """On several kernels a port has a channel from each: it has ended only
+    once all of them have (told after the first, a join dropped values
+    that the other kernels' records still had to meet)."""
+    flow = Dataflow()
+    left = flow.from_iterable(range(40), batch_size=3).key_by(lambda n: n % 7)
+    right = flow.from_iterable(range(100, 125), batch_size=2).key_by(lambda n: n % 5)
+    out = left.apply(PortsTold, inputs=(right,)).collect()
+    run(flow, cores=cores)
+    assert len(out.items) == cores
+    totals = [0, 0]
+    for seen in out.items:
+        for port in (0, 1):
+            told = [at for at, (p, n) in enumerate(seen) if p == port and n == "ended"]
+            assert len(told) == 1, seen
+            assert all(p != port for p, _ in seen[told[0] + 1:])  # nothing of it after that
+            totals[port] += sum(n for p, n in seen if p == port and n != "ended")
+    assert totals == [40, 25]
+
+
+def test_a_joins_ended_ports_are_kept_in_its_snapshots_and_cut_alike():
+    import logging
+
+    from kernel import TimedBatch
+    from operators import KeyedJoin
+
+    class Context:
+        logger = logging.getLogger("test")
+        index = 0
+
+    def wired():
+        join = KeyedJoin(ttl=5.0)
+        join.name, join.context, join.out = "join", Context(), []
+        join.emit = join.out.extend
+        join.open(join.context)
+        return join
+
+    join = wired()
+    join.on_batch(0, TimedBatch([("k", "l1")], [1.0]))
+    join.on_batch(1, TimedBatch([("k", "r1")], [1.5]))
+    join._port_ended(1)  # no more right values: the left ones go, later ones are not kept
+    join.on_batch(0, TimedBatch([("k", "l2")], [2.0]))
+    assert join.out == [("k", ("l1", "r1")), ("k", ("l2", "r1"))]
+    assert {k: len(v) for k, v in join.sides[0].items()} == {}
+    snapshot = join.on_epoch(1)
+    resumed = wired()
+    resumed.restore(snapshot)
+    resumed.on_batch(0, TimedBatch([("k", "l3")], [3.0]))
+    assert resumed.out == [("k", ("l3", "r1"))] and not resumed.sides[0]
+    older = dict(snapshot, states={"left": {}, "right": {"k": [(1.5, "r1")]}})
+    del older["ended"]  # a snapshot from before the join kept its ended ports
+    resumed = wired()
+    resumed.restore(older)
+    resumed.on_batch(0, TimedBatch([("k", "l3")], [3.0]))
+    assert resumed.out == [("k", ("l3", "r1"))] and len(resumed.sides[0]["k"]) == 1
+    # a rescaled resume: a port has ended only where every old kernel had it end
+    other = dict(snapshot, states={"left": {}, "right": {}})  # another kernel's, its keys apart
+    both = wired().rescale([snapshot, other], lambda key: True)
+    assert both["ended"] == [False, True]
+    assert wired().rescale([snapshot, dict(other, ended=[False, False])], lambda key: True)["ended"] == [
+        False, False]
