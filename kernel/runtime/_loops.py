@@ -94,6 +94,8 @@ from ._progress import Frontier
 _INF = math.inf
 _UNTIMED = sys.float_info.max  # a record without event time: below +inf only
 _NOW = -_INF  # (a JOIN's `earliest`) records without event time that any run may take (max_in_flight)
+# rounds of one run after which a loop without max_rounds says that it goes on (then 10x that...)
+LONG_RUN = 1000
 
 
 class LoopControl:
@@ -135,6 +137,7 @@ class LoopControl:
         self.final = False  # this run ends every input (its entries end after it)
         self.finished = False  # the final run has started
         self.rounds = 0  # rounds completed here, over every run (benches)
+        self.long_run = LONG_RUN  # a run's round at which a loop without max_rounds says it goes on
 
     def member_done(self, round: int) -> None:
         self.done[round] = self.done.get(round, 0) + 1
@@ -399,6 +402,8 @@ class LoopControl:
         """Round `round` is complete on every kernel; `fed_back` records
         came back from it, over all kernels."""
         if fed_back and (self.max_rounds is None or round + 1 < self.max_rounds):
+            if round + 1 >= self.long_run and self.max_rounds is None:
+                self._goes_on(round + 1, fed_back)
             self.head.release(round + 1)
             for entry in self.entries:
                 entry._forward(RoundMarker(self.id, round + 1))
@@ -411,6 +416,20 @@ class LoopControl:
             entry.end_run(final)
         if self.top:
             self._between_runs()
+
+
+    def _goes_on(self, round: int, fed_back: int) -> None:
+        """A run has gone on for `long_run` rounds without max_rounds: a loop
+        that never converges runs for ever, and said nothing. Said once per
+        tenfold (1,000, 10,000... rounds), by kernel 0 (every kernel decides
+        alike)."""
+        self.long_run *= 10
+        context = self.head.runtime.kernel.context
+        if context.index == 0:
+            context.logger.warning(
+                "%s: round %d of one run, and its rounds still feed records back (%d in the last one): "
+                "a loop whose rounds always feed something back never ends; give it max_rounds=N if it "
+                "may not converge", self.name, round, fed_back)
 
 
 def _takes(earliest: float, frontier: float) -> bool:

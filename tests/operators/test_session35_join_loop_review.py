@@ -4,6 +4,16 @@
   built: a custom step on the left (which may keep it) left the right
   unchecked, and an untimed source there failed only when records flowed,
   blaming the custom step.
+* A join with `ttl=` or `distinct(within=)` inside a loop's body is checked
+  again once the loop's feedback is connected, as its next round's input:
+  a count fed back was found only as records flowed, the error telling to
+  give the sources timestamps (they had them), and a custom step in the
+  feedback was not among those the error said might drop them.
+* A join whose one side's input has ended (on every kernel) keeps none of
+  the other side's values, which nothing can meet any more: a bounded
+  table joined with an endless stream kept every value of the stream.
+* A loop without `max_rounds` whose run goes on for 1,000 rounds says so
+  (it never ends if it never converges, and said nothing).
 """
 
 from __future__ import annotations
@@ -225,3 +235,32 @@ def test_a_joins_ended_ports_are_kept_in_its_snapshots_and_cut_alike():
     assert both["ended"] == [False, True]
     assert wired().rescale([snapshot, dict(other, ended=[False, False])], lambda key: True)["ended"] == [
         False, False]
+
+
+# -- a loop that goes on and on says so ------------------------------------------------
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_a_loop_without_max_rounds_says_so_once_a_run_has_gone_on_for_a_thousand_rounds(capfd, cores):
+    """A loop that never converges runs for ever, silently (the README says
+    so): after 1,000 rounds of one run, a warning says which loop it is and
+    what would bound it, once (kernel 0's, also from a kernel process),
+    and the loop goes on. This one ends after 1,050 rounds."""
+    import logging
+    import sys
+
+    flow = Dataflow()
+    out = flow.from_iterable([1050]).iterate(
+        lambda n: (n.filter(lambda v: v > 0).map(lambda v: v - 1),) * 2, name="countdown").collect()
+    written = logging.StreamHandler(sys.stderr)
+    written.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logging.getLogger("kernel").addHandler(written)
+    try:
+        run(flow, cores=cores)
+    finally:
+        logging.getLogger("kernel").removeHandler(written)
+    assert sorted(out.items) == list(range(1050))
+    said = [line for line in capfd.readouterr().err.splitlines() if "countdown" in line]
+    assert said == ["WARNING [kernel 0] countdown: round 1000 of one run, and its rounds still feed records "
+                    "back (1 in the last one): a loop whose rounds always feed something back never ends; "
+                    "give it max_rounds=N if it may not converge"]
