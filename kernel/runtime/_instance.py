@@ -829,11 +829,13 @@ class Instance:
         """An operator that asks (`_port_ended`, a join) is told once every
         channel of a port has ended: its values from the other port can
         meet nothing more."""
-        told = getattr(self.op, "_port_ended", None)
+        # (looked up on the class: an operator's own __getattr__, a proxy's,
+        # would answer for any name)
+        told = getattr(type(self.op), "_port_ended", None)
         if told is not None:
             port, closed = self.ports[channel], self.progress.closed
             if all(c in closed for c, p in enumerate(self.ports) if p == port):
-                told(port)
+                told(self.op, port)
 
     def _after_watermark(self, channel: int, payload, change, pending: list = (), at: int = 0) -> bool:
         """The rest of `_progress`, once on_watermark's output has gone on."""

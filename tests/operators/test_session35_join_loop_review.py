@@ -264,3 +264,29 @@ def test_a_loop_without_max_rounds_says_so_once_a_run_has_gone_on_for_a_thousand
     assert said == ["WARNING [kernel 0] countdown: round 1000 of one run, and its rounds still feed records "
                     "back (1 in the last one): a loop whose rounds always feed something back never ends; "
                     "give it max_rounds=N if it may not converge"]
+
+
+class FieldsOperator(Operator):
+    """Attributes kept in a dict, read by `__getattr__` (a KeyError, not an
+    AttributeError, for a name it lacks): an input's end did not ask it for
+    the join's hook (`_port_ended`), whose lookup would raise."""
+
+    def open(self, context):
+        self.__dict__["_fields"] = {"seen": 0}
+
+    def __getattr__(self, name):
+        return self.__dict__["_fields"][name]
+
+    def on_batch(self, port, batch):
+        self._fields["seen"] += len(batch)
+
+    def on_end(self):
+        self.emit([self._fields["seen"]])
+
+
+def test_an_operator_with_a_getattr_of_its_own_is_not_asked_for_the_joins_hook():
+    flow = Dataflow()
+    left, right = flow.from_iterable(range(5)), flow.from_iterable(range(3))
+    out = left.apply(FieldsOperator, inputs=(right,)).collect()
+    run(flow)
+    assert out.items == [8]
