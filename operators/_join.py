@@ -36,8 +36,15 @@ from ._calls import EMIT_BATCH, LARGE_OUTPUT, PIECE, keyed_error
 
 
 def check_ttl(ttl) -> None:
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
-                            or not 0 <= ttl < math.inf):
+    if ttl is None:
+        return
+    usable = not isinstance(ttl, bool) and isinstance(ttl, (int, float))
+    if usable:
+        try:
+            usable = 0 <= float(ttl) < math.inf
+        except OverflowError:  # an int past every float (10**400): `time + ttl` failed as records flowed
+            usable = False
+    if not usable:
         raise ValueError(f"ttl must be a finite number of seconds >= 0 or None, got {ttl!r}")
 
 

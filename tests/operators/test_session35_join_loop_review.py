@@ -14,6 +14,7 @@
   table joined with an endless stream kept every value of the stream.
 * A loop without `max_rounds` whose run goes on for 1,000 rounds says so
   (it never ends if it never converges, and said nothing).
+* A join's `ttl` too large for a float is refused when the flow is built.
 """
 
 from __future__ import annotations
@@ -290,3 +291,17 @@ def test_an_operator_with_a_getattr_of_its_own_is_not_asked_for_the_joins_hook()
     out = left.apply(FieldsOperator, inputs=(right,)).collect()
     run(flow)
     assert out.items == [8]
+
+
+def test_a_ttl_too_large_for_a_float_is_refused_when_the_flow_is_built():
+    """`ttl=10**400` passed the check (an int below +inf) and failed as
+    records flowed, `time + ttl` overflowing a float (`function 'join'
+    raised OverflowError`)."""
+    flow = Dataflow()
+    timed = flow.from_iterable([("a", 1.0)], timestamp=lambda e: e[1]).key_by(lambda e: e[0])
+    refused = "ttl must be a finite number of seconds >= 0 or None, got 1000"
+    with pytest.raises(ValueError, match=re.escape(refused)):
+        timed.join(timed, ttl=10**400)
+    out = timed.join(timed, ttl=2**1000).collect()  # large, but a float
+    run(flow)
+    assert out.items == [("a", (("a", 1.0), ("a", 1.0)))]
