@@ -417,7 +417,6 @@ class LoopControl:
         if self.top:
             self._between_runs()
 
-
     def _goes_on(self, round: int, fed_back: int) -> None:
         """A run has gone on for `long_run` rounds without max_rounds: a loop
         that never converges runs for ever, and said nothing. Said once per
