@@ -71,8 +71,52 @@ def pickled_part(step: str, part) -> bytes:
     except PASSES_THROUGH:
         raise
     except BaseException as exc:  # TypeError, PicklingError, AttributeError (a local class), anything
-        raise OperatorError.wrap(step, "pickle.dumps", exc, has_record=False,
-                                 hint=UNPICKLABLE_STATE) from exc
+        where = _unpicklable_in(part)
+        hint = UNPICKLABLE_STATE if where is None else f"{where}\n  {UNPICKLABLE_STATE}"
+        raise OperatorError.wrap(step, "pickle.dumps", exc, has_record=False, hint=hint) from exc
+
+
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+
+
+def _unpicklable_in(part) -> str | None:
+    """Where in a step's part its pickling failed, for the error (only then:
+    each value on the way down is pickled alone, the first that fails is
+    followed, so the cost is the part's size times its depth): the key
+    whose state does not pickle (the innermost dict key on the way: a
+    record's key in keyed state, windows, join buffers) and the path to the
+    value, `['states'][2]`. None where nothing narrower than the whole part
+    fails (or pickling a piece raises what passes through)."""
+    from kernel.dataflow._errors import describe_record
+
+    path: list = []  # (container, index or key)
+    here = part
+    try:
+        while isinstance(here, _CONTAINERS):
+            items = here.items() if isinstance(here, dict) else enumerate(here)
+            for index, value in items:
+                try:
+                    pickle.dumps(value, protocol=5)
+                except PASSES_THROUGH:
+                    raise
+                except BaseException:  # (as pickled_part: anything a __reduce__ raises)
+                    path.append((here, index))
+                    here = value
+                    break
+            else:  # (every piece pickles alone: the container itself, or a key of a dict)
+                break
+    except PASSES_THROUGH:
+        return None
+    while path and not isinstance(path[0][0], dict):  # (the runtime's wrapping of the operator's snapshot)
+        path.pop(0)
+    if not path:
+        return None
+    keys = [index for container, index in path if isinstance(container, dict)]
+    at = "".join(f"[{describe_record(index)}]" for _, index in path)
+    kind = type(here)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    return (f"the state under key {describe_record(keys[-1])} does not pickle "
+            f"(a {name}, at {at} in the step's snapshot)")
 
 
 def unpickled_part(step: str, blob: bytes):

@@ -463,4 +463,6 @@ def test_state_whose_pickling_raises_a_base_exception_names_its_step(tmp_path):
     with pytest.raises(OperatorError) as info:
         run(flow, state_dir=tmp_path / "state", epoch_interval=0.001)
     assert str(info.value) == ("operator 'stateful_map(_keep_unpicklable) (step 2)': function 'pickle.dumps' "
-                               f"raised Stop: no pickle\n  {UNPICKLABLE_STATE}")
+                               "raised Stop: no pickle\n  the state under key 'k' does not pickle (a "
+                               "test_base_exceptions.Unpicklable, at ['states']['k'] in the step's snapshot)"
+                               f"\n  {UNPICKLABLE_STATE}")
