@@ -76,7 +76,22 @@ def pickled_part(step: str, part) -> bytes:
         raise OperatorError.wrap(step, "pickle.dumps", exc, has_record=False, hint=hint) from exc
 
 
-_CONTAINERS = (dict, list, tuple, set, frozenset)
+_CONTAINERS = (dict, list, tuple)  # (a set's elements have no place to name)
+
+
+def _pickles(value) -> bool:
+    try:
+        pickle.dumps(value, protocol=5)
+    except PASSES_THROUGH:
+        raise
+    except BaseException:  # (as pickled_part: anything a __reduce__ raises)
+        return False
+    return True
+
+
+def _type_name(value) -> str:
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
 def _unpicklable_in(part) -> str | None:
@@ -85,38 +100,37 @@ def _unpicklable_in(part) -> str | None:
     followed, so the cost is the part's size times its depth): the key
     whose state does not pickle (the innermost dict key on the way: a
     record's key in keyed state, windows, join buffers) and the path to the
-    value, `['states'][2]`. None where nothing narrower than the whole part
-    fails (or pickling a piece raises what passes through)."""
+    value, `['states'][2]`; or the dict key that does not pickle itself.
+    None where nothing narrower than the whole part fails (or pickling a
+    piece raises what passes through)."""
     from kernel.dataflow._errors import describe_record
 
     path: list = []  # (container, index or key)
     here = part
+    bad_key = None
     try:
         while isinstance(here, _CONTAINERS):
             items = here.items() if isinstance(here, dict) else enumerate(here)
-            for index, value in items:
-                try:
-                    pickle.dumps(value, protocol=5)
-                except PASSES_THROUGH:
-                    raise
-                except BaseException:  # (as pickled_part: anything a __reduce__ raises)
-                    path.append((here, index))
-                    here = value
-                    break
-            else:  # (every piece pickles alone: the container itself, or a key of a dict)
+            failing = next(((index, value) for index, value in items if not _pickles(value)), None)
+            if failing is None:  # (every value pickles alone: a dict's key, or the container itself)
+                if isinstance(here, dict):
+                    bad_key = next((key for key in here if not _pickles(key)), None)
                 break
+            path.append((here, failing[0]))
+            here = failing[1]
     except PASSES_THROUGH:
         return None
     while path and not isinstance(path[0][0], dict):  # (the runtime's wrapping of the operator's snapshot)
         path.pop(0)
+    at = "".join(f"[{describe_record(index)}]" for _, index in path)
+    if bad_key is not None:
+        where = f"a key of {at} in the step's snapshot" if at else "a key of the step's snapshot"
+        return f"the key {describe_record(bad_key)} does not pickle (a {_type_name(bad_key)}, {where})"
     if not path:
         return None
     keys = [index for container, index in path if isinstance(container, dict)]
-    at = "".join(f"[{describe_record(index)}]" for _, index in path)
-    kind = type(here)
-    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
     return (f"the state under key {describe_record(keys[-1])} does not pickle "
-            f"(a {name}, at {at} in the step's snapshot)")
+            f"(a {_type_name(here)}, at {at} in the step's snapshot)")
 
 
 def unpickled_part(step: str, blob: bytes):

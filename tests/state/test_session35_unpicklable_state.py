@@ -26,6 +26,10 @@ def _lock_at_7(state, n):
     return (_LOCK if n % 10 == 7 else (state or 0) + 1), n
 
 
+def _tally(state, n):
+    return (state or 0) + 1, n
+
+
 def _lock_in_window(total, n):
     return _LOCK if n == 23 or total is _LOCK else total + n
 
@@ -49,6 +53,23 @@ class _OnEpochReturnsLock(Operator):
 
     def on_epoch(self, epoch):
         return _LOCK
+
+
+class _LockedKey:
+    """A key that hashes (by identity) but does not pickle: on one kernel it never crosses."""
+
+    def __init__(self):
+        self.lock = _LOCK
+
+    def __repr__(self):
+        return "LockedKey()"
+
+
+_ONE_KEY = _LockedKey()
+
+
+def _locked_key(n):
+    return _ONE_KEY if n == 5 else n % 3
 
 
 def _keyed(flow):
@@ -103,6 +124,18 @@ def test_on_two_kernels_the_kernel_s_error_names_the_key_too(tmp_path):
     with pytest.raises(KernelProcessError) as info:
         run(flow, cores=2, state_dir=tmp_path / "state", epoch_interval=0.001)
     assert f"{key} does not pickle (a _thread.lock, at {path} in the step's snapshot)" in str(info.value)
+
+
+def test_a_key_that_does_not_pickle_is_named_as_the_key(tmp_path):
+    """Its state pickles (a count): the dict holding it does not. Said as the
+    state under key 'states' before the keys were looked at."""
+    flow = Dataflow("unpicklable")
+    flow.from_iterable(itertools.count(), batch_size=50).key_by(_locked_key).stateful_map(_tally).sink(id)
+    with pytest.raises(OperatorError) as info:
+        run(flow, state_dir=tmp_path / "state", epoch_interval=0.001)
+    assert str(info.value).splitlines()[1] == (
+        "  the key LockedKey() does not pickle (a test_session35_unpicklable_state._LockedKey, a key of "
+        "['states'] in the step's snapshot)")
 
 
 def test_a_snapshot_that_does_not_pickle_as_a_whole_says_no_key(tmp_path):
