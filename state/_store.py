@@ -226,7 +226,14 @@ class SnapshotStore:
             tables = {t for (t,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
                       if not t.startswith("sqlite_")}  # (SQLite's own: ANALYZE's statistics)
             if tables - _TABLES:  # (it took them as an empty store, and wrote its own tables beside them)
+                ours = self._written_by_another_version(tables)
                 self._db.close()
+                unknown = ", ".join(sorted(tables - _TABLES))
+                if ours is not None:
+                    raise StateError(
+                        f"state_dir {self.directory!r}: {name} holds snapshots that another version of this "
+                        f"library wrote (format {ours}, with the tables {unknown}, which this version does "
+                        "not know); finish that run with the version that wrote it, or use a fresh state_dir")
                 raise StateError(f"state_dir {self.directory!r}: {name} is no snapshot store (it holds the "
                                  f"tables {', '.join(sorted(tables - _TABLES))}: another program's "
                                  "database?); give the flow a state_dir of its own")
@@ -243,6 +250,21 @@ class SnapshotStore:
                 self._db.close()
                 raise StateError(f"state_dir {self.directory!r}: cannot make {name} durable (fsync of the "
                                  f"directory: {exc.strerror or exc})") from exc
+
+    def _written_by_another_version(self, tables: set[str]) -> str | None:
+        """The snapshot format of a store with tables this version does not
+        know, where its `meta` says it is a store of this library's (a
+        flow, a format and key groups: a later version's, with a table of
+        its own), None where it is not (another program's database)."""
+        if "meta" not in tables:
+            return None
+        import sqlite3
+
+        try:
+            rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        except (sqlite3.DatabaseError, ValueError, TypeError):  # (another program's meta: other columns)
+            return None
+        return rows["format"] if {"flow", "format", "key_groups"} <= rows.keys() else None
 
     def _create(self) -> bool:
         """Make the store file whole (its tables in it, fsynced) under a
