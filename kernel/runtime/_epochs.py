@@ -108,10 +108,13 @@ def _unpicklable_in(part) -> str | None:
     path: list = []  # (container, index or key)
     here = part
     bad_key = None
+    on_path = set()  # (a container that holds itself, or its holder, is not followed round again)
     try:
         while isinstance(here, _CONTAINERS):
+            on_path.add(id(here))
             items = here.items() if isinstance(here, dict) else enumerate(here)
-            failing = next(((index, value) for index, value in items if not _pickles(value)), None)
+            failing = next(((index, value) for index, value in items
+                            if id(value) not in on_path and not _pickles(value)), None)
             if failing is None:  # (every value pickles alone: a dict's key, or the container itself)
                 if isinstance(here, dict):
                     bad_key = next((key for key in here if not _pickles(key)), None)

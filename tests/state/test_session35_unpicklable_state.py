@@ -146,3 +146,23 @@ def test_a_snapshot_that_does_not_pickle_as_a_whole_says_no_key(tmp_path):
     assert str(info.value) == (
         "operator '_OnEpochReturnsLock (step 1)': function 'pickle.dumps' raised TypeError: cannot pickle "
         f"'_thread.lock' object\n  {UNPICKLABLE_STATE}")
+
+
+def _holds_itself(state, n):
+    """A list that holds itself before the lock: followed down, it came
+    back to itself for ever (the error never came)."""
+    if state is None:
+        state = []
+        state.append(state)
+        state.append(_LOCK)
+    return state, n
+
+
+def test_state_that_holds_itself_is_not_followed_round_for_ever(tmp_path):
+    flow = Dataflow("unpicklable")
+    flow.from_iterable(itertools.count(), batch_size=50).key_by(_mod10).stateful_map(_holds_itself).sink(id)
+    with pytest.raises(OperatorError) as info:
+        run(flow, state_dir=tmp_path / "state", epoch_interval=0.001)
+    assert str(info.value).splitlines()[1] == (
+        "  the state under key 0 does not pickle (a _thread.lock, at ['states'][0][1] in the step's "
+        "snapshot)")
