@@ -77,6 +77,11 @@ def pickled_part(step: str, part) -> bytes:
 
 
 _CONTAINERS = (dict, list, tuple)  # (a set's elements have no place to name)
+# Containers followed down at most: state nested deeper than pickle's
+# recursion allows (a linked list of tuples) failed at every level, and each
+# level's pickling went as deep as it could: seconds, and a path of
+# thousands of indices in the error.
+_DEEPEST = 12
 
 
 def _pickles(value) -> bool:
@@ -110,7 +115,7 @@ def _unpicklable_in(part) -> str | None:
     bad_key = None
     on_path = set()  # (a container that holds itself, or its holder, is not followed round again)
     try:
-        while isinstance(here, _CONTAINERS):
+        while isinstance(here, _CONTAINERS) and len(path) < _DEEPEST:
             on_path.add(id(here))
             items = here.items() if isinstance(here, dict) else enumerate(here)
             failing = next(((index, value) for index, value in items
