@@ -213,7 +213,9 @@ class Snapshots:
             raise ValueError(f"epoch_interval must be a positive number of seconds, got {epoch_interval!r}")
         self.state_dir = state_dir
         self.interval = float(epoch_interval)
-        fingerprint = flow_fingerprint(flow)
+        from kernel.state._store import Fingerprint
+
+        fingerprint = Fingerprint(flow_fingerprint(flow), flow.graph.fingerprint_steps())
         # The newest complete epoch of every generation of store files here
         # (state/_generations.py) that reads back intact: a one-process run
         # goes on writing a one-process generation, and starts one after a

@@ -91,6 +91,48 @@ class CorruptSnapshot(StateError):
     pass
 
 
+class Fingerprint(str):
+    """A flow's fingerprint (`Graph.fingerprint`) with what it hashes, step
+    by step (`Graph.fingerprint_steps`): a store keeps the steps, and a run
+    of a changed flow is told which step differs."""
+
+    steps: dict | None
+
+    def __new__(cls, fingerprint: str, steps: dict | None = None):
+        self = super().__new__(cls, fingerprint)
+        self.steps = steps
+        return self
+
+
+def _steps_differ(rows: dict[str, str], fingerprint: str) -> str:
+    """Which step of the flow differs from the store's (its `steps` row), in
+    words, after ': '; "" where either side does not say (a store an earlier
+    version wrote, a cluster's fingerprint)."""
+    import json
+
+    now = getattr(fingerprint, "steps", None)
+    try:
+        then = json.loads(rows["steps"])
+        old_name, old_steps = then["name"], [tuple(step) for step in then["steps"]]
+    except (KeyError, TypeError, ValueError):
+        return ""
+    if now is None:
+        return ""
+    new_steps = [tuple(step) for step in now["steps"]]
+    if old_name != now["name"]:
+        return f": it was written by the flow {old_name!r}, and this one is {now['name']!r}"
+    for index, (old, new) in enumerate(zip(old_steps, new_steps)):
+        if old[1] != new[1]:
+            return (f": its step {index} was {old[0]!r}, and this flow's step {index} is {new[0]!r} "
+                    "(another kind of step, or other inputs)")
+    if len(old_steps) != len(new_steps):
+        shorter = min(len(old_steps), len(new_steps))
+        longer, more = (old_steps, "it has") if len(old_steps) > shorter else (new_steps, "this flow has")
+        extra = ", ".join(f"step {index} {longer[index][0]!r}" for index in range(shorter, len(longer))[:3])
+        return f": {more} {len(longer) - shorter} more step{'s' * (len(longer) - shorter > 1)}, {extra}"
+    return ""
+
+
 def check_meta(directory, rows: dict[str, str], fingerprint: str, layout: str) -> None:
     """Refuse a store (its `meta` rows) written by another flow or in
     another snapshot layout."""
@@ -103,7 +145,8 @@ def check_meta(directory, rows: dict[str, str], fingerprint: str, layout: str) -
     if rows.get("flow") != fingerprint:
         raise StateError(
             f"state_dir {os.fspath(directory)!r} holds the state of another flow "
-            "(its steps differ from this one's); use a fresh state_dir for this flow"
+            f"(its steps differ from this one's{_steps_differ(rows, fingerprint)}); use a fresh state_dir "
+            "for this flow"
         )
     # read as ints later (key groups, kernels): a byte flipped in a digit
     # passes SQLite's page check and must not surface as a bare ValueError
@@ -384,9 +427,12 @@ class SnapshotStore:
             )
             if placement is not None:
                 self._write("INSERT INTO meta (key, value) VALUES (?, ?)", ("placement", placement))
+            self._keep_steps(fingerprint)
             self.kernels, self.key_groups = kernels, groups
             return
         check_meta(self.directory, rows, fingerprint, layout)
+        if "steps" not in rows:  # (a store an earlier version made)
+            self._keep_steps(fingerprint)
         if rows.get("placement") != placement:
             raise StateError(
                 f"state_dir {self.directory!r} was written as {rows.get('placement') or 'one process'} "
@@ -398,6 +444,15 @@ class SnapshotStore:
         if rows.get("kernels") != str(kernels):
             self._write("UPDATE meta SET value = ? WHERE key = 'kernels'", (str(kernels),))
         self.kernels, self.key_groups = kernels, groups
+
+    def _keep_steps(self, fingerprint: str) -> None:
+        """The flow's steps in `meta` (`Fingerprint`), for a run of a changed
+        flow to be told which step differs."""
+        import json
+
+        if getattr(fingerprint, "steps", None) is not None:
+            self._write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                        ("steps", json.dumps(fingerprint.steps)))
 
     def record_run(self, epoch: int, record: dict) -> None:
         """This run resumes `epoch` (0: afresh) and says `record` of its

@@ -253,6 +253,16 @@ class Graph:
 
         return hashlib.sha256(repr((self.name, shape)).encode()).hexdigest()
 
+    def fingerprint_steps(self) -> dict:
+        """What `fingerprint` hashes, step by step, as JSON-ready data with
+        each step's name: a store keeps it, so that a run of a changed
+        flow is told which step differs (`state._store.check_meta`)."""
+        return {"name": self.name, "steps": [
+            [node.name, repr((node.kind, node.is_source, node.combiner is not None,
+                               [(e.source.id, e.port, e.exchange) for e in node.inputs],
+                               (node.loop.id if node.loop else None, node.role) if self.loops else None))]
+            for node in self.nodes]}
+
     def describe(self) -> dict:
         """The graph as plain data (JSON- and msgpack-ready), for the
         dashboard: each step's id, name, label, kind, whether it is a
