@@ -390,7 +390,9 @@ class ClusterSnapshots:
         self.interval = float(epoch_interval)
         self.process = cluster.process
         self.cluster = cluster
-        self.fingerprint = flow_fingerprint(flow)
+        from kernel.state._store import Fingerprint
+
+        self.fingerprint = Fingerprint(flow_fingerprint(flow), flow.graph.fingerprint_steps())
         self.layout = SNAPSHOT_LAYOUT
         self.placement = (f"process {cluster.process} of {cluster.processes}, {cluster.cores} "
                           f"core{'s' if cluster.cores > 1 else ''} each")

@@ -4,6 +4,7 @@ named none, leaving a user to guess which edit of the pipeline did it)."""
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 
 import pytest
@@ -72,3 +73,23 @@ def test_a_store_an_earlier_version_made_is_refused_as_before_then_says_the_step
     assert _refusal(tmp_path, "sum") == _said(tmp_path, "")
     run(_flow("count"), state_dir=tmp_path / "state")  # (already ran to the end: publishes nothing)
     assert "its step 2 was 'count'" in _refusal(tmp_path, "sum")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_cluster_process_is_told_which_step_differs_too(tmp_path):
+    """A cluster of one process on loopback: its store keeps the steps too."""
+    def on_a_cluster(version):
+        run(_flow(version), peers=[f"127.0.0.1:{_free_port()}"], process_id=0, state_dir=tmp_path / "state",
+            secret="a-secret-for-this-test")
+
+    on_a_cluster("count")
+    with pytest.raises(StateError) as info:
+        on_a_cluster("sum")
+    assert str(info.value) == "process 0: " + _said(
+        tmp_path, ": its step 2 was 'count', and this flow's step 2 is 'total' (another kind of step, or "
+                  "other inputs)")
