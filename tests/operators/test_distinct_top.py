@@ -198,49 +198,41 @@ def test_a_keyed_distinct_counts_late_pairs_too():
     assert out.items == [("k", "v"), ("k", "v")] and distinct.late_count.value == 2
 
 
+# At 1.7e18 (nanoseconds taken for seconds) float seconds are 256 apart and
+# window [t, t + 1) rounds to [t, t): "b", at the same time as "a" and never
+# seen before, was counted late and dropped. At 1.7e15 (microseconds taken
+# for seconds) floats are 0.25 apart, so Tumbling(0.1) windows there are
+# 0.25 s wide (the window aggregates raise TimeTooLarge, test_windows):
+# distinct(within=Tumbling(0.1)) put "a" at t and t + 0.25 in windows 0.25 s
+# apart and passed both on.
+TOO_LARGE = {
+    "past every window": (1.0, [("a", 1.7e18), ("b", 1.7e18), ("c", 1.7e18 + 1024)],
+                          "TimeTooLarge: timestamp 1.7e+18 is too large for Tumbling(1.0) windows: "
+                          "float seconds are 256.0 apart there, so no window [start, end) of that size "
+                          "can hold it"),
+    "coarser than the window": (0.1, [("a", 1.7e15), ("a", 1.7e15 + 0.25), ("b", 1.7e15 + 0.5)],
+                                "TimeTooLarge: timestamp 1700000000000000.0 is too large for Tumbling(0.1) "
+                                "windows: float seconds are 0.25 apart there, so no window [start, end) of "
+                                "that size can hold it"),
+}
+
+
+@pytest.mark.parametrize("case", list(TOO_LARGE))
 @pytest.mark.parametrize("keyed", [False, True])
-def test_a_time_too_large_for_the_window_is_named_not_counted_late(keyed):
-    # At 1.7e18 (nanoseconds taken for seconds) float seconds are 256 apart
-    # and window [t, t + 1) rounds to [t, t): "b", at the same time as "a"
-    # and never seen before, was counted late and dropped.
+def test_a_time_too_large_for_the_window_is_named_as_windows_name_it(keyed, case):
+    size, events, said = TOO_LARGE[case]
     flow = Dataflow()
-    events = [("a", 1.7e18), ("b", 1.7e18), ("c", 1.7e18 + 1024)]
     source = flow.from_iterable(events, timestamp=lambda e: e[1], batch_size=1)
     if keyed:
-        source.key_by(lambda e: e[0]).map_values(lambda e: 1).distinct(within=Tumbling(1.0)).collect()
+        source.key_by(lambda e: e[0]).map_values(lambda e: 1).distinct(within=Tumbling(size)).collect()
     else:
-        source.map(lambda e: e[0]).distinct(within=Tumbling(1.0)).collect()
+        source.map(lambda e: e[0]).distinct(within=Tumbling(size)).collect()
     with pytest.raises(OperatorError) as info:
         run(flow)
     err = info.value
-    assert err.operator == "distinct within Tumbling(1.0) (step 3)"
+    assert err.operator == f"distinct within Tumbling({size}) (step 3)"
     assert (err.function, err.record) == ("window", "('a', 1)" if keyed else "'a'")
-    assert err.error.startswith("TimeTooLarge: timestamp 1.7e+18 is too large for Tumbling(1.0) windows")
-    assert "time_ns" in err.hint
-
-
-@pytest.mark.parametrize("keyed", [False, True])
-def test_a_time_whose_floats_are_coarser_than_the_window_is_named_as_windows_name_it(keyed):
-    """Microseconds taken for seconds: floats are 0.25 apart at 1.7e15, so
-    Tumbling(0.1) windows there are 0.25 s wide (the window aggregates
-    raise TimeTooLarge, test_windows). distinct(within=Tumbling(0.1)) put
-    "a" at t and t + 0.25 in windows 0.25 s apart and passed both on."""
-    t = 1.7e15
-    flow = Dataflow()
-    events = [("a", t), ("a", t + 0.25), ("b", t + 0.5)]
-    source = flow.from_iterable(events, timestamp=lambda e: e[1], batch_size=1)
-    if keyed:
-        source.key_by(lambda e: e[0]).map_values(lambda e: 1).distinct(within=Tumbling(0.1)).collect()
-    else:
-        source.map(lambda e: e[0]).distinct(within=Tumbling(0.1)).collect()
-    with pytest.raises(OperatorError) as info:
-        run(flow)
-    err = info.value
-    assert err.operator == "distinct within Tumbling(0.1) (step 3)"
-    assert (err.function, err.record) == ("window", "('a', 1)" if keyed else "'a'")
-    assert err.error == ("TimeTooLarge: timestamp 1700000000000000.0 is too large for Tumbling(0.1) "
-                         "windows: float seconds are 0.25 apart there, so no window [start, end) of that "
-                         "size can hold it")
+    assert err.error == said
     assert "time_ns" in err.hint
 
 
