@@ -515,6 +515,11 @@ class Instance:
             self.poll_due = True
         self.wake()
 
+    def chained_names(self) -> list[str]:
+        """The names of the steps that run inside this one's activation
+        (for the stall notice and the watchdog: `scheduling.described`)."""
+        return [member.name for member in self._chained_after()]
+
     def _chained_after(self) -> list[Instance]:
         """The instances that run inside this instance's activation: the
         chain of single forward edges after it."""

@@ -116,6 +116,22 @@ class Activation(Protocol):
     def activate(self) -> object: ...  # None, or LATER
 
 
+def described(activation) -> str:
+    """An activation as the stall notice names it: its name, and the steps
+    chained after it, which run inside it (`chained_names()`, a step's
+    activation's): a `map` blocked 1 s after `from_iterable` was reported
+    as `from_iterable (step 0) ran 1000.2 ms`, the map unnamed (the
+    watchdog's report shows the frames, which name the function).
+    Ends in a comma where steps are named (the sentence goes on after it)."""
+    name = getattr(activation, "name", None) or repr(activation)
+    chained = getattr(activation, "chained_names", None)
+    after = chained() if chained is not None else ()
+    if not after:
+        return name
+    steps = after[0] if len(after) == 1 else f"{', '.join(after[:-1])} and {after[-1]}"
+    return f"{name}, with {steps} chained in its activation,"
+
+
 def _positive_seconds(name: str, value) -> None:  # inf allowed: never (no stall notices)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= math.inf:
         raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
@@ -411,7 +427,7 @@ class Scheduler:
         self._logger.warning(
             "stall: %s ran %.1f ms without yielding (threshold %.1f ms); "
             "the event loop and every other operator waited%s",
-            name,
+            described(activation),
             seconds * 1e3,
             self.stall_threshold * 1e3,
             more,

@@ -83,7 +83,8 @@ def test_the_commands_error_is_a_json_line_with_the_traceback(tmp_path):
 def test_text_stays_the_default(tmp_path):
     proc = _cli(tmp_path, STALLING)
     assert proc.returncode == 0
-    assert "[kernel 0] stall: from_iterable (step 0) ran" in proc.stderr and "{" not in proc.stderr
+    assert ("[kernel 0] stall: from_iterable (step 0), with slow (step 1) and collect (step 2) chained in "
+            "its activation, ran" in proc.stderr and "{" not in proc.stderr)
 
 
 def test_a_bad_format_is_a_usage_error(tmp_path):

@@ -1,0 +1,54 @@
+"""Review of the kernel embedded in an application (session 35): what a
+demanding application developer meets. Each test here failed on the code
+as reviewed."""
+
+from __future__ import annotations
+
+import logging
+
+from kernel import Dataflow, VirtualClock, run
+
+
+def test_a_stall_of_a_map_chained_after_its_source_names_the_map_not_only_the_source(caplog):
+    # A map that blocked (1 s on a lock, a socket) runs inside its source's
+    # activation (chained on a forward edge): the stall notice said only
+    # "stall: from_iterable (step 0) ran 1000.2 ms without yielding", and
+    # the developer looked for the fault in the source. It names the steps
+    # chained in the activation too; its `step` stays the activation's.
+    clock = VirtualClock()
+
+    def blocks_at_3(x):
+        if x == 3:
+            clock.advance(1.0)  # (the virtual clock: a second of "work", exact and instant)
+        return x * 2
+
+    flow = Dataflow("stalling")
+    doubled = flow.from_iterable(range(10)).map(blocks_at_3, name="lookup").collect()
+    with caplog.at_level(logging.WARNING, logger="kernel"):
+        run(flow, clock=clock)
+    assert doubled.items == [x * 2 for x in range(10)]
+    stalls = [r for r in caplog.records if "stall:" in r.getMessage()]
+    assert [r.getMessage() for r in stalls] == [
+        "[kernel 0] stall: from_iterable (step 0), with lookup (step 1) and collect (step 2) chained in its "
+        "activation, ran 1000.0 ms without yielding (threshold 25.0 ms); the event loop and every other "
+        "operator waited"]
+    assert stalls[0].step == "from_iterable (step 0)"
+
+
+def test_a_stall_of_a_step_with_nothing_chained_after_it_is_named_as_before(caplog):
+    clock = VirtualClock()
+
+    def slow(x):
+        clock.advance(0.03)
+        return x
+
+    flow = Dataflow("fan")
+    source = flow.from_iterable([1], batch_size=1)
+    slowed = source.map(slow, name="slow")  # (two outputs each: nothing chained after either)
+    outputs = [slowed.collect(), slowed.collect(), source.collect()]
+    with caplog.at_level(logging.WARNING, logger="kernel"):
+        run(flow, clock=clock)
+    assert [o.items for o in outputs] == [[1], [1], [1]]
+    stalls = [r.getMessage() for r in caplog.records if "stall:" in r.getMessage()]
+    assert stalls == ["[kernel 0] stall: slow (step 1) ran 30.0 ms without yielding (threshold 25.0 ms); "
+                      "the event loop and every other operator waited"]
