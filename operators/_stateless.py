@@ -74,8 +74,11 @@ class _UserFunction(Operator):
             return None
         upstream._fusion = (stages, tail, then)
         chain = FusedChain(stages)
-        fused_chain = _in_pieces(chain.run_in_pieces, tail, then) if chain.in_pieces else _whole(
-            chain.run, tail, then)
+        if chain.in_pieces:
+            flat_map = next(stage.pieces.__self__ for stage in stages if stage.kind == "flat_map")
+            fused_chain = _in_pieces(chain.run_in_pieces, tail, then, flat_map.fit)
+        else:
+            fused_chain = _whole(chain.run, tail, then)
         fused_chain.one_to_one = one_to_one(stages)
         fused_chain.changes_counts_at = changes_counts_at(stages)
         fused_chain.handed_on = 0
@@ -99,23 +102,23 @@ def _whole(run, tail, then):
     return fused_chain
 
 
-def _in_pieces(run_in_pieces, tail, then):
+def _in_pieces(run_in_pieces, tail, then, fit):
     """The handler of a fused chain with a flat_map, whose output may come
     in pieces (`FlatMap.pieces`): the first goes on now, the rest in later
-    ticks (`Unfinished`)."""
+    ticks (`Unfinished`), sized by what they cost (the flat_map's `fit`)."""
     if then is None:
         def fused_chain(port, batch):
             out, rest = run_in_pieces(batch)
             fused_chain.handed_on = len(out)
             emit = tail.emit
             emit(out)
-            return None if rest is None else unfinished(rest, emit)
+            return None if rest is None else unfinished(rest, emit, fit)
     else:
         def fused_chain(port, batch):
             out, rest = run_in_pieces(batch)
             fused_chain.handed_on = len(out)
             then(port, out)
-            return None if rest is None else unfinished(rest, partial(then, port))
+            return None if rest is None else unfinished(rest, partial(then, port), fit)
     return fused_chain
 
 
@@ -187,12 +190,55 @@ class FlatMap(_UserFunction):
     # records last sampled (`_sized`); None: none sampled yet
     piece: int | None = None
     large = LARGE
+    # Records in a piece by what a piece costs: the steps after a flat_map
+    # (chained, or fused into its pieces) may cost far more a record than
+    # it does (a map of 30 us a record after it: a piece of 1,024 records
+    # held the loop 30 ms, 30 times the budget). `fit` learns it from the
+    # pieces handed on in later ticks (`Unfinished.step`), and a piece,
+    # the first of a batch's included, holds no more records than that.
+    cost_piece = PIECE
+    made_piece = made_before = 0  # records in the piece made last, and in the one before it
+    over: tuple[int, float] | None = None  # (records, seconds) of the last piece, where over its time
+    as_much = 0  # pieces in a row over their time that cost as much with half the records or fewer
+    per_batch = False  # what the steps after cost is per piece: pieces kept whole
 
     def on_batch(self, port, batch):
         out, rest = self.pieces(batch)
         emit = self.emit
         emit(out)
-        return None if rest is None else unfinished(rest, emit)
+        return None if rest is None else unfinished(rest, emit, self.fit)
+
+    def fit(self, handing: float, making: float, seconds: float, made: bool) -> None:
+        """A piece took `handing` seconds to go on (the steps chained after
+        it) and the next one `making` to make (the steps fused after it),
+        and a piece is to take at most `seconds`: the next ones hold as
+        many records as fit at that cost a record, at most twice as many
+        as before. Where twice in a row a piece of half the records or
+        fewer than the one before it took half as long or more (a sink
+        that flushes each batch; once could be the machine's hiccup), the
+        cost is per piece, and pieces stay whole, as before."""
+        handed = self.made_before if made else self.made_piece
+        if self.per_batch or handed < 1:
+            return
+        cost = handing / handed + (making / self.made_piece if made else 0.0)  # seconds a record
+        took = cost * handed
+        over = self.over
+        if took > seconds and handed > 1:
+            if over is not None and handed <= over[0] // 2:  # fewer records: did they cost less?
+                if took >= over[1] / 2:
+                    self.as_much += 1
+                    if self.as_much >= 2:
+                        self.per_batch, self.cost_piece = True, PIECE
+                        return
+                else:
+                    self.as_much = 0
+                self.over = (handed, took)
+            elif over is None or handed > over[0]:  # (one as large: made before the last was told)
+                self.over = (handed, took)
+        else:
+            self.over, self.as_much = None, 0
+        fitting = int(seconds / cost + 1e-6) if cost > 0.0 else PIECE  # (not 249.99999 records: 249)
+        self.cost_piece = max(1, min(PIECE, fitting, 2 * self.cost_piece))
 
     def transform(self, batch):
         """The whole output of `batch` at once (the pieces joined)."""
@@ -282,13 +328,16 @@ class FlatMap(_UserFunction):
         makes (a generator: read as the pieces are handed on). The step's
         first SAMPLE_PIECE records are sized before its first piece is
         filled."""
-        piece = self.piece or SAMPLE_PIECE
+        piece = min(self.piece or SAMPLE_PIECE, self.cost_piece)
         made = len(out)
-        full = made - made % piece
-        for at in range(0, full, piece):
+        at = 0
+        while made - at >= piece:
+            self.made_before, self.made_piece = self.made_piece, piece
             yield _piece(out[at:at + piece], None if stamps is None else stamps[at:at + piece])
-        out = out[full:]
-        stamps = None if stamps is None else stamps[full:]
+            at += piece
+            piece = min(self.piece or SAMPLE_PIECE, self.cost_piece)  # (`fit` may have changed it)
+        out = out[at:]
+        stamps = None if stamps is None else stamps[at:]
         times = None if stamps is None else batch.timestamps
         for index in range(start, len(parts)):
             result = parts[index]
@@ -323,16 +372,19 @@ class FlatMap(_UserFunction):
                 if got < room:  # this result is read
                     break
                 self._sized(out)
-                piece = self.piece
+                piece = min(self.piece, self.cost_piece)
                 if len(out) < piece:  # the step's first SAMPLE_PIECE records, sized: the piece holds more
                     continue
+                self.made_before, self.made_piece = self.made_piece, len(out)
                 yield _piece(out, stamps)
                 out = []
                 stamps = None if stamps is None else []
+                piece = min(self.piece, self.cost_piece)  # (`fit` may have changed it)
         if out:
             self._sized(out)
         self.piecewise = made > WIDE * len(parts) or (self.piece or PIECE) < PIECE
         if out:
+            self.made_before, self.made_piece = self.made_piece, len(out)
             yield _piece(out, stamps)
 
 

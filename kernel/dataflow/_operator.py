@@ -342,27 +342,43 @@ class Unfinished:
     handler returns None. `handler` names the handler that made it, for
     an error met while a later piece goes on (`Instance.park_then`)."""
 
-    __slots__ = ("handler", "next_piece", "pieces", "sink")
+    __slots__ = ("fit", "handler", "next_piece", "pieces", "sink")
 
-    def __init__(self, pieces: Iterator[list], sink: Callable[[list], object], next_piece: list) -> None:
+    def __init__(self, pieces: Iterator[list], sink: Callable[[list], object], next_piece: list,
+                 fit: Callable[[float, float, float, bool], None] | None = None) -> None:
         self.pieces = pieces  # the pieces after `next_piece`, read as they are needed
         self.sink = sink  # what hands a piece on (the step's emit)
         self.next_piece = next_piece
         self.handler = "on_batch"
+        # told what a step took (`FlatMap.fit`: its pieces sized by what they cost); None: not timed
+        self.fit = fit
 
-    def step(self) -> bool:
-        """Hands on the next piece; whether more are to come."""
+    def step(self, monotonic: Callable[[], float] | None = None, seconds: float = 0.0) -> bool:
+        """Hands on the next piece; whether more are to come. Given the
+        kernel's clock, tells `fit` what handing the piece on took (through
+        the steps chained after), what making the next took (through the
+        steps fused after), the time a piece is to take, and whether a
+        next one was made."""
+        fit = self.fit
+        if fit is None or monotonic is None:
+            self.sink(self.next_piece)
+            self.next_piece = piece = next(self.pieces, None)
+            return piece is not None
+        started = monotonic()
         self.sink(self.next_piece)
+        handed = monotonic()
         self.next_piece = piece = next(self.pieces, None)
+        fit(handed - started, monotonic() - handed, seconds, piece is not None)
         return piece is not None
 
 
-def unfinished(pieces: Iterator[list], sink: Callable[[list], object]) -> Unfinished | None:
+def unfinished(pieces: Iterator[list], sink: Callable[[list], object],
+               fit: Callable[[float, float, float, bool], None] | None = None) -> Unfinished | None:
     """What a handler that handed on the first piece of its output returns:
     None if `pieces` has no more, else the `Unfinished` that hands them to
-    `sink` in later ticks."""
+    `sink` in later ticks (`fit`: see `Unfinished`)."""
     piece = next(pieces, None)
-    return None if piece is None else Unfinished(pieces, sink, piece)
+    return None if piece is None else Unfinished(pieces, sink, piece, fit)
 
 
 def merge_keyed_states(snapshots: list, owns, nested=()) -> dict | None:

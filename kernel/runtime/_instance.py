@@ -153,6 +153,8 @@ CHECK_CLOCK_AT = 64
 
 class Instance:
     __slots__ = (
+        "_monotonic",
+        "_piece_seconds",
         "_ready",
         "aligning",
         "arrived",
@@ -272,6 +274,10 @@ class Instance:
         kernel = runtime.kernel
         self.pace = _Pace(kernel) if node.is_source else None
         self.budget_spent = kernel.budget_spent
+        # what a piece of a flat_map's output is to take, through the steps
+        # after it (`Unfinished.step`, `FlatMap.fit`): a quarter of the budget
+        self._monotonic = kernel.clock.monotonic
+        self._piece_seconds = kernel.budget / 4
         self._ready = kernel.ready_function(self.task_class)
 
     def current_watermark(self) -> float:
@@ -652,7 +658,7 @@ class Instance:
                     if self.runtime._transport_blocked and (self.sends_afar or not self.fed_from_afar):
                         self._wait_for_room(payload, channel, pending[i:])  # (a check a piece)
                         return
-                    if payload.step():  # a piece handed on; the next one in a later tick
+                    if payload.step(self._monotonic, self._piece_seconds):  # the next one in a later tick
                         self._park(payload, channel, pending[i:], again=True)
                         return
                     self.runtime.hold_input(payload, False, pacing=True)

@@ -237,12 +237,14 @@ async def test_a_chain_whose_output_grows_hands_the_rest_to_a_later_slice():
                              [("second", 1000), ("first", 1000)], [("second", 1000)]]
 
 
-async def test_a_flat_maps_large_output_goes_on_a_piece_a_slice_with_the_host_between():
+async def test_a_flat_maps_large_output_goes_on_in_pieces_that_fit_the_budget_with_the_host_between():
     """One record becomes 10,000 (a range): the flat_map hands them on in
-    pieces of 1,024, one a tick; each piece costs its next step 1.024 ms,
-    more than the budget, so each goes in a slice of its own and the host
-    runs after each (it ran only before and after the whole 10,000, as one
-    activation)."""
+    pieces, one a tick. Each record costs the next step 1 us, so a piece
+    of 1,024 costs 1.024 ms, more than the whole budget: once two have gone
+    on (what the first cost is learnt as the second goes), the pieces hold
+    what fits in a quarter of the budget, 250 records, and a slice runs
+    five of them (its last one started before the 1 ms were spent), the
+    host after each slice. (They stayed 1,024, whatever they cost.)"""
     clock = VirtualClock()
     flow = Dataflow("pieces")
     flow.trace = trace = []
@@ -250,8 +252,26 @@ async def test_a_flat_maps_large_output_goes_on_a_piece_a_slice_with_the_host_be
                .apply(lambda: Costly(clock, trace, per_record=lambda x: 1e-6), name="costly").collect())
     await with_host(flow, clock)
     assert out.items == list(range(10_000))
-    assert slices(trace) == [[("costly", 1024)]] * 9 + [[("costly", 784)]]
-    assert slice_times(trace) == pytest.approx([0.001024] * 9 + [0.000784])
+    assert [size for _, size in trace if _ != HOST] == [1024] * 3 + [250] * 27 + [178]
+    assert [len(entries) for entries in slices(trace)] == [1, 1, 1, 5, 5, 5, 5, 4, 4]
+    assert slice_times(trace) == pytest.approx([0.001024] * 3 + [0.00125] * 4 + [0.001, 0.000928])
+
+
+async def test_a_flat_maps_pieces_stay_whole_where_the_step_after_costs_as_much_per_batch():
+    """The step after costs 2 ms a batch, whatever its size (a sink that
+    flushes each batch): smaller pieces would cost as much each, so after
+    two tries at fewer records the pieces go on whole again."""
+    clock = VirtualClock()
+    flow = Dataflow("flushes")
+    flow.trace = trace = []
+    out = (flow.from_iterable([10_000]).flat_map(range)
+               .apply(lambda: Costly(clock, trace, per_batch=0.002), name="costly").collect())
+    await with_host(flow, clock)
+    assert out.items == list(range(10_000))
+    sizes = [size for _, size in trace if _ != HOST]
+    # twice fewer records that cost as much (128, then 16: each second piece of a size
+    # was made before the first of it had gone on and told its cost), then whole
+    assert sizes == [1024] * 3 + [128, 128, 16, 16] + [1024] * 6 + [496], sizes
 
 
 @pytest.mark.parametrize("kind", ["tumbling", "sessions"])
