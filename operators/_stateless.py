@@ -12,7 +12,7 @@ from functools import partial
 from itertools import chain, compress, islice, repeat
 
 from kernel.dataflow._errors import PASSES_THROUGH, OperatorError
-from kernel.dataflow._operator import Operator, TimedBatch, record_bytes, unfinished
+from kernel.dataflow._operator import Operator, PieceSize, TimedBatch, record_bytes, unfinished
 
 from ._accessors import IDENTITY, accessor
 from ._calls import EMIT_BATCH, STOP_ENDS_BATCH, call_each, failing_index, mapped, over_batch, user_error
@@ -196,11 +196,13 @@ class FlatMap(_UserFunction):
     # held the loop 30 ms, 30 times the budget). `fit` learns it from the
     # pieces handed on in later ticks (`Unfinished.step`), and a piece,
     # the first of a batch's included, holds no more records than that.
-    cost_piece = PIECE
+    sizing: PieceSize | None = None  # (made at the first `fit`)
     made_piece = made_before = 0  # records in the piece made last, and in the one before it
-    over: tuple[int, float] | None = None  # (records, seconds) of the last piece, where over its time
-    as_much = 0  # pieces in a row over their time that cost as much with half the records or fewer
-    per_batch = False  # what the steps after cost is per piece: pieces kept whole
+
+    @property
+    def cost_piece(self) -> int:
+        sizing = self.sizing
+        return PIECE if sizing is None else sizing.size
 
     def on_batch(self, port, batch):
         out, rest = self.pieces(batch)
@@ -211,34 +213,15 @@ class FlatMap(_UserFunction):
     def fit(self, handing: float, making: float, seconds: float, made: bool) -> None:
         """A piece took `handing` seconds to go on (the steps chained after
         it) and the next one `making` to make (the steps fused after it),
-        and a piece is to take at most `seconds`: the next ones hold as
-        many records as fit at that cost a record, at most twice as many
-        as before. Where twice in a row a piece of half the records or
-        fewer than the one before it took half as long or more (a sink
-        that flushes each batch; once could be the machine's hiccup), the
-        cost is per piece, and pieces stay whole, as before."""
+        and a piece is to take at most `seconds`: what a piece of as many
+        records as the one handed on cost (`PieceSize.fit`)."""
         handed = self.made_before if made else self.made_piece
-        if self.per_batch or handed < 1:
+        if handed < 1:
             return
         cost = handing / handed + (making / self.made_piece if made else 0.0)  # seconds a record
-        took = cost * handed
-        over = self.over
-        if took > seconds and handed > 1:
-            if over is not None and handed <= over[0] // 2:  # fewer records: did they cost less?
-                if took >= over[1] / 2:
-                    self.as_much += 1
-                    if self.as_much >= 2:
-                        self.per_batch, self.cost_piece = True, PIECE
-                        return
-                else:
-                    self.as_much = 0
-                self.over = (handed, took)
-            elif over is None or handed > over[0]:  # (one as large: made before the last was told)
-                self.over = (handed, took)
-        else:
-            self.over, self.as_much = None, 0
-        fitting = int(seconds / cost + 1e-6) if cost > 0.0 else PIECE  # (not 249.99999 records: 249)
-        self.cost_piece = max(1, min(PIECE, fitting, 2 * self.cost_piece))
+        if self.sizing is None:
+            self.sizing = PieceSize()
+        self.sizing.fit(handed, cost * handed, seconds)
 
     def transform(self, batch):
         """The whole output of `batch` at once (the pieces joined)."""

@@ -353,23 +353,89 @@ class Unfinished:
         # told what a step took (`FlatMap.fit`: its pieces sized by what they cost); None: not timed
         self.fit = fit
 
-    def step(self, monotonic: Callable[[], float] | None = None, seconds: float = 0.0) -> bool:
+    def step(self, monotonic: Callable[[], float] | None = None, seconds: float = 0.0,
+             sizing: PieceSize | None = None) -> bool:
         """Hands on the next piece; whether more are to come. Given the
-        kernel's clock, tells `fit` what handing the piece on took (through
-        the steps chained after), what making the next took (through the
-        steps fused after), the time a piece is to take, and whether a
-        next one was made."""
+        kernel's clock, a piece is to take at most `seconds`: with a `fit`
+        (a flat_map's, whose pieces it makes by what they cost) it is told
+        what handing the piece on took (through the steps chained after),
+        what making the next took (through the steps fused after), and
+        whether a next one was made; else a plain list or `TimedBatch` goes
+        on in parts of `sizing.size` records, which `sizing` fits to what
+        they cost (an aggregate's results at the end of input, a map of
+        30 us a record after it: 1,024 records held the loop 30 ms)."""
         fit = self.fit
-        if fit is None or monotonic is None:
+        if monotonic is None or (fit is None and (sizing is None or sizing.per_batch)):
             self.sink(self.next_piece)
             self.next_piece = piece = next(self.pieces, None)
             return piece is not None
+        if fit is not None:
+            started = monotonic()
+            self.sink(self.next_piece)
+            handed = monotonic()
+            self.next_piece = piece = next(self.pieces, None)
+            fit(handed - started, monotonic() - handed, seconds, piece is not None)
+            return piece is not None
+        piece = self.next_piece
+        kind = piece.__class__
+        rest = None
+        size = sizing.size
+        if size < len(piece) and (kind is list or kind is TimedBatch):
+            if kind is TimedBatch:
+                stamps = piece.timestamps
+                piece, rest = TimedBatch(piece[:size], stamps[:size]), TimedBatch(piece[size:], stamps[size:])
+            else:
+                piece, rest = piece[:size], piece[size:]
         started = monotonic()
-        self.sink(self.next_piece)
-        handed = monotonic()
+        self.sink(piece)
+        sizing.fit(len(piece), monotonic() - started, seconds)
+        if rest:
+            self.next_piece = rest
+            return True
         self.next_piece = piece = next(self.pieces, None)
-        fit(handed - started, monotonic() - handed, seconds, piece is not None)
         return piece is not None
+
+
+class PieceSize:
+    """How many records a piece of an output handed on in pieces is to
+    hold, by what the pieces handed on cost (the steps after them
+    included), so that one takes no more than the time given: as many as
+    fit at the cost a record measured last, at most twice as many as
+    before. Where twice in a row a piece of half the records or fewer than
+    the one before it took half as long or more (a sink that flushes each
+    batch; once could be the machine's hiccup), the cost is per piece, and
+    pieces stay whole (PIECE) from then on."""
+
+    __slots__ = ("as_much", "over", "per_batch", "size")
+
+    def __init__(self) -> None:
+        self.size = PIECE
+        self.over: tuple[int, float] | None = None  # (records, seconds) of the last piece over its time
+        self.as_much = 0  # pieces in a row over their time that cost as much with half the records or fewer
+        self.per_batch = False
+
+    def fit(self, count: int, took: float, seconds: float) -> None:
+        """A piece of `count` records took `took` seconds; one is to take at most `seconds`."""
+        if self.per_batch or count < 1:
+            return
+        over = self.over
+        if took > seconds and count > 1:
+            if over is not None and count <= over[0] // 2:  # fewer records: did they cost less?
+                if took >= over[1] / 2:
+                    self.as_much += 1
+                    if self.as_much >= 2:
+                        self.per_batch, self.size = True, PIECE
+                        return
+                else:
+                    self.as_much = 0
+                self.over = (count, took)
+            elif over is None or count > over[0]:  # (one as large: made before the last was told)
+                self.over = (count, took)
+        else:
+            self.over, self.as_much = None, 0
+        cost = took / count
+        fitting = int(seconds / cost + 1e-6) if cost > 0.0 else PIECE  # (not 249.99999 records: 249)
+        self.size = max(1, min(PIECE, fitting, 2 * self.size))
 
 
 def unfinished(pieces: Iterator[list], sink: Callable[[list], object],

@@ -79,7 +79,7 @@ from kernel.dataflow._errors import (
     describe_record,
 )
 from kernel.dataflow._graph import Node
-from kernel.dataflow._operator import NONE_KEY, Operator, Unfinished, record_bytes
+from kernel.dataflow._operator import NONE_KEY, Operator, PieceSize, Unfinished, record_bytes
 from kernel.scheduling._scheduler import LATER
 
 from . import _user_pieces
@@ -155,6 +155,7 @@ class Instance:
     __slots__ = (
         "_monotonic",
         "_piece_seconds",
+        "_piece_size",
         "_ready",
         "aligning",
         "arrived",
@@ -274,10 +275,13 @@ class Instance:
         kernel = runtime.kernel
         self.pace = _Pace(kernel) if node.is_source else None
         self.budget_spent = kernel.budget_spent
-        # what a piece of a flat_map's output is to take, through the steps
-        # after it (`Unfinished.step`, `FlatMap.fit`): a quarter of the budget
+        # what a piece of an output handed on in pieces is to take, through
+        # the steps after it (`Unfinished.step`, `FlatMap.fit`): a quarter
+        # of the budget; and the pieces' size by what they cost (this
+        # step's outputs, one after the other: an aggregate's, a window's)
         self._monotonic = kernel.clock.monotonic
         self._piece_seconds = kernel.budget / 4
+        self._piece_size = PieceSize()
         self._ready = kernel.ready_function(self.task_class)
 
     def current_watermark(self) -> float:
@@ -658,7 +662,7 @@ class Instance:
                     if self.runtime._transport_blocked and (self.sends_afar or not self.fed_from_afar):
                         self._wait_for_room(payload, channel, pending[i:])  # (a check a piece)
                         return
-                    if payload.step(self._monotonic, self._piece_seconds):  # the next one in a later tick
+                    if payload.step(self._monotonic, self._piece_seconds, self._piece_size):  # more: later
                         self._park(payload, channel, pending[i:], again=True)
                         return
                     self.runtime.hold_input(payload, False, pacing=True)
