@@ -332,7 +332,7 @@ class Unfinished:
     on the first piece of its output and more is to come (a flat_map whose
     function made millions of records from one; on_watermark or on_end of a
     window or an aggregate with results for many keys): the kernel calls
-    `step()` in later ticks, one piece a tick, so that it still hands the
+    `step()` in later ticks, one piece (or part: `PieceSize`) a tick, so that it still hands the
     loop back within its budget, and keeps what came after the batch
     (batches, watermarks, epoch markers, the end of input) or what follows
     the handler (the watermark going on, the step's end) behind it, so
