@@ -198,6 +198,7 @@ class FlatMap(_UserFunction):
     # the first of a batch's included, holds no more records than that.
     sizing: PieceSize | None = None  # (made at the first `fit`)
     made_piece = made_before = 0  # records in the piece made last, and in the one before it
+    making_cost = 0.0  # seconds a record of the piece made last took to make (the steps fused after)
 
     @property
     def cost_piece(self) -> int:
@@ -216,9 +217,11 @@ class FlatMap(_UserFunction):
         and a piece is to take at most `seconds`: what a piece of as many
         records as the one handed on cost (`PieceSize.fit`)."""
         handed = self.made_before if made else self.made_piece
+        if made:  # (the last piece was made at the cost of those before it)
+            self.making_cost = making / self.made_piece
         if handed < 1:
             return
-        cost = handing / handed + (making / self.made_piece if made else 0.0)  # seconds a record
+        cost = handing / handed + self.making_cost  # seconds a record
         if self.sizing is None:
             self.sizing = PieceSize()
         self.sizing.fit(handed, cost * handed, seconds)

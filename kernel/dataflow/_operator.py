@@ -399,24 +399,31 @@ class Unfinished:
 class PieceSize:
     """How many records a piece of an output handed on in pieces is to
     hold, by what the pieces handed on cost (the steps after them
-    included), so that one takes no more than the time given: as many as
-    fit at the cost a record measured last, at most twice as many as
-    before. Where twice in a row a piece of half the records or fewer than
-    the one before it took half as long or more (a sink that flushes each
-    batch; once could be the machine's hiccup), the cost is per piece, and
-    pieces stay whole (PIECE) from then on."""
+    included), so that one takes no more than the time given (a quarter
+    of the budget). Pieces stay whole (PIECE) till two in a row took more
+    than the whole budget (once could be the machine's hiccup: a test's
+    pieces of a few records split by it); from then on, as many records
+    as fit at the cost a record measured last, at most twice as many as
+    before, till they are whole again. Where twice in a row a piece of
+    half the records or fewer than the one before it took half as long
+    or more (a sink that flushes each batch), the cost is per piece, and
+    pieces stay whole from then on."""
 
-    __slots__ = ("as_much", "over", "per_batch", "size")
+    __slots__ = ("as_much", "over", "per_batch", "size", "slow")
 
     def __init__(self) -> None:
         self.size = PIECE
         self.over: tuple[int, float] | None = None  # (records, seconds) of the last piece over its time
         self.as_much = 0  # pieces in a row over their time that cost as much with half the records or fewer
         self.per_batch = False
+        self.slow = 0  # pieces in a row that took more than the budget
 
     def fit(self, count: int, took: float, seconds: float) -> None:
         """A piece of `count` records took `took` seconds; one is to take at most `seconds`."""
         if self.per_batch or count < 1:
+            return
+        self.slow = self.slow + 1 if took > 4 * seconds else 0
+        if self.size >= PIECE and self.slow < 2:
             return
         over = self.over
         if took > seconds and count > 1:

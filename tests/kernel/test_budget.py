@@ -240,11 +240,12 @@ async def test_a_chain_whose_output_grows_hands_the_rest_to_a_later_slice():
 async def test_a_flat_maps_large_output_goes_on_in_pieces_that_fit_the_budget_with_the_host_between():
     """One record becomes 10,000 (a range): the flat_map hands them on in
     pieces, one a tick. Each record costs the next step 1 us, so a piece
-    of 1,024 costs 1.024 ms, more than the whole budget: once two have gone
-    on (what the first cost is learnt as the second goes), the pieces hold
-    what fits in a quarter of the budget, 250 records, and a slice runs
-    five of them (its last one started before the 1 ms were spent), the
-    host after each slice. (They stayed 1,024, whatever they cost.)"""
+    of 1,024 costs 1.024 ms, more than the whole budget: once two in a row
+    have taken more than it (the first was handed on by the flat_map's
+    handler, the fourth was made meanwhile), the pieces hold what fits in
+    a quarter of the budget, 250 records, and a slice runs up to five of
+    them (its last one started before the 1 ms were spent), the host
+    after each slice. (They stayed 1,024, whatever they cost.)"""
     clock = VirtualClock()
     flow = Dataflow("pieces")
     flow.trace = trace = []
@@ -252,9 +253,9 @@ async def test_a_flat_maps_large_output_goes_on_in_pieces_that_fit_the_budget_wi
                .apply(lambda: Costly(clock, trace, per_record=lambda x: 1e-6), name="costly").collect())
     await with_host(flow, clock)
     assert out.items == list(range(10_000))
-    assert [size for _, size in trace if _ != HOST] == [1024] * 3 + [250] * 27 + [178]
-    assert [len(entries) for entries in slices(trace)] == [1, 1, 1, 5, 5, 5, 5, 4, 4]
-    assert slice_times(trace) == pytest.approx([0.001024] * 3 + [0.00125] * 4 + [0.001, 0.000928])
+    assert [size for _, size in trace if _ != HOST] == [1024] * 4 + [250] * 23 + [154]
+    assert [len(entries) for entries in slices(trace)] == [1, 1, 1, 1, 5, 5, 5, 4, 4, 1]
+    assert slice_times(trace) == pytest.approx([0.001024] * 4 + [0.00125] * 3 + [0.001, 0.001, 0.000154])
 
 
 async def test_a_flat_maps_pieces_stay_whole_where_the_step_after_costs_as_much_per_batch():
@@ -271,7 +272,7 @@ async def test_a_flat_maps_pieces_stay_whole_where_the_step_after_costs_as_much_
     sizes = [size for _, size in trace if _ != HOST]
     # twice fewer records that cost as much (128, then 16: each second piece of a size
     # was made before the first of it had gone on and told its cost), then whole
-    assert sizes == [1024] * 3 + [128, 128, 16, 16] + [1024] * 6 + [496], sizes
+    assert sizes == [1024] * 4 + [128, 128, 16, 16] + [1024] * 5 + [496], sizes
 
 
 @pytest.mark.parametrize("kind", ["tumbling", "sessions"])
@@ -309,8 +310,8 @@ async def test_a_window_closing_for_many_keys_makes_its_results_a_piece_a_slice(
     costly = [n for one in slices(trace) for what, n in one if what == "costly"]
     if kind == "tumbling":
         # (each piece made of 1,024 goes on in parts of what fits in a quarter of the budget
-        # once the first two, 1,024 each, have told what a record costs)
-        assert costly == [1024] * 2 + ([250] * 4 + [24]) * 7 + [250] * 3 + [34], costly
+        # once two in a row have taken more than it (1,024 each, three with the first)
+        assert costly == [1024] * 3 + ([250] * 4 + [24]) * 6 + [250] * 3 + [34], costly
     else:  # sessions close 256 at a time (each costs ~2.5 us to close on the real clock)
         assert sum(costly) == 10_000 and max(costly) <= 256, costly
 
@@ -343,9 +344,9 @@ async def test_an_aggregates_results_for_many_keys_at_the_end_go_on_a_piece_a_sl
     assert sorted(out.items) == [(key, 1) for key in range(10_000)]
     emitted = [[n for what, n in one if what == "emitted"] for one in slices(trace)]
     # (each piece made of 1,024 goes on in parts of what fits in a quarter of the budget
-    # once the first two, 1,024 each, have told what a record costs; a slice then runs
+    # once two in a row have taken more than it (1,024 each, three with the first); a slice then runs
     # parts till its 1 ms is spent)
-    assert [n for one in emitted for n in one] == [1024] * 2 + ([250] * 4 + [24]) * 7 + [250] * 3 + [34]
+    assert [n for one in emitted for n in one] == [1024] * 3 + ([250] * 4 + [24]) * 6 + [250] * 3 + [34]
     assert max(map(sum, emitted)) == 1024, emitted
 
 
@@ -461,8 +462,10 @@ def test_handing_work_on_keeps_every_batch_and_watermark_in_order(
         rising_watermarks, script, factor, per_record, per_batch):
     """The same flow with a budget no chain ever reaches (one activation
     each) and with 1 ms (chains handed on at every point, batches and
-    watermarks of one poll alike): the last operator sees the same batches
-    and watermarks in the same order."""
+    watermarks of one poll alike): the last operator sees the same records
+    and watermarks in the same order (the batches between two watermarks
+    joined: a large emit's piece that costs more than the budget goes on
+    in parts, `PieceSize`)."""
     steps = rising_watermarks(script)
 
     def seen_with(budget):
@@ -476,7 +479,13 @@ def test_handing_work_on_keeps_every_batch_and_watermark_in_order(
              .apply(lambda: Costly(clock, flow.trace, per_record=lambda x: per_record), name="second")
              .apply(lambda: Record(seen), name="record"))
         asyncio.run(run_async(flow, clock=clock, budget=budget))
-        return seen
+        joined: list = []
+        for entry in seen:
+            if entry[0] == "batch" and joined and joined[-1][0] == "batch":
+                joined[-1] = ("batch", joined[-1][1] + entry[1])
+            else:
+                joined.append(entry)
+        return joined
 
     assert seen_with(0.001) == seen_with(1e9)
 

@@ -63,8 +63,10 @@ class Batches(Operator):
 async def test_a_sources_large_emit_goes_on_a_piece_a_slice_with_the_host_between(after):
     """A poll emits 10,000 records in one list (then `after` more): the step
     after it gets them 1,024 a tick, each piece costing it 1.024 ms (over
-    the 1 ms budget), so the host runs between any two. They all went on
-    in one activation: one slice of 10,000 (and the 5)."""
+    the 1 ms budget), so the host runs between any two; once two in a row
+    have taken more than the budget, in parts of what fits in a quarter
+    of it (`PieceSize`), a slice running parts till its 1 ms is spent.
+    They all went on in one activation: one slice of 10,000 (and the 5)."""
     clock = VirtualClock()
     flow = Dataflow("burst")
     flow.trace = trace = []
@@ -72,8 +74,12 @@ async def test_a_sources_large_emit_goes_on_a_piece_a_slice_with_the_host_betwee
                .apply(lambda: Costly(clock, trace, per_record=lambda x: 1e-6), name="costly").collect())
     await with_host(flow, clock)
     assert out.items == list(range(10_000 + after))
-    last = [("costly", 784)] + ([("costly", after)] if after else [])  # (0.784 ms: room for the 5)
-    assert slices(trace) == [[("costly", 1024)]] * 9 + [last]
+    sizes = [[n for _, n in one] for one in slices(trace)]
+    # (each piece of 1,024 in parts of 250 once two pieces in a row took over the budget; the 5
+    # after them in the last slice, which has room)
+    handed = [n for one in sizes for n in one]
+    assert handed == [1024] * 3 + ([250] * 4 + [24]) * 6 + [250] * 3 + [34] + ([after] if after else [])
+    assert sizes[:3] == [[1024]] * 3 and max(map(sum, sizes)) == 1024, sizes
 
 
 def test_a_million_records_in_one_poll_arrive_once_in_order_in_pieces():

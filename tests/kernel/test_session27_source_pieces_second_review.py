@@ -95,7 +95,8 @@ def test_a_sources_large_timed_batch_goes_on_in_timed_pieces_before_its_watermar
 async def test_a_sources_large_timed_batch_leaves_the_host_a_turn_between_its_pieces():
     """The same on a virtual clock, each record costing the step after it
     1 us: it gets 1,024 records a slice, the host's loop running between
-    any two (it got 10,000 in one slice)."""
+    any two, in parts of 250 once two pieces in a row have taken more than
+    the budget (it got 10,000 in one slice)."""
     clock = VirtualClock()
     flow = Dataflow("timed burst")
     flow.trace = trace = []
@@ -103,7 +104,9 @@ async def test_a_sources_large_timed_batch_leaves_the_host_a_turn_between_its_pi
                .apply(lambda: Costly(clock, trace, per_record=lambda x: 1e-6), name="costly").collect())
     await with_host(flow, clock)
     assert out.items == list(range(10_000))
-    assert slices(trace) == [[("costly", 1024)]] * 9 + [[("costly", 784)]]
+    sizes = [[n for _, n in one] for one in slices(trace)]
+    assert [n for one in sizes for n in one] == [1024] * 3 + ([250] * 4 + [24]) * 6 + [250] * 3 + [34]
+    assert sizes[:3] == [[1024]] * 3 and max(map(sum, sizes)) == 1024, sizes
 
 
 @pytest.mark.parametrize("cores", [1, 2])

@@ -102,23 +102,25 @@ async def test_a_costly_map_after_a_flat_map_hands_the_loop_back_within_the_budg
         .map(parse, name="parse").collect()
     gaps = await _turn_gaps(flow, clock)
     assert parsed.items == [x + 1 for x in range(18_000)]
-    # over 1.5 ms (the 1 ms budget, and an activation of two pieces of a
-    # quarter of it that began before it was spent): only while what a
-    # record costs is learnt, the first activation (two pieces of 1,024
-    # records) and the step after it (was: every one of the 14 turns)
-    assert [round(gap * 1e3, 2) for gap in gaps if gap > 0.0015] == [61.44, 28.56], sorted(gaps)[-5:]
-    assert sorted(gaps)[-3] == pytest.approx(0.00144)
+    # over 1.25 ms (the 1 ms budget, and a piece of a quarter of it that
+    # began before it was spent): only while what a record costs is learnt
+    # (two pieces over the budget in a row), the first activation (two
+    # pieces of 1,024 records) and the step after it (was: every one of
+    # the 14 turns)
+    assert [round(gap * 1e3, 2) for gap in gaps if gap > 0.00125 + 1e-9] == [61.44, 28.56], sorted(gaps)[-5:]
+    assert sorted(gaps)[-3] == pytest.approx(0.0012)
 
 
-@pytest.mark.parametrize("how", ["count", "operator"])
+@pytest.mark.parametrize("how", ["count", "operator", "source"])
 async def test_a_costly_map_after_an_output_of_many_records_at_the_end_hands_the_loop_back_within_the_budget(
         how):
     # A count's results for 20,000 keys at the end of input (or a user's
-    # operator emitting 20,000 records in on_end) go on 1,024 records a
-    # tick, and a map after them of 30 us a record held the loop 30 ms a
-    # piece, all 20 of them. The pieces go on in parts that fit the budget
-    # once two have told what a record costs.
-    from kernel import Operator
+    # operator emitting 20,000 records in on_end, or a source in one poll)
+    # go on 1,024 records a tick, and a map after them of 30 us a record
+    # held the loop 30 ms a piece, all 20 of them. The pieces go on in
+    # parts that fit the budget once two in a row have taken more than it
+    # (the first one is handed on by the handler or the poll itself).
+    from kernel import Operator, Source
 
     clock = VirtualClock()
 
@@ -136,11 +138,25 @@ async def test_a_costly_map_after_an_output_of_many_records_at_the_end_hands_the
         def on_end(self):
             self.emit([(x, 1) for x in self.seen])
 
+    class AllAtOnce(Source):
+        def open(self, context):
+            self.done = False
+
+        def poll(self):
+            if not self.done:
+                self.emit([(x, 1) for x in range(20_000)])
+                self.done = True
+                return True
+            return False
+
     flow = Dataflow("ending")
-    source = flow.from_iterable(range(20_000))
-    ended = source.key_by(lambda x: x).count() if how == "count" else source.apply(AllAtTheEnd)
+    if how == "source":
+        ended = flow.source(AllAtOnce, name="all at once")
+    else:
+        source = flow.from_iterable(range(20_000))
+        ended = source.key_by(lambda x: x).count() if how == "count" else source.apply(AllAtTheEnd)
     looked_up = ended.map(lookup, name="lookup").collect()
     gaps = await _turn_gaps(flow, clock)
     assert sorted(looked_up.items) == [(x, 1) for x in range(20_000)]
-    assert [round(gap * 1e3, 2) for gap in gaps if gap > 0.0015] == [30.72, 30.72], sorted(gaps)[-5:]
-    assert sorted(gaps)[-3] <= 0.00125 + 1e-9, sorted(gaps)[-5:]
+    assert [round(gap * 1e3, 2) for gap in gaps if gap > 0.0015] == [30.72] * 3, sorted(gaps)[-5:]
+    assert sorted(gaps)[-4] <= 0.00125 + 1e-9, sorted(gaps)[-5:]

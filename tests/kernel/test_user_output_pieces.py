@@ -49,7 +49,9 @@ class Burst(Operator):
 async def test_a_large_emit_goes_on_a_piece_a_slice_with_the_host_between(where):
     """10,000 records in one emit: the next step gets them 1,024 a tick,
     each piece costing it 1.024 ms (more than the budget), so the host runs
-    between any two; all 10,000 went on in one activation before."""
+    between any two, in parts of 250 once two pieces in a row have taken
+    more than the budget (`PieceSize`); all 10,000 went on in one
+    activation before."""
     clock = VirtualClock()
     flow = Dataflow("burst")
     flow.trace = trace = []
@@ -57,7 +59,9 @@ async def test_a_large_emit_goes_on_a_piece_a_slice_with_the_host_between(where)
                .apply(lambda: Costly(clock, trace, per_record=lambda x: 1e-6), name="costly").collect())
     await with_host(flow, clock)
     assert out.items == list(range(10_000))
-    assert slices(trace) == [[("costly", 1024)]] * 9 + [[("costly", 784)]]
+    sizes = [[n for _, n in one] for one in slices(trace)]
+    assert [n for one in sizes for n in one] == [1024] * 3 + ([250] * 4 + [24]) * 6 + [250] * 3 + [34]
+    assert sizes[:3] == [[1024]] * 3 and max(map(sum, sizes)) == 1024, sizes
 
 
 async def test_a_large_emit_in_on_end_that_hands_back_a_future_goes_on_before_the_step_waits():
