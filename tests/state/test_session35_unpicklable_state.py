@@ -89,9 +89,15 @@ def _window_fold(flow):
 
 def _join_buffer(flow):
     left = flow.from_iterable(itertools.count(), batch_size=50).map(_pair_with_lock).key_by(_key_of)
-    right = flow.from_iterable([-1]).key_by(_key_of)
+    # (the right side never ends, and meets no left key: a side whose other
+    # side has ended keeps nothing, and the lock was then never in a snapshot)
+    right = flow.from_iterable(itertools.repeat("r"), batch_size=50).key_by(_right_key)
     left.join(right).sink(id)
     return "join (step 5)", "the state under key 4", "['states']['left'][4][0][1][1]"
+
+
+def _right_key(record):
+    return record
 
 
 def _key_of(record):
