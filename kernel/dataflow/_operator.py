@@ -380,7 +380,7 @@ class Unfinished:
         kind = piece.__class__
         rest = None
         size = sizing.size
-        if size < len(piece) and (kind is list or kind is TimedBatch):
+        if size < PIECE and size < len(piece) and (kind is list or kind is TimedBatch):  # (PIECE: whole)
             if kind is TimedBatch:
                 stamps = piece.timestamps
                 piece, rest = TimedBatch(piece[:size], stamps[:size]), TimedBatch(piece[size:], stamps[size:])
@@ -400,7 +400,9 @@ class PieceSize:
     """How many records a piece of an output handed on in pieces is to
     hold, by what the pieces handed on cost (the steps after them
     included), so that one takes no more than the time given (a quarter
-    of the budget). Pieces stay whole (PIECE) till two in a row took more
+    of the budget). Pieces stay whole (size PIECE: as many records as a
+    piece holds, more than PIECE where its maker overshot, a hot key's
+    pairs; cut at PIECE, each was two activations) till two in a row took more
     than the whole budget (once could be the machine's hiccup: a test's
     pieces of a few records split by it); from then on, as many records
     as fit at the cost a record measured last, at most twice as many as

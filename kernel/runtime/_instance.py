@@ -79,7 +79,7 @@ from kernel.dataflow._errors import (
     describe_record,
 )
 from kernel.dataflow._graph import Node
-from kernel.dataflow._operator import NONE_KEY, Operator, PieceSize, Unfinished, record_bytes
+from kernel.dataflow._operator import NONE_KEY, PIECE, Operator, PieceSize, Unfinished, record_bytes
 from kernel.scheduling._scheduler import LATER
 
 from . import _user_pieces
@@ -507,7 +507,8 @@ class Instance:
         sizing = self._piece_size
         size = sizing.size
         kind = piece.__class__
-        if size < len(piece) and not sizing.per_batch and (kind is list or kind is TimedBatch):
+        # (size PIECE: whole, however many records the piece holds, as when untimed)
+        if size < min(PIECE, len(piece)) and not sizing.per_batch and (kind is list or kind is TimedBatch):
             if kind is TimedBatch:
                 stamps = piece.timestamps
                 piece, self.rest_part = (TimedBatch(piece[:size], stamps[:size]),
