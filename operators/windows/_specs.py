@@ -24,7 +24,11 @@ MAX_WINDOWS_AN_EVENT = 1_000_000  # a sliding window's size / step at most
 def _positive(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
         raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # (an int past every float, 10**400: float()'s bare error)
+        raise ValueError(f"{name} must be a positive number of seconds a float can hold, got an int of "
+                         f"{value.bit_length()} bits") from None
 
 
 class WindowKind:

@@ -303,6 +303,15 @@ def test_bad_window_sizes_are_refused(make):
         make()
 
 
+@pytest.mark.parametrize("make", [lambda: Tumbling(10**400), lambda: Sliding(10**400, 1),
+                                  lambda: Sliding(1, 10**400), lambda: Session(10**400)])
+def test_a_size_no_float_can_hold_is_refused_as_a_bad_size(make):
+    # (it raised float()'s bare OverflowError: int too large to convert to float)
+    with pytest.raises(ValueError, match=r"must be a positive number of seconds a float can hold, got an "
+                                         r"int of 1329 bits"):
+        make()
+
+
 def test_window_and_join_arguments_are_checked():
     flow = Dataflow()
     keyed = flow.from_iterable([1], timestamp=float).key_by(str)
