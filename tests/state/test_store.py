@@ -776,3 +776,19 @@ def test_what_a_run_recorded_is_read_for_the_epochs_it_wrote():
         assert runs == ["run@2", "run@5"]
         assert store.recorded_run(5) == {"0": ["e"]} and store.recorded_run(6) == {"0": ["f"]}
         store.close()
+
+
+def test_a_store_that_cannot_be_made_says_why_even_where_its_leftovers_cannot_go(tmp_path, monkeypatch):
+    """Linking the new store into place fails (a file system that refuses
+    it), and so does removing the half-made file after (read-only by then):
+    the cleanup's own PermissionError, not the link's failure, was what the
+    run said (only FileNotFoundError was let pass)."""
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "link", refuse)
+    monkeypatch.setattr(os, "unlink", refuse)
+    with pytest.raises(StateError, match=r"cannot create snapshots\.sqlite: Permission denied"):
+        SnapshotStore(tmp_path)
+    monkeypatch.undo()
+    assert not os.path.exists(tmp_path / "snapshots.sqlite")
