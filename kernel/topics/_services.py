@@ -312,6 +312,9 @@ class ServiceClient:
 
         directory = _directory.Directory(address, key)
         refused_pauses = backoff(_directory.LOOKUP_EVERY, _REACH_TRY)
+        # (an address serving another service: looked up again, apart, growing, as a
+        # waiting lookup is; every 50 ms, a lookup and a handshake each, till the timeout)
+        other_pauses = _directory.lookup_pauses()
         try:
             while True:
                 try:
@@ -359,7 +362,8 @@ class ServiceClient:
                 await http.close()
                 if left() == 0.0:
                     raise ServiceError(f"service {self.name!r}: {url} serves {meta!r}, not this service")
-                await asyncio.sleep(_directory.LOOKUP_EVERY)
+                pause = next(other_pauses)
+                await asyncio.sleep(pause if deadline is None else min(pause, left()))
         finally:
             await directory.close()
         self._reader = asyncio.ensure_future(self._read())

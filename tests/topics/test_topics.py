@@ -732,9 +732,20 @@ def test_a_client_looks_a_dead_services_address_up_again_and_reaches_its_new_ser
 def test_a_client_refuses_an_address_that_now_serves_another_service(system, monkeypatch):
     """The port of a dead registration may be another service's by now: the
     client sees the server's own name in the handshake, and fails with a
-    clear error at its timeout instead of sending its requests there."""
+    clear error at its timeout instead of sending its requests there. It
+    looks the name up again meanwhile, apart, growing (every 50 ms, a
+    lookup and a handshake each, before): counted as they are sent."""
     import kernel.services
     from kernel.topics import ServiceError
+    from kernel.topics._directory import Directory
+
+    lookups: list[float] = []
+    request = Directory._request
+
+    async def counted(self, op, fields, until=None):
+        if op == "topic_lookup":
+            lookups.append(asyncio.get_running_loop().time())
+        return await request(self, op, fields, until)
 
     other = f"other-{next(_topics)}"
     (system.root / "echo.py").write_text(ECHO)
@@ -747,8 +758,11 @@ def test_a_client_refuses_an_address_that_now_serves_another_service(system, mon
         name = f"echo-{next(_topics)}"
         _register_service(system, name, served["publisher"][0])
         monkeypatch.setenv("KERNEL_SECRET", system.env["KERNEL_SECRET"])
+        monkeypatch.setattr(Directory, "_request", counted)
         with pytest.raises(ServiceError, match=rf"{name}.*serves .*{other}.*not this service"):
             kernel.services.call(name, "hi", coordinator=coordinator, timeout=2)
+        # (doubling from 50 ms: ~7 in 2 s; every 50 ms it was ~25)
+        assert 3 <= len(lookups) <= 12, lookups
     finally:
         server.kill()
         server.wait()
