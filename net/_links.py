@@ -1266,6 +1266,7 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
     deadline = asyncio.get_running_loop().time() + timeout
     delay = 0.01  # peers of one cluster start within moments of each other: retry soon
     refused_pauses = backoff(REFUSED_FIRST, REFUSED_MOST)
+    refused_once = False  # a try the server closed before answering (the last one may find it gone)
     loop = asyncio.get_running_loop()
     try:
         while True:
@@ -1288,11 +1289,15 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
             except (aiohttp.ClientConnectionError, OSError) as exc:
                 _refuse_untrusted_certificate(url, exc)
                 refused = refused_by_server(exc)
+                refused_once = refused_once or refused
                 pause = next(refused_pauses) if refused else delay
                 if not retry or loop.time() + pause > deadline:
                     within = f" within {timeout:g} s" if retry else ""
-                    error = LinkRefused if refused else LinkError
-                    raise error(f"could not reach {url}{within}: {exc}") from exc
+                    error = (LinkRefused if refused else LinkError)(f"could not reach {url}{within}: {exc}")
+                    # (a server that closed the tries before answering, then ended before the
+                    # last: what may tell why, TLS on there and off here, is said all the same)
+                    error.refused_once = refused_once
+                    raise error from exc
                 await asyncio.sleep(pause)
                 if not refused:
                     delay = min(delay * 2, 0.25)

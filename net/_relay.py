@@ -393,9 +393,10 @@ class LinkRelay:
             if isinstance(exc, TLSFailed):  # final too: its own words, not aiohttp's
                 raise LinkError(f"process {peer} at {exc}") from None
             # A server that closes every try before answering: a TLS port, to a
-            # process without TLS, says no more (it said "Server disconnected")
+            # process without TLS, says no more (it said "Server disconnected");
+            # also where that server ended before the last try ("Connect call failed")
             hint = ""
-            if isinstance(exc, LinkRefused) and not plan.tls:
+            if (isinstance(exc, LinkRefused) or getattr(exc, "refused_once", False)) and not plan.tls:
                 hint = (" (it closed the connection before answering: TLS on there and off here, or too "
                         "many connections pending there?)")
             raise LinkError(f"could not reach process {peer} at {url} within "
