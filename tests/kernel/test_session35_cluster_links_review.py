@@ -155,6 +155,18 @@ def test_another_program_with_a_banner_at_a_peers_address_is_said_so_on_one_line
     assert error.count("\n") == 1, error
 
 
+def _a_pair_with_certificates(tmp_path) -> tuple[list[str], tuple[int, int], str]:
+    """A ten-record pipeline, a CA and a node certificate in `tmp_path`:
+    the TLS options, two free ports and the --peers of a pair of processes."""
+    (tmp_path / "pipeline.py").write_text("from kernel import Dataflow\nflow = Dataflow('x')\n"
+                                          "flow.from_iterable(range(10)).print()\n")
+    make_ca(tmp_path)
+    sign(tmp_path, "node", "127.0.0.1", "extendedKeyUsage=serverAuth,clientAuth\n")
+    tls = ["--tls-cert", str(tmp_path / "node.pem"), "--tls-key", str(tmp_path / "node.key"),
+           "--tls-ca", str(tmp_path / "ca.pem")]
+    a, b = free_ports(2)
+    return tls, (a, b), f"127.0.0.1:{a},127.0.0.1:{b}"
+
 @pytest.mark.parametrize("tls_on", [0, 1])
 def test_tls_on_one_process_and_off_the_other_is_said_so_on_both(tmp_path, tls_on):
     """Process 0 said only `process 1 (...) did not connect within 4 s`; a
@@ -163,14 +175,7 @@ def test_tls_on_one_process_and_off_the_other_is_said_so_on_both(tmp_path, tls_o
     0x7f...> [[SSL: WRONG_VERSION_NUMBER] wrong version number ...]`; one
     without TLS to a server with it, `Server disconnected` (the server
     closes the connection, saying nothing it could read: a hint now)."""
-    (tmp_path / "pipeline.py").write_text("from kernel import Dataflow\nflow = Dataflow('x')\n"
-                                          "flow.from_iterable(range(10)).print()\n")
-    make_ca(tmp_path)
-    sign(tmp_path, "node", "127.0.0.1", "extendedKeyUsage=serverAuth,clientAuth\n")
-    tls = ["--tls-cert", str(tmp_path / "node.pem"), "--tls-key", str(tmp_path / "node.key"),
-           "--tls-ca", str(tmp_path / "ca.pem")]
-    a, b = free_ports(2)
-    peers = f"127.0.0.1:{a},127.0.0.1:{b}"
+    tls, (a, b), peers = _a_pair_with_certificates(tmp_path)
     procs = [start(tmp_path, i, peers, f"p{i}", "--startup-timeout", "4", *(tls if i == tls_on else []))
              for i in (0, 1)]
     try:
@@ -200,14 +205,7 @@ def test_a_tls_peer_that_ended_before_the_last_try_is_still_said_to_have_closed_
     on, and its last try finds nothing listening: its error said only
     `Connect call failed`, the hint of the tries process 0 closed before
     answering lost (CI's run of the test above, once, under load)."""
-    (tmp_path / "pipeline.py").write_text("from kernel import Dataflow\nflow = Dataflow('x')\n"
-                                          "flow.from_iterable(range(10)).print()\n")
-    make_ca(tmp_path)
-    sign(tmp_path, "node", "127.0.0.1", "extendedKeyUsage=serverAuth,clientAuth\n")
-    tls = ["--tls-cert", str(tmp_path / "node.pem"), "--tls-key", str(tmp_path / "node.key"),
-           "--tls-ca", str(tmp_path / "ca.pem")]
-    a, b = free_ports(2)
-    peers = f"127.0.0.1:{a},127.0.0.1:{b}"
+    tls, (a, _), peers = _a_pair_with_certificates(tmp_path)
     procs = [start(tmp_path, 0, peers, "p0", "--startup-timeout", "2.5", *tls),
              start(tmp_path, 1, peers, "p1", "--startup-timeout", "5")]
     try:
