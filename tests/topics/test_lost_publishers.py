@@ -247,7 +247,7 @@ def test_a_service_stopped_while_its_refresh_waits_leaves_no_request_running(own
 
 
 FAILING = """\
-import os, sys, time
+import os, sys
 from kernel import Dataflow, Source, run
 
 class Failing(Source):
@@ -268,7 +268,7 @@ try:
     run(flow, coordinator=sys.argv[1])
 except Exception as exc:
     print("failed:", type(exc).__name__, flush=True)
-time.sleep(60)  # (the app goes on)
+sys.stdin.read()  # (the app goes on, till the test closes its stdin)
 """
 
 
@@ -281,8 +281,8 @@ def test_an_app_whose_run_failed_and_goes_on_leaves_the_catalog(system):  # noqa
     names = {system.topic, f"{system.topic}-service"}
     fail = system.root / "fail"
     app = subprocess.Popen([PYTHON, "failing.py", f"127.0.0.1:{system.port}", system.topic, str(fail)],
-                           env=system.env, cwd=system.root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                           text=True)
+                           env=system.env, cwd=system.root, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True)
     try:
         wait_until(lambda: names <= {t["name"] for t in system.status()["topics"]} or app.poll() is not None,
                    what="the topic and the service to be registered")
@@ -294,6 +294,7 @@ def test_an_app_whose_run_failed_and_goes_on_leaves_the_catalog(system):  # noqa
     finally:
         app.kill()
         app.wait()
+        app.stdin.close()
         app.stdout.close()
 
 
