@@ -66,6 +66,16 @@ def start(tmp_path, process: int, peers: str, name: str, *options: str) -> subpr
                                  *options], stdout=out, stderr=err, env=env)
 
 
+def _exit_codes(procs: list[subprocess.Popen]) -> list[int]:
+    """How each of `procs` ended (waited for PROMPTLY each); none is left
+    running, whatever the wait met."""
+    try:
+        return [p.wait(PROMPTLY) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
 def test_a_second_process_with_the_same_process_id_is_refused_saying_so(tmp_path):
     """It was refused only after the handshake, its link closed with code
     1008: it ended with `error: lost process 0 (...): link to process 0
@@ -178,12 +188,7 @@ def test_tls_on_one_process_and_off_the_other_is_said_so_on_both(tmp_path, tls_o
     tls, (a, b), peers = _a_pair_with_certificates(tmp_path)
     procs = [start(tmp_path, i, peers, f"p{i}", "--startup-timeout", "4", *(tls if i == tls_on else []))
              for i in (0, 1)]
-    try:
-        assert [p.wait(PROMPTLY) for p in procs] == [1, 1]
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
+    assert _exit_codes(procs) == [1, 1]
     errors = [without_stall_reports((tmp_path / f"p{i}.err").read_text()).splitlines() for i in (0, 1)]
     if tls_on == 0:
         why = "plain HTTP, on a TLS port: TLS is off there (no --tls-cert) and on here?"
@@ -208,12 +213,7 @@ def test_a_tls_peer_that_ended_before_the_last_try_is_still_said_to_have_closed_
     tls, (a, _), peers = _a_pair_with_certificates(tmp_path)
     procs = [start(tmp_path, 0, peers, "p0", "--startup-timeout", "2.5", *tls),
              start(tmp_path, 1, peers, "p1", "--startup-timeout", "5")]
-    try:
-        assert [p.wait(PROMPTLY) for p in procs] == [1, 1]
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
+    assert _exit_codes(procs) == [1, 1]
     # (process 0 refused process 1's tries, plain HTTP on its TLS port, before it ended)
     assert "sent plain HTTP, on a TLS port" in (tmp_path / "p0.err").read_text()
     last = without_stall_reports((tmp_path / "p1.err").read_text()).splitlines()[-1]
