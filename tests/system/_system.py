@@ -25,7 +25,7 @@ import asyncio, json, os, sys
 from kernel.system import Client
 
 async def ask(address, secret):
-    async with Client(address, secret) as client:
+    async with Client(address, secret, timeout=10.0) as client:
         return await client.request("status")
 
 host, port, secret = sys.argv[1], int(sys.argv[2]), os.environ["KERNEL_SECRET"].encode()
@@ -194,7 +194,10 @@ class System:
             if "--tls-cert" in options else None
 
         async def ask():
-            async with Client((self.host, self.port), self.env["KERNEL_SECRET"].encode(), tls) as client:
+            # (10 s to connect, not the CLI's 2: a loaded machine's coordinator
+            # may take longer to answer, and wait_until bounds the whole wait)
+            async with Client((self.host, self.port), self.env["KERNEL_SECRET"].encode(), tls,
+                              timeout=10.0) as client:
                 return await client.request("status")
 
         return asyncio.run(ask())
