@@ -1306,14 +1306,14 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
                 _client_handshake(ws, key, process, url, meta, check_meta),
                 max(_HANDSHAKE_MIN, deadline - loop.time()))
         except TimeoutError:
-            await ws.close()
+            await _close_within(ws)
             raise LinkRefused(f"{url} did not finish the handshake in time") from None
         except (aiohttp.ClientError, ConnectionError, msgspec.DecodeError, KeyError, TypeError,
                 AttributeError) as exc:
             # the connection broke mid-handshake (a peer that died, or reset it), or the peer's
             # handshake was garbage: a LinkError as every other way of not reaching it, never
             # aiohttp's own error
-            await ws.close()
+            await _close_within(ws)
             raise LinkRefused(f"{url} broke the handshake ({type(exc).__name__}: {exc})") from exc
         return ws, peer, their_meta, session
     except BaseException:
@@ -1339,6 +1339,21 @@ def _refuse_untrusted_certificate(url: str, exc: BaseException) -> None:
                         "another program listens there") from exc
 
 
+async def _close_within(ws, code: int = 1000, message: bytes = b"") -> None:
+    """A dialler ends a handshake that failed: its close frame, then at most
+    _CLOSE_WAIT seconds for the server's (then the connection is closed).
+    aiohttp waits 10 s for it, reading on while messages come: a server
+    that never answers one (a stranger at a peer's address, a stopped
+    peer) held the dial past its timeout (a garbage hello: 10.6 s of a
+    6 s timeout), or made its wait_for end first, hiding why
+    (`authentication failed` said as `did not finish the handshake in
+    time`)."""
+    try:
+        await asyncio.wait_for(ws.close(code=code, message=message), _CLOSE_WAIT)
+    except TimeoutError:
+        pass  # (aiohttp closed the connection as it was cancelled)
+
+
 def _handshake_json(data) -> object:
     """A handshake message's JSON. Nested deeper than the decoder recurses
     (4,000 '[' fit in what a stranger may send before authenticating) it
@@ -1362,14 +1377,14 @@ async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None,
     ours = msgspec.json.encode({"process": process, "nonce": nonce, "meta": meta,
                                 "mac": _mac(key, b"client", their_nonce, process)})
     if len(ours) > HANDSHAKE_MAX_MESSAGE:  # the server would refuse it at its head
-        await ws.close()
+        await _close_within(ws)
         raise LinkError(f"the handshake to {url} would be {len(ours)} bytes (its meta "
                         f"{len(msgspec.json.encode(meta))}), over the {HANDSHAKE_MAX_MESSAGE} bytes a "
                         "server reads before authentication")
     await ws.send_str(ours.decode())
     answer = await ws.receive()
     if answer.type != aiohttp.WSMsgType.TEXT:
-        await ws.close()
+        await _close_within(ws)
         if ws.close_code == AUTH_FAILED:  # the server's word: our secret is not its
             raise AuthenticationFailed(f"process {peer} at {url}")
         if ws.close_code == UNEXPECTED:  # authenticated, but not taken: final, as a wrong secret
@@ -1382,12 +1397,12 @@ async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None,
         raise LinkRefused(f"{url} broke the handshake (closed, code {ws.close_code}, before answering)")
     reply = _handshake_json(answer.data)
     if not hmac.compare_digest(str(reply.get("mac", "")), _mac(key, b"server", nonce, peer)):
-        await ws.close(code=AUTH_FAILED, message=b"authentication failed")
+        await _close_within(ws, AUTH_FAILED, b"authentication failed")
         raise AuthenticationFailed(f"process {peer} at {url}")
     if check_meta:
         try:
             _check_meta(meta, reply.get("meta"), f"process {peer} at {url}")
         except LinkMismatch:
-            await ws.close(code=MISMATCH, message=b"incompatible peer")
+            await _close_within(ws, MISMATCH, b"incompatible peer")
             raise
     return peer, reply.get("meta")
