@@ -1308,13 +1308,19 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
         except TimeoutError:
             await _close_within(ws)
             raise LinkRefused(f"{url} did not finish the handshake in time") from None
-        except (aiohttp.ClientError, ConnectionError, msgspec.DecodeError, KeyError, TypeError,
-                AttributeError) as exc:
-            # the connection broke mid-handshake (a peer that died, or reset it), or the peer's
-            # handshake was garbage: a LinkError as every other way of not reaching it, never
-            # aiohttp's own error
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            # the connection broke mid-handshake (a peer that died, or reset it): a LinkError as
+            # every other way of not reaching it, never aiohttp's own error
             await _close_within(ws)
             raise LinkRefused(f"{url} broke the handshake ({type(exc).__name__}: {exc})") from exc
+        except (msgspec.DecodeError, KeyError, TypeError, AttributeError) as exc:
+            # The server's handshake was garbage: something else answers there, which no retry
+            # mends. (A LinkRefused, a cluster said "could not reach process 0 at ... within
+            # 30 s: JSON is malformed ... (it closed the connection before answering: TLS on
+            # there and off here, ...?)": reached, at once, and nothing closed.)
+            await _close_within(ws)
+            raise NotAKernelServer(f"{url} answered, but not as a kernel server (it broke the handshake: "
+                                   f"{type(exc).__name__}: {str(exc)[:200]})") from exc
         return ws, peer, their_meta, session
     except BaseException:
         if own_session:
@@ -1369,8 +1375,14 @@ def _handshake_json(data) -> object:
 async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None,
                             check_meta: bool = True) -> tuple[int, object]:
     message = await ws.receive()
-    if message.type != aiohttp.WSMsgType.TEXT:
+    if message.type in _ENDED:  # (a server closing: stopping, or at its own time limit)
+        await _close_within(ws)
         raise LinkRefused(f"{url} did not start the handshake")
+    if message.type != aiohttp.WSMsgType.TEXT:  # a binary message, a broken or oversized frame
+        await _close_within(ws)
+        what = f": {str(message.data)[:200]}" if message.type is _ERROR else ""
+        raise NotAKernelServer(f"{url} answered, but not as a kernel server (it did not start the handshake: "
+                               f"a {message.type.name} message{what})")
     hello = _handshake_json(message.data)
     peer, their_nonce = hello["process"], hello["nonce"]
     nonce = os.urandom(32).hex()

@@ -384,12 +384,12 @@ class LinkRelay:
                 timeout=timeout, ssl=plan.tls.client_context() if plan.tls else True,
                 heartbeat=plan.heartbeat, meta=plan.meta)
         except LinkError as exc:
-            unreachable = exc.__cause__
-            if unreachable is None or isinstance(exc, (AuthenticationFailed, LinkMismatch)):
-                raise
             if isinstance(exc, NotAKernelServer):  # final, at once: not "could not reach ... within 30 s"
                 raise LinkError(f"process {peer} at {exc}: another program listens there, or --peers "
                                 "gives the wrong port") from None
+            unreachable = exc.__cause__
+            if unreachable is None or isinstance(exc, (AuthenticationFailed, LinkMismatch)):
+                raise
             if isinstance(exc, TLSFailed):  # final too: its own words, not aiohttp's
                 raise LinkError(f"process {peer} at {exc}") from None
             # A server that closes every try before answering: a TLS port, to a

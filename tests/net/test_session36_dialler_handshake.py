@@ -12,7 +12,7 @@ import time
 
 import pytest
 from aiohttp import web
-from kernel.net._links import PATH, AuthenticationFailed, connect
+from kernel.net._links import PATH, AuthenticationFailed, LinkRefused, NotAKernelServer, connect
 
 SECRET = "dialler-review-secret"
 
@@ -75,3 +75,41 @@ async def test_a_garbage_hello_from_a_server_that_reads_nothing_ends_the_dial_wi
         with pytest.raises(Exception, match="handshake"):
             await connect(url, SECRET, 1, timeout=4)
         assert time.monotonic() - started < 3
+
+
+async def _read_on(ws) -> None:
+    async for _ in ws:  # (answers the dialler's close frame)
+        pass
+
+
+@pytest.mark.parametrize("hello", ["not json at all", "[1, 2]", '{"process": 0, "nonce": 5}', b"\x00" * 8])
+async def test_a_server_whose_hello_is_garbage_is_another_program_said_at_once(hello):
+    """A hello that is not JSON, not an object, with a nonce that is not a
+    string, or binary: the dialler's error was a LinkRefused, `broke the
+    handshake (TypeError: list indices must be integers ...)`, which a
+    cluster said as `could not reach process 0 at ... within 30 s: ... (it
+    closed the connection before answering: TLS on there and off here, or
+    too many connections pending there?)`: reached at once, nothing
+    closed. Now what the link says of another program on a peer's port."""
+
+    async def garbage(ws) -> None:
+        await (ws.send_str(hello) if isinstance(hello, str) else ws.send_bytes(hello))
+        await _read_on(ws)
+
+    async with _websocket_server(garbage) as url:
+        with pytest.raises(NotAKernelServer) as raised:
+            await connect(url, SECRET, 1, timeout=4)
+    said = str(raised.value)
+    assert said.startswith(f"{url} answered, but not as a kernel server (it "), said
+    assert ("a BINARY message" if isinstance(hello, bytes) else "broke the handshake: ") in said, said
+
+
+async def test_a_server_that_closes_before_its_hello_is_still_a_refusal():
+    """(Not another program: a kernel server stopping, or at its time limit.)"""
+
+    async def close_at_once(ws) -> None:
+        await ws.close()
+
+    async with _websocket_server(close_at_once) as url:
+        with pytest.raises(LinkRefused, match="did not start the handshake"):
+            await connect(url, SECRET, 1, timeout=4)
