@@ -62,7 +62,9 @@ compression, small HTTP header limits, MAX_PENDING such connections at once
 (an address holding more of them than a newcomer's gives up its oldest) and
 HANDSHAKE_TIMEOUT seconds from connecting to authenticated (with TLS, as
 long again for the TLS handshake, which comes before the server sees the
-connection).
+connection). A dialler is guarded alike until the server has authenticated
+(`_UntilServerAuthenticated`): the server's hello and answer
+HANDSHAKE_MAX_MESSAGE bytes each, PENDING_MAX_BYTES in all.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ from collections.abc import Callable, Coroutine
 import aiohttp
 import msgspec
 from aiohttp import web
-from aiohttp.http import WebSocketReader
+from aiohttp.http import WebSocketError, WebSocketReader, WSCloseCode
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
@@ -1227,6 +1229,142 @@ class LinkServer(AuthenticatedServer):
             self.links.pop(peer, None)
 
 
+_WS_HEAD = struct.Struct(">BB")  # a websocket frame's first two bytes: FIN and opcode, mask and length
+_WS_LENGTH = {126: struct.Struct(">H"), 127: struct.Struct(">Q")}  # the extended payload lengths
+
+
+class _UntilServerAuthenticated:
+    """A dialler's websocket parser until the server has proved it holds the
+    secret: what a stranger answering at a peer's address may make it hold
+    is as little as what a server lets a stranger send (`LinkServer`).
+    aiohttp's parser takes data frames' size from the start (`max_frame`),
+    so a listener that upgraded the connection could make a dialler buffer
+    16 MiB for its hello (a review: 15 MiB, 115 MB of peak RSS in the relay).
+    Here the frames' heads are read as they come, before aiohttp's parser
+    sees them: the server's two messages (its hello, its answer) may be
+    HANDSHAKE_MAX_MESSAGE bytes each, refused at their head, and everything
+    up to the end of the answer PENDING_MAX_BYTES in all. What comes after
+    the answer (a peer's first data frames, sent right after it) is held,
+    reading paused, until the dialler has checked the answer's mac
+    (`authenticated`): then aiohttp's parser gets it, and this one leaves
+    the connection, costing the data path nothing after it."""
+
+    __slots__ = ("_ends_message", "_head", "_held", "_in_message", "_messages", "_protocol", "_queue",
+                 "_reader", "_received", "_skip")
+
+    def __init__(self, reader, queue, protocol) -> None:
+        self._reader = reader  # aiohttp's parser (its limit: a data frame's)
+        self._queue = queue  # where it puts the messages (and we an error)
+        self._protocol = protocol  # aiohttp's connection
+        self._head = b""  # the head of a frame, while incomplete
+        self._skip = 0  # bytes of the current frame's payload still to come
+        self._ends_message = False  # the current frame ends a data message
+        self._in_message = 0  # bytes of the data message under way
+        self._messages = 0  # data messages complete: the hello, then the answer
+        self._received = 0  # bytes up to the end of the answer
+        self._held: bytes | None = None  # after the answer, until `authenticated`
+
+    def feed_data(self, data) -> tuple[bool, bytes]:
+        if self._held is not None:  # (reading is paused: a read under way at most)
+            self._held += data
+            return False, b""
+        try:
+            end = self._scan(data)
+        except WebSocketError as exc:
+            self._queue.set_exception(exc)
+            return True, b""  # (aiohttp drops the connection's parser and reads nothing more)
+        if self._messages == 2:  # the answer is whole: what follows waits for its check
+            self._held = bytes(data[end:])
+            data = data[:end]
+            self._protocol.transport.pause_reading()
+        return self._reader.feed_data(data) if data else (False, b"")
+
+    def _scan(self, data) -> int:
+        """Where in `data` the server's answer ends (len(data) where not in
+        it); a WebSocketError where the server sent too much."""
+        pos, size = 0, len(data)
+        while pos < size and self._messages < 2:
+            if self._skip:
+                step = min(self._skip, size - pos)
+                self._skip -= step
+                pos += step
+            else:
+                taken = len(self._head)
+                self._head += bytes(data[pos:pos + 14 - taken])
+                length = self._frame(self._head)
+                if length is None:  # (the rest of the head comes in the next read)
+                    pos = size
+                    break
+                pos += length - taken
+                self._head = b""
+            if not self._skip and self._ends_message:
+                self._ends_message = False
+                self._in_message = 0
+                self._messages += 1
+        self._received += pos
+        if self._received > PENDING_MAX_BYTES:
+            raise WebSocketError(WSCloseCode.MESSAGE_TOO_BIG, f"it sent more than "
+                                 f"{PENDING_MAX_BYTES // 1024} KiB before authenticating")
+        return pos
+
+    def _frame(self, head: bytes) -> int | None:
+        """The length of a frame's head (None while incomplete); its
+        payload's length goes to `_skip`."""
+        if len(head) < 2:
+            return None
+        first, second = _WS_HEAD.unpack_from(head)
+        extended = _WS_LENGTH.get(second & 0x7F)
+        length = 2 + (extended.size if extended else 0) + (4 if second & 0x80 else 0)
+        if len(head) < length:
+            return None
+        payload = extended.unpack_from(head, 2)[0] if extended else second & 0x7F
+        if first & 0x0F < 8:  # a data frame (text, binary, continuation): the rest is aiohttp's to judge
+            self._in_message += payload
+            if self._in_message > HANDSHAKE_MAX_MESSAGE:
+                raise WebSocketError(WSCloseCode.MESSAGE_TOO_BIG, f"a message of {self._in_message} bytes "
+                                     f"before authenticating, over the {HANDSHAKE_MAX_MESSAGE} a dialler "
+                                     "reads")
+            self._ends_message = bool(first & 0x80)
+        self._skip = payload
+        return length
+
+    def authenticated(self) -> None:
+        """The server's answer checks out: aiohttp's parser reads the rest,
+        first what came after the answer. (Reading resumes first: held
+        frames that fill aiohttp's queue pause it again, as they should.)"""
+        protocol = self._protocol
+        held, self._held = self._held or b"", None
+        protocol._payload_parser = self._reader
+        if protocol.transport is not None:
+            protocol.transport.resume_reading()
+        if held:
+            protocol.data_received(held)
+
+    def feed_eof(self) -> None:
+        self._reader.feed_eof()
+
+
+class _DiallerWebSocket(aiohttp.ClientWebSocketResponse):
+    """aiohttp's client websocket whose parser is `_UntilServerAuthenticated`
+    until the handshake is done (`guard`, from the connection's first
+    websocket byte: aiohttp parses what came with the upgrade as it sets the
+    parser in place, before `ws_connect` returns)."""
+
+    guard: _UntilServerAuthenticated | None = None
+
+    @property
+    def _parser(self):
+        return self.guard if self.guard is not None else self._reader_parser
+
+    @_parser.setter
+    def _parser(self, reader) -> None:  # (aiohttp sets its parser here, then hands this to the connection)
+        self._reader_parser = reader
+        if reader is None:
+            self.guard = None
+        elif self.guard is None:
+            self.guard = _UntilServerAuthenticated(reader, self._reader, self._conn.protocol)
+
+
 async def dial(url: str, secret, process: int, channels, on_frame, *, window: int = DEFAULT_WINDOW,
                max_frame: int = DEFAULT_MAX_FRAME, timeout: float = 30.0, ssl=True,
                session: aiohttp.ClientSession | None = None, heartbeat: float = DEFAULT_HEARTBEAT,
@@ -1256,7 +1394,8 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
     key = _secret(secret)
     own_session = session is None
     if session is None:
-        session = aiohttp.ClientSession()
+        # (its websockets read little until the server has authenticated: _DiallerWebSocket)
+        session = aiohttp.ClientSession(ws_response_class=_DiallerWebSocket)
         # aiohttp sends a GET (the upgrade) again, at once, on a new
         # connection, when the server closes or resets the first before
         # answering: each refused try was two connections, two refusals in
@@ -1378,11 +1517,14 @@ async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None,
     if message.type in _ENDED:  # (a server closing: stopping, or at its own time limit)
         await _close_within(ws)
         raise LinkRefused(f"{url} did not start the handshake")
-    if message.type != aiohttp.WSMsgType.TEXT:  # a binary message, a broken or oversized frame
+    if message.type is _ERROR:  # a broken frame, or too much before authenticating
         await _close_within(ws)
-        what = f": {str(message.data)[:200]}" if message.type is _ERROR else ""
+        raise NotAKernelServer(f"{url} answered, but not as a kernel server (it broke the handshake: "
+                               f"{str(message.data)[:200]})")
+    if message.type != aiohttp.WSMsgType.TEXT:  # a binary message
+        await _close_within(ws)
         raise NotAKernelServer(f"{url} answered, but not as a kernel server (it did not start the handshake: "
-                               f"a {message.type.name} message{what})")
+                               f"a {message.type.name} message)")
     hello = _handshake_json(message.data)
     peer, their_nonce = hello["process"], hello["nonce"]
     nonce = os.urandom(32).hex()
@@ -1395,6 +1537,10 @@ async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None,
                         "server reads before authentication")
     await ws.send_str(ours.decode())
     answer = await ws.receive()
+    if answer.type is _ERROR:  # (as the hello's: not a kernel's answer)
+        await _close_within(ws)
+        raise NotAKernelServer(f"{url} answered, but not as a kernel server (it broke the handshake: "
+                               f"{str(answer.data)[:200]})")
     if answer.type != aiohttp.WSMsgType.TEXT:
         await _close_within(ws)
         if ws.close_code == AUTH_FAILED:  # the server's word: our secret is not its
@@ -1411,6 +1557,10 @@ async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None,
     if not hmac.compare_digest(str(reply.get("mac", "")), _mac(key, b"server", nonce, peer)):
         await _close_within(ws, AUTH_FAILED, b"authentication failed")
         raise AuthenticationFailed(f"process {peer} at {url}")
+    guard = getattr(ws, "guard", None)
+    if guard is not None:  # the server is who it says: its frames may be a data frame's size now
+        ws.guard = None
+        guard.authenticated()
     if check_meta:
         try:
             _check_meta(meta, reply.get("meta"), f"process {peer} at {url}")

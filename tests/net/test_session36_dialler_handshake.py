@@ -7,12 +7,17 @@ small aiohttp or asyncio server in each test plays the hostile listener."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
+import json
+import struct
 import time
 
 import pytest
 from aiohttp import web
-from kernel.net._links import PATH, AuthenticationFailed, LinkRefused, NotAKernelServer, connect
+from kernel.net._links import PATH, AuthenticationFailed, Link, LinkRefused, NotAKernelServer, connect, dial
 
 SECRET = "dialler-review-secret"
 
@@ -113,3 +118,171 @@ async def test_a_server_that_closes_before_its_hello_is_still_a_refusal():
     async with _websocket_server(close_at_once) as url:
         with pytest.raises(LinkRefused, match="did not start the handshake"):
             await connect(url, SECRET, 1, timeout=4)
+
+
+def _frame(payload: bytes, opcode: int = 1, fin: bool = True, length: int | None = None) -> bytes:
+    """A server's websocket frame (unmasked), its head saying `length` bytes
+    (the payload's own by default)."""
+    length = len(payload) if length is None else length
+    first = (0x80 if fin else 0) | opcode
+    if length < 126:
+        head = struct.pack(">BB", first, length)
+    elif length < 1 << 16:
+        head = struct.pack(">BBH", first, 126, length)
+    else:
+        head = struct.pack(">BBQ", first, 127, length)
+    return head + payload
+
+
+async def _upgrade(reader, writer) -> bytes:
+    """Read a websocket upgrade; the answer that accepts it (RFC 6455)."""
+    request = await reader.readuntil(b"\r\n\r\n")
+    key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
+               if line.lower().startswith(b"sec-websocket-key:"))
+    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+
+
+async def _read_frame(reader) -> tuple[int, bytes]:
+    """A client's (masked) frame: (opcode, payload)."""
+    first, second = await reader.readexactly(2)
+    length = second & 0x7F
+    if length == 126:
+        (length,) = struct.unpack(">H", await reader.readexactly(2))
+    elif length == 127:
+        (length,) = struct.unpack(">Q", await reader.readexactly(8))
+    mask = await reader.readexactly(4)
+    payload = await reader.readexactly(length)
+    return first & 0x0F, bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+@contextlib.asynccontextmanager
+async def _raw_server(script):
+    """A TCP server whose connections run `script(reader, writer)`, then are
+    held open until the test ends. Yields its URL."""
+    done = asyncio.Event()
+    tasks = []
+
+    async def on_connection(reader, writer):
+        tasks.append(asyncio.current_task())
+        try:
+            await script(reader, writer)
+            await done.wait()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(on_connection, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        done.set()
+        server.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+HELLO = b'{"process": 0, "nonce": "00"}'
+MIB_15 = 15 << 20
+
+
+@pytest.mark.parametrize("with_the_upgrade", [True, False], ids=["with the upgrade", "after it"])
+async def test_a_hello_of_15_mib_is_refused_at_its_head(with_the_upgrade):
+    """The dialler read a server's messages up to a data frame's 16 MiB
+    from the start: a listener at a peer's address that upgraded and sent
+    a hello of 15 MiB made it buffer all of it (115 MB of peak RSS in a
+    cluster's relay), or, sending only its first 64 KiB, wait for the rest
+    until the handshake's time was up (`did not finish the handshake in
+    time`). Now refused at the frame's head, at once, whether it comes in
+    one write with the 101 (aiohttp parses that as it sets its parser in
+    place) or after."""
+
+    async def big_hello(reader, writer):
+        upgrade = await _upgrade(reader, writer)
+        head = _frame(b"a" * 65536, length=MIB_15)
+        writer.write(upgrade + head if with_the_upgrade else upgrade)
+        if not with_the_upgrade:
+            await writer.drain()
+            writer.write(head)
+        await writer.drain()
+
+    async with _raw_server(big_hello) as url:
+        started = time.monotonic()
+        with pytest.raises(NotAKernelServer) as raised:
+            await connect(url, SECRET, 1, timeout=4)
+        assert time.monotonic() - started < 1.5
+    assert str(raised.value) == (f"{url} answered, but not as a kernel server (it broke the handshake: a "
+                                 f"message of {MIB_15} bytes before authenticating, over the 4096 a dialler "
+                                 "reads)")
+
+
+@pytest.mark.parametrize("fragments", [1, 3])
+async def test_an_answer_over_4_kib_is_refused_at_its_head_whole_or_in_fragments(fragments):
+    """The answer to the dialler's hello, the server's second message: 4 KiB
+    at most too, counted over its fragments."""
+
+    async def big_answer(reader, writer):
+        writer.write(await _upgrade(reader, writer) + _frame(HELLO))
+        await _read_frame(reader)  # the dialler's hello
+        piece = b"x" * 2000
+        writer.write(b"".join(_frame(piece, opcode=1 if i == 0 else 0, fin=i == fragments - 1)
+                              for i in range(fragments - 1)) + _frame(piece, opcode=0 if fragments > 1 else 1,
+                                                                      length=MIB_15))
+        await writer.drain()
+
+    async with _raw_server(big_answer) as url:
+        with pytest.raises(NotAKernelServer, match=rf"a message of {MIB_15 + 2000 * (fragments - 1)} bytes "
+                                                   "before authenticating"):
+            await connect(url, SECRET, 1, timeout=4)
+
+
+async def test_pings_past_64_kib_before_the_hello_are_refused():
+    """Small frames without end (pings, each answered) before any hello:
+    64 KiB in all before the server has authenticated, as a server allows
+    a stranger."""
+
+    async def pings(reader, writer):
+        writer.write(await _upgrade(reader, writer))
+        for _ in range(1000):
+            writer.write(_frame(b"p" * 100, opcode=9))
+        await writer.drain()
+
+    async with _raw_server(pings) as url:
+        with pytest.raises(NotAKernelServer, match="it sent more than 64 KiB before authenticating"):
+            await connect(url, SECRET, 1, timeout=4)
+
+
+@pytest.mark.parametrize("after", [1 << 20, 100], ids=["a 1 MiB frame", "a small frame"])
+async def test_a_peers_first_frame_in_the_same_write_as_its_answer_arrives_whole(after):
+    """A kernel server sends its first data frames as soon as it has
+    answered: they may come in the dialler's read of the answer, before the
+    dialler has checked it. Held until then, they arrive whole, in order."""
+    data = bytes(range(256)) * (after // 256) if after >= 256 else b"d" * after
+
+    async def peer(reader, writer):
+        writer.write(await _upgrade(reader, writer) + _frame(HELLO))
+        _, hello = await _read_frame(reader)
+        nonce = json.loads(hello)["nonce"]
+        mac = hmac.new(SECRET.encode(), b"server|" + nonce.encode() + b"|0", hashlib.sha256).hexdigest()
+        answer = json.dumps({"mac": mac, "meta": None}).encode()
+        writer.write(_frame(answer) + _frame(struct.pack("<IB", 0, 1) + data, opcode=2)
+                     + _frame(struct.pack("<IB", 0, 1) + b"second", opcode=2))
+        await writer.drain()
+        while (await _read_frame(reader))[0] != 8:  # until the dialler's close, answered
+            pass
+        writer.write(_frame(b"", opcode=8))
+
+    async with _raw_server(peer) as url:
+        link, session = await dial(url, SECRET, 1, {0}, lambda *frame: None, timeout=4)
+        try:
+            frames = []
+            async for channel, kind, body in link:
+                frames.append((channel, kind, bytes(body)))
+                if len(frames) == 2:
+                    break
+        finally:
+            await link.close()
+            await session.close()
+    assert frames == [(0, 1, data), (0, 1, b"second")]
+    assert isinstance(link, Link)
