@@ -79,6 +79,7 @@ import ssl
 import struct
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
@@ -163,6 +164,10 @@ _OVERFLOW_LOG_EVERY = 5.0  # seconds between reports of refusals over MAX_PENDIN
 REFUSED_FIRST, REFUSED_MOST = 0.1, 2.0
 REFUSALS_LOGGED = 10  # refusals logged one by one in each _OVERFLOW_LOG_EVERY seconds; the rest counted
 _CLOSE_WAIT = 1.0  # seconds a closing server end waits for the peer's close frame
+# seconds a dial that found its connection closed before its request went out
+# waits, on a new one, for the server to speak first (`_speaks_first`): a
+# program that does (an SSH server's banner) does so as it accepts
+_PROBE_WAIT = 0.5
 _BINARY = aiohttp.WSMsgType.BINARY
 _ERROR = aiohttp.WSMsgType.ERROR
 _CLOSE = aiohttp.WSMsgType.CLOSE
@@ -1406,6 +1411,7 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
     delay = 0.01  # peers of one cluster start within moments of each other: retry soon
     refused_pauses = backoff(REFUSED_FIRST, REFUSED_MOST)
     refused_once = False  # a try the server closed before answering (the last one may find it gone)
+    probed = False  # (`_speaks_first`: once a dial)
     loop = asyncio.get_running_loop()
     try:
         while True:
@@ -1427,6 +1433,13 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
                                        f"{what})") from exc
             except (aiohttp.ClientConnectionError, OSError) as exc:
                 _refuse_untrusted_certificate(url, exc)
+                if not probed and url.startswith("http:") and any(
+                        isinstance(c, aiohttp.ClientConnectionResetError) for c in causes(exc)):
+                    probed = True
+                    first = await _speaks_first(url, min(_PROBE_WAIT, max(0.01, deadline - loop.time())))
+                    if first:
+                        raise NotAKernelServer(f"{url} answered, but not as a kernel server (it spoke first, "
+                                               f"before any request: {first!r})") from exc
                 refused = refused_by_server(exc)
                 refused_once = refused_once or refused
                 pause = next(refused_pauses) if refused else delay
@@ -1465,6 +1478,31 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
         if own_session:
             await session.close()
         raise
+
+
+async def _speaks_first(url: str, wait: float) -> bytes:
+    """The first bytes the server at `url` (plain http) sends on a new
+    connection before it is asked anything, within `wait` seconds (b"":
+    none, or no connection). A kernel server, as any HTTP server, waits
+    for the request; a program that speaks first (sshd's banner, SMTP's
+    greeting) is another program. Where its bytes came before aiohttp
+    had written the upgrade (uvloop reads at once), aiohttp's parser
+    failed and closed the connection, and the write of the request said
+    only "Cannot write to closing transport": taken for a server refusing
+    the connection, it was retried until the timeout, then said as
+    `could not reach ... within 30 s: Cannot write to closing transport`."""
+    address = urlsplit(url)
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(address.hostname, address.port or 80), wait)
+    except (OSError, TimeoutError):
+        return b""
+    try:
+        return await asyncio.wait_for(reader.read(64), wait)
+    except (OSError, TimeoutError):
+        return b""
+    finally:
+        writer.transport.abort()
 
 
 def _refuse_untrusted_certificate(url: str, exc: BaseException) -> None:

@@ -286,3 +286,45 @@ async def test_a_peers_first_frame_in_the_same_write_as_its_answer_arrives_whole
             await session.close()
     assert frames == [(0, 1, data), (0, 1, b"second")]
     assert isinstance(link, Link)
+
+
+@pytest.mark.parametrize("then", ["holds the connection", "closes it"])
+def test_a_program_that_speaks_first_at_a_peers_address_is_said_so_at_once_on_uvloop(then):
+    """An SSH server at a peer's address sends its banner as it accepts. On
+    uvloop (a kernel's loop: a topic's subscriber, a service's client) the
+    banner came before aiohttp had written the upgrade: its parser failed
+    and closed the connection, the write said `Cannot write to closing
+    transport`, and the dial, taking that for a refusal, retried until its
+    timeout: `could not reach ... within 3 s: Cannot write to closing
+    transport`. (On asyncio's loop aiohttp writes first and says `400 Bad
+    status line`.)"""
+    import uvloop
+
+    async def scenario():
+        done = asyncio.Event()
+
+        async def sshd(reader, writer):
+            writer.write(b"SSH-2.0-OpenSSH_9.6\r\n")
+            await writer.drain()
+            if then == "holds the connection":
+                await done.wait()
+            writer.close()
+
+        server = await asyncio.start_server(sshd, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        started = time.monotonic()
+        try:
+            with pytest.raises(NotAKernelServer) as raised:
+                await connect(url, SECRET, 1, timeout=3)
+        finally:
+            done.set()
+            server.close()
+        return url, str(raised.value), time.monotonic() - started
+
+    url, said, took = uvloop.run(scenario())
+    assert took < 2
+    assert said in (f"{url} answered, but not as a kernel server (it spoke first, before any request: "
+                    "b'SSH-2.0-OpenSSH_9.6\\r\\n')",
+                    # (aiohttp wrote first after all: its own words)
+                    f"{url} answered, but not as a kernel server (400 Bad status line: Expected HTTP/, RTSP/ "
+                    "or ICE/: b'SSH-2.0-OpenSSH_9.6' ^)"), said
