@@ -388,6 +388,10 @@ class LinkRelay:
                 raise LinkError(f"process {peer} at {exc}: another program listens there, or --peers "
                                 "gives the wrong port") from None
             unreachable = exc.__cause__
+            if unreachable is None and isinstance(exc, LinkRefused):  # reached, then the handshake failed
+                # (it said `error: http://10.0.0.1:7000 did not finish the handshake in time`,
+                # naming no process)
+                raise LinkError(f"process {peer} at {exc}") from None
             if unreachable is None or isinstance(exc, (AuthenticationFailed, LinkMismatch)):
                 raise
             if isinstance(exc, TLSFailed):  # final too: its own words, not aiohttp's

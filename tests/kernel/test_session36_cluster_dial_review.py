@@ -36,13 +36,13 @@ def _upgraded(connection: socket.socket) -> None:
                        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
 
 
-def _start(tmp_path, peers: str) -> subprocess.Popen:
+def _start(tmp_path, peers: str, startup_timeout: str = "30") -> subprocess.Popen:
     (tmp_path / "pipeline.py").write_text("from kernel import Dataflow\nflow = Dataflow('x')\n"
                                           "flow.from_iterable(range(10)).print()\n")
     env = {**os.environ, "KERNEL_SECRET": SECRET}
     with open(tmp_path / "p1.err", "w") as err:
         return subprocess.Popen([sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"),
-                                 "--process-id", "1", "--peers", peers, "--startup-timeout", "30"],
+                                 "--process-id", "1", "--peers", peers, "--startup-timeout", startup_timeout],
                                 stdout=subprocess.DEVNULL, stderr=err, env=env)
 
 
@@ -74,3 +74,25 @@ def test_a_websocket_server_with_a_garbage_hello_at_a_peers_address_is_said_so_a
                             "server (it "), error
     assert error.endswith("): another program listens there, or --peers gives the wrong port\n"), error
     assert error.count("\n") == 1, error
+
+
+def test_a_server_that_stalls_in_the_handshake_at_a_peers_address_is_named_as_that_process(tmp_path):
+    """A server at process 0's address that sends a kernel's hello and never
+    answers the dialler's: the run ended with `error: http://127.0.0.1:PORT
+    did not finish the handshake in time`, naming no process."""
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        port = other.getsockname()[1]
+        (free,) = free_ports(1)
+        process = _start(tmp_path, f"127.0.0.1:{port},127.0.0.1:{free}", startup_timeout="2")
+        try:
+            other.settimeout(PROMPTLY)
+            connection, _ = other.accept()
+            with connection:
+                _upgraded(connection)
+                connection.sendall(b'\x81\x1d{"process": 0, "nonce": "00"}')
+                assert process.wait(PROMPTLY) == 1
+        finally:
+            process.kill()
+            process.wait()
+    assert without_stall_reports((tmp_path / "p1.err").read_text()) == (
+        f"error: process 0 at http://127.0.0.1:{port} did not finish the handshake in time\n")
