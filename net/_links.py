@@ -1395,7 +1395,9 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
     heartbeat (as `AuthenticatedServer`'s `ws_heartbeat`; None: none). A server that refuses the connection
     before authenticating is tried again later than one not there yet
     (REFUSED_FIRST, doubling), and its refusal, once no more tries are
-    left, is a `LinkRefused`."""
+    left, is a `LinkRefused`. A `session` of the caller's reads what the
+    server sends before authenticating with its own limits, unless its
+    `ws_response_class` is `_DiallerWebSocket` (the session made here)."""
     key = _secret(secret)
     own_session = session is None
     if session is None:
