@@ -266,6 +266,16 @@ def _mac(secret: bytes, role: bytes, nonce: str, process: int) -> str:
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
+def _same_mac(given, expected: str) -> bool:
+    """Whether the mac a peer sent (any JSON value) is `expected`, in
+    constant time. Compared as bytes: hmac.compare_digest refuses str with
+    non-ASCII characters (TypeError), which a stranger's hello with a mac
+    of "\u00e9" raised past the server's handling of bad handshakes: aiohttp
+    logged an ERROR with its traceback for each such connection, neither
+    counted nor rate-limited."""
+    return hmac.compare_digest(str(given).encode(errors="replace"), expected.encode())
+
+
 def _secret(secret: bytes | str) -> bytes:
     if not secret:
         raise ValueError("a link needs a shared secret (KERNEL_SECRET or --secret-file)")
@@ -1141,7 +1151,7 @@ class AuthenticatedServer:
             raise LinkError(f"{address} sent a malformed handshake")
         peer = hello["process"]
         expected = _mac(self._secret, b"client", nonce, peer)
-        if not hmac.compare_digest(str(hello.get("mac", "")), expected):
+        if not _same_mac(hello.get("mac"), expected):
             raise AuthenticationFailed(f"process {peer} at {address}")
         unexpected = self._unexpected(peer)
         if unexpected is not None:
@@ -1594,7 +1604,7 @@ async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None,
         # a wrong secret, which a caller takes as final
         raise LinkRefused(f"{url} broke the handshake (closed, code {ws.close_code}, before answering)")
     reply = _handshake_json(answer.data)
-    if not hmac.compare_digest(str(reply.get("mac", "")), _mac(key, b"server", nonce, peer)):
+    if not _same_mac(reply.get("mac"), _mac(key, b"server", nonce, peer)):
         await _close_within(ws, AUTH_FAILED, b"authentication failed")
         raise AuthenticationFailed(f"process {peer} at {url}")
     guard = getattr(ws, "guard", None)

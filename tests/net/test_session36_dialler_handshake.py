@@ -328,3 +328,44 @@ def test_a_program_that_speaks_first_at_a_peers_address_is_said_so_at_once_on_uv
                     # (aiohttp wrote first after all: its own words)
                     f"{url} answered, but not as a kernel server (400 Bad status line: Expected HTTP/, RTSP/ "
                     "or ICE/: b'SSH-2.0-OpenSSH_9.6' ^)"), said
+
+
+async def test_a_strangers_hello_with_a_mac_that_is_not_ascii_is_a_logged_refusal(caplog):
+    """README, Bad input: a stranger's bad handshake closes its connection
+    and is logged as a refusal, rate-limited. A hello whose mac holds a
+    character that is not ASCII made hmac.compare_digest raise TypeError
+    past the server's handling: aiohttp logged an ERROR with a traceback
+    for each such connection, none counted, and dropped it (1006) where a
+    wrong mac is refused (4001, `authentication failed`). The dialler
+    took a server's such answer for garbage, not for a wrong mac."""
+    import logging
+
+    import aiohttp
+    from kernel.net._links import LinkServer
+
+    server = LinkServer("127.0.0.1", 0, SECRET, 0, {0}, lambda peer: (lambda *frame: None))
+    await server.start()
+    try:
+        with caplog.at_level(logging.WARNING):
+            async with aiohttp.ClientSession() as session:
+                ws = await session.ws_connect(f"http://127.0.0.1:{server.port}{PATH}")
+                await ws.receive(timeout=5)
+                await ws.send_str('{"process": 1, "nonce": "00", "mac": "\\u00e9"}')
+                answer = await ws.receive(timeout=5)
+                await ws.close()
+        assert (answer.type.name, answer.data) == ("CLOSE", 4001)
+        assert [r.levelname for r in caplog.records if r.levelno >= logging.ERROR] == []
+        refusal = "refused a link from 127.0.0.1: authentication failed with process 1 at 127.0.0.1"
+        assert refusal in caplog.text
+    finally:
+        await server.stop()
+
+    async def non_ascii_answer(ws) -> None:
+        await ws.send_str('{"process": 0, "nonce": "00"}')
+        await ws.receive()
+        await ws.send_str('{"mac": "\\u00e9"}')
+        await _read_on(ws)
+
+    async with _websocket_server(non_ascii_answer) as url:
+        with pytest.raises(AuthenticationFailed):
+            await connect(url, SECRET, 1, timeout=4)
