@@ -1549,6 +1549,12 @@ async def _close_within(ws, code: int = 1000, message: bytes = b"") -> None:
         pass  # (aiohttp closed the connection as it was cancelled)
 
 
+def _printable(text: str) -> str:
+    """`text` with what is not printable (new lines, terminal escapes)
+    escaped: for words of a server not authenticated yet, in our errors."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _handshake_json(data) -> object:
     """A handshake message's JSON. Nested deeper than the decoder recurses
     (4,000 '[' fit in what a stranger may send before authenticating) it
@@ -1577,6 +1583,11 @@ async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None,
                                f"a {message.type.name} message)")
     hello = _handshake_json(message.data)
     peer, their_nonce = hello["process"], hello["nonce"]
+    # (said in errors before the server has proved anything: a stranger's text, new
+    # lines and terminal escapes in it, went into the dialler's error as it was)
+    if not (type(peer) is int and isinstance(their_nonce, str)):
+        raise TypeError(f"a hello whose process is a {type(peer).__name__}, its nonce a "
+                        f"{type(their_nonce).__name__}")
     nonce = os.urandom(32).hex()
     ours = msgspec.json.encode({"process": process, "nonce": nonce, "meta": meta,
                                 "mac": _mac(key, b"client", their_nonce, process)})
@@ -1597,6 +1608,7 @@ async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None,
             raise AuthenticationFailed(f"process {peer} at {url}")
         if ws.close_code == UNEXPECTED:  # authenticated, but not taken: final, as a wrong secret
             why = answer.extra if answer.type is aiohttp.WSMsgType.CLOSE and answer.extra else "unexpected"
+            why = _printable(str(why))  # (a stranger may close so too)
             raise LinkError(f"process {peer} at {url} refused this process ({process}): {why} there "
                             f"(is --process-id {process} given to two processes, or do the --peers "
                             "lists differ?)")

@@ -369,3 +369,39 @@ async def test_a_strangers_hello_with_a_mac_that_is_not_ascii_is_a_logged_refusa
     async with _websocket_server(non_ascii_answer) as url:
         with pytest.raises(AuthenticationFailed):
             await connect(url, SECRET, 1, timeout=4)
+
+
+async def test_a_strangers_words_reach_the_diallers_error_without_new_lines_or_terminal_escapes():
+    """Before the server has proved it holds the secret, its hello's process
+    (any JSON: a string) and its close frame's reason went into the
+    dialler's error as they were: a listener at a peer's address without
+    the secret printed `error: authentication failed with process 0 at
+    http://x` and a second line of its own, in red, under `kernel.run`.
+    A hello's process must be an int (as the server requires of the
+    dialler's); a reason is said with what is not printable escaped."""
+    from kernel.net._links import UNEXPECTED, LinkError
+
+    forged = "0 at http://x\nerror: \x1b[31mrerun with --secret hunter2\x1b[0m"
+
+    async def forged_process(ws) -> None:
+        await ws.send_str(json.dumps({"process": forged, "nonce": "00"}))
+        await ws.receive()
+        await ws.send_str('{"mac": "wrong"}')
+        await _read_on(ws)
+
+    async def forged_reason(ws) -> None:
+        await ws.send_str('{"process": 0, "nonce": "00"}')
+        await ws.receive()
+        await ws.close(code=UNEXPECTED, message=b"x\nerror: \x1b[31mforged")
+
+    said = []
+    for behaviour in (forged_process, forged_reason):
+        async with _websocket_server(behaviour) as url:
+            with pytest.raises(LinkError) as raised:
+                await connect(url, SECRET, 1, timeout=4)
+            said.append(str(raised.value))
+    assert isinstance(raised.value, LinkError)
+    assert said[0].endswith("(it broke the handshake: TypeError: a hello whose process is a str, its nonce "
+                            "a str)"), said[0]
+    assert "x\\nerror: \\x1b[31mforged" in said[1], said[1]
+    assert not any(c in text for c in "\n\x1b" for text in said), said
