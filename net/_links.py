@@ -1073,8 +1073,11 @@ class AuthenticatedServer:
         # `Connection: close`): else a stranger could pipeline thousands of
         # requests on one keep-alive connection, each answered and logged.
         if request.path != self.path:
+            # (the path decoded: a stranger's %0A and %1B were a new line and an escape of its own
+            # in our log)
             self._guard.refusals.warn("refused %s from %s: plain HTTP (%s %s), not %s", self.noun,
-                                      request.remote, request.method, request.path[:100], self.noun)
+                                      request.remote, request.method, _printable(request.path[:100]),
+                                      self.noun)
             refusal = web.HTTPNotFound()
             refusal.force_close()
             raise refusal

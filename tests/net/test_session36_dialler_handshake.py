@@ -2,7 +2,9 @@
 authenticated: whatever answers at a peer's address (a stranger, another
 program, a server without the secret) costs the dialler little, and ends
 the dial promptly with an error that says what answered. Real sockets: a
-small aiohttp or asyncio server in each test plays the hostile listener."""
+small aiohttp or asyncio server in each test plays the hostile listener.
+And two of a stranger's tricks on a server's side: a mac that is not
+ASCII, a request path with a new line in it."""
 
 from __future__ import annotations
 
@@ -405,3 +407,26 @@ async def test_a_strangers_words_reach_the_diallers_error_without_new_lines_or_t
                             "a str)"), said[0]
     assert "x\\nerror: \\x1b[31mforged" in said[1], said[1]
     assert not any(c in text for c in "\n\x1b" for text in said), said
+
+
+async def test_a_strangers_request_path_reaches_the_servers_log_without_new_lines_or_escapes(caplog):
+    """The refusal of plain HTTP logged the request's path decoded: a
+    stranger's `GET /%0Aerror:%20%1B[31mforged` wrote a line of its own,
+    in red, into the server's log."""
+    import logging
+
+    from kernel.net._links import LinkServer
+
+    server = LinkServer("127.0.0.1", 0, SECRET, 0, {0}, lambda peer: (lambda *frame: None))
+    await server.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="kernel.links"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /%0Aerror:%20%1B[31mforged HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = await reader.read()  # (to the server's close)
+            writer.close()
+    finally:
+        await server.stop()
+    assert answer.startswith(b"HTTP/1.1 404 ")
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused a link from 127.0.0.1: plain HTTP (GET /\\nerror: \\x1b[31mforged), not a link"]
