@@ -74,9 +74,10 @@ class CoordinatorServer(AuthenticatedServer):
         state: dict = {"executor": None}
         subscribed: set = set()  # an app's subscriptions made on this connection
         published: set = set()  # (name, id): publications registered on this connection, not ended
+        publishing: set = set()  # the tasks of this connection's registrations under way
         session = Session(ws, None, f"{'executor' if peer == EXECUTOR else 'client'} at {address}")
-        session.handler = (lambda op, m: self._executor_request(session, state, op, m)) \
-            if peer == EXECUTOR else (lambda op, m: self._client_request(op, m, subscribed, published))
+        session.handler = (lambda op, m: self._executor_request(session, state, op, m)) if peer == EXECUTOR \
+            else (lambda op, m: self._client_request(op, m, subscribed, published, publishing))
         try:
             await session.run()
         finally:
@@ -89,10 +90,12 @@ class CoordinatorServer(AuthenticatedServer):
                 _topics.forget_subscriptions(self.master.catalog, subscribed)
                 # and a publisher's may be its end (the app killed, or
                 # crashed): each publication not ended is checked, and
-                # goes where the publisher is gone (`_topics.forget_lost`)
-                if published:
+                # goes where the publisher is gone (`_topics.forget_lost`), once
+                # the registrations still under way are done (one queued on a
+                # locked catalog was written after this, and stayed for good)
+                if published or publishing:
                     checking = asyncio.ensure_future(_topics.forget_lost(self.master.catalog, published,
-                                                                         self._probe))
+                                                                         self._probe, after=set(publishing)))
                     self._checking.add(checking)
                     checking.add_done_callback(self._checking.discard)
 
@@ -127,7 +130,7 @@ class CoordinatorServer(AuthenticatedServer):
     # -- a client's requests ------------------------------------------------------------
 
     async def _client_request(self, op: str, m: dict, subscribed: set | None = None,
-                              published: set | None = None):
+                              published: set | None = None, publishing: set | None = None):
         self.requests += 1
         master = self.master
         if op == "status":
@@ -163,6 +166,9 @@ class CoordinatorServer(AuthenticatedServer):
             # unsubscribe is noted once done (failed, it is forgotten at close).
             if subscribed is not None and op == "topic_subscribe":
                 _topics.note_subscription(subscribed, op, m)
+            if publishing is not None and op == "topic_publish":
+                # (awaited by `forget_lost` where the connection breaks meanwhile)
+                publishing.add(asyncio.current_task())
             try:
                 reply = await _topics.request(master.catalog, op, m, self._probe)
             except (CatalogError, sqlite3.Error) as exc:
@@ -173,6 +179,9 @@ class CoordinatorServer(AuthenticatedServer):
                 raise RequestError(f"the catalog {master.catalog.path} cannot be used ({exc}): "
                                    f"{op} of topic {m.get('name')!r} was not done",
                                    busy=isinstance(exc, CatalogBusy)) from None
+            finally:
+                if publishing is not None:
+                    publishing.discard(asyncio.current_task())
             if subscribed is not None and op != "topic_subscribe":
                 _topics.note_subscription(subscribed, op, m)
             if published is not None:

@@ -259,7 +259,7 @@ LOST_CHECKS = (0.0, 0.5, 2.0)
 log = logging.getLogger("kernel.system")
 
 
-async def forget_lost(catalog: Catalog, published: set, probe) -> None:
+async def forget_lost(catalog: Catalog, published: set, probe, after: set = frozenset()) -> None:
     """A connection broke (no close frame; the coordinator not stopping)
     with publications registered on it and not ended: the publisher may be
     gone (an app SIGKILLed, crashed), and its registration stayed behind,
@@ -269,7 +269,11 @@ async def forget_lost(catalog: Catalog, published: set, probe) -> None:
     system while it is active; an app while one of its addresses answers
     as that publisher), and taken out of the catalog where it no longer
     publishes: a subscriber then waits for a new publisher. One that still
-    answers (its connection reset) stays."""
+    answers (its connection reset) stays. `after`: the connection's
+    registrations still under way (queued on a locked catalog, or probing
+    an old publisher), awaited first: each, once done, is in `published`."""
+    if after:
+        await asyncio.wait(after)
     for name, uid in list(published):
         try:
             for pause in LOST_CHECKS:

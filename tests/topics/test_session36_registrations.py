@@ -1,0 +1,67 @@
+"""Session 36's review of topics' registrations in the coordinator's
+catalog (`kernel.system._topics`), with a real coordinator process, real
+sockets and, where a test needs the catalog locked, another process
+holding its write lock (as tests/system/test_catalog_lock_review.py does)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "system"))
+from _system import SECRET, System, wait_until
+from test_catalog_lock_review import _hold, _release
+
+from kernel.system import Client
+
+
+def _dead_address() -> str:
+    """A loopback address where nothing listens (bound a moment ago, closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def _listed(system: System, name: str) -> list[dict]:
+    return [t for t in system.status()["topics"] if t["name"] == name]
+
+
+def test_a_publisher_gone_while_its_registration_waits_on_a_locked_catalog_leaves_the_catalog(tmp_path):
+    """The publisher's registration is queued behind another program's lock
+    on the catalog when its connection breaks (the app SIGKILLed); the
+    lock goes, the registration is written. Its publisher is gone (nothing
+    listens at its address): it leaves the catalog as any killed app's does
+    (it was noted on the connection only once written, after the
+    connection's end had been handled: listed for good, its dead address
+    dialled by every subscriber)."""
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+        address = (system.host, system.port)
+
+        async def scenario():
+            async with Client(address, SECRET.encode()) as publisher:
+                holder = _hold(system)
+                try:
+                    registering = asyncio.ensure_future(publisher.request(
+                        "topic_publish", name="locked", id="p1", job="app:gone:1", kind="stream",
+                        record_type=None, partitions=1, partition=0, address=_dead_address()))
+                    # (answered after the registration's handler is under way: the
+                    # coordinator reads a connection's requests in order)
+                    await publisher.request("status")
+                    assert not registering.done()
+                    # the connection breaks, no close frame: the app is killed
+                    publisher._session.ws._response.connection.transport.abort()
+                    await asyncio.gather(registering, return_exceptions=True)
+                finally:
+                    _release(holder)
+
+        asyncio.run(scenario())
+        wait_until(lambda: not _listed(system, "locked"), timeout=8,
+                   what="the gone publisher's registration to leave the catalog")
+        assert "topic 'locked': publisher p1 (app:gone:1) is gone" in system.coordinator_log.read_text()
+    finally:
+        system.close()
+
