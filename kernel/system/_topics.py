@@ -82,6 +82,10 @@ async def request(catalog: Catalog, op: str, m: dict, probe=None) -> dict:
             # (a job that has ended, left behind by a restarted coordinator: its rows go)
             await catalog.call(_forget_ended, catalog, found.job, write=True, topics=True)
     if op == "topic_publish" and m.get("refresh") is True:
+        # (read first: a registration unchanged, the usual case, costs no write,
+        # nor a new listing of every topic; one per partition every 10 s)
+        if await catalog.call(_unchanged, catalog, name, m):
+            return {}
         return await catalog.call(_refresh, catalog, name, m, write=True, topics=True)
     if op == "topic_publish":
         checked = None  # the id of an old registration found no longer published
@@ -162,6 +166,20 @@ def _publish(catalog: Catalog, name: str, m: dict, checked) -> dict | None:
     db.execute("INSERT OR REPLACE INTO publications VALUES (?, ?, ?, ?)",
                (name, job, partition, str(m["address"])))
     return None
+
+
+def _unchanged(catalog: Catalog, name: str, m: dict) -> bool:
+    """(On the catalog's thread, reading only.) Is the refreshed partition
+    registered as the refresh says (its publisher's, at its address)? Then
+    `_refresh` would write the same row again: nothing to do. An ended
+    partition, a name another publisher holds, a topic taken out: `_refresh`
+    decides (in its own call: what is read here may change before it)."""
+    row = _row(catalog, name)
+    if row is None or row.get("id") != str(m["id"]):
+        return False
+    return catalog._db.execute(
+        "SELECT 1 FROM publications WHERE topic = ? AND process = ? AND job = ? AND address = ?",
+        (name, int(m["partition"]), str(m["job"]), str(m["address"]))).fetchone() is not None
 
 
 def _refresh(catalog: Catalog, name: str, m: dict) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -65,3 +66,50 @@ def test_a_publisher_gone_while_its_registration_waits_on_a_locked_catalog_leave
     finally:
         system.close()
 
+
+def _catalog_version(db: sqlite3.Connection) -> int:
+    """SQLite's count of the catalog's changes committed by other connections
+    (the coordinator's): unchanged, it wrote nothing."""
+    return db.execute("PRAGMA data_version").fetchone()[0]
+
+
+def test_an_unchanged_refresh_writes_nothing_and_still_ties_the_registration_to_its_connection(tmp_path):
+    """A running publisher says its registration again every
+    KERNEL_TOPIC_REFRESH seconds, one per partition: where nothing changed,
+    the catalog is not written (it was, each time: a big system paid a
+    write, and a new listing of every topic, per partition every 10 s). The
+    refresh still ties the registration to its connection: that one broken,
+    the publisher (gone) leaves the catalog."""
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+        address = (system.host, system.port)
+        fields = {"name": "quiet", "id": "p1", "job": "app:quiet:1", "kind": "stream", "record_type": None,
+                  "partitions": 2}
+        addresses = [_dead_address(), _dead_address()]
+        db = sqlite3.connect(system.root / "data" / "catalog.sqlite")
+
+        async def scenario():
+            async with Client(address, SECRET.encode()) as first:
+                for partition in (0, 1):
+                    await first.request("topic_publish", **fields, partition=partition,
+                                        address=addresses[partition])
+            # (closed with a close frame: not a publisher gone; as a coordinator restarted,
+            # none of its connections is the publisher's now)
+            before = _catalog_version(db)
+            async with Client(address, SECRET.encode()) as refreshing:
+                replies = [await refreshing.request("topic_publish", **fields, partition=p,
+                                                    address=addresses[p], refresh=True)
+                           for _ in range(5) for p in (0, 1)]
+                after = _catalog_version(db)
+                refreshing._session.ws._response.connection.transport.abort()  # (the publisher killed)
+            return replies, before, after
+
+        replies, before, after = asyncio.run(scenario())
+        assert replies == [{}] * 10
+        assert after == before, "an unchanged refresh wrote the catalog"
+        wait_until(lambda: not _listed(system, "quiet"), timeout=8,
+                   what="the gone publisher's registration, refreshed on the broken connection, to go")
+        db.close()
+    finally:
+        system.close()
