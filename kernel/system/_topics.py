@@ -133,7 +133,10 @@ def _lookup(catalog: Catalog, name: str, reader) -> dict | _LeftBehind:
         "SELECT address FROM publications WHERE topic = ? ORDER BY process", (name,))]
     if len(addresses) < row.get("partitions", 1):
         return {"found": False}
-    _readers(catalog, name, row["id"]).add(reader)
+    if row.get("kind", "stream") == "stream":
+        # (a service never ends so, `_keep_ended`: its readers, one per client
+        # process that ever called it, were kept for as long as it served)
+        _readers(catalog, name, row["id"]).add(reader)
     return {"found": True, "addresses": addresses, **row}
 
 

@@ -113,3 +113,47 @@ def test_an_unchanged_refresh_writes_nothing_and_still_ties_the_registration_to_
         db.close()
     finally:
         system.close()
+
+
+def test_calls_from_many_client_processes_do_not_grow_the_coordinators_memory(tmp_path):
+    """Every lookup noted its reader (an app's: one per process and run),
+    kept for as long as the topic lived, so that a stream's subscribers
+    find it ended once it has: a service, which never ends so, kept one
+    entry per client process that ever called it (30 MB for 200,000
+    `kernel.services.call`s from scripts, in a coordinator that runs for
+    months). The catalog's calls are made here as the coordinator makes
+    them (a real catalog on disk), the Python memory they keep measured."""
+    import gc
+    import tracemalloc
+
+    from kernel.system._catalog import Catalog
+    from kernel.system._topics import request
+
+    catalog = Catalog(tmp_path / "data")
+    service = {"name": "config", "id": "s1", "job": "app:server:1", "kind": "service", "record_type": None,
+               "partitions": 1, "partition": 0, "address": "127.0.0.1:9"}
+
+    async def lookups(first: int, count: int) -> None:
+        for i in range(first, first + count):
+            reader = f"app:client:{i}/run{i}"  # (a client process of its own)
+            found = await request(catalog, "topic_lookup", {"name": "config", "job": reader})
+            assert found["found"] and found["kind"] == "service"
+
+    async def scenario() -> int:
+        await request(catalog, "topic_publish", service)
+        await lookups(0, 200)  # (whatever is made once, on the first calls)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            await lookups(200, 4000)
+            gc.collect()
+            return tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+
+    try:
+        grown = asyncio.run(scenario())
+    finally:
+        catalog.close()
+    assert grown < 100_000, f"4,000 calls from as many client processes kept {grown:,} bytes"
