@@ -166,6 +166,10 @@ def _publish(catalog: Catalog, name: str, m: dict, checked) -> dict | None:
         schema = {"id": uid, "kind": str(m.get("kind", "stream")), "record_type": m.get("record_type"),
                   "partitions": int(m.get("partitions", 1))}
         db.execute("INSERT INTO topics VALUES (?, ?, ?, ?)", (name, job, time.time(), json.dumps(schema)))
+        taken = _taken_out(catalog).pop(name, None)
+        if taken is not None and taken[0] == uid:  # (back, `_refresh`: its partitions that had ended too)
+            db.executemany("INSERT OR IGNORE INTO publications VALUES (?, ?, ?, ?)",
+                           [(name, job, ended, ENDED) for ended in taken[1] if ended != partition])
     db.execute("INSERT OR REPLACE INTO publications VALUES (?, ?, ?, ?)",
                (name, job, partition, str(m["address"])))
     return None
@@ -324,9 +328,27 @@ def _forget_lost(catalog: Catalog, name: str, uid: str) -> bool:
     row = _row(catalog, name)
     if row is None or row.get("id") != uid:
         return False
+    ended = [p for (p,) in catalog._db.execute(
+        "SELECT process FROM publications WHERE topic = ? AND address = ?", (name, ENDED))]
+    if ended:  # (a refresh of its partitions still running brings it back, `_publish`: with these)
+        taken = _taken_out(catalog)
+        taken[name] = (uid, ended)
+        while len(taken) > ENDED_KEPT:
+            del taken[next(iter(taken))]
     catalog._db.execute("DELETE FROM topics WHERE name = ?", (name,))
     catalog._db.execute("DELETE FROM publications WHERE topic = ?", (name,))
     return True
+
+
+def _taken_out(catalog: Catalog) -> dict:
+    """name -> (publisher id, its partitions that had ended) of a
+    registration taken out as gone (`_forget_lost`) with some of its
+    partitions ended: a refresh of another of its partitions (it still ran,
+    and had not answered in time) brings it back whole. Without them, the
+    topic came back short of those partitions, which never register again:
+    no lookup found it, and, every partition then ended, it stayed listed.
+    The last ENDED_KEPT, in memory; forgotten once the name is published."""
+    return catalog.__dict__.setdefault("_taken_out_topics", {})
 
 
 def _ignore(future) -> None:

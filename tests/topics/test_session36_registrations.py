@@ -157,3 +157,52 @@ def test_calls_from_many_client_processes_do_not_grow_the_coordinators_memory(tm
     finally:
         catalog.close()
     assert grown < 100_000, f"4,000 calls from as many client processes kept {grown:,} bytes"
+
+
+def test_a_publisher_taken_out_while_it_ran_comes_back_whole_with_its_ended_partitions(tmp_path):
+    """Partition 0 of a two-partition publisher has ended; partition 1
+    runs on, but its connection breaks and it does not answer in time (its
+    kernel blocked): the coordinator takes the topic out. Partition 1's
+    refresh brings it back, and with it partition 0's end: a subscriber
+    finds it (it found the topic short of partition 0 and waited for it for
+    ever, though partition 1 still published), and once partition 1 ends
+    the topic has ended whole and leaves the catalog (it stayed listed)."""
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+        address = (system.host, system.port)
+        fields = {"name": "half", "id": "p1", "job": "app:half:1", "kind": "stream", "record_type": None,
+                  "partitions": 2}
+        addresses = [_dead_address(), _dead_address()]
+
+        async def scenario():
+            # (each of a publisher's kernels registers its partition on its own connection)
+            async with Client(address, SECRET.encode()) as kernel0, \
+                    Client(address, SECRET.encode()) as kernel1:
+                for partition, kernel in enumerate((kernel0, kernel1)):
+                    await kernel.request("topic_publish", **fields, partition=partition,
+                                         address=addresses[partition])
+                await kernel0.request("topic_unpublish", name="half", id="p1", partition=0)
+                kernel1._session.ws._response.connection.transport.abort()
+                await _until(lambda: not _listed(system, "half"), 8)  # (it did not answer: taken out)
+            async with Client(address, SECRET.encode()) as kernel1:
+                again = await kernel1.request("topic_publish", **fields, partition=1, address=addresses[1],
+                                              refresh=True)
+                found = await kernel1.request("topic_lookup", name="half", job="app:reader:1/r")
+                await kernel1.request("topic_unpublish", name="half", id="p1", partition=1)
+                return again, found
+
+        again, found = asyncio.run(scenario())
+        assert again == {"again": True}
+        assert (found["found"], found.get("addresses")) == (True, ["ended", addresses[1]]), found
+        assert not _listed(system, "half"), "a topic ended whole stayed listed"
+    finally:
+        system.close()
+
+
+async def _until(condition, timeout: float) -> None:
+    """Until `condition()` (run on a thread: it may ask the coordinator) holds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await asyncio.to_thread(condition):
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
