@@ -66,6 +66,20 @@ class CoordinatorServer(AuthenticatedServer):
         self.requests = 0  # served, for the benchmark and the tests
         self._checking: set[asyncio.Task] = set()  # `_topics.forget_lost` of closed connections
 
+    def check_left_behind(self) -> None:
+        """(Once listening.) The catalog's registrations asked whether their
+        publishers still publish (`_topics.forget_left_behind`): one that
+        died while this coordinator was down is tied to no connection. Asked
+        a refresh period later (KERNEL_TOPIC_REFRESH, as the publishers'),
+        the subscribers waiting for a new publisher noted meanwhile."""
+        from kernel.net._links import seconds_from_environment
+        from kernel.topics._directory import REFRESH_EVERY
+
+        after = seconds_from_environment("KERNEL_TOPIC_REFRESH", REFRESH_EVERY)
+        checking = asyncio.ensure_future(_topics.forget_left_behind(self.master.catalog, self._probe, after))
+        self._checking.add(checking)
+        checking.add_done_callback(self._checking.discard)
+
     async def _session(self, ws, peer: int, meta, address: str) -> None:
         if peer not in (EXECUTOR, CLIENT):
             log.warning("refused %s from %s: unknown role %r", self.noun, address, peer)
@@ -311,6 +325,7 @@ async def serve(host: str, port: int, secret: bytes, data_dir: str | Path, *, tl
             catalog.close()  # (its lock too: a coordinator started again in this process takes it)
         raise
     log.info("coordinator listening on %s:%d (catalog %s)", _url_host(host), server.port, catalog.path)
+    server.check_left_behind()
     if ready is not None:
         ready(server.port)
     watcher = asyncio.ensure_future(master.watch())

@@ -29,7 +29,8 @@ publishing or subscribing job sends (`kernel.topics._directory`).
 A publisher keeps the connection it registered on: once it breaks (no
 close frame) with the publication not ended, the publisher is asked
 whether it still publishes, and its registration goes where not
-(`forget_lost`).
+(`forget_lost`); a coordinator started again asks so every registration
+in its catalog (`forget_left_behind`).
 
 Rows: `topics(name, job, created, schema)` with `schema` a JSON object
 (`id`, `kind` "stream" or "service", `record_type`, `partitions`),
@@ -300,24 +301,73 @@ async def forget_lost(catalog: Catalog, published: set, probe, after: set = froz
     if after:
         await asyncio.wait(after)
     for name, uid in list(published):
-        try:
-            for pause in LOST_CHECKS:
-                await asyncio.sleep(pause)
-                row = await catalog.call(_row, catalog, name)
-                if row is None or row.get("id") != uid:
-                    break  # ended, or another publisher's since
-                if await _still_published(catalog, name, row, probe):
-                    continue
-                if await catalog.call(_forget_lost, catalog, name, uid, write=True, topics=True):
-                    log.warning("topic %r: publisher %s (%s) is gone (its connection to the coordinator "
-                                "closed and it no longer answers at its addresses): taken out of the catalog",
-                                name, uid, row["job"])
-                break
-            else:
-                log.info("topic %r: the connection of publisher %s (%s) closed, but it still publishes: kept",
-                         name, uid, row["job"])
-        except (CatalogError, RequestError, OSError) as exc:
-            log.warning("topic %r: could not check whether publisher %s is gone (%s)", name, uid, exc)
+        await _forget_if_gone(catalog, name, uid, probe, "its connection to the coordinator closed",
+                              kept="the connection of publisher %s (%s) closed, but it still publishes")
+
+
+# registrations asked at once at the coordinator's start (`forget_left_behind`)
+LEFT_BEHIND_AT_ONCE = 32
+
+
+async def forget_left_behind(catalog: Catalog, probe, after: float) -> None:
+    """`after` seconds from the coordinator's start: every registration in
+    its catalog is asked as a broken connection's is (`forget_lost`). A
+    publisher that died while the coordinator was down (or away) has no
+    connection that will ever break: its registration stayed listed for
+    good, its dead address dialled by each subscriber. One that runs
+    answers (and says its registration again within its refresh period, on
+    a new connection); a job of the system stays while it is active.
+
+    Not at once: the jobs that had found a topic (`_readers`, in memory)
+    are lost with the old coordinator, and a subscriber waiting for a new
+    publisher (on_lost="wait") is noted again only by a lookup that finds
+    the old registration. Taken out before it asked, the new publisher
+    could publish and end between two of its lookups: it was not among
+    the topic's readers, found it not at all, and waited for ever."""
+    await asyncio.sleep(after)
+    try:
+        registered = await catalog.call(_registrations, catalog)
+    except CatalogError as exc:
+        log.warning("could not check the topics' publishers left from before this start (%s)", exc)
+        return
+    at_once = asyncio.Semaphore(LEFT_BEHIND_AT_ONCE)  # (each holds a probe's socket for up to a second)
+
+    async def check(name: str, uid: str) -> None:
+        async with at_once:
+            await _forget_if_gone(catalog, name, uid, probe, "the coordinator restarted since it registered")
+
+    await asyncio.gather(*(check(name, uid) for name, uid in registered))
+
+
+def _registrations(catalog: Catalog) -> list[tuple[str, str]]:
+    """(On the catalog's thread.) (name, publisher id) of every topic."""
+    return [(name, json.loads(schema or "{}").get("id"))
+            for name, schema in catalog._db.execute("SELECT name, schema FROM topics").fetchall()]
+
+
+async def _forget_if_gone(catalog: Catalog, name: str, uid: str, probe, why: str,
+                          kept: str | None = None) -> None:
+    """Take publisher `uid`'s registration of `name` out of the catalog where
+    it no longer publishes (asked at once, and again LOST_CHECKS later where
+    it answered); `why` it is asked, and what is said where it is `kept`
+    (None: nothing), for the log."""
+    try:
+        for pause in LOST_CHECKS:
+            await asyncio.sleep(pause)
+            row = await catalog.call(_row, catalog, name)
+            if row is None or row.get("id") != uid:
+                break  # ended, or another publisher's since
+            if await _still_published(catalog, name, row, probe):
+                continue
+            if await catalog.call(_forget_lost, catalog, name, uid, write=True, topics=True):
+                log.warning("topic %r: publisher %s (%s) is gone (%s and it no longer answers at its "
+                            "addresses): taken out of the catalog", name, uid, row["job"], why)
+            break
+        else:
+            if kept is not None:
+                log.info(f"topic %r: {kept}: kept", name, uid, row["job"])
+    except (CatalogError, RequestError, OSError) as exc:
+        log.warning("topic %r: could not check whether publisher %s is gone (%s)", name, uid, exc)
 
 
 def _forget_lost(catalog: Catalog, name: str, uid: str) -> bool:

@@ -206,3 +206,52 @@ async def _until(condition, timeout: float) -> None:
     while not await asyncio.to_thread(condition):
         assert asyncio.get_running_loop().time() < deadline, "timed out"
         await asyncio.sleep(0.05)
+
+
+def test_a_publisher_killed_while_the_coordinator_was_down_leaves_the_catalog_once_it_is_back(tmp_path):
+    """The coordinator is killed; a publishing app dies while it is down
+    (here: a registration made on a connection, its address dead); the
+    coordinator is started again on the same catalog. No connection of
+    the dead publisher's will ever tie its registration to it (one that
+    runs says it again within KERNEL_TOPIC_REFRESH seconds), so nothing
+    asked whether it still published: it stayed listed for good, each
+    subscriber dialling its dead address. Now the restarted coordinator
+    asks every registration it found, a refresh period after its start, as
+    it asks a broken connection's: the dead one goes, an app that still publishes (a real
+    readings.py, which answers at its address) stays."""
+    import subprocess
+
+    system = System(tmp_path)
+    alive = None
+    try:
+        system.start_coordinator()
+        address = (system.host, system.port)
+        env = dict(system.env, TOPIC="alive", COUNT="0")
+        with open(tmp_path / "alive.log", "wb") as err:
+            alive = subprocess.Popen([sys.executable, str(Path(__file__).parent / "readings.py"),
+                                      f"127.0.0.1:{system.port}"], stderr=err, stdout=subprocess.DEVNULL,
+                                     env=env)
+        wait_until(lambda: " served at " in (tmp_path / "alive.log").read_text() or alive.poll() is not None,
+                   what="the live publisher to register")
+
+        async def register() -> None:
+            async with Client(address, SECRET.encode()) as client:
+                await client.request("topic_publish", name="dead", id="d1", job="app:dead:1", kind="stream",
+                                     record_type=None, partitions=1, partition=0, address=_dead_address())
+
+        asyncio.run(register())  # (closed with a close frame: nothing checks it before the restart)
+        system.coordinator.kill()
+        system.coordinator.wait()
+        system.start_coordinator(KERNEL_TOPIC_REFRESH="1")  # (asked a period after its start)
+        assert _listed(system, "dead")
+        wait_until(lambda: not _listed(system, "dead"), timeout=8,
+                   what="the registration of the publisher gone while the coordinator was down to go")
+        log = system.coordinator_log.read_text()
+        assert "topic 'dead': publisher d1 (app:dead:1) is gone" in log
+        assert _listed(system, "alive") and alive.poll() is None
+        assert "topic 'alive'" not in log, log
+    finally:
+        if alive is not None:
+            alive.kill()
+            alive.wait()
+        system.close()
