@@ -65,20 +65,27 @@ class CoordinatorServer(AuthenticatedServer):
         self._probe = functools.partial(_topics.probe, secret=secret, ssl=client_ssl)
         self.requests = 0  # served, for the benchmark and the tests
         self._checking: set[asyncio.Task] = set()  # `_topics.forget_lost` of closed connections
+        self._published: dict[int, set] = {}  # each open connection's `published`, by its id()
 
     def check_left_behind(self) -> None:
         """(Once listening.) The catalog's registrations asked whether their
         publishers still publish (`_topics.forget_left_behind`): one that
         died while this coordinator was down is tied to no connection. Asked
         a refresh period later (KERNEL_TOPIC_REFRESH, as the publishers'),
-        the subscribers waiting for a new publisher noted meanwhile."""
+        the subscribers waiting for a new publisher noted meanwhile, and
+        again each period while some are said on no connection."""
         from kernel.net._links import seconds_from_environment
         from kernel.topics._directory import REFRESH_EVERY
 
-        after = seconds_from_environment("KERNEL_TOPIC_REFRESH", REFRESH_EVERY)
-        checking = asyncio.ensure_future(_topics.forget_left_behind(self.master.catalog, self._probe, after))
+        every = seconds_from_environment("KERNEL_TOPIC_REFRESH", REFRESH_EVERY)
+        checking = asyncio.ensure_future(_topics.forget_left_behind(self.master.catalog, self._probe, every,
+                                                                    self._tied))
         self._checking.add(checking)
         checking.add_done_callback(self._checking.discard)
+
+    def _tied(self) -> set:
+        """(name, id) of the registrations said on a connection still open."""
+        return set().union(*self._published.values())
 
     async def _session(self, ws, peer: int, meta, address: str) -> None:
         if peer not in (EXECUTOR, CLIENT):
@@ -92,9 +99,11 @@ class CoordinatorServer(AuthenticatedServer):
         session = Session(ws, None, f"{'executor' if peer == EXECUTOR else 'client'} at {address}")
         session.handler = (lambda op, m: self._executor_request(session, state, op, m)) if peer == EXECUTOR \
             else (lambda op, m: self._client_request(op, m, subscribed, published, publishing))
+        self._published[id(published)] = published
         try:
             await session.run()
         finally:
+            del self._published[id(published)]
             if state["executor"] is not None:
                 self.master.disconnected(state["executor"], session)
             # (a connection the app closed itself, with a close frame, is no sign

@@ -307,16 +307,22 @@ async def forget_lost(catalog: Catalog, published: set, probe, after: set = froz
 
 # registrations asked at once at the coordinator's start (`forget_left_behind`)
 LEFT_BEHIND_AT_ONCE = 32
+# periods after the coordinator's start in which the registrations that no
+# connection has said again are asked (`forget_left_behind`)
+LEFT_BEHIND_ROUNDS = 6
 
 
-async def forget_left_behind(catalog: Catalog, probe, after: float) -> None:
-    """`after` seconds from the coordinator's start: every registration in
-    its catalog is asked as a broken connection's is (`forget_lost`). A
-    publisher that died while the coordinator was down (or away) has no
-    connection that will ever break: its registration stayed listed for
-    good, its dead address dialled by each subscriber. One that runs
-    answers (and says its registration again within its refresh period, on
-    a new connection); a job of the system stays while it is active.
+async def forget_left_behind(catalog: Catalog, probe, every: float, tied) -> None:
+    """Every `every` seconds (a refresh period) from the coordinator's start,
+    for LEFT_BEHIND_ROUNDS periods, the registrations in its catalog that no
+    open connection has said since (`tied()`: the (name, id) said on one)
+    are asked as a broken connection's are (`forget_lost`). A publisher that
+    died while the coordinator was down, or after its start but before its
+    refresh said its registration on a new connection, has no connection
+    that will ever break: its registration stayed listed for good, its dead
+    address dialled by each subscriber. One that runs answers (and says its
+    registration again within its refresh period); a job of the system
+    stays while it is active.
 
     Not at once: the jobs that had found a topic (`_readers`, in memory)
     are lost with the old coordinator, and a subscriber waiting for a new
@@ -324,19 +330,24 @@ async def forget_left_behind(catalog: Catalog, probe, after: float) -> None:
     the old registration. Taken out before it asked, the new publisher
     could publish and end between two of its lookups: it was not among
     the topic's readers, found it not at all, and waited for ever."""
-    await asyncio.sleep(after)
-    try:
-        registered = await catalog.call(_registrations, catalog)
-    except CatalogError as exc:
-        log.warning("could not check the topics' publishers left from before this start (%s)", exc)
-        return
     at_once = asyncio.Semaphore(LEFT_BEHIND_AT_ONCE)  # (each holds a probe's socket for up to a second)
 
     async def check(name: str, uid: str) -> None:
         async with at_once:
-            await _forget_if_gone(catalog, name, uid, probe, "the coordinator restarted since it registered")
+            await _forget_if_gone(catalog, name, uid, probe, "the coordinator restarted since it registered",
+                                  kept="publisher %s (%s) still publishes, but has not said its "
+                                  "registration again since the coordinator restarted")
 
-    await asyncio.gather(*(check(name, uid) for name, uid in registered))
+    for _ in range(LEFT_BEHIND_ROUNDS):
+        await asyncio.sleep(every)
+        try:
+            untied = set(await catalog.call(_registrations, catalog)) - tied()
+        except CatalogError as exc:
+            log.warning("could not check the topics' publishers left from before this start (%s)", exc)
+            continue
+        if not untied:
+            return
+        await asyncio.gather(*(check(name, uid) for name, uid in untied))
 
 
 def _registrations(catalog: Catalog) -> list[tuple[str, str]]:
