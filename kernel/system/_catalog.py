@@ -24,6 +24,7 @@ else using the catalog, a test's).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import errno
 import fcntl
 import hashlib
@@ -412,7 +413,8 @@ class Catalog:
         """`fn(*args)` run on the catalog's thread in one transaction (BEGIN
         IMMEDIATE where it writes, so that what it reads is what it writes
         on: no other write comes between), after every call made before.
-        `topics`: it may change the topics, `listing` is read again.
+        `topics`: it may change the topics, `listing` is read again (a
+        topic's name: it changes that one alone, whose entry alone is read).
         A call made for a request whose sender waits less than `timeout`
         for its answer (`_wire.answer_by`) fails (CatalogBusy) by then, even
         while still queued behind calls that wait for a lock; `own`: the
@@ -467,7 +469,8 @@ class Catalog:
                 result = fn(*args)
                 # (the listing read inside the transaction: read after the
                 # COMMIT, its failure reported a write that was made as failed)
-                listing = self.topics() if topics else None
+                listing = None if not topics else self.topics() if topics is True else \
+                    self._listing_with(topics)
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -587,6 +590,17 @@ class Catalog:
         from kernel.system._topics import listing  # (it imports this module)
 
         return listing(self)
+
+    def _listing_with(self, name: str) -> list[dict]:
+        """(On the catalog's thread.) `listing` with topic `name`'s entry read
+        again (or gone), the others as they are: in name order, as `topics`."""
+        from kernel.system._topics import listing
+
+        others = [t for t in self.listing if t["name"] != name]
+        entry = listing(self, name)
+        if entry:
+            bisect.insort(others, entry[0], key=lambda t: t["name"])
+        return others
 
     def forget_topics_of(self, job_id: str) -> None:
         """A job of the system has ended: the topics it published go (a

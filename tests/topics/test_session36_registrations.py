@@ -13,6 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "system"))
 from _system import SECRET, System, wait_until
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_catalog_lock_review import _hold, _release
 
 from kernel.system import Client
@@ -264,3 +266,87 @@ def test_a_publisher_killed_while_the_coordinator_was_down_leaves_the_catalog_on
             alive.kill()
             alive.wait()
         system.close()
+
+
+def test_a_registration_reads_its_own_topic_again_not_every_topic(tmp_path):
+    """After each call that may change the topics the catalog read the
+    whole listing again (`status` answers from it): two queries a topic, so
+    a system of 2,000 partitions took a minute of the catalog's thread to
+    register them (the lookups queued behind). A call about one topic now
+    reads that topic's entry alone: its statements do not grow with the
+    topics registered."""
+    from kernel.system._catalog import Catalog
+    from kernel.system._topics import request
+
+    catalog = Catalog(tmp_path / "data")
+
+    def publish(i: int) -> dict:
+        return {"name": f"t{i:04d}", "id": f"p{i}", "job": "app:many:1", "kind": "stream",
+                "record_type": None, "partitions": 1, "partition": 0, "address": f"127.0.0.1:{1000 + i}"}
+
+    async def scenario() -> list[str]:
+        for i in range(300):
+            await request(catalog, "topic_publish", publish(i))
+        statements: list[str] = []
+        catalog.at_once(catalog._db.set_trace_callback, statements.append)
+        try:
+            await request(catalog, "topic_publish", publish(300))
+            await request(catalog, "topic_subscribe", {"name": "t0007", "job": "app:reader:1", "process": 0})
+        finally:
+            catalog.at_once(catalog._db.set_trace_callback, None)
+        return statements
+
+    try:
+        statements = asyncio.run(scenario())
+        assert catalog.listing == catalog.topics()
+        assert [t["name"] for t in catalog.listing] == [f"t{i:04d}" for i in range(301)]
+        assert next(t for t in catalog.listing if t["name"] == "t0007")["subscribers"] == ["app:reader:1"]
+    finally:
+        catalog.close()
+    assert len(statements) < 40, f"{len(statements)} statements for a registration and a subscription"
+
+
+_OPS = st.sampled_from(["publish", "unpublish", "subscribe", "unsubscribe", "lookup", "lost", "job ends"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(_OPS, st.sampled_from(["a", "b", "c"]), st.integers(0, 1), st.integers(0, 2)),
+                max_size=25))
+def test_the_status_listing_kept_topic_by_topic_equals_the_catalog_read_whole(steps):
+    """Whatever the sequence of topic requests (two publishers taking
+    names over, partitions ending, subscriptions, a publisher taken out as
+    gone, a job's end), the listing `status` answers from, now read again
+    one topic at a time, is the whole catalog's as read at once."""
+    import tempfile
+
+    from kernel.system._catalog import Catalog
+    from kernel.system._topics import _forget_lost, request
+
+    async def no_answer(address, kind):  # (every old publisher is gone: a new one takes its name over)
+        return None
+
+    async def scenario(catalog) -> None:
+        for op, name, partition, who in steps:
+            uid, job = f"p{who}", f"app:job{who}"
+            m = {"name": name, "id": uid, "job": job, "kind": "stream", "record_type": None, "partitions": 2,
+                 "partition": partition, "address": f"127.0.0.1:{9000 + 10 * who + partition}"}
+            if op == "publish":
+                await request(catalog, "topic_publish", m, no_answer)
+            elif op == "unpublish":
+                await request(catalog, "topic_unpublish", {"name": name, "id": uid, "partition": partition})
+            elif op in ("subscribe", "unsubscribe"):
+                await request(catalog, f"topic_{op}", {"name": name, "job": job, "process": partition})
+            elif op == "lookup":
+                await request(catalog, "topic_lookup", {"name": name, "job": job})
+            elif op == "lost":
+                await catalog.call(_forget_lost, catalog, name, uid, write=True, topics=name)
+            else:
+                await catalog.call(catalog.forget_topics_of, job, write=True, topics=True)
+            assert catalog.listing == await catalog.call(catalog.topics), (op, name, partition, who)
+
+    with tempfile.TemporaryDirectory() as folder:
+        catalog = Catalog(Path(folder) / "data")
+        try:
+            asyncio.run(scenario(catalog))
+        finally:
+            catalog.close()
