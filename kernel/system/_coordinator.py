@@ -83,6 +83,13 @@ class CoordinatorServer(AuthenticatedServer):
         self._checking.add(checking)
         checking.add_done_callback(self._checking.discard)
 
+    def stop_checking(self) -> None:
+        """(Stopping.) The checks of publishers still under way end: the
+        catalog closes next (a coordinator served in an application's loop
+        went on asking a closed catalog for a minute after it stopped)."""
+        for checking in list(self._checking):
+            checking.cancel()
+
     def _tied(self) -> set:
         """(name, id) of the registrations said on a connection still open."""
         return set().union(*self._published.values())
@@ -355,5 +362,6 @@ async def serve(host: str, port: int, secret: bytes, data_dir: str | Path, *, tl
         watcher.cancel()
         await master.close()
         await server.stop()
+        server.stop_checking()
         catalog.close()
         await master.report_unsaved()

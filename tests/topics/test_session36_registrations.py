@@ -350,3 +350,46 @@ def test_the_status_listing_kept_topic_by_topic_equals_the_catalog_read_whole(st
             asyncio.run(scenario(catalog))
         finally:
             catalog.close()
+
+
+def test_a_coordinator_served_in_an_applications_loop_leaves_no_check_behind_once_stopped(
+        tmp_path, monkeypatch, caplog):
+    """The restarted coordinator's checks of registrations left from before
+    (`forget_left_behind`, each refresh period for six) are its own: served
+    in an application's loop and stopped, it asked its closed catalog on,
+    a warning each period, for a minute after it had stopped."""
+    import logging
+
+    from kernel.system._coordinator import serve
+
+    monkeypatch.setenv("KERNEL_TOPIC_REFRESH", "0.05")
+
+    async def served(then) -> None:
+        ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        server = asyncio.ensure_future(serve("127.0.0.1", 0, SECRET.encode(), tmp_path / "data",
+                                             ready=ready.set_result))
+        port = await ready
+        try:
+            await then(("127.0.0.1", port))
+        finally:
+            server.cancel()
+            await asyncio.gather(server, return_exceptions=True)
+
+    async def register(address) -> None:
+        async with Client(address, SECRET.encode()) as client:
+            await client.request("topic_publish", name="dead", id="d1", job="app:dead:1", kind="stream",
+                                 record_type=None, partitions=1, partition=0, address=_dead_address())
+
+    async def nothing(address) -> None:
+        pass
+
+    async def scenario() -> list:
+        await served(register)
+        await served(nothing)  # (started again, stopped before its first check)
+        await asyncio.sleep(0.25)  # (five of its periods: it asked at each)
+        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+    with caplog.at_level(logging.WARNING, logger="kernel.system"):
+        left = asyncio.run(scenario())
+    assert left == [], left
+    assert not [r for r in caplog.records if "could not check" in r.getMessage()], caplog.text
