@@ -69,7 +69,7 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
         _tls_files(tls)  # (checked by cluster_plan with peers)
     # Here, not in each kernel: with several cores a kernel process's
     # ValueError would come back wrapped in a KernelProcessError.
-    check_settings(budget, shares, stall_threshold)
+    check_settings(budget, shares, stall_threshold, clock)
     # Refused without a state_dir too, as the heartbeat is: a bad value
     # (NaN, -5, 'x') was ignored until the day a state_dir was added.
     check_epoch_interval(epoch_interval)

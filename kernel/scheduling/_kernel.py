@@ -30,7 +30,13 @@ from dataclasses import dataclass
 
 from kernel.scheduling._clock import Clock, SystemClock, check_clock
 from kernel.scheduling._errors import ActivationError, TaskError
-from kernel.scheduling._scheduler import THROUGHPUT, Activation, Scheduler, SchedulerStatistics
+from kernel.scheduling._scheduler import (
+    THROUGHPUT,
+    Activation,
+    Scheduler,
+    SchedulerStatistics,
+    check_settings,
+)
 from kernel.scheduling._watchdog import Watchdog
 
 _RUN_SLICE = Scheduler._run_slice.__code__  # a slice's frame: its `activation` is the one running
@@ -207,6 +213,9 @@ class Kernel:
         logger: logging.Logger | None = None,
     ) -> None:
         check_clock(clock)
+        # at the call, as run() does: else Kernel(budget=10**9) or budget='x' was
+        # refused only when the kernel started on a loop, or not at all
+        check_settings(budget, shares, stall_threshold, clock)
         _check_place(index, peers, logger)
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._monotonic = self.clock.monotonic

@@ -70,6 +70,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from ._clock import VirtualClock
 from ._continues import continued_within
 from ._handover import Handover
 
@@ -132,12 +133,29 @@ def described(activation) -> str:
     return f"{name}, with {steps} chained in its activation,"
 
 
+#: The longest budget a kernel takes. The budget is how long the kernel holds
+#: the event loop: budget=10**9 (or 1e300) was taken, and the host's tasks
+#: under run_async, a Ctrl-C, timers and async sources then waited for the
+#: whole run, and the watchdog (which looks once a second) blamed whatever
+#: step ran when 10 s had passed. Past a second nothing is gained: a slice
+#: of 1 ms already holds thousands of hops. (A VirtualClock's budget is in
+#: its own time, which holds no loop: a test's "budget no chain reaches".)
+MAX_BUDGET = 1.0
+
+
+_ITS_KERNELS_CLOCK = object()  # the Scheduler's: its Kernel checked the budget with its clock
+
+
+def _virtual(clock) -> bool:
+    return clock is _ITS_KERNELS_CLOCK or isinstance(clock, VirtualClock)
+
+
 def _positive_seconds(name: str, value) -> None:  # inf allowed: never (no stall notices)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= math.inf:
         raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
 
 
-def check_settings(budget, shares, stall_threshold) -> None:
+def check_settings(budget, shares, stall_threshold, clock=None) -> None:
     """Refuses scheduler settings it cannot use, before anything runs.
 
     Checked here rather than met later: a NaN budget compared false
@@ -146,8 +164,9 @@ def check_settings(budget, shares, stall_threshold) -> None:
     AttributeError. `run()` calls this when it plans the run, so that with
     several cores the caller gets the ValueError, not a kernel process's."""
     _positive_seconds("budget", budget)
-    if budget == math.inf:  # (the kernel would never hand the loop back: run_async's host held)
-        raise ValueError(f"budget must be a positive, finite number of seconds, got {budget!r}")
+    if budget == math.inf or (budget > MAX_BUDGET and not _virtual(clock)):
+        raise ValueError(f"budget must be a positive number of seconds, at most {MAX_BUDGET:g} "
+                         f"(the longest the kernel holds the event loop), got {budget!r}")
     _positive_seconds("stall_threshold", stall_threshold)
     if shares is None:
         return
@@ -192,7 +211,7 @@ class Scheduler:
         on_slice_start: Callable[[float], None] | None = None,
         on_drained: Callable[[], None] | None = None,
     ) -> None:
-        check_settings(budget, shares, stall_threshold)
+        check_settings(budget, shares, stall_threshold, _ITS_KERNELS_CLOCK)
         merged = dict(DEFAULT_SHARES)
         merged.update(shares or {})
         self._loop = loop
