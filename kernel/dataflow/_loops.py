@@ -25,6 +25,7 @@ around it is a round later. `Graph.check_cycles` refuses any other.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
 from kernel.dataflow._errors import not_a_pair
@@ -89,11 +90,22 @@ class LoopFeedback(PassThrough):
         self.emit(batch)
 
 
+#: never a pair, whatever their length: text and bytes are read as their
+#: characters ("ab" went round as key "a", value "b"), mappings and sets
+#: have no first and second field (a dict of two failed on two kernels as
+#: a bare KeyError: 0, naming no step)
+_NEVER_PAIRS = (str, bytes, bytearray, memoryview, Mapping, Set)
+
+
 def _no_pair(record) -> bool:
     """Whether `record` surely is no `(key, value)` pair, without reading
-    it: a tuple or a sized object (a list, a str) of another length, or
-    something that cannot be iterated (an int). An iterator is not read
-    here (it may be read once only: the keyed step after reads it)."""
+    it: text, bytes, a mapping or a set; a tuple or a sized object (a
+    list) of another length; or something that cannot be iterated (an
+    int). An iterator is not read here (it may be read once only: the
+    keyed step after reads it). Called only for a batch that is not all
+    tuples of two."""
+    if isinstance(record, _NEVER_PAIRS):
+        return True
     cls = type(record)
     if hasattr(cls, "__len__"):
         try:
