@@ -93,7 +93,7 @@ def _is_late_stream(node: Node) -> bool:
     # a window's `.late` side stream: plain (key, value) records
     factory = node.factory
     return (node.kind == ("SelectBatches",) and isinstance(factory, functools.partial)
-            and factory.args == (True,))
+            and factory.args[:1] == (True,))  # (a windowed join's late_left, late_right: and the side)
 
 
 def _check_event_time(stream: Stream[Any], step: str, needs: str = "windows need event time",
@@ -1774,10 +1774,13 @@ class WindowResults(Stream[tuple[K_co, ops.Window, R_co]], Generic[K_co, V_co, R
     of values `V_co` per key `K_co` into results `R_co`.
 
     `.late_count.value` (after the run) is how many events came too late;
-    with `late=True`, `.late` is a stream of those events, `(key, value)`."""
+    with `late=True`, `.late` is a stream of those events, `(key, value)`,
+    and a windowed join's `.late_left` and `.late_right` those of one side."""
 
     late_count: LateCount
     _late_stream: Stream[tuple[K_co, V_co]] | None = None
+    _window_node: Node | None = None
+    _late_sides: dict[int, Stream[Any]]
 
     @classmethod
     def _around(cls, flow: Dataflow, window_node: Node, late: bool) -> WindowResults[Any, Any, Any]:
@@ -1796,6 +1799,8 @@ class WindowResults(Stream[tuple[K_co, ops.Window, R_co]], Generic[K_co, V_co, R
             results = cls(flow, results_node)
             results._late_stream = Stream(flow, late_node)
         results.late_count = count
+        results._window_node = window_node
+        results._late_sides = {}
         return results
 
     def distinct(
@@ -1837,6 +1842,33 @@ class WindowResults(Stream[tuple[K_co, ops.Window, R_co]], Generic[K_co, V_co, R
                 "late events are dropped (and counted): ask for them with window(w, late=True)"
             )
         return self._late_stream
+
+    @property
+    def late_left(self) -> Stream[tuple[K_co, Any]]:
+        """A windowed join's late events of its left side (`self` of
+        `left.join(right, w, late=True)`), `(key, value)`: `.late` has both
+        sides' and cannot say which a value came from."""
+        return self._late_side(0, "late_left")
+
+    @property
+    def late_right(self) -> Stream[tuple[K_co, Any]]:
+        """A windowed join's late events of its right side (`other`)."""
+        return self._late_side(1, "late_right")
+
+    def _late_side(self, side: int, attribute: str) -> Stream[tuple[K_co, Any]]:
+        node = self._window_node
+        if node is None or node.kind[:1] != ("WindowJoin",):
+            raise AttributeError(f"{attribute} is a windowed join's (left.join(right, w, late=True)); "
+                                 "a window's late events are all in .late")
+        if self._late_stream is None:
+            raise AttributeError(
+                "late events are dropped (and counted): ask for them with join(other, w, late=True)")
+        stream = self._late_sides.get(side)
+        if stream is None:  # made when asked for: a side stream looks at each of the join's batches
+            made = self.flow.graph.add(f"{node.name}: {attribute}",
+                                       functools.partial(ops.SelectBatches, True, side), [Edge(node, 0)])
+            stream = self._late_sides[side] = Stream(self.flow, made)
+        return stream
 
 
 class FileStream(Stream[T_co]):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from itertools import repeat
 
-from ._windowing import Windowing
+from ._windowing import LATE_BY_SIDE, Windowing
 
 
 class WindowJoin(Windowing):
@@ -14,6 +14,11 @@ class WindowJoin(Windowing):
 
     def __init__(self, window, late: bool = False) -> None:
         super().__init__(window, late)
+
+    def on_batch(self, port, batch):
+        # late values are found (and flushed) batch by batch: these are this side's
+        self._late_batch = LATE_BY_SIDE[port]
+        super().on_batch(port, batch)
 
     def _new(self, value, stamp, port):
         sides: tuple[list, list] = ([], [])

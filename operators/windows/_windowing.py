@@ -22,21 +22,42 @@ SESSIONS = PIECE // 4
 
 
 class LateBatch(list):
-    """Late records, passed on beside a window's results when `late=True`."""
+    """Late records, passed on beside a window's results when `late=True`.
+    A windowed join's say which side (input port) they came from: `side`
+    is 0 (left) or 1 (right) there, None for a window's aggregate."""
 
     __slots__ = ()
+    side: int | None = None
+
+
+class _LateLeft(LateBatch):
+    __slots__ = ()
+    side = 0
+
+
+class _LateRight(LateBatch):
+    __slots__ = ()
+    side = 1
+
+
+#: a windowed join's late batches, by the port their values came in on
+LATE_BY_SIDE = (_LateLeft, _LateRight)
 
 
 class SelectBatches(Operator):
     """Passes on a window's result batches (`late=False`) or its late
-    records (`late=True`): the two outputs of a window with `late=True`."""
+    records (`late=True`): the two outputs of a window with `late=True`.
+    With `side` (0 or 1, a windowed join's), only the late records of that
+    side: a join's `late_left` and `late_right`."""
 
-    def __init__(self, late: bool) -> None:
+    def __init__(self, late: bool, side: int | None = None) -> None:
         self.late = late
+        self.side = side
 
     def on_batch(self, port, batch):
-        if (batch.__class__ is LateBatch) is self.late:
-            self.emit(list(batch) if self.late else batch)
+        late = isinstance(batch, LateBatch)
+        if late is self.late and (self.side is None or batch.side == self.side):
+            self.emit(list(batch) if late else batch)
 
 
 class Windowing(Operator):
@@ -47,6 +68,8 @@ class Windowing(Operator):
 
     #: partial results for a merge downstream (`(key, j, acc)`), not results
     flat = False
+    #: what its late records go on in (a windowed join's say their side)
+    _late_batch: type[LateBatch] = LateBatch
     #: set at build time: which steps on the path to this window may drop
     #: event time (custom operators), for the error when records come untimed
     time_hint: str | None = None
@@ -254,7 +277,7 @@ class Windowing(Operator):
         if late:
             self.late += len(late)
             if self.route_late:
-                self.emit(LateBatch(late))
+                self.emit(self._late_batch(late))
             self._late_out = []
 
     def _emit_timed(self, results: list, stamps: list) -> None:
