@@ -16,7 +16,7 @@ import asyncio
 import gc
 import os
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import uvloop
 
@@ -24,6 +24,7 @@ from kernel.runtime._runtime import Runtime
 from kernel.scheduling._kernel import Kernel
 
 from ._host_gc import host_heap_frozen
+from ._interrupt import first_ctrl_c_interrupts, sigint_handler_kept
 from ._plan import PROGRESS_INTERVAL, THREAD, RunPlan
 from ._results import pack as pack_results
 from ._results import unpack as unpack_results
@@ -39,7 +40,8 @@ def execute(plan: RunPlan, get_flow) -> list[dict]:
     # run (benches/pipelines.py windowed sum on 2 kernels).
     with gc_threshold(plan.gc_threshold), _store_closed(plan):
         if plan.mode == THREAD:
-            return [uvloop.run(_one_kernel(plan, get_flow()))]
+            with sigint_handler_kept():
+                return [uvloop.run(_one_kernel(plan, get_flow(), interruptible=True))]
         return _on_cores(plan, get_flow)
 
 
@@ -65,7 +67,10 @@ def _store_closed(plan: RunPlan):
             plan.snapshots.close()
 
 
-async def _one_kernel(plan: RunPlan, flow) -> dict:
+async def _one_kernel(plan: RunPlan, flow, interruptible: bool = False) -> dict:
+    """One kernel's run on this loop; `interruptible`: a blocking run's own
+    loop, whose first Ctrl-C stops the kernel's blocked work at once
+    (`_interrupt.py`; never the host's loop of `run_async`)."""
     kernel = Kernel(**plan.kernel.as_kwargs())
     coordinator = None if plan.snapshots is None else plan.snapshots.local()
     runtime = Runtime(flow.graph, kernel, coordinator=coordinator, metrics=plan.observed)
@@ -84,7 +89,8 @@ async def _one_kernel(plan: RunPlan, flow) -> dict:
     if plan.progress is not None:
         kernel.at_start(lambda: _tell_progress(kernel, runtime, plan.progress))
     try:
-        await kernel.join()
+        with first_ctrl_c_interrupts(kernel) if interruptible else nullcontext():
+            await kernel.join()
     except BaseException as exc:
         if server is not None:
             from kernel.metrics._dashboard import run_outcome

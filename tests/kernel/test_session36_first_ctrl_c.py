@@ -1,0 +1,140 @@
+"""Session 36: one Ctrl-C stops a one-kernel run whose step is blocked.
+
+Under `run(flow)` (one kernel) asyncio's Runner took the first SIGINT and
+only cancelled the run's main task, at its next await: a step blocked in
+its function (a sleep, a lock, a socket) went on, and only a second Ctrl-C
+stopped the run; on several cores the first one did. Real processes, real
+signals: each child says READY from inside the blocked function, and the
+test sends one SIGINT."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from _procs import without_stall_reports
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEADLINE = 8.0  # seconds for the child to end after the signal (it used to wait for ever)
+
+BLOCKED_STEP = """
+    import signal, sys, time
+    from kernel import Dataflow, run
+
+    def stuck(x):
+        print("READY", flush=True)
+        time.sleep(60)  # a function blocked (a lock, a socket...)
+        return x
+
+    flow = Dataflow("blocked")
+    flow.from_iterable(range(3)).map(stuck).collect()
+    try:
+        run(flow, cores={cores})
+    except KeyboardInterrupt:
+        # ...and the process's SIGINT handler is Python's again (not asyncio's runner's)
+        print("KeyboardInterrupt", signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)
+        sys.exit(3)
+    print("FINISHED", flush=True)
+"""
+
+BLOCKED_TASK = """
+    import signal, sys, time
+    from kernel import Dataflow, run
+
+    async def events():
+        print("READY", flush=True)
+        time.sleep(60)  # blocking inside an async source: the kernel's reader task
+        yield 1
+
+    flow = Dataflow("blocked-task")
+    flow.from_async_iterable(events).collect()
+    try:
+        run(flow)
+    except KeyboardInterrupt:
+        # ...and the process's SIGINT handler is Python's again (not asyncio's runner's)
+        print("KeyboardInterrupt", signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)
+        sys.exit(3)
+"""
+
+OWN_HANDLER = """
+    import signal, sys, time
+    from kernel import Dataflow, run
+
+    heard = []
+    signal.signal(signal.SIGINT, lambda signum, frame: heard.append(signum))
+
+    def waits_for_the_signal(x):
+        print("READY", flush=True)
+        deadline = time.monotonic() + 30
+        while not heard and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return x
+
+    flow = Dataflow("own-handler")
+    out = flow.from_iterable([1]).map(waits_for_the_signal).collect()
+    run(flow)
+    print("FINISHED", out.items, len(heard), flush=True)
+"""
+
+
+def _interrupted(script: str, signum=signal.SIGINT) -> tuple[int, str, str, float]:
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "READY"
+        sent = time.monotonic()
+        child.send_signal(signum)
+        out, err = child.communicate(timeout=DEADLINE)
+        return child.returncode, out, err, time.monotonic() - sent
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_one_ctrl_c_stops_a_run_blocked_in_a_step(cores):
+    code, out, err, _ = _interrupted(BLOCKED_STEP.format(cores=cores))
+    assert (code, out.strip()) == (3, "KeyboardInterrupt True"), err[-2000:]
+
+
+def test_one_ctrl_c_stops_a_run_blocked_in_a_kernel_task():
+    code, out, err, _ = _interrupted(BLOCKED_TASK)
+    assert (code, out.strip()) == (3, "KeyboardInterrupt True"), err[-2000:]
+
+
+def test_a_callers_own_sigint_handler_is_left_alone():
+    code, out, err, _ = _interrupted(OWN_HANDLER)
+    assert (code, out.strip()) == (0, "FINISHED [1] 1"), err[-2000:]
+
+
+def test_the_command_line_stops_a_blocked_step_on_one_ctrl_c_or_sigterm(tmp_path):
+    pipeline = tmp_path / "blocked.py"
+    pipeline.write_text(textwrap.dedent("""
+        import time
+        from kernel import Dataflow
+
+        def stuck(x):
+            print("READY", flush=True)
+            time.sleep(60)
+            return x
+
+        flow = Dataflow("blocked")
+        flow.from_iterable(range(3)).map(stuck).collect()
+    """))
+    for signum, expected, said in ((signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")):
+        child = subprocess.Popen([sys.executable, "-m", "kernel.run", str(pipeline), "--quiet"], cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout.readline().strip() == "READY"
+            child.send_signal(signum)
+            _, err = child.communicate(timeout=DEADLINE)
+            assert child.returncode == expected, err[-2000:]
+            assert without_stall_reports(err) == f"{said}\n"
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.communicate()
