@@ -76,6 +76,9 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
     if state_dir is not None and not isinstance(state_dir, (str, os.PathLike)):
         # else os.fspath's "expected str, bytes or os.PathLike object, not int", naming nothing
         raise ValueError(f"state_dir must be a directory's path (a str or a Path), got {state_dir!r}")
+    if state_dir is not None and os.fspath(state_dir) in ("", b""):
+        # else "state_dir '': the directory is read-only", of a directory that was never named
+        raise ValueError("state_dir is an empty path: name a directory (\".\" for this one)")
     _name_the_run()
     address = None
     if dashboard is not None:

@@ -61,3 +61,29 @@ def test_a_virtual_clocks_budget_is_in_its_own_time():
     assert out.items == list(range(1, 11))
     with pytest.raises(ValueError, match="budget must be"):
         run(flow, clock=VirtualClock(), budget=math.inf)
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_an_empty_state_dir_is_refused_as_such(cores, tmp_path, monkeypatch):
+    """state_dir="" was refused as "the directory is read-only (no permission
+    to make files in it)", of a writable working directory."""
+    monkeypatch.chdir(tmp_path)
+    flow, _ = _flow()
+    with pytest.raises(ValueError, match="state_dir is an empty path"):
+        run(flow, cores=cores, state_dir="")
+    with pytest.raises(ValueError, match="state_dir is an empty path"):
+        asyncio.run(run_async(flow, cores=cores, state_dir=""))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_command_line_refuses_an_empty_state_dir(tmp_path):
+    import subprocess
+    import sys
+
+    pipeline = tmp_path / "p.py"
+    pipeline.write_text("from kernel import Dataflow\n"
+                        "flow = Dataflow('p')\nflow.from_iterable([1]).collect()\n")
+    done = subprocess.run([sys.executable, "-m", "kernel.run", str(pipeline), "--state-dir", ""],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "state_dir is an empty path" in done.stderr
