@@ -48,7 +48,9 @@ def sigint_handler_kept():
     try:
         yield
     finally:
-        if signal.getsignal(signal.SIGINT) is not before and before is signal.default_int_handler:
+        after = signal.getsignal(signal.SIGINT)
+        # (only the Runner's or ours: one a step or a debugger set meanwhile is theirs)
+        if after is not before and (_runners(after) or getattr(after, "wraps_runners", False)):
             signal.signal(signal.SIGINT, before)
 
 
@@ -72,6 +74,7 @@ def first_ctrl_c_interrupts(kernel):
             raise KeyboardInterrupt
         runners(signum, frame)
 
+    on_sigint.wraps_runners = True  # type: ignore[attr-defined]
     signal.signal(signal.SIGINT, on_sigint)
     try:
         yield

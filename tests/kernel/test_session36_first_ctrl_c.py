@@ -138,3 +138,28 @@ def test_the_command_line_stops_a_blocked_step_on_one_ctrl_c_or_sigterm(tmp_path
             if child.poll() is None:
                 child.kill()
                 child.communicate()
+
+
+def test_a_handler_a_step_set_is_not_undone_after_the_run():
+    """After the run, the SIGINT handler asyncio's runner (or the kernel's
+    wrapper of it) left is taken down, not one a step set meanwhile (pdb's
+    'continue' does)."""
+    from kernel import Dataflow, run
+
+    def mine(signum, frame):
+        pass
+
+    def sets_a_handler(x):
+        signal.signal(signal.SIGINT, mine)
+        return x
+
+    before = signal.getsignal(signal.SIGINT)
+    assert before is signal.default_int_handler  # (as the runner needs to install its own)
+    flow = Dataflow("sets-a-handler")
+    out = flow.from_iterable([1]).map(sets_a_handler).collect()
+    try:
+        run(flow)
+        assert signal.getsignal(signal.SIGINT) is mine
+        assert out.items == [1]
+    finally:
+        signal.signal(signal.SIGINT, before)
