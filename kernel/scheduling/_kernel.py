@@ -329,13 +329,19 @@ class Kernel:
     def _blocked_in(self, frames: list) -> str | None:
         """What of this kernel's work the loop's thread is in (`frames`,
         innermost first; read by the watchdog's thread): an activation of a
-        slice of its scheduler, or one of its tasks; None if neither (the
-        host's, or another kernel's on the same loop)."""
+        slice of its scheduler, one of its processing-time timers
+        (`call_later`) or one of its tasks; None if none (the host's, or
+        another kernel's on the same loop)."""
         for frame in frames:
             # (another kernel's slice on this loop, run_async twice beside, is that kernel's to report)
             if frame.f_code is _RUN_SLICE and frame.f_locals.get("self") is self._scheduler:
                 activation = frame.f_locals.get("activation")
                 return getattr(activation, "name", None) or repr(activation)
+            # a processing-time timer's function blocked: reported by nothing, and
+            # a Ctrl-C only cancelled the run once it returned
+            if frame.f_code is _RUN_TIMER and frame.f_locals.get("self") is self:
+                fn = frame.f_locals.get("fn")
+                return f"timer call_later({getattr(fn, '__qualname__', None) or repr(fn)})"
         loop = self._loop
         current = asyncio.current_task(loop) if loop is not None else None
         for ref in list(self._tasks):  # a copy: the loop's thread may change the set
@@ -396,14 +402,19 @@ class Kernel:
 
         def fire():
             timers.discard(handle)
-            try:
-                fn()
-            except BaseException as exc:  # a timer's failure is the run's, not the loop's
-                self._timer_failed(fn, exc)
+            self._run_timer(fn)
 
         handle = self.clock.timer(loop, delay, fire)
         timers.add(handle)
         return handle
+
+    def _run_timer(self, fn) -> None:
+        # (a method of its own: its frame tells the watchdog and a Ctrl-C that
+        # the loop is in this kernel's timer, `_blocked_in`)
+        try:
+            fn()
+        except BaseException as exc:  # a timer's failure is the run's, not the loop's
+            self._timer_failed(fn, exc)
 
     def _timer_failed(self, fn, exc: BaseException) -> None:
         # Named as a task's failure is: raised as it was, a timer's error
@@ -581,3 +592,6 @@ def cooperate():
     Outside a kernel it is a plain yield, so code that calls it works anywhere.
     """
     return _get_current_tickets(_OUTSIDE_ANY_KERNEL)()
+
+
+_RUN_TIMER = Kernel._run_timer.__code__  # a timer's frame: its `fn` is the one running

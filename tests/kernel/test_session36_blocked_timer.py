@@ -1,0 +1,118 @@
+"""Session 36: a processing-time timer's function that blocks is the
+kernel's work, as a step's is.
+
+`kernel.call_later(delay, fn)` runs `fn` on the loop outside any slice or
+task, so the watchdog took a loop blocked in it for the host's (no report:
+the run hung without a word) and a first Ctrl-C only cancelled the run once
+`fn` returned."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from kernel import Dataflow, Operator, run
+from kernel.scheduling import _watchdog
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BLOCKED = "has not handed the event loop back"
+
+
+class _Reports(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+        self.arrived = threading.Event()
+
+    def emit(self, record) -> None:
+        if BLOCKED in record.getMessage():
+            self.messages.append(record.getMessage())
+            self.arrived.set()
+
+
+@pytest.fixture
+def reports(monkeypatch):
+    monkeypatch.setattr(_watchdog, "REPORT_AFTER", 0.3)
+    monkeypatch.setattr(_watchdog, "CHECK", 0.02)
+    _watchdog._wake.set()
+    handler = _Reports()
+    logging.getLogger("kernel").addHandler(handler)
+    yield handler
+    logging.getLogger("kernel").removeHandler(handler)
+
+
+def test_the_watchdog_reports_a_blocked_timer_by_its_function(reports):
+    class Stuck(Operator):
+        def open(self, context):
+            context.kernel.call_later(0.0, self.waits_for_the_report)
+
+        def waits_for_the_report(self):
+            # blocks the loop until the watchdog has told of it (or 5 s: a failure)
+            reports.arrived.wait(5)
+
+        def on_batch(self, port, batch):
+            self.emit(batch)
+
+    async def slow_source():
+        for i in range(3):
+            yield i
+
+    flow = Dataflow("timer")
+    out = flow.from_async_iterable(slow_source).apply(Stuck).collect()
+    started = time.monotonic()
+    run(flow)
+    assert time.monotonic() - started < 4.5, "the watchdog said nothing of the blocked timer"
+    assert sorted(out.items) == [0, 1, 2]
+    what = reports.messages[0].split(" has not")[0]
+    assert what.startswith("[kernel 0] timer call_later(") and what.endswith("Stuck.waits_for_the_report)")
+    assert "reports.arrived.wait(5)" in reports.messages[0]  # its frames: where it is blocked
+
+
+BLOCKED_TIMER = """
+    import asyncio, signal, sys, time
+    from kernel import Dataflow, Operator, run
+
+    class Stuck(Operator):
+        def open(self, context):
+            context.kernel.call_later(0.0, self.stuck)
+
+        def stuck(self):
+            print("READY", flush=True)
+            time.sleep(60)
+
+        def on_batch(self, port, batch):
+            self.emit(batch)
+
+    async def endless():
+        while True:
+            await asyncio.sleep(1)
+            yield 1
+
+    flow = Dataflow("blocked-timer")
+    flow.from_async_iterable(endless).apply(Stuck).collect()
+    try:
+        run(flow)
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt", signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)
+        sys.exit(3)
+"""
+
+
+def test_one_ctrl_c_stops_a_run_blocked_in_a_timer():
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(BLOCKED_TIMER)], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "READY"
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=8)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert (child.returncode, out.strip()) == (3, "KeyboardInterrupt True"), err[-2000:]
