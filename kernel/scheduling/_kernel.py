@@ -330,8 +330,9 @@ class Kernel:
         """What of this kernel's work the loop's thread is in (`frames`,
         innermost first; read by the watchdog's thread): an activation of a
         slice of its scheduler, one of its processing-time timers
-        (`call_later`) or one of its tasks; None if none (the host's, or
-        another kernel's on the same loop)."""
+        (`call_later`), its start (`join` running what `at_start` was
+        given: the steps' open and restore) or one of its tasks; None if
+        none (the host's, or another kernel's on the same loop)."""
         for frame in frames:
             # (another kernel's slice on this loop, run_async twice beside, is that kernel's to report)
             if frame.f_code is _RUN_SLICE and frame.f_locals.get("self") is self._scheduler:
@@ -342,6 +343,10 @@ class Kernel:
             if frame.f_code is _RUN_TIMER and frame.f_locals.get("self") is self:
                 fn = frame.f_locals.get("fn")
                 return f"timer call_later({getattr(fn, '__qualname__', None) or repr(fn)})"
+            # join() running its starters: the steps' open() and restore() (one blocked
+            # on a connection that never comes was not reported either)
+            if frame.f_code is _JOIN and frame.f_locals.get("self") is self:
+                return "the kernel's start (its steps' open and restore)"
         loop = self._loop
         current = asyncio.current_task(loop) if loop is not None else None
         for ref in list(self._tasks):  # a copy: the loop's thread may change the set
@@ -595,3 +600,4 @@ def cooperate():
 
 
 _RUN_TIMER = Kernel._run_timer.__code__  # a timer's frame: its `fn` is the one running
+_JOIN = Kernel.join.__code__  # its frame on the loop thread: the kernel starting (or ending)

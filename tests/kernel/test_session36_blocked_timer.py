@@ -6,48 +6,21 @@ task, so the watchdog took a loop blocked in it for the host's (no report:
 the run hung without a word) and a first Ctrl-C only cancelled the run once
 `fn` returned."""
 
-import logging
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
-import pytest
+from _watchdog_reports import reports  # noqa: F401 (a fixture)
 
 from kernel import Dataflow, Operator, run
-from kernel.scheduling import _watchdog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BLOCKED = "has not handed the event loop back"
 
 
-class _Reports(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[str] = []
-        self.arrived = threading.Event()
-
-    def emit(self, record) -> None:
-        if BLOCKED in record.getMessage():
-            self.messages.append(record.getMessage())
-            self.arrived.set()
-
-
-@pytest.fixture
-def reports(monkeypatch):
-    monkeypatch.setattr(_watchdog, "REPORT_AFTER", 0.3)
-    monkeypatch.setattr(_watchdog, "CHECK", 0.02)
-    _watchdog._wake.set()
-    handler = _Reports()
-    logging.getLogger("kernel").addHandler(handler)
-    yield handler
-    logging.getLogger("kernel").removeHandler(handler)
-
-
-def test_the_watchdog_reports_a_blocked_timer_by_its_function(reports):
+def test_the_watchdog_reports_a_blocked_timer_by_its_function(reports):  # noqa: F811
     class Stuck(Operator):
         def open(self, context):
             context.kernel.call_later(0.0, self.waits_for_the_report)
