@@ -9,7 +9,8 @@ the launcher gets its `KeyboardInterrupt` at once.
 
 While the kernel runs, the Runner's handler is wrapped: a SIGINT that comes
 while the loop's thread is in the kernel's work (a slice's activation, one
-of its tasks: what the watchdog calls blocked, `Kernel._blocked_in`) raises
+of its tasks or `call_later` timers, its steps' open() as it starts: what
+the watchdog calls blocked, `Kernel._blocked_in`) raises
 `KeyboardInterrupt` there, as Python's own handler does in a plain program,
 and the run raises it as for a `KeyboardInterrupt` in a step's function
 (see "When a function raises"). A SIGINT while the loop waits goes to the
@@ -56,6 +57,9 @@ def sigint_handler_kept():
 
 @contextmanager
 def first_ctrl_c_interrupts(kernel):
+    """While it lasts, a SIGINT in `kernel`'s work raises KeyboardInterrupt
+    there; any other goes to asyncio's Runner's handler (the module's
+    docstring). Only where that handler is the Runner's."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
