@@ -300,6 +300,10 @@ class Kernel:
             watchdog = Watchdog(loop, self._blocked_in, self._report_blocked, self._stall_threshold)
         try:
             self._attach(loop)
+            if self._idle.done() and self._failure is None:
+                # joined before: this join waits for what was spawned since (it
+                # returned at once, on the first join's done future, a task pending)
+                self._idle = loop.create_future()
             if watchdog is not None:
                 watchdog.start()
             starters, self._starters = self._starters, []
@@ -464,6 +468,12 @@ class Kernel:
         does (and then `None` is returned instead of the task).
         """
         label = name or getattr(coro, "__qualname__", repr(coro))
+        if self._failure is not None:
+            # a failure stops everything of the kernel: a task spawned after it ran all the same
+            if asyncio.iscoroutine(coro):
+                coro.close()
+            raise RuntimeError(f"spawn({label}): this Kernel's run failed "
+                               f"({type(self._failure).__name__}); make a new Kernel for this one")
         if self._loop is None:
             self._pending_spawns.append((coro, label))
             return None
