@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import itertools
 import logging
 import math
@@ -467,6 +468,11 @@ class Kernel:
         fails the run. A task started before the kernel runs is started when it
         does (and then `None` is returned instead of the task).
         """
+        if not asyncio.iscoroutine(coro):
+            # refused here: at join() it failed as a bare "a coroutine was expected", the
+            # tasks spawned after it never started (their coroutines never awaited)
+            hint = " (call it: spawn(fn()), not spawn(fn))" if inspect.iscoroutinefunction(coro) else ""
+            raise TypeError(f"spawn needs a coroutine{hint}, got {coro!r}")
         label = name or getattr(coro, "__qualname__", repr(coro))
         if self._failure is not None:
             # a failure stops everything of the kernel: a task spawned after it ran all the same

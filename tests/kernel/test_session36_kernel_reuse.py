@@ -69,3 +69,17 @@ async def test_spawn_on_a_failed_kernel_is_refused_and_runs_nothing():
         gc.collect()
     await asyncio.sleep(0.05)
     assert out == []
+
+
+@pytest.mark.parametrize("bad", [_count, 5, None])
+async def test_spawn_of_no_coroutine_is_refused_at_the_call(bad):
+    """spawn(fn) (not fn()) was taken, and failed at join() as a bare "a
+    coroutine was expected", the tasks spawned after it never started."""
+    kernel = Kernel()
+    out: list = []
+    kernel.spawn(_count(2, out))
+    with pytest.raises(TypeError, match="spawn needs a coroutine"):
+        kernel.spawn(bad)
+    kernel.spawn(_count(3, out))
+    await kernel.join()
+    assert len(out) == 5
