@@ -218,6 +218,10 @@ class Scheduler:
         self._monotonic = monotonic
         self.budget = budget
         self.stall_threshold = stall_threshold
+        # An activation within the budget is what the kernel was given: a
+        # budget over the threshold (budget=0.2: sources size their batches
+        # to fill it) had every source's batch reported as a stall.
+        self._stall_after = max(stall_threshold, budget)
         self._logger = logger or logging.getLogger("kernel")
         self._on_error = on_error
         self._on_slice_start = on_slice_start
@@ -354,7 +358,7 @@ class Scheduler:
         latency = self._latency
         latency_queue = latency.queue
         throughput = self._throughput
-        stall = self.stall_threshold
+        stall = self._stall_after
         t = started
         activation = None
         ticks = ran = 0
@@ -448,7 +452,7 @@ class Scheduler:
             "the event loop and every other operator waited%s",
             described(activation),
             seconds * 1e3,
-            self.stall_threshold * 1e3,
+            self._stall_after * 1e3,
             more,
             extra={"step": name},
         )

@@ -205,6 +205,23 @@ async def test_stall_detector_names_the_activation(caplog):
     assert stalls[0].kernel == 0
 
 
+async def test_an_activation_within_a_budget_longer_than_the_stall_threshold_is_no_stall(caplog):
+    # budget=0.2 (at most MAX_BUDGET): sources size their batches to fill it,
+    # and each batch was reported as a stall of the 25 ms threshold
+    clock = VirtualClock()
+    kernel = Kernel(clock=clock, budget=0.1, stall_threshold=0.025)
+
+    def setup(k):
+        k.ready(Act("within-the-budget", [], lambda: clock.advance(0.090)))
+        k.ready(Act("past-the-budget", [], lambda: clock.advance(0.110)))
+
+    with caplog.at_level(logging.WARNING, logger="kernel"):
+        await run_kernel(kernel, setup)
+    stalls = [r.getMessage() for r in caplog.records if "stall" in r.getMessage()]
+    assert len(stalls) == 1 and "past-the-budget" in stalls[0], stalls
+    assert "ran 110.0 ms without yielding (threshold 100.0 ms)" in stalls[0], stalls
+
+
 async def test_an_activation_that_raises_fails_the_run_and_stops_the_queue():
     trace = []
     kernel = Kernel(clock=VirtualClock())
