@@ -24,6 +24,7 @@ from kernel.dataflow._errors import keep_cause_traceback
 from kernel.scheduling._continues import note_continues
 from kernel.scheduling._errors import carry_causes
 
+from ._inherited_descriptors import note_inherited
 from ._queued_logs import emit_queued_logs_here, shut_logging_down_at_exit
 from ._random_seeds import seed_kernel
 from ._signals import release_in_kernel
@@ -199,10 +200,12 @@ def _wait_for_the_kernels_threads() -> None:
 
 
 def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid,
-                 epochs=None, commits=None, gate=None, close_streams=False) -> None:
+                 epochs=None, commits=None, gate=None, close_streams=False, inherited=None) -> None:
     """A kernel process: pinned, one uvloop, nothing else. `close_streams`
     (a run of `run_async`, forked from an application): close the stream
-    sockets inherited from it (`_close_inherited_streams`)."""
+    sockets inherited from it (`_close_inherited_streams`). `inherited`:
+    the application's pipe writers and sockets, which the kernel lets go of
+    where its steps do not reach them (`_inherited_descriptors.py`)."""
     status = 1
     # A kernel leaves by os._exit, which runs no exit handler: those of its
     # own (a pipeline file's module-level `atexit.register`, as each kernel
@@ -216,6 +219,7 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
         _default_signals()
         note_continues()  # a stop is not an operator's stall (kernel/scheduling/_continues.py)
         release_in_kernel()  # (blocked across the fork: `_signals.py`)
+        note_inherited(inherited)
         if close_streams:
             _close_inherited_streams()
         take_standard_input(index, peers)

@@ -60,6 +60,7 @@ from kernel.scheduling._from_threads import call_soon_from_thread
 from kernel.scheduling._watchdog import retire_if_idle
 
 from ._child import _kernel_main, _libc, gate_record
+from ._inherited_descriptors import let_go_unreached, the_applications
 from ._queued_logs import find_before_fork
 from ._random_seeds import draw_for_kernels
 from ._signals import held_signals
@@ -295,6 +296,9 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
     # client only when the run ended.)
     embedded = cancel is not None or threading.current_thread() is not threading.main_thread()
 
+    # the application's pipe write ends and sockets, listed before anything of
+    # ours is made: each child lets go of those its work does not reach
+    inherited = the_applications()
     context = multiprocessing.get_context("fork")
     _libc()  # inherited by every child
     draw_for_kernels()
@@ -359,7 +363,7 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
             child = _KernelProcess(
                 target=_kernel_main,
                 args=(first + index, peers, cpus[index], build_runtime, transport, sender, os.getpid(),
-                      epochs, commits_in, gate, embedded),
+                      epochs, commits_in, gate, embedded, inherited),
                 name=f"kernel-{first + index}",
                 daemon=True,
             )
@@ -380,7 +384,7 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
                 args=(first, peers, None, _relay_runtime(cluster, relay_rings, bells, results_in, gate,
                                                          sender, agreement, link_report),
                       None, sender, os.getpid()),
-                kwargs={"close_streams": embedded},
+                kwargs={"close_streams": embedded, "inherited": inherited},
                 name="links",
                 daemon=True,
             )
@@ -471,6 +475,7 @@ def _relay_runtime(plan, ends, bells, handover, gate, launcher=None, agreement=N
     async def run_relay(_index, _peers, _transport, _coordinator):
         from kernel.net._relay import LinkRelay
 
+        let_go_unreached()  # (it runs no step: the application's pipe writers and sockets are not its)
         gate_in, gate_out = gate
         os.close(gate_in)
         loop = asyncio.get_running_loop()

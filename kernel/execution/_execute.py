@@ -24,6 +24,7 @@ from kernel.runtime._runtime import Runtime
 from kernel.scheduling._kernel import Kernel
 
 from ._host_gc import host_heap_frozen
+from ._inherited_descriptors import let_go_unreached
 from ._interrupt import first_ctrl_c_interrupts, sigint_handler_kept
 from ._plan import PROGRESS_INTERVAL, THREAD, RunPlan
 from ._results import pack as pack_results
@@ -214,6 +215,8 @@ def _kernel_process(get_flow, plan: RunPlan, blocks=None, graph_block=None):
 
     async def run_kernel(index: int, peers: int, transport, coordinator=None) -> dict:
         flow = get_flow()
+        # (before any source reads: a pipe it reads ends only once no kernel holds its writer)
+        let_go_unreached([node.factory for node in flow.graph.nodes])
         files = flow_files(flow.graph)  # written to by its steps, from before the fork (or the import)
         by_whole_lines(files)
         kernel = Kernel(index=index, peers=peers, **options)

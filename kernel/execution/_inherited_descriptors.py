@@ -1,0 +1,144 @@
+"""The application's descriptors that a kernel process (or a cluster's link
+relay) lets go of: the write ends of its pipes and FIFOs, and its
+sockets, that the flow's steps do not reach.
+
+A fork copies every descriptor of the process, and a reader sees the end
+of a pipe (or of a stream socket) only once every copy of its write end
+(its peer) is closed. A kernel never closes the copies it inherited, and
+has none of the application's threads that write them. So a thread of the
+caller feeding a subprocess's standard input (`Popen(stdin=PIPE)`), with
+`from_iterable(p.stdout)` on two kernels, hung for ever: the caller closed
+`p.stdin`, but kernel 0 (and a cluster's relay) still held a copy, the
+subprocess never saw the end of its input, never closed its output, and
+kernel 0 waited on it. Likewise a `socket.socketpair()` whose end a thread
+of the caller writes and closes while kernel 0 reads the other.
+
+So the launcher lists, before it makes anything of its own, the
+application's pipe and FIFO write ends and sockets (`the_applications`),
+and each child lets go of those its work does not reach
+(`let_go_unreached`): a kernel of what no step reaches (the steps'
+functions, their closures, defaults and the globals they name, bound
+methods' objects, sources' iterables: `_reachable.reachable`, which finds
+file objects, sockets, and descriptors held as numbers), nor the logging
+handlers, nor `sys.stdout` and the like; the relay, which runs no step, of
+all but the latter two. A descriptor a step's function does use, but
+through more hops than are looked at, fails loudly where it writes (a
+`BrokenPipeError`, or `ENOTCONN` for a socket) rather than writing nowhere.
+
+Let go is not closed: the application's file objects, inherited too, still
+hold those numbers, and a close would free a number the kernel's own next
+descriptor takes, which a later write through the old object (a finalizer
+flushing it) would then land in. Each takes a stand-in instead: a pipe's
+write end with no reader, or an unconnected socket. Only descriptors still
+the very file they were when listed (device and inode) are touched: a
+number freed and taken again in between is someone else's.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import logging
+import os
+import socket
+import stat
+import sys
+
+from ._reachable import reachable
+
+# What a step's walk finds of descriptors: file objects, sockets, and numbers
+# (an `os.pipe()`'s ends held as ints; an int that is no descriptor is harmless)
+_HOLDERS = (io.IOBase, socket.socket, int)
+
+
+def the_applications() -> dict[int, tuple[int, int]]:
+    """The launcher, before it makes anything of its own: its pipe and FIFO
+    write ends and its sockets (above the standard three), each with its
+    identity (device, inode)."""
+    found = {}
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd <= 2:
+            continue
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISSOCK(info.st_mode) or (
+                    stat.S_ISFIFO(info.st_mode)
+                    and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY):
+                found[fd] = (info.st_dev, info.st_ino)
+        except OSError:  # (the listing's own descriptor, closed by now; or closed by a thread meanwhile)
+            continue
+    return found
+
+
+_inherited: dict[int, tuple[int, int]] = {}  # in a child: the launcher's `the_applications()`
+
+
+def note_inherited(inherited: dict[int, tuple[int, int]] | None) -> None:
+    """A child, as it starts: what the launcher listed (`the_applications`)."""
+    global _inherited
+    _inherited = dict(inherited or {})
+
+
+def let_go_unreached(roots=()) -> None:
+    """A child: let go of each listed descriptor (once) that nothing of
+    `roots` (a kernel's steps' factories; none for the relay), the logging
+    handlers or the standard streams reaches."""
+    global _inherited
+    listed, _inherited = _inherited, {}
+    if not listed:
+        return
+    kept = _reached([*roots, *_logging_handlers(), *_standard_streams()])
+    broken_pipe = placeholder = None
+    try:
+        for fd, identity in listed.items():
+            if fd in kept:
+                continue
+            try:
+                info = os.fstat(fd)
+            except OSError:  # closed since (by the application's object, inherited: its finalizer)
+                continue
+            if (info.st_dev, info.st_ino) != identity:
+                continue
+            if stat.S_ISSOCK(info.st_mode):
+                if placeholder is None:
+                    placeholder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                stand_in = placeholder.fileno()
+            else:
+                if broken_pipe is None:
+                    read, broken_pipe = os.pipe()
+                    os.close(read)  # (a write then fails: EPIPE, a BrokenPipeError)
+                stand_in = broken_pipe
+            os.dup2(stand_in, fd, inheritable=os.get_inheritable(fd))
+    finally:
+        if placeholder is not None:
+            placeholder.close()
+        if broken_pipe is not None:
+            os.close(broken_pipe)
+
+
+def _reached(roots) -> set[int]:
+    kept = set()
+    for root in roots:
+        for holder in reachable(root, _HOLDERS):
+            if isinstance(holder, bool):
+                continue
+            if isinstance(holder, int):
+                kept.add(holder)
+                continue
+            try:
+                kept.add(holder.fileno())
+            except (OSError, ValueError):  # closed, detached, or no descriptor (a StringIO)
+                continue
+    return kept
+
+
+def _logging_handlers() -> list:
+    """Every handler of every logger (their streams and sockets: the
+    kernels log through them)."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    return [handler for logger in loggers for handler in getattr(logger, "handlers", ())]
+
+
+def _standard_streams() -> list:
+    return [sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__]

@@ -1,0 +1,185 @@
+"""The application's pipe write ends and sockets that kernel processes (and a
+cluster's link relay) inherit through `fork`, and let go of where the flow
+does not reach them (kernel/execution/_inherited_descriptors.py).
+
+A thread of the caller feeding a subprocess's standard input, with
+`from_iterable(p.stdout)` on two kernels, hung for ever: kernel 0 held a
+copy of `p.stdin`'s write end, so the subprocess never saw the end of its
+input and kernel 0 waited for the end of its output. So did a socketpair
+whose other end a thread of the caller wrote and closed, and a pipe written
+by a thread of the caller in a cluster (its relay held the writer).
+
+Each case runs in a Python process of its own, with a time limit: a run
+that hangs fails its test rather than the suite."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+LINES = 200_000  # ~1.3 MB: more than a pipe holds, so the writer is still writing as the kernels fork
+TIME_LIMIT = 40  # seconds; each run takes one or two
+
+
+def _python(tmp_path, code: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "case.py"
+    script.write_text(textwrap.dedent(code))
+    try:
+        return subprocess.run([sys.executable, str(script)], capture_output=True, timeout=TIME_LIMIT,
+                              cwd=tmp_path)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the run hung (no end within {TIME_LIMIT} s): {exc.stderr!r}")
+
+
+def _assert_every_line_once(done: subprocess.CompletedProcess) -> None:
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().split() == ["exact"], done.stdout.decode() + done.stderr.decode()
+
+
+FEEDS_A_SUBPROCESS = """
+    import subprocess, threading
+    from kernel import Dataflow, run
+
+    N = {lines}
+    child = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    go = threading.Event()
+
+    def feed():
+        go.wait()
+        with child.stdin:
+            for i in range(N):
+                child.stdin.write(b"%d\\n" % i)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    flow = Dataflow("subprocess")
+    out = flow.from_iterable(child.stdout).map(int).collect()
+    go.set()
+    run(flow, cores={cores})
+    feeder.join()
+    child.wait()
+    print("exact" if sorted(out.items) == list(range(N)) else f"wrong: {{len(out.items)}} records")
+"""
+
+
+@pytest.mark.parametrize("cores", [2, 3])
+def test_a_subprocess_a_thread_of_the_caller_feeds_ends_and_its_output_is_read_once(tmp_path, cores):
+    """The kernels held copies of `child.stdin`: `cat` never saw the end of
+    its input, and the run never ended."""
+    _assert_every_line_once(_python(tmp_path, FEEDS_A_SUBPROCESS.format(lines=LINES, cores=cores)))
+
+
+READS_A_SOCKETPAIR = """
+    import socket, threading
+    from kernel import Dataflow, run
+
+    N = {lines}
+    ours, theirs = socket.socketpair()
+    go = threading.Event()
+
+    def feed():
+        go.wait()
+        with theirs:
+            theirs.sendall(b"".join(b"%d\\n" % i for i in range(N)))
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    flow = Dataflow("socketpair")
+    out = flow.from_iterable(ours.makefile("rb")).map(int).collect()
+    go.set()
+    run(flow, cores={cores})
+    feeder.join()
+    print("exact" if sorted(out.items) == list(range(N)) else f"wrong: {{len(out.items)}} records")
+"""
+
+
+@pytest.mark.parametrize("cores", [2, 3])
+def test_a_socket_whose_peer_a_thread_of_the_caller_closes_ends(tmp_path, cores):
+    """`run` on the main thread: the kernels held copies of the caller's
+    end, and kernel 0 never saw the end of the other."""
+    _assert_every_line_once(_python(tmp_path, READS_A_SOCKETPAIR.format(lines=LINES, cores=cores)))
+
+
+READS_A_PIPE_IN_A_CLUSTER = """
+    import os, threading
+    from kernel import Dataflow, run
+
+    N = {lines}
+    read, write = os.pipe()
+    go = threading.Event()
+
+    def feed():
+        go.wait()
+        with os.fdopen(write, "wb") as out:
+            for i in range(N):
+                out.write(b"%d\\n" % i)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    flow = Dataflow("pipe")
+    out = flow.from_iterable(os.fdopen(read, "rb")).map(int).collect()
+    go.set()
+    run(flow, cores=2, process_id=0, peers="127.0.0.1:{port}", secret="s" * 32)
+    feeder.join()
+    print("exact" if sorted(out.items) == list(range(N)) else f"wrong: {{len(out.items)}} records")
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_pipe_a_thread_of_the_caller_writes_ends_in_a_cluster_too(tmp_path):
+    """The kernels let go of the writers of the pipe a source reads, but the
+    cluster's relay, forked too, kept its copy: kernel 0 never saw the end."""
+    _assert_every_line_once(_python(tmp_path, READS_A_PIPE_IN_A_CLUSTER.format(lines=LINES,
+                                                                             port=_free_port())))
+
+
+WRITES_WHAT_ITS_STEPS_REACH = """
+    import os, socket, subprocess, threading
+    from kernel import Dataflow, run
+
+    N = 2_000
+    read, write = os.pipe()  # a number, in a closure
+    child = subprocess.Popen(["sort", "-n"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    ours, theirs = socket.socketpair()
+    received = []
+    reader = threading.Thread(target=lambda: received.append(theirs.makefile("rb").read()))
+    reader.start()
+
+    def to_the_child(x):  # a helper the step's function names: its global `child`
+        child.stdin.write(b"%d\\n" % x)
+        child.stdin.flush()
+
+    flow = Dataflow("writes")
+    numbers = flow.from_iterable(range(N))
+    numbers.sink(lambda x: os.write(write, b"%d\\n" % x))
+    numbers.sink(lambda x: to_the_child(x))
+    numbers.sink(lambda x: ours.sendall(b"%d\\n" % x))
+    run(flow, cores={cores})
+    os.close(write)
+    child.stdin.close()
+    ours.close()
+    reader.join()
+    expected = list(range(N))
+    results = [sorted(map(int, os.fdopen(read, "rb").read().split())),
+               list(map(int, child.stdout.read().split())),
+               sorted(map(int, received[0].split()))]
+    child.wait()
+    print("exact" if all(r == expected for r in results) else f"wrong: {{[len(r) for r in results]}}")
+"""
+
+
+@pytest.mark.parametrize("cores", [2, 3])
+def test_pipes_and_sockets_the_steps_write_to_are_kept(tmp_path, cores):
+    """What the kernels let go of is only what the flow does not reach: a
+    descriptor held as a number, a subprocess's input through a helper, a
+    socket, each written by a step, still get every record."""
+    _assert_every_line_once(_python(tmp_path, WRITES_WHAT_ITS_STEPS_REACH.format(cores=cores)))
