@@ -204,7 +204,7 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
     """A kernel process: pinned, one uvloop, nothing else. `close_streams`
     (a run of `run_async`, forked from an application): close the stream
     sockets inherited from it (`_close_inherited_streams`). `inherited`:
-    the application's pipe writers and sockets, which the kernel lets go of
+    the application's pipes and sockets, which the kernel lets go of
     where its steps do not reach them (`_inherited_descriptors.py`)."""
     status = 1
     # A kernel leaves by os._exit, which runs no exit handler: those of its

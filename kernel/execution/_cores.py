@@ -296,7 +296,7 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
     # client only when the run ended.)
     embedded = cancel is not None or threading.current_thread() is not threading.main_thread()
 
-    # the application's pipe write ends and sockets, listed before anything of
+    # the application's pipes and sockets, listed before anything of
     # ours is made: each child lets go of those its work does not reach
     inherited = the_applications()
     context = multiprocessing.get_context("fork")
@@ -475,7 +475,7 @@ def _relay_runtime(plan, ends, bells, handover, gate, launcher=None, agreement=N
     async def run_relay(_index, _peers, _transport, _coordinator):
         from kernel.net._relay import LinkRelay
 
-        let_go_unreached()  # (it runs no step: the application's pipe writers and sockets are not its)
+        let_go_unreached()  # (it runs no step: the application's pipes and sockets are not its)
         gate_in, gate_out = gate
         os.close(gate_in)
         loop = asyncio.get_running_loop()

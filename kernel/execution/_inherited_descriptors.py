@@ -1,29 +1,35 @@
 """The application's descriptors that a kernel process (or a cluster's link
-relay) lets go of: the write ends of its pipes and FIFOs, and its
-sockets, that the flow's steps do not reach.
+relay) lets go of: its pipes and FIFOs (either end) and its sockets that
+the flow's steps do not reach.
 
 A fork copies every descriptor of the process, and a reader sees the end
 of a pipe (or of a stream socket) only once every copy of its write end
-(its peer) is closed. A kernel never closes the copies it inherited, and
-has none of the application's threads that write them. So a thread of the
-caller feeding a subprocess's standard input (`Popen(stdin=PIPE)`), with
-`from_iterable(p.stdout)` on two kernels, hung for ever: the caller closed
-`p.stdin`, but kernel 0 (and a cluster's relay) still held a copy, the
-subprocess never saw the end of its input, never closed its output, and
-kernel 0 waited on it. Likewise a `socket.socketpair()` whose end a thread
-of the caller writes and closes while kernel 0 reads the other.
+(its peer) is closed; a writer is told that nobody reads (EPIPE, SIGPIPE)
+only once every copy of the read end is. A kernel never closes the copies
+it inherited, and has none of the application's threads that use them.
+So a thread of the caller feeding a subprocess's standard input
+(`Popen(stdin=PIPE)`), with `from_iterable(p.stdout)` on two kernels,
+hung for ever: the caller closed `p.stdin`, but kernel 0 (and a cluster's
+relay) still held a copy, the subprocess never saw the end of its input,
+never closed its output, and kernel 0 waited on it. Likewise a
+`socket.socketpair()` whose end a thread of the caller writes and closes
+while kernel 0 reads the other; and a subprocess whose output the caller
+closed once it had read enough (`seq`, `yes`): the kernels' copies of the
+read end kept it blocked on a full pipe, never ending, rather than ended
+by SIGPIPE, and a caller thread waiting for it waited as long as the run.
 
 So the launcher lists, before it makes anything of its own, the
-application's pipe and FIFO write ends and sockets (`the_applications`),
-and each child lets go of those its work does not reach
-(`let_go_unreached`): a kernel of what no step reaches (the steps'
-functions, their closures, defaults and the globals they name, bound
-methods' objects, sources' iterables: `_reachable.reachable`, which finds
-file objects, sockets, and descriptors held as numbers), nor the logging
-handlers, nor `sys.stdout` and the like; the relay, which runs no step, of
-all but the latter two. A descriptor a step's function does use, but
-through more hops than are looked at, fails loudly where it writes (a
-`BrokenPipeError`, or `ENOTCONN` for a socket) rather than writing nowhere.
+application's pipes, FIFOs and sockets (`the_applications`), and each
+child lets go of those its work does not reach (`let_go_unreached`): a
+kernel of what no step reaches (the steps' functions, their closures,
+defaults and the globals they name, bound methods' objects, sources'
+iterables: `_reachable.reachable`, which finds file objects, sockets, and
+descriptors held as numbers), nor the logging handlers, nor `sys.stdout`
+and the like; the relay, which runs no step, of all but the latter two. A
+descriptor a step's function does use, but through more hops than are
+looked at, fails loudly where it is used (a pipe's: `BrokenPipeError` to
+write, `EBADF` to read; a socket's: `ENOTCONN`) rather than writing
+nowhere or reading nothing.
 
 Let go is not closed: the application's file objects, inherited too, still
 hold those numbers, and a close would free a number the kernel's own next
@@ -36,7 +42,6 @@ number freed and taken again in between is someone else's.
 
 from __future__ import annotations
 
-import fcntl
 import io
 import logging
 import os
@@ -52,9 +57,9 @@ _HOLDERS = (io.IOBase, socket.socket, int)
 
 
 def the_applications() -> dict[int, tuple[int, int]]:
-    """The launcher, before it makes anything of its own: its pipe and FIFO
-    write ends and its sockets (above the standard three), each with its
-    identity (device, inode)."""
+    """The launcher, before it makes anything of its own: its pipes, FIFOs
+    and sockets (above the standard three), each with its identity
+    (device, inode)."""
     found = {}
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
@@ -62,9 +67,7 @@ def the_applications() -> dict[int, tuple[int, int]]:
             continue
         try:
             info = os.fstat(fd)
-            if stat.S_ISSOCK(info.st_mode) or (
-                    stat.S_ISFIFO(info.st_mode)
-                    and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY):
+            if stat.S_ISSOCK(info.st_mode) or stat.S_ISFIFO(info.st_mode):
                 found[fd] = (info.st_dev, info.st_ino)
         except OSError:  # (the listing's own descriptor, closed by now; or closed by a thread meanwhile)
             continue
@@ -107,7 +110,7 @@ def let_go_unreached(roots=()) -> None:
             else:
                 if broken_pipe is None:
                     read, broken_pipe = os.pipe()
-                    os.close(read)  # (a write then fails: EPIPE, a BrokenPipeError)
+                    os.close(read)  # (a write then fails: EPIPE, a BrokenPipeError; a read: EBADF)
                 stand_in = broken_pipe
             os.dup2(stand_in, fd, inheritable=os.get_inheritable(fd))
     finally:

@@ -183,3 +183,42 @@ def test_pipes_and_sockets_the_steps_write_to_are_kept(tmp_path, cores):
     descriptor held as a number, a subprocess's input through a helper, a
     socket, each written by a step, still get every record."""
     _assert_every_line_once(_python(tmp_path, WRITES_WHAT_ITS_STEPS_REACH.format(cores=cores)))
+
+
+STOPS_READING_A_SUBPROCESS = """
+    import os, subprocess, threading, time
+    from kernel import Dataflow, run
+
+    producer = subprocess.Popen(["seq", "1", "100000000"], stdout=subprocess.PIPE)
+    read, write = os.pipe()
+    go = threading.Event()
+
+    def application():
+        go.wait()
+        me, deadline = os.getpid(), time.monotonic() + 20
+        while len(open(f"/proc/{{me}}/task/{{me}}/children").read().split()) < 1 + {cores}:
+            assert time.monotonic() < deadline, "the kernels never started"
+            time.sleep(0.005)  # (a poll: the kernels are forked by now, holding what they inherit)
+        producer.stdout.readline()
+        producer.stdout.close()  # enough: seq is told so (SIGPIPE) and ends
+        producer.wait()
+        with os.fdopen(write, "wb") as out:
+            out.write(b"1\\n2\\n3\\n")
+
+    thread = threading.Thread(target=application)
+    thread.start()
+    flow = Dataflow("after")
+    out = flow.from_iterable(os.fdopen(read, "rb")).map(int).collect()
+    go.set()
+    run(flow, cores={cores})
+    thread.join()
+    print("exact" if sorted(out.items) == [1, 2, 3] else f"wrong: {{out.items}}")
+"""
+
+
+@pytest.mark.parametrize("cores", [2, 3])
+def test_a_subprocess_whose_output_the_caller_closed_ends_while_the_kernels_run(tmp_path, cores):
+    """The kernels held copies of `producer.stdout`'s read end: `seq` never
+    got SIGPIPE, blocked on a full pipe, and the caller's thread waiting for
+    it (which the flow's source waited for) waited for ever."""
+    _assert_every_line_once(_python(tmp_path, STOPS_READING_A_SUBPROCESS.format(cores=cores)))
