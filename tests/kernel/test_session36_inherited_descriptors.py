@@ -14,12 +14,16 @@ that hangs fails its test rather than the suite."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 LINES = 200_000  # ~1.3 MB: more than a pipe holds, so the writer is still writing as the kernels fork
 TIME_LIMIT = 40  # seconds; each run takes one or two
@@ -222,3 +226,63 @@ def test_a_subprocess_whose_output_the_caller_closed_ends_while_the_kernels_run(
     got SIGPIPE, blocked on a full pipe, and the caller's thread waiting for
     it (which the flow's source waited for) waited for ever."""
     _assert_every_line_once(_python(tmp_path, STOPS_READING_A_SUBPROCESS.format(cores=cores)))
+
+
+# -- files a step's function reads, opened before the run -------------------------------------------------
+
+def test_a_file_a_step_reads_has_each_kernels_own_read_position(tmp_path):
+    """`f.seek(0); f.read()` in a map over a file opened before the run: the
+    kernels shared its read position, each moving it under the others (of
+    20,000 reads of a 100,000-character file on two kernels, ~950 got
+    another size)."""
+    from kernel import Dataflow, run
+
+    path = tmp_path / "table.txt"
+    path.write_text("x" * 100_000)
+    with open(path) as table:
+
+        def size(_):
+            table.seek(0)
+            return len(table.read())
+
+        for cores in (1, 2, 3):
+            flow = Dataflow("sizes")
+            out = flow.from_iterable(range(6_000)).map(size).collect()
+            run(flow, cores=cores)
+            assert out.items == [100_000] * 6_000, (cores, sorted(set(out.items)))
+        assert table.tell() == 100_000  # (the caller's own, moved by the run on one kernel)
+
+
+@settings(max_examples=6, deadline=None)
+@given(table=st.dictionaries(st.text(max_size=5), st.integers(), min_size=1, max_size=40),
+       cores=st.sampled_from([2, 3]), read_before=st.booleans())
+def test_a_lookup_table_a_function_loads_on_first_call_is_whole_on_every_kernel(table, cores, read_before):
+    """A function that loads a table from a file opened before the run on
+    its first call: the first kernel to load it read it whole, and the
+    others, at its end, found nothing (each looked up in an empty table).
+    With `read_before`, the caller read its first line before the run: each
+    kernel goes on from there, as one kernel does."""
+    import json
+    import tempfile
+
+    from kernel import Dataflow, run
+
+    keys = sorted(table) * 50
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "table.jsonl")
+        with open(path, "w") as out:
+            out.write("header\n" + "".join(json.dumps([k, v]) + "\n" for k, v in table.items()))
+        with open(path) as lines:
+            if read_before:
+                lines.readline()
+            loaded: dict = {}
+
+            def look_up(key):
+                if not loaded:
+                    loaded.update(json.loads(line) for line in lines if line != "header\n")
+                return loaded.get(key)
+
+            flow = Dataflow("lookup")
+            found = flow.from_iterable(keys).map(look_up).collect()
+            run(flow, cores=cores)
+    assert Counter(found.items) == Counter(table[k] for k in keys)
