@@ -61,6 +61,7 @@ import os
 import socket
 import stat
 import sys
+import types
 
 from ._reachable import reachable
 
@@ -160,19 +161,57 @@ def _own_read_position(fd: int, position: int) -> None:
 
 
 def _reached(roots) -> set[int]:
-    kept = set()
+    """The descriptors `roots` reach, and the methods of the classes they
+    reach (an operator's class given to `apply`, an object's): the walk
+    does not look into a class, whose namespace would reach everything,
+    but a method that writes to a pipe of a global of its module is the
+    step's own work (`Tell.on_batch` writing to one failed with a
+    BrokenPipeError)."""
+    kept: set[int] = set()
+    classes: dict[type, None] = {}
     for root in roots:
-        for holder in reachable(root, _HOLDERS):
-            if isinstance(holder, bool):
-                continue
-            if isinstance(holder, int):
-                kept.add(holder)
-                continue
+        _add_descriptors(reachable(root, (*_HOLDERS, type)), kept, classes)
+    for cls in list(classes)[:_CLASSES_LOOKED_INTO]:
+        for method in _own_methods(cls):
+            _add_descriptors(reachable(method, _HOLDERS), kept, classes)
+    return kept
+
+
+_CLASSES_LOOKED_INTO = 32
+_LIBRARY = frozenset({"kernel", "net", "operators", "state", "aliases", "builtins", "abc", "typing"})
+
+
+def _add_descriptors(found, kept: set[int], classes: dict) -> None:
+    for holder in found:
+        if isinstance(holder, type):
+            classes[holder] = None
+        elif isinstance(holder, bool):
+            continue
+        elif isinstance(holder, int):
+            kept.add(holder)
+        else:
             try:
                 kept.add(holder.fileno())
             except (OSError, ValueError):  # closed, detached, or no descriptor (a StringIO)
                 continue
-    return kept
+
+
+def _own_methods(cls: type) -> list:
+    """The functions of `cls` and its bases, but the library's and Python's."""
+    methods = []
+    for klass in cls.__mro__:
+        top = str(getattr(klass, "__module__", "")).partition(".")[0]
+        if top in _LIBRARY or top in sys.stdlib_module_names or top.startswith("_"):
+            continue
+        for attribute in vars(klass).values():
+            if isinstance(attribute, (staticmethod, classmethod)):
+                attribute = attribute.__func__
+            elif isinstance(attribute, property):
+                methods += [f for f in (attribute.fget, attribute.fset) if f is not None]
+                continue
+            if isinstance(attribute, types.FunctionType):
+                methods.append(attribute)
+    return methods
 
 
 def _logging_handlers() -> list:

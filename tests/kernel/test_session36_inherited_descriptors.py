@@ -286,3 +286,27 @@ def test_a_lookup_table_a_function_loads_on_first_call_is_whole_on_every_kernel(
             found = flow.from_iterable(keys).map(look_up).collect()
             run(flow, cores=cores)
     assert Counter(found.items) == Counter(table[k] for k in keys)
+
+
+def test_an_operators_method_keeps_the_pipe_it_writes_to():
+    """An `Operator` class given to `apply`, whose method writes to a pipe
+    of its closure (or its module's globals): the walk does not look into
+    a class, so the kernels let go of the pipe, and the step failed with a
+    BrokenPipeError. The methods of the classes reached are walked too."""
+    from kernel import Dataflow, Operator, run
+
+    read, write = os.pipe()
+
+    class Tell(Operator):
+        def on_batch(self, port, batch):
+            for x in batch:
+                os.write(write, b"%d\n" % x)
+
+    try:
+        flow = Dataflow("tell")
+        flow.from_iterable(range(500)).apply(Tell)
+        run(flow, cores=2)
+    finally:
+        os.close(write)
+    with os.fdopen(read, "rb") as told:
+        assert sorted(map(int, told.read().split())) == list(range(500))
