@@ -475,7 +475,7 @@ def _relay_runtime(plan, ends, bells, handover, gate, launcher=None, agreement=N
     async def run_relay(_index, _peers, _transport, _coordinator):
         from kernel.net._relay import LinkRelay
 
-        let_go_unreached()  # (it runs no step: the application's pipes and sockets are not its)
+        let_go_unreached(every_socket=True)  # (it runs no step: none of the application's pipes and sockets)
         gate_in, gate_out = gate
         os.close(gate_in)
         loop = asyncio.get_running_loop()

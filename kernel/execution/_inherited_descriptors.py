@@ -31,6 +31,15 @@ looked at, fails loudly where it is used (a pipe's: `BrokenPipeError` to
 write, `EBADF` to read; a socket's: `ENOTCONN`) rather than writing
 nowhere or reading nothing.
 
+A kernel lets go only of the sockets that are pipes in all but name: Unix
+stream sockets (`socket.socketpair()`). A network socket (TCP, UDP) or a
+Unix datagram socket stays as it was: a step may use one through what the
+walk does not look into (a module's attribute: `metrics.statsd.incr(n)`,
+whose UDP socket, let go, made every send fail, which a client that drops
+its errors, as statsd's does, turned into metrics lost without a word),
+and a copy of one hangs nobody the way a pipe's does. The relay, which
+runs no step, lets go of every socket.
+
 Files read through a step's function are each kernel's own too: a
 regular file open for reading only, opened before the run and reached by
 a step (a lookup table a function reads, `f.seek(0); f.read()`, or loads
@@ -71,6 +80,7 @@ _HOLDERS = (io.IOBase, socket.socket, int)
 
 
 _NO_POSITION = -1
+_A_NETWORK_SOCKET = -2  # (or a Unix datagram socket: let go of by the relay only)
 
 
 def the_applications() -> dict[int, tuple[int, int, int]]:
@@ -85,13 +95,24 @@ def the_applications() -> dict[int, tuple[int, int, int]]:
             continue
         try:
             info = os.fstat(fd)
-            if stat.S_ISSOCK(info.st_mode) or stat.S_ISFIFO(info.st_mode):
+            if stat.S_ISFIFO(info.st_mode):
                 found[fd] = (info.st_dev, info.st_ino, _NO_POSITION)
+            elif stat.S_ISSOCK(info.st_mode):
+                found[fd] = (info.st_dev, info.st_ino, _NO_POSITION if _pipe_like(fd) else _A_NETWORK_SOCKET)
             elif stat.S_ISREG(info.st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
                 found[fd] = (info.st_dev, info.st_ino, os.lseek(fd, 0, os.SEEK_CUR))
         except OSError:  # (the listing's own descriptor, closed by now; or closed by a thread meanwhile)
             continue
     return found
+
+
+def _pipe_like(fd: int) -> bool:
+    """Whether socket `fd` is a Unix stream socket (a `socketpair()`'s end)."""
+    probe = socket.socket(fileno=os.dup(fd))  # (its family and type read from the descriptor)
+    try:
+        return probe.family == socket.AF_UNIX and probe.type == socket.SOCK_STREAM
+    finally:
+        probe.close()
 
 
 _inherited: dict[int, tuple[int, int, int]] = {}  # in a child: the launcher's `the_applications()`
@@ -103,11 +124,12 @@ def note_inherited(inherited: dict[int, tuple[int, int, int]] | None) -> None:
     _inherited = dict(inherited or {})
 
 
-def let_go_unreached(roots=()) -> None:
-    """A child: let go of each listed pipe or socket (once) that nothing of
-    `roots` (a kernel's steps' factories; none for the relay), the logging
-    handlers or the standard streams reaches, and open again each listed
-    file for reading that `roots` reach (`_own_read_position`)."""
+def let_go_unreached(roots=(), every_socket: bool = False) -> None:
+    """A child: let go of each listed pipe or Unix stream socket (once) that
+    nothing of `roots` (a kernel's steps' factories; none for the relay),
+    the logging handlers or the standard streams reaches, and open again
+    each listed file for reading that `roots` reach (`_own_read_position`).
+    `every_socket` (the relay, which runs no step): network sockets too."""
     global _inherited
     listed, _inherited = _inherited, {}
     if not listed:
@@ -123,7 +145,10 @@ def let_go_unreached(roots=()) -> None:
                 continue
             if (info.st_dev, info.st_ino) != (device, inode):
                 continue
-            if position != _NO_POSITION:
+            if position == _A_NETWORK_SOCKET:
+                if not every_socket:
+                    continue
+            elif position != _NO_POSITION:
                 if fd in read_by_steps:
                     _own_read_position(fd, position)
                 continue
