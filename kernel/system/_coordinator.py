@@ -149,6 +149,9 @@ class CoordinatorServer(AuthenticatedServer):
         if op == "exited":
             await master.process_exited(m["job"], m["attempt"], m["process"], m["code"], m.get("error"))
             return {}
+        if op == "dashboard":
+            master.dashboard_listening(state["executor"], m["job"], m["attempt"], m["process"], str(m["url"]))
+            return {}
         if op == "leaving":
             master.executor_leaving(state["executor"])
             return {}

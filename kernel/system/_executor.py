@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -87,6 +88,9 @@ FENCE_SHARE = 0.8
 # timeout.
 LEASE_SHARE = (1 + FENCE_SHARE) / 2
 _LOG_CHUNK = 1 << 20
+DASHBOARD_POLL = 0.05  # seconds between reads of a starting process's output for its dashboard's URL
+# what `kernel run` prints once its dashboard listens (`kernel.metrics.url`)
+_DASHBOARD_SAID = re.compile(rb"dashboard on (http://\S+/)")
 _KEEP_ENDED = 256  # ended processes remembered for a coordinator that reconnects
 
 
@@ -116,10 +120,11 @@ class JobProcess:
     error: str | None = None
     ended_at: float | None = None
     pipeline: Path | None = None  # this executor's copy of the file it runs
+    dashboard: str | None = None  # its dashboard's URL, once it said it listens (`_find_dashboard`)
 
     def report(self) -> dict:
         return {"job": self.job, "attempt": self.attempt, "process": self.process,
-                "code": self.code, "error": self.error}
+                "code": self.code, "error": self.error, "dashboard": self.dashboard}
 
 
 def _job_process_setup() -> None:
@@ -522,11 +527,13 @@ class ExecutorDaemon:
                 files = {"--tls-cert": self.tls.cert, "--tls-key": self.tls.key, "--tls-ca": self.tls.ca}
                 argv += [part for flag, path in files.items() if path is not None
                          for part in (flag, os.path.abspath(path))]
-        dashboard = None
         if self.dashboard_host is not None:
+            # Port 0: the process binds a port the system picks, and says which
+            # (`dashboard on URL`, `_find_dashboard`). A port picked here, free a
+            # moment before, could be taken before the process bound it (another
+            # program, an outgoing connection): the attempt failed, a restart spent.
             host = self.dashboard_host
-            dashboard = f"{f'[{host}]' if ':' in host else host}:{_free_port(host)}"
-            argv += ["--dashboard", dashboard]
+            argv += ["--dashboard", f"{f'[{host}]' if ':' in host else host}:0"]
         log_path = self.workdir / "logs" / f"{job}.log"
         run_dir = self.workdir / "jobs" / job
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -567,10 +574,44 @@ class ExecutorDaemon:
         entry = JobProcess(job, attempt, process, proc, log_path, start, lease, pipeline=pipeline)
         self.processes[key] = entry
         log.info("executor: started %s attempt %d process %d (pid %d)", job, attempt, process, proc.pid)
-        task = asyncio.ensure_future(self._follow(entry))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return {"pid": proc.pid, "dashboard": None if dashboard is None else f"http://{dashboard}/"}
+        for work in (self._follow(entry), *([self._find_dashboard(entry)] if self.dashboard_host else [])):
+            task = asyncio.ensure_future(work)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return {"pid": proc.pid, "dashboard": None}  # (its URL follows: `_find_dashboard`)
+
+    async def _find_dashboard(self, entry: JobProcess) -> None:
+        """Read the process's output, from this attempt's start, until it
+        says where its dashboard listens (`kernel run` prints `dashboard on
+        http://HOST:PORT/` for a port the system picked), and tell the
+        coordinator, whose status and page link to it; a process that ends
+        first has none. Only new bytes are read, every DASHBOARD_POLL s."""
+        offset, partial = entry.log_start, b""
+        while True:
+            ended = entry.code is not None  # (read once more after it ended: its last words)
+            try:
+                with open(entry.log_path, "rb") as f:
+                    f.seek(offset)
+                    data = f.read(_LOG_CHUNK)
+            except OSError:
+                data = b""
+            offset += len(data)
+            *lines, partial = (partial + data).split(b"\n")
+            for line in lines:
+                found = _DASHBOARD_SAID.fullmatch(line.strip())
+                if found:
+                    entry.dashboard = found.group(1).decode()
+                    if self.session is not None:  # (else the next register lists it)
+                        try:
+                            await self.session.request("dashboard", job=entry.job, attempt=entry.attempt,
+                                                       process=entry.process, url=entry.dashboard)
+                        except (ConnectionLost, RequestError, TimeoutError):
+                            pass
+                    return
+            if ended:
+                return
+            if len(data) < _LOG_CHUNK:
+                await asyncio.sleep(DASHBOARD_POLL)
 
     async def _follow(self, entry: JobProcess) -> None:
         entry.code = await entry.proc.wait()

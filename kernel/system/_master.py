@@ -516,7 +516,10 @@ class JobMaster:
                     state_dir=job.state_dir, epoch_interval=job.epoch_interval)
                     for i, s in enumerate(sessions)))
                 for place, reply in zip(job.placement, started):
-                    place["dashboard"] = reply.get("dashboard")  # the process's own page, if any
+                    # the process's own page, if any: an executor of before names it here, one
+                    # of now once it listens (`dashboard_listening`, which may have come first)
+                    if reply.get("dashboard") is not None or "dashboard" not in place:
+                        place["dashboard"] = reply.get("dashboard")
             except (ConnectionLost, RequestError, TimeoutError) as exc:
                 return await self._restart_locked(job, attempt, f"could not start: {exc}")
             if job.status == "starting" and job.attempt == attempt:
@@ -556,6 +559,20 @@ class JobMaster:
             else:
                 await self._restart_locked(job, attempt, error or f"{where} was killed (exit {code})")
         self.reconcile()
+
+    def dashboard_listening(self, executor_id: str, job_id: str, attempt: int, process: int,
+                            url: str) -> None:
+        """A process of the job says where its dashboard listens (its
+        executor read it from the process's output: a port the system picked,
+        never one taken between a pick and the bind): `status` and the
+        system's page link to it from now on."""
+        job = self.jobs.get(job_id)
+        if job is None or job.attempt != attempt or job.status not in ("starting", "running") \
+                or not isinstance(process, int) or not 0 <= process < len(job.placement) \
+                or job.placement[process]["executor"] != executor_id:
+            return  # (an attempt over, or not that executor's)
+        job.placement[process]["dashboard"] = url
+        self._save(job)
 
     async def executor_lost(self, executor_id: str, why: str) -> None:
         executor = self.executors.get(executor_id)
@@ -848,6 +865,9 @@ class JobMaster:
                        and job.placement[p["process"]]["executor"] == executor_id)
             if current:
                 reported.add((job.id, p["process"]))
+                if p.get("dashboard") and p.get("code") is None:  # (said while no coordinator heard it)
+                    job.placement[p["process"]]["dashboard"] = p["dashboard"]
+                    self._save(job)
                 if p.get("code") is not None:
                     self._spawn(self.process_exited(job.id, p["attempt"], p["process"], p["code"],
                                                     p.get("error")))

@@ -46,9 +46,9 @@ def test_the_system_page_shows_the_running_job_and_links_to_its_dashboard(tmp_pa
         pipeline.write_text(ENDLESS)
         job = system.cli("submit", pipeline).stdout.splitlines()[0]
         wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
-        state = system_state(dashboard)
-        (row,) = [j for j in state["jobs"] if j["id"] == job]
-        (link,) = row["dashboards"]
+        # (its link shown once the process says where its dashboard listens)
+        (link,) = wait_until(lambda: [j for j in system_state(dashboard)["jobs"] if j["id"] == job
+                                      and j["dashboards"] != [None]], what="the job's link")[0]["dashboards"]
         assert link.startswith("http://127.0.0.1:") and link.endswith("/")
         # the job process serves its own page and /metrics there, once its run is up
         wait_until(lambda: _serves(link + "metrics"), what="the job's dashboard")
