@@ -121,10 +121,15 @@ class JobProcess:
     ended_at: float | None = None
     pipeline: Path | None = None  # this executor's copy of the file it runs
     dashboard: str | None = None  # its dashboard's URL, once it said it listens (`_find_dashboard`)
+    fenced: bool = False  # killed by `_fence`: the coordinator did not answer
+    # it ended while this executor was cut off from the coordinator (no connection, or no
+    # answer for a while): a coordinator restarted meanwhile spends no restart of the job
+    # for it, when it was a loss, not the job's own failure (`JobMaster._adopt`)
+    cut_off: bool = False
 
     def report(self) -> dict:
         return {"job": self.job, "attempt": self.attempt, "process": self.process,
-                "code": self.code, "error": self.error, "dashboard": self.dashboard}
+                "code": self.code, "error": self.error, "dashboard": self.dashboard, "cut_off": self.cut_off}
 
 
 def _job_process_setup() -> None:
@@ -451,6 +456,7 @@ class ExecutorDaemon:
                         "(%s), which it starts elsewhere after %g s without a word", self._fence_after,
                         len(running), which, self._fence_after / FENCE_SHARE)
             for entry in running:
+                entry.fenced = True
                 try:
                     os.killpg(entry.proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -618,6 +624,12 @@ class ExecutorDaemon:
         entry.lease.close()
         entry.ended_at = time.time()
         entry.error = last_error(entry.log_path, entry.log_start) if entry.code else None
+        # (a peer of a fenced process, `lost process 1`, ends a moment before its own fence)
+        entry.cut_off = entry.fenced or self.session is None \
+            or time.monotonic() - self._answered > 2 * self.heartbeat
+        if entry.fenced:  # (its log says nothing: SIGKILLed; it was `was killed (exit -9)`)
+            entry.error = (f"fenced: executor {self.executor_id} had no answer from the coordinator for "
+                           f"over {self._fence_after:g} s and stopped it")
         if entry.error and entry.pipeline is not None:
             # (the job's message names the file as it was submitted: it named this
             # executor's copy, `/var/lib/kernel-exec/pipelines/<sha256>/pipeline.py

@@ -135,10 +135,18 @@ class JobMaster:
         # after another (a rolling upgrade) failed without ever failing. Kept
         # in the catalog as their state: a restarted coordinator knows them.
         self._leaving: set[str] = set()
+        # Executors of the last coordinator, until they register with this one:
+        # what they list as lost while they were cut off from it (their processes
+        # fenced, as it stayed away longer than their lease; a peer's `lost
+        # process 1` just before) is no failure of the job's, and spends no
+        # restart. It did: a coordinator stopped for an upgrade for longer than
+        # the executor timeout failed every job at --max-restarts 0.
+        self._of_last: set[str] = set()
         for executor in self.executors.values():
             if executor.state == "leaving":  # (stopped on purpose as the last coordinator stopped)
                 self._leaving.add(executor.id)
             if executor.state in ("up", "reconnecting", "leaving"):  # until it connects to this one again
+                self._of_last.add(executor.id)
                 executor.state = "reconnecting"
                 # (by the timeout it was told, when longer: restarted with a shorter
                 # one, its jobs were restarted while their processes still ran)
@@ -531,7 +539,10 @@ class JobMaster:
     # -- what happens to a job ----------------------------------------------------------------
 
     async def process_exited(self, job_id: str, attempt: int, process: int, code: int,
-                             error: str | None) -> None:
+                             error: str | None, coordinator_away: bool = False) -> None:
+        """`coordinator_away`: it ended while its executor was cut off from the
+        coordinator, which has restarted since: a loss then (fenced) is the
+        coordinator's absence, not the job's failure."""
         job = self.jobs.get(job_id)
         if job is None:
             return
@@ -556,6 +567,10 @@ class JobMaster:
                 await self._restart_locked(job, attempt, _stopped(stopped), counted=False)
             elif kind == "failed":
                 await self._end(job, "failed", error or f"{where} exited with code {code}")
+            elif coordinator_away:
+                why = (f"{where} ended while the coordinator was away ({error or f'exit {code}'}): not a "
+                       "failure, no restart spent")
+                await self._restart_locked(job, attempt, why, counted=False)
             else:
                 await self._restart_locked(job, attempt, error or f"{where} was killed (exit {code})")
         self.reconcile()
@@ -842,18 +857,22 @@ class JobMaster:
         # (listed for another catalog, which gives the same job ids: none is ours)
         theirs, ours = message.get("catalog"), self.catalog.identity
         foreign = theirs is not None and ours is not None and theirs != ours
-        self._adopt(executor_id, message.get("processes") or [], foreign, stopped)
+        self._adopt(executor_id, message.get("processes") or [], foreign, stopped,
+                    coordinator_away=executor_id in self._of_last)
+        self._of_last.discard(executor_id)
         self._notify()
         self.reconcile()
         return executor
 
     def _adopt(self, executor_id: str, processes: list[dict], foreign: bool = False,
-               stopped: bool = False) -> None:
+               stopped: bool = False, coordinator_away: bool = False) -> None:
         """An executor (re)connected and listed its processes: keep those of
         current attempts, take in the exits we missed, stop the stale ones
         (all of them when `foreign`: another catalog's jobs), and restart the
         jobs whose process it no longer has (moved, no restart spent, when it
-        was `stopped` on purpose)."""
+        was `stopped` on purpose). `coordinator_away`: it served the last
+        coordinator, and a loss while it was cut off from it (fenced) spends
+        no restart."""
         for job_id, executors in self._unstopped.items():
             if executor_id in executors:
                 self._ask_to_confirm(job_id, executor_id)
@@ -869,8 +888,9 @@ class JobMaster:
                     job.placement[p["process"]]["dashboard"] = p["dashboard"]
                     self._save(job)
                 if p.get("code") is not None:
+                    away = coordinator_away and bool(p.get("cut_off"))
                     self._spawn(self.process_exited(job.id, p["attempt"], p["process"], p["code"],
-                                                    p.get("error")))
+                                                    p.get("error"), coordinator_away=away))
                 elif job.status == "starting" and not self._lock(job.id).locked():
                     self._adopt_starting(job, p["process"])
             elif p.get("code") is None:
