@@ -147,7 +147,9 @@ class CoordinatorServer(AuthenticatedServer):
         if op == "heartbeat":
             return None
         if op == "exited":
-            await master.process_exited(m["job"], m["attempt"], m["process"], m["code"], m.get("error"))
+            away = bool(m.get("cut_off")) and master.cut_off_by_us(state["executor"])  # (a stall's)
+            await master.process_exited(m["job"], m["attempt"], m["process"], m["code"], m.get("error"),
+                                        coordinator_away=away)
             return {}
         if op == "dashboard":
             master.dashboard_listening(state["executor"], m["job"], m["attempt"], m["process"], str(m["url"]))

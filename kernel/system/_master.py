@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import re
 import sqlite3
 import time
@@ -135,18 +136,21 @@ class JobMaster:
         # after another (a rolling upgrade) failed without ever failing. Kept
         # in the catalog as their state: a restarted coordinator knows them.
         self._leaving: set[str] = set()
-        # Executors of the last coordinator, until they register with this one:
-        # what they list as lost while they were cut off from it (their processes
-        # fenced, as it stayed away longer than their lease; a peer's `lost
-        # process 1` just before) is no failure of the job's, and spends no
-        # restart. It did: a coordinator stopped for an upgrade for longer than
-        # the executor timeout failed every job at --max-restarts 0.
-        self._of_last: set[str] = set()
+        # Executors cut off by this coordinator's own absence: those of the last
+        # coordinator, until they register with this one, and those of a stall
+        # of this one (frozen: SIGSTOP, a paused VM) for a while after it
+        # (`_stalled`), each until when (monotonic). What they report lost
+        # while they were cut off (their processes fenced, as it stayed away
+        # longer than their lease; a peer's `lost process 1` just before) is
+        # no failure of the job's, and spends no restart. It did: a coordinator
+        # stopped for an upgrade, or frozen, for longer than the executor
+        # timeout failed every job at --max-restarts 0.
+        self._cut_off_by_us: dict[str, float] = {}
         for executor in self.executors.values():
             if executor.state == "leaving":  # (stopped on purpose as the last coordinator stopped)
                 self._leaving.add(executor.id)
             if executor.state in ("up", "reconnecting", "leaving"):  # until it connects to this one again
-                self._of_last.add(executor.id)
+                self._cut_off_by_us[executor.id] = math.inf
                 executor.state = "reconnecting"
                 # (by the timeout it was told, when longer: restarted with a shorter
                 # one, its jobs were restarted while their processes still ran)
@@ -858,11 +862,31 @@ class JobMaster:
         theirs, ours = message.get("catalog"), self.catalog.identity
         foreign = theirs is not None and ours is not None and theirs != ours
         self._adopt(executor_id, message.get("processes") or [], foreign, stopped,
-                    coordinator_away=executor_id in self._of_last)
-        self._of_last.discard(executor_id)
+                    coordinator_away=self.cut_off_by_us(executor_id))
+        self._cut_off_by_us.pop(executor_id, None)
         self._notify()
         self.reconcile()
         return executor
+
+    def cut_off_by_us(self, executor_id: str) -> bool:
+        """Was the executor cut off by this coordinator's absence (restarted
+        since it last heard from it, or stalled a moment ago)?"""
+        return self._cut_off_by_us.get(executor_id, -math.inf) >= time.monotonic()
+
+    def _stalled(self, gap: float, now: float) -> None:
+        """This coordinator did not run for `gap` seconds (frozen: SIGSTOP, a
+        paused VM, a debugger): it heard nobody, so no executor is judged
+        silent for that time; and what they report lost as cut off meanwhile
+        (fenced) spends no restart. Each was counted lost the moment it woke,
+        every job restarted (or failed, at --max-restarts 0)."""
+        log.warning("the coordinator did not run for %.1f s (frozen? overloaded?): the executors' silence "
+                    "meanwhile is not counted against them", gap)
+        for entry in self.connected.values():
+            entry.heard += gap
+        self._away = {e: (deadline + gap, why) for e, (deadline, why) in self._away.items()}
+        for executor_id in [*self.connected, *self._away]:
+            until = self._cut_off_by_us.get(executor_id, -math.inf)
+            self._cut_off_by_us[executor_id] = max(until, now + self.executor_timeout)
 
     def _adopt(self, executor_id: str, processes: list[dict], foreign: bool = False,
                stopped: bool = False, coordinator_away: bool = False) -> None:
@@ -1000,9 +1024,14 @@ class JobMaster:
         """Executors silent for `executor_timeout` are lost; after the
         adoption grace, so are those that never came back to a restarted
         coordinator (and their jobs restart)."""
+        last = time.monotonic()
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
+            # (a round later than a heartbeat's worth: this coordinator stalled)
+            if now - last - interval > self.executor_timeout / 5:
+                self._stalled(now - last - interval, now)
+            last = now
             for executor_id, entry in list(self.connected.items()):
                 if now - entry.heard > self.executor_timeout:
                     log.warning("executor %s silent for %.1f s", executor_id, now - entry.heard)

@@ -66,3 +66,36 @@ def test_jobs_fenced_while_the_coordinator_was_stopped_spend_no_restart(tmp_path
         assert system.cli("kill", pair).returncode == 0
     finally:
         system.close()
+
+
+def test_jobs_fenced_while_the_coordinator_was_frozen_spend_no_restart(tmp_path):
+    # SIGSTOPped (a paused VM, a debugger) past the executors' lease, it woke
+    # to find every executor silent for longer than the timeout: each counted
+    # lost (`no heartbeat for 2 s`) and its jobs failed at --max-restarts 0,
+    # though it was the coordinator that had not been there.
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+        system.start_executor(1)
+        system.executors_up(1)
+        marks = tmp_path / "marks"
+        marks.mkdir()
+        job = _submitted(system, write(tmp_path / "marking.py", MARKING.format(marks=str(marks))))
+        wait_until(lambda: list(marks.glob(f"{job}.1-*")), what=f"{job} to work")
+        system.coordinator.send_signal(signal.SIGSTOP)
+        try:
+            wait_until(lambda: _fenced(system, 1), what="the executor to fence its job process")
+        finally:
+            system.coordinator.send_signal(signal.SIGCONT)
+
+        def moved():
+            state = system.job(job)
+            assert state["status"] not in ("failed", "completed", "killed"), state
+            return state["status"] == "running" and state["attempt"] == 2 and state
+
+        state = wait_until(moved, what=f"{job}'s attempt 2 to run")
+        assert state["restarts"] == 0 and state["message"].endswith("no restart spent"), state
+        assert system.executors[0].poll() is None
+        assert system.cli("kill", job).returncode == 0
+    finally:
+        system.close()
