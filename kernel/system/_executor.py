@@ -90,7 +90,9 @@ LEASE_SHARE = (1 + FENCE_SHARE) / 2
 _LOG_CHUNK = 1 << 20
 DASHBOARD_POLL = 0.05  # seconds between reads of a starting process's output for its dashboard's URL
 # what `kernel run` prints once its dashboard listens (`kernel.metrics.url`)
-_DASHBOARD_SAID = re.compile(rb"dashboard on (http://\S+/)")
+# (at a line's end: a pipeline's output not ended by a newline comes before it on its line)
+_DASHBOARD_SAID = re.compile(rb"dashboard on (http://[^\s/]+/)$")
+_LINE_MOST = 4096  # bytes of an unfinished line kept while looking for it
 _KEEP_ENDED = 256  # ended processes remembered for a coordinator that reconnects
 
 
@@ -603,8 +605,9 @@ class ExecutorDaemon:
                 data = b""
             offset += len(data)
             *lines, partial = (partial + data).split(b"\n")
+            partial = partial[-_LINE_MOST:]  # (a line that long is not the one looked for)
             for line in lines:
-                found = _DASHBOARD_SAID.fullmatch(line.strip())
+                found = _DASHBOARD_SAID.search(line.rstrip())
                 if found:
                     entry.dashboard = found.group(1).decode()
                     if self.session is not None:  # (else the next register lists it)

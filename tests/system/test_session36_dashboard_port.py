@@ -72,3 +72,25 @@ def test_a_port_taken_as_soon_as_the_executor_picks_it_spends_no_restart(tmp_pat
         assert system.cli("kill", job).returncode == 0
     finally:
         system.close()
+
+
+def test_output_without_a_newline_before_the_dashboard_does_not_hide_its_link(tmp_path):
+    # (the process's stdout and stderr share its log: a pipeline's unfinished
+    # line, 10 kB of it, begins the line that says where its dashboard is)
+    system = System(tmp_path)
+    try:
+        system.start_coordinator()
+        system.start_executor(1)
+        system.executors_up(1)
+        pipeline = tmp_path / "endless.py"
+        pipeline.write_text("import sys\nsys.stdout.write('x' * 10_000)\nsys.stdout.flush()\n" + ENDLESS)
+        done = system.cli("submit", pipeline)
+        assert done.returncode == 0, done.stderr
+        job = done.stdout.splitlines()[0]
+        (link,) = wait_until(lambda: (links := system.job(job)["dashboards"]) != [None] and links,
+                             what=f"{job}'s dashboard's link")
+        with urllib.request.urlopen(link + "metrics", timeout=5) as response:
+            assert b"streamkernel_records_out_total" in response.read()
+        assert system.cli("kill", job).returncode == 0
+    finally:
+        system.close()
