@@ -98,6 +98,7 @@ def classify(code: int, error: str | None) -> str:
 
 _CATALOG_ERRORS = (sqlite3.Error, OSError, CatalogError)
 WATCH_EVERY = 0.25  # seconds between the job master's rounds (`watch`)
+STALLED = 0.4  # a round late by this share of the executor timeout: the coordinator stalled (`_stalled`)
 _PING_TIMEOUT = 1.0  # seconds an executor holding an id asked for has to answer (`own_id`)
 
 
@@ -1028,8 +1029,9 @@ class JobMaster:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            # (a round later than a heartbeat's worth: this coordinator stalled)
-            if now - last - interval > self.executor_timeout / 5:
+            # (a round late by STALLED of the timeout: this coordinator stalled; any
+            # less cannot make an executor heard from a heartbeat ago look lost)
+            if now - last - interval > STALLED * self.executor_timeout:
                 self._stalled(now - last - interval, now)
             last = now
             for executor_id, entry in list(self.connected.items()):
