@@ -151,16 +151,32 @@ def _job_process_setup() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
 
+_ON_RECORD = "  on record: "  # (the line after an OperatorError's: `kernel.OperatorError.__str__`)
+
+
 def last_error(path: Path, start: int) -> str | None:
-    """The last `error: ...` line `kernel run` printed after `start`."""
+    """The last `error: ...` line `kernel run` printed after `start`, with
+    the record it names on the next line, if any (`...: function 'check'
+    raised ValueError: bad; on record: (0, 777)`): the job's message named
+    the step and the function but not the record, which `kernel run` shows."""
     try:
         with open(path, "rb") as f:
             f.seek(max(start, os.path.getsize(path) - (256 << 10)))
             text = f.read().decode(errors="replace")
     except OSError:
         return None
-    errors = [line[len("error: "):] for line in text.splitlines() if line.startswith("error: ")]
-    return errors[-1][:2000] if errors else None
+    lines = text.splitlines()
+    at = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    if not at:
+        return None
+    error = lines[at[-1]][len("error: "):]
+    for following in lines[at[-1] + 1:]:  # (after the rest of a message of several lines)
+        if not following.strip():
+            break  # (then the traceback)
+        if following.startswith(_ON_RECORD):
+            error += f"; {following.strip()}"
+            break
+    return error[:2000]
 
 
 class ExecutorDaemon:

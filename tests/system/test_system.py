@@ -182,7 +182,8 @@ def test_a_job_whose_function_calls_sys_exit_0_is_failed_not_completed(system, t
     assert done.returncode == 1
     state = system.job(done.stdout.splitlines()[0])
     assert (state["status"], state["restarts"]) == ("failed", 0)
-    assert state["message"] == "operator 'map(leave) (step 1)': function 'leave' raised SystemExit: 0"
+    assert state["message"] == ("operator 'map(leave) (step 1)': function 'leave' raised SystemExit: 0; "
+                                "on record: 7")
 
 
 def test_kill_stops_a_job_and_frees_its_cores(system, tmp_path):
