@@ -196,6 +196,7 @@ class ExecutorDaemon:
         self.session = None
         self._fence_after: float | None = None  # seconds without an answer before fencing
         self._answered = time.monotonic()  # when the coordinator last answered
+        self._interval = heartbeat  # the heartbeat's as beaten (cut for the coordinator's timeout)
         self._leaving = False  # stopping (`_leave`): `start` is refused
         # this process's token: the coordinator tells it from another live
         # executor registering under the same id (`JobMaster.own_id`)
@@ -344,6 +345,7 @@ class ExecutorDaemon:
                                         "executor timeout of %g s: beating every %g s", interval, timeout,
                                         most)
                             interval = most
+                    self._interval = interval
                     log.info("executor %s registered with the coordinator at %s:%d (%s, %d cores)",
                              reply["executor"], *self.address, self.host, self.cores)
                     self.session = session
@@ -645,7 +647,7 @@ class ExecutorDaemon:
         entry.error = last_error(entry.log_path, entry.log_start) if entry.code else None
         # (a peer of a fenced process, `lost process 1`, ends a moment before its own fence)
         entry.cut_off = entry.fenced or self.session is None \
-            or time.monotonic() - self._answered > 2 * self.heartbeat
+            or time.monotonic() - self._answered > 2 * self._interval
         if entry.fenced:  # (its log says nothing: SIGKILLed; it was `was killed (exit -9)`)
             entry.error = (f"fenced: executor {self.executor_id} had no answer from the coordinator for "
                            f"over {self._fence_after:g} s and stopped it")
