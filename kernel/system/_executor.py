@@ -91,7 +91,7 @@ _LOG_CHUNK = 1 << 20
 DASHBOARD_POLL = 0.05  # seconds between reads of a starting process's output for its dashboard's URL
 # what `kernel run` prints once its dashboard listens (`kernel.metrics.url`)
 # (at a line's end: a pipeline's output not ended by a newline comes before it on its line)
-_DASHBOARD_SAID = re.compile(rb"dashboard on (http://[^\s/]+/)$")
+_DASHBOARD_SAID = re.compile(rb"dashboard on http://[^\s/]+:(\d+)/$")
 _LINE_MOST = 4096  # bytes of an unfinished line kept while looking for it
 _KEEP_ENDED = 256  # ended processes remembered for a coordinator that reconnects
 
@@ -627,7 +627,9 @@ class ExecutorDaemon:
             for line in lines:
                 found = _DASHBOARD_SAID.search(line.rstrip())
                 if found:
-                    entry.dashboard = found.group(1).decode()
+                    # (under --dashboard-host as given, a name as a name: the process says its address)
+                    host = self.dashboard_host
+                    entry.dashboard = f"http://{f'[{host}]' if ':' in host else host}:{int(found.group(1))}/"
                     if self.session is not None:  # (else the next register lists it)
                         try:
                             await self.session.request("dashboard", job=entry.job, attempt=entry.attempt,

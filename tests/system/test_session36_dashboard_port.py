@@ -80,7 +80,7 @@ def test_output_without_a_newline_before_the_dashboard_does_not_hide_its_link(tm
     system = System(tmp_path)
     try:
         system.start_coordinator()
-        system.start_executor(1)
+        system.start_executor(1, "--dashboard-host", "localhost")
         system.executors_up(1)
         pipeline = tmp_path / "endless.py"
         pipeline.write_text("import sys\nsys.stdout.write('x' * 10_000)\nsys.stdout.flush()\n" + ENDLESS)
@@ -89,6 +89,8 @@ def test_output_without_a_newline_before_the_dashboard_does_not_hide_its_link(tm
         job = done.stdout.splitlines()[0]
         (link,) = wait_until(lambda: (links := system.job(job)["dashboards"]) != [None] and links,
                              what=f"{job}'s dashboard's link")
+        # (named as --dashboard-host names it, a name as a name, as when the executor picked the port)
+        assert re.fullmatch(r"http://localhost:\d+/", link), link
         with urllib.request.urlopen(link + "metrics", timeout=5) as response:
             assert b"streamkernel_records_out_total" in response.read()
         assert system.cli("kill", job).returncode == 0
