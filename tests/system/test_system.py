@@ -627,7 +627,8 @@ def test_logs_prints_a_log_longer_than_one_reply_whole(system, tmp_path):
     text = '"".join(f"line {n}\\n" for n in range(250_000))'  # ~2.6 MB
     pipeline = write(tmp_path / "chatty.py", CHATTY.format(text=text))
     logs, expected = logs_of_a_job(system, pipeline)
-    assert len(expected) > 2 << 20 and expected.endswith(b"line 249999\n")
+    # (the process's "dashboard on URL" may come after its output)
+    assert len(expected) > 2 << 20 and b"line 249999\n" in expected[-100:]
     assert logs.stdout == expected
 
 
@@ -948,21 +949,6 @@ def test_a_job_whose_link_port_was_taken_before_it_listened_is_restarted(system,
     state = restarted_after_a_port_taken(system, tmp_path, ["--processes", "2"], first_link_port)
     assert re.search(rf"{state['id']} restarting \(1 of at most 3\): process 0 cannot listen on "
                      r"127\.0\.0\.1:\d+: .*address already in use\n", system.coordinator_log.read_text())
-
-
-def test_a_job_whose_dashboard_port_was_taken_before_it_listened_is_restarted(system, tmp_path):
-    # Every job process serves its dashboard on a port its executor picked
-    # free a moment before; taken meanwhile, the process said "dashboard
-    # H:P: cannot listen there: Address already in use" and the job failed
-    # for good. It is a loss: restarted, on another port.
-    def dashboard_port(argv):
-        if "--dashboard" in argv and "run" in argv:
-            return int(argv[argv.index("--dashboard") + 1].rpartition(":")[2])
-        return None
-
-    state = restarted_after_a_port_taken(system, tmp_path, [], dashboard_port)
-    assert re.search(rf"{state['id']} restarting \(1 of at most 3\): dashboard 127\.0\.0\.1:\d+: "
-                     r"cannot listen there: Address already in use\n", system.coordinator_log.read_text())
 
 
 def test_the_catalog_is_readable_as_data_from_a_program(system, tmp_path):
