@@ -29,6 +29,14 @@ def _fenced(system, n: int) -> bool:
                for i in range(1, n + 1))
 
 
+def _ended(system, n: int, processes: list[str]) -> bool:
+    """Each of `processes` (`job-2 attempt 1 process 0`) said to have exited
+    by one of the first `n` executors (fenced, or a peer's `lost process`
+    just before its own executor fenced it: then that one has none to fence)."""
+    said = "".join((system.root / f"executor{i}.log").read_text() for i in range(1, n + 1))
+    return all(f"{process} exited" in said for process in processes)
+
+
 def test_jobs_fenced_while_the_coordinator_was_stopped_spend_no_restart(tmp_path):
     system = System(tmp_path)
     try:
@@ -45,8 +53,9 @@ def test_jobs_fenced_while_the_coordinator_was_stopped_spend_no_restart(tmp_path
         wait_until(lambda: len(list(marks.glob("job-*.1-*"))) >= 3, what="the jobs' processes to work")
         system.coordinator.send_signal(signal.SIGTERM)
         assert system.coordinator.wait(timeout=30) == 143
-        # away past the executors' lease: each fences its job processes
-        wait_until(lambda: _fenced(system, 2), what="the executors to fence their job processes")
+        # away past the executors' lease: they fence their job processes
+        ended = [f"{single} attempt 1 process 0", *(f"{pair} attempt 1 process {i}" for i in (0, 1))]
+        wait_until(lambda: _fenced(system, 1) and _ended(system, 2, ended), what="the job processes fenced")
         system.start_coordinator()
         for job in (single, pair):
             def moved(job=job):
