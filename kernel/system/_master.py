@@ -77,9 +77,9 @@ _LOST_PEER = ("lost process ", "could not reach ", "peers never came", "no peer 
 # killed by SIGKILL" (a peer's) is the same loss.
 _KILLED = re.compile(r"(process \d+ \(\S*\) failed: )?(kernel \d+|the links process) was killed by ")
 # A process whose links' port, free when its executor picked it (`prepare`),
-# or whose dashboard's port (picked by its executor too), was taken before it
-# listened (by an outgoing connection's port, another job): the next attempt
-# gets other ports. It was failed for good.
+# or whose dashboard's port (picked by an executor of before: one of now gives
+# port 0), was taken before it listened (by an outgoing connection's port,
+# another job): the next attempt gets other ports. It was failed for good.
 _PORT_TAKEN = re.compile(r"(process \d+ cannot listen on |dashboard \S+: cannot listen there: )"
                          r".*address already in use", re.IGNORECASE)
 
