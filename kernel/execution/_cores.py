@@ -57,6 +57,7 @@ import threading
 
 from kernel._faults import signal_point
 from kernel.scheduling._from_threads import call_soon_from_thread
+from kernel.scheduling._signal_mask import main_thread_signals
 from kernel.scheduling._watchdog import retire_if_idle
 
 from ._child import _kernel_main, _libc, gate_record
@@ -517,7 +518,8 @@ def _relay_runtime(plan, ends, bells, handover, gate, launcher=None, agreement=N
                 if not call_soon_from_thread(loop, on_message, kind, payload) or kind == "abort":
                     return
 
-        threading.Thread(target=read_handover, name="handover", daemon=True).start()
+        with main_thread_signals():
+            threading.Thread(target=read_handover, name="handover", daemon=True).start()
         return await relay.run(local)
 
     return run_relay

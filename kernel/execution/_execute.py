@@ -22,6 +22,7 @@ import uvloop
 
 from kernel.runtime._runtime import Runtime
 from kernel.scheduling._kernel import Kernel
+from kernel.scheduling._signal_mask import main_thread_signals
 
 from ._host_gc import host_heap_frozen
 from ._inherited_descriptors import let_go_unreached
@@ -192,7 +193,8 @@ class _Ticker:
         self._thread = threading.Thread(target=self._tick, name="progress", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        with main_thread_signals():
+            self._thread.start()
 
     def stop(self, _error: BaseException | None = None) -> None:  # (as MetricsServerThread's)
         self._stopped.set()

@@ -18,6 +18,7 @@ import threading
 import time
 
 from kernel.scheduling._errors import KernelError
+from kernel.scheduling._signal_mask import main_thread_signals
 
 # Seconds aiohttp's shutdown waits for a request still being answered, and
 # then again for it once cancelled: a scraper or a page that stopped reading
@@ -225,7 +226,8 @@ class MetricsServerThread:
         # the run's start: the server is set up only when a client first comes
         # (a page opened 10 min into a run said it had run 0 s)
         self._started = time.time()
-        self._thread.start()
+        with main_thread_signals():
+            self._thread.start()
 
     def stop(self, error: BaseException | None = None) -> None:
         """Stop serving; `error`: what ended the run, None when it finished

@@ -38,6 +38,8 @@ import threading
 import time
 import traceback
 
+from kernel.scheduling._signal_mask import main_thread_signals
+
 REPORT_AFTER = 10.0  # seconds the loop must be blocked before the first report
 CHECK = 1.0  # seconds between the watchdog's looks
 _FRAMES = 12  # the most frames of the loop's thread a report shows
@@ -178,7 +180,8 @@ class Watchdog:
             if _watcher is None:
                 watcher = _Watcher()
                 try:
-                    _thread.start_new_thread(_watch_every_kernel, (watcher,))
+                    with main_thread_signals():
+                        _thread.start_new_thread(_watch_every_kernel, (watcher,))
                 except BaseException:
                     _watched.discard(self)
                     raise
