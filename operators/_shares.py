@@ -276,6 +276,31 @@ class Share:
         base = block * groups
         return [record(j) for j in indices if consumed[j - base] <= block]
 
+    def unconsumed_at(self, records: list, start: int) -> list:
+        """Those of `records`, at positions `start`, `start + 1`, ... of the
+        input, that the run this one resumes had not consumed (a share of
+        every partition: a stream kernel 0 reads whole, `LiveReader`); the
+        caller moves `next` past them. Only
+        the records before the end of the ragged stretch are looked at one
+        by one; a share not resumed keeps every record as it is."""
+        if start < self.next:  # (resumed: every record before `next` was consumed)
+            records, start = records[self.next - start:], self.next
+        run, groups = self.run, self.groups
+        ragged_end = self.ragged_until * groups * run
+        if start >= ragged_end or not records:
+            return records
+        consumed = self.consumed
+        kept = []
+        for offset, record in enumerate(records):
+            position = start + offset
+            if position >= ragged_end:
+                kept += records[offset:]
+                break
+            block, group = divmod(position // run, groups)
+            if block * run + position % run >= consumed.get(group, 0):
+                kept.append(record)
+        return kept
+
     def takes_everything(self) -> bool:
         """One kernel reading its input from the start: every record is its own."""
         return self.stride == 1 and not any(self.consumed.values())

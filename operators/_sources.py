@@ -37,6 +37,7 @@ from kernel.dataflow._errors import (
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Source
 from kernel.execution._standard_input import is_stream, let_go_of_its_writers, was_let_go
 
+from ._live_input import LiveReader
 from ._shares import Share, merge_consumed, sequence_run
 
 
@@ -184,6 +185,8 @@ class IterableSource(Source):
         peers = context.peers
         data = self.iterable
         self._unread = None  # the one-shot input to mark as read when first read
+        self._live = None  # a live stream's reader (`_poll_live`)
+        self._reading = False  # the reader has started
         if isinstance(data, (set, frozenset)) and (context.snapshots or context.processes > 1):
             data = in_a_fixed_order(self.name, data, "from_iterable's input")
         if isinstance(data, (list, tuple, range)):
@@ -195,11 +198,12 @@ class IterableSource(Source):
             self._iterator = None
         else:
             self._share = Share(context.index, peers, context.key_groups)
-            read = _stream_it_reads(data) if peers > 1 else None
+            # (looked for on one kernel too: a live stream is read on a thread, `_poll_live`)
+            read = _stream_it_reads(data)
             stream = read is not None
             self._check_input(peers, stream)
             self._sequence = None
-            if stream:
+            if stream and peers > 1:
                 if was_let_go(read):
                     raise KernelError(
                         f"{self.name}: its input reads a socket the application opened before "
@@ -219,6 +223,11 @@ class IterableSource(Source):
                 self._iterator = iter(data)
             except TypeError as exc:
                 raise OperatorError.wrap(self.name, iter, exc, record=data) from exc
+            if stream:
+                # (reading up to a few batches ahead: fewer handovers of the GIL
+                # between the reader and the loop, ~10% of a trivial pipeline's time)
+                self._live = LiveReader(self._iterator, 4 * max(self.batch_size, 1024), self.name)
+                self._pulled = 0  # records the reader has handed to this source
 
     def _check_input(self, peers: int, stream: bool = False) -> None:
         shared = self._input
@@ -293,6 +302,8 @@ class IterableSource(Source):
             self._unread = None
 
     def poll(self):
+        if self._live is not None:
+            return self._poll_live()
         size = min(self.batch_size, self.records_wanted)
         share = self._share
         if self._sequence is not None:
@@ -311,6 +322,39 @@ class IterableSource(Source):
         if batch:
             self.emit(batch)
         return more
+
+    def _poll_live(self):
+        """A live stream (`LiveReader`): what has arrived, up to the batch
+        size; None (idle, until the reader wakes this source) while nothing
+        has. Started at the first poll, not at open: a source a resumed run
+        restores as ended is never polled, and must not read."""
+        live = self._live
+        if not self._reading:
+            self._reading = True
+            self._mark_read()
+            live.start(self.wake)
+            self.context.kernel.spawn(live.until_ended(), name=f"{self.name} reader")
+            return None
+        done = live.done  # (before taking: what arrived before the end is taken first)
+        records = live.take(min(self.batch_size, self.records_wanted))
+        if records:
+            start = self._pulled
+            self._pulled += len(records)
+            share = self._share
+            records = share.unconsumed_at(records, start)
+            share.next = max(share.next, self._pulled)
+            if records:
+                self.emit(records)
+        if live.arrived:
+            return True
+        if done:
+            if live.error is None:
+                return False
+            error = live.error
+            if isinstance(error, PASSES_THROUGH):
+                raise error
+            raise OperatorError.wrap(self.name, self.iterable, error, has_record=False) from error
+        return True if live.waiting() else None
 
 
 async def _closed(source) -> None:
