@@ -50,8 +50,28 @@ def _the_end():
     yield  # (a generator)
 
 
+# Readers whose run ended before their input did, by id of the iterator
+# they read: a later run over the same iterator (`sys.stdin` again) takes
+# the reader over, with what it read after its run ended. (Its thread may
+# still be waiting in a read; a second thread reading the same stream took
+# the first line that came, and the line was lost.)
+_left_over: dict[int, LiveReader] = {}
+_left_over_lock = threading.Lock()
+
+
 class LiveReader:
     """Reads `iterator` on a thread; `take(n)` hands on what has arrived."""
+
+    @classmethod
+    def of(cls, iterator: Iterator, limit: int, name: str) -> LiveReader:
+        """A reader of `iterator`: the one an earlier run of this process
+        left (it goes on), or a new one."""
+        with _left_over_lock:
+            reader = _left_over.pop(id(iterator), None)
+        if reader is not None and reader._iterator is iterator:
+            reader._limit, reader._name = limit, name
+            return reader
+        return cls(iterator, limit, name)
 
     def __init__(self, iterator: Iterator, limit: int, name: str) -> None:
         # Appended to by the thread only, taken from its front by the source
@@ -67,42 +87,57 @@ class LiveReader:
         self._asleep = False  # the source found nothing and waits to be woken
         self._chunked = False  # the thread reads a chunk of several records (it cannot wake meanwhile)
         self._look_after = _FIRST_LOOK
-        self._stopped = False  # the run is over: read no further
-        self._wake: Callable[[], None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ended: asyncio.Future | None = None
-        self._context: contextvars.Context | None = None
+        self._stopped = False  # the run is over: read no further (until a later run takes it over)
+        self._resumed = threading.Event()  # set when a later run takes it over
+        self._thread: threading.Thread | None = None
+        # (loop, wake, ended, context) of the run it reads for, replaced as
+        # one: the thread reads it once a call, also as a later run takes over
+        self._wiring: tuple | None = None
 
     def start(self, wake: Callable[[], None]) -> None:
         """Start reading; `wake()` is called on the loop when records (or the
         end) arrive for a source that had found none."""
-        self._wake = wake
-        self._loop = asyncio.get_running_loop()
-        self._ended = self._loop.create_future()
+        loop = asyncio.get_running_loop()
+        ended = loop.create_future()
         # The kernel's context for the thread's callbacks: call_soon_threadsafe
         # runs them in the calling thread's, where current_kernel() is None,
         # and with them the activations they wake (a step calling
         # current_kernel() failed with "'NoneType' object has no attribute").
-        self._context = contextvars.copy_context()
+        self._wiring = (loop, wake, ended, contextvars.copy_context())
         self._asleep = True  # (the source returns None: the first record wakes it)
+        if self._thread is not None:  # taken over from an earlier run: its thread goes on
+            if self.done:
+                ended.set_result(None)
+            self._stopped = False
+            self._resumed.set()
+            if self.arrived or self.done:
+                self._asleep = False
+                loop.call_soon(wake)
+            return
         # (the iterable runs in a copy of the kernel's context too: a generator
         # that logs, or asks current_kernel(), is in its kernel as before)
-        threading.Thread(target=contextvars.copy_context().run, args=(self._read, (sys.stdin, sys.__stdin__)),
-                         name=f"{self._name} reader", daemon=True).start()
+        self._thread = threading.Thread(target=contextvars.copy_context().run,
+                                        args=(self._read, (sys.stdin, sys.__stdin__)),
+                                        name=f"{self._name} reader", daemon=True)
+        self._thread.start()
 
     async def until_ended(self) -> None:
         """A task of the kernel for as long as the thread reads: cancelled
         (the run ends otherwise: a failure, Ctrl-C), it tells the thread to
         stop at its next record rather than read the stream on for nobody."""
         try:
-            await self._ended
+            await self._wiring[2]
         except asyncio.CancelledError:
             self.stop()
             raise
 
     def stop(self) -> None:
+        """The run ends before the input: the thread stops once its read
+        returns, keeping what it read for a later run over the iterator."""
         self._stopped = True
         self._room.set()
+        with _left_over_lock:
+            _left_over[id(self._iterator)] = self
 
     def take(self, size: int) -> list:
         """Up to `size` of the records that have arrived, in order."""
@@ -123,14 +158,14 @@ class LiveReader:
             self._asleep = False
             return True
         if self._chunked:  # records may come within the chunk, with nobody to say so
-            self._loop.call_later(self._look_after, self._look)
+            self._wiring[0].call_later(self._look_after, self._look)
             self._look_after = min(self._look_after * 2, _LAST_LOOK)
         return False
 
     def _look(self) -> None:
         if self._asleep:
             self._asleep = False
-            self._wake()
+            self._wiring[1]()
 
     # -- on the reader thread ---------------------------------------------------
 
@@ -148,11 +183,14 @@ class LiveReader:
         records = chain(self._iterator, _the_end())
         size = 1
         try:
-            while not self._stopped:
+            while True:
+                while self._stopped:  # (until a later run takes it over, if one does)
+                    self._resumed.wait()
+                    self._resumed.clear()
                 if size > 1 and not self._chunked:
                     self._chunked = True
                     if self._asleep:  # (it may have looked before: it must look again, now timed)
-                        self._call(self._look)
+                        self._call(lambda _wake: self._look())
                 elif size == 1:
                     self._chunked = False
                 started = monotonic()
@@ -160,7 +198,7 @@ class LiveReader:
                 size = min(2 * size, limit) if monotonic() - started < _AT_ONCE else 1
                 if self._asleep and arrived:
                     self._asleep = False
-                    self._call(self._wake)
+                    self._call(_wake_it)
                 if len(arrived) >= limit:
                     room.clear()
                     if len(arrived) >= limit and not self._stopped:  # (taken since: go on)
@@ -173,14 +211,22 @@ class LiveReader:
         self.done = True
         self._call(self._ended_here)
 
-    def _ended_here(self) -> None:
-        if not self._ended.done():
-            self._ended.set_result(None)
+    def _ended_here(self, wake: Callable[[], None], ended: asyncio.Future) -> None:
+        if not ended.done():
+            ended.set_result(None)
         self._asleep = False
-        self._wake()
+        wake()
 
-    def _call(self, callback: Callable[[], None]) -> None:
+    def _call(self, callback: Callable) -> None:
+        """`callback(wake)` (`callback(wake, ended)` for `_ended_here`) on the
+        loop of the run the reader reads for, in its kernel's context."""
+        loop, wake, ended, context = self._wiring
+        args = (wake, ended) if callback == self._ended_here else (wake,)
         try:
-            self._loop.call_soon_threadsafe(callback, context=self._context)
+            loop.call_soon_threadsafe(callback, *args, context=context)
         except RuntimeError:  # the loop is closed: the run is over, nobody to tell
-            self._stopped = True
+            pass
+
+
+def _wake_it(wake: Callable[[], None]) -> None:
+    wake()

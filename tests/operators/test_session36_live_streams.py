@@ -286,3 +286,32 @@ def test_interrupted_while_the_standard_input_waits_the_run_ends_cleanly(tmp_pat
     finally:
         process.kill()
         process.wait()
+
+
+async def test_a_run_over_a_stream_after_one_cancelled_while_it_waited_gets_every_line():
+    """The first run is cancelled while its reader waits in a read of the
+    pipe; that read takes the next line when it comes. A second run over
+    the same file object takes the reader over and gets that line too (a
+    second reader thread lost it: ['2', '3'])."""
+    import asyncio
+
+    from kernel import run_async
+
+    read, write = os.pipe()
+    seen: queue.Queue = queue.Queue()
+    with os.fdopen(read) as stream, os.fdopen(write, "w") as out:
+        first = Dataflow("first")
+        first.from_iterable(stream).map(str.strip).apply(lambda: _Answers(seen)).collect()
+        running = asyncio.ensure_future(run_async(first))
+        out.write("0\n")
+        out.flush()
+        assert await asyncio.to_thread(seen.get, timeout=DEADLINE) == "0"
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        out.write("1\n2\n3\n")
+        out.close()
+        second = Dataflow("second")
+        rest = second.from_iterable(stream).map(str.strip).collect()
+        await asyncio.wait_for(run_async(second), DEADLINE)
+    assert rest.items == ["1", "2", "3"]
