@@ -36,6 +36,8 @@ import time
 from collections.abc import Callable, Iterator
 from itertools import chain, islice
 
+from kernel.scheduling._signal_mask import main_thread_signals
+
 _AT_ONCE = 0.001  # seconds: a chunk read within this came at once (the stream is fast)
 _FIRST_LOOK, _LAST_LOOK = 0.001, 0.1  # seconds: an idle source's looks while a chunk is read
 
@@ -87,6 +89,7 @@ class LiveReader:
         self._asleep = False  # the source found nothing and waits to be woken
         self._chunked = False  # the thread reads a chunk of several records (it cannot wake meanwhile)
         self._look_after = _FIRST_LOOK
+        self._looking = False  # a look within _LAST_LOOK is waiting (`waiting`)
         self._stopped = False  # the run is over: read no further (until a later run takes it over)
         self._resumed = threading.Event()  # set when a later run takes it over
         self._thread: threading.Thread | None = None
@@ -119,7 +122,8 @@ class LiveReader:
         self._thread = threading.Thread(target=contextvars.copy_context().run,
                                         args=(self._read, (sys.stdin, sys.__stdin__)),
                                         name=f"{self._name} reader", daemon=True)
-        self._thread.start()
+        with main_thread_signals():  # (a Ctrl-C is the main thread's: `_signal_mask.py`)
+            self._thread.start()
 
     async def until_ended(self) -> None:
         """A task of the kernel for as long as the thread reads: cancelled
@@ -157,10 +161,24 @@ class LiveReader:
         if self.arrived or self.done:
             self._asleep = False
             return True
-        if self._chunked:  # records may come within the chunk, with nobody to say so
-            self._wiring[0].call_later(self._look_after, self._look)
-            self._look_after = min(self._look_after * 2, _LAST_LOOK)
+        # Records may come within a chunk, with nobody to say so (looks after
+        # 1, 2, 4 ... ms); and, whatever the thread does, a source asleep
+        # looks again within _LAST_LOOK: a wake lost between the two threads
+        # costs at most that, never the rest of the run (an idle stream: ten
+        # looks a second at most).
+        if not self._looking:  # (one look waiting at a time: a record a wake is ~10,000 a second)
+            self._looking = True
+            self._wiring[0].call_later(self._look_after if self._chunked else _LAST_LOOK, self._look_again)
+            if self._chunked:
+                self._look_after = min(self._look_after * 2, _LAST_LOOK)
         return False
+
+    def _look_again(self) -> None:
+        # (whatever `_asleep` says: the thread that cleared it may be the one
+        # whose wake was lost; a source woken that has nothing sleeps again)
+        self._looking = False
+        self._asleep = False
+        self._wiring[1]()
 
     def _look(self) -> None:
         if self._asleep:

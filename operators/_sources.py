@@ -334,7 +334,7 @@ class IterableSource(Source):
             self._mark_read()
             live.start(self.wake)
             self.context.kernel.spawn(live.until_ended(), name=f"{self.name} reader")
-            return None
+            return True if live.waiting() else None  # (asleep, a look within _LAST_LOOK set)
         done = live.done  # (before taking: what arrived before the end is taken first)
         records = live.take(min(self.batch_size, self.records_wanted))
         if records:

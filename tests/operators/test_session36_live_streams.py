@@ -124,6 +124,16 @@ def test_records_of_a_slow_writer_come_out_before_it_ends(batch_size):
     assert _exchange_over_a_pipe(batch_size, ["a", "b", "c"]) == ["a", "b", "c"]
 
 
+def test_a_wake_lost_between_the_reader_and_the_kernel_costs_a_record_a_look_not_the_run(monkeypatch):
+    # (no wake from the reader's thread: the source, asleep, looks again
+    # within _LAST_LOOK; it slept until the end of the input, and the writer,
+    # waiting for each answer, waited for ever)
+    from kernel.operators import _live_input
+
+    monkeypatch.setattr(_live_input, "_wake_it", lambda wake: None)
+    assert _exchange_over_a_pipe(1, ["a", "b", "c"]) == ["a", "b", "c"]
+
+
 class _Ticks(Operator):
     """A processing-time timer, set as the run starts, that tells the test when it fires."""
 
