@@ -7,12 +7,9 @@ the run hung without a word) and a first Ctrl-C only cancelled the run once
 `fn` returned."""
 
 import os
-import signal
-import subprocess
-import sys
-import textwrap
 import time
 
+from _interrupts import interrupted
 from _watchdog_reports import reports  # noqa: F401 (a fixture)
 
 from kernel import Dataflow, Operator, run
@@ -78,14 +75,5 @@ BLOCKED_TIMER = """
 
 
 def test_one_ctrl_c_stops_a_run_blocked_in_a_timer():
-    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(BLOCKED_TIMER)], cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline().strip() == "READY"
-        child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=8)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.communicate()
-    assert (child.returncode, out.strip()) == (3, "KeyboardInterrupt True"), err[-2000:]
+    code, out, err, _ = interrupted(BLOCKED_TIMER)
+    assert (code, out.strip()) == (3, "KeyboardInterrupt True"), err[-2000:]
