@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from itertools import chain, islice
 
+from kernel.dataflow._errors import KernelError
 from kernel.scheduling._signal_mask import main_thread_signals
 
 _AT_ONCE = 0.001  # seconds: a chunk read within this came at once (the stream is fast)
@@ -71,6 +73,18 @@ class LiveReader:
         with _left_over_lock:
             reader = _left_over.pop(id(iterator), None)
         if reader is not None and reader._iterator is iterator:
+            if reader._process != os.getpid() and not reader.done:
+                # (a kernel process forked since: the thread is the launcher's,
+                # still reading there; this copy of it would wait for ever)
+                raise KernelError(
+                    f"{name}: an earlier run of this process over the same input ended before "
+                    "the input did (cancelled, interrupted or failed) and left its reader thread "
+                    "waiting in a read of it, in the process that started the runs; this run "
+                    "reads the input in a kernel process of its own, which cannot take that "
+                    "thread over (what it reads would be lost, and this run would wait for it "
+                    "for ever). Run it on one kernel (cores=1), which takes the reader over and "
+                    "loses no record"
+                )
             reader._limit, reader._name = limit, name
             return reader
         return cls(iterator, limit, name)
@@ -83,6 +97,7 @@ class LiveReader:
         self.error: BaseException | None = None  # what the iterator raised (on the thread)
         self.done = False  # the iterator has ended (or raised): nothing more will arrive
         self._iterator = iterator
+        self._process = os.getpid()  # (a copy forked since has no thread)
         self._limit = limit
         self._name = name
         self._room = threading.Event()  # set when the source has taken records

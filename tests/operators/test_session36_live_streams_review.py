@@ -1,0 +1,59 @@
+"""Review of `from_iterable` over a live stream (operators/_live_input.py):
+cases the first tests did not reach. Each waits with a deadline: a hang
+fails its test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+
+import pytest
+
+from kernel import Dataflow, Operator, run_async
+
+DEADLINE = 10.0  # seconds: far beyond what each step takes
+
+
+class _Seen(Operator):
+    """Tells the test of each record as it arrives (one kernel, in the test's process)."""
+
+    def __init__(self, seen: queue.Queue) -> None:
+        self.seen = seen
+
+    def on_batch(self, port, batch):
+        for record in batch:
+            self.seen.put(record)
+        self.emit(batch)
+
+
+async def test_a_run_on_two_kernels_after_one_cancelled_over_the_stream_says_why_it_cannot_read_it():
+    """A run cancelled while its reader thread waited in a read leaves that
+    thread to a later run over the same input. A later run on two kernels
+    reads it in kernel 0, a process forked with a copy of the reader but
+    not its thread: it waited for ever. Now it is refused, saying why, and
+    a run on one kernel then takes the reader over with every line."""
+    read, write = os.pipe()
+    seen: queue.Queue = queue.Queue()
+    with os.fdopen(read) as stream, os.fdopen(write, "w") as out:
+        first = Dataflow("first")
+        first.from_iterable(stream).map(str.strip).apply(lambda: _Seen(seen)).collect()
+        running = asyncio.ensure_future(run_async(first))
+        out.write("0\n")
+        out.flush()
+        assert await asyncio.to_thread(seen.get, timeout=DEADLINE) == "0"
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        out.write("1\n2\n3\n")
+        out.close()
+        second = Dataflow("second")
+        second.from_iterable(stream).map(str.strip).collect()
+        with pytest.raises(Exception) as info:
+            await asyncio.wait_for(run_async(second, cores=2), DEADLINE)
+        message = str(info.value)
+        assert "left its reader thread" in message and "cores=1" in message, message
+        third = Dataflow("third")
+        rest = third.from_iterable(stream).map(str.strip).collect()
+        await asyncio.wait_for(run_async(third), DEADLINE)
+    assert rest.items == ["1", "2", "3"]
