@@ -225,8 +225,7 @@ def _own_methods(cls: type) -> list:
     """The functions of `cls` and its bases, but the library's and Python's."""
     methods = []
     for klass in cls.__mro__:
-        top = str(getattr(klass, "__module__", "")).partition(".")[0]
-        if top in _LIBRARY or top in sys.stdlib_module_names or top.startswith("_"):
+        if _not_users(klass):
             continue
         for attribute in vars(klass).values():
             if isinstance(attribute, (staticmethod, classmethod)):
@@ -237,6 +236,16 @@ def _own_methods(cls: type) -> list:
             if isinstance(attribute, types.FunctionType):
                 methods.append(attribute)
     return methods
+
+
+def _not_users(klass: type) -> bool:
+    top = str(getattr(klass, "__module__", "")).partition(".")[0]
+    if top in _LIBRARY or top in sys.stdlib_module_names:
+        return True
+    # (a script's classes are the user's, though named with a _: `__main__`,
+    # and a pipeline file run by `python -m kernel.run`, `__kernel_pipeline__`;
+    # their methods went unlooked at, and a pipe they wrote to was let go)
+    return top.startswith("_") and not (top.startswith("__") and top.endswith("__"))
 
 
 def _logging_handlers() -> list:

@@ -1,0 +1,67 @@
+"""Review of what kernel processes let go of among the application's pipes
+(kernel/execution/_inherited_descriptors.py): legitimate code that used a
+pipe the walk did not see, and so wrote to a stand-in.
+
+Each case runs in a Python process of its own (its classes are those of a
+script, `__main__`), with a time limit: a run that hangs fails its test."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+TIME_LIMIT = 40  # seconds; each run takes one or two
+
+
+def _python(tmp_path, code: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "case.py"
+    script.write_text(textwrap.dedent(code))
+    try:
+        return subprocess.run([sys.executable, str(script)], capture_output=True, timeout=TIME_LIMIT,
+                              cwd=tmp_path)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the run hung (no end within {TIME_LIMIT} s): {exc.stderr!r}")
+
+
+def _assert_exact(done: subprocess.CompletedProcess) -> None:
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().split() == ["exact"], done.stdout.decode() + done.stderr.decode()
+
+
+A_SCRIPTS_OPERATOR_WRITES_TO_A_GLOBAL_PIPE = """
+    import os, threading
+    from kernel import Dataflow, Operator, run
+
+    read, write = os.pipe()
+    out = os.fdopen(write, "wb")
+    told = []
+    reader = threading.Thread(target=lambda: told.append(os.fdopen(read, "rb").read()))
+    reader.start()
+
+    class Tell(Operator):
+        def on_batch(self, port, batch):
+            out.write(b"".join(b"%d\\n" % x for x in batch))
+            out.flush()
+
+    flow = Dataflow("tell")
+    flow.from_iterable(range(500)).apply(Tell)
+    try:
+        run(flow, cores={cores})
+    finally:
+        out.close()
+        reader.join()
+    print("exact" if sorted(map(int, told[0].split())) == list(range(500)) else f"wrong: {{told}}")
+"""
+
+
+@pytest.mark.parametrize("cores", [2, 3])
+def test_a_scripts_operator_keeps_the_pipe_its_method_writes_to(tmp_path, cores):
+    """The methods of the classes a step reaches are walked, but not those
+    of a module whose name starts with `_`, meant for Python's own
+    (`_io`...): a script's, `__main__`, and a pipeline file's under
+    `python -m kernel.run`, `__kernel_pipeline__`, were skipped, and the
+    step failed with a bare BrokenPipeError."""
+    _assert_exact(_python(tmp_path, A_SCRIPTS_OPERATOR_WRITES_TO_A_GLOBAL_PIPE.format(cores=cores)))
