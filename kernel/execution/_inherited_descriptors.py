@@ -199,6 +199,12 @@ def _reached(roots) -> set[int]:
     for cls in list(classes)[:_CLASSES_LOOKED_INTO]:
         for method in _own_methods(cls):
             _add_descriptors(reachable(method, _HOLDERS), kept, classes)
+        # and what its class attributes hold: `Sink.out`, a pipe a method
+        # writes to (let go, the step failed with a BrokenPipeError), or a
+        # multiprocessing.Queue a method puts to (its feeder thread's
+        # writes failed, and the records were lost without a word)
+        for value in _own_values(cls):
+            _add_descriptors(reachable(value, _HOLDERS), kept, classes)
     return kept
 
 
@@ -236,6 +242,21 @@ def _own_methods(cls: type) -> list:
             if isinstance(attribute, types.FunctionType):
                 methods.append(attribute)
     return methods
+
+
+def _own_values(cls: type) -> list:
+    """The class attributes of `cls` and its bases that are no functions,
+    but the library's and Python's classes'."""
+    values = []
+    for klass in cls.__mro__:
+        if _not_users(klass):
+            continue
+        for name, attribute in vars(klass).items():
+            if name.startswith("__") or isinstance(attribute, (staticmethod, classmethod, property,
+                                                               types.FunctionType)):
+                continue
+            values.append(attribute)
+    return values
 
 
 def _not_users(klass: type) -> bool:

@@ -65,3 +65,39 @@ def test_a_scripts_operator_keeps_the_pipe_its_method_writes_to(tmp_path, cores)
     `python -m kernel.run`, `__kernel_pipeline__`, were skipped, and the
     step failed with a bare BrokenPipeError."""
     _assert_exact(_python(tmp_path, A_SCRIPTS_OPERATOR_WRITES_TO_A_GLOBAL_PIPE.format(cores=cores)))
+
+
+A_CLASS_ATTRIBUTE_HOLDS_A_PIPE = """
+    import os, threading
+    from kernel import Dataflow, run
+
+    read, write = os.pipe()
+    told = []
+    reader = threading.Thread(target=lambda: told.append(os.fdopen(read, "rb").read()))
+    reader.start()
+
+    class Publish:
+        out = os.fdopen(write, "wb")  # a pipe the method writes to
+
+        def __call__(self, x):
+            type(self).out.write(b"%d\\n" % x)
+            type(self).out.flush()
+            return x
+
+    flow = Dataflow("publish")
+    flow.from_iterable(range(200)).map(Publish()).collect()
+    try:
+        run(flow, cores={cores})
+    finally:
+        Publish.out.close()
+        reader.join()
+    print("exact" if sorted(map(int, told[0].split())) == list(range(200)) else f"wrong: {{told}}")
+"""
+
+
+@pytest.mark.parametrize("cores", [2, 3])
+def test_a_pipe_a_class_attribute_holds_is_kept(tmp_path, cores):
+    """The walk looked into the methods of the classes a step reaches, not
+    into their other attributes: a pipe held by a class attribute, which a
+    method wrote to, failed the step with a bare BrokenPipeError."""
+    _assert_exact(_python(tmp_path, A_CLASS_ATTRIBUTE_HOLDS_A_PIPE.format(cores=cores)))
