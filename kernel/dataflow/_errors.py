@@ -9,6 +9,7 @@ processes unchanged.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import reprlib
 import traceback
@@ -116,6 +117,13 @@ EXIT_IN_FUNCTION = (
     "whatever its code"
 )
 
+# In a kernel process that let go of some of the application's pipes and
+# sockets (kernel/execution/_inherited_descriptors.py): which, said with the
+# error a step's use of one of them gets (EPIPE, EBADF, ENOTCONN), which was
+# a bare BrokenPipeError, telling nothing of why.
+let_go_hint: str | None = None
+_LET_GO_ERRNOS = frozenset({errno.EPIPE, errno.EBADF, errno.ENOTCONN})
+
 #: a keyed step's record that is not a pair: only a loop on a keyed stream
 #: (its feedback read as the loop's keyed input) can bring one
 NOT_A_PAIR = (
@@ -192,6 +200,8 @@ class OperatorError(KernelError):
         message = describe_exception(exc)
         if hint is None and isinstance(exc, SystemExit):
             hint = EXIT_IN_FUNCTION
+        elif hint is None and isinstance(exc, OSError) and exc.errno in _LET_GO_ERRNOS:
+            hint = let_go_hint
         err = cls(
             operator,
             describe_function(fn),

@@ -72,6 +72,8 @@ import stat
 import sys
 import types
 
+from kernel.dataflow import _errors
+
 from ._reachable import reachable
 
 # What a step's walk finds of descriptors: file objects, sockets, and numbers
@@ -137,6 +139,7 @@ def let_go_unreached(roots=(), every_socket: bool = False) -> None:
     read_by_steps = _reached(roots)
     kept = read_by_steps | _reached([*_logging_handlers(), *_standard_streams()])
     broken_pipe = placeholder = None
+    let_go = []  # what each let go of was, for the error a use of it gets
     try:
         for fd, (device, inode, position) in listed.items():
             try:
@@ -154,6 +157,7 @@ def let_go_unreached(roots=(), every_socket: bool = False) -> None:
                 continue
             if fd in kept:
                 continue
+            let_go.append(_described(fd, info))
             if stat.S_ISSOCK(info.st_mode):
                 if placeholder is None:
                     placeholder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -169,6 +173,29 @@ def let_go_unreached(roots=(), every_socket: bool = False) -> None:
             placeholder.close()
         if broken_pipe is not None:
             os.close(broken_pipe)
+        if let_go:
+            listed = ", ".join(let_go[:8]) + (f" and {len(let_go) - 8} more" if len(let_go) > 8 else "")
+            _errors.let_go_hint = (
+                "(this kernel process let go of the application's pipes and sockets that no step "
+                f"was seen to reach, inherited from the process that started the run: {listed}; a "
+                "copy held here would keep a reader of the pipe from seeing its end, or a writer "
+                "from being told nobody reads. Each is a stand-in that fails where used. A step "
+                "that uses one through what is not looked into (a module's attribute, "
+                "`helpers.out`) gets this error: name it in the step's function (a global, a "
+                "default argument, a closure's variable) or hold it in the step's object)"
+            )
+
+
+def _described(fd: int, info: os.stat_result) -> str:
+    """`fd` as the error a step's use of it gets says it: which kind, which end."""
+    if stat.S_ISSOCK(info.st_mode):
+        return f"a Unix stream socket (descriptor {fd})"
+    try:
+        mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+    except OSError:
+        mode = None
+    end = {os.O_WRONLY: "'s write end", os.O_RDONLY: "'s read end"}.get(mode, "")
+    return f"a pipe{end} (descriptor {fd})"
 
 
 def _own_read_position(fd: int, position: int) -> None:

@@ -101,3 +101,37 @@ def test_a_pipe_a_class_attribute_holds_is_kept(tmp_path, cores):
     into their other attributes: a pipe held by a class attribute, which a
     method wrote to, failed the step with a bare BrokenPipeError."""
     _assert_exact(_python(tmp_path, A_CLASS_ATTRIBUTE_HOLDS_A_PIPE.format(cores=cores)))
+
+
+A_MODULES_PIPE = """
+    import os, sys, types
+    from kernel import Dataflow, run
+
+    read, write = os.pipe()
+    helpers = types.ModuleType("helpers")  # a module of the application's, holding a pipe
+    helpers.out = os.fdopen(write, "wb", buffering=0)
+    sys.modules["helpers"] = helpers
+
+    flow = Dataflow("module")
+    flow.from_iterable(range(10)).map(lambda x: helpers.out.write(b"%d\\\\n" % x)).collect()
+    try:
+        run(flow, cores=2)
+    except Exception as exc:
+        print(str(exc).replace("\\\\n", " "))
+    print("write end", write)
+"""
+
+
+def test_a_pipe_a_step_reaches_only_through_a_module_fails_saying_it_was_let_go(tmp_path):
+    """A pipe a step uses through a module's attribute, which the walk does
+    not look into, is let go of: the step's error said only `BrokenPipeError:
+    [Errno 32] Broken pipe`. It now says what the kernel let go of, why,
+    and how to keep it."""
+    done = _python(tmp_path, A_MODULES_PIPE)
+    out = done.stdout.decode()
+    assert done.returncode == 0, done.stderr.decode()
+    write_end = out.split("write end ")[-1].split()[0]
+    assert "BrokenPipeError" in out, out
+    assert "let go of the application's pipes" in out, out
+    assert f"a pipe's write end (descriptor {write_end})" in out, out
+    assert "a module's attribute" in out, out
