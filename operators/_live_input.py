@@ -62,6 +62,13 @@ def _the_end():
 _left_over: dict[int, LiveReader] = {}
 _left_over_lock = threading.Lock()
 
+# A lock an iterator (by id), held by a reader's thread while it reads a
+# chunk: two sources of a run over the same stream (`from_iterable(sys.stdin)`
+# twice) each had a thread iterating it at once, and a file object read so
+# lost lines and gave others twice (a generator: "already executing").
+# Each record now goes to one of them, as when both read on the loop.
+_iterating: dict[int, threading.Lock] = {}
+
 
 class LiveReader:
     """Reads `iterator` on a thread; `take(n)` hands on what has arrived."""
@@ -97,6 +104,8 @@ class LiveReader:
         self.error: BaseException | None = None  # what the iterator raised (on the thread)
         self.done = False  # the iterator has ended (or raised): nothing more will arrive
         self._iterator = iterator
+        with _left_over_lock:
+            self._iterating = _iterating.setdefault(id(iterator), threading.Lock())
         self._process = os.getpid()  # (a copy forked since has no thread)
         self._limit = limit
         self._name = name
@@ -211,7 +220,7 @@ class LiveReader:
         # aborted the process ("Fatal Python error: _enter_buffered_busy:
         # could not acquire lock ..."). A waiting daemon thread's frame is
         # never freed, so neither are they.
-        arrived, room, limit = self.arrived, self._room, self._limit
+        arrived, room, limit, iterating = self.arrived, self._room, self._limit, self._iterating
         extend, monotonic = arrived.extend, time.monotonic
         records = chain(self._iterator, _the_end())
         size = 1
@@ -226,8 +235,9 @@ class LiveReader:
                         self._call(lambda _wake: self._look())
                 elif size == 1:
                     self._chunked = False
-                started = monotonic()
-                extend(islice(records, size))
+                with iterating:
+                    started = monotonic()
+                    extend(islice(records, size))
                 size = min(2 * size, limit) if monotonic() - started < _AT_ONCE else 1
                 if self._asleep and arrived:
                     self._asleep = False

@@ -57,3 +57,36 @@ async def test_a_run_on_two_kernels_after_one_cancelled_over_the_stream_says_why
         rest = third.from_iterable(stream).map(str.strip).collect()
         await asyncio.wait_for(run_async(third), DEADLINE)
     assert rest.items == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize("through", ["file", "generator"])
+def test_two_sources_over_the_same_stream_get_each_line_once_between_them(through):
+    """`from_iterable` twice over one pipe in a run: each source's thread
+    iterated it at the same time, and the file object, read from two
+    threads, lost lines and gave others twice (a generator over it raised
+    "generator already executing"). Each line goes to one of them, as
+    when both sources read it on the kernel's loop."""
+    from kernel import run
+
+    total = 30_000
+    read, write = os.pipe()
+
+    def writer():
+        with os.fdopen(write, "w") as out:
+            out.write("".join(f"{i}\n" for i in range(total)))
+
+    import threading
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        with os.fdopen(read) as stream:
+            lines = stream if through == "file" else (line for line in stream)
+            flow = Dataflow("twice")
+            first = flow.from_iterable(lines, batch_size=64).map(int)
+            second = flow.from_iterable(lines, batch_size=64).map(int)
+            out = first.union(second).collect()
+            run(flow)
+    finally:
+        thread.join()
+    assert sorted(out.items) == list(range(total))
