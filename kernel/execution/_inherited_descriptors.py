@@ -230,12 +230,13 @@ def _reached(roots) -> set[int]:
         # writes to (let go, the step failed with a BrokenPipeError), or a
         # multiprocessing.Queue a method puts to (its feeder thread's
         # writes failed, and the records were lost without a word)
-        for value in _own_values(cls):
+        for value in _own_values(cls)[:_VALUES_LOOKED_INTO]:
             _add_descriptors(reachable(value, _HOLDERS), kept, classes)
     return kept
 
 
 _CLASSES_LOOKED_INTO = 32
+_VALUES_LOOKED_INTO = 64  # class attributes a class (an Enum of 20,000 members took ~0.3 s a kernel)
 _LIBRARY = frozenset({"kernel", "net", "operators", "state", "aliases", "builtins", "abc", "typing"})
 
 
