@@ -181,6 +181,47 @@ def _exit_as_an_interpreter(failed: bool = False) -> None:
     if not failed:
         _wait_for_the_kernels_threads()
     atexit._run_exitfuncs()
+    _hand_on_queued_puts(_QUEUE_WAIT_FAILED if failed else _QUEUE_WAIT)
+
+
+# seconds at most for a multiprocessing.Queue's pipe to take its records (a failed kernel: less)
+_QUEUE_WAIT, _QUEUE_WAIT_FAILED = 5.0, 1.0
+
+
+def _hand_on_queued_puts(wait: float) -> None:
+    """What a step put to a `multiprocessing.Queue` (the caller's, or a
+    logging QueueHandler's) waits in the queue's feeder thread until it is
+    written to its pipe: a daemon thread, which `os._exit` killed, and the
+    records it held were lost without a word (of 2,000 put on two kernels,
+    ~700). An interpreter's exit (multiprocessing's own processes, one
+    kernel) flushes it: the queue's finalizers, registered in this kernel
+    (a fork's bootstrap clears the caller's). Bounded: a pipe nobody reads
+    while the run runs holds ~64 KiB, and waiting for a reader that comes
+    only after the run would wait for ever; so it is said instead."""
+    util = sys.modules.get("multiprocessing.util")
+    if util is None:
+        return
+    feeders = [thread for thread in threading.enumerate()
+               if thread.name == "QueueFeederThread" and thread.is_alive()]
+    if not feeders:
+        return
+    try:
+        util._run_finalizers(0)  # (the queues' close: each feeder ends once it has written all)
+    except Exception:
+        pass
+    deadline = time.monotonic() + wait
+    for feeder in feeders:
+        feeder.join(max(0.0, deadline - time.monotonic()))
+    if any(feeder.is_alive() for feeder in feeders):
+        try:
+            sys.stderr.write(
+                f"kernel process {os.getpid()}: records put to a multiprocessing.Queue could not all "
+                f"be written to it within {wait:g} s of the run's end, and are lost: nobody read the "
+                "queue while the run ran (its pipe was full). Read it as the run goes (a thread, a "
+                "logging QueueListener)\n")
+            sys.stderr.flush()
+        except Exception:
+            pass
 
 
 def _wait_for_the_kernels_threads() -> None:

@@ -155,3 +155,43 @@ def test_a_class_of_many_attributes_costs_a_bounded_walk(monkeypatch):
     Many.__module__ = "application"
     _inherited_descriptors._reached([lambda: Many])
     assert len(walks) <= 1 + 64, len(walks)  # (the factory, and at most 64 attributes)
+
+
+PUTS_TO_A_MULTIPROCESSING_QUEUE = """
+    import multiprocessing, sys, threading
+    from kernel import Dataflow, run
+
+    N = 20_000
+    records = multiprocessing.Queue()
+    got = []
+
+    def drain():  # as a logging QueueListener does, while the run goes
+        while (record := records.get()) is not None:
+            got.append(record)
+
+    drainer = threading.Thread(target=drain)
+    drainer.start()
+
+    def put(x):
+        records.put(x)
+        return x
+
+    flow = Dataflow("puts")
+    flow.from_iterable(range(N)).map(put).collect()
+    try:
+        run(flow, cores={cores})
+    finally:
+        records.put(None)
+        drainer.join()
+    print("exact" if sorted(got) == list(range(N)) else f"wrong: {{len(got)}}")
+"""
+
+
+@pytest.mark.parametrize("cores", [2, 3])
+def test_what_steps_put_to_a_multiprocessing_queue_all_arrives(tmp_path, cores):
+    """A kernel left by os._exit with the records a step had put still in
+    the queue's feeder thread (a daemon): they were lost, and the kernel,
+    killed while that thread held the queue's write lock (shared by every
+    process), left the caller's own `put` of its end marker waiting for
+    ever. The kernel now lets the feeder write what it holds first."""
+    _assert_exact(_python(tmp_path, PUTS_TO_A_MULTIPROCESSING_QUEUE.format(cores=cores)))
