@@ -176,13 +176,13 @@ def let_go_unreached(roots=(), every_socket: bool = False) -> None:
         if let_go:
             listed = ", ".join(let_go[:8]) + (f" and {len(let_go) - 8} more" if len(let_go) > 8 else "")
             _errors.let_go_hint = (
-                "(this kernel process let go of the application's pipes and sockets that no step "
-                f"was seen to reach, inherited from the process that started the run: {listed}; a "
-                "copy held here would keep a reader of the pipe from seeing its end, or a writer "
-                "from being told nobody reads. Each is a stand-in that fails where used. A step "
-                "that uses one through what is not looked into (a module's attribute, "
-                "`helpers.out`) gets this error: name it in the step's function (a global, a "
-                "default argument, a closure's variable) or hold it in the step's object)"
+                "(if the step used a pipe or a socket of the application's: this kernel process let "
+                "go of those that no step was seen to reach, inherited from the process that started "
+                f"the run: {listed}; a copy held here would keep a reader of the pipe from seeing "
+                "its end, or a writer from being told nobody reads. Each is a stand-in that fails "
+                "where used: a step that uses one through what is not looked into (a module's "
+                "attribute, `helpers.out`) gets this error. Name it in the step's function (a "
+                "global, a default argument, a closure's variable) or hold it in the step's object)"
             )
 
 
