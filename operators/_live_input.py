@@ -34,6 +34,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from itertools import chain, islice
 
@@ -67,7 +68,19 @@ _left_over_lock = threading.Lock()
 # twice) each had a thread iterating it at once, and a file object read so
 # lost lines and gave others twice (a generator: "already executing").
 # Each record now goes to one of them, as when both read on the loop.
-_iterating: dict[int, threading.Lock] = {}
+# (Held by the readers of the iterator: it goes with the last of them, not
+# one a stream for as long as the process runs, as a service's runs over a
+# connection each would leave.)
+_iterating: weakref.WeakValueDictionary[int, _Turn] = weakref.WeakValueDictionary()
+
+
+class _Turn:
+    """The lock of `_iterating` (a lock cannot be weakly referred to)."""
+
+    __slots__ = ("__weakref__", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
 
 
 class LiveReader:
@@ -105,7 +118,10 @@ class LiveReader:
         self.done = False  # the iterator has ended (or raised): nothing more will arrive
         self._iterator = iterator
         with _left_over_lock:
-            self._iterating = _iterating.setdefault(id(iterator), threading.Lock())
+            turn = _iterating.get(id(iterator))
+            if turn is None:
+                turn = _iterating[id(iterator)] = _Turn()
+            self._turn = turn  # (held: the entry lives as long as a reader of the iterator)
         self._process = os.getpid()  # (a copy forked since has no thread)
         self._limit = limit
         self._name = name
@@ -220,7 +236,7 @@ class LiveReader:
         # aborted the process ("Fatal Python error: _enter_buffered_busy:
         # could not acquire lock ..."). A waiting daemon thread's frame is
         # never freed, so neither are they.
-        arrived, room, limit, iterating = self.arrived, self._room, self._limit, self._iterating
+        arrived, room, limit, iterating = self.arrived, self._room, self._limit, self._turn.lock
         extend, monotonic = arrived.extend, time.monotonic
         records = chain(self._iterator, _the_end())
         size = 1

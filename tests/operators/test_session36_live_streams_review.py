@@ -90,3 +90,27 @@ def test_two_sources_over_the_same_stream_get_each_line_once_between_them(throug
     finally:
         thread.join()
     assert sorted(out.items) == list(range(total))
+
+
+def test_runs_over_streams_one_after_another_leave_no_lock_behind():
+    """The lock each stream's readers take turns at goes with its last
+    reader: a service running a flow over each connection it accepts kept
+    one for every connection, for as long as it ran."""
+    import gc
+
+    from kernel.operators import _live_input
+
+    from kernel import run
+
+    before = len(_live_input._iterating)
+    for _ in range(20):
+        read, write = os.pipe()
+        with os.fdopen(write, "w") as out:
+            out.write("1\n2\n")
+        with os.fdopen(read) as stream:
+            flow = Dataflow("each")
+            got = flow.from_iterable(stream).map(int).collect()
+            run(flow)
+        assert got.items == [1, 2]
+    gc.collect()
+    assert len(_live_input._iterating) <= before
