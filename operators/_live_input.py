@@ -22,8 +22,9 @@ doubles while the last came at once, and is back to one record when one
 waited. A record is in the list as soon as it is read, but the thread can
 wake the kernel only between chunks: a stream that stalls within one (a
 burst, then silence) has the idle source look again after 1, 2, 4 ... up to
-100 ms. The thread pauses once `limit` records wait, so it never reads
-far ahead of the dataflow. In-memory iterables never come here.
+100 ms. The thread pauses once `limit` records wait, until the source
+has taken half of them, and reads no chunk past it, so it never reads far
+ahead of the dataflow. In-memory iterables never come here.
 """
 
 from __future__ import annotations
@@ -189,7 +190,8 @@ class LiveReader:
         records = arrived[:size]
         if records:
             del arrived[:len(records)]
-            self._room.set()
+            if len(arrived) <= self._limit // 2:  # (the thread, paused at `limit`, reads on from half)
+                self._room.set()
             self._look_after = _FIRST_LOOK
         return records
 
@@ -253,15 +255,21 @@ class LiveReader:
                     self._chunked = False
                 with iterating:
                     started = monotonic()
-                    extend(islice(records, size))
+                    extend(islice(records, max(min(size, limit - len(arrived)), 1)))
                 size = min(2 * size, limit) if monotonic() - started < _AT_ONCE else 1
                 if self._asleep and arrived:
                     self._asleep = False
                     self._call(_wake_it)
                 if len(arrived) >= limit:
-                    room.clear()
-                    if len(arrived) >= limit and not self._stopped:  # (taken since: go on)
-                        room.wait()
+                    # Paused until the source has taken half: woken by each
+                    # take to read a chunk more, the thread of a source taking
+                    # less than a chunk at a time (batch_size=1, a slow
+                    # downstream) read ahead without bound (300,000 records
+                    # waiting, under a limit of 4,096). Chunks stop at the limit.
+                    while len(arrived) > limit // 2 and not self._stopped:
+                        room.clear()
+                        if len(arrived) > limit // 2 and not self._stopped:  # (taken since: go on)
+                            room.wait()
         except _EndOfInput:
             pass
         except BaseException as exc:  # the iterator's: the source raises it, naming itself

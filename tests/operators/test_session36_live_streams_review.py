@@ -114,3 +114,42 @@ def test_runs_over_streams_one_after_another_leave_no_lock_behind():
         assert got.items == [1, 2]
     gc.collect()
     assert len(_live_input._iterating) <= before
+
+
+@pytest.mark.parametrize("batch_size", [1, 100])
+def test_the_reader_stays_a_few_batches_ahead_of_a_source_taking_little_at_a_time(monkeypatch, batch_size):
+    """The reader pauses once `limit` records wait (4 batches, at least
+    4,096). Woken by each take, however small, it read a chunk more (up to
+    the limit) each time: a source taking one record a poll let 100,000
+    records pile up, and an endless stream would fill the memory."""
+    import threading
+
+    from kernel.operators import _live_input
+
+    from kernel import run
+
+    total, waiting = 100_000, []
+    take = _live_input.LiveReader.take
+
+    def measured(self, size):
+        waiting.append(len(self.arrived))
+        return take(self, size)
+
+    monkeypatch.setattr(_live_input.LiveReader, "take", measured)
+    read, write = os.pipe()
+
+    def writer():
+        with os.fdopen(write, "w") as out:
+            out.write("".join(f"{i}\n" for i in range(total)))
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        with os.fdopen(read) as stream:
+            flow = Dataflow("ahead")
+            out = flow.from_iterable(stream, batch_size=batch_size).map(int).collect()
+            run(flow)
+    finally:
+        thread.join()
+    assert out.items == list(range(total))
+    assert max(waiting) <= 4 * max(batch_size, 1024), max(waiting)
