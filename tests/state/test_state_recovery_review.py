@@ -282,7 +282,13 @@ HELD_PIPELINE = textwrap.dedent(
             while not os.path.exists(GATE) and time.monotonic() < deadline:
                 time.sleep(0.005)
         elif x % 2 == 0 and x > 3001:
-            time.sleep(0.0005)  # kernel 0 goes on, snapshotting epochs kernel 1 cannot complete
+            # kernel 0 goes on, snapshotting epochs kernel 1 cannot complete; not before
+            # kernel 1 is held (under load kernel 1 came late: kernel 0 had ended, its
+            # epochs' snapshots gone for its final one, and the test found none to check)
+            deadline = time.monotonic() + 30
+            while not os.path.exists(os.path.join(OUT, "held")) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(0.0005)
         return x
 
     flow = Dataflow("held")
