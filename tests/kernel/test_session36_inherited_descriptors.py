@@ -16,32 +16,14 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
-import textwrap
 from collections import Counter
 
 import pytest
+from _scripts import assert_said_exact, run_script
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 LINES = 200_000  # ~1.3 MB: more than a pipe holds, so the writer is still writing as the kernels fork
-TIME_LIMIT = 40  # seconds; each run takes one or two
-
-
-def _python(tmp_path, code: str) -> subprocess.CompletedProcess:
-    script = tmp_path / "case.py"
-    script.write_text(textwrap.dedent(code))
-    try:
-        return subprocess.run([sys.executable, str(script)], capture_output=True, timeout=TIME_LIMIT,
-                              cwd=tmp_path)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"the run hung (no end within {TIME_LIMIT} s): {exc.stderr!r}")
-
-
-def _assert_every_line_once(done: subprocess.CompletedProcess) -> None:
-    assert done.returncode == 0, done.stderr.decode()
-    assert done.stdout.decode().split() == ["exact"], done.stdout.decode() + done.stderr.decode()
 
 
 FEEDS_A_SUBPROCESS = """
@@ -74,7 +56,7 @@ FEEDS_A_SUBPROCESS = """
 def test_a_subprocess_a_thread_of_the_caller_feeds_ends_and_its_output_is_read_once(tmp_path, cores):
     """The kernels held copies of `child.stdin`: `cat` never saw the end of
     its input, and the run never ended."""
-    _assert_every_line_once(_python(tmp_path, FEEDS_A_SUBPROCESS.format(lines=LINES, cores=cores)))
+    assert_said_exact(run_script(tmp_path, FEEDS_A_SUBPROCESS.format(lines=LINES, cores=cores)))
 
 
 READS_A_SOCKETPAIR = """
@@ -105,7 +87,7 @@ READS_A_SOCKETPAIR = """
 def test_a_socket_whose_peer_a_thread_of_the_caller_closes_ends(tmp_path, cores):
     """`run` on the main thread: the kernels held copies of the caller's
     end, and kernel 0 never saw the end of the other."""
-    _assert_every_line_once(_python(tmp_path, READS_A_SOCKETPAIR.format(lines=LINES, cores=cores)))
+    assert_said_exact(run_script(tmp_path, READS_A_SOCKETPAIR.format(lines=LINES, cores=cores)))
 
 
 READS_A_PIPE_IN_A_CLUSTER = """
@@ -142,7 +124,7 @@ def _free_port() -> int:
 def test_a_pipe_a_thread_of_the_caller_writes_ends_in_a_cluster_too(tmp_path):
     """The kernels let go of the writers of the pipe a source reads, but the
     cluster's relay, forked too, kept its copy: kernel 0 never saw the end."""
-    _assert_every_line_once(_python(tmp_path, READS_A_PIPE_IN_A_CLUSTER.format(lines=LINES,
+    assert_said_exact(run_script(tmp_path, READS_A_PIPE_IN_A_CLUSTER.format(lines=LINES,
                                                                              port=_free_port())))
 
 
@@ -186,7 +168,7 @@ def test_pipes_and_sockets_the_steps_write_to_are_kept(tmp_path, cores):
     """What the kernels let go of is only what the flow does not reach: a
     descriptor held as a number, a subprocess's input through a helper, a
     socket, each written by a step, still get every record."""
-    _assert_every_line_once(_python(tmp_path, WRITES_WHAT_ITS_STEPS_REACH.format(cores=cores)))
+    assert_said_exact(run_script(tmp_path, WRITES_WHAT_ITS_STEPS_REACH.format(cores=cores)))
 
 
 STOPS_READING_A_SUBPROCESS = """
@@ -225,7 +207,7 @@ def test_a_subprocess_whose_output_the_caller_closed_ends_while_the_kernels_run(
     """The kernels held copies of `producer.stdout`'s read end: `seq` never
     got SIGPIPE, blocked on a full pipe, and the caller's thread waiting for
     it (which the flow's source waited for) waited for ever."""
-    _assert_every_line_once(_python(tmp_path, STOPS_READING_A_SUBPROCESS.format(cores=cores)))
+    assert_said_exact(run_script(tmp_path, STOPS_READING_A_SUBPROCESS.format(cores=cores)))
 
 
 # -- files a step's function reads, opened before the run -------------------------------------------------
@@ -346,4 +328,4 @@ def test_a_network_socket_a_step_reaches_only_through_a_module_still_sends(tmp_p
     network sockets: a step may reach one where the walk does not look
     (a module's attribute), and a UDP client that drops its errors lost
     every record's send without a word (received nothing: recv timed out)."""
-    _assert_every_line_once(_python(tmp_path, USES_A_MODULES_UDP_SOCKET))
+    assert_said_exact(run_script(tmp_path, USES_A_MODULES_UDP_SOCKET))

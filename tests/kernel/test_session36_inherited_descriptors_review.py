@@ -7,29 +7,8 @@ script, `__main__`), with a time limit: a run that hangs fails its test."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
 import pytest
-
-TIME_LIMIT = 40  # seconds; each run takes one or two
-
-
-def _python(tmp_path, code: str) -> subprocess.CompletedProcess:
-    script = tmp_path / "case.py"
-    script.write_text(textwrap.dedent(code))
-    try:
-        return subprocess.run([sys.executable, str(script)], capture_output=True, timeout=TIME_LIMIT,
-                              cwd=tmp_path)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"the run hung (no end within {TIME_LIMIT} s): {exc.stderr!r}")
-
-
-def _assert_exact(done: subprocess.CompletedProcess) -> None:
-    assert done.returncode == 0, done.stderr.decode()
-    assert done.stdout.decode().split() == ["exact"], done.stdout.decode() + done.stderr.decode()
-
+from _scripts import assert_said_exact, run_script
 
 A_SCRIPTS_OPERATOR_WRITES_TO_A_GLOBAL_PIPE = """
     import os, threading
@@ -64,7 +43,7 @@ def test_a_scripts_operator_keeps_the_pipe_its_method_writes_to(tmp_path, cores)
     (`_io`...): a script's, `__main__`, and a pipeline file's under
     `python -m kernel.run`, `__kernel_pipeline__`, were skipped, and the
     step failed with a bare BrokenPipeError."""
-    _assert_exact(_python(tmp_path, A_SCRIPTS_OPERATOR_WRITES_TO_A_GLOBAL_PIPE.format(cores=cores)))
+    assert_said_exact(run_script(tmp_path, A_SCRIPTS_OPERATOR_WRITES_TO_A_GLOBAL_PIPE.format(cores=cores)))
 
 
 A_CLASS_ATTRIBUTE_HOLDS_A_PIPE = """
@@ -100,7 +79,7 @@ def test_a_pipe_a_class_attribute_holds_is_kept(tmp_path, cores):
     """The walk looked into the methods of the classes a step reaches, not
     into their other attributes: a pipe held by a class attribute, which a
     method wrote to, failed the step with a bare BrokenPipeError."""
-    _assert_exact(_python(tmp_path, A_CLASS_ATTRIBUTE_HOLDS_A_PIPE.format(cores=cores)))
+    assert_said_exact(run_script(tmp_path, A_CLASS_ATTRIBUTE_HOLDS_A_PIPE.format(cores=cores)))
 
 
 A_MODULES_PIPE = """
@@ -127,7 +106,7 @@ def test_a_pipe_a_step_reaches_only_through_a_module_fails_saying_it_was_let_go(
     not look into, is let go of: the step's error said only `BrokenPipeError:
     [Errno 32] Broken pipe`. It now says what the kernel let go of, why,
     and how to keep it."""
-    done = _python(tmp_path, A_MODULES_PIPE)
+    done = run_script(tmp_path, A_MODULES_PIPE)
     out = done.stdout.decode()
     assert done.returncode == 0, done.stderr.decode()
     write_end = out.split("write end ")[-1].split()[0]
@@ -194,4 +173,4 @@ def test_what_steps_put_to_a_multiprocessing_queue_all_arrives(tmp_path, cores):
     killed while that thread held the queue's write lock (shared by every
     process), left the caller's own `put` of its end marker waiting for
     ever. The kernel now lets the feeder write what it holds first."""
-    _assert_exact(_python(tmp_path, PUTS_TO_A_MULTIPROCESSING_QUEUE.format(cores=cores)))
+    assert_said_exact(run_script(tmp_path, PUTS_TO_A_MULTIPROCESSING_QUEUE.format(cores=cores)))
