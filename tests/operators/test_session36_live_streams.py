@@ -19,13 +19,12 @@ import textwrap
 import threading
 
 import pytest
+from _live_streams import DEADLINE, Answers, cancelled_while_reading, piped
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kernel.operators._shares import Share, merge_consumed
 
 from kernel import Dataflow, Operator, run
-
-DEADLINE = 10.0  # seconds: far beyond what each step takes (a fraction of a second)
 
 ECHO = """
     import sys
@@ -76,18 +75,6 @@ def test_an_interactive_exchange_over_the_standard_input_completes(tmp_path, cor
         process.wait()
 
 
-class _Answers(Operator):
-    """Tells the test of each record as it arrives (one kernel, in the caller's process)."""
-
-    def __init__(self, seen: queue.Queue) -> None:
-        self.seen = seen
-
-    def on_batch(self, port, batch):
-        for record in batch:
-            self.seen.put(record)
-        self.emit(batch)
-
-
 def _exchange_over_a_pipe(batch_size: int, lines: list[str]) -> list:
     """`run(flow)` in this thread over a pipe that a thread writes a line at
     a time, each once the pipeline has handed the one before on."""
@@ -111,7 +98,7 @@ def _exchange_over_a_pipe(batch_size: int, lines: list[str]) -> list:
         with os.fdopen(read) as stream:
             flow = Dataflow("exchange")
             out = flow.from_iterable(stream, batch_size=batch_size).map(str.strip) \
-                .apply(lambda: _Answers(seen)).collect()
+                .apply(lambda: Answers(seen)).collect()
             run(flow)
     finally:
         thread.join()
@@ -150,24 +137,17 @@ class _Ticks(Operator):
 def test_a_timer_fires_while_the_source_waits_for_input():
     """The kernel's loop is not held while the stream has nothing: a timer
     fires before the first line is written (the writer waits for it)."""
-    read, write = os.pipe()
     fired = threading.Event()
     waited: list[bool] = []
 
-    def writer():
+    def write(out):
         waited.append(fired.wait(DEADLINE))
-        with os.fdopen(write, "w") as out:
-            out.write("only\n")
+        out.write("only\n")
 
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
-        with os.fdopen(read) as stream:
-            flow = Dataflow("timer")
-            out = flow.from_iterable(stream).map(str.strip).apply(lambda: _Ticks(fired)).collect()
-            run(flow)
-    finally:
-        thread.join()
+    with piped(write) as stream:
+        flow = Dataflow("timer")
+        out = flow.from_iterable(stream).map(str.strip).apply(lambda: _Ticks(fired)).collect()
+        run(flow)
     assert waited == [True], f"the timer did not fire within {DEADLINE} s while the input waited"
     assert out.items == ["only"]
 
@@ -195,23 +175,15 @@ def test_a_large_piped_input_is_read_exactly_once(tmp_path, cores):
 def test_a_pipe_written_in_bursts_gives_every_line_once_in_order(bursts, batch_size):
     """Against the lines written: bursts of lines, each flushed (a chunk of
     the reader may end anywhere in them), whatever the batch size."""
-    read, write = os.pipe()
+    def write(out):
+        for burst in bursts:
+            out.write("".join(line + "\n" for line in burst))
+            out.flush()
 
-    def writer():
-        with os.fdopen(write, "w", encoding="utf-8") as out:
-            for burst in bursts:
-                out.write("".join(line + "\n" for line in burst))
-                out.flush()
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
-        with os.fdopen(read, encoding="utf-8") as stream:
-            flow = Dataflow("bursts")
-            out = flow.from_iterable(stream, batch_size=batch_size).map(lambda line: line[:-1]).collect()
-            run(flow)
-    finally:
-        thread.join()
+    with piped(write, encoding="utf-8") as stream:
+        flow = Dataflow("bursts")
+        out = flow.from_iterable(stream, batch_size=batch_size).map(lambda line: line[:-1]).collect()
+        run(flow)
     assert out.items == [line for burst in bursts for line in burst]
 
 
@@ -308,19 +280,8 @@ async def test_a_run_over_a_stream_after_one_cancelled_while_it_waited_gets_ever
     from kernel import run_async
 
     read, write = os.pipe()
-    seen: queue.Queue = queue.Queue()
     with os.fdopen(read) as stream, os.fdopen(write, "w") as out:
-        first = Dataflow("first")
-        first.from_iterable(stream).map(str.strip).apply(lambda: _Answers(seen)).collect()
-        running = asyncio.ensure_future(run_async(first))
-        out.write("0\n")
-        out.flush()
-        assert await asyncio.to_thread(seen.get, timeout=DEADLINE) == "0"
-        running.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await running
-        out.write("1\n2\n3\n")
-        out.close()
+        await cancelled_while_reading(stream, out)
         second = Dataflow("second")
         rest = second.from_iterable(stream).map(str.strip).collect()
         await asyncio.wait_for(run_async(second), DEADLINE)

@@ -6,25 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import queue
 
 import pytest
+from _live_streams import DEADLINE, cancelled_while_reading, piped
 
-from kernel import Dataflow, Operator, run_async
-
-DEADLINE = 10.0  # seconds: far beyond what each step takes
-
-
-class _Seen(Operator):
-    """Tells the test of each record as it arrives (one kernel, in the test's process)."""
-
-    def __init__(self, seen: queue.Queue) -> None:
-        self.seen = seen
-
-    def on_batch(self, port, batch):
-        for record in batch:
-            self.seen.put(record)
-        self.emit(batch)
+from kernel import Dataflow, run_async
 
 
 async def test_a_run_on_two_kernels_after_one_cancelled_over_the_stream_says_why_it_cannot_read_it():
@@ -34,19 +20,8 @@ async def test_a_run_on_two_kernels_after_one_cancelled_over_the_stream_says_why
     not its thread: it waited for ever. Now it is refused, saying why, and
     a run on one kernel then takes the reader over with every line."""
     read, write = os.pipe()
-    seen: queue.Queue = queue.Queue()
     with os.fdopen(read) as stream, os.fdopen(write, "w") as out:
-        first = Dataflow("first")
-        first.from_iterable(stream).map(str.strip).apply(lambda: _Seen(seen)).collect()
-        running = asyncio.ensure_future(run_async(first))
-        out.write("0\n")
-        out.flush()
-        assert await asyncio.to_thread(seen.get, timeout=DEADLINE) == "0"
-        running.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await running
-        out.write("1\n2\n3\n")
-        out.close()
+        await cancelled_while_reading(stream, out)
         second = Dataflow("second")
         second.from_iterable(stream).map(str.strip).collect()
         with pytest.raises(Exception) as info:
@@ -69,26 +44,13 @@ def test_two_sources_over_the_same_stream_get_each_line_once_between_them(throug
     from kernel import run
 
     total = 30_000
-    read, write = os.pipe()
-
-    def writer():
-        with os.fdopen(write, "w") as out:
-            out.write("".join(f"{i}\n" for i in range(total)))
-
-    import threading
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
-        with os.fdopen(read) as stream:
-            lines = stream if through == "file" else (line for line in stream)
-            flow = Dataflow("twice")
-            first = flow.from_iterable(lines, batch_size=64).map(int)
-            second = flow.from_iterable(lines, batch_size=64).map(int)
-            out = first.union(second).collect()
-            run(flow)
-    finally:
-        thread.join()
+    with piped(lambda out: out.write("".join(f"{i}\n" for i in range(total)))) as stream:
+        lines = stream if through == "file" else (line for line in stream)
+        flow = Dataflow("twice")
+        first = flow.from_iterable(lines, batch_size=64).map(int)
+        second = flow.from_iterable(lines, batch_size=64).map(int)
+        out = first.union(second).collect()
+        run(flow)
     assert sorted(out.items) == list(range(total))
 
 
@@ -122,7 +84,6 @@ def test_the_reader_stays_a_few_batches_ahead_of_a_source_taking_little_at_a_tim
     4,096). Woken by each take, however small, it read a chunk more (up to
     the limit) each time: a source taking one record a poll let 100,000
     records pile up, and an endless stream would fill the memory."""
-    import threading
 
     from kernel.operators import _live_input
 
@@ -136,20 +97,9 @@ def test_the_reader_stays_a_few_batches_ahead_of_a_source_taking_little_at_a_tim
         return take(self, size)
 
     monkeypatch.setattr(_live_input.LiveReader, "take", measured)
-    read, write = os.pipe()
-
-    def writer():
-        with os.fdopen(write, "w") as out:
-            out.write("".join(f"{i}\n" for i in range(total)))
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
-        with os.fdopen(read) as stream:
-            flow = Dataflow("ahead")
-            out = flow.from_iterable(stream, batch_size=batch_size).map(int).collect()
-            run(flow)
-    finally:
-        thread.join()
+    with piped(lambda out: out.write("".join(f"{i}\n" for i in range(total)))) as stream:
+        flow = Dataflow("ahead")
+        out = flow.from_iterable(stream, batch_size=batch_size).map(int).collect()
+        run(flow)
     assert out.items == list(range(total))
     assert max(waiting) <= 4 * max(batch_size, 1024), max(waiting)
