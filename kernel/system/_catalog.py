@@ -519,10 +519,10 @@ class Catalog:
         if queued and not self._blocked.is_set():
             why = f"; {why}" if why else ""
             return CatalogBusy(f"the catalog is busy: the calls queued before this one took more than "
-                               f"{waited:.3g} s (no other program holds it{why})")
+                               f"{round(waited, 2):g} s (no other program holds it{why})")
         who = self._holders()
         why = f" ({why})" if why else ""
-        return CatalogBusy(f"database is locked: {who} has held it for more than {waited:.3g} s{why}")
+        return CatalogBusy(f"database is locked: {who} has held it for more than {round(waited, 2):g} s{why}")
 
     # -- pipelines ------------------------------------------------------------------
 
