@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import pytest
 from _system import System, wait_until
@@ -27,9 +28,9 @@ flow.from_iterable(itertools.count(), batch_size=1).map(lambda n: time.sleep(0.0
 """
 
 
-@pytest.fixture
-def frozen_later(tmp_path):
-    system = System(tmp_path)
+@contextmanager
+def _system(root):
+    system = System(root)
     try:
         system.start_coordinator()
         system.start_executor(cores=1)
@@ -39,6 +40,22 @@ def frozen_later(tmp_path):
         if system.coordinator is not None:
             system.coordinator.send_signal(signal.SIGCONT)
         system.close()
+
+
+@pytest.fixture
+def frozen_later(tmp_path):
+    """A system of its own: frozen for good by its test."""
+    with _system(tmp_path) as system:
+        yield system
+
+
+@pytest.fixture(scope="module")
+def frozen_a_moment(tmp_path_factory):
+    """One system for the tests that leave it as they found it (frozen for
+    0.5 s, then let go, no job submitted) and the one that submits its only
+    job (job-1: no other test may submit here): its start-up, ~2 s, once."""
+    with _system(tmp_path_factory.mktemp("client-timeouts")) as system:
+        yield system
 
 
 def test_submit_wait_gives_up_on_a_frozen_coordinator(frozen_later, tmp_path):
@@ -74,13 +91,13 @@ def test_submit_wait_gives_up_on_a_frozen_coordinator(frozen_later, tmp_path):
     assert took < 15, took
 
 
-def test_a_request_unanswered_in_time_says_so(frozen_later):
+def test_a_request_unanswered_in_time_says_so(frozen_a_moment):
     """`Client.request` on a frozen coordinator: NoAnswer (a ConnectionLost)
     that names the coordinator, the request and the time (it was a bare
     TimeoutError, printed by the CLI as `error: TimeoutError`)."""
     from kernel.system import Client, ConnectionLost
 
-    system = frozen_later
+    system = frozen_a_moment
 
     async def ask() -> BaseException:
         async with Client((system.host, system.port), system.env["KERNEL_SECRET"].encode()) as client:
@@ -99,13 +116,13 @@ def test_a_request_unanswered_in_time_says_so(frozen_later):
                           "within 0.5 s (frozen, or cut off)")
 
 
-def test_a_submit_whose_reply_is_lost_is_sent_again_and_submits_one_job(frozen_later, tmp_path):
+def test_a_submit_whose_reply_is_lost_is_sent_again_and_submits_one_job(frozen_a_moment, tmp_path):
     """The connection reset after the coordinator saved the job and before
     its reply came back (a proxy that resets it then): `submit` said `error:
     ... connection closed`, and the retry a user makes submitted a second
     job. It sends the submit again under the same request id, and the
     coordinator answers with the job it saved."""
-    system = frozen_later
+    system = frozen_a_moment
     proxy = Proxy(system.port)
     try:
         proxy.command("lose-submit-reply")
