@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "kernel"))
@@ -135,15 +138,42 @@ def crashed_cluster_with_a_corrupt_newest_epoch(tmp: Path) -> int:
     return epoch
 
 
+@pytest.fixture(scope="module")
+def _crashed_cluster(tmp_path_factory) -> Path:
+    """crashed_cluster_with_a_corrupt_newest_epoch's directory (pipeline,
+    state_dir, out), made once for this module: the tests that resume it
+    each work on a copy of their own (copied_crashed_cluster)."""
+    tmp = tmp_path_factory.mktemp("crashed_cluster")
+    crashed_cluster_with_a_corrupt_newest_epoch(tmp)
+    return tmp
+
+
+@pytest.fixture
+def copied_crashed_cluster(_crashed_cluster, tmp_path) -> Path:
+    """A copy of the module's crashed cluster with a corrupt newest epoch, in
+    this test's tmp_path: its state_dir and out as the crash left them (no
+    process holds them; the snapshots record no path, the pipeline finds
+    its out from OUT), so resuming it is resuming the original."""
+    for name in ("pipeline.py", "state", "out"):
+        source = _crashed_cluster / name
+        if not source.exists():
+            continue
+        if source.is_dir():
+            shutil.copytree(source, tmp_path / name)
+        else:
+            shutil.copy2(source, tmp_path / name)
+    return tmp_path
+
+
 def test_a_cluster_resumed_past_a_snapshot_that_fails_its_checksum_falls_back_to_the_previous_epoch(
-        tmp_path):
+        copied_crashed_cluster):
     """README, Recovery: "A snapshot that fails its checksum (torn, corrupted)
     is skipped with a warning for the previous complete epoch". On a cluster
     the kernel that read it failed instead (`kernel 1 failed: CorruptSnapshot:
     the snapshot of kernel 1 at epoch 3 fails its checksum`), naming no
     state_dir and no file, and every later run of the same commands failed
     the same way."""
-    crashed_cluster_with_a_corrupt_newest_epoch(tmp_path)
+    tmp_path = copied_crashed_cluster
     second = finish(start_cluster(tmp_path, resumed=True))
     for code, err in second:
         assert code == 0, err
@@ -151,13 +181,13 @@ def test_a_cluster_resumed_past_a_snapshot_that_fails_its_checksum_falls_back_to
     assert_exactly_once(tmp_path / "out")
 
 
-def test_one_process_resuming_a_clusters_state_past_a_corrupt_snapshot_falls_back(tmp_path):
+def test_one_process_resuming_a_clusters_state_past_a_corrupt_snapshot_falls_back(copied_crashed_cluster):
     """The same state_dir resumed by one process of two kernels (README:
     a cluster's state may be resumed by one process from a shared
     state_dir): the run ended with `error: the snapshot of kernel 1 at
     epoch 3 fails its checksum` (no state_dir, no file) instead of falling
     back to the previous complete epoch, which both processes still hold."""
-    crashed_cluster_with_a_corrupt_newest_epoch(tmp_path)
+    tmp_path = copied_crashed_cluster
     env = dict(os.environ, N=str(N), OUT=str(tmp_path / "out"), RUN="resumed")
     env.pop("KERNEL_CRASH_AT", None)
     alone = subprocess.run([sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"), "--state-dir",
