@@ -33,6 +33,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "kernel"))
 from _ports import free_ports
+from _procs import without_stall_reports
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "system"))
 from _system import System
@@ -178,7 +179,8 @@ def test_a_latin_1_pipeline_with_its_coding_line_runs_under_submit_as_under_kern
     assert b"caf\xe9" in (tmp_path / "run.py").read_bytes()  # (not UTF-8)
     expected = [["caf\xe9", 4], ["na\xefve", 5]]
     ran = cli("run", tmp_path / "run.py")
-    assert (ran.returncode, ran.stderr) == (0, "")
+    # (a loaded machine may preempt an activation past the stall threshold: its report is due)
+    assert (ran.returncode, without_stall_reports(ran.stderr)) == (0, ""), ran.stderr
     assert _written(tmp_path / "run-out") == expected
     system = System(tmp_path)
     try:

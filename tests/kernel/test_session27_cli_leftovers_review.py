@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from _procs import without_stall_reports
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -82,7 +83,8 @@ def test_epoch_interval_without_a_state_dir_is_a_usage_error(tmp_path, nobody):
 def test_epoch_interval_with_a_state_dir_still_runs(tmp_path):
     pipeline = write(tmp_path, "tiny.py", PIPELINE)
     done = run_cli(pipeline, "--epoch-interval", "0.5", "--state-dir", tmp_path / "state")
-    assert (done.returncode, done.stderr) == (0, "")
+    # (a loaded machine may preempt an activation past the stall threshold: its report is due)
+    assert (done.returncode, without_stall_reports(done.stderr)) == (0, ""), done.stderr
 
 
 def test_submit_refuses_a_file_with_a_syntax_error_before_sending_it(tmp_path, nobody):

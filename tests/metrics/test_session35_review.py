@@ -33,6 +33,7 @@ from aiohttp import web
 import kernel.metrics
 from kernel import Dataflow, run
 from kernel.metrics import render
+from tests.kernel._procs import without_stall_reports
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -212,7 +213,9 @@ def test_the_command_leaves_a_given_port_unsaid_where_stderr_is_no_terminal(tmp_
                         "flow.from_iterable(range(3)).print()\n")
     command = [sys.executable, "-m", "kernel.run", str(pipeline), "--dashboard", f"127.0.0.1:{free_port()}"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert (done.returncode, done.stdout, done.stderr) == (0, "0\n1\n2\n", "")
+    # (a loaded machine may preempt an activation past the stall threshold: its report is due)
+    assert (done.returncode, done.stdout, without_stall_reports(done.stderr)) == (0, "0\n1\n2\n", ""), \
+        done.stderr
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
