@@ -206,8 +206,12 @@ def test_a_waiting_subscriber_whose_publisher_is_lost_while_the_coordinator_is_d
         a.wait()
         wait_until(lambda: "trying it again" in b_log.read_text() or b.poll() is not None, timeout=10,
                    what="the subscriber to see its connection break")
+        # it finds the coordinator down (a CoordinatorUnreachable): it says it asks again (or ends)
+        unreachable = "asking about topic 'lost-while-down' again until it answers"
+        wait_until(lambda: unreachable in b_log.read_text() or b.poll() is not None, timeout=20,
+                   what="the subscriber to find the coordinator down")
         try:
-            b.wait(6)  # a few of its (1 s) dials to the coordinator
+            b.wait(1)  # and goes on asking, a dial's time (1 s) more, before the coordinator comes back
         except subprocess.TimeoutExpired:
             pass
         out = (tmp_path / "b.out").read_text()
