@@ -70,7 +70,18 @@ print(json.dumps(sorted(got.items)), flush=True)
 
 @pytest.fixture
 def system(tmp_path):
+    """A coordinator of its own, for a test that kills or stops it."""
     found = System(tmp_path)
+    found.start_coordinator()
+    yield found
+    found.close()
+
+
+@pytest.fixture(scope="module")
+def coordinator(tmp_path_factory):
+    """One coordinator for the tests that only use it (each publishes a
+    topic name of its own, and keeps its files in its own tmp_path)."""
+    found = System(tmp_path_factory.mktemp("review-coordinator"))
     found.start_coordinator()
     yield found
     found.close()
@@ -87,13 +98,15 @@ def _spawn(system: System, tmp_path: Path, name: str, script: str,
     return proc, log
 
 
-def test_one_topic_name_published_twice_in_one_flow_is_refused_or_delivers_both_streams(system, tmp_path):
+def test_one_topic_name_published_twice_in_one_flow_is_refused_or_delivers_both_streams(
+        coordinator, tmp_path):
     """Two streams of one flow published under one name: both register as
     partition 0 of the same publisher id (`_directory.new_id()` is one per
     run, and `topic_publish` takes a known id as the same publisher), so the
     second's address silently replaces the first's in the catalog, and the
     first stream's end ends the topic. Expected: the flow is refused (a
     name published twice), or a subscriber gets both streams' records."""
+    system = coordinator  # (the module's)
     go = tmp_path / "go"
     pub, pub_log = _spawn(system, tmp_path, "pub", PUBLISHER, str(go), "twice")
     procs = [pub]
@@ -262,7 +275,8 @@ def _readings_app(system, tmp_path, topic: str, name: str, **extra):
                                 stderr=err, env=env, cwd=tmp_path), log
 
 
-def test_a_killed_apps_topic_is_taken_over_even_where_its_port_now_serves_something_else(system, tmp_path):
+def test_a_killed_apps_topic_is_taken_over_even_where_its_port_now_serves_something_else(
+        coordinator, tmp_path):
     """README (topics, an app's registration): a killed app's registration
     stays behind and the next publisher replaces it; a name is refused
     only while its publisher still runs. `_topics._still_published` takes
@@ -274,6 +288,7 @@ def test_a_killed_apps_topic_is_taken_over_even_where_its_port_now_serves_someth
     Expected: the old publisher is seen to be gone (nothing answers there
     as its topic server: the links' handshake, or the publisher's meta,
     would tell) and B publishes."""
+    system = coordinator  # (the module's)
     import re
     import signal
     import socket
@@ -304,11 +319,12 @@ def test_a_killed_apps_topic_is_taken_over_even_where_its_port_now_serves_someth
                 proc.wait()
 
 
-def test_a_live_apps_topic_is_not_taken_over_and_a_killed_ones_is(system, tmp_path):
+def test_a_live_apps_topic_is_not_taken_over_and_a_killed_ones_is(coordinator, tmp_path):
     """(With the fix above: the coordinator asks the registered address for
     the publisher's id in the links' handshake.) A second app publishing
     the name of a live app's topic is refused; once the first is killed,
     the next takes the name over."""
+    system = coordinator  # (the module's)
     import signal
 
     spawn = functools.partial(_readings_app, system, tmp_path, "held-name")
@@ -386,7 +402,7 @@ def test_a_frozen_coordinator_never_leaves_a_finished_publisher_or_subscriber_ha
                 proc.wait()
 
 
-def test_a_killed_subscribing_app_leaves_the_status_list_of_subscribers(system, tmp_path):
+def test_a_killed_subscribing_app_leaves_the_status_list_of_subscribers(coordinator, tmp_path):
     """`python -m kernel status` lists each topic's subscribing jobs. A
     subscribing app that is killed never sends `topic_unsubscribe`, and
     nothing else takes its row out (`forget_topics_of` is for jobs of the
@@ -395,6 +411,7 @@ def test_a_killed_subscribing_app_leaves_the_status_list_of_subscribers(system, 
     lives, however long after. Its publisher saw its connection end at
     once. Expected: a subscriber that is gone leaves the list within
     seconds (as a system job's does when it ends)."""
+    system = coordinator  # (the module's)
     import signal
 
     def spawn(script, name, **extra):
