@@ -52,9 +52,12 @@ def test_a_subscriber_joining_a_job_with_snapshots_mid_epoch_gets_that_epoch_who
     epochs. None of it had gone out (an epoch goes out whole once
     complete), so B starts at once, after the last epoch out, and gets it
     and the rest (held for the next boundary, it missed that epoch)."""
-    a = Job(system, "readings.py", "a", COUNT=3000, STATE_DIR=system.root / "state", JOB_EPOCH=0.5)
+    go = system.root / "go"  # (once B reads from A, A makes the rest of its readings at full speed)
+    a = Job(system, "readings.py", "a", COUNT=3000, STATE_DIR=system.root / "state", JOB_EPOCH=0.5, GO=go)
     a.wait_epoch(1)
     b = Job(system, "sums.py", "b")
+    wait_until(lambda: "starts at epoch" in b.text() or b.proc.poll() is not None, what="B to start")
+    go.touch()
     seqs, sums = results(b)
     assert a.finish()[-1].startswith("ended")
     log = a.text()
