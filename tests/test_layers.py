@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import ast
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +49,8 @@ def _resolve(module: str, node: ast.ImportFrom, is_package: bool) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def imports_of(module: str) -> list[tuple[str, bool]]:
+@cache  # each test reads every module's imports: parsed once per run (the files do not change meanwhile)
+def imports_of(module: str) -> tuple[tuple[str, bool], ...]:
     """(imported library module, at module level?) for each import in `module`."""
     path = MODULES[module]
     tree = ast.parse(path.read_text())
@@ -65,7 +67,7 @@ def imports_of(module: str) -> list[tuple[str, bool]]:
         for target in targets:
             if target.split(".")[0] in ("kernel", "net", "state", "operators"):
                 found.append((target, id(node) in top_level))
-    return found
+    return tuple(found)
 
 
 def _guard_import(module: str, target: str) -> bool:
@@ -79,7 +81,7 @@ def _guard_import(module: str, target: str) -> bool:
 
 
 def test_the_alias_helper_imports_nothing_of_the_library():
-    assert imports_of("kernel._aliases") == []
+    assert imports_of("kernel._aliases") == ()
 
 
 def edges(module_level_only: bool) -> dict[str, set[str]]:
