@@ -25,7 +25,9 @@ runs): a few seconds, most of it reading the standard library's stubs.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -117,13 +119,40 @@ def layout(tmp_path_factory) -> tuple[Path, Path]:
     return installed_layout(base), base / "mypy_cache"
 
 
+def once_per_session(tmp_path_factory, name: str, compute):
+    """`compute()`, a JSON value, once per test session: under pytest-xdist
+    the workers of one session share it (a file in the session's base
+    temporary folder, written under a lock by the first to come; the
+    others wait for it), else computed here. The two tests reading
+    `reports` ran on two workers, and each ran its own cold mypy."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return compute()
+    shared = tmp_path_factory.getbasetemp().parent  # the session's: its workers' folders are in it
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # (released when closed)
+        done = shared / f"{name}.json"
+        if done.exists():
+            return json.loads(done.read_text())
+        value = compute()
+        written = shared / f"{name}.json.part"
+        written.write_text(json.dumps(value))
+        written.replace(done)
+        return value
+
+
 @pytest.fixture(scope="module")
-def reports(layout) -> dict[Path, list[str]]:
-    """One mypy run over both files (they share its start-up and the stdlib)."""
+def reports(layout, tmp_path_factory) -> dict[Path, list[str]]:
+    """One mypy run over both files (they share its start-up and the stdlib),
+    one per test session (`once_per_session`)."""
     site, cache = layout
     ok, bad = CASES / "ok_flow.py", CASES / "bad_flow.py"
-    lines, elapsed = mypy(site, cache, ok, bad)
-    print(f"mypy --strict, cold cache: {elapsed:.1f} s")
+
+    def run_mypy() -> list[str]:
+        lines, elapsed = mypy(site, cache, ok, bad)
+        print(f"mypy --strict, cold cache: {elapsed:.1f} s")
+        return lines
+
+    lines = once_per_session(tmp_path_factory, "test_typing-reports", run_mypy)
     by_file: dict[Path, list[str]] = {ok: [], bad: []}
     for line in lines:
         path = Path(line.partition(":")[0])
