@@ -119,13 +119,13 @@ def layout(tmp_path_factory) -> tuple[Path, Path]:
     return installed_layout(base), base / "mypy_cache"
 
 
-def once_per_session(tmp_path_factory, name: str, compute):
+def once_per_session(config, tmp_path_factory, name: str, compute):
     """`compute()`, a JSON value, once per test session: under pytest-xdist
     the workers of one session share it (a file in the session's base
     temporary folder, written under a lock by the first to come; the
     others wait for it), else computed here. The two tests reading
     `reports` ran on two workers, and each ran its own cold mypy."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
+    if not hasattr(config, "workerinput"):  # (set on an xdist worker only)
         return compute()
     shared = tmp_path_factory.getbasetemp().parent  # the session's: its workers' folders are in it
     with open(shared / f"{name}.lock", "w") as lock:
@@ -141,7 +141,7 @@ def once_per_session(tmp_path_factory, name: str, compute):
 
 
 @pytest.fixture(scope="module")
-def reports(layout, tmp_path_factory) -> dict[Path, list[str]]:
+def reports(layout, pytestconfig, tmp_path_factory) -> dict[Path, list[str]]:
     """One mypy run over both files (they share its start-up and the stdlib),
     one per test session (`once_per_session`)."""
     site, cache = layout
@@ -152,7 +152,7 @@ def reports(layout, tmp_path_factory) -> dict[Path, list[str]]:
         print(f"mypy --strict, cold cache: {elapsed:.1f} s")
         return lines
 
-    lines = once_per_session(tmp_path_factory, "test_typing-reports", run_mypy)
+    lines = once_per_session(pytestconfig, tmp_path_factory, "test_typing-reports", run_mypy)
     by_file: dict[Path, list[str]] = {ok: [], bad: []}
     for line in lines:
         path = Path(line.partition(":")[0])
