@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import pickle
 import re
-import shutil
 import socket
 import textwrap
 import time
@@ -241,8 +241,13 @@ RECOVERY = textwrap.dedent(
     import os, time
     from kernel import Dataflow
 
+    HOLD = os.environ.get("HOLD")
+
     def slow(entry):
-        time.sleep(0.0003)  # spread the run over many epochs (and one record per batch)
+        if HOLD and os.path.exists(HOLD):
+            # the first run is held open, over many epochs, until the test has seen the epoch it
+            # waits for in the store and kills it; the resumed run (no HOLD) is not paced
+            time.sleep(0.001)
         return [entry.stream, entry.id, entry.fields["n"]]
 
     flow = Dataflow("redis recovery")
@@ -262,43 +267,57 @@ def _published(directory: Path) -> list:
     return [tuple(r) if isinstance(r, list) else r for r in records]
 
 
+def _redis_state(snapshots, kernel: int) -> dict | None:
+    """`kernel`'s Redis step (step 0) state in a complete epoch's
+    snapshots; None where it has ended or has none."""
+    part = snapshots[kernel].get(0)
+    if part in (None, "ended"):
+        return None
+    state = pickle.loads(part) if isinstance(part, bytes) else part
+    return state[-1] if isinstance(state, tuple) else state
+
+
+def _both_ends_taken_and_reading(snapshots) -> bool:
+    """Each kernel's reader had taken its stream's end (a bounded read takes
+    it when its reader starts) and handed on entries, neither had ended."""
+    states = [_redis_state(snapshots, kernel) for kernel in (0, 1)]
+    return all(state and state["ends"] and all(state["positions"][s] not in ("0", state["ends"][s])
+                                               for s in state["ends"]) for state in states)
+
+
 def test_a_crashed_run_resumes_each_stream_after_its_last_id(client, url, tmp_path):
-    """Kernel 1 (stream "b") killed mid-run; the resumed run goes on from the
-    ids in the last complete snapshot and ends where the first run would
-    have: entries added after the crash are not read. Every entry once."""
+    """A run killed mid-run on 2 kernels (stream "a" on kernel 0, "b" on
+    kernel 1); the resumed run goes on from the ids in the last complete
+    snapshot and ends where the first run would have: entries added after
+    the crash are not read. Every entry once."""
     # A bounded read takes its streams' ends when its reader starts, before
-    # it reads anything: a crash before that leaves no ends in the snapshot
-    # and nothing of the stream handed on, and the resumed run takes them
-    # then (README). Seen in a loaded CI: two epochs of kernel 1 complete
-    # before its reader had looked, and the resumed run read "b"'s later
-    # entries. What this test checks needs the ends taken before the crash:
-    # a record of "b" published by then says they were; else it starts over.
-    for _attempt in range(3):
-        shutil.rmtree(tmp_path, ignore_errors=True)
-        tmp_path.mkdir()
-        client.delete("a", "b")
-        (tmp_path / "pipeline.py").write_text(RECOVERY)
-        expected = Counter()
-        for name in ("a", "b"):
-            ids = fill(client, name, range(N // 2))
-            expected.update((name, entry_id, str(n)) for n, entry_id in enumerate(ids))
-        # (killed once it has published its 2nd complete epoch: at its 250th batch, under load, none was)
-        first = _run_cli(tmp_path, url, "committed:2@1")
-        assert first.returncode != 0, "the crash point was never reached"
-        # (and under a heavier load, no epoch was complete on every kernel by
-        # then, so nothing was published: again too; seen beside two suites)
-        published = _published(tmp_path / "out" / "r")
-        if any(record[0] == "b" for record in published):
-            break
-    else:
-        pytest.fail("in three runs, kernel 1 never published an entry of 'b' before its 2nd epoch "
-                    "(or no epoch completed before the crash)")
+    # it reads anything: a crash before that leaves no ends in the snapshot,
+    # and the resumed run takes them then (README), the entries added since
+    # with them. What this test checks needs the ends taken before the
+    # crash: the run is killed once a complete epoch shows both kernels'
+    # ends taken and entries read. (At a crash point, "committed:2@1", a
+    # loaded machine completed epochs before a kernel's reader had looked,
+    # in 1 of ~5 runs beside another suite: the resumed run read "a"'s 10
+    # later entries.)
+    (tmp_path / "pipeline.py").write_text(RECOVERY)
+    expected = Counter()
+    for name in ("a", "b"):
+        ids = fill(client, name, range(N))  # >= 1.2 s a kernel, paced
+        expected.update((name, entry_id) for entry_id in ids)
+    hold = tmp_path / "hold"
+    hold.touch()
+    try:
+        _crash_runs.run_cli_until(tmp_path, 2, _both_ends_taken_and_reading, HOLD=hold,
+                                  OUT=tmp_path / "out", REDIS_URL=url)
+    finally:
+        hold.unlink()
     fill(client, "a", range(10))  # after the run began: not part of its bounded read
     fill(client, "b", range(10))
     second = _run_cli(tmp_path, url, None)
     assert second.returncode == 0, second.stderr
     assert "resuming from epoch" in second.stderr
-    assert Counter(_published(tmp_path / "out" / "r")) == expected
+    published = Counter((name, entry_id) for name, entry_id, _ in _published(tmp_path / "out" / "r"))
+    assert published == expected
 
 
 REORDERED = textwrap.dedent(
