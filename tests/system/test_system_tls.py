@@ -42,39 +42,51 @@ def node_options(certificates) -> list[str]:
             "--tls-ca", certificates["ca.pem"]]
 
 
+@pytest.fixture(scope="module")
+def tls_system(certificates, tmp_path_factory):
+    """A coordinator and one executor of one core over TLS, up, for the
+    tests that only submit a job each and look at it (and at clients
+    refused): one system's start-up for them all. The executor's --tls-*
+    options only, no KERNEL_TLS: what a job process needs of TLS it gets
+    from its executor."""
+    system = System(tmp_path_factory.mktemp("tls-system"), options=node_options(certificates))
+    system.env.pop("KERNEL_TLS", None)
+    try:
+        system.start_coordinator()
+        system.start_executor(cores=1)
+        system.executors_up(1)
+        yield system
+    finally:
+        system.close()
+
+
 def a_job_done_over_tls(system: System, pipeline: Path, flow_text: str) -> str:
-    """Start `system`'s coordinator and one executor of one core, submit
-    the pipeline `flow_text` (after `from kernel import Dataflow`) and
-    wait for it: the job's id, once it succeeded."""
-    system.start_coordinator()
-    system.start_executor(cores=1)
-    system.executors_up(1)
+    """Submit the pipeline `flow_text` (after `from kernel import Dataflow`)
+    to `system` (up: `tls_system`) and wait for it: the job's id, once it
+    succeeded."""
     pipeline.write_text("from kernel import Dataflow\n" + flow_text)
     done = system.cli("submit", pipeline, "--wait")
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout.splitlines()[0]
 
 
-def test_a_system_over_tls_runs_a_job_and_refuses_clients_without_it(certificates, tmp_path):
-    system = System(tmp_path, options=node_options(certificates))
-    try:
-        job = a_job_done_over_tls(system, tmp_path / "p.py", "flow = Dataflow('p')\n"
-                                  "flow.from_iterable(range(100)).map(lambda n: n * 2).print('n ')\n")
-        printed = [line for line in system.cli("logs", job).stdout.splitlines() if line.startswith("n ")]
-        assert sorted(printed) == sorted(f"n {2 * n}" for n in range(100))
-        unsigned = ["--tls-cert", certificates["other.pem"], "--tls-key", certificates["other.key"],
-                    "--tls-ca", certificates["ca.pem"]]
-        # (both at once: each client retries for its 2 s before it gives up)
-        with ThreadPoolExecutor(2) as both:
-            plain, stranger = both.map(lambda options: system.cli("status", options=options), [[], unsigned])
-        # each told what to check (it said "Connection reset by peer", as for no coordinator there)
-        for refused in (plain, stranger):
-            assert refused.returncode == 1 and "error: could not reach" in refused.stderr
-            assert "the coordinator closed the connection before any answer: it may serve TLS to a " \
-                   "client without it, refuse this client's certificate" in refused.stderr, refused.stderr
-        assert system.coordinator.poll() is None and system.cli("status").returncode == 0
-    finally:
-        system.close()
+def test_a_system_over_tls_runs_a_job_and_refuses_clients_without_it(certificates, tls_system, tmp_path):
+    system = tls_system
+    job = a_job_done_over_tls(system, tmp_path / "p.py", "flow = Dataflow('p')\n"
+                              "flow.from_iterable(range(100)).map(lambda n: n * 2).print('n ')\n")
+    printed = [line for line in system.cli("logs", job).stdout.splitlines() if line.startswith("n ")]
+    assert sorted(printed) == sorted(f"n {2 * n}" for n in range(100))
+    unsigned = ["--tls-cert", certificates["other.pem"], "--tls-key", certificates["other.key"],
+                "--tls-ca", certificates["ca.pem"]]
+    # (both at once: each client retries for its 2 s before it gives up)
+    with ThreadPoolExecutor(2) as both:
+        plain, stranger = both.map(lambda options: system.cli("status", options=options), [[], unsigned])
+    # each told what to check (it said "Connection reset by peer", as for no coordinator there)
+    for refused in (plain, stranger):
+        assert refused.returncode == 1 and "error: could not reach" in refused.stderr
+        assert "the coordinator closed the connection before any answer: it may serve TLS to a " \
+               "client without it, refuse this client's certificate" in refused.stderr, refused.stderr
+    assert system.coordinator.poll() is None and system.cli("status").returncode == 0
 
 
 def link_addresses(under: Path) -> set[tuple[str, int]]:
@@ -150,19 +162,15 @@ def test_a_job_of_two_processes_links_them_over_tls(certificates, tmp_path):
         system.close()
 
 
-def test_a_job_of_a_tls_system_publishes_a_topic_through_its_coordinator(certificates, tmp_path):
+def test_a_job_of_a_tls_system_publishes_a_topic_through_its_coordinator(tls_system, tmp_path):
     """A job an executor started with TLS starts reaches its coordinator (to
     register its topic) over TLS too: told only KERNEL_COORDINATOR, it
     dialled it in plain HTTP and failed after 10 s ("cannot reach the
-    coordinator ... Server disconnected")."""
-    system = System(tmp_path, options=node_options(certificates))
-    system.env.pop("KERNEL_TLS", None)  # (the executor's --tls-* options only)
-    try:
-        job = a_job_done_over_tls(system, tmp_path / "pub.py", "flow = Dataflow('pub')\n"
-                                  "flow.from_iterable(range(100)).publish('numbers')\n")
-        assert system.job(job)["status"] == "completed"
-    finally:
-        system.close()
+    coordinator ... Server disconnected"). (`tls_system`: the executor's
+    --tls-* options only, no KERNEL_TLS.)"""
+    job = a_job_done_over_tls(tls_system, tmp_path / "pub.py", "flow = Dataflow('pub')\n"
+                              "flow.from_iterable(range(100)).publish('numbers')\n")
+    assert tls_system.job(job)["status"] == "completed"
 
 
 @pytest.mark.parametrize("wrong", ["the executor's CA", "the coordinator's address"])
@@ -249,7 +257,23 @@ def refusal_times(log: str) -> list[float]:
     return [int(h) * 3600 + int(m) * 60 + int(sec) + int(ms) / 1000 for h, m, sec, ms in found]
 
 
-def test_an_executor_the_coordinator_refuses_backs_off(certificates, tmp_path):
+@pytest.fixture(scope="module")
+def refused_executor(certificates, tmp_path_factory):
+    """A coordinator with the CA's certificate and an executor with one the
+    CA did not sign (mutual TLS: refused in each handshake), dialling on:
+    (the system, the executor). Its tests only read the logs, which each
+    refusal adds to."""
+    system = System(tmp_path_factory.mktemp("refused-executor"))
+    try:
+        system.start_coordinator(*node_options(certificates))
+        executor = system.start_executor(1, "--tls-cert", certificates["other.pem"], "--tls-key",
+                                         certificates["other.key"], "--tls-ca", certificates["ca.pem"])
+        yield system, executor
+    finally:
+        system.close()
+
+
+def test_an_executor_the_coordinator_refuses_backs_off(refused_executor):
     """A coordinator refusing an executor's certificate (mutual TLS: the
     executor sees only the connection closed, as a coordinator over its
     limit of pending connections looks) was dialled 13 times in 2 s (the
@@ -258,36 +282,24 @@ def test_an_executor_the_coordinator_refuses_backs_off(certificates, tmp_path):
     log each time. It now waits 0.25-0.5 s, then twice as long each time
     (up to 10 s), saying once why, and runs on: a refusal of this kind may
     be a coordinator restarting, which no client can tell apart."""
-    system = System(tmp_path)
-    try:
-        system.start_coordinator(*node_options(certificates))
-        executor = system.start_executor(1, "--tls-cert", certificates["other.pem"], "--tls-key",
-                                         certificates["other.key"], "--tls-ca", certificates["ca.pem"])
-        times = wait_until(lambda: len(found := refusal_times(system.coordinator_log.read_text())) >= 4
-                           and found, timeout=20, what="four refusals")
-        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
-        assert gaps[0] >= 0.2 and gaps[1] >= 0.45 and gaps[2] >= 0.95, gaps
-        assert executor.poll() is None
-        log = (tmp_path / "executor1.log").read_text()
-        assert log.count("TLS handshake with the coordinator") == 1, log
-        assert "retrying, each time later, up to every 10 s" in log
-    finally:
-        system.close()
+    system, executor = refused_executor
+    times = wait_until(lambda: len(found := refusal_times(system.coordinator_log.read_text())) >= 4
+                       and found, timeout=20, what="four refusals")
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert gaps[0] >= 0.2 and gaps[1] >= 0.45 and gaps[2] >= 0.95, gaps
+    assert executor.poll() is None
+    log = (system.root / "executor1.log").read_text()
+    assert log.count("TLS handshake with the coordinator") == 1, log
+    assert "retrying, each time later, up to every 10 s" in log
 
 
-def test_a_coordinator_that_refuses_an_executors_certificate_says_so_naming_it(certificates, tmp_path):
+def test_a_coordinator_that_refuses_an_executors_certificate_says_so_naming_it(refused_executor):
     """Mutual TLS: an executor whose certificate the coordinator's --tls-ca
     did not sign is refused in the TLS handshake. Neither side said so:
     asyncio's TLS server drops a failed handshake in silence, and the
     executor sees only the connection closed."""
-    system = System(tmp_path)
-    try:
-        system.start_coordinator(*node_options(certificates))
-        system.start_executor(1, "--tls-cert", certificates["other.pem"], "--tls-key",
-                              certificates["other.key"], "--tls-ca", certificates["ca.pem"])
-        said = re.compile(r"refused a system connection from 127\.0\.0\.1: TLS handshake failed "
-                          r"\(self.signed certificate\)")
-        wait_until(lambda: said.search(system.coordinator_log.read_text()), timeout=20,
-                   what="the coordinator to say why")
-    finally:
-        system.close()
+    system, _ = refused_executor
+    said = re.compile(r"refused a system connection from 127\.0\.0\.1: TLS handshake failed "
+                      r"\(self.signed certificate\)")
+    wait_until(lambda: said.search(system.coordinator_log.read_text()), timeout=20,
+               what="the coordinator to say why")
