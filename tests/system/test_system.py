@@ -299,10 +299,13 @@ def test_a_killed_executor_started_again_restarts_its_job_when_it_registers_not_
 PATIENT = ("--executor-timeout", "10")
 
 
-@pytest.fixture
-def patient(tmp_path):
-    """A system of its own whose executors keep their jobs through a coordinator's restart."""
-    system = start_system(tmp_path, coordinator_options=PATIENT)
+@pytest.fixture(scope="module")
+def patient(tmp_path_factory):
+    """A system whose executors keep their jobs through a coordinator's
+    restart, shared by the cases of the restart test below: each restarts
+    its coordinator (on the same --data, as a restart does) and leaves its
+    job completed, both executors kept (the next case waits for both up)."""
+    system = start_system(tmp_path_factory.mktemp("patient"), coordinator_options=PATIENT)
     yield system
     system.close()
 
@@ -315,6 +318,7 @@ def test_a_restarted_coordinator_keeps_the_catalog_and_adopts_the_running_job(pa
     writes unwritten), the coordinator comes back and adopts the running
     job."""
     fresh = patient
+    fresh.executors_up(2)  # (both back from the last case's restart: as on a system of its own)
     out, count = tmp_path / "out", 5000
     pipeline, go = slow(tmp_path, pause=0.001, count=count, out=out)
     # a client following the job with --wait, through the coordinator's restart
