@@ -238,7 +238,11 @@ def test_one_watchdog_thread_serves_runs_in_a_row_and_ends_a_while_after_the_las
     """Runs in a row share the process's watchdog thread (one started for
     each run cost a run of one record ~0.3 ms); LINGER after the last
     kernel ends, it ends too, leaving no thread behind."""
-    monkeypatch.setattr(_watchdog, "LINGER", 0.1)
+    # (LINGER long while the runs follow one another: with 0.1 s throughout,
+    # a loaded machine took longer than that between two runs, and the
+    # thread rightly ended between them, and another started; then short:
+    # the thread reads it at each look)
+    monkeypatch.setattr(_watchdog, "LINGER", 60.0)
     watchers = set()
     for _ in range(5):
         flow = Dataflow("ends")
@@ -246,6 +250,7 @@ def test_one_watchdog_thread_serves_runs_in_a_row_and_ends_a_while_after_the_las
         run(flow)
         watchers.add(_watchdog._watcher)
     assert len(watchers) == 1 and None not in watchers and _watchdog.running() == 1
+    monkeypatch.setattr(_watchdog, "LINGER", 0.1)
     (watcher,) = watchers
     assert watcher.done.acquire(timeout=10)  # released as the thread ends
     assert _watchdog.running() == 0
