@@ -52,7 +52,8 @@ class Script(Source):
     each of 12 keys at time t; ("watermark", t); ("pause", s) polls on,
     emitting nothing, for s seconds; ("wait", t, s) polls on until another
     kernel has seen watermark t (then sets IN_TIME) or s seconds have
-    passed."""
+    passed; ("seen", t) polls on until every other kernel has seen
+    watermark t (60 s at most)."""
 
     def __init__(self, shared, steps) -> None:
         self.shared, self.steps = shared, list(steps)
@@ -79,6 +80,13 @@ class Script(Source):
                 _set(self.shared, IN_TIME, 1.0)
             elif now < self.deadline:
                 return True
+        elif step[0] == "seen":
+            if self.deadline is None:
+                self.deadline = now + 60.0
+            others = range(1, self.context.peers)
+            if not all(_get(self.shared, HIGHEST + k) >= step[1] for k in others) and now < self.deadline:
+                return True
+            self.deadline = None
         elif step[0] == "records":
             self.emit(TimedBatch([(key, step[1]) for key in range(12)], [step[1]] * 12))
         else:
@@ -98,15 +106,20 @@ class CountWatermarks(Operator):
             _set(self.shared, HIGHEST + index, max(watermark, _get(self.shared, HIGHEST + index)))
 
 
-def _run(steps, cores: int = KERNELS, clock=None, window: bool = False):
-    """(shared slots, window results, late count)."""
-    shared = mmap.mmap(-1, 32 * 8)  # MAP_SHARED: the forked kernels write here
-
+def _counter(shared):
+    """A factory of CountWatermarks writing to `shared`."""
     def counter():
         op = CountWatermarks()
         op.shared = shared
         return op
 
+    return counter
+
+
+def _run(steps, cores: int = KERNELS, clock=None, window: bool = False):
+    """(shared slots, window results, late count)."""
+    shared = mmap.mmap(-1, 32 * 8)  # MAP_SHARED: the forked kernels write here
+    counter = _counter(shared)
     flow = Dataflow("script")
     keyed = flow.source(lambda: Script(shared, steps), name="script").key_by(lambda r: r[0])
     keyed.apply(counter, name="count watermarks")
@@ -176,9 +189,12 @@ def held_interval(monkeypatch):
 def test_a_record_behind_a_held_watermark_is_late_as_on_one_kernel(long_interval, cores):
     """Found in review: records at 9.5 after the watermark 10 overtook it
     (held) to the other kernels, whose windows [9, 10) then took them. (The
-    pause lets the other kernels' empty sources end first, so that only this
-    source's watermark holds their windows back.)"""
-    steps = [("pause", 0.2), ("records", 9.0), ("watermark", 9.0), ("records", 10.0), ("watermark", 10.0),
+    source goes on past its first watermark, 9, sent at once, only once
+    every other kernel has seen it: the other kernels' empty sources have
+    ended there, so that only this source's watermark holds their windows
+    back. A pause of 0.2 s for that, on a loaded machine, was too short:
+    kernel 3's end came later, and the windows [9, 10) took the records.)"""
+    steps = [("records", 9.0), ("watermark", 9.0), ("seen", 9.0), ("records", 10.0), ("watermark", 10.0),
              ("records", 9.5)]
     shared, results, late = _run(steps, cores=cores, window=True)
     shared.close()
@@ -192,14 +208,16 @@ def test_a_late_record_on_one_edge_sends_what_the_kernels_other_edges_hold(long_
     """Found in review: two exchanges from one kernel meet again in a join
     on another; the record at 9.5 took edge b, which sent its own held
     watermark first, but edge a's still held, so the join there was at 9
-    and took the record."""
+    and took the record. (As above, the source goes on past its watermark
+    9 once the join on every other kernel has passed it.)"""
     shared = mmap.mmap(-1, 32 * 8)
-    steps = [("pause", 0.2), ("records", 9.0), ("watermark", 9.0), ("watermark", 10.0), ("records", 9.5)]
+    steps = [("records", 9.0), ("watermark", 9.0), ("seen", 9.0), ("watermark", 10.0), ("records", 9.5)]
     flow = Dataflow("two edges")
     source = flow.source(lambda: Script(shared, steps), name="script")
     at_nine = source.filter(lambda r: r[1] == 9.0).key_by(lambda r: r[0]).map_values(lambda r: r[1])
     later = source.filter(lambda r: r[1] != 9.0).key_by(lambda r: r[0]).map_values(lambda r: r[1])
     joined = at_nine.join(later, Tumbling(1.0))
+    joined.apply(_counter(shared), name="count watermarks")
     out = joined.collect()
     run(flow, cores=cores)
     shared.close()
