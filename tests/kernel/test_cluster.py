@@ -236,8 +236,20 @@ def test_peers_may_start_in_reverse_order():
 
 
 def test_a_wrong_secret_fails_both_sides_with_authentication_failed():
-    outcomes = outcomes_of(word_count, 2, options_for=lambda i: {
-        "secret": "the-wrong-one" if i == 1 else SECRET, "startup_timeout": 1.0})
+    # (process 1 starts once process 0 listens, and process 0 waits 5 s for
+    # it: both started at once with 1 s each, a loaded machine's process 0
+    # did not listen within process 1's second, which said "could not reach
+    # process 0 ... within 1 s". Process 1 ends at the refusal: its 30 s
+    # cost nothing.)
+    cluster = Cluster(word_count, 2, start=False, options_for=lambda i: {
+        "secret": "the-wrong-one" if i == 1 else SECRET, "startup_timeout": 5.0 if i == 0 else 30.0})
+    try:
+        cluster.start(0)
+        wait_until(lambda: listening(cluster.ports[0]), what="process 0 to listen")
+        cluster.start(1)
+        outcomes = cluster.outcomes()
+    finally:
+        cluster.close()
     assert outcomes[1][0] == "error" and "authentication failed" in outcomes[1][2]
     assert outcomes[0][0] == "error" and "authentication failed" in outcomes[0][2]
     assert "did not connect" in outcomes[0][2]
@@ -315,9 +327,11 @@ def started(directory) -> int:
 SLOW_NUMBERS_TOTALS = [sorted(repr((k, sum(n for n in range(40) if n % 3 == k))) for k in range(3))]
 
 
-def slow_numbers(started_in=None, go=None):
+def slow_numbers(started_in=None, go=None, ends_at_go=False):
     """A source that runs for a few seconds (long enough to disturb it), or
-    at full speed once the file `go` exists (the test is done disturbing it)."""
+    at full speed once the file `go` exists (the test is done disturbing it).
+    With `ends_at_go`, it ends only once `go` exists, however long the test
+    takes to disturb it."""
 
     async def numbers():
         mark_started(started_in)
@@ -325,6 +339,8 @@ def slow_numbers(started_in=None, go=None):
             yield i
             if go is None or not go.exists():
                 await asyncio.sleep(0.05)
+        while ends_at_go and not go.exists():
+            await asyncio.sleep(0.05)
 
     flow = Dataflow("slow")
     totals = flow.from_async_iterable(numbers()).key_by(lambda n: n % 3).sum().collect()
@@ -333,7 +349,9 @@ def slow_numbers(started_in=None, go=None):
 
 def test_garbage_plain_http_and_strangers_on_the_port_change_nothing(tmp_path):
     go = tmp_path / "go"
-    cluster = Cluster(functools.partial(slow_numbers, tmp_path, go), 2, logs=tmp_path)
+    # (the run ends only once the test is done: on a loaded machine its ~2 s
+    # were over before the strangers came, and they found the port closed)
+    cluster = Cluster(functools.partial(slow_numbers, tmp_path, go, ends_at_go=True), 2, logs=tmp_path)
     try:
         port = cluster.ports[0]
         wait_until(lambda: started(tmp_path) == 2, what="the cluster to run")
@@ -863,11 +881,14 @@ def test_a_slow_consumer_bounds_the_senders_memory_across_the_link():
     struct.pack_into("<QQ", _HANDLED, 0, 0, 0)
     cluster = Cluster(_flood, 2)
     try:
-        # rings and link windows fill within the first second
-        wait_until(lambda: min(handled()) >= 5_000, what="records from both processes")
+        # rings and link windows fill within the first second (the waits'
+        # bounds are for a hang only: a loaded machine took over 20 s for
+        # the second; a longer interval lets a leak grow more, not less)
+        wait_until(lambda: min(handled()) >= 5_000, timeout=120, what="records from both processes")
         first = {i: tree_memory_mb(child.pid) for i, child in cluster.children}
         local, remote = handled()
-        wait_until(lambda: handled()[1] >= remote + 20_000, what="more records from across the link")
+        wait_until(lambda: handled()[1] >= remote + 20_000, timeout=120,
+                   what="more records from across the link")
         later = {i: tree_memory_mb(child.pid) for i, child in cluster.children}
         assert handled()[0] > local, "records of process 0 stopped"
         assert all(child.is_alive() for _, child in cluster.children), "the run should still be going"
