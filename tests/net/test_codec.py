@@ -120,6 +120,7 @@ def test_scalar_batches_round_trip_exactly(batch):
     assert same(back, batch)
 
 
+@settings(deadline=None)
 @given(st.lists(st.integers(-(2**63), 2**64 - 1) | st.text() | st.booleans() | st.none(), max_size=20))
 def test_plain_scalars_take_the_msgpack_path(batch):
     kind, back = round_trip_batch(batch)
@@ -240,6 +241,7 @@ def test_pairs_with_lone_surrogates_round_trip():
 # -- progress frames and headers -------------------------------------------------
 
 
+@settings(deadline=None)
 @given(st.floats(allow_nan=False))
 def test_watermarks_round_trip(watermark):
     kind, body = encode_watermark(watermark)
@@ -263,6 +265,7 @@ def test_unknown_kind_is_an_error():
         decode(99, b"")
 
 
+@settings(deadline=None)
 @given(st.integers(0, 255), st.integers(0, 2**32 - 1))
 def test_header_round_trips(kind, channel):
     head = HEADER.pack(kind, channel)

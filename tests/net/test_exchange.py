@@ -383,6 +383,7 @@ def test_tuple_keys_hash_as_their_fields_folded_in_order(key):
 # -- key groups: Fibonacci hashing -------------------------------------------------
 
 
+@settings(deadline=None)
 @given(st.one_of(st.integers(-(2**70), 2**70), st.text(max_size=8), st.tuples(st.integers(), st.integers())),
        st.sampled_from([2, 128, 256, 32768]))
 def test_a_keys_group_is_the_top_bits_of_its_hash_times_the_golden_ratio(key, groups):
@@ -395,6 +396,7 @@ def test_a_keys_group_is_the_top_bits_of_its_hash_times_the_golden_ratio(key, gr
     assert part.owner(key) == (expected >= groups // 2) == part.owned_by(1)(key)
 
 
+@settings(deadline=None)
 @given(st.lists(st.one_of(st.integers(-(2**70), 2**70), st.booleans(), st.text(max_size=8),
                          st.floats(allow_nan=False), st.none(),
                          st.tuples(st.integers(), st.text(max_size=3))), max_size=30),

@@ -77,6 +77,7 @@ def test_every_line_is_read_once_in_order_on_several_kernels(tmp_path_factory, f
     assert read_all(folder / "*.txt", cores, chunk_bytes=chunk_bytes) == reference_lines(folder)
 
 
+@settings(deadline=None)
 @given(sizes=st.lists(st.integers(0, 50), min_size=1, max_size=6), peers=st.integers(1, 5))
 def test_the_spans_cover_every_byte_once_and_evenly(sizes, peers):
     sized = [(f"f{i}", size) for i, size in enumerate(sizes)]
