@@ -33,7 +33,7 @@ async def test_an_async_generator_raising_cancelled_error_fails_the_run_rather_t
     flow = Dataflow()
     flow.from_async_iterable(events).collect()
     try:
-        await asyncio.wait_for(run_async(flow), timeout=3.0)
+        await asyncio.wait_for(run_async(flow), timeout=30.0)
     except OperatorError as exc:
         assert exc.operator.startswith("from_async_iterable")
         assert "CancelledError" in str(exc)
@@ -69,7 +69,7 @@ async def test_a_poll_that_returns_zero_is_refused_rather_than_sleeping_for_ever
     flow = Dataflow()
     flow.source(CountingDown, name="counting down").collect()
     try:
-        await asyncio.wait_for(run_async(flow), timeout=3.0)
+        await asyncio.wait_for(run_async(flow), timeout=30.0)
     except OperatorError as exc:
         assert exc.operator.startswith("counting down")
         assert "True, False or None" in str(exc)
@@ -164,7 +164,7 @@ async def test_a_cancelled_run_closes_the_async_generator():
     flow = Dataflow()
     flow.from_async_iterable(events(), batch_size=2).map(note).collect()
     task = asyncio.ensure_future(run_async(flow))
-    await asyncio.wait_for(seen.wait(), timeout=3.0)
+    await asyncio.wait_for(seen.wait(), timeout=30.0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
