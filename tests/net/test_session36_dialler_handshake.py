@@ -66,8 +66,8 @@ async def test_a_server_that_answers_a_wrong_mac_and_no_close_frame_is_refused_a
     async with _websocket_server(_wrong_answer) as url:
         started = time.monotonic()
         with pytest.raises(AuthenticationFailed, match="authentication failed with process 0 at"):
-            await connect(url, SECRET, 1, timeout=4)
-        assert time.monotonic() - started < 3
+            await connect(url, SECRET, 1, timeout=8)
+        assert time.monotonic() - started < 6  # not the dial's 8 s, nor aiohttp's 10 s
 
 
 async def test_a_garbage_hello_from_a_server_that_reads_nothing_ends_the_dial_within_its_timeout():
@@ -80,8 +80,8 @@ async def test_a_garbage_hello_from_a_server_that_reads_nothing_ends_the_dial_wi
     async with _websocket_server(garbage) as url:
         started = time.monotonic()
         with pytest.raises(Exception, match="handshake"):
-            await connect(url, SECRET, 1, timeout=4)
-        assert time.monotonic() - started < 3
+            await connect(url, SECRET, 1, timeout=6)
+        assert time.monotonic() - started < 8  # within its timeout (and slack), not aiohttp's 10 s
 
 
 async def _read_on(ws) -> None:
@@ -317,14 +317,14 @@ def test_a_program_that_speaks_first_at_a_peers_address_is_said_so_at_once_on_uv
         started = time.monotonic()
         try:
             with pytest.raises(NotAKernelServer) as raised:
-                await connect(url, SECRET, 1, timeout=3)
+                await connect(url, SECRET, 1, timeout=12)
         finally:
             done.set()
             server.close()
         return url, str(raised.value), time.monotonic() - started
 
     url, said, took = uvloop.run(scenario())
-    assert took < 2
+    assert took < 6  # at once, not retried until the dial's 12 s
     assert said in (f"{url} answered, but not as a kernel server (it spoke first, before any request: "
                     "b'SSH-2.0-OpenSSH_9.6\\r\\n')",
                     # (aiohttp wrote first after all: its own words)
