@@ -163,4 +163,9 @@ def test_an_event_stream_client_that_stops_reading_does_not_hold_up_the_coordina
         finally:
             client.close()
 
-    assert asyncio.run(scenario()) < 0.6
+    # (the server waits 0.5 s at most, SHUTDOWN_TIMEOUT twice; the rest is the
+    # machine's: a job's own dashboard took 0.78-0.95 s beside a load of 6.7 on
+    # 2 CPUs, tests/metrics. A second of aiohttp's timeout held it 2 s, its
+    # default 120 s: 1.2 s still tells them apart.)
+    took = asyncio.run(scenario())
+    assert took < 1.2, f"the dashboard's cleanup took {took:.2f} s beside a client that stopped reading"
