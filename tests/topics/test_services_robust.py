@@ -445,12 +445,17 @@ def test_a_call_given_up_does_not_cancel_work_another_call_waits_on(where):
             return task
 
         async with serving(where, handler) as service:
-            async with ServiceClient(service.name, coordinator=where, timeout=0.3) as impatient, \
+            # (the impatient client finds the service with time to spare, 0.3 s
+            # was not always enough to look it up on a loaded machine; its call
+            # alone has 0.3 s)
+            async with ServiceClient(service.name, coordinator=where, timeout=30) as impatient, \
                        ServiceClient(service.name, coordinator=where, timeout=5) as patient:
                 waiting = asyncio.ensure_future(patient.call("k"))
                 await until(lambda: "k" in inflight)
+                impatient.timeout = 0.3
                 with pytest.raises(ServiceError, match=r"did not answer within 0\.3 s"):
                     await impatient.call("k")
+                impatient.timeout = 30
                 assert await impatient.call("ping") == "pong"  # (after its CANCEL, on one connection)
                 assert not inflight["k"].cancelled()
                 release.set()
