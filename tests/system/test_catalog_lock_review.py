@@ -91,7 +91,10 @@ def test_a_locked_catalog_holds_a_submit_but_neither_status_nor_the_executors(tm
                 return latencies, states, held_through, reply
 
         latencies, states, held_through, reply = asyncio.run(scenario())
-        assert max(latencies) < 0.3, f"status took {max(latencies):.2f} s while the catalog was locked"
+        # (the bug froze the coordinator's loop for SQLite's busy timeout, 1 s,
+        # or until the lock went, 3 s; a loaded machine may delay a healthy
+        # coordinator's answer a few hundred ms)
+        assert max(latencies) < 1.0, f"status took {max(latencies):.2f} s while the catalog was locked"
         assert all([e["state"] for e in s["executors"]] == ["up"] for s in states), states
         assert held_through, "the submit was answered while the catalog was still locked"
         job = reply["job"]
