@@ -30,7 +30,9 @@ def test_a_subscriber_connected_before_a_job_with_snapshots_released_anything_ge
     them all, from epoch 1 (it was held for the next boundary, as if the
     readings had gone out already, started at epoch 2 and got none)."""
     hold = system.root / "hold"
-    a = Job(system, "readings.py", "a", COUNT=200, HOLD=hold, STATE_DIR=system.root / "state", JOB_EPOCH=2)
+    # (B must connect within A's first epoch: B's process has 10 s to start.
+    # With 2 s, beside 2 CPU burners, B connected after A's epoch 4)
+    a = Job(system, "readings.py", "a", COUNT=200, HOLD=hold, STATE_DIR=system.root / "state", JOB_EPOCH=10)
     wait_until(lambda: "holding" in a.text() or a.proc.poll() is not None, what="A to make its readings")
     b = Job(system, "sums.py", "b")
     wait_until(lambda: "a subscriber connected" in a.text() or b.proc.poll() is not None, what="B to connect")
