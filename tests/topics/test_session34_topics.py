@@ -55,7 +55,11 @@ def test_a_subscriber_joining_a_job_with_snapshots_mid_epoch_gets_that_epoch_who
     complete), so B starts at once, after the last epoch out, and gets it
     and the rest (held for the next boundary, it missed that epoch)."""
     go = system.root / "go"  # (once B reads from A, A makes the rest of its readings at full speed)
-    a = Job(system, "readings.py", "a", COUNT=3000, STATE_DIR=system.root / "state", JOB_EPOCH=0.5, GO=go)
+    # (until then 100 readings a second: A goes on for 30 s, B has that long to
+    # start. At the default 1,000, A had ended before B started on a loaded
+    # machine, and B waited 20 s for a topic no longer published)
+    a = Job(system, "readings.py", "a", COUNT=3000, RATE=10, STATE_DIR=system.root / "state", JOB_EPOCH=0.5,
+            GO=go)
     a.wait_epoch(1)
     b = Job(system, "sums.py", "b")
     wait_until(lambda: "starts at epoch" in b.text() or b.proc.poll() is not None, what="B to start")
