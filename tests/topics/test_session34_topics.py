@@ -131,23 +131,29 @@ def test_a_record_that_cannot_be_encoded_fails_its_publisher_naming_the_topic_th
 def test_slow_disconnect_with_snapshots_drops_a_slow_subscriber_and_not_one_that_keeps_up(system):  # noqa: F811
     """A job with a state_dir sends each epoch whole, at once, once it is
     complete: an epoch over the 8 MiB queue (~20 MB here) is queued for every
-    subscriber together. B keeps up and gets every reading; C, taking 0.5 s
-    a batch, still has more than the queue of it when the next epoch goes
-    out, and is dropped (B was dropped too, at once: counted frame by frame
-    as they were queued, the epoch was a backlog)."""
-    go = system.root / "go"
+    subscriber together. B keeps up and gets every reading; C, stalled after
+    its first batch, still has more than the queue of it when the next epoch
+    goes out, and is dropped (B was dropped too, at once: counted frame by
+    frame as they were queued, the epoch was a backlog)."""
+    go, stall, fast = system.root / "go", system.root / "stall", system.root / "fast"
     # (3,000 readings of 20 KB in 1.5 s: epochs of ~20 MB)
     a = Job(system, "readings.py", "a", COUNT=3000, BATCH=100, RATE=20, PAYLOAD=20_000,
             SLOW_MODE="disconnect", STATE_DIR=system.root / "state", JOB_EPOCH=0.5, WAIT=go)
     a.wait_published()
     b = Job(system, "sums.py", "b")
-    c = Job(system, "sums.py", "c", SLOW=0.5)
+    # (C stalls until it is dropped: taking 0.5 s a batch, it kept up with a
+    # loaded machine's smaller epochs, in 2 of 4 runs beside CPU burners)
+    stall.touch()
+    c = Job(system, "sums.py", "c", SLOW=0.5, STALL=stall, FAST=fast)
     wait_until(lambda: a.text().count("a subscriber connected") == 2 or a.proc.poll() is not None,
                what="B and C to connect")
     go.touch()
     seqs, sums = results(b)
     assert seqs == list(range(3000)), b.text()
     assert sums == brute_sums(seqs)
+    wait_until(lambda: "dropping the subscriber" in a.text() or a.proc.poll() is not None,
+               what="A to drop C")
+    fast.touch()
     lines = c.finish()
     assert c.proc.returncode == 3, c.text()
     assert "SubscriberTooSlow" in lines[-1]["error"]
