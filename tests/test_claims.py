@@ -76,7 +76,7 @@ RESULTS = ROOT / "benches" / "RESULTS.md"
 
 # The cluster and link helpers of the suite's own cluster and link tests.
 sys.path[:0] = [str(ROOT / "tests" / "kernel"), str(ROOT / "tests" / "net")]
-from _ports import free_ports, listening, wait_until  # noqa: E402
+from _ports import free_ports, wait_until  # noqa: E402
 from test_cluster import SECRET, Cluster  # noqa: E402
 
 INF = math.inf
@@ -2322,14 +2322,7 @@ def test_processes_may_start_in_any_order_and_one_that_never_comes_is_named_befo
     tests/kernel/test_cluster_review.py::
     test_a_peer_port_that_accepts_but_never_answers_respects_the_startup_timeout."""
     assert inspect.signature(run).parameters["startup_timeout"].default == 30.0
-    cluster = Cluster(small_sum, 2, start=False)
-    try:
-        cluster.start(1)
-        wait_until(lambda: listening(cluster.ports[1]), what="process 1 to listen")
-        cluster.start(0)
-        outcomes = cluster.outcomes()
-    finally:
-        cluster.close()
+    outcomes = Cluster(small_sum, 2, start=False).outcomes_started_in((1, 0))
     assert outcomes[0] == ("ok", [[repr((0, sum(range(0, 100, 3)))), repr((1, sum(range(1, 100, 3)))),
                                    repr((2, sum(range(2, 100, 3))))]])
 

@@ -90,6 +90,22 @@ class Cluster:
         self.children.append((i, child))
         self.pipes.append((i, receiver))
 
+    def start_listening(self, i: int) -> None:
+        """`start(i)`, returning once process i listens for its peers."""
+        self.start(i)
+        wait_until(lambda: listening(self.ports[i]), what=f"process {i} to listen")
+
+    def outcomes_started_in(self, order) -> dict[int, tuple]:
+        """The outcomes of the processes started in `order`, each once the
+        one before listens; the cluster closed after."""
+        try:
+            for i in order[:-1]:
+                self.start_listening(i)
+            self.start(order[-1])
+            return self.outcomes()
+        finally:
+            self.close()
+
     def pid(self, i: int) -> int:
         return dict(self.children)[i].pid
 
@@ -224,14 +240,7 @@ def test_peers_may_start_in_reverse_order():
     """Process 2 first, then 1 once 2 listens (2 is retrying to dial 0 and
     1 by then), then 0 once 1 listens."""
     expected = run_alone(word_count)
-    cluster = Cluster(word_count, 3, start=False)
-    try:
-        for i in (2, 1, 0):
-            cluster.start(i)
-            wait_until(lambda port=cluster.ports[i]: listening(port), what=f"process {i} to listen")
-        outcomes = cluster.outcomes()
-    finally:
-        cluster.close()
+    outcomes = Cluster(word_count, 3, start=False).outcomes_started_in((2, 1, 0))
     assert outcomes[0] == ("ok", expected)
 
 
@@ -243,13 +252,7 @@ def test_a_wrong_secret_fails_both_sides_with_authentication_failed():
     # cost nothing.)
     cluster = Cluster(word_count, 2, start=False, options_for=lambda i: {
         "secret": "the-wrong-one" if i == 1 else SECRET, "startup_timeout": 5.0 if i == 0 else 30.0})
-    try:
-        cluster.start(0)
-        wait_until(lambda: listening(cluster.ports[0]), what="process 0 to listen")
-        cluster.start(1)
-        outcomes = cluster.outcomes()
-    finally:
-        cluster.close()
+    outcomes = cluster.outcomes_started_in((0, 1))
     assert outcomes[1][0] == "error" and "authentication failed" in outcomes[1][2]
     assert outcomes[0][0] == "error" and "authentication failed" in outcomes[0][2]
     assert "did not connect" in outcomes[0][2]
@@ -445,9 +448,8 @@ def test_strangers_before_authentication_cost_the_relay_little_memory(tmp_path):
     unfolding = (packer.compress(b"a" * (15 << 20)) + packer.flush(zlib.Z_SYNC_FLUSH))[:-4]
     strangers, silent = [], []
     try:
-        cluster.start(0)
+        cluster.start_listening(0)
         port = cluster.ports[0]
-        wait_until(lambda: listening(port), what="process 0 to listen")
         relay = listener_pid(port, cluster.pid(0))
         peak_before = memory_mb(relay, "VmHWM")
         silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(6)]

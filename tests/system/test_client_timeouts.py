@@ -11,10 +11,9 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 
 import pytest
-from _system import System, wait_until
+from _system import a_system, wait_until
 from test_system import write
 from test_system_reset import Proxy
 
@@ -28,24 +27,10 @@ flow.from_iterable(itertools.count(), batch_size=1).map(lambda n: time.sleep(0.0
 """
 
 
-@contextmanager
-def _system(root):
-    system = System(root)
-    try:
-        system.start_coordinator()
-        system.start_executor(cores=1)
-        system.executors_up(1)
-        yield system
-    finally:
-        if system.coordinator is not None:
-            system.coordinator.send_signal(signal.SIGCONT)
-        system.close()
-
-
 @pytest.fixture
 def frozen_later(tmp_path):
     """A system of its own: frozen for good by its test."""
-    with _system(tmp_path) as system:
+    with a_system(tmp_path) as system:
         yield system
 
 
@@ -54,7 +39,7 @@ def frozen_a_moment(tmp_path_factory):
     """One system for the tests that leave it as they found it (frozen for
     0.5 s, then let go, no job submitted) and the one that submits its only
     job (job-1: no other test may submit here): its start-up, ~2 s, once."""
-    with _system(tmp_path_factory.mktemp("client-timeouts")) as system:
+    with a_system(tmp_path_factory.mktemp("client-timeouts")) as system:
         yield system
 
 
