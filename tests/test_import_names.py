@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._builds import build
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # The user's own modules, named like the library's public aliases, and used
@@ -124,14 +126,6 @@ SUBMODULES_PROBE = textwrap.dedent("""\
     """)
 
 
-BUILD_WHEEL = """\
-import importlib, sys, tomllib
-with open("pyproject.toml", "rb") as f:
-    backend = importlib.import_module(tomllib.load(f)["build-system"]["build-backend"])
-backend.build_wheel(sys.argv[1])
-"""
-
-
 @pytest.fixture(scope="module")
 def wheel_python(tmp_path_factory) -> str:
     """A fresh virtual environment with the wheel of this checkout installed.
@@ -145,9 +139,7 @@ def wheel_python(tmp_path_factory) -> str:
     # the backend pyproject.toml names, its PEP 517 hook called directly as
     # `pip wheel --no-build-isolation` calls it (the same wheel, without
     # pip's ~2 s of start-up and checks)
-    subprocess.run([sys.executable, "-c", BUILD_WHEEL, str(base / "dist")],
-                   cwd=ROOT, check=True, capture_output=True, timeout=300)
-    wheel, = (base / "dist").glob("streamkernel-*.whl")
+    wheel = build("wheel", ROOT, base / "dist")  # (tests/_builds.py: one build of the checkout at a time)
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = str(venv / "bin" / "python")

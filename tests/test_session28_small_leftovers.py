@@ -116,21 +116,8 @@ def test_skipped_count_after_a_resume_on_another_number_of_kernels_whose_shares_
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The backend pyproject.toml names, its PEP 517 hook called directly (as
-# `pip wheel --no-build-isolation` does: no network, this environment's setuptools).
-BUILD = """\
-import importlib, sys, tomllib
-with open("pyproject.toml", "rb") as f:
-    backend = importlib.import_module(tomllib.load(f)["build-system"]["build-backend"])
-print(getattr(backend, "build_" + sys.argv[1])(sys.argv[2]))
-"""
-
-
-def build(what: str, source: Path, out: Path) -> Path:
-    done = subprocess.run([sys.executable, "-c", BUILD, what, str(out)], cwd=source, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return out / done.stdout.split()[-1]
+# (tests/_builds.py: one build of a source directory at a time)
+from tests._builds import build  # noqa: E402
 
 
 def test_the_sdist_carries_what_builds_the_wheel_and_nothing_else(tmp_path):
