@@ -19,6 +19,9 @@ Once one side's input has ended on every channel (`_port_ended`), nothing
 more can meet the other side's values: they go, and that side's values
 that come later are joined but not kept (a bounded table joined with an
 endless stream holds the table only).
+
+A key that is a float NaN, or a tuple holding one, matches nothing (SQL's
+NULL keys; `_nan_keys`): such values are not kept, so nothing finds them.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from kernel.dataflow._errors import PASSES_THROUGH, KernelError
 from kernel.dataflow._operator import Operator, TimedBatch, rescale_fields, unfinished
 
 from ._calls import EMIT_BATCH, LARGE_OUTPUT, PIECE, keyed_error
+from ._nan_keys import holds_nan
 
 
 def check_ttl(ttl) -> None:
@@ -153,7 +157,13 @@ class KeyedJoin(Operator):
                     handed = True
             if keep:
                 try:
-                    mine.append(key, (stamp, value))
+                    kept = mine.get(key)
+                    if kept is None:
+                        if holds_nan(key):  # (looked for on a miss only) it would match nothing: not kept
+                            continue
+                        mine[key] = [(stamp, value)]
+                    else:
+                        kept.append((stamp, value))
                     if ttl is not None:
                         self._expire_at(stamp, port, key)
                 except PASSES_THROUGH:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from itertools import repeat
 
+from .._nan_keys import holds_nan
 from ._windowing import LATE_BY_SIDE, Windowing
 
 
 class WindowJoin(Windowing):
     """Inner join of two keyed streams (ports 0 and 1) per key and window:
     `(key, window, (left, right))` for every pair, in arrival order. A
-    window's accumulator is its two sides' values, `([lefts], [rights])`."""
+    window's accumulator is its two sides' values, `([lefts], [rights])`.
+    A key that holds a float NaN pairs with nothing (`_nan_keys`)."""
 
     def __init__(self, window, late: bool = False) -> None:
         super().__init__(window, late)
@@ -43,12 +45,15 @@ class WindowJoin(Windowing):
 
     def _emit_window(self, j, accs: dict) -> None:
         # one result per pair: a hot key's may be many (made as they go on)
+        _drop_nan_keys(accs)
         self._close_window(self._windows.window(j), accs,
                            sum(len(lefts) * len(rights) for lefts, rights in accs.values()))
 
     def _close_session(self, key, window, acc) -> None:
         # a session's pairs, made as they go on too
         lefts, rights = acc
+        if lefts and rights and holds_nan(key):
+            return
         self._close_window(window, {key: acc}, len(lefts) * len(rights))
 
     def _make_window(self, window, accs: dict, out: list, stamps: list) -> None:
@@ -63,3 +68,11 @@ class WindowJoin(Windowing):
 
     def _function(self):
         return "join"
+
+
+def _drop_nan_keys(accs: dict) -> None:
+    """Takes out of a closed window's `{key: acc}` the keys that hold a NaN
+    and would pair (one NaN object on both sides): looked at per key with
+    values on both sides as the window closes, not per record."""
+    for key in [key for key, (lefts, rights) in accs.items() if lefts and rights and holds_nan(key)]:
+        del accs[key]
