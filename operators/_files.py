@@ -19,7 +19,9 @@ files in the directory are replaced then, not before: a run that fails
 leaves them); after a source that never ends
 (follow=True) such a run is refused at its start, as nothing would appear.
 
-Records are written with `json.dumps`: tuples (and windows) as arrays. NaN
+Records are written with `json.dumps`: tuples (and windows) as arrays, a
+dict's int, float, bool or None keys as their JSON text (`{1: "a"}` reads
+back as `{"1": "a"}`: not refused, as that would walk every record). NaN
 and the infinities are refused, naming the record: `json.dumps` writes them
 as `NaN` and `Infinity`, which are no JSON, and `from_files(format="jsonl")`
 refused the files to_files had written.

@@ -1044,7 +1044,9 @@ class Stream(Generic[T_co]):
 
     def to_files(self, directory: str | os.PathLike[str], *, name: str | None = None) -> None:
         """Writes every record to JSON Lines files in `directory` (tuples and
-        windows as arrays), one file per kernel and epoch. With a
+        windows as arrays, a dict's int, float, bool or None keys as their
+        JSON text: `{1: "a"}` reads back `{"1": "a"}`), one file per kernel
+        and epoch. With a
         `state_dir`, a file becomes visible (renamed from a hidden name) only
         once its epoch is complete on every kernel, so after a crash and a
         resumed run the visible files hold every record exactly once.
