@@ -10,7 +10,7 @@ join as pairs meet, one with `ttl=` and a windowed one."""
 import math
 from collections import Counter
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kernel import Dataflow, run
@@ -75,6 +75,7 @@ events = st.lists(st.tuples(keys, st.integers(0, 30).map(lambda t: t / 10), st.i
 
 @settings(max_examples=8, deadline=None)
 @given(events, events)
+@example([(NAN, 0.1, 1), (NAN_PAIR, 2.5, 2)], [(NAN, 0.2, 3), (NAN_PAIR, 2.6, 4)])  # the shared objects
 def test_nan_keys_match_nothing_on_1_2_and_3_kernels(lefts, rights):
     expected = _reference(lefts, rights)
     for cores in (1, 2, 3):
