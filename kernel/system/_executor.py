@@ -320,10 +320,12 @@ class ExecutorDaemon:
                 try:
                     reader = asyncio.ensure_future(session.run())
                     listed = [p.report() for p in self.processes.values()]
+                    # (`stopped`: the last executor on this workdir was stopped on purpose
+                    # and could not tell the coordinator, `_note_stopped`)
                     reply = await session.request(
                         "register", executor=self.executor_id, instance=self._instance, host=self.host,
                         cores=self.cores, catalog=self._recorded("catalog"),
-                        processes=listed)
+                        processes=listed, stopped=self._record.get("stopped") is True)
                     self._catalog_seen(reply.get("catalog"))
                     # (a coordinator that tells none, its catalog locked as it started: the one known)
                     self._remember({"id": reply["executor"],
@@ -435,7 +437,9 @@ class ExecutorDaemon:
         try:
             await asyncio.wait_for(session.request("left"), LEAVE_TIMEOUT)
         except (ConnectionLost, RequestError, TimeoutError):
-            pass  # (the coordinator gone too: it counts this executor lost at its lease's end)
+            # (the coordinator gone too: it counts this executor lost at its lease's
+            # end, unless it is started again on this workdir by then)
+            self._note_stopped()
 
     async def _heartbeat(self, session, interval: float) -> None:
         """Heartbeats, answered: a coordinator that leaves SILENT_BEATS
@@ -726,6 +730,20 @@ class ExecutorDaemon:
 
     async def close(self) -> None:
         await asyncio.gather(*(self._stop_one(p) for p in self.processes.values() if p.code is None))
+        if not self._leaving:  # (connected, `_leave` said it)
+            self._note_stopped()
+
+    def _note_stopped(self) -> None:
+        """This executor stops on purpose (Ctrl-C, SIGTERM) and the
+        coordinator has not heard it leave: stopped while it could not reach
+        the coordinator (restarting, or a connection broken), its job
+        processes ended with no word to it. Kept in executor.json, the next
+        executor on this workdir says so when it registers, and the jobs move
+        without spending a restart, as when the coordinator hears the stop:
+        each was counted as a failure, `executor e1 no longer runs process 0
+        (it restarted)`, and a job at --max-restarts 0 failed."""
+        if self.executor_id is not None:  # (never registered: no job ran here)
+            self._remember({**self._record, "stopped": True})
 
 
 def _cut_character(data: bytes) -> int:

@@ -850,8 +850,13 @@ class JobMaster:
         executor.timeout = self.executor_timeout  # (the register's answer tells it)
         self._save_executor(executor)
         self._away.pop(executor_id, None)  # back within its lease
-        # (back after a stop on purpose whose "left" was lost: its jobs move, as they would have)
-        stopped = executor_id in self._leaving
+        # (back after a stop on purpose whose "left" was lost, or that was never said,
+        # the executor stopped while it could not reach a coordinator: its jobs move,
+        # as they would have)
+        stopped = executor_id in self._leaving or message.get("stopped") is True
+        if message.get("stopped") is True:
+            log.info("executor %s was stopped on purpose while it could not tell the coordinator: the jobs "
+                     "it ran move without spending a restart", executor_id)
         self._leaving.discard(executor_id)
         old = self.connected.get(executor_id)
         if old is not None and old.session is not session:
