@@ -1437,7 +1437,6 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
                     session.ws_connect(url + path, max_msg_size=max_frame + FRAME.size, ssl=ssl,
                                        heartbeat=heartbeat),
                     max(0.01, deadline - loop.time()))
-                break
             except TimeoutError:
                 silent = ConnectionError("it accepted the connection but never answered")
                 raise LinkError(f"could not reach {url} within {timeout:g} s: {silent}") from silent
@@ -1468,31 +1467,51 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
                 await asyncio.sleep(pause)
                 if not refused:
                     delay = min(delay * 2, 0.25)
-        try:
-            peer, their_meta = await asyncio.wait_for(
-                _client_handshake(ws, key, process, url, meta, check_meta),
-                max(_HANDSHAKE_MIN, deadline - loop.time()))
-        except TimeoutError:
-            await _close_within(ws)
-            raise LinkRefused(f"{url} did not finish the handshake in time") from None
-        except (aiohttp.ClientError, ConnectionError) as exc:
-            # the connection broke mid-handshake (a peer that died, or reset it): a LinkError as
-            # every other way of not reaching it, never aiohttp's own error
-            await _close_within(ws)
-            raise LinkRefused(f"{url} broke the handshake ({type(exc).__name__}: {exc})") from exc
-        except (msgspec.DecodeError, KeyError, TypeError, AttributeError) as exc:
-            # The server's handshake was garbage: something else answers there, which no retry
-            # mends. (A LinkRefused, a cluster said "could not reach process 0 at ... within
-            # 30 s: JSON is malformed ... (it closed the connection before answering: TLS on
-            # there and off here, ...?)": reached, at once, and nothing closed.)
-            await _close_within(ws)
-            raise NotAKernelServer(f"{url} answered, but not as a kernel server (it broke the handshake: "
-                                   f"{type(exc).__name__}: {str(exc)[:200]})") from exc
-        return ws, peer, their_meta, session
+                continue
+            try:
+                peer, their_meta = await _handshake_within(
+                    ws, key, process, url, meta, check_meta, max(_HANDSHAKE_MIN, deadline - loop.time()))
+            except LinkRefused:
+                # Broken before authenticating (closed or reset after the upgrade, or no
+                # answer in time): a peer starting or restarting, as a refusal before the
+                # upgrade, so tried again alike. (It ended a cluster's start at once: a
+                # peer that is there may still be starting.) What is final stays final:
+                # a wrong secret, a process id refused, garbage (not a LinkRefused).
+                pause = next(refused_pauses)
+                if not retry or loop.time() + pause > deadline:
+                    raise
+                await asyncio.sleep(pause)
+                continue
+            return ws, peer, their_meta, session
     except BaseException:
         if own_session:
             await session.close()
         raise
+
+
+async def _handshake_within(ws, key: bytes, process: int, url: str, meta, check_meta: bool,
+                            seconds: float) -> tuple[int, object]:
+    """`_client_handshake` within `seconds`, its failures said as a
+    LinkError: a `LinkRefused` where the server broke it or did not finish
+    it in time (a try again may find it ready)."""
+    try:
+        return await asyncio.wait_for(_client_handshake(ws, key, process, url, meta, check_meta), seconds)
+    except TimeoutError:
+        await _close_within(ws)
+        raise LinkRefused(f"{url} did not finish the handshake in time") from None
+    except (aiohttp.ClientError, ConnectionError) as exc:
+        # the connection broke mid-handshake (a peer that died, or reset it): a LinkError as
+        # every other way of not reaching it, never aiohttp's own error
+        await _close_within(ws)
+        raise LinkRefused(f"{url} broke the handshake ({type(exc).__name__}: {exc})") from exc
+    except (msgspec.DecodeError, KeyError, TypeError, AttributeError) as exc:
+        # The server's handshake was garbage: something else answers there, which no retry
+        # mends. (A LinkRefused, a cluster said "could not reach process 0 at ... within
+        # 30 s: JSON is malformed ... (it closed the connection before answering: TLS on
+        # there and off here, ...?)": reached, at once, and nothing closed.)
+        await _close_within(ws)
+        raise NotAKernelServer(f"{url} answered, but not as a kernel server (it broke the handshake: "
+                               f"{type(exc).__name__}: {str(exc)[:200]})") from exc
 
 
 async def _speaks_first(url: str, wait: float) -> bytes:
