@@ -64,7 +64,9 @@ HANDSHAKE_TIMEOUT seconds from connecting to authenticated (with TLS, as
 long again for the TLS handshake, which comes before the server sees the
 connection). A dialler is guarded alike until the server has authenticated
 (`_UntilServerAuthenticated`): the server's hello and answer
-HANDSHAKE_MAX_MESSAGE bytes each, PENDING_MAX_BYTES in all.
+HANDSHAKE_MAX_MESSAGE bytes each, PENDING_MAX_BYTES in all, and
+HANDSHAKE_TIMEOUT seconds from the upgrade to authenticated (then it tries
+again, within its own timeout).
 """
 
 from __future__ import annotations
@@ -1397,7 +1399,8 @@ async def dial(url: str, secret, process: int, channels, on_frame, *, window: in
 
 async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame: int = DEFAULT_MAX_FRAME,
                   timeout: float = 30.0, ssl=True, session: aiohttp.ClientSession | None = None,
-                  meta=None, check_meta: bool = True, retry: bool = True, heartbeat: float | None = None):
+                  meta=None, check_meta: bool = True, retry: bool = True, heartbeat: float | None = None,
+                  handshake_timeout: float = HANDSHAKE_TIMEOUT):
     """Connect to an `AuthenticatedServer` at `url` (http://host:port, its
     websocket at `path`), retrying until `timeout` seconds have passed (one
     try without `retry`: the caller has a policy of its own), and
@@ -1406,9 +1409,11 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
     websocket). With `check_meta`, a server whose meta differs from `meta`
     is refused (`LinkMismatch`). `heartbeat`: aiohttp's websocket
     heartbeat (as `AuthenticatedServer`'s `ws_heartbeat`; None: none). A server that refuses the connection
-    before authenticating is tried again later than one not there yet
-    (REFUSED_FIRST, doubling), and its refusal, once no more tries are
-    left, is a `LinkRefused`. A `session` of the caller's reads what the
+    before authenticating (before the websocket upgrade, or after it:
+    breaking the handshake, or not done with it within `handshake_timeout`
+    seconds, what a server gives a dialler) is tried again later than one
+    not there yet (REFUSED_FIRST, doubling), and its refusal, once no more
+    tries are left, is a `LinkRefused`. A `session` of the caller's reads what the
     server sends before authenticating with its own limits, unless its
     `ws_response_class` is `_DiallerWebSocket` (the session made here)."""
     key = _secret(secret)
@@ -1469,8 +1474,10 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
                     delay = min(delay * 2, 0.25)
                 continue
             try:
-                peer, their_meta = await _handshake_within(
-                    ws, key, process, url, meta, check_meta, max(_HANDSHAKE_MIN, deadline - loop.time()))
+                # Bounded per try, as the server bounds a dialler: one that upgraded and
+                # then said nothing held the dial for its whole timeout (a cluster's 30 s).
+                seconds = min(handshake_timeout, max(_HANDSHAKE_MIN, deadline - loop.time()))
+                peer, their_meta = await _handshake_within(ws, key, process, url, meta, check_meta, seconds)
             except LinkRefused:
                 # Broken before authenticating (closed or reset after the upgrade, or no
                 # answer in time): a peer starting or restarting, as a refusal before the

@@ -105,3 +105,36 @@ async def test_a_wrong_secret_or_a_refused_process_id_is_still_final_at_once(cas
         assert isinstance(raised.value, AuthenticationFailed)
     else:
         assert "refused this process (1): process 1 is not a peer of this process there" in str(raised.value)
+
+
+async def test_a_server_that_upgrades_and_never_says_hello_is_given_up_per_try_then_dialled_again():
+    """A server that upgraded and then said nothing (a peer stopped or
+    stuck as it started, another program) held the dial for its whole
+    timeout (a cluster's 30 s), though a server gives up on a silent
+    dialler after 5 s: now each try's handshake has `handshake_timeout`
+    seconds (HANDSHAKE_TIMEOUT, 5 s, by default), and the dial goes on,
+    here to the peer once it is up."""
+    held = asyncio.Event()
+
+    async def silent(request, ws) -> None:
+        async for _ in ws:  # until the dialler gives up (its close frame, answered)
+            pass
+        held.set()
+
+    async with _breaking_server(silent) as (port, _):
+        started = time.monotonic()
+        dialling = asyncio.ensure_future(connect(f"http://127.0.0.1:{port}", SECRET, 1, timeout=TIMEOUT,
+                                                 handshake_timeout=0.5))
+        await asyncio.wait_for(held.wait(), TIMEOUT)
+    server = LinkServer("127.0.0.1", port, SECRET, 0, {0}, lambda peer: (lambda *frame: None))
+    await server.start()
+    try:
+        ws, peer, _, session = await asyncio.wait_for(dialling, TIMEOUT)
+        assert time.monotonic() - started < TIMEOUT / 2  # (not held for the dial's timeout)
+        assert peer == 0
+        await ws.close()
+        await session.close()
+    finally:
+        dialling.cancel()
+        await server.stop()
+
