@@ -103,9 +103,10 @@ class CoordinatorServer(AuthenticatedServer):
         subscribed: set = set()  # an app's subscriptions made on this connection
         published: set = set()  # (name, id): publications registered on this connection, not ended
         publishing: set = set()  # the tasks of this connection's registrations under way
+        reading = _topics.Reading()  # who looked topics up on this connection
         session = Session(ws, None, f"{'executor' if peer == EXECUTOR else 'client'} at {address}")
         session.handler = (lambda op, m: self._executor_request(session, state, op, m)) if peer == EXECUTOR \
-            else (lambda op, m: self._client_request(op, m, subscribed, published, publishing))
+            else (lambda op, m: self._client_request(op, m, subscribed, published, publishing, reading))
         self._published[id(published)] = published
         try:
             await session.run()
@@ -113,6 +114,8 @@ class CoordinatorServer(AuthenticatedServer):
             del self._published[id(published)]
             if state["executor"] is not None:
                 self.master.disconnected(state["executor"], session)
+            elif not self.master.closing:  # (its readers forgotten a while after: `_topics.READER_GRACE`)
+                _topics.readers_left(self.master.catalog, reading)
             # (a connection the app closed itself, with a close frame, is no sign
             # it is gone: a reader's catalog connection given up on a slow
             # answer; nor is one this coordinator closes as it stops)
@@ -165,7 +168,8 @@ class CoordinatorServer(AuthenticatedServer):
     # -- a client's requests ------------------------------------------------------------
 
     async def _client_request(self, op: str, m: dict, subscribed: set | None = None,
-                              published: set | None = None, publishing: set | None = None):
+                              published: set | None = None, publishing: set | None = None,
+                              reading: _topics.Reading | None = None):
         self.requests += 1
         master = self.master
         if op == "status":
@@ -205,7 +209,7 @@ class CoordinatorServer(AuthenticatedServer):
                 # (awaited by `forget_lost` where the connection breaks meanwhile)
                 publishing.add(asyncio.current_task())
             try:
-                reply = await _topics.request(master.catalog, op, m, self._probe)
+                reply = await _topics.request(master.catalog, op, m, self._probe, reading)
             except (CatalogError, sqlite3.Error) as exc:
                 # (as submit's and kill's: the catalog and who holds it named, not an
                 # "internal error: CatalogBusy" with a traceback in this log)

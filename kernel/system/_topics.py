@@ -15,7 +15,9 @@ publishing or subscribing job sends (`kernel.topics._directory`).
   the subscribing jobs that had found it (`job` of their lookups): they
   find it still, every partition `ended`, for as long as the coordinator
   runs (its last ENDED_KEPT such topics, in memory) or until the name is
-  published again. So a job whose kernels look it up one after the other
+  published again. A reader is remembered while it has a connection open
+  and READER_GRACE seconds after its last closed (`readers_left`; a job
+  of the system, until it has ended). So a job whose kernels look it up one after the other
   (one before its end, one after) ends on all of them, rather than one
   reading it whole and the others waiting for a publisher that never
   comes.
@@ -66,9 +68,10 @@ def _name(m: dict) -> str:
     return name
 
 
-async def request(catalog: Catalog, op: str, m: dict, probe=None) -> dict:
+async def request(catalog: Catalog, op: str, m: dict, probe=None, reading: Reading | None = None) -> dict:
     """`probe(address, kind)`: the publisher id a server answers with
-    (`probe`, the coordinator's secret and TLS given).
+    (`probe`, the coordinator's secret and TLS given); `reading`: the
+    connection's readers (`Reading`), where the request came on one.
 
     Each step that reads the catalog and writes on what it read is one call
     on the catalog's thread (`Catalog.call`: one transaction), so that no
@@ -77,7 +80,7 @@ async def request(catalog: Catalog, op: str, m: dict, probe=None) -> dict:
     name = _name(m)
     if op == "topic_lookup":
         while True:
-            found = await catalog.call(_lookup, catalog, name, m.get("job"))
+            found = await catalog.call(_lookup, catalog, name, m.get("job"), reading)
             if not isinstance(found, _LeftBehind):
                 return found
             # (a job that has ended, left behind by a restarted coordinator: its rows go)
@@ -120,8 +123,9 @@ class _LeftBehind:
         self.job = job
 
 
-def _lookup(catalog: Catalog, name: str, reader) -> dict | _LeftBehind:
+def _lookup(catalog: Catalog, name: str, reader, reading: Reading | None = None) -> dict | _LeftBehind:
     """(On the catalog's thread.)"""
+    _reader_seen(catalog, reader, reading)
     row = _row(catalog, name)
     if row is not None and _ended_job(catalog, row["job"]):
         return _LeftBehind(row["job"])
@@ -452,6 +456,115 @@ def _carry_readers(catalog: Catalog, name: str, new: str) -> None:
     readers = catalog.__dict__.setdefault("_topic_readers", {})
     if name in readers and readers[name][0] != new:  # (an ended one's are gone: _keep_ended)
         readers[name] = (new, readers[name][1])
+
+
+# seconds a reader (`_readers`) is remembered once its last connection to
+# the coordinator has closed (`readers_left`): an app's run whose kernels
+# look a topic up one after the other (one of them late: slow to start, or
+# its lookup refused while the catalog was locked, asked again for up to
+# 120 s, `kernel.topics._directory.BUSY_WAIT`), or whose connection broke
+# and is opened again by its next request, still finds the topic ended.
+# Remembered for good, one entry per app run (a notebook or dashboard
+# subscribing again and again to a long-lived topic) grew the coordinator
+# without bound.
+READER_GRACE = 300.0
+
+
+class Reading:
+    """The readers (`topic_lookup`'s `job`) that looked topics up on one
+    connection to the coordinator, counted (`_reader_connections`) until it
+    closes (`readers_left`). (Touched on the catalog's thread only.)"""
+
+    __slots__ = ("closed", "names")
+
+    def __init__(self) -> None:
+        self.names: set = set()
+        self.closed = False
+
+
+def _reader_connections(catalog: Catalog) -> dict:
+    """{"live": reader -> its connections open, "gone": reader -> when its
+    last closed (oldest first), "swept": when gone readers were last
+    forgotten} (in memory, on the catalog's thread)."""
+    return catalog.__dict__.setdefault("_reader_connections", {"live": {}, "gone": {}, "swept": 0.0})
+
+
+def _reader_seen(catalog: Catalog, reader, reading: Reading | None) -> None:
+    """(On the catalog's thread.) `reader` looked a topic up on connection
+    `reading`: remembered while that connection is open."""
+    if reading is None or not isinstance(reader, str):
+        return  # (a call made without a connection, as some tests make it: remembered for good)
+    state = _reader_connections(catalog)
+    live, gone = state["live"], state["gone"]
+    if reading.closed:  # (a lookup served after its connection's end was handled)
+        if reader not in live:
+            gone.pop(reader, None)
+            gone[reader] = time.monotonic()
+    elif reader not in reading.names:
+        reading.names.add(reader)
+        live[reader] = live.get(reader, 0) + 1
+        gone.pop(reader, None)
+    _forget_gone_readers(catalog)
+
+
+def readers_left(catalog: Catalog, reading: Reading) -> None:
+    """A connection closed (however: an app's run that ends closes it
+    itself): its readers with no other connection open are forgotten
+    READER_GRACE seconds later (`_forget_gone_readers`), unless one looks
+    a topic up again meanwhile."""
+
+    def left() -> None:
+        reading.closed = True
+        state = _reader_connections(catalog)
+        live, gone, now = state["live"], state["gone"], time.monotonic()
+        for reader in reading.names:
+            if live[reader] > 1:
+                live[reader] -= 1
+            else:
+                del live[reader]
+                gone[reader] = now
+        reading.names.clear()
+        _forget_gone_readers(catalog)
+
+    try:  # (not waited for: what fails leaves readers remembered, as before)
+        catalog.call(left).add_done_callback(_ignore)
+    except (CatalogError, RuntimeError):
+        pass  # (closed: the coordinator stops)
+
+
+def _forget_gone_readers(catalog: Catalog) -> None:
+    """(On the catalog's thread.) The readers gone for READER_GRACE seconds
+    leave every topic's readers, ended topics' too: but a job of the
+    system that is still active (between two attempts: the next one is
+    the same reader), looked at again a grace later. At most every tenth
+    of the grace: each time reads every topic's readers."""
+    state = _reader_connections(catalog)
+    gone, now = state["gone"], time.monotonic()
+    if not gone or now < state["swept"] + READER_GRACE / 10:
+        return
+    state["swept"] = now
+    expired, active = set(), []
+    for reader, since in gone.items():
+        if now - since < READER_GRACE:
+            break
+        if not reader.startswith("app:") and _active_job(catalog, reader):
+            active.append(reader)
+        else:
+            expired.add(reader)
+    for reader in (*expired, *active):
+        del gone[reader]
+    for reader in active:
+        gone[reader] = now
+    if expired:
+        for _, readers in catalog.__dict__.get("_topic_readers", {}).values():
+            readers -= expired
+        for ended in _ended(catalog).values():
+            ended["readers"] -= expired
+
+
+def _active_job(catalog: Catalog, job: str) -> bool:
+    row = catalog._db.execute("SELECT status FROM jobs WHERE id = ?", (job,)).fetchone()
+    return row is not None and row[0] in ACTIVE
 
 
 def _keep_ended(catalog: Catalog, name: str, row: dict) -> None:
