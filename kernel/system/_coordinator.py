@@ -65,7 +65,7 @@ class CoordinatorServer(AuthenticatedServer):
         self._probe = functools.partial(_topics.probe, secret=secret, ssl=client_ssl)
         self.requests = 0  # served, for the benchmark and the tests
         self._checking: set[asyncio.Task] = set()  # `_topics.forget_lost` of closed connections
-        self._published: dict[int, set] = {}  # each open connection's `published`, by its id()
+        self._published: dict[int, dict] = {}  # each open connection's `published`, by its id()
 
     def check_left_behind(self) -> None:
         """(Once listening.) The catalog's registrations asked whether their
@@ -101,7 +101,7 @@ class CoordinatorServer(AuthenticatedServer):
             return
         state: dict = {"executor": None}
         subscribed: set = set()  # an app's subscriptions made on this connection
-        published: set = set()  # (name, id): publications registered on this connection, not ended
+        published: dict = {}  # (name, id) -> partitions registered on this connection, not ended
         publishing: set = set()  # the tasks of this connection's registrations under way
         reading = _topics.Reading()  # who looked topics up on this connection
         session = Session(ws, None, f"{'executor' if peer == EXECUTOR else 'client'} at {address}")
@@ -168,7 +168,7 @@ class CoordinatorServer(AuthenticatedServer):
     # -- a client's requests ------------------------------------------------------------
 
     async def _client_request(self, op: str, m: dict, subscribed: set | None = None,
-                              published: set | None = None, publishing: set | None = None,
+                              published: dict | None = None, publishing: set | None = None,
                               reading: _topics.Reading | None = None):
         self.requests += 1
         master = self.master

@@ -272,13 +272,34 @@ def forget_subscriptions(catalog: Catalog, subscribed: set) -> None:
         pass  # (closed: the coordinator stops)
 
 
-def note_publication(published: set, op: str, m: dict) -> None:
+def note_publication(published: dict, op: str, m: dict) -> None:
     """A publication registered (or ended) on a connection: the
-    connection's `published`, checked when it closes (`forget_lost`)."""
+    connection's `published`, (name, id) -> its partitions registered there
+    and not ended, checked when it closes (`forget_lost`). One partition's
+    end leaves the others (a client registering two partitions on one
+    connection: the first to end unmarked the topic, and once the
+    connection broke the other, its publisher gone, stayed listed for good)."""
+    key = (str(m.get("name")), str(m.get("id")))
     if op == "topic_publish":
-        published.add((str(m.get("name")), str(m.get("id"))))
-    elif op == "topic_unpublish":
-        published.discard((str(m.get("name")), str(m.get("id"))))
+        published.setdefault(key, set()).add(_partition_of(m))
+    elif op == "topic_unpublish" and key in published:
+        partitions = published[key]
+        if m.get("partition") is None:
+            partitions.clear()  # (the whole topic goes)
+        else:
+            partitions.discard(_partition_of(m))
+        if not partitions:
+            del published[key]
+
+
+def _partition_of(m: dict):
+    """A request's partition, a number as `_publish` and `_unpublish` read
+    it; anything else as its repr (a refresh answered early has not read it,
+    and noting it must not fail)."""
+    try:
+        return int(m.get("partition"))
+    except (TypeError, ValueError):
+        return repr(m.get("partition"))
 
 
 # seconds after a publisher's connection closed at which its addresses are
@@ -289,7 +310,7 @@ LOST_CHECKS = (0.0, 0.5, 2.0)
 log = logging.getLogger("kernel.system")
 
 
-async def forget_lost(catalog: Catalog, published: set, probe, after: set = frozenset()) -> None:
+async def forget_lost(catalog: Catalog, published: dict, probe, after: set = frozenset()) -> None:
     """A connection broke (no close frame; the coordinator not stopping)
     with publications registered on it and not ended: the publisher may be
     gone (an app SIGKILLed, crashed), and its registration stayed behind,
