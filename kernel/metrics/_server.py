@@ -16,6 +16,7 @@ import select
 import socket
 import threading
 import time
+from collections import Counter
 
 from kernel.scheduling._errors import KernelError
 from kernel.scheduling._signal_mask import main_thread_signals
@@ -27,14 +28,17 @@ from kernel.scheduling._signal_mask import main_thread_signals
 SHUTDOWN_TIMEOUT = 0.25
 
 # The server is unauthenticated: whoever reaches the port must not take the
-# process's descriptors. Past MAX_CONNECTIONS open connections a new one is
-# closed as soon as it is accepted (a page holds two, a scraper one), and a
-# connection with no request for IDLE_TIMEOUT seconds is closed (a request
-# being answered, such as a page's event stream, is not cut). aiohttp keeps
-# an idle connection 3630 s and has no cap: with a soft limit of 1,024
-# descriptors, 3,000 connections that sent nothing made a one-kernel run
-# fail ("Too many open files"), and the accept loop of a launcher or a
-# coordinator logged a traceback ever faster.
+# process's descriptors. At most MAX_CONNECTIONS connections are open (a
+# page holds two, a scraper one): a new one past that closes an idle one to
+# make room (`_close_idlest`), or is closed as soon as it is accepted when
+# every one is answering a request; and a connection with no request for
+# IDLE_TIMEOUT seconds is closed (a request being answered, such as a page's
+# event stream, is not cut). aiohttp keeps an idle connection 3630 s and has
+# no cap: with a soft limit of 1,024 descriptors, 3,000 connections that
+# sent nothing made a one-kernel run fail ("Too many open files"), and the
+# accept loop of a launcher or a coordinator logged a traceback ever faster.
+# Refusing the newcomer alone let a stranger holding 64 silent connections
+# (re-opened as each was closed) refuse every scrape and page.
 MAX_CONNECTIONS = 64
 IDLE_TIMEOUT = 15.0
 
@@ -145,23 +149,68 @@ async def start_runner(app, sock: socket.socket):
     its `cleanup()` stops it."""
     from aiohttp import web
 
+    idle: dict = {}  # connection -> loop time since which it has answered no request
+    app.middlewares.append(_noting_requests(idle))
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT,
                            keepalive_timeout=IDLE_TIMEOUT, logger=_http_logger)
     await runner.setup()
-    await _capped_site(runner, sock).start()
+    await _capped_site(runner, sock, idle).start()
     return runner
 
 
+def _noting_requests(idle: dict):
+    """A middleware keeping `idle` (connection -> since when it has
+    answered no request): a connection is out of it while a handler answers
+    on it (a page's event stream for as long as it lasts), back in, as of
+    now, once the handler returns."""
+    from aiohttp import web
+
+    @web.middleware
+    async def note_request(request, handler):
+        connection = request.protocol
+        idle.pop(connection, None)
+        try:
+            return await handler(request)
+        finally:
+            idle[connection] = asyncio.get_running_loop().time()
+
+    return note_request
+
+
+def _close_idlest(connections: list, idle: dict) -> bool:
+    """Make room for a new connection: close the one that has answered no
+    request for the longest (one that sent nothing, or part of a request,
+    since it connected; a keep-alive one since its last answer), of the
+    address holding the most such. False when every connection is
+    answering a request. A stranger holding silent connections then gives
+    up its own oldest for each newcomer, wherever that comes from; the
+    address rule keeps a scraper's kept-alive connection from being the
+    one closed while a stranger elsewhere keeps reconnecting."""
+    candidates = [c for c in connections
+                  if c in idle and c.transport is not None and not c.transport.is_closing()]
+    if not candidates:
+        return False
+    address = {c: (c.transport.get_extra_info("peername") or ("",))[0] for c in candidates}
+    held = Counter(address.values())
+    victim = min(candidates, key=lambda c: (-held[address[c]], idle[c]))
+    del idle[victim]
+    victim.transport.abort()
+    return True
+
+
 class _Refused(asyncio.Protocol):
-    """A connection past MAX_CONNECTIONS: closed as soon as it is accepted."""
+    """A connection past MAX_CONNECTIONS while every open one is answering
+    a request (nothing `_close_idlest` may close): closed as soon as it is
+    accepted."""
 
     def connection_made(self, transport) -> None:
         transport.abort()
 
 
-def _capped_site(runner, sock: socket.socket):
+def _capped_site(runner, sock: socket.socket, idle: dict):
     """aiohttp's SockSite on `sock`, but with at most MAX_CONNECTIONS
-    connections open. aiohttp has no such limit, and its sites take no
+    connections open (`idle`: see `_noting_requests`, `_close_idlest`).
+    aiohttp has no such limit, and its sites take no
     protocol factory: this site's start() is SockSite's with the runner's
     server wrapped. The one private name it uses is BaseSite's `_server`
     (the listening server, which BaseSite.stop() closes when the runner's
@@ -186,10 +235,16 @@ def _capped_site(runner, sock: socket.socket):
             def protocol():
                 now = loop.time()
                 accepted[:] = [(h, t) for h, t in accepted if h.transport is None and now - t < 1.0]
-                if len(server.connections) + len(accepted) >= MAX_CONNECTIONS:
+                connections = server.connections
+                for gone in idle.keys() - set(connections) - {h for h, _ in accepted}:
+                    del idle[gone]  # (closed: what `idle` holds stays bounded by the cap)
+                # (not those closed: one just closed to make room is still listed a moment)
+                open_ = [c for c in connections if c.transport is not None and not c.transport.is_closing()]
+                if len(open_) + len(accepted) >= MAX_CONNECTIONS and not _close_idlest(connections, idle):
                     return _Refused()
                 handler = server()
                 accepted.append((handler, now))
+                idle[handler] = now
                 return handler
 
             self._server = await loop.create_server(protocol, sock=sock, backlog=128)
