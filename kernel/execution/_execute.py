@@ -106,7 +106,9 @@ async def _one_kernel(plan: RunPlan, flow, interruptible: bool = False) -> dict:
             await server.cleanup()
         if plan.progress is not None:
             plan.progress([runtime.metrics_snapshot()], True)
-    return runtime.results()
+    # the steps' result(): one blocked there is stopped by a first Ctrl-C too
+    with first_ctrl_c_interrupts(kernel, runtime) if interruptible else nullcontext():
+        return runtime.results()
 
 
 def _tell_progress(kernel, runtime, progress) -> None:

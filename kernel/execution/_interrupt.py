@@ -10,7 +10,8 @@ the launcher gets its `KeyboardInterrupt` at once.
 While the kernel runs, the Runner's handler is wrapped: a SIGINT that comes
 while the loop's thread is in the kernel's work (a slice's activation, one
 of its tasks or `call_later` timers, its steps' open() as it starts: what
-the watchdog calls blocked, `Kernel._blocked_in`) raises
+the watchdog calls blocked, `Kernel._blocked_in`; or its steps' result()
+once it has ended, `Runtime.results`) raises
 `KeyboardInterrupt` there, as Python's own handler does in a plain program,
 and the run raises it as for a `KeyboardInterrupt` in a step's function
 (see "When a function raises"). A SIGINT while the loop waits goes to the
@@ -27,12 +28,23 @@ import signal
 import threading
 from contextlib import contextmanager
 
+from kernel.runtime._runtime import Runtime
+
+# its frame on the loop's thread: the steps' result() after the run (a user's,
+# that may block: a first Ctrl-C only cancelled the run once it returned)
+_RESULTS = Runtime.results.__code__
+
 
 def _runners(handler) -> bool:
     """Whether `handler` is asyncio.Runner's (installed for this run, as the
     caller's was Python's default)."""
     return (isinstance(handler, functools.partial)
             and getattr(handler.func, "__func__", None) is asyncio.Runner._on_sigint)
+
+
+def _in_results(frames: list, runtime) -> bool:
+    return runtime is not None and any(
+        frame.f_code is _RESULTS and frame.f_locals.get("self") is runtime for frame in frames)
 
 
 @contextmanager
@@ -56,10 +68,11 @@ def sigint_handler_kept():
 
 
 @contextmanager
-def first_ctrl_c_interrupts(kernel):
-    """While it lasts, a SIGINT in `kernel`'s work raises KeyboardInterrupt
-    there; any other goes to asyncio's Runner's handler (the module's
-    docstring). Only where that handler is the Runner's."""
+def first_ctrl_c_interrupts(kernel, runtime=None):
+    """While it lasts, a SIGINT in `kernel`'s work (or in `runtime`'s
+    `results()`) raises KeyboardInterrupt there; any other goes to asyncio's
+    Runner's handler (the module's docstring). Only where that handler is
+    the Runner's."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -74,7 +87,7 @@ def first_ctrl_c_interrupts(kernel):
         while inner is not None:
             frames.append(inner)
             inner = inner.f_back
-        if kernel._blocked_in(frames) is not None:
+        if kernel._blocked_in(frames) is not None or _in_results(frames, runtime):
             raise KeyboardInterrupt
         runners(signum, frame)
 
