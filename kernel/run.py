@@ -3,19 +3,21 @@
 `kernel.run` is also the name of the blocking `run()` function. Importing
 this module binds the name `run` on the package to the module, so the module
 is made callable and forwards to the function: `kernel.run(flow)` keeps
-working after `import kernel.run`.
+working after `import kernel.run`. The module holds the function under its
+own name too, so that `from kernel.run import run` gives the function (it
+was an ImportError).
 """
 
 import sys
 import types
 
-from kernel._facade import run as _run_flow
+from kernel._facade import run
 from kernel.cli._run import main
 
 
 class _CallableModule(types.ModuleType):
     def __call__(self, flow, **options):
-        return _run_flow(flow, **options)
+        return run(flow, **options)
 
 
 sys.modules[__name__].__class__ = _CallableModule
