@@ -25,6 +25,7 @@ from kernel.execution._plan import (
     DEFAULT_GC_THRESHOLD,
     DEFAULT_HEARTBEAT,
     DEFAULT_STARTUP_TIMEOUT,
+    MIN_HEARTBEAT,
     PROCESS,
     THREAD,
     KernelOptions,
@@ -112,8 +113,13 @@ def check_epoch_interval(epoch_interval) -> None:
 
 
 def check_heartbeat(heartbeat) -> None:
-    """A cluster link's heartbeat: a positive, finite number of seconds."""
+    """A cluster link's heartbeat: a finite number of seconds, at least
+    MIN_HEARTBEAT (a shorter one gave up healthy peers)."""
     _check_seconds("heartbeat", heartbeat)
+    if heartbeat < MIN_HEARTBEAT:
+        raise ValueError(f"heartbeat must be a positive number of seconds, at least {MIN_HEARTBEAT:g} "
+                         f"(a peer silent for two heartbeats is lost: a shorter one loses healthy "
+                         f"peers), got {heartbeat!r}")
 
 
 def _check_seconds(name: str, value) -> None:

@@ -28,6 +28,7 @@ from kernel._facade import (
 )
 from kernel.dataflow._api import Dataflow
 from kernel.dataflow._errors import KernelError, OperatorError, cause_traceback, describe_exception
+from kernel.execution._plan import MIN_HEARTBEAT
 from kernel.execution._supervisor import KernelProcessError, Terminated
 
 PIPELINE_MODULE = "__kernel_pipeline__"
@@ -439,7 +440,7 @@ def _main(argv: list[str] | None, prog: str) -> int:
                          help=f"seconds to wait for every peer (default {DEFAULT_STARTUP_TIMEOUT:g})")
     cluster.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT, metavar="S",
                          help="seconds between a link's liveness checks; a peer silent for two of them "
-                              f"is lost (default {DEFAULT_HEARTBEAT:g})")
+                              f"is lost (default {DEFAULT_HEARTBEAT:g}; at least {MIN_HEARTBEAT:g})")
     cluster.add_argument("--slurm", action="store_true",
                          help="process id and peers from Slurm (srun): SLURM_PROCID, SLURM_STEP_NODELIST...")
     cluster.add_argument("--port-base", type=int, default=None, metavar="P",

@@ -26,6 +26,12 @@ DEFAULT_STARTUP_TIMEOUT = 30.0  # seconds a cluster's processes have to find eac
 # run without peers need not import the links (aiohttp); a test checks that
 # the two agree.
 DEFAULT_HEARTBEAT = 2.5
+# The shortest heartbeat a run takes. A link pings a peer it heard nothing
+# from for one period and gives it up after a second: heartbeat=1e-4 gave a
+# healthy peer 0.2 ms to answer, and a two-process run on one machine failed
+# at once (`process 1 did not answer for 0.0002 s`); 0.01 failed one run in
+# three on a loaded machine, where a process waits tens of ms for a CPU.
+MIN_HEARTBEAT = 0.1
 PROGRESS_INTERVAL = 0.5  # seconds between two calls of a plan's `progress`
 
 THREAD, PROCESS, CLUSTER = "thread", "process", "cluster"
