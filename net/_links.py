@@ -92,6 +92,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from ._causes import causes, refused_by_server, untrusted_certificate
+from ._environment import heartbeat_from_environment
 
 log = logging.getLogger("kernel.links")
 
@@ -108,27 +109,8 @@ DEFAULT_WINDOW = 4 << 20  # bytes in flight per channel
 DEFAULT_MAX_FRAME = 16 << 20
 
 
-def seconds_from_environment(name: str, default: float) -> float:
-    """The environment's `name` (seconds, > 0) where set, else `default`;
-    a value that is not a positive number of seconds is logged, and
-    `default` used. KERNEL_HEARTBEAT: a network whose pauses are longer
-    than two heartbeats, or kernels that may block longer (a slow user
-    function), want it longer; a test of dropped links, shorter."""
-    text = os.environ.get(name, "")
-    if not text:
-        return default
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = 0.0
-    if not 0 < seconds < float("inf"):
-        log.warning("%s=%r is not a positive number of seconds: %g s used", name, text, default)
-        return default
-    return seconds
-
-
-# seconds; a peer silent for two of them is dead
-DEFAULT_HEARTBEAT = seconds_from_environment("KERNEL_HEARTBEAT", 2.5)
+# seconds; a peer silent for two of them is dead (KERNEL_HEARTBEAT where set)
+DEFAULT_HEARTBEAT = heartbeat_from_environment()
 MISMATCH = 4002
 # an authenticated peer this server does not take (a process already linked, or
 # one that should not dial it); the close frame's reason says which

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kernel.net._environment import MIN_HEARTBEAT, heartbeat_from_environment  # noqa: F401  (MIN_HEARTBEAT: run's check)
+
 # A pipeline allocates short-lived containers (batches, pairs) by the
 # million; with CPython's default gen-0 threshold (700 allocations) the
 # collector runs thousands of times per second and costs 15-20% of word
@@ -22,16 +24,9 @@ DEFAULT_GC_THRESHOLD = 50_000
 DEFAULT_EPOCH_INTERVAL = 1.0
 DEFAULT_STARTUP_TIMEOUT = 30.0  # seconds a cluster's processes have to find each other
 # Seconds between a cluster link's liveness checks: a peer silent for two of
-# them is dead. net/_links.py's DEFAULT_HEARTBEAT, repeated here so that a
-# run without peers need not import the links (aiohttp); a test checks that
-# the two agree.
-DEFAULT_HEARTBEAT = 2.5
-# The shortest heartbeat a run takes. A link pings a peer it heard nothing
-# from for one period and gives it up after a second: heartbeat=1e-4 gave a
-# healthy peer 0.2 ms to answer, and a two-process run on one machine failed
-# at once (`process 1 did not answer for 0.0002 s`); 0.01 failed one run in
-# three on a loaded machine, where a process waits tens of ms for a CPU.
-MIN_HEARTBEAT = 0.1
+# them is dead. KERNEL_HEARTBEAT where set, as for every link (it was the
+# topics' only, a run's default a fixed 2.5 s); at least MIN_HEARTBEAT.
+DEFAULT_HEARTBEAT = heartbeat_from_environment()
 PROGRESS_INTERVAL = 0.5  # seconds between two calls of a plan's `progress`
 
 THREAD, PROCESS, CLUSTER = "thread", "process", "cluster"

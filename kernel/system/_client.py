@@ -41,7 +41,7 @@ def coordinator_timeout() -> float:
     (frozen, or cut off without a reset) is taken as gone; a coordinator
     gone is waited for three times as long (30 s: a restart) before the
     command gives up."""
-    from kernel.net._links import seconds_from_environment
+    from kernel.net._environment import seconds_from_environment
 
     return seconds_from_environment("KERNEL_COORDINATOR_TIMEOUT", 10.0)
 

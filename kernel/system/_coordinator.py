@@ -74,7 +74,7 @@ class CoordinatorServer(AuthenticatedServer):
         a refresh period later (KERNEL_TOPIC_REFRESH, as the publishers'),
         the subscribers waiting for a new publisher noted meanwhile, and
         again each period while some are said on no connection."""
-        from kernel.net._links import seconds_from_environment
+        from kernel.net._environment import seconds_from_environment
         from kernel.topics._directory import REFRESH_EVERY
 
         every = seconds_from_environment("KERNEL_TOPIC_REFRESH", REFRESH_EVERY)

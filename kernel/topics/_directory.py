@@ -193,7 +193,7 @@ class Directory:
 
     def __init__(self, address: tuple[str, int], key: bytes, timeout: float | None = None) -> None:
         # (imported here: a run that uses no topic does not load aiohttp)
-        from kernel.net._links import seconds_from_environment
+        from kernel.net._environment import seconds_from_environment
 
         self.address, self.key = address, key
         # seconds a request waits for the coordinator: to connect, and for its answer
@@ -384,7 +384,7 @@ class Directory:
         opens one again, and a killed publisher stayed listed; said again,
         it is (within a period). A name another publisher has taken since
         is left to it (said once, in the log)."""
-        from kernel.net._links import seconds_from_environment
+        from kernel.net._environment import seconds_from_environment
 
         every = seconds_from_environment("KERNEL_TOPIC_REFRESH", REFRESH_EVERY)
         loop = asyncio.get_running_loop()

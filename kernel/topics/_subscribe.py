@@ -59,7 +59,7 @@ from collections import deque
 from kernel.dataflow._operator import Source
 from kernel.net._channel import IDLE, EpochMarker
 from kernel.net._codec import KIND_END, KIND_EPOCH, decode, renamed_decoder
-from kernel.net._links import seconds_from_environment
+from kernel.net._environment import seconds_from_environment
 from kernel.topics import _directory
 from kernel.topics._errors import ConnectionLost, PublisherLost, SubscriberTooSlow, TopicError
 from kernel.topics._publish import _EPOCH, TOO_SLOW, TOPIC_PATH, WINDOW, record_type_info, same_record_type

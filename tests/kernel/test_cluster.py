@@ -540,8 +540,8 @@ def test_the_heartbeat_option_gives_up_a_silent_peer_after_two_of_its_periods(tm
 
 
 def test_the_runs_heartbeat_default_is_the_links():
-    """kernel.execution repeats net's default so that a run without peers
-    need not import the links: the two must agree."""
+    """A run's default heartbeat and the links' are read alike (KERNEL_HEARTBEAT
+    where set, `net._environment`): the two must agree."""
     from kernel.net._links import DEFAULT_HEARTBEAT as link_default
 
     from kernel.execution._plan import DEFAULT_HEARTBEAT as plan_default

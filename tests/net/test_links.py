@@ -1012,7 +1012,7 @@ async def test_a_stranger_connecting_in_a_loop_gets_ten_log_lines_then_a_count(c
 
 
 def test_kernel_heartbeat_sets_the_links_heartbeat_and_a_bad_one_is_said(monkeypatch, caplog):
-    from kernel.net._links import seconds_from_environment
+    from kernel.net._environment import seconds_from_environment
 
     def _heartbeat_from_environment():
         return seconds_from_environment("KERNEL_HEARTBEAT", 2.5)
