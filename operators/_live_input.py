@@ -176,6 +176,21 @@ class LiveReader:
             self.stop()
             raise
 
+    def watch(self, task: asyncio.Task) -> None:
+        """`task` runs `until_ended`: cancelled before it ran, `stop` all
+        the same. (A run that failed in the tick its source started the
+        reader cancelled the task before its first step, which runs none of
+        the coroutine's body: the thread was never told, read on for nobody,
+        up to `limit` records a later run over the stream lost, and then
+        waited for room for ever.)"""
+        ended = self._wiring[2]
+
+        def stopped(task: asyncio.Task) -> None:
+            if task.cancelled() and self._wiring[2] is ended:  # (not a later run's, taken over since)
+                self.stop()
+
+        task.add_done_callback(stopped)
+
     def stop(self) -> None:
         """The run ends before the input: the thread stops once its read
         returns, keeping what it read for a later run over the iterator."""

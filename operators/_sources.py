@@ -333,7 +333,8 @@ class IterableSource(Source):
             self._reading = True
             self._mark_read()
             live.start(self.wake)
-            self.context.kernel.spawn(live.until_ended(), name=f"{self.name} reader")
+            task = self.context.kernel.spawn(live.until_ended(), name=f"{self.name} reader")
+            live.watch(task)
             return True if live.waiting() else None  # (asleep, a look within _LAST_LOOK set)
         done = live.done  # (before taking: what arrived before the end is taken first)
         records = live.take(min(self.batch_size, self.records_wanted))
