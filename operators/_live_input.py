@@ -88,10 +88,11 @@ class LiveReader:
     """Reads `iterator` on a thread; `take(n)` hands on what has arrived."""
 
     @classmethod
-    def of(cls, iterator: Iterator, limit: int, name: str) -> LiveReader:
-        """A reader of `iterator`: the one an earlier run of this process
-        left (it goes on), or a new one."""
+    def of(cls, iterator: Iterator, limit: int, name: str, stream=None) -> LiveReader:
+        """A reader of `iterator` (which reads the file object `stream`):
+        the one an earlier run of this process left (it goes on), or a new one."""
         with _left_over_lock:
+            _forget_closed()
             reader = _left_over.pop(id(iterator), None)
         if reader is not None and reader._iterator is iterator:
             if reader._process != os.getpid() and not reader.done:
@@ -100,7 +101,8 @@ class LiveReader:
                 raise KernelError(
                     f"{name}: an earlier run of this process over the same input ended before "
                     "the input did (cancelled, interrupted or failed) and left its reader thread "
-                    "waiting in a read of it, in the process that started the runs; this run "
+                    "waiting in a read of it (or what that read got), in the process that started "
+                    "the runs; this run "
                     "reads the input in a kernel process of its own, which cannot take that "
                     "thread over (what it reads would be lost, and this run would wait for it "
                     "for ever). Run it on one kernel (cores=1), which takes the reader over and "
@@ -108,9 +110,9 @@ class LiveReader:
                 )
             reader._limit, reader._name = limit, name
             return reader
-        return cls(iterator, limit, name)
+        return cls(iterator, limit, name, stream)
 
-    def __init__(self, iterator: Iterator, limit: int, name: str) -> None:
+    def __init__(self, iterator: Iterator, limit: int, name: str, stream=None) -> None:
         # Appended to by the thread only, taken from its front by the source
         # only (`take`): each is one operation under the GIL, and neither
         # moves what the other works on.
@@ -118,6 +120,7 @@ class LiveReader:
         self.error: BaseException | None = None  # what the iterator raised (on the thread)
         self.done = False  # the iterator has ended (or raised): nothing more will arrive
         self._iterator = iterator
+        self._stream = stream  # (once the caller closes it, no later run can take this reader over)
         with _left_over_lock:
             turn = _iterating.get(id(iterator))
             if turn is None:
@@ -132,8 +135,12 @@ class LiveReader:
         self._look_after = _FIRST_LOOK
         self._looking = False  # a look within _LAST_LOOK is waiting (`waiting`)
         self._stopped = False  # the run is over: read no further (until a later run takes it over)
-        self._resumed = threading.Event()  # set when a later run takes it over
+        # The thread, while it reads (or waits in a read a run left): it ends
+        # once a stopped run's read returns, and a later run starts another.
+        # (It waited for a later run for ever: a service running flows over
+        # live streams, some of which ended early, kept a thread of each.)
         self._thread: threading.Thread | None = None
+        self._handover = threading.Lock()  # (the thread's end against a later run's start)
         # (loop, wake, ended, context) of the run it reads for, replaced as
         # one: the thread reads it once a call, also as a later run takes over
         self._wiring: tuple | None = None
@@ -149,22 +156,22 @@ class LiveReader:
         # current_kernel() failed with "'NoneType' object has no attribute").
         self._wiring = (loop, wake, ended, contextvars.copy_context())
         self._asleep = True  # (the source returns None: the first record wakes it)
-        if self._thread is not None:  # taken over from an earlier run: its thread goes on
-            if self.done:
-                ended.set_result(None)
+        with self._handover:
             self._stopped = False
-            self._resumed.set()
-            if self.arrived or self.done:
-                self._asleep = False
-                loop.call_soon(wake)
-            return
-        # (the iterable runs in a copy of the kernel's context too: a generator
-        # that logs, or asks current_kernel(), is in its kernel as before)
-        self._thread = threading.Thread(target=contextvars.copy_context().run,
-                                        args=(self._read, (sys.stdin, sys.__stdin__)),
-                                        name=f"{self._name} reader", daemon=True)
-        with main_thread_signals():  # (a Ctrl-C is the main thread's: `_signal_mask.py`)
-            self._thread.start()
+            if self._thread is None and not self.done:  # (else: taken over while its thread reads)
+                # (the iterable runs in a copy of the kernel's context too: a generator
+                # that logs, or asks current_kernel(), is in its kernel as before)
+                self._thread = threading.Thread(target=contextvars.copy_context().run,
+                                                args=(self._read, (sys.stdin, sys.__stdin__)),
+                                                name=f"{self._name} reader", daemon=True)
+                with main_thread_signals():  # (a Ctrl-C is the main thread's: `_signal_mask.py`)
+                    self._thread.start()
+        # (taken over from an earlier run: what it read meanwhile, or the end)
+        if self.done:
+            ended.set_result(None)
+        if self.arrived or self.done:
+            self._asleep = False
+            loop.call_soon(wake)
 
     async def until_ended(self) -> None:
         """A task of the kernel for as long as the thread reads: cancelled
@@ -192,11 +199,12 @@ class LiveReader:
         task.add_done_callback(stopped)
 
     def stop(self) -> None:
-        """The run ends before the input: the thread stops once its read
+        """The run ends before the input: the thread ends once its read
         returns, keeping what it read for a later run over the iterator."""
         self._stopped = True
         self._room.set()
         with _left_over_lock:
+            _forget_closed()
             _left_over[id(self._iterator)] = self
 
     def take(self, size: int) -> list:
@@ -259,9 +267,11 @@ class LiveReader:
         size = 1
         try:
             while True:
-                while self._stopped:  # (until a later run takes it over, if one does)
-                    self._resumed.wait()
-                    self._resumed.clear()
+                if self._stopped:
+                    with self._handover:
+                        if self._stopped:  # (a later run that takes it over starts a thread again)
+                            self._thread, self._chunked = None, False
+                            return
                 if size > 1 and not self._chunked:
                     self._chunked = True
                     if self._asleep:  # (it may have looked before: it must look again, now timed)
@@ -308,6 +318,20 @@ class LiveReader:
             loop.call_soon_threadsafe(callback, *args, context=context)
         except RuntimeError:  # the loop is closed: the run is over, nobody to tell
             pass
+
+
+def _forget_closed() -> None:
+    """Drop (under `_left_over_lock`) the readers left over whose stream the
+    caller has closed since: no later run can read it (what they read goes
+    with the file, as what is in its buffer does), and each kept up to a few
+    batches of records, and the file object, for as long as the process ran."""
+    for key, reader in list(_left_over.items()):
+        try:
+            closed = reader._stream is not None and reader._stream.closed
+        except Exception:  # (a broken wrapper: kept, as before)
+            closed = False
+        if closed:
+            del _left_over[key]
 
 
 def _wake_it(wake: Callable[[], None]) -> None:

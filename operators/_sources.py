@@ -226,7 +226,7 @@ class IterableSource(Source):
             if stream:
                 # (reading up to a few batches ahead: fewer handovers of the GIL
                 # between the reader and the loop, ~10% of a trivial pipeline's time)
-                self._live = LiveReader.of(self._iterator, 4 * max(self.batch_size, 1024), self.name)
+                self._live = LiveReader.of(self._iterator, 4 * max(self.batch_size, 1024), self.name, read)
                 self._pulled = 0  # records the reader has handed to this source
 
     def _check_input(self, peers: int, stream: bool = False) -> None:

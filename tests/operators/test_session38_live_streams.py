@@ -5,8 +5,11 @@ not outlive its read. Each waits with a deadline: a hang fails its test."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import pytest
+from _live_streams import DEADLINE
 
 from kernel import Dataflow, run
 
@@ -33,3 +36,39 @@ def test_a_run_failing_as_its_reader_starts_leaves_the_stream_to_the_next_run():
         rest = second.from_iterable(stream).map(int).collect()
         run(second)
     assert rest.items == list(range(5_000))
+
+
+def _readers() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.endswith(" reader")]
+
+
+def test_reader_threads_of_runs_that_ended_early_end_with_their_read():
+    """A run that ends before its input leaves its reader thread waiting in
+    a read, for a later run over the same stream to take over. Once that
+    read returned, the thread waited for such a run for ever, and kept what
+    it read: a service running flows over streams, some ending early, kept
+    a thread and a few batches of records of each. Now the thread ends with
+    its read, and once the caller closes the stream, no reader keeps it."""
+    from kernel.operators import _live_input
+
+    before = set(_readers())
+    for _ in range(5):
+        read, write = os.pipe()
+        with os.fdopen(read) as stream, os.fdopen(write, "w") as out:
+            flow = Dataflow("early")
+            flow.from_iterable(stream).union(flow.from_iterable([0]).map(_fails)).collect()
+            with pytest.raises(Exception, match="the run fails here"):
+                run(flow)
+            out.write("line\n" * 5_000)  # (the reader's read returns: a chunk of these)
+            out.flush()
+    deadline = time.monotonic() + DEADLINE
+    while set(_readers()) - before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not set(_readers()) - before
+    read, write = os.pipe()
+    os.close(write)
+    with os.fdopen(read) as stream:  # (a run over another stream: the closed ones' readers are dropped)
+        flow = Dataflow("another")
+        flow.from_iterable(stream).collect()
+        run(flow)
+    assert not [reader for reader in _live_input._left_over.values() if reader._stream.closed]
