@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from kernel.execution._caller_objects import refuse_caller_objects
 from kernel.execution._execute import execute, execute_async
+from kernel.execution._inherited_descriptors import follow_to_their_end, read_write_files_at_their_end
 from kernel.execution._plan import (
     DEFAULT_EPOCH_INTERVAL,
     DEFAULT_GC_THRESHOLD,
@@ -703,8 +704,11 @@ async def run_async(flow: Dataflow, *, cores: int = 1, clock=None, budget: float
                             epoch_interval=epoch_interval, process_id=process_id, peers=peers, secret=secret,
                             tls=tls, startup_timeout=startup_timeout, heartbeat=heartbeat,
                             dashboard=dashboard)
-            _before_kernel_processes(flow, plan)
-            flow._results_delivered(await execute_async(plan, lambda: flow))
+            appended_to = _before_kernel_processes(flow, plan)
+            try:
+                flow._results_delivered(await execute_async(plan, lambda: flow))
+            finally:
+                follow_to_their_end(appended_to)
 
 
 def run(flow: Dataflow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_GC_THRESHOLD,
@@ -765,20 +769,27 @@ def run(flow: Dataflow, *, cores: int = 1, gc_threshold_during_run: int | None =
                             state_dir=state_dir, epoch_interval=epoch_interval, process_id=process_id,
                             peers=peers, secret=secret, tls=tls, startup_timeout=startup_timeout,
                             heartbeat=heartbeat, dashboard=dashboard)
-            _before_kernel_processes(flow, plan)
-            flow._results_delivered(execute(plan, lambda: flow))
+            appended_to = _before_kernel_processes(flow, plan)
+            try:
+                flow._results_delivered(execute(plan, lambda: flow))
+            finally:
+                follow_to_their_end(appended_to)
 
 
-def _before_kernel_processes(flow, plan) -> None:
+def _before_kernel_processes(flow, plan) -> list:
     """Kernel processes are about to fork: a step that would use what they
     cannot of the caller's (add to one of its containers, write through its
     SQLite connection) is refused (`_caller_objects.py`), and the files the
     flow's steps write to hold nothing of ours they could write again
-    (`_written_files.py`)."""
-    if plan.mode != THREAD:
-        kernels = f"{plan.cores} kernel processes" if plan.mode == PROCESS else "a cluster's kernel processes"
-        refuse_caller_objects(flow.graph, kernels)
-        flush_before_fork(flow.graph)
+    (`_written_files.py`). Returns the files open for reading and writing
+    whose position `follow_to_their_end` moves past what the kernels
+    append, once the run is over (`_inherited_descriptors.py`)."""
+    if plan.mode == THREAD:
+        return []
+    kernels = f"{plan.cores} kernel processes" if plan.mode == PROCESS else "a cluster's kernel processes"
+    refuse_caller_objects(flow.graph, kernels)
+    flush_before_fork(flow.graph)
+    return read_write_files_at_their_end([node.factory for node in flow.graph.nodes])
 
 
 def _check_flow(flow, caller: str) -> None:

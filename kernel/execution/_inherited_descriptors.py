@@ -41,15 +41,21 @@ and a copy of one hangs nobody the way a pipe's does. The relay, which
 runs no step, lets go of every socket.
 
 Files read through a step's function are each kernel's own too: a
-regular file open for reading only, opened before the run and reached by
+regular file open for reading, opened before the run and reached by
 a step (a lookup table a function reads, `f.seek(0); f.read()`, or loads
 on its first call), shared its read position across the kernels, each
 moving it under the others (of 20,000 reads of a 100,000-character file
 on two kernels, ~950 got another size: 0, 73,437, 126,563 characters...).
 Each kernel opens the same file again (`/proc/self/fd/N`, so also one
 renamed or deleted since) at the position it had at the fork, in the same
-number: its reads are its own, as on one kernel. Not a file open for
-writing, whose shared position is what keeps the kernels' lines whole
+number: its reads are its own, as on one kernel. So is one open for reading
+and writing (`tempfile.TemporaryFile("w+")` written, `seek(0)`, then read by
+a step: 0 and 112,501 characters for 100,000), opened again for appending:
+what the kernels write through it goes whole to its end (as through the
+shared position, at its end, before), and once the run is over the caller's
+position, where it was at the file's end, follows to its new end
+(`follow_to_their_end`), as the shared one did. Not a file open for writing
+only, whose shared position is what keeps the kernels' lines whole
 (`_written_files.py`).
 
 Let go is not closed: the application's file objects, inherited too, still
@@ -87,7 +93,7 @@ _A_NETWORK_SOCKET = -2  # (or a Unix datagram socket: let go of by the relay onl
 
 def the_applications() -> dict[int, tuple[int, int, int]]:
     """The launcher, before it makes anything of its own: its pipes, FIFOs
-    and sockets, and its regular files open for reading only (above the
+    and sockets, and its regular files open for reading (above the
     standard three), each with its identity (device, inode) and, for a
     file, its read position."""
     found = {}
@@ -101,7 +107,7 @@ def the_applications() -> dict[int, tuple[int, int, int]]:
                 found[fd] = (info.st_dev, info.st_ino, _NO_POSITION)
             elif stat.S_ISSOCK(info.st_mode):
                 found[fd] = (info.st_dev, info.st_ino, _NO_POSITION if _pipe_like(fd) else _A_NETWORK_SOCKET)
-            elif stat.S_ISREG(info.st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            elif stat.S_ISREG(info.st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY:
                 found[fd] = (info.st_dev, info.st_ino, os.lseek(fd, 0, os.SEEK_CUR))
         except OSError:  # (the listing's own descriptor, closed by now; or closed by a thread meanwhile)
             continue
@@ -198,11 +204,23 @@ def _described(fd: int, info: os.stat_result) -> str:
     return f"a pipe{end} (descriptor {fd})"
 
 
+# What of a file's flags (F_GETFL) its opening again keeps: its access and
+# how it is written. (Not how it was opened: a `tempfile.TemporaryFile`'s say
+# O_TMPFILE, with O_DIRECTORY, and opened so again it failed, "Not a
+# directory", and its position stayed shared.)
+_KEPT_FLAGS = os.O_ACCMODE | os.O_APPEND | os.O_NONBLOCK | os.O_SYNC | os.O_DSYNC
+
+
 def _own_read_position(fd: int, position: int) -> None:
     """`fd`, a file open for reading, opened again in its place: the same
-    file at the same position, which this process alone now moves."""
+    file at the same position, which this process alone now moves. One open
+    for writing too is opened for appending: the kernels' writes, each at
+    its own position, would land on one another's."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL) & _KEPT_FLAGS
+    if flags & os.O_ACCMODE == os.O_RDWR:
+        flags |= os.O_APPEND
     try:
-        own = os.open(f"/proc/self/fd/{fd}", fcntl.fcntl(fd, fcntl.F_GETFL) & ~(os.O_CREAT | os.O_TRUNC))
+        own = os.open(f"/proc/self/fd/{fd}", flags)
     except OSError:  # (no /proc, or a file this process may no longer open: shared, as before)
         return
     try:
@@ -210,6 +228,42 @@ def _own_read_position(fd: int, position: int) -> None:
         os.dup2(own, fd, inheritable=os.get_inheritable(fd))
     finally:
         os.close(own)
+
+
+def read_write_files_at_their_end(roots) -> list[tuple[int, int, int]]:
+    """The launcher, before the kernels fork: the regular files open for
+    reading and writing that `roots` (the steps' factories) reach, whose
+    position is at their end (a file the steps write to), each as (its
+    number, device, inode), for `follow_to_their_end`."""
+    at_end = {}
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            info = os.fstat(fd)
+            if (fd > 2 and stat.S_ISREG(info.st_mode)
+                    and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR
+                    and os.lseek(fd, 0, os.SEEK_CUR) >= info.st_size):
+                at_end[fd] = (fd, info.st_dev, info.st_ino)
+        except OSError:  # (the listing's own descriptor, closed by now; or closed by a thread meanwhile)
+            continue
+    if not at_end:  # (no walk of the steps for nothing)
+        return []
+    return [at_end[fd] for fd in _reached(roots) if fd in at_end]
+
+
+def follow_to_their_end(files: list[tuple[int, int, int]]) -> None:
+    """The launcher, after the run: the position of each of `files`
+    (`read_write_files_at_their_end`), still the same file, moves to its
+    end, past what the kernels appended through their own descriptions
+    (`_own_read_position`), as the position they shared before did: the
+    caller's next write through it went over their lines."""
+    for fd, device, inode in files:
+        try:
+            info = os.fstat(fd)
+            if (info.st_dev, info.st_ino) == (device, inode):
+                os.lseek(fd, 0, os.SEEK_END)
+        except OSError:  # (closed since)
+            continue
 
 
 def _reached(roots) -> set[int]:

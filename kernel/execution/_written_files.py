@@ -15,7 +15,9 @@ buffer, and write nothing of the caller's twice), and each kernel flushes
 them all when its run ends, before it answers. A flush that fails (a full
 disk) fails the run, naming the file: what it held is lost.
 
-The kernels write through one shared file description. In a regular file
+The kernels write through one shared file description (but to a regular
+file open for reading too, each through its own, opened for appending, so
+that each reads at its own position: `_inherited_descriptors.py`). In a regular file
 each write is whole (Linux moves the shared offset under a lock), and a
 buffer is written out at the end of a write, so a line written in one
 call (`f.write(line)`, a csv writer's row) stays whole. Into a pipe, a
