@@ -54,9 +54,12 @@ a step: 0 and 112,501 characters for 100,000), opened again for appending:
 what the kernels write through it goes whole to its end (as through the
 shared position, at its end, before), and once the run is over the caller's
 position, where it was at the file's end, follows to its new end
-(`follow_to_their_end`), as the shared one did. Not a file open for writing
-only, whose shared position is what keeps the kernels' lines whole
-(`_written_files.py`).
+(`follow_to_their_end`), as the shared one did: so where a step reaches it
+as a file object only. Reached as a number (an int of a step's may be its
+number by chance, or a function writes it by `os.pwrite`, as a database
+does), it stays as it was: opened for appending, Linux's pwrite goes to the
+end, whatever the position. Not a file open for writing only, whose shared
+position is what keeps the kernels' lines whole (`_written_files.py`).
 
 Let go is not closed: the application's file objects, inherited too, still
 hold those numbers, and a close would free a number the kernel's own next
@@ -142,7 +145,8 @@ def let_go_unreached(roots=(), every_socket: bool = False) -> None:
     listed, _inherited = _inherited, {}
     if not listed:
         return
-    read_by_steps = _reached(roots)
+    files_of_steps: set[int] = set()
+    read_by_steps = _reached(roots, files_of_steps)
     kept = read_by_steps | _reached([*_logging_handlers(), *_standard_streams()])
     broken_pipe = placeholder = None
     let_go = []  # what each let go of was, for the error a use of it gets
@@ -158,7 +162,7 @@ def let_go_unreached(roots=(), every_socket: bool = False) -> None:
                 if not every_socket:
                     continue
             elif position != _NO_POSITION:
-                if fd in read_by_steps:
+                if fd in files_of_steps or (fd in read_by_steps and _read_only(fd)):
                     _own_read_position(fd, position)
                 continue
             if fd in kept:
@@ -248,7 +252,9 @@ def read_write_files_at_their_end(roots) -> list[tuple[int, int, int]]:
             continue
     if not at_end:  # (no walk of the steps for nothing)
         return []
-    return [at_end[fd] for fd in _reached(roots) if fd in at_end]
+    files_of_steps: set[int] = set()
+    _reached(roots, files_of_steps)
+    return [at_end[fd] for fd in files_of_steps if fd in at_end]
 
 
 def follow_to_their_end(files: list[tuple[int, int, int]]) -> None:
@@ -266,26 +272,36 @@ def follow_to_their_end(files: list[tuple[int, int, int]]) -> None:
             continue
 
 
-def _reached(roots) -> set[int]:
+def _read_only(fd: int) -> bool:
+    try:
+        return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+    except OSError:
+        return False
+
+
+def _reached(roots, as_objects: set[int] | None = None) -> set[int]:
     """The descriptors `roots` reach, and the methods of the classes they
     reach (an operator's class given to `apply`, an object's): the walk
     does not look into a class, whose namespace would reach everything,
     but a method that writes to a pipe of a global of its module is the
     step's own work (`Tell.on_batch` writing to one failed with a
-    BrokenPipeError)."""
+    BrokenPipeError). `as_objects` gets those reached as file objects or
+    sockets (not as numbers: an int of a step's, a count or a size, may be
+    any descriptor's by chance)."""
     kept: set[int] = set()
+    as_objects = set() if as_objects is None else as_objects
     classes: dict[type, None] = {}
     for root in roots:
-        _add_descriptors(reachable(root, (*_HOLDERS, type)), kept, classes)
+        _add_descriptors(reachable(root, (*_HOLDERS, type)), kept, classes, as_objects)
     for cls in list(classes)[:_CLASSES_LOOKED_INTO]:
         for method in _own_methods(cls):
-            _add_descriptors(reachable(method, _HOLDERS), kept, classes)
+            _add_descriptors(reachable(method, _HOLDERS), kept, classes, as_objects)
         # and what its class attributes hold: `Sink.out`, a pipe a method
         # writes to (let go, the step failed with a BrokenPipeError), or a
         # multiprocessing.Queue a method puts to (its feeder thread's
         # writes failed, and the records were lost without a word)
         for value in _own_values(cls)[:_VALUES_LOOKED_INTO]:
-            _add_descriptors(reachable(value, _HOLDERS), kept, classes)
+            _add_descriptors(reachable(value, _HOLDERS), kept, classes, as_objects)
     return kept
 
 
@@ -294,7 +310,7 @@ _VALUES_LOOKED_INTO = 64  # class attributes a class (an Enum of 20,000 members 
 _LIBRARY = frozenset({"kernel", "net", "operators", "state", "aliases", "builtins", "abc", "typing"})
 
 
-def _add_descriptors(found, kept: set[int], classes: dict) -> None:
+def _add_descriptors(found, kept: set[int], classes: dict, as_objects: set[int]) -> None:
     for holder in found:
         if isinstance(holder, type):
             classes[holder] = None
@@ -304,9 +320,11 @@ def _add_descriptors(found, kept: set[int], classes: dict) -> None:
             kept.add(holder)
         else:
             try:
-                kept.add(holder.fileno())
+                fd = holder.fileno()
             except (OSError, ValueError):  # closed, detached, or no descriptor (a StringIO)
                 continue
+            kept.add(fd)
+            as_objects.add(fd)
 
 
 def _own_methods(cls: type) -> list:

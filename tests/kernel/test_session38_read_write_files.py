@@ -55,3 +55,26 @@ def test_lines_the_kernels_write_to_a_read_write_file_stay_whole_between_the_cal
         lines = out.read().splitlines()
     assert lines[0] == "header" and lines[-1] == "footer", (lines[:2], lines[-2:])
     assert sorted(lines[1:-1]) == sorted(f"line {i}" for i in range(2_000))
+
+
+def test_a_read_write_file_a_step_writes_by_its_number_at_positions_stays_shared(tmp_path):
+    """Reached as a number only (`os.pwrite(FD, ...)`; or an int of the
+    step's, a count, equal to its number by chance), a file open for
+    reading and writing is left as it was: opened again for appending,
+    each positional write went to its end instead (Linux's pwrite on
+    O_APPEND), as a database's would."""
+    import os
+
+    path = tmp_path / "bytes"
+    path.write_bytes(bytes(100))
+    with open(path, "r+b", buffering=0) as target:
+        FD = target.fileno()
+
+        def put(i):
+            os.pwrite(FD, b"\x01", i)
+
+        for cores in (1, 2):
+            flow = Dataflow("positions")
+            flow.from_iterable(range(100)).sink(put)
+            run(flow, cores=cores)
+            assert path.read_bytes() == b"\x01" * 100, cores
