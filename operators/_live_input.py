@@ -94,7 +94,7 @@ class LiveReader:
         with _left_over_lock:
             _forget_closed()
             reader = _left_over.pop(id(iterator), None)
-        if reader is not None and reader._iterator is iterator:
+        if reader is not None and reader._iterator() is iterator:
             if reader._process != os.getpid() and not reader.done:
                 # (a kernel process forked since: the thread is the launcher's,
                 # still reading there; this copy of it would wait for ever)
@@ -119,8 +119,13 @@ class LiveReader:
         self.arrived: list = []
         self.error: BaseException | None = None  # what the iterator raised (on the thread)
         self.done = False  # the iterator has ended (or raised): nothing more will arrive
-        self._iterator = iterator
-        self._stream = stream  # (once the caller closes it, no later run can take this reader over)
+        # The iterator and its stream, held weakly where they can be: a reader
+        # left over (`_left_over`) kept them, and so the stream's descriptor,
+        # a connection's, open for as long as the process ran, where the
+        # caller dropped them unclosed. (While a run reads, its source holds
+        # them; between runs, the flow does.)
+        self._iterator = _weakly(iterator)
+        self._stream = _weakly(stream)  # (once closed or dropped, no later run can take this reader over)
         with _left_over_lock:
             turn = _iterating.get(id(iterator))
             if turn is None:
@@ -142,7 +147,10 @@ class LiveReader:
         self._thread: threading.Thread | None = None
         self._handover = threading.Lock()  # (the thread's end against a later run's start)
         # (loop, wake, ended, context) of the run it reads for, replaced as
-        # one: the thread reads it once a call, also as a later run takes over
+        # one: the thread reads it once a call, also as a later run takes over.
+        # None once a stopped run's thread is done: it reaches the run's
+        # kernel, its source and so the stream, which a reader left over
+        # must not keep (`_forget_closed`).
         self._wiring: tuple | None = None
 
     def start(self, wake: Callable[[], None]) -> None:
@@ -154,9 +162,10 @@ class LiveReader:
         # runs them in the calling thread's, where current_kernel() is None,
         # and with them the activations they wake (a step calling
         # current_kernel() failed with "'NoneType' object has no attribute").
-        self._wiring = (loop, wake, ended, contextvars.copy_context())
+        wiring = (loop, wake, ended, contextvars.copy_context())
         self._asleep = True  # (the source returns None: the first record wakes it)
-        with self._handover:
+        with self._handover:  # (a thread ending meanwhile lets go of the earlier run's wiring, not this)
+            self._wiring = wiring
             self._stopped = False
             if self._thread is None and not self.done:  # (else: taken over while its thread reads)
                 # (the iterable runs in a copy of the kernel's context too: a generator
@@ -193,7 +202,8 @@ class LiveReader:
         ended = self._wiring[2]
 
         def stopped(task: asyncio.Task) -> None:
-            if task.cancelled() and self._wiring[2] is ended:  # (not a later run's, taken over since)
+            wiring = self._wiring
+            if task.cancelled() and wiring is not None and wiring[2] is ended:  # (not a later run's)
                 self.stop()
 
         task.add_done_callback(stopped)
@@ -203,9 +213,11 @@ class LiveReader:
         returns, keeping what it read for a later run over the iterator."""
         self._stopped = True
         self._room.set()
+        iterator = self._iterator()
         with _left_over_lock:
             _forget_closed()
-            _left_over[id(self._iterator)] = self
+            if iterator is not None:  # (else nobody can run over it again)
+                _left_over[id(iterator)] = self
 
     def take(self, size: int) -> list:
         """Up to `size` of the records that have arrived, in order."""
@@ -231,9 +243,11 @@ class LiveReader:
         # looks again within _LAST_LOOK: a wake lost between the two threads
         # costs at most that, never the rest of the run (an idle stream: ten
         # looks a second at most).
-        if not self._looking:  # (one look waiting at a time: a record a wake is ~10,000 a second)
+        wiring = self._wiring  # (None: the run is over)
+        # (one look waiting at a time: a record a wake is ~10,000 a second)
+        if not self._looking and wiring is not None:
             self._looking = True
-            self._wiring[0].call_later(self._look_after if self._chunked else _LAST_LOOK, self._look_again)
+            wiring[0].call_later(self._look_after if self._chunked else _LAST_LOOK, self._look_again)
             if self._chunked:
                 self._look_after = min(self._look_after * 2, _LAST_LOOK)
         return False
@@ -243,12 +257,17 @@ class LiveReader:
         # whose wake was lost; a source woken that has nothing sleeps again)
         self._looking = False
         self._asleep = False
-        self._wiring[1]()
+        self._wake()
 
     def _look(self) -> None:
         if self._asleep:
             self._asleep = False
-            self._wiring[1]()
+            self._wake()
+
+    def _wake(self) -> None:
+        wiring = self._wiring
+        if wiring is not None:  # (else the run is over: a look it left came after)
+            wiring[1]()
 
     # -- on the reader thread ---------------------------------------------------
 
@@ -263,14 +282,14 @@ class LiveReader:
         # never freed, so neither are they.
         arrived, room, limit, iterating = self.arrived, self._room, self._limit, self._turn.lock
         extend, monotonic = arrived.extend, time.monotonic
-        records = chain(self._iterator, _the_end())
+        records = chain(self._iterator(), _the_end())
         size = 1
         try:
             while True:
                 if self._stopped:
                     with self._handover:
                         if self._stopped:  # (a later run that takes it over starts a thread again)
-                            self._thread, self._chunked = None, False
+                            self._thread, self._chunked, self._wiring = None, False, None
                             return
                 if size > 1 and not self._chunked:
                     self._chunked = True
@@ -302,6 +321,9 @@ class LiveReader:
         self._chunked = False
         self.done = True
         self._call(self._ended_here)
+        with self._handover:
+            if self._stopped:  # (ended for nobody: the reader may be left over)
+                self._wiring = None
 
     def _ended_here(self, wake: Callable[[], None], ended: asyncio.Future) -> None:
         if not ended.done():
@@ -312,7 +334,10 @@ class LiveReader:
     def _call(self, callback: Callable) -> None:
         """`callback(wake)` (`callback(wake, ended)` for `_ended_here`) on the
         loop of the run the reader reads for, in its kernel's context."""
-        loop, wake, ended, context = self._wiring
+        wiring = self._wiring
+        if wiring is None:  # (the run is over, nobody to tell)
+            return
+        loop, wake, ended, context = wiring
         args = (wake, ended) if callback == self._ended_here else (wake,)
         try:
             loop.call_soon_threadsafe(callback, *args, context=context)
@@ -322,16 +347,26 @@ class LiveReader:
 
 def _forget_closed() -> None:
     """Drop (under `_left_over_lock`) the readers left over whose stream the
-    caller has closed since: no later run can read it (what they read goes
-    with the file, as what is in its buffer does), and each kept up to a few
-    batches of records, and the file object, for as long as the process ran."""
+    caller has closed since, or dropped: no later run can read it (what they
+    read goes with the file, as what is in its buffer does), and each kept up
+    to a few batches of records for as long as the process ran."""
     for key, reader in list(_left_over.items()):
+        stream = reader._stream()
         try:
-            closed = reader._stream is not None and reader._stream.closed
+            closed = reader._iterator() is None or (stream is not None and stream.closed)
         except Exception:  # (a broken wrapper: kept, as before)
             closed = False
         if closed:
             del _left_over[key]
+
+
+def _weakly(obj) -> Callable[[], object]:
+    """A weak reference to `obj`, or, where it can have none (a `map`, a
+    `csv.reader`), a function returning it."""
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return lambda: obj
 
 
 def _wake_it(wake: Callable[[], None]) -> None:

@@ -72,3 +72,38 @@ def test_reader_threads_of_runs_that_ended_early_end_with_their_read():
         flow.from_iterable(stream).collect()
         run(flow)
     assert not [reader for reader in _live_input._left_over.values() if reader._stream.closed]
+
+
+def _a_run_ending_early_over(read: int) -> None:
+    """A run over the pipe's read end `read` that fails early, its stream
+    dropped unclosed (with the flow) when this returns."""
+    stream = os.fdopen(read)
+    flow = Dataflow("dropped")
+    flow.from_iterable(stream).union(flow.from_iterable([0]).map(_fails)).collect()
+    try:
+        run(flow)
+    except Exception as exc:
+        assert "the run fails here" in str(exc)
+
+
+def test_a_stream_dropped_unclosed_after_a_run_that_ended_early_is_closed_once_collected():
+    """The reader left over for a later run held the stream (through its
+    run's source and kernel), and so its descriptor, for as long as the
+    process ran: a service dropping a connection's file after a run that
+    ended early never closed the connection. Now a reader whose stream is
+    gone keeps nothing, and the stream's finalizer closes it."""
+    import gc
+
+    before = set(_readers())
+    read, write = os.pipe()
+    try:
+        _a_run_ending_early_over(read)
+        os.write(write, b"line\n" * 5_000)  # (the reader's read returns, and its thread ends)
+        deadline = time.monotonic() + DEADLINE
+        while set(_readers()) - before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gc.collect()
+        with pytest.raises(BrokenPipeError):  # (nobody holds the read end any more)
+            os.write(write, b"more\n")
+    finally:
+        os.close(write)
