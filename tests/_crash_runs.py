@@ -11,15 +11,41 @@ import subprocess
 import sys
 from pathlib import Path
 
+# Appended to a recovery test's pipeline text (its flow named `flow`): a
+# source on every kernel that reads nothing and, in a run given a crash
+# point (`run_cli` sets HELD_OPEN, in seconds), ends only HELD_OPEN
+# seconds after it starts, so that the run cannot end before the crash
+# point kills it, however slowly epochs complete on a loaded machine (a
+# paced input that ended first left the crash point unreached, the run
+# finished). Without HELD_OPEN (the resumed run) it ends at once; should
+# the crash point never come, the run ends after HELD_OPEN seconds, and
+# the test says so.
+HELD_OPEN = """
+
+import asyncio as _asyncio, os as _os, time as _time
+
+async def _held_open():
+    deadline = _time.monotonic() + float(_os.environ.get("HELD_OPEN", "0"))
+    while _time.monotonic() < deadline:
+        await _asyncio.sleep(0.02)
+    return
+    yield
+
+flow.from_async_iterable(_held_open, name="held open")
+"""
+HELD_OPEN_S = 60
+
 
 def run_cli(tmp: Path, cores: int, crash: str | None, *, epoch_interval: str = "0.02", **env_vars):
     """Run `tmp/pipeline.py` on `cores` kernels with `tmp/state` as its
     state_dir; `crash`: the crash point, or None; `env_vars`: the
-    pipeline's own variables."""
+    pipeline's own variables. With a crash point, a pipeline that appends
+    HELD_OPEN cannot end before it."""
     env = dict(os.environ, **{name: str(value) for name, value in env_vars.items()})
     env.pop("KERNEL_CRASH_AT", None)
     if crash:
         env["KERNEL_CRASH_AT"] = crash
+        env.setdefault("HELD_OPEN", str(HELD_OPEN_S))  # (for a pipeline that appends HELD_OPEN)
     return subprocess.run(
         [sys.executable, "-m", "kernel.run", str(tmp / "pipeline.py"), "--cores", str(cores),
          "--state-dir", str(tmp / "state"), "--epoch-interval", epoch_interval],

@@ -511,9 +511,11 @@ def test_a_pipeline_resumed_after_a_crash_publishes_what_the_interpreter_says(tm
     completed, run again with its state_dir, publishes every result once,
     and what a crash-free run does: the pre-aggregated sliding sum judges
     lateness by each kernel's own watermark, restored with the snapshot."""
-    from tests._crash_runs import newest_complete, run_cli, visible_lines
+    from tests._crash_runs import HELD_OPEN, newest_complete, run_cli, visible_lines
 
-    (tmp_path / "pipeline.py").write_text(_PIPELINE.format(tests=str(Path(__file__).parent)))
+    # (held open until the crash: its 240 records take ~0.13 s a kernel, which
+    # under load may pass before kernel 1 has two epochs committed)
+    (tmp_path / "pipeline.py").write_text(_PIPELINE.format(tests=str(Path(__file__).parent)) + HELD_OPEN)
     out = tmp_path / "out"
     crashed = run_cli(tmp_path, 2, "committed:2@1", OUT=out)
     assert crashed.returncode != 0, crashed.stderr
