@@ -163,7 +163,9 @@ def test_a_crashed_run_resumes_each_keys_state(tmp_path, cores, crash):
     """Each key's records are numbered 1..n exactly once after a crash and
     a resumed run: a state lost (numbering from 1 again) or a record
     replayed into a restored state would show as a number twice or missing."""
-    (tmp_path / "pipeline.py").write_text(PIPELINE)
+    # (held open until the crash: its slow records last ~0.2 s a kernel, which
+    # under load may pass before kernel 1 has two epochs committed)
+    (tmp_path / "pipeline.py").write_text(PIPELINE + _crash_runs.HELD_OPEN)
     first = run_cli(tmp_path, cores, crash)
     assert first.returncode != 0, "the crash point was never reached"
     second = run_cli(tmp_path, cores, None)
