@@ -54,7 +54,9 @@ def lines(folder: Path) -> list:
 
 @pytest.mark.parametrize("cores, crash", [(1, "snapshot:3"), (2, "committed:2@1")])
 def test_a_crashed_join_and_distinct_resume_exactly_once(tmp_path, cores, crash):
-    (tmp_path / "pipeline.py").write_text(PIPELINE)
+    # (held open until the crash: its slow records last ~0.15 s a kernel, which
+    # under load may pass before kernel 1 has two epochs committed)
+    (tmp_path / "pipeline.py").write_text(PIPELINE + _crash_runs.HELD_OPEN)
     first = run_cli(tmp_path, cores, crash)
     assert first.returncode != 0, "the crash point was never reached"
     second = run_cli(tmp_path, cores, None)
