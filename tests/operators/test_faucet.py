@@ -452,8 +452,11 @@ def test_a_crashed_run_with_flow_control_resumes_and_publishes_every_result_once
     while the source is paused and resumed, kernel 1 killed after its 2nd
     complete epoch: the resumed run publishes every Collatz walk's steps once."""
     count = 600
-    (tmp_path / "pipeline.py").write_text(RECOVERY)
-    run_cli = _crash_runs().run_cli
+    crash_runs = _crash_runs()
+    # (held open until the crash: its slow records last ~0.25 s a kernel, which
+    # under load may pass before kernel 1 has two epochs committed)
+    (tmp_path / "pipeline.py").write_text(RECOVERY + crash_runs.HELD_OPEN)
+    run_cli = crash_runs.run_cli
     first = run_cli(tmp_path, 2, "committed:2@1", N=count, OUT=tmp_path / "out")
     assert first.returncode != 0, "the crash point was never reached"
     store = SnapshotStore(tmp_path / "state")
