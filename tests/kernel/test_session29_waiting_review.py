@@ -31,7 +31,7 @@ import pytest
 
 from kernel import Dataflow, Operator, VirtualClock, current_kernel, run_async
 from operators import Tumbling
-from tests._crash_runs import newest_complete, run_cli, visible_lines
+from tests._crash_runs import HELD_OPEN, newest_complete, run_cli, visible_lines
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -210,7 +210,9 @@ PIPELINE = textwrap.dedent(
 def test_a_run_resumed_on_another_number_of_kernels_whose_steps_wait_after_the_restore(
         tmp_path: Path, first: int, second: int):
     n = 1_200
-    (tmp_path / "pipeline.py").write_text(PIPELINE)
+    # (held open until the crash: its input, busy-waited, may end under load
+    # before kernel 1 has two epochs committed)
+    (tmp_path / "pipeline.py").write_text(PIPELINE + HELD_OPEN)
     crashed = run_cli(tmp_path, first, "committed:2@1", N=n, OUT=tmp_path / "out")
     assert crashed.returncode != 0, "the crash point was never reached"
     resumed_from = newest_complete(tmp_path / "state")
