@@ -28,7 +28,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from state import FINAL, SnapshotStore
-from tests._crash_runs import assert_each_once
+from tests._crash_runs import HELD_OPEN_S, assert_each_once
 
 N = 3000
 
@@ -95,6 +95,7 @@ def run_cli(tmp: Path, cores: int, crash: str | None, source: str = "iterable", 
     env.pop("KERNEL_CRASH_AT", None)
     if crash:
         env["KERNEL_CRASH_AT"] = crash
+        env["HELD_OPEN"] = str(HELD_OPEN_S)  # (for a pipeline that appends tests/_crash_runs.HELD_OPEN)
     return subprocess.run(
         [sys.executable, "-m", "kernel.run", str(tmp / "pipeline.py"), "--cores", str(cores),
          "--state-dir", str(tmp / "state"), "--epoch-interval", interval],

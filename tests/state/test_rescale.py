@@ -32,6 +32,7 @@ from test_recovery import (
 
 from kernel.dataflow._key_groups import default_key_groups, owner_table, range_of
 from kernel.dataflow._operator import merge_keyed_states
+from tests._crash_runs import HELD_OPEN
 
 
 @pytest.mark.parametrize("kernels, source", [((2, 3, 1), "iterable"), ((2, 3, 1), "async"),
@@ -214,8 +215,10 @@ def test_a_step_that_had_ended_everywhere_stays_ended_and_its_channels_closed(tm
     resumed on 3 kernels it is restored ended, every kernel counts its
     channels from the other kernels as closed (else the run would wait
     for their end for ever), and the pairs are each written once."""
-    (tmp_path / "pipeline.py").write_text(JOIN)
-    assert run_cli(tmp_path, 2, "committed:2@1", n=2000).returncode != 0
+    # (held open until the crash: its slow records last ~0.2 s a kernel, which
+    # under load may pass before kernel 1 has two epochs committed)
+    (tmp_path / "pipeline.py").write_text(JOIN + HELD_OPEN)
+    assert run_cli(tmp_path, 2, "committed:2@1", n=2000).returncode != 0, "the crash point was never reached"
     epoch, _ = newest_complete(tmp_path / "state")
     assert epoch
     resumed = run_cli(tmp_path, 3, None, run="resumed", n=2000)
