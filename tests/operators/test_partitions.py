@@ -309,7 +309,9 @@ SET_RECOVERY = textwrap.dedent(
 
 @pytest.mark.parametrize("source", ["partitions", "iterable"])
 def test_a_set_read_again_by_a_resumed_run_in_another_process_loses_and_doubles_nothing(tmp_path, source):
-    (tmp_path / "pipeline.py").write_text(SET_RECOVERY)
+    # (held open until the crash: its input lasts ~0.3 s a kernel, which under
+    # load may pass before kernel 1 has two epochs committed)
+    (tmp_path / "pipeline.py").write_text(SET_RECOVERY + _crash_runs.HELD_OPEN)
 
     def run_cli(crash, seed):
         return _crash_runs.run_cli(tmp_path, 2, crash, OUT=tmp_path / "out", SOURCE=source,
