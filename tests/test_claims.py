@@ -732,6 +732,53 @@ def pace(n):
     return n
 
 
+# The runs that a crash point, committed:2@1, kills: paced by time alone
+# (~0.1 s a kernel) their input could end before kernel 1 heard that epoch
+# 2 was complete, and the run with it ("DID NOT RAISE"). Until its kernel
+# process has heard so, a crashed run's `HeldOpen` does not end (the run
+# cannot end before the crash) and `pace_to_the_crash` is ten times slower
+# (its input still comes then, however slowly epochs complete under load).
+CRASHING = False  # set for a crashed run (forked kernels inherit it)
+CRASH_COMMIT = 2
+commits_heard = 0  # by this kernel process (HeldOpen.on_commit)
+
+
+def pace_to_the_crash(n):
+    time.sleep(0.005 if CRASHING and commits_heard < CRASH_COMMIT else 0.0005)
+    return n
+
+
+class HeldOpen(Source):
+    """Reads nothing; in a crashed run (CRASHING) ends once its kernel has
+    heard that epoch CRASH_COMMIT is complete, in the resumed run at once.
+    It keeps no position (an empty one, cut as such for other kernels)."""
+
+    def open(self, context):
+        self.waiting = False
+
+    def on_epoch(self, epoch):
+        return {}
+
+    def restore(self, snapshot):
+        pass
+
+    def rescale(self, snapshots, owns):
+        return {}
+
+    def on_commit(self, epoch):
+        global commits_heard
+        commits_heard = max(commits_heard, epoch)
+        if self.waiting and commits_heard >= CRASH_COMMIT:
+            self.waiting = False
+            self.wake()
+
+    def poll(self):
+        if CRASHING and commits_heard < CRASH_COMMIT:
+            self.waiting = True
+            return None
+        return False
+
+
 def note(directory: Path, line) -> None:
     """Append a line to this run's file for this kernel process."""
     directory.mkdir(exist_ok=True)
@@ -807,7 +854,7 @@ class Ledger(Operator):
 
 def recovery_flow(out: Path):
     flow = Dataflow("claims-recovery")
-    paced = flow.from_iterable(range(N), batch_size=8, timestamp=lambda n: n / 10).map(pace)
+    paced = flow.from_iterable(range(N), batch_size=8, timestamp=lambda n: n / 10).map(pace_to_the_crash)
     handles = {"read": paced.collect()}
     paced.to_files(out / "records")
     paced.sink(functools.partial(note, out / "sunk"))
@@ -815,8 +862,9 @@ def recovery_flow(out: Path):
     sums = paced.key_by(lambda n: n % 2).window(Tumbling(5.0)).sum()
     sums.to_files(out / "windows")
     handles["windows"] = sums.collect()
-    own = flow.source(functools.partial(Countdown, out / "calls"), name="countdown").map(pace)
+    own = flow.source(functools.partial(Countdown, out / "calls"), name="countdown").map(pace_to_the_crash)
     handles["own"] = own.key_by(lambda n: n % 5).apply(Ledger, name="ledger").collect()
+    flow.source(HeldOpen, name="held open")
     return flow, handles
 
 
@@ -835,15 +883,17 @@ class Crash:
     state_dir: what each had done."""
 
     def __init__(self, tmp: Path):
-        global RUN
+        global RUN, CRASHING
         self.out, self.state = tmp / "out", tmp / "state"
         RUN = "crashed"
-        kernel._faults._SPEC = "committed:2@1"  # as KERNEL_CRASH_AT, for the forked kernels
+        kernel._faults._SPEC = f"committed:{CRASH_COMMIT}@1"  # as KERNEL_CRASH_AT, for the forked kernels
+        CRASHING = True
         try:
             with pytest.raises(KernelProcessError) as crashed:
                 run(recovery_flow(self.out)[0], cores=2, state_dir=self.state, epoch_interval=0.01)
         finally:
             kernel._faults._SPEC = None
+            CRASHING = False
         assert crashed.value.kernel == 1 and "SIGKILL" in str(crashed.value)
         store = SnapshotStore(self.state)
         try:
@@ -933,12 +983,15 @@ def rescale_flow(out: Path, own: bool = False):
     flow = Dataflow("claims-rescale")
     if own:
         # (long enough that the crash comes while it runs: an ended source has no position to cut)
-        flow.source(functools.partial(Countdown, out / "calls", 10 * M), name="countdown").map(pace).collect()
+        countdown = flow.source(functools.partial(Countdown, out / "calls", 10 * M), name="countdown")
+        countdown.map(pace_to_the_crash).collect()
+        flow.source(HeldOpen, name="held open")
         return flow, None
-    paced = flow.from_iterable(range(N), batch_size=8, timestamp=lambda n: n / 10).map(pace)
+    paced = flow.from_iterable(range(N), batch_size=8, timestamp=lambda n: n / 10).map(pace_to_the_crash)
     paced.to_files(out / "records")
     counts = paced.key_by(lambda n: n % 7).count().collect()
     paced.key_by(lambda n: n % 2).window(Tumbling(5.0)).sum().to_files(out / "windows")
+    flow.source(HeldOpen, name="held open")
     return flow, counts
 
 
@@ -946,12 +999,15 @@ def crash_on_two_kernels(out: Path, state: Path, own: bool = False) -> None:
     """Killed on kernel 1 once it has published its second complete epoch
     (killed at its 6th snapshot instead, under load no epoch was complete
     at times, and the resume had nothing to rescale)."""
-    kernel._faults._SPEC = "committed:2@1"  # as KERNEL_CRASH_AT, for the forked kernels
+    global CRASHING
+    kernel._faults._SPEC = f"committed:{CRASH_COMMIT}@1"  # as KERNEL_CRASH_AT, for the forked kernels
+    CRASHING = True
     try:
         with pytest.raises(KernelProcessError):
             run(rescale_flow(out, own)[0], cores=2, state_dir=state, epoch_interval=0.01)
     finally:
         kernel._faults._SPEC = None
+        CRASHING = False
     store = SnapshotStore(state)
     try:
         assert store.completed(), "no epoch was complete when kernel 1 was killed"
