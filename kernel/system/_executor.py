@@ -198,6 +198,8 @@ class ExecutorDaemon:
         self._answered = time.monotonic()  # when the coordinator last answered
         self._interval = heartbeat  # the heartbeat's as beaten (cut for the coordinator's timeout)
         self._leaving = False  # stopping (`_leave`): `start` is refused
+        # (job, attempt, process) of the job processes stopped on purpose (`close`, `_note_stopped`)
+        self._stopped_here: set[tuple[str, int, int]] = set()
         # this process's token: the coordinator tells it from another live
         # executor registering under the same id (`JobMaster.own_id`)
         self._instance = os.urandom(16).hex()
@@ -320,12 +322,12 @@ class ExecutorDaemon:
                 try:
                     reader = asyncio.ensure_future(session.run())
                     listed = [p.report() for p in self.processes.values()]
-                    # (`stopped`: the last executor on this workdir was stopped on purpose
-                    # and could not tell the coordinator, `_note_stopped`)
+                    # (`stopped`: the job processes the last executor on this workdir stopped
+                    # on purpose, unable to tell the coordinator, `_note_stopped`)
                     reply = await session.request(
                         "register", executor=self.executor_id, instance=self._instance, host=self.host,
                         cores=self.cores, catalog=self._recorded("catalog"),
-                        processes=listed, stopped=self._record.get("stopped") is True)
+                        processes=listed, stopped=self._record.get("stopped") or [])
                     self._catalog_seen(reply.get("catalog"))
                     # (a coordinator that tells none, its catalog locked as it started: the one known)
                     self._remember({"id": reply["executor"],
@@ -729,7 +731,9 @@ class ExecutorDaemon:
         return {"text": data.decode(errors="replace"), "offset": offset + len(data)}
 
     async def close(self) -> None:
-        await asyncio.gather(*(self._stop_one(p) for p in self.processes.values() if p.code is None))
+        running = [p for p in self.processes.values() if p.code is None]
+        self._stopped_here.update((p.job, p.attempt, p.process) for p in running)
+        await asyncio.gather(*(self._stop_one(p) for p in running))
         if not self._leaving:  # (connected, `_leave` said it)
             self._note_stopped()
 
@@ -737,13 +741,22 @@ class ExecutorDaemon:
         """This executor stops on purpose (Ctrl-C, SIGTERM) and the
         coordinator has not heard it leave: stopped while it could not reach
         the coordinator (restarting, or a connection broken), its job
-        processes ended with no word to it. Kept in executor.json, the next
-        executor on this workdir says so when it registers, and the jobs move
-        without spending a restart, as when the coordinator hears the stop:
-        each was counted as a failure, `executor e1 no longer runs process 0
-        (it restarted)`, and a job at --max-restarts 0 failed."""
-        if self.executor_id is not None:  # (never registered: no job ran here)
-            self._remember({**self._record, "stopped": True})
+        processes ended with no word to it. Kept in executor.json (`stopped`:
+        [job, attempt, process] of each it stopped, with those of a note not
+        said yet), the next executor on this workdir says so when it
+        registers, and those jobs move without spending a restart, as when
+        the coordinator hears the stop: each was counted as a failure,
+        `executor e1 no longer runs process 0 (it restarted)`, and a job at
+        --max-restarts 0 failed. Only those it stopped: "every job of this
+        executor" excused a SIGKILL before (the executor started again and
+        stopped while the coordinator was still down, having stopped nothing),
+        and a process that had failed on its own."""
+        said = self._record.get("stopped")
+        stopped = {tuple(s) for s in said if isinstance(s, list) and len(s) == 3} \
+            if isinstance(said, list) else set()
+        stopped |= self._stopped_here
+        if self.executor_id is not None and stopped:  # (never registered: no job ran here)
+            self._remember({**self._record, "stopped": sorted(list(s) for s in stopped)})
 
 
 def _cut_character(data: bytes) -> int:

@@ -853,10 +853,11 @@ class JobMaster:
         # (back after a stop on purpose whose "left" was lost, or that was never said,
         # the executor stopped while it could not reach a coordinator: its jobs move,
         # as they would have)
-        stopped = executor_id in self._leaving or message.get("stopped") is True
-        if message.get("stopped") is True:
+        stopped = executor_id in self._leaving
+        stopped_processes = _stopped_processes(message.get("stopped"))
+        if stopped_processes:
             log.info("executor %s was stopped on purpose while it could not tell the coordinator: the jobs "
-                     "it ran move without spending a restart", executor_id)
+                     "whose processes it stopped move without spending a restart", executor_id)
         self._leaving.discard(executor_id)
         old = self.connected.get(executor_id)
         if old is not None and old.session is not session:
@@ -867,8 +868,10 @@ class JobMaster:
         # (listed for another catalog, which gives the same job ids: none is ours)
         theirs, ours = message.get("catalog"), self.catalog.identity
         foreign = theirs is not None and ours is not None and theirs != ours
+        # (a note of another catalog's processes names none of ours, whatever their ids)
         self._adopt(executor_id, message.get("processes") or [], foreign, stopped,
-                    coordinator_away=self.cut_off_by_us(executor_id))
+                    coordinator_away=self.cut_off_by_us(executor_id),
+                    stopped_processes=frozenset() if foreign else stopped_processes)
         self._cut_off_by_us.pop(executor_id, None)
         self._notify()
         self.reconcile()
@@ -895,12 +898,15 @@ class JobMaster:
             self._cut_off_by_us[executor_id] = max(until, now + self.executor_timeout)
 
     def _adopt(self, executor_id: str, processes: list[dict], foreign: bool = False,
-               stopped: bool = False, coordinator_away: bool = False) -> None:
+               stopped: bool = False, coordinator_away: bool = False,
+               stopped_processes: frozenset = frozenset()) -> None:
         """An executor (re)connected and listed its processes: keep those of
         current attempts, take in the exits we missed, stop the stale ones
         (all of them when `foreign`: another catalog's jobs), and restart the
         jobs whose process it no longer has (moved, no restart spent, when it
-        was `stopped` on purpose). `coordinator_away`: it served the last
+        was `stopped` on purpose, or the process is one of `stopped_processes`:
+        (job, attempt, process) it noted stopping while it could not reach the
+        coordinator). `coordinator_away`: it served the last
         coordinator, and a loss while it was cut off from it (fenced) spends
         no restart."""
         for job_id, executors in self._unstopped.items():
@@ -931,7 +937,8 @@ class JobMaster:
                 continue  # (a job being started now is not one to adopt)
             for i, place in enumerate(job.placement):
                 if place["executor"] == executor_id and (job.id, i) not in reported:
-                    self._spawn(self._lost_process(job, job.attempt, i, executor_id, stopped))
+                    moved = stopped or (job.id, job.attempt, i) in stopped_processes
+                    self._spawn(self._lost_process(job, job.attempt, i, executor_id, moved))
 
     def _adopt_starting(self, job: Job, process: int) -> None:
         """A job a coordinator was starting when it stopped (its `start`
@@ -1123,6 +1130,16 @@ class JobMaster:
 def _stopped(executor_id: str) -> str:
     """The message of a job moved off an executor stopped on purpose."""
     return f"moved off executor {executor_id}, which was stopped on purpose (not a failure: no restart spent)"
+
+
+def _stopped_processes(said) -> frozenset:
+    """A register's `stopped` (the executor's `_note_stopped`): the
+    [job, attempt, process] it stopped on purpose while it could not reach
+    the coordinator, as a set of tuples; anything else, none."""
+    if not isinstance(said, list):
+        return frozenset()
+    return frozenset(tuple(s) for s in said if isinstance(s, list) and len(s) == 3 and isinstance(s[0], str)
+                     and all(isinstance(n, int) and not isinstance(n, bool) for n in s[1:]))
 
 
 def _host(host: str) -> str:

@@ -1,0 +1,50 @@
+"""Session 38 (review): an executor's note that it was stopped on purpose
+while it could not reach the coordinator (`executor.json`'s `stopped`)
+names the job processes it stopped, and only those move without spending
+a restart. An executor SIGKILLed (its job processes killed with it), then
+started again and stopped while the coordinator was still down, stopped
+nothing, yet noted the stop: the job lost to the SIGKILL moved free, and at
+--max-restarts 0 it ran again instead of failing."""
+
+from __future__ import annotations
+
+import signal
+
+from _system import System, wait_until
+from test_session35_stopped_executor_restarts import _endless
+from test_session38_stopped_while_away import _started_again
+
+UNREACHABLE = "executor: cannot reach the coordinator"
+
+
+def test_a_stop_that_stopped_no_process_does_not_excuse_a_kill_before_it(tmp_path):
+    system = System(tmp_path)
+    timeout = ("--executor-timeout", "15")
+    log = system.root / "executor1.log"
+    try:
+        system.start_coordinator(*timeout)
+        system.start_executor(1)
+        system.executors_up(1)
+        job = _endless(system, tmp_path, "--max-restarts", "0")
+        system.coordinator.send_signal(signal.SIGTERM)
+        assert system.coordinator.wait(timeout=30) == 143
+        system.executors[0].kill()  # (its job process goes with it)
+        system.executors[0].wait()
+        said = log.read_text().count(UNREACHABLE)
+        _started_again(system, 0)
+        # (dialling: its SIGTERM handler is in place, and it runs no job process)
+        wait_until(lambda: log.read_text().count(UNREACHABLE) > said, what="the executor to dial")
+        system.executors[0].send_signal(signal.SIGTERM)
+        assert system.executors[0].wait(timeout=30) == 143
+        _started_again(system, 0)
+        system.start_coordinator(*timeout)
+
+        def decided() -> dict | None:
+            state = system.job(job)
+            return state if state["status"] == "failed" or state["attempt"] > 1 else None
+
+        state = wait_until(decided, what=f"{job} to fail or run again")
+        assert (state["status"], state["message"]) == ("failed", "executor e1 no longer runs process 0 (it "
+                                                       "restarted); gave up after 0 restart(s)"), state
+    finally:
+        system.close()
