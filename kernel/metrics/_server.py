@@ -198,13 +198,28 @@ def _close_idlest(connections: list, idle: dict) -> bool:
     return True
 
 
-class _Refused(asyncio.Protocol):
-    """A connection past MAX_CONNECTIONS while every open one is answering
-    a request (nothing `_close_idlest` may close): closed as soon as it is
-    accepted."""
+class _Admission(asyncio.Protocol):
+    """A connection accepted: once it is made (its peer known, and every
+    connection accepted before it made and counted), `admit()` gives it
+    the server's handler, making room past MAX_CONNECTIONS
+    (`_close_idlest`), or None, and it is closed at once (every open one
+    is answering a request). Decided when the protocol was made, a burst
+    of accepts (asyncio makes the protocols of a burst before it connects
+    any) saw none of the burst's connections yet: a stranger's 64 at once
+    closed a scraper's kept-alive connection, not the stranger's own."""
+
+    __slots__ = ("_admit",)
+
+    def __init__(self, admit) -> None:
+        self._admit = admit
 
     def connection_made(self, transport) -> None:
-        transport.abort()
+        handler = self._admit()
+        if handler is None:
+            transport.abort()
+            return
+        transport.set_protocol(handler)  # (before any data: reading starts after this call)
+        handler.connection_made(transport)
 
 
 def _capped_site(runner, sock: socket.socket, idle: dict):
@@ -225,29 +240,22 @@ def _capped_site(runner, sock: socket.socket, idle: dict):
         async def start(self) -> None:
             await super().start()  # registers the site with the runner, which stops it
             server, loop = runner.server, asyncio.get_running_loop()
-            # connections accepted but not connected yet: asyncio makes the
-            # protocols of a burst of accepts before it connects any, and
-            # each saw the same count (65 of 100 at once were kept). One is
-            # connected within a loop iteration or two: one still without a
-            # transport a second later has come and gone already.
-            accepted: list = []
 
-            def protocol():
-                now = loop.time()
-                accepted[:] = [(h, t) for h, t in accepted if h.transport is None and now - t < 1.0]
+            def admit():
+                """(A connection made: `_Admission`.) Its handler, room made
+                for it where the cap is reached; None: refused."""
                 connections = server.connections
-                for gone in idle.keys() - set(connections) - {h for h, _ in accepted}:
+                for gone in idle.keys() - set(connections):
                     del idle[gone]  # (closed: what `idle` holds stays bounded by the cap)
                 # (not those closed: one just closed to make room is still listed a moment)
                 open_ = [c for c in connections if c.transport is not None and not c.transport.is_closing()]
-                if len(open_) + len(accepted) >= MAX_CONNECTIONS and not _close_idlest(connections, idle):
-                    return _Refused()
+                if len(open_) >= MAX_CONNECTIONS and not _close_idlest(open_, idle):
+                    return None
                 handler = server()
-                accepted.append((handler, now))
-                idle[handler] = now
+                idle[handler] = loop.time()
                 return handler
 
-            self._server = await loop.create_server(protocol, sock=sock, backlog=128)
+            self._server = await loop.create_server(lambda: _Admission(admit), sock=sock, backlog=128)
 
     return CappedSite(runner)
 

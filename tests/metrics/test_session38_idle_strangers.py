@@ -151,3 +151,45 @@ def test_a_stranger_elsewhere_gives_up_its_own_connections_not_a_scrapers_kept_a
             await runner.cleanup()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_strangers_burst_of_connections_closes_its_own_not_a_scrapers_kept_alive_one(loop):
+    """(Review.) The stranger's 64 connections all accepted at once (made
+    while the server's loop is held, as a burst arrives): the cap was
+    decided as each connection's protocol was made, before any of the
+    burst was connected, so the only connection that could be closed was
+    the scraper's kept-alive one. Decided once each is made, the stranger
+    gives up its own oldest."""
+    import uvloop
+
+    async def scenario():
+        starting, port = _serve("metrics")
+        runner = await starting
+        scraper = HTTPConnection("127.0.0.1", port, timeout=5)
+        held: list[socket.socket] = []
+        try:
+            def scrape_kept_alive() -> bytes:
+                scraper.request("GET", "/metrics")
+                return scraper.getresponse().read()
+
+            assert await asyncio.to_thread(scrape_kept_alive)
+            # (connected by the kernel in the listening socket's backlog: the loop, held here,
+            # accepts them together once this returns)
+            held = _stranger(port, _server.MAX_CONNECTIONS, "127.0.0.2")
+            await _until(lambda: any(map(_closed, [*held, scraper.sock])),
+                         "no connection was closed past the cap")
+            assert not _closed(scraper.sock), "the scraper's kept-alive connection was closed"
+            assert _closed(held[0]), "not the stranger's oldest connection closed"
+            assert _open(runner) == _server.MAX_CONNECTIONS
+            assert await asyncio.to_thread(scrape_kept_alive)
+        finally:
+            scraper.close()
+            for client in held:
+                client.close()
+            await runner.cleanup()
+
+    if loop == "uvloop":
+        uvloop.run(scenario())
+    else:
+        asyncio.run(scenario())
