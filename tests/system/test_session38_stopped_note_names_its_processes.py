@@ -10,11 +10,35 @@ from __future__ import annotations
 
 import signal
 
-from _system import System, wait_until
+from _system import System, descendants, wait_until
 from test_session35_stopped_executor_restarts import _endless
 from test_session38_stopped_while_away import _started_again
 
 UNREACHABLE = "executor: cannot reach the coordinator"
+# endless, until the test creates {flag}: then its step raises (the job process fails on its own)
+FAILING = """\
+import os
+import time
+from kernel import Dataflow
+
+def step(n):
+    if os.path.exists({flag!r}):
+        raise RuntimeError("told to fail")
+    time.sleep(0.01)
+    return n
+
+flow = Dataflow("failing")
+flow.from_iterable(range(10**9), batch_size=10).map(step).sink(id)
+"""
+GAVE_UP = "executor e1 no longer runs process 0 (it restarted); gave up after 0 restart(s)"
+
+
+def _decided(system: System, job: str) -> dict:
+    def decided() -> dict | None:
+        state = system.job(job)
+        return state if state["status"] == "failed" or state["attempt"] > 1 else None
+
+    return wait_until(decided, what=f"{job} to fail or run again")
 
 
 def test_a_stop_that_stopped_no_process_does_not_excuse_a_kill_before_it(tmp_path):
@@ -38,13 +62,40 @@ def test_a_stop_that_stopped_no_process_does_not_excuse_a_kill_before_it(tmp_pat
         assert system.executors[0].wait(timeout=30) == 143
         _started_again(system, 0)
         system.start_coordinator(*timeout)
+        state = _decided(system, job)
+        assert (state["status"], state["message"]) == ("failed", GAVE_UP), state
+    finally:
+        system.close()
 
-        def decided() -> dict | None:
-            state = system.job(job)
-            return state if state["status"] == "failed" or state["attempt"] > 1 else None
 
-        state = wait_until(decided, what=f"{job} to fail or run again")
-        assert (state["status"], state["message"]) == ("failed", "executor e1 no longer runs process 0 (it "
-                                                       "restarted); gave up after 0 restart(s)"), state
+def test_a_process_that_failed_before_the_stop_is_not_excused_by_it(tmp_path):
+    """The job's process fails on its own (its step raises) while the
+    coordinator is down; the executor, stopped then, stops nothing: the
+    failure still counts (it moved free, and ran again at --max-restarts 0)."""
+    system = System(tmp_path)
+    timeout = ("--executor-timeout", "15")
+    flag = tmp_path / "fail"
+    pipeline = tmp_path / "failing.py"
+    pipeline.write_text(FAILING.format(flag=str(flag)))
+    try:
+        system.start_coordinator(*timeout)
+        system.start_executor(1)
+        system.executors_up(1)
+        done = system.cli("submit", pipeline, "--max-restarts", "0")
+        assert done.returncode == 0, done.stderr
+        job = done.stdout.splitlines()[0]
+        wait_until(lambda: system.job(job)["status"] == "running", what=f"{job} to run")
+        system.coordinator.send_signal(signal.SIGTERM)
+        assert system.coordinator.wait(timeout=30) == 143
+        flag.touch()
+        executor = system.executors[0]
+        wait_until(lambda: descendants(executor.pid) == [executor.pid], what="the job process to fail")
+        executor.send_signal(signal.SIGTERM)
+        assert executor.wait(timeout=30) == 143
+        flag.unlink()
+        _started_again(system, 0)
+        system.start_coordinator(*timeout)
+        state = _decided(system, job)
+        assert (state["status"], state["message"]) == ("failed", GAVE_UP), state
     finally:
         system.close()
