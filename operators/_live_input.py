@@ -176,16 +176,18 @@ class LiveReader:
                 with main_thread_signals():  # (a Ctrl-C is the main thread's: `_signal_mask.py`)
                     self._thread.start()
         # (taken over from an earlier run: what it read meanwhile, or the end)
-        if self.done:
-            ended.set_result(None)
         if self.arrived or self.done:
             self._asleep = False
             loop.call_soon(wake)
 
     async def until_ended(self) -> None:
-        """A task of the kernel for as long as the thread reads: cancelled
-        (the run ends otherwise: a failure, Ctrl-C), it tells the thread to
-        stop at its next record rather than read the stream on for nobody."""
+        """A task of the kernel until the source has handed on the input's
+        end (`handed_on_the_end`): cancelled (the run ends otherwise: a
+        failure, Ctrl-C), it tells the thread to stop at its next record
+        rather than read the stream on for nobody, and leaves what it read
+        to a later run. (It ended with the thread's reading, and a run that
+        failed after that, before its source had taken what the thread had
+        read, left nothing: the next run over the stream lost those lines.)"""
         try:
             await self._wiring[2]
         except asyncio.CancelledError:
@@ -218,6 +220,13 @@ class LiveReader:
             _forget_closed()
             if iterator is not None:  # (else nobody can run over it again)
                 _left_over[id(iterator)] = self
+
+    def handed_on_the_end(self) -> None:
+        """Called by the source that has handed on every record and the end
+        (or the iterator's error): its run needs nothing more of the reader."""
+        wiring = self._wiring
+        if wiring is not None and not wiring[2].done():
+            wiring[2].set_result(None)
 
     def take(self, size: int) -> list:
         """Up to `size` of the records that have arrived, in order."""
@@ -320,27 +329,24 @@ class LiveReader:
             self.error = exc
         self._chunked = False
         self.done = True
-        self._call(self._ended_here)
+        self._call(self._end_came)
         with self._handover:
             if self._stopped:  # (ended for nobody: the reader may be left over)
                 self._wiring = None
 
-    def _ended_here(self, wake: Callable[[], None], ended: asyncio.Future) -> None:
-        if not ended.done():
-            ended.set_result(None)
+    def _end_came(self, wake: Callable[[], None]) -> None:
         self._asleep = False
         wake()
 
     def _call(self, callback: Callable) -> None:
-        """`callback(wake)` (`callback(wake, ended)` for `_ended_here`) on the
-        loop of the run the reader reads for, in its kernel's context."""
+        """`callback(wake)` on the loop of the run the reader reads for, in
+        its kernel's context."""
         wiring = self._wiring
         if wiring is None:  # (the run is over, nobody to tell)
             return
-        loop, wake, ended, context = wiring
-        args = (wake, ended) if callback == self._ended_here else (wake,)
+        loop, wake, _ended, context = wiring
         try:
-            loop.call_soon_threadsafe(callback, *args, context=context)
+            loop.call_soon_threadsafe(callback, wake, context=context)
         except RuntimeError:  # the loop is closed: the run is over, nobody to tell
             pass
 

@@ -349,6 +349,7 @@ class IterableSource(Source):
         if live.arrived:
             return True
         if done:
+            live.handed_on_the_end()  # (its run's task ends: a failure from now on leaves nothing unread)
             if live.error is None:
                 return False
             error = live.error

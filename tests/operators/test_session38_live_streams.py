@@ -107,3 +107,41 @@ def test_a_stream_dropped_unclosed_after_a_run_that_ended_early_is_closed_once_c
             os.write(write, b"more\n")
     finally:
         os.close(write)
+
+
+
+def test_a_run_failing_once_its_reader_read_to_the_end_leaves_what_it_read_to_the_next_run():
+    """A reader that had read its input to the end ended its run's task
+    there, not once the source had taken what it read: a run failing (or
+    cancelled) after that never stopped the reader, which was not left for
+    the next run, and the lines it had read but not handed on were lost
+    (the next run read the end at once)."""
+    import asyncio
+
+    before = set(_readers())
+    read, write = os.pipe()
+    os.write(write, b"".join(b"%d\n" % i for i in range(1_000)))
+    os.close(write)
+    failed_at = []
+
+    def fails_once_read_to_the_end(line):
+        if line == "0\n":  # (the thread reads all 1,000 lines, and ends, meanwhile)
+            deadline = time.monotonic() + DEADLINE
+            while set(_readers()) - before and time.monotonic() < deadline:
+                time.sleep(0.005)
+            return line
+        reading = [task for task in asyncio.all_tasks() if task.get_name().endswith(" reader")]
+        if not reading or line == "900\n":  # (its task is done, or at 900 where it is not)
+            failed_at.append(int(line))
+            raise ValueError("the run fails here")
+        return line
+
+    with os.fdopen(read) as stream:
+        first = Dataflow("first")
+        first.from_iterable(stream, batch_size=1).map(fails_once_read_to_the_end).collect()
+        with pytest.raises(Exception, match="the run fails here"):
+            run(first)
+        second = Dataflow("second")
+        rest = second.from_iterable(stream).map(int).collect()
+        run(second)
+    assert rest.items == list(range(failed_at[0] + 1, 1_000)), (failed_at, rest.items[:3])
