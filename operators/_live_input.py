@@ -95,9 +95,11 @@ class LiveReader:
             _forget_closed()
             reader = _left_over.pop(id(iterator), None)
         if reader is not None and reader._iterator() is iterator:
-            if reader._process != os.getpid() and not reader.done:
+            if reader._process != os.getpid() and not reader.done_and_empty():
                 # (a kernel process forked since: the thread is the launcher's,
-                # still reading there; this copy of it would wait for ever)
+                # still reading there; this copy of it would wait for ever. One
+                # that read to the end: what it read stays the launcher's too,
+                # where a later run took it over again, and got those lines twice)
                 raise KernelError(
                     f"{name}: an earlier run of this process over the same input ended before "
                     "the input did (cancelled, interrupted or failed) and left its reader thread "
@@ -220,6 +222,10 @@ class LiveReader:
             _forget_closed()
             if iterator is not None:  # (else nobody can run over it again)
                 _left_over[id(iterator)] = self
+
+    def done_and_empty(self) -> bool:
+        """Whether the input has ended, and no record or error of it is left to hand on."""
+        return self.done and not self.arrived and self.error is None
 
     def handed_on_the_end(self) -> None:
         """Called by the source that has handed on every record and the end

@@ -145,3 +145,35 @@ def test_a_run_failing_once_its_reader_read_to_the_end_leaves_what_it_read_to_th
         rest = second.from_iterable(stream).map(int).collect()
         run(second)
     assert rest.items == list(range(failed_at[0] + 1, 1_000)), (failed_at, rest.items[:3])
+
+
+def test_what_a_reader_of_the_caller_read_to_the_end_is_handed_on_once_on_one_kernel():
+    """A run on several kernels took over, in kernel 0's process, a reader
+    the caller's failed run had left after it read the input to its end,
+    while the caller kept its own copy: the next run took that over too,
+    and every line it held came out twice. It is refused (as where the
+    reader still reads), and the run on one kernel gets each line once."""
+    before = set(_readers())
+    read, write = os.pipe()
+    os.write(write, b"".join(b"%d\n" % i for i in range(1_000)))
+    os.close(write)
+
+    def fails_once_read_to_the_end(line):
+        deadline = time.monotonic() + DEADLINE
+        while set(_readers()) - before and time.monotonic() < deadline:
+            time.sleep(0.005)
+        raise ValueError(f"the run fails here, at {line.strip()}")
+
+    with os.fdopen(read) as stream:
+        first = Dataflow("first")
+        first.from_iterable(stream, batch_size=1).map(fails_once_read_to_the_end).collect()
+        with pytest.raises(Exception, match="the run fails here, at 0"):
+            run(first)
+        on_two = Dataflow("on two")
+        on_two.from_iterable(stream).collect()
+        with pytest.raises(Exception, match="an earlier run of this process over the same input ended"):
+            run(on_two, cores=2)
+        on_one = Dataflow("on one")
+        rest = on_one.from_iterable(stream).map(int).collect()
+        run(on_one)
+    assert rest.items == list(range(1, 1_000))
