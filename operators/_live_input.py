@@ -90,29 +90,45 @@ class LiveReader:
     @classmethod
     def of(cls, iterator: Iterator, limit: int, name: str, stream=None) -> LiveReader:
         """A reader of `iterator` (which reads the file object `stream`):
-        the one an earlier run of this process left (it goes on), or a new one."""
+        the one an earlier run of this process left (it goes on), or a new one.
+        Called as the source starts reading, not at its open: a run failing
+        in between (another step's open()) dropped the reader it had taken,
+        and the lines it held, or went on reading, were lost."""
         with _left_over_lock:
             _forget_closed()
             reader = _left_over.pop(id(iterator), None)
         if reader is not None and reader._iterator() is iterator:
-            if reader._process != os.getpid() and not reader.done_and_empty():
-                # (a kernel process forked since: the thread is the launcher's,
-                # still reading there; this copy of it would wait for ever. One
-                # that read to the end: what it read stays the launcher's too,
-                # where a later run took it over again, and got those lines twice)
-                raise KernelError(
-                    f"{name}: an earlier run of this process over the same input ended before "
-                    "the input did (cancelled, interrupted or failed) and left its reader thread "
-                    "waiting in a read of it (or what that read got), in the process that started "
-                    "the runs; this run "
-                    "reads the input in a kernel process of its own, which cannot take that "
-                    "thread over (what it reads would be lost, and this run would wait for it "
-                    "for ever). Run it on one kernel (cores=1), which takes the reader over and "
-                    "loses no record"
-                )
+            reader._refuse_if_elsewhere(name)
             reader._limit, reader._name = limit, name
             return reader
         return cls(iterator, limit, name, stream)
+
+    @staticmethod
+    def refuse_if_left_elsewhere(iterator: Iterator, name: str) -> None:
+        """At a source's open: refused where the reader left for it is one
+        this process cannot take over (`_refuse_if_elsewhere`), before the run
+        starts; the reader stays for a run that can."""
+        with _left_over_lock:
+            reader = _left_over.get(id(iterator))
+        if reader is not None and reader._iterator() is iterator:
+            reader._refuse_if_elsewhere(name)
+
+    def _refuse_if_elsewhere(self, name: str) -> None:
+        if self._process != os.getpid() and not self.done_and_empty():
+            # (a kernel process forked since: the thread is the launcher's,
+            # still reading there; this copy of it would wait for ever. One
+            # that read to the end: what it read stays the launcher's too,
+            # where a later run took it over again, and got those lines twice)
+            raise KernelError(
+                f"{name}: an earlier run of this process over the same input ended before "
+                "the input did (cancelled, interrupted or failed) and left its reader thread "
+                "waiting in a read of it (or what that read got), in the process that started "
+                "the runs; this run "
+                "reads the input in a kernel process of its own, which cannot take that "
+                "thread over (what it reads would be lost, and this run would wait for it "
+                "for ever). Run it on one kernel (cores=1), which takes the reader over and "
+                "loses no record"
+            )
 
     def __init__(self, iterator: Iterator, limit: int, name: str, stream=None) -> None:
         # Appended to by the thread only, taken from its front by the source

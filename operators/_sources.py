@@ -185,8 +185,8 @@ class IterableSource(Source):
         peers = context.peers
         data = self.iterable
         self._unread = None  # the one-shot input to mark as read when first read
-        self._live = None  # a live stream's reader (`_poll_live`)
-        self._reading = False  # the reader has started
+        self._live_stream = None  # the live stream the input reads (`_poll_live`)
+        self._live = None  # its reader, taken (or made) at the first poll
         if isinstance(data, (set, frozenset)) and (context.snapshots or context.processes > 1):
             data = in_a_fixed_order(self.name, data, "from_iterable's input")
         if isinstance(data, (list, tuple, range)):
@@ -224,9 +224,8 @@ class IterableSource(Source):
             except TypeError as exc:
                 raise OperatorError.wrap(self.name, iter, exc, record=data) from exc
             if stream:
-                # (reading up to a few batches ahead: fewer handovers of the GIL
-                # between the reader and the loop, ~10% of a trivial pipeline's time)
-                self._live = LiveReader.of(self._iterator, 4 * max(self.batch_size, 1024), self.name, read)
+                LiveReader.refuse_if_left_elsewhere(self._iterator, self.name)
+                self._live_stream = read
                 self._pulled = 0  # records the reader has handed to this source
 
     def _check_input(self, peers: int, stream: bool = False) -> None:
@@ -302,7 +301,7 @@ class IterableSource(Source):
             self._unread = None
 
     def poll(self):
-        if self._live is not None:
+        if self._live_stream is not None:
             return self._poll_live()
         size = min(self.batch_size, self.records_wanted)
         share = self._share
@@ -329,8 +328,11 @@ class IterableSource(Source):
         has. Started at the first poll, not at open: a source a resumed run
         restores as ended is never polled, and must not read."""
         live = self._live
-        if not self._reading:
-            self._reading = True
+        if live is None:
+            # (reading up to a few batches ahead: fewer handovers of the GIL
+            # between the reader and the loop, ~10% of a trivial pipeline's time)
+            live = self._live = LiveReader.of(self._iterator, 4 * max(self.batch_size, 1024), self.name,
+                                              self._live_stream)
             self._mark_read()
             live.start(self.wake)
             task = self.context.kernel.spawn(live.until_ended(), name=f"{self.name} reader")

@@ -11,7 +11,7 @@ import time
 import pytest
 from _live_streams import DEADLINE
 
-from kernel import Dataflow, run
+from kernel import Dataflow, Operator, run
 
 
 def _fails(_record):
@@ -178,3 +178,35 @@ def test_what_a_reader_of_the_caller_read_to_the_end_is_handed_on_once_on_one_ke
         rest = on_one.from_iterable(stream).map(int).collect()
         run(on_one)
     assert rest.items == list(range(1, 1_000))
+
+
+class _FailsToOpen(Operator):
+    def open(self, context):
+        raise ValueError("the run fails here, opening")
+
+    def on_batch(self, port, batch):
+        self.emit(batch)
+
+
+def test_a_run_failing_before_its_live_source_reads_leaves_the_reader_to_the_next_run():
+    """The source took the reader an earlier run left at its open(), and
+    a run failing before its first poll (a later step's open() failing)
+    dropped it: the line its thread had read was lost (or, a thread still
+    waiting in its read, the next line that came). It takes the reader as
+    it starts reading now."""
+    read, write = os.pipe()
+    with os.fdopen(read) as stream, os.fdopen(write, "w") as out:
+        first = Dataflow("first")
+        first.from_iterable(stream).union(first.from_iterable([0]).map(_fails)).collect()
+        with pytest.raises(Exception, match="the run fails here"):
+            run(first)
+        out.write("".join(f"{i}\n" for i in range(100)))  # (the first run's thread reads "0")
+        out.close()
+        second = Dataflow("second")
+        second.from_iterable(stream).apply(_FailsToOpen).collect()
+        with pytest.raises(Exception, match="the run fails here, opening"):
+            run(second)
+        third = Dataflow("third")
+        rest = third.from_iterable(stream).map(int).collect()
+        run(third)
+    assert rest.items == list(range(100))
