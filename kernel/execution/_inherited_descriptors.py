@@ -50,16 +50,20 @@ Each kernel opens the same file again (`/proc/self/fd/N`, so also one
 renamed or deleted since) at the position it had at the fork, in the same
 number: its reads are its own, as on one kernel. So is one open for reading
 and writing (`tempfile.TemporaryFile("w+")` written, `seek(0)`, then read by
-a step: 0 and 112,501 characters for 100,000), opened again for appending:
-what the kernels write through it goes whole to its end (as through the
-shared position, at its end, before), and once the run is over the caller's
-position, where it was at the file's end, follows to its new end
-(`follow_to_their_end`), as the shared one did: so where a step reaches it
-as a file object only. Reached as a number (an int of a step's may be its
-number by chance, or a function writes it by `os.pwrite`, as a database
-does), it stays as it was: opened for appending, Linux's pwrite goes to the
-end, whatever the position. Not a file open for writing only, whose shared
-position is what keeps the kernels' lines whole (`_written_files.py`).
+a step: 0 and 112,501 characters for 100,000), opened again for appending
+where its position was at its end (a file written to): what the kernels
+write through it goes whole to its end (as through the shared position, at
+its end, before), and once the run is over the caller's position, where it
+was at the file's end, follows to its new end (`follow_to_their_end`), as
+the shared one did; short of its end (being read, or rewritten in place),
+as it was opened. So where a step reaches it as a file object only. A
+caller that writes to it during the run (`run_async`) writes at its own
+position, over what the kernels append: not shared any more. Reached as a
+number (an int of a step's may be its number by chance, or a function
+writes it by `os.pwrite`, as a database does), it stays as it was: opened
+for appending, Linux's pwrite goes to the end, whatever the position. Not
+a file open for writing only, whose shared position is what keeps the
+kernels' lines whole (`_written_files.py`).
 
 Let go is not closed: the application's file objects, inherited too, still
 hold those numbers, and a close would free a number the kernel's own next
@@ -94,7 +98,7 @@ _NO_POSITION = -1
 _A_NETWORK_SOCKET = -2  # (or a Unix datagram socket: let go of by the relay only)
 
 
-def the_applications() -> dict[int, tuple[int, int, int]]:
+def the_applications() -> dict[int, tuple[int, int, int, bool]]:
     """The launcher, before it makes anything of its own: its pipes, FIFOs
     and sockets, and its regular files open for reading (above the
     standard three), each with its identity (device, inode) and, for a
@@ -107,11 +111,14 @@ def the_applications() -> dict[int, tuple[int, int, int]]:
         try:
             info = os.fstat(fd)
             if stat.S_ISFIFO(info.st_mode):
-                found[fd] = (info.st_dev, info.st_ino, _NO_POSITION)
+                found[fd] = (info.st_dev, info.st_ino, _NO_POSITION, False)
             elif stat.S_ISSOCK(info.st_mode):
-                found[fd] = (info.st_dev, info.st_ino, _NO_POSITION if _pipe_like(fd) else _A_NETWORK_SOCKET)
+                found[fd] = (info.st_dev, info.st_ino, _NO_POSITION if _pipe_like(fd) else _A_NETWORK_SOCKET,
+                             False)
             elif stat.S_ISREG(info.st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY:
-                found[fd] = (info.st_dev, info.st_ino, os.lseek(fd, 0, os.SEEK_CUR))
+                position = os.lseek(fd, 0, os.SEEK_CUR)
+                # (at its end here, where the kernels do not yet write to it: `_own_read_position`)
+                found[fd] = (info.st_dev, info.st_ino, position, position >= info.st_size)
         except OSError:  # (the listing's own descriptor, closed by now; or closed by a thread meanwhile)
             continue
     return found
@@ -126,10 +133,10 @@ def _pipe_like(fd: int) -> bool:
         probe.close()
 
 
-_inherited: dict[int, tuple[int, int, int]] = {}  # in a child: the launcher's `the_applications()`
+_inherited: dict[int, tuple[int, int, int, bool]] = {}  # in a child: the launcher's `the_applications()`
 
 
-def note_inherited(inherited: dict[int, tuple[int, int, int]] | None) -> None:
+def note_inherited(inherited: dict[int, tuple[int, int, int, bool]] | None) -> None:
     """A child, as it starts: what the launcher listed (`the_applications`)."""
     global _inherited
     _inherited = dict(inherited or {})
@@ -151,7 +158,7 @@ def let_go_unreached(roots=(), every_socket: bool = False) -> None:
     broken_pipe = placeholder = None
     let_go = []  # what each let go of was, for the error a use of it gets
     try:
-        for fd, (device, inode, position) in listed.items():
+        for fd, (device, inode, position, at_its_end) in listed.items():
             try:
                 info = os.fstat(fd)
             except OSError:  # closed since (by the application's object, inherited: its finalizer)
@@ -163,7 +170,7 @@ def let_go_unreached(roots=(), every_socket: bool = False) -> None:
                     continue
             elif position != _NO_POSITION:
                 if fd in files_of_steps or (fd in read_by_steps and _read_only(fd)):
-                    _own_read_position(fd, position)
+                    _own_read_position(fd, position, at_its_end)
                 continue
             if fd in kept:
                 continue
@@ -215,13 +222,18 @@ def _described(fd: int, info: os.stat_result) -> str:
 _KEPT_FLAGS = os.O_ACCMODE | os.O_APPEND | os.O_NONBLOCK | os.O_SYNC | os.O_DSYNC
 
 
-def _own_read_position(fd: int, position: int) -> None:
+def _own_read_position(fd: int, position: int, at_its_end: bool) -> None:
     """`fd`, a file open for reading, opened again in its place: the same
     file at the same position, which this process alone now moves. One open
-    for writing too is opened for appending: the kernels' writes, each at
-    its own position, would land on one another's."""
+    for writing too, where its position was at its end (a file written to),
+    is opened for appending: the kernels' writes, each at its own position,
+    would land on one another's. Short of its end (a file being read, or a
+    status file rewritten in place, `seek(0)` and `write`), not: appending,
+    each rewrite of a 10-byte status file on two kernels went to its end (a
+    review: 10,010 bytes). `at_its_end`: as the launcher listed it (a
+    kernel's look would see the others' first lines: not at the end)."""
     flags = fcntl.fcntl(fd, fcntl.F_GETFL) & _KEPT_FLAGS
-    if flags & os.O_ACCMODE == os.O_RDWR:
+    if flags & os.O_ACCMODE == os.O_RDWR and at_its_end:
         flags |= os.O_APPEND
     try:
         own = os.open(f"/proc/self/fd/{fd}", flags)

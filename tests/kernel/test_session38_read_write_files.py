@@ -1,7 +1,8 @@
 """A regular file open for reading and writing, opened before the run and
 reached by a step (kernel/execution/_inherited_descriptors.py): each
-kernel reads it at its own position, and what the kernels write to it
-goes whole to its end, the caller's position following."""
+kernel reads it at its own position; what the kernels write to one whose
+position was at its end goes whole to its end, the caller's position
+following; one short of its end is written in place."""
 
 from __future__ import annotations
 
@@ -60,9 +61,9 @@ def test_lines_the_kernels_write_to_a_read_write_file_stay_whole_between_the_cal
 def test_a_read_write_file_a_step_writes_by_its_number_at_positions_stays_shared(tmp_path):
     """Reached as a number only (`os.pwrite(FD, ...)`; or an int of the
     step's, a count, equal to its number by chance), a file open for
-    reading and writing is left as it was: opened again for appending,
-    each positional write went to its end instead (Linux's pwrite on
-    O_APPEND), as a database's would."""
+    reading and writing is left as it was. (Opened again for appending, as
+    a review found, each positional write went to its end instead: Linux's
+    pwrite on O_APPEND.)"""
     import os
 
     path = tmp_path / "bytes"
@@ -78,3 +79,23 @@ def test_a_read_write_file_a_step_writes_by_its_number_at_positions_stays_shared
             flow.from_iterable(range(100)).sink(put)
             run(flow, cores=cores)
             assert path.read_bytes() == b"\x01" * 100, cores
+
+
+def test_a_status_file_a_step_rewrites_in_place_stays_in_place(tmp_path):
+    """A step keeping a small status file up to date (`seek(0)`, `write`)
+    on two kernels: its size stays 10. Each kernel's own description opened
+    for appending whatever its position (this session, before a review)
+    wrote each update at the end: 10,010 bytes."""
+    path = tmp_path / "status"
+    path.write_text(f"{0:10d}")
+    with open(path, "r+") as status:
+        def note(i):
+            status.seek(0)
+            status.write(f"{i:10d}")
+            status.flush()
+
+        flow = Dataflow("status")
+        flow.from_iterable(range(1_000)).sink(note)
+        run(flow, cores=2)
+    assert path.stat().st_size == 10
+    assert int(path.read_text()) in range(1_000)
