@@ -106,3 +106,35 @@ def test_a_reader_is_forgotten_only_once_its_connections_are_closed_for_the_grac
             await asyncio.gather(server, return_exceptions=True)
 
     asyncio.run(served())
+
+
+def test_a_lookup_whose_job_is_no_name_is_refused_saying_so(tmp_path):
+    """A hand-made client's lookup with a `job` that is no str (a dict): it
+    failed in the set of readers ("malformed 'topic_lookup' request:
+    TypeError: unhashable type: 'dict'"); now a refusal that says what a
+    job is, and the coordinator goes on."""
+    from kernel.system._coordinator import serve
+
+    async def served() -> str:
+        ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        server = asyncio.ensure_future(serve("127.0.0.1", 0, SECRET.encode(), tmp_path / "data",
+                                             ready=ready.set_result))
+        try:
+            async with Client(("127.0.0.1", await ready), SECRET.encode()) as client:
+                await client.request("topic_publish", **_STREAM)
+                try:
+                    await client.request("topic_lookup", name="readings", job={"a": 1})
+                except Exception as exc:  # (what the client raises is the check)
+                    refusal = str(exc)
+                else:
+                    refusal = "accepted"
+                found = await client.request("topic_lookup", name="readings", job="app:fine:1/r")
+                assert found["found"], found  # (the coordinator goes on)
+                return refusal
+        finally:
+            server.cancel()
+            await asyncio.gather(server, return_exceptions=True)
+
+    refusal = asyncio.run(served())
+    assert "a topic lookup's job is a name (a str), got dict" in refusal, refusal
+    assert "internal error" not in refusal
