@@ -65,8 +65,9 @@ long again for the TLS handshake, which comes before the server sees the
 connection). A dialler is guarded alike until the server has authenticated
 (`_UntilServerAuthenticated`): the server's hello and answer
 HANDSHAKE_MAX_MESSAGE bytes each, PENDING_MAX_BYTES in all, and
-HANDSHAKE_TIMEOUT seconds from the upgrade to authenticated (then it tries
-again, within its own timeout).
+HANDSHAKE_TIMEOUT seconds from the upgrade to the server's hello (then it
+tries again, within its own timeout; the answer to its own hello has the
+rest of that timeout: the server takes the link as it answers).
 """
 
 from __future__ import annotations
@@ -1392,7 +1393,7 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
     is refused (`LinkMismatch`). `heartbeat`: aiohttp's websocket
     heartbeat (as `AuthenticatedServer`'s `ws_heartbeat`; None: none). A server that refuses the connection
     before authenticating (before the websocket upgrade, or after it:
-    breaking the handshake, or not done with it within `handshake_timeout`
+    breaking the handshake, or sending no hello within `handshake_timeout`
     seconds, what a server gives a dialler) is tried again later than one
     not there yet (REFUSED_FIRST, doubling), and its refusal, once no more
     tries are left, is a `LinkRefused`. A `session` of the caller's reads what the
@@ -1456,10 +1457,12 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
                     delay = min(delay * 2, 0.25)
                 continue
             try:
-                # Bounded per try, as the server bounds a dialler: one that upgraded and
-                # then said nothing held the dial for its whole timeout (a cluster's 30 s).
-                seconds = min(handshake_timeout, max(_HANDSHAKE_MIN, deadline - loop.time()))
-                peer, their_meta = await _handshake_within(ws, key, process, url, meta, check_meta, seconds)
+                # The server's hello bounded per try, as the server bounds a dialler: one that
+                # upgraded and then said nothing held the dial for its whole timeout (a
+                # cluster's 30 s). Its answer to ours is not: see _handshake_within.
+                seconds = max(_HANDSHAKE_MIN, deadline - loop.time())
+                peer, their_meta = await _handshake_within(ws, key, process, url, meta, check_meta,
+                                                           min(handshake_timeout, seconds), seconds)
             except LinkRefused:
                 # Broken before authenticating (closed or reset after the upgrade, or no
                 # answer in time): a peer starting or restarting, as a refusal before the
@@ -1479,12 +1482,25 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
 
 
 async def _handshake_within(ws, key: bytes, process: int, url: str, meta, check_meta: bool,
-                            seconds: float) -> tuple[int, object]:
-    """`_client_handshake` within `seconds`, its failures said as a
+                            hello_within: float, seconds: float) -> tuple[int, object]:
+    """`_client_handshake`, the server's hello within `hello_within`
+    seconds and the whole within `seconds`, its failures said as a
     LinkError: a `LinkRefused` where the server broke it or did not finish
-    it in time (a try again may find it ready)."""
+    it in time (a try again may find it ready).
+
+    Once our hello is sent, the server may take the link as it answers: a
+    dialler that gave up on an answer late by a moment (a server stalled
+    between the two) closed a link the server had taken (a cluster's start
+    ended, `lost process 1 ... it closed the link`), and dialled again to
+    meet `process 1 is already linked`. That wait has the whole `seconds`,
+    as it had before the hello had a bound of its own; a real server
+    answers, or closes, within its own bound anyway."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + seconds
     try:
-        return await asyncio.wait_for(_client_handshake(ws, key, process, url, meta, check_meta), seconds)
+        async with asyncio.timeout(hello_within) as bound:
+            return await _client_handshake(ws, key, process, url, meta, check_meta,
+                                           hello_sent=lambda: bound.reschedule(until))
     except TimeoutError:
         await _close_within(ws)
         raise LinkRefused(f"{url} did not finish the handshake in time") from None
@@ -1579,7 +1595,7 @@ def _handshake_json(data) -> object:
 
 
 async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None,
-                            check_meta: bool = True) -> tuple[int, object]:
+                            check_meta: bool = True, hello_sent=None) -> tuple[int, object]:
     message = await ws.receive()
     if message.type in _ENDED:  # (a server closing: stopping, or at its own time limit)
         await _close_within(ws)
@@ -1607,6 +1623,8 @@ async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None,
         raise LinkError(f"the handshake to {url} would be {len(ours)} bytes (its meta "
                         f"{len(msgspec.json.encode(meta))}), over the {HANDSHAKE_MAX_MESSAGE} bytes a "
                         "server reads before authentication")
+    if hello_sent is not None:  # (before sending it: the server may take the link once it has it)
+        hello_sent()
     await ws.send_str(ours.decode())
     answer = await ws.receive()
     if answer.type is _ERROR:  # (as the hello's: not a kernel's answer)
