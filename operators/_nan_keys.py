@@ -1,21 +1,27 @@
-"""Join keys that hold a float NaN match nothing, on any number of kernels.
+"""Join keys that hold a NaN match nothing, on any number of kernels.
 
 A NaN equals nothing, not itself, but a dict finds a key by identity before
 it compares: one NaN object met on both sides of a join matched on one
 kernel, and its copies (an exchange between kernels makes new objects) did
 not on several, so a join's result depended on the kernel count. A key that
-is a NaN, or a tuple holding one (nested), now matches nothing anywhere, as
-a NULL key in SQL. Looked for only where a key is new to a join (a miss),
-not per record.
+is a NaN (a float's, or another number's: `Decimal("NaN")`, a complex with a
+NaN part), or a tuple or frozenset holding one (nested), now matches nothing
+anywhere, as a NULL key in SQL. Looked for only where a key is new to a join
+(a miss), not per record.
 """
 
 from __future__ import annotations
 
+import numbers
+
 
 def holds_nan(key) -> bool:
-    """Whether `key` is a float NaN or a tuple (nested) holding one."""
+    """Whether `key` is a NaN, or a tuple or frozenset (nested) holding one."""
+    if isinstance(key, (str, int, bytes)):  # the usual keys, first: no NaN
+        return False
     if isinstance(key, float):
         return key != key
-    if isinstance(key, tuple):
+    if isinstance(key, (tuple, frozenset)):
         return any(map(holds_nan, key))
-    return False
+    # (as the exchange's hash tells a NaN: Decimal's, complex's, another library's numbers)
+    return isinstance(key, numbers.Number) and key != key

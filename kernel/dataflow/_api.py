@@ -1478,8 +1478,9 @@ class KeyedStream(Stream[tuple[K_co, V_co]], Generic[K_co, V_co]):
 
         Without a window, the incremental join: `(key, (left, right))` at
         once, as the second of a pair arrives; with `ttl=seconds`, an
-        interval join (see `_join_unwindowed`). A key that is a float NaN,
-        or a tuple holding one, matches nothing (as NULL keys in SQL).
+        interval join (see `_join_unwindowed`). A key that is a NaN (a float's,
+        a Decimal's, a complex's), or a tuple or frozenset holding one,
+        matches nothing (as NULL keys in SQL).
 
         >>> from kernel import Dataflow, run
         >>> from operators import Tumbling
