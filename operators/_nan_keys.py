@@ -13,6 +13,12 @@ anywhere, as a NULL key in SQL. Looked for only where a key is new to a join
 from __future__ import annotations
 
 import numbers
+from itertools import chain
+
+# Types whose keys hold no NaN: a closed window's keys are looked at by type
+# first, in one pass in C (`may_hold_nan`), not one Python call a key.
+_PLAIN = frozenset((str, int, bool, bytes))
+_TUPLE = frozenset((tuple,))
 
 
 def holds_nan(key) -> bool:
@@ -25,3 +31,13 @@ def holds_nan(key) -> bool:
         return any(map(holds_nan, key))
     # (as the exchange's hash tells a NaN: Decimal's, complex's, another library's numbers)
     return isinstance(key, numbers.Number) and key != key
+
+
+def may_hold_nan(keys) -> bool:
+    """False where each of `keys` (a collection: iterated up to three
+    times) is a str, an int or bytes, or each a tuple of such (a composite
+    key): none holds a NaN. Else True: `holds_nan` tells which."""
+    if _PLAIN.issuperset(map(type, keys)):
+        return False
+    tuples = _TUPLE.issuperset(map(type, keys))
+    return not (tuples and _PLAIN.issuperset(map(type, chain.from_iterable(keys))))

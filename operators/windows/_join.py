@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from itertools import repeat
 
-from .._nan_keys import holds_nan
+from .._nan_keys import holds_nan, may_hold_nan
 from ._windowing import LATE_BY_SIDE, Windowing
 
 
@@ -73,6 +73,10 @@ class WindowJoin(Windowing):
 def _drop_nan_keys(accs: dict) -> None:
     """Takes out of a closed window's `{key: acc}` the keys that hold a NaN
     and would pair (one NaN object on both sides): looked at per key with
-    values on both sides as the window closes, not per record."""
+    values on both sides as the window closes, not per record; the usual
+    keys (str, int, tuples of them) all at once, by type (a pass per key in
+    Python cost a windowed join of distinct keys 15-25%)."""
+    if not may_hold_nan(accs):
+        return
     for key in [key for key, (lefts, rights) in accs.items() if lefts and rights and holds_nan(key)]:
         del accs[key]
