@@ -12,10 +12,32 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DEADLINE = 8.0  # seconds for the child to end after the signal (it used to wait for ever)
 
 
+# A script's end (indented as the scripts here are, before dedent): its
+# `flow` run on `{cores}` kernels; a KeyboardInterrupt says so, and whether
+# the process's SIGINT handler is Python's again (not asyncio's runner's),
+# and exits 3.
+RUN_UNTIL_INTERRUPTED = """
+    import signal, sys
+    from kernel import run
+
+    try:
+        run(flow, cores={cores})
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt", signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)
+        sys.exit(3)
+    print("FINISHED", flush=True)
+"""
+
+
 def interrupted(script: str, signum=signal.SIGINT) -> tuple[int, str, str, float]:
     """`script` run until it prints READY, then sent `signum`: (its exit
     code, stdout after READY, stderr, seconds from the signal to its end)."""
-    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT,
+    return interrupted_command(["-c", textwrap.dedent(script)], signum)
+
+
+def interrupted_command(arguments: list[str], signum=signal.SIGINT) -> tuple[int, str, str, float]:
+    """`python *arguments` (a pipeline under `-m kernel.run`), as `interrupted`."""
+    child = subprocess.Popen([sys.executable, *arguments], cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "READY"

@@ -8,12 +8,10 @@ signals: each child says READY from inside the blocked function, and the
 test sends one SIGINT."""
 
 import signal
-import subprocess
-import sys
 import textwrap
 
 import pytest
-from _interrupts import DEADLINE, ROOT, interrupted
+from _interrupts import RUN_UNTIL_INTERRUPTED, interrupted, interrupted_command
 from _procs import without_stall_reports
 
 BLOCKED_STEP = """
@@ -27,14 +25,7 @@ BLOCKED_STEP = """
 
     flow = Dataflow("blocked")
     flow.from_iterable(range(3)).map(stuck).collect()
-    try:
-        run(flow, cores={cores})
-    except KeyboardInterrupt:
-        # ...and the process's SIGINT handler is Python's again (not asyncio's runner's)
-        print("KeyboardInterrupt", signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)
-        sys.exit(3)
-    print("FINISHED", flush=True)
-"""
+""" + RUN_UNTIL_INTERRUPTED
 
 BLOCKED_TASK = """
     import signal, sys, time
@@ -108,18 +99,9 @@ def test_the_command_line_stops_a_blocked_step_on_one_ctrl_c_or_sigterm(tmp_path
         flow.from_iterable(range(3)).map(stuck).collect()
     """))
     for signum, expected, said in ((signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")):
-        child = subprocess.Popen([sys.executable, "-m", "kernel.run", str(pipeline), "--quiet"], cwd=ROOT,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            assert child.stdout.readline().strip() == "READY"
-            child.send_signal(signum)
-            _, err = child.communicate(timeout=DEADLINE)
-            assert child.returncode == expected, err[-2000:]
-            assert without_stall_reports(err) == f"{said}\n"
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.communicate()
+        code, _, err, _ = interrupted_command(["-m", "kernel.run", str(pipeline), "--quiet"], signum)
+        assert code == expected, err[-2000:]
+        assert without_stall_reports(err) == f"{said}\n"
 
 
 def test_a_handler_a_step_set_is_not_undone_after_the_run():

@@ -8,12 +8,10 @@ until a second Ctrl-C. Real processes, real signals: each child says READY
 from inside the blocked result(), and the test sends one signal."""
 
 import signal
-import subprocess
-import sys
 import textwrap
 
 import pytest
-from _interrupts import DEADLINE, ROOT, interrupted
+from _interrupts import RUN_UNTIL_INTERRUPTED, interrupted, interrupted_command
 from _procs import without_stall_reports
 
 PIPELINE = """
@@ -33,17 +31,7 @@ PIPELINE = """
     flow.from_iterable(range(3)).apply(Stuck)
 """
 
-RUN = PIPELINE + """
-    import signal, sys
-    from kernel import run
-
-    try:
-        run(flow, cores={cores})
-    except KeyboardInterrupt:
-        print("KeyboardInterrupt", signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)
-        sys.exit(3)
-    print("FINISHED", flush=True)
-"""
+RUN = PIPELINE + RUN_UNTIL_INTERRUPTED
 
 
 @pytest.mark.parametrize("cores", [1, 2])
@@ -58,15 +46,6 @@ def test_one_ctrl_c_stops_a_run_blocked_in_a_steps_result(cores):
 def test_the_command_line_stops_a_blocked_result_on_one_signal(tmp_path, signum, expected, said):
     pipeline = tmp_path / "blocked.py"
     pipeline.write_text(textwrap.dedent(PIPELINE))
-    child = subprocess.Popen([sys.executable, "-m", "kernel.run", str(pipeline), "--quiet"], cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline().strip() == "READY"
-        child.send_signal(signum)
-        _, err = child.communicate(timeout=DEADLINE)
-        assert child.returncode == expected, err[-2000:]
-        assert without_stall_reports(err) == f"{said}\n"
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.communicate()
+    code, _, err, _ = interrupted_command(["-m", "kernel.run", str(pipeline), "--quiet"], signum)
+    assert code == expected, err[-2000:]
+    assert without_stall_reports(err) == f"{said}\n"

@@ -18,6 +18,7 @@ import struct
 import time
 
 import pytest
+from _websocket_servers import websocket_server
 from aiohttp import web
 from kernel.net._links import PATH, AuthenticationFailed, Link, LinkRefused, NotAKernelServer, connect, dial
 
@@ -38,17 +39,11 @@ async def _websocket_server(behaviour):
         await done.wait()
         return ws
 
-    app = web.Application()
-    app.router.add_get(PATH, handler)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-    finally:
-        done.set()
-        await runner.cleanup()
+    async with websocket_server(handler) as port:
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            done.set()
 
 
 async def _wrong_answer(ws) -> None:

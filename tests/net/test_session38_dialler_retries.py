@@ -13,8 +13,9 @@ import contextlib
 import time
 
 import pytest
+from _websocket_servers import websocket_server
 from aiohttp import web
-from kernel.net._links import PATH, AuthenticationFailed, LinkError, LinkServer, connect
+from kernel.net._links import AuthenticationFailed, LinkError, LinkServer, connect
 
 SECRET = "dialler-retries-secret"
 TIMEOUT = 20.0  # the dial's: generous, the tests end long before it
@@ -34,16 +35,8 @@ async def _breaking_server(behaviour):
         broke.set()
         return ws
 
-    app = web.Application()
-    app.router.add_get(PATH, handler)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield site._server.sockets[0].getsockname()[1], broke
-    finally:
-        await runner.cleanup()
+    async with websocket_server(handler) as port:
+        yield port, broke
 
 
 async def _closes_at_once(request, ws) -> None:  # a server stopping as it upgrades

@@ -38,6 +38,40 @@ EXECUTOR_TIMEOUT = 2.0
 HEARTBEAT = 0.4
 
 
+async def served_coordinator(data_dir: Path, then):
+    """A coordinator served in this loop (`serve`, no process of its own) on
+    a free loopback port with `data_dir` for its data, while
+    `then(("127.0.0.1", port))` runs; cancelled after."""
+    from kernel.system._coordinator import serve
+
+    ready: asyncio.Future = asyncio.get_running_loop().create_future()
+    server = asyncio.ensure_future(serve("127.0.0.1", 0, SECRET.encode(), data_dir, ready=ready.set_result))
+    try:
+        return await then(("127.0.0.1", await ready))
+    finally:
+        server.cancel()
+        await asyncio.gather(server, return_exceptions=True)
+
+
+async def bytes_kept(warm_up, measured) -> int:
+    """The bytes Python still holds (tracemalloc, after a collection) that
+    `await measured()` added, after `await warm_up()` made what is made once
+    (first calls): what a coordinator keeps per request, say."""
+    import gc
+    import tracemalloc
+
+    await warm_up()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        await measured()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

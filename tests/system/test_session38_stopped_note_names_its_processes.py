@@ -12,7 +12,7 @@ import signal
 
 from _system import System, descendants, wait_until
 from test_session35_stopped_executor_restarts import _endless
-from test_session38_stopped_while_away import _started_again
+from test_session38_stopped_while_away import LEASE, _started_again, job_with_the_coordinator_down
 
 UNREACHABLE = "executor: cannot reach the coordinator"
 # endless, until the test creates {flag}: then its step raises (the job process fails on its own)
@@ -33,25 +33,25 @@ flow.from_iterable(range(10**9), batch_size=10).map(step).sink(id)
 GAVE_UP = "executor e1 no longer runs process 0 (it restarted); gave up after 0 restart(s)"
 
 
-def _decided(system: System, job: str) -> dict:
+def _fails_once_back(system: System, job: str) -> None:
+    """The stopped executor started again, then the coordinator: `job`
+    fails, its loss counted (not run again, moved free)."""
+    _started_again(system, 0)
+    system.start_coordinator(*LEASE)
+
     def decided() -> dict | None:
         state = system.job(job)
         return state if state["status"] == "failed" or state["attempt"] > 1 else None
 
-    return wait_until(decided, what=f"{job} to fail or run again")
+    state = wait_until(decided, what=f"{job} to fail or run again")
+    assert (state["status"], state["message"]) == ("failed", GAVE_UP), state
 
 
 def test_a_stop_that_stopped_no_process_does_not_excuse_a_kill_before_it(tmp_path):
     system = System(tmp_path)
-    timeout = ("--executor-timeout", "15")
     log = system.root / "executor1.log"
     try:
-        system.start_coordinator(*timeout)
-        system.start_executor(1)
-        system.executors_up(1)
-        job = _endless(system, tmp_path, "--max-restarts", "0")
-        system.coordinator.send_signal(signal.SIGTERM)
-        assert system.coordinator.wait(timeout=30) == 143
+        job = job_with_the_coordinator_down(system, lambda s: _endless(s, tmp_path, "--max-restarts", "0"))
         system.executors[0].kill()  # (its job process goes with it)
         system.executors[0].wait()
         said = log.read_text().count(UNREACHABLE)
@@ -60,10 +60,7 @@ def test_a_stop_that_stopped_no_process_does_not_excuse_a_kill_before_it(tmp_pat
         wait_until(lambda: log.read_text().count(UNREACHABLE) > said, what="the executor to dial")
         system.executors[0].send_signal(signal.SIGTERM)
         assert system.executors[0].wait(timeout=30) == 143
-        _started_again(system, 0)
-        system.start_coordinator(*timeout)
-        state = _decided(system, job)
-        assert (state["status"], state["message"]) == ("failed", GAVE_UP), state
+        _fails_once_back(system, job)
     finally:
         system.close()
 
@@ -73,29 +70,25 @@ def test_a_process_that_failed_before_the_stop_is_not_excused_by_it(tmp_path):
     coordinator is down; the executor, stopped then, stops nothing: the
     failure still counts (it moved free, and ran again at --max-restarts 0)."""
     system = System(tmp_path)
-    timeout = ("--executor-timeout", "15")
     flag = tmp_path / "fail"
     pipeline = tmp_path / "failing.py"
     pipeline.write_text(FAILING.format(flag=str(flag)))
-    try:
-        system.start_coordinator(*timeout)
-        system.start_executor(1)
-        system.executors_up(1)
+
+    def submit(system: System) -> str:
         done = system.cli("submit", pipeline, "--max-restarts", "0")
         assert done.returncode == 0, done.stderr
         job = done.stdout.splitlines()[0]
         wait_until(lambda: system.job(job)["status"] == "running", what=f"{job} to run")
-        system.coordinator.send_signal(signal.SIGTERM)
-        assert system.coordinator.wait(timeout=30) == 143
+        return job
+
+    try:
+        job = job_with_the_coordinator_down(system, submit)
         flag.touch()
         executor = system.executors[0]
         wait_until(lambda: descendants(executor.pid) == [executor.pid], what="the job process to fail")
         executor.send_signal(signal.SIGTERM)
         assert executor.wait(timeout=30) == 143
         flag.unlink()
-        _started_again(system, 0)
-        system.start_coordinator(*timeout)
-        state = _decided(system, job)
-        assert (state["status"], state["message"]) == ("failed", GAVE_UP), state
+        _fails_once_back(system, job)
     finally:
         system.close()

@@ -24,21 +24,30 @@ def _started_again(system: System, n: int) -> None:
         system.root / f"executor{n + 1}.log", ignore_sigint=True)
 
 
+# (a lease long enough for an executor started again to come back within it, loaded)
+LEASE = ("--executor-timeout", "15")
+
+
+def job_with_the_coordinator_down(system: System, submit) -> str:
+    """A coordinator and one executor started, a job `submit(system)` (its
+    id) running there, the coordinator then stopped (SIGTERM): the job."""
+    system.start_coordinator(*LEASE)
+    system.start_executor(1)
+    system.executors_up(1)
+    job = submit(system)
+    system.coordinator.send_signal(signal.SIGTERM)
+    assert system.coordinator.wait(timeout=30) == 143
+    return job
+
+
 def test_an_executor_stopped_while_the_coordinator_is_down_spends_no_restart(tmp_path):
     system = System(tmp_path)
-    # (a lease long enough for an executor started again to come back within it, loaded)
-    timeout = ("--executor-timeout", "15")
     try:
-        system.start_coordinator(*timeout)
-        system.start_executor(1)
-        system.executors_up(1)
-        job = _endless(system, tmp_path, "--max-restarts", "0")
-        system.coordinator.send_signal(signal.SIGTERM)
-        assert system.coordinator.wait(timeout=30) == 143
+        job = job_with_the_coordinator_down(system, lambda s: _endless(s, tmp_path, "--max-restarts", "0"))
         system.executors[0].send_signal(signal.SIGTERM)
         assert system.executors[0].wait(timeout=30) == 143
         _started_again(system, 0)
-        system.start_coordinator(*timeout)
+        system.start_coordinator(*LEASE)
 
         def attempt(n: int) -> dict:
             state = system.job(job)

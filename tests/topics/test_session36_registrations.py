@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "system"))
-from _system import SECRET, System, wait_until
+from _system import SECRET, System, bytes_kept, served_coordinator, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_catalog_lock_review import _hold, _release
@@ -125,8 +125,6 @@ def test_calls_from_many_client_processes_do_not_grow_the_coordinators_memory(tm
     `kernel.services.call`s from scripts, in a coordinator that runs for
     months). The catalog's calls are made here as the coordinator makes
     them (a real catalog on disk), the Python memory they keep measured."""
-    import gc
-    import tracemalloc
 
     from kernel.system._catalog import Catalog
     from kernel.system._topics import request
@@ -143,16 +141,8 @@ def test_calls_from_many_client_processes_do_not_grow_the_coordinators_memory(tm
 
     async def scenario() -> int:
         await request(catalog, "topic_publish", service)
-        await lookups(0, 200)  # (whatever is made once, on the first calls)
-        gc.collect()
-        tracemalloc.start()
-        try:
-            before = tracemalloc.get_traced_memory()[0]
-            await lookups(200, 4000)
-            gc.collect()
-            return tracemalloc.get_traced_memory()[0] - before
-        finally:
-            tracemalloc.stop()
+        # (whatever is made once, on the first calls)
+        return await bytes_kept(lambda: lookups(0, 200), lambda: lookups(200, 4000))
 
     try:
         grown = asyncio.run(scenario())
@@ -360,20 +350,10 @@ def test_a_coordinator_served_in_an_applications_loop_leaves_no_check_behind_onc
     a warning each period, for a minute after it had stopped."""
     import logging
 
-    from kernel.system._coordinator import serve
-
     monkeypatch.setenv("KERNEL_TOPIC_REFRESH", "0.05")
 
-    async def served(then) -> None:
-        ready: asyncio.Future = asyncio.get_running_loop().create_future()
-        server = asyncio.ensure_future(serve("127.0.0.1", 0, SECRET.encode(), tmp_path / "data",
-                                             ready=ready.set_result))
-        port = await ready
-        try:
-            await then(("127.0.0.1", port))
-        finally:
-            server.cancel()
-            await asyncio.gather(server, return_exceptions=True)
+    def served(then):
+        return served_coordinator(tmp_path / "data", then)
 
     async def register(address) -> None:
         async with Client(address, SECRET.encode()) as client:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "system"))
-from _system import SECRET
+from _system import SECRET, served_coordinator
 
 from kernel.system import Client
 
@@ -29,7 +29,6 @@ def test_one_partitions_end_leaves_the_others_registration_tied_to_its_connectio
                                                                                   monkeypatch):
     import logging
 
-    from kernel.system._coordinator import serve
 
     # (the check of registrations left from before the coordinator's start, which would take
     # this one out too, comes a refresh period after it: not within the test)
@@ -54,16 +53,6 @@ def test_one_partitions_end_leaves_the_others_registration_tied_to_its_connectio
             assert asyncio.get_running_loop().time() < deadline, f"the gone publisher is listed: {addresses}"
             await asyncio.sleep(0.05)
 
-    async def served() -> None:
-        ready: asyncio.Future = asyncio.get_running_loop().create_future()
-        server = asyncio.ensure_future(serve("127.0.0.1", 0, SECRET.encode(), tmp_path / "data",
-                                             ready=ready.set_result))
-        try:
-            await scenario(("127.0.0.1", await ready))
-        finally:
-            server.cancel()
-            await asyncio.gather(server, return_exceptions=True)
-
     with caplog.at_level(logging.WARNING, logger="kernel.system"):
-        asyncio.run(served())
+        asyncio.run(served_coordinator(tmp_path / "data", scenario))
     assert "topic 'two': publisher p1 (app:hand:1) is gone" in caplog.text

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "system"))
-from _system import SECRET
+from _system import SECRET, bytes_kept, served_coordinator
 
 from kernel.system import Client, _topics
 
@@ -24,9 +24,6 @@ def test_the_readers_of_app_runs_gone_for_the_grace_are_not_kept(tmp_path, monke
     """Many app runs each look the topic up on a connection of their own,
     which then closes: past the grace, what they leave behind does not grow
     with their number (150 bytes a run, for as long as the topic lived: 75,000 here)."""
-    import gc
-    import tracemalloc
-
     from kernel.system._catalog import Catalog
 
     monkeypatch.setattr(_topics, "READER_GRACE", 0.0)
@@ -44,16 +41,7 @@ def test_the_readers_of_app_runs_gone_for_the_grace_are_not_kept(tmp_path, monke
 
     async def scenario() -> int:
         await _topics.request(catalog, "topic_publish", _STREAM)
-        await runs(0, 100)
-        gc.collect()
-        tracemalloc.start()
-        try:
-            before = tracemalloc.get_traced_memory()[0]
-            await runs(100, 500)
-            gc.collect()
-            return tracemalloc.get_traced_memory()[0] - before
-        finally:
-            tracemalloc.stop()
+        return await bytes_kept(lambda: runs(0, 100), lambda: runs(100, 500))
 
     try:
         grown = asyncio.run(scenario())
@@ -68,8 +56,6 @@ def test_a_reader_is_forgotten_only_once_its_connections_are_closed_for_the_grac
     the grace (its next kernel, a connection opened again) finds it ended;
     past the grace it is forgotten (it waits for a new publisher, as a new
     run does); one whose connection is still open is never forgotten."""
-    from kernel.system._coordinator import serve
-
     monkeypatch.setattr(_topics, "READER_GRACE", 60.0)
 
     async def lookup(address, reader: str) -> dict:
@@ -95,17 +81,7 @@ def test_a_reader_is_forgotten_only_once_its_connections_are_closed_for_the_grac
             found = await still.request("topic_lookup", name="readings", job="app:still:1/r")
             assert (found["found"], found["addresses"]) == (True, ["ended"]), found
 
-    async def served() -> None:
-        ready: asyncio.Future = asyncio.get_running_loop().create_future()
-        server = asyncio.ensure_future(serve("127.0.0.1", 0, SECRET.encode(), tmp_path / "data",
-                                             ready=ready.set_result))
-        try:
-            await scenario(("127.0.0.1", await ready))
-        finally:
-            server.cancel()
-            await asyncio.gather(server, return_exceptions=True)
-
-    asyncio.run(served())
+    asyncio.run(served_coordinator(tmp_path / "data", scenario))
 
 
 def test_a_lookup_whose_job_is_no_name_is_refused_saying_so(tmp_path):
@@ -113,28 +89,19 @@ def test_a_lookup_whose_job_is_no_name_is_refused_saying_so(tmp_path):
     failed in the set of readers ("malformed 'topic_lookup' request:
     TypeError: unhashable type: 'dict'"); now a refusal that says what a
     job is, and the coordinator goes on."""
-    from kernel.system._coordinator import serve
+    async def scenario(address) -> str:
+        async with Client(address, SECRET.encode()) as client:
+            await client.request("topic_publish", **_STREAM)
+            try:
+                await client.request("topic_lookup", name="readings", job={"a": 1})
+            except Exception as exc:  # (what the client raises is the check)
+                refusal = str(exc)
+            else:
+                refusal = "accepted"
+            found = await client.request("topic_lookup", name="readings", job="app:fine:1/r")
+            assert found["found"], found  # (the coordinator goes on)
+            return refusal
 
-    async def served() -> str:
-        ready: asyncio.Future = asyncio.get_running_loop().create_future()
-        server = asyncio.ensure_future(serve("127.0.0.1", 0, SECRET.encode(), tmp_path / "data",
-                                             ready=ready.set_result))
-        try:
-            async with Client(("127.0.0.1", await ready), SECRET.encode()) as client:
-                await client.request("topic_publish", **_STREAM)
-                try:
-                    await client.request("topic_lookup", name="readings", job={"a": 1})
-                except Exception as exc:  # (what the client raises is the check)
-                    refusal = str(exc)
-                else:
-                    refusal = "accepted"
-                found = await client.request("topic_lookup", name="readings", job="app:fine:1/r")
-                assert found["found"], found  # (the coordinator goes on)
-                return refusal
-        finally:
-            server.cancel()
-            await asyncio.gather(server, return_exceptions=True)
-
-    refusal = asyncio.run(served())
+    refusal = asyncio.run(served_coordinator(tmp_path / "data", scenario))
     assert "a topic lookup's job is a name (a str), got dict" in refusal, refusal
     assert "internal error" not in refusal
