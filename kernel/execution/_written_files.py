@@ -16,8 +16,9 @@ them all when its run ends, before it answers. A flush that fails (a full
 disk) fails the run, naming the file: what it held is lost.
 
 The kernels write through one shared file description (but to a regular
-file open for reading too, each through its own, opened for appending, so
-that each reads at its own position: `_inherited_descriptors.py`). In a regular file
+file open for reading too, that a step reaches as an object, each through
+its own, so that each reads at its own position; opened for appending
+where it was at its end: `_inherited_descriptors.py`). In a regular file
 each write is whole (Linux moves the shared offset under a lock), and a
 buffer is written out at the end of a write, so a line written in one
 call (`f.write(line)`, a csv writer's row) stays whole. Into a pipe, a
