@@ -15,8 +15,8 @@ import time
 from kernel.net._links import LinkServer, connect
 
 SECRET = "dialler-review-secret"
-STALL = 1.0  # seconds the server stalls with our hello read, before its answer
-HELLO_BOUND = 0.3  # the dialler's per-try bound (HANDSHAKE_TIMEOUT, 5 s, in a cluster)
+STALL = 0.25  # seconds the server stalls with our hello read, before its answer
+HELLO_BOUND = 0.05  # the dialler's per-try bound (HANDSHAKE_TIMEOUT, 5 s, in a cluster)
 
 
 class _StalledOnce(LinkServer):
