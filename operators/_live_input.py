@@ -64,10 +64,21 @@ def _the_end():
 _left_over: dict[int, LiveReader] = {}
 _left_over_lock = threading.Lock()
 
+# The reader each run (by id of its kernel) reads an iterator (by id) with:
+# a second source of the run over the same stream (`from_iterable(stream)`
+# twice) takes from it too, rather than reading with a reader of its own.
+# (Each had its own: a run ending early left both readers' records, and
+# only one reader could be left over for the next run: the other's, a line
+# or a chunk of a few thousand, was lost.) Each record is still taken by
+# one of them, in the stream's order, and what none took goes to the next
+# run whole. Held weakly: an entry goes with its reader.
+_reading: weakref.WeakValueDictionary[tuple[int, int], LiveReader] = weakref.WeakValueDictionary()
+
 # A lock an iterator (by id), held by a reader's thread while it reads a
-# chunk: two sources of a run over the same stream (`from_iterable(sys.stdin)`
-# twice) each had a thread iterating it at once, and a file object read so
-# lost lines and gave others twice (a generator: "already executing").
+# chunk: two readers of the same stream (those of two runs at once; two
+# sources of one run had one each before `_reading`) each had a thread
+# iterating it at once, and a file object read so lost lines and gave
+# others twice (a generator: "already executing").
 # Each record now goes to one of them, as when both read on the loop.
 # (Held by the readers of the iterator: it goes with the last of them, not
 # one a stream for as long as the process runs, as a service's runs over a
@@ -88,20 +99,31 @@ class LiveReader:
     """Reads `iterator` on a thread; `take(n)` hands on what has arrived."""
 
     @classmethod
-    def of(cls, iterator: Iterator, limit: int, name: str, stream=None) -> LiveReader:
-        """A reader of `iterator` (which reads the file object `stream`):
-        the one an earlier run of this process left (it goes on), or a new one.
-        Called as the source starts reading, not at its open: a run failing
-        in between (another step's open()) dropped the reader it had taken,
-        and the lines it held, or went on reading, were lost."""
+    def of(cls, iterator: Iterator, limit: int, name: str, stream=None, run: object = None) -> LiveReader:
+        """A reader of `iterator` (which reads the file object `stream`) for
+        the run `run` (its kernel): the one another source of this run reads
+        it with (`_reading`), or the one an earlier run of this process left
+        (it goes on), or a new one. Called as the source starts reading, not
+        at its open: a run failing in between (another step's open())
+        dropped the reader it had taken, and the lines it held, or went on
+        reading, were lost."""
         with _left_over_lock:
             _forget_closed()
+            key = (id(iterator), id(run))
+            reader = _reading.get(key)
+            if (reader is not None and reader._iterator() is iterator and reader._run() is run
+                    and not reader._stopped):
+                return reader  # (its `start` adds this source to those it wakes)
             reader = _left_over.pop(id(iterator), None)
         if reader is not None and reader._iterator() is iterator:
             reader._refuse_if_elsewhere(name)
             reader._limit, reader._name = limit, name
-            return reader
-        return cls(iterator, limit, name, stream)
+        else:
+            reader = cls(iterator, limit, name, stream)
+        reader._run = _weakly(run)
+        with _left_over_lock:
+            _reading[key] = reader
+        return reader
 
     @staticmethod
     def refuse_if_left_elsewhere(iterator: Iterator, name: str) -> None:
@@ -150,6 +172,7 @@ class LiveReader:
                 turn = _iterating[id(iterator)] = _Turn()
             self._turn = turn  # (held: the entry lives as long as a reader of the iterator)
         self._process = os.getpid()  # (a copy forked since has no thread)
+        self._run: Callable[[], object] = _weakly(None)  # the run (kernel) it reads for (`of`)
         self._limit = limit
         self._name = name
         self._room = threading.Event()  # set when the source has taken records
@@ -175,25 +198,30 @@ class LiveReader:
         """Start reading; `wake()` is called on the loop when records (or the
         end) arrive for a source that had found none."""
         loop = asyncio.get_running_loop()
-        ended = loop.create_future()
-        # The kernel's context for the thread's callbacks: call_soon_threadsafe
-        # runs them in the calling thread's, where current_kernel() is None,
-        # and with them the activations they wake (a step calling
-        # current_kernel() failed with "'NoneType' object has no attribute").
-        wiring = (loop, wake, ended, contextvars.copy_context())
         self._asleep = True  # (the source returns None: the first record wakes it)
         with self._handover:  # (a thread ending meanwhile lets go of the earlier run's wiring, not this)
-            self._wiring = wiring
-            self._stopped = False
-            if self._thread is None and not self.done:  # (else: taken over while its thread reads)
-                # (the iterable runs in a copy of the kernel's context too: a generator
-                # that logs, or asks current_kernel(), is in its kernel as before)
-                self._thread = threading.Thread(target=contextvars.copy_context().run,
-                                                args=(self._read, (sys.stdin, sys.__stdin__)),
-                                                name=f"{self._name} reader", daemon=True)
-                with main_thread_signals():  # (a Ctrl-C is the main thread's: `_signal_mask.py`)
-                    self._thread.start()
-        # (taken over from an earlier run: what it read meanwhile, or the end)
+            reading = self._wiring
+            if reading is not None and not self._stopped and reading[0] is loop:
+                # Another source of the run reads with it (`of`): each is woken,
+                # and the run's task of each waits for the one end (`until_ended`).
+                self._wiring = (loop, _both(reading[1], wake), *reading[2:])
+            else:
+                # The kernel's context for the thread's callbacks: call_soon_threadsafe
+                # runs them in the calling thread's, where current_kernel() is None,
+                # and with them the activations they wake (a step calling
+                # current_kernel() failed with "'NoneType' object has no attribute").
+                self._wiring = (loop, wake, loop.create_future(), contextvars.copy_context())
+                self._stopped = False
+                if self._thread is None and not self.done:  # (else: taken over while its thread reads)
+                    # (the iterable runs in a copy of the kernel's context too: a generator
+                    # that logs, or asks current_kernel(), is in its kernel as before)
+                    self._thread = threading.Thread(target=contextvars.copy_context().run,
+                                                    args=(self._read, (sys.stdin, sys.__stdin__)),
+                                                    name=f"{self._name} reader", daemon=True)
+                    with main_thread_signals():  # (a Ctrl-C is the main thread's: `_signal_mask.py`)
+                        self._thread.start()
+        # (taken over from an earlier run: what it read meanwhile, or the end;
+        # or read for the run's other source before this one started)
         if self.arrived or self.done:
             self._asleep = False
             loop.call_soon(wake)
@@ -399,3 +427,11 @@ def _weakly(obj) -> Callable[[], object]:
 
 def _wake_it(wake: Callable[[], None]) -> None:
     wake()
+
+
+def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    """A wake of two sources reading with one reader: each asleep looks again."""
+    def wake() -> None:
+        first()
+        second()
+    return wake

@@ -332,7 +332,7 @@ class IterableSource(Source):
             # (reading up to a few batches ahead: fewer handovers of the GIL
             # between the reader and the loop, ~10% of a trivial pipeline's time)
             live = self._live = LiveReader.of(self._iterator, 4 * max(self.batch_size, 1024), self.name,
-                                              self._live_stream)
+                                              self._live_stream, self.context.kernel)
             self._mark_read()
             live.start(self.wake)
             task = self.context.kernel.spawn(live.until_ended(), name=f"{self.name} reader")
