@@ -4,9 +4,14 @@ a deadline: a hang fails its test."""
 
 from __future__ import annotations
 
+import functools
 import os
+import socket
+import threading
+import time
 
 import pytest
+from _live_streams import DEADLINE
 
 from kernel import Dataflow, run
 
@@ -49,3 +54,45 @@ def test_two_sources_of_a_run_failing_early_leave_every_line_they_did_not_hand_o
     assert sorted(handed_on + rest.items) == list(range(total))
     if sources_after == 1:
         assert rest.items == sorted(rest.items)
+
+
+def _readers() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.endswith(" reader")]
+
+
+def _closes_within(stream, seconds: float) -> bool:
+    """Whether `stream.close()`, on a thread, returns within `seconds`."""
+    closed = threading.Event()
+    threading.Thread(target=lambda: (stream.close(), closed.set()), daemon=True).start()
+    return closed.wait(seconds)
+
+
+@pytest.mark.parametrize("kind", ["pipe", "socket"])
+def test_a_stream_whose_pending_read_the_caller_ended_closes_at_once_after_a_run_that_failed(kind):
+    """What the README tells a caller closing a live stream after a run
+    that ended early: the reader thread's pending read holds the file
+    object's lock, so a close waits for it; ended first (the pipe's write
+    end closed, the socket shut down for reading), the close returns at
+    once, and the reader's thread ends."""
+    before = set(_readers())
+    if kind == "pipe":
+        read, write = os.pipe()
+        stream = os.fdopen(read)
+        end_the_read = functools.partial(os.close, write)
+    else:
+        ours, theirs = socket.socketpair()
+        stream = ours.makefile("r")
+        end_the_read = functools.partial(ours.shutdown, socket.SHUT_RD)
+    flow = Dataflow("early")
+    flow.from_iterable(stream).union(flow.from_iterable([0]).map(_fails)).collect()
+    with pytest.raises(Exception, match="the run fails here"):
+        run(flow)
+    end_the_read()
+    assert _closes_within(stream, DEADLINE)
+    deadline = time.monotonic() + DEADLINE
+    while set(_readers()) - before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not set(_readers()) - before
+    if kind == "socket":
+        ours.close()
+        theirs.close()
