@@ -19,7 +19,9 @@ elsewhere. When the coordinator goes away, the processes keep running: the
 executor reconnects (every RECONNECT seconds; one that refuses it, backing
 off from RECONNECT to REFUSED_MOST), registers under the same id
 (kept in `WORKDIR/executor.json`) and lists its processes, running and
-ended, so a restarted coordinator adopts them. Unless it stays away for
+ended (the exits it could not report noted there too, for the next
+executor on its workdir: `_note_unreported`), so a restarted coordinator
+adopts them. Unless it stays away for
 FENCE_SHARE of its executor timeout: cut off that long, the executor kills
 its job processes (`_fence`), before the coordinator, which counts it lost
 at the timeout, starts them elsewhere; each job process also holds that
@@ -248,7 +250,11 @@ class ExecutorDaemon:
         self._record = record
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)  # (deleted under it: made again)
-            self._id_file.write_text(json.dumps(record))
+            # (whole or not at all: it is written as job processes end too, and one cut
+            # short by a kill meanwhile lost the id, the next register took a new one)
+            partial = self._id_file.with_suffix(".partial")
+            partial.write_text(json.dumps(record))
+            partial.replace(self._id_file)
         except OSError as exc:  # (a full disk: it goes on, by the id it holds)
             log.warning("executor: cannot write %s (%s): its id %s is kept in memory only", self._id_file,
                         exc, record.get("id"))
@@ -321,7 +327,10 @@ class ExecutorDaemon:
                 pause = RECONNECT
                 try:
                     reader = asyncio.ensure_future(session.run())
+                    # (with the exits noted unreported, `_note_unreported`: by a
+                    # stopped executor on this workdir, or by this one)
                     listed = [p.report() for p in self.processes.values()]
+                    listed += [e for e in self._noted_exits() if _key(e) not in self.processes]
                     # (`stopped`: the job processes the last executor on this workdir stopped
                     # on purpose, unable to tell the coordinator, `_note_stopped`)
                     reply = await session.request(
@@ -329,9 +338,13 @@ class ExecutorDaemon:
                         cores=self.cores, catalog=self._recorded("catalog"),
                         processes=listed, stopped=self._record.get("stopped") or [])
                     self._catalog_seen(reply.get("catalog"))
-                    # (a coordinator that tells none, its catalog locked as it started: the one known)
+                    # (a coordinator that tells none, its catalog locked as it started: the one known;
+                    # the notes it has heard now dropped, those of exits since kept)
+                    heard = {_key(p) for p in listed if p.get("code") is not None}
+                    later = [e for e in self._noted_exits() if _key(e) not in heard]
                     self._remember({"id": reply["executor"],
-                                    "catalog": reply.get("catalog") or self._recorded("catalog")})
+                                    "catalog": reply.get("catalog") or self._recorded("catalog"),
+                                    **({"ended": later} if later else {})})
                     self._answered = time.monotonic()
                     refusals = None
                     interval = self.heartbeat
@@ -669,13 +682,42 @@ class ExecutorDaemon:
         self._forget_old()
         if self.session is not None:
             await self._report_exit(self.session, entry)
-        # (else the next register lists it, or `_report_exits_after` the one in flight)
+        else:  # (the next register lists it, or `_report_exits_after` the one in flight)
+            self._note_unreported(entry)
 
     async def _report_exit(self, session: Session, entry: JobProcess) -> None:
         try:
             await session.request("exited", **entry.report())
         except (ConnectionLost, RequestError, TimeoutError):
-            pass  # the next register lists it
+            self._note_unreported(entry)  # the next register lists it
+            return
+        noted = self._noted_exits()  # (noted while a register was in flight: `_report_exits_after`)
+        if any(_key(e) == _key(entry.report()) for e in noted):
+            self._remember({**self._record, "ended": [e for e in noted if _key(e) != _key(entry.report())]})
+
+    def _note_unreported(self, entry: JobProcess) -> None:
+        """A job process's exit the coordinator has not heard (this executor
+        cut off from it) is noted in executor.json (`ended`), and the next
+        register lists it, that of the next executor on this workdir too: the
+        exit was kept in memory only, and an executor stopped (SIGTERM) before
+        it could tell left the coordinator to find the process gone, `executor
+        e1 no longer runs process 0 (it restarted)`, a restart spent: a job
+        whose user function had raised ran again, and one that had completed
+        ran again from its start. (Not those it stopped on purpose: its note
+        of the stop says them, `_note_stopped`.)"""
+        key = _key(entry.report())
+        if key in self._stopped_here:
+            return
+        noted = [e for e in self._noted_exits() if _key(e) != key] + [entry.report()]
+        self._remember({**self._record, "ended": noted[-_KEEP_ENDED:]})
+
+    def _noted_exits(self) -> list[dict]:
+        """executor.json's `ended` (`_note_unreported`), each as a register
+        lists an exit; anything else in it (the file edited, or garbage),
+        left out."""
+        said = self._record.get("ended")
+        return [{**{name: e.get(name) for name in _EXIT_FIELDS}, "cut_off": e.get("cut_off") is True}
+                for e in said if _exit_noted(e)] if isinstance(said, list) else []
 
     def _report_exits_after(self, listed: list[dict]) -> None:
         """The processes a register listed running that ended before its
@@ -757,6 +799,24 @@ class ExecutorDaemon:
         stopped |= self._stopped_here
         if self.executor_id is not None and stopped:  # (never registered: no job ran here)
             self._remember({**self._record, "stopped": sorted(list(s) for s in stopped)})
+
+
+_EXIT_FIELDS = ("job", "attempt", "process", "code", "error", "dashboard")
+
+
+def _key(process: dict) -> tuple[str, int, int]:
+    """A listed process's (job, attempt, process)."""
+    return process["job"], process["attempt"], process["process"]
+
+
+def _exit_noted(e) -> bool:
+    """Whether `e` is a noted exit, as `JobProcess.report` makes it."""
+    def integer(n) -> bool:
+        return isinstance(n, int) and not isinstance(n, bool)
+
+    return isinstance(e, dict) and isinstance(e.get("job"), str) and integer(e.get("attempt")) \
+        and integer(e.get("process")) and integer(e.get("code")) \
+        and all(e.get(name) is None or isinstance(e[name], str) for name in ("error", "dashboard"))
 
 
 def _cut_character(data: bytes) -> int:

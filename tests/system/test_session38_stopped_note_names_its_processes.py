@@ -68,7 +68,9 @@ def test_a_stop_that_stopped_no_process_does_not_excuse_a_kill_before_it(tmp_pat
 def test_a_process_that_failed_before_the_stop_is_not_excused_by_it(tmp_path):
     """The job's process fails on its own (its step raises) while the
     coordinator is down; the executor, stopped then, stops nothing: the
-    failure still counts (it moved free, and ran again at --max-restarts 0)."""
+    failure still counts (it moved free, and ran again at --max-restarts 0).
+    (Session 39: the executor notes the exit it could not report, and the
+    job fails with its own error, `test_session39_exits_while_away`.)"""
     system = System(tmp_path)
     flag = tmp_path / "fail"
     pipeline = tmp_path / "failing.py"
@@ -89,6 +91,15 @@ def test_a_process_that_failed_before_the_stop_is_not_excused_by_it(tmp_path):
         executor.send_signal(signal.SIGTERM)
         assert executor.wait(timeout=30) == 143
         flag.unlink()
-        _fails_once_back(system, job)
+        _started_again(system, 0)
+        system.start_coordinator(*LEASE)
+
+        def decided() -> dict | None:
+            state = system.job(job)
+            return state if state["status"] != "running" or state["attempt"] > 1 else None
+
+        state = wait_until(decided, what=f"{job} to fail or run again")
+        assert (state["status"], state["attempt"]) == ("failed", 1), state
+        assert "told to fail" in state["message"], state
     finally:
         system.close()
