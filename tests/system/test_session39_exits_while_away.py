@@ -63,3 +63,35 @@ def test_a_failure_while_the_coordinator_is_down_is_reported_after_the_executor_
                                     "told to fail; on record: 0"), state
     finally:
         system.close()
+
+
+# (ends once the test creates {flag}: its ten records through)
+ENDING = """\
+import os
+import time
+from kernel import Dataflow
+
+def step(n):
+    while not os.path.exists({flag!r}):
+        time.sleep(0.01)
+    return n
+
+flow = Dataflow("ending")
+flow.from_iterable(range(10), batch_size=10).map(step).sink(id)
+"""
+
+
+def test_a_completion_while_the_coordinator_is_down_is_reported_after_the_executor_restarts(tmp_path):
+    """The job completed while the coordinator was down: it was run again
+    from its start (`no longer runs process 0`, a restart spent; at
+    --max-restarts 0 it failed, never having failed)."""
+    system = System(tmp_path)
+    flag = tmp_path / "end"
+    pipeline = tmp_path / "ending.py"
+    pipeline.write_text(ENDING.format(flag=str(flag)))
+    try:
+        state = ended_while_away_then_stopped(system, pipeline, flag, "--max-restarts", "1")
+        assert (state["status"], state["attempt"], state["restarts"], state["message"]) == \
+            ("completed", 1, 0, None), state
+    finally:
+        system.close()
