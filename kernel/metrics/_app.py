@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 from aiohttp import web
@@ -37,23 +38,75 @@ PAGES = {  # path -> (file, content type)
 }
 
 
-async def server_sent_events(request, encoded, stopping: asyncio.Event, interval: float,
+class EventStreams:
+    """The event streams a server has open, at most MAX_EVENT_STREAMS
+    (`_server.py`), and its stop. A stream answers a request for as long
+    as it lasts, so the server's connection cap never closes it: 64 of them
+    (64 tabs, or a stranger) left no room for a scrape. Past the limit a new
+    stream ends the oldest of the address holding the most, its connection
+    closed (a page's EventSource reconnects by itself; a client that stopped
+    reading would hold a stream's write, and its connection, forever): a
+    stranger opening streams ends its own, not a page's, and a scrape always
+    finds a connection to replace.
+    (Refusing the newcomer, 503, left a stranger's streams keeping every
+    page away, and a refused EventSource never tries again.)"""
+
+    def __init__(self) -> None:
+        from ._server import MAX_EVENT_STREAMS
+
+        self._limit = MAX_EVENT_STREAMS
+        # a stream's end -> its peer's address and its connection, oldest first
+        self._open: dict[asyncio.Event, tuple[str, asyncio.BaseTransport | None]] = {}
+        self.stopping = False
+
+    def open(self, request) -> asyncio.Event:
+        """A new stream's end, set when it must end (replaced, or the server stopping)."""
+        if len(self._open) >= self._limit:
+            held = Counter(address for address, _ in self._open.values())
+            most = max(held.values())
+            oldest = next(end for end, (address, _) in self._open.items() if held[address] == most)
+            transport = self._open.pop(oldest)[1]
+            oldest.set()
+            if transport is not None:
+                transport.abort()
+        end = asyncio.Event()
+        if self.stopping:
+            end.set()
+        self._open[end] = (request.remote or "", request.transport)
+        return end
+
+    def close(self, end: asyncio.Event) -> None:
+        self._open.pop(end, None)
+
+    def stop(self) -> None:
+        """The server stops: every stream sends its last event and ends."""
+        self.stopping = True
+        for end in self._open:
+            end.set()
+
+
+async def server_sent_events(request, encoded, streams: EventStreams, interval: float,
                              last_event: str | None = None) -> web.StreamResponse:
     """Send `encoded()` (JSON bytes) as an event every `interval` seconds
-    until `stopping` is set, then once more as `last_event` if given."""
+    until the server stops (`streams.stop()`), then once more as
+    `last_event` if given; or until a newer stream replaces this one
+    (`EventStreams`)."""
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **NO_CACHE})
     await response.prepare(request)
+    end = streams.open(request)
     try:
-        while not stopping.is_set():
+        while not end.is_set():
             await response.write(b"data: " + encoded() + b"\n\n")
             try:
-                await asyncio.wait_for(stopping.wait(), interval)
+                await asyncio.wait_for(end.wait(), interval)
             except TimeoutError:
                 pass
-        if last_event is not None:
+        if last_event is not None and streams.stopping:
             await response.write(f"event: {last_event}\ndata: ".encode() + encoded() + b"\n\n")
     except ConnectionResetError:  # the page went away
         pass
+    finally:
+        streams.close(end)
     return response
 
 
@@ -64,7 +117,7 @@ def dashboard_app(collect, describe, started: float | None = None,
     the run's start (wall seconds; now if not given); `outcome`: how the run
     ended, filled in before the server stops (`run_outcome`) and sent with
     the states from then on, the last one the page reads."""
-    stopping = asyncio.Event()
+    streams = EventStreams()
     if started is None:  # one kernel: the server starts with the run
         started = time.time()
     if outcome is None:
@@ -90,7 +143,7 @@ def dashboard_app(collect, describe, started: float | None = None,
 
     async def events(request):
         # when the run has ended: its last figures, then the page stops listening
-        return await server_sent_events(request, state, stopping, UPDATE_INTERVAL, last_event="end")
+        return await server_sent_events(request, state, streams, UPDATE_INTERVAL, last_event="end")
 
     def page(name: str, content_type: str):
         body = (STATIC / name).read_bytes()
@@ -101,7 +154,7 @@ def dashboard_app(collect, describe, started: float | None = None,
         return handler
 
     async def on_shutdown(_app):
-        stopping.set()
+        streams.stop()
 
     app = web.Application()
     app.on_shutdown.append(on_shutdown)

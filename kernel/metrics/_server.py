@@ -41,6 +41,12 @@ SHUTDOWN_TIMEOUT = 0.25
 # (re-opened as each was closed) refuse every scrape and page.
 MAX_CONNECTIONS = 64
 IDLE_TIMEOUT = 15.0
+# A page's event stream answers its request for as long as it lasts, so
+# the cap above never closes it: 64 streams (tabs, or a stranger's) refused
+# every scrape. At most this many are open (`_app.EventStreams`: a new one
+# past it ends the oldest of the address holding the most), which leaves
+# half the connections for scrapes and pages.
+MAX_EVENT_STREAMS = 32
 
 
 def _not_a_malformed_request(record: logging.LogRecord) -> bool:

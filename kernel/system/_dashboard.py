@@ -14,13 +14,12 @@ is what `status` prints): bind it where those who may see it can reach it
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
 from aiohttp import web
 
-from kernel.metrics._app import NO_CACHE, server_sent_events
+from kernel.metrics._app import NO_CACHE, EventStreams, server_sent_events
 
 UPDATE_INTERVAL = 1.0  # seconds between two states the page is sent
 PAGE = Path(__file__).with_name("_static") / "system.html"
@@ -28,7 +27,7 @@ PAGE = Path(__file__).with_name("_static") / "system.html"
 
 def system_app(state) -> web.Application:
     """`state()`: the system as plain data (`JobMaster.status()`)."""
-    stopping = asyncio.Event()
+    streams = EventStreams()
     page_body = PAGE.read_bytes()
 
     def encoded() -> bytes:
@@ -41,10 +40,10 @@ def system_app(state) -> web.Application:
         return web.Response(body=encoded(), content_type="application/json")
 
     async def events(request):
-        return await server_sent_events(request, encoded, stopping, UPDATE_INTERVAL)
+        return await server_sent_events(request, encoded, streams, UPDATE_INTERVAL)
 
     async def on_shutdown(_app):
-        stopping.set()
+        streams.stop()
 
     app = web.Application()
     app.on_shutdown.append(on_shutdown)
