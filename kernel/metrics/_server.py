@@ -273,10 +273,15 @@ class MetricsServerThread:
     waits in `poll` on the listening socket (bound already, so a client
     that comes early waits in its backlog, not refused). Setting up a loop
     and aiohttp's runner took ~8 ms of CPU at every run with a dashboard on
-    two kernels (a 10-record flow: 31.6 -> 39.2 ms of CPU, kernels
-    included), while the kernels had both CPUs of a 2-core machine; most
-    runs are never scraped while they last (Prometheus's usual interval is
-    15 s). The first scrape of a run pays that setup instead, once."""
+    two kernels where aiohttp was imported already (a 10-record flow: 31.6
+    -> 39.2 ms of CPU, kernels included), and ~150 ms where it was not (a
+    launcher imports it for this server alone; 0.15 -> 0.3 s of CPU, 0.08 ->
+    0.2-0.4 s of wall time, the run's end waiting for the import), while
+    the kernels had both CPUs of a 2-core machine; most runs are never
+    scraped while they last (Prometheus's usual interval is 15 s). The
+    first scrape of a run pays that setup instead, once: ~0.15 s (later
+    ones ~1 ms). Setting it up once the run has lasted a few seconds would
+    make every run that long pay it, scraped or not."""
 
     def __init__(self, sock: socket.socket, collect, describe=None) -> None:
         self._sock = sock
