@@ -23,6 +23,7 @@ from kernel.dataflow._errors import (
     PASSES_THROUGH,
     UNHASHABLE_KEY,
     OperatorError,
+    calls_a_steps_function,
     is_not_a_pair,
     is_unhashable,
     not_a_pair,
@@ -69,6 +70,7 @@ def keyed_error(operator: str, fn, exc: BaseException, record) -> OperatorError:
 STOP_ENDS_BATCH = "raised StopIteration, which would silently end the batch"
 
 
+@calls_a_steps_function()
 def call_each(operator: str, fn, batch: list, fast=None) -> list:
     """`[fn(x) for x in batch]` at `map()` speed, failures named. `fast`:
     `_accessors.accessor(fn)`, which does the same in C (the records as
@@ -88,6 +90,7 @@ def call_each(operator: str, fn, batch: list, fast=None) -> list:
     return results
 
 
+@calls_a_steps_function()
 def over_batch(operator: str, fn, batch: list, build: Callable, fast=None,
                fast_build: Callable | None = None, pairs: bool = False) -> list:
     """`build(fn, iterator)` over `batch`, with failures named. `build` is a

@@ -43,7 +43,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-from kernel.dataflow._errors import PASSES_THROUGH, OperatorError, is_not_a_pair, not_a_pair
+from kernel.dataflow._errors import PASSES_THROUGH, STEPS_BY_LINE, OperatorError, is_not_a_pair, not_a_pair
 from kernel.dataflow._operator import TimedBatch
 
 from ._accessors import IDENTITY, accessor
@@ -196,6 +196,10 @@ class _Comprehension:
         namespace = {f"f{i}": stage.fn if fast is None else fast
                      for i, (stage, fast) in enumerate(zip(stages, self.fast))}
         exec(compile(self._source(), self.filename, "exec"), namespace)  # our text; the functions by name
+        # which step each clause's line runs, read from a frame's globals by the
+        # watchdog (a report names the step blocked: kernel/runtime/_blocked_step.py)
+        namespace[STEPS_BY_LINE] = {line: (stages[step].name, stages[step].fn)
+                                    for line, (step, _) in self.line_stage.items()}
         self.plain = namespace["plain"]
         self.timed = namespace["timed"]
 

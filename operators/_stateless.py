@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from functools import partial
 from itertools import chain, compress, islice, repeat
 
-from kernel.dataflow._errors import PASSES_THROUGH, OperatorError
+from kernel.dataflow._errors import PASSES_THROUGH, OperatorError, calls_a_steps_function
 from kernel.dataflow._operator import Operator, PieceSize, TimedBatch, record_bytes, unfinished
 
 from ._accessors import IDENTITY, accessor
@@ -521,6 +521,7 @@ def _values_of_pairs(fn, it, keys):
     return [fn(v) for k, v in it if keys(k) is None]
 
 
+@calls_a_steps_function(step="step")
 def _values_of_records(step: str, fn, batch: list, keys: list, fast=None) -> list:
     """map_values' function over the values of key_by's pairs `(keys[i],
     batch[i])`, none of them built; a failure names the pair. `fast`: the

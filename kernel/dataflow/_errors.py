@@ -53,10 +53,37 @@ def describe_function(fn: object) -> str:
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     if name is None:
         return repr(fn)
-    module = getattr(fn, "__module__", None)
+    return described_name(getattr(fn, "__module__", None), name)
+
+
+def described_name(module: str | None, name: str) -> str:
+    """A function's name for messages, given its module and qualified name."""
     if module and module not in ("builtins", "__main__") and not module.startswith("__kernel"):
         return f"{module}.{name}"
     return name
+
+
+# The library's helpers that call a step's user function with the step's
+# name at hand (`operators/_calls.py`: `call_each`, `over_batch`): their code
+# -> (the local holding the step's name, the local holding the function).
+# The watchdog's report names the step and function a blocked thread is in
+# from them (`kernel/runtime/_blocked_step.py`): a fused handler (a count
+# that took the key_by before it) runs the key_by's function from the
+# count's own frame.
+STEP_CALLERS: dict = {}
+# The global of a fused chain's generated code (`operators/_fusion.py`) that
+# maps each line of a step's clause to (the step's name, its function).
+STEPS_BY_LINE = "__steps_by_line__"
+
+
+def calls_a_steps_function(step: str = "operator", fn: str = "fn"):
+    """Registers a helper in `STEP_CALLERS` (its locals `step` and `fn`
+    name the step and its function); the helper itself is unchanged."""
+    def register(helper):
+        STEP_CALLERS[helper.__code__] = (step, fn)
+        return helper
+
+    return register
 
 
 # What the library needs of records and keys, said beside the errors that

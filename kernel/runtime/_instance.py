@@ -82,7 +82,7 @@ from kernel.dataflow._graph import Node
 from kernel.dataflow._operator import NONE_KEY, PIECE, Operator, PieceSize, Unfinished, record_bytes
 from kernel.scheduling._scheduler import LATER
 
-from . import _user_pieces
+from . import _blocked_step, _user_pieces
 from ._progress import Frontier
 from ._user_pieces import UserOutput
 
@@ -558,6 +558,13 @@ class Instance:
         """The names of the steps that run inside this one's activation
         (for the stall notice and the watchdog: `scheduling.described`)."""
         return [member.name for member in self._chained_after()]
+
+    def blocked_step(self, frames: list) -> str | None:
+        """The step and function the loop's thread is in, blocked in this
+        activation (`frames`: its frames, innermost first), for the
+        watchdog's report (`_blocked_step`); None: this activation's name
+        alone."""
+        return _blocked_step.blocked_step(frames, self.name)
 
     def _chained_after(self) -> list[Instance]:
         """The instances that run inside this instance's activation: the

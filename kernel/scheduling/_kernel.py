@@ -337,12 +337,18 @@ class Kernel:
         slice of its scheduler, one of its processing-time timers
         (`call_later`), its start (`join` running what `at_start` was
         given: the steps' open and restore) or one of its tasks; None if
-        none (the host's, or another kernel's on the same loop)."""
-        for frame in frames:
+        none (the host's, or another kernel's on the same loop). For an
+        activation, `(what, its name)`: what is blocked in it, the step
+        and function where the activation says (`blocked_step(frames)`, a
+        step's: a map chained after its source runs in the source's
+        activation), and the activation, the report's `step`."""
+        for at, frame in enumerate(frames):
             # (another kernel's slice on this loop, run_async twice beside, is that kernel's to report)
             if frame.f_code is _RUN_SLICE and frame.f_locals.get("self") is self._scheduler:
                 activation = frame.f_locals.get("activation")
-                return getattr(activation, "name", None) or repr(activation)
+                name = getattr(activation, "name", None) or repr(activation)
+                inner = getattr(activation, "blocked_step", None)
+                return (inner(frames[:at]) if inner is not None else None) or name, name
             # a processing-time timer's function blocked: reported by nothing, and
             # a Ctrl-C only cancelled the run once it returned
             if frame.f_code is _RUN_TIMER and frame.f_locals.get("self") is self:

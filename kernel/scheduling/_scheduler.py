@@ -122,7 +122,7 @@ def described(activation) -> str:
     chained after it, which run inside it (`chained_names()`, a step's
     activation's): a `map` blocked 1 s after `from_iterable` was reported
     as `from_iterable (step 0) ran 1000.2 ms`, the map unnamed (the
-    watchdog's report shows the frames, which name the function).
+    watchdog's report names the step and function still running).
     Ends in a comma where steps are named (the sentence goes on after it)."""
     name = getattr(activation, "name", None) or repr(activation)
     chained = getattr(activation, "chained_names", None)

@@ -11,7 +11,9 @@ the kernel's loop, once a `CHECK` interval, to run a callback, and waits
 for it. A loop that has
 not run the callback for `REPORT_AFTER` seconds is blocked; if it is blocked
 in the kernel's work (an activation of a slice, or one of the kernel's
-tasks) the watchdog logs which step or task, for how long, and where it is
+tasks) the watchdog logs which step or task (inside an activation, the step
+and function the frames are in, where the activation says:
+kernel/runtime/_blocked_step.py), for how long, and where it is
 (the innermost frames of the loop's thread), then again after twice as long,
 four times, and so on. A loop blocked in the host's own code (a coroutine of
 the application beside `run_async`) is the host's business: not reported.
@@ -158,9 +160,11 @@ class Watchdog:
     kernel's stall threshold).
 
     `where(frames)` is given the loop thread's frames, innermost first, and
-    returns what is blocked (an activation's name, "task 'reader'") or None
-    when the frames are not the kernel's work; `log(message, what)` writes
-    the report.
+    returns what is blocked (an activation's name, "task 'reader'"), or
+    `(what, step)` where the report names more than the step it is logged
+    as (the step and function blocked inside an activation), or None when
+    the frames are not the kernel's work; `log(message, step)` writes the
+    report.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, where, log, at_least: float = 0.0) -> None:
@@ -220,9 +224,11 @@ class Watchdog:
             frame = frame.f_back
         if any(f.f_code.co_name == "trace_dispatch" and f.f_code.co_filename == _BDB for f in frames):
             return False
-        what = self._where(frames)
+        what = step = self._where(frames)
         if what is None:
             return True
+        if what.__class__ is tuple:
+            what, step = what
         # (written here: a StackSummary's format() parses each line with `ast` for its carets on
         # 3.11, and the ast module's state is the interpreter's: a test parsing on the main thread
         # meanwhile failed with "AST constructor recursion depth mismatch")
@@ -233,7 +239,7 @@ class Watchdog:
             f"{what} has not handed the event loop back for {blocked:.1f} s and is still running: "
             f"nothing else of this kernel runs meanwhile (a function blocked on a lock, a socket or "
             f"a queue?); its thread is at (innermost last):\n{''.join(inner).rstrip()}",
-            what,
+            step,
         )
         # logging named the thread (`threading.current_thread()`), which made it an entry of
         # threading's: taken out, or the hand-over would take it for a thread that wants the GIL

@@ -76,7 +76,8 @@ def reports(tmp_path):
 
 def test_a_step_blocked_on_one_kernel_is_reported_while_it_waits_with_where_it_waits(quick, reports):
     """A map waits on an event that only the second report sets: it is
-    reported at 0.3 s and again at 0.6 s, naming the activation, with the
+    reported at 0.3 s and again at 0.6 s, naming the map, its function and
+    the activation it runs in (logged as its `step`), with the
     function's own line innermost-last and none of the library's frames
     that called it; it then returns and the run ends with every record."""
     seen = reports(wanted=2)
@@ -91,8 +92,9 @@ def test_a_step_blocked_on_one_kernel_is_reported_while_it_waits_with_where_it_w
     run(flow)
     assert out.items == list(range(6))
     first, second = (record.getMessage() for record in seen.records[:2])
-    assert re.search(rf"^\[kernel 0\] from_iterable \(step 0\) {BLOCKED} for 0\.3 s and is still running",
-                     first), first
+    assert re.search(rf"^\[kernel 0\] operator 'map\(wait_for_reports\) \(step 1\)', function '[\w.<>]+"
+                     rf"\.wait_for_reports', run in the activation of from_iterable \(step 0\), {BLOCKED} "
+                     r"for 0\.3 s and is still running", first), first
     assert f"{BLOCKED} for 0.6 s" in second, second
     assert seen.records[0].step == "from_iterable (step 0)" and seen.records[0].kernel == 0
     where = first.split("(innermost last):\n", 1)[1]

@@ -7,6 +7,7 @@ import asyncio
 import io
 import logging
 import pdb
+import sys
 import threading
 
 import pytest
@@ -64,6 +65,12 @@ def _messages(handler: _Reports) -> list[str]:
     return [record.getMessage().split(":", 1)[0] for record in handler.records]
 
 
+def _local(name: str) -> str:
+    """A function `name` defined in the calling test, as a report names it."""
+    test = sys._getframe(1).f_code.co_qualname
+    return f"{__name__}.{test}.<locals>.{name}"
+
+
 async def test_two_kernels_on_one_loop_report_a_blocked_step_once_by_its_own_kernel(quick, reports):
     """Two `run_async` runs share the test's loop; a map of the first blocks
     until its kernel's second report (0.6 s). The second kernel's watchdog
@@ -90,7 +97,8 @@ async def test_two_kernels_on_one_loop_report_a_blocked_step_once_by_its_own_ker
     await asyncio.gather(run_async(blocking), run_async(beside))
     assert blocked.items == list(range(6)) and other.items == list(range(30))
     first = [m for m in _messages(seen) if "for 0.3 s" in m]
-    assert first == [f"[kernel 0] from_iterable (step 0) {BLOCKED} for 0.3 s and is still running"], first
+    assert first == [f"[kernel 0] operator 'map(blocks) (step 1)', function '{_local('blocks')}', run in the "
+                     f"activation of from_iterable (step 0), {BLOCKED} for 0.3 s and is still running"], first
 
 
 def test_a_fused_chains_generated_frames_are_not_shown_as_the_users(quick, reports):
@@ -157,5 +165,7 @@ def test_a_step_stopped_at_a_debuggers_prompt_is_not_reported(quick, reports, mo
     out = flow.from_iterable(range(3)).map(debugged).collect()
     run(flow)
     assert out.items == [0, 1, 2]
-    assert _messages(seen) == [f"[kernel 0] from_iterable (step 0) {BLOCKED} for 0.3 s and is still running"]
+    assert _messages(seen) == [f"[kernel 0] operator 'map(debugged) (step 1)', function "
+                               f"'{_local('debugged')}', run in the activation of from_iterable (step 0), "
+                               f"{BLOCKED} for 0.3 s and is still running"]
     assert "in debugged" in seen.records[0].getMessage() and "pdb.py" not in seen.records[0].getMessage()
