@@ -352,7 +352,8 @@ class Runtime:
                         setattr(op, name, helpers[name])
         self.transport.start(self.kernel, self, ended_before)
         restored = self.coordinator is not None and self.coordinator.snapshot is not None
-        for at, (records, call) in enumerate(held):
+        # each step's in the order it made them, the steps downstream first (`_hold_during_open`)
+        for at, (_, records, call) in sorted(enumerate(held), key=_downstream_first):
             if not (records and restored and at < opened):
                 call()
         if self._live == 0:
@@ -363,24 +364,30 @@ class Runtime:
     def _hold_during_open(self) -> tuple[list, list]:
         """What the operators emit (and sources say of their watermark) in
         `open()`, or `restore()`, waits till every step is open and
-        restored, then goes on in the order it was made, before anything
-        else: at once it went to steps not open yet (a chained step's
-        on_batch ran before its open, an exchange's before the transport
-        started). A run resumed from a snapshot does not hand open's
-        records on again: every epoch marker came after them, so the state
-        it restores holds them already (a crash-free run counted them
-        once); what `restore()` emits goes on (it was never handed on).
-        Returns the list the calls are kept in, in order, as `(records,
-        call)`, and each operator's own helpers, to put back once the phase
-        ends (unless the operator replaced one in open). A holding helper
-        kept past it (by a task started in open, or an emit of the
-        operator's own wrapping it) goes straight to the operator's own."""
+        restored, then goes on before anything else: at once it went to
+        steps not open yet (a chained step's on_batch ran before its open,
+        an exchange's before the transport started). Each step's goes on in
+        the order it was made, and a step's before its upstream steps'
+        (the instances in reverse order: the graph's, upstream first), so
+        that what a step emitted in open goes on before what it hands on of
+        theirs (upstream first, a header a step emits in open came after
+        its output for the records the step before it emitted in open).
+        A run resumed from a snapshot does not hand open's records on
+        again: every epoch marker came after them, so the state it
+        restores holds them already (a crash-free run counted them once);
+        what `restore()` emits goes on (it was never handed on). Returns
+        the list the calls are kept in, in order, as `(the step's place in
+        self.instances, records, call)`, and each operator's own helpers,
+        to put back once the phase ends (unless the operator replaced one
+        in open). A holding helper kept past it (by a task started in open,
+        or an emit of the operator's own wrapping it) goes straight to the
+        operator's own."""
         self._held = held = []
         saved = []
-        for instance in self.instances:
+        for place, instance in enumerate(self.instances):
             op = instance.op
             helpers = {name: getattr(op, name) for name in ("emit", "advance_watermark", "mark_idle")}
-            holders = _held_helpers(self, helpers)
+            holders = _held_helpers(self, helpers, place)
             saved.append((op, helpers, holders))
             op.emit, op.advance_watermark, op.mark_idle = holders
         return held, saved
@@ -700,9 +707,16 @@ def _upstream_first(source: Instance, leads: dict[int, bool]) -> list[Instance]:
     return order[::-1]
 
 
-def _held_helpers(runtime: Runtime, helpers: dict):
+def _downstream_first(entry: tuple) -> int:
+    """The order `Runtime.start` hands on what was held while the steps
+    opened (`(at, (place, ...))`, sorted stably): the last instance's first."""
+    return -entry[1][0]
+
+
+def _held_helpers(runtime: Runtime, helpers: dict, place: int):
     """An operator's emit, advance_watermark and mark_idle while the steps
-    open (`Runtime._hold_during_open`): kept in `runtime._held`, in order.
+    open (`Runtime._hold_during_open`): kept in `runtime._held`, in order,
+    with the instance's `place`.
     A batch is checked at the emit (an error names the handler emitting)."""
     emit, advance, idle = helpers["emit"], helpers["advance_watermark"], helpers["mark_idle"]
 
@@ -711,17 +725,17 @@ def _held_helpers(runtime: Runtime, helpers: dict):
             return emit(batch)
         if not isinstance(batch, list) and not _is_batch(batch):
             _not_a_batch(batch)
-        runtime._held.append((True, partial(emit, batch)))
+        runtime._held.append((place, True, partial(emit, batch)))
 
     def held_advance(watermark) -> None:
         if runtime._held is None:
             return advance(watermark)
-        runtime._held.append((False, partial(advance, watermark)))
+        runtime._held.append((place, False, partial(advance, watermark)))
 
     def held_idle() -> None:
         if runtime._held is None:
             return idle()
-        runtime._held.append((False, idle))
+        runtime._held.append((place, False, idle))
 
     return held_emit, held_advance, held_idle
 
