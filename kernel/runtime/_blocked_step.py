@@ -28,10 +28,11 @@ from kernel.scheduling._watchdog import _MACHINERY
 _FUSED = "<fused chain "  # a fused chain's generated code's file name (operators/_fusion.py)
 
 
-def blocked_step(frames: list, activation: str) -> str | None:
+def blocked_step(frames: list, within: str, own: str | None = None) -> str | None:
     """The step and function that `frames` (the loop thread's, innermost
     first, up to the activation's own) are in, as the report names them,
-    with the activation where that is another step; None where no step is
+    with what they run `within` ("the activation of from_iterable (step
+    0)") unless the step is that activation's `own`; None where no step is
     found (the report names the activation alone)."""
     try:
         found = _step_and_function(frames)
@@ -41,8 +42,8 @@ def blocked_step(frames: list, activation: str) -> str | None:
         return None
     step, function = found
     said = [f"function {function!r}"] if function is not None else []
-    if step != activation:
-        said.append(f"run in the activation of {activation}")
+    if step != own:
+        said.append(f"run in {within}")
     return f"operator {step!r}" + "".join(f", {part}" for part in said) + ("," if said else "")
 
 

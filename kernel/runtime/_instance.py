@@ -564,7 +564,7 @@ class Instance:
         activation (`frames`: its frames, innermost first), for the
         watchdog's report (`_blocked_step`); None: this activation's name
         alone."""
-        return _blocked_step.blocked_step(frames, self.name)
+        return _blocked_step.blocked_step(frames, f"the activation of {self.name}", self.name)
 
     def _chained_after(self) -> list[Instance]:
         """The instances that run inside this instance's activation: the

@@ -29,6 +29,7 @@ from kernel.dataflow._key_groups import default_key_groups, owner_table
 from kernel.dataflow._operator import Operator
 from kernel.net import LocalTransport, Partitioner
 
+from . import _blocked_step
 from ._epochs import ENDED, Ended, EpochTracker, pickled_part, unpickled_part
 from ._exchange import ExchangeOutput, watermark_pacer
 from ._instance import END, Instance, _call, _is_batch, _not_a_batch
@@ -360,6 +361,12 @@ class Runtime:
             self.transport.finish_sending()
         for source in self._sources:
             source.wake()
+
+    def blocked_step(self, frames: list, within: str) -> str | None:
+        """The step and function a kernel's start blocked in `start` is in
+        (a step's open waiting on a connection), for the watchdog's report
+        (`_blocked_step`)."""
+        return _blocked_step.blocked_step(frames, within)
 
     def _hold_during_open(self) -> tuple[list, list]:
         """What the operators emit (and sources say of their watermark) in

@@ -357,7 +357,10 @@ class Kernel:
             # join() running its starters: the steps' open() and restore() (one blocked
             # on a connection that never comes was not reported either)
             if frame.f_code is _JOIN and frame.f_locals.get("self") is self:
-                return "the kernel's start (its steps' open and restore)"
+                start = "the kernel's start (its steps' open and restore)"
+                # the starter running (`fn`: a runtime's start) may say which step's open it is in
+                inner = getattr(getattr(frame.f_locals.get("fn"), "__self__", None), "blocked_step", None)
+                return (inner(frames[:at], start) if inner is not None else None) or start, start
         loop = self._loop
         current = asyncio.current_task(loop) if loop is not None else None
         for ref in list(self._tasks):  # a copy: the loop's thread may change the set

@@ -32,7 +32,9 @@ def test_the_watchdog_reports_a_blocked_open(reports):  # noqa: F811
     assert time.monotonic() - started < 4.5, "the watchdog said nothing of the blocked open()"
     assert out.items == [1, 2]
     what = reports.messages[0].split(" has not")[0]
-    assert what == "[kernel 0] the kernel's start (its steps' open and restore)"
+    assert what == (f"[kernel 0] operator 'Connects (step 1)', function '{__name__}.test_the_watchdog_"
+                    "reports_a_blocked_open.<locals>.Connects.open', run in the kernel's start (its steps' "
+                    "open and restore),")
     assert "reports.arrived.wait(5)" in reports.messages[0]  # its frames: where it is blocked
 
 

@@ -3,8 +3,9 @@
 the activation they run in: a map fused with the steps around it, a user's
 operator chained after a map, a count that took the key_by before it all
 run in their source's activation, and were reported as
-`from_iterable (step 0)`. The report is still logged with the activation
-as its `step`, as the stall notice is."""
+`from_iterable (step 0)`; a step's open() blocked, as the kernel's start.
+The report is still logged with the activation (or the start) as its
+`step`, as the stall notice is."""
 
 from __future__ import annotations
 
@@ -117,3 +118,29 @@ def test_a_step_blocked_as_its_own_activation_is_named_once_with_its_function(se
         f"[kernel 0] operator 'waiting (step 0)', function '{__name__}.WaitingSource.poll', {BLOCKED} "
         "for 0.3 s"), record.getMessage()
     assert record.step == "waiting (step 0)"
+
+
+class WaitsInOpen(Operator):
+    """Its open() waits for the first report (a connection that is slow to come)."""
+
+    def __init__(self, seen) -> None:
+        self.seen = seen
+
+    def open(self, context):
+        assert self.seen.arrived.wait(10), "no report came"
+
+    def on_batch(self, port, batch):
+        self.emit(batch)
+
+
+def test_a_steps_open_blocked_in_the_kernels_start_is_named_with_its_function(seen):
+    flow = Dataflow("blocked")
+    out = flow.from_iterable(range(3)).apply(lambda: WaitsInOpen(seen), name="connects").collect()
+    run(flow)
+    assert out.items == [0, 1, 2]
+    record = seen.records[0]
+    start = "the kernel's start (its steps' open and restore)"
+    assert record.getMessage().startswith(
+        f"[kernel 0] operator 'connects (step 1)', function '{__name__}.WaitsInOpen.open', run in {start}, "
+        f"{BLOCKED} for 0.3 s"), record.getMessage()
+    assert record.step == start
