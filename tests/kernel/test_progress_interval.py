@@ -119,18 +119,31 @@ def _counter(shared):
 
 
 def _run(steps, cores: int = KERNELS, clock=None, window: bool = False):
-    """(shared slots, window results, late count)."""
+    """(shared slots, window results, late count). The watermarks counted
+    are those key_by's exchange brings; with `window`, those each kernel's
+    window passes on (on its own kernel: no exchange in between)."""
     shared = mmap.mmap(-1, 32 * 8)  # MAP_SHARED: the forked kernels write here
     counter = _counter(shared)
     flow = Dataflow("script")
     keyed = flow.source(lambda: Script(shared, steps), name="script").key_by(lambda r: r[0])
-    keyed.apply(counter, name="count watermarks")
+    if not window:
+        keyed.apply(counter, name="count watermarks")
+        run(flow, cores=cores, clock=clock)
+        return shared, None, None
     # collect: no partial half on the source's kernel, which would find the
     # late records there (as a count's does) whatever reaches the others
-    results = keyed.map_values(lambda r: r[1]).window(Tumbling(1.0)).collect() if window else None
-    out = results.collect() if window else None
+    results = keyed.map_values(lambda r: r[1]).window(Tumbling(1.0)).collect()
+    # Counted after the window, not on an exchange of its own: "seen" must
+    # mean that each kernel's window has watermark 9 from every kernel. A
+    # count on another edge out of key_by said so of that edge only: the
+    # other kernels' ends reach the window's edge in a later activation
+    # there, and a kernel reads its rings in kernel order, so kernel 0's
+    # records at 9.5 could reach a window still waiting for kernel 3's end,
+    # and be on time there (9 of 12 late, once in ~290 runs under load)
+    results.apply(counter, name="count watermarks")
+    out = results.collect()
     run(flow, cores=cores, clock=clock)
-    return shared, (out.items if window else None), (results.late_count.value if window else None)
+    return shared, out.items, results.late_count.value
 
 
 def test_the_interval_grows_with_the_kernels_past_two():
@@ -191,11 +204,12 @@ def held_interval(monkeypatch):
 def test_a_record_behind_a_held_watermark_is_late_as_on_one_kernel(long_interval, cores):
     """Found in review: records at 9.5 after the watermark 10 overtook it
     (held) to the other kernels, whose windows [9, 10) then took them. (The
-    source goes on past its first watermark, 9, sent at once, only once
-    every other kernel has seen it: the other kernels' empty sources have
-    ended there, so that only this source's watermark holds their windows
-    back. A pause of 0.2 s for that, on a loaded machine, was too short:
-    kernel 3's end came later, and the windows [9, 10) took the records.)"""
+    source goes on past its first watermark, 9, sent at once, only once the
+    window on every kernel has passed it on: the other kernels' empty
+    sources have ended there, so that only this source's watermark holds
+    the windows back. A pause of 0.2 s for that, on a loaded machine, was
+    too short: kernel 3's end came later, and the windows [9, 10) took the
+    records; so was a count on an edge other than the window's: `_run`.)"""
     steps = [("records", 9.0), ("watermark", 9.0), ("seen", 9.0), ("records", 10.0), ("watermark", 10.0),
              ("records", 9.5)]
     shared, results, late = _run(steps, cores=cores, window=True)
