@@ -311,12 +311,13 @@ class Snapshots:
         from kernel.state import StateError
 
         old = len(self.blobs)
-        if flow.graph.loops:
+        per_kernel = flow.graph.state_per_kernel()
+        if per_kernel is not None:
+            what, why = per_kernel
             raise StateError(
                 f"state_dir {os.fspath(self.state_dir)!r} was written by {old} "
-                f"kernel{'s' if old > 1 else ''} and this run has {cores}: a flow with loops "
-                "(Stream.iterate) resumes on as many kernels as the run that wrote its state "
-                "(its rounds' state is kept per kernel, not by key)")
+                f"kernel{'s' if old > 1 else ''} and this run has {cores}: {what} resumes on as many "
+                f"kernels as the run that wrote its state ({why})")
         log.warning("state_dir %s: epoch %d was written by %d kernel%s; this run has %d: keyed state, "
                     "timers and source positions move by key group (%d groups)", self.state_dir, self.epoch,
                     old, "s" if old > 1 else "", cores, self.store.key_groups)
@@ -330,11 +331,13 @@ class Snapshots:
         from kernel.runtime._rescale import Rescaled
         from kernel.state import StateError
 
-        if flow.graph.loops:
+        per_kernel = flow.graph.state_per_kernel()
+        if per_kernel is not None:
+            what, why = per_kernel
             raise StateError(
-                f"state_dir {os.fspath(self.state_dir)!r}: {reason}, and a flow with loops (Stream.iterate) "
-                "restores each kernel from its own snapshot only (its rounds' state is kept per kernel, not "
-                "by key), where that step stays ended: add the streams with a fresh state_dir")
+                f"state_dir {os.fspath(self.state_dir)!r}: {reason}, and {what} restores each kernel "
+                f"from its own snapshot only ({why}), where that step stays ended: add the streams with a "
+                "fresh state_dir")
         log.warning("state_dir %s: %s: every kernel restores epoch %d from all the kernels' snapshots, "
                     "cut by key group (%d groups) as on another number of kernels", self.state_dir, reason,
                     self.epoch, self.store.key_groups)
@@ -407,7 +410,7 @@ class ClusterSnapshots:
         self.placement = (f"process {cluster.process} of {cluster.processes}, {cluster.cores} "
                           f"core{'s' if cluster.cores > 1 else ''} each")
         offer = {"process": cluster.process, "state_dir": self.state_dir, "error": None,
-                 "shape": (cluster.processes, cluster.cores), "loops": bool(flow.graph.loops),
+                 "shape": (cluster.processes, cluster.cores), "per_kernel": flow.graph.state_per_kernel(),
                  "generations": {}}
         self.graph = flow.graph
         self.record = resume_record(flow.graph)
@@ -563,11 +566,12 @@ class ClusterSnapshots:
             ClusterSnapshots._can_cut(offers, generation, epoch, kernels, cut)
         elif same:
             return pickle.dumps((epoch, finished, (generation.epoch, None, epoch)), protocol=5)
-        if offers[0]["loops"] and kernels != processes * cores:
+        if offers[0]["per_kernel"] and kernels != processes * cores:
+            what, why = offers[0]["per_kernel"]
             raise StateError(
                 f"process 0: state_dir {offers[0]['state_dir']!r} was written by {kernels} kernels and this "
-                f"run has {processes * cores}: a flow with loops (Stream.iterate) resumes on as many kernels "
-                "as the run that wrote its state (its rounds' state is kept per kernel, not by key)")
+                f"run has {processes * cores}: {what} resumes on as many kernels as the run that wrote its "
+                f"state ({why})")
         source = ((generation.epoch, generation.cluster, generation.shape), kernels, about["key_groups"],
                   cut if same else None)
         # (the same shape, cut: the same generation's files go on; another shape starts its own)
@@ -631,12 +635,12 @@ class ClusterSnapshots:
         process sees them all (a state_dir they share), and without loops."""
         from kernel.state import FINAL, StateError
 
-        if offers[0]["loops"]:
+        if offers[0]["per_kernel"]:
+            what, why = offers[0]["per_kernel"]
             raise StateError(
-                f"process 0: state_dir {offers[0]['state_dir']!r}: {cut}, and a flow with loops "
-                "(Stream.iterate) restores each kernel from its own snapshot only (its rounds' state is "
-                "kept per kernel, not by key), where that step stays ended: add the streams with a fresh "
-                "state_dir")
+                f"process 0: state_dir {offers[0]['state_dir']!r}: {cut}, and {what} restores each kernel "
+                f"from its own snapshot only ({why}), where that step stays ended: add the streams with a "
+                "fresh state_dir")
         for p in sorted(offers):
             seen = offers[p]["generations"].get(generation, {"rows": set()})
             have = {k for e, k, n in seen["rows"] if n == kernels and e in (epoch, FINAL)}

@@ -991,6 +991,33 @@ class Stream(Generic[T_co]):
         """
         return self.apply(ops.Union, name=name or "union", inputs=others)
 
+    def broadcast(self, *, name: str | None = None) -> Stream[T_co]:
+        """Every record of this stream on every kernel: each kernel's next
+        step gets the records of all kernels (a keyed stream's pairs too,
+        which are then on every kernel, not only on their key's owner). On
+        one kernel the records pass as they are.
+
+        For a small stream that every kernel needs whole beside its own
+        share of a large one: a join with a table of a few thousand rows,
+        rules or settings that change. It crosses `(kernels - 1) x` the small
+        stream's records, where a `key_by` on both sides crosses most of the
+        large one's. Watermarks, IDLE and the end of input go with the
+        records, as on an exchange. State a step keeps of broadcast records
+        is on every kernel, so a flow with `broadcast()` resumes from a
+        state_dir only on as many kernels as wrote it.
+
+        >>> from kernel import Dataflow, run
+        >>> flow = Dataflow()
+        >>> out = flow.from_iterable(["x"]).broadcast().collect()
+        >>> run(flow, cores=2)
+        >>> out.items
+        ['x', 'x']
+        """
+        label = name or "broadcast"
+        node = self.flow.graph.add(label, ops.Union, [Edge(self.node, 0, broadcast=True)],
+                                   kind=("Broadcast",))
+        return Stream(self.flow, node)
+
     def distinct(
         self, *, within: ops.Tumbling | None = None, name: str | None = None
     ) -> DistinctStream[T_co]:

@@ -103,8 +103,9 @@ UNHASHABLE_RECORD = (
     "rather than a list, a frozenset rather than a set)"
 )
 UNPICKLABLE_RECORD = (
-    "records that cross kernels (key_by's output, sent to the kernel that owns the key, with "
-    "several kernels) must be picklable; plain scalars and tuples of them cross by msgpack"
+    "records that cross kernels (key_by's output, sent to the kernel that owns the key, and "
+    "broadcast()'s, sent to every kernel, with several kernels) must be picklable; plain scalars and "
+    "tuples of them cross by msgpack"
 )
 UNHASHABLE_ACROSS_KERNELS = (
     "a key that crosses kernels is hashed the same in every process: str, bytes, numbers, "

@@ -24,13 +24,15 @@ from kernel.dataflow._operator import Operator
 @dataclass(frozen=True)
 class Edge:
     """An input of a node. `exchange` edges carry `(key, value)` pairs and
-    deliver each pair to the kernel that owns its key."""
+    deliver each pair to the kernel that owns its key; `broadcast` edges
+    deliver every record to every kernel (`Stream.broadcast`)."""
 
     source: Node
     port: int
     exchange: bool = False
     # a loop's back edge, from its feedback step to its head: a round later
     feedback: bool = False
+    broadcast: bool = False
 
 
 @dataclass(frozen=True)
@@ -199,7 +201,18 @@ class Graph:
                 self.nodes.append(enter)
                 self._entered[key] = enter
             source = enter
-        return Edge(source, edge.port, edge.exchange)
+        return Edge(source, edge.port, edge.exchange, broadcast=edge.broadcast)
+
+    def state_per_kernel(self) -> tuple[str, str] | None:
+        """Why a run of this flow resumes from a state_dir only on as many
+        kernels as wrote it, `(what the flow has, why)`, or None: state kept
+        per kernel, not by key, cannot be cut by key group."""
+        if self.loops:
+            return "a flow with loops (Stream.iterate)", "its rounds' state is kept per kernel, not by key"
+        if any(edge.broadcast for node in self.nodes for edge in node.inputs):
+            return ("a flow with broadcast()",
+                    "what a step keeps of broadcast records is on every kernel, not cut by key")
+        return None
 
     def check_cycles(self) -> None:
         """Refuse a cycle that does not pass a loop's back edge (made by

@@ -167,26 +167,11 @@ class ExchangeOutput:
         self._idle_sent = False  # IDLE was the last progress they had from here
 
     def deliver(self, _channel: int, payload) -> None:
-        transport, channel = self.transport, self.channel
         if isinstance(payload, list):
             pacer = self._pacer
             if pacer is not None and pacer.held and payload.__class__ is TimedBatch and payload.timestamps:
                 pacer.flush_before(payload.timestamps)
-            try:
-                parts = self.partitioner.split(payload)
-            except PASSES_THROUGH:
-                raise
-            except BaseException as exc:  # a key's own __hash__ or __reduce__ may raise anything
-                raise self._key_error(payload, exc) from exc
-            for dest, part in enumerate(parts):
-                if part:
-                    if dest == self.index:
-                        self.local.deliver(self.local_channel, part)
-                    else:
-                        try:
-                            transport.send_batch(dest, channel, part)
-                        except UnpicklableRecord as exc:
-                            raise self._unpicklable(exc) from exc.__cause__
+            self._send_records(payload)
             return
         self.local.deliver(self.local_channel, payload)
         pacer = self._pacer
@@ -198,13 +183,33 @@ class ExchangeOutput:
                 pacer.flush()  # progress keeps its order: the watermark first
             if payload is IDLE:
                 self._idle_sent = True  # until a watermark goes (epoch markers between change nothing)
-        self._broadcast(None if payload is END else payload)  # None: the transport's end of input
+        self._send_progress(None if payload is END else payload)  # None: the transport's end of input
 
-    def _broadcast(self, wire) -> None:
+    def _send_progress(self, wire) -> None:
         transport, channel, index = self.transport, self.channel, self.index
         for dest in range(self.peers):
             if dest != index:
                 transport.send_progress(dest, channel, wire)
+
+    def _send_records(self, payload: list) -> None:
+        """A batch, split by its keys' owners: this kernel's share straight
+        to the consumer, the others' to the transport."""
+        try:
+            parts = self.partitioner.split(payload)
+        except PASSES_THROUGH:
+            raise
+        except BaseException as exc:  # a key's own __hash__ or __reduce__ may raise anything
+            raise self._key_error(payload, exc) from exc
+        transport, channel = self.transport, self.channel
+        for dest, part in enumerate(parts):
+            if part:
+                if dest == self.index:
+                    self.local.deliver(self.local_channel, part)
+                else:
+                    try:
+                        transport.send_batch(dest, channel, part)
+                    except UnpicklableRecord as exc:
+                        raise self._unpicklable(exc) from exc.__cause__
 
     # The errors below name the step whose output crosses kernels (key_by,
     # or what runs between it and the exchange) and the record at fault,
@@ -227,3 +232,20 @@ class ExchangeOutput:
     def _unpicklable(self, exc: UnpicklableRecord) -> OperatorError:
         return OperatorError.wrap(self.upstream.name, "pickle.dumps", exc.__cause__, record=exc.record,
                                   has_record=exc.found, hint=UNPICKLABLE_RECORD)
+
+
+class BroadcastOutput(ExchangeOutput):
+    """The sending end of a broadcast edge (`Stream.broadcast`): every batch
+    to every kernel, this one's straight to the consumer; progress as on an
+    exchange edge. Each other kernel's copy is encoded as it is sent, before
+    the consumer here gets the batch (a step may keep it, or change it)."""
+
+    def _send_records(self, payload: list) -> None:
+        transport, channel, index = self.transport, self.channel, self.index
+        for dest in range(self.peers):
+            if dest != index:
+                try:
+                    transport.send_batch(dest, channel, payload)
+                except UnpicklableRecord as exc:
+                    raise self._unpicklable(exc) from exc.__cause__
+        self.local.deliver(self.local_channel, payload)

@@ -31,7 +31,7 @@ from kernel.net import LocalTransport, Partitioner
 
 from . import _blocked_step
 from ._epochs import ENDED, Ended, EpochTracker, pickled_part, unpickled_part
-from ._exchange import ExchangeOutput, watermark_pacer
+from ._exchange import BroadcastOutput, ExchangeOutput, watermark_pacer
 from ._instance import END, Instance, _call, _is_batch, _not_a_batch
 from ._loops import INSTANCE_CLASSES, Entry, back_edge, wire_loops
 from ._rescale import Rescaled, restore_rescaled
@@ -117,6 +117,10 @@ class Runtime:
                 upstream = self.instances[edge.source.id]
                 if edge.feedback:  # a loop's back edge (_loops.py)
                     upstream.targets.append((back_edge(self, instance, edge.port), 0))
+                    continue
+                if edge.broadcast and exchanging:  # (Stream.broadcast: every record to every kernel)
+                    output = self._exchange(edge.port, upstream, instance, None, BroadcastOutput)
+                    upstream.targets.append((output, 0))
                     continue
                 if not (edge.exchange and exchanging):
                     upstream.targets.append((instance, self._add_channel(instance, edge.port, upstream)))
@@ -289,7 +293,8 @@ class Runtime:
         upstream.targets.append((partial, self._add_channel(partial, 0, upstream)))
         return partial
 
-    def _exchange(self, port: int, upstream: Instance, consumer: Instance, partitioner) -> ExchangeOutput:
+    def _exchange(self, port: int, upstream: Instance, consumer: Instance, partitioner,
+                  output: type[ExchangeOutput] = ExchangeOutput) -> ExchangeOutput:
         """One channel of the transport; on the consumer, an input channel per source kernel."""
         transport = self.transport
         channel = transport.allocate()
@@ -300,8 +305,8 @@ class Runtime:
                 local_channel = inbox
             else:
                 self._remote_inboxes[(channel, source)] = (consumer, inbox)
-        return ExchangeOutput(channel, upstream, consumer, local_channel, partitioner, transport, self.kernel,
-                              self._pacer)
+        return output(channel, upstream, consumer, local_channel, partitioner, transport, self.kernel,
+                      self._pacer)
 
     def _add_channel(self, consumer: Instance, port: int, upstream: Instance) -> int:
         """An input channel of `consumer` fed by `upstream` (on some kernel)."""

@@ -59,6 +59,7 @@ def test_an_epoch_commits_on_every_process_only_once_durable_on_every_kernel_of_
 
 
 CLUSTER = Generation(0, True)  # snapshots-process{P}.sqlite
+LOOPS = ("a flow with loops (Stream.iterate)", "its rounds' state is kept per kernel, not by key")
 
 
 def offer(process, complete=(), rows=(), error=None, generation=CLUSTER, shape=(2, 1), loops=False,
@@ -71,7 +72,8 @@ def offer(process, complete=(), rows=(), error=None, generation=CLUSTER, shape=(
         generations[generation] = {"complete": list(complete), "rows": set(rows), "shape": shape,
                                    "key_groups": 128}
     return pickle.dumps({"process": process, "state_dir": f"/st{process}", "error": error,
-                         "shape": new_shape, "loops": loops, "generations": generations})
+                         "shape": new_shape, "generations": generations,
+                         "per_kernel": LOOPS if loops else None})
 
 
 def decided(offers: dict) -> tuple:
