@@ -33,6 +33,7 @@ from kernel.execution._plan import (
     RunPlan,
 )
 from kernel.execution._written_files import flush_before_fork
+from kernel.net._environment import heartbeat_from_environment
 from kernel.scheduling._clock import check_clock
 from kernel.scheduling._scheduler import check_settings
 
@@ -50,7 +51,7 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
              stall_threshold: float = 0.025, state_dir=None,
              epoch_interval: float = DEFAULT_EPOCH_INTERVAL, process_id: int | None = None,
              peers=None, secret=None, secret_file=None, tls=None,
-             startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, heartbeat: float = DEFAULT_HEARTBEAT,
+             startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, heartbeat: float | None = None,
              dashboard: str | None = None, progress=None) -> RunPlan:
     """The checked plan of a run of the flow `get_flow()` returns (called
     only when the plan needs the flow: its fingerprint, for a state_dir or a
@@ -60,6 +61,8 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
     check_cores(cores)
     check_gc_threshold(gc_threshold)
     check_clock(clock)
+    if heartbeat is None:  # read now, not at import: os.environ may have been set since
+        heartbeat = heartbeat_from_environment()
     # (used by a cluster only, but refused at once anywhere)
     check_heartbeat(heartbeat)
     _check_seconds("startup_timeout", startup_timeout)
@@ -678,7 +681,7 @@ async def run_async(flow: Dataflow, *, cores: int = 1, clock=None, budget: float
                     shares: dict[str, float] | None = None, stall_threshold: float = 0.025,
                     state_dir=None, epoch_interval: float = DEFAULT_EPOCH_INTERVAL,
                     process_id: int | None = None, peers=None, secret=None, tls=None,
-                    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, heartbeat: float = DEFAULT_HEARTBEAT,
+                    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, heartbeat: float | None = None,
                     dashboard: str | None = None, coordinator: str | None = None) -> None:
     """Run `flow` on the running event loop, sharing it.
 
@@ -720,7 +723,7 @@ def run(flow: Dataflow, *, cores: int = 1, gc_threshold_during_run: int | None =
         stall_threshold: float = 0.025, state_dir=None,
         epoch_interval: float = DEFAULT_EPOCH_INTERVAL, process_id: int | None = None, peers=None,
         secret=None, tls=None, startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
-        heartbeat: float = DEFAULT_HEARTBEAT, dashboard: str | None = None,
+        heartbeat: float | None = None, dashboard: str | None = None,
         coordinator: str | None = None) -> None:
     """Run `flow` to completion (blocking).
 
@@ -741,9 +744,11 @@ def run(flow: Dataflow, *, cores: int = 1, gc_threshold_during_run: int | None =
     environment variable KERNEL_SECRET; `tls=(cert, key, ca)` turns on TLS;
     peers may start in any order within `startup_timeout` seconds; each
     link checks every `heartbeat` seconds that it heard from its peer and
-    gives the peer up after two silent periods (a cut cable). Every
-    process must run the same flow with the same `cores`. `collect()`
-    results are gathered on process 0 (empty elsewhere).
+    gives the peer up after two silent periods (a cut cable; None: the
+    environment's KERNEL_HEARTBEAT as it is when the run starts, where
+    set, else DEFAULT_HEARTBEAT, 2.5). Every process must run the same
+    flow with the same `cores`. `collect()` results are gathered on
+    process 0 (empty elsewhere).
 
     `dashboard="HOST:PORT"` serves the run's metrics at
     `http://HOST:PORT/metrics` (Prometheus's text format) while it runs,

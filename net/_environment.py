@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 log = logging.getLogger("kernel.links")
 
@@ -48,3 +49,21 @@ def heartbeat_from_environment() -> float:
     the default heartbeat of every link, a run's (`run(heartbeat=)`,
     `--heartbeat`) and a topic's."""
     return seconds_from_environment("KERNEL_HEARTBEAT", HEARTBEAT, MIN_HEARTBEAT)
+
+
+class _FromEnvironment:
+    """A link's `heartbeat` where none is given (None there is no heartbeat)."""
+
+    def __repr__(self) -> str:
+        return "KERNEL_HEARTBEAT"
+
+
+# A link's default heartbeat: heartbeat_from_environment() when the link
+# starts. Read at import, KERNEL_HEARTBEAT set in os.environ after `import
+# kernel` (a notebook, a test) was ignored.
+FROM_ENVIRONMENT: Any = _FromEnvironment()
+
+
+def heartbeat_or_environment(heartbeat):
+    """`heartbeat`, or KERNEL_HEARTBEAT's as it is now where it is FROM_ENVIRONMENT."""
+    return heartbeat_from_environment() if heartbeat is FROM_ENVIRONMENT else heartbeat

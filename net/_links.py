@@ -93,7 +93,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from ._causes import causes, refused_by_server, untrusted_certificate
-from ._environment import heartbeat_from_environment
+from ._environment import FROM_ENVIRONMENT, HEARTBEAT, heartbeat_or_environment
 
 log = logging.getLogger("kernel.links")
 
@@ -110,8 +110,9 @@ DEFAULT_WINDOW = 4 << 20  # bytes in flight per channel
 DEFAULT_MAX_FRAME = 16 << 20
 
 
-# seconds; a peer silent for two of them is dead (KERNEL_HEARTBEAT where set)
-DEFAULT_HEARTBEAT = heartbeat_from_environment()
+# seconds; a peer silent for two of them is dead. A link's default is
+# KERNEL_HEARTBEAT where set when it starts (FROM_ENVIRONMENT), else this.
+DEFAULT_HEARTBEAT = HEARTBEAT
 MISMATCH = 4002
 # an authenticated peer this server does not take (a process already linked, or
 # one that should not dial it); the close frame's reason says which
@@ -276,7 +277,8 @@ class Link:
     """
 
     def __init__(self, ws, peer: int, channels, on_frame: Callable, window: int,
-                 heartbeat: float | None = DEFAULT_HEARTBEAT) -> None:
+                 heartbeat: float | None = FROM_ENVIRONMENT) -> None:
+        heartbeat = heartbeat_or_environment(heartbeat)
         self.ws = ws
         self.peer = peer
         self.channels = frozenset(channels)
@@ -1174,7 +1176,7 @@ class LinkServer(AuthenticatedServer):
 
     def __init__(self, host: str, port: int, secret, process: int, channels, on_frame_for,
                  on_link=None, window: int = DEFAULT_WINDOW, max_frame: int = DEFAULT_MAX_FRAME,
-                 ssl_context=None, heartbeat: float = DEFAULT_HEARTBEAT, meta=None,
+                 ssl_context=None, heartbeat: float = FROM_ENVIRONMENT, meta=None,
                  on_mismatch=None, expected=None, max_pending: int | None = None,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
         # every expected peer may dial at once, and retry, without a refusal
@@ -1185,7 +1187,7 @@ class LinkServer(AuthenticatedServer):
         self.on_frame_for = on_frame_for  # peer -> on_frame callback
         self.on_link = on_link
         self.window = window
-        self.heartbeat = heartbeat
+        self.heartbeat = heartbeat_or_environment(heartbeat)
         self.on_mismatch = on_mismatch  # called with the LinkMismatch
         self.expected = expected
         self.links: dict[int, Link] = {}
@@ -1370,7 +1372,7 @@ class _DiallerWebSocket(aiohttp.ClientWebSocketResponse):
 
 async def dial(url: str, secret, process: int, channels, on_frame, *, window: int = DEFAULT_WINDOW,
                max_frame: int = DEFAULT_MAX_FRAME, timeout: float = 30.0, ssl=True,
-               session: aiohttp.ClientSession | None = None, heartbeat: float = DEFAULT_HEARTBEAT,
+               session: aiohttp.ClientSession | None = None, heartbeat: float | None = FROM_ENVIRONMENT,
                meta=None) -> tuple[Link, aiohttp.ClientSession]:
     """Connect to the server at `url` (ws://host:port), retrying until
     `timeout` seconds have passed; authenticate; return the link (run its

@@ -55,8 +55,8 @@ import pickle
 import ssl
 from dataclasses import dataclass, field
 
+from ._environment import heartbeat_from_environment
 from ._links import (
-    DEFAULT_HEARTBEAT,
     FRAME,
     AuthenticationFailed,
     Link,
@@ -163,7 +163,7 @@ class ClusterPlan:
     cores: int  # kernels per process
     secret: bytes = field(repr=False)
     startup_timeout: float = 30.0
-    heartbeat: float = DEFAULT_HEARTBEAT
+    heartbeat: float = field(default_factory=heartbeat_from_environment)  # (read when planned, not at import)
     tls: TLSFiles | None = None
     meta: dict | None = None  # must be equal on every process (flow, cores)
 

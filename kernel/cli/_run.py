@@ -438,9 +438,10 @@ def _main(argv: list[str] | None, prog: str) -> int:
                          help="file holding the shared secret (default: the KERNEL_SECRET variable)")
     cluster.add_argument("--startup-timeout", type=float, default=DEFAULT_STARTUP_TIMEOUT,
                          help=f"seconds to wait for every peer (default {DEFAULT_STARTUP_TIMEOUT:g})")
-    cluster.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT, metavar="S",
+    cluster.add_argument("--heartbeat", type=float, default=None, metavar="S",
                          help="seconds between a link's liveness checks; a peer silent for two of them "
-                              f"is lost (default {DEFAULT_HEARTBEAT:g}; at least {MIN_HEARTBEAT:g})")
+                              f"is lost (default: KERNEL_HEARTBEAT where set, else {DEFAULT_HEARTBEAT:g}; "
+                              f"at least {MIN_HEARTBEAT:g})")
     cluster.add_argument("--slurm", action="store_true",
                          help="process id and peers from Slurm (srun): SLURM_PROCID, SLURM_STEP_NODELIST...")
     cluster.add_argument("--port-base", type=int, default=None, metavar="P",

@@ -12,7 +12,8 @@ import os
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 
-from kernel.execution._plan import DEFAULT_HEARTBEAT, DEFAULT_STARTUP_TIMEOUT
+from kernel.execution._plan import DEFAULT_STARTUP_TIMEOUT
+from kernel.net._environment import heartbeat_from_environment
 from kernel.net._relay import ClusterPlan, TLSFiles
 
 SECRET_VARIABLE = "KERNEL_SECRET"
@@ -95,9 +96,13 @@ def _tls_files(tls) -> TLSFiles | None:
 
 def cluster_plan(process_id, peers, cores: int, *, secret=None, secret_file=None, tls=None,
                  startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
-                 heartbeat: float = DEFAULT_HEARTBEAT, fingerprint: str = "",
+                 heartbeat: float | None = None, fingerprint: str = "",
                  snapshots: bool = False) -> ClusterPlan:
+    """The checked plan of process `process_id` of the cluster `peers`;
+    `heartbeat` None: KERNEL_HEARTBEAT where set now, else 2.5 s."""
     addresses = parse_peers(peers)
+    if heartbeat is None:
+        heartbeat = heartbeat_from_environment()
     if not isinstance(process_id, int) or isinstance(process_id, bool) \
             or not 0 <= process_id < len(addresses):
         raise ValueError(f"process_id must be an int from 0 to {len(addresses) - 1} "

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kernel.net._environment import MIN_HEARTBEAT, heartbeat_from_environment  # noqa: F401  (MIN_HEARTBEAT: run's check)
+from kernel.net._environment import HEARTBEAT, MIN_HEARTBEAT  # noqa: F401  (MIN_HEARTBEAT: run's check)
 
 # A pipeline allocates short-lived containers (batches, pairs) by the
 # million; with CPython's default gen-0 threshold (700 allocations) the
@@ -24,9 +24,11 @@ DEFAULT_GC_THRESHOLD = 50_000
 DEFAULT_EPOCH_INTERVAL = 1.0
 DEFAULT_STARTUP_TIMEOUT = 30.0  # seconds a cluster's processes have to find each other
 # Seconds between a cluster link's liveness checks: a peer silent for two of
-# them is dead. KERNEL_HEARTBEAT where set, as for every link (it was the
-# topics' only, a run's default a fixed 2.5 s); at least MIN_HEARTBEAT.
-DEFAULT_HEARTBEAT = heartbeat_from_environment()
+# them is dead; at least MIN_HEARTBEAT. `heartbeat=None` (a run's default):
+# KERNEL_HEARTBEAT where set, as for every link, else this. Read when a run
+# is planned (`heartbeat_from_environment`), not here at import: set in
+# os.environ after `import kernel` (a notebook, a test), it was ignored.
+DEFAULT_HEARTBEAT = HEARTBEAT
 PROGRESS_INTERVAL = 0.5  # seconds between two calls of a plan's `progress`
 
 THREAD, PROCESS, CLUSTER = "thread", "process", "cluster"

@@ -243,9 +243,9 @@ class Serve(Source):
 
 
 def _heartbeat() -> float:
-    from kernel.net._links import DEFAULT_HEARTBEAT
+    from kernel.net._environment import heartbeat_from_environment
 
-    return 2 * DEFAULT_HEARTBEAT if _HEARTBEAT is None else _HEARTBEAT
+    return 2 * heartbeat_from_environment() if _HEARTBEAT is None else _HEARTBEAT
 
 
 def _over_limit(what: str, size: int) -> str:

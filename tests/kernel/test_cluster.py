@@ -541,12 +541,14 @@ def test_the_heartbeat_option_gives_up_a_silent_peer_after_two_of_its_periods(tm
 
 def test_the_runs_heartbeat_default_is_the_links():
     """A run's default heartbeat and the links' are read alike (KERNEL_HEARTBEAT
-    where set, `net._environment`): the two must agree."""
+    where set when the run or link starts, `net._environment`, else 2.5): the
+    two must agree."""
     from kernel.net._links import DEFAULT_HEARTBEAT as link_default
 
     from kernel.execution._plan import DEFAULT_HEARTBEAT as plan_default
 
-    assert plan_default == link_default == inspect.signature(run).parameters["heartbeat"].default
+    assert plan_default == link_default == 2.5
+    assert inspect.signature(run).parameters["heartbeat"].default is None  # (read when the run starts)
 
 
 def _failing():

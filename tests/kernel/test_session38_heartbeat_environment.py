@@ -16,10 +16,14 @@ from pathlib import Path
 
 from _ports import descendants, free_ports, wait_until
 
-DEFAULTS = ("import inspect, logging; logging.basicConfig(); from kernel import run; "
-            "from kernel.execution import _plan; from kernel.net import _links; "
-            "print(inspect.signature(run).parameters['heartbeat'].default, _plan.DEFAULT_HEARTBEAT, "
-            "_links.DEFAULT_HEARTBEAT)")
+# (session 39: read when a run is planned or a link starts, not at import;
+# tests/kernel/test_session39_heartbeat_read_at_run.py sets it after the import)
+DEFAULTS = ("import logging; logging.basicConfig(); from kernel import Dataflow; "
+            "from kernel._facade import plan_for; from kernel.execution._cluster import cluster_plan; "
+            "flow = Dataflow('f'); flow.from_iterable([1]).collect(); "
+            "print(plan_for(lambda: flow, peers='127.0.0.1:7001', secret='s').cluster.heartbeat, "
+            "cluster_plan(0, '127.0.0.1:7001', 1, secret='s').heartbeat, "
+            "__import__('kernel.topics._services').topics._services._heartbeat() / 2)")
 
 
 def _defaults(heartbeat: str) -> subprocess.CompletedProcess:
