@@ -78,6 +78,7 @@ import hmac
 import logging
 import os
 import random
+import socket
 import ssl
 import struct
 from collections import Counter, deque
@@ -952,8 +953,13 @@ class AuthenticatedServer:
 
     def __init__(self, host: str, port: int, secret, process: int, *, max_frame: int = DEFAULT_MAX_FRAME,
                  ssl_context=None, meta=None, max_pending: int | None = None,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT, ws_heartbeat: float | None = None) -> None:
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, ws_heartbeat: float | None = None,
+                 sock: socket.socket | None = None) -> None:
         self.host, self.port = host, port
+        # A socket already bound and listening, served as it is (host and port
+        # then unused): a port picked free, closed and bound again later could
+        # be taken meanwhile (kernel.system's executor hands its job processes theirs)
+        self.sock = sock
         self.ws_heartbeat = ws_heartbeat
         self._secret = _secret(secret)
         self.process = process
@@ -988,7 +994,11 @@ class AuthenticatedServer:
         # (not aiohttp's TCPSite: it leaves a TLS handshake asyncio's 60 s;
         # the TLS handshake comes before the guard sees the connection)
         accept = self._guard if self.ssl_context is None else self._tls_front
-        self._listener = await asyncio.get_running_loop().create_server(accept, self.host, self.port)
+        if self.sock is not None:
+            self._listener = await asyncio.get_running_loop().create_server(accept, sock=self.sock)
+            self.port = self.sock.getsockname()[1]
+        else:
+            self._listener = await asyncio.get_running_loop().create_server(accept, self.host, self.port)
         if self.port == 0:
             self.port = self._listener.sockets[0].getsockname()[1]
 
@@ -1178,11 +1188,11 @@ class LinkServer(AuthenticatedServer):
                  on_link=None, window: int = DEFAULT_WINDOW, max_frame: int = DEFAULT_MAX_FRAME,
                  ssl_context=None, heartbeat: float = FROM_ENVIRONMENT, meta=None,
                  on_mismatch=None, expected=None, max_pending: int | None = None,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, sock: socket.socket | None = None) -> None:
         # every expected peer may dial at once, and retry, without a refusal
         super().__init__(host, port, secret, process, max_frame=max_frame, ssl_context=ssl_context,
                          meta=meta, max_pending=max_pending or max(MAX_PENDING, 2 * len(expected or ())),
-                         handshake_timeout=handshake_timeout)
+                         handshake_timeout=handshake_timeout, sock=sock)
         self.channels = channels
         self.on_frame_for = on_frame_for  # peer -> on_frame callback
         self.on_link = on_link

@@ -52,6 +52,7 @@ import ipaddress
 import logging
 import os
 import pickle
+import socket
 import ssl
 from dataclasses import dataclass, field
 
@@ -166,6 +167,11 @@ class ClusterPlan:
     heartbeat: float = field(default_factory=heartbeat_from_environment)  # (read when planned, not at import)
     tls: TLSFiles | None = None
     meta: dict | None = None  # must be equal on every process (flow, cores)
+    # A listening socket inherited for this process's own address (its
+    # descriptor), served instead of binding the port anew: a job process's,
+    # held by its executor from the moment it picked the port (a port picked
+    # free and bound later could be taken in between by another program)
+    listen_fd: int | None = None
 
     @property
     def processes(self) -> int:
@@ -345,7 +351,8 @@ class LinkRelay:
         server = self._server = LinkServer(
             _listen_host(host), port, plan.secret, plan.process, plan.channels_with, self._on_frame_for,
             on_link=on_link, ssl_context=plan.tls and plan.tls.server_context(),
-            heartbeat=plan.heartbeat, meta=plan.meta, expected=higher, on_mismatch=self._fail)
+            heartbeat=plan.heartbeat, meta=plan.meta, expected=higher, on_mismatch=self._fail,
+            sock=None if plan.listen_fd is None else _inherited_listener(plan, port))
         try:
             await server.start()
         except OSError as exc:
@@ -650,6 +657,22 @@ class LinkRelay:
 
 __all__ = ["AuthenticationFailed", "ClusterPlan", "LinkError", "LinkMismatch", "LinkRelay", "PeerFailed",
            "PeerLost", "TLSFiles"]
+
+
+def _inherited_listener(plan: ClusterPlan, port: int) -> socket.socket:
+    """The listening socket this process was handed (`plan.listen_fd`),
+    checked to listen on its own port: another would take links meant for
+    an address the peers do not dial."""
+    handed = f"process {plan.process}: the listening socket handed over (descriptor {plan.listen_fd})"
+    try:
+        sock = socket.socket(fileno=plan.listen_fd)
+        bound = sock.getsockname()[1]
+    except OSError as exc:
+        raise ListenFailed(f"{handed} cannot be used: {exc.strerror or exc}", port, exc.errno) from None
+    if bound != port:
+        sock.detach()  # (not ours to close)
+        raise ListenFailed(f"{handed} is on port {bound}, not {plan.address(plan.process)}'s", port, None)
+    return sock
 
 
 def _listen_host(host: str) -> str | None:

@@ -17,6 +17,20 @@ from kernel.net._environment import heartbeat_from_environment
 from kernel.net._relay import ClusterPlan, TLSFiles
 
 SECRET_VARIABLE = "KERNEL_SECRET"
+# A job process's listening socket for its links (a descriptor), handed over
+# by its executor, which picked the port and kept it listening until then
+LISTEN_FD_VARIABLE = "KERNEL_LINK_FD"
+
+
+def inherited_listen_fd() -> int | None:
+    """The descriptor LISTEN_FD_VARIABLE names (taken out of the environment:
+    a process this one starts does not inherit the socket), else None."""
+    text = os.environ.pop(LISTEN_FD_VARIABLE, "")
+    if not text:
+        return None
+    if not text.isdigit():
+        raise ValueError(f"{LISTEN_FD_VARIABLE}={text!r} is not a file descriptor")
+    return int(text)
 
 
 def parse_peers(peers) -> list[tuple[str, int]]:
@@ -97,9 +111,11 @@ def _tls_files(tls) -> TLSFiles | None:
 def cluster_plan(process_id, peers, cores: int, *, secret=None, secret_file=None, tls=None,
                  startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
                  heartbeat: float | None = None, fingerprint: str = "",
-                 snapshots: bool = False) -> ClusterPlan:
+                 snapshots: bool = False, listen_fd: int | None = None) -> ClusterPlan:
     """The checked plan of process `process_id` of the cluster `peers`;
-    `heartbeat` None: KERNEL_HEARTBEAT where set now, else 2.5 s."""
+    `heartbeat` None: KERNEL_HEARTBEAT where set now, else 2.5 s.
+    `listen_fd`: a socket inherited, listening on this process's port
+    (`ClusterPlan.listen_fd`)."""
     addresses = parse_peers(peers)
     if heartbeat is None:
         heartbeat = heartbeat_from_environment()
@@ -116,4 +132,4 @@ def cluster_plan(process_id, peers, cores: int, *, secret=None, secret_file=None
                        # whether it snapshots (a state_dir) too: a process with one waited for
                        # ever for the epoch agreement of a peer without one, and so did the peer
                        {"flow": fingerprint, "cores": cores, "processes": len(addresses),
-                        "snapshots": bool(snapshots)})
+                        "snapshots": bool(snapshots)}, listen_fd)

@@ -476,7 +476,9 @@ def _relay_runtime(plan, ends, bells, handover, gate, launcher=None, agreement=N
     async def run_relay(_index, _peers, _transport, _coordinator):
         from kernel.net._relay import LinkRelay
 
-        let_go_unreached(every_socket=True)  # (it runs no step: none of the application's pipes and sockets)
+        # (it runs no step: none of the application's pipes and sockets, but the
+        # listening socket its executor handed this process, which it serves)
+        let_go_unreached(every_socket=True, keep={plan.listen_fd})
         gate_in, gate_out = gate
         os.close(gate_in)
         loop = asyncio.get_running_loop()

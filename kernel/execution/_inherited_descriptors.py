@@ -142,12 +142,13 @@ def note_inherited(inherited: dict[int, tuple[int, int, int, bool]] | None) -> N
     _inherited = dict(inherited or {})
 
 
-def let_go_unreached(roots=(), every_socket: bool = False) -> None:
+def let_go_unreached(roots=(), every_socket: bool = False, keep=frozenset()) -> None:
     """A child: let go of each listed pipe or Unix stream socket (once) that
     nothing of `roots` (a kernel's steps' factories; none for the relay),
     the logging handlers or the standard streams reaches, and open again
     each listed file for reading that `roots` reach (`_own_read_position`).
-    `every_socket` (the relay, which runs no step): network sockets too."""
+    `every_socket` (the relay, which runs no step): network sockets too,
+    but the descriptors in `keep`."""
     global _inherited
     listed, _inherited = _inherited, {}
     if not listed:
@@ -172,7 +173,7 @@ def let_go_unreached(roots=(), every_socket: bool = False) -> None:
                 if fd in files_of_steps or (fd in read_by_steps and _read_only(fd)):
                     _own_read_position(fd, position, at_its_end)
                 continue
-            if fd in kept:
+            if fd in kept or fd in keep:
                 continue
             let_go.append(_described(fd, info))
             if stat.S_ISSOCK(info.st_mode):

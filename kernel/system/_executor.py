@@ -51,6 +51,7 @@ from kernel._durable import fsync_directory, make_directories
 from kernel.cli._lease import STOP_SIGNALS, LeaseWriter
 from kernel.cli._lease import VARIABLE as LEASE_VARIABLE
 from kernel.dataflow._errors import KernelError
+from kernel.execution._cluster import LISTEN_FD_VARIABLE
 from kernel.net._causes import untrusted_certificate
 from kernel.net._links import AuthenticationFailed, LinkRefused, backoff
 from kernel.system._wire import (
@@ -67,6 +68,10 @@ from kernel.system._wire import (
 log = logging.getLogger("kernel.system")
 
 HEARTBEAT = 1.0  # seconds between heartbeats (--heartbeat)
+# seconds a port prepared for a job process's links is held for its start
+# (the coordinator's start follows its prepare at once; one that never comes,
+# a coordinator gone between the two, frees it at a later prepare or start)
+PREPARED_FOR = 120.0
 SILENT_BEATS = 5  # heartbeats a coordinator may leave unanswered before it is dropped
 RECONNECT = 0.5
 # A coordinator that refuses the connection before authenticating it (over
@@ -206,6 +211,8 @@ class ExecutorDaemon:
         # executor registering under the same id (`JobMaster.own_id`)
         self._instance = os.urandom(16).hex()
         self._tasks: set[asyncio.Task] = set()
+        # port -> (its socket, listening since `prepare`, when prepared): a job process's links'
+        self._prepared: dict[int, tuple[socket.socket, float]] = {}
         for sub in ("pipelines", "logs", "jobs"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         self._id_file = self.workdir / "executor.json"
@@ -516,7 +523,7 @@ class ExecutorDaemon:
         if op == "ping":  # (alive: `JobMaster.own_id`)
             return {}
         if op == "prepare":
-            return {"port": _free_port(self.host)}
+            return {"port": self._prepare_port()}
         if op == "start":
             return await self._start(m)
         if op == "stop":
@@ -525,6 +532,37 @@ class ExecutorDaemon:
         if op == "logs":
             return self._log(str(m["job"]), int(m.get("offset", 0)))
         raise RequestError(f"unknown request {op!r}")
+
+    def _prepare_port(self) -> int:
+        """A port for a job process's links, listening from now on, its
+        socket handed to the process at its start (`_prepared_socket`). A
+        port picked free, closed and bound by the process later could be
+        taken in between (another program, an outgoing connection's
+        port): the attempt failed, `cannot listen`, a restart spent."""
+        self._forget_prepared(time.monotonic() - PREPARED_FOR)
+        sock = _listening_socket(self.host)
+        port = sock.getsockname()[1]
+        self._prepared[port] = (sock, time.monotonic())
+        return port
+
+    def _prepared_socket(self, peers: str, process: int) -> socket.socket | None:
+        """The socket prepared for the port `peers` gives `process` (None: none
+        prepared here for it, a coordinator of before's port)."""
+        from kernel.execution._cluster import parse_peers
+
+        try:
+            port = parse_peers(peers)[process][1]
+        except (ValueError, IndexError):
+            return None
+        self._forget_prepared(time.monotonic() - PREPARED_FOR)
+        prepared = self._prepared.pop(port, None)
+        return None if prepared is None else prepared[0]
+
+    def _forget_prepared(self, before: float) -> None:
+        for port, (sock, when) in list(self._prepared.items()):
+            if when < before:
+                sock.close()
+                del self._prepared[port]
 
     def _pipeline(self, m: dict) -> Path:
         digest, filename, content = m["digest"], m["filename"], file_bytes(m)
@@ -606,14 +644,22 @@ class ExecutorDaemon:
             start = out.tell()
             lease = LeaseWriter()
             env[LEASE_VARIABLE] = str(lease.read_fd)
+            inherited = (lease.read_fd,)
+            listener = self._prepared_socket(m["peers"], process) if m.get("peers") else None
+            if listener is not None:  # (its port held since `prepare`: the process serves this socket)
+                env[LISTEN_FD_VARIABLE] = str(listener.fileno())
+                inherited += (listener.fileno(),)
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, cwd=run_dir, env=env,
-                    start_new_session=True, preexec_fn=_job_process_setup, pass_fds=(lease.read_fd,))
+                    start_new_session=True, preexec_fn=_job_process_setup, pass_fds=inherited)
             except BaseException:
                 lease.started()
                 lease.close()
                 raise
+            finally:
+                if listener is not None:  # (the process's now; a start that failed frees the port)
+                    listener.close()
         lease.started()
         lease.renew(self._lease_deadline())
         entry = JobProcess(job, attempt, process, proc, log_path, start, lease, pipeline=pipeline)
@@ -773,6 +819,7 @@ class ExecutorDaemon:
         return {"text": data.decode(errors="replace"), "offset": offset + len(data)}
 
     async def close(self) -> None:
+        self._forget_prepared(math.inf)
         running = [p for p in self.processes.values() if p.code is None]
         self._stopped_here.update((p.job, p.attempt, p.process) for p in running)
         await asyncio.gather(*(self._stop_one(p) for p in running))
@@ -834,14 +881,25 @@ def _cut_character(data: bytes) -> int:
     return 0  # (continuation bytes only: not UTF-8 to mend)
 
 
-def _free_port(host: str) -> int:
-    """A port free on this machine a moment ago, for a job process's links."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+def _listening_socket(host: str) -> socket.socket:
+    """A socket listening on a port the system picks, for a job process's
+    links: on `host` where it is an IP address (or localhost), as the
+    process would listen (`kernel.net._relay._listen_host`), else on every
+    interface. Not inherited by anything but the process it is handed to."""
+    from kernel.net._relay import _listen_host
+
+    where = _listen_host(host)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
         try:
-            s.bind((host, 0))
+            sock.bind((where or "", 0))
         except OSError:
-            s.bind(("", 0))
-        return s.getsockname()[1]
+            sock.bind(("", 0))
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _holds(path: Path, digest: str) -> bool:

@@ -17,22 +17,26 @@ import urllib.request
 from _system import HEARTBEAT, System, wait_until
 
 # An executor beside which "another program" takes every port the executor
-# picks as free (`_free_port`), as soon as it is picked: the race, every time.
+# picks (its links' since session 39: `_listening_socket`, which holds it),
+# as soon as it is picked where it can: the race, every time.
 SQUATTED = """\
 import socket, sys
 import kernel.system._executor as executor
 
-picked, held = executor._free_port, []
+picked, held = executor._listening_socket, []
 
 def taken_at_once(host):
-    port = picked(host)
+    sock = picked(host)
     squatter = socket.socket()
-    squatter.bind((host, port))
-    squatter.listen()
-    held.append(squatter)
-    return port
+    try:
+        squatter.bind((host, sock.getsockname()[1]))
+        squatter.listen()
+        held.append(squatter)
+    except OSError:
+        squatter.close()
+    return sock
 
-executor._free_port = taken_at_once
+executor._listening_socket = taken_at_once
 from kernel.system import main
 sys.exit(main(sys.argv[1:]))
 """
