@@ -180,6 +180,12 @@ class LinkMismatch(LinkError):
     """An authenticated peer runs something else (another flow, other cores)."""
 
 
+class TwinProcess(LinkError):
+    """Two processes claim one process id (a cluster's configuration
+    error): the second to connect is refused, and the run of the process
+    they both dialled ends with this, naming the id and both addresses."""
+
+
 class _Unexpected(LinkError):
     """An authenticated peer the server does not take (`_unexpected`)."""
 
@@ -1153,7 +1159,7 @@ class AuthenticatedServer:
         expected = _mac(self._secret, b"client", nonce, peer)
         if not _same_mac(hello.get("mac"), expected):
             raise AuthenticationFailed(f"process {peer} at {address}")
-        unexpected = self._unexpected(peer)
+        unexpected = self._unexpected(peer, address)
         if unexpected is not None:
             raise _Unexpected(unexpected)
         self._guard.authenticated(protocol)
@@ -1163,9 +1169,9 @@ class AuthenticatedServer:
             {"mac": _mac(self._secret, b"server", their_nonce, self.process), "meta": self.meta}).decode())
         return peer, hello.get("meta")
 
-    def _unexpected(self, peer: int) -> str | None:
-        """Why an authenticated `peer` is not taken here (said to it in the
-        close frame, and logged), or None."""
+    def _unexpected(self, peer: int, address: str) -> str | None:
+        """Why an authenticated `peer` at `address` is not taken here (said
+        to it in the close frame, and logged), or None."""
         return None
 
     async def _session(self, ws, peer: int, meta, address: str) -> None:
@@ -1198,25 +1204,36 @@ class LinkServer(AuthenticatedServer):
         self.on_link = on_link
         self.window = window
         self.heartbeat = heartbeat_or_environment(heartbeat)
-        self.on_mismatch = on_mismatch  # called with the LinkMismatch
+        self.on_mismatch = on_mismatch  # called with the LinkMismatch (or the TwinProcess)
         self.expected = expected
         self.links: dict[int, Link] = {}
+        self.link_addresses: dict[int, str] = {}  # where each linked peer connected from
 
 
-    def _unexpected(self, peer: int) -> str | None:
+    def _unexpected(self, peer: int, address: str) -> str | None:
         # In the handshake, before our answer: a second process given the same
         # --process-id was refused only after it, and its link's close (code
         # 1008) ended its run as "lost process 0: ... closed: code 1008".
         if self.expected is None:
             return None
         if peer in self.links:
-            return f"process {peer} is already linked"
+            linked = self.link_addresses.get(peer, "?")
+            if self.on_mismatch is not None:
+                # Which of the two is the process meant to be `peer` no end can
+                # tell: the one first to connect was taken, and the run went on
+                # with it, perhaps the wrong machine, only a warning said here.
+                self.on_mismatch(TwinProcess(
+                    f"two processes claim process id {peer}: one at {linked} (linked), another at "
+                    f"{address} (refused): is --process-id {peer} given to two processes, or do the "
+                    "--peers lists differ?"))
+            return f"process {peer} at {linked} is already linked"
         if peer not in self.expected:
             return f"process {peer} is not a peer of this process"
         return None
 
     async def _session(self, ws, peer: int, meta, peer_address: str) -> None:
-        why = self._unexpected(peer)  # (again: two handshakes as one process may have overlapped)
+        # (again: two handshakes as one process may have overlapped)
+        why = self._unexpected(peer, peer_address)
         if why is not None:
             log.warning("refused a link from %s: %s", peer_address, why)
             await ws.close(code=UNEXPECTED, message=why.encode()[:123])
@@ -1234,6 +1251,7 @@ class LinkServer(AuthenticatedServer):
         channels = self.channels(peer) if callable(self.channels) else self.channels
         link = Link(ws, peer, channels, self.on_frame_for(peer), self.window, self.heartbeat)
         self.links[peer] = link
+        self.link_addresses[peer] = peer_address
         if self.on_link is not None:
             self.on_link(link)
         try:
@@ -1242,6 +1260,7 @@ class LinkServer(AuthenticatedServer):
             self.failures.append(exc)
         finally:
             self.links.pop(peer, None)
+            self.link_addresses.pop(peer, None)
 
 
 _WS_HEAD = struct.Struct(">BB")  # a websocket frame's first two bytes: FIN and opcode, mask and length

@@ -2504,7 +2504,7 @@ async def test_garbage_strangers_big_or_compressed_frames_and_impostors_are_refu
                 await closed_by_server(reader, within=5.0)
                 writer.close()
             # process 1 again: refused in the handshake
-            with pytest.raises(_links.LinkError, match="process 1 is already linked there"):
+            with pytest.raises(_links.LinkError, match=r"process 1 at 127\.0\.0\.1 is already linked there"):
                 await connect(server)
             await link.send(1, 1, b"still here")
             await until(lambda: (1, 1, 1, b"still here") in received)
@@ -2519,7 +2519,7 @@ async def test_garbage_strangers_big_or_compressed_frames_and_impostors_are_refu
             "Message size 15728640 exceeds limit 4096",
             "refused a link from 127.0.0.1: 127.0.0.1 broke the handshake: "
             "Received frame with non-zero reserved bits",
-            "refused a link from 127.0.0.1: process 1 is already linked"], refusals
+            "refused a link from 127.0.0.1: process 1 at 127.0.0.1 is already linked"], refusals
         assert "unknown channel 99" in caplog.text
     finally:
         await link.close()

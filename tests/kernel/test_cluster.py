@@ -365,11 +365,11 @@ def test_garbage_plain_http_and_strangers_on_the_port_change_nothing(tmp_path):
             s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             assert s.recv(100).startswith(b"HTTP/1.1 404")
 
-        async def stranger(secret):
+        async def stranger(secret, process=1):
             from kernel.net._links import LinkError, dial
 
             try:
-                link, session = await dial(f"http://127.0.0.1:{port}", secret, 1, {0}, lambda *a: None,
+                link, session = await dial(f"http://127.0.0.1:{port}", secret, process, {0}, lambda *a: None,
                                            timeout=3)
             except LinkError as exc:
                 return type(exc).__name__
@@ -378,8 +378,9 @@ def test_garbage_plain_http_and_strangers_on_the_port_change_nothing(tmp_path):
             return "joined"
 
         assert asyncio.run(stranger("not-the-secret")) == "AuthenticationFailed"
-        # the right secret, but process 1 is already linked: refused too
-        assert asyncio.run(stranger(SECRET)) != "joined"
+        # the right secret, but no process of this cluster: refused too (a second process 1
+        # ends the run, naming both: tests/kernel/test_session35_cluster_links_review.py)
+        assert asyncio.run(stranger(SECRET, 5)) != "joined"
         go.touch()  # disturbed enough: the run may end
         outcomes = cluster.outcomes()
     finally:
@@ -392,7 +393,8 @@ def test_garbage_plain_http_and_strangers_on_the_port_change_nothing(tmp_path):
         "WARNING kernel.links: refused a link from 127.0.0.1: plain HTTP (GET /), not a link",
         "WARNING kernel.links: refused a link from 127.0.0.1: authentication failed with process 1 "
         "at 127.0.0.1: wrong or missing secret",
-        "WARNING kernel.links: refused a link from 127.0.0.1: process 1 is already linked"], refusals
+        "WARNING kernel.links: refused a link from 127.0.0.1: process 5 is not a peer of this process"], \
+        refusals
 
 
 def closed_by_server(s: socket.socket, within: float = 5.0) -> bytes:

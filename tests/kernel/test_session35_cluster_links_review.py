@@ -79,7 +79,10 @@ def _exit_codes(procs: list[subprocess.Popen]) -> list[int]:
 def test_a_second_process_with_the_same_process_id_is_refused_saying_so(tmp_path):
     """It was refused only after the handshake, its link closed with code
     1008: it ended with `error: lost process 0 (...): link to process 0
-    closed: code 1008 before the run finished`, as if process 0 had died."""
+    closed: code 1008 before the run finished`, as if process 0 had died.
+    (Since session 39 the cluster it tried to join ends too, saying why:
+    which of the two is the process meant no end can tell,
+    tests/kernel/test_session39_twin_process_id.py.)"""
     (tmp_path / "pipeline.py").write_text(PIPELINE)
     a, b, c = free_ports(3)
     peers = f"127.0.0.1:{a},127.0.0.1:{b}"
@@ -90,23 +93,22 @@ def test_a_second_process_with_the_same_process_id_is_refused_saying_so(tmp_path
         procs.append(twin)
         assert twin.wait(PROMPTLY) == 1
         assert without_stall_reports((tmp_path / "twin.err").read_text()) == (
-            f"error: process 0 at http://127.0.0.1:{a} refused this process (1): process 1 is already "
-            "linked there (is --process-id 1 given to two processes, or do the --peers lists differ?)\n")
+            f"error: process 0 at http://127.0.0.1:{a} refused this process (1): process 1 at 127.0.0.1 is "
+            "already linked there (is --process-id 1 given to two processes, or do the --peers lists "
+            "differ?)\n")
         assert (tmp_path / "twin.out").read_text() == ""
-        (tmp_path / "go").touch()
-        assert [p.wait(PROMPTLY) for p in procs[:2]] == [0, 0]
+        assert [p.wait(PROMPTLY) for p in procs[:2]] == [1, 1]
     finally:
         for p in procs:
             p.kill()
             p.wait()
-    expected = {}
-    for n in range(300):
-        expected[n % 7] = expected.get(n % 7, 0) + n
-    printed = (tmp_path / "p0.out").read_text().splitlines() + (tmp_path / "p1.out").read_text().splitlines()
-    assert sorted(printed) == sorted(repr(item) for item in expected.items())
+    twins = ("two processes claim process id 1: one at 127.0.0.1 (linked), another at 127.0.0.1 (refused): "
+             "is --process-id 1 given to two processes, or do the --peers lists differ?")
     assert without_stall_reports((tmp_path / "p0.err").read_text()) == (
-        "refused a link from 127.0.0.1: process 1 is already linked\n")
-    assert without_stall_reports((tmp_path / "p1.err").read_text()) == ""
+        "refused a link from 127.0.0.1: process 1 at 127.0.0.1 is already linked\n"
+        f"error: {twins}\n")
+    assert without_stall_reports((tmp_path / "p1.err").read_text()) == (
+        f"error: process 0 (127.0.0.1:{a}) failed: {twins}\n")
 
 
 def test_another_program_answering_http_at_a_peers_address_is_said_so(tmp_path):

@@ -50,12 +50,12 @@ def test_a_dialer_the_server_does_not_take_is_told_why_and_the_server_goes_on(ca
         errors = asyncio.run(scenario())
     port = errors[0].split("127.0.0.1:")[1].split(" ")[0]
     assert errors == [
-        f"process 0 at http://127.0.0.1:{port} refused this process (1): process 1 is already linked there "
-        "(is --process-id 1 given to two processes, or do the --peers lists differ?)",
+        f"process 0 at http://127.0.0.1:{port} refused this process (1): process 1 at 127.0.0.1 is already "
+        "linked there (is --process-id 1 given to two processes, or do the --peers lists differ?)",
         f"process 0 at http://127.0.0.1:{port} refused this process (2): process 2 is not a peer of this "
         "process there (is --process-id 2 given to two processes, or do the --peers lists differ?)"]
     assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")] == [
-        "refused a link from 127.0.0.1: process 1 is already linked",
+        "refused a link from 127.0.0.1: process 1 at 127.0.0.1 is already linked",
         "refused a link from 127.0.0.1: process 2 is not a peer of this process"]
 
 
