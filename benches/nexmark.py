@@ -30,6 +30,10 @@ times, medians), each run timed from a collected heap:
 * ours, mid-level (q3, q5, q8): the same query with the hand-written
   operator it used before the library had one (`_nexmark_queries.MID_LEVEL`),
   in a table of its own: a built-in query should be within 20% of it;
+* ours, the auctions broadcast (q4, q6): the winning-bid join with the
+  auctions broadcast (`Stream.broadcast`) and each kernel's bids kept where
+  they were made (`_nexmark_queries.BROADCAST`), where the queries key both
+  sides by auction, in a table of its own;
 * Bytewax 0.21 (when installed): `_nexmark_bytewax` under `run_main` (one
   worker), its own operators where it has them.
 
@@ -215,6 +219,8 @@ def measure(name: str, generator: Generator, cores_list: list[int], runs: int,
                 take(f"ours{cores}", lambda c=cores: ours(name, generator, c))
             if name in queries.MID_LEVEL:  # the same query with its hand-written operator
                 take(f"mid{cores}", lambda c=cores: ours(name, generator, c, queries.MID_LEVEL))
+            if name in queries.BROADCAST:  # the same query with the auctions broadcast
+                take(f"broadcast{cores}", lambda c=cores: ours(name, generator, c, queries.BROADCAST))
         if with_bytewax:
             take("bytewax", lambda: bytewax(name, generator))
     return {"wall": {engine: statistics.median(v) for engine, v in wall.items()},
@@ -272,6 +278,23 @@ def mid_level_rows(name: str, measured: dict, events: int, cores_list: list[int]
     return rows
 
 
+def broadcast_rows(name: str, measured: dict, events: int, cores_list: list[int]) -> list:
+    """q4, q6: the winning-bid join keyed by auction (the query) against the
+    auctions broadcast, per kernel count, and each one's speed-up over one
+    kernel."""
+    if name not in queries.BROADCAST:
+        return []
+    rate = {engine: events / s for engine, s in measured["wall"].items()}
+    rows = []
+    for c in cores_list:
+        keyed, broadcast = rate[f"ours{c}"], rate[f"broadcast{c}"]
+        row = [name, c, keyed, broadcast, f"{broadcast / keyed:.2f}x"]
+        if "ours1" in rate:
+            row += [f"{keyed / rate['ours1']:.2f}x", f"{broadcast / rate['broadcast1']:.2f}x"]
+        rows.append(row)
+    return rows
+
+
 def header_for(cores_list: list[int]) -> list[str]:
     first = cores_list[0]
     return (["query", "results", "plain ev/s"]
@@ -315,12 +338,13 @@ def main(argv=None) -> None:
     if not with_bytewax:
         print("Bytewax: not installed (pip install bytewax==0.21.1), or --no-bytewax")
 
-    rows, mid_rows = [], []
+    rows, mid_rows, broadcast = [], [], []
     started = time.perf_counter()
     for name in names:
         measured = measure(name, generator, cores_list, runs, with_bytewax, args.profile)
         rows.append(rows_for(name, measured, events, cores_list, generating))
         mid_rows += mid_level_rows(name, measured, events, cores_list)
+        broadcast += broadcast_rows(name, measured, events, cores_list)
         print(f"  {name}: done ({time.perf_counter() - started:.0f} s)", flush=True)
         if args.profile:
             for cores in cores_list:
@@ -339,6 +363,13 @@ def main(argv=None) -> None:
         print(table("Built-in operators against the hand-written mid-level ones they replaced (events/s)",
                     ["query", "kernels", "built-in", "mid-level", "built-in vs mid-level", "target",
                      "result"], mid_rows))
+    if broadcast:
+        print()
+        columns = ["query", "kernels", "keyed by auction", "auctions broadcast", "broadcast vs keyed"]
+        if 1 in cores_list:
+            columns += ["keyed: vs 1 kernel", "broadcast: vs 1 kernel"]
+        print(table("q4, q6: the winning-bid join keyed by auction (the queries) and with the auctions "
+                    "broadcast (events/s of the whole run)", columns, broadcast))
 
 
 if __name__ == "__main__":

@@ -105,14 +105,17 @@ def test_every_query_equals_its_reference(expected, cores):
         assert sorted(out.items) == expected[name], name
 
 
-@pytest.mark.parametrize("cores", [1, 2])
-def test_the_mid_level_versions_equal_the_references_too(expected, cores):
+@pytest.mark.parametrize("cores", [1, 2, 3])
+def test_the_mid_level_and_broadcast_versions_equal_the_references_too(expected, cores):
     """The benchmark times the built-in q3, q5 and q8 beside their earlier
-    hand-written versions: both must give the references' results."""
+    hand-written versions, and q4 and q6 (their winning-bid join keyed by
+    auction) beside the same with the auctions broadcast: all must give the
+    references' results."""
     generator = Generator(EVENTS, RATE)
     flow = Dataflow("nexmark mid-level")
     source = flow.from_partitions(generator.share, timestamp=queries.event_time, batch_size=64)
-    outputs = {name: query(source).collect() for name, query in queries.MID_LEVEL.items()}
+    versions = {**queries.MID_LEVEL, **queries.BROADCAST}
+    outputs = {name: query(source).collect() for name, query in versions.items()}
     run(flow, cores=cores)
     for name, out in outputs.items():
         assert sorted(out.items) == expected[name], name
@@ -132,7 +135,8 @@ def test_the_queries_results_are_what_the_definitions_say(expected):
 
 
 @pytest.mark.parametrize("cores", [1, 3])
-def test_winning_bids_at_the_default_rate_equal_the_reference(cores):
+@pytest.mark.parametrize("versions", [queries.QUERIES, queries.BROADCAST], ids=["by key", "broadcast"])
+def test_winning_bids_at_the_default_rate_equal_the_reference(cores, versions):
     """At 10 events a millisecond, bids share their auction's millisecond
     and land on its last one: the ends of `[time, expires]`, which the
     slower stream above hardly reaches."""
@@ -140,13 +144,20 @@ def test_winning_bids_at_the_default_rate_equal_the_reference(cores):
     events = generator.all()
     flow = Dataflow("winning bids")
     source = flow.from_partitions(generator.share, timestamp=queries.event_time, batch_size=16)
-    outputs = {name: queries.QUERIES[name](source).collect() for name in ("q4", "q6")}
+    outputs = {name: versions[name](source).collect() for name in ("q4", "q6")}
     run(flow, cores=cores)
     for name, out in outputs.items():
         assert sorted(out.items) == sorted(reference.QUERIES[name](events)), name
 
 
-def test_a_bid_that_comes_before_its_auction_counts_at_both_ends():
+WINNING_BIDS = pytest.mark.parametrize(
+    ("winning_bids", "cores"),
+    [(queries.winning_bids, 1), (queries.winning_bids, 2), (queries.winning_bids_broadcast, 1),
+     (queries.winning_bids_broadcast, 2)], ids=["by key-1", "by key-2", "broadcast-1", "broadcast-2"])
+
+
+@WINNING_BIDS
+def test_a_bid_that_comes_before_its_auction_counts_at_both_ends(winning_bids, cores):
     """Bids ahead of their auction (another kernel, another source) wait for
     it, also once the watermark stands at their own time, and a bid at the
     auction's time or at its expiry wins: `[time, expires]` is closed. The
@@ -167,12 +178,13 @@ def test_a_bid_that_comes_before_its_auction_counts_at_both_ends():
     bids = flow.from_iterable([bid(4, 2, 900), bid(5, 2, 90), bid(9, 2, 40), bid(10, 2, 800),
                                bid(5, 3, 30), bid(9, 3, 60), bid(10, 3, 700),
                                bid(5, 1, 3), bid(20, 1, 4), bid(21, 1, 5)], timestamp=queries.event_time)
-    out = queries.winning_bids(auctions.union(bids)).collect()
-    run(flow)
+    out = winning_bids(auctions.union(bids)).collect()
+    run(flow, cores=cores)
     assert sorted(out.items) == [(1, 10, 1001, 4, 20), (2, 10, 1001, 90, 9), (3, 10, 1001, 60, 9)]
 
 
-def test_an_auction_closes_once_its_last_millisecond_is_past():
+@WINNING_BIDS
+def test_an_auction_closes_once_its_last_millisecond_is_past(winning_bids, cores):
     def bid(time, price):
         return (BID, time, 1, 1001, price, "")
 
@@ -182,8 +194,8 @@ def test_an_auction_closes_once_its_last_millisecond_is_past():
     # one bid a batch: the watermark stands at 9 ms between the two bids at 9 ms
     bids = flow.from_iterable([bid(7, 5), bid(9, 6), bid(9, 50), bid(30, 99)], batch_size=1,
                               timestamp=queries.event_time)
-    out = queries.winning_bids(auctions.union(bids)).collect()
-    run(flow)
+    out = winning_bids(auctions.union(bids)).collect()
+    run(flow, cores=cores)
     assert out.items == [(1, 10, 1001, 50, 9)]
 
 
@@ -225,10 +237,15 @@ def test_the_benchmark_runs_and_prints_its_table(capsys):
 
     nexmark.main(["--events", "3000", "--queries", "q0,q4", "--cores", "1,2", "--runs", "1", "--no-bytewax"])
     out = capsys.readouterr().out
-    cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines()
+    first, broadcast = (out.split(f"### {title}")[1].split("\n\n")[1] for title in (
+        "NEXMark, events/s", "q4, q6: the winning-bid join keyed by auction"))
+    cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in first.splitlines()
              if line.startswith("| q")]
     rows = {row[0]: row for row in cells[1:]}  # the first is the header
     assert sorted(rows) == ["q0", "q4"]
+    # q4 with the auctions broadcast, beside it, on each kernel count
+    assert [[cell.strip() for cell in line.split("|")[1:3]] for line in broadcast.splitlines()[2:]] == [
+        ["q4", "1"], ["q4", "2"]]
     assert rows["q0"][1] == "2,760"  # results: every bid, the plain loop's count (checked in the run)
     assert rows["q0"][-1] == "155,020" and rows["q4"][-1] == "34,330"  # Flink's figures beside ours
     assert "Not the same set-up" in out
