@@ -58,8 +58,13 @@ class CoordinatorServer(AuthenticatedServer):
 
     def __init__(self, host: str, port: int, secret: bytes, master: JobMaster, *, ssl_context=None,
                  client_ssl=True) -> None:
+        from kernel.topics._directory import coordinator_heartbeat
+
+        # (a connection cut without a FIN or RST, a middlebox's, is noticed
+        # within 1.5 periods: its registrations and readers are then handled
+        # as a broken connection's, below, where they stayed for good)
         super().__init__(host, port, secret, COORDINATOR, max_frame=MAX_MESSAGE, ssl_context=ssl_context,
-                         meta={"role": "coordinator"})
+                         meta={"role": "coordinator"}, ws_heartbeat=coordinator_heartbeat())
         self.master = master
         # (an app's topic server asked whether it still publishes: `_topics.probe`)
         self._probe = functools.partial(_topics.probe, secret=secret, ssl=client_ssl)

@@ -48,6 +48,9 @@ BUSY_WAIT, BUSY_EVERY = 120.0, 0.1
 # to a coordinator that is down: `call(..., timeout=1)` took 10 s), but
 # always this long at least (a lookup at its deadline still asks once).
 LEAST_TRY = 0.5
+# seconds a try to say a registration again on a new connection (`Directory.say_again`)
+# takes at most, connecting and answered; tried again after a pause as a waiting lookup's
+SAY_AGAIN_TRY = 2.0
 
 
 def coordinator_address(explicit: str | None = None) -> tuple[str, int]:
@@ -169,6 +172,25 @@ def server_ssl():
 REFRESH_EVERY = 10.0
 
 
+def coordinator_heartbeat() -> float:
+    """Liveness of a connection to the coordinator, both ends (aiohttp's
+    websocket heartbeat: the coordinator's server, `Directory`): a peer
+    silent this many seconds is pinged, and the connection ends where no
+    pong comes within half as long. So a connection a middlebox drops
+    without a FIN or RST (TCP keeps quiet for minutes, for ever where
+    nothing is sent) is noticed within 1.5 periods on either side: the
+    coordinator forgets what was said on it (`kernel.system._topics`), and
+    the client connects again and says its registrations again
+    (`Directory.say_again`). KERNEL_COORDINATOR_HEARTBEAT seconds, else
+    twice the links' heartbeat (KERNEL_HEARTBEAT, 2.5 s by default: 5 s),
+    as a service's connections: a loop blocked for less than one links'
+    period is never taken for gone. One ping per period of silence."""
+    from kernel.net._environment import MIN_HEARTBEAT, seconds_from_environment
+    from kernel.net._links import DEFAULT_HEARTBEAT
+
+    return seconds_from_environment("KERNEL_COORDINATOR_HEARTBEAT", 2 * DEFAULT_HEARTBEAT, MIN_HEARTBEAT)
+
+
 def lookup_pauses():
     """The pauses between a waiting lookup's tries: LOOKUP_EVERY, doubling
     up to LOOKUP_MOST, each drawn from the upper half of its span
@@ -203,6 +225,16 @@ class Directory:
         self.opened = 0  # connections opened (a request after the last broke opens another)
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
+        # Between requests a task reads the connection (`_read_idle`): it
+        # answers the coordinator's pings (unanswered, the coordinator took
+        # an idle connection for gone) and sees the connection end. The
+        # requests in `_said` (`say_again`: a publisher's registration, a
+        # subscriber's lookup and subscription) are then said again on a
+        # new one (`_say_again`), as the coordinator forgot them with it.
+        self._idle: asyncio.Task | None = None
+        self._said: dict = {}
+        self._again: asyncio.Task | None = None
+        self._lost = False  # the connection ended with requests to say again
 
     async def _connect(self, until: float | None = None) -> None:
         from kernel.net._links import AuthenticationFailed, LinkMismatch, connect
@@ -212,7 +244,7 @@ class Directory:
             self._ws, _, _, self._http = await connect(
                 url_of(host, port), self.key, CLIENT, path=SYSTEM_PATH, max_frame=_MAX_MESSAGE,
                 timeout=self._bounded(self.timeout, until), meta={"role": "client"}, check_meta=False,
-                ssl=client_ssl())
+                ssl=client_ssl(), heartbeat=coordinator_heartbeat())
             self.opened += 1
         except (AuthenticationFailed, LinkMismatch) as exc:
             raise TopicError(f"cannot reach the coordinator at {host}:{port}: {exc}") from exc
@@ -266,20 +298,84 @@ class Directory:
 
     async def _request(self, op: str, fields: dict, until: float | None = None) -> dict:
         async with self._lock:
-            reused = self._ws is not None and not self._ws.closed
+            await self._stop_idle()
             try:
-                reply = await self._exchange(op, fields, until=until)
-            except _Closed as closed:
-                if not reused:
-                    raise CoordinatorUnreachable(str(closed)) from None
-                # An idle connection still looks open after the coordinator
-                # was restarted (nothing reads it meanwhile); the old process
-                # took nothing of this request, so it goes again, once, on a
-                # new connection (found by a review: the next request of
-                # every running publisher and subscriber failed, and ended
-                # its job, after a restart the README says loses nothing).
-                reply = await self._exchange(op, fields, again=True, until=until)
+                reused = self._ws is not None and not self._ws.closed
+                try:
+                    reply = await self._exchange(op, fields, until=until)
+                except _Closed as closed:
+                    if not reused:
+                        raise CoordinatorUnreachable(str(closed)) from None
+                    # An idle connection may still look open after the
+                    # coordinator was restarted (its close not read yet);
+                    # the old process took nothing of this request, so it
+                    # goes again, once, on a new connection (found by a
+                    # review: the next request of every running publisher
+                    # and subscriber failed, and ended its job, after a
+                    # restart the README says loses nothing).
+                    reply = await self._exchange(op, fields, again=True, until=until)
+            finally:
+                self._start_idle()
         return reply
+
+    def say_again(self, key: str, op: str | None, **fields) -> None:
+        """Request `op` (None: none any more) is said again, under `key`,
+        whenever the connection it was said on ends between requests (the
+        coordinator restarted, or the connection cut: `coordinator_heartbeat`),
+        on a new one: the coordinator forgets what a connection said when
+        it ends (an app's subscriptions, the readers of a topic after
+        READER_GRACE, and which connection a publisher's is)."""
+        if op is None:
+            self._said.pop(key, None)
+        else:
+            self._said[key] = (op, fields)
+
+    def _start_idle(self) -> None:
+        if self._ws is not None and not self._ws.closed and (self._idle is None or self._idle.done()):
+            self._idle = asyncio.ensure_future(self._read_idle(self._ws))
+
+    async def _stop_idle(self) -> None:
+        idle, self._idle = self._idle, None
+        if idle is not None and not idle.done():
+            idle.cancel()
+            await asyncio.gather(idle, return_exceptions=True)
+
+    async def _read_idle(self, ws) -> None:
+        """Read the connection between requests: pings answered (within
+        `receive`), a late reply to a request given up on dropped, until
+        the connection ends; then what `say_again` keeps is said again."""
+        while True:
+            message = await ws.receive()
+            if message.type.name in ("CLOSE", "CLOSING", "CLOSED", "ERROR"):
+                break
+        await ws.close()  # (closed: the next request opens a new connection)
+        log.debug("the connection to the coordinator at %s:%d ended (%s)", *self.address,
+                  ws.exception() or ws.close_code)
+        self._lost = True
+        if self._said and (self._again is None or self._again.done()):
+            self._again = asyncio.ensure_future(self._say_again())
+
+    async def _say_again(self) -> None:
+        """Say what `say_again` keeps on a new connection, asked again while
+        the coordinator cannot be reached (pauses as a waiting lookup's),
+        and again should that connection end too meanwhile."""
+        pauses = lookup_pauses()
+        loop = asyncio.get_running_loop()
+        while self._lost and self._said:
+            self._lost = False
+            try:
+                for op, fields in list(self._said.values()):
+                    # (each try bounded: a request of the caller's with a deadline
+                    # of its own, a lookup's, waits for this one's end)
+                    await self._asked(op, fields, loop.time() + SAY_AGAIN_TRY)
+            except TopicError as exc:
+                self._lost = True
+                log.debug("could not say %s again to the coordinator at %s:%d (%s)", list(self._said),
+                          *self.address, exc)
+                await asyncio.sleep(next(pauses))
+                continue
+            log.info("the connection to the coordinator at %s:%d ended: connected again, and said %s "
+                     "again", *self.address, " and ".join(self._said))
 
     async def _exchange(self, op: str, fields: dict, again: bool = False, until: float | None = None) -> dict:
         """`until`: the caller's deadline (None: none), which bounds the
@@ -287,7 +383,7 @@ class Directory:
         import msgspec  # (here: every run names itself, `new_run`; only one with topics talks)
 
         if self._ws is None or self._ws.closed:
-            await self.close()
+            await self._disconnect()
             await self._connect(until)
         within = self._bounded(self._answer_within(), until)
         number = next(self._ids)
@@ -309,11 +405,11 @@ class Directory:
                 if reply.get("re") == number:
                     return reply
         except TimeoutError:
-            await self.close()
+            await self._disconnect()
             raise CoordinatorUnreachable(f"the coordinator at {self.address[0]}:{self.address[1]} did not "
                                          f"answer {op!r} within {within:g} s") from None
         except (ConnectionError, _Closed):  # (aiohttp's reset on a closing socket is a ConnectionError)
-            await self.close()
+            await self._disconnect()
             if again:
                 raise CoordinatorUnreachable(str(gone)) from None
             raise gone from None
@@ -347,24 +443,33 @@ class Directory:
                      not_id: str | None = None, waited: float | None = None) -> dict:
         """The topic `name` once it is published whole (every partition),
         waiting up to `timeout` seconds (None: for ever); `not_id`: a
-        publisher to wait past (one that was lost); `waited`: the seconds
-        the error names where that is not `timeout` (what is left of a
-        caller's own)."""
+        publisher to wait past (one that was lost) while the catalog still
+        lists it; `waited`: the seconds the error names where that is not
+        `timeout` (what is left of a caller's own)."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         waiting = False
         pauses = lookup_pauses()
+        lost = not_id
         while True:
             # (job: a topic that ends is still found, ended, by the jobs that had found it)
             found = await self.answered("topic_lookup", deadline, f"looking {name!r} up", name=name,
                                         job=reader_name())
+            if not_id is not None and found.get("id") != not_id:
+                # Taken out of the catalog (or replaced): should `not_id` be
+                # listed again, it was never gone (stopped, or blocked, past
+                # its connection's heartbeat and the coordinator's probes: it
+                # says its registration again once it runs), and it is found
+                # (it was waited past for ever, its subscribers waiting for
+                # a new publisher while it published on).
+                not_id = None
             if found.get("found") and found["id"] != not_id:
                 if found.get("kind", "stream") != kind:
                     raise TopicError(f"{name!r} is a {found.get('kind')} topic, not a {kind}")
                 return found
             if not waiting:
                 waiting = True
-                log.info("waiting for %s to be published", repr(name) if not_id is None else
+                log.info("waiting for %s to be published", repr(name) if lost is None else
                          f"{name!r} (a new publisher)")
             if deadline is not None and loop.time() >= deadline:
                 what = "service" if kind == "service" else "topic"
@@ -388,6 +493,15 @@ class Directory:
 
         every = seconds_from_environment("KERNEL_TOPIC_REFRESH", REFRESH_EVERY)
         loop = asyncio.get_running_loop()
+        # (and at once on a new connection where this one ends: `say_again`)
+        self.say_again("its registration", "topic_publish", **fields, refresh=True)
+        try:
+            await self._keep_registered(fields, until, what, every, loop)
+        finally:  # (ended, or its end under way: said again no more)
+            self.say_again("its registration", None)
+
+    async def _keep_registered(self, fields: dict, until: asyncio.Future, what: str, every: float,
+                               loop) -> None:
         while True:
             asleep = loop.create_future()
             timer = loop.call_later(every, asleep.set_result, None)
@@ -429,6 +543,7 @@ class Directory:
         break, asks whether it still publishes, and takes it out of the
         catalog where not (`kernel.system._topics.forget_lost`); closed
         with a frame, it stayed listed, its address dead."""
+        await self._quiet()  # (its registration is not said again on a new connection)
         if self._ws is not None and not self._ws.closed:
             sock = self._ws.get_extra_info("socket")
             if sock is not None:
@@ -439,6 +554,20 @@ class Directory:
         await self.close()
 
     async def close(self) -> None:
+        await self._quiet()
+        await self._disconnect()
+
+    async def _quiet(self) -> None:
+        """Nothing is said again any more, nor read between requests."""
+        self._said.clear()
+        again, self._again = self._again, None
+        if again is not None and not again.done():
+            again.cancel()
+            await asyncio.gather(again, return_exceptions=True)
+        await self._stop_idle()
+
+    async def _disconnect(self) -> None:
+        """The connection closed (a request's next opens another)."""
         if self._ws is not None:
             await self._ws.close()
             self._ws = None

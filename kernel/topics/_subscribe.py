@@ -204,6 +204,13 @@ class Subscribe(Source):
                 if not subscribed:
                     await directory.request("topic_subscribe", **who)
                     subscribed = True
+                    # (said again on a new connection where this one ends: the
+                    # coordinator forgets an app's subscription with it, and a
+                    # reader READER_GRACE after; forgotten, this subscriber
+                    # waited for ever for a new publisher that had ended)
+                    directory.say_again("its lookup", "topic_lookup", name=self.topic,
+                                        job=_directory.reader_name())
+                    directory.say_again("its subscription", "topic_subscribe", **who)
                 reading = mine or list(range(found["partitions"]))  # none of its own: their progress
                 self._reading = [(generation, p) for p in reading]
                 ended = functools.partial(self._ended_meanwhile, directory, found)
@@ -236,6 +243,8 @@ class Subscribe(Source):
                     await asyncio.gather(*readers, return_exceptions=True)
         finally:
             if subscribed:
+                directory.say_again("its lookup", None)
+                directory.say_again("its subscription", None)
                 try:
                     await directory.request("topic_unsubscribe", **who)
                 except (TopicError, OSError):
