@@ -1161,7 +1161,8 @@ class Stream(Generic[T_co]):
         jobs"). `partitions`: "per-kernel" (each kernel serves its share) or
         "merged" (kernel 0 serves everything); `retain=N` keeps the last N
         epochs for late subscribers, at most `retain_bytes` of them (64 MiB
-        by default: the oldest epochs are dropped whole); `slow`:
+        by default: the oldest epochs are dropped whole; in a job with a
+        state_dir it bounds too what is kept for subscribers away); `slow`:
         "backpressure" (a slow subscriber slows this job) or "disconnect"
         (it is dropped);
         `epoch_interval`: seconds between the topic's epoch boundaries;

@@ -58,8 +58,6 @@ def publisher(stream: Any, name: str, partitions: str, retain: int | None, slow:
         if not isinstance(retain_bytes, int) or isinstance(retain_bytes, bool) or retain_bytes < 1:
             raise ValueError(f"publish: retain_bytes must be a number of bytes >= 1 or None, "
                              f"got {retain_bytes!r}")
-        if retain is None:
-            raise ValueError("publish: retain_bytes bounds what retain=N keeps: give retain too")
     if slow not in ("backpressure", "disconnect"):
         raise ValueError(f"publish: slow must be 'backpressure' or 'disconnect', got {slow!r}")
     if not _seconds(epoch_interval) or not 0 < epoch_interval < float("inf"):

@@ -52,7 +52,9 @@ to R (nothing of R + 1 on was out before: not complete), and keeps every
 epoch a subscriber may lack. A subscriber coming back says the last epoch
 it has whole (`after` in its handshake; `_resume`), and gets the kept
 epochs after it, then the new ones. What a restore gives back is kept
-RESUME_EPOCHS epochs for the subscribers to come back.
+RESUME_EPOCHS epochs for the subscribers to come back, as what a
+subscriber whose connection broke lacks is; at most `retain_bytes` of
+them (`_prune`).
 
 End. When the publisher's input ends every subscriber gets END after the
 rest of its queue; the run lasts until the queues have gone out, then the
@@ -188,6 +190,7 @@ class Publish(Operator):
         self.merged = merged
         self.retain = retain
         self.retain_bytes = retain_bytes or DEFAULT_RETAIN_BYTES
+        self._retain_bytes_given = retain_bytes is not None
         self.slow = slow
         self.epoch_interval = epoch_interval
         self.record_type = record_type
@@ -220,6 +223,10 @@ class Publish(Operator):
         # snapshots' epochs, and an epoch goes out once it is complete
         # (on_commit); see "Exactly once" above
         self.snapshots = bool(getattr(context, "snapshots", False))
+        if self._retain_bytes_given and not self.retain and not self.snapshots:
+            # (checked here: whether the job has a state_dir is known once it runs)
+            raise TopicError(f"{self.name}: retain_bytes bounds what retain=N keeps, and what a job with a "
+                             "state_dir keeps for its subscribers away: give retain, or a state_dir")
         self._open: list = []  # the frames since the last epoch marker
         self._pending: deque[_Epoch] = deque()  # whole epochs, not yet complete
         self._released: deque[_Epoch] = deque()  # out, and kept until every subscriber has them
@@ -522,10 +529,18 @@ class Publish(Operator):
 
     def _prune(self) -> None:
         """Drop the epochs gone out that every subscriber has (its credit
-        says it has had their markers)."""
+        says it has had their markers). What is kept beyond that for the
+        subscribers away (a connection broken, a restarted publisher's
+        subscribers coming back: RESUME_EPOCHS epochs) is at most
+        retain_bytes: past it the oldest such epochs go too (a fast
+        publisher kept 10 epochs whatever their size, in memory and in
+        every snapshot: 1.1 GB of them on disk), and a subscriber coming
+        back that lacks one starts after the last epoch out, as one past
+        RESUME_EPOCHS does (`_resume`: its log says what it missed)."""
         if not self._released:
             return
-        has = min((self._has(s) for s in self.subscribers if s.active), default=self.epoch)
+        active = min((self._has(s) for s in self.subscribers if s.active), default=self.epoch)
+        has = active
         if self._restored is not None and self.epoch < self._restored[1] + RESUME_EPOCHS:
             has = min(has, self._restored[0] - 1)  # what it restored waits for its subscribers
         if self._absent:
@@ -533,6 +548,14 @@ class Publish(Operator):
             has = min([has, *(had for had, _ in self._absent)])
         while self._released and self._released[0].number <= has:
             self._released.popleft()
+        # (once an epoch, over the few epochs kept: what active subscribers lack is never dropped)
+        kept = sum(whole.size for whole in self._released)
+        while self._released and self._released[0].number <= active and kept > self.retain_bytes:
+            dropped = self._released.popleft()
+            kept -= dropped.size
+            log.warning("topic %r partition %d: epoch %d is no longer kept for the subscribers away "
+                        "(retain_bytes=%d): one that lacks it starts after the last epoch out", self.topic,
+                        self.partition, dropped.number, self.retain_bytes)
 
     @staticmethod
     def _has(sub: _Subscriber) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from kernel.topics._publish import RESUME_EPOCHS, Publish, _Epoch, _Subscriber
+from kernel.topics._publish import DEFAULT_RETAIN_BYTES, RESUME_EPOCHS, Publish, _Epoch, _Subscriber
 
 
 class _Link:
@@ -24,6 +24,7 @@ def _publisher() -> Publish:
     publisher.topic, publisher.partition, publisher.watermark = "t", 0, float("-inf")
     publisher.subscribers, publisher.snapshots, publisher.epoch = [], True, 0
     publisher._released, publisher._restored, publisher._absent, publisher.paused = deque(), None, [], False
+    publisher.retain_bytes = DEFAULT_RETAIN_BYTES
     return publisher
 
 
