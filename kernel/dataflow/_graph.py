@@ -280,15 +280,16 @@ class Graph:
         """The graph as plain data (JSON- and msgpack-ready), for the
         dashboard: each step's id, name, label, kind, whether it is a
         source or splits around an exchange (a combiner), and its inputs
-        (from which step, which port, exchanged by key or not)."""
+        (from which step, which port, exchanged by key or not, broadcast to
+        every kernel or not: both cross kernels, which the page draws)."""
         return {
             "name": self.name,
             "steps": [
                 {"id": node.id, "name": node.name, "label": node.label,
                  "kind": node.kind[0] if node.kind else "", "source": node.is_source,
                  "combiner": node.combiner is not None,
-                 "inputs": [{"from": e.source.id, "port": e.port, "exchange": e.exchange}
-                            for e in node.inputs]}
+                 "inputs": [{"from": e.source.id, "port": e.port, "exchange": e.exchange,
+                             "broadcast": e.broadcast} for e in node.inputs]}
                 for node in self.nodes
             ],
         }

@@ -122,12 +122,14 @@ function drawGraph(graph) {
     for (const edge of step.inputs) {
       const a = place.get(edge.from), b = place.get(step.id);
       const x1 = a.x + BOX_W, y1 = a.y + BOX_H / 2, x2 = b.x, y2 = b.y + BOX_H / 2, mx = (x1 + x2) / 2;
+      // an exchange by key and a broadcast (every record to every kernel) both cross kernels
+      const crosses = edge.exchange || edge.broadcast;
       svg.appendChild(el("path", { d: `M ${x1} ${y1} C ${mx} ${y1}, ${mx} ${y2}, ${x2} ${y2}`,
-                                   class: edge.exchange ? "edge exchange" : "edge",
-                                   "marker-end": edge.exchange ? "url(#arrow-x)" : "url(#arrow)" }));
-      if (edge.exchange) {
+                                   class: crosses ? "edge exchange" : "edge",
+                                   "marker-end": crosses ? "url(#arrow-x)" : "url(#arrow)" }));
+      if (crosses) {
         svg.appendChild(el("text", { x: mx, y: (y1 + y2) / 2 - 6, "text-anchor": "middle", class: "exchange-mark" },
-                           "\u21c4 by key"));
+                           edge.broadcast ? "\u21c9 to every kernel" : "\u21c4 by key"));
       }
     }
   }
