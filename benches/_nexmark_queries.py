@@ -342,7 +342,23 @@ def winning_bids(events):
     return auctions.apply(WinningBids, inputs=(bids,), name="winning bids")
 
 
-class HighestOfKernels(Operator):
+class HeldInTimeOrder(Operator):
+    """An operator with keyed state and `_held`, a heap of what waits for
+    the watermark: both in its snapshot (the heap as a list, made a heap
+    again on restore)."""
+
+    _held: list
+
+    def on_epoch(self, epoch):
+        return {"states": super().on_epoch(epoch), "held": list(self._held)}
+
+    def restore(self, snapshot):
+        super().restore(snapshot["states"])
+        self._held = list(snapshot["held"])
+        heapq.heapify(self._held)
+
+
+class HighestOfKernels(HeldInTimeOrder):
     """STAND-IN (issue 15), after `WinningBids` on each kernel's own bids:
     `(auction id, winner)` pairs, a winner from each kernel that had a bid
     on the auction, stamped with its close time; emits each auction's
@@ -353,14 +369,6 @@ class HighestOfKernels(Operator):
     def open(self, context):
         self.best = value_state(self, "best")  # id -> the highest winner so far
         self._held: list = []  # heap of (close stamp, id), one per auction in `best`
-
-    def on_epoch(self, epoch):
-        return {"states": super().on_epoch(epoch), "held": list(self._held)}
-
-    def restore(self, snapshot):
-        super().restore(snapshot["states"])
-        self._held = list(snapshot["held"])
-        heapq.heapify(self._held)
 
     def on_batch(self, port, batch):
         best, held = self.best, self._held
@@ -412,7 +420,7 @@ def q4_broadcast(events):
     return q4(events, winning_bids_broadcast)
 
 
-class LastClosedAverage(Operator):
+class LastClosedAverage(HeldInTimeOrder):
     """STAND-IN for an event-time-ordered keyed aggregate (issue 15). Input:
     `(seller, winner)` pairs stamped with their close time. Takes each
     seller's winners in time order (close time, then auction id) once the
@@ -426,14 +434,6 @@ class LastClosedAverage(Operator):
         # waits (on two kernels the watermark here is the slower kernel's, so
         # many wait, and a walk at every watermark was 71-337 ms a kernel)
         self._held: list = []
-
-    def on_epoch(self, epoch):
-        return {"states": super().on_epoch(epoch), "held": list(self._held)}
-
-    def restore(self, snapshot):
-        super().restore(snapshot["states"])
-        self._held = list(snapshot["held"])
-        heapq.heapify(self._held)
 
     def on_batch(self, port, batch):
         held = self._held
