@@ -212,6 +212,10 @@ class LiveReader:
                 # current_kernel() failed with "'NoneType' object has no attribute").
                 self._wiring = (loop, wake, loop.create_future(), contextvars.copy_context())
                 self._stopped = False
+                # (a look the run before left pending, on its loop, may never come: a
+                # reader taken over with `_looking` set never looked again, and lines a
+                # chunk held waited for its end, an exchange for ever)
+                self._looking = False
                 if self._thread is None and not self.done:  # (else: taken over while its thread reads)
                     # (the iterable runs in a copy of the kernel's context too: a generator
                     # that logs, or asks current_kernel(), is in its kernel as before)

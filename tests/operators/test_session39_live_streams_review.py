@@ -1,0 +1,69 @@
+"""Found by a review of live streams (operators/_live_input.py): a reader
+taken over by the next run over a stream must go on looking for what its
+thread reads."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+import pytest
+from _live_streams import DEADLINE
+
+from kernel import Dataflow, run
+
+
+async def _fails_soon():
+    # (long enough for the live source to fall idle, a look of its pending)
+    await asyncio.sleep(0.15)
+    raise ValueError("the run fails here")
+    yield  # (an async generator)
+
+
+def test_a_reader_taken_over_after_a_run_failed_while_its_source_idled_still_looks_for_lines():
+    """The first run fails while its live source idles on an empty pipe, a
+    look of it pending (`_looking`) on that run's loop, which never ran it:
+    the next run took the reader over with `_looking` still set, so its
+    source never looked again, and lines a chunk held (a burst, then the
+    writer waiting for the answer to its line) waited for the chunk's end:
+    an exchange waited for ever. Now each run's start clears it."""
+    unanswered: list[str] = []
+    answered = threading.Event()
+    handed_on: list[str] = []
+
+    def answer(line: str) -> str:
+        handed_on.append(line)
+        if line.startswith("ping"):
+            answered.set()
+        return line
+
+    read, write = os.pipe()
+    with os.fdopen(read) as stream, os.fdopen(write, "w") as out:
+        first = Dataflow("first")
+        first.from_iterable(stream).union(first.from_async_iterable(_fails_soon)).collect()
+        with pytest.raises(Exception, match="the run fails here"):
+            run(first)
+
+        def writer() -> None:
+            try:
+                out.write("".join(f"{i}\n" for i in range(20_000)))  # (the reader's chunks grow)
+                out.flush()
+                for k in range(3):
+                    answered.clear()
+                    out.write(f"ping{k}\n")
+                    out.flush()
+                    if not answered.wait(DEADLINE):
+                        unanswered.append(f"ping{k}")
+                        return
+            finally:
+                out.close()  # (the run ends: a failing test does not hang)
+
+        second = Dataflow("second")
+        second.from_iterable(stream).map(answer).collect()
+        thread = threading.Thread(target=writer, daemon=True)
+        thread.start()
+        run(second)
+        thread.join(DEADLINE)
+    assert not unanswered, f"no answer to {unanswered} within {DEADLINE} s ({len(handed_on)} handed on)"
+    assert len(handed_on) == 20_003
