@@ -122,6 +122,11 @@ class LiveReader:
             reader = cls(iterator, limit, name, stream)
         reader._run = _weakly(run)
         with _left_over_lock:
+            # (a reader taken over kept its entry of each run before, by the id of
+            # a kernel gone: one more a run for as long as the stream was read)
+            if _reading.get(reader._reading_key) is reader:
+                del _reading[reader._reading_key]
+            reader._reading_key = key
             _reading[key] = reader
         return reader
 
@@ -173,6 +178,7 @@ class LiveReader:
             self._turn = turn  # (held: the entry lives as long as a reader of the iterator)
         self._process = os.getpid()  # (a copy forked since has no thread)
         self._run: Callable[[], object] = _weakly(None)  # the run (kernel) it reads for (`of`)
+        self._reading_key: tuple[int, int] | None = None  # its entry in `_reading`
         self._limit = limit
         self._name = name
         self._room = threading.Event()  # set when the source has taken records

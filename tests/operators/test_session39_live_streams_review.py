@@ -12,6 +12,7 @@ import pytest
 from _live_streams import DEADLINE
 
 from kernel import Dataflow, run
+from operators import _live_input
 
 
 async def _fails_soon():
@@ -67,3 +68,42 @@ def test_a_reader_taken_over_after_a_run_failed_while_its_source_idled_still_loo
         thread.join(DEADLINE)
     assert not unanswered, f"no answer to {unanswered} within {DEADLINE} s ({len(handed_on)} handed on)"
     assert len(handed_on) == 20_003
+
+
+async def _fails_at_once():
+    await asyncio.sleep(0.01)  # (the live sources have started reading)
+    raise ValueError("the run fails here")
+    yield  # (an async generator)
+
+
+def test_runs_ending_early_over_one_stream_leave_one_entry_of_its_reader():
+    """Each run over a stream that ended early left the reader (taken over
+    by the next) its entry in `_reading`, by the id of a kernel gone: one
+    more a run, for as long as the stream was read. Now a reader taken
+    over has only its current run's entry; and no line is lost."""
+    runs, lines = 5, 200
+    handed_on: list[int] = []
+
+    def seen(line: str) -> str:
+        handed_on.append(int(line))
+        return line
+
+    read, write = os.pipe()
+    with os.fdopen(read) as stream, os.fdopen(write, "w") as out:
+        for at in range(runs):
+            out.write("".join(f"{i}\n" for i in range(at * lines, (at + 1) * lines)))
+            out.flush()
+            flow = Dataflow(f"run {at}")
+            one, other = flow.from_iterable(stream).map(seen), flow.from_iterable(stream).map(seen)
+            one.union(other, flow.from_async_iterable(_fails_at_once)).collect()
+            with pytest.raises(Exception, match="the run fails here"):
+                run(flow)
+        left = [reader for reader in _live_input._left_over.values() if reader._iterator() is stream]
+        assert len(left) == 1
+        entries = [key for key, reader in list(_live_input._reading.items()) if reader is left[0]]
+        assert len(entries) == 1, f"{len(entries)} entries of the reader after {runs} runs"
+        out.close()
+        last = Dataflow("last")
+        rest = last.from_iterable(stream).map(int).collect()
+        run(last)
+    assert sorted(handed_on + rest.items) == list(range(runs * lines))
