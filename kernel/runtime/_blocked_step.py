@@ -72,6 +72,8 @@ def _step_and_function(frames: list) -> tuple[str, str | None] | None:
                 return local[step_local], function if fn is None else describe_function(fn)
         else:
             op = frame.f_locals.get("self")
-            if isinstance(op, Operator):
+            # (by its type: isinstance asks a user's `self` its __class__, which
+            # may raise, a proxy's, and the report lost the step it had found)
+            if issubclass(type(op), Operator):
                 return op.name, function
     return None
