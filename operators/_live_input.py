@@ -316,14 +316,21 @@ class LiveReader:
         # (one look waiting at a time: a record a wake is ~10,000 a second)
         if not self._looking and wiring is not None:
             self._looking = True
-            wiring[0].call_later(self._look_after if self._chunked else _LAST_LOOK, self._look_again)
+            after = self._look_after if self._chunked else _LAST_LOOK
+            wiring[0].call_later(after, self._look_again, wiring[2])  # (this run's: `_look_again`)
             if self._chunked:
                 self._look_after = min(self._look_after * 2, _LAST_LOOK)
         return False
 
-    def _look_again(self) -> None:
+    def _look_again(self, ended: asyncio.Future) -> None:
         # (whatever `_asleep` says: the thread that cleared it may be the one
         # whose wake was lost; a source woken that has nothing sleeps again)
+        wiring = self._wiring
+        if wiring is not None and wiring[2] is not ended:
+            # a look of a run before, on the same loop (run_async after a run
+            # ended early): this run's own are looking (it cleared `_looking`),
+            # and this one would have started a second chain of them
+            return
         self._looking = False
         self._asleep = False
         self._wake()

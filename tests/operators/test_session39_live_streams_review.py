@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 
 import pytest
 from _live_streams import DEADLINE
 
-from kernel import Dataflow, run
+from kernel import Dataflow, run, run_async
 from operators import _live_input
 
 
@@ -107,3 +108,47 @@ def test_runs_ending_early_over_one_stream_leave_one_entry_of_its_reader():
         rest = last.from_iterable(stream).map(int).collect()
         run(last)
     assert sorted(handed_on + rest.items) == list(range(runs * lines))
+
+
+def test_a_look_left_by_the_run_before_on_the_same_loop_starts_no_second_chain_of_looks(monkeypatch):
+    """run_async twice on one loop, the first run failing while its live
+    source idled, a look of its pending: that look came in the second run,
+    whose own looks had started (each run's start clears `_looking`), and
+    from then on each woke the source to set another: two chains of looks,
+    20 a second on an idle stream where the README says 10 at most. Each
+    look after another is at least `_LAST_LOOK` later in one chain."""
+    looks: list[float] = []
+    enough = 8
+    look_again = _live_input.LiveReader._look_again
+
+    def counted(self, *args):
+        looks.append(time.monotonic())
+        return look_again(self, *args)
+
+    monkeypatch.setattr(_live_input.LiveReader, "_look_again", counted)
+    read, write = os.pipe()
+
+    async def ends_after_looks():
+        deadline = time.monotonic() + DEADLINE
+        while len(looks) < enough and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        os.close(write)  # (the live stream ends: so does the run)
+        return
+        yield  # (an async generator)
+
+    async def runs() -> float:
+        first = Dataflow("first")
+        first.from_iterable(stream).union(first.from_async_iterable(_fails_soon)).collect()
+        with pytest.raises(Exception, match="the run fails here"):
+            await run_async(first)
+        looks.clear()
+        second = Dataflow("second")
+        second.from_iterable(stream).union(second.from_async_iterable(ends_after_looks)).collect()
+        await run_async(second)
+        assert len(looks) >= enough
+        return looks[enough - 1] - looks[0]
+
+    with os.fdopen(read) as stream:
+        took = asyncio.run(runs())
+    # (one chain: `enough` looks at least 0.1 s apart; two: about half that)
+    assert took >= (enough - 1) * _live_input._LAST_LOOK * 0.9, f"{enough} looks in {took:.2f} s"
