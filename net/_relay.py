@@ -661,17 +661,28 @@ __all__ = ["AuthenticationFailed", "ClusterPlan", "LinkError", "LinkMismatch", "
 
 def _inherited_listener(plan: ClusterPlan, port: int) -> socket.socket:
     """The listening socket this process was handed (`plan.listen_fd`),
-    checked to listen on its own port: another would take links meant for
-    an address the peers do not dial."""
+    checked to be a TCP socket on its own port: another would take links
+    meant for an address the peers do not dial. One that is not is left
+    open (not ours to close: a user's KERNEL_LINK_FD may name stdout)."""
     handed = f"process {plan.process}: the listening socket handed over (descriptor {plan.listen_fd})"
     try:
         sock = socket.socket(fileno=plan.listen_fd)
-        bound = sock.getsockname()[1]
     except OSError as exc:
         raise ListenFailed(f"{handed} cannot be used: {exc.strerror or exc}", port, exc.errno) from None
-    if bound != port:
-        sock.detach()  # (not ours to close)
-        raise ListenFailed(f"{handed} is on port {bound}, not {plan.address(plan.process)}'s", port, None)
+    try:
+        # (a Unix socket's name is a string: its [1] an IndexError, a traceback)
+        if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+            raise ListenFailed(f"{handed} is not a TCP socket ({sock.family.name}, {sock.type.name})",
+                               port, None)
+        bound = sock.getsockname()[1]
+        if bound != port:
+            raise ListenFailed(f"{handed} is on port {bound}, not {plan.address(plan.process)}'s", port, None)
+    except OSError as exc:
+        sock.detach()
+        raise ListenFailed(f"{handed} cannot be used: {exc.strerror or exc}", port, exc.errno) from None
+    except BaseException:
+        sock.detach()
+        raise
     return sock
 
 

@@ -30,7 +30,15 @@ def inherited_listen_fd() -> int | None:
         return None
     if not text.isdigit():
         raise ValueError(f"{LISTEN_FD_VARIABLE}={text!r} is not a file descriptor")
-    return int(text)
+    fd = int(text)
+    # Not inherited by a program a step starts (`os.system`, `Popen(close_fds=False)`):
+    # one left running held the port listening after the job had ended. (The
+    # kernels and the relay are forked: they have it all the same.)
+    try:
+        os.set_inheritable(fd, False)
+    except OSError:  # (no descriptor: the relay says so, `_inherited_listener`)
+        pass
+    return fd
 
 
 def parse_peers(peers) -> list[tuple[str, int]]:

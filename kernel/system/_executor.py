@@ -889,12 +889,45 @@ def _listening_socket(host: str) -> socket.socket:
     from kernel.net._relay import _listen_host
 
     where = _listen_host(host)
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    if where is None:
+        return _listening_everywhere()
+    sock = socket.socket(socket.AF_INET6 if ":" in where else socket.AF_INET)
     try:
+        sock.bind((where, 0))
+        sock.listen(128)
+    except OSError:  # (not an address of this machine's: every interface, as before)
+        sock.close()
+        return _listening_everywhere()
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _listening_everywhere() -> socket.socket:
+    """A socket listening on every interface, IPv6's and IPv4's (dual-stack,
+    IPv4's peers as ::ffff:a.b.c.d), or IPv4's where this machine has no
+    IPv6. The process bound its port itself with `create_server(None, port)`,
+    on 0.0.0.0 and ::; IPv4's alone, a peer that reaches this host's name
+    by IPv6 was refused."""
+    try:
+        sock = socket.socket(socket.AF_INET6)
+    except OSError:
+        sock = None
+    if sock is not None:
         try:
-            sock.bind((where or "", 0))
-        except OSError:
-            sock.bind(("", 0))
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", 0))
+            sock.listen(128)
+            return sock
+        except OSError:  # (IPv6 there, but no address to bind)
+            sock.close()
+        except BaseException:
+            sock.close()
+            raise
+    sock = socket.socket(socket.AF_INET)
+    try:
+        sock.bind(("", 0))
         sock.listen(128)
     except BaseException:
         sock.close()
