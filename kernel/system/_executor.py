@@ -135,6 +135,7 @@ class JobProcess:
     # answer for a while): a coordinator restarted meanwhile spends no restart of the job
     # for it, when it was a loss, not the job's own failure (`JobMaster._adopt`)
     cut_off: bool = False
+    followed: asyncio.Task | None = None  # `_follow`'s: its exit seen, reported or noted
 
     def report(self) -> dict:
         return {"job": self.job, "attempt": self.attempt, "process": self.process,
@@ -669,6 +670,7 @@ class ExecutorDaemon:
             task = asyncio.ensure_future(work)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            entry.followed = entry.followed or task
         return {"pid": proc.pid, "dashboard": None}  # (its URL follows: `_find_dashboard`)
 
     async def _find_dashboard(self, entry: JobProcess) -> None:
@@ -820,9 +822,16 @@ class ExecutorDaemon:
 
     async def close(self) -> None:
         self._forget_prepared(math.inf)
-        running = [p for p in self.processes.values() if p.code is None]
+        unseen = [p for p in self.processes.values() if p.code is None]
+        # One that has ended, its exit not yet seen by `_follow` (on its way through
+        # the loop), is not stopped here: counted so, a process that had failed on its
+        # own was moved free by the next register, its error lost; and its `_follow`,
+        # left to a loop about to end, noted nothing. Its exit is noted as it is.
+        ended = [p for p in unseen if _has_ended(p.proc)]
+        running = [p for p in unseen if p not in ended]
         self._stopped_here.update((p.job, p.attempt, p.process) for p in running)
-        await asyncio.gather(*(self._stop_one(p) for p in running))
+        await asyncio.gather(*(self._stop_one(p) for p in running),
+                             *(p.followed for p in ended if p.followed is not None))
         if not self._leaving:  # (connected, `_leave` said it)
             self._note_stopped()
 
@@ -846,6 +855,17 @@ class ExecutorDaemon:
         stopped |= self._stopped_here
         if self.executor_id is not None and stopped:  # (never registered: no job ran here)
             self._remember({**self._record, "stopped": sorted(list(s) for s in stopped)})
+
+
+def _has_ended(proc: asyncio.subprocess.Process) -> bool:
+    """Whether `proc` has exited, though asyncio may not have said so yet:
+    a zombie, or reaped already by asyncio's child watcher (its thread)."""
+    if proc.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
 
 
 _EXIT_FIELDS = ("job", "attempt", "process", "code", "error", "dashboard")
