@@ -7,56 +7,25 @@ and both addresses, and the processes linked to it end saying so."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 from _ports import free_ports, wait_until
 from _procs import without_stall_reports
+from test_session35_cluster_links_review import PIPELINE, start
 
-SECRET = "twin-secret"
 PROMPTLY = 60.0  # seconds: an upper bound, never a synchronisation
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
-
-PIPELINE = """\
-import asyncio, os, pathlib
-from kernel import Dataflow
-
-here = pathlib.Path(os.environ["TWIN_DIR"])
-
-
-async def numbers():
-    (here / "started").touch()  # every link is up: kernels start only then
-    while not (here / "go").exists():
-        await asyncio.sleep(0.01)
-    for n in range(300):
-        yield n
-
-
-flow = Dataflow("twins")
-flow.from_async_iterable(numbers).key_by(lambda n: n % 7).sum().print()
-"""
-
-
-def _start(tmp_path, process: int, peers: str, name: str) -> subprocess.Popen:
-    env = {**os.environ, "KERNEL_SECRET": SECRET, "TWIN_DIR": str(tmp_path)}
-    with open(tmp_path / f"{name}.out", "w") as out, open(tmp_path / f"{name}.err", "w") as err:
-        return subprocess.Popen([sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"),
-                                 "--process-id", str(process), "--peers", peers, "--startup-timeout", "30"],
-                                stdout=out, stderr=err, env=env)
 
 
 def test_a_twin_linked_first_ends_the_run_naming_the_id_and_both_addresses(tmp_path):
     (tmp_path / "pipeline.py").write_text(PIPELINE)
     a, b, c = free_ports(3)
     # the twin's own entry another port (as if on another machine): it links first
-    procs = [_start(tmp_path, 0, f"127.0.0.1:{a},127.0.0.1:{b}", "p0"),
-             _start(tmp_path, 1, f"127.0.0.1:{a},127.0.0.1:{c}", "twin")]
+    procs = [start(tmp_path, 0, f"127.0.0.1:{a},127.0.0.1:{b}", "p0"),
+             start(tmp_path, 1, f"127.0.0.1:{a},127.0.0.1:{c}", "twin")]
     try:
         wait_until(lambda: (tmp_path / "started").exists(), what="the cluster to form", timeout=PROMPTLY)
-        procs.append(_start(tmp_path, 1, f"127.0.0.1:{a},127.0.0.1:{b}", "p1"))
+        procs.append(start(tmp_path, 1, f"127.0.0.1:{a},127.0.0.1:{b}", "p1"))
         assert procs[2].wait(PROMPTLY) == 1
         (tmp_path / "go").touch()  # (the run went on with the twin: it ended, exit 0)
         codes = [p.wait(PROMPTLY) for p in procs[:2]]

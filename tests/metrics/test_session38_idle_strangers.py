@@ -26,11 +26,15 @@ SNAPSHOT = {"kernel": 0, "steps": [["numbers", 1, 1, None, None, 1, False, 0.0]]
 PATHS = {"metrics": "/metrics", "system": "/api/system"}  # what a scraper reads of each
 
 
-def _serve(which: str):
-    """A server of kind `which` starting on a free port: (awaitable runner, port)."""
+def _serve(which: str, snapshot=SNAPSHOT, send_buffer: int | None = None):
+    """A server of kind `which` starting on a free port: (awaitable runner,
+    port); `send_buffer`: its connections' socket send buffer (Linux gives
+    an accepted socket the listening one's)."""
     if which == "metrics":
         sock = _server.listen(("127.0.0.1", 0))
-        return _server.serve_on_loop(sock, lambda: [SNAPSHOT]), sock.getsockname()[1]
+        if send_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+        return _server.serve_on_loop(sock, lambda: [snapshot]), sock.getsockname()[1]
     from kernel.system._dashboard import dashboard_socket, serve_dashboard
 
     sock = dashboard_socket("127.0.0.1", 0)

@@ -13,43 +13,12 @@ import asyncio
 import logging
 import select
 import socket
-import time
 import urllib.request
 
 import pytest
+from test_session38_idle_strangers import PATHS, SNAPSHOT, _open, _serve, _until
 
 from kernel.metrics import _app, _server
-
-SNAPSHOT = {"kernel": 0, "steps": [["numbers", 1, 1, None, None, 1, False, 0.0]], "busy": {},
-            "stalls": 0, "idle": 0.0}
-PATHS = {"metrics": "/metrics", "system": "/api/system"}  # what a scraper reads of each
-
-
-def _serve(which: str, snapshot=SNAPSHOT, send_buffer: int | None = None):
-    """A server of kind `which` starting on a free port: (awaitable runner,
-    port); `send_buffer`: its connections' socket send buffer (Linux gives
-    an accepted socket the listening one's)."""
-    if which == "metrics":
-        sock = _server.listen(("127.0.0.1", 0))
-        if send_buffer:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
-        return _server.serve_on_loop(sock, lambda: [snapshot]), sock.getsockname()[1]
-    from kernel.system._dashboard import dashboard_socket, serve_dashboard
-
-    sock = dashboard_socket("127.0.0.1", 0)
-    return serve_dashboard(sock, lambda: {"executors": [], "jobs": [], "topics": []}), sock.getsockname()[1]
-
-
-def _open(runner) -> int:
-    """Connections the server holds open."""
-    return sum(c.transport is not None and not c.transport.is_closing() for c in runner.server.connections)
-
-
-async def _until(condition, what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.01)
 
 
 def _streams(port: int, count: int, source: str, receive_buffer: int | None = None) -> list[socket.socket]:
