@@ -233,10 +233,14 @@ class Subscribe(Source):
                             continue
                         raise PublisherLost(self.topic, why)
                     # (the other partitions go on as far as they go meanwhile)
-                    found = await directory.lookup(self.topic, None, not_id=found["id"])
+                    lost = found["id"]
+                    found = await directory.lookup(self.topic, None, not_id=lost)
                     self._check_type(found)
-                    log.info("topic %r: a new publisher, with %d partition(s)", self.topic,
-                             found["partitions"])
+                    if found["id"] == lost:
+                        self._same_again(generation)
+                    else:
+                        log.info("topic %r: a new publisher, with %d partition(s)", self.topic,
+                                 found["partitions"])
                 finally:
                     for reader in readers:
                         reader.cancel()
@@ -249,6 +253,19 @@ class Subscribe(Source):
                     await directory.request("topic_unsubscribe", **who)
                 except (TopicError, OSError):
                     pass  # the coordinator went away: a stale row in `status`, nothing more
+
+    def _same_again(self, generation: int) -> None:
+        """The publisher counted lost is listed again, the same one (stopped,
+        or its kernel blocked, past the coordinator's heartbeat and checks:
+        taken out of the catalog, then its registration said again): the
+        next generation reads it on, and what this kernel had whole of it
+        (`_had`) is not handed on twice (a retain publisher replays its
+        retained epochs to every new connection: read as a new publisher's,
+        they came twice)."""
+        for (had_in, partition), epoch in list(self._had.items()):
+            if had_in == generation:
+                self._had[(generation + 1, partition)] = epoch
+        log.info("topic %r: its publisher is listed again: reading it on", self.topic)
 
     async def _never_there(self, directory, found: dict) -> bool:
         """Lost before anything of it reached this kernel, and no longer in
@@ -418,9 +435,10 @@ class Subscribe(Source):
                 self._whole.pop(partition, None)
             if theirs.get("snapshots") is True and theirs.get("lineage") is not None:
                 self._lineage[partition] = theirs["lineage"]
-            if broken is not None and self._had.get(at) is not None:
-                # the same publisher again: an epoch it sends that this kernel has whole (retained,
-                # replayed to every new connection) is dropped, not handed on twice
+            if self._had.get(at) is not None:
+                # the same publisher again (tried again, or listed again: `_same_again`): an epoch
+                # it sends that this kernel has whole (retained, replayed to every new connection)
+                # is dropped, not handed on twice
                 floor = max(self._had[at], -1 if floor is None else floor)
             link = Link(ws, partition, {0}, None, WINDOW)
             async for _, kind, body in link:

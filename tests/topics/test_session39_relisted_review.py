@@ -1,0 +1,62 @@
+"""Session 39 review: a publisher stopped past the coordinator's heartbeat
+and checks is taken out of the catalog; once it runs again it says its
+registration again, and a subscriber with on_lost="wait" that counted it
+lost finds it listed again (`lookup(not_id=)`). That publisher is the same
+one, not a new one: what the subscriber had whole of it must not come
+twice (a retain publisher replays its retained epochs to every new
+connection; read as a new publisher's, 410 of 6000 readings came twice).
+
+Real processes: a coordinator of its own (its heartbeat short), readings.py
+and sums.py (test_topics' helpers)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+from test_topics import (  # noqa: F401  (fixtures, and what kills the jobs a test started)
+    Job,
+    _no_job_left,
+    brute_sums,
+    results,
+    starts,
+    wait_until,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "system"))
+from _system import System
+
+HEARTBEATS = {"KERNEL_HEARTBEAT": 0.25, "KERNEL_COORDINATOR_HEARTBEAT": 0.5,
+              "KERNEL_TOPIC_CONNECT_TIMEOUT": 1}
+
+
+def test_a_retain_publisher_listed_again_after_a_stop_is_read_on_without_duplicates(tmp_path):
+    system = System(tmp_path)
+    system.topic = "readings"
+    system.start_coordinator(KERNEL_COORDINATOR_HEARTBEAT="0.5")
+    try:
+        go, hold = tmp_path / "go", tmp_path / "hold"
+        a = Job(system, "readings.py", "a", COUNT=3000, RETAIN=1000, GO=go, HOLD=hold, **HEARTBEATS)
+        a.wait_published()
+        b = Job(system, "sums.py", "b", ON_LOST="wait", TIMEOUT=60, **HEARTBEATS)
+        wait_until(lambda: b.epochs_received() >= 2, what="B to read whole epochs of A")
+        a.proc.send_signal(signal.SIGSTOP)
+        try:  # (taken out: its coordinator connection given up, its address silent to the checks)
+            wait_until(lambda: "(a new publisher)" in b.text() or b.proc.poll() is not None, timeout=30,
+                       what="B to count A lost")
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        # A says its registration again; B finds it, and reads it on (A held its end meanwhile)
+        wait_until(lambda: len(starts(b)[0]) >= 2 or b.proc.poll() is not None, what="B to read A again")
+        go.touch()
+        hold.touch()
+        seqs, sums = results(b)
+        assert b.proc.returncode == 0, b.text()[-2000:]
+        twice = len(seqs) - len(set(seqs))
+        assert twice == 0, f"{twice} readings came twice: {starts(b)}"
+        assert seqs == list(range(seqs[0], 3000)) and sums == brute_sums(seqs)
+        assert "its publisher is listed again: reading it on" in b.text()
+        assert a.finish()[-1].startswith("ended")
+    finally:
+        system.close()
