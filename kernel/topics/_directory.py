@@ -18,6 +18,7 @@ import itertools
 import logging
 import os
 import socket
+import sys
 import uuid
 
 from kernel.topics._errors import TopicError
@@ -184,11 +185,16 @@ def coordinator_heartbeat() -> float:
     (`Directory.say_again`). KERNEL_COORDINATOR_HEARTBEAT seconds, else
     twice the links' heartbeat (KERNEL_HEARTBEAT, 2.5 s by default: 5 s),
     as a service's connections: a loop blocked for less than one links'
-    period is never taken for gone. One ping per period of silence."""
-    from kernel.net._environment import MIN_HEARTBEAT, seconds_from_environment
-    from kernel.net._links import DEFAULT_HEARTBEAT
+    period is never taken for gone. One ping per period of silence.
+    (KERNEL_HEARTBEAT as it is now, as a service's: the README tells a
+    kernel that blocks long to set it longer; the links' constant default
+    ignored it.)"""
+    from kernel.net._environment import MIN_HEARTBEAT, heartbeat_from_environment, seconds_from_environment
 
-    return seconds_from_environment("KERNEL_COORDINATOR_HEARTBEAT", 2 * DEFAULT_HEARTBEAT, MIN_HEARTBEAT)
+    # (at most the largest float: KERNEL_HEARTBEAT=1e308 doubled is inf, which aiohttp's
+    # heartbeat cannot schedule, and no connection could be made)
+    default = min(2 * heartbeat_from_environment(), sys.float_info.max)
+    return seconds_from_environment("KERNEL_COORDINATOR_HEARTBEAT", default, MIN_HEARTBEAT)
 
 
 def lookup_pauses():
