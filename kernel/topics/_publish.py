@@ -548,8 +548,10 @@ class Publish(Operator):
             has = min([has, *(had for had, _ in self._absent)])
         while self._released and self._released[0].number <= has:
             self._released.popleft()
-        # (once an epoch, over the few epochs kept: what active subscribers lack is never dropped)
-        kept = sum(whole.size for whole in self._released)
+        # (once an epoch, over the few epochs kept: what active subscribers lack is never dropped,
+        # nor counted: a connected subscriber behind by more than retain_bytes took the epochs
+        # kept only for the subscribers away, however few)
+        kept = sum(whole.size for whole in self._released if whole.number <= active)
         while self._released and self._released[0].number <= active and kept > self.retain_bytes:
             dropped = self._released.popleft()
             kept -= dropped.size
