@@ -71,6 +71,7 @@ class CoordinatorServer(AuthenticatedServer):
         self.requests = 0  # served, for the benchmark and the tests
         self._checking: set[asyncio.Task] = set()  # `_topics.forget_lost` of closed connections
         self._published: dict[int, dict] = {}  # each open connection's `published`, by its id()
+        self._subscribed: dict[int, set] = {}  # each open connection's `subscribed`, by its id()
 
     def check_left_behind(self) -> None:
         """(Once listening.) The catalog's registrations asked whether their
@@ -113,10 +114,12 @@ class CoordinatorServer(AuthenticatedServer):
         session.handler = (lambda op, m: self._executor_request(session, state, op, m)) if peer == EXECUTOR \
             else (lambda op, m: self._client_request(op, m, subscribed, published, publishing, reading))
         self._published[id(published)] = published
+        self._subscribed[id(subscribed)] = subscribed
         try:
             await session.run()
         finally:
             del self._published[id(published)]
+            del self._subscribed[id(subscribed)]
             if state["executor"] is not None:
                 self.master.disconnected(state["executor"], session)
             elif not self.master.closing:  # (its readers forgotten a while after: `_topics.READER_GRACE`)
@@ -125,7 +128,11 @@ class CoordinatorServer(AuthenticatedServer):
             # it is gone: a reader's catalog connection given up on a slow
             # answer; nor is one this coordinator closes as it stops)
             if ws.close_code not in (WSCloseCode.OK, WSCloseCode.GOING_AWAY) and not self.master.closing:
-                _topics.forget_subscriptions(self.master.catalog, subscribed)
+                # (but one said again on another connection open: the app
+                # noticed the break first, a cut, and said it again there;
+                # it was forgotten, the app reading on unlisted)
+                _topics.forget_subscriptions(self.master.catalog,
+                                             subscribed.difference(*self._subscribed.values()))
                 # and a publisher's may be its end (the app killed, or
                 # crashed): each publication not ended is checked, and
                 # goes where the publisher is gone (`_topics.forget_lost`), once
