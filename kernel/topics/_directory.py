@@ -256,6 +256,17 @@ class Directory:
             raise TopicError(f"cannot reach the coordinator at {host}:{port}: {exc}") from exc
         except Exception as exc:
             raise CoordinatorUnreachable(f"cannot reach the coordinator at {host}:{port}: {exc}") from exc
+        if self._said and asyncio.current_task() is not self._again:
+            # A new connection while there is something to say again: the
+            # last one ended during a request (its end not seen between
+            # requests, by `_read_idle`: a cut noticed by the heartbeat while
+            # a request waited, a restart while it was asked), and the
+            # coordinator forgot what was said on it (a subscriber's
+            # subscription was no longer listed once a request had been
+            # asked again on a new connection).
+            self._lost = True
+            if self._again is None or self._again.done():
+                self._again = asyncio.ensure_future(self._say_again())
 
     def _answer_within(self) -> float:
         return self.timeout + max(2.0, min(ANSWER_GRACE, self.timeout))

@@ -6,6 +6,9 @@ connection to the coordinator (`Directory.say_again`) stays listed.
   on another connection still open: where the client noticed a cut first
   (its heartbeat's period shorter, or ahead), the subscriber read on,
   unlisted.
+- A cut noticed while a request waited (the request asked again on a new
+  connection: `Directory._request`) said nothing again: only an end seen
+  between requests did (`_read_idle`).
 
 A real blackholing proxy (test_session39_cut_connections'), a coordinator
 served in the test's loop."""
@@ -70,3 +73,29 @@ def test_a_subscription_said_again_before_the_coordinator_sees_the_cut_stays_lis
 
     asyncio.run(served_coordinator(tmp_path / "data", scenario))
 
+
+def test_a_cut_noticed_during_a_request_says_the_subscription_again(tmp_path, monkeypatch):
+    servers = _serving(monkeypatch)  # (0.5 s both ends)
+
+    async def scenario(address) -> None:
+        [server] = servers
+        proxy = BlackholeProxy(address)
+        directory = Directory(("127.0.0.1", proxy.port), SECRET.encode(), timeout=5.0)
+        try:
+            async with Client(address, SECRET.encode()) as status:
+                await status.request("topic_publish", **STREAM)
+                who, cut = await _subscribed(server, status, directory)
+                proxy.blackhole()
+                # asked at once: it waits on the cut connection until the heartbeat gives it
+                # up, and is asked again on a new one
+                await directory.request("topic_lookup", name="other", job="app:other:1/r")
+                assert directory.opened == 2
+                await _until(lambda: cut not in server._sessions, 5.0, "the coordinator to see the cut")
+                # (None: on to the check, which says what went wrong)
+                await _until(lambda: directory._again is not None and directory._again.done(), 5.0, None)
+                assert await _subscribers(status) == [[who["job"]]], "the subscription was not said again"
+        finally:
+            await directory.close()
+            proxy.close()
+
+    asyncio.run(served_coordinator(tmp_path / "data", scenario))
