@@ -54,7 +54,7 @@ it has whole (`after` in its handshake; `_resume`), and gets the kept
 epochs after it, then the new ones. What a restore gives back is kept
 RESUME_EPOCHS epochs for the subscribers to come back, as what a
 subscriber whose connection broke lacks is; at most `retain_bytes` of
-them (`_prune`).
+them where the job gives it (`_prune`).
 
 End. When the publisher's input ends every subscriber gets END after the
 rest of its queue; the run lasts until the queues have gone out, then the
@@ -183,6 +183,8 @@ def _make_server(publisher: Publish, host: str, key: bytes, meta: dict):
 
 
 class Publish(Operator):
+    _retain_bytes_given = False  # publish(retain_bytes=...): what is kept for subscribers away is bounded too
+
     def __init__(self, topic: str, *, merged: bool, retain: int | None, slow: str, epoch_interval: float,
                  record_type, coordinator, max_queue: int = DEFAULT_MAX_QUEUE,
                  retain_bytes: int | None = None) -> None:
@@ -532,11 +534,14 @@ class Publish(Operator):
         says it has had their markers). What is kept beyond that for the
         subscribers away (a connection broken, a restarted publisher's
         subscribers coming back: RESUME_EPOCHS epochs) is at most
-        retain_bytes: past it the oldest such epochs go too (a fast
-        publisher kept 10 epochs whatever their size, in memory and in
-        every snapshot: 1.1 GB of them on disk), and a subscriber coming
-        back that lacks one starts after the last epoch out, as one past
-        RESUME_EPOCHS does (`_resume`: its log says what it missed)."""
+        retain_bytes where the job gave it: past it the oldest such epochs
+        go too (a fast publisher kept 10 epochs whatever their size, in
+        memory and in every snapshot: 1.1 GB of them on disk), and a
+        subscriber coming back that lacks one starts after the last epoch
+        out, as one past RESUME_EPOCHS does (`_resume`: its log says what
+        it missed). Not given, nothing is dropped so: a subscriber whose
+        connection broke misses nothing, as the README promises a job with
+        a state_dir, whatever that keeps."""
         if not self._released:
             return
         active = min((self._has(s) for s in self.subscribers if s.active), default=self.epoch)
@@ -551,6 +556,8 @@ class Publish(Operator):
         # (once an epoch, over the few epochs kept: what active subscribers lack is never dropped,
         # nor counted: a connected subscriber behind by more than retain_bytes took the epochs
         # kept only for the subscribers away, however few)
+        if not self._retain_bytes_given:
+            return  # (a bound the job asked for only: by default a subscriber away misses nothing)
         kept = sum(whole.size for whole in self._released if whole.number <= active)
         while self._released and self._released[0].number <= active and kept > self.retain_bytes:
             dropped = self._released.popleft()

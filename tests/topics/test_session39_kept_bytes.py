@@ -1,9 +1,10 @@
 """Session 39: what a publisher with snapshots (a job with a state_dir)
 keeps for its subscribers away (a broken connection's, a restarted
 publisher's coming back: RESUME_EPOCHS epochs) is bounded in bytes by
-`retain_bytes` (64 MiB by default), as retain=N's epochs are: a fast
+`retain_bytes` where the job gives it, as retain=N's epochs are: a fast
 publisher kept 10 epochs whatever their size, in memory and in each
-snapshot (1.1 GB of them on disk, measured). A subscriber coming back that
+snapshot (1.1 GB of them on disk, measured), and still does by default,
+so that a subscriber away misses nothing. A subscriber coming back that
 lacks an epoch dropped so starts after the last epoch out, as one past
 RESUME_EPOCHS does. Unit-level, as test_publisher_memory.py."""
 
@@ -39,6 +40,7 @@ def _out(publisher, epoch: int, size: int) -> None:
 def test_what_is_kept_for_a_subscriber_away_is_at_most_retain_bytes(caplog):
     publisher = _publisher()
     publisher.retain_bytes = 4 * MIB
+    publisher._retain_bytes_given = True  # (as publish(retain_bytes=...))
     _away(publisher, 0)
     most = 0
     for epoch in range(1, 9):  # 3 MiB an epoch, within RESUME_EPOCHS
@@ -59,12 +61,26 @@ def test_what_is_kept_for_a_subscriber_away_is_at_most_retain_bytes(caplog):
     assert small._resume(_Subscriber(_Link(), "b"), 0)
 
 
+def test_without_retain_bytes_a_subscriber_away_misses_nothing_however_large_the_epochs():
+    """The bound is the job's to ask for: by default what a subscriber
+    whose connection broke lacks is kept whole for RESUME_EPOCHS epochs,
+    past the 64 MiB that bounds retain=N, so it comes back missing nothing
+    (exactly once, as a job with a state_dir promises)."""
+    publisher = _publisher()
+    _away(publisher, 0)
+    for epoch in range(1, 9):
+        _out(publisher, epoch, 20 * MIB)
+    assert [e.number for e in publisher._released] == list(range(1, 9))
+    assert publisher._resume(_Subscriber(_Link(), "b"), 0)
+
+
 def test_what_an_active_subscriber_lacks_is_kept_past_retain_bytes():
     """Only what is kept for the subscribers away is bounded: the epochs a
     connected subscriber has not acknowledged yet stay (exactly once across
     a restart), whatever their size."""
     publisher = _publisher()
     publisher.retain_bytes = 4 * MIB
+    publisher._retain_bytes_given = True  # (as publish(retain_bytes=...))
     _away(publisher, 0)
     sub = _Subscriber(_Link(), "c")  # connected: its credit says it has epoch 2
     publisher._start(sub, 2)
@@ -78,6 +94,7 @@ def test_what_an_active_subscriber_lacks_is_kept_past_retain_bytes():
 def test_what_a_restored_publisher_keeps_for_its_subscribers_is_bounded_too():
     publisher = _publisher()
     publisher.retain_bytes = 4 * MIB
+    publisher._retain_bytes_given = True  # (as publish(retain_bytes=...))
     for epoch in range(1, 6):  # restored from a snapshot: kept for its subscribers coming back
         publisher._released.append(_Epoch(epoch, 0.0, [(1, b"")], 3 * MIB))
     publisher._restored = (1, 5)

@@ -21,6 +21,7 @@ from kernel.topics._publish import _Subscriber
 def test_what_a_connected_subscriber_lacks_does_not_count_against_retain_bytes():
     publisher = _publisher()
     publisher.retain_bytes = 10 * MIB
+    publisher._retain_bytes_given = True  # (as publish(retain_bytes=...))
     _away(publisher, 0)  # away, having epoch 0
     sub = _Subscriber(_Link(), "c")  # connected and slow: its credit says it has epoch 2
     publisher._start(sub, 2)
