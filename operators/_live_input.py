@@ -121,6 +121,7 @@ class LiveReader:
         else:
             reader = cls(iterator, limit, name, stream)
         reader._run = _weakly(run)
+        reader.handed = 0  # (positions count from this run's first record)
         with _left_over_lock:
             # (a reader taken over kept its entry of each run before, by the id of
             # a kernel gone: one more a run for as long as the stream was read)
@@ -129,6 +130,17 @@ class LiveReader:
             reader._reading_key = key
             _reading[key] = reader
         return reader
+
+    @staticmethod
+    def of_run(iterator: Iterator, run: object) -> LiveReader | None:
+        """The reader a source of the run `run` reads `iterator` with, if one
+        has started (`of`); None if none has."""
+        with _left_over_lock:
+            reader = _reading.get((id(iterator), id(run)))
+        if (reader is not None and reader._iterator() is iterator and reader._run() is run
+                and not reader._stopped):
+            return reader
+        return None
 
     @staticmethod
     def refuse_if_left_elsewhere(iterator: Iterator, name: str) -> None:
@@ -162,6 +174,12 @@ class LiveReader:
         # only (`take`): each is one operation under the GIL, and neither
         # moves what the other works on.
         self.arrived: list = []
+        # Records taken (`take`) in this run, by all its sources of the stream:
+        # the stream's position, which each of them snapshots (`of` sets it
+        # to 0 for each run). Their own counts were no position: which source
+        # took which record depends on timing, so a resumed run skipping each
+        # one's count of the replayed stream lost some records and repeated others.
+        self.handed = 0
         self.error: BaseException | None = None  # what the iterator raised (on the thread)
         self.done = False  # the iterator has ended (or raised): nothing more will arrive
         # The iterator and its stream, held weakly where they can be: a reader
@@ -294,6 +312,7 @@ class LiveReader:
         records = arrived[:size]
         if records:
             del arrived[:len(records)]
+            self.handed += len(records)
             if len(arrived) <= self._limit // 2:  # (the thread, paused at `limit`, reads on from half)
                 self._room.set()
             self._look_after = _FIRST_LOOK

@@ -226,7 +226,6 @@ class IterableSource(Source):
             if stream:
                 LiveReader.refuse_if_left_elsewhere(self._iterator, self.name)
                 self._live_stream = read
-                self._pulled = 0  # records the reader has handed to this source
 
     def _check_input(self, peers: int, stream: bool = False) -> None:
         shared = self._input
@@ -267,6 +266,14 @@ class IterableSource(Source):
     # grew or shrank, the positions would name other records (those of a
     # kernel restored as ended never read), so that run is refused.
     def on_epoch(self, epoch):
+        if self._live_stream is not None:
+            # The stream's position, that of its every source in this run: the
+            # records taken before it were handed on, by one of them or another
+            # (taken and emitted in one poll), before the epoch's markers, and
+            # every source of the run is snapshotted at the same moment.
+            live = self._live or LiveReader.of_run(self._iterator, self.context.kernel)
+            if live is not None:
+                self._share.next = max(self._share.next, live.handed)
         snapshot = self._share.snapshot()
         if self._sequence is not None:
             snapshot["length"] = self._length
@@ -339,13 +346,12 @@ class IterableSource(Source):
             live.watch(task)
             return True if live.waiting() else None  # (asleep, a look within _LAST_LOOK set)
         done = live.done  # (before taking: what arrived before the end is taken first)
+        start = live.handed  # (the stream's position: the run's other sources of it take too)
         records = live.take(min(self.batch_size, self.records_wanted))
         if records:
-            start = self._pulled
-            self._pulled += len(records)
             share = self._share
             records = share.unconsumed_at(records, start)
-            share.next = max(share.next, self._pulled)
+            share.next = max(share.next, live.handed)
             if records:
                 self.emit(records)
         if live.arrived:

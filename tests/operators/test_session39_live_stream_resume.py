@@ -1,0 +1,87 @@
+"""`from_iterable` over a live stream with a `state_dir`: several sources of
+a run over one stream, the run failing and resumed over the stream fed
+again. Each wait has a deadline: a hang fails its test."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import Counter
+
+import pytest
+from _live_streams import DEADLINE
+
+from kernel import Dataflow, run
+
+TOTAL = 3_000
+
+
+def _committed(out) -> list[int]:
+    records: list[int] = []
+    if out.is_dir():
+        for part in sorted(out.glob("part-*")):
+            records += [json.loads(line) for line in part.read_text().splitlines()]
+    return records
+
+
+def _fed(out, slowly: bool):
+    """A pipe's read end, a thread writing TOTAL lines to it. `slowly`: in
+    bursts of a few lines, until what `to_files` committed into `out`
+    holds some of them (an epoch is complete), then the rest at once."""
+    read, write = os.pipe()
+
+    def writer():
+        with os.fdopen(write, "w") as stream:
+            at = 0
+            if slowly:
+                deadline = time.monotonic() + DEADLINE
+                while at < TOTAL - 100 and not _committed(out) and time.monotonic() < deadline:
+                    stream.write("".join(f"{i}\n" for i in range(at, at + 10)))
+                    stream.flush()
+                    at += 10
+                    time.sleep(0.005)
+            stream.write("".join(f"{i}\n" for i in range(at, TOTAL)))
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    return os.fdopen(read), thread
+
+
+@pytest.mark.parametrize("cores", [(1, 1), (2, 2), (3, 3), (2, 1), (1, 3)])
+def test_sources_of_one_stream_resumed_over_it_fed_again_commit_each_line_once(tmp_path, cores):
+    """Each source snapshotted its own count of the lines it had taken,
+    and which source takes which line of the stream depends on timing: the
+    resumed run, each source skipping its count of the stream fed again,
+    committed some lines twice and lost others. Now each snapshots the
+    stream's position (the lines all its sources took), and skips by it.
+    `cores`: the kernels of the failing run and of the resumed one."""
+    out, marker = tmp_path / "out", tmp_path / "failed"
+
+    def fails_once(value):
+        if value == TOTAL - 1 and not marker.exists():
+            marker.touch()
+            raise ValueError("the first run fails here")
+        return value
+
+    for attempt in range(2):
+        stream, writer = _fed(out, slowly=attempt == 0)
+        with stream:
+            flow = Dataflow("lines")
+            # (batch sizes that differ: the lines' split between the sources
+            # differs between the two runs' timings)
+            one = flow.from_iterable(stream, batch_size=1).map(int)
+            other = flow.from_iterable(stream, batch_size=500).map(int)
+            values = one.union(other).map(fails_once)
+            values.key_by(lambda v: v % 3).map(lambda pair: pair[1]).to_files(out)
+            if attempt == 0:
+                with pytest.raises(Exception, match="the first run fails here"):
+                    run(flow, state_dir=tmp_path / "state", epoch_interval=0.01, cores=cores[0])
+                assert _committed(out)  # (resumed from a complete epoch, not from the start)
+            else:  # (on as many kernels, or on another number: rescaled)
+                run(flow, state_dir=tmp_path / "state", epoch_interval=0.01, cores=cores[1])
+        writer.join(DEADLINE)
+    committed = Counter(_committed(out))
+    assert sorted(committed) == list(range(TOTAL))
+    assert {value for value, count in committed.items() if count > 1} == set()
