@@ -85,6 +85,35 @@ _reading: weakref.WeakValueDictionary[tuple[int, int], LiveReader] = weakref.Wea
 # connection each would leave.)
 _iterating: weakref.WeakValueDictionary[int, _Turn] = weakref.WeakValueDictionary()
 
+# The live streams each run with snapshots (by its kernel, weakly) reads, by
+# id: (id of the iterator its first source reads it through, that source's
+# name). (`refuse_other_iterators`)
+_snapshotted: weakref.WeakKeyDictionary[object, dict[int, tuple[int, str]]] = weakref.WeakKeyDictionary()
+
+
+def refuse_other_iterators(stream, iterator: Iterator, run: object, name: str) -> None:
+    """At the open of a source of the run `run` (its kernel), which has a
+    state_dir, reading the live stream `stream` through `iterator`: refused
+    where another source of the run reads the stream through another
+    iterator (`from_iterable(stream)` and `from_iterable(map(str.strip,
+    stream))`). Sources over one iterator share a reader and snapshot the
+    stream's position; through two, each reader's position counts what its
+    own iterator got, and which of them gets which line depends on timing:
+    a run resumed over the stream fed again lost some lines and repeated others."""
+    with _left_over_lock:
+        first_iterator, first_name = _snapshotted.setdefault(run, {}).setdefault(
+            id(stream), (id(iterator), name))
+    if first_iterator != id(iterator):
+        raise KernelError(
+            f"{name}: its input reads the live stream {stream!r}, which {first_name} of this run "
+            "reads too, through another iterator; with a state_dir a resumed run must know which "
+            "lines the run it resumes handed on, and how two iterators of one stream share its "
+            "lines depends on timing (a run resumed over the stream fed again would lose some "
+            "and repeat others). Read the stream with one from_iterable and split or transform "
+            "its records after it (map, filter, flat_map), or give each from_iterable the same "
+            "object (the sources of one iterator resume exactly)"
+        )
+
 
 class _Turn:
     """The lock of `_iterating` (a lock cannot be weakly referred to)."""

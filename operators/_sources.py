@@ -37,7 +37,7 @@ from kernel.dataflow._errors import (
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Source
 from kernel.execution._standard_input import is_stream, let_go_of_its_writers, was_let_go
 
-from ._live_input import LiveReader
+from ._live_input import LiveReader, refuse_other_iterators
 from ._shares import Share, merge_consumed, sequence_run
 
 
@@ -224,6 +224,8 @@ class IterableSource(Source):
             except TypeError as exc:
                 raise OperatorError.wrap(self.name, iter, exc, record=data) from exc
             if stream:
+                if context.snapshots:
+                    refuse_other_iterators(read, self._iterator, context.kernel, self.name)
                 LiveReader.refuse_if_left_elsewhere(self._iterator, self.name)
                 self._live_stream = read
 
