@@ -830,8 +830,11 @@ class ExecutorDaemon:
         ended = [p for p in unseen if _has_ended(p.proc)]
         running = [p for p in unseen if p not in ended]
         self._stopped_here.update((p.job, p.attempt, p.process) for p in running)
+        # (shielded: a close() cancelled, a second SIGTERM's doing, cancelled `_follow`
+        # too, and the close() after it, the CLI's, raised CancelledError at once: the
+        # exit noted nowhere, nor the stops, `_note_stopped`)
         await asyncio.gather(*(self._stop_one(p) for p in running),
-                             *(p.followed for p in ended if p.followed is not None))
+                             *(asyncio.shield(p.followed) for p in ended if p.followed is not None))
         if not self._leaving:  # (connected, `_leave` said it)
             self._note_stopped()
 
