@@ -75,6 +75,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import logging
 import os
 import random
@@ -614,13 +615,13 @@ class _Handler(RequestHandler):
         first = self._first  # a TLS record (0x16, 3.x) holding a ClientHello (1): a peer with TLS on
         if first[:2] == b"\x16\x03" and first[2:3] <= b"\x04" and first[5:6] == b"\x01":
             why = "a TLS handshake, on a port without TLS: TLS is on there (--tls-cert) and off here?"
-            self._manager.failures.append(LinkError(f"{request.remote} sent {why}"))
-            self._manager.refusals.warn("refused %s from %s: %s", self._manager.noun, request.remote, why)
+            self._manager.failures.append(LinkError(f"{_remote(request)} sent {why}"))
+            self._manager.refusals.warn("refused %s from %s: %s", self._manager.noun, _remote(request), why)
             what = "a TLS handshake"  # (answered as below: the peer's TLS says WRONG_VERSION_NUMBER)
         else:
             what = type(exc).__name__ if exc is not None else str(status)
             self._manager.refusals.warn("refused %s from %s: malformed HTTP (%s)", self._manager.noun,
-                                        request.remote, what)
+                                        _remote(request), what)
         if request.writer.output_size > 0:  # (as aiohttp: too late for an answer)
             raise ConnectionError("malformed HTTP after the answer began")
         response = web.Response(status=status, text=f"malformed HTTP ({what})\n")
@@ -909,7 +910,25 @@ class _TLSFront(asyncio.Protocol):
 
 def _address(transport) -> str:
     peer = transport.get_extra_info("peername")
-    return str(peer[0]) if peer else "an unknown address"
+    return _as_known(str(peer[0])) if peer else "an unknown address"
+
+
+def _remote(request: web.BaseRequest) -> str:
+    return _as_known(request.remote or "an unknown address")
+
+
+def _as_known(host: str) -> str:
+    """A peer's address as its user knows it: an IPv4 peer of a dual-stack
+    socket (an executor's prepared link port on a host name) is
+    ::ffff:a.b.c.d there, said a.b.c.d, as when the process listened on
+    0.0.0.0 itself (each refusal, a twin's address)."""
+    if not host.startswith("::ffff:"):
+        return host
+    try:
+        mapped = ipaddress.IPv6Address(host).ipv4_mapped
+    except ValueError:
+        return host
+    return host if mapped is None else str(mapped)
 
 
 def _no_handshake(timeout: float, what: str) -> str:
@@ -1079,7 +1098,7 @@ class AuthenticatedServer:
             # (the path decoded: a stranger's %0A and %1B were a new line and an escape of its own
             # in our log)
             self._guard.refusals.warn("refused %s from %s: plain HTTP (%s %s), not %s", self.noun,
-                                      request.remote, request.method, _printable(request.path[:100]),
+                                      _remote(request), request.method, _printable(request.path[:100]),
                                       self.noun)
             refusal = web.HTTPNotFound()
             refusal.force_close()
@@ -1092,7 +1111,7 @@ class AuthenticatedServer:
         # is refused at its head, not buffered (nor unfolded) first.
         ws = web.WebSocketResponse(max_msg_size=HANDSHAKE_MAX_MESSAGE, compress=False,
                                    autoping=True, timeout=_CLOSE_WAIT, heartbeat=self.ws_heartbeat)
-        peer_address = request.remote
+        peer_address = _remote(request)
         try:
             await ws.prepare(request)
         except web.HTTPException as exc:
