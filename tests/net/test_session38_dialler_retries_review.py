@@ -25,11 +25,11 @@ class _StalledOnce(LinkServer):
 
     stalled = False
 
-    def _unexpected(self, peer: int) -> str | None:
+    def _unexpected(self, peer: int, address: str) -> str | None:
         if not self.stalled:
             self.stalled = True
             time.sleep(STALL)
-        return super()._unexpected(peer)
+        return super()._unexpected(peer, address)
 
 
 @contextlib.contextmanager
