@@ -66,6 +66,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import uuid
 from collections import deque
 
 from kernel.dataflow._errors import describe_record
@@ -623,8 +624,13 @@ class Publish(Operator):
         key = _directory.secret()
         self.id = _directory.new_id()
         host = _directory.advertised_host()
+        # ("server": this server's own, new each time one starts: a run of the
+        # same job attempt after a failed one, in the same process, has the
+        # same publisher id, and its epochs are numbered anew; a subscriber
+        # tells it from the one it had read, `Subscribe._read_connection`)
         meta = {"topic": self.topic, "id": self.id, "partition": self.partition,
-                "partitions": self.partitions, "snapshots": self.snapshots, "lineage": self.lineage}
+                "partitions": self.partitions, "snapshots": self.snapshots, "lineage": self.lineage,
+                "server": uuid.uuid4().hex}
         server = _make_server(self, host, key, meta)
         await _directory.listen(server)
         directory = _directory.Directory(address, key)

@@ -111,6 +111,12 @@ class Subscribe(Source):
         # on_lost="wait": (generation, partition) -> the last epoch this kernel has whole of it
         # (a connection to the same publisher again drops what it sends of them)
         self._had: dict[tuple[int, int], int] = {}
+        # (generation, partition) -> the publisher's server `_had` is of (its
+        # handshake's "server"): another server under the same publisher id is
+        # another run (a job attempt's process running its flow again after a
+        # failure), whose epochs are numbered anew: what was had of the last
+        # one's says nothing of them
+        self._served: dict[tuple[int, int], str] = {}
         self._reached: set[tuple[int, int]] = set()  # (generation, partition) a first frame came from
         self._partitions = None  # the current generation's partition count
 
@@ -265,6 +271,8 @@ class Subscribe(Source):
         for (had_in, partition), epoch in list(self._had.items()):
             if had_in == generation:
                 self._had[(generation + 1, partition)] = epoch
+                if (generation, partition) in self._served:
+                    self._served[(generation + 1, partition)] = self._served[(generation, partition)]
         log.info("topic %r: its publisher is listed again: reading it on", self.topic)
 
     async def _never_there(self, directory, found: dict) -> bool:
@@ -435,6 +443,14 @@ class Subscribe(Source):
                 self._whole.pop(partition, None)
             if theirs.get("snapshots") is True and theirs.get("lineage") is not None:
                 self._lineage[partition] = theirs["lineage"]
+            server = theirs.get("server")
+            if server is not None and self._served.setdefault(at, server) != server:
+                # the same publisher id, another server: another run of the job's attempt
+                # (its epochs numbered anew), read as a new publisher
+                log.info("topic %r partition %d: the publisher runs again (its server is another): "
+                         "read from its start, as a new publisher", self.topic, partition)
+                self._had.pop(at, None)
+                self._served[at] = server
             if self._had.get(at) is not None:
                 # the same publisher again (tried again, or listed again: `_same_again`): an epoch
                 # it sends that this kernel has whole (retained, replayed to every new connection)
