@@ -381,7 +381,14 @@ class Directory:
         while self._lost and self._said:
             self._lost = False
             try:
-                for op, fields in list(self._said.values()):
+                for key in list(self._said):
+                    # (what is still to be said, read as each comes: one taken back
+                    # meanwhile, a subscriber's as it ends, said after its
+                    # unsubscribe, listed it again for good)
+                    said = self._said.get(key)
+                    if said is None:
+                        continue
+                    op, fields = said
                     # (each try bounded: a request of the caller's with a deadline
                     # of its own, a lookup's, waits for this one's end)
                     await self._asked(op, fields, loop.time() + SAY_AGAIN_TRY)
