@@ -79,7 +79,9 @@ class CoordinatorServer(AuthenticatedServer):
         died while this coordinator was down is tied to no connection. Asked
         a refresh period later (KERNEL_TOPIC_REFRESH, as the publishers'),
         the subscribers waiting for a new publisher noted meanwhile, and
-        again each period while some are said on no connection."""
+        again each period while some are said on no connection. The apps'
+        subscriptions said on no connection by then go
+        (`_topics.forget_untied_subscriptions`)."""
         from kernel.net._environment import seconds_from_environment
         from kernel.topics._directory import REFRESH_EVERY
 
@@ -88,6 +90,10 @@ class CoordinatorServer(AuthenticatedServer):
                                                                     self._tied))
         self._checking.add(checking)
         checking.add_done_callback(self._checking.discard)
+        forgetting = asyncio.ensure_future(_topics.forget_untied_subscriptions(
+            self.master.catalog, every, lambda: set().union(*self._subscribed.values())))
+        self._checking.add(forgetting)
+        forgetting.add_done_callback(self._checking.discard)
 
     def stop_checking(self) -> None:
         """(Stopping.) The checks of publishers still under way end: the

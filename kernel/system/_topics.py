@@ -379,6 +379,32 @@ async def forget_left_behind(catalog: Catalog, probe, every: float, tied) -> Non
         await asyncio.gather(*(check(name, uid) for name, uid in untied))
 
 
+async def forget_untied_subscriptions(catalog: Catalog, every: float, said) -> None:
+    """`every` seconds (a refresh period) after the coordinator's start, the
+    apps' subscriptions in its catalog that no open connection has said
+    since (`said()`: the (name, job, process) said on one) go. An app
+    subscribed before the restart says its subscription again on a new
+    connection as soon as the coordinator is back (`Directory.say_again`),
+    and again should it come later; one that died while the coordinator was
+    down, or before it was back, says it on no connection, which never
+    breaks (`forget_subscriptions`): it stayed listed for as long as the
+    topic lived. A job of the system's are forgotten when it ends."""
+    await asyncio.sleep(every)
+    held = said()  # (read with the call queued at once: a subscription said after it is written after it)
+
+    def forget() -> None:
+        rows = catalog._db.execute("SELECT topic, job, process FROM subscriptions "
+                                   "WHERE substr(job, 1, 4) = 'app:'").fetchall()  # (note_subscription's)
+        for row in rows:
+            if tuple(row) not in held:
+                _unsubscribe(catalog, *row)
+
+    try:
+        await catalog.call(forget, write=True, topics=True)
+    except CatalogError as exc:
+        log.warning("could not forget the apps' subscriptions left from before this start (%s)", exc)
+
+
 def _registrations(catalog: Catalog) -> list[tuple[str, str]]:
     """(On the catalog's thread.) (name, publisher id) of every topic."""
     return [(name, json.loads(schema or "{}").get("id"))
