@@ -187,6 +187,9 @@ def test_requests_refused_in_the_queue_do_not_stall_the_coordinator(tmp_path):
             try:
                 async with Client((system.host, system.port), SECRET.encode()) as asker:
                     await directory.request("topic_unsubscribe", name="other", job="app:x")  # (connected)
+                    # (this test reads the connection itself: the Directory's reader between
+                    # requests, which answers the coordinator's pings, stops till the next)
+                    await directory._stop_idle()
                     await asker.request("status", timeout=5)
                     holder = _hold(system)
                     try:
