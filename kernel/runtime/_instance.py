@@ -106,9 +106,13 @@ def _emitted_after_end(instance, batch) -> None:
 
 
 def _not_a_batch(batch):
-    raise TypeError(f"emit() takes a batch, a list of records, but was given a "
-                    f"{type(batch).__name__}: {describe_record(batch)} "
-                    "(one record: emit([record]))")
+    kind = type(batch).__name__
+    raise TypeError(f"emit() takes a batch, a list of records, but was given {_article(kind)} "
+                    f"{kind}: {describe_record(batch)} (one record: emit([record]))")
+
+
+def _article(noun: str) -> str:
+    return "an" if noun[:1].lower() in "aeiou" else "a"
 
 
 def _batch_checked(emit):

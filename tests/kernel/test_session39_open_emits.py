@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from kernel import Dataflow, Operator, run
+from kernel import Dataflow, Operator, OperatorError, run
 
 
 class EmitsAtOpen(Operator):
@@ -50,3 +50,16 @@ def test_a_steps_open_output_goes_on_before_what_its_upstreams_open_output_made_
     assert sorted(x for seen in by_kernel.values() for x in seen[1:] if x != "opened") == list(range(6))
     assert sum(seen.count("opened") for seen in by_kernel.values()) == cores
     assert all(seen.count("header") == 1 for seen in by_kernel.values())
+
+
+class EmitsAnInt(Operator):
+    def on_batch(self, port, batch):
+        self.emit(7)
+
+
+def test_a_non_batch_emitted_is_named_with_its_article():
+    """It said "given a int"."""
+    flow = Dataflow("an int")
+    flow.from_iterable([1]).apply(EmitsAnInt, name="emits an int").collect()
+    with pytest.raises(OperatorError, match=r"but was given an int: 7 \(one record: emit\(\[record\]\)\)"):
+        run(flow)
