@@ -13,24 +13,15 @@ raises at once, the loop held from its exit until close() begins."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 
-from kernel.system._executor import ExecutorDaemon
-from kernel.system._wire import file_fields
-from tests.system.test_session39_exits_while_away_review import FAILING, _ended
+from tests.system.test_session39_exits_while_away_review import cut_off_executor, started_failing
 
 
 async def test_a_close_cancelled_while_it_waits_for_an_exit_leaves_the_next_close_to_note_it(tmp_path):
-    content = FAILING.encode()
-    executor = ExecutorDaemon(("127.0.0.1", 9), b"review-secret", 1, tmp_path / "executor", host="127.0.0.1")
-    executor._remember({"id": "e1"})  # (registered once, then cut off: no session)
+    executor = cut_off_executor(tmp_path)
     try:
-        await executor._request("start", {
-            "job": "job-1", "attempt": 1, "process": 0, "flow": "flow", "filename": "failing.py",
-            **file_fields(content), "digest": hashlib.sha256(content).hexdigest(), "cores": 1})
-        entry = executor.processes["job-1", 1, 0]
-        _ended(entry.proc.pid)
+        entry = await started_failing(executor)
         first = asyncio.ensure_future(executor.close())
         await asyncio.sleep(0)  # (it has begun: it waits for the exit, `_follow` not done)
         assert entry.code is None

@@ -52,16 +52,28 @@ def _ended(pid: int, timeout: float = 60.0) -> None:
         time.sleep(0.005)
 
 
-async def test_a_process_that_failed_just_before_the_stop_is_noted_as_failed_not_as_stopped(tmp_path):
-    content = FAILING.encode()
+def cut_off_executor(tmp_path) -> ExecutorDaemon:
+    """An executor registered once (its id noted), then cut off: no session."""
     executor = ExecutorDaemon(("127.0.0.1", 9), b"review-secret", 1, tmp_path / "executor", host="127.0.0.1")
-    executor._remember({"id": "e1"})  # (registered once, then cut off: no session)
+    executor._remember({"id": "e1"})
+    return executor
+
+
+async def started_failing(executor: ExecutorDaemon):
+    """Job job-1's process 0, started by `executor` from FAILING, once it has ended."""
+    content = FAILING.encode()
+    await executor._request("start", {
+        "job": "job-1", "attempt": 1, "process": 0, "flow": "flow", "filename": "failing.py",
+        **file_fields(content), "digest": hashlib.sha256(content).hexdigest(), "cores": 1})
+    entry = executor.processes["job-1", 1, 0]
+    _ended(entry.proc.pid)
+    return entry
+
+
+async def test_a_process_that_failed_just_before_the_stop_is_noted_as_failed_not_as_stopped(tmp_path):
+    executor = cut_off_executor(tmp_path)
     try:
-        await executor._request("start", {
-            "job": "job-1", "attempt": 1, "process": 0, "flow": "flow", "filename": "failing.py",
-            **file_fields(content), "digest": hashlib.sha256(content).hexdigest(), "cores": 1})
-        entry = executor.processes["job-1", 1, 0]
-        _ended(entry.proc.pid)
+        entry = await started_failing(executor)
     finally:
         await executor.close()
     record = json.loads((tmp_path / "executor" / "executor.json").read_text())

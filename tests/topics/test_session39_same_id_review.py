@@ -12,9 +12,7 @@ same KERNEL_RUN, as the same attempt's next run."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
+from test_session39_relisted_review import HEARTBEATS, System
 from test_topics import (  # noqa: F401  (fixtures, and what kills the jobs a test started)
     Job,
     _no_job_left,
@@ -23,11 +21,6 @@ from test_topics import (  # noqa: F401  (fixtures, and what kills the jobs a te
     wait_until,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "system"))
-from _system import System
-
-HEARTBEATS = {"KERNEL_HEARTBEAT": 0.25, "KERNEL_COORDINATOR_HEARTBEAT": 0.5,
-              "KERNEL_TOPIC_CONNECT_TIMEOUT": 1}
 FIRST = 1_000_000  # the second run's first reading
 
 
