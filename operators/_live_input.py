@@ -90,6 +90,16 @@ _iterating: weakref.WeakValueDictionary[int, _Turn] = weakref.WeakValueDictionar
 # name). (`refuse_other_iterators`)
 _snapshotted: weakref.WeakKeyDictionary[object, dict[int, tuple[int, str]]] = weakref.WeakKeyDictionary()
 
+# The live streams a run of this process took lines from (`take`), weakly:
+# each's last such run (its kernel, as `LiveReader._run` holds it). Those
+# lines are gone from the stream, so no later run with a state_dir can read
+# it from its start (`refuse_read_by_an_earlier_run`). (A reader left over
+# says so only while it holds lines: a run that failed after its source
+# had read the stream to its end left none, and a run resuming over the
+# stream read nothing and committed without the lines after the last
+# complete epoch, with no error.)
+_taken_from: weakref.WeakKeyDictionary[object, Callable[[], object]] = weakref.WeakKeyDictionary()
+
 
 def refuse_other_iterators(stream, iterator: Iterator, run: object, name: str) -> None:
     """At the open of a source of the run `run` (its kernel), which has a
@@ -201,6 +211,26 @@ class LiveReader:
                 "with a state_dir a run resumes exactly only over its input fed again from its "
                 "start: give this run the input again (a new pipe or file object), or run "
                 "without a state_dir to read on from where the earlier run stopped"
+            )
+
+    @staticmethod
+    def refuse_read_by_an_earlier_run(stream, run: object, name: str) -> None:
+        """As a source of the run `run` (its kernel), which has a state_dir,
+        starts reading the live stream `stream`: refused where an earlier run
+        of this process took lines of it (`_taken_from`), in this process or,
+        forked since, in the one that started the runs."""
+        try:
+            taken_by = _taken_from.get(stream)
+        except TypeError:
+            taken_by = None
+        if taken_by is not None and taken_by() is not run:
+            raise KernelError(
+                f"{name}: an earlier run of this process read lines of its input {stream!r}, which "
+                "are gone from it, and with a state_dir a run resumes exactly only over its input "
+                "fed again from its start (this run would count what is left of it from the "
+                "start, and lose the lines that run read after its last complete epoch): give "
+                "this run the input again (a new pipe or file object), or run without a "
+                "state_dir to read on from where the earlier run stopped"
             )
 
     def _refuse_if_elsewhere(self, name: str) -> None:
@@ -364,10 +394,20 @@ class LiveReader:
         if records:
             del arrived[:len(records)]
             self.handed += len(records)
+            if self.handed == len(records):  # (the run's first take: once a run, not a batch)
+                self._note_taken()
             if len(arrived) <= self._limit // 2:  # (the thread, paused at `limit`, reads on from half)
                 self._room.set()
             self._look_after = _FIRST_LOOK
         return records
+
+    def _note_taken(self) -> None:
+        stream = self._stream()
+        if stream is not None:
+            try:
+                _taken_from[stream] = self._run
+            except TypeError:  # (a stream without weak references: not noted, as before)
+                pass
 
     def waiting(self) -> bool:
         """Called by a source that found nothing to take: True if records

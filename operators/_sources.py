@@ -339,6 +339,8 @@ class IterableSource(Source):
         restores as ended is never polled, and must not read."""
         live = self._live
         if live is None:
+            if self.context.snapshots:  # (at the first poll: a source restored as ended reads nothing)
+                LiveReader.refuse_read_by_an_earlier_run(self._live_stream, self.context.kernel, self.name)
             # (reading up to a few batches ahead: fewer handovers of the GIL
             # between the reader and the loop, ~10% of a trivial pipeline's time)
             live = self._live = LiveReader.of(self._iterator, 4 * max(self.batch_size, 1024), self.name,
