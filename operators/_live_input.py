@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
+import stat
 import sys
 import threading
 import time
@@ -86,7 +87,7 @@ _reading: weakref.WeakValueDictionary[tuple[int, int], LiveReader] = weakref.Wea
 _iterating: weakref.WeakValueDictionary[int, _Turn] = weakref.WeakValueDictionary()
 
 # The live streams each run with snapshots (by its kernel, weakly) reads, by
-# id: (id of the iterator its first source reads it through, that source's
+# what they read (`_what_it_reads`): (id of the iterator its first source reads it through, that source's
 # name). (`refuse_other_iterators`)
 _snapshotted: weakref.WeakKeyDictionary[object, dict[int, tuple[int, str]]] = weakref.WeakKeyDictionary()
 
@@ -112,17 +113,37 @@ def refuse_other_iterators(stream, iterator: Iterator, run: object, name: str) -
     a run resumed over the stream fed again lost some lines and repeated others."""
     with _left_over_lock:
         first_iterator, first_name = _snapshotted.setdefault(run, {}).setdefault(
-            id(stream), (id(iterator), name))
+            _what_it_reads(stream), (id(iterator), name))
     if first_iterator != id(iterator):
         raise KernelError(
             f"{name}: its input reads the live stream {stream!r}, which {first_name} of this run "
-            "reads too, through another iterator; with a state_dir a resumed run must know which "
-            "lines the run it resumes handed on, and how two iterators of one stream share its "
+            "reads too, through another iterator or file object; with a state_dir a resumed run "
+            "must know which lines the run it resumes handed on, and how two iterators of one "
+            "stream share its "
             "lines depends on timing (a run resumed over the stream fed again would lose some "
             "and repeat others). Read the stream with one from_iterable and split or transform "
             "its records after it (map, filter, flat_map), or give each from_iterable the same "
             "object (the sources of one iterator resume exactly)"
         )
+
+
+def _what_it_reads(stream) -> object:
+    """What the live stream `stream` reads, whichever of its file objects a
+    source was given: `sys.stdin` and `sys.stdin.buffer` (or two file
+    objects of one pipe, FIFO or socket) are one stream, which two readers
+    share by timing as two iterators do (by id of the file object, each was
+    a stream of its own: not refused, and a resumed run lost some lines and
+    repeated others). A pipe or socket by its inode, else by the file object
+    under its buffers."""
+    try:
+        status = os.fstat(stream.fileno())
+        if stat.S_ISFIFO(status.st_mode) or stat.S_ISSOCK(status.st_mode):
+            return (status.st_dev, status.st_ino)
+    except Exception:  # (no descriptor, closed, a broken wrapper: by its file object)
+        pass
+    for attribute in ("buffer", "raw"):
+        stream = getattr(stream, attribute, stream)
+    return id(stream)
 
 
 class _Turn:
