@@ -388,21 +388,27 @@ async def forget_untied_subscriptions(catalog: Catalog, every: float, said) -> N
     and again should it come later; one that died while the coordinator was
     down, or before it was back, says it on no connection, which never
     breaks (`forget_subscriptions`): it stayed listed for as long as the
-    topic lived. A job of the system's are forgotten when it ends."""
-    await asyncio.sleep(every)
-    held = said()  # (read with the call queued at once: a subscription said after it is written after it)
+    topic lived. A job of the system's are forgotten when it ends.
 
-    def forget() -> None:
+    Asked again each period (LEFT_BEHIND_ROUNDS at most, as the
+    publishers left behind) while the catalog cannot be written: a lock
+    another program held at the first ask left them listed for good."""
+
+    def forget(held: set) -> None:
         rows = catalog._db.execute("SELECT topic, job, process FROM subscriptions "
                                    "WHERE substr(job, 1, 4) = 'app:'").fetchall()  # (note_subscription's)
         for row in rows:
             if tuple(row) not in held:
                 _unsubscribe(catalog, *row)
 
-    try:
-        await catalog.call(forget, write=True, topics=True)
-    except CatalogError as exc:
-        log.warning("could not forget the apps' subscriptions left from before this start (%s)", exc)
+    for _ in range(LEFT_BEHIND_ROUNDS):
+        await asyncio.sleep(every)
+        try:
+            # (`said()` read with the call queued at once: a subscription said after it is written after it)
+            await catalog.call(forget, said(), write=True, topics=True)
+            return
+        except CatalogError as exc:
+            log.warning("could not forget the apps' subscriptions left from before this start (%s)", exc)
 
 
 def _registrations(catalog: Catalog) -> list[tuple[str, str]]:

@@ -1,0 +1,73 @@
+"""Session 39, third topics review: the forgetting of the apps'
+subscriptions left from before a coordinator restart
+(`_topics.forget_untied_subscriptions`) meets a catalog locked by another
+program (a backup, an sqlite3 shell) at that moment. It asked once: the
+call failed (CatalogBusy) and the dead app's subscription stayed listed for
+as long as the topic lived. It is asked again each refresh period, as the
+publishers left behind are (`forget_left_behind`)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "system"))
+from _system import SECRET, free_port
+from test_session39_cut_connections import _DEAD, _until
+from test_session39_restart_subscriptions_review import ALIVE, GONE, _stopped, _subscriptions
+
+from kernel.system import Client
+from kernel.system._coordinator import serve
+from kernel.topics._directory import Directory
+
+
+async def _serving(port: int, data: Path) -> asyncio.Task:
+    ready: asyncio.Future = asyncio.get_running_loop().create_future()
+    served = asyncio.ensure_future(serve("127.0.0.1", port, SECRET.encode(), data, ready=ready.set_result,
+                                         catalog_timeout=0.3))
+    await ready
+    return served
+
+
+def test_a_subscription_left_behind_goes_once_a_lock_at_its_forgetting_ends(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("KERNEL_TOPIC_REFRESH", "0.5")  # (the coordinator's period: its checks)
+    monkeypatch.setenv("KERNEL_COORDINATOR_HEARTBEAT", "0.5")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        address = ("127.0.0.1", free_port())
+        data = tmp_path / "data"
+        served = await _serving(address[1], data)
+        alive = Directory(address, SECRET.encode(), timeout=5.0)
+        try:
+            async with Client(address, SECRET.encode()) as gone:
+                await gone.request("topic_publish", **_DEAD)
+                await gone.request("topic_subscribe", **GONE)
+                await alive.request("topic_subscribe", **ALIVE)
+                alive.say_again("its subscription", "topic_subscribe", **ALIVE)
+                await _stopped(served)  # (the gone app then dies while the coordinator is down)
+            served = await _serving(address[1], data)
+            # another program holds the catalog's write lock across the first forgetting
+            # (a refresh period after the start; the catalog waits 0.3 s for it)
+            holder = sqlite3.connect(data / "catalog.sqlite", isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")
+            try:
+                await _until(lambda: "could not forget the apps' subscriptions" in caplog.text, 5.0,
+                             "the forgetting to meet the lock")
+            finally:
+                holder.rollback()
+                holder.close()
+            await _until(lambda: alive.opened == 2 and alive._again is not None and alive._again.done(),
+                         5.0, "the live app to say its subscription again")
+            async with Client(address, SECRET.encode()) as status:
+                deadline = loop.time() + 5.0
+                while (listed := await _subscriptions(status)) != ["app:alive:2"]:
+                    assert loop.time() < deadline, f"still listed: {listed}"
+                    await asyncio.sleep(0.05)
+        finally:
+            await alive.close()
+            await _stopped(served)
+
+    asyncio.run(scenario())
