@@ -6,25 +6,17 @@ committed without the lines after the last complete epoch: no error."""
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 
 import pytest
 from _live_streams import DEADLINE
+from test_session39_live_stream_resume import _committed
 
 from kernel import Dataflow, run
 
 TOTAL = 2_000
-
-
-def _committed(out) -> list[int]:
-    records: list[int] = []
-    if out.is_dir():
-        for part in sorted(out.glob("part-*")):
-            records += [json.loads(line) for line in part.read_text().splitlines()]
-    return records
 
 
 @pytest.mark.parametrize("cores", [1, 2])

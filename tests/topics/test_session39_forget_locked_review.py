@@ -15,20 +15,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "system"))
 from _system import SECRET, free_port
-from test_session39_cut_connections import _DEAD, _until
-from test_session39_restart_subscriptions_review import ALIVE, GONE, _stopped, _subscriptions
+from test_session39_cut_connections import _until
+from test_session39_restart_subscriptions_review import (
+    _stopped,
+    _subscriptions,
+    gone_and_alive_across_a_restart,
+)
 
 from kernel.system import Client
-from kernel.system._coordinator import serve
 from kernel.topics._directory import Directory
-
-
-async def _serving(port: int, data: Path) -> asyncio.Task:
-    ready: asyncio.Future = asyncio.get_running_loop().create_future()
-    served = asyncio.ensure_future(serve("127.0.0.1", port, SECRET.encode(), data, ready=ready.set_result,
-                                         catalog_timeout=0.3))
-    await ready
-    return served
 
 
 def test_a_subscription_left_behind_goes_once_a_lock_at_its_forgetting_ends(tmp_path, monkeypatch, caplog):
@@ -39,16 +34,10 @@ def test_a_subscription_left_behind_goes_once_a_lock_at_its_forgetting_ends(tmp_
         loop = asyncio.get_running_loop()
         address = ("127.0.0.1", free_port())
         data = tmp_path / "data"
-        served = await _serving(address[1], data)
         alive = Directory(address, SECRET.encode(), timeout=5.0)
+        served = None
         try:
-            async with Client(address, SECRET.encode()) as gone:
-                await gone.request("topic_publish", **_DEAD)
-                await gone.request("topic_subscribe", **GONE)
-                await alive.request("topic_subscribe", **ALIVE)
-                alive.say_again("its subscription", "topic_subscribe", **ALIVE)
-                await _stopped(served)  # (the gone app then dies while the coordinator is down)
-            served = await _serving(address[1], data)
+            served = await gone_and_alive_across_a_restart(address, data, alive, catalog_timeout=0.3)
             # another program holds the catalog's write lock across the first forgetting
             # (a refresh period after the start; the catalog waits 0.3 s for it)
             holder = sqlite3.connect(data / "catalog.sqlite", isolation_level=None)
@@ -68,6 +57,7 @@ def test_a_subscription_left_behind_goes_once_a_lock_at_its_forgetting_ends(tmp_
                     await asyncio.sleep(0.05)
         finally:
             await alive.close()
-            await _stopped(served)
+            if served is not None:
+                await _stopped(served)
 
     asyncio.run(scenario())

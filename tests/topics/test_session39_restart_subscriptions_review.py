@@ -28,11 +28,26 @@ GONE = {"name": "dead", "job": "app:gone:1", "process": 0}
 ALIVE = {"name": "dead", "job": "app:alive:2", "process": 0}
 
 
-async def _serving(port: int, data: Path) -> asyncio.Task:
+async def _serving(port: int, data: Path, **options) -> asyncio.Task:
     ready: asyncio.Future = asyncio.get_running_loop().create_future()
-    served = asyncio.ensure_future(serve("127.0.0.1", port, SECRET.encode(), data, ready=ready.set_result))
+    served = asyncio.ensure_future(serve("127.0.0.1", port, SECRET.encode(), data, ready=ready.set_result,
+                                         **options))
     await ready
     return served
+
+
+async def gone_and_alive_across_a_restart(address, data: Path, alive: Directory, **options) -> asyncio.Task:
+    """Two apps subscribe to `dead`; the coordinator stops and the gone app
+    with it; the coordinator serves again (returned), `alive` saying its
+    subscription again on a new connection, the gone one on none."""
+    served = await _serving(address[1], data, **options)
+    async with Client(address, SECRET.encode()) as gone:
+        await gone.request("topic_publish", **_DEAD)
+        await gone.request("topic_subscribe", **GONE)
+        await alive.request("topic_subscribe", **ALIVE)
+        alive.say_again("its subscription", "topic_subscribe", **ALIVE)
+        await _stopped(served)  # (the gone app then dies while the coordinator is down)
+    return await _serving(address[1], data, **options)
 
 
 async def _stopped(served: asyncio.Task) -> None:
@@ -50,16 +65,10 @@ def test_an_app_subscription_no_connection_says_again_after_a_restart_leaves_the
 
     async def scenario() -> None:
         address = ("127.0.0.1", free_port())
-        served = await _serving(address[1], tmp_path / "data")
         alive = Directory(address, SECRET.encode(), timeout=5.0)
+        served = None
         try:
-            async with Client(address, SECRET.encode()) as gone:
-                await gone.request("topic_publish", **_DEAD)
-                await gone.request("topic_subscribe", **GONE)
-                await alive.request("topic_subscribe", **ALIVE)
-                alive.say_again("its subscription", "topic_subscribe", **ALIVE)
-                await _stopped(served)  # (the gone app then dies while the coordinator is down)
-            served = await _serving(address[1], tmp_path / "data")
+            served = await gone_and_alive_across_a_restart(address, tmp_path / "data", alive)
             async with Client(address, SECRET.encode()) as status:
                 await _until(lambda: alive.opened == 2 and alive._again is not None and alive._again.done(),
                              5.0, "the live app to say its subscription again")
@@ -69,6 +78,7 @@ def test_an_app_subscription_no_connection_says_again_after_a_restart_leaves_the
                     await asyncio.sleep(0.05)
         finally:
             await alive.close()
-            await _stopped(served)
+            if served is not None:
+                await _stopped(served)
 
     asyncio.run(scenario())
