@@ -41,6 +41,14 @@ def _serve(which: str, snapshot=SNAPSHOT, send_buffer: int | None = None):
     return serve_dashboard(sock, lambda: {"executors": [], "jobs": [], "topics": []}), sock.getsockname()[1]
 
 
+async def _a_page_reading(port: int):
+    """A page's event stream, its first event read: (reader, writer)."""
+    page_reader, page = await asyncio.open_connection("127.0.0.1", port)
+    page.write(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.wait_for(page_reader.readuntil(b"data: "), 5)
+    return page_reader, page
+
+
 def _open(runner) -> int:
     """Connections the server holds open."""
     return sum(c.transport is not None and not c.transport.is_closing() for c in runner.server.connections)
@@ -99,9 +107,7 @@ def test_scrapes_get_through_a_stranger_holding_every_connection_and_a_pages_str
         runner = await starting
         held: list[socket.socket] = []
         try:
-            page_reader, page = await asyncio.open_connection("127.0.0.1", port)
-            page.write(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
-            await asyncio.wait_for(page_reader.readuntil(b"data: "), 5)
+            page_reader, page = await _a_page_reading(port)
             held = await asyncio.to_thread(_stranger, port, _server.MAX_CONNECTIONS - 1)
             await _until(lambda: _open(runner) == _server.MAX_CONNECTIONS,
                          "the server never took the stranger's connections")

@@ -16,7 +16,7 @@ import socket
 import urllib.request
 
 import pytest
-from test_session38_idle_strangers import PATHS, SNAPSHOT, _open, _serve, _until
+from test_session38_idle_strangers import PATHS, SNAPSHOT, _a_page_reading, _open, _serve, _until
 
 from kernel.metrics import _app, _server
 
@@ -77,9 +77,7 @@ def test_scrapes_get_through_more_event_streams_than_connections_and_a_pages_str
         runner = await starting
         held: list[socket.socket] = []
         try:
-            page_reader, page = await asyncio.open_connection("127.0.0.1", port)
-            page.write(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
-            await asyncio.wait_for(page_reader.readuntil(b"data: "), 5)
+            page_reader, page = await _a_page_reading(port)
             held = await asyncio.to_thread(_streams, port, _server.MAX_CONNECTIONS + 8, "127.0.0.2")
             assert await asyncio.to_thread(_answered, held) >= _server.MAX_CONNECTIONS - 1
             for _ in range(3):

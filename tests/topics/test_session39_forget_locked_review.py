@@ -18,8 +18,8 @@ from _system import SECRET, free_port
 from test_session39_cut_connections import _until
 from test_session39_restart_subscriptions_review import (
     _stopped,
-    _subscriptions,
     gone_and_alive_across_a_restart,
+    listed_alive_alone,
 )
 
 from kernel.system import Client
@@ -31,7 +31,6 @@ def test_a_subscription_left_behind_goes_once_a_lock_at_its_forgetting_ends(tmp_
     monkeypatch.setenv("KERNEL_COORDINATOR_HEARTBEAT", "0.5")
 
     async def scenario() -> None:
-        loop = asyncio.get_running_loop()
         address = ("127.0.0.1", free_port())
         data = tmp_path / "data"
         alive = Directory(address, SECRET.encode(), timeout=5.0)
@@ -51,10 +50,7 @@ def test_a_subscription_left_behind_goes_once_a_lock_at_its_forgetting_ends(tmp_
             await _until(lambda: alive.opened == 2 and alive._again is not None and alive._again.done(),
                          5.0, "the live app to say its subscription again")
             async with Client(address, SECRET.encode()) as status:
-                deadline = loop.time() + 5.0
-                while (listed := await _subscriptions(status)) != ["app:alive:2"]:
-                    assert loop.time() < deadline, f"still listed: {listed}"
-                    await asyncio.sleep(0.05)
+                await listed_alive_alone(status)
         finally:
             await alive.close()
             if served is not None:

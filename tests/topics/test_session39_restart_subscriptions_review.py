@@ -59,6 +59,14 @@ async def _subscriptions(status) -> list:
     return sorted(row["job"] for row in (await status.request("catalog"))["subscriptions"])
 
 
+async def listed_alive_alone(status) -> None:
+    """Until the status lists the live app's subscription alone (5 s at most)."""
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while (listed := await _subscriptions(status)) != ["app:alive:2"]:
+        assert asyncio.get_running_loop().time() < deadline, f"still listed: {listed}"
+        await asyncio.sleep(0.05)
+
+
 def test_an_app_subscription_no_connection_says_again_after_a_restart_leaves_the_list(tmp_path, monkeypatch):
     monkeypatch.setenv("KERNEL_TOPIC_REFRESH", "0.2")  # (the coordinator's period: its checks)
     monkeypatch.setenv("KERNEL_COORDINATOR_HEARTBEAT", "0.5")
@@ -72,10 +80,7 @@ def test_an_app_subscription_no_connection_says_again_after_a_restart_leaves_the
             async with Client(address, SECRET.encode()) as status:
                 await _until(lambda: alive.opened == 2 and alive._again is not None and alive._again.done(),
                              5.0, "the live app to say its subscription again")
-                deadline = asyncio.get_running_loop().time() + 5.0
-                while (listed := await _subscriptions(status)) != ["app:alive:2"]:
-                    assert asyncio.get_running_loop().time() < deadline, f"still listed: {listed}"
-                    await asyncio.sleep(0.05)
+                await listed_alive_alone(status)
         finally:
             await alive.close()
             if served is not None:
