@@ -98,7 +98,11 @@ _snapshotted: weakref.WeakKeyDictionary[object, dict[int, tuple[int, str]]] = we
 # says so only while it holds lines: a run that failed after its source
 # had read the stream to its end left none, and a run resuming over the
 # stream read nothing and committed without the lines after the last
-# complete epoch, with no error.)
+# complete epoch, with no error. And it says too much: a run that failed
+# after its reader had read ahead, before its source took a line, lost
+# none, and a resumed run taking the reader over reads the stream from its
+# start, as its position counts; a refusal of every reader left over, at
+# the source's open, refused that run too.)
 _taken_from: weakref.WeakKeyDictionary[object, Callable[[], object]] = weakref.WeakKeyDictionary()
 
 
@@ -211,28 +215,6 @@ class LiveReader:
             reader = _left_over.get(id(iterator))
         if reader is not None and reader._iterator() is iterator:
             reader._refuse_if_elsewhere(name)
-
-    @staticmethod
-    def refuse_taking_over_with_snapshots(iterator: Iterator, name: str) -> None:
-        """At the open of a source of a run with a state_dir: refused where
-        an earlier run of this process over the same input ended early and
-        left its reader (what it read and had not handed on). That run took
-        lines after its last complete epoch, which it handed on and which
-        are gone from the stream; the restored position counts from the
-        input's start while the reader reads on from where that run
-        stopped: the resumed run lost those lines and skipped as many again
-        (2,272 of 3,000 lines lost, no error). The reader stays for a run
-        without a state_dir, which reads on from there."""
-        with _left_over_lock:
-            reader = _left_over.get(id(iterator))
-        if reader is not None and reader._iterator() is iterator and not reader.done_and_empty():
-            raise KernelError(
-                f"{name}: an earlier run of this process read this input and ended before it "
-                "did (failed, cancelled or interrupted), and lines it took are gone from it; "
-                "with a state_dir a run resumes exactly only over its input fed again from its "
-                "start: give this run the input again (a new pipe or file object), or run "
-                "without a state_dir to read on from where the earlier run stopped"
-            )
 
     @staticmethod
     def refuse_read_by_an_earlier_run(stream, run: object, name: str) -> None:

@@ -226,7 +226,6 @@ class IterableSource(Source):
             if stream:
                 if context.snapshots:
                     refuse_other_iterators(read, self._iterator, context.kernel, self.name)
-                    LiveReader.refuse_taking_over_with_snapshots(self._iterator, self.name)
                 LiveReader.refuse_if_left_elsewhere(self._iterator, self.name)
                 self._live_stream = read
 

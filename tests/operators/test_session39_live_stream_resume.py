@@ -133,8 +133,8 @@ def test_a_run_with_a_state_dir_over_a_stream_an_earlier_run_of_the_process_read
             flow = Dataflow("lines")
             flow.from_iterable(stream, name="lines in").map(int).map(fails_once).to_files(out)
             with pytest.raises(Exception, match="the first run fails here" if attempt == 0 else
-                               r"lines in \(step 0\): an earlier run of this process read this input.*"
-                               r"give this run the input again"):
+                               r"lines in \(step 0\): an earlier run of this process read lines of its "
+                               r"input.*give this run the input again"):
                 run(flow, state_dir=state, epoch_interval=0.01)
         rest = Dataflow("rest")
         lines = rest.from_iterable(stream).map(int).collect()
