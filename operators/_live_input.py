@@ -106,6 +106,17 @@ _snapshotted: weakref.WeakKeyDictionary[object, dict[int, tuple[int, str]]] = we
 _taken_from: weakref.WeakKeyDictionary[object, Callable[[], object]] = weakref.WeakKeyDictionary()
 
 
+def note_read_elsewhere(stream) -> None:
+    """In the process that started a run: its kernel 0, a process of its
+    own, reads the live stream `stream` (`_read_in_kernel_0`): a later run of
+    this process with a state_dir over it is refused as after a run here
+    that took lines (no run of this process is the one that read it)."""
+    try:
+        _taken_from[stream] = _weakly(None)
+    except TypeError:  # (a stream without weak references: not noted, as `_note_taken`)
+        pass
+
+
 def refuse_other_iterators(stream, iterator: Iterator, run: object, name: str) -> None:
     """At the open of a source of the run `run` (its kernel), which has a
     state_dir, reading the live stream `stream` through `iterator`: refused

@@ -24,6 +24,7 @@ import inspect
 import io
 import operator
 import os
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from itertools import islice
 
@@ -35,9 +36,10 @@ from kernel.dataflow._errors import (
     describe_record,
 )
 from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Source
+from kernel.execution._launcher_notes import on_note, tell_launcher
 from kernel.execution._standard_input import is_stream, let_go_of_its_writers, was_let_go
 
-from ._live_input import LiveReader, refuse_other_iterators
+from ._live_input import LiveReader, note_read_elsewhere, refuse_other_iterators
 from ._shares import Share, merge_consumed, sequence_run
 
 
@@ -92,6 +94,7 @@ class _Input:
         self.one_shot = one_shot
         self.read = False  # a run in this process has read from `data`
         self.built_in = os.getpid()  # the process that built the flow
+        _inputs[id(self)] = self  # (kernel 0 names it so: `_read_in_kernel_0`)
 
     def __call__(self) -> Source:
         return self.source_class(self.data, self.batch_size, _input=self)
@@ -104,6 +107,26 @@ class _Input:
                 f"silently get what is left of it, if anything): {remedy}, or build the flow "
                 "again with a fresh iterator"
             )
+
+
+# The inputs of the flows this process built, by id, weakly: a kernel
+# process forked from it has each at the same address, and names one by it
+# (`tell_launcher`) as it reads the live stream of it in kernel 0.
+_inputs: weakref.WeakValueDictionary[int, _Input] = weakref.WeakValueDictionary()
+
+
+def _read_in_kernel_0(input_id: int) -> None:
+    """In the launcher's process: kernel 0 of a run is about to read the
+    live stream the input `input_id` reads. What it reads is gone from the
+    stream for this process's later runs too (`note_read_elsewhere`)."""
+    shared = _inputs.get(input_id)
+    if shared is not None and shared.built_in == os.getpid():
+        stream = _stream_it_reads(shared.data)
+        if stream is not None:
+            note_read_elsewhere(stream)
+
+
+on_note("live stream read", _read_in_kernel_0)
 
 
 def _length(data) -> int:
@@ -340,6 +363,13 @@ class IterableSource(Source):
         if live is None:
             if self.context.snapshots:  # (at the first poll: a source restored as ended reads nothing)
                 LiveReader.refuse_read_by_an_earlier_run(self._live_stream, self.context.kernel, self.name)
+            if self._input is not None and self._input.built_in != os.getpid():
+                # Kernel 0 of a run the flow's process started, whose stream it
+                # reads: told before a line is read, as a failure kills it
+                # unheard. (That process's later run with a state_dir over the
+                # stream resumed, and lost what this one read, 2,810 of 3,000
+                # lines, no error.)
+                tell_launcher("live stream read", id(self._input))
             # (reading up to a few batches ahead: fewer handovers of the GIL
             # between the reader and the loop, ~10% of a trivial pipeline's time)
             live = self._live = LiveReader.of(self._iterator, 4 * max(self.batch_size, 1024), self.name,

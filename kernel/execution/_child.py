@@ -25,6 +25,7 @@ from kernel.scheduling._continues import note_continues
 from kernel.scheduling._errors import carry_causes
 
 from ._inherited_descriptors import note_inherited
+from ._launcher_notes import in_kernel_process
 from ._queued_logs import emit_queued_logs_here, shut_logging_down_at_exit
 from ._random_seeds import seed_kernel
 from ._signals import release_in_kernel
@@ -264,6 +265,7 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
         if close_streams:
             _close_inherited_streams()
         take_standard_input(index, peers)
+        in_kernel_process(conn)
         emit_queued_logs_here()
         seed_kernel(index)
         _output_by_whole_lines()

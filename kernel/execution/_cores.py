@@ -62,6 +62,7 @@ from kernel.scheduling._watchdog import retire_if_idle
 
 from ._child import _kernel_main, _libc, gate_record
 from ._inherited_descriptors import let_go_unreached, the_applications
+from ._launcher_notes import read_notes
 from ._queued_logs import find_before_fork
 from ._random_seeds import draw_for_kernels
 from ._signals import held_signals
@@ -442,6 +443,7 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
                 # children (two descriptors a kernel, for as long as it is kept)
                 child.close()
         for pipe in pipes:
+            read_notes(pipe)  # (its kernel has ended: what it told before a failure ended the run)
             pipe.close()
         for pipe in commit_pipes:
             pipe.close()

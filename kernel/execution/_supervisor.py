@@ -17,6 +17,7 @@ import signal
 
 from kernel.scheduling._errors import KernelError, restore_causes
 
+from ._launcher_notes import noted
 from ._stopped import StoppedWatch
 
 _ABORT_GRACE = 2.0  # seconds a relay gets to tell the peers why this process stops
@@ -168,6 +169,9 @@ def _wait_for_results(children, pipes, coordinator, relay, cancel, exits, abort,
             if status in ("durable", "finished"):
                 coordinator.message(index, (status, payload))
                 continue
+            if status == "note":
+                noted(payload)
+                continue
             if status == "restored":  # a cluster's relay: the epoch every process resumes from
                 coordinator.restored(*payload)
                 continue
@@ -196,6 +200,8 @@ def _read_epoch_reports(pipes, others, coordinator) -> None:
                 status, payload = pipes[index].recv()
                 if status in ("durable", "finished"):
                     coordinator.message(index, (status, payload))
+                elif status == "note":
+                    noted(payload)
         except (EOFError, OSError):
             continue
 
