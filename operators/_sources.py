@@ -295,7 +295,11 @@ class IterableSource(Source):
             # The stream's position, that of its every source in this run: the
             # records taken before it were handed on, by one of them or another
             # (taken and emitted in one poll), before the epoch's markers, and
-            # every source of the run is snapshotted at the same moment.
+            # every source of the run is snapshotted at the same moment. (Also
+            # one not polled yet, through the reader another has started: an
+            # epoch can come between that one's take and this one's first
+            # poll, a slice ending first; its own position, 0 or the restored
+            # one, had a resumed run hand those lines on again.)
             live = self._live or LiveReader.of_run(self._iterator, self.context.kernel)
             if live is not None:
                 self._share.next = max(self._share.next, live.handed)
