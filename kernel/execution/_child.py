@@ -24,7 +24,7 @@ from kernel.dataflow._errors import keep_cause_traceback
 from kernel.scheduling._continues import note_continues
 from kernel.scheduling._errors import carry_causes
 
-from ._inherited_descriptors import note_inherited
+from ._inherited_descriptors import close_listener, note_inherited
 from ._launcher_notes import in_kernel_process
 from ._queued_logs import emit_queued_logs_here, shut_logging_down_at_exit
 from ._random_seeds import seed_kernel
@@ -242,12 +242,15 @@ def _wait_for_the_kernels_threads() -> None:
 
 
 def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid,
-                 epochs=None, commits=None, gate=None, close_streams=False, inherited=None) -> None:
+                 epochs=None, commits=None, gate=None, close_streams=False, inherited=None,
+                 listener=None) -> None:
     """A kernel process: pinned, one uvloop, nothing else. `close_streams`
     (a run of `run_async`, forked from an application): close the stream
     sockets inherited from it (`_close_inherited_streams`). `inherited`:
     the application's pipes and sockets, which the kernel lets go of
-    where its steps do not reach them (`_inherited_descriptors.py`)."""
+    where its steps do not reach them (`_inherited_descriptors.py`).
+    `listener`: a cluster's listening socket for its links, the relay's
+    alone (`close_listener`)."""
     status = 1
     # A kernel leaves by os._exit, which runs no exit handler: those of its
     # own (a pipeline file's module-level `atexit.register`, as each kernel
@@ -262,6 +265,7 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
         note_continues()  # a stop is not an operator's stall (kernel/scheduling/_continues.py)
         release_in_kernel()  # (blocked across the fork: `_signals.py`)
         note_inherited(inherited)
+        close_listener(listener)
         if close_streams:
             _close_inherited_streams()
         take_standard_input(index, peers)

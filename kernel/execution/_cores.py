@@ -61,7 +61,7 @@ from kernel.scheduling._signal_mask import main_thread_signals
 from kernel.scheduling._watchdog import retire_if_idle
 
 from ._child import _kernel_main, _libc, gate_record
-from ._inherited_descriptors import let_go_unreached, the_applications
+from ._inherited_descriptors import close_listener, let_go_unreached, the_applications
 from ._launcher_notes import read_notes
 from ._queued_logs import find_before_fork
 from ._random_seeds import draw_for_kernels
@@ -366,6 +366,7 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
                 target=_kernel_main,
                 args=(first + index, peers, cpus[index], build_runtime, transport, sender, os.getpid(),
                       epochs, commits_in, gate, embedded, inherited),
+                kwargs={"listener": cluster and cluster.listen_fd},
                 name=f"kernel-{first + index}",
                 daemon=True,
             )
@@ -396,6 +397,7 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
                 pipes.append(receiver)
             sender.close()
             results_in.close()
+            close_listener(cluster.listen_fd)  # (the relay's now)
             for fd in gate:
                 os.close(fd)
             gate = None

@@ -142,6 +142,27 @@ def note_inherited(inherited: dict[int, tuple[int, int, int, bool]] | None) -> N
     _inherited = dict(inherited or {})
 
 
+def close_listener(fd: int | None) -> None:
+    """Close this process's copy of the listening socket handed over for a
+    cluster process's links (KERNEL_LINK_FD, `ClusterPlan.listen_fd`): a
+    kernel's, and the launcher's once its relay is forked. The relay alone
+    serves it; a copy held elsewhere kept the port listening while the run
+    failed (the relay gone, the rest ending), and a late dialler's
+    connection waited in the backlog instead of being refused. Only a TCP
+    socket: another is the relay's to refuse (`_inherited_listener`), and
+    not ours to close (a user's variable may name stdout)."""
+    if fd is None:
+        return
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+        sock.close()
+    else:
+        sock.detach()
+
+
 def let_go_unreached(roots=(), every_socket: bool = False, keep=frozenset()) -> None:
     """A child: let go of each listed pipe or Unix stream socket (once) that
     nothing of `roots` (a kernel's steps' factories; none for the relay),
