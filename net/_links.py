@@ -979,11 +979,12 @@ class AuthenticatedServer:
     def __init__(self, host: str, port: int, secret, process: int, *, max_frame: int = DEFAULT_MAX_FRAME,
                  ssl_context=None, meta=None, max_pending: int | None = None,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT, ws_heartbeat: float | None = None,
-                 sock: socket.socket | None = None) -> None:
+                 sock: socket.socket | list[socket.socket] | None = None) -> None:
         self.host, self.port = host, port
         # A socket already bound and listening, served as it is (host and port
         # then unused): a port picked free, closed and bound again later could
-        # be taken meanwhile (kernel.system's executor hands its job processes theirs)
+        # be taken meanwhile (kernel.system's executor hands its job processes theirs);
+        # several, one port: localhost's addresses
         self.sock = sock
         self.ws_heartbeat = ws_heartbeat
         self._secret = _secret(secret)
@@ -997,7 +998,7 @@ class AuthenticatedServer:
         self.failures: deque[Exception] = deque(maxlen=16)
         self._runner: web.ServerRunner | None = None
         self._guard: _Guard | None = None
-        self._listener: asyncio.AbstractServer | None = None
+        self._listeners: list[asyncio.AbstractServer] = []
         self._sessions: set = set()  # the authenticated peers' websockets, while served (stop closes them)
         self._tls_handshakes: set[asyncio.Task] = set()  # TLS handshakes under way (_TLSFront)
 
@@ -1019,13 +1020,15 @@ class AuthenticatedServer:
         # (not aiohttp's TCPSite: it leaves a TLS handshake asyncio's 60 s;
         # the TLS handshake comes before the guard sees the connection)
         accept = self._guard if self.ssl_context is None else self._tls_front
+        loop = asyncio.get_running_loop()
         if self.sock is not None:
-            self._listener = await asyncio.get_running_loop().create_server(accept, sock=self.sock)
-            self.port = self.sock.getsockname()[1]
+            for sock in self.sock if isinstance(self.sock, list) else [self.sock]:
+                self._listeners.append(await loop.create_server(accept, sock=sock))
+            self.port = self._listeners[0].sockets[0].getsockname()[1]
         else:
-            self._listener = await asyncio.get_running_loop().create_server(accept, self.host, self.port)
+            self._listeners.append(await loop.create_server(accept, self.host, self.port))
         if self.port == 0:
-            self.port = self._listener.sockets[0].getsockname()[1]
+            self.port = self._listeners[0].sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         """Stop listening and close the peers still linked (1001, going
@@ -1033,8 +1036,8 @@ class AuthenticatedServer:
         aiohttp's shutdown, as bounded: a peer that never answers (stopped,
         cut off, reading nothing) holds the stop up ~4 s, not the 60 s
         aiohttp's shutdown waited for every websocket still open."""
-        if self._listener is not None:
-            self._listener.close()
+        for listener in self._listeners:
+            listener.close()
         for handshake in list(self._tls_handshakes):
             handshake.cancel()
         if self._guard is not None:
@@ -1213,7 +1216,8 @@ class LinkServer(AuthenticatedServer):
                  on_link=None, window: int = DEFAULT_WINDOW, max_frame: int = DEFAULT_MAX_FRAME,
                  ssl_context=None, heartbeat: float = FROM_ENVIRONMENT, meta=None,
                  on_mismatch=None, expected=None, max_pending: int | None = None,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT, sock: socket.socket | None = None) -> None:
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 sock: socket.socket | list[socket.socket] | None = None) -> None:
         # every expected peer may dial at once, and retry, without a refusal
         super().__init__(host, port, secret, process, max_frame=max_frame, ssl_context=ssl_context,
                          meta=meta, max_pending=max_pending or max(MAX_PENDING, 2 * len(expected or ())),

@@ -170,8 +170,16 @@ class ClusterPlan:
     # A listening socket inherited for this process's own address (its
     # descriptor), served instead of binding the port anew: a job process's,
     # held by its executor from the moment it picked the port (a port picked
-    # free and bound later could be taken in between by another program)
-    listen_fd: int | None = None
+    # free and bound later could be taken in between by another program);
+    # several descriptors, one port: localhost's addresses, 127.0.0.1 and ::1
+    listen_fd: int | tuple[int, ...] | None = None
+
+    @property
+    def listen_fds(self) -> tuple[int, ...]:
+        """`listen_fd` as a tuple (empty: none handed over)."""
+        if self.listen_fd is None:
+            return ()
+        return self.listen_fd if isinstance(self.listen_fd, tuple) else (self.listen_fd,)
 
     @property
     def processes(self) -> int:
@@ -352,7 +360,7 @@ class LinkRelay:
             _listen_host(host), port, plan.secret, plan.process, plan.channels_with, self._on_frame_for,
             on_link=on_link, ssl_context=plan.tls and plan.tls.server_context(),
             heartbeat=plan.heartbeat, meta=plan.meta, expected=higher, on_mismatch=self._fail,
-            sock=None if plan.listen_fd is None else _inherited_listener(plan, port))
+            sock=_inherited_listeners(plan, port) or None)
         try:
             await server.start()
         except OSError as exc:
@@ -659,14 +667,27 @@ __all__ = ["AuthenticationFailed", "ClusterPlan", "LinkError", "LinkMismatch", "
            "PeerLost", "TLSFiles"]
 
 
-def _inherited_listener(plan: ClusterPlan, port: int) -> socket.socket:
-    """The listening socket this process was handed (`plan.listen_fd`),
+def _inherited_listeners(plan: ClusterPlan, port: int) -> list[socket.socket]:
+    """The listening sockets this process was handed (`plan.listen_fd`)."""
+    socks: list[socket.socket] = []
+    try:
+        for fd in plan.listen_fds:
+            socks.append(_inherited_listener(plan, port, fd))
+    except BaseException:
+        for sock in socks:
+            sock.detach()
+        raise
+    return socks
+
+
+def _inherited_listener(plan: ClusterPlan, port: int, fd: int) -> socket.socket:
+    """A listening socket this process was handed (`plan.listen_fd`),
     checked to be a TCP socket on its own port: another would take links
     meant for an address the peers do not dial. One that is not is left
     open (not ours to close: a user's KERNEL_LINK_FD may name stdout)."""
-    handed = f"process {plan.process}: the listening socket handed over (descriptor {plan.listen_fd})"
+    handed = f"process {plan.process}: the listening socket handed over (descriptor {fd})"
     try:
-        sock = socket.socket(fileno=plan.listen_fd)
+        sock = socket.socket(fileno=fd)
     except OSError as exc:
         raise ListenFailed(f"{handed} cannot be used: {exc.strerror or exc}", port, exc.errno) from None
     try:

@@ -17,28 +17,32 @@ from kernel.net._environment import heartbeat_from_environment
 from kernel.net._relay import ClusterPlan, TLSFiles
 
 SECRET_VARIABLE = "KERNEL_SECRET"
-# A job process's listening socket for its links (a descriptor), handed over
-# by its executor, which picked the port and kept it listening until then
+# A job process's listening sockets for its links (descriptors, comma-separated:
+# one per address of its host, localhost's 127.0.0.1 and ::1), handed over by
+# its executor, which picked the port and kept it listening until then
 LISTEN_FD_VARIABLE = "KERNEL_LINK_FD"
 
 
-def inherited_listen_fd() -> int | None:
-    """The descriptor LISTEN_FD_VARIABLE names (taken out of the environment:
-    a process this one starts does not inherit the socket), else None."""
+def inherited_listen_fd() -> int | tuple[int, ...] | None:
+    """The descriptor LISTEN_FD_VARIABLE names, or the descriptors (taken
+    out of the environment: a process this one starts does not inherit the
+    sockets), else None."""
     text = os.environ.pop(LISTEN_FD_VARIABLE, "")
     if not text:
         return None
-    if not text.isdigit():
+    parts = text.split(",")
+    if not all(part.isdigit() for part in parts):
         raise ValueError(f"{LISTEN_FD_VARIABLE}={text!r} is not a file descriptor")
-    fd = int(text)
+    fds = tuple(int(part) for part in parts)
     # Not inherited by a program a step starts (`os.system`, `Popen(close_fds=False)`):
     # one left running held the port listening after the job had ended. (The
     # kernels and the relay are forked: they have it all the same.)
-    try:
-        os.set_inheritable(fd, False)
-    except OSError:  # (no descriptor: the relay says so, `_inherited_listener`)
-        pass
-    return fd
+    for fd in fds:
+        try:
+            os.set_inheritable(fd, False)
+        except OSError:  # (no descriptor: the relay says so, `_inherited_listener`)
+            pass
+    return fds[0] if len(fds) == 1 else fds
 
 
 def parse_peers(peers) -> list[tuple[str, int]]:
@@ -119,11 +123,11 @@ def _tls_files(tls) -> TLSFiles | None:
 def cluster_plan(process_id, peers, cores: int, *, secret=None, secret_file=None, tls=None,
                  startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
                  heartbeat: float | None = None, fingerprint: str = "",
-                 snapshots: bool = False, listen_fd: int | None = None) -> ClusterPlan:
+                 snapshots: bool = False, listen_fd: int | tuple[int, ...] | None = None) -> ClusterPlan:
     """The checked plan of process `process_id` of the cluster `peers`;
     `heartbeat` None: KERNEL_HEARTBEAT where set now, else 2.5 s.
-    `listen_fd`: a socket inherited, listening on this process's port
-    (`ClusterPlan.listen_fd`)."""
+    `listen_fd`: a socket inherited, listening on this process's port, or
+    several (its host's addresses: `ClusterPlan.listen_fd`)."""
     addresses = parse_peers(peers)
     if heartbeat is None:
         heartbeat = heartbeat_from_environment()

@@ -482,7 +482,7 @@ def _relay_runtime(plan, ends, bells, handover, gate, launcher=None, agreement=N
 
         # (it runs no step: none of the application's pipes and sockets, but the
         # listening socket its executor handed this process, which it serves)
-        let_go_unreached(every_socket=True, keep={plan.listen_fd})
+        let_go_unreached(every_socket=True, keep=set(plan.listen_fds))
         gate_in, gate_out = gate
         os.close(gate_in)
         loop = asyncio.get_running_loop()

@@ -142,7 +142,7 @@ def note_inherited(inherited: dict[int, tuple[int, int, int, bool]] | None) -> N
     _inherited = dict(inherited or {})
 
 
-def close_listener(fd: int | None) -> None:
+def close_listener(fd: int | tuple[int, ...] | None) -> None:
     """Close this process's copy of the listening socket handed over for a
     cluster process's links (KERNEL_LINK_FD, `ClusterPlan.listen_fd`): a
     kernel's, and the launcher's once its relay is forked. The relay alone
@@ -152,6 +152,10 @@ def close_listener(fd: int | None) -> None:
     socket: another is the relay's to refuse (`_inherited_listener`), and
     not ours to close (a user's variable may name stdout)."""
     if fd is None:
+        return
+    if isinstance(fd, tuple):  # (one port on several addresses: localhost's)
+        for each in fd:
+            close_listener(each)
         return
     try:
         sock = socket.socket(fileno=fd)

@@ -33,6 +33,7 @@ does one whose TLS certificate does not verify (`CertificateUntrusted`).
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import hashlib
 import json
@@ -212,8 +213,9 @@ class ExecutorDaemon:
         # executor registering under the same id (`JobMaster.own_id`)
         self._instance = os.urandom(16).hex()
         self._tasks: set[asyncio.Task] = set()
-        # port -> (its socket, listening since `prepare`, when prepared): a job process's links'
-        self._prepared: dict[int, tuple[socket.socket, float]] = {}
+        # port -> (its sockets, listening since `prepare`, when prepared): a job process's links'
+        # (several on a name of several addresses of this machine: localhost, 127.0.0.1 and ::1)
+        self._prepared: dict[int, tuple[list[socket.socket], float]] = {}
         for sub in ("pipelines", "logs", "jobs"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         self._id_file = self.workdir / "executor.json"
@@ -536,33 +538,34 @@ class ExecutorDaemon:
 
     def _prepare_port(self) -> int:
         """A port for a job process's links, listening from now on, its
-        socket handed to the process at its start (`_prepared_socket`). A
+        sockets handed to the process at its start (`_prepared_sockets`). A
         port picked free, closed and bound by the process later could be
         taken in between (another program, an outgoing connection's
         port): the attempt failed, `cannot listen`, a restart spent."""
         self._forget_prepared(time.monotonic() - PREPARED_FOR)
-        sock = _listening_socket(self.host)
-        port = sock.getsockname()[1]
-        self._prepared[port] = (sock, time.monotonic())
+        socks = _listening_sockets(self.host)
+        port = socks[0].getsockname()[1]
+        self._prepared[port] = (socks, time.monotonic())
         return port
 
-    def _prepared_socket(self, peers: str, process: int) -> socket.socket | None:
-        """The socket prepared for the port `peers` gives `process` (None: none
-        prepared here for it, a coordinator of before's port)."""
+    def _prepared_sockets(self, peers: str, process: int) -> list[socket.socket]:
+        """The sockets prepared for the port `peers` gives `process` (none:
+        none prepared here for it, a coordinator of before's port)."""
         from kernel.execution._cluster import parse_peers
 
         try:
             port = parse_peers(peers)[process][1]
         except (ValueError, IndexError):
-            return None
+            return []
         self._forget_prepared(time.monotonic() - PREPARED_FOR)
         prepared = self._prepared.pop(port, None)
-        return None if prepared is None else prepared[0]
+        return [] if prepared is None else prepared[0]
 
     def _forget_prepared(self, before: float) -> None:
-        for port, (sock, when) in list(self._prepared.items()):
+        for port, (socks, when) in list(self._prepared.items()):
             if when < before:
-                sock.close()
+                for sock in socks:
+                    sock.close()
                 del self._prepared[port]
 
     def _pipeline(self, m: dict) -> Path:
@@ -646,10 +649,10 @@ class ExecutorDaemon:
             lease = LeaseWriter()
             env[LEASE_VARIABLE] = str(lease.read_fd)
             inherited = (lease.read_fd,)
-            listener = self._prepared_socket(m["peers"], process) if m.get("peers") else None
-            if listener is not None:  # (its port held since `prepare`: the process serves this socket)
-                env[LISTEN_FD_VARIABLE] = str(listener.fileno())
-                inherited += (listener.fileno(),)
+            listeners = self._prepared_sockets(m["peers"], process) if m.get("peers") else []
+            if listeners:  # (its port held since `prepare`: the process serves these sockets)
+                env[LISTEN_FD_VARIABLE] = ",".join(str(sock.fileno()) for sock in listeners)
+                inherited += tuple(sock.fileno() for sock in listeners)
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, cwd=run_dir, env=env,
@@ -659,8 +662,8 @@ class ExecutorDaemon:
                 lease.close()
                 raise
             finally:
-                if listener is not None:  # (the process's now; a start that failed frees the port)
-                    listener.close()
+                for sock in listeners:  # (the process's now; a start that failed frees the port)
+                    sock.close()
         lease.started()
         lease.renew(self._lease_deadline())
         entry = JobProcess(job, attempt, process, proc, log_path, start, lease, pipeline=pipeline)
@@ -902,6 +905,63 @@ def _cut_character(data: bytes) -> int:
             size = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
             return back if size > back else 0
     return 0  # (continuation bytes only: not UTF-8 to mend)
+
+
+def _listening_sockets(host: str) -> list[socket.socket]:
+    """The sockets listening on one port the system picks, for a job
+    process's links: on every address `localhost` resolves to here (it
+    resolves on the peers' machine alike), as the process bound them itself
+    (`create_server('localhost', port)`: 127.0.0.1 and ::1 where both are
+    listed); one socket for any other host (`_listening_socket`). Prepared
+    on 127.0.0.1 alone, a peer that dialled localhost by ::1 was refused."""
+    from kernel.net._relay import _listen_host
+
+    where = _listen_host(host)
+    if where is None or where.lower().rstrip(".") != "localhost":  # (every interface, or an IP address)
+        return [_listening_socket(host)]
+    try:
+        found = socket.getaddrinfo(where, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return [_listening_socket(host)]
+    addresses = list(dict.fromkeys((family, address[0]) for family, _, _, _, address in found
+                                   if family in (socket.AF_INET, socket.AF_INET6)))
+    for _ in range(_PORT_TRIES):  # (the port picked on the first address may be taken on another)
+        socks = _bound_on_one_port(addresses)
+        if socks:
+            return socks
+    return [_listening_socket(host)]
+
+
+# tries at one port free on every address of localhost before one address only
+_PORT_TRIES = 8
+
+
+def _bound_on_one_port(addresses: list[tuple[int, str]]) -> list[socket.socket]:
+    """Sockets listening on each of `addresses` (family, address) that this
+    machine has, on one port picked by the first; none where that port is
+    taken on another (the caller picks again)."""
+    socks: list[socket.socket] = []
+    try:
+        for family, address in addresses:
+            sock = socket.socket(family)
+            try:
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # (as create_server)
+                sock.bind((address, socks[0].getsockname()[1] if socks else 0))
+                sock.listen(128)
+            except OSError as exc:
+                sock.close()
+                if socks and exc.errno == errno.EADDRINUSE:
+                    for held in socks:
+                        held.close()
+                    return []
+                continue  # (not an address of this machine's: ::1 without IPv6)
+            socks.append(sock)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 def _listening_socket(host: str) -> socket.socket:
