@@ -1231,6 +1231,9 @@ class LinkServer(AuthenticatedServer):
         self.expected = expected
         self.links: dict[int, Link] = {}
         self.link_addresses: dict[int, str] = {}  # where each linked peer connected from
+        # the lower-numbered peers this process dialled and linked (their hosts), told by its
+        # relay: a second process claiming one of their ids is a twin too (`_unexpected`)
+        self.dialled: dict[int, str] = {}
 
 
     def _unexpected(self, peer: int, address: str) -> str | None:
@@ -1239,8 +1242,8 @@ class LinkServer(AuthenticatedServer):
         # 1008) ended its run as "lost process 0: ... closed: code 1008".
         if self.expected is None:
             return None
-        if peer in self.links:
-            linked = self.link_addresses.get(peer, "?")
+        if peer in self.links or peer in self.dialled:
+            linked = self.link_addresses.get(peer) or self.dialled.get(peer, "?")
             if self.on_mismatch is not None:
                 # Which of the two is the process meant to be `peer` no end can
                 # tell: the one first to connect was taken, and the run went on

@@ -87,6 +87,10 @@ KIND_REFUSE = 9  # from process 0: the agreement failed; body: the pickled excep
 _RESULTS_CHUNK = 1 << 20
 _FRAMES_PER_WAKE = 64  # frames a pump forwards before letting the loop run
 _CLOSE_TIMEOUT = 5.0
+# seconds each peer that never connected is dialled for, once the start-up
+# timeout has passed, to hear why (`_linked_elsewhere`): one not listening
+# costs the failing process this long more
+_ASK_MISSING = 1.0
 
 
 class PeerLost(LinkError):
@@ -380,6 +384,9 @@ class LinkRelay:
                 await asyncio.wait_for(self._until(all_accepted), remaining)
             except TimeoutError:
                 missing = sorted(higher - self.links.keys())
+                twin = await self._linked_elsewhere(missing, scheme)
+                if twin is not None:
+                    raise LinkError(twin) from None
                 names = ", ".join(f"process {p} ({plan.address(p)})" for p in missing)
                 why = f"{names} did not connect within {plan.startup_timeout:g} s"
                 refused = list(dict.fromkeys(str(e) for e in server.failures))  # (a peer retrying: once)
@@ -389,6 +396,34 @@ class LinkRelay:
         finally:
             for task in dials:
                 task.cancel()
+
+    async def _linked_elsewhere(self, missing: list[int], scheme: str) -> str | None:
+        """Why the `missing` higher-numbered peers never connected, where one
+        of them says so: each is dialled once, as a lower-numbered process
+        never is. One that linked another process of our id (a twin of ours,
+        on another machine, or another --peers list) refuses us naming it,
+        and ends its run as a process dialled by a twin does (TwinProcess):
+        a twin of process 0, dialled by no one, only timed out, saying
+        `process 1 did not connect`, while the run went on with the other."""
+        plan = self.plan
+
+        async def ask(peer: int) -> str | None:
+            try:
+                link, session = await dial(
+                    f"{scheme}://{plan.address(peer)}", plan.secret, plan.process, set(), lambda *_: None,
+                    timeout=_ASK_MISSING, ssl=plan.tls.client_context() if plan.tls else True,
+                    heartbeat=plan.heartbeat, meta=plan.meta)
+            except LinkError as exc:
+                said = str(exc)
+                return said if "refused this process" in said else None
+            except (OSError, TimeoutError):
+                return None
+            await link.close()  # (taken after all: no word about why it did not connect)
+            await session.close()
+            return None
+
+        said = await asyncio.gather(*(ask(peer) for peer in missing))
+        return next((why for why in said if why is not None), None)
 
     async def _dial(self, peer: int, url: str, deadline: float) -> None:
         plan = self.plan
@@ -429,6 +464,8 @@ class LinkRelay:
             await link.close()
             raise error
         self._add_link(link)
+        if self._server is not None:  # (another process of its id dialling us is a twin)
+            self._server.dialled[peer] = plan.addresses[peer][0]
         self._tasks.append(asyncio.ensure_future(self._read(link)))
 
     def _add_link(self, link: Link) -> None:
