@@ -414,8 +414,9 @@ class LinkRelay:
                     timeout=_ASK_MISSING, ssl=plan.tls.client_context() if plan.tls else True,
                     heartbeat=plan.heartbeat, meta=plan.meta)
             except LinkError as exc:
+                # (its refusal as "not a peer" may be its own dial to us not yet done: no twin)
                 said = str(exc)
-                return said if "refused this process" in said else None
+                return said if "is already linked there" in said else None
             except (OSError, TimeoutError):
                 return None
             await link.close()  # (taken after all: no word about why it did not connect)
