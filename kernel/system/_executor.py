@@ -71,7 +71,8 @@ log = logging.getLogger("kernel.system")
 HEARTBEAT = 1.0  # seconds between heartbeats (--heartbeat)
 # seconds a port prepared for a job process's links is held for its start
 # (the coordinator's start follows its prepare at once; one that never comes,
-# a coordinator gone between the two, frees it at a later prepare or start)
+# a coordinator gone between the two, frees it then, by a timer: freed at a
+# later prepare or start, it stayed taken for as long as none came)
 PREPARED_FOR = 120.0
 SILENT_BEATS = 5  # heartbeats a coordinator may leave unanswered before it is dropped
 RECONNECT = 0.5
@@ -213,9 +214,9 @@ class ExecutorDaemon:
         # executor registering under the same id (`JobMaster.own_id`)
         self._instance = os.urandom(16).hex()
         self._tasks: set[asyncio.Task] = set()
-        # port -> (its sockets, listening since `prepare`, when prepared): a job process's links'
+        # port -> (its sockets, listening since `prepare`; the timer that frees them unstarted)
         # (several on a name of several addresses of this machine: localhost, 127.0.0.1 and ::1)
-        self._prepared: dict[int, tuple[list[socket.socket], float]] = {}
+        self._prepared: dict[int, tuple[list[socket.socket], asyncio.TimerHandle]] = {}
         for sub in ("pipelines", "logs", "jobs"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         self._id_file = self.workdir / "executor.json"
@@ -542,10 +543,10 @@ class ExecutorDaemon:
         port picked free, closed and bound by the process later could be
         taken in between (another program, an outgoing connection's
         port): the attempt failed, `cannot listen`, a restart spent."""
-        self._forget_prepared(time.monotonic() - PREPARED_FOR)
         socks = _listening_sockets(self.host)
         port = socks[0].getsockname()[1]
-        self._prepared[port] = (socks, time.monotonic())
+        unstarted = asyncio.get_running_loop().call_later(PREPARED_FOR, self._forget_prepared, port)
+        self._prepared[port] = (socks, unstarted)
         return port
 
     def _prepared_sockets(self, peers: str, process: int) -> list[socket.socket]:
@@ -557,16 +558,19 @@ class ExecutorDaemon:
             port = parse_peers(peers)[process][1]
         except (ValueError, IndexError):
             return []
-        self._forget_prepared(time.monotonic() - PREPARED_FOR)
         prepared = self._prepared.pop(port, None)
-        return [] if prepared is None else prepared[0]
+        if prepared is None:
+            return []
+        prepared[1].cancel()
+        return prepared[0]
 
-    def _forget_prepared(self, before: float) -> None:
-        for port, (socks, when) in list(self._prepared.items()):
-            if when < before:
-                for sock in socks:
-                    sock.close()
-                del self._prepared[port]
+    def _forget_prepared(self, port: int) -> None:
+        """Close the sockets prepared for `port` (its start never came, or the executor closes)."""
+        prepared = self._prepared.pop(port, None)
+        if prepared is not None:
+            for sock in prepared[0]:
+                sock.close()
+            prepared[1].cancel()
 
     def _pipeline(self, m: dict) -> Path:
         digest, filename, content = m["digest"], m["filename"], file_bytes(m)
@@ -824,7 +828,8 @@ class ExecutorDaemon:
         return {"text": data.decode(errors="replace"), "offset": offset + len(data)}
 
     async def close(self) -> None:
-        self._forget_prepared(math.inf)
+        for port in list(self._prepared):
+            self._forget_prepared(port)
         unseen = [p for p in self.processes.values() if p.code is None]
         # One that has ended, its exit not yet seen by `_follow` (on its way through
         # the loop), is not stopped here: counted so, a process that had failed on its
