@@ -257,7 +257,10 @@ class ExecutorDaemon:
         value = self._record.get(key)
         return value if isinstance(value, str) else None
 
-    def _remember(self, record: dict) -> None:
+    def _remember(self, record: dict, lost: str | None = None) -> None:
+        """Keep `record` as executor.json; where it cannot be written, warn
+        with `lost`, what only this process now knows (by default its id:
+        the warning said so also where an exit's note was what was lost)."""
         self._record = record
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)  # (deleted under it: made again)
@@ -267,8 +270,8 @@ class ExecutorDaemon:
             partial.write_text(json.dumps(record))
             partial.replace(self._id_file)
         except OSError as exc:  # (a full disk: it goes on, by the id it holds)
-            log.warning("executor: cannot write %s (%s): its id %s is kept in memory only", self._id_file,
-                        exc, record.get("id"))
+            log.warning("executor: cannot write %s (%s): %s", self._id_file, exc,
+                        lost or f"its id {record.get('id')} is kept in memory only")
 
     def _catalog_seen(self, catalog: str | None) -> None:
         """The coordinator's catalog is `catalog` (its register reply). Job
@@ -748,7 +751,9 @@ class ExecutorDaemon:
             return
         noted = self._noted_exits()  # (noted while a register was in flight: `_report_exits_after`)
         if any(_key(e) == _key(entry.report()) for e in noted):
-            self._remember({**self._record, "ended": [e for e in noted if _key(e) != _key(entry.report())]})
+            self._remember({**self._record, "ended": [e for e in noted if _key(e) != _key(entry.report())]},
+                           f"the exit of {_named(entry.report())}, now heard by the coordinator, stays noted "
+                           "there (listed again at a register: news to no one)")
 
     def _note_unreported(self, entry: JobProcess) -> None:
         """A job process's exit the coordinator has not heard (this executor
@@ -764,7 +769,10 @@ class ExecutorDaemon:
         if key in self._stopped_here:
             return
         noted = [e for e in self._noted_exits() if _key(e) != key] + [entry.report()]
-        self._remember({**self._record, "ended": noted[-_KEEP_ENDED:]})
+        self._remember({**self._record, "ended": noted[-_KEEP_ENDED:]},
+                       f"the exit of {_named(entry.report())} (code {entry.code}), which the coordinator has "
+                       "not heard, is kept in memory only: an executor started again on this workdir cannot "
+                       "report it")
 
     def _noted_exits(self) -> list[dict]:
         """executor.json's `ended` (`_note_unreported`), each as a register
@@ -865,7 +873,10 @@ class ExecutorDaemon:
             if isinstance(said, list) else set()
         stopped |= self._stopped_here
         if self.executor_id is not None and stopped:  # (never registered: no job ran here)
-            self._remember({**self._record, "stopped": sorted(list(s) for s in stopped)})
+            self._remember({**self._record, "stopped": sorted(list(s) for s in stopped)},
+                           f"that it stopped {', '.join(_named(_key_fields(s)) for s in sorted(stopped))} on "
+                           "purpose is not kept: an executor started again on this workdir cannot say so, "
+                           "and their jobs may spend a restart")
 
 
 def _has_ended(proc: asyncio.subprocess.Process) -> bool:
@@ -885,6 +896,16 @@ _EXIT_FIELDS = ("job", "attempt", "process", "code", "error", "dashboard")
 def _key(process: dict) -> tuple[str, int, int]:
     """A listed process's (job, attempt, process)."""
     return process["job"], process["attempt"], process["process"]
+
+
+def _key_fields(key) -> dict:
+    """A (job, attempt, process) as a listed process's fields."""
+    return dict(zip(("job", "attempt", "process"), key))
+
+
+def _named(process: dict) -> str:
+    """`job-1 attempt 1 process 0`, for a listed process."""
+    return f"{process['job']} attempt {process['attempt']} process {process['process']}"
 
 
 def _exit_noted(e) -> bool:
