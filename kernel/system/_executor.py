@@ -721,6 +721,11 @@ class ExecutorDaemon:
 
     async def _follow(self, entry: JobProcess) -> None:
         entry.code = await entry.proc.wait()
+        # What it started and left running (a user's subprocesses: `os.system("... &")`,
+        # a Popen not waited for) ends with it, as the kernels of a process stopped do
+        # (`_stop_one`): they outlived the job, and the executor's close() too. (Its pid,
+        # the group's id, is not given to another process while the group has members.)
+        _end_group(entry.proc.pid)
         entry.lease.close()
         entry.ended_at = time.time()
         entry.error = last_error(entry.log_path, entry.log_start) if entry.code else None
@@ -819,10 +824,7 @@ class ExecutorDaemon:
             except TimeoutError:
                 continue
         # the process group: a kernel or relay that outlived its launcher
-        try:
-            os.killpg(entry.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _end_group(entry.proc.pid)
 
     def _log(self, job: str, offset: int) -> dict:
         path = self.workdir / "logs" / f"{job}.log"
@@ -877,6 +879,14 @@ class ExecutorDaemon:
                            f"that it stopped {', '.join(_named(_key_fields(s)) for s in sorted(stopped))} on "
                            "purpose is not kept: an executor started again on this workdir cannot say so, "
                            "and their jobs may spend a restart")
+
+
+def _end_group(pgid: int) -> None:
+    """SIGKILL what is left of a job process's group (its session: `start_new_session`)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _has_ended(proc: asyncio.subprocess.Process) -> bool:
