@@ -170,7 +170,7 @@ class CoordinatorServer(AuthenticatedServer):
         if op == "exited":
             away = bool(m.get("cut_off")) and master.cut_off_by_us(state["executor"])  # (a stall's)
             await master.process_exited(m["job"], m["attempt"], m["process"], m["code"], m.get("error"),
-                                        coordinator_away=away)
+                                        coordinator_away=away, on_its_own=m.get("on_its_own") is True)
             return {}
         if op == "dashboard":
             master.dashboard_listening(state["executor"], m["job"], m["attempt"], m["process"], str(m["url"]))

@@ -463,12 +463,28 @@ class ExecutorDaemon:
         except (ConnectionLost, RequestError, TimeoutError):
             pass
         await self.close()
+        await self._report_own_exits(session)
         try:
             await asyncio.wait_for(session.request("left"), LEAVE_TIMEOUT)
         except (ConnectionLost, RequestError, TimeoutError):
             # (the coordinator gone too: it counts this executor lost at its lease's
             # end, unless it is started again on this workdir by then)
             self._note_stopped()
+
+    async def _report_own_exits(self, session) -> None:
+        """Before "left": the exits of job processes that ended on their own
+        during the leave (not stopped here: `_stopped_here`), noted, as the
+        session was None, by `_follow` (`close()` waits for those that had
+        ended as it began), each told as its own (`on_its_own`). Untold, the
+        coordinator moved its job free with the rest, as the stop's doing: a
+        job whose user function had raised as the executor was stopped ran
+        again, its error lost, no restart spent."""
+        noted = {_key(e) for e in self._noted_exits()}
+        for entry in [p for p in self.processes.values() if p.code is not None and _key(p.report()) in noted]:
+            try:
+                await asyncio.wait_for(self._report_exit(session, entry, on_its_own=True), LEAVE_TIMEOUT)
+            except TimeoutError:  # (noted still: the next register on this workdir lists it)
+                return
 
     async def _heartbeat(self, session, interval: float) -> None:
         """Heartbeats, answered: a coordinator that leaves SILENT_BEATS
@@ -748,9 +764,9 @@ class ExecutorDaemon:
         else:  # (the next register lists it, or `_report_exits_after` the one in flight)
             self._note_unreported(entry)
 
-    async def _report_exit(self, session: Session, entry: JobProcess) -> None:
+    async def _report_exit(self, session: Session, entry: JobProcess, **told) -> None:
         try:
-            await session.request("exited", **entry.report())
+            await session.request("exited", **entry.report(), **told)
         except (ConnectionLost, RequestError, TimeoutError):
             self._note_unreported(entry)  # the next register lists it
             return

@@ -544,10 +544,13 @@ class JobMaster:
     # -- what happens to a job ----------------------------------------------------------------
 
     async def process_exited(self, job_id: str, attempt: int, process: int, code: int,
-                             error: str | None, coordinator_away: bool = False) -> None:
+                             error: str | None, coordinator_away: bool = False,
+                             on_its_own: bool = False) -> None:
         """`coordinator_away`: it ended while its executor was cut off from the
         coordinator, which has restarted since: a loss then (fenced) is the
-        coordinator's absence, not the job's failure."""
+        coordinator's absence, not the job's failure. `on_its_own`: its
+        executor, being stopped, says it did not stop this process
+        (`ExecutorDaemon._report_own_exits`)."""
         job = self.jobs.get(job_id)
         if job is None:
             return
@@ -563,7 +566,11 @@ class JobMaster:
             # the executor says it has left: the stop's doing, not a failure.
             # (Taken for the job's own, that exit failed a job of several
             # processes whose executor was stopped on purpose.)
-            stopped = next((p["executor"] for p in job.placement if p["executor"] in self._leaving), None)
+            # (Not its own executor where that says the process ended on its own: its failure
+            # as the stop began was moved free, its error lost. A peer's stop may still be why.)
+            mine = job.placement[process]["executor"] if on_its_own else None
+            stopped = next((p["executor"] for p in job.placement if p["executor"] in self._leaving
+                            and p["executor"] != mine), None)
             if kind == "ok":
                 if len(self.exits[job_id]) == job.processes and all(
                         c == 0 for c, _ in self.exits[job_id].values()):
