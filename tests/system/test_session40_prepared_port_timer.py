@@ -51,6 +51,6 @@ async def test_a_prepared_port_never_started_is_freed_after_its_bound_without_an
         assert freed >= BOUND, f"freed after {freed:.2f} s, before its {BOUND} s"
         assert executor._prepared == {}
         # a start that comes later finds no socket for it (the process binds the port itself)
-        assert executor._prepared_socket(f"127.0.0.1:{port}", 0) is None
+        assert executor._prepared_sockets(f"127.0.0.1:{port}", 0) == []
     finally:
         await executor.close()
