@@ -28,12 +28,14 @@ from kernel.scheduling._watchdog import _MACHINERY
 _FUSED = "<fused chain "  # a fused chain's generated code's file name (operators/_fusion.py)
 
 
-def blocked_step(frames: list, within: str, own: str | None = None) -> str | None:
+def blocked_step(frames: list, within: str, own: str | None = None) -> tuple[str, str] | None:
     """The step and function that `frames` (the loop thread's, innermost
     first, up to the activation's own) are in, as the report names them,
     with what they run `within` ("the activation of from_iterable (step
-    0)") unless the step is that activation's `own`; None where no step is
-    found (the report names the activation alone)."""
+    0)") unless the step is that activation's `own`, and the step's name
+    (the report's `step`: a log filter or a structured log's reader asks
+    for the step blocked, not the activation it ran in); None where no
+    step is found (the report names the activation alone)."""
     try:
         found = _step_and_function(frames)
     except Exception:  # (a user's object in a frame, its __qualname__ raising): the watchdog that
@@ -44,7 +46,7 @@ def blocked_step(frames: list, within: str, own: str | None = None) -> str | Non
     said = [f"function {function!r}"] if function is not None else []
     if step != own:
         said.append(f"run in {within}")
-    return f"operator {step!r}" + "".join(f", {part}" for part in said) + ("," if said else "")
+    return f"operator {step!r}" + "".join(f", {part}" for part in said) + ("," if said else ""), step
 
 
 def _step_and_function(frames: list) -> tuple[str, str | None] | None:

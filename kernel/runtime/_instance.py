@@ -563,11 +563,11 @@ class Instance:
         (for the stall notice and the watchdog: `scheduling.described`)."""
         return [member.name for member in self._chained_after()]
 
-    def blocked_step(self, frames: list) -> str | None:
+    def blocked_step(self, frames: list) -> tuple[str, str] | None:
         """The step and function the loop's thread is in, blocked in this
-        activation (`frames`: its frames, innermost first), for the
-        watchdog's report (`_blocked_step`); None: this activation's name
-        alone."""
+        activation (`frames`: its frames, innermost first), and the step's
+        name, for the watchdog's report (`_blocked_step`); None: this
+        activation's name alone."""
         return _blocked_step.blocked_step(frames, f"the activation of {self.name}", self.name)
 
     def _chained_after(self) -> list[Instance]:

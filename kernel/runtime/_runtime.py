@@ -367,10 +367,10 @@ class Runtime:
         for source in self._sources:
             source.wake()
 
-    def blocked_step(self, frames: list, within: str) -> str | None:
+    def blocked_step(self, frames: list, within: str) -> tuple[str, str] | None:
         """The step and function a kernel's start blocked in `start` is in
-        (a step's open waiting on a connection), for the watchdog's report
-        (`_blocked_step`)."""
+        (a step's open waiting on a connection), and the step's name, for
+        the watchdog's report (`_blocked_step`)."""
         return _blocked_step.blocked_step(frames, within)
 
     def _hold_during_open(self) -> tuple[list, list]:

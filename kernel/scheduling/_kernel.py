@@ -331,24 +331,27 @@ class Kernel:
             _current_tickets.reset(tickets_token)
             _current_kernel.reset(token)
 
-    def _blocked_in(self, frames: list) -> str | None:
+    def _blocked_in(self, frames: list) -> str | tuple[str, str] | None:
         """What of this kernel's work the loop's thread is in (`frames`,
         innermost first; read by the watchdog's thread): an activation of a
         slice of its scheduler, one of its processing-time timers
         (`call_later`), its start (`join` running what `at_start` was
         given: the steps' open and restore) or one of its tasks; None if
         none (the host's, or another kernel's on the same loop). For an
-        activation, `(what, its name)`: what is blocked in it, the step
-        and function where the activation says (`blocked_step(frames)`, a
-        step's: a map chained after its source runs in the source's
-        activation), and the activation, the report's `step`."""
+        activation or the start, `(what, step)`: what is blocked in it, the
+        step and function where the activation says (`blocked_step(frames)`,
+        a step's: a map chained after its source runs in the source's
+        activation), and the report's `step`, that step's name (the
+        activation's, or the start, where none is found). The step blocked
+        was the message's alone, the record's `step` the activation's: a
+        filter on a map's name never saw its map blocked."""
         for at, frame in enumerate(frames):
             # (another kernel's slice on this loop, run_async twice beside, is that kernel's to report)
             if frame.f_code is _RUN_SLICE and frame.f_locals.get("self") is self._scheduler:
                 activation = frame.f_locals.get("activation")
                 name = getattr(activation, "name", None) or repr(activation)
                 inner = getattr(activation, "blocked_step", None)
-                return (inner(frames[:at]) if inner is not None else None) or name, name
+                return (inner(frames[:at]) if inner is not None else None) or (name, name)
             # a processing-time timer's function blocked: reported by nothing, and
             # a Ctrl-C only cancelled the run once it returned
             if frame.f_code is _RUN_TIMER and frame.f_locals.get("self") is self:
@@ -360,7 +363,7 @@ class Kernel:
                 start = "the kernel's start (its steps' open and restore)"
                 # the starter running (`fn`: a runtime's start) may say which step's open it is in
                 inner = getattr(getattr(frame.f_locals.get("fn"), "__self__", None), "blocked_step", None)
-                return (inner(frames[:at], start) if inner is not None else None) or start, start
+                return (inner(frames[:at], start) if inner is not None else None) or (start, start)
         loop = self._loop
         current = asyncio.current_task(loop) if loop is not None else None
         for ref in list(self._tasks):  # a copy: the loop's thread may change the set

@@ -96,7 +96,8 @@ def test_a_step_blocked_on_one_kernel_is_reported_while_it_waits_with_where_it_w
                      rf"\.wait_for_reports', run in the activation of from_iterable \(step 0\), {BLOCKED} "
                      r"for 0\.3 s and is still running", first), first
     assert f"{BLOCKED} for 0.6 s" in second, second
-    assert seen.records[0].step == "from_iterable (step 0)" and seen.records[0].kernel == 0
+    # the step blocked (session 40: it was the activation, from_iterable (step 0))
+    assert seen.records[0].step == "map(wait_for_reports) (step 1)" and seen.records[0].kernel == 0
     where = first.split("(innermost last):\n", 1)[1]
     assert where.startswith(f'  File "{__file__}", line ') and "in wait_for_reports" in where, where
     assert "seen.arrived.wait(10)" in where and "threading.py" in where
@@ -119,7 +120,9 @@ def test_a_step_blocked_in_one_of_two_kernel_processes_is_reported_by_that_kerne
     run(flow, cores=2)
     assert sorted(out.items) == list(range(8))
     written = seen.written()
-    assert [(kernel, step) for kernel, step, _ in written] == [("1", "from_iterable (step 0)")], written
+    # the step blocked (session 40: it was the activation, from_iterable (step 0))
+    assert [(kernel, step) for kernel, step, _ in written] == [("1", "map(wait_for_a_report) (step 1)")], \
+        written
     assert "in wait_for_a_report" in written[0][2]
 
 
