@@ -43,11 +43,8 @@ class EventStreams:
     (`_server.py`), and its stop. A stream answers a request for as long
     as it lasts, so the server's connection cap never closes it: 64 of them
     (64 tabs, or a stranger) left no room for a scrape. Past the limit a new
-    stream ends the oldest of the address holding the most, its connection
-    closed (a page's EventSource reconnects by itself; a client that stopped
-    reading would hold a stream's write, and its connection, forever): a
-    stranger opening streams ends its own, not a page's, and a scrape always
-    finds a connection to replace.
+    stream ends another, its connection closed (`_displaced`): a scrape
+    always finds a connection to replace.
     (Refusing the newcomer, 503, left a stranger's streams keeping every
     page away, and a refused EventSource never tries again.)"""
 
@@ -62,18 +59,34 @@ class EventStreams:
     def open(self, request) -> asyncio.Event:
         """A new stream's end, set when it must end (replaced, or the server stopping)."""
         if len(self._open) >= self._limit:
-            held = Counter(address for address, _ in self._open.values())
-            most = max(held.values())
-            oldest = next(end for end, (address, _) in self._open.items() if held[address] == most)
-            transport = self._open.pop(oldest)[1]
-            oldest.set()
-            if transport is not None:
+            displaced = self._displaced()
+            transport = self._open.pop(displaced)[1]
+            displaced.set()
+            if transport is not None:  # (a client that stopped reading holds its write, and the stream)
                 transport.abort()
         end = asyncio.Event()
         if self.stopping:
             end.set()
         self._open[end] = (request.remote or "", request.transport)
         return end
+
+    def _displaced(self) -> asyncio.Event:
+        """The stream a new one past the limit ends: the oldest whose client
+        stopped reading (its write held: a tab gone to sleep, a stranger),
+        else the newest of the address holding the most. The newest, not the
+        oldest: a server has no secret a page could show (it is
+        unauthenticated), so what marks a page's stream is that it came
+        first and is read; ending the oldest let a stranger with one stream
+        from each of 32 addresses, or 32 from the page's own (a NAT, the
+        same machine), end the page's. Now a stranger's newcomers end its
+        own streams; a page opened after a stranger holds every stream is
+        still ended by its next one (and reconnects)."""
+        for end, (_, transport) in self._open.items():
+            if transport is not None and transport.get_write_buffer_size():
+                return end
+        held = Counter(address for address, _ in self._open.values())
+        most = max(held.values())
+        return next(end for end, (address, _) in reversed(self._open.items()) if held[address] == most)
 
     def close(self, end: asyncio.Event) -> None:
         self._open.pop(end, None)
