@@ -359,13 +359,24 @@ class Runtime:
         self.transport.start(self.kernel, self, ended_before)
         restored = self.coordinator is not None and self.coordinator.snapshot is not None
         # each step's in the order it made them, the steps downstream first (`_hold_during_open`)
-        for at, (_, records, call) in sorted(enumerate(held), key=_downstream_first):
+        for at, (_, records, call) in sorted(enumerate(held), key=self._downstream_first):
             if not (records and restored and at < opened):
                 call()
         if self._live == 0:
             self.transport.finish_sending()
         for source in self._sources:
             source.wake()
+
+    def _downstream_first(self, entry: tuple) -> float:
+        """The order `start` hands on what was held while the steps opened
+        (`(at, (place, ...))`, sorted stably): the graph's last step's
+        first. The graph's steps are in its order, upstream first; a
+        combiner's partial half, appended after them, goes just before the
+        step it feeds through the exchange (its place had it hand on first,
+        before the steps downstream of it)."""
+        place = entry[1][0]
+        fed = self._partial_for.get(place)
+        return -(place if fed is None else fed - 0.5)
 
     def blocked_step(self, frames: list, within: str) -> tuple[str, str] | None:
         """The step and function a kernel's start blocked in `start` is in
@@ -380,7 +391,7 @@ class Runtime:
         steps not open yet (a chained step's on_batch ran before its open,
         an exchange's before the transport started). Each step's goes on in
         the order it was made, and a step's before its upstream steps'
-        (the instances in reverse order: the graph's, upstream first), so
+        (the graph's order reversed, `_downstream_first`), so
         that what a step emitted in open goes on before what it hands on of
         theirs (upstream first, a header a step emits in open came after
         its output for the records the step before it emitted in open).
@@ -717,12 +728,6 @@ def _upstream_first(source: Instance, leads: dict[int, bool]) -> list[Instance]:
 
     visit(source)
     return order[::-1]
-
-
-def _downstream_first(entry: tuple) -> int:
-    """The order `Runtime.start` hands on what was held while the steps
-    opened (`(at, (place, ...))`, sorted stably): the last instance's first."""
-    return -entry[1][0]
 
 
 def _held_helpers(runtime: Runtime, helpers: dict, place: int):
