@@ -288,13 +288,21 @@ class Directory:
         an app or `kernel run`, which no job master restarts."""
         return await self._asked(op, fields, None)
 
-    async def _asked(self, op: str, fields: dict, until: float | None) -> dict:
+    async def _asked(self, op: str, fields: dict, until: float | None, still=None) -> dict:
         """`request`, a busy refusal asked again until `until` at most (the
         loop's clock; None: BUSY_WAIT): a lookup with a timeout (a
-        subscriber's, a service client's) gives up by then, not 120 s later."""
+        subscriber's, a service client's) gives up by then, not 120 s later.
+        `still()`: whether it is still to be asked (`_say_again`'s), read
+        before each try; not (`{}`): taken back meanwhile."""
         loop = asyncio.get_running_loop()
         deadline = first = None
         while True:
+            if still is not None and not still():
+                # (a subscriber's subscription taken back during a busy pause, its
+                # unsubscribe done meanwhile: asked again after it, the app was
+                # listed for as long as the topic lived. Read with no await before
+                # the lock is queued for: a request made after it goes after.)
+                return {}
             reply = await self._request(op, fields, until)
             if "error" not in reply:
                 if deadline is not None:
@@ -391,7 +399,8 @@ class Directory:
                     op, fields = said
                     # (each try bounded: a request of the caller's with a deadline
                     # of its own, a lookup's, waits for this one's end)
-                    await self._asked(op, fields, loop.time() + SAY_AGAIN_TRY)
+                    await self._asked(op, fields, loop.time() + SAY_AGAIN_TRY,
+                                      still=lambda key=key, said=said: self._said.get(key) is said)
             except TopicError as exc:
                 self._lost = True
                 log.debug("could not say %s again to the coordinator at %s:%d (%s)", list(self._said),
