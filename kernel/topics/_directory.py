@@ -264,9 +264,27 @@ class Directory:
             # coordinator forgot what was said on it (a subscriber's
             # subscription was no longer listed once a request had been
             # asked again on a new connection).
-            self._lost = True
-            if self._again is None or self._again.done():
-                self._again = asyncio.ensure_future(self._say_again())
+            self._say_again_soon()
+
+    def _say_again_soon(self) -> None:
+        """The connection ended (or was found ended) with what `say_again`
+        keeps said on it: said again on a new one (`_say_again`), once the
+        request under way is done."""
+        self._lost = True
+        if self._said and (self._again is None or self._again.done()):
+            self._again = asyncio.ensure_future(self._say_again())
+
+    def _dropped(self) -> None:
+        """This side closed the connection during a request (an answer given
+        up on, the connection broken): what it said is said again at once
+        on a new one, not at the next request. The coordinator forgets an
+        app's subscriptions said on no open connection a period after a
+        restart, and a connection closed cleanly (given up on) forgets
+        nothing of its own: a live subscriber, which makes no request while
+        it reads, was forgotten then until its next one; killed before it,
+        without a restart, it stayed listed for good."""
+        if self._said and asyncio.current_task() is not self._again:  # (`_say_again` tries again itself)
+            self._say_again_soon()
 
     def _answer_within(self) -> float:
         return self.timeout + max(2.0, min(ANSWER_GRACE, self.timeout))
@@ -376,9 +394,7 @@ class Directory:
         await ws.close()  # (closed: the next request opens a new connection)
         log.debug("the connection to the coordinator at %s:%d ended (%s)", *self.address,
                   ws.exception() or ws.close_code)
-        self._lost = True
-        if self._said and (self._again is None or self._again.done()):
-            self._again = asyncio.ensure_future(self._say_again())
+        self._say_again_soon()
 
     async def _say_again(self) -> None:
         """Say what `say_again` keeps on a new connection, asked again while
@@ -439,10 +455,12 @@ class Directory:
                     return reply
         except TimeoutError:
             await self._disconnect()
+            self._dropped()
             raise CoordinatorUnreachable(f"the coordinator at {self.address[0]}:{self.address[1]} did not "
                                          f"answer {op!r} within {within:g} s") from None
         except (ConnectionError, _Closed):  # (aiohttp's reset on a closing socket is a ConnectionError)
             await self._disconnect()
+            self._dropped()
             if again:
                 raise CoordinatorUnreachable(str(gone)) from None
             raise gone from None
