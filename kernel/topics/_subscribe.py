@@ -62,7 +62,15 @@ from kernel.net._codec import KIND_END, KIND_EPOCH, decode, renamed_decoder
 from kernel.net._environment import seconds_from_environment
 from kernel.topics import _directory
 from kernel.topics._errors import ConnectionLost, PublisherLost, SubscriberTooSlow, TopicError
-from kernel.topics._publish import _EPOCH, TOO_SLOW, TOPIC_PATH, WINDOW, record_type_info, same_record_type
+from kernel.topics._publish import (
+    _EPOCH,
+    RESUME_EPOCHS,
+    TOO_SLOW,
+    TOPIC_PATH,
+    WINDOW,
+    record_type_info,
+    same_record_type,
+)
 
 log = logging.getLogger("kernel.topics")
 _HEAD = 5  # what a frame's header counts against the window (net._links.FRAME)
@@ -444,11 +452,23 @@ class Subscribe(Source):
             if theirs.get("snapshots") is True and theirs.get("lineage") is not None:
                 self._lineage[partition] = theirs["lineage"]
             server = theirs.get("server")
+            # (reached again after its connection broke, the same server: what it
+            # no longer has for this kernel it dropped while this kernel was away;
+            # unknown, a publisher of an earlier version, where this is a second try)
+            same_server = self._served.get(at) == server if server is not None else broken is not None
             if server is not None and self._served.setdefault(at, server) != server:
                 # the same publisher id, another server: another run of the job's attempt
-                # (its epochs numbered anew), read as a new publisher
-                log.info("topic %r partition %d: the publisher runs again (its server is another): "
-                         "read from its start, as a new publisher", self.topic, partition)
+                # (its epochs numbered anew), read as a new publisher; or, restored
+                # from the snapshots of the stream this kernel read (same lineage),
+                # on after what this kernel had whole, as any restored publisher
+                if floor is not None and floor >= 0:
+                    log.info("topic %r partition %d: the publisher runs again (its server is another), "
+                             "restored from its snapshots: read on after epoch %d, the last this "
+                             "subscriber had whole (what it sends again up to it is dropped)", self.topic,
+                             partition, floor)
+                else:
+                    log.info("topic %r partition %d: the publisher runs again (its server is another): "
+                             "read from its start, as a new publisher", self.topic, partition)
                 self._had.pop(at, None)
                 self._served[at] = server
             if self._had.get(at) is not None:
@@ -462,7 +482,7 @@ class Subscribe(Source):
                     first = False
                     self._reached.add(at)
                     self._started_at(partition, decode(kind, body), link, _HEAD + len(body), floor,
-                                     theirs.get("snapshots") is True, progress)
+                                     theirs.get("snapshots") is True, progress, same_server)
                     continue
                 # decoded when handed on (poll): what waits here is bytes, no objects
                 if self.on_lost == "wait":
@@ -590,9 +610,11 @@ class Subscribe(Source):
                 link.consumed(0, nbytes)
 
     def _started_at(self, partition: int, marker, link, size: int, floor: int | None = None,
-                    snapshots: bool = False, progress: bool = False) -> None:
+                    snapshots: bool = False, progress: bool = False, same_server: bool = False) -> None:
         """`progress`: this kernel reads only the partition's progress (it
-        owns no partition), so it misses no records of it either."""
+        owns no partition), so it misses no records of it either;
+        `same_server`: the publisher's server is the one this kernel read
+        before (its connection broke), not a restarted publisher's."""
         if marker.__class__ is not EpochMarker:
             raise TopicError(f"topic {self.topic!r}: the publisher did not say where this subscriber "
                              "starts (a publisher of another version?)")
@@ -604,8 +626,13 @@ class Subscribe(Source):
                             "delivered (out before this subscriber reached it)", self.topic, partition,
                             marker.epoch)
             elif floor is not None and floor >= 0 and marker.epoch > floor:
-                log.warning("topic %r partition %d: epochs %d to %d were not delivered (the restarted "
-                            "publisher no longer had them)", self.topic, partition, floor + 1, marker.epoch)
+                # (the same server: it kept them for this kernel away no longer, past
+                # RESUME_EPOCHS or retain_bytes; "restarted" was said of a broken connection too)
+                why = f"the publisher no longer kept them while this subscriber's connection was broken: " \
+                      f"it keeps {RESUME_EPOCHS} epochs for a subscriber away, within retain_bytes" \
+                    if same_server else "the restarted publisher no longer had them"
+                log.warning("topic %r partition %d: epochs %d to %d were not delivered (%s)", self.topic,
+                            partition, floor + 1, marker.epoch, why)
             self._whole[partition] = max(marker.epoch, -1 if floor is None else floor)
         self.starts.append((partition, marker.epoch + 1))
         log.info("topic %r partition %d: starts at epoch %d", self.topic, partition, marker.epoch + 1)

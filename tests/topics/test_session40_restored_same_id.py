@@ -1,0 +1,64 @@
+"""Session 40: a publisher restored from its snapshots under the same
+publisher id (a job attempt's process running its flow again, KERNEL_RUN
+"JOB.ATTEMPT", with its state_dir) is read on by a waiting subscriber
+after the last epoch it had whole, the epochs the publisher sends again
+dropped (the lineage of its snapshots is the one read): exact, as before.
+Its log said "read from its start, as a new publisher", which is what
+happens to a run without snapshots (or of another stream), not to this
+one; it says now that it reads on after that epoch.
+
+Real processes: a coordinator of its own, readings.py (resumable, with a
+state_dir) killed and run again with the same KERNEL_RUN and state_dir,
+and sums.py reading on; B gets every reading once from where it joined."""
+
+from __future__ import annotations
+
+import re
+
+from test_session39_relisted_review import HEARTBEATS, System
+from test_topics import (  # noqa: F401  (fixtures, and what kills the jobs a test started)
+    Job,
+    _no_job_left,
+    brute_sums,
+    results,
+    starts,
+    wait_until,
+)
+
+COUNT = 3000
+
+
+def test_a_restored_publisher_under_the_same_id_is_said_to_be_read_on(tmp_path):
+    system = System(tmp_path)
+    system.topic = "readings"
+    system.start_coordinator(KERNEL_COORDINATOR_HEARTBEAT="0.5")
+    try:
+        state = tmp_path / "state"
+        same = {"KERNEL_RUN": "job-8.1", "STATE_DIR": state, "RESUMABLE": 1, "JOB_EPOCH": 0.05,
+                "COUNT": COUNT, "RATE": 50, **HEARTBEATS}
+        a = Job(system, "readings.py", "a", **same)
+        a.wait_published()
+        b = Job(system, "sums.py", "b", ON_LOST="wait", TIMEOUT=60, **HEARTBEATS)
+        wait_until(lambda: b.epochs_received() >= 10, what="B to read epochs of the first run")
+        a.kill()
+        wait_until(lambda: "(a new publisher)" in b.text() or b.proc.poll() is not None, timeout=30,
+                   what="B to count the first run lost")
+        go = tmp_path / "go"
+        again = Job(system, "readings.py", "again", GO=go, **same)  # (restored from the state_dir)
+        wait_until(lambda: len(starts(b)[0]) >= 2 or b.proc.poll() is not None,
+                   what="B to reach the second run")
+        go.touch()
+        seqs, sums = results(b)
+        assert b.proc.returncode == 0, b.text()[-2000:]
+        # (from where B joined the first run, at an epoch's start, to the second run's end)
+        assert seqs == list(range(seqs[0], COUNT)) and seqs[0] in {0, *a.boundaries().values()}, \
+            f"not every reading once: {starts(b)}"
+        assert sums == brute_sums(seqs)
+        log = b.text()
+        assert "as a new publisher" not in log, log[-3000:]
+        said = re.findall(r"the publisher runs again \(its server is another\), restored from its "
+                          r"snapshots: read on after epoch (\d+), the last this subscriber had whole", log)
+        assert len(said) == 1, log[-3000:]
+        assert again.finish()[-1].startswith("ended")
+    finally:
+        system.close()
