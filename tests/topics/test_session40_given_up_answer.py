@@ -109,7 +109,7 @@ async def _listed(status) -> list:
 
 def test_an_app_that_gave_up_on_an_answer_says_its_subscription_again_at_once(tmp_path, monkeypatch):
     servers = _kept_servers(monkeypatch)
-    monkeypatch.setenv("KERNEL_TOPIC_REFRESH", "1.0")  # (the coordinator's period: its forgetting)
+    monkeypatch.setenv("KERNEL_TOPIC_REFRESH", "1.5")  # (the coordinator's period: its forgetting)
     monkeypatch.setenv("KERNEL_COORDINATOR_HEARTBEAT", "5.0")  # (no ping unanswered while held)
 
     async def scenario() -> None:
