@@ -73,8 +73,15 @@ class Client:
         return self
 
     async def _connect(self, timeout: float) -> None:
+        from kernel.topics._directory import coordinator_heartbeat
+
+        # (the heartbeat of the apps' connections to the coordinator: a connection
+        # cut without a FIN or RST, a firewall's drop, is noticed within 1.5
+        # periods, 7.5 s by default, where a request noticed it only at its own
+        # timeout: 60 s for `logs --follow`'s, 15 s for `submit --wait`'s)
         self._session, self._http = await dial(self.address, self.secret, CLIENT, _no_requests,
-                                               tls=self.tls, timeout=timeout)
+                                               tls=self.tls, timeout=timeout,
+                                               heartbeat=coordinator_heartbeat())
         self._reader = asyncio.ensure_future(self._session.run())
 
     async def reconnect(self, timeout: float, following: str | None = None) -> None:
@@ -107,12 +114,21 @@ class Client:
         seconds the coordinator holds it before answering with the job as it
         is). No answer within `timeout` seconds raises NoAnswer (a
         ConnectionLost: reconnect to go on)."""
+        host, port = self.address
         try:
             return await self._session.ask(op, fields, timeout)
         except TimeoutError:
-            host, port = self.address
             raise NoAnswer(f"the coordinator at {host}:{port} did not answer {op!r} within {timeout:g} s "
                            "(frozen, or cut off)") from None
+        except ConnectionLost as lost:
+            import aiohttp
+
+            if not isinstance(self._session.ws.exception(), aiohttp.ServerTimeoutError):
+                raise
+            # (the heartbeat's pong did not come: said as a request's answer that
+            # does not come is, not "connection closed")
+            raise NoAnswer(f"the coordinator at {host}:{port} did not answer the connection's heartbeat "
+                           f"during {op!r} (frozen, or cut off)") from lost
 
 
 async def _no_requests(op, message):

@@ -240,11 +240,12 @@ class Session:
 
 async def dial(address: tuple[str, int], secret: bytes, role: int, handler, *, tls=None,
                timeout: float = 10.0, name: str = "coordinator",
-               retry: bool = True) -> tuple[Session, aiohttp.ClientSession]:
+               retry: bool = True, heartbeat: float | None = None) -> tuple[Session, aiohttp.ClientSession]:
     """Connect to the coordinator at `address` and authenticate (both ways):
     a Session (run its `run()`), and the client session to close after it.
     Retried within `timeout` (`kernel.net._links.connect`), unless `retry`
-    is False: one try, the caller's own loop deciding when the next is."""
+    is False: one try, the caller's own loop deciding when the next is.
+    `heartbeat`: aiohttp's websocket heartbeat (None: none)."""
     from kernel.net._links import connect
 
     host, port = address
@@ -252,7 +253,8 @@ async def dial(address: tuple[str, int], secret: bytes, role: int, handler, *, t
     url = f"{scheme}://{_url_host(host)}:{port}"
     ws, _, _, http = await connect(url, secret, role, path=PATH, max_frame=MAX_MESSAGE, timeout=timeout,
                                    ssl=tls.client_context() if tls is not None else True,
-                                   meta={"role": ROLES[role]}, check_meta=False, retry=retry)
+                                   meta={"role": ROLES[role]}, check_meta=False, retry=retry,
+                                   heartbeat=heartbeat)
     return Session(ws, handler, f"{name} at {host}:{port}"), http
 
 
