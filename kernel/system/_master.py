@@ -576,7 +576,12 @@ class JobMaster:
                         c == 0 for c, _ in self.exits[job_id].values()):
                     await self._end(job, "completed", None)
             elif stopped is not None:
-                await self._restart_locked(job, attempt, _stopped(stopped), counted=False)
+                # A peer's exit while that executor still leaves waits for its "left" (or its
+                # loss), which moves the job (`_done_on`): its own process may have failed on
+                # its own as the stop began, told just before "left". Moved at the peer's
+                # `lost process 0`, heard first, the job ran again, that failure dropped.
+                if stopped not in self.connected or job.placement[process]["executor"] == stopped:
+                    await self._restart_locked(job, attempt, _stopped(stopped), counted=False)
             elif kind == "failed":
                 await self._end(job, "failed", error or f"{where} exited with code {code}")
             elif coordinator_away:
@@ -985,7 +990,9 @@ class JobMaster:
         purpose)."""
         mine = [i for i, p in enumerate(job.placement) if p["executor"] == executor_id]
         exits = self.exits.get(job.id, {})
-        return job.attempt == attempt and bool(mine) and all(exits.get(i, (None,))[0] == 0 for i in mine)
+        # (not where a peer failed meanwhile, its exit held for this executor's leave: `process_exited`)
+        return job.attempt == attempt and bool(mine) and all(exits.get(i, (None,))[0] == 0 for i in mine) \
+            and all(code == 0 for code, _ in exits.values())
 
     def heard_from(self, executor_id: str) -> None:
         executor = self.executors.get(executor_id)

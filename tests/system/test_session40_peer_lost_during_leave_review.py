@@ -1,0 +1,104 @@
+"""Session 40 review: a job of two processes on two executors, one of
+which is being stopped (SIGTERM) as its process fails on its own (a user
+function raised). The peer on the other executor ends at once, `lost
+process N`, and its exit reaches the coordinator while the stopped executor
+is still leaving, before that one tells its own process's failure
+(`_report_own_exits`, before "left"). The peer's exit was taken for the
+stop's doing at once: the job moved free, and the failure, told next, was
+of an attempt over, dropped: the job ran again, its error lost, no restart
+spent. A peer's exit beside an executor still leaving now waits for its
+"left" (or its loss), which moves the job if its own did not fail it.
+
+A coordinator and the peer's executor of their own processes; the stopped
+executor in this one, its close() held until its process has failed and
+the peer's exit has been told."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from _system import SECRET, System, wait_until
+
+from kernel.system._executor import ExecutorDaemon
+from tests.system.test_session39_exits_while_away_review import _ended
+
+# endless, both processes at work (`marks/RUN-PID`); raises once {flag} exists, in
+# the process of the executor whose workdir is {stopped!r}
+FAILING_THERE = """\
+import os
+import time
+from kernel import Dataflow
+
+def step(n):
+    if os.getcwd().startswith({stopped!r}) and os.path.exists({flag!r}):
+        raise RuntimeError("told to fail")
+    path = os.path.join({marks!r}, os.environ["KERNEL_RUN"] + "-" + str(os.getpid()))
+    if not os.path.exists(path):
+        open(path, "w").close()
+    time.sleep(0.01)
+    return n
+
+flow = Dataflow("failing-there")
+flow.from_iterable(range(10**9), batch_size=10).key_by(lambda n: n % 16).map_values(step).sink(id)
+"""
+
+
+async def _decided(system: System, job: str) -> dict:
+    """The job's state once attempt 1 is over (failed, or moved: attempt 2)."""
+    def decided() -> dict | None:
+        state = system.job(job)
+        return state if state["status"] not in ("starting", "running") or state["attempt"] > 1 else None
+
+    return await asyncio.to_thread(wait_until, decided, what=f"{job}'s attempt 1 to end")
+
+
+async def test_a_peers_lost_process_told_while_the_executor_leaves_does_not_hide_its_failure(tmp_path):
+    system = System(tmp_path)
+    flag, marks, workdir = tmp_path / "flag", tmp_path / "marks", tmp_path / "stopped"
+    marks.mkdir()
+    pipeline = tmp_path / "pipeline.py"
+    pipeline.write_text(FAILING_THERE.format(stopped=str(workdir), flag=str(flag), marks=str(marks)))
+    executor = ExecutorDaemon((system.host, system.port), SECRET.encode(), 1, workdir, host="127.0.0.1",
+                              heartbeat=0.4)
+    registered = asyncio.Event()
+    served = None
+    try:
+        system.start_coordinator()
+        peer = system.start_executor(1)
+        served = asyncio.ensure_future(executor.run(ready=lambda _: registered.set()))
+        await asyncio.wait_for(registered.wait(), 30)
+        await asyncio.to_thread(system.executor_id, peer)
+        done = await asyncio.to_thread(system.cli, "submit", pipeline, "--processes", "2",
+                                       "--max-restarts", "0")
+        assert done.returncode == 0, done.stderr
+        job = done.stdout.splitlines()[0]
+        await asyncio.to_thread(wait_until, lambda: len(list(marks.glob(f"{job}.1-*"))) >= 2,
+                                what=f"{job}'s processes to work")
+        (entry,) = executor.processes.values()
+        peer_log = tmp_path / "executor1.log"
+        close = executor.close
+
+        async def failing_then_close() -> None:  # ("leaving" told: the process fails as the stop begins)
+            flag.touch()
+            await asyncio.to_thread(_ended, entry.proc.pid)
+            # (the peer's `lost process` told to the coordinator meanwhile)
+            await asyncio.to_thread(wait_until, lambda: f"{job} attempt 1 process {1 - entry.process} exited"
+                                    in peer_log.read_text(), what="the peer's exit")
+            await asyncio.sleep(0.2)
+            executor.close = close
+            await close()
+
+        executor.close = failing_then_close
+        served.cancel()  # (SIGTERM's doing)
+        await asyncio.gather(served, return_exceptions=True)
+        await executor.close()
+        state = await _decided(system, job)
+        assert (state["status"], state["attempt"], state["restarts"]) == ("failed", 1, 0), state
+        assert re.search(r"function 'step' raised RuntimeError: told to fail", state["message"]), state
+    finally:
+        if served is not None:
+            served.cancel()
+            await asyncio.gather(served, return_exceptions=True)
+        await executor.close()
+        system.close()
