@@ -740,7 +740,8 @@ class ExecutorDaemon:
         # What it started and left running (a user's subprocesses: `os.system("... &")`,
         # a Popen not waited for) ends with it, as the kernels of a process stopped do
         # (`_stop_one`): they outlived the job, and the executor's close() too. (Its pid,
-        # the group's id, is not given to another process while the group has members.)
+        # the group's id, is not given to another process while the group has members;
+        # given once it has none, it is not killed: `_end_group`.)
         _end_group(entry.proc.pid)
         entry.lease.close()
         entry.ended_at = time.time()
@@ -898,7 +899,13 @@ class ExecutorDaemon:
 
 
 def _end_group(pgid: int) -> None:
-    """SIGKILL what is left of a job process's group (its session: `start_new_session`)."""
+    """SIGKILL what is left of a job process's group (its session: `start_new_session`),
+    the process reaped. Its pid is given to no other process while the group has
+    members; a process that holds it now is a newcomer's, and the group it named is
+    empty: a newcomer leading a group of its own (a `setsid` daemon, another job
+    process) was killed, a process of no job's."""
+    if os.path.exists(f"/proc/{pgid}"):
+        return
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:

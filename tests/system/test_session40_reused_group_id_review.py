@@ -1,0 +1,77 @@
+"""Session 40 review: the executor SIGKILLs a job process's process group
+once it sees the process's exit (`_end_group` in `_follow`), after asyncio's
+watcher has reaped it. Its pid is given to no other process while its group
+has members; but a job process that left nothing running leaves an empty
+group, and its pid may then be another process's: one that leads a group
+of its own (a `setsid` daemon, another executor's job process) was
+SIGKILLed, a process of no job's. A pid held by a process now is a
+newcomer's, the group of the job's empty: nothing is killed.
+
+In this process: one executor, never connected (its id set as a register
+would), a job process that completes leaving nothing, its pid given, while
+the event loop is held (its exit not yet seen), to a process that leads a
+session of its own (the kernel's `ns_last_pid`: the next pid made)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+
+import pytest
+
+from kernel.system._executor import ExecutorDaemon
+from tests.system.test_session40_job_children_end import _executor
+
+NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
+
+COMPLETING = """\
+from kernel import Dataflow
+
+flow = Dataflow("completing")
+flow.from_iterable(range(1)).map(lambda n: n).sink(id)
+"""
+
+
+def _reaped(pid: int, timeout: float = 60.0) -> None:
+    """Until asyncio's watcher thread has reaped process `pid` (the event loop held)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        assert time.monotonic() < deadline, "the job process was not reaped"
+        time.sleep(0.005)
+
+
+@pytest.mark.skipif(not os.access(NS_LAST_PID, os.W_OK), reason="needs a writable ns_last_pid (root)")
+async def test_a_process_given_the_pid_of_a_job_process_that_left_nothing_is_not_killed(tmp_path):
+    import hashlib
+
+    from kernel.system._wire import file_fields
+
+    executor: ExecutorDaemon = _executor(tmp_path)
+    newcomer = None
+    try:
+        content = COMPLETING.encode()
+        await executor._request("start", {
+            "job": "job-1", "attempt": 1, "process": 0, "flow": "flow", "filename": "completing.py",
+            **file_fields(content), "digest": hashlib.sha256(content).hexdigest(), "cores": 1})
+        entry = executor.processes["job-1", 1, 0]
+        pid = entry.proc.pid
+        _reaped(pid)  # (the loop held: its exit not yet seen by `_follow`)
+        with open(NS_LAST_PID, "w") as f:
+            f.write(str(pid - 1))
+        newcomer = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        if newcomer.pid != pid:
+            pytest.skip(f"another process took pid {pid} first")
+        await asyncio.wait_for(asyncio.shield(entry.followed), 60)
+        assert entry.code == 0, entry.log_path.read_text()
+        assert newcomer.poll() is None, f"process {pid}, no job's, was killed (exit {newcomer.returncode})"
+    finally:
+        await executor.close()
+        if newcomer is not None:
+            newcomer.kill()
+            newcomer.wait()
