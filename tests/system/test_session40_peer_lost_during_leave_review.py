@@ -24,14 +24,14 @@ from kernel.system._executor import ExecutorDaemon
 from tests.system.test_session39_exits_while_away_review import _ended
 
 # endless, both processes at work (`marks/RUN-PID`); raises once {flag} exists, in
-# the process of the executor whose workdir is {stopped!r}
+# the process of the executor whose workdir is {stopped!r} (the name kept: `failing`)
 FAILING_THERE = """\
 import os
 import time
 from kernel import Dataflow
 
 def step(n):
-    if os.getcwd().startswith({stopped!r}) and os.path.exists({flag!r}):
+    if os.getcwd().startswith({failing!r}) and os.path.exists({flag!r}):
         raise RuntimeError("told to fail")
     path = os.path.join({marks!r}, os.environ["KERNEL_RUN"] + "-" + str(os.getpid()))
     if not os.path.exists(path):
@@ -53,12 +53,20 @@ async def _decided(system: System, job: str) -> dict:
     return await asyncio.to_thread(wait_until, decided, what=f"{job}'s attempt 1 to end")
 
 
-async def test_a_peers_lost_process_told_while_the_executor_leaves_does_not_hide_its_failure(tmp_path):
+async def _failed_as_its_executor_is_stopped(tmp_path, failing_there: bool) -> dict:
+    """A job of two processes, one on an executor of its own process, one on
+    an executor in this one: once that one has told the coordinator it is
+    leaving, the process on the executor `failing_there` (the stopped one,
+    or its peer's) raises, the other ends with `lost process N`, and the
+    peer's exit is told before the stopped executor goes on to stop its
+    processes (both have ended by then) and to tell its own exit: the job's
+    state once attempt 1 is over."""
     system = System(tmp_path)
     flag, marks, workdir = tmp_path / "flag", tmp_path / "marks", tmp_path / "stopped"
     marks.mkdir()
     pipeline = tmp_path / "pipeline.py"
-    pipeline.write_text(FAILING_THERE.format(stopped=str(workdir), flag=str(flag), marks=str(marks)))
+    failing = workdir if failing_there else tmp_path / "executor1"
+    pipeline.write_text(FAILING_THERE.format(failing=str(failing), flag=str(flag), marks=str(marks)))
     executor = ExecutorDaemon((system.host, system.port), SECRET.encode(), 1, workdir, host="127.0.0.1",
                               heartbeat=0.4)
     registered = asyncio.Event()
@@ -82,7 +90,7 @@ async def test_a_peers_lost_process_told_while_the_executor_leaves_does_not_hide
         async def failing_then_close() -> None:  # ("leaving" told: the process fails as the stop begins)
             flag.touch()
             await asyncio.to_thread(_ended, entry.proc.pid)
-            # (the peer's `lost process` told to the coordinator meanwhile)
+            # (the peer's exit told to the coordinator meanwhile)
             await asyncio.to_thread(wait_until, lambda: f"{job} attempt 1 process {1 - entry.process} exited"
                                     in peer_log.read_text(), what="the peer's exit")
             await asyncio.sleep(0.2)
@@ -93,12 +101,26 @@ async def test_a_peers_lost_process_told_while_the_executor_leaves_does_not_hide
         served.cancel()  # (SIGTERM's doing)
         await asyncio.gather(served, return_exceptions=True)
         await executor.close()
-        state = await _decided(system, job)
-        assert (state["status"], state["attempt"], state["restarts"]) == ("failed", 1, 0), state
-        assert re.search(r"function 'step' raised RuntimeError: told to fail", state["message"]), state
+        return await _decided(system, job)
     finally:
         if served is not None:
             served.cancel()
             await asyncio.gather(served, return_exceptions=True)
         await executor.close()
         system.close()
+
+
+async def test_a_peers_lost_process_told_while_the_executor_leaves_does_not_hide_its_failure(tmp_path):
+    state = await _failed_as_its_executor_is_stopped(tmp_path, failing_there=True)
+    assert (state["status"], state["attempt"], state["restarts"]) == ("failed", 1, 0), state
+    assert re.search(r"function 'step' raised RuntimeError: told to fail", state["message"]), state
+
+
+async def test_a_peers_failure_told_while_the_executor_leaves_fails_the_job(tmp_path):
+    """The peer's own failure, heard while the executor leaves: moved free at
+    once before; held now, and the stopped executor's process, which ended on
+    its own with `process 1 ... failed: <the error>`, told as its own, fails
+    the job with it."""
+    state = await _failed_as_its_executor_is_stopped(tmp_path, failing_there=False)
+    assert (state["status"], state["attempt"], state["restarts"]) == ("failed", 1, 0), state
+    assert re.search(r"function 'step' raised RuntimeError: told to fail", state["message"]), state
