@@ -54,13 +54,18 @@ class EventStreams:
         self._limit = MAX_EVENT_STREAMS
         # a stream's end -> its peer's address and its connection, oldest first
         self._open: dict[asyncio.Event, tuple[str, asyncio.BaseTransport | None]] = {}
+        # a stream's end -> when a write it still holds marks its client as one that stopped
+        # reading (`caught_up`)
+        self._patient_until: dict[asyncio.Event, float] = {}
         self.stopping = False
 
-    def open(self, request) -> asyncio.Event:
-        """A new stream's end, set when it must end (replaced, or the server stopping)."""
+    def open(self, request, interval: float) -> asyncio.Event:
+        """A new stream's end, set when it must end (replaced, or the server
+        stopping); `interval`: the seconds between two of its events."""
         if len(self._open) >= self._limit:
             displaced = self._displaced()
             transport = self._open.pop(displaced)[1]
+            del self._patient_until[displaced]
             displaced.set()
             if transport is not None:  # (a client that stopped reading holds its write, and the stream)
                 transport.abort()
@@ -68,7 +73,17 @@ class EventStreams:
         if self.stopping:
             end.set()
         self._open[end] = (request.remote or "", request.transport)
+        self._patient_until[end] = time.monotonic() + 2 * interval
         return end
+
+    def caught_up(self, end: asyncio.Event, interval: float) -> None:
+        """Before a stream's next event: a client that took all it was sent
+        is reading, and a write it holds two intervals from now (an event
+        not taken in an interval, or a write waiting that long) says it
+        stopped."""
+        stream = self._open.get(end)
+        if stream is not None and (stream[1] is None or not stream[1].get_write_buffer_size()):
+            self._patient_until[end] = time.monotonic() + 2 * interval
 
     def _displaced(self) -> asyncio.Event:
         """The stream a new one past the limit ends: the oldest whose client
@@ -80,9 +95,13 @@ class EventStreams:
         from each of 32 addresses, or 32 from the page's own (a NAT, the
         same machine), end the page's. Now a stranger's newcomers end its
         own streams; a page opened after a stranger holds every stream is
-        still ended by its next one (and reconnects)."""
+        still ended by its next one (and reconnects).
+        A write held alone does not say a client stopped reading: a page's
+        state (~100 kB for 1,000 steps) is held as it is being sent, and a
+        newcomer then ended the page's (`caught_up`)."""
+        now = time.monotonic()
         for end, (_, transport) in self._open.items():
-            if transport is not None and transport.get_write_buffer_size():
+            if transport is not None and transport.get_write_buffer_size() and now > self._patient_until[end]:
                 return end
         held = Counter(address for address, _ in self._open.values())
         most = max(held.values())
@@ -90,6 +109,7 @@ class EventStreams:
 
     def close(self, end: asyncio.Event) -> None:
         self._open.pop(end, None)
+        self._patient_until.pop(end, None)
 
     def stop(self) -> None:
         """The server stops: every stream sends its last event and ends."""
@@ -106,9 +126,10 @@ async def server_sent_events(request, encoded, streams: EventStreams, interval: 
     (`EventStreams`)."""
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **NO_CACHE})
     await response.prepare(request)
-    end = streams.open(request)
+    end = streams.open(request, interval)
     try:
         while not end.is_set():
+            streams.caught_up(end, interval)
             await response.write(b"data: " + encoded() + b"\n\n")
             try:
                 await asyncio.wait_for(end.wait(), interval)
