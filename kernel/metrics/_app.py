@@ -137,7 +137,7 @@ async def server_sent_events(request, encoded, streams: EventStreams, interval: 
                 pass
         if last_event is not None and streams.stopping:
             await response.write(f"event: {last_event}\ndata: ".encode() + encoded() + b"\n\n")
-    except ConnectionResetError:  # the page went away
+    except ConnectionError:  # the page went away (reset as a write waited: aiohttp's ConnectionError)
         pass
     finally:
         streams.close(end)
