@@ -86,9 +86,11 @@ class EventStreams:
             self._patient_until[end] = time.monotonic() + 2 * interval
 
     def _displaced(self) -> asyncio.Event:
-        """The stream a new one past the limit ends: the oldest whose client
-        stopped reading (its write held: a tab gone to sleep, a stranger),
-        else the newest of the address holding the most. The newest, not the
+        """The stream a new one past the limit ends: one whose client is
+        gone (its stream ends at its next event, and counted till then, a
+        tab reloaded with 32 open ended another tab's), else the oldest
+        whose client stopped reading (its write held: a tab gone to sleep,
+        a stranger), else the newest of the address holding the most. The newest, not the
         oldest: a server has no secret a page could show (it is
         unauthenticated), so what marks a page's stream is that it came
         first and is read; ending the oldest let a stranger with one stream
@@ -99,6 +101,9 @@ class EventStreams:
         A write held alone does not say a client stopped reading: a page's
         state (~100 kB for 1,000 steps) is held as it is being sent, and a
         newcomer then ended the page's (`caught_up`)."""
+        for end, (_, transport) in self._open.items():
+            if transport is None or transport.is_closing():
+                return end
         now = time.monotonic()
         for end, (_, transport) in self._open.items():
             if transport is not None and transport.get_write_buffer_size() and now > self._patient_until[end]:
