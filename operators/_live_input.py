@@ -243,11 +243,14 @@ def _what_it_reads(stream) -> object:
     objects of one pipe, FIFO or socket) are one stream, which two readers
     share by timing as two iterators do (by id of the file object, each was
     a stream of its own: not refused, and a resumed run lost some lines and
-    repeated others). A pipe or socket by its inode, else by the file object
-    under its buffers."""
+    repeated others). A pipe or socket by its inode, a regular file too (a
+    live stream only as the standard input, `< file`: `open(0)` shares its
+    offset with `sys.stdin`; by the file object, a run over it after one
+    over `sys.stdin` lost 2,990 of 3,000 lines, no error), else by the file
+    object under its buffers."""
     try:
         status = os.fstat(stream.fileno())
-        if stat.S_ISFIFO(status.st_mode) or stat.S_ISSOCK(status.st_mode):
+        if stat.S_ISFIFO(status.st_mode) or stat.S_ISSOCK(status.st_mode) or stat.S_ISREG(status.st_mode):
             return (status.st_dev, status.st_ino)
     except Exception:  # (no descriptor, closed, a broken wrapper: by its file object)
         pass
