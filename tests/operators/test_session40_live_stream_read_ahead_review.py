@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 from test_session39_live_stream_resume import TOTAL, _committed
-from test_session40_live_stream_read_ahead import _Gate, _told
+from test_session40_live_stream_read_ahead import _FailsAtFirstPoll, _Gate, _told
 
 from kernel import Dataflow, run
 
@@ -27,7 +27,7 @@ def test_a_run_over_another_iterator_of_a_stream_a_failed_run_read_ahead_of_is_r
 
     def flow_over(lines) -> Dataflow:
         flow = Dataflow("lines")
-        flow.from_iterable(lines, name="lines in").map(int).to_files(out)
+        flow.source(lambda: _FailsAtFirstPoll(lines), name="lines in").map(int).to_files(out)
         flow.source(_Gate, name="gate").to_files(tmp_path / "gate")
         return flow
 
