@@ -67,6 +67,7 @@ from ._links import (
     LinkServer,
     NotAKernelServer,
     TLSFailed,
+    connect,
     dial,
 )
 from ._transport import ROUTE
@@ -87,9 +88,9 @@ KIND_REFUSE = 9  # from process 0: the agreement failed; body: the pickled excep
 _RESULTS_CHUNK = 1 << 20
 _FRAMES_PER_WAKE = 64  # frames a pump forwards before letting the loop run
 _CLOSE_TIMEOUT = 5.0
-# seconds each peer that never connected is dialled for, once the start-up
-# timeout has passed, to hear why (`_linked_elsewhere`): one not listening
-# costs the failing process this long more
+# seconds each peer that never connected is dialled for (one try), once the
+# start-up timeout has passed, to hear why (`_linked_elsewhere`): one that
+# accepts and never answers costs the failing process this long more
 _ASK_MISSING = 1.0
 
 
@@ -408,23 +409,28 @@ class LinkRelay:
         plan = self.plan
 
         async def ask(peer: int) -> str | None:
+            # One try, not retried: a peer merely late, not yet listening now, that
+            # listened within the dial's second and linked us at once was dialled
+            # again, met "already linked there", and both ends said a twin claimed
+            # process 0 (a review: a process 1 started 0.3 to 1 s too late, each time)
             try:
-                link, session = await dial(
-                    f"{scheme}://{plan.address(peer)}", plan.secret, plan.process, set(), lambda *_: None,
-                    timeout=_ASK_MISSING, ssl=plan.tls.client_context() if plan.tls else True,
-                    heartbeat=plan.heartbeat, meta=plan.meta)
+                ws, _, _, session = await connect(
+                    f"{scheme}://{plan.address(peer)}", plan.secret, plan.process, timeout=_ASK_MISSING,
+                    ssl=plan.tls.client_context() if plan.tls else True, meta=plan.meta, retry=False)
             except LinkError as exc:
                 # (its refusal as "not a peer" may be its own dial to us not yet done: no twin)
                 said = str(exc)
                 return said if "is already linked there" in said else None
             except (OSError, TimeoutError):
                 return None
-            await link.close()  # (taken after all: no word about why it did not connect)
+            await ws.close()  # (taken after all: no word about why it did not connect)
             await session.close()
             return None
 
         said = await asyncio.gather(*(ask(peer) for peer in missing))
-        return next((why for why in said if why is not None), None)
+        # (one that linked us meanwhile, its dial under way as we asked: us it names, no twin)
+        return next((why for peer, why in zip(missing, said) if why is not None and peer not in self.links),
+                    None)
 
     async def _dial(self, peer: int, url: str, deadline: float) -> None:
         plan = self.plan
