@@ -1002,7 +1002,10 @@ def _bound_on_one_port(addresses: list[tuple[int, str]]) -> list[socket.socket]:
     socks: list[socket.socket] = []
     try:
         for family, address in addresses:
-            sock = socket.socket(family)
+            try:
+                sock = socket.socket(family)
+            except OSError:  # (no IPv6 at all, ::1 listed all the same: a kernel booted with ipv6.disable=1)
+                continue
             try:
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # (as create_server)
