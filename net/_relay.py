@@ -712,11 +712,18 @@ __all__ = ["AuthenticationFailed", "ClusterPlan", "LinkError", "LinkMismatch", "
 
 
 def _inherited_listeners(plan: ClusterPlan, port: int) -> list[socket.socket]:
-    """The listening sockets this process was handed (`plan.listen_fd`)."""
+    """The listening sockets this process was handed (`plan.listen_fd`),
+    each served once: a KERNEL_LINK_FD naming one twice (`5,5`, or a copy of
+    it) was served twice, and the run failed with uvloop's RuntimeError, a
+    traceback (`unable to perform operation on <TCPServer closed=True>`)."""
     socks: list[socket.socket] = []
     try:
         for fd in plan.listen_fds:
-            socks.append(_inherited_listener(plan, port, fd))
+            sock = _inherited_listener(plan, port, fd)
+            if any(held.getsockname() == sock.getsockname() for held in socks):
+                sock.detach()  # (the same socket: the first serves it)
+                continue
+            socks.append(sock)
     except BaseException:
         for sock in socks:
             sock.detach()
