@@ -13,6 +13,7 @@ is read from their pipes after (`read_notes`).
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable
 
 _to_launcher = None  # a kernel process's connection to its launcher (`in_kernel_process`)
@@ -55,7 +56,12 @@ def read_notes(pipe) -> None:
     try:
         os.set_blocking(pipe.fileno(), False)
         while pipe.poll(0):
-            status, payload = pipe.recv()
+            message = pipe.recv_bytes()
+            try:  # (another answer, e.g. a kernel's results whose objects do not load here:
+                # dropped, as it was read only for the notes; raised, it hid the run's own error)
+                status, payload = pickle.loads(message)
+            except Exception:
+                continue
             if status == "note":
                 noted(payload)
     except (EOFError, OSError):
