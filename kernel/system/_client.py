@@ -238,7 +238,10 @@ async def _until_done(client: Client, op: str, fields: dict, again=None) -> dict
         try:
             return await client.ask(op, fields, max(0.05, deadline - loop.time()))
         except NoAnswer as exc:  # (by the deadline; after busy refusals, the last of them said)
-            if busy is not None:
+            # (before it: the connection's heartbeat unanswered, a connection lost
+            # as any other, reconnected to; it ended a submit refused busy once
+            # with that refusal, "waited 1.5 s in all", the lock gone meanwhile)
+            if busy is not None and deadline - loop.time() < _LAST_TRY:
                 raise _gave_up(busy, loop.time() - client.started) from None
             lost, error = lost + 1, exc
         except ConnectionLost as exc:
