@@ -258,7 +258,9 @@ def _heartbeat_paused(ws, size: int):
     upload past 7.5 s, a submit's three tries alike). From its answer, a
     period of silence again before a ping."""
     beat = getattr(ws, "_heartbeat", None) if size > _PAUSED_ABOVE else None
-    if beat is None or not isinstance(ws, aiohttp.ClientWebSocketResponse):
+    if (beat is None or not isinstance(ws, aiohttp.ClientWebSocketResponse)
+            or not hasattr(ws, "_cancel_heartbeat") or not hasattr(ws, "_reset_heartbeat")):
+        # (aiohttp's members, 3.14: an aiohttp without them sends as before the pause)
         yield
         return
     ws._cancel_heartbeat()
