@@ -24,18 +24,25 @@ from test_topics import (  # noqa: F401  (fixtures, and what kills the jobs a te
 FIRST = 1_000_000  # the second run's first reading
 
 
+def waiting_after_a_first_run(system: System, a: Job) -> Job:
+    """B, waiting for a new publisher of the topic (`ON_LOST="wait"`) once it
+    has read 10 epochs of A's first run and counted it lost (A killed)."""
+    a.wait_published()
+    b = Job(system, "sums.py", "b", ON_LOST="wait", TIMEOUT=60, **HEARTBEATS)
+    wait_until(lambda: b.epochs_received() >= 10, what="B to read epochs of the first run")
+    a.kill()
+    wait_until(lambda: "(a new publisher)" in b.text() or b.proc.poll() is not None, timeout=30,
+               what="B to count the first run lost")
+    return b
+
+
 def test_a_second_run_under_the_same_publisher_id_is_read_whole(tmp_path):
     system = System(tmp_path)
     system.topic = "readings"
     system.start_coordinator(KERNEL_COORDINATOR_HEARTBEAT="0.5")
     try:
         a = Job(system, "readings.py", "a", KERNEL_RUN="job-7.1", EPOCH=0.05, **HEARTBEATS)
-        a.wait_published()
-        b = Job(system, "sums.py", "b", ON_LOST="wait", TIMEOUT=60, **HEARTBEATS)
-        wait_until(lambda: b.epochs_received() >= 10, what="B to read epochs of the first run")
-        a.kill()
-        wait_until(lambda: "(a new publisher)" in b.text() or b.proc.poll() is not None, timeout=30,
-                   what="B to count the first run lost")
+        b = waiting_after_a_first_run(system, a)
         # the same attempt's next run: its readings made once B has reached it, over many epochs
         go = tmp_path / "go"
         again = Job(system, "readings.py", "again", KERNEL_RUN="job-7.1", COUNT=300, START=FIRST, RATE=50,

@@ -32,6 +32,17 @@ async def _subscribers(status) -> list:
     return [t["subscribers"] for t in (await status.request("status"))["topics"]]
 
 
+async def subscribed_saying_again(status: Client, directory: Directory, who: dict) -> None:
+    """The topic "readings" published (STREAM), and `who` subscribed to it
+    through `directory`, which says its lookup and subscription again on
+    every new connection."""
+    await status.request("topic_publish", **STREAM)
+    await directory.lookup("readings", 5.0)
+    await directory.request("topic_subscribe", **who)
+    directory.say_again("its lookup", "topic_lookup", name="readings", job=reader_name())
+    directory.say_again("its subscription", "topic_subscribe", **who)
+
+
 def test_a_subscriber_ending_while_its_subscription_is_said_again_stays_unsubscribed(tmp_path, monkeypatch):
     _serving(monkeypatch)
 
@@ -40,11 +51,7 @@ def test_a_subscriber_ending_while_its_subscription_is_said_again_stays_unsubscr
         who = {"name": "readings", "job": reader_name().partition("/")[0], "process": 0}
         try:
             async with Client(address, SECRET.encode()) as status:
-                await status.request("topic_publish", **STREAM)
-                await directory.lookup("readings", 5.0)
-                await directory.request("topic_subscribe", **who)
-                directory.say_again("its lookup", "topic_lookup", name="readings", job=reader_name())
-                directory.say_again("its subscription", "topic_subscribe", **who)
+                await subscribed_saying_again(status, directory, who)
                 directory._ws.get_extra_info("socket").shutdown(socket.SHUT_RDWR)  # (cut: both see it end)
                 # its lookup said again, in flight: the subscriber ends meanwhile, as `_follow` does
                 deadline = asyncio.get_running_loop().time() + 5.0

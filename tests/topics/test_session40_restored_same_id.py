@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 
 from test_session39_relisted_review import HEARTBEATS, System
+from test_session39_same_id_review import waiting_after_a_first_run
 from test_topics import (  # noqa: F401  (fixtures, and what kills the jobs a test started)
     Job,
     _no_job_left,
@@ -43,12 +44,7 @@ def test_a_restored_publisher_under_the_same_id_is_said_to_be_read_on(tmp_path):
         same = {"KERNEL_RUN": "job-8.1", "STATE_DIR": state, "RESUMABLE": 1, "JOB_EPOCH": JOB_EPOCH,
                 "COUNT": COUNT, "RATE": 50, **HEARTBEATS}
         a = Job(system, "readings.py", "a", **same)
-        a.wait_published()
-        b = Job(system, "sums.py", "b", ON_LOST="wait", TIMEOUT=60, **HEARTBEATS)
-        wait_until(lambda: b.epochs_received() >= 10, what="B to read epochs of the first run")
-        a.kill()
-        wait_until(lambda: "(a new publisher)" in b.text() or b.proc.poll() is not None, timeout=30,
-                   what="B to count the first run lost")
+        b = waiting_after_a_first_run(system, a)
         go = tmp_path / "go"
         again = Job(system, "readings.py", "again", GO=go, **same)  # (restored from the state_dir)
         wait_until(lambda: len(starts(b)[0]) >= 2 or b.proc.poll() is not None,

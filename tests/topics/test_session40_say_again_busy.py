@@ -25,13 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "system"))
 from _system import SECRET, free_port
-from test_session39_cut_connections import _DEAD, _until
+from test_session39_cut_connections import _until
 from test_session39_restart_subscriptions_review import _serving, _stopped
+from test_session39_say_again_race_review import subscribed_saying_again
 
 from kernel.system import Client
 from kernel.topics._directory import Directory, reader_name
-
-STREAM = dict(_DEAD, name="readings", id="p1", job="app:publisher:1")
 
 
 class _Refused(logging.Handler):
@@ -60,11 +59,7 @@ def test_a_subscriber_ending_while_its_subscription_said_again_is_refused_busy_s
         holder = None
         try:
             async with Client(address, SECRET.encode()) as status:
-                await status.request("topic_publish", **STREAM)
-                await directory.lookup("readings", 5.0)
-                await directory.request("topic_subscribe", **who)
-                directory.say_again("its lookup", "topic_lookup", name="readings", job=reader_name())
-                directory.say_again("its subscription", "topic_subscribe", **who)
+                await subscribed_saying_again(status, directory, who)
                 # another program holds the catalog's write lock: the subscription said
                 # again is refused busy (its lookup, a read, is answered)
                 holder = sqlite3.connect(data / "catalog.sqlite", isolation_level=None)
