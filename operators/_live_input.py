@@ -114,6 +114,7 @@ _snapshotted: weakref.WeakKeyDictionary[object, dict[int, tuple[int, str]]] = we
 # the source's open, refused that run too.)
 _taken_from: dict[object, tuple[Callable[[], object], Callable[[], object], str | None]] = {}
 _KEPT_CLOSED = 64  # entries of pipes or sockets closed here before those still open elsewhere are looked up
+_look_at = _KEPT_CLOSED  # (as many more as the last look kept: `_note_taken_from`)
 
 
 def note_read_elsewhere(stream) -> None:
@@ -131,11 +132,19 @@ def _note_taken_from(stream, run: Callable[[], object]) -> None:
         closed = [(key, its_link) for key, (noted, _run, its_link) in _taken_from.items()
                   if _closed(noted())]  # (a service's streams, once closed)
         # (a pipe's or a socket's kept while a descriptor of it is open: looked up
-        # once `_KEPT_CLOSED` wait, ~4 ms for 1,000 descriptors, not at each run)
-        links = _open_links() if sum(its_link is not None for _, its_link in closed) >= _KEPT_CLOSED else None
+        # once `_KEPT_CLOSED` wait, ~4 ms for 1,000 descriptors, not at each run;
+        # and again once as many more as it kept wait: a connection's file object
+        # closed, the connection kept open, 64 such had each run look, 110 ms
+        # a run where 18,000 descriptors were open, not 3 ms)
+        global _look_at
+        waiting = sum(its_link is not None for _, its_link in closed)
+        links = _open_links() if waiting >= _look_at else None
         for key, its_link in closed:
             if its_link is None or (links is not None and its_link not in links):
                 del _taken_from[key]
+                waiting -= its_link is not None
+        if links is not None:
+            _look_at = max(_KEPT_CLOSED, 2 * waiting)
         _taken_from[what] = (_weakly(stream), run, link)
 
 
