@@ -138,6 +138,9 @@ class JobProcess:
     # for it, when it was a loss, not the job's own failure (`JobMaster._adopt`)
     cut_off: bool = False
     followed: asyncio.Task | None = None  # `_follow`'s: its exit seen, reported or noted
+    # a pidfd of it (None: Linux < 5.3), open until `_follow` sees its exit: whether it has
+    # ended, told also where its pid is another's since (`_has_ended`)
+    pidfd: int | None = None
 
     def report(self) -> dict:
         return {"job": self.job, "attempt": self.attempt, "process": self.process,
@@ -526,6 +529,8 @@ class ExecutorDaemon:
                         len(running), which, self._fence_after / FENCE_SHARE)
             for entry in running:
                 entry.fenced = True
+                if _has_ended(entry):  # (reaped, its pid may be a newcomer's: `_stop_one`)
+                    continue
                 try:
                     os.killpg(entry.proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -689,7 +694,8 @@ class ExecutorDaemon:
                     sock.close()
         lease.started()
         lease.renew(self._lease_deadline())
-        entry = JobProcess(job, attempt, process, proc, log_path, start, lease, pipeline=pipeline)
+        entry = JobProcess(job, attempt, process, proc, log_path, start, lease, pipeline=pipeline,
+                           pidfd=_pidfd(proc.pid))
         self.processes[key] = entry
         log.info("executor: started %s attempt %d process %d (pid %d)", job, attempt, process, proc.pid)
         for work in (self._follow(entry), *([self._find_dashboard(entry)] if self.dashboard_host else [])):
@@ -737,6 +743,8 @@ class ExecutorDaemon:
 
     async def _follow(self, entry: JobProcess) -> None:
         entry.code = await entry.proc.wait()
+        if entry.pidfd is not None:  # (`returncode` says it from now on)
+            os.close(entry.pidfd)
         # What it started and left running (a user's subprocesses: `os.system("... &")`,
         # a Popen not waited for) ends with it, as the kernels of a process stopped do
         # (`_stop_one`): they outlived the job, and the executor's close() too. (Its pid,
@@ -831,10 +839,14 @@ class ExecutorDaemon:
 
     async def _stop_one(self, entry: JobProcess) -> None:
         for sig, wait in ((signal.SIGINT, STOP_GRACE), (signal.SIGKILL, None)):
-            try:
-                os.killpg(entry.proc.pid, sig)
-            except ProcessLookupError:
-                pass
+            # (not one that has ended, its exit not yet seen: reaped by asyncio's watcher
+            # thread, its pid may be a newcomer's, which leads a group of its own, and it
+            # was sent SIGINT; its group is ended after it, `_end_group`)
+            if not _has_ended(entry):
+                try:
+                    os.killpg(entry.proc.pid, sig)
+                except ProcessLookupError:
+                    pass
             try:
                 await asyncio.wait_for(entry.proc.wait(), wait)
                 break
@@ -862,7 +874,7 @@ class ExecutorDaemon:
         # the loop), is not stopped here: counted so, a process that had failed on its
         # own was moved free by the next register, its error lost; and its `_follow`,
         # left to a loop about to end, noted nothing. Its exit is noted as it is.
-        ended = [p for p in unseen if _has_ended(p.proc)]
+        ended = [p for p in unseen if _has_ended(p)]
         running = [p for p in unseen if p not in ended]
         self._stopped_here.update((p.job, p.attempt, p.process) for p in running)
         # (shielded: a close() cancelled, a second SIGTERM's doing, cancelled `_follow`
@@ -912,15 +924,27 @@ def _end_group(pgid: int) -> None:
         pass
 
 
-def _has_ended(proc: asyncio.subprocess.Process) -> bool:
-    """Whether `proc` has exited, though asyncio may not have said so yet:
-    a zombie, or reaped already by asyncio's child watcher (its thread)."""
-    if proc.returncode is not None:
+def _has_ended(entry: JobProcess) -> bool:
+    """Whether the job process has exited, though asyncio may not have said
+    so yet: a zombie, or reaped already by asyncio's child watcher (its
+    thread). On its pidfd: by its pid, a process given that pid since (this
+    executor's next job process) was taken for it, running."""
+    if entry.proc.returncode is not None:
         return True
     try:
-        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        if entry.pidfd is not None:
+            return os.waitid(os.P_PIDFD, entry.pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        return os.waitid(os.P_PID, entry.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
     except ChildProcessError:
         return True
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd of the job process `pid`, just started (None where Linux has none)."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 _EXIT_FIELDS = ("job", "attempt", "process", "code", "error", "dashboard")
