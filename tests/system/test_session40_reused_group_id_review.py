@@ -26,6 +26,8 @@ from tests.system.test_session40_job_children_end import _executor
 
 NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
 ATTEMPTS = 5
+# seconds a process sent SIGKILL takes to end (at most: a moment)
+KILLED_WITHIN = 0.2
 
 COMPLETING = """\
 from kernel import Dataflow
@@ -80,6 +82,10 @@ async def test_a_process_given_the_pid_of_a_job_process_that_left_nothing_is_not
             pytest.fail(f"other processes took the job process's pid first {ATTEMPTS} times")
         await asyncio.wait_for(asyncio.shield(entry.followed), 60)
         assert entry.code == 0, entry.log_path.read_text()
+        try:  # (a SIGKILL sent is acted on at the newcomer's next run: a moment later)
+            newcomer.wait(KILLED_WITHIN)
+        except subprocess.TimeoutExpired:
+            pass
         assert newcomer.poll() is None, f"process {pid}, no job's, was killed (exit {newcomer.returncode})"
     finally:
         await executor.close()
