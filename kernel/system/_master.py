@@ -1015,7 +1015,11 @@ class JobMaster:
         # back (~0.3 s) or fenced them (0.8 of the timeout): two attempts at
         # once. It keeps its jobs if it registers again within its lease.
         executor = self.executors[executor_id]
-        executor.state = "reconnecting"
+        # (one stopped on purpose, its "left" not said, stays `leaving` in the catalog: saved
+        # `reconnecting`, a coordinator restarted before its lease's end took it for one of a
+        # cut cable, and a peer's exit held for its "left" (`process_exited`), listed again,
+        # failed the job, a restart spent)
+        executor.state = "leaving" if executor_id in self._leaving else "reconnecting"
         self._save_executor(executor)
         self._away[executor_id] = (entry.heard + self.executor_timeout,
                                    f"its connection closed, and it did not come back within "
