@@ -582,6 +582,8 @@ class JobMaster:
                 # `lost process 0`, heard first, the job ran again, that failure dropped.
                 if stopped not in self.connected or job.placement[process]["executor"] == stopped:
                     await self._restart_locked(job, attempt, _stopped(stopped), counted=False)
+                else:  # (for STOP_TIMEOUT at most: a stop that never ends, beating on, held it for ever)
+                    self._spawn(self._held(job, attempt, stopped))
             elif kind == "failed":
                 await self._end(job, "failed", error or f"{where} exited with code {code}")
             elif coordinator_away:
@@ -590,6 +592,18 @@ class JobMaster:
                 await self._restart_locked(job, attempt, why, counted=False)
             else:
                 await self._restart_locked(job, attempt, error or f"{where} was killed (exit {code})")
+        self.reconcile()
+
+    async def _held(self, job: Job, attempt: int, executor_id: str) -> None:
+        """A peer's exit held for the "left" of `executor_id`, being stopped
+        (`process_exited`): moved, no restart spent, where neither that nor its
+        loss has come within STOP_TIMEOUT (a job process that SIGKILL does not
+        end, uninterruptible in the kernel: its stop never ends, and it beats on;
+        the job showed `running` for good). Its next attempt waits, as any, until
+        that executor confirms the process stopped, or is lost (`_wait_for_stops`)."""
+        await asyncio.sleep(STOP_TIMEOUT)
+        async with self._lock(job.id):
+            await self._restart_locked(job, attempt, _stopped(executor_id), counted=False)
         self.reconcile()
 
     def dashboard_listening(self, executor_id: str, job_id: str, attempt: int, process: int,

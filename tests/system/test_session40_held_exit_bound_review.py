@@ -1,0 +1,83 @@
+"""Session 40 review (second round): a peer's exit heard while an executor
+is being stopped waits for that executor's "left" (or its loss at its
+lease's end), which moves the job free (`JobMaster.process_exited`). An
+executor whose stop does not end (a job process that SIGKILL does not end:
+uninterruptible, in the kernel, on a hung file system or device) says no
+"left", and beats on, never lost: the job, its peer dead, stayed `running`
+for as long as that lasted (over 20 s here, for ever), where it moved at
+once before the hold. It is held for STOP_TIMEOUT at most now (an
+executor's stop takes a few seconds: SIGINT, 3 s, SIGKILL, its report),
+then placed again, no restart spent (its next attempt waiting, as any,
+until the executor has confirmed the process stopped, or is lost)
+
+A coordinator and the peer's executor of their own processes; the stopped
+executor in this one, its close() never ending (as over such a process),
+the peer's job process killed once it has told the coordinator it leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+from _system import SECRET, System, descendants, wait_until
+
+from kernel.system._executor import ExecutorDaemon
+from kernel.system._master import STOP_TIMEOUT
+from tests.system.test_session40_held_exit_coordinator_restart_review import ENDLESS, _leads
+
+MARGIN = 10.0  # seconds past STOP_TIMEOUT by which the job must have moved
+
+
+async def test_a_peers_exit_held_for_an_executor_whose_stop_never_ends_moves_the_job_after_a_bound(tmp_path):
+    system = System(tmp_path)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    pipeline = tmp_path / "pipeline.py"
+    pipeline.write_text(ENDLESS.format(marks=str(marks)))
+    executor = ExecutorDaemon((system.host, system.port), SECRET.encode(), 1, tmp_path / "stopped",
+                              host="127.0.0.1", heartbeat=0.4)
+    registered, stopping, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    served = None
+    close = executor.close
+    try:
+        system.start_coordinator()
+        peer = system.start_executor(1)
+        served = asyncio.ensure_future(executor.run(ready=lambda _: registered.set()))
+        await asyncio.wait_for(registered.wait(), 30)
+        await asyncio.to_thread(system.executor_id, peer)
+        done = await asyncio.to_thread(system.cli, "submit", pipeline, "--processes", "2",
+                                       "--max-restarts", "0")
+        assert done.returncode == 0, done.stderr
+        job = done.stdout.splitlines()[0]
+        await asyncio.to_thread(wait_until, lambda: len(list(marks.glob(f"{job}.1-*"))) >= 2,
+                                what=f"{job}'s processes to work")
+
+        async def never_ending() -> None:  # (its stop waits on a process that does not end)
+            stopping.set()
+            await release.wait()
+
+        executor.close = never_ending
+        served.cancel()  # (SIGTERM's doing: "leaving" told, then the stop)
+        await asyncio.wait_for(stopping.wait(), 30)
+        lost = next(p for p in descendants(peer.pid) if _leads(p))
+        os.killpg(lost, signal.SIGKILL)
+        held = time.monotonic()
+
+        def moved() -> dict | None:
+            state = system.job(job)
+            return state if state["status"] not in ("starting", "running") or state["attempt"] > 1 else None
+
+        state = await asyncio.to_thread(wait_until, moved, timeout=STOP_TIMEOUT + MARGIN,
+                                        what=f"{job}'s attempt 1 to end, its peer dead")
+        assert state["restarts"] == 0 and "stopped on purpose" in state["message"], state
+        assert time.monotonic() - held >= STOP_TIMEOUT - 1, state  # (held meanwhile: its report may come)
+    finally:
+        release.set()
+        executor.close = close
+        if served is not None:
+            served.cancel()
+            await asyncio.gather(served, return_exceptions=True)
+        await executor.close()
+        system.close()
