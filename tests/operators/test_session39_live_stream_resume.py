@@ -26,6 +26,19 @@ def _committed(out) -> list[int]:
     return records
 
 
+def failing_once_at(value_at: int, marker):
+    """A step's function that raises at the record `value_at` in the first
+    run only (the file `marker` made as it does), as a run fails once."""
+
+    def fails_once(value):
+        if value == value_at and not marker.exists():
+            marker.touch()
+            raise ValueError("the first run fails here")
+        return value
+
+    return fails_once
+
+
 def _fed(out, slowly: bool):
     """A pipe's read end, a thread writing TOTAL lines to it. `slowly`: in
     bursts of a few lines, until what `to_files` committed into `out`
@@ -59,11 +72,7 @@ def test_sources_of_one_stream_resumed_over_it_fed_again_commit_each_line_once(t
     `cores`: the kernels of the failing run and of the resumed one."""
     out, marker = tmp_path / "out", tmp_path / "failed"
 
-    def fails_once(value):
-        if value == TOTAL - 1 and not marker.exists():
-            marker.touch()
-            raise ValueError("the first run fails here")
-        return value
+    fails_once = failing_once_at(TOTAL - 1, marker)
 
     for attempt in range(2):
         stream, writer = _fed(out, slowly=attempt == 0)
@@ -121,11 +130,7 @@ def test_a_run_with_a_state_dir_over_a_stream_an_earlier_run_of_the_process_read
     on from where the failed run stopped (README: live streams)."""
     out, state, marker = tmp_path / "out", tmp_path / "state", tmp_path / "failed"
 
-    def fails_once(value):
-        if value == TOTAL // 2 and not marker.exists():
-            marker.touch()
-            raise ValueError("the first run fails here")
-        return value
+    fails_once = failing_once_at(TOTAL // 2, marker)
 
     stream, writer = _fed(out, slowly=True)
     with stream:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 from _live_streams import DEADLINE
-from test_session39_live_stream_resume import _committed
+from test_session39_live_stream_resume import _committed, failing_once_at
 
 from kernel import Dataflow, run
 
@@ -29,11 +29,7 @@ def test_a_resumed_run_over_a_stream_an_earlier_run_read_to_its_end_is_refused(t
     new pipe) resumes and commits each line once."""
     out, state, marker = tmp_path / "out", tmp_path / "state", tmp_path / "failed"
 
-    def fails_once(value):
-        if value == TOTAL - 1 and not marker.exists():
-            marker.touch()
-            raise ValueError("the first run fails here")
-        return value
+    fails_once = failing_once_at(TOTAL - 1, marker)
 
     def fed(until_committed: bool):
         read, write = os.pipe()

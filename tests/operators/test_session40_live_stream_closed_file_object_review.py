@@ -15,7 +15,7 @@ import threading
 
 import pytest
 from _live_streams import DEADLINE
-from test_session39_live_stream_resume import TOTAL, _committed, _fed
+from test_session39_live_stream_resume import TOTAL, _committed, _fed, failing_once_at
 
 from kernel import Dataflow, run
 from operators import _live_input
@@ -33,11 +33,7 @@ def _flow_over(stream, out, fails_once=None) -> Dataflow:
 def test_a_run_over_a_stream_an_earlier_run_read_through_a_closed_dup_of_it_is_refused(tmp_path):
     out, state, marker = tmp_path / "out", tmp_path / "state", tmp_path / "failed"
 
-    def fails_once(value):
-        if value == TOTAL // 2 and not marker.exists():
-            marker.touch()
-            raise ValueError("the first run fails here")
-        return value
+    fails_once = failing_once_at(TOTAL // 2, marker)
 
     stream, writer = _fed(out, slowly=True)
     with stream:

@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 from _live_streams import DEADLINE
-from test_session39_live_stream_resume import TOTAL, _committed, _fed
+from test_session39_live_stream_resume import TOTAL, _committed, _fed, failing_once_at
 
 from kernel import Dataflow, Source, run
 from operators._sources import IterableSource
@@ -84,11 +84,7 @@ def test_a_run_resumed_over_a_stream_the_failed_run_read_ahead_of_but_took_nothi
     every line of the input exactly once."""
     out, state, marker = tmp_path / "out", tmp_path / "state", tmp_path / "failed"
 
-    def fails_once(value):
-        if value == TOTAL // 2 and not marker.exists():
-            marker.touch()
-            raise ValueError("the first run fails here")
-        return value
+    fails_once = failing_once_at(TOTAL // 2, marker)
 
     def flow_over(lines) -> Dataflow:
         flow = Dataflow("lines")

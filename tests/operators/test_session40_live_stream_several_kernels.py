@@ -12,7 +12,7 @@ import os
 
 import pytest
 from _live_streams import DEADLINE
-from test_session39_live_stream_resume import TOTAL, _committed, _fed
+from test_session39_live_stream_resume import TOTAL, _committed, _fed, failing_once_at
 
 from kernel import Dataflow, run
 
@@ -29,11 +29,7 @@ def test_a_run_resumed_over_a_stream_a_run_on_several_kernels_read_is_refused(tm
     every line exactly once."""
     out, state, marker = tmp_path / "out", tmp_path / "state", tmp_path / "failed"
 
-    def fails_once(value):
-        if value == TOTAL // 2 and not marker.exists():
-            marker.touch()
-            raise ValueError("the first run fails here")
-        return value
+    fails_once = failing_once_at(TOTAL // 2, marker)
 
     def flow_over(stream) -> Dataflow:
         flow = Dataflow("lines")

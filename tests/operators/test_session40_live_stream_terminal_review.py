@@ -18,7 +18,7 @@ import time
 
 import pytest
 from _live_streams import DEADLINE
-from test_session39_live_stream_resume import _committed
+from test_session39_live_stream_resume import _committed, failing_once_at
 
 from kernel import Dataflow, run
 
@@ -37,11 +37,7 @@ def _flow_over(stream, out, fails_once=None) -> Dataflow:
 def test_a_run_over_another_file_object_of_a_terminal_an_earlier_run_read_is_refused(tmp_path):
     out, state, marker = tmp_path / "out", tmp_path / "state", tmp_path / "failed"
 
-    def fails_once(value):
-        if value == TOTAL // 2 and not marker.exists():
-            marker.touch()
-            raise ValueError("the first run fails here")
-        return value
+    fails_once = failing_once_at(TOTAL // 2, marker)
 
     typing, terminal = pty.openpty()
     modes = termios.tcgetattr(terminal)
