@@ -187,6 +187,11 @@ class TwinProcess(LinkError):
     they both dialled ends with this, naming the id and both addresses."""
 
 
+# the end of a refusal of a peer's second connection, its link to us up: its question at its
+# start-up timeout (`LinkServer._its_own_link`), not logged, and no twin
+ITS_OWN_LINK = "its own link"
+
+
 class _Unexpected(LinkError):
     """An authenticated peer the server does not take (`_unexpected`)."""
 
@@ -979,8 +984,11 @@ class AuthenticatedServer:
     def __init__(self, host: str, port: int, secret, process: int, *, max_frame: int = DEFAULT_MAX_FRAME,
                  ssl_context=None, meta=None, max_pending: int | None = None,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT, ws_heartbeat: float | None = None,
-                 sock: socket.socket | list[socket.socket] | None = None) -> None:
+                 sock: socket.socket | list[socket.socket] | None = None,
+                 instance: str | None = None) -> None:
         self.host, self.port = host, port
+        # this process's token, told in the handshake's answer (a cluster's: `LinkServer.dialled`)
+        self.instance = instance
         # A socket already bound and listening, served as it is (host and port
         # then unused): a port picked free, closed and bound again later could
         # be taken meanwhile (kernel.system's executor hands its job processes theirs);
@@ -1157,8 +1165,9 @@ class AuthenticatedServer:
                                   self.noun, address)
 
     async def _refuse(self, ws, address: str, exc: Exception) -> None:
-        self._guard.refusals.warn("refused %s from %s: %s", self.noun, address, exc)
-        self.failures.append(exc)
+        if not (isinstance(exc, _Unexpected) and str(exc).endswith(ITS_OWN_LINK)):  # (a peer of ours asking)
+            self._guard.refusals.warn("refused %s from %s: %s", self.noun, address, exc)
+            self.failures.append(exc)
         if isinstance(exc, AuthenticationFailed):
             await ws.close(code=AUTH_FAILED, message=b"authentication failed")
         elif isinstance(exc, _Unexpected):  # (a close frame's reason: 123 bytes at most)
@@ -1181,15 +1190,22 @@ class AuthenticatedServer:
         expected = _mac(self._secret, b"client", nonce, peer)
         if not _same_mac(hello.get("mac"), expected):
             raise AuthenticationFailed(f"process {peer} at {address}")
-        unexpected = self._unexpected(peer, address)
+        ws.peer_instance = hello.get("instance")  # (the dialler's token, where it tells one)
+        unexpected = self._its_own_link(peer, ws.peer_instance) or self._unexpected(peer, address)
         if unexpected is not None:
             raise _Unexpected(unexpected)
         self._guard.authenticated(protocol)
         _raise_message_limit(ws, protocol, self.max_frame + FRAME.size)
         their_nonce = str(hello.get("nonce", ""))
         await ws.send_str(msgspec.json.encode(
-            {"mac": _mac(self._secret, b"server", their_nonce, self.process), "meta": self.meta}).decode())
+            {"mac": _mac(self._secret, b"server", their_nonce, self.process), "meta": self.meta,
+             **({} if self.instance is None else {"instance": self.instance})}).decode())
         return peer, hello.get("meta")
+
+    def _its_own_link(self, peer: int, instance) -> str | None:
+        """Why an authenticated `peer` whose token is `instance` is refused
+        as already linked here, by its own link (no stranger, not logged), or None."""
+        return None
 
     def _unexpected(self, peer: int, address: str) -> str | None:
         """Why an authenticated `peer` at `address` is not taken here (said
@@ -1217,11 +1233,12 @@ class LinkServer(AuthenticatedServer):
                  ssl_context=None, heartbeat: float = FROM_ENVIRONMENT, meta=None,
                  on_mismatch=None, expected=None, max_pending: int | None = None,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT,
-                 sock: socket.socket | list[socket.socket] | None = None) -> None:
+                 sock: socket.socket | list[socket.socket] | None = None,
+                 instance: str | None = None) -> None:
         # every expected peer may dial at once, and retry, without a refusal
         super().__init__(host, port, secret, process, max_frame=max_frame, ssl_context=ssl_context,
                          meta=meta, max_pending=max_pending or max(MAX_PENDING, 2 * len(expected or ())),
-                         handshake_timeout=handshake_timeout, sock=sock)
+                         handshake_timeout=handshake_timeout, sock=sock, instance=instance)
         self.channels = channels
         self.on_frame_for = on_frame_for  # peer -> on_frame callback
         self.on_link = on_link
@@ -1231,10 +1248,19 @@ class LinkServer(AuthenticatedServer):
         self.expected = expected
         self.links: dict[int, Link] = {}
         self.link_addresses: dict[int, str] = {}  # where each linked peer connected from
-        # the lower-numbered peers this process dialled and linked (their hosts), told by its
-        # relay: a second process claiming one of their ids is a twin too (`_unexpected`)
-        self.dialled: dict[int, str] = {}
+        # the lower-numbered peers this process dialled and linked (their hosts, and the token
+        # each told in its answer), told by its relay: a second process claiming one of their
+        # ids is a twin too (`_unexpected`)
+        self.dialled: dict[int, tuple[str, str | None]] = {}
 
+
+    def _its_own_link(self, peer: int, instance) -> str | None:
+        if peer in self.dialled and instance is not None and self.dialled[peer][1] == instance:
+            # the very process we dialled, asking at its start-up timeout why we had not
+            # connected (`LinkRelay._linked_elsewhere`) as our link to it completed: no twin
+            # (both ends said "two processes claim process id 0", each run ended)
+            return f"process {peer} is linked to this process: {ITS_OWN_LINK}"
+        return None
 
     def _unexpected(self, peer: int, address: str) -> str | None:
         # In the handshake, before our answer: a second process given the same
@@ -1243,7 +1269,7 @@ class LinkServer(AuthenticatedServer):
         if self.expected is None:
             return None
         if peer in self.links or peer in self.dialled:
-            linked = self.link_addresses.get(peer) or self.dialled.get(peer, "?")
+            linked = self.link_addresses.get(peer) or self.dialled.get(peer, ("?",))[0]
             if self.on_mismatch is not None:
                 # Which of the two is the process meant to be `peer` no end can
                 # tell: the one first to connect was taken, and the run went on
@@ -1259,9 +1285,11 @@ class LinkServer(AuthenticatedServer):
 
     async def _session(self, ws, peer: int, meta, peer_address: str) -> None:
         # (again: two handshakes as one process may have overlapped)
-        why = self._unexpected(peer, peer_address)
+        why = (self._its_own_link(peer, getattr(ws, "peer_instance", None))
+               or self._unexpected(peer, peer_address))
         if why is not None:
-            log.warning("refused a link from %s: %s", peer_address, why)
+            if not why.endswith(ITS_OWN_LINK):
+                log.warning("refused a link from %s: %s", peer_address, why)
             await ws.close(code=UNEXPECTED, message=why.encode()[:123])
             return
         try:
@@ -1428,19 +1456,20 @@ class _DiallerWebSocket(aiohttp.ClientWebSocketResponse):
 async def dial(url: str, secret, process: int, channels, on_frame, *, window: int = DEFAULT_WINDOW,
                max_frame: int = DEFAULT_MAX_FRAME, timeout: float = 30.0, ssl=True,
                session: aiohttp.ClientSession | None = None, heartbeat: float | None = FROM_ENVIRONMENT,
-               meta=None) -> tuple[Link, aiohttp.ClientSession]:
+               meta=None, instance: str | None = None) -> tuple[Link, aiohttp.ClientSession]:
     """Connect to the server at `url` (ws://host:port), retrying until
     `timeout` seconds have passed; authenticate; return the link (run its
-    `run()` to read) and the client session (close it after the link)."""
+    `run()` to read) and the client session (close it after the link).
+    `instance`: this process's token, told in the handshake (`connect`)."""
     ws, peer, _, session = await connect(url, secret, process, max_frame=max_frame, timeout=timeout,
-                                         ssl=ssl, session=session, meta=meta)
+                                         ssl=ssl, session=session, meta=meta, instance=instance)
     return Link(ws, peer, channels, on_frame, window, heartbeat), session
 
 
 async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame: int = DEFAULT_MAX_FRAME,
                   timeout: float = 30.0, ssl=True, session: aiohttp.ClientSession | None = None,
                   meta=None, check_meta: bool = True, retry: bool = True, heartbeat: float | None = None,
-                  handshake_timeout: float = HANDSHAKE_TIMEOUT):
+                  handshake_timeout: float = HANDSHAKE_TIMEOUT, instance: str | None = None):
     """Connect to an `AuthenticatedServer` at `url` (http://host:port, its
     websocket at `path`), retrying until `timeout` seconds have passed (one
     try without `retry`: the caller has a policy of its own), and
@@ -1519,7 +1548,7 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
                 # cluster's 30 s). Its answer to ours is not: see _handshake_within.
                 seconds = max(_HANDSHAKE_MIN, deadline - loop.time())
                 peer, their_meta = await _handshake_within(ws, key, process, url, meta, check_meta,
-                                                           min(handshake_timeout, seconds), seconds)
+                                                           min(handshake_timeout, seconds), seconds, instance)
             except LinkRefused:
                 # Broken before authenticating (closed or reset after the upgrade, or no
                 # answer in time): a peer starting or restarting, as a refusal before the
@@ -1539,7 +1568,8 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
 
 
 async def _handshake_within(ws, key: bytes, process: int, url: str, meta, check_meta: bool,
-                            hello_within: float, seconds: float) -> tuple[int, object]:
+                            hello_within: float, seconds: float,
+                            instance: str | None = None) -> tuple[int, object]:
     """`_client_handshake`, the server's hello within `hello_within`
     seconds and the whole within `seconds`, its failures said as a
     LinkError: a `LinkRefused` where the server broke it or did not finish
@@ -1557,7 +1587,7 @@ async def _handshake_within(ws, key: bytes, process: int, url: str, meta, check_
     try:
         async with asyncio.timeout(hello_within) as bound:
             return await _client_handshake(ws, key, process, url, meta, check_meta,
-                                           hello_sent=lambda: bound.reschedule(until))
+                                           hello_sent=lambda: bound.reschedule(until), instance=instance)
     except TimeoutError:
         await _close_within(ws)
         raise LinkRefused(f"{url} did not finish the handshake in time") from None
@@ -1652,7 +1682,8 @@ def _handshake_json(data) -> object:
 
 
 async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None,
-                            check_meta: bool = True, hello_sent=None) -> tuple[int, object]:
+                            check_meta: bool = True, hello_sent=None,
+                            instance: str | None = None) -> tuple[int, object]:
     message = await ws.receive()
     if message.type in _ENDED:  # (a server closing: stopping, or at its own time limit)
         await _close_within(ws)
@@ -1674,7 +1705,8 @@ async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None,
                         f"{type(their_nonce).__name__}")
     nonce = os.urandom(32).hex()
     ours = msgspec.json.encode({"process": process, "nonce": nonce, "meta": meta,
-                                "mac": _mac(key, b"client", their_nonce, process)})
+                                "mac": _mac(key, b"client", their_nonce, process),
+                                **({} if instance is None else {"instance": instance})})
     if len(ours) > HANDSHAKE_MAX_MESSAGE:  # the server would refuse it at its head
         await _close_within(ws)
         raise LinkError(f"the handshake to {url} would be {len(ours)} bytes (its meta "
@@ -1709,6 +1741,7 @@ async def _client_handshake(ws, key: bytes, process: int, url: str, meta=None,
     if guard is not None:  # the server is who it says: its frames may be a data frame's size now
         ws.guard = None
         guard.authenticated()
+    ws.peer_instance = reply.get("instance")  # (the server's token, where it tells one: `LinkServer.dialled`)
     if check_meta:
         try:
             _check_meta(meta, reply.get("meta"), f"process {peer} at {url}")

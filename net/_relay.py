@@ -258,6 +258,9 @@ class LinkRelay:
         self._tasks: list[asyncio.Task] = []
         self._sessions: list = []
         self._server: LinkServer | None = None
+        # this process's token in each handshake: a peer asked, at our start-up timeout, why it
+        # did not connect, as its own link to us completed, tells us from a twin (`LinkServer.dialled`)
+        self._instance = os.urandom(16).hex()
 
     # -- the whole life of a relay ---------------------------------------------------
 
@@ -365,7 +368,7 @@ class LinkRelay:
             _listen_host(host), port, plan.secret, plan.process, plan.channels_with, self._on_frame_for,
             on_link=on_link, ssl_context=plan.tls and plan.tls.server_context(),
             heartbeat=plan.heartbeat, meta=plan.meta, expected=higher, on_mismatch=self._fail,
-            sock=_inherited_listeners(plan, port) or None)
+            sock=_inherited_listeners(plan, port) or None, instance=self._instance)
         try:
             await server.start()
         except OSError as exc:
@@ -388,6 +391,11 @@ class LinkRelay:
                 twin = await self._linked_elsewhere(missing, scheme)
                 if twin is not None:
                     raise LinkError(twin) from None
+                # (those that linked us as we asked: taken, the start goes on; they were
+                # told "did not connect", then lost us, each run ended)
+                missing = sorted(higher - self.links.keys())
+                if not missing:
+                    return
                 names = ", ".join(f"process {p} ({plan.address(p)})" for p in missing)
                 why = f"{names} did not connect within {plan.startup_timeout:g} s"
                 refused = list(dict.fromkeys(str(e) for e in server.failures))  # (a peer retrying: once)
@@ -416,7 +424,8 @@ class LinkRelay:
             try:
                 ws, _, _, session = await connect(
                     f"{scheme}://{plan.address(peer)}", plan.secret, plan.process, timeout=_ASK_MISSING,
-                    ssl=plan.tls.client_context() if plan.tls else True, meta=plan.meta, retry=False)
+                    ssl=plan.tls.client_context() if plan.tls else True, meta=plan.meta, retry=False,
+                    instance=self._instance)
             except LinkError as exc:
                 # (its refusal as "not a peer" may be its own dial to us not yet done: no twin)
                 said = str(exc)
@@ -439,7 +448,7 @@ class LinkRelay:
             link, session = await dial(
                 url, plan.secret, plan.process, plan.channels_with(peer), self._on_frame_for(peer),
                 timeout=timeout, ssl=plan.tls.client_context() if plan.tls else True,
-                heartbeat=plan.heartbeat, meta=plan.meta)
+                heartbeat=plan.heartbeat, meta=plan.meta, instance=self._instance)
         except LinkError as exc:
             if isinstance(exc, NotAKernelServer):  # final, at once: not "could not reach ... within 30 s"
                 raise LinkError(f"process {peer} at {exc}: another program listens there, or --peers "
@@ -471,8 +480,8 @@ class LinkRelay:
             await link.close()
             raise error
         self._add_link(link)
-        if self._server is not None:  # (another process of its id dialling us is a twin)
-            self._server.dialled[peer] = plan.addresses[peer][0]
+        if self._server is not None:  # (another process of its id dialling us is a twin: not this one)
+            self._server.dialled[peer] = (plan.addresses[peer][0], getattr(link.ws, "peer_instance", None))
         self._tasks.append(asyncio.ensure_future(self._read(link)))
 
     def _add_link(self, link: Link) -> None:
