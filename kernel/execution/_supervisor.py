@@ -181,7 +181,10 @@ def _wait_for_results(children, pipes, coordinator, relay, cancel, exits, abort,
             results[index] = payload
             pending.discard(index)
             if relay is not None and pending == {kernels}:
-                relay[1].send(("results", {first + k: results[k] for k in range(kernels)}))
+                try:
+                    relay[1].send(("results", {first + k: results[k] for k in range(kernels)}))
+                except OSError:  # (gone as they came: its error, or its end, is read next from its pipe)
+                    pass
     stopped.end()
     if relay is not None:
         return results[kernels] or []
