@@ -57,13 +57,31 @@ class EventStreams:
         # a stream's end -> when a write it still holds marks its client as one that stopped
         # reading (`caught_up`)
         self._patient_until: dict[asyncio.Event, float] = {}
+        self._called = time.monotonic()  # the streams' last call here (`_patience`)
         self.stopping = False
+
+    def _patience(self, interval: float) -> float:
+        """Now; where no stream called here for longer than an interval
+        (each calls at every event), the loop was held (a step of a
+        one-kernel run, whose loop serves the dashboard; a GC pause): what
+        went past the interval is no client's doing, and every stream's
+        patience is moved on by it. A page's state being sent as the loop
+        was held (its write waiting) was taken for one whose client had
+        stopped reading, and ended by the next newcomer."""
+        now = time.monotonic()
+        held = now - self._called - interval
+        self._called = now
+        if held > 0:
+            for end in self._patient_until:
+                self._patient_until[end] += held
+        return now
 
     def open(self, request, interval: float) -> asyncio.Event:
         """A new stream's end, set when it must end (replaced, or the server
         stopping); `interval`: the seconds between two of its events."""
+        now = self._patience(interval)
         if len(self._open) >= self._limit:
-            displaced = self._displaced()
+            displaced = self._displaced(now)
             transport = self._open.pop(displaced)[1]
             del self._patient_until[displaced]
             displaced.set()
@@ -73,7 +91,7 @@ class EventStreams:
         if self.stopping:
             end.set()
         self._open[end] = (request.remote or "", request.transport)
-        self._patient_until[end] = time.monotonic() + 2 * interval
+        self._patient_until[end] = now + 2 * interval
         return end
 
     def caught_up(self, end: asyncio.Event, interval: float) -> None:
@@ -81,11 +99,12 @@ class EventStreams:
         is reading, and a write it holds two intervals from now (an event
         not taken in an interval, or a write waiting that long) says it
         stopped."""
+        now = self._patience(interval)
         stream = self._open.get(end)
         if stream is not None and (stream[1] is None or not stream[1].get_write_buffer_size()):
-            self._patient_until[end] = time.monotonic() + 2 * interval
+            self._patient_until[end] = now + 2 * interval
 
-    def _displaced(self) -> asyncio.Event:
+    def _displaced(self, now: float) -> asyncio.Event:
         """The stream a new one past the limit ends: one whose client is
         gone (its stream ends at its next event, and counted till then, a
         tab reloaded with 32 open ended another tab's), else the oldest
@@ -104,7 +123,6 @@ class EventStreams:
         for end, (_, transport) in self._open.items():
             if transport is None or transport.is_closing():
                 return end
-        now = time.monotonic()
         for end, (_, transport) in self._open.items():
             if transport is not None and transport.get_write_buffer_size() and now > self._patient_until[end]:
                 return end
