@@ -148,7 +148,10 @@ async def server_sent_events(request, encoded, streams: EventStreams, interval: 
     `last_event` if given; or until a newer stream replaces this one
     (`EventStreams`)."""
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **NO_CACHE})
-    await response.prepare(request)
+    try:
+        await response.prepare(request)
+    except ConnectionError:  # the page went away before its stream began (closed as it opened)
+        return response
     end = streams.open(request, interval)
     try:
         while not end.is_set():
