@@ -44,8 +44,9 @@ IDLE_TIMEOUT = 15.0
 # A page's event stream answers its request for as long as it lasts, so
 # the cap above never closes it: 64 streams (tabs, or a stranger's) refused
 # every scrape. At most this many are open (`_app.EventStreams`: a new one
-# past it ends one whose client stopped reading, or the newest of the
-# address holding the most), which leaves half the connections for scrapes
+# past it ends one whose client is gone, else one whose client stopped
+# reading, else the newest of the address holding the most), which leaves
+# half the connections for scrapes
 # and pages.
 MAX_EVENT_STREAMS = 32
 
