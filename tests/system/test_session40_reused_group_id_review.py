@@ -49,37 +49,52 @@ def _reaped(pid: int, timeout: float = 60.0) -> None:
         time.sleep(0.005)
 
 
-@pytest.mark.skipif(not os.access(NS_LAST_PID, os.W_OK), reason="needs a writable ns_last_pid (root)")
-async def test_a_process_given_the_pid_of_a_job_process_that_left_nothing_is_not_killed(tmp_path):
+async def a_newcomer_given_its_pid(executor: ExecutorDaemon, newcomers: list) -> tuple:
+    """A job process of `executor` that completes, reaped (by asyncio's
+    watcher thread) while the loop is held, its exit not yet seen by
+    `_follow`; and a process that leads a session of its own given its pid
+    (`ns_last_pid`), kept in `newcomers` for the test to end. `(job, entry,
+    newcomer)`. Another process may take the pid between the write and the
+    Popen, with the suite's other worker beside it: a job again, a few times
+    at most."""
     import hashlib
 
     from kernel.system._wire import file_fields
 
+    content = COMPLETING.encode()
+    for attempt in range(1, ATTEMPTS + 1):
+        job = f"job-{attempt}"
+        await executor._request("start", {
+            "job": job, "attempt": 1, "process": 0, "flow": "flow", "filename": "completing.py",
+            **file_fields(content), "digest": hashlib.sha256(content).hexdigest(), "cores": 1})
+        entry = executor.processes[job, 1, 0]
+        pid = entry.proc.pid
+        _reaped(pid)  # (the loop held: its exit not yet seen, `returncode` None)
+        with open(NS_LAST_PID, "w") as f:
+            f.write(str(pid - 1))
+        newcomer = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        newcomers.append(newcomer)
+        if newcomer.pid == pid:
+            return job, entry, newcomer
+        newcomer.kill()
+        newcomer.wait()
+        await asyncio.wait_for(asyncio.shield(entry.followed), 60)
+    pytest.fail(f"other processes took the job process's pid first {ATTEMPTS} times")
+
+
+def end_newcomers(newcomers: list) -> None:
+    for newcomer in newcomers:
+        newcomer.kill()
+        newcomer.wait()
+
+
+@pytest.mark.skipif(not os.access(NS_LAST_PID, os.W_OK), reason="needs a writable ns_last_pid (root)")
+async def test_a_process_given_the_pid_of_a_job_process_that_left_nothing_is_not_killed(tmp_path):
     executor: ExecutorDaemon = _executor(tmp_path)
-    newcomer = None
+    newcomers: list = []
     try:
-        content = COMPLETING.encode()
-        # (another process may take the pid between the write and the Popen, with
-        # the suite's other worker beside it: a job again, a few times at most)
-        for attempt in range(1, ATTEMPTS + 1):
-            await executor._request("start", {
-                "job": f"job-{attempt}", "attempt": 1, "process": 0, "flow": "flow",
-                "filename": "completing.py", **file_fields(content),
-                "digest": hashlib.sha256(content).hexdigest(), "cores": 1})
-            entry = executor.processes[f"job-{attempt}", 1, 0]
-            pid = entry.proc.pid
-            _reaped(pid)  # (the loop held: its exit not yet seen by `_follow`)
-            with open(NS_LAST_PID, "w") as f:
-                f.write(str(pid - 1))
-            newcomer = subprocess.Popen(["sleep", "60"], start_new_session=True)
-            if newcomer.pid == pid:
-                break
-            newcomer.kill()
-            newcomer.wait()
-            newcomer = None
-            await asyncio.wait_for(asyncio.shield(entry.followed), 60)
-        else:
-            pytest.fail(f"other processes took the job process's pid first {ATTEMPTS} times")
+        _, entry, newcomer = await a_newcomer_given_its_pid(executor, newcomers)
+        pid = newcomer.pid
         await asyncio.wait_for(asyncio.shield(entry.followed), 60)
         assert entry.code == 0, entry.log_path.read_text()
         try:  # (a SIGKILL sent is acted on at the newcomer's next run: a moment later)
@@ -89,6 +104,4 @@ async def test_a_process_given_the_pid_of_a_job_process_that_left_nothing_is_not
         assert newcomer.poll() is None, f"process {pid}, no job's, was killed (exit {newcomer.returncode})"
     finally:
         await executor.close()
-        if newcomer is not None:
-            newcomer.kill()
-            newcomer.wait()
+        end_newcomers(newcomers)

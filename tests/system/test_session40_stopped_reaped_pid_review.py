@@ -18,16 +18,18 @@ coordinator's "stop" of that job."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import subprocess
 
 import pytest
 
 from kernel.system._executor import ExecutorDaemon
-from kernel.system._wire import file_fields
 from tests.system.test_session40_job_children_end import _executor
-from tests.system.test_session40_reused_group_id_review import ATTEMPTS, COMPLETING, NS_LAST_PID, _reaped
+from tests.system.test_session40_reused_group_id_review import (
+    NS_LAST_PID,
+    a_newcomer_given_its_pid,
+    end_newcomers,
+)
 
 # seconds a process sent SIGINT takes to end (at most: a moment)
 SIGNALLED_WITHIN = 0.2
@@ -36,29 +38,10 @@ SIGNALLED_WITHIN = 0.2
 @pytest.mark.skipif(not os.access(NS_LAST_PID, os.W_OK), reason="needs a writable ns_last_pid (root)")
 async def test_a_stop_of_a_job_process_reaped_already_does_not_signal_the_process_given_its_pid(tmp_path):
     executor: ExecutorDaemon = _executor(tmp_path)
-    newcomer = None
+    newcomers: list = []
     try:
-        content = COMPLETING.encode()
-        # (another process may take the pid between the write and the Popen: a job again)
-        for attempt in range(1, ATTEMPTS + 1):
-            job = f"job-{attempt}"
-            await executor._request("start", {
-                "job": job, "attempt": 1, "process": 0, "flow": "flow", "filename": "completing.py",
-                **file_fields(content), "digest": hashlib.sha256(content).hexdigest(), "cores": 1})
-            entry = executor.processes[job, 1, 0]
-            pid = entry.proc.pid
-            _reaped(pid)  # (the loop held: its exit not yet seen, `returncode` None)
-            with open(NS_LAST_PID, "w") as f:
-                f.write(str(pid - 1))
-            newcomer = subprocess.Popen(["sleep", "60"], start_new_session=True)
-            if newcomer.pid == pid:
-                break
-            newcomer.kill()
-            newcomer.wait()
-            newcomer = None
-            await asyncio.wait_for(asyncio.shield(entry.followed), 60)
-        else:
-            pytest.fail(f"other processes took the job process's pid first {ATTEMPTS} times")
+        job, entry, newcomer = await a_newcomer_given_its_pid(executor, newcomers)
+        pid = newcomer.pid
         assert entry.code is None and entry.proc.returncode is None
         await asyncio.wait_for(executor._request("stop", {"job": job, "attempt": 1}), 60)
         await asyncio.wait_for(asyncio.shield(entry.followed), 60)
@@ -70,6 +53,4 @@ async def test_a_stop_of_a_job_process_reaped_already_does_not_signal_the_proces
         assert newcomer.poll() is None, f"process {pid}, no job's, was signalled (exit {newcomer.returncode})"
     finally:
         await executor.close()
-        if newcomer is not None:
-            newcomer.kill()
-            newcomer.wait()
+        end_newcomers(newcomers)
