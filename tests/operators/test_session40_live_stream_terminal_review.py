@@ -19,19 +19,11 @@ import time
 import pytest
 from _live_streams import DEADLINE
 from test_session39_live_stream_resume import _committed, failing_once_at
+from test_session40_live_stream_closed_file_object_review import _flow_over
 
 from kernel import Dataflow, run
 
 TOTAL = 600
-
-
-def _flow_over(stream, out, fails_once=None) -> Dataflow:
-    flow = Dataflow("lines")
-    values = flow.from_iterable(stream, name="lines in").map(int)
-    if fails_once is not None:
-        values = values.map(fails_once)
-    values.to_files(out)
-    return flow
 
 
 def test_a_run_over_another_file_object_of_a_terminal_an_earlier_run_read_is_refused(tmp_path):
