@@ -57,29 +57,42 @@ class EventStreams:
         # a stream's end -> when a write it still holds marks its client as one that stopped
         # reading (`caught_up`)
         self._patient_until: dict[asyncio.Event, float] = {}
-        self._called = time.monotonic()  # the streams' last call here (`_patience`)
+        # a timer on the server's loop while a stream is open (`_tick`): when it is due, and the
+        # loop's held time counted up to when (`_patience`)
+        self._ticking: asyncio.TimerHandle | None = None
+        self._due = self._counted = 0.0
         self.stopping = False
 
-    def _patience(self, interval: float) -> float:
-        """Now; where no stream called here for longer than an interval
-        (each calls at every event), the loop was held (a step of a
-        one-kernel run, whose loop serves the dashboard; a GC pause): what
-        went past the interval is no client's doing, and every stream's
-        patience is moved on by it. A page's state being sent as the loop
-        was held (its write waiting) was taken for one whose client had
-        stopped reading, and ended by the next newcomer."""
+    def _patience(self) -> float:
+        """Now; where the loop's timer (`_tick`) is overdue, the loop was
+        held (a step of a one-kernel run, whose loop serves the dashboard;
+        a GC pause): what went past its due is no client's doing, and every
+        stream's patience is moved on by it. A page's state being sent as
+        the loop was held (its write waiting) was taken for one whose client
+        had stopped reading, and ended by the next newcomer. (Not the time
+        no stream called here: none calls either where every one is held in
+        its write, and a stranger's streams, never read, left so a while,
+        stayed patient, a page then ended in their place.)"""
         now = time.monotonic()
-        held = now - self._called - interval
-        self._called = now
-        if held > 0:
+        held = now - max(self._due, self._counted)
+        if self._ticking is not None and held > 0:
+            self._counted = now
             for end in self._patient_until:
                 self._patient_until[end] += held
         return now
 
+    def _tick(self, interval: float) -> None:
+        """Every interval while a stream is open: the loop's held time counted (`_patience`)."""
+        self._due = self._patience() + interval
+        self._ticking = asyncio.get_running_loop().call_later(interval, self._tick, interval)
+
     def open(self, request, interval: float) -> asyncio.Event:
         """A new stream's end, set when it must end (replaced, or the server
         stopping); `interval`: the seconds between two of its events."""
-        now = self._patience(interval)
+        now = self._patience()
+        if self._ticking is None:
+            self._counted = now
+            self._tick(interval)
         if len(self._open) >= self._limit:
             displaced = self._displaced(now)
             transport = self._open.pop(displaced)[1]
@@ -99,7 +112,7 @@ class EventStreams:
         is reading, and a write it holds two intervals from now (an event
         not taken in an interval, or a write waiting that long) says it
         stopped."""
-        now = self._patience(interval)
+        now = self._patience()
         stream = self._open.get(end)
         if stream is not None and (stream[1] is None or not stream[1].get_write_buffer_size()):
             self._patient_until[end] = now + 2 * interval
@@ -133,6 +146,9 @@ class EventStreams:
     def close(self, end: asyncio.Event) -> None:
         self._open.pop(end, None)
         self._patient_until.pop(end, None)
+        if not self._open and self._ticking is not None:
+            self._ticking.cancel()
+            self._ticking = None
 
     def stop(self) -> None:
         """The server stops: every stream sends its last event and ends."""
