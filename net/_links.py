@@ -1260,6 +1260,10 @@ class LinkServer(AuthenticatedServer):
             # connected (`LinkRelay._linked_elsewhere`) as our link to it completed: no twin
             # (both ends said "two processes claim process id 0", each run ended)
             return f"process {peer} is linked to this process: {ITS_OWN_LINK}"
+        if self.expected is not None and 0 <= peer < self.process and peer not in self.dialled:
+            # the same question come before our link to it had its answer (it took the link,
+            # we have not heard yet): no stranger either ("not a peer" was logged, the run went on)
+            return f"process {peer} is being linked by this process: {ITS_OWN_LINK}"
         return None
 
     def _unexpected(self, peer: int, address: str) -> str | None:
