@@ -17,7 +17,7 @@ import socket
 import threading
 
 import pytest
-from _ports import free_ports, wait_until
+from _ports import free_ports, listening, wait_until
 from _procs import without_stall_reports
 from test_session35_cluster_links_review import PIPELINE
 from test_session40_probe_crossing_link_review import _forward, _start
@@ -27,10 +27,11 @@ PROMPTLY = 60.0  # seconds: an upper bound, never a synchronisation
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
 
-def _link_with_answer_held(held: socket.socket, port: int, pumps, hello_sent: threading.Event,
+def _link_with_answer_held(held: socket.socket, port: int, pumps, asked: threading.Event,
                            answer_held: threading.Event, release: threading.Event) -> socket.socket:
-    """Process 1's link forwarded to process 0, all but process 0's answer to
-    its hello (what comes back once the hello has passed), held until `release`."""
+    """Process 1's link forwarded to process 0: its hello held until `asked`
+    (process 0's question on its way), process 0's answer to it until `release`."""
+    hello_sent = threading.Event()
     onward = socket.create_connection(("127.0.0.1", port), timeout=PROMPTLY)
     onward.settimeout(None)
     held.settimeout(None)
@@ -39,10 +40,11 @@ def _link_with_answer_held(held: socket.socket, port: int, pumps, hello_sent: th
         chunks = 0
         try:
             while data := held.recv(65536):
-                onward.sendall(data)
                 chunks += 1
-                if chunks == 2:
+                if chunks == 2:  # (its hello, sent once the challenge came)
+                    asked.wait(PROMPTLY)
                     hello_sent.set()
+                onward.sendall(data)
         except OSError:
             pass
         finally:
@@ -77,7 +79,7 @@ def test_process_zeros_question_before_process_one_hears_its_link_taken_is_not_l
     a, b, to_zero, to_one = free_ports(4)
     on_way_to_zero = socket.create_server(("127.0.0.1", to_zero))
     on_way_to_one = socket.create_server(("127.0.0.1", to_one))
-    hello_sent, answer_held, release = threading.Event(), threading.Event(), threading.Event()
+    asked, answer_held, release = threading.Event(), threading.Event(), threading.Event()
     procs, held, pumps = [], [], []
     try:
         for sock in (on_way_to_zero, on_way_to_one):
@@ -85,10 +87,14 @@ def test_process_zeros_question_before_process_one_hears_its_link_taken_is_not_l
         procs.append(_start(tmp_path, 1, f"127.0.0.1:{to_zero},127.0.0.1:{b}", "30"))
         held.append(on_way_to_zero.accept()[0])  # process 1's link to process 0, held here
         procs.append(_start(tmp_path, 0, f"127.0.0.1:{a},127.0.0.1:{to_one}", "2"))
+        wait_until(lambda: listening(a), timeout=PROMPTLY, what="process 0 to listen")
+        # (its upgrade and process 0's challenge through before process 0's timeout: the question,
+        # one try of a second, waits on no more than the hello, the answer and itself)
+        held.append(_link_with_answer_held(held[0], a, pumps, asked, answer_held, release))
         held.append(on_way_to_one.accept()[0])  # process 0's timeout passed: its question, held here
-        held.append(_link_with_answer_held(held[0], a, pumps, hello_sent, answer_held, release))
+        asked.set()
         assert answer_held.wait(PROMPTLY)  # process 0 took the link; process 1 has not heard
-        held.append(_forward(held[1], b, pumps))  # the question reaches process 1, not yet linked
+        held.append(_forward(held[2], b, pumps))  # the question reaches process 1, not yet linked
         # the question's end (process 1's refusal) comes back to process 0 through the pump
         wait_until(lambda: not any(p.is_alive() for p in pumps[2:]), timeout=PROMPTLY,
                    what="the question to be answered")
