@@ -665,6 +665,8 @@ class LinkRelay:
                 self._refusal = bytes(body)
             self._fail(pickle.loads(bytes(body)))
         elif kind == KIND_ABORT:
+            # (its link's end, however it comes, is no news: with TLS it came as 1006, each logged)
+            self.links[peer].goodbye = True
             why = bytes(body).decode(errors="replace")
             self._fail(PeerFailed(peer, self.plan.address(peer), why))
 
