@@ -642,7 +642,7 @@ class JobMaster:
                     p["executor"] == executor_id for p in job.placement):
                 attempt = job.attempt
                 async with self._lock(job.id):
-                    if not self._done_on(job, attempt, executor_id):
+                    if not self._done_on(job, attempt, executor_id, stopped):
                         await self._restart_locked(
                             job, attempt, _stopped(executor_id) if stopped else
                             f"lost executor {executor_id} ({why})", counted=not stopped)
@@ -992,21 +992,23 @@ class JobMaster:
         else:
             why = f"executor {executor_id} no longer runs process {process} (it restarted)"
         async with self._lock(job.id):
-            if not self._done_on(job, attempt, executor_id):
+            if not self._done_on(job, attempt, executor_id, stopped):
                 await self._restart_locked(job, attempt, why, counted=not stopped)
         self.reconcile()
 
-    def _done_on(self, job: Job, attempt: int, executor_id: str) -> bool:
+    def _done_on(self, job: Job, attempt: int, executor_id: str, stopped: bool = False) -> bool:
         """Has every process of the attempt on `executor_id` exited 0, its
         part done? Then losing that executor (stopped for a rolling restart,
         or started again) loses nothing: the job was run again from its
         start for it (a restart spent, when the executor was not stopped on
-        purpose)."""
+        purpose). `stopped`: it was stopped on purpose."""
         mine = [i for i, p in enumerate(job.placement) if p["executor"] == executor_id]
         exits = self.exits.get(job.id, {})
-        # (not where a peer failed meanwhile, its exit held for this executor's leave: `process_exited`)
+        # (where it was stopped, not if a peer failed meanwhile, its exit held for this executor's
+        # leave: `process_exited`. Asked of any executor lost, one whose part was done, lost beside
+        # a hold for another's stop, failed the job, a restart spent; that hold moves it free)
         return job.attempt == attempt and bool(mine) and all(exits.get(i, (None,))[0] == 0 for i in mine) \
-            and all(code == 0 for code, _ in exits.values())
+            and (not stopped or all(code == 0 for code, _ in exits.values()))
 
     def heard_from(self, executor_id: str) -> None:
         executor = self.executors.get(executor_id)
