@@ -992,7 +992,11 @@ class JobMaster:
         else:
             why = f"executor {executor_id} no longer runs process {process} (it restarted)"
         async with self._lock(job.id):
-            if not self._done_on(job, attempt, executor_id, stopped):
+            # (not a process whose exit was heard: lost again as its executor, started again since,
+            # lists it no more, a peer's exit held for another's stop (`process_exited`) was
+            # counted a failure, a restart spent; the hold moves the job free)
+            heard = process is not None and job.attempt == attempt and process in self.exits.get(job.id, {})
+            if not heard and not self._done_on(job, attempt, executor_id, stopped):
                 await self._restart_locked(job, attempt, why, counted=not stopped)
         self.reconcile()
 
