@@ -992,27 +992,28 @@ class JobMaster:
         else:
             why = f"executor {executor_id} no longer runs process {process} (it restarted)"
         async with self._lock(job.id):
-            # (not a process whose exit was heard: lost again as its executor, started again since,
-            # lists it no more, a peer's exit held for another's stop (`process_exited`) was
-            # counted a failure, a restart spent; the hold moves the job free)
-            heard = process is not None and job.attempt == attempt and process in self.exits.get(job.id, {})
-            if not heard and not self._done_on(job, attempt, executor_id, stopped):
+            if not self._done_on(job, attempt, executor_id, stopped):
                 await self._restart_locked(job, attempt, why, counted=not stopped)
         self.reconcile()
 
     def _done_on(self, job: Job, attempt: int, executor_id: str, stopped: bool = False) -> bool:
         """Has every process of the attempt on `executor_id` exited 0, its
-        part done? Then losing that executor (stopped for a rolling restart,
-        or started again) loses nothing: the job was run again from its
-        start for it (a restart spent, when the executor was not stopped on
-        purpose). `stopped`: it was stopped on purpose."""
+        part done (or, not `stopped`, exited, heard: below)? Then losing that
+        executor (stopped for a rolling restart, or started again) loses
+        nothing: the job was run again from its start for it (a restart
+        spent, when the executor was not stopped on purpose). `stopped`: it
+        was stopped on purpose."""
         mine = [i for i, p in enumerate(job.placement) if p["executor"] == executor_id]
         exits = self.exits.get(job.id, {})
-        # (where it was stopped, not if a peer failed meanwhile, its exit held for this executor's
-        # leave: `process_exited`. Asked of any executor lost, one whose part was done, lost beside
-        # a hold for another's stop, failed the job, a restart spent; that hold moves it free)
-        return job.attempt == attempt and bool(mine) and all(exits.get(i, (None,))[0] == 0 for i in mine) \
-            and (not stopped or all(code == 0 for code, _ in exits.values()))
+        if job.attempt != attempt or not mine:
+            return False
+        if stopped:  # (not where a peer failed meanwhile, its exit held for this leave: `process_exited`)
+            return all(exits.get(i, (None,))[0] == 0 for i in mine) and all(c == 0 for c, _ in exits.values())
+        # One not stopped loses nothing where each of its processes has exited, heard: 0, or
+        # one whose exit, held for another executor's stop, moves the job free then. (Asked as
+        # of a stopped one, an executor lost, or started again, its part done or its process's
+        # exit held, failed the job, a restart spent.)
+        return all(i in exits for i in mine)
 
     def heard_from(self, executor_id: str) -> None:
         executor = self.executors.get(executor_id)

@@ -1,0 +1,50 @@
+"""Session 40 review (third round): a peer's exit held for a stopped
+executor's "left" (`JobMaster.process_exited`) keeps the attempt running
+for a while (STOP_TIMEOUT at most). The peer's executor lost meanwhile (no
+heartbeat: a cut cable; its process had ended, its exit heard) was counted
+a failure of the job's, `lost executor e2 (...)`, a restart spent: at
+--max-restarts 0 the job failed at once, where the held exit moves it free
+at the stopped executor's "left" (it did, at once, before the hold). An
+executor lost whose every process of the attempt has exited, heard, loses
+nothing of it.
+
+In-process: a real catalog and master, two executors' sessions that
+answer as executors do (the exits told as they would tell them)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from kernel.system._catalog import Catalog
+from kernel.system._master import JobMaster
+from tests.system.test_session40_done_on_held_peer_review import AnsweringExecutor
+
+
+def test_a_peer_executor_lost_while_its_exit_is_held_spends_no_restart(tmp_path):
+    async def scenario() -> tuple[dict, dict]:
+        master = JobMaster(Catalog(tmp_path))
+        for n, name in enumerate(("e1", "e2")):
+            master.register(AnsweringExecutor(name, 7000 + n), {"executor": name, "cores": 1,
+                                                                "host": "127.0.0.1"})
+        job = await master.submit(filename="p.py", content=b"", digest="d" * 64, flow="flow", processes=2,
+                                  cores=1, executors=None, state_dir=None, epoch_interval=None,
+                                  max_restarts=0)
+        while master.job_status(job.id)["status"] != "running":
+            await master.wait_for_change(5)
+        stopped, peer = master.job_status(job.id)["placement"]
+        master.executor_leaving(stopped)
+        await master.process_exited(job.id, 1, 1, 1, "lost process 0 (its link closed)")  # (held)
+        assert master.job_status(job.id)["status"] == "running"
+        master.connected.pop(peer)
+        await master.executor_lost(peer, "no heartbeat for 5 s")
+        after_lost = dict(master.job_status(job.id))
+        master.executor_left(stopped)
+        while (state := master.job_status(job.id))["attempt"] == 1 and state["status"] == "running":
+            await master.wait_for_change(2)
+        await master.close()
+        return after_lost, state
+
+    after_lost, state = asyncio.run(scenario())
+    assert after_lost["status"] == "running" and after_lost["restarts"] == 0, after_lost
+    assert state["status"] != "failed" and state["restarts"] == 0, state
+    assert "stopped on purpose" in state["message"], state
