@@ -187,18 +187,33 @@ def _open_links() -> set[str]:
     return links
 
 
-def _reading_at_once(stream, what, readers: list, name: str) -> None:
-    """Refused where one of `readers`, of other runs going on, reads the
-    live stream `stream` (`what`) and has not read it to its end."""
-    for reader in readers:
+def _reading_at_once(stream, what, run: object, name: str) -> None:
+    """Refused (under `_left_over_lock`, as the reader of the run `run` is
+    registered in `_reading`) where a reader of another run going on reads
+    the live stream `stream` (`what`), has not read it to its end, and one
+    of the two runs has snapshots (`_snapshotted`): the two share its lines
+    by timing, and that run's snapshots count only its own share."""
+    for reader in list(_reading.values()):
+        other = reader._run()
+        if reader._stopped or other is None or other is run or (
+                run not in _snapshotted and other not in _snapshotted):
+            continue
         held = reader._stream()
         if (not reader.done_and_empty() and held is not None and not _closed(held)
                 and _what_it_reads(held) == what):
+            if run in _snapshotted:
+                raise KernelError(
+                    f"{name}: another run of this process ({reader._name}) reads its input {stream!r} "
+                    "at the same time, and takes some of its lines, which this run's snapshots would "
+                    "not count (with a state_dir a run resumes exactly only over its input, whole): "
+                    "give each run an input of its own, or read the stream with one run"
+                )
             raise KernelError(
-                f"{name}: another run of this process ({reader._name}) reads its input {stream!r} "
-                "at the same time, and takes some of its lines, which this run's snapshots would "
-                "not count (with a state_dir a run resumes exactly only over its input, whole): "
-                "give each run an input of its own, or read the stream with one run"
+                f"{name}: another run of this process ({reader._name}), which has a state_dir, reads "
+                f"its input {stream!r} at the same time: this run would take some of its lines, which "
+                "that run's snapshots would not count (a run with a state_dir resumes exactly only "
+                "over its input, whole): give each run an input of its own, or read the stream with "
+                "one run"
             )
 
 
@@ -214,14 +229,6 @@ def _held_elsewhere(stream, iterator: Iterator, run: object, name: str) -> None:
     what = _what_it_reads(stream)
     with _left_over_lock:
         readers = list(_left_over.values())
-        # (a run reading it meanwhile, another thread's, another task's of one
-        # loop: it takes some of the lines, which this run's positions would not
-        # count, whatever iterator it reads; refused only where it had taken one
-        # first, by timing, and the two runs shared the stream: 9,300 and 10,700
-        # of 20,000 lines)
-        running = [reader for reader in _reading.values()
-                   if not reader._stopped and reader._run() not in (None, run)]
-    _reading_at_once(stream, what, running, name)
     for reader in readers:
         held = reader._stream()
         if (reader._iterator() is not iterator and not reader.done_and_empty() and held is not None
@@ -324,14 +331,32 @@ class LiveReader:
                     and not reader._stopped):
                 return reader  # (its `start` adds this source to those it wakes)
             reader = _left_over.pop(id(iterator), None)
-        if reader is not None and reader._iterator() is iterator:
+        left = reader is not None and reader._iterator() is iterator
+        if left:
             reader._refuse_if_elsewhere(name)
-            reader._limit, reader._name = limit, name
         else:
             reader = cls(iterator, limit, name, stream)
-        reader._run = _weakly(run)
-        reader.handed = 0  # (positions count from this run's first record)
+        what = _what_it_reads(stream) if stream is not None else None
         with _left_over_lock:
+            # (a run reading the stream meanwhile, another thread's, another task's
+            # of one loop: the two share its lines, which the positions of the one
+            # with snapshots would not count, whatever iterator each reads. Looked
+            # for as this reader is registered, under one lock: looked for before,
+            # a run with a state_dir was refused only where the other had taken a
+            # line first, by timing (9,300 and 10,700 of 20,000 lines), and a run
+            # without one that began reading it after a run with one was not
+            # refused at all (10,100 and 9,900 of 20,000 lines, no error))
+            if what is not None:
+                try:
+                    _reading_at_once(stream, what, run, name)
+                except KernelError:
+                    if left:  # (the reader stays for a run that can take it over)
+                        _left_over[id(iterator)] = reader
+                    raise
+            if left:
+                reader._limit, reader._name = limit, name
+            reader._run = _weakly(run)
+            reader.handed = 0  # (positions count from this run's first record)
             # (a reader taken over kept its entry of each run before, by the id of
             # a kernel gone: one more a run for as long as the stream was read)
             if _reading.get(reader._reading_key) is reader:
