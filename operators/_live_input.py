@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import fcntl
 import os
 import stat
+import struct
 import sys
 import threading
 import time
@@ -45,6 +47,7 @@ from kernel.scheduling._signal_mask import main_thread_signals
 
 _AT_ONCE = 0.001  # seconds: a chunk read within this came at once (the stream is fast)
 _FIRST_LOOK, _LAST_LOOK = 0.001, 0.1  # seconds: an idle source's looks while a chunk is read
+_TIOCGDEV = 0x80045432  # (Linux: the device a terminal's descriptor reads, `_terminal`)
 
 
 class _EndOfInput(Exception):
@@ -292,14 +295,28 @@ def _what_it_reads(stream) -> object:
     object under its buffers."""
     try:
         status = os.fstat(stream.fileno())
-        if (stat.S_ISFIFO(status.st_mode) or stat.S_ISSOCK(status.st_mode) or stat.S_ISREG(status.st_mode)
-                or (stat.S_ISCHR(status.st_mode) and os.isatty(stream.fileno()))):
+        if stat.S_ISFIFO(status.st_mode) or stat.S_ISSOCK(status.st_mode) or stat.S_ISREG(status.st_mode):
             return (status.st_dev, status.st_ino)
+        if stat.S_ISCHR(status.st_mode) and os.isatty(stream.fileno()):
+            return ("terminal", _terminal(stream.fileno(), status))
     except Exception:  # (no descriptor, closed, a broken wrapper: by its file object)
         pass
     for attribute in ("buffer", "raw"):
         stream = getattr(stream, attribute, stream)
     return id(stream)
+
+
+def _terminal(descriptor: int, status: os.stat_result) -> int:
+    """The terminal device the descriptor `descriptor` reads: `/dev/tty`
+    (and `/dev/console`) is one device of its own by its inode and number,
+    and reads the process's controlling terminal, `/dev/pts/3`, which a
+    run over `sys.stdin` read (by the inode, a run with a state_dir over
+    `open("/dev/tty")` after it was not refused). Linux says which
+    (TIOCGDEV); elsewhere by the device's number."""
+    try:
+        return struct.unpack("I", fcntl.ioctl(descriptor, _TIOCGDEV, b"\0\0\0\0"))[0]
+    except Exception:  # (not Linux, an older one)
+        return status.st_rdev
 
 
 class _Turn:
