@@ -48,6 +48,7 @@ from kernel.scheduling._signal_mask import main_thread_signals
 _AT_ONCE = 0.001  # seconds: a chunk read within this came at once (the stream is fast)
 _FIRST_LOOK, _LAST_LOOK = 0.001, 0.1  # seconds: an idle source's looks while a chunk is read
 _TIOCGDEV = 0x80045432  # (Linux: the device a terminal's descriptor reads, `_terminal`)
+_PTMX = os.makedev(5, 2)  # (Linux: a pseudo-terminal's master, `_terminal`)
 
 
 class _EndOfInput(Exception):
@@ -298,7 +299,7 @@ def _what_it_reads(stream) -> object:
         if stat.S_ISFIFO(status.st_mode) or stat.S_ISSOCK(status.st_mode) or stat.S_ISREG(status.st_mode):
             return (status.st_dev, status.st_ino)
         if stat.S_ISCHR(status.st_mode) and os.isatty(stream.fileno()):
-            return ("terminal", _terminal(stream.fileno(), status))
+            return ("terminal", _terminal(stream.fileno(), status), status.st_rdev == _PTMX)
     except Exception:  # (no descriptor, closed, a broken wrapper: by its file object)
         pass
     for attribute in ("buffer", "raw"):
@@ -311,8 +312,13 @@ def _terminal(descriptor: int, status: os.stat_result) -> int:
     (and `/dev/console`) is one device of its own by its inode and number,
     and reads the process's controlling terminal, `/dev/pts/3`, which a
     run over `sys.stdin` read (by the inode, a run with a state_dir over
-    `open("/dev/tty")` after it was not refused). Linux says which
-    (TIOCGDEV); elsewhere by the device's number."""
+    `open("/dev/tty")` after it was not refused). And each pseudo-terminal's
+    master (`pty.openpty()`'s first, what a program run on it writes) has
+    the inode and number of `/dev/ptmx`: by them, two were one stream (a
+    run over two programs' outputs with a state_dir was refused as two
+    iterators of one stream); it is the number of its terminal, told from
+    that terminal's by `_PTMX`. Linux says which (TIOCGDEV); elsewhere by
+    the device's number."""
     try:
         return struct.unpack("I", fcntl.ioctl(descriptor, _TIOCGDEV, b"\0\0\0\0"))[0]
     except Exception:  # (not Linux, an older one)
