@@ -39,31 +39,39 @@ class AnsweringExecutor:
         pass
 
 
+async def running_across(master: JobMaster, executors: int) -> tuple[str, list[str]]:
+    """A job of `executors` processes, one on each of as many executors
+    (`AnsweringExecutor`) registered with `master`, at --max-restarts 0,
+    running: its id and placement."""
+    names = [f"e{n + 1}" for n in range(executors)]
+    for n, name in enumerate(names):
+        master.register(AnsweringExecutor(name, 7000 + n), {"executor": name, "cores": 1,
+                                                            "host": "127.0.0.1"})
+    job = (await master.submit(filename="p.py", content=b"", digest="d" * 64, flow="flow",
+                               processes=executors, cores=1, executors=None, state_dir=None,
+                               epoch_interval=None, max_restarts=0)).id
+    while master.job_status(job)["status"] != "running":
+        await master.wait_for_change(5)
+    return job, master.job_status(job)["placement"]
+
+
 def test_a_peers_exit_held_beside_a_stopped_executors_completed_process_moves_the_job_at_left(tmp_path):
     assert MOVED_WITHIN < STOP_TIMEOUT
 
     async def scenario() -> tuple[dict, float]:
         master = JobMaster(Catalog(tmp_path))
-        for n, name in enumerate(("e1", "e2")):
-            master.register(AnsweringExecutor(name, 7000 + n), {"executor": name, "cores": 1,
-                                                                "host": "127.0.0.1"})
-        job = await master.submit(filename="p.py", content=b"", digest="d" * 64, flow="flow", processes=2,
-                                  cores=1, executors=None, state_dir=None, epoch_interval=None,
-                                  max_restarts=0)
-        while master.job_status(job.id)["status"] != "running":
-            await master.wait_for_change(5)
-        placement = master.job_status(job.id)["placement"]
+        job, placement = await running_across(master, 2)
         stopped = placement[0]
         mine, peer = placement.index(stopped), 1 - placement.index(stopped)
         master.executor_leaving(stopped)
         # its own process completed as the stop began (told as its own, before "left")
-        await master.process_exited(job.id, 1, mine, 0, None, on_its_own=True)
+        await master.process_exited(job, 1, mine, 0, None, on_its_own=True)
         # the peer's, `lost process N`, held for "left"
-        await master.process_exited(job.id, 1, peer, 1, f"lost process {mine} (its link closed)")
-        assert master.job_status(job.id)["status"] == "running"
+        await master.process_exited(job, 1, peer, 1, f"lost process {mine} (its link closed)")
+        assert master.job_status(job)["status"] == "running"
         master.executor_left(stopped)
         left = time.monotonic()
-        while (state := master.job_status(job.id))["attempt"] == 1 and state["status"] == "running":
+        while (state := master.job_status(job))["attempt"] == 1 and state["status"] == "running":
             await master.wait_for_change(MOVED_WITHIN)
             if time.monotonic() - left > MOVED_WITHIN:
                 break

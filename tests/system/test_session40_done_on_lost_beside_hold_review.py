@@ -17,31 +17,23 @@ import asyncio
 
 from kernel.system._catalog import Catalog
 from kernel.system._master import JobMaster
-from tests.system.test_session40_done_on_held_peer_review import AnsweringExecutor
+from tests.system.test_session40_done_on_held_peer_review import running_across
 
 
 def test_an_executor_lost_whose_part_is_done_beside_a_held_exit_spends_no_restart(tmp_path):
     async def scenario() -> dict:
         master = JobMaster(Catalog(tmp_path))
-        for n, name in enumerate(("e1", "e2", "e3")):
-            master.register(AnsweringExecutor(name, 7000 + n), {"executor": name, "cores": 1,
-                                                                "host": "127.0.0.1"})
-        job = await master.submit(filename="p.py", content=b"", digest="d" * 64, flow="flow", processes=3,
-                                  cores=1, executors=None, state_dir=None, epoch_interval=None,
-                                  max_restarts=0)
-        while master.job_status(job.id)["status"] != "running":
-            await master.wait_for_change(5)
-        placement = master.job_status(job.id)["placement"]
+        job, placement = await running_across(master, 3)
         stopped, done = placement[:2]
         master.executor_leaving(stopped)
-        await master.process_exited(job.id, 1, 1, 0, None)  # (its part completed)
-        await master.process_exited(job.id, 1, 2, 1, "lost process 0 (its link closed)")  # (held)
-        assert master.job_status(job.id)["status"] == "running"
+        await master.process_exited(job, 1, 1, 0, None)  # (its part completed)
+        await master.process_exited(job, 1, 2, 1, "lost process 0 (its link closed)")  # (held)
+        assert master.job_status(job)["status"] == "running"
         master.connected.pop(done)
         await master.executor_lost(done, "no heartbeat for 5 s")
-        after_lost = dict(master.job_status(job.id))
+        after_lost = dict(master.job_status(job))
         master.executor_left(stopped)
-        while (state := master.job_status(job.id))["attempt"] == 1 and state["status"] == "running":
+        while (state := master.job_status(job))["attempt"] == 1 and state["status"] == "running":
             await master.wait_for_change(2)
         await master.close()
         return after_lost, state

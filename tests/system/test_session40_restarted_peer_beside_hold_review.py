@@ -17,31 +17,24 @@ import asyncio
 
 from kernel.system._catalog import Catalog
 from kernel.system._master import JobMaster
-from tests.system.test_session40_done_on_held_peer_review import AnsweringExecutor
+from tests.system.test_session40_done_on_held_peer_review import AnsweringExecutor, running_across
 
 
 def test_a_peer_executor_started_again_while_its_exit_is_held_spends_no_restart(tmp_path):
     async def scenario() -> tuple[dict, dict]:
         master = JobMaster(Catalog(tmp_path))
-        for n, name in enumerate(("e1", "e2")):
-            master.register(AnsweringExecutor(name, 7000 + n), {"executor": name, "cores": 1,
-                                                                "host": "127.0.0.1"})
-        job = await master.submit(filename="p.py", content=b"", digest="d" * 64, flow="flow", processes=2,
-                                  cores=1, executors=None, state_dir=None, epoch_interval=None,
-                                  max_restarts=0)
-        while master.job_status(job.id)["status"] != "running":
-            await master.wait_for_change(5)
-        stopped, peer = master.job_status(job.id)["placement"]
+        job, placement = await running_across(master, 2)
+        stopped, peer = placement
         master.executor_leaving(stopped)
-        await master.process_exited(job.id, 1, 1, 1, "lost process 0 (its link closed)")  # (held)
-        assert master.job_status(job.id)["status"] == "running"
+        await master.process_exited(job, 1, 1, 1, "lost process 0 (its link closed)")  # (held)
+        assert master.job_status(job)["status"] == "running"
         # the peer's executor started again: its register lists nothing (the exit was told)
         master.register(AnsweringExecutor(peer, 7100), {"executor": peer, "cores": 1, "host": "127.0.0.1"})
         for _ in range(20):
             await asyncio.sleep(0.01)
-        after_register = dict(master.job_status(job.id))
+        after_register = dict(master.job_status(job))
         master.executor_left(stopped)
-        while (state := master.job_status(job.id))["attempt"] == 1 and state["status"] == "running":
+        while (state := master.job_status(job))["attempt"] == 1 and state["status"] == "running":
             await master.wait_for_change(2)
         await master.close()
         return after_register, state
