@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 from _ports import free_ports, listening, wait_until
-from _procs import without_stall_reports
 from test_session35_cluster_links_review import PIPELINE, start
+from test_session39_twin_process_id import ended_by_a_late_third
 
 PROMPTLY = 60.0  # seconds: an upper bound, never a synchronisation
 
@@ -24,21 +24,15 @@ def test_a_twin_of_process_zero_ends_the_run_naming_the_id_and_both_addresses(tm
     (tmp_path / "pipeline.py").write_text(PIPELINE)
     a, b, c = free_ports(3)
     procs = [start(tmp_path, 0, f"127.0.0.1:{a},127.0.0.1:{b}", "p0")]
-    try:
+
+    def then_process_1() -> None:
         wait_until(lambda: listening(a), timeout=PROMPTLY, what="process 0 to listen")
         procs.append(start(tmp_path, 1, f"127.0.0.1:{a},127.0.0.1:{b}", "p1"))
-        wait_until(lambda: (tmp_path / "started").exists(), what="the cluster to form", timeout=PROMPTLY)
-        # the twin waits its start-up timeout for a process 1, which linked the other
-        procs.append(start(tmp_path, 0, f"127.0.0.1:{c},127.0.0.1:{b}", "twin", "--startup-timeout", "1"))
-        assert procs[2].wait(PROMPTLY) == 1
-        (tmp_path / "go").touch()  # (the run went on without a word: it ended, exit 0)
-        codes = [p.wait(PROMPTLY) for p in procs[:2]]
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-    errors = {name: without_stall_reports((tmp_path / f"{name}.err").read_text())
-              for name in ("p0", "p1", "twin")}
+
+    # the twin waits its start-up timeout for a process 1, which linked the other
+    codes, errors = ended_by_a_late_third(
+        tmp_path, procs, (0, f"127.0.0.1:{c},127.0.0.1:{b}", "twin", "--startup-timeout", "1"),
+        ("p0", "p1", "twin"), then=then_process_1)
     twins = ("two processes claim process id 0: one at 127.0.0.1 (linked), another at 127.0.0.1 (refused): "
              "is --process-id 0 given to two processes, or do the --peers lists differ?")
     assert codes == [1, 1], errors
