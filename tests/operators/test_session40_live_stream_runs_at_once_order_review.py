@@ -17,24 +17,10 @@ import time
 
 import pytest
 from _live_streams import DEADLINE
+from test_session40_live_stream_runs_at_once_review import TOTAL, _flow_over, _readers
 
-from kernel import Dataflow, run
-from operators import _live_input
+from kernel import run
 from operators._live_input import LiveReader
-
-TOTAL = 3_000
-
-
-def _flow_over(stream, got: list, name: str) -> Dataflow:
-    flow = Dataflow(name)
-    flow.from_iterable(stream, name=f"{name} in").map(int).sink(got.append)
-    return flow
-
-
-def _readers() -> int:
-    """Readers of runs going on that have not read their input to its end."""
-    return sum(reader._run() is not None and not reader._stopped and not reader.done
-               for reader in list(_live_input._reading.values()))
 
 
 def _fed_once(write_end: int, refused: threading.Event) -> threading.Thread:
