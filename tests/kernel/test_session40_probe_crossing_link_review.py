@@ -61,6 +61,26 @@ def _start(tmp_path, process: int, peers: str, timeout: str) -> subprocess.Popen
              "--peers", peers, "--startup-timeout", timeout], stdout=out, stderr=err, env=env)
 
 
+def _let_go(procs: list, socks: tuple, pumps: list[threading.Thread]) -> None:
+    """The processes killed, the proxies' sockets closed, their pumps ended."""
+    for p in procs:
+        p.kill()
+        p.wait()
+    for sock in socks:
+        sock.close()
+    for pump in pumps:
+        pump.join(PROMPTLY)
+
+
+def _ended_without_a_word(tmp_path, codes: list[int]) -> None:
+    """Processes 1 and 0 (started in that order) ended the run, exit 0,
+    saying nothing, process 0 with the run's results."""
+    errors = {name: without_stall_reports((tmp_path / f"{name}.err").read_text()) for name in ("p0", "p1")}
+    assert codes == [0, 0], errors
+    assert errors == {"p0": "", "p1": ""}
+    assert (tmp_path / "p0.out").read_text() != ""  # the run's results, on process 0
+
+
 def test_process_zeros_question_crossing_process_ones_link_to_it_is_no_twin(tmp_path):
     (tmp_path / "pipeline.py").write_text(PIPELINE)
     a, b, to_zero, to_one = free_ports(4)
@@ -81,14 +101,5 @@ def test_process_zeros_question_crossing_process_ones_link_to_it_is_no_twin(tmp_
         (tmp_path / "go").touch()
         codes = [p.wait(PROMPTLY) for p in procs]
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-        for sock in (*held, on_way_to_zero, on_way_to_one):
-            sock.close()
-        for pump in pumps:
-            pump.join(PROMPTLY)
-    errors = {name: without_stall_reports((tmp_path / f"{name}.err").read_text()) for name in ("p0", "p1")}
-    assert codes == [0, 0], errors  # (process 1 first: it was started first)
-    assert errors == {"p0": "", "p1": ""}
-    assert (tmp_path / "p0.out").read_text() != ""  # the run's results, on process 0
+        _let_go(procs, (*held, on_way_to_zero, on_way_to_one), pumps)
+    _ended_without_a_word(tmp_path, codes)

@@ -18,9 +18,8 @@ import threading
 
 import pytest
 from _ports import free_ports, listening, wait_until
-from _procs import without_stall_reports
 from test_session35_cluster_links_review import PIPELINE
-from test_session40_probe_crossing_link_review import _forward, _start
+from test_session40_probe_crossing_link_review import _ended_without_a_word, _forward, _let_go, _start
 
 PROMPTLY = 60.0  # seconds: an upper bound, never a synchronisation
 
@@ -104,14 +103,5 @@ def test_process_zeros_question_before_process_one_hears_its_link_taken_is_not_l
         codes = [p.wait(PROMPTLY) for p in procs]
     finally:
         release.set()
-        for p in procs:
-            p.kill()
-            p.wait()
-        for sock in (*held, on_way_to_zero, on_way_to_one):
-            sock.close()
-        for pump in pumps:
-            pump.join(PROMPTLY)
-    errors = {name: without_stall_reports((tmp_path / f"{name}.err").read_text()) for name in ("p0", "p1")}
-    assert codes == [0, 0], errors  # (process 1 first: it was started first)
-    assert errors == {"p0": "", "p1": ""}
-    assert (tmp_path / "p0.out").read_text() != ""  # the run's results, on process 0
+        _let_go(procs, (*held, on_way_to_zero, on_way_to_one), pumps)
+    _ended_without_a_word(tmp_path, codes)
