@@ -8,6 +8,7 @@ every loss that one did, and is the one kept."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import Counter
@@ -74,6 +75,26 @@ def _told(stream, read: threading.Event):
     return map(tell, stream)
 
 
+@contextlib.contextmanager
+def failed_having_read_ahead(flow_over, state):
+    """A run of `flow_over(lines)` with the state_dir `state`, over a pipe fed
+    TOTAL lines at once, failed once its reader had read ahead, its source
+    having taken none (`_FailsAtFirstPoll`, `_Gate`): `(stream, lines)`, the
+    pipe's file object and the iterator over it that run read, still open."""
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "w") as fed:  # (3,000 short lines: within the pipe's buffer)
+        fed.write("".join(f"{i}\n" for i in range(TOTAL)))
+    read = _Gate.read = threading.Event()
+    with os.fdopen(read_end) as stream:
+        lines = _told(stream, read)
+        _Gate.mode = "fail"
+        with pytest.raises(Exception, match="fails before the source took a line"):
+            run(flow_over(lines), state_dir=state, epoch_interval=0.01)
+        assert read.is_set()  # (the reader had read ahead as the run failed)
+        _Gate.mode = "end"
+        yield stream, lines
+
+
 def test_a_run_resumed_over_a_stream_the_failed_run_read_ahead_of_but_took_nothing_of(tmp_path):
     """Run 1 over a pipe fails at line TOTAL // 2, epochs complete before.
     Run 2 over the input fed again (a new pipe) resumes from them and fails
@@ -99,17 +120,7 @@ def test_a_run_resumed_over_a_stream_the_failed_run_read_ahead_of_but_took_nothi
     writer.join(DEADLINE)
     assert 0 < len(_committed(out)) < TOTAL
 
-    read_end, write_end = os.pipe()
-    with os.fdopen(write_end, "w") as again:  # (3,000 short lines: within the pipe's buffer)
-        again.write("".join(f"{i}\n" for i in range(TOTAL)))
-    read = _Gate.read = threading.Event()
-    with os.fdopen(read_end) as stream:
-        lines = _told(stream, read)
-        _Gate.mode = "fail"
-        with pytest.raises(Exception, match="fails before the source took a line"):
-            run(flow_over(lines), state_dir=state, epoch_interval=0.01)
-        assert read.is_set()  # (the reader had read ahead as the run failed)
-        _Gate.mode = "end"
+    with failed_having_read_ahead(flow_over, state) as (_, lines):
         run(flow_over(lines), state_dir=state, epoch_interval=0.01)
     committed = _committed(out)
     assert sorted(committed) == list(range(TOTAL))

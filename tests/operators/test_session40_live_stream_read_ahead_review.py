@@ -10,13 +10,11 @@ over the first iterator still resumes exactly."""
 
 from __future__ import annotations
 
-import os
-import threading
 from collections import Counter
 
 import pytest
 from test_session39_live_stream_resume import TOTAL, _committed
-from test_session40_live_stream_read_ahead import _FailsAtFirstPoll, _Gate, _told
+from test_session40_live_stream_read_ahead import _FailsAtFirstPoll, _Gate, failed_having_read_ahead
 
 from kernel import Dataflow, run
 
@@ -31,17 +29,7 @@ def test_a_run_over_another_iterator_of_a_stream_a_failed_run_read_ahead_of_is_r
         flow.source(_Gate, name="gate").to_files(tmp_path / "gate")
         return flow
 
-    read_end, write_end = os.pipe()
-    with os.fdopen(write_end, "w") as fed:  # (3,000 short lines: within the pipe's buffer)
-        fed.write("".join(f"{i}\n" for i in range(TOTAL)))
-    read = _Gate.read = threading.Event()
-    with os.fdopen(read_end) as stream:
-        lines = _told(stream, read)
-        _Gate.mode = "fail"
-        with pytest.raises(Exception, match="fails before the source took a line"):
-            run(flow_over(lines), state_dir=state, epoch_interval=0.01)
-        assert read.is_set()  # (the reader had read ahead as the run failed)
-        _Gate.mode = "end"
+    with failed_having_read_ahead(flow_over, state) as (stream, lines):
         through = {"buffer": lambda: stream.buffer, "generator": lambda: (line for line in stream),
                    "stream": lambda: stream}[other]()
         with pytest.raises(Exception, match=r"lines in \(step 0\): an earlier run of this process over "
