@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 SECRET = "system-test-secret"
@@ -51,6 +51,36 @@ async def served_coordinator(data_dir: Path, then):
     finally:
         server.cancel()
         await asyncio.gather(server, return_exceptions=True)
+
+
+@asynccontextmanager
+async def executor_served_here(system: System, workdir: Path, peers: int = 0):
+    """`system`'s coordinator and `peers` executors (one core each) started
+    as processes of their own, and an executor (one core, `workdir`)
+    served in this loop: yields (that executor, its serving task, the
+    peers' processes) once all have registered. After, the task cancelled
+    and awaited, the executor closed and the system closed (what the test
+    did of these already done again, harmlessly)."""
+    from kernel.system._executor import ExecutorDaemon
+
+    executor = ExecutorDaemon((system.host, system.port), SECRET.encode(), 1, workdir, host="127.0.0.1",
+                              heartbeat=HEARTBEAT)
+    registered = asyncio.Event()
+    served = None
+    try:
+        system.start_coordinator()
+        started = [system.start_executor(1) for _ in range(peers)]
+        served = asyncio.ensure_future(executor.run(ready=lambda _: registered.set()))
+        await asyncio.wait_for(registered.wait(), 30)
+        for peer in started:
+            await asyncio.to_thread(system.executor_id, peer)
+        yield executor, served, started
+    finally:
+        if served is not None:
+            served.cancel()
+            await asyncio.gather(served, return_exceptions=True)
+        await executor.close()
+        system.close()
 
 
 async def bytes_kept(warm_up, measured) -> int:

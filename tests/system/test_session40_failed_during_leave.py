@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import re
 
-from _system import SECRET, System, wait_until
+from _system import System, executor_served_here, wait_until
 from test_session38_stopped_note_names_its_processes import FAILING
 from test_session39_exits_while_away import ENDING
 
@@ -49,14 +49,7 @@ async def _ended_as_its_executor_is_stopped(tmp_path, source: str) -> dict:
     flag = tmp_path / "flag"
     pipeline = tmp_path / "pipeline.py"
     pipeline.write_text(source.format(flag=str(flag)))
-    executor = ExecutorDaemon((system.host, system.port), SECRET.encode(), 1, tmp_path / "executor",
-                              host="127.0.0.1", heartbeat=0.4)
-    registered = asyncio.Event()
-    served = None
-    try:
-        system.start_coordinator()
-        served = asyncio.ensure_future(executor.run(ready=lambda _: registered.set()))
-        await asyncio.wait_for(registered.wait(), 30)
+    async with executor_served_here(system, tmp_path / "executor") as (executor, served, _):
         job, entry = await _submitted_and_working(system, executor, pipeline, "--max-restarts", "0")
         flag.touch()
         _ended(entry.proc.pid)  # (the loop held: its exit not yet seen)
@@ -64,12 +57,6 @@ async def _ended_as_its_executor_is_stopped(tmp_path, source: str) -> dict:
         await asyncio.gather(served, return_exceptions=True)
         await executor.close()  # (the CLI's `finally`)
         return await _decided(system, job)
-    finally:
-        if served is not None:
-            served.cancel()
-            await asyncio.gather(served, return_exceptions=True)
-        await executor.close()
-        system.close()
 
 
 async def test_a_process_that_failed_on_its_own_as_its_executor_was_stopped_counts_as_a_failure(tmp_path):

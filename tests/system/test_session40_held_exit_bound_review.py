@@ -21,9 +21,8 @@ import os
 import signal
 import time
 
-from _system import SECRET, System, descendants, wait_until
+from _system import System, descendants, executor_served_here, wait_until
 
-from kernel.system._executor import ExecutorDaemon
 from kernel.system._master import STOP_TIMEOUT
 from tests.system.test_session40_held_exit_coordinator_restart_review import ENDLESS, _leads
 
@@ -36,48 +35,37 @@ async def test_a_peers_exit_held_for_an_executor_whose_stop_never_ends_moves_the
     marks.mkdir()
     pipeline = tmp_path / "pipeline.py"
     pipeline.write_text(ENDLESS.format(marks=str(marks)))
-    executor = ExecutorDaemon((system.host, system.port), SECRET.encode(), 1, tmp_path / "stopped",
-                              host="127.0.0.1", heartbeat=0.4)
-    registered, stopping, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    served = None
-    close = executor.close
-    try:
-        system.start_coordinator()
-        peer = system.start_executor(1)
-        served = asyncio.ensure_future(executor.run(ready=lambda _: registered.set()))
-        await asyncio.wait_for(registered.wait(), 30)
-        await asyncio.to_thread(system.executor_id, peer)
-        done = await asyncio.to_thread(system.cli, "submit", pipeline, "--processes", "2",
-                                       "--max-restarts", "0")
-        assert done.returncode == 0, done.stderr
-        job = done.stdout.splitlines()[0]
-        await asyncio.to_thread(wait_until, lambda: len(list(marks.glob(f"{job}.1-*"))) >= 2,
-                                what=f"{job}'s processes to work")
+    stopping, release = asyncio.Event(), asyncio.Event()
+    async with executor_served_here(system, tmp_path / "stopped", peers=1) as (executor, served, (peer,)):
+        close = executor.close
+        try:
+            done = await asyncio.to_thread(system.cli, "submit", pipeline, "--processes", "2",
+                                           "--max-restarts", "0")
+            assert done.returncode == 0, done.stderr
+            job = done.stdout.splitlines()[0]
+            await asyncio.to_thread(wait_until, lambda: len(list(marks.glob(f"{job}.1-*"))) >= 2,
+                                    what=f"{job}'s processes to work")
 
-        async def never_ending() -> None:  # (its stop waits on a process that does not end)
-            stopping.set()
-            await release.wait()
+            async def never_ending() -> None:  # (its stop waits on a process that does not end)
+                stopping.set()
+                await release.wait()
 
-        executor.close = never_ending
-        served.cancel()  # (SIGTERM's doing: "leaving" told, then the stop)
-        await asyncio.wait_for(stopping.wait(), 30)
-        lost = next(p for p in descendants(peer.pid) if _leads(p))
-        os.killpg(lost, signal.SIGKILL)
-        held = time.monotonic()
+            executor.close = never_ending
+            served.cancel()  # (SIGTERM's doing: "leaving" told, then the stop)
+            await asyncio.wait_for(stopping.wait(), 30)
+            lost = next(p for p in descendants(peer.pid) if _leads(p))
+            os.killpg(lost, signal.SIGKILL)
+            held = time.monotonic()
 
-        def moved() -> dict | None:
-            state = system.job(job)
-            return state if state["status"] not in ("starting", "running") or state["attempt"] > 1 else None
+            def moved() -> dict | None:
+                state = system.job(job)
+                over = state["status"] not in ("starting", "running") or state["attempt"] > 1
+                return state if over else None
 
-        state = await asyncio.to_thread(wait_until, moved, timeout=STOP_TIMEOUT + MARGIN,
-                                        what=f"{job}'s attempt 1 to end, its peer dead")
-        assert state["restarts"] == 0 and "stopped on purpose" in state["message"], state
-        assert time.monotonic() - held >= STOP_TIMEOUT - 1, state  # (held meanwhile: its report may come)
-    finally:
-        release.set()
-        executor.close = close
-        if served is not None:
-            served.cancel()
-            await asyncio.gather(served, return_exceptions=True)
-        await executor.close()
-        system.close()
+            state = await asyncio.to_thread(wait_until, moved, timeout=STOP_TIMEOUT + MARGIN,
+                                            what=f"{job}'s attempt 1 to end, its peer dead")
+            assert state["restarts"] == 0 and "stopped on purpose" in state["message"], state
+            assert time.monotonic() - held >= STOP_TIMEOUT - 1, state  # (held meanwhile: its report may come)
+        finally:
+            release.set()
+            executor.close = close

@@ -18,9 +18,8 @@ from __future__ import annotations
 import asyncio
 import re
 
-from _system import SECRET, System, wait_until
+from _system import System, executor_served_here, wait_until
 
-from kernel.system._executor import ExecutorDaemon
 from tests.system.test_session39_exits_while_away_review import _ended
 
 # endless, both processes at work (`marks/RUN-PID`); raises once {flag} exists, in
@@ -67,16 +66,7 @@ async def _failed_as_its_executor_is_stopped(tmp_path, failing_there: bool) -> d
     pipeline = tmp_path / "pipeline.py"
     failing = workdir if failing_there else tmp_path / "executor1"
     pipeline.write_text(FAILING_THERE.format(failing=str(failing), flag=str(flag), marks=str(marks)))
-    executor = ExecutorDaemon((system.host, system.port), SECRET.encode(), 1, workdir, host="127.0.0.1",
-                              heartbeat=0.4)
-    registered = asyncio.Event()
-    served = None
-    try:
-        system.start_coordinator()
-        peer = system.start_executor(1)
-        served = asyncio.ensure_future(executor.run(ready=lambda _: registered.set()))
-        await asyncio.wait_for(registered.wait(), 30)
-        await asyncio.to_thread(system.executor_id, peer)
+    async with executor_served_here(system, workdir, peers=1) as (executor, served, _):
         done = await asyncio.to_thread(system.cli, "submit", pipeline, "--processes", "2",
                                        "--max-restarts", "0")
         assert done.returncode == 0, done.stderr
@@ -102,12 +92,6 @@ async def _failed_as_its_executor_is_stopped(tmp_path, failing_there: bool) -> d
         await asyncio.gather(served, return_exceptions=True)
         await executor.close()
         return await _decided(system, job)
-    finally:
-        if served is not None:
-            served.cancel()
-            await asyncio.gather(served, return_exceptions=True)
-        await executor.close()
-        system.close()
 
 
 async def test_a_peers_lost_process_told_while_the_executor_leaves_does_not_hide_its_failure(tmp_path):
