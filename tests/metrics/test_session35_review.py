@@ -32,7 +32,7 @@ from aiohttp import web
 
 import kernel.metrics
 from kernel import Dataflow, run
-from kernel.metrics import render
+from kernel.metrics import _app, render
 from tests.kernel._procs import without_stall_reports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -391,13 +391,14 @@ _DATE = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}"  # (a watermark shown as a UTC 
 
 
 @pytest.mark.parametrize("unit", ["seconds", "milliseconds", "microseconds"])
-async def test_a_watermarks_lag_and_date_are_shown_for_seconds_only(tmp_path, unit):
+async def test_a_watermarks_lag_and_date_are_shown_for_seconds_only(tmp_path, unit, monkeypatch):
     """Event times 5 s behind the wall clock have a lag of 5 s and more,
     and their watermark is a date. In milliseconds or microseconds
     (~1.7e12, ~1.7e15: ahead of the wall clock's ~1.7e9) the lag was
     "0.0 ms", as if the run were up to date: it is "-", as for event times
     that are not on the wall clock at all; and a watermark in milliseconds
     was dated in the year 55,840: it is the number it is, as microseconds'."""
+    monkeypatch.setattr(_app, "UPDATE_INTERVAL", 0.1)  # (the page's second state in ~0.1 s, not ~1 s)
     gate = tmp_path / "release"
     scale = {"seconds": 1, "milliseconds": 1e3, "microseconds": 1e6}[unit]
     flow = Dataflow("lag")
