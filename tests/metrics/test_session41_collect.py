@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-# the whole suite: the folders named like the library's packages (kernel, net, operators,
-# state) are where it went wrong
-FILES = ["tests"]
+# the file first seen failing, and one of each test folder named like a package of the
+# library (kernel, net, state, operators), importing it (the whole suite: ~5 s a collection)
+FILES = ["tests/metrics/test_session34_server.py", "tests/kernel/test_budget.py",
+         "tests/net/test_exchange.py",
+         "tests/state/test_durability_review.py", "tests/operators/test_accessors.py"]
 
 
 def _collected(*python_flags: str) -> list[str]:
@@ -33,5 +35,4 @@ def test_the_console_script_collects_what_python_m_pytest_collects():
     as_script = _collected("-P")
     as_module = _collected()
     assert as_script == as_module
-    assert any(node.startswith("tests/metrics/test_session34_server.py::") for node in as_script)
-    assert any(node.startswith("tests/kernel/test_budget.py::") for node in as_script)
+    assert {node.split("::")[0] for node in as_script} == set(FILES)
