@@ -60,6 +60,8 @@ class EventStreams:
         # a timer on the server's loop while a stream is open (`_tick`): when it is due, and the
         # loop's held time counted up to when (`_patience`)
         self._ticking: asyncio.TimerHandle | None = None
+        # a stream's end -> the bytes its connection had still to send at the last tick (`_tick`)
+        self._unsent: dict[asyncio.Event, int] = {}
         self._due = self._counted = 0.0
         self.stopping = False
 
@@ -82,9 +84,27 @@ class EventStreams:
         return now
 
     def _tick(self, interval: float) -> None:
-        """Every interval while a stream is open: the loop's held time counted (`_patience`)."""
-        self._due = self._patience() + interval
+        """Every interval while a stream is open: the loop's held time
+        counted (`_patience`), and a stream whose client took some of what
+        it was sent since the last tick is reading (`_taking`)."""
+        now = self._due = self._patience()
+        self._taking(now, interval)
+        self._due += interval
         self._ticking = asyncio.get_running_loop().call_later(interval, self._tick, interval)
+
+    def _taking(self, now: float, interval: float) -> None:
+        """A stream whose connection has less to send than at the last tick
+        is read (its write drains: the stream writes nothing more while it
+        waits), and is patient two intervals more. A page on a link slower
+        than its states (one taking over two intervals to arrive) had its
+        write held at each of its events (`caught_up`), and was ended by a
+        stranger's newcomer past the limit, taken for one that stopped
+        reading, before the stranger's own streams that were never read."""
+        for end, (_, transport) in self._open.items():
+            unsent = transport.get_write_buffer_size() if transport is not None else 0
+            if unsent < self._unsent.get(end, 0):
+                self._patient_until[end] = max(self._patient_until[end], now + 2 * interval)
+            self._unsent[end] = unsent
 
     def open(self, request, interval: float) -> asyncio.Event:
         """A new stream's end, set when it must end (replaced, or the server
@@ -97,6 +117,7 @@ class EventStreams:
             displaced = self._displaced(now)
             transport = self._open.pop(displaced)[1]
             del self._patient_until[displaced]
+            self._unsent.pop(displaced, None)
             displaced.set()
             if transport is not None:  # (a client that stopped reading holds its write, and the stream)
                 transport.abort()
@@ -146,6 +167,7 @@ class EventStreams:
     def close(self, end: asyncio.Event) -> None:
         self._open.pop(end, None)
         self._patient_until.pop(end, None)
+        self._unsent.pop(end, None)
         if not self._open and self._ticking is not None:
             self._ticking.cancel()
             self._ticking = None
