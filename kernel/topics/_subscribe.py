@@ -279,8 +279,13 @@ class Subscribe(Source):
         for (had_in, partition), epoch in list(self._had.items()):
             if had_in == generation:
                 self._had[(generation + 1, partition)] = epoch
-                if (generation, partition) in self._served:
-                    self._served[(generation + 1, partition)] = self._served[(generation, partition)]
+        # (its server, of every partition reached, an epoch of it had or not: a
+        # partition reached before any epoch came, its server not carried, was
+        # read as another's, and what it no longer kept for this kernel said
+        # "the restarted publisher no longer had them")
+        for (served_in, partition), server in list(self._served.items()):
+            if served_in == generation:
+                self._served[(generation + 1, partition)] = server
         log.info("topic %r: its publisher is listed again: reading it on", self.topic)
 
     async def _never_there(self, directory, found: dict) -> bool:
