@@ -116,6 +116,8 @@ class Client:
         ConnectionLost: reconnect to go on)."""
         host, port = self.address
         try:
+            if len(msgspec.json.encode(fields)) > BIG_REQUEST:
+                return await self._ask_apart(op, fields, timeout)
             return await self._session.ask(op, fields, timeout)
         except TimeoutError:
             raise NoAnswer(f"the coordinator at {host}:{port} did not answer {op!r} within {timeout:g} s "
@@ -129,6 +131,41 @@ class Client:
             # does not come is, not "connection closed")
             raise NoAnswer(f"the coordinator at {host}:{port} did not answer the connection's heartbeat "
                            f"during {op!r} (frozen, or cut off)") from lost
+
+
+    async def _ask_apart(self, op: str, fields: dict, timeout: float | None) -> dict:
+        """A big request (a pipeline file: up to MAX_MESSAGE) asked on a
+        connection of its own, without a heartbeat, its own timeout bounding
+        it: nothing comes back while it goes out on a slow link, and a ping
+        sent on its connection waited behind it (in the sockets' buffers
+        too, MBs: its send done is no sign it is out), its pong late, and the
+        connection was ended (a 3 MB request at 2 MB/s, a 0.5 s heartbeat:
+        "did not answer the connection's heartbeat" after 0.75 s). The
+        command's own connection keeps its heartbeat, idle meanwhile. (It
+        was paused for such a request through aiohttp's private members.)"""
+        from kernel.net._links import LinkError
+
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            session, http = await dial(self.address, self.secret, CLIENT, _no_requests, tls=self.tls,
+                                       timeout=self.timeout if deadline is None else
+                                       max(0.05, min(self.timeout, deadline - loop.time())))
+        except LinkError as exc:  # (as a connection lost: `_until_done` connects again and asks again)
+            raise ConnectionLost(f"coordinator at {_url_host(self.address[0])}:{self.address[1]}: {exc}") \
+                from exc
+        reader = asyncio.ensure_future(session.run())
+        try:
+            left = None if deadline is None else max(0.05, deadline - loop.time())
+            return await session.ask(op, fields, left)
+        finally:
+            await session.close()
+            await asyncio.wait([reader], timeout=2)
+            await http.close()
+
+
+# bytes of a request's JSON past which it is asked on a connection of its own (`Client._ask_apart`)
+BIG_REQUEST = 1 << 16
 
 
 async def _no_requests(op, message):

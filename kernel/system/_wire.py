@@ -25,7 +25,6 @@ waiting for its job to end) holds up nothing else on the connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import itertools
 import logging
@@ -150,9 +149,8 @@ class Session:
                 if timeout is not None:
                     envelope["within"] = timeout
                 text = _encode(envelope).decode()
-                with _heartbeat_paused(self.ws, len(text)):
-                    await self.ws.send_str(text)
-                    answer = await reply
+                await self.ws.send_str(text)
+                answer = await reply
         except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
             raise ConnectionLost(f"{self.name}: {exc}") from exc
         finally:
@@ -239,38 +237,6 @@ class Session:
         for task in list(self._tasks):
             task.cancel()
         await self.ws.close()
-
-
-# characters of a request past which its send pauses a client's heartbeat (`_heartbeat_paused`)
-_PAUSED_ABOVE = 1 << 16
-
-
-@contextlib.contextmanager
-def _heartbeat_paused(ws, size: int):
-    """A big request (a pipeline file: up to MAX_MESSAGE), sent and answered,
-    with the client's websocket heartbeat (`dial(heartbeat=)`) paused, as
-    before it had one, its own timeout bounding it: nothing comes back while
-    it goes out on a slow link, and the ping, sent after a period of that
-    silence, waits behind it (in the sockets' buffers too, MBs: its send
-    done is no sign it is out); its pong not come within half a period, the
-    connection was ended (a 3 MB request at 1 MB/s, a 0.5 s heartbeat: "did
-    not answer the connection's heartbeat" after 0.75 s; by default any
-    upload past 7.5 s, a submit's three tries alike). From its answer, a
-    period of silence again before a ping."""
-    beat = getattr(ws, "_heartbeat", None) if size > _PAUSED_ABOVE else None
-    if (beat is None or not isinstance(ws, aiohttp.ClientWebSocketResponse)
-            or not hasattr(ws, "_cancel_heartbeat") or not hasattr(ws, "_reset_heartbeat")):
-        # (aiohttp's members, 3.14: an aiohttp without them sends as before the pause)
-        yield
-        return
-    ws._cancel_heartbeat()
-    ws._heartbeat = None  # (what comes meanwhile schedules no ping: aiohttp's `_on_data_received`)
-    try:
-        yield
-    finally:
-        ws._heartbeat = beat
-        if not ws.closed:
-            ws._reset_heartbeat()
 
 
 async def dial(address: tuple[str, int], secret: bytes, role: int, handler, *, tls=None,
