@@ -66,7 +66,7 @@ class Client:
         # (time.monotonic(), the event loop's clock: the command's start, from
         # which a submit's or a kill's wait is bounded, `_until_done`)
         self.started = time.monotonic() if started is None else started
-        self._session = self._http = self._reader = None
+        self._session = self._http = self._reader = self._heard = None
 
     async def __aenter__(self) -> Client:
         await self._connect(self.timeout)
@@ -79,10 +79,11 @@ class Client:
         # cut without a FIN or RST, a firewall's drop, is noticed within 1.5
         # periods, 7.5 s by default, where a request noticed it only at its own
         # timeout: 60 s for `logs --follow`'s, 15 s for `submit --wait`'s)
+        period = coordinator_heartbeat()
         self._session, self._http = await dial(self.address, self.secret, CLIENT, _no_requests,
-                                               tls=self.tls, timeout=timeout,
-                                               heartbeat=coordinator_heartbeat())
+                                               tls=self.tls, timeout=timeout, heartbeat=period)
         self._reader = asyncio.ensure_future(self._session.run())
+        self._heard = asyncio.ensure_future(_keep_heard(self._session.ws, period))
 
     async def reconnect(self, timeout: float, following: str | None = None) -> None:
         """Connect again within `timeout` seconds; failing that, while
@@ -102,8 +103,9 @@ class Client:
                 from exc
 
     async def __aexit__(self, *exc) -> None:
+        self._heard.cancel()
         await self._session.close()
-        await asyncio.wait([self._reader], timeout=2)
+        await asyncio.wait([self._reader, self._heard], timeout=2)
         await self._http.close()
 
     async def request(self, op: str, timeout: float | None = REQUEST_TIMEOUT, **fields) -> dict:
@@ -162,6 +164,27 @@ class Client:
             await session.close()
             await asyncio.wait([reader], timeout=2)
             await http.close()
+
+
+async def _keep_heard(ws, period: float) -> None:
+    """A ping every half `period` (the connection's heartbeat), whatever
+    comes: the coordinator's heartbeat pings a client it has not heard
+    from for a period, and that ping waits behind the reply it is sending
+    (in the sockets' buffers too, MBs); a big one on a slow downlink (a
+    `logs` of several executors, 1 MiB each) outlasted the pong's half
+    period, and the coordinator closed the connection of a client that was
+    reading it (a 3 MB reply at 2 MB/s, a 0.5 s heartbeat: "No PONG
+    received", the next request ConnectionLost). Heard from, it does not
+    ping; a client gone stops these, and is pinged and dropped as before."""
+    import aiohttp
+
+    while not ws.closed:
+        await asyncio.sleep(period / 2)
+        try:
+            # (bounded: a send that waits for room is a connection the heartbeat ends)
+            await asyncio.wait_for(ws.ping(), period / 2)
+        except (ConnectionError, RuntimeError, TimeoutError, aiohttp.ClientError):
+            return  # (the connection ends: the reader says so)
 
 
 # bytes of a request's JSON past which it is asked on a connection of its own (`Client._ask_apart`)
