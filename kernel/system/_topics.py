@@ -241,6 +241,15 @@ def _unpublish(catalog: Catalog, name: str, m: dict) -> None:
 
 
 def _subscribe(catalog: Catalog, name: str, job: str, process: int) -> None:
+    """(On the catalog's thread.) Not for a topic that has ended and is not
+    published again (`_ended`): its subscribers end with it. One said again
+    on a new connection (`Directory.say_again`) after the end, before its
+    subscriber read it, wrote a row no topic shows, and the name's next
+    publisher was listed with that subscriber, which never reads it.
+    (A topic taken out as gone keeps its subscriptions: they wait for a new
+    publisher, `_forget_lost`.)"""
+    if name in _ended(catalog) and _row(catalog, name) is None:
+        return
     catalog._db.execute("INSERT OR IGNORE INTO subscriptions VALUES (?, ?, ?)", (name, job, process))
 
 
