@@ -270,8 +270,14 @@ class ExecutorDaemon:
             # (whole or not at all: it is written as job processes end too, and one cut
             # short by a kill meanwhile lost the id, the next register took a new one)
             partial = self._id_file.with_suffix(".partial")
-            partial.write_text(json.dumps(record))
-            partial.replace(self._id_file)
+            try:
+                partial.write_text(json.dumps(record))
+                partial.replace(self._id_file)
+            except OSError:
+                # (a write cut short by a full disk left an empty executor.partial
+                # behind, for good: taken away, it holds nothing of use)
+                partial.unlink(missing_ok=True)
+                raise
         except OSError as exc:  # (a full disk: it goes on, by the id it holds)
             log.warning("executor: cannot write %s (%s): %s", self._id_file, exc,
                         lost or f"its id {record.get('id')} is kept in memory only")
@@ -465,14 +471,17 @@ class ExecutorDaemon:
             await asyncio.wait_for(session.request("leaving"), LEAVE_TIMEOUT)
         except (ConnectionLost, RequestError, TimeoutError):
             pass
-        await self.close()
-        await self._report_own_exits(session)
         try:
-            await asyncio.wait_for(session.request("left"), LEAVE_TIMEOUT)
-        except (ConnectionLost, RequestError, TimeoutError):
-            # (the coordinator gone too: it counts this executor lost at its lease's
-            # end, unless it is started again on this workdir by then)
-            self._note_stopped()
+            await self.close()
+            await self._report_own_exits(session)
+            try:
+                await asyncio.wait_for(session.request("left"), LEAVE_TIMEOUT)
+            except (ConnectionLost, RequestError, TimeoutError):
+                # (the coordinator gone too: it counts this executor lost at its lease's
+                # end, unless it is started again on this workdir by then)
+                self._note_stopped()
+        finally:
+            self._workdir_lock.close()  # (`close`: kept until now)
 
     async def _report_own_exits(self, session) -> None:
         """Before "left": the exits of job processes that ended on their own
@@ -884,6 +893,11 @@ class ExecutorDaemon:
                              *(asyncio.shield(p.followed) for p in ended if p.followed is not None))
         if not self._leaving:  # (connected, `_leave` said it)
             self._note_stopped()
+            # (the workdir's lock goes with the executor: kept open, an app that ran one
+            # and closed it held a descriptor for as long as it ran, and the workdir
+            # stayed locked to the next executor; a leave lets it go once it has said
+            # "left", not before: a next executor on the workdir could come first)
+            self._workdir_lock.close()
 
     def _note_stopped(self) -> None:
         """This executor stops on purpose (Ctrl-C, SIGTERM) and the
