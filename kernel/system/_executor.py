@@ -536,15 +536,20 @@ class ExecutorDaemon:
             log.warning("executor: no answer from the coordinator for over %g s: stopping %d job process(es) "
                         "(%s), which it starts elsewhere after %g s without a word", self._fence_after,
                         len(running), which, self._fence_after / FENCE_SHARE)
-            for entry in running:
-                entry.fenced = True
-                if _has_ended(entry):  # (reaped, its pid may be a newcomer's: `_stop_one`)
-                    continue
-                try:
-                    os.killpg(entry.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            self._kill_fenced(running)
             await asyncio.gather(*(p.proc.wait() for p in running))
+
+    @staticmethod
+    def _kill_fenced(running: list[JobProcess]) -> None:
+        """SIGKILL the process groups of `running`, fenced (`_fence`)."""
+        for entry in running:
+            entry.fenced = True
+            if _has_ended(entry):  # (reaped, its pid may be a newcomer's: `_stop_one`)
+                continue
+            try:
+                os.killpg(entry.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def _lease_deadline(self) -> float:
         """When the job processes must be dead if nothing renews it (each
