@@ -152,7 +152,9 @@ class JobMaster:
                 self._leaving.add(executor.id)
             if executor.state in ("up", "reconnecting", "leaving"):  # until it connects to this one again
                 self._cut_off_by_us[executor.id] = math.inf
-                executor.state = "reconnecting"
+                # (one stopped on purpose shows so still: `reconnecting`, as one behind a
+                # cut cable, it was no longer told from one, though its jobs move as its)
+                executor.state = "leaving" if executor.id in self._leaving else "reconnecting"
                 # (by the timeout it was told, when longer: restarted with a shorter
                 # one, its jobs were restarted while their processes still ran)
                 lease = max(adopt_grace, executor_timeout, executor.timeout or 0.0)
