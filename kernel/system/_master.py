@@ -585,6 +585,11 @@ class JobMaster:
                 if stopped not in self.connected or job.placement[process]["executor"] == stopped:
                     await self._restart_locked(job, attempt, _stopped(stopped), counted=False)
                 else:  # (for STOP_TIMEOUT at most: a stop that never ends, beating on, held it for ever)
+                    # (said meanwhile: `running` and no message, its peer dead, it showed nothing
+                    # of what it waited for)
+                    job.message = (f"waiting for executor {stopped}, being stopped, to leave: {where} "
+                                   f"ended ({error or f'exit {code}'})")
+                    self._save(job)
                     self._spawn(self._held(job, attempt, stopped))
             elif kind == "failed":
                 await self._end(job, "failed", error or f"{where} exited with code {code}")
@@ -690,6 +695,18 @@ class JobMaster:
         # (its cores stay busy where it may still run: killed while its
         # executor was away, the next job was started beside its process,
         # and a resubmission on its state_dir could run beside it)
+        # An executor being stopped stops the job's processes there anyway, in its own
+        # time (SIGINT, SIGKILL 3 s later): not waited for here, a `kill` of the job
+        # answered only after that stop. (Its cores there are no one's meanwhile:
+        # `free_cores`.)
+        leaving = [p for p in placement if p["executor"] in self._leaving]
+        if leaving:
+            self._spawn(self._stop_ended(job, attempt, leaving))
+        self._wait_for_stops(job, attempt, await self._stop(
+            job.id, attempt, [p for p in placement if p not in leaving]))
+
+    async def _stop_ended(self, job: Job, attempt: int, placement: list[dict]) -> None:
+        """Stop the processes of the ended job's `attempt` on `placement` (`_end`)."""
         self._wait_for_stops(job, attempt, await self._stop(job.id, attempt, placement))
 
     def _forget_topics(self, job_id: str) -> None:
