@@ -141,6 +141,10 @@ class JobProcess:
     # a pidfd of it (None: Linux < 5.3), open until `_follow` sees its exit: whether it has
     # ended, told also where its pid is another's since (`_has_ended`)
     pidfd: int | None = None
+    # its pid was free already as its pidfd was opened (`_pidfd`): it has ended, reaped by
+    # asyncio's watcher thread, its exit not yet seen (asked by its pid, a process given
+    # that pid since was taken for it)
+    gone: bool = False
 
     def report(self) -> dict:
         return {"job": self.job, "attempt": self.attempt, "process": self.process,
@@ -217,6 +221,8 @@ class ExecutorDaemon:
         # executor registering under the same id (`JobMaster.own_id`)
         self._instance = os.urandom(16).hex()
         self._tasks: set[asyncio.Task] = set()
+        # one job process started at a time, its pidfd opened before the next (`_start`)
+        self._spawning = asyncio.Lock()
         # port -> (its sockets, listening since `prepare`; the timer that frees them unstarted)
         # (several on a name of several addresses of this machine: localhost, 127.0.0.1 and ::1)
         self._prepared: dict[int, tuple[list[socket.socket], asyncio.TimerHandle]] = {}
@@ -696,9 +702,18 @@ class ExecutorDaemon:
                 env[LISTEN_FD_VARIABLE] = ",".join(str(sock.fileno()) for sock in listeners)
                 inherited += tuple(sock.fileno() for sock in listeners)
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, cwd=run_dir, env=env,
-                    start_new_session=True, preexec_fn=_job_process_setup, pass_fds=inherited)
+                # One at a time, with its pidfd: a process that ended at once, reaped by
+                # asyncio's watcher thread before its pidfd was opened, left its pid to
+                # the next process made, and where that was this executor's next job
+                # process, started meanwhile, the pidfd was that one's: the first was
+                # taken for running (`_has_ended`), and its stop signalled the other's
+                # group. Started alone, a pid taken since is no child of this executor's
+                # (`_has_ended`), or it is free (`gone`).
+                async with self._spawning:
+                    proc = await asyncio.create_subprocess_exec(
+                        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, cwd=run_dir,
+                        env=env, start_new_session=True, preexec_fn=_job_process_setup, pass_fds=inherited)
+                    pidfd, gone = _pidfd(proc.pid)
             except BaseException:
                 lease.started()
                 lease.close()
@@ -709,7 +724,7 @@ class ExecutorDaemon:
         lease.started()
         lease.renew(self._lease_deadline())
         entry = JobProcess(job, attempt, process, proc, log_path, start, lease, pipeline=pipeline,
-                           pidfd=_pidfd(proc.pid))
+                           pidfd=pidfd, gone=gone)
         self.processes[key] = entry
         log.info("executor: started %s attempt %d process %d (pid %d)", job, attempt, process, proc.pid)
         for work in (self._follow(entry), *([self._find_dashboard(entry)] if self.dashboard_host else [])):
@@ -948,7 +963,7 @@ def _has_ended(entry: JobProcess) -> bool:
     so yet: a zombie, or reaped already by asyncio's child watcher (its
     thread). On its pidfd: by its pid, a process given that pid since (this
     executor's next job process) was taken for it, running."""
-    if entry.proc.returncode is not None:
+    if entry.proc.returncode is not None or entry.gone:
         return True
     try:
         if entry.pidfd is not None:
@@ -958,12 +973,15 @@ def _has_ended(entry: JobProcess) -> bool:
         return True
 
 
-def _pidfd(pid: int) -> int | None:
-    """A pidfd of the job process `pid`, just started (None where Linux has none)."""
+def _pidfd(pid: int) -> tuple[int | None, bool]:
+    """A pidfd of the job process `pid`, just started (None where Linux has
+    none), and whether it has gone already (its pid free: reaped)."""
     try:
-        return os.pidfd_open(pid)
+        return os.pidfd_open(pid), False
+    except ProcessLookupError:
+        return None, True
     except (AttributeError, OSError):
-        return None
+        return None, False
 
 
 _EXIT_FIELDS = ("job", "attempt", "process", "code", "error", "dashboard")
