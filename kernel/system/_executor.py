@@ -632,11 +632,15 @@ class ExecutorDaemon:
             # the pipeline. Written again, its data and then its name synced.
             make_directories(str(path.parent))
             partial = path.with_suffix(".partial")
-            with open(partial, "wb") as out:
-                out.write(content)
-                out.flush()
-                os.fsync(out.fileno())
-            partial.rename(path)
+            try:
+                with open(partial, "wb") as out:
+                    out.write(content)
+                    out.flush()
+                    os.fsync(out.fileno())
+                partial.rename(path)
+            except OSError:  # (a full disk: not left behind, cut short, as executor.json's)
+                partial.unlink(missing_ok=True)
+                raise
             fsync_directory(str(path.parent))
         return path
 

@@ -70,3 +70,21 @@ async def test_a_note_that_a_full_disk_cuts_short_leaves_no_partial_file(tmp_pat
         assert json.loads((workdir / "executor.json").read_text()) == {"id": "e1"}
     finally:
         await executor.close()
+
+
+async def test_a_pipeline_that_a_full_disk_cuts_short_leaves_no_partial_file(tmp_path, tiny_disk):
+    workdir = tiny_disk / "executor"
+    workdir.mkdir()
+    executor = ExecutorDaemon(("127.0.0.1", 9), b"full-secret", 1, workdir, host="127.0.0.1")
+    executor._remember({"id": "e1"})
+    try:
+        _fill(tiny_disk)
+        try:
+            await _start(executor, "job-1", tmp_path / "never")
+            raise AssertionError("a start with no room for its pipeline went on")
+        except OSError:
+            pass
+        assert [p.name for p in (workdir / "pipelines").rglob("*") if p.is_file()] == []
+        assert executor.processes == {}
+    finally:
+        await executor.close()
