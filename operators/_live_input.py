@@ -47,6 +47,7 @@ from kernel.scheduling._signal_mask import main_thread_signals
 
 _AT_ONCE = 0.001  # seconds: a chunk read within this came at once (the stream is fast)
 _FIRST_LOOK, _LAST_LOOK = 0.001, 0.1  # seconds: an idle source's looks while a chunk is read
+_LET_GO_WITHIN = 1.0  # seconds: a stopped reader of a regular file ends within this (`let_go_if_rewound`)
 _TIOCGDEV = 0x80045432  # (Linux: the device a terminal's descriptor reads, `_terminal`)
 _PTMX = os.makedev(5, 2)  # (Linux: a pseudo-terminal's master, `_terminal`)
 
@@ -150,6 +151,63 @@ def _note_taken_from(stream, run: Callable[[], object]) -> None:
         if links is not None:
             _look_at = max(_KEPT_CLOSED, 2 * waiting)
         _taken_from[what] = (_weakly(stream), run, link)
+
+
+def let_go_if_rewound(stream) -> None:
+    """As a run starts reading the live stream `stream`: where it is a
+    regular file (the standard input given with `<`) whose descriptor is
+    back at its start (`sys.stdin.seek(0)`, `os.lseek(0, 0, 0)`), which an
+    earlier run of this process read, the lines that run took are not gone:
+    this run reads the file again from its start, and resumes exactly with a
+    state_dir. What the earlier run's reader left (`_left_over`) is from
+    where it had read to, not from the start, and goes; so does the note
+    that lines were taken (`_taken_from`), and what the file object's
+    buffers hold of that read (a run after the rewind was refused as though
+    the lines were gone; one without a state_dir took the reader over and
+    got the file's tail, not its start). Not while another run reads it."""
+    if not _rewound(stream):
+        return
+    what = _what_it_reads(stream)
+    with _left_over_lock:
+        if any(not reader._stopped and _reads(reader, what) for reader in list(_reading.values())):
+            return  # (a run at once: `_reading_at_once` says so)
+        readers = [(key, reader) for key, reader in _left_over.items() if _reads(reader, what)]
+        if not readers and what not in _taken_from:
+            return
+    for _key, reader in readers:
+        # stopped, each ends once its read of the file returns: at once (else
+        # kept, and refused as before, where its thread might read on after the rewind)
+        thread = reader._thread
+        if thread is not None:
+            thread.join(_LET_GO_WITHIN)
+            if thread.is_alive():
+                return
+    if not _rewound(stream):  # (a thread read on after the rewind)
+        return
+    with _left_over_lock:
+        for key, reader in readers:
+            if _left_over.get(key) is reader:
+                del _left_over[key]
+        _taken_from.pop(what, None)
+    try:
+        stream.seek(0)  # (its buffers: what it read ahead of the earlier run's last line)
+    except Exception:  # (a wrapper that cannot seek: its descriptor is at the start)
+        pass
+
+
+def _rewound(stream) -> bool:
+    """Whether `stream` is a regular file whose descriptor is at its start."""
+    try:
+        descriptor = stream.fileno()
+        return stat.S_ISREG(os.fstat(descriptor).st_mode) and os.lseek(descriptor, 0, os.SEEK_CUR) == 0
+    except Exception:  # (no descriptor, closed, a broken wrapper)
+        return False
+
+
+def _reads(reader: LiveReader, what: object) -> bool:
+    """Whether `reader` reads the live stream `what` (`_what_it_reads`), still open."""
+    held = reader._stream()
+    return held is not None and not _closed(held) and _what_it_reads(held) == what
 
 
 def _taken_by(stream) -> Callable[[], object] | None:

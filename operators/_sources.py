@@ -39,7 +39,7 @@ from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Source
 from kernel.execution._launcher_notes import on_note, tell_launcher
 from kernel.execution._standard_input import is_stream, let_go_of_its_writers, was_let_go
 
-from ._live_input import LiveReader, note_read_elsewhere, refuse_other_iterators
+from ._live_input import LiveReader, let_go_if_rewound, note_read_elsewhere, refuse_other_iterators
 from ._shares import Share, merge_consumed, sequence_run
 
 
@@ -365,6 +365,7 @@ class IterableSource(Source):
         restores as ended is never polled, and must not read."""
         live = self._live
         if live is None:
+            let_go_if_rewound(self._live_stream)  # (a regular file read again from its start)
             if self.context.snapshots:  # (at the first poll: a source restored as ended reads nothing)
                 LiveReader.refuse_read_by_an_earlier_run(self._live_stream, self._iterator,
                                                          self.context.kernel, self.name)

@@ -1,0 +1,109 @@
+"""`from_iterable(sys.stdin)` over the standard input given from a file
+(`python app.py < lines.txt`), read again from its start after a run that
+failed (`os.lseek(0, 0, 0)` or `sys.stdin.seek(0)`): the lines that run
+took are not gone from a regular file, but the run after the rewind was
+refused with a state_dir ("an earlier run of this process read lines of
+its input"), and without one took over the reader the failed run left and
+got the file from where that reader had read to, not from its start. Now
+a rewound file is read again from its start: resumed with a state_dir,
+every line once; without one, every line of the file. Not rewound, it is
+refused as before."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+_SCRIPT = r'''
+import json, os, sys, time
+sys.path.insert(0, sys.argv[2])
+from test_session39_live_stream_resume import _committed
+from kernel import Dataflow, run
+
+here, total, how = sys.argv[1], int(sys.argv[3]), sys.argv[4]
+out, state, marker = os.path.join(here, "out"), os.path.join(here, "state"), os.path.join(here, "failed")
+
+def fails_once(value):
+    if not os.path.exists(marker):
+        if value == total // 2:
+            open(marker, "w").close()
+            raise ValueError("the first run fails here")
+        if value % 10 == 0:
+            time.sleep(0.001)  # (the first run: epochs complete before it fails)
+    return value
+
+def flow_over(stream, into):
+    flow = Dataflow("lines")
+    flow.from_iterable(stream, name="lines in", batch_size=10).map(int).map(fails_once).to_files(into)
+    return flow
+
+told = {}
+try:
+    run(flow_over(sys.stdin, out), state_dir=state, epoch_interval=0.001)
+except Exception as exc:
+    told["first"] = str(exc)
+from pathlib import Path
+told["committed"] = len(_committed(Path(out)))
+if how == "lseek":
+    os.lseek(0, 0, os.SEEK_SET)
+elif how == "seek":
+    sys.stdin.seek(0)
+if how == "without a state_dir":
+    os.lseek(0, 0, os.SEEK_SET)
+    again = os.path.join(here, "again")
+    run(flow_over(sys.stdin, again))
+    told["lines"] = _committed(Path(again))
+else:
+    try:
+        run(flow_over(sys.stdin, out), state_dir=state, epoch_interval=0.01)
+    except Exception as exc:
+        told["second"] = str(exc)
+    told["lines"] = _committed(Path(out))
+print(json.dumps(told))
+'''
+
+
+def _run(tmp_path, total: int, how: str) -> dict:
+    lines = tmp_path / "lines.txt"
+    lines.write_text("".join(f"{i}\n" for i in range(total)))
+    script = tmp_path / "app.py"
+    script.write_text(_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")]))
+    with open(lines) as stdin:
+        done = subprocess.run([sys.executable, str(script), str(tmp_path), str(Path(__file__).parent),
+                               str(total), how],
+                              stdin=stdin, capture_output=True, text=True, cwd=_ROOT, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    told = json.loads(done.stdout.splitlines()[-1])
+    assert "the first run fails here" in told["first"]
+    assert 0 < told["committed"] < total
+    return told
+
+
+# 3,000 lines: the failed run's reader read the file to its end; 20,000: it
+# paused mid-file (4,096 lines ahead), the file object's buffers holding
+# bytes past its last line, which an `os.lseek` alone leaves there
+@pytest.mark.parametrize("total", [3_000, 20_000])
+@pytest.mark.parametrize("how", ["lseek", "seek"])
+def test_a_rewound_standard_input_file_resumes_exactly(tmp_path, total, how):
+    told = _run(tmp_path, total, how)
+    assert "second" not in told, told["second"]
+    assert told["lines"] == sorted(told["lines"])  # (one kernel: the file's order)
+    assert told["lines"] == list(range(total))
+
+
+def test_a_rewound_standard_input_file_is_read_from_its_start_without_a_state_dir(tmp_path):
+    told = _run(tmp_path, 20_000, "without a state_dir")
+    assert told["lines"] == list(range(20_000))
+
+
+def test_a_standard_input_file_not_rewound_is_still_refused(tmp_path):
+    told = _run(tmp_path, 3_000, "not rewound")
+    assert "an earlier run of this process read lines of its input" in told.get("second", ""), told
