@@ -184,15 +184,19 @@ def let_go_if_rewound(stream) -> None:
                 return
     if not _rewound(stream):  # (a thread read on after the rewind)
         return
+    try:
+        # its buffers: what it read ahead of the earlier run's last line (after
+        # os.lseek alone, 8 KiB of the old position came first)
+        stream.seek(0)
+    except Exception:
+        # (a file object that cannot seek, `sys.stdin` made over a pipe, a file
+        # put in its descriptor since, `os.dup2`: its buffers stay, refused as before)
+        return
     with _left_over_lock:
         for key, reader in readers:
             if _left_over.get(key) is reader:
                 del _left_over[key]
         _taken_from.pop(what, None)
-    try:
-        stream.seek(0)  # (its buffers: what it read ahead of the earlier run's last line)
-    except Exception:  # (a wrapper that cannot seek: its descriptor is at the start)
-        pass
 
 
 def _rewound(stream) -> bool:

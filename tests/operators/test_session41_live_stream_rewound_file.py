@@ -29,6 +29,8 @@ from kernel import Dataflow, run
 
 here, total, how = sys.argv[1], int(sys.argv[3]), sys.argv[4]
 out, state, marker = os.path.join(here, "out"), os.path.join(here, "state"), os.path.join(here, "failed")
+if sys.argv[5:] == ["dup"]:  # (the file put in descriptor 0 by the application, sys.stdin made before)
+    os.dup2(os.open(os.path.join(here, "lines.txt"), os.O_RDONLY), 0)
 
 def fails_once(value):
     if not os.path.exists(marker):
@@ -70,16 +72,19 @@ print(json.dumps(told))
 '''
 
 
-def _run(tmp_path, total: int, how: str) -> dict:
+def run_over_a_file(tmp_path, total: int, how: str, stdin=None, dup: bool = False) -> dict:
+    """The script's runs over `total` lines: the standard input given from
+    the file, or from `stdin` with the file put in descriptor 0 (`dup`)."""
     lines = tmp_path / "lines.txt"
     lines.write_text("".join(f"{i}\n" for i in range(total)))
     script = tmp_path / "app.py"
     script.write_text(_SCRIPT)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")]))
-    with open(lines) as stdin:
+    with open(lines) as given:
         done = subprocess.run([sys.executable, str(script), str(tmp_path), str(Path(__file__).parent),
-                               str(total), how],
-                              stdin=stdin, capture_output=True, text=True, cwd=_ROOT, env=env, timeout=60)
+                               str(total), how] + (["dup"] if dup else []),
+                              stdin=given if stdin is None else stdin, capture_output=True, text=True,
+                              cwd=_ROOT, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     told = json.loads(done.stdout.splitlines()[-1])
     assert "the first run fails here" in told["first"]
@@ -93,17 +98,17 @@ def _run(tmp_path, total: int, how: str) -> dict:
 @pytest.mark.parametrize("total", [3_000, 20_000])
 @pytest.mark.parametrize("how", ["lseek", "seek"])
 def test_a_rewound_standard_input_file_resumes_exactly(tmp_path, total, how):
-    told = _run(tmp_path, total, how)
+    told = run_over_a_file(tmp_path, total, how)
     assert "second" not in told, told["second"]
     assert told["lines"] == sorted(told["lines"])  # (one kernel: the file's order)
     assert told["lines"] == list(range(total))
 
 
 def test_a_rewound_standard_input_file_is_read_from_its_start_without_a_state_dir(tmp_path):
-    told = _run(tmp_path, 20_000, "without a state_dir")
+    told = run_over_a_file(tmp_path, 20_000, "without a state_dir")
     assert told["lines"] == list(range(20_000))
 
 
 def test_a_standard_input_file_not_rewound_is_still_refused(tmp_path):
-    told = _run(tmp_path, 3_000, "not rewound")
+    told = run_over_a_file(tmp_path, 3_000, "not rewound")
     assert "an earlier run of this process read lines of its input" in told.get("second", ""), told
