@@ -169,7 +169,7 @@ def let_go_if_rewound(stream) -> None:
         return
     what = _what_it_reads(stream)
     with _left_over_lock:
-        if any(not reader._stopped and _reads(reader, what) for reader in list(_reading.values())):
+        if any(reader._reads_for_a_run() and _reads(reader, what) for reader in list(_reading.values())):
             return  # (a run at once: `_reading_at_once` says so)
         readers = [(key, reader) for key, reader in _left_over.items() if _reads(reader, what)]
         if not readers and what not in _taken_from:
@@ -261,7 +261,7 @@ def _reading_at_once(stream, what, run: object, name: str) -> None:
     by timing, and that run's snapshots count only its own share."""
     for reader in list(_reading.values()):
         other = reader._run()
-        if reader._stopped or other is None or other is run or (
+        if not reader._reads_for_a_run() or other is None or other is run or (
                 run not in _snapshotted and other not in _snapshotted):
             continue
         held = reader._stream()
@@ -447,6 +447,9 @@ class LiveReader:
             if _reading.get(reader._reading_key) is reader:
                 del _reading[reader._reading_key]
             reader._reading_key = key
+            # (a reader taken over is stopped, its earlier run's end, until `start`:
+            # another thread's run over the stream meanwhile was not refused)
+            reader._starting = True
             _reading[key] = reader
         return reader
 
@@ -544,6 +547,7 @@ class LiveReader:
         self._look_after = _FIRST_LOOK
         self._looking = False  # a look within _LAST_LOOK is waiting (`waiting`)
         self._stopped = False  # the run is over: read no further (until a later run takes it over)
+        self._starting = False  # a run has taken it (`of`) and is about to `start` it
         # The thread, while it reads (or waits in a read a run left): it ends
         # once a stopped run's read returns, and a later run starts another.
         # (It waited for a later run for ever: a service running flows over
@@ -575,6 +579,7 @@ class LiveReader:
                 # current_kernel() failed with "'NoneType' object has no attribute").
                 self._wiring = (loop, wake, loop.create_future(), contextvars.copy_context())
                 self._stopped = False
+                self._starting = False  # (after `_stopped`: `_reads_for_a_run`)
                 # (a look the run before left pending, on its loop, may never come: a
                 # reader taken over with `_looking` set never looked again, and lines a
                 # chunk held waited for its end, an exchange for ever)
@@ -627,12 +632,19 @@ class LiveReader:
         """The run ends before the input: the thread ends once its read
         returns, keeping what it read for a later run over the iterator."""
         self._stopped = True
+        self._starting = False
         self._room.set()
         iterator = self._iterator()
         with _left_over_lock:
             _forget_closed()
             if iterator is not None:  # (else nobody can run over it again)
                 _left_over[id(iterator)] = self
+
+    def _reads_for_a_run(self) -> bool:
+        """Whether a run going on reads with it: started, or taken (`of`)
+        and about to start it. (`_starting` looked at first: `start` clears
+        it after `_stopped`, so another thread sees one of them say so.)"""
+        return self._starting or not self._stopped
 
     def done_and_empty(self) -> bool:
         """Whether the input has ended, and no record or error of it is left to hand on."""
