@@ -39,7 +39,14 @@ from kernel.dataflow._operator import DEFAULT_BATCH_SIZE, Source
 from kernel.execution._launcher_notes import on_note, tell_launcher
 from kernel.execution._standard_input import is_stream, let_go_of_its_writers, was_let_go
 
-from ._live_input import LiveReader, let_go_if_rewound, note_read_elsewhere, refuse_other_iterators
+from ._live_input import (
+    LiveReader,
+    let_go_if_rewound,
+    note_read_elsewhere,
+    note_taken_beside_standard_input,
+    refuse_other_iterators,
+    shares_standard_input,
+)
 from ._shares import Share, merge_consumed, sequence_run
 
 
@@ -150,11 +157,15 @@ def _stream_it_reads(data) -> io.IOBase | None:
     """The standard input or another stream only one process can read
     whole (`is_stream`) that `data` is, or reads (`_inherited_file`); None
     if it reads none."""
+    found = _file_it_reads(data)
+    return found if found is not None and is_stream(found) else None
+
+
+def _file_it_reads(data) -> io.IOBase | None:
     try:
-        found = _inherited_file(data)
+        return _inherited_file(data)
     except Exception:  # an object's own __getattr__ or __len__ failing: no file seen
         return None
-    return found if found is not None and is_stream(found) else None
 
 
 def _inherited_file(data) -> io.IOBase | None:
@@ -210,6 +221,7 @@ class IterableSource(Source):
         self._unread = None  # the one-shot input to mark as read when first read
         self._live_stream = None  # the live stream the input reads (`_poll_live`)
         self._live = None  # its reader, taken (or made) at the first poll
+        self._beside_standard_input = None  # the file it reads, sharing descriptor 0's offset
         if isinstance(data, (set, frozenset)) and (context.snapshots or context.processes > 1):
             data = in_a_fixed_order(self.name, data, "from_iterable's input")
         if isinstance(data, (list, tuple, range)):
@@ -222,8 +234,11 @@ class IterableSource(Source):
         else:
             self._share = Share(context.index, peers, context.key_groups)
             # (looked for on one kernel too: a live stream is read on a thread, `_poll_live`)
-            read = _stream_it_reads(data)
+            found = _file_it_reads(data)
+            read = found if found is not None and is_stream(found) else None
             stream = read is not None
+            if found is not None and not stream and shares_standard_input(found):
+                self._beside_standard_input = found  # (noted at its first read, `poll`)
             self._check_input(peers, stream)
             self._sequence = None
             if stream and peers > 1:
@@ -345,6 +360,9 @@ class IterableSource(Source):
             batch = share.take(self._sequence, size, self._length)
             more = share.next < self._length
         else:
+            if self._beside_standard_input is not None:
+                note_taken_beside_standard_input(self._beside_standard_input, self.context.kernel)
+                self._beside_standard_input = None
             if self._unread is not None:
                 self._mark_read()
             try:

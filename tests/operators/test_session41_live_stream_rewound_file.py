@@ -29,8 +29,12 @@ from kernel import Dataflow, run
 
 here, total, how = sys.argv[1], int(sys.argv[3]), sys.argv[4]
 out, state, marker = os.path.join(here, "out"), os.path.join(here, "state"), os.path.join(here, "failed")
-if sys.argv[5:] == ["dup"]:  # (the file put in descriptor 0 by the application, sys.stdin made before)
+if sys.argv[5] == "dup":  # (the file put in descriptor 0 by the application, sys.stdin made before)
     os.dup2(os.open(os.path.join(here, "lines.txt"), os.O_RDONLY), 0)
+first = {"sys.stdin": lambda: sys.stdin,  # (what the first run reads)
+         "a dup of descriptor 0": lambda: os.fdopen(os.dup(0)),
+         "open(0)": lambda: open(0, closefd=False),
+         "the file opened again": lambda: open(os.path.join(here, "lines.txt"))}[sys.argv[6]]()
 
 def fails_once(value):
     if not os.path.exists(marker):
@@ -48,9 +52,11 @@ def flow_over(stream, into):
 
 told = {}
 try:
-    run(flow_over(sys.stdin, out), state_dir=state, epoch_interval=0.001)
+    run(flow_over(first, out), state_dir=state, epoch_interval=0.001)
 except Exception as exc:
     told["first"] = str(exc)
+if first is not sys.stdin:
+    first.close()
 from pathlib import Path
 told["committed"] = len(_committed(Path(out)))
 if how == "lseek":
@@ -72,9 +78,11 @@ print(json.dumps(told))
 '''
 
 
-def run_over_a_file(tmp_path, total: int, how: str, stdin=None, dup: bool = False) -> dict:
+def run_over_a_file(tmp_path, total: int, how: str, stdin=None, dup: bool = False,
+                    first: str = "sys.stdin") -> dict:
     """The script's runs over `total` lines: the standard input given from
-    the file, or from `stdin` with the file put in descriptor 0 (`dup`)."""
+    the file, or from `stdin` with the file put in descriptor 0 (`dup`);
+    the first run over `first`, the second over `sys.stdin`."""
     lines = tmp_path / "lines.txt"
     lines.write_text("".join(f"{i}\n" for i in range(total)))
     script = tmp_path / "app.py"
@@ -82,7 +90,7 @@ def run_over_a_file(tmp_path, total: int, how: str, stdin=None, dup: bool = Fals
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")]))
     with open(lines) as given:
         done = subprocess.run([sys.executable, str(script), str(tmp_path), str(Path(__file__).parent),
-                               str(total), how] + (["dup"] if dup else []),
+                               str(total), how, "dup" if dup else "given", first],
                               stdin=given if stdin is None else stdin, capture_output=True, text=True,
                               cwd=_ROOT, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
