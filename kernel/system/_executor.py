@@ -571,7 +571,7 @@ class ExecutorDaemon:
         if op == "ping":  # (alive: `JobMaster.own_id`)
             return {}
         if op == "prepare":
-            return {"port": self._prepare_port()}
+            return {"port": await self._prepare_port()}
         if op == "start":
             return await self._start(m)
         if op == "stop":
@@ -581,13 +581,13 @@ class ExecutorDaemon:
             return self._log(str(m["job"]), int(m.get("offset", 0)))
         raise RequestError(f"unknown request {op!r}")
 
-    def _prepare_port(self) -> int:
+    async def _prepare_port(self) -> int:
         """A port for a job process's links, listening from now on, its
         sockets handed to the process at its start (`_prepared_sockets`). A
         port picked free, closed and bound by the process later could be
         taken in between (another program, an outgoing connection's
         port): the attempt failed, `cannot listen`, a restart spent."""
-        socks = _listening_sockets(self.host)
+        socks = _listening_sockets(self.host, await _resolved_off_the_loop(self.host))
         port = socks[0].getsockname()[1]
         unstarted = asyncio.get_running_loop().call_later(PREPARED_FOR, self._forget_prepared, port)
         self._prepared[port] = (socks, unstarted)
@@ -1031,21 +1031,43 @@ def _cut_character(data: bytes) -> int:
     return 0  # (continuation bytes only: not UTF-8 to mend)
 
 
-def _listening_sockets(host: str) -> list[socket.socket]:
+async def _resolved_off_the_loop(host: str) -> list | None:
+    """What `localhost` resolves to here, for `_listening_sockets`, resolved
+    in a thread (`loop.getaddrinfo`): resolved on the event loop, a slow
+    resolver held the executor's every request and heartbeat meanwhile.
+    None for any other host (nothing to resolve); none found where it fails."""
+    from kernel.net._relay import _listen_host
+
+    where = _listen_host(host)
+    if where is None or where.lower().rstrip(".") != "localhost":
+        return None
+    try:
+        return await asyncio.get_running_loop().getaddrinfo(
+            where, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return []
+
+
+def _listening_sockets(host: str, found: list | None = None) -> list[socket.socket]:
     """The sockets listening on one port the system picks, for a job
     process's links: on every address `localhost` resolves to here (it
     resolves on the peers' machine alike), as the process bound them itself
     (`create_server('localhost', port)`: 127.0.0.1 and ::1 where both are
     listed); one socket for any other host (`_listening_socket`). Prepared
-    on 127.0.0.1 alone, a peer that dialled localhost by ::1 was refused."""
+    on 127.0.0.1 alone, a peer that dialled localhost by ::1 was refused.
+    `found`: what localhost resolved to, resolved already off the event
+    loop (`_resolved_off_the_loop`); resolved here where it is not given."""
     from kernel.net._relay import _listen_host
 
     where = _listen_host(host)
     if where is None or where.lower().rstrip(".") != "localhost":  # (every interface, or an IP address)
         return [_listening_socket(host)]
-    try:
-        found = socket.getaddrinfo(where, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError:
+    if found is None:
+        try:
+            found = socket.getaddrinfo(where, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except OSError:
+            return [_listening_socket(host)]
+    if not found:
         return [_listening_socket(host)]
     addresses = list(dict.fromkeys((family, address[0]) for family, _, _, _, address in found
                                    if family in (socket.AF_INET, socket.AF_INET6)))
