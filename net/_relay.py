@@ -132,6 +132,17 @@ class ListenFailed(LinkError):
         return type(self), (self.args[0], self.port, self.errno)
 
 
+class _Unreachable(LinkError):
+    """A lower-numbered peer not reached within the start-up timeout
+    (`LinkRelay._dial`): its words kept apart, so that several such peers,
+    their dials ending together at the shared deadline, are named in one
+    error (`_dialled`)."""
+
+    def __init__(self, peer: int, url: str, timeout: float, why: str) -> None:
+        super().__init__(f"could not reach process {peer} at {url} within {timeout:g} s: {why}")
+        self.peer, self.url, self.timeout, self.why = peer, url, timeout, why
+
+
 class _Aborted(Exception):
     """This process failed; the relay tells the peers and stops."""
 
@@ -381,8 +392,9 @@ class LinkRelay:
         for peer in range(plan.process):
             url = f"{scheme}://{plan.address(peer)}"  # (address() brackets an IPv6 host)
             dials.append(asyncio.ensure_future(self._dial(peer, url, deadline)))
+        dialled = asyncio.ensure_future(self._dialled(dials))
         try:
-            await self._until(asyncio.gather(*dials))
+            await self._until(dialled)
             remaining = max(0.0, deadline - loop.time())
             try:
                 await asyncio.wait_for(self._until(all_accepted), remaining)
@@ -403,8 +415,25 @@ class LinkRelay:
                     why += "; refused meanwhile: " + "; ".join(refused[-3:])
                 raise LinkError(why) from None
         finally:
-            for task in dials:
+            for task in (*dials, dialled):
                 task.cancel()
+
+    @staticmethod
+    async def _dialled(dials: list[asyncio.Future]) -> None:
+        """Wait for every dial to a lower-numbered peer, raising the first
+        failure at once, except that one peer not reached waits for the
+        others, which share its deadline, to name every peer not reached:
+        it named only the first, the others found one run at a time."""
+        try:
+            await asyncio.gather(*dials)
+        except _Unreachable as first:
+            ended = await asyncio.gather(*dials, return_exceptions=True)
+            unreached = [e for e in ended if isinstance(e, _Unreachable)]
+            if len(unreached) < 2:  # (a LinkError as before: the error crosses to the supervisor)
+                raise LinkError(str(first)) from None
+            names = ", ".join(f"process {e.peer} at {e.url}" for e in unreached)
+            whys = "; ".join(f"process {e.peer}: {e.why}" for e in unreached)
+            raise LinkError(f"could not reach {names} within {first.timeout:g} s ({whys})") from None
 
     async def _linked_elsewhere(self, missing: list[int], scheme: str) -> str | None:
         """Why the `missing` higher-numbered peers never connected, where one
@@ -469,8 +498,7 @@ class LinkRelay:
             if (isinstance(exc, LinkRefused) or getattr(exc, "refused_once", False)) and not plan.tls:
                 hint = (" (it closed the connection before answering: TLS on there and off here, or too "
                         "many connections pending there?)")
-            raise LinkError(f"could not reach process {peer} at {url} within "
-                            f"{plan.startup_timeout:g} s: {unreachable}{hint}") from None
+            raise _Unreachable(peer, url, plan.startup_timeout, f"{unreachable}{hint}") from None
         self._sessions.append(session)
         if link.peer != peer:
             error = LinkError(f"{plan.address(peer)} answered as process {link.peer}, not {peer}: "
