@@ -465,10 +465,10 @@ class LinkRelay:
             await session.close()
             return None
 
+        # (one that linked us meanwhile, its dial under way as we asked, knows our
+        # question by our token and refuses it as its own link: no twin, nothing to filter)
         said = await asyncio.gather(*(ask(peer) for peer in missing))
-        # (one that linked us meanwhile, its dial under way as we asked: us it names, no twin)
-        return next((why for peer, why in zip(missing, said) if why is not None and peer not in self.links),
-                    None)
+        return next((why for why in said if why is not None), None)
 
     async def _dial(self, peer: int, url: str, deadline: float) -> None:
         plan = self.plan
