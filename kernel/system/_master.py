@@ -54,6 +54,11 @@ from kernel.system._wire import LARGEST_INTEGER, ConnectionLost, RequestError, S
 
 log = logging.getLogger("kernel.system")
 
+# seconds a process's loss (a peer's `lost process 1`, a kernel killed) waits
+# for the other exits of its attempt before the job restarts: one of them may
+# be the failure that caused it, which fails the job, no restart spent
+# (`_restart_unless_failed`). Where every process has exited, it waits no more.
+LOSS_HOLD = 5.0
 STOP_TIMEOUT = 10.0  # seconds an executor may take to stop a process (it SIGKILLs after 3)
 # Restarts back off when attempts keep failing soon after they start: an
 # attempt that ran STABLE seconds or more is restarted at once (a lost
@@ -560,6 +565,7 @@ class JobMaster:
             if job.status not in ("starting", "running") or job.attempt != attempt:
                 return
             self.exits[job_id][process] = (code, error)
+            self._notify()  # (a loss held for the attempt's other exits hears of this one)
             kind = classify(code, error)
             where = f"process {process} on executor {job.placement[process]['executor']}"
             # A process that ended beside one on an executor being stopped (its
@@ -597,8 +603,31 @@ class JobMaster:
                 why = (f"{where} ended while the coordinator was away ({error or f'exit {code}'}): not a "
                        "failure, no restart spent")
                 await self._restart_locked(job, attempt, why, counted=False)
-            else:
-                await self._restart_locked(job, attempt, error or f"{where} was killed (exit {code})")
+            else:  # (lost)
+                why = error or f"{where} was killed (exit {code})"
+                if len(self.exits[job_id]) < job.processes:
+                    # a peer's `lost process 1` may be heard before process 1's own exit,
+                    # a user function's error (its word to the peers not out in time: a
+                    # loaded machine): the loss waits for the other exits, one of which
+                    # fails the job at once where it is the job's own
+                    self._spawn(self._restart_unless_failed(job, attempt, why))
+                else:
+                    await self._restart_locked(job, attempt, why)
+        self.reconcile()
+
+    async def _restart_unless_failed(self, job: Job, attempt: int, why: str) -> None:
+        """The attempt restarted for a loss (`why`) once every process of it
+        has exited, or after LOSS_HOLD: unless one of those exits, heard
+        meanwhile, was a failure of the job's own, which ends it (failed, no
+        restart spent; `process_exited`). A job of two processes failing on
+        a user error was restarted (1 restart, not 0) where the peer's loss
+        came first."""
+        deadline = asyncio.get_running_loop().time() + LOSS_HOLD
+        while (job.attempt == attempt and len(self.exits.get(job.id, {})) < job.processes
+               and (left := deadline - asyncio.get_running_loop().time()) > 0):
+            await self.wait_for_change(left)
+        async with self._lock(job.id):
+            await self._restart_locked(job, attempt, why)
         self.reconcile()
 
     async def _held(self, job: Job, attempt: int, executor_id: str) -> None:
