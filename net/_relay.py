@@ -328,8 +328,7 @@ class LinkRelay:
                 # more, one could see this link close before process 0's refusal
                 # came, and report a lost process instead of the refusal.
                 others = [link for p, link in self.links.items() if p != 0 and not link.closed.done()]
-                refusal = self._refusal
-                await asyncio.gather(*(self._send_quietly(link, KIND_REFUSE, refusal) for link in others))
+                await self._refuse_all(others, self._refusal)
             await self._close()
             if self.report is not None:
                 self.report(self.sent_bytes())
@@ -635,8 +634,7 @@ class LinkRelay:
             decision = decide(offers)
         except Exception as exc:  # every process ends with this error
             blob = pickle.dumps(exc, protocol=5)
-            await asyncio.gather(*(self._send_quietly(link, KIND_REFUSE, blob)
-                                   for link in self.links.values()))
+            await self._refuse_all(list(self.links.values()), blob)
             self._finishing = True
             raise
         for link in self.links.values():
@@ -689,6 +687,7 @@ class LinkRelay:
                 self._decision.set_result(bytes(body))
         elif kind == KIND_REFUSE:
             self._graceful.add(peer)
+            self.links[peer].goodbye = True  # (as for ABORT: the run ends, its link's close no news)
             if self._refusal is None:  # passed on before this process closes its links (`run`)
                 self._refusal = bytes(body)
             self._fail(pickle.loads(bytes(body)))
@@ -719,6 +718,15 @@ class LinkRelay:
         body = why.encode()[:65536]
         await asyncio.gather(*(self._send_quietly(link, KIND_ABORT, body)
                                for link in self.links.values() if not link.closed.done()))
+
+    async def _refuse_all(self, links: list[Link], refusal: bytes) -> None:
+        """Tell `links` the agreement failed (REFUSE): each run ends, and how
+        each link then closes is no news (over TLS a peer's process may exit
+        before its close frame is out: `link to process 1 closed: code 1006;
+        closing that connection` was logged beside the refusal's error)."""
+        for link in links:
+            link.goodbye = True
+        await asyncio.gather(*(self._send_quietly(link, KIND_REFUSE, refusal) for link in links))
 
     async def _send_quietly(self, link: Link, kind: int, body: bytes = b"") -> None:
         try:
