@@ -441,6 +441,7 @@ async def logs(client: Client, job: str, follow: bool) -> int:
         # for a one-executor log, it was printed as it came, the start of a
         # line held for the rest came out at the end and its rest alone.
         several = several or len(chunks) > 1
+        texts = []
         for executor, chunk in sorted(chunks.items()):
             offsets[executor] = chunk["offset"]
             text = chunk["text"]
@@ -448,23 +449,39 @@ async def logs(client: Client, job: str, follow: bool) -> int:
                 whole, cut, rest = (partial.pop(executor, "") + text).rpartition("\n")
                 partial[executor] = rest
                 text = "".join(f"[{executor}] {line}" for line in (whole + cut).splitlines(keepends=True))
-            sys.stdout.write(text)
-        sys.stdout.flush()
+            texts.append(text)
+        await _printed("".join(texts))
         got_more = any(chunk["text"] for chunk in chunks.values())
         # (an executor sends up to 1 MiB a request: without --follow, ask
         # until they have sent all they have; it stopped after the first
         # MiB, a longer log cut mid-line with no word)
         if not got_more and (not follow or reply["status"] in TERMINAL):
-            for executor, rest in sorted(partial.items()):
-                if rest:  # a last line without its newline
-                    sys.stdout.write(f"[{executor}] {rest}\n")
-            sys.stdout.flush()
+            # (a last line without its newline)
+            await _printed("".join(f"[{executor}] {rest}\n" for executor, rest in sorted(partial.items())
+                                   if rest))
             if reply["unreachable"]:
                 print(f"(logs on executor(s) {', '.join(reply['unreachable'])} are unreachable)",
                       file=sys.stderr)
             return 0
         if not got_more:
             await asyncio.sleep(0.2)
+
+
+async def _printed(text: str) -> None:
+    """`text` on stdout, flushed, by a thread: a reader that takes it slowly
+    (a pager read page by page, a slow pipe) holds the write for as long as
+    it likes, and the loop, held in it, neither pinged (`_keep_heard`) nor
+    answered the coordinator's heartbeat, which closed the connection of a
+    command still printing; its next request ended it (`logs JOB | less`,
+    the first page read for 9 s: 1 MiB of a 3 MB log, then "error: ...
+    connection closed", exit 1)."""
+    if text:
+        await asyncio.to_thread(_write_out, text)
+
+
+def _write_out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 async def kill(client: Client, job: str) -> int:
