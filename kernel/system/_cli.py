@@ -41,6 +41,21 @@ def _address(text: str | None, what: str) -> tuple[str, int]:
     return address
 
 
+def _page_address(text: str) -> tuple[str, int]:
+    """--dashboard's HOST:PORT, read as a job's is (`kernel.run --dashboard`):
+    port 0 too, the system's pick, which the coordinator logs as it listens."""
+    from kernel.metrics._server import parse_address
+
+    if not text.strip():
+        from kernel.cli._run import blank_said
+
+        raise _Usage(blank_said("--dashboard", "address", text, "HOST:PORT"))
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise _Usage(str(exc)) from None
+
+
 def _secret(args) -> bytes:
     from kernel.execution._cluster import read_secret
 
@@ -287,7 +302,7 @@ async def _command(args) -> int:
             raise _Usage("--executor-timeout must be a positive number of seconds")
         if not args.catalog_timeout > 0:
             raise _Usage("--catalog-timeout must be a positive number of seconds")
-        dashboard = None if args.dashboard is None else _address(args.dashboard, "--dashboard")
+        dashboard = None if args.dashboard is None else _page_address(args.dashboard)
         # (SIGTERM: its catalog's queued writes done and closed, its
         # connections closed; its default, dying at once, was a SIGKILL)
         return await _stopped_by_sigterm_too(serve(
