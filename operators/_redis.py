@@ -839,8 +839,23 @@ def _encodable(record) -> bool:
     return all(type(k) in kinds and type(v) in kinds for k, v in record.items())
 
 
+def _why_not(record) -> str:
+    """What in a dict record XADD cannot take (the dict itself it can: it
+    said "cannot XADD dict" of `{'a': [1, 2]}`)."""
+    if not isinstance(record, dict):
+        return ""
+    if not record:
+        return ": it is empty"
+    for field, value in record.items():
+        if type(field) not in _ENCODABLE:
+            return f": its field name {describe_record(field)} is a {type(field).__name__}"
+        if type(value) not in _ENCODABLE:
+            return f": its field {describe_record(field)} holds a {type(value).__name__}"
+    return ""
+
+
 def _unencodable(operator: str, stream: str, record: Any) -> OperatorError:
-    problem = TypeError(f"cannot XADD {type(record).__name__} to stream {stream!r}")
+    problem = TypeError(f"cannot XADD {type(record).__name__} to stream {stream!r}{_why_not(record)}")
     return OperatorError.wrap(
         operator, "XADD", problem, record=record,
         hint="a record for to_redis_stream is a non-empty dict of fields to str, bytes, int or float "
