@@ -215,6 +215,8 @@ class ExecutorDaemon:
         self._answered = time.monotonic()  # when the coordinator last answered
         self._interval = heartbeat  # the heartbeat's as beaten (cut for the coordinator's timeout)
         self._leaving = False  # stopping (`_leave`): `start` is refused
+        # `_leave` runs: its close() keeps the workdir's lock, which it lets go after "left"
+        self._saying_left = False
         # (job, attempt, process) of the job processes stopped on purpose (`close`, `_note_stopped`)
         self._stopped_here: set[tuple[str, int, int]] = set()
         # this process's token: the coordinator tells it from another live
@@ -470,14 +472,15 @@ class ExecutorDaemon:
         None): an exit by SIGINT is no failure of the job's."""
         self.session = None
         self._leaving = True
+        self._saying_left = True
         try:
-            # first: no job is placed here any more (one started while its
-            # processes stopped was left out of them, and restarted, a
-            # restart spent, once the executor had left)
-            await asyncio.wait_for(session.request("leaving"), LEAVE_TIMEOUT)
-        except (ConnectionLost, RequestError, TimeoutError):
-            pass
-        try:
+            try:
+                # first: no job is placed here any more (one started while its
+                # processes stopped was left out of them, and restarted, a
+                # restart spent, once the executor had left)
+                await asyncio.wait_for(session.request("leaving"), LEAVE_TIMEOUT)
+            except (ConnectionLost, RequestError, TimeoutError):
+                pass
             await self.close()
             await self._report_own_exits(session)
             try:
@@ -486,8 +489,13 @@ class ExecutorDaemon:
                 # (the coordinator gone too: it counts this executor lost at its lease's
                 # end, unless it is started again on this workdir by then)
                 self._note_stopped()
-        finally:
             self._workdir_lock.close()  # (`close`: kept until now)
+        finally:
+            # (cut short, a second SIGTERM's doing, its job processes maybe still
+            # stopping: the lock is the next close()'s to let go, once they have. Let go
+            # here, a next executor on the workdir registered under its id and ran
+            # their jobs again beside them)
+            self._saying_left = False
 
     async def _report_own_exits(self, session) -> None:
         """Before "left": the exits of job processes that ended on their own
@@ -917,6 +925,7 @@ class ExecutorDaemon:
                              *(asyncio.shield(p.followed) for p in ended if p.followed is not None))
         if not self._leaving:  # (connected, `_leave` said it)
             self._note_stopped()
+        if not self._saying_left:
             # (the workdir's lock goes with the executor: kept open, an app that ran one
             # and closed it held a descriptor for as long as it ran, and the workdir
             # stayed locked to the next executor; a leave lets it go once it has said
