@@ -217,6 +217,7 @@ class ExecutorDaemon:
         self._leaving = False  # stopping (`_leave`): `start` is refused
         # `_leave` runs: its close() keeps the workdir's lock, which it lets go after "left"
         self._saying_left = False
+        self._closed = False  # close() has begun: `start` is refused
         # (job, attempt, process) of the job processes stopped on purpose (`close`, `_note_stopped`)
         self._stopped_here: set[tuple[str, int, int]] = set()
         # this process's token: the coordinator tells it from another live
@@ -654,7 +655,7 @@ class ExecutorDaemon:
 
     async def _start(self, m: dict) -> dict:
         job, attempt, process = m["job"], int(m["attempt"]), int(m["process"])
-        if self._leaving:
+        if self._leaving or self._closed:
             raise RequestError(f"executor {self.executor_id} is stopping")
         key = (job, attempt, process)
         # (one that ended is no obstacle: the same attempt started again by a
@@ -910,6 +911,13 @@ class ExecutorDaemon:
     async def close(self) -> None:
         for port in list(self._prepared):
             self._forget_prepared(port)
+        # (the starts in flight first, each in its turn: their processes are listed
+        # here. One that waited its turn was started after the list was made, and ran
+        # on, never stopped, beside its job moved elsewhere, for as long as an app
+        # that closed this executor ran. Later ones are refused, as during a leave.)
+        self._closed = True
+        async with self._spawning:  # (its waiters go first: none after it, refused)
+            pass
         unseen = [p for p in self.processes.values() if p.code is None]
         # One that has ended, its exit not yet seen by `_follow` (on its way through
         # the loop), is not stopped here: counted so, a process that had failed on its
