@@ -727,8 +727,10 @@ class JobMaster:
         # An executor being stopped stops the job's processes there anyway, in its own
         # time (SIGINT, SIGKILL 3 s later): not waited for here, a `kill` of the job
         # answered only after that stop. (Its cores there are no one's meanwhile:
-        # `free_cores`.)
-        leaving = [p for p in placement if p["executor"] in self._leaving]
+        # `free_cores`.) Not for a job with a state_dir: its process holds it until it
+        # has stopped, and the job submitted again on it as the kill answered failed
+        # for good, `state_dir ... is in use by another run`.
+        leaving = [p for p in placement if p["executor"] in self._leaving] if job.state_dir is None else []
         if leaving:
             self._spawn(self._stop_ended(job, attempt, leaving))
         self._wait_for_stops(job, attempt, await self._stop(
