@@ -1140,6 +1140,11 @@ def _listening_socket(host: str) -> socket.socket:
     where = _listen_host(host)
     if where is None:
         return _listening_everywhere()
+    if where.lower().rstrip(".") == "localhost":
+        # (its IPv4 address, as the name resolved to in `bind`: resolved there, on the
+        # event loop, where `_resolved_off_the_loop` found nothing or no port was free on
+        # all it found, a slow resolver held the executor's every request meanwhile)
+        where = "127.0.0.1"
     sock = socket.socket(socket.AF_INET6 if ":" in where else socket.AF_INET)
     try:
         sock.bind((where, 0))
