@@ -612,8 +612,20 @@ class JobMaster:
                     # fails the job at once where it is the job's own
                     self._spawn(self._restart_unless_failed(job, attempt, why))
                 else:
-                    await self._restart_locked(job, attempt, why)
+                    await self._restart_locked(job, attempt, self._cause(job, why))
         self.reconcile()
+
+    def _cause(self, job: Job, why: str) -> str:
+        """The restart's message for a loss of the attempt (`why`, heard
+        first or last): the first loss heard that is not a peer's word of it
+        (`lost process 1`), the cause, where there is one. (Taken at the last
+        exit, the cause's own `was killed (exit -9)`, heard first, gave way to
+        its peer's `lost process 1`.)"""
+        for process, (code, error) in self.exits.get(job.id, {}).items():
+            if classify(code, error) == "lost" and not (error or "").startswith(_LOST_PEER):
+                return error or (f"process {process} on executor {job.placement[process]['executor']} "
+                                 f"was killed (exit {code})")
+        return why
 
     async def _restart_unless_failed(self, job: Job, attempt: int, why: str) -> None:
         """The attempt restarted for a loss (`why`) once every process of it
@@ -627,7 +639,9 @@ class JobMaster:
                and (left := deadline - asyncio.get_running_loop().time()) > 0):
             await self.wait_for_change(left)
         async with self._lock(job.id):
-            await self._restart_locked(job, attempt, why)
+            # (not where the attempt is over: restarted meanwhile, its placement is gone)
+            over = job.attempt != attempt or job.status not in ("starting", "running")
+            await self._restart_locked(job, attempt, why if over else self._cause(job, why))
         self.reconcile()
 
     async def _held(self, job: Job, attempt: int, executor_id: str) -> None:
