@@ -192,6 +192,9 @@ class JobMaster:
         self._not_before: dict[str, float] = {}
         # job -> (attempt, its processes reported running by reconnecting executors)
         self._adopted: dict[str, tuple[int, set[int]]] = {}
+        # job -> (attempt, why): a loss of that attempt held for its other exits
+        # (`_restart_unless_failed`); a move free meanwhile spends a restart for it still
+        self._losses: dict[str, tuple[int, str]] = {}
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         # whose last catalog write failed (`_save`): written again each round
@@ -600,6 +603,7 @@ class JobMaster:
             elif kind == "failed":
                 await self._end(job, "failed", error or f"{where} exited with code {code}")
             elif coordinator_away:
+                self._losses.pop(job_id, None)  # (a loss held before this was the fence's doing too)
                 why = (f"{where} ended while the coordinator was away ({error or f'exit {code}'}): not a "
                        "failure, no restart spent")
                 await self._restart_locked(job, attempt, why, counted=False)
@@ -610,6 +614,8 @@ class JobMaster:
                     # a user function's error (its word to the peers not out in time: a
                     # loaded machine): the loss waits for the other exits, one of which
                     # fails the job at once where it is the job's own
+                    if self._losses.get(job_id, (None,))[0] != attempt:
+                        self._losses[job_id] = (attempt, why)
                     self._spawn(self._restart_unless_failed(job, attempt, why))
                 else:
                     await self._restart_locked(job, attempt, self._cause(job, why))
@@ -726,7 +732,7 @@ class JobMaster:
         job.message = message
         job.ended = time.time() if ended is None else ended
         self._save(job)
-        for backoff in (self._attempt_started, self._backoff, self._not_before):
+        for backoff in (self._attempt_started, self._backoff, self._not_before, self._losses):
             backoff.pop(job.id, None)
         self._adopted.pop(job.id, None)
         if not any(j.active and j.pipeline == job.pipeline for j in self.jobs.values()):
@@ -774,6 +780,12 @@ class JobMaster:
         an executor stopped on purpose spends none, and waits for no backoff."""
         if job.attempt != attempt or job.status not in ("starting", "running"):
             return  # an event of an attempt already over
+        held = self._losses.pop(job.id, None)
+        if not counted and held is not None and held[0] == attempt:
+            # (a loss heard before an executor of the attempt was stopped on purpose, held
+            # for its other exits: a failure still, as when it restarted the job at once;
+            # the stop, within the hold, moved the job free)
+            why, counted = self._cause(job, held[1]), True
         if counted and job.restarts >= job.max_restarts:
             return await self._end(job, "failed", f"{why}; gave up after {job.restarts} restart(s)")
         placement = list(job.placement)
