@@ -176,7 +176,7 @@ def let_go_if_rewound(stream) -> None:
         return
     what = _what_it_reads(stream)
     with _left_over_lock:
-        if any(reader._reads_for_a_run() and _reads(reader, what) for reader in list(_reading.values())):
+        if _read_by_a_run(what):
             return  # (a run at once: `_reading_at_once` says so)
         readers = [(key, reader) for key, reader in _left_over.items() if _reads(reader, what)]
         if not readers and what not in _taken_from:
@@ -196,19 +196,30 @@ def let_go_if_rewound(stream) -> None:
                 return
     if not _rewound(stream):  # (a thread read on after the rewind)
         return
-    try:
-        # its buffers: what it read ahead of the earlier run's last line (after
-        # os.lseek alone, 8 KiB of the old position came first)
-        stream.seek(0)
-    except Exception:
-        # (a file object that cannot seek, `sys.stdin` made over a pipe, a file
-        # put in its descriptor since, `os.dup2`: its buffers stay, refused as before)
-        return
     with _left_over_lock:
+        # (looked at again as the file object seeks, under one lock: a run of
+        # another thread that started reading it meanwhile, from its start, was
+        # sent back there, and a run with a state_dir so committed 39,504 lines
+        # of 20,000)
+        if _read_by_a_run(what) or not _rewound(stream):
+            return
+        try:
+            # its buffers: what it read ahead of the earlier run's last line (after
+            # os.lseek alone, 8 KiB of the old position came first)
+            stream.seek(0)
+        except Exception:
+            # (a file object that cannot seek, `sys.stdin` made over a pipe, a file
+            # put in its descriptor since, `os.dup2`: its buffers stay, refused as before)
+            return
         for key, reader in readers:
             if _left_over.get(key) is reader:
                 del _left_over[key]
         _taken_from.pop(what, None)
+
+
+def _read_by_a_run(what: object) -> bool:
+    """Whether a run going on reads the live stream `what` (under `_left_over_lock`)."""
+    return any(reader._reads_for_a_run() and _reads(reader, what) for reader in list(_reading.values()))
 
 
 def _rewound(stream) -> bool:
