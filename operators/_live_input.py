@@ -252,20 +252,29 @@ def _link(stream) -> str | None:
     """`pipe:[inode]` or `socket:[inode]`: the live stream `stream` is an
     anonymous pipe or a socket, the same stream through each of its
     descriptors for as long as one is open (no other takes its inode
-    meanwhile); a regular file's path, the standard input given with `<`,
-    whose offset its descriptors share (by the file object, one closed
-    after its run, `open(0, closefd=False)`, let a run with a state_dir over
-    `sys.stdin` resume, and lose 1,513 of 3,000 lines); None otherwise (a
-    named FIFO, another stream once reopened after each of its descriptors
-    was closed; no /proc)."""
+    meanwhile); `file:[device:inode]`, a regular file, the standard input
+    given with `<`, whose offset its descriptors share (by the file object,
+    one closed after its run, `open(0, closefd=False)`, let a run with a
+    state_dir over `sys.stdin` resume, and lose 1,513 of 3,000 lines; by its
+    path, so did the file renamed or deleted since, losing 1,504); None
+    otherwise (a named FIFO, another stream once reopened after each of its
+    descriptors was closed; no /proc)."""
     try:
         descriptor = stream.fileno()
         link = os.readlink(f"/proc/self/fd/{descriptor}")
-        if link.startswith(("pipe:", "socket:")) or stat.S_ISREG(os.fstat(descriptor).st_mode):
+        if link.startswith(("pipe:", "socket:")):
             return link
+        status = os.fstat(descriptor)
+        if stat.S_ISREG(status.st_mode):
+            return _file_link(status)
     except Exception:  # (no descriptor, closed, a broken wrapper)
         pass
     return None
+
+
+def _file_link(status: os.stat_result) -> str:
+    """The `_link` of a regular file (`status`: its stat), whatever its path is now."""
+    return f"file:[{status.st_dev}:{status.st_ino}]"
 
 
 def shares_standard_input(file) -> bool:
@@ -318,7 +327,12 @@ def _open_links() -> set[str]:
         return links
     for descriptor in descriptors:
         try:
-            links.add(os.readlink(f"/proc/self/fd/{descriptor}"))
+            link = os.readlink(f"/proc/self/fd/{descriptor}")
+            links.add(link)
+            if link.startswith("/"):  # (a file's path: a regular one's `_link` is by its inode)
+                status = os.stat(f"/proc/self/fd/{descriptor}")
+                if stat.S_ISREG(status.st_mode):
+                    links.add(_file_link(status))
         except OSError:  # (the listing's own, closed since)
             pass
     return links
