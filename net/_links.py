@@ -75,6 +75,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import http
 import ipaddress
 import logging
 import os
@@ -223,6 +224,14 @@ def backoff(first: float, most: float):
     while True:
         yield random.uniform(pause / 2, pause)
         pause = min(pause * 2, most)
+
+
+def _status_phrase(status) -> str:
+    """HTTP's name of `status` ("Not Found"), or "" for one it has none."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def _check_meta(mine, theirs, peer: str) -> None:
@@ -1521,6 +1530,8 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
             except aiohttp.ClientResponseError as exc:  # (an HTTP answer, no websocket: not our server)
                 # (on one line: aiohttp's parser says what it could not parse over four)
                 what = " ".join(str(exc.message).split())[:200]
+                if what == "Invalid response status":  # (aiohttp's for any but 101: say the status's)
+                    what = _status_phrase(exc.status) or what
                 raise NotAKernelServer(f"{url} answered, but not as a kernel server ({exc.status} "
                                        f"{what})") from exc
             except (aiohttp.ClientConnectionError, OSError) as exc:
