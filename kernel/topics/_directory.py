@@ -598,8 +598,9 @@ class Directory:
         if self._ws is not None and not self._ws.closed:
             sock = self._ws.get_extra_info("socket")
             if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
+                try:  # (on a socket of its descriptor: uvloop's stand-in for it has no shutdown())
+                    with socket.socket(fileno=os.dup(sock.fileno())) as own:
+                        own.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass  # (gone already)
         await self.close()
