@@ -306,6 +306,10 @@ class CoordinatorServer(AuthenticatedServer):
 
     async def _logs(self, job_id: str, offsets: dict) -> dict:
         job = self.master._job(job_id)
+        # (read before the logs, and not yet ended while its processes are
+        # being stopped: a killed job is so at once, and a `logs --follow`
+        # that stopped on it missed their last lines, `interrupted`)
+        status = "stopping" if job.id in self.master.ending else job.status
         chunks, missing, asked = {}, [], {}
         for executor_id in job.ran_on:
             entry = self.master.connected.get(executor_id)
@@ -327,7 +331,7 @@ class CoordinatorServer(AuthenticatedServer):
                 raise reply
             else:
                 chunks[executor_id] = reply
-        return {"chunks": chunks, "unreachable": missing, "status": job.status}
+        return {"chunks": chunks, "unreachable": missing, "status": status}
 
 
 async def serve(host: str, port: int, secret: bytes, data_dir: str | Path, *, tls=None,

@@ -172,6 +172,9 @@ class JobMaster:
         # (`free_cores`), whatever became of the job meanwhile (killed: its
         # old process runs on all the same)
         self._unstopped: dict[str, dict[str, int]] = {}
+        # jobs ended whose processes `_end` is stopping: they may still write
+        # to their logs (a killed one's `interrupted`)
+        self.ending: set[str] = set()
         for job in self.jobs.values():
             if job.status == "restarting":
                 # what the last coordinator waited for died with it: any
@@ -753,8 +756,12 @@ class JobMaster:
         leaving = [p for p in placement if p["executor"] in self._leaving] if job.state_dir is None else []
         if leaving:
             self._spawn(self._stop_ended(job, attempt, leaving))
-        self._wait_for_stops(job, attempt, await self._stop(
-            job.id, attempt, [p for p in placement if p not in leaving]))
+        self.ending.add(job.id)
+        try:
+            self._wait_for_stops(job, attempt, await self._stop(
+                job.id, attempt, [p for p in placement if p not in leaving]))
+        finally:
+            self.ending.discard(job.id)
 
     async def _stop_ended(self, job: Job, attempt: int, placement: list[dict]) -> None:
         """Stop the processes of the ended job's `attempt` on `placement` (`_end`)."""
