@@ -226,6 +226,12 @@ def backoff(first: float, most: float):
         pause = min(pause * 2, most)
 
 
+def _seconds(timeout: float) -> str:
+    """`timeout` in an error's words: to the hundredth ("within 2 s", where
+    a command's time left, 1.99622 s, was said to the microsecond)."""
+    return f"{round(timeout, 2):g}"
+
+
 def _status_phrase(status) -> str:
     """HTTP's name of `status` ("Not Found"), or "" for one it has none."""
     try:
@@ -1526,7 +1532,7 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
                     max(0.01, deadline - loop.time()))
             except TimeoutError:
                 silent = ConnectionError("it accepted the connection but never answered")
-                raise LinkError(f"could not reach {url} within {timeout:g} s: {silent}") from silent
+                raise LinkError(f"could not reach {url} within {_seconds(timeout)} s: {silent}") from silent
             except aiohttp.ClientResponseError as exc:  # (an HTTP answer, no websocket: not our server)
                 # (on one line: aiohttp's parser says what it could not parse over four)
                 what = " ".join(str(exc.message).split())[:200]
@@ -1547,7 +1553,7 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
                 refused_once = refused_once or refused
                 pause = next(refused_pauses) if refused else delay
                 if not retry or loop.time() + pause > deadline:
-                    within = f" within {timeout:g} s" if retry else ""
+                    within = f" within {_seconds(timeout)} s" if retry else ""
                     error = (LinkRefused if refused else LinkError)(f"could not reach {url}{within}: {exc}")
                     # (a server that closed the tries before answering, then ended before the
                     # last: what may tell why, TLS on there and off here, is said all the same)
