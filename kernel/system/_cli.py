@@ -50,8 +50,8 @@ def _page_address(text: str) -> tuple[str, int]:
         from kernel.cli._run import blank_said
 
         raise _Usage(blank_said("--dashboard", "address", text, "HOST:PORT"))
-    try:
-        return parse_address(text)
+    try:  # (stripped as --listen's is, and --dashboard's was: ' 127.0.0.1:8080' failed, 'unknown host')
+        return parse_address(text.strip())
     except ValueError as exc:
         raise _Usage(str(exc)) from None
 
