@@ -10,6 +10,7 @@ import os
 import re
 import secrets
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -474,14 +475,50 @@ async def _printed(text: str) -> None:
     answered the coordinator's heartbeat, which closed the connection of a
     command still printing; its next request ended it (`logs JOB | less`,
     the first page read for 9 s: 1 MiB of a 3 MB log, then "error: ...
-    connection closed", exit 1)."""
-    if text:
-        await asyncio.to_thread(_write_out, text)
+    connection closed", exit 1). A daemon thread writing to the descriptor
+    itself, not holding stdout's buffer: Ctrl-C meanwhile ends the command
+    at once, "interrupted", 130 (the default executor's thread was waited
+    for at its end, and its buffer's lock at the exit's flush: the command
+    ignored Ctrl-C until the pager was quit). No stdout (closed): nothing,
+    as print()."""
+    out = sys.stdout
+    if not text or out is None:
+        return
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):  # (not a file's: a StringIO, written at once)
+        out.write(text)
+        out.flush()
+        return
+    data = text.encode(out.encoding, out.errors)
+    out.flush()  # (what was printed before it comes first)
+    loop = asyncio.get_running_loop()
+    written = loop.create_future()
+
+    def write() -> None:
+        error = None
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as exc:  # (said where it is awaited: a reader gone, BrokenPipeError)
+            error = exc
+        try:
+            loop.call_soon_threadsafe(_settle, written, error)
+        except RuntimeError:  # (the loop closed: the command ended meanwhile, Ctrl-C)
+            pass
+
+    threading.Thread(target=write, name="stdout", daemon=True).start()
+    await written
 
 
-def _write_out(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
+def _settle(future: asyncio.Future, error: OSError | None) -> None:
+    if future.done():  # (cancelled: Ctrl-C)
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
 
 
 async def kill(client: Client, job: str) -> int:
