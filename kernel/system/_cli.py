@@ -197,6 +197,13 @@ def _configure_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if None in (sys.stdin, sys.stdout, sys.stderr):
+        # (a stream the shell closed, `status >&-`: Python left sys.stdout None,
+        # and the flush below ended every command with an AttributeError's
+        # traceback, exit 1; opened on /dev/null, as `run` does)
+        from kernel.cli._run import _standard_streams_open
+
+        _standard_streams_open()
     try:
         try:
             code = _main(argv)
