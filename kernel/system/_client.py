@@ -154,9 +154,14 @@ class Client:
             session, http = await dial(self.address, self.secret, CLIENT, _no_requests, tls=self.tls,
                                        timeout=self.timeout if deadline is None else
                                        max(0.05, min(self.timeout, deadline - loop.time())))
-        except LinkError as exc:  # (as a connection lost: `_until_done` connects again and asks again)
-            raise ConnectionLost(f"coordinator at {_url_host(self.address[0])}:{self.address[1]}: {exc}") \
-                from exc
+        except LinkError:
+            # (not let in: every handshake slot held by this address's connections,
+            # a stranger's silent ones (MAX_PENDING, `_make_room_for`): asked on the
+            # command's own connection, as before, not failed as a connection lost,
+            # where the command, connected, had its answer; a coordinator gone
+            # meanwhile is a connection lost there, `_until_done` connects again)
+            left = None if deadline is None else max(0.05, deadline - loop.time())
+            return await self._session.ask(op, fields, left)
         reader = asyncio.ensure_future(session.run())
         try:
             left = None if deadline is None else max(0.05, deadline - loop.time())
