@@ -242,13 +242,18 @@ def _unpublish(catalog: Catalog, name: str, m: dict) -> None:
 
 def _subscribe(catalog: Catalog, name: str, job: str, process: int) -> None:
     """(On the catalog's thread.) Not for a topic that has ended and is not
-    published again (`_ended`): its subscribers end with it. One said again
-    on a new connection (`Directory.say_again`) after the end, before its
-    subscriber read it, wrote a row no topic shows, and the name's next
-    publisher was listed with that subscriber, which never reads it.
-    (A topic taken out as gone keeps its subscriptions: they wait for a new
-    publisher, `_forget_lost`.)"""
-    if name in _ended(catalog) and _row(catalog, name) is None:
+    published again (`_ended`), by one of its subscribers then or a job that
+    found it: they end with it. One said again on a new connection
+    (`Directory.say_again`) after the end, before its subscriber read it,
+    wrote a row no topic shows, and the name's next publisher was listed
+    with that subscriber, which never reads it. Another subscriber, come
+    after the end, waits for the next publisher (its lookup is not answered
+    with the ended topic) and is listed with it (it was left out too, when
+    any subscription to an ended name was). (A topic taken out as gone
+    keeps its subscriptions: they wait for a new publisher, `_forget_lost`.)"""
+    ended = _ended(catalog).get(name)
+    if (ended is not None and (job in ended["readers"] or (job, process) in ended["subscribers"])
+            and _row(catalog, name) is None):
         return
     catalog._db.execute("INSERT OR IGNORE INTO subscriptions VALUES (?, ?, ?)", (name, job, process))
 
@@ -497,7 +502,8 @@ ENDED_KEPT = 1000  # ended topics remembered for the jobs that had found them (t
 
 def _ended(catalog: Catalog) -> dict:
     """name -> {"topic": what a lookup answers, every partition ended;
-    "readers": the jobs that had found it}, the last ENDED_KEPT topics to
+    "readers": the jobs that had found it; "subscribers": its subscriptions
+    then, (job, process)}, the last ENDED_KEPT topics to
     end (in memory: lost when the coordinator restarts)."""
     return catalog.__dict__.setdefault("_ended_topics", {})
 
@@ -638,7 +644,9 @@ def _keep_ended(catalog: Catalog, name: str, row: dict) -> None:
     catalog.__dict__["_topic_readers"].pop(name, None)
     ended = _ended(catalog)
     ended.pop(name, None)
-    ended[name] = {"topic": {**row, "addresses": [ENDED] * row.get("partitions", 1)}, "readers": readers}
+    subscribers = set(catalog._db.execute("SELECT job, process FROM subscriptions WHERE topic = ?", (name,)))
+    ended[name] = {"topic": {**row, "addresses": [ENDED] * row.get("partitions", 1)}, "readers": readers,
+                   "subscribers": subscribers}
     while len(ended) > ENDED_KEPT:
         del ended[next(iter(ended))]
 
