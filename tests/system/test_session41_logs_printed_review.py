@@ -27,8 +27,8 @@ import time
 import pytest
 from _system import System, wait_until
 
-LINES = 3000  # of 100 bytes: 300 kB, more than a pipe holds twice
-PIPE = 65536  # bytes a pipe holds (Linux's default)
+LINES = 3000  # of 100 bytes: 300 kB, more than a pipe (64 KiB) holds twice
+F_GETPIPE_SZ = 1032  # (fcntl: the bytes a pipe holds, 64 KiB by default)
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +56,14 @@ def _held_logs(system: System, job: str):
     logs = subprocess.Popen([sys.executable, "-m", "kernel", "logs", job], stdout=write,
                             stderr=subprocess.PIPE, env=system.env, cwd=system.root)
     os.close(write)
-    first = os.read(read, PIPE)
+    size = fcntl.fcntl(read, F_GETPIPE_SZ)
+    first = os.read(read, size)
     assert first.startswith(b"--- ") or first.startswith(b"line "), first[:200]
 
     def unread() -> int:
         return int.from_bytes(fcntl.ioctl(read, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
 
-    wait_until(lambda: unread() >= PIPE, what="the pipe to be full again")
+    wait_until(lambda: unread() >= size, what="the pipe to be full again")
     return logs, read
 
 
