@@ -74,6 +74,7 @@ class Client:
         return self
 
     async def _connect(self, timeout: float) -> None:
+        from kernel.net._environment import MIN_HEARTBEAT
         from kernel.topics._directory import coordinator_heartbeat
 
         # (the heartbeat of the apps' connections to the coordinator: a connection
@@ -84,6 +85,12 @@ class Client:
         self._session, self._http = await dial(self.address, self.secret, CLIENT, _no_requests,
                                                tls=self.tls, timeout=timeout, heartbeat=period)
         self._reader = asyncio.ensure_future(self._session.run())
+        # (pinged at half the shorter of the two periods: a coordinator whose own is
+        # shorter, its KERNEL_COORDINATOR_HEARTBEAT or KERNEL_HEARTBEAT not the
+        # command's, took a client reading a big reply for gone all the same)
+        theirs = self._session.peer_meta.get("heartbeat")
+        if isinstance(theirs, (int, float)) and not isinstance(theirs, bool) and 0 < theirs < period:
+            period = max(float(theirs), MIN_HEARTBEAT)
         self._heard = asyncio.ensure_future(_keep_heard(self._session.ws, period))
 
     async def reconnect(self, timeout: float, following: str | None = None) -> None:

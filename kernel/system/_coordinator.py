@@ -63,8 +63,10 @@ class CoordinatorServer(AuthenticatedServer):
         # (a connection cut without a FIN or RST, a middlebox's, is noticed
         # within 1.5 periods: its registrations and readers are then handled
         # as a broken connection's, below, where they stayed for good)
+        # (its period told in its meta: a client pings at half of it, `_client._keep_heard`)
+        period = coordinator_heartbeat()
         super().__init__(host, port, secret, COORDINATOR, max_frame=MAX_MESSAGE, ssl_context=ssl_context,
-                         meta={"role": "coordinator"}, ws_heartbeat=coordinator_heartbeat())
+                         meta={"role": "coordinator", "heartbeat": period}, ws_heartbeat=period)
         self.master = master
         # (an app's topic server asked whether it still publishes: `_topics.probe`)
         self._probe = functools.partial(_topics.probe, secret=secret, ssl=client_ssl)

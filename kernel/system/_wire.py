@@ -129,6 +129,8 @@ class Session:
         self._waiting: dict[int, asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
         self.closed = asyncio.get_running_loop().create_future()
+        # (the other end's meta, where it was dialled: the coordinator's says its heartbeat)
+        self.peer_meta: dict = {}
 
     async def request(self, op: str, timeout: float | None = 30.0, **fields) -> dict:
         return await self.ask(op, fields, timeout)
@@ -252,11 +254,13 @@ async def dial(address: tuple[str, int], secret: bytes, role: int, handler, *, t
     host, port = address
     scheme = "https" if tls is not None else "http"
     url = f"{scheme}://{_url_host(host)}:{port}"
-    ws, _, _, http = await connect(url, secret, role, path=PATH, max_frame=MAX_MESSAGE, timeout=timeout,
-                                   ssl=tls.client_context() if tls is not None else True,
-                                   meta={"role": ROLES[role]}, check_meta=False, retry=retry,
-                                   heartbeat=heartbeat)
-    return Session(ws, handler, f"{name} at {host}:{port}"), http
+    ws, _, meta, http = await connect(url, secret, role, path=PATH, max_frame=MAX_MESSAGE, timeout=timeout,
+                                      ssl=tls.client_context() if tls is not None else True,
+                                      meta={"role": ROLES[role]}, check_meta=False, retry=retry,
+                                      heartbeat=heartbeat)
+    session = Session(ws, handler, f"{name} at {host}:{port}")
+    session.peer_meta = meta if isinstance(meta, dict) else {}
+    return session, http
 
 
 def _url_host(host: str) -> str:
