@@ -398,33 +398,39 @@ async def wait_for(client: Client, job: str) -> dict:
 
 
 async def status(client: Client, as_json: bool) -> int:
+    """Printed as `logs` prints (`_printed`): held by a slow reader
+    (`status --json | less`, thousands of jobs) on the loop, the command
+    answered no ping, and the coordinator logged "No PONG received" and
+    closed the connection of a command that was fine."""
     state = await client.request("status")
     if as_json:
-        print(json.dumps(state, indent=2))
+        await _printed(json.dumps(state, indent=2) + "\n")
         return 0
-    print("executors:")
-    _table(["ID", "HOST", "CORES", "FREE", "STATE"],
+    lines = ["executors:\n"]
+    _table(lines, ["ID", "HOST", "CORES", "FREE", "STATE"],
            [[e["id"], e["host"], e["cores"], e["free"], e["state"]] for e in state["executors"]])
-    print("jobs:")
-    _table(["ID", "NAME", "STATUS", "PLACEMENT", "RESTARTS", "STARTED", "MESSAGE"],
+    lines.append("jobs:\n")
+    _table(lines, ["ID", "NAME", "STATUS", "PLACEMENT", "RESTARTS", "STARTED", "MESSAGE"],
            [[j["id"], j["name"], j["status"], ",".join(j["placement"]) or "-", j["restarts"],
              time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["started"])) if j["started"] else "-",
              (j["message"] or "")[:200]] for j in state["jobs"]])
-    print("topics:")
-    _table(["NAME", "KIND", "JOB", "PUBLISHER", "SUBSCRIBERS"],
+    lines.append("topics:\n")
+    _table(lines, ["NAME", "KIND", "JOB", "PUBLISHER", "SUBSCRIBERS"],
            [[t["name"], t.get("kind", "stream"), t["job"], ",".join(t.get("publisher", ())) or "-",
              ",".join(t.get("subscribers", ())) or "-"] for t in state["topics"]])
+    await _printed("".join(lines))
     return 0
 
 
-def _table(header: list[str], rows: list[list]) -> None:
+def _table(lines: list[str], header: list[str], rows: list[list]) -> None:
+    """`rows` under `header`, each cell as wide as its column's widest, added to `lines`."""
     if not rows:
-        print("  (none)")
+        lines.append("  (none)\n")
         return
     cells = [header] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for row in cells:
-        print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() + "\n")
 
 
 async def logs(client: Client, job: str, follow: bool) -> int:
