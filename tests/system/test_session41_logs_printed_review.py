@@ -6,8 +6,10 @@ The reply was written by the default executor's thread through stdout's
 buffer: Ctrl-C cancelled the command, but asyncio.run's end waited for
 that thread, and the exit's flush for the buffer's lock it held, so the
 command ignored Ctrl-C (twice too) until the pager was quit (where it
-ended at once, "interrupted", 130, before the thread). It is now a daemon
-thread writing to the descriptor itself.
+ended at once, "interrupted", 130, before the thread). And with
+PYTHONUNBUFFERED=1 a reader gone in the middle of a reply left it exiting
+0, its log cut, where the README says 141. It is now a daemon thread
+writing to the descriptor itself.
 
 Real processes: a coordinator and an executor, a job whose log is LINES
 lines of 100 bytes, more than a pipe holds; the test is the pager: it reads
@@ -53,8 +55,11 @@ def job_logged(tmp_path_factory):
 def _held_logs(system: System, job: str):
     """`logs JOB` into a pipe, its first page read, its thread held in its write."""
     read, write = os.pipe()
+    # (PYTHONUNBUFFERED=1, as container images often set it: the reader gone
+    # mid-write ended the command 0 then, its log cut without a word)
     logs = subprocess.Popen([sys.executable, "-m", "kernel", "logs", job], stdout=write,
-                            stderr=subprocess.PIPE, env=system.env, cwd=system.root)
+                            stderr=subprocess.PIPE, env=dict(system.env, PYTHONUNBUFFERED="1"),
+                            cwd=system.root)
     os.close(write)
     size = fcntl.fcntl(read, F_GETPIPE_SZ)
     first = os.read(read, size)
