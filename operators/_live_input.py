@@ -47,7 +47,7 @@ from kernel.scheduling._signal_mask import main_thread_signals
 
 _AT_ONCE = 0.001  # seconds: a chunk read within this came at once (the stream is fast)
 _FIRST_LOOK, _LAST_LOOK = 0.001, 0.1  # seconds: an idle source's looks while a chunk is read
-_LET_GO_WITHIN = 1.0  # seconds: a stopped reader of a regular file ends within this (`let_go_if_rewound`)
+_LET_GO_WITHIN = 1.0  # seconds: a stopped reader of a rewound file may end within this (`_let_go_later`)
 _TIOCGDEV = 0x80045432  # (Linux: the device a terminal's descriptor reads, `_terminal`)
 _PTMX = os.makedev(5, 2)  # (Linux: a pseudo-terminal's master, `_terminal`)
 
@@ -160,7 +160,7 @@ def _forget_taken_from_closed() -> None:
     _look_at = max(_KEPT_CLOSED, 2 * len(_taken_from), len(links) // 4)
 
 
-def let_go_if_rewound(stream) -> None:
+def let_go_if_rewound(stream) -> bool:
     """As a run starts reading the live stream `stream`: where it is a
     regular file (the standard input given with `<`) whose descriptor is
     back at its start (`sys.stdin.seek(0)`, `os.lseek(0, 0, 0)`), which an
@@ -171,16 +171,22 @@ def let_go_if_rewound(stream) -> None:
     that lines were taken (`_taken_from`), and what the file object's
     buffers hold of that read (a run after the rewind was refused as though
     the lines were gone; one without a state_dir took the reader over and
-    got the file's tail, not its start). Not while another run reads it."""
+    got the file's tail, not its start). Not while another run reads it.
+
+    False while a reader the earlier run left has its thread still in a
+    read (of your iterator: a slow generator over the file): the source
+    looks again later (`IterableSource._poll_live`), not waiting for the
+    thread on its loop (a join of up to `_LET_GO_WITHIN` held the loop
+    that long, the host's too under `run_async`); True once looked at."""
     if not _rewound(stream):
-        return
+        return True
     what = _what_it_reads(stream)
     with _left_over_lock:
         if _read_by_a_run(what):
-            return  # (a run at once: `_reading_at_once` says so)
+            return True  # (a run at once: `_reading_at_once` says so)
         readers = [(key, reader) for key, reader in _left_over.items() if _reads(reader, what)]
         if not readers and what not in _taken_from:
-            return
+            return True
     for _key, reader in readers:
         # stopped, each ends once its read of the file returns: at once (else
         # kept, and refused as before, where its thread might read on after the rewind)
@@ -189,20 +195,18 @@ def let_go_if_rewound(stream) -> None:
             # (a kernel process forked since: the thread is the launcher's, not
             # joined here, and may read the offset the two share after the rewind:
             # dropped, a run on 2 kernels with a state_dir lost 2 of 5,000 lines)
-            return
-        if thread is not None:
-            thread.join(_LET_GO_WITHIN)
-            if thread.is_alive():
-                return
+            return True
+        if thread is not None and thread.is_alive():
+            return False
     if not _rewound(stream):  # (a thread read on after the rewind)
-        return
+        return True
     with _left_over_lock:
         # (looked at again as the file object seeks, under one lock: a run of
         # another thread that started reading it meanwhile, from its start, was
         # sent back there, and a run with a state_dir so committed 39,504 lines
         # of 20,000)
         if _read_by_a_run(what) or not _rewound(stream):
-            return
+            return True
         try:
             # its buffers: what it read ahead of the earlier run's last line (after
             # os.lseek alone, 8 KiB of the old position came first)
@@ -210,11 +214,12 @@ def let_go_if_rewound(stream) -> None:
         except Exception:
             # (a file object that cannot seek, `sys.stdin` made over a pipe, a file
             # put in its descriptor since, `os.dup2`: its buffers stay, refused as before)
-            return
+            return True
         for key, reader in readers:
             if _left_over.get(key) is reader:
                 del _left_over[key]
         _taken_from.pop(what, None)
+    return True
 
 
 def _read_by_a_run(what: object) -> bool:

@@ -40,6 +40,9 @@ from kernel.execution._launcher_notes import on_note, tell_launcher
 from kernel.execution._standard_input import is_stream, let_go_of_its_writers, was_let_go
 
 from ._live_input import (
+    _FIRST_LOOK,
+    _LAST_LOOK,
+    _LET_GO_WITHIN,
     LiveReader,
     let_go_if_rewound,
     note_read_elsewhere,
@@ -222,6 +225,7 @@ class IterableSource(Source):
         self._live_stream = None  # the live stream the input reads (`_poll_live`)
         self._live = None  # its reader, taken (or made) at the first poll
         self._beside_standard_input = None  # the file it reads, sharing descriptor 0's offset
+        self._let_go_by = None  # (deadline, next look) while a rewound file's old reader reads
         if isinstance(data, (set, frozenset)) and (context.snapshots or context.processes > 1):
             data = in_a_fixed_order(self.name, data, "from_iterable's input")
         if isinstance(data, (list, tuple, range)):
@@ -376,6 +380,24 @@ class IterableSource(Source):
             self.emit(batch)
         return more
 
+    def _let_go_later(self) -> bool:
+        """A reader an earlier run left of the rewound file this source reads
+        is still in a read (`let_go_if_rewound`): True while it may still end
+        (within `_LET_GO_WITHIN` of the first look), the source idle until it
+        looks again, after 1, 2, 4 ... 100 ms; False after (refused as before).
+        (Joined on the loop, it held the kernel, and the host's loop under
+        `run_async`, for as long: 1 s a source.)"""
+        kernel = self.context.kernel
+        now = kernel.clock.monotonic()
+        if self._let_go_by is None:
+            self._let_go_by = (now + _LET_GO_WITHIN, _FIRST_LOOK)
+        by, after = self._let_go_by
+        if now >= by:
+            return False
+        self._let_go_by = (by, min(2 * after, _LAST_LOOK))
+        kernel.call_later(min(after, by - now), self.wake)
+        return True
+
     def _poll_live(self):
         """A live stream (`LiveReader`): what has arrived, up to the batch
         size; None (idle, until the reader wakes this source) while nothing
@@ -383,7 +405,9 @@ class IterableSource(Source):
         restores as ended is never polled, and must not read."""
         live = self._live
         if live is None:
-            let_go_if_rewound(self._live_stream)  # (a regular file read again from its start)
+            # (a regular file read again from its start, once an earlier run's reader has ended)
+            if not let_go_if_rewound(self._live_stream) and self._let_go_later():
+                return None
             if self.context.snapshots:  # (at the first poll: a source restored as ended reads nothing)
                 LiveReader.refuse_read_by_an_earlier_run(self._live_stream, self._iterator,
                                                          self.context.kernel, self.name)

@@ -47,10 +47,11 @@ def slow_lines(stream=sys.stdin):  # (waits after its first line, as a slow gene
 let_go = _sources.let_go_if_rewound
 
 def let_go_then_read_in_the_launcher(stream):  # (the launcher's thread reads just after, not before)
-    let_go(stream)
+    settled = let_go(stream)
     if slow and os.getpid() != launcher:
         open(go, "w").close()
         waiting_for(read)
+    return settled
 
 _sources.let_go_if_rewound = let_go_then_read_in_the_launcher
 
