@@ -392,16 +392,19 @@ class IterableSource(Source):
         (within `_LET_GO_WITHIN` of the first look), the source idle until it
         looks again, after 1, 2, 4 ... 100 ms; False after (refused as before).
         (Joined on the loop, it held the kernel, and the host's loop under
-        `run_async`, for as long: 1 s a source.)"""
-        kernel = self.context.kernel
-        now = kernel.clock.monotonic()
+        `run_async`, for as long: 1 s a source.) In the loop's time, as the
+        thread's, not the kernel's clock (a `VirtualClock` not advanced
+        would have it wait for ever); a look after the run's end wakes a
+        stopped scheduler, which runs nothing."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         if self._let_go_by is None:
             self._let_go_by = (now + _LET_GO_WITHIN, _FIRST_LOOK)
         by, after = self._let_go_by
         if now >= by:
             return False
         self._let_go_by = (by, min(2 * after, _LAST_LOOK))
-        kernel.call_later(min(after, by - now), self.wake)
+        loop.call_later(min(after, by - now), self.wake)
         return True
 
     def _poll_live(self):

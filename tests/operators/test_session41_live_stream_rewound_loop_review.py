@@ -6,9 +6,10 @@ loop (`let_go_if_rewound`, up to 1 s), holding the loop, the host's under
 host's own timer would have let go of was still alive after the join, so
 the run was refused (with a state_dir) or read the file object's stale
 buffers before the file (without one: 4,859 lines of 3,000). Now the
-source looks again on the kernel's timer, idle meanwhile: the loop's lag
+source looks again on a timer of the loop, idle meanwhile: the loop's lag
 stays that of a run, and the file is read again from its start, each line
-once."""
+once. (On the kernel's clock, a `VirtualClock` never advanced had the
+run wait for ever.)"""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import asyncio, json, os, sys, threading, time
 sys.path.insert(0, sys.argv[2])
 from pathlib import Path
 from test_session39_live_stream_resume import _committed
-from kernel import Dataflow, run_async
+from kernel import Dataflow, VirtualClock, run_async
 from operators import _live_input, _sources
 
 here, total, how = sys.argv[1], int(sys.argv[3]), sys.argv[4]
@@ -69,6 +70,9 @@ async def main():
     if how == "without a state_dir":
         lines.sink(got.append)
         await run_async(second)
+    elif how == "on a VirtualClock":  # (not advanced: the looks again are in the loop's time)
+        lines.sink(got.append)
+        await run_async(second, clock=VirtualClock())
     else:
         lines.to_files(out)
         try:
@@ -96,7 +100,7 @@ def _runs(tmp_path, how: str) -> dict:
     with open(lines) as given:
         done = subprocess.run([sys.executable, str(script), str(tmp_path), str(Path(__file__).parent),
                                str(total), how], stdin=given, capture_output=True, text=True, cwd=_ROOT,
-                              env=env, timeout=60)
+                              env=env, timeout=30)
     assert done.returncode == 0, done.stderr
     told = json.loads(done.stdout.splitlines()[-1])
     assert "the first run fails here" in told["first"]
@@ -105,7 +109,7 @@ def _runs(tmp_path, how: str) -> dict:
     return told, total
 
 
-@pytest.mark.parametrize("how", ["with a state_dir", "without a state_dir"])
+@pytest.mark.parametrize("how", ["with a state_dir", "without a state_dir", "on a VirtualClock"])
 def test_a_rewound_file_whose_old_reader_ends_soon_is_read_again_without_holding_the_loop(tmp_path, how):
     told, total = _runs(tmp_path, how)
     assert "second" not in told, told["second"]
