@@ -216,10 +216,19 @@ def let_go_if_rewound(stream) -> bool:
             # (a file object that cannot seek, `sys.stdin` made over a pipe, a file
             # put in its descriptor since, `os.dup2`: its buffers stay, refused as before)
             return True
+        noted = _taken_from.pop(what, (_weakly(None),))[0]()
+        for held in {id(held): held for held in [noted] + [reader._stream() for _, reader in readers]
+                     if held is not None and held is not stream and not _closed(held)}.values():
+            # (the other file objects the earlier runs read it through: `sys.stdin`'s
+            # buffers after a run over `sys.stdin.buffer`, and a run over it after that,
+            # the file read to its end, got 829 lines of the old position again)
+            try:
+                held.seek(0)
+            except Exception:  # (one that cannot seek keeps them: a run over it rewound is refused)
+                pass
         for key, reader in readers:
             if _left_over.get(key) is reader:
                 del _left_over[key]
-        _taken_from.pop(what, None)
     return True
 
 
