@@ -33,14 +33,16 @@ from operators import _live_input, _sources
 
 here, total, how = sys.argv[1], int(sys.argv[3]), sys.argv[4]
 _live_input._LET_GO_WITHIN = _sources._LET_GO_WITHIN = 0.6  # (the window: shorter, for the test)
-released = threading.Event()
+released, waiting = threading.Event(), threading.Event()
 
 def slow_lines(stream):  # (its thread waits in it, after its run failed, until released)
     for line in stream:
         yield line
+        waiting.set()
         released.wait(10)
 
-def fails(value):
+def fails(value):  # (once the reader's thread waits in the generator: else it may end first)
+    waiting.wait(10)
     raise ValueError("the first run fails here")
 
 async def main():
