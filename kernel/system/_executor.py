@@ -326,6 +326,12 @@ class ExecutorDaemon:
 
     async def run(self, ready=None) -> None:
         """Serve the coordinator until cancelled, reconnecting when it goes."""
+        if self._closed:
+            # (its workdir's lock let go, its starts refused: run again, it registered,
+            # and every job placed on it failed to start, `executor e1 is stopping`,
+            # a restart spent each, beside a next executor free to take the workdir)
+            raise RuntimeError(f"the executor on {self.workdir} is closed (close()): it cannot run again; "
+                               "start a new one")
         announced = None  # the failure to dial last logged: each kind once, not every RECONNECT
         refusals = None  # the pauses after each refusal in a row (`backoff`), until one registers
         fence = asyncio.ensure_future(self._fence())
