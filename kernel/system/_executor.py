@@ -602,7 +602,13 @@ class ExecutorDaemon:
         port picked free, closed and bound by the process later could be
         taken in between (another program, an outgoing connection's
         port): the attempt failed, `cannot listen`, a restart spent."""
-        socks = _listening_sockets(self.host, await _resolved_off_the_loop(self.host))
+        found = await _resolved_off_the_loop(self.host)
+        if self._leaving or self._closed:
+            # (close() may have run while it resolved: the ports it closed did not include
+            # this one, made after, which listened on for PREPARED_FOR, or for good where
+            # the loop stopped, an app holding the executor)
+            raise RequestError(f"executor {self.executor_id} is stopping")
+        socks = _listening_sockets(self.host, found)
         port = socks[0].getsockname()[1]
         unstarted = asyncio.get_running_loop().call_later(PREPARED_FOR, self._forget_prepared, port)
         self._prepared[port] = (socks, unstarted)
