@@ -248,9 +248,12 @@ def test_on_lost_wait_goes_on_after_the_publishers_restart(system):
     b = Job(system, "sums.py", "b", ON_LOST="wait")
     wait_until(lambda: b.epochs_received() >= 2, what="B to read whole epochs of A")
     a.kill()
-    # the new A's pace only made the run long: once B reads from it, it goes at full speed
+    # the new A makes no reading until B reads from it, then goes at full speed: at its
+    # pace (2 s of readings, its first ones made before it was even registered) it had
+    # ended under load before B found it, and B ended with it having nothing of it
+    # ("the new publisher had ended before this subscriber reached it", README Topics 4)
     go = system.root / "go"
-    again = Job(system, "readings.py", "a2", COUNT=2000, GO=go)
+    again = Job(system, "readings.py", "a2", COUNT=2000, WAIT=go, GO=go)
     wait_until(lambda: len(starts(b)[0]) >= 2 or b.proc.poll() is not None, what="B to read from the new A")
     go.touch()
     seqs, _ = results(b)
