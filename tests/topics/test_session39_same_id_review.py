@@ -24,11 +24,16 @@ from test_topics import (  # noqa: F401  (fixtures, and what kills the jobs a te
 FIRST = 1_000_000  # the second run's first reading
 
 
-def waiting_after_a_first_run(system: System, a: Job) -> Job:
+def waiting_after_a_first_run(system: System, a: Job, wait=None) -> Job:
     """B, waiting for a new publisher of the topic (`ON_LOST="wait"`) once it
-    has read 10 epochs of A's first run and counted it lost (A killed)."""
+    has read 10 epochs of A's first run and counted it lost (A killed).
+    `wait`: A's WAIT file (no reading until it exists), made once B has
+    reached A."""
     a.wait_published()
     b = Job(system, "sums.py", "b", ON_LOST="wait", TIMEOUT=60, **HEARTBEATS)
+    if wait is not None:
+        wait_until(lambda: starts(b)[0] or b.proc.poll() is not None, what="B to reach the first run")
+        wait.touch()
     wait_until(lambda: b.epochs_received() >= 10, what="B to read epochs of the first run")
     a.kill()
     wait_until(lambda: "(a new publisher)" in b.text() or b.proc.poll() is not None, timeout=30,

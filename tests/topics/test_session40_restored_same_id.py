@@ -40,16 +40,27 @@ def test_a_restored_publisher_under_the_same_id_is_said_to_be_read_on(tmp_path):
     system.topic = "readings"
     system.start_coordinator(KERNEL_COORDINATOR_HEARTBEAT="0.5")
     try:
-        state = tmp_path / "state"
+        state, hold, first = tmp_path / "state", tmp_path / "hold", tmp_path / "first"
+        # (no run ends, nor makes its readings, before B has reached it: under load, the
+        # first run's 6 s of readings were over before B had read its 10 epochs of it,
+        # or before B reached it at all (B had nothing of it); its end went out in its
+        # last snapshot before it was killed, and the second run, restored from it,
+        # ended again at once, nothing kept for B ("the publisher had ended in the
+        # snapshot resumed from", README Topics 9); or the second run made its last
+        # ~500 readings at its pace and ended before B found it ("the new publisher had
+        # ended before this subscriber reached it", Topics 4): B ended short. WAIT: no
+        # reading until B reads from the run; HOLD: past its COUNT readings a run waits
+        # for `hold`, not ending)
         same = {"KERNEL_RUN": "job-8.1", "STATE_DIR": state, "RESUMABLE": 1, "JOB_EPOCH": JOB_EPOCH,
-                "COUNT": COUNT, "RATE": 50, **HEARTBEATS}
-        a = Job(system, "readings.py", "a", **same)
-        b = waiting_after_a_first_run(system, a)
+                "COUNT": COUNT, "RATE": 50, "HOLD": hold, **HEARTBEATS}
+        a = Job(system, "readings.py", "a", WAIT=first, **same)
+        b = waiting_after_a_first_run(system, a, wait=first)
         go = tmp_path / "go"
-        again = Job(system, "readings.py", "again", GO=go, **same)  # (restored from the state_dir)
+        again = Job(system, "readings.py", "again", WAIT=go, GO=go, **same)  # (restored from the state_dir)
         wait_until(lambda: len(starts(b)[0]) >= 2 or b.proc.poll() is not None,
                    what="B to reach the second run")
         go.touch()
+        hold.touch()
         seqs, sums = results(b)
         assert b.proc.returncode == 0, b.text()[-2000:]
         # (from where B joined the first run, at an epoch's start, to the second run's end)
