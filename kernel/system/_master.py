@@ -89,6 +89,21 @@ _PORT_TAKEN = re.compile(r"(process \d+ cannot listen on |dashboard \S+: cannot 
                          r".*address already in use", re.IGNORECASE)
 
 
+# A peer's failure as a process tells it (kernel.net.PeerFailed): the peer's
+# own error follows, which may be a loss of a third process, `process 1
+# (H:P) failed: lost process 2 (...)`. Taken for the job's own failure, that
+# exit, held with process 2's `exit -9` (`_restart_unless_failed`), failed
+# the job for good.
+_PEER_FAILED = re.compile(r"process \d+ \(\S*\) failed: ")
+
+
+def _own_words(error: str) -> str:
+    """`error` without the peers' `process N (H:P) failed: ` that passed it on."""
+    while (said := _PEER_FAILED.match(error)) is not None:
+        error = error[said.end():]
+    return error
+
+
 def classify(code: int, error: str | None) -> str:
     """`ok`, `lost` (restart it) or `failed` (a user function raised, the
     file is broken: restarting would fail again) for a process's exit."""
@@ -96,7 +111,8 @@ def classify(code: int, error: str | None) -> str:
         return "ok"
     if code < 0 or code in (128 + 9, 128 + 15):  # killed by a signal (OOM, an operator's kill)
         return "lost"
-    if error and (error.startswith(_LOST_PEER) or _KILLED.match(error) or _PORT_TAKEN.match(error)):
+    if error and (_own_words(error).startswith(_LOST_PEER) or _KILLED.match(error)
+                  or _PORT_TAKEN.match(error)):
         return "lost"
     return "failed"
 
@@ -631,7 +647,7 @@ class JobMaster:
         exit, the cause's own `was killed (exit -9)`, heard first, gave way to
         its peer's `lost process 1`.)"""
         for process, (code, error) in self.exits.get(job.id, {}).items():
-            if classify(code, error) == "lost" and not (error or "").startswith(_LOST_PEER):
+            if classify(code, error) == "lost" and not _own_words(error or "").startswith(_LOST_PEER):
                 return error or (f"process {process} on executor {job.placement[process]['executor']} "
                                  f"was killed (exit {code})")
         return why
