@@ -189,8 +189,9 @@ class JobMaster:
         # old process runs on all the same)
         self._unstopped: dict[str, dict[str, int]] = {}
         # jobs ended whose processes `_end` is stopping: they may still write
-        # to their logs (a killed one's `interrupted`)
-        self.ending: set[str] = set()
+        # to their logs (a killed one's `interrupted`); job -> its stops under way
+        # (`_stopping`: a leaving executor's, `_stop_ended`, may outlast the others)
+        self.ending: dict[str, int] = {}
         for job in self.jobs.values():
             if job.status == "restarting":
                 # what the last coordinator waited for died with it: any
@@ -771,17 +772,32 @@ class JobMaster:
         # for good, `state_dir ... is in use by another run`.
         leaving = [p for p in placement if p["executor"] in self._leaving] if job.state_dir is None else []
         if leaving:
+            # (counted `ending` from now: `logs` said the job killed while that stop still ran,
+            # a `logs --follow` stopping before the last lines its processes wrote there)
+            self._stopping(job.id, +1)
             self._spawn(self._stop_ended(job, attempt, leaving))
-        self.ending.add(job.id)
+        self._stopping(job.id, +1)
         try:
             self._wait_for_stops(job, attempt, await self._stop(
                 job.id, attempt, [p for p in placement if p not in leaving]))
         finally:
-            self.ending.discard(job.id)
+            self._stopping(job.id, -1)
+
+    def _stopping(self, job_id: str, step: int) -> None:
+        """One more (+1) or one fewer (-1) stop of the ended job under way (`ending`)."""
+        left = self.ending.get(job_id, 0) + step
+        if left > 0:
+            self.ending[job_id] = left
+        else:
+            self.ending.pop(job_id, None)
 
     async def _stop_ended(self, job: Job, attempt: int, placement: list[dict]) -> None:
-        """Stop the processes of the ended job's `attempt` on `placement` (`_end`)."""
-        self._wait_for_stops(job, attempt, await self._stop(job.id, attempt, placement))
+        """Stop the processes of the ended job's `attempt` on `placement` (`_end`),
+        counted in `ending` by `_end`."""
+        try:
+            self._wait_for_stops(job, attempt, await self._stop(job.id, attempt, placement))
+        finally:
+            self._stopping(job.id, -1)
 
     def _forget_topics(self, job_id: str) -> None:
         """The topics the ended job published go (after its save: in order).

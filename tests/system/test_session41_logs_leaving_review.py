@@ -1,0 +1,53 @@
+"""Review of 8d1f485 (`logs` says `stopping` while a killed job's processes
+are being stopped): a job killed while its executor is being stopped
+(SIGTERM: "leaving") has that stop run apart (`JobMaster._stop_ended`), not
+waited for by the kill, and `logs` said the job `killed` at once, so a
+`logs --follow` stopped before the last lines its process still wrote
+there (the log had `interrupted`, `last words`; the follower only
+`interrupted`).
+
+Real processes: a coordinator, an executor, the CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from _system import a_system, wait_until
+
+# (its last words 2 s after the Ctrl-C of the executor's stop, deaf to the kill's:
+# the window in which the job is killed while its executor still stops it)
+PIPELINE = """\
+import atexit, itertools, signal, time
+from kernel import Dataflow
+
+atexit.register(lambda: (signal.signal(signal.SIGINT, signal.SIG_IGN), time.sleep(2),
+                         print("last words", flush=True)))
+flow = Dataflow()
+flow.from_iterable(itertools.count()).map(lambda x: time.sleep(0.01) or x).sink(lambda x: None)
+"""
+
+
+def test_logs_follow_of_a_job_killed_while_its_executor_leaves_prints_its_last_lines(tmp_path):
+    pipeline = tmp_path / "endless.py"
+    pipeline.write_text(PIPELINE)
+    with a_system(tmp_path) as system:
+        job = system.cli("submit", pipeline).stdout.splitlines()[0]
+        wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
+        follower = subprocess.Popen([sys.executable, "-m", "kernel", "logs", job, "--follow"],
+                                    stdout=subprocess.PIPE, text=True, env=system.env, cwd=tmp_path)
+        try:
+            assert follower.stdout.readline().startswith(f"--- {job} attempt 1")
+            os.kill(system.executors[0].pid, signal.SIGTERM)
+            wait_until(lambda: any(e["state"] == "leaving" for e in system.status()["executors"]),
+                       what="the executor to leave", every=0.02)
+            assert system.cli("kill", job).returncode == 0
+            followed, _ = follower.communicate(timeout=60)
+        finally:
+            follower.kill()
+        system.executors[0].wait(timeout=30)  # (its log complete: its process ended before it left)
+    log = (tmp_path / "executor1" / "logs" / f"{job}.log").read_text()
+    assert log.splitlines()[-2:] == ["interrupted", "last words"], log
+    assert followed.splitlines()[-2:] == ["interrupted", "last words"], followed
