@@ -1536,9 +1536,12 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
             except aiohttp.ClientResponseError as exc:  # (an HTTP answer, no websocket: not our server)
                 # (on one line: aiohttp's parser says what it could not parse over four)
                 what = " ".join(str(exc.message).split())[:200]
+                status = exc.status
+                if exc.history:  # (a redirect aiohttp followed: its page's answer was said, `200 OK`)
+                    status, what = exc.history[0].status, "Invalid response status"
                 if what == "Invalid response status":  # (aiohttp's for any but 101: say the status's)
-                    what = _status_phrase(exc.status) or what
-                raise NotAKernelServer(f"{url} answered, but not as a kernel server ({exc.status} "
+                    what = _status_phrase(status) or what
+                raise NotAKernelServer(f"{url} answered, but not as a kernel server ({status} "
                                        f"{what})") from exc
             except (aiohttp.ClientConnectionError, OSError) as exc:
                 _refuse_untrusted_certificate(url, exc)
