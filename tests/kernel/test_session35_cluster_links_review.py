@@ -134,8 +134,8 @@ def test_another_program_answering_http_at_a_peers_address_is_said_so(tmp_path):
         other.server_close()
         serving.join()
     assert without_stall_reports((tmp_path / "p1.err").read_text()) == (
-        f"error: process 0 at http://127.0.0.1:{port} answered, but not as a kernel server (404 Invalid "
-        "response status): another program listens there, or --peers gives the wrong port\n")
+        f"error: process 0 at http://127.0.0.1:{port} answered, but not as a kernel server (404 Not "
+        "Found): another program listens there, or --peers gives the wrong port\n")
 
 
 def test_another_program_with_a_banner_at_a_peers_address_is_said_so_on_one_line(tmp_path):
