@@ -18,12 +18,11 @@ import os
 import threading
 from contextlib import contextmanager, nullcontext
 
-import uvloop
-
 from kernel.runtime._runtime import Runtime
 from kernel.scheduling._kernel import Kernel
 from kernel.scheduling._signal_mask import main_thread_signals
 
+from . import _ring_exit
 from ._host_gc import host_heap_frozen
 from ._inherited_descriptors import let_go_unreached
 from ._interrupt import first_ctrl_c_interrupts, sigint_handler_kept
@@ -43,7 +42,7 @@ def execute(plan: RunPlan, get_flow) -> list[dict]:
     with gc_threshold(plan.gc_threshold), _store_closed(plan):
         if plan.mode == THREAD:
             with sigint_handler_kept():
-                return [uvloop.run(_one_kernel(plan, get_flow(), interruptible=True))]
+                return [_ring_exit.run(_one_kernel(plan, get_flow(), interruptible=True))]
         return _on_cores(plan, get_flow)
 
 

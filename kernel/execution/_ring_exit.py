@@ -1,0 +1,101 @@
+"""The notice of a closed loop's io_uring ring, taken before `run` returns.
+
+libuv (uvloop's, since 1.45) batches epoll_ctl calls through an io_uring
+ring that every loop opens (`uv__platform_loop_init`; UV_USE_IO_URING does
+not turn it off). Closing it, at the end of a blocking `run(flow)`, hands
+its teardown to a kernel worker that, once the ring's references are gone
+(an RCU grace period: 10-20 ms after the close here), queues task work on
+each thread that entered the ring, with TIF_NOTIFY_SIGNAL
+(`io_ring_exit_work`, TWA_SIGNAL). Whatever blocking call that thread is in
+then is interrupted: a write to a full pipe returns short, with what it had
+written so far. A buffered stream writes the rest; an unbuffered text stream
+(`python -u`, PYTHONUNBUFFERED=1: a TextIOWrapper straight over a FileIO)
+drops it in silence (CPython gh-85393): `print(big)` after a run, piped to a
+slow reader, lost all but the pipe's 64 KiB.
+
+So where this thread's stdout or stderr is such a stream on a pipe, socket
+or terminal (not on a regular file, whose writes are not cut short), and the
+loop did open a ring, the thread waits, after the loop is closed, in a
+system call that the notice interrupts (epoll_wait on an empty epoll set
+returns EINTR), and so takes the notice there rather than in the user's next
+write: 10-20 ms once per blocking run, in that case only (a notebook's,
+pytest's captured and a buffered stdout cost nothing). The wait is bounded
+(`LONGEST`), for a kernel that would restart epoll_wait instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import os
+import select
+import stat
+import sys
+import time
+
+import uvloop
+
+LONGEST = 0.25  # seconds: the notice came 10-20 ms after the close (Linux 6.18)
+
+_libc = None
+
+
+def _cuttable(stream) -> bool:
+    """Whether `stream` drops the rest of a short write (an unbuffered text
+    stream) on a descriptor whose writes can be cut short."""
+    if type(stream) is not io.TextIOWrapper or isinstance(stream.buffer, io.BufferedIOBase):
+        return False
+    try:
+        return not stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _rings() -> set[str]:
+    """This process's io_uring descriptors (their /proc/self/fd names)."""
+    found = set()
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return found
+    for name in names:
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[io_uring]":
+                found.add(name)
+        except OSError:
+            pass
+    return found
+
+
+def run(main):
+    """`uvloop.run(main)`, taking its ring's closing notice before returning
+    where an unbuffered stdout or stderr would lose output to it."""
+    if not sys.platform.startswith("linux") or not (_cuttable(sys.stdout) or _cuttable(sys.stderr)):
+        return uvloop.run(main)
+    opened = []
+
+    def loop_factory():
+        before = _rings()
+        loop = uvloop.new_event_loop()
+        opened.append(bool(_rings() - before))
+        return loop
+
+    try:
+        return uvloop.run(main, loop_factory=loop_factory)
+    finally:
+        if opened and opened[0]:
+            _take_notice()
+
+
+def _take_notice() -> None:
+    """Wait, at most `LONGEST`, in a call the closed ring's notice
+    interrupts (a real signal ends it too: its handler runs right after)."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    events = ctypes.create_string_buffer(16)
+    deadline = time.monotonic() + LONGEST
+    with select.epoll() as empty:
+        while (left := deadline - time.monotonic()) > 0:
+            if _libc.epoll_wait(empty.fileno(), events, 1, max(1, int(left * 1000))) < 0:
+                return  # EINTR: the notice (its task work has run on the way out)
