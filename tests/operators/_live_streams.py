@@ -1,17 +1,19 @@
 """What the tests of `from_iterable` over a live stream share: a pipe
-written by a thread, an operator that tells the test of each record, and
-a run cancelled while its reader waited."""
+written by a thread, an operator that tells the test of each record, a
+run cancelled while its reader waited, and runs over connections' file
+objects."""
 
 import asyncio
 import os
 import queue
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
 
-from kernel import Dataflow, Operator, run_async
+from kernel import Dataflow, Operator, run, run_async
 
 DEADLINE = 10.0  # seconds: far beyond what each step takes (a fraction of a second)
 
@@ -64,3 +66,22 @@ async def cancelled_while_reading(stream, out) -> None:
         await running
     out.write("1\n2\n3\n")
     out.close()
+
+
+def run_over_connection(connection, state_dir=None) -> list[int]:
+    """A run over `connection`'s file object (`makefile("r")`, closed
+    after the run, the connection kept open): the ints it read."""
+    got: list[int] = []
+    with connection.makefile("r") as stream:
+        flow = Dataflow("lines")
+        flow.from_iterable(stream, name="lines in").map(int).sink(got.append)
+        run(flow, state_dir=state_dir)
+    return got
+
+
+def connection_with(lines: str):
+    """One end of a socket pair whose other end sent `lines` and closed."""
+    ours, theirs = socket.socketpair()
+    with theirs:
+        theirs.sendall(lines.encode())
+    return ours

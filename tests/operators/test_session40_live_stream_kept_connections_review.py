@@ -9,28 +9,10 @@ for as many more as the last one kept."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
+from _live_streams import connection_with, run_over_connection
 
-from kernel import Dataflow, run
 from operators import _live_input
-
-
-def _run_over(connection, state_dir=None) -> list[int]:
-    got: list[int] = []
-    with connection.makefile("r") as stream:
-        flow = Dataflow("lines")
-        flow.from_iterable(stream, name="lines in").map(int).sink(got.append)
-        run(flow, state_dir=state_dir)
-    return got
-
-
-def _connection(lines: str):
-    ours, theirs = socket.socketpair()
-    with theirs:
-        theirs.sendall(lines.encode())
-    return ours
 
 
 def test_connections_kept_open_are_not_looked_up_at_each_run(tmp_path, monkeypatch):
@@ -39,20 +21,20 @@ def test_connections_kept_open_are_not_looked_up_at_each_run(tmp_path, monkeypat
     kept = []
     try:
         for _ in range(_live_input._KEPT_CLOSED + 6):
-            connection = _connection("1\n2\n")
+            connection = connection_with("1\n2\n")
             kept.append(connection)
-            assert _run_over(connection) == [1, 2]
+            assert run_over_connection(connection) == [1, 2]
         looks = []
         open_links = _live_input._open_links
         monkeypatch.setattr(_live_input, "_open_links", lambda: looks.append(1) or open_links())
         for _ in range(20):
-            with _connection("3\n4\n") as connection:
-                assert _run_over(connection) == [3, 4]
+            with connection_with("3\n4\n") as connection:
+                assert run_over_connection(connection) == [3, 4]
         assert len(looks) <= 1
         # (each kept connection's entry stands: a run with a state_dir over
         # another file object of one is still refused)
         with pytest.raises(Exception, match="an earlier run of this process read lines of its input"):
-            _run_over(kept[0], state_dir=tmp_path / "state")
+            run_over_connection(kept[0], state_dir=tmp_path / "state")
     finally:
         for connection in kept:
             connection.close()

@@ -8,30 +8,12 @@ entry still stands (a run with a state_dir over it is refused)."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
+from _live_streams import connection_with, run_over_connection
 
-from kernel import Dataflow, run
 from operators import _live_input
 
 _KEPT = 1_000
-
-
-def _run_over(connection, state_dir=None) -> list[int]:
-    got: list[int] = []
-    with connection.makefile("r") as stream:
-        flow = Dataflow("lines")
-        flow.from_iterable(stream, name="lines in").map(int).sink(got.append)
-        run(flow, state_dir=state_dir)
-    return got
-
-
-def _connection(lines: str):
-    ours, theirs = socket.socketpair()
-    with theirs:
-        theirs.sendall(lines.encode())
-    return ours
 
 
 def test_a_runs_first_take_does_not_look_over_every_stream_taken_from(tmp_path, monkeypatch):
@@ -40,7 +22,7 @@ def test_a_runs_first_take_does_not_look_over_every_stream_taken_from(tmp_path, 
     kept = []
     try:
         for _ in range(_KEPT):  # (as runs over them note them, without the runs)
-            connection = _connection("")
+            connection = connection_with("")
             kept.append(connection)
             with connection.makefile("r") as stream:
                 _live_input._note_taken_from(stream, _live_input._weakly(None))
@@ -49,11 +31,11 @@ def test_a_runs_first_take_does_not_look_over_every_stream_taken_from(tmp_path, 
         closed = _live_input._closed
         monkeypatch.setattr(_live_input, "_closed", lambda stream: looks.append(1) or closed(stream))
         for i in range(20):
-            with _connection(f"{i}\n{i + 1}\n") as connection:
-                assert _run_over(connection) == [i, i + 1]
+            with connection_with(f"{i}\n{i + 1}\n") as connection:
+                assert run_over_connection(connection) == [i, i + 1]
         assert len(looks) < _KEPT
         with pytest.raises(Exception, match="an earlier run of this process read lines of its input"):
-            _run_over(kept[0], state_dir=tmp_path / "state")
+            run_over_connection(kept[0], state_dir=tmp_path / "state")
     finally:
         for connection in kept:
             connection.close()
