@@ -1,21 +1,27 @@
 """What the tests of `from_iterable` over a live stream share: a pipe
 written by a thread, an operator that tells the test of each record, a
-run cancelled while its reader waited, and runs over connections' file
-objects."""
+run cancelled while its reader waited, runs over connections' file
+objects, and a script run by a process of its own over a file given as
+its standard input."""
 
 import asyncio
 import os
 import queue
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from kernel import Dataflow, Operator, run, run_async
 
 DEADLINE = 10.0  # seconds: far beyond what each step takes (a fraction of a second)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Answers(Operator):
@@ -85,3 +91,42 @@ def connection_with(lines: str):
     with theirs:
         theirs.sendall(lines.encode())
     return ours
+
+
+def numbered_lines(total: int) -> str:
+    """`total` lines, "0" to `total - 1`."""
+    return "".join(f"{i}\n" for i in range(total))
+
+
+def run_script_over_a_file(tmp_path: Path, script: str, lines: str, *args: str, stdin=None,
+                           timeout: float = 60) -> subprocess.CompletedProcess:
+    """`script` (tmp_path/app.py) run by a process of its own with `args`,
+    its standard input given from the file tmp_path/lines.txt of `lines`
+    (or from `stdin`), in the project's root, on its PYTHONPATH; it exited 0."""
+    given_lines = tmp_path / "lines.txt"
+    given_lines.write_text(lines)
+    app = tmp_path / "app.py"
+    app.write_text(script)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    with open(given_lines) as given:
+        done = subprocess.run([sys.executable, str(app), *args], stdin=given if stdin is None else stdin,
+                              capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def failing_once_at(marker: str, at: int) -> Callable:
+    """For a script's runs: a map function that raises at the value `at`
+    while no file `marker` stands (made then: the runs after it pass every
+    value), pausing 1 ms each ten values before (epochs complete before it
+    fails)."""
+    def fails_once(value):
+        if not os.path.exists(marker):
+            if value == at:
+                open(marker, "w").close()
+                raise ValueError("the first run fails here")
+            if value % 10 == 0:
+                time.sleep(0.001)  # (the first run: epochs complete before it fails)
+        return value
+
+    return fails_once

@@ -12,33 +12,23 @@ once."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-_ROOT = Path(__file__).resolve().parents[2]
+from _live_streams import numbered_lines, run_script_over_a_file
 
 _SCRIPT = r'''
-import json, os, sys, time
+import json, os, sys
 sys.path.insert(0, sys.argv[2])
 from pathlib import Path
+from _live_streams import failing_once_at
 from test_session39_live_stream_resume import _committed
 from kernel import Dataflow, run
 
 here, total, first, second, rewound = sys.argv[1], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
 marker = os.path.join(here, "failed")
 
-def fails_once(value):
-    if not os.path.exists(marker):
-        if value == total // 2:
-            open(marker, "w").close()
-            raise ValueError("the first run fails here")
-        if value % 10 == 0:
-            time.sleep(0.001)  # (the first run: epochs complete before it fails)
-    return value
+fails_once = failing_once_at(marker, total // 2)
 
 def flow_over(kind, out):
     lines = sys.stdin if kind == "sys.stdin" else iter(sys.stdin.readline, "")
@@ -65,16 +55,8 @@ print(json.dumps(told))
 
 def _runs(tmp_path, first: str, second: str, rewound: str) -> dict:
     total = 3_000
-    lines = tmp_path / "lines.txt"
-    lines.write_text("".join(f"{i}\n" for i in range(total)))
-    script = tmp_path / "app.py"
-    script.write_text(_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")]))
-    with open(lines) as given:
-        done = subprocess.run([sys.executable, str(script), str(tmp_path), str(Path(__file__).parent),
-                               str(total), first, second, rewound], stdin=given, capture_output=True,
-                              text=True, cwd=_ROOT, env=env, timeout=60)
-    assert done.returncode == 0, done.stderr
+    done = run_script_over_a_file(tmp_path, _SCRIPT, numbered_lines(total), str(tmp_path),
+                                  str(Path(__file__).parent), str(total), first, second, rewound)
     told = json.loads(done.stdout.splitlines()[-1])
     assert "the first run fails here" in told["first"]
     assert 0 < told["committed"] < total

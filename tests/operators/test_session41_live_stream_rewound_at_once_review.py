@@ -13,12 +13,9 @@ before its seek until the other has read a line.)"""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parents[2]
+from _live_streams import numbered_lines, run_script_over_a_file
 
 _SCRIPT = r'''
 import json, os, sys, threading
@@ -93,16 +90,8 @@ print(json.dumps(told))
 
 def test_a_run_at_once_over_a_rewound_file_does_not_send_the_other_back_to_its_start(tmp_path):
     total = 20_000  # (the second run's reader reads it in several chunks, 4,096 lines ahead)
-    lines = tmp_path / "lines.txt"
-    lines.write_text("".join(f"{i}\n" for i in range(total)))
-    script = tmp_path / "app.py"
-    script.write_text(_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")]))
-    with open(lines) as given:
-        done = subprocess.run([sys.executable, str(script), str(tmp_path), str(Path(__file__).parent),
-                               str(total)], stdin=given, capture_output=True, text=True, cwd=_ROOT,
-                              env=env, timeout=60)
-    assert done.returncode == 0, done.stderr
+    done = run_script_over_a_file(tmp_path, _SCRIPT, numbered_lines(total), str(tmp_path),
+                                  str(Path(__file__).parent), str(total))
     told = json.loads(done.stdout.splitlines()[-1])
     assert "the earlier run fails here" in told["earlier"]
     assert "second" not in told, told["second"]

@@ -12,18 +12,15 @@ refused as before."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-_ROOT = Path(__file__).resolve().parents[2]
+from _live_streams import numbered_lines, run_script_over_a_file
 
 _SCRIPT = r'''
-import json, os, sys, time
+import json, os, sys
 sys.path.insert(0, sys.argv[2])
+from _live_streams import failing_once_at
 from test_session39_live_stream_resume import _committed
 from kernel import Dataflow, run
 
@@ -36,14 +33,7 @@ first = {"sys.stdin": lambda: sys.stdin,  # (what the first run reads)
          "open(0)": lambda: open(0, closefd=False),
          "the file opened again": lambda: open(os.path.join(here, "lines.txt"))}[sys.argv[6]]()
 
-def fails_once(value):
-    if not os.path.exists(marker):
-        if value == total // 2:
-            open(marker, "w").close()
-            raise ValueError("the first run fails here")
-        if value % 10 == 0:
-            time.sleep(0.001)  # (the first run: epochs complete before it fails)
-    return value
+fails_once = failing_once_at(marker, total // 2)
 
 def flow_over(stream, into):
     flow = Dataflow("lines")
@@ -83,17 +73,9 @@ def run_over_a_file(tmp_path, total: int, how: str, stdin=None, dup: bool = Fals
     """The script's runs over `total` lines: the standard input given from
     the file, or from `stdin` with the file put in descriptor 0 (`dup`);
     the first run over `first`, the second over `sys.stdin`."""
-    lines = tmp_path / "lines.txt"
-    lines.write_text("".join(f"{i}\n" for i in range(total)))
-    script = tmp_path / "app.py"
-    script.write_text(_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")]))
-    with open(lines) as given:
-        done = subprocess.run([sys.executable, str(script), str(tmp_path), str(Path(__file__).parent),
-                               str(total), how, "dup" if dup else "given", first],
-                              stdin=given if stdin is None else stdin, capture_output=True, text=True,
-                              cwd=_ROOT, env=env, timeout=60)
-    assert done.returncode == 0, done.stderr
+    done = run_script_over_a_file(tmp_path, _SCRIPT, numbered_lines(total), str(tmp_path),
+                                  str(Path(__file__).parent), str(total), how, "dup" if dup else "given",
+                                  first, stdin=stdin)
     told = json.loads(done.stdout.splitlines()[-1])
     assert "the first run fails here" in told["first"]
     assert 0 < told["committed"] < total

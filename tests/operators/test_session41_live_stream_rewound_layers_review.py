@@ -10,12 +10,8 @@ earlier runs read the file through is sought back too."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parents[2]
+from _live_streams import numbered_lines, run_script_over_a_file
 
 _SCRIPT = r'''
 import json, os, sys
@@ -51,15 +47,7 @@ with open(sys.argv[2], "w") as out:  # (not printed: after a uvloop run, a print
 
 def test_a_rewound_file_read_through_another_file_object_leaves_no_old_read_in_the_first(tmp_path):
     total = 20_000  # (the failed run's reader paused mid-file, 4,096 lines ahead)
-    lines = tmp_path / "lines.txt"
-    lines.write_text("".join(f"{i}\n" for i in range(total)))
-    script = tmp_path / "app.py"
-    script.write_text(_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")]))
-    with open(lines) as given:
-        done = subprocess.run([sys.executable, str(script), str(total), str(tmp_path / "told.json")],
-                              stdin=given, capture_output=True, text=True, cwd=_ROOT, env=env, timeout=60)
-    assert done.returncode == 0, done.stderr
+    run_script_over_a_file(tmp_path, _SCRIPT, numbered_lines(total), str(total), str(tmp_path / "told.json"))
     told = json.loads((tmp_path / "told.json").read_text())
     assert "the first run fails here" in told["first"]
     assert told["again"] == list(range(total))

@@ -14,14 +14,10 @@ run wait for ever.)"""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-_ROOT = Path(__file__).resolve().parents[2]
+from _live_streams import numbered_lines, run_script_over_a_file
 
 _SCRIPT = r'''
 import asyncio, json, os, sys, threading, time
@@ -94,16 +90,8 @@ asyncio.run(main())
 
 def _runs(tmp_path, how: str) -> dict:
     total = 3_000
-    lines = tmp_path / "lines.txt"
-    lines.write_text("".join(f"{i}\n" for i in range(total)))
-    script = tmp_path / "app.py"
-    script.write_text(_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")]))
-    with open(lines) as given:
-        done = subprocess.run([sys.executable, str(script), str(tmp_path), str(Path(__file__).parent),
-                               str(total), how], stdin=given, capture_output=True, text=True, cwd=_ROOT,
-                              env=env, timeout=30)
-    assert done.returncode == 0, done.stderr
+    done = run_script_over_a_file(tmp_path, _SCRIPT, numbered_lines(total), str(tmp_path),
+                                  str(Path(__file__).parent), str(total), how, timeout=30)
     told = json.loads(done.stdout.splitlines()[-1])
     assert "the first run fails here" in told["first"]
     # (a run's own lag, a state_dir's set-up: 0.1-0.17 s; the join: the whole window, 0.6 s)

@@ -13,12 +13,9 @@ a run on several kernels still reads it again from its start."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parents[2]
+from _live_streams import run_script_over_a_file
 
 _SCRIPT = r'''
 import json, os, sys, time
@@ -82,17 +79,10 @@ print(json.dumps(told))
 
 
 def _runs(tmp_path, slow: bool) -> dict:
-    lines = tmp_path / "lines.txt"
     total = 40  # (lines of 16 kB: the launcher's read after the rewind reaches the file, not its buffer)
-    lines.write_text("".join(f"{i} {'x' * 16_000}\n" for i in range(total)))
-    script = tmp_path / "app.py"
-    script.write_text(_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")]))
-    with open(lines) as given:
-        done = subprocess.run([sys.executable, str(script), str(tmp_path), str(Path(__file__).parent),
-                               str(total), "slow" if slow else "plain"],
-                              stdin=given, capture_output=True, text=True, cwd=_ROOT, env=env, timeout=60)
-    assert done.returncode == 0, done.stderr
+    done = run_script_over_a_file(tmp_path, _SCRIPT, "".join(f"{i} {'x' * 16_000}\n" for i in range(total)),
+                                  str(tmp_path), str(Path(__file__).parent), str(total),
+                                  "slow" if slow else "plain")
     told = json.loads(done.stdout.splitlines()[-1])
     assert "the first run fails here" in told["first"]
     return told, total
