@@ -1,7 +1,8 @@
 """Shared by the metrics tests: a flow held open until the test has looked
 at its metrics (its source yields everything, then waits for a file), and
 scraping /metrics into {(family, labels): value}, a run with a dashboard on
-a thread of the test, and its graph once described."""
+a thread of the test, and its graph once described; a page's event stream
+over a slow link, and a stranger's streams opened meanwhile."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import socket
 import threading
 import time
 import urllib.request
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -122,3 +124,73 @@ def wait_for_graph(port: int, timeout: float = 20.0) -> dict:
             pass
         time.sleep(0.02)
     raise AssertionError(f"no graph at :{port}/api/graph in {timeout} s")
+
+
+SLOW_PAGE_TAKEN = 4096  # bytes the page takes every 10 ms: ~400 kB/s, a ~100 kB state in ~5 intervals
+
+
+def slow_page_settings(monkeypatch, interval: float) -> None:
+    """The slow-page tests' servers: the metrics' and the system dashboard's
+    UPDATE_INTERVAL `interval`, MAX_EVENT_STREAMS 4."""
+    from kernel.metrics import _app, _server
+    from kernel.system import _dashboard
+
+    monkeypatch.setattr(_app, "UPDATE_INTERVAL", interval)
+    monkeypatch.setattr(_dashboard, "UPDATE_INTERVAL", interval)
+    monkeypatch.setattr(_server, "MAX_EVENT_STREAMS", 4)
+
+
+async def a_slow_page(port: int):
+    """A page's event stream over a slow link (a small receive buffer, and
+    SLOW_PAGE_TAKEN bytes read every 10 ms): (its reading task, a list of the bytes read)."""
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_PAGE_TAKEN)
+    client.connect(("127.0.0.1", port))
+    client.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=client, limit=SLOW_PAGE_TAKEN)
+    writer.write(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    read = [0]
+
+    async def reading() -> None:
+        try:
+            while chunk := await reader.read(SLOW_PAGE_TAKEN):
+                read[0] += len(chunk)
+                await asyncio.sleep(0.01)
+        finally:
+            writer.close()
+
+    return asyncio.create_task(reading()), read
+
+
+@asynccontextmanager
+async def a_slow_page_served(serving):
+    """The server `serving` ((its awaitable runner, its port)) started, and
+    a slow page's stream of it (`a_slow_page`): yields (the port, the
+    page's reading task, the list of the bytes it read, a list for the
+    sockets the test opens); after, the page cancelled, those sockets
+    closed, the server cleaned up."""
+    starting, port = serving
+    runner = await starting
+    held: list[socket.socket] = []
+    page, read = await a_slow_page(port)
+    try:
+        yield port, page, read, held
+    finally:
+        page.cancel()
+        for client in held:
+            client.close()
+        await runner.cleanup()
+
+
+async def strangers_streams(port: int, interval: float, held: list):
+    """A stranger's streams, never read, one an interval from 3 *
+    MAX_EVENT_STREAMS addresses, each added to `held`: yields each's index
+    once it is open and an interval has passed."""
+    from test_session39_event_streams import _streams
+
+    from kernel.metrics import _server
+
+    for i in range(3 * _server.MAX_EVENT_STREAMS):
+        held += await asyncio.to_thread(_streams, port, 1, f"127.0.0.{2 + i}")
+        await asyncio.sleep(interval)
+        yield i

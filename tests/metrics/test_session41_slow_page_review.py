@@ -17,9 +17,8 @@ import asyncio
 import socket
 
 import pytest
-from test_session39_event_streams import _streams
+from _metrics_helpers import a_slow_page_served, slow_page_settings, strangers_streams
 from test_session40_held_page_review import SNAPSHOT, STEPS
-from test_session41_slow_page import _a_slow_page
 
 from kernel.metrics import _app, _server
 
@@ -50,11 +49,7 @@ def test_a_slow_page_whose_connection_drains_in_steps_is_not_taken_for_one_that_
     """The slow page's stream first (~400 kB/s), then a stranger's streams,
     never read, one an interval from 12 addresses, three times
     MAX_EVENT_STREAMS (4 here): the page's stream is never ended."""
-    from kernel.system import _dashboard
-
-    monkeypatch.setattr(_app, "UPDATE_INTERVAL", INTERVAL)
-    monkeypatch.setattr(_dashboard, "UPDATE_INTERVAL", INTERVAL)
-    monkeypatch.setattr(_server, "MAX_EVENT_STREAMS", 4)
+    slow_page_settings(monkeypatch, INTERVAL)
     # the streams' ends, in the order opened: the page's first (its connection closed, the page
     # reads on what the kernel still held for it, ~0.5 MB, before it sees its end)
     ends: list[asyncio.Event] = []
@@ -63,24 +58,13 @@ def test_a_slow_page_whose_connection_drains_in_steps_is_not_taken_for_one_that_
                         lambda self, *args: ends.append(opening(self, *args)) or ends[-1])
 
     async def scenario():
-        starting, port = _serve_big(which)
-        runner = await starting
-        held: list[socket.socket] = []
-        page, read = await _a_slow_page(port)
-        try:
+        async with a_slow_page_served(_serve_big(which)) as (port, page, read, held):
             while read[0] < 2 * SEND_BUFFER + 150_000:  # (its send buffer full: its write held)
                 assert not page.done() and not (ends and ends[0].is_set()), "the page's stream ended early"
                 await asyncio.sleep(0.01)
             before = read[0]
-            for i in range(3 * _server.MAX_EVENT_STREAMS):
-                held += await asyncio.to_thread(_streams, port, 1, f"127.0.0.{2 + i}")
-                await asyncio.sleep(INTERVAL)
+            async for i in strangers_streams(port, INTERVAL, held):
                 assert not ends[0].is_set(), f"the page's stream ended at the stranger's stream {i}"
             assert read[0] > before + 100_000, (before, read[0])  # (it read on meanwhile)
-        finally:
-            page.cancel()
-            for client in held:
-                client.close()
-            await runner.cleanup()
 
     asyncio.run(scenario())
