@@ -26,7 +26,7 @@ def test_connections_kept_open_are_not_looked_up_at_each_run(tmp_path, monkeypat
             assert run_over_connection(connection) == [1, 2]
         looks = []
         open_links = _live_input._open_links
-        monkeypatch.setattr(_live_input, "_open_links", lambda: looks.append(1) or open_links())
+        monkeypatch.setattr(_live_input, "_open_links", lambda *given: looks.append(1) or open_links(*given))
         for _ in range(20):
             with connection_with("3\n4\n") as connection:
                 assert run_over_connection(connection) == [3, 4]
