@@ -9,6 +9,7 @@ import json
 import os
 import re
 import secrets
+import select
 import sys
 import threading
 import time
@@ -518,7 +519,13 @@ async def _printed(text: str) -> None:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                try:
+                    view = view[os.write(fd, view):]
+                except BlockingIOError:
+                    # (a stdout its parent made non-blocking, O_NONBLOCK, read slowly:
+                    # the command ended with a traceback once the pipe was full, 64 KiB
+                    # of a 3 MB log written; it waits for room, as a blocking one does)
+                    select.select([], [fd], [])
         except OSError as exc:  # (said where it is awaited: a reader gone, BrokenPipeError)
             error = exc
         try:
