@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 from tests._certificates import make_ca, sign
-from tests.net.test_session41_unreachable_peers import _free_ports
+from tests.kernel._ports import free_ports
 
 PROMPTLY = 60.0  # seconds: an upper bound, never a synchronisation
 
@@ -46,7 +46,7 @@ def test_a_tls_run_whose_agreement_was_refused_logs_only_the_refusal(tmp_path):
                     str(other)], check=True, capture_output=True, env=env, timeout=PROMPTLY)
     errors = []
     for run in range(2):  # (1 to 3 such lines a run, without the fix)
-        peers = ",".join(f"127.0.0.1:{port}" for port in _free_ports(3))
+        peers = ",".join(f"127.0.0.1:{port}" for port in free_ports(3))
         procs = []
         try:
             for process in range(3):

@@ -6,9 +6,10 @@ the others one run at a time."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
+
+from tests.kernel._ports import free_ports
 
 PIPELINE = """\
 from kernel import Dataflow
@@ -18,18 +19,6 @@ flow.from_iterable(range(10)).map(lambda n: n + 1).print()
 """
 
 PROMPTLY = 60.0  # seconds: an upper bound, never a synchronisation
-
-
-def _free_ports(n: int) -> list[int]:
-    """`n` distinct loopback ports free a moment ago (nothing listens there next)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _run_last_process(tmp_path, ports: list[int]) -> subprocess.CompletedProcess:
@@ -47,7 +36,7 @@ def _refused(port: int) -> str:
 
 
 def test_every_lower_numbered_peer_not_reached_is_named(tmp_path):
-    a, b, c = _free_ports(3)
+    a, b, c = free_ports(3)
     done = _run_last_process(tmp_path, [a, b, c])
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
@@ -56,7 +45,7 @@ def test_every_lower_numbered_peer_not_reached_is_named(tmp_path):
 
 
 def test_one_peer_not_reached_is_named_as_before(tmp_path):
-    a, b = _free_ports(2)
+    a, b = free_ports(2)
     done = _run_last_process(tmp_path, [a, b])
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
