@@ -12,9 +12,8 @@ and sums.py (test_topics' helpers)."""
 from __future__ import annotations
 
 import signal
-import sys
-from pathlib import Path
 
+from _relisted import HEARTBEATS, System, readings_system  # noqa: F401  (HEARTBEATS, System: imported from here)
 from test_topics import (  # noqa: F401  (fixtures, and what kills the jobs a test started)
     Job,
     _no_job_left,
@@ -24,17 +23,9 @@ from test_topics import (  # noqa: F401  (fixtures, and what kills the jobs a te
     wait_until,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "system"))
-from _system import System
-
-HEARTBEATS = {"KERNEL_HEARTBEAT": 0.25, "KERNEL_COORDINATOR_HEARTBEAT": 0.5,
-              "KERNEL_TOPIC_CONNECT_TIMEOUT": 1}
-
 
 def test_a_retain_publisher_listed_again_after_a_stop_is_read_on_without_duplicates(tmp_path):
-    system = System(tmp_path)
-    system.topic = "readings"
-    system.start_coordinator(KERNEL_COORDINATOR_HEARTBEAT="0.5")
+    system = readings_system(tmp_path)
     try:
         go, hold = tmp_path / "go", tmp_path / "hold"
         a = Job(system, "readings.py", "a", COUNT=3000, RETAIN=1000, GO=go, HOLD=hold, **HEARTBEATS)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from test_session39_relisted_review import HEARTBEATS, System
+from _relisted import HEARTBEATS, readings_system
 from test_session39_same_id_review import waiting_after_a_first_run
 from test_topics import (  # noqa: F401  (fixtures, and what kills the jobs a test started)
     Job,
@@ -36,9 +36,7 @@ JOB_EPOCH = 0.3
 
 
 def test_a_restored_publisher_under_the_same_id_is_said_to_be_read_on(tmp_path):
-    system = System(tmp_path)
-    system.topic = "readings"
-    system.start_coordinator(KERNEL_COORDINATOR_HEARTBEAT="0.5")
+    system = readings_system(tmp_path)
     try:
         state, hold, first = tmp_path / "state", tmp_path / "hold", tmp_path / "first"
         # (no run ends, nor makes its readings, before B has reached it: under load, the

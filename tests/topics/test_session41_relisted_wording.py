@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import re
 import signal
-import sys
-from pathlib import Path
 
+from _relisted import HEARTBEATS, readings_system
 from test_topics import (  # noqa: F401  (fixtures, and what kills the jobs a test started)
     Job,
     _no_job_left,
@@ -30,19 +29,12 @@ from test_topics import (  # noqa: F401  (fixtures, and what kills the jobs a te
     wait_until,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "system"))
-from _system import System
-
-HEARTBEATS = {"KERNEL_HEARTBEAT": 0.25, "KERNEL_COORDINATOR_HEARTBEAT": 0.5,
-              "KERNEL_TOPIC_CONNECT_TIMEOUT": 1}
 COUNT = 3000  # readings: 3 s of them at readings.py's rate, until `go`
 MISSED = r"partition 0: epochs (\d+) to (\d+) were not delivered \(([^)]*)\)"
 
 
 def test_a_publisher_listed_again_before_any_epoch_reached_the_subscriber_is_not_called_restarted(tmp_path):
-    system = System(tmp_path)
-    system.topic = "readings"
-    system.start_coordinator(KERNEL_COORDINATOR_HEARTBEAT="0.5")
+    system = readings_system(tmp_path)
     try:
         go, hold, wait = tmp_path / "go", tmp_path / "hold", tmp_path / "wait"
         # (no reading until `wait` exists; epochs every JOB_EPOCH s, snapshots kept: what it
