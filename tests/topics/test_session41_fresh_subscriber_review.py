@@ -17,21 +17,13 @@ apps' publisher and subscriber send (`kernel.topics`), on real connections."""
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "system"))
-from _system import SECRET, served_coordinator
+from _served import SECRET, publisher, served_coordinator
 
 from kernel.system import Client
 
 FIRST = {"name": "readings", "job": "app:s", "process": 0}
 LATER = {"name": "readings", "job": "app:t", "process": 0}
-
-
-def publisher(uid: str) -> dict:
-    return {"name": "readings", "id": uid, "job": f"app:{uid}", "partition": 0, "partitions": 1,
-            "address": "127.0.0.1:1"}
 
 
 def test_a_new_subscriber_after_the_end_is_listed_under_the_next_publisher(tmp_path):

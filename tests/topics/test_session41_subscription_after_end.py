@@ -15,20 +15,12 @@ apps' publisher and subscriber send (`kernel.topics`), on real connections."""
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "system"))
-from _system import SECRET, served_coordinator
+from _served import SECRET, publisher, served_coordinator
 
 from kernel.system import Client
 
 SUBSCRIBER = {"name": "readings", "job": "app:s", "process": 0}
-
-
-def publisher(uid: str) -> dict:
-    return {"name": "readings", "id": uid, "job": f"app:{uid}", "partition": 0, "partitions": 1,
-            "address": "127.0.0.1:1"}
 
 
 def test_a_subscription_said_again_after_its_topic_ended_is_not_listed_under_the_next_publisher(tmp_path):
