@@ -129,6 +129,17 @@ def free_port_base(n: int) -> int:
                 s.close()
 
 
+def marking_pipeline(tmp_path: Path, text: str) -> tuple[Path, Path]:
+    """(marks, pipeline): the folder tmp_path/marks, made, where the job's
+    processes leave their marks, and tmp_path/pipeline.py, written from
+    `text` with {marks} that folder."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    pipeline = tmp_path / "pipeline.py"
+    pipeline.write_text(text.format(marks=str(marks)))
+    return marks, pipeline
+
+
 def wait_until(condition, timeout: float = 30.0, what: str = "the condition", every: float = 0.05):
     deadline = time.monotonic() + timeout
     while True:

@@ -21,7 +21,7 @@ import os
 import signal
 import time
 
-from _system import System, descendants, executor_served_here, wait_until
+from _system import System, descendants, executor_served_here, marking_pipeline, wait_until
 
 from kernel.system._master import STOP_TIMEOUT
 from tests.system.test_session40_held_exit_coordinator_restart_review import ENDLESS, _leads
@@ -31,10 +31,7 @@ MARGIN = 10.0  # seconds past STOP_TIMEOUT by which the job must have moved
 
 async def test_a_peers_exit_held_for_an_executor_whose_stop_never_ends_moves_the_job_after_a_bound(tmp_path):
     system = System(tmp_path)
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    pipeline = tmp_path / "pipeline.py"
-    pipeline.write_text(ENDLESS.format(marks=str(marks)))
+    marks, pipeline = marking_pipeline(tmp_path, ENDLESS)
     stopping, release = asyncio.Event(), asyncio.Event()
     async with executor_served_here(system, tmp_path / "stopped", peers=1) as (executor, served, (peer,)):
         close = executor.close

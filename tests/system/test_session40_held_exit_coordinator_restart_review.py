@@ -23,7 +23,7 @@ import os
 import signal
 import time
 
-from _system import System, descendants, wait_until
+from _system import System, descendants, marking_pipeline, wait_until
 
 # endless, both processes at work (`marks/RUN-PID`)
 ENDLESS = """\
@@ -61,10 +61,7 @@ def _leads(pid: int) -> bool:
 
 def test_a_peers_exit_held_for_an_executor_killed_mid_stop_spends_no_restart_after_a_coordinator_restart(
         tmp_path):
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    pipeline = tmp_path / "pipeline.py"
-    pipeline.write_text(ENDLESS.format(marks=str(marks)))
+    marks, pipeline = marking_pipeline(tmp_path, ENDLESS)
     system = System(tmp_path)
     try:
         system.start_coordinator()

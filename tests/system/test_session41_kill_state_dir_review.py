@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from _system import System, executor_served_here, wait_until
+from _system import System, executor_served_here, marking_pipeline, wait_until
 
 from kernel.system import _executor
 from kernel.system._executor import _has_ended
@@ -42,10 +42,7 @@ flow.from_iterable(range(10**9), batch_size=10).map(step).sink(id)
 async def test_a_kill_during_an_executors_stop_waits_for_the_process_holding_the_state_dir(
         tmp_path, monkeypatch):
     monkeypatch.setattr(_executor, "STOP_GRACE", 1.0)
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    pipeline = tmp_path / "pipeline.py"
-    pipeline.write_text(PIPELINE.format(marks=str(marks)))
+    marks, pipeline = marking_pipeline(tmp_path, PIPELINE)
     state_dir = tmp_path / "state"
     system = System(tmp_path)
     async with executor_served_here(system, tmp_path / "executor", peers=1) as (executor, served, _):

@@ -19,7 +19,7 @@ import asyncio
 import os
 import signal
 
-from _system import System, executor_served_here, wait_until
+from _system import System, executor_served_here, marking_pipeline, wait_until
 
 from kernel.system import _executor
 from kernel.system._executor import ExecutorDaemon, WorkdirInUse
@@ -39,10 +39,7 @@ def _free(workdir) -> bool:
 async def test_a_leave_cut_short_keeps_the_workdirs_lock_until_its_job_processes_have_stopped(
         tmp_path, monkeypatch):
     monkeypatch.setattr(_executor, "STOP_GRACE", 1.0)
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    pipeline = tmp_path / "pipeline.py"
-    pipeline.write_text(ENDLESS.format(marks=str(marks)))
+    marks, pipeline = marking_pipeline(tmp_path, ENDLESS)
     workdir = tmp_path / "executor"
     system = System(tmp_path)
     async with executor_served_here(system, workdir) as (executor, served, _):

@@ -23,7 +23,7 @@ import os
 import signal
 import time
 
-from _system import SECRET, System, descendants, wait_until
+from _system import SECRET, System, descendants, marking_pipeline, wait_until
 
 from kernel.system import Client
 from kernel.system._executor import ExecutorDaemon
@@ -40,10 +40,7 @@ async def _leaving(tmp_path):
     two processes, one on each executor, the in-process one being stopped
     ("leaving" told and seen in `status`), its stop never ending."""
     system = System(tmp_path)
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    pipeline = tmp_path / "pipeline.py"
-    pipeline.write_text(ENDLESS.format(marks=str(marks)))
+    marks, pipeline = marking_pipeline(tmp_path, ENDLESS)
     executor = ExecutorDaemon((system.host, system.port), SECRET.encode(), 1, tmp_path / "stopped",
                               host="127.0.0.1", heartbeat=0.4)
     registered, release = asyncio.Event(), asyncio.Event()

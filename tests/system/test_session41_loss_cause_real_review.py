@@ -11,16 +11,13 @@ from __future__ import annotations
 import os
 import signal
 
-from _system import System, wait_until
+from _system import System, marking_pipeline, wait_until
 
 from tests.system.test_session40_held_exit_coordinator_restart_review import ENDLESS, _job_process
 
 
 def test_a_job_process_killed_is_said_killed_not_lost_by_its_peer(tmp_path):
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    pipeline = tmp_path / "pipeline.py"
-    pipeline.write_text(ENDLESS.format(marks=str(marks)))
+    marks, pipeline = marking_pipeline(tmp_path, ENDLESS)
     system = System(tmp_path)
     try:
         system.start_coordinator()

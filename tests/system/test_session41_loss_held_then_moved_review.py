@@ -19,7 +19,7 @@ import asyncio
 import os
 import signal
 
-from _system import System, executor_served_here, wait_until
+from _system import System, executor_served_here, marking_pipeline, wait_until
 
 from tests.system.test_session40_held_exit_coordinator_restart_review import ENDLESS, _job_process
 
@@ -32,10 +32,7 @@ def _pending_sigint(pid: int) -> bool:
 
 
 async def test_a_loss_held_when_the_peers_executor_is_stopped_spends_its_restart(tmp_path):
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    pipeline = tmp_path / "pipeline.py"
-    pipeline.write_text(ENDLESS.format(marks=str(marks)))
+    marks, pipeline = marking_pipeline(tmp_path, ENDLESS)
     system = System(tmp_path)
     async with executor_served_here(system, tmp_path / "here", peers=1) as (executor, _, (stopped,)):
         done = await asyncio.to_thread(system.cli, "submit", pipeline, "--processes", "2",
