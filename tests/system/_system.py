@@ -140,6 +140,33 @@ def marking_pipeline(tmp_path: Path, text: str) -> tuple[Path, Path]:
     return marks, pipeline
 
 
+def _submitted(system, pipeline: Path) -> str:
+    done = system.cli("submit", pipeline, "--processes", "2", "--max-restarts", "0")
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()[0]
+
+
+def _working(marks: Path, job: str) -> None:
+    wait_until(lambda: len(list(marks.glob(f"{job}.1-*"))) >= 2, what=f"{job}'s processes to work")
+
+
+def submitted_working(system, pipeline: Path, marks: Path) -> str:
+    """`pipeline` submitted on 2 processes, no restart (--max-restarts 0):
+    its job's id once both of its processes have left a mark in `marks`
+    (JOB.1-*: attempt 1 works)."""
+    job = _submitted(system, pipeline)
+    _working(marks, job)
+    return job
+
+
+async def submitted_working_here(system, pipeline: Path, marks: Path) -> str:
+    """`submitted_working` from a test's loop: the submit, then the wait,
+    each in a thread of its own (the loop, serving an executor, goes on)."""
+    job = await asyncio.to_thread(_submitted, system, pipeline)
+    await asyncio.to_thread(_working, marks, job)
+    return job
+
+
 def wait_until(condition, timeout: float = 30.0, what: str = "the condition", every: float = 0.05):
     deadline = time.monotonic() + timeout
     while True:

@@ -21,7 +21,14 @@ import os
 import signal
 import time
 
-from _system import System, descendants, executor_served_here, marking_pipeline, wait_until
+from _system import (
+    System,
+    descendants,
+    executor_served_here,
+    marking_pipeline,
+    submitted_working_here,
+    wait_until,
+)
 
 from kernel.system._master import STOP_TIMEOUT
 from tests.system.test_session40_held_exit_coordinator_restart_review import ENDLESS, _leads
@@ -36,12 +43,7 @@ async def test_a_peers_exit_held_for_an_executor_whose_stop_never_ends_moves_the
     async with executor_served_here(system, tmp_path / "stopped", peers=1) as (executor, served, (peer,)):
         close = executor.close
         try:
-            done = await asyncio.to_thread(system.cli, "submit", pipeline, "--processes", "2",
-                                           "--max-restarts", "0")
-            assert done.returncode == 0, done.stderr
-            job = done.stdout.splitlines()[0]
-            await asyncio.to_thread(wait_until, lambda: len(list(marks.glob(f"{job}.1-*"))) >= 2,
-                                    what=f"{job}'s processes to work")
+            job = await submitted_working_here(system, pipeline, marks)
 
             async def never_ending() -> None:  # (its stop waits on a process that does not end)
                 stopping.set()

@@ -23,7 +23,7 @@ import os
 import signal
 import time
 
-from _system import System, descendants, marking_pipeline, wait_until
+from _system import System, descendants, marking_pipeline, submitted_working, wait_until
 
 # endless, both processes at work (`marks/RUN-PID`)
 ENDLESS = """\
@@ -69,10 +69,7 @@ def test_a_peers_exit_held_for_an_executor_killed_mid_stop_spends_no_restart_aft
         stopped_id = system.executor_id(stopped)
         system.executor_id(peer)
         system.executors_up(2)
-        done = system.cli("submit", pipeline, "--processes", "2", "--max-restarts", "0")
-        assert done.returncode == 0, done.stderr
-        job = done.stdout.splitlines()[0]
-        wait_until(lambda: len(list(marks.glob(f"{job}.1-*"))) >= 2, what=f"{job}'s processes to work")
+        job = submitted_working(system, pipeline, marks)
         held, lost = _job_process(stopped), _job_process(peer)
         os.killpg(held, signal.SIGSTOP)  # (its SIGINT waits: the stop waits out its grace, 3 s)
         stopped.send_signal(signal.SIGTERM)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 
-from _system import System, executor_served_here, wait_until
+from _system import System, executor_served_here, submitted_working_here, wait_until
 
 from tests.system.test_session39_exits_while_away_review import _ended
 
@@ -67,12 +67,7 @@ async def _failed_as_its_executor_is_stopped(tmp_path, failing_there: bool) -> d
     failing = workdir if failing_there else tmp_path / "executor1"
     pipeline.write_text(FAILING_THERE.format(failing=str(failing), flag=str(flag), marks=str(marks)))
     async with executor_served_here(system, workdir, peers=1) as (executor, served, _):
-        done = await asyncio.to_thread(system.cli, "submit", pipeline, "--processes", "2",
-                                       "--max-restarts", "0")
-        assert done.returncode == 0, done.stderr
-        job = done.stdout.splitlines()[0]
-        await asyncio.to_thread(wait_until, lambda: len(list(marks.glob(f"{job}.1-*"))) >= 2,
-                                what=f"{job}'s processes to work")
+        job = await submitted_working_here(system, pipeline, marks)
         (entry,) = executor.processes.values()
         peer_log = tmp_path / "executor1.log"
         close = executor.close

@@ -23,7 +23,7 @@ import os
 import signal
 import time
 
-from _system import SECRET, System, descendants, marking_pipeline, wait_until
+from _system import SECRET, System, descendants, marking_pipeline, submitted_working_here, wait_until
 
 from kernel.system import Client
 from kernel.system._executor import ExecutorDaemon
@@ -53,12 +53,7 @@ async def _leaving(tmp_path):
         await asyncio.wait_for(registered.wait(), 30)
         stopped_id = executor.executor_id
         await asyncio.to_thread(system.executor_id, peer)
-        done = await asyncio.to_thread(system.cli, "submit", pipeline, "--processes", "2",
-                                       "--max-restarts", "0")
-        assert done.returncode == 0, done.stderr
-        job = done.stdout.splitlines()[0]
-        await asyncio.to_thread(wait_until, lambda: len(list(marks.glob(f"{job}.1-*"))) >= 2,
-                                what=f"{job}'s processes to work")
+        job = await submitted_working_here(system, pipeline, marks)
 
         async def never_ending(*_) -> None:  # (its stops wait on a process that does not end)
             await release.wait()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 
-from _system import System, marking_pipeline, wait_until
+from _system import System, marking_pipeline, submitted_working, wait_until
 
 from tests.system.test_session40_held_exit_coordinator_restart_review import ENDLESS, _job_process
 
@@ -24,10 +24,7 @@ def test_a_job_process_killed_is_said_killed_not_lost_by_its_peer(tmp_path):
         executors = [system.start_executor(1), system.start_executor(1)]
         ids = [system.executor_id(e) for e in executors]
         system.executors_up(2)
-        done = system.cli("submit", pipeline, "--processes", "2", "--max-restarts", "0")
-        assert done.returncode == 0, done.stderr
-        job = done.stdout.splitlines()[0]
-        wait_until(lambda: len(list(marks.glob(f"{job}.1-*"))) >= 2, what=f"{job}'s processes to work")
+        job = submitted_working(system, pipeline, marks)
         second = system.job(job)["placement"][1]
         os.killpg(_job_process(executors[ids.index(second)]), signal.SIGKILL)
         wait_until(lambda: system.job(job)["status"] != "running", what=f"{job} to end")

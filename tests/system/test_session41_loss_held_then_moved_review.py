@@ -19,7 +19,7 @@ import asyncio
 import os
 import signal
 
-from _system import System, executor_served_here, marking_pipeline, wait_until
+from _system import System, executor_served_here, marking_pipeline, submitted_working_here, wait_until
 
 from tests.system.test_session40_held_exit_coordinator_restart_review import ENDLESS, _job_process
 
@@ -35,12 +35,7 @@ async def test_a_loss_held_when_the_peers_executor_is_stopped_spends_its_restart
     marks, pipeline = marking_pipeline(tmp_path, ENDLESS)
     system = System(tmp_path)
     async with executor_served_here(system, tmp_path / "here", peers=1) as (executor, _, (stopped,)):
-        done = await asyncio.to_thread(system.cli, "submit", pipeline, "--processes", "2",
-                                       "--max-restarts", "0")
-        assert done.returncode == 0, done.stderr
-        job = done.stdout.splitlines()[0]
-        await asyncio.to_thread(wait_until, lambda: len(list(marks.glob(f"{job}.1-*"))) >= 2,
-                                what=f"{job}'s processes to work")
+        job = await submitted_working_here(system, pipeline, marks)
         (killed,) = executor.processes.values()
         peer = await asyncio.to_thread(_job_process, stopped)
         os.killpg(peer, signal.SIGSTOP)  # (it says nothing of the loss: the hold goes on)
