@@ -88,6 +88,15 @@ def end_newcomers(newcomers: list) -> None:
         newcomer.wait()
 
 
+def a_moment_to_die(newcomer, within: float = KILLED_WITHIN) -> None:
+    """A signal sent to `newcomer` is acted on at its next run: a moment
+    later. Waits for its end for `within` s at most (it may not come)."""
+    try:
+        newcomer.wait(within)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 @pytest.mark.skipif(not os.access(NS_LAST_PID, os.W_OK), reason="needs a writable ns_last_pid (root)")
 async def test_a_process_given_the_pid_of_a_job_process_that_left_nothing_is_not_killed(tmp_path):
     executor: ExecutorDaemon = _executor(tmp_path)
@@ -97,10 +106,7 @@ async def test_a_process_given_the_pid_of_a_job_process_that_left_nothing_is_not
         pid = newcomer.pid
         await asyncio.wait_for(asyncio.shield(entry.followed), 60)
         assert entry.code == 0, entry.log_path.read_text()
-        try:  # (a SIGKILL sent is acted on at the newcomer's next run: a moment later)
-            newcomer.wait(KILLED_WITHIN)
-        except subprocess.TimeoutExpired:
-            pass
+        a_moment_to_die(newcomer)
         assert newcomer.poll() is None, f"process {pid}, no job's, was killed (exit {newcomer.returncode})"
     finally:
         await executor.close()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 
 import pytest
 
@@ -27,6 +26,7 @@ from kernel.system._executor import ExecutorDaemon
 from tests.system.test_session40_job_children_end import _executor
 from tests.system.test_session40_reused_group_id_review import (
     NS_LAST_PID,
+    a_moment_to_die,
     a_newcomer_given_its_pid,
     end_newcomers,
 )
@@ -46,10 +46,7 @@ async def test_a_stop_of_a_job_process_reaped_already_does_not_signal_the_proces
         await asyncio.wait_for(executor._request("stop", {"job": job, "attempt": 1}), 60)
         await asyncio.wait_for(asyncio.shield(entry.followed), 60)
         assert entry.code == 0, entry.log_path.read_text()
-        try:  # (a signal sent is acted on at the newcomer's next run: a moment later)
-            newcomer.wait(SIGNALLED_WITHIN)
-        except subprocess.TimeoutExpired:
-            pass
+        a_moment_to_die(newcomer, SIGNALLED_WITHIN)
         assert newcomer.poll() is None, f"process {pid}, no job's, was signalled (exit {newcomer.returncode})"
     finally:
         await executor.close()

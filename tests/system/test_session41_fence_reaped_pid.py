@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 
 import pytest
 
 from kernel.system._executor import ExecutorDaemon
 from tests.system.test_session40_job_children_end import _executor
 from tests.system.test_session40_reused_group_id_review import (
-    KILLED_WITHIN,
     NS_LAST_PID,
+    a_moment_to_die,
     a_newcomer_given_its_pid,
     end_newcomers,
 )
@@ -43,10 +42,7 @@ async def test_the_fence_does_not_kill_the_process_given_the_pid_of_a_job_proces
         await asyncio.wait_for(asyncio.shield(entry.followed), 60)
         assert entry.code == 0, entry.log_path.read_text()
         assert entry.fenced
-        try:  # (a SIGKILL sent is acted on at the newcomer's next run: a moment later)
-            newcomer.wait(KILLED_WITHIN)
-        except subprocess.TimeoutExpired:
-            pass
+        a_moment_to_die(newcomer)
         assert newcomer.poll() is None, f"process {pid}, no job's, was killed (exit {newcomer.returncode})"
     finally:
         await executor.close()

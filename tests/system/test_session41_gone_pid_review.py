@@ -29,9 +29,9 @@ from tests.system.test_session40_job_children_end import _executor
 from tests.system.test_session40_reused_group_id_review import (
     ATTEMPTS,
     COMPLETING,
-    KILLED_WITHIN,
     NS_LAST_PID,
     _reaped,
+    a_moment_to_die,
     end_newcomers,
 )
 
@@ -69,10 +69,7 @@ async def test_a_job_process_gone_at_its_pidfd_is_not_taken_for_the_child_given_
         else:
             pytest.fail(f"other processes took the job process's pid first {ATTEMPTS} times")
         executor._kill_fenced([entry])  # (the loop still held: its exit unseen)
-        try:  # (a SIGKILL sent is acted on at the newcomer's next run: a moment later)
-            newcomer.wait(KILLED_WITHIN)
-        except subprocess.TimeoutExpired:
-            pass
+        a_moment_to_die(newcomer)
         assert newcomer.poll() is None, \
             f"process {newcomer.pid}, no job's, was killed (exit {newcomer.returncode})"
         await asyncio.wait_for(asyncio.shield(entry.followed), 60)
