@@ -56,8 +56,9 @@ class SlowUplink:
             threading.Thread(target=self._pump, args=(client, upstream, self.rate), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, None), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket, rate: float | None) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, rate: float | None) -> None:
+        if rate is not None:  # (the client's side)
+            self._opened(source)
         try:
             while True:
                 data = source.recv(65536 if rate is None else int(rate * 0.01))
@@ -66,15 +67,34 @@ class SlowUplink:
                     return
                 sink.sendall(data)
                 if rate is not None:
+                    self._forwarded(source, len(data))
                     time.sleep(len(data) / rate)
         except OSError:
             return
+
+    def _opened(self, source: socket.socket) -> None:
+        """A connection of the client's accepted (`source`, its side)."""
+
+    def _forwarded(self, source: socket.socket, n: int) -> None:
+        """`n` bytes the client sent on `source` forwarded (before the pause
+        that keeps them to `rate`)."""
 
     def close(self) -> None:
         self._stop.set()
         self.listener.close()
         for end in self._ends:
             end.close()
+
+
+async def a_big_request(client: Client) -> None:
+    """A small request, then one of SIZE bytes (a field the coordinator
+    does not read: the size of a pipeline file's) on `client`, whose uplink
+    is RATE bytes a second: each answered, the big one taking that long."""
+    assert (await client.request("status"))["topics"] == []
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert (await client.request("status", padding="x" * SIZE))["topics"] == []
+    assert loop.time() - started >= 0.9 * SIZE / RATE  # (it did take that long to go out)
 
 
 def test_a_big_request_on_a_slow_uplink_is_not_cut_by_the_heartbeat(tmp_path, monkeypatch):
@@ -84,12 +104,7 @@ def test_a_big_request_on_a_slow_uplink_is_not_cut_by_the_heartbeat(tmp_path, mo
         proxy = SlowUplink(address, RATE)
         try:
             async with Client(("127.0.0.1", proxy.port), SECRET.encode()) as client:
-                assert (await client.request("status"))["topics"] == []
-                loop = asyncio.get_running_loop()
-                started = loop.time()
-                # (a field the coordinator does not read: the size of a pipeline file's)
-                assert (await client.request("status", padding="x" * SIZE))["topics"] == []
-                assert loop.time() - started >= 0.9 * SIZE / RATE  # (it did take that long to go out)
+                await a_big_request(client)
                 ws = client._session.ws
                 # (kept for what follows: its next ping scheduled, a period of silence from the answer)
                 assert ws._heartbeat == HEARTBEAT and ws._heartbeat_cb is not None and not ws.closed

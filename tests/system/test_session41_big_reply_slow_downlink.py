@@ -40,7 +40,7 @@ class SlowDownlink(SlowUplink):
     at `rate` bytes a second, what the client sends at once."""
 
     def _pump(self, source: socket.socket, sink: socket.socket, rate: float | None) -> None:
-        SlowUplink._pump(source, sink, None if rate is not None else self.rate)
+        SlowUplink._pump(self, source, sink, None if rate is not None else self.rate)
 
 
 def test_a_big_reply_on_a_slow_downlink_leaves_the_connection_open(tmp_path, monkeypatch):

@@ -16,20 +16,17 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "topics"))
 from _system import SECRET, served_coordinator
-from test_session40_heartbeat_big_request_review import SlowUplink
+from test_session40_heartbeat_big_request_review import RATE, SIZE, SlowUplink, a_big_request
 
 from kernel.system import Client
 from kernel.system._client import BIG_REQUEST
 
 HEARTBEAT = 0.5  # seconds: a silent peer noticed within 0.75 s
-RATE = 2_000_000  # bytes a second, the client's uplink
-SIZE = 3_000_000  # the request's: 1.5 s to go out, two periods of silence and more
 
 
 class CountingUplink(SlowUplink):
@@ -40,22 +37,11 @@ class CountingUplink(SlowUplink):
         self.sent: dict[int, int] = {}
         super().__init__(target, rate)
 
-    def _pump(self, source: socket.socket, sink: socket.socket, rate: float | None) -> None:
-        counted = rate is not None  # (the client's side)
-        if counted:
-            self.sent[id(source)] = 0
-        try:
-            while True:
-                data = source.recv(65536 if rate is None else int(rate * 0.01))
-                if not data:
-                    sink.shutdown(socket.SHUT_WR)
-                    return
-                sink.sendall(data)
-                if counted:
-                    self.sent[id(source)] += len(data)
-                    time.sleep(len(data) / rate)
-        except OSError:
-            return
+    def _opened(self, source: socket.socket) -> None:
+        self.sent[id(source)] = 0
+
+    def _forwarded(self, source: socket.socket, n: int) -> None:
+        self.sent[id(source)] += n
 
 
 def test_a_big_request_goes_on_a_connection_of_its_own_the_command_keeps_its_own(tmp_path, monkeypatch):
@@ -65,12 +51,7 @@ def test_a_big_request_goes_on_a_connection_of_its_own_the_command_keeps_its_own
         proxy = CountingUplink(address, RATE)
         try:
             async with Client(("127.0.0.1", proxy.port), SECRET.encode()) as client:
-                assert (await client.request("status"))["topics"] == []
-                loop = asyncio.get_running_loop()
-                started = loop.time()
-                # (a field the coordinator does not read: the size of a pipeline file's)
-                assert (await client.request("status", padding="x" * SIZE))["topics"] == []
-                assert loop.time() - started >= 0.9 * SIZE / RATE  # (it did take that long to go out)
+                await a_big_request(client)
                 # the command's connection, idle meanwhile, is kept and answers
                 assert (await client.request("status"))["topics"] == []
                 first, *others = proxy.sent.values()
