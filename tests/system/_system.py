@@ -167,6 +167,24 @@ async def submitted_working_here(system, pipeline: Path, marks: Path) -> str:
     return job
 
 
+def read_as_a_pager(command: subprocess.Popen, pause: float) -> tuple[bytes, str]:
+    """(stdout, stderr) of `command`, read as a pager does: a pipe's worth,
+    a pause of `pause` s (a user reading the first page), then the rest;
+    its exit asserted 0. It is killed, and its pipes closed, whatever came."""
+    try:
+        first = command.stdout.read1(65536)
+        time.sleep(pause)  # (a user reading the first page)
+        out = first + command.stdout.read()
+        err = command.stderr.read().decode()
+        assert command.wait(30) == 0, err
+    finally:
+        command.kill()
+        command.wait()
+        command.stdout.close()
+        command.stderr.close()
+    return out, err
+
+
 def wait_until(condition, timeout: float = 30.0, what: str = "the condition", every: float = 0.05):
     deadline = time.monotonic() + timeout
     while True:

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
-from _system import System
+from _system import System, read_as_a_pager
 
 HEARTBEAT = "0.5"  # seconds: a client silent this long is pinged, and dropped 0.25 s later
 PAUSE = 2.0  # seconds the reader takes over its first page
@@ -45,17 +44,7 @@ def test_logs_read_slowly_by_a_pager_is_printed_whole(tmp_path):
         job = done.stdout.split()[0]
         logs = subprocess.Popen([sys.executable, "-m", "kernel", "logs", job], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=system.env, cwd=tmp_path)
-        try:
-            first = logs.stdout.read1(65536)
-            time.sleep(PAUSE)  # (a user reading the first page)
-            out = first + logs.stdout.read()
-            err = logs.stderr.read().decode()
-            assert logs.wait(30) == 0, err
-        finally:
-            logs.kill()
-            logs.wait()
-            logs.stdout.close()
-            logs.stderr.close()
+        out, err = read_as_a_pager(logs, PAUSE)
         assert err == ""
         numbered = [line[5:10] for line in out.decode().splitlines() if line.startswith("line ")]
         assert numbered == [f"{i:05d}" for i in range(LINES)]

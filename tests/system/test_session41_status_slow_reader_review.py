@@ -20,9 +20,8 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 
-from _system import System
+from _system import System, read_as_a_pager
 
 from kernel.system import Client
 
@@ -46,17 +45,7 @@ def test_status_read_slowly_leaves_the_coordinator_quiet(tmp_path):
         status = subprocess.Popen([sys.executable, "-m", "kernel", "status", "--json"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=system.env,
                                   cwd=tmp_path)
-        try:
-            first = status.stdout.read1(65536)
-            time.sleep(PAUSE)  # (a user reading the first page)
-            out = first + status.stdout.read()
-            err = status.stderr.read().decode()
-            assert status.wait(30) == 0, err
-        finally:
-            status.kill()
-            status.wait()
-            status.stdout.close()
-            status.stderr.close()
+        out, err = read_as_a_pager(status, PAUSE)
         assert err == ""
         [topic] = json.loads(out)["topics"]
         assert topic["record_type"] == "x" * SIZE
