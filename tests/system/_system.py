@@ -167,6 +167,18 @@ async def submitted_working_here(system, pipeline: Path, marks: Path) -> str:
     return job
 
 
+def a_logged_job(system, root: Path, lines: int) -> str:
+    """The id of a job run to its end (`submit --wait`) whose log is `lines`
+    lines of 100 bytes ('line 00000 xxx...', numbered from 0)."""
+    pipeline = root / "p.py"
+    pipeline.write_text(f"for i in range({lines}):\n    print('line %05d ' % i + 'x' * 88)\n"
+                        "from kernel import Dataflow\nflow = Dataflow('p')\n"
+                        "flow.from_iterable([1]).print()\n")
+    done = system.cli("submit", pipeline, "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.split()[0]
+
+
 def read_as_a_pager(command: subprocess.Popen, pause: float) -> tuple[bytes, str]:
     """(stdout, stderr) of `command`, read as a pager does: a pipe's worth,
     a pause of `pause` s (a user reading the first page), then the rest;

@@ -27,7 +27,7 @@ import termios
 import time
 
 import pytest
-from _system import System, wait_until
+from _system import System, a_logged_job, wait_until
 
 LINES = 3000  # of 100 bytes: 300 kB, more than a pipe (64 KiB) holds twice
 F_GETPIPE_SZ = 1032  # (fcntl: the bytes a pipe holds, 64 KiB by default)
@@ -41,13 +41,7 @@ def job_logged(tmp_path_factory):
         system.start_coordinator()
         system.start_executor(1)
         system.executors_up(1)
-        pipeline = root / "p.py"
-        pipeline.write_text(f"for i in range({LINES}):\n    print('line %05d ' % i + 'x' * 88)\n"
-                            "from kernel import Dataflow\nflow = Dataflow('p')\n"
-                            "flow.from_iterable([1]).print()\n")
-        done = system.cli("submit", pipeline, "--wait")
-        assert done.returncode == 0, done.stdout + done.stderr
-        yield system, done.stdout.split()[0]
+        yield system, a_logged_job(system, root, LINES)
     finally:
         system.close()
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from _system import System, read_as_a_pager
+from _system import System, a_logged_job, read_as_a_pager
 
 HEARTBEAT = "0.5"  # seconds: a client silent this long is pinged, and dropped 0.25 s later
 PAUSE = 2.0  # seconds the reader takes over its first page
@@ -35,13 +35,7 @@ def test_logs_read_slowly_by_a_pager_is_printed_whole(tmp_path):
         system.start_coordinator()
         system.start_executor(1)
         system.executors_up(1)
-        pipeline = tmp_path / "p.py"
-        pipeline.write_text(f"for i in range({LINES}):\n    print('line %05d ' % i + 'x' * 88)\n"
-                            "from kernel import Dataflow\nflow = Dataflow('p')\n"
-                            "flow.from_iterable([1]).print()\n")
-        done = system.cli("submit", pipeline, "--wait")
-        assert done.returncode == 0, done.stdout + done.stderr
-        job = done.stdout.split()[0]
+        job = a_logged_job(system, tmp_path, LINES)
         logs = subprocess.Popen([sys.executable, "-m", "kernel", "logs", job], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=system.env, cwd=tmp_path)
         out, err = read_as_a_pager(logs, PAUSE)
