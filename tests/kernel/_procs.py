@@ -50,3 +50,21 @@ def run_cli_processes(arguments: list[list[str]], envs: list[dict], timeout: flo
         for p in procs:
             p.kill()
     return [p.returncode for p in procs], outs
+
+
+def run_logged_processes(root, arguments: list[list[str]], env: dict, timeout: float = 60) -> list[int]:
+    """Start `python -m kernel.run *arguments[k]` with `env` for each k, one
+    after another, its stdout to nothing and its stderr to root/p{k}.err,
+    then wait for each in turn (`timeout` s each); none outlives the call.
+    Returns their exit codes."""
+    procs = []
+    try:
+        for process, args in enumerate(arguments):
+            with open(root / f"p{process}.err", "w") as err:
+                procs.append(subprocess.Popen([sys.executable, "-m", "kernel.run", *args],
+                                              stdout=subprocess.DEVNULL, stderr=err, env=env))
+        return [p.wait(timeout) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

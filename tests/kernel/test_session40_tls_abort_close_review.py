@@ -10,12 +10,10 @@ stops has said goodbye: its link's end, however it comes, is no news."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 from _ports import free_ports
-from _procs import without_stall_reports
+from _procs import run_logged_processes, without_stall_reports
 
 from tests._certificates import make_ca, sign
 
@@ -48,19 +46,9 @@ def test_a_tls_run_a_process_of_which_failed_logs_no_1006_close_of_its_links(tmp
     env = {**os.environ, "KERNEL_SECRET": "session40-tls-abort"}
     errors = []
     for _ in range(2):  # (a run of 3 processes: 1 to 3 such lines each, without the fix)
-        procs = []
-        try:
-            for process in range(3):
-                with open(tmp_path / f"p{process}.err", "w") as err:
-                    procs.append(subprocess.Popen(
-                        [sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"), "--process-id",
-                         str(process), "--peers", peers, *tls],
-                        stdout=subprocess.DEVNULL, stderr=err, env=env))
-            codes = [p.wait(PROMPTLY) for p in procs]
-        finally:
-            for p in procs:
-                p.kill()
-                p.wait()
+        codes = run_logged_processes(tmp_path, [[str(tmp_path / "pipeline.py"), "--process-id", str(process),
+                                                 "--peers", peers, *tls]
+                                                for process in range(3)], env, PROMPTLY)
         assert codes == [1, 1, 1]
         errors += [without_stall_reports((tmp_path / f"p{process}.err").read_text()) for process in range(3)]
     assert all("ValueError: boom" in e for e in errors), errors

@@ -15,6 +15,7 @@ import sys
 
 from tests._certificates import make_ca, sign
 from tests.kernel._ports import free_ports
+from tests.kernel._procs import run_logged_processes
 
 PROMPTLY = 60.0  # seconds: an upper bound, never a synchronisation
 
@@ -47,20 +48,10 @@ def test_a_tls_run_whose_agreement_was_refused_logs_only_the_refusal(tmp_path):
     errors = []
     for run in range(2):  # (1 to 3 such lines a run, without the fix)
         peers = ",".join(f"127.0.0.1:{port}" for port in free_ports(3))
-        procs = []
-        try:
-            for process in range(3):
-                state = other if process == 1 else tmp_path / f"run{run}-state{process}"
-                with open(tmp_path / f"p{process}.err", "w") as err:
-                    procs.append(subprocess.Popen(
-                        [sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"), "--process-id",
-                         str(process), "--peers", peers, "--state-dir", str(state), *tls],
-                        stdout=subprocess.DEVNULL, stderr=err, env=env))
-            codes = [p.wait(PROMPTLY) for p in procs]
-        finally:
-            for p in procs:
-                p.kill()
-                p.wait()
+        states = [other if process == 1 else tmp_path / f"run{run}-state{process}" for process in range(3)]
+        codes = run_logged_processes(tmp_path, [[str(tmp_path / "pipeline.py"), "--process-id", str(process),
+                                                 "--peers", peers, "--state-dir", str(state), *tls]
+                                                for process, state in enumerate(states)], env, PROMPTLY)
         assert codes == [1, 1, 1]
         errors += [[line for line in (tmp_path / f"p{process}.err").read_text().splitlines()
                     if "stall" not in line] for process in range(3)]
