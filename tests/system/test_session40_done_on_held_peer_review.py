@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from kernel.system import _master
 from kernel.system._catalog import Catalog
 from kernel.system._master import STOP_TIMEOUT, JobMaster
 
@@ -54,6 +55,14 @@ async def running_across(master: JobMaster, executors: int) -> tuple[str, list[s
         await master.wait_for_change(5)
     return job, master.job_status(job)["placement"]
 
+
+
+async def first_attempt_ended(master: JobMaster, job: str) -> dict:
+    """The job's state once its attempt 1 is over (no longer attempt 1
+    running), waiting on `master`'s changes (LOSS_HOLD * 4 at a time)."""
+    while (state := master.job_status(job))["attempt"] == 1 and state["status"] == "running":
+        await master.wait_for_change(_master.LOSS_HOLD * 4)
+    return dict(state)
 
 def test_a_peers_exit_held_beside_a_stopped_executors_completed_process_moves_the_job_at_left(tmp_path):
     assert MOVED_WITHIN < STOP_TIMEOUT

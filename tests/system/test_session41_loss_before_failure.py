@@ -20,16 +20,10 @@ import time
 from kernel.system import _master
 from kernel.system._catalog import Catalog
 from kernel.system._master import JobMaster
-from tests.system.test_session40_done_on_held_peer_review import running_across
+from tests.system.test_session40_done_on_held_peer_review import first_attempt_ended, running_across
 
 LOST = "lost process 1 (127.0.0.1:7001): the connection broke before the run finished"
 FAILED = "kernel 1: operator 'map(check) (step 1)': function 'check' raised ValueError: bad"
-
-
-async def _ended(master: JobMaster, job: str) -> dict:
-    while (state := master.job_status(job))["attempt"] == 1 and state["status"] == "running":
-        await master.wait_for_change(_master.LOSS_HOLD * 4)
-    return dict(state)
 
 
 def test_a_peers_loss_heard_before_the_user_error_fails_the_job_without_a_restart(tmp_path):
@@ -38,7 +32,7 @@ def test_a_peers_loss_heard_before_the_user_error_fails_the_job_without_a_restar
         job, _ = await running_across(master, 2)
         await master.process_exited(job, 1, 0, 1, LOST)  # (heard first)
         await master.process_exited(job, 1, 1, 1, FAILED)
-        state = await _ended(master, job)
+        state = await first_attempt_ended(master, job)
         await master.close()
         return state
 
@@ -53,7 +47,7 @@ def test_a_loss_every_process_of_which_exited_restarts_at_the_last_exit(tmp_path
         await master.process_exited(job, 1, 0, 1, LOST)
         heard = time.monotonic()
         await master.process_exited(job, 1, 1, -9, None)  # (killed: a loss too)
-        state = await _ended(master, job)
+        state = await first_attempt_ended(master, job)
         took = time.monotonic() - heard
         await master.close()
         return state, took
@@ -74,7 +68,7 @@ def test_a_loss_whose_peer_never_says_more_restarts_after_the_hold(tmp_path, mon
         master = JobMaster(Catalog(tmp_path))
         job, _ = await running_across(master, 2)
         await master.process_exited(job, 1, 0, 1, LOST)  # (process 1's exit never heard)
-        state = await _ended(master, job)
+        state = await first_attempt_ended(master, job)
         await master.close()
         return state
 

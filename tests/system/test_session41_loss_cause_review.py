@@ -19,15 +19,9 @@ import asyncio
 from kernel.system import _master
 from kernel.system._catalog import Catalog
 from kernel.system._master import JobMaster
-from tests.system.test_session40_done_on_held_peer_review import running_across
+from tests.system.test_session40_done_on_held_peer_review import first_attempt_ended, running_across
 
 LOST = "lost process {} (127.0.0.1:7001): the connection broke before the run finished"
-
-
-async def _ended(master: JobMaster, job: str) -> dict:
-    while (state := master.job_status(job))["attempt"] == 1 and state["status"] == "running":
-        await master.wait_for_change(_master.LOSS_HOLD * 4)
-    return dict(state)
 
 
 def test_the_cause_heard_before_its_peers_loss_names_the_restart(tmp_path):
@@ -36,7 +30,7 @@ def test_the_cause_heard_before_its_peers_loss_names_the_restart(tmp_path):
         job, _ = await running_across(master, 2)
         await master.process_exited(job, 1, 1, -9, None)  # (the cause, heard first)
         await master.process_exited(job, 1, 0, 1, LOST.format(1))
-        state = await _ended(master, job)
+        state = await first_attempt_ended(master, job)
         await master.close()
         return state
 
@@ -53,7 +47,7 @@ def test_a_hold_that_times_out_names_the_cause_heard_meanwhile(tmp_path, monkeyp
         job, _ = await running_across(master, 3)
         await master.process_exited(job, 1, 0, 1, LOST.format(2))  # (a peer's word, first)
         await master.process_exited(job, 1, 2, -9, None)  # (the cause; process 1's exit never heard)
-        state = await _ended(master, job)
+        state = await first_attempt_ended(master, job)
         await master.close()
         return state
 
