@@ -20,8 +20,7 @@ import asyncio
 
 from kernel.system._catalog import Catalog
 from kernel.system._master import JobMaster, classify
-from tests.system.test_session40_done_on_held_peer_review import running_across
-from tests.system.test_session41_loss_cause_review import _ended
+from tests.system.test_session40_done_on_held_peer_review import first_attempt_ended, running_across
 
 PASSED_ON = ("process 1 (127.0.0.1:7001) failed: lost process 2 (127.0.0.1:7002): link to process 2 "
              "closed: code 1006 before the run finished")
@@ -42,7 +41,7 @@ def test_a_loss_passed_on_by_a_peer_restarts_the_job_for_its_cause(tmp_path):
         await master.process_exited(job, 1, 0, 1, PASSED_ON)  # (process 1's word of it, via process 0)
         await master.process_exited(job, 1, 1, 1, "lost process 2 (127.0.0.1:7002): link to process 2 "
                                     "closed: code 1006 before the run finished")
-        state = await _ended(master, job)
+        state = await first_attempt_ended(master, job)
         await master.close()
         return state
 
