@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 
 from _system import a_system, wait_until
+
+from tests.system.test_session41_readme_logs import followed_running
 
 # (its last words 2 s after the Ctrl-C of the executor's stop, deaf to the kill's:
 # the window in which the job is killed while its executor still stops it)
@@ -31,22 +31,13 @@ flow.from_iterable(itertools.count()).map(lambda x: time.sleep(0.01) or x).sink(
 
 
 def test_logs_follow_of_a_job_killed_while_its_executor_leaves_prints_its_last_lines(tmp_path):
-    pipeline = tmp_path / "endless.py"
-    pipeline.write_text(PIPELINE)
     with a_system(tmp_path) as system:
-        job = system.cli("submit", pipeline).stdout.splitlines()[0]
-        wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
-        follower = subprocess.Popen([sys.executable, "-m", "kernel", "logs", job, "--follow"],
-                                    stdout=subprocess.PIPE, text=True, env=system.env, cwd=tmp_path)
-        try:
-            assert follower.stdout.readline().startswith(f"--- {job} attempt 1")
+        with followed_running(system, tmp_path, PIPELINE) as (job, follower):
             os.kill(system.executors[0].pid, signal.SIGTERM)
             wait_until(lambda: any(e["state"] == "leaving" for e in system.status()["executors"]),
                        what="the executor to leave", every=0.02)
             assert system.cli("kill", job).returncode == 0
             followed, _ = follower.communicate(timeout=60)
-        finally:
-            follower.kill()
         system.executors[0].wait(timeout=30)  # (its log complete: its process ended before it left)
     log = (tmp_path / "executor1" / "logs" / f"{job}.log").read_text()
     assert log.splitlines()[-2:] == ["interrupted", "last words"], log

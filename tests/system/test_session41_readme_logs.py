@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from contextlib import contextmanager
 
 from _system import a_system, wait_until
 
@@ -26,20 +27,29 @@ flow.from_iterable(itertools.count()).map(lambda x: time.sleep(0.01) or x).sink(
 """
 
 
-def test_logs_follow_of_a_killed_job_prints_its_last_lines(tmp_path):
+@contextmanager
+def followed_running(system, tmp_path, text: str):
+    """A job of the pipeline `text` submitted to `system` and running, and
+    a `logs --follow` of it that has printed its attempt's header: yields
+    (the job, the follower); the follower killed after."""
     pipeline = tmp_path / "endless.py"
-    pipeline.write_text(PIPELINE)
+    pipeline.write_text(text)
+    job = system.cli("submit", pipeline).stdout.splitlines()[0]
+    wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
+    follower = subprocess.Popen([sys.executable, "-m", "kernel", "logs", job, "--follow"],
+                                stdout=subprocess.PIPE, text=True, env=system.env, cwd=tmp_path)
+    try:
+        assert follower.stdout.readline().startswith(f"--- {job} attempt 1")
+        yield job, follower
+    finally:
+        follower.kill()
+
+
+def test_logs_follow_of_a_killed_job_prints_its_last_lines(tmp_path):
     with a_system(tmp_path) as system:
-        job = system.cli("submit", pipeline).stdout.splitlines()[0]
-        wait_until(lambda: system.job(job)["status"] == "running", what="the job to run")
-        follower = subprocess.Popen([sys.executable, "-m", "kernel", "logs", job, "--follow"],
-                                    stdout=subprocess.PIPE, text=True, env=system.env, cwd=tmp_path)
-        try:
-            assert follower.stdout.readline().startswith(f"--- {job} attempt 1")
+        with followed_running(system, tmp_path, PIPELINE) as (job, follower):
             assert system.cli("kill", job).returncode == 0
             followed, _ = follower.communicate(timeout=60)
-        finally:
-            follower.kill()
         whole = system.cli("logs", job).stdout
     assert whole.splitlines()[-2:] == ["interrupted", "last words"], whole
     assert followed.splitlines()[-2:] == ["interrupted", "last words"], followed
