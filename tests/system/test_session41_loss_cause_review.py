@@ -24,34 +24,32 @@ from tests.system.test_session40_done_on_held_peer_review import first_attempt_e
 LOST = "lost process {} (127.0.0.1:7001): the connection broke before the run finished"
 
 
-def test_the_cause_heard_before_its_peers_loss_names_the_restart(tmp_path):
+def ended_after(tmp_path, processes: int, exits: list[tuple[int, int, str | None]]) -> dict:
+    """The job's state once attempt 1 of a job of `processes` processes is
+    over, its exits `exits` (process, code, error) heard in that order."""
     async def scenario() -> dict:
         master = JobMaster(Catalog(tmp_path))
-        job, _ = await running_across(master, 2)
-        await master.process_exited(job, 1, 1, -9, None)  # (the cause, heard first)
-        await master.process_exited(job, 1, 0, 1, LOST.format(1))
+        job, _ = await running_across(master, processes)
+        for process, code, error in exits:
+            await master.process_exited(job, 1, process, code, error)
         state = await first_attempt_ended(master, job)
         await master.close()
         return state
 
-    state = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_the_cause_heard_before_its_peers_loss_names_the_restart(tmp_path):
+    state = ended_after(tmp_path, 2, [(1, -9, None),  # (the cause, heard first)
+                                      (0, 1, LOST.format(1))])
     assert (state["status"], state["restarts"], state["message"]) == (
         "failed", 0, "process 1 on executor e2 was killed (exit -9); gave up after 0 restart(s)"), state
 
 
 def test_a_hold_that_times_out_names_the_cause_heard_meanwhile(tmp_path, monkeypatch):
     monkeypatch.setattr(_master, "LOSS_HOLD", 0.2)
-
-    async def scenario() -> dict:
-        master = JobMaster(Catalog(tmp_path))
-        job, _ = await running_across(master, 3)
-        await master.process_exited(job, 1, 0, 1, LOST.format(2))  # (a peer's word, first)
-        await master.process_exited(job, 1, 2, -9, None)  # (the cause; process 1's exit never heard)
-        state = await first_attempt_ended(master, job)
-        await master.close()
-        return state
-
-    state = asyncio.run(scenario())
+    state = ended_after(tmp_path, 3, [(0, 1, LOST.format(2)),  # (a peer's word, first)
+                                      (2, -9, None)])  # (the cause; process 1's exit never heard)
     assert (state["status"], state["restarts"], state["message"]) == (
         "failed", 0, "process 2 on executor e3 was killed (exit -9); gave up after 0 restart(s)"), state
 

@@ -16,11 +16,8 @@ them; --max-restarts 0, so the message is the job's last."""
 
 from __future__ import annotations
 
-import asyncio
-
-from kernel.system._catalog import Catalog
-from kernel.system._master import JobMaster, classify
-from tests.system.test_session40_done_on_held_peer_review import first_attempt_ended, running_across
+from kernel.system._master import classify
+from tests.system.test_session41_loss_cause_review import ended_after
 
 PASSED_ON = ("process 1 (127.0.0.1:7001) failed: lost process 2 (127.0.0.1:7002): link to process 2 "
              "closed: code 1006 before the run finished")
@@ -34,17 +31,11 @@ def test_a_peers_failure_that_is_a_loss_is_a_loss():
 
 
 def test_a_loss_passed_on_by_a_peer_restarts_the_job_for_its_cause(tmp_path):
-    async def scenario() -> dict:
-        master = JobMaster(Catalog(tmp_path))
-        job, _ = await running_across(master, 3)
-        await master.process_exited(job, 1, 2, -9, None)  # (the cause, held for the others)
-        await master.process_exited(job, 1, 0, 1, PASSED_ON)  # (process 1's word of it, via process 0)
-        await master.process_exited(job, 1, 1, 1, "lost process 2 (127.0.0.1:7002): link to process 2 "
-                                    "closed: code 1006 before the run finished")
-        state = await first_attempt_ended(master, job)
-        await master.close()
-        return state
-
-    state = asyncio.run(scenario())
+    state = ended_after(tmp_path, 3, [
+        (2, -9, None),  # (the cause, held for the others)
+        (0, 1, PASSED_ON),  # (process 1's word of it, via process 0)
+        (1, 1, "lost process 2 (127.0.0.1:7002): link to process 2 closed: code 1006 before the run "
+               "finished"),
+    ])
     assert (state["status"], state["restarts"], state["message"]) == (
         "failed", 0, "process 2 on executor e3 was killed (exit -9); gave up after 0 restart(s)"), state
