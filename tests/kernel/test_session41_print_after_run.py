@@ -13,15 +13,22 @@ before `run` returns in that case.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIZE = 300_000
+# seconds the reader holds off once the pipe is full: the ring's notice comes
+# 10-20 ms after the run's end (0.12 s at most seen under load), and a write
+# it cuts short ends the child at once (what the wait is for)
+HELD = 0.25
 
 CHILD = """
 import sys
@@ -46,10 +53,26 @@ def _printed(cores: int, stream: str) -> int:
         cwd=ROOT,
     )
     pipe = child.stdout if which == "stdout" else child.stderr
-    time.sleep(1.0)  # a slow reader: the pipe fills while the child writes
+    _until_full(pipe.fileno(), child)
+    try:  # (a slow reader: the child's write waits in the full pipe as the notice comes)
+        child.wait(timeout=HELD)
+    except subprocess.TimeoutExpired:
+        pass
     got = len(pipe.read())
     assert child.wait(timeout=60) == 0
     return got
+
+
+def _until_full(fd: int, child: subprocess.Popen) -> None:
+    """Until the pipe `fd` holds all it can (the child's write waits in it,
+    its run over), or the child has ended."""
+    size = fcntl.fcntl(fd, 1032)  # (F_GETPIPE_SZ)
+    deadline = time.monotonic() + 60
+    while child.poll() is None and time.monotonic() < deadline:
+        held = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+        if held >= size:
+            return
+        time.sleep(0.005)
 
 
 @pytest.mark.parametrize("stream", ["stdout", "stderr"])
