@@ -17,7 +17,7 @@ import asyncio
 
 from kernel.system._catalog import Catalog
 from kernel.system._master import JobMaster
-from tests.system.test_session40_done_on_held_peer_review import running_across
+from tests.system.test_session40_done_on_held_peer_review import first_attempt_ended, running_across
 
 
 def test_a_peer_executor_lost_while_its_exit_is_held_spends_no_restart(tmp_path):
@@ -32,8 +32,7 @@ def test_a_peer_executor_lost_while_its_exit_is_held_spends_no_restart(tmp_path)
         await master.executor_lost(peer, "no heartbeat for 5 s")
         after_lost = dict(master.job_status(job))
         master.executor_left(stopped)
-        while (state := master.job_status(job))["attempt"] == 1 and state["status"] == "running":
-            await master.wait_for_change(2)
+        state = await first_attempt_ended(master, job)
         await master.close()
         return after_lost, state
 

@@ -17,7 +17,11 @@ import asyncio
 
 from kernel.system._catalog import Catalog
 from kernel.system._master import JobMaster
-from tests.system.test_session40_done_on_held_peer_review import AnsweringExecutor, running_across
+from tests.system.test_session40_done_on_held_peer_review import (
+    AnsweringExecutor,
+    first_attempt_ended,
+    running_across,
+)
 
 
 def test_a_peer_executor_started_again_while_its_exit_is_held_spends_no_restart(tmp_path):
@@ -34,8 +38,7 @@ def test_a_peer_executor_started_again_while_its_exit_is_held_spends_no_restart(
             await asyncio.sleep(0.01)
         after_register = dict(master.job_status(job))
         master.executor_left(stopped)
-        while (state := master.job_status(job))["attempt"] == 1 and state["status"] == "running":
-            await master.wait_for_change(2)
+        state = await first_attempt_ended(master, job)
         await master.close()
         return after_register, state
 
