@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -55,6 +56,7 @@ from kernel.dataflow._errors import KernelError
 from kernel.execution._cluster import LISTEN_FD_VARIABLE
 from kernel.net._causes import untrusted_certificate
 from kernel.net._links import AuthenticationFailed, LinkRefused, backoff
+from kernel.system._job_cgroup import JobCgroups, is_member, join_in_child
 from kernel.system._wire import (
     EXECUTOR,
     ConnectionLost,
@@ -145,14 +147,18 @@ class JobProcess:
     # asyncio's watcher thread, its exit not yet seen (asked by its pid, a process given
     # that pid since was taken for it)
     gone: bool = False
+    # the cgroup it runs in, made for it, whose processes are ended with it
+    # (`kernel.system._job_cgroup`); None: its process group is (`_end_group`)
+    cgroup: str | None = None
 
     def report(self) -> dict:
         return {"job": self.job, "attempt": self.attempt, "process": self.process,
                 "code": self.code, "error": self.error, "dashboard": self.dashboard, "cut_off": self.cut_off}
 
 
-def _job_process_setup() -> None:
-    """In the job process before exec: SIGKILL it when the executor dies
+def _job_process_setup(cgroup: str | None = None) -> None:
+    """In the job process before exec: into its `cgroup` where it has one
+    (`kernel.system._job_cgroup`); SIGKILL it when the executor dies
     (even by SIGKILL), as the kernels die with their launcher; and let
     SIGINT stop it (Ctrl-C's way, what `stop` sends first) even when the
     executor was started with SIGINT ignored (a shell's background job),
@@ -162,6 +168,8 @@ def _job_process_setup() -> None:
     under load) ended it with a KeyboardInterrupt traceback in its log."""
     import ctypes
 
+    if cgroup is not None:
+        join_in_child(cgroup)
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -229,6 +237,7 @@ class ExecutorDaemon:
         # port -> (its sockets, listening since `prepare`; the timer that frees them unstarted)
         # (several on a name of several addresses of this machine: localhost, 127.0.0.1 and ::1)
         self._prepared: dict[int, tuple[list[socket.socket], asyncio.TimerHandle]] = {}
+        self._cgroups = JobCgroups.here()
         for sub in ("pipelines", "logs", "jobs"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         self._id_file = self.workdir / "executor.json"
@@ -722,6 +731,7 @@ class ExecutorDaemon:
             lease = LeaseWriter()
             env[LEASE_VARIABLE] = str(lease.read_fd)
             inherited = (lease.read_fd,)
+            cgroup = self._cgroups.made()
             listeners = self._prepared_sockets(m["peers"], process) if m.get("peers") else []
             if listeners:  # (its port held since `prepare`: the process serves these sockets)
                 env[LISTEN_FD_VARIABLE] = ",".join(str(sock.fileno()) for sock in listeners)
@@ -737,11 +747,14 @@ class ExecutorDaemon:
                 async with self._spawning:
                     proc = await asyncio.create_subprocess_exec(
                         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, cwd=run_dir,
-                        env=env, start_new_session=True, preexec_fn=_job_process_setup, pass_fds=inherited)
+                        env=env, start_new_session=True, pass_fds=inherited,
+                        preexec_fn=functools.partial(_job_process_setup, cgroup))
                     pidfd, gone = _pidfd(proc.pid)
             except BaseException:
                 lease.started()
                 lease.close()
+                if cgroup is not None:
+                    os.rmdir(cgroup)
                 raise
             finally:
                 for sock in listeners:  # (the process's now; a start that failed frees the port)
@@ -750,6 +763,13 @@ class ExecutorDaemon:
         lease.renew(self._lease_deadline())
         entry = JobProcess(job, attempt, process, proc, log_path, start, lease, pipeline=pipeline,
                            pidfd=pidfd, gone=gone)
+        if cgroup is not None:
+            # (checked: one that could not move in runs where the executor does, and its
+            # group is ended instead; one that ended already may have, its cgroup ended)
+            if is_member(proc.pid, cgroup) or _has_ended(entry):
+                entry.cgroup = cgroup
+            else:
+                os.rmdir(cgroup)
         self.processes[key] = entry
         log.info("executor: started %s attempt %d process %d (pid %d)", job, attempt, process, proc.pid)
         for work in (self._follow(entry), *([self._find_dashboard(entry)] if self.dashboard_host else [])):
@@ -803,8 +823,9 @@ class ExecutorDaemon:
         # a Popen not waited for) ends with it, as the kernels of a process stopped do
         # (`_stop_one`): they outlived the job, and the executor's close() too. (Its pid,
         # the group's id, is not given to another process while the group has members;
-        # given once it has none, it is not killed: `_end_group`.)
-        _end_group(entry.proc.pid)
+        # given once it has none, it is not killed: `_end_group`; in a cgroup of its own,
+        # exactly its processes are: `kernel.system._job_cgroup`.)
+        self._end_left_over(entry)
         entry.lease.close()
         entry.ended_at = time.time()
         entry.error = last_error(entry.log_path, entry.log_start) if entry.code else None
@@ -907,7 +928,15 @@ class ExecutorDaemon:
             except TimeoutError:
                 continue
         # the process group: a kernel or relay that outlived its launcher
-        _end_group(entry.proc.pid)
+        self._end_left_over(entry)
+
+    def _end_left_over(self, entry: JobProcess) -> None:
+        """End what the job process, ended, left running: its cgroup's
+        processes, exactly, where it has one; else its process group's."""
+        if entry.cgroup is not None:
+            self._cgroups.end(entry.cgroup)
+        else:
+            _end_group(entry.proc.pid)
 
     def _log(self, job: str, offset: int) -> dict:
         path = self.workdir / "logs" / f"{job}.log"
@@ -943,6 +972,7 @@ class ExecutorDaemon:
         # exit noted nowhere, nor the stops, `_note_stopped`)
         await asyncio.gather(*(self._stop_one(p) for p in running),
                              *(asyncio.shield(p.followed) for p in ended if p.followed is not None))
+        await self._cgroups.close()  # (their cgroups removed, once the processes killed have gone)
         if not self._leaving:  # (connected, `_leave` said it)
             self._note_stopped()
         if not self._saying_left:
@@ -979,10 +1009,13 @@ class ExecutorDaemon:
 
 def _end_group(pgid: int) -> None:
     """SIGKILL what is left of a job process's group (its session: `start_new_session`),
-    the process reaped. Its pid is given to no other process while the group has
-    members; a process that holds it now is a newcomer's, and the group it named is
-    empty: a newcomer leading a group of its own (a `setsid` daemon, another job
-    process) was killed, a process of no job's."""
+    the process reaped, where it has no cgroup of its own (`JobProcess.cgroup`). Its pid
+    is given to no other process while the group has members; a process that holds it
+    now is a newcomer's, and the group it named is empty: a newcomer leading a group of
+    its own (a `setsid` daemon, another job process) was killed, a process of no job's.
+    Left: the group's last member ending between the check and the signal, its pid
+    given meanwhile to such a newcomer (a pid's reuse within microseconds), and a
+    process of the job's that left the group; a cgroup closes both."""
     if os.path.exists(f"/proc/{pgid}"):
         return
     try:

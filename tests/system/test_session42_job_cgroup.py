@@ -1,0 +1,161 @@
+"""Session 42: what a job process leaves running is ended by its cgroup
+(`kernel.system._job_cgroup`), where the executor can make one, not by its
+process group's id, a pid. Ended by the group's id once the process was
+reaped (`_end_group`), two things went wrong:
+
+- the group's last member could end between the check that no process
+  holds that pid and the signal, its pid given meanwhile to a process that
+  leads a group of its own (a `setsid` daemon, another executor's job
+  process): that one was SIGKILLed, a process of no job's;
+- a process of the job's that left the group (`Popen(...,
+  start_new_session=True)`, a daemon) was never ended: it ran on after the
+  job, and after the executor.
+
+In this process: one executor, never connected (its id set as a register
+would). The first case is made exact: this process a child subreaper (the
+job's orphan is its own to reap), and, at the signal's call in `_end_group`
+(a profile hook, this thread's), the group's last member killed and reaped
+and a process given its pid (the kernel's `ns_last_pid`)."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from kernel.system._executor import ExecutorDaemon
+from kernel.system._job_cgroup import JobCgroups
+from kernel.system._wire import file_fields
+from tests.system.test_session40_job_children_end import _alive, _executor, _gone
+from tests.system.test_session40_reused_group_id_review import (
+    NS_LAST_PID,
+    a_moment_to_die,
+    end_newcomers,
+)
+
+needs_ns_last_pid = pytest.mark.skipif(not os.access(NS_LAST_PID, os.W_OK),
+                                       reason="needs a writable ns_last_pid (root)")
+
+# starts `sleep 60` (in its group, or in a session of its own), its pid in {pid_file}, then completes
+LEAVING = """\
+import os
+import subprocess
+from kernel import Dataflow
+
+def step(n):
+    child = subprocess.Popen(["sleep", "60"], start_new_session={own_session})
+    with open({pid_file!r} + ".partial", "w") as f:
+        f.write(str(child.pid))
+    os.replace({pid_file!r} + ".partial", {pid_file!r})
+    return n
+
+flow = Dataflow("leaving")
+flow.from_iterable(range(1)).map(step).sink(id)
+"""
+PR_SET_CHILD_SUBREAPER = 36
+ATTEMPTS = 5
+
+
+def _usable_cgroups(executor: ExecutorDaemon) -> None:
+    if JobCgroups.here().home is None:
+        pytest.skip("no cgroup v2 with cgroup.kill that this process may write")
+
+
+async def _started(executor: ExecutorDaemon, tmp_path, job: str, own_session: bool):
+    pid_file = tmp_path / f"{job}.pid"
+    content = LEAVING.format(pid_file=str(pid_file), own_session=own_session).encode()
+    await executor._request("start", {
+        "job": job, "attempt": 1, "process": 0, "flow": "flow", "filename": "leaving.py",
+        **file_fields(content), "digest": hashlib.sha256(content).hexdigest(), "cores": 1})
+    return executor.processes[job, 1, 0], pid_file
+
+
+async def test_a_process_the_job_started_in_a_session_of_its_own_ends_with_it(tmp_path):
+    executor = _executor(tmp_path)
+    _usable_cgroups(executor)
+    child = None
+    try:
+        entry, pid_file = await _started(executor, tmp_path, "job-1", own_session=True)
+        await asyncio.wait_for(asyncio.shield(entry.followed), 60)
+        assert entry.code == 0, entry.log_path.read_text()
+        child = int(pid_file.read_text())
+        assert _gone(child), f"the job's child {child}, in a session of its own, runs on after the job"
+    finally:
+        await executor.close()
+        if child is not None and _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+class _GroupEmptiedAtTheSignal:
+    """A profile hook (this thread's): at `os.killpg`'s call from
+    `_end_group`, the job's child (the group's last member, this process's
+    to reap) killed and reaped, and a process that leads a session of its
+    own given the group's id (`ns_last_pid`)."""
+
+    def __init__(self, pgid: int, child: int, newcomers: list) -> None:
+        self.pgid, self.child, self.newcomers = pgid, child, newcomers
+        self.newcomer = None
+        self.fired = False
+
+    def __call__(self, frame, event, arg) -> None:
+        if event != "c_call" or arg is not os.killpg or frame.f_code.co_name != "_end_group" or self.fired:
+            return
+        self.fired = True
+        os.kill(self.child, signal.SIGKILL)
+        os.waitpid(self.child, 0)
+        with open(NS_LAST_PID, "w") as f:
+            f.write(str(self.pgid - 1))
+        newcomer = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        self.newcomers.append(newcomer)
+        if newcomer.pid == self.pgid:
+            self.newcomer = newcomer
+
+
+@needs_ns_last_pid
+async def test_a_process_given_the_group_id_as_the_leftovers_are_ended_is_not_killed(tmp_path):
+    executor = _executor(tmp_path)
+    _usable_cgroups(executor)
+    libc = ctypes.CDLL(None)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    newcomers: list = []
+    children: list[int] = []
+    try:
+        for attempt in range(1, ATTEMPTS + 1):
+            hook = None
+            entry, pid_file = await _started(executor, tmp_path, f"job-{attempt}", own_session=False)
+            while not pid_file.exists() and entry.code is None:
+                await asyncio.sleep(0.01)
+            children.append(int(pid_file.read_text()))
+            hook = _GroupEmptiedAtTheSignal(entry.proc.pid, children[-1], newcomers)
+            sys.setprofile(hook)
+            try:
+                await asyncio.wait_for(asyncio.shield(entry.followed), 60)
+            finally:
+                sys.setprofile(None)
+            assert entry.code == 0, entry.log_path.read_text()
+            if not hook.fired:  # (nothing signalled by a number: the job's child ended by its cgroup)
+                assert _gone(children[-1]), "the job's child runs on after the job"
+                return
+            if hook.newcomer is not None:
+                break
+        else:
+            pytest.fail(f"other processes took the group's id first {ATTEMPTS} times")
+        a_moment_to_die(hook.newcomer)
+        assert hook.newcomer.poll() is None, \
+            f"process {hook.newcomer.pid}, no job's, was killed (exit {hook.newcomer.returncode})"
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        await executor.close()
+        end_newcomers(newcomers)
+        for child in children:
+            try:
+                os.kill(child, signal.SIGKILL)
+                os.waitpid(child, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
