@@ -35,6 +35,7 @@ import asyncio
 import functools
 import logging
 import math
+import os
 import re
 import sqlite3
 import time
@@ -470,9 +471,34 @@ class JobMaster:
         now = time.monotonic()
         for job in self.jobs.values():
             if job.status in ("submitted", "restarting") and not self._lock(job.id).locked() \
-                    and self._not_before.get(job.id, 0.0) <= now and not self._unstopped.get(job.id):
+                    and self._not_before.get(job.id, 0.0) <= now and not self._unstopped.get(job.id) \
+                    and self._state_dir_free(job):
                 if self._place(job) is not None:
                     self._spawn(self._launch(job.id))
+
+    def _state_dir_free(self, job: Job) -> bool:
+        """Whether no process of another job may still run on the job's
+        state_dir: one killed (or restarted) while its executor was away
+        runs on there, holding it (`kernel run`'s lock), until that executor
+        comes back and stops it or is lost (`_unstopped`). Started beside
+        it, the job failed for good, `state_dir ... is in use by another
+        run`. A job submitted meanwhile waits, and says so (its message)."""
+        if job.state_dir is None:
+            return True
+        mine = os.path.normpath(job.state_dir)
+        for other in self.jobs.values():
+            away = self._unstopped.get(other.id)
+            if other is job or not away or os.path.normpath(other.state_dir or "") != mine:
+                continue
+            if job.status == "submitted":
+                said = (f"waiting for {other.id}'s process on executor(s) {', '.join(sorted(away))} to "
+                        f"stop: it may still run on state_dir {job.state_dir!r} (until each executor stops "
+                        f"it, or is lost, {self.executor_timeout:g} s after it was last heard from)")
+                if job.message != said:
+                    job.message = said
+                    self._save(job)
+            return False
+        return True
 
     def _place(self, job: Job) -> tuple[list[str], int] | None:
         """(executors, cores per process) for the job now, or None: it waits.
@@ -522,7 +548,7 @@ class JobMaster:
             content = self._pipelines[job.pipeline]
             filename = job.filename  # (its own name: the text may have come first under another)
             if job.status not in ("submitted", "restarting") or self._unstopped.get(job.id) \
-                    or self._not_before.get(job.id, 0.0) > time.monotonic():
+                    or self._not_before.get(job.id, 0.0) > time.monotonic() or not self._state_dir_free(job):
                 return
             placed = self._place(job)
             if placed is None:
@@ -533,6 +559,8 @@ class JobMaster:
                             "the executors left have room for", job.id, job.processes, job.cores,
                             len(chosen), cores)
                 job.processes, job.cores = len(chosen), cores
+            if job.status == "submitted":
+                job.message = None  # (what it waited for: `_state_dir_free`)
             job.attempt += 1
             job.status = "starting"
             self._attempt_started[job.id] = time.monotonic()

@@ -1,0 +1,103 @@
+"""Session 42: a `kill` of a job whose executor is away (its connection
+closed, not yet counted lost) answers at once, the job killed; its process
+may still run there, on the job's state_dir (`kernel run`'s lock), until
+that executor comes back and stops it, or is lost (it fences it). The same
+pipeline submitted again on that state_dir was started beside it, as soon
+as it had a place, and failed for good, `state_dir ... is in use by
+another run`. It waits now, saying for what, until that process is known
+to have stopped.
+
+A coordinator (a lease of 15 s, so that the executor comes back within it)
+and a peer executor of their own processes; the executor that goes away in
+this one, cut off by dialling a port where nothing listens, its connection
+closed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from _system import SECRET, System, free_port, marking_pipeline, wait_until
+
+from kernel.system._executor import ExecutorDaemon
+from tests.system._system import HEARTBEAT
+
+PIPELINE = """\
+import os
+from kernel import Dataflow
+
+def step(n):
+    path = os.path.join({marks!r}, os.environ["KERNEL_RUN"])
+    if not os.path.exists(path):
+        open(path, "w").close()
+    return n
+
+flow = Dataflow("marking")
+flow.from_iterable(range(10**9), batch_size=10).map(step).sink(id)
+"""
+
+
+@contextlib.asynccontextmanager
+async def _system_with_an_executor_here(tmp_path):
+    system = System(tmp_path)
+    executor = ExecutorDaemon((system.host, system.port), SECRET.encode(), 1, tmp_path / "executor",
+                              host="127.0.0.1", heartbeat=HEARTBEAT)
+    registered = asyncio.Event()
+    served = None
+    try:
+        system.start_coordinator("--executor-timeout", "15")
+        peer = system.start_executor(1)
+        served = asyncio.ensure_future(executor.run(ready=lambda _: registered.set()))
+        await asyncio.wait_for(registered.wait(), 30)
+        await asyncio.to_thread(system.executor_id, peer)
+        await asyncio.to_thread(system.executors_up, 2)
+        yield system, executor
+    finally:
+        if served is not None:
+            served.cancel()
+            await asyncio.gather(served, return_exceptions=True)
+        await executor.close()
+        system.close()
+
+
+def _state(system: System, executor_id: str) -> str:
+    return next(e["state"] for e in system.status()["executors"] if e["id"] == executor_id)
+
+
+async def test_a_job_submitted_again_on_the_state_dir_of_one_killed_while_its_executor_was_away_waits(
+        tmp_path):
+    marks, pipeline = marking_pipeline(tmp_path, PIPELINE)
+    state_dir = tmp_path / "state"
+    async with _system_with_an_executor_here(tmp_path) as (system, executor):
+        done = await asyncio.to_thread(system.cli, "submit", pipeline, "--state-dir", state_dir,
+                                       "--executors", executor.executor_id)
+        assert done.returncode == 0, done.stderr
+        job = done.stdout.splitlines()[0]
+        await asyncio.to_thread(wait_until, lambda: (marks / f"{job}.1").exists(), what=f"{job} to work")
+        entry = executor.processes[job, 1, 0]
+        address = executor.address
+        executor.address = ("127.0.0.1", free_port())  # (nothing listens there: it stays away)
+        await executor.session.close()
+        await asyncio.to_thread(wait_until, lambda: _state(system, executor.executor_id) == "reconnecting",
+                                what="the executor to be away")
+        killed = await asyncio.to_thread(system.cli, "kill", job)
+        assert (killed.returncode, killed.stdout.strip()) == (0, f"{job} killed"), killed.stderr
+        again = await asyncio.to_thread(system.cli, "submit", pipeline, "--state-dir", state_dir,
+                                        "--max-restarts", "0")
+        assert again.returncode == 0, again.stderr
+        resubmitted = again.stdout.splitlines()[0]
+        # while the first's process may still run, the second waits, and says for what
+        waiting = await asyncio.to_thread(wait_until, lambda: system.job(resubmitted)["message"],
+                                          what=f"{resubmitted} to say what it waits for")
+        state = await asyncio.to_thread(system.job, resubmitted)
+        assert state["status"] == "submitted" and entry.code is None, (state, entry.code)
+        assert job in waiting and executor.executor_id in waiting and str(state_dir) in waiting, waiting
+        executor.address = address  # (back: it stops the killed job's process, and says so)
+
+        def working_or_ended() -> dict | None:
+            state = system.job(resubmitted)
+            return state if (marks / f"{resubmitted}.1").exists() or state["ended"] is not None else None
+
+        state = await asyncio.to_thread(wait_until, working_or_ended, what=f"{resubmitted} to work")
+        assert (state["status"], state["attempt"], state["message"]) == ("running", 1, None), state
+        assert entry.code is not None
