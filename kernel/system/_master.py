@@ -118,6 +118,8 @@ def classify(code: int, error: str | None) -> str:
     return "failed"
 
 
+# An executor's refusal of a `prepare` or `start` as it is being stopped (`ExecutorDaemon._start`)
+_STOPPING = re.compile(r"executor (\S+) is stopping")
 _CATALOG_ERRORS = (sqlite3.Error, OSError, CatalogError)
 WATCH_EVERY = 0.25  # seconds between the job master's rounds (`watch`)
 STALLED = 0.4  # a round late by this share of the executor timeout: the coordinator stalled (`_stalled`)
@@ -592,12 +594,30 @@ class JobMaster:
                     if reply.get("dashboard") is not None or "dashboard" not in place:
                         place["dashboard"] = reply.get("dashboard")
             except (ConnectionLost, RequestError, TimeoutError) as exc:
+                stopping = self._stopping_among(chosen, exc)
+                if stopping is not None:
+                    # (the stop's doing, as the loss of a process it ends: moved free. A
+                    # start sent before its "leaving" was heard, refused as it left, spent
+                    # a restart: a job at --max-restarts 0 failed, never having run)
+                    return await self._restart_locked(job, attempt, _stopped(stopping), counted=False)
                 return await self._restart_locked(job, attempt, f"could not start: {exc}")
             if job.status == "starting" and job.attempt == attempt:
                 job.status = "running"
                 job.started = job.started or time.time()
                 self._save(job)
                 log.info("%s running on %s (attempt %d)", job.id, ", ".join(chosen), attempt)
+
+    def _stopping_among(self, chosen: list[str], exc: Exception) -> str | None:
+        """The executor of `chosen` being stopped on purpose that made a
+        start fail (`exc`), if any: one that said "leaving", or whose refusal
+        says it is stopping (`ExecutorDaemon._start`: its "leaving" not heard,
+        or never said, an app's close()), taken as leaving from now on."""
+        said = _STOPPING.fullmatch(str(exc)) if isinstance(exc, RequestError) else None
+        if said is not None and said.group(1) in chosen:
+            if said.group(1) not in self._leaving:
+                self.executor_leaving(said.group(1))
+            return said.group(1)
+        return next((e for e in chosen if e in self._leaving), None)
 
     # -- what happens to a job ----------------------------------------------------------------
 

@@ -51,7 +51,7 @@ async def _system_with_an_executor_here(tmp_path):
         await asyncio.wait_for(registered.wait(), 30)
         await asyncio.to_thread(system.executor_id, peer)
         await asyncio.to_thread(system.executors_up, 2)
-        yield system, executor
+        yield system, executor, served
     finally:
         if served is not None:
             served.cancel()
@@ -68,7 +68,7 @@ async def test_a_job_submitted_again_on_the_state_dir_of_one_killed_while_its_ex
         tmp_path):
     marks, pipeline = marking_pipeline(tmp_path, PIPELINE)
     state_dir = tmp_path / "state"
-    async with _system_with_an_executor_here(tmp_path) as (system, executor):
+    async with _system_with_an_executor_here(tmp_path) as (system, executor, _):
         done = await asyncio.to_thread(system.cli, "submit", pipeline, "--state-dir", state_dir,
                                        "--executors", executor.executor_id)
         assert done.returncode == 0, done.stderr
