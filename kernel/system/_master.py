@@ -215,9 +215,10 @@ class JobMaster:
         self._not_before: dict[str, float] = {}
         # job -> (attempt, its processes reported running by reconnecting executors)
         self._adopted: dict[str, tuple[int, set[int]]] = {}
-        # job -> (attempt, why): a loss of that attempt held for its other exits
-        # (`_restart_unless_failed`); a move free meanwhile spends a restart for it still
-        self._losses: dict[str, tuple[int, str]] = {}
+        # job -> (attempt, why, when it was heard: monotonic): a loss of that attempt held for
+        # its other exits (`_restart_unless_failed`); a move free meanwhile spends a restart
+        # for it still; the restart's backoff goes from when it was heard (`_restart_locked`)
+        self._losses: dict[str, tuple[int, str, float]] = {}
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         # whose last catalog write failed (`_save`): written again each round
@@ -683,7 +684,12 @@ class JobMaster:
                     # loaded machine): the loss waits for the other exits, one of which
                     # fails the job at once where it is the job's own
                     if self._losses.get(job_id, (None,))[0] != attempt:
-                        self._losses[job_id] = (attempt, why)
+                        self._losses[job_id] = (attempt, why, time.monotonic())
+                        # (said meanwhile, as the hold for an executor's stop is: `running`
+                        # and no message, a process dead, it showed nothing of what it waited for)
+                        job.message = (f"waiting for the other processes' exits ({LOSS_HOLD:g} s at most) "
+                                       f"before restarting: {where} ended ({error or f'exit {code}'})")
+                        self._save(job)
                     self._spawn(self._restart_unless_failed(job, attempt, why))
                 else:
                     await self._restart_locked(job, attempt, self._cause(job, why))
@@ -883,10 +889,15 @@ class JobMaster:
         job.placement = []
         self._save(job)
         now = time.monotonic()
+        # A loss held for the attempt's other exits failed it when it was heard: what the
+        # attempt ran, and the pause after it, go from then. (From the hold's end, an attempt
+        # that failed quickly was taken for stable, the hold's wait counted as its run, and
+        # its series of quick failures forgotten; and the pause came after the hold's wait.)
+        failed = held[2] if held is not None and held[0] == attempt else now
         started = self._attempt_started.get(job.id)
         if not counted:
             delay = 0.0  # (no failure: the backoff of the failures before stays as it was)
-        elif started is None or now - started >= STABLE:
+        elif started is None or failed - started >= STABLE:
             # (or an attempt adopted by a restarted coordinator: its start unknown)
             delay = 0.0
             self._backoff.pop(job.id, None)
@@ -894,16 +905,17 @@ class JobMaster:
             delay = min(BACKOFF_MAX, max(BACKOFF_FIRST, 2 * self._backoff[job.id])) \
                 if job.id in self._backoff else 0.0
             self._backoff[job.id] = delay
-        self._not_before[job.id] = now + delay
+        self._not_before[job.id] = failed + delay
         if counted:
+            left = failed + delay - now
             log.warning("%s restarting (%d of at most %d)%s: %s", job.id, job.restarts, job.max_restarts,
-                        f" in {delay:g} s" if delay else "", why)
+                        f" in {left:.3g} s" if left > 0 else "", why)
         else:
             log.info("%s placed again, no restart spent (%d of at most %d so far): %s", job.id, job.restarts,
                      job.max_restarts, why)
         # before another attempt may run (and use its state_dir)
         self._wait_for_stops(job, attempt, await self._stop(job.id, attempt, placement))
-        self._spawn(self._after(delay))
+        self._spawn(self._after(failed + delay - time.monotonic()))
 
     async def _after(self, delay: float) -> None:
         await asyncio.sleep(delay)
