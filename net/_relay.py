@@ -92,6 +92,17 @@ _CLOSE_TIMEOUT = 5.0
 # start-up timeout has passed, to hear why (`_linked_elsewhere`): one that
 # accepts and never answers costs the failing process this long more
 _ASK_MISSING = 1.0
+# Start-up, for a process whose port was held for it by its executor (`listen_fd`:
+# a job of the system, every process's port prepared before any started): every
+# PEER_PROBE_EVERY seconds each peer not yet linked is connected to (a bare TCP
+# connect, closed at once). Its port listened from before this process started
+# (its executor's, then its process's), so a refusal on each of its addresses says
+# its process has ended: this one gives up at once (`_ended_peers`). It waited for
+# it until its start-up timeout (30 s), and its job's restart with it (the
+# coordinator's LOSS_HOLD, 5 s, its executor having reported the peer's exit).
+# (Plain links only: see `_link_up`.)
+PEER_PROBE_EVERY = 0.25
+_PROBE_TIMEOUT = 1.0  # seconds a probe's connect may take (no answer: nothing learnt)
 
 
 class PeerLost(LinkError):
@@ -392,6 +403,10 @@ class LinkRelay:
             url = f"{scheme}://{plan.address(peer)}"  # (address() brackets an IPv6 host)
             dials.append(asyncio.ensure_future(self._dial(peer, url, deadline)))
         dialled = asyncio.ensure_future(self._dialled(dials))
+        # (its peers' ports held since before it started: PEER_PROBE_EVERY. Not over TLS: a
+        # connection closed before its handshake is logged there as a refused link, and a
+        # probe's handshake waits, and is then cut, while the peer has yet to serve its port)
+        watch = [asyncio.ensure_future(self._ended_peers())] if plan.listen_fds and not plan.tls else []
         try:
             await self._until(dialled)
             remaining = max(0.0, deadline - loop.time())
@@ -414,8 +429,23 @@ class LinkRelay:
                     why += "; refused meanwhile: " + "; ".join(refused[-3:])
                 raise LinkError(why) from None
         finally:
-            for task in (*dials, dialled):
+            for task in (*dials, dialled, *watch):
                 task.cancel()
+
+    async def _ended_peers(self) -> None:
+        """During start-up: give up at once when a peer not yet linked has
+        ended, its port refusing connections (PEER_PROBE_EVERY)."""
+        plan = self.plan
+        while True:
+            await asyncio.sleep(PEER_PROBE_EVERY)
+            for peer in range(plan.processes):
+                if peer == plan.process or peer in self.links:
+                    continue
+                if await _refuses(*plan.addresses[peer]):
+                    self._fail(LinkError(
+                        f"no peer {peer}: process {peer} ({plan.address(peer)}) refuses connections on the "
+                        "port its executor held for it since before this process started: it has ended"))
+                    return
 
     @staticmethod
     async def _dialled(dials: list[asyncio.Future]) -> None:
@@ -756,6 +786,26 @@ class LinkRelay:
 
 __all__ = ["AuthenticationFailed", "ClusterPlan", "LinkError", "LinkMismatch", "LinkRelay", "PeerFailed",
            "PeerLost", "TLSFiles"]
+
+
+async def _refuses(host: str, port: int) -> bool:
+    """Whether every address of `host` refuses a connection on `port` (none
+    accepted, none unanswered or unreachable: those say nothing)."""
+    loop = asyncio.get_running_loop()
+    try:
+        found = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    for address in dict.fromkeys(info[4][0] for info in found):
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), _PROBE_TIMEOUT)
+        except ConnectionRefusedError:
+            continue
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        return False
+    return bool(found)
 
 
 def _inherited_listeners(plan: ClusterPlan, port: int) -> list[socket.socket]:

@@ -88,6 +88,11 @@ _KILLED = re.compile(r"(process \d+ \(\S*\) failed: )?(kernel \d+|the links proc
 # another job): the next attempt gets other ports. It was failed for good.
 _PORT_TAKEN = re.compile(r"(process \d+ cannot listen on |dashboard \S+: cannot listen there: )"
                          r".*address already in use", re.IGNORECASE)
+# A process whose higher-numbered peers never linked it within its start-up timeout
+# (`kernel.net._relay`: "process 1 (H:P) did not connect within 30 s"), a peer that
+# died as it started, or that never did: a loss, as the dialler's `could not reach
+# process 0` is. It was taken for the job's own failure, failed for good.
+_NEVER_LINKED = re.compile(r"process \d+ \(\S*\)(, process \d+ \(\S*\))* did not connect within ")
 
 
 # A peer's failure as a process tells it (kernel.net.PeerFailed): the peer's
@@ -113,7 +118,7 @@ def classify(code: int, error: str | None) -> str:
     if code < 0 or code in (128 + 9, 128 + 15):  # killed by a signal (OOM, an operator's kill)
         return "lost"
     if error and (_own_words(error).startswith(_LOST_PEER) or _KILLED.match(error)
-                  or _PORT_TAKEN.match(error)):
+                  or _PORT_TAKEN.match(error) or _NEVER_LINKED.match(_own_words(error))):
         return "lost"
     return "failed"
 
