@@ -731,11 +731,11 @@ class ExecutorDaemon:
             lease = LeaseWriter()
             env[LEASE_VARIABLE] = str(lease.read_fd)
             inherited = (lease.read_fd,)
-            cgroup = self._cgroups.made()
             listeners = self._prepared_sockets(m["peers"], process) if m.get("peers") else []
             if listeners:  # (its port held since `prepare`: the process serves these sockets)
                 env[LISTEN_FD_VARIABLE] = ",".join(str(sock.fileno()) for sock in listeners)
                 inherited += tuple(sock.fileno() for sock in listeners)
+            cgroup = self._cgroups.made()
             try:
                 # One at a time, with its pidfd: a process that ended at once, reaped by
                 # asyncio's watcher thread before its pidfd was opened, left its pid to
@@ -753,8 +753,7 @@ class ExecutorDaemon:
             except BaseException:
                 lease.started()
                 lease.close()
-                if cgroup is not None:
-                    os.rmdir(cgroup)
+                self._cgroups.discard(cgroup)
                 raise
             finally:
                 for sock in listeners:  # (the process's now; a start that failed frees the port)
@@ -769,7 +768,7 @@ class ExecutorDaemon:
             if is_member(proc.pid, cgroup) or _has_ended(entry):
                 entry.cgroup = cgroup
             else:
-                os.rmdir(cgroup)
+                self._cgroups.discard(cgroup)
         self.processes[key] = entry
         log.info("executor: started %s attempt %d process %d (pid %d)", job, attempt, process, proc.pid)
         for work in (self._follow(entry), *([self._find_dashboard(entry)] if self.dashboard_host else [])):

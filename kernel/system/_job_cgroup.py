@@ -62,9 +62,10 @@ def own_cgroup_directory(cgroups: str = "/proc/self/cgroup",
         # (a cgroup namespace's mount shows its root as "/", the host's as the path below it)
         inside = path if root == "/" else path[len(root):] if path.startswith(root + "/") or path == root \
             else None
-        if inside is None:
+        parts = [part for part in (inside or "").split("/") if part]
+        if inside is None or ".." in parts:  # (a cgroup outside this namespace's view: "/../x")
             continue
-        directory = os.path.join(mount_point, *[part for part in inside.split("/") if part])
+        directory = os.path.join(mount_point, *parts)
         if os.path.isdir(directory):
             return directory
     return None
@@ -110,6 +111,16 @@ class JobCgroups:
         if self.home is None:
             return None
         return self._make(f"kernel-job-{self._token}-{next(self._numbers)}")
+
+    def discard(self, path: str | None) -> None:
+        """Remove the cgroup `path`, made and unused (its process not
+        started, or not in it); one that cannot go is left, empty."""
+        if path is None:
+            return
+        try:
+            os.rmdir(path)
+        except OSError as exc:
+            log.warning("executor: cannot remove the job's cgroup %s: %s", path, exc)
 
     def end(self, path: str) -> None:
         """Kill every process in the cgroup `path`, and remove it, and any

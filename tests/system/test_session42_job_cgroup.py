@@ -159,3 +159,26 @@ async def test_a_process_given_the_group_id_as_the_leftovers_are_ended_is_not_ki
                 os.waitpid(child, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
+
+
+def test_the_executors_own_cgroup_is_found_below_the_cgroup2_mount(tmp_path):
+    """`/proc/self/cgroup`'s `0::` path below the cgroup2 mount of
+    mountinfo: at its root ("/", a cgroup namespace's view), or below the
+    path it shows (the host's view, no namespace); none outside the view."""
+    from kernel.system._job_cgroup import own_cgroup_directory
+
+    mount = tmp_path / "unified"
+    (mount / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b").mkdir(parents=True)  # (what "/../a/b" would name, outside the mount)
+    cgroups, mountinfo = tmp_path / "cgroup", tmp_path / "mountinfo"
+
+    def found(path: str, root: str) -> str | None:
+        cgroups.write_text(f"4:memory:/x\n0::{path}\n")
+        mountinfo.write_text(f"30 25 0:26 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"
+                             f"35 25 0:31 {root} {mount} rw,relatime - cgroup2 cgroup2 rw\n")
+        return own_cgroup_directory(str(cgroups), str(mountinfo))
+
+    assert found("/a/b", "/") == str(mount / "a" / "b")
+    assert found("/host/a/b", "/host") == str(mount / "a" / "b")
+    assert found("/../a/b", "/") is None
+    assert found("/a/c", "/") is None  # (not there)
