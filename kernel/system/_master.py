@@ -494,9 +494,9 @@ class JobMaster:
         if job.state_dir is None:
             return True
         mine = os.path.normpath(job.state_dir)
-        for other in self.jobs.values():
-            away = self._unstopped.get(other.id)
-            if other is job or not away or os.path.normpath(other.state_dir or "") != mine:
+        for other_id, away in self._unstopped.items():  # (few: not every job of the catalog)
+            other = self.jobs.get(other_id)
+            if other is None or other is job or not away or os.path.normpath(other.state_dir or "") != mine:
                 continue
             if job.status == "submitted":
                 said = (f"waiting for {other.id}'s process on executor(s) {', '.join(sorted(away))} to "
