@@ -28,6 +28,7 @@ import asyncio
 import itertools
 import logging
 import os
+import re
 
 log = logging.getLogger("kernel.system")
 
@@ -35,6 +36,8 @@ log = logging.getLogger("kernel.system")
 # one not empty by then is removed at the next end, or stays, empty, where none comes
 EMPTY_WITHIN = 2.0
 _EMPTY_POLL = 0.005
+# a job process's cgroup: kernel-job-EXECUTOR_PID-TOKEN-N (`JobCgroups.made`)
+_NAME = re.compile(r"kernel-job-(\d+)-[0-9a-f]+-\d+")
 
 
 def own_cgroup_directory(cgroups: str = "/proc/self/cgroup",
@@ -96,7 +99,30 @@ class JobCgroups:
             os.rmdir(probe)
         except OSError:
             return cls(None)
-        return cgroups if usable else cls(None)
+        if not usable:
+            return cls(None)
+        cgroups._remove_the_dead_executors()
+        return cgroups
+
+    def _remove_the_dead_executors(self) -> None:
+        """Remove the empty cgroups of executors that have ended here
+        without their close() (SIGKILL, the OOM killer): each left one per
+        job process it ran (its processes died with it, PR_SET_PDEATHSIG).
+        (One whose processes run on is left: an executor's to end is its own.)"""
+        try:
+            names = os.listdir(self.home)
+        except OSError:
+            return
+        for name in names:
+            made = _NAME.fullmatch(name)
+            if made is None or os.path.exists(f"/proc/{made.group(1)}"):
+                continue  # (not an executor's, or its executor runs)
+            path = os.path.join(self.home, name)
+            if _empty(path):
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    pass
 
     def _make(self, name: str) -> str | None:
         try:
@@ -110,7 +136,7 @@ class JobCgroups:
         """A new, empty cgroup for a job process (None: none can be made)."""
         if self.home is None:
             return None
-        return self._make(f"kernel-job-{self._token}-{next(self._numbers)}")
+        return self._make(f"kernel-job-{os.getpid()}-{self._token}-{next(self._numbers)}")
 
     def discard(self, path: str | None) -> None:
         """Remove the cgroup `path`, made and unused (its process not

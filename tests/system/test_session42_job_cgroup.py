@@ -30,7 +30,7 @@ import sys
 import pytest
 
 from kernel.system._executor import ExecutorDaemon
-from kernel.system._job_cgroup import JobCgroups
+from kernel.system._job_cgroup import JobCgroups, is_member, join_in_child
 from kernel.system._wire import file_fields
 from tests.system.test_session40_job_children_end import _alive, _executor, _gone
 from tests.system.test_session40_reused_group_id_review import (
@@ -182,3 +182,34 @@ def test_the_executors_own_cgroup_is_found_below_the_cgroup2_mount(tmp_path):
     assert found("/host/a/b", "/host") == str(mount / "a" / "b")
     assert found("/../a/b", "/") is None
     assert found("/a/c", "/") is None  # (not there)
+
+
+def test_an_executor_removes_the_empty_cgroups_of_executors_killed_before_it(tmp_path):
+    """An executor SIGKILLed leaves the cgroup of each job process it ran
+    (empty: they died with it); the next one started there removes them,
+    not those of an executor that runs, nor one whose processes run on."""
+    home = JobCgroups.here().home
+    if home is None:
+        pytest.skip("no cgroup v2 with cgroup.kill that this process may write")
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # (its pid: an executor's that has ended)
+    dead_empty = os.path.join(home, f"kernel-job-{ended.pid}-00c0ffee-1")
+    dead_busy = os.path.join(home, f"kernel-job-{ended.pid}-00c0ffee-2")
+    alive = os.path.join(home, f"kernel-job-{os.getpid()}-00c0ffee-3")
+    made = [dead_empty, dead_busy, alive]
+    sleeper = None
+    try:
+        for path in made:
+            os.mkdir(path)
+        sleeper = subprocess.Popen(["sleep", "60"], preexec_fn=lambda: join_in_child(dead_busy))
+        assert is_member(sleeper.pid, dead_busy)
+        JobCgroups.here()
+        assert not os.path.exists(dead_empty)
+        assert os.path.exists(dead_busy) and os.path.exists(alive)
+    finally:
+        if sleeper is not None:
+            sleeper.kill()
+            sleeper.wait()
+        for path in made:
+            if os.path.exists(path):
+                os.rmdir(path)
