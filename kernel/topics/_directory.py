@@ -130,6 +130,22 @@ async def listen(server) -> None:
                          "this machine that the subscribers reach)") from exc
 
 
+async def stop_serving(server, directory: Directory, ended: bool) -> None:
+    """A publisher's or a service's end: its server stopped, then its
+    connection to the coordinator closed (`ended`: its topic ended and
+    unpublished) or abandoned (`Directory.abandon`: the coordinator asks the
+    address, no longer served, and takes the registration out). The second
+    even where a cancel cuts the first short: a failed run's tasks are
+    cancelled, and the loop's end (asyncio.run's) cancels each once more,
+    which came while the server waited for a subscriber's close, and the
+    connection's aiohttp session was left open ("Unclosed client session"
+    after every failed run of a publisher with a subscriber)."""
+    try:
+        await server.stop()
+    finally:
+        await (directory.close() if ended else directory.abandon())
+
+
 def new_id() -> str:
     """This run's publisher id (`new_run`)."""
     if _run is None:
@@ -594,7 +610,10 @@ class Directory:
         break, asks whether it still publishes, and takes it out of the
         catalog where not (`kernel.system._topics.forget_lost`); closed
         with a frame, it stayed listed, its address dead."""
-        await self._quiet()  # (its registration is not said again on a new connection)
+        # Broken at once, before any await: a cancel that came at an await
+        # (the loop's end cancels every task once more, `stop_serving`) left
+        # the connection to `close`, which closed it with a frame.
+        self._said.clear()  # (its registration is not said again on a new connection)
         if self._ws is not None and not self._ws.closed:
             sock = self._ws.get_extra_info("socket")
             if sock is not None:
@@ -606,8 +625,12 @@ class Directory:
         await self.close()
 
     async def close(self) -> None:
-        await self._quiet()
-        await self._disconnect()
+        # (each step whatever came of the one before: a cancel cutting one short, the
+        # loop's end, left the aiohttp session open: `stop_serving`)
+        try:
+            await self._quiet()
+        finally:
+            await self._disconnect()
 
     async def _quiet(self) -> None:
         """Nothing is said again any more, nor read between requests."""
@@ -620,9 +643,11 @@ class Directory:
 
     async def _disconnect(self) -> None:
         """The connection closed (a request's next opens another)."""
-        if self._ws is not None:
-            await self._ws.close()
-            self._ws = None
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        ws, self._ws = self._ws, None
+        http, self._http = self._http, None
+        try:
+            if ws is not None:
+                await ws.close()
+        finally:
+            if http is not None:
+                await http.close()

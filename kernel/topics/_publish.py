@@ -672,8 +672,7 @@ class Publish(Operator):
             # (the server first: a publisher whose run failed or was cancelled,
             # its topic not ended, abandons its connection to the coordinator,
             # which then asks the address whether it still publishes)
-            await server.stop()
-            await (directory.close() if done else directory.abandon())
+            await _directory.stop_serving(server, directory, done)
 
     async def _serve_subscriber(self, ws, peer: int, meta, address: str) -> None:
         from kernel.net._links import Link, LinkError

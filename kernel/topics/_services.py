@@ -136,8 +136,7 @@ class Serve(Source):
             # (the job ended, failed or cancelled: the service is gone, and
             # said so as a killed one is, `Directory.abandon`; the server
             # first: no longer served when the coordinator asks)
-            await server.stop()
-            await directory.abandon()
+            await _directory.stop_serving(server, directory, False)
 
     async def _session(self, ws) -> None:
         running: dict[int, asyncio.Task] = {}  # request id -> its awaited reply's task
