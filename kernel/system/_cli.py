@@ -254,19 +254,6 @@ def _main(argv: list[str] | None) -> int:
         return 130
 
 
-def _refused_hint(exc: BaseException) -> str:
-    """What a client refused before any answer should check: it said only
-    "could not reach ... Connection reset by peer", as for a coordinator
-    that was not there."""
-    from kernel.net._links import LinkRefused
-
-    if not isinstance(exc, LinkRefused):
-        return ""
-    return (" (the coordinator closed the connection before any answer: it may serve TLS to a client "
-            "without it, refuse this client's certificate (not signed by its --tls-ca), or be over its "
-            "limit of connections waiting to authenticate)")
-
-
 async def _stopped_by_sigterm_too(work) -> int:
     """Await a daemon's `work` (0). SIGTERM, what Kubernetes, Slurm and
     systemd send to stop a service, stops it as Ctrl-C does (its cleanup
@@ -298,6 +285,7 @@ async def _command(args) -> int:
     from kernel.net._links import AuthenticationFailed, LinkError
     from kernel.system import _client
     from kernel.system._wire import KernelSystemError
+    from kernel.topics._directory import refused_hint
 
     secret, tls = _secret(args), _tls(args)
     if args.command == "coordinator":
@@ -389,5 +377,5 @@ async def _command(args) -> int:
         return 1
     except (LinkError, KernelSystemError, TimeoutError) as exc:
         # str(), not the exception's truth: a bare TimeoutError() printed "error: " and nothing
-        print(f"error: {str(exc) or type(exc).__name__}{_refused_hint(exc)}", file=sys.stderr)
+        print(f"error: {str(exc) or type(exc).__name__}{refused_hint(exc)}", file=sys.stderr)
         return 1

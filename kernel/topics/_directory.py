@@ -223,6 +223,26 @@ def lookup_pauses():
     return backoff(LOOKUP_EVERY, LOOKUP_MOST)
 
 
+def refused_hint(exc: BaseException, tls_off: str | None = None) -> str:
+    """What a client the coordinator refused before any answer should
+    check (`LinkRefused`: it said only "could not reach ... Server
+    disconnected", as for a coordinator that was not there); "" for another
+    error. `tls_off`: the setting that turns TLS on for this client, where
+    it is off (the likely cause, said first, and short: an operator's error
+    keeps 300 characters of its cause's words). The CLI's words, and a
+    topic's or a service's connection's."""
+    from kernel.net._links import LinkRefused
+
+    if not isinstance(exc, LinkRefused):
+        return ""
+    if tls_off is not None:
+        return (f" (the coordinator closed the connection before any answer: it may serve TLS, and {tls_off} "
+                "is not set here; or be over its limit of connections waiting to authenticate)")
+    return (" (the coordinator closed the connection before any answer: it may serve TLS to a client "
+            "without it, refuse this client's certificate (not signed by its --tls-ca), or be over its "
+            "limit of connections waiting to authenticate)")
+
+
 class _Closed(Exception):
     """The connection went during a request (`Directory._exchange`)."""
 
@@ -271,7 +291,11 @@ class Directory:
         except (AuthenticationFailed, LinkMismatch) as exc:
             raise TopicError(f"cannot reach the coordinator at {host}:{port}: {exc}") from exc
         except Exception as exc:
-            raise CoordinatorUnreachable(f"cannot reach the coordinator at {host}:{port}: {exc}") from exc
+            # (a coordinator that serves TLS, KERNEL_TLS not set here: said as the CLI
+            # says it; it said "Server disconnected" and no more)
+            hint = refused_hint(exc, None if os.environ.get("KERNEL_TLS") else "KERNEL_TLS")
+            raise CoordinatorUnreachable(f"cannot reach the coordinator at {host}:{port}: {exc}{hint}") \
+                from exc
         if self._said and asyncio.current_task() is not self._again:
             # A new connection while there is something to say again: the
             # last one ended during a request (its end not seen between
