@@ -75,8 +75,7 @@ class Client:
         return self
 
     async def _connect(self, timeout: float) -> None:
-        from kernel.net._environment import MIN_HEARTBEAT
-        from kernel.topics._directory import coordinator_heartbeat
+        from kernel.topics._directory import coordinator_heartbeat, keep_heard
 
         # (the heartbeat of the apps' connections to the coordinator: a connection
         # cut without a FIN or RST, a firewall's drop, is noticed within 1.5
@@ -86,13 +85,7 @@ class Client:
         self._session, self._http = await dial(self.address, self.secret, CLIENT, _no_requests,
                                                tls=self.tls, timeout=timeout, heartbeat=period)
         self._reader = asyncio.ensure_future(self._session.run())
-        # (pinged at half the shorter of the two periods: a coordinator whose own is
-        # shorter, its KERNEL_COORDINATOR_HEARTBEAT or KERNEL_HEARTBEAT not the
-        # command's, took a client reading a big reply for gone all the same)
-        theirs = self._session.peer_meta.get("heartbeat")
-        if isinstance(theirs, (int, float)) and not isinstance(theirs, bool) and 0 < theirs < period:
-            period = max(float(theirs), MIN_HEARTBEAT)
-        self._heard = asyncio.ensure_future(_keep_heard(self._session.ws, period))
+        self._heard = keep_heard(self._session.ws, self._session.peer_meta)
 
     async def reconnect(self, timeout: float, following: str | None = None) -> None:
         """Connect again within `timeout` seconds; failing that, while
@@ -178,27 +171,6 @@ class Client:
             await session.close()
             await asyncio.wait([reader], timeout=2)
             await http.close()
-
-
-async def _keep_heard(ws, period: float) -> None:
-    """A ping every half `period` (the connection's heartbeat), whatever
-    comes: the coordinator's heartbeat pings a client it has not heard
-    from for a period, and that ping waits behind the reply it is sending
-    (in the sockets' buffers too, MBs); a big one on a slow downlink (a
-    `logs` of several executors, 1 MiB each) outlasted the pong's half
-    period, and the coordinator closed the connection of a client that was
-    reading it (a 3 MB reply at 2 MB/s, a 0.5 s heartbeat: "No PONG
-    received", the next request ConnectionLost). Heard from, it does not
-    ping; a client gone stops these, and is pinged and dropped as before."""
-    import aiohttp
-
-    while not ws.closed:
-        await asyncio.sleep(period / 2)
-        try:
-            # (bounded: a send that waits for room is a connection the heartbeat ends)
-            await asyncio.wait_for(ws.ping(), period / 2)
-        except (ConnectionError, RuntimeError, TimeoutError, aiohttp.ClientError):
-            return  # (the connection ends: the reader says so)
 
 
 # bytes of a request's JSON past which it is asked on a connection of its own (`Client._ask_apart`)
@@ -490,7 +462,7 @@ async def logs(client: Client, job: str, follow: bool) -> int:
 async def _printed(text: str) -> None:
     """`text` on stdout, flushed, by a thread: a reader that takes it slowly
     (a pager read page by page, a slow pipe) holds the write for as long as
-    it likes, and the loop, held in it, neither pinged (`_keep_heard`) nor
+    it likes, and the loop, held in it, neither pinged (`keep_heard`) nor
     answered the coordinator's heartbeat, which closed the connection of a
     command still printing; its next request ended it (`logs JOB | less`,
     the first page read for 9 s: 1 MiB of a 3 MB log, then "error: ...

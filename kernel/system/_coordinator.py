@@ -63,7 +63,7 @@ class CoordinatorServer(AuthenticatedServer):
         # (a connection cut without a FIN or RST, a middlebox's, is noticed
         # within 1.5 periods: its registrations and readers are then handled
         # as a broken connection's, below, where they stayed for good)
-        # (its period told in its meta: a client pings at half of it, `_client._keep_heard`)
+        # (its period told in its meta: a client pings at half of it, `keep_heard`)
         period = coordinator_heartbeat()
         super().__init__(host, port, secret, COORDINATOR, max_frame=MAX_MESSAGE, ssl_context=ssl_context,
                          meta={"role": "coordinator", "heartbeat": period}, ws_heartbeat=period)

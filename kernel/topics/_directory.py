@@ -213,6 +213,48 @@ def coordinator_heartbeat() -> float:
     return seconds_from_environment("KERNEL_COORDINATOR_HEARTBEAT", default, MIN_HEARTBEAT)
 
 
+def keep_heard(ws, meta) -> asyncio.Task:
+    """Ping the coordinator on `ws` every half heartbeat (`_keep_heard`),
+    on a task (cancel it once done with the connection): the period is the
+    shorter of ours (`coordinator_heartbeat`) and the coordinator's, told in
+    `meta`, its handshake's (a coordinator whose own is shorter, its
+    KERNEL_COORDINATOR_HEARTBEAT or KERNEL_HEARTBEAT not this process's,
+    took a client reading a big reply for gone all the same). Both kinds of
+    connection to the coordinator keep it: a command's (`kernel.system.Client`)
+    and an app's (`Directory`: a subscriber's lookup of a topic whose record
+    type is big, 900 KB through 1 MB/s with a 0.5 s heartbeat, had its
+    connection closed by the coordinator, "No PONG received", what it had
+    said there forgotten, at every lookup)."""
+    from kernel.net._environment import MIN_HEARTBEAT
+
+    period = coordinator_heartbeat()
+    theirs = meta.get("heartbeat") if isinstance(meta, dict) else None
+    if isinstance(theirs, (int, float)) and not isinstance(theirs, bool) and 0 < theirs < period:
+        period = max(float(theirs), MIN_HEARTBEAT)
+    return asyncio.ensure_future(_keep_heard(ws, period))
+
+
+async def _keep_heard(ws, period: float) -> None:
+    """A ping every half `period` (the connection's heartbeat), whatever
+    comes: the coordinator's heartbeat pings a client it has not heard
+    from for a period, and that ping waits behind the reply it is sending
+    (in the sockets' buffers too, MBs); a big one on a slow downlink (a
+    `logs` of several executors, 1 MiB each) outlasted the pong's half
+    period, and the coordinator closed the connection of a client that was
+    reading it (a 3 MB reply at 2 MB/s, a 0.5 s heartbeat: "No PONG
+    received", the next request ConnectionLost). A client gone stops these,
+    and is pinged and dropped as before."""
+    import aiohttp
+
+    while not ws.closed:
+        await asyncio.sleep(period / 2)
+        try:
+            # (bounded: a send that waits for room is a connection the heartbeat ends)
+            await asyncio.wait_for(ws.ping(), period / 2)
+        except (ConnectionError, RuntimeError, TimeoutError, aiohttp.ClientError):
+            return  # (the connection ends: the reader says so)
+
+
 def lookup_pauses():
     """The pauses between a waiting lookup's tries: LOOKUP_EVERY, doubling
     up to LOOKUP_MOST, each drawn from the upper half of its span
@@ -274,6 +316,7 @@ class Directory:
         # subscriber's lookup and subscription) are then said again on a
         # new one (`_say_again`), as the coordinator forgot them with it.
         self._idle: asyncio.Task | None = None
+        self._heard: asyncio.Task | None = None  # its pings (`keep_heard`), while it is open
         self._said: dict = {}
         self._again: asyncio.Task | None = None
         self._lost = False  # the connection ended with requests to say again
@@ -283,11 +326,12 @@ class Directory:
 
         host, port = self.address
         try:
-            self._ws, _, _, self._http = await connect(
+            self._ws, _, meta, self._http = await connect(
                 url_of(host, port), self.key, CLIENT, path=SYSTEM_PATH, max_frame=_MAX_MESSAGE,
                 timeout=self._bounded(self.timeout, until), meta={"role": "client"}, check_meta=False,
                 ssl=client_ssl(), heartbeat=coordinator_heartbeat())
             self.opened += 1
+            self._heard = keep_heard(self._ws, meta)
         except (AuthenticationFailed, LinkMismatch) as exc:
             raise TopicError(f"cannot reach the coordinator at {host}:{port}: {exc}") from exc
         except Exception as exc:
@@ -669,6 +713,9 @@ class Directory:
         """The connection closed (a request's next opens another)."""
         ws, self._ws = self._ws, None
         http, self._http = self._http, None
+        heard, self._heard = self._heard, None
+        if heard is not None:
+            heard.cancel()
         try:
             if ws is not None:
                 await ws.close()
