@@ -280,7 +280,10 @@ def test_a_waiting_subscriber_reads_a_publisher_started_afresh_from_its_start(sy
     reads A's one partition (B's other kernel reads only its progress)."""
     a = Job(system, "readings.py", "a", COUNT=0, STATE_DIR=system.root / "state-a", JOB_EPOCH=0.05)
     b = Job(system, "sums.py", "b", ON_LOST="wait", CORES=2)
-    wait_until(lambda: b.epochs_received() >= 30 or b.proc.poll() is not None, what="30 epochs of A")
+    # (and each of B's kernels started on A: 30 epochs are one kernel's to count, and under
+    # load B's second kernel looked A up only once A was killed, 3 starts in all, not 4)
+    wait_until(lambda: (b.epochs_received() >= 30 and len(starts(b)[0]) >= 2) or b.proc.poll() is not None,
+               what="30 epochs of A, both of B's kernels on it")
     a.kill()
     go = system.root / "go"  # A2 makes its readings once B reads from it, over ~5 of its epochs
     again = Job(system, "readings.py", "a2", COUNT=1000, START=100_000, STATE_DIR=system.root / "state-a2",
