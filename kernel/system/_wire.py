@@ -176,29 +176,15 @@ class Session:
         """Read messages until the connection closes; a malformed one (not a
         JSON object, no op) closes it, logged."""
         try:
-            async for message in self.ws:
-                if message.type != aiohttp.WSMsgType.TEXT:
-                    if message.type == aiohttp.WSMsgType.ERROR:
-                        log.warning("%s: %s; closing the connection", self.name, message.data)
-                        break
-                    continue
-                try:
-                    body = _decode(message.data)
-                    if not isinstance(body, dict):
-                        raise ValueError("not a JSON object")
-                    if "re" in body:
-                        waiter = self._waiting.get(body["re"])
-                        if waiter is not None and not waiter.done():
-                            waiter.set_result(body)
-                        continue
-                    if not isinstance(body.get("op"), str) or not isinstance(body.get("body", {}), dict):
-                        raise ValueError("no op, or a body that is not an object")
-                except (msgspec.DecodeError, ValueError, RecursionError) as exc:  # (nested too deep)
-                    log.warning("%s sent a malformed message (%s); closing the connection", self.name, exc)
-                    break
-                task = asyncio.ensure_future(self._serve(body))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            await self._read()
+        except (ConnectionError, aiohttp.ClientError) as exc:
+            # aiohttp answers a ping within the read (its autoping), and on a
+            # server's websocket writes that answer even where the transport is
+            # closing: a peer's ping read after its end (a client killed after
+            # it pinged, read together) raised ClientConnectionResetError here,
+            # "Cannot write to closing transport", out of run(). It is the
+            # connection's end, said as any other (its waiters: ConnectionLost).
+            log.debug("%s: the connection ended (%s)", self.name, exc)
         finally:
             if not self.closed.done():
                 self.closed.set_result(None)
@@ -206,6 +192,31 @@ class Session:
                 if not waiter.done():
                     waiter.set_exception(ConnectionLost(f"{self.name}: connection closed"))
             await self.ws.close()
+
+    async def _read(self) -> None:
+        async for message in self.ws:
+            if message.type != aiohttp.WSMsgType.TEXT:
+                if message.type == aiohttp.WSMsgType.ERROR:
+                    log.warning("%s: %s; closing the connection", self.name, message.data)
+                    break
+                continue
+            try:
+                body = _decode(message.data)
+                if not isinstance(body, dict):
+                    raise ValueError("not a JSON object")
+                if "re" in body:
+                    waiter = self._waiting.get(body["re"])
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(body)
+                    continue
+                if not isinstance(body.get("op"), str) or not isinstance(body.get("body", {}), dict):
+                    raise ValueError("no op, or a body that is not an object")
+            except (msgspec.DecodeError, ValueError, RecursionError) as exc:  # (nested too deep)
+                log.warning("%s sent a malformed message (%s); closing the connection", self.name, exc)
+                break
+            task = asyncio.ensure_future(self._serve(body))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, body: dict) -> None:
         number = body.get("rid")
