@@ -57,6 +57,7 @@ from kernel.execution._cluster import LISTEN_FD_VARIABLE
 from kernel.net._causes import untrusted_certificate
 from kernel.net._links import AuthenticationFailed, LinkRefused, backoff
 from kernel.system._job_cgroup import JobCgroups, is_member, join_in_child
+from kernel.system._logs import LOG_CHUNK, log_piece
 from kernel.system._wire import (
     EXECUTOR,
     ConnectionLost,
@@ -98,7 +99,6 @@ FENCE_SHARE = 0.8
 # executor's fence (so a live executor fences first, and says why) and the
 # timeout.
 LEASE_SHARE = (1 + FENCE_SHARE) / 2
-_LOG_CHUNK = 1 << 20
 DASHBOARD_POLL = 0.05  # seconds between reads of a starting process's output for its dashboard's URL
 # what `kernel run` prints once its dashboard listens (`kernel.metrics.url`)
 # (at a line's end: a pipeline's output not ended by a newline comes before it on its line)
@@ -790,7 +790,7 @@ class ExecutorDaemon:
             try:
                 with open(entry.log_path, "rb") as f:
                     f.seek(offset)
-                    data = f.read(_LOG_CHUNK)
+                    data = f.read(LOG_CHUNK)
             except OSError:
                 data = b""
             offset += len(data)
@@ -811,7 +811,7 @@ class ExecutorDaemon:
                     return
             if ended:
                 return
-            if len(data) < _LOG_CHUNK:
+            if len(data) < LOG_CHUNK:
                 await asyncio.sleep(DASHBOARD_POLL)
 
     async def _follow(self, entry: JobProcess) -> None:
@@ -942,11 +942,10 @@ class ExecutorDaemon:
         try:
             with open(path, "rb") as f:
                 f.seek(offset)
-                data = f.read(_LOG_CHUNK)
+                data = f.read(LOG_CHUNK)
         except FileNotFoundError:
             data = b""
-        data = data[: len(data) - _cut_character(data)]
-        return {"text": data.decode(errors="replace"), "offset": offset + len(data)}
+        return log_piece(data, offset)
 
     async def close(self) -> None:
         for port in list(self._prepared):
@@ -1075,21 +1074,6 @@ def _exit_noted(e) -> bool:
     return isinstance(e, dict) and isinstance(e.get("job"), str) and integer(e.get("attempt")) \
         and integer(e.get("process")) and integer(e.get("code")) \
         and all(e.get(name) is None or isinstance(e[name], str) for name in ("error", "dashboard"))
-
-
-def _cut_character(data: bytes) -> int:
-    """How many bytes at the end of `data` are a UTF-8 character begun and
-    not finished: the next piece starts with them. (Each piece is decoded on
-    its own: a character cut by the 1 MiB boundary, or by a read while the
-    job was writing it, came out as replacement characters.)"""
-    for back in range(1, min(4, len(data)) + 1):
-        byte = data[-back]
-        if byte < 0x80:
-            return 0  # ASCII: nothing begun
-        if byte >= 0xC0:  # a lead byte: how long is its character?
-            size = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
-            return back if size > back else 0
-    return 0  # (continuation bytes only: not UTF-8 to mend)
 
 
 async def _resolved_off_the_loop(host: str) -> list | None:
