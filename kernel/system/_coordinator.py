@@ -27,6 +27,7 @@ from kernel.dataflow._errors import KernelError
 from kernel.net._links import AuthenticatedServer
 from kernel.system import _topics
 from kernel.system._catalog import CATALOG_TIMEOUT, TABLES, TERMINAL, Catalog, CatalogBusy, CatalogError
+from kernel.system._logs import LeftLogs
 from kernel.system._master import JobMaster
 from kernel.system._wire import (
     CLIENT,
@@ -74,6 +75,8 @@ class CoordinatorServer(AuthenticatedServer):
         self._checking: set[asyncio.Task] = set()  # `_topics.forget_lost` of closed connections
         self._published: dict[int, dict] = {}  # each open connection's `published`, by its id()
         self._subscribed: dict[int, set] = {}  # each open connection's `subscribed`, by its id()
+        # which logs are followed, and their tails on executors that left (`_logs.py`)
+        self.left_logs = LeftLogs()
 
     def check_left_behind(self) -> None:
         """(Once listening.) The catalog's registrations asked whether their
@@ -181,7 +184,12 @@ class CoordinatorServer(AuthenticatedServer):
             master.executor_leaving(state["executor"])
             return {}
         if op == "left":
-            master.executor_left(state["executor"])
+            # (first, still connected: the rest of its logs being followed, served
+            # from here once it has gone; then forgotten, with nothing in between)
+            try:
+                await self.left_logs.fetch(session, state["executor"])
+            finally:
+                master.executor_left(state["executor"])
             return {}
         raise RequestError(f"unknown request {op!r}")
 
@@ -312,14 +320,16 @@ class CoordinatorServer(AuthenticatedServer):
         # being stopped: a killed job is so at once, and a `logs --follow`
         # that stopped on it missed their last lines, `interrupted`)
         status = "stopping" if job.id in self.master.ending else job.status
-        chunks, missing, asked = {}, [], {}
-        for executor_id in job.ran_on:
+        chunks, gone, asked = {}, [], {}
+        wanted = {executor_id: int(offsets.get(executor_id, 0)) for executor_id in job.ran_on}
+        for executor_id, offset in wanted.items():
+            self.left_logs.asked(job_id, executor_id, offset)
             entry = self.master.connected.get(executor_id)
             if entry is None:
-                missing.append(executor_id)
+                gone.append(executor_id)
                 continue
-            asked[executor_id] = entry.session.request(
-                "logs", timeout=_LOGS_TIMEOUT, job=job_id, offset=int(offsets.get(executor_id, 0)))
+            asked[executor_id] = entry.session.request("logs", timeout=_LOGS_TIMEOUT, job=job_id,
+                                                       offset=offset)
         # Asked at once, and an executor that goes away meanwhile (a frozen one
         # is dropped after the executor timeout) or does not answer is
         # unreachable: its ConnectionLost used to end this request with no
@@ -328,11 +338,21 @@ class CoordinatorServer(AuthenticatedServer):
         replies = await asyncio.gather(*asked.values(), return_exceptions=True)
         for executor_id, reply in zip(asked, replies):
             if isinstance(reply, (ConnectionLost, RequestError, TimeoutError)):
-                missing.append(executor_id)
+                gone.append(executor_id)
             elif isinstance(reply, BaseException):
                 raise reply
             else:
                 chunks[executor_id] = reply
+        # One that left (or left as it was asked: the request sent after "left"'s
+        # answer) is answered from the tail kept of its log as it left, where
+        # there is one from the offset asked (`LeftLogs`); else unreachable.
+        missing = []
+        for executor_id in gone:
+            kept = self.left_logs.piece(job_id, executor_id, wanted[executor_id])
+            if kept is None:
+                missing.append(executor_id)
+            else:
+                chunks[executor_id] = kept
         return {"chunks": chunks, "unreachable": missing, "status": status}
 
 

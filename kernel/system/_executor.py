@@ -602,7 +602,7 @@ class ExecutorDaemon:
             await self._stop(m["job"], m.get("attempt"))
             return {}
         if op == "logs":
-            return self._log(str(m["job"]), int(m.get("offset", 0)))
+            return self._log(str(m["job"]), int(m.get("offset", 0)), m.get("raw") is True)
         raise RequestError(f"unknown request {op!r}")
 
     async def _prepare_port(self) -> int:
@@ -937,7 +937,13 @@ class ExecutorDaemon:
         else:
             _end_group(entry.proc.pid)
 
-    def _log(self, job: str, offset: int) -> dict:
+    def _log(self, job: str, offset: int, raw: bool = False) -> dict:
+        """The job's log from `offset`, a piece of it (`log_piece`); `raw`:
+        its bytes as they are, as latin-1 text (which gives each byte back,
+        as `file_fields` does), for the coordinator's copy of the log as
+        this executor leaves (`LeftLogs.fetch`): the pieces it serves from
+        it start at this file's offsets, which a copy of the UTF-8 text,
+        bytes that are not UTF-8 replaced, would not keep."""
         path = self.workdir / "logs" / f"{job}.log"
         try:
             with open(path, "rb") as f:
@@ -945,6 +951,8 @@ class ExecutorDaemon:
                 data = f.read(LOG_CHUNK)
         except FileNotFoundError:
             data = b""
+        if raw:
+            return {"text": data.decode("latin-1"), "encoding": "latin-1", "offset": offset + len(data)}
         return log_piece(data, offset)
 
     async def close(self) -> None:

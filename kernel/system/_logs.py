@@ -1,10 +1,49 @@
-"""A job's log on an executor, served in pieces (`ExecutorDaemon._log`):
-each piece at most LOG_CHUNK bytes, decoded on its own, a character cut at
-its end left for the next."""
+"""A job's log on an executor, served in pieces: by the executor from its
+file (`ExecutorDaemon._log`), and by the coordinator from the tail it
+keeps of an executor that left (`LeftLogs`).
+
+Why the coordinator keeps a tail at all: a `logs --follow` asks every
+executor the job ran on for what follows its offset there, every 0.2 s,
+and once more after the job has ended. An executor being stopped (SIGTERM:
+`ExecutorDaemon._leave`) stops its job processes, which write their last
+lines (`interrupted`, an atexit's), says "left" and exits: the lines
+written after the follower's last ask there were unreachable to it, though
+the log on the executor's disk had them (a job killed meanwhile: its
+follower ended on `interrupted`, its last words lost; a job moved off the
+executor: what the old attempt wrote as it stopped). The executor waits
+for the answer to "left", so it is still connected then: the coordinator
+asks it, first, for the rest of each log followed lately, from the
+smallest offset asked lately (each follower is at or past it), and serves
+a follower from that copy once the executor has gone.
+
+Bounded: a tail of at most KEEP_MOST_PER_LOG bytes per log and KEEP_MOST
+in all, fetched within FETCH_WITHIN seconds (the executor waits
+LEAVE_TIMEOUT, 2 s, for its answer), kept KEEP_FOR seconds. What lies
+beyond a tail cut short stays on the executor's disk: a follower that
+reaches the cut hears the executor's logs unreachable, as before, rather
+than a log that ends there. A reader further back than the tail (a `logs`
+from the start, begun after the leave) hears so too: the tail is not
+given as the whole.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from kernel.system._wire import ConnectionLost, RequestError
+
+log = logging.getLogger("kernel.system")
+
 LOG_CHUNK = 1 << 20  # the most bytes of a log one `logs` request answers with, per executor
+
+ASKED_WITHIN = 60.0  # seconds an offset asked counts as followed (a follower asks every 0.2 s)
+FETCH_WITHIN = 1.0  # seconds a leaving executor's tails are fetched in (it waits 2 s for "left"'s answer)
+KEEP_FOR = 60.0  # seconds a left executor's tails are served after it left
+KEEP_MOST_PER_LOG = 4 << 20  # bytes of one log's tail, at most
+KEEP_MOST = 64 << 20  # bytes of all tails kept, at most
 
 
 def cut_character(data: bytes) -> int:
@@ -27,3 +66,105 @@ def log_piece(data: bytes, offset: int) -> dict:
     character not finished, and the offset after it."""
     data = data[: len(data) - cut_character(data)]
     return {"text": data.decode(errors="replace"), "offset": offset + len(data)}
+
+
+@dataclass
+class Tail:
+    """The rest of one log from `start`, as its executor left; `whole`:
+    to the log's end (else cut at a bound, or by the fetch's time)."""
+
+    start: int
+    data: bytearray
+    kept_at: float
+    whole: bool = False
+
+
+class LeftLogs:
+    """The coordinator's memory of which logs are followed, and the tails
+    of those on executors that left. `clock`: monotonic seconds."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self._clock = clock
+        # (job, executor) -> offset -> when it was last asked from
+        self._asked: dict[tuple[str, str], dict[int, float]] = {}
+        self._tails: dict[tuple[str, str], Tail] = {}
+        self._pruned = 0.0
+
+    def asked(self, job: str, executor: str, offset: int) -> None:
+        """A `logs` of `job` asked `executor`'s log from `offset`."""
+        now = self._clock()
+        self._asked.setdefault((job, executor), {})[max(0, offset)] = now
+        if now - self._pruned >= 1.0:  # (all of it, once a second at most: logs no longer followed go)
+            self._pruned = now
+            for key in list(self._asked):
+                self._recent(key, now)
+
+    def _recent(self, key: tuple[str, str], now: float) -> dict[int, float]:
+        offsets = self._asked.get(key, {})
+        for offset in [o for o, when in offsets.items() if now - when > ASKED_WITHIN]:
+            del offsets[offset]
+        if not offsets:
+            self._asked.pop(key, None)
+        return offsets
+
+    async def fetch(self, session, executor: str) -> None:
+        """`executor` is leaving, its job processes stopped, still connected
+        on `session`: the rest of each of its logs followed lately, kept.
+        Within FETCH_WITHIN seconds; what came by then is kept, cut there."""
+        now = self._clock()
+        self._expire(now)
+        for key in [k for k in self._tails if k[1] == executor]:  # (of an earlier leave: it came back)
+            del self._tails[key]
+        room = KEEP_MOST - sum(len(t.data) for t in self._tails.values())
+        fetches = []
+        for job, e in list(self._asked):
+            offsets = self._recent((job, e), now) if e == executor else None
+            if not offsets:
+                continue
+            most = max(0, min(KEEP_MOST_PER_LOG, room))
+            room -= most
+            tail = self._tails[(job, executor)] = Tail(min(offsets), bytearray(), now)
+            fetches.append(self._fetch_tail(session, job, tail, most))
+        if not fetches:
+            return
+        try:
+            async with asyncio.timeout(FETCH_WITHIN):
+                failures = await asyncio.gather(*fetches, return_exceptions=True)
+        except TimeoutError:
+            return
+        for failure in failures:  # (what came before it kept: the executor's leave goes on)
+            if isinstance(failure, Exception):
+                log.warning("executor %s: its logs could not all be kept as it left: %s: %s", executor,
+                            type(failure).__name__, failure)
+
+    @staticmethod
+    async def _fetch_tail(session, job: str, tail: Tail, most: int) -> None:
+        while len(tail.data) < most:
+            try:
+                reply = await session.request("logs", job=job, offset=tail.start + len(tail.data), raw=True)
+            except (ConnectionLost, RequestError):  # (gone after all: what came is kept)
+                return
+            # (its bytes as they are on disk, as latin-1 text: `ExecutorDaemon._log`)
+            data = reply["text"].encode(reply.get("encoding", "utf-8"))
+            if not data:
+                tail.whole = True
+                return
+            tail.data += data[: most - len(tail.data)]
+
+    def piece(self, job: str, executor: str, offset: int) -> dict | None:
+        """`logs`' answer for `executor`'s log from `offset`, gone with the
+        executor, from the tail kept; None where it does not hold it (none
+        kept, or not from there, or cut short there)."""
+        self._expire(self._clock())
+        tail = self._tails.get((job, executor))
+        if tail is None or not tail.start <= offset <= tail.start + len(tail.data):
+            return None
+        at = offset - tail.start
+        answer = log_piece(bytes(tail.data[at: at + LOG_CHUNK]), offset)
+        if answer["offset"] == offset and not tail.whole:
+            return None  # (the rest is on the executor's disk only)
+        return answer
+
+    def _expire(self, now: float) -> None:
+        for key in [k for k, t in self._tails.items() if now - t.kept_at > KEEP_FOR]:
+            del self._tails[key]
