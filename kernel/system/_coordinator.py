@@ -75,7 +75,7 @@ class CoordinatorServer(AuthenticatedServer):
         self._checking: set[asyncio.Task] = set()  # `_topics.forget_lost` of closed connections
         self._published: dict[int, dict] = {}  # each open connection's `published`, by its id()
         self._subscribed: dict[int, set] = {}  # each open connection's `subscribed`, by its id()
-        # which logs are followed, and their tails on executors that left (`_logs.py`)
+        # where client connections read jobs' logs, and the tails of those on executors that left
         self.left_logs = LeftLogs()
 
     def check_left_behind(self) -> None:
@@ -121,9 +121,11 @@ class CoordinatorServer(AuthenticatedServer):
         published: dict = {}  # (name, id) -> partitions registered on this connection, not ended
         publishing: set = set()  # the tasks of this connection's registrations under way
         reading = _topics.Reading()  # who looked topics up on this connection
+        places = self.left_logs.reader()  # where this connection reads jobs' logs (`_logs`)
         session = Session(ws, None, f"{'executor' if peer == EXECUTOR else 'client'} at {address}")
         session.handler = (lambda op, m: self._executor_request(session, state, op, m)) if peer == EXECUTOR \
-            else (lambda op, m: self._client_request(op, m, subscribed, published, publishing, reading))
+            else (lambda op, m: self._client_request(op, m, subscribed, published, publishing, reading,
+                                                     places))
         self._published[id(published)] = published
         self._subscribed[id(subscribed)] = subscribed
         try:
@@ -131,6 +133,7 @@ class CoordinatorServer(AuthenticatedServer):
         finally:
             del self._published[id(published)]
             del self._subscribed[id(subscribed)]
+            self.left_logs.closed(places)
             if state["executor"] is not None:
                 self.master.disconnected(state["executor"], session)
             elif not self.master.closing:  # (its readers forgotten a while after: `_topics.READER_GRACE`)
@@ -197,7 +200,7 @@ class CoordinatorServer(AuthenticatedServer):
 
     async def _client_request(self, op: str, m: dict, subscribed: set | None = None,
                               published: dict | None = None, publishing: set | None = None,
-                              reading: _topics.Reading | None = None):
+                              reading: _topics.Reading | None = None, places: dict | None = None):
         self.requests += 1
         master = self.master
         if op == "status":
@@ -224,7 +227,8 @@ class CoordinatorServer(AuthenticatedServer):
             job = await master.kill(str(m.get("job")))
             return {"job": job.id, "status": job.status}
         if op == "logs":
-            return await self._logs(str(m.get("job")), m.get("offsets") or {})
+            return await self._logs(str(m.get("job")), m.get("offsets") or {},
+                                    {} if places is None else places)
         if op in _topics.OPS:  # issue 18: jobs publishing streams and services
             # A subscribe is noted before its write, which may wait for the
             # catalog: the connection closing meanwhile (the app killed) then
@@ -314,7 +318,9 @@ class CoordinatorServer(AuthenticatedServer):
                 return job
             await self.master.wait_for_change(left)
 
-    async def _logs(self, job_id: str, offsets: dict) -> dict:
+    async def _logs(self, job_id: str, offsets: dict, places: dict) -> dict:
+        """Each executor's piece of the job's log from its offset in
+        `offsets`; `places`: the asking connection's (`LeftLogs.reader`)."""
         job = self.master._job(job_id)
         # (read before the logs, and not yet ended while its processes are
         # being stopped: a killed job is so at once, and a `logs --follow`
@@ -323,7 +329,7 @@ class CoordinatorServer(AuthenticatedServer):
         chunks, gone, asked = {}, [], {}
         wanted = {executor_id: int(offsets.get(executor_id, 0)) for executor_id in job.ran_on}
         for executor_id, offset in wanted.items():
-            self.left_logs.asked(job_id, executor_id, offset)
+            self.left_logs.asked(places, job_id, executor_id, offset)
             entry = self.master.connected.get(executor_id)
             if entry is None:
                 gone.append(executor_id)

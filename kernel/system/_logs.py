@@ -12,9 +12,10 @@ the log on the executor's disk had them (a job killed meanwhile: its
 follower ended on `interrupted`, its last words lost; a job moved off the
 executor: what the old attempt wrote as it stopped). The executor waits
 for the answer to "left", so it is still connected then: the coordinator
-asks it, first, for the rest of each log followed lately, from the
-smallest offset asked lately (each follower is at or past it), and serves
-a follower from that copy once the executor has gone.
+asks it, first, for the rest of each log that a client connection still
+open has read there, from the smallest offset those asked from last (each
+follower is at or past it), and serves a follower from that copy once the
+executor has gone.
 
 Bounded: a tail of at most KEEP_MOST_PER_LOG bytes per log and KEEP_MOST
 in all, fetched within FETCH_WITHIN seconds (the executor waits
@@ -39,7 +40,6 @@ log = logging.getLogger("kernel.system")
 
 LOG_CHUNK = 1 << 20  # the most bytes of a log one `logs` request answers with, per executor
 
-ASKED_WITHIN = 60.0  # seconds an offset asked counts as followed (a follower asks every 0.2 s)
 FETCH_WITHIN = 1.0  # seconds a leaving executor's tails are fetched in (it waits 2 s for "left"'s answer)
 KEEP_FOR = 60.0  # seconds a left executor's tails are served after it left
 KEEP_MOST_PER_LOG = 4 << 20  # bytes of one log's tail, at most
@@ -80,50 +80,56 @@ class Tail:
 
 
 class LeftLogs:
-    """The coordinator's memory of which logs are followed, and the tails
-    of those on executors that left. `clock`: monotonic seconds."""
+    """The coordinator's memory of where each client connection reads the
+    logs it asked for, and the tails of those logs on executors that left.
+    `clock`: monotonic seconds."""
 
     def __init__(self, clock=time.monotonic) -> None:
         self._clock = clock
-        # (job, executor) -> offset -> when it was last asked from
-        self._asked: dict[tuple[str, str], dict[int, float]] = {}
+        # each open client connection's places, by id(): (job, executor) -> the offset
+        # its last `logs` of the job asked from there. By connection, not by time: a
+        # follower held for minutes by a slow reader (a pager) is still one, its
+        # place kept, and one that has ended (`logs` without --follow) is not.
+        self._readers: dict[int, dict[tuple[str, str], int]] = {}
         self._tails: dict[tuple[str, str], Tail] = {}
-        self._pruned = 0.0
 
-    def asked(self, job: str, executor: str, offset: int) -> None:
-        """A `logs` of `job` asked `executor`'s log from `offset`."""
-        now = self._clock()
-        self._asked.setdefault((job, executor), {})[max(0, offset)] = now
-        if now - self._pruned >= 1.0:  # (all of it, once a second at most: logs no longer followed go)
-            self._pruned = now
-            for key in list(self._asked):
-                self._recent(key, now)
+    def reader(self) -> dict[tuple[str, str], int]:
+        """The places of a new client connection, to pass to `asked`; kept
+        until `closed`."""
+        places: dict[tuple[str, str], int] = {}
+        self._readers[id(places)] = places
+        return places
 
-    def _recent(self, key: tuple[str, str], now: float) -> dict[int, float]:
-        offsets = self._asked.get(key, {})
-        for offset in [o for o, when in offsets.items() if now - when > ASKED_WITHIN]:
-            del offsets[offset]
-        if not offsets:
-            self._asked.pop(key, None)
-        return offsets
+    def closed(self, places: dict) -> None:
+        self._readers.pop(id(places), None)
+
+    @staticmethod
+    def asked(places: dict, job: str, executor: str, offset: int) -> None:
+        """A `logs` of `job` on the connection of `places` asked `executor`'s
+        log from `offset`. (Its last: a follower only goes on; two following
+        the same job on one connection, the one behind may miss a tail.)"""
+        places[(job, executor)] = max(0, offset)
 
     async def fetch(self, session, executor: str) -> None:
         """`executor` is leaving, its job processes stopped, still connected
-        on `session`: the rest of each of its logs followed lately, kept.
-        Within FETCH_WITHIN seconds; what came by then is kept, cut there."""
+        on `session`: the rest of each of its logs that a connection open
+        reads, from the place furthest back, kept. Within FETCH_WITHIN
+        seconds; what came by then is kept, cut there."""
         now = self._clock()
         self._expire(now)
         for key in [k for k in self._tails if k[1] == executor]:  # (of an earlier leave: it came back)
             del self._tails[key]
         room = KEEP_MOST - sum(len(t.data) for t in self._tails.values())
+        starts: dict[str, int] = {}  # job -> the place furthest back of its readers there
+        for places in self._readers.values():
+            for (job, e), offset in places.items():
+                if e == executor:
+                    starts[job] = min(offset, starts.get(job, offset))
         fetches = []
-        for job, e in list(self._asked):
-            offsets = self._recent((job, e), now) if e == executor else None
-            if not offsets:
-                continue
+        for job, start in sorted(starts.items()):
             most = max(0, min(KEEP_MOST_PER_LOG, room))
             room -= most
-            tail = self._tails[(job, executor)] = Tail(min(offsets), bytearray(), now)
+            tail = self._tails[(job, executor)] = Tail(start, bytearray(), now)
             fetches.append(self._fetch_tail(session, job, tail, most))
         if not fetches:
             return

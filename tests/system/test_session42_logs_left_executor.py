@@ -9,7 +9,8 @@ last ask came before the last words and its next after the exit).
 
 The follower here asks before the leave and not again until the executor
 has exited: the CLI's held in writing to a pipe the test does not read, or
-the test's own requests.
+the test's own requests on a connection it holds (the coordinator keeps
+the tails that its open connections read, from the place furthest back).
 
 Real processes: a coordinator, executors, the CLI."""
 
@@ -21,8 +22,9 @@ import os
 import signal
 import sys
 import termios
+from contextlib import asynccontextmanager
 
-from _system import SECRET, a_system, wait_until
+from _system import SECRET, System, a_system, wait_until
 
 from kernel.system._logs import KEEP_MOST_PER_LOG
 from tests.system.test_session41_readme_logs import followed_running
@@ -56,38 +58,49 @@ flow.from_iterable(itertools.count()).map(lambda x: time.sleep(0.01) or x).sink(
 """
 
 
-def _logs(system, job: str, offsets: dict) -> dict:
-    """The coordinator's answer to a `logs` of `job` from `offsets` (executor -> offset)."""
+@asynccontextmanager
+async def _a_system_here(root, executors: int = 1):
+    """`a_system` from a test's loop: its status asked on a thread."""
+    system = System(root)
+    try:
+        system.start_coordinator()
+        for _ in range(executors):
+            system.start_executor(1)
+        await asyncio.to_thread(system.executors_up, executors)
+        yield system
+    finally:
+        system.close()
+
+
+@asynccontextmanager
+async def _connected(system):
+    """A client connection to `system`'s coordinator, as a follower holds one."""
     from kernel.system import Client
 
-    async def ask():
-        async with Client((system.host, system.port), SECRET.encode(), timeout=10.0) as client:
-            return await client.request("logs", job=job, offsets=offsets)
-
-    return asyncio.run(ask())
+    async with Client((system.host, system.port), SECRET.encode(), timeout=10.0) as client:
+        yield client
 
 
-def _ready(system, tmp_path, text: str) -> tuple[str, str, int]:
-    """A job of `text` submitted and running, its log followed until it
-    says `ready` (its last words set): (the job, the executor it runs on,
-    the offset there of the log's end then)."""
+async def _ready(system, client, tmp_path, text: str) -> tuple[str, str, int]:
+    """A job of `text` submitted and running, its log followed on `client`
+    until it says `ready` (its last words set): (the job, the executor it
+    runs on, the offset there of the log's end then, the last one asked)."""
     pipeline = tmp_path / "leaving.py"
     pipeline.write_text(text)
-    job = system.cli("submit", pipeline).stdout.splitlines()[0]
-    state = wait_until(lambda: (lambda j: j["status"] == "running" and j)(system.job(job)),
-                       what="the job to run")
-    executor, offsets, text = state["placement"][0], {}, ""
-
-    def ready() -> bool:
-        nonlocal text
-        reply = _logs(system, job, offsets)
-        assert reply["unreachable"] == []
-        offsets[executor] = reply["chunks"][executor]["offset"]
-        text += reply["chunks"][executor]["text"]
-        return "\nready\n" in text
-
-    wait_until(ready, what="the job to say it is ready")
-    return job, executor, offsets[executor]
+    job = (await asyncio.to_thread(system.cli, "submit", pipeline)).stdout.splitlines()[0]
+    state = await asyncio.to_thread(wait_until, lambda: (lambda j: j["status"] == "running" and j)(
+        system.job(job)), what="the job to run")
+    executor, offset, said = state["placement"][0], 0, ""
+    async with asyncio.timeout(30):
+        while True:
+            reply = await client.request("logs", job=job, offsets={executor: offset})
+            assert reply["unreachable"] == []
+            chunk = reply["chunks"][executor]
+            if "\nready\n" in said and chunk["offset"] == offset:
+                return job, executor, offset
+            if chunk["offset"] == offset:
+                await asyncio.sleep(0.05)
+            said, offset = said + chunk["text"], chunk["offset"]
 
 
 def _stopped(system, executor: str):
@@ -129,48 +142,50 @@ def test_logs_follow_held_while_its_executor_leaves_and_its_job_is_killed_prints
     assert len(followed) > 150_000 and log.endswith(followed)
 
 
-def test_a_job_moved_off_a_leaving_executor_keeps_what_its_attempt_wrote_there(tmp_path):
-    with a_system(tmp_path, executors=2) as system:
-        job, first, offset = _ready(system, tmp_path, PIPELINE)
-        offsets = {first: offset}
-        _stopped(system, first)
-        # (placed again on the other one, no state_dir: from its start, attempt 2)
-        moved = wait_until(lambda: (lambda j: j["status"] == "running" and j["attempt"] == 2 and j)(
-            system.job(job)), what="the job to run again elsewhere")
-        (second,) = moved["placement"]
-        assert second != first
-        after = _logs(system, job, offsets)
-        assert after["unreachable"] == [], after["unreachable"]
-        text = after["chunks"][first]["text"]
-        assert text.splitlines()[-2:] == ["interrupted", "last words"], text[-300:]
-        log = _log_file(tmp_path, system, first, job)
-        assert text.encode() == log[offsets[first]:]
-        assert after["chunks"][first]["offset"] == len(log)
-        # at its end: nothing more, and nothing unreachable
-        offsets = {e: chunk["offset"] for e, chunk in after["chunks"].items()}
-        end = _logs(system, job, offsets)
-        assert (end["chunks"][first]["text"], end["unreachable"]) == ("", [])
-        # (kept from the smallest offset asked lately: 0 here, the follower's first ask)
-        whole = _logs(system, job, {})
-        assert (whole["chunks"][first]["text"].encode(), whole["unreachable"]) == (log, [])
+async def test_a_job_moved_off_a_leaving_executor_keeps_what_its_attempt_wrote_there(tmp_path):
+    async with _a_system_here(tmp_path, executors=2) as system:
+        async with _connected(system) as client:
+            job, first, offset = await _ready(system, client, tmp_path, PIPELINE)
+            await asyncio.to_thread(_stopped, system, first)
+            # (placed again on the other one, no state_dir: from its start, attempt 2)
+            moved = await asyncio.to_thread(
+                wait_until, lambda: (lambda j: j["status"] == "running" and j["attempt"] == 2 and j)(
+                    system.job(job)), what="the job to run again elsewhere")
+            (second,) = moved["placement"]
+            assert second != first
+            after = await client.request("logs", job=job, offsets={first: offset})
+            assert after["unreachable"] == [], after["unreachable"]
+            text = after["chunks"][first]["text"]
+            assert text.splitlines()[-2:] == ["interrupted", "last words"], text[-300:]
+            log = _log_file(tmp_path, system, first, job)
+            assert text.encode() == log[offset:]
+            assert after["chunks"][first]["offset"] == len(log)
+            # at its end: nothing more, and nothing unreachable
+            offsets = {e: chunk["offset"] for e, chunk in after["chunks"].items()}
+            end = await client.request("logs", job=job, offsets=offsets)
+            assert (end["chunks"][first]["text"], end["unreachable"]) == ("", [])
+            # a reader from further back than any connected one was (a `logs` begun
+            # after the leave): told it unreachable, not given the tail as the whole
+            async with _connected(system) as other:
+                assert (await other.request("logs", job=job, offsets={}))["unreachable"] == [first]
 
 
-def test_the_tail_kept_of_a_left_executors_log_is_bounded_and_says_it_was_cut(tmp_path):
-    with a_system(tmp_path) as system:
-        job, executor, start = _ready(system, tmp_path, LONG_GOODBYE)
-        offset = start
-        _stopped(system, executor)
-        log = _log_file(tmp_path, system, executor, job)
-        assert len(log) - start > KEEP_MOST_PER_LOG + (1 << 20)
-        got = []
-        while True:
-            reply = _logs(system, job, {executor: offset})
-            chunk = reply["chunks"].get(executor)
-            if chunk is None or not chunk["text"]:
-                break
-            got.append(chunk["text"])
-            offset = chunk["offset"]
-        # all it kept (from 0, the follower's first ask, the smallest lately), in
-        # order, then unreachable: the rest is on the executor's disk only
-        assert reply["unreachable"] == [executor]
-        assert "".join(got).encode() == log[start:KEEP_MOST_PER_LOG]
+async def test_the_tail_kept_of_a_left_executors_log_is_bounded_and_says_it_was_cut(tmp_path):
+    async with _a_system_here(tmp_path) as system:
+        async with _connected(system) as client:
+            job, executor, start = await _ready(system, client, tmp_path, LONG_GOODBYE)
+            await asyncio.to_thread(_stopped, system, executor)
+            log = _log_file(tmp_path, system, executor, job)
+            assert len(log) - start > KEEP_MOST_PER_LOG + (1 << 20)
+            got, offset = [], start
+            while True:
+                reply = await client.request("logs", job=job, offsets={executor: offset})
+                chunk = reply["chunks"].get(executor)
+                if chunk is None or not chunk["text"]:
+                    break
+                got.append(chunk["text"])
+                offset = chunk["offset"]
+    # all it kept, from the follower's place, in order, then unreachable: the
+    # rest is on the executor's disk only
+    assert reply["unreachable"] == [executor]
+    assert "".join(got).encode() == log[start:start + KEEP_MOST_PER_LOG]
