@@ -125,23 +125,30 @@ class LeftLogs:
             for (job, e), offset in places.items():
                 if e == executor:
                     starts[job] = min(offset, starts.get(job, offset))
-        fetches = []
+        tails, fetches = [], []
         for job, start in sorted(starts.items()):
             most = max(0, min(KEEP_MOST_PER_LOG, room))
             room -= most
             tail = self._tails[(job, executor)] = Tail(start, bytearray(), now)
+            tails.append(tail)
             fetches.append(self._fetch_tail(session, job, tail, most))
         if not fetches:
             return
+        failures = []
         try:
             async with asyncio.timeout(FETCH_WITHIN):
                 failures = await asyncio.gather(*fetches, return_exceptions=True)
         except TimeoutError:
-            return
+            pass
         for failure in failures:  # (what came before it kept: the executor's leave goes on)
             if isinstance(failure, Exception):
                 log.warning("executor %s: its logs could not all be kept as it left: %s: %s", executor,
                             type(failure).__name__, failure)
+        cut = sum(not t.whole for t in tails)
+        log.info("executor %s left: %d bytes of the %d log(s) read there kept for their readers (%s), "
+                 "fetched in %.0f ms", executor, sum(len(t.data) for t in tails), len(tails),
+                 f"{cut} cut short, the rest on its disk only" if cut else "whole",
+                 1000 * (self._clock() - now))
 
     @staticmethod
     async def _fetch_tail(session, job: str, tail: Tail, most: int) -> None:
