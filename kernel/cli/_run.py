@@ -129,25 +129,34 @@ def source_error(data: bytes, path) -> SyntaxError | ValueError | None:
     return None
 
 
-def _report(prefix: str, exc: BaseException) -> None:
+def _report(exc: BaseException, kernel: int | None = None, kernel_in_text: bool = True) -> None:
+    """A failure's message and traceback; `kernel`: the index of the kernel
+    it happened in, where known: a field in JSON, with the failed step's, as
+    in the kernels' own records; in text a `kernel N: ` prefix (but for
+    `kernel_in_text=False`: a one-kernel run's, which never named it)."""
     # (the pipeline's classes are named as in `python pipeline.py`'s errors,
     # not after the module name the command imports the file under)
     internal = f"{PIPELINE_MODULE}."
-    _error(f"{prefix}{exc}".replace(internal, ""), cause_traceback(exc).replace(internal, ""))
+    message = str(exc).replace(internal, "")
+    step = exc.operator if isinstance(exc, OperatorError) else None
+    if kernel is not None and kernel_in_text and not _json_errors:
+        message = f"kernel {kernel}: {message}"
+    _error(message, cause_traceback(exc).replace(internal, ""), kernel=kernel, step=step)
 
 
 _json_errors = False  # --log-format json: the command's own error is a JSON line too
 _json_job: str | None = None  # its `job` field: `pipeline.py:flow`, once the command line is read
 
 
-def _error(message: str, traceback: str = "") -> None:
+def _error(message: str, traceback: str = "", *, kernel: int | None = None, step: str | None = None) -> None:
     """The command's last word on stderr: `error: ...` and the user's
-    traceback, or with --log-format json one JSON object."""
+    traceback, or with --log-format json one JSON object (with the
+    `kernel` and `step` fields where known: `_report`)."""
     if _json_errors:
         from kernel._logging import json_line
 
-        print(json_line("ERROR", message, traceback=traceback or None, logger="kernel.run", job=_json_job),
-              file=sys.stderr)
+        print(json_line("ERROR", message, traceback=traceback or None, logger="kernel.run", kernel=kernel,
+                        step=step, job=_json_job), file=sys.stderr)
         return
     print(f"error: {message}", file=sys.stderr)
     if traceback:
@@ -495,7 +504,7 @@ def _main(argv: list[str] | None, prog: str) -> int:
         return 2
     except (KernelProcessError, PipelineImportError, KernelError) as exc:
         if not _broken_pipe(exc):
-            return _failed(exc)
+            return _failed(exc, one_kernel=args.cores == 1 and args.peers is None and args.process_id is None)
         # the reader of stdout went away: quiet, as `yes | head -1` (141: SIGPIPE's)
         try:
             sys.stdout = open(os.devnull, "w")  # (what is left to flush at exit goes nowhere)
@@ -517,7 +526,9 @@ def _main(argv: list[str] | None, prog: str) -> int:
     return 0
 
 
-def _failed(exc: BaseException) -> int:
+def _failed(exc: BaseException, one_kernel: bool) -> int:
+    """`one_kernel`: the run was one kernel in this process (kernel 0), whose
+    errors come bare, not as a `KernelProcessError` naming the kernel."""
     if isinstance(exc, KernelProcessError):
         cause = exc.__cause__
         if isinstance(cause, SystemExit):
@@ -533,9 +544,9 @@ def _failed(exc: BaseException) -> int:
             _error(str(cause))
             return 2
         if isinstance(cause, (PipelineImportError, KernelError)):
-            _report(f"kernel {exc.kernel}: ", cause)
+            _report(cause, kernel=exc.kernel)
         else:
-            _report("", exc)
+            _report(exc)
         return 1
-    _report("", exc)
+    _report(exc, kernel=0 if one_kernel and isinstance(exc, OperatorError) else None, kernel_in_text=False)
     return 1
