@@ -289,7 +289,7 @@ async def _command(args) -> int:
 
     secret, tls = _secret(args), _tls(args)
     if args.command == "coordinator":
-        from kernel.system._coordinator import serve
+        from kernel.system._coordinator import DashboardHoldsTheListenPort, serve
 
         _configure_logging()
         host, port = _address(args.listen, "--listen")
@@ -300,9 +300,14 @@ async def _command(args) -> int:
         dashboard = None if args.dashboard is None else _page_address(args.dashboard)
         # (SIGTERM: its catalog's queued writes done and closed, its
         # connections closed; its default, dying at once, was a SIGKILL)
-        return await _stopped_by_sigterm_too(serve(
-            host, port, secret, args.data, tls=tls, executor_timeout=args.executor_timeout,
-            adopt_grace=args.executor_timeout, dashboard=dashboard, catalog_timeout=args.catalog_timeout))
+        try:
+            return await _stopped_by_sigterm_too(serve(
+                host, port, secret, args.data, tls=tls, executor_timeout=args.executor_timeout,
+                adopt_grace=args.executor_timeout, dashboard=dashboard, catalog_timeout=args.catalog_timeout))
+        except DashboardHoldsTheListenPort:  # two options of this command line that clash: a usage error
+            both = f"--listen {args.listen.strip()} and --dashboard {args.dashboard.strip()}"
+            raise _Usage(f"{both} ask for the same port ({port}): give the dashboard another "
+                         "(HOST:0: the system picks one)") from None
     given_by = "--coordinator"  # (what a blank or malformed address is said to be: the one the user set)
     if args.coordinator is None:
         args.coordinator, given_by = os.environ.get(COORDINATOR_VARIABLE), COORDINATOR_VARIABLE

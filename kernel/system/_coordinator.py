@@ -49,6 +49,12 @@ log = logging.getLogger("kernel.system")
 class CoordinatorListenFailed(KernelError):
     """The coordinator cannot listen on its --listen address."""
 
+
+class DashboardHoldsTheListenPort(CoordinatorListenFailed):
+    """The coordinator cannot listen on its --listen address because its own
+    dashboard, bound first, holds that port (the command says which two of
+    its options ask for it)."""
+
 _MAX_WAIT = 30.0  # seconds a `wait` request is held before the client asks again
 _LOGS_TIMEOUT = 10.0  # seconds an executor has to send a piece of a log (a local file's 1 MiB)
 
@@ -362,6 +368,23 @@ class CoordinatorServer(AuthenticatedServer):
         return {"chunks": chunks, "unreachable": missing, "status": status}
 
 
+async def _held_by(page_socket, host: str, port: int) -> bool:
+    """Whether the dashboard's socket is what kept the coordinator from
+    listening on (host, port): the same port, and free once that socket is
+    closed (asyncio's own bind tells, for every address `host` names; the
+    same port on another address, `[::1]` beside `127.0.0.1`, is no clash)."""
+    if page_socket is None or port == 0 or page_socket.getsockname()[1] != port:
+        return False
+    page_socket.close()  # (the run fails either way: the dashboard is not served)
+    try:
+        probe = await asyncio.get_running_loop().create_server(asyncio.Protocol, host, port)
+    except OSError:  # another program holds it too
+        return False
+    probe.close()
+    await probe.wait_closed()
+    return True
+
+
 async def serve(host: str, port: int, secret: bytes, data_dir: str | Path, *, tls=None,
                 ready=None, adopt_grace: float = 5.0, executor_timeout: float = 5.0,
                 dashboard: tuple[str, int] | None = None, catalog_timeout: float = CATALOG_TIMEOUT) -> None:
@@ -387,6 +410,12 @@ async def serve(host: str, port: int, secret: bytes, data_dir: str | Path, *, tl
             # (a port taken, another coordinator on it; an address not this
             # machine's: it ended with asyncio's traceback, exit 1)
             why = os.strerror(exc.errno) if exc.errno else str(exc)  # (asyncio's text repeats the address)
+            if exc.errno == errno.EADDRINUSE and await _held_by(page_socket, host, port):
+                # (said as another program's, it sent users looking for one that was not there)
+                raise DashboardHoldsTheListenPort(
+                    f"the coordinator cannot listen on {_url_host(host)}:{port}: its own dashboard "
+                    f"({dashboard[0]}:{dashboard[1]}) listens on that port; give each a port of its own"
+                ) from None
             if exc.errno == errno.EADDRINUSE:
                 why += " (another coordinator, or another program, listens there)"
             raise CoordinatorListenFailed(f"the coordinator cannot listen on {_url_host(host)}:{port}: "
