@@ -18,6 +18,14 @@ kernel/runtime/_blocked_step.py), for how long, and where it is
 four times, and so on. A loop blocked in the host's own code (a coroutine of
 the application beside `run_async`) is the host's business: not reported.
 
+The first report so comes between REPORT_AFTER and REPORT_AFTER + CHECK
+after the loop stopped answering (10 to 11 s): the count starts at the
+first look that finds the question unanswered, and a loop that answered
+the last one may have stopped at any time since (a step blocked as a
+fresh thread starts: its first look comes a CHECK after). The time a
+report says is the count, no more than the time really blocked.
+(tests/kernel/test_session42_watchdog_first_report.py holds it to that.)
+
 The time counted is the sum of the watchdog's own intervals, each at most a
 few `CHECK`s: a process stopped (SIGSTOP, Ctrl-Z, a debugger) or a machine
 suspended comes back to one long interval, which counts as three `CHECK`s
