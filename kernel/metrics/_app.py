@@ -32,6 +32,16 @@ from ._exposition import CONTENT_TYPE, render
 
 NO_CACHE = {"Cache-Control": "no-cache"}  # a new version of the package serves a new page
 UPDATE_INTERVAL = 0.5  # seconds between two states a dashboard is sent
+# Seconds a stream's client may take nothing of what it was sent, past its patience (two
+# intervals), before its stream is ended: a tab the browser froze (Chromium freezes background
+# tabs), a machine asleep. Kept, such a stream stayed open for the run's length (but for a
+# newcomer past MAX_EVENT_STREAMS), its connection's buffers full (~2 MB in the server's kernel,
+# as much in the browser): a frozen Chromium tab woken after 40 s replayed ~100 stale states
+# (~49 kB each) for 5 s before it showed the current one. Ended, the page's EventSource
+# reconnects when the tab wakes and is sent the current state at once. A page that reads, however
+# slowly (some of its state taken each interval), or hidden but not frozen (Chromium reads on),
+# is never ended.
+STOPPED_READING_FOR = 30.0
 # struct tcp_info (linux/tcp.h, 4.2 on): its __u64 tcpi_bytes_acked's offset, and its size up to it
 _BYTES_ACKED = 120
 _TCP_INFO_SIZE = _BYTES_ACKED + 8
@@ -94,6 +104,7 @@ class EventStreams:
         it was sent since the last tick is reading (`_taking`)."""
         now = self._due = self._patience()
         self._taking(now, interval)
+        self._end_stopped(now)
         self._due += interval
         self._ticking = asyncio.get_running_loop().call_later(interval, self._tick, interval)
 
@@ -110,6 +121,24 @@ class EventStreams:
                 self._patient_until[end] = max(self._patient_until[end], now + 2 * interval)
             self._taken[end] = taken
 
+    def _end_stopped(self, now: float) -> None:
+        """End each stream whose client has taken nothing for
+        STOPPED_READING_FOR seconds past its patience, its write held."""
+        for end, (_, transport) in list(self._open.items()):
+            if (transport is not None and transport.get_write_buffer_size()
+                    and now > self._patient_until[end] + STOPPED_READING_FOR):
+                self._end(end)
+
+    def _end(self, end: asyncio.Event) -> None:
+        """End a stream now: its connection closed (a client that stopped
+        reading holds its write, and the stream, until then)."""
+        transport = self._open.pop(end)[1]
+        del self._patient_until[end]
+        self._taken.pop(end, None)
+        end.set()
+        if transport is not None:
+            transport.abort()
+
     def open(self, request, interval: float) -> asyncio.Event:
         """A new stream's end, set when it must end (replaced, or the server
         stopping); `interval`: the seconds between two of its events."""
@@ -118,13 +147,7 @@ class EventStreams:
             self._counted = now
             self._tick(interval)
         if len(self._open) >= self._limit:
-            displaced = self._displaced(now)
-            transport = self._open.pop(displaced)[1]
-            del self._patient_until[displaced]
-            self._taken.pop(displaced, None)
-            displaced.set()
-            if transport is not None:  # (a client that stopped reading holds its write, and the stream)
-                transport.abort()
+            self._end(self._displaced(now))
         end = asyncio.Event()
         if self.stopping:
             end.set()
