@@ -298,7 +298,8 @@ class Kernel:
         # (no stall notices, no hang reports either; a threshold above the watchdog's is its first)
         watchdog = None
         if self._stall_threshold != math.inf:
-            watchdog = Watchdog(loop, self._blocked_in, self._report_blocked, self._stall_threshold)
+            watchdog = Watchdog(loop, self._blocked_in, self._report_blocked, self._stall_threshold,
+                                self._busy_since)
         try:
             self._attach(loop)
             if self._idle.done() and self._failure is None:
@@ -369,6 +370,17 @@ class Kernel:
         for ref in list(self._tasks):  # a copy: the loop's thread may change the set
             if ref.task is current:
                 return f"task {ref.name!r}"
+        return None
+
+    def _busy_since(self, frames: list) -> float | None:
+        """When (time.monotonic()) the slice of this kernel's scheduler the
+        loop's thread is in (`frames`, innermost first; read by the
+        watchdog's thread) began: the loop has not run anything else since.
+        None where it is in no slice of this kernel's."""
+        for frame in frames:
+            if frame.f_code is _RUN_SLICE and frame.f_locals.get("self") is self._scheduler:
+                # (its real time, not the kernel clock's: that may be virtual)
+                return frame.f_locals.get("real")
         return None
 
     def _report_blocked(self, message: str, what: str) -> None:

@@ -18,13 +18,18 @@ kernel/runtime/_blocked_step.py), for how long, and where it is
 four times, and so on. A loop blocked in the host's own code (a coroutine of
 the application beside `run_async`) is the host's business: not reported.
 
-The first report so comes between REPORT_AFTER and REPORT_AFTER + CHECK
-after the loop stopped answering (10 to 11 s): the count starts at the
-first look that finds the question unanswered, and a loop that answered
-the last one may have stopped at any time since (a step blocked as a
-fresh thread starts: its first look comes a CHECK after). The time a
-report says is the count, no more than the time really blocked.
-(tests/kernel/test_session42_watchdog_first_report.py holds it to that.)
+A loop that answered the last question may have stopped at any time
+since, up to a CHECK before the look that first finds a question
+unanswered: counted from that question alone, a first report came 10 to
+11 s after the step began (11 s for one blocked as the run starts: a fresh
+thread's first look is a CHECK after it starts). So the kernel says when
+the slice the loop is in began (`since`), and the time from then to the
+question counts too (at most a CHECK: `_before_asked`), and the thread
+wakes when a report is due, not at its next CHECK: the first report on a
+step comes REPORT_AFTER after its slice began (measured: 10.0 s with
+`python -m kernel.run`; tests/kernel/test_session42_watchdog_first_report.py).
+A task, a timer or the kernel's start blocked, of which the kernel has no
+such time, is reported 10 to 11 s after.
 
 The time counted is the sum of the watchdog's own intervals, each at most a
 few `CHECK`s: a process stopped (SIGSTOP, Ctrl-Z, a debugger) or a machine
@@ -33,7 +38,7 @@ at most, so the stop is not blamed on the step it interrupted.
 
 Costs: one thread for every kernel of the process (started with the first,
 ending LINGER seconds after the last), waking once a `CHECK` (a callback on
-each kernel's loop and a few attribute reads). The GIL hand-over before
+each kernel's loop and a few attribute reads), and when a report is due. The GIL hand-over before
 slices (`_handover.py`) does not count it as a thread that waits for the
 GIL: it waits for its interval, not for the GIL.
 """
@@ -137,9 +142,11 @@ def _watch_until_none_for_a_while() -> None:
     global _watcher, _retire
     idle = 0.0
     last = time.monotonic()
+    wait = CHECK
     while True:
-        if _wake.wait(CHECK):
+        if _wake.wait(wait):
             _wake.clear()
+        wait = CHECK
         now = time.monotonic()
         # a stop of the process (or of the machine) is one interval, not the loop's doing
         elapsed, last = min(now - last, 3 * CHECK), now
@@ -156,7 +163,7 @@ def _watch_until_none_for_a_while() -> None:
         idle = 0.0
         for watchdog in watched:
             try:
-                watchdog._look(elapsed)
+                wait = min(wait, watchdog._look(elapsed, now))
             except Exception:  # (its `where` or `log` failing): that kernel is no longer watched
                 watchdog.stop()
 
@@ -175,15 +182,19 @@ class Watchdog:
     report.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, where, log, at_least: float = 0.0) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, where, log, at_least: float = 0.0,
+                 since=None) -> None:
         self._loop = loop
         self._after = max(REPORT_AFTER, at_least)
         self._where = where
         self._log = log
+        self._since = since
         self._thread_id = threading.get_ident()  # the loop's thread: the one that starts us
         self._asked = self._answered = 0  # questions asked (the thread), answered (the loop)
+        self._asked_at = 0.0  # when (time.monotonic()) the last question was asked
         self._blocked = 0.0  # seconds the loop has not answered, as counted
         self._report_at = self._after
+        self._credited = False  # the time blocked before the question is counted (`_before_asked`)
 
     def start(self) -> None:
         global _watcher
@@ -206,21 +217,50 @@ class Watchdog:
     def _answer(self, question: int) -> None:
         self._answered = question
 
-    def _look(self, elapsed: float) -> None:
-        """The thread's look, `elapsed` seconds (as counted) after its last."""
+    def _look(self, elapsed: float, now: float) -> float:
+        """The thread's look at `now`, `elapsed` seconds (as counted) after
+        its last; the seconds until this kernel's next report is due, at
+        most CHECK (the thread looks again by then)."""
         if self._answered == self._asked:
             self._asked += 1
-            self._blocked, self._report_at = 0.0, self._after
+            self._asked_at = now
+            self._blocked, self._report_at, self._credited = 0.0, self._after, False
             try:
                 self._loop.call_soon_threadsafe(self._answer, self._asked)
             except RuntimeError:  # the loop closed under a kernel that did not stop us
                 self.stop()
-            return
+            return CHECK
         self._blocked += elapsed
+        if not self._credited:
+            self._credited = True
+            self._blocked += self._before_asked()
         if self._blocked >= self._report_at:
             self._report_at *= 2
             if not self._report(self._blocked):  # at a debugger's prompt: the user's time, not the step's
                 self._blocked, self._report_at = 0.0, self._after
+        return min(CHECK, self._report_at - self._blocked)
+
+    def _before_asked(self) -> float:
+        """How long the loop had been blocked when its unanswered question
+        was asked: it answered the one before, up to a CHECK earlier, and may
+        have stopped any time since, so a count from the question alone
+        made the first report come up to a CHECK late (10 to 11 s after a
+        step began; 11 s for one blocked as the run starts, a fresh thread's
+        first look a CHECK after it). Where the kernel says when its current
+        work began (`since(frames)`: a slice of activations), the time from
+        then to the question, at most a CHECK (a stop of the process
+        meanwhile is not counted beyond that); else none."""
+        if self._since is None:
+            return 0.0
+        frame = sys._current_frames().get(self._thread_id)
+        frames = []
+        while frame is not None:
+            frames.append(frame)
+            frame = frame.f_back
+        began = self._since(frames)
+        if began is None:
+            return 0.0
+        return min(max(self._asked_at - began, 0.0), CHECK)
 
     def _report(self, blocked: float) -> bool:
         """Reports the loop's thread if it is in the kernel's work; False

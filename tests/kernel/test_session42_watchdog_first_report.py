@@ -1,11 +1,11 @@
-"""When the watchdog's first report on a blocked step comes, as the README
-says it: REPORT_AFTER counted from the watchdog's first look that finds the
-loop busy, so between REPORT_AFTER and REPORT_AFTER + CHECK after the step
-began (it looks once a CHECK, and cannot tell when, since its last look, the
-loop stopped answering); the time the report says is no more than the time
-the step has really been blocked. (A previous session saw the first report
-of a 10 s watchdog 11 s after a step blocked at the run's start: its first
-look comes a CHECK after the thread starts.)"""
+"""When the watchdog's first report on a blocked step comes: REPORT_AFTER
+after the step's slice began, whatever the phase of the watchdog's looks.
+It counted from its first look that found the loop busy, so the report came
+between REPORT_AFTER and REPORT_AFTER + CHECK after the step began: measured
+with `python -m kernel.run`, a map blocked on record 0 was first reported
+11.0 s after it began (5 of 5; a fresh thread's first look is a CHECK after
+it starts), saying "for 10.0 s"; now 10.0 s. The time the report says is no
+more than the time the step has really been blocked."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from kernel import Dataflow, run
 from kernel.scheduling import _watchdog
 
 BLOCKED = "has not handed the event loop back"
-REPORT_AFTER, CHECK = 0.4, 0.2  # (a multiple of CHECK, as 10 s of 1 s: the count reaches it at a look)
-SLACK = 0.1  # the watchdog thread's wake and its turn at the GIL on a loaded machine
+REPORT_AFTER, CHECK = 0.5, 0.2  # (over two CHECKs, as 10 s of 1 s; not a multiple: the thread wakes when due)
+SLACK = 0.1  # the watchdog thread's wake and its turn at the GIL on a loaded machine (< CHECK)
 
 
 class _FirstReport(logging.Handler):
@@ -49,7 +49,7 @@ def first_report(monkeypatch):
 
 
 @pytest.mark.parametrize("blocked_record", [0, 40])
-def test_the_first_report_comes_within_a_look_after_the_threshold(first_report, blocked_record):
+def test_the_first_report_comes_at_the_threshold(first_report, blocked_record):
     began = []
 
     def waits(x):
@@ -66,5 +66,5 @@ def test_the_first_report_comes_within_a_look_after_the_threshold(first_report, 
     assert out.items == list(range(50))
     after = first_report.at - began[0]
     said = float(re.search(rf"{BLOCKED} for ([\d.]+) s", first_report.message).group(1))
-    assert REPORT_AFTER <= after < REPORT_AFTER + CHECK + SLACK, (after, first_report.message)
+    assert REPORT_AFTER <= after < REPORT_AFTER + SLACK, (after, first_report.message)
     assert REPORT_AFTER <= said <= after + 0.05, (said, after)  # (said to 0.1 s)
