@@ -111,7 +111,9 @@ def proportional_mb(pid: int) -> float:
     """`pid`'s proportional set size in MB (/proc/<pid>/smaps_rollup: each
     page shared with other processes counted as its share). Unlike VmRSS
     it does not count a forked child's untouched copy of its parent's heap
-    in full, so a tree's sum does not grow with the test process's size."""
+    in full in every process: a tree's sum counts its share of it (the
+    pages shared by the parent and the tree's N processes: N/(N+1) of them),
+    so it still grows with the test process's size, by less."""
     with open(f"/proc/{pid}/smaps_rollup") as f:
         for line in f:
             if line.startswith("Pss:"):

@@ -885,6 +885,9 @@ def test_a_slow_consumer_bounds_the_senders_memory_across_the_link():
     the interval measured is the one in which the slow operator handled
     another 20,000 records from across the link."""
     struct.pack_into("<QQ", _HANDLED, 0, 0, 0)
+    # (what each forked tree shares of this process's heap counts in its
+    # proportional size: a pytest worker late in a full run is 250 MB and more)
+    inherited = memory_mb(os.getpid())
     cluster = Cluster(_flood, 2)
     try:
         # rings and link windows fill within the first second (the waits'
@@ -907,4 +910,4 @@ def test_a_slow_consumer_bounds_the_senders_memory_across_the_link():
         # check taken out, process 0's relay grew 8.5 MB/s (34 MB in these
         # four seconds)
         assert later[i] - first[i] < 15, (first, later)
-        assert later[i] < 150, (first, later)
+        assert later[i] < 100 + inherited, (first, later, inherited)
