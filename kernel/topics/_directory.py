@@ -330,11 +330,19 @@ class Directory:
         from kernel.net._links import AuthenticationFailed, LinkMismatch, connect
 
         host, port = self.address
+        # (this process's KERNEL_TLS read first, apart: where it is malformed, or names a
+        # file missing or not PEM, that is a TopicError, said once; as a coordinator
+        # unreachable, a subscriber's lookup without a timeout asked again for ever,
+        # silent, and one with a timeout ended "no topic ... was published")
+        try:
+            context = client_ssl()
+        except OSError as exc:  # (ssl.SSLError too: a file that is not a certificate or key)
+            raise TopicError(f"KERNEL_TLS={os.environ.get('KERNEL_TLS')!r}: {exc}") from exc
         try:
             self._ws, _, meta, self._http = await connect(
                 url_of(host, port), self.key, CLIENT, path=SYSTEM_PATH, max_frame=_MAX_MESSAGE,
                 timeout=self._bounded(self.timeout, until), meta={"role": "client"}, check_meta=False,
-                ssl=client_ssl(), heartbeat=coordinator_heartbeat())
+                ssl=context, heartbeat=coordinator_heartbeat())
             self.opened += 1
             self._heard = keep_heard(self._ws, meta)
         except (AuthenticationFailed, LinkMismatch) as exc:
