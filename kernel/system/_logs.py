@@ -13,9 +13,10 @@ follower ended on `interrupted`, its last words lost; a job moved off the
 executor: what the old attempt wrote as it stopped). The executor waits
 for the answer to "left", so it is still connected then: the coordinator
 asks it, first, for the rest of each log that a client connection still
-open has read there, from the smallest offset those asked from last (each
-follower is at or past it), and serves a follower from that copy once the
-executor has gone.
+open has read there, from the offset the furthest on of them asked from
+last, and back to each further back as far as the bound lets it (one far
+behind does not cost those at the end their last lines), and serves a
+follower from that copy once the executor has gone.
 
 Bounded: a tail of at most KEEP_MOST_PER_LOG bytes per log and KEEP_MOST
 in all, fetched within FETCH_WITHIN seconds (the executor waits
@@ -113,25 +114,27 @@ class LeftLogs:
     async def fetch(self, session, executor: str) -> None:
         """`executor` is leaving, its job processes stopped, still connected
         on `session`: the rest of each of its logs that a connection open
-        reads, from the place furthest back, kept. Within FETCH_WITHIN
+        reads, from the place furthest on, and back to the others' as far
+        as the bound lets it (`_fetch_tail`), kept. Within FETCH_WITHIN
         seconds; what came by then is kept, cut there."""
         now = self._clock()
         self._expire(now)
         for key in [k for k in self._tails if k[1] == executor]:  # (of an earlier leave: it came back)
             del self._tails[key]
         room = KEEP_MOST - sum(len(t.data) for t in self._tails.values())
-        starts: dict[str, int] = {}  # job -> the place furthest back of its readers there
-        for places in self._readers.values():
-            for (job, e), offset in places.items():
+        places: dict[str, set[int]] = {}  # job -> its readers' places there
+        for reader in self._readers.values():
+            for (job, e), offset in reader.items():
                 if e == executor:
-                    starts[job] = min(offset, starts.get(job, offset))
+                    places.setdefault(job, set()).add(offset)
         tails, fetches = [], []
-        for job, start in sorted(starts.items()):
+        for job, offsets in sorted(places.items()):
             most = max(0, min(KEEP_MOST_PER_LOG, room))
             room -= most
-            tail = self._tails[(job, executor)] = Tail(start, bytearray(), now)
+            ahead = sorted(offsets, reverse=True)
+            tail = self._tails[(job, executor)] = Tail(ahead[0], bytearray(), now)
             tails.append(tail)
-            fetches.append(self._fetch_tail(session, job, tail, most))
+            fetches.append(self._fetch_tail(session, job, tail, ahead, most))
         if not fetches:
             return
         failures = []
@@ -151,18 +154,31 @@ class LeftLogs:
                  1000 * (self._clock() - now))
 
     @staticmethod
-    async def _fetch_tail(session, job: str, tail: Tail, most: int) -> None:
+    async def _fetch_tail(session, job: str, tail: Tail, places: list[int], most: int) -> None:
+        """The log's rest from its readers' furthest place on (`places`,
+        furthest first) into `tail`, at most `most` bytes; then, that whole,
+        back to each place behind it that fits in `most` too. (From the
+        place furthest back, cut at `most`: a follower at the end, beside
+        one behind by more than that, was past the cut, its last lines lost.)"""
         while len(tail.data) < most:
-            try:
-                reply = await session.request("logs", job=job, offset=tail.start + len(tail.data), raw=True)
-            except (ConnectionLost, RequestError):  # (gone after all: what came is kept)
+            data = await _read(session, job, tail.start + len(tail.data))
+            if data is None:
                 return
-            # (its bytes as they are on disk, as latin-1 text: `ExecutorDaemon._log`)
-            data = reply["text"].encode(reply.get("encoding", "utf-8"))
             if not data:
                 tail.whole = True
-                return
+                break
             tail.data += data[: most - len(tail.data)]
+        for place in places[1:]:
+            if not tail.whole or tail.start - place + len(tail.data) > most:
+                return  # (nor any further back: it would reach a cut)
+            front = bytearray()
+            while len(front) < tail.start - place:
+                data = await _read(session, job, place + len(front))
+                if not data:  # (gone, or the log shorter than read before: what came is kept)
+                    return
+                front += data[: tail.start - place - len(front)]
+            tail.data[:0] = front
+            tail.start = place
 
     def piece(self, job: str, executor: str, offset: int) -> dict | None:
         """`logs`' answer for `executor`'s log from `offset`, gone with the
@@ -181,3 +197,13 @@ class LeftLogs:
     def _expire(self, now: float) -> None:
         for key in [k for k, t in self._tails.items() if now - t.kept_at > KEEP_FOR]:
             del self._tails[key]
+
+
+async def _read(session, job: str, offset: int) -> bytes | None:
+    """A piece of the job's log from `offset`, its bytes as they are on disk
+    (as latin-1 text: `ExecutorDaemon._log`); None: the executor gone."""
+    try:
+        reply = await session.request("logs", job=job, offset=offset, raw=True)
+    except (ConnectionLost, RequestError):  # (gone after all: what came is kept)
+        return None
+    return reply["text"].encode(reply.get("encoding", "utf-8"))

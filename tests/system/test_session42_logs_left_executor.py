@@ -10,7 +10,7 @@ last ask came before the last words and its next after the exit).
 The follower here asks before the leave and not again until the executor
 has exited: the CLI's held in writing to a pipe the test does not read, or
 the test's own requests on a connection it holds (the coordinator keeps
-the tails that its open connections read, from the place furthest back).
+the tails that its open connections read, from their places).
 
 Real processes: a coordinator, executors, the CLI."""
 
