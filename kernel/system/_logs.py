@@ -78,6 +78,10 @@ class Tail:
     data: bytearray
     kept_at: float
     whole: bool = False
+    # the bytes it may still take, while its fetch is under way: counted as
+    # kept (`LeftLogs._held`), or executors leaving at once each had all the
+    # room, and held N times KEEP_MOST
+    reserved: int = 0
 
 
 class LeftLogs:
@@ -121,7 +125,7 @@ class LeftLogs:
         self._expire(now)
         for key in [k for k in self._tails if k[1] == executor]:  # (of an earlier leave: it came back)
             del self._tails[key]
-        room = KEEP_MOST - sum(len(t.data) for t in self._tails.values())
+        room = KEEP_MOST - self._held()
         places: dict[str, set[int]] = {}  # job -> its readers' places there
         for reader in self._readers.values():
             for (job, e), offset in reader.items():
@@ -132,7 +136,7 @@ class LeftLogs:
             most = max(0, min(KEEP_MOST_PER_LOG, room))
             room -= most
             ahead = sorted(offsets, reverse=True)
-            tail = self._tails[(job, executor)] = Tail(ahead[0], bytearray(), now)
+            tail = self._tails[(job, executor)] = Tail(ahead[0], bytearray(), now, reserved=most)
             tails.append(tail)
             fetches.append(self._fetch_tail(session, job, tail, ahead, most))
         if not fetches:
@@ -143,6 +147,9 @@ class LeftLogs:
                 failures = await asyncio.gather(*fetches, return_exceptions=True)
         except TimeoutError:
             pass
+        finally:
+            for tail in tails:
+                tail.reserved = 0
         for failure in failures:  # (what came before it kept: the executor's leave goes on)
             if isinstance(failure, Exception):
                 log.warning("executor %s: its logs could not all be kept as it left: %s: %s", executor,
@@ -193,6 +200,10 @@ class LeftLogs:
         if answer["offset"] == offset and not tail.whole:
             return None  # (the rest is on the executor's disk only)
         return answer
+
+    def _held(self) -> int:
+        """The bytes of the tails kept, and those reserved by fetches under way."""
+        return sum(max(len(t.data), t.reserved) for t in self._tails.values())
 
     def _expire(self, now: float) -> None:
         for key in [k for k, t in self._tails.items() if now - t.kept_at > KEEP_FOR]:
