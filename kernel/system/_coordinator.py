@@ -385,6 +385,12 @@ async def _held_by(page_socket, host: str, port: int) -> bool:
     return True
 
 
+def _dashboard_socket(dashboard: tuple[str, int]):
+    from kernel.system._dashboard import dashboard_socket  # (aiohttp: for a coordinator with a dashboard)
+
+    return dashboard_socket(*dashboard)
+
+
 async def serve(host: str, port: int, secret: bytes, data_dir: str | Path, *, tls=None,
                 ready=None, adopt_grace: float = 5.0, executor_timeout: float = 5.0,
                 dashboard: tuple[str, int] | None = None, catalog_timeout: float = CATALOG_TIMEOUT) -> None:
@@ -393,10 +399,8 @@ async def serve(host: str, port: int, secret: bytes, data_dir: str | Path, *, tl
     `catalog_timeout`: how long a catalog call waits for a lock another
     program holds on it."""
     page_socket = None
-    if dashboard is not None:  # (first: a port taken is an error before anything listens)
-        from kernel.system._dashboard import dashboard_socket
-
-        page_socket = dashboard_socket(*dashboard)
+    if dashboard is not None and dashboard[1] != 0:  # (first: a port taken is an error before any listens)
+        page_socket = _dashboard_socket(dashboard)
     catalog = server = None
     try:
         catalog = Catalog(data_dir, catalog_timeout)
@@ -420,6 +424,11 @@ async def serve(host: str, port: int, secret: bytes, data_dir: str | Path, *, tl
                 why += " (another coordinator, or another program, listens there)"
             raise CoordinatorListenFailed(f"the coordinator cannot listen on {_url_host(host)}:{port}: "
                                           f"{why}") from None
+        if dashboard is not None and page_socket is None:
+            # port 0's after --listen's: bound first, the system could pick for it the very port --listen
+            # names (one in its ephemeral range), and the run failed, the user told to give the
+            # dashboard another port, HOST:0, which it had
+            page_socket = _dashboard_socket(dashboard)
     except BaseException:
         if page_socket is not None:
             page_socket.close()
