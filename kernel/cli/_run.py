@@ -545,8 +545,8 @@ def _failed(exc: BaseException, one_kernel: bool) -> int:
             return 2
         if isinstance(cause, (PipelineImportError, KernelError)):
             _report(cause, kernel=exc.kernel)
-        else:
-            _report(exc)
+        else:  # (it exited, was killed: its message names it, "kernel 1 exited with status 3 ...")
+            _report(exc, kernel=exc.kernel, kernel_in_text=False)
         return 1
     _report(exc, kernel=0 if one_kernel and isinstance(exc, OperatorError) else None, kernel_in_text=False)
     return 1
