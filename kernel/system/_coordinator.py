@@ -399,8 +399,14 @@ async def serve(host: str, port: int, secret: bytes, data_dir: str | Path, *, tl
     `catalog_timeout`: how long a catalog call waits for a lock another
     program holds on it."""
     page_socket = None
-    if dashboard is not None and dashboard[1] != 0:  # (first: a port taken is an error before any listens)
+    if dashboard is not None:  # (first: a port taken, a host unknown, is an error before anything listens)
         page_socket = _dashboard_socket(dashboard)
+        if dashboard[1] == 0 and page_socket.getsockname()[1] == port:
+            # the system picked for it the very port --listen names (one in its ephemeral range): the
+            # run failed, the user told to give the dashboard another, HOST:0, which it had. Another
+            # is picked once the coordinator listens.
+            page_socket.close()
+            page_socket = None
     catalog = server = None
     try:
         catalog = Catalog(data_dir, catalog_timeout)
@@ -424,10 +430,7 @@ async def serve(host: str, port: int, secret: bytes, data_dir: str | Path, *, tl
                 why += " (another coordinator, or another program, listens there)"
             raise CoordinatorListenFailed(f"the coordinator cannot listen on {_url_host(host)}:{port}: "
                                           f"{why}") from None
-        if dashboard is not None and page_socket is None:
-            # port 0's after --listen's: bound first, the system could pick for it the very port --listen
-            # names (one in its ephemeral range), and the run failed, the user told to give the
-            # dashboard another port, HOST:0, which it had
+        if dashboard is not None and page_socket is None:  # (port 0's, given --listen's port above)
             page_socket = _dashboard_socket(dashboard)
     except BaseException:
         if page_socket is not None:

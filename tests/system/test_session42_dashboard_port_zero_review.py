@@ -63,3 +63,14 @@ def test_a_port_zero_dashboard_never_takes_the_listen_port(tmp_path):
     assert result["picked"] in (LOW, LOW + 1), result
     assert result["page"] == ({LOW, LOW + 1} - {result["picked"]}).pop(), result["said"]
     assert f"coordinator listening on 127.0.0.1:{result['picked']}" in result["said"]
+
+
+def test_a_port_zero_dashboard_on_an_unknown_host_fails_before_anything_is_made(tmp_path):
+    # (still bound first: bound once the coordinator listened, its catalog was made first)
+    command = [sys.executable, "-m", "kernel", "coordinator", "--listen", "127.0.0.1:1",
+               "--data", str(tmp_path / "data"), "--dashboard", "nosuch.invalid:0"]
+    done = subprocess.run(command, env=dict(os.environ, KERNEL_SECRET=SECRET), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: dashboard nosuch.invalid:0: unknown host")
+    assert not (tmp_path / "data").exists()
