@@ -38,7 +38,9 @@ UPDATE_INTERVAL = 0.5  # seconds between two states a dashboard is sent
 # newcomer past MAX_EVENT_STREAMS), its connection's buffers full (~2 MB in the server's kernel,
 # as much in the browser): a frozen Chromium tab woken after 40 s replayed ~100 stale states
 # (~49 kB each) for 5 s before it showed the current one. Ended, the page's EventSource
-# reconnects when the tab wakes and is sent the current state at once. A page that reads, however
+# reconnects when the tab wakes and is sent the current state at once. (Counted from when its
+# write is held, its buffers full: ~40 s of a frozen tab at those figures, so only a tab frozen
+# for ~70 s or more is cured of the replay; one woken sooner still replays.) A page that reads, however
 # slowly (some of its state taken each interval), or hidden but not frozen (Chromium reads on),
 # is never ended.
 STOPPED_READING_FOR = 30.0
