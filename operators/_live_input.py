@@ -86,6 +86,13 @@ _reading: weakref.WeakValueDictionary[tuple[int, int], LiveReader] = weakref.Wea
 # iterating it at once, and a file object read so lost lines and gave
 # others twice (a generator: "already executing").
 # Each record now goes to one of them, as when both read on the loop.
+# By the file object the iterator reads where one is seen, not the iterator:
+# two sources of one run over one file object through two iterators
+# (`sys.stdin` and `map(str.strip, sys.stdin)`, or `iter(sys.stdin.readline, "")`)
+# each had a reader, and their threads iterating one file object at once tore
+# its lines (19,968 of 20,000 came whole). (Through two file objects of one
+# stream no lock helps, each reading ahead into buffers of its own:
+# `refuse_other_file_objects`.)
 # (Held by the readers of the iterator: it goes with the last of them, not
 # one a stream for as long as the process runs, as a service's runs over a
 # connection each would leave.)
@@ -95,6 +102,12 @@ _iterating: weakref.WeakValueDictionary[int, _Turn] = weakref.WeakValueDictionar
 # what they read (`_what_it_reads`): (id of the iterator its first source reads it through, that source's
 # name). (`refuse_other_iterators`)
 _snapshotted: weakref.WeakKeyDictionary[object, dict[int, tuple[int, str]]] = weakref.WeakKeyDictionary()
+
+# The file object through which each run (by its kernel, weakly) first reads
+# each live stream (`_what_it_reads`), weakly, and that source's name
+# (`refuse_other_file_objects`).
+_read_through: weakref.WeakKeyDictionary[object, dict[object, tuple[Callable[[], object], str]]] = (
+    weakref.WeakKeyDictionary())
 
 # The live streams a run of this process took lines from (`take`), by what
 # they read (`_what_it_reads`): the stream noted, weakly, and its last such
@@ -450,6 +463,48 @@ def refuse_other_iterators(stream, iterator: Iterator, run: object, name: str) -
         )
 
 
+def refuse_other_file_objects(stream, run: object, name: str) -> None:
+    """At the open of a source of the run `run` (its kernel) reading the
+    live stream `stream`: refused where another source of the run reads
+    the stream through another file object of it (`sys.stdin` and
+    `sys.stdin.buffer` or `open(0, closefd=False)`, a FIFO opened twice).
+    Each file object reads ahead into buffers of its own (8 KiB), so two
+    reading one descriptor, by turns or at once, tear the lines at the
+    edges of their reads: 19,891 of 20,000 lines came whole beside
+    `sys.stdin.buffer`, 18,566 beside `open(0)`, no error. Sources over one
+    file object, through any iterators of it, take its lines whole by turns
+    (`_iterating`). (A regular file opened again, `open("/dev/stdin")` after
+    `< file`, has an offset of its own: each reads it whole, not refused.)"""
+    what = _what_it_reads(stream)
+    with _left_over_lock:
+        first, first_name = _read_through.setdefault(run, {}).setdefault(what, (_weakly(stream), name))
+    other = first()
+    if other is None or other is stream or _closed(other) or not _shares_reads(other, stream):
+        return
+    raise KernelError(
+        f"{name}: its input reads {stream!r}, and {first_name} of this run reads the same stream "
+        f"through another file object of it, {other!r}; each file object reads ahead into buffers "
+        "of its own, so the two would tear lines apart at the edges of their reads (and share the "
+        "lines by timing). Read the stream with one file object: give both from_iterable the same "
+        "one (or iterators over it: map(), a generator), or read it with one from_iterable and "
+        "split its records after it (map, filter, flat_map)"
+    )
+
+
+def _shares_reads(one, other) -> bool:
+    """Whether two file objects of one live stream (`_what_it_reads`) take
+    what they read from each other: a pipe's, a FIFO's, a socket's, a
+    terminal's; a regular file's only through one open file description
+    (one offset: `open(0)` beside `sys.stdin` after `< file`)."""
+    try:
+        descriptor, its = one.fileno(), other.fileno()
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode) or descriptor == its:
+            return True
+        return _one_description(descriptor, its)
+    except Exception:  # (no descriptor, a broken wrapper: as one stream, as `_what_it_reads` found)
+        return True
+
+
 def _what_it_reads(stream) -> object:
     """What the live stream `stream` reads, whichever of its file objects a
     source was given: `sys.stdin` and `sys.stdin.buffer` (or two file
@@ -639,10 +694,11 @@ class LiveReader:
         # them; between runs, the flow does.)
         self._iterator = _weakly(iterator)
         self._stream = _weakly(stream)  # (once closed or dropped, no later run can take this reader over)
+        read_through = id(stream) if stream is not None else id(iterator)  # (`_iterating`)
         with _left_over_lock:
-            turn = _iterating.get(id(iterator))
+            turn = _iterating.get(read_through)
             if turn is None:
-                turn = _iterating[id(iterator)] = _Turn()
+                turn = _iterating[read_through] = _Turn()
             self._turn = turn  # (held: the entry lives as long as a reader of the iterator)
         self._process = os.getpid()  # (a copy forked since has no thread)
         self._run: Callable[[], object] = _weakly(None)  # the run (kernel) it reads for (`of`)

@@ -48,6 +48,7 @@ from ._live_input import (
     let_go_if_rewound,
     note_read_elsewhere,
     note_taken_beside_standard_input,
+    refuse_other_file_objects,
     refuse_other_iterators,
     shares_standard_input,
 )
@@ -274,6 +275,7 @@ class IterableSource(Source):
             if stream:
                 if context.snapshots:
                     refuse_other_iterators(read, self._iterator, context.kernel, self.name)
+                refuse_other_file_objects(read, context.kernel, self.name)
                 LiveReader.refuse_if_left_elsewhere(self._iterator, self.name)
                 self._live_stream = read
 
