@@ -115,9 +115,9 @@ _read_through: weakref.WeakKeyDictionary[object, dict[object, tuple[Callable[[],
 # run over another one of the stream, `stream.buffer` or a dup of its
 # descriptor, was not refused, and lost what the earlier run had read:
 # 2,960 of 3,000 lines.) An entry stands while the stream noted is open:
-# once it is closed, a named FIFO's inode, or an id, may name another; an
-# anonymous pipe's or a socket's (`_link`) not while any descriptor of it
-# is open, and its entry stands as long. (Dropped with the file object
+# once it is closed, an id may name another; an anonymous pipe's or a
+# socket's, a regular file's or a named FIFO's (`_link`) not while any
+# descriptor of it is open here, and its entry stands as long. (Dropped with the file object
 # noted, a run over a dup of the stream's descriptor, closed after, let a
 # run over the stream itself resume, losing 2,740 of 3,000 lines.) Those
 # lines are gone from the stream, so no later run with a state_dir can read
@@ -143,9 +143,12 @@ def note_read_elsewhere(stream) -> None:
     _note_taken_from(stream, _weakly(None))
 
 
-def _note_taken_from(stream, run: Callable[[], object]) -> None:
-    """`stream` has lost lines to the run `run()` (its kernel, weakly)."""
+def _note_taken_from(stream, run: Callable[[], object], ended: bool = False) -> None:
+    """`stream` has lost lines to the run `run()` (its kernel, weakly);
+    `ended`: its reader has read it to its end (`_note_fifo_ended`)."""
     what, link = _what_it_reads(stream), _link(stream)
+    if ended and link is not None and link.startswith("fifo:"):
+        link = None
     with _left_over_lock:
         _taken_from[what] = (_weakly(stream), run, link)
         # Those of closed streams go (a service's streams, once closed), looked
@@ -167,11 +170,29 @@ def _forget_taken_from_closed() -> None:
     closed = [(key, its_link) for key, (noted, _run, its_link) in _taken_from.items()
               if _closed(noted())]
     kept = [its_link for _, its_link in closed if its_link is not None]
-    links = _open_links(frozenset(link for link in kept if link.startswith("file:"))) if kept else set()
+    by_inode = frozenset(link for link in kept if link.startswith(("file:", "fifo:")))
+    links = _open_links(by_inode) if kept else set()
     for key, its_link in closed:
         if its_link is None or its_link not in links:
             del _taken_from[key]
     _look_at = max(_KEPT_CLOSED, 2 * len(_taken_from), len(links) // 4)
+
+
+def _note_fifo_ended(stream) -> None:
+    """The live stream `stream` has been read to its end: a named FIFO's
+    every writer has closed it, and opened again, once this file object is
+    closed, it is a fresh stream, fed from its start, which a run with a
+    state_dir can resume over (its entry in `_taken_from` is no longer
+    found by its `fifo:` link: `_taken_by`). (Found by it, a run over the
+    FIFO opened anew for a writer of its own was refused.)"""
+    link = _link(stream)
+    if link is None or not link.startswith("fifo:"):
+        return
+    what = _what_it_reads(stream)
+    with _left_over_lock:
+        noted = _taken_from.get(what)
+        if noted is not None and noted[2] == link:
+            _taken_from[what] = (noted[0], noted[1], None)
 
 
 def let_go_if_rewound(stream) -> bool:
@@ -284,16 +305,21 @@ def _link(stream) -> str | None:
     given with `<`, whose offset its descriptors share (by the file object,
     one closed after its run, `open(0, closefd=False)`, let a run with a
     state_dir over `sys.stdin` resume, and lose 1,513 of 3,000 lines; by its
-    path, so did the file renamed or deleted since, losing 1,504); None
-    otherwise (a named FIFO, another stream once reopened after each of its
-    descriptors was closed; no /proc)."""
+    path, so did the file renamed or deleted since, losing 1,504);
+    `fifo:[device:inode]`, a named FIFO, one stream through each file
+    object it is opened as, also one opened again after the first was
+    closed: what a writer wrote stays in it, read or not, while a writer
+    holds it open (taken for another stream once reopened, a run with a
+    state_dir over it after a failed one resumed, and lost every line the
+    first file object had read ahead); a FIFO read to its end is another
+    stream once reopened (`_note_fifo_ended`); None otherwise (no /proc)."""
     try:
         descriptor = stream.fileno()
         link = os.readlink(f"/proc/self/fd/{descriptor}")
         if link.startswith(("pipe:", "socket:")):
             return link
         status = os.fstat(descriptor)
-        if stat.S_ISREG(status.st_mode):
+        if stat.S_ISREG(status.st_mode) or stat.S_ISFIFO(status.st_mode):
             return _file_link(status)
     except Exception:  # (no descriptor, closed, a broken wrapper)
         pass
@@ -301,8 +327,9 @@ def _link(stream) -> str | None:
 
 
 def _file_link(status: os.stat_result) -> str:
-    """The `_link` of a regular file (`status`: its stat), whatever its path is now."""
-    return f"file:[{status.st_dev}:{status.st_ino}]"
+    """The `_link` of a regular file or a named FIFO (`status`: its stat), whatever its path is now."""
+    kind = "fifo" if stat.S_ISFIFO(status.st_mode) else "file"
+    return f"{kind}:[{status.st_dev}:{status.st_ino}]"
 
 
 def shares_standard_input(file) -> bool:
@@ -365,7 +392,7 @@ def _open_links(files: frozenset[str] = frozenset()) -> set[str]:
             links.add(link)
             if files and link.startswith("/"):  # (a file's path: a regular one's `_link` is by its inode)
                 status = os.stat(f"/proc/self/fd/{descriptor}")
-                if stat.S_ISREG(status.st_mode):
+                if stat.S_ISREG(status.st_mode) or stat.S_ISFIFO(status.st_mode):
                     link = _file_link(status)
                     links.add(link)
                     files.discard(link)
@@ -404,7 +431,7 @@ def _reading_at_once(stream, what, run: object, name: str) -> None:
             )
 
 
-def _held_elsewhere(stream, iterator: Iterator, run: object, name: str) -> None:
+def _held_elsewhere(stream, iterator: Iterator, name: str, resumes: bool) -> None:
     """Refused where a reader an earlier run left (`_left_over`) reads the
     live stream `stream` through another iterator than `iterator` (another
     file object of it, a generator over it) and holds lines of it or reads
@@ -412,7 +439,9 @@ def _held_elsewhere(stream, iterator: Iterator, run: object, name: str) -> None:
     iterator takes them over. (That run's source had taken none, so the
     stream was not in `_taken_from`: a run resuming over it through another
     iterator lost what the reader had read ahead, up to 3,000 of 3,000
-    lines, no error.)"""
+    lines, no error. Also a run without a state_dir (`resumes` False): over
+    a FIFO opened again it got none of the 3,000 lines the reader held, and,
+    a file object's read cut mid-line, a torn line first, no error.)"""
     what = _what_it_reads(stream)
     with _left_over_lock:
         readers = list(_left_over.values())
@@ -420,6 +449,16 @@ def _held_elsewhere(stream, iterator: Iterator, run: object, name: str) -> None:
         held = reader._stream()
         if (reader._iterator() is not iterator and not reader.done_and_empty() and held is not None
                 and not _closed(held) and _what_it_reads(held) == what):
+            if not resumes:
+                raise KernelError(
+                    f"{name}: an earlier run of this process over its input {stream!r}, through "
+                    f"another iterator or file object of it ({reader._name}), ended before the input "
+                    "did and left lines of it in its reader (or its reader reading on), which are gone "
+                    "from the stream: this run would not get them (and a file object's read cut "
+                    "mid-line would tear a line). Give this run the object that run read (which "
+                    "takes that reader over and loses no line), or close that object first (what "
+                    "it read goes with it)"
+                )
             raise KernelError(
                 f"{name}: an earlier run of this process over its input {stream!r}, through "
                 f"another iterator or file object of it ({reader._name}), ended before the input "
@@ -647,15 +686,25 @@ class LiveReader:
         of it or reads on (`_held_elsewhere`)."""
         taken_by = _taken_by(stream)
         if taken_by is not None and taken_by() is not run:
+            fifo = (" (a FIFO opened again is the same stream while a writer holds it open, what "
+                    "was written staying in it, read or not: feed the input again through a FIFO "
+                    "made afresh)" if (_link(stream) or "").startswith("fifo:") else "")
             raise KernelError(
                 f"{name}: an earlier run of this process read lines of its input {stream!r}, which "
                 "are gone from it, and with a state_dir a run resumes exactly only over its input "
                 "fed again from its start (this run would count what is left of it from the "
                 "start, and lose the lines that run read after its last complete epoch): give "
-                "this run the input again (a new pipe or file object), or run without a "
+                f"this run the input again (a new pipe or file object){fifo}, or run without a "
                 "state_dir to read on from where the earlier run stopped"
             )
-        _held_elsewhere(stream, iterator, run, name)
+        _held_elsewhere(stream, iterator, name, resumes=True)
+
+    @staticmethod
+    def refuse_held_elsewhere(stream, iterator: Iterator, name: str) -> None:
+        """As a source of a run without a state_dir starts reading the live
+        stream `stream` through `iterator`: refused where a reader an earlier
+        run left reads it through another iterator (`_held_elsewhere`)."""
+        _held_elsewhere(stream, iterator, name, resumes=False)
 
     def _refuse_if_elsewhere(self, name: str) -> None:
         if self._process != os.getpid() and not self.done_and_empty():
@@ -838,7 +887,7 @@ class LiveReader:
     def _note_taken(self) -> None:
         stream = self._stream()
         if stream is not None:
-            _note_taken_from(stream, self._run)
+            _note_taken_from(stream, self._run, ended=self.done and self.error is None)
 
     def waiting(self) -> bool:
         """Called by a source that found nothing to take: True if records
@@ -932,7 +981,9 @@ class LiveReader:
                         if len(arrived) > limit // 2 and not self._stopped:  # (taken since: go on)
                             room.wait()
         except _EndOfInput:
-            pass
+            stream = self._stream()
+            if stream is not None:
+                _note_fifo_ended(stream)
         except BaseException as exc:  # the iterator's: the source raises it, naming itself
             self.error = exc
         self._chunked = False

@@ -422,6 +422,8 @@ class IterableSource(Source):
             if self.context.snapshots:  # (at the first poll: a source restored as ended reads nothing)
                 LiveReader.refuse_read_by_an_earlier_run(self._live_stream, self._iterator,
                                                          self.context.kernel, self.name)
+            else:
+                LiveReader.refuse_held_elsewhere(self._live_stream, self._iterator, self.name)
             if self._input is not None and self._input.built_in != os.getpid():
                 # Kernel 0 of a run the flow's process started, whose stream it
                 # reads: told before a line is read, as a failure kills it
