@@ -45,11 +45,13 @@ from ._live_input import (
     _LAST_LOOK,
     _LET_GO_WITHIN,
     LiveReader,
+    forget_readers_left_over,
     let_go_if_rewound,
     note_read_elsewhere,
     note_taken_beside_standard_input,
     refuse_other_file_objects,
     refuse_other_iterators,
+    rewound,
     shares_standard_input,
 )
 from ._shares import Share, merge_consumed, sequence_run
@@ -139,6 +141,20 @@ def _read_in_kernel_0(input_id: int) -> None:
 
 
 on_note("live stream read", _read_in_kernel_0)
+
+
+def _read_from_its_start_in_kernel_0(input_id: int) -> None:
+    """In the launcher's process: kernel 0 of a run reads the live stream
+    the input `input_id` reads, a regular file, from its start: the readers
+    earlier runs here left of it hold lines of an older read (`forget_readers_left_over`)."""
+    shared = _inputs.get(input_id)
+    if shared is not None and shared.built_in == os.getpid():
+        stream = _stream_it_reads(shared.data)
+        if stream is not None:
+            forget_readers_left_over(stream)
+
+
+on_note("live stream read from its start", _read_from_its_start_in_kernel_0)
 
 
 def _length(data) -> int:
@@ -276,7 +292,7 @@ class IterableSource(Source):
                 if context.snapshots:
                     refuse_other_iterators(read, self._iterator, context.kernel, self.name)
                 refuse_other_file_objects(read, context.kernel, self.name)
-                LiveReader.refuse_if_left_elsewhere(self._iterator, self.name)
+                LiveReader.refuse_if_left_elsewhere(self._iterator, read, self.name)
                 self._live_stream = read
 
     def _check_input(self, peers: int, stream: bool = False) -> None:
@@ -424,7 +440,8 @@ class IterableSource(Source):
                                                          self.context.kernel, self.name)
             else:
                 LiveReader.refuse_held_elsewhere(self._live_stream, self._iterator, self.name)
-            if self._input is not None and self._input.built_in != os.getpid():
+            elsewhere = self._input is not None and self._input.built_in != os.getpid()
+            if elsewhere:
                 # Kernel 0 of a run the flow's process started, whose stream it
                 # reads: told before a line is read, as a failure kills it
                 # unheard. (That process's later run with a state_dir over the
@@ -435,6 +452,10 @@ class IterableSource(Source):
             # between the reader and the loop, ~10% of a trivial pipeline's time)
             live = self._live = LiveReader.of(self._iterator, 4 * max(self.batch_size, 1024), self.name,
                                               self._live_stream, self.context.kernel)
+            if elsewhere and rewound(self._live_stream) and live.handed == 0 and not live.arrived:
+                # (read from its start, no reader taken over: those the launcher's
+                # earlier runs left hold an older read of it, `forget_readers_left_over`)
+                tell_launcher("live stream read from its start", id(self._input))
             self._mark_read()
             live.start(self.wake)
             task = self.context.kernel.spawn(live.until_ended(), name=f"{self.name} reader")
