@@ -865,7 +865,12 @@ class LiveReader:
 
         def stopped(task: asyncio.Task) -> None:
             wiring = self._wiring
-            if task.cancelled() and wiring is not None and wiring[2] is ended:  # (not a later run's)
+            # (not where `until_ended` stopped it, as a task cancelled after its
+            # first step does: a later run may have taken the reader over since,
+            # `of`, before starting it, and a second stop listed it as left over
+            # again and cleared its `_starting`: a third run took over the reader
+            # the second was about to read with)
+            if task.cancelled() and not self._stopped and wiring is not None and wiring[2] is ended:
                 self.stop()
 
         task.add_done_callback(stopped)
