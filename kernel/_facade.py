@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import multiprocessing
 import operator
 import os
 from collections.abc import Iterator
@@ -61,6 +62,8 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
     socket inherited, listening on this process's own port of `peers`
     (a job process's, from its executor)."""
     check_cores(cores)
+    if cores > 1 or peers is not None:
+        _refuse_in_a_daemonic_process(cores)
     check_gc_threshold(gc_threshold)
     check_clock(clock)
     if heartbeat is None:  # read now, not at import: os.environ may have been set since
@@ -147,6 +150,24 @@ def _check_seconds(name: str, value) -> None:
 # wait for ever. More kernels on one machine: a cluster of several
 # processes on it (`peers=`).
 MAX_CORES = 100
+
+
+def _refuse_in_a_daemonic_process(cores: int) -> None:
+    """A run on kernel processes cannot start from a daemonic process: a
+    kernel process of a run on several kernels is one (a step of it calling
+    `run(flow, cores=2)` on a thread), and multiprocessing refuses such a
+    process children, with a bare AssertionError ("daemonic processes are
+    not allowed to have children") raised as the first kernel started,
+    naming neither the run nor what to do."""
+    if not multiprocessing.current_process().daemon:
+        return
+    raise RuntimeError(
+        f"a run on {cores} kernel processes (cores={cores}, or peers=) cannot start here: this process is "
+        "daemonic (a kernel process of a run on several kernels, or one multiprocessing started "
+        "with daemon=True), and a daemonic process may not have children. Run the nested flow on "
+        "one kernel (cores=1: in this kernel process, on a thread of its own, as run() blocks), or "
+        "from the process that started the outer run"
+    )
 
 
 def check_cores(cores: int) -> None:

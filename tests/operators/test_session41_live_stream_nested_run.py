@@ -5,7 +5,8 @@ process too. On one kernel the nested run tells it through the outer
 kernel's pipe (`tell_launcher`), and its later run with a state_dir over
 the stream is refused, as after a run of its own; on several kernels the
 nested run cannot start (kernel processes are daemonic: multiprocessing
-refuses them children), so nothing is read unheard. The nested run gets
+refuses them children; refused, saying so, since session 42), so nothing
+is read unheard. The nested run gets
 every line once, in order."""
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def test_a_nested_run_over_a_stream_of_the_outer_launcher_is_heard_there(tmp_pat
                           cwd=_ROOT, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     nested = json.loads((tmp_path / "nested.json").read_text())
-    assert "daemonic processes are not allowed to have children" in nested["told"][0]
+    assert "cannot start here: this process is daemonic" in nested["told"][0]  # (session 42: said so)
     assert nested["told"][1] == "ran"
     assert nested["lines"] == list(range(3_000))
     told = json.loads(done.stdout.splitlines()[-1])
