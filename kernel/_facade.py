@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from kernel.execution._caller_objects import refuse_caller_objects
-from kernel.execution._execute import execute, execute_async
+from kernel.execution._execute import execute, execute_async, on_a_thread
 from kernel.execution._inherited_descriptors import follow_to_their_end, read_write_files_at_their_end
 from kernel.execution._plan import (
     DEFAULT_EPOCH_INTERVAL,
@@ -729,16 +729,44 @@ async def run_async(flow: Dataflow, *, cores: int = 1, clock=None, budget: float
         # after it had claimed it for its own kernel count and discarded the
         # live run's newest snapshots)
         with _state_dir_held(state_dir, process_id):
-            plan = plan_for(lambda: flow, cores=cores, clock=clock, budget=budget, shares=shares,
-                            stall_threshold=stall_threshold, state_dir=state_dir,
-                            epoch_interval=epoch_interval, process_id=process_id, peers=peers, secret=secret,
-                            tls=tls, startup_timeout=startup_timeout, heartbeat=heartbeat,
-                            dashboard=dashboard)
+            def make_plan() -> RunPlan:
+                return plan_for(lambda: flow, cores=cores, clock=clock, budget=budget, shares=shares,
+                                stall_threshold=stall_threshold, state_dir=state_dir,
+                                epoch_interval=epoch_interval, process_id=process_id, peers=peers,
+                                secret=secret, tls=tls, startup_timeout=startup_timeout,
+                                heartbeat=heartbeat, dashboard=dashboard)
+
+            plan = make_plan() if state_dir is None else await _planned_off_the_loop(make_plan)
             appended_to = _before_kernel_processes(flow, plan)
             try:
                 flow._results_delivered(await execute_async(plan, lambda: flow))
             finally:
                 follow_to_their_end(appended_to)
+
+
+async def _planned_off_the_loop(make_plan) -> RunPlan:
+    """`make_plan()` of a run with a state_dir under `run_async`, on a
+    thread: the store's set-up (created, read, checked and claimed: SQLite
+    and fsync) held the host's loop 0.04-0.3 s, the embedding application's
+    timers and I/O stalled meanwhile, and for as long as another connection
+    held the store's write lock (up to SQLite's 30 s). Cancelled meanwhile,
+    it waits for the thread (a set-up: bounded) and closes the store the
+    plan opened, before the state_dir is let go of (a run after found it
+    still being claimed)."""
+    planned = on_a_thread(make_plan, "kernel run set-up")
+    try:
+        return await asyncio.shield(planned)
+    except asyncio.CancelledError:
+        while not planned.done():  # (shielded again if cancelled again, as `_in_thread` waits)
+            try:
+                await asyncio.shield(planned)
+            except asyncio.CancelledError:
+                continue
+            except BaseException:  # (its failure: ours is the cancellation)
+                break
+        if not planned.cancelled() and planned.exception() is None and planned.result().snapshots is not None:
+            planned.result().snapshots.close()
+        raise
 
 
 def run(flow: Dataflow, *, cores: int = 1, gc_threshold_during_run: int | None = DEFAULT_GC_THRESHOLD,

@@ -306,6 +306,35 @@ def gc_threshold(threshold: int | None):
                 gc.set_threshold(*_threshold_saved)
 
 
+def on_a_thread(work, name: str) -> asyncio.Future:
+    """A future of the running loop, settled with `work()`'s result or
+    error, which runs on a thread of its own (not the loop's default
+    executor: `_in_thread` says why). A daemon: a process that exits
+    meanwhile is not held by it (a run's kernels die with it: PR_SET_PDEATHSIG)."""
+    from kernel.scheduling._from_threads import call_soon_from_thread
+
+    loop = asyncio.get_running_loop()
+    settled = loop.create_future()
+
+    def settle(result, error) -> None:
+        if not settled.done():
+            if error is not None:
+                settled.set_exception(error)
+            else:
+                settled.set_result(result)
+
+    def worker() -> None:
+        try:
+            result = work()
+        except BaseException as exc:  # handed to the awaiting coroutine, as an executor would
+            call_soon_from_thread(loop, settle, None, exc)
+        else:
+            call_soon_from_thread(loop, settle, result, None)
+
+    threading.Thread(target=worker, name=name, daemon=True).start()
+    return settled
+
+
 async def _in_thread(launch):
     """Run `launch(cancel)` (a blocking launcher) on a thread; if this
     coroutine is cancelled, the launcher is told through `cancel` (a pipe it
@@ -321,30 +350,8 @@ async def _in_thread(launch):
     thread that never came."""
     import multiprocessing
 
-    from kernel.scheduling._from_threads import call_soon_from_thread
-
     cancel_in, cancel_out = multiprocessing.Pipe(duplex=False)
-    loop = asyncio.get_running_loop()
-    launched = loop.create_future()
-
-    def settle(result, error) -> None:
-        if not launched.done():
-            if error is not None:
-                launched.set_exception(error)
-            else:
-                launched.set_result(result)
-
-    def launcher() -> None:
-        try:
-            result = launch(cancel_in)
-        except BaseException as exc:  # handed to the awaiting coroutine, as an executor would
-            call_soon_from_thread(loop, settle, None, exc)
-        else:
-            call_soon_from_thread(loop, settle, result, None)
-
-    # a daemon: a process that exits meanwhile is not held by a run (its
-    # kernels die with it: PR_SET_PDEATHSIG)
-    threading.Thread(target=launcher, name="kernel launcher", daemon=True).start()
+    launched = on_a_thread(lambda: launch(cancel_in), "kernel launcher")
     try:
         return await asyncio.shield(launched)
     except asyncio.CancelledError:
