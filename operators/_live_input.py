@@ -143,13 +143,13 @@ def note_read_elsewhere(stream) -> None:
     _note_taken_from(stream, _weakly(None))
 
 
-def _note_taken_from(stream, run: Callable[[], object], ended: bool = False) -> None:
-    """`stream` has lost lines to the run `run()` (its kernel, weakly);
-    `ended`: its reader has read it to its end (`_note_fifo_ended`)."""
+def _note_taken_from(stream, run: Callable[[], object], reader: LiveReader | None = None) -> None:
+    """`stream` has lost lines to the run `run()` (its kernel, weakly),
+    through `reader` (`_note_fifo_ended`)."""
     what, link = _what_it_reads(stream), _link(stream)
-    if ended and link is not None and link.startswith("fifo:"):
-        link = None
     with _left_over_lock:
+        if reader is not None and reader._read_to_its_end and (link or "").startswith("fifo:"):
+            link = None  # (looked at under the lock its thread says so under: either comes first)
         _taken_from[what] = (_weakly(stream), run, link)
         # Those of closed streams go (a service's streams, once closed), looked
         # for once the entries have doubled, not at each run: each run's look
@@ -178,18 +178,22 @@ def _forget_taken_from_closed() -> None:
     _look_at = max(_KEPT_CLOSED, 2 * len(_taken_from), len(links) // 4)
 
 
-def _note_fifo_ended(stream) -> None:
+def _note_fifo_ended(stream, reader: LiveReader) -> None:
     """The live stream `stream` has been read to its end: a named FIFO's
     every writer has closed it, and opened again, once this file object is
     closed, it is a fresh stream, fed from its start, which a run with a
     state_dir can resume over (its entry in `_taken_from` is no longer
     found by its `fifo:` link: `_taken_by`). (Found by it, a run over the
-    FIFO opened anew for a writer of its own was refused.)"""
+    FIFO opened anew for a writer of its own was refused.) Said under
+    `_left_over_lock`, as the run's first take notes the stream under it: a
+    take between the end's note and `done` noted it by its link all the same,
+    and the next run over the FIFO was refused, now and then."""
     link = _link(stream)
-    if link is None or not link.startswith("fifo:"):
-        return
     what = _what_it_reads(stream)
     with _left_over_lock:
+        reader._read_to_its_end = True
+        if link is None or not link.startswith("fifo:"):
+            return
         noted = _taken_from.get(what)
         if noted is not None and noted[2] == link:
             _taken_from[what] = (noted[0], noted[1], None)
@@ -765,6 +769,7 @@ class LiveReader:
         self.handed = 0
         self.error: BaseException | None = None  # what the iterator raised (on the thread)
         self.done = False  # the iterator has ended (or raised): nothing more will arrive
+        self._read_to_its_end = False  # (its end seen, no error: `_note_fifo_ended`)
         # The iterator and its stream, held weakly where they can be: a reader
         # left over (`_left_over`) kept them, and so the stream's descriptor,
         # a connection's, open for as long as the process ran, where the
@@ -921,7 +926,7 @@ class LiveReader:
     def _note_taken(self) -> None:
         stream = self._stream()
         if stream is not None:
-            _note_taken_from(stream, self._run, ended=self.done and self.error is None)
+            _note_taken_from(stream, self._run, self)
 
     def waiting(self) -> bool:
         """Called by a source that found nothing to take: True if records
@@ -1017,7 +1022,7 @@ class LiveReader:
         except _EndOfInput:
             stream = self._stream()
             if stream is not None:
-                _note_fifo_ended(stream)
+                _note_fifo_ended(stream, self)
         except BaseException as exc:  # the iterator's: the source raises it, naming itself
             self.error = exc
         self._chunked = False
