@@ -120,7 +120,7 @@ class JobCgroups:
             path = os.path.join(self.home, name)
             if _empty(path):
                 try:
-                    os.rmdir(path)
+                    _remove(path)
                 except OSError:
                     pass
 
@@ -144,7 +144,7 @@ class JobCgroups:
         if path is None:
             return
         try:
-            os.rmdir(path)
+            _remove(path)
         except OSError as exc:
             log.warning("executor: cannot remove the job's cgroup %s: %s", path, exc)
 
@@ -165,7 +165,7 @@ class JobCgroups:
     def _remove_empty(self) -> None:
         for left in list(self._left):
             try:
-                os.rmdir(left)
+                _remove(left)
             except FileNotFoundError:
                 pass
             except OSError:  # (still populated: later)
@@ -179,6 +179,21 @@ class JobCgroups:
                 and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(_EMPTY_POLL)
         self._remove_empty()
+
+
+def _remove(path: str) -> None:
+    """Remove the cgroup `path` and the cgroups below it, deepest first:
+    a cgroup with a child cgroup cannot go (EBUSY), and a job process may
+    have made some (a cgroup manager of its own: a nested executor's job
+    cgroups, a container runtime's), which `cgroup.kill` emptied with it.
+    (With `os.rmdir` alone, its cgroup and theirs were left, for good.)"""
+    for below, children, _ in os.walk(path, topdown=False):
+        for child in children:
+            try:
+                os.rmdir(os.path.join(below, child))
+            except FileNotFoundError:
+                pass  # (its own maker removed it meanwhile)
+    os.rmdir(path)
 
 
 def _empty(path: str) -> bool:
