@@ -38,14 +38,14 @@ flow.from_iterable(range(10**9), batch_size=10).map(step).sink(id)
 
 
 @contextlib.asynccontextmanager
-async def _system_with_an_executor_here(tmp_path):
+async def _system_with_an_executor_here(tmp_path, executor_timeout: float = 15, **coordinator_env):
     system = System(tmp_path)
     executor = ExecutorDaemon((system.host, system.port), SECRET.encode(), 1, tmp_path / "executor",
                               host="127.0.0.1", heartbeat=HEARTBEAT)
     registered = asyncio.Event()
     served = None
     try:
-        system.start_coordinator("--executor-timeout", "15")
+        system.start_coordinator("--executor-timeout", f"{executor_timeout:g}", **coordinator_env)
         peer = system.start_executor(1)
         served = asyncio.ensure_future(executor.run(ready=lambda _: registered.set()))
         await asyncio.wait_for(registered.wait(), 30)

@@ -6,11 +6,16 @@ without spending a restart. It spent one: at --max-restarts 0 the job
 failed, `could not start: executor e1 is stopping; gave up after 0
 restart(s)`, never having run.
 
-A coordinator (a lease of 15 s: the executor's loop is held a while) and a
-peer executor of their own processes; the leaving executor in this one,
-its event loop held (the test blocks it) from the submit until the
-coordinator has sent the start, then stopped as SIGTERM stops it (its
-serving task cancelled): the stop runs first, the start after."""
+A coordinator and a peer executor of their own processes; the leaving
+executor in this one, its event loop held (the test blocks it) from the
+submit until the coordinator has sent the start, then stopped as SIGTERM
+stops it (its serving task cancelled): the stop runs first, the start after.
+(The hold lasts a `submit` and a few `status` from processes of their own:
+under load (2 CPU burners, 2 cores) over 7.5 s, the coordinator's ping of
+a silent connection (5 s) and its wait for the pong (2.5 s): "No PONG
+received", the connection closed, the start failed as `connection closed`,
+2 runs in 8. So the coordinator pings after HELD_AT_MOST s, and waits as
+long before it counts the executor lost.)"""
 
 from __future__ import annotations
 
@@ -31,6 +36,8 @@ flow.from_iterable(range(10**9), batch_size=10).map(lambda n: n).sink(id)
 # seconds the held loop leaves the coordinator, once it says the job is starting, to send
 # the start (a moment: the request follows its save at once)
 SENT_WITHIN = 0.2
+# seconds the executor's loop may be held before the coordinator takes it for gone
+HELD_AT_MOST = 60
 
 
 def _status(system) -> dict:
@@ -47,7 +54,9 @@ def _job(system, job: str) -> dict:
 async def test_a_start_refused_as_its_executor_leaves_moves_the_job_free(tmp_path):
     pipeline = tmp_path / "pipeline.py"
     pipeline.write_text(PIPELINE)
-    async with _system_with_an_executor_here(tmp_path) as (system, executor, served):
+    async with _system_with_an_executor_here(tmp_path, executor_timeout=HELD_AT_MOST,
+                                             KERNEL_COORDINATOR_HEARTBEAT=str(HELD_AT_MOST)) \
+            as (system, executor, served):
         # (this loop held from here: the executor reads nothing until the stop has begun)
         done = system.cli("submit", pipeline, "--executors", executor.executor_id, "--max-restarts", "0")
         assert done.returncode == 0, done.stderr
