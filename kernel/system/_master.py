@@ -506,6 +506,12 @@ class JobMaster:
                     job.message = said
                     self._save(job)
             return False
+        if job.status == "submitted" and job.message is not None:
+            # (what it waited for has stopped: said on until its start, the job still waiting
+            # for room, it waited for good for a process that had stopped. Nothing else
+            # says a message on a job not yet started.)
+            job.message = None
+            self._save(job)
         return True
 
     def _place(self, job: Job) -> tuple[list[str], int] | None:
