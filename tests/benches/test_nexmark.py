@@ -232,7 +232,7 @@ def test_the_bytewax_queries_equal_the_references_too(expected, name):
     assert sorted(sink.items) == expected[name]
 
 
-def test_the_benchmark_runs_and_prints_its_table(capsys):
+def test_the_benchmark_runs_and_prints_its_table(capsys, short_ceilings):
     from benches import nexmark
 
     nexmark.main(["--events", "3000", "--queries", "q0,q4", "--cores", "1,2", "--runs", "1", "--no-bytewax"])

@@ -8,7 +8,7 @@ import pytest
 from benches import pipelines
 
 
-def test_only_windows_prints_the_windowed_sum_rows_alone(capsys):
+def test_only_windows_prints_the_windowed_sum_rows_alone(capsys, short_ceilings):
     pipelines.main(["--quick", "--only", "windows", "--cores", "1,2", "--reps", "1", "--no-bytewax"])
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "pipeline" not in line]
