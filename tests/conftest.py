@@ -61,8 +61,21 @@ def shm_names() -> set[str]:
 
 
 def child_pids(parent: int | None = None) -> set[int]:
-    """Live (or unreaped) processes whose parent is `parent` (default: us)."""
+    """Live (or unreaped) processes whose parent is `parent` (default: us).
+
+    Read from the parent's own `task/*/children` (one file a thread; a
+    zombie stays listed until reaped, and the children of a thread that
+    ended are listed under the thread they pass to): `no_leaks` asks twice
+    a test, and the scan of every process's status below took ~18 ms a
+    call beside other helpers' ~120 processes. The scan stays for a kernel
+    without those files."""
     parent = os.getpid() if parent is None else parent
+    try:
+        threads = os.listdir(f"/proc/{parent}/task")
+        if os.path.exists(f"/proc/{parent}/task/{threads[0]}/children"):
+            return _listed_children(parent, threads)
+    except (OSError, IndexError):  # the parent is gone: nothing is its child
+        return set()
     found = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -75,6 +88,17 @@ def child_pids(parent: int | None = None) -> set[int]:
                             found.add(int(entry))
                         break
         except OSError:  # exited while we looked
+            continue
+    return found
+
+
+def _listed_children(parent: int, threads: list[str]) -> set[int]:
+    found = set()
+    for thread in threads:
+        try:
+            with open(f"/proc/{parent}/task/{thread}/children") as children:
+                found.update(int(pid) for pid in children.read().split())
+        except OSError:  # the thread ended while we looked (its children pass to another)
             continue
     return found
 
