@@ -45,6 +45,9 @@ from itertools import chain, islice
 from kernel.dataflow._errors import KernelError
 from kernel.scheduling._signal_mask import main_thread_signals
 
+from ._fifo_holders import fed_anew_since_taken as fifo_fed_anew_since_taken
+from ._fifo_holders import note_taken as note_fifo_taken
+
 _AT_ONCE = 0.001  # seconds: a chunk read within this came at once (the stream is fast)
 _FIRST_LOOK, _LAST_LOOK = 0.001, 0.1  # seconds: an idle source's looks while a chunk is read
 _LET_GO_WITHIN = 1.0  # seconds: a stopped reader of a rewound file may end within this (`_let_go_later`)
@@ -151,6 +154,8 @@ def _note_taken_from(stream, run: Callable[[], object], reader: LiveReader | Non
         if reader is not None and reader._read_to_its_end and (link or "").startswith("fifo:"):
             link = None  # (looked at under the lock its thread says so under: either comes first)
         _taken_from[what] = (_weakly(stream), run, link)
+        if link is not None and link.startswith("fifo:"):
+            note_fifo_taken(link)
         # Those of closed streams go (a service's streams, once closed), looked
         # for once the entries have doubled, not at each run: each run's look
         # went over every entry, 3.7 ms a run's first take where 9,000
@@ -319,7 +324,18 @@ def _taken_by(stream) -> Callable[[], object] | None:
         noted, run, link = _taken_from.get(what, (_weakly(None), None, None))
     if _closed(noted()) and (link is None or link != _link(stream)):
         return None
+    if _closed(noted()) and link.startswith("fifo:") and _fifo_fed_anew(stream, link):
+        return None  # (a fresh pipe, its new writer's: `_fifo_holders`)
     return run
+
+
+def _fifo_fed_anew(stream, link: str) -> bool:
+    try:
+        descriptor = stream.fileno()
+        status = os.fstat(descriptor)
+    except Exception:  # (closed, a broken wrapper: as the same stream)
+        return False
+    return fifo_fed_anew_since_taken(link, status.st_dev, status.st_ino, descriptor)
 
 
 def _link(stream) -> str | None:
