@@ -41,10 +41,13 @@ _libc = None
 _NULL = os.makedev(1, 3)  # /dev/null's device number (Linux)
 _MADV_DONTFORK = 10  # (Linux: a mapping a fork does not copy)
 _RING = "anon_inode:[io_uring]"
+_SQES = 0x10000000  # the mapping offset of a ring's submission entries
 
 # The ring descriptors of the loop a blocking run runs on, while it runs:
 # a process forked from it lets go of them (`_let_go_in_a_forked_child`).
 _ours: set[str] = set()
+# Where libuv keeps each one's descriptor number (`_unbatched`), by descriptor.
+_kept_at: dict[str, int] = {}
 
 
 def _cuttable(stream) -> bool:
@@ -90,7 +93,7 @@ def run(main):
         rings = _rings() - before
         opened.append(rings)
         if rings:
-            _kept_from_forks(rings, _ring_mappings() - mapped)
+            _kept_from_forks(rings, _ring_mappings() - mapped, loop)
         return loop
 
     try:
@@ -98,6 +101,8 @@ def run(main):
     finally:
         if opened and opened[0]:
             _ours.difference_update(opened[0])
+            for ring in opened[0]:
+                _kept_at.pop(ring, None)
             _take_notice()
 
 
@@ -114,27 +119,61 @@ def run(main):
 # last reference, and the notice comes as it always did. (A forked child
 # cannot use its parent's loop anyway: it shares the epoll set.)
 
-def _ring_mappings() -> set[tuple[int, int]]:
-    """The address ranges of this process's io_uring rings' mappings."""
+def _ring_mappings() -> set[tuple[int, int, int]]:
+    """The address ranges of this process's io_uring rings' mappings, and their offsets."""
     found = set()
     try:
         with open("/proc/self/maps") as maps:
             for line in maps:
                 if line.rstrip().endswith(_RING):
-                    start, end = line.split(None, 1)[0].split("-")
-                    found.add((int(start, 16), int(end, 16)))
+                    addresses, _mode, offset = line.split(None, 3)[:3]
+                    start, end = addresses.split("-")
+                    found.add((int(start, 16), int(end, 16), int(offset, 16)))
     except OSError:
         pass
     return found
 
 
-def _kept_from_forks(rings: set[str], mappings: set[tuple[int, int]]) -> None:
+def _kept_from_forks(rings: set[str], mappings: set[tuple[int, int, int]], loop) -> None:
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    for start, end in mappings:
+    for start, end, _offset in mappings:
         _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTFORK)
+    if len(rings) == 1:  # (which mappings are whose: one ring opened)
+        ring = next(iter(rings))
+        kept_at = _descriptor_kept_at(loop, int(ring), {offset: start for start, _, offset in mappings})
+        if kept_at is not None:
+            _kept_at[ring] = kept_at
     _ours.update(rings)
+
+
+# A forked child that went on from the step, not ending with `os._exit`
+# (`sys.exit()`, an exception), ran the copied loop, whose libuv batches
+# epoll_ctl through the ring's memory, not copied: it died of SIGSEGV, where
+# it had ended with its run failing, status 0. libuv does without the ring
+# where its descriptor is -1 (plain epoll_ctl; nothing of the ring touched,
+# nor closed, at the loop's close): the child's copy is set so. Where libuv
+# keeps it is found once, by the ring's mappings libuv points at just before
+# it (`struct uv__iou`: sq, cqe, sqe, 4 lengths, ringfd), not assumed.
+
+def _descriptor_kept_at(loop, ring: int, starts: dict[int, int]) -> int | None:
+    """The address of libuv's copy of the descriptor `ring` of `loop`'s
+    epoll_ctl ring (mapped at `starts`, by offset), None where not found."""
+    try:
+        from uvloop.loop import libuv_get_loop_t_ptr
+
+        pointer_of = ctypes.pythonapi.PyCapsule_GetPointer
+        pointer_of.restype, pointer_of.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+        internal = ctypes.c_void_p.from_address(pointer_of(libuv_get_loop_t_ptr(loop), None) + 40).value
+        words = (ctypes.c_uint64 * 64).from_address(internal)  # (uv__loop_internal_fields_t: ~400 bytes)
+        for at in range(len(words) - 8):
+            if (words[at] == starts.get(0) and words[at + 2] == starts.get(_SQES)
+                    and ctypes.c_int32.from_address(internal + 8 * (at + 7)).value == ring):
+                return internal + 8 * (at + 7)
+    except Exception:  # (another uvloop: not found)
+        pass
+    return None
 
 
 def _let_go_in_a_forked_child() -> None:
@@ -145,12 +184,15 @@ def _let_go_in_a_forked_child() -> None:
         for name in _ours:
             try:
                 if os.readlink(f"/proc/self/fd/{name}") == _RING:
+                    if name in _kept_at:
+                        ctypes.c_int32.from_address(_kept_at[name]).value = -1
                     os.dup2(null, int(name), inheritable=False)
             except OSError:
                 pass
     finally:
         os.close(null)
     _ours.clear()
+    _kept_at.clear()
 
 
 os.register_at_fork(after_in_child=_let_go_in_a_forked_child)
