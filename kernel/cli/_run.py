@@ -26,6 +26,9 @@ from kernel._facade import (
     pipeline_import,
     plan_for,
 )
+
+# (blank_said lives apart, for the system's commands: see _said)
+from kernel.cli._said import blank_said
 from kernel.dataflow._api import Dataflow
 from kernel.dataflow._errors import KernelError, OperatorError, cause_traceback, describe_exception
 from kernel.execution._plan import MIN_HEARTBEAT
@@ -273,15 +276,6 @@ def _listen_advice(error, args) -> str:
     reserved = bool(args.slurm and args.port_base is None and os.environ.get("SLURM_STEP_RESV_PORTS"))
     advice = listen_advice(error, args.slurm, reserved)
     return f"\n  {advice}" if advice else ""
-
-
-def blank_said(flag: str, what: str, given: str, form: str, hint: str = "") -> str:
-    """What an empty or blank (only white space) value of `flag` is told:
-    `--listen: the address given is blank (' '; HOST:PORT)`, naming what
-    was given where it is not plainly empty."""
-    if given:
-        return f"{flag}: the {what} given is blank ({given!r}; {form}{hint})"
-    return f"{flag}: the {what} given is empty ({form}{hint})"
 
 
 def _run(args, path: Path, name: str) -> int:

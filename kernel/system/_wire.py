@@ -35,6 +35,7 @@ import aiohttp
 import msgspec
 
 from kernel.net._causes import causes
+from kernel.system._limits import LARGEST_INTEGER  # noqa: F401  (importable from here, as it was)
 
 log = logging.getLogger("kernel.system")
 
@@ -43,9 +44,6 @@ MAX_MESSAGE = 64 << 20  # a submitted pipeline file travels in one message
 # a pipeline file's JSON text, at most: the rest of MAX_MESSAGE for the other fields of
 # its requests (`submit`, and the job master's `start` to each executor: its peers...)
 FILE_ROOM = MAX_MESSAGE - (1 << 20)
-# the largest integer a request may carry into the catalog (SQLite's INTEGER holds no
-# more: a larger one's every write of its row failed, an OverflowError traceback)
-LARGEST_INTEGER = 2**63 - 1
 # The handshake's "process" field says who speaks (its MAC covers it).
 COORDINATOR, EXECUTOR, CLIENT = 0, 1, 2
 ROLES = {EXECUTOR: "executor", CLIENT: "client"}
