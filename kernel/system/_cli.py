@@ -10,14 +10,19 @@ address, no secret, a missing file); 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import signal
 import sys
 import time
 
-from kernel.dataflow._errors import KernelError
+# Light modules only, here and in what the command line is checked with: the
+# links, the client and the event loop (aiohttp, asyncio: ~0.4 s of CPU) are
+# imported where a command uses them, so that a usage error and --help cost
+# about what Python's own start-up does (tests/system/test_session42_cli_start_up.py).
+from kernel.cli._said import blank_said
+from kernel.scheduling._errors import KernelError
+from kernel.system._limits import LARGEST_INTEGER
 
 COORDINATOR_VARIABLE = "KERNEL_COORDINATOR"
 COMMANDS = ("coordinator", "executor", "submit", "status", "logs", "kill")
@@ -28,11 +33,9 @@ class _Usage(Exception):
 
 
 def _address(text: str | None, what: str) -> tuple[str, int]:
-    from kernel.execution._cluster import parse_peers
+    from kernel.execution._cluster_options import parse_peers
 
     if not text.strip():  # (given empty or blank: an unset --coordinator is said before, with what to set)
-        from kernel.cli._run import blank_said
-
         raise _Usage(blank_said(what, "address", text, "HOST:PORT"))
     try:
         (address,) = parse_peers(text)
@@ -47,8 +50,6 @@ def _page_address(text: str) -> tuple[str, int]:
     from kernel.metrics._server import parse_address
 
     if not text.strip():
-        from kernel.cli._run import blank_said
-
         raise _Usage(blank_said("--dashboard", "address", text, "HOST:PORT"))
     try:  # (stripped as --listen's is, and --dashboard's was: ' 127.0.0.1:8080' failed, 'unknown host')
         return parse_address(text.strip())
@@ -57,7 +58,7 @@ def _page_address(text: str) -> tuple[str, int]:
 
 
 def _secret(args) -> bytes:
-    from kernel.execution._cluster import read_secret
+    from kernel.execution._cluster_options import read_secret
 
     try:
         return read_secret(None, args.secret_file)
@@ -68,8 +69,6 @@ def _secret(args) -> bytes:
 
 
 def _tls(args):
-    from kernel.net._relay import TLSFiles
-
     if args.tls_cert is None and args.tls_key is None:
         if args.tls_ca is not None:
             raise _Usage("--tls-ca needs --tls-cert and --tls-key")
@@ -79,6 +78,8 @@ def _tls(args):
     for path in (args.tls_cert, args.tls_key, args.tls_ca):
         if path is not None and not os.path.isfile(path):
             raise _Usage(f"TLS file not found: {path}")
+    from kernel.net._relay import TLSFiles  # (the links, aiohttp: only where TLS is asked for)
+
     return TLSFiles(args.tls_cert, args.tls_key, args.tls_ca)
 
 
@@ -102,8 +103,6 @@ def _at_least(least: int):
             value = None
         if value is None or value < least:
             raise argparse.ArgumentTypeError(f"must be an integer >= {least}, got {text!r}")
-        from kernel.system._wire import LARGEST_INTEGER
-
         if value > LARGEST_INTEGER:
             # (the catalog holds no more: an executor's --cores 100000000000000000000
             # registered, its every write a traceback in the coordinator's log)
@@ -242,7 +241,10 @@ def _main(argv: list[str] | None) -> int:
         _parser().print_help()
         return 2
     try:
-        return asyncio.run(_command(args))
+        checked = _checked(args)
+        import asyncio  # (here: a usage error, said above, does without the event loop's modules)
+
+        return asyncio.run(_command(args, checked))
     except _Usage as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -258,6 +260,8 @@ async def _stopped_by_sigterm_too(work) -> int:
     """Await a daemon's `work` (0). SIGTERM, what Kubernetes, Slurm and
     systemd send to stop a service, stops it as Ctrl-C does (its cleanup
     runs: `work` is cancelled) and ends it with "terminated", 143."""
+    import asyncio  # (not at the module's top: see there)
+
     terminated = asyncio.Event()
     main = asyncio.current_task()
     assert main is not None
@@ -280,75 +284,53 @@ async def _stopped_by_sigterm_too(work) -> int:
     return 0
 
 
-async def _command(args) -> int:
-    started = time.monotonic()  # (a submit's or a kill's wait is bounded from here: REQUEST_TIMEOUT)
-    from kernel.net._links import AuthenticationFailed, LinkError
-    from kernel.system import _client
-    from kernel.system._wire import KernelSystemError
-    from kernel.topics._directory import refused_hint
+class _Checked:
+    """What `_checked` read of the command line, for `_command`."""
 
+    def __init__(self, started: float, secret: bytes, tls, address: tuple[str, int],
+                 dashboard: tuple[str, int] | None = None, payload: dict | None = None) -> None:
+        self.started, self.secret, self.tls, self.address = started, secret, tls, address
+        self.dashboard, self.payload = dashboard, payload
+
+
+def _checked(args) -> _Checked:
+    """The command line's usage errors (_Usage, exit 2), found before the
+    event loop starts and before the links and the client (aiohttp) are
+    imported: a mistyped command costs Python's start-up, not theirs."""
+    started = time.monotonic()  # (a submit's or a kill's wait is bounded from here: REQUEST_TIMEOUT)
     secret, tls = _secret(args), _tls(args)
     if args.command == "coordinator":
-        from kernel.system._coordinator import DashboardHoldsTheListenPort, serve
-
-        _configure_logging()
-        host, port = _address(args.listen, "--listen")
+        listen = _address(args.listen, "--listen")
         if not args.executor_timeout > 0:
             raise _Usage("--executor-timeout must be a positive number of seconds")
         if not args.catalog_timeout > 0:
             raise _Usage("--catalog-timeout must be a positive number of seconds")
         dashboard = None if args.dashboard is None else _page_address(args.dashboard)
-        # (SIGTERM: its catalog's queued writes done and closed, its
-        # connections closed; its default, dying at once, was a SIGKILL)
-        try:
-            return await _stopped_by_sigterm_too(serve(
-                host, port, secret, args.data, tls=tls, executor_timeout=args.executor_timeout,
-                adopt_grace=args.executor_timeout, dashboard=dashboard, catalog_timeout=args.catalog_timeout))
-        except DashboardHoldsTheListenPort:  # two options of this command line that clash: a usage error
-            both = f"--listen {args.listen.strip()} and --dashboard {args.dashboard.strip()}"
-            raise _Usage(f"{both} ask for the same port ({port}): give the dashboard another "
-                         "(HOST:0: the system picks one)") from None
+        return _Checked(started, secret, tls, listen, dashboard=dashboard)
     given_by = "--coordinator"  # (what a blank or malformed address is said to be: the one the user set)
     if args.coordinator is None:
         args.coordinator, given_by = os.environ.get(COORDINATOR_VARIABLE), COORDINATOR_VARIABLE
     elif not args.coordinator.strip():
-        from kernel.cli._run import blank_said
-
         raise _Usage(blank_said("--coordinator", "address", args.coordinator, "HOST:PORT"))
     if not args.coordinator:  # (as a missing secret: what to set)
         raise _Usage(f"no coordinator given: set {COORDINATOR_VARIABLE} or use --coordinator HOST:PORT")
     address = _address(args.coordinator, given_by)
     if args.command == "executor":
-        from kernel.system._executor import ExecutorDaemon
-
         if args.cores < 1:
             raise _Usage("--cores must be at least 1")
         if not args.heartbeat > 0:
             raise _Usage("--heartbeat must be a positive number of seconds")
         if args.host is not None and not args.host.strip():  # (not the host name: it was given)
-            from kernel.cli._run import blank_said
-
             raise _Usage(blank_said("--host", "name", args.host, "NAME",
                                     "; leave --host out for the host name"))
         if not args.no_dashboard and not args.dashboard_host.strip():
             # (taken, each job's processes were given `--dashboard :PORT`, and failed on it)
-            from kernel.cli._run import blank_said
-
             raise _Usage(blank_said("--dashboard-host", "address", args.dashboard_host, "HOST",
                                     "; --no-dashboard for no dashboard"))
-        _configure_logging()
-        daemon = ExecutorDaemon(address, secret, args.cores, args.workdir, args.host, tls=tls,
-                                heartbeat=args.heartbeat,
-                                dashboard_host=None if args.no_dashboard else args.dashboard_host)
-        # (SIGTERM: its job processes stopped, the coordinator told; its
-        # default, dying at once, left the jobs to wait out the lease)
-        try:
-            return await _stopped_by_sigterm_too(daemon.run())
-        finally:
-            await daemon.close()
     payload = None
     if args.command == "submit":  # (its usage errors before the coordinator is dialled)
         from kernel.cli._run import UsageError
+        from kernel.system import _client  # (the pipeline file's checks are the run's: kernel.cli._run)
 
         if args.executors is not None:
             # ("e1, e2" read as "e1" and " e2", and "e1," as "e1" and "": refused by
@@ -362,6 +344,46 @@ async def _command(args) -> int:
                                              shared_state=args.shared_state_dir)
         except UsageError as exc:
             raise _Usage(str(exc)) from None
+    return _Checked(started, secret, tls, address, payload=payload)
+
+
+async def _command(args, checked: _Checked) -> int:
+    secret, tls, address, started = checked.secret, checked.tls, checked.address, checked.started
+    if args.command == "coordinator":
+        from kernel.system._coordinator import DashboardHoldsTheListenPort, serve
+
+        _configure_logging()
+        host, port = address
+        # (SIGTERM: its catalog's queued writes done and closed, its
+        # connections closed; its default, dying at once, was a SIGKILL)
+        try:
+            return await _stopped_by_sigterm_too(serve(
+                host, port, secret, args.data, tls=tls, executor_timeout=args.executor_timeout,
+                adopt_grace=args.executor_timeout, dashboard=checked.dashboard,
+                catalog_timeout=args.catalog_timeout))
+        except DashboardHoldsTheListenPort:  # two options of this command line that clash: a usage error
+            both = f"--listen {args.listen.strip()} and --dashboard {args.dashboard.strip()}"
+            raise _Usage(f"{both} ask for the same port ({port}): give the dashboard another "
+                         "(HOST:0: the system picks one)") from None
+    if args.command == "executor":
+        from kernel.system._executor import ExecutorDaemon
+
+        _configure_logging()
+        daemon = ExecutorDaemon(address, secret, args.cores, args.workdir, args.host, tls=tls,
+                                heartbeat=args.heartbeat,
+                                dashboard_host=None if args.no_dashboard else args.dashboard_host)
+        # (SIGTERM: its job processes stopped, the coordinator told; its
+        # default, dying at once, left the jobs to wait out the lease)
+        try:
+            return await _stopped_by_sigterm_too(daemon.run())
+        finally:
+            await daemon.close()
+    from kernel.net._links import AuthenticationFailed, LinkError
+    from kernel.system import _client
+    from kernel.system._wire import KernelSystemError
+    from kernel.topics._directory import refused_hint
+
+    payload = checked.payload
     try:
         async with _client.Client(address, secret, tls, started=started) as client:
             if args.command == "submit":
