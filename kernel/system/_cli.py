@@ -68,7 +68,8 @@ def _secret(args) -> bytes:
         raise _Usage(str(exc)) from None
 
 
-def _tls(args):
+def _tls(args) -> tuple[str, str, str | None] | None:
+    """The TLS files given (cert, key, ca), checked; `_tls_files` makes them the links' TLSFiles."""
     if args.tls_cert is None and args.tls_key is None:
         if args.tls_ca is not None:
             raise _Usage("--tls-ca needs --tls-cert and --tls-key")
@@ -78,9 +79,19 @@ def _tls(args):
     for path in (args.tls_cert, args.tls_key, args.tls_ca):
         if path is not None and not os.path.isfile(path):
             raise _Usage(f"TLS file not found: {path}")
-    from kernel.net._relay import TLSFiles  # (the links, aiohttp: only where TLS is asked for)
+    return args.tls_cert, args.tls_key, args.tls_ca
 
-    return TLSFiles(args.tls_cert, args.tls_key, args.tls_ca)
+
+def _tls_files(tls: tuple[str, str, str | None] | None):
+    """`_tls`'s paths as the links' TLSFiles: made where a command dials or
+    listens, as kernel.net._relay imports the links (aiohttp, ~0.3 s): made in
+    `_tls`, every usage error said after it (`--coordinator x` with
+    --tls-cert/--tls-key given) paid that again."""
+    if tls is None:
+        return None
+    from kernel.net._relay import TLSFiles
+
+    return TLSFiles(*tls)
 
 
 def _executor_ids(text: str) -> list[str]:
@@ -348,7 +359,8 @@ def _checked(args) -> _Checked:
 
 
 async def _command(args, checked: _Checked) -> int:
-    secret, tls, address, started = checked.secret, checked.tls, checked.address, checked.started
+    secret, address, started = checked.secret, checked.address, checked.started
+    tls = _tls_files(checked.tls)
     if args.command == "coordinator":
         from kernel.system._coordinator import DashboardHoldsTheListenPort, serve
 
