@@ -130,29 +130,31 @@ class _Input:
 _inputs: weakref.WeakValueDictionary[int, _Input] = weakref.WeakValueDictionary()
 
 
-def _read_in_kernel_0(input_id: int) -> None:
-    """In the launcher's process: kernel 0 of a run is about to read the
-    live stream the input `input_id` reads. What it reads is gone from the
-    stream for this process's later runs too (`note_read_elsewhere`)."""
+def _on_the_stream_of(input_id: int, act) -> None:
+    """In the launcher's process: `act(stream)` on the live stream the
+    input `input_id` reads, where this process built it and it reads one."""
     shared = _inputs.get(input_id)
     if shared is not None and shared.built_in == os.getpid():
         stream = _stream_it_reads(shared.data)
         if stream is not None:
-            note_read_elsewhere(stream)
+            act(stream)
+
+
+def _read_in_kernel_0(input_id: int) -> None:
+    """Kernel 0 of a run is about to read the live stream the input
+    `input_id` reads. What it reads is gone from the stream for this
+    process's later runs too (`note_read_elsewhere`)."""
+    _on_the_stream_of(input_id, note_read_elsewhere)
 
 
 on_note("live stream read", _read_in_kernel_0)
 
 
 def _read_from_its_start_in_kernel_0(input_id: int) -> None:
-    """In the launcher's process: kernel 0 of a run reads the live stream
-    the input `input_id` reads, a regular file, from its start: the readers
-    earlier runs here left of it hold lines of an older read (`forget_readers_left_over`)."""
-    shared = _inputs.get(input_id)
-    if shared is not None and shared.built_in == os.getpid():
-        stream = _stream_it_reads(shared.data)
-        if stream is not None:
-            forget_readers_left_over(stream)
+    """Kernel 0 of a run reads the live stream the input `input_id` reads,
+    a regular file, from its start: the readers earlier runs here left of
+    it hold lines of an older read (`forget_readers_left_over`)."""
+    _on_the_stream_of(input_id, forget_readers_left_over)
 
 
 on_note("live stream read from its start", _read_from_its_start_in_kernel_0)
