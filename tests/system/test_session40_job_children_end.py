@@ -66,6 +66,20 @@ async def _started(executor: ExecutorDaemon, tmp_path):
     return executor.processes["job-1", 1, 0], pid_file
 
 
+async def _completed(entry, pid_file) -> int:
+    """The pid of the child a job process left, once that process has completed (code 0)."""
+    await asyncio.wait_for(asyncio.shield(entry.followed), 60)
+    assert entry.code == 0, entry.log_path.read_text()
+    return int(pid_file.read_text())
+
+
+async def _closed(executor: ExecutorDaemon, child: int | None) -> None:
+    """The executor closed, and the job's child, if it runs on (the test failed), killed."""
+    await executor.close()
+    if child is not None and _alive(child):
+        os.kill(child, signal.SIGKILL)
+
+
 def _executor(tmp_path) -> ExecutorDaemon:
     executor = ExecutorDaemon(("127.0.0.1", 9), b"children-secret", 1, tmp_path / "executor",
                               host="127.0.0.1")
@@ -85,9 +99,7 @@ async def test_the_children_of_a_job_process_that_ended_just_before_close_do_not
         assert entry.code == 0, entry.log_path.read_text()
         assert _gone(child), f"the job's child {child} runs on after the executor's close()"
     finally:
-        await executor.close()
-        if child is not None and _alive(child):
-            os.kill(child, signal.SIGKILL)
+        await _closed(executor, child)
 
 
 async def test_the_children_of_a_job_process_end_with_it(tmp_path):
@@ -95,11 +107,7 @@ async def test_the_children_of_a_job_process_end_with_it(tmp_path):
     child = None
     try:
         entry, pid_file = await _started(executor, tmp_path)
-        await asyncio.wait_for(asyncio.shield(entry.followed), 60)
-        assert entry.code == 0, entry.log_path.read_text()
-        child = int(pid_file.read_text())
+        child = await _completed(entry, pid_file)
         assert _gone(child), f"the job's child {child} runs on after the job process ended"
     finally:
-        await executor.close()
-        if child is not None and _alive(child):
-            os.kill(child, signal.SIGKILL)
+        await _closed(executor, child)

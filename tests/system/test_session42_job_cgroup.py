@@ -32,7 +32,7 @@ import pytest
 from kernel.system._executor import ExecutorDaemon
 from kernel.system._job_cgroup import JobCgroups, is_member, join_in_child
 from kernel.system._wire import file_fields
-from tests.system.test_session40_job_children_end import _alive, _executor, _gone
+from tests.system.test_session40_job_children_end import _closed, _completed, _executor, _gone
 from tests.system.test_session40_reused_group_id_review import (
     NS_LAST_PID,
     a_moment_to_die,
@@ -82,14 +82,10 @@ async def test_a_process_the_job_started_in_a_session_of_its_own_ends_with_it(tm
     child = None
     try:
         entry, pid_file = await _started(executor, tmp_path, "job-1", own_session=True)
-        await asyncio.wait_for(asyncio.shield(entry.followed), 60)
-        assert entry.code == 0, entry.log_path.read_text()
-        child = int(pid_file.read_text())
+        child = await _completed(entry, pid_file)
         assert _gone(child), f"the job's child {child}, in a session of its own, runs on after the job"
     finally:
-        await executor.close()
-        if child is not None and _alive(child):
-            os.kill(child, signal.SIGKILL)
+        await _closed(executor, child)
 
 
 class _GroupEmptiedAtTheSignal:

@@ -13,17 +13,15 @@ would); its job makes `worker` below its own cgroup and starts a child there."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
-import signal
 import subprocess
 
 import pytest
 
 from kernel.system._job_cgroup import JobCgroups, join_in_child
 from kernel.system._wire import file_fields
-from tests.system.test_session40_job_children_end import _alive, _executor, _gone
+from tests.system.test_session40_job_children_end import _closed, _completed, _executor, _gone
 
 MANAGER = """\
 import os
@@ -73,14 +71,10 @@ async def test_a_job_that_made_cgroups_of_its_own_leaves_none_behind(tmp_path):
         entry = executor.processes["job-1", 1, 0]
         cgroup = entry.cgroup
         assert cgroup is not None
-        await asyncio.wait_for(asyncio.shield(entry.followed), 60)
-        assert entry.code == 0, entry.log_path.read_text()
-        child = int(pid_file.read_text())
+        child = await _completed(entry, pid_file)
         assert _gone(child), "the job's child, in a cgroup below the job's, runs on after the job"
     finally:
-        await executor.close()
-        if child is not None and _alive(child):
-            os.kill(child, signal.SIGKILL)
+        await _closed(executor, child)
     left = [path for path in (os.path.join(cgroup, "worker"), cgroup) if os.path.isdir(path)]
     for path in left:
         os.rmdir(path)
