@@ -54,11 +54,13 @@ async def served_coordinator(data_dir: Path, then):
 
 
 @asynccontextmanager
-async def executor_served_here(system: System, workdir: Path, peers: int = 0):
-    """`system`'s coordinator and `peers` executors (one core each) started
-    as processes of their own, and an executor (one core, `workdir`)
-    served in this loop: yields (that executor, its serving task, the
-    peers' processes) once all have registered. After, the task cancelled
+async def executor_served_here(system: System, workdir: Path, peers: int = 0,
+                               coordinator_options: tuple[str, ...] = (), coordinator_env=None):
+    """`system`'s coordinator (`coordinator_options`, `coordinator_env` added
+    to its command line and environment) and `peers` executors (one core
+    each) started as processes of their own, and an executor (one core,
+    `workdir`) served in this loop: yields (that executor, its serving task,
+    the peers' processes) once all have registered. After, the task cancelled
     and awaited, the executor closed and the system closed (what the test
     did of these already done again, harmlessly)."""
     from kernel.system._executor import ExecutorDaemon
@@ -68,7 +70,7 @@ async def executor_served_here(system: System, workdir: Path, peers: int = 0):
     registered = asyncio.Event()
     served = None
     try:
-        system.start_coordinator()
+        system.start_coordinator(*coordinator_options, **(coordinator_env or {}))
         started = [system.start_executor(1) for _ in range(peers)]
         served = asyncio.ensure_future(executor.run(ready=lambda _: registered.set()))
         await asyncio.wait_for(registered.wait(), 30)

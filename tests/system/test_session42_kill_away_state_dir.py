@@ -17,10 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from _system import SECRET, System, free_port, marking_pipeline, wait_until
-
-from kernel.system._executor import ExecutorDaemon
-from tests.system._system import HEARTBEAT
+from _system import System, executor_served_here, free_port, marking_pipeline, wait_until
 
 PIPELINE = """\
 import os
@@ -39,25 +36,16 @@ flow.from_iterable(range(10**9), batch_size=10).map(step).sink(id)
 
 @contextlib.asynccontextmanager
 async def _system_with_an_executor_here(tmp_path, executor_timeout: float = 15, **coordinator_env):
+    """A system (its coordinator's --executor-timeout `executor_timeout`,
+    `coordinator_env` added to its environment), an executor of its own and
+    one served in this loop (`executor_served_here`): yields (system, that
+    executor, its serving task) once the coordinator counts both up."""
     system = System(tmp_path)
-    executor = ExecutorDaemon((system.host, system.port), SECRET.encode(), 1, tmp_path / "executor",
-                              host="127.0.0.1", heartbeat=HEARTBEAT)
-    registered = asyncio.Event()
-    served = None
-    try:
-        system.start_coordinator("--executor-timeout", f"{executor_timeout:g}", **coordinator_env)
-        peer = system.start_executor(1)
-        served = asyncio.ensure_future(executor.run(ready=lambda _: registered.set()))
-        await asyncio.wait_for(registered.wait(), 30)
-        await asyncio.to_thread(system.executor_id, peer)
+    async with executor_served_here(system, tmp_path / "executor", peers=1,
+                                    coordinator_options=("--executor-timeout", f"{executor_timeout:g}"),
+                                    coordinator_env=coordinator_env) as (executor, served, _):
         await asyncio.to_thread(system.executors_up, 2)
         yield system, executor, served
-    finally:
-        if served is not None:
-            served.cancel()
-            await asyncio.gather(served, return_exceptions=True)
-        await executor.close()
-        system.close()
 
 
 def _state(system: System, executor_id: str) -> str:
