@@ -1,5 +1,6 @@
 """A small aiohttp websocket server on loopback that plays a peer of a
-link's dialler (hostile, dying, silent), for the dialler's tests."""
+link's dialler (hostile, dying, silent), for the dialler's tests, or
+serves a handler a test reads a server's websocket with."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ import zlib
 
 import aiohttp
 import pytest
+from _websocket_servers import websocket_server
 from kernel.net._links import (
     FRAME,
     KIND_CREDIT,
@@ -236,20 +237,11 @@ async def test_a_peer_that_breaks_the_handshake_is_a_link_error(then):
             request.transport.abort()
         return ws
 
-    app = web.Application()
-    app.router.add_get(PATH, hello_then)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
+    async with websocket_server(hello_then) as port:
         with pytest.raises(LinkError, match=r"broke the handshake") as raised:
             # (tried again until its timeout: a short one)
             await links_connect(f"http://127.0.0.1:{port}", SECRET, 1, timeout=1)
         assert not isinstance(raised.value, AuthenticationFailed)
-    finally:
-        await runner.cleanup()
 
 
 async def test_a_plain_http_server_is_a_link_error_not_aiohttps():

@@ -8,6 +8,7 @@ import logging
 
 import aiohttp
 import pytest
+from _websocket_servers import websocket_server
 from aiohttp import web
 from kernel.net._links import PATH, LinkError, LinkServer
 from kernel.net._links import connect as links_connect
@@ -72,15 +73,6 @@ async def test_a_server_whose_challenge_is_deeply_nested_json_is_a_link_error_fo
         await ws.receive()
         return ws
 
-    app = web.Application()
-    app.router.add_get(PATH, squatter)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
+    async with websocket_server(squatter) as port:
         with pytest.raises(LinkError, match="handshake"):
             await links_connect(f"http://127.0.0.1:{port}", SECRET, 1, timeout=3)
-    finally:
-        await runner.cleanup()

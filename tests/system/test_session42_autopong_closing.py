@@ -22,8 +22,10 @@ import socket
 
 import aiohttp
 from aiohttp import web
+from kernel.net._links import PATH
 
 from kernel.system._wire import ConnectionLost, Session
+from tests.net._websocket_servers import websocket_server
 
 
 async def _no_requests(op, message):
@@ -50,22 +52,12 @@ def test_a_ping_read_after_the_connections_end_ends_the_session_not_with_a_stray
                 outcome.set_result(("raised", repr(exc)))
             return ws
 
-        app = web.Application()
-        app.router.add_get("/", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        try:
-            async with aiohttp.ClientSession() as http:
-                ws = await http.ws_connect(f"http://127.0.0.1:{port}/")
-                await ws.ping()
-                sock = ws.get_extra_info("socket")
-                with socket.socket(fileno=os.dup(sock.fileno())) as own:  # (as a killed process's)
-                    own.shutdown(socket.SHUT_RDWR)
-                return await asyncio.wait_for(outcome, 5)
-        finally:
-            await runner.cleanup()
+        async with websocket_server(handler) as port, aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(f"http://127.0.0.1:{port}{PATH}")
+            await ws.ping()
+            sock = ws.get_extra_info("socket")
+            with socket.socket(fileno=os.dup(sock.fileno())) as own:  # (as a killed process's)
+                own.shutdown(socket.SHUT_RDWR)
+            return await asyncio.wait_for(outcome, 5)
 
     assert asyncio.run(scenario()) == ("returned", ConnectionLost.__name__)
