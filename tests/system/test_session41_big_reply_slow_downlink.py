@@ -43,13 +43,20 @@ class SlowDownlink(SlowUplink):
         SlowUplink._pump(self, source, sink, None if rate is not None else self.rate)
 
 
+async def big_topic_published(address, size: int) -> None:
+    """A topic "big" whose record type is `size` bytes (every reply that
+    names it that big) published to the coordinator at `address`, on a
+    connection of its own, closed after."""
+    async with Client(address, SECRET.encode()) as direct:
+        await direct.request("topic_publish", name="big", id="p1", job="app:x", partition=0,
+                             address="http://127.0.0.1:1", record_type="x" * size)
+
+
 def test_a_big_reply_on_a_slow_downlink_leaves_the_connection_open(tmp_path, monkeypatch):
     monkeypatch.setenv("KERNEL_COORDINATOR_HEARTBEAT", str(HEARTBEAT))
 
     async def scenario(address) -> None:
-        async with Client(address, SECRET.encode()) as direct:
-            await direct.request("topic_publish", name="big", id="p1", job="app:x", partition=0,
-                                 address="http://127.0.0.1:1", record_type="x" * SIZE)
+        await big_topic_published(address, SIZE)
         proxy = SlowDownlink(address, RATE)
         try:
             async with Client(("127.0.0.1", proxy.port), SECRET.encode()) as client:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _system import SECRET, served_coordinator
-from test_session41_big_reply_slow_downlink import SlowDownlink
+from test_session41_big_reply_slow_downlink import SlowDownlink, big_topic_published
 
 from kernel.system import Client
 
@@ -40,9 +40,7 @@ def test_a_big_reply_from_a_coordinator_with_a_shorter_heartbeat_leaves_the_conn
     monkeypatch.setenv("KERNEL_COORDINATOR_HEARTBEAT", THERE)  # (read as the coordinator starts)
 
     async def scenario(address) -> None:
-        async with Client(address, SECRET.encode()) as direct:
-            await direct.request("topic_publish", name="big", id="p1", job="app:x", partition=0,
-                                 address="http://127.0.0.1:1", record_type="x" * SIZE)
+        await big_topic_published(address, SIZE)
         monkeypatch.delenv("KERNEL_COORDINATOR_HEARTBEAT")  # (the command's own: the default, 5 s)
         monkeypatch.delenv("KERNEL_HEARTBEAT", raising=False)
         proxy = SlowDownlink(address, RATE)

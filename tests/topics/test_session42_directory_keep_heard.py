@@ -24,9 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "system"))
 from _system import SECRET, served_coordinator
-from test_session41_big_reply_slow_downlink import SlowDownlink
+from test_session41_big_reply_slow_downlink import SlowDownlink, big_topic_published
 
-from kernel.system import Client
 from kernel.topics._directory import Directory
 
 HEARTBEAT = 0.5  # seconds: a silent peer is pinged after 0.5 s, its pong awaited 0.25 s
@@ -38,9 +37,7 @@ def test_a_big_lookup_reply_on_a_slow_downlink_leaves_the_apps_connection_open(t
     monkeypatch.setenv("KERNEL_COORDINATOR_HEARTBEAT", str(HEARTBEAT))
 
     async def scenario(address) -> None:
-        async with Client(address, SECRET.encode()) as direct:
-            await direct.request("topic_publish", name="big", id="p1", job="app:x", partition=0,
-                                 address="http://127.0.0.1:1", record_type="x" * SIZE)
+        await big_topic_published(address, SIZE)
         proxy = SlowDownlink(address, RATE)
         directory = Directory(("127.0.0.1", proxy.port), SECRET.encode())
         try:
