@@ -9,12 +9,9 @@ error. Refused now; over the input fed again, every line once."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parents[2]
+from _live_streams import numbered_lines, run_script_over_a_file
 
 _SCRIPT = r'''
 import json, os, sys, time
@@ -61,15 +58,8 @@ print(json.dumps(told))
 
 
 def test_a_run_over_open_0_after_one_over_sys_stdin_from_a_file_is_refused(tmp_path):
-    lines = tmp_path / "lines.txt"
-    lines.write_text("".join(f"{i}\n" for i in range(3_000)))
-    script = tmp_path / "app.py"
-    script.write_text(_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")]))
-    with open(lines) as stdin:
-        done = subprocess.run([sys.executable, str(script), str(tmp_path), str(Path(__file__).parent)],
-                              stdin=stdin, capture_output=True, text=True, cwd=_ROOT, env=env, timeout=60)
-    assert done.returncode == 0, done.stderr
+    done = run_script_over_a_file(tmp_path, _SCRIPT, numbered_lines(3_000), str(tmp_path),
+                                  str(Path(__file__).parent))
     told = json.loads(done.stdout.splitlines()[-1])
     assert "the first run fails here" in told["first"]
     assert 0 < told["committed"] < 3_000
