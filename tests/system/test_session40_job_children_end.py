@@ -21,14 +21,14 @@ from kernel.system._executor import ExecutorDaemon
 from kernel.system._wire import file_fields
 from tests.system.test_session39_exits_while_away_review import _ended
 
-# starts a child that outlives it, its pid in {pid_file}, then completes
-LEAVING_A_CHILD = """\
+# starts `sleep 60` (in its group, or in a session of its own), its pid in {pid_file}, then completes
+LEAVING = """\
 import os
 import subprocess
 from kernel import Dataflow
 
 def step(n):
-    child = subprocess.Popen(["sleep", "60"])
+    child = subprocess.Popen(["sleep", "60"], start_new_session={own_session})
     with open({pid_file!r} + ".partial", "w") as f:
         f.write(str(child.pid))
     os.replace({pid_file!r} + ".partial", {pid_file!r})
@@ -57,13 +57,13 @@ def _gone(pid: int, timeout: float = 10.0) -> bool:
     return True
 
 
-async def _started(executor: ExecutorDaemon, tmp_path):
-    pid_file = tmp_path / "child.pid"
-    content = LEAVING_A_CHILD.format(pid_file=str(pid_file)).encode()
+async def _started(executor: ExecutorDaemon, tmp_path, job: str = "job-1", own_session: bool = False):
+    pid_file = tmp_path / f"{job}.pid"
+    content = LEAVING.format(pid_file=str(pid_file), own_session=own_session).encode()
     await executor._request("start", {
-        "job": "job-1", "attempt": 1, "process": 0, "flow": "flow", "filename": "leaving.py",
+        "job": job, "attempt": 1, "process": 0, "flow": "flow", "filename": "leaving.py",
         **file_fields(content), "digest": hashlib.sha256(content).hexdigest(), "cores": 1})
-    return executor.processes["job-1", 1, 0], pid_file
+    return executor.processes[job, 1, 0], pid_file
 
 
 async def _completed(entry, pid_file) -> int:

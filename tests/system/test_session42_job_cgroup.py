@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import hashlib
 import os
 import signal
 import subprocess
@@ -31,8 +30,7 @@ import pytest
 
 from kernel.system._executor import ExecutorDaemon
 from kernel.system._job_cgroup import JobCgroups, is_member, join_in_child
-from kernel.system._wire import file_fields
-from tests.system.test_session40_job_children_end import _closed, _completed, _executor, _gone
+from tests.system.test_session40_job_children_end import _closed, _completed, _executor, _gone, _started
 from tests.system.test_session40_reused_group_id_review import (
     NS_LAST_PID,
     a_moment_to_die,
@@ -42,22 +40,6 @@ from tests.system.test_session40_reused_group_id_review import (
 needs_ns_last_pid = pytest.mark.skipif(not os.access(NS_LAST_PID, os.W_OK),
                                        reason="needs a writable ns_last_pid (root)")
 
-# starts `sleep 60` (in its group, or in a session of its own), its pid in {pid_file}, then completes
-LEAVING = """\
-import os
-import subprocess
-from kernel import Dataflow
-
-def step(n):
-    child = subprocess.Popen(["sleep", "60"], start_new_session={own_session})
-    with open({pid_file!r} + ".partial", "w") as f:
-        f.write(str(child.pid))
-    os.replace({pid_file!r} + ".partial", {pid_file!r})
-    return n
-
-flow = Dataflow("leaving")
-flow.from_iterable(range(1)).map(step).sink(id)
-"""
 PR_SET_CHILD_SUBREAPER = 36
 ATTEMPTS = 5
 
@@ -65,15 +47,6 @@ ATTEMPTS = 5
 def _usable_cgroups(executor: ExecutorDaemon) -> None:
     if JobCgroups.here().home is None:
         pytest.skip("no cgroup v2 with cgroup.kill that this process may write")
-
-
-async def _started(executor: ExecutorDaemon, tmp_path, job: str, own_session: bool):
-    pid_file = tmp_path / f"{job}.pid"
-    content = LEAVING.format(pid_file=str(pid_file), own_session=own_session).encode()
-    await executor._request("start", {
-        "job": job, "attempt": 1, "process": 0, "flow": "flow", "filename": "leaving.py",
-        **file_fields(content), "digest": hashlib.sha256(content).hexdigest(), "cores": 1})
-    return executor.processes[job, 1, 0], pid_file
 
 
 async def test_a_process_the_job_started_in_a_session_of_its_own_ends_with_it(tmp_path):
