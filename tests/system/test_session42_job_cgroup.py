@@ -28,7 +28,6 @@ import sys
 
 import pytest
 
-from kernel.system._executor import ExecutorDaemon
 from kernel.system._job_cgroup import JobCgroups, is_member, join_in_child
 from tests.system.test_session40_job_children_end import _closed, _completed, _executor, _gone, _started
 from tests.system.test_session40_reused_group_id_review import (
@@ -44,14 +43,24 @@ PR_SET_CHILD_SUBREAPER = 36
 ATTEMPTS = 5
 
 
-def _usable_cgroups(executor: ExecutorDaemon) -> None:
-    if JobCgroups.here().home is None:
+def _cgroups_home() -> str:
+    """Where job cgroups are made (`JobCgroups.here().home`); the test skipped where there is none."""
+    home = JobCgroups.here().home
+    if home is None:
         pytest.skip("no cgroup v2 with cgroup.kill that this process may write")
+    return home
+
+
+def _an_ended_pid() -> int:
+    """The pid of a process that has ended (as a killed executor's)."""
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    return ended.pid
 
 
 async def test_a_process_the_job_started_in_a_session_of_its_own_ends_with_it(tmp_path):
     executor = _executor(tmp_path)
-    _usable_cgroups(executor)
+    _cgroups_home()
     child = None
     try:
         entry, pid_file = await _started(executor, tmp_path, "job-1", own_session=True)
@@ -89,7 +98,7 @@ class _GroupEmptiedAtTheSignal:
 @needs_ns_last_pid
 async def test_a_process_given_the_group_id_as_the_leftovers_are_ended_is_not_killed(tmp_path):
     executor = _executor(tmp_path)
-    _usable_cgroups(executor)
+    _cgroups_home()
     libc = ctypes.CDLL(None)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     newcomers: list = []
@@ -157,13 +166,10 @@ def test_an_executor_removes_the_empty_cgroups_of_executors_killed_before_it(tmp
     """An executor SIGKILLed leaves the cgroup of each job process it ran
     (empty: they died with it); the next one started there removes them,
     not those of an executor that runs, nor one whose processes run on."""
-    home = JobCgroups.here().home
-    if home is None:
-        pytest.skip("no cgroup v2 with cgroup.kill that this process may write")
-    ended = subprocess.Popen(["true"])
-    ended.wait()  # (its pid: an executor's that has ended)
-    dead_empty = os.path.join(home, f"kernel-job-{ended.pid}-00c0ffee-1")
-    dead_busy = os.path.join(home, f"kernel-job-{ended.pid}-00c0ffee-2")
+    home = _cgroups_home()
+    ended = _an_ended_pid()
+    dead_empty = os.path.join(home, f"kernel-job-{ended}-00c0ffee-1")
+    dead_busy = os.path.join(home, f"kernel-job-{ended}-00c0ffee-2")
     alive = os.path.join(home, f"kernel-job-{os.getpid()}-00c0ffee-3")
     made = [dead_empty, dead_busy, alive]
     sleeper = None

@@ -22,6 +22,7 @@ import pytest
 from kernel.system._job_cgroup import JobCgroups, join_in_child
 from kernel.system._wire import file_fields
 from tests.system.test_session40_job_children_end import _closed, _completed, _executor, _gone
+from tests.system.test_session42_job_cgroup import _an_ended_pid, _cgroups_home
 
 MANAGER = """\
 import os
@@ -82,12 +83,9 @@ async def test_a_job_that_made_cgroups_of_its_own_leaves_none_behind(tmp_path):
 
 
 def test_the_cgroups_of_a_killed_executor_are_removed_with_those_below_them():
-    home = JobCgroups.here().home
-    if home is None:
-        pytest.skip("no cgroup v2 with cgroup.kill that this process may write")
-    ended = subprocess.Popen(["true"])
-    ended.wait()  # (its pid: an executor's that has ended)
-    dead = os.path.join(home, f"kernel-job-{ended.pid}-00c0ffee-1")
+    home = _cgroups_home()
+    ended = _an_ended_pid()
+    dead = os.path.join(home, f"kernel-job-{ended}-00c0ffee-1")
     below = os.path.join(dead, "worker", "deeper")
     try:
         os.makedirs(below)
