@@ -135,17 +135,23 @@ def _ring_mappings() -> set[tuple[int, int, int]]:
 
 
 def _kept_from_forks(rings: set[str], mappings: set[tuple[int, int, int]], loop) -> None:
+    # Only where libuv's copy of the descriptor is found: a child that cannot
+    # be told to do without the ring keeps it, its memory and descriptor, as
+    # before (its notice may come late), rather than run a loop whose ring
+    # memory it lacks (SIGSEGV) or whose descriptor is /dev/null.
     global _libc
+    if len(rings) != 1:  # (which mappings are whose: one ring opened)
+        return
+    ring = next(iter(rings))
+    kept_at = _descriptor_kept_at(loop, int(ring), {offset: start for start, _, offset in mappings})
+    if kept_at is None:
+        return
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
     for start, end, _offset in mappings:
         _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTFORK)
-    if len(rings) == 1:  # (which mappings are whose: one ring opened)
-        ring = next(iter(rings))
-        kept_at = _descriptor_kept_at(loop, int(ring), {offset: start for start, _, offset in mappings})
-        if kept_at is not None:
-            _kept_at[ring] = kept_at
-    _ours.update(rings)
+    _kept_at[ring] = kept_at
+    _ours.add(ring)
 
 
 # A forked child that went on from the step, not ending with `os._exit`
@@ -184,8 +190,7 @@ def _let_go_in_a_forked_child() -> None:
         for name in _ours:
             try:
                 if os.readlink(f"/proc/self/fd/{name}") == _RING:
-                    if name in _kept_at:
-                        ctypes.c_int32.from_address(_kept_at[name]).value = -1
+                    ctypes.c_int32.from_address(_kept_at[name]).value = -1
                     os.dup2(null, int(name), inheritable=False)
             except OSError:
                 pass
