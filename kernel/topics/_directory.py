@@ -484,13 +484,27 @@ class Directory:
         """Read the connection between requests: pings answered (within
         `receive`), a late reply to a request given up on dropped, until
         the connection ends; then what `say_again` keeps is said again."""
-        while True:
-            message = await ws.receive()
-            if message.type.name in ("CLOSE", "CLOSING", "CLOSED", "ERROR"):
-                break
+        import aiohttp
+
+        ended = None
+        try:
+            while True:
+                message = await ws.receive()
+                if message.type.name in ("CLOSE", "CLOSING", "CLOSED", "ERROR"):
+                    break
+        except (ConnectionError, aiohttp.ClientError) as exc:
+            # aiohttp answers a ping within `receive`, and raises where the
+            # transport is closing: the coordinator's last ping, read with
+            # its close after a SIGSTOP (the connection dropped meanwhile,
+            # "No PONG received"), raised ClientConnectionResetError here,
+            # "Cannot write to closing transport", out of this task. Nothing
+            # was said again then: a resumed publisher stayed out of the
+            # catalog until its next refresh (`keep_registered`, 10 s), its
+            # subscribers waiting. It is the connection's end, as any other.
+            ended = exc
         await ws.close()  # (closed: the next request opens a new connection)
         log.debug("the connection to the coordinator at %s:%d ended (%s)", *self.address,
-                  ws.exception() or ws.close_code)
+                  ended or ws.exception() or ws.close_code)
         self._say_again_soon()
 
     async def _say_again(self) -> None:
