@@ -866,13 +866,20 @@ class _TLSFront(asyncio.Protocol):
     """A connection to a TLS port until its TLS handshake is done (the
     server's `_tls_handshake`), then the guard's handler's: what the TLS
     layer read past the handshake before the handler took over is kept
-    and handed to it."""
+    and handed to it. The handshake begins with the connection's first
+    bytes (`first_bytes`): one closed before sending any (a port check,
+    the start-up probe of a cluster's peers: `kernel.net._relay._refuses`)
+    asked for nothing, and is let go in silence, as a plain port does;
+    a TLS handshake begun at once failed on it, a refusal in the log."""
 
     def __init__(self, server: AuthenticatedServer) -> None:
         self._server = server
         self._handler: asyncio.Protocol | None = None
         self._early: list[bytes] = []
         self._eof = self._lost = False
+        self._transport: asyncio.Transport | None = None  # (the TCP one, until its first bytes come)
+        # True once the first bytes came, False when the connection ended before any
+        self._first: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.handshake: asyncio.Task | None = None  # (the server's `_tls_handshake`, once admitted)
 
     def cancel_handshake(self) -> None:
@@ -887,13 +894,19 @@ class _TLSFront(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         if self._handler is None:  # the TCP connection (not the TLS one start_tls makes)
-            transport.pause_reading()  # start_tls's TLS layer reads the first byte (asyncio's loop)
+            self._transport = transport
             self._server._start_tls(self, transport)
 
+    async def first_bytes(self) -> bool:
+        """Whether the connection sent anything before it ended (False: it
+        closed, or was reset, without a byte)."""
+        return await self._first
+
     def replay_to(self, transport) -> None:
-        """What came before the TLS layer took over (uvloop starts reading
-        right after connection_made, paused or not: the ClientHello came
-        here), fed to it, in order, before it reads anything more."""
+        """What came before the TLS layer took over (the first bytes, and on
+        uvloop's loop what it read after them: it starts reading right after
+        connection_made, paused or not), fed to it, in order, before it reads
+        anything more."""
         early, self._early = self._early, []
         layer = transport.get_protocol()
         for data in early:
@@ -918,13 +931,21 @@ class _TLSFront(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._early.append(data)
+        if not self._first.done():  # (the handshake's first bytes: start_tls's layer reads the rest)
+            self._transport.pause_reading()
+            self._first.set_result(True)
 
     def eof_received(self):
         self._eof = True
+        if not self._first.done():  # (nothing sent: the TCP connection closes, no TLS begun)
+            self._first.set_result(False)
+            return False
         return True  # (the handler decides, once it has the connection)
 
     def connection_lost(self, exc) -> None:
         self._lost = True
+        if not self._first.done():
+            self._first.set_result(False)
         self._server._tls_ended(self)  # (gone before start_tls's layer took over; else done already)
 
 
@@ -1087,17 +1108,31 @@ class AuthenticatedServer:
         is the guard's; a failed one is a refusal, logged: asyncio's own TLS
         server dropped it in silence (an OSError: said in debug mode only),
         so a coordinator refusing an executor's certificate said nothing,
-        and the executor saw only "Server disconnected"."""
+        and the executor saw only "Server disconnected". A connection that
+        ends before its first byte is no refusal (`_TLSFront`)."""
         address = _address(transport)
         loop = asyncio.get_running_loop()
-        # start_tls pauses reading and puts its TLS layer in place at once
-        # (this step), then calls the layer's connection_made and resumes
-        # reading (the next): this callback, queued before, runs between.
-        loop.call_soon(front.replay_to, transport)
+        deadline = loop.time() + self.handshake_timeout
         try:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    if not await front.first_bytes():
+                        return
+            except TimeoutError:
+                transport.abort()
+                self._guard.refusals.warn("refused %s from %s: %s", self.noun, address,
+                                          _no_handshake(self.handshake_timeout, "it sent no TLS handshake"))
+                return
+            except asyncio.CancelledError:  # (evicted, or the server stops: start_tls would close it too)
+                transport.abort()
+                raise
+            # start_tls pauses reading and puts its TLS layer in place at once
+            # (this step), then calls the layer's connection_made and resumes
+            # reading (the next): this callback, queued before, runs between.
+            loop.call_soon(front.replay_to, transport)
             tls = await loop.start_tls(
                 transport, front, self.ssl_context, server_side=True,
-                ssl_handshake_timeout=self.handshake_timeout)
+                ssl_handshake_timeout=max(deadline - loop.time(), 0.001))
         except OSError as exc:  # an ssl.SSLError, a reset, the time limit (start_tls closed it)
             if isinstance(exc, ssl.SSLError) and exc.reason == "HTTP_REQUEST":  # a peer with TLS off
                 why = "plain HTTP, on a TLS port: TLS is off there (no --tls-cert) and on here?"

@@ -100,7 +100,8 @@ _ASK_MISSING = 1.0
 # its process has ended: this one gives up at once (`_ended_peers`). It waited for
 # it until its start-up timeout (30 s), and its job's restart with it (the
 # coordinator's LOSS_HOLD, 5 s, its executor having reported the peer's exit).
-# (Plain links only: see `_link_up`.)
+# (Over TLS as over plain links: a probe sends nothing, which a TLS port lets go
+# in silence, as a plain one does; a TLS job waited out the hold before.)
 PEER_PROBE_EVERY = 0.25
 _PROBE_TIMEOUT = 1.0  # seconds a probe's connect may take (no answer: nothing learnt)
 
@@ -403,10 +404,10 @@ class LinkRelay:
             url = f"{scheme}://{plan.address(peer)}"  # (address() brackets an IPv6 host)
             dials.append(asyncio.ensure_future(self._dial(peer, url, deadline)))
         dialled = asyncio.ensure_future(self._dialled(dials))
-        # (its peers' ports held since before it started: PEER_PROBE_EVERY. Not over TLS: a
-        # connection closed before its handshake is logged there as a refused link, and a
-        # probe's handshake waits, and is then cut, while the peer has yet to serve its port)
-        watch = [asyncio.ensure_future(self._ended_peers())] if plan.listen_fds and not plan.tls else []
+        # (its peers' ports held since before it started: PEER_PROBE_EVERY. Over TLS too: a
+        # probe sends nothing, and a connection closed before its first byte begins no TLS
+        # handshake there, no refused link in the peer's log: `_links._TLSFront`)
+        watch = [asyncio.ensure_future(self._ended_peers())] if plan.listen_fds else []
         try:
             await self._until(dialled)
             remaining = max(0.0, deadline - loop.time())

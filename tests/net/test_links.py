@@ -824,7 +824,9 @@ def test_a_connection_evicted_before_its_tls_handshake_began_leaves_nothing_behi
     anyway: start_tls on the closed socket, an SSL object waiting for a
     ClientHello that never comes until the handshake's time limit (30 s
     here), holding no slot. Now it is cancelled with the eviction: the
-    server holds a handshake and an SSL object for the four left, no more."""
+    server holds a handshake and an SSL object for the four left, no more.
+    (Each sends its handshake's first byte: a TLS handshake begins with it,
+    and a connection still silent holds no SSL object.)"""
     import gc
 
     import uvloop
@@ -847,6 +849,7 @@ def test_a_connection_evicted_before_its_tls_handshake_began_leaves_nothing_behi
                 s = socket.socket()
                 s.bind((address, 0))
                 s.connect(("127.0.0.1", server.port))
+                s.sendall(b"\x16")  # (a TLS handshake record's first byte: the rest never comes)
                 s.setblocking(False)
                 sockets.append(s)
             oldest = sockets[0]

@@ -372,10 +372,10 @@ class System:
 
 
 @contextmanager
-def a_system(root: Path, executors: int = 1, cores: int = 1):
-    """A coordinator and `executors` executors of `cores` cores, up; all of
-    it killed after."""
-    system = System(root)
+def a_system(root: Path, executors: int = 1, cores: int = 1, options: list[str] = ()):
+    """A coordinator and `executors` executors of `cores` cores, up (each
+    process given `options`: System's); all of it killed after."""
+    system = System(root, options=options)
     try:
         system.start_coordinator()
         for _ in range(executors):

@@ -19,46 +19,20 @@ process (SIGKILL) as it is imported, in attempt 1 only, on process `dies`."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
-from _system import a_system, wait_until
+from _peer_ended import restarted_after_a_death_at_start
+from _system import a_system
 
 from kernel.system._master import LOSS_HOLD, classify
 
-PIPELINE = """\
-import os
-import signal
-import sys
-from kernel import Dataflow
-
-if os.environ["KERNEL_RUN"].endswith(".1") and sys.argv[sys.argv.index("--process-id") + 1] == "{dies}":
-    os.kill(os.getpid(), signal.SIGKILL)  # (as it starts: before any link)
-
-flow = Dataflow("endless")
-flow.from_iterable(range(10**9), batch_size=10).map(lambda n: n).sink(id)
-"""
 # seconds from the death heard to the next attempt running: well within the hold
 RESTARTED_WITHIN = LOSS_HOLD / 2
 
 
 @pytest.mark.parametrize("dies", [1, 0], ids=["the-accepted-one-dies", "the-dialled-one-dies"])
 def test_a_peer_that_dies_as_it_starts_restarts_the_job_at_once(tmp_path, dies):
-    pipeline = tmp_path / "pipeline.py"
-    pipeline.write_text(PIPELINE.format(dies=dies))
     with a_system(tmp_path, executors=2) as system:
-        done = system.cli("submit", pipeline, "--processes", "2")
-        assert done.returncode == 0, done.stderr
-        job = done.stdout.splitlines()[0]
-        # (its executor reported the death: the master holds the loss, saying so)
-        wait_until(lambda: (s := system.job(job))["message"] or s["attempt"] > 1, every=0.02,
-                   what=f"{job} to lose process {dies}")
-        heard = time.monotonic()
-        state = wait_until(lambda: (s := system.job(job))["attempt"] == 2 and s["status"] == "running" and s,
-                           every=0.02, what=f"{job} to run again")
-        took = time.monotonic() - heard
-        assert state["restarts"] == 1, state
-        logs = "".join(p.read_text() for p in tmp_path.glob("executor*/logs/*.log"))
+        took, logs = restarted_after_a_death_at_start(system, tmp_path, dies)
         assert f"error: no peer {dies}: process {dies} " in logs, logs
         assert took < RESTARTED_WITHIN, f"restarted {took:.2f} s after the death was heard"
 
