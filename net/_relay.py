@@ -70,6 +70,7 @@ from ._links import (
     connect,
     dial,
 )
+from ._tls_keys import load_key_pair
 from ._transport import ROUTE
 from .shm import Doorbell, SpscRing, full_fence
 
@@ -163,7 +164,8 @@ class _Aborted(Exception):
 class TLSFiles:
     """Paths for TLS on the links: this process's certificate and key
     (presented as server and as client), and the CA that signs the peers'
-    (None: the system's trusted CAs, and no client certificates asked)."""
+    (None: the system's trusted CAs, and no client certificates asked). An
+    encrypted key's passphrase is KERNEL_TLS_KEY_PASSPHRASE's (`_tls_keys`)."""
 
     cert: str
     key: str
@@ -171,7 +173,7 @@ class TLSFiles:
 
     def server_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.cert, self.key)
+        load_key_pair(context, self.cert, self.key)
         if self.ca is not None:
             context.load_verify_locations(self.ca)
             context.verify_mode = ssl.CERT_REQUIRED
@@ -179,7 +181,7 @@ class TLSFiles:
 
     def client_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=self.ca)
-        context.load_cert_chain(self.cert, self.key)
+        load_key_pair(context, self.cert, self.key)
         return context
 
 

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from functools import partial
 
 # Light modules only, here and in what the command line is checked with: the
 # links, the client and the event loop (aiohttp, asyncio: ~0.4 s of CPU) are
@@ -87,16 +88,22 @@ def _tls_loads(cert: str, key: str, ca: str | None) -> None:
     """A usage error where the files are no certificate and key (or CA) that
     ssl loads: read where a command dialled or listened, a coordinator's and a
     client's ended in an ssl.SSLError's traceback, and an executor retried
-    "cannot reach the coordinator: [SSL] PEM lib" every 0.5 s for ever."""
+    "cannot reach the coordinator: [SSL] PEM lib" every 0.5 s for ever. An
+    encrypted key whose passphrase KERNEL_TLS_KEY_PASSPHRASE does not give
+    is one too: asked for on the terminal, here and at every load after."""
     import ssl  # (not the links: ~0.01 s)
 
+    from kernel.net._tls_keys import EncryptedKey, load_key_pair
+
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    for flags, load, files in (("--tls-cert and --tls-key", context.load_cert_chain, (cert, key)),
+    for flags, load, files in (("--tls-cert and --tls-key", partial(load_key_pair, context), (cert, key)),
                                ("--tls-ca", context.load_verify_locations, (ca,))):
         if None in files:
             continue
         try:
             load(*files)
+        except EncryptedKey as exc:
+            raise _Usage(f"--tls-key: {exc}") from None
         except (ssl.SSLError, OSError) as exc:
             why = exc.strerror or exc
             raise _Usage(f"{flags}: {', '.join(files)} cannot be loaded as PEM ({why})") from None
