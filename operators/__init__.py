@@ -19,7 +19,7 @@ from kernel.operators._aggregates import Count, Fold, Reduce, Sum, check_emit
 from kernel.operators._distinct import Distinct, check_within
 from kernel.operators._event_time import EventTimeSource, check_event_time
 from kernel.operators._file_source import CHUNK_BYTES as FILE_CHUNK_BYTES
-from kernel.operators._file_source import FileSource, check_file_options
+from kernel.operators._file_source import FileSource, check_file_options, list_files
 from kernel.operators._files import ToFiles, file_in_the_way
 from kernel.operators._join import KeyedJoin, check_ttl
 from kernel.operators._partitions import PartitionSource, check_make
@@ -131,5 +131,6 @@ __all__ = [
     "check_window",
     "check_within",
     "file_in_the_way",
+    "list_files",
     "window_combiner",
 ]

@@ -8,9 +8,12 @@ at most two pieces of files at its ends), and the kernels' work is even
 however the sizes fall. A span owns the lines that *start* inside it (the
 rule of Hadoop's line reader): it skips a line begun before its start and
 finishes the one it started past its end, so each line is read once.
-Every kernel computes the same plan from the same listing (the files must
-not change during a bounded run), and the plan goes into the snapshot, so a
-resumed run reads the spans the crashed one had.
+Every kernel computes the same plan from one listing of the files (names
+and sizes), taken once a run and shared (`Node.input_listing`,
+kernel/execution/_listings.py): a file appended to meanwhile is read to its
+listed size. The files must not change otherwise during a bounded run, and
+the plan goes into the snapshot, so a resumed run reads the spans the
+crashed one had.
 
 Following (`follow=True`) files grow, so they are not cut: each file goes
 whole to the kernel `crc32(path) % n`, and each kernel looks for new files
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import glob
 import math
 import os
@@ -121,6 +125,22 @@ def matching_files(pattern: str) -> list[str]:
     if glob.has_magic(pattern) and os.path.isfile(pattern):
         found.add(pattern)  # a file whose name holds [, ] or * (`data[1].txt`): named, it is meant
     return sorted(found)
+
+
+def list_files(pattern: str) -> list[tuple[str, int, int | None, str | None]]:
+    """The files matching `pattern`, as a bounded run plans on them: `(path,
+    size, inode number, None)`, or `(path, 0, None, why)` for one that
+    cannot be read (each kernel refuses the run, naming it). Taken once a
+    run for all its kernels (`Node.input_listing`)."""
+    listed = []
+    for path in matching_files(pattern):
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            listed.append((path, 0, None, str(exc)))
+        else:
+            listed.append((path, info.st_size, info.st_ino, None))
+    return listed
 
 
 def plan_spans(sized: list[tuple[str, int]], index: int, peers: int) -> list[tuple[str, int, int]]:
@@ -362,17 +382,20 @@ class FileSource(Source):
         if self.follow:
             self._cursors = []
             return
-        paths = matching_files(self.pattern)
-        if not paths:
+        # One listing for every kernel (the run's board: the first kernel to
+        # plan lists, or a cluster's process 0 did): each listing the files
+        # itself, each cut a file appended to meanwhile at other bytes, and
+        # the lines between the cuts were read twice or not at all.
+        board = self.context.listings
+        listing = functools.partial(list_files, self.pattern)
+        listed = listing() if board is None else board.take(self.name, listing)
+        if not listed:
             raise self._error(f"no file matches {self.pattern!r}")
-        sized, inodes = [], {}
-        for path in paths:
-            try:
-                info = os.stat(path)
-            except OSError as exc:
-                raise self._error(f"cannot read {path!r}: {exc}") from exc
-            sized.append((path, info.st_size))
-            inodes[path] = info.st_ino
+        for path, _, _, error in listed:
+            if error is not None:
+                raise self._error(f"cannot read {path!r}: {error}")
+        sized = [(path, size) for path, size, _, _ in listed]
+        inodes = {path: inode for path, _, inode, _ in listed}
         # Each span knows the file it was planned on (its inode number, in
         # the snapshot too): a file replaced before this kernel opened it
         # (while the run was stopped, say) was read on silently, its lines

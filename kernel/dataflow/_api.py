@@ -485,6 +485,8 @@ class Dataflow:
         stream = self._timed_source(factory, name or f"from_files({format})", timestamp, max_delay,
                                     idle_timeout if follow else None, ("FileSource", format))
         stream.node.endless = follow
+        if not follow:  # cut by size: every kernel cuts at the sizes of one listing
+            stream.node.input_listing = functools.partial(ops.list_files, checked)
         files: FileStream[Any] = FileStream(self, stream.node)
         files.skipped_count = SkippedCount(stream.node)
         self._skipped_counts.append(files.skipped_count)

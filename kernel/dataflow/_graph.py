@@ -73,6 +73,10 @@ class Node:
     # resumed from an epoch in which its snapshots say nothing (ended
     # everywhere): a Redis source's stream list.
     resume_record: object = None
+    # (a bounded source that cuts its input by size: from_files) Lists the
+    # input, `[(name, size, inode number, error or None)]`, once a run: every
+    # kernel plans its share from that one listing (kernel/execution/_listings.py)
+    input_listing: Callable[[], list] | None = None
     # the innermost loop the step is in (None: none), and what it does at a
     # loop's border (None: inside it; or _loops.HEAD, ENTER, FEEDBACK, LEAVE)
     loop: LoopScope | None = None

@@ -26,6 +26,7 @@ from kernel.scheduling._errors import carry_causes
 
 from ._inherited_descriptors import close_listener, note_inherited
 from ._launcher_notes import in_kernel_process
+from ._listings import use_here
 from ._queued_logs import emit_queued_logs_here, shut_logging_down_at_exit
 from ._random_seeds import seed_kernel
 from ._signals import release_in_kernel
@@ -243,14 +244,15 @@ def _wait_for_the_kernels_threads() -> None:
 
 def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid,
                  epochs=None, commits=None, gate=None, close_streams=False, inherited=None,
-                 listener=None) -> None:
+                 listener=None, listings=None) -> None:
     """A kernel process: pinned, one uvloop, nothing else. `close_streams`
     (a run of `run_async`, forked from an application): close the stream
     sockets inherited from it (`_close_inherited_streams`). `inherited`:
     the application's pipes and sockets, which the kernel lets go of
     where its steps do not reach them (`_inherited_descriptors.py`).
     `listener`: a cluster's listening socket for its links, the relay's
-    alone (`close_listener`)."""
+    alone (`close_listener`). `listings`: the run's `ListingBoard`, on
+    which its kernels share one listing of their files."""
     status = 1
     # A kernel leaves by os._exit, which runs no exit handler: those of its
     # own (a pipeline file's module-level `atexit.register`, as each kernel
@@ -266,6 +268,7 @@ def _kernel_main(index, peers, cpu, build_runtime, transport, conn, launcher_pid
         release_in_kernel()  # (blocked across the fork: `_signals.py`)
         note_inherited(inherited)
         close_listener(listener)
+        use_here(listings)
         if close_streams:
             _close_inherited_streams()
         take_standard_input(index, peers)

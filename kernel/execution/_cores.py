@@ -63,6 +63,7 @@ from kernel.scheduling._watchdog import retire_if_idle
 from ._child import _kernel_main, _libc, gate_record
 from ._inherited_descriptors import close_listener, let_go_unreached, the_applications
 from ._launcher_notes import read_notes
+from ._listings import ListingBoard, agreed, agreeing_on_listings
 from ._queued_logs import find_before_fork
 from ._random_seeds import draw_for_kernels
 from ._signals import held_signals
@@ -266,7 +267,7 @@ class _KernelProcess(multiprocessing.get_context("fork").Process):
 
 
 def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, cluster=None,
-                 cancel=None, link_report=None, agreement=None) -> list[dict]:
+                 cancel=None, link_report=None, agreement=None, listings=None) -> list[dict]:
     """Run `cores` kernel processes; returns each kernel's results, in order.
 
     `build_runtime(kernel_index, peers, transport, coordinator)` is called in
@@ -287,6 +288,9 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
     relay calls `prepare(plan)` with the decision's plan), the relay tells
     the launcher and writes it into the kernels' gate, and each kernel
     reads its own snapshot of it.
+    The kernels share one listing of each bounded source's files (a
+    `ListingBoard`, `_listings.py`); a cluster's are process 0's of
+    `listings` (each launcher's, agreed on when the links are up).
     """
     from kernel.net import Doorbell, ProcessTransport, SpscRing
     from kernel.net._transport import RelayEnds
@@ -333,6 +337,9 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
     # told to the peers. A relay that dies first leaves the kernels waiting
     # (end of file, no byte) until the launcher, told of its error, stops them.
     gate = os.pipe() if cluster else None
+    board = ListingBoard()  # (after `the_applications`: not one of the application's files)
+    if cluster is not None and listings:
+        agreement = agreeing_on_listings(agreement, listings)
     first = cluster.first_kernel if cluster else 0
     peers = cluster.kernels if cluster else cores
     try:
@@ -366,7 +373,7 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
                 target=_kernel_main,
                 args=(first + index, peers, cpus[index], build_runtime, transport, sender, os.getpid(),
                       epochs, commits_in, gate, embedded, inherited),
-                kwargs={"listener": cluster and cluster.listen_fd},
+                kwargs={"listener": cluster and cluster.listen_fd, "listings": board},
                 name=f"kernel-{first + index}",
                 daemon=True,
             )
@@ -385,7 +392,8 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
             child = context.Process(
                 target=_kernel_main,
                 args=(first, peers, None, _relay_runtime(cluster, relay_rings, bells, results_in, gate,
-                                                         sender, agreement, link_report),
+                                                         sender, agreement, link_report,
+                                                         (board, listings) if listings else None),
                       None, sender, os.getpid()),
                 kwargs={"close_streams": embedded, "inherited": inherited},
                 name="links",
@@ -457,6 +465,7 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
             bell.close()
         for fd in gate or ():
             os.close(fd)
+        board.close()
 
 
 def _open_gate(gate_out: int, kernels: int, epoch: int = 0, finished: bool = False, plan=None) -> None:
@@ -470,12 +479,15 @@ def _open_gate(gate_out: int, kernels: int, epoch: int = 0, finished: bool = Fal
     os.close(gate_out)
 
 
-def _relay_runtime(plan, ends, bells, handover, gate, launcher=None, agreement=None, report=None):
+def _relay_runtime(plan, ends, bells, handover, gate, launcher=None, agreement=None, report=None,
+                   listings=None):
     """What the relay child runs: link up (agreeing on the restored epoch,
     with an `agreement`), open the kernels' gate, relay, and end with the
     results (or tell the peers this process failed). The launchers' epoch
     messages pass through it both ways (`launcher`: its result pipe).
-    `report(sent bytes by peer)`: the links' metrics, now and then."""
+    `report(sent bytes by peer)`: the links' metrics, now and then.
+    `listings`: (the kernels' board, this launcher's listings): process 0's,
+    agreed on too, are posted on the board before the gate opens."""
 
     async def run_relay(_index, _peers, _transport, _coordinator):
         from kernel.net._relay import LinkRelay
@@ -489,6 +501,10 @@ def _relay_runtime(plan, ends, bells, handover, gate, launcher=None, agreement=N
         local = loop.create_future()
 
         def on_linked(decision=None) -> None:
+            if listings is not None:
+                board, own = listings
+                decision, agreed_listings = agreed(decision, own)
+                board.post(agreed_listings)
             if decision is None:
                 _open_gate(gate_out, len(ends))
                 return

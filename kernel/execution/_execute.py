@@ -26,6 +26,7 @@ from . import _ring_exit
 from ._host_gc import host_heap_frozen
 from ._inherited_descriptors import let_go_unreached
 from ._interrupt import first_ctrl_c_interrupts, sigint_handler_kept
+from ._listings import board_here, listings_of
 from ._plan import PROGRESS_INTERVAL, THREAD, RunPlan
 from ._results import pack as pack_results
 from ._results import unpack as unpack_results
@@ -124,9 +125,13 @@ def _on_cores(plan: RunPlan, get_flow, cancel=None) -> list[dict]:
     epochs = None if plan.snapshots is None else plan.snapshots.for_processes()
     # a cluster's processes agree on the epoch they resume from once linked
     agreement = None if epochs is None or plan.cluster is None else plan.snapshots.agreement()
+    # and on one listing of the bounded sources' files, taken by each launcher
+    # now, before its kernels fork: process 0's (kernel/execution/_listings.py)
+    listings = None if plan.cluster is None else listings_of(get_flow().graph)
     if not plan.observed:
         return unpack_results(run_on_cores(_kernel_process(get_flow, plan), plan.cores, epochs=epochs,
-                                           cluster=plan.cluster, cancel=cancel, agreement=agreement))
+                                           cluster=plan.cluster, cancel=cancel, agreement=agreement,
+                                           listings=listings))
     from kernel.metrics import MetricsBlock, MetricsServerThread, announce, listen
 
     # Bound before the kernels fork (a port in use fails the run before it
@@ -168,7 +173,7 @@ def _on_cores(plan: RunPlan, get_flow, cancel=None) -> list[dict]:
     try:
         per_kernel = run_on_cores(_kernel_process(get_flow, plan, blocks, graph_block), plan.cores,
                                   epochs=epochs, cluster=plan.cluster, cancel=cancel, on_started=started,
-                                  link_report=link_report, agreement=agreement)
+                                  link_report=link_report, agreement=agreement, listings=listings)
         return unpack_results(per_kernel)
     except BaseException as exc:
         error = exc
@@ -224,6 +229,7 @@ def _kernel_process(get_flow, plan: RunPlan, blocks=None, graph_block=None):
         by_whole_lines(files)
         kernel = Kernel(index=index, peers=peers, **options)
         kernel.context.processes = plan.cluster.processes if plan.cluster is not None else 1
+        kernel.context.listings = board_here()
         runtime = Runtime(flow.graph, kernel, transport, coordinator, metrics=blocks is not None)
         kernel.at_start(runtime.start)
         block = None if blocks is None else blocks[index - first]

@@ -134,12 +134,14 @@ class KernelContext:
     exist); `snapshots` says whether the run takes epoch snapshots (a
     state_dir: then operators get `on_epoch` and `on_commit`); `processes`
     how many processes of a cluster the run's kernels are in (1 on one
-    machine, where kernel processes are forked from one). `clock` is
+    machine, where kernel processes are forked from one). `listings` is
+    the board on which a run's kernel processes share one listing of
+    their input (`from_files`; None on a kernel of its own). `clock` is
     the kernel's clock. `logger` tags records with the kernel index.
     """
 
-    __slots__ = ("clock", "epoch", "index", "kernel", "key_groups", "logger", "peers", "processes",
-                 "snapshots", "watermark")
+    __slots__ = ("clock", "epoch", "index", "kernel", "key_groups", "listings", "logger", "peers",
+                 "processes", "snapshots", "watermark")
 
     def __init__(self, kernel: Kernel, index: int, peers: int, clock, logger) -> None:
         self.kernel = kernel
@@ -154,6 +156,9 @@ class KernelContext:
         # the processes that each build the flow themselves: more than one in
         # a cluster (set by the launcher of its kernels; kernel.execution)
         self.processes = 1
+        # the run's one listing of each bounded source's files, shared by its
+        # kernel processes (kernel.execution._listings); None: one kernel
+        self.listings = None
         self.clock = clock
         self.logger = logger
 
