@@ -33,7 +33,8 @@ up, each process sends its `offer` (bytes) to process 0, which calls
 `decide({process: offer})` and sends the decision (bytes) to everyone;
 `on_linked(decision)` then lets the kernels start. A `decide` that raises
 refuses the run on every process with its exception. (A cluster with a
-`state_dir` agrees this way on the epoch it resumes from.)
+`state_dir` agrees this way on the epoch it resumes from, and one reading
+files, bounded, on process 0's listing of them: kernel/execution/_listings.py.)
 
 Messages between launchers (`send_message(process, body)`, delivered to
 `on_message(process, body)` there: a cluster's epochs, durable here,
