@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     state_dir TEXT, epoch_interval REAL, max_restarts INTEGER NOT NULL,
     status TEXT NOT NULL, message TEXT, restarts INTEGER NOT NULL DEFAULT 0,
     attempt INTEGER NOT NULL DEFAULT 0, placement TEXT NOT NULL DEFAULT '[]',
-    ran_on TEXT NOT NULL DEFAULT '[]',
+    ran_on TEXT NOT NULL DEFAULT '[]', unstopped TEXT NOT NULL DEFAULT '{}',
     submitted REAL NOT NULL, started REAL, ended REAL,
     shared_state INTEGER NOT NULL DEFAULT 0, request TEXT);
 -- Streams between jobs (issue 18 fills these): a topic a job publishes,
@@ -124,6 +124,10 @@ class Job:
     # the client's id for its submit request: sent again after a reply that
     # was lost, it finds this job rather than submitting a second one
     request: str | None = None
+    # executor id -> cores: the executors that may still run a process of
+    # this job's (its stop not confirmed there: `JobMaster._unstopped`), kept
+    # so that a restarted coordinator still waits for them
+    unstopped: dict[str, int] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
@@ -152,7 +156,7 @@ class Executor:
     timeout: float | None = None
 
 
-_JSON_FIELDS = ("executors", "placement", "ran_on")
+_JSON_FIELDS = ("executors", "placement", "ran_on", "unstopped")
 
 
 def job_row(job: Job) -> dict:
@@ -350,6 +354,8 @@ class Catalog:
             self._db.execute("ALTER TABLE jobs ADD COLUMN shared_state INTEGER NOT NULL DEFAULT 0")
         if "request" not in columns:  # (written before submits carried one)
             self._db.execute("ALTER TABLE jobs ADD COLUMN request TEXT")
+        if "unstopped" not in columns:  # (written before a restarted coordinator knew of them)
+            self._db.execute("ALTER TABLE jobs ADD COLUMN unstopped TEXT NOT NULL DEFAULT '{}'")
         if "timeout" not in {row[1] for row in self._db.execute("PRAGMA table_info(executors)")}:
             self._db.execute("ALTER TABLE executors ADD COLUMN timeout REAL")  # (written before it)
         self.listing = self.topics()

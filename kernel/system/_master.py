@@ -194,19 +194,29 @@ class JobMaster:
         # that process holds: the job is not placed again until each has
         # confirmed it or is lost, and those cores are busy until then
         # (`free_cores`), whatever became of the job meanwhile (killed: its
-        # old process runs on all the same)
+        # old process runs on all the same). Each is its job's `unstopped`, the
+        # same dict, saved with it: a coordinator restarted after a kill while
+        # the executor was away forgot it, and the job submitted again on its
+        # state_dir was started beside the process still running there.
         self._unstopped: dict[str, dict[str, int]] = {}
         # jobs ended whose processes `_end` is stopping: they may still write
         # to their logs (a killed one's `interrupted`); job -> its stops under way
         # (`_stopping`: a leaving executor's, `_stop_ended`, may outlast the others)
         self.ending: dict[str, int] = {}
+        changed = []  # (written once the writes can be: below)
         for job in self.jobs.values():
+            # (one lost since has fenced its processes; one of now, never heard of, runs none)
+            kept = {e: cores for e, cores in job.unstopped.items() if e in self._away}
             if job.status == "restarting":
-                # what the last coordinator waited for died with it: any
-                # executor the job ran on may still run an earlier attempt
-                away = {e: job.cores for e in job.ran_on if e in self._away}
-                if away:
-                    self._unstopped[job.id] = away
+                # what the last coordinator waited for died with it where it was not
+                # written (a catalog of before): any executor the job ran on may still
+                # run an earlier attempt
+                kept.update({e: max(kept.get(e, 0), job.cores) for e in job.ran_on if e in self._away})
+            if kept != job.unstopped:
+                changed.append(job)
+            job.unstopped = kept  # (the very dict: what changes in one is in the other)
+            if kept:
+                self._unstopped[job.id] = kept
         self._confirming: set[tuple[str, str]] = set()  # (job, executor) being asked
         self.connected: dict[str, Connected] = {}
         # the exits of each active job's current attempt: process -> (code, error)
@@ -252,6 +262,8 @@ class JobMaster:
                 job.ended = time.time()
                 log.warning("%s is %s in the catalog with no end time (its coordinator was stopped before "
                             "writing it): taken as ended now", job.id, job.status)
+                self._save(job)
+            elif job in changed:
                 self._save(job)
 
     # -- bookkeeping ------------------------------------------------------------------
@@ -774,10 +786,8 @@ class JobMaster:
         # in `_leaving` until they have: `_orphans`, on its round meanwhile,
         # moves those not yet reached as this would)
         stopped = executor_id in self._leaving
-        for job_id, executors in list(self._unstopped.items()):  # it has fenced its processes
-            executors.pop(executor_id, None)
-            if not executors:
-                del self._unstopped[job_id]
+        for job_id in list(self._unstopped):  # it has fenced its processes
+            self._stop_confirmed(job_id, executor_id)
         for job in list(self.jobs.values()):
             if job.status in ("starting", "running") and any(
                     p["executor"] == executor_id for p in job.placement):
@@ -802,6 +812,13 @@ class JobMaster:
             ended = time.time()
             await self._writable(job, status="killed", message="killed by request", ended=ended)
             await self._end(job, "killed", "killed by request", ended)
+            if job.unstopped:
+                # (on disk before the answer: a coordinator killed just after it
+                # would start the job submitted again on its state_dir beside its
+                # process; a write that fails is written again, `_save_again`)
+                written = self._save(job)
+                if written is not None:
+                    await asyncio.gather(asyncio.shield(written), return_exceptions=True)
         self.reconcile()
         return job
 
@@ -957,9 +974,10 @@ class JobMaster:
         executors = {e for e in executors if self.executors[e].state != "lost"}
         if not executors:
             return
-        held = self._unstopped.setdefault(job.id, {})
         for executor_id in executors:
-            held[executor_id] = max(held.get(executor_id, 0), job.cores)
+            job.unstopped[executor_id] = max(job.unstopped.get(executor_id, 0), job.cores)
+        self._unstopped[job.id] = job.unstopped
+        self._save(job)
         waits = "the next attempt waits" if job.active else "its cores there stay busy"
         log.warning("%s: attempt %d may still run on executor(s) %s: %s until each has stopped it, or is "
                     "lost (%g s after it was last heard from)", job.id, attempt, ", ".join(sorted(executors)),
@@ -1000,14 +1018,23 @@ class JobMaster:
                             "again", job_id, executor_id, exc or type(exc).__name__)
                 await asyncio.sleep(1.0)
                 continue
-            waiting = self._unstopped.get(job_id)
-            if waiting is not None:
-                waiting.pop(executor_id, None)
-                if not waiting:
-                    del self._unstopped[job_id]
-                    log.info("%s: no earlier attempt runs any more", job_id)
+            if self._stop_confirmed(job_id, executor_id):
+                log.info("%s: no earlier attempt runs any more", job_id)
             self.reconcile()
             return
+
+    def _stop_confirmed(self, job_id: str, executor_id: str) -> bool:
+        """No process of the job runs on `executor_id` any more (it said so, or
+        is lost): taken out of `_unstopped`, and out of the job's row. Whether
+        that was the last executor the job waited for."""
+        waiting = self._unstopped.get(job_id)
+        if waiting is None or executor_id not in waiting:
+            return False
+        del waiting[executor_id]
+        if not waiting:
+            del self._unstopped[job_id]
+        self._save(self.jobs[job_id])
+        return not waiting
 
     # -- executors --------------------------------------------------------------------------
 

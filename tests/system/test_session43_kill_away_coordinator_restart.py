@@ -1,0 +1,78 @@
+"""Session 43: a job killed while its executor was away may still run
+there, on its state_dir; the same pipeline submitted again on it waits
+until that executor confirms the stop or is lost (session 42). That "may
+still run" was the coordinator's memory alone: a coordinator restarted
+(SIGKILL, at once after the kill's answer) forgot it, and the job
+submitted again was started at once on the other executor, beside the
+process still running on the state_dir, and failed for good, `state_dir
+... is in use by another run`. It is kept in the catalog now (the job's
+`unstopped`), and the restarted coordinator waits as the first did.
+
+A coordinator (a lease of 15 s, so that the executor away is not counted
+lost within the test), a peer executor of its own process, and the
+executor that goes away served in this loop (`executor_served_here`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sqlite3
+
+from _system import free_port, marking_pipeline, wait_until
+
+from tests.system.test_session42_kill_away_state_dir import PIPELINE, _state, _system_with_an_executor_here
+
+
+async def test_a_restarted_coordinator_waits_for_the_process_of_a_job_killed_while_its_executor_was_away(
+        tmp_path):
+    marks, pipeline = marking_pipeline(tmp_path, PIPELINE)
+    state_dir = tmp_path / "state"
+    async with _system_with_an_executor_here(tmp_path) as (system, executor, _):
+        done = await asyncio.to_thread(system.cli, "submit", pipeline, "--state-dir", state_dir,
+                                       "--executors", executor.executor_id)
+        assert done.returncode == 0, done.stderr
+        job = done.stdout.splitlines()[0]
+        await asyncio.to_thread(wait_until, lambda: (marks / f"{job}.1").exists(), what=f"{job} to work")
+        entry = executor.processes[job, 1, 0]
+        address = executor.address
+        executor.address = ("127.0.0.1", free_port())  # (nothing listens there: it stays away)
+        await executor.session.close()
+        await asyncio.to_thread(wait_until, lambda: _state(system, executor.executor_id) == "reconnecting",
+                                what="the executor to be away")
+        killed = await asyncio.to_thread(system.cli, "kill", job)
+        assert (killed.returncode, killed.stdout.strip()) == (0, f"{job} killed"), killed.stderr
+        # the coordinator killed at once, and started again on its catalog
+        system.coordinator.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(system.coordinator.wait)
+        await asyncio.to_thread(system.start_coordinator, "--executor-timeout", "15")
+        await asyncio.to_thread(system.executors_up, 1)  # (the peer executor back)
+        again = await asyncio.to_thread(system.cli, "submit", pipeline, "--state-dir", state_dir,
+                                        "--max-restarts", "0")
+        assert again.returncode == 0, again.stderr
+        resubmitted = again.stdout.splitlines()[0]
+        waiting = await asyncio.to_thread(wait_until, lambda: system.job(resubmitted)["message"],
+                                          what=f"{resubmitted} to say what it waits for")
+        state = await asyncio.to_thread(system.job, resubmitted)
+        assert state["status"] == "submitted" and entry.code is None, (state, entry.code)
+        assert job in waiting and executor.executor_id in waiting and str(state_dir) in waiting, waiting
+        assert not (marks / f"{resubmitted}.1").exists()
+        executor.address = address  # (back: it stops the killed job's process, and says so)
+
+        def working_or_ended() -> dict | None:
+            state = system.job(resubmitted)
+            return state if (marks / f"{resubmitted}.1").exists() or state["ended"] is not None else None
+
+        state = await asyncio.to_thread(wait_until, working_or_ended, what=f"{resubmitted} to work")
+        assert (state["status"], state["attempt"], state["message"]) == ("running", 1, None), state
+        assert entry.code is not None
+        # and the catalog no longer holds the killed job's process as possibly running there
+        await asyncio.to_thread(wait_until, lambda: _unstopped(tmp_path / "data", job) == {},
+                                what=f"{job}'s row to hold no executor")
+
+
+def _unstopped(data_dir, job_id: str):
+    with contextlib.closing(sqlite3.connect(data_dir / "catalog.sqlite")) as db:
+        (row,) = db.execute("SELECT unstopped FROM jobs WHERE id = ?", (job_id,)).fetchall()
+    return json.loads(row[0])
