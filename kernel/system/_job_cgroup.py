@@ -36,8 +36,9 @@ log = logging.getLogger("kernel.system")
 # one not empty by then is removed at the next end, or stays, empty, where none comes
 EMPTY_WITHIN = 2.0
 _EMPTY_POLL = 0.005
-# a job process's cgroup: kernel-job-EXECUTOR_PID-TOKEN-N (`JobCgroups.made`)
-_NAME = re.compile(r"kernel-job-(\d+)-[0-9a-f]+-\d+")
+# a job process's cgroup: kernel-job-EXECUTOR_PID-ITS_START-TOKEN-N (`JobCgroups.made`), or,
+# made by an executor of before, without ITS_START
+_NAME = re.compile(r"kernel-job-(\d+)(?:-(\d+))?-[0-9a-f]+-\d+")
 
 
 def own_cgroup_directory(cgroups: str = "/proc/self/cgroup",
@@ -115,7 +116,7 @@ class JobCgroups:
             return
         for name in names:
             made = _NAME.fullmatch(name)
-            if made is None or os.path.exists(f"/proc/{made.group(1)}"):
+            if made is None or _runs(int(made.group(1)), made.group(2)):
                 continue  # (not an executor's, or its executor runs)
             path = os.path.join(self.home, name)
             if _empty(path):
@@ -136,7 +137,10 @@ class JobCgroups:
         """A new, empty cgroup for a job process (None: none can be made)."""
         if self.home is None:
             return None
-        return self._make(f"kernel-job-{os.getpid()}-{self._token}-{next(self._numbers)}")
+        # (its pid and its start: the pid alone, given again to the next executor (pid 1 of a
+        # container, say), had it take the dead one's cgroups for its own, left for good)
+        pid = os.getpid()
+        return self._make(f"kernel-job-{pid}-{started(pid)}-{self._token}-{next(self._numbers)}")
 
     def discard(self, path: str | None) -> None:
         """Remove the cgroup `path`, made and unused (its process not
@@ -179,6 +183,29 @@ class JobCgroups:
                 and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(_EMPTY_POLL)
         self._remove_empty()
+
+
+def started(pid: int) -> int | None:
+    """When process `pid` started (clock ticks after the boot: /proc/PID/stat's
+    22nd field), which tells it from an earlier holder of its pid; None: no
+    such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # (after its name, in parentheses, which may hold spaces and parentheses: field 3 on)
+    return int(stat[stat.rindex(b")") + 2:].split()[19])
+
+
+def _runs(pid: int, start: str | None) -> bool:
+    """Whether the executor that made a cgroup named for (`pid`, `start`)
+    runs. A name without a start (an executor of before) tells only its pid:
+    taken for its own when another process holds that pid, but not this one,
+    which makes only names with its start."""
+    if start is None:
+        return pid != os.getpid() and os.path.exists(f"/proc/{pid}")
+    return started(pid) == int(start)
 
 
 def _remove(path: str) -> None:

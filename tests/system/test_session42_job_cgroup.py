@@ -28,7 +28,7 @@ import sys
 
 import pytest
 
-from kernel.system._job_cgroup import JobCgroups, is_member, join_in_child
+from kernel.system._job_cgroup import JobCgroups, is_member, join_in_child, started
 from tests.system.test_session40_job_children_end import _closed, _completed, _executor, _gone, _started
 from tests.system.test_session40_reused_group_id_review import (
     NS_LAST_PID,
@@ -170,7 +170,7 @@ def test_an_executor_removes_the_empty_cgroups_of_executors_killed_before_it(tmp
     ended = _an_ended_pid()
     dead_empty = os.path.join(home, f"kernel-job-{ended}-00c0ffee-1")
     dead_busy = os.path.join(home, f"kernel-job-{ended}-00c0ffee-2")
-    alive = os.path.join(home, f"kernel-job-{os.getpid()}-00c0ffee-3")
+    alive = os.path.join(home, f"kernel-job-{os.getpid()}-{started(os.getpid())}-00c0ffee-3")
     made = [dead_empty, dead_busy, alive]
     sleeper = None
     try:
