@@ -408,6 +408,9 @@ def _table(lines: list[str], header: list[str], rows: list[list]) -> None:
 
 async def logs(client: Client, job: str, follow: bool) -> int:
     offsets: dict[str, int] = {}
+    # (this command's own, on every request: where it reads is kept as its own, not
+    # another follower's on the connection, as an executor leaves: `LeftLogs`)
+    follower = secrets.token_hex(8)
     # Several executors' logs are printed line by line, each line prefixed
     # with its executor: the end of a piece that is not a whole line waits for
     # the rest (a piece ends at 1 MiB, or where the job was writing). It was
@@ -417,7 +420,7 @@ async def logs(client: Client, job: str, follow: bool) -> int:
     several = False
     while True:
         try:
-            reply = await client.request("logs", job=job, offsets=offsets)
+            reply = await client.request("logs", job=job, offsets=offsets, follower=follower)
         except ConnectionLost:
             if not follow:
                 raise

@@ -233,8 +233,12 @@ class CoordinatorServer(AuthenticatedServer):
             job = await master.kill(str(m.get("job")))
             return {"job": job.id, "status": job.status}
         if op == "logs":
+            # (who reads: two followers of one job on one connection each keep their place, `LeftLogs`)
+            follower = m.get("follower")
+            if follower is not None and not (isinstance(follower, str) and 0 < len(follower) <= 128):
+                raise RequestError("logs: a follower id is a string of 1 to 128 characters")
             return await self._logs(str(m.get("job")), m.get("offsets") or {},
-                                    {} if places is None else places)
+                                    {} if places is None else places, follower)
         if op in _topics.OPS:  # issue 18: jobs publishing streams and services
             # A subscribe is noted before its write, which may wait for the
             # catalog: the connection closing meanwhile (the app killed) then
@@ -324,9 +328,10 @@ class CoordinatorServer(AuthenticatedServer):
                 return job
             await self.master.wait_for_change(left)
 
-    async def _logs(self, job_id: str, offsets: dict, places: dict) -> dict:
+    async def _logs(self, job_id: str, offsets: dict, places: dict, follower: str | None = None) -> dict:
         """Each executor's piece of the job's log from its offset in
-        `offsets`; `places`: the asking connection's (`LeftLogs.reader`)."""
+        `offsets`; `places`: the asking connection's (`LeftLogs.reader`), where
+        `follower` (the request's, if any) reads."""
         job = self.master._job(job_id)
         # (read before the logs, and not yet ended while its processes are
         # being stopped: a killed job is so at once, and a `logs --follow`
@@ -335,7 +340,7 @@ class CoordinatorServer(AuthenticatedServer):
         chunks, gone, asked = {}, [], {}
         wanted = {executor_id: int(offsets.get(executor_id, 0)) for executor_id in job.ran_on}
         for executor_id, offset in wanted.items():
-            self.left_logs.asked(places, job_id, executor_id, offset)
+            self.left_logs.asked(places, job_id, executor_id, offset, follower)
             entry = self.master.connected.get(executor_id)
             if entry is None:
                 gone.append(executor_id)

@@ -45,6 +45,9 @@ FETCH_WITHIN = 1.0  # seconds a leaving executor's tails are fetched in (it wait
 KEEP_FOR = 60.0  # seconds a left executor's tails are served after it left
 KEEP_MOST_PER_LOG = 4 << 20  # bytes of one log's tail, at most
 KEEP_MOST = 64 << 20  # bytes of all tails kept, at most
+# places kept per client connection, at most (the oldest asked go first): a
+# connection naming a new follower at each `logs` would grow them for ever
+PLACES_MOST = 4096
 
 
 def cut_character(data: bytes) -> int:
@@ -91,17 +94,21 @@ class LeftLogs:
 
     def __init__(self, clock=time.monotonic) -> None:
         self._clock = clock
-        # each open client connection's places, by id(): (job, executor) -> the offset
-        # its last `logs` of the job asked from there. By connection, not by time: a
+        # each open client connection's places, by id(): (job, executor, follower) ->
+        # the offset that follower's last `logs` of the job asked from there (a
+        # follower: one `logs` command, or any other reader, by the id its requests
+        # carry; None for those that carry none). By connection, not by time: a
         # follower held for minutes by a slow reader (a pager) is still one, its
         # place kept, and one that has ended (`logs` without --follow) is not.
-        self._readers: dict[int, dict[tuple[str, str], int]] = {}
+        # By follower too: two following one job on one connection kept one place,
+        # the last asked, and the one behind lost its last lines as the executor left.
+        self._readers: dict[int, dict[tuple[str, str, str | None], int]] = {}
         self._tails: dict[tuple[str, str], Tail] = {}
 
-    def reader(self) -> dict[tuple[str, str], int]:
+    def reader(self) -> dict[tuple[str, str, str | None], int]:
         """The places of a new client connection, to pass to `asked`; kept
         until `closed`."""
-        places: dict[tuple[str, str], int] = {}
+        places: dict[tuple[str, str, str | None], int] = {}
         self._readers[id(places)] = places
         return places
 
@@ -109,11 +116,14 @@ class LeftLogs:
         self._readers.pop(id(places), None)
 
     @staticmethod
-    def asked(places: dict, job: str, executor: str, offset: int) -> None:
-        """A `logs` of `job` on the connection of `places` asked `executor`'s
-        log from `offset`. (Its last: a follower only goes on; two following
-        the same job on one connection, the one behind may miss a tail.)"""
-        places[(job, executor)] = max(0, offset)
+    def asked(places: dict, job: str, executor: str, offset: int, follower: str | None = None) -> None:
+        """A `logs` of `job` by `follower` on the connection of `places` asked
+        `executor`'s log from `offset` (its last place there: a follower only goes on)."""
+        key = (job, executor, follower)
+        places.pop(key, None)  # (to the end: the places asked longest ago go first)
+        places[key] = max(0, offset)
+        while len(places) > PLACES_MOST:
+            del places[next(iter(places))]
 
     async def fetch(self, session, executor: str) -> None:
         """`executor` is leaving, its job processes stopped, still connected
@@ -128,7 +138,7 @@ class LeftLogs:
         room = KEEP_MOST - self._held()
         places: dict[str, set[int]] = {}  # job -> its readers' places there
         for reader in self._readers.values():
-            for (job, e), offset in reader.items():
+            for (job, e, _), offset in reader.items():
                 if e == executor:
                     places.setdefault(job, set()).add(offset)
         tails, fetches = [], []
