@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import os
 import pickle
@@ -126,7 +127,20 @@ class PeerLost(LinkError):
 
 
 class PeerFailed(PeerLost):
-    """A peer process failed and said why (a kernel's error there)."""
+    """A peer process failed and said why (a kernel's error there), and,
+    where it knew them, the index of the kernel that failed and the step
+    (`kernel`, `step`: a `--log-format json` error's fields, which the
+    process of a cluster that hears of it rather than failing itself carries
+    too: on one core a process, kernel 1's failure came to process 0 with
+    neither)."""
+
+    def __init__(self, process: int, address: str, why: str, kernel: int | None = None,
+                 step: str | None = None) -> None:
+        super().__init__(process, address, why)
+        self.kernel, self.step = kernel, step
+
+    def __reduce__(self):  # crosses from the relay process to its launcher
+        return type(self), (self.process, self.address, self.why, self.kernel, self.step)
 
     @staticmethod
     def _describe(process: int, address: str, why: str) -> str:
@@ -158,7 +172,36 @@ class _Unreachable(LinkError):
 
 
 class _Aborted(Exception):
-    """This process failed; the relay tells the peers and stops."""
+    """This process failed; the relay tells the peers and stops (with the
+    kernel that failed and its step, where known: `PeerFailed`)."""
+
+    def __init__(self, why: str, kernel: int | None = None, step: str | None = None) -> None:
+        super().__init__(why)
+        self.kernel, self.step = kernel, step
+
+
+def _abort_body(why: str, kernel: int | None, step: str | None) -> bytes:
+    """An ABORT's body: the error's text, or, with the kernel or the step
+    known, a JSON object of the three (`_abort_said` reads either)."""
+    if kernel is None and step is None:
+        return why.encode()[:65536]
+    why = why.encode()[:65536].decode(errors="ignore")
+    return json.dumps({"why": why, "kernel": kernel, "step": step[:1024] if step else step}).encode()
+
+
+def _abort_said(body: bytes) -> tuple[str, int | None, str | None]:
+    """(why, kernel, step) of an ABORT's body (`_abort_body`)."""
+    text = body.decode(errors="replace")
+    if text.startswith("{"):
+        try:
+            said = json.loads(text)
+        except ValueError:
+            said = None
+        if isinstance(said, dict) and isinstance(said.get("why"), str):
+            kernel, step = said.get("kernel"), said.get("step")
+            return (said["why"], kernel if isinstance(kernel, int) and not isinstance(kernel, bool) else None,
+                    step if isinstance(step, str) else None)
+    return text, None, None
 
 
 @dataclass
@@ -329,10 +372,10 @@ class LinkRelay:
                 await self._send_quietly(link, KIND_BYE)
             return None
         except _Aborted as exc:  # a kernel of ours failed: the launcher reports it
-            await self._tell_peers(str(exc))
+            await self._tell_peers(str(exc), exc.kernel, exc.step)
             return None
         except LinkError as exc:  # a peer lost or failed: the others hear it from us too
-            await self._tell_peers(str(exc))
+            await self._tell_peers(str(exc), getattr(exc, "kernel", None), getattr(exc, "step", None))
             raise
         finally:
             self._finishing = True
@@ -364,9 +407,10 @@ class LinkRelay:
             raise self._failure.result()
         return future.result()
 
-    def abort(self, why: str) -> None:
-        """This process failed (`why`): tell the peers, then stop."""
-        self._fail(_Aborted(why))
+    def abort(self, why: str, kernel: int | None = None, step: str | None = None) -> None:
+        """This process failed (`why`; in `kernel`, at `step`, where known):
+        tell the peers, then stop."""
+        self._fail(_Aborted(why, kernel, step))
 
     def _fail(self, error: BaseException) -> None:
         if not self._failure.done():
@@ -728,8 +772,7 @@ class LinkRelay:
         elif kind == KIND_ABORT:
             # (its link's end, however it comes, is no news: with TLS it came as 1006, each logged)
             self.links[peer].goodbye = True
-            why = bytes(body).decode(errors="replace")
-            self._fail(PeerFailed(peer, self.plan.address(peer), why))
+            self._fail(PeerFailed(peer, self.plan.address(peer), *_abort_said(bytes(body))))
 
     def _add_results(self, results: dict) -> None:
         self._results.update(results)
@@ -745,11 +788,12 @@ class LinkRelay:
             await self._until(asyncio.ensure_future(
                 link.send(CONTROL, KIND_RESULTS_END if last else KIND_RESULTS, chunk)))
 
-    async def _tell_peers(self, why: str) -> None:
+    async def _tell_peers(self, why: str, kernel: int | None = None, step: str | None = None) -> None:
         """This process stops: every peer still linked is told why (ABORT),
-        so each reports the first cause, not only a link that went away."""
+        so each reports the first cause, not only a link that went away
+        (and where: the kernel and the step, where known)."""
         self._finishing = True
-        body = why.encode()[:65536]
+        body = _abort_body(why, kernel, step)
         await asyncio.gather(*(self._send_quietly(link, KIND_ABORT, body)
                                for link in self.links.values() if not link.closed.done()))
 

@@ -314,12 +314,16 @@ def _run(args, path: Path, name: str) -> int:
         if not in_cluster:
             execute(plan, get_flow)
             return 0
-        from kernel.net import LinkError  # (these import aiohttp: only a cluster pays for it)
+        from kernel.net import LinkError, PeerFailed  # (these import aiohttp: only a cluster pays for it)
 
         try:
             execute(plan, get_flow)
         except LinkError as exc:  # it names the peer: that is the whole message
-            _error(str(exc) + _listen_advice(exc, args))
+            # (a peer's failure with where it failed, the kernel and the step, as the
+            # peer's own error has them: on one core a process, the failed kernel's
+            # was another process's, and this one's last word had neither)
+            where = {"kernel": exc.kernel, "step": exc.step} if isinstance(exc, PeerFailed) else {}
+            _error(str(exc) + _listen_advice(exc, args), **where)
             return 1
         return 0
 

@@ -521,7 +521,7 @@ def _relay_runtime(plan, ends, bells, handover, gate, launcher=None, agreement=N
 
         def on_message(kind, payload) -> None:
             if kind == "abort":
-                relay.abort(payload)
+                relay.abort(*payload)  # (why, kernel, step: `_supervisor._abort`)
             elif kind == "message":
                 process, message = payload
                 relay.send_message(process, pickle.dumps(message, protocol=5))

@@ -216,8 +216,12 @@ def _abort(children, relay, error) -> None:
         _kill_all(children)
         return
     _kill_all(children[:-1])
+    # (with where it failed, for the peers' errors: `net.PeerFailed`)
+    cause = getattr(error, "__cause__", None)
+    kernel = error.kernel if isinstance(error, KernelProcessError) else None
+    step = getattr(cause, "operator", None) if isinstance(cause, KernelError) else None
     try:
-        relay[1].send(("abort", str(error)))
+        relay[1].send(("abort", (str(error), kernel, step if isinstance(step, str) else None)))
         join(children[-1], _ABORT_GRACE)
     except OSError:
         pass
