@@ -76,3 +76,22 @@ def _unstopped(data_dir, job_id: str):
     with contextlib.closing(sqlite3.connect(data_dir / "catalog.sqlite")) as db:
         (row,) = db.execute("SELECT unstopped FROM jobs WHERE id = ?", (job_id,)).fetchall()
     return json.loads(row[0])
+
+
+def test_a_catalog_from_before_unstopped_opens_its_jobs_waiting_for_nothing(tmp_path):
+    from kernel.system import _catalog
+
+    old = _catalog._SCHEMA.replace(" unstopped TEXT NOT NULL DEFAULT '{}',", "")
+    assert old != _catalog._SCHEMA
+    with contextlib.closing(sqlite3.connect(tmp_path / "catalog.sqlite")) as db:
+        db.executescript(old)
+        db.execute("INSERT INTO pipelines VALUES ('h', 'p.py', x'00')")
+        db.execute("INSERT INTO jobs (id, seq, name, flow, pipeline, processes, cores, max_restarts, status, "
+                   "submitted) VALUES ('job-1', 1, 'p.py:flow', 'flow', 'h', 1, 1, 3, 'killed', 0)")
+        db.commit()
+    catalog = _catalog.Catalog(tmp_path)
+    try:
+        (job,) = catalog.jobs()
+        assert (job.id, job.status, job.unstopped) == ("job-1", "killed", {})
+    finally:
+        catalog.close()
