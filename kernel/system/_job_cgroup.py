@@ -140,7 +140,10 @@ class JobCgroups:
         # (its pid and its start: the pid alone, given again to the next executor (pid 1 of a
         # container, say), had it take the dead one's cgroups for its own, left for good)
         pid = os.getpid()
-        return self._make(f"kernel-job-{pid}-{started(pid)}-{self._token}-{next(self._numbers)}")
+        start = started(pid)
+        if start is None:  # (no /proc to tell it: the process group, as where none can be made)
+            return None
+        return self._make(f"kernel-job-{pid}-{start}-{self._token}-{next(self._numbers)}")
 
     def discard(self, path: str | None) -> None:
         """Remove the cgroup `path`, made and unused (its process not
@@ -192,10 +195,10 @@ def started(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
-    except OSError:
+        # (after its name, in parentheses, which may hold spaces and parentheses: field 3 on)
+        return int(stat[stat.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):  # (gone, or a /proc of another form: not known)
         return None
-    # (after its name, in parentheses, which may hold spaces and parentheses: field 3 on)
-    return int(stat[stat.rindex(b")") + 2:].split()[19])
 
 
 def _runs(pid: int, start: str | None) -> bool:
