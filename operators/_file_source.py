@@ -305,6 +305,14 @@ class FileSource(Source):
     # -- snapshots ----------------------------------------------------------------
 
     def on_epoch(self, epoch):
+        if self._cursors is None and not self.follow:
+            # An epoch before this kernel's first poll (its loop busy, its
+            # input paused): planned now, from the run's one listing, so the
+            # snapshot holds the plan. Snapshotted as nothing, a resumed run's
+            # kernel planned afresh from a new listing, cut at other bytes
+            # than the other kernels' restored plans: a file appended to
+            # meanwhile had lines read twice or not at all.
+            self._plan()
         if self._cursors is None:
             return None
         spans = [(c.path, c.start, c.end, *c.position()) for c in self._cursors]
