@@ -30,7 +30,8 @@ failed), ends the run with `PeerLost`, naming the process and its address.
 
 Start-up agreement (with `agreement=(offer, decide)`): once every link is
 up, each process sends its `offer` (bytes) to process 0, which calls
-`decide({process: offer})` and sends the decision (bytes) to everyone;
+`decide({process: offer})` and sends the decision (bytes) to everyone
+(each in frames of 1 MiB: a listing of many files is larger than a frame);
 `on_linked(decision)` then lets the kernels start. A `decide` that raises
 refuses the run on every process with its exception. (A cluster with a
 `state_dir` agrees this way on the epoch it resumes from, and one reading
@@ -88,7 +89,11 @@ KIND_ABORT = 6  # the sender's process failed; body: its error, as text
 KIND_MESSAGE = 7  # between the processes' launchers (epochs); body: opaque bytes
 KIND_AGREE = 8  # start-up agreement: a process's offer to process 0, or its decision
 KIND_REFUSE = 9  # from process 0: the agreement failed; body: the pickled exception
-_RESULTS_CHUNK = 1 << 20
+# a piece of an offer or a decision; its last piece comes as KIND_AGREE (an
+# agreement carries a bounded from_files' listing: more than a link's largest
+# frame, 16 MiB, for a million files, and the links broke at start-up)
+KIND_AGREE_PART = 10
+_RESULTS_CHUNK = 1 << 20  # (an agreement's pieces too)
 _FRAMES_PER_WAKE = 64  # frames a pump forwards before letting the loop run
 _CLOSE_TIMEOUT = 5.0
 # seconds each peer that never connected is dialled for (one try), once the
@@ -322,6 +327,7 @@ class LinkRelay:
         self._wakeups: list[asyncio.Event] = []
         self._results: dict[int, object] = {}
         self._chunks: dict[int, list[bytes]] = {}
+        self._agree_parts: dict[int, list[bytes]] = {}  # an offer's or decision's pieces so far, by peer
         self._graceful: set[int] = set()  # peers that said BYE or DONE
         self._finishing = False
         self._tasks: list[asyncio.Task] = []
@@ -704,7 +710,7 @@ class LinkRelay:
     async def _agree(self) -> bytes:
         offer, decide = self.agreement
         if self.plan.process != 0:
-            await self._until(asyncio.ensure_future(self.links[0].send(CONTROL, KIND_AGREE, offer)))
+            await self._send_in_pieces(self.links[0], KIND_AGREE_PART, KIND_AGREE, offer)
             return await self._until(self._decision)
         self._add_offer(0, offer)
         offers = await self._until(self._all_offers)
@@ -716,7 +722,7 @@ class LinkRelay:
             self._finishing = True
             raise
         for link in self.links.values():
-            await self._until(asyncio.ensure_future(link.send(CONTROL, KIND_AGREE, decision)))
+            await self._send_in_pieces(link, KIND_AGREE_PART, KIND_AGREE, decision)
         return decision
 
     def _add_offer(self, process: int, offer: bytes) -> None:
@@ -758,7 +764,10 @@ class LinkRelay:
             self.links[peer].goodbye = True
         elif kind == KIND_MESSAGE:
             self.on_message(peer, bytes(body))
+        elif kind == KIND_AGREE_PART:
+            self._agree_parts.setdefault(peer, []).append(bytes(body))
         elif kind == KIND_AGREE:
+            body = b"".join([*self._agree_parts.pop(peer, ()), body])
             if self.plan.process == 0:
                 self._add_offer(peer, bytes(body))
             elif not self._decision.done():
@@ -780,13 +789,16 @@ class LinkRelay:
             self._all_results.set_result(None)
 
     async def _send_results(self, results: dict) -> None:
-        blob = pickle.dumps(results, protocol=5)
-        link = self.links[0]
+        await self._send_in_pieces(self.links[0], KIND_RESULTS, KIND_RESULTS_END,
+                                   pickle.dumps(results, protocol=5))
+
+    async def _send_in_pieces(self, link: Link, kind: int, last_kind: int, blob: bytes) -> None:
+        """`blob` in frames of _RESULTS_CHUNK bytes at most (a link refuses a
+        frame past its largest), the last one of `last_kind`."""
         chunks = [blob[i : i + _RESULTS_CHUNK] for i in range(0, len(blob), _RESULTS_CHUNK)] or [b""]
         for i, chunk in enumerate(chunks):
             last = i == len(chunks) - 1
-            await self._until(asyncio.ensure_future(
-                link.send(CONTROL, KIND_RESULTS_END if last else KIND_RESULTS, chunk)))
+            await self._until(asyncio.ensure_future(link.send(CONTROL, last_kind if last else kind, chunk)))
 
     async def _tell_peers(self, why: str, kernel: int | None = None, step: str | None = None) -> None:
         """This process stops: every peer still linked is told why (ABORT),

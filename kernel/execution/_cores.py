@@ -339,7 +339,7 @@ def run_on_cores(build_runtime, cores: int, *, on_started=None, epochs=None, clu
     gate = os.pipe() if cluster else None
     board = ListingBoard()  # (after `the_applications`: not one of the application's files)
     if cluster is not None and listings:
-        agreement = agreeing_on_listings(agreement, listings)
+        agreement = agreeing_on_listings(agreement, listings, cluster.process)
     first = cluster.first_kernel if cluster else 0
     peers = cluster.kernels if cluster else cores
     try:

@@ -100,11 +100,12 @@ def listings_of(graph) -> dict:
     return {node.label: node.input_listing() for node in graph.nodes if node.input_listing is not None}
 
 
-def agreeing_on_listings(agreement, listings: dict) -> tuple:
+def agreeing_on_listings(agreement, listings: dict, process: int) -> tuple:
     """A cluster's start-up `agreement` (the snapshots' `(offer, decide,
     prepare)`, or None) that also hands every process process 0's
-    `listings`: each offer carries its process's beside, and the decision
-    (`agreed`) process 0's beside the snapshots' own."""
+    `listings`: process 0's offer carries them beside its own (another
+    process's, none: a listing of many files is megabytes, sent for
+    nothing), and the decision (`agreed`) them beside the snapshots' own."""
     offer, decide = agreement[:2] if agreement is not None else (None, None)
 
     def decide_with_listings(offers: dict) -> bytes:
@@ -112,7 +113,8 @@ def agreeing_on_listings(agreement, listings: dict) -> tuple:
         decision = None if decide is None else decide({p: inner for p, (inner, _) in unpacked.items()})
         return _pack((decision, unpacked[0][1]))
 
-    return (_pack((offer, listings)), decide_with_listings, *(agreement[2:] if agreement is not None else ()))
+    offered = _pack((offer, listings if process == 0 else None))
+    return (offered, decide_with_listings, *(agreement[2:] if agreement is not None else ()))
 
 
 def agreed(decision: bytes, own: dict) -> tuple:
@@ -128,7 +130,9 @@ def agreed(decision: bytes, own: dict) -> tuple:
 
 
 def _pack(value) -> bytes:
-    return zlib.compress(pickle.dumps(value, protocol=5))  # (paths: a listing of many files shrinks ~5x)
+    # (paths: a listing of many files shrinks ~6x; at level 1 in 0.07 s for
+    # 200,000 files, where the default level took 0.4 s for 10% less)
+    return zlib.compress(pickle.dumps(value, protocol=5), 1)
 
 
 def _unpack(body: bytes):
