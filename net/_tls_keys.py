@@ -14,6 +14,9 @@ import os
 import ssl
 
 PASSPHRASE_VARIABLE = "KERNEL_TLS_KEY_PASSPHRASE"
+# bytes of a passphrase OpenSSL reads at most (PEM_BUFSIZE): ssl refuses a
+# longer one with a bare ValueError before trying it
+PASSPHRASE_MOST = 1024
 
 
 class EncryptedKey(ValueError):
@@ -26,7 +29,7 @@ def load_key_pair(context: ssl.SSLContext, cert: str, key: str) -> None:
     wrong); a key without a passphrase loads as it did, the variable unread."""
     asked = False
 
-    def passphrase() -> str:
+    def passphrase() -> bytes:
         nonlocal asked
         asked = True
         given = os.environ.get(PASSPHRASE_VARIABLE)
@@ -36,6 +39,14 @@ def load_key_pair(context: ssl.SSLContext, cert: str, key: str) -> None:
                 "it to the key's passphrase where each process given this key starts (a job's processes "
                 "read their executor's), or give a key without one (openssl pkey -in KEY -out PLAIN_KEY); "
                 "it is never asked for on the terminal")
+        # The variable's bytes as they are (what openssl's -passout pass: was
+        # given): handed back as text, ssl encoded it as UTF-8, and a
+        # passphrase that is not (café typed on a Latin-1 terminal) was a
+        # UnicodeEncodeError's traceback, the right passphrase or not
+        given = os.fsencode(given)
+        if len(given) > PASSPHRASE_MOST:  # (else ssl's ValueError, a traceback naming no variable)
+            raise EncryptedKey(f"{key} is encrypted, and the passphrase in {PASSPHRASE_VARIABLE} is "
+                               f"{len(given)} bytes long: OpenSSL takes {PASSPHRASE_MOST} at most")
         return given
 
     try:
