@@ -328,6 +328,7 @@ class Directory:
 
     async def _connect(self, until: float | None = None) -> None:
         from kernel.net._links import AuthenticationFailed, LinkMismatch, connect
+        from kernel.net._tls_keys import EncryptedKey
 
         host, port = self.address
         # (this process's KERNEL_TLS read first, apart: where it is malformed, or names a
@@ -336,7 +337,10 @@ class Directory:
         # silent, and one with a timeout ended "no topic ... was published")
         try:
             context = client_ssl()
-        except OSError as exc:  # (ssl.SSLError too: a file that is not a certificate or key)
+        # (ssl.SSLError too: a file that is not a certificate or key; and a key
+        # whose passphrase KERNEL_TLS_KEY_PASSPHRASE does not give, which came
+        # out of a service call as itself, a ValueError, not a ServiceError)
+        except (OSError, EncryptedKey) as exc:
             raise TopicError(f"KERNEL_TLS={os.environ.get('KERNEL_TLS')!r}: {exc}") from exc
         try:
             self._ws, _, meta, self._http = await connect(
