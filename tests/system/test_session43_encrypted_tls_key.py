@@ -66,6 +66,8 @@ def on_a_terminal(args: list[str], env: dict[str, str], within: float = 20.0) ->
                 break
             drawn += chunk
             assert PROMPT not in drawn, f"asked for the key's passphrase on the terminal: {drawn!r}"
+        else:  # (else waitpid below waited for it, however long: `within` bounded nothing)
+            raise AssertionError(f"still running after {within:g} s: {drawn!r}")
         _, status = os.waitpid(pid, 0)
         pid = 0
         return os.waitstatus_to_exitcode(status), drawn.decode(errors="replace")
