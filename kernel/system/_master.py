@@ -810,7 +810,13 @@ class JobMaster:
             # (its end time in the same write: a coordinator killed before
             # `_end`'s write left the job killed with no end time)
             ended = time.time()
-            await self._writable(job, status="killed", message="killed by request", ended=ended)
+            # (with the executors away, which may run its process on: written only after
+            # the stops of the others, up to STOP_TIMEOUT later, a coordinator killed
+            # meanwhile left the job killed and waited for nowhere, and started the job
+            # submitted again on its state_dir beside that process)
+            unstopped = self._with_unstopped(job, self._unreachable(job.placement))
+            await self._writable(job, status="killed", message="killed by request", ended=ended,
+                                 unstopped=unstopped)
             await self._end(job, "killed", "killed by request", ended)
             if job.unstopped:
                 # (on disk before the answer: a coordinator killed just after it
@@ -833,6 +839,8 @@ class JobMaster:
         job.status = status
         job.message = message
         job.ended = time.time() if ended is None else ended
+        # (those away in the same write: `kill`)
+        self._hold(job, self._unreachable(placement))
         self._save(job)
         for backoff in (self._attempt_started, self._backoff, self._not_before, self._losses):
             backoff.pop(job.id, None)
@@ -954,8 +962,7 @@ class JobMaster:
         one: not connected but not lost (within their lease), or whose stop
         failed."""
         asked = list(dict.fromkeys(p["executor"] for p in placement if p["executor"] in self.connected))
-        unstopped = {p["executor"] for p in placement if p["executor"] not in self.connected
-                     and self.executors[p["executor"]].state != "lost"}
+        unstopped = self._unreachable(placement)
         stops = [self.connected[e].session.request("stop", timeout=STOP_TIMEOUT, job=job_id, attempt=attempt)
                  for e in asked]
         for executor_id, result in zip(asked, await asyncio.gather(*stops, return_exceptions=True)):
@@ -974,9 +981,7 @@ class JobMaster:
         executors = {e for e in executors if self.executors[e].state != "lost"}
         if not executors:
             return
-        for executor_id in executors:
-            job.unstopped[executor_id] = max(job.unstopped.get(executor_id, 0), job.cores)
-        self._unstopped[job.id] = job.unstopped
+        self._hold(job, executors)
         self._save(job)
         waits = "the next attempt waits" if job.active else "its cores there stay busy"
         log.warning("%s: attempt %d may still run on executor(s) %s: %s until each has stopped it, or is "
@@ -985,6 +990,24 @@ class JobMaster:
         for executor_id in executors:
             if executor_id in self.connected:
                 self._ask_to_confirm(job.id, executor_id)
+
+    def _unreachable(self, placement: list[dict]) -> set[str]:
+        """The executors of `placement` that no stop reaches now: not
+        connected, and not lost (within their lease: their processes run on)."""
+        return {p["executor"] for p in placement if p["executor"] not in self.connected
+                and self.executors[p["executor"]].state != "lost"}
+
+    @staticmethod
+    def _with_unstopped(job: Job, executors: set[str]) -> dict[str, int]:
+        """The job's `unstopped` with `executors` added, each holding the job's cores."""
+        return {**job.unstopped, **{e: max(job.unstopped.get(e, 0), job.cores) for e in executors}}
+
+    def _hold(self, job: Job, executors: set[str]) -> None:
+        """`executors` may still run a process of the job (`_unstopped`: in its
+        own dict, the job's `unstopped`, saved with it by the caller)."""
+        if executors:
+            job.unstopped.update(self._with_unstopped(job, executors))
+            self._unstopped[job.id] = job.unstopped
 
     def _ask_to_confirm(self, job_id: str, executor_id: str) -> None:
         # (one asking at a time: a second could still be asking after the
