@@ -85,7 +85,7 @@ KIND_RESULTS = 2  # a chunk of the pickled results of a process's kernels
 KIND_RESULTS_END = 3  # the last chunk
 KIND_DONE = 4  # from process 0: every kernel of the cluster finished
 KIND_BYE = 5  # the sender closes this link on purpose
-KIND_ABORT = 6  # the sender's process failed; body: its error, as text
+KIND_ABORT = 6  # the sender's process failed; body: its error, as text or JSON (`_abort_body`)
 KIND_MESSAGE = 7  # between the processes' launchers (epochs); body: opaque bytes
 KIND_AGREE = 8  # start-up agreement: a process's offer to process 0, or its decision
 KIND_REFUSE = 9  # from process 0: the agreement failed; body: the pickled exception
@@ -188,9 +188,13 @@ class _Aborted(Exception):
 def _abort_body(why: str, kernel: int | None, step: str | None) -> bytes:
     """An ABORT's body: the error's text, or, with the kernel or the step
     known, a JSON object of the three (`_abort_said` reads either)."""
+    # (a lone surrogate, a file name not in UTF-8 as Python decodes it, written as
+    # `\udcff`, as the failing process prints it: plain encode() raised, the peers were
+    # never told, and each said only `lost process 1: it closed the link`)
+    said = why.encode(errors="backslashreplace")[:65536]
     if kernel is None and step is None:
-        return why.encode()[:65536]
-    why = why.encode()[:65536].decode(errors="ignore")
+        return said
+    why = said.decode(errors="ignore")
     return json.dumps({"why": why, "kernel": kernel, "step": step[:1024] if step else step}).encode()
 
 

@@ -22,8 +22,10 @@ from _ports import free_ports
 from tests.kernel.test_session42_json_error_fields import FAILING, REPO
 
 
-def test_a_peers_failure_names_its_kernel_and_step_as_fields(tmp_path):
-    (tmp_path / "pipeline.py").write_text(FAILING)  # (record 3, the failing one, is kernel 1's)
+def cluster_last_words(tmp_path, pipeline: str) -> list[dict]:
+    """The last JSON line on stderr of each of two cluster processes that
+    ran `pipeline` with --log-format json, one core each (each exited 1)."""
+    (tmp_path / "pipeline.py").write_text(pipeline)
     peers = ",".join(f"127.0.0.1:{port}" for port in free_ports(2))
     env = dict(os.environ, KERNEL_SECRET="json-fields-secret")
     command = [sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"), "--quiet",
@@ -37,7 +39,12 @@ def test_a_peers_failure_names_its_kernel_and_step_as_fields(tmp_path):
             proc.kill()
             proc.communicate()
     assert [proc.returncode for proc in procs] == [1, 1], errors
-    heard, own = (json.loads(error.splitlines()[-1]) for error in errors)
+    return [json.loads(error.splitlines()[-1]) for error in errors]
+
+
+def test_a_peers_failure_names_its_kernel_and_step_as_fields(tmp_path):
+    # (record 3, the failing one, is kernel 1's)
+    heard, own = cluster_last_words(tmp_path, FAILING)
     # process 1's own failure, as on one process
     assert (own["kernel"], own["step"]) == (1, "map(parse) (step 1)"), own
     # process 0's: its peer's, named as such, with the same fields
