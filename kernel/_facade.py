@@ -22,16 +22,17 @@ from typing import TYPE_CHECKING
 from kernel.execution._caller_objects import refuse_caller_objects
 from kernel.execution._execute import execute, execute_async, on_a_thread
 from kernel.execution._inherited_descriptors import follow_to_their_end, read_write_files_at_their_end
-from kernel.execution._plan import (
+from kernel.execution._plan import PROCESS, THREAD, KernelOptions, RunPlan
+from kernel.execution._run_options import (  # noqa: F401  (MAX_CORES: the facade's name for it too)
     DEFAULT_EPOCH_INTERVAL,
     DEFAULT_GC_THRESHOLD,
     DEFAULT_HEARTBEAT,
     DEFAULT_STARTUP_TIMEOUT,
-    MIN_HEARTBEAT,
-    PROCESS,
-    THREAD,
-    KernelOptions,
-    RunPlan,
+    MAX_CORES,
+    check_core_count,
+    check_epoch_interval,
+    check_heartbeat,
+    check_seconds,
 )
 from kernel.execution._written_files import flush_before_fork
 from kernel.net._environment import heartbeat_from_environment
@@ -70,7 +71,7 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
         heartbeat = heartbeat_from_environment()
     # (used by a cluster only, but refused at once anywhere)
     check_heartbeat(heartbeat)
-    _check_seconds("startup_timeout", startup_timeout)
+    check_seconds("startup_timeout", startup_timeout)
     if not isinstance(secret, (str, bytes, bytearray, type(None))):  # (its value is not shown)
         raise ValueError(f"secret must be a str or bytes, not {type(secret).__name__}")
     if peers is None and tls is not None:
@@ -115,43 +116,6 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
                    progress=progress)
 
 
-def check_epoch_interval(epoch_interval) -> None:
-    if isinstance(epoch_interval, bool) or not (isinstance(epoch_interval, (int, float))
-                                                and 0 < epoch_interval < float("inf")):
-        raise ValueError(f"epoch_interval must be a positive number of seconds, got {epoch_interval!r}")
-
-
-def check_heartbeat(heartbeat) -> None:
-    """A cluster link's heartbeat: a finite number of seconds, at least
-    MIN_HEARTBEAT (a shorter one gave up healthy peers)."""
-    _check_seconds("heartbeat", heartbeat)
-    if heartbeat < MIN_HEARTBEAT:
-        raise ValueError(f"heartbeat must be a positive number of seconds, at least {MIN_HEARTBEAT:g} "
-                         f"(a peer silent for two heartbeats is lost: a shorter one loses healthy "
-                         f"peers), got {heartbeat!r}")
-
-
-def _check_seconds(name: str, value) -> None:
-    """A positive, finite number of seconds. Checked with or without peers:
-    a bad startup_timeout (NaN, -1) was ignored until peers were added."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not (number and 0 < value < float("inf")):
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-
-
-# The most kernels one process runs. Every ordered pair of its kernels has a
-# ring, one mapping of 4 MiB address space each (`_cores.RING_BYTES`): 100
-# kernels make 9,900 of them, a sixth of Linux's default limit of 65,530
-# mappings a process (vm.max_map_count: 256 kernels need 65,280, and with the
-# interpreter's own ones fail as a bare MemoryError, as a million did). And a
-# cluster's gate tells a process's kernels their records in one atomic pipe
-# write (`_cores._open_gate`): 100 records of 38 bytes fit PIPE_BUF (4,096;
-# a test checks it), where past 107 a kernel could read a short record and
-# wait for ever. More kernels on one machine: a cluster of several
-# processes on it (`peers=`).
-MAX_CORES = 100
-
-
 def _refuse_in_a_daemonic_process(cores: int) -> None:
     """A run on kernel processes cannot start from a daemonic process: a
     kernel process of a run on several kernels is one (a step of it calling
@@ -171,12 +135,7 @@ def _refuse_in_a_daemonic_process(cores: int) -> None:
 
 
 def check_cores(cores: int) -> None:
-    if not isinstance(cores, int) or isinstance(cores, bool) or cores < 1:
-        raise ValueError(f"cores must be a positive int, got {cores!r}")
-    if cores > MAX_CORES:
-        raise ValueError(f"cores must be at most {MAX_CORES} (kernels in one process: each pair of them has "
-                         f"a ring of shared memory), got {cores!r}; for more on one machine run a cluster "
-                         "of several processes on it (peers=, --peers)")
+    check_core_count(cores)
     _warn_if_oversubscribed(cores)
 
 

@@ -11,12 +11,27 @@ was an ImportError).
 import sys
 import types
 
-from kernel._facade import run
-from kernel.cli._run import main
+
+def __getattr__(name: str):
+    # `run` (the function) and `main` (the command line's) are imported when
+    # first asked for: `python -m kernel.run --help`, or a usage error, is
+    # said before the fluent API and the run's machinery are imported
+    # (kernel.cli._run imports them once the command line holds together).
+    if name == "run":
+        from kernel._facade import run
+
+        return run
+    if name == "main":
+        from kernel.cli._run import main
+
+        return main
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _CallableModule(types.ModuleType):
     def __call__(self, flow, **options):
+        from kernel._facade import run
+
         return run(flow, **options)
 
 
@@ -29,6 +44,7 @@ if __name__ == "__main__":
     import logging
 
     from kernel._logging import LIBRARY_HANDLER
+    from kernel.cli._run import main
 
     logging.getLogger("kernel").removeHandler(LIBRARY_HANDLER)
     sys.exit(main())

@@ -15,24 +15,30 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kernel._facade import (
+# (blank_said lives apart, for the system's commands: see _said)
+from kernel.cli._said import blank_said
+
+# The command line is checked with these light modules only: the fluent API
+# and the run's machinery (kernel._facade, ~0.2 s of CPU) are imported once
+# it holds together, so --help and a usage error cost Python's start-up.
+from kernel.execution._run_options import (
     DEFAULT_EPOCH_INTERVAL,
     DEFAULT_GC_THRESHOLD,
     DEFAULT_HEARTBEAT,
     DEFAULT_STARTUP_TIMEOUT,
-    _state_dir_held,
-    execute,
-    pipeline_import,
-    plan_for,
+    MIN_HEARTBEAT,
+    check_core_count,
+    check_epoch_interval,
+    check_heartbeat,
+    check_seconds,
 )
-
-# (blank_said lives apart, for the system's commands: see _said)
-from kernel.cli._said import blank_said
-from kernel.dataflow._api import Dataflow
-from kernel.dataflow._errors import KernelError, OperatorError, cause_traceback, describe_exception
-from kernel.execution._plan import MIN_HEARTBEAT
 from kernel.execution._supervisor import KernelProcessError, Terminated
+from kernel.scheduling._errors import KernelError, describe_exception
+
+if TYPE_CHECKING:
+    from kernel.dataflow._api import Dataflow
 
 PIPELINE_MODULE = "__kernel_pipeline__"
 
@@ -77,6 +83,9 @@ def _check_pipeline_path(path: Path) -> None:
 
 
 def load_flow(path: Path, name: str) -> Dataflow:
+    from kernel._facade import pipeline_import
+    from kernel.dataflow._api import Dataflow
+
     _check_pipeline_path(path)
     spec = importlib.util.spec_from_file_location(PIPELINE_MODULE, path)
     if spec is None or spec.loader is None:
@@ -139,6 +148,8 @@ def _report(exc: BaseException, kernel: int | None = None, kernel_in_text: bool 
     `kernel_in_text=False`: a one-kernel run's, which never named it)."""
     # (the pipeline's classes are named as in `python pipeline.py`'s errors,
     # not after the module name the command imports the file under)
+    from kernel.dataflow._errors import OperatorError, cause_traceback
+
     internal = f"{PIPELINE_MODULE}."
     message = str(exc).replace(internal, "")
     step = exc.operator if isinstance(exc, OperatorError) else None
@@ -278,23 +289,41 @@ def _listen_advice(error, args) -> str:
     return f"\n  {advice}" if advice else ""
 
 
-def _run(args, path: Path, name: str) -> int:
+def _checked(args, path: Path) -> None:
+    """The command line's checks that need nothing the run imports: a usage
+    error (UsageError, or ValueError for an option's value as `plan_for`
+    says it) is said before the fluent API and the links are imported
+    (`--heartbeat 0.01` with `--peers` imported aiohttp first, ~0.4 s)."""
     _resolve_placement(args)
-    in_cluster = args.peers is not None or args.process_id is not None
-    if in_cluster:
+    if args.peers is not None or args.process_id is not None:
         _check_cluster_options(args)
     if args.epoch_interval is not None and args.state_dir is None:
         raise UsageError("--epoch-interval needs --state-dir")  # (epochs drive the snapshots, nothing else)
     _check_pipeline_path(path)
     if args.dashboard is not None and not args.dashboard.strip():  # (said as the system's commands say it)
         raise UsageError(blank_said("--dashboard", "address", args.dashboard, "HOST:PORT"))
-    if args.dashboard is not None and _worth_saying(args.dashboard):
-        _say_where_the_dashboard_is()
     if args.coordinator is not None:
         if not args.coordinator.strip():
             raise UsageError(blank_said("--coordinator", "address", args.coordinator, "HOST:PORT"))
         if ":" not in args.coordinator:
             raise UsageError(f"--coordinator must be HOST:PORT, got {args.coordinator!r}")
+    # (the option values plan_for checks again: here in its words, before its imports)
+    check_core_count(args.cores)
+    if args.heartbeat is not None:  # (KERNEL_HEARTBEAT's is read, and warned of, by plan_for)
+        check_heartbeat(args.heartbeat)
+    check_seconds("startup_timeout", args.startup_timeout)
+    if args.epoch_interval is not None:
+        check_epoch_interval(args.epoch_interval)
+
+
+def _run(args, path: Path, name: str) -> int:
+    """The run of a checked command line (`_checked`)."""
+    from kernel._facade import _state_dir_held, execute, plan_for
+
+    in_cluster = args.peers is not None or args.process_id is not None
+    if args.dashboard is not None and _worth_saying(args.dashboard):
+        _say_where_the_dashboard_is()
+    if args.coordinator is not None:
         # as KERNEL_COORDINATOR, which the topics read and the kernels inherit
         os.environ["KERNEL_COORDINATOR"] = args.coordinator
     get_flow = _flow_loader(path, name)
@@ -392,10 +421,14 @@ def _broken_pipe(exc: BaseException) -> bool:
     kernel process: its OperatorError's text, the cause is not carried)
     and this process's stdout is a pipe whose reader went away (`python -m
     kernel.run p.py | head -1`): not a user's socket whose peer did."""
+    # (no OperatorError where its module was never imported: the system's
+    # commands, which say a closed pipe with this too, do without it)
+    errors = sys.modules.get("kernel.dataflow._errors")
+    operator_error = errors.OperatorError if errors is not None else ()
     seen, broken = 0, False
     while exc is not None and seen < 16 and not broken:
         broken = isinstance(exc, BrokenPipeError) or (
-            isinstance(exc, OperatorError) and str(exc.error).startswith("BrokenPipeError"))
+            isinstance(exc, operator_error) and str(exc.error).startswith("BrokenPipeError"))
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     if not broken:
         return False
@@ -489,6 +522,11 @@ def _main(argv: list[str] | None, prog: str) -> int:
         from kernel._logging import use_json_logs
 
         use_json_logs(sys.stderr, job=_json_job)
+    try:
+        _checked(args, path)
+    except (UsageError, ValueError) as exc:
+        _error(str(exc))
+        return 2
     from kernel.state import StateError  # the facade's one reach into `state`
 
     try:
@@ -527,6 +565,8 @@ def _main(argv: list[str] | None, prog: str) -> int:
 def _failed(exc: BaseException, one_kernel: bool) -> int:
     """`one_kernel`: the run was one kernel in this process (kernel 0), whose
     errors come bare, not as a `KernelProcessError` naming the kernel."""
+    from kernel.dataflow._errors import OperatorError
+
     if isinstance(exc, KernelProcessError):
         cause = exc.__cause__
         if isinstance(cause, SystemExit):

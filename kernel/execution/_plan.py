@@ -13,22 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kernel.net._environment import HEARTBEAT, MIN_HEARTBEAT  # noqa: F401  (MIN_HEARTBEAT: run's check)
+# (defined apart, for the command line's checks before it imports the run's machinery)
+from kernel.execution._run_options import (  # noqa: F401  (the plan's names for them too)
+    DEFAULT_EPOCH_INTERVAL,
+    DEFAULT_GC_THRESHOLD,
+    DEFAULT_HEARTBEAT,
+    DEFAULT_STARTUP_TIMEOUT,
+    MIN_HEARTBEAT,
+)
 
-# A pipeline allocates short-lived containers (batches, pairs) by the
-# million; with CPython's default gen-0 threshold (700 allocations) the
-# collector runs thousands of times per second and costs 15-20% of word
-# count's time (benches/pipelines.py). A blocking run and a kernel process
-# own their thread's work, so they raise the threshold while they run.
-DEFAULT_GC_THRESHOLD = 50_000
-DEFAULT_EPOCH_INTERVAL = 1.0
-DEFAULT_STARTUP_TIMEOUT = 30.0  # seconds a cluster's processes have to find each other
-# Seconds between a cluster link's liveness checks: a peer silent for two of
-# them is dead; at least MIN_HEARTBEAT. `heartbeat=None` (a run's default):
-# KERNEL_HEARTBEAT where set, as for every link, else this. Read when a run
-# is planned (`heartbeat_from_environment`), not here at import: set in
-# os.environ after `import kernel` (a notebook, a test), it was ignored.
-DEFAULT_HEARTBEAT = HEARTBEAT
 PROGRESS_INTERVAL = 0.5  # seconds between two calls of a plan's `progress`
 
 THREAD, PROCESS, CLUSTER = "thread", "process", "cluster"
