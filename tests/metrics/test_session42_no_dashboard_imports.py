@@ -57,6 +57,18 @@ def test_a_run_without_a_dashboard_imports_no_dashboard_server(tmp_path, cores):
     modules, drawn = _imported(tmp_path, "--cores", str(cores))
     assert b"done in" in drawn  # (the live line's last: the run counted its records)
     assert not {"kernel.metrics._app", "aiohttp", "aiohttp.web"} & modules
+    if cores == 1:
+        # One kernel: the live line reads the kernel's own counts
+        # (Runtime.metrics_snapshot), drawn at its start too, and nothing of
+        # kernel.metrics, through which a dashboard's server would come. (The
+        # case only checked the modules above before: kernel/metrics/__init__
+        # importing _app failed the 2-core case alone, one core never
+        # importing kernel.metrics; a one-kernel live line taking the
+        # blocks' way passed.)
+        assert b"elapsed" in drawn
+        assert not {m for m in modules if m.startswith("kernel.metrics")}
+    else:  # the kernel processes' counts come through the metrics blocks: kernel.metrics, not its app
+        assert "kernel.metrics._block" in modules
 
 
 def test_a_run_with_a_dashboard_imports_it(tmp_path):
