@@ -43,3 +43,15 @@ def refused_by_server(exc: BaseException) -> bool:
         return False
     return any(isinstance(c, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, ssl.SSLError,
                               aiohttp.ServerDisconnectedError)) for c in chain)
+
+
+def dial_failure_said(exc: BaseException) -> str:
+    """A failed dial's words: aiohttp's, but for a TLS dial's. aiohttp names
+    the `ssl=` it was given, and for an SSLContext that is its repr: `Cannot
+    connect to host 10.0.0.1:7000 ssl:<ssl.SSLContext object at
+    0x7f3320582f90> [Connect call failed ...]`. Said `over TLS` instead.
+    (A plain dial's `ssl:default` is aiohttp's own, left as it is.)"""
+    said = str(exc)
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.ssl, ssl.SSLContext):
+        said = said.replace(f" ssl:{exc.ssl}", " over TLS")
+    return said

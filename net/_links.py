@@ -95,7 +95,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
-from ._causes import causes, refused_by_server, untrusted_certificate
+from ._causes import causes, dial_failure_said, refused_by_server, untrusted_certificate
 from ._environment import FROM_ENVIRONMENT, HEARTBEAT, heartbeat_or_environment
 
 log = logging.getLogger("kernel.links")
@@ -1592,7 +1592,8 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
                 pause = next(refused_pauses) if refused else delay
                 if not retry or loop.time() + pause > deadline:
                     within = f" within {_seconds(timeout)} s" if retry else ""
-                    error = (LinkRefused if refused else LinkError)(f"could not reach {url}{within}: {exc}")
+                    error = (LinkRefused if refused else LinkError)(
+                        f"could not reach {url}{within}: {dial_failure_said(exc)}")
                     # (a server that closed the tries before answering, then ended before the
                     # last: what may tell why, TLS on there and off here, is said all the same)
                     error.refused_once = refused_once

@@ -59,6 +59,7 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 
+from ._causes import dial_failure_said
 from ._environment import heartbeat_from_environment
 from ._links import (
     FRAME,
@@ -585,7 +586,8 @@ class LinkRelay:
             if (isinstance(exc, LinkRefused) or getattr(exc, "refused_once", False)) and not plan.tls:
                 hint = (" (it closed the connection before answering: TLS on there and off here, or too "
                         "many connections pending there?)")
-            raise _Unreachable(peer, url, plan.startup_timeout, f"{unreachable}{hint}") from None
+            why = dial_failure_said(unreachable)  # (a TLS dial: aiohttp names its SSLContext by its repr)
+            raise _Unreachable(peer, url, plan.startup_timeout, f"{why}{hint}") from None
         self._sessions.append(session)
         if link.peer != peer:
             error = LinkError(f"{plan.address(peer)} answered as process {link.peer}, not {peer}: "
