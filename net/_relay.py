@@ -74,6 +74,7 @@ from ._links import (
     connect,
     dial,
 )
+from ._tls_contexts import context_for
 from ._tls_keys import load_key_pair
 from ._transport import ROUTE
 from .shm import Doorbell, SpscRing, full_fence
@@ -226,6 +227,16 @@ class TLSFiles:
     ca: str | None = None
 
     def server_context(self) -> ssl.SSLContext:
+        """The context a server presents (made once while the files are
+        unchanged: `_tls_contexts`)."""
+        return context_for("server", (self.cert, self.key, self.ca), self._new_server_context)
+
+    def client_context(self) -> ssl.SSLContext:
+        """The context a dial presents (made once while the files are
+        unchanged: without a CA, each dial loaded the system's, ~85 ms)."""
+        return context_for("client", (self.cert, self.key, self.ca), self._new_client_context)
+
+    def _new_server_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         load_key_pair(context, self.cert, self.key)
         if self.ca is not None:
@@ -233,7 +244,7 @@ class TLSFiles:
             context.verify_mode = ssl.CERT_REQUIRED
         return context
 
-    def client_context(self) -> ssl.SSLContext:
+    def _new_client_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=self.ca)
         load_key_pair(context, self.cert, self.key)
         return context
