@@ -10,22 +10,34 @@ was an ImportError).
 
 import sys
 import types
+from typing import TYPE_CHECKING
 
+__all__ = ["main", "run"]  # (`from kernel.run import *`: the names __getattr__ gives)
 
-def __getattr__(name: str):
-    # `run` (the function) and `main` (the command line's) are imported when
-    # first asked for: `python -m kernel.run --help`, or a usage error, is
-    # said before the fluent API and the run's machinery are imported
-    # (kernel.cli._run imports them once the command line holds together).
-    if name == "run":
-        from kernel._facade import run
+if TYPE_CHECKING:
+    # A type checker sees the two names as the functions, with their
+    # signatures: from a module-level __getattr__ it took `run` for Any, and
+    # any name at all (`from kernel.run import rnu`) for one that exists.
+    from kernel._facade import run
+    from kernel.cli._run import main
+else:
+    def __getattr__(name: str):
+        # `run` (the function) and `main` (the command line's) are imported when
+        # first asked for: `python -m kernel.run --help`, or a usage error, is
+        # said before the fluent API and the run's machinery are imported
+        # (kernel.cli._run imports them once the command line holds together).
+        if name == "run":
+            from kernel._facade import run
 
-        return run
-    if name == "main":
-        from kernel.cli._run import main
+            return run
+        if name == "main":
+            from kernel.cli._run import main
 
-        return main
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+            return main
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})
 
 
 class _CallableModule(types.ModuleType):
