@@ -34,7 +34,8 @@ flow.from_iterable(range(10)).map(lambda n: n + 1).print()
 # process 1, its imports done, started by a file: it listens within moments of it
 LATE = """\
 import os, pathlib, runpy, sys, time
-import aiohttp, kernel.cli._run, kernel.net  # (the slow part of a start, done before it is asked)
+# (the slow part of a start, done before it is asked: kernel.cli._run no longer brings the facade)
+import aiohttp, kernel._facade, kernel.cli._run, kernel.net
 
 trigger = pathlib.Path(sys.argv[1])
 while not trigger.exists():
