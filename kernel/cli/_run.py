@@ -76,9 +76,13 @@ def split_target(target: str) -> tuple[Path, str]:
 
 
 def _check_pipeline_path(path: Path) -> None:
-    if path.is_dir():
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except OSError as exc:  # (a name too long, a folder this user cannot search: it was Python's traceback)
+        raise UsageError(f"cannot read the pipeline file {path}: {exc.strerror or exc}") from None
+    if is_dir:
         raise UsageError(f"{path} is a directory: give the pipeline file (a .py file) in it")
-    if not path.is_file():
+    if not is_file:
         raise UsageError(f"pipeline file not found: {path}")
 
 

@@ -3,10 +3,16 @@
 took `from kernel.run import run` for Any (its arguments went unchecked),
 and any name at all (`from kernel.run import rnu`) for one that exists.
 `from kernel.run import *` gave neither function. The names are declared
-for type checkers now, and listed in `__all__` and `dir()`."""
+for type checkers now, and listed in `__all__` and `dir()`.
+
+And the command line's checks before the imports: a pipeline path the
+system cannot even look up (a name longer than NAME_MAX) ended
+`python -m kernel.run` with Python's traceback (OSError, exit 1), not as a
+usage error (before the change too)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -44,3 +50,12 @@ def test_a_star_import_and_dir_give_both_names():
         """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_pipeline_name_too_long_to_look_up_is_a_usage_error(tmp_path):
+    name = "p" * 300 + ".py"  # (NAME_MAX is 255 on Linux: stat says ENAMETOOLONG)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KERNEL_")}
+    done = subprocess.run([sys.executable, "-m", "kernel.run", name], capture_output=True, text=True,
+                          timeout=60, env=env, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"error: cannot read the pipeline file {name}: File name too long\n"
