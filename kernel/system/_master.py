@@ -810,11 +810,13 @@ class JobMaster:
             # (its end time in the same write: a coordinator killed before
             # `_end`'s write left the job killed with no end time)
             ended = time.time()
-            # (with the executors away, which may run its process on: written only after
-            # the stops of the others, up to STOP_TIMEOUT later, a coordinator killed
-            # meanwhile left the job killed and waited for nowhere, and started the job
-            # submitted again on its state_dir beside that process)
-            unstopped = self._with_unstopped(job, self._unreachable(job.placement))
+            # (with every executor of it, which runs its process on until it has stopped it:
+            # those away until they come back, the others for the stop's time, up to
+            # STOP_TIMEOUT. Written only after those stops, or without the executors
+            # connected, a coordinator killed meanwhile left the job killed and waited for
+            # nowhere, and started the job submitted again on its state_dir beside that
+            # process. `_end` lets each go as it confirms the stop: `_stop_held`)
+            unstopped = self._with_unstopped(job, self._not_lost(job.placement))
             await self._writable(job, status="killed", message="killed by request", ended=ended,
                                  unstopped=unstopped)
             await self._end(job, "killed", "killed by request", ended)
@@ -839,8 +841,14 @@ class JobMaster:
         job.status = status
         job.message = message
         job.ended = time.time() if ended is None else ended
-        # (those away in the same write: `kill`)
-        self._hold(job, self._unreachable(placement))
+        # Every executor of the attempt may run its process until it says it has stopped
+        # it: held from this write on (`kill`'s own), let go as it confirms (`_stop_held`).
+        # (Held only where its stop failed, a coordinator killed while a connected one
+        # still stopped it forgot that process, and the job submitted again on its
+        # state_dir started beside it.) Those held before, for an earlier attempt, stay
+        # held until `_confirm_stopped` has them stop every process of the job.
+        held_before = set(job.unstopped)
+        self._hold(job, self._not_lost(placement))
         self._save(job)
         for backoff in (self._attempt_started, self._backoff, self._not_before, self._losses):
             backoff.pop(job.id, None)
@@ -865,11 +873,10 @@ class JobMaster:
             # (counted `ending` from now: `logs` said the job killed while that stop still ran,
             # a `logs --follow` stopping before the last lines its processes wrote there)
             self._stopping(job.id, +1)
-            self._spawn(self._stop_ended(job, attempt, leaving))
+            self._spawn(self._stop_ended(job, attempt, leaving, held_before))
         self._stopping(job.id, +1)
         try:
-            self._wait_for_stops(job, attempt, await self._stop(
-                job.id, attempt, [p for p in placement if p not in leaving]))
+            await self._stop_held(job, attempt, [p for p in placement if p not in leaving], held_before)
         finally:
             self._stopping(job.id, -1)
 
@@ -881,13 +888,28 @@ class JobMaster:
         else:
             self.ending.pop(job_id, None)
 
-    async def _stop_ended(self, job: Job, attempt: int, placement: list[dict]) -> None:
+    async def _stop_ended(self, job: Job, attempt: int, placement: list[dict], held_before: set[str]) -> None:
         """Stop the processes of the ended job's `attempt` on `placement` (`_end`),
         counted in `ending` by `_end`."""
         try:
-            self._wait_for_stops(job, attempt, await self._stop(job.id, attempt, placement))
+            await self._stop_held(job, attempt, placement, held_before)
         finally:
             self._stopping(job.id, -1)
+
+    async def _stop_held(self, job: Job, attempt: int, placement: list[dict], held_before: set[str]) -> None:
+        """Stop the ended job's `attempt` on `placement`, whose executors `_end`
+        holds (`_unstopped`): each whose stop answers has stopped it, and is let
+        go (not one of `held_before`, held for an earlier attempt, which this
+        stop does not reach: `_confirm_stopped` asks it); the others stay held
+        until they confirm it or are lost (`_wait_for_stops`)."""
+        unstopped = await self._stop(job.id, attempt, placement)
+        self._wait_for_stops(job, attempt, unstopped)
+        held = self._unstopped.get(job.id, {})
+        stopped = {p["executor"] for p in placement if p["executor"] in held} - unstopped - held_before
+        for executor_id in sorted(stopped):
+            self._stop_confirmed(job.id, executor_id)
+        if stopped:
+            self.reconcile()  # (a job waiting for its state_dir, or for these cores)
 
     def _forget_topics(self, job_id: str) -> None:
         """The topics the ended job published go (after its save: in order).
@@ -996,6 +1018,11 @@ class JobMaster:
         connected, and not lost (within their lease: their processes run on)."""
         return {p["executor"] for p in placement if p["executor"] not in self.connected
                 and self.executors[p["executor"]].state != "lost"}
+
+    def _not_lost(self, placement: list[dict]) -> set[str]:
+        """The executors of `placement` that may run its processes on: all but
+        those lost (which have fenced them)."""
+        return {p["executor"] for p in placement if self.executors[p["executor"]].state != "lost"}
 
     @staticmethod
     def _with_unstopped(job: Job, executors: set[str]) -> dict[str, int]:
