@@ -1218,7 +1218,18 @@ class JobMaster:
                                                     p.get("error"), coordinator_away=away))
                 elif job.status == "starting" and not self._lock(job.id).locked():
                     self._adopt_starting(job, p["process"])
+            elif p.get("code") is None and not foreign and job is not None \
+                    and self._may_hold(job, executor_id):
+                # (an earlier attempt of ours running on: waited for until it has stopped, as
+                # one held in the job's row is; asked once, not waited for, a job submitted
+                # again on its state_dir started beside it while it stopped, up to STOP_TIMEOUT)
+                if executor_id not in job.unstopped:
+                    self._hold(job, {executor_id})
+                    self._save(job)
+                self._ask_to_confirm(job.id, executor_id)
             elif p.get("code") is None:
+                # (another catalog's, whose job ids may be ours: stopped by its own attempt,
+                # never held under our job of the same id; or one of a job being started)
                 session = self.connected[executor_id].session
                 self._spawn(session.request("stop", timeout=STOP_TIMEOUT, job=p["job"], attempt=p["attempt"]))
         for job in self.jobs.values():
@@ -1228,6 +1239,16 @@ class JobMaster:
                 if place["executor"] == executor_id and (job.id, i) not in reported:
                     moved = stopped or (job.id, job.attempt, i) in stopped_processes
                     self._spawn(self._lost_process(job, job.attempt, i, executor_id, moved))
+
+    def _may_hold(self, job: Job, executor_id: str) -> bool:
+        """Whether a process of an earlier attempt of the job that `executor_id`
+        lists may be held until it confirms it stopped (`_confirm_stopped`, which
+        stops every process of the job there): not where a process of the job's
+        current attempt runs there, or may be starting (its lock held), which that
+        stop would end too."""
+        placed = job.status in ("starting", "running") and any(
+            p["executor"] == executor_id for p in job.placement)
+        return not placed and not self._lock(job.id).locked()
 
     def _adopt_starting(self, job: Job, process: int) -> None:
         """A job a coordinator was starting when it stopped (its `start`

@@ -12,13 +12,23 @@ after a coordinator restart, on its register.
 A coordinator (a lease of 15 s) and an executor served in this loop
 (`executor_served_here`), whose stops wait 20 s before SIGKILL; the job's
 process, deaf to SIGINT once it is stopping, ends when the test lets it
-(the file `release`)."""
+(the file `release`).
+
+The same with the row as a coordinator of before wrote it (the kill's write
+held no connected executor): the executor's register lists the killed
+job's process, running on, which the restarted coordinator sent a `stop`
+and forgot; it holds it now until that executor confirms it stopped.
+(Not another catalog's process of the same job id, nor one of an attempt
+of the job running there: `JobMaster._may_hold`.)"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import sqlite3
 
+import pytest
 from _system import SECRET, System, executor_served_here, marking_pipeline, wait_until
 
 from kernel.system import Client, _executor
@@ -40,8 +50,15 @@ atexit.register(_held)
 """ + MARKING
 
 
+def _written_by_a_coordinator_of_before(data_dir, job_id: str) -> None:
+    with contextlib.closing(sqlite3.connect(data_dir / "catalog.sqlite")) as db:
+        db.execute("UPDATE jobs SET unstopped = '{}' WHERE id = ?", (job_id,))
+        db.commit()
+
+
+@pytest.mark.parametrize("row", ["held", "of before"])
 async def test_a_restarted_coordinator_waits_for_the_process_a_connected_executor_was_stopping(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, row):
     monkeypatch.setattr(_executor, "STOP_GRACE", 20.0)  # (no SIGKILL within the test)
     system = System(tmp_path)
     marks, pipeline = marking_pipeline(tmp_path, PIPELINE)
@@ -63,6 +80,8 @@ async def test_a_restarted_coordinator_waits_for_the_process_a_connected_executo
             killing.cancel()
             await asyncio.gather(killing, return_exceptions=True)
         assert _unstopped(data, job) == {executor.executor_id: 1}
+        if row == "of before":
+            _written_by_a_coordinator_of_before(data, job)
         await asyncio.to_thread(system.start_coordinator, "--executor-timeout", "15")
         again = await asyncio.to_thread(system.cli, "submit", pipeline, "--state-dir", state_dir,
                                         "--max-restarts", "0")
