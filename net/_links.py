@@ -96,6 +96,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from ._causes import causes, dial_failure_said, refused_by_server, untrusted_certificate
+from ._dial_progress import DialProgress
 from ._environment import FROM_ENVIRONMENT, HEARTBEAT, heartbeat_or_environment
 
 log = logging.getLogger("kernel.links")
@@ -1541,9 +1542,10 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
     `ws_response_class` is `_DiallerWebSocket` (the session made here)."""
     key = _secret(secret)
     own_session = session is None
+    progress = DialProgress()  # (a try out of time: a connection never made, or made and left silent)
     if session is None:
         # (its websockets read little until the server has authenticated: _DiallerWebSocket)
-        session = aiohttp.ClientSession(ws_response_class=_DiallerWebSocket)
+        session = aiohttp.ClientSession(ws_response_class=_DiallerWebSocket, trace_configs=[progress.trace()])
         # aiohttp sends a GET (the upgrade) again, at once, on a new
         # connection, when the server closes or resets the first before
         # answering: each refused try was two connections, two refusals in
@@ -1561,12 +1563,13 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
             try:
                 # bounded: a port that accepts and never answers (a stopped
                 # peer, another program) must not outlast the timeout
+                progress.start()
                 ws = await asyncio.wait_for(
                     session.ws_connect(url + path, max_msg_size=max_frame + FRAME.size, ssl=ssl,
                                        heartbeat=heartbeat),
                     max(0.01, deadline - loop.time()))
             except TimeoutError:
-                silent = ConnectionError("it accepted the connection but never answered")
+                silent = progress.silence(url)
                 raise LinkError(f"could not reach {url} within {_seconds(timeout)} s: {silent}") from silent
             except aiohttp.ClientResponseError as exc:  # (an HTTP answer, no websocket: not our server)
                 # (on one line: aiohttp's parser says what it could not parse over four)
