@@ -524,11 +524,19 @@ class Subscribe(Source):
 
     async def _dial(self, key: bytes, url: str, meta: dict, timeout: float):
         """One try at the publisher's partition server: `(ws, its meta,
-        session)`, or LinkError."""
-        from kernel.net._links import connect
+        session)`, or LinkError. A TLS handshake that failed (the
+        publisher's certificate does not verify, or it answers without
+        TLS) is a TopicError: a configuration, which no retry mends, not a
+        publisher gone (it was taken for one, "nothing listens there")."""
+        from kernel.net._links import TLSFailed, connect
 
-        ws, _, theirs, http = await connect(url, key, self.context.index, path=TOPIC_PATH, meta=meta,
-                                            check_meta=False, timeout=timeout, ssl=_directory.client_ssl())
+        tls = _directory.client_ssl()
+        try:
+            ws, _, theirs, http = await connect(url, key, self.context.index, path=TOPIC_PATH, meta=meta,
+                                                check_meta=False, timeout=timeout, ssl=tls)
+        except TLSFailed as exc:
+            raise TopicError(f"topic {self.topic!r}: TLS failed with its publisher, which no retry mends: "
+                             f"{exc} (KERNEL_TLS here and the publisher's must go together)") from exc
         return ws, theirs, http
 
     async def _try_again(self, key: bytes, url: str, meta: dict, broken: _Lost, directory, found: dict,
