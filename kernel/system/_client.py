@@ -217,7 +217,9 @@ def submit_payload(target: str, *, state_dir, epoch_interval, shared_state: bool
     if state_dir is None and epoch_interval is not None:
         raise UsageError("--epoch-interval needs --state-dir")  # (epochs drive the snapshots, nothing else)
     if epoch_interval is not None:
-        from kernel._facade import check_epoch_interval
+        # (the run's options' own module: the facade imports the run's machinery, asyncio and aiohttp
+        # with it, ~0.4 s before a usage error was said)
+        from kernel.execution._run_options import check_epoch_interval
 
         try:  # (as `kernel run` says it: nan and inf went as JSON's null, the job run at the default
             check_epoch_interval(epoch_interval)  # interval; 0 was the coordinator's refusal, exit 1)

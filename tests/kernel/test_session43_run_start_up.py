@@ -98,3 +98,19 @@ def test_the_run_module_still_gives_the_function_and_the_command_line():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     said = "module 'kernel.run' has no attribute 'nothing'\n"
     assert (done.returncode, done.stdout) == (0, said), done.stderr
+
+
+@pytest.mark.parametrize("interval", ["0", "nan"])
+def test_submit_says_a_bad_epoch_interval_before_it_imports_the_api(tmp_path, interval):
+    """`python -m kernel submit --epoch-interval` checked it with the
+    facade's check_epoch_interval: its usage error imported the fluent API
+    and the run's machinery (kernel._facade) to say it. It is checked with
+    the run's options' own module now. (The client module that checks it
+    brings asyncio and aiohttp still: not this test's matter.)"""
+    (tmp_path / "secret").write_text("s")
+    lines, last = _run(tmp_path, "kernel", "submit", "tiny.py", "--state-dir", "s", "--epoch-interval",
+                       interval, "--coordinator", "127.0.0.1:1", "--secret-file", "secret")
+    said = f"error: epoch_interval must be a positive number of seconds, got {float(interval)!r}"
+    assert said in "\n".join(lines), lines
+    assert last.endswith(" exit: 2"), last
+    assert "kernel._facade" not in last and "kernel.dataflow._api" not in last, last
