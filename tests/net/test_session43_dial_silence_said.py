@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import socket
 
+import aiohttp
 import pytest
 from kernel.net._links import LinkError, connect
 from test_links import tls_contexts
@@ -19,6 +20,7 @@ from test_links import tls_contexts
 NEVER_CONNECTED = "the connection was never answered (its TCP connect timed out"
 NEVER_COMPLETED = "the connection was never completed (no answer to its TCP connect or its TLS handshake)"
 SILENT = "it accepted the connection but never answered"
+UNKNOWN = "no answer (to the connection, or on it)"
 
 
 @contextlib.contextmanager
@@ -101,3 +103,13 @@ async def test_a_server_that_accepts_and_says_nothing_is_said_to_be_accepted():
         server.close()
         await server.wait_closed()
     assert SILENT in error and len(held) == 1, error
+
+
+async def test_a_session_of_the_callers_claims_neither():
+    """A caller's session has no trace of the dial's: nobody knows whether
+    the connection was made, and the error says no more than that."""
+    async with aiohttp.ClientSession() as session:
+        with full_listener() as port:
+            assert UNKNOWN in await said(f"http://127.0.0.1:{port}", session=session)
+        with unaccepting_listener() as port:
+            assert UNKNOWN in await said(f"http://127.0.0.1:{port}", session=session)
