@@ -54,14 +54,16 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
              epoch_interval: float = DEFAULT_EPOCH_INTERVAL, process_id: int | None = None,
              peers=None, secret=None, secret_file=None, tls=None,
              startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, heartbeat: float | None = None,
-             dashboard: str | None = None, progress=None, listen_fd: int | None = None) -> RunPlan:
+             dashboard: str | None = None, progress=None, listen_fd: int | None = None,
+             peers_held: bool = False) -> RunPlan:
     """The checked plan of a run of the flow `get_flow()` returns (called
     only when the plan needs the flow: its fingerprint, for a state_dir or a
     cluster). Bad options raise ValueError; a state_dir that cannot be used,
     StateError. `progress(snapshots, final)` is told the kernels' metrics
     while the run runs (the command line's live line). `listen_fd`: a
     socket inherited, listening on this process's own port of `peers`
-    (a job process's, from its executor)."""
+    (a job process's, from its executor); `peers_held`: its executor says
+    every peer's port is held so (`ClusterPlan.peers_held`)."""
     check_cores(cores)
     if cores > 1 or peers is not None:
         _refuse_in_a_daemonic_process(cores)
@@ -103,7 +105,7 @@ def plan_for(get_flow, *, cores: int = 1, gc_threshold: int | None = DEFAULT_GC_
         cluster = cluster_plan(0 if process_id is None else process_id, peers, cores, secret=secret,
                                secret_file=secret_file, tls=tls, startup_timeout=startup_timeout,
                                heartbeat=heartbeat, fingerprint=flow_fingerprint(get_flow()),
-                               snapshots=state_dir is not None, listen_fd=listen_fd)
+                               snapshots=state_dir is not None, listen_fd=listen_fd, peers_held=peers_held)
     elif process_id is not None:
         raise ValueError("process_id needs peers (every process's host:port)")
     snapshots = None

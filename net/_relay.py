@@ -103,7 +103,8 @@ _CLOSE_TIMEOUT = 5.0
 # accepts and never answers costs the failing process this long more
 _ASK_MISSING = 1.0
 # Start-up, for a process whose port was held for it by its executor (`listen_fd`:
-# a job of the system, every process's port prepared before any started): every
+# a job of the system, every process's port prepared before any started, which the
+# executor says, `ClusterPlan.peers_held`): every
 # PEER_PROBE_EVERY seconds each peer not yet linked is connected to (a bare TCP
 # connect, closed at once). Its port listened from before this process started
 # (its executor's, then its process's), so a refusal on each of its addresses says
@@ -268,6 +269,11 @@ class ClusterPlan:
     # free and bound later could be taken in between by another program);
     # several descriptors, one port: localhost's addresses, 127.0.0.1 and ::1
     listen_fd: int | tuple[int, ...] | None = None
+    # Every peer's port listened from before this process started (its executor's
+    # word, KERNEL_PEERS_HELD: a job's ports are all prepared before any process
+    # starts), so a refusal there says the peer has ended (`_ended_peers`). Not
+    # so for a user's own KERNEL_LINK_FD: a peer started later refuses until then.
+    peers_held: bool = False
 
     @property
     def listen_fds(self) -> tuple[int, ...]:
@@ -476,7 +482,9 @@ class LinkRelay:
         # (its peers' ports held since before it started: PEER_PROBE_EVERY. Over TLS too: a
         # probe sends nothing, and a connection closed before its first byte begins no TLS
         # handshake there, no refused link in the peer's log: `_links._TLSFront`)
-        watch = [asyncio.ensure_future(self._ended_peers())] if plan.listen_fds else []
+        # (and only where every peer's port is held so, `peers_held`: a peer of a user's own
+        # KERNEL_LINK_FD, not started yet, refused, and this process gave up on it at once)
+        watch = [asyncio.ensure_future(self._ended_peers())] if plan.peers_held and plan.listen_fds else []
         try:
             await self._until(dialled)
             remaining = max(0.0, deadline - loop.time())

@@ -333,17 +333,19 @@ def _run(args, path: Path, name: str) -> int:
     get_flow = _flow_loader(path, name)
     interval = DEFAULT_EPOCH_INTERVAL if args.epoch_interval is None else args.epoch_interval
     tls = None if args.tls_cert is None else (args.tls_cert, args.tls_key, args.tls_ca)
-    listen_fd = None
+    listen_fd, peers_held = None, False
     if in_cluster:
-        from kernel.execution._cluster import inherited_listen_fd
+        from kernel.execution._cluster import inherited_listen_fd, inherited_peers_held
 
         listen_fd = inherited_listen_fd()  # (a job process's: kernel.system's executor)
+        peers_held = inherited_peers_held()
     with _state_dir_held(args.state_dir, args.process_id):  # (before the plan: kernel.run_async says why)
         plan = plan_for(get_flow, cores=args.cores, gc_threshold=DEFAULT_GC_THRESHOLD,
                         state_dir=args.state_dir, epoch_interval=interval,
                         process_id=args.process_id, peers=args.peers, secret_file=args.secret_file, tls=tls,
                         startup_timeout=args.startup_timeout, heartbeat=args.heartbeat,
-                        dashboard=args.dashboard, progress=_progress(args), listen_fd=listen_fd)
+                        dashboard=args.dashboard, progress=_progress(args), listen_fd=listen_fd,
+                        peers_held=peers_held)
         if not in_cluster:
             execute(plan, get_flow)
             return 0

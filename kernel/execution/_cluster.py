@@ -21,6 +21,9 @@ from kernel.net._relay import ClusterPlan, TLSFiles
 # one per address of its host, localhost's 127.0.0.1 and ::1), handed over by
 # its executor, which picked the port and kept it listening until then
 LISTEN_FD_VARIABLE = "KERNEL_LINK_FD"
+# Set ("1") by the executor beside LISTEN_FD_VARIABLE: every process of the job has
+# its port held so, since before any of them started (`ClusterPlan.peers_held`)
+PEERS_HELD_VARIABLE = "KERNEL_PEERS_HELD"
 
 
 def inherited_listen_fd() -> int | tuple[int, ...] | None:
@@ -43,6 +46,14 @@ def inherited_listen_fd() -> int | tuple[int, ...] | None:
         except OSError:  # (no descriptor: the relay says so, `_inherited_listener`)
             pass
     return fds[0] if len(fds) == 1 else fds
+
+
+def inherited_peers_held() -> bool:
+    """Whether this process's executor says every peer's port listened from
+    before any process of the job started (PEERS_HELD_VARIABLE, taken out of
+    the environment as LISTEN_FD_VARIABLE is). A user's own KERNEL_LINK_FD
+    says nothing of the peers: theirs may not be listening yet."""
+    return os.environ.pop(PEERS_HELD_VARIABLE, "") == "1"
 
 
 def _tls_files(tls) -> TLSFiles | None:
@@ -69,11 +80,13 @@ def _tls_files(tls) -> TLSFiles | None:
 def cluster_plan(process_id, peers, cores: int, *, secret=None, secret_file=None, tls=None,
                  startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
                  heartbeat: float | None = None, fingerprint: str = "",
-                 snapshots: bool = False, listen_fd: int | tuple[int, ...] | None = None) -> ClusterPlan:
+                 snapshots: bool = False, listen_fd: int | tuple[int, ...] | None = None,
+                 peers_held: bool = False) -> ClusterPlan:
     """The checked plan of process `process_id` of the cluster `peers`;
     `heartbeat` None: KERNEL_HEARTBEAT where set now, else 2.5 s.
     `listen_fd`: a socket inherited, listening on this process's port, or
-    several (its host's addresses: `ClusterPlan.listen_fd`)."""
+    several (its host's addresses: `ClusterPlan.listen_fd`); `peers_held`:
+    `ClusterPlan.peers_held`."""
     addresses = parse_peers(peers)
     if heartbeat is None:
         heartbeat = heartbeat_from_environment()
@@ -90,4 +103,4 @@ def cluster_plan(process_id, peers, cores: int, *, secret=None, secret_file=None
                        # whether it snapshots (a state_dir) too: a process with one waited for
                        # ever for the epoch agreement of a peer without one, and so did the peer
                        {"flow": fingerprint, "cores": cores, "processes": len(addresses),
-                        "snapshots": bool(snapshots)}, listen_fd)
+                        "snapshots": bool(snapshots)}, listen_fd, peers_held)

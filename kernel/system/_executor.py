@@ -53,7 +53,7 @@ from kernel._durable import fsync_directory, make_directories
 from kernel.cli._lease import STOP_SIGNALS, LeaseWriter
 from kernel.cli._lease import VARIABLE as LEASE_VARIABLE
 from kernel.dataflow._errors import KernelError
-from kernel.execution._cluster import LISTEN_FD_VARIABLE
+from kernel.execution._cluster import LISTEN_FD_VARIABLE, PEERS_HELD_VARIABLE
 from kernel.net._causes import untrusted_certificate
 from kernel.net._links import AuthenticationFailed, LinkRefused, backoff
 from kernel.system._job_cgroup import JobCgroups, is_member, join_in_child
@@ -734,6 +734,9 @@ class ExecutorDaemon:
             listeners = self._prepared_sockets(m["peers"], process) if m.get("peers") else []
             if listeners:  # (its port held since `prepare`: the process serves these sockets)
                 env[LISTEN_FD_VARIABLE] = ",".join(str(sock.fileno()) for sock in listeners)
+                # (as is every peer's, by its executor, before any process of the job started:
+                # the master prepares them all first; its start-up probe may trust a refusal)
+                env[PEERS_HELD_VARIABLE] = "1"
                 inherited += tuple(sock.fileno() for sock in listeners)
             cgroup = self._cgroups.made()
             try:
