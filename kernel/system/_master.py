@@ -847,8 +847,12 @@ class JobMaster:
         # still stopped it forgot that process, and the job submitted again on its
         # state_dir started beside it.) Those held before, for an earlier attempt, stay
         # held until `_confirm_stopped` has them stop every process of the job.
+        # (Not one whose every process of it has exited, heard: it runs none, and a stop
+        # there ends nothing. Held, a job that completed wrote its row once more for
+        # each of its executors, the stops' answers letting them go.)
         held_before = set(job.unstopped)
-        self._hold(job, self._not_lost(placement))
+        exited = self.exits.get(job.id, {})
+        self._hold(job, self._not_lost([p for i, p in enumerate(placement) if i not in exited]))
         self._save(job)
         for backoff in (self._attempt_started, self._backoff, self._not_before, self._losses):
             backoff.pop(job.id, None)
@@ -906,9 +910,9 @@ class JobMaster:
         self._wait_for_stops(job, attempt, unstopped)
         held = self._unstopped.get(job.id, {})
         stopped = {p["executor"] for p in placement if p["executor"] in held} - unstopped - held_before
-        for executor_id in sorted(stopped):
-            self._stop_confirmed(job.id, executor_id)
         if stopped:
+            # (in one write: one each, a kill of a job on many executors wrote its row as many times)
+            self._stops_confirmed(job.id, stopped)
             self.reconcile()  # (a job waiting for its state_dir, or for these cores)
 
     def _forget_topics(self, job_id: str) -> None:
@@ -1077,10 +1081,15 @@ class JobMaster:
         """No process of the job runs on `executor_id` any more (it said so, or
         is lost): taken out of `_unstopped`, and out of the job's row. Whether
         that was the last executor the job waited for."""
+        return self._stops_confirmed(job_id, {executor_id})
+
+    def _stops_confirmed(self, job_id: str, executors: set[str]) -> bool:
+        """`_stop_confirmed` for each of `executors`, the job's row written once."""
         waiting = self._unstopped.get(job_id)
-        if waiting is None or executor_id not in waiting:
+        if waiting is None or not executors & waiting.keys():
             return False
-        del waiting[executor_id]
+        for executor_id in executors & waiting.keys():
+            del waiting[executor_id]
         if not waiting:
             del self._unstopped[job_id]
         self._save(self.jobs[job_id])
