@@ -903,17 +903,30 @@ class JobMaster:
     async def _stop_held(self, job: Job, attempt: int, placement: list[dict], held_before: set[str]) -> None:
         """Stop the ended job's `attempt` on `placement`, whose executors `_end`
         holds (`_unstopped`): each whose stop answers has stopped it, and is let
-        go (not one of `held_before`, held for an earlier attempt, which this
-        stop does not reach: `_confirm_stopped` asks it); the others stay held
-        until they confirm it or are lost (`_wait_for_stops`)."""
+        go as it answers (not one of `held_before`, held for an earlier attempt,
+        which this stop does not reach: `_confirm_stopped` asks it); the others
+        stay held until they confirm it or are lost (`_wait_for_stops`). The
+        row is written once, as all have answered (one held there a moment
+        longer is only asked again by a restarted coordinator)."""
+        executors = dict.fromkeys(p["executor"] for p in placement)
+        let_go = await asyncio.gather(*(
+            self._stop_on(job, attempt, [p for p in placement if p["executor"] == e], held_before)
+            for e in executors))
+        if any(let_go):
+            self._save(job)
+
+    async def _stop_on(self, job: Job, attempt: int, placement: list[dict], held_before: set[str]) -> bool:
+        """`_stop_held` on one executor (`placement`: its places): whether it was let go.
+        (Let go as all had answered, a stop that hung, up to STOP_TIMEOUT, kept
+        the cores of the others busy, the job's process there long stopped.)"""
+        executor_id = placement[0]["executor"]
         unstopped = await self._stop(job.id, attempt, placement)
         self._wait_for_stops(job, attempt, unstopped)
-        held = self._unstopped.get(job.id, {})
-        stopped = {p["executor"] for p in placement if p["executor"] in held} - unstopped - held_before
-        if stopped:
-            # (in one write: one each, a kill of a job on many executors wrote its row as many times)
-            self._stops_confirmed(job.id, stopped)
-            self.reconcile()  # (a job waiting for its state_dir, or for these cores)
+        if executor_id in unstopped or executor_id in held_before or not self._let_go(job.id, executor_id):
+            return False
+        self._notify()  # (its cores free: `status` waiters hear of it now, not at the row's write)
+        self.reconcile()  # (a job waiting for its state_dir, or for these cores)
+        return True
 
     def _forget_topics(self, job_id: str) -> None:
         """The topics the ended job published go (after its save: in order).
@@ -1081,19 +1094,21 @@ class JobMaster:
         """No process of the job runs on `executor_id` any more (it said so, or
         is lost): taken out of `_unstopped`, and out of the job's row. Whether
         that was the last executor the job waited for."""
-        return self._stops_confirmed(job_id, {executor_id})
-
-    def _stops_confirmed(self, job_id: str, executors: set[str]) -> bool:
-        """`_stop_confirmed` for each of `executors`, the job's row written once."""
-        waiting = self._unstopped.get(job_id)
-        if waiting is None or not executors & waiting.keys():
+        if not self._let_go(job_id, executor_id):
             return False
-        for executor_id in executors & waiting.keys():
-            del waiting[executor_id]
+        self._save(self.jobs[job_id])
+        return job_id not in self._unstopped
+
+    def _let_go(self, job_id: str, executor_id: str) -> bool:
+        """`executor_id` taken out of `_unstopped` (its row written by the
+        caller): whether it was there."""
+        waiting = self._unstopped.get(job_id)
+        if waiting is None or executor_id not in waiting:
+            return False
+        del waiting[executor_id]
         if not waiting:
             del self._unstopped[job_id]
-        self._save(self.jobs[job_id])
-        return not waiting
+        return True
 
     # -- executors --------------------------------------------------------------------------
 
