@@ -377,16 +377,18 @@ class JobMaster:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def _spawn(self, coroutine) -> None:
+    def _spawn(self, coroutine) -> asyncio.Task | None:
+        """The coroutine run in a task of the master's own (None: not run, closing)."""
         if self._closing:
             # the coordinator stops (its server then closes every connection:
             # no executor is lost, each reconnects to the next coordinator,
             # which adopts its jobs): what would start now is for that one
             coroutine.close()
-            return
+            return None
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._done)
+        return task
 
     def _done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
@@ -878,11 +880,16 @@ class JobMaster:
             # a `logs --follow` stopping before the last lines its processes wrote there)
             self._stopping(job.id, +1)
             self._spawn(self._stop_ended(job, attempt, leaving, held_before))
+        # (in a task of the master's own, awaited: the caller may be cancelled, an executor's
+        # report of an exit served in its connection's task, cancelled as that closes. Cancelled
+        # within the stops, each executor they held stayed held for good, asked by nobody)
         self._stopping(job.id, +1)
-        try:
-            await self._stop_held(job, attempt, [p for p in placement if p not in leaving], held_before)
-        finally:
+        stopping = self._spawn(self._stop_ended(job, attempt, [p for p in placement if p not in leaving],
+                                                held_before))
+        if stopping is None:  # (the coordinator stops: its row holds them for the next one)
             self._stopping(job.id, -1)
+        else:
+            await asyncio.shield(stopping)
 
     def _stopping(self, job_id: str, step: int) -> None:
         """One more (+1) or one fewer (-1) stop of the ended job under way (`ending`)."""
