@@ -41,3 +41,13 @@ def self_signed(directory: Path, name: str, address: str) -> None:
     openssl(directory, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
             "-subj", f"/CN={address}", "-addext", f"subjectAltName=IP:{address}",
             "-keyout", f"{name}.key", "-out", f"{name}.pem")
+
+
+def node_tls_options(directory: Path) -> list[str]:
+    """The --tls-* options of processes that all serve and dial on
+    127.0.0.1 with one certificate (node.pem, node.key, for both ends),
+    signed by a CA made in `directory` (ca.pem)."""
+    make_ca(directory)
+    sign(directory, "node", "127.0.0.1", "extendedKeyUsage=serverAuth,clientAuth\n")
+    return ["--tls-cert", str(directory / "node.pem"), "--tls-key", str(directory / "node.key"),
+            "--tls-ca", str(directory / "ca.pem")]

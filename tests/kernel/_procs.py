@@ -3,7 +3,9 @@ end; their output less the kernels' stall reports."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
 import subprocess
 import sys
 
@@ -65,6 +67,27 @@ def run_logged_processes(root, arguments: list[list[str]], env: dict, timeout: f
                                               stdout=subprocess.DEVNULL, stderr=err, env=env))
         return [p.wait(timeout) for p in procs]
     finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def started_piped(argv: list[str], env: dict, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+    """`argv` started with `env` (and `pass_fds`), its stdout and stderr
+    piped: what `communicate` gives back once it ends."""
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, pass_fds=pass_fds)
+
+
+@contextlib.contextmanager
+def processes_reaped(lent: socket.socket):
+    """A list for the processes a test starts in the block, `lent` a socket
+    handed on to them: as the block ends, whatever happened, `lent` is
+    closed here and every process in the list killed and waited for."""
+    procs: list[subprocess.Popen] = []
+    try:
+        yield procs
+    finally:
+        lent.close()
         for p in procs:
             p.kill()
             p.wait()

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 
 import pytest
 from _ports import free_ports
+from _procs import processes_reaped, started_piped
 
 SECRET = "session40-link-fd-list"
 PROMPTLY = 60.0  # seconds: an upper bound, never a synchronisation
@@ -36,20 +36,12 @@ def test_a_socket_listed_twice_in_kernel_link_fd_is_served_once(tmp_path):
     fd = listener.fileno()
     argv = [sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"), "--peers", peers,
             "--startup-timeout", "20", "--process-id"]
-    procs = []
-    try:
+    with processes_reaped(listener) as procs:
         env = {**os.environ, "KERNEL_SECRET": SECRET, "KERNEL_LINK_FD": f"{fd},{fd}"}
-        procs.append(subprocess.Popen([*argv, "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                                      pass_fds=(fd,)))
+        procs.append(started_piped([*argv, "1"], env, pass_fds=(fd,)))
         listener.close()  # (the process's now)
-        procs.append(subprocess.Popen([*argv, "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      env={**os.environ, "KERNEL_SECRET": SECRET}))
+        procs.append(started_piped([*argv, "0"], {**os.environ, "KERNEL_SECRET": SECRET}))
         ended = [p.communicate(timeout=PROMPTLY) for p in procs]
-    finally:
-        listener.close()
-        for p in procs:
-            p.kill()
-            p.wait()
     errors = [err.decode() for _, err in ended]
     assert [p.returncode for p in procs] == [0, 0], errors
     # (each process prints what its kernel holds)

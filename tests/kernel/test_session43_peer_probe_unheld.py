@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import time
 
 import pytest
 from _ports import free_ports
+from _procs import processes_reaped, started_piped
 
 SECRET = "session43-peer-probe-unheld"
 PROMPTLY = 60.0  # seconds: an upper bound, never a synchronisation
@@ -46,24 +46,16 @@ def test_a_peer_started_later_than_a_process_with_its_own_link_fd_is_waited_for(
     argv = [sys.executable, "-m", "kernel.run", str(tmp_path / "pipeline.py"), "--peers",
             f"127.0.0.1:{a},127.0.0.1:{b}", "--startup-timeout", "20", "--process-id"]
     listener = socket.create_server(("127.0.0.1", b))
-    procs = []
-    try:
+    with processes_reaped(listener) as procs:
         env = {**os.environ, "KERNEL_SECRET": SECRET, "KERNEL_LINK_FD": str(listener.fileno())}
-        procs.append(subprocess.Popen([*argv, "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                                      pass_fds=(listener.fileno(),)))
+        procs.append(started_piped([*argv, "1"], env, pass_fds=(listener.fileno(),)))
         listener.close()  # (the process's now)
         _served(b)
         deadline = time.monotonic() + ALONE  # (process 0 not started: its port refuses meanwhile)
         while procs[0].poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        procs.append(subprocess.Popen([*argv, "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      env={**os.environ, "KERNEL_SECRET": SECRET}))
+        procs.append(started_piped([*argv, "0"], {**os.environ, "KERNEL_SECRET": SECRET}))
         ended = [p.communicate(timeout=PROMPTLY) for p in procs]
-    finally:
-        listener.close()
-        for p in procs:
-            p.kill()
-            p.wait()
     errors = [err.decode() for _, err in ended]
     assert [p.returncode for p in procs] == [0, 0], errors
     assert sorted(int(n) for out, _ in ended for n in out.split()) == list(range(1, 11)), errors

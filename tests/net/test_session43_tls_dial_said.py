@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests._certificates import make_ca, sign
+from tests._certificates import node_tls_options
 from tests.kernel._ports import free_ports
 
 PIPELINE = """\
@@ -27,11 +27,7 @@ flow.from_iterable(range(10)).sink(id)
 
 @pytest.fixture(scope="module")
 def tls_options(tmp_path_factory) -> list[str]:
-    d = tmp_path_factory.mktemp("tls")
-    make_ca(d)
-    sign(d, "node", "127.0.0.1", "extendedKeyUsage=serverAuth,clientAuth\n")
-    return ["--tls-cert", str(d / "node.pem"), "--tls-key", str(d / "node.key"),
-            "--tls-ca", str(d / "ca.pem")]
+    return node_tls_options(tmp_path_factory.mktemp("tls"))
 
 
 def _last_line(args: list[str], cwd=None) -> str:

@@ -169,6 +169,34 @@ async def submitted_working_here(system, pipeline: Path, marks: Path) -> str:
     return job
 
 
+async def submitted_here(system, pipeline: Path, *options) -> str:
+    """The id of the job of `pipeline` submitted with `options`, from a
+    test's loop (the submit in a thread of its own: the loop may serve an
+    executor); the submit asserted to have succeeded."""
+    done = await asyncio.to_thread(system.cli, "submit", pipeline, *options)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()[0]
+
+
+async def submitted_marking_here(system, pipeline: Path, marks: Path, *options) -> str:
+    """`submitted_here`, then the wait until its attempt 1 has left its
+    mark in `marks` (JOB.1: a `marking_pipeline`'s one process works)."""
+    job = await submitted_here(system, pipeline, *options)
+    await asyncio.to_thread(wait_until, lambda: (marks / f"{job}.1").exists(), what=f"{job} to work")
+    return job
+
+
+async def working_or_ended_here(system, marks: Path, job: str) -> dict:
+    """`job`'s state once its attempt 1 has left its mark in `marks` or
+    it has ended, whichever comes first (the caller asserts which)."""
+
+    def working_or_ended() -> dict | None:
+        state = system.job(job)
+        return state if (marks / f"{job}.1").exists() or state["ended"] is not None else None
+
+    return await asyncio.to_thread(wait_until, working_or_ended, what=f"{job} to work")
+
+
 def a_logged_job(system, root: Path, lines: int) -> str:
     """The id of a job run to its end (`submit --wait`) whose log is `lines`
     lines of 100 bytes ('line 00000 xxx...', numbered from 0)."""

@@ -17,7 +17,15 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from _system import System, executor_served_here, marking_pipeline, wait_until
+from _system import (
+    System,
+    executor_served_here,
+    marking_pipeline,
+    submitted_here,
+    submitted_marking_here,
+    wait_until,
+    working_or_ended_here,
+)
 
 from kernel.system import _executor
 from kernel.system._executor import _has_ended
@@ -46,11 +54,8 @@ async def test_a_kill_during_an_executors_stop_waits_for_the_process_holding_the
     state_dir = tmp_path / "state"
     system = System(tmp_path)
     async with executor_served_here(system, tmp_path / "executor", peers=1) as (executor, served, _):
-        done = await asyncio.to_thread(system.cli, "submit", pipeline, "--state-dir", state_dir,
-                                       "--executors", executor.executor_id)
-        assert done.returncode == 0, done.stderr
-        job = done.stdout.splitlines()[0]
-        await asyncio.to_thread(wait_until, lambda: (marks / f"{job}.1").exists(), what=f"{job} to work")
+        job = await submitted_marking_here(system, pipeline, marks, "--state-dir", state_dir,
+                                           "--executors", executor.executor_id)
         entry = executor.processes[job, 1, 0]
         served.cancel()  # (SIGTERM's doing: "leaving" told, then the stop)
         await asyncio.to_thread(wait_until, lambda: any(e["id"] == executor.executor_id and e["state"] ==
@@ -59,14 +64,7 @@ async def test_a_kill_during_an_executors_stop_waits_for_the_process_holding_the
         killed = await asyncio.to_thread(system.cli, "kill", job)
         assert (killed.returncode, killed.stdout.strip()) == (0, f"{job} killed"), killed.stderr
         assert _has_ended(entry), f"{job} killed, its process {entry.proc.pid} still running on its state_dir"
-        again = await asyncio.to_thread(system.cli, "submit", pipeline, "--state-dir", state_dir)
-        assert again.returncode == 0, again.stderr
-        resubmitted = again.stdout.splitlines()[0]
-
-        def working_or_ended() -> dict | None:
-            state = system.job(resubmitted)
-            return state if (marks / f"{resubmitted}.1").exists() or state["ended"] is not None else None
-
-        state = await asyncio.to_thread(wait_until, working_or_ended, what=f"{resubmitted} to work")
+        resubmitted = await submitted_here(system, pipeline, "--state-dir", state_dir)
+        state = await working_or_ended_here(system, marks, resubmitted)
         assert (state["status"], state["attempt"], state["message"]) == ("running", 1, None), state
         assert entry.proc.returncode == -signal.SIGKILL  # (its stop's SIGKILL, SIGINT held off)

@@ -17,7 +17,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from _system import System, executor_served_here, free_port, marking_pipeline, wait_until
+from _system import (
+    System,
+    executor_served_here,
+    free_port,
+    marking_pipeline,
+    submitted_here,
+    submitted_marking_here,
+    wait_until,
+    working_or_ended_here,
+)
 
 PIPELINE = """\
 import os
@@ -52,40 +61,44 @@ def _state(system: System, executor_id: str) -> str:
     return next(e["state"] for e in system.status()["executors"] if e["id"] == executor_id)
 
 
+async def _sent_away(system: System, executor) -> tuple[str, int]:
+    """`executor` (served in this loop) cut off: its connection closed, its
+    coordinator's address one where nothing listens, until the coordinator
+    counts it away ("reconnecting"). Returns the address to give it back."""
+    address = executor.address
+    executor.address = ("127.0.0.1", free_port())  # (nothing listens there: it stays away)
+    await executor.session.close()
+    await asyncio.to_thread(wait_until, lambda: _state(system, executor.executor_id) == "reconnecting",
+                            what="the executor to be away")
+    return address
+
+
+async def _resubmitted_waiting(system: System, pipeline, state_dir) -> tuple[str, str]:
+    """(id, message): `pipeline` submitted again on `state_dir`, no restart,
+    once its job says what it waits for."""
+    resubmitted = await submitted_here(system, pipeline, "--state-dir", state_dir, "--max-restarts", "0")
+    waiting = await asyncio.to_thread(wait_until, lambda: system.job(resubmitted)["message"],
+                                      what=f"{resubmitted} to say what it waits for")
+    return resubmitted, waiting
+
+
 async def test_a_job_submitted_again_on_the_state_dir_of_one_killed_while_its_executor_was_away_waits(
         tmp_path):
     marks, pipeline = marking_pipeline(tmp_path, PIPELINE)
     state_dir = tmp_path / "state"
     async with _system_with_an_executor_here(tmp_path) as (system, executor, _):
-        done = await asyncio.to_thread(system.cli, "submit", pipeline, "--state-dir", state_dir,
-                                       "--executors", executor.executor_id)
-        assert done.returncode == 0, done.stderr
-        job = done.stdout.splitlines()[0]
-        await asyncio.to_thread(wait_until, lambda: (marks / f"{job}.1").exists(), what=f"{job} to work")
+        job = await submitted_marking_here(system, pipeline, marks, "--state-dir", state_dir,
+                                           "--executors", executor.executor_id)
         entry = executor.processes[job, 1, 0]
-        address = executor.address
-        executor.address = ("127.0.0.1", free_port())  # (nothing listens there: it stays away)
-        await executor.session.close()
-        await asyncio.to_thread(wait_until, lambda: _state(system, executor.executor_id) == "reconnecting",
-                                what="the executor to be away")
+        address = await _sent_away(system, executor)
         killed = await asyncio.to_thread(system.cli, "kill", job)
         assert (killed.returncode, killed.stdout.strip()) == (0, f"{job} killed"), killed.stderr
-        again = await asyncio.to_thread(system.cli, "submit", pipeline, "--state-dir", state_dir,
-                                        "--max-restarts", "0")
-        assert again.returncode == 0, again.stderr
-        resubmitted = again.stdout.splitlines()[0]
         # while the first's process may still run, the second waits, and says for what
-        waiting = await asyncio.to_thread(wait_until, lambda: system.job(resubmitted)["message"],
-                                          what=f"{resubmitted} to say what it waits for")
+        resubmitted, waiting = await _resubmitted_waiting(system, pipeline, state_dir)
         state = await asyncio.to_thread(system.job, resubmitted)
         assert state["status"] == "submitted" and entry.code is None, (state, entry.code)
         assert job in waiting and executor.executor_id in waiting and str(state_dir) in waiting, waiting
         executor.address = address  # (back: it stops the killed job's process, and says so)
-
-        def working_or_ended() -> dict | None:
-            state = system.job(resubmitted)
-            return state if (marks / f"{resubmitted}.1").exists() or state["ended"] is not None else None
-
-        state = await asyncio.to_thread(wait_until, working_or_ended, what=f"{resubmitted} to work")
+        state = await working_or_ended_here(system, marks, resubmitted)
         assert (state["status"], state["attempt"], state["message"]) == ("running", 1, None), state
         assert entry.code is not None

@@ -20,9 +20,14 @@ import json
 import signal
 import sqlite3
 
-from _system import free_port, marking_pipeline, wait_until
+from _system import marking_pipeline, submitted_marking_here, wait_until, working_or_ended_here
 
-from tests.system.test_session42_kill_away_state_dir import PIPELINE, _state, _system_with_an_executor_here
+from tests.system.test_session42_kill_away_state_dir import (
+    PIPELINE,
+    _resubmitted_waiting,
+    _sent_away,
+    _system_with_an_executor_here,
+)
 
 
 async def test_a_restarted_coordinator_waits_for_the_process_of_a_job_killed_while_its_executor_was_away(
@@ -30,17 +35,10 @@ async def test_a_restarted_coordinator_waits_for_the_process_of_a_job_killed_whi
     marks, pipeline = marking_pipeline(tmp_path, PIPELINE)
     state_dir = tmp_path / "state"
     async with _system_with_an_executor_here(tmp_path) as (system, executor, _):
-        done = await asyncio.to_thread(system.cli, "submit", pipeline, "--state-dir", state_dir,
-                                       "--executors", executor.executor_id)
-        assert done.returncode == 0, done.stderr
-        job = done.stdout.splitlines()[0]
-        await asyncio.to_thread(wait_until, lambda: (marks / f"{job}.1").exists(), what=f"{job} to work")
+        job = await submitted_marking_here(system, pipeline, marks, "--state-dir", state_dir,
+                                           "--executors", executor.executor_id)
         entry = executor.processes[job, 1, 0]
-        address = executor.address
-        executor.address = ("127.0.0.1", free_port())  # (nothing listens there: it stays away)
-        await executor.session.close()
-        await asyncio.to_thread(wait_until, lambda: _state(system, executor.executor_id) == "reconnecting",
-                                what="the executor to be away")
+        address = await _sent_away(system, executor)
         killed = await asyncio.to_thread(system.cli, "kill", job)
         assert (killed.returncode, killed.stdout.strip()) == (0, f"{job} killed"), killed.stderr
         # the coordinator killed at once, and started again on its catalog
@@ -48,23 +46,13 @@ async def test_a_restarted_coordinator_waits_for_the_process_of_a_job_killed_whi
         await asyncio.to_thread(system.coordinator.wait)
         await asyncio.to_thread(system.start_coordinator, "--executor-timeout", "15")
         await asyncio.to_thread(system.executors_up, 1)  # (the peer executor back)
-        again = await asyncio.to_thread(system.cli, "submit", pipeline, "--state-dir", state_dir,
-                                        "--max-restarts", "0")
-        assert again.returncode == 0, again.stderr
-        resubmitted = again.stdout.splitlines()[0]
-        waiting = await asyncio.to_thread(wait_until, lambda: system.job(resubmitted)["message"],
-                                          what=f"{resubmitted} to say what it waits for")
+        resubmitted, waiting = await _resubmitted_waiting(system, pipeline, state_dir)
         state = await asyncio.to_thread(system.job, resubmitted)
         assert state["status"] == "submitted" and entry.code is None, (state, entry.code)
         assert job in waiting and executor.executor_id in waiting and str(state_dir) in waiting, waiting
         assert not (marks / f"{resubmitted}.1").exists()
         executor.address = address  # (back: it stops the killed job's process, and says so)
-
-        def working_or_ended() -> dict | None:
-            state = system.job(resubmitted)
-            return state if (marks / f"{resubmitted}.1").exists() or state["ended"] is not None else None
-
-        state = await asyncio.to_thread(wait_until, working_or_ended, what=f"{resubmitted} to work")
+        state = await working_or_ended_here(system, marks, resubmitted)
         assert (state["status"], state["attempt"], state["message"]) == ("running", 1, None), state
         assert entry.code is not None
         # and the catalog no longer holds the killed job's process as possibly running there

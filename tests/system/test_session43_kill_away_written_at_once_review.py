@@ -22,10 +22,10 @@ import contextlib
 import signal
 import sqlite3
 
-from _system import SECRET, System, executor_served_here, free_port, marking_pipeline, wait_until
+from _system import SECRET, System, executor_served_here, marking_pipeline, submitted_marking_here, wait_until
 
 from kernel.system import Client
-from tests.system.test_session42_kill_away_state_dir import PIPELINE, _state
+from tests.system.test_session42_kill_away_state_dir import PIPELINE, _resubmitted_waiting, _sent_away
 from tests.system.test_session43_kill_away_coordinator_restart import _unstopped
 
 
@@ -33,6 +33,20 @@ def _status(data_dir, job_id: str) -> str:
     with contextlib.closing(sqlite3.connect(data_dir / "catalog.sqlite")) as db:
         (row,) = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchall()
     return row[0]
+
+
+async def _coordinator_killed_during_the_kill(system: System, data_dir, job: str) -> None:
+    """`job` killed through a client of the coordinator's, and the
+    coordinator killed (SIGKILL) as soon as its catalog holds the job
+    killed, before the kill answered (the request is given up)."""
+    async with Client((system.host, system.port), SECRET.encode(), timeout=10.0) as client:
+        killing = asyncio.ensure_future(client.request("kill", job=job))
+        await asyncio.to_thread(wait_until, lambda: _status(data_dir, job) == "killed",
+                                what=f"{job} killed in the catalog")
+        system.coordinator.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(system.coordinator.wait)
+        killing.cancel()
+        await asyncio.gather(killing, return_exceptions=True)
 
 
 async def test_a_job_killed_while_an_executor_was_away_is_waited_for_by_a_coordinator_killed_during_its_stops(
@@ -45,27 +59,13 @@ async def test_a_job_killed_while_an_executor_was_away_is_waited_for_by_a_coordi
         await asyncio.to_thread(system.executors_up, 2)
         (peer,) = peers
         peer_id = await asyncio.to_thread(system.executor_id, peer)
-        done = await asyncio.to_thread(system.cli, "submit", pipeline, "--state-dir", state_dir,
-                                       "--processes", "2", "--executors", f"{executor.executor_id},{peer_id}")
-        assert done.returncode == 0, done.stderr
-        job = done.stdout.splitlines()[0]
-        await asyncio.to_thread(wait_until, lambda: (marks / f"{job}.1").exists(), what=f"{job} to work")
-        address = executor.address
-        executor.address = ("127.0.0.1", free_port())  # (nothing listens there: it stays away)
-        await executor.session.close()
-        await asyncio.to_thread(wait_until, lambda: _state(system, executor.executor_id) == "reconnecting",
-                                what="the executor to be away")
+        job = await submitted_marking_here(system, pipeline, marks, "--state-dir", state_dir,
+                                           "--processes", "2",
+                                           "--executors", f"{executor.executor_id},{peer_id}")
+        address = await _sent_away(system, executor)
         peer.send_signal(signal.SIGSTOP)  # (its stop answers only once it runs again)
-        try:
-            async with Client((system.host, system.port), SECRET.encode(), timeout=10.0) as client:
-                killing = asyncio.ensure_future(client.request("kill", job=job))
-                await asyncio.to_thread(wait_until, lambda: _status(data, job) == "killed",
-                                        what=f"{job} killed in the catalog")
-                # the coordinator killed while it waits for the peer's stop
-                system.coordinator.send_signal(signal.SIGKILL)
-                await asyncio.to_thread(system.coordinator.wait)
-                killing.cancel()
-                await asyncio.gather(killing, return_exceptions=True)
+        try:  # (the coordinator killed while it waits for the peer's stop)
+            await _coordinator_killed_during_the_kill(system, data, job)
         finally:
             peer.send_signal(signal.SIGCONT)
         # (the peer too, still stopping it: held until it confirms the stop,
@@ -73,12 +73,7 @@ async def test_a_job_killed_while_an_executor_was_away_is_waited_for_by_a_coordi
         assert _unstopped(data, job) == {executor.executor_id: 1, peer_id: 1}
         await asyncio.to_thread(system.start_coordinator, "--executor-timeout", "15")
         await asyncio.to_thread(system.executors_up, 1)  # (the peer back)
-        again = await asyncio.to_thread(system.cli, "submit", pipeline, "--state-dir", state_dir,
-                                        "--max-restarts", "0")
-        assert again.returncode == 0, again.stderr
-        resubmitted = again.stdout.splitlines()[0]
-        waiting = await asyncio.to_thread(wait_until, lambda: system.job(resubmitted)["message"],
-                                          what=f"{resubmitted} to say what it waits for")
+        resubmitted, waiting = await _resubmitted_waiting(system, pipeline, state_dir)
         assert job in waiting and executor.executor_id in waiting, waiting
         state = await asyncio.to_thread(system.job, resubmitted)
         assert state["status"] == "submitted", state

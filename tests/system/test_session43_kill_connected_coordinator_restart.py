@@ -25,16 +25,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import sqlite3
 
 import pytest
-from _system import SECRET, System, executor_served_here, marking_pipeline, wait_until
+from _system import (
+    System,
+    executor_served_here,
+    marking_pipeline,
+    submitted_here,
+    submitted_marking_here,
+    wait_until,
+    working_or_ended_here,
+)
 
-from kernel.system import Client, _executor
+from kernel.system import _executor
 from tests.system.test_session42_kill_away_state_dir import PIPELINE as MARKING
 from tests.system.test_session43_kill_away_coordinator_restart import _unstopped
-from tests.system.test_session43_kill_away_written_at_once_review import _status
+from tests.system.test_session43_kill_away_written_at_once_review import _coordinator_killed_during_the_kill
 
 # (its stop lasts until the test writes `release`: the window in which the coordinator is killed)
 PIPELINE = """\
@@ -65,28 +72,15 @@ async def test_a_restarted_coordinator_waits_for_the_process_a_connected_executo
     state_dir, data = tmp_path / "state", tmp_path / "data"
     async with executor_served_here(system, tmp_path / "executor",
                                     coordinator_options=("--executor-timeout", "15")) as (executor, _, _):
-        done = await asyncio.to_thread(system.cli, "submit", pipeline, "--state-dir", state_dir)
-        assert done.returncode == 0, done.stderr
-        job = done.stdout.splitlines()[0]
-        await asyncio.to_thread(wait_until, lambda: (marks / f"{job}.1").exists(), what=f"{job} to work")
+        job = await submitted_marking_here(system, pipeline, marks, "--state-dir", state_dir)
         entry = executor.processes[job, 1, 0]
-        async with Client((system.host, system.port), SECRET.encode(), timeout=10.0) as client:
-            killing = asyncio.ensure_future(client.request("kill", job=job))
-            await asyncio.to_thread(wait_until, lambda: _status(data, job) == "killed",
-                                    what=f"{job} killed in the catalog")
-            # the coordinator killed while the executor stops the job's process
-            system.coordinator.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(system.coordinator.wait)
-            killing.cancel()
-            await asyncio.gather(killing, return_exceptions=True)
+        # the coordinator killed while the executor stops the job's process
+        await _coordinator_killed_during_the_kill(system, data, job)
         assert _unstopped(data, job) == {executor.executor_id: 1}
         if row == "of before":
             _written_by_a_coordinator_of_before(data, job)
         await asyncio.to_thread(system.start_coordinator, "--executor-timeout", "15")
-        again = await asyncio.to_thread(system.cli, "submit", pipeline, "--state-dir", state_dir,
-                                        "--max-restarts", "0")
-        assert again.returncode == 0, again.stderr
-        resubmitted = again.stdout.splitlines()[0]
+        resubmitted = await submitted_here(system, pipeline, "--state-dir", state_dir, "--max-restarts", "0")
 
         def said_or_started() -> dict | None:
             state = system.job(resubmitted)
@@ -96,12 +90,7 @@ async def test_a_restarted_coordinator_waits_for_the_process_a_connected_executo
         assert state["status"] == "submitted" and entry.code is None, (state, entry.code)
         assert job in state["message"] and executor.executor_id in state["message"], state
         (marks / "release").touch()  # (its process ends: the executor's stop answers)
-
-        def working_or_ended() -> dict | None:
-            state = system.job(resubmitted)
-            return state if (marks / f"{resubmitted}.1").exists() or state["ended"] is not None else None
-
-        state = await asyncio.to_thread(wait_until, working_or_ended, what=f"{resubmitted} to work")
+        state = await working_or_ended_here(system, marks, resubmitted)
         assert (state["status"], state["attempt"], state["message"]) == ("running", 1, None), state
         assert entry.code is not None
         await asyncio.to_thread(wait_until, lambda: _unstopped(data, job) == {},

@@ -20,7 +20,7 @@ from _peer_ended import job_logs, restarted_after_a_death_at_start
 from _system import a_system, wait_until
 
 from kernel.system._master import LOSS_HOLD
-from tests._certificates import make_ca, sign
+from tests._certificates import node_tls_options
 
 # seconds from the death heard to the next attempt running: well within the hold
 RESTARTED_WITHIN = LOSS_HOLD / 2
@@ -29,11 +29,7 @@ RESTARTED_WITHIN = LOSS_HOLD / 2
 @pytest.fixture(scope="module")
 def tls_options(tmp_path_factory) -> list[str]:
     """The --tls-* options of every process: a CA's certificate for 127.0.0.1."""
-    d = tmp_path_factory.mktemp("tls")
-    make_ca(d)
-    sign(d, "node", "127.0.0.1", "extendedKeyUsage=serverAuth,clientAuth\n")
-    return ["--tls-cert", str(d / "node.pem"), "--tls-key", str(d / "node.key"),
-            "--tls-ca", str(d / "ca.pem")]
+    return node_tls_options(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.mark.parametrize("dies", [1, 0], ids=["the-accepted-one-dies", "the-dialled-one-dies"])

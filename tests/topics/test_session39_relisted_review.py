@@ -11,9 +11,7 @@ and sums.py (test_topics' helpers)."""
 
 from __future__ import annotations
 
-import signal
-
-from _relisted import HEARTBEATS, System, readings_system  # noqa: F401  (HEARTBEATS, System: imported from here)
+from _relisted import HEARTBEATS, System, readings_system, taken_out_and_back  # noqa: F401  (HEARTBEATS, System: imported from here)
 from test_topics import (  # noqa: F401  (fixtures, and what kills the jobs a test started)
     Job,
     _no_job_left,
@@ -32,12 +30,7 @@ def test_a_retain_publisher_listed_again_after_a_stop_is_read_on_without_duplica
         a.wait_published()
         b = Job(system, "sums.py", "b", ON_LOST="wait", TIMEOUT=60, **HEARTBEATS)
         wait_until(lambda: b.epochs_received() >= 2, what="B to read whole epochs of A")
-        a.proc.send_signal(signal.SIGSTOP)
-        try:  # (taken out: its coordinator connection given up, its address silent to the checks)
-            wait_until(lambda: "(a new publisher)" in b.text() or b.proc.poll() is not None, timeout=30,
-                       what="B to count A lost")
-        finally:
-            a.proc.send_signal(signal.SIGCONT)
+        taken_out_and_back(a, b)
         # A says its registration again; B finds it, and reads it on (A held its end meanwhile)
         wait_until(lambda: len(starts(b)[0]) >= 2 or b.proc.poll() is not None, what="B to read A again")
         go.touch()

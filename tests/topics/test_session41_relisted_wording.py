@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import signal
 
-from _relisted import HEARTBEATS, readings_system
+from _relisted import HEARTBEATS, readings_system, taken_out
 from test_topics import (  # noqa: F401  (fixtures, and what kills the jobs a test started)
     Job,
     _no_job_left,
@@ -45,10 +45,7 @@ def test_a_publisher_listed_again_before_any_epoch_reached_the_subscriber_is_not
         a.wait_published()
         b = Job(system, "sums.py", "b", ON_LOST="wait", TIMEOUT=60, **HEARTBEATS)
         wait_until(lambda: starts(b)[0] or b.proc.poll() is not None, what="B to reach A")
-        a.proc.send_signal(signal.SIGSTOP)
-        try:  # (taken out: its coordinator connection given up, its address silent to the checks)
-            wait_until(lambda: "(a new publisher)" in b.text() or b.proc.poll() is not None, timeout=30,
-                       what="B to count A lost")
+        with taken_out(a, b):
             # B held while A, listed again, goes on past an epoch it keeps for B no longer
             b.proc.send_signal(signal.SIGSTOP)
             try:
@@ -58,8 +55,6 @@ def test_a_publisher_listed_again_before_any_epoch_reached_the_subscriber_is_not
                            what="A to drop what B lacks")
             finally:
                 b.proc.send_signal(signal.SIGCONT)
-        finally:
-            a.proc.send_signal(signal.SIGCONT)
         assert b.epochs_received() == 0, "an epoch of A reached B before A was stopped"
         wait_until(lambda: len(starts(b)[0]) >= 2 or b.proc.poll() is not None, what="B to read A again")
         go.touch()

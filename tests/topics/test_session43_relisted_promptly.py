@@ -18,10 +18,9 @@ and sums.py (test_topics' helpers)."""
 
 from __future__ import annotations
 
-import signal
 import time
 
-from _relisted import HEARTBEATS, readings_system
+from _relisted import HEARTBEATS, readings_system, taken_out_and_back
 from test_topics import (  # noqa: F401  (fixtures, and what kills the jobs a test started)
     Job,
     _no_job_left,
@@ -45,12 +44,7 @@ def test_a_publisher_resumed_after_it_was_taken_out_is_read_again_promptly(tmp_p
         a.wait_published()
         b = Job(system, "sums.py", "b", ON_LOST="wait", TIMEOUT=60, **HEARTBEATS)
         wait_until(lambda: starts(b)[0] or b.proc.poll() is not None, what="B to reach A")
-        a.proc.send_signal(signal.SIGSTOP)
-        try:  # (taken out: its coordinator connection given up, its address silent to the checks)
-            wait_until(lambda: "(a new publisher)" in b.text() or b.proc.poll() is not None, timeout=30,
-                       what="B to count A lost")
-        finally:
-            a.proc.send_signal(signal.SIGCONT)
+        taken_out_and_back(a, b)
         resumed = time.monotonic()
         wait_until(lambda: len(starts(b)[0]) >= 2 or b.proc.poll() is not None, timeout=10,
                    what="B to read A again")
