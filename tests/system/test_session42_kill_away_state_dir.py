@@ -73,6 +73,20 @@ async def _sent_away(system: System, executor) -> tuple[str, int]:
     return address
 
 
+async def _killed_while_away(system: System, executor, pipeline, marks, state_dir):
+    """(job, its process's entry, `executor`'s address to give back):
+    `pipeline` submitted on `state_dir` to `executor` (served in this loop),
+    working, then that executor sent away (`_sent_away`) and the job killed,
+    the kill answered at once."""
+    job = await submitted_marking_here(system, pipeline, marks, "--state-dir", state_dir,
+                                       "--executors", executor.executor_id)
+    entry = executor.processes[job, 1, 0]
+    address = await _sent_away(system, executor)
+    killed = await asyncio.to_thread(system.cli, "kill", job)
+    assert (killed.returncode, killed.stdout.strip()) == (0, f"{job} killed"), killed.stderr
+    return job, entry, address
+
+
 async def _resubmitted_waiting(system: System, pipeline, state_dir) -> tuple[str, str]:
     """(id, message): `pipeline` submitted again on `state_dir`, no restart,
     once its job says what it waits for."""
@@ -87,12 +101,7 @@ async def test_a_job_submitted_again_on_the_state_dir_of_one_killed_while_its_ex
     marks, pipeline = marking_pipeline(tmp_path, PIPELINE)
     state_dir = tmp_path / "state"
     async with _system_with_an_executor_here(tmp_path) as (system, executor, _):
-        job = await submitted_marking_here(system, pipeline, marks, "--state-dir", state_dir,
-                                           "--executors", executor.executor_id)
-        entry = executor.processes[job, 1, 0]
-        address = await _sent_away(system, executor)
-        killed = await asyncio.to_thread(system.cli, "kill", job)
-        assert (killed.returncode, killed.stdout.strip()) == (0, f"{job} killed"), killed.stderr
+        job, entry, address = await _killed_while_away(system, executor, pipeline, marks, state_dir)
         # while the first's process may still run, the second waits, and says for what
         resubmitted, waiting = await _resubmitted_waiting(system, pipeline, state_dir)
         state = await asyncio.to_thread(system.job, resubmitted)

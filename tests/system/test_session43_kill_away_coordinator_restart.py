@@ -20,12 +20,12 @@ import json
 import signal
 import sqlite3
 
-from _system import marking_pipeline, submitted_marking_here, wait_until, working_or_ended_here
+from _system import marking_pipeline, wait_until, working_or_ended_here
 
 from tests.system.test_session42_kill_away_state_dir import (
     PIPELINE,
+    _killed_while_away,
     _resubmitted_waiting,
-    _sent_away,
     _system_with_an_executor_here,
 )
 
@@ -35,12 +35,7 @@ async def test_a_restarted_coordinator_waits_for_the_process_of_a_job_killed_whi
     marks, pipeline = marking_pipeline(tmp_path, PIPELINE)
     state_dir = tmp_path / "state"
     async with _system_with_an_executor_here(tmp_path) as (system, executor, _):
-        job = await submitted_marking_here(system, pipeline, marks, "--state-dir", state_dir,
-                                           "--executors", executor.executor_id)
-        entry = executor.processes[job, 1, 0]
-        address = await _sent_away(system, executor)
-        killed = await asyncio.to_thread(system.cli, "kill", job)
-        assert (killed.returncode, killed.stdout.strip()) == (0, f"{job} killed"), killed.stderr
+        job, entry, address = await _killed_while_away(system, executor, pipeline, marks, state_dir)
         # the coordinator killed at once, and started again on its catalog
         system.coordinator.send_signal(signal.SIGKILL)
         await asyncio.to_thread(system.coordinator.wait)
