@@ -195,19 +195,21 @@ def test_a_coordinator_on_a_new_catalog_gives_no_new_executor_the_id_of_one_comi
 
 
 def test_a_coordinator_restarted_with_a_shorter_executor_timeout_never_runs_two_attempts_at_once(tmp_path):
-    # The executors were told the last coordinator's --executor-timeout (10 s)
-    # when they registered: an executor cut off fences its job processes 8 s
-    # after its last answer, and each process ends itself at 9 s (its lease).
+    # The executors were told the last coordinator's --executor-timeout (6 s)
+    # when they registered: an executor cut off fences its job processes 4.8 s
+    # after its last answer, and each process ends itself at 5.4 s (its lease).
     # A coordinator started again with --executor-timeout 2 (an operator
     # shortening it in a maintenance restart) counts the executors of the
     # last one lost 2 s after its start (`JobMaster.__init__`: `_away`, by its
     # own timeout), and restarts their jobs elsewhere while the old attempt
-    # still runs: two attempts at once, 5-6 s long, which "Restarts" promises
+    # still runs: two attempts at once, ~2 s long, which "Restarts" promises
     # never happen. (The executor here is frozen, so cannot come back; a
-    # partition does the same.)
+    # partition does the same.) 6 s, not the 10 s this test had: the test
+    # waits out that lease, and 6 s still leaves the old attempt running
+    # ~2 s past the moment the second would start with the fix undone.
     system = System(tmp_path)
     try:
-        system.start_coordinator("--executor-timeout", "10")
+        system.start_coordinator("--executor-timeout", "6")
         system.start_executor(2)
         system.start_executor(2)
         system.executors_up(2)
