@@ -51,7 +51,9 @@ def test_submit_wait_gives_up_on_a_frozen_coordinator(frozen_later, tmp_path):
     times that, and then ends with exit 1 and why."""
     system = frozen_later
     pipeline = write(tmp_path / "endless.py", ENDLESS)
-    env = dict(system.env, KERNEL_COORDINATOR_TIMEOUT="1")
+    # (0.5 s, not 1: the command gives up 3 timeouts and a grace (2 s at
+    # least) after the coordinator's last answer, ~1.5 s sooner so)
+    env = dict(system.env, KERNEL_COORDINATOR_TIMEOUT="0.5")
     waiter = subprocess.Popen([sys.executable, "-m", "kernel", "submit", str(pipeline), "--wait"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                               cwd=tmp_path)
@@ -72,7 +74,7 @@ def test_submit_wait_gives_up_on_a_frozen_coordinator(frozen_later, tmp_path):
     assert waiter.returncode == 1, (out, err)
     assert err.startswith("error: gave up following job-1 (it may still be running): could not reach "), err
     assert re.search(r" within [0-9.]+ s: it accepted the connection but never answered\n$", err), err
-    # a wait answered after 1 s, 2 s of grace, 3 s to reconnect (each try bounded), and the start
+    # a wait answered after 0.5 s, 2 s of grace, 1.5 s to reconnect (each try bounded), and the start
     assert took < 15, took
 
 
