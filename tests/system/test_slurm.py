@@ -135,6 +135,26 @@ def test_srun_runs_a_two_task_job_with_exact_results(slurm, tmp_path):
 
 
 
+def batch_job_ended(options: list[str], cwd, env) -> dict[str, str]:
+    """`sbatch OPTIONS`'s job, once it has ended: its `scontrol show job`
+    fields (JobState, ExitCode...). Asked every 0.1 s, not `sbatch --wait`,
+    which polls every 2 s (the slurm fixture's MinJobAge=0 keeps the record):
+    a job done in 1 s held it 2 s, one done in 2.1 s held it 4 s."""
+    submitted = subprocess.run(["sbatch", "--parsable", *options], capture_output=True, text=True,
+                               timeout=60, cwd=cwd, env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip().split(";")[0]
+
+    def ended() -> dict[str, str] | None:
+        shown = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True,
+                               timeout=60, env=env).stdout
+        fields = dict(field.split("=", 1) for field in shown.split() if "=" in field)
+        return fields if fields.get("JobState") not in (None, "PENDING", "CONFIGURING", "RUNNING",
+                                                        "COMPLETING") else None
+
+    return wait_until(ended, timeout=60, what=f"batch job {job} to end", every=0.1)
+
+
 def test_a_batch_script_running_kernel_run_itself_has_the_jobs_cpus_on_the_node(slurm, tmp_path):
     """`sbatch -n 2 -c 1` on the two-CPU node: its script (no job step:
     SLURM_CPUS_PER_TASK=1 is a step's task's) has both CPUs, so two
@@ -149,10 +169,10 @@ def test_a_batch_script_running_kernel_run_itself_has_the_jobs_cpus_on_the_node(
                       f"{sys.executable} -c \"{probe}\"\n"
                       f"srun -n 1 {sys.executable} -c \"{probe}\"\n")
     out = tmp_path / "job.out"
-    done = subprocess.run(["sbatch", "-n", "2", "-c", "1", "-o", str(out), "--wait", str(script)],
-                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                          env=dict(slurm, PYTHONPATH=os.pathsep.join(sys.path)))
-    assert done.returncode == 0, (done.stderr, out.read_text() if out.exists() else "")
+    ended = batch_job_ended(["-n", "2", "-c", "1", "-o", str(out), str(script)], tmp_path,
+                            dict(slurm, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert (ended["JobState"], ended["ExitCode"]) == ("COMPLETED", "0:0"), \
+        (ended, out.read_text() if out.exists() else "")
     lines = out.read_text().splitlines()
     assert [line for line in lines if "cores=2, but" in line] == []
     assert sorted(json.loads(line) for part in (tmp_path / "out").glob("part-*.jsonl")
