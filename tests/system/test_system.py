@@ -1000,12 +1000,14 @@ def test_an_executor_heartbeat_too_long_for_the_coordinator_timeout_is_shortened
     # restarted until it failed. The executor now beats every 2 / 5 s.
     system = start_system(tmp_path, "--heartbeat", "3")
     try:
-        pipeline, _ = slow(tmp_path, pause=0.01, count=250, out=tmp_path / "out")  # ~2.5 s of work
+        # ~1.7 s of work, and its process's start: longer than the 1.6 s between an
+        # answered beat and the fence, so it meets a fence wherever it starts
+        pipeline, _ = slow(tmp_path, pause=0.01, count=170, out=tmp_path / "out")
         done = system.cli("submit", pipeline, "--wait")
         assert done.returncode == 0, done.stdout + done.stderr
         state = system.job(done.stdout.splitlines()[0])
         assert (state["status"], state["restarts"]) == ("completed", 0), state
-        assert_each_once(records(tmp_path / "out"), 250)
+        assert_each_once(records(tmp_path / "out"), 170)
         log = (tmp_path / "executor1.log").read_text()
         assert "--heartbeat 3 s is too long for the coordinator's executor timeout of 2 s: " \
                "beating every 0.4 s" in log
