@@ -156,7 +156,7 @@ def test_a_publisher_whose_input_ends_while_the_coordinator_is_down_does_not_fai
 
     hold = tmp_path / "hold"
     env = dict(system.env, TOPIC="ends-while-down", COUNT="100", HOLD=str(hold), RATE="1000",
-               KERNEL_COORDINATOR_TIMEOUT="2")  # (10 s by default)
+               KERNEL_COORDINATOR_TIMEOUT="1")  # (10 s by default)
     log = tmp_path / "pub.log"
     with open(log, "wb") as err, open(tmp_path / "pub.out", "wb") as out:
         pub = subprocess.Popen([PYTHON, str(READINGS), f"127.0.0.1:{system.port}"], stdout=out, stderr=err,
@@ -168,7 +168,7 @@ def test_a_publisher_whose_input_ends_while_the_coordinator_is_down_does_not_fai
         system.coordinator.wait()
         hold.touch()  # the publisher's input ends now
         try:
-            pub.wait(12)  # past the Directory's 2 s of tries
+            pub.wait(12)  # past the Directory's 1 s of tries
         except subprocess.TimeoutExpired:  # still waiting for the coordinator: bring it back
             system.coordinator_log.rename(tmp_path / "coordinator-1.log")
             system.start_coordinator()
@@ -364,7 +364,8 @@ def test_a_frozen_coordinator_never_leaves_a_finished_publisher_or_subscriber_ha
     import time
 
     hold = tmp_path / "hold"
-    env = dict(system.env, TOPIC="frozen-catalog", RATE="1000", KERNEL_COORDINATOR_TIMEOUT="2")
+    # (the Directory's timeout 1 s: an answer is waited for 1 + 2 s, `Directory._answer_within`)
+    env = dict(system.env, TOPIC="frozen-catalog", RATE="1000", KERNEL_COORDINATOR_TIMEOUT="1")
 
     def spawn(args, name, **extra):
         log = tmp_path / f"{name}.log"
@@ -385,7 +386,7 @@ def test_a_frozen_coordinator_never_leaves_a_finished_publisher_or_subscriber_ha
         system.coordinator.send_signal(signal.SIGSTOP)
         try:
             hold.touch()  # A's input ends: its end goes to B, and both finish
-            deadline = time.monotonic() + 12  # (the Directory's timeout is 2 s here)
+            deadline = time.monotonic() + 12  # (the Directory's timeout is 1 s here)
             for proc in (a, b):
                 try:
                     proc.wait(max(0.1, deadline - time.monotonic()))
