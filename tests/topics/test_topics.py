@@ -31,6 +31,10 @@ HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
 DT = 1 / 64  # readings.py's event seconds between readings
 WINDOW = 0.5
+# A's epoch_interval (readings.py's EPOCH, 0.2 s by default) in the tests that
+# wait for a few of A's epochs, or for B to read a few whole ones: each such
+# wait half as long, the same epochs
+SHORT_EPOCH = 0.1
 
 
 def value(seq: int) -> int:
@@ -164,7 +168,7 @@ def test_a_late_subscriber_gets_whole_epochs_and_exact_windows_two_at_once(syste
     # B joins A mid-stream: A's readings at its pace would take 30 s, time for both B to join
     # however loaded the machine (with 3,000, 3 s, they once joined after A's end, and got
     # nothing); once both read whole epochs of A, A goes at full speed to its end
-    a = Job(system, "readings.py", "a", COUNT=30_000, GO=go)
+    a = Job(system, "readings.py", "a", COUNT=30_000, GO=go, EPOCH=SHORT_EPOCH)
     a.wait_epoch(3)
     joined = max(a.boundaries().values())
     b1 = Job(system, "sums.py", "b1")
@@ -223,7 +227,7 @@ def test_kernel_run_finds_the_coordinator_from_its_coordinator_flag(system, tmp_
 
 
 def test_a_record_type_unlike_the_topics_is_refused_at_subscribe_time(system):
-    a = Job(system, "readings.py", "a", COUNT=100_000, TYPED=1)
+    a = Job(system, "readings.py", "a", COUNT=100_000, TYPED=1, EPOCH=SHORT_EPOCH)
     a.wait_epoch(1)
     b = Job(system, "sums.py", "b", TYPED=1)
     lines = b.finish()
@@ -232,7 +236,7 @@ def test_a_record_type_unlike_the_topics_is_refused_at_subscribe_time(system):
 
 
 def test_a_killed_publisher_ends_its_subscribers_with_publisher_lost(system):
-    a = Job(system, "readings.py", "a", COUNT=0)
+    a = Job(system, "readings.py", "a", COUNT=0, EPOCH=SHORT_EPOCH)
     a.wait_epoch(2)
     b = Job(system, "sums.py", "b")
     wait_until(lambda: b.epochs_received() >= 2, what="B to read whole epochs of A")
@@ -243,7 +247,7 @@ def test_a_killed_publisher_ends_its_subscribers_with_publisher_lost(system):
 
 
 def test_on_lost_wait_goes_on_after_the_publishers_restart(system):
-    a = Job(system, "readings.py", "a", COUNT=0)
+    a = Job(system, "readings.py", "a", COUNT=0, EPOCH=SHORT_EPOCH)
     a.wait_epoch(2)
     b = Job(system, "sums.py", "b", ON_LOST="wait")
     wait_until(lambda: b.epochs_received() >= 2, what="B to read whole epochs of A")
@@ -253,7 +257,7 @@ def test_on_lost_wait_goes_on_after_the_publishers_restart(system):
     # ended under load before B found it, and B ended with it having nothing of it
     # ("the new publisher had ended before this subscriber reached it", README Topics 4)
     go = system.root / "go"
-    again = Job(system, "readings.py", "a2", COUNT=2000, WAIT=go, GO=go)
+    again = Job(system, "readings.py", "a2", COUNT=2000, WAIT=go, GO=go, EPOCH=SHORT_EPOCH)
     wait_until(lambda: len(starts(b)[0]) >= 2 or b.proc.poll() is not None, what="B to read from the new A")
     go.touch()
     seqs, _ = results(b)
@@ -461,7 +465,7 @@ def test_a_waiting_subscriber_waits_for_a_registered_publisher_that_does_not_ans
     "wait") keeps trying it, and goes on once A runs again (it used to
     count A lost and wait for ever for another publisher)."""
     go = system.root / "go"
-    a = Job(system, "readings.py", "a", COUNT=20_000, GO=go, KERNEL_HEARTBEAT=HEARTBEAT)
+    a = Job(system, "readings.py", "a", COUNT=20_000, GO=go, KERNEL_HEARTBEAT=HEARTBEAT, EPOCH=SHORT_EPOCH)
     a.wait_published()
     # (a round of tries: 0.5 s, then KERNEL_TOPIC_CONNECT_TIMEOUT, 5 s by default)
     b = Job(system, "sums.py", "b", ON_LOST="wait", KERNEL_HEARTBEAT=HEARTBEAT,
@@ -486,7 +490,7 @@ def test_a_waiting_subscriber_ends_when_the_new_publisher_ended_before_it_was_ba
     ended and ends too, saying what it missed (it used to wait for ever:
     the catalog answered "not found" for a topic that ended before B had
     found it)."""
-    a = Job(system, "readings.py", "a", COUNT=0)
+    a = Job(system, "readings.py", "a", COUNT=0, EPOCH=SHORT_EPOCH)
     a.wait_published()
     b = Job(system, "sums.py", "b", ON_LOST="wait")
     wait_until(lambda: b.epochs_received() >= 2, what="B to read whole epochs of A")
@@ -511,7 +515,7 @@ def test_retain_lets_a_late_subscriber_start_at_the_oldest_retained_epoch(system
     # starts at the very beginning (without retain, after the 6th)
     # (A holds its end until B has joined: a slow start of B must not find A ended)
     go, hold = system.root / "go", system.root / "hold"
-    a = Job(system, "readings.py", "a", COUNT=3000, RETAIN=1000, GO=go, HOLD=hold)
+    a = Job(system, "readings.py", "a", COUNT=3000, RETAIN=1000, GO=go, HOLD=hold, EPOCH=SHORT_EPOCH)
     a.wait_epoch(6)
     b = Job(system, "sums.py", "b")
     wait_until(b.epochs_received, what="B to read from A")  # (then A may go at full speed)
@@ -582,7 +586,7 @@ def test_a_slow_subscriber_that_waits_for_lost_publishers_stays_bounded_too(syst
 
 
 def test_the_status_lists_topics_with_publisher_and_subscribers(system):
-    a = Job(system, "readings.py", "a", COUNT=100_000)
+    a = Job(system, "readings.py", "a", COUNT=100_000, EPOCH=SHORT_EPOCH)
     a.wait_epoch(1)
     b = Job(system, "sums.py", "b")
     wait_until(lambda: any(t["subscribers"] for t in topics_named(system, system.topic)),
@@ -780,7 +784,7 @@ def test_a_wrong_secret_is_refused_by_the_topic_server(system):
     from kernel.topics._directory import Directory
     from kernel.topics._publish import TOPIC_PATH
 
-    a = Job(system, "readings.py", "a", COUNT=100_000)
+    a = Job(system, "readings.py", "a", COUNT=100_000, EPOCH=SHORT_EPOCH)
     a.wait_epoch(1)
 
     async def attempt():
@@ -986,7 +990,7 @@ def test_topics_over_tls(tmp_path, certificates):  # noqa: F811  (the fixture im
         go, subscribed = tmp_path / "go", tmp_path / "subscribed"
         # A makes no reading until B has subscribed (its 2,000 take A 2 s: on a loaded
         # machine B started later than that, and found A ended)
-        a = Job(system, "readings.py", "a", COUNT=2000, GO=go, WAIT=subscribed)
+        a = Job(system, "readings.py", "a", COUNT=2000, GO=go, WAIT=subscribed, EPOCH=SHORT_EPOCH)
         a.wait_epoch(2)
         b = Job(system, "sums.py", "b")
         wait_until(lambda: any(t["subscribers"] for t in system.status()["topics"]), what="B to subscribe")
@@ -1081,8 +1085,10 @@ def test_retain_bytes_drops_the_oldest_epochs_whole_and_says_where_a_late_subscr
     against its queue, and B is not dropped."""
     hold = system.root / "hold"
     bound, payload, count = 20 * MB, 20_000, 2700
-    a = Job(system, "readings.py", "a", COUNT=count, BATCH=15, PAYLOAD=payload, RETAIN=1000,
-            RETAIN_BYTES=bound, SLOW_MODE="disconnect", HOLD=hold)
+    # (~6 MB epochs: 300 readings each, 30 a batch at 100 batches a second in
+    # SHORT_EPOCH epochs; A's run takes ~1 s)
+    a = Job(system, "readings.py", "a", COUNT=count, BATCH=30, PAYLOAD=payload, RETAIN=1000,
+            RETAIN_BYTES=bound, SLOW_MODE="disconnect", HOLD=hold, EPOCH=SHORT_EPOCH)
     wait_until(lambda: "holding" in a.text() or a.proc.poll() is not None, what="A to publish everything")
     b = Job(system, "sums.py", "b", SLOW=0.01)
     wait_until(lambda: starts(b) or b.proc.poll() is not None, what="B to start")
@@ -1129,7 +1135,7 @@ def test_on_lost_wait_follows_a_publisher_restarted_with_another_partition_count
     hold = system.root / "hold"
     b = Job(system, "sums.py", "b", CORES=2, ON_LOST="wait")
     wait_until(lambda: "subscribing" in b.out.read_text(), what="B to start")
-    a1 = Job(system, "readings.py", "a1", COUNT=0, CORES=before, SPLIT=1)
+    a1 = Job(system, "readings.py", "a1", COUNT=0, CORES=before, SPLIT=1, EPOCH=SHORT_EPOCH)
     # whole epochs of partition p on every kernel of B that reads it (its records, or its progress):
     # a marker past the last of its connections' starts (two markers of any kernel's were taken for
     # that: B's kernels find the topic apart, its lookups backing off, and the kernel that reads the
@@ -1144,7 +1150,7 @@ def test_on_lost_wait_follows_a_publisher_restarted_with_another_partition_count
     go = system.root / "go"
     # (once go exists, at full speed: its pace would only make the run long)
     a2 = Job(system, "readings.py", "a2", COUNT=3000, CORES=after, SPLIT=1, START=NEW, HOLD=hold, WAIT=go,
-             GO=go)
+             GO=go, EPOCH=SHORT_EPOCH)
     # every kernel of B reads the new A (its own partitions, or their
     # progress) before A makes its readings: B's connections to A1, then A2
     wait_until(lambda: connected() == max(before, 2) + max(after, 2), what="B to read from the new A")
@@ -1228,7 +1234,7 @@ def test_a_partition_that_ends_as_a_subscriber_connects_is_its_end_not_a_loss(sy
     from kernel import Dataflow, run
 
     go = system.root / "go"
-    a = Job(system, "readings.py", "a", COUNT=100, WAIT=go)
+    a = Job(system, "readings.py", "a", COUNT=100, WAIT=go, EPOCH=SHORT_EPOCH)
     a.wait_epoch(1)
     read_partition = subscribe.Subscribe._read_partition
 
