@@ -18,6 +18,7 @@ from test_services_robust import run, serving, where  # noqa: F401  (fixtures an
 from test_topics import (  # noqa: F401  (fixtures, and what kills the jobs a test started)
     PYTHON,
     SERVICE,
+    SHORT_EPOCH,
     Job,
     _no_job_left,
     coordinator,
@@ -55,7 +56,7 @@ def test_a_killed_publishing_app_leaves_the_catalog_and_a_new_subscriber_waits_f
     waiting = f"waiting for '{system.topic}' to be published"
     wait_until(lambda: waiting in b.text() or b.proc.poll() is not None, what="B to wait for the topic")
     go = system.root / "go"
-    a2 = Job(system, "readings.py", "a2", COUNT=1000, WAIT=go)
+    a2 = Job(system, "readings.py", "a2", COUNT=1000, WAIT=go, GO=go)  # (at full speed once B reads it)
     wait_until(lambda: starts(b)[0] or b.proc.poll() is not None, what="B to connect to A2")
     go.touch()
     seqs, _ = results(b)
@@ -311,7 +312,7 @@ def test_a_waiting_subscriber_stops_dialling_a_killed_publishers_address_taken_b
 
     from test_topics import HEARTBEAT
 
-    a = Job(system, "readings.py", "a", COUNT=0, KERNEL_HEARTBEAT=HEARTBEAT)
+    a = Job(system, "readings.py", "a", COUNT=0, KERNEL_HEARTBEAT=HEARTBEAT, EPOCH=SHORT_EPOCH)
     a.wait_published()
     port = int(re.search(r" served at 127\.0\.0\.1:(\d+)", a.text()).group(1))
     b = Job(system, "sums.py", "b", ON_LOST="wait", KERNEL_HEARTBEAT=HEARTBEAT,
@@ -328,7 +329,7 @@ def test_a_waiting_subscriber_stops_dialling_a_killed_publishers_address_taken_b
         wait_until(lambda: f"waiting for '{system.topic}' (a new publisher)" in b.text(), timeout=20,
                    what="B to wait for a new publisher")
         go = system.root / "go"
-        a2 = Job(system, "readings.py", "a2", COUNT=500, START=100_000, WAIT=go)
+        a2 = Job(system, "readings.py", "a2", COUNT=500, START=100_000, WAIT=go, GO=go)
         wait_until(lambda: len(starts(b)[0]) >= 2 or b.proc.poll() is not None, what="B to read A2")
         go.touch()
         seqs, _ = results(b)
@@ -377,8 +378,8 @@ def test_a_subscriber_that_found_a_publisher_gone_before_it_came_waits_for_the_t
     held = _Held(system, name=system.topic, id="gone-before", job="app:gone-before", kind="stream",
                  record_type=None, partitions=1, partition=0, address=f"127.0.0.1:{free_port()}")
     try:
-        b = Job(system, "sums.py", "b", TIMEOUT=30, KERNEL_TOPIC_CONNECT_TIMEOUT=3)
-        # (subscribed: it found the registration, and dials its address, for 0.5 + 3 s)
+        b = Job(system, "sums.py", "b", TIMEOUT=30, KERNEL_TOPIC_CONNECT_TIMEOUT=2)
+        # (subscribed: it found the registration, and dials its address, for 0.5 + 2 s)
         wait_until(lambda: any(t["subscribers"] for t in topics_named(system, system.topic)),
                    what="B to find the dead registration")
         held.abandon()
@@ -386,7 +387,7 @@ def test_a_subscriber_that_found_a_publisher_gone_before_it_came_waits_for_the_t
                    what="B to wait for the topic")
         assert b.proc.poll() is None, b.out.read_text()[-600:]
         go = system.root / "go"
-        a = Job(system, "readings.py", "a", COUNT=1000, WAIT=go)
+        a = Job(system, "readings.py", "a", COUNT=1000, WAIT=go, GO=go)  # (at full speed once B reads it)
         wait_until(lambda: starts(b)[0] or b.proc.poll() is not None, what="B to connect to A")
         go.touch()
         seqs, _ = results(b)
