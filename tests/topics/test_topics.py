@@ -188,9 +188,10 @@ def test_subscribe_before_the_topic_exists_waits_for_it(system):
     wait_until(lambda: f"waiting for '{system.topic}' to be published" in b.text(),
                what="B to look the topic up")
     # A makes its readings once B has connected (its source may start before its topic is
-    # registered: under load A's 1 s of readings were over before B found the topic)
+    # registered: under load A's 1 s of readings were over before B found the topic), then
+    # at full speed (GO: its pace would only make the test long)
     go = system.root / "go"
-    a = Job(system, "readings.py", "a", COUNT=1000, WAIT=go)
+    a = Job(system, "readings.py", "a", COUNT=1000, WAIT=go, GO=go)
     wait_until(lambda: starts(b)[0] or b.proc.poll() is not None, what="B to connect to A")
     go.touch()
     seqs, sums = results(b)
