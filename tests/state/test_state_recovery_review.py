@@ -35,7 +35,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "kernel"))
-from _ports import free_ports  # noqa: E402
+from _ports import free_ports, wait_until  # noqa: E402
 
 from tests._crash_runs import assert_each_once  # noqa: E402
 
@@ -303,22 +303,28 @@ HELD_PIPELINE = textwrap.dedent(
     from kernel import Dataflow
 
     OUT = os.environ["OUT"]
-    GATE = os.path.join(OUT, "release")
+
+    def wait_for(name):  # (the test makes it; 120 s: a bound for a hang only, say a test killed)
+        deadline = time.monotonic() + 120
+        while not os.path.exists(os.path.join(OUT, name)) and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def held(x):
-        if x == 3001:  # kernel 1's (record i is kernel i % 2's): it waits here until released
+        if x == 1:  # kernel 1's first (record i is kernel i % 2's): it waits here until released
             open(os.path.join(OUT, "held"), "w").close()  # (the test samples the store once it is)
-            deadline = time.monotonic() + 30
-            while not os.path.exists(GATE) and time.monotonic() < deadline:
-                time.sleep(0.005)
-        elif x % 2 == 0 and x > 3001:
-            # kernel 0 goes on, snapshotting epochs kernel 1 cannot complete; not before
-            # kernel 1 is held (under load kernel 1 came late: kernel 0 had ended, its
-            # epochs' snapshots gone for its final one, and the test found none to check)
-            deadline = time.monotonic() + 30
-            while not os.path.exists(os.path.join(OUT, "held")) and time.monotonic() < deadline:
-                time.sleep(0.005)
-            time.sleep(0.0005)
+            wait_for("release")
+        elif x % 2 == 0:
+            # Kernel 0 goes on, snapshotting epochs kernel 1 cannot complete (two
+            # past the newest complete, AHEAD), and ends only once released: ended,
+            # its epochs' snapshots would be gone for its final one. Kernel 1 is held
+            # at its first record, before it snapshots more than the epoch its start
+            # may have taken: held at record 3001 (kernel 0 waiting for it at 3002)
+            # it had taken two under load, and kernel 0 could take none past them
+            # (1 of 3 runs beside two CPU burners).
+            if x < 1000:
+                time.sleep(0.0005)  # (not all at once: a few epochs on the way)
+            elif x == 7998:
+                wait_for("release")
         return x
 
     flow = Dataflow("held")
@@ -386,12 +392,17 @@ def test_a_run_refused_because_the_state_dir_is_in_use_leaves_the_live_runs_stor
         # epoch could still be on the way as it was held (its writer thread),
         # completing an epoch after the sample (a CI run was so left with nothing
         # to check); no event tells when that thread is done.
+        # The live run's start takes what the machine allows: 120 s is a bound
+        # for a hang only (30 s from the run's start went by once under heavy
+        # load); the 30 s for kernel 0's snapshots count from kernel 1 held.
+        wait_until(lambda: (out / "held").exists() or live.poll() is not None, timeout=120,
+                   what="the live run's kernel 1 to be held at its first record")
         deadline = time.monotonic() + 30
         seen, still_since = None, time.monotonic()
         while True:
             assert live.poll() is None, live.communicate()
             assert time.monotonic() < deadline, f"kernel 0 snapshotted nothing past kernel 1's epochs: {seen}"
-            state = _store_past_kernel_1(store) if (out / "held").exists() and store.exists() else None
+            state = _store_past_kernel_1(store) if store.exists() else None
             if state != seen:
                 seen, still_since = state, time.monotonic()
             elif state is not None and state[2] and time.monotonic() - still_since >= 0.3:
