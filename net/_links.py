@@ -1570,7 +1570,12 @@ async def connect(url: str, secret, process: int, *, path: str = PATH, max_frame
                     max(0.01, deadline - loop.time()))
             except TimeoutError:
                 silent = progress.silence(url)
-                raise LinkError(f"could not reach {url} within {_seconds(timeout)} s: {silent}") from silent
+                error = LinkError(f"could not reach {url} within {_seconds(timeout)} s: {silent}")
+                # (the last try ran out of time, as one may that starts with moments left
+                # on a loaded machine: the tries the server closed before it are said all
+                # the same, as where it had ended, below)
+                error.refused_once = refused_once
+                raise error from silent
             except aiohttp.ClientResponseError as exc:  # (an HTTP answer, no websocket: not our server)
                 # (on one line: aiohttp's parser says what it could not parse over four)
                 what = " ".join(str(exc.message).split())[:200]
