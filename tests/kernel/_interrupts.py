@@ -10,6 +10,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEADLINE = 8.0  # seconds for the child to end after the signal (it used to wait for ever)
+ASLEEP_WITHIN = 30.0  # seconds for the child to block after READY: only a hang reaches it
 
 
 # A script's end (indented as the scripts here are, before dedent): its
@@ -41,6 +42,7 @@ def interrupted_command(arguments: list[str], signum=signal.SIGINT) -> tuple[int
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "READY"
+        _wait_until_asleep(child.pid)
         sent = time.monotonic()
         child.send_signal(signum)
         out, err = child.communicate(timeout=DEADLINE)
@@ -49,3 +51,27 @@ def interrupted_command(arguments: list[str], signum=signal.SIGINT) -> tuple[int
         if child.poll() is None:
             child.kill()
             child.communicate()
+
+
+def _wait_until_asleep(pid: int) -> None:
+    """Until `pid`'s main thread sleeps in a system call (the child's
+    time.sleep after READY, a GIL wait, a launcher's wait for its kernels).
+
+    READY is printed before the call that blocks: a SIGINT that came
+    between the last check of pending signals and the sleep's system call
+    was noted by CPython but interrupted nothing, and its handler ran only
+    when time.sleep(60) returned (CPython's own window, the kernel's
+    handler or not: 5 of 2,000 plain `print("READY"); time.sleep(60)`
+    children under load; this test's 8 s went by about once in 115 CI runs).
+    Asleep, the thread is past that window (or, waiting for the GIL, before
+    a check); a signal then interrupts the call."""
+    deadline = time.monotonic() + ASLEEP_WITHIN
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rpartition(")")[2].split()[0]  # (the name, in parentheses, may hold spaces)
+        except OSError:
+            return  # no /proc (not Linux), or the child ended: signal it as it is
+        if state == "S":
+            return
+        time.sleep(0.001)
