@@ -136,9 +136,13 @@ def test_slow_disconnect_with_snapshots_drops_a_slow_subscriber_and_not_one_that
     goes out, and is dropped (B was dropped too, at once: counted frame by
     frame as they were queued, the epoch was a backlog)."""
     go, stall, fast = system.root / "go", system.root / "stall", system.root / "fast"
-    # (3,000 readings of 20 KB in 1.5 s: epochs of ~20 MB)
+    # (3,000 readings of 20 KB in 1.5 s: epochs of ~20 MB. C's kernel stalls
+    # until it is dropped, and A's links drop a peer silent for two heartbeats,
+    # 5 s by default: under load A's next epoch came later than that, and C was
+    # dropped as dead, ConnectionLost, not too slow. 60 s: a hang's bound only)
     a = Job(system, "readings.py", "a", COUNT=3000, BATCH=100, RATE=20, PAYLOAD=20_000,
-            SLOW_MODE="disconnect", STATE_DIR=system.root / "state", JOB_EPOCH=0.5, WAIT=go)
+            SLOW_MODE="disconnect", STATE_DIR=system.root / "state", JOB_EPOCH=0.5, WAIT=go,
+            KERNEL_HEARTBEAT=60)
     a.wait_published()
     b = Job(system, "sums.py", "b")
     # (C stalls until it is dropped: taking 0.5 s a batch, it kept up with a
