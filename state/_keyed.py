@@ -20,20 +20,64 @@ epoch snapshots then take every registered state (`Operator.on_epoch`) and a
 recovered run puts it back (`Operator.restore`), so an operator that keeps
 everything it needs in keyed state is recoverable with no more code. Names
 are unique per operator.
+
+Incremental snapshots: an operator that tells its state which keys each
+batch wrote or deleted (`track_writes()` in `open`, then `written(keys)`
+per batch: the built-in aggregates do) has epochs whose snapshot of that
+state holds only those keys (a `KeyedDelta`), on the last whole one. The
+keys are noted per batch, not per write: a `__setitem__` of our own would
+take the dicts off `collections._count_elements`' C fast path, and a
+reference to the batch's key list costs one append a batch (the keys are
+read at the epoch). A state nobody tracks, a user's, has whole snapshots.
 """
 
 from __future__ import annotations
+
+_WHOLE = None  # `_written` of a state whose next snapshot is whole (cleared, restored, or written all over)
+
+
+class KeyedDelta:
+    """One epoch's change to a tracked keyed state since the epoch before
+    on the same kernel: the keys written (with their values as of this
+    epoch) and the keys deleted. What the store reads back applies it to
+    the state's snapshot of the epoch before (`state/_deltas.py`)."""
+
+    __slots__ = ("changed", "deleted")
+
+    def __init__(self, changed: dict, deleted: list) -> None:
+        self.changed = changed
+        self.deleted = deleted
+
+    def __reduce__(self):
+        return KeyedDelta, (self.changed, self.deleted)
+
+    def applied_to(self, before: dict) -> dict:
+        """`before` (a whole snapshot of the state, owned by the caller) as of this epoch."""
+        before.update(self.changed)
+        for key in self.deleted:
+            before.pop(key, None)
+        return before
+
+    def __repr__(self) -> str:
+        return f"KeyedDelta({len(self.changed)} written, {len(self.deleted)} deleted)"
 
 
 class _KeyedState(dict):
     """A dict keyed by record key, registered on its operator by name."""
 
-    __slots__ = ("name",)
+    # _tracked: whether an operator reports every key it writes (`written`);
+    # _written: the (keys, pairs) batches written since the last snapshot, or
+    # _WHOLE; _noted: how many keys they hold (past len(self): the next
+    # snapshot is whole, and the batches are let go).
+    __slots__ = ("_noted", "_tracked", "_written", "name")
     kind = "state"
 
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
+        self._tracked = False
+        self._written = _WHOLE
+        self._noted = 0
 
     def snapshot(self) -> dict:
         """A copy that later changes to this state do not touch."""
@@ -42,6 +86,53 @@ class _KeyedState(dict):
     def restore(self, data: dict) -> None:
         self.clear()
         self.update(data)
+
+    # -- incremental snapshots -----------------------------------------------------
+
+    def track_writes(self) -> None:
+        """The operator will call `written` with every key it writes or
+        deletes (other than by `clear()`): its epochs may then snapshot
+        only those keys (`epoch_snapshot`)."""
+        self._tracked = True
+
+    def written(self, keys: list, pairs: bool = False) -> None:
+        """The keys of a batch were written or deleted (`pairs`: `keys` is
+        a batch of `(key, value)` pairs). Keeps a reference to the list:
+        it must not change afterwards (a batch never does)."""
+        written = self._written
+        if written is not _WHOLE:
+            self._noted += len(keys)
+            if self._noted <= len(self) + 1024:
+                written.append((keys, pairs))
+            else:  # most keys written: the next snapshot is whole anyway
+                self._written = _WHOLE
+
+    def clear(self) -> None:
+        super().clear()
+        self._written = _WHOLE
+
+    def take_whole(self) -> None:
+        """The next `epoch_snapshot` is whole (a base of its kernel's chain)."""
+        self._written = _WHOLE
+
+    def epoch_snapshot(self):
+        """This epoch's snapshot: whole (`snapshot()`), or a `KeyedDelta`
+        of the keys written since the last one where tracked."""
+        written = self._written
+        if self._tracked:
+            self._written, self._noted = [], 0
+        if written is _WHOLE or not self._tracked:
+            return self.snapshot()
+        keys: set = set()
+        for batch, pairs in written:
+            keys.update([pair[0] for pair in batch] if pairs else batch)
+        copy = self._copy_value
+        changed = {key: copy(self[key]) for key in keys if key in self}
+        return KeyedDelta(changed, [key for key in keys if key not in changed])
+
+    @staticmethod
+    def _copy_value(value):
+        return value  # (as `snapshot`: the value itself, pickled at once)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {len(self)} keys)"
@@ -70,6 +161,8 @@ class MapState(_KeyedState):
     def snapshot(self) -> dict:
         return {key: dict(inner) for key, inner in self.items()}
 
+    _copy_value = staticmethod(dict)
+
 
 class ListState(_KeyedState):
     """A list per key, appended to: `s.append(key, value)`, `s.get(key, [])`."""
@@ -86,6 +179,8 @@ class ListState(_KeyedState):
 
     def snapshot(self) -> dict:
         return {key: list(items) for key, items in self.items()}
+
+    _copy_value = staticmethod(list)
 
 
 def _register(operator, state: _KeyedState) -> _KeyedState:

@@ -1,0 +1,51 @@
+"""A kernel's snapshot put back together from its chain: a whole one (the
+base) and the deltas of the epochs after it, in order.
+
+A kernel's snapshot is a pickled `{instance index: part}`, a part being
+ENDED (a str) or a pickled tuple whose last item is the operator's snapshot
+(`Instance.snapshot_part`). Only the default `Operator.on_epoch` makes
+deltas: its snapshot is `{state name: whole dict or KeyedDelta}` (a state
+whose operator tracks the keys it writes, `state/_keyed.py`). A delta is
+relative to the same instance's snapshot of the epoch before, on the same
+kernel, so the chain is applied epoch by epoch; a part with no delta in it
+replaces what came before.
+
+Only the parts that hold deltas (and their bases) are unpickled: the rest
+stay as they were written, so a resumed run meets their classes (and any
+error reading them, naming the step) where it always did.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+from ._keyed import KeyedDelta
+
+
+def holds_deltas(snapshot) -> bool:
+    return isinstance(snapshot, dict) and any(value.__class__ is KeyedDelta for value in snapshot.values())
+
+
+def materialise(blobs: list[bytes]) -> bytes:
+    """The whole kernel snapshot of the last epoch of `blobs` (its chain:
+    the base first, then every epoch after it up to that one)."""
+    parts = pickle.loads(blobs[0])
+    applied: dict = {}  # instance index -> its part, unpickled, with deltas applied
+    for blob in blobs[1:]:
+        for index, part in pickle.loads(blob).items():
+            if part.__class__ is bytes:
+                unpickled = pickle.loads(part)
+                snapshot = unpickled[-1]
+                if holds_deltas(snapshot):
+                    before = applied.get(index)
+                    if before is None:
+                        before = pickle.loads(parts[index])
+                    whole = {name: value.applied_to(before[-1][name]) if value.__class__ is KeyedDelta
+                             else value for name, value in snapshot.items()}
+                    applied[index] = (*unpickled[:-1], whole)
+                    continue
+            parts[index] = part
+            applied.pop(index, None)
+    for index, part in applied.items():
+        parts[index] = pickle.dumps(part, protocol=5)
+    return pickle.dumps(parts, protocol=5)
