@@ -20,6 +20,10 @@ Tables:
   each epoch (`kernels`: how many the run that wrote it had), with a CRC-32
   of the blob checked when it is read (SQLite does not checksum its pages:
   a torn or bit-flipped blob must not be restored);
+* `deltas(epoch, kernel, kernels)`: the snapshots that are deltas on the
+  kernel's snapshot of the epoch before (`state/_deltas.py`); the others
+  (all of a store an earlier version wrote) are whole. Reading a delta
+  reads its chain: back to the newest whole one of its kernel before it;
 * `complete(epoch, final, kernels)`: epochs every kernel has made durable,
   and on how many kernels. Only those are ever restored; `final` marks the
   end of a run that finished. A run resumed on another number of kernels
@@ -27,8 +31,10 @@ Tables:
   (`Operator.rescale`); until its own first epoch is complete, the old
   epoch (and its kernels' FINAL snapshots) is what a crash falls back to.
 
-The two newest complete epochs are kept, so a snapshot found corrupt falls
-back to the previous complete epoch (with a warning). A damaged database (a
+The two newest complete epochs are kept, and every snapshot their chains
+need, so a snapshot found corrupt falls back to the previous complete epoch
+(with a warning; a corrupt link of a chain makes every epoch that needs it
+unusable, and the fallback goes on to an epoch whose chain is intact). A damaged database (a
 corrupted page, found by `PRAGMA quick_check` when a run claims the store or
 by any query) is refused as a whole: nothing in it can be trusted.
 """
@@ -207,10 +213,13 @@ _SCHEMA = """
         crc INTEGER NOT NULL, blob BLOB NOT NULL, PRIMARY KEY (epoch, kernel, kernels));
     CREATE TABLE IF NOT EXISTS complete (epoch INTEGER PRIMARY KEY, final INTEGER NOT NULL,
                                          kernels INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS deltas (
+        epoch INTEGER NOT NULL, kernel INTEGER NOT NULL, kernels INTEGER NOT NULL,
+        PRIMARY KEY (epoch, kernel, kernels));
 """
 # errors of os.link where the file system has no hard links (`SnapshotStore._create`)
 _NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
-_TABLES = {"meta", "snapshots", "complete"}  # a store's own tables (`SnapshotStore.__init__`)
+_TABLES = {"meta", "snapshots", "complete", "deltas"}  # a store's own tables (`SnapshotStore.__init__`)
 
 
 # Less room than this left where SQLite reports an I/O error: the disk is full
@@ -513,13 +522,21 @@ class SnapshotStore:
     # -- writing -------------------------------------------------------------------------
 
     def write(self, epoch: int, kernel: int, blob: bytes) -> None:
-        """Make one kernel's snapshot of `epoch` durable (returns after fsync)."""
+        """Make one kernel's snapshot of `epoch` durable (returns after fsync):
+        a delta on its snapshot of the epoch before where `blob.is_delta`
+        (`kernel.runtime._epochs.DeltaSnapshot`), else whole."""
         import sqlite3
 
-        self._write(
-            "INSERT OR REPLACE INTO snapshots (epoch, kernel, kernels, crc, blob) VALUES (?, ?, ?, ?, ?)",
-            (epoch, kernel, self.kernels, zlib.crc32(blob), sqlite3.Binary(blob)),
-        )
+        key = (epoch, kernel, self.kernels)
+        with self._database(f"cannot write to {self.name}"), self._db:  # (one transaction: one fsync)
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT OR REPLACE INTO snapshots (epoch, kernel, kernels, crc, blob) VALUES (?, ?, ?, ?, ?)",
+                (*key, zlib.crc32(blob), sqlite3.Binary(blob)))
+            if getattr(blob, "is_delta", False):
+                self._db.execute("INSERT OR REPLACE INTO deltas VALUES (?, ?, ?)", key)
+            else:
+                self._db.execute("DELETE FROM deltas WHERE epoch = ? AND kernel = ? AND kernels = ?", key)
 
     def mark_complete(self, epoch: int, final: bool = False) -> None:
         """Every kernel has made `epoch` durable: it may be restored. Older
@@ -531,12 +548,41 @@ class SnapshotStore:
                            (_KEEP_COMPLETE,))
         oldest = kept[-1][0]
         counts = sorted({k for _, k in kept})
-        self._write("DELETE FROM snapshots WHERE epoch < ?", (oldest,))  # FINAL is larger: kept
+        self._retire_before(oldest)  # FINAL is larger: kept
         marks = ",".join("?" * len(counts))
         self._write(f"DELETE FROM snapshots WHERE epoch = ? AND kernels NOT IN ({marks})", (FINAL, *counts))
         self._write("DELETE FROM complete WHERE epoch < ?", (oldest,))
         if len(kept) >= _KEEP_COMPLETE and not self._retired:
             self._retire_other_generations()
+
+    def _retire_before(self, oldest: int) -> None:
+        """Delete the snapshots older than epoch `oldest`, but those the
+        chain of a kernel's delta at `oldest` needs (back to its base; the
+        chains of later epochs start there or later)."""
+        bases = {(kernel, kernels): self._base_of(oldest, kernel, kernels) for kernel, kernels in
+                 self._query("SELECT kernel, kernels FROM deltas WHERE epoch = ?", (oldest,))}
+        if not bases:
+            self._write("DELETE FROM snapshots WHERE epoch < ?", (oldest,))
+        else:
+            older = self._query("SELECT DISTINCT kernel, kernels FROM snapshots WHERE epoch < ?", (oldest,))
+            for kernel, kernels in older:
+                self._write("DELETE FROM snapshots WHERE epoch < ? AND kernel = ? AND kernels = ?",
+                            (bases.get((kernel, kernels), oldest), kernel, kernels))
+        self._forget_gone_deltas()
+
+    def _forget_gone_deltas(self) -> None:
+        self._write("DELETE FROM deltas WHERE NOT EXISTS (SELECT 1 FROM snapshots s WHERE "
+                    "s.epoch = deltas.epoch AND s.kernel = deltas.kernel AND s.kernels = deltas.kernels)", ())
+
+    def _base_of(self, epoch: int, kernel: int, kernels: int) -> int:
+        """The epoch of the whole snapshot a kernel's delta at `epoch` is
+        built on (0: none left, a damaged chain)."""
+        [(base,)] = self._query(
+            "SELECT max(epoch) FROM snapshots s WHERE kernel = ? AND kernels = ? AND epoch < ? AND NOT "
+            "EXISTS (SELECT 1 FROM deltas d WHERE d.epoch = s.epoch AND d.kernel = s.kernel "
+            "AND d.kernels = s.kernels)",
+            (kernel, kernels, epoch))
+        return base or 0
 
     def discard_after(self, epoch: int) -> None:
         """The run resumes from `epoch` (0: afresh), older than the store's
@@ -555,6 +601,7 @@ class SnapshotStore:
             self._write("DELETE FROM snapshots WHERE epoch > ? AND epoch < ?", (epoch, FINAL))
         else:
             self._write("DELETE FROM snapshots WHERE 1", ())
+        self._forget_gone_deltas()
 
     def _retire_other_generations(self) -> None:
         """This store's generation has two complete epochs of its own: every
@@ -589,7 +636,37 @@ class SnapshotStore:
         return self._read_for(epoch, kernel, self.kernels)
 
     def read(self, epoch: int, kernel: int, kernels: int | None = None) -> bytes:
+        """A kernel's whole snapshot of `epoch` (checksums checked):
+        CorruptSnapshot where it, or a link of its chain, fails or is missing."""
         kernels = self.kernels if kernels is None else kernels
+        chain = self._chain(epoch, kernel, kernels)
+        if len(chain) == 1:
+            return self._read_one(epoch, kernel, kernels)
+        from ._deltas import materialise
+
+        blobs = []
+        for link in chain:
+            try:
+                blobs.append(self._read_one(link, kernel, kernels))
+            except CorruptSnapshot as exc:
+                raise CorruptSnapshot(f"{exc} (a link of the chain of deltas that kernel {kernel}'s "
+                                      f"snapshot at epoch {epoch} is built on: epochs {chain[0]} to "
+                                      f"{epoch})") from None
+        return materialise(blobs)
+
+    def _chain(self, epoch: int, kernel: int, kernels: int) -> list[int]:
+        """The epochs whose snapshots make a kernel's whole one of `epoch`:
+        itself where it is whole, else back to its base, every epoch between."""
+        if not self._query("SELECT 1 FROM deltas WHERE epoch = ? AND kernel = ? AND kernels = ?",
+                           (epoch, kernel, kernels)):
+            return [epoch]
+        base = self._base_of(epoch, kernel, kernels)
+        if not base:
+            raise CorruptSnapshot(f"{self.name}: the snapshot of kernel {kernel} at epoch {epoch} is a delta "
+                                  "and no whole snapshot before it is left to build it on")
+        return list(range(base, epoch + 1))
+
+    def _read_one(self, epoch: int, kernel: int, kernels: int) -> bytes:
         rows = self._query("SELECT crc, blob FROM snapshots WHERE epoch = ? AND kernel = ? AND kernels = ?",
                            (epoch, kernel, kernels))
         at = "its end (final)" if epoch == FINAL else f"epoch {epoch}"  # (not FINAL's number)
