@@ -93,8 +93,16 @@ class _Aggregate(Operator):
     def open(self, context):
         # keyed state: taken by epoch snapshots, put back on recovery
         self.state = value_state(self, "accumulators")
-        self._add_batch = {"final": self._add, "updates": self._add_and_update,
-                           "deltas": self._add_and_hand_on}[self.emit_mode]
+        # Every write goes through `_add_batch`, which tells the state the
+        # batch's keys: its epochs snapshot only the keys written since the
+        # last (`state/_keyed.py`; clearing it is seen by the state itself).
+        self.state.track_writes()
+        self._add_keys = {"final": self._add, "updates": self._add_and_update,
+                          "deltas": self._add_and_hand_on}[self.emit_mode]
+
+    def _add_batch(self, keys: list, values: list | None) -> None:
+        self._add_keys(keys, values)
+        self.state.written(keys, values is None)
 
     def on_end(self):
         if self.emit_mode == "final":  # (nothing reaches it after: its state stays as it is)

@@ -210,11 +210,13 @@ class Operator:
         """A picklable snapshot of this operator as of epoch marker `epoch`
         (every input has delivered it, and nothing after it). The default
         takes every keyed state created with `state.value_state(self, ...)`
-        and friends; override it (and `restore`) to add fields of your own."""
+        and friends (a state that tracks its writes, only the keys written
+        since the last epoch: `state/_keyed.py`); override it (and
+        `restore`) to add fields of your own."""
         states = self.keyed_states
         if not states:
             return None
-        return {name: state.snapshot() for name, state in states.items()}
+        return {name: getattr(state, "epoch_snapshot", state.snapshot)() for name, state in states.items()}
 
     #: what `rescale` is given for a kernel where the step had ended
     ENDED = "ended"

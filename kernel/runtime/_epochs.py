@@ -14,6 +14,16 @@ a resumed run). Whole snapshots go, in epoch order, to `durable(epoch, blob)`
 (the coordinator writes them to the store); when every instance has ended,
 `finished(blob)` gets the last one. The coordinator calls the runtime's
 `commit(epoch)` once an epoch is complete on every kernel.
+
+Incremental snapshots: where a kernel has keyed state whose operator
+tracks the keys it writes (`state/_keyed.py`), its epochs are bases (every
+state whole) and deltas (such states hold only the keys written since the
+epoch before: a `DeltaSnapshot`, which the store reads back through its
+chain). Which epoch is a base is decided as it starts (`take_epoch`), so
+that every instance snapshots it alike: the first of a run (its states
+are fresh or restored), and one once the deltas written since the last
+base add up to more bytes than it, or `CHAIN` epochs after it: a resume
+reads at most about twice a base, in at most CHAIN snapshots.
 """
 
 from __future__ import annotations
@@ -50,6 +60,17 @@ class Ended(str):
 # Two, not one (Flink's default of one checkpoint at a time), so that the
 # next epoch aligns while the last one is written and gathered.
 AHEAD = 2
+
+# Epochs in a chain at most (a base and its deltas): 100 s of one-second epochs
+CHAIN = 100
+
+
+class DeltaSnapshot(bytes):
+    """A kernel's snapshot that is a delta on its snapshot of the epoch
+    before (the store reads it back through its chain)."""
+
+    __slots__ = ()
+    is_delta = True
 
 UNPICKLABLE_STATE = (
     "with a state_dir every step's state is pickled at each epoch (its snapshot): keyed state "
@@ -154,11 +175,20 @@ def unpickled_part(step: str, blob: bytes):
 
 
 class EpochTracker:
-    def __init__(self, instances: int, durable, finished, first_epoch: int = 1) -> None:
+    def __init__(self, instances: int, durable, finished, first_epoch: int = 1, deltas: bool = False) -> None:
         self._instances = instances
         self._durable = durable
         self._finished = finished
         self.next_epoch = first_epoch
+        # incremental snapshots (see the module): whether any state is
+        # tracked; the bases taken; the bytes of the last base written and
+        # of the deltas since; epochs since the last base was taken
+        self._deltas = deltas
+        self._bases: set[int] = set()  # (those not yet written)
+        self._based = False
+        self._base_bytes = 0
+        self._since_bytes = 0
+        self._chained = 0
         self._parts: dict[int, dict[int, bytes | str]] = {}
         self._ended: dict[int, str] = {}  # instance index -> its part (ENDED, or an `Ended`)
         self._flushed = first_epoch - 1  # epochs up to this one went to `durable`
@@ -174,7 +204,15 @@ class EpochTracker:
         aligns on the same number from both (the faster one waits)."""
         epoch = self.next_epoch
         self.next_epoch += 1
+        self._chained += 1
+        if not self._based or self._since_bytes > self._base_bytes or self._chained >= CHAIN:
+            self._bases.add(epoch)
+            self._based, self._since_bytes, self._chained = True, 0, 0
         return epoch
+
+    def is_base(self, epoch: int) -> bool:
+        """Whether every state's snapshot of `epoch` is to be whole."""
+        return not self._deltas or epoch in self._bases
 
     def part(self, index: int, epoch: int, blob: bytes) -> None:
         """Instance `index` has aligned on `epoch`: its snapshot (`pickled_part`)."""
@@ -202,4 +240,11 @@ class EpochTracker:
             epoch = self._flushed + 1
             del self._parts[epoch]
             self._flushed = epoch
-            self._durable(epoch, pickle.dumps(parts, protocol=5))
+            blob = pickle.dumps(parts, protocol=5)
+            if self.is_base(epoch):
+                self._bases.discard(epoch)
+                self._base_bytes = len(blob)
+            else:
+                self._since_bytes += len(blob)
+                blob = DeltaSnapshot(blob)
+            self._durable(epoch, blob)

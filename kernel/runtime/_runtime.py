@@ -600,8 +600,11 @@ class Runtime:
                     "%s keeps no position (no on_epoch/restore): after a crash a resumed run "
                     "reads it again from its start", source.name, extra={"step": source.name})
         durable = self._measured(coordinator.durable) if self.metrics else coordinator.durable
+        tracked = any(getattr(state, "_tracked", False)
+                      for instance in self.instances
+                      for state in getattr(instance.op, "keyed_states", {}).values())
         self.epochs = EpochTracker(len(self.instances), durable, coordinator.finished,
-                                   coordinator.first_epoch)
+                                   coordinator.first_epoch, deltas=tracked)
         ended_remote = 0
         if isinstance(coordinator.snapshot, Rescaled):
             restore_rescaled(self, coordinator.snapshot)
@@ -698,6 +701,11 @@ class Runtime:
             # marker, so no snapshot holds partials: a run resumed on one
             # kernel has no partial half to give them to.
             _call(instance, "flush_partials")
+        if self.epochs.is_base(epoch):  # (every instance's states whole alike: `EpochTracker`)
+            for state in getattr(instance.op, "keyed_states", {}).values():
+                take_whole = getattr(state, "take_whole", None)
+                if take_whole is not None:
+                    take_whole()
         part = instance.snapshot_part(_call(instance, "on_epoch", epoch))
         self.epochs.part(instance.index, epoch, pickled_part(instance.name, part))
 
