@@ -29,7 +29,6 @@ a given epoch.
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 from dataclasses import dataclass
@@ -266,15 +265,57 @@ def failing(directory, files: dict[int | None, str], complete: list[int]) -> set
 
     if not complete:
         return set()
-    bad = check(complete[0], (1 << 63) - 1)  # (SQLite's largest integer: past FINAL)
-    for newer, older in itertools.pairwise(complete):
-        if not bad:
-            break
-        more = check(older, newer)
+    bad: set = set()
+    checked = (1 << 63) - 1  # (SQLite's largest integer: past FINAL)
+    for epoch in complete:
+        # (a delta's chain too, back to its base: a corrupt link spoils it)
+        low = _chain_floor(directory, files, epoch)
+        more = check(low, checked) if low < checked else set()
+        checked = min(checked, low)
         bad |= more
-        if not more:
+        bad |= _spoiled(directory, files, bad)
+        if not bad or (epoch != complete[0] and not more):
             break
     return bad
+
+
+# the oldest base of the deltas of an epoch and after (`_chain_floor`)
+_OLDEST_BASE = (
+    "SELECT min((SELECT max(s.epoch) FROM snapshots s WHERE s.kernel = d.kernel AND s.kernels = d.kernels "
+    "AND s.epoch < d.epoch AND NOT EXISTS (SELECT 1 FROM deltas x WHERE x.epoch = s.epoch AND "
+    "x.kernel = s.kernel AND x.kernels = s.kernels))) FROM deltas d WHERE d.epoch >= ?")
+
+
+def _chain_floor(directory, files: dict[int | None, str], epoch: int) -> int:
+    """The oldest snapshot that the chains of deltas of `epoch` and after
+    need (`SnapshotStore._chain`): `epoch` where none is a delta."""
+    floor = epoch
+    for name in files.values():
+        db = _read_only(os.path.join(directory, name))
+        try:
+            [(base,)] = _rows(db, _OLDEST_BASE, (epoch,)) or [(None,)]
+        finally:
+            db.close()
+        if base is not None:
+            floor = min(floor, base)
+    return floor
+
+
+def _spoiled(directory, files: dict[int | None, str], bad: set) -> set:
+    """The deltas whose chain holds a snapshot in `bad`, or lacks one."""
+    spoiled = set()
+    for name in files.values():
+        db = _read_only(os.path.join(directory, name))
+        try:
+            rows = set(_rows(db, "SELECT epoch, kernel, kernels FROM snapshots"))
+            deltas = sorted(_rows(db, "SELECT epoch, kernel, kernels FROM deltas"))
+        finally:
+            db.close()
+        for epoch, kernel, kernels in deltas:  # (oldest first: a spoiled link spoils the next)
+            link = (epoch - 1, kernel, kernels)
+            if link in bad or link in spoiled or link not in rows:
+                spoiled.add((epoch, kernel, kernels))
+    return spoiled
 
 
 def abandon_after(directory, epoch: int, process: int | None = None) -> None:

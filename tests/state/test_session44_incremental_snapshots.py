@@ -244,7 +244,10 @@ def test_an_epoch_that_changed_few_keys_of_many_writes_only_those(tmp_path):
 
 def test_a_corrupt_link_falls_back_to_an_epoch_whose_chain_is_intact(tmp_path, caplog):
     """A delta in the chain of both kept epochs fails its checksum: neither
-    reads back, and the run starts afresh (saying so), with exact results."""
+    reads back, and the run starts afresh (saying so), with exact results.
+    What a cluster's process offers (`failing`) names both epochs too."""
+    from state._generations import failing
+
     records = [(f"k{i}", 1, i) for i in range(5000)] + [(f"k{i % 7}", 2, 5000 + i) for i in range(90)]
     fail_at(records, 3, tmp_path, 5080, paced=5000)
     rows = _rows(tmp_path)
@@ -254,6 +257,7 @@ def test_a_corrupt_link_falls_back_to_an_epoch_whose_chain_is_intact(tmp_path, c
     db.execute("UPDATE snapshots SET crc = crc + 1 WHERE epoch = ?", (link,))
     db.commit()
     db.close()
+    assert {(epoch, 0, 1) for epoch in kept} <= failing(tmp_path, {None: "snapshots.sqlite"}, kept)
     store = SnapshotStore(tmp_path)
     try:
         with caplog.at_level("WARNING", logger="kernel.state"):
