@@ -600,8 +600,8 @@ class Runtime:
                     "%s keeps no position (no on_epoch/restore): after a crash a resumed run "
                     "reads it again from its start", source.name, extra={"step": source.name})
         durable = self._measured(coordinator.durable) if self.metrics else coordinator.durable
-        tracked = any(getattr(state, "_tracked", False)
-                      for instance in self.instances
+        tracked = any(getattr(state, "_tracked", False)  # (deltas: see `snapshot`)
+                      for instance in self.instances if type(instance.op).on_epoch is Operator.on_epoch
                       for state in getattr(instance.op, "keyed_states", {}).values())
         self.epochs = EpochTracker(len(self.instances), durable, coordinator.finished,
                                    coordinator.first_epoch, deltas=tracked)
@@ -701,8 +701,13 @@ class Runtime:
             # marker, so no snapshot holds partials: a run resumed on one
             # kernel has no partial half to give them to.
             _call(instance, "flush_partials")
-        if self.epochs.is_base(epoch):  # (every instance's states whole alike: `EpochTracker`)
-            for state in getattr(instance.op, "keyed_states", {}).values():
+        op = instance.op
+        # Whole: at a base (every instance's states alike: `EpochTracker`),
+        # and always where the operator's own on_epoch may put its states'
+        # snapshots anywhere (the store finds deltas only where the default
+        # puts them: `state/_deltas.py`).
+        if self.epochs.is_base(epoch) or type(op).on_epoch is not Operator.on_epoch:
+            for state in getattr(op, "keyed_states", {}).values():
                 take_whole = getattr(state, "take_whole", None)
                 if take_whole is not None:
                     take_whole()

@@ -289,3 +289,36 @@ def test_a_store_written_before_deltas_resumes(tmp_path):
     db.close()
     assert_kept_epochs_exact(records, 3, tmp_path)
     resume_to_the_end(records, 3, tmp_path)
+
+
+class Nested(Tracked):
+    """Tracked states under an on_epoch of the operator's own (nested in its
+    snapshot, where the store would not find deltas): always whole."""
+
+    def on_epoch(self, epoch):
+        return {"states": super().on_epoch(epoch), "mine": 1}
+
+    def restore(self, snapshot):
+        super().restore(snapshot["states"])
+
+
+def test_tracked_states_under_an_operators_own_on_epoch_are_snapshotted_whole(tmp_path):
+    records = [(f"k{i % 40}", i % 100, i) for i in range(1500)]
+    flow = Dataflow("nested")
+    numbers = flow.source(lambda: Numbers(records, 3, 1200), name="numbers")
+    out = numbers.apply(Nested, name="tracked").collect()
+    run(flow, state_dir=tmp_path, epoch_interval=0.001)
+    want = reference(records)
+    assert dict(out.items) == {name: want[name] for name in ("values", "maps", "lists")}
+    assert not any(delta for _, _, delta in _rows(tmp_path))
+    steps = {node.name: node.id for node in flow.graph.nodes}
+    for epoch in kept_epochs(tmp_path):
+        store = SnapshotStore(tmp_path)
+        try:
+            [blob] = store.epoch_snapshots(epoch, 1)
+        finally:
+            store.close()
+        parts = pickle.loads(blob)
+        position = pickle.loads(parts[steps["numbers"]])[4]
+        snapshot = pickle.loads(parts[steps["tracked"]])[4]["states"]
+        assert snapshot == {name: reference(records[:position])[name] for name in ("values", "maps", "lists")}
