@@ -34,9 +34,10 @@ Tables:
 The two newest complete epochs are kept, and every snapshot their chains
 need, so a snapshot found corrupt falls back to the previous complete epoch
 (with a warning; a corrupt link of a chain makes every epoch that needs it
-unusable, and the fallback goes on to an epoch whose chain is intact). A damaged database (a
-corrupted page, found by `PRAGMA quick_check` when a run claims the store or
-by any query) is refused as a whole: nothing in it can be trusted.
+unusable, and the fallback goes on to an epoch whose chain is intact). A
+damaged database (a corrupted page, found by `PRAGMA quick_check` when a
+run claims the store or by any query) is refused as a whole: nothing in it
+can be trusted.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from functools import cached_property
 
 from kernel._durable import directory_unwritable, fsync_directory, make_directories
 from kernel.dataflow import EVERY_EPOCH
-from kernel.dataflow._errors import KernelError
+from kernel.dataflow._errors import PASSES_THROUGH, KernelError
 from kernel.dataflow._key_groups import default_key_groups
 
 log = logging.getLogger("kernel.state")
@@ -652,7 +653,17 @@ class SnapshotStore:
                 raise CorruptSnapshot(f"{exc} (a link of the chain of deltas that kernel {kernel}'s "
                                       f"snapshot at epoch {epoch} is built on: epochs {chain[0]} to "
                                       f"{epoch})") from None
-        return materialise(blobs)
+        try:
+            return materialise(blobs)
+        except PASSES_THROUGH:
+            raise
+        except BaseException as exc:  # (as `unpickled_part`: a class gone, anything its __setstate__ raises)
+            raise StateError(
+                f"state_dir {self.directory!r}: kernel {kernel}'s snapshot at epoch {epoch} is a base and "
+                f"the deltas after it (epochs {chain[0]} to {epoch}), and a step's keyed state in them does "
+                f"not read back ({type(exc).__name__}: {exc}): every class in it must be importable under "
+                "the name it had when the run that wrote it pickled it (a class renamed or moved since: give "
+                "it back its name to resume, or move the state_dir aside to run afresh)") from exc
 
     def _chain(self, epoch: int, kernel: int, kernels: int) -> list[int]:
         """The epochs whose snapshots make a kernel's whole one of `epoch`:

@@ -322,3 +322,40 @@ def test_tracked_states_under_an_operators_own_on_epoch_are_snapshotted_whole(tm
         position = pickle.loads(parts[steps["numbers"]])[4]
         snapshot = pickle.loads(parts[steps["tracked"]])[4]["states"]
         assert snapshot == {name: reference(records[:position])[name] for name in ("values", "maps", "lists")}
+
+
+class Tally:
+    """A fold's accumulator of a class of this module's (renamed in the test)."""
+
+    def __init__(self):
+        self.n = 0
+
+    def add(self, value):
+        self.n += value
+        return self
+
+
+def test_a_chain_holding_a_class_renamed_since_is_refused_saying_so(tmp_path, monkeypatch):
+    records = [(f"k{i % 500}", i % 100, i) for i in range(1100)]
+    make, add = Tally, Tally.add  # (the class itself, under the name it loses)
+
+    def tallies():
+        flow = Dataflow("tallies")
+        numbers = flow.source(lambda: Numbers(records, 3, 1000), name="numbers")
+        numbers.key_by(lambda r: r[0]).map_values(lambda r: r[1]).fold(make, add, name="tally").collect()
+        numbers.apply(Tracked, name="tracked").collect()
+        return flow
+
+    _crash["at"] = 1090
+    try:
+        with pytest.raises(Exception, match="Boom"):
+            run(tallies(), state_dir=tmp_path, epoch_interval=0.001)
+    finally:
+        _crash["at"] = None
+    assert _rows(tmp_path)[-1][2]  # (the newest kept epoch is a delta)
+    monkeypatch.delattr(__import__(__name__), "Tally")
+    from state import StateError
+
+    with pytest.raises(StateError, match=r"is a base and the deltas after it .* does not read back "
+                                         r"\(AttributeError.*give it back its name to resume"):
+        run(tallies(), state_dir=tmp_path, epoch_interval=0.001)
