@@ -183,7 +183,7 @@ def resume_to_the_end(records, size, state_dir) -> None:
     assert dict(outputs["tracked"].items) == {name: want[name] for name in ("values", "maps", "lists")}
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(keys=st.sampled_from([3, 40, 400]), n=st.integers(300, 1500), size=st.integers(1, 9),
        first=st.floats(0.2, 0.6), second=st.floats(0.65, 0.95), older=st.booleans(),
        paced=st.floats(0.0, 1.0), seed=st.integers(0, 2**16))
@@ -194,7 +194,7 @@ def test_every_kept_epoch_reads_back_exact_and_resumes_exact(tmp_path_factory, k
     rng = random.Random(seed)
     records = [(f"k{rng.randrange(keys)}", rng.randrange(100), i) for i in range(n)]
     state_dir = tmp_path_factory.mktemp("state")
-    paced = max(int(n * paced), n - 30 * size)  # (at most 30 epochs of one batch)
+    paced = max(int(n * paced), n - 20 * size)  # (at most 20 epochs of one batch)
     fail_at(records, size, state_dir, int(n * first), paced)
     kept = assert_kept_epochs_exact(records, size, state_dir)
     if older and len(kept) > 1:  # resume the older kept epoch: the newer one abandoned
@@ -224,8 +224,8 @@ def test_an_epoch_that_changed_few_keys_of_many_writes_only_those(tmp_path):
     seven keys' values whole: the fold's and the list state's lists);
     every epoch the store kept reads back exact, and so does every link
     kept for their chains, back to the base."""
-    records = [(f"k{i}", 1, i) for i in range(5000)] + [(f"k{i % 7}", 2, 5000 + i) for i in range(90)]
-    fail_at(records, 3, tmp_path, 5080, paced=5000)
+    records = [(f"k{i}", 1, i) for i in range(5000)] + [(f"k{i % 7}", 2, 5000 + i) for i in range(45)]
+    fail_at(records, 3, tmp_path, 5040, paced=5000)
     rows = _rows(tmp_path)
     assert rows[0][2] is False  # (the chain's base, kept for the epochs built on it)
     assert [epoch for epoch, _, _ in rows] == list(range(rows[0][0], rows[-1][0] + 1))
@@ -248,8 +248,8 @@ def test_a_corrupt_link_falls_back_to_an_epoch_whose_chain_is_intact(tmp_path, c
     What a cluster's process offers (`failing`) names both epochs too."""
     from state._generations import failing
 
-    records = [(f"k{i}", 1, i) for i in range(5000)] + [(f"k{i % 7}", 2, 5000 + i) for i in range(90)]
-    fail_at(records, 3, tmp_path, 5080, paced=5000)
+    records = [(f"k{i}", 1, i) for i in range(5000)] + [(f"k{i % 7}", 2, 5000 + i) for i in range(45)]
+    fail_at(records, 3, tmp_path, 5040, paced=5000)
     rows = _rows(tmp_path)
     kept = kept_epochs(tmp_path)
     link = next(epoch for epoch, _, delta in rows if delta and epoch < min(kept))  # both kept epochs need it
