@@ -68,8 +68,9 @@ class _KeyedState(dict):
     # _tracked: whether an operator reports every key it writes (`written`);
     # _written: the (keys, pairs) batches written since the last snapshot, or
     # _WHOLE; _noted: how many keys they hold (past len(self): the next
-    # snapshot is whole, and the batches are let go).
-    __slots__ = ("_noted", "_tracked", "_written", "name")
+    # snapshot is whole, and the batches are let go); _size: len(self) at
+    # the last snapshot (`_unreported`).
+    __slots__ = ("_noted", "_size", "_tracked", "_written", "name")
     kind = "state"
 
     def __init__(self, name: str) -> None:
@@ -77,7 +78,7 @@ class _KeyedState(dict):
         self.name = name
         self._tracked = False
         self._written = _WHOLE
-        self._noted = 0
+        self._noted = self._size = 0
 
     def snapshot(self) -> dict:
         """A copy that later changes to this state do not touch."""
@@ -118,7 +119,8 @@ class _KeyedState(dict):
     def epoch_snapshot(self):
         """This epoch's snapshot: whole (`snapshot()`), or a `KeyedDelta`
         of the keys written since the last one where tracked."""
-        written = self._written
+        written, size = self._written, self._size
+        self._size = len(self)
         if self._tracked:
             self._written, self._noted = [], 0
         if written is _WHOLE or not self._tracked:
@@ -128,7 +130,22 @@ class _KeyedState(dict):
             keys.update([pair[0] for pair in batch] if pairs else batch)
         copy = self._copy_value
         changed = {key: copy(self[key]) for key in keys if key in self}
-        return KeyedDelta(changed, [key for key in keys if key not in changed])
+        deleted = [key for key in keys if key not in changed]
+        self._unreported(len(self) - size, changed, deleted)
+        return KeyedDelta(changed, deleted)
+
+    def _unreported(self, grown: int, changed: dict, deleted: list) -> None:
+        """Refuse a delta that misses keys the operator added or deleted
+        without telling `written` (a resume would silently lose them): the
+        state grew by more keys than were reported written, or shrank by
+        more than were reported deleted. (A value changed under a key that
+        was not reported cannot be seen: only the operator knows.)"""
+        if grown > len(changed) or -grown > len(deleted):
+            raise RuntimeError(  # (the step's on_epoch failed: the kernel names the step)
+                f"keyed state {self.name!r}: {abs(grown)} keys {'added' if grown > 0 else 'deleted'} "
+                f"since the last epoch, {len(changed) if grown > 0 else len(deleted)} told to written() "
+                "after track_writes(): a snapshot would lose the rest. Call written(keys) after every "
+                "batch with each key it wrote or deleted, or leave track_writes() out")
 
     @staticmethod
     def _copy_value(value):
