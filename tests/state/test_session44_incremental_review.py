@@ -5,10 +5,14 @@ from a delta epoch on another number of kernels."""
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kernel import Dataflow, Operator, run
-from state import value_state
+from state import list_state, map_state, value_state
 from tests.state.test_session44_incremental_snapshots import Numbers
 
 
@@ -55,3 +59,64 @@ def test_a_write_the_operator_did_not_report_is_refused_not_lost(tmp_path, then)
                                         r"epoch, \d+ told to written\(\) after track_writes\(\): a snapshot "
                                         r"would lose the rest. Call written\(keys\) after every batch"):
         run(flow, state_dir=tmp_path, epoch_interval=0.001)
+
+
+# -- a tracked state's deltas, applied in order, are its whole snapshots ---------------
+
+_OPS = st.lists(st.tuples(st.sampled_from(["set", "del", "append", "mutate", "clear", "restore", "epoch",
+                                           "batch"]),
+                          st.sampled_from(["a", "b", "c", "é", "🔑", 1, (1, 2)]), st.integers(0, 9)),
+                max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=_OPS, kind=st.sampled_from(["value", "map", "list"]), pairs=st.booleans())
+def test_deltas_applied_in_order_make_every_epochs_whole_snapshot(ops, kind, pairs):
+    """Random writes, deletes, deletes then writes again, in-place changes
+    of a value, clear() and restore() between epochs: every epoch's
+    snapshot, applied to the one before (the store's `materialise`), is
+    the state as it is (a plain copy). Keys are reported a batch at a
+    time, as the aggregates do, unicode and tuples among them."""
+    from state._keyed import KeyedDelta
+
+    class Owner(Operator):
+        pass
+
+    owner = Owner()
+    make = {"value": value_state, "map": map_state, "list": list_state}[kind]
+    state = make(owner, "s")
+    state.track_writes()
+    chained: dict = {}
+    batch: list = []
+    for op, key, n in [*ops, ("epoch", None, 0)]:
+        if op == "set":
+            state[key] = {n: n} if kind == "map" else [n] if kind == "list" else n
+            batch.append(key)
+        elif op == "del" and key in state:
+            del state[key]
+            batch.append(key)
+        elif op in ("append", "mutate"):  # changed in place
+            if kind == "list":
+                state.append(key, n)
+            elif kind == "map":
+                state.entry(key)[n] = n
+            elif isinstance(state.get(key), list):
+                state[key].append(n)  # (a fold's accumulator)
+            else:
+                state[key] = [n] if op == "append" else n
+            batch.append(key)
+        elif op == "clear":
+            state.clear()
+        elif op == "restore":
+            state.restore({key: {n: n} if kind == "map" else [n] if kind == "list" else n})
+        elif op == "batch" or op == "epoch":
+            if batch:
+                state.written([(k, None) for k in batch] if pairs else batch, pairs)
+                batch = []
+            if op == "epoch":
+                snapshot = pickle.loads(pickle.dumps(state.epoch_snapshot()))
+                if isinstance(snapshot, KeyedDelta):
+                    chained = snapshot.applied_to(chained)
+                else:
+                    chained = snapshot
+                assert chained == state.snapshot()
