@@ -34,7 +34,8 @@ Tables:
 The two newest complete epochs are kept, and every snapshot their chains
 need, so a snapshot found corrupt falls back to the previous complete epoch
 (with a warning; a corrupt link of a chain makes every epoch that needs it
-unusable, and the fallback goes on to an epoch whose chain is intact). A
+unusable, and the fallback goes on to an epoch whose chain is intact: where
+the two share links, a third is kept for that, `SnapshotStore._fallback`). A
 damaged database (a corrupted page, found by `PRAGMA quick_check` when a
 run claims the store or by any query) is refused as a whole: nothing in it
 can be trusted.
@@ -541,20 +542,40 @@ class SnapshotStore:
 
     def mark_complete(self, epoch: int, final: bool = False) -> None:
         """Every kernel has made `epoch` durable: it may be restored. Older
-        epochs than the two newest complete ones are deleted, and the FINAL
-        snapshots of kernel counts neither of them has."""
+        epochs than the two newest complete ones (and a third where their
+        chains share links: `_fallback`) are deleted, but the links their
+        chains need, and the FINAL snapshots of kernel counts none of them has."""
         self._write("INSERT OR REPLACE INTO complete (epoch, final, kernels) VALUES (?, ?, ?)",
                     (epoch, int(final), self.kernels))
         kept = self._query("SELECT epoch, kernels FROM complete ORDER BY epoch DESC LIMIT ?",
                            (_KEEP_COMPLETE,))
         oldest = kept[-1][0]
+        fallback = self._fallback(oldest, kept[0][0])
+        if fallback is not None:
+            kept.append(fallback)
         counts = sorted({k for _, k in kept})
-        self._retire_before(oldest)  # FINAL is larger: kept
+        self._retire_before(kept[-1][0])  # FINAL is larger: kept
         marks = ",".join("?" * len(counts))
         self._write(f"DELETE FROM snapshots WHERE epoch = ? AND kernels NOT IN ({marks})", (FINAL, *counts))
-        self._write("DELETE FROM complete WHERE epoch < ?", (oldest,))
+        self._write("DELETE FROM complete WHERE epoch < ? AND epoch != ?", (oldest, kept[-1][0]))
         if len(kept) >= _KEEP_COMPLETE and not self._retired:
             self._retire_other_generations()
+
+    def _fallback(self, oldest: int, newest: int) -> tuple[int, int] | None:
+        """(epoch, kernels) of a third complete epoch to keep where the two
+        newest share links of their chains (the newest is a delta on the
+        oldest's chain): the newest complete one before that chain's base,
+        so that a shared base or delta failing its checksum leaves an
+        intact epoch to fall back to (whole snapshots keep two
+        independent ones). None where they share nothing, or none is
+        older."""
+        if not self._query("SELECT 1 FROM deltas WHERE epoch > ? AND epoch <= ? LIMIT 1", (oldest, newest)):
+            return None
+        floor = min([oldest, *(self._base_of(oldest, kernel, kernels) or oldest for kernel, kernels in
+                               self._query("SELECT kernel, kernels FROM deltas WHERE epoch = ?", (oldest,)))])
+        rows = self._query("SELECT epoch, kernels FROM complete WHERE epoch < ? ORDER BY epoch DESC LIMIT 1",
+                           (floor,))
+        return rows[0] if rows else None
 
     def _retire_before(self, oldest: int) -> None:
         """Delete the snapshots older than epoch `oldest`, but those the

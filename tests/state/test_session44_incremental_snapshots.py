@@ -165,10 +165,10 @@ def fail_at(records, size, state_dir, at, paced=None) -> None:
         _crash["at"] = None
 
 
-def assert_kept_epochs_exact(records, size, state_dir) -> list[int]:
+def assert_kept_epochs_exact(records, size, state_dir, epochs=None) -> list[int]:
     _, _, steps = make_flow(records, size)
     kept = kept_epochs(state_dir)
-    for epoch in kept:
+    for epoch in kept if epochs is None else epochs:
         position, states = states_at(state_dir, epoch, steps)
         assert states == reference(records[:position]), f"epoch {epoch} (position {position})"
     return kept
@@ -243,28 +243,33 @@ def test_an_epoch_that_changed_few_keys_of_many_writes_only_those(tmp_path):
 
 
 def test_a_corrupt_link_falls_back_to_an_epoch_whose_chain_is_intact(tmp_path, caplog):
-    """A delta in the chain of both kept epochs fails its checksum: neither
-    reads back, and the run starts afresh (saying so), with exact results.
+    """A delta in the chain of both newest kept epochs fails its checksum:
+    neither reads back, and the run falls back to the third epoch the
+    store keeps for that (the newest before their chain's base: its own
+    chain shares nothing with theirs), saying so, with exact results.
     What a cluster's process offers (`failing`) names both epochs too."""
     from state._generations import failing
 
     records = [(f"k{i}", 1, i) for i in range(5000)] + [(f"k{i % 7}", 2, 5000 + i) for i in range(45)]
     fail_at(records, 3, tmp_path, 5040, paced=5000)
     rows = _rows(tmp_path)
-    kept = kept_epochs(tmp_path)
-    link = next(epoch for epoch, _, delta in rows if delta and epoch < min(kept))  # both kept epochs need it
+    kept = sorted(kept_epochs(tmp_path))
+    assert len(kept) == 3, (kept, rows)
+    fallback, newest = kept[0], kept[1:]
+    link = next(epoch for epoch, _, delta in rows if delta and fallback < epoch < newest[0])  # both need it
     db = sqlite3.connect(tmp_path / "snapshots.sqlite")
     db.execute("UPDATE snapshots SET crc = crc + 1 WHERE epoch = ?", (link,))
     db.commit()
     db.close()
-    assert {(epoch, 0, 1) for epoch in kept} <= failing(tmp_path, {None: "snapshots.sqlite"}, kept)
+    assert {(epoch, 0, 1) for epoch in newest} <= failing(tmp_path, {None: "snapshots.sqlite"}, kept[::-1])
     store = SnapshotStore(tmp_path)
     try:
         with caplog.at_level("WARNING", logger="kernel.state"):
-            assert store.latest() is None
+            assert store.latest()[0] == fallback
     finally:
         store.close()
     assert "chain of deltas" in caplog.text and f"at epoch {link} fails its checksum" in caplog.text
+    assert_kept_epochs_exact(records, 3, tmp_path, [fallback])
     resume_to_the_end(records, 3, tmp_path)
 
 
