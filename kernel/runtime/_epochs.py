@@ -189,6 +189,7 @@ class EpochTracker:
         self._base_bytes = 0
         self._since_bytes = 0
         self._chained = 0
+        self._decided = first_epoch - 1  # epochs up to this one are decided base or delta
         self._parts: dict[int, dict[int, bytes | str]] = {}
         self._ended: dict[int, str] = {}  # instance index -> its part (ENDED, or an `Ended`)
         self._flushed = first_epoch - 1  # epochs up to this one went to `durable`
@@ -204,14 +205,25 @@ class EpochTracker:
         aligns on the same number from both (the faster one waits)."""
         epoch = self.next_epoch
         self.next_epoch += 1
+        self._decide(epoch)
+        return epoch
+
+    def _decide(self, epoch: int) -> None:
+        """Whether `epoch` is a base (see the module), once per epoch."""
+        if epoch <= self._decided:
+            return
+        self._decided = epoch
         self._chained += 1
         if not self._based or self._since_bytes > self._base_bytes or self._chained >= CHAIN:
             self._bases.add(epoch)
             self._based, self._since_bytes, self._chained = True, 0, 0
-        return epoch
 
     def is_base(self, epoch: int) -> bool:
-        """Whether every state's snapshot of `epoch` is to be whole."""
+        """Whether every state's snapshot of `epoch` is to be whole. (An
+        epoch this kernel did not take is decided as it first meets it: a
+        kernel whose sources have all ended takes none, and its steps align
+        on the markers of the other kernels' sources.)"""
+        self._decide(epoch)
         return not self._deltas or epoch in self._bases
 
     def part(self, index: int, epoch: int, blob: bytes) -> None:

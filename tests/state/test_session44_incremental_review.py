@@ -6,13 +6,16 @@ from a delta epoch on another number of kernels."""
 from __future__ import annotations
 
 import pickle
+import sqlite3
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernel import Dataflow, Operator, run
-from state import list_state, map_state, value_state
+from kernel.dataflow._operator import Source
+from state import SnapshotStore, list_state, map_state, value_state
 from tests.state.test_session44_incremental_snapshots import Numbers
 
 
@@ -120,3 +123,70 @@ def test_deltas_applied_in_order_make_every_epochs_whole_snapshot(ops, kind, pai
                 else:
                     chained = snapshot
                 assert chained == state.snapshot()
+
+
+# -- a kernel whose sources have ended takes no epochs: its chains still have a base ----
+
+
+class OnKernelZero(Source):
+    """`records` from kernel 0 only (kernel 1's share is empty: it ends at
+    once), in batches of 5; past the first 2,000 one batch an epoch."""
+
+    def __init__(self, records: list) -> None:
+        self.records, self.position, self.epoch_passed = records, 0, False
+
+    def open(self, context):
+        self.mine = context.index == 0
+
+    def poll(self):
+        if not self.mine or self.position >= len(self.records):
+            return False
+        if self.position >= 2000:
+            if not self.epoch_passed:
+                return None  # (woken by the next epoch)
+            self.epoch_passed = False
+        batch = self.records[self.position:self.position + 5]
+        self.position += len(batch)
+        self.emit(batch)
+        return True
+
+    def on_epoch(self, epoch):
+        self.epoch_passed = True
+        self.wake()
+        return self.position
+
+    def restore(self, snapshot):
+        self.position = snapshot
+
+
+def test_a_kernel_without_live_sources_writes_chains_with_a_base(tmp_path):
+    """Kernel 1 has no live source, so it takes no epoch: its count step
+    aligns on kernel 0's markers. It took none as a base, so every one of
+    its snapshots was a delta on nothing, and no complete epoch read back
+    (CorruptSnapshot: 'is a delta and no whole snapshot before it'): a
+    crash would have started the run afresh. Every kept epoch reads back
+    now, with kernel 1's count the records it owns up to the position."""
+    records = [f"k{i % 2000}" for i in range(2000)] + [f"k{i % 7}" for i in range(100)]
+    flow = Dataflow("kernel zero")
+    source = flow.source(lambda: OnKernelZero(records), name="src")
+    out = source.key_by(lambda w: w).count(name="count").collect()
+    steps = {node.name: node.id for node in flow.graph.nodes}
+    run(flow, cores=2, state_dir=tmp_path, epoch_interval=0.002)
+    assert dict(out.items) == dict(Counter(records))
+    db = sqlite3.connect(tmp_path / "snapshots.sqlite")
+    try:
+        assert db.execute("SELECT count(*) FROM deltas WHERE kernel = 1").fetchone()[0], "no deltas"
+    finally:
+        db.close()
+    store = SnapshotStore(tmp_path)
+    try:
+        for epoch, final in store.completed():
+            if not final:
+                blobs = store.epoch_snapshots(epoch, 2)
+                position = pickle.loads(pickle.loads(blobs[0])[steps["src"]])[4]
+                counts = Counter()
+                for blob in blobs:
+                    counts.update(pickle.loads(pickle.loads(blob)[steps["count"]])[4]["accumulators"])
+                assert counts == Counter(records[:position]), epoch
+    finally:
+        store.close()
