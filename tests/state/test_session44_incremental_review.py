@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernel import Dataflow, Operator, run
-from kernel.dataflow._operator import Source
 from state import SnapshotStore, list_state, map_state, value_state
 from tests.state.test_session44_incremental_snapshots import Numbers
 
@@ -128,35 +127,14 @@ def test_deltas_applied_in_order_make_every_epochs_whole_snapshot(ops, kind, pai
 # -- a kernel whose sources have ended takes no epochs: its chains still have a base ----
 
 
-class OnKernelZero(Source):
-    """`records` from kernel 0 only (kernel 1's share is empty: it ends at
-    once), in batches of 5; past the first 2,000 one batch an epoch."""
-
-    def __init__(self, records: list) -> None:
-        self.records, self.position, self.epoch_passed = records, 0, False
+class OnKernelZero(Numbers):
+    """`Numbers` on kernel 0 only (kernel 1's share is empty: it ends at once)."""
 
     def open(self, context):
         self.mine = context.index == 0
 
     def poll(self):
-        if not self.mine or self.position >= len(self.records):
-            return False
-        if self.position >= 2000:
-            if not self.epoch_passed:
-                return None  # (woken by the next epoch)
-            self.epoch_passed = False
-        batch = self.records[self.position:self.position + 5]
-        self.position += len(batch)
-        self.emit(batch)
-        return True
-
-    def on_epoch(self, epoch):
-        self.epoch_passed = True
-        self.wake()
-        return self.position
-
-    def restore(self, snapshot):
-        self.position = snapshot
+        return super().poll() if self.mine else False
 
 
 def test_a_kernel_without_live_sources_writes_chains_with_a_base(tmp_path):
@@ -168,7 +146,7 @@ def test_a_kernel_without_live_sources_writes_chains_with_a_base(tmp_path):
     now, with kernel 1's count the records it owns up to the position."""
     records = [f"k{i % 2000}" for i in range(2000)] + [f"k{i % 7}" for i in range(100)]
     flow = Dataflow("kernel zero")
-    source = flow.source(lambda: OnKernelZero(records), name="src")
+    source = flow.source(lambda: OnKernelZero(records, 5, 2000), name="src")
     out = source.key_by(lambda w: w).count(name="count").collect()
     steps = {node.name: node.id for node in flow.graph.nodes}
     run(flow, cores=2, state_dir=tmp_path, epoch_interval=0.002)
