@@ -181,6 +181,12 @@ class CoordinatorServer(AuthenticatedServer):
         master.heard_from(state["executor"])
         if op == "heartbeat":
             return None
+        if op in ("exited", "dashboard") and master.foreign(m.get("catalog")):
+            # (of another catalog's job process, being stopped: its job-1 is not ours,
+            # and its exit restarted our job-1)
+            log.info("executor %s: %s of %s attempt %s process %s ignored: another catalog's job",
+                     state["executor"], op, m.get("job"), m.get("attempt"), m.get("process"))
+            return {}
         if op == "exited":
             away = bool(m.get("cut_off")) and master.cut_off_by_us(state["executor"])  # (a stall's)
             await master.process_exited(m["job"], m["attempt"], m["process"], m["code"], m.get("error"),

@@ -150,10 +150,16 @@ class JobProcess:
     # the cgroup it runs in, made for it, whose processes are ended with it
     # (`kernel.system._job_cgroup`); None: its process group is (`_end_group`)
     cgroup: str | None = None
+    # the identity of the catalog whose coordinator started it (None: one that told
+    # none). Job ids are one catalog's: listed under the catalog this executor serves
+    # now, a process of an earlier catalog's job-1, still stopping, was taken for the
+    # new catalog's job-1 (`JobMaster._adopt`), and its exit for that job's
+    catalog: str | None = None
 
     def report(self) -> dict:
         return {"job": self.job, "attempt": self.attempt, "process": self.process,
-                "code": self.code, "error": self.error, "dashboard": self.dashboard, "cut_off": self.cut_off}
+                "code": self.code, "error": self.error, "dashboard": self.dashboard, "cut_off": self.cut_off,
+                "catalog": self.catalog}
 
 
 def _job_process_setup(cgroup: str | None = None) -> None:
@@ -764,7 +770,7 @@ class ExecutorDaemon:
         lease.started()
         lease.renew(self._lease_deadline())
         entry = JobProcess(job, attempt, process, proc, log_path, start, lease, pipeline=pipeline,
-                           pidfd=pidfd, gone=gone)
+                           pidfd=pidfd, gone=gone, catalog=self._recorded("catalog"))
         if cgroup is not None:
             # (checked: one that could not move in runs where the executor does, and its
             # group is ended instead; one that ended already may have, its cgroup ended)
@@ -808,7 +814,8 @@ class ExecutorDaemon:
                     if self.session is not None:  # (else the next register lists it)
                         try:
                             await self.session.request("dashboard", job=entry.job, attempt=entry.attempt,
-                                                       process=entry.process, url=entry.dashboard)
+                                                       process=entry.process, url=entry.dashboard,
+                                                       catalog=entry.catalog)
                         except (ConnectionLost, RequestError, TimeoutError):
                             pass
                     return
@@ -1059,7 +1066,7 @@ def _pidfd(pid: int) -> tuple[int | None, bool]:
         return None, False
 
 
-_EXIT_FIELDS = ("job", "attempt", "process", "code", "error", "dashboard")
+_EXIT_FIELDS = ("job", "attempt", "process", "code", "error", "dashboard", "catalog")
 
 
 def _key(process: dict) -> tuple[str, int, int]:
@@ -1084,7 +1091,7 @@ def _exit_noted(e) -> bool:
 
     return isinstance(e, dict) and isinstance(e.get("job"), str) and integer(e.get("attempt")) \
         and integer(e.get("process")) and integer(e.get("code")) \
-        and all(e.get(name) is None or isinstance(e[name], str) for name in ("error", "dashboard"))
+        and all(e.get(name) is None or isinstance(e[name], str) for name in ("error", "dashboard", "catalog"))
 
 
 async def _resolved_off_the_loop(host: str) -> list | None:

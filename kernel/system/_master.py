@@ -1185,17 +1185,24 @@ class JobMaster:
         self.connected[executor_id] = Connected(executor, session, time.monotonic(), message.get("instance"))
         session.name = f"executor {executor_id} at {host}"
         log.info("executor %s registered: %s, %d core(s)", executor_id, host, cores)
-        # (listed for another catalog, which gives the same job ids: none is ours)
-        theirs, ours = message.get("catalog"), self.catalog.identity
-        foreign = theirs is not None and ours is not None and theirs != ours
-        # (a note of another catalog's processes names none of ours, whatever their ids)
-        self._adopt(executor_id, message.get("processes") or [], foreign, stopped,
+        # (the catalog the executor served last: that of each process it lists that names
+        # none, an executor of before; a note of another catalog's processes names none of
+        # ours, whatever their ids)
+        theirs = message.get("catalog")
+        self._adopt(executor_id, message.get("processes") or [], theirs, stopped,
                     coordinator_away=self.cut_off_by_us(executor_id),
-                    stopped_processes=frozenset() if foreign else stopped_processes)
+                    stopped_processes=frozenset() if self.foreign(theirs) else stopped_processes)
         self._cut_off_by_us.pop(executor_id, None)
         self._notify()
         self.reconcile()
         return executor
+
+    def foreign(self, catalog) -> bool:
+        """Is `catalog`, the identity an executor says a process (or itself)
+        is of, another catalog's than ours? Job ids are one catalog's: its
+        job-1 is not ours. (None, either side: not known, taken as ours.)"""
+        ours = self.catalog.identity
+        return catalog is not None and ours is not None and catalog != ours
 
     def cut_off_by_us(self, executor_id: str) -> bool:
         """Was the executor cut off by this coordinator's absence (restarted
@@ -1217,12 +1224,13 @@ class JobMaster:
             until = self._cut_off_by_us.get(executor_id, -math.inf)
             self._cut_off_by_us[executor_id] = max(until, now + self.executor_timeout)
 
-    def _adopt(self, executor_id: str, processes: list[dict], foreign: bool = False,
+    def _adopt(self, executor_id: str, processes: list[dict], listed_for: str | None = None,
                stopped: bool = False, coordinator_away: bool = False,
                stopped_processes: frozenset = frozenset()) -> None:
         """An executor (re)connected and listed its processes: keep those of
         current attempts, take in the exits we missed, stop the stale ones
-        (all of them when `foreign`: another catalog's jobs), and restart the
+        (every one of another catalog's jobs: each judged by the catalog it
+        names, else by `listed_for`, the executor's), and restart the
         jobs whose process it no longer has (moved, no restart spent, when it
         was `stopped` on purpose, or the process is one of `stopped_processes`:
         (job, attempt, process) it noted stopping while it could not reach the
@@ -1234,6 +1242,9 @@ class JobMaster:
                 self._ask_to_confirm(job_id, executor_id)
         reported = set()
         for p in processes:
+            # (per process: one of an earlier catalog's job, still stopping, was listed
+            # under the catalog the executor serves now, and adopted as our job of its id)
+            foreign = self.foreign(p.get("catalog") or listed_for)
             job = self.jobs.get(p["job"])
             current = (not foreign and job is not None and job.status in ("starting", "running")
                        and job.attempt == p["attempt"] and p["process"] < len(job.placement)
