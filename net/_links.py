@@ -167,7 +167,11 @@ _pack, _unpack = FRAME.pack, FRAME.unpack_from
 
 
 class LinkError(Exception):
-    """A link that could not be made or broke."""
+    """A link that could not be made or broke. `kernel`: the index of the
+    peer's kernel it names, where that is one kernel (a peer lost, or that
+    never came, of one core: `--log-format json`'s `kernel` field)."""
+
+    kernel: int | None = None  # (set on the instance: pickled with it, as its __dict__)
 
 
 class AuthenticationFailed(LinkError):

@@ -120,14 +120,15 @@ _PROBE_TIMEOUT = 1.0  # seconds a probe's connect may take (no answer: nothing l
 class PeerLost(LinkError):
     """A peer process went away before the run finished."""
 
-    def __init__(self, process: int, address: str, why: str) -> None:
+    def __init__(self, process: int, address: str, why: str, kernel: int | None = None) -> None:
         super().__init__(self._describe(process, address, why))
         self.process = process
         self.address = address
         self.why = why
+        self.kernel = kernel  # (the peer's kernel, where it runs one: `_peer_kernel`)
 
     def __reduce__(self):  # crosses from the relay process to its launcher
-        return type(self), (self.process, self.address, self.why)
+        return type(self), (self.process, self.address, self.why, self.kernel)
 
     @staticmethod
     def _describe(process: int, address: str, why: str) -> str:
@@ -144,8 +145,8 @@ class PeerFailed(PeerLost):
 
     def __init__(self, process: int, address: str, why: str, kernel: int | None = None,
                  step: str | None = None) -> None:
-        super().__init__(process, address, why)
-        self.kernel, self.step = kernel, step
+        super().__init__(process, address, why, kernel)
+        self.step = step
 
     def __reduce__(self):  # crosses from the relay process to its launcher
         return type(self), (self.process, self.address, self.why, self.kernel, self.step)
@@ -214,6 +215,18 @@ def _abort_said(body: bytes) -> tuple[str, int | None, str | None]:
             return (said["why"], kernel if isinstance(kernel, int) and not isinstance(kernel, bool) else None,
                     step if isinstance(step, str) else None)
     return text, None, None
+
+
+def _peer_kernel(plan, peer: int) -> int | None:
+    """The index of `peer`'s kernel where it runs one (one core a process:
+    process N runs kernel N); None where it runs several, none of which is
+    the one to name."""
+    return peer * plan.cores if plan.cores == 1 else None
+
+
+def _naming(error: LinkError, kernel: int | None) -> LinkError:
+    error.kernel = kernel
+    return error
 
 
 @dataclass
@@ -505,7 +518,10 @@ class LinkRelay:
                 refused = list(dict.fromkeys(str(e) for e in server.failures))  # (a peer retrying: once)
                 if refused:
                     why += "; refused meanwhile: " + "; ".join(refused[-3:])
-                raise LinkError(why) from None
+                # (one peer missing: its kernel, as for a peer lost; its pipeline file may have
+                # raised at import, before it could link to tell us)
+                raise _naming(LinkError(why), _peer_kernel(plan, missing[0]) if len(missing) == 1 else None) \
+                    from None
         finally:
             for task in (*dials, dialled, *watch):
                 task.cancel()
@@ -520,9 +536,10 @@ class LinkRelay:
                 if peer == plan.process or peer in self.links:
                     continue
                 if await _refuses(*plan.addresses[peer]):
-                    self._fail(LinkError(
+                    self._fail(_naming(LinkError(
                         f"no peer {peer}: process {peer} ({plan.address(peer)}) refuses connections on the "
-                        "port its executor held for it since before this process started: it has ended"))
+                        "port its executor held for it since before this process started: it has ended"),
+                        _peer_kernel(plan, peer)))
                     return
 
     @staticmethod
@@ -641,7 +658,8 @@ class LinkRelay:
             why = f"it closed the link (code {link.ws.close_code})"
         if link.close_reason:  # the peer's word: "no heartbeat: ...", the one frozen was this process
             why += f" ({link.close_reason})"
-        self._fail(PeerLost(link.peer, self.plan.address(link.peer), why + " before the run finished"))
+        self._fail(PeerLost(link.peer, self.plan.address(link.peer), why + " before the run finished",
+                            _peer_kernel(self.plan, link.peer)))
 
     # -- relaying -----------------------------------------------------------------------
 
@@ -806,6 +824,7 @@ class LinkRelay:
         elif kind == KIND_ABORT:
             # (its link's end, however it comes, is no news: with TLS it came as 1006, each logged)
             self.links[peer].goodbye = True
+            # (the kernel it says, only: one passing on another peer's loss names that one's)
             self._fail(PeerFailed(peer, self.plan.address(peer), *_abort_said(bytes(body))))
 
     def _add_results(self, results: dict) -> None:

@@ -357,7 +357,8 @@ def _run(args, path: Path, name: str) -> int:
             # (a peer's failure with where it failed, the kernel and the step, as the
             # peer's own error has them: on one core a process, the failed kernel's
             # was another process's, and this one's last word had neither)
-            where = {"kernel": exc.kernel, "step": exc.step} if isinstance(exc, PeerFailed) else {}
+            # (a peer lost or that never came: its kernel, where it runs one, `LinkError.kernel`)
+            where = {"kernel": exc.kernel, "step": exc.step if isinstance(exc, PeerFailed) else None}
             _error(str(exc) + _listen_advice(exc, args), **where)
             return 1
         return 0
