@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter
 
+from kernel._host_port import host_port, parse_address  # noqa: F401  (importable here, as they were)
 from kernel.scheduling._errors import KernelError
 from kernel.scheduling._signal_mask import main_thread_signals
 
@@ -67,30 +68,6 @@ _http_logger.addFilter(_not_a_malformed_request)
 
 class MetricsServerError(KernelError):
     """The metrics endpoint cannot listen where it was asked to."""
-
-
-def parse_address(value) -> tuple[str, int]:
-    """`"HOST:PORT"` (`"[::1]:9464"` for IPv6) -> (host, port); ValueError otherwise."""
-    example = "e.g. '127.0.0.1:9464'"
-    if not isinstance(value, str):
-        raise ValueError(f"dashboard must be a 'HOST:PORT' string ({example}), got {value!r}")
-    host, sep, port = value.rpartition(":")
-    if not sep:
-        raise ValueError(f"dashboard must be 'HOST:PORT' ({example}), got {value!r}: no port")
-    if not host:  # (':8080' said "no port")
-        raise ValueError(f"dashboard must be 'HOST:PORT' ({example}), got {value!r}: no host "
-                         "('0.0.0.0:PORT' for every interface)")
-    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:  # (not '٩٤٦٤', nor '²')
-        raise ValueError(f"dashboard {value!r}: the port must be a number from 0 to 65535, got {port!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
-
-
-def host_port(host: str, port: int) -> str:
-    """`HOST:PORT` as the address is written (and `parse_address` reads it
-    back): an IPv6 host in brackets, `[::1]:9464` (`::1:9464` was printed)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def listen(address: tuple[str, int]) -> socket.socket:

@@ -48,7 +48,7 @@ def _address(text: str | None, what: str) -> tuple[str, int]:
 def _page_address(text: str) -> tuple[str, int]:
     """--dashboard's HOST:PORT, read as a job's is (`kernel.run --dashboard`):
     port 0 too, the system's pick, which the coordinator logs as it listens."""
-    from kernel.metrics._server import parse_address
+    from kernel._host_port import parse_address  # (not the dashboard server's module: asyncio)
 
     if not text.strip():
         raise _Usage(blank_said("--dashboard", "address", text, "HOST:PORT"))
@@ -367,8 +367,10 @@ def _checked(args) -> _Checked:
                                     "; --no-dashboard for no dashboard"))
     payload = None
     if args.command == "submit":  # (its usage errors before the coordinator is dialled)
+        # (the pipeline file's checks, the run's: kernel.cli._run; not the client's module,
+        # whose asyncio and aiohttp cost a usage error ~0.3 s of CPU)
         from kernel.cli._run import UsageError
-        from kernel.system import _client  # (the pipeline file's checks are the run's: kernel.cli._run)
+        from kernel.system._pipeline_file import submit_payload
 
         if args.executors is not None:
             # ("e1, e2" read as "e1" and " e2", and "e1," as "e1" and "": refused by
@@ -377,9 +379,8 @@ def _checked(args) -> _Checked:
             args.executors = ",".join(_executor_ids(args.executors))
 
         try:
-            payload = _client.submit_payload(args.pipeline, state_dir=args.state_dir,
-                                             epoch_interval=args.epoch_interval,
-                                             shared_state=args.shared_state_dir)
+            payload = submit_payload(args.pipeline, state_dir=args.state_dir,
+                                     epoch_interval=args.epoch_interval, shared_state=args.shared_state_dir)
         except UsageError as exc:
             raise _Usage(str(exc)) from None
     return _Checked(started, secret, tls, address, payload=payload)

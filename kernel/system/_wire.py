@@ -37,13 +37,13 @@ import msgspec
 from kernel.net._causes import causes
 from kernel.system._limits import LARGEST_INTEGER  # noqa: F401  (importable from here, as it was)
 
+# (a pipeline file's, importable from here as they were: kept where a submit's usage
+# errors are found without this module's imports, aiohttp and asyncio)
+from kernel.system._pipeline_file import FILE_ROOM, MAX_MESSAGE, file_bytes, file_fields  # noqa: F401
+
 log = logging.getLogger("kernel.system")
 
 PATH = "/kernel-system"
-MAX_MESSAGE = 64 << 20  # a submitted pipeline file travels in one message
-# a pipeline file's JSON text, at most: the rest of MAX_MESSAGE for the other fields of
-# its requests (`submit`, and the job master's `start` to each executor: its peers...)
-FILE_ROOM = MAX_MESSAGE - (1 << 20)
 # The handshake's "process" field says who speaks (its MAC covers it).
 COORDINATOR, EXECUTOR, CLIENT = 0, 1, 2
 ROLES = {EXECUTOR: "executor", CLIENT: "client"}
@@ -91,25 +91,6 @@ _YEAR = 365 * 86400.0  # a `within` this long or longer is taken as none
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
-
-
-def file_fields(data: bytes) -> dict:
-    """A pipeline file's bytes as the requests' `content` (JSON text):
-    UTF-8 text as it is; other bytes (a file in the encoding its coding
-    line names, latin-1...) as latin-1 text, with `encoding: latin-1`,
-    which gives back every byte (`file_bytes`)."""
-    try:
-        return {"content": data.decode()}
-    except UnicodeDecodeError:
-        return {"content": data.decode("latin-1"), "encoding": "latin-1"}
-
-
-def file_bytes(m: dict) -> bytes:
-    """The bytes `file_fields` sent (a ValueError for what it never sends)."""
-    content, encoding = m.get("content"), m.get("encoding", "utf-8")
-    if not isinstance(content, str) or encoding not in ("utf-8", "latin-1"):
-        raise ValueError("a pipeline file's text (and its encoding, utf-8 or latin-1) is needed")
-    return content.encode(encoding)
 
 
 class Session:

@@ -1,0 +1,30 @@
+"""A dashboard's `HOST:PORT`, read (`parse_address`) and written
+(`host_port`). Apart from the dashboard's server (asyncio, its threads):
+a coordinator's bad `--dashboard` is said without importing them
+(tests/system/test_session44_submit_usage_light.py)."""
+
+from __future__ import annotations
+
+
+def parse_address(value) -> tuple[str, int]:
+    """`"HOST:PORT"` (`"[::1]:9464"` for IPv6) -> (host, port); ValueError otherwise."""
+    example = "e.g. '127.0.0.1:9464'"
+    if not isinstance(value, str):
+        raise ValueError(f"dashboard must be a 'HOST:PORT' string ({example}), got {value!r}")
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        raise ValueError(f"dashboard must be 'HOST:PORT' ({example}), got {value!r}: no port")
+    if not host:  # (':8080' said "no port")
+        raise ValueError(f"dashboard must be 'HOST:PORT' ({example}), got {value!r}: no host "
+                         "('0.0.0.0:PORT' for every interface)")
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:  # (not '٩٤٦٤', nor '²')
+        raise ValueError(f"dashboard {value!r}: the port must be a number from 0 to 65535, got {port!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def host_port(host: str, port: int) -> str:
+    """`HOST:PORT` as the address is written (and `parse_address` reads it
+    back): an IPv6 host in brackets, `[::1]:9464` (`::1:9464` was printed)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
