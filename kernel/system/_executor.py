@@ -687,8 +687,17 @@ class ExecutorDaemon:
         key = (job, attempt, process)
         # (one that ended is no obstacle: the same attempt started again by a
         # coordinator whose catalog could not record it, restarted since)
-        if key in self.processes and self.processes[key].code is None:
-            raise RequestError(f"{job} attempt {attempt} process {process} already runs here")
+        held = self.processes.get(key)
+        if held is not None and held.code is None:
+            if held.catalog is None or held.catalog == self._recorded("catalog"):
+                raise RequestError(f"{job} attempt {attempt} process {process} already runs here")
+            # Another catalog's (a new catalog gives job ids from job-1 again), stopped
+            # at the register that listed it and still stopping (up to STOP_GRACE): the
+            # start waits for its end. Refused, the new job-1's first attempt failed, a
+            # restart spent for a process that was never its own.
+            await self._stop_one(held)
+            if self._leaving or self._closed:
+                raise RequestError(f"executor {self.executor_id} is stopping")
         pipeline = self._pipeline(m)
         argv = [sys.executable, "-m", "kernel", "run", f"{pipeline}:{m['flow']}", "--cores", str(m["cores"])]
         if m.get("state_dir"):

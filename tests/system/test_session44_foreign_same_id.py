@@ -71,3 +71,32 @@ async def test_another_catalogs_process_of_our_job_id_is_stopped_never_held_unde
         (marks / "release").touch()
         await asyncio.to_thread(wait_until, lambda: theirs.code is not None, what="their job-1 to end")
         assert _unstopped(ours, "job-1") == {}
+
+
+async def test_a_new_catalogs_job_starts_once_the_other_catalogs_process_of_its_id_has_stopped(
+        tmp_path, monkeypatch):
+    """A new catalog's job-1 placed where the last catalog's job-1 attempt 1
+    process 0 still stops: its start was refused, `job-1 attempt 1 process
+    0 already runs here`, a restart spent for a process never its own. It
+    waits for that process's end, and runs as attempt 1."""
+    monkeypatch.setattr(_executor, "STOP_GRACE", 20.0)  # (no SIGKILL within the test)
+    system = System(tmp_path)
+    marks, pipeline = marking_pipeline(tmp_path, PIPELINE)
+    patient = ("--executor-timeout", "15")  # (the executor keeps its process through the restart)
+    async with executor_served_here(system, tmp_path / "executor",
+                                    coordinator_options=patient) as (executor, _, _):
+        assert await submitted_marking_here(system, pipeline, marks) == "job-1"
+        theirs = executor.processes["job-1", 1, 0]
+        system.coordinator.kill()
+        await asyncio.to_thread(system.coordinator.wait)
+        await asyncio.to_thread(system.start_coordinator, *patient, "--data", str(tmp_path / "new"))
+        await asyncio.to_thread(system.executors_up, 1)  # (their job-1 asked to stop: deaf until released)
+        assert await submitted_here(system, write(tmp_path / "noop.py", NOOP)) == "job-1"
+        await asyncio.to_thread(wait_until, lambda: system.job("job-1")["status"] != "submitted",
+                                what="the new job-1 to be placed")
+        assert theirs.code is None
+        (marks / "release").touch()
+        state = await asyncio.to_thread(wait_until, lambda: (lambda j: j if j["ended"] else None)(
+            system.job("job-1")), what="the new job-1 to end")
+        assert (state["status"], state["attempt"], state["restarts"]) == ("completed", 1, 0), state
+        assert theirs.code is not None
