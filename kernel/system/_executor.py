@@ -64,6 +64,7 @@ from kernel.system._wire import (
     RequestError,
     Session,
     _url_host,
+    answer_by,
     dial,
     file_bytes,
     tls_handshake_failure,
@@ -695,7 +696,7 @@ class ExecutorDaemon:
             # at the register that listed it and still stopping (up to STOP_GRACE): the
             # start waits for its end. Refused, the new job-1's first attempt failed, a
             # restart spent for a process that was never its own.
-            await self._stop_one(held)
+            await self._other_catalogs_ended(held)
             if self._leaving or self._closed:
                 raise RequestError(f"executor {self.executor_id} is stopping")
         pipeline = self._pipeline(m)
@@ -795,6 +796,27 @@ class ExecutorDaemon:
             task.add_done_callback(self._tasks.discard)
             entry.followed = entry.followed or task
         return {"pid": proc.pid, "dashboard": None}  # (its URL follows: `_find_dashboard`)
+
+    async def _other_catalogs_ended(self, held: JobProcess) -> None:
+        """Stop `held`, another catalog's process of the (job, attempt,
+        process) a start names, and wait for its end, but no longer than the
+        start's answer is due (`answer_by`): a RequestError then. One that
+        SIGKILL does not end (uninterruptible sleep) was waited for past the
+        coordinator's 30 s; its start timed out, the job ran again, and this
+        start, still waiting, later ran the earlier attempt beside it."""
+        # (shielded: the stop goes on to its SIGKILL where the wait gives up)
+        stop = asyncio.ensure_future(self._stop_one(held))
+        self._tasks.add(stop)
+        stop.add_done_callback(self._tasks.discard)
+        due = answer_by.get()
+        left = None if due is None else max(0.0, due - time.monotonic())
+        try:
+            await asyncio.wait_for(asyncio.shield(stop), left)
+        except TimeoutError:
+            raise RequestError(
+                f"{held.job} attempt {held.attempt} process {held.process} of another catalog (a job of the "
+                f"coordinator's earlier --data, pid {held.proc.pid}) is still stopping here and ended on no "
+                "signal yet: its job's start is placed elsewhere or tried again") from None
 
     async def _find_dashboard(self, entry: JobProcess) -> None:
         """Read the process's output, from this attempt's start, until it
