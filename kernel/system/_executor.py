@@ -606,7 +606,7 @@ class ExecutorDaemon:
         if op == "start":
             return await self._start(m)
         if op == "stop":
-            await self._stop(m["job"], m.get("attempt"))
+            await self._stop(m["job"], m.get("attempt"), m.get("catalog"))
             return {}
         if op == "logs":
             return self._log(str(m["job"]), int(m.get("offset", 0)), m.get("raw") is True)
@@ -947,9 +947,14 @@ class ExecutorDaemon:
         for entry in ended[: max(0, len(ended) - _KEEP_ENDED)]:
             del self.processes[(entry.job, entry.attempt, entry.process)]
 
-    async def _stop(self, job: str, attempt: int | None) -> None:
+    async def _stop(self, job: str, attempt: int | None, catalog: str | None = None) -> None:
+        """Stop the job's processes (of `attempt`; all: None); of `catalog`
+        only, where the stop names one (and the process one: an executor's
+        catalog not yet known named none), another catalog's job of the same
+        id and attempt listed by the coordinator: its job ids are not ours."""
         targets = [p for p in self.processes.values() if p.job == job and p.code is None
-                   and (attempt is None or p.attempt == attempt)]
+                   and (attempt is None or p.attempt == attempt)
+                   and (catalog is None or p.catalog is None or p.catalog == catalog)]
         await asyncio.gather(*(self._stop_one(p) for p in targets))
 
     async def _stop_one(self, entry: JobProcess) -> None:

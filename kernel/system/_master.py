@@ -1272,8 +1272,11 @@ class JobMaster:
             elif p.get("code") is None:
                 # (another catalog's, whose job ids may be ours: stopped by its own attempt,
                 # never held under our job of the same id; or one of a job being started)
+                # (its catalog's only: ours of that job and attempt may run there beside it, a
+                # process of ours placed there since, and that stop ended it, a restart spent)
                 session = self.connected[executor_id].session
-                self._spawn(session.request("stop", timeout=STOP_TIMEOUT, job=p["job"], attempt=p["attempt"]))
+                self._spawn(session.request("stop", timeout=STOP_TIMEOUT, job=p["job"], attempt=p["attempt"],
+                                            catalog=p.get("catalog") or listed_for))
         for job in self.jobs.values():
             if job.status not in ("starting", "running") or self._lock(job.id).locked():
                 continue  # (a job being started now is not one to adopt)

@@ -15,12 +15,13 @@ import hashlib
 import time
 
 import pytest
-from _system import System, executor_served_here, marking_pipeline
+from _system import System, executor_served_here, marking_pipeline, submitted_here, wait_until
 from test_system import NOOP
 
 from kernel.system import _executor
 from kernel.system._pipeline_file import file_fields
 from kernel.system._wire import RequestError, answer_by
+from tests.system.test_session35_stopped_executor_restarts import MARKING
 from tests.system.test_session43_kill_connected_coordinator_restart import PIPELINE
 from tests.system.test_session44_foreign_same_id import submitted_marking_here
 
@@ -57,3 +58,54 @@ async def test_a_start_waits_for_another_catalogs_stopping_process_no_longer_tha
         await asyncio.wait_for(theirs.followed, 15)
         await asyncio.sleep(0.1)  # (no start left waiting to run attempt 1 now)
         assert executor.processes["job-1", 1, 0] is theirs
+
+
+async def test_the_stop_of_another_catalogs_listed_process_spares_ours_of_the_same_job_and_attempt(
+        tmp_path, monkeypatch):
+    """Their job-1 attempt 1 process 0, still stopping on the executor served
+    here, and our job-1 attempt 1 process 1 (two processes: process 0 on
+    the peer) running there beside it. The executor registers again (its
+    connection cut): the coordinator stops the other catalog's process it
+    lists, by (job, attempt), which named ours too: stopped, our job-1 lost
+    a process, a restart spent for another catalog's job."""
+    monkeypatch.setattr(_executor, "STOP_GRACE", 20.0)  # (no SIGKILL within the test)
+    system = System(tmp_path)
+    marks, pipeline = marking_pipeline(tmp_path, PIPELINE)
+    ours = tmp_path / "ours.py"
+    ours.write_text(MARKING.format(marks=str(tmp_path)))
+    patient = ("--executor-timeout", "15")  # (the executor keeps its process through the restart)
+    async with executor_served_here(system, tmp_path / "executor", peers=1,
+                                    coordinator_options=patient) as (executor, _, (peer,)):
+        here, there = executor.executor_id, await asyncio.to_thread(system.executor_id, peer)
+        assert await submitted_marking_here(system, pipeline, marks, "--executors", here) == "job-1"
+        theirs = executor.processes["job-1", 1, 0]
+        system.coordinator.kill()
+        await asyncio.to_thread(system.coordinator.wait)
+        await asyncio.to_thread(system.start_coordinator, *patient, "--data", str(tmp_path / "new"))
+        await asyncio.to_thread(system.executors_up, 2)  # (their job-1 asked to stop: deaf to SIGINT)
+        stopped = []
+        stop_one = executor._stop_one
+
+        async def noted_stop(entry):
+            stopped.append(entry)
+            await stop_one(entry)
+
+        monkeypatch.setattr(executor, "_stop_one", noted_stop)
+        assert await submitted_here(system, ours, "--processes", "2", "--executors", f"{there},{here}") \
+            == "job-1"
+        await asyncio.to_thread(wait_until, lambda: system.job("job-1")["status"] == "running",
+                                what="our job-1 to run")
+        mine = executor.processes["job-1", 1, 1]
+        assert mine.code is None and mine.catalog == executor._recorded("catalog") != theirs.catalog
+        before = stopped.count(theirs)
+        first = executor.session
+        await first.close()  # (it registers again, their job-1 still stopping)
+        await asyncio.to_thread(wait_until, lambda: stopped.count(theirs) > before,
+                                what="their job-1 to be stopped again")
+        for _ in range(10):  # (the stop's other targets, gathered with it, begun too)
+            await asyncio.sleep(0)
+        assert mine not in stopped and mine.code is None
+        state = await asyncio.to_thread(system.job, "job-1")
+        assert (state["status"], state["attempt"], state["restarts"]) == ("running", 1, 0), state
+        (marks / "release").touch()
+        await asyncio.wait_for(theirs.followed, 15)
