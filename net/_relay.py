@@ -554,7 +554,7 @@ class LinkRelay:
             ended = await asyncio.gather(*dials, return_exceptions=True)
             unreached = [e for e in ended if isinstance(e, _Unreachable)]
             if len(unreached) < 2:  # (a LinkError as before: the error crosses to the supervisor)
-                raise LinkError(str(first)) from None
+                raise _naming(LinkError(str(first)), first.kernel) from None
             names = ", ".join(f"process {e.peer} at {e.url}" for e in unreached)
             whys = "; ".join(f"process {e.peer}: {e.why}" for e in unreached)
             raise LinkError(f"could not reach {names} within {first.timeout:g} s ({whys})") from None
@@ -623,7 +623,10 @@ class LinkRelay:
                 hint = (" (it closed the connection before answering: TLS on there and off here, or too "
                         "many connections pending there?)")
             why = dial_failure_said(unreachable)  # (a TLS dial: aiohttp names its SSLContext by its repr)
-            raise _Unreachable(peer, url, plan.startup_timeout, f"{why}{hint}") from None
+            # (its kernel, as for a higher peer that never linked us: its pipeline file
+            # may have raised at import, before it listened)
+            raise _naming(_Unreachable(peer, url, plan.startup_timeout, f"{why}{hint}"),
+                          _peer_kernel(plan, peer)) from None
         self._sessions.append(session)
         if link.peer != peer:
             error = LinkError(f"{plan.address(peer)} answered as process {link.peer}, not {peer}: "
