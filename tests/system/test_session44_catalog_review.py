@@ -23,7 +23,7 @@ from kernel.system._pipeline_file import file_fields
 from kernel.system._wire import RequestError, answer_by
 from tests.system.test_session35_stopped_executor_restarts import MARKING
 from tests.system.test_session43_kill_connected_coordinator_restart import PIPELINE
-from tests.system.test_session44_foreign_same_id import submitted_marking_here
+from tests.system.test_session44_foreign_same_id import PATIENT, their_job_1_stopping
 
 
 async def test_a_start_waits_for_another_catalogs_stopping_process_no_longer_than_its_answer_is_due(
@@ -31,16 +31,9 @@ async def test_a_start_waits_for_another_catalogs_stopping_process_no_longer_tha
     monkeypatch.setattr(_executor, "STOP_GRACE", 60.0)  # (its SIGKILL never comes within the test)
     system = System(tmp_path)
     marks, pipeline = marking_pipeline(tmp_path, PIPELINE)
-    patient = ("--executor-timeout", "15")  # (the executor keeps its process through the restart)
     async with executor_served_here(system, tmp_path / "executor",
-                                    coordinator_options=patient) as (executor, _, _):
-        assert await submitted_marking_here(system, pipeline, marks) == "job-1"
-        theirs = executor.processes["job-1", 1, 0]
-        system.coordinator.kill()
-        await asyncio.to_thread(system.coordinator.wait)
-        await asyncio.to_thread(system.start_coordinator, *patient, "--data", str(tmp_path / "new"))
-        await asyncio.to_thread(system.executors_up, 1)  # (their job-1 asked to stop: deaf to SIGINT)
-        assert theirs.catalog != executor._recorded("catalog")
+                                    coordinator_options=PATIENT) as (executor, _, _):
+        theirs = await their_job_1_stopping(system, executor, marks, pipeline)
         content = NOOP.encode()
         start = {"job": "job-1", "attempt": 1, "process": 0, "flow": "flow", "filename": "noop.py",
                  **file_fields(content), "digest": hashlib.sha256(content).hexdigest(), "cores": 1}
@@ -73,16 +66,10 @@ async def test_the_stop_of_another_catalogs_listed_process_spares_ours_of_the_sa
     marks, pipeline = marking_pipeline(tmp_path, PIPELINE)
     ours = tmp_path / "ours.py"
     ours.write_text(MARKING.format(marks=str(tmp_path)))
-    patient = ("--executor-timeout", "15")  # (the executor keeps its process through the restart)
     async with executor_served_here(system, tmp_path / "executor", peers=1,
-                                    coordinator_options=patient) as (executor, _, (peer,)):
+                                    coordinator_options=PATIENT) as (executor, _, (peer,)):
         here, there = executor.executor_id, await asyncio.to_thread(system.executor_id, peer)
-        assert await submitted_marking_here(system, pipeline, marks, "--executors", here) == "job-1"
-        theirs = executor.processes["job-1", 1, 0]
-        system.coordinator.kill()
-        await asyncio.to_thread(system.coordinator.wait)
-        await asyncio.to_thread(system.start_coordinator, *patient, "--data", str(tmp_path / "new"))
-        await asyncio.to_thread(system.executors_up, 2)  # (their job-1 asked to stop: deaf to SIGINT)
+        theirs = await their_job_1_stopping(system, executor, marks, pipeline, 2, "--executors", here)
         stopped = []
         stop_one = executor._stop_one
 

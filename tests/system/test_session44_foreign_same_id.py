@@ -32,6 +32,23 @@ from kernel.system import _executor
 from tests.system.test_session43_kill_away_coordinator_restart import _unstopped
 from tests.system.test_session43_kill_connected_coordinator_restart import PIPELINE
 
+PATIENT = ("--executor-timeout", "15")  # (the executor keeps its process through the coordinator's restart)
+
+
+async def their_job_1_stopping(system: System, executor, marks, pipeline, executors: int = 1, *options):
+    """A marking `pipeline`'s job-1 (submitted with `options`) working on
+    the executor served here (its process: returned), then its coordinator
+    killed and one started on a new catalog (--data), `executors` up: their
+    job-1, deaf to SIGINT, is being stopped there, as another catalog's."""
+    assert await submitted_marking_here(system, pipeline, marks, *options) == "job-1"
+    theirs = executor.processes["job-1", 1, 0]
+    system.coordinator.kill()
+    await asyncio.to_thread(system.coordinator.wait)
+    await asyncio.to_thread(system.start_coordinator, *PATIENT, "--data", str(system.root / "new"))
+    await asyncio.to_thread(system.executors_up, executors)
+    assert theirs.catalog != executor._recorded("catalog")
+    return theirs
+
 
 async def test_another_catalogs_process_of_our_job_id_is_stopped_never_held_under_our_job(tmp_path,
                                                                                       monkeypatch):
@@ -82,15 +99,9 @@ async def test_a_new_catalogs_job_starts_once_the_other_catalogs_process_of_its_
     monkeypatch.setattr(_executor, "STOP_GRACE", 20.0)  # (no SIGKILL within the test)
     system = System(tmp_path)
     marks, pipeline = marking_pipeline(tmp_path, PIPELINE)
-    patient = ("--executor-timeout", "15")  # (the executor keeps its process through the restart)
     async with executor_served_here(system, tmp_path / "executor",
-                                    coordinator_options=patient) as (executor, _, _):
-        assert await submitted_marking_here(system, pipeline, marks) == "job-1"
-        theirs = executor.processes["job-1", 1, 0]
-        system.coordinator.kill()
-        await asyncio.to_thread(system.coordinator.wait)
-        await asyncio.to_thread(system.start_coordinator, *patient, "--data", str(tmp_path / "new"))
-        await asyncio.to_thread(system.executors_up, 1)  # (their job-1 asked to stop: deaf until released)
+                                    coordinator_options=PATIENT) as (executor, _, _):
+        theirs = await their_job_1_stopping(system, executor, marks, pipeline)  # (deaf until released)
         assert await submitted_here(system, write(tmp_path / "noop.py", NOOP)) == "job-1"
         await asyncio.to_thread(wait_until, lambda: system.job("job-1")["status"] != "submitted",
                                 what="the new job-1 to be placed")
