@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
+import signal
 import time
 
 import pytest
@@ -23,6 +24,12 @@ from kernel.system._pipeline_file import file_fields
 from kernel.system._wire import RequestError, answer_by
 from tests.system.test_session35_stopped_executor_restarts import MARKING
 from tests.system.test_session43_kill_connected_coordinator_restart import PIPELINE
+from tests.system.test_session44_catalog_per_process import (
+    OTHER_CATALOG,
+    ScriptedExecutor,
+    _job_1,
+    _running_job_1,
+)
 from tests.system.test_session44_foreign_same_id import PATIENT, their_job_1_stopping
 
 
@@ -96,3 +103,40 @@ async def test_the_stop_of_another_catalogs_listed_process_spares_ours_of_the_sa
         assert (state["status"], state["attempt"], state["restarts"]) == ("running", 1, 0), state
         (marks / "release").touch()
         await asyncio.wait_for(theirs.followed, 15)
+
+
+@pytest.mark.parametrize("registered_for", ["ours", "theirs"])
+def test_an_executor_of_before_lists_processes_naming_no_catalog_judged_by_its_registers(
+        tmp_path, registered_for):
+    """An executor of before names no catalog per process: each is judged by
+    the catalog its register names, as before (ours: adopted, job-1 runs on
+    at attempt 1; another: stopped, its stop naming that catalog, which such
+    an executor ignores, and our job-1 run again)."""
+    system = System(tmp_path)
+
+    async def scenario():
+        executor, ours = await _running_job_1(system, tmp_path)
+        system.coordinator.send_signal(signal.SIGKILL)
+        system.coordinator.wait()
+        await executor.close()
+        await asyncio.to_thread(system.start_coordinator)  # (the same catalog: job-1 running on e1)
+        catalog = ours if registered_for == "ours" else OTHER_CATALOG
+        back = ScriptedExecutor(system)
+        await back.register(executor="e1", instance="second", catalog=catalog, processes=[
+            {"job": "job-1", "attempt": 1, "process": 0, "code": None}])
+        await back.session.request("heartbeat")  # (after the register's reconcile)
+        if registered_for == "ours":
+            assert await asyncio.to_thread(_job_1, system) == ("running", 1, 0)
+            assert back.asked.empty(), back.asked
+        else:
+            stop = await back.next_asked("stop")
+            assert (stop["job"], stop["attempt"], stop["catalog"]) == ("job-1", 1, OTHER_CATALOG)
+            start = await back.next_asked("start")
+            assert (start["job"], start["attempt"]) == ("job-1", 2)
+        await back.close()
+
+    try:
+        system.start_coordinator()
+        asyncio.run(scenario())
+    finally:
+        system.close()
