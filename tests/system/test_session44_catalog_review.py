@@ -56,7 +56,6 @@ async def test_a_start_waits_for_another_catalogs_stopping_process_no_longer_tha
         assert executor.processes["job-1", 1, 0] is theirs and theirs.code is None  # (none started)
         (marks / "release").touch()
         await asyncio.wait_for(theirs.followed, 15)
-        await asyncio.sleep(0.1)  # (no start left waiting to run attempt 1 now)
         assert executor.processes["job-1", 1, 0] is theirs
 
 
@@ -134,6 +133,27 @@ def test_an_executor_of_before_lists_processes_naming_no_catalog_judged_by_its_r
             start = await back.next_asked("start")
             assert (start["job"], start["attempt"]) == ("job-1", 2)
         await back.close()
+
+    try:
+        system.start_coordinator()
+        asyncio.run(scenario())
+    finally:
+        system.close()
+
+
+def test_the_dashboard_of_another_catalogs_process_is_not_taken_for_ours(tmp_path):
+    """Another catalog's job-1 attempt 1 process 0 says where its dashboard
+    listens: our job-1's page does not link to it; our own's does."""
+    system = System(tmp_path)
+
+    async def scenario():
+        executor, ours = await _running_job_1(system, tmp_path)
+        for catalog, url in ((OTHER_CATALOG, "http://127.0.0.1:1/"), (ours, "http://127.0.0.1:2/")):
+            await executor.session.request("dashboard", job="job-1", attempt=1, process=0, url=url,
+                                           catalog=catalog)
+            shown = (await asyncio.to_thread(system.job, "job-1"))["dashboards"]
+            assert shown == [None if catalog == OTHER_CATALOG else url], shown
+        await executor.close()
 
     try:
         system.start_coordinator()
