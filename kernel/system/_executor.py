@@ -814,9 +814,10 @@ class ExecutorDaemon:
             await asyncio.wait_for(asyncio.shield(stop), left)
         except TimeoutError:
             raise RequestError(
-                f"{held.job} attempt {held.attempt} process {held.process} of another catalog (a job of the "
-                f"coordinator's earlier --data, pid {held.proc.pid}) is still stopping here and ended on no "
-                "signal yet: its job's start is placed elsewhere or tried again") from None
+                f"{held.job} attempt {held.attempt} process {held.process} of another catalog (the catalog "
+                f"this executor served before, pid {held.proc.pid}) is still stopping here, not ended by "
+                "SIGKILL yet (uninterruptible sleep: a hung file system?): this start is refused, for the "
+                "job to start again") from None
 
     async def _find_dashboard(self, entry: JobProcess) -> None:
         """Read the process's output, from this attempt's start, until it
