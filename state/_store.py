@@ -550,7 +550,8 @@ class SnapshotStore:
         kept = self._query("SELECT epoch, kernels FROM complete ORDER BY epoch DESC LIMIT ?",
                            (_KEEP_COMPLETE,))
         oldest = kept[-1][0]
-        fallback = self._fallback(oldest, kept[0][0])
+        shared = self._shares_links(oldest, kept[0][0])
+        fallback = self._fallback(oldest) if shared else None
         if fallback is not None:
             kept.append(fallback)
         counts = sorted({k for _, k in kept})
@@ -558,19 +559,27 @@ class SnapshotStore:
         marks = ",".join("?" * len(counts))
         self._write(f"DELETE FROM snapshots WHERE epoch = ? AND kernels NOT IN ({marks})", (FINAL, *counts))
         self._write("DELETE FROM complete WHERE epoch < ? AND epoch != ?", (oldest, kept[-1][0]))
-        if len(kept) >= _KEEP_COMPLETE and not self._retired:
+        # Other generations are superseded once this one can fall back on
+        # its own: two complete epochs whose chains share nothing, or a
+        # third kept for them (a new generation's first epochs are one
+        # chain: its base failing its checksum would otherwise leave no
+        # epoch to resume anywhere), or its run has finished.
+        intact_fallback = not shared or fallback is not None or final
+        if len(kept) >= _KEEP_COMPLETE and intact_fallback and not self._retired:
             self._retire_other_generations()
 
-    def _fallback(self, oldest: int, newest: int) -> tuple[int, int] | None:
+    def _shares_links(self, oldest: int, newest: int) -> bool:
+        """Whether complete epoch `newest` may be a delta on `oldest`'s chain."""
+        return bool(self._query("SELECT 1 FROM deltas WHERE epoch > ? AND epoch <= ? LIMIT 1",
+                                (oldest, newest)))
+
+    def _fallback(self, oldest: int) -> tuple[int, int] | None:
         """(epoch, kernels) of a third complete epoch to keep where the two
-        newest share links of their chains (the newest is a delta on the
-        oldest's chain): the newest complete one before that chain's base,
-        so that a shared base or delta failing its checksum leaves an
-        intact epoch to fall back to (whole snapshots keep two
-        independent ones). None where they share nothing, or none is
+        newest share links of their chains (`_shares_links`): the newest
+        complete one before that chain's base, so that a shared base or
+        delta failing its checksum leaves an intact epoch to fall back to
+        (whole snapshots keep two independent ones). None where none is
         older."""
-        if not self._query("SELECT 1 FROM deltas WHERE epoch > ? AND epoch <= ? LIMIT 1", (oldest, newest)):
-            return None
         floor = min([oldest, *(self._base_of(oldest, kernel, kernels) or oldest for kernel, kernels in
                                self._query("SELECT kernel, kernels FROM deltas WHERE epoch = ?", (oldest,)))])
         rows = self._query("SELECT epoch, kernels FROM complete WHERE epoch < ? ORDER BY epoch DESC LIMIT 1",
