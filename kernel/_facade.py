@@ -569,8 +569,9 @@ class ClusterSnapshots:
     def _corrupt(offers: dict, generation, complete: tuple, newest: int, about: dict) -> str | None:
         """Why the complete epoch `complete` of `generation` cannot be
         resumed, where one of the snapshots it needs is there but fails its
-        checksum on some process (which then falls back); None otherwise
-        (a snapshot missing altogether is `decide`'s own refusal)."""
+        checksum on some process, or is gone from a process that has
+        complete epochs newer (which then falls back); None otherwise (a
+        snapshot missing altogether is `decide`'s own refusal)."""
         from kernel.state import FINAL
 
         epoch, _, kernels = complete
@@ -582,6 +583,11 @@ class ClusterSnapshots:
             needed = range(p * cores, (p + 1) * cores) if same else range(kernels)
             for k in needed:
                 mine = (epoch, k, kernels) if (epoch, k, kernels) in seen["rows"] else (FINAL, k, kernels)
+                if mine not in seen["rows"] and any(e > epoch for e, _, _ in seen.get("complete", ())):
+                    # Each process keeps the epoch its own chains fall back
+                    # on (`SnapshotStore._fallback`: where its kernels' bases
+                    # are): one another process kept, it has let go.
+                    return f"process {p} no longer keeps epoch {epoch} (it has retired it)"
                 if mine in bad:
                     what = (f"the final snapshot of kernel {k}" if mine[0] == FINAL
                             else f"the snapshot of kernel {k} at epoch {epoch}")
