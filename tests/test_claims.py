@@ -983,7 +983,9 @@ def test_an_aggregates_epochs_after_a_base_hold_only_the_keys_written_since(tmp_
     reference at random failures and resumes, deletes and values changed
     in place in a user's tracked states, a corrupt link, an old state_dir,
     an operator's own on_epoch): tests/state/test_session44_incremental_snapshots.py;
-    rescale through chains: tests/state/test_rescale.py."""
+    rescale through chains: tests/state/test_rescale.py; another shape's
+    generation and a cluster's fallbacks: tests/state/test_session44_generations_review.py,
+    tests/kernel/test_session44_cluster_chains_review.py."""
     clock = VirtualClock()
     source = instances(Trickle, clock, 3000, 3200, 5)
     flow = Dataflow("incremental")
