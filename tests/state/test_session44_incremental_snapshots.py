@@ -133,14 +133,19 @@ def reference(records: list) -> dict:
             "values": values, "maps": maps, "lists": lists}
 
 
-def states_at(state_dir, epoch: int, steps: dict) -> tuple[int, dict]:
-    """The source's position and the steps' states in the store's kept `epoch`."""
+def parts_at(state_dir, epoch: int) -> dict:
+    """The one kernel's parts (by step) of the store's kept `epoch`, through its chain."""
     store = SnapshotStore(state_dir)
     try:
         [blob] = store.epoch_snapshots(epoch, 1)
     finally:
         store.close()
-    parts = pickle.loads(blob)
+    return pickle.loads(blob)
+
+
+def states_at(state_dir, epoch: int, steps: dict) -> tuple[int, dict]:
+    """The source's position and the steps' states in the store's kept `epoch`."""
+    parts = parts_at(state_dir, epoch)
     snapshot = {name: pickle.loads(parts[steps[name]])[4] for name in ("numbers", "count", "fold", "tracked")}
     return snapshot["numbers"], {"count": snapshot["count"]["accumulators"],
                                  "fold": snapshot["fold"]["accumulators"], **snapshot["tracked"]}
@@ -318,12 +323,7 @@ def test_tracked_states_under_an_operators_own_on_epoch_are_snapshotted_whole(tm
     assert not any(delta for _, _, delta in _rows(tmp_path))
     steps = {node.name: node.id for node in flow.graph.nodes}
     for epoch in kept_epochs(tmp_path):
-        store = SnapshotStore(tmp_path)
-        try:
-            [blob] = store.epoch_snapshots(epoch, 1)
-        finally:
-            store.close()
-        parts = pickle.loads(blob)
+        parts = parts_at(tmp_path, epoch)
         position = pickle.loads(parts[steps["numbers"]])[4]
         snapshot = pickle.loads(parts[steps["tracked"]])[4]["states"]
         assert snapshot == {name: reference(records[:position])[name] for name in ("values", "maps", "lists")}
