@@ -33,6 +33,9 @@ read at the epoch). A state nobody tracks, a user's, has whole snapshots.
 
 from __future__ import annotations
 
+from operator import itemgetter
+
+_first = itemgetter(0)
 _WHOLE = None  # `_written` of a state whose next snapshot is whole (cleared, restored, or written all over)
 
 
@@ -66,7 +69,7 @@ class _KeyedState(dict):
     """A dict keyed by record key, registered on its operator by name."""
 
     # _tracked: whether an operator reports every key it writes (`written`);
-    # _written: the (keys, pairs) batches written since the last snapshot, or
+    # _written: the batches' lists of keys written since the last snapshot, or
     # _WHOLE; _noted: how many keys they hold (past len(self): the next
     # snapshot is whole, and the batches are let go); _size: len(self) at
     # the last snapshot (`_unreported`).
@@ -98,13 +101,16 @@ class _KeyedState(dict):
 
     def written(self, keys: list, pairs: bool = False) -> None:
         """The keys of a batch were written or deleted (`pairs`: `keys` is
-        a batch of `(key, value)` pairs). Keeps a reference to the list:
-        it must not change afterwards (a batch never does)."""
+        a batch of `(key, value)` pairs). Keeps a reference to a list of
+        keys: it must not change afterwards (a batch never does). Of pairs,
+        only their keys are kept (the values may be whole records: a fold on
+        several kernels gets `(key, record)`, and held to the epoch they
+        doubled its memory; the keys are taken now, not at the epoch)."""
         written = self._written
         if written is not _WHOLE:
             self._noted += len(keys)
             if self._noted <= len(self) + 1024:
-                written.append((keys, pairs))
+                written.append(list(map(_first, keys)) if pairs else keys)
             else:  # most keys written: the next snapshot is whole anyway
                 self._written = _WHOLE
 
@@ -126,8 +132,8 @@ class _KeyedState(dict):
         if written is _WHOLE or not self._tracked:
             return self.snapshot()
         keys: set = set()
-        for batch, pairs in written:
-            keys.update([pair[0] for pair in batch] if pairs else batch)
+        for batch in written:
+            keys.update(batch)
         copy = self._copy_value
         changed = {key: copy(self[key]) for key in keys if key in self}
         deleted = [key for key in keys if key not in changed]
