@@ -36,6 +36,14 @@ from __future__ import annotations
 from operator import itemgetter
 
 _first = itemgetter(0)
+# A state written over more than 1/WHOLE_PAST of its keys since the last
+# epoch snapshots itself whole (in a delta epoch too: the reader takes a
+# whole state as it is), so a chain of `kernel.runtime._epochs.CHAIN`
+# (the same number) snapshots reads at most about twice a base. The few
+# keys past that fraction a small state may write before it is whole:
+WHOLE_PAST = 20
+_FEW = 64
+
 _WHOLE = None  # `_written` of a state whose next snapshot is whole (cleared, restored, or written all over)
 
 
@@ -134,6 +142,8 @@ class _KeyedState(dict):
         keys: set = set()
         for batch in written:
             keys.update(batch)
+        if len(keys) > len(self) // WHOLE_PAST + _FEW:  # (whole costs little more: see WHOLE_PAST)
+            return self.snapshot()
         copy = self._copy_value
         changed = {key: copy(self[key]) for key in keys if key in self}
         deleted = [key for key in keys if key not in changed]

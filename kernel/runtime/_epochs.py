@@ -21,9 +21,18 @@ state whole) and deltas (such states hold only the keys written since the
 epoch before: a `DeltaSnapshot`, which the store reads back through its
 chain). Which epoch is a base is decided as it starts (`take_epoch`), so
 that every instance snapshots it alike: the first of a run (its states
-are fresh or restored), and one once the deltas written since the last
-base add up to more bytes than it, or `CHAIN` epochs after it: a resume
-reads at most about twice a base, in at most CHAIN snapshots.
+are fresh or restored) and every `CHAIN`-th after it. The rule is the
+epoch's number alone, so every kernel and every process of a cluster
+(which all start a run at the same epoch) take their bases at the same
+epochs: the fallback the store keeps where the two newest complete
+epochs share a chain (`SnapshotStore._fallback`) is then the same epoch
+on all of them, and a corrupt link on one leaves an epoch that is intact
+on every one. (Bases decided by each kernel from the bytes it had
+written put them at different epochs: a cluster could find no epoch
+intact everywhere, and start afresh.) A state stores itself whole in a
+delta epoch where more than 1/CHAIN of its keys were written
+(`state/_keyed.py`), so a resume reads at most about twice a base, in at
+most CHAIN snapshots.
 """
 
 from __future__ import annotations
@@ -61,8 +70,10 @@ class Ended(str):
 # next epoch aligns while the last one is written and gathered.
 AHEAD = 2
 
-# Epochs in a chain at most (a base and its deltas): 100 s of one-second epochs
-CHAIN = 100
+# Epochs in a chain (a base and its deltas): a base every 20 s of one-second
+# epochs; `state._keyed.WHOLE_PAST` is the same number (a state written
+# over more than 1/CHAIN of its keys is whole in a delta epoch).
+CHAIN = 20
 
 
 class DeltaSnapshot(bytes):
@@ -181,15 +192,9 @@ class EpochTracker:
         self._finished = finished
         self.next_epoch = first_epoch
         # incremental snapshots (see the module): whether any state is
-        # tracked; the bases taken; the bytes of the last base written and
-        # of the deltas since; epochs since the last base was taken
+        # tracked; the run's first epoch (a base, as every CHAIN-th after it)
         self._deltas = deltas
-        self._bases: set[int] = set()  # (those not yet written)
-        self._based = False
-        self._base_bytes = 0
-        self._since_bytes = 0
-        self._chained = 0
-        self._decided = first_epoch - 1  # epochs up to this one are decided base or delta
+        self._first = first_epoch
         self._parts: dict[int, dict[int, bytes | str]] = {}
         self._ended: dict[int, str] = {}  # instance index -> its part (ENDED, or an `Ended`)
         self._flushed = first_epoch - 1  # epochs up to this one went to `durable`
@@ -205,26 +210,14 @@ class EpochTracker:
         aligns on the same number from both (the faster one waits)."""
         epoch = self.next_epoch
         self.next_epoch += 1
-        self._decide(epoch)
         return epoch
 
-    def _decide(self, epoch: int) -> None:
-        """Whether `epoch` is a base (see the module), once per epoch."""
-        if epoch <= self._decided:
-            return
-        self._decided = epoch
-        self._chained += 1
-        if not self._based or self._since_bytes > self._base_bytes or self._chained >= CHAIN:
-            self._bases.add(epoch)
-            self._based, self._since_bytes, self._chained = True, 0, 0
-
     def is_base(self, epoch: int) -> bool:
-        """Whether every state's snapshot of `epoch` is to be whole. (An
-        epoch this kernel did not take is decided as it first meets it: a
-        kernel whose sources have all ended takes none, and its steps align
-        on the markers of the other kernels' sources.)"""
-        self._decide(epoch)
-        return not self._deltas or epoch in self._bases
+        """Whether every state's snapshot of `epoch` is to be whole: by its
+        number alone (see the module), so also an epoch this kernel did not
+        take (a kernel whose sources have all ended takes none, and its
+        steps align on the markers of the other kernels' sources)."""
+        return not self._deltas or (epoch - self._first) % CHAIN == 0
 
     def part(self, index: int, epoch: int, blob: bytes) -> None:
         """Instance `index` has aligned on `epoch`: its snapshot (`pickled_part`)."""
@@ -253,10 +246,6 @@ class EpochTracker:
             del self._parts[epoch]
             self._flushed = epoch
             blob = pickle.dumps(parts, protocol=5)
-            if self.is_base(epoch):
-                self._bases.discard(epoch)
-                self._base_bytes = len(blob)
-            else:
-                self._since_bytes += len(blob)
+            if not self.is_base(epoch):
                 blob = DeltaSnapshot(blob)
             self._durable(epoch, blob)

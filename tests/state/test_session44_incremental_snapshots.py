@@ -255,8 +255,10 @@ def test_a_corrupt_link_falls_back_to_an_epoch_whose_chain_is_intact(tmp_path, c
     What a cluster's process offers (`failing`) names both epochs too."""
     from state._generations import failing
 
-    records = [(f"k{i}", 1, i) for i in range(5000)] + [(f"k{i % 7}", 2, 5000 + i) for i in range(45)]
-    fail_at(records, 3, tmp_path, 5040, paced=5000)
+    # (30 paced epochs: past the second base, at epoch 1 + CHAIN, so that the
+    # two newest are deltas on it and the fallback is the epoch before it)
+    records = [(f"k{i}", 1, i) for i in range(5000)] + [(f"k{i % 7}", 2, 5000 + i) for i in range(90)]
+    fail_at(records, 3, tmp_path, 5084, paced=5000)
     rows = _rows(tmp_path)
     kept = sorted(kept_epochs(tmp_path))
     assert len(kept) == 3, (kept, rows)

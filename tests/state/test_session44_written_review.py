@@ -28,6 +28,7 @@ def test_a_batch_of_pairs_written_keeps_its_keys_not_its_values():
 
     state = value_state(Owner(), "s")
     state.track_writes()
+    state.update({f"other{i}": 0 for i in range(10_000)})  # (100 keys written: a delta, not whole)
     state.epoch_snapshot()  # (the first is whole: from here on, writes are noted)
     batch = [(f"k{i}", Record(i)) for i in range(100)]
     for key, record in batch:
