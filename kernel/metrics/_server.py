@@ -18,8 +18,8 @@ import threading
 import time
 from collections import Counter
 
-from kernel._host_port import host_port, parse_address  # noqa: F401  (importable here, as they were)
 from kernel.scheduling._errors import KernelError
+from kernel.scheduling._host_port import host_port, parse_address  # noqa: F401  (importable here, as they were)
 from kernel.scheduling._signal_mask import main_thread_signals
 
 # Seconds aiohttp's shutdown waits for a request still being answered, and

@@ -48,7 +48,7 @@ def _address(text: str | None, what: str) -> tuple[str, int]:
 def _page_address(text: str) -> tuple[str, int]:
     """--dashboard's HOST:PORT, read as a job's is (`kernel.run --dashboard`):
     port 0 too, the system's pick, which the coordinator logs as it listens."""
-    from kernel._host_port import parse_address  # (not the dashboard server's module: asyncio)
+    from kernel.scheduling._host_port import parse_address  # (not the dashboard server's module: asyncio)
 
     if not text.strip():
         raise _Usage(blank_said("--dashboard", "address", text, "HOST:PORT"))

@@ -1,7 +1,9 @@
 """A dashboard's `HOST:PORT`, read (`parse_address`) and written
-(`host_port`). Apart from the dashboard's server (asyncio, its threads):
-a coordinator's bad `--dashboard` is said without importing them
-(tests/system/test_session44_submit_usage_light.py)."""
+(`host_port`). Apart from the dashboard's server (asyncio, its threads), so
+that a coordinator's bad `--dashboard` is said without importing them
+(tests/system/test_session44_submit_usage_light.py); in the microkernel's
+package because it imports nothing, and the metrics package may import
+only the microkernel (tests/metrics/test_metrics.py)."""
 
 from __future__ import annotations
 
