@@ -261,7 +261,7 @@ class Snapshots:
                 else:  # (a snapshot missing from a complete epoch is a damaged one: fallen back past)
                     store = SnapshotStore(state_dir, generation.file_name())
                     try:
-                        blobs = store.epoch_snapshots(epoch, kernels)
+                        blobs = store.epoch_snapshots(epoch, kernels, as_parts=True)
                     finally:
                         store.close()
             except CorruptSnapshot as exc:
@@ -457,7 +457,7 @@ class ClusterSnapshots:
         """In kernel `index`: its snapshot of the restored `epoch`, from its
         own store (the same generation), or cut from every old kernel's."""
         if plan[1] is None:
-            return store.snapshot_for(epoch, index)
+            return store.snapshot_for(epoch, index, as_parts=True)
         from kernel.runtime._rescale import Rescaled
         from kernel.state._generations import Generation, read_old_epoch
 

@@ -340,9 +340,11 @@ def abandon_after(directory, epoch: int, process: int | None = None) -> None:
                 store.close()
 
 
-def read_old_epoch(directory, generation: Generation, epoch: int, kernels: int, why: str) -> list[bytes]:
+def read_old_epoch(directory, generation: Generation, epoch: int, kernels: int, why: str) -> list:
     """`read_epoch` with the store's checksums, and StateError naming the
-    kernels whose snapshots are not here (`why`: what to do about it)."""
+    kernels whose snapshots are not here (`why`: what to do about it); a
+    snapshot put together from a chain as its parts, for this process
+    (`SnapshotStore.read`'s `as_parts`)."""
     import sqlite3
 
     from ._store import SnapshotStore, StateError
@@ -352,7 +354,7 @@ def read_old_epoch(directory, generation: Generation, epoch: int, kernels: int, 
     def read(name: str, epoch: int, kernel: int, count: int) -> bytes:
         if name not in stores:
             stores[name] = SnapshotStore(directory, name)
-        return stores[name].read(epoch, kernel, count)
+        return stores[name].read(epoch, kernel, count, as_parts=True)
 
     try:
         return read_epoch(directory, generation, epoch, kernels, read)

@@ -49,11 +49,15 @@ import os
 import zlib
 from contextlib import contextmanager
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from kernel._durable import directory_unwritable, fsync_directory, make_directories
 from kernel.dataflow import EVERY_EPOCH
 from kernel.dataflow._errors import PASSES_THROUGH, KernelError
 from kernel.dataflow._key_groups import default_key_groups
+
+if TYPE_CHECKING:
+    from ._deltas import Parts
 
 log = logging.getLogger("kernel.state")
 
@@ -660,20 +664,24 @@ class SnapshotStore:
     def _completed(self) -> list[tuple[int, int, int]]:
         return self._query("SELECT epoch, final, kernels FROM complete ORDER BY epoch DESC")
 
-    def snapshot_for(self, epoch: int, kernel: int) -> bytes:
+    def snapshot_for(self, epoch: int, kernel: int, *, as_parts: bool = False) -> bytes | Parts:
         """`kernel`'s snapshot of `epoch` (written by a run of this store's
         kernel count): its own, or its FINAL one when it had ended before
         that epoch (checksum checked)."""
-        return self._read_for(epoch, kernel, self.kernels)
+        return self._read_for(epoch, kernel, self.kernels, as_parts)
 
-    def read(self, epoch: int, kernel: int, kernels: int | None = None) -> bytes:
+    def read(self, epoch: int, kernel: int, kernels: int | None = None, *,
+             as_parts: bool = False) -> bytes | Parts:
         """A kernel's whole snapshot of `epoch` (checksums checked):
-        CorruptSnapshot where it, or a link of its chain, fails or is missing."""
+        CorruptSnapshot where it, or a link of its chain, fails or is missing.
+        `as_parts`: a snapshot put together from a chain comes as its `Parts`
+        (`state/_deltas.py`), for a consumer in this process, who turns
+        either form into the parts with `kernel.runtime._epochs.snapshot_parts`."""
         kernels = self.kernels if kernels is None else kernels
         chain = self._chain(epoch, kernel, kernels)
         if len(chain) == 1:
             return self._read_one(epoch, kernel, kernels)
-        from ._deltas import materialise
+        from ._deltas import materialise, materialised_parts
 
         blobs = []
         for link in chain:
@@ -684,7 +692,7 @@ class SnapshotStore:
                                       f"snapshot at epoch {epoch} is built on: epochs {chain[0]} to "
                                       f"{epoch})") from None
         try:
-            return materialise(blobs)
+            return materialised_parts(blobs) if as_parts else materialise(blobs)
         except PASSES_THROUGH:
             raise
         except BaseException as exc:  # (as `unpickled_part`: a class gone, anything its __setstate__ raises)
@@ -718,23 +726,25 @@ class SnapshotStore:
             raise CorruptSnapshot(f"{self.name}: the snapshot of kernel {kernel} at {at} fails its checksum")
         return bytes(blob)
 
-    def _read_for(self, epoch: int, kernel: int, kernels: int) -> bytes:
+    def _read_for(self, epoch: int, kernel: int, kernels: int, as_parts: bool) -> bytes | Parts:
         try:
-            return self.read(epoch, kernel, kernels)
+            return self.read(epoch, kernel, kernels, as_parts=as_parts)
         except CorruptSnapshot:
             has_own = self._query("SELECT 1 FROM snapshots WHERE epoch = ? AND kernel = ? AND kernels = ?",
                                   (epoch, kernel, kernels))
             if has_own:
                 raise
-            return self.read(FINAL, kernel, kernels)  # that kernel had ended before this epoch
+            # that kernel had ended before this epoch
+            return self.read(FINAL, kernel, kernels, as_parts=as_parts)
 
-    def epoch_snapshots(self, epoch: int, kernels: int) -> list[bytes]:
+    def epoch_snapshots(self, epoch: int, kernels: int, *, as_parts: bool = False) -> list[bytes | Parts]:
         """Every one of `kernels` kernels' snapshot of `epoch` (its FINAL one
         where it had ended before), checksums checked: CorruptSnapshot for
-        one that fails or is missing."""
-        return [self._read_for(epoch, k, kernels) for k in range(kernels)]
+        one that fails or is missing. (`as_parts`: see `read`.)"""
+        return [self._read_for(epoch, k, kernels, as_parts) for k in range(kernels)]
 
-    def latest(self, kernels: int | None = None) -> tuple[int, bool, list[bytes]] | None:
+    def latest(self, kernels: int | None = None, *,
+               as_parts: bool = False) -> tuple[int, bool, list[bytes | Parts]] | None:
         """The newest complete epoch whose every kernel's snapshot reads back
         intact: (epoch, final, blobs by kernel, as many as the run that wrote
         it had), or None (start afresh). A corrupt one is skipped with a
@@ -742,7 +752,7 @@ class SnapshotStore:
         completed = self._completed()
         for epoch, final, count in completed:
             try:
-                return epoch, bool(final), self.epoch_snapshots(epoch, count)
+                return epoch, bool(final), self.epoch_snapshots(epoch, count, as_parts=as_parts)
             except CorruptSnapshot as exc:
                 log.warning("state_dir %s: %s; falling back to the previous complete epoch",
                             self.directory, exc)

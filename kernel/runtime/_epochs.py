@@ -173,9 +173,19 @@ def _unpicklable_in(part) -> str | None:
             f"(a {_type_name(here)}, at {at} in the step's snapshot)")
 
 
-def unpickled_part(step: str, blob: bytes):
+def snapshot_parts(snapshot) -> dict:
+    """A kernel's snapshot as the store gives it to this process, `{instance
+    index: part}`: a whole one pickled, or one put together from a chain of
+    deltas already read back (`state/_deltas.py`'s `Parts`, a dict)."""
+    return snapshot if isinstance(snapshot, dict) else pickle.loads(snapshot)
+
+
+def unpickled_part(step: str, blob: bytes | tuple):
     """`pickled_part` read back in a resumed run; an OperatorError naming the
-    step where a class its state holds is gone."""
+    step where a class its state holds is gone. A tuple is a part a chain's
+    deltas patched, read back already (`snapshot_parts`)."""
+    if blob.__class__ is tuple:
+        return blob
     try:
         return pickle.loads(blob)
     except PASSES_THROUGH:

@@ -30,12 +30,10 @@ as the run that wrote its state (refused before the run starts).
 
 from __future__ import annotations
 
-import pickle
-
 from kernel.dataflow._errors import PASSES_THROUGH
 from kernel.dataflow._operator import NONE_KEY, Operator
 
-from ._epochs import ENDED, Ended, unpickled_part
+from ._epochs import ENDED, Ended, snapshot_parts, unpickled_part
 from ._instance import _call
 
 
@@ -45,7 +43,7 @@ class Rescaled:
 
     __slots__ = ("blobs",)
 
-    def __init__(self, blobs: list[bytes]) -> None:
+    def __init__(self, blobs: list) -> None:  # (each bytes or `Parts`: `snapshot_parts`)
         self.blobs = blobs
 
 
@@ -70,7 +68,7 @@ def resume_checks(graph, blobs: list[bytes], recorded: dict | None) -> tuple[str
     if not checked_steps(graph):
         return None, None
     # (the parts stay pickled: only the checked are read)
-    return resume_checks_of(graph, [pickle.loads(blob) for blob in blobs], recorded)
+    return resume_checks_of(graph, [snapshot_parts(blob) for blob in blobs], recorded)
 
 
 def checked_steps(graph) -> set[int]:
@@ -104,7 +102,7 @@ def resume_record(graph) -> dict:
 
 def restore_rescaled(runtime, rescaled: Rescaled) -> None:
     """Restore `runtime`'s instances from every old kernel's snapshot."""
-    old = [pickle.loads(blob) for blob in rescaled.blobs]
+    old = [snapshot_parts(blob) for blob in rescaled.blobs]
     graph_nodes = len(runtime.graph.nodes)
     old_partial_index = _old_partials(runtime, len(old))
     parts_of: dict[int, list] = {}

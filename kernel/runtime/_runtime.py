@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import pickle
 from functools import partial
 
 from kernel.dataflow import EVERY_EPOCH
@@ -30,7 +29,7 @@ from kernel.dataflow._operator import Operator
 from kernel.net import LocalTransport, Partitioner
 
 from . import _blocked_step
-from ._epochs import ENDED, Ended, EpochTracker, pickled_part, unpickled_part
+from ._epochs import ENDED, Ended, EpochTracker, pickled_part, snapshot_parts, unpickled_part
 from ._exchange import BroadcastOutput, ExchangeOutput, watermark_pacer
 from ._instance import END, Instance, _call, _is_batch, _not_a_batch
 from ._loops import INSTANCE_CLASSES, Entry, back_edge, wire_loops
@@ -609,7 +608,7 @@ class Runtime:
         if isinstance(coordinator.snapshot, Rescaled):
             restore_rescaled(self, coordinator.snapshot)
         elif coordinator.snapshot is not None:
-            self._restore(pickle.loads(coordinator.snapshot))
+            self._restore(snapshot_parts(coordinator.snapshot))
         if coordinator.snapshot is not None:
             ended_remote = sum(
                 1 for instance, inbox in self._remote_inboxes.values()
