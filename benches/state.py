@@ -188,7 +188,7 @@ def section_rescale(keys: int, reps: int) -> str:
 
 
 def section_incremental(keys: int, changed: int, deltas: int) -> str:
-    from kernel.runtime._epochs import DeltaSnapshot
+    from kernel.runtime._epochs import DeltaSnapshot, snapshot_parts, unpickled_part
 
     directory = tempfile.mkdtemp(prefix="bench-state-")
     try:
@@ -231,10 +231,11 @@ def section_incremental(keys: int, changed: int, deltas: int) -> str:
             if epoch > 1:
                 writes.append(time.perf_counter() - start)
         start = time.perf_counter()
-        _epoch, _final, blobs = store.latest(1)
+        # (as a resumed run reads it: the chain's patched part comes unpickled)
+        _epoch, _final, blobs = store.latest(1, as_parts=True)
         fresh = _Counts()
         state = value_state(fresh, "accumulators")
-        state.restore(pickle.loads(pickle.loads(blobs[0])[0])[4]["accumulators"])
+        state.restore(unpickled_part("counts", snapshot_parts(blobs[0])[0])[4]["accumulators"])
         recovered = time.perf_counter() - start
         assert state == counts
         store.close()
