@@ -14,8 +14,8 @@ import sqlite3
 import pytest
 
 from kernel import Dataflow, run
-from kernel.dataflow._operator import Source
 from state import SnapshotStore
+from tests.state.test_session44_incremental_snapshots import Numbers
 
 _revived = {"count": 0}
 _crash = {"at": None}  # the record number the source fails at (None: never)
@@ -43,33 +43,18 @@ class Boom(Exception):
     pass
 
 
-class Paced(Source):
-    """`records` in batches of 1, from record `paced` on one batch an epoch
-    (spread over many epochs: a chain of deltas); its snapshot is its position."""
+class Paced(Numbers):
+    """The incremental tests' `Numbers` in batches of 1 (from record `paced`
+    on, one batch an epoch: a chain of deltas), failing at record
+    `_crash["at"]`."""
 
     def __init__(self, records: list, paced: int) -> None:
-        self.records, self.paced, self.position, self.epoch_passed = records, paced, 0, False
+        super().__init__(records, 1, paced)
 
     def poll(self):
-        if self.position >= len(self.records):
-            return False
         if self.position == _crash["at"]:
             raise Boom(self.position)
-        if self.position >= self.paced:
-            if not self.epoch_passed:
-                return None  # (woken by the next epoch)
-            self.epoch_passed = False
-        self.position += 1
-        self.emit(self.records[self.position - 1:self.position])
-        return True
-
-    def on_epoch(self, epoch):
-        self.epoch_passed = True
-        self.wake()
-        return self.position
-
-    def restore(self, snapshot):
-        self.position = snapshot
+        return super().poll()
 
 
 def make_flow(records: list, paced: int):

@@ -383,6 +383,15 @@ class System:
         wait_until(lambda: sum(e["state"] == "up" for e in self.status()["executors"]) >= n,
                    what=f"{n} executors up", every=0.1)
 
+    def run_with_coordinator(self, scenario) -> None:
+        """Start the coordinator, run the coroutine function `scenario`
+        against it in a loop of its own, then close everything started."""
+        try:
+            self.start_coordinator()
+            asyncio.run(scenario())
+        finally:
+            self.close()
+
     def close(self) -> None:
         if self._asker is not None:
             self._asker.kill()

@@ -92,11 +92,7 @@ def test_a_listed_process_of_another_catalog_is_stopped_not_adopted_as_this_ones
         assert (start["job"], start["attempt"]) == ("job-1", 2)
         await back.close()
 
-    try:
-        system.start_coordinator()
-        asyncio.run(scenario())
-    finally:
-        system.close()
+    system.run_with_coordinator(scenario)
 
 
 def test_the_exit_of_another_catalogs_process_is_not_taken_for_this_ones(tmp_path):
@@ -118,8 +114,4 @@ def test_the_exit_of_another_catalogs_process_is_not_taken_for_this_ones(tmp_pat
         assert (await asyncio.to_thread(_job_1, system))[0] == "completed"
         await executor.close()
 
-    try:
-        system.start_coordinator()
-        asyncio.run(scenario())
-    finally:
-        system.close()
+    system.run_with_coordinator(scenario)

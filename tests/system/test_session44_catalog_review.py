@@ -134,11 +134,7 @@ def test_an_executor_of_before_lists_processes_naming_no_catalog_judged_by_its_r
             assert (start["job"], start["attempt"]) == ("job-1", 2)
         await back.close()
 
-    try:
-        system.start_coordinator()
-        asyncio.run(scenario())
-    finally:
-        system.close()
+    system.run_with_coordinator(scenario)
 
 
 def test_the_dashboard_of_another_catalogs_process_is_not_taken_for_ours(tmp_path):
@@ -155,8 +151,4 @@ def test_the_dashboard_of_another_catalogs_process_is_not_taken_for_ours(tmp_pat
             assert shown == [None if catalog == OTHER_CATALOG else url], shown
         await executor.close()
 
-    try:
-        system.start_coordinator()
-        asyncio.run(scenario())
-    finally:
-        system.close()
+    system.run_with_coordinator(scenario)

@@ -60,8 +60,4 @@ def test_an_earlier_attempt_beside_the_current_one_is_stopped_by_its_attempt_not
         assert [m for op, m in asked if op == "stop"] == [], asked  # (no stop of every attempt)
         await back.close()
 
-    try:
-        system.start_coordinator()
-        asyncio.run(scenario())
-    finally:
-        system.close()
+    system.run_with_coordinator(scenario)
