@@ -90,13 +90,35 @@ def unwritable(directory: str, name: str) -> str | None:
         return f"the directory {why}"
     for file in (name, name + "-wal", name + "-shm"):  # (SQLite's WAL and its index, in WAL mode)
         path = os.path.join(directory, file)
-        if not os.path.exists(path):
-            continue
-        if not os.access(path, os.W_OK):
+        if _denied(path, os.W_OK):
             return f"{file} is read-only (no permission to write it)"
-        if not os.access(path, os.R_OK):
+        if _denied(path, os.R_OK):
             return f"{file} is unreadable (no permission to read it)"
     return None
+
+
+def _denied(path: str, mode: int) -> bool:
+    """Whether this process may not use the file at `path` as `mode` says;
+    False where there is no file. SQLite's -wal and -shm files come and go
+    as the other processes of a shared state_dir open and close the store,
+    and `os.access` says no for a file gone between the look and the ask: a
+    cluster's process was refused its state_dir as "unreadable (no
+    permission to read it)" (as root, which may read anything). So a no
+    counts only where the same file (its inode) is there before and after."""
+    for _ in range(3):  # (a file replaced under every look is let be: SQLite says what is wrong, if anything)
+        try:
+            before = os.stat(path)
+        except OSError:  # (gone, or not ours to look at: SQLite's own words then)
+            return False
+        if os.access(path, mode):
+            return False
+        try:
+            after = os.stat(path)
+        except OSError:
+            return False
+        if (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino):
+            return True
+    return False
 
 
 class CorruptSnapshot(StateError):
