@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,17 @@ def build(what: str, source: Path, out: Path) -> Path:
     key = hashlib.sha1(str(Path(source).resolve()).encode()).hexdigest()[:16]
     with open(Path(tempfile.gettempdir()) / f"streamkernel-build-{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # (released when closed)
-        done = subprocess.run([sys.executable, "-c", _BUILD, what, str(out)], cwd=source, capture_output=True,
-                              text=True, timeout=300)
+        # setuptools copies into build/lib and never removes what the source
+        # no longer has: a build/ left by one run put a module since moved
+        # into the next session's wheel of the checkout (kernel/_host_port.py,
+        # which the sdist's wheel lacks), so a build/ this makes goes again
+        made = Path(source, "build")
+        ours = not made.exists()
+        try:
+            done = subprocess.run([sys.executable, "-c", _BUILD, what, str(out)], cwd=source,
+                                  capture_output=True, text=True, timeout=300)
+        finally:
+            if ours:
+                shutil.rmtree(made, ignore_errors=True)
     assert done.returncode == 0, done.stderr
     return out / done.stdout.split()[-1]
