@@ -19,8 +19,12 @@ The rules:
 * With every open channel idle, nothing holds the frontier back but the
   idle channels' own watermarks, so it moves to their join (the maximum;
   Flink's watermark valve), and the instance is idle itself: it says so
-  downstream. A watermark on an idle channel makes it active again (and the
-  instance, which then announces its frontier again).
+  downstream. A channel whose watermark reached the top (+inf: a source
+  says so just before its end) is done, as an ended one: with the others
+  idle, every open channel that may still send is idle (its +inf was the
+  frontier, which closed every window on the idle channels' later data).
+  A watermark on an idle channel makes it active again (and the instance,
+  which then announces its frontier again).
 * The frontier never moves back: a candidate below it changes nothing.
 
 Timestamps are ordered by an `Order`: floats today; loops will need pairs
@@ -75,7 +79,7 @@ class Frontier:
     or None when nothing changed for the instance. `ended` is true once
     every channel has ended (then the instance's input is over)."""
 
-    __slots__ = ("_bottom", "_idle_count", "_join", "_less", "_meet", "_top", "closed", "idle",
+    __slots__ = ("_bottom", "_idle_count", "_join", "_less", "_meet", "_top", "_topped", "closed", "idle",
                  "idle_channels", "marks", "open", "value")
 
     def __init__(self, order: Order = SCALAR) -> None:
@@ -86,6 +90,7 @@ class Frontier:
         self.open = 0
         self.idle = False  # every open channel is idle: the instance has said IDLE
         self._idle_count = 0
+        self._topped = 0  # open channels whose watermark is the top: done, for idleness
         self._meet, self._join, self._less = order.meet, order.join, order.less
         self._bottom, self._top = order.bottom, order.top
 
@@ -112,6 +117,11 @@ class Frontier:
         advanced = None
         if self._less(self.marks[channel], watermark):
             self.marks[channel] = watermark
+            if not self._less(watermark, self._top):
+                self._topped += 1
+                if self._idle_count and self._idle_count == self._live():  # the rest is idle
+                    idle = self._all_idle()
+                    return Change(reactivated, idle.advanced, True, idle.went_idle)
             advanced = self._advance(self._active_meet())
         if reactivated is None and advanced is None:
             return None
@@ -122,7 +132,7 @@ class Frontier:
             return None  # already idle, or done (at +inf, or ended)
         self.idle_channels[channel] = True
         self._idle_count += 1
-        if self._idle_count == self.open:
+        if self._idle_count == self._live():
             return self._all_idle()
         advanced = self._advance(self._active_meet())
         return None if advanced is None else Change(advanced=advanced)
@@ -133,10 +143,12 @@ class Frontier:
         if self.idle_channels[channel]:
             self.idle_channels[channel] = False
             self._idle_count -= 1
+        if not self._less(self.marks[channel], self._top):
+            self._topped -= 1
         self.marks[channel] = self._top
         self.closed.add(channel)
         self.open -= 1
-        if self.open and self._idle_count == self.open:
+        if self._live() and self._idle_count == self._live():
             return self._all_idle()
         advanced = self._advance(self._active_meet())
         return None if advanced is None else Change(advanced=advanced)
@@ -154,10 +166,16 @@ class Frontier:
         self.closed = set(closed)
         self.open = len(marks) - len(self.closed)
         self.idle_channels[:] = [False] * len(marks)
+        self._topped = sum(1 for channel, mark in enumerate(marks)
+                           if channel not in self.closed and not self._less(mark, self._top))
         self._idle_count = 0
         self.idle = False
 
     # -- internals ----------------------------------------------------------------
+
+    def _live(self) -> int:
+        """The open channels below the top: those that may still send data."""
+        return self.open - self._topped
 
     def _all_idle(self) -> Change:
         idle_marks = [mark for mark, idle in zip(self.marks, self.idle_channels) if idle]

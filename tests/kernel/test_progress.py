@@ -29,13 +29,14 @@ class Model:
         kind, channel, value = event
         before, was_idle = self.frontier, self.instance_idle
         reactivated = None
-        became_idle = False
+        became_idle = topped = False
         if kind == "wm":
             if self.idle[channel]:
                 self.idle[channel] = False
                 if self.instance_idle:
                     self.instance_idle = False
                     reactivated = before
+            topped = self.marks[channel] < INF and value == INF
             self.marks[channel] = max(self.marks[channel], value)
         elif kind == "idle":
             became_idle = not self.idle[channel] and self.marks[channel] < INF
@@ -44,19 +45,22 @@ class Model:
             self.idle[channel] = False
             self.marks[channel] = INF
             self.ended[channel] = True
-        open_ = [c for c in range(len(self.marks)) if not self.ended[c]]
-        every_open_idle = bool(open_) and all(self.idle[c] for c in open_)
+        # the open channels that may still send: one at +inf is done, as an ended one
+        live = [c for c in range(len(self.marks)) if not self.ended[c] and self.marks[c] < INF]
+        every_open_idle = bool(live) and all(self.idle[c] for c in live)
         # on_idle is due when the event left every open input idle: an end,
-        # or an IDLE that made its channel idle (a repeated IDLE changes nothing)
-        all_idle = every_open_idle and (kind == "end" or became_idle)
+        # an IDLE that made its channel idle (a repeated IDLE changes
+        # nothing), or a watermark that brought the last active one to +inf
+        all_idle = every_open_idle and (kind == "end" or became_idle or topped)
         if every_open_idle:
-            candidate = max(self.marks[c] for c in open_)
+            candidate = max(self.marks[c] for c in live)
             self.instance_idle = True
         else:
             candidate = min(self.marks[c] for c in range(len(self.marks)) if not self.idle[c])
         self.frontier = max(self.frontier, candidate)
         advanced = self.frontier if self.frontier > before else None
-        went_idle = self.instance_idle and not was_idle
+        # (a channel idle again at once, at +inf, says IDLE again after its reactivation)
+        went_idle = self.instance_idle and (not was_idle or reactivated is not None)
         if reactivated is None and advanced is None and not all_idle:
             return None
         return Change(reactivated, advanced, all_idle, went_idle)
