@@ -523,6 +523,12 @@ class FileSource(Source):
         for cursor in self._cursors or ():
             self._close(cursor)
 
+    def _release(self) -> None:
+        """The run failed or was cancelled (`Runtime.release`): its files
+        closed now, not when the collector finds the run's cursors."""
+        if getattr(self, "_cursors", None):
+            self._close_all()
+
     # -- reading a chunk --------------------------------------------------------------
 
     def _open(self, cursor) -> None:

@@ -29,6 +29,7 @@ refused the files to_files had written.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -191,6 +192,14 @@ class ToFiles(Operator):
                 raise self._refuse_epoch(self._disk_error(exc, f"write {file.name}", self._not_durable())) \
                     from exc
             self._fsync_directory(self._not_durable())
+
+    def _release(self) -> None:
+        """The run failed or was cancelled (`Runtime.release`): the epoch's
+        hidden file, never published, is closed (the next run replaces it)."""
+        file, self._file = getattr(self, "_file", None), None
+        if file is not None:
+            with contextlib.suppress(OSError):  # (what it still buffered is of no use: a full disk)
+                file.close()
 
     def _refuse_epoch(self, error: KernelError) -> KernelError:
         """`error`, which left the epoch's file short of what it was given:

@@ -94,6 +94,7 @@ async def _one_kernel(plan: RunPlan, flow, interruptible: bool = False) -> dict:
         with first_ctrl_c_interrupts(kernel) if interruptible else nullcontext():
             await kernel.join()
     except BaseException as exc:
+        runtime.release()  # (its steps' open files: a kernel process's close as it exits)
         if server is not None:
             from kernel.metrics._dashboard import run_outcome
 

@@ -585,6 +585,19 @@ class Runtime:
                 out[node_id] = {"late": mine["late"] + value["late"]}
         return out
 
+    def release(self) -> None:
+        """A run on one kernel in the caller's process that failed or was
+        cancelled: what its steps hold open (`to_files`' file of the epoch,
+        `from_files`' files being read) is closed now. The run's operators
+        are a cycle, so they kept their descriptors until a full collection
+        found them (a ResourceWarning then): a server running flows that
+        fail held one a failed run, for ever with the collector off. A step
+        says what to close with `_release()`."""
+        for instance in self.instances:
+            release = getattr(instance.op, "_release", None)
+            if release is not None:
+                release()
+
     # -- epochs -------------------------------------------------------------------
 
     def _start_epochs(self) -> int:
