@@ -217,6 +217,8 @@ class ProcessTransport:
         ends_expected = self._channels * (self.peers - 1) - ended
         self._reader = _Reader(self, kernel.ready_function(), kernel.loop, receiver.deliver,
                                ends_expected, kernel.release)
+        # (a receiver that names the step whose batch failed to decode: the runtime)
+        self._reader.undecodable = getattr(receiver, "undecodable", None)
         kernel.hold()
         self._reader.begin()
 
@@ -256,6 +258,7 @@ class _Reader:
         self._parked = False
         self._done = False
         self._pieces: dict[int, list[bytes]] = {}  # sender -> pieces of a large frame so far
+        self.undecodable = None  # (channel, sender, exc) -> the error to raise in its place
 
     def begin(self) -> None:
         self._loop.add_reader(self._bell.fd, self._on_bell)
@@ -312,7 +315,12 @@ class _Reader:
                 decoder = get_decoder(kind)
                 if decoder is None:
                     decode(kind, b"")  # raises, naming the unknown kind
-                payload = decoder(frame[HEADER.size :])
+                try:
+                    payload = decoder(frame[HEADER.size :])
+                except Exception as exc:  # a record whose pickle does not rebuild it
+                    if self.undecodable is None:
+                        raise
+                    raise self.undecodable(channel, sender, exc) from exc
                 if payload is END:
                     self._ends_left -= 1
                 elif kind == KIND_WATERMARKS:

@@ -107,6 +107,12 @@ UNPICKLABLE_RECORD = (
     "broadcast()'s, sent to every kernel, with several kernels) must be picklable; plain scalars and "
     "tuples of them cross by msgpack"
 )
+UNRESTORABLE_RECORD = (
+    "a record that leaves its kernel (to another kernel, or collected back to the caller, with several "
+    "kernels) is rebuilt from its pickle, and this one's does not rebuild it: pickle.loads(pickle.dumps"
+    "(record)) fails (an Exception subclass whose __init__ takes other arguments than it passes to "
+    "Exception.__init__, say); give its class a __reduce__ that rebuilds it"
+)
 UNHASHABLE_ACROSS_KERNELS = (
     "a key that crosses kernels is hashed the same in every process: str, bytes, numbers, "
     "tuples and frozensets of those directly, any other type by its pickle, so it must be picklable"

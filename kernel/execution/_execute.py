@@ -132,7 +132,7 @@ def _on_cores(plan: RunPlan, get_flow, cancel=None) -> list[dict]:
     if not plan.observed:
         return unpack_results(run_on_cores(_kernel_process(get_flow, plan), plan.cores, epochs=epochs,
                                            cluster=plan.cluster, cancel=cancel, agreement=agreement,
-                                           listings=listings))
+                                           listings=listings), lambda: _step_names(get_flow))
     from kernel.metrics import MetricsBlock, MetricsServerThread, announce, listen
 
     # Bound before the kernels fork (a port in use fails the run before it
@@ -175,7 +175,7 @@ def _on_cores(plan: RunPlan, get_flow, cancel=None) -> list[dict]:
         per_kernel = run_on_cores(_kernel_process(get_flow, plan, blocks, graph_block), plan.cores,
                                   epochs=epochs, cluster=plan.cluster, cancel=cancel, on_started=started,
                                   link_report=link_report, agreement=agreement, listings=listings)
-        return unpack_results(per_kernel)
+        return unpack_results(per_kernel, lambda: _step_names(get_flow))
     except BaseException as exc:
         error = exc
         raise
@@ -211,6 +211,10 @@ class _Ticker:
     def _tick(self) -> None:
         while not self._stopped.wait(self._interval):
             self._fn()
+
+
+def _step_names(get_flow) -> dict[int, str]:
+    return {node.id: node.name for node in get_flow().graph.nodes}
 
 
 def _kernel_process(get_flow, plan: RunPlan, blocks=None, graph_block=None):
@@ -252,7 +256,7 @@ def _kernel_process(get_flow, plan: RunPlan, blocks=None, graph_block=None):
                     block.write(runtime.metrics_snapshot())  # the final counts, also of a failed run
         write_out(with_opened_since(files, flow.graph))
         # encoded here, in parallel, and named by step should a record not pickle
-        return pack_results(runtime.results(), {node.id: node.name for node in flow.graph.nodes})
+        return pack_results(runtime.results(), _step_names(lambda: flow))
 
     return run_kernel
 

@@ -16,6 +16,8 @@ the kernel's answer as a whole.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from kernel.dataflow._errors import KernelError
 from kernel.net._protocol import UnpicklableRecord
 
@@ -64,10 +66,27 @@ def pack(results: dict, names: dict[int, str]) -> dict:
     return packed
 
 
-def unpack(per_kernel: list[dict]) -> list[dict]:
-    """`pack`'s work undone, in the caller's process, for every kernel."""
-    return [{node_id: _decoded(value) for node_id, value in results.items()} for results in per_kernel]
+def unpack(per_kernel: list[dict], names: Callable[[], dict[int, str]]) -> list[dict]:
+    """`pack`'s work undone, in the caller's process, for every kernel;
+    `names()`, the steps' names by node id, is asked only to name a step
+    whose records cannot be decoded (`python -m kernel.run`'s launcher does
+    not import the pipeline file for less)."""
+    return [{node_id: _decoded(value, node_id, kernel, names) for node_id, value in results.items()}
+            for kernel, results in enumerate(per_kernel)]
 
 
-def _decoded(value):
-    return value.decode() if type(value) is EncodedItems else value
+def _decoded(value, node_id: int, kernel: int, names):
+    if type(value) is not EncodedItems:
+        return value
+    try:
+        return value.decode()
+    except Exception as exc:
+        # A record whose pickle does not rebuild it: the class's own error
+        # (`Rec.__init__() missing 1 required positional argument`) came
+        # alone, naming no step, from a flow that runs on one kernel.
+        from kernel.dataflow._errors import UNRESTORABLE_RECORD
+
+        raise ResultNotPicklable(
+            f"{names().get(node_id, node_id)}: a record it collected on kernel {kernel} cannot be unpickled "
+            f"in the caller's process ({type(exc).__name__}: {exc}): {UNRESTORABLE_RECORD}"
+        ) from exc

@@ -23,6 +23,7 @@ import math
 from functools import partial
 
 from kernel.dataflow import EVERY_EPOCH
+from kernel.dataflow._errors import UNRESTORABLE_RECORD, OperatorError
 from kernel.dataflow._graph import Graph, Node
 from kernel.dataflow._key_groups import default_key_groups, owner_table
 from kernel.dataflow._operator import Operator
@@ -419,6 +420,16 @@ class Runtime:
     def deliver(self, channel: int, source: int, payload) -> None:
         instance, inbox = self._remote_inboxes[(channel, source)]
         instance.deliver(inbox, END if payload is None else payload)
+
+    def undecodable(self, channel: int, source: int, exc: Exception) -> OperatorError:
+        """A batch from kernel `source` on `channel` that could not be
+        decoded (a record whose pickle does not rebuild it): the error names
+        the step whose output crossed, as one that cannot be pickled does
+        (`ExchangeOutput._unpicklable`); it named only the `ring reader`."""
+        instance, inbox = self._remote_inboxes[(channel, source)]
+        upstream = self.upstream_of[(id(instance), inbox)]
+        return OperatorError.wrap(upstream.name, "pickle.loads", exc, has_record=False,
+                                  hint=f"from kernel {source}: {UNRESTORABLE_RECORD}")
 
     def backpressure(self, blocked: bool) -> None:
         self._transport_blocked = blocked
