@@ -153,6 +153,20 @@ def _wait_for_results(children, pipes, coordinator, relay, cancel, exits, abort,
                 error = KernelProcessError(first + index, _death(children[index]))
                 abort(error)
                 raise error from None
+            except Exception as exc:
+                # Its answer does not unpickle here: a step's result() value
+                # whose pickle does not rebuild it (the collected records go
+                # encoded, `_results.py`). The class's own TypeError came
+                # alone, naming no kernel, the other kernels not stopped.
+                error = KernelProcessError(
+                    first + index, f"handed back results that cannot be unpickled in the caller's process "
+                    f"({type(exc).__name__}: {exc}): a step's result() value is rebuilt here from its "
+                    "pickle, and pickle.loads(pickle.dumps(value)) fails (an Exception subclass whose "
+                    "__init__ takes other arguments than it passes to Exception.__init__, say); give its "
+                    "class a __reduce__ that rebuilds it")
+                error.__cause__ = exc
+                abort(error)
+                raise error from exc
             if status == "error":
                 if index == kernels:
                     kill_all()

@@ -6,16 +6,21 @@ arguments than it hands to Exception.__init__: `pickle.dumps` works, and
 them runs on one kernel; on several, a record that crossed kernels failed
 as `ActivationError: ring reader raised TypeError: Reading.__init__()
 missing 1 required positional argument`, and one collected back to the
-caller as the bare TypeError, neither naming a step nor saying why."""
+caller as the bare TypeError, neither naming a step nor saying why; a
+step's result() value so, as the bare TypeError too."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import pickle
+import re
 
 import pytest
 
-from kernel import Dataflow, run
+from kernel import Dataflow, Operator, run, run_async
 from kernel.execution._results import ResultNotPicklable
+from kernel.execution._supervisor import KernelProcessError
 
 
 class Reading(Exception):
@@ -70,3 +75,35 @@ def test_a_record_that_crosses_kernels_and_does_not_unpickle_names_the_step_whos
            "missing 1 required positional argument: 'value'" in message
     assert "ring reader" not in message
     assert "give its class a __reduce__ that rebuilds it" in message
+
+
+class _CountsAsReading(Operator):
+    """A user's operator whose result() is a Reading."""
+
+    def open(self, context):
+        self.seen = 0
+
+    def on_batch(self, port, batch):
+        self.seen += len(batch)
+
+    def result(self):
+        return Reading(self.context.index, self.seen)
+
+
+def _children() -> list[int]:
+    with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as listing:
+        return [int(pid) for pid in listing.read().split()]
+
+
+def test_a_result_value_that_does_not_unpickle_names_the_kernel_and_says_why():
+    flow = Dataflow("results")
+    flow.from_iterable(range(10)).apply(_CountsAsReading, name="counts")
+    before = _children()
+    with pytest.raises(KernelProcessError) as raised:
+        asyncio.run(run_async(flow, cores=2))
+    assert re.fullmatch(
+        r"kernel [01] handed back results that cannot be unpickled in the caller's process \(TypeError: "
+        r"Reading.__init__\(\) missing 1 required positional argument: 'value'\): a step's result\(\) value "
+        r".* give its class a __reduce__ that rebuilds it", str(raised.value))
+    assert isinstance(raised.value.__cause__, TypeError)
+    assert _children() == before  # (every kernel process gone, and waited for)
