@@ -248,6 +248,9 @@ _SCHEMA = """
 # errors of os.link where the file system has no hard links (`SnapshotStore._create`)
 _NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 _TABLES = {"meta", "snapshots", "complete", "deltas"}  # a store's own tables (`SnapshotStore.__init__`)
+# their columns, as _SCHEMA makes them (`SnapshotStore.check_intact`)
+_COLUMNS = {"meta": ("key", "value"), "snapshots": ("epoch", "kernel", "kernels", "crc", "blob"),
+            "complete": ("epoch", "final", "kernels"), "deltas": ("epoch", "kernel", "kernels")}
 
 
 # Less room than this left where SQLite reports an I/O error: the disk is full
@@ -546,6 +549,18 @@ class SnapshotStore:
                      if line.strip() and line.strip() != "*** in database main ***"]
             more = f" and {len(found) - 1} more problem{'s' * (len(found) > 2)}" if len(found) > 1 else ""
             raise StateError(self._damaged(found[0] + more))
+        # A byte flipped in a column's name makes another valid schema, which
+        # the check passes: the run then stopped at its first query of that
+        # column, "cannot read snapshots.sqlite: no such column: blob" (or
+        # "cannot write", from a kernel, once the run had started), as if the
+        # store were only unreadable. (Another number of columns is not a
+        # flipped name: another program's table, refused where it is read.)
+        for table, columns in _COLUMNS.items():
+            found = tuple(name for _, name, *_ in self._query(f"PRAGMA table_info({table})"))
+            if len(found) == len(columns) and tuple(name.lower() for name in found) != columns:
+                column, instead = next((f, c) for f, c in zip(found, columns) if f.lower() != c)
+                raise StateError(self._damaged(f"its table {table} has a column {column!r} where a snapshot "
+                                               f"store has {instead!r}"))
 
     # -- writing -------------------------------------------------------------------------
 

@@ -1,0 +1,72 @@
+"""A byte flipped in a column's name in a store's schema.
+
+Found by flipping random bytes of a killed run's snapshots.sqlite: one
+flip in the schema's text ("blob" -> "bUob") made another valid schema,
+which `PRAGMA quick_check` passes, and the resumed run stopped with
+"cannot read snapshots.sqlite: no such column: blob" (or, where the
+launcher read nothing of that column, "kernel 1: ... cannot write to
+snapshots.sqlite: table snapshots has no column named blob", once the
+run had started): the store is damaged, and the run must say so, as it
+does for a damaged page, with what to do."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from kernel import Dataflow, run
+from state import StateError
+
+NAME = "snapshots.sqlite"
+
+
+def _flow(out) -> Dataflow:
+    flow = Dataflow("damaged schema")
+    flow.from_iterable(range(300)).key_by(lambda n: n % 3).count().to_files(out)
+    return flow
+
+
+def _flip_in_schema(path, text: bytes) -> None:
+    """The store file at `path` with the second byte of `text` (a column's
+    name and what follows it in the schema, found once in the file) changed,
+    as a disk or a copy would flip it: SQLite's own pages, not through SQLite."""
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # (the schema in the main file)
+    db.close()
+    data = path.read_bytes()
+    assert data.count(text) == 1
+    at = data.index(text) + 1
+    path.write_bytes(data[:at] + b"Q" + data[at + 1:])
+
+
+@pytest.mark.parametrize("text, table, column", [
+    (b"blob BLOB", "snapshots", "blob"),
+    (b"crc INTEGER", "snapshots", "crc"),
+    (b"final INTEGER", "complete", "final"),
+    (b"(key TEXT", "meta", "key"),
+])
+def test_a_column_renamed_by_a_flipped_byte_is_a_damaged_store(tmp_path, text, table, column):
+    state = tmp_path / "state"
+    run(_flow(tmp_path / "out"), state_dir=state, epoch_interval=0.01)
+    _flip_in_schema(state / NAME, text)
+    with pytest.raises(StateError) as caught:
+        run(_flow(tmp_path / "out"), state_dir=state, epoch_interval=0.01)
+    message = str(caught.value)
+    assert f"{NAME} is damaged (its table {table} has a column " in message
+    assert f"where a snapshot store has {column!r})" in message
+    assert "move the state_dir aside" in message
+
+
+def test_another_programs_meta_is_still_no_damaged_store(tmp_path):
+    """A table of another number of columns is not a flipped name: the
+    check leaves it to what reads it (as before)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    db = sqlite3.connect(state / NAME)
+    db.execute("CREATE TABLE meta (id INTEGER PRIMARY KEY, note TEXT, author TEXT)")
+    db.commit()
+    db.close()
+    with pytest.raises(StateError) as caught:
+        run(_flow(tmp_path / "out"), state_dir=state)
+    assert "is damaged" not in str(caught.value)
