@@ -587,7 +587,7 @@ class SnapshotStore:
         chains share links: `_fallback`) are deleted, but the links their
         chains need, and the FINAL snapshots of kernel counts none of them has."""
         self._write("INSERT OR REPLACE INTO complete (epoch, final, kernels) VALUES (?, ?, ?)",
-                    (epoch, int(final), self.kernels))
+                    (epoch, int(final), self.kernels), doing=f"cannot write to {self.name}")
         kept = self._query("SELECT epoch, kernels FROM complete ORDER BY epoch DESC LIMIT ?",
                            (_KEEP_COMPLETE,))
         oldest = kept[-1][0]
@@ -688,8 +688,14 @@ class SnapshotStore:
         if gone:
             log.info("state_dir %s: removed %s, superseded by %s", self.directory, ", ".join(gone), self.name)
 
-    def _write(self, sql: str, args: tuple) -> None:
-        with self._database(f"cannot write to {self.name}"):
+    def _write(self, sql: str, args: tuple, doing: str = "") -> None:
+        # "cannot write to" (a full disk: "this snapshot was not written") is a
+        # snapshot's and its epoch's mark only (`write`, `mark_complete`): the
+        # rows a run writes as it starts (`claim`, `discard_after`,
+        # `record_run`) are no snapshot, and a full disk there said "this
+        # snapshot was not written, the previous complete epoch is intact",
+        # not "make room and run again"
+        with self._database(doing or f"cannot update {self.name}"):
             self._db.execute(sql, args)
 
     # -- reading -------------------------------------------------------------------------
