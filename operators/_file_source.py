@@ -111,9 +111,24 @@ def check_file_options(pattern, format, on_error, follow, poll_interval, chunk_b
         raise ValueError(f"from_files: chunk_bytes must be an int >= 1, got {chunk_bytes!r}")
     check_encoding(encoding)
     if not follow and not matching_files(pattern):
-        hint = " (a directory: give a pattern of its files, 'dir/*')" if os.path.isdir(pattern) else ""
+        hint = " (a directory: give a pattern of its files, 'dir/*')" if os.path.isdir(pattern) else \
+            _magic_directory_hint(pattern)
         raise FileNotFoundError(f"from_files: no file matches {pattern!r}{hint}")
     return pattern
+
+
+def _magic_directory_hint(pattern: str) -> str:
+    """Why a pattern under a directory whose own name holds [, ], * or ?
+    matches nothing: glob reads them as a pattern too ("exports [2026]/*.csv"
+    looks for "exports 2", "exports 0"...), and the files the user sees in
+    it were said to match nothing, without a word of why."""
+    directory = os.path.dirname(pattern)
+    while glob.has_magic(os.path.dirname(directory)):  # (the outermost one whose name holds them)
+        directory = os.path.dirname(directory)
+    if not (glob.has_magic(directory) and os.path.isdir(directory)):
+        return ""
+    return (f" ({directory!r} is a directory, but glob reads the [, ], * or ? in its name as a "
+            f"pattern: escape them, glob.escape({directory!r}) + {pattern[len(directory):]!r})")
 
 
 def matching_files(pattern: str) -> list[str]:
