@@ -418,7 +418,10 @@ class SnapshotStore:
                 left = "" if free is None else f", {free} bytes free"
                 raise StateError(f"state_dir {self.directory!r}: {doing}: the disk is full ({text}{left}); "
                                  "make room and run again") from exc
-            if code in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or "malformed" in text:
+            # (text that is no UTF-8: the store writes only Python's str, so
+            # its bytes were changed, in a name of its schema or in a row)
+            if code in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or "malformed" in text or \
+                    text.startswith("Could not decode to UTF-8"):
                 raise StateError(self._damaged(text)) from exc
             raise StateError(f"state_dir {self.directory!r}: {doing}: {text}") from exc
 

@@ -70,3 +70,24 @@ def test_another_programs_meta_is_still_no_damaged_store(tmp_path):
     with pytest.raises(StateError) as caught:
         run(_flow(tmp_path / "out"), state_dir=state)
     assert "is damaged" not in str(caught.value)
+
+
+def test_a_name_flipped_to_bytes_that_are_no_utf8_is_a_damaged_store(tmp_path):
+    """Found by the same random flips: a column's name in the schema that
+    no longer decodes stopped the run with "cannot read snapshots.sqlite:
+    Could not decode to UTF-8 column 'name' with text ...", and no word of
+    what to do (the store writes only str: such bytes were changed)."""
+    state = tmp_path / "state"
+    run(_flow(tmp_path / "out"), state_dir=state, epoch_interval=0.01)
+    db = sqlite3.connect(state / NAME)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    data = (state / NAME).read_bytes()
+    assert data.count(b"crc INTEGER") == 1
+    at = data.index(b"crc INTEGER") + 1
+    (state / NAME).write_bytes(data[:at] + b"\xff" + data[at + 1:])
+    with pytest.raises(StateError) as caught:
+        run(_flow(tmp_path / "out"), state_dir=state, epoch_interval=0.01)
+    message = str(caught.value)
+    assert f"{NAME} is damaged (Could not decode to UTF-8 column 'name'" in message
+    assert "move the state_dir aside" in message
