@@ -234,7 +234,7 @@ def complete_epochs(directory, fingerprint: str, layout: str) -> list:
             if seen.meta:
                 check_meta(directory, seen.meta, fingerprint, layout)
             found += [(generation, complete, int(seen.meta["key_groups"])) for complete in seen.complete]
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # (the latter: bytes of a name changed)
         raise StateError(f"state_dir {os.fspath(directory)!r}: cannot read its snapshots ({exc}); move it "
                          "aside to run this flow afresh") from exc
     return sorted(found, key=lambda item: item[1], reverse=True)

@@ -424,6 +424,8 @@ class SnapshotStore:
                     text.startswith("Could not decode to UTF-8"):
                 raise StateError(self._damaged(text)) from exc
             raise StateError(f"state_dir {self.directory!r}: {doing}: {text}") from exc
+        except UnicodeDecodeError as exc:  # (where Python decodes a name itself: a table's, of the schema)
+            raise StateError(self._damaged(f"text that is no UTF-8: {exc}")) from exc
 
     def _damaged(self, detail: str) -> str:
         return (f"state_dir {self.directory!r}: {self.name} is damaged ({detail}), so none of its "

@@ -91,3 +91,27 @@ def test_a_name_flipped_to_bytes_that_are_no_utf8_is_a_damaged_store(tmp_path):
     message = str(caught.value)
     assert f"{NAME} is damaged (Could not decode to UTF-8 column 'name'" in message
     assert "move the state_dir aside" in message
+
+
+def test_an_index_name_flipped_to_bytes_that_are_no_utf8_is_a_damaged_store(tmp_path):
+    """Found by the same flips: an index's name in the schema that no longer
+    decodes made Python's sqlite3 raise a bare UnicodeDecodeError as the
+    store opened, which no handler took for the store's: the command ended
+    with exit status 2 (a usage error) and only "error: 'utf-8' codec can't
+    decode byte 0xd1 in position 32: invalid continuation byte", naming
+    neither the state_dir nor the store."""
+    state = tmp_path / "state"
+    run(_flow(tmp_path / "out"), state_dir=state, epoch_interval=0.01)
+    db = sqlite3.connect(state / NAME)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    data = (state / NAME).read_bytes()
+    text = b"sqlite_autoindex_snapshots_1"  # (an index's name, as the flip found it)
+    assert data.count(text) == 1
+    at = data.index(text) + len(b"sqlit")
+    (state / NAME).write_bytes(data[:at] + b"\xd1" + data[at + 1:])
+    with pytest.raises(StateError) as caught:
+        run(_flow(tmp_path / "out"), state_dir=state, epoch_interval=0.01)
+    message = str(caught.value)
+    assert f"{NAME} is damaged (text that is no UTF-8: 'utf-8' codec can't decode byte 0xd1" in message
+    assert "move the state_dir aside" in message
