@@ -26,6 +26,12 @@ import pickle
 from ._keyed import KeyedDelta
 
 
+class BrokenChain(Exception):
+    """A chain whose base holds a delta: the store's record of which
+    snapshots are deltas (its `deltas` table, which no checksum covers) was
+    damaged, and a delta was taken for the whole snapshot it applies to."""
+
+
 def holds_deltas(snapshot) -> bool:
     return isinstance(snapshot, dict) and any(value.__class__ is KeyedDelta for value in snapshot.values())
 
@@ -57,6 +63,9 @@ def materialised_parts(blobs: list[bytes]) -> Parts:
                     before = applied.get(index)
                     if before is None:
                         before = pickle.loads(parts[index])
+                        if holds_deltas(before[-1]):  # (no whole base: "no attribute 'update'")
+                            raise BrokenChain(f"the snapshot its chain starts at holds a delta of step part "
+                                              f"{index}, not the whole state")
                     whole = {name: value.applied_to(before[-1][name]) if value.__class__ is KeyedDelta
                              else value for name, value in snapshot.items()}
                     applied[index] = (*unpickled[:-1], whole)

@@ -729,7 +729,7 @@ class SnapshotStore:
         chain = self._chain(epoch, kernel, kernels)
         if len(chain) == 1:
             return self._read_one(epoch, kernel, kernels)
-        from ._deltas import materialise, materialised_parts
+        from ._deltas import BrokenChain, materialise, materialised_parts
 
         blobs = []
         for link in chain:
@@ -743,6 +743,10 @@ class SnapshotStore:
             return materialised_parts(blobs) if as_parts else materialise(blobs)
         except PASSES_THROUGH:
             raise
+        except BrokenChain as exc:  # (falls back as a link failing its checksum does)
+            raise CorruptSnapshot(f"{self.name}: kernel {kernel}'s snapshot at epoch {epoch} cannot be built "
+                                  f"from epochs {chain[0]} to {epoch}: {exc} (the store's record of which "
+                                  "snapshots are deltas is damaged)") from None
         except BaseException as exc:  # (as `unpickled_part`: a class gone, anything its __setstate__ raises)
             raise StateError(
                 f"state_dir {self.directory!r}: kernel {kernel}'s snapshot at epoch {epoch} is a base and "
