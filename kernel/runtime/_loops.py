@@ -380,11 +380,14 @@ class LoopControl:
         """This kernel's outer watermark, and whether its inputs are all idle:
         the least over its entries whose input is active; with none active
         (all idle or ended), the largest of the idle ones' (`Frontier`'s
-        rule, across entries; `_decide` applies it across kernels)."""
+        rule, across entries; `_decide` applies it across kernels). An entry
+        whose inputs are all at +inf (what a source says just before its
+        end) counts as ended, as a channel there does in `Frontier`: as an
+        active entry its +inf was the outer watermark beside an idle one."""
         active, idle = [], []
         for entry in self.entries:
             outer = entry.outer
-            if outer.ended:
+            if outer.ended or not outer.value < _INF:
                 continue
             (idle if outer.idle else active).append(outer.value)
         if active:
