@@ -36,6 +36,20 @@ def holds_deltas(snapshot) -> bool:
     return isinstance(snapshot, dict) and any(value.__class__ is KeyedDelta for value in snapshot.values())
 
 
+def blob_holds_deltas(blob: bytes) -> bool:
+    """Whether a kernel's snapshot as stored (`{instance index: part}`,
+    pickled) has a part holding a delta. False where a part does not read
+    back: its own restore says why."""
+    try:
+        for part in pickle.loads(blob).values():
+            if part.__class__ is bytes and KeyedDelta.__name__.encode() in part and \
+                    holds_deltas(pickle.loads(part)[-1]):
+                return True
+    except Exception:
+        return False
+    return False
+
+
 class Parts(dict):
     """A kernel's whole snapshot read back in this process, `{instance index:
     part}`: a part patched by deltas is its unpickled tuple, every other one

@@ -247,6 +247,7 @@ _SCHEMA = """
 """
 # errors of os.link where the file system has no hard links (`SnapshotStore._create`)
 _NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
+_DELTA_NAME = b"KeyedDelta"  # (in the pickle of a part that holds one: `read`)
 _TABLES = {"meta", "snapshots", "complete", "deltas"}  # a store's own tables (`SnapshotStore.__init__`)
 # their columns, as _SCHEMA makes them (`SnapshotStore.check_intact`)
 _COLUMNS = {"meta": ("key", "value"), "snapshots": ("epoch", "kernel", "kernels", "crc", "blob"),
@@ -728,7 +729,20 @@ class SnapshotStore:
         kernels = self.kernels if kernels is None else kernels
         chain = self._chain(epoch, kernel, kernels)
         if len(chain) == 1:
-            return self._read_one(epoch, kernel, kernels)
+            blob = self._read_one(epoch, kernel, kernels)
+            # (a delta whose row in `deltas` was lost reads as a whole snapshot:
+            # its restore failed, "'KeyedDelta' object is not iterable"; the
+            # class's name in its bytes is a cheap first look, confirmed by
+            # unpickling only where found)
+            if _DELTA_NAME in blob:
+                from ._deltas import blob_holds_deltas
+
+                if blob_holds_deltas(blob):
+                    raise CorruptSnapshot(
+                        f"{self.name}: kernel {kernel}'s snapshot at epoch {epoch} holds deltas, and the store "
+                        "has no record of the chain they apply to (its record of which snapshots are deltas "
+                        "is damaged)")
+            return blob
         from ._deltas import BrokenChain, materialise, materialised_parts
 
         blobs = []

@@ -55,3 +55,32 @@ def test_a_delta_taken_for_its_chains_base_falls_back_to_an_intact_epoch(tmp_pat
     for key, count in visible_lines(out):
         counts[key] = max(counts.get(key, 0), count)
     assert counts == {key: 2 for key in range(3000)}
+
+
+def test_the_newest_delta_without_its_row_falls_back_to_an_intact_epoch(tmp_path):
+    """The newest epoch's own row lost: its delta read as a whole snapshot
+    (a chain of one), and the resumed run stopped in the count's restore,
+    "TypeError: 'KeyedDelta' object is not iterable"."""
+    (tmp_path / "pipeline.py").write_text(PIPELINE)
+    out = tmp_path / "out"
+    killed = run_cli(tmp_path, 1, "snapshot:30", OUT=out)
+    assert killed.returncode != 0, killed.stderr
+    db = sqlite3.connect(tmp_path / "state" / "snapshots.sqlite")
+    try:
+        [(newest,)] = db.execute("SELECT max(epoch) FROM complete")
+        deltas = {e for (e,) in db.execute("SELECT epoch FROM deltas WHERE kernel = 0")}
+        assert newest in deltas, (newest, sorted(deltas))
+        with db:
+            db.execute("DELETE FROM deltas WHERE epoch = ?", (newest,))
+    finally:
+        db.close()
+
+    resumed = run_cli(tmp_path, 1, None, OUT=out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (f"snapshot at epoch {newest} holds deltas, and the store has no record of the chain they apply "
+            "to") in resumed.stderr
+    assert "falling back to the previous complete epoch" in resumed.stderr
+    counts: dict = {}
+    for key, count in visible_lines(out):
+        counts[key] = max(counts.get(key, 0), count)
+    assert counts == {key: 2 for key in range(3000)}
