@@ -739,9 +739,9 @@ class SnapshotStore:
 
                 if blob_holds_deltas(blob):
                     raise CorruptSnapshot(
-                        f"{self.name}: kernel {kernel}'s snapshot at epoch {epoch} holds deltas, and the store "
-                        "has no record of the chain they apply to (its record of which snapshots are deltas "
-                        "is damaged)")
+                        f"{self.name}: kernel {kernel}'s snapshot at epoch {epoch} holds deltas, and the "
+                        "store has no record of the chain they apply to (its record of which snapshots are "
+                        "deltas is damaged)")
             return blob
         from ._deltas import BrokenChain, materialise, materialised_parts
 
