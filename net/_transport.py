@@ -39,7 +39,10 @@ from typing import NamedTuple
 from ._codec import (
     DECODERS,
     HEADER,
+    KIND_NAMED_RUNS,
+    KIND_PICKLE,
     KIND_WATERMARKS,
+    TIMED,
     decode,
     encode_batch,
     encode_progress,
@@ -51,6 +54,9 @@ END = None  # decode() returns None for an end-of-input frame
 # Bounds one activation's work: a frame can hold a whole batch (thousands of
 # records), and decoding 64 of them took ~300 ms in benches/pipelines.
 _FRAMES_PER_RING_PER_ACTIVATION = 4
+# the kinds of frame whose decoding rebuilds a user's classes (by pickle, or
+# a namedtuple's by name): a failure there may be the class's own
+_USERS_CLASSES = frozenset((KIND_PICKLE, KIND_NAMED_RUNS))
 _SPIN_ACTIVATIONS = 32  # empty polls before parking (a few tens of us)
 ROUTE = struct.Struct("<I")  # the other kernel, before a relayed frame's HEADER
 # A frame larger than a quarter of its ring travels in pieces: HEADER(kind
@@ -318,9 +324,13 @@ class _Reader:
                 try:
                     payload = decoder(frame[HEADER.size :])
                 except Exception as exc:  # a record whose pickle does not rebuild it
-                    if self.undecodable is None:
+                    # (only a kind that carries a user's classes; another's failure,
+                    # garbage or a bug of ours, is not blamed on a record's class)
+                    named = None if self.undecodable is None or kind & ~TIMED not in _USERS_CLASSES \
+                        else self.undecodable(channel, sender, exc)
+                    if named is None:
                         raise
-                    raise self.undecodable(channel, sender, exc) from exc
+                    raise named from exc
                 if payload is END:
                     self._ends_left -= 1
                 elif kind == KIND_WATERMARKS:

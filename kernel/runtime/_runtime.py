@@ -421,12 +421,17 @@ class Runtime:
         instance, inbox = self._remote_inboxes[(channel, source)]
         instance.deliver(inbox, END if payload is None else payload)
 
-    def undecodable(self, channel: int, source: int, exc: Exception) -> OperatorError:
+    def undecodable(self, channel: int, source: int, exc: Exception) -> OperatorError | None:
         """A batch from kernel `source` on `channel` that could not be
         decoded (a record whose pickle does not rebuild it): the error names
         the step whose output crossed, as one that cannot be pickled does
-        (`ExchangeOutput._unpicklable`); it named only the `ring reader`."""
-        instance, inbox = self._remote_inboxes[(channel, source)]
+        (`ExchangeOutput._unpicklable`); it named only the `ring reader`.
+        None for a channel this kernel does not know (a frame damaged: its
+        own error then, not a KeyError here)."""
+        found = self._remote_inboxes.get((channel, source))
+        if found is None:
+            return None
+        instance, inbox = found
         upstream = self.upstream_of[(id(instance), inbox)]
         return OperatorError.wrap(upstream.name, "pickle.loads", exc, has_record=False,
                                   hint=f"from kernel {source}: {UNRESTORABLE_RECORD}")
