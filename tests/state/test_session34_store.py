@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import errno
-
 import pytest
 
 from kernel import Dataflow, run
 from state import StateError
-
-
-def _fill(directory) -> None:
-    """Writes a file into `directory` until its file system is full."""
-    with open(directory / "filler", "wb", buffering=0) as f:
-        with pytest.raises(OSError) as info:
-            while True:
-                f.write(b"x" * 4096)
-        assert info.value.errno == errno.ENOSPC
+from tests._full_disk import fill
 
 
 def test_a_run_resumed_on_a_full_disk_says_the_disk_is_full(tiny_disk):
@@ -28,7 +18,7 @@ def test_a_run_resumed_on_a_full_disk_says_the_disk_is_full(tiny_disk):
     flow = Dataflow("counts")
     flow.from_iterable(range(100)).key_by(lambda n: n % 3).count().collect()
     run(flow, state_dir=tiny_disk / "state", epoch_interval=0.02)
-    _fill(tiny_disk)
+    fill(tiny_disk)
     with pytest.raises(StateError, match=r"cannot open snapshots\.sqlite: the disk is full \(disk I/O error, "
                                          r"\d+ bytes free\); make room and run again"):
         run(flow, state_dir=tiny_disk / "state", epoch_interval=0.02)

@@ -27,17 +27,18 @@ def _flow(out) -> Dataflow:
     return flow
 
 
-def _flip_in_schema(path, text: bytes) -> None:
-    """The store file at `path` with the second byte of `text` (a column's
-    name and what follows it in the schema, found once in the file) changed,
-    as a disk or a copy would flip it: SQLite's own pages, not through SQLite."""
+def _flip_in_schema(path, text: bytes, at: int = 1, byte: bytes = b"Q") -> None:
+    """The store file at `path` with the byte `at` of `text` (a name and
+    what follows it in the schema, found once in the file; the second byte
+    of a column's name by default) changed to `byte`, as a disk or a copy
+    would flip it: SQLite's own pages, not through SQLite."""
     db = sqlite3.connect(path)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # (the schema in the main file)
     db.close()
     data = path.read_bytes()
     assert data.count(text) == 1
-    at = data.index(text) + 1
-    path.write_bytes(data[:at] + b"Q" + data[at + 1:])
+    at += data.index(text)
+    path.write_bytes(data[:at] + byte + data[at + 1:])
 
 
 @pytest.mark.parametrize("text, table, column", [
@@ -79,13 +80,7 @@ def test_a_name_flipped_to_bytes_that_are_no_utf8_is_a_damaged_store(tmp_path):
     what to do (the store writes only str: such bytes were changed)."""
     state = tmp_path / "state"
     run(_flow(tmp_path / "out"), state_dir=state, epoch_interval=0.01)
-    db = sqlite3.connect(state / NAME)
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.close()
-    data = (state / NAME).read_bytes()
-    assert data.count(b"crc INTEGER") == 1
-    at = data.index(b"crc INTEGER") + 1
-    (state / NAME).write_bytes(data[:at] + b"\xff" + data[at + 1:])
+    _flip_in_schema(state / NAME, b"crc INTEGER", byte=b"\xff")
     with pytest.raises(StateError) as caught:
         run(_flow(tmp_path / "out"), state_dir=state, epoch_interval=0.01)
     message = str(caught.value)
@@ -102,14 +97,8 @@ def test_an_index_name_flipped_to_bytes_that_are_no_utf8_is_a_damaged_store(tmp_
     neither the state_dir nor the store."""
     state = tmp_path / "state"
     run(_flow(tmp_path / "out"), state_dir=state, epoch_interval=0.01)
-    db = sqlite3.connect(state / NAME)
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.close()
-    data = (state / NAME).read_bytes()
-    text = b"sqlite_autoindex_snapshots_1"  # (an index's name, as the flip found it)
-    assert data.count(text) == 1
-    at = data.index(text) + len(b"sqlit")
-    (state / NAME).write_bytes(data[:at] + b"\xd1" + data[at + 1:])
+    # (an index's name, as the flip found it)
+    _flip_in_schema(state / NAME, b"sqlite_autoindex_snapshots_1", len(b"sqlit"), b"\xd1")
     with pytest.raises(StateError) as caught:
         run(_flow(tmp_path / "out"), state_dir=state, epoch_interval=0.01)
     message = str(caught.value)

@@ -12,23 +12,15 @@ test drives the store as a run's start does, on a WAL that cannot grow.)"""
 
 from __future__ import annotations
 
-import errno
-
 import pytest
 from kernel.operators import SNAPSHOT_LAYOUT
 
 from state import SnapshotStore, StateError
+from tests._full_disk import fill
 
 SNAPSHOT = b"x" * 2_000
 
 
-def _fill(directory) -> None:
-    """Writes a file into `directory` until its file system is full."""
-    with open(directory / "filler", "wb", buffering=0) as f:
-        with pytest.raises(OSError) as info:
-            while True:
-                f.write(b"x" * 4096)
-        assert info.value.errno == errno.ENOSPC
 
 
 @pytest.mark.parametrize("first_rows", ["discard_after", "record_run"])
@@ -40,7 +32,7 @@ def test_a_full_disk_where_a_run_starts_says_make_room(tiny_disk, first_rows):
         for epoch in (1, 2, 3):
             store.write(epoch, 0, SNAPSHOT)
             store.mark_complete(epoch)
-        _fill(tiny_disk)
+        fill(tiny_disk)
         with pytest.raises(StateError) as caught:
             if first_rows == "discard_after":
                 store.discard_after(0)  # (a run resuming epoch 0: every row after it goes)
@@ -68,7 +60,7 @@ def test_a_full_disk_at_a_snapshot_still_says_so(tiny_disk):
         store.claim("flow", 1, SNAPSHOT_LAYOUT)
         store.write(1, 0, SNAPSHOT)
         store.mark_complete(1)
-        _fill(tiny_disk)
+        fill(tiny_disk)
         with pytest.raises(StateError, match="the disk is full; this snapshot was not written, the previous "
                                              "complete epoch is intact"):
             store.write(2, 0, SNAPSHOT)
