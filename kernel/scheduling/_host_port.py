@@ -14,9 +14,16 @@ def parse_address(value) -> tuple[str, int]:
     if not isinstance(value, str):
         raise ValueError(f"dashboard must be a 'HOST:PORT' string ({example}), got {value!r}")
     host, sep, port = value.rpartition(":")
+    if value.startswith("[") and value.endswith("]"):  # ('[::1]' said the port was '1]')
+        raise ValueError(f"dashboard must be 'HOST:PORT' ({example}), got {value!r}: no port")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        # an IPv6 address's own colons cannot be told from the port's: '::1'
+        # was host ':' port 1, and failed as "dashboard [:]:1: unknown host"
+        raise ValueError(f"dashboard {value!r}: an IPv6 host goes in brackets, '[HOST]:PORT' "
+                         "(e.g. '[::1]:9464')")
     if not sep:
         raise ValueError(f"dashboard must be 'HOST:PORT' ({example}), got {value!r}: no port")
-    if not host:  # (':8080' said "no port")
+    if host in ("", "[]"):  # (':8080' said "no port"; '[]:8080' said "dashboard :8080: unknown host")
         raise ValueError(f"dashboard must be 'HOST:PORT' ({example}), got {value!r}: no host "
                          "('0.0.0.0:PORT' for every interface)")
     if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:  # (not '٩٤٦٤', nor '²')
