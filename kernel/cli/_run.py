@@ -384,8 +384,8 @@ def _on_sigterm(signum, frame) -> None:
     on_interrupt = signal.getsignal(signal.SIGINT)
     if on_interrupt is signal.default_int_handler:  # (Python's: a KeyboardInterrupt, said as SIGTERM's)
         raise Terminated
-    if callable(on_interrupt):  # asyncio's (cancels the run's main task)
-        on_interrupt(signal.SIGINT, frame)
+    if callable(on_interrupt):  # asyncio's (cancels the run's main task; SIGTERM: a run's page says so)
+        on_interrupt(signal.SIGTERM, frame)
     else:  # SIGINT ignored, as in a process started in the background by a shell: stop all the same
         raise Terminated
 

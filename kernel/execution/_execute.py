@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import signal
 import threading
 from contextlib import contextmanager, nullcontext
 
@@ -90,15 +91,16 @@ async def _one_kernel(plan: RunPlan, flow, interruptible: bool = False) -> dict:
     kernel.at_start(runtime.start)
     if plan.progress is not None:
         kernel.at_start(lambda: _tell_progress(kernel, runtime, plan.progress))
+    passed_on: list[int] = []  # the signals that had the Runner cancel the run
     try:
-        with first_ctrl_c_interrupts(kernel) if interruptible else nullcontext():
+        with first_ctrl_c_interrupts(kernel) if interruptible else nullcontext(passed_on) as passed_on:
             await kernel.join()
     except BaseException as exc:
         runtime.release()  # (its steps' open files: a kernel process's close as it exits)
         if server is not None:
             from kernel.metrics._dashboard import run_outcome
 
-            outcome.update(run_outcome(exc))
+            outcome.update(run_outcome(_as_the_caller_gets_it(exc, passed_on)))
         raise
     finally:
         if coordinator is not None:
@@ -110,6 +112,19 @@ async def _one_kernel(plan: RunPlan, flow, interruptible: bool = False) -> dict:
     # the steps' result(): one blocked there is stopped by a first Ctrl-C too
     with first_ctrl_c_interrupts(kernel, runtime) if interruptible else nullcontext():
         return runtime.results()
+
+
+def _as_the_caller_gets_it(error: BaseException, passed_on: list[int]) -> BaseException:
+    """What ended a one-kernel run, as its caller gets it: a Ctrl-C (or
+    the command line's SIGTERM, passed on as one) that had asyncio's Runner
+    cancel the run is the caller's KeyboardInterrupt (`Terminated`), not the
+    CancelledError the run's task met (the page said "stopped:
+    CancelledError:" where several kernels' said "stopped: KeyboardInterrupt:")."""
+    if not passed_on or not isinstance(error, asyncio.CancelledError):
+        return error
+    from ._supervisor import Terminated
+
+    return Terminated() if passed_on[-1] == signal.SIGTERM else KeyboardInterrupt()
 
 
 def _tell_progress(kernel, runtime, progress) -> None:

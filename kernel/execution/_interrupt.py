@@ -30,6 +30,8 @@ from contextlib import contextmanager
 
 from kernel.runtime._runtime import Runtime
 
+from ._supervisor import Terminated
+
 # its frame on the loop's thread: the steps' result() after the run (a user's,
 # that may block: a first Ctrl-C only cancelled the run once it returned)
 _RESULTS = Runtime.results.__code__
@@ -72,13 +74,16 @@ def first_ctrl_c_interrupts(kernel, runtime=None):
     """While it lasts, a SIGINT in `kernel`'s work (or in `runtime`'s
     `results()`) raises KeyboardInterrupt there; any other goes to asyncio's
     Runner's handler (the module's docstring). Only where that handler is
-    the Runner's."""
+    the Runner's. Gives the list of the signals it passed on to the
+    Runner (whose cancellation they caused: `SIGTERM` where `python -m
+    kernel.run`'s handler passed that on as its Ctrl-C)."""
+    passed_on: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield passed_on
         return
     runners = signal.getsignal(signal.SIGINT)
     if not _runners(runners):
-        yield
+        yield passed_on
         return
 
     def on_sigint(signum, frame):
@@ -88,13 +93,15 @@ def first_ctrl_c_interrupts(kernel, runtime=None):
             frames.append(inner)
             inner = inner.f_back
         if kernel._blocked_in(frames) is not None or _in_results(frames, runtime):
-            raise KeyboardInterrupt
+            # (the command line's SIGTERM, passed on as a Ctrl-C, is raised as what it is)
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        passed_on.append(signum)
         runners(signum, frame)
 
     on_sigint.wraps_runners = True  # type: ignore[attr-defined]
     signal.signal(signal.SIGINT, on_sigint)
     try:
-        yield
+        yield passed_on
     finally:
         if signal.getsignal(signal.SIGINT) is on_sigint:  # (put back for the Runner to take down)
             signal.signal(signal.SIGINT, runners)
