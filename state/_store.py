@@ -461,18 +461,18 @@ class SnapshotStore:
         self.check_intact()
         rows = dict(self._query("SELECT key, value FROM meta"))
         if afresh and rows and rows.get("placement") != placement and not self._completed():
-            self._write("DELETE FROM snapshots", ())
-            self._write("DELETE FROM meta", ())
+            self._update("DELETE FROM snapshots", ())
+            self._update("DELETE FROM meta", ())
             rows = {}
         if not rows:
             groups = default_key_groups(kernels) if key_groups is None else key_groups
             self._refuse_more_kernels_than(groups, kernels)
-            self._write(
+            self._update(
                 "INSERT INTO meta (key, value) VALUES (?, ?), (?, ?), (?, ?), (?, ?)",
                 ("flow", fingerprint, "kernels", str(kernels), "format", layout, "key_groups", str(groups)),
             )
             if placement is not None:
-                self._write("INSERT INTO meta (key, value) VALUES (?, ?)", ("placement", placement))
+                self._update("INSERT INTO meta (key, value) VALUES (?, ?)", ("placement", placement))
             self._keep_steps(fingerprint)
             self.kernels, self.key_groups = kernels, groups
             return
@@ -488,7 +488,7 @@ class SnapshotStore:
         groups = int(rows["key_groups"])
         self._refuse_more_kernels_than(groups, kernels)
         if rows.get("kernels") != str(kernels):
-            self._write("UPDATE meta SET value = ? WHERE key = 'kernels'", (str(kernels),))
+            self._update("UPDATE meta SET value = ? WHERE key = 'kernels'", (str(kernels),))
         self.kernels, self.key_groups = kernels, groups
 
     def _keep_steps(self, fingerprint: str) -> None:
@@ -497,7 +497,7 @@ class SnapshotStore:
         import json
 
         if getattr(fingerprint, "steps", None) is not None:
-            self._write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            self._update("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                         ("steps", json.dumps(fingerprint.steps)))
 
     def record_run(self, epoch: int, record: dict) -> None:
@@ -514,8 +514,8 @@ class SnapshotStore:
         needed = max((resumed for resumed in runs if resumed < oldest), default=0)
         for resumed, key in runs.items():
             if not needed <= resumed < epoch:
-                self._write("DELETE FROM meta WHERE key = ?", (key,))
-        self._write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                self._update("DELETE FROM meta WHERE key = ?", (key,))
+        self._update("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                     (f"{_RUN}{epoch}", json.dumps(record, sort_keys=True)))
 
     def recorded_run(self, epoch: int) -> dict | None:
@@ -593,7 +593,7 @@ class SnapshotStore:
         chains share links: `_fallback`) are deleted, but the links their
         chains need, and the FINAL snapshots of kernel counts none of them has."""
         self._write("INSERT OR REPLACE INTO complete (epoch, final, kernels) VALUES (?, ?, ?)",
-                    (epoch, int(final), self.kernels), doing=f"cannot write to {self.name}")
+                    (epoch, int(final), self.kernels))
         kept = self._query("SELECT epoch, kernels FROM complete ORDER BY epoch DESC LIMIT ?",
                            (_KEEP_COMPLETE,))
         oldest = kept[-1][0]
@@ -674,11 +674,11 @@ class SnapshotStore:
         delete this run's own. FINAL snapshots stay when resuming (a kernel
         that had ended by `epoch` is restored from its FINAL one) and go
         with a fresh start."""
-        self._write("DELETE FROM complete WHERE epoch > ?", (epoch,))
+        self._update("DELETE FROM complete WHERE epoch > ?", (epoch,))
         if epoch:
-            self._write("DELETE FROM snapshots WHERE epoch > ? AND epoch < ?", (epoch, FINAL))
+            self._update("DELETE FROM snapshots WHERE epoch > ? AND epoch < ?", (epoch, FINAL))
         else:
-            self._write("DELETE FROM snapshots WHERE 1", ())
+            self._update("DELETE FROM snapshots WHERE 1", ())
         self._forget_gone_deltas()
 
     def _retire_other_generations(self) -> None:
@@ -694,14 +694,19 @@ class SnapshotStore:
         if gone:
             log.info("state_dir %s: removed %s, superseded by %s", self.directory, ", ".join(gone), self.name)
 
-    def _write(self, sql: str, args: tuple, doing: str = "") -> None:
-        # "cannot write to" (a full disk: "this snapshot was not written") is a
-        # snapshot's and its epoch's mark only (`write`, `mark_complete`): the
-        # rows a run writes as it starts (`claim`, `discard_after`,
-        # `record_run`) are no snapshot, and a full disk there said "this
-        # snapshot was not written, the previous complete epoch is intact",
-        # not "make room and run again"
-        with self._database(doing or f"cannot update {self.name}"):
+    def _write(self, sql: str, args: tuple) -> None:
+        """A row of a snapshot or of an epoch's mark, or the pruning after
+        one: where the disk is full, "this snapshot was not written, the
+        previous complete epoch is intact" (`_database`)."""
+        with self._database(f"cannot write to {self.name}"):
+            self._db.execute(sql, args)
+
+    def _update(self, sql: str, args: tuple) -> None:
+        """A row a run writes as it starts (`claim`, `record_run`,
+        `discard_after`), no snapshot: where the disk is full, "cannot
+        update snapshots.sqlite: the disk is full ...; make room and run
+        again" (it said "this snapshot was not written", which none was)."""
+        with self._database(f"cannot update {self.name}"):
             self._db.execute(sql, args)
 
     # -- reading -------------------------------------------------------------------------

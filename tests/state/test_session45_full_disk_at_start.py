@@ -66,3 +66,23 @@ def test_a_full_disk_at_a_snapshot_still_says_so(tiny_disk):
             store.write(2, 0, SNAPSHOT)
     finally:
         store.close()
+
+
+def test_a_full_disk_at_the_pruning_after_an_epochs_mark_keeps_the_snapshots_wording(tiny_disk):
+    """The pruning after an epoch's mark runs within a run, as the
+    snapshot does: its full disk keeps the snapshot's wording (CI: the
+    start's "cannot update ... make room and run again" reached a run that
+    filled its disk there, and test_store's full-disk test, which asks for
+    "the previous complete epoch is intact", failed)."""
+    store = SnapshotStore(tiny_disk / "state")
+    try:
+        store.claim("flow", 1, SNAPSHOT_LAYOUT)
+        for epoch in (1, 2, 3):
+            store.write(epoch, 0, SNAPSHOT)
+            store.mark_complete(epoch)
+        fill(tiny_disk)
+        with pytest.raises(StateError, match="the disk is full; this snapshot was not written, the previous "
+                                             "complete epoch is intact"):
+            store._retire_before(3)
+    finally:
+        store.close()
