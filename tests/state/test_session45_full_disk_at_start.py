@@ -23,16 +23,22 @@ SNAPSHOT = b"x" * 2_000
 
 
 
+def _complete_then_full(store: SnapshotStore, disk, epochs) -> None:
+    """`store` claimed, each of `epochs` written and marked complete, then
+    its disk filled."""
+    store.claim("flow", 1, SNAPSHOT_LAYOUT)
+    for epoch in epochs:
+        store.write(epoch, 0, SNAPSHOT)
+        store.mark_complete(epoch)
+    fill(disk)
+
+
 @pytest.mark.parametrize("first_rows", ["discard_after", "record_run"])
 def test_a_full_disk_where_a_run_starts_says_make_room(tiny_disk, first_rows):
     state = tiny_disk / "state"
     store = SnapshotStore(state)
     try:
-        store.claim("flow", 1, SNAPSHOT_LAYOUT)
-        for epoch in (1, 2, 3):
-            store.write(epoch, 0, SNAPSHOT)
-            store.mark_complete(epoch)
-        fill(tiny_disk)
+        _complete_then_full(store, tiny_disk, (1, 2, 3))
         with pytest.raises(StateError) as caught:
             if first_rows == "discard_after":
                 store.discard_after(0)  # (a run resuming epoch 0: every row after it goes)
@@ -57,10 +63,7 @@ def test_a_full_disk_at_a_snapshot_still_says_so(tiny_disk):
     """The snapshot's own wording stays where one is written."""
     store = SnapshotStore(tiny_disk / "state")
     try:
-        store.claim("flow", 1, SNAPSHOT_LAYOUT)
-        store.write(1, 0, SNAPSHOT)
-        store.mark_complete(1)
-        fill(tiny_disk)
+        _complete_then_full(store, tiny_disk, (1,))
         with pytest.raises(StateError, match="the disk is full; this snapshot was not written, the previous "
                                              "complete epoch is intact"):
             store.write(2, 0, SNAPSHOT)
@@ -76,11 +79,7 @@ def test_a_full_disk_at_the_pruning_after_an_epochs_mark_keeps_the_snapshots_wor
     "the previous complete epoch is intact", failed)."""
     store = SnapshotStore(tiny_disk / "state")
     try:
-        store.claim("flow", 1, SNAPSHOT_LAYOUT)
-        for epoch in (1, 2, 3):
-            store.write(epoch, 0, SNAPSHOT)
-            store.mark_complete(epoch)
-        fill(tiny_disk)
+        _complete_then_full(store, tiny_disk, (1, 2, 3))
         with pytest.raises(StateError, match="the disk is full; this snapshot was not written, the previous "
                                              "complete epoch is intact"):
             store._retire_before(3)
